@@ -1,0 +1,439 @@
+"""Cluster configuration: a TOML file, its thresholds, and their validation.
+
+One file describes a cluster completely: the fault thresholds (``t``, ``b``), the PASIS
+parameters (``qc``, ``m``, block size), the storage settings, and every principal (node
+address and public key; client name and public key).  Nodes and clients load it read-only;
+nothing rewrites it except ``bftfs init``.
+
+The threshold rules are those of DESIGN.md (seed 004 eq. 3.1-3.3, L1097-1135; Q/U L2288-2303):
+
+=====  ====================================  ==============================================
+layer  rule                                  why
+=====  ====================================  ==============================================
+both   ``0 <= b <= t``                         Byzantine faults are a subset of all faults
+Q/U    ``n >= 3t + 2b + 1``                    q + t <= n, 2q - b - n >= r, q + r - n > b
+PASIS  ``t + b < qc``                          a complete write shares a benign node with any
+                                             later read
+PASIS  ``qc <= n - t - b``                     a writer can wait for only n - t replies, b of
+                                             them possibly Byzantine (eq. 3.1)
+PASIS  ``1 <= m <= qc - t``                    a repairable candidate has m benign fragments
+=====  ====================================  ==============================================
+
+Paths in the file (``data_dir``) are relative to the file's directory, so a cluster directory
+can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from bftfs.ids import CLIENT_ID_BASE, ClientId, NodeId, PrincipalId, client_id
+
+#: Defaults of DESIGN.md: t = b = 1 gives n = 6, q = 5, r = 3, QC = 4, m = 3.
+DEFAULT_T = 1
+DEFAULT_B = 1
+DEFAULT_BLOCK_SIZE = 64 * 1024
+DEFAULT_MAP_SIZE = 16 * 1024**3
+MIN_MAP_SIZE = 1024**2
+MAX_BLOCK_SIZE = 4 * 1024**2
+
+
+class ConfigError(Exception):
+    """The configuration breaks a rule; the message names the rule and the numbers."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One storage node as the cluster sees it."""
+
+    id: NodeId
+    host: str
+    port: int
+    public_key: bytes = field(repr=False)
+    #: Where the node keeps its LMDB environment, logs and private key.
+    data_dir: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "private" / "key"
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """One client (a mount, an admin tool) allowed into the cluster."""
+
+    id: ClientId
+    name: str
+    public_key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The whole cluster. Construct through :func:`load`, :func:`build` or :meth:`for_test`."""
+
+    t: int
+    b: int
+    #: PASIS: number of benign nodes that must host a write for it to be complete.
+    qc: int
+    #: PASIS: fragments needed to decode a block (zfec's k).
+    m: int
+    block_size: int
+    #: LMDB map size per node (the most a node's database may grow to).
+    map_size: int
+    #: Whether a node syncs every commit before acknowledging (group committed). Turning it
+    #: off risks losing acknowledged writes on a power failure (not on a process crash).
+    durable: bool
+    nodes: tuple[NodeSpec, ...]
+    clients: tuple[ClientSpec, ...]
+    #: The directory private keys of clients live under (``clients/<name>/private/key``).
+    home: Path = Path(".")
+
+    # Sizes of the two protocols -----------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of nodes (Q/U's n and PASIS's N: both run on the same nodes)."""
+        return len(self.nodes)
+
+    @property
+    def node_ids(self) -> tuple[NodeId, ...]:
+        return tuple(s.id for s in self.nodes)
+
+    @property
+    def q(self) -> int:
+        """Q/U quorum size ``2t + 2b + 1``."""
+        return 2 * self.t + 2 * self.b + 1
+
+    @property
+    def r(self) -> int:
+        """Q/U repairable-set size ``t + b + 1``."""
+        return self.t + self.b + 1
+
+    @property
+    def complete_threshold(self) -> int:
+        """PASIS: a candidate seen on at least ``qc + b`` nodes is complete (eq. 3.2)."""
+        return self.qc + self.b
+
+    @property
+    def incomplete_threshold(self) -> int:
+        """PASIS: a candidate seen on fewer than ``qc - t`` nodes is incomplete (eq. 3.3)."""
+        return self.qc - self.t
+
+    @property
+    def write_quorum(self) -> int:
+        """Replies a PASIS operation waits for: ``n - t``."""
+        return self.n - self.t
+
+    def node(self, nid: int) -> NodeSpec:
+        for s in self.nodes:
+            if s.id == nid:
+                return s
+        raise ConfigError(f"no node with id {nid} in the configuration")
+
+    def client(self, name: str) -> ClientSpec:
+        for c in self.clients:
+            if c.name == name:
+                return c
+        names = ", ".join(c.name for c in self.clients) or "none"
+        raise ConfigError(f"no client named {name!r} in the configuration (have: {names})")
+
+    def client_key_path(self, name: str) -> Path:
+        return self.home / "clients" / name / "private" / "key"
+
+    def public_keys(self) -> dict[PrincipalId, bytes]:
+        """Every principal's public key, nodes and clients."""
+        keys: dict[PrincipalId, bytes] = {s.id: s.public_key for s in self.nodes}
+        keys.update({c.id: c.public_key for c in self.clients})
+        return keys
+
+    def node_public_keys(self) -> dict[PrincipalId, bytes]:
+        return {s.id: s.public_key for s in self.nodes}
+
+    def validate(self) -> ClusterConfig:
+        """Check every rule; return self so calls chain.
+
+        Raises:
+            ConfigError: naming the first rule broken and the numbers that break it.
+        """
+        t, b, n, qc, m = self.t, self.b, self.n, self.qc, self.m
+        if t < 0 or b < 0:
+            raise ConfigError(f"t and b must not be negative (t={t}, b={b})")
+        if b > t:
+            raise ConfigError(f"rule b <= t broken: b={b} > t={t} (Byzantine faults are faults)")
+        need = 3 * t + 2 * b + 1
+        if n < need:
+            raise ConfigError(
+                f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need}"
+            )
+        if not qc > t + b:
+            raise ConfigError(f"PASIS rule t + b < QC broken: t + b = {t + b}, QC = {qc}")
+        if not qc <= n - t - b:
+            raise ConfigError(
+                f"PASIS rule QC <= N - t - b broken: QC = {qc} > {n} - {t} - {b} = {n - t - b}"
+            )
+        if not 1 <= m <= qc - t:
+            raise ConfigError(f"PASIS rule 1 <= m <= QC - t broken: m = {m}, QC - t = {qc - t}")
+        if m > 256 or n > 256:
+            raise ConfigError(f"zfec supports at most 256 fragments (n={n}, m={m})")
+        if not 0 < self.block_size <= MAX_BLOCK_SIZE:
+            raise ConfigError(
+                f"block_size must be in 1..{MAX_BLOCK_SIZE} bytes, got {self.block_size}"
+            )
+        if self.map_size < MIN_MAP_SIZE:
+            raise ConfigError(
+                f"map_size must be at least {MIN_MAP_SIZE} bytes, got {self.map_size}"
+            )
+        ids = [s.id for s in self.nodes]
+        if ids != list(range(n)):
+            raise ConfigError(f"node ids must be 0..{n - 1} in order, got {ids}")
+        # Port 0 means "not bound yet" (the test harness binds first, then fills ports in).
+        addrs = [s.address for s in self.nodes if s.port != 0]
+        dup = {a for a in addrs if addrs.count(a) > 1}
+        if dup:
+            raise ConfigError(f"two nodes share the address {sorted(dup)[0]}")
+        for s in self.nodes:
+            if not 0 <= s.port <= 65535:
+                raise ConfigError(f"node {s.id}: port {s.port} is not in 0..65535")
+            if len(s.public_key) != 32:
+                raise ConfigError(f"node {s.id}: public_key must be 32 bytes (64 hex digits)")
+        names = [c.name for c in self.clients]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"client names must be unique, got {names}")
+        for i, c in enumerate(self.clients):
+            if c.id != client_id(i):
+                raise ConfigError(f"client {c.name!r}: id must be {client_id(i)}, got {c.id}")
+            if len(c.public_key) != 32:
+                raise ConfigError(f"client {c.name!r}: public_key must be 32 bytes")
+            if not c.name or not all(ch.isalnum() or ch in "-_." for ch in c.name):
+                raise ConfigError(f"client name {c.name!r} may only use letters, digits, - _ .")
+        return self
+
+    @classmethod
+    def for_test(
+        cls,
+        *,
+        t: int = 1,
+        b: int = 1,
+        n: int | None = None,
+        qc: int | None = None,
+        m: int | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        clients: int = 2,
+    ) -> ClusterConfig:
+        """A valid configuration with dummy addresses and keys, for pure (no network) tests."""
+        n_, qc_, m_ = default_sizes(t, b, n, qc, m)
+        nodes = tuple(
+            NodeSpec(NodeId(i), "127.0.0.1", 0, bytes([i + 1]) * 32, Path(f"/nonexistent/{i}"))
+            for i in range(n_)
+        )
+        cls_ = tuple(
+            ClientSpec(client_id(k), f"client{k}", bytes([200 + k % 50]) * 32)
+            for k in range(clients)
+        )
+        return cls(t, b, qc_, m_, block_size, MIN_MAP_SIZE, False, nodes, cls_).validate()
+
+
+def default_sizes(
+    t: int, b: int, n: int | None = None, qc: int | None = None, m: int | None = None
+) -> tuple[int, int, int]:
+    """The smallest valid ``(n, qc, m)`` for ``t`` and ``b``, keeping any given value.
+
+    ``n = 3t + 2b + 1`` (Q/U's minimum, which also satisfies PASIS); ``qc = n - t - b``
+    (the largest allowed, so reads are most often complete on the first round);
+    ``m = qc - t`` (the largest allowed, the least storage blow-up).  For t = b = 1 this is
+    DESIGN.md's n=6, QC=4, m=3.
+    """
+    n = 3 * t + 2 * b + 1 if n is None else n
+    qc = n - t - b if qc is None else qc
+    m = max(1, qc - t) if m is None else m
+    return n, qc, m
+
+
+# TOML ------------------------------------------------------------------------------------
+
+_CLUSTER_KEYS = {"t", "b", "qc", "m", "block_size", "map_size", "durable"}
+_NODE_KEYS = {"id", "address", "public_key", "data_dir"}
+_CLIENT_KEYS = {"name", "public_key"}
+
+
+def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    missing = allowed - set(table) - {"durable", "map_size", "block_size"}
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {sorted(missing)}")
+
+
+def _int(where: str, v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ConfigError(f"{where} must be an integer, got {v!r}")
+    return v
+
+
+def _hexkey(where: str, v: Any) -> bytes:
+    try:
+        key = bytes.fromhex(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be 64 hex digits") from None
+    if len(key) != 32:
+        raise ConfigError(f"{where} must be 64 hex digits, got {len(key) * 2}")
+    return key
+
+
+def parse_address(where: str, v: Any) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 hosts in brackets), naming ``where`` on error."""
+    if not isinstance(v, str) or ":" not in v:
+        raise ConfigError(f"{where} must be 'host:port', got {v!r}")
+    host, _, port = v.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{where} must be 'host:port' with a port in 1..65535, got {v!r}")
+    return host, int(port)
+
+
+def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
+    """Build and validate a configuration from parsed TOML (paths relative to ``home``)."""
+    _check_keys("top level", doc, {"cluster", "nodes", "clients"})
+    c = doc["cluster"]
+    if not isinstance(c, dict):
+        raise ConfigError("[cluster] must be a table")
+    _check_keys("[cluster]", c, _CLUSTER_KEYS)
+    durable = c.get("durable", True)
+    if not isinstance(durable, bool):
+        raise ConfigError(f"[cluster] durable must be true or false, got {durable!r}")
+    nodes = []
+    for i, nd in enumerate(doc["nodes"]):
+        where = f"[[nodes]] #{i}"
+        if not isinstance(nd, dict):
+            raise ConfigError(f"{where} must be a table")
+        _check_keys(where, nd, _NODE_KEYS)
+        host, port = parse_address(f"{where} address", nd["address"])
+        data_dir = Path(str(nd["data_dir"]))
+        nodes.append(
+            NodeSpec(
+                NodeId(_int(f"{where} id", nd["id"])),
+                host,
+                port,
+                _hexkey(f"{where} public_key", nd["public_key"]),
+                data_dir if data_dir.is_absolute() else home / data_dir,
+            )
+        )
+    clients = []
+    for i, cd in enumerate(doc["clients"]):
+        where = f"[[clients]] #{i}"
+        if not isinstance(cd, dict):
+            raise ConfigError(f"{where} must be a table")
+        _check_keys(where, cd, _CLIENT_KEYS)
+        clients.append(
+            ClientSpec(
+                client_id(i), str(cd["name"]), _hexkey(f"{where} public_key", cd["public_key"])
+            )
+        )
+    return ClusterConfig(
+        t=_int("[cluster] t", c["t"]),
+        b=_int("[cluster] b", c["b"]),
+        qc=_int("[cluster] qc", c["qc"]),
+        m=_int("[cluster] m", c["m"]),
+        block_size=_int("[cluster] block_size", c.get("block_size", DEFAULT_BLOCK_SIZE)),
+        map_size=_int("[cluster] map_size", c.get("map_size", DEFAULT_MAP_SIZE)),
+        durable=durable,
+        nodes=tuple(nodes),
+        clients=tuple(clients),
+        home=home,
+    ).validate()
+
+
+def load(path: Path) -> ClusterConfig:
+    """Read and validate a cluster configuration file.
+
+    Raises:
+        ConfigError: unreadable, not TOML, or breaking a rule (the message says which).
+    """
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration {path}: {e.strerror}") from e
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    try:
+        return from_dict(doc, path.resolve().parent)
+    except KeyError as e:
+        raise ConfigError(f"{path}: missing {e.args[0]!r}") from e
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
+    """The TOML document for ``cfg`` (data dirs relative to ``cfg.home`` when inside it)."""
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(cfg.home))
+        except ValueError:
+            return str(p)
+
+    return {
+        "cluster": {
+            "t": cfg.t,
+            "b": cfg.b,
+            "qc": cfg.qc,
+            "m": cfg.m,
+            "block_size": cfg.block_size,
+            "map_size": cfg.map_size,
+            "durable": cfg.durable,
+        },
+        "nodes": [
+            {
+                "id": s.id,
+                "address": s.address,
+                "public_key": s.public_key.hex(),
+                "data_dir": rel(s.data_dir),
+            }
+            for s in cfg.nodes
+        ],
+        "clients": [{"name": c.name, "public_key": c.public_key.hex()} for c in cfg.clients],
+    }
+
+
+def save(cfg: ClusterConfig, path: Path) -> None:
+    """Write ``cfg`` as TOML to ``path`` (atomically: a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "# bftfs cluster configuration (written by `bftfs init`; see README.md)\n"
+        + tomli_w.dumps(to_dict(cfg))
+    )
+    tmp.replace(path)
+
+
+def with_ports(cfg: ClusterConfig, ports: Mapping[int, int]) -> ClusterConfig:
+    """A copy of ``cfg`` with node ports replaced (used when the OS picked them)."""
+    nodes = tuple(replace(s, port=ports.get(s.id, s.port)) for s in cfg.nodes)
+    return replace(cfg, nodes=nodes)
+
+
+__all__ = [
+    "CLIENT_ID_BASE",
+    "ClientSpec",
+    "ClusterConfig",
+    "ConfigError",
+    "NodeSpec",
+    "default_sizes",
+    "from_dict",
+    "load",
+    "parse_address",
+    "save",
+    "to_dict",
+    "with_ports",
+]

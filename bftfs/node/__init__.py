@@ -1,0 +1,1 @@
+"""A storage node: LMDB store, request dispatch, background work, statistics."""

@@ -1,0 +1,236 @@
+"""The node's LMDB store: named databases, read transactions, group-committed writes.
+
+One LMDB environment per node (``<data_dir>/lmdb``).  Protocol steps run against the
+:class:`~bftfs.node.kv.KV` view of a transaction:
+
+* :meth:`Store.read` runs a step in a read-only transaction on the caller's thread (MVCC:
+  it never waits for writers, and sees only committed data).
+* :meth:`Store.write` queues a step; a committer task runs every queued step in *one* write
+  transaction and commits it with one sync (group commit), in a worker thread so that the
+  event loop keeps receiving requests during the fsync.  A step that raises is isolated:
+  the batch is rolled back and every step is re-run in a transaction of its own, so only the
+  failing step's changes are lost and its exception reaches its caller.  Steps must
+  therefore be deterministic functions of the KV (protocol replica steps are).
+
+Durability (config ``durable``): when true, a write returns only after its transaction is
+synced to disk; when false, commits are not synced (a process crash, SIGKILL included, still
+loses nothing, because committed pages are in the OS page cache; a power failure may lose
+the last acknowledged writes).
+
+This is the only module that imports lmdb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+import trio
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store cannot take the write (map full, disk full, I/O error)."""
+
+
+class _LmdbKV:
+    """The :class:`KV` protocol over one LMDB transaction."""
+
+    __slots__ = ("_txn", "_store", "_write")
+
+    def __init__(self, txn: lmdb.Transaction, store: Store, write: bool) -> None:
+        self._txn = txn
+        self._store = store
+        self._write = write
+
+    def _db(self, name: str) -> Any:
+        db = self._store._dbs.get(name)
+        if db is None and self._write:
+            db = self._store._env.open_db(name.encode(), txn=self._txn, create=True)
+            self._store._dbs[name] = db
+            self._store._opened_in_batch.append(name)
+        return db
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        h = self._db(db)
+        return None if h is None else self._txn.get(key, db=h)
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._db(db))
+
+    def delete(self, db: str, key: bytes) -> bool:
+        h = self._db(db)
+        return False if h is None else self._txn.delete(key, db=h)
+
+    def lower(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
+        h = self._db(db)
+        if h is None:
+            return None
+        cur = self._txn.cursor(db=h)
+        found = cur.prev() if cur.set_range(key) else cur.last()
+        return (cur.key(), cur.value()) if found else None
+
+    def scan(
+        self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        h = self._db(db)
+        if h is None:
+            return
+        cur = self._txn.cursor(db=h)
+        if not reverse:
+            if not cur.set_range(start):
+                return
+            for k, v in cur:
+                if k >= stop:
+                    return
+                yield k, v
+        else:
+            found = cur.prev() if cur.set_range(stop) else cur.last()
+            while found:
+                k = cur.key()
+                if k < start:
+                    return
+                yield k, cur.value()
+                found = cur.prev()
+
+
+class _Job:
+    __slots__ = ("fn", "result", "error", "done")
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+
+
+class Store:
+    """A node's LMDB environment. Open with :meth:`open`; run :meth:`committer` in a task."""
+
+    def __init__(self, path: Path, *, map_size: int, durable: bool) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.durable = durable
+        self._env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=128,
+            sync=durable,
+            metasync=durable,
+            readahead=False,
+            max_readers=512,
+        )
+        self._dbs: dict[str, Any] = {}
+        self._opened_in_batch: list[str] = []
+        self._queue: list[_Job] = []
+        self._wakeup = trio.Event()
+        self._lock = threading.Lock()
+        self.commits = 0
+        self.batched_writes = 0
+        # Open every named database that already exists (their names are the keys of the
+        # main database), so reads after a restart find them without a write transaction.
+        with self._env.begin() as txn:
+            names = [k for k, _ in txn.cursor()]
+        for name in names:
+            try:
+                self._dbs[name.decode()] = self._env.open_db(name, create=False)
+            except (lmdb.Error, UnicodeDecodeError):
+                log.warning("ignoring unexpected key %r in the main database", name)
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(kv)`` in a read-only transaction and return its result."""
+        with self._env.begin(buffers=False) as txn:
+            return fn(_LmdbKV(txn, self, write=False))
+
+    async def write(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(kv)`` in the next group-committed write transaction; durable on return.
+
+        Raises:
+            StoreError: the transaction could not be committed (e.g. the map or disk is full).
+            Exception: whatever ``fn`` raised (its changes are rolled back).
+        """
+        job = _Job(fn)
+        self._queue.append(job)
+        self._wakeup.set()
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    async def committer(self) -> None:
+        """Commit queued writes forever (run as a background task of the node)."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            if self.durable:
+                await trio.to_thread.run_sync(self._run_batch, batch, abandon_on_cancel=False)
+            else:
+                self._run_batch(batch)
+            for job in batch:
+                job.done.set()
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        with self._lock:
+            try:
+                self._commit(batch, isolate=False)
+            except _StepFailed:
+                for job in batch:  # re-run each step alone so one failure hurts only itself
+                    with contextlib.suppress(_StepFailed):
+                        self._commit([job], isolate=True)
+
+    def _commit(self, batch: list[_Job], *, isolate: bool) -> None:
+        self._opened_in_batch = []
+        txn = self._env.begin(write=True)
+        try:
+            kv = _LmdbKV(txn, self, write=True)
+            for job in batch:
+                try:
+                    job.result = job.fn(kv)
+                except Exception as e:
+                    if not isolate:
+                        raise _StepFailed from e
+                    job.error = e
+                    raise _StepFailed from e
+            txn.commit()
+            self.commits += 1
+            self.batched_writes += len(batch)
+        except _StepFailed:
+            self._abort(txn)
+            raise
+        except lmdb.Error as e:
+            self._abort(txn)
+            err = StoreError(f"store write failed: {e}")
+            for job in batch:
+                job.error = err
+        except BaseException:
+            self._abort(txn)
+            raise
+
+    def _abort(self, txn: lmdb.Transaction) -> None:
+        txn.abort()
+        for name in self._opened_in_batch:  # handles created in an aborted txn are invalid
+            self._dbs.pop(name, None)
+        self._opened_in_batch = []
+
+    def size_bytes(self) -> int:
+        """Bytes of the map in use (pages up to the last used one)."""
+        info = self._env.info()
+        return int((info["last_pgno"] + 1) * self._env.stat()["psize"])
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class _StepFailed(Exception):
+    """A step raised inside a batch; the batch is rolled back and re-run step by step."""

@@ -1,0 +1,198 @@
+"""An in-process cluster: every node in this trio loop, over real loopback TCP and real LMDB.
+
+Protocol tests use it to get real framing, MACs, group commit and connection handling
+without process start-up costs, and to inject faults deterministically
+(:mod:`bftfs.testing.faults`).  Ports come from the OS (listeners are bound before the
+configuration is written, so no port is ever guessed); each node has its own LMDB directory
+under the test's temporary directory, so crash-recover reopens the same data.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs.config import (
+    DEFAULT_BLOCK_SIZE,
+    MIN_MAP_SIZE,
+    ClientSpec,
+    ClusterConfig,
+    NodeSpec,
+    default_sizes,
+)
+from bftfs.crypto import Identity, KeyRing
+from bftfs.ids import NodeId, client_id
+from bftfs.node.service import Node
+from bftfs.testing.faults import FaultInjector
+from bftfs.transport import Endpoint
+
+#: Test-friendly transport timing: resend quickly, give up within seconds.
+TEST_ENDPOINT = {"resend_after": 0.05, "timeout": 5.0, "connect_timeout": 1.0}
+
+
+class Cluster:
+    """Handles to a running in-process cluster (built by :func:`open_cluster`)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_ids: list[Identity],
+        client_ids: list[Identity],
+        nursery: trio.Nursery,
+        seed: int,
+        endpoint_options: dict[str, Any],
+    ) -> None:
+        self.config = config
+        self.rng = random.Random(seed)
+        self.nodes: list[Node] = [None] * config.n  # type: ignore[list-item]
+        self.faults = [
+            FaultInjector(random.Random(self.rng.getrandbits(64)), self, i) for i in range(config.n)
+        ]
+        self._node_identities = node_ids
+        self._client_identities = client_ids
+        self._nursery = nursery
+        self._scopes: list[trio.CancelScope | None] = [None] * config.n
+        self._stopped: list[trio.Event] = [trio.Event() for _ in range(config.n)]
+        self._clients: dict[int, Endpoint] = {}
+        self._endpoint_options = endpoint_options
+        self.crashed: set[int] = set()
+
+    @property
+    def addresses(self) -> dict[NodeId, tuple[str, int]]:
+        return {s.id: (s.host, s.port) for s in self.config.nodes}
+
+    def client(self, k: int = 0) -> Endpoint:
+        """The endpoint of the ``k``-th configured client (created on first use)."""
+        if k not in self._clients:
+            ident = self._client_identities[k]
+            ring = KeyRing(ident, self.config.node_public_keys())
+            self._clients[k] = Endpoint(
+                ring, self.addresses, self._nursery, **self._endpoint_options
+            )
+        return self._clients[k]
+
+    def stranger(self) -> Endpoint:
+        """An endpoint with a fresh identity that is *not* in the configuration."""
+        ident = Identity.generate(client_id(len(self._client_identities) + 99))
+        ring = KeyRing(ident, self.config.node_public_keys())
+        return Endpoint(ring, self.addresses, self._nursery, **self._endpoint_options)
+
+    async def _run_node(
+        self,
+        i: int,
+        listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        stopped = self._stopped[i] = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self._scopes[i] = scope
+                node = Node(
+                    self.config,
+                    self._node_identities[i],
+                    listeners=listeners,
+                    faults=self.faults[i],
+                    endpoint_options=self._endpoint_options,
+                )
+                self.nodes[i] = node
+                await node.run(task_status=task_status)
+        finally:
+            stopped.set()
+
+    async def start(self, i: int, listeners: list[trio.SocketListener]) -> None:
+        await self._nursery.start(self._run_node, i, listeners)
+
+    def crash(self, i: int) -> None:
+        """Stop node ``i`` at once: connections drop, unacknowledged work is lost."""
+        scope = self._scopes[i]
+        if scope is not None:
+            scope.cancel()
+        self.crashed.add(i)
+
+    async def recover(self, i: int) -> None:
+        """Restart node ``i`` on the same LMDB directory and port."""
+        await self._stopped[i].wait()
+        spec = self.config.node(i)
+        listeners = await trio.open_tcp_listeners(spec.port, host=spec.host)
+        await self.start(i, listeners)
+        self.crashed.discard(i)
+
+    async def wait_stopped(self, i: int) -> None:
+        await self._stopped[i].wait()
+
+
+@asynccontextmanager
+async def open_cluster(
+    tmp_path: Path,
+    *,
+    t: int = 1,
+    b: int = 1,
+    n: int | None = None,
+    qc: int | None = None,
+    m: int | None = None,
+    clients: int = 2,
+    seed: int = 0,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    durable: bool = False,
+    map_size: int = 64 * MIN_MAP_SIZE,
+    endpoint_options: dict[str, Any] | None = None,
+) -> AsyncIterator[Cluster]:
+    """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
+
+    ``durable`` defaults to False here (tests run faster without fsync; crash tests that
+    need it turn it on). The defaults for ``n``, ``qc`` and ``m`` follow
+    :func:`bftfs.config.default_sizes`.
+    """
+    n_, qc_, m_ = default_sizes(t, b, n, qc, m)
+    rng = random.Random(seed)
+    # Keys need not be reproducible (their values never steer a protocol decision), but
+    # the fault RNG is.
+    node_idents = [Identity.generate(NodeId(i)) for i in range(n_)]
+    client_idents = [Identity.generate(client_id(k)) for k in range(clients)]
+    listeners = [await trio.open_tcp_listeners(0, host="127.0.0.1") for _ in range(n_)]
+    try:
+        nodes = tuple(
+            NodeSpec(
+                NodeId(i),
+                "127.0.0.1",
+                ls[0].socket.getsockname()[1],
+                node_idents[i].public,
+                tmp_path / f"node{i}",
+            )
+            for i, ls in enumerate(listeners)
+        )
+        clients_ = tuple(
+            ClientSpec(client_id(k), f"client{k}", client_idents[k].public) for k in range(clients)
+        )
+        config = ClusterConfig(
+            t=t,
+            b=b,
+            qc=qc_,
+            m=m_,
+            block_size=block_size,
+            map_size=map_size,
+            durable=durable,
+            nodes=nodes,
+            clients=clients_,
+            home=tmp_path,
+        ).validate()
+        opts = dict(TEST_ENDPOINT, **(endpoint_options or {}))
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(
+                config, node_idents, client_idents, nursery, rng.getrandbits(64), opts
+            )
+            for i in range(n_):
+                await cluster.start(i, listeners[i])
+            try:
+                yield cluster
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        for ls in listeners:
+            for lst in ls:
+                lst.socket.close()
