@@ -31,6 +31,7 @@ some are slow or dead, and let the stragglers finish in the background.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -264,19 +265,102 @@ async def server_handshake(
     return PrincipalId(c_pid), Session(send_key=s2c, recv_key=c2s)
 
 
+class FrameWriter:
+    """Writes frames to a socket: straight to the kernel when idle, via a task when backed up.
+
+    A write that the socket takes whole costs one system call and no task switch, which is
+    most of the latency of a small request on loopback.  Whatever the kernel does not take
+    goes to a backlog that :meth:`run` (a background task) drains with ``send_all``; while
+    anything is queued or being sent, new frames queue behind it, so order is kept.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._fd = stream.socket.fileno()
+        self._backlog: list[bytes] = []
+        self._busy = False
+        self._wake = trio.Event()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (one or more whole frames) or queue it; never blocks.
+
+        Raises:
+            trio.ClosedResourceError: the connection is closed.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError
+        if not self._backlog and not self._busy:
+            try:
+                n = os.write(self._fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self.close()
+                raise trio.ClosedResourceError from None
+            if n == len(data):
+                return
+            data = data[n:]
+        self._backlog.append(data)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Drain the backlog until the connection closes."""
+        try:
+            while not self.closed:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while self._backlog:
+                    chunk = b"".join(self._backlog)
+                    self._backlog.clear()
+                    self._busy = True
+                    try:
+                        await self._stream.send_all(chunk)
+                    finally:
+                        self._busy = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self._backlog.clear()
+        self._wake.set()
+
+
 # Client side -----------------------------------------------------------------------------
 
 
 class _Waiter:
     """Where a reply for one request id lands."""
 
-    __slots__ = ("event", "status", "body", "lost")
+    __slots__ = ("event", "status", "body", "lost", "notify")
 
-    def __init__(self) -> None:
+    def __init__(self, notify: Callable[[], None] | None = None) -> None:
         self.event = trio.Event()
         self.status: int | None = None
         self.body: Any = None
         self.lost = False
+        #: Called when the waiter resolves (quorum calls collect replies this way).
+        self.notify = notify
+
+    def resolve(self, status: int | None, body: Any, *, lost: bool = False) -> None:
+        if self.event.is_set():
+            return
+        self.status, self.body, self.lost = status, body, lost
+        self.event.set()
+        if self.notify is not None:
+            self.notify()
+
+    def outcome(self) -> tuple[bool, Any]:
+        """``(True, reply)`` or ``(False, reason)`` once resolved."""
+        if self.lost:
+            return False, "connection lost"
+        if self.status == STATUS_OK:
+            return True, self.body
+        body = self.body
+        if isinstance(body, list) and len(body) == 2:
+            return False, f"refused: {body[0]}: {body[1]}"
+        return False, "refused: malformed error reply"
 
 
 class _Connection:
@@ -291,36 +375,26 @@ class _Connection:
         self.session = session
         self.pending: dict[int, _Waiter] = {}
         self.closed = False
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](float("inf"))
+        self._writer = FrameWriter(stream)
 
     def send_nowait(self, msg: list[Any]) -> None:
-        """Queue a message; the writer coalesces queued frames into one ``send_all``."""
+        """Send (or queue) a message without blocking."""
         if self.closed:
             raise trio.ClosedResourceError
-        self._out_send.send_nowait(self.session.seal(msg))
+        try:
+            self._writer.write(self.session.seal(msg))
+        except trio.ClosedResourceError:
+            self._close()
+            raise
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
+                nursery.start_soon(self._writer.run)
                 await self._reader()
                 nursery.cancel_scope.cancel()
         finally:
             self._close()
-
-    async def _writer(self) -> None:
-        try:
-            async for frame in self._out_recv:
-                frames = [frame]
-                while True:
-                    try:
-                        frames.append(self._out_recv.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                await self.stream.send_all(b"".join(frames) if len(frames) > 1 else frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        self._close()
 
     async def _reader(self) -> None:
         try:
@@ -336,9 +410,8 @@ class _Connection:
                         continue
                     return
                 waiter = self.pending.pop(req_id, None)
-                if kind == REPLY and waiter is not None and not waiter.event.is_set():
-                    waiter.status, waiter.body = status, body
-                    waiter.event.set()
+                if kind == REPLY and waiter is not None:
+                    waiter.resolve(status, body)
         except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
 
@@ -346,12 +419,11 @@ class _Connection:
         if self.closed:
             return
         self.closed = True
-        self._out_send.close()
-        for w in self.pending.values():
-            if not w.event.is_set():
-                w.lost = True
-                w.event.set()
+        self._writer.close()
+        pending = list(self.pending.values())
         self.pending.clear()
+        for w in pending:
+            w.resolve(None, None, lost=True)
         self.stream.socket.close()
 
 
@@ -535,19 +607,26 @@ class Endpoint:
         result = QuorumResult()
         if enough(result.replies):
             return result
-        # One channel carries both replies and "probe another node now" signals, so the wait
-        # below is a single receive. It is unbounded: stragglers must never block on it
-        # after this call has returned.
-        send, recv = trio.open_memory_channel[tuple[NodeId, bool, Any] | None](float("inf"))
+        # One channel carries replies and "probe another node now" signals, so the wait below
+        # is a single receive. It is unbounded: nothing may block on it after we return.
+        #   (node, ok, value)  a finished target (slow path: a task running ``call``)
+        #   (node, waiter)     a resolved fast-path waiter
+        #   None               probe another target now
+        send, recv = trio.open_memory_channel[Any](float("inf"))
         make = payload if callable(payload) else (lambda _n: payload)
+        deadline = trio.current_time() + timeout
+        # Fast path: on an open connection, send directly and let the connection's reader
+        # push the reply into our channel; no task per target. Slow path (no connection
+        # yet, or it broke): a task running ``call``, which connects and resends.
+        fast: dict[NodeId, tuple[_Connection, int, _Waiter, Any, float]] = {}
 
-        async def one(node: NodeId) -> None:
+        async def one(node: NodeId, value: Any) -> None:
             try:
                 reply = await self.call(
                     node,
                     kind,
-                    make(node),
-                    timeout=timeout,
+                    value,
+                    timeout=max(0.0, deadline - trio.current_time()),
                     on_trouble=lambda: send.send_nowait(None),
                 )
             except TransportError as e:
@@ -560,46 +639,141 @@ class Endpoint:
         waiting = 0
         next_target = 0
 
+        def start(node: NodeId, value: Any) -> None:
+            conn = self._conns.get(node)
+            if conn is not None and not conn.closed:
+                req_id = next(self._ids)
+                waiter = _Waiter()
+                waiter.notify = lambda: send.send_nowait((node, waiter))
+                conn.pending[req_id] = waiter
+                try:
+                    conn.send_nowait([REQUEST, req_id, kind, value])
+                except trio.ClosedResourceError:
+                    pass  # the waiter was resolved as lost: handled like any failure
+                else:
+                    self.sent += 1
+                fast[node] = (conn, req_id, waiter, value, trio.current_time())
+            else:
+                self._nursery.start_soon(one, node, value)
+
         def start_next() -> None:
             nonlocal waiting, next_target
             if next_target < len(targets):
-                self._nursery.start_soon(one, targets[next_target])
+                node = targets[next_target]
                 next_target += 1
                 waiting += 1
+                start(node, make(node))
+
+        def resend_overdue(now: float) -> None:
+            for node, (conn, req_id, waiter, value, sent_at) in list(fast.items()):
+                if not waiter.event.is_set() and now - sent_at >= self.resend_after:
+                    if conn.closed:
+                        continue
+                    try:
+                        conn.send_nowait([REQUEST, req_id, kind, value])
+                    except trio.ClosedResourceError:
+                        continue
+                    self.resent += 1
+                    fast[node] = (conn, req_id, waiter, value, now)
+
+        def finish_in_background() -> None:
+            for node, (conn, req_id, waiter, value, _) in fast.items():
+                if not waiter.event.is_set():
+                    self._nursery.start_soon(
+                        self._finish, node, kind, conn, req_id, waiter, value, deadline
+                    )
 
         for _ in range(len(targets) if initial is None else max(1, initial)):
             start_next()
-        deadline = trio.current_time() + timeout
-        while True:
-            if waiting == 0 and next_target >= len(targets):
-                raise QuorumUnavailable(
-                    f"{kind}: quorum not reached ({len(result.replies)} valid of "
-                    f"{len(targets)}; errors: {result.errors})",
-                    result,
-                )
-            now = trio.current_time()
-            if now >= deadline:
-                raise QuorumUnavailable(f"{kind}: quorum not reached within {timeout:g}s", result)
-            more = next_target < len(targets)
-            got: tuple[NodeId, bool, Any] | None = None
-            timed_out = True
-            with trio.move_on_at(min(deadline, now + probe_after) if more else deadline):
-                got = await recv.receive()
-                timed_out = False
-            if got is None:
-                if timed_out or more:
-                    start_next()  # slow or troubled: probe one more
-                continue
-            node, ok, value = got
-            waiting -= 1
-            if ok and (accept is None or accept(node, value)):
-                result.replies[node] = value
-                result.errors.pop(node, None)
-                if enough(result.replies):
-                    return result
-            else:
-                result.errors[node] = value if not ok else "invalid reply"
-                start_next()
+        try:
+            while True:
+                if waiting == 0 and next_target >= len(targets):
+                    raise QuorumUnavailable(
+                        f"{kind}: quorum not reached ({len(result.replies)} valid of "
+                        f"{len(targets)}; errors: {result.errors})",
+                        result,
+                    )
+                now = trio.current_time()
+                if now >= deadline:
+                    raise QuorumUnavailable(
+                        f"{kind}: quorum not reached within {timeout:g}s", result
+                    )
+                more = next_target < len(targets)
+                wake = min(deadline, now + (probe_after if more else self.resend_after))
+                if fast:
+                    wake = min(wake, now + self.resend_after)
+                got: Any = None
+                timed_out = True
+                with trio.move_on_at(wake):
+                    got = await recv.receive()
+                    timed_out = False
+                if got is None:
+                    now = trio.current_time()
+                    resend_overdue(now)
+                    if more and (not timed_out or now >= wake):
+                        start_next()  # slow or troubled: probe one more
+                    continue
+                if len(got) == 2:
+                    node, waiter = got
+                    entry = fast.pop(node, None)
+                    if entry is not None and entry[2] is not waiter:
+                        fast[node] = entry  # a stale waiter of an earlier attempt
+                        continue
+                    ok, value = waiter.outcome()
+                    if waiter.lost:  # the connection broke: retry through the slow path
+                        self._nursery.start_soon(one, node, entry[3] if entry else make(node))
+                        if more:
+                            start_next()
+                        continue
+                else:
+                    node, ok, value = got
+                waiting -= 1
+                if ok and (accept is None or accept(node, value)):
+                    result.replies[node] = value
+                    result.errors.pop(node, None)
+                    if enough(result.replies):
+                        finish_in_background()
+                        fast.clear()
+                        return result
+                else:
+                    result.errors[node] = value if not ok else "invalid reply"
+                    start_next()
+        finally:
+            for conn, req_id, _, _, _ in fast.values():
+                conn.pending.pop(req_id, None)
+
+    async def _finish(
+        self,
+        node: NodeId,
+        kind: str,
+        conn: _Connection,
+        req_id: int,
+        waiter: _Waiter,
+        value: Any,
+        deadline: float,
+    ) -> None:
+        """Let a straggler of a quorum call complete: resend until answered or timed out."""
+        interval = self.resend_after
+        try:
+            while not waiter.event.is_set():
+                now = trio.current_time()
+                if now >= deadline:
+                    return
+                with trio.move_on_at(min(deadline, now + interval)):
+                    await waiter.event.wait()
+                if waiter.event.is_set() or conn.closed:
+                    break
+                with contextlib.suppress(trio.ClosedResourceError):
+                    conn.send_nowait([REQUEST, req_id, kind, value])
+                    self.resent += 1
+                interval = min(interval * 2, 5.0)
+            if waiter.lost and trio.current_time() < deadline:
+                with contextlib.suppress(TransportError, RemoteError):
+                    await self.call(
+                        node, kind, value, timeout=max(0.0, deadline - trio.current_time())
+                    )
+        finally:
+            conn.pending.pop(req_id, None)
 
     async def aclose(self) -> None:
         for conn in list(self._conns.values()):

@@ -4,6 +4,7 @@ Tests are tiered by file name (STYLE.md section 7): ``t1_`` pure cores, ``t2_`` 
 transport, ``t3_`` file-system operations without a kernel, ``t4_`` real mounts, ``t5_``
 cluster faults.  Async tests run under ``trio.run`` through the ``run`` helper (pytest-trio
 is unmaintained, and a plain ``trio.run`` keeps each test's event loop explicit).
+Files are collected by the ``python_files`` pattern in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -17,14 +18,3 @@ settings.register_profile(
     "bftfs", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "bftfs"))
-
-
-def pytest_collect_file(file_path, parent):  # type: ignore[no-untyped-def]
-    """Collect the tiered files ``t<digit>_*.py`` as test modules."""
-    import pytest
-
-    name = file_path.name
-    if file_path.suffix == ".py" and len(name) > 3 and name[0] == "t" and name[1].isdigit() \
-            and name[2] == "_":
-        return pytest.Module.from_parent(parent, path=file_path)
-    return None

@@ -76,6 +76,10 @@ class Cluster:
             )
         return self._clients[k]
 
+    def client_identity(self, k: int = 0) -> Identity:
+        """The private identity of the ``k``-th configured client (for raw-protocol tests)."""
+        return self._client_identities[k]
+
     def stranger(self) -> Endpoint:
         """An endpoint with a fresh identity that is *not* in the configuration."""
         ident = Identity.generate(client_id(len(self._client_identities) + 99))

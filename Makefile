@@ -1,0 +1,44 @@
+# bftfs: the two commands of the README, and a few more.
+#   make up      create the local cluster in nodes/ (first time), start its nodes
+#   make test    the default test suite (fast tiers); make test-slow runs the slow suites
+#   make down    stop the local cluster
+# Every target installs what it needs first (scripts/setup.sh).
+
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup up down status test test-slow test-all lint bench clean
+
+setup:
+	@scripts/setup.sh
+
+up: setup
+	$(BIN)/bftfs up --dir nodes
+
+down: setup
+	@if [ -f nodes/cluster.toml ]; then $(BIN)/bftfs down --dir nodes; else echo "no cluster in nodes/"; fi
+
+status: setup
+	$(BIN)/bftfs status --dir nodes
+
+test: setup
+	$(BIN)/ruff check bftfs tests benchmarks
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no slow tests collected
+
+test-all: setup
+	$(BIN)/ruff check bftfs tests benchmarks
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check bftfs tests benchmarks
+	$(BIN)/ruff format --check bftfs tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/transport.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

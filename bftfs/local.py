@@ -1,0 +1,317 @@
+"""The local cluster on disk: create it, start and stop node processes, report status.
+
+Layout of a cluster directory (``nodes/`` by default)::
+
+    cluster.toml                 the configuration (public keys, addresses, thresholds)
+    node<I>/private/key          node I's private key (0600, directory 0700)
+    node<I>/lmdb/                node I's LMDB environment
+    node<I>/node.log, node.pid   its log and, while it runs, its process id
+    clients/<name>/private/key   client private keys (0600)
+
+``bftfs up`` uses :func:`start_nodes`; ``bftfs down`` uses :func:`stop_nodes`; the
+benchmarks and process-level tests use the same functions through
+``bftfs.testing.processes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs import config as cfgmod
+from bftfs.config import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MAP_SIZE,
+    ClientSpec,
+    ClusterConfig,
+    ConfigError,
+    NodeSpec,
+    default_sizes,
+)
+from bftfs.connect import open_client
+from bftfs.crypto import Identity
+from bftfs.ids import NodeId, client_id
+from bftfs.transport import RemoteError, TransportError
+
+CONFIG_NAME = "cluster.toml"
+
+#: Node processes this process started, kept so they can be reaped when they stop (a
+#: dropped ``Popen`` of a running child would otherwise leave a zombie behind).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class ClusterError(Exception):
+    """The local cluster cannot be created, started or reached as asked."""
+
+
+def config_path(home: Path) -> Path:
+    return home / CONFIG_NAME
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports the OS reports free right now (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def init_cluster(
+    home: Path,
+    *,
+    t: int = cfgmod.DEFAULT_T,
+    b: int = cfgmod.DEFAULT_B,
+    n: int | None = None,
+    qc: int | None = None,
+    m: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    map_size: int = DEFAULT_MAP_SIZE,
+    durable: bool = True,
+    clients: int = 2,
+    host: str = "127.0.0.1",
+    ports: list[int] | None = None,
+    force: bool = False,
+) -> ClusterConfig:
+    """Create a cluster directory: fresh keys for every node and client, and its config.
+
+    Ports are asked of the OS (free at init time) unless given. The configuration is
+    validated before anything is written, so a bad request leaves no half-made cluster.
+
+    Raises:
+        ConfigError: the thresholds break a rule.
+        ClusterError: a cluster already exists there (and ``force`` is false).
+    """
+    home = home.resolve()
+    n_, qc_, m_ = default_sizes(t, b, n, qc, m)
+    if config_path(home).exists() and not force:
+        raise ClusterError(f"a cluster already exists in {home} (use --force to replace it)")
+    ports = ports or free_ports(n_, host)
+    if len(ports) != n_:
+        raise ConfigError(f"{len(ports)} ports given for {n_} nodes")
+    node_ids = [Identity.generate(NodeId(i)) for i in range(n_)]
+    client_ids = [Identity.generate(client_id(k)) for k in range(clients)]
+    cfg = ClusterConfig(
+        t=t,
+        b=b,
+        qc=qc_,
+        m=m_,
+        block_size=block_size,
+        map_size=map_size,
+        durable=durable,
+        nodes=tuple(
+            NodeSpec(NodeId(i), host, ports[i], node_ids[i].public, home / f"node{i}")
+            for i in range(n_)
+        ),
+        clients=tuple(
+            ClientSpec(client_id(k), f"client{k}", client_ids[k].public) for k in range(clients)
+        ),
+        home=home,
+    ).validate()
+    home.mkdir(parents=True, exist_ok=True)
+    for spec, ident in zip(cfg.nodes, node_ids, strict=True):
+        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        ident.save(spec.key_path)
+    for spec, ident in zip(cfg.clients, client_ids, strict=True):
+        ident.save(cfg.client_key_path(spec.name))
+    cfgmod.save(cfg, config_path(home))
+    return cfgmod.load(config_path(home))
+
+
+def load_cluster(home: Path) -> ClusterConfig:
+    path = config_path(home)
+    if not path.exists():
+        raise ClusterError(f"no cluster in {home} (run `bftfs init --dir {home}` first)")
+    return cfgmod.load(path)
+
+
+def pid_path(spec: NodeSpec) -> Path:
+    return spec.data_dir / "node.pid"
+
+
+def log_path(spec: NodeSpec) -> Path:
+    return spec.data_dir / "node.log"
+
+
+def running_pid(spec: NodeSpec) -> int | None:
+    """The pid of node ``spec``'s process if it is running, from its pid file."""
+    try:
+        pid = int(pid_path(spec).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # Guard against a recycled pid belonging to some other program.
+    if b"bftfs" not in cmdline or b"node" not in cmdline:
+        return None
+    return pid
+
+
+def start_node(cfg: ClusterConfig, node_id: int, extra_args: list[str] | None = None) -> int:
+    """Start node ``node_id`` as a background process (unless running); its pid."""
+    spec = cfg.node(node_id)
+    pid = running_pid(spec)
+    if pid is not None:
+        return pid
+    cmd = [
+        sys.executable,
+        "-m",
+        "bftfs",
+        "node",
+        "--config",
+        str(config_path(cfg.home)),
+        "--id",
+        str(node_id),
+        *(extra_args or []),
+    ]
+    with open(log_path(spec), "ab") as logf:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _children[proc.pid] = proc
+    pid_path(spec).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop_node(
+    cfg: ClusterConfig, node_id: int, *, kill: bool = False, timeout: float = 10.0
+) -> bool:
+    """Stop node ``node_id`` (SIGTERM, SIGKILL after ``timeout``); whether it was running."""
+    spec = cfg.node(node_id)
+    pid = running_pid(spec)
+    if pid is None:
+        pid_path(spec).unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+        time.sleep(0.02)
+    pid_path(spec).unlink(missing_ok=True)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _children[pid]
+        return False
+    try:
+        # Reap it if it is our child (the test harness starts nodes itself).
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_nodes(cfg: ClusterConfig, extra_args: dict[int, list[str]] | None = None) -> None:
+    for spec in cfg.nodes:
+        start_node(cfg, spec.id, (extra_args or {}).get(spec.id))
+
+
+def stop_nodes(cfg: ClusterConfig, *, kill: bool = False) -> list[int]:
+    """Stop every node; the ids that were running."""
+    return [s.id for s in cfg.nodes if stop_node(cfg, s.id, kill=kill)]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    id: int
+    address: str
+    pid: int | None
+    up: bool
+    stats: dict[str, Any] | None
+    error: str | None
+
+
+async def query_status(
+    cfg: ClusterConfig, *, timeout: float = 1.0, client: str = "client0"
+) -> list[NodeStatus]:
+    """Ask every node for its statistics (concurrently); a node that does not answer is down."""
+    results: dict[int, NodeStatus] = {}
+    async with open_client(
+        cfg, client, timeout=timeout, resend_after=timeout, connect_timeout=timeout
+    ) as ep:
+
+        async def one(spec: NodeSpec) -> None:
+            pid = running_pid(spec)
+            try:
+                stats = await ep.call(spec.id, "stats", None, timeout=timeout)
+                results[spec.id] = NodeStatus(spec.id, spec.address, pid, True, stats, None)
+            except (TransportError, RemoteError) as e:
+                results[spec.id] = NodeStatus(spec.id, spec.address, pid, False, None, str(e))
+
+        async with trio.open_nursery() as nursery:
+            for spec in cfg.nodes:
+                nursery.start_soon(one, spec)
+    return [results[s.id] for s in cfg.nodes]
+
+
+def wait_ready(
+    cfg: ClusterConfig, *, timeout: float = 20.0, nodes: list[int] | None = None
+) -> list[NodeStatus]:
+    """Block until the given nodes (default all) answer, or raise ClusterError naming the rest."""
+    want = set(cfg.node_ids if nodes is None else nodes)
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = trio.run(query_status, cfg)
+        missing = [s for s in statuses if s.id in want and not s.up]
+        if not missing:
+            return statuses
+        if time.monotonic() > deadline:
+            details = []
+            for s in missing:
+                tail = _log_tail(log_path(cfg.node(s.id)))
+                details.append(f"node {s.id} ({s.address}): {s.error}{tail}")
+            raise ClusterError("nodes did not come up:\n  " + "\n  ".join(details))
+        for s in missing:  # a node that died at start-up will never answer: fail fast
+            if running_pid(cfg.node(s.id)) is None:
+                tail = _log_tail(log_path(cfg.node(s.id)))
+                raise ClusterError(f"node {s.id} exited during start-up{tail}")
+        time.sleep(0.1)
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return ("\n      " + "\n      ".join(text)) if text else ""

@@ -1,0 +1,38 @@
+"""One logging set-up for every bftfs program (STYLE.md section 4)."""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import sys
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(
+    *,
+    log_file: Path | None = None,
+    debug_modules: list[str] | None = None,
+    quiet: bool = False,
+) -> None:
+    """Log to ``log_file`` (rotating) or stderr; DEBUG for ``debug_modules``.
+
+    ``faulthandler`` is enabled so a hung or crashed process leaves its stacks in the log.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if log_file is not None:
+        handler: logging.Handler = RotatingFileHandler(
+            log_file, maxBytes=16 * 1024**2, backupCount=3
+        )
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    for mod in debug_modules or []:
+        logging.getLogger(mod).setLevel(logging.DEBUG)
+    faulthandler.enable()

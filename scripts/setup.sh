@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything bftfs needs on a fresh Debian-like machine, idempotently:
+#   - Debian packages: fuse3 (fusermount3), libfuse3-dev and pkg-config (to build pyfuse3),
+#     bindfs and postmark (benchmark references), when missing;
+#   - a virtualenv in .venv with bftfs installed in editable mode with its test extras.
+# Called by `make up` / `make test`; safe to run again (a stamp file skips the pip step
+# when pyproject.toml has not changed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in fuse3 libfuse3-dev pkg-config; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq || true
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating virtualenv .venv"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.bftfs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing bftfs and its test extras into .venv"
+    .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack" 
+    touch "$stamp"
+fi

@@ -1,0 +1,120 @@
+"""Configuration: every threshold rule refused with its name, TOML round trip, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bftfs import config as cfgmod
+from bftfs.config import ClusterConfig, ConfigError, default_sizes
+from bftfs.local import init_cluster
+
+
+def make(
+    t: int = 1, b: int = 1, n: int | None = None, qc: int | None = None, m: int | None = None
+) -> ClusterConfig:
+    return ClusterConfig.for_test(t=t, b=b, n=n, qc=qc, m=m)
+
+
+@pytest.mark.parametrize(
+    ("t", "b", "n", "qc", "m"),
+    [
+        (1, 1, 6, 4, 3),
+        (1, 1, 6, 3, 1),
+        (1, 1, 6, 3, 2),
+        (1, 0, 4, 2, 1),
+        (0, 0, 1, 1, 1),
+        (2, 2, 11, 7, 5),
+        (4, 4, 21, 13, 9),
+        (5, 5, 26, 16, 11),
+        (2, 1, 9, 6, 4),
+    ],
+)
+def test_valid_configurations_are_accepted(t: int, b: int, n: int, qc: int, m: int) -> None:
+    cfg = make(t, b, n, qc, m)
+    assert (cfg.n, cfg.qc, cfg.m) == (n, qc, m)
+    assert cfg.q == 2 * t + 2 * b + 1 and cfg.r == t + b + 1
+    assert cfg.complete_threshold == qc + b and cfg.incomplete_threshold == qc - t
+    assert cfg.write_quorum == n - t
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "rule"),
+    [
+        ({"t": 1, "b": 2}, "b <= t"),
+        ({"t": 1, "b": 1, "n": 5, "qc": 3, "m": 1}, "n >= 3t + 2b + 1"),
+        ({"t": 1, "b": 1, "n": 6, "qc": 2, "m": 1}, "t + b < QC"),
+        ({"t": 1, "b": 1, "n": 6, "qc": 5, "m": 1}, "QC <= N - t - b"),
+        ({"t": 1, "b": 1, "n": 6, "qc": 4, "m": 4}, "1 <= m <= QC - t"),
+        ({"t": 1, "b": 1, "n": 6, "qc": 4, "m": 0}, "1 <= m <= QC - t"),
+        ({"t": -1, "b": 0}, "negative"),
+    ],
+)
+def test_each_broken_rule_is_named_with_its_numbers(kwargs: dict[str, int], rule: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        make(**kwargs)
+    assert rule in str(e.value)
+
+
+def test_default_sizes_match_design() -> None:
+    assert default_sizes(1, 1) == (6, 4, 3)
+    for t in range(6):
+        for b in range(t + 1):
+            make(t, b)  # the defaults are valid for every t, b
+
+
+def test_toml_round_trip_and_relative_paths(tmp_path: Path) -> None:
+    cfg = init_cluster(tmp_path / "c", clients=3, block_size=16384)
+    again = cfgmod.load(tmp_path / "c" / "cluster.toml")
+    assert again == cfg
+    assert all(s.data_dir.is_relative_to(tmp_path / "c") for s in again.nodes)
+    assert 'data_dir = "node0"' in (tmp_path / "c" / "cluster.toml").read_text()
+    assert [c.name for c in again.clients] == ["client0", "client1", "client2"]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cluster.toml"
+    p.write_text(text)
+    return p
+
+
+def _edit(tmp_path: Path, old: str, new: str) -> Path:
+    cfg = init_cluster(tmp_path / "c")
+    path = cfg.home / "cluster.toml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("t = 1", "t = 1\nbogus = 3", "unknown key(s) ['bogus']"),
+        ("qc = 4", "qc = 5", "QC <= N - t - b"),
+        ("qc = 4", 'qc = "4"', "must be an integer"),
+        ("durable = true", "durable = 1", "true or false"),
+        ('address = "127.0.0.1:', 'address = "127.0.0.1:99999', "host:port"),
+        ('public_key = "', 'public_key = "zz', "64 hex digits"),
+        ("m = 3", "", "missing key(s) ['m']"),
+    ],
+)
+def test_bad_files_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:
+    path = _edit(tmp_path, old, new)
+    with pytest.raises(ConfigError) as e:
+        cfgmod.load(path)
+    assert message in str(e.value)
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        cfgmod.load(_write(tmp_path, "[cluster\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        cfgmod.load(tmp_path / "absent.toml")
+
+
+def test_init_refuses_duplicate_ports_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="share the address"):
+        init_cluster(tmp_path / "c", ports=[7001, 7001, 7003, 7004, 7005, 7006])
+    assert not (tmp_path / "c").exists()

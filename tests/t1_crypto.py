@@ -1,0 +1,53 @@
+"""Identities and pairwise keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bftfs.crypto import Identity, KeyFileError, KeyRing, mac, mac_ok, pairwise_key
+from bftfs.ids import PrincipalId
+
+
+def test_pairwise_keys_agree_and_differ_per_pair() -> None:
+    a, b, c = (Identity.generate(PrincipalId(i)) for i in range(3))
+    assert pairwise_key(a, b.public) == pairwise_key(b, a.public)
+    assert pairwise_key(a, b.public) != pairwise_key(a, c.public)
+    ring = KeyRing(a, {b.pid: b.public, c.pid: c.public})
+    assert ring.key(b.pid) == pairwise_key(a, b.public)
+    assert ring.key(PrincipalId(99)) is None
+
+
+def test_mac_detects_any_change() -> None:
+    key = bytes(range(32))
+    tag = mac(key, b"hello")
+    assert mac_ok(key, b"hello", tag)
+    assert not mac_ok(key, b"hellp", tag)
+    assert not mac_ok(bytes(32), b"hello", tag)
+
+
+def test_private_key_file_is_0600_and_loads(tmp_path: Path) -> None:
+    ident = Identity.generate(PrincipalId(3))
+    path = tmp_path / "private" / "key"
+    ident.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert Identity.load(PrincipalId(3), path) == ident
+
+
+def test_readable_key_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    Identity.generate(PrincipalId(1)).save(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="accessible by others"):
+        Identity.load(PrincipalId(1), path)
+
+
+@pytest.mark.parametrize("content", ["zz", "00" * 31, ""])
+def test_malformed_key_file_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "key"
+    path.write_text(content)
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError):
+        Identity.load(PrincipalId(1), path)

@@ -1,0 +1,170 @@
+"""The KV protocol on both stores (conformance), group commit, isolation, SIGKILL safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bftfs.node.kv import MemoryKV
+from bftfs.node.store import Store
+
+
+class _SyncLmdb:
+    """Runs each KV call in its own LMDB transaction, so one conformance suite serves both."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _write(self, fn: Callable[[Any], Any]) -> Any:
+        async def go() -> Any:
+            async with trio.open_nursery() as n:
+                n.start_soon(self.store.committer)
+                r = await self.store.write(fn)
+                n.cancel_scope.cancel()
+            return r
+
+        return trio.run(go)
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        return self.store.read(lambda kv: kv.get(db, key))
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self._write(lambda kv: kv.put(db, key, value))
+
+    def delete(self, db: str, key: bytes) -> bool:
+        return bool(self._write(lambda kv: kv.delete(db, key)))
+
+    def lower(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
+        return self.store.read(lambda kv: kv.lower(db, key))
+
+    def scan(self, db: str, start: bytes, stop: bytes, *, reverse: bool = False) -> list[Any]:
+        return self.store.read(lambda kv: list(kv.scan(db, start, stop, reverse=reverse)))
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryKV()
+    else:
+        store = Store(tmp_path / "lmdb", map_size=1 << 24, durable=False)
+        yield _SyncLmdb(store)
+        store.close()
+
+
+def test_kv_conformance(kv: Any) -> None:
+    assert kv.get("a", b"x") is None
+    assert kv.lower("a", b"x") is None
+    assert list(kv.scan("a", b"", b"\xff")) == []
+    for k in (b"b1", b"b3", b"b2", b"a9", b"c0"):
+        kv.put("a", k, k + b"!")
+    kv.put("other", b"b25", b"elsewhere")  # databases are separate namespaces
+    assert kv.get("a", b"b2") == b"b2!"
+    assert kv.lower("a", b"b3") == (b"b2", b"b2!")  # strictly less
+    assert kv.lower("a", b"b25") == (b"b2", b"b2!")
+    assert kv.lower("a", b"zz") == (b"c0", b"c0!")
+    assert kv.lower("a", b"a9") is None
+    assert [k for k, _ in kv.scan("a", b"b", b"c")] == [b"b1", b"b2", b"b3"]
+    assert [k for k, _ in kv.scan("a", b"b", b"c", reverse=True)] == [b"b3", b"b2", b"b1"]
+    assert [k for k, _ in kv.scan("a", b"b2", b"b3")] == [b"b2"]
+    assert [k for k, _ in kv.scan("a", b"b15", b"zz", reverse=True)] == [b"c0", b"b3", b"b2"]
+    kv.put("a", b"b2", b"new")
+    assert kv.get("a", b"b2") == b"new"
+    assert kv.delete("a", b"b2") is True
+    assert kv.delete("a", b"b2") is False
+    assert kv.get("a", b"b2") is None
+    assert kv.lower("a", b"b3") == (b"b1", b"b1!")
+
+
+def test_group_commit_shares_one_transaction_and_isolates_failures(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lmdb", map_size=1 << 24, durable=True)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.committer)
+
+            def bad(kv: Any) -> None:
+                kv.put("d", b"poison", b"1")
+                raise ValueError("refused")
+
+            failures = []
+
+            async def good(i: int) -> None:
+                await store.write(lambda kv: kv.put("d", b"k%03d" % i, b"v"))
+
+            async def failing() -> None:
+                try:
+                    await store.write(bad)
+                except ValueError as e:
+                    failures.append(e)
+
+            async with trio.open_nursery() as writers:
+                for i in range(20):
+                    writers.start_soon(good, i)
+                writers.start_soon(failing)
+            assert len(failures) == 1
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert store.read(lambda kv: kv.get("d", b"poison")) is None
+    assert len(store.read(lambda kv: list(kv.scan("d", b"k", b"l")))) == 20
+    assert store.commits < 21  # grouped: fewer commits than writes
+    store.close()
+    reopened = Store(tmp_path / "lmdb", map_size=1 << 24, durable=True)
+    assert reopened.read(lambda kv: kv.get("d", b"k007")) == b"v"
+    reopened.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, trio
+    from pathlib import Path
+    from bftfs.node.store import Store
+    store = Store(Path(sys.argv[1]), map_size=1 << 26, durable=False)
+    async def main():
+        async with trio.open_nursery() as n:
+            n.start_soon(store.committer)
+            i = 0
+            while True:
+                await store.write(lambda kv, i=i: kv.put("acked", b"%08d" % i, b"x" * 100))
+                print(i, flush=True)  # acknowledged: committed before this line
+                i += 1
+    trio.run(main)
+    """
+)
+
+
+def test_sigkill_loses_no_committed_write(tmp_path: Path) -> None:
+    """Writes acknowledged before a SIGKILL are all there after reopening (even unsynced)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path / "lmdb")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acked = -1
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            acked = int(line)
+            if acked >= 300:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert acked >= 300
+    store = Store(tmp_path / "lmdb", map_size=1 << 26, durable=False)
+    keys = store.read(lambda kv: [k for k, _ in kv.scan("acked", b"", b"\xff")])
+    store.close()
+    assert len(keys) >= acked + 1
+    assert keys[: acked + 1] == [b"%08d" % i for i in range(acked + 1)]
