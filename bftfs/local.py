@@ -202,6 +202,7 @@ def stop_node(
     spec = cfg.node(node_id)
     pid = running_pid(spec)
     if pid is None:
+        _reap_exited()
         pid_path(spec).unlink(missing_ok=True)
         return False
     with contextlib.suppress(ProcessLookupError):
@@ -215,6 +216,13 @@ def stop_node(
         time.sleep(0.02)
     pid_path(spec).unlink(missing_ok=True)
     return True
+
+
+def _reap_exited() -> None:
+    """Collect children that exited on their own (a zombie has no cmdline to recognise)."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            del _children[pid]
 
 
 def _alive(pid: int) -> bool:
