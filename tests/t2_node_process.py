@@ -16,14 +16,15 @@ BFTFS = [sys.executable, "-m", "bftfs"]
 
 
 def bftfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BFTFS, *args], capture_output=True, text=True, check=check,
-                          timeout=120)
+    return subprocess.run([*BFTFS, *args], capture_output=True, text=True, check=check, timeout=120)
 
 
 def test_cli_init_up_status_down(tmp_path: Path) -> None:
     home = tmp_path / "nodes"
     try:
-        out = bftfs("up", "--dir", str(home), "--t", "1", "--b", "0", "--map-size", "64M").stdout
+        out = bftfs(
+            "up", "--dir", str(home), "--t", "1", "--b", "0", "--map-size", "64M", "--no-mount"
+        ).stdout
         assert "created a cluster of 4 nodes" in out and "bftfs cluster up" in out
         status = bftfs("status", "--dir", str(home))
         assert status.returncode == 0 and status.stdout.count(" up ") == 4
@@ -40,8 +41,9 @@ def test_cli_init_up_status_down(tmp_path: Path) -> None:
 
 
 def test_bad_configuration_exits_3_and_names_the_rule(tmp_path: Path) -> None:
-    r = bftfs("init", "--dir", str(tmp_path / "c"), "--t", "1", "--b", "1", "--qc", "5",
-              check=False)
+    r = bftfs(
+        "init", "--dir", str(tmp_path / "c"), "--t", "1", "--b", "1", "--qc", "5", check=False
+    )
     assert r.returncode == 3
     assert "QC <= N - t - b" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "c").exists()
@@ -50,8 +52,7 @@ def test_bad_configuration_exits_3_and_names_the_rule(tmp_path: Path) -> None:
 def test_node_refuses_a_key_others_can_read(tmp_path: Path) -> None:
     cfg = local.init_cluster(tmp_path / "c", map_size=1 << 26)
     cfg.node(0).key_path.chmod(0o644)
-    r = bftfs("node", "--config", str(tmp_path / "c" / "cluster.toml"), "--id", "0",
-              check=False)
+    r = bftfs("node", "--config", str(tmp_path / "c" / "cluster.toml"), "--id", "0", check=False)
     assert r.returncode == 5 and "accessible by others" in r.stderr
 
 
