@@ -464,6 +464,9 @@ class Endpoint:
         self._locks: dict[NodeId, trio.Lock] = {}
         self._down_until: dict[NodeId, float] = {}
         self._down_backoff: dict[NodeId, float] = {}
+        #: Nodes whose last connection attempt failed (cleared by the next success); quorum
+        #: calls try them last.
+        self._dead: set[NodeId] = set()
         self._ids = itertools.count(1)
         self.sent = 0
         self.resent = 0
@@ -499,12 +502,14 @@ class Endpoint:
                 backoff = min(1.0, self._down_backoff.get(node, 0.01) * 2)
                 self._down_backoff[node] = backoff
                 self._down_until[node] = trio.current_time() + backoff
+                self._dead.add(node)
                 raise TransportError(f"node {node} at {host}:{port} unreachable: {e}") from None
             except TransportError:
                 self._down_until[node] = trio.current_time() + 0.05
                 raise
             self._down_backoff.pop(node, None)
             self._down_until.pop(node, None)
+            self._dead.discard(node)
             conn = _Connection(node, stream, reader, session)
             self._conns[node] = conn
             self._nursery.start_soon(conn.run)
@@ -555,6 +560,9 @@ class Endpoint:
                 except (TransportError, trio.ClosedResourceError) as e:
                     last_error = str(e) if isinstance(e, TransportError) else "connection closed"
                     first = False
+                    if on_trouble is not None:  # unreachable: let a quorum call probe now
+                        on_trouble()
+                        on_trouble = None
                     await trio.sleep(min(interval, max(0.0, deadline - now)))
                     interval = min(interval * 2, 5.0)
                     continue
@@ -577,6 +585,19 @@ class Endpoint:
         finally:
             if conn is not None:
                 conn.pending.pop(req_id, None)
+
+    def _live_first(self, targets: list[NodeId]) -> list[NodeId]:
+        """``targets`` with nodes that recently refused connections moved to the end.
+
+        The caller's order (e.g. a preferred quorum) is kept otherwise; a node known to be
+        down is still tried, but only after the others, so a dead node costs nothing while
+        enough others answer.
+        """
+        now = trio.current_time()
+        down = [n for n in targets if self._down_until.get(n, 0.0) > now or n in self._dead]
+        if not down:
+            return targets
+        return [n for n in targets if n not in down] + down
 
     async def quorum_call(
         self,
@@ -602,7 +623,7 @@ class Endpoint:
             QuorumUnavailable: every target answered or failed, or ``timeout`` passed, and
                 ``enough`` never held. The exception carries the partial result.
         """
-        targets = list(dict.fromkeys(targets))
+        targets = self._live_first(list(dict.fromkeys(targets)))
         timeout = self.timeout if timeout is None else timeout
         result = QuorumResult()
         if enough(result.replies):

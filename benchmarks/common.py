@@ -1,0 +1,371 @@
+"""What the user-facing benchmarks share: the three targets, progress, statistics, results.
+
+A *target* is somewhere a workload runs; the Andrew and PostMark benchmarks run the same
+workload on each of them, interleaved (A B C A B C ...) so that drift on a shared 2-core
+machine hits every target alike:
+
+* ``local``: a directory on the local disk, the physical limit;
+* ``bindfs``: the same kind of directory through ``bindfs``, a FUSE pass-through written in
+  C (Debian's package): the cost of FUSE itself;
+* ``bftfs``: bftfs mounted on a fresh cluster of real node processes (``t = b = 1`` by
+  default), optionally with nodes SIGKILLed before the mount (the degraded run the BFT
+  literature reports).
+
+Every target is opened fresh for each repetition (a new directory, a new bindfs mount, a new
+cluster and mount) and always torn down, even when the workload fails or the run is
+interrupted (SIGTERM is turned into ``KeyboardInterrupt`` so ``finally`` blocks run).
+
+Results are written as JSON (every sample, with the machine, the commit and the
+configuration), a Markdown table and PNG plots under ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "benchmarks"
+RESULTS_DIR = BENCH_DIR / "results"
+CACHE_DIR = BENCH_DIR / ".cache"
+
+# The local cluster is started with a small sparse LMDB map per node: 26 nodes (b = 5)
+# times the 16 GiB default would still be sparse, but 1 GiB is plenty for these workloads.
+MAP_SIZE = 1 << 30
+
+
+# Progress ---------------------------------------------------------------------------------
+
+
+class Progress:
+    """Timestamped progress lines on stderr, so a long run shows where it is."""
+
+    def __init__(self, name: str, quiet: bool = False) -> None:
+        self.name = name
+        self.quiet = quiet
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str, end: str = "\n") -> None:
+        if self.quiet:
+            return
+        m, s = divmod(int(time.monotonic() - self.t0), 60)
+        sys.stderr.write(f"[{self.name} {m:2d}:{s:02d}] {msg}{end}")
+        sys.stderr.flush()
+
+    def more(self, msg: str, end: str = "") -> None:
+        """Continue the current line (no timestamp)."""
+        if not self.quiet:
+            sys.stderr.write(msg + end)
+            sys.stderr.flush()
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so mounts and clusters are torn down."""
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+# Statistics -------------------------------------------------------------------------------
+
+
+def median(xs: Sequence[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs: Sequence[float]) -> tuple[float, float] | None:
+    return (min(xs), max(xs)) if xs else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt_s(x: float | None) -> str:
+    """Seconds, with a precision that suits their size."""
+    if x is None:
+        return "-"
+    if x < 0.1:
+        return f"{x * 1000:.1f} ms"
+    if x < 10:
+        return f"{x:.2f} s"
+    return f"{x:.1f} s"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+# Machine and commit -----------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on: they mean little without it."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+                break
+    return {
+        "hostname": platform.node(),
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": mem,
+        "python": platform.python_version(),
+        "loadavg_start": list(os.getloadavg()),
+        "tools": {name: tool_version(name) for name in ("bindfs", "postmark", "cc")},
+    }
+
+
+def tool_version(name: str) -> str | None:
+    path = shutil.which(name)
+    if path is None:
+        return None
+    try:
+        r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return path
+    out = (r.stdout or r.stderr).strip().splitlines()
+    return out[0] if out else path
+
+
+def commit_info() -> dict[str, Any]:
+    """The commit measured, and whether the work tree had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "subject": git("log", "-1", "--format=%s"),
+        "dirty": bool(status) if status is not None else None,
+    }
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+# Targets ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One place a workload runs; ``kind`` is local, bindfs or bftfs."""
+
+    name: str  # short name used in results, e.g. "bftfs b=1 (1 down)"
+    kind: str
+    t: int = 1
+    b: int = 1
+    down: tuple[int, ...] = ()  # node ids SIGKILLed before the mount
+    durable: bool = True
+
+
+@dataclass
+class Site:
+    """An opened target: the directory to run in, and the processes serving it."""
+
+    spec: TargetSpec
+    path: Path
+    pids: dict[str, int] = field(default_factory=dict)  # "mount", "node1", ... for profiling
+    setup_s: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TargetError(RuntimeError):
+    """A target could not be set up; the message says why (and includes daemon logs)."""
+
+
+def local_spec() -> TargetSpec:
+    return TargetSpec("local", "local")
+
+
+def bindfs_spec() -> TargetSpec:
+    return TargetSpec("bindfs", "bindfs")
+
+
+def bftfs_spec(t: int, b: int, down: Sequence[int] = (), durable: bool = True) -> TargetSpec:
+    name = f"bftfs t={t},b={b}" if t != b else f"bftfs b={b}"
+    if down:
+        name += f" ({len(down)} down)"
+    if not durable:
+        name += " (no fsync)"
+    return TargetSpec(name, "bftfs", t=t, b=b, down=tuple(down), durable=durable)
+
+
+def _fusermount() -> str:
+    return shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+
+
+def fuse_unmount(mnt: Path) -> None:
+    """Unmount a FUSE mount; lazily if it is busy, so tear-down never hangs on it."""
+    if not os.path.ismount(mnt):
+        return
+    r = subprocess.run([_fusermount(), "-u", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        subprocess.run([_fusermount(), "-u", "-z", str(mnt)], capture_output=True)
+
+
+def _wait_mounted(mnt: Path, proc: subprocess.Popen[bytes], what: str, wait: float = 30.0) -> None:
+    deadline = time.monotonic() + wait
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None:
+            raise TargetError(f"{what} exited with {proc.returncode} before mounting {mnt}")
+        if time.monotonic() > deadline:
+            raise TargetError(f"{what} did not mount {mnt} within {wait:.0f} s")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def open_target(spec: TargetSpec, work: Path, tag: str) -> Iterator[Site]:
+    """Set up ``spec`` fresh under ``work`` (``tag`` names this repetition); tear it down.
+
+    Raises:
+        TargetError: the target could not be set up (e.g. bftfs does not mount yet).
+    """
+    base = work / f"{spec.name.replace(' ', '_').replace('(', '').replace(')', '')}-{tag}"
+    base.mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        if spec.kind == "local":
+            d = base / "dir"
+            d.mkdir()
+            yield Site(spec, d, setup_s=time.perf_counter() - t0)
+        elif spec.kind == "bindfs":
+            with _bindfs(base) as (mnt, pid):
+                yield Site(spec, mnt, {"bindfs": pid}, setup_s=time.perf_counter() - t0)
+        elif spec.kind == "bftfs":
+            with _bftfs(spec, base) as site:
+                site.setup_s = time.perf_counter() - t0
+                yield site
+        else:
+            raise ValueError(f"unknown target kind {spec.kind!r}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _bindfs(base: Path) -> Iterator[tuple[Path, int]]:
+    exe = shutil.which("bindfs")
+    if exe is None:
+        raise TargetError("bindfs is not installed (scripts/setup-bench.sh installs it)")
+    src, mnt = base / "backing", base / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    # -f keeps the daemon our child, so we know its pid and can wait for it to exit.
+    proc = subprocess.Popen(
+        [exe, "-f", str(src), str(mnt)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_mounted(mnt, proc, "bindfs")
+        yield mnt, proc.pid
+    finally:
+        fuse_unmount(mnt)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
+    # Imported here so the local and bindfs targets work even when bftfs cannot be imported.
+    from bftfs.testing.mounts import Mount
+    from bftfs.testing.processes import ProcessCluster
+
+    mnt = base / "mnt"
+    with ProcessCluster(
+        base / "cluster", t=spec.t, b=spec.b, map_size=MAP_SIZE, durable=spec.durable
+    ) as pc:
+        cfg = pc.config
+        for i in spec.down:
+            pc.kill(i)
+        try:
+            m = Mount(cfg, mnt)
+            m.__enter__()
+        except Exception as e:  # the mount failed: say why, with the daemon's log
+            raise TargetError(f"bftfs did not mount: {e}") from e
+        try:
+            pids = {"mount": m.proc.pid} if m.proc is not None else {}
+            for i in range(cfg.n):
+                pid = pc.pid(i)
+                if pid is not None and i not in spec.down:
+                    pids[f"node{i}"] = pid
+            info = {"n": cfg.n, "qc": cfg.qc, "m": cfg.m, "block_size": cfg.block_size}
+            yield Site(spec, mnt, pids, info=info)
+        finally:
+            m.__exit__(None, None, None)
+
+
+def check_fuse() -> str | None:
+    """Why FUSE targets cannot run here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
+        return "fusermount3 is missing (Debian package fuse3)"
+    return None
+
+
+# Plots ------------------------------------------------------------------------------------
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend, or None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+TARGET_COLOURS = {"local": "#4c72b0", "bindfs": "#55a868", "bftfs": "#c44e52", "down": "#dd8452"}
+
+
+def colour_for(name: str) -> str:
+    if name.startswith("bftfs"):
+        return TARGET_COLOURS["down"] if "down" in name else TARGET_COLOURS["bftfs"]
+    return TARGET_COLOURS.get(name, "#8172b2")

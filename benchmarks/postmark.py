@@ -1,0 +1,580 @@
+"""PostMark on bftfs (b = 0, 1, 2, 3 ...), the local disk and bindfs, side by side.
+
+Runs the real PostMark program (Debian's ``postmark``, NetApp's small-file benchmark) with
+the configuration of the Q/U evaluation (Abd-El-Malek et al., SOSP 2005, Q/U-NFSv3):
+5000 files and 20000 transactions from one client, PostMark's defaults otherwise (files of
+500 B to 9.77 KB, 512 B reads and writes, read/append and create/delete biases 5, seed 42).
+Q/U-NFSv3 reached 129, 114, 102, 93, 84 and 76 transactions per second for b = 0 ... 5
+(t = b, keeping file contents on the client); bftfs stores the contents on the nodes too.
+
+PostMark reports whole seconds only, so the phases are timed here: PostMark's output is
+unbuffered (``stdbuf -o0``) and timestamped as it arrives; the transaction phase runs from
+"Performing transactions" to the "Done" after it, and tps = transactions / that time.
+PostMark prints a dot at every tenth of the transactions, so a run stopped at its time cap
+still gives a (marked) rate over the tenths it completed.
+
+Targets, interleaved per repetition: ``local``, ``bindfs``, then bftfs on a fresh cluster for
+each b in ``--bs`` (``t = b``; ``n = 3t + 2b + 1`` = 1, 6, 11, 16, 21, 26 nodes; b = 0 is
+t = 0, one node, as Q/U's b = 0 point is a single server).
+
+Results: ``benchmarks/results/postmark-<short|full>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import profiling  # noqa: E402
+from common import Progress, Site, TargetSpec  # noqa: E402
+
+QU_NFS_TPS = {0: 129, 1: 114, 2: 102, 3: 93, 4: 84, 5: 76}  # Q/U-NFSv3, Fig. 7 of the paper
+FIRST_BAR_TPS = 129  # the issue's first bar: bftfs at b=1 above Q/U-NFSv3 at b=0
+GOAL_TPS = 300
+
+
+class PostMarkError(RuntimeError):
+    """PostMark failed, or did not get through its transactions in time."""
+
+
+def postmark_config(
+    location: Path, files: int, transactions: int, seed: int, size_min: int, size_max: int
+) -> str:
+    return "\n".join(
+        [
+            f"set location {location}",
+            f"set number {files}",
+            f"set transactions {transactions}",
+            f"set size {size_min} {size_max}",
+            f"set seed {seed}",
+            "show",
+            "run",
+            "quit",
+            "",
+        ]
+    )
+
+
+def run_postmark(
+    site: Site, work: Path, args: argparse.Namespace, progress: Progress
+) -> dict[str, Any]:
+    """One PostMark run in ``site``; the phase times and the transaction rate.
+
+    Raises:
+        PostMarkError: PostMark exited with an error, or was stopped at the time cap before
+            completing a tenth of its transactions.
+    """
+    loc = site.path / "postmark"
+    os.mkdir(loc)
+    cfg = work / f"postmark-{os.getpid()}-{time.monotonic_ns()}.cfg"
+    cfg.write_text(
+        postmark_config(loc, args.files, args.transactions, args.seed, args.size_min, args.size_max)
+    )
+    cmd = ["postmark", str(cfg)]
+    if shutil.which("stdbuf"):
+        cmd = ["stdbuf", "-o0", *cmd]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    t0 = time.perf_counter()
+    deadline = t0 + args.cap
+    out = b""
+    marks: dict[str, float] = {}  # event -> time since start
+    dots: list[float] = []
+    capped = False
+    last_shown = -1
+    try:
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                capped = True
+                break
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            now = time.perf_counter() - t0
+            if not chunk:
+                break
+            for ch in chunk.decode(errors="replace"):
+                out += ch.encode()
+                _mark(out, ch, now, marks, dots)
+            if dots and len(dots) != last_shown and "tx_end" not in marks:
+                last_shown = len(dots)
+                progress.more(f" {max(0, len(dots) - 1) * 10}%")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    text = out.decode(errors="replace")
+    res: dict[str, Any] = {"wall_s": round(time.perf_counter() - t0, 3)}
+    if "create_end" in marks:
+        res["create_s"] = marks["create_end"] - marks.get("create_start", 0.0)
+    if "tx_end" in marks:
+        tx_s = marks["tx_end"] - marks["tx_start"]
+        res["tx_s"] = tx_s
+        res["tps"] = args.transactions / tx_s
+    elif "tx_start" in marks and len(dots) > 1:
+        # Stopped at the cap: the rate over the tenths completed (dot 0 marks the start).
+        tenths = len(dots) - 1
+        res["tps"] = tenths * (args.transactions / 10) / (dots[-1] - marks["tx_start"])
+        res["partial"] = f"{tenths}/10 of the transactions before the {args.cap:.0f} s cap"
+    if "delete_end" in marks:
+        res["delete_s"] = marks["delete_end"] - marks["delete_start"]
+    res["postmark_report"] = _report(text)
+    if capped and "tps" not in res:
+        phase = "transactions" if "tx_start" in marks else "file creation"
+        raise PostMarkError(
+            f"stopped at the {args.cap:.0f} s cap during {phase} "
+            f"({len(dots) * 10 if dots else 0}% of transactions done)"
+        )
+    if not capped and proc.returncode != 0:
+        raise PostMarkError(f"postmark exited {proc.returncode}: {text[-500:]}")
+    if "tps" not in res:
+        raise PostMarkError(f"postmark gave no transaction phase: {text[-500:]}")
+    return res
+
+
+def _mark(out: bytes, ch: str, now: float, marks: dict[str, float], dots: list[float]) -> None:
+    """Timestamp PostMark's progress output as it arrives (one character at a time)."""
+    if out.endswith(b"Creating files...") and "create_start" not in marks:
+        marks["create_start"] = now
+    elif out.endswith(b"Performing transactions") and "tx_start" not in marks:
+        marks["create_end"] = now
+        marks["tx_start"] = now
+    elif ch == "." and "tx_start" in marks and "tx_end" not in marks:
+        dots.append(now)
+    elif out.endswith(b"Done") and "tx_start" in marks and "tx_end" not in marks:
+        marks["tx_end"] = now
+    elif out.endswith(b"Deleting files...") and "delete_start" not in marks:
+        marks["delete_start"] = now
+    elif out.endswith(b"Done") and "delete_start" in marks and "delete_end" not in marks:
+        marks["delete_end"] = now
+
+
+def _report(text: str) -> dict[str, str]:
+    """PostMark's own summary lines (whole-second resolution), kept for reference."""
+    keep = {}
+    for line in text.splitlines():
+        line = line.strip()
+        m = re.match(r"(\d+) seconds of transactions \((\d+) per second\)", line)
+        if m:
+            keep["tx_seconds"], keep["tx_per_second"] = m.group(1), m.group(2)
+        m = re.match(r"(\d+) seconds total", line)
+        if m:
+            keep["total_seconds"] = m.group(1)
+        if "megabytes read" in line:
+            keep["read"] = line
+        if "megabytes written" in line:
+            keep["written"] = line
+    return keep
+
+
+@contextlib.contextmanager
+def watchdog(site: Site, seconds: float) -> Iterator[None]:
+    """Kill the FUSE daemon if a run hangs past ``seconds`` (see andrew.Watchdog)."""
+    import threading
+
+    def fire() -> None:
+        for key in ("mount", "bindfs"):
+            pid = site.pids.get(key)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
+    specs: list[TargetSpec] = []
+    for w in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        if w == "local":
+            specs.append(common.local_spec())
+        elif w == "bindfs":
+            specs.append(common.bindfs_spec())
+        elif w == "bftfs":
+            for b in args.bs:
+                specs.append(common.bftfs_spec(b, b, durable=not args.no_durable))
+        else:
+            raise SystemExit(f"unknown target {w!r} (local, bindfs, bftfs)")
+    return specs
+
+
+def measure(
+    args: argparse.Namespace, specs: list[TargetSpec], progress: Progress, work: Path
+) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    for rep in range(args.runs):
+        for spec in specs:
+            progress(f"run {rep + 1}/{args.runs} {spec.name:<14}", end="")
+            rec: dict[str, Any] = {
+                "target": spec.name,
+                "b": spec.b if spec.kind == "bftfs" else None,
+                "rep": rep,
+            }
+            try:
+                with common.open_target(spec, work, f"r{rep}") as site:
+                    rec["setup_s"] = round(site.setup_s, 3)
+                    rec["info"] = site.info
+                    with watchdog(site, args.cap + 300):
+                        rec.update(run_postmark(site, work, args, progress))
+            except (common.TargetError, PostMarkError, OSError, RuntimeError) as e:
+                rec["error"] = str(e)
+                progress.more(f" FAILED: {str(e).splitlines()[0][:200]}", end="\n")
+            else:
+                part = f" (partial: {rec['partial']})" if "partial" in rec else ""
+                progress.more(
+                    f"  -> {rec['tps']:.0f} tps (create "
+                    f"{common.fmt_s(rec.get('create_s'))}, transactions "
+                    f"{common.fmt_s(rec.get('tx_s'))}){part}",
+                    end="\n",
+                )
+            runs.append(rec)
+    return runs
+
+
+def run_profile(
+    args: argparse.Namespace, specs: list[TargetSpec], progress: Progress, work: Path
+) -> dict[str, Any]:
+    """One unmeasured PostMark run on bftfs (b = 1 if swept) under py-spy."""
+    bft = [s for s in specs if s.kind == "bftfs"]
+    spec = next((s for s in bft if s.b == 1), bft[0] if bft else None)
+    if spec is None:
+        return {"error": "no bftfs target to profile"}
+    out = args.out / f"{args.name or 'postmark-' + args.mode}-profile"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    progress(f"profile run (untimed) on {spec.name} with py-spy -> {out}", end="")
+    try:
+        with common.open_target(spec, work, "prof") as site:
+            prof = profiling.Profiler(site, out, ("mount", "node1"))
+            prof("postmark", "start")
+            try:
+                with watchdog(site, args.cap + 300):
+                    res = run_postmark(site, work, args, progress)
+            finally:
+                prof("postmark", "end")
+    except (common.TargetError, PostMarkError, OSError, RuntimeError) as e:
+        progress.more(f" FAILED: {e}", end="\n")
+        return {"error": str(e)}
+    progress.more(f"  -> {res['tps']:.0f} tps", end="\n")
+    dur = prof.durations["postmark"]
+    return {
+        "target": spec.name,
+        "tps": res["tps"],
+        "seconds": dur,
+        "rate": profiling.Profiler.RATE,
+        "processes": {
+            w: profiling.summarise_profile(out / f"postmark-{w}.txt", dur, profiling.Profiler.RATE)
+            for w in prof.watch
+        },
+    }
+
+
+def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for spec in specs:
+        mine = [r for r in runs if r["target"] == spec.name]
+        ok = [r for r in mine if "tps" in r]
+        out[spec.name] = {
+            "kind": spec.kind,
+            "b": spec.b if spec.kind == "bftfs" else None,
+            "runs": len(ok),
+            "partial_runs": sum(1 for r in ok if "partial" in r),
+            "errors": [r["error"] for r in mine if "error" in r],
+            "tps_median": common.median([r["tps"] for r in ok]),
+            "tps_min_max": common.spread([r["tps"] for r in ok]),
+            "create_s_median": common.median([r["create_s"] for r in ok if "create_s" in r]),
+            "n": (ok[0]["info"] or {}).get("n") if ok and ok[0].get("info") else None,
+        }
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cfg, summary = result["config"], result["summary"]
+    lines = [
+        f"### PostMark ({cfg['mode']} run, {result['date']})",
+        "",
+        f"{cfg['files']} files, {cfg['transactions']} transactions, sizes "
+        f"{cfg['size_min']}-{cfg['size_max']} B, seed {cfg['seed']}, one client; median of "
+        f"{cfg['runs']} interleaved run(s) per target; bftfs with t = b on a fresh cluster "
+        f"each run (durable={not cfg['no_durable']}). Time cap per run: {cfg['cap']:.0f} s.",
+        "",
+        "| target | n | transactions/s | min-max | file creation | Q/U-NFSv3 (same b) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        tps = "-" if s["tps_median"] is None else f"{s['tps_median']:.0f}"
+        if s["partial_runs"]:
+            tps += " (partial)"
+        mm = s["tps_min_max"]
+        mms = "-" if mm is None else f"{mm[0]:.0f}-{mm[1]:.0f}"
+        qu = QU_NFS_TPS.get(s["b"]) if s["kind"] == "bftfs" else None
+        lines.append(
+            f"| {name} | {s['n'] or '-'} | {tps} | {mms} | "
+            f"{common.fmt_s(s['create_s_median'])} | {qu if qu else '-'} |"
+        )
+    b1 = next((s for s in summary.values() if s["kind"] == "bftfs" and s["b"] == 1), None)
+    if b1 and b1["tps_median"]:
+        verdict = "above" if b1["tps_median"] > FIRST_BAR_TPS else "below"
+        lines += [
+            "",
+            f"bftfs at b=1: {b1['tps_median']:.0f} tps, {verdict} the first bar "
+            f"({FIRST_BAR_TPS} tps); goal {GOAL_TPS} tps.",
+        ]
+    errs = {n: s["errors"] for n, s in summary.items() if s["errors"]}
+    if errs:
+        lines += ["", "Failed runs:"]
+        for n, es in errs.items():
+            lines.append(f"- {n}: {len(es)} failed; first: `{es[0].splitlines()[0][:300]}`")
+    prof = result.get("profile") or {}
+    if prof.get("processes"):
+        lines += [
+            "",
+            f"#### Where bftfs spends the time (py-spy, one unmeasured run on {prof['target']}, "
+            f"{prof['tps']:.0f} tps)",
+            "",
+            "| process | busy | by FUSE handler | by innermost layer | top functions (self) |",
+            "|---|---:|---|---|---|",
+        ]
+        for w, p in prof["processes"].items():
+            lines.append(
+                f"| {w} | {profiling.pct(p.get('busy_share'))} "
+                f"| {profiling.shares(p.get('by_handler'), 4)} "
+                f"| {profiling.shares(p.get('by_layer'), 4)} "
+                f"| {profiling.shares(p.get('self_by_function'), 3)} |"
+            )
+    elif prof.get("error"):
+        lines += ["", f"Profile run failed: `{prof['error'].splitlines()[0][:300]}`"]
+    m, c = result["machine"], result["commit"]
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, Python {m['python']}; "
+        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
+        f"Commit {str(c['commit'])[:10]}{' (with uncommitted changes)' if c['dirty'] else ''}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    plt = common.pyplot()
+    if plt is None:
+        return False
+    summary = result["summary"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    bft = sorted(
+        (s["b"], s)
+        for s in summary.values()
+        if s["kind"] == "bftfs" and s["tps_median"] is not None
+    )
+    if bft:
+        bs = [b for b, _ in bft]
+        med = [s["tps_median"] for _, s in bft]
+        lo = [m - s["tps_min_max"][0] for m, (_, s) in zip(med, bft, strict=True)]
+        hi = [s["tps_min_max"][1] - m for m, (_, s) in zip(med, bft, strict=True)]
+        ax.errorbar(
+            bs,
+            med,
+            yerr=[lo, hi],
+            marker="o",
+            capsize=3,
+            color=common.colour_for("bftfs"),
+            label="bftfs (contents on the nodes)",
+        )
+        for b, s in bft:
+            ax.annotate(
+                f"{s['tps_median']:.0f}",
+                (b, s["tps_median"]),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+            )
+    qb = sorted(QU_NFS_TPS)
+    ax.plot(
+        qb,
+        [QU_NFS_TPS[b] for b in qb],
+        marker="s",
+        ls="--",
+        color="grey",
+        label="Q/U-NFSv3 (SOSP'05; contents on the client)",
+    )
+    for name in ("local", "bindfs"):
+        s = summary.get(name)
+        if s and s["tps_median"]:
+            ax.axhline(
+                s["tps_median"],
+                color=common.colour_for(name),
+                lw=1.2,
+                label=f"{name}: {s['tps_median']:.0f} tps",
+            )
+    ax.axhline(GOAL_TPS, color="black", lw=0.8, ls=":", label=f"goal {GOAL_TPS} tps")
+    ax.set_yscale("log")
+    ax.set_xlabel("b (Byzantine faults tolerated; t = b)")
+    ax.set_ylabel("transactions per second (log scale)")
+    ax.set_xticks(range(0, max([5, *[b for b, _ in bft]]) + 1))
+    cfg = result["config"]
+    commit = str(result["commit"]["commit"])[:10]
+    ax.set_title(
+        f"PostMark, {cfg['files']} files, {cfg['transactions']} transactions, "
+        f"{cfg['runs']} run(s)\n({result['date']}, {commit})",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description="PostMark (the real program) on bftfs for several b, the local disk and "
+        "bindfs, interleaved; transactions per second.",
+        epilog="Short run by default: 500 files, 2000 transactions, b = 0..3, one run, "
+        "capped at 60 s per run. --full: the Q/U-NFSv3 configuration (5000 files, 20000 "
+        "transactions), b = 0..5, 3 runs. Results go to "
+        "benchmarks/results/postmark-<short|full>.{json,md,png}.",
+    )
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="Q/U-NFSv3 configuration, b = 0..5, 3 runs, no practical cap",
+    )
+    ap.add_argument("--files", type=int, help="PostMark 'set number' (short 500, full 5000)")
+    ap.add_argument(
+        "--transactions", type=int, help="PostMark 'set transactions' (short 2000, full 20000)"
+    )
+    ap.add_argument("--size-min", type=int, default=500, help="smallest file (PostMark default)")
+    ap.add_argument("--size-max", type=int, default=10000, help="largest file (PostMark default)")
+    ap.add_argument("--seed", type=int, default=42, help="PostMark's seed (its default)")
+    ap.add_argument("--runs", type=int, help="repetitions per target (short 1, full 3)")
+    ap.add_argument(
+        "--bs", help="comma-separated b values for bftfs, t = b (short 0,1,2,3; full 0,1,2,3,4,5)"
+    )
+    ap.add_argument(
+        "--targets",
+        default="local,bindfs,bftfs",
+        help="comma-separated, in interleaving order (default local,bindfs,bftfs)",
+    )
+    ap.add_argument(
+        "--cap",
+        type=float,
+        help="seconds before a run is stopped and its rate "
+        "taken over the tenths of transactions done (short 60, full 3600)",
+    )
+    ap.add_argument(
+        "--no-durable",
+        action="store_true",
+        help="bftfs nodes acknowledge before fsync (default: durable)",
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        help="scratch directory on the local disk (default: a temporary directory under /var/tmp)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="add one unmeasured bftfs run (b=1) under py-spy and report where time goes",
+    )
+    ap.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
+    ap.add_argument("--name", help="results file stem (default postmark-<short|full>)")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = ap.parse_args(argv)
+    args.mode = "full" if args.full else "short"
+    full = args.full
+    args.files = args.files or (5000 if full else 500)
+    args.transactions = args.transactions or (20000 if full else 2000)
+    args.runs = args.runs or (3 if full else 1)
+    args.cap = args.cap or (3600.0 if full else 60.0)
+    args.bs = [int(b) for b in (args.bs or ("0,1,2,3,4,5" if full else "0,1,2,3")).split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.install_sigterm_handler()
+    progress = Progress("postmark", args.quiet)
+    if shutil.which("postmark") is None:
+        progress("postmark is not installed: run scripts/setup-bench.sh (Debian package postmark)")
+        return 2
+    specs = specs_from_args(args)
+    why = common.check_fuse()
+    if why and any(s.kind != "local" for s in specs):
+        progress(f"FUSE targets skipped: {why}")
+        specs = [s for s in specs if s.kind == "local"]
+    progress(
+        f"{args.files} files, {args.transactions} transactions; {args.runs} run(s) x "
+        f"{len(specs)} targets ({', '.join(s.name for s in specs)})"
+    )
+    machine = common.machine_info()
+    date = common.now_utc()
+    work = Path(tempfile.mkdtemp(prefix="bftfs-postmark-", dir=args.work or "/var/tmp"))
+    try:
+        runs = measure(args, specs, progress, work)
+        profile = run_profile(args, specs, progress, work) if args.profile else {}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    machine["loadavg_end"] = list(os.getloadavg())
+    summary = summarise(runs, specs)
+    result = {
+        "benchmark": "postmark",
+        "date": date,
+        "machine": machine,
+        "commit": common.commit_info(),
+        "config": {
+            "mode": args.mode,
+            "files": args.files,
+            "transactions": args.transactions,
+            "size_min": args.size_min,
+            "size_max": args.size_max,
+            "seed": args.seed,
+            "runs": args.runs,
+            "bs": args.bs,
+            "t_equals_b": True,
+            "cap": args.cap,
+            "no_durable": args.no_durable,
+            "targets": [s.name for s in specs],
+        },
+        "qu_nfsv3_tps": QU_NFS_TPS,
+        "runs": runs,
+        "summary": summary,
+        "profile": profile,
+    }
+    stem = args.name or f"postmark-{args.mode}"
+    common.write_json(args.out / f"{stem}.json", result)
+    md = markdown(result)
+    (args.out / f"{stem}.md").write_text(md)
+    if not args.no_plot and plot(result, args.out / f"{stem}.png"):
+        progress(f"wrote {args.out / (stem + '.png')}")
+    progress(f"wrote {args.out / (stem + '.json')} and .md")
+    print(md)
+    return 0 if all(s["runs"] for s in summary.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""py-spy profiles of the bftfs processes during a benchmark, summarised per phase.
+
+``Profiler`` attaches ``py-spy record`` (collapsed stacks, no line numbers, non-blocking so
+the measured processes are not paused) to the mount daemon and to a node for each phase of a
+workload; ``summarise_profile`` turns a recording into shares: how busy the process was
+(idle = trio waiting in epoll), and its busy samples by FUSE handler, by innermost bftfs
+layer (fuse, fs, qu client, rw client, transport, node store ...) and by function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from common import Site
+
+# Recording --------------------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+class Profiler:
+    """py-spy on the bftfs processes of one site, one recording per phase."""
+
+    RATE = 100  # samples per second: enough for phases of seconds, light on 2 cores
+
+    def __init__(self, site: Site, out: Path, watch: tuple[str, ...]) -> None:
+        self.site = site
+        self.out = out
+        self.watch = [w for w in watch if w in site.pids]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.started: dict[str, float] = {}
+        self.durations: dict[str, float] = {}
+        self.exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+    def __call__(self, phase: str, what: str) -> None:
+        if what == "start":
+            for w in self.watch:
+                path = self.out / f"{phase}-{w}.txt"
+                cmd = [
+                    self.exe,
+                    "record",
+                    "--pid",
+                    str(self.site.pids[w]),
+                    "--rate",
+                    str(self.RATE),
+                    "--format",
+                    "raw",
+                    "--nolineno",
+                    "--nonblocking",
+                    "--output",
+                    str(path),
+                ]
+                self.procs[w] = subprocess.Popen(
+                    cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            time.sleep(0.5)  # let py-spy attach before the phase starts
+            self.started[phase] = time.perf_counter()
+        else:
+            self.durations[phase] = time.perf_counter() - self.started[phase]
+            for p in self.procs.values():
+                p.send_signal(signal.SIGINT)
+            for p in self.procs.values():
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            self.procs.clear()
+
+
+# A sample whose innermost frame is trio waiting in epoll is an idle process, not work.
+_IDLE_LEAVES = ("EpollIOManager.get_events", "get_events")
+# Classes that name a layer (py-spy shortens some paths to a bare file name, so the class in
+# the function name is the reliable part).
+_LAYER_BY_CLASS = {
+    "Endpoint": "transport",
+    "_Connection": "transport",
+    "FrameWriter": "transport",
+    "FrameReader": "transport",
+    "QUClient": "qu client",
+    "RWClient": "rw client",
+    "FileSystem": "fs",
+    "Operations": "fuse",
+}
+# Modules at the bottom of every stack: they say nothing about where the time goes.
+_ENTRY_FILES = ("bftfs/__main__.py", "bftfs/cli.py", "bftfs/fuse/mount.py", "bftfs/node/main.py")
+
+
+def _layer(frames: list[tuple[str, str]]) -> str:
+    """The innermost bftfs layer of a stack, or the library it is in when no layer is."""
+    for func, file in reversed(frames):
+        cls = func.split(".", 1)[0]
+        if cls in _LAYER_BY_CLASS:
+            return _LAYER_BY_CLASS[cls]
+        if file.startswith("bftfs/") and file not in _ENTRY_FILES:
+            return file
+    return frames[-1][1] if frames else "?"
+
+
+def _handler(frames: list[tuple[str, str]]) -> str:
+    """The FUSE handler a sample serves, else the background task or loop it is in."""
+    for func, _ in frames:
+        if func.startswith("Operations.") and func.count(".") == 1:
+            return func.split(".", 1)[1]
+    for func, _ in frames:
+        if func.split(".", 1)[0] in _LAYER_BY_CLASS:
+            return "task " + func.replace(".<locals>", "")
+    leaf = frames[-1][1] if frames else "?"
+    return "pyfuse3 request loop" if "pyfuse3" in leaf else f"loop ({leaf})"
+
+
+def summarise_profile(path: Path, duration: float, rate: int, top: int = 6) -> dict[str, Any]:
+    """Where a process spent a phase, from py-spy's collapsed stacks.
+
+    ``busy_share`` is the non-idle samples over the phase's length (above 1 when several
+    threads work, e.g. a node's commit thread); the breakdowns are shares of busy samples:
+    by FUSE handler, by innermost bftfs layer, and by innermost function (self time).
+    """
+    stacks: list[tuple[list[tuple[str, str]], int]] = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not stack or not n.isdigit():
+                continue
+            frames = []
+            for fr in stack.split(";"):
+                m = _FRAME.match(fr)
+                frames.append((m["func"], _short(m["file"])) if m else (fr, "?"))
+            stacks.append((frames, int(n)))
+    busy = [(f, n) for f, n in stacks if f and f[-1][0] not in _IDLE_LEAVES]
+    total = sum(n for _, n in busy)
+    by_handler: Counter[str] = Counter()
+    by_layer: Counter[str] = Counter()
+    self_fn: Counter[str] = Counter()
+    for frames, n in busy:
+        by_handler[_handler(frames)] += n
+        by_layer[_layer(frames)] += n
+        func, file = frames[-1]
+        self_fn[f"{func} ({file})"] += n
+    busy_s = total / rate
+
+    def share(c: Counter[str]) -> list[list[Any]]:
+        return [[k, round(v / total, 3)] for k, v in c.most_common(top)] if total else []
+
+    return {
+        "samples": sum(n for _, n in stacks),
+        "busy_samples": total,
+        "busy_s": round(busy_s, 3),
+        "busy_share": round(busy_s / duration, 3) if duration else None,
+        "by_handler": share(by_handler),
+        "by_layer": share(by_layer),
+        "self_by_function": share(self_fn),
+    }
+
+
+def _short(file: str) -> str:
+    """A source path shortened to its package-relative form (bftfs/qu/client.py, trio/...)."""
+    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            break
+    return file.lstrip("/")
+
+
+def shares(items: list[list[Any]] | None, k: int) -> str:
+    return ", ".join(f"{name} {v:.0%}" for name, v in (items or [])[:k])
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+# CPU accounting -----------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all its threads) so far, or None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds each side spends per phase: the workload, the FUSE daemon, the nodes.
+
+    Cheap enough (a /proc read per process per phase) to run on every measured run. On a
+    2-core machine, the sum over all processes against the phase's wall time says whether a
+    phase is CPU-bound (the sum nears 2 x wall) or waits (on timeouts, fsync, the network).
+    """
+
+    def __init__(self, site: Site) -> None:
+        self.pids = dict(site.pids)
+        self.phases: dict[str, dict[str, float]] = {}
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+
+    def _snapshot(self) -> dict[str, float]:
+        snap: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                group = "nodes" if name.startswith("node") else name
+                snap[group] = snap.get(group, 0.0) + cpu
+        t = os.times()
+        snap["workload"] = t.user + t.system + t.children_user + t.children_system
+        return snap
+
+    def __call__(self, phase: str, what: str) -> None:
+        if what == "start":
+            self._start = self._snapshot()
+            self._t0 = time.perf_counter()
+            return
+        wall = time.perf_counter() - self._t0
+        end = self._snapshot()
+        out = {k: round(end[k] - v, 3) for k, v in self._start.items() if k in end}
+        out["wall"] = round(wall, 3)
+        self.phases[phase] = out

@@ -1,0 +1,122 @@
+"""File-system errors, each carrying the errno the FUSE layer answers (docs/fs-api.md).
+
+STYLE.md section 3: ``FUSEError`` is raised only in ``bftfs/fuse/``; below it every refusal
+is an :class:`FsError` whose ``errno`` the FUSE layer passes on.  A Q/U method refused by the
+servers' validation (seed L1918-1920: narrow methods confine Byzantine clients) arrives as
+``Refused(code)``; :func:`from_refusal` turns its code into the matching subclass, so a
+refusal decided by ``b + 1`` servers reaches the application as the errno POSIX prescribes.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class FsError(Exception):
+    """A file-system operation failed; ``errno`` says how (EIO unless a subclass says)."""
+
+    errno = _errno.EIO
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__class__.__name__)
+
+
+class NotFound(FsError):
+    errno = _errno.ENOENT
+
+
+class Exists(FsError):
+    errno = _errno.EEXIST
+
+
+class NotEmpty(FsError):
+    errno = _errno.ENOTEMPTY
+
+
+class NotDir(FsError):
+    errno = _errno.ENOTDIR
+
+
+class IsDir(FsError):
+    errno = _errno.EISDIR
+
+
+class Invalid(FsError):
+    errno = _errno.EINVAL
+
+
+class NameTooLong(FsError):
+    errno = _errno.ENAMETOOLONG
+
+
+class NoAttr(FsError):
+    errno = _errno.ENODATA
+
+
+class Busy(FsError):
+    errno = _errno.EBUSY
+
+
+class Unavailable(FsError):
+    """Quorum unavailable or a block unrecoverable: the cluster cannot answer now."""
+
+    errno = _errno.EIO
+
+
+class ReadOnly(FsError):
+    errno = _errno.EROFS
+
+
+class Permission(FsError):
+    errno = _errno.EPERM
+
+
+class TooManyLinks(FsError):
+    errno = _errno.EMLINK
+
+
+class CrossDevice(FsError):
+    errno = _errno.EXDEV
+
+
+class TooBig(FsError):
+    """An extended attribute value beyond XATTR_SIZE_MAX, or a file beyond the size limit."""
+
+    errno = _errno.E2BIG
+
+
+class NoSpace(FsError):
+    """The extended attributes of one object would exceed their total bound."""
+
+    errno = _errno.ENOSPC
+
+
+class BadHandle(FsError):
+    """A file handle that is not open."""
+
+    errno = _errno.EBADF
+
+
+#: Refusal codes of :mod:`bftfs.fs.objects` -> error class.
+_BY_CODE: dict[str, type[FsError]] = {
+    "not-found": NotFound,
+    "exists": Exists,
+    "not-empty": NotEmpty,
+    "not-dir": NotDir,
+    "is-dir": IsDir,
+    "invalid": Invalid,
+    "name-too-long": NameTooLong,
+    "no-attr": NoAttr,
+    "busy": Busy,
+    "too-many-links": TooManyLinks,
+    "too-big": TooBig,
+    "no-space": NoSpace,
+    "permission": Permission,
+}
+
+
+def from_refusal(code: str, message: str = "") -> FsError:
+    """The error for a Q/U refusal ``code`` (unknown codes - a method error, a malformed
+    request - are EIO: they mean a bug or a misbehaving peer, not a POSIX condition)."""
+    cls = _BY_CODE.get(code, FsError)
+    return cls(f"{code}: {message}" if message else code)

@@ -1,0 +1,258 @@
+"""Files as fixed-size PASIS blocks, and the per-file write-back cache (no I/O here).
+
+The seed's Q/U-NFSv3 keeps file data outside the metadata service (L3086-3088, L3103-3104);
+bftfs keeps it in PASIS blocks (seed chapter 3): block ``i`` of a file is
+``block_id(d, i)`` where ``d`` is the data id in the file's attribute object.  This module
+holds the state of one file this client has open or cached, and the pure decisions on it:
+which blocks a write must read first, how a read is assembled from dirty, clean and fetched
+blocks, and what a flush must write.  :mod:`bftfs.fs.filesystem` does the I/O.
+
+Byte ``p`` of the file (``p < size``) is, in this order: the dirty block's byte (zero beyond
+its current length), else the server's block clamped at ``valid`` (the size the servers
+hold as far as this client knows; bytes at or past it may be left over from a crashed
+writer - see :mod:`bftfs.fs.objects` on ``alloc`` - and read as zero), else zero (a hole).
+
+Code between two ``await`` points runs atomically (trio), so these methods need no locks;
+the filesystem serialises flushes and truncations of one file with :attr:`OpenFile.lock`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+#: Flush a file once its dirty blocks exceed this many bytes.
+DEFAULT_DIRTY_LIMIT = 8 * 1024 * 1024
+#: Clean blocks kept per file (least recently used go first).
+DEFAULT_CLEAN_LIMIT = 32 * 1024 * 1024
+#: Bytes read ahead of a sequential reader.
+DEFAULT_READAHEAD = 1024 * 1024
+#: Reservation (``alloc``) given to a new or emptied file: small files need no ``fs.reserve``.
+INITIAL_RESERVE = 1024 * 1024
+
+
+def round_up(x: int, unit: int) -> int:
+    return -(-x // unit) * unit
+
+
+def reservation(need: int, current: int, bs: int) -> int:
+    """The ``alloc`` to ask for when blocks up to ``need`` bytes must be writable: at least
+    half again the current mark, so a growing file pays for ``fs.reserve`` only
+    logarithmically often."""
+    return round_up(max(need, current + current // 2, INITIAL_RESERVE), bs)
+
+
+@dataclass
+class OpenFile:
+    """One file's cached state in this client (shared by all its open handles)."""
+
+    ino: int
+    #: The attribute object's stat as last read or produced by our own update.
+    st: dict[str, Any]
+    bs: int
+    opens: int = 0
+    #: The logical size (buffered writes included).
+    size: int = 0
+    #: Bytes below this are the servers' data; see the module docstring.
+    valid: int = 0
+    #: Block index -> its new content (length <= bs).
+    dirty: dict[int, bytearray] = field(default_factory=dict)
+    #: Block index -> modification count (a flush removes only blocks it wrote unchanged).
+    gen: dict[int, int] = field(default_factory=dict)
+    #: Block index -> content read from the servers, clamped at ``valid``.
+    clean: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    clean_bytes: int = 0
+    #: mtime of the latest buffered write, until a flush sends it.
+    mtime: int | None = None
+    #: Where the last read ended (sequential reads trigger read-ahead).
+    last_read: int = -1
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @classmethod
+    def from_stat(cls, ino: int, st: dict[str, Any], bs: int) -> OpenFile:
+        f = cls(ino, st, bs)
+        f.reset(st)
+        return f
+
+    def reset(self, st: dict[str, Any], *, own: bool = False) -> None:
+        """Adopt ``st`` as the servers' state; clean blocks survive only if nobody else
+        changed the file (same version counter, or the next one when ``st`` is the answer of
+        our own update) - close-to-open consistency."""
+        expected = self.st["v"] + 1 if own else self.st["v"]
+        if st["v"] not in (self.st["v"], expected) or st["d"] != self.st["d"]:
+            self.clean.clear()
+            self.clean_bytes = 0
+        self.st = st
+        self.valid = st["size"]
+        self.size = max(st["size"], self.size) if self.dirty else st["size"]
+
+    @property
+    def data_id(self) -> int:
+        return int(self.st["d"])
+
+    @property
+    def dirty_bytes(self) -> int:
+        return len(self.dirty) * self.bs
+
+    # Clean cache -------------------------------------------------------------------------
+
+    def remember(self, index: int, data: bytes, limit: int = DEFAULT_CLEAN_LIMIT) -> bytes:
+        """Keep a block read from the servers (clamped at ``valid``); the clamped bytes."""
+        start = index * self.bs
+        if start + len(data) > self.valid:
+            data = data[: max(0, self.valid - start)]
+        old = self.clean.pop(index, None)
+        if old is not None:
+            self.clean_bytes -= len(old)
+        self.clean[index] = data
+        self.clean_bytes += len(data)
+        while self.clean_bytes > limit and self.clean:
+            _, gone = self.clean.popitem(last=False)
+            self.clean_bytes -= len(gone)
+        return data
+
+    def drop_clean(self) -> None:
+        self.clean.clear()
+        self.clean_bytes = 0
+
+    def _base(self, index: int) -> bytes | None:
+        """The servers' content of a block if known without I/O (None: must be read)."""
+        if index * self.bs >= self.valid:
+            return b""
+        got = self.clean.get(index)
+        if got is not None:
+            self.clean.move_to_end(index)
+        return got
+
+    # Reads -------------------------------------------------------------------------------
+
+    def blocks_to_fetch(self, offset: int, size: int, readahead: int) -> list[int]:
+        """Blocks a read of ``[offset, offset + size)`` must fetch (plus read-ahead when the
+        reader is sequential), those neither dirty nor cached and below ``valid``."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return []
+        bs = self.bs
+        last = (end - 1) // bs
+        if offset == self.last_read and readahead:
+            last = max(last, (min(end + readahead, self.valid) - 1) // bs)
+        return [
+            k
+            for k in range(offset // bs, last + 1)
+            if k not in self.dirty and k * bs < self.valid and k not in self.clean
+        ]
+
+    def assemble(self, offset: int, size: int) -> bytes:
+        """The bytes of ``[offset, offset + size)`` (short at end of file), from dirty and
+        clean blocks; blocks neither dirty nor clean below ``valid`` must have been
+        fetched (:meth:`blocks_to_fetch`) - missing ones read as zeros."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        self.last_read = end
+        bs = self.bs
+        first, last = offset // bs, (end - 1) // bs
+        if first == last:  # the common small read: one slice, no copy loop
+            src = self.dirty.get(first)
+            if src is None:
+                src = self._base(first) or b""
+            lo = offset - first * bs
+            piece = bytes(src[lo : lo + end - offset])
+            return piece + bytes(end - offset - len(piece))
+        out = bytearray(end - offset)
+        for k in range(first, last + 1):
+            start = k * bs
+            src = self.dirty.get(k)
+            if src is None:
+                src = self._base(k) or b""
+            lo = max(offset, start) - start
+            hi = min(end, start + bs) - start
+            piece = src[lo:hi]
+            at = start + lo - offset
+            out[at : at + len(piece)] = piece
+        return bytes(out)
+
+    # Writes ------------------------------------------------------------------------------
+
+    def blocks_to_read_for_write(self, offset: int, length: int) -> list[int]:
+        """Partially written blocks whose old content must be read first."""
+        bs = self.bs
+        end = offset + length
+        out = []
+        for k in {offset // bs, (end - 1) // bs}:
+            start = k * bs
+            partial = offset > start or end < min(start + bs, max(self.size, end))
+            if partial and k not in self.dirty and self._base(k) is None:
+                out.append(k)
+        return sorted(out)
+
+    def apply_write(self, offset: int, data: bytes | memoryview, now: int) -> None:
+        """Buffer a write (its partial blocks' old content must be cached already)."""
+        bs = self.bs
+        end = offset + len(data)
+        view = memoryview(data)
+        for k in range(offset // bs, (end - 1) // bs + 1):
+            start = k * bs
+            lo = max(offset, start) - start
+            hi = min(end, start + bs) - start
+            chunk = view[start + lo - offset : start + hi - offset]
+            buf = self.dirty.get(k)
+            if buf is None:
+                if lo == 0 and hi == bs:
+                    buf = bytearray(chunk)
+                    self.dirty[k] = buf
+                    self.gen[k] = self.gen.get(k, 0) + 1
+                    continue
+                base = self._base(k) or b""
+                buf = bytearray(base)
+                self.dirty[k] = buf
+            if len(buf) < lo:
+                buf.extend(bytes(lo - len(buf)))
+            buf[lo:hi] = chunk
+            self.gen[k] = self.gen.get(k, 0) + 1
+        self.size = max(self.size, end)
+        self.mtime = now
+
+    # Flush -------------------------------------------------------------------------------
+
+    def gap_blocks(self, new_size: int) -> tuple[list[int], list[int]]:
+        """Blocks to clear before the size grows from ``valid`` to ``new_size``.
+
+        Bytes in ``[valid, min(new_size, alloc))`` may be a crashed writer's leftovers, so
+        the blocks there that are not dirty are rewritten: the one containing ``valid``
+        keeps its bytes below ``valid`` (it must be read: first list), the others become
+        empty (second list).  Beyond ``alloc`` no block was ever written.
+        """
+        bs = self.bs
+        limit = min(new_size, int(self.st["alloc"]))
+        if limit <= self.valid:
+            return [], []
+        partial, empty = [], []
+        for k in range(self.valid // bs, (limit - 1) // bs + 1):
+            if k in self.dirty:
+                continue
+            if k * bs < self.valid:
+                partial.append(k)
+            else:
+                empty.append(k)
+        return partial, empty
+
+    def truncate_cache(self, size: int) -> None:
+        """Apply a truncation to the cached blocks (after the servers took it)."""
+        bs = self.bs
+        for k in [k for k in self.dirty if k * bs >= size]:
+            del self.dirty[k]
+        for k in [k for k in self.clean if k * bs >= size]:
+            self.clean_bytes -= len(self.clean.pop(k))
+        k = size // bs
+        if size % bs:
+            if k in self.dirty:
+                del self.dirty[k][size - k * bs :]
+            if k in self.clean:
+                old = self.clean[k]
+                self.clean[k] = old[: size - k * bs]
+                self.clean_bytes -= len(old) - len(self.clean[k])
+        self.size = size

@@ -1,0 +1,820 @@
+"""The inode-level file system on Q/U metadata and PASIS blocks (docs/fs-api.md).
+
+Every namespace operation is one Q/U query or one single- or multi-object update, as in the
+seed's Q/U-NFSv3 (Table 4.3, L3112-3156): ``getattr``/``readdir``/``readlink`` query one
+object, ``lookup`` queries the directory (and the entry's attribute object concurrently when
+this client already knows which it is), ``create``/``mkdir``/``symlink``/``mknod``/``link``/
+``unlink``/``rmdir`` update the directory and one attribute or directory object together,
+and ``rename`` updates up to two directories, the moved and the replaced object (plus the
+ancestors that prove a directory does not move under itself, see
+:func:`bftfs.fs.objects._not_under`) atomically.  The servers validate every update; the
+checks here only answer early.
+
+What the client caches, and why it is safe:
+
+- **Directory entries and parents** (``_names``, ``_parents``) are used only to *name the
+  objects* of an update (unlink, rmdir, rename need the child's object id) or to start a
+  speculative attribute query.  The servers re-check each entry inside the update and refuse
+  with ``stale`` when the cache was wrong; the client then re-reads and retries.  So a stale
+  cache costs a round trip, never correctness.
+- **Attributes this client's own updates produced** are answered by ``getattr`` for
+  ``attr_ttl`` seconds (default 1 s, the FUSE layer's kernel attribute timeout): the same
+  window the kernel caches them in.  Queries always go to the servers.
+- **Open files** (:class:`bftfs.fs.files.OpenFile`): close-to-open consistency as in NFS.
+  ``open`` re-reads the attribute object; cached blocks survive only when its version
+  counter is unchanged.  Writes are buffered per file and flushed on ``flush``, ``fsync``,
+  ``release``, before a truncation, and when the dirty data passes a bound (8 MiB).  A flush
+  writes every block first (PASIS, complete at ``N - t`` nodes) and only then sends the
+  size and mtime (Q/U), so a crash in between leaves the old size over the old data.
+
+Concurrency: pyfuse3 runs handlers as concurrent trio tasks; code between ``await`` points is
+atomic.  Flushes and truncations of one file are serialised by its lock; the Q/U client
+serialises its own operations per object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import stat as st
+import time
+import types
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import trio
+
+from bftfs.fs import objects as obj
+from bftfs.fs.attrs import Attr, attr_from_stat
+from bftfs.fs.errors import (
+    BadHandle,
+    CrossDevice,
+    Exists,
+    FsError,
+    Invalid,
+    IsDir,
+    NotDir,
+    NotFound,
+    TooBig,
+    Unavailable,
+    from_refusal,
+)
+from bftfs.fs.files import (
+    DEFAULT_DIRTY_LIMIT,
+    DEFAULT_READAHEAD,
+    INITIAL_RESERVE,
+    OpenFile,
+    reservation,
+    round_up,
+)
+from bftfs.fs.objects import RENAME_EXCHANGE, ROOT
+from bftfs.qu.client import Unavailable as QUUnavailable
+from bftfs.qu.objects import Refused
+from bftfs.qu.timestamp import MAX_OBJECTS
+from bftfs.rw.client import ReadAborted, ReadFailed
+from bftfs.rw.messages import block_id
+from bftfs.transport import QuorumUnavailable, TransportError
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = obj.RENAME_NOREPLACE
+XATTR_CREATE = obj.XATTR_CREATE
+XATTR_REPLACE = obj.XATTR_REPLACE
+
+#: Attempts of an update whose cached view keeps turning out stale (concurrent changes).
+MAX_ATTEMPTS = 8
+#: Stat queries in flight at once for one readdir.
+READDIR_CONCURRENCY = 64
+#: Cached directory entries in all (the cache is cleared when it grows past this).
+NAME_CACHE_LIMIT = 200_000
+
+T = TypeVar("T")
+
+_PROTOCOL_ERRORS = (QUUnavailable, QuorumUnavailable, ReadFailed, ReadAborted, TransportError)
+
+
+class _Stale(Exception):
+    """The servers refused because this client's view is out of date: re-read, retry."""
+
+
+class _Taken(Exception):
+    """A freshly drawn object id is taken: draw another."""
+
+
+def _translate(e: BaseException) -> BaseException:
+    """A protocol or refusal exception as the file-system error it means."""
+    if isinstance(e, BaseExceptionGroup):
+        inner = [_translate(x) for x in e.exceptions]
+        fs_errors = [x for x in inner if isinstance(x, FsError)]
+        if len(fs_errors) == len(inner):
+            return fs_errors[0]
+        return e
+    if isinstance(e, Refused):
+        if e.code == "stale":
+            return _Stale(e.message)
+        if e.code == "oid-exists":
+            return _Taken()
+        return from_refusal(e.code, e.message)
+    if isinstance(e, _PROTOCOL_ERRORS):
+        return Unavailable(f"{type(e).__name__}: {e}")
+    return e
+
+
+def _check_name(name: bytes) -> None:
+    try:
+        obj.check_name(name)
+    except Refused as e:
+        raise from_refusal(e.code, e.message) from None
+
+
+class _ClassOrInstance:
+    """A method that is one function on the class and another on its instances."""
+
+    def __init__(self, on_class: Callable[..., Any], on_instance: Callable[..., Any]) -> None:
+        self.on_class = on_class
+        self.on_instance = on_instance
+        self.__doc__ = on_instance.__doc__
+
+    def __get__(self, instance: Any, owner: type) -> Callable[..., Any]:
+        if instance is None:
+            return types.MethodType(self.on_class, owner)
+        return types.MethodType(self.on_instance, instance)
+
+
+class FileSystem:
+    """The file-system model of one client (one mount); see the module docstring."""
+
+    def __init__(
+        self,
+        qu: Any,
+        rw: Any,
+        config: Any,
+        *,
+        uid: int = 0,
+        gid: int = 0,
+        clock_ns: Callable[[], int] = time.time_ns,
+        rng: random.Random | None = None,
+        attr_ttl: float = 1.0,
+        dirty_limit: int = DEFAULT_DIRTY_LIMIT,
+        readahead: int = DEFAULT_READAHEAD,
+    ) -> None:
+        self.qu = qu
+        self.rw = rw
+        self.config = config
+        self.uid = uid
+        self.gid = gid
+        self.clock_ns = clock_ns
+        self.rng = rng or random.SystemRandom()
+        self.attr_ttl = attr_ttl
+        self.dirty_limit = dirty_limit
+        self.readahead = readahead
+        self.bs: int = config.block_size
+        #: Directory id -> {name: (object id, type code)} (partial; see module docstring).
+        self._names: dict[int, dict[bytes, tuple[int, int]]] = {}
+        self._parents: dict[int, int] = {}
+        #: Object id -> (stat produced by our own update, trio time it arrived).
+        self._own: dict[int, tuple[dict[str, Any], float]] = {}
+        self._files: dict[int, OpenFile] = {}
+        self._handles: dict[int, tuple[OpenFile, int]] = {}
+        self._next_fh = 1
+
+    async def _open_fs(
+        cls,
+        qu: Any,
+        rw: Any,
+        config: Any,
+        *,
+        uid: int = 0,
+        gid: int = 0,
+        clock_ns: Callable[[], int] = time.time_ns,
+        **options: Any,
+    ) -> FileSystem:
+        """A file system on these clients; creates the root directory if the cluster has
+        none (``fs.mkroot`` is refused once it exists, so racing clients are harmless)."""
+        fs = cls(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
+        try:
+            await fs._query(ROOT, "fs.stat")
+        except NotFound:
+            arg = {"mode": 0o755, "uid": uid, "gid": gid, "now": clock_ns()}
+            with contextlib.suppress(Exists):  # another client made it first
+                await fs._update([ROOT], "fs.mkroot", arg)
+        return fs
+
+    # Protocol calls ------------------------------------------------------------------------
+
+    async def _query(self, oid: int, method: str, arg: Any = None) -> Any:
+        try:
+            return await self.qu.query(oid, method, arg)
+        except (Refused, *_PROTOCOL_ERRORS) as e:
+            raise _translate(e) from None
+
+    async def _update(self, objects: Iterable[int], method: str, arg: Any) -> Any:
+        try:
+            return await self.qu.update(list(objects), method, arg)
+        except (Refused, *_PROTOCOL_ERRORS) as e:
+            raise _translate(e) from None
+
+    async def _blocks(self, coro: Awaitable[T]) -> T:
+        """Run a PASIS call, translating its failures (they come grouped from nurseries)."""
+        try:
+            return await coro
+        except _PROTOCOL_ERRORS as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from None
+        except BaseExceptionGroup as e:
+            t = _translate(e)
+            if t is e:
+                raise
+            raise t from None
+
+    def _new_oid(self) -> int:
+        return self.rng.randrange(2, obj.MAX_OID)
+
+    def _now(self) -> int:
+        return self.clock_ns()
+
+    # Caches ------------------------------------------------------------------------------
+
+    def _own_stat(self, oid: int, s: dict[str, Any]) -> None:
+        self._own[oid] = (s, trio.current_time())
+        if s["k"] == "d":
+            self._parents[oid] = s["p"]
+        f = self._files.get(oid)
+        if f is not None and s["k"] == "f":
+            f.reset(s, own=True)
+
+    def _learn(self, parent: int, name: bytes, oid: int, code: int) -> None:
+        names = self._names.get(parent)
+        if names is None:
+            if sum(len(v) for v in self._names.values()) > NAME_CACHE_LIMIT:
+                self._names.clear()
+            names = self._names[parent] = {}
+        names[name] = (oid, code)
+
+    def _forget(self, parent: int, name: bytes | None = None) -> None:
+        if name is None:
+            self._names.pop(parent, None)
+        else:
+            self._names.get(parent, {}).pop(name, None)
+
+    def _attr(self, oid: int, s: dict[str, Any]) -> Attr:
+        f = self._files.get(oid)
+        if f is not None and s["k"] == "f" and (f.dirty or f.mtime is not None or f.opens):
+            s = dict(f.st, size=f.size)
+            if f.mtime is not None:
+                s["mt"] = f.mtime
+        return attr_from_stat(oid, s, self.bs)
+
+    async def _stat(self, oid: int) -> dict[str, Any]:
+        """Fresh attributes of ``oid`` (a query), unless our own update made them lately."""
+        own = self._own.get(oid)
+        if own is not None and trio.current_time() - own[1] < self.attr_ttl:
+            return own[0]
+        s = await self._query(oid, "fs.stat")
+        if s["k"] == "d":
+            self._parents[oid] = s["p"]
+        return s
+
+    async def _entry(self, parent: int, name: bytes, fresh: bool = False) -> tuple[int, int]:
+        """(object id, type code) of ``name`` in ``parent``: the cache, else a query."""
+        got = None if fresh else self._names.get(parent, {}).get(name)
+        if got is not None:
+            return got
+        oid, code = await self._query(parent, "fs.lookup", name)
+        self._learn(parent, name, oid, code)
+        return oid, code
+
+    # Namespace: queries --------------------------------------------------------------------
+
+    async def getattr(self, ino: int) -> Attr:
+        """Attributes of ``ino`` (buffered size/mtime for a file with dirty data)."""
+        f = self._files.get(ino)
+        if f is not None and f.opens:
+            return self._attr(ino, f.st)
+        return self._attr(ino, await self._stat(ino))
+
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too).
+
+        One round trip when the entry's object is cached: the directory query and the
+        speculative attribute query run concurrently.
+        """
+        if name == b".":
+            return await self.getattr(parent)
+        if name == b"..":
+            p = await self._query(parent, "fs.stat")
+            if p["k"] != "d":
+                raise NotDir()
+            return await self.getattr(p["p"])
+        _check_name(name)
+        guess = self._names.get(parent, {}).get(name)
+        if guess is None:
+            oid, code = await self._query(parent, "fs.lookup", name)
+            self._learn(parent, name, oid, code)
+            return await self.getattr(oid)
+        answers: dict[str, Any] = {}
+
+        async def entry() -> None:
+            try:
+                answers["e"] = await self._query(parent, "fs.lookup", name)
+            except FsError as e:
+                answers["e"] = e
+
+        async def attr() -> None:
+            try:
+                answers["a"] = await self.getattr(guess[0])
+            except FsError as e:
+                answers["a"] = e
+
+        async with trio.open_nursery() as n:
+            n.start_soon(entry)
+            n.start_soon(attr)
+        e = answers["e"]
+        if isinstance(e, FsError):
+            if isinstance(e, NotFound):
+                self._forget(parent, name)
+            raise e
+        oid, code = e
+        self._learn(parent, name, oid, code)
+        a = answers["a"]
+        if oid == guess[0] and isinstance(a, Attr):
+            return a
+        return await self.getattr(oid)
+
+    async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
+        """Every entry with its attributes, sorted by name (no ``.``/``..``): one directory
+        query, then the entries' attribute queries concurrently."""
+        d = await self._query(ino, "fs.readdir")
+        ents = obj.entries(d)
+        self._parents[ino] = d["p"]
+        self._names[ino] = {name: (oid, code) for name, (oid, code) in ents.items()}
+        attrs: dict[bytes, Attr] = {}
+        limit = trio.Semaphore(READDIR_CONCURRENCY)
+
+        async def one(name: bytes, oid: int) -> None:
+            async with limit:
+                with contextlib.suppress(NotFound):  # raced with a removal: skip it
+                    attrs[name] = await self.getattr(oid)
+
+        async with trio.open_nursery() as n:
+            for name, (oid, _) in ents.items():
+                n.start_soon(one, name, oid)
+        return [(name, attrs[name]) for name in sorted(attrs)]
+
+    async def readlink(self, ino: int) -> bytes:
+        return await self._query(ino, "fs.readlink")
+
+    async def statfs(self) -> dict[str, int]:
+        """Nominal figures: nodes report no free space yet, so the capacity is the LMDB map
+        size of one node times the erasure-coding gain ``m``, all of it shown free."""
+        bs = self.bs
+        total = self.config.map_size * self.config.m // bs
+        return {
+            "f_bsize": bs,
+            "f_frsize": bs,
+            "f_blocks": total,
+            "f_bfree": total,
+            "f_bavail": total,
+            "f_files": 1 << 40,
+            "f_ffree": 1 << 40,
+            "f_favail": 1 << 40,
+            "f_namemax": obj.NAME_MAX,
+        }
+
+    # Namespace: creating -------------------------------------------------------------------
+
+    async def _make(self, parent: int, name: bytes, method: str, arg: dict[str, Any]) -> Attr:
+        """create/mkdir/mknod/symlink: a two-object update with a fresh random object id."""
+        _check_name(name)
+        for _ in range(MAX_ATTEMPTS):
+            oid = self._new_oid()
+            a = dict(arg, p=parent, o=oid, name=name, now=self._now())
+            try:
+                child, pst = await self._update([parent, oid], method, a)
+            except _Taken:
+                continue
+            except _Stale as e:  # only from a method that never says so: a bug
+                raise FsError(str(e)) from None
+            self._own_stat(oid, child)
+            self._own_stat(parent, pst)
+            self._learn(parent, name, oid, st.S_IFMT(child["mode"]) >> 12)
+            return self._attr(oid, child)
+        raise FsError("could not draw a free object id")
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        return await self._make(parent, name, "fs.mkdir", {"mode": mode, "uid": uid, "gid": gid})
+
+    async def mknod(
+        self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+    ) -> Attr:
+        if st.S_IFMT(mode) == 0:
+            mode |= st.S_IFREG
+        if st.S_IFMT(mode) == st.S_IFDIR:
+            return await self.mkdir(parent, name, mode, uid, gid)
+        arg: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid, "rdev": rdev}
+        if st.S_ISREG(mode):
+            arg.update(d=self._new_oid(), alloc=self._initial_reserve())
+        return await self._make(parent, name, "fs.create", arg)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
+        arg = {"mode": st.S_IFLNK | 0o777, "uid": uid, "gid": gid, "t": target}
+        return await self._make(parent, name, "fs.create", arg)
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        _check_name(new_name)
+        f, pst = await self._update(
+            [ino, new_parent],
+            "fs.link",
+            {"p": new_parent, "o": ino, "name": new_name, "now": self._now()},
+        )
+        self._own_stat(ino, f)
+        self._own_stat(new_parent, pst)
+        self._learn(new_parent, new_name, ino, st.S_IFMT(f["mode"]) >> 12)
+        return self._attr(ino, f)
+
+    def _initial_reserve(self) -> int:
+        return round_up(INITIAL_RESERVE, self.bs)
+
+    # Namespace: removing and renaming ------------------------------------------------------
+
+    async def _remove(self, parent: int, name: bytes, method: str) -> None:
+        _check_name(name)
+        fresh = False
+        for _ in range(MAX_ATTEMPTS):
+            oid, code = await self._entry(parent, name, fresh)
+            if method == "fs.unlink" and code == obj.DIR_TYPE:
+                raise IsDir()
+            if method == "fs.rmdir" and code != obj.DIR_TYPE:
+                raise NotDir()
+            try:
+                child, pst = await self._update(
+                    [parent, oid], method, {"p": parent, "o": oid, "name": name, "now": self._now()}
+                )
+            except (_Stale, NotFound) as e:
+                self._forget(parent)
+                if isinstance(e, NotFound) and fresh:
+                    raise
+                fresh = True  # our cached entry may have been wrong: ask the servers
+                continue
+            self._forget(parent, name)
+            self._own_stat(oid, child)
+            self._own_stat(parent, pst)
+            if child["k"] == "d":
+                self._names.pop(oid, None)
+            return
+        raise FsError(f"{method}: directory kept changing")
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        await self._remove(parent, name, "fs.unlink")
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        await self._remove(parent, name, "fs.rmdir")
+
+    async def _parent_of(self, d: int, fresh: bool) -> int:
+        if not fresh and d in self._parents:
+            return self._parents[d]
+        s = await self._query(d, "fs.stat")
+        if s["k"] != "d":
+            raise NotDir()
+        self._parents[d] = s["p"]
+        return int(s["p"])
+
+    async def _chain(self, start: int, moving: int, stop: int, fresh: bool) -> list[int]:
+        """The directories from ``start`` up to (not including) ``stop`` or the root: the
+        objects the servers walk to prove ``moving`` is not an ancestor of ``start``."""
+        out: list[int] = []
+        cur = start
+        while cur not in (stop, ROOT):
+            if cur == moving:
+                raise Invalid("a directory cannot move under itself")
+            out.append(cur)
+            if len(out) > MAX_OBJECTS:
+                break
+            cur = await self._parent_of(cur, fresh)
+        return out
+
+    async def rename(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None:
+        """rename(2): one atomic multi-object update (replacing an existing target).
+
+        Objects: both directories, the moved object, the replaced one, and - when a directory
+        changes parent - the ancestors of its new parent up to its old parent or the root.
+        When those are more than Q/U's 8 objects per update, EXDEV (``mv`` then copies).
+        """
+        _check_name(name)
+        _check_name(new_name)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise Invalid("rename flags")
+        fresh = False
+        for _ in range(MAX_ATTEMPTS):
+            o, ocode = await self._entry(parent, name, fresh)
+            if o in (parent, new_parent):
+                raise Invalid("a directory cannot move under itself")
+            try:
+                t, tcode = await self._entry(new_parent, new_name, fresh)
+            except NotFound:
+                t, tcode = None, 0
+            objs = {parent, new_parent, o}
+            if t is not None:
+                objs.add(t)
+            if parent != new_parent:
+                if ocode == obj.DIR_TYPE:
+                    objs.update(await self._chain(new_parent, o, parent, fresh))
+                if t is not None and tcode == obj.DIR_TYPE and flags & RENAME_EXCHANGE:
+                    objs.update(await self._chain(parent, t, new_parent, fresh))
+            if len(objs) > MAX_OBJECTS:
+                raise CrossDevice("rename spans more objects than one Q/U update may")
+            arg = {
+                "sp": parent,
+                "sn": name,
+                "dp": new_parent,
+                "dn": new_name,
+                "o": o,
+                "t": t,
+                "flags": flags,
+                "now": self._now(),
+            }
+            try:
+                stats = await self._update(sorted(objs), "fs.rename", arg)
+            except (_Stale, NotFound) as e:
+                self._forget(parent)
+                self._forget(new_parent)
+                if isinstance(e, NotFound) and fresh:
+                    raise
+                fresh = True
+                continue
+            for key, s in stats.items():
+                self._own_stat(int(key), s)
+            if stats:
+                self._forget(parent, name)
+                self._forget(new_parent, new_name)
+                if flags & RENAME_EXCHANGE and t is not None:
+                    self._learn(parent, name, t, tcode)
+                self._learn(new_parent, new_name, o, ocode)
+            return
+        raise FsError("rename: directories kept changing")
+
+    # Attributes ----------------------------------------------------------------------------
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Attr:
+        """chmod/chown/utimens in one update; a size change truncates (see :meth:`_truncate`)."""
+        if size is not None:
+            await self._truncate(ino, size, mtime_ns)
+        if mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
+            return await self.getattr(ino)
+        arg = {
+            "mode": mode,
+            "uid": uid,
+            "gid": gid,
+            "atime": atime_ns,
+            "mtime": mtime_ns,
+            "now": self._now(),
+        }
+        s = await self._update([ino], "fs.setattr", arg)
+        self._own_stat(ino, s)
+        f = self._files.get(ino)
+        if f is not None and mtime_ns is not None:
+            f.mtime = None  # an explicit mtime wins over buffered writes' times
+        return self._attr(ino, s)
+
+    async def _truncate(self, ino: int, size: int, mtime_ns: int | None) -> None:
+        """Truncate to ``size``: flush buffered writes, then (to zero) switch to a fresh data
+        id, (down) lower the size, (up) clear possible leftovers in ``[size, alloc)`` and then
+        raise the size.  The size update comes last in every case."""
+        if size > obj.MAX_SIZE:
+            raise TooBig("file size limit")
+        f = self._files.get(ino)
+        if f is not None:
+            await self._flush(f)
+        lock = f.lock if f is not None else trio.Lock()
+        async with lock:
+            for _ in range(MAX_ATTEMPTS):
+                s = await self._query(ino, "fs.stat")
+                if s["k"] == "d":
+                    raise IsDir()
+                if not st.S_ISREG(s["mode"]):
+                    raise Invalid("not a regular file")
+                arg: dict[str, Any] = {"size": size, "mtime": mtime_ns, "now": self._now()}
+                if size == 0:
+                    arg.update(d=self._new_oid(), alloc=self._initial_reserve())
+                else:
+                    arg["d"] = s["d"]
+                    if size > s["size"]:
+                        await self._clear_gap(s, s["size"], size)
+                try:
+                    s = await self._update([ino], "fs.setattr", arg)
+                except _Stale:
+                    continue
+                if f is not None:
+                    f.truncate_cache(size)
+                self._own_stat(ino, s)
+                return
+        raise FsError("truncate: file kept changing")
+
+    async def _clear_gap(self, s: dict[str, Any], valid: int, new_size: int) -> None:
+        """Write zeros over ``[valid, min(new_size, alloc))`` (see files.OpenFile.gap_blocks)."""
+        tmp = OpenFile.from_stat(0, s, self.bs)
+        tmp.valid = valid
+        partial, empty = tmp.gap_blocks(new_size)
+        blocks: dict[int, bytes] = {k: b"" for k in empty}
+        if partial:
+            got = await self._blocks(self.rw.read_blocks([block_id(s["d"], k) for k in partial]))
+            for k in partial:
+                blocks[k] = tmp.remember(k, got[block_id(s["d"], k)])
+        if blocks:
+            await self._blocks(
+                self.rw.write_blocks({block_id(s["d"], k): v for k, v in blocks.items()})
+            )
+
+    # Extended attributes -------------------------------------------------------------------
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await self._query(ino, "fs.getxattr", name)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return list(await self._query(ino, "fs.listxattr"))
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        arg = {"name": name, "value": bytes(value), "flags": flags, "now": self._now()}
+        await self._update([ino], "fs.setxattr", arg)
+        self._own.pop(ino, None)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self._update([ino], "fs.removexattr", {"name": name, "now": self._now()})
+        self._own.pop(ino, None)
+
+    # Files ---------------------------------------------------------------------------------
+
+    def _handle(self, fh: int) -> tuple[OpenFile, int]:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise BadHandle(f"file handle {fh} is not open") from None
+
+    def _new_handle(self, f: OpenFile, flags: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = (f, flags)
+        f.opens += 1
+        return fh
+
+    async def create(
+        self, parent: int, name: bytes, mode: int, uid: int, gid: int, flags: int
+    ) -> tuple[int, Attr]:
+        """Create a regular file and open it: one two-object update, no further round trip."""
+        a = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid)
+        s = self._own[a.ino][0]
+        f = self._files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
+        return self._new_handle(f, flags), a
+
+    async def _open_file(self, ino: int, flags: int) -> int:
+        """Open ``ino``: re-read its attributes (close-to-open consistency); O_TRUNC
+        truncates, O_APPEND makes every write of this handle go to the end."""
+        f = self._files.get(ino)
+        if f is not None and (f.dirty or f.mtime is not None):
+            await self._flush(f)
+        if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
+            await self._truncate(ino, 0, None)
+        s = await self._query(ino, "fs.stat")
+        if s["k"] == "d":
+            raise IsDir()
+        f = self._files.get(ino)
+        if f is None:
+            f = self._files[ino] = OpenFile.from_stat(ino, s, self.bs)
+        else:
+            f.reset(s)
+        return self._new_handle(f, flags)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (short only at end of file; holes are zeros)."""
+        f, _ = self._handle(fh)
+        if offset < 0 or size < 0:
+            raise Invalid("negative offset or size")
+        need = f.blocks_to_fetch(offset, size, self.readahead)
+        if need:
+            await self._fetch(f, need)
+        return f.assemble(offset, size)
+
+    async def _fetch(self, f: OpenFile, indices: list[int]) -> None:
+        d = f.data_id
+        got = await self._blocks(self.rw.read_blocks([block_id(d, k) for k in indices]))
+        if f.data_id != d:  # truncated to zero while we waited: the blocks are not its
+            return
+        for k in indices:
+            if k not in f.dirty:
+                f.remember(k, got[block_id(d, k)])
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        """Buffer ``data`` at ``offset`` (at the end for O_APPEND handles); flushes when the
+        file's dirty data passes ``dirty_limit``."""
+        f, flags = self._handle(fh)
+        if flags & os.O_APPEND:
+            offset = f.size
+        if offset < 0:
+            raise Invalid("negative offset")
+        if not data:
+            return 0
+        if offset + len(data) > obj.MAX_SIZE:
+            raise TooBig("file size limit")
+        need = f.blocks_to_read_for_write(offset, len(data))
+        if need:
+            await self._fetch(f, need)
+            if flags & os.O_APPEND and offset != f.size:  # the file grew meanwhile
+                offset = f.size
+            need = f.blocks_to_read_for_write(offset, len(data))
+            if need:
+                await self._fetch(f, need)
+        f.apply_write(offset, data, self._now())
+        if f.dirty_bytes > self.dirty_limit:
+            await self._flush(f)
+        return len(data)
+
+    async def flush(self, fh: int) -> None:
+        """Make this file's buffered writes durable: blocks, then size and mtime."""
+        f, _ = self._handle(fh)
+        await self._flush(f)
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
+    async def release(self, fh: int) -> None:
+        """Close a handle (flushing); the file's clean blocks stay cached for a re-open,
+        which keeps them only if the file did not change meanwhile."""
+        f, _ = self._handle(fh)
+        try:
+            await self._flush(f)
+        finally:
+            del self._handles[fh]
+            f.opens -= 1
+            if f.opens == 0 and not f.dirty:
+                self._files.pop(f.ino, None)
+
+    async def _flush(self, f: OpenFile) -> None:
+        async with f.lock:
+            for _ in range(MAX_ATTEMPTS):
+                if not f.dirty and f.mtime is None:
+                    return
+                try:
+                    await self._flush_once(f)
+                    return
+                except _Stale:
+                    # Another client replaced the data id (truncated to zero): re-read and
+                    # write our buffered blocks under the new one.
+                    f.reset(await self._query(f.ino, "fs.stat"))
+            raise FsError("flush: file kept changing")
+
+    async def _flush_once(self, f: OpenFile) -> None:
+        bs = self.bs
+        d = f.data_id
+        snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
+        new_size, mtime = f.size, f.mtime if f.mtime is not None else self._now()
+        blocks = {k: v for k, (v, _) in snapshot.items()}
+        partial, empty = f.gap_blocks(new_size)
+        if partial:
+            await self._fetch(f, [k for k in partial if k not in f.clean])
+            for k in partial:
+                blocks[k] = f.clean.get(k, b"")
+        for k in empty:
+            blocks[k] = b""
+        need = max(new_size, (max(blocks) + 1) * bs if blocks else 0)
+        if need > f.st["alloc"]:
+            arg = {"d": d, "alloc": reservation(need, f.st["alloc"], bs), "v": f.st["v"]}
+            self._own_stat(f.ino, await self._update([f.ino], "fs.reserve", arg))
+        if blocks:
+            await self._blocks(self.rw.write_blocks({block_id(d, k): v for k, v in blocks.items()}))
+        # ``v``: the servers refuse (stale) if anyone changed the file since we computed the
+        # gap from its attributes; we then re-read them and write again.
+        arg = {"d": d, "end": new_size, "mtime": mtime, "v": f.st["v"]}
+        self._own_stat(f.ino, await self._update([f.ino], "fs.write", arg))
+        for k, (data, g) in snapshot.items():
+            if f.gen.get(k) == g and f.dirty.get(k) is not None:
+                del f.dirty[k]
+                f.remember(k, data)
+        if not f.dirty:
+            f.size = f.st["size"]
+            if f.mtime == mtime:
+                f.mtime = None
+
+    #: ``await FileSystem.open(qu, rw, config, ...)`` builds a file system,
+    #: ``await fs.open(ino, flags)`` opens a file: the contract names both ``open``.
+    open = _ClassOrInstance(_open_fs, _open_file)
+
+    # Introspection -------------------------------------------------------------------------
+
+    def open_files(self) -> Mapping[int, OpenFile]:
+        """The files this client holds state for (tests and statistics)."""
+        return dict(self._files)

@@ -1,0 +1,743 @@
+"""Q/U-NFSv3 metadata objects: directory objects and attribute objects (seed 004 section
+4.4.4, L3079-3163; spec ``pasis-qu-lazy.md`` part D), with server-side validation.
+
+Two kinds of Q/U object, both served by the one object type ``fs`` (a method may touch both
+kinds at once, e.g. ``fs.create`` updates a directory and a new attribute object):
+
+- a **directory object** holds the directory's entries (name -> object id and file type) and,
+  as the seed prescribes (L3083-3085), the directory's own attributes inline, because almost
+  every directory method needs them; it also holds its parent's id, so ``..`` and the
+  "no directory under itself" check need no other object;
+- an **attribute object** holds what NFS clients expect per file (L3082-3083): mode, owner,
+  times, link count, size, the symlink target, extended attributes, and the layout of the
+  file's PASIS blocks (``d`` = data id, ``alloc`` = the reservation mark, see below).
+
+Methods run on every server and are the only way to change an object, so this is where a
+Byzantine client is confined (L1918-1920, L143-150): every method re-checks POSIX rules on the
+server's own copy - names are legal and unique, a directory is empty before it is removed, a
+directory never moves under itself, link counts follow the entries, an object is created
+only where nothing exists - and raises :class:`Refused` otherwise.  The client checks the
+same rules first (to answer quickly); the servers' checks are what make them hold.
+
+Operations map onto Table 4.3 (L3112-3156): ``stat``/``lookup``/``readdir``/``readlink``/
+``getxattr``/``listxattr`` are queries on one object; ``setattr``/``write``/``reserve``/
+``setxattr``/``removexattr`` are single-object updates; ``create``/``mkdir``/``link``/
+``unlink``/``rmdir`` are two-object updates (directory + attribute or child directory);
+``rename`` updates the two directories, the moved object, a replaced target and, when a
+directory moves to another parent, the ancestors of its new parent up to its old parent or
+the root (the proof that it does not move under itself).
+
+Determinism: methods read no clock and draw no random number.  The client passes times
+(integer ns) and new object ids in the argument; servers only check their range.  Entries are
+kept as one msgpack map (``e``) in name order, an opaque byte string to the canonical
+encoder: a directory of thousands of names then costs one C-level unpack/pack per update
+instead of a Python walk over every entry.
+
+File data layout (docs/fs-api.md): blocks ``block_id(d, i)``; ``d`` is fresh at create and at
+truncation to zero.  ``alloc`` is a reservation mark: no block at or beyond it has ever been
+written under ``d``, so it reads as a hole; bytes in ``[size, alloc)`` may hold data of a
+write whose size update never came (a crashed client), which a client extending the file
+overwrites with zeros first.  A client raises ``alloc`` (``fs.reserve``) *before* writing
+blocks beyond it and sends ``fs.write`` (size, mtime) *after* its blocks are complete.
+
+Refusal codes (``Refused.code``) are errno names understood by :mod:`bftfs.fs.errors`, plus
+``stale`` (the client's view of an entry or a data id is out of date: it re-reads and
+retries) and ``oid-exists`` (a random new object id is taken: the client draws another).
+"""
+
+from __future__ import annotations
+
+import stat as st
+from typing import Any
+
+import msgpack
+
+from bftfs.qu.objects import Class, Method, ObjectType, Refused, States
+
+#: Object id of the root directory (the FUSE root inode).
+ROOT = 1
+#: Object ids are 63-bit and never 0; ROOT is reserved.
+MAX_OID = (1 << 63) - 1
+NAME_MAX = 255
+#: Longest symlink target (Linux PATH_MAX).
+PATH_MAX = 4096
+#: Most hard links to one file (ext4 uses 65000).
+LINK_MAX = 65000
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+#: All extended attributes of one object together (the object is replicated on n servers).
+XATTR_TOTAL_MAX = 256 * 1024
+#: Largest file size (block indices stay far inside 64 bits for any block size).
+MAX_SIZE = 1 << 50
+#: Times are integer nanoseconds in [0, MAX_TIME].
+MAX_TIME = (1 << 63) - 1
+MAX_ID = (1 << 32) - 1
+
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+#: Entry type codes: the S_IFMT bits shifted down (4 = directory, 8 = regular, 10 = symlink).
+DIR_TYPE = st.S_IFDIR >> 12
+#: File types an attribute object may have (everything but a directory).
+FILE_TYPES = frozenset({st.S_IFREG, st.S_IFLNK, st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK})
+
+
+# Argument checks ---------------------------------------------------------------------------
+
+
+def _arg(arg: Any) -> dict[str, Any]:
+    if not isinstance(arg, dict):
+        raise Refused("invalid", "argument must be a map")
+    return arg
+
+
+def _int(arg: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    v = arg.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise Refused("invalid", f"{key} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _opt_int(arg: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    return None if arg.get(key) is None else _int(arg, key, lo, hi)
+
+
+def _oid(arg: dict[str, Any], key: str, states: States) -> int:
+    v = _int(arg, key, 1, MAX_OID)
+    if v not in states:
+        raise Refused("invalid", f"{key} is not an object of the request")
+    return v
+
+
+def _time(arg: dict[str, Any], key: str = "now") -> int:
+    return _int(arg, key, 0, MAX_TIME)
+
+
+def check_name(name: Any) -> bytes:
+    """A legal directory entry name, or the refusal POSIX gives for it.
+
+    Raises:
+        Refused: ``invalid`` ('', '.', '..', containing '/' or NUL, not bytes) or
+            ``name-too-long`` (more than 255 bytes).
+    """
+    if not isinstance(name, bytes) or name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
+        raise Refused("invalid", "illegal name")
+    if len(name) > NAME_MAX:
+        raise Refused("name-too-long")
+    return name
+
+
+def check_xattr_name(name: Any) -> bytes:
+    """A legal extended-attribute name (non-empty, no NUL, at most 255 bytes)."""
+    if not isinstance(name, bytes) or not name or b"\0" in name:
+        raise Refused("invalid", "illegal xattr name")
+    if len(name) > XATTR_NAME_MAX:
+        raise Refused("name-too-long")
+    return name
+
+
+# Object states -----------------------------------------------------------------------------
+
+
+def _dir(state: Any, *, alive: bool = True) -> dict[str, Any]:
+    """A directory object's state (a copy), refusing anything else."""
+    if state is None:
+        raise Refused("not-found")
+    if not isinstance(state, dict) or state.get("k") != "d":
+        raise Refused("not-dir")
+    if alive and state["dead"]:
+        raise Refused("not-found", "directory was removed")
+    return dict(state)
+
+
+def _file(state: Any) -> dict[str, Any]:
+    """An attribute object's state (a copy), refusing anything else."""
+    if state is None:
+        raise Refused("not-found")
+    if not isinstance(state, dict) or state.get("k") != "f":
+        raise Refused("is-dir")
+    return dict(state)
+
+
+def _node(state: Any) -> dict[str, Any]:
+    """Either kind of object (a copy)."""
+    if state is None or not isinstance(state, dict) or state.get("k") not in ("d", "f"):
+        raise Refused("not-found")
+    return dict(state)
+
+
+def entries(state: dict[str, Any]) -> dict[bytes, list[int]]:
+    """The entries of a directory state: name -> [object id, type code], in name order."""
+    return msgpack.unpackb(state["e"], raw=False, use_list=True)
+
+
+def _pack_entries(ents: dict[bytes, list[int]]) -> bytes:
+    return msgpack.packb(dict(sorted(ents.items())), use_bin_type=True)
+
+
+EMPTY_ENTRIES = _pack_entries({})
+
+
+def _touch(state: dict[str, Any], now: int, *, modify: bool) -> None:
+    """ctime (and mtime if ``modify``) to ``now``; every update bumps the version counter."""
+    state["ct"] = now
+    if modify:
+        state["mt"] = now
+    state["v"] += 1
+
+
+def new_dir(parent: int, mode: int, uid: int, gid: int, now: int) -> dict[str, Any]:
+    """The state of a fresh directory (``nd`` counts subdirectories: nlink = 2 + nd)."""
+    return {
+        "k": "d",
+        "mode": st.S_IFDIR | (mode & 0o7777),
+        "uid": uid,
+        "gid": gid,
+        "at": now,
+        "mt": now,
+        "ct": now,
+        "nd": 0,
+        "p": parent,
+        "e": EMPTY_ENTRIES,
+        "x": {},
+        "dead": False,
+        "v": 0,
+    }
+
+
+def stat_of(state: dict[str, Any]) -> dict[str, Any]:
+    """The attributes of either kind of object, as queries and updates answer them.
+
+    Keys: ``k, mode, uid, gid, rdev, nl, size, alloc, d, at, mt, ct, v``, and ``p`` (parent)
+    for directories.
+    """
+    if state["k"] == "d":
+        return {
+            "k": "d",
+            "mode": state["mode"],
+            "uid": state["uid"],
+            "gid": state["gid"],
+            "rdev": 0,
+            "nl": 0 if state["dead"] else 2 + state["nd"],
+            "size": len(state["e"]),
+            "alloc": 0,
+            "d": 0,
+            "at": state["at"],
+            "mt": state["mt"],
+            "ct": state["ct"],
+            "v": state["v"],
+            "p": state["p"],
+        }
+    return {k: v for k, v in state.items() if k not in ("x", "t")}
+
+
+# Queries -----------------------------------------------------------------------------------
+
+
+def _stat(states: States, arg: Any) -> Any:
+    ((_, state),) = states.items()
+    return stat_of(_node(state))
+
+
+def _lookup(states: States, arg: Any) -> Any:
+    """Answer ``[object id, type code]`` of entry ``arg`` (a name)."""
+    ((_, state),) = states.items()
+    d = _dir(state)
+    got = entries(d).get(check_name(arg))
+    if got is None:
+        raise Refused("not-found")
+    return got
+
+
+def _readdir(states: States, arg: Any) -> Any:
+    """Answer ``{"e": packed entries, "p": parent}`` (the client unpacks the entries)."""
+    ((_, state),) = states.items()
+    d = _dir(state)
+    return {"e": d["e"], "p": d["p"]}
+
+
+def _readlink(states: States, arg: Any) -> Any:
+    ((_, state),) = states.items()
+    f = _file(state)
+    if not st.S_ISLNK(f["mode"]):
+        raise Refused("invalid", "not a symlink")
+    return f["t"]
+
+
+def _getxattr(states: States, arg: Any) -> Any:
+    ((_, state),) = states.items()
+    value = _node(state)["x"].get(check_xattr_name(arg))
+    if value is None:
+        raise Refused("no-attr")
+    return value
+
+
+def _listxattr(states: States, arg: Any) -> Any:
+    ((_, state),) = states.items()
+    return sorted(_node(state)["x"])
+
+
+# Single-object updates ---------------------------------------------------------------------
+
+
+def _mkroot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Create the root directory (its parent is itself); refused once it exists."""
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    if oid != ROOT:
+        raise Refused("invalid", "only the root is made this way")
+    if state is not None:
+        raise Refused("exists")
+    root = new_dir(ROOT, _int(a, "mode", 0, 0o7777), *_owner(a), _time(a))
+    return {oid: root}, stat_of(root)
+
+
+def _owner(a: dict[str, Any]) -> tuple[int, int]:
+    return _int(a, "uid", 0, MAX_ID), _int(a, "gid", 0, MAX_ID)
+
+
+def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """chmod / chown / utimens / truncate on one object.
+
+    A size change is a truncation: to zero it must bring a new data id (so no old block is
+    ever seen again); to a larger size it only moves ``size`` (the range up to ``alloc`` was
+    cleared by the client beforehand, beyond it blocks were never written).
+    """
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    s = _node(state)
+    if s["k"] == "d" and s["dead"]:
+        raise Refused("not-found")
+    now = _time(a)
+    mode = _opt_int(a, "mode", 0, 0o177777)
+    if mode is not None:
+        s["mode"] = (s["mode"] & ~0o7777) | (mode & 0o7777)
+    uid, gid = _opt_int(a, "uid", 0, MAX_ID), _opt_int(a, "gid", 0, MAX_ID)
+    if uid is not None:
+        s["uid"] = uid
+    if gid is not None:
+        s["gid"] = gid
+    atime, mtime = _opt_int(a, "atime", 0, MAX_TIME), _opt_int(a, "mtime", 0, MAX_TIME)
+    if atime is not None:
+        s["at"] = atime
+    if mtime is not None:
+        s["mt"] = mtime
+    size = _opt_int(a, "size", 0, MAX_SIZE)
+    if size is not None:
+        if s["k"] == "d":
+            raise Refused("is-dir")
+        if not st.S_ISREG(s["mode"]):
+            raise Refused("invalid", "only regular files have a size to set")
+        if size == 0:
+            data_id = _int(a, "d", 1, MAX_OID)
+            if data_id == s["d"]:
+                raise Refused("invalid", "truncation to zero needs a fresh data id")
+            s["d"], s["alloc"] = data_id, _int(a, "alloc", 0, MAX_SIZE)
+        elif _opt_int(a, "d", 1, MAX_OID) not in (None, s["d"]):
+            raise Refused("stale", "data id changed")
+        if size != s["size"] and mtime is None:
+            s["mt"] = now
+        s["size"] = size
+    _touch(s, now, modify=False)
+    return {oid: s}, stat_of(s)
+
+
+def _unchanged(f: dict[str, Any], a: dict[str, Any]) -> None:
+    """Refuse as ``stale`` unless the file still has the client's data id (and version
+    counter ``v``, when given): the client decided what to write from those."""
+    if _int(a, "d", 1, MAX_OID) != f["d"]:
+        raise Refused("stale", "data id changed")
+    v = _opt_int(a, "v", 0, MAX_TIME)
+    if v is not None and v != f["v"]:
+        raise Refused("stale", "file changed")
+
+
+def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """After blocks up to ``end`` are complete: size = max(size, end), mtime, and optionally a
+    larger reservation for the next writes.  Refused as ``stale`` when the file's data id
+    changed since the client wrote its blocks (another client truncated it to zero)."""
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    f = _file(state)
+    if not st.S_ISREG(f["mode"]):
+        raise Refused("invalid", "not a regular file")
+    _unchanged(f, a)
+    end = _int(a, "end", 0, MAX_SIZE)
+    if end > f["alloc"]:
+        raise Refused("invalid", "blocks beyond the reservation")
+    f["size"] = max(f["size"], end)
+    f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
+    mtime = _time(a, "mtime")
+    f["mt"] = mtime
+    f["ct"] = max(f["ct"], mtime)
+    f["v"] += 1
+    return {oid: f}, stat_of(f)
+
+
+def _reserve(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Raise the reservation mark before writing blocks beyond it (see module docstring)."""
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    f = _file(state)
+    if not st.S_ISREG(f["mode"]):
+        raise Refused("invalid", "not a regular file")
+    _unchanged(f, a)
+    f["alloc"] = max(f["alloc"], _int(a, "alloc", 0, MAX_SIZE))
+    f["v"] += 1
+    return {oid: f}, stat_of(f)
+
+
+def _setxattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    s = _node(state)
+    name = check_xattr_name(a.get("name"))
+    value = a.get("value")
+    if not isinstance(value, bytes):
+        raise Refused("invalid", "value must be bytes")
+    if len(value) > XATTR_SIZE_MAX:
+        raise Refused("too-big")
+    flags = _int(a, "flags", 0, XATTR_CREATE | XATTR_REPLACE)
+    x = dict(s["x"])
+    if flags & XATTR_CREATE and name in x:
+        raise Refused("exists")
+    if flags & XATTR_REPLACE and name not in x:
+        raise Refused("no-attr")
+    x[name] = value
+    if sum(len(k) + len(v) for k, v in x.items()) > XATTR_TOTAL_MAX:
+        raise Refused("no-space")
+    s["x"] = x
+    _touch(s, _time(a), modify=False)
+    return {oid: s}, None
+
+
+def _removexattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    s = _node(state)
+    x = dict(s["x"])
+    if x.pop(check_xattr_name(a.get("name")), None) is None:
+        raise Refused("no-attr")
+    s["x"] = x
+    _touch(s, _time(a), modify=False)
+    return {oid: s}, None
+
+
+# Namespace updates (multi-object, Table 4.3) -----------------------------------------------
+
+
+def _parent_and_new(states: States, a: dict[str, Any]) -> tuple[int, dict[str, Any], int, bytes]:
+    """Common checks of create/mkdir: a live parent, a free legal name, a fresh object."""
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid or oid == ROOT:
+        raise Refused("invalid", "bad object ids")
+    parent = _dir(states[pid])
+    name = check_name(a.get("name"))
+    if states[oid] is not None:
+        raise Refused("oid-exists")
+    return pid, parent, oid, name
+
+
+def _add_entry(parent: dict[str, Any], name: bytes, oid: int, code: int, now: int) -> None:
+    ents = entries(parent)
+    if name in ents:
+        raise Refused("exists")
+    ents[name] = [oid, code]
+    parent["e"] = _pack_entries(ents)
+    _touch(parent, now, modify=True)
+
+
+def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """create / mknod / symlink: a new attribute object and its entry in the parent.
+
+    Argument: ``p`` parent, ``o`` new object id, ``name``, ``mode`` (with its type bits),
+    ``uid``, ``gid``, ``rdev``, ``now``, and for regular files ``d`` (data id) and ``alloc``,
+    for symlinks ``t`` (target).  Answers ``[stat of the new object, stat of the parent]``.
+    """
+    a = _arg(arg)
+    pid, parent, oid, name = _parent_and_new(states, a)
+    mode = _int(a, "mode", 0, 0o177777)
+    ftype = st.S_IFMT(mode)
+    if ftype not in FILE_TYPES:
+        raise Refused("invalid", "bad file type")
+    now = _time(a)
+    uid, gid = _owner(a)
+    f = {
+        "k": "f",
+        "mode": mode,
+        "uid": uid,
+        "gid": gid,
+        "rdev": 0,
+        "nl": 1,
+        "size": 0,
+        "alloc": 0,
+        "d": 0,
+        "at": now,
+        "mt": now,
+        "ct": now,
+        "t": None,
+        "x": {},
+        "v": 0,
+    }
+    if ftype == st.S_IFREG:
+        f["d"] = _int(a, "d", 1, MAX_OID)
+        f["alloc"] = _int(a, "alloc", 0, MAX_SIZE)
+    elif ftype == st.S_IFLNK:
+        target = a.get("t")
+        if not isinstance(target, bytes) or not target or b"\0" in target:
+            raise Refused("invalid", "bad symlink target")
+        if len(target) > PATH_MAX:
+            raise Refused("name-too-long")
+        f["t"], f["size"] = target, len(target)
+    elif ftype in (st.S_IFCHR, st.S_IFBLK):
+        f["rdev"] = _int(a, "rdev", 0, (1 << 64) - 1)
+    _add_entry(parent, name, oid, ftype >> 12, now)
+    return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
+
+
+def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """A new directory object and its entry; the parent gains a link (the child's ``..``)."""
+    a = _arg(arg)
+    pid, parent, oid, name = _parent_and_new(states, a)
+    now = _time(a)
+    child = new_dir(pid, _int(a, "mode", 0, 0o177777), *_owner(a), now)
+    if parent["nd"] + 2 >= LINK_MAX:
+        raise Refused("too-many-links")
+    _add_entry(parent, name, oid, DIR_TYPE, now)
+    parent["nd"] += 1
+    return {pid: parent, oid: child}, [stat_of(child), stat_of(parent)]
+
+
+def _link(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """A new name for an existing non-directory: its link count goes up by one."""
+    a = _arg(arg)
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid:
+        raise Refused("invalid", "bad object ids")
+    parent = _dir(states[pid])
+    if isinstance(states[oid], dict) and states[oid].get("k") == "d":
+        raise Refused("permission", "no hard links to directories")  # link(2): EPERM
+    f = _file(states[oid])
+    if f["nl"] == 0:
+        raise Refused("not-found", "file was removed")
+    if f["nl"] >= LINK_MAX:
+        raise Refused("too-many-links")
+    now = _time(a)
+    _add_entry(parent, check_name(a.get("name")), oid, st.S_IFMT(f["mode"]) >> 12, now)
+    f["nl"] += 1
+    _touch(f, now, modify=False)
+    return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
+
+
+def _entry_is(ents: dict[bytes, list[int]], name: bytes, oid: int) -> list[int]:
+    """The entry ``name``, which must name ``oid`` (else the client's view is stale)."""
+    got = ents.get(name)
+    if got is None:
+        raise Refused("not-found")
+    if got[0] != oid:
+        raise Refused("stale", "entry names another object")
+    return got
+
+
+def _unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Remove a name of a non-directory; its link count goes down by one (at zero the
+    attribute object remains, for handles still open, but no name reaches it)."""
+    a = _arg(arg)
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid:
+        raise Refused("invalid", "bad object ids")
+    parent = _dir(states[pid])
+    ents = entries(parent)
+    name = check_name(a.get("name"))
+    code = _entry_is(ents, name, oid)[1]
+    if code == DIR_TYPE:
+        raise Refused("is-dir")
+    f = _file(states[oid])
+    if f["nl"] < 1:
+        raise Refused("invalid", "link count already zero")
+    now = _time(a)
+    del ents[name]
+    parent["e"] = _pack_entries(ents)
+    _touch(parent, now, modify=True)
+    f["nl"] -= 1
+    _touch(f, now, modify=False)
+    return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
+
+
+def _rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Remove an empty subdirectory: its object becomes a tombstone (``dead``)."""
+    a = _arg(arg)
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid or oid == ROOT:
+        raise Refused("busy" if oid == ROOT else "invalid", "bad object ids")
+    parent = _dir(states[pid])
+    ents = entries(parent)
+    name = check_name(a.get("name"))
+    code = _entry_is(ents, name, oid)[1]
+    if code != DIR_TYPE:
+        raise Refused("not-dir")
+    child = _dir(states[oid])
+    if child["p"] != pid:
+        raise Refused("stale", "parent pointer disagrees")
+    if child["e"] != EMPTY_ENTRIES:
+        raise Refused("not-empty")
+    now = _time(a)
+    del ents[name]
+    parent["e"] = _pack_entries(ents)
+    parent["nd"] -= 1
+    _touch(parent, now, modify=True)
+    child["dead"] = True
+    _touch(child, now, modify=False)
+    return {pid: parent, oid: child}, [stat_of(child), stat_of(parent)]
+
+
+def _not_under(states: States, start: int, moving: int, stop: int) -> None:
+    """Refuse if directory ``moving`` is ``start`` or an ancestor of it.
+
+    Walks parent pointers from ``start`` until ``stop`` (the moving directory's current
+    parent: ``moving`` cannot be above it without a cycle already existing) or the root.
+    Every directory on the way must be an object of the request, so the servers decide
+    from their own states, never from what the client claims.
+    """
+    cur = start
+    for _ in range(len(states) + 1):
+        if cur == moving:
+            raise Refused("invalid", "a directory cannot move under itself")
+        if cur in (stop, ROOT):
+            return
+        s = states.get(cur)
+        if s is None:
+            raise Refused("stale", "ancestor chain incomplete")
+        cur = _dir(s)["p"]
+    raise Refused("stale", "ancestor chain loops")
+
+
+def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """rename(2) with ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``, atomically.
+
+    Argument: ``sp``/``sn`` source parent and name, ``dp``/``dn`` destination, ``o`` the
+    object ``sn`` names, ``t`` the object ``dn`` names (None if free), ``flags``, ``now``.
+    Objects: ``sp``, ``dp``, ``o``, ``t`` and the ancestors :func:`_not_under` walks.
+    Answers the new stats by object id (string keys).
+    """
+    a = _arg(arg)
+    sp, dp, o = _oid(a, "sp", states), _oid(a, "dp", states), _oid(a, "o", states)
+    t = None if a.get("t") is None else _oid(a, "t", states)
+    flags = _int(a, "flags", 0, RENAME_NOREPLACE | RENAME_EXCHANGE)
+    if flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+        raise Refused("invalid", "flags")
+    now = _time(a)
+    sn, dn = check_name(a.get("sn")), check_name(a.get("dn"))
+    # t == o: both names are links to one file, which POSIX makes a no-op (below).
+    if o in (sp, dp) or (t is not None and t != o and t in (sp, dp)) or o == ROOT:
+        raise Refused("invalid", "bad object ids")
+    new = {oid: (dict(s) if isinstance(s, dict) else s) for oid, s in states.items()}
+    src = new[sp] = _dir(states[sp])
+    dst = src if dp == sp else _dir(states[dp])
+    new[dp] = dst
+    sents = entries(src)
+    dents = sents if dp == sp else entries(dst)
+    ocode = _entry_is(sents, sn, o)[1]
+    got = dents.get(dn)
+    if (got[0] if got else None) != t:
+        raise Refused("stale", "target entry changed")
+    if flags & RENAME_EXCHANGE and t is None:
+        raise Refused("not-found")
+    if t is not None and flags & RENAME_NOREPLACE:
+        raise Refused("exists")
+    obj = new[o] = _node(states[o])
+    if (ocode == DIR_TYPE) != (obj["k"] == "d"):
+        raise Refused("stale", "entry type disagrees")
+    if ocode == DIR_TYPE and obj["p"] != sp:
+        raise Refused("stale", "parent pointer disagrees")
+    if (sp == dp and sn == dn) or t == o:
+        return new, {}
+    tobj = None
+    if t is not None:
+        tcode = got[1] if got else 0
+        tobj = new[t] = _node(states[t])
+        if (tcode == DIR_TYPE) != (tobj["k"] == "d"):
+            raise Refused("stale", "entry type disagrees")
+        if tcode == DIR_TYPE and tobj["p"] != dp:
+            raise Refused("stale", "parent pointer disagrees")
+    if flags & RENAME_EXCHANGE and tobj is not None and got is not None:
+        if sp != dp:
+            if ocode == DIR_TYPE:
+                _not_under(states, dp, o, sp)
+            if got[1] == DIR_TYPE:
+                _not_under(states, sp, t, dp)  # type: ignore[arg-type]
+        sents[sn], dents[dn] = [t, got[1]], [o, ocode]
+        for mover, code, parent in ((obj, ocode, dp), (tobj, got[1], sp)):
+            if code == DIR_TYPE and sp != dp:
+                mover["p"] = parent
+            _touch(mover, now, modify=False)
+        if sp != dp and (ocode == DIR_TYPE) != (got[1] == DIR_TYPE):
+            delta = 1 if ocode == DIR_TYPE else -1
+            dst["nd"] += delta
+            src["nd"] -= delta
+    else:
+        if tobj is not None:
+            if ocode == DIR_TYPE:
+                if tobj["k"] != "d":
+                    raise Refused("not-dir")
+                if tobj["e"] != EMPTY_ENTRIES:
+                    raise Refused("not-empty")
+            elif tobj["k"] == "d":
+                raise Refused("is-dir")
+        if ocode == DIR_TYPE and sp != dp:
+            _not_under(states, dp, o, sp)
+        del sents[sn]
+        dents[dn] = [o, ocode]
+        if tobj is not None:
+            if tobj["k"] == "d":
+                tobj["dead"] = True
+                dst["nd"] -= 1
+            else:
+                if tobj["nl"] < 1:
+                    raise Refused("invalid", "link count already zero")
+                tobj["nl"] -= 1
+            _touch(tobj, now, modify=False)
+        if ocode == DIR_TYPE and sp != dp:
+            obj["p"] = dp
+            src["nd"] -= 1
+            dst["nd"] += 1
+        _touch(obj, now, modify=False)
+    if dst["nd"] + 2 > LINK_MAX:
+        raise Refused("too-many-links")
+    src["e"] = _pack_entries(sents)
+    _touch(src, now, modify=True)
+    if dp != sp:
+        dst["e"] = _pack_entries(dents)
+        _touch(dst, now, modify=True)
+    changed = (sp, dp, o) if t is None else (sp, dp, o, t)
+    return new, {str(oid): stat_of(new[oid]) for oid in changed}
+
+
+FS = ObjectType(
+    "fs",
+    (
+        Method("fs.stat", Class.QUERY, _stat),
+        Method("fs.lookup", Class.QUERY, _lookup),
+        Method("fs.readdir", Class.QUERY, _readdir),
+        Method("fs.readlink", Class.QUERY, _readlink),
+        Method("fs.getxattr", Class.QUERY, _getxattr),
+        Method("fs.listxattr", Class.QUERY, _listxattr),
+        Method("fs.mkroot", Class.UPDATE, _mkroot),
+        Method("fs.setattr", Class.UPDATE, _setattr),
+        Method("fs.write", Class.UPDATE, _write),
+        Method("fs.reserve", Class.UPDATE, _reserve),
+        Method("fs.setxattr", Class.UPDATE, _setxattr),
+        Method("fs.removexattr", Class.UPDATE, _removexattr),
+        Method("fs.create", Class.UPDATE, _create, 2, 2),
+        Method("fs.mkdir", Class.UPDATE, _mkdir, 2, 2),
+        Method("fs.link", Class.UPDATE, _link, 2, 2),
+        Method("fs.unlink", Class.UPDATE, _unlink, 2, 2),
+        Method("fs.rmdir", Class.UPDATE, _rmdir, 2, 2),
+        Method("fs.rename", Class.UPDATE, _rename, 2, 8),
+    ),
+)
+
+#: What ``bftfs.qu.node`` loads from this module (``TYPE_MODULES``).
+OBJECT_TYPES = (FS,)

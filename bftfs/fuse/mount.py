@@ -1,0 +1,153 @@
+"""The mount daemon: protocol clients, the file-system model and pyfuse3 in one trio loop.
+
+``bftfs mount DIR`` starts this daemon in the background (``--fg`` keeps it in the
+foreground) and returns once ``DIR`` is a mount point.  The daemon is one trio program:
+pyfuse3's request loop plus the Q/U and PASIS clients whose network waits overlap while
+the kernel's requests are served (``spec/pyfuse3-notes.md`` 3.3).
+
+Mount book-keeping (pid files, unmounting) is in :mod:`bftfs.fuse.control`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from bftfs.config import ClusterConfig
+from bftfs.connect import open_client
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fuse.control import MountError, is_mounted, log_file, log_tail, pid_file
+from bftfs.fuse.operations import DEFAULT_TIMEOUT, Operations
+from bftfs.qu.classify import Thresholds
+from bftfs.qu.client import QUClient
+from bftfs.rw.client import RWClient
+
+log = logging.getLogger(__name__)
+
+
+async def serve(
+    config: ClusterConfig,
+    client: str,
+    mountpoint: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    debug: bool = False,
+) -> None:
+    """Mount ``mountpoint`` and serve it until unmounted or terminated."""
+    async with open_client(config, client) as ep:
+        qu = QUClient(ep, Thresholds.from_config(config), client_id=ep.pid)
+        rw = RWClient(ep, config)
+        fs = await FileSystem.open(qu, rw, config, uid=os.getuid(), gid=os.getgid())
+        ops = Operations(fs, timeout=timeout)
+        options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+        options |= {"fsname=bftfs", "subtype=bftfs"}
+        if os.getuid() == 0:
+            options.add("allow_other")
+        if debug:
+            options.add("debug")
+        pyfuse3.init(ops, str(mountpoint), options)
+        log.info("mounted %s as %s", mountpoint, client)
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+
+                    async def on_signal() -> None:
+                        async for sig in signals:
+                            log.info("%s received: unmounting", signal.Signals(sig).name)
+                            pyfuse3.terminate()
+                            return
+
+                    nursery.start_soon(on_signal)
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mountpoint)
+
+
+def run_foreground(
+    config: ClusterConfig,
+    client: str,
+    mountpoint: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    debug: bool = False,
+) -> None:
+    """The daemon's main: record the pid file, serve, remove the pid file."""
+    pf = pid_file(config, mountpoint)
+    pf.parent.mkdir(parents=True, exist_ok=True)
+    pf.write_text(f"{os.getpid()}\n{mountpoint.resolve()}\n")
+    try:
+        trio.run(functools.partial(serve, config, client, mountpoint, timeout=timeout, debug=debug))
+    finally:
+        with contextlib.suppress(OSError):
+            if pf.read_text().startswith(f"{os.getpid()}\n"):
+                pf.unlink()
+
+
+def mount_background(
+    config: ClusterConfig,
+    client: str,
+    mountpoint: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    wait: float = 30.0,
+    config_path: Path,
+) -> int:
+    """Start the daemon in the background and wait until ``mountpoint`` is mounted.
+
+    Raises:
+        MountError: the mount point is missing or busy, or the daemon died or took longer
+            than ``wait`` seconds (the log's last lines are in the message).
+    """
+    mountpoint = mountpoint.resolve()
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point")
+    lf = log_file(config, mountpoint)
+    lf.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bftfs",
+        "mount",
+        str(mountpoint),
+        "--fg",
+        "--config",
+        str(config_path),
+        "--client",
+        client,
+        "--attr-timeout",
+        str(timeout),
+        "--log",
+        str(lf),
+    ]
+    with open(lf, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + wait
+    while not is_mounted(mountpoint):
+        if proc.poll() is not None:
+            raise MountError(f"the mount daemon exited (code {proc.returncode}){log_tail(lf)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise MountError(f"{mountpoint} was not mounted within {wait:g}s{log_tail(lf)}")
+        time.sleep(0.05)
+    return proc.pid

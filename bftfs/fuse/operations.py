@@ -1,0 +1,290 @@
+"""pyfuse3 ``Operations`` mapping the kernel's requests onto :class:`bftfs.fs.FileSystem`.
+
+This layer is deliberately thin: every handler translates arguments, calls the file-system
+model, and translates the answer into pyfuse3's types.  All protocol work (Q/U metadata,
+PASIS blocks, the write-back cache, close-to-open consistency) lives in :mod:`bftfs.fs`.
+
+Errors (STYLE.md section 3): one decorator wraps every handler.  ``FsError`` becomes
+``FUSEError(its errno)``; any other ``Exception`` is logged once per handler and error type,
+counted, and answered EIO, because pyfuse3 lets nothing but ``FUSEError`` out of a handler
+without ending the mount.  ``BaseException`` (trio's ``Cancelled``) is never caught.
+
+Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
+
+* ``enable_writeback_cache``: the kernel merges small writes into large ones (2048 x 4 KiB
+  ``dd`` writes arrive as a few 1 MiB writes), which matters because every daemon round trip
+  costs about 150 us before any protocol work.
+* entry and attribute timeouts of :data:`DEFAULT_TIMEOUT` seconds: a second mount sees
+  another client's changes to names and attributes within that time, and at the latest on
+  open (close-to-open: ``open`` always asks the cluster, and ``keep_cache=False`` drops the
+  kernel's cached pages of the file).  Longer timeouts are faster, shorter ones fresher;
+  ``bftfs mount -o attr_timeout=S`` changes it.
+* negative lookups are not cached (a file created by another client appears immediately).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from bftfs.fs.attrs import Attr
+from bftfs.fs.errors import FsError
+from bftfs.fs.filesystem import FileSystem
+
+log = logging.getLogger(__name__)
+
+#: Seconds the kernel may cache names and attributes (see module docstring).
+DEFAULT_TIMEOUT = 1.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn domain errors into their errno and anything unexpected into a logged EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception as e:
+            self = args[0]
+            assert isinstance(self, Operations)
+            key = f"{fn.__name__}:{type(e).__name__}"
+            self.errors[key] += 1
+            if self.errors[key] == 1:  # once per handler and error type: a flood of EIO
+                log.exception("%s failed (args %r)", fn.__name__, args[1:3])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    """The bftfs mount: inode numbers are Q/U object ids, the root is object 1."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = True
+
+    def __init__(self, fs: FileSystem, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        super().__init__()
+        self.fs = fs
+        self.timeout = timeout
+        self.errors: Counter[str] = Counter()
+        # Directory listings are snapshots per opendir, so readdir offsets stay stable while
+        # entries are created and removed (pyfuse3 requires stable ``next_id``).
+        self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
+        self._next_dir_fh = 1
+
+    # Conversions ---------------------------------------------------------------------------
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.generation = a.generation
+        e.entry_timeout = self.timeout
+        e.attr_timeout = self.timeout
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = a.blksize
+        e.st_blocks = a.blocks
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    # Namespace -----------------------------------------------------------------------------
+
+    @_handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        log.debug("lookup %d %r", parent_inode, name)
+        return self._entry(await self.fs.lookup(parent_inode, name))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # Inode numbers are object ids: nothing per-inode is kept that needs forgetting.
+        return None
+
+    @_handler
+    async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        return self._entry(await self.fs.getattr(inode))
+
+    @_handler
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        a = await self.fs.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self._entry(a)
+
+    @_handler
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return await self.fs.readlink(inode)
+
+    @_handler
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+
+    @_handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        return self._entry(await self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.fs.unlink(parent_inode, name)
+
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.fs.rmdir(parent_inode, name)
+
+    @_handler
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        return self._entry(await self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+
+    @_handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        return self._entry(await self.fs.link(inode, new_parent_inode, new_name))
+
+    # Directories ---------------------------------------------------------------------------
+
+    @_handler
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        # POSIX readdir returns "." and ".." too (the kernel does not add them).
+        here = await self.fs.getattr(inode)
+        parent = await self.fs.lookup(inode, b"..")
+        entries = [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
+        fh = self._next_dir_fh
+        self._next_dir_fh += 1
+        self._dirs[fh] = entries
+        return fh
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        entries = self._dirs.get(fh)
+        if entries is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        # Offsets are positions in the opendir snapshot, plus one (0 means "from the start").
+        for i in range(start_id, len(entries)):
+            name, attr = entries[i]
+            if not pyfuse3.readdir_reply(token, name, self._entry(attr), i + 1):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # every namespace update is complete on a quorum before it returns
+
+    # Files ---------------------------------------------------------------------------------
+
+    def _flags(self, flags: int) -> int:
+        # With the writeback cache the kernel computes O_APPEND offsets itself (from its own
+        # idea of the size, which includes writes not yet sent to us): honouring O_APPEND
+        # again here would move those writes (libfuse's documented writeback-cache rule).
+        return flags & ~os.O_APPEND if self.enable_writeback_cache else flags
+
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        fh = await self.fs.open(inode, self._flags(flags))
+        # keep_cache=False: the kernel drops cached pages on open (close-to-open consistency).
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+
+    @_handler
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        fh, attr = await self.fs.create(
+            parent_inode, name, mode, ctx.uid, ctx.gid, self._flags(flags)
+        )
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._entry(attr)
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        await self.fs.flush(fh)
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.fs.fsync(fh)
+
+    @_handler
+    async def release(self, fh: int) -> None:
+        await self.fs.release(fh)
+
+    # Everything else -----------------------------------------------------------------------
+
+    @_handler
+    async def statfs(self, ctx: Any) -> Any:
+        st = await self.fs.statfs()
+        out = pyfuse3.StatvfsData()
+        for key, value in st.items():
+            setattr(out, key, value)
+        return out
+
+    @_handler
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        # Only called without default_permissions (we always mount with it); answer from
+        # the attributes the same way the kernel would.
+        a = await self.fs.getattr(inode)
+        if ctx.uid == 0 or mode == os.F_OK:
+            return True
+        bits = (a.mode >> 6) if ctx.uid == a.uid else (a.mode >> 3) if ctx.gid == a.gid else a.mode
+        return (bits & mode & 0o7) == (mode & 0o7)
+
+    @_handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        # "system.*" names are interpreted by the file system (POSIX ACLs). bftfs has no
+        # ACLs: storing them as plain data would make `cp -a` believe its ACL (and so the
+        # mode) was applied and skip its fchmod, so they are refused as unsupported.
+        if name.startswith(b"system."):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        await self.fs.setxattr(inode, name, value)
+
+    @_handler
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if name.startswith(b"system."):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return await self.fs.getxattr(inode, name)
+
+    @_handler
+    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
+        return await self.fs.listxattr(inode)
+
+    @_handler
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        await self.fs.removexattr(inode, name)

@@ -1,0 +1,75 @@
+"""Canonical byte encoding of msgpack-able values (the input of every Q/U hash).
+
+Timestamps are a hash of the operation and the conditioned-on OHS (seed L2616-2620), and
+every server that receives the same request must build byte-identical timestamps and objects
+(seed L2189-2192).  Plain ``msgpack.packb`` already is deterministic for one Python value, but
+two equal values can still pack differently: a dict's key order follows insertion, and a
+peer's encoder may pick another integer width.  ``canonical`` fixes both by sorting map keys
+(by their own canonical encoding) and always re-encoding from the parsed value, so the bytes
+depend only on the value.
+
+Floats are refused: the seed's objects are deterministic, and NaN/-0.0 would make "equal
+value" ambiguous.  Only None, bool, int (64-bit), str, bytes, list/tuple and dict are allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+#: Bound on nesting so a hostile value cannot exhaust the stack while being canonicalised.
+MAX_DEPTH = 32
+
+
+class CanonicalError(ValueError):
+    """A value has no canonical encoding (float, unknown type, too deep, int out of range)."""
+
+
+_PLAIN = (type(None), bool, str, bytes)
+
+
+def _norm(value: Any, depth: int) -> Any:
+    if type(value) in _PLAIN:
+        return value
+    if depth > MAX_DEPTH:
+        raise CanonicalError("value nested too deeply")
+    if isinstance(value, bool | str | bytes):  # subclasses
+        return value
+    if isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 64):
+            raise CanonicalError("integer out of 64-bit range")
+        return value
+    if isinstance(value, list | tuple):
+        return [_norm(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        items = [(_norm(k, depth + 1), _norm(v, depth + 1)) for k, v in value.items()]
+        items.sort(key=lambda kv: msgpack.packb(kv[0], use_bin_type=True))
+        return dict(items)
+    raise CanonicalError(f"type {type(value).__name__} has no canonical encoding")
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical msgpack bytes of ``value``.
+
+    Raises:
+        CanonicalError: ``value`` contains a float, an unsupported type, or is too deep.
+    """
+    return msgpack.packb(_norm(value, 0), use_bin_type=True)
+
+
+def pack(value: Any) -> bytes:
+    """Plain msgpack bytes, for values whose construction already fixes the byte layout
+    (maps built in a fixed key order from canonical parts).  Used for storage, not hashing.
+    """
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def normalise(value: Any) -> Any:
+    """``value`` as it reads back from its canonical bytes (tuples become lists, keys sorted)."""
+    return unpack(canonical(value))
+
+
+def unpack(data: bytes) -> Any:
+    """Parse canonical bytes (or any msgpack) with the settings the encoder assumes."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)

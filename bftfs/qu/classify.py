@@ -1,0 +1,446 @@
+"""Classification of object history sets (seed Figure 4.3 lines 700-800, 1100-1206).
+
+Pure functions shared by clients and servers: given a multi-OHS they say which operation
+type (METHOD, BARRIER, COPY) the seed's ``classify`` dictates, which candidates are the
+latest object and barrier versions, and, for the server, the set-up candidate of a request
+(``s_setup``, lines 1100-1118).  No trio, no clock, no randomness.
+
+Thresholds are the seed's threshold quorums (L2288-2303): a candidate whose *order* (number
+of servers whose replica history holds it, line 800) is at least ``q`` is complete, at least
+``r`` repairable, else incomplete.
+
+Multi-object candidates (seed 4.3.7, L2732-2844) are classified *by deduction*: every server
+that accepted one accepts it for all its objects in one atomic step, so a server that lists
+it in the history of *any* of its objects accepted it for all of them.  The order of such a
+candidate is therefore counted over the union of servers that list it at any of its objects
+present in the multi-OHS.  This makes the classification of the candidate the same at every
+one of its objects, which is what the seed requires ("classification by deduction cannot
+yield conflicting reclassifications"), and it is what lets a repairer use a fresh OHS of one
+object to classify the candidate at another.  To make the deduction possible, a request
+must carry the OHS of every object of every multi-object candidate newer than the latest
+locally complete object version of an object it touches (:func:`missing_objects`); servers
+refuse requests that do not.  Choice (the seed is silent): this rule is conservative, it
+also makes multi-object *barriers* and *copies* cover the candidate's whole object set, as
+L2829-2837 demand.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bftfs.qu.canon import canonical
+from bftfs.qu.history import OHS, MultiOHS, entry
+from bftfs.qu.timestamp import (
+    INITIAL,
+    KIND_BARRIER,
+    KIND_COPY,
+    KIND_METHOD,
+    MAX_TIME,
+    ZERO,
+    Candidate,
+    Timestamp,
+    lt_digest,
+)
+
+
+class OpType(enum.Enum):
+    """What classification says must be done next (line 101)."""
+
+    METHOD = "method"
+    COPY = "copy"
+    BARRIER = "barrier"
+
+
+class ThresholdError(ValueError):
+    """Thresholds that break one of the seed's constraints (4.2)-(4.4)."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """``n`` servers, ``q`` complete, ``r`` repairable, ``b`` malevolent, ``t`` faulty."""
+
+    n: int
+    t: int
+    b: int
+    q: int
+    r: int
+
+    @classmethod
+    def minimal(cls, t: int, b: int) -> Thresholds:
+        """The smallest threshold system for ``t`` and ``b`` (L2294-2298)."""
+        return cls(n=3 * t + 2 * b + 1, t=t, b=b, q=2 * t + 2 * b + 1, r=t + b + 1)
+
+    @classmethod
+    def from_config(cls, config: Any) -> Thresholds:
+        """Thresholds of a ``ClusterConfig`` (anything with ``n, t, b, q, r``)."""
+        th = cls(n=config.n, t=config.t, b=config.b, q=config.q, r=config.r)
+        th.validate()
+        return th
+
+    def validate(self) -> None:
+        """Check the seed's threshold constraints (L2288-2291).
+
+        Raises:
+            ThresholdError: naming the rule that fails.
+        """
+        if not 0 <= self.b <= self.t:
+            raise ThresholdError("need 0 <= b <= t")
+        if self.q + self.t > self.n:
+            raise ThresholdError("(4.2) needs q + t <= n")
+        if 2 * self.q - self.b - self.n < self.r:
+            raise ThresholdError("(4.3) needs 2q - b - n >= r")
+        if self.q + self.r - self.n <= self.b:
+            raise ThresholdError("(4.4) needs q + r - n > b")
+
+
+def _index(ohs: OHS, n: int) -> dict[tuple, tuple[Candidate, set[int]]]:
+    """Every candidate in ``ohs`` by key, with the servers listing it (missing = initial)."""
+    idx: dict[tuple, tuple[Candidate, set[int]]] = {}
+    for s in range(n):
+        for c in entry(ohs, s).rh:
+            hit = idx.get(c.key)
+            if hit is None:
+                idx[c.key] = (c, {s})
+            else:
+                hit[1].add(s)
+    return idx
+
+
+class View:
+    """A multi-OHS indexed for classification (built once per request or client step)."""
+
+    def __init__(self, mohs: MultiOHS, th: Thresholds) -> None:
+        self.mohs = mohs
+        self.th = th
+        self.objects = tuple(sorted(mohs))
+        self._excluded: frozenset | None = None
+        self._idx = {o: _index(mohs[o], th.n) for o in self.objects}
+        # A multi-object candidate seen at one of its objects is a candidate of the others
+        # too (its servers accepted it for all of them at once), even where no history we
+        # hold lists it: otherwise two objects could classify one update differently.
+        for o in self.objects:
+            for key, (c, _) in list(self._idx[o].items()):
+                if c.multi:
+                    for other in c.objects:
+                        if other != o and other in self._idx:
+                            self._idx[other].setdefault(key, (c, set()))
+
+    def candidates(self, oid: int) -> Iterable[Candidate]:
+        """Every distinct candidate in the OHS of ``oid``."""
+        return (c for c, _ in self._idx[oid].values())
+
+    def local(self, oid: int, cand: Candidate) -> set[int]:
+        """Servers listing ``cand`` in their history of ``oid`` alone."""
+        hit = self._idx[oid].get(cand.key)
+        return set(hit[1]) if hit else set()
+
+    def support(self, oid: int, cand: Candidate) -> set[int]:
+        """Servers known to have accepted ``cand`` (classification by deduction, see above)."""
+        servers = self.local(oid, cand)
+        for other in cand.objects:
+            if other != oid and other in self._idx:
+                hit = self._idx[other].get(cand.key)
+                if hit:
+                    servers |= hit[1]
+        return servers
+
+    def order(self, oid: int, cand: Candidate) -> int:
+        """The order of ``cand`` at ``oid`` (line 800, with deduction)."""
+        return len(self.support(oid, cand))
+
+    def latest_time(self, oid: int) -> Timestamp:
+        """The greatest LT anywhere in the OHS of ``oid`` (``latest_time``, line 703)."""
+        return max(key[0] for key in self._idx[oid])
+
+    def latest_candidate(self, oid: int, barrier: bool) -> Candidate | None:
+        """Lines 1200-1206: the repairable-or-complete candidate with the greatest LT.
+
+        Two candidates can share an LT only if a Byzantine server invented one; the one with
+        the larger order wins, then the smaller object tuple, so every party picks the same.
+        Object candidates in :meth:`excluded` are skipped.
+        """
+        return self._latest(oid, barrier, self.excluded() if not barrier else frozenset())
+
+    def _latest(self, oid: int, barrier: bool, skip: frozenset) -> Candidate | None:
+        best: tuple | None = None
+        for c in self.candidates(oid):
+            if c.lt.barrier != barrier or c.key in skip:
+                continue
+            k = self.order(oid, c)
+            if k < self.th.r:
+                continue
+            rank = (c.lt, k, tuple(-o for o in c.objects))
+            if best is None or rank > best[0]:
+                best = (rank, c)
+        return best[1] if best else None
+
+    def _by_lt(self, oid: int) -> dict[Timestamp, Candidate]:
+        """Candidates listed at ``oid`` by LT (their own ``lt_co`` there), for chain walks."""
+        out: dict[Timestamp, Candidate] = {}
+        for c, servers in self._idx[oid].values():
+            if servers:
+                out.setdefault(c.lt, c)
+        return out
+
+    def skips(self, oid: int, newer: Candidate, older: Candidate) -> bool:
+        """Whether ``newer``'s conditioned-on chain at ``oid`` provably passes ``older`` by.
+
+        The chain is followed through the candidates the histories list; it *proves* a skip
+        only when a link's conditioned-on timestamp falls below ``older`` without meeting it.
+        A link pruned away (line 1028) leaves the question open, and an open question is
+        answered "no skip": excluding on a guess could abandon an established candidate.
+        """
+        by_lt = self._by_lt(oid)
+        cur = by_lt.get(newer.lt, newer)
+        while True:
+            if cur.lt_co == older.lt:
+                return False
+            if cur.lt_co < older.lt:
+                return True
+            nxt = by_lt.get(cur.lt_co)
+            if nxt is None:
+                return False
+            cur = nxt
+
+    def excluded(self) -> frozenset:
+        """Multi-object candidates a copy must not carry forward (deduction, L2747-2754).
+
+        Several candidates may be potential at once (L2270-2275).  If at one object of a
+        repairable multi-object candidate M the latest repairable object candidate is newer
+        than M and provably not descended from it (:meth:`skips`), copying it there abandons
+        M at that object, so M
+        must be abandoned at all its objects: it is excluded everywhere, and the choice is
+        recomputed until it is stable.  (M cannot be established then: an established M
+        and a potential candidate that skips it would share a benign server, which would
+        have refused the later of the two.)  Complete candidates are never excluded.
+        """
+        if self._excluded is not None:
+            return self._excluded
+        skip: set = set()
+        multi = [
+            (o, c) for o in self.objects for c in self.candidates(o) if c.multi and not c.lt.barrier
+        ]
+        changed = bool(multi)
+        while changed:
+            changed = False
+            frozen = frozenset(skip)
+            chosen = {o: self._latest(o, False, frozen) for o in self.objects}
+            for o, c in multi:
+                if c.key in skip or not self.th.r <= self.order(o, c) < self.th.q:
+                    continue
+                for o2 in c.objects:
+                    y = chosen.get(o2)
+                    if y is not None and y.lt > c.lt and self.skips(o2, y, c):
+                        skip.add(c.key)
+                        changed = True
+                        break
+        self._excluded = frozenset(skip)
+        return self._excluded
+
+
+@dataclass(frozen=True)
+class ObjectClass:
+    """``classify`` for one object: the type and the latest object and barrier candidates."""
+
+    type: OpType
+    obj: Candidate | None  # ObjCand; None when no object candidate reaches order r
+    bar: Candidate | None  # BarCand
+    latest: Timestamp  # LTlat
+
+
+def classify(view: View, oid: int) -> ObjectClass:
+    """Lines 700-712 for object ``oid`` of ``view``."""
+    th = view.th
+    obj = view.latest_candidate(oid, False)
+    bar = view.latest_candidate(oid, True)
+    lat = view.latest_time(oid)
+    typ = OpType.BARRIER
+    if bar is not None and lat == bar.lt and view.order(oid, bar) >= th.q:
+        typ = OpType.COPY
+    if obj is not None and lat == obj.lt and view.order(oid, obj) >= th.q:
+        typ = OpType.METHOD
+    return ObjectClass(typ, obj, bar, lat)
+
+
+def missing_objects(view: View) -> frozenset[int]:
+    """Objects a request over ``view`` must also carry for deduction to be possible.
+
+    For each object, every multi-object candidate newer than its latest *locally* complete
+    object candidate is relevant to classification; all of that candidate's objects must be
+    in the request.  Candidates older than a locally complete object version can no longer be
+    ObjCand, BarCand or LTlat, so they are ignored.
+    """
+    need: set[int] = set()
+    for oid in view.objects:
+        floor = ZERO
+        for c in view.candidates(oid):
+            if not c.lt.barrier and c.lt > floor and len(view.local(oid, c)) >= view.th.q:
+                floor = c.lt
+        for c in view.candidates(oid):
+            if c.multi and c.lt > floor:
+                need.update(c.objects)
+    return frozenset(need - set(view.objects))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """``s_setup`` (lines 1100-1118) for a request over one or more objects.
+
+    ``lt`` is shared by all objects of the request: its Time exceeds every object's latest
+    time, so it is a valid next timestamp at each (choice: the seed gives the multi-object
+    timestamp no formula; one LT per request makes the candidates of one multi-object update
+    identifiable across objects, which deduction relies on).
+    """
+
+    type: OpType
+    lt: Timestamp
+    candidates: Mapping[int, Candidate]  # per object: <LT, LT_CO, objects>
+    current: Mapping[int, Timestamp]  # per object: LTcurrent for the currency check
+    classes: Mapping[int, ObjectClass]
+
+
+def request_type(classes: Mapping[int, ObjectClass]) -> OpType:
+    """The type of a (multi-object) request: METHOD only if every object says METHOD, COPY
+    if every object says COPY or METHOD (copying a complete latest version forward is
+    harmless), else BARRIER."""
+    kinds = {c.type for c in classes.values()}
+    if kinds == {OpType.METHOD}:
+        return OpType.METHOD
+    if OpType.BARRIER in kinds:
+        return OpType.BARRIER
+    return OpType.COPY
+
+
+def copy_operation(classes: Mapping[int, ObjectClass]) -> bytes:
+    """What a copy's timestamp commits to instead of an operation: the copied versions.
+
+    The seed sets ``LT.Operation := LT_CO.Operation`` (line 1115); the copied LT already
+    commits to that operation, and naming it directly also covers multi-object copies.
+    """
+    return canonical(
+        [[oid, (c.obj.lt if c.obj else ZERO).encode()] for oid, c in sorted(classes.items())]
+    )
+
+
+def setup(
+    view: View,
+    client: int,
+    operation: bytes | None,
+    ohs_digest: bytes,
+    objects: tuple[int, ...] | None = None,
+) -> Setup | None:
+    """``s_setup`` over every object of ``view``.
+
+    Args:
+        view: the culled multi-OHS of the request.
+        client: the client id that goes into the timestamp.
+        operation: canonical bytes of the operation, or None for a repair request (a
+            METHOD set-up needs an operation; with None the caller gets the METHOD type
+            back and decides what to do).
+        ohs_digest: :func:`bftfs.qu.history.multi_ohs_digest` of the culled multi-OHS.
+        objects: the objects operated on (default: all of the view; the others are context
+            carried only so that deduction can count their servers).
+
+    Returns:
+        The set-up, or None when the next Time would pass ``MAX_TIME``.
+    """
+    ops = view.objects if objects is None else objects
+    classes = {oid: classify(view, oid) for oid in ops}
+    typ = request_type(classes)
+    time = max(c.latest.time for c in classes.values()) + 1
+    if time > MAX_TIME:
+        return None
+    if typ is OpType.METHOD:
+        kind, op = KIND_METHOD, operation or b""
+    elif typ is OpType.BARRIER:
+        kind, op = KIND_BARRIER, b""
+    else:
+        kind, op = KIND_COPY, copy_operation(classes)
+    lt = Timestamp(time, typ is OpType.BARRIER, client, lt_digest(kind, op, ohs_digest))
+    cands: dict[int, Candidate] = {}
+    current: dict[int, Timestamp] = {}
+    for oid, cl in classes.items():
+        lt_co = cl.obj.lt if cl.obj is not None else ZERO
+        cands[oid] = Candidate(lt, lt_co, tuple(ops))
+        if typ is OpType.METHOD:
+            current[oid] = lt_co
+        elif typ is OpType.BARRIER:
+            current[oid] = lt
+        else:
+            current[oid] = cl.bar.lt if cl.type is OpType.COPY and cl.bar else lt_co
+    return Setup(typ, lt, cands, current, classes)
+
+
+def established_answer_point(view: View, oid: int) -> Candidate | None:
+    """The client-side query rule of L2588-2595.
+
+    If the latest complete object candidate is followed only by incomplete candidates, a
+    query answered on it may be returned (the newer ones are not established, so the query
+    is ordered before them).  Returns that candidate, or None.
+    """
+    th = view.th
+    best: Candidate | None = None
+    for c in view.candidates(oid):
+        if not c.lt.barrier and view.order(oid, c) >= th.q and (best is None or c.lt > best.lt):
+            best = c
+    if best is None:
+        return None
+    for c in view.candidates(oid):
+        if c.lt > best.lt and view.order(oid, c) >= th.r:
+            return None
+    return best
+
+
+def inline_target(view: View) -> Candidate | None:
+    """The candidate a client may inline-repair (L2561-2570, L2676-2684), or None.
+
+    It must be the latest candidate at every object of the view (nothing newer: no
+    contention) and either repairable (order in ``[r, q)``) or a barrier that is not complete
+    (the seed's change that stops malevolent servers forging barriers forever).  Its objects
+    must all be in the view, so the repair re-sends the whole multi-object request.
+    """
+    th = view.th
+    target: Candidate | None = None
+    for oid in view.objects:
+        lat = view.latest_time(oid)
+        tops = [c for c in view.candidates(oid) if c.lt == lat]
+        if len(tops) != 1:
+            return None
+        top = tops[0]
+        if top == INITIAL or not set(top.objects) <= set(view.objects):
+            return None
+        if target is not None and top.key != target.key:
+            return None
+        target = top
+    if target is None:
+        return None
+    k = max(view.order(o, target) for o in target.objects)
+    if k >= th.q:
+        return None
+    if k >= th.r or target.lt.barrier:
+        return target
+    return None
+
+
+def stray_holders(view: View, oid: int) -> set[int]:
+    """Servers listing, at ``oid``, a candidate newer than every candidate of order > b.
+
+    Such a candidate can be neither established nor potential (both need order > b), so a
+    client may leave those servers' histories out of the OHS it presents (servers treat a
+    missing history as ``{<0,0>}``, exactly like a culled one, line 1002).  This is how an
+    isolated client gets past forged higher candidates and endless forged barriers
+    (L2666-2687): the forger's history stops steering classification.
+    """
+    b = view.th.b
+    floor = ZERO
+    for c in view.candidates(oid):
+        if c.lt > floor and view.order(oid, c) > b:
+            floor = c.lt
+    out: set[int] = set()
+    for s in range(view.th.n):
+        if any(c.lt > floor for c in entry(view.mohs[oid], s).rh):
+            out.add(s)
+    return out

@@ -1,0 +1,393 @@
+"""The Q/U client driver (seed Figure 4.3 lines 300-604 and 4.3.5): only I/O.
+
+It keeps the cached object history set of every object it touched (L2521-2524), sends each
+operation to the object's *preferred quorum* - ``q`` consecutive servers starting at
+``object id mod n`` (L2546-2549); a multi-object operation uses the preferred quorum of its
+highest object id (L2839-2841) - and probes the remaining servers, in the same rotation,
+when one is slow, dead or rejects (``Endpoint.quorum_call``).  Every decision comes from
+:mod:`bftfs.qu.core`; this module sends requests, gathers replies, sleeps for backoff and
+counts what happened.
+
+Concurrency: one client runs one operation at a time per object (operations on disjoint
+objects run concurrently); it takes per-object locks in object-id order, so two
+multi-object operations of one client cannot deadlock.  The applied table of the servers
+relies on this (``replica.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from bftfs.qu import core
+from bftfs.qu.classify import OpType, Thresholds, View
+from bftfs.qu.history import OHSEntry
+from bftfs.qu.messages import (
+    KIND_FETCH,
+    KIND_HISTORY,
+    KIND_REQUEST,
+    VERSION,
+    MessageError,
+    Operation,
+    Reply,
+    Request,
+    Status,
+)
+from bftfs.qu.objects import Refused
+from bftfs.qu.timestamp import ZERO, Candidate
+from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
+
+log = logging.getLogger(__name__)
+
+#: Rounds in a row with fewer than q replies before an operation gives up.
+MAX_SHORT_ROUNDS = 3
+
+
+class Unavailable(Exception):
+    """Fewer than q servers answered, repeatedly: the object cannot make progress now."""
+
+
+def preferred_order(oid: int, n: int) -> list[int]:
+    """All servers, preferred quorum first: ``oid mod n``, then the next ones, wrapping.
+
+    The first q are the preferred quorum; the rest are the probing order, which keeps
+    locality when a server fails and spreads the load of different objects (L2551-2553).
+    """
+    start = oid % n
+    return [(start + i) % n for i in range(n)]
+
+
+@dataclass(frozen=True)
+class ClientStatistics:
+    """What a client did (seed L2596-2597 says a single writer needs no barrier, copy or
+    backoff: these counters are how tests check that)."""
+
+    operations: int
+    rounds: int
+    barriers: int
+    copies: int
+    backoffs: int
+    inline_repairs: int
+    history_fetches: int
+    refused: int
+    excluded_servers: tuple[int, ...]
+
+
+class QUClient:
+    """A Q/U client over an endpoint (``cluster.client(k)`` or the FUSE daemon's)."""
+
+    def __init__(
+        self,
+        endpoint: Any,
+        th: Thresholds,
+        *,
+        client_id: int,
+        rng: random.Random | None = None,
+        seq_start: int | None = None,
+        probe_after: float = 0.05,
+        timeout: float | None = None,
+        sleep: Callable[[float], Any] = trio.sleep,
+    ) -> None:
+        """Args:
+        endpoint: has ``quorum_call`` and ``call`` (``bftfs.transport.Endpoint``).
+        th: thresholds of the cluster (``Thresholds.from_config``).
+        client_id: this client's principal id (the id the endpoint authenticates as).
+        rng: randomness for backoff (seeded in tests).
+        seq_start: first operation sequence number; by default the wall clock in ns, so
+            a restarted client never reuses a number the servers' applied tables hold.
+        probe_after: seconds before probing beyond the preferred quorum.
+        timeout: per round (default: the endpoint's).
+        sleep: how to wait for backoff (tests may count instead).
+        """
+        self.ep = endpoint
+        self.th = th
+        self.client_id = client_id
+        self.rng = rng or random.Random()
+        self._seq = seq_start if seq_start is not None else time.time_ns()
+        self.probe_after = probe_after
+        self.timeout = timeout
+        self._sleep = sleep
+        self._cache: dict[int, dict[int, OHSEntry]] = {}
+        self._locks: dict[int, trio.Lock] = {}
+        self._excluded: set[int] = set()
+        self._n = dict.fromkeys(
+            (
+                "operations",
+                "rounds",
+                "barriers",
+                "copies",
+                "backoffs",
+                "inline_repairs",
+                "history_fetches",
+                "refused",
+            ),
+            0,
+        )
+
+    def statistics(self) -> ClientStatistics:
+        """Counters since creation."""
+        return ClientStatistics(**self._n, excluded_servers=tuple(sorted(self._excluded)))
+
+    # Public API --------------------------------------------------------------------------
+
+    async def query(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+        """Run query ``method`` on ``objects``; its answer.
+
+        Raises:
+            Refused: the method refused (b+1 servers agree on the latest version).
+            Unavailable: not enough servers answer.
+        """
+        return await self._invoke(_objs(objects), method, arg, True)
+
+    async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+        """Run update ``method`` on ``objects`` (1 to 8; atomically); its answer."""
+        return await self._invoke(_objs(objects), method, arg, False)
+
+    def cached(self, oid: int) -> dict[int, OHSEntry]:
+        """The cached OHS of ``oid`` (a copy)."""
+        return dict(self._cache.get(oid, {}))
+
+    # Driver ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _locked(self, objects: tuple[int, ...]) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for oid in objects:  # sorted: no deadlock between our own operations
+                await stack.enter_async_context(self._locks.setdefault(oid, trio.Lock()))
+            yield
+
+    def _mohs(self, objects: Iterable[int]) -> dict[int, dict[int, OHSEntry]]:
+        return {oid: dict(self._cache.get(oid, {})) for oid in objects}
+
+    def _targets(self, objects: Iterable[int]) -> list[int]:
+        order = preferred_order(max(objects), self.th.n)
+        return [s for s in order if s not in self._excluded] + [
+            s for s in order if s in self._excluded
+        ]
+
+    async def _invoke(self, objects: tuple[int, ...], method: str, arg: Any, query: bool) -> Any:
+        self._n["operations"] += 1
+        if query:
+            op = Operation(method, True, arg, 0)
+        else:
+            self._seq += 1
+            op = Operation(method, False, arg, self._seq)
+        async with self._locked(objects):
+            return await self._run(objects, op)
+
+    async def _run(self, objects: tuple[int, ...], op: Operation) -> Any:
+        th = self.th
+        context: set[int] = set()
+        fresh: dict[int, set[int]] = {}
+        inline_tried: set[tuple] = set()
+        repairs = 0
+        short = 0
+        seen_latest = self._latest(objects)
+        while True:
+            mohs = core.present(
+                self._mohs(objects + tuple(sorted(context))), th, fresh, self._excluded
+            )
+            req = Request(self.client_id, objects, mohs, op)
+            replies = await self._round(objects, req)
+            self._absorb(objects, replies, fresh)
+            short = short + 1 if len(replies) < th.q else 0
+            view = View(self._mohs(objects + tuple(sorted(context))), th)
+            out = core.outcome(replies, view, th, op.query, objects)
+            if out.result is core.Result.DONE:
+                return out.answer
+            if out.result is core.Result.REFUSED:
+                self._n["refused"] += 1
+                raise Refused(out.why)
+            if short >= MAX_SHORT_ROUNDS:
+                raise Unavailable(f"objects {objects}: fewer than q={th.q} servers answer")
+            # Servers answering ``need`` are not believed: the client derives the objects
+            # deduction needs from the histories it holds (next_step), so a Byzantine server
+            # cannot make it drag arbitrary objects into its requests.
+            latest = self._latest(objects)
+            if op.query and not context and latest > seen_latest:
+                # Updates are progressing: a query never repairs what is still moving, it
+                # asks again (L2588-2597: a single writer's readers need no barriers).
+                seen_latest = latest
+                continue
+            seen_latest = latest
+            # c_repair (lines 500-506): until classification allows the operation.
+            while True:
+                allobjs = tuple(sorted(set(objects) | context))
+                await self._fetch_missing(allobjs, fresh)
+                view = View(core.present(self._mohs(allobjs), th, fresh, self._excluded), th)
+                nxt = core.next_step(view)
+                if nxt.step is core.Step.NEED:
+                    context |= set(nxt.objects)
+                    continue
+                if nxt.step is core.Step.METHOD:
+                    break
+                if nxt.step is core.Step.INLINE and nxt.target is not None:
+                    key = (nxt.target.key, _digest(view, nxt.target))
+                    if key not in inline_tried:
+                        inline_tried.add(key)
+                        if await self._inline(nxt.target, view, fresh):
+                            continue
+                if op.query and not context:
+                    latest = self._latest(objects)
+                    if latest > seen_latest:  # moved on since the query: ask again
+                        seen_latest = latest
+                        break
+                self._n["backoffs"] += 1
+                await self._sleep(core.backoff_delay(repairs, self.rng))
+                repairs += 1
+                typ = nxt.type or OpType.BARRIER
+                self._n["barriers" if typ is OpType.BARRIER else "copies"] += 1
+                rreq = Request(self.client_id, allobjs, dict(view.mohs), None)
+                rreplies = await self._round(allobjs, rreq)
+                self._absorb(allobjs, rreplies, fresh)
+                if len(rreplies) < th.q:
+                    short += 1
+                    if short >= MAX_SHORT_ROUNDS:
+                        raise Unavailable(f"objects {allobjs}: fewer than q servers answer")
+
+    def _latest(self, objects: tuple[int, ...]) -> tuple:
+        """The newest timestamp cached for each of ``objects`` (how far they have moved)."""
+        return tuple(
+            max((c.lt for e in self._cache.get(o, {}).values() for c in e.rh), default=None) or ZERO
+            for o in objects
+        )
+
+    def _absorb(
+        self, objects: tuple[int, ...], replies: Mapping[int, Reply], fresh: dict[int, set[int]]
+    ) -> None:
+        merged = core.merge(self._mohs(objects), objects, replies)
+        for oid in objects:
+            self._cache[oid] = merged[oid]
+            fresh.setdefault(oid, set()).update(replies)
+        self._excluded |= core.malevolent(replies.items(), list(objects), self.th.b)
+
+    async def _fetch_missing(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
+        """Histories of objects added for deduction, read from a quorum (``qu.history``)."""
+        todo = tuple(o for o in objects if len(fresh.get(o, ())) < self.th.q)
+        if not todo:
+            return
+        self._n["history_fetches"] += 1
+        body = {"v": VERSION, "o": list(todo)}
+        stash: dict[int, Reply] = {}
+
+        def accept(node: int, raw: Any) -> bool:
+            try:
+                stash[node] = Reply.from_wire(raw, todo, self.th.n)
+            except MessageError:
+                return False
+            return True
+
+        with suppress(QuorumUnavailable):
+            await self.ep.quorum_call(
+                self._targets(todo),
+                KIND_HISTORY,
+                body,
+                enough=lambda valid: len(valid) >= self.th.q,
+                accept=accept,
+                initial=self.th.q,
+                probe_after=self.probe_after,
+                timeout=self.timeout,
+            )
+        self._absorb(todo, stash, fresh)
+
+    async def _round(self, objects: tuple[int, ...], req: Request) -> dict[int, Reply]:
+        """``c_quorum_rpc`` (lines 600-604): replies from a quorum, probing as needed.
+
+        Every parsed reply is kept; only OK replies count toward the quorum, so a server that
+        fails or refuses makes the transport probe another.  The call stops once q replies
+        are in and q OK replies have become impossible, so contention never waits for a dead
+        server's timeout, while the OHS is still refreshed from a full quorum.
+        """
+        self._n["rounds"] += 1
+        th = self.th
+        body = req.wire()
+        stash: dict[int, Reply] = {}
+
+        def settled() -> bool:
+            oks = sum(1 for r in stash.values() if r.status is Status.OK)
+            hopeless = oks + (th.n - len(stash)) < th.q
+            return oks >= th.q or (hopeless and len(stash) >= th.q)
+
+        def enough(valid: Mapping[int, Any]) -> bool:
+            return settled()
+
+        scope = trio.CancelScope()
+
+        def accept(node: int, raw: Any) -> bool:
+            try:
+                rep = Reply.from_wire(raw, objects, th.n)
+            except MessageError:
+                return False
+            stash[node] = rep
+            if settled():
+                return True
+            if len(stash) >= th.q and scope.deadline == float("inf"):
+                # A dead server's call only fails at its timeout; with q replies in, wait
+                # two probe intervals for the rest, then go on with what we have.
+                scope.deadline = trio.current_time() + 2 * self.probe_after
+            return rep.status is Status.OK
+
+        with scope, suppress(QuorumUnavailable):
+            await self.ep.quorum_call(
+                self._targets(objects),
+                KIND_REQUEST,
+                body,
+                enough=enough,
+                accept=accept,
+                initial=th.q,
+                probe_after=self.probe_after,
+                timeout=self.timeout,
+            )
+        return dict(stash)
+
+    async def _inline(self, target: Candidate, view: View, fresh: dict[int, set[int]]) -> bool:
+        """Inline repair (L2561-2570): fetch the request that made ``target`` from a server
+        that lists it, check it sets up exactly ``target``'s timestamp, and re-send it on
+        its original client's behalf with our OHS as evidence.  Whether it was sent."""
+        th = self.th
+        hosts = sorted(
+            s
+            for oid in target.objects
+            for s, e in view.mohs.get(oid, {}).items()
+            if any(c.key == target.key for c in e.rh)
+        )
+        original: Request | None = None
+        for s in dict.fromkeys(hosts):
+            try:
+                raw = await self.ep.call(s, KIND_FETCH, {"v": VERSION, "lt": target.lt.encode()})
+                if raw is None or not isinstance(raw, dict) or raw.get("r") is None:
+                    continue
+                cand = Request.from_wire(raw["r"], th.n)
+            except (TransportError, RemoteError, MessageError):
+                continue
+            if cand.objects == target.objects and core.expected_lt(cand, th) == target.lt:
+                original = cand
+                break
+        if original is None:
+            return False
+        self._n["inline_repairs"] += 1
+        evidence = {oid: dict(view.mohs.get(oid, {})) for oid in target.objects}
+        req = Request(original.client, original.objects, original.mohs, original.op, evidence)
+        replies = await self._round(original.objects, req)
+        self._absorb(original.objects, replies, fresh)
+        return True
+
+
+def _objs(objects: int | Iterable[int]) -> tuple[int, ...]:
+    objs = (objects,) if isinstance(objects, int) else tuple(objects)
+    out = tuple(sorted(set(objs)))
+    if not out or len(out) != len(objs):
+        raise ValueError("objects must be distinct and non-empty")
+    return out
+
+
+def _digest(view: View, target: Candidate) -> int:
+    """How many servers list ``target`` now: a retry is worth it only if that changed."""
+    return max(view.order(o, target) for o in target.objects if o in view.mohs)

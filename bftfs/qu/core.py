@@ -1,0 +1,256 @@
+"""The pure decisions of a Q/U client (seed Figure 4.3 lines 300-604, and 4.3.5).
+
+The driver (``client.py``) only does I/O: it sends requests, gathers replies, and asks this
+module what they mean and what to do next.  Nothing here reads a clock or global random
+state; the backoff draws from a ``random.Random`` the caller passes in.
+
+- :func:`merge` folds replies into the cached multi-OHS (line 602).
+- :func:`present` picks the OHS to send: without servers proven malevolent by authenticator
+  reports (L2659-2664) and without *stray* histories, whose newest candidates have order at
+  most b and so are neither established nor potential (see
+  :func:`bftfs.qu.classify.stray_holders`) - but only when enough fresh histories remain
+  for classification to say METHOD.
+- :func:`outcome` decides whether a round completed the operation (order >= q, line 302),
+  including the optimistic and "established despite newer incomplete" query answers
+  (L2526-2536, L2588-2595), and whether the method refused.
+- :func:`next_step` is ``c_repair``'s loop body (lines 500-506) with inline repair
+  (L2561-2570) and classification by deduction for multi-object candidates (L2747-2754).
+- :func:`expected_lt` lets a repairer check a stored request fetched from a (possibly
+  Byzantine) server before re-sending it: the timestamp must be the one it sets up.
+- :func:`backoff_delay` is the random exponential backoff (L2585-2587, 1 ms start, x2).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bftfs.qu.canon import canonical
+from bftfs.qu.classify import (
+    OpType,
+    Thresholds,
+    View,
+    classify,
+    established_answer_point,
+    inline_target,
+    missing_objects,
+    request_type,
+    setup,
+    stray_holders,
+)
+from bftfs.qu.history import OHSEntry, multi_ohs_digest
+from bftfs.qu.messages import Reply, Request, Status
+from bftfs.qu.timestamp import Candidate, Timestamp
+
+MOHS = dict[int, dict[int, OHSEntry]]
+
+
+def merge(
+    mohs: Mapping[int, Mapping[int, OHSEntry]],
+    objects: tuple[int, ...],
+    replies: Mapping[int, Reply],
+) -> MOHS:
+    """A copy of ``mohs`` with each replying server's histories replaced by its reply's.
+
+    ``objects`` are the request's operated objects, in order: reply histories are per
+    operated object.  Objects missing from ``mohs`` are added.
+    """
+    out: MOHS = {oid: dict(ohs) for oid, ohs in mohs.items()}
+    for oid in objects:
+        out.setdefault(oid, {})
+    for server, rep in replies.items():
+        if len(rep.hist) != len(objects):
+            continue
+        for oid, e in zip(objects, rep.hist, strict=True):
+            out[oid][server] = e
+    return out
+
+
+def malevolent(reports: Iterable[tuple[int, Reply]], objects: list[int], b: int) -> set[int]:
+    """Servers whose histories more than ``b`` servers culled: at least one benign server
+    found their authenticator bad, and a correct client did not tamper, so they are
+    malevolent (L2659-2662)."""
+    count: Counter[tuple[int, int]] = Counter()
+    for reporter, rep in reports:
+        for oid, culled in zip(objects, rep.culled, strict=False):
+            for s in set(culled):
+                if s != reporter:
+                    count[(oid, s)] += 1
+    return {s for (_, s), k in count.items() if k > b}
+
+
+def present(
+    mohs: Mapping[int, Mapping[int, OHSEntry]],
+    th: Thresholds,
+    fresh: Mapping[int, set[int]],
+    excluded: set[int],
+) -> MOHS:
+    """The multi-OHS to send: ``mohs`` without ``excluded`` servers and stray histories.
+
+    Args:
+        mohs: the cached multi-OHS.
+        th: thresholds.
+        fresh: per object, servers whose history came in during this operation.
+        excluded: servers known to be malevolent.
+    """
+    out: MOHS = {
+        oid: {s: e for s, e in ohs.items() if s not in excluded} for oid, ohs in mohs.items()
+    }
+    view = View(out, th)
+    for oid in list(out):
+        strays = stray_holders(view, oid)
+        keep = fresh.get(oid, set()) - strays - excluded
+        if strays and len(keep) >= th.q:
+            out[oid] = {s: e for s, e in out[oid].items() if s not in strays}
+    return out
+
+
+class Result(enum.Enum):
+    """What one round of replies means for the operation."""
+
+    DONE = "done"
+    REFUSED = "refused"
+    AGAIN = "again"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The meaning of one round: done (with answer), refused (with reason), or not yet."""
+
+    result: Result
+    answer: Any = None
+    why: str = ""
+    lt: Timestamp | None = None
+
+
+def _agreed(values: list[Any], b: int) -> tuple[bool, Any]:
+    """The value at least b+1 of ``values`` agree on (one benign server vouches for it)."""
+    count: Counter[bytes] = Counter()
+    first: dict[bytes, Any] = {}
+    for v in values:
+        k = canonical(v)
+        count[k] += 1
+        first.setdefault(k, v)
+    for k, c in count.most_common():
+        if c >= b + 1:
+            return True, first[k]
+    return False, None
+
+
+def outcome(
+    replies: Mapping[int, Reply],
+    view: View,
+    th: Thresholds,
+    query: bool,
+    objects: tuple[int, ...] | None = None,
+) -> Outcome:
+    """Lines 301-302/401-402 plus the query rules of 4.3.5, for one round of replies.
+
+    Args:
+        replies: parsed replies of this round.
+        view: the merged multi-OHS after this round.
+        th: thresholds.
+        query: whether the operation is a query.
+        objects: the operated objects (default: all of the view; others are context).
+    """
+    objects = view.objects if objects is None else objects
+    oks = [(s, r) for s, r in replies.items() if r.status is Status.OK and r.type == "method"]
+    groups: dict[Any, list[Reply]] = {}
+    for _, r in oks:
+        key = r.at if query else r.lt
+        groups.setdefault(key, []).append(r)
+    for key, group in groups.items():
+        if key is not None and len(group) >= th.q:
+            ok, answer = _agreed([r.answer for r in group], th.b)
+            if ok:
+                return Outcome(Result.DONE, answer, lt=None if query else key)
+    # Refusal: b+1 servers refused the same call on the version classification says is
+    # the latest complete one.
+    classes = {oid: classify(view, oid) for oid in objects}
+    point: tuple[Timestamp, ...] | None = None
+    if request_type(classes) is OpType.METHOD:
+        point = tuple(c.obj.lt for c in classes.values() if c.obj is not None)
+    refusals: Counter[tuple] = Counter()
+    for r in replies.values():
+        if r.status is Status.REFUSED and r.at is not None and r.at == point:
+            refusals[(r.at, r.why)] += 1
+    for (_, why), k in refusals.items():
+        if k >= th.b + 1:
+            return Outcome(Result.REFUSED, why=why)
+    if query and len(objects) == 1:
+        oid = objects[0]
+        cand: Candidate | None = classes[oid].obj if point is not None else None
+        if cand is None:
+            cand = established_answer_point(view, oid)
+        if cand is not None:
+            answers = [
+                r.answer
+                for r in replies.values()
+                if r.at == (cand.lt,) and r.status is not Status.REFUSED
+            ]
+            ok, answer = _agreed(answers, th.b)
+            if ok:
+                return Outcome(Result.DONE, answer)
+    return Outcome(Result.AGAIN)
+
+
+class Step(enum.Enum):
+    """What ``c_repair`` does next."""
+
+    METHOD = "method"  # classification allows the operation: (re)send it
+    NEED = "need"  # fetch the histories of more objects first (deduction)
+    INLINE = "inline"  # re-send a stored request to complete a candidate in place
+    REPAIR = "repair"  # back off, then a barrier or copy (the servers decide which)
+
+
+@dataclass(frozen=True)
+class Next:
+    """The decision of :func:`next_step`."""
+
+    step: Step
+    objects: frozenset[int] = frozenset()  # for NEED: objects to add
+    target: Candidate | None = None  # for INLINE
+    type: OpType | None = None  # for REPAIR: what the servers will do
+
+
+def next_step(view: View) -> Next:
+    """Lines 500-506 with deduction and inline repair, for the multi-OHS in ``view``."""
+    need = missing_objects(view)
+    if need:
+        return Next(Step.NEED, objects=need)
+    classes = {oid: classify(view, oid) for oid in view.objects}
+    typ = request_type(classes)
+    if typ is OpType.METHOD:
+        return Next(Step.METHOD)
+    target = inline_target(view)
+    if target is not None:
+        return Next(Step.INLINE, target=target)
+    return Next(Step.REPAIR, type=typ)
+
+
+def expected_lt(req: Request, th: Thresholds) -> Timestamp | None:
+    """The timestamp servers set up for ``req`` if none of its histories gets culled."""
+    su = setup(
+        View(req.mohs, th),
+        req.client,
+        req.op.canonical() if req.op else None,
+        multi_ohs_digest(req.mohs),
+        req.objects,
+    )
+    return su.lt if su is not None else None
+
+
+def backoff_delay(
+    attempt: int, rng: random.Random, initial: float = 0.001, cap: float = 1.0
+) -> float:
+    """Random exponential backoff: uniform in ``[d/2, d]`` with ``d = initial * 2**attempt``.
+
+    The prototype starts at 1000 us and doubles per failed retry (L3072-3074); drawing from
+    the upper half keeps the doubling visible while still separating contenders.
+    """
+    d = min(cap, initial * (2 ** min(attempt, 30)))
+    return rng.uniform(d / 2, d)

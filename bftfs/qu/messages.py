@@ -1,0 +1,345 @@
+"""Q/U wire format (version 1): every message as a msgpack-able value, and its parser.
+
+Every field that arrives from the network is checked here before any protocol code sees
+it; anything wrong raises :class:`MessageError` (the one parse-error family), which the node
+turns into a refusal and the client into a bad reply from that server.
+
+Layout (``oid`` = u64 object id, ``lt`` = 49-byte timestamp, ``rh`` = list of candidates
+``[lt, lt_co, [oid...]]`` newest first, ``auth`` = list of n 16-byte MACs or nil,
+``ohs`` = ``[[server, rh, auth], ...]``)::
+
+    kind         direction        body
+    qu.request   client -> node   {"v": 1, "c": client, "o": [oid...] (sorted, unique, 1..8),
+                                   "h": [ohs per object], "op": operation or nil (repair),
+                                   "e": nil or [ohs per object] (inline-repair evidence),
+                                   "x": [[oid, ohs], ...] context objects: histories carried
+                                   only for deduction, not operated on (at most 8)}
+    qu.history   client -> node   {"v": 1, "o": [oid...]}
+    qu.fetch     client -> node   {"v": 1, "lt": lt}          stored request of a candidate
+    qu.sync      node -> node     {"v": 1, "oid": oid, "lt": lt}   object sync
+    operation                     [method (str), query (bool), argument, seq (u64)]
+    reply to request / history    {"st": status, "t": type or nil, "lt": lt or nil,
+                                   "a": answer, "at": [lt per object] or nil,
+                                   "h": [[rh, auth] per object], "x": [[server...] per object]
+                                   (culled histories), "why": str, "n": [oid...] (missing)}
+    reply to fetch                {"r": request body or nil}
+    reply to sync                 {"s": state bytes or nil, "ap": applied bytes} or nil
+
+``status`` is ``ok`` (accepted / query answered on the conditioned-on version), ``fail`` (OHS
+not current, or nothing to do; a query answer may ride along, answered at ``at``),
+``refused`` (the method or the request is illegal; ``why`` says which) or ``need`` (the
+request must also carry the objects in ``n``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from bftfs.qu.canon import CanonicalError, canonical
+from bftfs.qu.history import (
+    Authenticator,
+    HistoryError,
+    OHSEntry,
+    auth_from_wire,
+    ohs_from_wire,
+    ohs_wire,
+    rh_from_wire,
+    rh_wire,
+)
+from bftfs.qu.timestamp import MAX_OBJECTS, Timestamp, TimestampError
+
+VERSION = 1
+#: Largest canonical argument or answer accepted (bytes); keeps one request bounded.
+MAX_VALUE = 1 << 20
+MAX_METHOD_NAME = 128
+
+KIND_REQUEST = "qu.request"
+KIND_HISTORY = "qu.history"
+KIND_FETCH = "qu.fetch"
+KIND_SYNC = "qu.sync"
+
+
+class MessageError(ValueError):
+    """A Q/U message that does not parse or breaks a field rule."""
+
+
+class Status(enum.Enum):
+    """Outcome of a request at one server."""
+
+    OK = "ok"
+    FAIL = "fail"
+    REFUSED = "refused"
+    NEED = "need"
+
+
+def _int(v: Any, what: str, bits: int = 64) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (1 << bits):
+        raise MessageError(f"{what} must be an unsigned {bits}-bit integer")
+    return v
+
+
+def _dict(v: Any, what: str) -> dict:
+    if not isinstance(v, dict):
+        raise MessageError(f"{what} must be a map")
+    if v.get("v", VERSION) != VERSION:
+        raise MessageError(f"{what}: unsupported version")
+    return v
+
+
+def _objects(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list | tuple) or not 1 <= len(v) <= MAX_OBJECTS:
+        raise MessageError(f"objects must be a list of 1..{MAX_OBJECTS} ids")
+    objs = tuple(_int(o, "object id") for o in v)
+    if list(objs) != sorted(set(objs)):
+        raise MessageError("objects must be sorted and unique")
+    return objs
+
+
+def _lt(v: Any) -> Timestamp:
+    try:
+        return Timestamp.decode(v)
+    except TimestampError as e:
+        raise MessageError(str(e)) from e
+
+
+@dataclass(frozen=True)
+class Operation:
+    """Seed line 102, ``<Method, Class, Argument>``, plus a per-client sequence number.
+
+    ``seq`` makes a retried update idempotent across repairs: see ``replica.py``
+    ("applied table").  Queries carry ``seq = 0``.
+    """
+
+    method: str
+    query: bool
+    arg: Any
+    seq: int
+
+    def wire(self) -> list:
+        """``[method, query, arg, seq]``."""
+        return [self.method, self.query, self.arg, self.seq]
+
+    def canonical(self) -> bytes:
+        """The bytes that go into the timestamp hash."""
+        return canonical(self.wire())
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Operation:
+        """Parse an operation.
+
+        Raises:
+            MessageError: wrong shape, method name, flag, argument or seq.
+        """
+        if not isinstance(v, list | tuple) or len(v) != 4:
+            raise MessageError("operation must be [method, query, arg, seq]")
+        method, query, arg, seq = v
+        if not isinstance(method, str) or not 0 < len(method) <= MAX_METHOD_NAME:
+            raise MessageError("bad method name")
+        if not isinstance(query, bool):
+            raise MessageError("query flag must be a bool")
+        try:
+            if len(canonical(arg)) > MAX_VALUE:
+                raise MessageError("argument too large")
+        except CanonicalError as e:
+            raise MessageError(f"argument: {e}") from e
+        return cls(method, query, arg, _int(seq, "seq"))
+
+
+@dataclass(frozen=True)
+class Request:
+    """A ``s_request(Operation, OHS)`` (line 1000) over one or more objects."""
+
+    client: int  # whose timestamp this is; the sender unless this is an inline repair
+    objects: tuple[int, ...]  # the objects operated on
+    mohs: dict[int, dict[int, OHSEntry]]  # conditioned-on multi-OHS: objects + context
+    op: Operation | None  # None: a repair request (barrier or copy, line 504)
+    evidence: dict[int, dict[int, OHSEntry]] | None = None  # inline repair only
+
+    def wire(self) -> dict:
+        """The message body."""
+        return {
+            "v": VERSION,
+            "c": self.client,
+            "o": list(self.objects),
+            "h": [ohs_wire(self.mohs[o]) for o in self.objects],
+            "op": self.op.wire() if self.op else None,
+            "e": [ohs_wire(self.evidence[o]) for o in self.objects] if self.evidence else None,
+            "x": [[o, ohs_wire(self.mohs[o])] for o in self.context],
+        }
+
+    @property
+    def context(self) -> tuple[int, ...]:
+        """Objects whose histories ride along for deduction only."""
+        return tuple(sorted(set(self.mohs) - set(self.objects)))
+
+    @classmethod
+    def from_wire(cls, v: Any, n: int) -> Request:
+        """Parse a request body for an ``n``-server system.
+
+        Raises:
+            MessageError: any field is malformed.
+        """
+        d = _dict(v, "request")
+        objects = _objects(d.get("o"))
+        h, e = d.get("h"), d.get("e")
+        if not isinstance(h, list | tuple) or len(h) != len(objects):
+            raise MessageError("need one OHS per object")
+        if e is not None and (not isinstance(e, list | tuple) or len(e) != len(objects)):
+            raise MessageError("need one evidence OHS per object")
+        op = d.get("op")
+        try:
+            mohs = {o: ohs_from_wire(x, n) for o, x in zip(objects, h, strict=True)}
+            ev = (
+                {o: ohs_from_wire(x, n) for o, x in zip(objects, e, strict=True)}
+                if e is not None
+                else None
+            )
+        except HistoryError as err:
+            raise MessageError(str(err)) from err
+        x = d.get("x") or []
+        if not isinstance(x, list | tuple) or len(x) > MAX_OBJECTS:
+            raise MessageError("context must be a short list")
+        for item in x:
+            if not isinstance(item, list | tuple) or len(item) != 2:
+                raise MessageError("context entry must be [oid, ohs]")
+            oid = _int(item[0], "object id")
+            if oid in mohs:
+                raise MessageError("context object repeated")
+            try:
+                mohs[oid] = ohs_from_wire(item[1], n)
+            except HistoryError as err:
+                raise MessageError(str(err)) from err
+        return cls(
+            _int(d.get("c"), "client"),
+            objects,
+            mohs,
+            Operation.from_wire(op) if op is not None else None,
+            ev,
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One server's answer to a request (lines 1008, 1021, 1030) or a history read."""
+
+    status: Status
+    type: str | None = None  # the OpType value performed, for OK replies to requests
+    lt: Timestamp | None = None  # the accepted candidate's LT (updates, barriers, copies)
+    answer: Any = None
+    at: tuple[Timestamp, ...] | None = None  # versions a query answer was computed on
+    hist: tuple[OHSEntry, ...] = ()  # the server's <RH, alpha> per object of the request
+    culled: tuple[tuple[int, ...], ...] = ()  # per object: servers whose RH was culled
+    why: str = ""
+    need: tuple[int, ...] = ()
+
+    def wire(self) -> dict:
+        """The message body."""
+        return {
+            "st": self.status.value,
+            "t": self.type,
+            "lt": self.lt.encode() if self.lt else None,
+            "a": self.answer,
+            "at": [t.encode() for t in self.at] if self.at is not None else None,
+            "h": [[rh_wire(x.rh), list(x.auth) if x.auth else None] for x in self.hist],
+            "x": [list(c) for c in self.culled],
+            "why": self.why,
+            "n": list(self.need),
+        }
+
+    @classmethod
+    def from_wire(cls, v: Any, objects: tuple[int, ...], n: int) -> Reply:
+        """Parse a reply to a request over ``objects``.
+
+        Raises:
+            MessageError: malformed, or histories not one per object.
+        """
+        if not isinstance(v, dict):
+            raise MessageError("reply must be a map")
+        try:
+            status = Status(v.get("st"))
+        except ValueError as e:
+            raise MessageError("bad status") from e
+        typ = v.get("t")
+        if typ not in (None, "method", "copy", "barrier"):
+            raise MessageError("bad type")
+        lt = _lt(v["lt"]) if v.get("lt") is not None else None
+        at_raw = v.get("at")
+        if at_raw is not None and (not isinstance(at_raw, list) or len(at_raw) != len(objects)):
+            raise MessageError("bad answer versions")
+        at = tuple(_lt(x) for x in at_raw) if at_raw is not None else None
+        h = v.get("h")
+        if not isinstance(h, list) or len(h) != len(objects):
+            raise MessageError("need one history per object")
+        hist: list[OHSEntry] = []
+        try:
+            for item in h:
+                if not isinstance(item, list) or len(item) != 2:
+                    raise MessageError("history must be [rh, auth]")
+                auth: Authenticator | None = auth_from_wire(item[1], n)
+                hist.append(OHSEntry(rh_from_wire(item[0]), auth))
+        except HistoryError as e:
+            raise MessageError(str(e)) from e
+        x = v.get("x", [])
+        if not isinstance(x, list) or len(x) not in (0, len(objects)):
+            raise MessageError("bad culled list")
+        culled = tuple(
+            tuple(_int(s, "server", 16) for s in c) if isinstance(c, list) else () for c in x
+        )
+        need_raw = v.get("n", [])
+        if not isinstance(need_raw, list) or len(need_raw) > 8 * MAX_OBJECTS:
+            raise MessageError("bad need list")
+        why = v.get("why", "")
+        if not isinstance(why, str):
+            raise MessageError("bad reason")
+        try:
+            if len(canonical(v.get("a"))) > MAX_VALUE:
+                raise MessageError("answer too large")
+        except CanonicalError as e:
+            raise MessageError(f"answer: {e}") from e
+        return cls(
+            status,
+            typ,
+            lt,
+            v.get("a"),
+            at,
+            tuple(hist),
+            culled,
+            why[:200],
+            tuple(_int(o, "object id") for o in need_raw),
+        )
+
+
+def parse_history_request(v: Any) -> tuple[int, ...]:
+    """The objects of a ``qu.history`` body."""
+    return _objects(_dict(v, "history request").get("o"))
+
+
+def parse_fetch(v: Any) -> Timestamp:
+    """The timestamp of a ``qu.fetch`` body."""
+    return _lt(_dict(v, "fetch").get("lt"))
+
+
+def parse_sync(v: Any) -> tuple[int, Timestamp]:
+    """``(object id, timestamp)`` of a ``qu.sync`` body."""
+    d = _dict(v, "sync")
+    return _int(d.get("oid"), "object id"), _lt(d.get("lt"))
+
+
+def parse_sync_reply(v: Any) -> tuple[bytes | None, bytes] | None:
+    """``(state, applied)`` of a ``qu.sync`` reply, or None if the host lacks the version.
+
+    Raises:
+        MessageError: malformed.
+    """
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise MessageError("sync reply must be a map or nil")
+    s, ap = v.get("s"), v.get("ap")
+    if (s is not None and not isinstance(s, bytes)) or not isinstance(ap, bytes):
+        raise MessageError("sync reply fields must be bytes")
+    if (s is not None and len(s) > 16 * MAX_VALUE) or len(ap) > 16 * MAX_VALUE:
+        raise MessageError("sync reply too large")
+    return s, ap

@@ -1,0 +1,203 @@
+"""Q/U on a storage node: the handlers that run :mod:`bftfs.qu.replica` steps.
+
+``register(node)`` wires four request kinds (``bftfs/node/protocols.py`` calls it):
+
+- ``qu.request``: one ``s_request``.  Queries run in a read-only transaction (they never
+  write); everything else runs in ``node.store.write``, so the replica history, its
+  authenticator, the object versions and the stored answer of one request are committed in
+  one LMDB transaction (seed L2512-2514).  The store runs write steps one after another in
+  its single writer, which is what the seed's per-object locks "acquired in object-ID order"
+  (L2737-2740) achieve: a multi-object request reads and writes all its objects in one
+  serialised step, so it can neither deadlock nor half-apply.
+- ``qu.history``: the node's histories of some objects (read-only).
+- ``qu.fetch``: the stored request of a candidate, for inline repair by other clients.
+- ``qu.sync``: object sync, host side; only other nodes may ask (L2240-2244).
+
+When a step needs a conditioned-on version this node lacks, the handler performs **object
+sync** (L2599-2607): it asks the host servers named by the OHS (then any other server) for
+that version through ``node.endpoint`` and needs b+1 identical answers, so at least one
+comes from a benign host; then it re-runs the step with the version.
+
+Object types are found in :data:`TYPE_MODULES`: each module that exists exposes
+``OBJECT_TYPES``; the file-system issue adds its module there.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bftfs.ids import is_node
+from bftfs.qu.canon import canonical
+from bftfs.qu.classify import Thresholds
+from bftfs.qu.messages import (
+    KIND_FETCH,
+    KIND_HISTORY,
+    KIND_REQUEST,
+    KIND_SYNC,
+    VERSION,
+    MessageError,
+    Request,
+    Status,
+    parse_fetch,
+    parse_history_request,
+    parse_sync,
+    parse_sync_reply,
+)
+from bftfs.qu.objects import Registry
+from bftfs.qu.replica import (
+    NeedSync,
+    ReplicaConfig,
+    Retention,
+    SyncWant,
+    handle_fetch,
+    handle_history,
+    handle_request,
+    handle_sync,
+)
+from bftfs.qu.timestamp import Timestamp
+from bftfs.transport import QuorumUnavailable
+
+if TYPE_CHECKING:
+    from bftfs.node.service import Node, RequestContext
+
+#: Modules whose ``OBJECT_TYPES`` a node serves (missing modules are skipped).
+TYPE_MODULES = ("bftfs.qu.testobjects", "bftfs.fs.objects")
+#: Object sync gives up after this long (the request then fails and the client retries).
+SYNC_TIMEOUT = 2.0
+
+
+def node_registry() -> Registry:
+    """The registry of every object type in :data:`TYPE_MODULES`."""
+    reg = Registry()
+    for name in TYPE_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise
+            continue
+        for otype in getattr(mod, "OBJECT_TYPES", ()):
+            reg.register(otype)
+    return reg
+
+
+def register(node: Node, *, retention: Retention | None = None) -> None:
+    """Register the Q/U handlers with ``node``."""
+    from bftfs.node.service import HandlerError
+
+    th = Thresholds.from_config(node.config)
+    keyring = node.keyring
+
+    def key_for(s: int) -> bytes:
+        k = keyring.key(s)  # type: ignore[arg-type]
+        if k is None:
+            raise KeyError(f"no key for node {s}")
+        return k
+
+    cfg = ReplicaConfig(node.id, th, key_for, node_registry(), retention or Retention())
+
+    async def on_request(ctx: RequestContext, payload: Any) -> Any:
+        try:
+            req = Request.from_wire(payload, th.n)
+        except MessageError as e:
+            node.stats["qu.bad_request"] += 1
+            raise HandlerError("bad-request", str(e)) from None
+        synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
+        for _ in range(3):  # a version synced once may be needed again after a race
+            if req.op is not None and req.op.query:
+                res = node.store.read(lambda kv: handle_request(kv, cfg, ctx.sender, req, synced))
+            else:
+                res = await node.store.write(
+                    lambda kv: handle_request(kv, cfg, ctx.sender, req, synced)
+                )
+            if not isinstance(res, NeedSync):
+                node.stats[f"qu.{res.status.value}"] += 1
+                return res.wire()
+            for want in res.wants:
+                got = await _sync(node, th, want)
+                if got is None:
+                    node.stats["qu.sync_failed"] += 1
+                    return _fail(node, cfg, req, "object sync failed")
+                synced[(want.oid, want.lt)] = got
+            node.stats["qu.synced"] += 1
+        return _fail(node, cfg, req, "object sync did not settle")
+
+    async def on_history(ctx: RequestContext, payload: Any) -> Any:
+        try:
+            objects = parse_history_request(payload)
+        except MessageError as e:
+            raise HandlerError("bad-request", str(e)) from None
+        return node.store.read(lambda kv: handle_history(kv, cfg, objects)).wire()
+
+    async def on_fetch(ctx: RequestContext, payload: Any) -> Any:
+        try:
+            lt = parse_fetch(payload)
+        except MessageError as e:
+            raise HandlerError("bad-request", str(e)) from None
+        return {"r": node.store.read(lambda kv: handle_fetch(kv, lt))}
+
+    async def on_sync(ctx: RequestContext, payload: Any) -> Any:
+        if not is_node(ctx.sender):
+            raise HandlerError("forbidden", "object sync is between nodes")
+        try:
+            oid, lt = parse_sync(payload)
+        except MessageError as e:
+            raise HandlerError("bad-request", str(e)) from None
+        return node.store.read(lambda kv: handle_sync(kv, oid, lt))
+
+    node.register(KIND_REQUEST, on_request)
+    node.register(KIND_HISTORY, on_history)
+    node.register(KIND_FETCH, on_fetch)
+    node.register(KIND_SYNC, on_sync)
+
+
+def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Any:
+    rep = node.store.read(lambda kv: handle_history(kv, cfg, req.objects))
+    return type(rep)(Status.FAIL, hist=rep.hist, why=why).wire()
+
+
+async def _sync(node: Node, th: Thresholds, want: SyncWant) -> tuple[bytes | None, bytes] | None:
+    """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604)."""
+    others = [s for s in range(th.n) if s != node.id and s not in want.hosts]
+    targets = [s for s in want.hosts if s != node.id] + others
+    body = {"v": VERSION, "oid": want.oid, "lt": want.lt.encode()}
+    seen: dict[bytes, tuple[bytes | None, bytes]] = {}
+    votes: Counter[bytes] = Counter()
+
+    def accept(_node: int, raw: Any) -> bool:
+        try:
+            got = parse_sync_reply(raw)
+        except MessageError:
+            return False
+        if got is None:
+            return False
+        k = canonical(list(got))
+        seen[k] = got
+        votes[k] += 1
+        # Not yet b+1 in agreement: count it as "invalid" so the transport probes the next
+        # host at once instead of after the probe interval.
+        return votes[k] >= th.b + 1
+
+    def enough(_valid: Mapping[int, Any]) -> bool:
+        return any(v >= th.b + 1 for v in votes.values())
+
+    try:
+        await node.endpoint.quorum_call(
+            targets,
+            KIND_SYNC,
+            body,
+            enough=enough,
+            accept=accept,
+            initial=th.b + 1,
+            probe_after=0.05,
+            timeout=SYNC_TIMEOUT,
+        )
+    except QuorumUnavailable:
+        return None
+    for k, v in votes.most_common(1):
+        if v >= th.b + 1:
+            return seen[k]
+    return None

@@ -1,0 +1,149 @@
+"""Q/U object types: a registry of deterministic methods (seed L2124-2129, L2344-2346).
+
+A Q/U object exports deterministic methods; *queries* read, *updates* produce a new version.
+Methods run on the servers, so a method is also where a server refuses an illegal call from
+a Byzantine client (server-side validation is how Q/U narrows what a faulty client can do,
+L1963-1966): it raises :class:`Refused`, the server changes nothing and says so.
+
+Object state is any canonical msgpack value (:mod:`bftfs.qu.canon`); ``None`` means the
+object does not exist yet, which is the state of every object at ``<0,0>``.  A method gets
+the states of all objects of the request as a mapping ``object id -> state`` (one entry for a
+single-object method) and an argument, and returns new states for *every* object (updates)
+or just an answer (queries).  Determinism is the method's contract: no clock, no randomness,
+no I/O, no floats; the registry re-encodes states and answers canonically so two servers
+that ran the same method on the same versions store byte-identical objects.
+
+Registries are explicit values (no import-time global): a node is given the registry of the
+object types it serves, tests build their own.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bftfs.qu.canon import CanonicalError, canonical, normalise
+from bftfs.qu.timestamp import MAX_OBJECTS
+
+
+class Class(enum.Enum):
+    """Seed line 100: whether a method reads (QUERY) or modifies (UPDATE) its objects."""
+
+    QUERY = "query"
+    UPDATE = "update"
+
+
+class Refused(Exception):
+    """A method refused an illegal call; nothing changes.  ``code`` is a short stable word."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+States = Mapping[int, Any]
+QueryFn = Callable[[States, Any], Any]
+UpdateFn = Callable[[States, Any], tuple[Mapping[int, Any], Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of an object type."""
+
+    name: str  # "<type>.<method>", unique in a registry
+    cls: Class
+    fn: Callable[..., Any]  # QueryFn for queries, UpdateFn for updates
+    min_objects: int = 1
+    max_objects: int = 1  # <= MAX_OBJECTS
+
+
+@dataclass(frozen=True)
+class ObjectType:
+    """A named set of methods (``counter``, ``directory``...)."""
+
+    name: str
+    methods: tuple[Method, ...]
+
+
+class Registry:
+    """The object types a node serves and a client may call."""
+
+    def __init__(self, types: Iterable[ObjectType] = ()) -> None:
+        self._methods: dict[str, Method] = {}
+        for t in types:
+            self.register(t)
+
+    def register(self, otype: ObjectType) -> None:
+        """Add every method of ``otype``.
+
+        Raises:
+            ValueError: a method name is taken, not prefixed by the type name, or its object
+                bounds are outside ``1..MAX_OBJECTS``.
+        """
+        for m in otype.methods:
+            if not m.name.startswith(otype.name + "."):
+                raise ValueError(f"method {m.name} must be named {otype.name}.<method>")
+            if m.name in self._methods:
+                raise ValueError(f"method {m.name} registered twice")
+            if not 1 <= m.min_objects <= m.max_objects <= MAX_OBJECTS:
+                raise ValueError(f"method {m.name} has bad object bounds")
+            self._methods[m.name] = m
+
+    def get(self, name: str) -> Method | None:
+        """The method called ``name``, or None."""
+        return self._methods.get(name)
+
+    def names(self) -> list[str]:
+        """Every registered method name, sorted."""
+        return sorted(self._methods)
+
+    def _checked(self, name: str, cls: Class, nobjects: int) -> Method:
+        m = self._methods.get(name)
+        if m is None:
+            raise Refused("no-such-method", name)
+        if m.cls is not cls:
+            raise Refused("wrong-class", f"{name} is a {m.cls.value}")
+        if not m.min_objects <= nobjects <= m.max_objects:
+            raise Refused("wrong-objects", f"{name} takes {m.min_objects}..{m.max_objects}")
+        return m
+
+    def query(self, name: str, states: States, arg: Any) -> Any:
+        """Run query ``name``; the answer in canonical form.
+
+        Raises:
+            Refused: unknown method, an update, wrong number of objects, or the method
+                refused.  An unexpected exception inside a method is deterministic too (same
+                code, same input), so it is reported as the refusal ``method-error``.
+        """
+        m = self._checked(name, Class.QUERY, len(states))
+        try:
+            return normalise(m.fn(states, arg))
+        except Refused:
+            raise
+        except CanonicalError as e:
+            raise Refused("bad-answer", str(e)) from e
+        except Exception as e:  # noqa: BLE001 - see docstring
+            raise Refused("method-error", type(e).__name__) from e
+
+    def update(self, name: str, states: States, arg: Any) -> tuple[dict[int, bytes], Any]:
+        """Run update ``name``: the canonical bytes of every new state, and the answer.
+
+        Raises:
+            Refused: as for :meth:`query`, or the method did not return one state for each
+                object it was given.
+        """
+        m = self._checked(name, Class.UPDATE, len(states))
+        try:
+            new, answer = m.fn(states, arg)
+            if set(new) != set(states):
+                raise Refused("bad-update", "must return a state for every object")
+            return {oid: canonical(v) for oid, v in new.items()}, normalise(answer)
+        except Refused:
+            raise
+        except CanonicalError as e:
+            raise Refused("bad-state", str(e)) from e
+        except Exception as e:  # noqa: BLE001 - see docstring
+            raise Refused("method-error", type(e).__name__) from e

@@ -1,0 +1,403 @@
+"""The Q/U server as a synchronous step over a key-value transaction (seed Figure 4.3,
+``s_request`` lines 1000-1030 and ``s_setup`` lines 1100-1118, with the implementation
+details of 4.3.5, L2517-2699, and multi-object updates of 4.3.7, L2732-2844).
+
+:func:`handle_request` maps ``(stored state, request)`` to ``(writes, reply)`` inside the one
+transaction its caller opens, so the new replica history, its authenticator, the object
+versions and the stored answer are written atomically (L2512-2514).  Step by step:
+
+1. **Cull** (lines 1001-1002): drop every history whose authenticator entry for this server
+   does not verify; the reply lists them (L2656-2658).
+2. **Deduction objects** (:func:`bftfs.qu.classify.missing_objects`): refuse with ``need`` if
+   a relevant multi-object candidate names objects the request does not carry.
+3. **Set up** (line 1004): classify and build the candidate; the timestamp is a function of
+   the culled multi-OHS, the operation and the client only.
+4. **Inline repair** (L2561-2570): a request whose client is not the sender is a repair of
+   another client's candidate; it is accepted only if its evidence OHS shows that very
+   candidate at b+1 servers, i.e. at one benign server that took it from its client.
+5. **Repeated request** (L2572-2583): a version already accepted at the set-up LT is answered
+   from its stored answer, before the currency check.
+6. **Currency** (line 1007): fail if this server has anything newer than LTcurrent.  A query
+   that fails still runs on the server's latest version (*optimistic query*, L2526-2536).
+7. **Retrieve / object sync** (lines 1010-1014): the conditioned-on versions; when one is
+   missing the step returns :class:`NeedSync` naming the host servers (those listing it in
+   the OHS) and the caller fetches it from b+1 matching hosts and calls the step again.
+8. **Method / copy / barrier** (lines 1017-1021, 1105-1117), then the atomic write with
+   **pruning** (line 1028): a METHOD's LT_CO was complete, so candidates older than it are
+   dropped from the history (Table 4.1 shows exactly this); barriers and copies prune
+   nothing.  Versions themselves stay, addressable by timestamp, unless the retention
+   setting allows deleting ones older than the history.
+
+Two choices where the seed is silent:
+
+- *Operations never turn into repairs.*  The seed's ``s_setup`` would perform a barrier or a
+  copy for a request carrying an operation when the OHS classifies so, and the client would
+  count it as success.  Here only a request without operation (line 504's ``⊥``) repairs;
+  an operation whose OHS does not classify METHOD is "not current" (FAIL), so a reader can
+  never create barriers (L2596-2597 depends on that).
+- *Applied table.*  The seed's client retries an update after repair (lines 302-306); if the
+  first attempt was copied forward by the repair, a plain retry would apply it twice.  Each
+  version therefore carries ``{client: [seq, answer]}`` of the last update each client
+  applied to that object, copied along with the state; a METHOD whose conditioned-on version
+  already shows the same ``(client, seq)`` creates its version without re-running the
+  method and returns the stored answer.  The client issues one update per object at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bftfs.node.kv import KV
+from bftfs.qu import schema
+from bftfs.qu.canon import canonical, pack, unpack
+from bftfs.qu.classify import OpType, Setup, Thresholds, View, missing_objects, setup
+from bftfs.qu.history import (
+    INITIAL_RH,
+    OHSEntry,
+    ReplicaHistory,
+    auth_entry_ok,
+    make_authenticator,
+    make_rh,
+    multi_ohs_digest,
+)
+from bftfs.qu.messages import Reply, Request, Status
+from bftfs.qu.objects import Refused, Registry
+from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which object versions a server may delete (none by default).
+
+    ``keep_last=None`` keeps every version: the version history of the file system depends on
+    it, and old versions also serve slow repeated requests and object syncs (L2630-2634).
+    With ``keep_last=k`` a server deletes, after accepting an update, versions that are both
+    older than every candidate of its pruned replica history and not among the k newest.
+    """
+
+    keep_last: int | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """What one server's step needs to know about itself."""
+
+    me: int
+    th: Thresholds
+    key_for: Callable[[int], bytes]  # pairwise key with server s (itself included)
+    registry: Registry
+    retention: Retention = field(default_factory=Retention)
+
+
+@dataclass(frozen=True)
+class SyncWant:
+    """One conditioned-on version this server lacks, and the servers that host it."""
+
+    oid: int
+    lt: Timestamp
+    hosts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NeedSync:
+    """Result of a step that cannot proceed without object sync (line 1014)."""
+
+    wants: tuple[SyncWant, ...]
+
+
+#: Versions obtained by object sync: ``(oid, lt) -> (state, applied)``.
+Synced = Mapping[tuple[int, Timestamp], tuple[bytes | None, bytes]]
+
+
+def _hist(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> tuple[OHSEntry, ...]:
+    out = []
+    for oid in objects:
+        rh, auth = schema.load_rh(kv, oid)
+        if auth is None:
+            auth = make_authenticator(oid, rh, cfg.th.n, cfg.key_for)
+        out.append(OHSEntry(rh, auth))
+    return tuple(out)
+
+
+def cull(
+    cfg: ReplicaConfig, mohs: Mapping[int, Mapping[int, OHSEntry]]
+) -> tuple[dict[int, dict[int, OHSEntry]], tuple[tuple[int, ...], ...]]:
+    """Lines 1001-1002: the multi-OHS without the histories this server cannot validate.
+
+    Returns:
+        The culled multi-OHS and, per object (sorted), the servers whose history was culled.
+    """
+    out: dict[int, dict[int, OHSEntry]] = {}
+    culled: list[tuple[int, ...]] = []
+    for oid in sorted(mohs):
+        kept: dict[int, OHSEntry] = {}
+        bad: list[int] = []
+        for s, e in sorted(mohs[oid].items()):
+            if auth_entry_ok(oid, e.rh, e.auth, cfg.me, cfg.key_for(s)):
+                if e.rh != INITIAL_RH:
+                    kept[s] = e
+            else:
+                bad.append(s)
+        out[oid] = kept
+        culled.append(tuple(bad))
+    return out, tuple(culled)
+
+
+def _latest(rh: ReplicaHistory) -> Timestamp:
+    return max(c.lt for c in rh)
+
+
+def _retrieve(kv: KV, oid: int, lt: Timestamp, synced: Synced) -> tuple[bytes | None, bytes] | None:
+    """The state and applied table at ``lt`` (line 1011), or None if not here."""
+    if lt == ZERO:
+        return None, schema.EMPTY_APPLIED
+    v = schema.load_version(kv, oid, lt)
+    if v is not None and v.kind != schema.BARRIER:
+        return v.state, v.applied
+    return synced.get((oid, lt))
+
+
+def _states(states: Mapping[int, bytes | None]) -> dict[int, Any]:
+    return {oid: (unpack(s) if s is not None else None) for oid, s in states.items()}
+
+
+def _optimistic_query(kv: KV, cfg: ReplicaConfig, req: Request) -> tuple[Any, tuple | None]:
+    """L2526-2536: run a query on this server's latest object version when not current."""
+    if req.op is None or not req.op.query or len(req.objects) != 1:
+        return None, None
+    oid = req.objects[0]
+    rh, _ = schema.load_rh(kv, oid)
+    latest = max((c for c in rh if not c.lt.barrier), key=lambda c: c.lt, default=INITIAL)
+    got = _retrieve(kv, oid, latest.lt, {})
+    if got is None:
+        return None, None
+    try:
+        answer = cfg.registry.query(req.op.method, _states({oid: got[0]}), req.op.arg)
+    except Refused:
+        return None, None
+    return answer, (latest.lt,)
+
+
+def handle_request(
+    kv: KV, cfg: ReplicaConfig, sender: int, req: Request, synced: Synced | None = None
+) -> Reply | NeedSync:
+    """One ``s_request`` inside the caller's write transaction.
+
+    Args:
+        kv: the transaction.
+        cfg: this server.
+        sender: the authenticated principal that sent ``req``.
+        req: the parsed request.
+        synced: versions fetched by object sync for a previous :class:`NeedSync`.
+
+    Returns:
+        The reply, or :class:`NeedSync` (nothing was written).
+    """
+    synced = synced or {}
+    objects = req.objects
+    th = cfg.th
+
+    def reply(status: Status, **kw: Any) -> Reply:
+        return Reply(status, hist=_hist(kv, cfg, objects), culled=culled, **kw)
+
+    mohs, all_culled = cull(cfg, req.mohs)
+    culled = tuple(c for oid, c in zip(sorted(mohs), all_culled, strict=True) if oid in objects)
+    view = View(mohs, th)
+    need = missing_objects(view)
+    if need:
+        return reply(Status.NEED, need=tuple(sorted(need)), why="deduction needs objects")
+    digest = multi_ohs_digest(mohs)
+    su = setup(view, req.client, req.op.canonical() if req.op else None, digest, objects)
+    if su is None:
+        return reply(Status.REFUSED, why="logical time exhausted")
+
+    if req.client != sender:
+        if req.evidence is None or (req.op is not None and req.op.query):
+            return reply(Status.REFUSED, why="client id is not the sender's")
+        ev, _ = cull(cfg, req.evidence)
+        target = su.candidates[objects[0]]
+        if View(ev, th).order(objects[0], target) < th.b + 1:
+            return reply(Status.REFUSED, why="inline repair without evidence")
+
+    if req.op is not None and su.type is not OpType.METHOD:
+        answer, at = _optimistic_query(kv, cfg, req)
+        return reply(Status.FAIL, answer=answer, at=at, why="not current: " + su.type.value)
+    if req.op is None and su.type is OpType.METHOD:
+        return reply(Status.FAIL, why="nothing to repair")
+
+    # Repeated request (L2580-2583): answered from the stored version, before currency.
+    if not (req.op is not None and req.op.query):
+        for oid in objects:
+            v = schema.load_version(kv, oid, su.lt)
+            if v is not None and v.accepted:
+                return reply(Status.OK, type=v.kind, lt=su.lt, answer=v.answer, at=_at(su))
+
+    rhs = {oid: schema.load_rh(kv, oid)[0] for oid in objects}
+    for oid in objects:
+        if _latest(rhs[oid]) > su.current[oid]:
+            answer, at = _optimistic_query(kv, cfg, req)
+            return reply(Status.FAIL, answer=answer, at=at, why="not current")
+
+    stored = Request(req.client, objects, mohs, req.op)
+    if su.type is OpType.BARRIER:
+        return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None)
+
+    got: dict[int, tuple[bytes | None, bytes]] = {}
+    wants = []
+    for oid in objects:
+        lt_co = su.candidates[oid].lt_co
+        x = _retrieve(kv, oid, lt_co, synced)
+        if x is None:
+            hosts = tuple(
+                s
+                for s, e in sorted(mohs[oid].items())
+                if s != cfg.me and any(c.lt == lt_co for c in e.rh)
+            )
+            wants.append(SyncWant(oid, lt_co, hosts))
+        else:
+            got[oid] = x
+    if wants:
+        return NeedSync(tuple(wants))
+
+    if su.type is OpType.COPY:
+        return _accept(kv, cfg, stored, su, rhs, culled, got, synced, None)
+
+    op = req.op
+    if op is None:  # unreachable: METHOD without operation was answered above
+        return reply(Status.FAIL, why="nothing to repair")
+    states = _states({oid: got[oid][0] for oid in objects})
+    if op.query:
+        try:
+            answer = cfg.registry.query(op.method, states, op.arg)
+        except Refused as e:
+            return reply(Status.REFUSED, why=e.code, at=_at(su))
+        return reply(Status.OK, type=OpType.METHOD.value, answer=answer, at=_at(su))
+
+    tables = {oid: unpack(got[oid][1]) for oid in objects}
+    prior = [t.get(req.client) for t in tables.values()]
+    if any(p is not None and p[0] == op.seq for p in prior):
+        # Applied in this conditioned-on chain already (see module docstring).
+        answer = next(p[1] for p in prior if p is not None and p[0] == op.seq)
+        new_states = {oid: got[oid][0] for oid in objects}
+    else:
+        try:
+            new_states, answer = cfg.registry.update(op.method, states, op.arg)
+        except Refused as e:
+            return reply(Status.REFUSED, why=e.code, at=_at(su))
+    applied = {}
+    for oid in objects:
+        t = dict(tables[oid])
+        t[req.client] = [op.seq, answer]
+        applied[oid] = canonical(t)
+    return _accept(
+        kv,
+        cfg,
+        stored,
+        su,
+        rhs,
+        culled,
+        {oid: (new_states[oid], applied[oid]) for oid in objects},
+        synced,
+        answer,
+    )
+
+
+def _at(su: Setup) -> tuple[Timestamp, ...]:
+    return tuple(su.candidates[oid].lt_co for oid in sorted(su.candidates))
+
+
+def _accept(
+    kv: KV,
+    cfg: ReplicaConfig,
+    req: Request,
+    su: Setup,
+    rhs: dict[int, ReplicaHistory],
+    culled: tuple[tuple[int, ...], ...],
+    results: Mapping[int, tuple[bytes | None, bytes]],
+    synced: Synced,
+    answer: Any,
+) -> Reply:
+    """Lines 1024-1030: add the candidate, prune, re-authenticate and store, atomically.
+
+    ``req`` is the request as this server interpreted it (culled OHS, no evidence): what an
+    inline repairer re-sends.  For a copy, ``results`` holds the versions copied forward.
+    """
+    kind = su.type.value
+    hist = []
+    for oid in sorted(rhs):
+        cand: Candidate = su.candidates[oid]
+        # Keep a synced conditioned-on version addressable by its timestamp too.
+        key = (oid, cand.lt_co)
+        if key in synced and schema.load_version(kv, oid, cand.lt_co) is None:
+            s, ap = synced[key]
+            schema.store_version(
+                kv,
+                oid,
+                schema.Version(cand.lt_co, schema.SYNCED, s, ap, None, None, False, ()),
+            )
+        rh = list(rhs[oid]) + [cand]
+        if su.type is OpType.METHOD:
+            rh = [c for c in rh if c.lt >= cand.lt_co]
+        new_rh = make_rh(rh)
+        auth = make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for)
+        schema.store_rh(kv, oid, new_rh, auth)
+        state, applied = results.get(oid, (None, schema.EMPTY_APPLIED))
+        schema.store_version(
+            kv,
+            oid,
+            schema.Version(cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects),
+        )
+        _retain(kv, cfg, oid, new_rh)
+        hist.append(OHSEntry(new_rh, auth))
+    schema.store_request(kv, su.lt, pack(req.wire()))
+    return Reply(
+        Status.OK,
+        type=kind,
+        lt=su.lt,
+        answer=answer,
+        at=_at(su),
+        hist=tuple(hist),
+        culled=culled,
+    )
+
+
+def _retain(kv: KV, cfg: ReplicaConfig, oid: int, rh: ReplicaHistory) -> None:
+    keep = cfg.retention.keep_last
+    if keep is None:
+        return
+    floor = min(c.lt for c in rh)
+    for i, v in enumerate(schema.iter_versions(kv, oid, reverse=True)):
+        if i >= keep and v.lt < floor:
+            schema.delete_version(kv, oid, v)
+
+
+def handle_history(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> Reply:
+    """A read of this server's histories (``qu.history``): what a client needs to add an
+    object to a multi-OHS for deduction, without sending an operation."""
+    return Reply(Status.OK, hist=_hist(kv, cfg, objects))
+
+
+def handle_fetch(kv: KV, lt: Timestamp) -> Any:
+    """The stored request that made candidate ``lt`` (for inline repair), or None."""
+    return schema.load_request(kv, lt)
+
+
+def handle_sync(kv: KV, oid: int, lt: Timestamp) -> dict | None:
+    """Object sync, host side: the version of ``oid`` at ``lt`` if stored here."""
+    v = schema.load_version(kv, oid, lt)
+    if v is None or v.kind == schema.BARRIER:
+        return None
+    return {"s": v.state, "ap": v.applied}
+
+
+def versions(kv: KV, oid: int) -> list[schema.Version]:
+    """Every stored version of ``oid``, oldest first (version history)."""
+    return schema.iter_versions(kv, oid)
+
+
+def read_version(kv: KV, oid: int, lt: Timestamp) -> Any:
+    """The state of ``oid`` at ``lt`` as a value (None if absent or not stored)."""
+    v = schema.load_version(kv, oid, lt)
+    return unpack(v.state) if v is not None and v.state is not None else None

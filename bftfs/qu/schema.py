@@ -1,0 +1,168 @@
+"""How a node stores Q/U state in its key-value store (one module for the disk format).
+
+Named databases (LMDB creates them on demand; :class:`bftfs.node.kv.MemoryKV` in tests)::
+
+    db        key                      value (canonical msgpack)
+    qu.rh     oid (8, BE)              [rh, auth]            the replica history + authenticator
+    qu.ver    oid (8) || lt (49)       {"k": kind, "s": state bytes or nil, "ap": applied
+                                        bytes, "co": lt_co, "a": answer, "acc": accepted,
+                                        "o": [oid...]}       one object version per timestamp
+    qu.req    lt (49)                  request body           what made the candidate (for
+                                                              inline repair by other clients)
+
+Keys are big-endian and timestamps order-preserving, so the versions of one object are one
+contiguous key range in logical-time order: "version at LT" is a get and version history is
+a scan (DESIGN.md "Version history").  ``acc`` is False for versions obtained by object sync
+(this server never accepted that candidate, so it must not answer a repeated request with
+it).  ``ap`` is the applied table (``replica.py``).  The seed requires RH, authenticator and
+object version to change atomically (L2512-2514): the replica writes all three inside the
+one transaction the caller gives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bftfs.node.kv import KV
+from bftfs.qu.canon import canonical, pack, unpack
+from bftfs.qu.history import (
+    INITIAL_RH,
+    Authenticator,
+    ReplicaHistory,
+    auth_from_wire,
+    rh_from_wire,
+    rh_wire,
+)
+from bftfs.qu.timestamp import TIMESTAMP_SIZE, Timestamp
+
+DB_RH = "qu.rh"
+DB_VER = "qu.ver"
+DB_REQ = "qu.req"
+
+#: Version kinds.
+METHOD, COPY, BARRIER, SYNCED = "method", "copy", "barrier", "synced"
+
+EMPTY_APPLIED = canonical({})
+
+
+class SchemaError(Exception):
+    """Stored Q/U data that does not parse: local corruption, never a peer's fault."""
+
+
+def oid_key(oid: int) -> bytes:
+    """The 8-byte key of an object."""
+    return oid.to_bytes(8, "big")
+
+
+def ver_key(oid: int, lt: Timestamp) -> bytes:
+    """The key of the version of ``oid`` at ``lt``."""
+    return oid_key(oid) + lt.encode()
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored object version."""
+
+    lt: Timestamp
+    kind: str  # METHOD, COPY, BARRIER or SYNCED
+    state: bytes | None  # canonical state; None for barriers and for "object absent"
+    applied: bytes  # canonical applied table {client: [seq, answer]}
+    lt_co: Timestamp | None  # None for SYNCED versions (not known locally)
+    answer: Any
+    accepted: bool
+    objects: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        """The stored value."""
+        return pack(
+            {
+                "k": self.kind,
+                "s": self.state,
+                "ap": self.applied,
+                "co": self.lt_co.encode() if self.lt_co else None,
+                "a": self.answer,
+                "acc": self.accepted,
+                "o": list(self.objects),
+            }
+        )
+
+    @classmethod
+    def decode(cls, lt: Timestamp, data: bytes) -> Version:
+        """Parse a stored value.
+
+        Raises:
+            SchemaError: the value is not one :meth:`encode` wrote.
+        """
+        try:
+            d = unpack(data)
+            co = d["co"]
+            return cls(
+                lt,
+                d["k"],
+                d["s"],
+                d["ap"],
+                Timestamp.decode(co) if co is not None else None,
+                d["a"],
+                bool(d["acc"]),
+                tuple(d["o"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise SchemaError(f"bad stored version: {e}") from e
+
+
+def load_rh(kv: KV, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
+    """The server's replica history and authenticator of ``oid`` (initial if never touched)."""
+    raw = kv.get(DB_RH, oid_key(oid))
+    if raw is None:
+        return INITIAL_RH, None
+    try:
+        rh, auth = unpack(raw)
+        return rh_from_wire(rh), auth_from_wire(auth, len(auth)) if auth else None
+    except (ValueError, TypeError) as e:
+        raise SchemaError(f"bad stored replica history of {oid}: {e}") from e
+
+
+def store_rh(kv: KV, oid: int, rh: ReplicaHistory, auth: Authenticator) -> None:
+    """Write the replica history and authenticator of ``oid``."""
+    kv.put(DB_RH, oid_key(oid), pack([rh_wire(rh), list(auth)]))
+
+
+def load_version(kv: KV, oid: int, lt: Timestamp) -> Version | None:
+    """The version of ``oid`` at ``lt``, or None."""
+    raw = kv.get(DB_VER, ver_key(oid, lt))
+    return Version.decode(lt, raw) if raw is not None else None
+
+
+def store_version(kv: KV, oid: int, v: Version) -> None:
+    """Write a version (overwrites; callers only overwrite SYNCED with accepted ones)."""
+    kv.put(DB_VER, ver_key(oid, v.lt), v.encode())
+
+
+def iter_versions(kv: KV, oid: int, *, reverse: bool = False) -> list[Version]:
+    """Every stored version of ``oid`` in logical-time order (newest first if ``reverse``)."""
+    start = oid_key(oid)
+    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    out = []
+    for k, v in kv.scan(DB_VER, start, stop, reverse=reverse):
+        if len(k) == 8 + TIMESTAMP_SIZE:
+            out.append(Version.decode(Timestamp.decode(k[8:]), v))
+    return out
+
+
+def store_request(kv: KV, lt: Timestamp, body: bytes) -> None:
+    """Remember the (culled) request that made candidate ``lt``."""
+    kv.put(DB_REQ, lt.encode(), body)
+
+
+def load_request(kv: KV, lt: Timestamp) -> Any:
+    """The stored request body of ``lt`` (parsed msgpack), or None."""
+    raw = kv.get(DB_REQ, lt.encode())
+    return unpack(raw) if raw is not None else None
+
+
+def delete_version(kv: KV, oid: int, v: Version) -> None:
+    """Remove a version, and the stored request with its first object's version."""
+    kv.delete(DB_VER, ver_key(oid, v.lt))
+    if v.objects and v.objects[0] == oid:
+        kv.delete(DB_REQ, v.lt.encode())

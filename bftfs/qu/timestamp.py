@@ -1,0 +1,176 @@
+"""Q/U logical timestamps and candidates (seed Figure 4.3 lines 103-104, L2344-2360).
+
+A timestamp is ``<Time, BarrierFlag, ClientID, Operation, OHS>``; as in the prototype's
+*compact timestamps* (seed L2616-2620) the last two fields are replaced by one collision-
+resistant hash of "operation || conditioned-on (multi-)OHS".  Order is exactly the seed's
+(L2309-2311): Time, then BarrierFlag (False < True), then ClientID, then the hash, which
+stands in for the lexicographic comparison of Operation and OHS.
+
+The byte encoding is fixed width and big-endian (time u64, flag u8, client u64, 32-byte
+digest), so comparing encodings compares timestamps: LMDB keys ``object id || timestamp``
+sort object versions in logical-time order and "the version at LT" is one lookup.
+
+A candidate is ``<LT, LT_CO>`` (line 104).  We add the sorted tuple of object ids the update
+touched (one id for a single-object update): the seed puts the multi-OHS in the timestamp so
+that repairers can find the other objects of a multi-object candidate (L2743-2745); with a
+hashed timestamp that set must travel explicitly.  A candidate is identified by ``(LT,
+objects)``; ``LT_CO`` is carried along as the seed's "clearly indicates the conditioned-on
+version" field (L2351-2353) and used for pruning and the conditioned-on chain.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+from dataclasses import dataclass
+
+#: Size of the operation/OHS hash in a timestamp.
+DIGEST_SIZE = 32
+#: Size of an encoded timestamp.
+TIMESTAMP_SIZE = 8 + 1 + 8 + DIGEST_SIZE
+#: Largest Time a server will create.  A Byzantine server can put any Time in its own
+#: replica history (its authenticator is genuine); refusing to step past this bound keeps
+#: the u64 field from overflowing and makes the attack visible as a refusal.
+MAX_TIME = 1 << 62
+#: Most objects one multi-object operation may touch (the file system needs 4, seed L1995).
+MAX_OBJECTS = 8
+
+_FMT = struct.Struct(">QBQ")
+
+
+class TimestampError(ValueError):
+    """Bytes that are not a valid encoded timestamp or candidate."""
+
+
+@dataclass(frozen=True, order=True)
+class Timestamp:
+    """One logical timestamp; dataclass ordering is the seed's order (field order matters)."""
+
+    time: int  # 0 <= time <= MAX_TIME (only ZERO has time 0)
+    barrier: bool
+    client: int  # principal id of the client that set it up (0 for ZERO)
+    digest: bytes  # DIGEST_SIZE bytes: H(kind || operation || conditioned-on multi-OHS)
+
+    def encode(self) -> bytes:
+        """The fixed-width, order-preserving bytes of this timestamp."""
+        return self._bytes
+
+    @functools.cached_property
+    def _bytes(self) -> bytes:
+        return _FMT.pack(self.time, 1 if self.barrier else 0, self.client) + self.digest
+
+    @classmethod
+    def decode(cls, data: bytes) -> Timestamp:
+        """Parse :meth:`encode` output.
+
+        Raises:
+            TimestampError: wrong length, flag not 0/1, or Time beyond ``MAX_TIME``.
+        """
+        if not isinstance(data, bytes) or len(data) != TIMESTAMP_SIZE:
+            raise TimestampError(f"timestamp must be {TIMESTAMP_SIZE} bytes")
+        time, flag, client = _FMT.unpack_from(data)
+        if flag > 1:
+            raise TimestampError("barrier flag must be 0 or 1")
+        if time > MAX_TIME:
+            raise TimestampError("timestamp time out of range")
+        return cls(time, flag == 1, client, data[17:])
+
+    def short(self) -> str:
+        """The seed's Table 4.1 notation: Time, with "b" appended for barriers."""
+        return f"{self.time}{'b' if self.barrier else ''}"
+
+
+#: The initial timestamp, ``0`` in the seed (line 900).
+ZERO = Timestamp(0, False, 0, bytes(DIGEST_SIZE))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """``<LT, LT_CO>`` plus the objects the update touched (empty only for the initial one)."""
+
+    lt: Timestamp
+    lt_co: Timestamp  # < lt, except for INITIAL where both are ZERO
+    objects: tuple[int, ...]  # sorted, unique, <= MAX_OBJECTS; () only for INITIAL
+
+    @property
+    def key(self) -> tuple[Timestamp, tuple[int, ...]]:
+        """What identifies a candidate when counting its order."""
+        return (self.lt, self.objects)
+
+    @property
+    def multi(self) -> bool:
+        """Whether this candidate came from a multi-object operation."""
+        return len(self.objects) > 1
+
+    def wire(self) -> list:
+        """The msgpack-able form ``[lt, lt_co, objects]``."""
+        return [self.lt.encode(), self.lt_co.encode(), list(self.objects)]
+
+    @classmethod
+    def from_wire(cls, value: object) -> Candidate:
+        """Parse :meth:`wire` output, checking every field.
+
+        Raises:
+            TimestampError: malformed fields, ``lt_co >= lt``, or a bad object list.
+        """
+        if not isinstance(value, list | tuple) or len(value) != 3:
+            raise TimestampError("candidate must be [lt, lt_co, objects]")
+        objs = value[2]
+        if not isinstance(objs, list | tuple) or len(objs) > MAX_OBJECTS:
+            raise TimestampError("candidate objects must be a short list")
+        if any(type(o) is not int for o in objs):  # before the cache: True == 1
+            raise TimestampError("object ids must be integers")
+        try:
+            return _parse_candidate(value[0], value[1], tuple(objs))
+        except TypeError as e:  # unhashable junk in the fields
+            raise TimestampError("malformed candidate") from e
+
+    @classmethod
+    def _parse(cls, lt_raw: object, co_raw: object, objs: tuple) -> Candidate:
+        lt = Timestamp.decode(lt_raw)
+        lt_co = Timestamp.decode(co_raw)
+        objects = tuple(objs)
+        if any(not 0 <= o < (1 << 64) for o in objects) or list(objects) != sorted(set(objects)):
+            raise TimestampError("candidate objects must be sorted, unique u64 ids")
+        cand = cls(lt, lt_co, objects)
+        if cand == INITIAL:
+            return INITIAL
+        if not objects or not lt_co < lt:
+            raise TimestampError("candidate must name its objects and have lt_co < lt")
+        return cand
+
+    def short(self) -> str:
+        """``<LT, LT_CO>`` in Table 4.1 notation."""
+        return f"<{self.lt.short()},{self.lt_co.short()}>"
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_candidate(lt_raw: object, co_raw: object, objs: tuple) -> Candidate:
+    """Cached parse: the same few candidates arrive in every request for an object."""
+    return Candidate._parse(lt_raw, co_raw, objs)
+
+
+#: The initial candidate ``<0, 0>`` every replica history starts with (line 900).
+INITIAL = Candidate(ZERO, ZERO, ())
+
+#: Operation kinds folded into the digest, so a barrier, a copy and a method set up from the
+#: same OHS can never share a timestamp.
+KIND_METHOD = b"M"
+KIND_BARRIER = b"B"
+KIND_COPY = b"C"
+
+
+def lt_digest(kind: bytes, operation: bytes, ohs_digest: bytes) -> bytes:
+    """The compact-timestamp hash of ``kind || operation || conditioned-on multi-OHS``.
+
+    Args:
+        kind: one of ``KIND_METHOD``, ``KIND_BARRIER``, ``KIND_COPY``.
+        operation: canonical bytes of the operation (for a copy, of the copied timestamps).
+        ohs_digest: :func:`bftfs.qu.history.multi_ohs_digest` of the culled multi-OHS.
+    """
+    h = hashlib.blake2b(digest_size=DIGEST_SIZE, person=b"bftfs-qu-lt")
+    for part in (kind, operation, ohs_digest):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()

@@ -1,0 +1,146 @@
+"""Wiring of the PASIS storage-node steps (replica.py) into a node's request handlers.
+
+Kinds: ``rw.time`` (TIME_REQUEST), ``rw.write`` (WRITE), ``rw.read_latest`` (READ_LATEST) and
+``rw.read_prev`` (READ_PREV); formats in messages.py.  ``rw.batch`` carries several of those
+at once (batch.py); its items run concurrently and go through the node's fault hooks like
+requests of their own, so a Byzantine test node misbehaves the same either way.
+
+Reads run in a read-only transaction on the event loop (MVCC, they never wait for a
+commit); writes are checked first (hashing a fragment, outside any transaction) and then
+executed through the group-committing ``node.store.write``, so the acknowledgement is durable
+when the config says so.
+
+A malformed request is refused with ``malformed``; a write that fails validation with the
+replica's code (``bad-verifier``, ``bad-fragment``, ``too-far-ahead``...).  Refusals are
+counted in ``node.stats`` under ``rw.refused.<code>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from bftfs.erasure import fragment_size
+from bftfs.rw import replica
+from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
+from bftfs.rw.messages import (
+    KIND_READ_LATEST,
+    KIND_READ_PREV,
+    KIND_TIME,
+    KIND_WRITE,
+    MessageError,
+    ReadRequest,
+    TimeRequest,
+    WriteRequest,
+)
+from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
+
+if TYPE_CHECKING:
+    from bftfs.node.service import Node, RequestContext
+
+T = TypeVar("T")
+
+
+def _parse(node: Node, fn: Callable[[], T]) -> T:
+    from bftfs.node.service import HandlerError
+
+    try:
+        return fn()
+    except MessageError as e:
+        node.stats["rw.refused.malformed"] += 1
+        raise HandlerError("malformed", str(e)) from None
+
+
+def register(
+    node: Node,
+    *,
+    history: int = replica.DEFAULT_HISTORY,
+    max_ahead_ns: int = DEFAULT_MAX_AHEAD_NS,
+) -> None:
+    """Register the ``rw.*`` handlers on ``node``.
+
+    Args:
+        history: versions listed in each read reply's history (seed L1155-1157).
+        max_ahead_ns: how far past this node's clock a write's time may be.
+    """
+    from bftfs.node.service import HandlerError
+
+    n = node.config.n
+    max_fragment = fragment_size(node.config.block_size, node.config.m)
+
+    async def on_time(ctx: RequestContext, payload: Any) -> Any:
+        req = _parse(node, lambda: TimeRequest.from_wire(payload))
+        return node.store.read(lambda kv: replica.time_step(kv, req.block)).to_wire()
+
+    async def on_write(ctx: RequestContext, payload: Any) -> Any:
+        req = _parse(node, lambda: WriteRequest.from_wire(payload, n=n, max_fragment=max_fragment))
+        try:
+            replica.check_write(
+                req, node=node.id, n=n, now_ns=node.now_ns(), max_ahead_ns=max_ahead_ns
+            )
+        except replica.Refused as e:
+            node.stats[f"rw.refused.{e.code}"] += 1
+            raise HandlerError(e.code, e.message) from None
+        stale = node.store.read(lambda kv: replica.fresh_conflict(kv, req))
+        if stale is not None:
+            node.stats["rw.write.stale"] += 1
+            return replica.WriteReply(new=False, stale=stale).to_wire()
+        if node.store.read(lambda kv: replica.has_version(kv, req.block, req.ts)):
+            node.stats["rw.write.duplicate"] += 1
+            return replica.WriteReply(new=False).to_wire()
+        reply = await node.store.write(lambda kv: replica.store_write(kv, req))
+        node.stats["rw.write.new" if reply.new else "rw.write.duplicate"] += 1
+        return reply.to_wire()
+
+    def reader(prev: bool) -> Any:
+        async def on_read(ctx: RequestContext, payload: Any) -> Any:
+            req = _parse(node, lambda: ReadRequest.from_wire(payload, prev=prev))
+            return node.store.read(lambda kv: replica.read_step(kv, req, history=history)).to_wire()
+
+        return on_read
+
+    async def on_batch(ctx: RequestContext, payload: Any) -> Any:
+        if (
+            not isinstance(payload, list)
+            or len(payload) > MAX_BATCH
+            or not all(
+                isinstance(it, list) and len(it) == 2 and it[0] in handlers for it in payload
+            )
+        ):
+            node.stats["rw.refused.malformed"] += 1
+            raise HandlerError("malformed", "batch is not a bounded list of [rw kind, payload]")
+        results: list[Any] = [None] * len(payload)
+
+        async def one(i: int, kind: str, item: Any) -> None:
+            # Through the node's fault hooks, exactly as a request of its own would go.
+            override = None if node.faults is None else node.faults.handler(kind)
+            try:
+                if override is not None:
+                    reply = await override(ctx, item, handlers[kind])
+                else:
+                    reply = await handlers[kind](ctx, item)
+                results[i] = [0, reply]
+            except HandlerError as e:
+                results[i] = [1, [e.code, e.message]]
+            except Exception as e:  # one bad item must not sink the others
+                node.stats["internal_errors"] += 1
+                node.log.exception("node %s: rw batch item %s failed", node.id, kind)
+                results[i] = [1, ["internal", type(e).__name__]]
+
+        node.stats["rw.batch.items"] += len(payload)
+        async with trio.open_nursery() as nursery:
+            for i, (kind, item) in enumerate(payload):
+                nursery.start_soon(one, i, kind, item)
+        return results
+
+    handlers = {
+        KIND_TIME: on_time,
+        KIND_WRITE: on_write,
+        KIND_READ_LATEST: reader(False),
+        KIND_READ_PREV: reader(True),
+    }
+    for kind, handler in handlers.items():
+        node.register(kind, handler)
+    node.register(KIND_BATCH, on_batch)

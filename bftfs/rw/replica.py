@@ -1,0 +1,181 @@
+"""Storage-node side of the PASIS read/write protocol: synchronous steps over a ``KV``.
+
+The seed omits storage-node pseudo-code "due to its simplicity" (L915-924); this module is
+that code, following the interface of seed section 3.4.3.1 and the implementation notes of
+section 3.5.1.1 (L1147-1165):
+
+* :func:`check_write` - storage-node verification (L883-887, VALIDATE of Figure 3.2): the
+  cross checksum must hash to the timestamp's verifier and this node's fragment must hash to
+  its entry.  A node that executes only such writes cannot be made to look Byzantine by a
+  Byzantine client.  It also refuses a time more than ``max_ahead_ns`` beyond the node's
+  clock (timestamp.py explains the bound).  It is pure and runs *before* the write
+  transaction, so a refused write never costs a group-commit slot.
+* :func:`store_write` - executes a checked write inside the write transaction.  A version
+  that is already stored (a repair, a resend, a duplicate) is an idempotent success
+  (L1092-1094); one below the garbage-collection floor is acknowledged and not stored (its
+  block has a newer verified version already, so storing it could only waste space).
+* :func:`fresh_conflict` - the extra check of a one-round write (not in the seed): refuse
+  unless the timestamp is above every hosted version.
+* :func:`time_step` - TIME_REQUEST: the greatest hosted timestamp.
+* :func:`read_step` - READ_LATEST / READ_PREV (strictly below, or at-or-below for exact
+  fetches, spec H.2), with or without the fragment (read witnesses, L1172-1176), and always
+  with a bounded history of older versions (L1155-1158) and the node's floor.
+* :func:`collect_step` - delete versions below a floor (the garbage collector of the
+  lazy-verification issue calls it only below a version verified complete, L1540-1542).
+
+Every step is a deterministic function of the KV and its arguments, as the group-committing
+store requires (node/store.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from bftfs import erasure
+from bftfs.node.kv import KV
+from bftfs.rw.messages import ReadReply, ReadRequest, TimeReply, WriteReply, WriteRequest
+from bftfs.rw.schema import (
+    DB_FLOOR,
+    DB_VERSIONS,
+    StoredVersion,
+    block_end,
+    block_prefix,
+    split_key,
+    version_key,
+)
+from bftfs.rw.timestamp import ZERO, Timestamp, plausible
+
+#: Default number of timestamps in a reply's version history.
+DEFAULT_HISTORY = 8
+
+
+class Refused(Exception):
+    """A request the node will not execute; ``code`` goes back to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def check_write(req: WriteRequest, *, node: int, n: int, now_ns: int, max_ahead_ns: int) -> None:
+    """VALIDATE a write for this node, and bound its time.
+
+    Raises:
+        Refused: ``bad-verifier``, ``bad-fragment`` or ``too-far-ahead`` (the bound is
+            ``max_ahead_ns`` nanoseconds past this node's clock).
+    """
+    cc = req.cross_checksum
+    if len(cc) != erasure.cross_checksum_size(n) or not 0 <= node < n:
+        raise Refused("bad-cross-checksum", f"cross checksum of {len(cc)} bytes for N={n}")
+    if req.ts == ZERO:
+        raise Refused("bad-verifier", "the zero timestamp cannot be written")
+    if not hmac.compare_digest(erasure.verifier_of(cc), req.ts.verifier):
+        raise Refused("bad-verifier", "cross checksum does not match the timestamp's verifier")
+    if not erasure.fragment_matches(cc, node, req.fragment):
+        raise Refused("bad-fragment", f"fragment does not match cross-checksum entry {node}")
+    if not plausible(req.ts.time, now_ns, max_ahead_ns):
+        raise Refused(
+            "too-far-ahead",
+            f"time {req.ts.time} is more than {max_ahead_ns} ns past this node's clock {now_ns}",
+        )
+
+
+def floor_of(kv: KV, block: int) -> Timestamp:
+    """The block's garbage-collection floor (:data:`ZERO` if nothing was collected)."""
+    raw = kv.get(DB_FLOOR, block_prefix(block))
+    return ZERO if raw is None else Timestamp.decode(raw)
+
+
+def store_write(kv: KV, req: WriteRequest) -> WriteReply:
+    """Execute a write that passed :func:`check_write` (inside the write transaction)."""
+    key = version_key(req.block, req.ts)
+    if kv.get(DB_VERSIONS, key) is not None:
+        return WriteReply(new=False)
+    if req.ts < floor_of(kv, req.block):
+        return WriteReply(new=False)
+    kv.put(DB_VERSIONS, key, StoredVersion(0, req.cross_checksum, req.fragment).encode())
+    return WriteReply(new=True)
+
+
+def has_version(kv: KV, block: int, ts: Timestamp) -> bool:
+    """Whether the version is stored (a read-transaction fast path for duplicate writes)."""
+    return kv.get(DB_VERSIONS, version_key(block, ts)) is not None
+
+
+def fresh_conflict(kv: KV, req: WriteRequest) -> Timestamp | None:
+    """For a fresh (one-round) write: the hosted timestamp that makes it stale, or None.
+
+    Runs in a read transaction before the write is queued.  It only has to see versions
+    whose writes *completed* before this write began (client.py explains why that makes a
+    one-round write safe), and those were committed before they were acknowledged, so a read
+    transaction sees them; a version committed concurrently may be missed without harm.
+    """
+    if not req.fresh or has_version(kv, req.block, req.ts):
+        return None
+    latest = time_step(kv, req.block).latest
+    return latest if latest >= req.ts else None
+
+
+def time_step(kv: KV, block: int) -> TimeReply:
+    """TIME_REQUEST: the greatest timestamp hosted for ``block``."""
+    found = kv.lower(DB_VERSIONS, block_end(block))
+    if found is None or not found[0].startswith(block_prefix(block)):
+        return TimeReply(ZERO)
+    return TimeReply(split_key(found[0])[1])
+
+
+def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> ReadReply:
+    """READ_LATEST / READ_PREV with a history of at most ``history`` versions.
+
+    The history starts with the version the request returns (the greatest in range) and
+    continues with the next older ones; ``more`` says whether it was cut short.
+    """
+    if history < 1:
+        raise ValueError("history must be at least 1")
+    if req.below is None:
+        stop = block_end(req.block)
+    else:
+        stop = version_key(req.block, req.below)
+        if req.inclusive:
+            stop += b"\x00"  # the smallest key above `below`'s own key
+    hist: list[Timestamp] = []
+    first_value: bytes | None = None
+    more = False
+    for key, value in kv.scan(DB_VERSIONS, block_prefix(req.block), stop, reverse=True):
+        if len(hist) == history:
+            more = True
+            break
+        hist.append(split_key(key)[1])
+        if first_value is None:
+            first_value = value
+    cc = frag = None
+    if req.data and first_value is not None:
+        stored = StoredVersion.decode(first_value)
+        cc, frag = stored.cross_checksum, stored.fragment
+    return ReadReply(tuple(hist), more, floor_of(kv, req.block), cc, frag)
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What :func:`collect_step` did."""
+
+    deleted: int
+    floor: Timestamp
+
+
+def collect_step(kv: KV, block: int, floor: Timestamp) -> Collected:
+    """Delete every version of ``block`` strictly below ``floor`` and record the floor.
+
+    The floor only rises.  The caller guarantees ``floor`` is a version verified complete
+    (the garbage-collection rule of seed L1540-1542); readers rely on it (classify.py).
+    """
+    old = floor_of(kv, block)
+    if floor <= old:
+        return Collected(0, old)
+    doomed = [k for k, _ in kv.scan(DB_VERSIONS, block_prefix(block), version_key(block, floor))]
+    for key in doomed:
+        kv.delete(DB_VERSIONS, key)
+    kv.put(DB_FLOOR, block_prefix(block), floor.encode())
+    return Collected(len(doomed), floor)

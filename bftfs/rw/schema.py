@@ -1,0 +1,94 @@
+"""On-disk layout of PASIS block versions in a node's store (DESIGN.md "Storage on a node").
+
+Schema version :data:`RW_SCHEMA_VERSION`.  Two named databases:
+
+``rw.versions`` - one entry per hosted version (seed L1147-1151: a multi-version b-tree keyed
+by ``<block, timestamp>``):
+
+    ==========  ====  ==========================================================
+    part        size  content
+    ==========  ====  ==========================================================
+    key         16    block id, unsigned big-endian
+                44    timestamp (timestamp.py layout: time, writer, verifier)
+    value       1     flags (bit 0: verified by lazy verification; others 0)
+                2     length of the cross checksum, unsigned big-endian
+                var   cross checksum
+                var   the fragment (the rest of the value)
+    ==========  ====  ==========================================================
+
+Because both parts of the key are fixed-width big-endian, byte order is (block, time)
+order: READ_LATEST is one reverse seek from the end of the block's range, READ_PREV one
+reverse seek from ``(block, lt)``, and a bounded history is the next few reverse steps.
+
+``rw.floor`` - key: block id (16 bytes); value: a timestamp (44 bytes).  Versions of the block
+strictly below it may have been garbage-collected; every version at or above it is kept.
+Absent means nothing was ever collected.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from bftfs.rw.messages import BLOCK_ID_SIZE, encode_block_id
+from bftfs.rw.timestamp import TIMESTAMP_SIZE, Timestamp
+
+RW_SCHEMA_VERSION = 1
+DB_VERSIONS = "rw.versions"
+DB_FLOOR = "rw.floor"
+
+FLAG_VERIFIED = 0x01
+
+_HEAD = struct.Struct(">BH")
+#: Appended to a block prefix, sorts after every key of that block.
+_AFTER = b"\xff" * (TIMESTAMP_SIZE + 1)
+
+
+class SchemaError(ValueError):
+    """A stored entry that does not follow this layout (local corruption)."""
+
+
+def version_key(block: int, ts: Timestamp) -> bytes:
+    """The key of one version."""
+    return encode_block_id(block) + ts.encode()
+
+
+def block_prefix(block: int) -> bytes:
+    """The first possible key of ``block`` (every version key starts with it)."""
+    return encode_block_id(block)
+
+
+def block_end(block: int) -> bytes:
+    """A bound above every version key of ``block`` and below the next block's keys."""
+    return encode_block_id(block) + _AFTER
+
+
+def split_key(key: bytes) -> tuple[int, Timestamp]:
+    """(block, timestamp) of a version key."""
+    if len(key) != BLOCK_ID_SIZE + TIMESTAMP_SIZE:
+        raise SchemaError(f"version key of {len(key)} bytes")
+    return int.from_bytes(key[:BLOCK_ID_SIZE], "big"), Timestamp.decode(key[BLOCK_ID_SIZE:])
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """The value stored for one version."""
+
+    flags: int
+    cross_checksum: bytes
+    fragment: bytes
+
+    def encode(self) -> bytes:
+        return (
+            _HEAD.pack(self.flags, len(self.cross_checksum)) + self.cross_checksum + self.fragment
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StoredVersion:
+        if len(raw) < _HEAD.size:
+            raise SchemaError("stored version shorter than its header")
+        flags, cc_len = _HEAD.unpack_from(raw)
+        end = _HEAD.size + cc_len
+        if len(raw) < end:
+            raise SchemaError("stored version shorter than its cross checksum")
+        return cls(flags, bytes(raw[_HEAD.size : end]), bytes(raw[end:]))

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what the user-facing benchmarks (benchmarks/andrew.py, benchmarks/postmark.py)
+# need on top of scripts/setup.sh, idempotently:
+#   - Debian packages: bindfs (the FUSE pass-through reference), postmark (the real
+#     PostMark program), gcc/make/libc6-dev (the Andrew compile phase), when missing;
+#   - the `bench` extra of bftfs in .venv: matplotlib (plots) and py-spy (profiles).
+# Called by `make bench`; kept out of setup.sh so `make test` does not pay for it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+need=()
+for pkg in bindfs postmark gcc make libc6-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup-bench: installing Debian packages: ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq || true
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+stamp=.venv/.bftfs-bench-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup-bench: installing the bench extra (matplotlib, py-spy) into .venv"
+    .venv/bin/pip install -q -e '.[test,bench]' 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import matplotlib"
+    touch "$stamp"
+fi

@@ -1,0 +1,197 @@
+"""Shared helpers for the tier-3 file-system tests: a cluster with one :class:`FileSystem`
+per client, and one ``check_*`` per file-system invariant (STYLE.md 6 and 7: each test ends
+with an in-process fsck).
+
+The checks read the servers' objects directly (raw ``fs.*`` queries through a Q/U client),
+not through the file system's caches, so they test what is stored.
+"""
+
+from __future__ import annotations
+
+import random
+import stat
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs.fs import objects as obj
+from bftfs.fs.filesystem import FileSystem
+from bftfs.ids import client_id
+from bftfs.qu.classify import Thresholds
+from bftfs.qu.client import QUClient
+from bftfs.rw.client import open_rw_client
+from bftfs.testing.cluster import Cluster, open_cluster
+
+#: Client options for tests: probe quickly, give up within seconds.
+RW_OPTIONS = {"probe_after": 0.05, "timeout": 5.0}
+
+
+def qu_client(cluster: Cluster, k: int, seed: int = 0) -> QUClient:
+    return QUClient(
+        cluster.client(k),
+        Thresholds.from_config(cluster.config),
+        client_id=int(client_id(k)),
+        rng=random.Random(seed * 31 + k),
+        seq_start=1_000_000 * (k + 1),
+    )
+
+
+@dataclass
+class Env:
+    """A running cluster and its file systems (``fss[k]`` is client k's)."""
+
+    cluster: Cluster
+    fss: list[FileSystem]
+    raw: QUClient
+    clock: list[int] = field(default_factory=lambda: [1_700_000_000_000_000_000])
+
+    @property
+    def fs(self) -> FileSystem:
+        return self.fss[0]
+
+
+@asynccontextmanager
+async def fs_env(
+    tmp_path: Path,
+    *,
+    clients: int = 2,
+    seed: int = 0,
+    attr_ttl: float = 0.0,
+    fs_options: dict[str, Any] | None = None,
+    **cluster_options: Any,
+) -> AsyncIterator[Env]:
+    """A cluster with ``clients`` file systems (plus a raw Q/U client for the checks).
+
+    Each file system gets a seeded RNG (object ids) and a shared fake clock that advances
+    by 1 ms per reading, so times are deterministic and strictly increasing.
+    """
+    clock = [1_700_000_000_000_000_000]
+
+    def clock_ns() -> int:
+        clock[0] += 1_000_000
+        return clock[0]
+
+    async with (
+        open_cluster(tmp_path, clients=clients + 1, seed=seed, **cluster_options) as cluster,
+        AsyncExitStack() as stack,
+    ):
+        fss = []
+        for k in range(clients):
+            rw = await stack.enter_async_context(
+                open_rw_client(cluster.client(k), cluster.config, **RW_OPTIONS)
+            )
+            fss.append(
+                await FileSystem.open(
+                    qu_client(cluster, k, seed),
+                    rw,
+                    cluster.config,
+                    clock_ns=clock_ns,
+                    rng=random.Random(seed * 1000 + k),
+                    attr_ttl=attr_ttl,
+                    **(fs_options or {}),
+                )
+            )
+        yield Env(cluster, fss, qu_client(cluster, clients, seed), clock)
+
+
+def run(tmp_path: Path, body: Callable[[Env], Any], **options: Any) -> None:
+    """Run ``body(env)`` on a fresh cluster, then every invariant check."""
+
+    async def main() -> None:
+        async with fs_env(tmp_path, **options) as env:
+            await body(env)
+            for fs in env.fss:
+                assert not any(f.dirty for f in fs.open_files().values()), "unflushed data"
+            await check_all(env.raw)
+
+    trio.run(main)
+
+
+# Invariants ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Tree:
+    """What a walk from the root found."""
+
+    dirs: dict[int, dict[str, Any]] = field(default_factory=dict)  # oid -> stat
+    files: dict[int, dict[str, Any]] = field(default_factory=dict)
+    entries: dict[int, dict[bytes, list[int]]] = field(default_factory=dict)
+    names: Counter[int] = field(default_factory=Counter)  # non-dir oid -> entries naming it
+
+
+async def walk(qu: QUClient) -> Tree:
+    """Every directory and file reachable from the root, read from the servers."""
+    tree = Tree()
+    todo = [obj.ROOT]
+    while todo:
+        d = todo.pop()
+        assert d not in tree.dirs, f"directory {d} reachable twice: the tree has a cycle"
+        tree.dirs[d] = await qu.query(d, "fs.stat")
+        ents = obj.entries(await qu.query(d, "fs.readdir"))
+        tree.entries[d] = ents
+        for _name, (oid, code) in ents.items():
+            if code == obj.DIR_TYPE:
+                todo.append(oid)
+            else:
+                tree.names[oid] += 1
+                if oid not in tree.files:
+                    tree.files[oid] = await qu.query(oid, "fs.stat")
+    return tree
+
+
+def check_directory_links(tree: Tree) -> None:
+    """A directory's link count is 2 plus its subdirectories; none reachable is removed."""
+    for d, s in tree.dirs.items():
+        subdirs = sum(1 for _, code in tree.entries[d].values() if code == obj.DIR_TYPE)
+        assert s["nl"] == 2 + subdirs, (d, s["nl"], subdirs)
+
+
+def check_parent_pointers(tree: Tree) -> None:
+    """Each subdirectory's ``..`` is the directory that names it; the root's is itself."""
+    assert tree.dirs[obj.ROOT]["p"] == obj.ROOT
+    for d, ents in tree.entries.items():
+        for _name, (oid, code) in ents.items():
+            if code == obj.DIR_TYPE:
+                assert tree.dirs[oid]["p"] == d, (oid, tree.dirs[oid]["p"], d)
+
+
+def check_file_links(tree: Tree) -> None:
+    """A file's link count equals the number of entries naming it."""
+    for oid, s in tree.files.items():
+        assert s["nl"] == tree.names[oid], (oid, s["nl"], tree.names[oid])
+
+
+def check_entry_types(tree: Tree) -> None:
+    """An entry's type code is its object's file type."""
+    for ents in tree.entries.values():
+        for _name, (oid, code) in ents.items():
+            s = tree.dirs.get(oid) or tree.files[oid]
+            assert stat.S_IFMT(s["mode"]) >> 12 == code, (oid, code, s["mode"])
+
+
+def check_file_layout(tree: Tree) -> None:
+    """Regular files have a data id and a reservation covering their size' blocks' writes;
+    symlinks' size is their target's length."""
+    for oid, s in tree.files.items():
+        if stat.S_ISREG(s["mode"]):
+            assert s["d"] > 0, oid
+            assert s["alloc"] >= 0 and s["size"] >= 0, oid
+        else:
+            assert s["d"] == 0, oid
+
+
+async def check_all(qu: QUClient) -> Tree:
+    """Every invariant check above; the tree they checked."""
+    tree = await walk(qu)
+    check_directory_links(tree)
+    check_parent_pointers(tree)
+    check_file_links(tree)
+    check_entry_types(tree)
+    check_file_layout(tree)
+    return tree

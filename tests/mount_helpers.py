@@ -1,0 +1,49 @@
+"""Helpers shared by the real-mount tests: seeded source trees and tree comparison."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_tree(root: Path, seed: int, files: int = 60, block: int = 65536) -> Path:
+    """A seeded tree of files of awkward sizes, nested directories, links and empty files."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    dirs = [root]
+    for i in range(files):
+        if rng.random() < 0.2:
+            d = rng.choice(dirs) / f"dir{i}"
+            d.mkdir()
+            dirs.append(d)
+        size = rng.choice(
+            [
+                0,
+                1,
+                100,
+                4095,
+                4096,
+                block - 1,
+                block,
+                block + 1,
+                3 * block + 7,
+                rng.randrange(300_000),
+            ]
+        )
+        (rng.choice(dirs) / f"f{i}.bin").write_bytes(rng.randbytes(size))
+    (root / "link").symlink_to("f1.bin")
+    (root / "dangling").symlink_to("does/not/exist")
+    (root / "private.bin").write_bytes(rng.randbytes(5000))
+    os.chmod(root / "private.bin", 0o640)
+    return root
+
+
+def assert_same_tree(a: Path, b: Path) -> None:
+    r = subprocess.run(
+        ["diff", "-r", "--no-dereference", str(a), str(b)], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr

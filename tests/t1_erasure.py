@@ -1,0 +1,133 @@
+"""Erasure coding and cross checksums (bftfs/erasure.py; seed L849-895, L1181-1196)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bftfs import erasure
+
+CONFIGS = [(1, 1), (1, 6), (2, 5), (3, 6), (5, 11), (4, 4)]
+
+
+@pytest.mark.parametrize("m,n", CONFIGS)
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 100, 16384, 16385, 32 * 1024 + 1])
+def test_round_trip_from_every_m_subset(m: int, n: int, size: int) -> None:
+    data = random.Random(size * 31 + m).randbytes(size)
+    enc = erasure.encode(data, m, n)
+    assert len(enc.fragments) == n
+    assert len({len(f) for f in enc.fragments}) == 1
+    subsets = list(itertools.combinations(range(n), m))
+    for subset in subsets[:: max(1, len(subsets) // 40)]:
+        frags = {i: enc.fragments[i] for i in subset}
+        assert erasure.decode(frags, size, m, n) == data
+        regen = erasure.regenerate(frags, enc.cross_checksum, m, n)
+        assert regen.valid and regen.data == data and regen.fragments == enc.fragments
+
+
+@pytest.mark.parametrize("m,n", CONFIGS)
+def test_code_is_systematic_with_recorded_length(m: int, n: int) -> None:
+    data = b"abcdefghij" * 7  # 70 bytes: padded when m does not divide it
+    enc = erasure.encode(data, m, n)
+    stripes = b"".join(enc.fragments[:m])
+    assert stripes[: len(data)] == data and set(stripes[len(data) :]) <= {0}
+    assert len(enc.fragments[0]) == -(-len(data) // m)
+    assert erasure.cc_length(enc.cross_checksum) == len(data)
+
+
+def test_zfec_parameter_order_our_m_is_needed_our_n_is_produced() -> None:
+    enc = erasure.encode(b"x" * 30, 3, 6)
+    assert len(enc.fragments) == 6 and len(enc.fragments[0]) == 10
+    with pytest.raises(erasure.ErasureError):
+        erasure.decode({0: enc.fragments[0], 5: enc.fragments[5]}, 30, 3, 6)
+
+
+def test_m_equal_1_is_replication() -> None:
+    enc = erasure.encode(b"replica", 1, 4)
+    assert set(enc.fragments) == {b"replica"}
+
+
+@pytest.mark.parametrize("m,n", [(0, 3), (4, 3), (1, 257)])
+def test_invalid_parameters_are_refused(m: int, n: int) -> None:
+    with pytest.raises(erasure.ErasureError):
+        erasure.encode(b"x", m, n)
+
+
+def test_cross_checksum_layout_and_verifier() -> None:
+    enc = erasure.encode(b"hello", 2, 5)
+    cc = enc.cross_checksum
+    assert len(cc) == erasure.cross_checksum_size(5) == 8 + 32 * 5
+    for i, frag in enumerate(enc.fragments):
+        assert erasure.cc_entry(cc, i) == erasure.fragment_hash(frag)
+        assert erasure.fragment_matches(cc, i, frag)
+        assert not erasure.fragment_matches(cc, (i + 1) % 5, frag)
+    assert enc.verifier == erasure.verifier_of(cc)
+    assert erasure.verifier_of(cc[:-1] + bytes([cc[-1] ^ 1])) != enc.verifier
+
+
+def test_flipped_bit_fails_its_entry() -> None:
+    enc = erasure.encode(bytes(range(200)), 3, 6)
+    bad = bytearray(enc.fragments[4])
+    bad[7] ^= 0x10
+    assert not erasure.fragment_matches(enc.cross_checksum, 4, bytes(bad))
+
+
+def _poisonous(m: int, n: int, a: bytes, b: bytes) -> tuple[tuple[bytes, ...], bytes]:
+    """Fragments of two values under one self-consistent cross checksum (a Byzantine writer)."""
+    ea, eb = erasure.encode(a, m, n), erasure.encode(b, m, n)
+    mixed = ea.fragments[: n // 2] + eb.fragments[n // 2 :]
+    return mixed, erasure.make_cross_checksum(len(a), mixed)
+
+
+@pytest.mark.parametrize("m,n", [(2, 5), (3, 6), (5, 11)])
+def test_poisonous_write_fails_regeneration_from_every_subset(m: int, n: int) -> None:
+    a, b = b"A" * 90, b"B" * 90
+    mixed, cc = _poisonous(m, n, a, b)
+    # Each fragment matches its own entry, so every node accepts its part ...
+    assert all(erasure.fragment_matches(cc, i, f) for i, f in enumerate(mixed))
+    # ... but no m-subset regenerates the recorded cross checksum (seed L1088-1090).
+    for subset in itertools.combinations(range(n), m):
+        regen = erasure.regenerate({i: mixed[i] for i in subset}, cc, m, n)
+        assert not regen.valid
+
+
+def test_non_canonical_padding_and_bad_sizes_are_poisonous() -> None:
+    m, n = 3, 6
+    # Stripes with non-zero padding: re-encoding the cut value gives other stripes.
+    stripes = (b"abcd", b"efgh", b"ij\x01\x02")
+    code = erasure.encode(b"abcdefghij\x01\x02", m, n).fragments
+    frags = stripes + code[3:]
+    cc = erasure.make_cross_checksum(10, frags)
+    assert not erasure.regenerate({0: frags[0], 1: frags[1], 2: frags[2]}, cc, m, n).valid
+    # A length the stripes cannot hold, and fragments of unequal sizes.
+    enc = erasure.encode(b"x" * 9, m, n)
+    big = erasure.make_cross_checksum(100, enc.fragments)
+    assert not erasure.regenerate(dict(enumerate(enc.fragments[:3])), big, m, n).valid
+    uneven = {0: b"aaa", 1: b"bb", 2: b"ccc"}
+    assert not erasure.regenerate(uneven, enc.cross_checksum, m, n).valid
+    assert not erasure.regenerate(dict(enumerate(enc.fragments[:3])), b"short", m, n).valid
+
+
+def test_decode_errors() -> None:
+    enc = erasure.encode(b"x" * 9, 3, 6)
+    with pytest.raises(erasure.ErasureError):
+        erasure.decode({0: enc.fragments[0]}, 9, 3, 6)
+    with pytest.raises(erasure.ErasureError):
+        erasure.decode(dict(enumerate(enc.fragments[:3])), 10, 3, 6)
+    with pytest.raises(erasure.ErasureError):
+        erasure.decode({0: b"a", 1: b"b", 9: b"c"}, 3, 3, 6)
+
+
+@given(st.binary(max_size=2000), st.sampled_from(CONFIGS), st.randoms(use_true_random=False))
+def test_any_m_fragments_regenerate_all(
+    data: bytes, cfg: tuple[int, int], rnd: random.Random
+) -> None:
+    m, n = cfg
+    enc = erasure.encode(data, m, n)
+    subset = rnd.sample(range(n), m)
+    regen = erasure.regenerate({i: enc.fragments[i] for i in subset}, enc.cross_checksum, m, n)
+    assert regen.valid and regen.data == data and regen.fragments == enc.fragments

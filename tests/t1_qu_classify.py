@@ -1,0 +1,325 @@
+"""Tier 1: Q/U timestamps and classification (seed Figure 4.3 lines 700-1206, L2288-2311).
+
+Classification tables, one test per rule of the seed, and Hypothesis properties checked
+against a brute-force oracle written straight from the pseudo-code.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bftfs.qu.canon import CanonicalError, canonical
+from bftfs.qu.classify import (
+    OpType,
+    ThresholdError,
+    Thresholds,
+    View,
+    classify,
+    established_answer_point,
+    inline_target,
+    missing_objects,
+    setup,
+    stray_holders,
+)
+from bftfs.qu.history import OHSEntry, make_rh, multi_ohs_digest, rh_from_wire, rh_wire
+from bftfs.qu.timestamp import (
+    INITIAL,
+    ZERO,
+    Candidate,
+    Timestamp,
+    TimestampError,
+)
+
+TH = Thresholds.minimal(1, 1)  # n=6, q=5, r=3
+
+
+def ts(time: int, barrier: bool = False, client: int = 1, tag: int = 0) -> Timestamp:
+    return Timestamp(time, barrier, client, bytes([tag]) * 32)
+
+
+def cand(lt: Timestamp, co: Timestamp = ZERO, objects: tuple[int, ...] = (1,)) -> Candidate:
+    return Candidate(lt, co, objects)
+
+
+def ohs(*rhs: list[Candidate] | None) -> dict[int, OHSEntry]:
+    """An OHS from per-server candidate lists (None: the initial history)."""
+    return {s: OHSEntry(make_rh(rh), None) for s, rh in enumerate(rhs) if rh is not None}
+
+
+def view(o: dict[int, OHSEntry], oid: int = 1, th: Thresholds = TH) -> View:
+    return View({oid: o}, th)
+
+
+# Timestamps -------------------------------------------------------------------------------
+
+
+def test_timestamp_order_is_time_then_barrier_then_client_then_hash() -> None:
+    assert ts(1, True, 9, 9) < ts(2, False, 0, 0)
+    assert ts(3, False, 9, 9) < ts(3, True, 0, 0)  # FALSE < TRUE (L2310)
+    assert ts(3, True, 1, 9) < ts(3, True, 2, 0)
+    assert ts(3, True, 1, 1) < ts(3, True, 1, 2)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**40),
+            st.booleans(),
+            st.integers(0, 2**20),
+            st.binary(min_size=32, max_size=32),
+        ),
+        min_size=2,
+        max_size=8,
+    )
+)
+def test_timestamp_bytes_sort_like_timestamps(raw: list) -> None:
+    stamps = [Timestamp(*r) for r in raw]
+    assert sorted(stamps) == sorted(stamps, key=lambda t: t.encode())
+    for t in stamps:
+        assert Timestamp.decode(t.encode()) == t
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\0" * 48, b"\0" * 8 + b"\2" + b"\0" * 40, (1 << 63).to_bytes(8, "big") + bytes(41)],
+)
+def test_malformed_timestamps_are_refused(data: bytes) -> None:
+    with pytest.raises(TimestampError):
+        Timestamp.decode(data)
+
+
+def test_candidate_wire_checks_fields() -> None:
+    c = cand(ts(2), ts(1), (3, 5))
+    assert Candidate.from_wire(c.wire()) == c
+    with pytest.raises(TimestampError):
+        Candidate.from_wire([ts(1).encode(), ts(2).encode(), [1]])  # lt_co > lt
+    with pytest.raises(TimestampError):
+        Candidate.from_wire([ts(2).encode(), ts(1).encode(), [5, 3]])  # unsorted objects
+    assert Candidate.from_wire(INITIAL.wire()) is INITIAL
+
+
+def test_canonical_encoding_ignores_dict_order_and_refuses_floats() -> None:
+    assert canonical({"b": 1, "a": [1, (2, 3)]}) == canonical({"a": [1, [2, 3]], "b": 1})
+    with pytest.raises(CanonicalError):
+        canonical({"x": 1.5})
+
+
+def test_replica_history_wire_is_canonical() -> None:
+    rh = make_rh([cand(ts(1)), INITIAL, cand(ts(2), ts(1))])
+    assert rh[0].lt == ts(2) and rh[-1] == INITIAL
+    assert rh_from_wire(rh_wire(rh)) == rh
+    with pytest.raises(ValueError, match="canonical"):
+        rh_from_wire(list(reversed(rh_wire(rh))))
+
+
+# Thresholds (L2288-2301) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("t", "b", "n", "q", "r"), [(1, 1, 6, 5, 3), (4, 4, 21, 17, 9), (2, 1, 9, 7, 4)]
+)
+def test_minimal_thresholds(t: int, b: int, n: int, q: int, r: int) -> None:
+    th = Thresholds.minimal(t, b)
+    assert (th.n, th.q, th.r) == (n, q, r)
+    th.validate()
+
+
+@pytest.mark.parametrize(
+    ("th", "rule"),
+    [
+        (Thresholds(n=6, t=1, b=1, q=6, r=3), "4.2"),
+        (Thresholds(n=7, t=1, b=1, q=5, r=3), "4.3"),
+        (Thresholds(n=6, t=1, b=1, q=5, r=2), "4.4"),
+        (Thresholds(n=6, t=1, b=2, q=5, r=3), "b <= t"),
+    ],
+)
+def test_threshold_rules_are_named(th: Thresholds, rule: str) -> None:
+    with pytest.raises(ThresholdError, match=rule.replace(".", r"\.")):
+        th.validate()
+
+
+# Classification, one rule at a time (lines 700-712) ----------------------------------------
+
+A = cand(ts(1), ZERO)
+B = cand(ts(2), ts(1))
+BAR = cand(ts(3, True), ts(1))
+
+
+def test_all_initial_is_a_complete_object_method() -> None:
+    c = classify(view(ohs()), 1)
+    assert c.type is OpType.METHOD and c.obj == INITIAL
+
+
+def test_latest_complete_object_means_method() -> None:
+    o = ohs(*[[A, INITIAL]] * 5, [INITIAL])
+    c = classify(view(o), 1)
+    assert (c.type, c.obj, c.latest) == (OpType.METHOD, A, A.lt)
+
+
+def test_latest_repairable_object_means_barrier_and_inline_repair() -> None:
+    o = ohs(*[[A, INITIAL]] * 3, [INITIAL], [INITIAL], [INITIAL])
+    v = view(o)
+    c = classify(v, 1)
+    assert c.type is OpType.BARRIER and c.obj == A
+    assert inline_target(v) == A
+
+
+def test_latest_incomplete_means_barrier_without_inline_repair() -> None:
+    o = ohs(*[[A, INITIAL]] * 5, [B, A])
+    v = view(o)
+    c = classify(v, 1)
+    assert c.type is OpType.BARRIER and c.obj == A and c.latest == B.lt
+    assert inline_target(v) is None
+    # ... but a query may return the answer computed on the established A (L2588-2595).
+    assert established_answer_point(v, 1) == A
+
+
+def test_complete_barrier_latest_means_copy() -> None:
+    o = ohs(*[[BAR, B, A]] * 2, *[[BAR, A]] * 3, [B, A])
+    c = classify(view(o), 1)
+    assert c.type is OpType.COPY and c.bar == BAR and c.obj == B  # B has order 3 = r
+
+
+def test_repairable_barrier_is_inline_repaired_and_incomplete_barrier_too() -> None:
+    o = ohs(*[[BAR, A]] * 3, *[[A]] * 3)
+    assert inline_target(view(o)) == BAR
+    o = ohs([BAR, A], *[[A]] * 5)
+    assert inline_target(view(o)) == BAR  # L2676-2684: not complete barrier -> inline
+
+
+def test_setup_method_barrier_and_copy_follow_lines_1100_1118() -> None:
+    d = b"\1" * 32
+    o = ohs(*[[A, INITIAL]] * 5)
+    su = setup(view(o), 77, b"op", d)
+    assert su.type is OpType.METHOD and not su.lt.barrier and su.lt.time == 2
+    assert su.lt.client == 77 and su.candidates[1].lt_co == A.lt and su.current[1] == A.lt
+    o = ohs(*[[A, INITIAL]] * 3)
+    su = setup(view(o), 77, b"op", d)
+    assert su.type is OpType.BARRIER and su.lt.barrier and su.current[1] == su.lt
+    assert su.candidates[1].lt_co == A.lt
+    o = ohs(*[[BAR, A]] * 5)
+    su = setup(view(o), 77, None, d)
+    assert su.type is OpType.COPY and not su.lt.barrier and su.lt.time == 4
+    assert su.current[1] == BAR.lt and su.candidates[1].lt_co == A.lt
+
+
+def test_setup_is_a_function_of_its_inputs_only() -> None:
+    o = ohs(*[[A, INITIAL]] * 5)
+    d = multi_ohs_digest({1: o})
+    a = setup(view(o), 5, b"x", d)
+    b = setup(view(dict(reversed(list(o.items())))), 5, b"x", d)
+    assert a == b
+    assert setup(view(o), 5, b"y", d).lt != a.lt  # the operation is in the timestamp
+    assert setup(view(o), 6, b"x", d).lt != a.lt  # so is the client
+
+
+def test_digest_ignores_authenticators_and_initial_entries() -> None:
+    o = ohs(*[[A, INITIAL]] * 2)
+    o2 = {s: OHSEntry(e.rh, (b"\0" * 16,) * 6) for s, e in o.items()}
+    o2[5] = OHSEntry(make_rh([INITIAL]), None)
+    assert multi_ohs_digest({1: o}) == multi_ohs_digest({1: o2})
+
+
+# Multi-object deduction (L2747-2754) --------------------------------------------------------
+
+
+def test_deduction_counts_servers_across_the_candidates_objects() -> None:
+    m = cand(ts(2), ts(1), (1, 2))
+    a = ohs(*[[m, A]] * 2, *[[A]] * 4)  # at object 1 only 2 servers show m
+    b = ohs(None, None, *[[m]] * 3, None)  # object 2: three others do
+    v = View({1: a, 2: {s: e for s, e in b.items()}}, TH)
+    assert v.order(1, m) == 5 and v.order(2, m) == 5
+    assert classify(v, 1).type is OpType.METHOD and classify(v, 1).obj == m
+    v1 = view(a)
+    assert missing_objects(v1) == {2}  # alone, object 1 must ask for object 2
+    assert missing_objects(v) == frozenset()
+
+
+def test_multi_candidate_older_than_a_local_complete_needs_no_deduction() -> None:
+    m = cand(ts(2), ts(1), (1, 2))
+    c = cand(ts(3), ts(2))
+    a = ohs(*[[c, m]] * 5, [m])
+    assert missing_objects(view(a)) == frozenset()
+
+
+def test_stray_candidates_of_order_at_most_b_are_identified() -> None:
+    forged = cand(ts(900), A.lt)
+    o = ohs(*[[A]] * 5, [forged, A])
+    assert stray_holders(view(o), 1) == {5}
+    o = ohs(*[[A]] * 4, [B, A], [B, A])  # order 2 > b: a real (if incomplete) candidate
+    assert stray_holders(view(o), 1) == set()
+
+
+# Property: the View agrees with a literal transcription of the pseudo-code -----------------
+
+
+def oracle(rhs: dict[int, list[Candidate]], th: Thresholds) -> tuple:
+    full = [rhs.get(s, [INITIAL]) for s in range(th.n)]
+
+    def order(c: Candidate) -> int:  # line 800
+        return sum(1 for rh in full if c in rh)
+
+    def latest_candidate(flag: bool) -> Candidate | None:  # lines 1200-1206
+        cs = {c for rh in full for c in rh if order(c) >= th.r and c.lt.barrier == flag}
+        return max(cs, key=lambda c: c.lt) if cs else None
+
+    obj, bar = latest_candidate(False), latest_candidate(True)
+    lat = max(c.lt for rh in full for c in rh)  # latest_time
+    typ = OpType.BARRIER
+    if bar is not None and lat == bar.lt and order(bar) >= th.q:
+        typ = OpType.COPY
+    if obj is not None and lat == obj.lt and order(obj) >= th.q:
+        typ = OpType.METHOD
+    return typ, obj, bar, lat
+
+
+POOL = [INITIAL] + [
+    cand(ts(t, bar, client=c), ZERO) for t in (1, 2, 3) for bar in (False, True) for c in (1, 2)
+]
+
+
+@given(
+    st.integers(1, 2).flatmap(
+        lambda b: st.tuples(
+            st.just(b),
+            st.lists(
+                st.lists(st.sampled_from(POOL), min_size=1, max_size=4, unique=True),
+                min_size=5 * b + 1,
+                max_size=5 * b + 1,
+            ),
+        )
+    )
+)
+def test_classify_matches_the_pseudo_code(case: tuple) -> None:
+    b, lists = case
+    th = Thresholds.minimal(b, b)
+    rhs = {s: rh for s, rh in enumerate(lists)}
+    o = {s: OHSEntry(make_rh(rh), None) for s, rh in rhs.items()}
+    c = classify(View({1: o}, th), 1)
+    typ, obj, bar, lat = oracle({s: list(make_rh(rh)) for s, rh in rhs.items()}, th)
+    assert (c.type, c.obj, c.bar, c.latest) == (typ, obj, bar, lat)
+
+
+@given(
+    st.sets(st.integers(0, 5)),  # servers that accepted the multi-object candidate
+    st.sets(st.integers(0, 5), min_size=1),  # servers whose history of object 1 we hold
+    st.sets(st.integers(0, 5), min_size=1),  # ... of object 2
+)
+def test_deduction_never_classifies_one_update_two_ways(
+    accepted: set[int], seen1: set[int], seen2: set[int]
+) -> None:
+    """Every server accepts a multi-object candidate for all its objects or for none, so
+    whatever part of that the client saw, both objects classify it alike (L2829-2837)."""
+    m = cand(ts(2), ts(1), (1, 2))
+    a1, a2 = cand(ts(1), ZERO, (1,)), cand(ts(1, client=2), ZERO, (2,))
+
+    def o(seen: set[int], base: Candidate) -> dict[int, OHSEntry]:
+        return {s: OHSEntry(make_rh([m, base] if s in accepted else [base]), None) for s in seen}
+
+    v = View({1: o(seen1, a1), 2: o(seen2, a2)}, TH)
+    assert v.order(1, m) == v.order(2, m) == len(accepted & (seen1 | seen2))
+    c1, c2 = classify(v, 1), classify(v, 2)
+    if v.order(1, m):
+        assert (c1.type, c1.obj == m) == (c2.type, c2.obj == m)

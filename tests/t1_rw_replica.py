@@ -1,0 +1,165 @@
+"""Storage-node steps (bftfs/rw/replica.py) over MemoryKV: WRITE validation, idempotence,
+TIME_REQUEST, READ_LATEST / READ_PREV with bounded histories, and collection floors.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bftfs import erasure
+from bftfs.node.kv import MemoryKV
+from bftfs.rw import replica
+from bftfs.rw.messages import ReadRequest, WriteRequest
+from bftfs.rw.schema import DB_VERSIONS, StoredVersion, split_key, version_key
+from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, ZERO, Timestamp, make_timestamp
+
+N, M = 6, 3
+NOW = 10**18
+
+
+def version(data: bytes, time: int, writer: int = 70000) -> tuple[Timestamp, erasure.Encoded]:
+    enc = erasure.encode(data, M, N)
+    return make_timestamp(time, writer, enc.verifier), enc
+
+
+def write(kv: MemoryKV, block: int, data: bytes, time: int, node: int = 2) -> Timestamp:
+    stamp, enc = version(data, time)
+    req = WriteRequest(block, stamp, enc.cross_checksum, enc.fragments[node])
+    replica.check_write(req, node=node, n=N, now_ns=NOW, max_ahead_ns=DEFAULT_MAX_AHEAD_NS)
+    assert replica.store_write(kv, req).new
+    return stamp
+
+
+def check(req: WriteRequest, node: int = 2, now: int = NOW) -> None:
+    replica.check_write(req, node=node, n=N, now_ns=now, max_ahead_ns=DEFAULT_MAX_AHEAD_NS)
+
+
+def test_valid_write_is_stored_and_repeated_write_is_idempotent() -> None:
+    kv = MemoryKV()
+    stamp, enc = version(b"data", 100)
+    req = WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2])
+    check(req)
+    assert replica.store_write(kv, req).new
+    assert not replica.store_write(kv, req).new
+    assert replica.has_version(kv, 7, stamp)
+    raw = kv.get(DB_VERSIONS, version_key(7, stamp))
+    assert raw is not None and StoredVersion.decode(raw).fragment == enc.fragments[2]
+
+
+def test_fragment_for_another_node_is_refused() -> None:
+    stamp, enc = version(b"data", 100)
+    with pytest.raises(replica.Refused) as e:
+        check(WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[3]), node=2)
+    assert e.value.code == "bad-fragment"
+
+
+def test_cross_checksum_not_matching_verifier_is_refused() -> None:
+    stamp, enc = version(b"data", 100)
+    other = erasure.encode(b"other", M, N)
+    with pytest.raises(replica.Refused) as e:
+        check(WriteRequest(7, stamp, other.cross_checksum, other.fragments[2]))
+    assert e.value.code == "bad-verifier"
+
+
+def test_zero_timestamp_and_wrong_sized_cross_checksum_are_refused() -> None:
+    _, enc = version(b"data", 100)
+    with pytest.raises(replica.Refused):
+        check(WriteRequest(7, ZERO, enc.cross_checksum, enc.fragments[2]))
+    stamp, _ = version(b"data", 100)
+    with pytest.raises(replica.Refused):
+        replica.check_write(
+            WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2]),
+            node=2,
+            n=N + 1,
+            now_ns=NOW,
+            max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
+        )
+
+
+def test_time_too_far_ahead_of_the_node_clock_is_refused() -> None:
+    stamp, enc = version(b"data", NOW + DEFAULT_MAX_AHEAD_NS)
+    check(WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2]))  # exactly the bound
+    stamp, enc = version(b"data", NOW + DEFAULT_MAX_AHEAD_NS + 1)
+    with pytest.raises(replica.Refused) as e:
+        check(WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2]))
+    assert e.value.code == "too-far-ahead"
+
+
+def test_time_request_returns_the_greatest_version_of_the_block_only() -> None:
+    kv = MemoryKV()
+    assert replica.time_step(kv, 5).latest == ZERO
+    write(kv, 4, b"neighbour-below", 900)
+    write(kv, 6, b"neighbour-above", 999)
+    assert replica.time_step(kv, 5).latest == ZERO
+    a = write(kv, 5, b"a", 10)
+    b = write(kv, 5, b"b", 30)
+    write(kv, 5, b"c", 20)
+    assert replica.time_step(kv, 5).latest == b and a < b
+
+
+def test_keys_sort_by_block_then_time() -> None:
+    stamps = [version(b"x", t)[0] for t in (1, 2**40, 2**63)]
+    keys = [version_key(b, s) for b in (1, 2, 2**100) for s in stamps]
+    assert keys == sorted(keys)
+    assert split_key(keys[4]) == (2, stamps[1])
+
+
+def test_read_latest_and_prev_with_bounded_history() -> None:
+    kv = MemoryKV()
+    write(kv, 4, b"other block", 50)
+    write(kv, 6, b"other block", 1)
+    stamps = [write(kv, 5, bytes([i]) * 10, 10 * (i + 1)) for i in range(5)]  # 10..50
+    latest = replica.read_step(kv, ReadRequest(5, data=True), history=3)
+    assert latest.history == tuple(reversed(stamps))[:3] and latest.more
+    assert latest.floor == ZERO
+    assert latest.cross_checksum is not None and latest.fragment is not None
+    assert erasure.fragment_matches(latest.cross_checksum, 2, latest.fragment)
+    # READ_PREV is strictly below (spec H.2) ...
+    prev = replica.read_step(kv, ReadRequest(5, data=False, below=stamps[2]), history=3)
+    assert prev.history == (stamps[1], stamps[0]) and not prev.more
+    assert prev.fragment is None and prev.cross_checksum is None  # a read witness
+    # ... and the inclusive form fetches one exact version.
+    exact = replica.read_step(kv, ReadRequest(5, data=True, below=stamps[2], inclusive=True))
+    assert exact.latest == stamps[2] and exact.fragment is not None
+    first = replica.read_step(kv, ReadRequest(5, data=True, below=stamps[0]))
+    assert first.history == () and not first.more and first.fragment is None
+    empty = replica.read_step(kv, ReadRequest(9, data=True))
+    assert empty.history == () and empty.latest is None
+
+
+def test_collection_deletes_below_the_floor_and_reports_it() -> None:
+    kv = MemoryKV()
+    stamps = [write(kv, 5, bytes([i]), 10 * (i + 1)) for i in range(4)]
+    other = write(kv, 6, b"x", 1)
+    done = replica.collect_step(kv, 5, stamps[2])
+    assert done.deleted == 2 and done.floor == stamps[2]
+    assert replica.collect_step(kv, 5, stamps[1]).deleted == 0  # the floor only rises
+    reply = replica.read_step(kv, ReadRequest(5, data=False))
+    assert reply.history == (stamps[3], stamps[2]) and reply.floor == stamps[2]
+    assert replica.read_step(kv, ReadRequest(6, data=False)).history == (other,)
+    # A write below the floor is acknowledged and not stored.
+    stamp, enc = version(b"late repair", 5)
+    req = WriteRequest(5, stamp, enc.cross_checksum, enc.fragments[2])
+    assert not replica.store_write(kv, req).new
+    assert not replica.has_version(kv, 5, stamp)
+
+
+def test_history_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        replica.read_step(MemoryKV(), ReadRequest(1, data=False), history=0)
+
+
+def test_fresh_write_conflicts_with_any_version_at_or_above_it() -> None:
+    kv = MemoryKV()
+    later = write(kv, 5, b"later", 50)
+    stamp, enc = version(b"guess", 40)
+    req = WriteRequest(5, stamp, enc.cross_checksum, enc.fragments[2], fresh=True)
+    assert replica.fresh_conflict(kv, req) == later
+    assert (
+        replica.fresh_conflict(kv, WriteRequest(5, stamp, req.cross_checksum, req.fragment)) is None
+    )
+    above, enc2 = version(b"guess", 60)
+    fresh = WriteRequest(5, above, enc2.cross_checksum, enc2.fragments[2], fresh=True)
+    assert replica.fresh_conflict(kv, fresh) is None
+    assert replica.store_write(kv, fresh).new
+    assert replica.fresh_conflict(kv, fresh) is None  # a resend of an executed write is fine

@@ -1,0 +1,266 @@
+"""Tier 3: file data on PASIS blocks through the file-system model.
+
+Reads and writes across block boundaries, holes, truncation up, down and to zero, O_APPEND,
+O_TRUNC, large files flushed in pieces, the write-back cache (buffered size in getattr,
+flush/fsync/release), close-to-open consistency between two clients, and a seeded
+data-integrity exerciser comparing every read with an in-memory model of the file.  Small
+blocks (4 KiB) make block boundaries frequent.  Every test ends with the invariant checks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from fs_helpers import Env, run
+
+from bftfs.fs.errors import BadHandle, IsDir
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.objects import ROOT
+
+BS = 4096
+SMALL = {"block_size": BS}
+
+
+async def new_file(fs: FileSystem, name: bytes = b"f", flags: int = os.O_RDWR) -> tuple[int, int]:
+    fh, a = await fs.create(ROOT, name, 0o644, 0, 0, flags)
+    return fh, a.ino
+
+
+def test_write_read_across_blocks_and_short_read_at_eof(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, ino = await new_file(fs)
+        data = bytes(random.Random(1).randbytes(3 * BS + 100))
+        assert await fs.write(fh, 0, data) == len(data)
+        assert await fs.read(fh, 0, len(data)) == data  # from the cache, before a flush
+        assert (await fs.getattr(ino)).size == len(data)  # buffered size
+        await fs.flush(fh)
+        assert await fs.read(fh, BS - 10, 20) == data[BS - 10 : BS + 10]
+        assert await fs.read(fh, len(data) - 5, 100) == data[-5:]
+        assert await fs.read(fh, len(data) + 5, 100) == b""
+        await fs.release(fh)
+        fh = await env.fss[1].open(ino, os.O_RDONLY)
+        assert await env.fss[1].read(fh, 0, 10 * BS) == data
+        assert await env.fss[1].read(fh, 2 * BS + 7, 3) == data[2 * BS + 7 : 2 * BS + 10]
+        await env.fss[1].release(fh)
+        with pytest.raises(BadHandle):
+            await fs.read(fh, 0, 1)
+
+    run(tmp_path, body, **SMALL)
+
+
+def test_sparse_file_reads_zeros_in_holes(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, ino = await new_file(fs)
+        far = 10 * 1024 * 1024 + 123  # far beyond the initial reservation
+        await fs.write(fh, far, b"end")
+        await fs.write(fh, 5, b"start")
+        await fs.release(fh)
+        a = await fs.getattr(ino)
+        assert a.size == far + 3
+        fh = await env.fss[1].open(ino, os.O_RDONLY)
+        other = env.fss[1]
+        assert await other.read(fh, 0, 16) == bytes(5) + b"start" + bytes(6)
+        assert await other.read(fh, 5 * 1024 * 1024, 2 * BS) == bytes(2 * BS)
+        assert await other.read(fh, far - 2, 10) == b"\0\0end"
+        await other.release(fh)
+
+    run(tmp_path, body, **SMALL)
+
+
+def test_truncate_down_up_and_to_zero(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs, other = env.fss
+        fh, ino = await new_file(fs)
+        data = random.Random(2).randbytes(5 * BS)
+        await fs.write(fh, 0, data)
+        await fs.release(fh)
+        a = await fs.setattr(ino, size=BS + 10)  # down, mid-block
+        assert a.size == BS + 10
+        a = await fs.setattr(ino, size=4 * BS)  # up again: the cut-off bytes stay gone
+        assert a.size == 4 * BS
+        fh = await other.open(ino, os.O_RDONLY)
+        got = await other.read(fh, 0, 8 * BS)
+        assert got == data[: BS + 10] + bytes(3 * BS - 10)
+        await other.release(fh)
+        d_before = (await env.raw.query(ino, "fs.stat"))["d"]
+        a = await fs.setattr(ino, size=0)
+        assert a.size == 0
+        assert (await env.raw.query(ino, "fs.stat"))["d"] != d_before  # fresh data id
+        a = await fs.setattr(ino, size=2 * BS)
+        fh = await other.open(ino, os.O_RDONLY)
+        assert await other.read(fh, 0, 4 * BS) == bytes(2 * BS)
+        await other.release(fh)
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        with pytest.raises(IsDir):
+            await fs.setattr(d.ino, size=1)
+
+    run(tmp_path, body, **SMALL)
+
+
+def test_truncate_of_an_open_file_with_buffered_writes(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, ino = await new_file(fs)
+        await fs.write(fh, 0, b"a" * (3 * BS))
+        await fs.setattr(ino, size=BS // 2)  # flushes, then truncates
+        assert (await fs.getattr(ino)).size == BS // 2
+        await fs.write(fh, BS, b"b")
+        assert await fs.read(fh, 0, 2 * BS) == b"a" * (BS // 2) + bytes(BS // 2) + b"b"
+        await fs.release(fh)
+        fh = await env.fss[1].open(ino, os.O_RDONLY)
+        assert await env.fss[1].read(fh, 0, 2 * BS) == b"a" * (BS // 2) + bytes(BS // 2) + b"b"
+        await env.fss[1].release(fh)
+
+    run(tmp_path, body, **SMALL)
+
+
+def test_o_append_and_o_trunc(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, ino = await new_file(a)
+        await a.write(fh, 0, b"0123456789")
+        await a.release(fh)
+        fh = await b.open(ino, os.O_WRONLY | os.O_APPEND)
+        await b.write(fh, 0, b"abc")  # offset ignored: appends
+        await b.write(fh, 2, b"def")
+        await b.release(fh)
+        fh = await a.open(ino, os.O_RDONLY)
+        assert await a.read(fh, 0, 100) == b"0123456789abcdef"
+        await a.release(fh)
+        fh = await a.open(ino, os.O_WRONLY | os.O_TRUNC)
+        assert (await a.getattr(ino)).size == 0
+        await a.write(fh, 0, b"new")
+        await a.release(fh)
+        fh = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"new"
+        await b.release(fh)
+
+    run(tmp_path, body, **SMALL)
+
+
+def test_large_file_is_flushed_in_pieces_and_read_back(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs, other = env.fss
+        fh, ino = await new_file(fs)
+        data = random.Random(3).randbytes(600 * 1024)
+        for off in range(0, len(data), 32 * 1024):  # 32 KiB writes, like a copy
+            await fs.write(fh, off, data[off : off + 32 * 1024])
+            assert sum(len(v) for v in fs.open_files()[ino].dirty.values()) <= 128 * 1024 + BS
+        await fs.fsync(fh)
+        assert (await env.raw.query(ino, "fs.stat"))["size"] == len(data)
+        await fs.release(fh)
+        fh = await other.open(ino, os.O_RDONLY)
+        got = b"".join([await other.read(fh, off, 50_000) for off in range(0, len(data), 50_000)])
+        assert got == data
+        await other.release(fh)
+        reads = other.rw.statistics()["reads"]
+        assert reads >= len(data) // BS  # every block came from the servers
+
+    run(tmp_path, body, fs_options={"dirty_limit": 128 * 1024}, **SMALL)
+
+
+def test_close_to_open_consistency(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, ino = await new_file(a)
+        await a.write(fh, 0, b"version one")
+        await a.release(fh)
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fb, 0, 100) == b"version one"
+        fa = await a.open(ino, os.O_WRONLY)
+        await a.write(fa, 8, b"two")
+        assert (await b.getattr(ino)).size == len(b"version one")
+        await a.release(fa)
+        # b's open handle keeps serving what it cached; a new open sees a's change.
+        assert await b.read(fb, 0, 100) == b"version one"
+        await b.release(fb)
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fb, 0, 100) == b"version two"
+        await b.release(fb)
+        # An unchanged file keeps its cached blocks across opens: no new block reads.
+        reads = b.rw.statistics()["reads"]
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fb, 0, 100) == b"version two"
+        await b.release(fb)
+        assert b.rw.statistics()["reads"] in (reads, reads + 1)
+
+    run(tmp_path, body, **SMALL)
+
+
+def test_unlinked_open_file_stays_usable(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, ino = await new_file(fs)
+        await fs.write(fh, 0, b"still here")
+        await fs.unlink(ROOT, b"f")
+        await fs.flush(fh)
+        assert await fs.read(fh, 0, 100) == b"still here"
+        assert (await fs.getattr(ino)).nlink == 0
+        await fs.release(fh)
+
+    run(tmp_path, body, **SMALL)
+
+
+async def exercise(env: Env, seed: int, steps: int) -> None:
+    """Random writes, truncations, reads, flushes and re-opens (by either client) against
+    a bytearray model; every read must match the model exactly."""
+    rng = random.Random(seed)
+    fss = env.fss
+    fh, ino = await new_file(fss[0], b"x%d" % seed)
+    owner = 0
+    model = bytearray()
+    limit = 12 * BS
+    for _ in range(steps):
+        fs = fss[owner]
+        op = rng.random()
+        if op < 0.45:
+            off = rng.randrange(0, limit)
+            n = rng.choice([1, 7, BS - 1, BS, BS + 1, rng.randrange(1, 3 * BS)])
+            data = rng.randbytes(n)
+            await fs.write(fh, off, data)
+            if len(model) < off:
+                model.extend(bytes(off - len(model)))
+            model[off : off + n] = data
+        elif op < 0.55:
+            size = rng.choice([0, rng.randrange(0, limit), len(model) + rng.randrange(1, 2 * BS)])
+            await fs.setattr(ino, size=size)
+            del model[size:]
+            model.extend(bytes(size - len(model)))
+        elif op < 0.85:
+            off = rng.randrange(0, limit)
+            n = rng.randrange(1, 4 * BS)
+            assert await fs.read(fh, off, n) == bytes(model[off : off + n]), (seed, off, n)
+        elif op < 0.92:
+            await fs.flush(fh)
+        else:  # close, and open again in either client (close-to-open)
+            await fs.release(fh)
+            owner = rng.randrange(len(fss))
+            fh = await fss[owner].open(ino, os.O_RDWR)
+        assert (await fss[owner].getattr(ino)).size == len(model)
+    await fss[owner].release(fh)
+    check = fss[1 - owner]
+    fh = await check.open(ino, os.O_RDONLY)
+    assert await check.read(fh, 0, len(model) + BS) == bytes(model)
+    await check.release(fh)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_data_integrity_exerciser(tmp_path: Path, seed: int) -> None:
+    async def body(env: Env) -> None:
+        await exercise(env, seed, 120)
+
+    run(tmp_path, body, seed=seed, fs_options={"dirty_limit": 8 * BS}, **SMALL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10, 16))
+def test_data_integrity_exerciser_long(tmp_path: Path, seed: int) -> None:
+    async def body(env: Env) -> None:
+        await exercise(env, seed, 1500)
+
+    run(tmp_path, body, seed=seed, fs_options={"dirty_limit": 8 * BS}, **SMALL)

@@ -1,0 +1,202 @@
+"""Ordinary programs in a real mount of a real cluster of node processes (issue 5).
+
+One cluster of 6 node processes serves the module; each test works in its own directory of
+one long-lived mount (plus a second mount, as another client, where two clients matter).
+Every check compares against the same work done on the local disk.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import random
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mount_helpers import REPO, assert_same_tree, make_tree
+
+from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.processes import ProcessCluster
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    with ProcessCluster(
+        tmp_path_factory.mktemp("cluster") / "c", map_size=1 << 30, durable=False
+    ) as pc:
+        yield pc
+
+
+@pytest.fixture(scope="module")
+def mnt(cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with Mount(cluster.config, tmp_path_factory.mktemp("mnt") / "m") as m:
+        yield m.mountpoint
+
+
+@pytest.fixture
+def work(mnt: Path, request: pytest.FixtureRequest) -> Path:
+    d = mnt / request.node.name.replace("[", "_").replace("]", "_")
+    d.mkdir()
+    return d
+
+
+def test_files_and_directories_basics(work: Path) -> None:
+    f = work / "hello.txt"
+    f.write_bytes(b"hello, bftfs\n")
+    assert f.read_bytes() == b"hello, bftfs\n"
+    assert f.stat().st_size == 13 and stat.S_ISREG(f.stat().st_mode)
+    (work / "sub").mkdir()
+    f.rename(work / "sub" / "moved.txt")
+    assert not f.exists() and (work / "sub" / "moved.txt").read_bytes() == b"hello, bftfs\n"
+    assert sorted(os.listdir(work)) == ["sub"]
+    with pytest.raises(OSError) as e:
+        (work / "sub").rmdir()
+    assert e.value.errno == 39  # ENOTEMPTY
+    (work / "sub" / "moved.txt").unlink()
+    (work / "sub").rmdir()
+    assert os.listdir(work) == []
+
+
+def test_cp_a_and_diff_r(work: Path, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", seed=1)
+    shutil.copytree(
+        REPO / "bftfs",
+        src / "bftfs-source",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    subprocess.run(["cp", "-a", str(src), str(work / "copy")], check=True)
+    assert_same_tree(src, work / "copy")
+    st_src, st_dst = (src / "private.bin").stat(), (work / "copy" / "private.bin").stat()
+    assert stat.S_IMODE(st_dst.st_mode) == stat.S_IMODE(st_src.st_mode) == 0o640
+    assert st_dst.st_mtime_ns == st_src.st_mtime_ns  # cp -a preserves times
+
+
+def test_tar_create_and_extract(work: Path, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", seed=2, files=30)
+    subprocess.run(["tar", "-C", str(src), "-cf", str(work / "a.tar"), "."], check=True)
+    (work / "x").mkdir()
+    subprocess.run(["tar", "-C", str(work / "x"), "-xf", str(work / "a.tar")], check=True)
+    assert_same_tree(src, work / "x")
+    subprocess.run(["tar", "-C", str(src), "-cf", str(tmp_path / "b.tar"), "."], check=True)
+    (tmp_path / "y").mkdir()
+    subprocess.run(["tar", "-C", str(tmp_path / "y"), "-xf", str(work / "a.tar")], check=True)
+    assert_same_tree(src, tmp_path / "y")
+
+
+def test_gcc_compiles_links_and_runs(work: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    (work / "lib.c").write_text("int square(int x) { return x * x; }\n")
+    (work / "main.c").write_text(
+        "#include <stdio.h>\nint square(int);\n"
+        'int main(void) { printf("%d\\n", square(12)); return 0; }\n'
+    )
+    subprocess.run(["gcc", "-c", "lib.c", "-o", "lib.o"], cwd=work, check=True)
+    subprocess.run(["gcc", "main.c", "lib.o", "-o", "prog"], cwd=work, check=True)
+    out = subprocess.run([str(work / "prog")], capture_output=True, text=True, check=True)
+    assert out.stdout == "144\n"
+
+
+def test_git_init_add_commit_log(work: Path) -> None:
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@e",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@e",
+        GIT_CONFIG_GLOBAL="/dev/null",
+    )
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=work, env=env, check=True, capture_output=True, text=True
+        ).stdout
+
+    git("init", "-q", "-b", "main")
+    (work / "README").write_text("one\n")
+    git("add", "README")
+    git("commit", "-q", "-m", "first")
+    (work / "README").write_text("two\n")
+    git("commit", "-q", "-am", "second")
+    assert git("log", "--format=%s").split() == ["second", "first"]
+    assert git("fsck", "--no-progress") == ""
+    assert git("show", "HEAD~1:README") == "one\n"
+
+
+def test_mv_links_symlinks_find_du(work: Path) -> None:
+    (work / "a").mkdir()
+    (work / "b").mkdir()
+    (work / "a" / "f").write_bytes(b"x" * 200_000)
+    os.link(work / "a" / "f", work / "a" / "hard")
+    assert (work / "a" / "f").stat().st_nlink == 2
+    subprocess.run(["mv", str(work / "a" / "f"), str(work / "b" / "g")], check=True)
+    assert (work / "b" / "g").stat().st_nlink == 2
+    assert (work / "b" / "g").stat().st_ino == (work / "a" / "hard").stat().st_ino
+    os.symlink("../b/g", work / "a" / "sym")
+    assert os.readlink(work / "a" / "sym") == "../b/g"
+    assert (work / "a" / "sym").read_bytes() == b"x" * 200_000
+    found = subprocess.run(
+        ["find", str(work), "-type", "f"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(found) == sorted([str(work / "a" / "hard"), str(work / "b" / "g")])
+    du = subprocess.run(
+        ["du", "-sk", str(work / "b")], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    assert int(du) >= 195  # 200 000 bytes are allocated somewhere
+    os.unlink(work / "a" / "hard")
+    assert (work / "b" / "g").stat().st_nlink == 1
+
+
+def test_python_sparse_large_file(work: Path) -> None:
+    path = work / "sparse"
+    rng = random.Random(7)
+    model = bytearray()
+    with open(path, "w+b") as f:
+        for _ in range(40):
+            op = rng.random()
+            if op < 0.6:
+                off = rng.randrange(0, 12 * 1024 * 1024)
+                data = rng.randbytes(rng.randrange(1, 200_000))
+                f.seek(off)
+                f.write(data)
+                if len(model) < off:
+                    model.extend(bytes(off - len(model)))
+                model[off : off + len(data)] = data
+            elif op < 0.75:
+                size = rng.randrange(0, max(1, len(model) + 100_000))
+                f.truncate(size)
+                del model[size:]
+                model.extend(bytes(size - len(model)))
+            else:
+                off = rng.randrange(0, max(1, len(model)))
+                f.seek(off)
+                assert f.read(300_000) == bytes(model[off : off + 300_000])
+        f.flush()
+        os.fsync(f.fileno())
+    assert path.stat().st_size == len(model)
+    assert path.read_bytes() == bytes(model)
+    with open(path, "ab") as f:  # O_APPEND writes at the end
+        f.write(b"tail")
+    assert path.read_bytes()[-4:] == b"tail"
+
+
+def test_two_mounts_see_each_others_files(
+    cluster: ProcessCluster, mnt: Path, work: Path, tmp_path: Path
+) -> None:
+    with Mount(cluster.config, tmp_path / "second", client="client1") as other:
+        theirs = other.mountpoint / work.name
+        (work / "from-first").write_bytes(b"one")
+        assert (theirs / "from-first").read_bytes() == b"one"
+        (theirs / "from-second").write_bytes(b"two" * 50_000)
+        assert (work / "from-second").read_bytes() == b"two" * 50_000
+        with open(theirs / "from-first", "r+b") as f:
+            f.write(b"ONE")
+        assert (work / "from-first").read_bytes() == b"ONE"
+        assert filecmp.cmp(work / "from-second", theirs / "from-second", shallow=False)

@@ -1,0 +1,341 @@
+"""PASIS reads and writes on the in-process cluster under the fault model of seed 3.3:
+up to ``b`` Byzantine nodes (each behaviour of rw_helpers.BEHAVIOURS) and up to ``t - b``
+crashed ones, in every placement, and Byzantine clients (poisonous and partial writes).
+
+Each scenario runs on a fresh block of one shared cluster per configuration, so the whole
+matrix costs one cluster start-up.  The default tier runs every placement for t = b = 1 and a
+seeded sample of the larger configurations; the slow tier runs all of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from rw_helpers import BEHAVIOURS, heal, make_byzantine, make_crashed, rw_cluster
+
+from bftfs import erasure
+from bftfs.rw.batch import KIND_BATCH
+from bftfs.rw.client import ReadFailed, RWClient
+from bftfs.rw.messages import BlockId
+from bftfs.rw.timestamp import make_timestamp
+from bftfs.testing.cluster import Cluster
+from bftfs.transport import QuorumUnavailable, RemoteError
+
+CONFIGS = {
+    "t1b1": {"t": 1, "b": 1},  # N=6, QC=4, m=3
+    "t2b2": {"t": 2, "b": 2},  # N=11, QC=7, m=5
+    "t2b1": {"t": 2, "b": 1},  # N=9, QC=6, m=4: one Byzantine plus one crashed
+}
+
+
+def placements(n: int, t: int, b: int) -> list[tuple[frozenset[int], frozenset[int]]]:
+    """Every (Byzantine set of size b, crashed set of size t - b), disjoint."""
+    out = []
+    for byz in itertools.combinations(range(n), b):
+        rest = [i for i in range(n) if i not in byz]
+        for crashed in itertools.combinations(rest, t - b):
+            out.append((frozenset(byz), frozenset(crashed)))
+    return out
+
+
+async def scenario(
+    cluster: Cluster,
+    rws: list[RWClient],
+    block: int,
+    byz: frozenset[int],
+    crashed: frozenset[int],
+    behaviour: str,
+) -> None:
+    """Writes and reads around faults; every read must return the last completed write."""
+    a, b = rws
+    v1 = b"v1 of block %d" % block
+    await a.write_block(block, v1)
+    for i in byz:
+        make_byzantine(cluster, i, behaviour)
+    for i in crashed:
+        make_crashed(cluster, i)
+    try:
+        assert await b.read_block(block) == v1
+        v2 = bytes([block % 251]) * 5000
+        await a.write_block(block, v2)
+        assert await a.read_block(block) == v2
+        assert await b.read_block(block) == v2
+        v3 = b"v3 by the other client"
+        await b.write_block(block, v3)
+        assert await a.read_block(block) == v3
+        assert await a.read_block(block + 1) == b""  # never written
+    finally:
+        heal(cluster)
+
+
+def run_matrix(
+    tmp_path: Path, config: dict[str, int], cases: list[tuple[Any, ...]], *, fast: bool = True
+) -> None:
+    """Run ``cases``; ``fast`` False uses the seed's two-round writes and no batching."""
+    options = {"one_round": fast}
+
+    async def main() -> None:
+        async with rw_cluster(tmp_path, client_options=options, batch=fast, **config) as (
+            cluster,
+            rws,
+        ):
+            for k, (byz, crashed, behaviour) in enumerate(cases):
+                block = 1000 * (k + 1)
+                try:
+                    await scenario(cluster, rws, block, byz, crashed, behaviour)
+                except AssertionError as e:
+                    raise AssertionError(
+                        f"byzantine={sorted(byz)} crashed={sorted(crashed)} {behaviour}: {e}"
+                    ) from e
+
+    trio.run(main)
+
+
+def all_cases(name: str) -> list[tuple[Any, ...]]:
+    cfg = CONFIGS[name]
+    from bftfs.config import default_sizes
+
+    n = default_sizes(cfg["t"], cfg["b"])[0]
+    return [
+        (byz, crashed, behaviour)
+        for byz, crashed in placements(n, cfg["t"], cfg["b"])
+        for behaviour in BEHAVIOURS
+    ]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["one-round-batched", "seed-unbatched"])
+@pytest.mark.parametrize("behaviour", list(BEHAVIOURS))
+def test_every_placement_t1_b1(tmp_path: Path, behaviour: str, fast: bool) -> None:
+    cases = [c for c in all_cases("t1b1") if c[2] == behaviour]
+    assert len(cases) == 6
+    run_matrix(tmp_path, CONFIGS["t1b1"], cases, fast=fast)
+
+
+@pytest.mark.parametrize("name", ["t2b2", "t2b1"])
+def test_sampled_placements_larger_configurations(tmp_path: Path, name: str) -> None:
+    cases = all_cases(name)
+    run_matrix(tmp_path, CONFIGS[name], random.Random(name).sample(cases, 12))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["t2b2", "t2b1"])
+def test_every_placement_larger_configurations(tmp_path: Path, name: str) -> None:
+    run_matrix(tmp_path, CONFIGS[name], all_cases(name))
+
+
+def test_no_faults_and_fewer_than_b_faults(tmp_path: Path) -> None:
+    run_matrix(
+        tmp_path,
+        CONFIGS["t2b2"],
+        [(frozenset(), frozenset(), "stale"), (frozenset({3}), frozenset(), "bogus-history")],
+    )
+
+
+def test_real_crash_and_recovery(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path, durable=True) as (cluster, (a, b)):
+            await a.write_block(1, b"before")
+            cluster.crash(0)
+            await cluster.wait_stopped(0)
+            await a.write_block(1, b"during")
+            assert await b.read_block(1) == b"during"
+            await cluster.recover(0)
+            cluster.crash(5)
+            assert await b.read_block(1) == b"during"
+
+    trio.run(main)
+
+
+# --- Byzantine clients ----------------------------------------------------------------------
+
+
+def poisonous(cfg: Any, a: bytes, b: bytes) -> tuple[tuple[bytes, ...], bytes]:
+    """Fragments of two values under one self-consistent cross checksum."""
+    ea, eb = erasure.encode(a, cfg.m, cfg.n), erasure.encode(b, cfg.m, cfg.n)
+    half = cfg.n // 2
+    mixed = ea.fragments[:half] + eb.fragments[half:]
+    return mixed, erasure.make_cross_checksum(len(a), mixed)
+
+
+@pytest.mark.parametrize("name", ["t1b1", "t2b2"])
+def test_poisonous_write_is_never_returned(tmp_path: Path, name: str) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path, clients=3, **CONFIGS[name]) as (cluster, rws):
+            cfg = cluster.config
+            evil, r1, r2 = rws
+            await r1.write_block(7, b"good")
+            frags, cc = poisonous(cfg, b"A" * 100, b"B" * 100)
+            time_ = await evil.read_timestamp(BlockId(7))
+            stamp = make_timestamp(time_, evil.endpoint.pid, erasure.verifier_of(cc))
+            await evil.do_write(BlockId(7), stamp, frags, cc)  # every node accepts its part
+            assert await r1.read_block(7) == b"good"
+            assert await r2.read_block(7) == b"good"
+            assert r1.statistics()["poisonous"] == 1 and r2.statistics()["poisonous"] == 1
+            # A Byzantine node among the fragments' sources changes nothing.
+            make_byzantine(cluster, 0, "corrupt-fragment")
+            assert await r2.read_block(7) == b"good"
+            heal(cluster)
+            await r2.write_block(7, b"after")
+            assert await r1.read_block(7) == b"after"
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("name", ["t1b1", "t2b2"])
+def test_partial_write_to_qc_minus_t_is_repaired_by_next_reader(tmp_path: Path, name: str) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path, **CONFIGS[name]) as (cluster, (writer, reader)):
+            cfg = cluster.config
+            await writer.write_block(3, b"old")
+            enc = erasure.encode(b"partial", cfg.m, cfg.n)
+            time_ = await writer.read_timestamp(BlockId(3))
+            stamp = make_timestamp(time_, writer.endpoint.pid, enc.verifier)
+            # The writer dies after QC - t nodes executed its write.
+            await writer.do_write(
+                BlockId(3),
+                stamp,
+                enc.fragments,
+                enc.cross_checksum,
+                targets=range(cfg.qc - cfg.t),
+            )
+            assert await reader.read_block(3) == b"partial"
+            assert reader.statistics()["repairs"] == 1
+            # After repair it is complete: the next read needs no repair.
+            assert await writer.read_block(3) == b"partial"
+            assert writer.statistics()["repairs"] == 0
+            hosts = sum(1 for node in cluster.nodes if node.stats["rw.write.new"] > 0)
+            assert hosts == cfg.n
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("name", ["t1b1", "t2b2"])
+def test_write_to_fewer_than_qc_minus_t_is_skipped(tmp_path: Path, name: str) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path, **CONFIGS[name]) as (cluster, (writer, reader)):
+            cfg = cluster.config
+            await writer.write_block(3, b"old")
+            enc = erasure.encode(b"too partial", cfg.m, cfg.n)
+            time_ = await writer.read_timestamp(BlockId(3))
+            stamp = make_timestamp(time_, writer.endpoint.pid, enc.verifier)
+            await writer.do_write(
+                BlockId(3),
+                stamp,
+                enc.fragments,
+                enc.cross_checksum,
+                targets=range(cfg.qc - cfg.t - 1),
+            )
+            assert await reader.read_block(3) == b"old"
+            assert await writer.read_block(3) == b"old"
+            assert reader.statistics()["repairs"] == 0
+            await reader.write_block(3, b"new")  # a later write supersedes it
+            assert await writer.read_block(3) == b"new"
+
+    trio.run(main)
+
+
+def test_client_time_far_ahead_is_refused_by_nodes(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path) as (cluster, (a, b)):
+            future = 2**62
+            fast = RWClient(cluster.client(0), cluster.config, clock_ns=lambda: future)
+            with pytest.raises(QuorumUnavailable):
+                await fast.write_block(4, b"from the future")
+            assert all(node.stats["rw.refused.too-far-ahead"] >= 1 for node in cluster.nodes)
+            await a.write_block(4, b"present")
+            assert await b.read_block(4) == b"present"
+
+    trio.run(main)
+
+
+def test_huge_time_from_a_byzantine_node_is_not_adopted(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path) as (cluster, (a, b)):
+            make_byzantine(cluster, 2, "fabricate-huge-time")
+            stamp = await a.write_block(4, b"x")
+            assert stamp.time < 2**62
+            assert await b.read_block(4) == b"x"
+
+    trio.run(main)
+
+
+def test_many_blocks_concurrently(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path) as (cluster, (a, b)):
+            make_byzantine(cluster, 1, "corrupt-fragment")
+            blocks = {i: bytes([i]) * (100 + i) for i in range(40)}
+            stamps = await a.write_blocks(blocks, concurrency=16)
+            assert set(stamps) == set(blocks)
+            assert await b.read_blocks(blocks, concurrency=16) == blocks
+
+    trio.run(main)
+
+
+def test_one_round_write_falls_back_above_a_newer_partial_write(tmp_path: Path) -> None:
+    """A partial write with a time ahead of the clock makes the fresh write stale at the
+    nodes hosting it; the writer falls back to READ_TIMESTAMP and writes above it."""
+
+    async def main() -> None:
+        async with rw_cluster(tmp_path) as (cluster, (a, b)):
+            cfg = cluster.config
+            await a.write_block(6, b"first")
+            enc = erasure.encode(b"ahead, partial", cfg.m, cfg.n)
+            ahead = make_timestamp(a.clock_ns() + 10**10, 999, enc.verifier)  # +10 s
+            await a.do_write(
+                BlockId(6), ahead, enc.fragments, enc.cross_checksum, targets=range(cfg.t + 1)
+            )
+            stamp = await b.write_block(6, b"second")
+            assert b.statistics()["write_fallbacks"] == 1 and stamp > ahead
+            assert sum(node.stats["rw.write.stale"] for node in cluster.nodes) >= 1
+            assert await a.read_block(6) == b"second"
+            stamp2 = await b.write_block(6, b"third")  # now the one-round guess ...
+            assert stamp2 > stamp  # ... stays above this client's own last write
+            assert await a.read_block(6) == b"third"
+
+    trio.run(main)
+
+
+def test_concurrent_operations_share_batches(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path) as (cluster, (a, b)):
+            blocks = {i: b"%d" % i * 50 for i in range(32)}
+            await a.write_blocks(blocks, concurrency=32)
+            assert await b.read_blocks(blocks, concurrency=32) == blocks
+            for rw in (a, b):
+                stats = rw.statistics()
+                assert stats["batched_requests"] >= 4 * stats["batches"]
+            with pytest.raises(RemoteError, match="malformed"):
+                await cluster.client(0).call(0, KIND_BATCH, [["rw.batch", []]])
+            with pytest.raises(RemoteError, match="malformed"):
+                await cluster.client(0).call(0, KIND_BATCH, [["ping", None]] * 2)
+            reply = await cluster.client(0).call(0, KIND_BATCH, [["rw.time", {"v": 1}]])
+            assert reply[0][0] == 1 and reply[0][1][0] == "malformed"
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_more_than_t_unreachable_nodes_fail_loudly(tmp_path: Path, batch: bool) -> None:
+    """Beyond the fault model operations fail; they never return a wrong value."""
+
+    async def main() -> None:
+        async with rw_cluster(tmp_path, batch=batch, client_options={"timeout": 1.0}) as (
+            cluster,
+            (a, b),
+        ):
+            await a.write_block(2, b"safe")
+            make_crashed(cluster, 0)
+            make_crashed(cluster, 1)
+            with pytest.raises(QuorumUnavailable):
+                await a.write_block(2, b"cannot complete")
+            with pytest.raises(ReadFailed):
+                await b.read_block(2)
+            heal(cluster)
+            assert await b.read_block(2) in (b"safe", b"cannot complete")
+
+    trio.run(main)
