@@ -1,0 +1,194 @@
+"""POSIX semantics through the kernel on a real mount: errno of every refused case, link
+counts, times, and permission checks by the kernel (``default_permissions``) for a
+non-root user.
+
+The same checks run on a local directory first (``reference``), so each expectation is
+what Linux itself does, not what we believe it does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.processes import ProcessCluster
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    where = _open_dir(Path(tempfile.gettempdir()))
+    try:
+        with (
+            ProcessCluster(
+                tmp_path_factory.mktemp("cluster") / "c", map_size=1 << 29, durable=False
+            ) as pc,
+            Mount(pc.config, where / "m") as m,
+        ):
+            os.chmod(m.mountpoint, 0o755)
+            yield m.mountpoint
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _open_dir(base: Path) -> Path:
+    """A directory other users can reach (pytest's temporary directories are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="bftfs-posix-", dir=base))
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture(params=["reference", "bftfs"])
+def root(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh directory on the local disk (reference) or in the mount."""
+    if request.param == "reference":
+        base = _open_dir(Path(tempfile.gettempdir()))
+        d = base / "ref"
+    else:
+        base = None
+        d = request.getfixturevalue("mnt") / request.node.name.replace("[", "_").replace("]", "")
+    d.mkdir()
+    os.chmod(d, 0o777)
+    try:
+        yield d
+    finally:
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def err(fn: Callable[[], object]) -> int:
+    """The errno ``fn`` fails with (0 if it succeeds)."""
+    try:
+        fn()
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def test_errno_of_refused_operations(root: Path) -> None:
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"x")
+    (root / "e").mkdir()
+    (root / "file").write_bytes(b"y")
+    assert err(lambda: (root / "d").mkdir()) == errno.EEXIST
+    assert err(lambda: os.mkdir(root / "missing" / "x")) == errno.ENOENT
+    assert err(lambda: (root / "d").rmdir()) == errno.ENOTEMPTY
+    assert err(lambda: os.rmdir(root / "file")) == errno.ENOTDIR
+    assert err(lambda: os.unlink(root / "d")) == errno.EISDIR
+    assert err(lambda: os.unlink(root / "nothing")) == errno.ENOENT
+    assert err(lambda: os.listdir(root / "file")) == errno.ENOTDIR
+    assert err(lambda: os.rename(root / "d", root / "d" / "inside")) == errno.EINVAL
+    assert err(lambda: os.rename(root / "d", root / "file")) == errno.ENOTDIR
+    assert err(lambda: os.rename(root / "file", root / "d")) == errno.EISDIR
+    assert err(lambda: os.rename(root / "e", root / "d")) == errno.ENOTEMPTY
+    assert err(lambda: os.link(root / "d", root / "dlink")) == errno.EPERM
+    assert err(lambda: os.symlink("t", root / "file")) == errno.EEXIST
+    assert err(lambda: os.readlink(root / "file")) == errno.EINVAL
+    assert err(lambda: (root / "d").write_bytes(b"")) == errno.EISDIR
+    assert err(lambda: os.open(root / "file", os.O_CREAT | os.O_EXCL | os.O_WRONLY)) == errno.EEXIST
+    assert err(lambda: (root / ("n" * 256)).write_bytes(b"")) == errno.ENAMETOOLONG
+    assert err(lambda: os.getxattr(root / "file", "user.none")) == errno.ENODATA
+
+
+def test_link_counts(root: Path) -> None:
+    (root / "d").mkdir()
+    assert os.stat(root / "d").st_nlink == 2
+    (root / "d" / "sub1").mkdir()
+    (root / "d" / "sub2").mkdir()
+    assert os.stat(root / "d").st_nlink == 4
+    (root / "d" / "sub2").rmdir()
+    assert os.stat(root / "d").st_nlink == 3
+    (root / "e").mkdir()
+    os.rename(root / "d" / "sub1", root / "e" / "sub1")
+    assert os.stat(root / "d").st_nlink == 2 and os.stat(root / "e").st_nlink == 3
+    (root / "f").write_bytes(b"1")
+    os.link(root / "f", root / "g")
+    os.link(root / "f", root / "e" / "h")
+    assert os.stat(root / "f").st_nlink == 3
+    (root / "target").write_bytes(b"2")
+    os.rename(root / "target", root / "g")  # replaces one of f's names atomically
+    assert os.stat(root / "f").st_nlink == 2
+    assert (root / "g").read_bytes() == b"2"
+    os.unlink(root / "f")
+    assert os.stat(root / "e" / "h").st_nlink == 1
+    assert (root / "e" / "h").read_bytes() == b"1"
+
+
+def test_times(root: Path) -> None:
+    f = root / "t"
+    f.write_bytes(b"1")
+    st0 = os.stat(f)
+    os.utime(f, ns=(1_000_000_000, 2_000_000_000))
+    st1 = os.stat(f)
+    assert (st1.st_atime_ns, st1.st_mtime_ns) == (1_000_000_000, 2_000_000_000)
+    assert st1.st_ctime_ns >= st0.st_ctime_ns
+    before = time.time_ns()
+    with open(f, "ab") as fh:
+        fh.write(b"2")
+    st2 = os.stat(f)
+    assert st2.st_mtime_ns >= before - 10**9  # writing updates mtime (clock granularity)
+    d_before = os.stat(root).st_mtime_ns
+    (root / "new").write_bytes(b"")
+    assert os.stat(root).st_mtime_ns >= d_before  # creating a name updates the directory
+
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    # The system interpreter: the virtualenv's may live where "nobody" cannot execute it.
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    return subprocess.run(
+        [python, "-c", code],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_permissions_checked_by_the_kernel(root: Path) -> None:
+    (root / "ro").write_bytes(b"secret")
+    os.chmod(root / "ro", 0o600)
+    (root / "pub").write_bytes(b"public")
+    os.chmod(root / "pub", 0o644)
+    (root / "closed").mkdir()
+    os.chmod(root / "closed", 0o700)
+    (root / "mine").mkdir()
+    os.chown(root / "mine", NOBODY, NOBODY)
+    probe = f"""
+import errno, os
+def e(fn):
+    try:
+        fn()
+    except OSError as x:
+        return x.errno
+    return 0
+r = {str(root)!r}
+print(e(lambda: open(r + "/ro", "rb").read()),
+      e(lambda: open(r + "/pub", "rb").read()),
+      e(lambda: open(r + "/pub", "ab")),
+      e(lambda: os.listdir(r + "/closed")),
+      e(lambda: os.chmod(r + "/pub", 0o777)),
+      e(lambda: open(r + "/mine/own", "wb").write(b"ok")),
+      e(lambda: os.chown(r + "/mine", 0, 0)))
+"""
+    out = _as_nobody(probe)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [
+        str(x) for x in (errno.EACCES, 0, errno.EACCES, errno.EACCES, errno.EPERM, 0, errno.EPERM)
+    ]
+    assert os.stat(root / "mine" / "own").st_uid == NOBODY
