@@ -10,6 +10,7 @@ In each case the programs see no error and the copy is identical to the original
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -93,3 +94,17 @@ def test_data_outlives_unmount_and_cluster_restart(tmp_path: Path) -> None:
     assert all(pc.pid(i) is None for i in range(pc.config.n))
     with pc, Mount(pc.config, tmp_path / "m") as m:
         assert_same_tree(src, m.mountpoint / "copy")
+
+
+def test_unmount_is_clean_with_every_node_down(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path / "c", map_size=1 << 28, durable=False) as pc:
+        m = Mount(pc.config, tmp_path / "m")
+        with m:
+            (m.mountpoint / "f").write_bytes(b"data")
+            for i in range(pc.config.n):
+                pc.kill(i)
+            started = time.monotonic()
+            code = m.unmount()
+            assert not os.path.ismount(m.mountpoint)
+            assert code == 0, m.log_text()  # the daemon exited by itself, not killed
+            assert time.monotonic() - started < 30
