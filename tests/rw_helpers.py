@@ -180,6 +180,30 @@ def _equivocate(cluster: Cluster, i: int) -> dict[str, Wrapper]:
     return {kind: pick(kind) for kind in ALL_KINDS}
 
 
+def _garbage(cluster: Cluster, i: int) -> dict[str, Wrapper]:
+    """Replies of the wrong shape and type, chosen by the cluster's seeded generator."""
+    rng = cluster.faults[i].rng
+    stamp = Timestamp(5, 1, bytes(32)).encode()
+    junk: list[Any] = [
+        None,
+        7,
+        "text",
+        [],
+        {},
+        {"ts": b"short"},
+        {"ok": "yes"},
+        {"ok": False, "stale": 3},
+        {"h": [stamp, stamp], "more": False, "fl": stamp, "cc": None, "f": None},
+        {"h": [b"x" * 44], "more": True, "fl": ZERO.encode(), "cc": b"", "f": b""},
+        {"h": "nope", "more": None},
+    ]
+
+    async def wrapper(ctx: Any, payload: Any, honest: Any) -> Any:
+        return junk[rng.randrange(len(junk))]
+
+    return dict.fromkeys(ALL_KINDS, wrapper)
+
+
 BEHAVIOURS: dict[str, Callable[[Cluster, int], dict[str, Wrapper]]] = {
     "corrupt-fragment": _corrupt,
     "fabricate-huge-time": _fabricate,
@@ -187,6 +211,7 @@ BEHAVIOURS: dict[str, Callable[[Cluster, int], dict[str, Wrapper]]] = {
     "withhold": _withhold,
     "bogus-history": _bogus,
     "equivocate": _equivocate,
+    "garbage": _garbage,
 }
 
 

@@ -112,7 +112,7 @@ def all_cases(name: str) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize("behaviour", list(BEHAVIOURS))
 def test_every_placement_t1_b1(tmp_path: Path, behaviour: str, fast: bool) -> None:
     cases = [c for c in all_cases("t1b1") if c[2] == behaviour]
-    assert len(cases) == 6
+    assert len(cases) == 6  # each of the six nodes
     run_matrix(tmp_path, CONFIGS["t1b1"], cases, fast=fast)
 
 
@@ -313,6 +313,10 @@ def test_concurrent_operations_share_batches(tmp_path: Path) -> None:
                 await cluster.client(0).call(0, KIND_BATCH, [["rw.batch", []]])
             with pytest.raises(RemoteError, match="malformed"):
                 await cluster.client(0).call(0, KIND_BATCH, [["ping", None]] * 2)
+            with pytest.raises(RemoteError, match="malformed"):
+                await cluster.client(0).call(0, KIND_BATCH, [[[1], None]])
+            with pytest.raises(RemoteError, match="malformed"):
+                await cluster.client(0).call(0, KIND_BATCH, [["rw.time", {}]] * 129)
             reply = await cluster.client(0).call(0, KIND_BATCH, [["rw.time", {"v": 1}]])
             assert reply[0][0] == 1 and reply[0][1][0] == "malformed"
 

@@ -30,7 +30,7 @@ from bftfs.fuse.control import MountError, is_mounted, log_file, log_tail, pid_f
 from bftfs.fuse.operations import DEFAULT_TIMEOUT, Operations
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.client import QUClient
-from bftfs.rw.client import RWClient
+from bftfs.rw.client import open_rw_client
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,8 @@ async def serve(
     debug: bool = False,
 ) -> None:
     """Mount ``mountpoint`` and serve it until unmounted or terminated."""
-    async with open_client(config, client) as ep:
+    async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
         qu = QUClient(ep, Thresholds.from_config(config), client_id=ep.pid)
-        rw = RWClient(ep, config)
         fs = await FileSystem.open(qu, rw, config, uid=os.getuid(), gid=os.getgid())
         ops = Operations(fs, timeout=timeout)
         options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes

@@ -24,9 +24,11 @@ removed what the read looked for (bounded by ``max_restarts``: obstruction-freed
 L1566-1574).
 
 Concurrency: each call is independent; ``read_blocks`` / ``write_blocks`` run many blocks at
-once.  Code between two ``await`` points runs atomically, which the per-read state relies on
-(``accept`` callbacks of a quorum call mutate it without locks).  Erasure coding and hashing
-of blocks of ``thread_threshold`` bytes or more run in a worker thread.
+once, and a client made by :func:`open_rw_client` sends the requests of concurrent calls to
+one node in shared ``rw.batch`` frames (batch.py).  Code between two ``await`` points runs
+atomically, which the per-read state relies on (``accept`` callbacks of a quorum call mutate
+it without locks).  Erasure coding and hashing of blocks of ``thread_threshold`` bytes or
+more run in a worker thread.
 """
 
 from __future__ import annotations

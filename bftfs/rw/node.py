@@ -106,7 +106,11 @@ def register(
             not isinstance(payload, list)
             or len(payload) > MAX_BATCH
             or not all(
-                isinstance(it, list) and len(it) == 2 and it[0] in handlers for it in payload
+                isinstance(it, list)
+                and len(it) == 2
+                and isinstance(it[0], str)
+                and it[0] in handlers
+                for it in payload
             )
         ):
             node.stats["rw.refused.malformed"] += 1
