@@ -66,14 +66,22 @@ async def run_b(cfg: Any, pids: list[int | None], count: int) -> dict[str, float
 
         async def series(name: str, fn: Any) -> None:
             lat = []
-            cpu0 = cpu_seconds(pids)
+            cpu0, me0 = cpu_seconds(pids), time.process_time()
             for _ in range(count):
                 t0 = time.perf_counter()
                 await fn()
                 lat.append(time.perf_counter() - t0)
             out[name + "_us"] = statistics.median(lat) * 1e6
             out[name + "_node_cpu_us"] = (cpu_seconds(pids) - cpu0) / count * 1e6
+            out[name + "_client_cpu_us"] = (time.process_time() - me0) / count * 1e6
 
+        targets = list(range(th.n))
+        await series(
+            "ping",
+            lambda: ep0.quorum_call(
+                targets[: th.q], "ping", None, enough=lambda rs: len(rs) >= th.q
+            ),
+        )
         await series("query", lambda: c.query(1, "counter.fetch"))
         await series("update", lambda: c.update(1, "counter.increment", 1))
         await series("multi4", lambda: c.update([2, 3, 4, 5], "counter.add_all", 1))
@@ -139,12 +147,22 @@ def main() -> int:
             pids = [pc.pid(i) for i in range(cfg.n)]
             print(f"b={b}: {cfg.n} node processes, q={cfg.q}, r={cfg.r}", file=sys.stderr)
             results[b] = trio.run(run_b, cfg, pids, args.count)
-    cols = ["query", "update", "multi4", "contend1", "contend2", "contend3", "contend4"]
-    print(f"Q/U latency (median, us) and node CPU per op (us), durable={args.durable}")
-    print(f"{'b':>2} {'n':>3} " + " ".join(f"{c:>10}" for c in cols))
+    cols = ["ping", "query", "update", "multi4", "contend1", "contend2", "contend3", "contend4"]
+    print(
+        f"Q/U latency (median, us); node CPU (sum over nodes) and client CPU per op (us); "
+        f"durable={args.durable}; ping = null request to a quorum (transport floor)"
+    )
+    print(f"{'b':>2} {'n':>4} " + " ".join(f"{c:>9}" for c in cols))
     for b, r in results.items():
-        print(f"{b:>2} {5 * b + 1:>3} " + " ".join(f"{r[c + '_us']:10.0f}" for c in cols))
-        print(f"{'':>2} {'cpu':>3} " + " ".join(f"{r[c + '_node_cpu_us']:10.0f}" for c in cols))
+        print(f"{b:>2} {5 * b + 1:>4} " + " ".join(f"{r[c + '_us']:9.0f}" for c in cols))
+        print(f"{'':>2} {'node':>4} " + " ".join(f"{r[c + '_node_cpu_us']:9.0f}" for c in cols))
+        print(
+            f"{'':>2} {'cli':>4} "
+            + " ".join(
+                f"{r[c + '_client_cpu_us']:9.0f}" if c + "_client_cpu_us" in r else f"{'':>9}"
+                for c in cols
+            )
+        )
     print("prototype anchors at b=1: query 570, update 624, 4-object update 780")
     for b, r in results.items():
         print(

@@ -344,6 +344,14 @@ class Recorder:
     ops: list[Op] = field(default_factory=list)
     clock: Callable[[], float] | None = None
     _tick: int = 0
+    _waiters: list = field(default_factory=list)
+
+    async def wait_completed(self, k: int) -> None:
+        """Return once ``k`` recorded operations have completed."""
+        if sum(o.end is not None for o in self.ops) < k:
+            ev = trio.Event()
+            self._waiters.append((k, ev))
+            await ev.wait()
 
     def now(self) -> float:
         if self.clock is not None:
@@ -364,6 +372,10 @@ class Recorder:
         except Refused as e:
             op.refused = e.code
         op.end = self.now()
+        done = sum(o.end is not None for o in self.ops)
+        for k, ev in self._waiters:
+            if done >= k:
+                ev.set()
         return op.result
 
 

@@ -323,3 +323,32 @@ def test_deduction_never_classifies_one_update_two_ways(
     c1, c2 = classify(v, 1), classify(v, 2)
     if v.order(1, m):
         assert (c1.type, c1.obj == m) == (c2.type, c2.obj == m)
+
+
+def test_copy_never_carries_a_multi_object_candidate_to_only_some_objects() -> None:
+    """Two potential candidates at object 2: M (multi-object, objects 1 and 2) and a newer
+    Y conditioned on the version M conditioned on.  A copy that takes Y at object 2 must
+    not take M at object 1: M is excluded everywhere (it cannot be established)."""
+    v0 = cand(ts(1), ZERO, (2,))
+    w0 = cand(ts(1, client=2), ZERO, (1,))
+    m = Candidate(ts(2), v0.lt, (1, 2))
+    m1 = Candidate(ts(2), w0.lt, (1, 2))
+    y = cand(ts(3), v0.lt, (2,))
+    bar = cand(ts(4, True), y.lt, (1, 2))
+    o2 = ohs(*[[bar, m, v0]] * 3, *[[bar, y, v0]] * 3)
+    o1 = ohs(*[[bar, m1, w0]] * 3, *[[bar, w0]] * 3)
+    v = View({1: o1, 2: o2}, TH)
+    assert m.key in v.excluded()
+    assert classify(v, 1).obj == w0 and classify(v, 2).obj == y
+    assert classify(v, 1).type is OpType.COPY and classify(v, 2).type is OpType.COPY
+
+
+def test_a_pruned_chain_is_not_taken_as_proof_of_skipping() -> None:
+    """If the link between Y and M was pruned away, nothing proves Y skipped M: M stays."""
+    m = Candidate(ts(2), ts(1), (1, 2))
+    z = cand(ts(5), ts(4), (2,))  # conditioned on <4>, which no history lists any more
+    o2 = ohs(*[[z]] * 3, *[[m]] * 3)
+    o1 = ohs(*[[m]] * 3)
+    v = View({1: o1, 2: o2}, TH)
+    assert not v.skips(2, z, m)
+    assert v.excluded() == frozenset()

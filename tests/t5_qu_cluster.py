@@ -109,7 +109,7 @@ def test_server_killed_mid_update_recovers_consistent(tmp_path: Path) -> None:
             # Object 2's preferred quorum is servers 2..5,0: crash server 3 while updates fly.
             async with trio.open_nursery() as n:
                 n.start_soon(incrementers, [a, b], rec, 2, 6)
-                await trio.sleep(0.02)
+                await rec.wait_completed(3)  # mid-run, not timed
                 cl.faults[3].crash()
             await cl.faults[3].recover()
             await incrementers([a, b], rec, 2, 3)
@@ -144,7 +144,7 @@ def test_multi_object_updates_in_opposite_orders(tmp_path: Path) -> None:
                     n.start_soon(mover, cs[3], 20, 21)
             x = await cs[0].query(20, "counter.fetch")
             y = await cs[0].query(21, "counter.fetch")
-            assert x + y == 80 and x == 40 - 7 * 4 + 7 * 4 - 7 * 4 + 7 * 4 or x + y == 80
+            assert x + y == 80  # transfers (or refusals) only ever move amounts
             assert check_serializable(rec.ops)
 
     trio.run(main)

@@ -435,6 +435,9 @@ def stray_holders(view: View, oid: int) -> set[int]:
     (L2666-2687): the forger's history stops steering classification.
     """
     b = view.th.b
+    lat = view.latest_time(oid)
+    if any(c.lt == lat and view.order(oid, c) > b for c in view.candidates(oid)):
+        return set()  # the common case: the newest candidate is not stray
     floor = ZERO
     for c in view.candidates(oid):
         if c.lt > floor and view.order(oid, c) > b:

@@ -117,6 +117,7 @@ class QUClient:
         self._cache: dict[int, dict[int, OHSEntry]] = {}
         self._locks: dict[int, trio.Lock] = {}
         self._excluded: set[int] = set()
+        self._suspects: set[int] = set()  # stray-history servers of the running operation
         self._n = dict.fromkeys(
             (
                 "operations",
@@ -167,10 +168,24 @@ class QUClient:
         return {oid: dict(self._cache.get(oid, {})) for oid in objects}
 
     def _targets(self, objects: Iterable[int]) -> list[int]:
+        """Preferred order, with servers whose histories we leave out (stray or proven
+        malevolent) last: a quorum of servers whose histories count is what makes the
+        next classification complete."""
         order = preferred_order(max(objects), self.th.n)
-        return [s for s in order if s not in self._excluded] + [
-            s for s in order if s in self._excluded
-        ]
+        last = self._excluded | self._suspects
+        return (
+            [s for s in order if s not in last]
+            + [s for s in order if s in last and s not in self._excluded]
+            + [s for s in order if s in self._excluded]
+        )
+
+    def _present(self, objects: Iterable[int], fresh: dict[int, set[int]]) -> dict:
+        """:func:`core.present` of the cached histories; remembers whom it left out."""
+        cached = self._mohs(objects)
+        shown = core.present(cached, self.th, fresh, self._excluded)
+        for oid, ohs in cached.items():
+            self._suspects |= set(ohs) - set(shown[oid]) - self._excluded
+        return shown
 
     async def _invoke(self, objects: tuple[int, ...], method: str, arg: Any, query: bool) -> Any:
         self._n["operations"] += 1
@@ -184,6 +199,7 @@ class QUClient:
 
     async def _run(self, objects: tuple[int, ...], op: Operation) -> Any:
         th = self.th
+        self._suspects = set()
         context: set[int] = set()
         fresh: dict[int, set[int]] = {}
         inline_tried: set[tuple] = set()
@@ -191,9 +207,7 @@ class QUClient:
         short = 0
         seen_latest = self._latest(objects)
         while True:
-            mohs = core.present(
-                self._mohs(objects + tuple(sorted(context))), th, fresh, self._excluded
-            )
+            mohs = self._present(objects + tuple(sorted(context)), fresh)
             req = Request(self.client_id, objects, mohs, op)
             replies = await self._round(objects, req)
             self._absorb(objects, replies, fresh)
@@ -221,7 +235,7 @@ class QUClient:
             while True:
                 allobjs = tuple(sorted(set(objects) | context))
                 await self._fetch_missing(allobjs, fresh)
-                view = View(core.present(self._mohs(allobjs), th, fresh, self._excluded), th)
+                view = View(self._present(allobjs, fresh), th)
                 nxt = core.next_step(view)
                 if nxt.step is core.Step.NEED:
                     context |= set(nxt.objects)
@@ -307,7 +321,7 @@ class QUClient:
         """
         self._n["rounds"] += 1
         th = self.th
-        body = req.wire()
+        body = req.packed()
         stash: dict[int, Reply] = {}
 
         def settled() -> bool:

@@ -73,10 +73,9 @@ def rh_from_wire(value: object) -> ReplicaHistory:
         cands = [Candidate.from_wire(v) for v in value]
     except TimestampError as e:
         raise HistoryError(f"bad candidate: {e}") from e
-    rh = make_rh(cands)
-    if list(rh) != cands:
-        raise HistoryError("replica history not in canonical order")
-    return rh
+    if all(a.lt > b.lt for a, b in zip(cands, cands[1:], strict=False)):
+        return tuple(cands)  # already canonical: strictly newest first
+    raise HistoryError("replica history not in canonical order")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -25,6 +25,9 @@ Layout (``oid`` = u64 object id, ``lt`` = 49-byte timestamp, ``rh`` = list of ca
     reply to fetch                {"r": request body or nil}
     reply to sync                 {"s": state bytes or nil, "ap": applied bytes} or nil
 
+A request body may also travel as its msgpack bytes (``Request.packed``), which clients do:
+one encoding for the q servers it goes to.
+
 ``status`` is ``ok`` (accepted / query answered on the conditioned-on version), ``fail`` (OHS
 not current, or nothing to do; a query answer may ride along, answered at ``at``),
 ``refused`` (the method or the request is illegal; ``why`` says which) or ``need`` (the
@@ -37,7 +40,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from bftfs.qu.canon import CanonicalError, canonical
+from bftfs.qu.canon import CanonicalError, canonical, pack, unpack
 from bftfs.qu.history import (
     Authenticator,
     HistoryError,
@@ -174,13 +177,23 @@ class Request:
         """Objects whose histories ride along for deduction only."""
         return tuple(sorted(set(self.mohs) - set(self.objects)))
 
+    def packed(self) -> bytes:
+        """The body msgpack-encoded once: a client sends the same request to q servers, and
+        a bytes payload is copied by the transport instead of re-encoded per server."""
+        return pack(self.wire())
+
     @classmethod
     def from_wire(cls, v: Any, n: int) -> Request:
-        """Parse a request body for an ``n``-server system.
+        """Parse a request body (or its :meth:`packed` bytes) for an ``n``-server system.
 
         Raises:
             MessageError: any field is malformed.
         """
+        if isinstance(v, bytes):
+            try:
+                v = unpack(v)
+            except Exception as e:  # msgpack raises several unrelated types on garbage
+                raise MessageError(f"undecodable request: {type(e).__name__}") from None
         d = _dict(v, "request")
         objects = _objects(d.get("o"))
         h, e = d.get("h"), d.get("e")

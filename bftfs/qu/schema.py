@@ -21,6 +21,7 @@ one transaction the caller gives it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,12 @@ def load_rh(kv: KV, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
     raw = kv.get(DB_RH, oid_key(oid))
     if raw is None:
         return INITIAL_RH, None
+    return _parse_rh(bytes(raw), oid)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_rh(raw: bytes, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
+    """Parsed stored history (cached by its bytes: a busy object's is read per request)."""
     try:
         rh, auth = unpack(raw)
         return rh_from_wire(rh), auth_from_wire(auth, len(auth)) if auth else None

@@ -43,14 +43,37 @@ class TimestampError(ValueError):
     """Bytes that are not a valid encoded timestamp or candidate."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, eq=False)
 class Timestamp:
-    """One logical timestamp; dataclass ordering is the seed's order (field order matters)."""
+    """One logical timestamp, ordered as the seed orders them (L2309-2311).
+
+    Comparisons use the encoding, which is order-preserving (fixed width, big-endian, field
+    order Time, BarrierFlag, ClientID, digest): identical to comparing the field tuples, and
+    cheap, which matters because classification compares timestamps constantly.
+    """
 
     time: int  # 0 <= time <= MAX_TIME (only ZERO has time 0)
     barrier: bool
     client: int  # principal id of the client that set it up (0 for ZERO)
     digest: bytes  # DIGEST_SIZE bytes: H(kind || operation || conditioned-on multi-OHS)
+
+    def __hash__(self) -> int:
+        return hash(self._bytes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Timestamp) and self._bytes == other._bytes
+
+    def __lt__(self, other: Timestamp) -> bool:
+        return self._bytes < other._bytes
+
+    def __le__(self, other: Timestamp) -> bool:
+        return self._bytes <= other._bytes
+
+    def __gt__(self, other: Timestamp) -> bool:
+        return self._bytes > other._bytes
+
+    def __ge__(self, other: Timestamp) -> bool:
+        return self._bytes >= other._bytes
 
     def encode(self) -> bytes:
         """The fixed-width, order-preserving bytes of this timestamp."""
@@ -93,7 +116,10 @@ class Candidate:
     lt_co: Timestamp  # < lt, except for INITIAL where both are ZERO
     objects: tuple[int, ...]  # sorted, unique, <= MAX_OBJECTS; () only for INITIAL
 
-    @property
+    def __hash__(self) -> int:
+        return hash((self.lt, self.lt_co, self.objects))
+
+    @functools.cached_property
     def key(self) -> tuple[Timestamp, tuple[int, ...]]:
         """What identifies a candidate when counting its order."""
         return (self.lt, self.objects)
