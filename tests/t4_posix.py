@@ -8,9 +8,11 @@ what Linux itself does, not what we believe it does.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -192,3 +194,28 @@ print(e(lambda: open(r + "/ro", "rb").read()),
         str(x) for x in (errno.EACCES, 0, errno.EACCES, errno.EACCES, errno.EPERM, 0, errno.EPERM)
     ]
     assert os.stat(root / "mine" / "own").st_uid == NOBODY
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> None:
+    """renameat2(2) (Python has no wrapper): flags 1 = RENAME_NOREPLACE, 2 = RENAME_EXCHANGE."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def test_fifo_and_rename_flags(root: Path) -> None:
+    os.mkfifo(root / "fifo", 0o640)
+    st = os.stat(root / "fifo")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+    (root / "a").write_bytes(b"A")
+    (root / "b").write_bytes(b"B")
+    assert err(lambda: _renameat2(root / "a", root / "b", 1)) == errno.EEXIST
+    _renameat2(root / "a", root / "b", 2)  # exchange: both names stay, contents swap
+    assert (root / "a").read_bytes() == b"B" and (root / "b").read_bytes() == b"A"
+    _renameat2(root / "a", root / "c", 1)
+    assert not (root / "a").exists() and (root / "c").read_bytes() == b"B"
+    (root / "dir").mkdir()
+    _renameat2(root / "dir", root / "c", 2)  # a directory and a file may trade places
+    assert (root / "c").is_dir() and (root / "dir").read_bytes() == b"B"
