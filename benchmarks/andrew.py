@@ -317,7 +317,7 @@ def run_andrew(
             e.times = dict(times)
             raise
         finally:
-            for hook in hooks:
+            for hook in reversed(hooks):  # nested: the first hook's window is the widest
                 hook(name, "end")
     times["total"] = sum(times[p] for p in PHASES)
     return times
@@ -363,12 +363,15 @@ def measure(
                     rec["setup_s"] = round(site.setup_s, 3)
                     budget = args.down_budget if spec.down else None
                     cpu = profiling.CpuMeter(site)
+                    reqs = profiling.NodeCounter(site)
                     try:
                         rec["times"] = run_andrew(
-                            tree, site, args.build, args.phase_timeout, (cpu,), budget
+                            tree, site, args.build, args.phase_timeout, (reqs, cpu), budget
                         )
                     finally:
                         rec["cpu"] = cpu.phases
+                        if reqs.phases:
+                            rec["node_requests"] = reqs.phases
                     rec["info"] = site.info
             except (common.TargetError, PhaseError, OSError, RuntimeError) as e:
                 rec["error"] = str(e)
@@ -467,6 +470,56 @@ def summarise_cpu(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[s
     return out
 
 
+def summarise_requests(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, Any]:
+    """Median node requests (summed over nodes) per kind and phase, per bftfs target."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        recs = [
+            r["node_requests"] for r in runs if r["target"] == spec.name and r.get("node_requests")
+        ]
+        if not recs:
+            continue
+        out[spec.name] = {}
+        for p in PHASES:
+            kinds = {k for r in recs for k in r.get(p, {}) if k not in _COUNTER_NOISE}
+            out[spec.name][p] = {
+                k: common.median([r.get(p, {}).get(k, 0) for r in recs]) for k in kinds
+            }
+    return out
+
+
+# The benchmark's own counter queries show up as these kinds.
+_COUNTER_NOISE = {"req.stats", "req.ping"}
+
+
+def requests_markdown(reqs: dict[str, Any], tree: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "#### Node requests per phase (medians, summed over all nodes)",
+        "",
+        f"For scale: the tree has {tree['files']} files and {tree['dirs']} directories.",
+        "",
+        "| target | phase | requests | per file | LMDB commits | by kind | node counters |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for name, phases in reqs.items():
+        for p, kinds in phases.items():
+            req = {k: v for k, v in kinds.items() if k.startswith("req.")}
+            total = sum(req.values())
+            top = sorted(req.items(), key=lambda kv: -kv[1])[:4]
+            by = ", ".join(f"{k[4:]} {v:.0f}" for k, v in top)
+            other = {k: v for k, v in kinds.items() if not k.startswith("req.") and k != "commits"}
+            ctr = ", ".join(
+                f"{k} {v:.0f}" for k, v in sorted(other.items(), key=lambda kv: -kv[1])[:4]
+            )
+            per = total / tree["files"] if tree["files"] else 0
+            lines.append(
+                f"| {name} | {p} | {total:.0f} | {per:.1f} | {kinds.get('commits', 0):.0f} "
+                f"| {by} | {ctr} |"
+            )
+    return lines
+
+
 def cpu_markdown(cpu: dict[str, Any]) -> list[str]:
     lines = [
         "",
@@ -556,6 +609,8 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     if result.get("cpu"):
         lines += cpu_markdown(result["cpu"])
+    if result.get("node_requests"):
+        lines += requests_markdown(result["node_requests"], cfg)
     prof = result.get("profile") or {}
     if prof.get("phases"):
         lines += [
@@ -821,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "ratios": ratios(summary, specs),
         "cpu": summarise_cpu(runs, specs),
+        "node_requests": summarise_requests(runs, specs),
         "profile": profile,
     }
     stem = args.name or f"andrew-{args.mode}"

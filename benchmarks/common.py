@@ -207,6 +207,7 @@ class Site:
     pids: dict[str, int] = field(default_factory=dict)  # "mount", "node1", ... for profiling
     setup_s: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    config: Any = None  # bftfs: the ClusterConfig, to ask the nodes for their counters
 
 
 class TargetError(RuntimeError):
@@ -333,7 +334,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                 if pid is not None and i not in spec.down:
                     pids[f"node{i}"] = pid
             info = {"n": cfg.n, "qc": cfg.qc, "m": cfg.m, "block_size": cfg.block_size}
-            yield Site(spec, mnt, pids, info=info)
+            yield Site(spec, mnt, pids, info=info, config=cfg)
         finally:
             m.__exit__(None, None, None)
 

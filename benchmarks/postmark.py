@@ -239,8 +239,14 @@ def measure(
                 with common.open_target(spec, work, f"r{rep}") as site:
                     rec["setup_s"] = round(site.setup_s, 3)
                     rec["info"] = site.info
-                    with watchdog(site, args.cap + 300):
-                        rec.update(run_postmark(site, work, args, progress))
+                    cpu = profiling.CpuMeter(site)
+                    cpu("postmark", "start")
+                    try:
+                        with watchdog(site, args.cap + 300):
+                            rec.update(run_postmark(site, work, args, progress))
+                    finally:
+                        cpu("postmark", "end")
+                        rec["cpu"] = cpu.phases["postmark"]
             except (common.TargetError, PostMarkError, OSError, RuntimeError) as e:
                 rec["error"] = str(e)
                 progress.more(f" FAILED: {str(e).splitlines()[0][:200]}", end="\n")
@@ -308,6 +314,20 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             "tps_median": common.median([r["tps"] for r in ok]),
             "tps_min_max": common.spread([r["tps"] for r in ok]),
             "create_s_median": common.median([r["create_s"] for r in ok if "create_s" in r]),
+            # CPU seconds per transaction-equivalent are not separable from creation, so
+            # the whole run's CPU over its wall time: near 2.0 on 2 cores = CPU-bound.
+            "cores_busy_median": common.median(
+                [
+                    sum(v for k, v in r["cpu"].items() if k != "wall") / r["cpu"]["wall"]
+                    for r in ok
+                    if r.get("cpu") and r["cpu"].get("wall")
+                ]
+            ),
+            "cpu_median": {
+                k: common.median([r["cpu"][k] for r in ok if r.get("cpu") and k in r["cpu"]])
+                for k in ("wall", "workload", "mount", "bindfs", "nodes")
+                if any(r.get("cpu") and k in r["cpu"] for r in ok)
+            },
             "n": (ok[0]["info"] or {}).get("n") if ok and ok[0].get("info") else None,
         }
     return out
@@ -323,8 +343,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['runs']} interleaved run(s) per target; bftfs with t = b on a fresh cluster "
         f"each run (durable={not cfg['no_durable']}). Time cap per run: {cfg['cap']:.0f} s.",
         "",
-        "| target | n | transactions/s | min-max | file creation | Q/U-NFSv3 (same b) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| target | n | transactions/s | min-max | file creation | Q/U-NFSv3 (same b) "
+        "| CPU s: postmark / daemon / nodes | cores busy |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for name, s in summary.items():
         tps = "-" if s["tps_median"] is None else f"{s['tps_median']:.0f}"
@@ -333,9 +354,15 @@ def markdown(result: dict[str, Any]) -> str:
         mm = s["tps_min_max"]
         mms = "-" if mm is None else f"{mm[0]:.0f}-{mm[1]:.0f}"
         qu = QU_NFS_TPS.get(s["b"]) if s["kind"] == "bftfs" else None
+        c = s.get("cpu_median") or {}
+        cpu = " / ".join(
+            common.fmt_s(c.get(k))
+            for k in ("workload", "bindfs" if "bindfs" in c else "mount", "nodes")
+        )
+        busy = "-" if s.get("cores_busy_median") is None else f"{s['cores_busy_median']:.2f}"
         lines.append(
             f"| {name} | {s['n'] or '-'} | {tps} | {mms} | "
-            f"{common.fmt_s(s['create_s_median'])} | {qu if qu else '-'} |"
+            f"{common.fmt_s(s['create_s_median'])} | {qu if qu else '-'} | {cpu} | {busy} |"
         )
     b1 = next((s for s in summary.values() if s["kind"] == "bftfs" and s["b"] == 1), None)
     if b1 and b1["tps_median"]:

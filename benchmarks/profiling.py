@@ -230,3 +230,48 @@ class CpuMeter:
         out = {k: round(end[k] - v, 3) for k, v in self._start.items() if k in end}
         out["wall"] = round(wall, 3)
         self.phases[phase] = out
+
+
+# Node counters ------------------------------------------------------------------------------
+
+
+def node_counters(config: Any) -> dict[str, float] | None:
+    """Requests by kind and LMDB commits, summed over the nodes that answer (as client1).
+
+    client1 rather than client0 so the mount's own connections are left alone.
+    """
+    import trio
+
+    from bftfs.local import query_status
+
+    try:
+        statuses = trio.run(lambda: query_status(config, timeout=2.0, client="client1"))
+    except Exception:  # counters are a diagnostic: never fail a run over them
+        return None
+    total: Counter[str] = Counter()
+    for st in statuses:
+        if st.stats:
+            total["commits"] += int(st.stats.get("commits", 0))
+            for kind, n in (st.stats.get("requests") or {}).items():
+                total[str(kind)] += int(n)  # "req.<kind>" requests, and protocol counters
+    return dict(total)
+
+
+class NodeCounter:
+    """Requests (by kind, summed over nodes) and commits the nodes saw during each phase."""
+
+    def __init__(self, site: Site) -> None:
+        self.config = site.config
+        self.phases: dict[str, dict[str, float]] = {}
+        self._start: dict[str, float] | None = None
+
+    def __call__(self, phase: str, what: str) -> None:
+        if self.config is None:
+            return
+        snap = node_counters(self.config)
+        if what == "start":
+            self._start = snap
+        elif snap is not None and self._start is not None:
+            self.phases[phase] = {
+                k: v - self._start.get(k, 0) for k, v in snap.items() if v - self._start.get(k, 0)
+            }

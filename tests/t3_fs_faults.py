@@ -1,0 +1,290 @@
+"""Tier 3: the file-system model under faults.
+
+- **Byzantine clients**: illegal method calls sent straight to the servers (a raw Q/U
+  client, bypassing every client-side check) are refused by the servers' validation of
+  :mod:`bftfs.fs.objects` (seed L1918-1920), and the tree's invariants still hold.
+- **A client crash between data and metadata**: blocks written, size update never sent; the
+  file shows the old size and data, and a later extension never exposes the dead writer's
+  bytes (the ``alloc`` reservation scheme).
+- **Node faults**: the same workload with one node crashed and with one Byzantine node
+  (wrong Q/U answers, corrupted PASIS fragments, and more in the slow tier).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import qu_helpers
+import rw_helpers
+from fs_helpers import Env, run
+
+from bftfs.fs.errors import Exists, Unavailable
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.objects import ROOT
+from bftfs.qu.objects import Refused
+
+BS = 4096
+SMALL = {"block_size": BS}
+
+
+async def refused(env: Env, objects: list[int], method: str, arg: Any) -> str:
+    """Send a raw update as a Byzantine client would; the servers' refusal code."""
+    with pytest.raises(Refused) as e:
+        await env.raw.update(objects, method, arg)
+    return e.value.code
+
+
+def test_byzantine_client_illegal_calls_are_refused_by_the_servers(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        now = env.clock[0]
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        sub = await fs.mkdir(d.ino, b"sub", 0o755, 0, 0)
+        fh, f = await fs.create(d.ino, b"f", 0o644, 0, 0, 0)
+        await fs.write(fh, 0, b"x" * 100)
+        await fs.release(fh)
+        new = 777_777
+        mk = {"mode": 0o755, "uid": 0, "gid": 0, "now": now}
+        # rmdir of a non-empty directory.
+        arg = {"p": ROOT, "o": d.ino, "name": b"d", "now": now}
+        assert await refused(env, [ROOT, d.ino], "fs.rmdir", arg) == "not-empty"
+        # A duplicate name, by create and by mkdir.
+        arg = {**mk, "p": d.ino, "o": new, "name": b"f", "mode": 0o100644, "d": 5, "alloc": 0}
+        assert await refused(env, [d.ino, new], "fs.create", arg) == "exists"
+        arg = {"p": d.ino, "o": new, "name": b"sub", **mk}
+        assert await refused(env, [d.ino, new], "fs.mkdir", arg) == "exists"
+        # Creating over an existing object (here: the file's own id).
+        arg = {"p": ROOT, "o": f.ino, "name": b"again", "mode": 0o100644, "d": 5, "alloc": 0}
+        assert await refused(env, [ROOT, f.ino], "fs.create", {**mk, **arg}) == "oid-exists"
+        # Illegal names, whatever the client checked.
+        for name, code in ((b"a/b", "invalid"), (b"..", "invalid"), (b"n" * 256, "name-too-long")):
+            arg = {"p": ROOT, "o": new, "name": name, **mk}
+            assert await refused(env, [ROOT, new], "fs.mkdir", arg) == code
+        # Unlink naming the wrong object for the entry: link counts cannot be skewed.
+        arg = {"p": d.ino, "o": sub.ino, "name": b"f", "now": now}
+        assert await refused(env, [d.ino, sub.ino], "fs.unlink", arg) == "stale"
+        # A hard link to a directory; a directory moved under itself (full chain given).
+        arg = {"p": ROOT, "o": d.ino, "name": b"dl", "now": now}
+        assert await refused(env, [ROOT, d.ino], "fs.link", arg) == "permission"
+        arg = {"sp": ROOT, "sn": b"d", "dp": sub.ino, "dn": b"loop", "o": d.ino, "t": None,
+               "flags": 0, "now": now}  # fmt: skip
+        assert await refused(env, [ROOT, d.ino, sub.ino], "fs.rename", arg) == "invalid"
+        # ... and with the ancestor chain left out, the servers do not take the client's word.
+        deep = await fs.mkdir(sub.ino, b"deep", 0o755, 0, 0)
+        other = await fs.mkdir(ROOT, b"other", 0o755, 0, 0)
+        arg = {"sp": ROOT, "sn": b"other", "dp": deep.ino, "dn": b"o", "o": other.ino,
+               "t": None, "flags": 0, "now": now}  # fmt: skip
+        assert await refused(env, [ROOT, other.ino, deep.ino], "fs.rename", arg) == "stale"
+        # Data layout: size beyond the reservation; truncation to zero keeping the data id.
+        s = await env.raw.query(f.ino, "fs.stat")
+        arg = {"d": s["d"], "end": s["alloc"] + 1, "mtime": now}
+        assert await refused(env, [f.ino], "fs.write", arg) == "invalid"
+        arg = {"size": 0, "d": s["d"], "alloc": 0, "now": now}
+        assert await refused(env, [f.ino], "fs.setattr", arg) == "invalid"
+        # Garbage arguments and methods on the wrong kind of object.
+        assert await refused(env, [f.ino], "fs.setattr", "junk") == "invalid"
+        assert await refused(env, [d.ino], "fs.reserve", {"d": 1, "alloc": 5}) == "is-dir"
+        with pytest.raises(Refused) as e:
+            await env.raw.query(f.ino, "fs.readdir")
+        assert e.value.code == "not-dir"
+        # Nothing above changed anything.
+        assert [n for n, _ in await fs.readdir(d.ino)] == [b"f", b"sub"]
+        assert (await fs.getattr(f.ino)).nlink == 1
+
+    run(tmp_path, body)
+
+
+class CrashBeforeMetadata(Exception):
+    """Stands for the client process dying right after its blocks were written."""
+
+
+def crash_before(fs: Any, method: str) -> None:
+    """Make ``fs``'s Q/U client die when it is about to send ``method``."""
+    real = fs.qu.update
+
+    async def update(objects: Any, name: str, arg: Any = None) -> Any:
+        if name == method:
+            raise CrashBeforeMetadata(name)
+        return await real(objects, name, arg)
+
+    fs.qu.update = update
+
+
+def test_crash_between_data_and_size_update_keeps_old_size_and_data(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, f = await a.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        old = b"old data " * 100
+        await a.write(fh, 0, old)
+        await a.flush(fh)
+        # a overwrites the middle and extends the file, then dies before the size update.
+        await a.write(fh, 10, b"NEW" * 10)
+        await a.write(fh, len(old), b"GARBAGE" * 3000)
+        crash_before(a, "fs.write")
+        with pytest.raises(CrashBeforeMetadata):
+            await a.flush(fh)
+        assert b.rw is not a.rw
+        assert a.rw.statistics()["writes"] > 0  # the blocks did reach the servers
+        st = await env.raw.query(f.ino, "fs.stat")
+        assert st["size"] == len(old)
+        fb = await b.open(f.ino, os.O_RDWR)
+        got = await b.read(fb, 0, 100_000)
+        assert len(got) == len(old)
+        # Blocks a overwrote inside the old size may show its new bytes (that data was
+        # written), but nothing past the old end is visible.
+        assert got[:10] == old[:10] and got[40:] == old[40:]
+        # b extends the file past a's leftovers: the gap reads zeros, never a's bytes.
+        await b.write(fb, len(old) + 30_000, b"tail")
+        await b.release(fb)
+        fb = await b.open(f.ino, os.O_RDONLY)
+        got = await b.read(fb, 0, 100_000)
+        assert got[len(old) : len(old) + 30_000] == bytes(30_000)
+        assert got.endswith(b"tail") and b"GARBAGE" not in got
+        await b.release(fb)
+        # The same through truncation up.
+        fb = await b.open(f.ino, os.O_RDWR)
+        await b.setattr(f.ino, size=len(old))
+        await b.release(fb)
+        # a "restarts": a fresh FileSystem (no buffered state) on the same client identity.
+        del a.qu.update  # the crash hook was an instance attribute
+        a = env.fss[0] = await FileSystem.open(a.qu, a.rw, env.cluster.config, attr_ttl=1.0)
+        fh2 = await a.open(f.ino, os.O_RDWR)
+        await a.write(fh2, len(old), b"G2" * 5000)
+        crash_before(a, "fs.write")
+        with pytest.raises(CrashBeforeMetadata):
+            await a.release(fh2)
+        del a.qu.update
+        # and restarts again: a crashed client's buffers die with it.
+        env.fss[0] = await FileSystem.open(a.qu, a.rw, env.cluster.config, attr_ttl=1.0)
+        await b.setattr(f.ino, size=len(old) + 20_000)
+        fb = await b.open(f.ino, os.O_RDONLY)
+        assert await b.read(fb, len(old), 20_000) == bytes(20_000)
+        await b.release(fb)
+
+    run(tmp_path, body, **SMALL)
+
+
+async def workload(env: Env, seed: int) -> None:
+    """Namespace and data operations from two clients, each result checked."""
+    rng = random.Random(seed)
+    a, b = env.fss
+    d = await a.mkdir(ROOT, b"w%d" % seed, 0o755, 0, 0)
+    files = {}
+    for i in range(3):
+        fh, f = await a.create(d.ino, b"f%d" % i, 0o644, 0, 0, os.O_RDWR)
+        data = rng.randbytes(rng.randrange(1, 5 * BS))
+        await a.write(fh, 0, data)
+        await a.release(fh)
+        files[f.ino] = data
+    await b.rename(d.ino, b"f0", ROOT, b"moved%d" % seed)
+    await b.link(next(iter(files)), d.ino, b"hard")
+    await a.unlink(d.ino, b"f1")
+    sub = await b.mkdir(d.ino, b"sub", 0o700, 0, 0)
+    await a.rmdir(d.ino, b"sub")
+    assert (await b.getattr(sub.ino)).nlink == 0
+    await a.setxattr(d.ino, b"user.k", b"v")
+    assert await b.getxattr(d.ino, b"user.k") == b"v"
+    for ino, data in files.items():
+        fh = await b.open(ino, os.O_RDWR)
+        assert await b.read(fh, 0, len(data) + 10) == data
+        await b.write(fh, len(data), b"+")
+        await b.release(fh)
+        fh = await a.open(ino, os.O_RDONLY)
+        assert await a.read(fh, 0, len(data) + 10) == data + b"+"
+        await a.release(fh)
+    names = [n for n, _ in await a.readdir(d.ino)]
+    assert names == [b"f2", b"hard"]
+
+
+@pytest.mark.parametrize("node", [0, 4])
+def test_workload_with_one_node_crashed(tmp_path: Path, node: int) -> None:
+    async def body(env: Env) -> None:
+        await workload(env, 1)
+        env.cluster.crash(node)
+        await workload(env, 2)
+
+    run(tmp_path, body, **SMALL)
+
+
+def byzantine(env: Env, node: int, qu_behaviour: str, rw_behaviour: str) -> None:
+    qu_helpers.make_byzantine(env.cluster, node, qu_behaviour)
+    rw_helpers.make_byzantine(env.cluster, node, rw_behaviour)
+
+
+@pytest.mark.parametrize(
+    ("node", "qu_behaviour", "rw_behaviour"),
+    [(1, "wrong_answer", "corrupt-fragment"), (5, "forge_higher", "fabricate-huge-time")],
+)
+def test_workload_with_one_byzantine_node(
+    tmp_path: Path, node: int, qu_behaviour: str, rw_behaviour: str
+) -> None:
+    async def body(env: Env) -> None:
+        await workload(env, 1)
+        byzantine(env, node, qu_behaviour, rw_behaviour)
+        await workload(env, 2)
+
+    run(tmp_path, body, **SMALL)
+
+
+def _pairs() -> list[tuple[int, str, str]]:
+    """Every Q/U and every PASIS Byzantine behaviour at least once, on rotating nodes.
+
+    The full cross product (6 x 7 runs) takes over half an hour on two cores; each behaviour
+    is already exercised at every placement by the protocols' own suites, so here each one
+    meets the file-system workload once, paired with one of the other kind.
+    """
+    qus, rws = sorted(qu_helpers.BYZANTINE), sorted(rw_helpers.BEHAVIOURS)
+    count = max(len(qus), len(rws))
+    return [(i % 6, qus[i % len(qus)], rws[i % len(rws)]) for i in range(count)]
+
+
+#: Known open defect (issue 5): one node forging higher Q/U candidates *and* equivocating on
+#: PASIS reads keeps this workload from finishing (no answer within 300 s). Each behaviour
+#: alone passes here and at every placement in the protocol suites. Not run (it would hang
+#: CI) until fixed; listed so that it cannot be forgotten.
+_KNOWN_HANG = pytest.mark.xfail(
+    reason="liveness: forge_higher + equivocate on one node hangs the fs workload", run=False
+)
+
+
+def _cases() -> list[Any]:
+    return [
+        pytest.param(*p, marks=_KNOWN_HANG) if p[1:] == ("forge_higher", "equivocate") else p
+        for p in _pairs()
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("node", "qu_behaviour", "rw_behaviour"), _cases())
+def test_workload_with_every_byzantine_behaviour(
+    tmp_path: Path, node: int, qu_behaviour: str, rw_behaviour: str
+) -> None:
+    async def body(env: Env) -> None:
+        byzantine(env, node, qu_behaviour, rw_behaviour)
+        await workload(env, 3)
+
+    run(tmp_path, body, **SMALL)
+
+
+def test_too_many_crashed_nodes_is_eio_not_a_hang(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        await env.fs.mkdir(ROOT, b"before", 0o755, 0, 0)
+        for node in (0, 1):
+            rw_helpers.make_crashed(env.cluster, node)
+        with pytest.raises(Unavailable):
+            await env.fs.mkdir(ROOT, b"after", 0o755, 0, 0)
+        rw_helpers.heal(env.cluster)
+        # Like NFS, EIO does not mean "did not happen": the refused-for-lack-of-quorum update
+        # may complete later (its requests were delivered to the live servers and its
+        # stragglers finish in the background), so a retry may find the name taken.
+        with contextlib.suppress(Exists):
+            await env.fs.mkdir(ROOT, b"after", 0o755, 0, 0)  # works again once nodes answer
+        assert b"after" in [n for n, _ in await env.fs.readdir(ROOT)]
+        await env.fs.mkdir(ROOT, b"later", 0o755, 0, 0)
+
+    run(tmp_path, body, **SMALL)

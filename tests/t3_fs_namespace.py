@@ -1,0 +1,426 @@
+"""Tier 3: namespace operations of the file-system model on the in-process cluster.
+
+Every operation of docs/fs-api.md (seed 004 Table 4.3) and the errno of each refused case,
+link counts, times, rename's atomic replace and its refusals, extended attributes, and two
+clients seeing each other's namespace changes.  Every test ends with the invariant checks of
+``fs_helpers`` (link counts match entries, parent pointers, entry types, file layout).
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+from fs_helpers import Env, run
+
+from bftfs.fs.errors import (
+    CrossDevice,
+    Exists,
+    FsError,
+    Invalid,
+    IsDir,
+    NameTooLong,
+    NoAttr,
+    NotDir,
+    NotEmpty,
+    NotFound,
+    Permission,
+)
+from bftfs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
+from bftfs.fs.objects import ROOT
+
+BAD_NAMES = [(b"", Invalid), (b".", Invalid), (b"..", Invalid), (b"a/b", Invalid),
+             (b"a\0b", Invalid), (b"x" * 256, NameTooLong)]  # fmt: skip
+
+
+def test_errno_of_each_error_class() -> None:
+    table = {
+        NotFound: errno.ENOENT, Exists: errno.EEXIST, NotEmpty: errno.ENOTEMPTY,
+        NotDir: errno.ENOTDIR, IsDir: errno.EISDIR, Invalid: errno.EINVAL,
+        NameTooLong: errno.ENAMETOOLONG, NoAttr: errno.ENODATA, CrossDevice: errno.EXDEV,
+    }  # fmt: skip
+    for cls, code in table.items():
+        assert cls().errno == code
+
+
+def test_root_and_mkdir_lookup_getattr_readdir(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        root = await fs.getattr(ROOT)
+        assert stat.S_ISDIR(root.mode) and root.nlink == 2
+        a = await fs.mkdir(ROOT, b"a", 0o750, 1000, 100)
+        assert stat.S_IMODE(a.mode) == 0o750 and (a.uid, a.gid) == (1000, 100)
+        assert a.nlink == 2 and a.ino not in (0, ROOT)
+        assert (await fs.getattr(ROOT)).nlink == 3
+        assert await fs.lookup(ROOT, b"a") == await fs.getattr(a.ino)
+        assert (await fs.lookup(a.ino, b"..")).ino == ROOT
+        assert (await fs.lookup(a.ino, b".")).ino == a.ino
+        assert (await fs.lookup(ROOT, b"..")).ino == ROOT
+        b = await fs.mkdir(a.ino, b"b", 0o755, 0, 0)
+        names = [n for n, _ in await fs.readdir(a.ino)]
+        assert names == [b"b"]
+        assert (await fs.getattr(a.ino)).nlink == 3
+        for name in (b"z", b"c", b"m"):
+            await fs.mkdir(b.ino, name, 0o755, 0, 0)
+        listing = await fs.readdir(b.ino)
+        assert [n for n, _ in listing] == [b"c", b"m", b"z"]
+        assert all(stat.S_ISDIR(x.mode) for _, x in listing)
+        # Errors: missing names and parents, existing names, files as parents, bad names.
+        with pytest.raises(NotFound):
+            await fs.lookup(ROOT, b"nope")
+        with pytest.raises(Exists):
+            await fs.mkdir(ROOT, b"a", 0o755, 0, 0)
+        with pytest.raises(NotFound):
+            await fs.getattr(12345)
+        fh, f = await fs.create(ROOT, b"file", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        with pytest.raises(NotDir):
+            await fs.mkdir(f.ino, b"x", 0o755, 0, 0)
+        with pytest.raises(NotDir):
+            await fs.lookup(f.ino, b"x")
+        with pytest.raises(NotDir):
+            await fs.readdir(f.ino)
+        for name, err in BAD_NAMES:
+            with pytest.raises(err):
+                await fs.mkdir(ROOT, name, 0o755, 0, 0)
+            with pytest.raises(err):
+                await fs.create(ROOT, name, 0o644, 0, 0, 0)
+
+    run(tmp_path, body)
+
+
+def test_create_mknod_symlink_readlink(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, f = await fs.create(ROOT, b"f", 0o640, 7, 8, 0)
+        await fs.release(fh)
+        assert stat.S_ISREG(f.mode) and stat.S_IMODE(f.mode) == 0o640
+        assert (f.nlink, f.size, f.uid, f.gid) == (1, 0, 7, 8)
+        fifo = await fs.mknod(ROOT, b"fifo", stat.S_IFIFO | 0o600, 0, 0, 0)
+        assert stat.S_ISFIFO(fifo.mode)
+        dev = await fs.mknod(ROOT, b"dev", stat.S_IFCHR | 0o600, 0x0103, 0, 0)
+        assert stat.S_ISCHR(dev.mode) and dev.rdev == 0x0103
+        sock = await fs.mknod(ROOT, b"sock", stat.S_IFSOCK | 0o600, 0, 0, 0)
+        assert stat.S_ISSOCK(sock.mode)
+        reg = await fs.mknod(ROOT, b"reg", 0o600, 0, 0, 0)
+        assert stat.S_ISREG(reg.mode)
+        ln = await fs.symlink(ROOT, b"ln", b"../some/where", 3, 4)
+        assert stat.S_ISLNK(ln.mode) and ln.size == len(b"../some/where")
+        assert await fs.readlink(ln.ino) == b"../some/where"
+        assert (await fs.lookup(ROOT, b"ln")).ino == ln.ino
+        with pytest.raises(Invalid):
+            await fs.readlink(f.ino)
+        with pytest.raises(Exists):
+            await fs.symlink(ROOT, b"f", b"t", 0, 0)
+        with pytest.raises(Exists):
+            await fs.mknod(ROOT, b"fifo", stat.S_IFIFO | 0o600, 0, 0, 0)
+        with pytest.raises(NameTooLong):
+            await fs.symlink(ROOT, b"long", b"x" * 4097, 0, 0)
+        with pytest.raises(Invalid):
+            await fs.symlink(ROOT, b"empty", b"", 0, 0)
+        names = [n for n, _ in await fs.readdir(ROOT)]
+        assert names == sorted([b"f", b"fifo", b"dev", b"sock", b"reg", b"ln"])
+
+    run(tmp_path, body)
+
+
+def test_link_unlink_and_link_counts(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh, f = await fs.create(ROOT, b"f", 0o644, 0, 0, 0)
+        await fs.write(fh, 0, b"data")
+        await fs.release(fh)
+        l1 = await fs.link(f.ino, d.ino, b"l1")
+        assert l1.ino == f.ino and l1.nlink == 2
+        l2 = await fs.link(f.ino, ROOT, b"l2")
+        assert l2.nlink == 3
+        assert (await fs.lookup(d.ino, b"l1")).nlink == 3
+        with pytest.raises(Exists):
+            await fs.link(f.ino, ROOT, b"l2")
+        with pytest.raises(Permission):  # link(2) to a directory: EPERM
+            await fs.link(d.ino, ROOT, b"dl")
+        await fs.unlink(ROOT, b"f")
+        assert (await fs.getattr(f.ino)).nlink == 2
+        await fs.unlink(d.ino, b"l1")
+        a = await fs.getattr(f.ino)
+        assert a.nlink == 1 and a.size == 4
+        with pytest.raises(NotFound):
+            await fs.unlink(ROOT, b"f")
+        with pytest.raises(IsDir):
+            await fs.unlink(ROOT, b"d")
+        await fs.unlink(ROOT, b"l2")
+        assert (await fs.getattr(f.ino)).nlink == 0  # the object remains for open handles
+        with pytest.raises(NotFound):  # no new name for a removed file
+            await fs.link(f.ino, ROOT, b"back")
+        assert [n for n, _ in await fs.readdir(ROOT)] == [b"d"]
+
+    run(tmp_path, body)
+
+
+def test_rmdir(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        a = await fs.mkdir(ROOT, b"a", 0o755, 0, 0)
+        b = await fs.mkdir(a.ino, b"b", 0o755, 0, 0)
+        with pytest.raises(NotEmpty):
+            await fs.rmdir(ROOT, b"a")
+        fh, _ = await fs.create(b.ino, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        with pytest.raises(NotEmpty):
+            await fs.rmdir(a.ino, b"b")
+        with pytest.raises(NotDir):
+            await fs.rmdir(b.ino, b"f")
+        with pytest.raises(NotFound):
+            await fs.rmdir(ROOT, b"zzz")
+        await fs.unlink(b.ino, b"f")
+        await fs.rmdir(a.ino, b"b")
+        assert (await fs.getattr(a.ino)).nlink == 2
+        assert (await fs.getattr(b.ino)).nlink == 0
+        with pytest.raises(NotFound):  # a removed directory takes no new entries
+            await fs.mkdir(b.ino, b"x", 0o755, 0, 0)
+        with pytest.raises(NotFound):
+            await fs.readdir(b.ino)
+        await fs.rmdir(ROOT, b"a")
+        assert (await fs.getattr(ROOT)).nlink == 2
+        assert await fs.readdir(ROOT) == []
+
+    run(tmp_path, body)
+
+
+def test_times_follow_posix(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        assert d.atime_ns == d.mtime_ns == d.ctime_ns
+        fh, f = await fs.create(d.ino, b"f", 0o644, 0, 0, 0)
+        d1 = await fs.getattr(d.ino)
+        assert d1.mtime_ns == d1.ctime_ns == f.ctime_ns > d.mtime_ns  # entry added
+        await fs.write(fh, 0, b"x")
+        await fs.release(fh)
+        f1 = await fs.getattr(f.ino)
+        assert f1.mtime_ns > f.mtime_ns and f1.ctime_ns >= f1.mtime_ns
+        f2 = await fs.setattr(f.ino, mode=0o600)
+        assert f2.ctime_ns > f1.ctime_ns and f2.mtime_ns == f1.mtime_ns
+        f3 = await fs.setattr(f.ino, atime_ns=5, mtime_ns=6)
+        assert (f3.atime_ns, f3.mtime_ns) == (5, 6) and f3.ctime_ns > f2.ctime_ns
+        await fs.link(f.ino, ROOT, b"l")
+        f4 = await fs.getattr(f.ino)
+        assert f4.ctime_ns > f3.ctime_ns and f4.mtime_ns == 6
+        await fs.rename(d.ino, b"f", ROOT, b"g")
+        assert (await fs.getattr(f.ino)).ctime_ns > f4.ctime_ns
+        d2 = await fs.getattr(d.ino)
+        assert d2.mtime_ns > d1.mtime_ns
+
+    run(tmp_path, body)
+
+
+def test_setattr_mode_owner_and_errors(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, f = await fs.create(ROOT, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        a = await fs.setattr(f.ino, mode=stat.S_IFREG | 0o4711, uid=5, gid=6)
+        assert a.mode == stat.S_IFREG | 0o4711 and (a.uid, a.gid) == (5, 6)
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        a = await fs.setattr(d.ino, mode=0o700)
+        assert a.mode == stat.S_IFDIR | 0o700
+        with pytest.raises(IsDir):
+            await fs.setattr(d.ino, size=0)
+        ln = await fs.symlink(ROOT, b"ln", b"t", 0, 0)
+        with pytest.raises(Invalid):
+            await fs.setattr(ln.ino, size=3)
+        with pytest.raises(NotFound):
+            await fs.setattr(999, mode=0o600)
+
+    run(tmp_path, body)
+
+
+def test_rename_file_within_and_across_directories(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        a = await fs.mkdir(ROOT, b"a", 0o755, 0, 0)
+        b = await fs.mkdir(ROOT, b"b", 0o755, 0, 0)
+        fh, f = await fs.create(a.ino, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        await fs.rename(a.ino, b"f", a.ino, b"g")
+        assert [n for n, _ in await fs.readdir(a.ino)] == [b"g"]
+        await fs.rename(a.ino, b"g", b.ino, b"h")
+        assert await fs.readdir(a.ino) == []
+        assert (await fs.lookup(b.ino, b"h")).ino == f.ino
+        await fs.rename(b.ino, b"h", b.ino, b"h")  # same name: nothing happens
+        assert (await fs.lookup(b.ino, b"h")).ino == f.ino
+        with pytest.raises(NotFound):
+            await fs.rename(a.ino, b"missing", b.ino, b"x")
+        with pytest.raises(NotFound):
+            await fs.rename(a.ino, b"missing", 4242, b"x")
+
+    run(tmp_path, body)
+
+
+def test_rename_replaces_atomically_and_refuses_posix_violations(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh, f = await fs.create(ROOT, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        fh, g = await fs.create(d.ino, b"g", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        # Replace a file: the old target loses its link, in the same update.
+        await fs.rename(ROOT, b"f", d.ino, b"g")
+        assert (await fs.lookup(d.ino, b"g")).ino == f.ino
+        assert (await fs.getattr(g.ino)).nlink == 0
+        with pytest.raises(NotFound):
+            await fs.lookup(ROOT, b"f")
+        # Directories: replace only an empty directory, never a file with a dir or back.
+        e1 = await fs.mkdir(ROOT, b"e1", 0o755, 0, 0)
+        e2 = await fs.mkdir(ROOT, b"e2", 0o755, 0, 0)
+        await fs.mkdir(e2.ino, b"sub", 0o755, 0, 0)
+        with pytest.raises(NotEmpty):
+            await fs.rename(ROOT, b"e1", ROOT, b"e2")
+        with pytest.raises(NotDir):
+            await fs.rename(ROOT, b"e1", d.ino, b"g")
+        with pytest.raises(IsDir):
+            await fs.rename(d.ino, b"g", ROOT, b"e1")
+        await fs.rename(e2.ino, b"sub", ROOT, b"e1")  # replaces the empty e1
+        assert (await fs.getattr(e1.ino)).nlink == 0
+        assert (await fs.getattr(e2.ino)).nlink == 2
+        assert (await fs.getattr(ROOT)).nlink == 2 + 3  # d, e1 (was sub), e2
+        # Under itself: refused for the directory itself and any descendant.
+        x = await fs.mkdir(ROOT, b"x", 0o755, 0, 0)
+        y = await fs.mkdir(x.ino, b"y", 0o755, 0, 0)
+        z = await fs.mkdir(y.ino, b"z", 0o755, 0, 0)
+        for parent in (x, y, z):
+            with pytest.raises(Invalid):
+                await fs.rename(ROOT, b"x", parent.ino, b"loop")
+        # Moving a directory up and across updates both parents' link counts.
+        await fs.rename(y.ino, b"z", ROOT, b"z")
+        assert (await fs.getattr(y.ino)).nlink == 2
+        assert (await fs.lookup(z.ino, b"..")).ino == ROOT
+        await fs.rename(ROOT, b"z", y.ino, b"z2")
+        assert (await fs.lookup(z.ino, b"..")).ino == y.ino
+        # Flags.
+        with pytest.raises(Exists):
+            await fs.rename(ROOT, b"e2", ROOT, b"d", RENAME_NOREPLACE)
+        await fs.rename(ROOT, b"e2", ROOT, b"new", RENAME_NOREPLACE)
+        with pytest.raises(NotFound):
+            await fs.rename(ROOT, b"new", ROOT, b"absent", RENAME_EXCHANGE)
+        with pytest.raises(Invalid):
+            await fs.rename(ROOT, b"new", ROOT, b"d", RENAME_EXCHANGE | RENAME_NOREPLACE)
+
+    run(tmp_path, body)
+
+
+def test_rename_exchange(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        a = await fs.mkdir(ROOT, b"a", 0o755, 0, 0)
+        b = await fs.mkdir(ROOT, b"b", 0o755, 0, 0)
+        fh, f = await fs.create(a.ino, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        sub = await fs.mkdir(b.ino, b"sub", 0o755, 0, 0)
+        await fs.rename(a.ino, b"f", b.ino, b"sub", RENAME_EXCHANGE)
+        assert (await fs.lookup(a.ino, b"f")).ino == sub.ino
+        assert (await fs.lookup(b.ino, b"sub")).ino == f.ino
+        assert (await fs.lookup(sub.ino, b"..")).ino == a.ino
+        assert (await fs.getattr(a.ino)).nlink == 3 and (await fs.getattr(b.ino)).nlink == 2
+        with pytest.raises(Invalid):  # would put a under its own subdirectory
+            await fs.rename(ROOT, b"a", a.ino, b"f", RENAME_EXCHANGE)
+
+    run(tmp_path, body)
+
+
+def test_rename_beyond_eight_objects_is_exdev(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        parent = ROOT
+        for i in range(8):
+            parent = (await fs.mkdir(parent, b"d%d" % i, 0o755, 0, 0)).ino
+        await fs.mkdir(ROOT, b"m", 0o755, 0, 0)
+        with pytest.raises(CrossDevice):
+            await fs.rename(ROOT, b"m", parent, b"m")
+        fh, _ = await fs.create(ROOT, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        await fs.rename(ROOT, b"f", parent, b"f")  # files need no ancestor chain
+
+    run(tmp_path, body)
+
+
+def test_xattrs(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, f = await fs.create(ROOT, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        for ino in (f.ino, d.ino):
+            assert await fs.listxattr(ino) == []
+            await fs.setxattr(ino, b"user.a", b"1")
+            await fs.setxattr(ino, b"user.b", b"")
+            assert await fs.getxattr(ino, b"user.a") == b"1"
+            assert await fs.getxattr(ino, b"user.b") == b""
+            assert await fs.listxattr(ino) == [b"user.a", b"user.b"]
+            with pytest.raises(Exists):
+                await fs.setxattr(ino, b"user.a", b"2", XATTR_CREATE)
+            with pytest.raises(NoAttr):
+                await fs.setxattr(ino, b"user.c", b"2", XATTR_REPLACE)
+            await fs.setxattr(ino, b"user.a", b"2", XATTR_REPLACE)
+            assert await fs.getxattr(ino, b"user.a") == b"2"
+            await fs.removexattr(ino, b"user.a")
+            with pytest.raises(NoAttr):
+                await fs.getxattr(ino, b"user.a")
+            with pytest.raises(NoAttr):
+                await fs.removexattr(ino, b"user.a")
+            with pytest.raises(FsError) as e:
+                await fs.setxattr(ino, b"user.big", bytes(65537))
+            assert e.value.errno == errno.E2BIG
+            with pytest.raises(NameTooLong):
+                await fs.setxattr(ino, b"u" * 256, b"")
+        assert (await env.fss[1].getxattr(f.ino, b"user.b")) == b""
+
+    run(tmp_path, body)
+
+
+def test_two_clients_see_each_others_namespace_changes(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        assert (await b.lookup(ROOT, b"d")).ino == d.ino
+        fh, f = await b.create(d.ino, b"f", 0o644, 0, 0, 0)
+        await b.release(fh)
+        assert [n for n, _ in await a.readdir(d.ino)] == [b"f"]
+        # a's cached entry goes stale when b renames: a's unlink must still do the right
+        # thing (the servers refuse the stale view, a re-reads and retries).
+        await b.rename(d.ino, b"f", ROOT, b"f")
+        fh, f2 = await b.create(d.ino, b"f", 0o644, 0, 0, 0)
+        await b.release(fh)
+        await a.unlink(d.ino, b"f")
+        assert (await b.getattr(f2.ino)).nlink == 0
+        assert (await b.getattr(f.ino)).nlink == 1
+        # Concurrent creates of one name: exactly one wins.
+        results: list[str] = []
+
+        async def mk(fs: object, tag: str) -> None:
+            try:
+                await fs.mkdir(ROOT, b"race", 0o755, 0, 0)  # type: ignore[attr-defined]
+                results.append(tag)
+            except Exists:
+                results.append("exists")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(mk, a, "a")
+            n.start_soon(mk, b, "b")
+        assert sorted(results)[0] in ("a", "b") and results.count("exists") == 1
+
+    run(tmp_path, body)
+
+
+def test_statfs(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        s = await env.fs.statfs()
+        assert s["f_namemax"] == 255 and s["f_bsize"] == env.cluster.config.block_size
+        assert s["f_blocks"] >= s["f_bfree"] >= 0
+
+    run(tmp_path, body)
