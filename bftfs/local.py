@@ -208,7 +208,7 @@ def stop_node(
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -225,7 +225,8 @@ def _reap_exited() -> None:
             del _children[pid]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (reaping it if it is our child; a zombie counts as gone)."""
     child = _children.get(pid)
     if child is not None:
         if child.poll() is None:
@@ -307,17 +308,18 @@ def wait_ready(
         if time.monotonic() > deadline:
             details = []
             for s in missing:
-                tail = _log_tail(log_path(cfg.node(s.id)))
+                tail = log_tail(log_path(cfg.node(s.id)))
                 details.append(f"node {s.id} ({s.address}): {s.error}{tail}")
             raise ClusterError("nodes did not come up:\n  " + "\n  ".join(details))
         for s in missing:  # a node that died at start-up will never answer: fail fast
             if running_pid(cfg.node(s.id)) is None:
-                tail = _log_tail(log_path(cfg.node(s.id)))
+                tail = log_tail(log_path(cfg.node(s.id)))
                 raise ClusterError(f"node {s.id} exited during start-up{tail}")
         time.sleep(0.1)
 
 
-def _log_tail(path: Path, lines: int = 5) -> str:
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last ``lines`` of a log, indented, for error messages (empty if unreadable)."""
     try:
         text = path.read_text(errors="replace").strip().splitlines()[-lines:]
     except OSError:

@@ -1,7 +1,7 @@
 """Book-keeping of running mounts: pid files, unmounting, waiting for the daemon.
 
 Kept apart from :mod:`bftfs.fuse.mount` (which imports pyfuse3 and the file system) so that
-``bftfs down`` and ``bftfs umount`` work with nothing but the standard library.
+``bftfs down`` and ``bftfs umount`` need neither.
 
 Each running mount leaves ``<cluster>/mounts/<key>.pid`` (pid and mount point).  Unmounting
 is ``fusermount3 -u``; when that fails (busy, or a daemon stuck on unreachable nodes) the
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bftfs.config import ClusterConfig
+from bftfs.local import log_tail, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def unmount(mountpoint: Path, *, pid: int | None = None, wait: float = 30.0) -> 
     if pid is None:
         return
     deadline = time.monotonic() + wait
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -84,23 +85,12 @@ def unmount(mountpoint: Path, *, pid: int | None = None, wait: float = 30.0) -> 
         time.sleep(0.02)
 
 
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def log_tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
-    except OSError:
-        return ""
-    return ("\n    " + "\n    ".join(text)) if text else ""
+__all__ = [
+    "MountError",
+    "is_mounted",
+    "known_mounts",
+    "log_file",
+    "log_tail",
+    "pid_file",
+    "unmount",
+]
