@@ -28,7 +28,13 @@ import trio
 
 from bftfs import __version__
 from bftfs import local as localmod
-from bftfs.config import DEFAULT_BLOCK_SIZE, DEFAULT_MAP_SIZE, ClusterConfig, ConfigError
+from bftfs.config import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_INLINE_LIMIT,
+    DEFAULT_MAP_SIZE,
+    ClusterConfig,
+    ConfigError,
+)
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.logsetup import setup_logging
 
@@ -80,6 +86,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         qc=args.qc,
         m=args.m,
         block_size=args.block_size,
+        inline_limit=args.inline_limit,
         map_size=args.map_size,
         durable=not args.no_durable,
         clients=args.clients,
@@ -123,13 +130,26 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _mount(
-    cfg: ClusterConfig, config_path: Path, mnt: Path, client: str, attr_timeout: float
+    cfg: ClusterConfig,
+    config_path: Path,
+    mnt: Path,
+    client: str,
+    attr_timeout: float,
+    args: argparse.Namespace | None = None,
 ) -> int:
+    """Start a background mount daemon (``args``: ``bftfs mount``'s logging options)."""
     from bftfs.fuse import mount as mountmod
 
     try:
         return mountmod.mount_background(
-            cfg, client, mnt, timeout=attr_timeout, config_path=config_path
+            cfg,
+            client,
+            mnt,
+            timeout=attr_timeout,
+            config_path=config_path,
+            log_path=getattr(args, "log", None),
+            debug_modules=getattr(args, "debug_modules", None) or (),
+            debug=bool(getattr(args, "debug", False)),
         )
     except mountmod.MountError as e:  # re-exported from bftfs.fuse.control
         raise QuietError(str(e), EXIT_MOUNT) from None
@@ -155,7 +175,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             cfg, args.client, args.mountpoint, timeout=args.attr_timeout, debug=args.debug
         )
         return 0
-    _mount(cfg, path, args.mountpoint, args.client, args.attr_timeout)
+    _mount(cfg, path, args.mountpoint, args.client, args.attr_timeout, args)
     print(f"mounted {args.mountpoint.resolve()} as {args.client}")
     return 0
 
@@ -308,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="file block size (default 64K)",
         )
         sp.add_argument(
+            "--inline-limit",
+            type=_size,
+            default=DEFAULT_INLINE_LIMIT,
+            help="files up to this size live in their metadata object, replicated "
+            "(default 8K; 0 = always erasure-coded blocks)",
+        )
+        sp.add_argument(
             "--map-size",
             type=_size,
             default=DEFAULT_MAP_SIZE,
@@ -359,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", type=Path, help="cluster.toml (instead of --dir)")
     with_client(sp)
     sp.add_argument("--fg", action="store_true", help="stay in the foreground, log to stderr")
-    sp.add_argument("--log", type=Path, help="log file (with --fg; default stderr)")
+    sp.add_argument(
+        "--log", type=Path, help="log file (default: stderr with --fg, else under mounts/)"
+    )
     sp.add_argument("--debug", action="store_true", help="libfuse debug output")
     sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.fs")
     sp.set_defaults(func=cmd_mount)

@@ -42,6 +42,12 @@ DEFAULT_BLOCK_SIZE = 64 * 1024
 DEFAULT_MAP_SIZE = 16 * 1024**3
 MIN_MAP_SIZE = 1024**2
 MAX_BLOCK_SIZE = 4 * 1024**2
+#: Regular files up to this many bytes keep their content in their Q/U attribute object
+#: (replicated on every node, one round per flush) instead of PASIS blocks; 0 turns it off.
+#: Files are inline up to ``min(inline_limit, block_size)``.  See docs/fs.md.
+DEFAULT_INLINE_LIMIT = 8 * 1024
+#: The servers refuse larger inline content (bftfs.fs.objects.INLINE_MAX).
+MAX_INLINE_LIMIT = 64 * 1024
 
 
 class ConfigError(Exception):
@@ -97,6 +103,8 @@ class ClusterConfig:
     clients: tuple[ClientSpec, ...]
     #: The directory private keys of clients live under (``clients/<name>/private/key``).
     home: Path = Path(".")
+    #: Small files inline in their attribute object up to this size (see the constant).
+    inline_limit: int = DEFAULT_INLINE_LIMIT
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -188,6 +196,10 @@ class ClusterConfig:
             raise ConfigError(
                 f"block_size must be in 1..{MAX_BLOCK_SIZE} bytes, got {self.block_size}"
             )
+        if not 0 <= self.inline_limit <= MAX_INLINE_LIMIT:
+            raise ConfigError(
+                f"inline_limit must be in 0..{MAX_INLINE_LIMIT} bytes, got {self.inline_limit}"
+            )
         if self.map_size < MIN_MAP_SIZE:
             raise ConfigError(
                 f"map_size must be at least {MIN_MAP_SIZE} bytes, got {self.map_size}"
@@ -260,7 +272,7 @@ def default_sizes(
 
 # TOML ------------------------------------------------------------------------------------
 
-_CLUSTER_KEYS = {"t", "b", "qc", "m", "block_size", "map_size", "durable"}
+_CLUSTER_KEYS = {"t", "b", "qc", "m", "block_size", "map_size", "durable", "inline_limit"}
 _NODE_KEYS = {"id", "address", "public_key", "data_dir"}
 _CLIENT_KEYS = {"name", "public_key"}
 
@@ -269,7 +281,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
     unknown = set(table) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    missing = allowed - set(table) - {"durable", "map_size", "block_size"}
+    missing = allowed - set(table) - {"durable", "map_size", "block_size", "inline_limit"}
     if missing:
         raise ConfigError(f"{where}: missing key(s) {sorted(missing)}")
 
@@ -350,6 +362,7 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         nodes=tuple(nodes),
         clients=tuple(clients),
         home=home,
+        inline_limit=_int("[cluster] inline_limit", c.get("inline_limit", DEFAULT_INLINE_LIMIT)),
     ).validate()
 
 
@@ -393,6 +406,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             "block_size": cfg.block_size,
             "map_size": cfg.map_size,
             "durable": cfg.durable,
+            "inline_limit": cfg.inline_limit,
         },
         "nodes": [
             {

@@ -87,6 +87,7 @@ def init_cluster(
     host: str = "127.0.0.1",
     ports: list[int] | None = None,
     force: bool = False,
+    inline_limit: int = cfgmod.DEFAULT_INLINE_LIMIT,
 ) -> ClusterConfig:
     """Create a cluster directory: fresh keys for every node and client, and its config.
 
@@ -122,6 +123,7 @@ def init_cluster(
             ClientSpec(client_id(k), f"client{k}", client_ids[k].public) for k in range(clients)
         ),
         home=home,
+        inline_limit=inline_limit,
     ).validate()
     home.mkdir(parents=True, exist_ok=True)
     for spec, ident in zip(cfg.nodes, node_ids, strict=True):

@@ -65,9 +65,9 @@ def test_default_sizes_match_design() -> None:
 
 
 def test_toml_round_trip_and_relative_paths(tmp_path: Path) -> None:
-    cfg = init_cluster(tmp_path / "c", clients=3, block_size=16384)
+    cfg = init_cluster(tmp_path / "c", clients=3, block_size=16384, inline_limit=1000)
     again = cfgmod.load(tmp_path / "c" / "cluster.toml")
-    assert again == cfg
+    assert again == cfg and again.inline_limit == 1000
     assert all(s.data_dir.is_relative_to(tmp_path / "c") for s in again.nodes)
     assert 'data_dir = "node0"' in (tmp_path / "c" / "cluster.toml").read_text()
     assert [c.name for c in again.clients] == ["client0", "client1", "client2"]
@@ -98,6 +98,8 @@ def _edit(tmp_path: Path, old: str, new: str) -> Path:
         ('address = "127.0.0.1:', 'address = "127.0.0.1:99999', "host:port"),
         ('public_key = "', 'public_key = "zz', "64 hex digits"),
         ("m = 3", "", "missing key(s) ['m']"),
+        ("inline_limit = 8192", "inline_limit = 70000", "inline_limit must be in 0..65536"),
+        ("inline_limit = 8192", "inline_limit = -1", "inline_limit must be in 0..65536"),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -25,7 +25,7 @@ from fs_helpers import Env, run
 
 from bftfs.fs.errors import Exists, Unavailable
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
+from bftfs.fs.objects import INLINE_MAX, ROOT
 from bftfs.qu.objects import Refused
 
 BS = 4096
@@ -82,8 +82,23 @@ def test_byzantine_client_illegal_calls_are_refused_by_the_servers(tmp_path: Pat
         assert await refused(env, [ROOT, other.ino, deep.ino], "fs.rename", arg) == "stale"
         # Data layout: size beyond the reservation; truncation to zero keeping the data id.
         s = await env.raw.query(f.ino, "fs.stat")
-        arg = {"d": s["d"], "end": s["alloc"] + 1, "mtime": now}
+        arg = {"d": s["d"], "end": s["alloc"] + 1, "mtime": now, "blocks": True}
         assert await refused(env, [f.ino], "fs.write", arg) == "invalid"
+        # Inline content (the 100-byte file is inline): its length must be the size, it
+        # needs the version it replaces, it has a bound, and a size change must carry it.
+        assert s["inl"]
+        w = {"d": s["d"], "mtime": now, "v": s["v"]}
+        for bad in (
+            {**w, "end": 5, "i": b"1234"},
+            {"d": s["d"], "mtime": now, "end": 4, "i": b"1234"},
+            {**w, "end": INLINE_MAX + 1, "i": bytes(INLINE_MAX + 1)},
+            {**w, "end": 200},
+        ):
+            assert await refused(env, [f.ino], "fs.write", bad) == "invalid", bad
+        arg = {"size": 50, "d": s["d"], "now": now}
+        assert await refused(env, [f.ino], "fs.setattr", arg) == "invalid"
+        arg = {**mk, "p": d.ino, "o": new, "name": b"g", "mode": 0o100644, "d": 5, "alloc": 0}
+        assert await refused(env, [d.ino, new], "fs.create", {**arg, "i": b"x"}) == "invalid"
         arg = {"size": 0, "d": s["d"], "alloc": 0, "now": now}
         assert await refused(env, [f.ino], "fs.setattr", arg) == "invalid"
         # Garbage arguments and methods on the wrong kind of object.
@@ -95,6 +110,9 @@ def test_byzantine_client_illegal_calls_are_refused_by_the_servers(tmp_path: Pat
         # Nothing above changed anything.
         assert [n for n, _ in await fs.readdir(d.ino)] == [b"f", b"sub"]
         assert (await fs.getattr(f.ino)).nlink == 1
+        fh = await fs.open(f.ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 200) == b"x" * 100
+        await fs.release(fh)
 
     run(tmp_path, body)
 
@@ -115,7 +133,10 @@ def crash_before(fs: Any, method: str) -> None:
     fs.qu.update = update
 
 
-def test_crash_between_data_and_size_update_keeps_old_size_and_data(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline_limit", [0, BS], ids=["blocks", "inline"])
+def test_crash_between_data_and_size_update_keeps_old_size_and_data(
+    tmp_path: Path, inline_limit: int
+) -> None:
     async def body(env: Env) -> None:
         a, b = env.fss
         fh, f = await a.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
@@ -166,7 +187,7 @@ def test_crash_between_data_and_size_update_keeps_old_size_and_data(tmp_path: Pa
         assert await b.read(fb, len(old), 20_000) == bytes(20_000)
         await b.release(fb)
 
-    run(tmp_path, body, **SMALL)
+    run(tmp_path, body, inline_limit=inline_limit, **SMALL)
 
 
 async def workload(env: Env, seed: int) -> None:

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from fs_helpers import Env, run
 
-from bftfs.fs.errors import BadHandle, IsDir
+from bftfs.fs.errors import BadHandle, IsDir, NoAttr
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
+from bftfs.rw.messages import block_id
 
 BS = 4096
 SMALL = {"block_size": BS}
@@ -249,12 +250,17 @@ async def exercise(env: Env, seed: int, steps: int) -> None:
     await check.release(fh)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_data_integrity_exerciser(tmp_path: Path, seed: int) -> None:
+#: Inline limits the exerciser runs with: none, part of a block, a whole block.
+INLINE_LIMITS = (0, 1000, BS)
+
+
+@pytest.mark.parametrize(("seed", "inline_limit"), [(1, 0), (2, 1000), (3, BS)])
+def test_data_integrity_exerciser(tmp_path: Path, seed: int, inline_limit: int) -> None:
     async def body(env: Env) -> None:
         await exercise(env, seed, 120)
 
-    run(tmp_path, body, seed=seed, fs_options={"dirty_limit": 8 * BS}, **SMALL)
+    options = {"dirty_limit": 8 * BS}
+    run(tmp_path, body, seed=seed, fs_options=options, inline_limit=inline_limit, **SMALL)
 
 
 @pytest.mark.slow
@@ -263,4 +269,136 @@ def test_data_integrity_exerciser_long(tmp_path: Path, seed: int) -> None:
     async def body(env: Env) -> None:
         await exercise(env, seed, 1500)
 
-    run(tmp_path, body, seed=seed, fs_options={"dirty_limit": 8 * BS}, **SMALL)
+    inline_limit = INLINE_LIMITS[seed % len(INLINE_LIMITS)]
+    options = {"dirty_limit": 8 * BS}
+    run(tmp_path, body, seed=seed, fs_options=options, inline_limit=inline_limit, **SMALL)
+
+
+# Small files inline in their attribute object -----------------------------------------------
+
+
+async def layout(env: Env, ino: int) -> tuple[bool, int]:
+    """(inline?, size) as the servers hold them."""
+    s = await env.raw.query(ino, "fs.stat")
+    return s["inl"], s["size"]
+
+
+def test_small_files_live_inline_and_move_to_blocks_and_back(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, ino = await new_file(a)
+        assert await layout(env, ino) == (True, 0)
+        writes = a.rw.statistics()["writes"]
+        await a.write(fh, 0, b"small" * 100)
+        await a.flush(fh)
+        assert await layout(env, ino) == (True, 500)
+        assert a.rw.statistics()["writes"] == writes  # no PASIS round for an inline file
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fb, 0, 10_000) == b"small" * 100
+        await b.release(fb)
+        # Growing past the limit moves the content to blocks (block 0 keeps it).
+        await a.write(fh, 3 * BS, b"far")
+        await a.flush(fh)
+        assert await layout(env, ino) == (False, 3 * BS + 3)
+        fb = await b.open(ino, os.O_RDONLY)
+        want = (b"small" * 100).ljust(3 * BS, b"\0") + b"far"
+        assert await b.read(fb, 0, 10 * BS) == want
+        await b.release(fb)
+        # Truncated small, the next flush brings it back inline, read from block 0.
+        await a.setattr(ino, size=300)
+        assert await layout(env, ino) == (False, 300)
+        await a.write(fh, 300, b"!")
+        await a.release(fh)
+        assert await layout(env, ino) == (True, 301)
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fb, 0, 10 * BS) == (b"small" * 100)[:300] + b"!"
+        await b.release(fb)
+
+    run(tmp_path, body, inline_limit=1000, **SMALL)
+
+
+def test_inline_truncation_within_and_beyond_the_limit(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, ino = await new_file(a)
+        await a.write(fh, 0, b"abcdef")
+        await a.release(fh)
+        await a.setattr(ino, size=3)
+        assert await layout(env, ino) == (True, 3)
+        await a.setattr(ino, size=900)  # up within the limit: zeros, still inline
+        assert await layout(env, ino) == (True, 900)
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fb, 0, BS) == b"abc" + bytes(897)
+        await b.release(fb)
+        await a.setattr(ino, size=2 * BS + 1)  # beyond: block 0 gets the content
+        assert await layout(env, ino) == (False, 2 * BS + 1)
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fb, 0, 4 * BS) == b"abc" + bytes(2 * BS - 2)
+        await b.release(fb)
+        await a.setattr(ino, size=0)  # a fresh data id, inline again
+        assert await layout(env, ino) == (True, 0)
+
+    run(tmp_path, body, inline_limit=1000, **SMALL)
+
+
+def test_leftover_blocks_never_appear_when_an_inline_file_grows(tmp_path: Path) -> None:
+    """A crashed writer's blocks under the data id of a (now inline) file stay invisible
+    whether the file leaves inline by a write or by truncation up."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        for how in ("write", "truncate"):
+            fh, ino = await new_file(a, how.encode())
+            await a.write(fh, 0, b"tiny")
+            await a.release(fh)
+            d = (await env.raw.query(ino, "fs.stat"))["d"]
+            junk = {block_id(d, k): b"LEFTOVER" * (BS // 8) for k in range(4)}
+            await a.rw.write_blocks(junk)  # as if a writer died before its size update
+            if how == "write":
+                fb = await b.open(ino, os.O_RDWR)
+                await b.write(fb, 3 * BS, b"end")
+                await b.release(fb)
+            else:
+                await b.setattr(ino, size=3 * BS + 3)
+            assert (await layout(env, ino))[0] is False
+            fb = await b.open(ino, os.O_RDONLY)
+            got = await b.read(fb, 0, 5 * BS)
+            await b.release(fb)
+            assert got[:4] == b"tiny" and b"LEFTOVER" not in got, how
+            assert len(got) == 3 * BS + 3
+
+    run(tmp_path, body, inline_limit=1000, **SMALL)
+
+
+def test_kernel_time_updates_and_capability_queries_cost_no_round(tmp_path: Path) -> None:
+    """What the kernel's writeback cache sends around every write: a getxattr of
+    ``security.capability`` (answered from fresh attributes with no xattrs), an mtime through
+    the handle before the flush (sent with the flush), and the same mtime again at inode
+    write-back (already held: nothing to do).  An explicit mtime is still an update."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, ino = await new_file(a)
+        ops = a.qu.statistics().operations
+        with pytest.raises(NoAttr):
+            await a.getxattr(ino, b"security.capability")
+        await a.write(fh, 0, b"data")
+        await a.setattr(ino, mtime_ns=1234, fh=fh)
+        assert (await a.getattr(ino)).mtime_ns == 1234
+        await a.flush(fh)
+        assert a.qu.statistics().operations == ops + 1  # the flush alone
+        await a.setattr(ino, mtime_ns=1234)
+        assert a.qu.statistics().operations == ops + 1
+        assert (await env.raw.query(ino, "fs.stat"))["mt"] == 1234
+        await a.setattr(ino, mtime_ns=99)
+        assert (await env.raw.query(ino, "fs.stat"))["mt"] == 99
+        # With an extended attribute present, the question goes to the servers.
+        await b.setxattr(ino, b"user.k", b"v")
+        await a.release(fh)
+        fh = await a.open(ino, os.O_RDONLY)
+        assert await a.getxattr(ino, b"user.k") == b"v"
+        with pytest.raises(NoAttr):
+            await a.getxattr(ino, b"security.capability")
+        await a.release(fh)
+
+    run(tmp_path, body, attr_ttl=1.0, **SMALL)

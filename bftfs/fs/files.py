@@ -80,7 +80,11 @@ class OpenFile:
     def reset(self, st: dict[str, Any], *, own: bool = False) -> None:
         """Adopt ``st`` as the servers' state; clean blocks survive only if nobody else
         changed the file (same version counter, or the next one when ``st`` is the answer of
-        our own update) - close-to-open consistency."""
+        our own update) - close-to-open consistency.  An ``fs.open`` answer of an inline
+        file carries the content (``i``): it becomes block 0."""
+        content = st.get("i")
+        if content is not None:
+            st = {k: v for k, v in st.items() if k != "i"}
         expected = self.st["v"] + 1 if own else self.st["v"]
         if st["v"] not in (self.st["v"], expected) or st["d"] != self.st["d"]:
             self.clean.clear()
@@ -88,6 +92,12 @@ class OpenFile:
         self.st = st
         self.valid = st["size"]
         self.size = max(st["size"], self.size) if self.dirty else st["size"]
+        if content is not None:
+            self.remember(0, content)
+
+    def missing(self, index: int) -> bool:
+        """Whether block ``index`` holds server bytes this client does not have."""
+        return index not in self.dirty and index not in self.clean and index * self.bs < self.valid
 
     @property
     def data_id(self) -> int:

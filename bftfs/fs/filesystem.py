@@ -55,6 +55,7 @@ from bftfs.fs.errors import (
     FsError,
     Invalid,
     IsDir,
+    NoAttr,
     NotDir,
     NotFound,
     TooBig,
@@ -171,6 +172,8 @@ class FileSystem:
         self.dirty_limit = dirty_limit
         self.readahead = readahead
         self.bs: int = config.block_size
+        #: Regular files up to this size keep their content in the attribute object.
+        self.inline: int = min(getattr(config, "inline_limit", 0), self.bs)
         #: Directory id -> {name: (object id, type code)} (partial; see module docstring).
         self._names: dict[int, dict[bytes, tuple[int, int]]] = {}
         self._parents: dict[int, int] = {}
@@ -265,6 +268,17 @@ class FileSystem:
             if f.mtime is not None:
                 s["mt"] = f.mtime
         return attr_from_stat(oid, s, self.bs)
+
+    def _fresh(self, oid: int) -> dict[str, Any] | None:
+        """Attributes known fresh without a query: an open file's (close-to-open) or those
+        our own update produced within ``attr_ttl``; else None."""
+        f = self._files.get(oid)
+        if f is not None and f.opens:
+            return f.st
+        own = self._own.get(oid)
+        if own is not None and trio.current_time() - own[1] < self.attr_ttl:
+            return own[0]
+        return None
 
     async def _stat(self, oid: int) -> dict[str, Any]:
         """Fresh attributes of ``oid`` (a query), unless our own update made them lately."""
@@ -415,6 +429,8 @@ class FileSystem:
         arg: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid, "rdev": rdev}
         if st.S_ISREG(mode):
             arg.update(d=self._new_oid(), alloc=self._initial_reserve())
+            if self.inline:
+                arg["i"] = b""
         return await self._make(parent, name, "fs.create", arg)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
@@ -570,12 +586,29 @@ class FileSystem:
         size: int | None = None,
         atime_ns: int | None = None,
         mtime_ns: int | None = None,
+        fh: int | None = None,
     ) -> Attr:
-        """chmod/chown/utimens in one update; a size change truncates (see :meth:`_truncate`)."""
+        """chmod/chown/utimens in one update; a size change truncates (see :meth:`_truncate`).
+
+        An mtime alone through an open handle ``fh`` is what the kernel's writeback cache
+        sends before flushing a written file: it becomes the time the flush sends, saving an
+        update.  An mtime alone that the servers already hold (fresh attributes) is a no-op:
+        the kernel repeats it when it writes the inode back.
+        """
         if size is not None:
             await self._truncate(ino, size, mtime_ns)
         if mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
             return await self.getattr(ino)
+        if mode is None and uid is None and gid is None and atime_ns is None and size is None:
+            handle = self._handles.get(fh) if fh is not None else None
+            if handle is not None and handle[0].ino == ino:
+                f = handle[0]
+                f.mtime = mtime_ns
+                return self._attr(ino, f.st)
+            fresh = self._fresh(ino)
+            pending = self._files[ino].mtime if ino in self._files else None
+            if fresh is not None and fresh["mt"] == mtime_ns and pending in (None, mtime_ns):
+                return self._attr(ino, fresh)
         arg = {
             "mode": mode,
             "uid": uid,
@@ -603,7 +636,7 @@ class FileSystem:
         lock = f.lock if f is not None else trio.Lock()
         async with lock:
             for _ in range(MAX_ATTEMPTS):
-                s = await self._query(ino, "fs.stat")
+                s = await self._query(ino, "fs.open")
                 if s["k"] == "d":
                     raise IsDir()
                 if not st.S_ISREG(s["mode"]):
@@ -611,9 +644,16 @@ class FileSystem:
                 arg: dict[str, Any] = {"size": size, "mtime": mtime_ns, "now": self._now()}
                 if size == 0:
                     arg.update(d=self._new_oid(), alloc=self._initial_reserve())
+                    if self.inline:
+                        arg["i"] = b""
                 else:
                     arg["d"] = s["d"]
-                    if size > s["size"]:
+                    if s["inl"] and size <= self.inline:
+                        arg["i"] = s["i"][:size].ljust(size, b"\0")
+                    elif s["inl"]:  # leaving inline: block 0 gets the content
+                        await self._clear_gap(s, s["size"], size)
+                        arg["blocks"] = True
+                    elif size > s["size"]:
                         await self._clear_gap(s, s["size"], size)
                 try:
                     s = await self._update([ino], "fs.setattr", arg)
@@ -626,11 +666,16 @@ class FileSystem:
         raise FsError("truncate: file kept changing")
 
     async def _clear_gap(self, s: dict[str, Any], valid: int, new_size: int) -> None:
-        """Write zeros over ``[valid, min(new_size, alloc))`` (see files.OpenFile.gap_blocks)."""
+        """Write zeros over ``[valid, min(new_size, alloc))`` (see files.OpenFile.gap_blocks);
+        for an inline file (``s`` from ``fs.open``) block 0 gets its content first."""
         tmp = OpenFile.from_stat(0, s, self.bs)
         tmp.valid = valid
+        blocks: dict[int, bytes] = {}
+        if s["inl"]:
+            blocks[0] = s["i"]
+            tmp.dirty[0] = bytearray(s["i"])
         partial, empty = tmp.gap_blocks(new_size)
-        blocks: dict[int, bytes] = {k: b"" for k in empty}
+        blocks.update((k, b"") for k in empty)
         if partial:
             got = await self._blocks(self.rw.read_blocks([block_id(s["d"], k) for k in partial]))
             for k in partial:
@@ -643,6 +688,11 @@ class FileSystem:
     # Extended attributes -------------------------------------------------------------------
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
+        """One query, unless fresh attributes say the object has no extended attributes (the
+        kernel asks for ``security.capability`` before the first write to every file)."""
+        fresh = self._fresh(ino)
+        if fresh is not None and fresh.get("nx") == 0:
+            raise NoAttr()
         return await self._query(ino, "fs.getxattr", name)
 
     async def listxattr(self, ino: int) -> list[bytes]:
@@ -689,7 +739,7 @@ class FileSystem:
             await self._flush(f)
         if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
             await self._truncate(ino, 0, None)
-        s = await self._query(ino, "fs.stat")
+        s = await self._query(ino, "fs.open")
         if s["k"] == "d":
             raise IsDir()
         f = self._files.get(ino)
@@ -710,6 +760,11 @@ class FileSystem:
         return f.assemble(offset, size)
 
     async def _fetch(self, f: OpenFile, indices: list[int]) -> None:
+        if f.st.get("inl"):  # the content comes with the attributes
+            f.reset(await self._query(f.ino, "fs.open"))
+            indices = [k for k in indices if f.missing(k)]
+            if not indices:
+                return
         d = f.data_id
         got = await self._blocks(self.rw.read_blocks([block_id(d, k) for k in indices]))
         if f.data_id != d:  # truncated to zero while we waited: the blocks are not its
@@ -774,10 +829,19 @@ class FileSystem:
                 except _Stale:
                     # Another client replaced the data id (truncated to zero): re-read and
                     # write our buffered blocks under the new one.
-                    f.reset(await self._query(f.ino, "fs.stat"))
+                    f.reset(await self._query(f.ino, "fs.open"))
             raise FsError("flush: file kept changing")
 
     async def _flush_once(self, f: OpenFile) -> None:
+        if f.size <= self.inline:
+            await self._flush_inline(f)
+            return
+        if f.st.get("inl") and 0 not in f.dirty:  # leaving inline: block 0 gets the content
+            if f.missing(0):
+                await self._fetch(f, [0])
+            if f.st.get("inl") and 0 not in f.dirty:
+                f.dirty[0] = bytearray(f.clean.get(0, b""))
+                f.gen[0] = f.gen.get(0, 0) + 1
         bs = self.bs
         d = f.data_id
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
@@ -799,7 +863,26 @@ class FileSystem:
         # ``v``: the servers refuse (stale) if anyone changed the file since we computed the
         # gap from its attributes; we then re-read them and write again.
         arg = {"d": d, "end": new_size, "mtime": mtime, "v": f.st["v"]}
+        if f.st.get("inl"):
+            arg["blocks"] = True
         self._own_stat(f.ino, await self._update([f.ino], "fs.write", arg))
+        self._flushed(f, snapshot, mtime)
+
+    async def _flush_inline(self, f: OpenFile) -> None:
+        """A small file's whole content in one ``fs.write`` update (no PASIS round)."""
+        if f.missing(0):
+            await self._fetch(f, [0])
+        content = f.assemble(0, f.size).ljust(f.size, b"\0")
+        snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
+        mtime = f.mtime if f.mtime is not None else self._now()
+        arg = {"d": f.data_id, "end": len(content), "mtime": mtime, "v": f.st["v"], "i": content}
+        self._own_stat(f.ino, await self._update([f.ino], "fs.write", arg))
+        self._flushed(f, snapshot, mtime)
+        if 0 not in f.dirty:
+            f.remember(0, content)
+
+    def _flushed(self, f: OpenFile, snapshot: dict[int, tuple[bytes, int]], mtime: int) -> None:
+        """After a flush update: blocks written unchanged since become clean."""
         for k, (data, g) in snapshot.items():
             if f.gen.get(k) == g and f.dirty.get(k) is not None:
                 del f.dirty[k]

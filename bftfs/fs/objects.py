@@ -40,6 +40,16 @@ write whose size update never came (a crashed client), which a client extending 
 overwrites with zeros first.  A client raises ``alloc`` (``fs.reserve``) *before* writing
 blocks beyond it and sends ``fs.write`` (size, mtime) *after* its blocks are complete.
 
+Small files inline (a configurable trade, ``[cluster] inline_limit``, DESIGN "Performance
+notes"): an attribute object may hold the whole content of a small regular file in ``i``
+(bytes, ``len(i) == size``, at most :data:`INLINE_MAX`); its blocks are then ignored.  Such
+a file costs one Q/U update per flush and no PASIS round, and its content is replicated on
+every server instead of erasure-coded (``n`` copies instead of ``n/m`` block equivalents, and
+every version of the object keeps a copy).  ``fs.open`` answers the stat with the content.
+A size change of an inline file must carry the new content (``i``) or say the content is
+now in blocks (``blocks``), so servers never hold a size that disagrees with ``i``; leaving
+inline, the client first writes block 0 with the old content and clears the gap as usual.
+
 Refusal codes (``Refused.code``) are errno names understood by :mod:`bftfs.fs.errors`, plus
 ``stale`` (the client's view of an entry or a data id is out of date: it re-reads and
 retries) and ``oid-exists`` (a random new object id is taken: the client draws another).
@@ -67,6 +77,8 @@ XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 #: All extended attributes of one object together (the object is replicated on n servers).
 XATTR_TOTAL_MAX = 256 * 1024
+#: Largest content kept inline in an attribute object (see "Small files inline" above).
+INLINE_MAX = 64 * 1024
 #: Largest file size (block indices stay far inside 64 bits for any block size).
 MAX_SIZE = 1 << 50
 #: Times are integer nanoseconds in [0, MAX_TIME].
@@ -210,8 +222,9 @@ def new_dir(parent: int, mode: int, uid: int, gid: int, now: int) -> dict[str, A
 def stat_of(state: dict[str, Any]) -> dict[str, Any]:
     """The attributes of either kind of object, as queries and updates answer them.
 
-    Keys: ``k, mode, uid, gid, rdev, nl, size, alloc, d, at, mt, ct, v``, and ``p`` (parent)
-    for directories.
+    Keys: ``k, mode, uid, gid, rdev, nl, size, alloc, d, at, mt, ct, v``, ``nx`` (number of
+    extended attributes: a client answers "no such attribute" from a fresh stat with
+    ``nx == 0``), ``inl`` (the content is inline), and ``p`` (parent) for directories.
     """
     if state["k"] == "d":
         return {
@@ -229,8 +242,23 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
             "ct": state["ct"],
             "v": state["v"],
             "p": state["p"],
+            "nx": len(state["x"]),
+            "inl": False,
         }
-    return {k: v for k, v in state.items() if k not in ("x", "t")}
+    out = {k: v for k, v in state.items() if k not in ("x", "t", "i")}
+    out["nx"] = len(state["x"])
+    out["inl"] = state.get("i") is not None
+    return out
+
+
+def _inline(a: dict[str, Any], size: int) -> bytes | None:
+    """The inline content an argument carries (``i``), checked against the new ``size``."""
+    i = a.get("i")
+    if i is None:
+        return None
+    if not isinstance(i, bytes) or len(i) != size or size > INLINE_MAX:
+        raise Refused("invalid", f"inline content must be bytes of the size, at most {INLINE_MAX}")
+    return i
 
 
 # Queries -----------------------------------------------------------------------------------
@@ -239,6 +267,16 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
 def _stat(states: States, arg: Any) -> Any:
     ((_, state),) = states.items()
     return stat_of(_node(state))
+
+
+def _open(states: States, arg: Any) -> Any:
+    """What ``open`` needs: the stat, plus the content (``i``) of an inline file."""
+    ((_, state),) = states.items()
+    s = _node(state)
+    out = stat_of(s)
+    if s["k"] == "f" and s.get("i") is not None:
+        out["i"] = s["i"]
+    return out
 
 
 def _lookup(states: States, arg: Any) -> Any:
@@ -337,6 +375,10 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             s["d"], s["alloc"] = data_id, _int(a, "alloc", 0, MAX_SIZE)
         elif _opt_int(a, "d", 1, MAX_OID) not in (None, s["d"]):
             raise Refused("stale", "data id changed")
+        inline = _inline(a, size)
+        if inline is None and s.get("i") is not None and not a.get("blocks"):
+            raise Refused("invalid", "an inline file's size changes with its content")
+        s["i"] = inline
         if size != s["size"] and mtime is None:
             s["mt"] = now
         s["size"] = size
@@ -357,7 +399,11 @@ def _unchanged(f: dict[str, Any], a: dict[str, Any]) -> None:
 def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """After blocks up to ``end`` are complete: size = max(size, end), mtime, and optionally a
     larger reservation for the next writes.  Refused as ``stale`` when the file's data id
-    changed since the client wrote its blocks (another client truncated it to zero)."""
+    changed since the client wrote its blocks (another client truncated it to zero).
+
+    With ``i`` the write is the whole inline content instead (size = ``end`` = its length;
+    the version counter ``v`` is then required); ``blocks`` moves an inline file to blocks.
+    """
     a = _arg(arg)
     ((oid, state),) = states.items()
     f = _file(state)
@@ -365,9 +411,18 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         raise Refused("invalid", "not a regular file")
     _unchanged(f, a)
     end = _int(a, "end", 0, MAX_SIZE)
-    if end > f["alloc"]:
-        raise Refused("invalid", "blocks beyond the reservation")
-    f["size"] = max(f["size"], end)
+    inline = _inline(a, end)
+    if inline is not None:
+        if a.get("v") is None:
+            raise Refused("invalid", "an inline write needs the version it replaces")
+        f["size"] = end
+    else:
+        if f.get("i") is not None and not a.get("blocks"):
+            raise Refused("invalid", "an inline file's size changes with its content")
+        if end > f["alloc"]:
+            raise Refused("invalid", "blocks beyond the reservation")
+        f["size"] = max(f["size"], end)
+    f["i"] = inline
     f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
     mtime = _time(a, "mtime")
     f["mt"] = mtime
@@ -484,6 +539,7 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     if ftype == st.S_IFREG:
         f["d"] = _int(a, "d", 1, MAX_OID)
         f["alloc"] = _int(a, "alloc", 0, MAX_SIZE)
+        f["i"] = _inline(a, 0)  # b"": an empty file whose content will be inline
     elif ftype == st.S_IFLNK:
         target = a.get("t")
         if not isinstance(target, bytes) or not target or b"\0" in target:
@@ -719,6 +775,7 @@ FS = ObjectType(
     "fs",
     (
         Method("fs.stat", Class.QUERY, _stat),
+        Method("fs.open", Class.QUERY, _open),
         Method("fs.lookup", Class.QUERY, _lookup),
         Method("fs.readdir", Class.QUERY, _readdir),
         Method("fs.readlink", Class.QUERY, _readlink),

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -71,7 +72,7 @@ async def serve(
                     nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
-            log.info("unmounted %s", mountpoint)
+            log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())
 
 
 def run_foreground(
@@ -102,6 +103,9 @@ def mount_background(
     timeout: float = DEFAULT_TIMEOUT,
     wait: float = 30.0,
     config_path: Path,
+    log_path: Path | None = None,
+    debug_modules: Sequence[str] = (),
+    debug: bool = False,
 ) -> int:
     """Start the daemon in the background and wait until ``mountpoint`` is mounted.
 
@@ -114,7 +118,7 @@ def mount_background(
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
-    lf = log_file(config, mountpoint)
+    lf = log_path.resolve() if log_path is not None else log_file(config, mountpoint)
     lf.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
@@ -132,6 +136,10 @@ def mount_background(
         "--log",
         str(lf),
     ]
+    if debug_modules:
+        cmd += ["--debug-modules", *debug_modules]
+    if debug:
+        cmd.append("--debug")
     with open(lf, "ab") as out:
         proc = subprocess.Popen(
             cmd,

@@ -19,6 +19,7 @@ import trio
 
 from bftfs.config import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_INLINE_LIMIT,
     MIN_MAP_SIZE,
     ClientSpec,
     ClusterConfig,
@@ -145,6 +146,7 @@ async def open_cluster(
     durable: bool = False,
     map_size: int = 64 * MIN_MAP_SIZE,
     endpoint_options: dict[str, Any] | None = None,
+    inline_limit: int = DEFAULT_INLINE_LIMIT,
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
@@ -184,6 +186,7 @@ async def open_cluster(
             nodes=nodes,
             clients=clients_,
             home=tmp_path,
+            inline_limit=inline_limit,
         ).validate()
         opts = dict(TEST_ENDPOINT, **(endpoint_options or {}))
         async with trio.open_nursery() as nursery:

@@ -18,8 +18,9 @@ from bftfs.config import ClusterConfig
 class ProcessCluster:
     """Node processes for a fresh cluster in ``home`` (see module docstring)."""
 
-    def __init__(self, home: Path, *, node_args: dict[int, list[str]] | None = None,
-                 **init_options: Any) -> None:
+    def __init__(
+        self, home: Path, *, node_args: dict[int, list[str]] | None = None, **init_options: Any
+    ) -> None:
         self.home = home
         self.node_args = node_args or {}
         init_options.setdefault("map_size", 1024**3)
@@ -34,8 +35,9 @@ class ProcessCluster:
             raise
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         local.stop_nodes(self.config)
 
     def kill(self, i: int) -> None:
