@@ -424,3 +424,26 @@ def test_statfs(tmp_path: Path) -> None:
         assert s["f_blocks"] >= s["f_bfree"] >= 0
 
     run(tmp_path, body)
+
+
+def test_lookup_is_one_round_and_follows_replaced_entries(tmp_path: Path) -> None:
+    """A cached entry is checked and its attributes fetched in one two-object query; when
+    another client replaced or removed the entry, lookup answers what the servers hold."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, first = await a.create(ROOT, b"f", 0o644, 0, 0, 0)
+        await a.release(fh)
+        ops = a.qu.statistics().operations
+        assert (await a.lookup(ROOT, b"f")).ino == first.ino
+        assert a.qu.statistics().operations == ops + 1
+        await b.unlink(ROOT, b"f")
+        fh, second = await b.create(ROOT, b"f", 0o600, 0, 0, 0)
+        await b.release(fh)
+        got = await a.lookup(ROOT, b"f")
+        assert (got.ino, got.mode & 0o777) == (second.ino, 0o600)
+        await b.unlink(ROOT, b"f")
+        with pytest.raises(NotFound):
+            await a.lookup(ROOT, b"f")
+
+    run(tmp_path, body)

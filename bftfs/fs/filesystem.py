@@ -207,7 +207,7 @@ class FileSystem:
 
     # Protocol calls ------------------------------------------------------------------------
 
-    async def _query(self, oid: int, method: str, arg: Any = None) -> Any:
+    async def _query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         try:
             return await self.qu.query(oid, method, arg)
         except (Refused, *_PROTOCOL_ERRORS) as e:
@@ -311,8 +311,9 @@ class FileSystem:
     async def lookup(self, parent: int, name: bytes) -> Attr:
         """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too).
 
-        One round trip when the entry's object is cached: the directory query and the
-        speculative attribute query run concurrently.
+        One round when the entry's object is cached: a two-object query of the directory and
+        the object it named (``fs.lookupstat``), or only the directory when that object's
+        attributes are fresh here; else the directory, then the object.
         """
         if name == b".":
             return await self.getattr(parent)
@@ -323,38 +324,28 @@ class FileSystem:
             return await self.getattr(p["p"])
         _check_name(name)
         guess = self._names.get(parent, {}).get(name)
-        if guess is None:
-            oid, code = await self._query(parent, "fs.lookup", name)
+        if guess is None or self._fresh(guess[0]) is not None:
+            try:
+                oid, code = await self._query(parent, "fs.lookup", name)
+            except NotFound:
+                self._forget(parent, name)
+                raise
             self._learn(parent, name, oid, code)
             return await self.getattr(oid)
-        answers: dict[str, Any] = {}
-
-        async def entry() -> None:
-            try:
-                answers["e"] = await self._query(parent, "fs.lookup", name)
-            except FsError as e:
-                answers["e"] = e
-
-        async def attr() -> None:
-            try:
-                answers["a"] = await self.getattr(guess[0])
-            except FsError as e:
-                answers["a"] = e
-
-        async with trio.open_nursery() as n:
-            n.start_soon(entry)
-            n.start_soon(attr)
-        e = answers["e"]
-        if isinstance(e, FsError):
-            if isinstance(e, NotFound):
-                self._forget(parent, name)
-            raise e
-        oid, code = e
+        arg = {"p": parent, "o": guess[0], "name": name}
+        try:
+            got = await self._query([parent, guess[0]], "fs.lookupstat", arg)
+        except NotFound:
+            self._forget(parent, name)
+            raise
+        oid, code = got["e"]
         self._learn(parent, name, oid, code)
-        a = answers["a"]
-        if oid == guess[0] and isinstance(a, Attr):
-            return a
-        return await self.getattr(oid)
+        s = got["s"]
+        if s is None:  # the entry names another object now
+            return await self.getattr(oid)
+        if s["k"] == "d":
+            self._parents[oid] = s["p"]
+        return self._attr(oid, s)
 
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         """Every entry with its attributes, sorted by name (no ``.``/``..``): one directory

@@ -20,8 +20,10 @@ only where nothing exists - and raises :class:`Refused` otherwise.  The client c
 same rules first (to answer quickly); the servers' checks are what make them hold.
 
 Operations map onto Table 4.3 (L3112-3156): ``stat``/``lookup``/``readdir``/``readlink``/
-``getxattr``/``listxattr`` are queries on one object; ``setattr``/``write``/``reserve``/
-``setxattr``/``removexattr`` are single-object updates; ``create``/``mkdir``/``link``/
+``getxattr``/``listxattr`` are queries on one object (``lookupstat`` queries the directory
+and the object the client expects the entry to name together, so a lookup costs one
+round); ``setattr``/``write``/``reserve``/``setxattr``/``removexattr`` are single-object
+updates; ``create``/``mkdir``/``link``/
 ``unlink``/``rmdir`` are two-object updates (directory + attribute or child directory);
 ``rename`` updates the two directories, the moved object, a replaced target and, when a
 directory moves to another parent, the ancestors of its new parent up to its old parent or
@@ -287,6 +289,22 @@ def _lookup(states: States, arg: Any) -> Any:
     if got is None:
         raise Refused("not-found")
     return got
+
+
+def _lookup_stat(states: States, arg: Any) -> Any:
+    """``lookup`` and the attributes of the object the client expects the entry to name, in
+    one round (a two-object query): ``{"e": [object id, type code], "s": stat or None}``;
+    ``s`` is None when the entry names another object than ``o``."""
+    a = _arg(arg)
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid:
+        raise Refused("invalid", "bad object ids")
+    got = entries(_dir(states[pid])).get(check_name(a.get("name")))
+    if got is None:
+        raise Refused("not-found")
+    state = states[oid]
+    same = got[0] == oid and isinstance(state, dict) and state.get("k") in ("d", "f")
+    return {"e": got, "s": stat_of(state) if same else None}
 
 
 def _readdir(states: States, arg: Any) -> Any:
@@ -777,6 +795,7 @@ FS = ObjectType(
         Method("fs.stat", Class.QUERY, _stat),
         Method("fs.open", Class.QUERY, _open),
         Method("fs.lookup", Class.QUERY, _lookup),
+        Method("fs.lookupstat", Class.QUERY, _lookup_stat, 2, 2),
         Method("fs.readdir", Class.QUERY, _readdir),
         Method("fs.readlink", Class.QUERY, _readlink),
         Method("fs.getxattr", Class.QUERY, _getxattr),
