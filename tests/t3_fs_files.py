@@ -402,3 +402,35 @@ def test_kernel_time_updates_and_capability_queries_cost_no_round(tmp_path: Path
         await a.release(fh)
 
     run(tmp_path, body, attr_ttl=1.0, **SMALL)
+
+
+def test_attribute_changes_while_writing_travel_with_the_data(tmp_path: Path) -> None:
+    """chmod/chown/utimens of a file with buffered writes join them: one update at close
+    carries data, mode, owner and times; this client sees them at once, others after."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, ino = await new_file(a)
+        await a.write(fh, 0, b"content")
+        ops = a.qu.statistics().operations
+        await a.setattr(ino, mode=0o100600, uid=7, gid=8)
+        await a.setattr(ino, atime_ns=11, mtime_ns=22)
+        got = await a.getattr(ino)
+        assert (got.mode & 0o777, got.uid, got.gid, got.atime_ns, got.mtime_ns) == (
+            0o600,
+            7,
+            8,
+            11,
+            22,
+        )
+        assert a.qu.statistics().operations == ops
+        await a.release(fh)
+        assert a.qu.statistics().operations == ops + 1
+        s = await env.raw.query(ino, "fs.stat")
+        assert (s["mode"] & 0o777, s["uid"], s["gid"], s["at"], s["mt"]) == (0o600, 7, 8, 11, 22)
+        assert s["size"] == 7
+        # Without buffered state a change is its own update, as before.
+        await a.setattr(ino, mode=0o100644)
+        assert (await b.getattr(ino)).mode & 0o777 == 0o644
+
+    run(tmp_path, body)

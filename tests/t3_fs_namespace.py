@@ -447,3 +447,20 @@ def test_lookup_is_one_round_and_follows_replaced_entries(tmp_path: Path) -> Non
             await a.lookup(ROOT, b"f")
 
     run(tmp_path, body)
+
+
+def test_new_objects_share_their_directorys_preferred_quorum(tmp_path: Path) -> None:
+    """Object ids are random but congruent to the parent's mod n (see FileSystem._new_oid),
+    so a directory and its entries' objects have one preferred quorum."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        n = env.cluster.config.n
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh, f = await fs.create(d.ino, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        s = await fs.symlink(d.ino, b"s", b"f", 0, 0)
+        assert {x % n for x in (ROOT, d.ino, f.ino, s.ino)} == {ROOT % n}
+        assert len({d.ino, f.ino, s.ino}) == 3
+
+    run(tmp_path, body)

@@ -200,3 +200,21 @@ def test_two_mounts_see_each_others_files(
             f.write(b"ONE")
         assert (work / "from-first").read_bytes() == b"ONE"
         assert filecmp.cmp(work / "from-second", theirs / "from-second", shallow=False)
+
+
+def test_cp_a_times_and_modes_reach_another_client(
+    cluster: ProcessCluster, work: Path, tmp_path: Path
+) -> None:
+    """cp -a sets times and modes while its copy is still open and unflushed; they travel
+    with the data (attribute write-back) and a second client sees exactly the originals."""
+    src = make_tree(tmp_path / "src", seed=3)
+    os.utime(src / "private.bin", ns=(1_000_000_000_123, 978_307_200_000_000_000))
+    subprocess.run(["cp", "-a", str(src), str(work / "copy")], check=True)
+    with Mount(cluster.config, tmp_path / "second", client="client1") as other:
+        theirs = other.mountpoint / work.name / "copy"
+        for path in sorted(src.rglob("*")):
+            a, b = path.lstat(), (theirs / path.relative_to(src)).lstat()
+            assert stat.S_IMODE(a.st_mode) == stat.S_IMODE(b.st_mode), path
+            if path.is_file() and not path.is_symlink():
+                assert a.st_mtime_ns == b.st_mtime_ns, path
+        assert (theirs / "private.bin").stat().st_mtime_ns == 978_307_200_000_000_000

@@ -65,8 +65,11 @@ class OpenFile:
     #: Block index -> content read from the servers, clamped at ``valid``.
     clean: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     clean_bytes: int = 0
-    #: mtime of the latest buffered write, until a flush sends it.
+    #: mtime of the latest buffered write (or set while writing), until a flush sends it.
     mtime: int | None = None
+    #: Attribute changes (``mode``, ``uid``, ``gid``, ``atime``) made while the file has
+    #: buffered state: written back with its data by the next flush.
+    attrs: dict[str, int] = field(default_factory=dict)
     #: Where the last read ended (sequential reads trigger read-ahead).
     last_read: int = -1
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -102,6 +105,11 @@ class OpenFile:
     @property
     def data_id(self) -> int:
         return int(self.st["d"])
+
+    @property
+    def buffered(self) -> bool:
+        """Whether a flush has anything to send (data, an mtime or attributes)."""
+        return bool(self.dirty) or self.mtime is not None or bool(self.attrs)
 
     @property
     def dirty_bytes(self) -> int:

@@ -231,8 +231,24 @@ class FileSystem:
                 raise
             raise t from None
 
-    def _new_oid(self) -> int:
-        return self.rng.randrange(2, obj.MAX_OID)
+    def _new_oid(self, near: int | None = None) -> int:
+        """A random 63-bit id (object ids, data ids); with ``near``, one in the same residue
+        class mod ``n`` as ``near``.
+
+        Q/U sends an operation to the preferred quorum of ``object id mod n``, a multi-object
+        one to that of its highest id (seed L2839-2841), and a server outside the quorum of an
+        object's last update must object-sync before it can take the next.  A new object
+        congruent to its parent directory shares the directory's quorum, so create, unlink,
+        lookup and the file's own updates all meet the same servers and need no sync (an
+        Andrew copy phase did 1700 syncs with random ids).  The price: one directory tree
+        loads the same ``q`` of the ``n`` servers; the others serve when those fail.
+        """
+        x = self.rng.randrange(2, obj.MAX_OID)
+        if near is None:
+            return x
+        n = self.config.n
+        x += (near - x) % n
+        return x if x <= obj.MAX_OID else x - n
 
     def _now(self) -> int:
         return self.clock_ns()
@@ -263,10 +279,15 @@ class FileSystem:
 
     def _attr(self, oid: int, s: dict[str, Any]) -> Attr:
         f = self._files.get(oid)
-        if f is not None and s["k"] == "f" and (f.dirty or f.mtime is not None or f.opens):
+        if f is not None and s["k"] == "f" and (f.buffered or f.opens):
             s = dict(f.st, size=f.size)
             if f.mtime is not None:
                 s["mt"] = f.mtime
+            for key, value in f.attrs.items():
+                if key == "mode":
+                    s["mode"] = (s["mode"] & ~0o7777) | (value & 0o7777)
+                else:
+                    s["at" if key == "atime" else key] = value
         return attr_from_stat(oid, s, self.bs)
 
     def _fresh(self, oid: int) -> dict[str, Any] | None:
@@ -393,7 +414,7 @@ class FileSystem:
         """create/mkdir/mknod/symlink: a two-object update with a fresh random object id."""
         _check_name(name)
         for _ in range(MAX_ATTEMPTS):
-            oid = self._new_oid()
+            oid = self._new_oid(near=parent)
             a = dict(arg, p=parent, o=oid, name=name, now=self._now())
             try:
                 child, pst = await self._update([parent, oid], method, a)
@@ -581,21 +602,29 @@ class FileSystem:
     ) -> Attr:
         """chmod/chown/utimens in one update; a size change truncates (see :meth:`_truncate`).
 
-        An mtime alone through an open handle ``fh`` is what the kernel's writeback cache
-        sends before flushing a written file: it becomes the time the flush sends, saving an
-        update.  An mtime alone that the servers already hold (fresh attributes) is a no-op:
-        the kernel repeats it when it writes the inode back.
+        Write-back of attributes: while a regular file has buffered state here (dirty data,
+        a pending mtime) or the change comes through an open handle ``fh``, chmod/chown/
+        utimens join that state and the next flush (close, fsync) sends them with the data
+        in its one update - other clients see them when they see the data (close-to-open).
+        This is what ``cp -a`` (futimens, fchmod after writing) and the kernel's writeback
+        cache (an mtime through the handle before every flush) do per file; each was an
+        update of its own.  An mtime alone that the servers already hold (fresh attributes)
+        is a no-op: the kernel repeats it when it writes the inode back.
         """
         if size is not None:
             await self._truncate(ino, size, mtime_ns)
         if mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
             return await self.getattr(ino)
-        if mode is None and uid is None and gid is None and atime_ns is None and size is None:
-            handle = self._handles.get(fh) if fh is not None else None
-            if handle is not None and handle[0].ino == ino:
-                f = handle[0]
+        f = self._files.get(ino)
+        handle = self._handles.get(fh) if fh is not None else None
+        through_handle = handle is not None and handle[0] is f
+        if size is None and f is not None and (f.buffered or through_handle):
+            changes = {"mode": mode, "uid": uid, "gid": gid, "atime": atime_ns}
+            f.attrs.update({k: v for k, v in changes.items() if v is not None})
+            if mtime_ns is not None:
                 f.mtime = mtime_ns
-                return self._attr(ino, f.st)
+            return self._attr(ino, f.st)
+        if mode is None and uid is None and gid is None and atime_ns is None and size is None:
             fresh = self._fresh(ino)
             pending = self._files[ino].mtime if ino in self._files else None
             if fresh is not None and fresh["mt"] == mtime_ns and pending in (None, mtime_ns):
@@ -726,7 +755,7 @@ class FileSystem:
         """Open ``ino``: re-read its attributes (close-to-open consistency); O_TRUNC
         truncates, O_APPEND makes every write of this handle go to the end."""
         f = self._files.get(ino)
-        if f is not None and (f.dirty or f.mtime is not None):
+        if f is not None and f.buffered:
             await self._flush(f)
         if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
             await self._truncate(ino, 0, None)
@@ -812,7 +841,7 @@ class FileSystem:
     async def _flush(self, f: OpenFile) -> None:
         async with f.lock:
             for _ in range(MAX_ATTEMPTS):
-                if not f.dirty and f.mtime is None:
+                if not f.buffered:
                     return
                 try:
                     await self._flush_once(f)
@@ -856,8 +885,9 @@ class FileSystem:
         arg = {"d": d, "end": new_size, "mtime": mtime, "v": f.st["v"]}
         if f.st.get("inl"):
             arg["blocks"] = True
+        attrs = arg["attrs"] = dict(f.attrs)
         self._own_stat(f.ino, await self._update([f.ino], "fs.write", arg))
-        self._flushed(f, snapshot, mtime)
+        self._flushed(f, snapshot, mtime, attrs)
 
     async def _flush_inline(self, f: OpenFile) -> None:
         """A small file's whole content in one ``fs.write`` update (no PASIS round)."""
@@ -867,13 +897,23 @@ class FileSystem:
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
         mtime = f.mtime if f.mtime is not None else self._now()
         arg = {"d": f.data_id, "end": len(content), "mtime": mtime, "v": f.st["v"], "i": content}
+        attrs = arg["attrs"] = dict(f.attrs)
         self._own_stat(f.ino, await self._update([f.ino], "fs.write", arg))
-        self._flushed(f, snapshot, mtime)
+        self._flushed(f, snapshot, mtime, attrs)
         if 0 not in f.dirty:
             f.remember(0, content)
 
-    def _flushed(self, f: OpenFile, snapshot: dict[int, tuple[bytes, int]], mtime: int) -> None:
-        """After a flush update: blocks written unchanged since become clean."""
+    def _flushed(
+        self,
+        f: OpenFile,
+        snapshot: dict[int, tuple[bytes, int]],
+        mtime: int,
+        attrs: dict[str, int],
+    ) -> None:
+        """After a flush update: blocks and attributes sent, unchanged since, are clean."""
+        for key, value in attrs.items():
+            if f.attrs.get(key) == value:
+                del f.attrs[key]
         for k, (data, g) in snapshot.items():
             if f.gen.get(k) == g and f.dirty.get(k) is not None:
                 del f.dirty[k]

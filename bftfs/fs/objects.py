@@ -445,8 +445,28 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     mtime = _time(a, "mtime")
     f["mt"] = mtime
     f["ct"] = max(f["ct"], mtime)
+    _written_back_attrs(f, a.get("attrs"))
     f["v"] += 1
     return {oid: f}, stat_of(f)
+
+
+def _written_back_attrs(f: dict[str, Any], attrs: Any) -> None:
+    """chmod/chown/atime changes a client held back while writing (sent with the write)."""
+    if attrs is None:
+        return
+    a = _arg(attrs)
+    if set(a) - {"mode", "uid", "gid", "atime"}:
+        raise Refused("invalid", "unknown attribute")
+    mode = _opt_int(a, "mode", 0, 0o177777)
+    if mode is not None:
+        f["mode"] = (f["mode"] & ~0o7777) | (mode & 0o7777)
+    for key, name in (("uid", "uid"), ("gid", "gid")):
+        v = _opt_int(a, key, 0, MAX_ID)
+        if v is not None:
+            f[name] = v
+    atime = _opt_int(a, "atime", 0, MAX_TIME)
+    if atime is not None:
+        f["at"] = atime
 
 
 def _reserve(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
