@@ -212,6 +212,13 @@ class QUClient:
             replies = await self._round(objects, req)
             self._absorb(objects, replies, fresh)
             short = short + 1 if len(replies) < th.q else 0
+            # Judge the round on the OHS we present (decision 6), the one ``next_step``
+            # below decides on and the servers classified, not on the raw cache.  The cache
+            # keeps the last history of every server, also of one proven malevolent or
+            # stray that is asked last and so never refreshed: a forged candidate there
+            # (or a crashed server's stray) made ``outcome`` classify "not METHOD" and
+            # disbelieve b+1 agreeing refusals, while ``next_step`` on the presented OHS said
+            # METHOD and re-sent at once, without backoff: a livelock (issue 5).
             view = View(self._mohs(objects + tuple(sorted(context))), th)
             out = core.outcome(replies, view, th, op.query, objects)
             if out.result is core.Result.DONE:
@@ -315,7 +322,7 @@ class QUClient:
         """``c_quorum_rpc`` (lines 600-604): replies from a quorum, probing as needed.
 
         Every parsed reply is kept; only OK replies count toward the quorum, so a server that
-        fails or refuses makes the transport probe another.  The call stops once q replies
+        fails makes the transport probe another (a refusal is an answer: no probe).  The call stops once q replies
         are in and q OK replies have become impossible, so contention never waits for a dead
         server's timeout, while the OHS is still refreshed from a full quorum.
         """
@@ -346,7 +353,10 @@ class QUClient:
                 # A dead server's call only fails at its timeout; with q replies in, wait
                 # two probe intervals for the rest, then go on with what we have.
                 scope.deadline = trio.current_time() + 2 * self.probe_after
-            return rep.status is Status.OK
+            # A refusal is a server's valid answer, not a reason to probe another: probing
+            # made the server outside the preferred quorum object-sync for every negative
+            # lookup (118 syncs in a 111-file cp -a).  Failures (not current) still probe.
+            return rep.status in (Status.OK, Status.REFUSED)
 
         with scope, suppress(QuorumUnavailable):
             await self.ep.quorum_call(
