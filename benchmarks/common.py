@@ -183,6 +183,27 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def write_results(
+    out: Path,
+    stem: str,
+    result: dict[str, Any],
+    markdown: Any,
+    plot: Any,
+    progress: Any,
+    *,
+    with_plot: bool = True,
+) -> str:
+    """Write ``<stem>.json``, ``.md`` (``markdown(result)``) and, unless disabled, ``.png``
+    (``plot(result, path)`` returns whether it drew); the Markdown text."""
+    write_json(out / f"{stem}.json", result)
+    md = str(markdown(result))
+    (out / f"{stem}.md").write_text(md)
+    if with_plot and plot(result, out / f"{stem}.png"):
+        progress(f"wrote {out / (stem + '.png')}")
+    progress(f"wrote {out / (stem + '.json')} and .md")
+    return md
+
+
 # Targets ----------------------------------------------------------------------------------
 
 

@@ -593,12 +593,9 @@ def main(argv: list[str] | None = None) -> int:
         "profile": profile,
     }
     stem = args.name or f"postmark-{args.mode}"
-    common.write_json(args.out / f"{stem}.json", result)
-    md = markdown(result)
-    (args.out / f"{stem}.md").write_text(md)
-    if not args.no_plot and plot(result, args.out / f"{stem}.png"):
-        progress(f"wrote {args.out / (stem + '.png')}")
-    progress(f"wrote {args.out / (stem + '.json')} and .md")
+    md = common.write_results(
+        args.out, stem, result, markdown, plot, progress, with_plot=not args.no_plot
+    )
     print(md)
     return 0 if all(s["runs"] for s in summary.values()) else 1
 
