@@ -8,6 +8,7 @@ checked for strict serializability (linearizability for single objects).
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ from bftfs.ids import client_id
 from bftfs.qu.client import QUClient
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.messages import Operation, Request, Status
+from bftfs.qu.objects import Refused
 from bftfs.qu.replica import read_version
 
 
@@ -154,6 +156,85 @@ def test_byzantine_server_cannot_break_serializability(behaviour: str, server: i
     trio.run(main)
     assert all(o.ok for o in rec.ops)
     assert check_serializable(rec.ops)
+
+
+def round_budget(c: QUClient, calls: int) -> None:
+    """Fail (instead of hanging) once ``c`` has made ``calls`` quorum calls."""
+    real = c.ep.quorum_call
+    left = [calls]
+
+    async def quorum_call(*args: Any, **kwargs: Any) -> Any:
+        left[0] -= 1
+        if left[0] < 0:
+            raise AssertionError(f"livelock: more than {calls} quorum calls")
+        return await real(*args, **kwargs)
+
+    c.ep.quorum_call = quorum_call
+
+
+REFUSALS = [("kv.delete", "zzz", "no-such-key"), ("kv.get", "", "bad-key")]
+
+
+async def refuses(c: QUClient, method: str, arg: str, code: str) -> None:
+    call = c.query if method == "kv.get" else c.update
+    with pytest.raises(Refused) as e:
+        await call(4, method, arg)
+    assert e.value.code == code
+
+
+@pytest.mark.parametrize(("method", "arg", "code"), REFUSALS, ids=["update", "query"])
+def test_refusal_is_believed_despite_a_forger_left_out_of_the_ohs(
+    method: str, arg: str, code: str
+) -> None:
+    """Issue 5 (the fs workload hang with ``forge_higher``): server 5, in object 4's
+    preferred quorum, forges a higher candidate into every history it returns.  Once proven
+    malevolent it is left out of the OHS and asked last, so its cached forged history is
+    never refreshed.  b+1 servers agreeing on a refusal must still end the operation; the
+    round used to be judged on the raw cache (forged candidate: "not METHOD", refusal not
+    believed) while the next step, on the presented OHS, said METHOD and re-sent at once."""
+    cl = MemCluster(seed=1)
+    cl.byzantine[5] = BYZANTINE["forge_higher"]
+    c = make_client(cl, 0)
+    round_budget(c, 40)
+
+    async def main() -> None:
+        await c.update(4, "kv.put", ["a", 1])
+        for _ in range(3):
+            await refuses(c, method, arg, code)
+        assert await c.query(4, "kv.get", "a") == 1
+
+    trio.run(main)
+    s = c.statistics()
+    assert s.excluded_servers == (5,)
+    assert s.refused == 3
+
+
+@pytest.mark.parametrize(("method", "arg", "code"), REFUSALS, ids=["update", "query"])
+def test_refusal_is_believed_despite_a_crashed_servers_stray_candidate(
+    method: str, arg: str, code: str
+) -> None:
+    """The same livelock without a Byzantine server: server 4 holds a stray candidate (a
+    client died after sending its update to server 4 alone), our client caches that history,
+    then server 4 crashes.  Its cached history is never refreshed; the stray is left out of
+    the presented OHS (q fresh histories remain) and must not keep a refusal from counting."""
+    cl = MemCluster(seed=2)
+    c = make_client(cl, 0)
+    round_budget(c, 40)
+
+    async def main() -> None:
+        await c.update(4, "kv.put", ["a", 1])
+        dead = int(client_id(3))
+        op = Operation("kv.put", False, ["b", 2], 1)
+        send(cl, [4], Request(dead, (4,), {4: c.cached(4)}, op))
+        assert await c.query(4, "kv.get", "a") == 1  # caches server 4's stray history
+        assert any(len(e.rh) > 1 and e.rh[0].lt.client == dead for e in c.cached(4).values())
+        cl.down.add(4)
+        for _ in range(3):
+            await refuses(c, method, arg, code)
+        assert await c.query(4, "kv.get", "a") == 1
+
+    trio.run(main)
+    assert c.statistics().refused == 3
 
 
 def test_byzantine_client_different_operations_to_different_servers() -> None:

@@ -219,7 +219,7 @@ class QUClient:
             # (or a crashed server's stray) made ``outcome`` classify "not METHOD" and
             # disbelieve b+1 agreeing refusals, while ``next_step`` on the presented OHS said
             # METHOD and re-sent at once, without backoff: a livelock (issue 5).
-            view = View(self._mohs(objects + tuple(sorted(context))), th)
+            view = View(self._present(objects + tuple(sorted(context)), fresh), th)
             out = core.outcome(replies, view, th, op.query, objects)
             if out.result is core.Result.DONE:
                 return out.answer
@@ -322,9 +322,10 @@ class QUClient:
         """``c_quorum_rpc`` (lines 600-604): replies from a quorum, probing as needed.
 
         Every parsed reply is kept; only OK replies count toward the quorum, so a server that
-        fails makes the transport probe another (a refusal is an answer: no probe).  The call stops once q replies
-        are in and q OK replies have become impossible, so contention never waits for a dead
-        server's timeout, while the OHS is still refreshed from a full quorum.
+        fails makes the transport probe another (a refusal is an answer: no probe).  The call
+        stops once q replies are in and q OK replies have become impossible, so contention
+        never waits for a dead server's timeout, while the OHS is still refreshed from a full
+        quorum.
         """
         self._n["rounds"] += 1
         th = self.th

@@ -152,7 +152,10 @@ def outcome(
 
     Args:
         replies: parsed replies of this round.
-        view: the merged multi-OHS after this round.
+        view: the merged multi-OHS after this round, as :func:`present` shows it (the one
+            :func:`next_step` decides on).  Judged on the raw cache instead, a forged or stray
+            history left out of the OHS could make this say AGAIN to refusals that
+            ``next_step`` then re-sends at once, forever (issue 5).
         th: thresholds.
         query: whether the operation is a query.
         objects: the operated objects (default: all of the view; others are context).
