@@ -31,9 +31,9 @@ the root (the proof that it does not move under itself).
 
 Determinism: methods read no clock and draw no random number.  The client passes times
 (integer ns) and new object ids in the argument; servers only check their range.  Entries are
-kept as one msgpack map (``e``) in name order, an opaque byte string to the canonical
-encoder: a directory of thousands of names then costs one C-level unpack/pack per update
-instead of a Python walk over every entry.
+kept in 64 hash buckets (``e``, :mod:`bftfs.fs.entries`), each one packed msgpack map, an
+opaque byte string to the canonical encoder: an update or lookup in a directory of
+thousands of names unpacks and packs one bucket, not the whole directory.
 
 File data layout (docs/fs-api.md): blocks ``block_id(d, i)``; ``d`` is fresh at create and at
 truncation to zero.  ``alloc`` is a reservation mark: no block at or beyond it has ever been
@@ -62,8 +62,7 @@ from __future__ import annotations
 import stat as st
 from typing import Any
 
-import msgpack
-
+from bftfs.fs.entries import Entries, all_entries, is_empty, packed_size
 from bftfs.qu.objects import Class, Method, ObjectType, Refused, States
 
 #: Object id of the root directory (the FUSE root inode).
@@ -183,15 +182,9 @@ def _node(state: Any) -> dict[str, Any]:
 
 
 def entries(state: dict[str, Any]) -> dict[bytes, list[int]]:
-    """The entries of a directory state: name -> [object id, type code], in name order."""
-    return msgpack.unpackb(state["e"], raw=False, use_list=True)
-
-
-def _pack_entries(ents: dict[bytes, list[int]]) -> bytes:
-    return msgpack.packb(dict(sorted(ents.items())), use_bin_type=True)
-
-
-EMPTY_ENTRIES = _pack_entries({})
+    """Every entry of a directory state (or readdir answer): name -> [object id, type code],
+    in name order."""
+    return all_entries(state["e"])
 
 
 def _touch(state: dict[str, Any], now: int, *, modify: bool) -> None:
@@ -214,7 +207,7 @@ def new_dir(parent: int, mode: int, uid: int, gid: int, now: int) -> dict[str, A
         "ct": now,
         "nd": 0,
         "p": parent,
-        "e": EMPTY_ENTRIES,
+        "e": {},
         "x": {},
         "dead": False,
         "v": 0,
@@ -236,7 +229,7 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
             "gid": state["gid"],
             "rdev": 0,
             "nl": 0 if state["dead"] else 2 + state["nd"],
-            "size": len(state["e"]),
+            "size": packed_size(state["e"]),
             "alloc": 0,
             "d": 0,
             "at": state["at"],
@@ -285,7 +278,7 @@ def _lookup(states: States, arg: Any) -> Any:
     """Answer ``[object id, type code]`` of entry ``arg`` (a name)."""
     ((_, state),) = states.items()
     d = _dir(state)
-    got = entries(d).get(check_name(arg))
+    got = Entries(d["e"]).get(check_name(arg))
     if got is None:
         raise Refused("not-found")
     return got
@@ -299,7 +292,7 @@ def _lookup_stat(states: States, arg: Any) -> Any:
     pid, oid = _oid(a, "p", states), _oid(a, "o", states)
     if pid == oid:
         raise Refused("invalid", "bad object ids")
-    got = entries(_dir(states[pid])).get(check_name(a.get("name")))
+    got = Entries(_dir(states[pid])["e"]).get(check_name(a.get("name")))
     if got is None:
         raise Refused("not-found")
     state = states[oid]
@@ -308,10 +301,12 @@ def _lookup_stat(states: States, arg: Any) -> Any:
 
 
 def _readdir(states: States, arg: Any) -> Any:
-    """Answer ``{"e": packed entries, "p": parent}`` (the client unpacks the entries)."""
+    """Answer ``{"e": packed buckets (a list), "p": parent}``; the client unpacks them
+    (:func:`entries`).  A list, not the bucket map: wire maps take string keys only."""
     ((_, state),) = states.items()
     d = _dir(state)
-    return {"e": d["e"], "p": d["p"]}
+    e = d["e"]
+    return {"e": e if isinstance(e, bytes) else [e[i] for i in sorted(e)], "p": d["p"]}
 
 
 def _readlink(states: States, arg: Any) -> Any:
@@ -534,11 +529,11 @@ def _parent_and_new(states: States, a: dict[str, Any]) -> tuple[int, dict[str, A
 
 
 def _add_entry(parent: dict[str, Any], name: bytes, oid: int, code: int, now: int) -> None:
-    ents = entries(parent)
+    ents = Entries(parent["e"])
     if name in ents:
         raise Refused("exists")
     ents[name] = [oid, code]
-    parent["e"] = _pack_entries(ents)
+    parent["e"] = ents.packed()
     _touch(parent, now, modify=True)
 
 
@@ -625,7 +620,7 @@ def _link(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
 
 
-def _entry_is(ents: dict[bytes, list[int]], name: bytes, oid: int) -> list[int]:
+def _entry_is(ents: Entries, name: bytes, oid: int) -> list[int]:
     """The entry ``name``, which must name ``oid`` (else the client's view is stale)."""
     got = ents.get(name)
     if got is None:
@@ -643,7 +638,7 @@ def _unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     if pid == oid:
         raise Refused("invalid", "bad object ids")
     parent = _dir(states[pid])
-    ents = entries(parent)
+    ents = Entries(parent["e"])
     name = check_name(a.get("name"))
     code = _entry_is(ents, name, oid)[1]
     if code == DIR_TYPE:
@@ -653,7 +648,7 @@ def _unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         raise Refused("invalid", "link count already zero")
     now = _time(a)
     del ents[name]
-    parent["e"] = _pack_entries(ents)
+    parent["e"] = ents.packed()
     _touch(parent, now, modify=True)
     f["nl"] -= 1
     _touch(f, now, modify=False)
@@ -667,7 +662,7 @@ def _rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     if pid == oid or oid == ROOT:
         raise Refused("busy" if oid == ROOT else "invalid", "bad object ids")
     parent = _dir(states[pid])
-    ents = entries(parent)
+    ents = Entries(parent["e"])
     name = check_name(a.get("name"))
     code = _entry_is(ents, name, oid)[1]
     if code != DIR_TYPE:
@@ -675,11 +670,11 @@ def _rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     child = _dir(states[oid])
     if child["p"] != pid:
         raise Refused("stale", "parent pointer disagrees")
-    if child["e"] != EMPTY_ENTRIES:
+    if not is_empty(child["e"]):
         raise Refused("not-empty")
     now = _time(a)
     del ents[name]
-    parent["e"] = _pack_entries(ents)
+    parent["e"] = ents.packed()
     parent["nd"] -= 1
     _touch(parent, now, modify=True)
     child["dead"] = True
@@ -731,8 +726,8 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     src = new[sp] = _dir(states[sp])
     dst = src if dp == sp else _dir(states[dp])
     new[dp] = dst
-    sents = entries(src)
-    dents = sents if dp == sp else entries(dst)
+    sents = Entries(src["e"])
+    dents = sents if dp == sp else Entries(dst["e"])
     ocode = _entry_is(sents, sn, o)[1]
     got = dents.get(dn)
     if (got[0] if got else None) != t:
@@ -776,7 +771,7 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             if ocode == DIR_TYPE:
                 if tobj["k"] != "d":
                     raise Refused("not-dir")
-                if tobj["e"] != EMPTY_ENTRIES:
+                if not is_empty(tobj["e"]):
                     raise Refused("not-empty")
             elif tobj["k"] == "d":
                 raise Refused("is-dir")
@@ -800,10 +795,10 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         _touch(obj, now, modify=False)
     if dst["nd"] + 2 > LINK_MAX:
         raise Refused("too-many-links")
-    src["e"] = _pack_entries(sents)
+    src["e"] = sents.packed()
     _touch(src, now, modify=True)
     if dp != sp:
-        dst["e"] = _pack_entries(dents)
+        dst["e"] = dents.packed()
         _touch(dst, now, modify=True)
     changed = (sp, dp, o) if t is None else (sp, dp, o, t)
     return new, {str(oid): stat_of(new[oid]) for oid in changed}
