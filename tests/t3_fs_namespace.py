@@ -464,3 +464,29 @@ def test_new_objects_share_their_directorys_preferred_quorum(tmp_path: Path) -> 
         assert len({d.ino, f.ino, s.ino}) == 3
 
     run(tmp_path, body)
+
+
+def test_readdir_asks_for_attributes_eight_objects_at_a_time(tmp_path: Path) -> None:
+    """readdir of 40 entries that another client made: one directory query, then the
+    entries' attributes in queries of up to 8 objects (all share the directory's quorum);
+    a second name of one file costs nothing more."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"big", 0o755, 0, 0)
+        made = {}
+        for i in range(40):
+            fh, f = await a.create(d.ino, b"f%02d" % i, 0o600 + i % 8, 0, 0, 0)
+            await a.release(fh)
+            made[b"f%02d" % i] = f
+        await a.link(made[b"f00"].ino, d.ino, b"link")
+        ops = b.qu.statistics().operations
+        listing = await b.readdir(d.ino)
+        assert b.qu.statistics().operations - ops == 1 + 40 // 8
+        assert [n for n, _ in listing] == sorted([*made, b"link"])
+        got = dict(listing)
+        for name, f in made.items():
+            assert (got[name].ino, got[name].mode) == (f.ino, f.mode)
+        assert got[b"link"].ino == made[b"f00"].ino and got[b"link"].nlink == 2
+
+    run(tmp_path, body)

@@ -86,8 +86,8 @@ XATTR_REPLACE = obj.XATTR_REPLACE
 
 #: Attempts of an update whose cached view keeps turning out stale (concurrent changes).
 MAX_ATTEMPTS = 8
-#: Stat queries in flight at once for one readdir.
-READDIR_CONCURRENCY = 64
+#: Attribute queries (of up to 8 objects each) in flight at once for one readdir.
+READDIR_CONCURRENCY = 16
 #: Cached directory entries in all (the cache is cleared when it grows past this).
 NAME_CACHE_LIMIT = 200_000
 
@@ -370,23 +370,47 @@ class FileSystem:
 
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         """Every entry with its attributes, sorted by name (no ``.``/``..``): one directory
-        query, then the entries' attribute queries concurrently."""
+        query, then the entries' attributes, up to 8 objects per query (``fs.statmany``).
+
+        The objects of one query share a preferred quorum (object id mod ``n``), which is the
+        case for every entry created in this directory (see :meth:`_new_oid`); entries whose
+        attributes are fresh here cost nothing.  ``ls -l`` of 500 names: 63 rounds, not 500.
+        """
         d = await self._query(ino, "fs.readdir")
         ents = obj.entries(d)
         self._parents[ino] = d["p"]
         self._names[ino] = {name: (oid, code) for name, (oid, code) in ents.items()}
-        attrs: dict[bytes, Attr] = {}
+        stats: dict[int, dict[str, Any] | None] = {}
+        groups: dict[int, list[int]] = {}
+        for oid, _ in ents.values():
+            if oid in stats or oid in groups.get(oid % self.config.n, ()):
+                continue
+            fresh = self._fresh(oid)
+            if fresh is not None:
+                stats[oid] = fresh
+            else:
+                groups.setdefault(oid % self.config.n, []).append(oid)
         limit = trio.Semaphore(READDIR_CONCURRENCY)
 
-        async def one(name: bytes, oid: int) -> None:
+        async def some(oids: list[int]) -> None:
             async with limit:
-                with contextlib.suppress(NotFound):  # raced with a removal: skip it
-                    attrs[name] = await self.getattr(oid)
+                got = await self._query(sorted(oids), "fs.statmany")
+            for oid in oids:
+                s = got.get(str(oid))
+                stats[oid] = s
+                if s is not None and s["k"] == "d":
+                    self._parents[oid] = s["p"]
 
         async with trio.open_nursery() as n:
-            for name, (oid, _) in ents.items():
-                n.start_soon(one, name, oid)
-        return [(name, attrs[name]) for name in sorted(attrs)]
+            for oids in groups.values():
+                for i in range(0, len(oids), MAX_OBJECTS):
+                    n.start_soon(some, oids[i : i + MAX_OBJECTS])
+        # An entry whose object is gone raced with a removal: it is left out.
+        return [
+            (name, self._attr(oid, stats[oid]))  # type: ignore[arg-type]
+            for name, (oid, _) in ents.items()
+            if stats.get(oid) is not None
+        ]
 
     async def readlink(self, ino: int) -> bytes:
         return await self._query(ino, "fs.readlink")

@@ -64,6 +64,7 @@ from typing import Any
 
 from bftfs.fs.entries import Entries, all_entries, is_empty, packed_size
 from bftfs.qu.objects import Class, Method, ObjectType, Refused, States
+from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Object id of the root directory (the FUSE root inode).
 ROOT = 1
@@ -298,6 +299,17 @@ def _lookup_stat(states: States, arg: Any) -> Any:
     state = states[oid]
     same = got[0] == oid and isinstance(state, dict) and state.get("k") in ("d", "f")
     return {"e": got, "s": stat_of(state) if same else None}
+
+
+def _stat_many(states: States, arg: Any) -> Any:
+    """The attributes of up to 8 objects in one round (readdir's entries): ``{str(object id):
+    stat, or None where no object is}``."""
+    return {
+        str(oid): stat_of(state)
+        if isinstance(state, dict) and state.get("k") in ("d", "f")
+        else None
+        for oid, state in states.items()
+    }
 
 
 def _readdir(states: States, arg: Any) -> Any:
@@ -811,6 +823,7 @@ FS = ObjectType(
         Method("fs.open", Class.QUERY, _open),
         Method("fs.lookup", Class.QUERY, _lookup),
         Method("fs.lookupstat", Class.QUERY, _lookup_stat, 2, 2),
+        Method("fs.statmany", Class.QUERY, _stat_many, 1, MAX_OBJECTS),
         Method("fs.readdir", Class.QUERY, _readdir),
         Method("fs.readlink", Class.QUERY, _readlink),
         Method("fs.getxattr", Class.QUERY, _getxattr),
