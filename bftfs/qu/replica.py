@@ -230,9 +230,10 @@ def handle_request(
     # Repeated request (L2580-2583): answered from the stored version, before currency.
     if not (req.op is not None and req.op.query):
         for oid in objects:
-            v = schema.load_version(kv, oid, su.lt)
-            if v is not None and v.accepted:
-                return reply(Status.OK, type=v.kind, lt=su.lt, answer=v.answer, at=_at(su))
+            done = schema.version_accepted(kv, oid, su.lt)
+            if done is not None:
+                kind, answer = done
+                return reply(Status.OK, type=kind, lt=su.lt, answer=answer, at=_at(su))
 
     rhs = {oid: schema.load_rh(kv, oid)[0] for oid in objects}
     for oid in objects:

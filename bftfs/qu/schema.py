@@ -9,6 +9,13 @@ Named databases (LMDB creates them on demand; :class:`bftfs.node.kv.MemoryKV` in
                                         "o": [oid...]}       one object version per timestamp
     qu.req    lt (49)                  request body           what made the candidate (for
                                                               inline repair by other clients)
+    qu.blob   hash (16)                bytes                  large byte strings of states,
+                                                              stored once
+    qu.bref   hash (16)                count (4, BE)          references to each blob
+
+A large state (``bftfs.qu.blobs``) is stored as a skeleton (``"s"``, with ``"sk": true``)
+whose large byte strings are references into ``qu.blob``; each reference holds one count,
+so deleting or overwriting a version frees what no other version uses.
 
 Keys are big-endian and timestamps order-preserving, so the versions of one object are one
 contiguous key range in logical-time order: "version at LT" is a get and version history is
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bftfs.node.kv import KV
+from bftfs.qu import blobs
 from bftfs.qu.canon import canonical, pack, unpack
 from bftfs.qu.history import (
     INITIAL_RH,
@@ -40,6 +48,8 @@ from bftfs.qu.timestamp import TIMESTAMP_SIZE, Timestamp
 DB_RH = "qu.rh"
 DB_VER = "qu.ver"
 DB_REQ = "qu.req"
+DB_BLOB = "qu.blob"
+DB_BREF = "qu.bref"
 
 #: Version kinds.
 METHOD, COPY, BARRIER, SYNCED = "method", "copy", "barrier", "synced"
@@ -74,23 +84,24 @@ class Version:
     accepted: bool
     objects: tuple[int, ...]
 
-    def encode(self) -> bytes:
-        """The stored value."""
-        return pack(
-            {
-                "k": self.kind,
-                "s": self.state,
-                "ap": self.applied,
-                "co": self.lt_co.encode() if self.lt_co else None,
-                "a": self.answer,
-                "acc": self.accepted,
-                "o": list(self.objects),
-            }
-        )
+    def encode(self, skeleton: bytes | None = None) -> bytes:
+        """The stored value; with ``skeleton``, the state is stored as that skeleton."""
+        record = {
+            "k": self.kind,
+            "s": self.state if skeleton is None else skeleton,
+            "ap": self.applied,
+            "co": self.lt_co.encode() if self.lt_co else None,
+            "a": self.answer,
+            "acc": self.accepted,
+            "o": list(self.objects),
+        }
+        if skeleton is not None:
+            record["sk"] = True
+        return pack(record)
 
     @classmethod
-    def decode(cls, lt: Timestamp, data: bytes) -> Version:
-        """Parse a stored value.
+    def decode(cls, lt: Timestamp, data: bytes, kv: KV | None = None) -> Version:
+        """Parse a stored value (``kv``: where the blobs of a split state are).
 
         Raises:
             SchemaError: the value is not one :meth:`encode` wrote.
@@ -98,17 +109,22 @@ class Version:
         try:
             d = unpack(data)
             co = d["co"]
+            state = d["s"]
+            if d.get("sk"):
+                if kv is None:
+                    raise SchemaError("a split state needs the store to join it")
+                state = blobs.join(state, lambda h: _blob(kv, h))
             return cls(
                 lt,
                 d["k"],
-                d["s"],
+                state,
                 d["ap"],
                 Timestamp.decode(co) if co is not None else None,
                 d["a"],
                 bool(d["acc"]),
                 tuple(d["o"]),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
             raise SchemaError(f"bad stored version: {e}") from e
 
 
@@ -138,12 +154,69 @@ def store_rh(kv: KV, oid: int, rh: ReplicaHistory, auth: Authenticator) -> None:
 def load_version(kv: KV, oid: int, lt: Timestamp) -> Version | None:
     """The version of ``oid`` at ``lt``, or None."""
     raw = kv.get(DB_VER, ver_key(oid, lt))
-    return Version.decode(lt, raw) if raw is not None else None
+    return Version.decode(lt, raw, kv) if raw is not None else None
+
+
+def version_accepted(kv: KV, oid: int, lt: Timestamp) -> tuple[str, Any] | None:
+    """``(kind, answer)`` of the version at ``lt`` if this server accepted it, else None;
+    cheaper than :func:`load_version` (the state is not joined)."""
+    raw = kv.get(DB_VER, ver_key(oid, lt))
+    if raw is None:
+        return None
+    try:
+        d = unpack(raw)
+        return (d["k"], d["a"]) if d["acc"] else None
+    except (KeyError, TypeError, ValueError) as e:
+        raise SchemaError(f"bad stored version: {e}") from e
 
 
 def store_version(kv: KV, oid: int, v: Version) -> None:
-    """Write a version (overwrites; callers only overwrite SYNCED with accepted ones)."""
-    kv.put(DB_VER, ver_key(oid, v.lt), v.encode())
+    """Write a version (overwrites; callers only overwrite SYNCED with accepted ones).
+
+    A large state is stored split (:mod:`bftfs.qu.blobs`): its skeleton here, its large
+    byte strings in ``qu.blob`` with one count per reference.
+    """
+    key = ver_key(oid, v.lt)
+    old = kv.get(DB_VER, key)
+    if old is not None:
+        _release(kv, old)
+    parts = blobs.split(v.state) if v.state is not None else None
+    if parts is None:
+        kv.put(DB_VER, key, v.encode())
+        return
+    skeleton, refs, data = parts
+    for h in refs:
+        raw = kv.get(DB_BREF, h)
+        if raw is None:
+            kv.put(DB_BLOB, h, data[h])
+            kv.put(DB_BREF, h, (1).to_bytes(4, "big"))
+        else:
+            kv.put(DB_BREF, h, (int.from_bytes(bytes(raw), "big") + 1).to_bytes(4, "big"))
+    kv.put(DB_VER, key, v.encode(skeleton))
+
+
+def _blob(kv: KV, h: bytes) -> bytes | None:
+    raw = kv.get(DB_BLOB, h)
+    return bytes(raw) if raw is not None else None
+
+
+def _release(kv: KV, raw: bytes) -> None:
+    """Drop the blob references of a stored version value that is being replaced."""
+    try:
+        d = unpack(raw)
+        refs = blobs.references(d["s"]) if d.get("sk") else []
+    except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
+        raise SchemaError(f"bad stored version: {e}") from e
+    for h in refs:
+        got = kv.get(DB_BREF, h)
+        if got is None:
+            continue
+        count = int.from_bytes(bytes(got), "big") - 1
+        if count <= 0:
+            kv.delete(DB_BREF, h)
+            kv.delete(DB_BLOB, h)
+        else:
+            kv.put(DB_BREF, h, count.to_bytes(4, "big"))
 
 
 def iter_versions(kv: KV, oid: int, *, reverse: bool = False) -> list[Version]:
@@ -153,7 +226,7 @@ def iter_versions(kv: KV, oid: int, *, reverse: bool = False) -> list[Version]:
     out = []
     for k, v in kv.scan(DB_VER, start, stop, reverse=reverse):
         if len(k) == 8 + TIMESTAMP_SIZE:
-            out.append(Version.decode(Timestamp.decode(k[8:]), v))
+            out.append(Version.decode(Timestamp.decode(k[8:]), v, kv))
     return out
 
 
@@ -169,7 +242,11 @@ def load_request(kv: KV, lt: Timestamp) -> Any:
 
 
 def delete_version(kv: KV, oid: int, v: Version) -> None:
-    """Remove a version, and the stored request with its first object's version."""
+    """Remove a version (and the blobs only it used), and the stored request with its first
+    object's version."""
+    raw = kv.get(DB_VER, ver_key(oid, v.lt))
+    if raw is not None:
+        _release(kv, raw)
     kv.delete(DB_VER, ver_key(oid, v.lt))
     if v.objects and v.objects[0] == oid:
         kv.delete(DB_REQ, v.lt.encode())
