@@ -94,8 +94,8 @@ def test_versions_of_a_growing_directory_share_their_unchanged_buckets() -> None
     schema.store_version(kv, oid, v0)
     for v in schema.iter_versions(kv, oid):
         schema.delete_version(kv, oid, v)
-    assert list(kv.scan(schema.DB_BLOB, b"", b"\xff" * 17)) == []
-    assert list(kv.scan(schema.DB_BREF, b"", b"\xff" * 17)) == []
+    assert list(kv.scan(schema.DB_BLOB, b"", b"\xff" * 33)) == []
+    assert list(kv.scan(schema.DB_BREF, b"", b"\xff" * 33)) == []
 
 
 def test_a_missing_blob_is_reported_as_local_corruption() -> None:
@@ -104,7 +104,7 @@ def test_a_missing_blob_is_reported_as_local_corruption() -> None:
     schema.store_version(
         kv, 5, schema.Version(_lt(0), "method", state, b"\x80", None, None, True, ())
     )
-    h = next(k for k, _ in kv.scan(schema.DB_BLOB, b"", b"\xff" * 17))
+    h = next(k for k, _ in kv.scan(schema.DB_BLOB, b"", b"\xff" * 33))
     kv.delete(schema.DB_BLOB, h)
     with pytest.raises(schema.SchemaError):
         schema.load_version(kv, 5, _lt(0))

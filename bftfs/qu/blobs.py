@@ -8,7 +8,7 @@ buckets of :mod:`bftfs.fs.entries`, an inline file's content under a chmod).  Th
 splits a large state into a *skeleton* - its bytes with each large byte string replaced
 by a reference to the string's hash - and the byte strings themselves, which the store
 keeps once, by hash, with a reference count (:mod:`bftfs.qu.schema`).  An update of one
-bucket then costs the skeleton (about 1.5 KB) and one new bucket.
+bucket then costs the skeleton (about 2.5 KB) and one new bucket.
 
 Splitting is a storage matter only: what a version *is* stays its canonical bytes.  A
 skeleton is the state's own bytes with each large byte string cut out and a reference put
@@ -30,9 +30,7 @@ import msgpack
 SPLIT_MIN = 8 * 1024
 #: Byte strings at least this long are stored as blobs.
 BLOB_MIN = 1024
-#: msgpack extension type of a blob reference in a skeleton.
-BLOB_EXT = 7
-HASH_SIZE = 16
+HASH_SIZE = 32
 
 
 class BlobError(Exception):
@@ -40,9 +38,10 @@ class BlobError(Exception):
 
 
 def blob_hash(data: bytes) -> bytes:
-    """The key of a blob: BLAKE2b-128 of its bytes (collisions are not a practical risk at
-    the sizes a node holds, and a node only ever hashes what it stores itself)."""
-    return hashlib.blake2b(data, digest_size=HASH_SIZE).digest()
+    """The key of a blob: SHA-256 of its bytes (a client choosing directory names cannot
+    make two buckets collide; SHA-256 is the fastest full-strength hash here, 2 us per
+    2.4 KB bucket against 3.6 us for BLAKE2b)."""
+    return hashlib.sha256(data).digest()
 
 
 def _large(value: Any) -> list[bytes]:
@@ -79,34 +78,35 @@ def split(state: bytes) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
         # The cut-out bytes equal the blob wherever find matched, so joining gives back
         # ``state`` exactly.
         h = blob_hash(blob)
-        pieces += [state[pos:at], msgpack.ExtType(BLOB_EXT, h)]
+        pieces += [state[pos:at], h]
         refs.append(h)
         data[h] = blob
         pos = at + len(blob)
     if not refs:
         return None
     pieces.append(state[pos:])
-    return msgpack.packb(pieces, use_bin_type=True), refs, data
+    return msgpack.packb(pieces, use_bin_type=True), refs, data  # [bytes, hash, ..., bytes]
 
 
-def _pieces(skeleton: bytes) -> list[Any]:
+def _pieces(skeleton: bytes) -> list[bytes]:
+    """A skeleton's pieces: literal bytes at even positions, blob hashes at odd ones."""
     try:
         pieces = msgpack.unpackb(skeleton, raw=False)
     except (ValueError, TypeError, msgpack.ExtraData) as e:
         raise BlobError(f"bad skeleton: {e}") from e
-    if not isinstance(pieces, list):
-        raise BlobError("bad skeleton: not a list")
-    for p in pieces:
-        if not isinstance(p, bytes) and not (
-            isinstance(p, msgpack.ExtType) and p.code == BLOB_EXT and len(p.data) == HASH_SIZE
-        ):
-            raise BlobError("bad skeleton: unknown piece")
+    if (
+        not isinstance(pieces, list)
+        or len(pieces) % 2 != 1
+        or not all(isinstance(p, bytes) for p in pieces)
+        or any(len(h) != HASH_SIZE for h in pieces[1::2])
+    ):
+        raise BlobError("bad skeleton")
     return pieces
 
 
 def references(skeleton: bytes) -> list[bytes]:
     """The blob hashes a skeleton refers to, once per reference."""
-    return [p.data for p in _pieces(skeleton) if not isinstance(p, bytes)]
+    return _pieces(skeleton)[1::2]
 
 
 def join(skeleton: bytes, get: Callable[[bytes], bytes | None]) -> bytes:
@@ -115,13 +115,10 @@ def join(skeleton: bytes, get: Callable[[bytes], bytes | None]) -> bytes:
     Raises:
         BlobError: the skeleton does not parse or a blob is missing.
     """
-    out = []
-    for p in _pieces(skeleton):
-        if isinstance(p, bytes):
-            out.append(p)
-            continue
-        data = get(p.data)
+    pieces = _pieces(skeleton)
+    for i in range(1, len(pieces), 2):
+        data = get(pieces[i])
         if data is None:
-            raise BlobError(f"missing blob {p.data.hex()}")
-        out.append(data)
-    return b"".join(out)
+            raise BlobError(f"missing blob {pieces[i].hex()}")
+        pieces[i] = data
+    return b"".join(pieces)

@@ -9,9 +9,9 @@ Named databases (LMDB creates them on demand; :class:`bftfs.node.kv.MemoryKV` in
                                         "o": [oid...]}       one object version per timestamp
     qu.req    lt (49)                  request body           what made the candidate (for
                                                               inline repair by other clients)
-    qu.blob   hash (16)                bytes                  large byte strings of states,
+    qu.blob   hash (32)                bytes                  large byte strings of states,
                                                               stored once
-    qu.bref   hash (16)                count (4, BE)          references to each blob
+    qu.bref   hash (32)                count (4, BE)          references to each blob
 
 A large state (``bftfs.qu.blobs``) is stored as a skeleton (``"s"``, with ``"sk": true``)
 whose large byte strings are references into ``qu.blob``; each reference holds one count,
