@@ -118,7 +118,10 @@ class MemCluster:
         kv, cfg = self.kvs[server], self.cfgs[server]
         if kind == KIND_REQUEST:
             self.requests += 1
-            req = Request.from_wire(payload, self.th.n)
+            if isinstance(payload, bytes):  # as bftfs.qu.node parses what clients send
+                req = Request.from_bytes(payload, self.th.n)
+            else:
+                req = Request.from_wire(payload, self.th.n)
             synced: dict = {}
             for _ in range(3):
                 res = handle_request(kv, cfg, sender, req, synced)

@@ -123,11 +123,29 @@ def auth_entry_ok(
     ``key`` is the pairwise key of ``me`` with the server the history claims to come from.
     The initial history needs no authenticator: it carries no information (line 200).
     """
-    if rh == INITIAL_RH:
+    if is_initial(rh):
         return True
     if auth is None or me >= len(auth):
         return False
-    return hmac.compare_digest(mac(key, rh_hash(oid, rh)), auth[me])
+    return _mac_ok(oid, rh, auth[me], key)
+
+
+@functools.lru_cache(maxsize=8192)
+def _mac_ok(oid: int, rh: ReplicaHistory, tag: bytes, key: bytes) -> bool:
+    """Whether ``tag`` is the MAC of ``H(oid || rh)`` under ``key``.
+
+    Cached: a client sends back the histories it received unchanged, so a server checks the
+    same few (history, MAC) pairs in every request of a busy object.  The result is a pure
+    function of all four arguments (the exact MAC tested is part of the key, and histories
+    are equal only if every timestamp's bytes are), so a hit never lets a forged entry pass.
+    """
+    return hmac.compare_digest(mac(key, rh_hash(oid, rh)), tag)
+
+
+def is_initial(rh: ReplicaHistory) -> bool:
+    """Whether ``rh`` is the initial history ``{<0,0>}``; cheaper than ``rh == INITIAL_RH``,
+    which compares candidates field by field even when the lengths differ."""
+    return len(rh) == 1 and rh[0] == INITIAL
 
 
 def auth_from_wire(value: object, n: int) -> Authenticator | None:
@@ -173,7 +191,7 @@ def ohs_wire(ohs: OHS) -> list:
     return [
         [s, rh_wire(e.rh), list(e.auth) if e.auth is not None else None]
         for s, e in sorted(ohs.items())
-        if e.rh != INITIAL_RH
+        if not is_initial(e.rh)
     ]
 
 
@@ -187,13 +205,25 @@ def ohs_from_wire(value: object, n: int) -> dict[int, OHSEntry]:
         raise HistoryError("OHS must be a list of at most n entries")
     out: dict[int, OHSEntry] = {}
     for item in value:
-        if not isinstance(item, list | tuple) or len(item) != 3:
-            raise HistoryError("OHS entry must be [server, rh, auth]")
-        s = item[0]
-        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < n or s in out:
+        s, e = ohs_item_from_wire(item, n)
+        if s in out:
             raise HistoryError("OHS server id invalid or repeated")
-        out[s] = OHSEntry(rh_from_wire(item[1]), auth_from_wire(item[2], n))
+        out[s] = e
     return out
+
+
+def ohs_item_from_wire(item: object, n: int) -> tuple[int, OHSEntry]:
+    """Parse one ``[server, rh, auth]`` item of :func:`ohs_wire` output.
+
+    Raises:
+        HistoryError: malformed, or the server id is not one of ``n``.
+    """
+    if not isinstance(item, list | tuple) or len(item) != 3:
+        raise HistoryError("OHS entry must be [server, rh, auth]")
+    s = item[0]
+    if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < n:
+        raise HistoryError("OHS server id invalid or repeated")
+    return s, OHSEntry(rh_from_wire(item[1]), auth_from_wire(item[2], n))
 
 
 def multi_ohs_digest(mohs: MultiOHS) -> bytes:
@@ -206,7 +236,7 @@ def multi_ohs_digest(mohs: MultiOHS) -> bytes:
     """
     h = hashlib.blake2b(digest_size=32, person=b"bftfs-qu-ohs")
     for oid, ohs in sorted(mohs.items()):
-        entries = [(s, e) for s, e in sorted(ohs.items()) if e.rh != INITIAL_RH]
+        entries = [(s, e) for s, e in sorted(ohs.items()) if not is_initial(e.rh)]
         h.update(oid.to_bytes(8, "big") + len(entries).to_bytes(2, "big"))
         for s, e in entries:
             h.update(s.to_bytes(2, "big") + rh_hash(oid, e.rh))

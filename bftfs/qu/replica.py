@@ -54,10 +54,10 @@ from bftfs.qu import schema
 from bftfs.qu.canon import canonical, pack, unpack
 from bftfs.qu.classify import OpType, Setup, Thresholds, View, missing_objects, setup
 from bftfs.qu.history import (
-    INITIAL_RH,
     OHSEntry,
     ReplicaHistory,
     auth_entry_ok,
+    is_initial,
     make_authenticator,
     make_rh,
     multi_ohs_digest,
@@ -136,7 +136,7 @@ def cull(
         bad: list[int] = []
         for s, e in sorted(mohs[oid].items()):
             if auth_entry_ok(oid, e.rh, e.auth, cfg.me, cfg.key_for(s)):
-                if e.rh != INITIAL_RH:
+                if not is_initial(e.rh):
                     kept[s] = e
             else:
                 bad.append(s)

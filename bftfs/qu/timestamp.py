@@ -117,6 +117,12 @@ class Candidate:
     objects: tuple[int, ...]  # sorted, unique, <= MAX_OBJECTS; () only for INITIAL
 
     def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        # Computed once per candidate: replica histories (tuples of candidates) are cache
+        # keys for their hash and for MAC verification, hashed in every request.
         return hash((self.lt, self.lt_co, self.objects))
 
     @functools.cached_property

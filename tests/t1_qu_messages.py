@@ -1,0 +1,113 @@
+"""Tier 1: the request parsers agree, and the caches behind them never let a forgery pass.
+
+``Request.from_bytes`` (the node's parser for the packed requests clients send) parses OHS
+entries once per distinct byte string, and servers remember MAC checks by (history, MAC,
+key).  These tests pin that the fast parser gives exactly what the reference parser
+``Request.from_wire`` gives - the same request or the same error - on real requests and
+on corrupted ones, and that a server still culls an entry whose MAC or history was changed
+after the genuine entry was seen (and cached).
+"""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from qu_helpers import MemCluster, send
+
+from bftfs.ids import client_id
+from bftfs.qu.history import OHSEntry
+from bftfs.qu.messages import MessageError, Operation, Request, Status
+from bftfs.qu.replica import cull
+from bftfs.qu.timestamp import Candidate, Timestamp
+
+C0 = int(client_id(0))
+PQ = [0, 1, 2, 3, 4]
+
+
+def inc(seq: int) -> Operation:
+    return Operation("counter.increment", False, 1, seq)
+
+
+def _warm() -> tuple[MemCluster, Request]:
+    """A cluster after a few updates of object 7, and a request carrying its fresh OHS."""
+    cl = MemCluster()
+    ohs: dict[int, OHSEntry] = {}
+    for seq in range(1, 4):
+        reps = send(cl, PQ, Request(C0, (7,), {7: ohs}, inc(seq)))
+        assert all(r.status is Status.OK for r in reps.values())
+        ohs = {s: r.hist[0] for s, r in reps.items()}
+    return cl, Request(C0, (7,), {7: ohs}, Operation("counter.fetch", True, None, 0))
+
+
+def _parse(parser, data: bytes) -> object:
+    try:
+        return parser(data, 6)
+    except MessageError as e:
+        return ("error", str(e))
+
+
+def test_from_bytes_equals_from_wire_on_real_requests() -> None:
+    _, req = _warm()
+    for r in (req, Request(C0, (3, 7), {3: {}, 7: req.mohs[7], 9: req.mohs[7]}, inc(9))):
+        data = r.packed()
+        assert Request.from_bytes(data, 6) == Request.from_wire(data, 6) == r
+        assert Request.from_bytes(data, 6) == r  # and again, from the entry cache
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_from_bytes_equals_from_wire_on_corrupted_requests(data: st.DataObject) -> None:
+    _, req = _warm()
+    raw = bytearray(req.packed())
+    Request.from_bytes(bytes(raw), 6)  # warm the entry cache with the genuine entries
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    if data.draw(st.booleans()):
+        raw += b"\xc0"  # trailing bytes
+    got = bytes(raw)
+    assert _parse(Request.from_bytes, got) == _parse(Request.from_wire, got)
+
+
+def test_from_bytes_keys_entries_by_exact_bytes() -> None:
+    """``True == 1`` in Python, but a server id or object id sent as a bool is malformed:
+    a cached entry must not make such a request parse."""
+    _, req = _warm()
+    Request.from_bytes(req.packed(), 6)
+    body = req.wire()
+    s = body["h"][0][0][0]
+    assert s in (0, 1)
+    body["h"][0][0][0] = bool(s)
+    data = msgpack.packb(body, use_bin_type=True)
+    with pytest.raises(MessageError):
+        Request.from_wire(data, 6)
+    with pytest.raises(MessageError):
+        Request.from_bytes(data, 6)
+
+
+def test_tampered_entries_are_culled_after_the_genuine_ones_were_cached() -> None:
+    cl, req = _warm()
+    cfg = cl.cfgs[0]
+    kept, culled = cull(cfg, Request.from_bytes(req.packed(), 6).mohs)
+    assert set(kept[7]) == set(PQ) and culled == ((),)
+    rng = random.Random(1)
+    ohs = dict(req.mohs[7])
+    e = ohs[2]
+    assert e.auth is not None
+    # Wrong MACs, then a history with a forged newer candidate under the genuine MACs.
+    bad_mac = [rng.randbytes(16) for _ in e.auth]
+    top = e.rh[0]
+    forged = Candidate(Timestamp(top.lt.time + 5, False, C0, bytes(32)), top.lt, top.objects)
+    for tampered in (OHSEntry(e.rh, tuple(bad_mac)), OHSEntry((forged, *e.rh), e.auth)):
+        ohs[2] = tampered
+        bad = Request(C0, (7,), {7: ohs}, req.op)
+        kept, culled = cull(cfg, Request.from_bytes(bad.packed(), 6).mohs)
+        assert 2 not in kept[7] and culled == ((2,),)
+        reps = send(cl, PQ, bad)
+        assert all(r.culled == ((2,),) for r in reps.values())
