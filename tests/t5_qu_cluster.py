@@ -10,6 +10,7 @@ serializability.  Long matrices are marked ``slow``.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from bftfs.qu.classify import Thresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
 from bftfs.testing.cluster import open_cluster
+from bftfs.transport import RemoteError
 
 
 def qu_client(cluster, k: int, seed: int = 0) -> QUClient:  # noqa: ANN001
@@ -300,5 +302,40 @@ def test_two_byzantine_servers_at_b2(tmp_path: Path) -> None:
                         n.start_soon(work, c)
             assert all(o.ok for o in rec.ops)
             assert check_serializable(rec.ops)
+
+    trio.run(main)
+
+
+def test_requests_answered_in_the_read_loop(tmp_path: Path) -> None:
+    """Without fault injection nodes answer Q/U requests in the connection's read loop
+    (``fast_request``) and defer to a task only for object sync; contended increments,
+    queries and multi-object updates that need object sync all still come out right."""
+
+    async def main() -> None:
+        async with open_cluster(tmp_path, clients=3, seed=11) as cl:
+            for node in cl.nodes:
+                node.faults = None  # before any client connects: the fast path is taken
+            rec = Recorder(clock=trio.current_time)
+            clients = [qu_client(cl, k) for k in range(3)]
+
+            async def mixed(c: QUClient) -> None:
+                for i in range(6):
+                    await rec.run(c, 7, "counter.increment", 1, False)
+                    await rec.run(c, 7, "counter.fetch", None, True)
+                    # Objects 2..5 have different preferred quorums: servers object-sync.
+                    await rec.run(c, [2, 3, 4, 5][i % 2 :], "counter.add_all", 1, False)
+
+            async with trio.open_nursery() as n:
+                for c in clients:
+                    n.start_soon(mixed, c)
+            assert all(o.ok for o in rec.ops)
+            assert await clients[0].query(7, "counter.fetch") == 18
+            assert check_serializable(rec.ops)
+            stats = sum((node.stats for node in cl.nodes), start=Counter())
+            assert stats["qu.synced"] > 0 and stats["req.qu.request"] > 0
+            with pytest.raises(RemoteError) as err:
+                await cl.client(0).call(0, KIND_REQUEST, b"\x93junk")
+            assert err.value.code == "bad-request"
+            assert cl.nodes[0].stats["qu.bad_request"] == 1
 
     trio.run(main)

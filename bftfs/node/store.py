@@ -5,6 +5,8 @@ One LMDB environment per node (``<data_dir>/lmdb``).  Protocol steps run against
 
 * :meth:`Store.read` runs a step in a read-only transaction on the caller's thread (MVCC:
   it never waits for writers, and sees only committed data).
+* :meth:`Store.write_now` runs a step in a write transaction of its own at once (non-durable
+  stores only: without a sync to share, batching saves less than the task switches cost).
 * :meth:`Store.write` queues a step; a committer task runs every queued step in *one* write
   transaction and commits it with one sync (group commit), in a worker thread so that the
   event loop keeps receiving requests during the fsync.  A step that raises is isolated:
@@ -164,6 +166,37 @@ class Store:
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[no-any-return]
+
+    def write_now(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(kv)`` in a write transaction of its own, committed before returning, on
+        the caller's thread; only for a store that is not durable.
+
+        A non-durable commit is a few page writes with no sync, cheaper than the two task
+        switches and the committer wake-up of :meth:`write`; group commit only pays when
+        each commit waits for the disk.  Never called while a batch is open: the committer
+        runs a non-durable batch to completion without yielding.
+
+        Raises:
+            StoreError: the store is durable, or the transaction could not be committed.
+            Exception: whatever ``fn`` raised (its changes are rolled back).
+        """
+        if self.durable:
+            raise StoreError("write_now would skip the sync of a durable store")
+        with self._lock:
+            self._opened_in_batch = []
+            txn = self._env.begin(write=True)
+            try:
+                result = fn(_LmdbKV(txn, self, write=True))
+                txn.commit()
+            except lmdb.Error as e:
+                self._abort(txn)
+                raise StoreError(f"store write failed: {e}") from e
+            except BaseException:
+                self._abort(txn)
+                raise
+            self.commits += 1
+            self.batched_writes += 1
+            return result
 
     async def committer(self) -> None:
         """Commit queued writes forever (run as a background task of the node)."""

@@ -8,7 +8,11 @@
   one LMDB transaction (seed L2512-2514).  The store runs write steps one after another in
   its single writer, which is what the seed's per-object locks "acquired in object-ID order"
   (L2737-2740) achieve: a multi-object request reads and writes all its objects in one
-  serialised step, so it can neither deadlock nor half-apply.
+  serialised step, so it can neither deadlock nor half-apply.  A request that needs no
+  object sync is answered in the connection's read loop (``fast_request``): a query in its
+  read transaction, and on a non-durable store any other request in a write transaction of
+  its own (``Store.write_now``), still one at a time; only durable writes and object syncs
+  take a task of their own.
 - ``qu.history``: the node's histories of some objects (read-only).
 - ``qu.fetch``: the stored request of a candidate, for inline repair by other clients.
 - ``qu.sync``: object sync, host side; only other nodes may ask (L2240-2244).
@@ -86,7 +90,7 @@ def node_registry() -> Registry:
 
 def register(node: Node, *, retention: Retention | None = None) -> None:
     """Register the Q/U handlers with ``node``."""
-    from bftfs.node.service import HandlerError
+    from bftfs.node.service import DEFER, HandlerError
 
     th = Thresholds.from_config(node.config)
     keyring = node.keyring
@@ -99,12 +103,37 @@ def register(node: Node, *, retention: Retention | None = None) -> None:
 
     cfg = ReplicaConfig(node.id, th, key_for, node_registry(), retention or Retention())
 
-    async def on_request(ctx: RequestContext, payload: Any) -> Any:
+    def parse(payload: Any) -> Request:
         try:
-            req = Request.from_wire(payload, th.n)
+            if isinstance(payload, bytes):  # how clients send it (``Request.packed``)
+                return Request.from_bytes(payload, th.n)
+            return Request.from_wire(payload, th.n)
         except MessageError as e:
             node.stats["qu.bad_request"] += 1
             raise HandlerError("bad-request", str(e)) from None
+
+    def fast_request(ctx: RequestContext, payload: Any) -> Any:
+        """The request in one synchronous step when it needs no object sync and no
+        group commit: a query (read transaction), or anything on a non-durable store."""
+        req = parse(payload)
+        sender = ctx.sender
+
+        def step(kv: Any) -> Any:
+            return handle_request(kv, cfg, sender, req, {})
+
+        if req.op is not None and req.op.query:
+            res = node.store.read(step)
+        elif node.store.durable:
+            return DEFER
+        else:
+            res = node.store.write_now(step)  # NeedSync wrote nothing
+        if isinstance(res, NeedSync):
+            return DEFER
+        node.stats[f"qu.{res.status.value}"] += 1
+        return res.wire()
+
+    async def on_request(ctx: RequestContext, payload: Any) -> Any:
+        req = parse(payload)
         synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
         for _ in range(3):  # a version synced once may be needed again after a race
             if req.op is not None and req.op.query:
@@ -148,10 +177,11 @@ def register(node: Node, *, retention: Retention | None = None) -> None:
             raise HandlerError("bad-request", str(e)) from None
         return node.store.read(lambda kv: handle_sync(kv, oid, lt))
 
-    node.register(KIND_REQUEST, on_request)
-    node.register(KIND_HISTORY, on_history)
-    node.register(KIND_FETCH, on_fetch)
-    node.register(KIND_SYNC, on_sync)
+    node.register(KIND_REQUEST, on_request, fast=fast_request)
+    # These only read the store: they never wait, so they run in the read loop.
+    node.register(KIND_HISTORY, on_history, inline=True)
+    node.register(KIND_FETCH, on_fetch, inline=True)
+    node.register(KIND_SYNC, on_sync, inline=True)
 
 
 def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Any:
