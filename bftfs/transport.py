@@ -724,10 +724,14 @@ class Endpoint:
                 if fast:
                     wake = min(wake, now + self.resend_after)
                 got: Any = None
-                timed_out = True
-                with trio.move_on_at(wake):
-                    got = await recv.receive()
+                try:  # replies that are in already need no cancel scope and no task switch
+                    got = recv.receive_nowait()
                     timed_out = False
+                except trio.WouldBlock:
+                    timed_out = True
+                    with trio.move_on_at(wake):
+                        got = await recv.receive()
+                        timed_out = False
                 if got is None:
                     now = trio.current_time()
                     resend_overdue(now)

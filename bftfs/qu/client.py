@@ -181,11 +181,16 @@ class QUClient:
 
     def _present(self, objects: Iterable[int], fresh: dict[int, set[int]]) -> dict:
         """:func:`core.present` of the cached histories; remembers whom it left out."""
+        return self._present_view(objects, fresh)[0]
+
+    def _present_view(self, objects: Iterable[int], fresh: dict[int, set[int]]) -> tuple:
+        """:meth:`_present` and the :class:`View` of what it returns."""
         cached = self._mohs(objects)
-        shown = core.present(cached, self.th, fresh, self._excluded)
+        shown, view = core.present_view(cached, self.th, fresh, self._excluded)
         for oid, ohs in cached.items():
-            self._suspects |= set(ohs) - set(shown[oid]) - self._excluded
-        return shown
+            if len(ohs) != len(shown[oid]):
+                self._suspects |= set(ohs) - set(shown[oid]) - self._excluded
+        return shown, view
 
     async def _invoke(self, objects: tuple[int, ...], method: str, arg: Any, query: bool) -> Any:
         self._n["operations"] += 1
@@ -194,6 +199,12 @@ class QUClient:
         else:
             self._seq += 1
             op = Operation(method, False, arg, self._seq)
+        if len(objects) == 1:  # the common case, without an exit stack
+            lock = self._locks.get(objects[0])
+            if lock is None:
+                lock = self._locks[objects[0]] = trio.Lock()
+            async with lock:
+                return await self._run(objects, op)
         async with self._locked(objects):
             return await self._run(objects, op)
 
@@ -219,7 +230,7 @@ class QUClient:
             # (or a crashed server's stray) made ``outcome`` classify "not METHOD" and
             # disbelieve b+1 agreeing refusals, while ``next_step`` on the presented OHS said
             # METHOD and re-sent at once, without backoff: a livelock (issue 5).
-            view = View(self._present(objects + tuple(sorted(context)), fresh), th)
+            view = self._present_view(objects + tuple(sorted(context)), fresh)[1]
             out = core.outcome(replies, view, th, op.query, objects)
             if out.result is core.Result.DONE:
                 return out.answer
@@ -242,7 +253,7 @@ class QUClient:
             while True:
                 allobjs = tuple(sorted(set(objects) | context))
                 await self._fetch_missing(allobjs, fresh)
-                view = View(self._present(allobjs, fresh), th)
+                view = self._present_view(allobjs, fresh)[1]
                 nxt = core.next_step(view)
                 if nxt.step is core.Step.NEED:
                     context |= set(nxt.objects)

@@ -97,16 +97,30 @@ def present(
         fresh: per object, servers whose history came in during this operation.
         excluded: servers known to be malevolent.
     """
+    return present_view(mohs, th, fresh, excluded)[0]
+
+
+def present_view(
+    mohs: Mapping[int, Mapping[int, OHSEntry]],
+    th: Thresholds,
+    fresh: Mapping[int, set[int]],
+    excluded: set[int],
+) -> tuple[MOHS, View]:
+    """:func:`present`, and the :class:`View` of what it returns (the one built to find
+    stray histories when none were left out, so a client judging a round builds one View,
+    not two)."""
     out: MOHS = {
         oid: {s: e for s, e in ohs.items() if s not in excluded} for oid, ohs in mohs.items()
     }
     view = View(out, th)
+    changed = False
     for oid in list(out):
         strays = stray_holders(view, oid)
         keep = fresh.get(oid, set()) - strays - excluded
         if strays and len(keep) >= th.q:
             out[oid] = {s: e for s, e in out[oid].items() if s not in strays}
-    return out
+            changed = True
+    return out, (View(out, th) if changed else view)
 
 
 class Result(enum.Enum):

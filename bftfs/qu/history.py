@@ -156,11 +156,13 @@ def auth_from_wire(value: object, n: int) -> Authenticator | None:
     """
     if value is None:
         return None
-    if (
-        not isinstance(value, list | tuple)
-        or len(value) != n
-        or not all(isinstance(m, bytes) and len(m) == MAC_SIZE for m in value)
-    ):
+    if not isinstance(value, list | tuple) or len(value) != n:
+        raise HistoryError("authenticator must be a list of n MACs")
+    try:  # the usual case, checked without a Python-level loop
+        ok = set(map(type, value)) == {bytes} and set(map(len, value)) == {MAC_SIZE}
+    except TypeError:
+        ok = False
+    if not ok and not all(isinstance(m, bytes) and len(m) == MAC_SIZE for m in value):
         raise HistoryError("authenticator must be a list of n MACs")
     return tuple(value)
 
@@ -189,7 +191,7 @@ def entry(ohs: OHS, server: int) -> OHSEntry:
 def ohs_wire(ohs: OHS) -> list:
     """Msgpack-able OHS: ``[[server, rh, auth], ...]`` by server, initial entries omitted."""
     return [
-        [s, rh_wire(e.rh), list(e.auth) if e.auth is not None else None]
+        [s, rh_wire(e.rh), e.auth]  # a tuple packs as the same array as a list
         for s, e in sorted(ohs.items())
         if not is_initial(e.rh)
     ]

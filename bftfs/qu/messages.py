@@ -82,6 +82,10 @@ class Status(enum.Enum):
     NEED = "need"
 
 
+#: Status by wire value (a dict lookup; calling the enum costs several times more).
+_STATUS = {s.value: s for s in Status}
+
+
 def _int(v: Any, what: str, bits: int = 64) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (1 << bits):
         raise MessageError(f"{what} must be an unsigned {bits}-bit integer")
@@ -339,7 +343,7 @@ class Reply:
             "lt": self.lt.encode() if self.lt else None,
             "a": self.answer,
             "at": [t.encode() for t in self.at] if self.at is not None else None,
-            "h": [[rh_wire(x.rh), list(x.auth) if x.auth else None] for x in self.hist],
+            "h": [[rh_wire(x.rh), x.auth or None] for x in self.hist],
             "x": [list(c) for c in self.culled],
             "why": self.why,
             "n": list(self.need),
@@ -354,10 +358,10 @@ class Reply:
         """
         if not isinstance(v, dict):
             raise MessageError("reply must be a map")
-        try:
-            status = Status(v.get("st"))
-        except ValueError as e:
-            raise MessageError("bad status") from e
+        st = v.get("st")
+        status = _STATUS.get(st) if isinstance(st, str) else None
+        if status is None:
+            raise MessageError("bad status")
         typ = v.get("t")
         if typ not in (None, "method", "copy", "barrier"):
             raise MessageError("bad type")

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 #: Size of the operation/OHS hash in a timestamp.
 DIGEST_SIZE = 32
@@ -56,6 +57,8 @@ class Timestamp:
     barrier: bool
     client: int  # principal id of the client that set it up (0 for ZERO)
     digest: bytes  # DIGEST_SIZE bytes: H(kind || operation || conditioned-on multi-OHS)
+    if TYPE_CHECKING:  # set on first use by __getattr__, not dataclass fields
+        _bytes: bytes
 
     def __hash__(self) -> int:
         return hash(self._bytes)
@@ -79,9 +82,15 @@ class Timestamp:
         """The fixed-width, order-preserving bytes of this timestamp."""
         return self._bytes
 
-    @functools.cached_property
-    def _bytes(self) -> bytes:
-        return _FMT.pack(self.time, 1 if self.barrier else 0, self.client) + self.digest
+    def __getattr__(self, name: str) -> bytes:
+        # Called only while ``_bytes`` is missing: computed once, then an instance attribute.
+        # (functools.cached_property takes a lock per first access on Python 3.11, which
+        # cost more than the packing on a path that makes timestamps per request.)
+        if name != "_bytes":
+            raise AttributeError(name)
+        raw = _FMT.pack(self.time, 1 if self.barrier else 0, self.client) + self.digest
+        object.__setattr__(self, "_bytes", raw)
+        return raw
 
     @classmethod
     def decode(cls, data: bytes) -> Timestamp:
@@ -92,16 +101,26 @@ class Timestamp:
         """
         if not isinstance(data, bytes) or len(data) != TIMESTAMP_SIZE:
             raise TimestampError(f"timestamp must be {TIMESTAMP_SIZE} bytes")
-        time, flag, client = _FMT.unpack_from(data)
-        if flag > 1:
-            raise TimestampError("barrier flag must be 0 or 1")
-        if time > MAX_TIME:
-            raise TimestampError("timestamp time out of range")
-        return cls(time, flag == 1, client, data[17:])
+        return _decode(bytes(data))
 
     def short(self) -> str:
         """The seed's Table 4.1 notation: Time, with "b" appended for barriers."""
         return f"{self.time}{'b' if self.barrier else ''}"
+
+
+@functools.lru_cache(maxsize=8192)
+def _decode(data: bytes) -> Timestamp:
+    """:meth:`Timestamp.decode` of exactly ``TIMESTAMP_SIZE`` bytes, cached by them: every
+    reply of a round names the same few timestamps.  The encoding is canonical (fixed width,
+    flag 0 or 1), so ``data`` is the timestamp's encoding and is kept as it."""
+    time, flag, client = _FMT.unpack_from(data)
+    if flag > 1:
+        raise TimestampError("barrier flag must be 0 or 1")
+    if time > MAX_TIME:
+        raise TimestampError("timestamp time out of range")
+    ts = Timestamp(time, flag == 1, client, data[17:])
+    object.__setattr__(ts, "_bytes", data)
+    return ts
 
 
 #: The initial timestamp, ``0`` in the seed (line 900).
@@ -115,29 +134,44 @@ class Candidate:
     lt: Timestamp
     lt_co: Timestamp  # < lt, except for INITIAL where both are ZERO
     objects: tuple[int, ...]  # sorted, unique, <= MAX_OBJECTS; () only for INITIAL
+    if TYPE_CHECKING:  # set on first use by __getattr__, not dataclass fields
+        key: tuple[Timestamp, tuple[int, ...]]
+        _hash: int
+        _wire: tuple
 
     def __hash__(self) -> int:
         return self._hash
 
-    @functools.cached_property
-    def _hash(self) -> int:
-        # Computed once per candidate: replica histories (tuples of candidates) are cache
-        # keys for their hash and for MAC verification, hashed in every request.
-        return hash((self.lt, self.lt_co, self.objects))
+    def __reduce__(self) -> tuple:
+        # Pickle the fields only: the cached ``_hash`` is only valid in this process.
+        return (Candidate, (self.lt, self.lt_co, self.objects))
 
-    @functools.cached_property
-    def key(self) -> tuple[Timestamp, tuple[int, ...]]:
-        """What identifies a candidate when counting its order."""
-        return (self.lt, self.objects)
+    def __getattr__(self, name: str) -> Any:
+        # Derived values, each computed on first use and then kept as an instance attribute
+        # (cheaper than functools.cached_property, which locks on Python 3.11):
+        #   _hash  replica histories (tuples of candidates) are cache keys, hashed per request
+        #   key    what identifies a candidate when counting its order: (lt, objects)
+        #   _wire  the wire form, re-encoded in every reply and stored request
+        if name == "_hash":
+            value: Any = hash((self.lt, self.lt_co, self.objects))
+        elif name == "key":
+            value = (self.lt, self.objects)
+        elif name == "_wire":
+            value = (self.lt.encode(), self.lt_co.encode(), self.objects)
+        else:
+            raise AttributeError(name)
+        object.__setattr__(self, name, value)
+        return value
 
     @property
     def multi(self) -> bool:
         """Whether this candidate came from a multi-object operation."""
         return len(self.objects) > 1
 
-    def wire(self) -> list:
-        """The msgpack-able form ``[lt, lt_co, objects]``."""
-        return [self.lt.encode(), self.lt_co.encode(), list(self.objects)]
+    def wire(self) -> tuple:
+        """The msgpack-able form ``[lt, lt_co, objects]`` (a shared immutable tuple, which
+        packs as the same array as a list)."""
+        return self._wire
 
     @classmethod
     def from_wire(cls, value: object) -> Candidate:
