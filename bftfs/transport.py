@@ -112,6 +112,8 @@ class FrameReader:
         self._stream = stream
         self._buf = bytearray()
         self.max_frame = max_frame
+        #: A socket stream is read through its file descriptor (see :meth:`_receive`).
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
     async def read(self) -> bytes | None:
         """The next frame, or None at a clean end of stream.
@@ -130,12 +132,44 @@ class FrameReader:
                     frame = bytes(buf[4 : 4 + n])
                     del buf[: 4 + n]
                     return frame
-            data = await self._stream.receive_some(262144)
+            data = await self._receive()
             if not data:
                 if buf:
                     raise FrameError("truncated")
                 return None
             buf += data
+
+
+    async def _receive(self) -> bytes:
+        """Up to 256 KiB from the stream (b"" at its end).
+
+        On a socket: ``os.read`` of the descriptor, and ``wait_readable`` when nothing is
+        there yet.  ``SocketStream.receive_some`` does the same through two context
+        managers and yields twice per chunk (once waiting, once more after reading); here a
+        chunk costs one yield: the wait, or an explicit checkpoint when data was already
+        there, so a connection that is never idle still lets other tasks run.
+
+        Raises:
+            OSError: the connection failed (callers treat it like a broken stream).
+            trio.ClosedResourceError: the socket was closed while waiting.
+        """
+        fd = self._fd
+        if fd is None:
+            return await self._stream.receive_some(262144)
+        sock = self._stream.socket  # type: ignore[attr-defined]
+        waited = False
+        while True:
+            if sock.fileno() != fd:  # closed by another task (the number may be reused)
+                raise trio.ClosedResourceError
+            try:
+                data = os.read(fd, 262144)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                waited = True
+                continue
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            return data
 
 
 def frame_bytes(body: bytes, key: bytes) -> bytes:

@@ -5,7 +5,8 @@ entries once per distinct byte string, and servers remember MAC checks by (histo
 key).  These tests pin that the fast parser gives exactly what the reference parser
 ``Request.from_wire`` gives - the same request or the same error - on real requests and
 on corrupted ones, and that a server still culls an entry whose MAC or history was changed
-after the genuine entry was seen (and cached).
+after the genuine entry was seen (and cached).  ``canonical_map`` (the applied table's
+encoder) gives ``canonical``'s bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from qu_helpers import MemCluster, send
 
 from bftfs.ids import client_id
+from bftfs.qu.canon import CanonicalError, canonical, canonical_map, normalise
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import MessageError, Operation, Request, Status
 from bftfs.qu.replica import cull
@@ -111,3 +113,35 @@ def test_tampered_entries_are_culled_after_the_genuine_ones_were_cached() -> Non
         assert 2 not in kept[7] and culled == ((2,),)
         reps = send(cl, PQ, bad)
         assert all(r.culled == ((2,),) for r in reps.values())
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.text() | st.binary(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3) | st.integers(0, 1 << 40), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.integers(-(1 << 63), (1 << 64) - 1) | st.text(max_size=4) | st.booleans(),
+        _values,
+        max_size=6,
+    )
+)
+def test_canonical_map_equals_canonical_for_normal_values(table: dict) -> None:
+    """The applied table is encoded by ``canonical_map``: same bytes as ``canonical``."""
+    normal = {k: normalise(v) for k, v in table.items()}
+    assert canonical_map(normal) == canonical(table) == canonical(normal)
+
+
+def test_canonical_map_refuses_what_canonical_refuses() -> None:
+    for bad in ({1 << 64: 1}, {1.5: 1}, {-(1 << 63) - 1: 1}):
+        with pytest.raises(CanonicalError):
+            canonical(bad)
+        with pytest.raises(CanonicalError):
+            canonical_map(bad)

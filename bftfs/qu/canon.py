@@ -85,6 +85,29 @@ def canonical(value: Any) -> bytes:
     return msgpack.packb(_norm(value, 0), use_bin_type=True)
 
 
+def canonical_map(value: dict) -> bytes:
+    """``canonical(value)`` for a map whose values are already normal (as read back from
+    canonical bytes, or returned by :func:`normalise`): only the keys are checked and
+    sorted, the values are packed as they are.
+
+    For the applied table, re-encoded in every update with one entry changed: walking its
+    values again cost a node about 5% of an update.
+
+    Raises:
+        CanonicalError: a key has no canonical encoding.
+    """
+    items = list(value.items())
+    for k, _ in items:
+        if type(k) is int:
+            if not -(1 << 63) <= k < (1 << 64):
+                raise CanonicalError("integer out of 64-bit range")
+        elif type(k) is not str:
+            return canonical(value)  # anything else takes the general path
+    if len(items) > 1:
+        items.sort(key=_packed_key)
+    return msgpack.packb(dict(items), use_bin_type=True)
+
+
 def pack(value: Any) -> bytes:
     """Plain msgpack bytes, for values whose construction already fixes the byte layout
     (maps built in a fixed key order from canonical parts).  Used for storage, not hashing.

@@ -51,7 +51,7 @@ from typing import Any
 
 from bftfs.node.kv import KV
 from bftfs.qu import schema
-from bftfs.qu.canon import canonical, pack, unpack
+from bftfs.qu.canon import canonical_map, pack, unpack
 from bftfs.qu.classify import OpType, Setup, Thresholds, View, missing_objects, setup
 from bftfs.qu.history import (
     OHSEntry,
@@ -291,7 +291,9 @@ def handle_request(
     for oid in objects:
         t = dict(tables[oid])
         t[req.client] = [op.seq, answer]
-        applied[oid] = canonical(t)
+        # Normal values: read back from canonical bytes, and ``answer`` normalised by the
+        # registry (or read back from a table).
+        applied[oid] = canonical_map(t)
     return _accept(
         kv,
         cfg,
