@@ -333,13 +333,30 @@ def _bindfs(base: Path) -> Iterator[tuple[Path, int]]:
 @contextlib.contextmanager
 def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
     # Imported here so the local and bindfs targets work even when bftfs cannot be imported.
+    from bftfs.local import ClusterError
     from bftfs.testing.mounts import Mount
     from bftfs.testing.processes import ProcessCluster
 
     mnt = base / "mnt"
-    with ProcessCluster(
-        base / "cluster", t=spec.t, b=spec.b, map_size=MAP_SIZE, durable=spec.durable
-    ) as pc:
+    with contextlib.ExitStack() as stack:
+        # The ports a new cluster gets from the OS are free when it is created; another
+        # process can take one before a node binds it.  One retry on fresh ports, then the
+        # target fails (recorded, the benchmark goes on).
+        for attempt in (1, 2):
+            try:
+                pc = stack.enter_context(
+                    ProcessCluster(
+                        base / f"cluster{attempt}",
+                        t=spec.t,
+                        b=spec.b,
+                        map_size=MAP_SIZE,
+                        durable=spec.durable,
+                    )
+                )
+                break
+            except ClusterError as e:
+                if attempt == 2:
+                    raise TargetError(f"bftfs nodes did not start: {e}") from e
         cfg = pc.config
         for i in spec.down:
             pc.kill(i)
