@@ -145,3 +145,13 @@ def test_canonical_map_refuses_what_canonical_refuses() -> None:
             canonical(bad)
         with pytest.raises(CanonicalError):
             canonical_map(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=20), st.booleans(), _values, st.integers(0, (1 << 64) - 1))
+def test_parsed_operation_keeps_its_canonical_bytes(
+    method: str, query: bool, arg: object, seq: int
+) -> None:
+    op = Operation.from_wire([method, query, arg, seq])
+    assert op.canonical() == canonical([method, query, arg, seq])
+    assert op.canonical() == Operation(method, query, arg, seq).canonical()

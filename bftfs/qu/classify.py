@@ -348,7 +348,20 @@ def setup(
         The set-up, or None when the next Time would pass ``MAX_TIME``.
     """
     ops = view.objects if objects is None else objects
-    classes = {oid: classify(view, oid) for oid in ops}
+    return setup_from_classes(
+        {oid: classify(view, oid) for oid in ops}, client, operation, ohs_digest, ops
+    )
+
+
+def setup_from_classes(
+    classes: Mapping[int, ObjectClass],
+    client: int,
+    operation: bytes | None,
+    ohs_digest: bytes,
+    ops: tuple[int, ...],
+) -> Setup | None:
+    """:func:`setup` from the classification of the operated objects ``ops`` (what a server
+    may have kept from an earlier request over the same culled multi-OHS)."""
     typ = request_type(classes)
     time = max(c.latest.time for c in classes.values()) + 1
     if time > MAX_TIME:
@@ -371,7 +384,7 @@ def setup(
             current[oid] = lt
         else:
             current[oid] = cl.bar.lt if cl.type is OpType.COPY and cl.bar else lt_co
-    return Setup(typ, lt, cands, current, classes)
+    return Setup(typ, lt, cands, current, dict(classes))
 
 
 def established_answer_point(view: View, oid: int) -> Candidate | None:

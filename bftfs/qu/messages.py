@@ -116,6 +116,10 @@ def _lt(v: Any) -> Timestamp:
         raise MessageError(str(e)) from e
 
 
+#: The msgpack header of a 4-element array (an operation's canonical bytes start with it).
+_OP_HEADER = b"\x94"
+
+
 @dataclass(frozen=True)
 class Operation:
     """Seed line 102, ``<Method, Class, Argument>``, plus a per-client sequence number.
@@ -135,7 +139,8 @@ class Operation:
 
     def canonical(self) -> bytes:
         """The bytes that go into the timestamp hash."""
-        return canonical(self.wire())
+        got = self.__dict__.get("_canonical")
+        return got if got is not None else canonical(self.wire())
 
     @classmethod
     def from_wire(cls, v: Any) -> Operation:
@@ -152,11 +157,17 @@ class Operation:
         if not isinstance(query, bool):
             raise MessageError("query flag must be a bool")
         try:
-            if len(canonical(arg)) > MAX_VALUE:
-                raise MessageError("argument too large")
+            arg_bytes = canonical(arg)
         except CanonicalError as e:
             raise MessageError(f"argument: {e}") from e
-        return cls(method, query, arg, _int(seq, "seq"))
+        if len(arg_bytes) > MAX_VALUE:
+            raise MessageError("argument too large")
+        op = cls(method, query, arg, _int(seq, "seq"))
+        # canonical([m, q, a, s]) is the array header and its members' canonical bytes, one
+        # after the other: keep it, so a server does not walk the argument a second time.
+        body = _OP_HEADER + pack(method) + pack(query) + arg_bytes + pack(op.seq)
+        object.__setattr__(op, "_canonical", body)
+        return op
 
 
 @dataclass(frozen=True)
