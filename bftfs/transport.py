@@ -139,7 +139,6 @@ class FrameReader:
                 return None
             buf += data
 
-
     async def _receive(self) -> bytes:
         """Up to 256 KiB from the stream (b"" at its end).
 
@@ -461,6 +460,26 @@ class _Connection:
         self.stream.socket.close()
 
 
+class _Done:
+    """Quorum-call signal: ``enough`` holds."""
+
+
+class _Look:
+    """Quorum-call signal: every request in flight was answered; look at the state again."""
+
+
+_LOOK = _Look()
+
+
+class _Raise:
+    """Quorum-call signal: a callback raised ``error`` in a connection's reader task."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 @dataclass
 class QuorumResult:
     """The outcome of a quorum call: valid replies, and why other targets did not count."""
@@ -667,6 +686,9 @@ class Endpoint:
         #   (node, ok, value)  a finished target (slow path: a task running ``call``)
         #   (node, waiter)     a resolved fast-path waiter
         #   None               probe another target now
+        #   _LOOK              nothing in flight any more: check whether to give up
+        #   _Done()            ``enough`` holds (after replies taken in by ``on_reply``)
+        #   _Raise(e)          ``accept`` or ``enough`` raised inside ``on_reply``
         send, recv = trio.open_memory_channel[Any](float("inf"))
         make = payload if callable(payload) else (lambda _n: payload)
         deadline = trio.current_time() + timeout
@@ -693,13 +715,53 @@ class Endpoint:
 
         waiting = 0
         next_target = 0
+        finished = False  # the call returned or raised: replies go nowhere
+        satisfied = False  # ``enough`` held in ``on_reply``; the loop is about to return
+
+        def on_reply(node: NodeId, waiter: _Waiter) -> None:
+            """A fast-path reply, taken in by the connection's reader task.
+
+            A valid reply that does not yet make ``enough`` hold is recorded here, so the
+            caller's task is woken once per call instead of once per reply; anything else
+            (failure, lost connection, stale waiter, past the deadline) goes to the loop
+            below as before.  Called synchronously, so it never interleaves with the loop.
+            """
+            nonlocal waiting, satisfied
+            if finished or satisfied:  # a reply after ``enough`` held is a straggler's
+                return
+            if (
+                fast.get(node, (None, None, None))[2] is not waiter
+                or waiter.lost
+                or waiter.status != STATUS_OK
+                or trio.current_time() >= deadline
+            ):
+                send.send_nowait((node, waiter))
+                return
+            del fast[node]
+            waiting -= 1
+            try:
+                if accept is None or accept(node, waiter.body):
+                    result.replies[node] = waiter.body
+                    result.errors.pop(node, None)
+                    if enough(result.replies):
+                        satisfied = True
+                        send.send_nowait(_Done())
+                        return
+                else:
+                    result.errors[node] = "invalid reply"
+                    start_next()
+            except Exception as e:  # raised in the caller's task, where it belongs
+                send.send_nowait(_Raise(e))
+                return
+            if waiting == 0:
+                send.send_nowait(_LOOK)  # the loop decides whether anything is left to try
 
         def start(node: NodeId, value: Any) -> None:
             conn = self._conns.get(node)
             if conn is not None and not conn.closed:
                 req_id = next(self._ids)
                 waiter = _Waiter()
-                waiter.notify = lambda: send.send_nowait((node, waiter))
+                waiter.notify = lambda: on_reply(node, waiter)
                 conn.pending[req_id] = waiter
                 try:
                     conn.send_nowait([REQUEST, req_id, kind, value])
@@ -772,6 +834,14 @@ class Endpoint:
                     if more and (not timed_out or now >= wake):
                         start_next()  # slow or troubled: probe one more
                     continue
+                if got is _LOOK:
+                    continue
+                if isinstance(got, _Done):
+                    finish_in_background()
+                    fast.clear()
+                    return result
+                if isinstance(got, _Raise):
+                    raise got.error
                 if len(got) == 2:
                     node, waiter = got
                     entry = fast.pop(node, None)
@@ -798,6 +868,7 @@ class Endpoint:
                     result.errors[node] = value if not ok else "invalid reply"
                     start_next()
         finally:
+            finished = True
             for conn, req_id, _, _, _ in fast.values():
                 conn.pending.pop(req_id, None)
 
