@@ -22,7 +22,7 @@ from qu_helpers import MemCluster, send
 from bftfs.ids import client_id
 from bftfs.qu.canon import CanonicalError, canonical, canonical_map, normalise
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.messages import MessageError, Operation, Request, Status
+from bftfs.qu.messages import MessageError, Operation, Request, Status, _array_header
 from bftfs.qu.replica import cull
 from bftfs.qu.timestamp import Candidate, Timestamp
 
@@ -155,3 +155,24 @@ def test_parsed_operation_keeps_its_canonical_bytes(
     op = Operation.from_wire([method, query, arg, seq])
     assert op.canonical() == canonical([method, query, arg, seq])
     assert op.canonical() == Operation(method, query, arg, seq).canonical()
+
+
+def test_packed_is_pack_of_wire() -> None:
+    """``Request.packed`` puts the body together piece by piece (reusing parsed entries'
+    bytes): the same bytes as packing ``wire()``, for every shape of request."""
+    _, req = _warm()
+    ohs = req.mohs[7]
+    shapes = [
+        req,
+        Request(C0, (7,), {7: {}}, inc(1)),
+        Request(C0, (3, 7), {3: {}, 7: ohs, 9: ohs}, inc(9)),
+        Request(C0, (7,), {7: ohs}, None, {7: ohs}),
+        Request(C0, tuple(range(20, 28)), {o: ohs for o in range(20, 28)}, None),
+    ]
+    for r in shapes:
+        data = msgpack.packb(r.wire(), use_bin_type=True)
+        assert r.packed() == data
+        parsed = Request.from_bytes(data, 6)
+        assert parsed.packed() == data and parsed == r
+    for count in (0, 1, 15, 16, 65535, 65536):
+        assert _array_header(count) == msgpack.packb([0] * count)[: len(_array_header(count))]

@@ -52,7 +52,7 @@ from typing import Any
 
 from bftfs.node.kv import KV
 from bftfs.qu import schema
-from bftfs.qu.canon import canonical_map, pack, unpack
+from bftfs.qu.canon import canonical_map, unpack
 from bftfs.qu.classify import (
     ObjectClass,
     OpType,
@@ -394,7 +394,7 @@ def _accept(
         )
         _retain(kv, cfg, oid, new_rh)
         hist.append(OHSEntry(new_rh, auth))
-    schema.store_request(kv, su.lt, pack(req.wire()))
+    schema.store_request(kv, su.lt, req.packed())
     return Reply(
         Status.OK,
         type=kind,
