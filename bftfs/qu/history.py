@@ -73,7 +73,8 @@ def rh_from_wire(value: object) -> ReplicaHistory:
         cands = [Candidate.from_wire(v) for v in value]
     except TimestampError as e:
         raise HistoryError(f"bad candidate: {e}") from e
-    if all(a.lt > b.lt for a, b in zip(cands, cands[1:], strict=False)):
+    keys = [c.lt._bytes for c in cands]  # timestamps order as their encodings do
+    if all(map(bytes.__gt__, keys, keys[1:])):
         return tuple(cands)  # already canonical: strictly newest first
     raise HistoryError("replica history not in canonical order")
 

@@ -185,7 +185,8 @@ class Candidate:
         objs = value[2]
         if not isinstance(objs, list | tuple) or len(objs) > MAX_OBJECTS:
             raise TimestampError("candidate objects must be a short list")
-        if any(type(o) is not int for o in objs):  # before the cache: True == 1
+        # Before the cache: True == 1.  (One object is the usual case: no generator.)
+        if (type(objs[0]) is not int) if len(objs) == 1 else any(type(o) is not int for o in objs):
             raise TimestampError("object ids must be integers")
         try:
             return _parse_candidate(value[0], value[1], tuple(objs))
