@@ -209,6 +209,10 @@ class Request:
         request; they are ``pack``'s own unless a client encoded integers or lengths wider
         than needed.
         """
+        ohs = self.mohs.get(self.objects[0], {}) if self.objects else {}
+        first = next(iter(ohs.values()), None)
+        if first is None or "_item" not in first.__dict__:
+            return pack(self.wire())  # nothing to reuse (a client's request): one encoding
         return b"".join(
             (
                 _REQ_HEAD,
