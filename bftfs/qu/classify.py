@@ -149,11 +149,17 @@ class View:
 
     def order(self, oid: int, cand: Candidate) -> int:
         """The order of ``cand`` at ``oid`` (line 800, with deduction)."""
+        objs = cand.objects
+        if not objs or objs == (oid,):  # no deduction: the servers listing it here
+            hit = self._idx[oid].get(cand.key)
+            return len(hit[1]) if hit else 0
         return len(self.support(oid, cand))
 
     def latest_time(self, oid: int) -> Timestamp:
         """The greatest LT anywhere in the OHS of ``oid`` (``latest_time``, line 703)."""
-        return max(key[0] for key in self._idx[oid])
+        idx = self._idx[oid]
+        # Keys start with the LT's encoding, which orders as the LT does.
+        return idx[max(idx)][0].lt
 
     def latest_candidate(self, oid: int, barrier: bool) -> Candidate | None:
         """Lines 1200-1206: the repairable-or-complete candidate with the greatest LT.
@@ -172,7 +178,7 @@ class View:
             k = self.order(oid, c)
             if k < self.th.r:
                 continue
-            rank = (c.lt, k, tuple(-o for o in c.objects))
+            rank = (c.lt.encode(), k, tuple(-o for o in c.objects))  # orders as the LTs
             if best is None or rank > best[0]:
                 best = (rank, c)
         return best[1] if best else None

@@ -135,7 +135,7 @@ class Candidate:
     lt_co: Timestamp  # < lt, except for INITIAL where both are ZERO
     objects: tuple[int, ...]  # sorted, unique, <= MAX_OBJECTS; () only for INITIAL
     if TYPE_CHECKING:  # set on first use by __getattr__, not dataclass fields
-        key: tuple[Timestamp, tuple[int, ...]]
+        key: tuple[bytes, tuple[int, ...]]
         _hash: int
         _wire: tuple
 
@@ -150,12 +150,12 @@ class Candidate:
         # Derived values, each computed on first use and then kept as an instance attribute
         # (cheaper than functools.cached_property, which locks on Python 3.11):
         #   _hash  replica histories (tuples of candidates) are cache keys, hashed per request
-        #   key    what identifies a candidate when counting its order: (lt, objects)
+        #   key    what identifies a candidate when counting its order: (lt bytes, objects)
         #   _wire  the wire form, re-encoded in every reply and stored request
         if name == "_hash":
             value: Any = hash((self.lt, self.lt_co, self.objects))
-        elif name == "key":
-            value = (self.lt, self.objects)
+        elif name == "key":  # the LT by its encoding: hashed in C, equal iff the LTs are
+            value = (self.lt.encode(), self.objects)
         elif name == "_wire":
             value = (self.lt.encode(), self.lt_co.encode(), self.objects)
         else:
