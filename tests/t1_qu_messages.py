@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from qu_helpers import MemCluster, send
 
 from bftfs.ids import client_id
+from bftfs.qu import schema
 from bftfs.qu.canon import CanonicalError, canonical, canonical_map, normalise
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import MessageError, Operation, Request, Status, _array_header
@@ -176,3 +177,15 @@ def test_packed_is_pack_of_wire() -> None:
         assert parsed.packed() == data and parsed == r
     for count in (0, 1, 15, 16, 65535, 65536):
         assert _array_header(count) == msgpack.packb([0] * count)[: len(_array_header(count))]
+
+
+def test_stored_history_remembered_as_parsed_equals_parsing_it() -> None:
+    """``store_rh`` remembers what it writes as parsed; parsing those bytes afresh gives
+    the same history and authenticator."""
+    cl, req = _warm()
+    kv = cl.kvs[1]
+    got = schema.load_rh(kv, 7)
+    raw = kv.get(schema.DB_RH, schema.oid_key(7))
+    schema._RH_PARSED.pop(raw, None)
+    assert schema.load_rh(kv, 7) == got
+    assert got[0] == req.mohs[7][1].rh and got[1] == req.mohs[7][1].auth

@@ -28,7 +28,7 @@ one transaction the caller gives it.
 
 from __future__ import annotations
 
-import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,22 +133,45 @@ def load_rh(kv: KV, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
     raw = kv.get(DB_RH, oid_key(oid))
     if raw is None:
         return INITIAL_RH, None
-    return _parse_rh(bytes(raw), oid)
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_rh(raw: bytes, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
-    """Parsed stored history (cached by its bytes: a busy object's is read per request)."""
+    raw = bytes(raw)
+    hit = _RH_PARSED.get(raw)
+    if hit is not None:
+        return hit
     try:
         rh, auth = unpack(raw)
-        return rh_from_wire(rh), auth_from_wire(auth, len(auth)) if auth else None
+        parsed = rh_from_wire(rh), auth_from_wire(auth, len(auth)) if auth else None
     except (ValueError, TypeError) as e:
         raise SchemaError(f"bad stored replica history of {oid}: {e}") from e
+    _remember_rh(raw, parsed)
+    return parsed
+
+
+#: Parsed stored histories by their exact bytes: a busy object's history is read in every
+#: request.  ``store_rh`` puts what it writes here, so the next request of an object that
+#: keeps changing finds its history parsed too.  Bounded; a plain dict because entries are
+#: put in from two places (and, on a durable node, from the committer's thread), under
+#: ``_RH_LOCK``; reads need no lock.
+_RH_PARSED: dict[bytes, tuple[ReplicaHistory, Authenticator | None]] = {}
+_RH_PARSED_MAX = 4096
+_RH_LOCK = threading.Lock()
+
+
+def _remember_rh(raw: bytes, parsed: tuple[ReplicaHistory, Authenticator | None]) -> None:
+    with _RH_LOCK:
+        if len(_RH_PARSED) >= _RH_PARSED_MAX:
+            del _RH_PARSED[next(iter(_RH_PARSED))]  # the oldest entry
+        _RH_PARSED[raw] = parsed
 
 
 def store_rh(kv: KV, oid: int, rh: ReplicaHistory, auth: Authenticator) -> None:
-    """Write the replica history and authenticator of ``oid``."""
-    kv.put(DB_RH, oid_key(oid), pack([rh_wire(rh), list(auth)]))
+    """Write the replica history and authenticator of ``oid``.
+
+    ``rh`` is canonical (``make_rh``) and ``auth`` a tuple of MACs, so parsing the bytes
+    written gives back exactly ``(rh, auth)``: they are remembered as parsed.
+    """
+    raw = pack([rh_wire(rh), auth])
+    kv.put(DB_RH, oid_key(oid), raw)
+    _remember_rh(raw, (rh, tuple(auth)))
 
 
 def load_version(kv: KV, oid: int, lt: Timestamp) -> Version | None:
