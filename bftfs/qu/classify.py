@@ -117,6 +117,8 @@ class View:
         self.th = th
         self.objects = tuple(sorted(mohs))
         self._excluded: frozenset | None = None
+        self._orders: dict[tuple, int] = {}
+        self._latests: dict[tuple, Candidate | None] = {}
         self._idx = {o: _index(mohs[o], th.n) for o in self.objects}
         # A multi-object candidate seen at one of its objects is a candidate of the others
         # too (its servers accepted it for all of them at once), even where no history we
@@ -153,7 +155,14 @@ class View:
         if not objs or objs == (oid,):  # no deduction: the servers listing it here
             hit = self._idx[oid].get(cand.key)
             return len(hit[1]) if hit else 0
-        return len(self.support(oid, cand))
+        # A multi-object candidate's order is asked for again and again while classifying
+        # (at each of its objects, for the latest candidates, for exclusions): the index
+        # never changes after construction, so each answer is kept.
+        k = (oid, cand.key)
+        got = self._orders.get(k)
+        if got is None:
+            got = self._orders[k] = len(self.support(oid, cand))
+        return got
 
     def latest_time(self, oid: int) -> Timestamp:
         """The greatest LT anywhere in the OHS of ``oid`` (``latest_time``, line 703)."""
@@ -171,6 +180,14 @@ class View:
         return self._latest(oid, barrier, self.excluded() if not barrier else frozenset())
 
     def _latest(self, oid: int, barrier: bool, skip: frozenset) -> Candidate | None:
+        # Kept per (object, kind, exclusions): ``excluded`` asks first, ``classify`` again.
+        k = (oid, barrier, skip)
+        if k in self._latests:
+            return self._latests[k]
+        got = self._latests[k] = self._latest_uncached(oid, barrier, skip)
+        return got
+
+    def _latest_uncached(self, oid: int, barrier: bool, skip: frozenset) -> Candidate | None:
         best: tuple | None = None
         for c in self.candidates(oid):
             if c.lt.barrier != barrier or c.key in skip:

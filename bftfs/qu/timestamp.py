@@ -142,6 +142,14 @@ class Candidate:
     def __hash__(self) -> int:
         return self._hash
 
+    def __eq__(self, other: object) -> bool:
+        # The fields by their wire form (encodings and object ids): compared in C, where the
+        # generated __eq__ compared timestamps through Python calls.  Histories are compared
+        # (and cache keys matched) in every request.
+        if other.__class__ is not Candidate:
+            return NotImplemented
+        return self is other or self._wire == other._wire  # type: ignore[attr-defined]
+
     def __reduce__(self) -> tuple:
         # Pickle the fields only: the cached ``_hash`` is only valid in this process.
         return (Candidate, (self.lt, self.lt_co, self.objects))
