@@ -5,7 +5,9 @@ The node owns one LMDB :class:`~bftfs.node.store.Store`, one listening socket an
 handlers (``bftfs/node/protocols.py``).  For each connection the node runs the server half
 of the handshake (``transport.server_handshake``) and then reads frames: a frame that fails
 authentication is dropped and counted by reason, never parsed further; each authenticated
-request runs in its own task so that slow requests (a durable write) do not hold up others.
+request runs in its own task so that slow requests (a durable write) do not hold up others,
+unless its handler never waits (``inline``) or answers it synchronously (``fast``: a Q/U
+request that needs no fsync and no object sync), which saves the task and its switches.
 Handlers refuse with :class:`HandlerError`; any other exception is logged (rate-limited),
 counted and answered as ``internal`` — nothing a peer sends can stop the node.
 
