@@ -135,6 +135,35 @@ def test_client_dying_mid_multi_object_update_is_repaired_all_or_nothing() -> No
         assert (v1, v2) in ((1, 1), (6, 6)), (reached, v1, v2)
 
 
+@pytest.mark.parametrize("reached", [[0, 1], [0, 1, 2, 3]])
+def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by_one(
+    reached: list[int],
+) -> None:
+    """Issue 5 (EIO listing a directory on a fresh mount): a query of 8 objects whose latest
+    candidates are each a 2-object update with one shared object (8 files created in one
+    directory) needs 9 objects to repair together, more than one request may name.  The
+    client repairs each object on its own instead, then answers; all-or-nothing holds."""
+    cl = MemCluster(seed=len(reached))
+    dead = int(client_id(3))
+    shared, files = 100, list(range(1, 9))
+    for seq, f in enumerate(files, 1):
+        op = Operation("counter.add_all", False, 5, seq)
+        send(cl, reached, Request(dead, (f, shared), {f: {}, shared: {}}, op))
+    c = make_client(cl, 0)
+    round_budget(c, 200)
+
+    async def main() -> tuple[list, int]:
+        got = await c.query(files, "counter.fetch_all")
+        return got, await c.query(shared, "counter.fetch")
+
+    got, total = trio.run(main)
+    values = [v for _, v in got]
+    assert [o for o, _ in got] == files
+    assert set(values) <= {0, 5}, values
+    assert total == sum(values)  # each add_all applied to both of its objects or neither
+    assert c.statistics().split_repairs == 1
+
+
 @pytest.mark.parametrize("behaviour", sorted(BYZANTINE))
 @pytest.mark.parametrize("server", [0, 1, 5])
 def test_byzantine_server_cannot_break_serializability(behaviour: str, server: int) -> None:

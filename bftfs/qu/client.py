@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -41,7 +41,7 @@ from bftfs.qu.messages import (
     Status,
 )
 from bftfs.qu.objects import Refused
-from bftfs.qu.timestamp import ZERO, Candidate
+from bftfs.qu.timestamp import MAX_OBJECTS, ZERO, Candidate
 from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,21 @@ MAX_SHORT_ROUNDS = 3
 
 class Unavailable(Exception):
     """Fewer than q servers answered, repeatedly: the object cannot make progress now."""
+
+
+class TooManyObjects(Unavailable):
+    """Repair would have to name more objects than one request may (8), even object by
+    object: the candidates to repair span too many objects."""
+
+
+@dataclass
+class _RepairState:
+    """What one operation's repair loop carries from round to round."""
+
+    seen_latest: tuple
+    repairs: int = 0
+    short: int = 0
+    inline_tried: set[tuple] = field(default_factory=set)
 
 
 def preferred_order(oid: int, n: int) -> list[int]:
@@ -77,6 +92,8 @@ class ClientStatistics:
     inline_repairs: int
     history_fetches: int
     refused: int
+    #: Repairs done object by object because together they needed too many objects.
+    split_repairs: int
     excluded_servers: tuple[int, ...]
 
 
@@ -128,6 +145,7 @@ class QUClient:
                 "inline_repairs",
                 "history_fetches",
                 "refused",
+                "split_repairs",
             ),
             0,
         )
@@ -213,16 +231,14 @@ class QUClient:
         self._suspects = set()
         context: set[int] = set()
         fresh: dict[int, set[int]] = {}
-        inline_tried: set[tuple] = set()
-        repairs = 0
-        short = 0
-        seen_latest = self._latest(objects)
+        st = _RepairState(seen_latest=self._latest(objects))
+        splits = 0
         while True:
             mohs = self._present(objects + tuple(sorted(context)), fresh)
             req = Request(self.client_id, objects, mohs, op)
             replies = await self._round(objects, req)
             self._absorb(objects, replies, fresh)
-            short = short + 1 if len(replies) < th.q else 0
+            st.short = st.short + 1 if len(replies) < th.q else 0
             # Judge the round on the OHS we present (decision 6), the one ``next_step``
             # below decides on and the servers classified, not on the raw cache.  The cache
             # keeps the last history of every server, also of one proven malevolent or
@@ -237,52 +253,87 @@ class QUClient:
             if out.result is core.Result.REFUSED:
                 self._n["refused"] += 1
                 raise Refused(out.why)
-            if short >= MAX_SHORT_ROUNDS:
+            if st.short >= MAX_SHORT_ROUNDS:
                 raise Unavailable(f"objects {objects}: fewer than q={th.q} servers answer")
             # Servers answering ``need`` are not believed: the client derives the objects
             # deduction needs from the histories it holds (next_step), so a Byzantine server
             # cannot make it drag arbitrary objects into its requests.
             latest = self._latest(objects)
-            if op.query and not context and latest > seen_latest:
+            if op.query and not context and latest > st.seen_latest:
                 # Updates are progressing: a query never repairs what is still moving, it
                 # asks again (L2588-2597: a single writer's readers need no barriers).
-                seen_latest = latest
+                st.seen_latest = latest
                 continue
-            seen_latest = latest
-            # c_repair (lines 500-506): until classification allows the operation.
-            while True:
-                allobjs = tuple(sorted(set(objects) | context))
-                await self._fetch_missing(allobjs, fresh)
-                view = self._present_view(allobjs, fresh)[1]
-                nxt = core.next_step(view)
-                if nxt.step is core.Step.NEED:
-                    context |= set(nxt.objects)
-                    continue
-                if nxt.step is core.Step.METHOD:
-                    break
-                if nxt.step is core.Step.INLINE and nxt.target is not None:
-                    key = (nxt.target.key, _digest(view, nxt.target))
-                    if key not in inline_tried:
-                        inline_tried.add(key)
-                        if await self._inline(nxt.target, view, fresh):
-                            continue
-                if op.query and not context:
-                    latest = self._latest(objects)
-                    if latest > seen_latest:  # moved on since the query: ask again
-                        seen_latest = latest
-                        break
-                self._n["backoffs"] += 1
-                await self._sleep(core.backoff_delay(repairs, self.rng))
-                repairs += 1
-                typ = nxt.type or OpType.BARRIER
-                self._n["barriers" if typ is OpType.BARRIER else "copies"] += 1
-                rreq = Request(self.client_id, allobjs, dict(view.mohs), None)
-                rreplies = await self._round(allobjs, rreq)
-                self._absorb(allobjs, rreplies, fresh)
-                if len(rreplies) < th.q:
-                    short += 1
-                    if short >= MAX_SHORT_ROUNDS:
-                        raise Unavailable(f"objects {allobjs}: fewer than q servers answer")
+            st.seen_latest = latest
+            try:
+                await self._repair(objects, context, fresh, op, st)
+            except TooManyObjects:
+                # The objects' candidates span more than one request may name (a batched
+                # query of 8 files created in one directory, each create also naming the
+                # directory: 9).  Repair each object on its own (its candidates span at most
+                # 8 objects), then ask again; once only, so this cannot loop.
+                if len(objects) == 1 or splits:
+                    raise
+                splits += 1
+                self._n["split_repairs"] += 1
+                for oid in objects:
+                    await self._repair((oid,), set(), fresh, None, st)
+                context = set()
+
+    async def _repair(
+        self,
+        objects: tuple[int, ...],
+        context: set[int],
+        fresh: dict[int, set[int]],
+        op: Operation | None,
+        st: _RepairState,
+    ) -> None:
+        """``c_repair`` (lines 500-506): repair until classification allows the operation
+        on ``objects`` (or, for a query of objects that moved on, until it is worth asking
+        again).  Adds the objects deduction needs to ``context``.
+
+        Raises:
+            TooManyObjects: ``objects`` and the context deduction needs are more than one
+                request may name.
+            Unavailable: repeatedly fewer than q replies.
+        """
+        th = self.th
+        query = op is not None and op.query
+        while True:
+            allobjs = tuple(sorted(set(objects) | context))
+            if len(allobjs) > MAX_OBJECTS:
+                raise TooManyObjects(f"objects {allobjs}: more than {MAX_OBJECTS} to repair")
+            await self._fetch_missing(allobjs, fresh)
+            view = self._present_view(allobjs, fresh)[1]
+            nxt = core.next_step(view)
+            if nxt.step is core.Step.NEED:
+                context |= set(nxt.objects)
+                continue
+            if nxt.step is core.Step.METHOD:
+                return
+            if nxt.step is core.Step.INLINE and nxt.target is not None:
+                key = (nxt.target.key, _digest(view, nxt.target))
+                if key not in st.inline_tried:
+                    st.inline_tried.add(key)
+                    if await self._inline(nxt.target, view, fresh):
+                        continue
+            if query and not context:
+                latest = self._latest(objects)
+                if latest > st.seen_latest:  # moved on since the query: ask again
+                    st.seen_latest = latest
+                    return
+            self._n["backoffs"] += 1
+            await self._sleep(core.backoff_delay(st.repairs, self.rng))
+            st.repairs += 1
+            typ = nxt.type or OpType.BARRIER
+            self._n["barriers" if typ is OpType.BARRIER else "copies"] += 1
+            rreq = Request(self.client_id, allobjs, dict(view.mohs), None)
+            rreplies = await self._round(allobjs, rreq)
+            self._absorb(allobjs, rreplies, fresh)
+            if len(rreplies) < th.q:
+                st.short += 1
+                if st.short >= MAX_SHORT_ROUNDS:
+                    raise Unavailable(f"objects {allobjs}: fewer than q servers answer")
 
     def _latest(self, objects: tuple[int, ...]) -> tuple:
         """The newest timestamp cached for each of ``objects`` (how far they have moved)."""

@@ -47,6 +47,11 @@ def _fetch(states: States, arg: Any) -> Any:
     return _count(state)
 
 
+def _fetch_all(states: States, arg: Any) -> Any:
+    """Every counter of the request, as ``[[oid, value], ...]`` (a batched read)."""
+    return [[oid, _count(s)] for oid, s in sorted(states.items())]
+
+
 def _transfer(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Move ``amount`` from counter ``src`` to counter ``dst``: arg ``[src, dst, amount]``."""
     if not isinstance(arg, list) or len(arg) != 3:
@@ -77,6 +82,7 @@ COUNTER = ObjectType(
     (
         Method("counter.increment", Class.UPDATE, _increment),
         Method("counter.fetch", Class.QUERY, _fetch),
+        Method("counter.fetch_all", Class.QUERY, _fetch_all, 1, 8),
         Method("counter.transfer", Class.UPDATE, _transfer, 2, 2),
         Method("counter.add_all", Class.UPDATE, _add_all, 1, 4),
     ),
