@@ -140,6 +140,21 @@ def test_canonical_map_equals_canonical_for_normal_values(table: dict) -> None:
     assert canonical_map(normal) == canonical(table) == canonical(normal)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.integers(-300, 300) | st.integers(-(1 << 63), (1 << 64) - 1) | st.text(max_size=4),
+        st.integers(0, 3),
+        max_size=12,
+    )
+)
+def test_canonical_map_keys_sort_by_their_own_encoding(table: dict) -> None:
+    """Keys come in the order of their msgpack bytes, whatever the fast paths (cached
+    string keys, one-byte small ints) take."""
+    keys = list(msgpack.unpackb(canonical(table), strict_map_key=False))
+    assert keys == sorted(table, key=lambda k: msgpack.packb(k, use_bin_type=True))
+
+
 def test_canonical_map_refuses_what_canonical_refuses() -> None:
     for bad in ({1 << 64: 1}, {1.5: 1}, {-(1 << 63) - 1: 1}):
         with pytest.raises(CanonicalError):

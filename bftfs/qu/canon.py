@@ -26,24 +26,33 @@ class CanonicalError(ValueError):
     """A value has no canonical encoding (float, unknown type, too deep, int out of range)."""
 
 
-_PLAIN = (type(None), bool, str, bytes)
+#: Types taken as they are.  ``int`` is among them: msgpack itself refuses an integer
+#: outside -2**63 .. 2**64-1 (OverflowError, turned into CanonicalError by
+#: :func:`canonical`), so no range check per integer is needed here.
+_PLAIN = (type(None), bool, int, str, bytes)
 
 #: Packed form of string map keys, the sort key of canonical maps.  Object states and
 #: answers use a few dozen key names over and over; packing each anew was a fifth of a
 #: node's time.  Only ``str`` keys are cached (``True == 1`` would collide in a dict).
 _PACKED_KEYS: dict[str, bytes] = {}
 _PACKED_KEYS_MAX = 4096
+#: Packed form of the small non-negative ints that key maps such as a directory's 64
+#: entry buckets (a positive fixint is the one byte ``k``).
+_SMALL_INT_KEYS = tuple(bytes((k,)) for k in range(128))
 
 
 def _packed_key(item: tuple[Any, Any]) -> bytes:
     k = item[0]
-    if type(k) is str:
+    t = type(k)
+    if t is str:
         got = _PACKED_KEYS.get(k)
         if got is None:
             got = msgpack.packb(k, use_bin_type=True)
             if len(_PACKED_KEYS) < _PACKED_KEYS_MAX:
                 _PACKED_KEYS[k] = got
         return got
+    if t is int and 0 <= k < 128:
+        return _SMALL_INT_KEYS[k]
     return msgpack.packb(k, use_bin_type=True)
 
 
@@ -82,7 +91,10 @@ def canonical(value: Any) -> bytes:
     Raises:
         CanonicalError: ``value`` contains a float, an unsupported type, or is too deep.
     """
-    return msgpack.packb(_norm(value, 0), use_bin_type=True)
+    try:
+        return msgpack.packb(_norm(value, 0), use_bin_type=True)
+    except OverflowError as e:  # from packing a value or sorting by a key's encoding
+        raise CanonicalError("integer out of 64-bit range") from e
 
 
 def canonical_map(value: dict) -> bytes:

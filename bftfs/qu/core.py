@@ -29,7 +29,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bftfs.qu.canon import canonical
 from bftfs.qu.classify import (
     OpType,
     Thresholds,
@@ -141,14 +140,15 @@ class Outcome:
     lt: Timestamp | None = None
 
 
-def _agreed(values: list[Any], b: int) -> tuple[bool, Any]:
-    """The value at least b+1 of ``values`` agree on (one benign server vouches for it)."""
+def _agreed(replies: list[Reply], b: int) -> tuple[bool, Any]:
+    """The answer at least b+1 of ``replies`` agree on (one benign server vouches for it),
+    compared by canonical bytes."""
     count: Counter[bytes] = Counter()
     first: dict[bytes, Any] = {}
-    for v in values:
-        k = canonical(v)
+    for r in replies:
+        k = r.key()
         count[k] += 1
-        first.setdefault(k, v)
+        first.setdefault(k, r.answer)
     for k, c in count.most_common():
         if c >= b + 1:
             return True, first[k]
@@ -182,7 +182,7 @@ def outcome(
         groups.setdefault(key, []).append(r)
     for key, group in groups.items():
         if key is not None and len(group) >= th.q:
-            ok, answer = _agreed([r.answer for r in group], th.b)
+            ok, answer = _agreed(group, th.b)
             if ok:
                 return Outcome(Result.DONE, answer, lt=None if query else key)
     # Refusal: b+1 servers refused the same call on the version classification says is
@@ -205,9 +205,7 @@ def outcome(
             cand = established_answer_point(view, oid)
         if cand is not None:
             answers = [
-                r.answer
-                for r in replies.values()
-                if r.at == (cand.lt,) and r.status is not Status.REFUSED
+                r for r in replies.values() if r.at == (cand.lt,) and r.status is not Status.REFUSED
             ]
             ok, answer = _agreed(answers, th.b)
             if ok:

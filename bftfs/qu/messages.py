@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -404,6 +404,14 @@ class Reply:
     culled: tuple[tuple[int, ...], ...] = ()  # per object: servers whose RH was culled
     why: str = ""
     need: tuple[int, ...] = ()
+    #: ``canonical(answer)`` when parsed from the wire (checked for size there anyway);
+    #: the client compares answers by it instead of encoding each one again.
+    answer_key: bytes | None = field(default=None, compare=False, repr=False)
+
+    def key(self) -> bytes:
+        """The canonical bytes of the answer (equal answers, equal keys)."""
+        k = self.answer_key
+        return k if k is not None else canonical(self.answer)
 
     def wire(self) -> dict:
         """The message body."""
@@ -465,10 +473,11 @@ class Reply:
         if not isinstance(why, str):
             raise MessageError("bad reason")
         try:
-            if len(canonical(v.get("a"))) > MAX_VALUE:
-                raise MessageError("answer too large")
+            answer_key = canonical(v.get("a"))
         except CanonicalError as e:
             raise MessageError(f"answer: {e}") from e
+        if len(answer_key) > MAX_VALUE:
+            raise MessageError("answer too large")
         return cls(
             status,
             typ,
@@ -479,6 +488,7 @@ class Reply:
             culled,
             why[:200],
             tuple(_int(o, "object id") for o in need_raw),
+            answer_key,
         )
 
 
