@@ -123,6 +123,39 @@ def test_group_commit_shares_one_transaction_and_isolates_failures(tmp_path: Pat
     reopened.close()
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_database_being_created_is_not_read_before_its_commit(
+    tmp_path: Path, durable: bool
+) -> None:
+    """Reads run beside the committer (another thread when durable): while a batch creates
+    a named database, a read of it finds nothing instead of failing (LMDB refuses the
+    handle of an uncommitted database), and after the commit finds the data."""
+    store = Store(tmp_path / "lmdb", map_size=1 << 24, durable=durable)
+    seen: list[Any] = []
+
+    def create(kv: Any) -> None:
+        kv.put("fresh", b"k", b"v")
+        seen.append(store.read(lambda r: r.get("fresh", b"k")))  # the batch is still open
+
+    def fail(kv: Any) -> None:
+        kv.put("aborted", b"k", b"v")
+        raise ValueError("refused")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.committer)
+            await store.write(create)
+            with pytest.raises(ValueError):
+                await store.write(fail)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen == [None]
+    assert store.read(lambda kv: kv.get("fresh", b"k")) == b"v"
+    assert store.read(lambda kv: kv.get("aborted", b"k")) is None
+    store.close()
+
+
 _WRITER = textwrap.dedent(
     """
     import sys, trio

@@ -54,11 +54,16 @@ class _LmdbKV:
         self._write = write
 
     def _db(self, name: str) -> Any:
-        db = self._store._dbs.get(name)
+        store = self._store
+        db = store._dbs.get(name)
         if db is None and self._write:
-            db = self._store._env.open_db(name.encode(), txn=self._txn, create=True)
-            self._store._dbs[name] = db
-            self._store._opened_in_batch.append(name)
+            # A database created in a write transaction exists for other transactions only
+            # once it commits (LMDB refuses its handle there: EINVAL), so it is published to
+            # the readers' table by the commit, not here.
+            db = store._new_dbs.get(name)
+            if db is None:
+                db = store._env.open_db(name.encode(), txn=self._txn, create=True)
+                store._new_dbs[name] = db
         return db
 
     def get(self, db: str, key: bytes) -> bytes | None:
@@ -131,7 +136,8 @@ class Store:
             max_readers=512,
         )
         self._dbs: dict[str, Any] = {}
-        self._opened_in_batch: list[str] = []
+        #: Databases created by the open write transaction (see ``_LmdbKV._db``).
+        self._new_dbs: dict[str, Any] = {}
         self._queue: list[_Job] = []
         self._wakeup = trio.Event()
         self._lock = threading.Lock()
@@ -183,11 +189,12 @@ class Store:
         if self.durable:
             raise StoreError("write_now would skip the sync of a durable store")
         with self._lock:
-            self._opened_in_batch = []
+            self._new_dbs = {}
             txn = self._env.begin(write=True)
             try:
                 result = fn(_LmdbKV(txn, self, write=True))
                 txn.commit()
+                self._published()
             except lmdb.Error as e:
                 self._abort(txn)
                 raise StoreError(f"store write failed: {e}") from e
@@ -223,7 +230,7 @@ class Store:
                         self._commit([job], isolate=True)
 
     def _commit(self, batch: list[_Job], *, isolate: bool) -> None:
-        self._opened_in_batch = []
+        self._new_dbs = {}
         txn = self._env.begin(write=True)
         try:
             kv = _LmdbKV(txn, self, write=True)
@@ -236,6 +243,7 @@ class Store:
                     job.error = e
                     raise _StepFailed from e
             txn.commit()
+            self._published()
             self.commits += 1
             self.batched_writes += len(batch)
         except _StepFailed:
@@ -252,9 +260,13 @@ class Store:
 
     def _abort(self, txn: lmdb.Transaction) -> None:
         txn.abort()
-        for name in self._opened_in_batch:  # handles created in an aborted txn are invalid
-            self._dbs.pop(name, None)
-        self._opened_in_batch = []
+        self._new_dbs = {}  # handles created in an aborted transaction are invalid
+
+    def _published(self) -> None:
+        """After a commit: the databases it created are open to every transaction."""
+        if self._new_dbs:
+            self._dbs.update(self._new_dbs)
+            self._new_dbs = {}
 
     def size_bytes(self) -> int:
         """Bytes of the map in use (pages up to the last used one)."""
