@@ -8,11 +8,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup up down status test test-slow test-all lint bench bench-setup bench-full \
+.PHONY: setup setup-tests up down status test test-slow test-all lint bench bench-setup bench-full \
 	bench-andrew bench-postmark bench-transport clean
 
 setup:
 	@scripts/setup.sh
+
+setup-tests:
+	@scripts/setup.sh --tests
 
 up: setup
 	$(BIN)/bftfs up --dir nodes
@@ -23,14 +26,14 @@ down: setup
 status: setup
 	$(BIN)/bftfs status --dir nodes
 
-test: setup
+test: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-slow: setup
+test-slow: setup-tests
 	$(BIN)/pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no slow tests collected
 
-test-all: setup
+test-all: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 

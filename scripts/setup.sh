@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Install everything bftfs needs on a fresh Debian-like machine, idempotently:
 #   - Debian packages: fuse3 (fusermount3), libfuse3-dev and pkg-config (to build pyfuse3),
-#     bindfs and postmark (benchmark references), when missing;
+#     when missing; with --tests also the programs the mount tests run in the mount
+#     (gcc with the C library headers, git);
 #   - a virtualenv in .venv with bftfs installed in editable mode with its test extras.
-# Called by `make up` / `make test`; safe to run again (a stamp file skips the pip step
-# when pyproject.toml has not changed).
+# Called by `make up` / `make test` (benchmark tools: scripts/setup-bench.sh); safe to run
+# again (a stamp file skips the pip step when pyproject.toml has not changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+pkgs=(fuse3 libfuse3-dev pkg-config)
+if [ "${1:-}" = "--tests" ]; then
+    pkgs+=(gcc libc6-dev git)
+fi
 need=()
-for pkg in fuse3 libfuse3-dev pkg-config; do
+for pkg in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

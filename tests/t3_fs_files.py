@@ -434,3 +434,45 @@ def test_attribute_changes_while_writing_travel_with_the_data(tmp_path: Path) ->
         assert (await b.getattr(ino)).mode & 0o777 == 0o644
 
     run(tmp_path, body)
+
+
+@pytest.mark.parametrize("size", [100, 3 * BS + 5], ids=["inline", "blocks"])
+def test_open_keeps_kernel_pages_only_of_the_version_the_servers_hold(
+    tmp_path: Path, size: int
+) -> None:
+    """FUSE ``keep_cache`` at open (close-to-open as NFS does it): pages this client wrote
+    or read stay valid until anyone else's change, or any change not made by a flush."""
+
+    async def body(env: Env) -> None:
+        fs, other = env.fss[0], env.fss[1]
+        fh, ino = await new_file(fs)
+        await fs.write(fh, 0, b"a" * size)
+        assert not fs.keep_cache(fh)  # a created file: nothing cached to keep
+        await fs.release(fh)
+
+        async def reopen(client: FileSystem) -> tuple[bool, bytes]:
+            fh = await client.open(ino, os.O_RDWR)
+            try:
+                return client.keep_cache(fh), await client.read(fh, 0, 2 * size)
+            finally:
+                await client.release(fh)
+
+        assert await reopen(fs) == (True, b"a" * size)  # the kernel holds what we flushed
+        assert await reopen(fs) == (True, b"a" * size)
+        assert await reopen(other) == (False, b"a" * size)  # first sight
+        fh = await other.open(ino, os.O_RDWR)
+        await other.write(fh, 0, b"b" * size)  # same size: only the version tells
+        await other.release(fh)
+        assert await reopen(other) == (True, b"b" * size)
+        assert await reopen(fs) == (False, b"b" * size)
+        assert await reopen(fs) == (True, b"b" * size)
+        fh = await fs.open(ino, os.O_RDWR)
+        await fs.write(fh, 1, b"c")  # our own flush keeps our pages current
+        await fs.release(fh)
+        assert await reopen(fs) == (True, b"bc" + b"b" * (size - 2))
+        await fs.setxattr(ino, b"user.k", b"v")  # any other update: drop, re-read
+        assert await reopen(fs) == (False, b"bc" + b"b" * (size - 2))
+        await fs.setattr(ino, size=size - 1)  # a truncation too
+        assert await reopen(fs) == (False, b"bc" + b"b" * (size - 3))
+
+    run(tmp_path, body, clients=2, **SMALL)

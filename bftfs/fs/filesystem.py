@@ -182,6 +182,11 @@ class FileSystem:
         self._files: dict[int, OpenFile] = {}
         self._handles: dict[int, tuple[OpenFile, int]] = {}
         self._next_fh = 1
+        #: File id -> (data id, version counter) of the content the kernel may hold pages
+        #: of; see :meth:`keep_cache`.
+        self._kernel_content: dict[int, tuple[int, int]] = {}
+        #: Handles whose open found the kernel's pages current.
+        self._cache_current: set[int] = set()
 
     async def _open_fs(
         cls,
@@ -766,12 +771,43 @@ class FileSystem:
         f.opens += 1
         return fh
 
+    def keep_cache(self, fh: int) -> bool:
+        """Whether the kernel may keep its cached pages of this handle's file (FUSE
+        ``keep_cache``), decided at open.
+
+        Close-to-open as NFS does it: every open asks the servers, and the cached pages stay
+        only if the file is the very version they were filled from.  A file's version
+        counter ``v`` goes up with every update of it, so ``(d, v)`` names one content.
+        The record moves only at an open (the kernel then drops its pages, or they are of
+        that version) and at our own flushes, which the servers take only on the version
+        the client wrote from (``v`` in ``fs.reserve``/``fs.write``); any other change,
+        ours or another client's, leaves it behind and the next open drops the pages.
+        """
+        return fh in self._cache_current
+
+    def _kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
+        """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
+        True if they already were."""
+        now = (s.get("d", 0), s["v"])
+        if len(self._kernel_content) > NAME_CACHE_LIMIT:
+            self._kernel_content.clear()  # forgetting only costs re-reads
+        before = self._kernel_content.get(ino)
+        self._kernel_content[ino] = now
+        return before == now
+
+    def _kernel_follows(self, ino: int, written_from: tuple[int, int], s: dict[str, Any]) -> None:
+        """After our flush update made version ``s`` out of ``written_from`` (the servers
+        checked it): the kernel's pages, which hold what was written, are of ``s`` now."""
+        if self._kernel_content.get(ino) == written_from:
+            self._kernel_content[ino] = (s.get("d", 0), s["v"])
+
     async def create(
         self, parent: int, name: bytes, mode: int, uid: int, gid: int, flags: int
     ) -> tuple[int, Attr]:
         """Create a regular file and open it: one two-object update, no further round trip."""
         a = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid)
         s = self._own[a.ino][0]
+        self._kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
         f = self._files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
         return self._new_handle(f, flags), a
 
@@ -791,7 +827,10 @@ class FileSystem:
             f = self._files[ino] = OpenFile.from_stat(ino, s, self.bs)
         else:
             f.reset(s)
-        return self._new_handle(f, flags)
+        fh = self._new_handle(f, flags)
+        if self._kernel_saw(ino, s):
+            self._cache_current.add(fh)
+        return fh
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (short only at end of file; holes are zeros)."""
@@ -858,6 +897,7 @@ class FileSystem:
             await self._flush(f)
         finally:
             del self._handles[fh]
+            self._cache_current.discard(fh)
             f.opens -= 1
             if f.opens == 0 and not f.dirty:
                 self._files.pop(f.ino, None)
@@ -901,7 +941,9 @@ class FileSystem:
         need = max(new_size, (max(blocks) + 1) * bs if blocks else 0)
         if need > f.st["alloc"]:
             arg = {"d": d, "alloc": reservation(need, f.st["alloc"], bs), "v": f.st["v"]}
-            self._own_stat(f.ino, await self._update([f.ino], "fs.reserve", arg))
+            s = await self._update([f.ino], "fs.reserve", arg)
+            self._kernel_follows(f.ino, (d, arg["v"]), s)
+            self._own_stat(f.ino, s)
         if blocks:
             await self._blocks(self.rw.write_blocks({block_id(d, k): v for k, v in blocks.items()}))
         # ``v``: the servers refuse (stale) if anyone changed the file since we computed the
@@ -910,7 +952,9 @@ class FileSystem:
         if f.st.get("inl"):
             arg["blocks"] = True
         attrs = arg["attrs"] = dict(f.attrs)
-        self._own_stat(f.ino, await self._update([f.ino], "fs.write", arg))
+        s = await self._update([f.ino], "fs.write", arg)
+        self._kernel_follows(f.ino, (arg["d"], arg["v"]), s)
+        self._own_stat(f.ino, s)
         self._flushed(f, snapshot, mtime, attrs)
 
     async def _flush_inline(self, f: OpenFile) -> None:
@@ -922,7 +966,9 @@ class FileSystem:
         mtime = f.mtime if f.mtime is not None else self._now()
         arg = {"d": f.data_id, "end": len(content), "mtime": mtime, "v": f.st["v"], "i": content}
         attrs = arg["attrs"] = dict(f.attrs)
-        self._own_stat(f.ino, await self._update([f.ino], "fs.write", arg))
+        s = await self._update([f.ino], "fs.write", arg)
+        self._kernel_follows(f.ino, (arg["d"], arg["v"]), s)
+        self._own_stat(f.ino, s)
         self._flushed(f, snapshot, mtime, attrs)
         if 0 not in f.dirty:
             f.remember(0, content)

@@ -16,8 +16,9 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
   costs about 150 us before any protocol work.
 * entry and attribute timeouts of :data:`DEFAULT_TIMEOUT` seconds: a second mount sees
   another client's changes to names and attributes within that time, and at the latest on
-  open (close-to-open: ``open`` always asks the cluster, and ``keep_cache=False`` drops the
-  kernel's cached pages of the file).  Longer timeouts are faster, shorter ones fresher;
+  open (close-to-open: ``open`` always asks the cluster, and the kernel keeps its cached
+  pages of the file only if they are of the version the cluster holds, as NFS clients do;
+  see ``FileSystem.keep_cache``).  Longer timeouts are faster, shorter ones fresher;
   ``bftfs mount -o attr_timeout=S`` changes it.
 * negative lookups are not cached (a file created by another client appears immediately).
 """
@@ -239,8 +240,9 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         fh = await self.fs.open(inode, self._flags(flags))
-        # keep_cache=False: the kernel drops cached pages on open (close-to-open consistency).
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+        # Close-to-open: the kernel keeps its cached pages only if the servers still hold
+        # the version they came from (FileSystem.keep_cache).
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.fs.keep_cache(fh))
 
     @_handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
