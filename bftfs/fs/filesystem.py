@@ -144,6 +144,12 @@ class _ClassOrInstance:
         return types.MethodType(self.on_instance, instance)
 
 
+def _content_version(s: dict[str, Any]) -> tuple[int, int]:
+    """``(data id, version counter)`` of a file's stat: one content (every update of the
+    file raises the counter)."""
+    return (s.get("d", 0), s["v"])
+
+
 class FileSystem:
     """The file-system model of one client (one mount); see the module docstring."""
 
@@ -788,18 +794,21 @@ class FileSystem:
     def _kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
         """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
         True if they already were."""
-        now = (s.get("d", 0), s["v"])
+        now = _content_version(s)
         if len(self._kernel_content) > NAME_CACHE_LIMIT:
             self._kernel_content.clear()  # forgetting only costs re-reads
         before = self._kernel_content.get(ino)
         self._kernel_content[ino] = now
         return before == now
 
-    def _kernel_follows(self, ino: int, written_from: tuple[int, int], s: dict[str, Any]) -> None:
-        """After our flush update made version ``s`` out of ``written_from`` (the servers
-        checked it): the kernel's pages, which hold what was written, are of ``s`` now."""
-        if self._kernel_content.get(ino) == written_from:
-            self._kernel_content[ino] = (s.get("d", 0), s["v"])
+    async def _update_data(self, f: OpenFile, method: str, arg: dict[str, Any]) -> None:
+        """A flush's update of ``f`` (``fs.reserve``/``fs.write``), which the servers take
+        only on the version ``arg`` names (``d``, ``v``).  The kernel's pages, which hold
+        what was written, then follow to the new version if they were of that one."""
+        s = await self._update([f.ino], method, arg)
+        if self._kernel_content.get(f.ino) == (arg["d"], arg["v"]):
+            self._kernel_content[f.ino] = _content_version(s)
+        self._own_stat(f.ino, s)
 
     async def create(
         self, parent: int, name: bytes, mode: int, uid: int, gid: int, flags: int
@@ -941,9 +950,7 @@ class FileSystem:
         need = max(new_size, (max(blocks) + 1) * bs if blocks else 0)
         if need > f.st["alloc"]:
             arg = {"d": d, "alloc": reservation(need, f.st["alloc"], bs), "v": f.st["v"]}
-            s = await self._update([f.ino], "fs.reserve", arg)
-            self._kernel_follows(f.ino, (d, arg["v"]), s)
-            self._own_stat(f.ino, s)
+            await self._update_data(f, "fs.reserve", arg)
         if blocks:
             await self._blocks(self.rw.write_blocks({block_id(d, k): v for k, v in blocks.items()}))
         # ``v``: the servers refuse (stale) if anyone changed the file since we computed the
@@ -952,9 +959,7 @@ class FileSystem:
         if f.st.get("inl"):
             arg["blocks"] = True
         attrs = arg["attrs"] = dict(f.attrs)
-        s = await self._update([f.ino], "fs.write", arg)
-        self._kernel_follows(f.ino, (arg["d"], arg["v"]), s)
-        self._own_stat(f.ino, s)
+        await self._update_data(f, "fs.write", arg)
         self._flushed(f, snapshot, mtime, attrs)
 
     async def _flush_inline(self, f: OpenFile) -> None:
@@ -966,9 +971,7 @@ class FileSystem:
         mtime = f.mtime if f.mtime is not None else self._now()
         arg = {"d": f.data_id, "end": len(content), "mtime": mtime, "v": f.st["v"], "i": content}
         attrs = arg["attrs"] = dict(f.attrs)
-        s = await self._update([f.ino], "fs.write", arg)
-        self._kernel_follows(f.ino, (arg["d"], arg["v"]), s)
-        self._own_stat(f.ino, s)
+        await self._update_data(f, "fs.write", arg)
         self._flushed(f, snapshot, mtime, attrs)
         if 0 not in f.dirty:
             f.remember(0, content)

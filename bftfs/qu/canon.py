@@ -61,11 +61,7 @@ def _norm(value: Any, depth: int) -> Any:
         return value
     if depth > MAX_DEPTH:
         raise CanonicalError("value nested too deeply")
-    if isinstance(value, bool | str | bytes):  # subclasses
-        return value
-    if isinstance(value, int):
-        if not -(1 << 63) <= value < (1 << 64):
-            raise CanonicalError("integer out of 64-bit range")
+    if isinstance(value, bool | int | str | bytes):  # subclasses (msgpack checks int range)
         return value
     # Plain members are taken as they are without a call (states and answers are maps of
     # strings, bytes and small ints: this halves the calls of a canonical encoding).
