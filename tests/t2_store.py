@@ -127,7 +127,7 @@ def test_group_commit_shares_one_transaction_and_isolates_failures(tmp_path: Pat
 def test_a_database_being_created_is_not_read_before_its_commit(
     tmp_path: Path, durable: bool
 ) -> None:
-    """Reads run beside the committer (another thread when durable): while a batch creates
+    """Reads run beside the committer (inside its open batch): while a batch creates
     a named database, a read of it finds nothing instead of failing (LMDB refuses the
     handle of an uncommitted database), and after the commit finds the data."""
     store = Store(tmp_path / "lmdb", map_size=1 << 24, durable=durable)

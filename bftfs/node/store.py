@@ -8,8 +8,12 @@ One LMDB environment per node (``<data_dir>/lmdb``).  Protocol steps run against
 * :meth:`Store.write_now` runs a step in a write transaction of its own at once (non-durable
   stores only: without a sync to share, batching saves less than the task switches cost).
 * :meth:`Store.write` queues a step; a committer task runs every queued step in *one* write
-  transaction and commits it with one sync (group commit), in a worker thread so that the
-  event loop keeps receiving requests during the fsync.  A step that raises is isolated:
+  transaction and commits it with one sync (group commit).  The commit runs on the event
+  loop's thread and blocks it for the sync: requests arriving meanwhile wait in the socket
+  buffers and are all taken into the next batch, so batching is kept, and each commit saves
+  the hand-off to a worker thread and back (measured: 0.29 -> 0.12 ms CPU and 0.5 -> 0.3 ms
+  per durable commit; on 2 cores shared by six nodes the thread bought no overlap worth
+  that).  A step that raises is isolated:
   the batch is rolled back and every step is re-run in a transaction of its own, so only the
   failing step's changes are lost and its exception reaches its caller.  Steps must
   therefore be deterministic functions of the KV (protocol replica steps are).
@@ -180,7 +184,7 @@ class Store:
         A non-durable commit is a few page writes with no sync, cheaper than the two task
         switches and the committer wake-up of :meth:`write`; group commit only pays when
         each commit waits for the disk.  Never called while a batch is open: the committer
-        runs a non-durable batch to completion without yielding.
+        runs a batch to completion without yielding.
 
         Raises:
             StoreError: the store is durable, or the transaction could not be committed.
@@ -213,10 +217,7 @@ class Store:
             batch, self._queue = self._queue, []
             if not batch:
                 continue
-            if self.durable:
-                await trio.to_thread.run_sync(self._run_batch, batch, abandon_on_cancel=False)
-            else:
-                self._run_batch(batch)
+            self._run_batch(batch)  # on this thread, sync included (module docstring)
             for job in batch:
                 job.done.set()
 

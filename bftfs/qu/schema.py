@@ -149,8 +149,8 @@ def load_rh(kv: KV, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
 #: Parsed stored histories by their exact bytes: a busy object's history is read in every
 #: request.  ``store_rh`` puts what it writes here, so the next request of an object that
 #: keeps changing finds its history parsed too.  Bounded; a plain dict because entries are
-#: put in from two places (and, on a durable node, from the committer's thread), under
-#: ``_RH_LOCK``; reads need no lock.
+#: put in from two places (loads and the committer's ``store_rh``), under ``_RH_LOCK`` in
+#: case a store ever commits off the event loop's thread; reads need no lock.
 _RH_PARSED: dict[bytes, tuple[ReplicaHistory, Authenticator | None]] = {}
 _RH_PARSED_MAX = 4096
 _RH_LOCK = threading.Lock()
