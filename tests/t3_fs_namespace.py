@@ -9,6 +9,7 @@ clients seeing each other's namespace changes.  Every test ends with the invaria
 from __future__ import annotations
 
 import errno
+import os
 import stat
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from bftfs.fs.errors import (
     NotEmpty,
     NotFound,
     Permission,
+    StaleView,
 )
 from bftfs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
 from bftfs.fs.objects import ROOT
@@ -157,6 +159,31 @@ def test_link_unlink_and_link_counts(tmp_path: Path) -> None:
         with pytest.raises(NotFound):  # no new name for a removed file
             await fs.link(f.ino, ROOT, b"back")
         assert [n for n, _ in await fs.readdir(ROOT)] == [b"d"]
+
+    run(tmp_path, body)
+
+
+def test_create_of_a_name_that_exists_meanwhile(tmp_path: Path) -> None:
+    """The kernel creates only names it believes absent (a cached negative entry, or a
+    lookup another client's create overtook).  Without O_EXCL, open(O_CREAT) must open the
+    existing file, so the answer is ESTALE (the kernel looks again and opens it); with
+    O_EXCL it is EEXIST.  Nothing is created or changed either way."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        with pytest.raises(NotFound):
+            await a.lookup(ROOT, b"f")
+        fh, f = await b.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        await b.write(fh, 0, b"theirs")
+        await b.release(fh)
+        with pytest.raises(StaleView) as stale:
+            await a.create(ROOT, b"f", 0o600, 0, 0, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        assert stale.value.errno == errno.ESTALE
+        with pytest.raises(Exists):
+            await a.create(ROOT, b"f", 0o600, 0, 0, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        again = await a.lookup(ROOT, b"f")
+        assert (again.ino, again.size, again.mode & 0o777) == (f.ino, 6, 0o644)
+        assert [n for n, _ in await a.readdir(ROOT)] == [b"f"]
 
     run(tmp_path, body)
 

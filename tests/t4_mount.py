@@ -213,6 +213,29 @@ def test_two_mounts_see_each_others_files(
             assert (theirs / name).stat().st_mtime_ns == old.st_mtime_ns
 
 
+def test_negative_entries_are_cached_and_create_over_them_opens(
+    cluster: ProcessCluster, work: Path, tmp_path: Path
+) -> None:
+    """A missing name is cached as missing (no server round per probe); a name another
+    client creates meanwhile stays hidden for the entry timeout, but open(O_CREAT) of it
+    opens the existing file (the create answers ESTALE, the kernel looks again) instead of
+    failing with EEXIST or making a second file, and O_EXCL still says EEXIST."""
+    with Mount(cluster.config, tmp_path / "second", client="client1", attr_timeout=600) as other:
+        theirs = other.mountpoint / work.name
+        for name in ("x", "y"):
+            assert not (theirs / name).exists()  # cached as missing for 600 s
+            (work / name).write_bytes(b"made by the first client")
+            assert not (theirs / name).exists()  # the cached negative entry answers
+        fd = os.open(theirs / "x", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            assert os.read(fd, 100) == b"made by the first client"
+        finally:
+            os.close(fd)
+        with pytest.raises(FileExistsError):
+            os.open(theirs / "y", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        assert sorted(os.listdir(work)) == ["x", "y"]
+
+
 def test_cp_a_times_and_modes_reach_another_client(
     cluster: ProcessCluster, work: Path, tmp_path: Path
 ) -> None:

@@ -91,6 +91,14 @@ class NoSpace(FsError):
     errno = _errno.ENOSPC
 
 
+class StaleView(FsError):
+    """The kernel acted on a view of a name that is out of date (a create of a name that
+    exists, decided on a cached negative entry): ESTALE makes the kernel's path walk run
+    again with fresh lookups (``LOOKUP_REVAL``), which then finds the entry."""
+
+    errno = _errno.ESTALE
+
+
 class BadHandle(FsError):
     """A file handle that is not open."""
 

@@ -41,6 +41,7 @@ import random
 import stat as st
 import time
 import types
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -58,6 +59,7 @@ from bftfs.fs.errors import (
     NoAttr,
     NotDir,
     NotFound,
+    StaleView,
     TooBig,
     Unavailable,
     from_refusal,
@@ -193,6 +195,10 @@ class FileSystem:
         self._kernel_content: dict[int, tuple[int, int]] = {}
         #: Handles whose open found the kernel's pages current.
         self._cache_current: set[int] = set()
+        #: Q/U operations sent and seconds spent in them, by method (where a workload's
+        #: rounds go; logged at unmount).
+        self.methods: Counter[str] = Counter()
+        self.method_seconds: Counter[str] = Counter()
 
     async def _open_fs(
         cls,
@@ -219,16 +225,32 @@ class FileSystem:
     # Protocol calls ------------------------------------------------------------------------
 
     async def _query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
+        self.methods[method] += 1
+        start = time.perf_counter()
         try:
             return await self.qu.query(oid, method, arg)
         except (Refused, *_PROTOCOL_ERRORS) as e:
             raise _translate(e) from None
+        finally:
+            self.method_seconds[method] += time.perf_counter() - start
 
     async def _update(self, objects: Iterable[int], method: str, arg: Any) -> Any:
+        self.methods[method] += 1
+        start = time.perf_counter()
         try:
             return await self.qu.update(list(objects), method, arg)
         except (Refused, *_PROTOCOL_ERRORS) as e:
             raise _translate(e) from None
+        finally:
+            self.method_seconds[method] += time.perf_counter() - start
+
+    def method_statistics(self) -> str:
+        """Q/U operations per method: count, total and mean milliseconds, busiest first."""
+        lines = ["Q/U method        calls    total ms   mean ms"]
+        for name, secs in self.method_seconds.most_common():
+            n = self.methods[name]
+            lines.append(f"{name:<16} {n:>6} {secs * 1e3:>11.1f} {secs * 1e3 / n:>9.2f}")
+        return "\n".join(lines)
 
     async def _blocks(self, coro: Awaitable[T]) -> T:
         """Run a PASIS call, translating its failures (they come grouped from nurseries)."""
@@ -813,8 +835,23 @@ class FileSystem:
     async def create(
         self, parent: int, name: bytes, mode: int, uid: int, gid: int, flags: int
     ) -> tuple[int, Attr]:
-        """Create a regular file and open it: one two-object update, no further round trip."""
-        a = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid)
+        """Create a regular file and open it: one two-object update, no further round trip.
+
+        Raises:
+            Exists: the name exists and ``flags`` has ``O_EXCL``.
+            StaleView: the name exists and ``flags`` has no ``O_EXCL``: the caller decided
+                to create on a view that is out of date (the kernel, on a cached negative
+                entry or a lookup another client's create overtook).  ``open(O_CREAT)``
+                must then open the existing file - after the kernel's own checks of it
+                (permissions, symbolic links, O_TRUNC) - so the kernel is told to look
+                again rather than answered EEXIST.
+        """
+        try:
+            a = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid)
+        except Exists:
+            if flags & os.O_EXCL:
+                raise
+            raise StaleView(f"{name!r} exists: created since this client looked") from None
         s = self._own[a.ino][0]
         self._kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
         f = self._files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)

@@ -73,6 +73,12 @@ async def serve(
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())
+            log.info(
+                "Q/U operations:\n%s\nQ/U client: %s\nPASIS client: %s",
+                fs.method_statistics(),
+                qu.statistics(),
+                rw.statistics(),
+            )
 
 
 def run_foreground(

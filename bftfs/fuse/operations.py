@@ -20,7 +20,12 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
   pages of the file only if they are of the version the cluster holds, as NFS clients do;
   see ``FileSystem.keep_cache``).  Longer timeouts are faster, shorter ones fresher;
   ``bftfs mount -o attr_timeout=S`` changes it.
-* negative lookups are not cached (a file created by another client appears immediately).
+* negative lookups are cached for the same time as names (a name another client creates
+  shows here within it).  A copy asks for a missing name up to four times before creating it
+  (``shutil.copy``: isdir, samefile, stat, open), ``make`` and compilers probe many names
+  that do not exist: each was a round to the servers.  An ``open(O_CREAT)`` decided on a
+  negative entry that another client has since made positive is answered ESTALE, and the
+  kernel walks the path again with fresh lookups (``FileSystem.create``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from bftfs.fs.attrs import Attr
-from bftfs.fs.errors import FsError
+from bftfs.fs.errors import FsError, NotFound
 from bftfs.fs.filesystem import FileSystem
 
 log = logging.getLogger(__name__)
@@ -132,7 +137,14 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         log.debug("lookup %d %r", parent_inode, name)
-        return self._entry(await self.fs.lookup(parent_inode, name))
+        try:
+            return self._entry(await self.fs.lookup(parent_inode, name))
+        except NotFound:
+            # A negative entry (inode 0), which the kernel caches for ``entry_timeout``.
+            e = pyfuse3.EntryAttributes()
+            e.st_ino = 0
+            e.entry_timeout = self.timeout
+            return e
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         # Inode numbers are object ids: nothing per-inode is kept that needs forgetting.
