@@ -120,7 +120,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if mountmod.is_mounted(mnt):
             print(f"{mnt} is already mounted")
         else:
-            _mount(cfg, localmod.config_path(cfg.home), mnt, args.client, args.attr_timeout)
+            _mount(cfg, localmod.config_path(cfg.home), mnt, args)
             print(
                 f"mounted {mnt.resolve()}: use it like any directory "
                 f"(it survives {cfg.t} failed node(s), {cfg.b} of them Byzantine)"
@@ -129,23 +129,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mount(
-    cfg: ClusterConfig,
-    config_path: Path,
-    mnt: Path,
-    client: str,
-    attr_timeout: float,
-    args: argparse.Namespace | None = None,
-) -> int:
-    """Start a background mount daemon (``args``: ``bftfs mount``'s logging options)."""
+def _mount(cfg: ClusterConfig, config_path: Path, mnt: Path, args: argparse.Namespace) -> int:
+    """Start a background mount daemon (``args``: the client, cache timeouts and, for
+    ``bftfs mount``, logging options)."""
     from bftfs.fuse import mount as mountmod
 
     try:
         return mountmod.mount_background(
             cfg,
-            client,
+            args.client,
             mnt,
-            timeout=attr_timeout,
+            timeout=args.attr_timeout,
+            entry_timeout=args.entry_timeout,
             config_path=config_path,
             log_path=getattr(args, "log", None),
             debug_modules=getattr(args, "debug_modules", None) or (),
@@ -172,10 +167,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.fg:
         setup_logging(log_file=args.log, debug_modules=args.debug_modules)
         mountmod.run_foreground(
-            cfg, args.client, args.mountpoint, timeout=args.attr_timeout, debug=args.debug
+            cfg,
+            args.client,
+            args.mountpoint,
+            timeout=args.attr_timeout,
+            entry_timeout=args.entry_timeout,
+            debug=args.debug,
         )
         return 0
-    _mount(cfg, path, args.mountpoint, args.client, args.attr_timeout, args)
+    _mount(cfg, path, args.mountpoint, args)
     print(f"mounted {args.mountpoint.resolve()} as {args.client}")
     return 0
 
@@ -312,7 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--attr-timeout",
             type=float,
             default=1.0,
-            help="seconds the kernel caches names and attributes (default 1)",
+            help="seconds the kernel caches attributes and missing names (default 1)",
+        )
+        sp.add_argument(
+            "--entry-timeout",
+            type=float,
+            default=30.0,
+            help="seconds the kernel caches names it found (default 30, as NFS's acdirmin; "
+            "a stale one is noticed when it leads to a removed object)",
         )
 
     def with_init(sp: argparse.ArgumentParser) -> None:

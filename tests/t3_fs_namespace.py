@@ -29,6 +29,7 @@ from bftfs.fs.errors import (
     NotEmpty,
     NotFound,
     Permission,
+    Removed,
     StaleView,
 )
 from bftfs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
@@ -159,6 +160,39 @@ def test_link_unlink_and_link_counts(tmp_path: Path) -> None:
         with pytest.raises(NotFound):  # no new name for a removed file
             await fs.link(f.ino, ROOT, b"back")
         assert [n for n, _ in await fs.readdir(ROOT)] == [b"d"]
+
+    run(tmp_path, body)
+
+
+def test_objects_no_name_reaches_are_stale_to_callers_that_came_by_name(tmp_path: Path) -> None:
+    """The kernel reaches objects through names it caches.  When another client has removed
+    what such a name led to (link count 0, or a removed directory), a caller that came by a
+    name gets StaleView (ESTALE: the kernel looks the path up again), a truncating open
+    changes nothing, and a lookup inside the removed directory says Removed; through a
+    handle (no name) the removed file stays readable."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, f = await a.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        await a.write(fh, 0, b"data")
+        await a.release(fh)
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        assert (await a.getattr(f.ino, reached_by_name=True)).nlink == 1
+        await b.unlink(ROOT, b"f")
+        await b.rmdir(ROOT, b"d")
+        for flags in (os.O_RDONLY, os.O_WRONLY | os.O_TRUNC):
+            with pytest.raises(StaleView) as e:
+                await a.open(f.ino, flags, reached_by_name=True)
+            assert e.value.errno == errno.ESTALE
+        for ino in (f.ino, d.ino):
+            with pytest.raises(StaleView):
+                await a.getattr(ino, reached_by_name=True)
+        with pytest.raises(Removed):
+            await a.lookup(d.ino, b"x")
+        assert (await a.getattr(f.ino)).nlink == 0
+        fh = await a.open(f.ino, os.O_RDONLY)
+        assert await a.read(fh, 0, 100) == b"data"
+        await a.release(fh)
 
     run(tmp_path, body)
 

@@ -236,6 +236,38 @@ def test_negative_entries_are_cached_and_create_over_them_opens(
         assert sorted(os.listdir(work)) == ["x", "y"]
 
 
+def test_cached_names_that_went_stale_are_looked_up_again(
+    cluster: ProcessCluster, work: Path, tmp_path: Path
+) -> None:
+    """The second mount caches the names it found (here for 600 s).  Another client then
+    replaces a file by renaming over it (an atomic save), removes one, and removes and
+    re-creates a directory: reading through the cached names finds what the names are now
+    (the servers' answer ESTALE for an object no name reaches makes the kernel look again),
+    not the old objects, which stay readable to handles that have them open."""
+    (work / "save").write_bytes(b"version 1")
+    (work / "gone").write_bytes(b"removed later")
+    (work / "d").mkdir()
+    (work / "d" / "f").write_bytes(b"in the old directory")
+    with Mount(cluster.config, tmp_path / "second", client="client1", entry_timeout=600) as other:
+        theirs = other.mountpoint / work.name
+        assert (theirs / "save").read_bytes() == b"version 1"  # names cached from here on
+        assert (theirs / "gone").read_bytes() == b"removed later"
+        assert (theirs / "d" / "f").read_bytes() == b"in the old directory"
+        with open(theirs / "gone", "rb") as held:
+            (work / "save.tmp").write_bytes(b"version 2")
+            os.rename(work / "save.tmp", work / "save")
+            (work / "gone").unlink()
+            (work / "d" / "f").unlink()
+            (work / "d").rmdir()
+            (work / "d").mkdir()
+            (work / "d" / "f").write_bytes(b"in the new directory")
+            assert (theirs / "save").read_bytes() == b"version 2"
+            with pytest.raises(FileNotFoundError):
+                (theirs / "gone").read_bytes()
+            assert (theirs / "d" / "f").read_bytes() == b"in the new directory"
+            assert held.read() == b"removed later"  # an open handle keeps its file
+
+
 def test_cp_a_times_and_modes_reach_another_client(
     cluster: ProcessCluster, work: Path, tmp_path: Path
 ) -> None:

@@ -25,6 +25,11 @@ class NotFound(FsError):
     errno = _errno.ENOENT
 
 
+class Removed(NotFound):
+    """The directory operated in was removed (ENOENT to a program; a name the kernel
+    cached may have led there, see ``Operations.lookup``)."""
+
+
 class Exists(FsError):
     errno = _errno.EEXIST
 
@@ -108,6 +113,7 @@ class BadHandle(FsError):
 #: Refusal codes of :mod:`bftfs.fs.objects` -> error class.
 _BY_CODE: dict[str, type[FsError]] = {
     "not-found": NotFound,
+    "removed": Removed,
     "exists": Exists,
     "not-empty": NotEmpty,
     "not-dir": NotDir,

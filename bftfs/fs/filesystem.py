@@ -355,12 +355,31 @@ class FileSystem:
 
     # Namespace: queries --------------------------------------------------------------------
 
-    async def getattr(self, ino: int) -> Attr:
-        """Attributes of ``ino`` (buffered size/mtime for a file with dirty data)."""
+    async def getattr(self, ino: int, *, reached_by_name: bool = False) -> Attr:
+        """Attributes of ``ino`` (buffered size/mtime for a file with dirty data).
+
+        ``reached_by_name``: the caller found ``ino`` through a name it cached (the kernel's
+        path walk); if no name reaches it any more, the name was stale (:meth:`_check_reached`).
+        """
         f = self._files.get(ino)
         if f is not None and f.opens:
             return self._attr(ino, f.st)
-        return self._attr(ino, await self._stat(ino))
+        s = await self._stat(ino)
+        if reached_by_name:  # (not open here: the kernel asks the same for an fstat)
+            self._check_reached(ino, s)
+        return self._attr(ino, s)
+
+    def _check_reached(self, ino: int, s: dict[str, Any]) -> None:
+        """Refuse an object that no name reaches (link count 0: unlinked, or a removed
+        directory) when the caller came to it by a name: that name was cached and is stale
+        (another client removed the object or replaced it).
+
+        Raises:
+            StaleView: the kernel then walks the path again with fresh lookups and finds
+                what the name is now (the replacing file of an atomic save, or nothing).
+        """
+        if s["nl"] == 0:
+            raise StaleView(f"object {ino} has no name any more")
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too).
@@ -701,10 +720,13 @@ class FileSystem:
             f.mtime = None  # an explicit mtime wins over buffered writes' times
         return self._attr(ino, s)
 
-    async def _truncate(self, ino: int, size: int, mtime_ns: int | None) -> None:
+    async def _truncate(
+        self, ino: int, size: int, mtime_ns: int | None, *, reached_by_name: bool = False
+    ) -> dict[str, Any]:
         """Truncate to ``size``: flush buffered writes, then (to zero) switch to a fresh data
         id, (down) lower the size, (up) clear possible leftovers in ``[size, alloc)`` and then
-        raise the size.  The size update comes last in every case."""
+        raise the size.  The size update comes last in every case.  Returns the file's
+        stat after it (without inline content, which after a truncation to zero is empty)."""
         if size > obj.MAX_SIZE:
             raise TooBig("file size limit")
         f = self._files.get(ino)
@@ -716,6 +738,8 @@ class FileSystem:
                 s = await self._query(ino, "fs.open")
                 if s["k"] == "d":
                     raise IsDir()
+                if reached_by_name:
+                    self._check_reached(ino, s)
                 if not st.S_ISREG(s["mode"]):
                     raise Invalid("not a regular file")
                 arg: dict[str, Any] = {"size": size, "mtime": mtime_ns, "now": self._now()}
@@ -739,7 +763,7 @@ class FileSystem:
                 if f is not None:
                     f.truncate_cache(size)
                 self._own_stat(ino, s)
-                return
+                return s  # type: ignore[no-any-return]
         raise FsError("truncate: file kept changing")
 
     async def _clear_gap(self, s: dict[str, Any], valid: int, new_size: int) -> None:
@@ -857,17 +881,22 @@ class FileSystem:
         f = self._files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
         return self._new_handle(f, flags), a
 
-    async def _open_file(self, ino: int, flags: int) -> int:
+    async def _open_file(self, ino: int, flags: int, *, reached_by_name: bool = False) -> int:
         """Open ``ino``: re-read its attributes (close-to-open consistency); O_TRUNC
-        truncates, O_APPEND makes every write of this handle go to the end."""
+        truncates (and its update's answer is the fresh attributes, so no further round),
+        O_APPEND makes every write of this handle go to the end.  ``reached_by_name``: as
+        for :meth:`getattr`."""
         f = self._files.get(ino)
         if f is not None and f.buffered:
             await self._flush(f)
         if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
-            await self._truncate(ino, 0, None)
-        s = await self._query(ino, "fs.open")
-        if s["k"] == "d":
-            raise IsDir()
+            s = await self._truncate(ino, 0, None, reached_by_name=reached_by_name)
+        else:
+            s = await self._query(ino, "fs.open")
+            if s["k"] == "d":
+                raise IsDir()
+            if reached_by_name:
+                self._check_reached(ino, s)
         f = self._files.get(ino)
         if f is None:
             f = self._files[ino] = OpenFile.from_stat(ino, s, self.bs)

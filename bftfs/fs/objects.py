@@ -162,7 +162,7 @@ def _dir(state: Any, *, alive: bool = True) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("k") != "d":
         raise Refused("not-dir")
     if alive and state["dead"]:
-        raise Refused("not-found", "directory was removed")
+        raise Refused("removed", "directory was removed")
     return dict(state)
 
 

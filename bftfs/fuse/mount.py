@@ -28,7 +28,7 @@ from bftfs.config import ClusterConfig
 from bftfs.connect import open_client
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fuse.control import MountError, is_mounted, log_file, log_tail, pid_file
-from bftfs.fuse.operations import DEFAULT_TIMEOUT, Operations
+from bftfs.fuse.operations import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, Operations
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
@@ -42,13 +42,14 @@ async def serve(
     mountpoint: Path,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
     debug: bool = False,
 ) -> None:
     """Mount ``mountpoint`` and serve it until unmounted or terminated."""
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
         qu = QUClient(ep, Thresholds.from_config(config), client_id=ep.pid)
         fs = await FileSystem.open(qu, rw, config, uid=os.getuid(), gid=os.getgid())
-        ops = Operations(fs, timeout=timeout)
+        ops = Operations(fs, timeout=timeout, entry_timeout=entry_timeout)
         options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
         options |= {"fsname=bftfs", "subtype=bftfs"}
         if os.getuid() == 0:
@@ -87,6 +88,7 @@ def run_foreground(
     mountpoint: Path,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
     debug: bool = False,
 ) -> None:
     """The daemon's main: record the pid file, serve, remove the pid file."""
@@ -94,7 +96,17 @@ def run_foreground(
     pf.parent.mkdir(parents=True, exist_ok=True)
     pf.write_text(f"{os.getpid()}\n{mountpoint.resolve()}\n")
     try:
-        trio.run(functools.partial(serve, config, client, mountpoint, timeout=timeout, debug=debug))
+        trio.run(
+            functools.partial(
+                serve,
+                config,
+                client,
+                mountpoint,
+                timeout=timeout,
+                entry_timeout=entry_timeout,
+                debug=debug,
+            )
+        )
     finally:
         with contextlib.suppress(OSError):
             if pf.read_text().startswith(f"{os.getpid()}\n"):
@@ -107,6 +119,7 @@ def mount_background(
     mountpoint: Path,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
     wait: float = 30.0,
     config_path: Path,
     log_path: Path | None = None,
@@ -139,6 +152,8 @@ def mount_background(
         client,
         "--attr-timeout",
         str(timeout),
+        "--entry-timeout",
+        str(entry_timeout),
         "--log",
         str(lf),
     ]

@@ -14,18 +14,27 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
 * ``enable_writeback_cache``: the kernel merges small writes into large ones (2048 x 4 KiB
   ``dd`` writes arrive as a few 1 MiB writes), which matters because every daemon round trip
   costs about 150 us before any protocol work.
-* entry and attribute timeouts of :data:`DEFAULT_TIMEOUT` seconds: a second mount sees
-  another client's changes to names and attributes within that time, and at the latest on
-  open (close-to-open: ``open`` always asks the cluster, and the kernel keeps its cached
-  pages of the file only if they are of the version the cluster holds, as NFS clients do;
-  see ``FileSystem.keep_cache``).  Longer timeouts are faster, shorter ones fresher;
-  ``bftfs mount -o attr_timeout=S`` changes it.
-* negative lookups are cached for the same time as names (a name another client creates
-  shows here within it).  A copy asks for a missing name up to four times before creating it
+* attribute timeout of :data:`DEFAULT_TIMEOUT` seconds (``bftfs mount --attr-timeout``): a
+  second mount sees another client's changes to attributes within that time, and to
+  contents at the latest on open (close-to-open: ``open`` always asks the cluster, and the
+  kernel keeps its cached pages of the file only if they are of the version the cluster
+  holds, as NFS clients do; see ``FileSystem.keep_cache``).
+* names the kernel found are cached for :data:`DEFAULT_ENTRY_TIMEOUT` seconds (``bftfs
+  mount --entry-timeout``), as NFS clients cache them (``acdirmin``): a path walk through
+  a cached name costs no round, so reopening, stat-ing or removing a file named a while
+  ago is one round less.  A cached name can only be stale in a way the servers notice: the
+  object it leads to has no name any more (another client removed it, or replaced it by
+  renaming over it, as an atomic save does), or it leads into a removed directory; ``open``,
+  ``getattr`` and ``lookup`` then answer ESTALE, and the kernel walks the path again with
+  fresh lookups (``LOOKUP_REVAL``) and finds what the name is now.  What stays stale for up
+  to the timeout: a name another client renamed away still leads here to the renamed
+  object (NFS behaves so too).
+* missing names are cached for the attribute timeout: a name another client creates shows
+  here within it.  A copy asks for a missing name up to four times before creating it
   (``shutil.copy``: isdir, samefile, stat, open), ``make`` and compilers probe many names
   that do not exist: each was a round to the servers.  An ``open(O_CREAT)`` decided on a
-  negative entry that another client has since made positive is answered ESTALE, and the
-  kernel walks the path again with fresh lookups (``FileSystem.create``).
+  missing name that another client has since created is answered ESTALE too
+  (``FileSystem.create``).
 """
 
 from __future__ import annotations
@@ -42,13 +51,15 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from bftfs.fs.attrs import Attr
-from bftfs.fs.errors import FsError, NotFound
+from bftfs.fs.errors import FsError, NotFound, Removed
 from bftfs.fs.filesystem import FileSystem
 
 log = logging.getLogger(__name__)
 
-#: Seconds the kernel may cache names and attributes (see module docstring).
+#: Seconds the kernel may cache attributes and missing names (see module docstring).
 DEFAULT_TIMEOUT = 1.0
+#: Seconds the kernel may cache the names it found (see module docstring).
+DEFAULT_ENTRY_TIMEOUT = 30.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -89,10 +100,17 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
 
-    def __init__(self, fs: FileSystem, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        fs: FileSystem,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
+    ) -> None:
         super().__init__()
         self.fs = fs
         self.timeout = timeout
+        self.entry_timeout = entry_timeout
         self.errors: Counter[str] = Counter()
         #: Requests served and seconds spent per handler (logged at unmount: where a
         #: workload's time goes, see :meth:`statistics`).
@@ -117,7 +135,7 @@ class Operations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.generation = a.generation
-        e.entry_timeout = self.timeout
+        e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.timeout
         e.st_mode = a.mode
         e.st_nlink = a.nlink
@@ -139,6 +157,8 @@ class Operations(pyfuse3.Operations):
         log.debug("lookup %d %r", parent_inode, name)
         try:
             return self._entry(await self.fs.lookup(parent_inode, name))
+        except Removed:  # the kernel reached a removed directory by a stale name
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
         except NotFound:
             # A negative entry (inode 0), which the kernel caches for ``entry_timeout``.
             e = pyfuse3.EntryAttributes()
@@ -152,7 +172,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
-        return self._entry(await self.fs.getattr(inode))
+        return self._entry(await self.fs.getattr(inode, reached_by_name=True))
 
     @_handler
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
@@ -216,7 +236,7 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def opendir(self, inode: int, ctx: Any) -> int:
         # POSIX readdir returns "." and ".." too (the kernel does not add them).
-        here = await self.fs.getattr(inode)
+        here = await self.fs.getattr(inode, reached_by_name=True)
         parent = await self.fs.lookup(inode, b"..")
         entries = [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
         fh = self._next_dir_fh
@@ -251,7 +271,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
-        fh = await self.fs.open(inode, self._flags(flags))
+        fh = await self.fs.open(inode, self._flags(flags), reached_by_name=True)
         # Close-to-open: the kernel keeps its cached pages only if the servers still hold
         # the version they came from (FileSystem.keep_cache).
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.fs.keep_cache(fh))

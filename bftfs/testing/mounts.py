@@ -36,12 +36,14 @@ class Mount:
         *,
         client: str = "client0",
         attr_timeout: float = 1.0,
+        entry_timeout: float = 30.0,
         wait: float = 30.0,
     ) -> None:
         self.config = config
         self.mountpoint = mountpoint.resolve()
         self.client = client
         self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
         self.wait = wait
         self.log = config.home / f"mount-{client}-{os.getpid()}-{id(self):x}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,6 +63,8 @@ class Mount:
             self.client,
             "--attr-timeout",
             str(self.attr_timeout),
+            "--entry-timeout",
+            str(self.entry_timeout),
             "--log",
             str(self.log),
         ]
