@@ -48,7 +48,11 @@ async def serve(
     """Mount ``mountpoint`` and serve it until unmounted or terminated."""
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
         qu = QUClient(ep, Thresholds.from_config(config), client_id=ep.pid)
-        fs = await FileSystem.open(qu, rw, config, uid=os.getuid(), gid=os.getgid())
+        # The file system answers attributes its own updates produced for as long as the
+        # kernel caches attributes (``--attr-timeout``), no longer.
+        fs = await FileSystem.open(
+            qu, rw, config, uid=os.getuid(), gid=os.getgid(), attr_ttl=timeout
+        )
         ops = Operations(fs, timeout=timeout, entry_timeout=entry_timeout)
         options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
         options |= {"fsname=bftfs", "subtype=bftfs"}
