@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-tests up down status test test-slow test-all lint bench bench-setup bench-full \
-	bench-andrew bench-postmark bench-transport clean
+	bench-andrew bench-postmark bench-opcost bench-transport clean
 
 setup:
 	@scripts/setup.sh
@@ -66,6 +66,11 @@ bench-andrew: bench-setup
 
 bench-postmark: bench-setup
 	$(BIN)/python benchmarks/postmark.py $(BENCH_ARGS)
+
+# Wall time and CPU per file-system operation (create, open, stat, read, unlink) on the
+# three targets: the figure to compare before and after an optimisation.
+bench-opcost: bench-setup
+	$(BIN)/python benchmarks/opcost.py $(BENCH_ARGS)
 
 bench-transport: setup
 	$(BIN)/python benchmarks/transport.py

@@ -330,17 +330,10 @@ def targets_from_args(args: argparse.Namespace) -> list[TargetSpec]:
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
     specs: list[TargetSpec] = []
     for w in wanted:
-        if w == "local":
-            specs.append(common.local_spec())
-        elif w == "bindfs":
-            specs.append(common.bindfs_spec())
-        elif w == "bftfs":
-            specs.append(common.bftfs_spec(args.t, args.b, durable=not args.no_durable))
-        elif w == "bftfs-down":
-            down = tuple(range(args.down))
-            specs.append(common.bftfs_spec(args.t, args.b, down, durable=not args.no_durable))
-        else:
+        spec = common.spec_named(w, args.t, args.b, not args.no_durable, args.down)
+        if spec is None:
             raise SystemExit(f"unknown target {w!r} (local, bindfs, bftfs, bftfs-down)")
+        specs.append(spec)
     return specs
 
 

@@ -252,6 +252,20 @@ def bftfs_spec(t: int, b: int, down: Sequence[int] = (), durable: bool = True) -
     return TargetSpec(name, "bftfs", t=t, b=b, down=tuple(down), durable=durable)
 
 
+def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> TargetSpec | None:
+    """The target a benchmark's ``--targets`` entry names (local, bindfs, bftfs, bftfs-down:
+    ``down`` nodes killed before the mount), or None for an unknown name."""
+    if name == "local":
+        return local_spec()
+    if name == "bindfs":
+        return bindfs_spec()
+    if name == "bftfs":
+        return bftfs_spec(t, b, durable=durable)
+    if name == "bftfs-down":
+        return bftfs_spec(t, b, tuple(range(down)), durable=durable)
+    return None
+
+
 def _fusermount() -> str:
     return shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
 

@@ -1,0 +1,198 @@
+"""What one file-system operation costs: wall time and CPU per process, side by side.
+
+PostMark and Andrew say how fast bftfs is; this says where an operation's time goes, which
+is what an optimisation has to move.  On 2 cores shared by the workload, the FUSE daemon and
+six node processes, a round's latency is roughly the CPU all of them spend on it divided by
+the cores, so CPU per operation (from ``/proc``, user and system time of every thread) is
+the steadier figure to compare before and after a change; wall time on these machines
+varies by 10-30% between runs.
+
+Operations, each over ``--files`` distinct files of ``--size`` bytes in one directory (the
+shape of PostMark's working set), after the attributes the kernel cached have gone stale
+(``--attr-timeout`` of the mount, 1 s by default), as they have in PostMark:
+
+* ``create``: ``open(O_CREAT|O_WRONLY)``, one write, close (lookup of a missing name,
+  create, flush);
+* ``open``: open and close of an existing file (the kernel's permission check asks for
+  fresh attributes, then the open revalidates: close-to-open);
+* ``stat``: ``stat`` of an existing file;
+* ``read``: open, read it all, close;
+* ``unlink``: remove it.
+
+Targets: the local disk, bindfs (FUSE pass-through) and bftfs on a fresh cluster, in that
+order, ``--runs`` times interleaved; medians are printed with ratios to the local disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import common
+from common import Progress, Site, TargetSpec
+
+OPERATIONS = ("create", "open", "stat", "read", "unlink")
+#: Longer than the mount's default attribute timeout (1 s), so each phase starts with the
+#: attributes stale in the kernel, as they are when PostMark comes back to a file.
+STALE_WAIT = 1.2
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` (all threads), 0 for a process that is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (in ticks)
+    return total / tick
+
+
+def _workloads(d: Path, files: int, data: bytes) -> dict[str, Callable[[], None]]:
+    names = [d / f"f{i:05d}" for i in range(files)]
+
+    def create() -> None:
+        for p in names:
+            fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+            os.write(fd, data)
+            os.close(fd)
+
+    def open_close() -> None:
+        for p in names:
+            os.close(os.open(p, os.O_RDONLY))
+
+    def stat() -> None:
+        for p in names:
+            os.stat(p)
+
+    def read() -> None:
+        for p in names:
+            fd = os.open(p, os.O_RDONLY)
+            while os.read(fd, 1 << 16):
+                pass
+            os.close(fd)
+
+    def unlink() -> None:
+        for p in names:
+            os.unlink(p)
+
+    return {"create": create, "open": open_close, "stat": stat, "read": read, "unlink": unlink}
+
+
+def run_once(site: Site, files: int, size: int) -> dict[str, dict[str, float]]:
+    """Every operation once on ``site``: per operation, wall and CPU seconds per file."""
+    d = site.path / "opcost"
+    d.mkdir()
+    nodes = [pid for name, pid in site.pids.items() if name.startswith("node")]
+    daemon = [pid for name, pid in site.pids.items() if not name.startswith("node")]
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    out: dict[str, dict[str, float]] = {}
+    for op, fn in _workloads(d, files, data).items():
+        time.sleep(STALE_WAIT)  # not synchronisation: lets cached attributes expire
+        n0, m0, t0 = _cpu_seconds(nodes), _cpu_seconds(daemon), time.perf_counter()
+        fn()
+        n1, m1, t1 = _cpu_seconds(nodes), _cpu_seconds(daemon), time.perf_counter()
+        out[op] = {
+            "wall": (t1 - t0) / files,
+            "daemon_cpu": (m1 - m0) / files,
+            "nodes_cpu": (n1 - n0) / files,
+        }
+    return out
+
+
+def _fmt_ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1e3:.3f}" if x < 1e-4 else f"{x * 1e3:.2f}"
+
+
+def table(results: dict[str, list[dict[str, dict[str, float]]]]) -> str:
+    """Markdown: per operation and target, median wall and CPU (ms per file), ratio."""
+    lines = [
+        "| operation | target | wall ms | x local | FUSE daemon CPU ms | nodes CPU ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    local = results.get("local", [])
+    for op in OPERATIONS:
+        base = common.median([r[op]["wall"] for r in local]) if local else None
+        for name, runs in results.items():
+            if not runs:
+                lines.append(f"| {op} | {name} | failed | | | |")
+                continue
+            wall = common.median([r[op]["wall"] for r in runs])
+            daemon = common.median([r[op]["daemon_cpu"] for r in runs])
+            nodes = common.median([r[op]["nodes_cpu"] for r in runs])
+            lines.append(
+                f"| {op} | {name} | {_fmt_ms(wall)} | {common.fmt_ratio(common.ratio(wall, base))}"
+                f" | {_fmt_ms(daemon) if name != 'local' else '-'}"
+                f" | {_fmt_ms(nodes) if name.startswith('bftfs') else '-'} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Wall time and CPU per file-system operation: bftfs, the local disk and "
+        "bindfs, interleaved.",
+        epilog="CPU is read from /proc (all threads of the FUSE daemon and of the nodes); on "
+        "2 shared cores it is the figure to compare before and after a change.",
+    )
+    ap.add_argument("--files", type=int, default=300, help="files per operation (300)")
+    ap.add_argument("--size", type=int, default=3000, help="bytes per file (3000: inline)")
+    ap.add_argument("--runs", type=int, default=3, help="interleaved repetitions (3)")
+    ap.add_argument("--b", type=int, default=1, help="bftfs: t = b (1)")
+    ap.add_argument("--no-durable", action="store_true", help="bftfs nodes do not fsync")
+    ap.add_argument(
+        "--targets", default="local,bindfs,bftfs", help="comma-separated, in interleaving order"
+    )
+    ap.add_argument("--work", type=Path, help="scratch directory (default: under /var/tmp)")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = ap.parse_args(argv)
+    if args.files < 1 or args.size < 0 or args.runs < 1:
+        ap.error("--files and --runs must be positive, --size not negative")
+    progress = Progress("opcost", args.quiet)
+    specs: list[TargetSpec] = []
+    for name in args.targets.split(","):
+        spec = common.spec_named(name, args.b, args.b, not args.no_durable)
+        if spec is None or name == "bftfs-down":
+            ap.error(f"unknown target {name!r} (local, bindfs, bftfs)")
+        specs.append(spec)
+    problem = common.check_fuse() if any(s.kind != "local" for s in specs) else None
+    if problem:
+        print(f"opcost: {problem}", file=sys.stderr)
+        return 1
+    common.install_sigterm_handler()
+    results: dict[str, list[dict[str, dict[str, float]]]] = {s.name: [] for s in specs}
+    work_parent = args.work or Path("/var/tmp")
+    with tempfile.TemporaryDirectory(prefix="bftfs-opcost-", dir=work_parent) as tmp:
+        for run in range(args.runs):
+            for spec in specs:
+                progress(f"run {run + 1}/{args.runs} {spec.name}")
+                try:
+                    with common.open_target(spec, Path(tmp), f"r{run}") as site:
+                        results[spec.name].append(run_once(site, args.files, args.size))
+                except common.TargetError as e:
+                    progress(f"  {spec.name} failed: {e}")
+    header: dict[str, Any] = {
+        "files": args.files,
+        "size": args.size,
+        "runs": args.runs,
+        "b": args.b,
+        "durable": not args.no_durable,
+        "commit": common.commit_info().get("commit"),
+    }
+    print(f"\nPer file, median of {args.runs} run(s); {header}\n")
+    print(table(results))
+    return 0 if all(results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
