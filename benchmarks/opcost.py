@@ -36,6 +36,7 @@ from typing import Any
 
 import common
 from common import Progress, Site, TargetSpec
+from profiling import cpu_seconds
 
 OPERATIONS = ("create", "open", "stat", "read", "unlink")
 #: Longer than the mount's default attribute timeout (1 s), so each phase starts with the
@@ -44,16 +45,8 @@ STALE_WAIT = 1.2
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` (all threads), 0 for a process that is gone."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (in ticks)
-    return total / tick
+    """CPU seconds of ``pids`` together (a process that is gone counts 0)."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids)
 
 
 def _workloads(d: Path, files: int, data: bytes) -> dict[str, Callable[[], None]]:

@@ -36,6 +36,7 @@ from bftfs.config import (
     ConfigError,
 )
 from bftfs.crypto import Identity, KeyFileError
+from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
 from bftfs.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
@@ -311,13 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--attr-timeout",
             type=float,
-            default=1.0,
+            default=DEFAULT_TIMEOUT,
             help="seconds the kernel caches attributes and missing names (default 1)",
         )
         sp.add_argument(
             "--entry-timeout",
             type=float,
-            default=30.0,
+            default=DEFAULT_ENTRY_TIMEOUT,
             help="seconds the kernel caches names it found (default 30, as NFS's acdirmin; "
             "a stale one is noticed when it leads to a removed object)",
         )

@@ -26,6 +26,13 @@ from bftfs.local import log_tail, process_alive
 
 log = logging.getLogger(__name__)
 
+#: Seconds the kernel may cache attributes and missing names (``--attr-timeout``; the
+#: choice is explained in :mod:`bftfs.fuse.operations`).  Here, apart from pyfuse3, so the
+#: command line and the test mounts default to the same values as the daemon.
+DEFAULT_TIMEOUT = 1.0
+#: Seconds the kernel may cache the names it found (``--entry-timeout``).
+DEFAULT_ENTRY_TIMEOUT = 30.0
+
 
 class MountError(Exception):
     """Mounting or unmounting failed; the message says why."""

@@ -27,8 +27,16 @@ import trio
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_client
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fuse.control import MountError, is_mounted, log_file, log_tail, pid_file
-from bftfs.fuse.operations import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, Operations
+from bftfs.fuse.control import (
+    DEFAULT_ENTRY_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    MountError,
+    is_mounted,
+    log_file,
+    log_tail,
+    pid_file,
+)
+from bftfs.fuse.operations import Operations
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client

@@ -53,13 +53,10 @@ import pyfuse3
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import FsError, NotFound, Removed
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 
-#: Seconds the kernel may cache attributes and missing names (see module docstring).
-DEFAULT_TIMEOUT = 1.0
-#: Seconds the kernel may cache the names it found (see module docstring).
-DEFAULT_ENTRY_TIMEOUT = 30.0
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bftfs.config import ClusterConfig
+from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
 from bftfs.local import config_path
 
 
@@ -35,8 +36,8 @@ class Mount:
         mountpoint: Path,
         *,
         client: str = "client0",
-        attr_timeout: float = 1.0,
-        entry_timeout: float = 30.0,
+        attr_timeout: float = DEFAULT_TIMEOUT,
+        entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
         wait: float = 30.0,
     ) -> None:
         self.config = config
