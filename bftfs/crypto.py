@@ -39,7 +39,7 @@ def mac(key: bytes, data: bytes | memoryview) -> bytes:
     return hashlib.blake2b(data, key=key, digest_size=MAC_SIZE).digest()
 
 
-def mac_ok(key: bytes, data: bytes | memoryview, tag: bytes) -> bool:
+def mac_ok(key: bytes, data: bytes | memoryview, tag: bytes | memoryview) -> bool:
     """Whether ``tag`` is the MAC of ``data`` under ``key`` (constant-time compare)."""
     return hmac.compare_digest(mac(key, data), tag)
 
@@ -100,8 +100,8 @@ class Identity:
             )
         try:
             private = bytes.fromhex(raw)
-        except ValueError as e:
-            raise KeyFileError(f"private key {path} is not hex") from e
+        except ValueError as bad_hex:
+            raise KeyFileError(f"private key {path} is not hex") from bad_hex
         if len(private) != 32:
             raise KeyFileError(f"private key {path} has {len(private)} bytes, expected 32")
         return cls(pid, private)

@@ -764,11 +764,12 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if tcode == DIR_TYPE and tobj["p"] != dp:
             raise Refused("stale", "parent pointer disagrees")
     if flags & RENAME_EXCHANGE and tobj is not None and got is not None:
+        assert t is not None  # (tobj is t's)
         if sp != dp:
             if ocode == DIR_TYPE:
                 _not_under(states, dp, o, sp)
             if got[1] == DIR_TYPE:
-                _not_under(states, sp, t, dp)  # type: ignore[arg-type]
+                _not_under(states, sp, t, dp)
         sents[sn], dents[dn] = [t, got[1]], [o, ocode]
         for mover, code, parent in ((obj, ocode, dp), (tobj, got[1], sp)):
             if code == DIR_TYPE and sp != dp:

@@ -33,7 +33,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import lmdb
 import trio
@@ -72,7 +72,8 @@ class _LmdbKV:
 
     def get(self, db: str, key: bytes) -> bytes | None:
         h = self._db(db)
-        return None if h is None else self._txn.get(key, db=h)
+        # (bytes: transactions here are opened without ``buffers``)
+        return None if h is None else cast(bytes | None, self._txn.get(key, db=h))
 
     def put(self, db: str, key: bytes, value: bytes) -> None:
         self._txn.put(key, value, db=self._db(db))
@@ -87,7 +88,7 @@ class _LmdbKV:
             return None
         cur = self._txn.cursor(db=h)
         found = cur.prev() if cur.set_range(key) else cur.last()
-        return (cur.key(), cur.value()) if found else None
+        return (cast(bytes, cur.key()), cast(bytes, cur.value())) if found else None
 
     def scan(
         self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
@@ -100,16 +101,16 @@ class _LmdbKV:
             if not cur.set_range(start):
                 return
             for k, v in cur:
-                if k >= stop:
+                if cast(bytes, k) >= stop:
                     return
-                yield k, v
+                yield cast(bytes, k), cast(bytes, v)
         else:
             found = cur.prev() if cur.set_range(stop) else cur.last()
             while found:
-                k = cur.key()
+                k = cast(bytes, cur.key())
                 if k < start:
                     return
-                yield k, cur.value()
+                yield k, cast(bytes, cur.value())
                 found = cur.prev()
 
 
@@ -238,11 +239,11 @@ class Store:
             for job in batch:
                 try:
                     job.result = job.fn(kv)
-                except Exception as e:
+                except Exception as step_error:
                     if not isolate:
-                        raise _StepFailed from e
-                    job.error = e
-                    raise _StepFailed from e
+                        raise _StepFailed from step_error
+                    job.error = step_error
+                    raise _StepFailed from step_error
             txn.commit()
             self._published()
             self.commits += 1

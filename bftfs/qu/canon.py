@@ -128,6 +128,6 @@ def normalise(value: Any) -> Any:
     return unpack(canonical(value))
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes | memoryview) -> Any:
     """Parse canonical bytes (or any msgpack) with the settings the encoder assumes."""
     return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bftfs.crypto import MAC_SIZE, mac
 from bftfs.qu.timestamp import INITIAL, Candidate, Timestamp, TimestampError
@@ -174,6 +174,9 @@ class OHSEntry:
 
     rh: ReplicaHistory
     auth: Authenticator | None  # None only for the initial history
+    #: ``(server, bytes)`` this entry was parsed from, when it was (``Request.packed``
+    #: copies those bytes instead of encoding the entry again); not part of its value.
+    _item: tuple[int, bytes] | None = field(default=None, compare=False, repr=False)
 
 
 #: An object history set: server id -> entry.  Missing servers hold ``{<0,0>}``.

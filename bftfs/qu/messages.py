@@ -133,6 +133,8 @@ class Operation:
     query: bool
     arg: Any
     seq: int
+    #: The canonical bytes when parsing computed them (see :meth:`from_wire`).
+    _canonical: bytes | None = field(default=None, compare=False, repr=False)
 
     def wire(self) -> list:
         """``[method, query, arg, seq]``."""
@@ -140,7 +142,7 @@ class Operation:
 
     def canonical(self) -> bytes:
         """The bytes that go into the timestamp hash."""
-        got = self.__dict__.get("_canonical")
+        got = self._canonical
         return got if got is not None else canonical(self.wire())
 
     @classmethod
@@ -163,12 +165,11 @@ class Operation:
             raise MessageError(f"argument: {e}") from e
         if len(arg_bytes) > MAX_VALUE:
             raise MessageError("argument too large")
-        op = cls(method, query, arg, _int(seq, "seq"))
+        seq = _int(seq, "seq")
         # canonical([m, q, a, s]) is the array header and its members' canonical bytes, one
         # after the other: keep it, so a server does not walk the argument a second time.
-        body = _OP_HEADER + pack(method) + pack(query) + arg_bytes + pack(op.seq)
-        object.__setattr__(op, "_canonical", body)
-        return op
+        body = _OP_HEADER + pack(method) + pack(query) + arg_bytes + pack(seq)
+        return cls(method, query, arg, seq, body)
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ class Request:
         """
         ohs = self.mohs.get(self.objects[0], {}) if self.objects else {}
         first = next(iter(ohs.values()), None)
-        if first is None or "_item" not in first.__dict__:
+        if first is None or first._item is None:
             return pack(self.wire())  # nothing to reuse (a client's request): one encoding
         return b"".join(
             (
@@ -332,7 +333,7 @@ def _packed_ohs(ohs: dict[int, OHSEntry]) -> bytes:
     for s, e in sorted(ohs.items()):
         if is_initial(e.rh):
             continue
-        raw = e.__dict__.get("_item")
+        raw = e._item
         items.append(
             raw[1] if raw is not None and raw[0] == s else pack([s, rh_wire(e.rh), e.auth])
         )
@@ -387,8 +388,7 @@ def _ohs_item(raw: bytes, n: int) -> tuple[int, OHSEntry]:
     result is only parsed: each server still checks its MAC (``replica.cull``).
     """
     s, e = ohs_item_from_wire(unpack(raw), n)
-    object.__setattr__(e, "_item", (s, raw))  # what it was parsed from (Request.packed)
-    return s, e
+    return s, OHSEntry(e.rh, e.auth, (s, raw))  # with what it was parsed from
 
 
 @dataclass(frozen=True)
@@ -474,8 +474,8 @@ class Reply:
             raise MessageError("bad reason")
         try:
             answer_key = canonical(v.get("a"))
-        except CanonicalError as e:
-            raise MessageError(f"answer: {e}") from e
+        except CanonicalError as bad:
+            raise MessageError(f"answer: {bad}") from bad
         if len(answer_key) > MAX_VALUE:
             raise MessageError("answer too large")
         return cls(

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bftfs.ids import is_node
+from bftfs.ids import PrincipalId, is_node
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.messages import (
@@ -159,11 +159,11 @@ def register(node: Node, *, retention: Retention | None = None) -> None:
                 node.stats[f"qu.{res.status.value}"] += 1
                 return res.wire()
             for want in res.wants:
-                got = await _sync(node, th, want)
-                if got is None:
+                fetched = await _sync(node, th, want)
+                if fetched is None:
                     node.stats["qu.sync_failed"] += 1
                     return _fail(node, cfg, req, "object sync failed")
-                synced[(want.oid, want.lt)] = got
+                synced[(want.oid, want.lt)] = fetched
             node.stats["qu.synced"] += 1
         return _fail(node, cfg, req, "object sync did not settle")
 
@@ -205,7 +205,9 @@ def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Any:
 async def _sync(node: Node, th: Thresholds, want: SyncWant) -> tuple[bytes | None, bytes] | None:
     """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604)."""
     others = [s for s in range(th.n) if s != node.id and s not in want.hosts]
-    targets = [s for s in want.hosts if s != node.id] + others
+    targets = [PrincipalId(s) for s in want.hosts if s != node.id] + [
+        PrincipalId(s) for s in others
+    ]
     body = {"v": VERSION, "oid": want.oid, "lt": want.lt.encode()}
     seen: dict[bytes, tuple[bytes | None, bytes]] = {}
     votes: Counter[bytes] = Counter()
@@ -224,7 +226,7 @@ async def _sync(node: Node, th: Thresholds, want: SyncWant) -> tuple[bytes | Non
         # host at once instead of after the probe interval.
         return votes[k] >= th.b + 1
 
-    def enough(_valid: Mapping[int, Any]) -> bool:
+    def enough(_valid: Mapping[PrincipalId, Any]) -> bool:
         return any(v >= th.b + 1 for v in votes.values())
 
     try:

@@ -321,7 +321,7 @@ def handle_request(
     if any(p is not None and p[0] == op.seq for p in prior):
         # Applied in this conditioned-on chain already (see module docstring).
         answer = next(p[1] for p in prior if p is not None and p[0] == op.seq)
-        new_states = {oid: got[oid][0] for oid in objects}
+        new_states: Mapping[int, bytes | None] = {oid: got[oid][0] for oid in objects}
     else:
         try:
             new_states, answer = cfg.registry.update(op.method, states, op.arg)

@@ -20,11 +20,9 @@ version" field (L2351-2353) and used for pruning and the conditioned-on chain.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Final
 
 #: Size of the operation/OHS hash in a timestamp.
 DIGEST_SIZE = 32
@@ -44,27 +42,43 @@ class TimestampError(ValueError):
     """Bytes that are not a valid encoded timestamp or candidate."""
 
 
-@dataclass(frozen=True, eq=False)
 class Timestamp:
     """One logical timestamp, ordered as the seed orders them (L2309-2311).
 
     Comparisons use the encoding, which is order-preserving (fixed width, big-endian, field
     order Time, BarrierFlag, ClientID, digest): identical to comparing the field tuples, and
     cheap, which matters because classification compares timestamps constantly.
+
+    Immutable (``Final`` fields; the encoding is computed once, at construction).  A plain
+    class with ``__slots__`` rather than a frozen dataclass so that mypyc compiles it to a
+    native class (see ``setup.py``): attribute reads are then C struct reads.
     """
 
-    time: int  # 0 <= time <= MAX_TIME (only ZERO has time 0)
-    barrier: bool
-    client: int  # principal id of the client that set it up (0 for ZERO)
-    digest: bytes  # DIGEST_SIZE bytes: H(kind || operation || conditioned-on multi-OHS)
-    if TYPE_CHECKING:  # set on first use by __getattr__, not dataclass fields
-        _bytes: bytes
+    __slots__ = ("time", "barrier", "client", "digest", "_bytes")
+
+    def __init__(
+        self, time: int, barrier: bool, client: int, digest: bytes, encoded: bytes | None = None
+    ) -> None:
+        """``encoded``: the encoding when the caller has it (parsing), else it is packed."""
+        #: 0 <= time <= MAX_TIME (only ZERO has time 0)
+        self.time: Final = time
+        self.barrier: Final = barrier
+        #: principal id of the client that set it up (0 for ZERO)
+        self.client: Final = client
+        #: DIGEST_SIZE bytes: H(kind || operation || conditioned-on multi-OHS)
+        self.digest: Final = digest
+        if encoded is None:
+            encoded = _FMT.pack(time, 1 if barrier else 0, client) + digest
+        self._bytes: Final = encoded
 
     def __hash__(self) -> int:
         return hash(self._bytes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Timestamp) and self._bytes == other._bytes
+
+    def __ne__(self, other: object) -> bool:
+        return not (isinstance(other, Timestamp) and self._bytes == other._bytes)
 
     def __lt__(self, other: Timestamp) -> bool:
         return self._bytes < other._bytes
@@ -78,98 +92,110 @@ class Timestamp:
     def __ge__(self, other: Timestamp) -> bool:
         return self._bytes >= other._bytes
 
+    def __repr__(self) -> str:
+        return (
+            f"Timestamp(time={self.time}, barrier={self.barrier}, client={self.client}, "
+            f"digest={self.digest.hex()[:16]}...)"
+        )
+
+    def __reduce__(self) -> tuple:
+        return (Timestamp, (self.time, self.barrier, self.client, self.digest))
+
     def encode(self) -> bytes:
         """The fixed-width, order-preserving bytes of this timestamp."""
         return self._bytes
 
-    def __getattr__(self, name: str) -> bytes:
-        # Called only while ``_bytes`` is missing: computed once, then an instance attribute.
-        # (functools.cached_property takes a lock per first access on Python 3.11, which
-        # cost more than the packing on a path that makes timestamps per request.)
-        if name != "_bytes":
-            raise AttributeError(name)
-        raw = _FMT.pack(self.time, 1 if self.barrier else 0, self.client) + self.digest
-        object.__setattr__(self, "_bytes", raw)
-        return raw
-
     @classmethod
-    def decode(cls, data: bytes) -> Timestamp:
-        """Parse :meth:`encode` output.
+    def decode(cls, data: object) -> Timestamp:
+        """Parse :meth:`encode` output (cached by its bytes: every reply of a round names the
+        same few timestamps).
 
         Raises:
             TimestampError: wrong length, flag not 0/1, or Time beyond ``MAX_TIME``.
         """
         if not isinstance(data, bytes) or len(data) != TIMESTAMP_SIZE:
             raise TimestampError(f"timestamp must be {TIMESTAMP_SIZE} bytes")
-        return _decode(bytes(data))
+        got = _DECODED.get(data)
+        if got is None:
+            got = _decode(data)
+            if len(_DECODED) >= _CACHE_SIZE:
+                _DECODED.clear()
+            _DECODED[data] = got
+        return got
 
     def short(self) -> str:
         """The seed's Table 4.1 notation: Time, with "b" appended for barriers."""
         return f"{self.time}{'b' if self.barrier else ''}"
 
 
-@functools.lru_cache(maxsize=8192)
+#: Parse caches (a plain dict, emptied when full: cheaper than functools.lru_cache, and
+#: mypyc compiles the lookups).  Only valid input is cached.
+_CACHE_SIZE = 8192
+_DECODED: dict[bytes, Timestamp] = {}
+
+
 def _decode(data: bytes) -> Timestamp:
-    """:meth:`Timestamp.decode` of exactly ``TIMESTAMP_SIZE`` bytes, cached by them: every
-    reply of a round names the same few timestamps.  The encoding is canonical (fixed width,
-    flag 0 or 1), so ``data`` is the timestamp's encoding and is kept as it."""
+    """:meth:`Timestamp.decode` of exactly ``TIMESTAMP_SIZE`` bytes.  The encoding is
+    canonical (fixed width, flag 0 or 1), so ``data`` is the timestamp's encoding and is
+    kept as it."""
     time, flag, client = _FMT.unpack_from(data)
     if flag > 1:
         raise TimestampError("barrier flag must be 0 or 1")
     if time > MAX_TIME:
         raise TimestampError("timestamp time out of range")
-    ts = Timestamp(time, flag == 1, client, data[17:])
-    object.__setattr__(ts, "_bytes", data)
-    return ts
+    return Timestamp(time, flag == 1, client, data[17:], bytes(data))
 
 
 #: The initial timestamp, ``0`` in the seed (line 900).
 ZERO = Timestamp(0, False, 0, bytes(DIGEST_SIZE))
 
 
-@dataclass(frozen=True)
 class Candidate:
-    """``<LT, LT_CO>`` plus the objects the update touched (empty only for the initial one)."""
+    """``<LT, LT_CO>`` plus the objects the update touched (empty only for the initial one).
 
-    lt: Timestamp
-    lt_co: Timestamp  # < lt, except for INITIAL where both are ZERO
-    objects: tuple[int, ...]  # sorted, unique, <= MAX_OBJECTS; () only for INITIAL
-    if TYPE_CHECKING:  # set on first use by __getattr__, not dataclass fields
-        key: tuple[bytes, tuple[int, ...]]
-        _hash: int
-        _wire: tuple
+    Immutable; a slotted class for mypyc like :class:`Timestamp`.  The values every request
+    needs are computed once, at construction:
+
+    - ``_hash``: replica histories (tuples of candidates) are cache keys, hashed per request;
+    - ``key``: what identifies a candidate when counting its order, ``(lt bytes, objects)``;
+    - ``_wire``: the wire form, re-encoded in every reply and stored request, and compared
+      (in C) by ``==``.
+    """
+
+    __slots__ = ("lt", "lt_co", "objects", "key", "_hash", "_wire")
+
+    def __init__(self, lt: Timestamp, lt_co: Timestamp, objects: tuple[int, ...]) -> None:
+        self.lt: Final = lt
+        #: < lt, except for INITIAL where both are ZERO
+        self.lt_co: Final = lt_co
+        #: sorted, unique, <= MAX_OBJECTS; () only for INITIAL
+        self.objects: Final = objects
+        self.key: Final[tuple[bytes, tuple[int, ...]]] = (lt._bytes, objects)
+        self._wire: Final[tuple[bytes, bytes, tuple[int, ...]]] = (
+            lt._bytes,
+            lt_co._bytes,
+            objects,
+        )
+        self._hash: Final = hash(self._wire)
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        # The fields by their wire form (encodings and object ids): compared in C, where the
-        # generated __eq__ compared timestamps through Python calls.  Histories are compared
-        # (and cache keys matched) in every request.
-        if other.__class__ is not Candidate:
+        if not isinstance(other, Candidate):
             return NotImplemented
-        return self is other or self._wire == other._wire  # type: ignore[attr-defined]
+        return self is other or self._wire == other._wire
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Candidate):
+            return NotImplemented
+        return not (self is other or self._wire == other._wire)
+
+    def __repr__(self) -> str:
+        return f"Candidate({self.short()}, objects={self.objects})"
 
     def __reduce__(self) -> tuple:
-        # Pickle the fields only: the cached ``_hash`` is only valid in this process.
         return (Candidate, (self.lt, self.lt_co, self.objects))
-
-    def __getattr__(self, name: str) -> Any:
-        # Derived values, each computed on first use and then kept as an instance attribute
-        # (cheaper than functools.cached_property, which locks on Python 3.11):
-        #   _hash  replica histories (tuples of candidates) are cache keys, hashed per request
-        #   key    what identifies a candidate when counting its order: (lt bytes, objects)
-        #   _wire  the wire form, re-encoded in every reply and stored request
-        if name == "_hash":
-            value: Any = hash((self.lt, self.lt_co, self.objects))
-        elif name == "key":  # the LT by its encoding: hashed in C, equal iff the LTs are
-            value = (self.lt.encode(), self.objects)
-        elif name == "_wire":
-            value = (self.lt.encode(), self.lt_co.encode(), self.objects)
-        else:
-            raise AttributeError(name)
-        object.__setattr__(self, name, value)
-        return value
 
     @property
     def multi(self) -> bool:
@@ -183,47 +209,53 @@ class Candidate:
 
     @classmethod
     def from_wire(cls, value: object) -> Candidate:
-        """Parse :meth:`wire` output, checking every field.
+        """Parse :meth:`wire` output, checking every field (cached by the wire values: the
+        same few candidates arrive in every request for an object).
 
         Raises:
             TimestampError: malformed fields, ``lt_co >= lt``, or a bad object list.
         """
-        if not isinstance(value, list | tuple) or len(value) != 3:
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
             raise TimestampError("candidate must be [lt, lt_co, objects]")
+        lt_raw = value[0]
+        co_raw = value[1]
         objs = value[2]
-        if not isinstance(objs, list | tuple) or len(objs) > MAX_OBJECTS:
+        if not isinstance(objs, (list, tuple)) or len(objs) > MAX_OBJECTS:
             raise TimestampError("candidate objects must be a short list")
-        # Before the cache: True == 1.  (One object is the usual case: no generator.)
-        if (type(objs[0]) is not int) if len(objs) == 1 else any(type(o) is not int for o in objs):
-            raise TimestampError("object ids must be integers")
-        try:
-            return _parse_candidate(value[0], value[1], tuple(objs))
-        except TypeError as e:  # unhashable junk in the fields
-            raise TimestampError("malformed candidate") from e
-
-    @classmethod
-    def _parse(cls, lt_raw: object, co_raw: object, objs: tuple) -> Candidate:
-        lt = Timestamp.decode(lt_raw)
-        lt_co = Timestamp.decode(co_raw)
+        for o in objs:
+            if type(o) is not int:  # before the cache: True == 1
+                raise TimestampError("object ids must be integers")
+        if not isinstance(lt_raw, bytes) or not isinstance(co_raw, bytes):
+            raise TimestampError("candidate timestamps must be bytes")
         objects = tuple(objs)
-        if any(not 0 <= o < (1 << 64) for o in objects) or list(objects) != sorted(set(objects)):
-            raise TimestampError("candidate objects must be sorted, unique u64 ids")
-        cand = cls(lt, lt_co, objects)
-        if cand == INITIAL:
-            return INITIAL
-        if not objects or not lt_co < lt:
-            raise TimestampError("candidate must name its objects and have lt_co < lt")
-        return cand
+        key = (lt_raw, co_raw, objects)
+        got = _PARSED.get(key)
+        if got is None:
+            got = _parse_candidate(lt_raw, co_raw, objects)
+            if len(_PARSED) >= _CACHE_SIZE:
+                _PARSED.clear()
+            _PARSED[key] = got
+        return got
 
     def short(self) -> str:
         """``<LT, LT_CO>`` in Table 4.1 notation."""
         return f"<{self.lt.short()},{self.lt_co.short()}>"
 
 
-@functools.lru_cache(maxsize=8192)
-def _parse_candidate(lt_raw: object, co_raw: object, objs: tuple) -> Candidate:
-    """Cached parse: the same few candidates arrive in every request for an object."""
-    return Candidate._parse(lt_raw, co_raw, objs)
+_PARSED: dict[tuple[bytes, bytes, tuple[int, ...]], Candidate] = {}
+
+
+def _parse_candidate(lt_raw: bytes, co_raw: bytes, objects: tuple[int, ...]) -> Candidate:
+    lt = Timestamp.decode(lt_raw)
+    lt_co = Timestamp.decode(co_raw)
+    if any(not 0 <= o < (1 << 64) for o in objects) or list(objects) != sorted(set(objects)):
+        raise TimestampError("candidate objects must be sorted, unique u64 ids")
+    cand = Candidate(lt, lt_co, objects)
+    if cand == INITIAL:
+        return INITIAL
+    if not objects or not lt_co < lt:
+        raise TimestampError("candidate must name its objects and have lt_co < lt")
+    return cand
 
 
 #: The initial candidate ``<0, 0>`` every replica history starts with (line 900).
