@@ -100,8 +100,8 @@ class Identity:
             )
         try:
             private = bytes.fromhex(raw)
-        except ValueError as bad_hex:
-            raise KeyFileError(f"private key {path} is not hex") from bad_hex
+        except ValueError as e:
+            raise KeyFileError(f"private key {path} is not hex") from e
         if len(private) != 32:
             raise KeyFileError(f"private key {path} has {len(private)} bytes, expected 32")
         return cls(pid, private)

@@ -37,6 +37,7 @@ import logging
 import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -707,8 +708,8 @@ class Endpoint:
                 )
             except TransportError as e:
                 send.send_nowait((node, False, str(e)))
-            except RemoteError as refusal:
-                send.send_nowait((node, False, f"refused: {refusal}"))
+            except RemoteError as e:
+                send.send_nowait((node, False, f"refused: {e}"))
             else:
                 send.send_nowait((node, True, reply))
 
@@ -749,8 +750,8 @@ class Endpoint:
                 else:
                     result.errors[node] = "invalid reply"
                     start_next()
-            except Exception as error:  # raised in the caller's task, where it belongs
-                send.send_nowait(_Raise(error))
+            except Exception as e:  # raised in the caller's task, where it belongs
+                send.send_nowait(_Raise(e))
                 return
             if waiting == 0:
                 send.send_nowait(_LOOK)  # the loop decides whether anything is left to try
@@ -910,37 +911,15 @@ class Endpoint:
         self._conns.clear()
 
 
-class open_endpoint:  # noqa: N801 - used like the function it replaced
-    """``async with open_endpoint(keyring, addresses, **options) as ep``: an
-    :class:`Endpoint` whose connections and stragglers live in their own nursery.
-
-    A class with ``__aenter__``/``__aexit__`` rather than an ``@asynccontextmanager``
-    generator because mypyc, which compiles this module, does not compile async generators.
-    """
-
-    def __init__(
-        self, keyring: KeyRing, addresses: Mapping[NodeId, tuple[str, int]], **kwargs: Any
-    ) -> None:
-        self._keyring = keyring
-        self._addresses = addresses
-        self._kwargs = kwargs
-        self._manager: Any = None
-        self._nursery: trio.Nursery | None = None
-        self._ep: Endpoint | None = None
-
-    async def __aenter__(self) -> Endpoint:
-        self._manager = trio.open_nursery()
-        self._nursery = nursery = await self._manager.__aenter__()
+@asynccontextmanager
+async def open_endpoint(
+    keyring: KeyRing, addresses: Mapping[NodeId, tuple[str, int]], **kwargs: Any
+):  # type: ignore[no-untyped-def]
+    """An :class:`Endpoint` whose connections and stragglers live in their own nursery."""
+    async with trio.open_nursery() as nursery:
+        ep = Endpoint(keyring, addresses, nursery, **kwargs)
         try:
-            self._ep = Endpoint(self._keyring, self._addresses, nursery, **self._kwargs)
-        except BaseException as e:
-            if not await self._manager.__aexit__(type(e), e, e.__traceback__):
-                raise
-        assert self._ep is not None
-        return self._ep
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        assert self._ep is not None and self._nursery is not None
-        await self._ep.aclose()  # (closes sockets; never waits)
-        self._nursery.cancel_scope.cancel()
-        return bool(await self._manager.__aexit__(exc_type, exc, tb))
+            yield ep
+        finally:
+            await ep.aclose()
+            nursery.cancel_scope.cancel()

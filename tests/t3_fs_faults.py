@@ -123,8 +123,8 @@ class CrashBeforeMetadata(Exception):
 
 class _CrashingClient:
     """A Q/U client that dies when it is about to send one update method; everything else
-    goes to the real client.  (A wrapper, not a patched method: the client class is
-    compiled by mypyc and its methods cannot be replaced on an instance.)"""
+    goes to the real client (a wrapper rather than a method patched onto the instance, which
+    a restart must then remember to delete)."""
 
     def __init__(self, inner: Any, method: str) -> None:
         self.inner = inner

@@ -239,11 +239,11 @@ class Store:
             for job in batch:
                 try:
                     job.result = job.fn(kv)
-                except Exception as step_error:
+                except Exception as e:
                     if not isolate:
-                        raise _StepFailed from step_error
-                    job.error = step_error
-                    raise _StepFailed from step_error
+                        raise _StepFailed from e
+                    job.error = e
+                    raise _StepFailed from e
             txn.commit()
             self._published()
             self.commits += 1

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, suppress
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +175,13 @@ class QUClient:
 
     # Driver ------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _locked(self, objects: tuple[int, ...]) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for oid in objects:  # sorted: no deadlock between our own operations
+                await stack.enter_async_context(self._locks.setdefault(oid, trio.Lock()))
+            yield
+
     def _mohs(self, objects: Iterable[int]) -> dict[int, dict[int, OHSEntry]]:
         return {oid: dict(self._cache.get(oid, {})) for oid in objects}
 
@@ -216,9 +223,7 @@ class QUClient:
                 lock = self._locks[objects[0]] = trio.Lock()
             async with lock:
                 return await self._run(objects, op)
-        async with AsyncExitStack() as stack:
-            for oid in objects:  # sorted: no deadlock between our own operations
-                await stack.enter_async_context(self._locks.setdefault(oid, trio.Lock()))
+        async with self._locked(objects):
             return await self._run(objects, op)
 
     async def _run(self, objects: tuple[int, ...], op: Operation) -> Any:

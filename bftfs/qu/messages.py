@@ -474,8 +474,8 @@ class Reply:
             raise MessageError("bad reason")
         try:
             answer_key = canonical(v.get("a"))
-        except CanonicalError as bad:
-            raise MessageError(f"answer: {bad}") from bad
+        except CanonicalError as e:
+            raise MessageError(f"answer: {e}") from e
         if len(answer_key) > MAX_VALUE:
             raise MessageError("answer too large")
         return cls(

@@ -49,9 +49,9 @@ class Timestamp:
     order Time, BarrierFlag, ClientID, digest): identical to comparing the field tuples, and
     cheap, which matters because classification compares timestamps constantly.
 
-    Immutable (``Final`` fields; the encoding is computed once, at construction).  A plain
-    class with ``__slots__`` rather than a frozen dataclass so that mypyc compiles it to a
-    native class (see ``setup.py``): attribute reads are then C struct reads.
+    Immutable (``Final`` fields, checked by mypy).  Every timestamp a node or client makes
+    is compared or encoded, so the encoding is computed at construction (or kept from the
+    bytes it was parsed from) instead of on first use.
     """
 
     __slots__ = ("time", "barrier", "client", "digest", "_bytes")
@@ -128,8 +128,8 @@ class Timestamp:
         return f"{self.time}{'b' if self.barrier else ''}"
 
 
-#: Parse caches (a plain dict, emptied when full: cheaper than functools.lru_cache, and
-#: mypyc compiles the lookups).  Only valid input is cached.
+#: Parse caches: a plain dict, emptied when full (a hit is one dict lookup; an
+#: ``functools.lru_cache`` also keeps recency).  Only valid input is cached.
 _CACHE_SIZE = 8192
 _DECODED: dict[bytes, Timestamp] = {}
 
@@ -153,8 +153,8 @@ ZERO = Timestamp(0, False, 0, bytes(DIGEST_SIZE))
 class Candidate:
     """``<LT, LT_CO>`` plus the objects the update touched (empty only for the initial one).
 
-    Immutable; a slotted class for mypyc like :class:`Timestamp`.  The values every request
-    needs are computed once, at construction:
+    Immutable, like :class:`Timestamp`.  The values every request needs are computed once,
+    at construction:
 
     - ``_hash``: replica histories (tuples of candidates) are cache keys, hashed per request;
     - ``key``: what identifies a candidate when counting its order, ``(lt bytes, objects)``;
