@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from profiling import cpu_seconds
 
 from bftfs.connect import open_client
 from bftfs.ids import client_id
@@ -39,19 +39,11 @@ from bftfs.qu.classify import Thresholds
 from bftfs.qu.client import QUClient
 from bftfs.testing.processes import ProcessCluster
 
-TICK = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_seconds(pids: list[int | None]) -> float:
-    """User + system CPU seconds used so far by the processes ``pids``."""
-    total = 0
-    for pid in pids:
-        if pid is None:
-            continue
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
+def nodes_cpu_seconds(pids: list[int | None]) -> float:
+    """User + system CPU seconds used so far by the node processes ``pids`` (None: not
+    started; a process that is gone counts nothing from then on)."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids if pid is not None)
 
 
 async def run_b(cfg: Any, pids: list[int | None], count: int) -> dict[str, float]:
@@ -66,13 +58,13 @@ async def run_b(cfg: Any, pids: list[int | None], count: int) -> dict[str, float
 
         async def series(name: str, fn: Any) -> None:
             lat = []
-            cpu0, me0 = cpu_seconds(pids), time.process_time()
+            cpu0, me0 = nodes_cpu_seconds(pids), time.process_time()
             for _ in range(count):
                 t0 = time.perf_counter()
                 await fn()
                 lat.append(time.perf_counter() - t0)
             out[name + "_us"] = statistics.median(lat) * 1e6
-            out[name + "_node_cpu_us"] = (cpu_seconds(pids) - cpu0) / count * 1e6
+            out[name + "_node_cpu_us"] = (nodes_cpu_seconds(pids) - cpu0) / count * 1e6
             out[name + "_client_cpu_us"] = (time.process_time() - me0) / count * 1e6
 
         targets = list(range(th.n))
@@ -114,12 +106,12 @@ async def run_b(cfg: Any, pids: list[int | None], count: int) -> dict[str, float
                         await cl.update(oid, "counter.increment", 1)
                         lat.append(time.perf_counter() - t0)
 
-                cpu0 = cpu_seconds(pids)
+                cpu0 = nodes_cpu_seconds(pids)
                 async with trio.open_nursery() as n:
                     for cl in clients:
                         n.start_soon(work, cl)
                 out[f"contend{k}_us"] = statistics.median(lat) * 1e6
-                out[f"contend{k}_node_cpu_us"] = (cpu_seconds(pids) - cpu0) / len(lat) * 1e6
+                out[f"contend{k}_node_cpu_us"] = (nodes_cpu_seconds(pids) - cpu0) / len(lat) * 1e6
                 final = await clients[0].query(oid, "counter.fetch")
                 if final != len(lat) + len(clients):
                     raise RuntimeError(f"counter {oid} is {final}, expected {len(lat) + k}")

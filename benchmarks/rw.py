@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from profiling import cpu_seconds
 
 from bftfs.connect import open_client
 from bftfs.rw.client import RWClient, open_rw_client
@@ -111,11 +112,12 @@ async def measure(
     return writes, reads
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+def node_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a node process; a node that died spoils the figures."""
+    seconds = cpu_seconds(pid)
+    if seconds is None:
+        raise RuntimeError(f"node process {pid} is gone")
+    return seconds
 
 
 def ops_for(in_flight: int, ops: int) -> int:
@@ -178,13 +180,13 @@ def run_profile(args: argparse.Namespace) -> None:
             phases: dict[str, tuple[Result, float, float]] = {}
 
             async def phase(name: str, run: Callable[[], Awaitable[Result]]) -> None:
-                nodes0 = sum(cpu_seconds(p) for p in pids)
+                nodes0 = sum(node_cpu_seconds(p) for p in pids)
                 client0 = time.process_time()
                 prof.enable()
                 res = await run()
                 prof.disable()
                 client = time.process_time() - client0
-                phases[name] = (res, client, sum(cpu_seconds(p) for p in pids) - nodes0)
+                phases[name] = (res, client, sum(node_cpu_seconds(p) for p in pids) - nodes0)
 
             async def main() -> None:
                 async with open_client(cfg) as ep, open_rw_client(ep, cfg, **args.client) as rw:
