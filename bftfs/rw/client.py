@@ -494,7 +494,7 @@ class RWClient:
         st: _ReadState,
         block: BlockId,
         targets: Sequence[int],
-        data_nodes: set[int],
+        data_nodes: set[NodeId],
         *,
         initial: int | None,
     ) -> None:
