@@ -20,6 +20,7 @@ version" field (L2351-2353) and used for pruning and the conditioned-on chain.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from typing import Final
@@ -77,9 +78,6 @@ class Timestamp:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Timestamp) and self._bytes == other._bytes
 
-    def __ne__(self, other: object) -> bool:
-        return not (isinstance(other, Timestamp) and self._bytes == other._bytes)
-
     def __lt__(self, other: Timestamp) -> bool:
         return self._bytes < other._bytes
 
@@ -115,35 +113,24 @@ class Timestamp:
         """
         if not isinstance(data, bytes) or len(data) != TIMESTAMP_SIZE:
             raise TimestampError(f"timestamp must be {TIMESTAMP_SIZE} bytes")
-        got = _DECODED.get(data)
-        if got is None:
-            got = _decode(data)
-            if len(_DECODED) >= _CACHE_SIZE:
-                _DECODED.clear()
-            _DECODED[data] = got
-        return got
+        return _decode(bytes(data))
 
     def short(self) -> str:
         """The seed's Table 4.1 notation: Time, with "b" appended for barriers."""
         return f"{self.time}{'b' if self.barrier else ''}"
 
 
-#: Parse caches: a plain dict, emptied when full (a hit is one dict lookup; an
-#: ``functools.lru_cache`` also keeps recency).  Only valid input is cached.
-_CACHE_SIZE = 8192
-_DECODED: dict[bytes, Timestamp] = {}
-
-
+@functools.lru_cache(maxsize=8192)
 def _decode(data: bytes) -> Timestamp:
-    """:meth:`Timestamp.decode` of exactly ``TIMESTAMP_SIZE`` bytes.  The encoding is
-    canonical (fixed width, flag 0 or 1), so ``data`` is the timestamp's encoding and is
-    kept as it."""
+    """:meth:`Timestamp.decode` of exactly ``TIMESTAMP_SIZE`` bytes, cached by them (only
+    valid ones: a refusal raises).  The encoding is canonical (fixed width, flag 0 or 1),
+    so ``data`` is the timestamp's encoding and is kept as it."""
     time, flag, client = _FMT.unpack_from(data)
     if flag > 1:
         raise TimestampError("barrier flag must be 0 or 1")
     if time > MAX_TIME:
         raise TimestampError("timestamp time out of range")
-    return Timestamp(time, flag == 1, client, data[17:], bytes(data))
+    return Timestamp(time, flag == 1, client, data[17:], data)
 
 
 #: The initial timestamp, ``0`` in the seed (line 900).
@@ -186,11 +173,6 @@ class Candidate:
             return NotImplemented
         return self is other or self._wire == other._wire
 
-    def __ne__(self, other: object) -> bool:
-        if not isinstance(other, Candidate):
-            return NotImplemented
-        return not (self is other or self._wire == other._wire)
-
     def __repr__(self) -> str:
         return f"Candidate({self.short()}, objects={self.objects})"
 
@@ -215,37 +197,29 @@ class Candidate:
         Raises:
             TimestampError: malformed fields, ``lt_co >= lt``, or a bad object list.
         """
-        if not isinstance(value, (list, tuple)) or len(value) != 3:
+        if not isinstance(value, list | tuple) or len(value) != 3:
             raise TimestampError("candidate must be [lt, lt_co, objects]")
         lt_raw = value[0]
         co_raw = value[1]
         objs = value[2]
-        if not isinstance(objs, (list, tuple)) or len(objs) > MAX_OBJECTS:
+        if not isinstance(objs, list | tuple) or len(objs) > MAX_OBJECTS:
             raise TimestampError("candidate objects must be a short list")
         for o in objs:
             if type(o) is not int:  # before the cache: True == 1
                 raise TimestampError("object ids must be integers")
         if not isinstance(lt_raw, bytes) or not isinstance(co_raw, bytes):
             raise TimestampError("candidate timestamps must be bytes")
-        objects = tuple(objs)
-        key = (lt_raw, co_raw, objects)
-        got = _PARSED.get(key)
-        if got is None:
-            got = _parse_candidate(lt_raw, co_raw, objects)
-            if len(_PARSED) >= _CACHE_SIZE:
-                _PARSED.clear()
-            _PARSED[key] = got
-        return got
+        return _parse_candidate(lt_raw, co_raw, tuple(objs))
 
     def short(self) -> str:
         """``<LT, LT_CO>`` in Table 4.1 notation."""
         return f"<{self.lt.short()},{self.lt_co.short()}>"
 
 
-_PARSED: dict[tuple[bytes, bytes, tuple[int, ...]], Candidate] = {}
-
-
+@functools.lru_cache(maxsize=8192)
 def _parse_candidate(lt_raw: bytes, co_raw: bytes, objects: tuple[int, ...]) -> Candidate:
+    """:meth:`Candidate.from_wire` once the field types are checked, cached by the fields
+    (only valid ones: a refusal raises)."""
     lt = Timestamp.decode(lt_raw)
     lt_co = Timestamp.decode(co_raw)
     if any(not 0 <= o < (1 << 64) for o in objects) or list(objects) != sorted(set(objects)):
