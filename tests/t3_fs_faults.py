@@ -82,15 +82,15 @@ def test_byzantine_client_illegal_calls_are_refused_by_the_servers(tmp_path: Pat
         assert await refused(env, [ROOT, other.ino, deep.ino], "fs.rename", arg) == "stale"
         # Data layout: size beyond the reservation; truncation to zero keeping the data id.
         s = await env.raw.query(f.ino, "fs.stat")
-        arg = {"d": s["d"], "end": s["alloc"] + 1, "mtime": now, "blocks": True}
+        arg = {"d": s["d"], "end": s["alloc"] + 1, "mtime": now, "blocks": True, "now": now}
         assert await refused(env, [f.ino], "fs.write", arg) == "invalid"
         # Inline content (the 100-byte file is inline): its length must be the size, it
         # needs the version it replaces, it has a bound, and a size change must carry it.
         assert s["inl"]
-        w = {"d": s["d"], "mtime": now, "v": s["v"]}
+        w = {"d": s["d"], "mtime": now, "v": s["v"], "now": now}
         for bad in (
             {**w, "end": 5, "i": b"1234"},
-            {"d": s["d"], "mtime": now, "end": 4, "i": b"1234"},
+            {"d": s["d"], "mtime": now, "end": 4, "i": b"1234", "now": now},
             {**w, "end": INLINE_MAX + 1, "i": bytes(INLINE_MAX + 1)},
             {**w, "end": 200},
         ):
@@ -103,7 +103,11 @@ def test_byzantine_client_illegal_calls_are_refused_by_the_servers(tmp_path: Pat
         assert await refused(env, [f.ino], "fs.setattr", arg) == "invalid"
         # Garbage arguments and methods on the wrong kind of object.
         assert await refused(env, [f.ino], "fs.setattr", "junk") == "invalid"
-        assert await refused(env, [d.ino], "fs.reserve", {"d": 1, "alloc": 5}) == "is-dir"
+        lock = {"d": 1, "v": 0, "tok": 7, "now": now, "lease": 10**9, "alloc": 5}
+        assert await refused(env, [d.ino], "fs.lock", lock) == "is-dir"
+        lock.update(d=s["d"], v=s["v"])
+        for bad in ({**lock, "v": None}, {**lock, "lease": 10**12}, {**lock, "tok": 0}):
+            assert await refused(env, [f.ino], "fs.lock", bad) == "invalid", bad
         with pytest.raises(Refused) as e:
             await env.raw.query(f.ino, "fs.readdir")
         assert e.value.code == "not-dir"
@@ -113,6 +117,44 @@ def test_byzantine_client_illegal_calls_are_refused_by_the_servers(tmp_path: Pat
         fh = await fs.open(f.ino, os.O_RDONLY)
         assert await fs.read(fh, 0, 200) == b"x" * 100
         await fs.release(fh)
+
+    run(tmp_path, body)
+
+
+def test_a_write_lease_keeps_other_writers_out_until_released_or_expired(
+    tmp_path: Path,
+) -> None:
+    """``fs.lock``: while one client's lease runs, another's size update, inline write and
+    lock are refused ``locked``; a stale version is refused ``stale``; the holder's write
+    ends the lease; an expired lease (a crashed holder) is free; only the holder unlocks."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        now = env.clock[0]
+        fh, f = await fs.create(ROOT, b"f", 0o644, 0, 0, 0)
+        await fs.write(fh, 0, b"x" * 10_000)
+        await fs.release(fh)
+        s = await env.raw.query(f.ino, "fs.stat")
+        lease = {"d": s["d"], "v": s["v"], "tok": 1, "now": now, "lease": 10**9}
+        s = await env.raw.update([f.ino], "fs.lock", lease)
+        other = {"d": s["d"], "v": s["v"], "tok": 2, "now": now + 10, "lease": 10**9}
+        assert await refused(env, [f.ino], "fs.lock", other) == "locked"
+        assert await refused(env, [f.ino], "fs.lock", {**lease, "tok": 2}) == "stale"
+        write = {"d": s["d"], "v": s["v"], "tok": 2, "now": now, "mtime": now, "end": 1}
+        assert await refused(env, [f.ino], "fs.write", {**write, "i": b"y"}) == "locked"
+        trunc = {"size": 5, "d": s["d"], "now": now, "tok": 2, "blocks": True}
+        assert await refused(env, [f.ino], "fs.setattr", trunc) == "locked"
+        s = await env.raw.update([f.ino], "fs.unlock", {"tok": 2})  # not the holder's
+        assert await refused(env, [f.ino], "fs.lock", {**other, "v": s["v"]}) == "locked"
+        # Expired: the other client takes it; the first one's write is then refused.
+        s = await env.raw.update([f.ino], "fs.lock", {**other, "v": s["v"], "now": now + 10**9})
+        mine = {"d": s["d"], "v": s["v"], "tok": 1, "now": now + 10**9, "mtime": now, "end": 1}
+        assert await refused(env, [f.ino], "fs.write", mine) == "locked"
+        s = await env.raw.update([f.ino], "fs.write", {**mine, "tok": 2})  # ends the lease
+        assert await fs.read(await fs.open(f.ino, os.O_RDONLY), 0, 5) == b"xxxxx"
+        s = await env.raw.update([f.ino], "fs.lock", {**lease, "v": s["v"]})
+        s = await env.raw.update([f.ino], "fs.unlock", {"tok": 1})
+        await env.raw.update([f.ino], "fs.lock", {**other, "v": s["v"]})
 
     run(tmp_path, body)
 

@@ -72,6 +72,18 @@ class OpenFile:
     attrs: dict[str, int] = field(default_factory=dict)
     #: Where the last read ended (sequential reads trigger read-ahead).
     last_read: int = -1
+    #: The buffered writes in order, ``(offset, bytes, appended)``, until a flush sends
+    #: them: when another client changed the file meanwhile, the flush re-applies them on
+    #: the servers' new content (:meth:`rebase`) - byte ranges, not whole blocks, so bytes
+    #: the other client wrote in the same blocks are kept, and appended records move to
+    #: the new end of file instead of overwriting what the other client appended.
+    log: list[tuple[int, bytes, bool]] = field(default_factory=list)
+    log_bytes: int = 0
+    #: ``(data id, version counter)`` of the servers' content the buffered writes were made
+    #: on: a flush's updates are taken only on it (``v``), so nothing another client wrote
+    #: since can be overwritten unseen.  Moves at reads of the servers' state while nothing
+    #: is logged, at a :meth:`rebase`, and with our own version-checked updates.
+    base: tuple[int, int] = (0, -1)
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @classmethod
@@ -93,10 +105,41 @@ class OpenFile:
             self.clean.clear()
             self.clean_bytes = 0
         self.st = st
+        if not self.log:
+            self.base = (st["d"], st["v"])
         self.valid = st["size"]
         self.size = max(st["size"], self.size) if self.dirty else st["size"]
         if content is not None:
             self.remember(0, content)
+
+    def changed_by_others(self, st: dict[str, Any]) -> bool:
+        """Whether ``st`` (an answer the servers gave, not our own update's) is another
+        content than the one this client's buffered writes were made on."""
+        return (st["d"], st["v"]) != self.base
+
+    def rebase(self, st: dict[str, Any]) -> list[tuple[int, bytes, bool]]:
+        """Adopt ``st``, another client's version, under buffered writes: drop every
+        cached and dirty block (they are of the old content) and return the write log,
+        which the caller re-applies with :meth:`replay` once the blocks those writes
+        partly cover are fetched again."""
+        self.dirty.clear()
+        self.gen.clear()
+        self.drop_clean()
+        self.size = 0  # reset() takes the servers' size: nothing is dirty now
+        self.reset(st)
+        self.base = (st["d"], st["v"])
+        return list(self.log)
+
+    def record(self, offset: int, data: bytes, appended: bool) -> None:
+        """Remember a buffered write for a possible :meth:`rebase`."""
+        self.log.append((offset, bytes(data), appended))
+        self.log_bytes += len(data)
+
+    def sent(self, count: int) -> None:
+        """The first ``count`` logged writes reached the servers (a flush succeeded)."""
+        for _, data, _ in self.log[:count]:
+            self.log_bytes -= len(data)
+        del self.log[:count]
 
     def missing(self, index: int) -> bool:
         """Whether block ``index`` holds server bytes this client does not have."""
@@ -113,7 +156,8 @@ class OpenFile:
 
     @property
     def dirty_bytes(self) -> int:
-        return len(self.dirty) * self.bs
+        """Memory the buffered writes hold: dirty blocks and the write log."""
+        return len(self.dirty) * self.bs + self.log_bytes
 
     # Clean cache -------------------------------------------------------------------------
 

@@ -88,6 +88,16 @@ XATTR_REPLACE = obj.XATTR_REPLACE
 
 #: Attempts of an update whose cached view keeps turning out stale (concurrent changes).
 MAX_ATTEMPTS = 8
+#: Attempts of a flush that keeps finding the file changed by other clients (each failed
+#: attempt means another client's flush succeeded, so the file system makes progress).
+FLUSH_ATTEMPTS = 64
+#: A write lease (``fs.lock``): how long other clients wait for a writer that crashed
+#: while writing blocks.  A flush takes well under a second; the lease only matters when
+#: its holder died.
+LEASE_NS = 30 * 10**9
+#: Backoff between attempts of a contended flush: first and largest delay, seconds.
+BACKOFF_FIRST = 0.002
+BACKOFF_MAX = 0.5
 #: Attribute queries (of up to 8 objects each) in flight at once for one readdir.
 READDIR_CONCURRENCY = 16
 #: Cached directory entries in all (the cache is cleared when it grows past this).
@@ -100,6 +110,10 @@ _PROTOCOL_ERRORS = (QUUnavailable, QuorumUnavailable, ReadFailed, ReadAborted, T
 
 class _Stale(Exception):
     """The servers refused because this client's view is out of date: re-read, retry."""
+
+
+class _Locked(Exception):
+    """Another client holds the file's write lease: wait, re-read and retry."""
 
 
 class _Taken(Exception):
@@ -117,6 +131,8 @@ def _translate(e: BaseException) -> BaseException:
     if isinstance(e, Refused):
         if e.code == "stale":
             return _Stale(e.message)
+        if e.code == "locked":
+            return _Locked(e.message)
         if e.code == "oid-exists":
             return _Taken()
         return from_refusal(e.code, e.message)
@@ -176,6 +192,9 @@ class FileSystem:
         self.gid = gid
         self.clock_ns = clock_ns
         self.rng = rng or random.SystemRandom()
+        #: This client's write-lease token (``fs.lock``): random, so that two mounts of
+        #: one client identity do not share leases.
+        self.lease_token = self.rng.randrange(1, obj.MAX_OID)
         self.attr_ttl = attr_ttl
         self.dirty_limit = dirty_limit
         self.readahead = readahead
@@ -734,7 +753,8 @@ class FileSystem:
             await self._flush(f)
         lock = f.lock if f is not None else trio.Lock()
         async with lock:
-            for _ in range(MAX_ATTEMPTS):
+            delay = BACKOFF_FIRST
+            for _ in range(FLUSH_ATTEMPTS):
                 s = await self._query(ino, "fs.open")
                 if s["k"] == "d":
                     raise IsDir()
@@ -743,6 +763,7 @@ class FileSystem:
                 if not st.S_ISREG(s["mode"]):
                     raise Invalid("not a regular file")
                 arg: dict[str, Any] = {"size": size, "mtime": mtime_ns, "now": self._now()}
+                arg["tok"] = self.lease_token
                 if size == 0:
                     arg.update(d=self._new_oid(), alloc=self._initial_reserve())
                     if self.inline:
@@ -751,20 +772,36 @@ class FileSystem:
                     arg["d"] = s["d"]
                     if s["inl"] and size <= self.inline:
                         arg["i"] = s["i"][:size].ljust(size, b"\0")
-                    elif s["inl"]:  # leaving inline: block 0 gets the content
-                        await self._clear_gap(s, s["size"], size)
-                        arg["blocks"] = True
-                    elif size > s["size"]:
-                        await self._clear_gap(s, s["size"], size)
+                    elif s["inl"] or size > s["size"]:
+                        # Leaving inline (block 0 gets the content) or growing: blocks
+                        # are written, under the write lease like a flush's.
+                        try:
+                            await self._locked_clear_gap(ino, s, size)
+                        except (_Stale, _Locked):
+                            await trio.sleep(self.rng.uniform(0, delay))
+                            delay = min(delay * 2, BACKOFF_MAX)
+                            continue
+                        if s["inl"]:
+                            arg["blocks"] = True
                 try:
                     s = await self._update([ino], "fs.setattr", arg)
-                except _Stale:
+                except (_Stale, _Locked):
+                    await trio.sleep(self.rng.uniform(0, delay))
+                    delay = min(delay * 2, BACKOFF_MAX)
                     continue
                 if f is not None:
                     f.truncate_cache(size)
                 self._own_stat(ino, s)
                 return s  # type: ignore[no-any-return]
         raise FsError("truncate: file kept changing")
+
+    async def _locked_clear_gap(self, ino: int, s: dict[str, Any], size: int) -> None:
+        """Take the write lease on the version ``s`` and clear the gap up to ``size``
+        (the size update that follows ends the lease; if that never comes, it expires)."""
+        arg = {"d": s["d"], "v": s["v"], "tok": self.lease_token, "now": self._now()}
+        arg["lease"] = LEASE_NS
+        self._own_stat(ino, await self._update([ino], "fs.lock", arg))
+        await self._clear_gap(s, s["size"], size)
 
     async def _clear_gap(self, s: dict[str, Any], valid: int, new_size: int) -> None:
         """Write zeros over ``[valid, min(new_size, alloc))`` (see files.OpenFile.gap_blocks);
@@ -854,6 +891,8 @@ class FileSystem:
         s = await self._update([f.ino], method, arg)
         if self._kernel_content.get(f.ino) == (arg["d"], arg["v"]):
             self._kernel_content[f.ino] = _content_version(s)
+        if f.base == (arg["d"], arg["v"]):  # taken on our base: the new state is ours
+            f.base = _content_version(s)
         self._own_stat(f.ino, s)
 
     async def create(
@@ -919,10 +958,17 @@ class FileSystem:
 
     async def _fetch(self, f: OpenFile, indices: list[int]) -> None:
         if f.st.get("inl"):  # the content comes with the attributes
-            f.reset(await self._query(f.ino, "fs.open"))
+            await self._adopt(f, await self._query(f.ino, "fs.open"))
             indices = [k for k in indices if f.missing(k)]
             if not indices:
                 return
+        await self._fetch_blocks(f, indices)
+
+    async def _fetch_blocks(self, f: OpenFile, indices: list[int]) -> None:
+        """Read blocks of ``f``'s current data id into its clean cache (an inline file's
+        content is block 0 of its stat already)."""
+        if f.st.get("inl"):
+            return
         d = f.data_id
         got = await self._blocks(self.rw.read_blocks([block_id(d, k) for k in indices]))
         if f.data_id != d:  # truncated to zero while we waited: the blocks are not its
@@ -952,6 +998,7 @@ class FileSystem:
             if need:
                 await self._fetch(f, need)
         f.apply_write(offset, data, self._now())
+        f.record(offset, data, bool(flags & os.O_APPEND))
         if f.dirty_bytes > self.dirty_limit:
             await self._flush(f)
         return len(data)
@@ -977,24 +1024,52 @@ class FileSystem:
             if f.opens == 0 and not f.dirty:
                 self._files.pop(f.ino, None)
 
+    async def _adopt(self, f: OpenFile, s: dict[str, Any]) -> None:
+        """Take ``s`` (fresh from the servers) as ``f``'s state.  If another client changed
+        the file under this client's buffered writes, they are re-applied on its new
+        content (:meth:`OpenFile.rebase`): each write's bytes at its offset, each append at
+        the new end of file, so nothing either client wrote is lost."""
+        if not (f.log and f.changed_by_others(s)):
+            f.reset(s)
+            return
+        mtime = f.mtime
+        for offset, data, appended in f.rebase(s):
+            if appended:
+                offset = f.size
+            need = f.blocks_to_read_for_write(offset, len(data))
+            if need:
+                await self._fetch_blocks(f, need)
+            f.apply_write(offset, data, 0)
+        f.mtime = mtime
+
     async def _flush(self, f: OpenFile) -> None:
+        """Send ``f``'s buffered writes; when another client changed the file meanwhile
+        (``stale``) or is writing its blocks (``locked``), re-read, re-apply and retry
+        after a growing random delay."""
         async with f.lock:
-            for _ in range(MAX_ATTEMPTS):
+            delay = BACKOFF_FIRST
+            for _ in range(FLUSH_ATTEMPTS):
                 if not f.buffered:
                     return
                 try:
                     await self._flush_once(f)
                     return
-                except _Stale:
-                    # Another client replaced the data id (truncated to zero): re-read and
-                    # write our buffered blocks under the new one.
-                    f.reset(await self._query(f.ino, "fs.open"))
-            raise FsError("flush: file kept changing")
+                except (_Stale, _Locked):
+                    self.methods["flush-retries"] += 1
+                    await trio.sleep(self.rng.uniform(0, delay))
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    await self._adopt(f, await self._query(f.ino, "fs.open"))
+            raise Unavailable("flush: the file kept changing under other clients' writes")
+
+    def _lease_arg(self, f: OpenFile) -> dict[str, Any]:
+        d, v = f.base
+        return {"d": d, "v": v, "tok": self.lease_token, "now": self._now()}
 
     async def _flush_once(self, f: OpenFile) -> None:
         if f.size <= self.inline:
             await self._flush_inline(f)
             return
+        logged = len(f.log)
         if f.st.get("inl") and 0 not in f.dirty:  # leaving inline: block 0 gets the content
             if f.missing(0):
                 await self._fetch(f, [0])
@@ -1014,31 +1089,53 @@ class FileSystem:
         for k in empty:
             blocks[k] = b""
         need = max(new_size, (max(blocks) + 1) * bs if blocks else 0)
+        # The write lease, on the version the blocks were computed from (``v``; the servers
+        # refuse ``stale`` if anyone changed the file since, ``locked`` while another
+        # client writes its blocks), with a larger reservation when the blocks need one.
+        arg = self._lease_arg(f)
+        arg["lease"] = LEASE_NS
         if need > f.st["alloc"]:
-            arg = {"d": d, "alloc": reservation(need, f.st["alloc"], bs), "v": f.st["v"]}
-            await self._update_data(f, "fs.reserve", arg)
-        if blocks:
-            await self._blocks(self.rw.write_blocks({block_id(d, k): v for k, v in blocks.items()}))
-        # ``v``: the servers refuse (stale) if anyone changed the file since we computed the
-        # gap from its attributes; we then re-read them and write again.
-        arg = {"d": d, "end": new_size, "mtime": mtime, "v": f.st["v"]}
-        if f.st.get("inl"):
-            arg["blocks"] = True
-        attrs = arg["attrs"] = dict(f.attrs)
-        await self._update_data(f, "fs.write", arg)
+            arg["alloc"] = reservation(need, f.st["alloc"], bs)
+        await self._update_data(f, "fs.lock", arg)
+        try:
+            if blocks:
+                await self._blocks(
+                    self.rw.write_blocks({block_id(d, k): v for k, v in blocks.items()})
+                )
+            arg = self._lease_arg(f)
+            arg.update(end=new_size, mtime=mtime)
+            if f.st.get("inl"):
+                arg["blocks"] = True
+            attrs = arg["attrs"] = dict(f.attrs)
+            await self._update_data(f, "fs.write", arg)
+        except Exception:
+            await self._unlock(f)
+            raise
         self._flushed(f, snapshot, mtime, attrs)
+        f.sent(logged)
+
+    async def _unlock(self, f: OpenFile) -> None:
+        """Give the write lease up after a failed flush, so other clients need not wait
+        for it to expire (best effort: if this fails too, it expires)."""
+        with contextlib.suppress(Exception):
+            s = await self._update([f.ino], "fs.unlock", {"tok": self.lease_token})
+            self._own_stat(f.ino, s)
 
     async def _flush_inline(self, f: OpenFile) -> None:
-        """A small file's whole content in one ``fs.write`` update (no PASIS round)."""
+        """A small file's whole content in one ``fs.write`` update (no PASIS round), taken
+        only on the version it was computed from."""
+        logged = len(f.log)
         if f.missing(0):
             await self._fetch(f, [0])
         content = f.assemble(0, f.size).ljust(f.size, b"\0")
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
         mtime = f.mtime if f.mtime is not None else self._now()
-        arg = {"d": f.data_id, "end": len(content), "mtime": mtime, "v": f.st["v"], "i": content}
+        arg = self._lease_arg(f)
+        arg.update(end=len(content), mtime=mtime, i=content)
         attrs = arg["attrs"] = dict(f.attrs)
         await self._update_data(f, "fs.write", arg)
         self._flushed(f, snapshot, mtime, attrs)
+        f.sent(logged)
         if 0 not in f.dirty:
             f.remember(0, content)
 

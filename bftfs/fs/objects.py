@@ -22,8 +22,8 @@ same rules first (to answer quickly); the servers' checks are what make them hol
 Operations map onto Table 4.3 (L3112-3156): ``stat``/``lookup``/``readdir``/``readlink``/
 ``getxattr``/``listxattr`` are queries on one object (``lookupstat`` queries the directory
 and the object the client expects the entry to name together, so a lookup costs one
-round); ``setattr``/``write``/``reserve``/``setxattr``/``removexattr`` are single-object
-updates; ``create``/``mkdir``/``link``/
+round); ``setattr``/``write``/``lock``/``unlock``/``setxattr``/``removexattr`` are
+single-object updates; ``create``/``mkdir``/``link``/
 ``unlink``/``rmdir`` are two-object updates (directory + attribute or child directory);
 ``rename`` updates the two directories, the moved object, a replaced target and, when a
 directory moves to another parent, the ancestors of its new parent up to its old parent or
@@ -39,8 +39,10 @@ File data layout (docs/fs-api.md): blocks ``block_id(d, i)``; ``d`` is fresh at 
 truncation to zero.  ``alloc`` is a reservation mark: no block at or beyond it has ever been
 written under ``d``, so it reads as a hole; bytes in ``[size, alloc)`` may hold data of a
 write whose size update never came (a crashed client), which a client extending the file
-overwrites with zeros first.  A client raises ``alloc`` (``fs.reserve``) *before* writing
-blocks beyond it and sends ``fs.write`` (size, mtime) *after* its blocks are complete.
+overwrites with zeros first.  A client takes the file's write lease and raises ``alloc``
+(``fs.lock``) *before* writing blocks and sends ``fs.write`` (size, mtime; it ends the
+lease) *after* its blocks are complete: blocks are whole-block versions, so two clients
+writing one block at once would each replace the other's bytes (see :func:`_lock`).
 
 Small files inline (a configurable trade, ``[cluster] inline_limit``, DESIGN "Performance
 notes"): an attribute object may hold the whole content of a small regular file in ``i``
@@ -54,7 +56,8 @@ inline, the client first writes block 0 with the old content and clears the gap 
 
 Refusal codes (``Refused.code``) are errno names understood by :mod:`bftfs.fs.errors`, plus
 ``stale`` (the client's view of an entry or a data id is out of date: it re-reads and
-retries) and ``oid-exists`` (a random new object id is taken: the client draws another).
+retries), ``locked`` (another client holds the file's write lease: wait and retry) and
+``oid-exists`` (a random new object id is taken: the client draws another).
 """
 
 from __future__ import annotations
@@ -241,7 +244,7 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
             "nx": len(state["x"]),
             "inl": False,
         }
-    out = {k: v for k, v in state.items() if k not in ("x", "t", "i")}
+    out = {k: v for k, v in state.items() if k not in ("x", "t", "i", "w")}
     out["nx"] = len(state["x"])
     out["inl"] = state.get("i") is not None
     return out
@@ -393,6 +396,9 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             raise Refused("is-dir")
         if not st.S_ISREG(s["mode"]):
             raise Refused("invalid", "only regular files have a size to set")
+        _not_locked_by_other(s, a)
+        if s.get("w") is not None and s["w"][0] == _opt_int(a, "tok", 1, MAX_OID):
+            s["w"] = None  # a truncation that cleared blocks under its lease
         if size == 0:
             data_id = _int(a, "d", 1, MAX_OID)
             if data_id == s["d"]:
@@ -435,6 +441,7 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     if not st.S_ISREG(f["mode"]):
         raise Refused("invalid", "not a regular file")
     _unchanged(f, a)
+    _not_locked_by_other(f, a)
     end = _int(a, "end", 0, MAX_SIZE)
     inline = _inline(a, end)
     if inline is not None:
@@ -453,6 +460,8 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     f["mt"] = mtime
     f["ct"] = max(f["ct"], mtime)
     _written_back_attrs(f, a.get("attrs"))
+    if f.get("w") is not None and f["w"][0] == _opt_int(a, "tok", 1, MAX_OID):
+        f["w"] = None  # the writer's blocks are complete: its lease ends with its size update
     f["v"] += 1
     return {oid: f}, stat_of(f)
 
@@ -476,16 +485,64 @@ def _written_back_attrs(f: dict[str, Any], attrs: Any) -> None:
         f["at"] = atime
 
 
-def _reserve(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
-    """Raise the reservation mark before writing blocks beyond it (see module docstring)."""
+#: Longest write lease a client may take (ns): a flush that needs longer renews it.
+MAX_LEASE = 120 * 10**9
+
+
+def _lease_holder(f: dict[str, Any], now: int) -> int | None:
+    """The token of the client holding ``f``'s write lease at ``now`` (None: free)."""
+    w = f.get("w")
+    if w is None or now >= w[1]:
+        return None
+    return int(w[0])
+
+
+def _not_locked_by_other(f: dict[str, Any], a: dict[str, Any]) -> None:
+    """Refuse as ``locked`` while another client's write lease runs (``tok``, ``now``: the
+    caller's lease token and clock; a caller without a token holds no lease)."""
+    holder = _lease_holder(f, _time(a))
+    if holder is not None and holder != _opt_int(a, "tok", 1, MAX_OID):
+        raise Refused("locked", "another client is writing this file's blocks")
+
+
+def _lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Take the file's write lease before writing blocks, and raise the reservation mark.
+
+    Blocks are whole-block PASIS versions: two clients writing the same block at once would
+    each replace the other's bytes in it, and the loser's version could stay the latest even
+    though its size update is then refused.  So a client writes blocks only while it holds
+    the lease: token ``tok`` until ``now + lease`` (client clocks, ns; methods read none),
+    taken only on the version ``v`` it computed its blocks from.  ``fs.write`` with the
+    token releases it; ``fs.unlock`` gives it up; an expired lease (a crashed writer) is
+    free.  Refused ``locked`` while another client's lease runs, ``stale`` when the file
+    changed since ``v``.
+    """
     a = _arg(arg)
     ((oid, state),) = states.items()
     f = _file(state)
     if not st.S_ISREG(f["mode"]):
         raise Refused("invalid", "not a regular file")
     _unchanged(f, a)
-    f["alloc"] = max(f["alloc"], _int(a, "alloc", 0, MAX_SIZE))
+    if a.get("v") is None:
+        raise Refused("invalid", "a lock needs the version it was computed from")
+    _not_locked_by_other(f, a)
+    now = _time(a)
+    tok = _int(a, "tok", 1, MAX_OID)
+    f["w"] = [tok, min(now + _int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
+    f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
     f["v"] += 1
+    return {oid: f}, stat_of(f)
+
+
+def _unlock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Give up this client's write lease (a flush that failed after taking it)."""
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    f = _file(state)
+    w = f.get("w")
+    if w is not None and w[0] == _int(a, "tok", 1, MAX_OID):
+        f["w"] = None
+        f["v"] += 1
     return {oid: f}, stat_of(f)
 
 
@@ -832,7 +889,8 @@ FS = ObjectType(
         Method("fs.mkroot", Class.UPDATE, _mkroot),
         Method("fs.setattr", Class.UPDATE, _setattr),
         Method("fs.write", Class.UPDATE, _write),
-        Method("fs.reserve", Class.UPDATE, _reserve),
+        Method("fs.lock", Class.UPDATE, _lock),
+        Method("fs.unlock", Class.UPDATE, _unlock),
         Method("fs.setxattr", Class.UPDATE, _setxattr),
         Method("fs.removexattr", Class.UPDATE, _removexattr),
         Method("fs.create", Class.UPDATE, _create, 2, 2),

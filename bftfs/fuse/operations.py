@@ -11,9 +11,18 @@ without ending the mount.  ``BaseException`` (trio's ``Cancelled``) is never cau
 
 Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
 
-* ``enable_writeback_cache``: the kernel merges small writes into large ones (2048 x 4 KiB
-  ``dd`` writes arrive as a few 1 MiB writes), which matters because every daemon round trip
-  costs about 150 us before any protocol work.
+* the kernel's writeback cache stays **off**.  With it the kernel owns a regular file's
+  size and never takes the size the daemon answers again (libfuse #864): a second mount
+  kept a file's old size forever after another client rewrote it longer or shorter, read
+  the old bytes or zeros up to the old length, and computed ``O_APPEND`` offsets from that
+  stale size, overwriting the other client's appends.  Without it every ``write()`` reaches
+  the daemon (which buffers them; 1 MiB writes still arrive whole), the kernel takes sizes
+  from our attributes, and ``O_APPEND`` is ours to place: such handles are opened
+  ``direct_io`` so their writes bypass the kernel's pages, and the daemon appends at the
+  end of the file as the servers hold it at flush time (``FileSystem.write``).
+* at ``open`` the kernel's cached attributes of the file are dropped unless the file is
+  the very version its pages came from (``keep_cache``), so ``fstat`` and reads after an
+  open see the size of the last close on any mount (close-to-open for sizes too).
 * attribute timeout of :data:`DEFAULT_TIMEOUT` seconds (``bftfs mount --attr-timeout``): a
   second mount sees another client's changes to attributes within that time, and to
   contents at the latest on open (close-to-open: ``open`` always asks the cluster, and the
@@ -95,7 +104,7 @@ class Operations(pyfuse3.Operations):
     """The bftfs mount: inode numbers are Q/U object ids, the root is object 1."""
 
     supports_dot_lookup = True
-    enable_writeback_cache = True
+    enable_writeback_cache = False
 
     def __init__(
         self,
@@ -260,25 +269,28 @@ class Operations(pyfuse3.Operations):
 
     # Files ---------------------------------------------------------------------------------
 
-    def _flags(self, flags: int) -> int:
-        # With the writeback cache the kernel computes O_APPEND offsets itself (from its own
-        # idea of the size, which includes writes not yet sent to us): honouring O_APPEND
-        # again here would move those writes (libfuse's documented writeback-cache rule).
-        return flags & ~os.O_APPEND if self.enable_writeback_cache else flags
+    def _file_info(self, fh: int, flags: int, *, new: bool = False) -> Any:
+        """The kernel's view of a handle: ``O_APPEND`` writers go around the page cache (we
+        choose where their bytes land), and cached pages stay only if current."""
+        append = bool(flags & os.O_APPEND) and flags & os.O_ACCMODE != os.O_RDONLY
+        keep = not new and not append and self.fs.keep_cache(fh)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=append)
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
-        fh = await self.fs.open(inode, self._flags(flags), reached_by_name=True)
-        # Close-to-open: the kernel keeps its cached pages only if the servers still hold
-        # the version they came from (FileSystem.keep_cache).
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.fs.keep_cache(fh))
+        fh = await self.fs.open(inode, flags, reached_by_name=True)
+        info = self._file_info(fh, flags)
+        if not self.fs.keep_cache(fh):
+            # Close-to-open for sizes: the kernel's attributes may be of an older version
+            # (another client's close since); dropping them makes its next stat or read
+            # past the cached size ask us, and we answer the attributes this open read.
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+        return info
 
     @_handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        fh, attr = await self.fs.create(
-            parent_inode, name, mode, ctx.uid, ctx.gid, self._flags(flags)
-        )
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._entry(attr)
+        fh, attr = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, flags)
+        return self._file_info(fh, flags, new=True), self._entry(attr)
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:

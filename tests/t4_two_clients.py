@@ -1,0 +1,212 @@
+"""Two mounts of one cluster used the way people share a file system (issue 22).
+
+Close-to-open as NFS gives it: an open on one mount sees the size and the contents of the
+last close on any mount, whatever the kernel cached before; appends separated by close and
+open keep every byte, and ``O_APPEND`` writers on two mounts lose nothing acknowledged.
+Every check runs against real node processes and two real FUSE mounts (``client0`` and
+``client1``) with the default cache timeouts, so a stale kernel cache would show.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.processes import ProcessCluster
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    with ProcessCluster(
+        tmp_path_factory.mktemp("cluster") / "c", map_size=1 << 30, durable=False
+    ) as pc:
+        yield pc
+
+
+@pytest.fixture(scope="module")
+def mounts(
+    cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Path]]:
+    base = tmp_path_factory.mktemp("mnt")
+    with (
+        Mount(cluster.config, base / "a", client="client0") as a,
+        Mount(cluster.config, base / "b", client="client1") as b,
+    ):
+        yield a.mountpoint, b.mountpoint
+
+
+@pytest.fixture
+def dirs(mounts: tuple[Path, Path], request: pytest.FixtureRequest) -> tuple[Path, Path]:
+    """The same fresh directory, as seen through each mount."""
+    name = request.node.name.replace("[", "_").replace("]", "_")
+    (mounts[0] / name).mkdir()
+    return mounts[0] / name, mounts[1] / name
+
+
+def _write(path: Path, data: bytes, mode: str = "wb") -> None:
+    with open(path, mode) as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("size", [6, 20_000, 300_000])
+def test_a_rewrite_that_changes_the_size_is_seen_at_the_next_open(
+    dirs: tuple[Path, Path], size: int
+) -> None:
+    """Item 1: the second kernel cached the file (size and pages); the first mount rewrites
+    it longer, then shorter.  Each open on the second mount sees exactly the new contents
+    and size - not the old length, not the old bytes, no zeros up to the old size."""
+    mine, theirs = dirs
+    first = b"h" * size
+    _write(mine / "f", first)
+    assert (theirs / "f").read_bytes() == first
+    assert (theirs / "f").stat().st_size == size
+    for content in (b"L" * (size * 3 + 17), b"s" * (size // 2 + 1), b"", b"again" * 7):
+        _write(mine / "f", content)
+        with open(theirs / "f", "rb") as f:
+            assert os.fstat(f.fileno()).st_size == len(content)
+            assert f.read() == content
+        assert (theirs / "f").stat().st_size == len(content)
+
+
+def test_sequential_appends_from_two_mounts_keep_every_line(dirs: tuple[Path, Path]) -> None:
+    """Item 2: ``echo ... >> log`` alternating between the mounts (each append opens,
+    writes and closes): every line of both is in the file, in order, on both mounts."""
+    mine, theirs = dirs
+    expect = b""
+    for i in range(1, 6):
+        for side, path in (("A", mine), ("B", theirs)):
+            line = f"{side} line {i}\n".encode()
+            _write(path / "log", line, "ab")
+            expect += line
+    assert (mine / "log").read_bytes() == expect
+    assert (theirs / "log").read_bytes() == expect
+
+
+def test_sequential_appends_to_a_large_file_from_two_mounts(dirs: tuple[Path, Path]) -> None:
+    """The same with a file past the inline limit and a block boundary (PASIS blocks)."""
+    mine, theirs = dirs
+    expect = b"x" * 65_530
+    _write(mine / "big", expect)
+    for i in range(4):
+        for path in (theirs, mine):
+            chunk = f"<{path.name}:{i}>".encode() * 3
+            _write(path / "big", chunk, "ab")
+            expect += chunk
+    assert (mine / "big").read_bytes() == expect
+    assert (theirs / "big").read_bytes() == expect
+
+
+@pytest.mark.parametrize("lines", [150])
+def test_concurrent_o_append_writers_on_two_mounts_lose_nothing(
+    dirs: tuple[Path, Path], lines: int
+) -> None:
+    """Item 2: two writers, one per mount, each appending ``lines`` one-line records
+    (open O_APPEND, write, close) at the same time: every acknowledged record is in the
+    file exactly once, whole, and no NUL byte appears; each writer's records in order."""
+    mine, theirs = dirs
+    errors: list[BaseException] = []
+
+    def writer(path: Path, tag: str) -> None:
+        try:
+            for i in range(lines):
+                fd = os.open(path / "shared.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, f"{tag} {i:05d} {'.' * 20}\n".encode())
+                finally:
+                    os.close(fd)
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=writer, args=(mine, "A")),
+        threading.Thread(target=writer, args=(theirs, "B")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    data = (mine / "shared.log").read_bytes()
+    assert data == (theirs / "shared.log").read_bytes()
+    assert b"\0" not in data
+    records = data.decode().splitlines()
+    for tag in "AB":
+        got = [r for r in records if r.startswith(tag + " ")]
+        assert got == [f"{tag} {i:05d} {'.' * 20}" for i in range(lines)]
+    assert len(records) == 2 * lines
+
+
+def test_concurrent_appends_to_a_block_file_lose_nothing(dirs: tuple[Path, Path]) -> None:
+    """As above on a file already past the inline limit: the appends share its last PASIS
+    block, which each client rewrites whole - only one at a time (the write lease)."""
+    mine, theirs = dirs
+    head = b"h" * 70_000
+    _write(mine / "big.log", head)
+    errors: list[BaseException] = []
+
+    def writer(path: Path, tag: str) -> None:
+        try:
+            for i in range(40):
+                with open(path / "big.log", "ab") as f:
+                    f.write(f"{tag}{i:03d}\n".encode() * 50)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=writer, args=(p, t)) for p, t in ((mine, "A"), (theirs, "B"))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    data = (theirs / "big.log").read_bytes()
+    assert data == (mine / "big.log").read_bytes()
+    assert data.startswith(head)
+    records = data[len(head) :].decode().splitlines()
+    assert len(records) == 2 * 40 * 50
+    for tag in "AB":
+        got = [r for r in records if r.startswith(tag)]
+        assert got == [f"{tag}{i:03d}" for i in range(40) for _ in range(50)]
+
+
+def test_writes_to_distinct_ranges_of_one_block_from_two_mounts_are_both_kept(
+    dirs: tuple[Path, Path],
+) -> None:
+    """Two clients write different byte ranges of the same blocks, each open-write-close,
+    alternately and then at the same time: every byte either wrote is in the file (a
+    flush that finds the file changed re-applies its writes on the new content instead of
+    sending its stale copy of the whole block)."""
+    mine, theirs = dirs
+    size = 200_000
+    _write(mine / "f", b"." * size)
+    errors: list[BaseException] = []
+
+    def writer(path: Path, parity: int) -> None:
+        try:
+            for i in range(parity, 60, 2):  # 1000-byte stripes, interleaved between writers
+                with open(path / "f", "r+b") as f:
+                    f.seek(i * 1000 + 3000 * (i % 5))
+                    f.write(bytes([65 + parity]) * 1000)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(p, k)) for k, p in enumerate((mine, theirs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    expect = bytearray(b"." * size)
+    for i in range(60):
+        at = i * 1000 + 3000 * (i % 5)
+        expect[at : at + 1000] = bytes([65 + i % 2]) * 1000
+    assert (mine / "f").read_bytes() == bytes(expect)
+    assert (theirs / "f").read_bytes() == bytes(expect)
