@@ -199,9 +199,10 @@ def test_objects_no_name_reaches_are_stale_to_callers_that_came_by_name(tmp_path
 
 def test_create_of_a_name_that_exists_meanwhile(tmp_path: Path) -> None:
     """The kernel creates only names it believes absent (a cached negative entry, or a
-    lookup another client's create overtook).  Without O_EXCL, open(O_CREAT) must open the
-    existing file, so the answer is ESTALE (the kernel looks again and opens it); with
-    O_EXCL it is EEXIST.  Nothing is created or changed either way."""
+    lookup another client's create overtook).  Without O_EXCL, open(O_CREAT) opens the
+    existing file, as an NFS server's unchecked create does (O_TRUNC truncates it, no
+    second file is made); when its mode bits would refuse the caller, the answer is ESTALE
+    so the kernel looks again and checks itself; with O_EXCL it is EEXIST."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -210,13 +211,21 @@ def test_create_of_a_name_that_exists_meanwhile(tmp_path: Path) -> None:
         fh, f = await b.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
         await b.write(fh, 0, b"theirs")
         await b.release(fh)
-        with pytest.raises(StaleView) as stale:
-            await a.create(ROOT, b"f", 0o600, 0, 0, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        flags = os.O_RDWR | os.O_CREAT
+        fh, got = await a.create(ROOT, b"f", 0o600, 0, 0, flags)
+        assert (got.ino, got.size, got.mode & 0o777) == (f.ino, 6, 0o644)
+        assert await a.read(fh, 0, 100) == b"theirs"
+        await a.release(fh)
+        with pytest.raises(StaleView) as stale:  # uid 1000 may not write a 0644 root file
+            await a.create(ROOT, b"f", 0o600, 1000, 1000, flags | os.O_TRUNC)
         assert stale.value.errno == errno.ESTALE
         with pytest.raises(Exists):
             await a.create(ROOT, b"f", 0o600, 0, 0, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-        again = await a.lookup(ROOT, b"f")
-        assert (again.ino, again.size, again.mode & 0o777) == (f.ino, 6, 0o644)
+        fh, got = await a.create(ROOT, b"f", 0o600, 0, 0, flags | os.O_TRUNC)
+        await a.write(fh, 0, b"mine")
+        await a.release(fh)
+        again = await b.lookup(ROOT, b"f")
+        assert (again.ino, again.size, again.mode & 0o777) == (f.ino, 4, 0o644)
         assert [n for n, _ in await a.readdir(ROOT)] == [b"f"]
 
     run(tmp_path, body)

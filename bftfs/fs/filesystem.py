@@ -168,6 +168,18 @@ def _content_version(s: dict[str, Any]) -> tuple[int, int]:
     return (s.get("d", 0), s["v"])
 
 
+def _may_open(s: dict[str, Any], uid: int, gid: int, flags: int) -> bool:
+    """Whether the mode bits of ``s`` let ``uid``/``gid`` open it with ``flags`` (the
+    owner's, group's or others' bits, as the kernel's check; root may always; without
+    the caller's supplementary groups, so a group-only grant to one of those says no)."""
+    if uid == 0:
+        return True
+    acc = flags & os.O_ACCMODE
+    need = (4 if acc != os.O_WRONLY else 0) | (2 if acc != os.O_RDONLY or flags & os.O_TRUNC else 0)
+    shift = 6 if s["uid"] == uid else 3 if s["gid"] == gid else 0
+    return (s["mode"] >> shift) & need == need
+
+
 class FileSystem:
     """The file-system model of one client (one mount); see the module docstring."""
 
@@ -909,16 +921,53 @@ class FileSystem:
                 (permissions, symbolic links, O_TRUNC) - so the kernel is told to look
                 again rather than answered EEXIST.
         """
-        try:
-            a = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid)
-        except Exists:
-            if flags & os.O_EXCL:
-                raise
-            raise StaleView(f"{name!r} exists: created since this client looked") from None
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                a = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid)
+                break
+            except Exists:
+                if flags & os.O_EXCL:
+                    raise
+            try:
+                opened = await self._open_existing(parent, name, uid, gid, flags)
+            except NotFound:  # removed again meanwhile: create it after all
+                continue
+            if opened is None:
+                raise StaleView(f"{name!r} exists: created since this client looked")
+            return opened
+        else:
+            raise StaleView(f"{name!r} keeps being created and removed")
         s = self._own[a.ino][0]
         self._kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
         f = self._files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
         return self._new_handle(f, flags), a
+
+    async def _open_existing(
+        self, parent: int, name: bytes, uid: int, gid: int, flags: int
+    ) -> tuple[int, Attr] | None:
+        """``open(O_CREAT)`` without ``O_EXCL`` of a name another client created since the
+        kernel looked: open that file, as an NFS server's unchecked CREATE does, when the
+        kernel's own checks of an existing file could not refuse it - a regular file the
+        caller may open so by its mode bits (the kernel skips them for a file it thinks it
+        created; O_TRUNC is then ours too).  Otherwise None: the caller answers ESTALE and
+        the kernel looks again and checks (two clients creating and removing one name kept
+        making that second look fail too, and ESTALE reached applications).
+
+        Raises:
+            NotFound: the name is gone again.
+        """
+        oid, code = await self._entry(parent, name, fresh=True)
+        if code != st.S_IFREG >> 12:
+            return None
+        s = await self._query(oid, "fs.stat")
+        if s["nl"] == 0 or not _may_open(s, uid, gid, flags):
+            return None
+        try:
+            fh = await self._open_file(oid, flags, reached_by_name=True)
+        except StaleView:
+            raise NotFound(f"{name!r} removed again") from None
+        f, _ = self._handles[fh]
+        return fh, self._attr(oid, f.st)
 
     async def _open_file(self, ino: int, flags: int, *, reached_by_name: bool = False) -> int:
         """Open ``ino``: re-read its attributes (close-to-open consistency); O_TRUNC

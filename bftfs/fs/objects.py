@@ -244,7 +244,7 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
             "nx": len(state["x"]),
             "inl": False,
         }
-    out = {k: v for k, v in state.items() if k not in ("x", "t", "i", "w")}
+    out = {k: v for k, v in state.items() if k not in ("x", "t", "i", "wl")}
     out["nx"] = len(state["x"])
     out["inl"] = state.get("i") is not None
     return out
@@ -397,8 +397,8 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if not st.S_ISREG(s["mode"]):
             raise Refused("invalid", "only regular files have a size to set")
         _not_locked_by_other(s, a)
-        if s.get("w") is not None and s["w"][0] == _opt_int(a, "tok", 1, MAX_OID):
-            s["w"] = None  # a truncation that cleared blocks under its lease
+        if s.get("wl") is not None and s["wl"][0] == _opt_int(a, "tok", 1, MAX_OID):
+            s["wl"] = None  # a truncation that cleared blocks under its lease
         if size == 0:
             data_id = _int(a, "d", 1, MAX_OID)
             if data_id == s["d"]:
@@ -460,8 +460,8 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     f["mt"] = mtime
     f["ct"] = max(f["ct"], mtime)
     _written_back_attrs(f, a.get("attrs"))
-    if f.get("w") is not None and f["w"][0] == _opt_int(a, "tok", 1, MAX_OID):
-        f["w"] = None  # the writer's blocks are complete: its lease ends with its size update
+    if f.get("wl") is not None and f["wl"][0] == _opt_int(a, "tok", 1, MAX_OID):
+        f["wl"] = None  # the writer's blocks are complete: its lease ends with its size update
     f["v"] += 1
     return {oid: f}, stat_of(f)
 
@@ -491,10 +491,10 @@ MAX_LEASE = 120 * 10**9
 
 def _lease_holder(f: dict[str, Any], now: int) -> int | None:
     """The token of the client holding ``f``'s write lease at ``now`` (None: free)."""
-    w = f.get("w")
-    if w is None or now >= w[1]:
+    lease = f.get("wl")
+    if lease is None or now >= lease[1]:
         return None
-    return int(w[0])
+    return int(lease[0])
 
 
 def _not_locked_by_other(f: dict[str, Any], a: dict[str, Any]) -> None:
@@ -528,7 +528,7 @@ def _lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     _not_locked_by_other(f, a)
     now = _time(a)
     tok = _int(a, "tok", 1, MAX_OID)
-    f["w"] = [tok, min(now + _int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
+    f["wl"] = [tok, min(now + _int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
     f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
     f["v"] += 1
     return {oid: f}, stat_of(f)
@@ -539,9 +539,9 @@ def _unlock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     a = _arg(arg)
     ((oid, state),) = states.items()
     f = _file(state)
-    w = f.get("w")
-    if w is not None and w[0] == _int(a, "tok", 1, MAX_OID):
-        f["w"] = None
+    lease = f.get("wl")
+    if lease is not None and lease[0] == _int(a, "tok", 1, MAX_OID):
+        f["wl"] = None
         f["v"] += 1
     return {oid: f}, stat_of(f)
 

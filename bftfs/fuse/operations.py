@@ -67,6 +67,9 @@ from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
 log = logging.getLogger(__name__)
 
 
+#: EIO answers logged per handler and error type (then only counted: a flood).
+EIO_LOGGED = 20
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -86,6 +89,11 @@ def _handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except pyfuse3.FUSEError:
             raise
         except FsError as e:
+            if e.errno == errno.EIO:  # the cluster could not answer: say why, in the log
+                key = f"{name}:{type(e).__name__}"
+                self.errors[key] += 1
+                if self.errors[key] <= EIO_LOGGED:
+                    log.warning("%s answered EIO (args %r): %s", name, args[1:3], e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception as e:
             key = f"{name}:{type(e).__name__}"
