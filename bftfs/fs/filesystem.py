@@ -686,7 +686,13 @@ class FileSystem:
         cache (an mtime through the handle before every flush) do per file; each was an
         update of its own.  An mtime alone that the servers already hold (fresh attributes)
         is a no-op: the kernel repeats it when it writes the inode back.
+
+        Times must be within ``[objects.MIN_TIME, objects.MAX_TIME]`` (ext4's range, 1901 to
+        2446), else Invalid - checked here, before a held-back time could fail a flush.
         """
+        for t in (atime_ns, mtime_ns):
+            if t is not None and not obj.MIN_TIME <= t <= obj.MAX_TIME:
+                raise Invalid("time outside 1901-12-13 .. 2446-05-10")
         if size is not None:
             await self._truncate(ino, size, mtime_ns)
         if mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:

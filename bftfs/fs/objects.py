@@ -83,8 +83,14 @@ XATTR_TOTAL_MAX = 256 * 1024
 INLINE_MAX = 64 * 1024
 #: Largest file size (block indices stay far inside 64 bits for any block size).
 MAX_SIZE = 1 << 50
-#: Times are integer nanoseconds in [0, MAX_TIME].
-MAX_TIME = (1 << 63) - 1
+#: Times are integer nanoseconds since the epoch in [MIN_TIME, MAX_TIME]: the range ext4
+#: stores (32-bit signed seconds plus two epoch bits), 1901-12-13T20:45:52Z to
+#: 2446-05-10T22:38:55.999999999Z.  Negative values are msgpack int64, values past 2**63 - 1
+#: (2262) uint64; both encode canonically.  Anything else is refused (EINVAL).
+MIN_TIME = -(1 << 31) * 1_000_000_000
+MAX_TIME = ((1 << 34) - (1 << 31)) * 1_000_000_000 - 1
+#: Version counters (``v``).
+MAX_COUNTER = (1 << 63) - 1
 MAX_ID = (1 << 32) - 1
 
 XATTR_CREATE = 1
@@ -126,7 +132,11 @@ def _oid(arg: dict[str, Any], key: str, states: States) -> int:
 
 
 def _time(arg: dict[str, Any], key: str = "now") -> int:
-    return _int(arg, key, 0, MAX_TIME)
+    return _int(arg, key, MIN_TIME, MAX_TIME)
+
+
+def _opt_time(arg: dict[str, Any], key: str) -> int | None:
+    return _opt_int(arg, key, MIN_TIME, MAX_TIME)
 
 
 def check_name(name: Any) -> bytes:
@@ -382,7 +392,7 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         s["uid"] = uid
     if gid is not None:
         s["gid"] = gid
-    atime, mtime = _opt_int(a, "atime", 0, MAX_TIME), _opt_int(a, "mtime", 0, MAX_TIME)
+    atime, mtime = _opt_time(a, "atime"), _opt_time(a, "mtime")
     if atime is not None:
         s["at"] = atime
     if mtime is not None:
@@ -416,7 +426,7 @@ def _unchanged(f: dict[str, Any], a: dict[str, Any]) -> None:
     counter ``v``, when given): the client decided what to write from those."""
     if _int(a, "d", 1, MAX_OID) != f["d"]:
         raise Refused("stale", "data id changed")
-    v = _opt_int(a, "v", 0, MAX_TIME)
+    v = _opt_int(a, "v", 0, MAX_COUNTER)
     if v is not None and v != f["v"]:
         raise Refused("stale", "file changed")
 
@@ -471,7 +481,7 @@ def _written_back_attrs(f: dict[str, Any], attrs: Any) -> None:
         v = _opt_int(a, key, 0, MAX_ID)
         if v is not None:
             f[name] = v
-    atime = _opt_int(a, "atime", 0, MAX_TIME)
+    atime = _opt_time(a, "atime")
     if atime is not None:
         f["at"] = atime
 
@@ -540,6 +550,17 @@ def _parent_and_new(states: States, a: dict[str, Any]) -> tuple[int, dict[str, A
     return pid, parent, oid, name
 
 
+def _inherited(parent: dict[str, Any], gid: int, sgid: int) -> tuple[int, int]:
+    """The group of a new object and the mode bits it inherits: in a set-group-ID directory
+    (Linux, ext4) every new object takes the directory's group, whatever the client asked,
+    and a new subdirectory also its set-group-ID bit (``sgid``); elsewhere the client's
+    group (the creator's) and no extra bits.  (The kernel strips S_ISGID from a new file's
+    mode before the request when the creator is not in the group.)"""
+    if parent["mode"] & st.S_ISGID:
+        return parent["gid"], sgid
+    return gid, 0
+
+
 def _add_entry(parent: dict[str, Any], name: bytes, oid: int, code: int, now: int) -> None:
     ents = Entries(parent["e"])
     if name in ents:
@@ -564,6 +585,7 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         raise Refused("invalid", "bad file type")
     now = _time(a)
     uid, gid = _owner(a)
+    gid, _ = _inherited(parent, gid, 0)
     f = {
         "k": "f",
         "mode": mode,
@@ -603,7 +625,9 @@ def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     a = _arg(arg)
     pid, parent, oid, name = _parent_and_new(states, a)
     now = _time(a)
-    child = new_dir(pid, _int(a, "mode", 0, 0o177777), *_owner(a), now)
+    uid, gid = _owner(a)
+    gid, sgid = _inherited(parent, gid, st.S_ISGID)
+    child = new_dir(pid, _int(a, "mode", 0, 0o177777) | sgid, uid, gid, now)
     if parent["nd"] + 2 >= LINK_MAX:
         raise Refused("too-many-links")
     _add_entry(parent, name, oid, DIR_TYPE, now)
