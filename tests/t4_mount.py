@@ -185,6 +185,29 @@ def test_python_sparse_large_file(work: Path) -> None:
     assert path.read_bytes()[-4:] == b"tail"
 
 
+def test_sparse_file_blocks_du_and_cp_sparse(work: Path) -> None:
+    """st_blocks counts what was written: du, cp --sparse=auto and tar -S see the holes."""
+    path = work / "sparse"
+    far = 100 * 1024 * 1024
+    with open(path, "wb") as f:
+        f.write(b"a" * 1000)
+        f.seek(far)
+        f.write(b"b" * 1000)
+    st = path.stat()
+    assert st.st_size == far + 1000 and st.st_blocks * 512 < 1024 * 1024
+    du = subprocess.run(["du", "-k", str(path)], capture_output=True, text=True, check=True)
+    assert int(du.stdout.split()[0]) * 1024 < 1024 * 1024
+    subprocess.run(["cp", "--sparse=auto", str(path), str(work / "copy")], check=True)
+    copy = (work / "copy").stat()
+    assert copy.st_size == st.st_size and copy.st_blocks * 512 < 1024 * 1024
+    subprocess.run(["tar", "-C", str(work), "-cSf", str(work / "s.tar"), "sparse"], check=True)
+    assert (work / "s.tar").stat().st_size < 1024 * 1024
+    with open(work / "copy", "rb") as f:
+        assert f.read(1001) == b"a" * 1000 + b"\0"
+        f.seek(far - 1)
+        assert f.read() == b"\0" + b"b" * 1000
+
+
 def test_two_mounts_see_each_others_files(
     cluster: ProcessCluster, mnt: Path, work: Path, tmp_path: Path
 ) -> None:

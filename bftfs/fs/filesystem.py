@@ -314,6 +314,9 @@ class FileSystem:
         f = self._files.get(oid)
         if f is not None and s["k"] == "f" and (f.buffered or f.opens):
             s = dict(f.st, size=f.size)
+            if f.dirty and s.get("al") is not None:  # buffered data will be stored too
+                s["al"] += sum(len(b) for b in f.dirty.values())
+                s["inl"] = f.size <= self.inline
             if f.mtime is not None:
                 s["mt"] = f.mtime
             for key, value in f.attrs.items():
@@ -1028,6 +1031,8 @@ class FileSystem:
         # ``v``: the servers refuse (stale) if anyone changed the file since we computed the
         # gap from its attributes; we then re-read them and write again.
         arg = {"d": d, "end": new_size, "mtime": mtime, "v": f.st["v"]}
+        # What this flush stored (not the cleared gap): the servers count it for st_blocks.
+        arg["w"] = obj.merge_extents([[k * bs, k * bs + len(v)] for k, v in blocks.items() if v])
         if f.st.get("inl"):
             arg["blocks"] = True
         attrs = arg["attrs"] = dict(f.attrs)

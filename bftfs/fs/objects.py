@@ -83,6 +83,8 @@ XATTR_TOTAL_MAX = 256 * 1024
 INLINE_MAX = 64 * 1024
 #: Largest file size (block indices stay far inside 64 bits for any block size).
 MAX_SIZE = 1 << 50
+#: Most byte ranges a file's record of written data (``w``) keeps (see :func:`merge_extents`).
+MAX_EXTENTS = 32
 #: Times are integer nanoseconds since the epoch in [MIN_TIME, MAX_TIME]: the range ext4
 #: stores (32-bit signed seconds plus two epoch bits), 1901-12-13T20:45:52Z to
 #: 2446-05-10T22:38:55.999999999Z.  Negative values are msgpack int64, values past 2**63 - 1
@@ -230,7 +232,9 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
 
     Keys: ``k, mode, uid, gid, rdev, nl, size, alloc, d, at, mt, ct, v``, ``nx`` (number of
     extended attributes: a client answers "no such attribute" from a fresh stat with
-    ``nx == 0``), ``inl`` (the content is inline), and ``p`` (parent) for directories.
+    ``nx == 0``), ``inl`` (the content is inline), ``p`` (parent) for directories, and for
+    files ``al``: the bytes below ``size`` that writes stored in blocks (``w``; None for
+    objects made before it was kept), from which clients report ``st_blocks``.
     """
     if state["k"] == "d":
         return {
@@ -251,9 +255,12 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
             "nx": len(state["x"]),
             "inl": False,
         }
-    out = {k: v for k, v in state.items() if k not in ("x", "t", "i")}
+    out = {k: v for k, v in state.items() if k not in ("x", "t", "i", "w")}
     out["nx"] = len(state["x"])
     out["inl"] = state.get("i") is not None
+    w = state.get("w")
+    size = state["size"]
+    out["al"] = None if w is None else sum(min(hi, size) - lo for lo, hi in w if lo < size)
     return out
 
 
@@ -265,6 +272,57 @@ def _inline(a: dict[str, Any], size: int) -> bytes | None:
     if not isinstance(i, bytes) or len(i) != size or size > INLINE_MAX:
         raise Refused("invalid", f"inline content must be bytes of the size, at most {INLINE_MAX}")
     return i
+
+
+def merge_extents(extents: list[list[int]], limit: int = MAX_EXTENTS) -> list[list[int]]:
+    """Byte ranges ``[lo, hi)`` sorted and joined where they touch or overlap; while more
+    than ``limit`` remain, the two with the smallest gap between them become one (the
+    record may then count a gap as written: it errs towards a dense file, as before)."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(extents):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    while len(out) > limit:
+        i = min(range(len(out) - 1), key=lambda j: out[j + 1][0] - out[j][1])
+        out[i : i + 2] = [[out[i][0], out[i + 1][1]]]
+    return out
+
+
+def _written(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
+    """``f``'s record of the byte ranges written to its blocks (``w``) with the ranges the
+    argument says this write stored (``w``: at most :data:`MAX_EXTENTS` pairs), clipped at
+    the reservation (nothing beyond it was written).
+
+    Written data is what ``st_blocks`` counts, so sparse files look sparse (``du``,
+    ``cp --sparse``, ``tar -S``).  Servers cannot see which blocks a client wrote: a lie
+    here changes only the reported block count, never data or sizes.  An object made
+    before the record existed has none (None) and stays counted as dense.
+    """
+    got = a.get("w")
+    if got is None:
+        return f.get("w")
+    if not isinstance(got, list) or len(got) > MAX_EXTENTS:
+        raise Refused("invalid", f"w must be a list of at most {MAX_EXTENTS} ranges")
+    ranges = []
+    for r in got:
+        ok = isinstance(r, list) and len(r) == 2
+        ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+        if not ok or not 0 <= r[0] < r[1] <= MAX_SIZE:
+            raise Refused("invalid", "w ranges must be [lo, hi) with 0 <= lo < hi")
+        if r[0] < f["alloc"]:
+            ranges.append([r[0], min(r[1], f["alloc"])])
+    old = f.get("w")
+    return None if old is None else merge_extents(old + ranges)
+
+
+def _leaving_inline(f: dict[str, Any]) -> list[list[int]] | None:
+    """The record of written ranges of a file whose inline content moves to block 0."""
+    if f.get("w") is None:
+        return None
+    n = len(f["i"])
+    return [[0, n]] if n else []
 
 
 # Queries -----------------------------------------------------------------------------------
@@ -408,11 +466,20 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             if data_id == s["d"]:
                 raise Refused("invalid", "truncation to zero needs a fresh data id")
             s["d"], s["alloc"] = data_id, _int(a, "alloc", 0, MAX_SIZE)
+            s["w"] = []  # (also starts the record for a file made before it existed)
         elif _opt_int(a, "d", 1, MAX_OID) not in (None, s["d"]):
             raise Refused("stale", "data id changed")
         inline = _inline(a, size)
         if inline is None and s.get("i") is not None and not a.get("blocks"):
             raise Refused("invalid", "an inline file's size changes with its content")
+        if s.get("w") is not None:
+            if inline is not None:
+                s["w"] = []
+            elif s.get("i") is not None:
+                s["w"] = _leaving_inline(s)
+            # Truncation frees what lies beyond the new size (blocks there read as zeros
+            # when the file grows again: the client clears them).
+            s["w"] = [[lo, min(hi, size)] for lo, hi in s["w"] if lo < size]
         s["i"] = inline
         if size != s["size"] and mtime is None:
             s["mt"] = now
@@ -438,6 +505,7 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 
     With ``i`` the write is the whole inline content instead (size = ``end`` = its length;
     the version counter ``v`` is then required); ``blocks`` moves an inline file to blocks.
+    ``w``: the byte ranges this write stored in blocks (see :func:`_written`).
     """
     a = _arg(arg)
     ((oid, state),) = states.items()
@@ -451,11 +519,16 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if a.get("v") is None:
             raise Refused("invalid", "an inline write needs the version it replaces")
         f["size"] = end
+        if f.get("w") is not None:
+            f["w"] = []
     else:
         if f.get("i") is not None and not a.get("blocks"):
             raise Refused("invalid", "an inline file's size changes with its content")
         if end > f["alloc"]:
             raise Refused("invalid", "blocks beyond the reservation")
+        if f.get("i") is not None:
+            f["w"] = _leaving_inline(f)
+        f["w"] = _written(a, f)
         f["size"] = max(f["size"], end)
     f["i"] = inline
     f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
@@ -607,6 +680,7 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         f["d"] = _int(a, "d", 1, MAX_OID)
         f["alloc"] = _int(a, "alloc", 0, MAX_SIZE)
         f["i"] = _inline(a, 0)  # b"": an empty file whose content will be inline
+        f["w"] = []
     elif ftype == st.S_IFLNK:
         target = a.get("t")
         if not isinstance(target, bytes) or not target or b"\0" in target:
