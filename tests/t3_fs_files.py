@@ -247,7 +247,14 @@ def test_unlinked_open_file_stays_usable(tmp_path: Path) -> None:
         await fs.flush(fh)
         assert await fs.read(fh, 0, 100) == b"still here"
         assert (await fs.getattr(ino)).nlink == 0
+        await fs.write(fh, 10, b" and more" * 1000)  # into blocks, after the unlink
+        await fs.flush(fh)
+        assert (await fs.getattr(ino)).nlink == 0  # (an fstat: the kernel asks getattr)
         await fs.release(fh)
+        fh = await env.fss[1].open(ino, os.O_RDONLY)  # the object stays for open handles
+        assert await env.fss[1].read(fh, 0, 19) == b"still here and more"
+        assert (await env.fss[1].getattr(ino)).nlink == 0
+        await env.fss[1].release(fh)
 
     run(tmp_path, body, **SMALL)
 

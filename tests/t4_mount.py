@@ -7,12 +7,15 @@ Every check compares against the same work done on the local disk.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import filecmp
 import os
 import random
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,6 +209,33 @@ def test_sparse_file_blocks_du_and_cp_sparse(work: Path) -> None:
         assert f.read(1001) == b"a" * 1000 + b"\0"
         f.seek(far - 1)
         assert f.read() == b"\0" + b"b" * 1000
+
+
+def test_fallocate_and_o_tmpfile_are_not_supported_and_callers_fall_back(work: Path) -> None:
+    """pyfuse3 3.5 registers no fallocate or tmpfile handler, so the kernel answers both
+    EOPNOTSUPP (docs/fs.md); glibc's posix_fallocate and Python's TemporaryFile fall back
+    (zero bytes written per block; create and unlink), and an unlinked open file says nlink
+    0 while its handle keeps working."""
+    fd = os.open(work / "fa", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for mode in (0, 1):  # allocate; FALLOC_FL_KEEP_SIZE
+            assert libc.fallocate(fd, mode, ctypes.c_long(0), ctypes.c_long(8192)) == -1
+            assert ctypes.get_errno() == errno.EOPNOTSUPP
+        os.posix_fallocate(fd, 0, 70_000)
+        assert os.fstat(fd).st_size == 70_000 and os.pread(fd, 70_001, 0) == bytes(70_000)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as e:
+        os.open(work, os.O_TMPFILE | os.O_RDWR, 0o600)
+    assert e.value.errno == errno.EOPNOTSUPP
+    with tempfile.TemporaryFile(dir=work) as t:
+        t.write(b"x" * 100_000)
+        t.flush()
+        assert os.fstat(t.fileno()).st_nlink == 0
+        t.seek(0)
+        assert t.read() == b"x" * 100_000
+    assert os.listdir(work) == ["fa"]
 
 
 def test_two_mounts_see_each_others_files(
