@@ -177,12 +177,14 @@ def check_entry_types(tree: Tree) -> None:
 
 def check_file_layout(tree: Tree) -> None:
     """Regular files have a data id and a reservation covering their size' blocks' writes
-    (inline content within its bound); symlinks' size is their target's length."""
+    (inline content within its bound, stored bytes within the size); symlinks' size is
+    their target's length."""
     for oid, s in tree.files.items():
         if stat.S_ISREG(s["mode"]):
             assert s["d"] > 0, oid
             assert s["alloc"] >= 0 and s["size"] >= 0, oid
             assert not s["inl"] or s["size"] <= obj.INLINE_MAX, oid
+            assert s["al"] is None or 0 <= s["al"] <= s["size"], oid  # stored bytes
         else:
             assert s["d"] == 0, oid
 

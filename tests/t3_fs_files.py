@@ -19,6 +19,7 @@ from fs_helpers import Env, run
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
+from bftfs.qu.objects import Refused
 from bftfs.rw.messages import block_id
 
 BS = 4096
@@ -71,6 +72,50 @@ def test_sparse_file_reads_zeros_in_holes(tmp_path: Path) -> None:
         await other.release(fh)
 
     run(tmp_path, body, **SMALL)
+
+
+def test_st_blocks_count_what_was_written(tmp_path: Path) -> None:
+    """st_blocks counts the bytes writes stored, not the size: a sparse file looks sparse
+    (du, cp --sparse, tar -S); rewriting counts once, truncation frees, the record stays
+    bounded, and a client's false claim is refused or clipped, never more than the size."""
+
+    async def body(env: Env) -> None:
+        fs, other = env.fss
+        fh, ino = await new_file(fs)
+        far = 100 * 1024 * 1024
+        await fs.write(fh, 0, b"a" * 10)
+        await fs.write(fh, far, b"b" * 5000)
+        assert (await fs.getattr(ino)).blocks * 512 < 64 * 1024  # buffered, counted too
+        await fs.release(fh)
+        a = await other.getattr(ino)
+        assert a.size == far + 5000
+        assert a.blocks == (10 + 5000 + 511) // 512
+        fh = await fs.open(ino, os.O_RDWR)
+        await fs.write(fh, 0, b"c" * (3 * BS))  # rewrites the first bytes, adds more
+        await fs.flush(fh)
+        assert (await other.getattr(ino)).blocks == (3 * BS + 5000 + 511) // 512
+        await fs.setattr(ino, size=BS + 1)  # truncation frees what lies beyond
+        assert (await other.getattr(ino)).blocks == (BS + 1 + 511) // 512
+        await fs.setattr(ino, size=20 * BS)  # and growing again stores nothing
+        assert (await other.getattr(ino)).blocks == (BS + 1 + 511) // 512
+        for k in range(40):  # scattered writes: the record merges, errs towards dense
+            await fs.write(fh, 3 * k * BS + 7, b"z")
+        await fs.release(fh)
+        a = await other.getattr(ino)
+        assert (BS + 40) // 512 < a.blocks <= (a.size + 511) // 512
+        arg = {"d": (await env.raw.query(ino, "fs.stat"))["d"], "end": 1, "mtime": 1, "now": 1}
+        for bad in ([[5, 5]], [[-1, 3]], [[1, 2, 3]], "x", [[0, 1]] * 33, [[True, 2]]):
+            with pytest.raises(Refused) as e:
+                await env.raw.update([ino], "fs.write", dict(arg, w=bad))
+            assert e.value.code == "invalid"
+        s = await env.raw.update([ino], "fs.write", dict(arg, w=[[0, 1 << 50]]))
+        assert s["al"] == s["size"]  # a false claim: at most the whole file
+        fh, small = await new_file(fs, b"small")  # inline (and empty) files count their size
+        await fs.write(fh, 0, b"s" * 100)
+        await fs.release(fh)
+        assert (await other.getattr(small)).blocks == 1
+
+    run(tmp_path, body, inline_limit=1000, **SMALL)
 
 
 def test_truncate_down_up_and_to_zero(tmp_path: Path) -> None:
@@ -202,7 +247,14 @@ def test_unlinked_open_file_stays_usable(tmp_path: Path) -> None:
         await fs.flush(fh)
         assert await fs.read(fh, 0, 100) == b"still here"
         assert (await fs.getattr(ino)).nlink == 0
+        await fs.write(fh, 10, b" and more" * 1000)  # into blocks, after the unlink
+        await fs.flush(fh)
+        assert (await fs.getattr(ino)).nlink == 0  # (an fstat: the kernel asks getattr)
         await fs.release(fh)
+        fh = await env.fss[1].open(ino, os.O_RDONLY)  # the object stays for open handles
+        assert await env.fss[1].read(fh, 0, 19) == b"still here and more"
+        assert (await env.fss[1].getattr(ino)).nlink == 0
+        await env.fss[1].release(fh)
 
     run(tmp_path, body, **SMALL)
 

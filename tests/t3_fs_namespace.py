@@ -34,6 +34,7 @@ from bftfs.fs.errors import (
 )
 from bftfs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
 from bftfs.fs.objects import ROOT
+from bftfs.qu.objects import Refused
 
 BAD_NAMES = [(b"", Invalid), (b".", Invalid), (b"..", Invalid), (b"a/b", Invalid),
              (b"a\0b", Invalid), (b"x" * 256, NameTooLong)]  # fmt: skip
@@ -305,6 +306,73 @@ def test_setattr_mode_owner_and_errors(tmp_path: Path) -> None:
             await fs.setattr(ln.ino, size=3)
         with pytest.raises(NotFound):
             await fs.setattr(999, mode=0o600)
+
+    run(tmp_path, body)
+
+
+def test_setgid_directory_passes_on_its_group(tmp_path: Path) -> None:
+    """Linux (ext4): every object made in a set-group-ID directory takes its group, a
+    subdirectory also the set-group-ID bit; the servers decide it from the directory, so
+    a client asking for another group (a Byzantine one, through a raw update) gets it too."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        d = await fs.mkdir(ROOT, b"d", 0o775, 0, 0)
+        await fs.setattr(d.ino, mode=0o2775, gid=1234)
+        sub = await fs.mkdir(d.ino, b"sub", 0o755, 7, 8)
+        assert sub.gid == 1234 and sub.mode == stat.S_IFDIR | 0o2755 and sub.uid == 7
+        fh, f = await fs.create(d.ino, b"f", 0o644, 7, 8, 0)
+        await fs.release(fh)
+        ln = await fs.symlink(d.ino, b"ln", b"t", 7, 8)
+        fifo = await fs.mknod(d.ino, b"fifo", stat.S_IFIFO | 0o600, 0, 7, 8)
+        for a in (f, ln, fifo):
+            assert a.gid == 1234 and not a.mode & stat.S_ISGID and a.uid == 7
+        deeper = await fs.mkdir(sub.ino, b"deeper", 0o700, 0, 0)  # inherited onwards
+        assert deeper.gid == 1234 and deeper.mode & stat.S_ISGID
+        plain = await fs.mkdir(ROOT, b"plain", 0o755, 7, 8)  # no set-group-ID parent
+        assert plain.gid == 8 and not plain.mode & stat.S_ISGID
+        arg = {"p": d.ino, "o": d.ino + 5 * env.cluster.config.n, "name": b"raw", "now": 1,
+               "mode": stat.S_IFIFO | 0o644, "uid": 9, "gid": 9, "rdev": 0}  # fmt: skip
+        raw, _ = await env.raw.update([d.ino, arg["o"]], "fs.create", arg)
+        assert raw["gid"] == 1234
+        assert (await env.fss[1].lookup(d.ino, b"sub")).gid == 1234
+
+    run(tmp_path, body)
+
+
+#: The extremes ext4 stores: 1901-12-13T20:45:52Z and 2446-05-10T22:38:55.999999999Z.
+OLDEST = -(1 << 31) * 10**9
+NEWEST = ((1 << 34) - (1 << 31)) * 10**9 - 1
+
+
+def test_times_before_1970_and_after_2262_round_trip(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs, other = env.fss
+        fh, f = await fs.create(ROOT, b"f", 0o644, 0, 0, 0)
+        await fs.release(fh)
+        d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        for atime, mtime in ((-1, -999_999_999), (OLDEST, NEWEST), (1 << 63, NEWEST - 1)):
+            for ino in (f.ino, d.ino):
+                a = await fs.setattr(ino, atime_ns=atime, mtime_ns=mtime)
+                assert (a.atime_ns, a.mtime_ns) == (atime, mtime)
+                b = await other.getattr(ino)
+                assert (b.atime_ns, b.mtime_ns) == (atime, mtime)
+        fh = await fs.open(f.ino, os.O_RDWR)  # held back with buffered data, then flushed
+        await fs.write(fh, 0, b"x")
+        await fs.setattr(f.ino, atime_ns=OLDEST, mtime_ns=NEWEST, fh=fh)
+        await fs.release(fh)
+        b = await other.getattr(f.ino)
+        assert (b.atime_ns, b.mtime_ns) == (OLDEST, NEWEST)
+        for bad in (OLDEST - 1, NEWEST + 1, 1 << 64, -(1 << 63) - 1):
+            with pytest.raises(Invalid):
+                await fs.setattr(f.ino, mtime_ns=bad)
+            with pytest.raises(Invalid):
+                await fs.setattr(d.ino, atime_ns=bad)
+            if -(1 << 63) <= bad < 1 << 64:  # (msgpack cannot even carry the others)
+                with pytest.raises(Refused) as e:  # the servers refuse it too
+                    await env.raw.update([f.ino], "fs.setattr", {"mtime": bad, "now": 1})
+                assert e.value.code == "invalid"
+        assert (await other.getattr(f.ino)).mtime_ns == NEWEST
 
     run(tmp_path, body)
 

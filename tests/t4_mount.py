@@ -7,12 +7,15 @@ Every check compares against the same work done on the local disk.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import filecmp
 import os
 import random
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +186,56 @@ def test_python_sparse_large_file(work: Path) -> None:
     with open(path, "ab") as f:  # O_APPEND writes at the end
         f.write(b"tail")
     assert path.read_bytes()[-4:] == b"tail"
+
+
+def test_sparse_file_blocks_du_and_cp_sparse(work: Path) -> None:
+    """st_blocks counts what was written: du, cp --sparse=auto and tar -S see the holes."""
+    path = work / "sparse"
+    far = 100 * 1024 * 1024
+    with open(path, "wb") as f:
+        f.write(b"a" * 1000)
+        f.seek(far)
+        f.write(b"b" * 1000)
+    st = path.stat()
+    assert st.st_size == far + 1000 and st.st_blocks * 512 < 1024 * 1024
+    du = subprocess.run(["du", "-k", str(path)], capture_output=True, text=True, check=True)
+    assert int(du.stdout.split()[0]) * 1024 < 1024 * 1024
+    subprocess.run(["cp", "--sparse=auto", str(path), str(work / "copy")], check=True)
+    copy = (work / "copy").stat()
+    assert copy.st_size == st.st_size and copy.st_blocks * 512 < 1024 * 1024
+    subprocess.run(["tar", "-C", str(work), "-cSf", str(work / "s.tar"), "sparse"], check=True)
+    assert (work / "s.tar").stat().st_size < 1024 * 1024
+    with open(work / "copy", "rb") as f:
+        assert f.read(1001) == b"a" * 1000 + b"\0"
+        f.seek(far - 1)
+        assert f.read() == b"\0" + b"b" * 1000
+
+
+def test_fallocate_and_o_tmpfile_are_not_supported_and_callers_fall_back(work: Path) -> None:
+    """pyfuse3 3.5 registers no fallocate or tmpfile handler, so the kernel answers both
+    EOPNOTSUPP (docs/fs.md); glibc's posix_fallocate and Python's TemporaryFile fall back
+    (zero bytes written per block; create and unlink), and an unlinked open file says nlink
+    0 while its handle keeps working."""
+    fd = os.open(work / "fa", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for mode in (0, 1):  # allocate; FALLOC_FL_KEEP_SIZE
+            assert libc.fallocate(fd, mode, ctypes.c_long(0), ctypes.c_long(8192)) == -1
+            assert ctypes.get_errno() == errno.EOPNOTSUPP
+        os.posix_fallocate(fd, 0, 70_000)
+        assert os.fstat(fd).st_size == 70_000 and os.pread(fd, 70_001, 0) == bytes(70_000)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as e:
+        os.open(work, os.O_TMPFILE | os.O_RDWR, 0o600)
+    assert e.value.errno == errno.EOPNOTSUPP
+    with tempfile.TemporaryFile(dir=work) as t:
+        t.write(b"x" * 100_000)
+        t.flush()
+        assert os.fstat(t.fileno()).st_nlink == 0
+        t.seek(0)
+        assert t.read() == b"x" * 100_000
+    assert os.listdir(work) == ["fa"]
 
 
 def test_two_mounts_see_each_others_files(

@@ -219,3 +219,83 @@ def test_fifo_and_rename_flags(root: Path) -> None:
     (root / "dir").mkdir()
     _renameat2(root / "dir", root / "c", 2)  # a directory and a file may trade places
     assert (root / "c").is_dir() and (root / "dir").read_bytes() == b"B"
+
+
+def test_setgid_directory_passes_on_its_group(root: Path) -> None:
+    d = root / "sg"
+    d.mkdir()
+    os.chown(d, -1, 1234)
+    os.chmod(d, 0o2775)
+    (d / "sub").mkdir(mode=0o755)
+    (d / "f").write_bytes(b"x")
+    os.symlink("f", d / "ln")
+    os.mkfifo(d / "fifo")
+    (d / "sub" / "deeper").mkdir()
+    for name in ("sub", "f", "fifo", "sub/deeper"):
+        assert os.stat(d / name).st_gid == 1234, name
+    assert os.lstat(d / "ln").st_gid == 1234
+    assert stat.S_IMODE(os.stat(d / "sub").st_mode) == 0o2755
+    assert os.stat(d / "sub" / "deeper").st_mode & stat.S_ISGID
+    assert not os.stat(d / "f").st_mode & stat.S_ISGID
+    (root / "plain").mkdir()
+    assert os.stat(root / "plain").st_gid == 0 and not os.stat(root / "plain").st_mode & 0o7000
+
+
+#: ext4's extremes: 1901-12-13T20:45:52Z and 2446-05-10T22:38:55Z (ext4 drops the
+#: nanoseconds of its last second; bftfs keeps them).
+OLDEST = -(1 << 31) * 10**9
+NEWEST = ((1 << 34) - (1 << 31) - 1) * 10**9
+
+
+def test_times_before_1970_and_after_2262(root: Path) -> None:
+    f = root / "t"
+    f.write_bytes(b"1")
+    (root / "d").mkdir()
+    for path in (f, root / "d"):
+        for atime, mtime in ((-1, -1_500_000_000), (OLDEST, NEWEST), (1 << 63, 1 << 63)):
+            os.utime(path, ns=(atime, mtime))
+            st = os.stat(path)
+            assert (st.st_atime_ns, st.st_mtime_ns) == (atime, mtime)
+    with open(f, "r+b") as fh:  # set through the handle while writing (held back, flushed)
+        fh.write(b"2")
+        fh.flush()
+        os.utime(fh.fileno(), ns=(OLDEST, NEWEST))
+    assert (os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns) == (OLDEST, NEWEST)
+
+
+def test_fstat_of_an_open_unlinked_file(root: Path) -> None:
+    fd = os.open(root / "u", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"hello")
+        os.unlink(root / "u")
+        assert os.fstat(fd).st_nlink == 0
+        os.write(fd, b" again")
+        os.fsync(fd)
+        assert os.pread(fd, 100, 0) == b"hello again"
+        assert os.fstat(fd).st_nlink == 0 and os.fstat(fd).st_size == 11
+    finally:
+        os.close(fd)
+    (root / "v").write_bytes(b"old")
+    fd = os.open(root / "v", os.O_RDONLY)
+    try:
+        (root / "w").write_bytes(b"new")
+        os.rename(root / "w", root / "v")  # replaced: the open file has no name left
+        assert os.fstat(fd).st_nlink == 0 and os.read(fd, 10) == b"old"
+    finally:
+        os.close(fd)
+
+
+def test_posix_fallocate(root: Path) -> None:
+    """bftfs answers fallocate(2) EOPNOTSUPP (pyfuse3 has no handler); glibc's
+    posix_fallocate then writes a zero byte per block, which gives the right size and
+    zeros, and keeps what was written."""
+    fd = os.open(root / "fa", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"head")
+        os.posix_fallocate(fd, 0, 300_000)
+        assert os.fstat(fd).st_size == 300_000
+        os.posix_fallocate(fd, 100, 50)  # inside: no change
+        assert os.fstat(fd).st_size == 300_000
+    finally:
+        os.close(fd)
+    assert (root / "fa").read_bytes() == b"head" + bytes(300_000 - 4)

@@ -34,6 +34,10 @@ def attr_from_stat(ino: int, s: dict[str, Any], blksize: int) -> Attr:
     an existing id is refused), so the generation is always 0.
     """
     size = s["size"]
+    # Blocks count the bytes writes stored (``al``), so sparse files look sparse; inline
+    # contents, directories, symlinks and files older than that record count their size.
+    al = s.get("al")
+    stored = size if al is None or s.get("inl") else max(0, min(al, size))
     return Attr(
         ino=ino,
         mode=s["mode"],
@@ -46,5 +50,5 @@ def attr_from_stat(ino: int, s: dict[str, Any], blksize: int) -> Attr:
         mtime_ns=s["mt"],
         ctime_ns=s["ct"],
         blksize=blksize,
-        blocks=(size + 511) // 512,
+        blocks=(stored + 511) // 512,
     )

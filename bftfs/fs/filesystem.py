@@ -345,6 +345,9 @@ class FileSystem:
         f = self._files.get(oid)
         if f is not None and s["k"] == "f" and (f.buffered or f.opens):
             s = dict(f.st, size=f.size)
+            if f.dirty and s.get("al") is not None:  # buffered data will be stored too
+                s["al"] += sum(len(b) for b in f.dirty.values())
+                s["inl"] = f.size <= self.inline
             if f.mtime is not None:
                 s["mt"] = f.mtime
             for key, value in f.attrs.items():
@@ -717,7 +720,13 @@ class FileSystem:
         cache (an mtime through the handle before every flush) do per file; each was an
         update of its own.  An mtime alone that the servers already hold (fresh attributes)
         is a no-op: the kernel repeats it when it writes the inode back.
+
+        Times must be within ``[objects.MIN_TIME, objects.MAX_TIME]`` (ext4's range, 1901 to
+        2446), else Invalid - checked here, before a held-back time could fail a flush.
         """
+        for t in (atime_ns, mtime_ns):
+            if t is not None and not obj.MIN_TIME <= t <= obj.MAX_TIME:
+                raise Invalid("time outside 1901-12-13 .. 2446-05-10")
         if size is not None:
             await self._truncate(ino, size, mtime_ns)
         if mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
@@ -1155,6 +1164,10 @@ class FileSystem:
             arg.update(end=new_size, mtime=mtime)
             if f.st.get("inl"):
                 arg["blocks"] = True
+            # What this flush stored (not the cleared gap): the servers count it for
+            # st_blocks.
+            written = [[k * bs, k * bs + len(v)] for k, v in blocks.items() if v]
+            arg["w"] = obj.merge_extents(written)
             attrs = arg["attrs"] = dict(f.attrs)
             await self._update_data(f, "fs.write", arg)
         except Exception:

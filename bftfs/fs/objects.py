@@ -86,8 +86,16 @@ XATTR_TOTAL_MAX = 256 * 1024
 INLINE_MAX = 64 * 1024
 #: Largest file size (block indices stay far inside 64 bits for any block size).
 MAX_SIZE = 1 << 50
-#: Times are integer nanoseconds in [0, MAX_TIME].
-MAX_TIME = (1 << 63) - 1
+#: Most byte ranges a file's record of written data (``w``) keeps (see :func:`merge_extents`).
+MAX_EXTENTS = 32
+#: Times are integer nanoseconds since the epoch in [MIN_TIME, MAX_TIME]: the range ext4
+#: stores (32-bit signed seconds plus two epoch bits), 1901-12-13T20:45:52Z to
+#: 2446-05-10T22:38:55.999999999Z.  Negative values are msgpack int64, values past 2**63 - 1
+#: (2262) uint64; both encode canonically.  Anything else is refused (EINVAL).
+MIN_TIME = -(1 << 31) * 1_000_000_000
+MAX_TIME = ((1 << 34) - (1 << 31)) * 1_000_000_000 - 1
+#: Version counters (``v``).
+MAX_COUNTER = (1 << 63) - 1
 MAX_ID = (1 << 32) - 1
 
 XATTR_CREATE = 1
@@ -129,7 +137,11 @@ def _oid(arg: dict[str, Any], key: str, states: States) -> int:
 
 
 def _time(arg: dict[str, Any], key: str = "now") -> int:
-    return _int(arg, key, 0, MAX_TIME)
+    return _int(arg, key, MIN_TIME, MAX_TIME)
+
+
+def _opt_time(arg: dict[str, Any], key: str) -> int | None:
+    return _opt_int(arg, key, MIN_TIME, MAX_TIME)
 
 
 def check_name(name: Any) -> bytes:
@@ -223,7 +235,9 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
 
     Keys: ``k, mode, uid, gid, rdev, nl, size, alloc, d, at, mt, ct, v``, ``nx`` (number of
     extended attributes: a client answers "no such attribute" from a fresh stat with
-    ``nx == 0``), ``inl`` (the content is inline), and ``p`` (parent) for directories.
+    ``nx == 0``), ``inl`` (the content is inline), ``p`` (parent) for directories, and for
+    files ``al``: the bytes below ``size`` that writes stored in blocks (``w``; None for
+    objects made before it was kept), from which clients report ``st_blocks``.
     """
     if state["k"] == "d":
         return {
@@ -244,9 +258,12 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
             "nx": len(state["x"]),
             "inl": False,
         }
-    out = {k: v for k, v in state.items() if k not in ("x", "t", "i", "wl")}
+    out = {k: v for k, v in state.items() if k not in ("x", "t", "i", "w", "wl")}
     out["nx"] = len(state["x"])
     out["inl"] = state.get("i") is not None
+    w = state.get("w")
+    size = state["size"]
+    out["al"] = None if w is None else sum(min(hi, size) - lo for lo, hi in w if lo < size)
     return out
 
 
@@ -258,6 +275,57 @@ def _inline(a: dict[str, Any], size: int) -> bytes | None:
     if not isinstance(i, bytes) or len(i) != size or size > INLINE_MAX:
         raise Refused("invalid", f"inline content must be bytes of the size, at most {INLINE_MAX}")
     return i
+
+
+def merge_extents(extents: list[list[int]], limit: int = MAX_EXTENTS) -> list[list[int]]:
+    """Byte ranges ``[lo, hi)`` sorted and joined where they touch or overlap; while more
+    than ``limit`` remain, the two with the smallest gap between them become one (the
+    record may then count a gap as written: it errs towards a dense file, as before)."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(extents):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    while len(out) > limit:
+        i = min(range(len(out) - 1), key=lambda j: out[j + 1][0] - out[j][1])
+        out[i : i + 2] = [[out[i][0], out[i + 1][1]]]
+    return out
+
+
+def _written(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
+    """``f``'s record of the byte ranges written to its blocks (``w``) with the ranges the
+    argument says this write stored (``w``: at most :data:`MAX_EXTENTS` pairs), clipped at
+    the reservation (nothing beyond it was written).
+
+    Written data is what ``st_blocks`` counts, so sparse files look sparse (``du``,
+    ``cp --sparse``, ``tar -S``).  Servers cannot see which blocks a client wrote: a lie
+    here changes only the reported block count, never data or sizes.  An object made
+    before the record existed has none (None) and stays counted as dense.
+    """
+    got = a.get("w")
+    if got is None:
+        return f.get("w")
+    if not isinstance(got, list) or len(got) > MAX_EXTENTS:
+        raise Refused("invalid", f"w must be a list of at most {MAX_EXTENTS} ranges")
+    ranges = []
+    for r in got:
+        ok = isinstance(r, list) and len(r) == 2
+        ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+        if not ok or not 0 <= r[0] < r[1] <= MAX_SIZE:
+            raise Refused("invalid", "w ranges must be [lo, hi) with 0 <= lo < hi")
+        if r[0] < f["alloc"]:
+            ranges.append([r[0], min(r[1], f["alloc"])])
+    old = f.get("w")
+    return None if old is None else merge_extents(old + ranges)
+
+
+def _leaving_inline(f: dict[str, Any]) -> list[list[int]] | None:
+    """The record of written ranges of a file whose inline content moves to block 0."""
+    if f.get("w") is None:
+        return None
+    n = len(f["i"])
+    return [[0, n]] if n else []
 
 
 # Queries -----------------------------------------------------------------------------------
@@ -385,7 +453,7 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         s["uid"] = uid
     if gid is not None:
         s["gid"] = gid
-    atime, mtime = _opt_int(a, "atime", 0, MAX_TIME), _opt_int(a, "mtime", 0, MAX_TIME)
+    atime, mtime = _opt_time(a, "atime"), _opt_time(a, "mtime")
     if atime is not None:
         s["at"] = atime
     if mtime is not None:
@@ -404,11 +472,20 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             if data_id == s["d"]:
                 raise Refused("invalid", "truncation to zero needs a fresh data id")
             s["d"], s["alloc"] = data_id, _int(a, "alloc", 0, MAX_SIZE)
+            s["w"] = []  # (also starts the record for a file made before it existed)
         elif _opt_int(a, "d", 1, MAX_OID) not in (None, s["d"]):
             raise Refused("stale", "data id changed")
         inline = _inline(a, size)
         if inline is None and s.get("i") is not None and not a.get("blocks"):
             raise Refused("invalid", "an inline file's size changes with its content")
+        if s.get("w") is not None:
+            if inline is not None:
+                s["w"] = []
+            elif s.get("i") is not None:
+                s["w"] = _leaving_inline(s)
+            # Truncation frees what lies beyond the new size (blocks there read as zeros
+            # when the file grows again: the client clears them).
+            s["w"] = [[lo, min(hi, size)] for lo, hi in s["w"] if lo < size]
         s["i"] = inline
         if size != s["size"] and mtime is None:
             s["mt"] = now
@@ -422,7 +499,7 @@ def _unchanged(f: dict[str, Any], a: dict[str, Any]) -> None:
     counter ``v``, when given): the client decided what to write from those."""
     if _int(a, "d", 1, MAX_OID) != f["d"]:
         raise Refused("stale", "data id changed")
-    v = _opt_int(a, "v", 0, MAX_TIME)
+    v = _opt_int(a, "v", 0, MAX_COUNTER)
     if v is not None and v != f["v"]:
         raise Refused("stale", "file changed")
 
@@ -434,6 +511,7 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 
     With ``i`` the write is the whole inline content instead (size = ``end`` = its length;
     the version counter ``v`` is then required); ``blocks`` moves an inline file to blocks.
+    ``w``: the byte ranges this write stored in blocks (see :func:`_written`).
     """
     a = _arg(arg)
     ((oid, state),) = states.items()
@@ -448,11 +526,16 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if a.get("v") is None:
             raise Refused("invalid", "an inline write needs the version it replaces")
         f["size"] = end
+        if f.get("w") is not None:
+            f["w"] = []
     else:
         if f.get("i") is not None and not a.get("blocks"):
             raise Refused("invalid", "an inline file's size changes with its content")
         if end > f["alloc"]:
             raise Refused("invalid", "blocks beyond the reservation")
+        if f.get("i") is not None:
+            f["w"] = _leaving_inline(f)
+        f["w"] = _written(a, f)
         f["size"] = max(f["size"], end)
     f["i"] = inline
     f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
@@ -480,7 +563,7 @@ def _written_back_attrs(f: dict[str, Any], attrs: Any) -> None:
         v = _opt_int(a, key, 0, MAX_ID)
         if v is not None:
             f[name] = v
-    atime = _opt_int(a, "atime", 0, MAX_TIME)
+    atime = _opt_time(a, "atime")
     if atime is not None:
         f["at"] = atime
 
@@ -597,6 +680,17 @@ def _parent_and_new(states: States, a: dict[str, Any]) -> tuple[int, dict[str, A
     return pid, parent, oid, name
 
 
+def _inherited(parent: dict[str, Any], gid: int, sgid: int) -> tuple[int, int]:
+    """The group of a new object and the mode bits it inherits: in a set-group-ID directory
+    (Linux, ext4) every new object takes the directory's group, whatever the client asked,
+    and a new subdirectory also its set-group-ID bit (``sgid``); elsewhere the client's
+    group (the creator's) and no extra bits.  (The kernel strips S_ISGID from a new file's
+    mode before the request when the creator is not in the group.)"""
+    if parent["mode"] & st.S_ISGID:
+        return parent["gid"], sgid
+    return gid, 0
+
+
 def _add_entry(parent: dict[str, Any], name: bytes, oid: int, code: int, now: int) -> None:
     ents = Entries(parent["e"])
     if name in ents:
@@ -621,6 +715,7 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         raise Refused("invalid", "bad file type")
     now = _time(a)
     uid, gid = _owner(a)
+    gid, _ = _inherited(parent, gid, 0)
     f = {
         "k": "f",
         "mode": mode,
@@ -642,6 +737,7 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         f["d"] = _int(a, "d", 1, MAX_OID)
         f["alloc"] = _int(a, "alloc", 0, MAX_SIZE)
         f["i"] = _inline(a, 0)  # b"": an empty file whose content will be inline
+        f["w"] = []
     elif ftype == st.S_IFLNK:
         target = a.get("t")
         if not isinstance(target, bytes) or not target or b"\0" in target:
@@ -660,7 +756,9 @@ def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     a = _arg(arg)
     pid, parent, oid, name = _parent_and_new(states, a)
     now = _time(a)
-    child = new_dir(pid, _int(a, "mode", 0, 0o177777), *_owner(a), now)
+    uid, gid = _owner(a)
+    gid, sgid = _inherited(parent, gid, st.S_ISGID)
+    child = new_dir(pid, _int(a, "mode", 0, 0o177777) | sgid, uid, gid, now)
     if parent["nd"] + 2 >= LINK_MAX:
         raise Refused("too-many-links")
     _add_entry(parent, name, oid, DIR_TYPE, now)
