@@ -9,10 +9,12 @@ Every check runs against real node processes and two real FUSE mounts (``client0
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -210,3 +212,68 @@ def test_writes_to_distinct_ranges_of_one_block_from_two_mounts_are_both_kept(
         expect[at : at + 1000] = bytes([65 + i % 2]) * 1000
     assert (mine / "f").read_bytes() == bytes(expect)
     assert (theirs / "f").read_bytes() == bytes(expect)
+
+
+def _loop_on_both(dirs: tuple[Path, Path], body: Any, rounds: int) -> list[str]:
+    """Run ``body(directory, tag, i)`` for ``i < rounds`` on both mounts at once; the
+    errors either side met, as text."""
+    errors: list[str] = []
+
+    def side(path: Path, tag: str) -> None:
+        for i in range(rounds):
+            try:
+                body(path, tag, i)
+            except OSError as e:
+                errors.append(f"{tag} {i}: {e!r}")
+
+    threads = [threading.Thread(target=side, args=(p, t)) for p, t in zip(dirs, "AB", strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_two_clients_creating_and_removing_one_name_keep_the_directory_alive(
+    dirs: tuple[Path, Path],
+) -> None:
+    """Item 3 and 5: what SQLite does with its journal, from two mounts on one name -
+    open(O_CREAT|O_TRUNC), write, fsync, close, unlink.  No call fails (an unlink may find
+    the name already gone: ENOENT is the only answer allowed, the other client removed
+    it), and afterwards the directory answers stat, listing, create and removal on both."""
+
+    def journal(path: Path, tag: str, i: int) -> None:
+        fd = os.open(path / "j", os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, tag.encode() * 512)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path / "j")
+
+    assert _loop_on_both(dirs, journal, 60) == []
+    for path in dirs:
+        assert os.listdir(path) == []
+        (path / "after").write_bytes(b"ok")
+        assert (path / "after").read_bytes() == b"ok"
+        os.unlink(path / "after")
+        os.stat(path)
+
+
+def test_two_clients_creating_and_removing_distinct_names_in_one_directory(
+    dirs: tuple[Path, Path],
+) -> None:
+    """Item 5: contention on a directory between two clients is retried inside the file
+    system, never answered EIO."""
+
+    def churn(path: Path, tag: str, i: int) -> None:
+        name = path / f"{tag}{i % 7}"
+        name.write_bytes(b"x" * (i % 3) * 100)
+        if i % 2:
+            os.unlink(name)
+
+    assert _loop_on_both(dirs, churn, 120) == []
+    mine, theirs = dirs
+    expect = sorted(f"{t}{i % 7}" for t in "AB" for i in range(120) if i % 2 == 0)
+    assert sorted(os.listdir(mine)) == sorted(set(expect)) == sorted(os.listdir(theirs))

@@ -357,6 +357,15 @@ class FileSystem:
                     s["at" if key == "atime" else key] = value
         return attr_from_stat(oid, s, self.bs)
 
+    def _observed(self, oid: int, s: dict[str, Any]) -> None:
+        """The servers answered ``s`` for ``oid``: attributes our own update produced
+        earlier are no longer the freshest, so they stop answering ``getattr`` and
+        ``lookup`` (a lookup of another name for the object, after another client changed
+        it, answered our older size, and the kernel cut its pages to it)."""
+        own = self._own.get(oid)
+        if own is not None and s["v"] > own[0]["v"]:
+            del self._own[oid]
+
     def _fresh(self, oid: int) -> dict[str, Any] | None:
         """Attributes known fresh without a query: an open file's (close-to-open) or those
         our own update produced within ``attr_ttl``; else None."""
@@ -374,6 +383,7 @@ class FileSystem:
         if own is not None and trio.current_time() - own[1] < self.attr_ttl:
             return own[0]
         s = await self._query(oid, "fs.stat")
+        self._observed(oid, s)
         if s["k"] == "d":
             self._parents[oid] = s["p"]
         return s
@@ -450,6 +460,7 @@ class FileSystem:
         s = got["s"]
         if s is None:  # the entry names another object now
             return await self.getattr(oid)
+        self._observed(oid, s)
         if s["k"] == "d":
             self._parents[oid] = s["p"]
         return self._attr(oid, s)
@@ -484,6 +495,8 @@ class FileSystem:
             for oid in oids:
                 s = got.get(str(oid))
                 stats[oid] = s
+                if s is not None:
+                    self._observed(oid, s)
                 if s is not None and s["k"] == "d":
                     self._parents[oid] = s["p"]
 
@@ -990,6 +1003,7 @@ class FileSystem:
             s = await self._truncate(ino, 0, None, reached_by_name=reached_by_name)
         else:
             s = await self._query(ino, "fs.open")
+            self._observed(ino, s)
             if s["k"] == "d":
                 raise IsDir()
             if reached_by_name:

@@ -287,13 +287,12 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         fh = await self.fs.open(inode, flags, reached_by_name=True)
-        info = self._file_info(fh, flags)
-        if not self.fs.keep_cache(fh):
-            # Close-to-open for sizes: the kernel's attributes may be of an older version
-            # (another client's close since); dropping them makes its next stat or read
-            # past the cached size ask us, and we answer the attributes this open read.
-            pyfuse3.invalidate_inode(inode, attr_only=True)
-        return info
+        # Close-to-open for sizes: the kernel's attributes may be of an older version
+        # (another client's close since, or a lookup answered before it); dropping them
+        # makes its next stat or read past the cached size ask us, and we answer the
+        # attributes this open read.  Costs a getattr answered from memory, no round.
+        pyfuse3.invalidate_inode(inode, attr_only=True)
+        return self._file_info(fh, flags)
 
     @_handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:

@@ -1,0 +1,38 @@
+"""The multi-client consistency checker on real mounts of real node processes (issue 22).
+
+Seeded random create/write/pwrite/append/truncate/rename/unlink/read from two (slow tier:
+three) mounts, nodes killed and restarted one at a time, every read checked against
+close-to-open semantics on a model (``bftfs.testing.consistency``).  The report - operations
+by kind, the fault schedule, cache allowances used - is printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bftfs.testing import consistency
+from bftfs.testing.mounts import fuse_available
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+
+def test_two_mounts_close_to_open_with_a_node_killed_restarted_and_another_killed(
+    tmp_path: Path,
+) -> None:
+    with consistency.mounted(tmp_path, 2) as (cluster, dirs):
+        report = consistency.run(cluster, dirs, seed=1, ops=150, faults=2)
+    print(report.text())
+    assert report.steps == 150 and sum(report.ops.values()) > 100
+    assert len(report.schedule) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_three_mounts_longer_runs(tmp_path: Path, seed: int) -> None:
+    with consistency.mounted(tmp_path, 3) as (cluster, dirs):
+        report = consistency.run(cluster, dirs, seed=seed, ops=600, faults=4)
+    print(report.text())
+    assert report.steps == 600 and sum(report.ops.values()) > 500
+    assert len(report.schedule) == 8
