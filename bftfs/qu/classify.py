@@ -314,14 +314,26 @@ def deduction_context(view: View, objects: Iterable[int]) -> frozenset[int]:
     """
     need: set[int] = set()
     for oid in objects:
-        local = [c for c, servers in view._idx[oid].values() if servers]
-        if not local:
-            continue
-        top = max(c.lt for c in local)
-        for c in local:
-            if c.lt == top and c.multi:
-                need.update(c.objects)
+        need.update(latest_objects(view, oid))
     return frozenset(need - set(view.objects))
+
+
+def latest_objects(view: View, oid: int) -> set[int]:
+    """The objects of the multi-object candidates at ``oid``'s latest timestamp, whether
+    ``oid``'s own histories list them or another object's do (at most one candidate's
+    objects, unless a Byzantine server invents a tie)."""
+    out: set[int] = set()
+    for idx in (
+        {k: v for k, v in view._idx[oid].items() if v[1]},  # own histories
+        view._idx[oid],  # and candidates other objects' histories show at ``oid``
+    ):
+        if not idx:
+            continue
+        top = idx[max(idx)][0].lt
+        for c, _ in idx.values():
+            if c.lt == top and c.multi:
+                out.update(c.objects)
+    return out
 
 
 def unclosed(view: View, objects: Iterable[int]) -> list[Candidate]:

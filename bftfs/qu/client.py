@@ -33,6 +33,7 @@ from bftfs.qu.classify import (
     View,
     classify,
     deduction_context,
+    latest_objects,
     request_type,
 )
 from bftfs.qu.history import OHSEntry
@@ -275,9 +276,12 @@ class QUClient:
         operated object's latest candidate (``classify.deduction_context``), so a long
         history cannot make a request grow either.
         """
-        view = self._present_view(objects, fresh)[1]
-        ctx = sorted(deduction_context(view, objects))
-        return tuple(ctx[:MAX_CONTEXT])
+        ctx: tuple[int, ...] = ()
+        for _ in range(2):  # the context's histories may show a newer candidate: once more
+            view = self._present_view(objects + ctx, fresh)[1]
+            more = sorted(set(ctx) | deduction_context(view, objects))
+            ctx = tuple(more[:MAX_CONTEXT])
+        return ctx
 
     async def _repair(
         self,
@@ -318,7 +322,9 @@ class QUClient:
                 if latest > st.seen_latest:  # moved on since the query: ask again
                     st.seen_latest = latest
                     return
-            unit = await self._unit(nxt.stuck or objects, fresh)
+            first = (nxt.stuck or objects)[0]
+            start = {first} | latest_objects(view, first)
+            unit = await self._unit(tuple(sorted(start)), fresh)
             if unit != objects:
                 self._n["unit_repairs"] += 1
             self._n["backoffs"] += 1
@@ -326,6 +332,13 @@ class QUClient:
             st.repairs += 1
             uview = self._present_view(unit, fresh)[1]
             typ = request_type({o: classify(uview, o) for o in unit})
+            if typ is OpType.METHOD:
+                # Nothing to repair over the unit: the operation's view saw a newer
+                # candidate through other objects' histories than the unit's own show.
+                # Read the unit's histories again (from a quorum) and decide anew.
+                for o in unit:
+                    fresh.pop(o, None)
+                continue
             self._n["barriers" if typ is OpType.BARRIER else "copies"] += 1
             rreq = Request(self.client_id, unit, dict(uview.mohs), None)
             rreplies = await self._round(unit, rreq)
@@ -353,7 +366,7 @@ class QUClient:
         Raises:
             Unavailable: the walk revisits a set (it cannot reach a unit now).
         """
-        unit = frozenset(stuck[:1])
+        unit = frozenset(stuck)
         seen: set[frozenset[int]] = set()
         while True:
             seen.add(unit)
