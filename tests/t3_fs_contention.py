@@ -91,3 +91,43 @@ def test_two_clients_create_truncate_unlink_one_name(tmp_path: Path, seed: int) 
         assert await names(env.fss[1], d.ino) == [b"j"]
 
     run(tmp_path, body, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_clients_creating_and_removing_their_own_names_lose_nothing(
+    tmp_path: Path, seed: int
+) -> None:
+    """Each client creates and removes names only it uses, in one directory, with lost
+    messages making them contend on the directory: every create the client was told
+    succeeded is there for its own unlink, and at the end exactly the names whose last
+    operation was a create remain, on both clients."""
+    iterations = 60
+
+    async def body(env: Env) -> None:
+        d = await env.fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        for f in env.cluster.faults:
+            f.drop(0.05)
+
+        async def loop(k: int) -> None:
+            fs = env.fss[k]
+            for i in range(iterations):
+                name = b"%c%d" % (65 + k, i % 7)
+                fh = await open_creat_trunc(fs, d.ino, name)
+                await fs.write(fh, 0, b"x" * (i % 3) * 100)
+                await fs.release(fh)
+                if i % 2:
+                    await fs.unlink(d.ino, name)  # NotFound here: an acknowledged create lost
+
+        async with trio.open_nursery() as n:
+            for k in range(2):
+                n.start_soon(loop, k)
+        for f in env.cluster.faults:
+            f.clear()
+        last = {i % 7: i for i in range(iterations)}
+        expect = sorted(
+            b"%c%d" % (65 + k, j) for k in range(2) for j, i in last.items() if i % 2 == 0
+        )
+        for k in range(2):
+            assert await names(env.fss[k], d.ino) == expect
+
+    run(tmp_path, body, seed=seed)
