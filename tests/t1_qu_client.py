@@ -252,7 +252,9 @@ def test_refusal_is_believed_despite_a_crashed_servers_stray_candidate(
     round_budget(c, 40)
 
     async def main() -> None:
+        cl.down.add(3)  # the update reaches server 4 (the in-memory cluster stops at q)
         await c.update(4, "kv.put", ["a", 1])
+        cl.down.discard(3)
         dead = int(client_id(3))
         op = Operation("kv.put", False, ["b", 2], 1)
         send(cl, [4], Request(dead, (4,), {4: c.cached(4)}, op))
@@ -304,7 +306,9 @@ def test_tampered_ohs_from_a_byzantine_client_changes_nothing() -> None:
     good = make_client(cl, 0)
 
     async def main() -> None:
+        cl.down.add(0)  # server 0 never sees the object
         await good.update(7, "counter.increment", 5)
+        cl.down.discard(0)
 
     trio.run(main)
     ohs = good.cached(7)

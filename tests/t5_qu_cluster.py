@@ -260,7 +260,8 @@ def test_byzantine_clients(tmp_path: Path) -> None:
 
 def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
     """Object 7's preferred quorum is servers 1..5; with server 3 dead the client probes
-    server 0, which object-syncs; after recovery server 3 catches up through sync too."""
+    server 0 (kept current: updates go to all servers, complete at q); after recovery
+    server 3 catches up through object sync."""
 
     async def main() -> None:
         async with open_cluster(tmp_path, clients=2, seed=9) as cl:
@@ -269,7 +270,6 @@ def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
             await incrementers([a], rec, 7, 3)
             cl.faults[3].crash()
             await incrementers([a, b], rec, 7, 3)
-            assert cl.nodes[0].stats["qu.synced"] >= 1
             await cl.faults[3].recover()
             cl.faults[0].crash()  # the recovered server is needed for a quorum again
             await incrementers([b], rec, 7, 2)

@@ -472,7 +472,7 @@ class QUClient:
                 body,
                 enough=enough,
                 accept=accept,
-                initial=th.q,
+                initial=th.q if req.op is not None and req.op.query else th.n,
                 probe_after=self.probe_after,
                 timeout=self.timeout,
             )
