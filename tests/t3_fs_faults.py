@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import qu_helpers
 import rw_helpers
+import trio
 from fs_helpers import Env, run
 
 from bftfs.fs.errors import Exists, Unavailable
@@ -346,5 +347,53 @@ def test_too_many_crashed_nodes_is_eio_not_a_hang(tmp_path: Path) -> None:
             await env.fs.mkdir(ROOT, b"after", 0o755, 0, 0)  # works again once nodes answer
         assert b"after" in [n for n, _ in await env.fs.readdir(ROOT)]
         await env.fs.mkdir(ROOT, b"later", 0o755, 0, 0)
+
+    run(tmp_path, body, **SMALL)
+
+
+def test_a_file_created_to_be_written_is_leased_to_its_creator_until_it_closes(
+    tmp_path: Path,
+) -> None:
+    """A create for writing takes the write lease with it (the first flush then needs no
+    ``fs.lock`` round); another client's block flush waits until the creator's first
+    flush or close ends it, and both writes land, in that order."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, f = await a.create(ROOT, b"f", 0o644, 0, 0, os.O_WRONLY)
+        fhb = await b.open(f.ino, os.O_WRONLY)
+        await b.write(fhb, 0, b"b" * (3 * BS))
+        done: list[str] = []
+
+        async def other() -> None:
+            await b.flush(fhb)
+            done.append("b flushed")
+
+        refused_twice = trio.Event()
+        refusals = []
+        update = b.qu.update
+
+        async def watched(objects: Any, method: str, arg: Any = None) -> Any:
+            try:
+                return await update(objects, method, arg)
+            except Refused as e:
+                refusals.append(e.code)
+                if refusals.count("locked") >= 2:
+                    refused_twice.set()
+                raise
+
+        b.qu.update = watched
+        async with trio.open_nursery() as n:
+            n.start_soon(other)
+            with trio.fail_after(10):
+                await refused_twice.wait()  # b found the lease held, twice
+            assert done == []
+            await a.release(fh)  # closed without writing: the lease is given up
+            done.append("a closed")
+        assert done == ["a closed", "b flushed"]
+        await b.release(fhb)
+        fh = await a.open(f.ino, os.O_RDONLY)
+        assert await a.read(fh, 0, 4 * BS) == b"b" * (3 * BS)
+        await a.release(fh)
 
     run(tmp_path, body, **SMALL)

@@ -84,6 +84,9 @@ class OpenFile:
     #: since can be overwritten unseen.  Moves at reads of the servers' state while nothing
     #: is logged, at a :meth:`rebase`, and with our own version-checked updates.
     base: tuple[int, int] = (0, -1)
+    #: Until when (client clock, ns) this client holds the file's write lease without
+    #: another round: set by a create that took it, cleared by the flush that ends it.
+    lease_until: int | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @classmethod

@@ -95,6 +95,8 @@ FLUSH_ATTEMPTS = 64
 #: while writing blocks.  A flush takes well under a second; the lease only matters when
 #: its holder died.
 LEASE_NS = 30 * 10**9
+#: A lease taken at create is used for a flush only with this much of it left.
+LEASE_MARGIN_NS = 10 * 10**9
 #: Backoff between attempts of a contended flush: first and largest delay, seconds.
 BACKOFF_FIRST = 0.002
 BACKOFF_MAX = 0.5
@@ -574,7 +576,15 @@ class FileSystem:
         return await self._make(parent, name, "fs.mkdir", {"mode": mode, "uid": uid, "gid": gid})
 
     async def mknod(
-        self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        rdev: int,
+        uid: int,
+        gid: int,
+        *,
+        lease: bool = False,
     ) -> Attr:
         if st.S_IFMT(mode) == 0:
             mode |= st.S_IFREG
@@ -585,6 +595,8 @@ class FileSystem:
             arg.update(d=self._new_oid(), alloc=self._initial_reserve())
             if self.inline:
                 arg["i"] = b""
+            if lease:
+                arg.update(tok=self.lease_token, lease=LEASE_NS)
         return await self._make(parent, name, "fs.create", arg)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
@@ -964,7 +976,11 @@ class FileSystem:
         """
         for _ in range(MAX_ATTEMPTS):
             try:
-                a = await self.mknod(parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid)
+                started = self._now()
+                writable = flags & os.O_ACCMODE != os.O_RDONLY
+                a = await self.mknod(
+                    parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid, lease=writable
+                )
                 break
             except Exists:
                 if flags & os.O_EXCL:
@@ -981,6 +997,8 @@ class FileSystem:
         s = self._own[a.ino][0]
         self._kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
         f = self._files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
+        if writable:
+            f.lease_until = started + LEASE_NS
         return self._new_handle(f, flags), a
 
     async def _open_existing(
@@ -1110,6 +1128,9 @@ class FileSystem:
         f, _ = self._handle(fh)
         try:
             await self._flush(f)
+            if f.lease_until is not None and f.opens == 1:  # created, never written
+                f.lease_until = None
+                await self._unlock(f)
         finally:
             del self._handles[fh]
             self._cache_current.discard(fh)
@@ -1185,11 +1206,14 @@ class FileSystem:
         # The write lease, on the version the blocks were computed from (``v``; the servers
         # refuse ``stale`` if anyone changed the file since, ``locked`` while another
         # client writes its blocks), with a larger reservation when the blocks need one.
-        arg = self._lease_arg(f)
-        arg["lease"] = LEASE_NS
-        if need > f.st["alloc"]:
-            arg["alloc"] = reservation(need, f.st["alloc"], bs)
-        await self._update_data(f, "fs.lock", arg)
+        held = f.lease_until is not None and self._now() + LEASE_MARGIN_NS < f.lease_until
+        f.lease_until = None  # used once: a failed attempt takes the lease again
+        if need > f.st["alloc"] or not held:
+            arg = self._lease_arg(f)
+            arg["lease"] = LEASE_NS
+            if need > f.st["alloc"]:
+                arg["alloc"] = reservation(need, f.st["alloc"], bs)
+            await self._update_data(f, "fs.lock", arg)
         try:
             if blocks:
                 await self._blocks(
@@ -1222,6 +1246,7 @@ class FileSystem:
         """A small file's whole content in one ``fs.write`` update (no PASIS round), taken
         only on the version it was computed from."""
         logged = len(f.log)
+        f.lease_until = None  # the write ends a lease taken at create
         if f.missing(0):
             await self._fetch(f, [0])
         content = f.assemble(0, f.size).ljust(f.size, b"\0")

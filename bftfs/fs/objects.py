@@ -704,8 +704,10 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """create / mknod / symlink: a new attribute object and its entry in the parent.
 
     Argument: ``p`` parent, ``o`` new object id, ``name``, ``mode`` (with its type bits),
-    ``uid``, ``gid``, ``rdev``, ``now``, and for regular files ``d`` (data id) and ``alloc``,
-    for symlinks ``t`` (target).  Answers ``[stat of the new object, stat of the parent]``.
+    ``uid``, ``gid``, ``rdev``, ``now``, and for regular files ``d`` (data id) and ``alloc``
+    (and, when the creator opens it to write, ``tok``/``lease``: it starts holding the write
+    lease, so its first flush needs no ``fs.lock``), for symlinks ``t`` (target).  Answers
+    ``[stat of the new object, stat of the parent]``.
     """
     a = _arg(arg)
     pid, parent, oid, name = _parent_and_new(states, a)
@@ -738,6 +740,9 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         f["alloc"] = _int(a, "alloc", 0, MAX_SIZE)
         f["i"] = _inline(a, 0)  # b"": an empty file whose content will be inline
         f["w"] = []
+        if a.get("tok") is not None:  # created to be written: the creator holds the lease
+            lease = _int(a, "lease", 1, MAX_LEASE)
+            f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME)]
     elif ftype == st.S_IFLNK:
         target = a.get("t")
         if not isinstance(target, bytes) or not target or b"\0" in target:
