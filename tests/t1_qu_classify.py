@@ -17,14 +17,12 @@ from bftfs.qu.classify import (
     Thresholds,
     View,
     classify,
-    deduction_context,
     established_answer_point,
     inline_target,
+    missing_objects,
     setup,
     stray_holders,
-    unclosed,
 )
-from bftfs.qu.core import repair_unit
 from bftfs.qu.history import OHSEntry, make_rh, multi_ohs_digest, rh_from_wire, rh_wire
 from bftfs.qu.timestamp import (
     INITIAL,
@@ -235,44 +233,15 @@ def test_deduction_counts_servers_across_the_candidates_objects() -> None:
     assert v.order(1, m) == 5 and v.order(2, m) == 5
     assert classify(v, 1).type is OpType.METHOD and classify(v, 1).obj == m
     v1 = view(a)
-    assert deduction_context(v1, (1,)) == {2}  # alone, object 1 must ask for object 2
-    assert deduction_context(v, (1,)) == frozenset()
-    assert classify(v1, 1).type is OpType.BARRIER  # without it: not complete
+    assert missing_objects(v1) == {2}  # alone, object 1 must ask for object 2
+    assert missing_objects(v) == frozenset()
 
 
-def test_only_the_latest_candidate_needs_deduction_for_an_operation() -> None:
+def test_multi_candidate_older_than_a_local_complete_needs_no_deduction() -> None:
     m = cand(ts(2), ts(1), (1, 2))
     c = cand(ts(3), ts(2))
     a = ohs(*[[c, m]] * 5, [m])
-    assert deduction_context(view(a), (1,)) == frozenset()
-    # Many older multi-object candidates: only the newest one's objects are context.
-    older = [cand(ts(2 + i), ts(1), (1, 10 + i)) for i in range(12)]
-    top = cand(ts(20), ts(1), (1, 99))
-    b = ohs(*[[top, *older]] * 3, *[[*older]] * 3)
-    assert deduction_context(view(b), (1,)) == {99}
-
-
-def test_copy_of_an_incomplete_multi_object_candidate_must_cover_its_objects() -> None:
-    m = cand(ts(2), ts(1), (1, 2, 3))
-    bar = cand(ts(3, True), ts(2), (1,))
-    a = ohs(*[[bar, m, A]] * 3, *[[bar, A]] * 3)  # m repairable, barrier complete
-    v = view(a)
-    assert classify(v, 1).type is OpType.COPY and classify(v, 1).obj == m
-    assert unclosed(v, (1,)) == [m]
-    assert repair_unit(v) == {1, 2, 3}
-    two = {1: a, 2: ohs(*[[m]] * 3), 3: ohs(*[[m]] * 3)}
-    assert unclosed(View(two, TH), (1, 2, 3)) == []
-    assert repair_unit(View(two, TH)) is None
-
-
-def test_copy_needs_the_barrier_complete_in_the_objects_own_histories() -> None:
-    bar = cand(ts(3, True), ts(1), (1, 2))
-    a = ohs(*[[bar, A]] * 2, *[[A]] * 4)  # stale at object 1
-    b = ohs(*[[bar, A]] * 5, [A])  # complete at object 2
-    v = View({1: a, 2: b}, TH)
-    assert v.order(1, bar) == 5
-    assert classify(v, 1).type is OpType.BARRIER
-    assert classify(v, 2).type is OpType.COPY
+    assert missing_objects(view(a)) == frozenset()
 
 
 def test_stray_candidates_of_order_at_most_b_are_identified() -> None:

@@ -136,14 +136,13 @@ def test_client_dying_mid_multi_object_update_is_repaired_all_or_nothing() -> No
 
 
 @pytest.mark.parametrize("reached", [[0, 1], [0, 1, 2, 3]])
-def test_batched_query_whose_repair_spans_nine_objects_repairs_unit_by_unit(
+def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by_one(
     reached: list[int],
 ) -> None:
     """Issue 5 (EIO listing a directory on a fresh mount): a query of 8 objects whose latest
     candidates are each a 2-object update with one shared object (8 files created in one
     directory) needs 9 objects to repair together, more than one request may name.  The
-    client repairs unit by unit instead (a file with the directory), then answers;
-    all-or-nothing holds."""
+    client repairs each object on its own instead, then answers; all-or-nothing holds."""
     cl = MemCluster(seed=len(reached))
     dead = int(client_id(3))
     shared, files = 100, list(range(1, 9))
@@ -162,7 +161,7 @@ def test_batched_query_whose_repair_spans_nine_objects_repairs_unit_by_unit(
     assert [o for o, _ in got] == files
     assert set(values) <= {0, 5}, values
     assert total == sum(values)  # each add_all applied to both of its objects or neither
-    assert c.statistics().unit_repairs >= 1
+    assert c.statistics().split_repairs == 1
 
 
 @pytest.mark.parametrize("behaviour", sorted(BYZANTINE))
@@ -332,92 +331,3 @@ def test_tampered_ohs_from_a_byzantine_client_changes_nothing() -> None:
         return await good.query(7, "counter.fetch")
 
     assert trio.run(check) == 5
-
-
-# Repairs of any size (issue 22, item 3) ----------------------------------------------------
-
-DIR, A_OBJS, B_OBJS, C_OBJS = 100, (1, 2, 3), (11, 12, 13), (21, 22, 23)
-
-
-def stuck_directory(seed: int, down_after: set[int]) -> tuple[MemCluster, QUClient]:
-    """A directory-like object 100 whose repair needs more than 8 objects.
-
-    One 4-object update (objects 1-3 and 100) completes at servers 0-4 while server 5 is
-    down (updated on the preferred quorum only).  Then two clients die in the middle of
-    contending 4-object updates conditioned on it, one reaching servers 0-2 (objects 11-13
-    and 100), the other servers 3-4 (objects 21-23 and 100).  Then ``down_after`` go down
-    and server 5 comes back with nothing.  Deduction over every candidate of object 100
-    newer than its last complete version names 10 objects; the old client raised
-    TooManyObjects for every operation on 100, forever.
-    """
-    cl = MemCluster(seed=seed)
-    cl.down = {5}
-    c0 = make_client(cl, 0, seed)
-    trio.run(c0.update, (*A_OBJS, DIR), "counter.add_all", 5)
-    ohs = {s: cl.ohs_entry(s, DIR) for s in range(5)}
-    for k, objs, reach in ((2, B_OBJS, [0, 1, 2]), (3, C_OBJS, [3, 4])):
-        req = Request(
-            int(client_id(k)),
-            (*objs, DIR),
-            {DIR: ohs, **{o: {} for o in objs}},
-            Operation("counter.add_all", False, 5, 1),
-        )
-        reps = send(cl, reach, req)
-        assert {r.status for r in reps.values()} == {Status.OK}
-    cl.down = set(down_after)
-    return cl, make_client(cl, 1, seed)
-
-
-def check_all_or_nothing(d: int, values: dict[int, int], extra: int = 0) -> None:
-    """Object 100's value is 5 (the complete update) plus 5 for each dead client's update
-    that took effect, and each took effect on all of its objects or on none."""
-    assert all(values[o] == 5 for o in A_OBJS), values
-    took = []
-    for objs in (B_OBJS, C_OBJS):
-        vals = {values[o] for o in objs}
-        assert vals in ({0}, {5}), (objs, values)
-        took.append(vals == {5})
-    assert not all(took)  # contending: at most one of them can have been established
-    assert d == 5 + 5 * sum(took) + extra, (d, values)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("down_after", [{0}, set()], ids=["s0-down", "all-up"])
-def test_object_whose_repair_needs_more_than_8_objects_answers_and_updates(
-    seed: int, down_after: set[int]
-) -> None:
-    cl, c = stuck_directory(seed, down_after)
-    round_budget(c, 400)
-
-    async def main() -> tuple[int, int, int, dict[int, int]]:
-        before = await c.query(DIR, "counter.fetch")
-        after = await c.update(DIR, "counter.increment", 1)
-        again = await c.query(DIR, "counter.fetch")
-        values = {o: await c.query(o, "counter.fetch") for o in A_OBJS + B_OBJS + C_OBJS}
-        return before, after, again, values
-
-    before, after, again, values = trio.run(main)
-    assert after == again == before + 1
-    check_all_or_nothing(again, values, extra=1)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("down_after", [{0}, set()], ids=["s0-down", "all-up"])
-def test_query_of_8_objects_whose_repair_spans_more_answers(
-    seed: int, down_after: set[int]
-) -> None:
-    """Issue 22 (listing a directory after a restart, 12 objects with one node down): a
-    batched query of 8 objects, each last written by a 4-object update naming object 100,
-    whose candidates name 10 objects in all."""
-    cl, c = stuck_directory(seed, down_after)
-    round_budget(c, 400)
-    objs = (*A_OBJS, *B_OBJS, C_OBJS[0], C_OBJS[1])
-
-    async def main() -> tuple[list, dict[int, int], int]:
-        got = await c.query(objs, "counter.fetch_all")
-        values = {o: await c.query(o, "counter.fetch") for o in A_OBJS + B_OBJS + C_OBJS}
-        return got, values, await c.query(DIR, "counter.fetch")
-
-    got, values, d = trio.run(main)
-    assert got == [[o, values[o]] for o in objs]
-    check_all_or_nothing(d, values)

@@ -185,12 +185,6 @@ def test_multi_object_candidate_needs_its_other_objects_for_repair() -> None:
     send(cl, [0, 1, 2], Request(C0, (1, 2), {1: {}, 2: {}}, op))  # client dies mid-way
     o1 = fresh_ohs(cl, 1, PQ)
     reps = send(cl, PQ, Request(C1, (1,), {1: o1}, FETCH))
-    assert {r.status for r in reps.values()} == {Status.FAIL}  # not current: repair
-    # A barrier over object 1 alone is fine (it changes no state) ...
-    reps = send(cl, PQ, Request(C1, (1,), {1: o1}, None))
-    assert {(r.status, r.type) for r in reps.values()} == {(Status.OK, "barrier")}
-    # ... but a copy carrying the 2-object candidate forward must cover object 2 too.
-    reps = send(cl, PQ, Request(C1, (1,), {1: fresh_ohs(cl, 1, PQ)}, None))
     assert {r.status for r in reps.values()} == {Status.NEED}
     assert {r.need for r in reps.values()} == {(2,)}
     # With object 2's histories as context, the candidate is classified by deduction.

@@ -275,94 +275,37 @@ class ObjectClass:
 
 
 def classify(view: View, oid: int) -> ObjectClass:
-    """Lines 700-712 for object ``oid`` of ``view``.
-
-    COPY needs the barrier complete in ``oid``'s *own* histories (q of them list it), not
-    by deduction: those q histories were answered after the barrier, so every server behind
-    them refuses older candidates at ``oid`` from then on, and an established candidate
-    older than the barrier is listed by at least ``2q - n - b = r`` of them (constraint
-    4.3).  That is what makes "the latest candidate of order >= r" a safe thing to copy
-    even when the request carries only some of the objects other candidates name:
-    anything it abandons has local order < r, so it is not established.  (Counted by
-    deduction, the barrier could be complete through another object's histories while
-    ``oid``'s are stale.)  A barrier over several objects is accepted for all of them at
-    once, so the barrier's own round makes it locally complete at each.
-    """
+    """Lines 700-712 for object ``oid`` of ``view``."""
     th = view.th
     obj = view.latest_candidate(oid, False)
     bar = view.latest_candidate(oid, True)
     lat = view.latest_time(oid)
     typ = OpType.BARRIER
-    if bar is not None and lat == bar.lt and len(view.local(oid, bar)) >= th.q:
+    if bar is not None and lat == bar.lt and view.order(oid, bar) >= th.q:
         typ = OpType.COPY
     if obj is not None and lat == obj.lt and view.order(oid, obj) >= th.q:
         typ = OpType.METHOD
     return ObjectClass(typ, obj, bar, lat)
 
 
-def deduction_context(view: View, objects: Iterable[int]) -> frozenset[int]:
-    """Objects an *operation* on ``objects`` should carry as context (client side).
+def missing_objects(view: View) -> frozenset[int]:
+    """Objects a request over ``view`` must also carry for deduction to be possible.
 
-    For each operated object, the objects of the multi-object candidates at the latest
-    timestamp its own histories list: with their histories, deduction can count every server
-    that accepted that candidate, which is all METHOD needs (line 709: the latest candidate
-    must be complete).  At most one candidate's objects per operated object (several only if
-    a Byzantine server invents a tie), so the context is bounded no matter how long the
-    histories are; older candidates matter only to repairs, which go unit by unit
-    (:func:`unclosed`).  Any context is safe: it only adds servers that really accepted a
-    candidate (their authenticated histories list it), so it only helps liveness.
+    For each object, every multi-object candidate newer than its latest *locally* complete
+    object candidate is relevant to classification; all of that candidate's objects must be
+    in the request.  Candidates older than a locally complete object version can no longer be
+    ObjCand, BarCand or LTlat, so they are ignored.
     """
     need: set[int] = set()
-    for oid in objects:
-        need.update(latest_objects(view, oid))
+    for oid in view.objects:
+        floor = ZERO
+        for c in view.candidates(oid):
+            if not c.lt.barrier and c.lt > floor and len(view.local(oid, c)) >= view.th.q:
+                floor = c.lt
+        for c in view.candidates(oid):
+            if c.multi and c.lt > floor:
+                need.update(c.objects)
     return frozenset(need - set(view.objects))
-
-
-def latest_objects(view: View, oid: int) -> set[int]:
-    """The objects of the multi-object candidates at ``oid``'s latest timestamp, whether
-    ``oid``'s own histories list them or another object's do (at most one candidate's
-    objects, unless a Byzantine server invents a tie)."""
-    out: set[int] = set()
-    for idx in (
-        {k: v for k, v in view._idx[oid].items() if v[1]},  # own histories
-        view._idx[oid],  # and candidates other objects' histories show at ``oid``
-    ):
-        if not idx:
-            continue
-        top = idx[max(idx)][0].lt
-        for c, _ in idx.values():
-            if c.lt == top and c.multi:
-                out.update(c.objects)
-    return out
-
-
-def unclosed(view: View, objects: Iterable[int]) -> list[Candidate]:
-    """Candidates a copy over ``objects`` would carry forward but may not (newest first).
-
-    A copy at object ``o`` re-creates ``ObjCand(o)`` (line 1115).  If that is a multi-object
-    candidate M that is not complete, M may be only potential: carrying it at ``o`` while
-    another copy abandons it at another of its objects would apply half of an atomic update.
-    The seed repairs M with a barrier and a copy "over the same set of objects" (L2829-2832);
-    so a copy is allowed only over a set that contains the objects of every incomplete
-    multi-object candidate it carries.  Such a set is *closed*; this returns what keeps
-    ``objects`` from being closed.  (A complete candidate is established: it already is
-    at all of its objects, copying it anywhere is harmless.  Objects whose latest version is
-    complete are METHOD and copy nothing new.)  Servers enforce it (``replica.py``, status
-    ``need``); the client walks to a closed set of at most ``MAX_OBJECTS`` objects
-    (``core.repair_unit``).  With all of M's objects in the request, :meth:`View.excluded`
-    sees every object where M may have been abandoned.
-    """
-    ops = set(objects)
-    out: dict[tuple, Candidate] = {}
-    for oid in ops:
-        cl = classify(view, oid)
-        c = cl.obj
-        if cl.type is OpType.METHOD or c is None or not c.multi:
-            continue
-        if view.order(oid, c) >= view.th.q or set(c.objects) <= ops:
-            continue
-        out[c.key] = c
-    return sorted(out.values(), key=lambda c: c.lt, reverse=True)
 
 
 @dataclass(frozen=True)

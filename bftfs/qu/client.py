@@ -27,15 +27,7 @@ from typing import Any
 import trio
 
 from bftfs.qu import core
-from bftfs.qu.classify import (
-    OpType,
-    Thresholds,
-    View,
-    classify,
-    deduction_context,
-    latest_objects,
-    request_type,
-)
+from bftfs.qu.classify import OpType, Thresholds, View
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import (
     KIND_FETCH,
@@ -49,7 +41,7 @@ from bftfs.qu.messages import (
     Status,
 )
 from bftfs.qu.objects import Refused
-from bftfs.qu.timestamp import MAX_CONTEXT, ZERO, Candidate
+from bftfs.qu.timestamp import MAX_OBJECTS, ZERO, Candidate
 from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
 
 log = logging.getLogger(__name__)
@@ -60,6 +52,11 @@ MAX_SHORT_ROUNDS = 3
 
 class Unavailable(Exception):
     """Fewer than q servers answered, repeatedly: the object cannot make progress now."""
+
+
+class TooManyObjects(Unavailable):
+    """Repair would have to name more objects than one request may (8), even object by
+    object: the candidates to repair span too many objects."""
 
 
 @dataclass
@@ -95,9 +92,8 @@ class ClientStatistics:
     inline_repairs: int
     history_fetches: int
     refused: int
-    #: Barriers and copies over a unit other than the operation's objects (a multi-object
-    #: candidate's objects, or one object of several that need repair).
-    unit_repairs: int
+    #: Repairs done object by object because together they needed too many objects.
+    split_repairs: int
     excluded_servers: tuple[int, ...]
 
 
@@ -149,7 +145,7 @@ class QUClient:
                 "inline_repairs",
                 "history_fetches",
                 "refused",
-                "unit_repairs",
+                "split_repairs",
             ),
             0,
         )
@@ -233,11 +229,12 @@ class QUClient:
     async def _run(self, objects: tuple[int, ...], op: Operation) -> Any:
         th = self.th
         self._suspects = set()
+        context: set[int] = set()
         fresh: dict[int, set[int]] = {}
         st = _RepairState(seen_latest=self._latest(objects))
+        splits = 0
         while True:
-            allobjs = objects + self._context(objects, fresh)
-            mohs = self._present(allobjs, fresh)
+            mohs = self._present(objects + tuple(sorted(context)), fresh)
             req = Request(self.client_id, objects, mohs, op)
             replies = await self._round(objects, req)
             self._absorb(objects, replies, fresh)
@@ -249,7 +246,7 @@ class QUClient:
             # (or a crashed server's stray) made ``outcome`` classify "not METHOD" and
             # disbelieve b+1 agreeing refusals, while ``next_step`` on the presented OHS said
             # METHOD and re-sent at once, without backoff: a livelock (issue 5).
-            view = self._present_view(allobjs, fresh)[1]
+            view = self._present_view(objects + tuple(sorted(context)), fresh)[1]
             out = core.outcome(replies, view, th, op.query, objects)
             if out.result is core.Result.DONE:
                 return out.answer
@@ -258,57 +255,60 @@ class QUClient:
                 raise Refused(out.why)
             if st.short >= MAX_SHORT_ROUNDS:
                 raise Unavailable(f"objects {objects}: fewer than q={th.q} servers answer")
+            # Servers answering ``need`` are not believed: the client derives the objects
+            # deduction needs from the histories it holds (next_step), so a Byzantine server
+            # cannot make it drag arbitrary objects into its requests.
             latest = self._latest(objects)
-            if op.query and latest > st.seen_latest:
+            if op.query and not context and latest > st.seen_latest:
                 # Updates are progressing: a query never repairs what is still moving, it
                 # asks again (L2588-2597: a single writer's readers need no barriers).
                 st.seen_latest = latest
                 continue
             st.seen_latest = latest
-            await self._repair(objects, fresh, op, st)
-
-    def _context(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> tuple[int, ...]:
-        """The context objects an operation on ``objects`` carries for deduction (sorted).
-
-        Servers answering ``need`` are not believed: the client derives the objects
-        deduction needs from the histories it holds, so a Byzantine server cannot make it
-        drag arbitrary objects into its requests; and it takes only the objects of each
-        operated object's latest candidate (``classify.deduction_context``), so a long
-        history cannot make a request grow either.
-        """
-        ctx: tuple[int, ...] = ()
-        for _ in range(2):  # the context's histories may show a newer candidate: once more
-            view = self._present_view(objects + ctx, fresh)[1]
-            more = sorted(set(ctx) | deduction_context(view, objects))
-            ctx = tuple(more[:MAX_CONTEXT])
-        return ctx
+            try:
+                await self._repair(objects, context, fresh, op, st)
+            except TooManyObjects:
+                # The objects' candidates span more than one request may name (a batched
+                # query of 8 files created in one directory, each create also naming the
+                # directory: 9).  Repair each object on its own (its candidates span at most
+                # 8 objects), then ask again; once only, so this cannot loop.
+                if len(objects) == 1 or splits:
+                    raise
+                splits += 1
+                self._n["split_repairs"] += 1
+                for oid in objects:
+                    await self._repair((oid,), set(), fresh, None, st)
+                context = set()
 
     async def _repair(
         self,
         objects: tuple[int, ...],
+        context: set[int],
         fresh: dict[int, set[int]],
         op: Operation | None,
         st: _RepairState,
     ) -> None:
         """``c_repair`` (lines 500-506): repair until classification allows the operation
         on ``objects`` (or, for a query of objects that moved on, until it is worth asking
-        again).
-
-        Each barrier or copy covers one *unit* (``core.repair_unit``): at most
-        ``MAX_OBJECTS`` objects, the objects of the candidate it carries forward; a
-        repair that involves more objects proceeds unit by unit, in as many rounds as
-        needed, never in one oversized request.
+        again).  Adds the objects deduction needs to ``context``.
 
         Raises:
+            TooManyObjects: ``objects`` and the context deduction needs are more than one
+                request may name.
             Unavailable: repeatedly fewer than q replies.
         """
         th = self.th
         query = op is not None and op.query
         while True:
-            ctx = await self._fetched_context(objects, fresh)
-            allobjs = objects + ctx
+            allobjs = tuple(sorted(set(objects) | context))
+            if len(allobjs) > MAX_OBJECTS:
+                raise TooManyObjects(f"objects {allobjs}: more than {MAX_OBJECTS} to repair")
+            await self._fetch_missing(allobjs, fresh)
             view = self._present_view(allobjs, fresh)[1]
-            nxt = core.next_step(view, objects)
+            nxt = core.next_step(view)
+            if nxt.step is core.Step.NEED:
+                context |= set(nxt.objects)
+                continue
             if nxt.step is core.Step.METHOD:
                 return
             if nxt.step is core.Step.INLINE and nxt.target is not None:
@@ -317,67 +317,23 @@ class QUClient:
                     st.inline_tried.add(key)
                     if await self._inline(nxt.target, view, fresh):
                         continue
-            if query:
+            if query and not context:
                 latest = self._latest(objects)
                 if latest > st.seen_latest:  # moved on since the query: ask again
                     st.seen_latest = latest
                     return
-            first = (nxt.stuck or objects)[0]
-            start = {first} | latest_objects(view, first)
-            unit = await self._unit(tuple(sorted(start)), fresh)
-            if unit != objects:
-                self._n["unit_repairs"] += 1
             self._n["backoffs"] += 1
             await self._sleep(core.backoff_delay(st.repairs, self.rng))
             st.repairs += 1
-            uview = self._present_view(unit, fresh)[1]
-            typ = request_type({o: classify(uview, o) for o in unit})
-            if typ is OpType.METHOD:
-                # Nothing to repair over the unit: the operation's view saw a newer
-                # candidate through other objects' histories than the unit's own show.
-                # Read the unit's histories again (from a quorum) and decide anew.
-                for o in unit:
-                    fresh.pop(o, None)
-                continue
+            typ = nxt.type or OpType.BARRIER
             self._n["barriers" if typ is OpType.BARRIER else "copies"] += 1
-            rreq = Request(self.client_id, unit, dict(uview.mohs), None)
-            rreplies = await self._round(unit, rreq)
-            self._absorb(unit, rreplies, fresh)
+            rreq = Request(self.client_id, allobjs, dict(view.mohs), None)
+            rreplies = await self._round(allobjs, rreq)
+            self._absorb(allobjs, rreplies, fresh)
             if len(rreplies) < th.q:
                 st.short += 1
                 if st.short >= MAX_SHORT_ROUNDS:
-                    raise Unavailable(f"objects {unit}: fewer than q servers answer")
-
-    async def _fetched_context(
-        self, objects: tuple[int, ...], fresh: dict[int, set[int]]
-    ) -> tuple[int, ...]:
-        """:meth:`_context`, with the histories of the operated and context objects read
-        from a quorum when this operation has not seen them yet."""
-        await self._fetch_missing(objects, fresh)
-        ctx = self._context(objects, fresh)
-        await self._fetch_missing(ctx, fresh)
-        return ctx
-
-    async def _unit(self, stuck: tuple[int, ...], fresh: dict[int, set[int]]) -> tuple[int, ...]:
-        """The objects the next barrier or copy covers: ``core.repair_unit``'s walk from
-        the first object that needs repair, fetching the histories of each set it visits
-        (at most ``MAX_OBJECTS`` objects each).
-
-        Raises:
-            Unavailable: the walk revisits a set (it cannot reach a unit now).
-        """
-        unit = frozenset(stuck)
-        seen: set[frozenset[int]] = set()
-        while True:
-            seen.add(unit)
-            objs = tuple(sorted(unit))
-            await self._fetch_missing(objs, fresh)
-            nxt = core.repair_unit(self._present_view(objs, fresh)[1])
-            if nxt is None:
-                return objs
-            if nxt in seen:
-                raise Unavailable(f"objects {stuck}: no repair unit (walk revisits {objs})")
-            unit = nxt
+                    raise Unavailable(f"objects {allobjs}: fewer than q servers answer")
 
     def _latest(self, objects: tuple[int, ...]) -> tuple:
         """The newest timestamp cached for each of ``objects`` (how far they have moved)."""

@@ -15,8 +15,6 @@ state; the backoff draws from a ``random.Random`` the caller passes in.
   (L2526-2536, L2588-2595), and whether the method refused.
 - :func:`next_step` is ``c_repair``'s loop body (lines 500-506) with inline repair
   (L2561-2570) and classification by deduction for multi-object candidates (L2747-2754).
-- :func:`repair_unit` walks, one bounded step at a time, to the set of objects a barrier
-  and copy may cover (the candidate's own object set, L2829-2832).
 - :func:`expected_lt` lets a repairer check a stored request fetched from a (possibly
   Byzantine) server before re-sending it: the timestamp must be the one it sets up.
 - :func:`backoff_delay` is the random exponential backoff (L2585-2587, 1 ms start, x2).
@@ -38,14 +36,14 @@ from bftfs.qu.classify import (
     classify,
     established_answer_point,
     inline_target,
+    missing_objects,
     request_type,
     setup,
     stray_holders,
-    unclosed,
 )
 from bftfs.qu.history import OHSEntry, multi_ohs_digest
 from bftfs.qu.messages import Reply, Request, Status
-from bftfs.qu.timestamp import MAX_OBJECTS, Candidate, Timestamp
+from bftfs.qu.timestamp import Candidate, Timestamp
 
 MOHS = dict[int, dict[int, OHSEntry]]
 
@@ -219,8 +217,9 @@ class Step(enum.Enum):
     """What ``c_repair`` does next."""
 
     METHOD = "method"  # classification allows the operation: (re)send it
+    NEED = "need"  # fetch the histories of more objects first (deduction)
     INLINE = "inline"  # re-send a stored request to complete a candidate in place
-    REPAIR = "repair"  # back off, then a barrier or copy over a unit (:func:`repair_unit`)
+    REPAIR = "repair"  # back off, then a barrier or copy (the servers decide which)
 
 
 @dataclass(frozen=True)
@@ -228,54 +227,24 @@ class Next:
     """The decision of :func:`next_step`."""
 
     step: Step
+    objects: frozenset[int] = frozenset()  # for NEED: objects to add
     target: Candidate | None = None  # for INLINE
     type: OpType | None = None  # for REPAIR: what the servers will do
-    #: for REPAIR: the operated objects classification does not allow the operation on
-    stuck: tuple[int, ...] = ()
 
 
-def next_step(view: View, objects: tuple[int, ...] | None = None) -> Next:
-    """Lines 500-506 with deduction and inline repair, for ``objects`` of ``view`` (default:
-    all; the others are context carried for deduction, :func:`deduction_context`)."""
-    ops = view.objects if objects is None else objects
-    classes = {oid: classify(view, oid) for oid in ops}
+def next_step(view: View) -> Next:
+    """Lines 500-506 with deduction and inline repair, for the multi-OHS in ``view``."""
+    need = missing_objects(view)
+    if need:
+        return Next(Step.NEED, objects=need)
+    classes = {oid: classify(view, oid) for oid in view.objects}
     typ = request_type(classes)
     if typ is OpType.METHOD:
         return Next(Step.METHOD)
     target = inline_target(view)
     if target is not None:
         return Next(Step.INLINE, target=target)
-    stuck = tuple(o for o, c in classes.items() if c.type is not OpType.METHOD)
-    return Next(Step.REPAIR, type=typ, stuck=stuck)
-
-
-def repair_unit(view: View) -> frozenset[int] | None:
-    """One step of the walk to a repair unit (seed L2747-2754, L2829-2832); None when the
-    objects of ``view`` (all operated, no context) are a unit already.
-
-    A unit is a set of at most ``MAX_OBJECTS`` objects over which a copy is allowed
-    (:func:`bftfs.qu.classify.unclosed` is empty).  The walk starts at one object that
-    needs repair, alone.  While the set ``U`` is not closed, take the newest candidate M
-    that keeps it open (an incomplete multi-object candidate that a copy over ``U`` would
-    carry) and go on with ``U`` plus M's objects, or with M's objects alone when together
-    they would be too many.  M's objects are at most ``MAX_OBJECTS`` (a request never names
-    more), so every set examined, every request and every history fetch is bounded; the
-    driver repeats until a unit is reached, in as many rounds as needed.
-
-    Why the walk ends: over M's objects, M's order is counted over all of them, so the
-    candidate chosen at each of them is M or newer (unless M is excluded, see
-    :meth:`View.excluded`), and the next M' is newer than M: Times only grow, and a
-    candidate that keeps a set open has order >= r > b, so benign servers accepted it and
-    a Byzantine server cannot invent them.  The driver also stops a walk that revisits a
-    set (possible only when exclusions depend on which objects are present).
-    """
-    objs = set(view.objects)
-    open_ = unclosed(view, view.objects)
-    if not open_:
-        return None
-    m = open_[0]
-    grown = objs | set(m.objects)
-    return frozenset(grown if len(grown) <= MAX_OBJECTS else m.objects)
+    return Next(Step.REPAIR, type=typ)
 
 
 def expected_lt(req: Request, th: Thresholds) -> Timestamp | None:

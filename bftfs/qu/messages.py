@@ -13,7 +13,7 @@ Layout (``oid`` = u64 object id, ``lt`` = 49-byte timestamp, ``rh`` = list of ca
                                    "h": [ohs per object], "op": operation or nil (repair),
                                    "e": nil or [ohs per object] (inline-repair evidence),
                                    "x": [[oid, ohs], ...] context objects: histories carried
-                                   only for deduction, not operated on (at most 64)}
+                                   only for deduction, not operated on (at most 8)}
     qu.history   client -> node   {"v": 1, "o": [oid...]}
     qu.fetch     client -> node   {"v": 1, "lt": lt}          stored request of a candidate
     qu.sync      node -> node     {"v": 1, "oid": oid, "lt": lt}   object sync
@@ -57,7 +57,7 @@ from bftfs.qu.history import (
     rh_from_wire,
     rh_wire,
 )
-from bftfs.qu.timestamp import MAX_CONTEXT, MAX_OBJECTS, Timestamp, TimestampError
+from bftfs.qu.timestamp import MAX_OBJECTS, Timestamp, TimestampError
 
 VERSION = 1
 #: Largest canonical argument or answer accepted (bytes); keeps one request bounded.
@@ -291,7 +291,7 @@ class Request:
         except HistoryError as err:
             raise MessageError(str(err)) from err
         x = d.get("x") or []
-        if not isinstance(x, list | tuple) or len(x) > MAX_CONTEXT:
+        if not isinstance(x, list | tuple) or len(x) > MAX_OBJECTS:
             raise MessageError("context must be a short list")
         for item in x:
             if not isinstance(item, list | tuple) or len(item) != 2:

@@ -8,10 +8,8 @@ versions and the stored answer are written atomically (L2512-2514).  Step by ste
 
 1. **Cull** (lines 1001-1002): drop every history whose authenticator entry for this server
    does not verify; the reply lists them (L2656-2658).
-2. **Closed copies** (:func:`bftfs.qu.classify.unclosed`): a repair that would copy an
-   incomplete multi-object candidate forward must operate on all of that candidate's
-   objects (seed L2829-2832); otherwise the reply is ``need``.  Other requests may carry
-   any context: deduction counts the servers of the histories present, a lower bound.
+2. **Deduction objects** (:func:`bftfs.qu.classify.missing_objects`): refuse with ``need`` if
+   a relevant multi-object candidate names objects the request does not carry.
 3. **Set up** (line 1004): classify and build the candidate; the timestamp is a function of
    the culled multi-OHS, the operation and the client only.
 4. **Inline repair** (L2561-2570): a request whose client is not the sender is a repair of
@@ -62,9 +60,8 @@ from bftfs.qu.classify import (
     Thresholds,
     View,
     classify,
-    request_type,
+    missing_objects,
     setup_from_classes,
-    unclosed,
 )
 from bftfs.qu.history import (
     OHSEntry,
@@ -164,9 +161,8 @@ def _classified(
     objects: tuple[int, ...],
     histories: tuple[tuple[int, tuple[tuple[int, ReplicaHistory], ...]], ...],
 ) -> tuple[frozenset[int], bytes, dict[int, ObjectClass]]:
-    """What a culled multi-OHS says, for a request operating on ``objects``: the objects a
-    copy must also operate on (:func:`bftfs.qu.classify.unclosed`; none unless the request
-    would be a COPY), the digest that goes into timestamps, and each operated object's
+    """What a culled multi-OHS says, for a request operating on ``objects``: the objects
+    deduction still needs, the digest that goes into timestamps, and each operated object's
     classification (empty when objects are needed).
 
     ``histories`` is the culled multi-OHS as ``((oid, ((server, rh), ...)), ...)``, sorted:
@@ -178,10 +174,8 @@ def _classified(
     """
     mohs = {oid: {s: OHSEntry(rh, None) for s, rh in ohs} for oid, ohs in histories}
     view = View(mohs, th)
-    classes = {oid: classify(view, oid) for oid in objects}
-    need: frozenset[int] = frozenset()
-    if request_type(classes) is OpType.COPY:
-        need = frozenset(o for c in unclosed(view, objects) for o in c.objects) - set(objects)
+    need = missing_objects(view)
+    classes = {} if need else {oid: classify(view, oid) for oid in objects}
     return need, multi_ohs_digest(mohs), classes
 
 
@@ -252,8 +246,8 @@ def handle_request(
             for oid, ohs in sorted(mohs.items())
         ),
     )
-    if need and req.op is None:
-        return reply(Status.NEED, need=tuple(sorted(need)), why="copy must cover objects")
+    if need:
+        return reply(Status.NEED, need=tuple(sorted(need)), why="deduction needs objects")
     op_bytes = req.op.canonical() if req.op else None
     su = setup_from_classes(classes, req.client, op_bytes, digest, objects)
     if su is None:

@@ -35,11 +35,6 @@ TIMESTAMP_SIZE = 8 + 1 + 8 + DIGEST_SIZE
 MAX_TIME = 1 << 62
 #: Most objects one multi-object operation may touch (the file system needs 4, seed L1995).
 MAX_OBJECTS = 8
-#: Most context objects one request may carry (histories for deduction only): an operation
-#: carries the objects of the latest candidate of each operated object (at most MAX_OBJECTS
-#: each, ``classify.deduction_context``); repairs carry none.  Bounded by construction, not
-#: by how many candidates a history holds.
-MAX_CONTEXT = MAX_OBJECTS * MAX_OBJECTS
 
 _FMT = struct.Struct(">QBQ")
 
