@@ -628,3 +628,26 @@ def test_readdir_asks_for_attributes_eight_objects_at_a_time(tmp_path: Path) -> 
         assert got[b"link"].ino == made[b"f00"].ino and got[b"link"].nlink == 2
 
     run(tmp_path, body)
+
+
+def test_own_attributes_yield_to_a_newer_version_the_servers_answered(tmp_path: Path) -> None:
+    """A client answers attributes its own update produced for ``attr_ttl`` without asking;
+    once the servers have answered a newer version (another client's change, seen at an
+    open), a lookup must not go back to the older ones (the consistency checker found a
+    lookup answering the old size, and the kernel cut the file's pages to it)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, f = await a.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        await a.write(fh, 0, b"x" * 100)
+        await a.release(fh)
+        fh = await b.open(f.ino, os.O_WRONLY | os.O_APPEND)
+        await b.write(fh, 0, b"y" * 8191)
+        await b.release(fh)
+        fh = await a.open(f.ino, os.O_RDONLY)  # close-to-open: the new version
+        assert len(await a.read(fh, 0, 10_000)) == 8291
+        await a.release(fh)
+        assert (await a.lookup(ROOT, b"f")).size == 8291
+        assert (await a.getattr(f.ino)).size == 8291
+
+    run(tmp_path, body, attr_ttl=60.0)

@@ -226,8 +226,6 @@ class FileSystem:
         #: File id -> (data id, version counter) of the content the kernel may hold pages
         #: of; see :meth:`keep_cache`.
         self._kernel_content: dict[int, tuple[int, int]] = {}
-        #: Object id -> trio time a lookup last found an entry naming it.
-        self._named_at: dict[int, float] = {}
         #: Handles whose open found the kernel's pages current.
         self._cache_current: set[int] = set()
         #: Q/U operations sent and seconds spent in them, by method (where a workload's
@@ -426,33 +424,16 @@ class FileSystem:
             StaleView: the kernel then walks the path again with fresh lookups and finds
                 what the name is now (the replacing file of an atomic save, or nothing).
         """
-        if s["nl"] == 0 and not self._named_lately(ino):
+        if s["nl"] == 0:
             raise StaleView(f"object {ino} has no name any more")
-
-    def _named_lately(self, ino: int) -> bool:
-        """Whether the servers' entry named ``ino`` within the attribute timeout: the
-        kernel's fresh lookup of a path walk just found it, so an open racing with another
-        client's removal may take the file as it was when the walk found it (as a local
-        open that resolved the name before an unlink does).  Answering ESTALE again
-        instead reached applications: the kernel walks a path again only once."""
-        at = self._named_at.get(ino)
-        return at is not None and trio.current_time() - at < max(self.attr_ttl, 0.5)
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too).
 
         One round when the entry's object is cached: a two-object query of the directory and
         the object it named (``fs.lookupstat``), or only the directory when that object's
-        attributes are fresh here; else the directory, then the object.  The servers' entry
-        is always asked; when it named the object is remembered (:meth:`_check_reached`).
+        attributes are fresh here; else the directory, then the object.
         """
-        a = await self._lookup(parent, name)
-        if len(self._named_at) > NAME_CACHE_LIMIT:
-            self._named_at.clear()
-        self._named_at[a.ino] = trio.current_time()
-        return a
-
-    async def _lookup(self, parent: int, name: bytes) -> Attr:
         if name == b".":
             return await self.getattr(parent)
         if name == b"..":
