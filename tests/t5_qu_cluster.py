@@ -309,7 +309,8 @@ def test_two_byzantine_servers_at_b2(tmp_path: Path) -> None:
 def test_requests_answered_in_the_read_loop(tmp_path: Path) -> None:
     """Without fault injection nodes answer Q/U requests in the connection's read loop
     (``fast_request``) and defer to a task only for object sync; contended increments,
-    queries and multi-object updates that need object sync all still come out right."""
+    queries and multi-object updates over objects of different preferred quorums all
+    still come out right."""
 
     async def main() -> None:
         async with open_cluster(tmp_path, clients=3, seed=11) as cl:
@@ -332,7 +333,11 @@ def test_requests_answered_in_the_read_loop(tmp_path: Path) -> None:
             assert await clients[0].query(7, "counter.fetch") == 18
             assert check_serializable(rec.ops)
             stats = sum((node.stats for node in cl.nodes), start=Counter())
-            assert stats["qu.synced"] > 0 and stats["req.qu.request"] > 0
+            # Object sync in the read loop's deferred task: updates now reach all servers,
+            # so a server syncs only when it received an update before the one it
+            # conditions on (stragglers); not every run has one.  The sync path itself is
+            # checked in test_dead_preferred_server_is_probed_around.
+            assert stats["req.qu.request"] > 0
             with pytest.raises(RemoteError) as err:
                 await cl.client(0).call(0, KIND_REQUEST, b"\x93junk")
             assert err.value.code == "bad-request"
