@@ -206,20 +206,28 @@ class Checker:
             return True
         return False
 
-    def _write(self, m: int, name: str) -> None:
-        data = self._data(self.rng.choice(SIZES))
-        fd = os.open(self.dirs[m] / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    def _open_write_close(self, m: int, name: str, flags: int, data: bytes, kind: str) -> None:
+        """One creating write (``open(O_CREAT | flags)``, write, close) and its effect on
+        the model: a new object, or the existing one's content replaced (O_TRUNC) or
+        extended (O_APPEND)."""
+        fd = os.open(self.dirs[m] / name, os.O_WRONLY | os.O_CREAT | flags, 0o644)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
-        self._count("write", m, f"{name} {len(data)} bytes")
+        self._count(kind, m, f"{name} {len(data)} bytes")
         o = self.model.names.get(name)
         if o is None:
             self.model.names[name] = self.model.new_object(data)
             self._created(m, name)
+        elif flags & os.O_APPEND:
+            self.model.content[o].extend(data)
         else:
             self.model.content[o][:] = data
+
+    def _write(self, m: int, name: str) -> None:
+        data = self._data(self.rng.choice(SIZES))
+        self._open_write_close(m, name, os.O_TRUNC, data, "write")
 
     def _pwrite(self, m: int, name: str) -> None:
         o = self.model.names.get(name)
@@ -247,18 +255,7 @@ class Checker:
 
     def _append(self, m: int, name: str) -> None:
         data = self._data(self.rng.choice(SIZES[1:7]))
-        fd = os.open(self.dirs[m] / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        self._count("append", m, f"{name} {len(data)} bytes")
-        o = self.model.names.get(name)
-        if o is None:
-            self.model.names[name] = self.model.new_object(data)
-            self._created(m, name)
-        else:
-            self.model.content[o].extend(data)
+        self._open_write_close(m, name, os.O_APPEND, data, "append")
 
     def _truncate(self, m: int, name: str) -> None:
         o = self.model.names.get(name)
