@@ -123,7 +123,7 @@ class OpenFile:
     def rebase(self, st: dict[str, Any]) -> list[tuple[int, bytes, bool]]:
         """Adopt ``st``, another client's version, under buffered writes: drop every
         cached and dirty block (they are of the old content) and return the write log,
-        which the caller re-applies with :meth:`replay` once the blocks those writes
+        which the caller re-applies (``FileSystem._adopt``) once the blocks those writes
         partly cover are fetched again."""
         self.dirty.clear()
         self.gen.clear()

@@ -74,6 +74,7 @@ from bftfs.fs.files import (
 )
 from bftfs.fs.objects import RENAME_EXCHANGE, ROOT
 from bftfs.qu.client import Unavailable as QUUnavailable
+from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import Refused
 from bftfs.qu.timestamp import MAX_OBJECTS
 from bftfs.rw.client import ReadAborted, ReadFailed
@@ -97,7 +98,8 @@ FLUSH_ATTEMPTS = 64
 LEASE_NS = 30 * 10**9
 #: A lease taken at create is used for a flush only with this much of it left.
 LEASE_MARGIN_NS = 10 * 10**9
-#: Backoff between attempts of a contended flush: first and largest delay, seconds.
+#: Backoff between attempts of a contended flush (``qu.core.backoff_delay``): first and
+#: largest delay, seconds.
 BACKOFF_FIRST = 0.002
 BACKOFF_MAX = 0.5
 #: Attribute queries (of up to 8 objects each) in flight at once for one readdir.
@@ -799,8 +801,7 @@ class FileSystem:
             await self._flush(f)
         lock = f.lock if f is not None else trio.Lock()
         async with lock:
-            delay = BACKOFF_FIRST
-            for _ in range(FLUSH_ATTEMPTS):
+            for attempt in range(FLUSH_ATTEMPTS):
                 s = await self._query(ino, "fs.open")
                 if s["k"] == "d":
                     raise IsDir()
@@ -824,16 +825,14 @@ class FileSystem:
                         try:
                             await self._locked_clear_gap(ino, s, size)
                         except (_Stale, _Locked):
-                            await trio.sleep(self.rng.uniform(0, delay))
-                            delay = min(delay * 2, BACKOFF_MAX)
+                            await self._back_off(attempt)
                             continue
                         if s["inl"]:
                             arg["blocks"] = True
                 try:
                     s = await self._update([ino], "fs.setattr", arg)
                 except (_Stale, _Locked):
-                    await trio.sleep(self.rng.uniform(0, delay))
-                    delay = min(delay * 2, BACKOFF_MAX)
+                    await self._back_off(attempt)
                     continue
                 if f is not None:
                     f.truncate_cache(size)
@@ -844,7 +843,7 @@ class FileSystem:
     async def _locked_clear_gap(self, ino: int, s: dict[str, Any], size: int) -> None:
         """Take the write lease on the version ``s`` and clear the gap up to ``size``
         (the size update that follows ends the lease; if that never comes, it expires)."""
-        arg = {"d": s["d"], "v": s["v"], "tok": self.lease_token, "now": self._now()}
+        arg = self._lease_arg(s["d"], s["v"])
         arg["lease"] = LEASE_NS
         self._own_stat(ino, await self._update([ino], "fs.lock", arg))
         await self._clear_gap(s, s["size"], size)
@@ -1142,8 +1141,7 @@ class FileSystem:
         (``stale``) or is writing its blocks (``locked``), re-read, re-apply and retry
         after a growing random delay."""
         async with f.lock:
-            delay = BACKOFF_FIRST
-            for _ in range(FLUSH_ATTEMPTS):
+            for attempt in range(FLUSH_ATTEMPTS):
                 if not f.buffered:
                     return
                 try:
@@ -1151,13 +1149,17 @@ class FileSystem:
                     return
                 except (_Stale, _Locked):
                     self.methods["flush-retries"] += 1
-                    await trio.sleep(self.rng.uniform(0, delay))
-                    delay = min(delay * 2, BACKOFF_MAX)
+                    await self._back_off(attempt)
                     await self._adopt(f, await self._query(f.ino, "fs.open"))
             raise Unavailable("flush: the file kept changing under other clients' writes")
 
-    def _lease_arg(self, f: OpenFile) -> dict[str, Any]:
-        d, v = f.base
+    async def _back_off(self, attempt: int) -> None:
+        """Wait before retrying an update another client's change or lease refused."""
+        await trio.sleep(backoff_delay(attempt, self.rng, BACKOFF_FIRST, BACKOFF_MAX))
+
+    def _lease_arg(self, d: int, v: int) -> dict[str, Any]:
+        """What a data update carries: the content ``(d, v)`` it was computed on, which the
+        servers require, and this client's lease token and clock."""
         return {"d": d, "v": v, "tok": self.lease_token, "now": self._now()}
 
     async def _flush_once(self, f: OpenFile) -> None:
@@ -1190,7 +1192,7 @@ class FileSystem:
         held = f.lease_until is not None and self._now() + LEASE_MARGIN_NS < f.lease_until
         f.lease_until = None  # used once: a failed attempt takes the lease again
         if need > f.st["alloc"] or not held:
-            arg = self._lease_arg(f)
+            arg = self._lease_arg(*f.base)
             arg["lease"] = LEASE_NS
             if need > f.st["alloc"]:
                 arg["alloc"] = reservation(need, f.st["alloc"], bs)
@@ -1200,7 +1202,7 @@ class FileSystem:
                 await self._blocks(
                     self.rw.write_blocks({block_id(d, k): v for k, v in blocks.items()})
                 )
-            arg = self._lease_arg(f)
+            arg = self._lease_arg(*f.base)
             arg.update(end=new_size, mtime=mtime)
             if f.st.get("inl"):
                 arg["blocks"] = True
@@ -1233,7 +1235,7 @@ class FileSystem:
         content = f.assemble(0, f.size).ljust(f.size, b"\0")
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
         mtime = f.mtime if f.mtime is not None else self._now()
-        arg = self._lease_arg(f)
+        arg = self._lease_arg(*f.base)
         arg.update(end=len(content), mtime=mtime, i=content)
         attrs = arg["attrs"] = dict(f.attrs)
         await self._update_data(f, "fs.write", arg)

@@ -20,9 +20,10 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
   from our attributes, and ``O_APPEND`` is ours to place: such handles are opened
   ``direct_io`` so their writes bypass the kernel's pages, and the daemon appends at the
   end of the file as the servers hold it at flush time (``FileSystem.write``).
-* at ``open`` the kernel's cached attributes of the file are dropped unless the file is
-  the very version its pages came from (``keep_cache``), so ``fstat`` and reads after an
-  open see the size of the last close on any mount (close-to-open for sizes too).
+* at every ``open`` the kernel's cached attributes of the file are dropped (its pages only
+  when they are not of the version the servers hold, ``keep_cache``), so ``fstat`` and
+  reads after an open see the size of the last close on any mount (close-to-open for
+  sizes too).
 * attribute timeout of :data:`DEFAULT_TIMEOUT` seconds (``bftfs mount --attr-timeout``): a
   second mount sees another client's changes to attributes within that time, and to
   contents at the latest on open (close-to-open: ``open`` always asks the cluster, and the
