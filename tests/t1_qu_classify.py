@@ -232,9 +232,24 @@ def test_deduction_counts_servers_across_the_candidates_objects() -> None:
     v = View({1: a, 2: {s: e for s, e in b.items()}}, TH)
     assert v.order(1, m) == 5 and v.order(2, m) == 5
     assert classify(v, 1).type is OpType.METHOD and classify(v, 1).obj == m
-    v1 = view(a)
-    assert missing_objects(v1) == {2}  # alone, object 1 must ask for object 2
+    # Alone, object 1 shows m at 2 servers: below r, so m is no ObjCand and needs no
+    # deduction (a barrier's replies would list it again if it were established).
+    assert missing_objects(view(a)) == frozenset()
     assert missing_objects(v) == frozenset()
+    # Repairable at object 1 (r = 3 servers), m is ObjCand: deduction needs object 2.
+    a3 = ohs(*[[m, A]] * 3, *[[A]] * 3)
+    assert missing_objects(view(a3)) == {2}
+
+
+def test_pending_incomplete_updates_naming_other_objects_are_not_needed() -> None:
+    """A busy directory: twelve two-object creates, each naming another new file, reached
+    a server or two each.  Only ObjCand's objects are needed (the seed's rule), so a repair
+    stays within one request however many updates are pending (issue 22, item 3)."""
+    pending = [cand(ts(2 + i, client=i), A.lt, (1, 100 + i)) for i in range(12)]
+    a = ohs(*[[p, A] for p in pending[:6]], *[[p, A] for p in pending[6:]])
+    v = view(a)
+    assert missing_objects(v) == frozenset()
+    assert classify(v, 1).type is OpType.BARRIER and classify(v, 1).obj == A
 
 
 def test_multi_candidate_older_than_a_local_complete_needs_no_deduction() -> None:

@@ -161,7 +161,10 @@ def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by_one(
     assert [o for o, _ in got] == files
     assert set(values) <= {0, 5}, values
     assert total == sum(values)  # each add_all applied to both of its objects or neither
-    assert c.statistics().split_repairs == 1
+    # Reached by r = 3 servers or more, the add_alls are ObjCand: deduction needs the
+    # shared object, 9 in all, so the client splits.  Reached by 2, they are incomplete:
+    # the seed's rule needs no deduction and one repair of the 8 files abandons them.
+    assert c.statistics().split_repairs == (1 if len(reached) >= 3 else 0)
 
 
 @pytest.mark.parametrize("behaviour", sorted(BYZANTINE))

@@ -5,9 +5,10 @@ Users saw a directory answer EIO forever within seconds of two clients looping
 directory's latest candidates (incomplete creates and removes, each naming a different
 file) needed more than 8 objects to repair.  Here the same loop runs on the in-process
 cluster without a kernel, for a fixed number of seeded iterations; no operation may fail
-with EIO, and afterwards the directory is usable and holds what it should.  Both tests
-still fail now and then (expected failures, not strict): the repair that would bound
-the objects is not built yet (docs/qu.md, known limits).
+with EIO, and afterwards the directory is usable and holds what it should.  Deduction
+now follows the seed's rule (only the latest incomplete multi-object candidate's objects
+are needed) and decides skips behind pruned histories from proven links (docs/qu.md,
+decisions 2 and 15).
 """
 
 from __future__ import annotations
@@ -52,12 +53,6 @@ async def names(fs: FileSystem, ino: int) -> list[bytes]:
     return sorted(n for n, _ in await fs.readdir(ino) if n not in (b".", b".."))
 
 
-@pytest.mark.xfail(
-    reason="issue 22 item 3, open: repairs of the contended directory can need more than 8 "
-    "objects (TooManyObjects, EIO); the bounded repair tried in this session split "
-    "multi-object updates and was reverted",
-    strict=False,
-)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_two_clients_create_truncate_unlink_one_name(tmp_path: Path, seed: int) -> None:
     iterations = 40
@@ -101,11 +96,6 @@ def test_two_clients_create_truncate_unlink_one_name(tmp_path: Path, seed: int) 
     run(tmp_path, body, seed=seed)
 
 
-@pytest.mark.xfail(
-    reason="issue 22 item 3, open: repairs of a directory's contended creates and unlinks "
-    "can need more than 8 objects (TooManyObjects, EIO)",
-    strict=False,
-)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_two_clients_creating_and_removing_their_own_names_lose_nothing(
     tmp_path: Path, seed: int

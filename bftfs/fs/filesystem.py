@@ -92,6 +92,10 @@ MAX_ATTEMPTS = 8
 #: Attempts of a flush that keeps finding the file changed by other clients (each failed
 #: attempt means another client's flush succeeded, so the file system makes progress).
 FLUSH_ATTEMPTS = 64
+#: Seconds after a stale name was refused (ESTALE) during which a lookup counts as the
+#: kernel's walk again, and the object it found may be used once by that name even if it
+#: is removed meanwhile (``FileSystem._check_reached``).
+REVALIDATION_WINDOW = 0.1
 #: A write lease (``fs.lock``): how long other clients wait for a writer that crashed
 #: while writing blocks.  A flush takes well under a second; the lease only matters when
 #: its holder died.
@@ -219,6 +223,11 @@ class FileSystem:
         self.inline: int = min(getattr(config, "inline_limit", 0), self.bs)
         #: Directory id -> {name: (object id, type code)} (partial; see module docstring).
         self._names: dict[int, dict[bytes, tuple[int, int]]] = {}
+        #: Last ESTALE for a stale name (monotonic s), and objects a lookup found right
+        #: after one, with until when (``_check_reached``).
+        self._refused_stale_at = -1e9
+        self._refused_names: set[tuple[int, bytes]] = set()
+        self._revalidated: dict[int, float] = {}
         self._parents: dict[int, int] = {}
         #: Object id -> (stat produced by our own update, trio time it arrived).
         self._own: dict[int, tuple[dict[str, Any], float]] = {}
@@ -422,14 +431,54 @@ class FileSystem:
         directory) when the caller came to it by a name: that name was cached and is stale
         (another client removed the object or replaced it).
 
+        One exception: the kernel's walk again after such a refusal (fresh lookups,
+        LOOKUP_REVAL) found this object by its name, and another client removed it in the
+        moment between that lookup and this call.  The call then goes on, ordered before
+        the removal (as a local file system orders an open that raced an unlink): answering
+        ESTALE a second time would reach the application, since the kernel retries once
+        (two clients creating and removing one journal name hit that about once in 50).
+
         Raises:
             StaleView: the kernel then walks the path again with fresh lookups and finds
                 what the name is now (the replacing file of an atomic save, or nothing).
         """
-        if s["nl"] == 0:
-            raise StaleView(f"object {ino} has no name any more")
+        # The exception holds for the first use after the lookup only: a later call that
+        # reaches the object by the then cached name is refused like any stale name.
+        armed = self._revalidated.pop(ino, 0.0) if self._revalidated else 0.0
+        if s["nl"] != 0:
+            return
+        now = time.monotonic()
+        if armed > now:
+            return
+        self._refused_stale_at = now
+        self._refused_names = {
+            (parent, name)
+            for parent, names in self._names.items()
+            for name, (oid, _) in names.items()
+            if oid == ino
+        }
+        raise StaleView(f"object {ino} has no name any more")
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
+        """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too);
+        see :meth:`_lookup`.  A lookup of the refused name right after a stale name was
+        refused is the kernel's walk again: the object it finds may be used once by that
+        name even if it is removed meanwhile (:meth:`_check_reached`)."""
+        a = await self._lookup(parent, name)
+        now = time.monotonic()
+        if (
+            now - self._refused_stale_at < REVALIDATION_WINDOW
+            and (parent, name) in self._refused_names
+        ):
+            # Once per refusal: a later lookup of the name (another call's, the consistency
+            # checker found one renaming over it) must not make a removed file usable.
+            self._refused_names.discard((parent, name))
+            self._revalidated[a.ino] = now + REVALIDATION_WINDOW
+            if len(self._revalidated) > 64:  # expired ones
+                self._revalidated = {k: v for k, v in self._revalidated.items() if v > now}
+        return a
+
+    async def _lookup(self, parent: int, name: bytes) -> Attr:
         """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too).
 
         One round when the entry's object is cached: a two-object query of the directory and
@@ -736,8 +785,15 @@ class FileSystem:
         atime_ns: int | None = None,
         mtime_ns: int | None = None,
         fh: int | None = None,
+        reached_by_name: bool = False,
     ) -> Attr:
         """chmod/chown/utimens in one update; a size change truncates (see :meth:`_truncate`).
+
+        ``reached_by_name``: as for :meth:`getattr` (``truncate``, ``chmod`` by path): a
+        removed object is refused (ESTALE) unless it is open here, so the kernel walks the
+        path again and changes the file the name leads to now.  Without this a truncation
+        through a name another client had renamed a file over went to the removed file and
+        was lost (the consistency checker, seed 12).
 
         Write-back of attributes: while a regular file has buffered state here (dirty data,
         a pending mtime) or the change comes through an open handle ``fh``, chmod/chown/
@@ -754,11 +810,12 @@ class FileSystem:
         for t in (atime_ns, mtime_ns):
             if t is not None and not obj.MIN_TIME <= t <= obj.MAX_TIME:
                 raise Invalid("time outside 1901-12-13 .. 2446-05-10")
+        f = self._files.get(ino)
+        by_name = reached_by_name and fh is None and not (f is not None and f.opens)
         if size is not None:
-            await self._truncate(ino, size, mtime_ns)
+            await self._truncate(ino, size, mtime_ns, reached_by_name=by_name)
         if mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
             return await self.getattr(ino)
-        f = self._files.get(ino)
         handle = self._handles.get(fh) if fh is not None else None
         through_handle = handle is not None and handle[0] is f
         if size is None and f is not None and (f.buffered or through_handle):
@@ -782,6 +839,8 @@ class FileSystem:
         }
         s = await self._update([ino], "fs.setattr", arg)
         self._own_stat(ino, s)
+        if by_name:  # changed a removed object (harmless): change the named one instead
+            self._check_reached(ino, s)
         f = self._files.get(ino)
         if f is not None and mtime_ns is not None:
             f.mtime = None  # an explicit mtime wins over buffered writes' times

@@ -90,11 +90,19 @@ def _handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except pyfuse3.FUSEError:
             raise
         except FsError as e:
-            if e.errno == errno.EIO:  # the cluster could not answer: say why, in the log
+            if e.errno in (errno.EIO, errno.ESTALE):  # unexpected to applications: say why
                 key = f"{name}:{type(e).__name__}"
                 self.errors[key] += 1
                 if self.errors[key] <= EIO_LOGGED:
-                    log.warning("%s answered EIO (args %r): %s", name, args[1:3], e)
+                    # ESTALE is usually retried by the kernel (its walk again): info.
+                    log.log(
+                        logging.WARNING if e.errno == errno.EIO else logging.INFO,
+                        "%s answered %s (args %r): %s",
+                        name,
+                        errno.errorcode[e.errno],
+                        args[1:3],
+                        e,
+                    )
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception as e:
             key = f"{name}:{type(e).__name__}"
@@ -203,6 +211,7 @@ class Operations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             fh=fh,
+            reached_by_name=True,
         )
         return self._entry(a)
 

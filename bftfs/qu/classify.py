@@ -17,11 +17,12 @@ present in the multi-OHS.  This makes the classification of the candidate the sa
 one of its objects, which is what the seed requires ("classification by deduction cannot
 yield conflicting reclassifications"), and it is what lets a repairer use a fresh OHS of one
 object to classify the candidate at another.  To make the deduction possible, a request
-must carry the OHS of every object of every multi-object candidate newer than the latest
-locally complete object version of an object it touches (:func:`missing_objects`); servers
-refuse requests that do not.  Choice (the seed is silent): this rule is conservative, it
-also makes multi-object *barriers* and *copies* cover the candidate's whole object set, as
-L2829-2837 demand.
+over an object whose latest object candidate is an incomplete multi-object one must carry
+the OHS of all of its objects (:func:`missing_objects`); servers refuse requests that do
+not, and multi-object *barriers* and *copies* then cover the candidate's whole object set,
+as L2829-2837 demand.  Whether a newer candidate at another object skipped such a
+candidate is read from conditioned-on links, proven by the stored requests that made them
+when pruning removed them from the histories (:meth:`View.skips`, :mod:`bftfs.qu.links`).
 """
 
 from __future__ import annotations
@@ -112,10 +113,25 @@ def _index(ohs: OHS, n: int) -> dict[tuple, tuple[Candidate, set[int]]]:
 class View:
     """A multi-OHS indexed for classification (built once per request or client step)."""
 
-    def __init__(self, mohs: MultiOHS, th: Thresholds) -> None:
+    def __init__(
+        self,
+        mohs: MultiOHS,
+        th: Thresholds,
+        links: Mapping[tuple[int, Timestamp], Timestamp] | None = None,
+    ) -> None:
+        """Args:
+        mohs: the multi-OHS.
+        th: thresholds.
+        links: proven conditioned-on links ``(oid, lt) -> lt_co`` (see :meth:`link`),
+            read only, never copied (a client passes its whole cache).
+        """
         self.mohs = mohs
         self.th = th
         self.objects = tuple(sorted(mohs))
+        self.links: Mapping[tuple[int, Timestamp], Timestamp] = links or {}
+        self._wanted: set[tuple[int, Timestamp]] = set()
+        self._used: set[tuple[int, Timestamp]] = set()
+        self._chains: dict[int, dict[Timestamp, Timestamp]] = {}
         self._excluded: frozenset | None = None
         self._orders: dict[tuple, int] = {}
         self._latests: dict[tuple, Candidate | None] = {}
@@ -200,33 +216,66 @@ class View:
                 best = (rank, c)
         return best[1] if best else None
 
-    def _by_lt(self, oid: int) -> dict[Timestamp, Candidate]:
-        """Candidates listed at ``oid`` by LT (their own ``lt_co`` there), for chain walks."""
-        out: dict[Timestamp, Candidate] = {}
-        for c, servers in self._idx[oid].values():
-            if servers:
-                out.setdefault(c.lt, c)
-        return out
+    def _chain(self, oid: int) -> dict[Timestamp, Timestamp]:
+        """``lt -> lt_co`` at ``oid`` for every candidate that b+1 servers list *with that
+        very lt_co* (one of them benign, so the link is true).  A candidate's key leaves
+        its lt_co out, so a Byzantine server can list a real timestamp with a forged one."""
+        got = self._chains.get(oid)
+        if got is not None:
+            return got
+        listed: dict[tuple[Timestamp, Timestamp], int] = {}
+        for e in self.mohs[oid].values():
+            for c in e.rh:
+                k = (c.lt, c.lt_co)
+                listed[k] = listed.get(k, 0) + 1
+        got = self._chains[oid] = {lt: co for (lt, co), k in listed.items() if k > self.th.b}
+        return got
 
-    def skips(self, oid: int, newer: Candidate, older: Candidate) -> bool:
-        """Whether ``newer``'s conditioned-on chain at ``oid`` provably passes ``older`` by.
+    def link(self, oid: int, lt: Timestamp) -> Timestamp | None:
+        """The conditioned-on timestamp of version ``lt`` at ``oid``: from the histories
+        (b+1 servers list it), else from a proven link (``links``), else None - and the
+        link is remembered as wanted (:meth:`wanted_links`)."""
+        got = self._chain(oid).get(lt)
+        if got is not None:
+            return got
+        got = self.links.get((oid, lt))
+        if got is not None:
+            self._used.add((oid, lt))
+            return got
+        self._wanted.add((oid, lt))
+        return None
 
-        The chain is followed through the candidates the histories list; it *proves* a skip
-        only when a link's conditioned-on timestamp falls below ``older`` without meeting it.
-        A link pruned away (line 1028) leaves the question open, and an open question is
-        answered "no skip": excluding on a guess could abandon an established candidate.
+    def skips(self, oid: int, newer: Candidate, older: Candidate) -> bool | None:
+        """Whether ``newer``'s conditioned-on chain at ``oid`` passes ``older`` by.
+
+        True when a link's conditioned-on timestamp falls below ``older`` without meeting
+        it, False when the chain meets ``older``, None when a link is neither listed by
+        b+1 servers nor proven (pruning, line 1028, removes the links behind every
+        complete version): the caller must not guess, since excluding an established
+        candidate would abandon it and keeping an abandoned one would split its update.
         """
-        by_lt = self._by_lt(oid)
-        cur = by_lt.get(newer.lt, newer)
+        lt = newer.lt
         while True:
-            if cur.lt_co == older.lt:
+            co = self.link(oid, lt)
+            if co is None:
+                return None
+            if co == older.lt:
                 return False
-            if cur.lt_co < older.lt:
+            if co < older.lt:
                 return True
-            nxt = by_lt.get(cur.lt_co)
-            if nxt is None:
-                return False
-            cur = nxt
+            lt = co
+
+    def wanted_links(self) -> frozenset[tuple[int, Timestamp]]:
+        """Links a decision needed and could not find: until they are proven, the view
+        cannot decide which multi-object candidates to exclude (:meth:`excluded`)."""
+        self.excluded()
+        return frozenset(self._wanted)
+
+    def used_links(self) -> frozenset[tuple[int, Timestamp]]:
+        """Proven links the decisions of this view used: a request must carry them, so its
+        servers decide alike."""
+        self.excluded()
+        return frozenset(self._used)
 
     def excluded(self) -> frozenset:
         """Multi-object candidates a copy must not carry forward (deduction, L2747-2754).
@@ -238,7 +287,10 @@ class View:
         must be abandoned at all its objects: it is excluded everywhere, and the choice is
         recomputed until it is stable.  (M cannot be established then: an established M
         and a potential candidate that skips it would share a benign server, which would
-        have refused the later of the two.)  Complete candidates are never excluded.
+        have refused the later of the two.)  Complete candidates are never excluded.  A
+        skip that neither the listed nor the proven links decide leaves M in and the
+        missing link in :meth:`wanted_links`; clients and servers act on such a view only
+        once the link is proven (a copy could otherwise carry M at some objects only).
         """
         if self._excluded is not None:
             return self._excluded
@@ -256,6 +308,7 @@ class View:
                     continue
                 for o2 in c.objects:
                     y = chosen.get(o2)
+                    # Undecided (None): M stays in for now, and the link is wanted.
                     if y is not None and y.lt > c.lt and self.skips(o2, y, c):
                         skip.add(c.key)
                         changed = True
@@ -291,20 +344,22 @@ def classify(view: View, oid: int) -> ObjectClass:
 def missing_objects(view: View) -> frozenset[int]:
     """Objects a request over ``view`` must also carry for deduction to be possible.
 
-    For each object, every multi-object candidate newer than its latest *locally* complete
-    object candidate is relevant to classification; all of that candidate's objects must be
-    in the request.  Candidates older than a locally complete object version can no longer be
-    ObjCand, BarCand or LTlat, so they are ignored.
+    The seed's rule (L2829-2834): when the latest object candidate of an object (ObjCand)
+    is a multi-object candidate that is not complete, classification by deduction must
+    look at all of its objects, and a barrier or copy repairing it covers them all.  Other
+    multi-object candidates need no deduction: an incomplete one newer than ObjCand is
+    abandoned by a repair (had it been established, q fresh histories of this object alone
+    would list it r times), and an older one is either in ObjCand's chain or was skipped.
+    Adding an object can exclude ObjCand (:meth:`View.excluded`) and make an older
+    candidate ObjCand, whose objects are then needed too, so callers repeat until nothing is
+    missing.  This bounds a repair by the objects of the candidates it repairs (at most 8
+    each), not by how many updates are pending at a busy object.
     """
     need: set[int] = set()
     for oid in view.objects:
-        floor = ZERO
-        for c in view.candidates(oid):
-            if not c.lt.barrier and c.lt > floor and len(view.local(oid, c)) >= view.th.q:
-                floor = c.lt
-        for c in view.candidates(oid):
-            if c.multi and c.lt > floor:
-                need.update(c.objects)
+        c = view.latest_candidate(oid, False)
+        if c is not None and c.multi and view.order(oid, c) < view.th.q:
+            need.update(c.objects)
     return frozenset(need - set(view.objects))
 
 

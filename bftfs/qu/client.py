@@ -27,13 +27,16 @@ from typing import Any
 import trio
 
 from bftfs.qu import core
+from bftfs.qu.canon import pack
 from bftfs.qu.classify import OpType, Thresholds, View
 from bftfs.qu.history import OHSEntry
+from bftfs.qu.links import prove
 from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
     KIND_REQUEST,
     VERSION,
+    Link,
     MessageError,
     Operation,
     Reply,
@@ -41,13 +44,15 @@ from bftfs.qu.messages import (
     Status,
 )
 from bftfs.qu.objects import Refused
-from bftfs.qu.timestamp import MAX_OBJECTS, ZERO, Candidate
+from bftfs.qu.timestamp import MAX_OBJECTS, ZERO, Candidate, Timestamp
 from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
 
 log = logging.getLogger(__name__)
 
 #: Rounds in a row with fewer than q replies before an operation gives up.
 MAX_SHORT_ROUNDS = 3
+#: Proven links a client keeps before it starts over (each costs a proof of a few KB).
+MAX_FACTS = 4096
 
 
 class Unavailable(Exception):
@@ -94,6 +99,8 @@ class ClientStatistics:
     refused: int
     #: Repairs done object by object because together they needed too many objects.
     split_repairs: int
+    #: Conditioned-on links proven from stored requests (deduction behind pruning).
+    link_proofs: int
     excluded_servers: tuple[int, ...]
 
 
@@ -146,9 +153,14 @@ class QUClient:
                 "history_fetches",
                 "refused",
                 "split_repairs",
+                "link_proofs",
             ),
             0,
         )
+        #: Proven conditioned-on links, ``(oid, lt) -> lt_co``, and the proofs behind them
+        #: (facts: true forever, so kept across operations; dropped wholesale when large).
+        self._facts: dict[tuple[int, Timestamp], Timestamp] = {}
+        self._proofs: dict[tuple[int, Timestamp], bytes] = {}
 
     def statistics(self) -> ClientStatistics:
         """Counters since creation."""
@@ -197,14 +209,11 @@ class QUClient:
             + [s for s in order if s in self._excluded]
         )
 
-    def _present(self, objects: Iterable[int], fresh: dict[int, set[int]]) -> dict:
-        """:func:`core.present` of the cached histories; remembers whom it left out."""
-        return self._present_view(objects, fresh)[0]
-
     def _present_view(self, objects: Iterable[int], fresh: dict[int, set[int]]) -> tuple:
-        """:meth:`_present` and the :class:`View` of what it returns."""
+        """:func:`core.present` of the cached histories and the :class:`View` of what it
+        returns; remembers whom it left out."""
         cached = self._mohs(objects)
-        shown, view = core.present_view(cached, self.th, fresh, self._excluded)
+        shown, view = core.present_view(cached, self.th, fresh, self._excluded, self._facts)
         for oid, ohs in cached.items():
             if len(ohs) != len(shown[oid]):
                 self._suspects |= set(ohs) - set(shown[oid]) - self._excluded
@@ -234,8 +243,8 @@ class QUClient:
         st = _RepairState(seen_latest=self._latest(objects))
         splits = 0
         while True:
-            mohs = self._present(objects + tuple(sorted(context)), fresh)
-            req = Request(self.client_id, objects, mohs, op)
+            mohs, shown = self._present_view(objects + tuple(sorted(context)), fresh)
+            req = Request(self.client_id, objects, mohs, op, None, self._links_for(shown))
             replies = await self._round(objects, req)
             self._absorb(objects, replies, fresh)
             st.short = st.short + 1 if len(replies) < th.q else 0
@@ -309,6 +318,14 @@ class QUClient:
             if nxt.step is core.Step.NEED:
                 context |= set(nxt.objects)
                 continue
+            if nxt.step is core.Step.LINKS:
+                if not await self._prove(nxt.links):
+                    st.short += 1
+                    if st.short >= MAX_SHORT_ROUNDS:
+                        raise Unavailable(f"objects {allobjs}: no server proves a link")
+                    await self._sleep(core.backoff_delay(st.repairs, self.rng))
+                    st.repairs += 1
+                continue
             if nxt.step is core.Step.METHOD:
                 return
             if nxt.step is core.Step.INLINE and nxt.target is not None:
@@ -327,7 +344,8 @@ class QUClient:
             st.repairs += 1
             typ = nxt.type or OpType.BARRIER
             self._n["barriers" if typ is OpType.BARRIER else "copies"] += 1
-            rreq = Request(self.client_id, allobjs, dict(view.mohs), None)
+            links = self._links_for(view)
+            rreq = Request(self.client_id, allobjs, dict(view.mohs), None, None, links)
             rreplies = await self._round(allobjs, rreq)
             self._absorb(allobjs, rreplies, fresh)
             if len(rreplies) < th.q:
@@ -379,6 +397,66 @@ class QUClient:
                 timeout=self.timeout,
             )
         self._absorb(todo, stash, fresh)
+
+    def _links_for(self, view: View) -> tuple[Link, ...]:
+        """The proven links ``view``'s decisions used, with their proofs: the servers must
+        decide with the same facts (none at all unless this client ever proved one)."""
+        if not self._facts:
+            return ()
+        return tuple(
+            Link(oid, lt, self._facts[(oid, lt)], self._proofs[(oid, lt)])
+            for oid, lt in sorted(view.used_links(), key=lambda k: (k[0], k[1].encode()))
+        )
+
+    async def _prove(self, wanted: Iterable[tuple[int, Timestamp]]) -> int:
+        """Prove conditioned-on links (``bftfs.qu.links``) this client does not know yet.
+        How many new links were proven."""
+        if len(self._facts) > MAX_FACTS:
+            self._facts.clear()
+            self._proofs.clear()
+        proven = 0
+        for oid, lt in sorted(wanted, key=lambda k: (k[0], k[1].encode())):
+            if (oid, lt) in self._facts:
+                continue
+            got = await self._fetch_proof(oid, lt)
+            if got is not None:
+                self._facts[(oid, lt)], self._proofs[(oid, lt)] = got
+                self._n["link_proofs"] += 1
+                proven += 1
+        return proven
+
+    async def _fetch_proof(self, oid: int, lt: Timestamp) -> tuple[Timestamp, bytes] | None:
+        """The conditioned-on timestamp of version ``lt`` of ``oid`` and its proof: the
+        stored request that made it, from any one server (the timestamp hash binds it, so
+        no server need be believed), or None if no server has one that checks."""
+        got: list[tuple[Timestamp, bytes]] = []
+
+        def accept(_node: int, raw: Any) -> bool:
+            body = raw.get("r") if isinstance(raw, dict) else None
+            if body is None or got:
+                return False
+            try:
+                proof = pack(body)
+            except (TypeError, ValueError):
+                return False
+            co = prove(proof, self.th, oid, lt)
+            if co is None:
+                return False
+            got.append((co, proof))
+            return True
+
+        with suppress(QuorumUnavailable):
+            await self.ep.quorum_call(
+                preferred_order(oid, self.th.n),
+                KIND_FETCH,
+                {"v": VERSION, "lt": lt.encode()},
+                enough=lambda valid: len(valid) >= 1,
+                accept=accept,
+                initial=self.th.b + 1,
+                probe_after=self.probe_after,
+                timeout=self.timeout,
+            )
+        return got[0] if got else None
 
     async def _round(self, objects: tuple[int, ...], req: Request) -> dict[int, Reply]:
         """``c_quorum_rpc`` (lines 600-604): replies from a quorum, probing as needed.
@@ -459,9 +537,17 @@ class QUClient:
                 break
         if original is None:
             return False
+        links = original.links
+        if links:  # stored without proofs: the servers need them again
+            await self._prove({(lk.oid, lk.lt) for lk in links})
+            if any((lk.oid, lk.lt) not in self._proofs for lk in links):
+                return False
+            links = tuple(lk.__class__(*lk.fact(), self._proofs[(lk.oid, lk.lt)]) for lk in links)
         self._n["inline_repairs"] += 1
         evidence = {oid: dict(view.mohs.get(oid, {})) for oid in target.objects}
-        req = Request(original.client, original.objects, original.mohs, original.op, evidence)
+        req = Request(
+            original.client, original.objects, original.mohs, original.op, evidence, links
+        )
         replies = await self._round(original.objects, req)
         self._absorb(original.objects, replies, fresh)
         return True

@@ -38,10 +38,10 @@ from bftfs.qu.classify import (
     inline_target,
     missing_objects,
     request_type,
-    setup,
     stray_holders,
 )
-from bftfs.qu.history import OHSEntry, multi_ohs_digest
+from bftfs.qu.history import OHSEntry
+from bftfs.qu.links import Facts, expected_setup_lt
 from bftfs.qu.messages import Reply, Request, Status
 from bftfs.qu.timestamp import Candidate, Timestamp
 
@@ -87,6 +87,7 @@ def present(
     th: Thresholds,
     fresh: Mapping[int, set[int]],
     excluded: set[int],
+    links: Facts | None = None,
 ) -> MOHS:
     """The multi-OHS to send: ``mohs`` without ``excluded`` servers and stray histories.
 
@@ -95,8 +96,9 @@ def present(
         th: thresholds.
         fresh: per object, servers whose history came in during this operation.
         excluded: servers known to be malevolent.
+        links: proven conditioned-on links (``bftfs.qu.links``) the view may use.
     """
-    return present_view(mohs, th, fresh, excluded)[0]
+    return present_view(mohs, th, fresh, excluded, links)[0]
 
 
 def present_view(
@@ -104,6 +106,7 @@ def present_view(
     th: Thresholds,
     fresh: Mapping[int, set[int]],
     excluded: set[int],
+    links: Facts | None = None,
 ) -> tuple[MOHS, View]:
     """:func:`present`, and the :class:`View` of what it returns (the one built to find
     stray histories when none were left out, so a client judging a round builds one View,
@@ -111,7 +114,7 @@ def present_view(
     out: MOHS = {
         oid: {s: e for s, e in ohs.items() if s not in excluded} for oid, ohs in mohs.items()
     }
-    view = View(out, th)
+    view = View(out, th, links)
     changed = False
     for oid in list(out):
         strays = stray_holders(view, oid)
@@ -119,7 +122,7 @@ def present_view(
         if strays and len(keep) >= th.q:
             out[oid] = {s: e for s, e in out[oid].items() if s not in strays}
             changed = True
-    return out, (View(out, th) if changed else view)
+    return out, (View(out, th, links) if changed else view)
 
 
 class Result(enum.Enum):
@@ -218,6 +221,7 @@ class Step(enum.Enum):
 
     METHOD = "method"  # classification allows the operation: (re)send it
     NEED = "need"  # fetch the histories of more objects first (deduction)
+    LINKS = "links"  # prove conditioned-on links first (deduction behind pruned histories)
     INLINE = "inline"  # re-send a stored request to complete a candidate in place
     REPAIR = "repair"  # back off, then a barrier or copy (the servers decide which)
 
@@ -228,13 +232,20 @@ class Next:
 
     step: Step
     objects: frozenset[int] = frozenset()  # for NEED: objects to add
+    links: frozenset[tuple[int, Timestamp]] = frozenset()  # for LINKS: (oid, lt) to prove
     target: Candidate | None = None  # for INLINE
     type: OpType | None = None  # for REPAIR: what the servers will do
 
 
 def next_step(view: View) -> Next:
-    """Lines 500-506 with deduction and inline repair, for the multi-OHS in ``view``."""
+    """Lines 500-506 with deduction and inline repair, for the multi-OHS in ``view``.
+
+    Links come before objects: which candidates are excluded decides which objects
+    deduction needs, and an undecided skip must not steer anything."""
     need = missing_objects(view)
+    wanted = view.wanted_links()
+    if wanted:
+        return Next(Step.LINKS, links=wanted)
     if need:
         return Next(Step.NEED, objects=need)
     classes = {oid: classify(view, oid) for oid in view.objects}
@@ -249,14 +260,8 @@ def next_step(view: View) -> Next:
 
 def expected_lt(req: Request, th: Thresholds) -> Timestamp | None:
     """The timestamp servers set up for ``req`` if none of its histories gets culled."""
-    su = setup(
-        View(req.mohs, th),
-        req.client,
-        req.op.canonical() if req.op else None,
-        multi_ohs_digest(req.mohs),
-        req.objects,
-    )
-    return su.lt if su is not None else None
+    got = expected_setup_lt(req, th)
+    return got[0] if got is not None else None
 
 
 def backoff_delay(

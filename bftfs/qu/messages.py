@@ -13,7 +13,9 @@ Layout (``oid`` = u64 object id, ``lt`` = 49-byte timestamp, ``rh`` = list of ca
                                    "h": [ohs per object], "op": operation or nil (repair),
                                    "e": nil or [ohs per object] (inline-repair evidence),
                                    "x": [[oid, ohs], ...] context objects: histories carried
-                                   only for deduction, not operated on (at most 8)}
+                                   only for deduction, not operated on (at most 8),
+                                   "lk": [[oid, lt, lt_co, proof], ...] only when present:
+                                   conditioned-on links, proven by stored requests}
     qu.history   client -> node   {"v": 1, "o": [oid...]}
     qu.fetch     client -> node   {"v": 1, "lt": lt}          stored request of a candidate
     qu.sync      node -> node     {"v": 1, "oid": oid, "lt": lt}   object sync
@@ -173,6 +175,47 @@ class Operation:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A conditioned-on link ``lt -> lt_co`` of object ``oid`` that a request's
+    classification relies on (``classify.View.skips``), and its proof: the stored request
+    that made ``lt`` (packed), whose timestamp hash binds it (``bftfs.qu.links``).  Stored
+    requests keep their links without proofs."""
+
+    oid: int
+    lt: Timestamp
+    lt_co: Timestamp
+    proof: bytes | None = None
+
+    def wire(self) -> list:
+        """``[oid, lt, lt_co, proof or nil]``."""
+        return [self.oid, self.lt.encode(), self.lt_co.encode(), self.proof]
+
+    def fact(self) -> tuple[int, Timestamp, Timestamp]:
+        """What the link says, without its proof."""
+        return (self.oid, self.lt, self.lt_co)
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Link:
+        """Parse a link.
+
+        Raises:
+            MessageError: wrong shape or field.
+        """
+        if not isinstance(v, list | tuple) or len(v) != 4:
+            raise MessageError("link must be [oid, lt, lt_co, proof]")
+        proof = v[3]
+        if proof is not None and (not isinstance(proof, bytes) or len(proof) > MAX_PROOF):
+            raise MessageError("link proof must be bytes of bounded size")
+        return cls(_int(v[0], "object id"), _lt(v[1]), _lt(v[2]), proof)
+
+
+#: Links one request may carry (a conditioned-on chain walked back past a pruned stretch).
+MAX_LINKS = 256
+#: Largest proof (a stored request of up to 8 objects' histories).
+MAX_PROOF = 1 << 20
+
+
+@dataclass(frozen=True)
 class Request:
     """A ``s_request(Operation, OHS)`` (line 1000) over one or more objects."""
 
@@ -181,10 +224,12 @@ class Request:
     mohs: dict[int, dict[int, OHSEntry]]  # conditioned-on multi-OHS: objects + context
     op: Operation | None  # None: a repair request (barrier or copy, line 504)
     evidence: dict[int, dict[int, OHSEntry]] | None = None  # inline repair only
+    links: tuple[Link, ...] = ()  # proven links classification used (rare: see Link)
 
     def wire(self) -> dict:
-        """The message body."""
-        return {
+        """The message body (``"lk"`` only when there are links, so the usual request
+        keeps the fixed layout :meth:`packed` and :meth:`from_bytes` rely on)."""
+        d = {
             "v": VERSION,
             "c": self.client,
             "o": list(self.objects),
@@ -193,6 +238,13 @@ class Request:
             "e": [ohs_wire(self.evidence[o]) for o in self.objects] if self.evidence else None,
             "x": [[o, ohs_wire(self.mohs[o])] for o in self.context],
         }
+        if self.links:
+            d["lk"] = [lk.wire() for lk in self.links]
+        return d
+
+    def link_map(self) -> dict[tuple[int, Timestamp], Timestamp]:
+        """The links as ``(oid, lt) -> lt_co`` (what ``classify.View`` takes)."""
+        return {(lk.oid, lk.lt): lk.lt_co for lk in self.links}
 
     @property
     def context(self) -> tuple[int, ...]:
@@ -212,7 +264,7 @@ class Request:
         """
         ohs = self.mohs.get(self.objects[0], {}) if self.objects else {}
         first = next(iter(ohs.values()), None)
-        if first is None or first._item is None:
+        if first is None or first._item is None or self.links:
             return pack(self.wire())  # nothing to reuse (a client's request): one encoding
         return b"".join(
             (
@@ -303,12 +355,19 @@ class Request:
                 mohs[oid] = ohs_from_wire(item[1], n)
             except HistoryError as err:
                 raise MessageError(str(err)) from err
+        lk = d.get("lk") or []
+        if not isinstance(lk, list | tuple) or len(lk) > MAX_LINKS:
+            raise MessageError("links must be a short list")
+        links = tuple(Link.from_wire(x) for x in lk)
+        if len({(x.oid, x.lt) for x in links}) != len(links):
+            raise MessageError("link repeated")
         return cls(
             _int(d.get("c"), "client"),
             objects,
             mohs,
             Operation.from_wire(op) if op is not None else None,
             ev,
+            links,
         )
 
 

@@ -70,9 +70,9 @@ from bftfs.qu.history import (
     is_initial,
     make_authenticator,
     make_rh,
-    multi_ohs_digest,
 )
-from bftfs.qu.messages import Reply, Request, Status
+from bftfs.qu.links import LinkError, request_digest, verified
+from bftfs.qu.messages import Link, Reply, Request, Status
 from bftfs.qu.objects import Refused, Registry
 from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
 
@@ -160,10 +160,12 @@ def _classified(
     th: Thresholds,
     objects: tuple[int, ...],
     histories: tuple[tuple[int, tuple[tuple[int, ReplicaHistory], ...]], ...],
-) -> tuple[frozenset[int], bytes, dict[int, ObjectClass]]:
+    links: tuple[Link, ...] = (),
+) -> tuple[frozenset[int], bool, bytes, dict[int, ObjectClass]]:
     """What a culled multi-OHS says, for a request operating on ``objects``: the objects
-    deduction still needs, the digest that goes into timestamps, and each operated object's
-    classification (empty when objects are needed).
+    deduction still needs, whether it still needs conditioned-on links proven, the digest
+    that goes into timestamps, and each operated object's classification (empty when
+    objects or links are needed).  ``links`` are the request's, already verified.
 
     ``histories`` is the culled multi-OHS as ``((oid, ((server, rh), ...)), ...)``, sorted:
     classification, deduction and the digest depend on the replica histories alone, not on
@@ -173,10 +175,11 @@ def _classified(
     caller may change it.
     """
     mohs = {oid: {s: OHSEntry(rh, None) for s, rh in ohs} for oid, ohs in histories}
-    view = View(mohs, th)
+    view = View(mohs, th, {(lk.oid, lk.lt): lk.lt_co for lk in links})
     need = missing_objects(view)
-    classes = {} if need else {oid: classify(view, oid) for oid in objects}
-    return need, multi_ohs_digest(mohs), classes
+    wanted = bool(view.wanted_links())
+    classes = {} if need or wanted else {oid: classify(view, oid) for oid in objects}
+    return need, wanted, request_digest(mohs, links), classes
 
 
 def _latest(rh: ReplicaHistory) -> Timestamp:
@@ -238,16 +241,26 @@ def handle_request(
 
     mohs, all_culled = cull(cfg, req.mohs)
     culled = tuple(c for oid, c in zip(sorted(mohs), all_culled, strict=True) if oid in objects)
-    need, digest, classes = _classified(
+    links: tuple[Link, ...] = ()
+    if req.links:
+        try:
+            verified(req.links, th)
+        except LinkError as e:
+            return reply(Status.REFUSED, why=str(e))
+        links = tuple(sorted((Link(*lk.fact()) for lk in req.links), key=Link.fact))
+    need, wanted, digest, classes = _classified(
         th,
         objects,
         tuple(
             (oid, tuple((s, e.rh) for s, e in sorted(ohs.items())))
             for oid, ohs in sorted(mohs.items())
         ),
+        links,
     )
     if need:
         return reply(Status.NEED, need=tuple(sorted(need)), why="deduction needs objects")
+    if wanted:
+        return reply(Status.NEED, why="deduction needs conditioned-on links")
     op_bytes = req.op.canonical() if req.op else None
     su = setup_from_classes(classes, req.client, op_bytes, digest, objects)
     if su is None:
@@ -281,7 +294,7 @@ def handle_request(
             answer, at = _optimistic_query(kv, cfg, req)
             return reply(Status.FAIL, answer=answer, at=at, why="not current")
 
-    stored = Request(req.client, objects, mohs, req.op)
+    stored = Request(req.client, objects, mohs, req.op, None, links)
     if su.type is OpType.BARRIER:
         return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None)
 

@@ -1,0 +1,102 @@
+"""Proven conditioned-on links: deciding skips behind pruned histories (issue 22, item 3).
+
+Classification by deduction must know whether a newer candidate at one object of a
+multi-object candidate M descends from M or skipped it (L2747-2754,
+``classify.View.excluded``).  The answer is in the conditioned-on chain, but pruning (line
+1028) removes the chain's links from the replica histories behind every complete version.
+Guessing either way is unsafe: excluding an established M abandons it at every object,
+keeping an abandoned M lets a copy carry it at some objects only - half an atomic update.
+
+Every server stores the request that made each candidate it accepted (``qu.req``), and a
+candidate's timestamp is a hash over that request's operation, culled multi-OHS and links
+(:func:`request_digest`).  So the stored request *proves* the candidate's conditioned-on
+timestamp at each of its objects: whoever holds it re-runs ``s_setup`` on it and checks
+that it yields exactly that timestamp (:func:`prove`).  No server has to be believed; a
+client fetches the missing links from any server (``qu.fetch``) and sends them along with
+its request (``Request.links``), and each server checks them the same way before it
+classifies.
+
+The links a request carries go into its timestamp hash.  The proof of a stored request's
+own links is not needed to check it: those links are bound by its hash, and a benign server
+checked their proofs when it accepted the request (a chain link has order >= r, so a benign
+server accepted it).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable, Mapping
+
+from bftfs.qu.canon import canonical
+from bftfs.qu.classify import Thresholds, View, setup
+from bftfs.qu.history import MultiOHS, multi_ohs_digest
+from bftfs.qu.messages import Link, MessageError, Request
+from bftfs.qu.timestamp import Timestamp
+
+Facts = Mapping[tuple[int, Timestamp], Timestamp]
+
+
+class LinkError(ValueError):
+    """A link whose proof does not show it."""
+
+
+def request_digest(mohs: MultiOHS, links: Iterable[Link] = ()) -> bytes:
+    """What a request's timestamps hash besides kind and operation: the culled multi-OHS,
+    and the links its classification used (none for nearly every request, which keeps the
+    plain :func:`bftfs.qu.history.multi_ohs_digest`)."""
+    d = multi_ohs_digest(mohs)
+    facts = sorted((lk.oid, lk.lt.encode(), lk.lt_co.encode()) for lk in links)
+    if not facts:
+        return d
+    h = hashlib.blake2b(digest_size=32, person=b"bftfs-qu-links")
+    h.update(d)
+    h.update(canonical([list(f) for f in facts]))
+    return h.digest()
+
+
+def expected_setup_lt(req: Request, th: Thresholds) -> tuple[Timestamp, dict] | None:
+    """The timestamp servers set up for ``req`` (culled as stored) and each operated
+    object's conditioned-on timestamp, or None if classification needs more than the
+    request carries (objects or links) or time ran out."""
+    view = View(req.mohs, th, req.link_map())
+    su = setup(
+        view,
+        req.client,
+        req.op.canonical() if req.op else None,
+        request_digest(req.mohs, req.links),
+        req.objects,
+    )
+    if su is None or view.wanted_links():
+        return None
+    return su.lt, {oid: c.lt_co for oid, c in su.candidates.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def prove(proof: bytes, th: Thresholds, oid: int, lt: Timestamp) -> Timestamp | None:
+    """The conditioned-on timestamp of version ``lt`` of ``oid`` that ``proof`` (a stored
+    request, packed) shows, or None if it shows nothing about it."""
+    try:
+        req = Request.from_wire(proof, th.n)
+    except MessageError:
+        return None
+    if oid not in req.objects:
+        return None
+    got = expected_setup_lt(req, th)
+    if got is None or got[0] != lt:
+        return None
+    return got[1][oid]
+
+
+def verified(links: Iterable[Link], th: Thresholds) -> dict[tuple[int, Timestamp], Timestamp]:
+    """The links of a request as facts, every one checked against its proof.
+
+    Raises:
+        LinkError: a link without proof, or one its proof does not show.
+    """
+    out: dict[tuple[int, Timestamp], Timestamp] = {}
+    for lk in links:
+        if lk.proof is None or prove(lk.proof, th, lk.oid, lk.lt) != lk.lt_co:
+            raise LinkError(f"link of object {lk.oid} at {lk.lt} is not proven")
+        out[(lk.oid, lk.lt)] = lk.lt_co
+    return out

@@ -1,0 +1,125 @@
+"""Tier 1: proven conditioned-on links (``bftfs.qu.links``, issue 22 item 3).
+
+Classification by deduction must know whether a newer candidate at one object of a
+multi-object update skipped it; pruning removes the chain from the histories, and stored
+requests prove it again.  These tests build the histories on in-memory replicas with a
+scripted client, so the exact interleaving that split an update before is replayed.
+"""
+
+from __future__ import annotations
+
+import trio
+from qu_helpers import MemCluster, send
+from t1_qu_client import make_client, round_budget
+
+from bftfs.ids import client_id
+from bftfs.qu.canon import pack
+from bftfs.qu.classify import View
+from bftfs.qu.history import OHSEntry
+from bftfs.qu.links import prove
+from bftfs.qu.messages import KIND_FETCH, VERSION, Link, Operation, Request, Status
+from bftfs.qu.replica import handle_fetch
+from bftfs.qu.timestamp import ZERO
+
+C1, DEAD = int(client_id(1)), int(client_id(3))
+D, F = 1, 2  # a "directory" and a "file" counter
+ALL = range(6)
+
+
+def ohs_of(cl: MemCluster, oid: int, servers: list[int]) -> dict[int, OHSEntry]:
+    return {s: cl.ohs_entry(s, oid) for s in servers}
+
+
+def inc(seq: int) -> Operation:
+    return Operation("counter.increment", False, 1, seq)
+
+
+def abandoned_update_behind_a_pruned_chain() -> tuple[MemCluster, dict]:
+    """A dead client's add_all M over D and F reaches servers 0-2 (r = 3: repairable).  A
+    client that saw M at only 2 servers of D barriers and copies D past it (skipping M),
+    then two increments of D prune the copy from every history but stale server 1's.  F
+    saw nothing since: its histories still list M at order r.  Returns the cluster and the
+    timestamps of M and of D's copy Y."""
+    cl = MemCluster()
+    m_req = Request(DEAD, (D, F), {D: {}, F: {}}, Operation("counter.add_all", False, 5, 1))
+    m = send(cl, [0, 1, 2], m_req)[0].lt
+    five = [0, 2, 3, 4, 5]
+    bar = send(cl, five, Request(C1, (D,), {D: ohs_of(cl, D, five)}, None))
+    assert {r.type for r in bar.values()} == {"barrier"}
+    copy = send(cl, five, Request(C1, (D,), {D: ohs_of(cl, D, five)}, None))
+    assert {r.type for r in copy.values()} == {"copy"}
+    y = copy[0].lt
+    for seq in (1, 2):
+        reps = send(cl, five, Request(C1, (D,), {D: ohs_of(cl, D, five)}, inc(seq)))
+        assert {r.status for r in reps.values()} == {Status.OK}
+    return cl, {"m": m, "y": y}
+
+
+def test_the_scenario_leaves_the_skip_undecidable_from_histories() -> None:
+    cl, lts = abandoned_update_behind_a_pruned_chain()
+    v = View({D: ohs_of(cl, D, list(ALL)), F: ohs_of(cl, F, list(ALL))}, cl.th)
+    assert (D, lts["y"]) in v.wanted_links()
+    assert v.excluded() == frozenset()  # undecided: M is kept, but nobody may act on it
+
+
+def test_a_stored_request_proves_the_link_and_excludes_the_abandoned_update() -> None:
+    cl, lts = abandoned_update_behind_a_pruned_chain()
+    proof = pack(handle_fetch(cl.kvs[0], lts["y"]))
+    assert prove(proof, cl.th, D, lts["y"]) == ZERO  # Y copied D's initial version
+    assert prove(proof, cl.th, F, lts["y"]) is None  # Y says nothing about F
+    assert prove(proof, cl.th, D, lts["m"]) is None  # nor about another timestamp
+    assert prove(proof[:-3] + b"\x00\x00\x00", cl.th, D, lts["y"]) is None
+    v = View(
+        {D: ohs_of(cl, D, list(ALL)), F: ohs_of(cl, F, list(ALL))}, cl.th, {(D, lts["y"]): ZERO}
+    )
+    assert v.wanted_links() == frozenset()
+    assert any(k[0] == lts["m"]._bytes for k in v.excluded())
+
+
+def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:
+    """Before proven links the reader's copy carried M at F (5) but not at D: half of an
+    atomic update.  Now it proves D's pruned link, excludes M and copies F's initial."""
+    cl, _ = abandoned_update_behind_a_pruned_chain()
+    cl.down = {5}  # the reader's quorum includes stale server 1: F shows M at order r
+    c = make_client(cl, 0)
+    round_budget(c, 100)
+
+    async def main() -> tuple[int, int]:
+        return await c.query(F, "counter.fetch"), await c.query(D, "counter.fetch")
+
+    f, d = trio.run(main)
+    assert (f, d) == (0, 2)
+    assert c.statistics().link_proofs >= 1
+
+
+def test_servers_refuse_links_without_a_valid_proof() -> None:
+    cl, lts = abandoned_update_behind_a_pruned_chain()
+    mohs = {D: ohs_of(cl, D, list(ALL)), F: ohs_of(cl, F, list(ALL))}
+    proof = pack(handle_fetch(cl.kvs[0], lts["y"]))
+    bare = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], ZERO),))
+    lying = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], lts["m"], proof),))
+    for req in (bare, lying):
+        rep = send(cl, [3], req)[3]
+        assert rep.status is Status.REFUSED and "not proven" in rep.why
+    undecided = send(cl, [3], Request(C1, (D, F), mohs, None))[3]
+    assert undecided.status is Status.NEED and "links" in undecided.why
+    proven = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], ZERO, proof),))
+    assert send(cl, [3], proven)[3].status is Status.OK  # the barrier
+
+
+def test_a_forged_conditioned_on_timestamp_at_one_server_is_not_a_link() -> None:
+    """A candidate's key leaves its lt_co out: one Byzantine server listing a real
+    timestamp with another lt_co must not decide a skip (b+1 must agree)."""
+    cl, lts = abandoned_update_behind_a_pruned_chain()
+    v = View({D: ohs_of(cl, D, list(ALL))}, cl.th)
+    newest = max((c for e in v.mohs[D].values() for c in e.rh), key=lambda c: c.lt)
+    assert v.link(D, newest.lt) == newest.lt_co  # listed by 5 servers
+    assert v.link(D, lts["y"]) is None  # pruned everywhere: wanted, not guessed
+    assert (D, lts["y"]) in v.wanted_links()
+
+
+def test_fetch_answers_the_stored_request_of_a_pruned_candidate() -> None:
+    cl, lts = abandoned_update_behind_a_pruned_chain()
+    got = cl.handle(3, C1, KIND_FETCH, {"v": VERSION, "lt": lts["y"].encode()})
+    assert got["r"] is not None
+    assert prove(pack(got["r"]), cl.th, D, lts["y"]) == ZERO
