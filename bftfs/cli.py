@@ -222,7 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _print_status(statuses: list[localmod.NodeStatus]) -> None:
     print(
         f"  {'node':>4}  {'state':5}  {'address':21}  {'pid':>7}  {'lmdb':>10}  "
-        f"{'requests':>9}  rejected frames"
+        f"{'requests':>9}  {'catch-up':24}  rejected frames"
     )
     for s in statuses:
         st = s.stats or {}
@@ -232,8 +232,20 @@ def _print_status(statuses: list[localmod.NodeStatus]) -> None:
             f"  {s.id:>4}  {'up' if s.up else 'down':5}  {s.address:21}  "
             f"{s.pid if s.pid else '-':>7}  "
             f"{_human(st['lmdb_bytes']) if s.up else '-':>10}  "
-            f"{reqs if s.up else '-':>9}  {rejected or ('none' if s.up else '-')}"
+            f"{reqs if s.up else '-':>9}  {_progress(st.get('progress', {})) if s.up else '-':24}  "
+            f"{rejected or ('none' if s.up else '-')}"
         )
+
+
+def _progress(progress: dict[str, dict]) -> str:
+    """Background catch-up of a node, short: ``qu done 12/12, rw 3/40`` (objects or blocks
+    it found behind and brought up to date), ``-`` when none runs."""
+    parts = []
+    for name, p in sorted(progress.items()):
+        state = p.get("state", "?")
+        word = "" if state == "running" else f" {state}"
+        parts.append(f"{name.split('.')[0]}{word} {p.get('done', 0)}/{p.get('behind', 0)}")
+    return ", ".join(parts) or "-"
 
 
 def cmd_node(args: argparse.Namespace) -> int:

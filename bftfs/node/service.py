@@ -139,6 +139,9 @@ class Node:
         self.endpoint: Endpoint = None  # type: ignore[assignment]  # set in run()
         self.started = time.time()
         self.protocols: list[str] = []
+        #: Progress of background work by name (``qu.catchup``, ``rw.catchup``): plain
+        #: values a protocol module keeps current, shown by ``bftfs status``.
+        self.progress: dict[str, dict[str, Any]] = {}
         self._logged_internal: set[str] = set()
         self.register("ping", _ping, inline=True)
         self.register("stats", _stats, inline=True)
@@ -348,6 +351,7 @@ class Node:
             "requests": dict(self.stats),
             "rejected": dict(self.rejected),
             "protocols": self.protocols,
+            "progress": {k: dict(v) for k, v in self.progress.items()},
         }
 
 
