@@ -5,18 +5,22 @@ All objects of one tree share a preferred quorum (``FileSystem._new_oid``), so t
 outside it received none of their updates; standing in for a failed quorum node it turned
 every read of the tree into a repair too large to run (EIO on every file, a new mount
 failing on the root).  Here two mounts write a tree, a quorum node is killed, everything is
-read back through both mounts and a fresh one; the node comes back, more is written, and
+read back through both mounts and a fresh one; the node comes back and catches up in the
+background (``bftfs/qu/catchup.py``, progress in ``bftfs status``), more is written, and
 another quorum node is killed: everything still reads back.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from bftfs.fs.objects import ROOT
+from bftfs.local import query_status
 from bftfs.qu.client import preferred_order
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
@@ -43,6 +47,19 @@ def _check(root: Path, files: dict[str, bytes]) -> None:
         assert (root / rel).read_bytes() == data, rel
 
 
+def _caught_up(pc: ProcessCluster, node: int, timeout: float = 60.0) -> dict:
+    """Node ``node``'s Q/U catch-up progress (its ``stats`` answer, as ``bftfs status``
+    shows it) once finished; a condition polled under a deadline, across processes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = trio.run(query_status, pc.config)
+        got = (statuses[node].stats or {}).get("progress", {}).get("qu.catchup")
+        if got is not None and got["state"] in ("done", "failed"):
+            return got
+        assert time.monotonic() < deadline, f"catch-up of node {node} did not finish: {got}"
+        time.sleep(0.05)
+
+
 def test_reads_survive_a_node_killed_restarted_and_another_killed(tmp_path: Path) -> None:
     quorum = preferred_order(ROOT, 6)[:5]  # the tree's preferred quorum; one node is outside
     with (
@@ -60,6 +77,10 @@ def test_reads_survive_a_node_killed_restarted_and_another_killed(tmp_path: Path
             _check(fresh.mountpoint, files)
         files |= _write_tree(b.mountpoint, "two", 20)
         pc.start(first)
+        progress = _caught_up(pc, first)
+        # The directory, its 20 files and the root changed while the node was down.
+        assert progress["state"] == "done" and progress["done"] >= 22, progress
+        assert progress["failed"] == 0, progress
         files |= _write_tree(a.mountpoint, "three", 20)
         pc.kill(second)
         _check(a.mountpoint, files)

@@ -142,6 +142,8 @@ class Node:
         #: Progress of background work by name (``qu.catchup``, ``rw.catchup``): plain
         #: values a protocol module keeps current, shown by ``bftfs status``.
         self.progress: dict[str, dict[str, Any]] = {}
+        #: Set when the background work of the same name has finished (tests wait on it).
+        self.finished: dict[str, trio.Event] = {}
         self._logged_internal: set[str] = set()
         self.register("ping", _ping, inline=True)
         self.register("stats", _stats, inline=True)

@@ -19,6 +19,8 @@ Layout (``oid`` = u64 object id, ``lt`` = 49-byte timestamp, ``rh`` = list of ca
     qu.history   client -> node   {"v": 1, "o": [oid...]}
     qu.fetch     client -> node   {"v": 1, "lt": lt}          stored request of a candidate
     qu.sync      node -> node     {"v": 1, "oid": oid, "lt": lt}   object sync
+    qu.latest    node -> node     {"v": 1, "after": oid or nil, "limit": n}  newest lt per
+                                  object, oids > after: {"o": [[oid, lt], ...], "more": bool}
     operation                     [method (str), query (bool), argument, seq (u64)]
     reply to request / history    {"st": status, "t": type or nil, "lt": lt or nil,
                                    "a": answer, "at": [lt per object] or nil,
@@ -70,6 +72,9 @@ KIND_REQUEST = "qu.request"
 KIND_HISTORY = "qu.history"
 KIND_FETCH = "qu.fetch"
 KIND_SYNC = "qu.sync"
+KIND_LATEST = "qu.latest"
+#: Objects one ``qu.latest`` answer lists at most.
+MAX_LATEST = 1024
 
 
 class MessageError(ValueError):
@@ -559,6 +564,39 @@ def parse_history_request(v: Any) -> tuple[int, ...]:
 def parse_fetch(v: Any) -> Timestamp:
     """The timestamp of a ``qu.fetch`` body."""
     return _lt(_dict(v, "fetch").get("lt"))
+
+
+def parse_latest(v: Any) -> tuple[int | None, int]:
+    """``(after, limit)`` of a ``qu.latest`` body (limit capped at :data:`MAX_LATEST`)."""
+    d = _dict(v, "latest")
+    after = d.get("after")
+    return (
+        None if after is None else _int(after, "object id"),
+        max(1, min(MAX_LATEST, _int(d.get("limit", MAX_LATEST), "limit"))),
+    )
+
+
+def parse_latest_reply(v: Any) -> tuple[list[tuple[int, Timestamp]], bool]:
+    """The ``(oid, newest lt)`` pairs of a ``qu.latest`` answer, ascending, and whether more
+    follow.
+
+    Raises:
+        MessageError: malformed, or not ascending.
+    """
+    if not isinstance(v, dict):
+        raise MessageError("latest reply must be a map")
+    items = v.get("o")
+    if not isinstance(items, list | tuple) or len(items) > MAX_LATEST:
+        raise MessageError("latest reply needs a bounded list")
+    out: list[tuple[int, Timestamp]] = []
+    for item in items:
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise MessageError("latest entry must be [oid, lt]")
+        oid = _int(item[0], "object id")
+        if out and oid <= out[-1][0]:
+            raise MessageError("latest entries must ascend")
+        out.append((oid, _lt(item[1])))
+    return out, bool(v.get("more"))
 
 
 def parse_sync(v: Any) -> tuple[int, Timestamp]:

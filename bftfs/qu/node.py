@@ -16,6 +16,8 @@
 - ``qu.history``: the node's histories of some objects (read-only).
 - ``qu.fetch``: the stored request of a candidate, for inline repair by other clients.
 - ``qu.sync``: object sync, host side; only other nodes may ask (L2240-2244).
+- ``qu.latest``: the newest timestamp of each object this node holds, a page at a time, in
+  object-id order; only other nodes may ask (what a restarted node's catch-up compares).
 
 When a step needs a conditioned-on version this node lacks, the handler performs **object
 sync** (L2599-2607): it asks the host servers named by the OHS (then any other server) for
@@ -35,18 +37,22 @@ from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import PrincipalId, is_node
 from bftfs.qu.canon import canonical
+from bftfs.qu.catchup import CatchUp
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
+    KIND_LATEST,
     KIND_REQUEST,
     KIND_SYNC,
     VERSION,
     MessageError,
+    Reply,
     Request,
     Status,
     parse_fetch,
     parse_history_request,
+    parse_latest,
     parse_sync,
     parse_sync_reply,
 )
@@ -58,6 +64,7 @@ from bftfs.qu.replica import (
     SyncWant,
     handle_fetch,
     handle_history,
+    handle_latest,
     handle_request,
     handle_sync,
 )
@@ -88,8 +95,8 @@ def node_registry() -> Registry:
     return reg
 
 
-def register(node: Node, *, retention: Retention | None = None) -> None:
-    """Register the Q/U handlers with ``node``."""
+def register(node: Node, *, retention: Retention | None = None, catch_up: bool = True) -> None:
+    """Register the Q/U handlers with ``node``, and start its catch-up (``catchup.py``)."""
     from bftfs.node.service import DEFER, HandlerError
 
     th = Thresholds.from_config(node.config)
@@ -144,20 +151,20 @@ def register(node: Node, *, retention: Retention | None = None) -> None:
         node.stats[f"qu.{res.status.value}"] += 1
         return res.wire()
 
-    async def on_request(ctx: RequestContext, payload: Any) -> Any:
-        got = parsed.pop(id(payload), None)
-        req = got[1] if got is not None and got[0] is payload else parse(payload)
+    async def serve(req: Request, sender: int) -> Reply:
+        """One ``s_request`` with object sync as needed (also how catch-up applies a
+        request on this node itself)."""
         synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
         for _ in range(3):  # a version synced once may be needed again after a race
             if req.op is not None and req.op.query:
-                res = node.store.read(lambda kv: handle_request(kv, cfg, ctx.sender, req, synced))
+                res = node.store.read(lambda kv: handle_request(kv, cfg, sender, req, synced))
             else:
                 res = await node.store.write(
-                    lambda kv: handle_request(kv, cfg, ctx.sender, req, synced)
+                    lambda kv: handle_request(kv, cfg, sender, req, synced)
                 )
             if not isinstance(res, NeedSync):
                 node.stats[f"qu.{res.status.value}"] += 1
-                return res.wire()
+                return res
             for want in res.wants:
                 fetched = await _sync(node, th, want)
                 if fetched is None:
@@ -166,6 +173,11 @@ def register(node: Node, *, retention: Retention | None = None) -> None:
                 synced[(want.oid, want.lt)] = fetched
             node.stats["qu.synced"] += 1
         return _fail(node, cfg, req, "object sync did not settle")
+
+    async def on_request(ctx: RequestContext, payload: Any) -> Any:
+        got = parsed.pop(id(payload), None)
+        req = got[1] if got is not None and got[0] is payload else parse(payload)
+        return (await serve(req, ctx.sender)).wire()
 
     async def on_history(ctx: RequestContext, payload: Any) -> Any:
         try:
@@ -190,16 +202,28 @@ def register(node: Node, *, retention: Retention | None = None) -> None:
             raise HandlerError("bad-request", str(e)) from None
         return node.store.read(lambda kv: handle_sync(kv, oid, lt))
 
+    async def on_latest(ctx: RequestContext, payload: Any) -> Any:
+        if not is_node(ctx.sender):
+            raise HandlerError("forbidden", "listing objects is between nodes")
+        try:
+            after, limit = parse_latest(payload)
+        except MessageError as e:
+            raise HandlerError("bad-request", str(e)) from None
+        return node.store.read(lambda kv: handle_latest(kv, after, limit))
+
     node.register(KIND_REQUEST, on_request, fast=fast_request)
     # These only read the store: they never wait, so they run in the read loop.
     node.register(KIND_HISTORY, on_history, inline=True)
     node.register(KIND_FETCH, on_fetch, inline=True)
     node.register(KIND_SYNC, on_sync, inline=True)
+    node.register(KIND_LATEST, on_latest, inline=True)
+    if catch_up:
+        node.spawn(CatchUp(node, cfg, serve).run)
 
 
-def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Any:
+def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Reply:
     rep = node.store.read(lambda kv: handle_history(kv, cfg, req.objects))
-    return type(rep)(Status.FAIL, hist=rep.hist, why=why).wire()
+    return type(rep)(Status.FAIL, hist=rep.hist, why=why)
 
 
 async def _sync(node: Node, th: Thresholds, want: SyncWant) -> tuple[bytes | None, bytes] | None:

@@ -435,6 +435,23 @@ def handle_history(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> Repl
     return Reply(Status.OK, hist=_hist(kv, cfg, objects))
 
 
+def handle_latest(kv: KV, after: int | None, limit: int) -> dict:
+    """The newest timestamp in this server's history of each object with id > ``after``,
+    ``limit`` of them in id order (``qu.latest``: a restarted server compares them with its
+    own to find what changed while it was down)."""
+    start = schema.oid_key(0 if after is None else after + 1) if after != schema.MAX_OID else None
+    out: list[list] = []
+    more = False
+    if start is not None:
+        for key, raw in kv.scan(schema.DB_RH, start, schema.OID_END):
+            if len(out) >= limit:
+                more = True
+                break
+            rh, _ = schema.load_rh_raw(bytes(raw))
+            out.append([int.from_bytes(bytes(key), "big"), _latest(rh).encode()])
+    return {"o": out, "more": more}
+
+
 def handle_fetch(kv: KV, lt: Timestamp) -> Any:
     """The stored request that made candidate ``lt`` (for inline repair), or None."""
     return schema.load_request(kv, lt)

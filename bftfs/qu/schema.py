@@ -66,6 +66,11 @@ def oid_key(oid: int) -> bytes:
     return oid.to_bytes(8, "big")
 
 
+#: The largest object id, and a key above every object's (the end of a scan).
+MAX_OID = (1 << 64) - 1
+OID_END = b"\xff" * 9
+
+
 def ver_key(oid: int, lt: Timestamp) -> bytes:
     """The key of the version of ``oid`` at ``lt``."""
     return oid_key(oid) + lt.encode()
@@ -133,7 +138,14 @@ def load_rh(kv: KV, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
     raw = kv.get(DB_RH, oid_key(oid))
     if raw is None:
         return INITIAL_RH, None
-    raw = bytes(raw)
+    try:
+        return load_rh_raw(bytes(raw))
+    except SchemaError as e:
+        raise SchemaError(f"bad stored replica history of {oid}: {e}") from e
+
+
+def load_rh_raw(raw: bytes) -> tuple[ReplicaHistory, Authenticator | None]:
+    """A stored replica history and authenticator from their stored bytes (cached)."""
     hit = _RH_PARSED.get(raw)
     if hit is not None:
         return hit
@@ -141,7 +153,7 @@ def load_rh(kv: KV, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
         rh, auth = unpack(raw)
         parsed = rh_from_wire(rh), auth_from_wire(auth, len(auth)) if auth else None
     except (ValueError, TypeError) as e:
-        raise SchemaError(f"bad stored replica history of {oid}: {e}") from e
+        raise SchemaError(str(e)) from e
     _remember_rh(raw, parsed)
     return parsed
 

@@ -1,0 +1,305 @@
+"""Catch-up of a restarted Q/U server (issue 22, item 4): the objects that changed while it
+was down, brought up to date in the background.
+
+A server that was down holds none of the candidates accepted meanwhile.  Q/U stays correct
+without it (it serves what it has; object sync fetches conditioned-on versions on demand),
+but while it is behind, every object that changed meanwhile has its latest candidate at
+only the servers that were up: if one of them fails next, a quorum must include the
+restarted server, the latest candidate looks merely repairable, and every read of every such
+object becomes a barrier and a copy.  Catching up makes the next failure cost nothing.
+
+How, using only the protocol's own steps (nothing is taken on one peer's word):
+
+1. **Scan**: ask every other server for the newest timestamp of each object it holds
+   (``qu.latest``, paged).  An object is behind here when ``b + 1`` servers list a newer
+   timestamp than this server's history (an update made while it was down reached at least
+   ``q - 1 >= b + 1`` of the others), so one Byzantine server cannot invent work.
+2. **Classify**: read the object's histories from the others (``qu.history``) and cull them
+   with this server's own authenticator check.  The latest candidate is caught up when a
+   client could inline-repair it: the only one at its timestamp, of order at least ``r``.
+   Contention (several candidates at the latest time, or one below ``r``) is left to the
+   clients' repair with barriers, never guessed at here.
+3. **Apply**: fetch the stored request that made the candidate (``qu.fetch``), check that it
+   sets up exactly that timestamp, and run it on this server as an inline repair
+   (L2561-2570) with the others' histories as evidence: ``s_request`` accepts it only if
+   the evidence shows the candidate at ``b + 1`` servers, object-syncs the conditioned-on
+   version from ``b + 1`` matching hosts, re-runs the method and stores the result.  The
+   server's history then lists the latest candidate as if it had never been away.
+
+Progress is kept in ``node.progress["qu.catchup"]`` (``bftfs status`` shows it).  One object
+at a time, with a checkpoint between objects, so foreground requests are never held up.
+A candidate whose stored request carries proven links (rare: see ``links.py``) is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from bftfs.ids import PrincipalId
+from bftfs.qu.classify import Thresholds, View, missing_objects
+from bftfs.qu.core import expected_lt
+from bftfs.qu.history import OHSEntry
+from bftfs.qu.messages import (
+    KIND_FETCH,
+    KIND_HISTORY,
+    KIND_LATEST,
+    MAX_LATEST,
+    VERSION,
+    MessageError,
+    Reply,
+    Request,
+    Status,
+    parse_latest_reply,
+)
+from bftfs.qu.replica import ReplicaConfig, cull, handle_history
+from bftfs.qu.timestamp import ZERO, Candidate, Timestamp
+from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
+
+if TYPE_CHECKING:
+    from bftfs.node.service import Node
+
+log = logging.getLogger(__name__)
+
+#: Rounds of deduction (objects a multi-object candidate names) before an object is skipped.
+MAX_DEDUCTION_ROUNDS = 4
+
+Serve = Callable[[Request, int], Awaitable[Reply]]
+
+
+def behind(
+    own: Mapping[int, Timestamp], listings: Iterable[Mapping[int, Timestamp]], b: int
+) -> list[int]:
+    """Objects that at least ``b + 1`` listings show newer than ``own`` (missing: never
+    touched here); fewer could be one Byzantine server inventing work.
+
+    Oldest first (by the least newer timestamp listed): a multi-object update is older than
+    what followed it at each of its objects, so it is applied before a later update moves
+    one of its objects past it here (applying it after would fail the currency check: the
+    create of a file after the file's first write)."""
+    votes: dict[int, list[Timestamp]] = {}
+    for listing in listings:
+        for oid, lt in listing.items():
+            if lt > own.get(oid, ZERO):
+                votes.setdefault(oid, []).append(lt)
+    return sorted((o for o, lts in votes.items() if len(lts) > b), key=lambda o: min(votes[o]))
+
+
+def target(view: View, oid: int, me: int) -> Candidate | None:
+    """The latest candidate of ``oid`` if server ``me``'s history lacks it and a client
+    could inline-repair it (L2561-2570): the only candidate at the latest timestamp, of
+    order at least ``r``.  With this server's own (stale) history in the view, a candidate
+    complete at the others shows order ``q - 1`` here.  None: nothing to do, or contention
+    that the clients' repair (barriers) must settle."""
+    latest = view.latest_time(oid)
+    tops = [c for c in view.candidates(oid) if c.lt == latest]
+    if len(tops) != 1 or latest == ZERO or view.order(oid, tops[0]) < view.th.r:
+        return None
+    cand = tops[0]
+    mine = view.mohs[oid].get(me)
+    if mine is not None and any(c.key == cand.key for c in mine.rh):
+        return None
+    return cand
+
+
+class CatchUp:
+    """The background catch-up of one node (see the module docstring)."""
+
+    def __init__(self, node: Node, cfg: ReplicaConfig, serve: Serve) -> None:
+        self.node = node
+        self.cfg = cfg
+        self.th: Thresholds = cfg.th
+        self.serve = serve
+        self.others = [
+            PrincipalId(s) for s in ((cfg.me + i) % cfg.th.n for i in range(1, cfg.th.n))
+        ]
+        self.progress: dict[str, Any] = {
+            "state": "scanning",
+            "behind": 0,
+            "done": 0,
+            "skipped": 0,
+            "failed": 0,
+            "seconds": 0.0,
+        }
+
+    async def run(self) -> None:
+        """Scan, then bring every object found behind up to date; never raises."""
+        self.node.progress["qu.catchup"] = self.progress
+        finished = self.node.finished["qu.catchup"] = trio.Event()
+        started = time.monotonic()
+        try:
+            todo = await self.scan()
+            self.progress.update(state="running", behind=len(todo))
+            again = []
+            for oid in todo:
+                outcome = await self._try(oid)
+                if outcome == "failed":
+                    again.append(oid)  # once more at the end: an order we could not see
+                else:
+                    self.progress[outcome] += 1
+                self.progress["seconds"] = round(time.monotonic() - started, 3)
+            for oid in again:
+                self.progress[await self._try(oid)] += 1
+            self.progress["state"] = "done"
+        except trio.Cancelled:
+            raise
+        except Exception:  # the node must keep serving whatever happens here
+            log.exception("Q/U catch-up failed")
+            self.progress["state"] = "failed"
+        self.progress["seconds"] = round(time.monotonic() - started, 3)
+        finished.set()
+        if self.progress["behind"]:
+            log.info("Q/U catch-up: %s", self.progress)
+
+    async def _try(self, oid: int) -> str:
+        try:
+            outcome = await self.one(oid)
+        except (TransportError, RemoteError, MessageError, QuorumUnavailable) as e:
+            log.info("catch-up of object %d: %s", oid, e)
+            outcome = "failed"
+        await trio.lowlevel.checkpoint()
+        return outcome
+
+    async def scan(self) -> list[int]:
+        """Objects ``b + 1`` other servers hold newer versions of (step 1)."""
+        listings = []
+        for peer in self.others:
+            got = await self._listing(peer)
+            if got is not None:
+                listings.append(got)
+        wanted: set[int] = set()
+        for listing in listings:
+            wanted.update(listing)
+        own = self.node.store.read(lambda kv: _own_latest(kv, self.cfg, sorted(wanted)))
+        return behind(own, listings, self.th.b)
+
+    async def _listing(self, peer: PrincipalId) -> dict[int, Timestamp] | None:
+        """Everything ``peer`` lists, or None if it does not answer or answers garbage."""
+        out: dict[int, Timestamp] = {}
+        after: int | None = None
+        while True:
+            try:
+                raw = await self.node.endpoint.call(
+                    peer, KIND_LATEST, {"v": VERSION, "after": after, "limit": MAX_LATEST}
+                )
+                items, more = parse_latest_reply(raw)
+            except (TransportError, RemoteError, MessageError) as e:
+                log.info("catch-up: node %s does not list its objects: %s", peer, e)
+                return None
+            if items and after is not None and items[0][0] <= after:
+                return None  # not ascending across pages: not a listing we can use
+            out.update(items)
+            if not more or not items:
+                return out
+            after = items[-1][0]
+            await trio.lowlevel.checkpoint()
+
+    async def one(self, oid: int) -> str:
+        """Bring ``oid`` up to date (steps 2 and 3); ``done``, ``skipped`` or ``failed``."""
+        mohs = {oid: await self._histories(oid)}
+        for _ in range(MAX_DEDUCTION_ROUNDS):
+            view = View(mohs, self.th)
+            need = missing_objects(view)
+            if not need:
+                break
+            for o in need:
+                mohs[o] = await self._histories(o)
+        else:
+            return "skipped"
+        cand = target(view, oid, int(self.cfg.me))
+        if cand is None:
+            return "done" if self._lists_latest(view, oid) else "skipped"
+        original = await self._stored_request(cand, view)
+        if original is None:
+            log.info("catch-up of object %d: no server hands over the request of %s", oid, cand)
+            return "failed"
+        if original.links:
+            return "skipped"
+        for o in original.objects:
+            if o not in mohs:
+                mohs[o] = await self._histories(o)
+        evidence = {o: mohs[o] for o in original.objects}
+        req = Request(original.client, original.objects, original.mohs, original.op, evidence)
+        rep = await self.serve(req, int(self.cfg.me))
+        if rep.status is not Status.OK:
+            log.info(
+                "catch-up of object %d: %s %s (candidate %s, op %s)",
+                oid,
+                rep.status.value,
+                rep.why,
+                cand,
+                original.op.method if original.op else "repair",
+            )
+            return "failed"
+        return "done"
+
+    def _lists_latest(self, view: View, oid: int) -> bool:
+        mine = view.mohs[oid].get(int(self.cfg.me))
+        latest = view.latest_time(oid)
+        return mine is not None and any(c.lt == latest for c in mine.rh)
+
+    async def _histories(self, oid: int) -> dict[int, OHSEntry]:
+        """``oid``'s histories from q - 1 others and this server, culled with this
+        server's own key (forged histories drop out, as at any server)."""
+        got: dict[int, OHSEntry] = {}
+
+        def accept(node: int, raw: Any) -> bool:
+            try:
+                got[int(node)] = Reply.from_wire(raw, (oid,), self.th.n).hist[0]
+            except (MessageError, IndexError):
+                return False
+            return True
+
+        # Too few answers classify nothing as complete: the object is then skipped.
+        with contextlib.suppress(QuorumUnavailable):
+            await self.node.endpoint.quorum_call(
+                self.others,
+                KIND_HISTORY,
+                {"v": VERSION, "o": [oid]},
+                enough=lambda valid: len(valid) >= self.th.q - 1,
+                accept=accept,
+            )
+        own = self.node.store.read(lambda kv: handle_history(kv, self.cfg, (oid,)))
+        got[int(self.cfg.me)] = own.hist[0]
+        culled, _ = cull(self.cfg, {oid: got})
+        return culled[oid]
+
+    async def _stored_request(self, cand: Candidate, view: View) -> Request | None:
+        """The request that made ``cand``, from a server listing it, checked to set up
+        exactly ``cand``'s timestamp (a host cannot hand over another)."""
+        hosts = sorted(
+            {
+                s
+                for o in cand.objects
+                if o in view.mohs
+                for s, e in view.mohs[o].items()
+                if s != int(self.cfg.me) and any(c.key == cand.key for c in e.rh)
+            }
+        )
+        for s in hosts:
+            try:
+                raw = await self.node.endpoint.call(
+                    PrincipalId(s), KIND_FETCH, {"v": VERSION, "lt": cand.lt.encode()}
+                )
+                if not isinstance(raw, dict) or raw.get("r") is None:
+                    continue
+                req = Request.from_wire(raw["r"], self.th.n)
+            except (TransportError, RemoteError, MessageError):
+                continue
+            if req.objects == cand.objects and expected_lt(req, self.th) == cand.lt:
+                return req
+        return None
+
+
+def _own_latest(kv: Any, cfg: ReplicaConfig, oids: list[int]) -> dict[int, Timestamp]:
+    """This server's newest timestamp of each of ``oids`` it ever touched."""
+    out: dict[int, Timestamp] = {}
+    for oid in oids:
+        rh = handle_history(kv, cfg, (oid,)).hist[0].rh
+        out[oid] = max(c.lt for c in rh)
+    return out
