@@ -28,6 +28,7 @@ status: setup
 
 test: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-slow: setup-tests
@@ -37,9 +38,10 @@ test-all: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-lint: setup
+lint: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks
 	$(BIN)/ruff format --check bftfs tests benchmarks
+	$(BIN)/mypy
 
 # The user-facing benchmarks (issue 6): Andrew and PostMark against the local disk and
 # bindfs, short run (under 10 minutes); both always run, the target fails if either did.

@@ -129,8 +129,8 @@ def init_cluster(
     for spec, ident in zip(cfg.nodes, node_ids, strict=True):
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         ident.save(spec.key_path)
-    for spec, ident in zip(cfg.clients, client_ids, strict=True):
-        ident.save(cfg.client_key_path(spec.name))
+    for client, ident in zip(cfg.clients, client_ids, strict=True):
+        ident.save(cfg.client_key_path(client.name))
     cfgmod.save(cfg, config_path(home))
     return cfgmod.load(config_path(home))
 

@@ -914,7 +914,7 @@ class Endpoint:
 @asynccontextmanager
 async def open_endpoint(
     keyring: KeyRing, addresses: Mapping[NodeId, tuple[str, int]], **kwargs: Any
-):  # type: ignore[no-untyped-def]
+):
     """An :class:`Endpoint` whose connections and stragglers live in their own nursery."""
     async with trio.open_nursery() as nursery:
         ep = Endpoint(keyring, addresses, nursery, **kwargs)

@@ -220,6 +220,7 @@ class OpenFile:
         self.last_read = end
         bs = self.bs
         first, last = offset // bs, (end - 1) // bs
+        src: bytes | bytearray | None
         if first == last:  # the common small read: one slice, no copy loop
             src = self.dirty.get(first)
             if src is None:
@@ -235,9 +236,9 @@ class OpenFile:
                 src = self._base(k) or b""
             lo = max(offset, start) - start
             hi = min(end, start + bs) - start
-            piece = src[lo:hi]
+            chunk = src[lo:hi]
             at = start + lo - offset
-            out[at : at + len(piece)] = piece
+            out[at : at + len(chunk)] = chunk
         return bytes(out)
 
     # Writes ------------------------------------------------------------------------------

@@ -25,8 +25,7 @@ import pyfuse3
 import trio
 
 from bftfs.config import ClusterConfig
-from bftfs.connect import open_client
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.session import open_session
 from bftfs.fuse.control import (
     DEFAULT_ENTRY_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -37,9 +36,6 @@ from bftfs.fuse.control import (
     pid_file,
 )
 from bftfs.fuse.operations import Operations
-from bftfs.qu.classify import Thresholds
-from bftfs.qu.client import QUClient
-from bftfs.rw.client import open_rw_client
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +50,12 @@ async def serve(
     debug: bool = False,
 ) -> None:
     """Mount ``mountpoint`` and serve it until unmounted or terminated."""
-    async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
-        qu = QUClient(ep, Thresholds.from_config(config), client_id=ep.pid)
-        # The file system answers attributes its own updates produced for as long as the
-        # kernel caches attributes (``--attr-timeout``), no longer.
-        fs = await FileSystem.open(
-            qu, rw, config, uid=os.getuid(), gid=os.getgid(), attr_ttl=timeout
-        )
-        ops = Operations(fs, timeout=timeout, entry_timeout=entry_timeout)
+    # The file system answers attributes its own updates produced for as long as the
+    # kernel caches attributes (``--attr-timeout``), no longer.
+    async with open_session(
+        config, client, uid=os.getuid(), gid=os.getgid(), attr_ttl=timeout
+    ) as session:
+        ops = Operations(session.fs, timeout=timeout, entry_timeout=entry_timeout)
         options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
         options |= {"fsname=bftfs", "subtype=bftfs"}
         if os.getuid() == 0:
@@ -86,12 +80,7 @@ async def serve(
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())
-            log.info(
-                "Q/U operations:\n%s\nQ/U client: %s\nPASIS client: %s",
-                fs.method_statistics(),
-                qu.statistics(),
-                rw.statistics(),
-            )
+            log.info("%s", session.statistics())
 
 
 def run_foreground(

@@ -54,8 +54,8 @@ import functools
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -75,7 +75,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn domain errors into their errno and anything unexpected into a logged EIO."""
 
     name = fn.__name__
@@ -138,7 +138,7 @@ class Operations(pyfuse3.Operations):
         #: Requests served and seconds spent per handler (logged at unmount: where a
         #: workload's time goes, see :meth:`statistics`).
         self.calls: Counter[str] = Counter()
-        self.seconds: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         # Directory listings are snapshots per opendir, so readdir offsets stay stable while
         # entries are created and removed (pyfuse3 requires stable ``next_id``).
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
@@ -147,7 +147,7 @@ class Operations(pyfuse3.Operations):
     def statistics(self) -> str:
         """One line per handler: requests, total and mean milliseconds, busiest first."""
         lines = ["handler         calls    total ms   mean ms"]
-        for name, secs in self.seconds.most_common():
+        for name, secs in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
             n = self.calls[name]
             lines.append(f"{name:<14} {n:>6} {secs * 1e3:>11.1f} {secs * 1e3 / n:>9.2f}")
         return "\n".join(lines)

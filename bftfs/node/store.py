@@ -176,7 +176,7 @@ class Store:
         await job.done.wait()
         if job.error is not None:
             raise job.error
-        return job.result  # type: ignore[no-any-return]
+        return job.result
 
     def write_now(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(kv)`` in a write transaction of its own, committed before returning, on

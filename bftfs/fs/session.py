@@ -1,0 +1,49 @@
+"""A file system connected to a cluster: what a mount (or any program) opens.
+
+The fs layer builds its protocol clients - the authenticated endpoint, the Q/U client and
+the PASIS client - from the cluster configuration, so the FUSE layer sees only
+:class:`~bftfs.fs.filesystem.FileSystem` (docs/architecture.md, layering).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from bftfs.config import ClusterConfig
+from bftfs.connect import open_client
+from bftfs.fs.filesystem import FileSystem
+from bftfs.qu.classify import Thresholds
+from bftfs.qu.client import QUClient
+from bftfs.rw.client import open_rw_client
+
+
+@dataclass
+class Session:
+    """An open file system and the protocol clients under it (for their statistics)."""
+
+    fs: FileSystem
+    qu: QUClient
+    rw: Any
+
+    def statistics(self) -> str:
+        """What the protocol clients did, for a log at unmount."""
+        return (
+            f"Q/U operations:\n{self.fs.method_statistics()}\n"
+            f"Q/U client: {self.qu.statistics()}\nPASIS client: {self.rw.statistics()}"
+        )
+
+
+@asynccontextmanager
+async def open_session(
+    config: ClusterConfig, client: str, **options: Any
+) -> AsyncIterator[Session]:
+    """The file system of ``config``'s cluster as client ``client`` (its key from the
+    cluster directory); ``options`` go to :meth:`FileSystem.open`.  Creates the root
+    directory if the cluster has none."""
+    async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
+        qu = QUClient(ep, Thresholds.from_config(config), client_id=ep.pid)
+        fs = await FileSystem.open(qu, rw, config, **options)
+        yield Session(fs, qu, rw)

@@ -1,0 +1,95 @@
+"""The package layering (issue 20), checked over every module of ``bftfs``.
+
+Each package may import only the packages listed for it below, at module level or inside
+a function (imports under ``if TYPE_CHECKING:`` are for annotations only and do not count).
+Lower layers never import higher ones: the protocol cores and clients know nothing of the
+file system, the file system nothing of FUSE, FUSE only the file system.  A new edge must
+be added here on purpose, with its reason.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "bftfs"
+
+BASE = {"ids", "crypto", "config", "erasure", "logsetup", "bftfs"}  # "bftfs": __version__
+ALLOWED: dict[str, set[str]] = {
+    "ids": set(),
+    "crypto": {"ids"},
+    "config": {"ids"},
+    "erasure": set(),
+    "logsetup": set(),
+    "bftfs": set(),
+    "transport": {"ids", "crypto", "bftfs"},
+    "connect": {"config", "crypto", "transport"},
+    "local": BASE | {"connect", "transport"},
+    "node": BASE | {"transport"},
+    # node: the store's KV interface, and the handler types qu/node.py registers with.
+    "qu": BASE | {"transport", "node"},
+    "rw": BASE | {"transport", "node"},
+    # transport: the protocol clients still let transport errors through (issue 20).
+    "fs": BASE | {"connect", "qu", "rw", "transport"},
+    "fuse": BASE | {"fs", "local"},
+    "testing": BASE | {"connect", "local", "transport", "node", "qu", "rw", "fs", "fuse"},
+    "cli": BASE | {"connect", "local", "node", "fuse"},
+    "__main__": {"cli"},
+}
+
+
+def _package(path: Path) -> str:
+    rel = path.relative_to(ROOT)
+    if len(rel.parts) == 1:
+        return "bftfs" if rel.stem == "__init__" else rel.stem
+    return rel.parts[0]
+
+
+def _is_module(name: str) -> bool:
+    return (ROOT / f"{name}.py").exists() or (ROOT / name).is_dir()
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level bftfs packages ``path`` imports anywhere outside TYPE_CHECKING blocks."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for n in ast.walk(node))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+            if node.module == "bftfs":  # modules, or names of the package itself
+                names = [f"bftfs.{a.name}" if _is_module(a.name) else "bftfs" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "bftfs":
+                out.add(parts[1] if len(parts) > 1 else "bftfs")
+    return out
+
+
+def test_every_package_imports_only_what_its_layer_allows() -> None:
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        pkg = _package(path)
+        assert pkg in ALLOWED, f"{path}: package {pkg!r} has no layering entry"
+        for dep in sorted(_imports(path) - {pkg} - ALLOWED[pkg]):
+            wrong.append(f"{path.relative_to(ROOT.parent)} imports bftfs.{dep}")
+    assert wrong == []
+
+
+def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from bftfs.fuse import mount\n"
+        "def f():\n    from bftfs.fs import filesystem\n    import bftfs.qu.client\n"
+        "from bftfs import local\n"
+    )
+    assert _imports(src) == {"fs", "qu", "local"}
