@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bftfs import proc  # the standard library only: no protocol code
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -266,27 +268,16 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
     return None
 
 
-def _fusermount() -> str:
-    return shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
-
-
 def fuse_unmount(mnt: Path) -> None:
     """Unmount a FUSE mount; lazily if it is busy, so tear-down never hangs on it."""
-    if not os.path.ismount(mnt):
-        return
-    r = subprocess.run([_fusermount(), "-u", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        subprocess.run([_fusermount(), "-u", "-z", str(mnt)], capture_output=True)
+    proc.unmount(mnt)
 
 
-def _wait_mounted(mnt: Path, proc: subprocess.Popen[bytes], what: str, wait: float = 30.0) -> None:
-    deadline = time.monotonic() + wait
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None:
-            raise TargetError(f"{what} exited with {proc.returncode} before mounting {mnt}")
-        if time.monotonic() > deadline:
-            raise TargetError(f"{what} did not mount {mnt} within {wait:.0f} s")
-        time.sleep(0.02)
+def _wait_mounted(mnt: Path, child: subprocess.Popen[bytes], what: str, wait: float = 30.0) -> None:
+    try:
+        proc.wait_mounted(mnt, child, timeout=wait, what=what)
+    except proc.ProcessError as e:
+        raise TargetError(str(e)) from None
 
 
 @contextlib.contextmanager
@@ -326,22 +317,13 @@ def _bindfs(base: Path) -> Iterator[tuple[Path, int]]:
     src.mkdir()
     mnt.mkdir()
     # -f keeps the daemon our child, so we know its pid and can wait for it to exit.
-    proc = subprocess.Popen(
-        [exe, "-f", str(src), str(mnt)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    child = proc.spawn([exe, "-f", str(src), str(mnt)])
     try:
-        _wait_mounted(mnt, proc, "bindfs")
-        yield mnt, proc.pid
+        _wait_mounted(mnt, child, "bindfs")
+        yield mnt, child.pid
     finally:
         fuse_unmount(mnt)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.wait_exit(child)
 
 
 @contextlib.contextmanager

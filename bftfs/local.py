@@ -15,11 +15,7 @@ benchmarks and process-level tests use the same functions through
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +25,7 @@ from typing import Any
 import trio
 
 from bftfs import config as cfgmod
+from bftfs import proc
 from bftfs.config import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MAP_SIZE,
@@ -44,10 +41,6 @@ from bftfs.ids import NodeId, client_id
 from bftfs.transport import RemoteError, TransportError
 
 CONFIG_NAME = "cluster.toml"
-
-#: Node processes this process started, kept so they can be reaped when they stop (a
-#: dropped ``Popen`` of a running child would otherwise leave a zombie behind).
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class ClusterError(Exception):
@@ -152,18 +145,7 @@ def log_path(spec: NodeSpec) -> Path:
 
 def running_pid(spec: NodeSpec) -> int | None:
     """The pid of node ``spec``'s process if it is running, from its pid file."""
-    try:
-        pid = int(pid_path(spec).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    # Guard against a recycled pid belonging to some other program.
-    if b"bftfs" not in cmdline or b"node" not in cmdline:
-        return None
-    return pid
+    return proc.read_pid(pid_path(spec), marks=(b"bftfs", b"node"))
 
 
 def start_node(cfg: ClusterConfig, node_id: int, extra_args: list[str] | None = None) -> int:
@@ -183,18 +165,9 @@ def start_node(cfg: ClusterConfig, node_id: int, extra_args: list[str] | None = 
         str(node_id),
         *(extra_args or []),
     ]
-    with open(log_path(spec), "ab") as logf:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _children[proc.pid] = proc
-    pid_path(spec).write_text(f"{proc.pid}\n")
-    return proc.pid
+    child = proc.spawn(cmd, log=log_path(spec))
+    pid_path(spec).write_text(f"{child.pid}\n")
+    return child.pid
 
 
 def stop_node(
@@ -204,53 +177,16 @@ def stop_node(
     spec = cfg.node(node_id)
     pid = running_pid(spec)
     if pid is None:
-        _reap_exited()
+        proc.reap_exited()
         pid_path(spec).unlink(missing_ok=True)
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while process_alive(pid):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-        time.sleep(0.02)
+    proc.stop(pid, kill=kill, timeout=timeout)
     pid_path(spec).unlink(missing_ok=True)
     return True
 
 
-def _reap_exited() -> None:
-    """Collect children that exited on their own (a zombie has no cmdline to recognise)."""
-    for pid, child in list(_children.items()):
-        if child.poll() is not None:
-            del _children[pid]
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (reaping it if it is our child; a zombie counts as gone)."""
-    child = _children.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        del _children[pid]
-        return False
-    try:
-        # Reap it if it is our child (the test harness starts nodes itself).
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+#: Whether a pid runs (``bftfs.proc``; here for the callers that knew it from here).
+process_alive = proc.process_alive
 
 
 def start_nodes(cfg: ClusterConfig, extra_args: dict[int, list[str]] | None = None) -> None:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 
-BASE = {"ids", "crypto", "config", "erasure", "logsetup", "bftfs"}  # "bftfs": __version__
+BASE = {"ids", "crypto", "config", "erasure", "logsetup", "proc", "bftfs"}  # "bftfs": __version__
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
     "crypto": {"ids"},
     "config": {"ids"},
     "erasure": set(),
     "logsetup": set(),
+    "proc": set(),
     "bftfs": set(),
     "transport": {"ids", "crypto", "bftfs"},
     "connect": {"config", "crypto", "transport"},

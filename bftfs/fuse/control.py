@@ -15,14 +15,14 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import signal
-import subprocess
-import time
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from bftfs import proc
 from bftfs.config import ClusterConfig
-from bftfs.local import log_tail, process_alive
+from bftfs.local import log_tail
 
 log = logging.getLogger(__name__)
 
@@ -62,38 +62,62 @@ def known_mounts(config: ClusterConfig) -> list[tuple[int, Path]]:
     return out
 
 
-def is_mounted(mountpoint: Path) -> bool:
-    try:
-        return os.path.ismount(mountpoint)
-    except OSError:  # "Transport endpoint is not connected": a dead daemon's mount
-        return True
+is_mounted = proc.is_mounted
 
 
 def unmount(mountpoint: Path, *, pid: int | None = None, wait: float = 30.0) -> None:
     """Unmount ``mountpoint`` and wait for its daemon (``pid``, if known) to exit."""
     mountpoint = mountpoint.resolve()
-    fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
-    if is_mounted(mountpoint):
-        r = subprocess.run([fusermount, "-u", str(mountpoint)], capture_output=True, text=True)
-        if r.returncode != 0:
-            log.warning("fusermount -u %s: %s; detaching lazily", mountpoint, r.stderr.strip())
-            subprocess.run([fusermount, "-u", "-z", str(mountpoint)], capture_output=True)
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-    if pid is None:
-        return
-    deadline = time.monotonic() + wait
-    while process_alive(pid):
-        if time.monotonic() > deadline:
+    why = proc.unmount(mountpoint)
+    if why is not None:
+        log.warning("fusermount -u %s: %s; detached lazily", mountpoint, why)
+        if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-        time.sleep(0.02)
+                os.kill(pid, signal.SIGTERM)
+    if pid is not None:
+        proc.wait_gone(pid, wait)
+
+
+def daemon_command(
+    config_path: Path,
+    client: str,
+    mountpoint: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
+    log_path: Path,
+    debug_modules: Sequence[str] = (),
+    debug: bool = False,
+) -> list[str]:
+    """The command line of a mount daemon in the foreground (``bftfs mount --fg``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bftfs",
+        "mount",
+        str(mountpoint),
+        "--fg",
+        "--config",
+        str(config_path),
+        "--client",
+        client,
+        "--attr-timeout",
+        str(timeout),
+        "--entry-timeout",
+        str(entry_timeout),
+        "--log",
+        str(log_path),
+    ]
+    if debug_modules:
+        cmd += ["--debug-modules", *debug_modules]
+    if debug:
+        cmd.append("--debug")
+    return cmd
 
 
 __all__ = [
     "MountError",
+    "daemon_command",
     "is_mounted",
     "known_mounts",
     "log_file",

@@ -15,21 +15,20 @@ import functools
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from bftfs import proc
 from bftfs.config import ClusterConfig
 from bftfs.fs.session import open_session
 from bftfs.fuse.control import (
     DEFAULT_ENTRY_TIMEOUT,
     DEFAULT_TIMEOUT,
     MountError,
+    daemon_command,
     is_mounted,
     log_file,
     log_tail,
@@ -140,43 +139,19 @@ def mount_background(
         raise MountError(f"{mountpoint} is already a mount point")
     lf = log_path.resolve() if log_path is not None else log_file(config, mountpoint)
     lf.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "bftfs",
-        "mount",
-        str(mountpoint),
-        "--fg",
-        "--config",
-        str(config_path),
-        "--client",
+    cmd = daemon_command(
+        config_path,
         client,
-        "--attr-timeout",
-        str(timeout),
-        "--entry-timeout",
-        str(entry_timeout),
-        "--log",
-        str(lf),
-    ]
-    if debug_modules:
-        cmd += ["--debug-modules", *debug_modules]
-    if debug:
-        cmd.append("--debug")
-    with open(lf, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + wait
-    while not is_mounted(mountpoint):
-        if proc.poll() is not None:
-            raise MountError(f"the mount daemon exited (code {proc.returncode}){log_tail(lf)}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise MountError(f"{mountpoint} was not mounted within {wait:g}s{log_tail(lf)}")
-        time.sleep(0.05)
-    return proc.pid
+        mountpoint,
+        timeout=timeout,
+        entry_timeout=entry_timeout,
+        log_path=lf,
+        debug_modules=debug_modules,
+        debug=debug,
+    )
+    child = proc.spawn(cmd, log=lf)
+    try:
+        proc.wait_mounted(mountpoint, child, timeout=wait, detail=lambda: log_tail(lf))
+    except proc.ProcessError as e:
+        raise MountError(str(e)) from None
+    return child.pid

@@ -8,18 +8,15 @@ body failed.  :func:`fuse_available` tells tests to skip where there is no ``/de
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
+from bftfs import proc
 from bftfs.config import ClusterConfig
-from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
+from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, daemon_command
 from bftfs.local import config_path
 
 
@@ -51,37 +48,19 @@ class Mount:
 
     def __enter__(self) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "bftfs",
-            "mount",
-            str(self.mountpoint),
-            "--fg",
-            "--config",
-            str(config_path(self.config.home)),
-            "--client",
+        cmd = daemon_command(
+            config_path(self.config.home),
             self.client,
-            "--attr-timeout",
-            str(self.attr_timeout),
-            "--entry-timeout",
-            str(self.entry_timeout),
-            "--log",
-            str(self.log),
-        ]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.mountpoint,
+            timeout=self.attr_timeout,
+            entry_timeout=self.entry_timeout,
+            log_path=self.log,
         )
-        deadline = time.monotonic() + self.wait
+        self.proc = proc.spawn(cmd)  # it logs to self.log itself
         try:
-            while not os.path.ismount(self.mountpoint):
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"mount daemon exited ({self.proc.returncode}):\n" + self.log_text()
-                    )
-                if time.monotonic() > deadline:
-                    raise RuntimeError("mount did not appear:\n" + self.log_text())
-                time.sleep(0.05)
+            proc.wait_mounted(
+                self.mountpoint, self.proc, timeout=self.wait, detail=lambda: "\n" + self.log_text()
+            )
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -95,20 +74,10 @@ class Mount:
 
     def unmount(self) -> int | None:
         """Unmount and wait for the daemon; its exit code (None if it had to be killed)."""
-        fusermount = shutil.which("fusermount3") or "fusermount3"
-        if os.path.ismount(self.mountpoint):
-            r = subprocess.run([fusermount, "-u", str(self.mountpoint)], capture_output=True)
-            if r.returncode != 0:
-                subprocess.run([fusermount, "-u", "-z", str(self.mountpoint)], capture_output=True)
+        proc.unmount(self.mountpoint)
         if self.proc is None:
             return None
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            return None
+        return proc.wait_exit(self.proc)
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None

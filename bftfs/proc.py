@@ -1,0 +1,190 @@
+"""Processes and FUSE mounts, in one place: spawning a daemon, waiting for its mount,
+unmounting (lazily when busy), stopping a process by pid, and pid files that survive pid
+reuse.  Node processes (``local.py``), mount daemons (``fuse/``), the test harness
+(``testing/``) and the benchmarks all use these; each used to have its own copy.
+
+Only the standard library: the benchmarks import this for bindfs without importing bftfs'
+protocol code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+#: Children this process started (``spawn``): reaped when they exit, so a dead child is
+#: never mistaken for a running one (a zombie keeps its pid).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+#: How often the waits below look again (seconds).
+POLL = 0.02
+
+
+class ProcessError(RuntimeError):
+    """A process exited or did not get ready in time (the message says which)."""
+
+
+def spawn(cmd: Sequence[str], *, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in a session of its own (a terminal's signals do not reach it), with
+    no stdin, stdout and stderr appended to ``log`` (discarded without one)."""
+    if log is None:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    else:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                list(cmd),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+    _children[proc.pid] = proc
+    return proc
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (reaping it if it is our child; a zombie counts as gone)."""
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _children[pid]
+        return False
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # our child from elsewhere (the test harness)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def reap_exited() -> None:
+    """Collect children that exited on their own."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            del _children[pid]
+
+
+def stop(pid: int, *, kill: bool = False, timeout: float = 10.0) -> None:
+    """Stop ``pid``: SIGTERM (SIGKILL with ``kill``), SIGKILL after ``timeout`` seconds,
+    and wait until it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    wait_gone(pid, timeout)
+
+
+def wait_gone(pid: int, timeout: float) -> None:
+    """Wait until ``pid`` exits; SIGKILL it after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+        time.sleep(POLL)
+
+
+def read_pid(path: Path, *, marks: Sequence[bytes]) -> int | None:
+    """The pid in pid file ``path`` if that process runs and its command line contains
+    every one of ``marks`` (a recycled pid belongs to some other program), else None."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if not all(m in cmdline for m in marks) or not process_alive(pid):
+        return None
+    return pid
+
+
+# FUSE mounts -------------------------------------------------------------------------------
+
+
+def fusermount() -> str:
+    """The fusermount program (fuse3's, else fuse2's)."""
+    return shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """Whether ``mountpoint`` is a mount point (a dead daemon's mount counts: its stat
+    fails with "Transport endpoint is not connected")."""
+    try:
+        return os.path.ismount(mountpoint)
+    except OSError:
+        return True
+
+
+def unmount(mountpoint: Path) -> str | None:
+    """Unmount a FUSE mount, lazily (``-z``) if it is busy, so tear-down never hangs on it.
+    None when it unmounted cleanly or was not mounted, else why the clean unmount failed."""
+    if not is_mounted(mountpoint):
+        return None
+    r = subprocess.run([fusermount(), "-u", str(mountpoint)], capture_output=True, text=True)
+    if r.returncode == 0:
+        return None
+    subprocess.run([fusermount(), "-u", "-z", str(mountpoint)], capture_output=True)
+    return r.stderr.strip() or f"fusermount exited {r.returncode}"
+
+
+def wait_mounted(
+    mountpoint: Path,
+    proc: subprocess.Popen[bytes],
+    *,
+    timeout: float = 30.0,
+    what: str = "the mount daemon",
+    detail: Callable[[], str] = str,
+) -> None:
+    """Wait until ``proc`` has mounted ``mountpoint``.
+
+    Raises:
+        ProcessError: ``proc`` exited first, or ``timeout`` seconds passed (then ``proc`` is
+            killed); ``detail()`` (e.g. the daemon's log tail) ends the message.
+    """
+    deadline = time.monotonic() + timeout
+    while not is_mounted(mountpoint):
+        if proc.poll() is not None:
+            raise ProcessError(f"{what} exited (code {proc.returncode}){detail()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise ProcessError(f"{mountpoint} was not mounted within {timeout:g}s{detail()}")
+        time.sleep(POLL)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:
+    """``proc``'s exit code once it exits; None if it had to be killed after ``timeout``."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        return None
