@@ -94,6 +94,8 @@ class MemCluster:
             for i, r in enumerate(self.node_rings)
         ]
         self.down: set[int] = set()
+        #: Nodes whose replies arrive after everyone else's (they are not down).
+        self.slow: set[int] = set()
         self.byzantine: dict[int, Wrapper] = {}
         self.syncs = 0
         self.requests = 0
@@ -112,7 +114,14 @@ class MemCluster:
             return self._honest(server, sender, kind, payload)
 
         wrap = self.byzantine.get(server)
-        out = wrap(server, sender, kind, payload, honest) if wrap else honest()
+        if wrap is not None and getattr(wrap, "with_keys", False):
+            # The strongest forgery: signed with the Byzantine server's own keys.
+            key_for = self.cfgs[server].key_for
+            out = wrap(server, sender, kind, payload, honest, key_for, self.th.n)
+        elif wrap is not None:
+            out = wrap(server, sender, kind, payload, honest)
+        else:
+            out = honest()
         return wire(out)
 
     def _honest(self, server: int, sender: int, kind: str, payload: Any) -> Any:
@@ -221,6 +230,7 @@ class MemEndpoint:
         rest = targets[len(first) :]
         queue = list(first)
         self.cluster.rng.shuffle(queue)
+        queue.sort(key=lambda s: s in self.cluster.slow)  # slow nodes answer last
         while queue:
             node = queue.pop(0)
             await trio.lowlevel.checkpoint()
@@ -288,6 +298,41 @@ def _with_forged(rep: dict, barrier: bool) -> dict:
     return rep
 
 
+def forge_max_time(
+    server: int,
+    sender: int,
+    kind: str,
+    payload: Any,
+    honest: Callable,
+    key_for: Callable[[int], bytes],
+    n: int,
+) -> Any:
+    """Claim, in every history it returns, a candidate at the largest logical time, under a
+    *valid* authenticator (it holds its own keys): honest servers classify with it and
+    refuse "logical time exhausted" (issue 18, defect 2)."""
+    from bftfs.qu.history import make_authenticator, rh_from_wire, rh_wire
+    from bftfs.qu.timestamp import MAX_TIME
+
+    rep = honest()
+    if kind not in (KIND_REQUEST, KIND_HISTORY) or not isinstance(rep, dict) or "h" not in rep:
+        return rep
+    is_request = kind == KIND_REQUEST
+    objects = Request.from_wire(payload, n).objects if is_request else tuple(payload["o"])
+    hist = []
+    for oid, (rh_raw, _) in zip(objects, rep["h"], strict=True):
+        rh = rh_from_wire(rh_raw)
+        top = rh[0]
+        fake = Candidate(Timestamp(MAX_TIME, False, 999, bytes([7]) * 32), top.lt, (oid,))
+        forged = make_rh([*rh, fake])
+        hist.append([rh_wire(forged), list(make_authenticator(oid, forged, n, key_for))])
+    rep = dict(rep)
+    rep["h"] = hist
+    return rep
+
+
+forge_max_time.with_keys = True  # type: ignore[attr-defined]
+
+
 def bad_authenticator(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
     """Corrupt every MAC of this server's authenticators (other servers must cull)."""
     rep = honest()
@@ -321,6 +366,7 @@ def reject_everything(server: int, sender: int, kind: str, payload: Any, honest:
 
 BYZANTINE = {
     "forge_higher": forge_higher,
+    "forge_max_time": forge_max_time,
     "endless_barriers": endless_barriers,
     "bad_authenticator": bad_authenticator,
     "wrong_answer": wrong_answer,
@@ -464,8 +510,9 @@ def send(
     return out
 
 
-def cluster_wrapper(fn: Wrapper, server: int) -> Callable:
-    """Adapt a :data:`Wrapper` to ``FaultInjector.byzantine`` on the in-process cluster."""
+def cluster_wrapper(fn: Wrapper, server: int, cluster: Any = None) -> Callable:
+    """Adapt a :data:`Wrapper` to ``FaultInjector.byzantine`` on the in-process cluster
+    (one that forges with its own keys reads them from the running node)."""
     from bftfs.node.service import HandlerError
 
     async def wrapper(ctx: Any, payload: Any, honest: Callable) -> Any:
@@ -474,6 +521,17 @@ def cluster_wrapper(fn: Wrapper, server: int) -> Callable:
         if fn is not reject_everything:
             result = await honest(ctx, payload)
         try:
+            if getattr(fn, "with_keys", False):
+                ring = cluster.nodes[server].keyring
+                return fn(
+                    server,
+                    int(ctx.sender),
+                    kind,
+                    payload,
+                    lambda: result,
+                    ring.key,
+                    cluster.config.n,
+                )
             return fn(server, int(ctx.sender), kind, payload, lambda: result)
         except RemoteError as e:
             raise HandlerError(e.code, e.message) from None
@@ -485,6 +543,6 @@ def make_byzantine(cluster: Any, server: int, behaviour: str) -> None:
     """Make node ``server`` of an in-process cluster behave as ``behaviour``."""
     fn = BYZANTINE[behaviour]
     for kind in (KIND_REQUEST, KIND_HISTORY, KIND_FETCH, "qu.sync"):
-        w = cluster_wrapper(fn, server)
+        w = cluster_wrapper(fn, server, cluster)
         w.kind = kind  # type: ignore[attr-defined]
         cluster.faults[server].byzantine(kind, w)

@@ -174,6 +174,7 @@ def test_client_dying_after_some_servers_never_half_applies(tmp_path: Path, reac
 
 PLACEMENTS_FAST = {
     "forge_higher": 1,
+    "forge_max_time": 2,  # object 7's preferred quorum is servers 1-5
     "endless_barriers": 2,
     "bad_authenticator": 3,
     "wrong_answer": 4,

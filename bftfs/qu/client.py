@@ -243,6 +243,7 @@ class QUClient:
         st = _RepairState(seen_latest=self._latest(objects))
         splits = 0
         while True:
+            await self._fill_fresh(objects + tuple(sorted(context)), fresh)
             mohs, shown = self._present_view(objects + tuple(sorted(context)), fresh)
             req = Request(self.client_id, objects, mohs, op, None, self._links_for(shown))
             replies = await self._round(objects, req)
@@ -313,6 +314,7 @@ class QUClient:
             if len(allobjs) > MAX_OBJECTS:
                 raise TooManyObjects(f"objects {allobjs}: more than {MAX_OBJECTS} to repair")
             await self._fetch_missing(allobjs, fresh)
+            await self._fill_fresh(allobjs, fresh)
             view = self._present_view(allobjs, fresh)[1]
             nxt = core.next_step(view)
             if nxt.step is core.Step.NEED:
@@ -393,6 +395,38 @@ class QUClient:
                 enough=lambda valid: len(valid) >= self.th.q,
                 accept=accept,
                 initial=self.th.q,
+                probe_after=self.probe_after,
+                timeout=self.timeout,
+            )
+        self._absorb(todo, stash, fresh)
+
+    async def _fill_fresh(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
+        """Histories from the servers not asked yet, for objects whose stray histories
+        cannot be left out for want of ``q`` fresh others (:func:`core.short_of_fresh`)."""
+        short = core.short_of_fresh(
+            self._mohs(objects), self.th, fresh, self._excluded, self._facts
+        )
+        if not short:
+            return
+        todo = tuple(sorted(short))
+        targets = sorted(set().union(*short.values()))
+        self._n["history_fetches"] += 1
+        stash: dict[int, Reply] = {}
+
+        def accept(node: int, raw: Any) -> bool:
+            try:
+                stash[node] = Reply.from_wire(raw, todo, self.th.n)
+            except MessageError:
+                return False
+            return True
+
+        with suppress(QuorumUnavailable):
+            await self.ep.quorum_call(
+                targets,
+                KIND_HISTORY,
+                {"v": VERSION, "o": list(todo)},
+                enough=lambda valid: len(valid) >= len(targets),
+                accept=accept,
                 probe_after=self.probe_after,
                 timeout=self.timeout,
             )

@@ -118,11 +118,70 @@ def present_view(
     changed = False
     for oid in list(out):
         strays = stray_holders(view, oid)
-        keep = fresh.get(oid, set()) - strays - excluded
-        if strays and len(keep) >= th.q:
-            out[oid] = {s: e for s, e in out[oid].items() if s not in strays}
+        if not strays:
+            continue
+        drop = _strays_to_drop(view, oid, strays, fresh.get(oid, set()) - excluded, th.q)
+        if drop:
+            out[oid] = {s: e for s, e in out[oid].items() if s not in drop}
             changed = True
     return out, (View(out, th, links) if changed else view)
+
+
+def _strays_to_drop(view: View, oid: int, strays: set[int], fresh: set[int], q: int) -> set[int]:
+    """Which stray histories of ``oid`` to leave out: all of them when ``q`` fresh others
+    remain, else those listing the newest stray candidates, newest first, for as long as
+    ``q`` fresh others remain.  Leaving out a forger's candidate at the largest logical time
+    must not wait for an honest server's in-flight update (order 1, a stray too) to settle:
+    that update cannot settle while every correct server refuses the forged time."""
+    if len(fresh - strays) >= q:
+        return strays
+    floor = max(
+        (c.lt for c in view.candidates(oid) if view.order(oid, c) > view.th.b),
+        default=None,
+    )
+    newer = sorted(
+        (c for c in view.candidates(oid) if floor is None or c.lt > floor),
+        key=lambda c: c.lt,
+        reverse=True,
+    )
+    drop: set[int] = set()
+    for c in newer:
+        holders = view.local(oid, c) & strays
+        if len(fresh - drop - holders) < q:
+            break
+        drop |= holders
+    return drop
+
+
+def short_of_fresh(
+    mohs: Mapping[int, Mapping[int, OHSEntry]],
+    th: Thresholds,
+    fresh: Mapping[int, set[int]],
+    excluded: set[int],
+    links: Facts | None = None,
+) -> dict[int, set[int]]:
+    """Objects whose stray histories :func:`present` cannot leave out for want of ``q``
+    fresh histories besides them, each with the servers still to ask (neither fresh nor
+    excluded).  A round ends at ``q`` replies; when one of them is a Byzantine server's
+    history with a forged candidate under its own valid authenticator (the largest logical
+    time, say), the other ``q - 1`` are too few to leave it out, every correct server
+    classifies with it and refuses, and the client would retry forever without ever asking
+    the (q+1)-th server (issue 18, defect 2).  Asking the rest settles it."""
+    view = View(
+        {o: {s: e for s, e in h.items() if s not in excluded} for o, h in mohs.items()}, th, links
+    )
+    out: dict[int, set[int]] = {}
+    for oid in view.objects:
+        strays = stray_holders(view, oid)
+        if not strays:
+            continue
+        have = fresh.get(oid, set())
+        if len(have - strays - excluded) >= th.q:
+            continue
+        rest = set(range(th.n)) - have - excluded
+        if rest:
+            out[oid] = rest
+    return out
 
 
 class Result(enum.Enum):
