@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import trio
-from rw_helpers import TEST_CLIENT, make_byzantine, rw_cluster
+from rw_helpers import TEST_CLIENT, make_byzantine, make_crashed, rw_cluster
 
 from bftfs import erasure
 from bftfs.connect import open_client
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId
-from bftfs.rw import replica
+from bftfs.rw import catchup, replica
 from bftfs.rw.catchup import PROGRESS_KEY
 from bftfs.rw.client import RWClient, open_rw_client
 from bftfs.rw.messages import (
@@ -103,12 +103,19 @@ async def _down_write_up(
 ) -> tuple[dict[int, Timestamp], dict[int, bytes]]:
     """Write one version of every block, take node K down, overwrite every block and write as
     many new ones, bring K back; what was written while K was down."""
+    return await _down_write_up_with(cluster, rw, blocks, lambda: None)
+
+
+async def _down_write_up_with(
+    cluster: Cluster, rw: Any, blocks: int, before_up: Any
+) -> tuple[dict[int, Timestamp], dict[int, bytes]]:
     await rw.write_blocks({b: payload(b) for b in range(blocks)})
     cluster.crash(K)
     await cluster.wait_stopped(K)
     data = {b: payload(b, 1) for b in range(2 * blocks)}
     async with scratch_writer(cluster) as writer:
         stamps = await writer.write_blocks(data)
+    before_up()
     await cluster.recover(K)
     return stamps, data
 
@@ -119,7 +126,7 @@ def test_restarted_node_catches_up_and_no_read_needs_repair(tmp_path: Path) -> N
             stamps, data = await _down_write_up(cluster, a, 10)
             prog = await wait_catchup(cluster.client(0), K)
             assert prog["state"] == "done", prog
-            assert prog["candidates"] == prog["behind"] == prog["done"] == len(stamps)
+            assert prog["candidates"] == prog["behind"] == prog["done"] == len(stamps), prog
             assert prog["skipped"] == prog["failed"] == prog["bad_peers"] == 0
             for b, stamp in stamps.items():
                 assert_holds(cluster, K, b, stamp, data[b])
@@ -219,6 +226,32 @@ def test_only_complete_versions_are_caught_up(tmp_path: Path) -> None:
                 == ZERO
             )
             assert cluster.nodes[others[-1]].stats["rw.write.new"] == 2  # no repair arrived
+
+    trio.run(main)
+
+
+def test_pass_gives_up_when_another_node_is_down_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With K back but node 0 down, no block K missed can be proven complete: each read
+    fails (after the reader's timeout) and after a few in a row the pass ends."""
+    monkeypatch.setattr(catchup, "READ_OPTIONS", {"timeout": 0.3, "probe_after": 0.05})
+    monkeypatch.setattr(catchup, "LIST_TIMEOUT", 0.5)
+
+    async def main() -> None:
+        async with rw_cluster(tmp_path) as (cluster, (a, _b)):
+            _stamps, _data = await _down_write_up_with(
+                cluster, a, 4, lambda: make_crashed(cluster, 0)
+            )
+            prog = await wait_catchup(cluster.client(1), K)
+            assert prog["state"] == "failed", prog
+            assert prog["bad_peers"] == 1  # node 0 did not list
+            assert prog["candidates"] == 8
+            assert (prog["failed"], prog["abandoned"], prog["done"]) == (
+                catchup.MAX_FAILED_IN_A_ROW,
+                8 - catchup.MAX_FAILED_IN_A_ROW,
+                0,
+            ), prog
 
     trio.run(main)
 

@@ -7,21 +7,22 @@ without this node is complete), so while it stays behind, one more failure leave
 one fragment short of the margin the thresholds promise.  Once, at start-up, the node:
 
 1. **lists** (``rw.list``, node-to-node only) the blocks every other node hosts, with their
-   latest timestamps, page by page.  ``behind.ListingMerge`` walks the listings in block order
-   and only considers a block that at least ``b + 1`` peers list (one of them is correct),
-   jumping every peer past blocks fewer list, so ``b`` lying peers cannot make it read
-   anything and cost at most one listing page per page of correct listings;
+   latest timestamps, page by page.  ``behind.ListingMerge`` walks the listings in block
+   order and only considers a block that at least ``b + 1`` peers list (one of them is
+   correct), jumping every peer past blocks fewer list, so ``b`` lying peers cannot make it
+   read anything and cost at most one listing page per page of correct listings;
 2. keeps the blocks for which ``b + 1`` of those peers report a latest version this node
-   does not host (``behind.is_candidate``): **candidates**, nothing more - a listing is never
-   trusted;
-3. **reads** each candidate exactly as a client does (:meth:`RWClient.read_version`, the
-   classification of classify.py and the validated cross checksum of verify.py), without
-   repairing anything, and calls it **behind** only if the read returns a *complete*
-   version this node does not hold (``behind.judge``).  Its own fragment is the regenerated
-   fragment at its index (encoding is deterministic); it must match the cross checksum
-   entry and the timestamp's verifier (``behind.own_fragment``) and pass the same checks as a
-   WRITE (``replica.check_write``), and is stored by ``replica.store_write`` in one
-   transaction of ``node.store.write``: exactly the version an accepted WRITE of that
+   does not host (``behind.is_candidate``): **candidates**, nothing more - a listing is
+   never trusted;
+3. **reads** each candidate exactly as a client does (:meth:`RWClient.read_version`: the
+   classification of classify.py and the validated cross checksum of verify.py), asking
+   only the other nodes (so ``QC + b`` of them must host a version for it to be complete)
+   and repairing nothing, and calls it **behind** only if the read returns a *complete*
+   version this node does not hold (``behind.judge``).  Its own fragment is the
+   regenerated fragment at its index (encoding is deterministic); it must match the cross
+   checksum entry and the timestamp's verifier (``behind.own_fragment``) and pass the same
+   checks as a WRITE (``replica.check_write``), and is stored by ``replica.store_write`` in
+   one transaction of ``node.store.write``: exactly the version an accepted WRITE of that
    timestamp leaves.
 
 Blocks whose newest candidate is only repairable (a write in progress or abandoned), or
@@ -32,9 +33,10 @@ cross checksum, i.e. what this node would hold had it been up.
 Progress is kept in ``node.progress["rw.catchup"]`` (``bftfs status``, the ``stats`` reply):
 ``state`` (scanning, running, done, failed), ``candidates``, ``behind``, ``done``,
 ``skipped``, ``failed``, ``current`` (read and found up to date), ``bad_peers`` (listings
-dropped as malformed or unanswered) and ``seconds``.  Blocks are handled one at a time with a
-checkpoint in between, so foreground requests are never held up; nothing a peer sends can
-stop the task or the node.
+dropped as malformed or unanswered), ``abandoned`` (candidates not tried after
+:data:`MAX_FAILED_IN_A_ROW` reads failed in a row) and ``seconds``.  Blocks are handled
+one at a time with a checkpoint in between, so foreground requests are never held up;
+nothing a peer sends can stop the task or the node.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ log = logging.getLogger(__name__)
 PROGRESS_KEY = "rw.catchup"
 #: Blocks per ``rw.list`` page.
 DEFAULT_PAGE = 256
+#: Reads failing in a row that end the pass: each waits out the endpoint's timeout, and
+#: they fail together when another node is down too (then no block can be proven complete:
+#: ``QC + b`` other nodes must answer), so going on would only cost a timeout per block.
+MAX_FAILED_IN_A_ROW = 3
+#: Options of the reading :class:`RWClient` when none are passed, and the timeout of the
+#: first listing round (None: the endpoint's); tests shorten them.
+READ_OPTIONS: dict[str, Any] = {}
+LIST_TIMEOUT: float | None = None
 
 
 def new_progress() -> dict[str, Any]:
@@ -93,6 +103,7 @@ def new_progress() -> dict[str, Any]:
         "failed": 0,
         "current": 0,
         "bad_peers": 0,
+        "abandoned": 0,
         "seconds": 0.0,
     }
 
@@ -120,8 +131,8 @@ class CatchUp:
         self.th = Thresholds.from_config(node.config)
         self.page = page
         self.max_ahead_ns = max_ahead_ns
-        self.client_options = client_options or {}
-        self.progress = node.progress.setdefault(PROGRESS_KEY, new_progress())
+        self.client_options = READ_OPTIONS if client_options is None else client_options
+        self.progress = node.progress[PROGRESS_KEY] = new_progress()
         self._t0 = time.monotonic()
 
     def _count(self, key: str, by: int = 1) -> None:
@@ -140,9 +151,27 @@ class CatchUp:
                 self._state("failed")
                 return
             self._state("running")
-            client = RWClient(self.node.endpoint, self.node.config, **self.client_options)
-            for block in candidates:
+            client = RWClient(
+                self.node.endpoint,
+                self.node.config,
+                nodes=[i for i in self.node.config.node_ids if i != self.node.id],
+                **self.client_options,
+            )
+            in_a_row = 0
+            for i, block in enumerate(candidates):
+                failed = self.progress["failed"]
                 await self.catch_up_block(client, block)
+                in_a_row = in_a_row + 1 if self.progress["failed"] > failed else 0
+                if in_a_row >= MAX_FAILED_IN_A_ROW:
+                    self.progress["abandoned"] = len(candidates) - i - 1
+                    self.node.log.warning(
+                        "node %s: rw catch-up gives up after %d failed reads in a row: %s",
+                        self.node.id,
+                        in_a_row,
+                        self.progress,
+                    )
+                    self._state("failed")
+                    return
                 await trio.lowlevel.checkpoint()
             self._state("done")
             if self.progress["behind"]:
@@ -182,6 +211,7 @@ class CatchUp:
                 first.to_wire(),
                 enough=lambda r: len(r) == len(peers),
                 accept=accept,
+                timeout=LIST_TIMEOUT,
             )
         for p in peers:
             if p in pages:

@@ -150,6 +150,10 @@ class RWClient:
         batcher: send requests through this :class:`~bftfs.rw.batch.Batcher` (concurrent
             operations share frames); None sends each request on its own.  Use
             :func:`open_rw_client` to get a client with a batcher.
+        nodes: ask only these nodes (default: all).  A storage node reading as a client
+            (catch-up, catchup.py) leaves itself out: its endpoint cannot call its own
+            principal, and its own "I lack it" would only lower the count of hosts.  The
+            thresholds still count all ``N``: a node left out is simply never heard.
     """
 
     def __init__(
@@ -166,11 +170,14 @@ class RWClient:
         probe_after: float = 0.5,
         one_round: bool = True,
         batcher: Batcher | None = None,
+        nodes: Iterable[int] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.th = Thresholds.from_config(config)
         self.block_size: int = config.block_size
-        self.nodes: list[NodeId] = list(config.node_ids)
+        self.nodes: list[NodeId] = [
+            NodeId(i) for i in (config.node_ids if nodes is None else nodes)
+        ]
         self.max_fragment = erasure.fragment_size(self.block_size, self.th.m)
         self.clock_ns = clock_ns
         self.max_ahead_ns = max_ahead_ns
