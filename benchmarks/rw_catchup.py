@@ -91,6 +91,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--no-durable", action="store_true")
     ap.add_argument("--foreground", action="store_true")
+    ap.add_argument(
+        "--nothing-missed",
+        action="store_true",
+        help="write before the kill: the restarted node only lists (the cost of a scan)",
+    )
     args = ap.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -98,14 +103,18 @@ def main() -> None:
     ):
         if args.foreground:
             trio.run(write, pc, 100, args.size, OLD)
-        pc.kill(K)
-        wrote = trio.run(write, pc, args.blocks, args.size)
+        if args.nothing_missed:
+            wrote = trio.run(write, pc, args.blocks, args.size)
+            pc.kill(K)
+        else:
+            pc.kill(K)
+            wrote = trio.run(write, pc, args.blocks, args.size)
         pc.start(K)
         prog = trio.run(follow, pc, args.blocks, args.foreground)
     secs = prog.get("seconds") or float("nan")
     print(
         f"{args.blocks} blocks of {args.size} B written in {wrote:.1f} s; node {K} caught up: "
-        f"{prog}; {prog.get('done', 0) / secs:.0f} blocks/s"
+        f"{prog}; {prog.get('done', 0) / secs:.0f} blocks/s, {args.blocks / secs:.0f} listed/s"
     )
 
 

@@ -42,7 +42,6 @@ nothing a peer sends can stop the task or the node.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -75,8 +74,6 @@ from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node
-
-log = logging.getLogger(__name__)
 
 #: Key of this task in ``node.progress``.
 PROGRESS_KEY = "rw.catchup"
