@@ -16,6 +16,7 @@ CORES = [
     "bftfs.rw.classify",
     "bftfs.rw.verify",
     "bftfs.rw.replica",
+    "bftfs.rw.behind",
     "bftfs.testing.linearizability",
 ]
 

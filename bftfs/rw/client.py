@@ -70,6 +70,7 @@ from bftfs.rw.messages import (
     WriteRequest,
 )
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, ZERO, Timestamp, make_timestamp
+from bftfs.rw.verify import ReadOutcome
 from bftfs.transport import Endpoint, QuorumUnavailable
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ class RWClient:
         batcher: send requests through this :class:`~bftfs.rw.batch.Batcher` (concurrent
             operations share frames); None sends each request on its own.  Use
             :func:`open_rw_client` to get a client with a batcher.
+        nodes: ask only these nodes (default: all).  A storage node reading as a client
+            (catch-up, catchup.py) leaves itself out: its endpoint cannot call its own
+            principal, and its own "I lack it" would only lower the count of hosts.  The
+            thresholds still count all ``N``: a node left out is simply never heard.
     """
 
     def __init__(
@@ -165,11 +170,14 @@ class RWClient:
         probe_after: float = 0.5,
         one_round: bool = True,
         batcher: Batcher | None = None,
+        nodes: Iterable[int] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.th = Thresholds.from_config(config)
         self.block_size: int = config.block_size
-        self.nodes: list[NodeId] = list(config.node_ids)
+        self.nodes: list[NodeId] = [
+            NodeId(i) for i in (config.node_ids if nodes is None else nodes)
+        ]
         self.max_fragment = erasure.fragment_size(self.block_size, self.th.m)
         self.clock_ns = clock_ns
         self.max_ahead_ns = max_ahead_ns
@@ -385,15 +393,27 @@ class RWClient:
             ReadAborted: garbage collection raced with every one of ``max_restarts`` attempts.
             ReadFailed: fewer than ``N - t`` nodes answered validly.
         """
+        return (await self.read_version(block)).data
+
+    async def read_version(self, block: BlockId | int, *, repair: bool = True) -> ReadOutcome:
+        """READ, with what it found: the candidate's timestamp, cross checksum, fragments.
+
+        ``repair`` False leaves a repairable candidate as it is (validated but not written
+        back; ``outcome.kind`` says REPAIR): a storage node catching up uses it to learn the
+        latest *complete* write without taking part in anyone's write (catchup.py).
+
+        Raises:
+            ReadAborted, ReadFailed: as :meth:`read_block`.
+        """
         block = BlockId(block)
         for attempt in range(self.max_restarts + 1):
             # Restart on any collected reply that matters, except on the last attempt
             # (classify.py, choice 6).
             last = attempt == self.max_restarts
-            data = await self._read_attempt(block, restart_at=None if last else 1)
-            if data is not None:
+            got = await self._read_attempt(block, restart_at=None if last else 1, repair=repair)
+            if got is not None:
                 self._stats["reads"] += 1
-                return data
+                return got
             self._stats["restarts"] += 1
         raise ReadAborted(f"block {block}: {self.max_restarts} restarts, giving up")
 
@@ -455,7 +475,9 @@ class RWClient:
             self.th, st.good_views(), rejected=frozenset(st.rejected), restart_at=st.restart_at
         )
 
-    async def _read_attempt(self, block: BlockId, *, restart_at: int | None) -> bytes | None:
+    async def _read_attempt(
+        self, block: BlockId, *, restart_at: int | None, repair: bool
+    ) -> ReadOutcome | None:
         """One pass of READ from READ_LATEST; None means RESTART."""
         st = _ReadState(restart_at=restart_at)
         # Systematic fragments first: decoding from nodes 0..m-1 costs no arithmetic.
@@ -481,13 +503,15 @@ class RWClient:
                 continue
             assert d.candidate is not None
             if d.candidate == ZERO:
-                return b""
-            data = await self._validate(st, block, d)
-            if data is None:
+                return ReadOutcome(ZERO, Kind.COMPLETE, b"", None, ())
+            regen = await self._validate(st, block, d, repair=repair)
+            if regen is None:
                 continue
-            if d.kind is Kind.REPAIR:
+            if d.kind is Kind.REPAIR and repair:
                 self._stats["repairs"] += 1
-            return data
+            return ReadOutcome(
+                d.candidate, d.kind, regen.data, regen.cross_checksum, regen.fragments
+            )
 
     async def _read_latest(
         self,
@@ -551,11 +575,13 @@ class RWClient:
             # next decision widens to other nodes if that leaves too few.
             st.failed(e, reqs, answered)
 
-    async def _validate(self, st: _ReadState, block: BlockId, d: Decision) -> bytes | None:
+    async def _validate(
+        self, st: _ReadState, block: BlockId, d: Decision, *, repair: bool
+    ) -> erasure.Regenerated | None:
         """Fetch ``m`` valid fragments of the candidate, regenerate, repair if needed.
 
-        Returns the block, or None when the decision must be made again (the candidate was
-        poisonous, or a holder failed to produce its fragment and was marked bad).
+        Returns the validated regeneration, or None when the decision must be made again (the
+        candidate was poisonous, or a holder failed to produce its fragment and was marked bad).
         """
         cand = d.candidate
         assert cand is not None
@@ -578,9 +604,9 @@ class RWClient:
             log.info("block %s: candidate %r is poisonous (cross checksum mismatch)", block, cand)
             st.rejected.add(cand)
             return None
-        if d.kind is Kind.REPAIR:
+        if d.kind is Kind.REPAIR and repair:
             await self.do_write(block, cand, regen.fragments, regen.cross_checksum)
-        return regen.data
+        return regen
 
     async def _fetch_fragments(
         self, st: _ReadState, block: BlockId, cand: Timestamp, holders: Sequence[int]

@@ -14,6 +14,7 @@ kind                    request fields                          reply fields
 ``rw.write``            ``v, b, ts, cc, f`` [, ``fr``]          ``ok``, ``new`` | ``stale``
 ``rw.read_latest``      ``v, b, d``                             ReadReply
 ``rw.read_prev``        ``v, b, d, lt, incl``                   ReadReply
+``rw.list``             ``v, a, n``                             ``e, more``
 ======================  ======================================  ===========================
 
 Field meanings:
@@ -29,6 +30,13 @@ Field meanings:
 - ``ok``: True when the write was executed; then ``new``: bool, whether it created the
   version (False: it was already stored).  ``ok`` False only answers a fresh write the node
   refused; then ``stale``: bytes(44), the node's latest timestamp.
+
+- ``a``: bytes(16) or None: ``rw.list`` lists blocks strictly above this block id (None: from
+  the first); ``n``: int, at most this many (1 .. :data:`MAX_LIST`).  Only nodes may ask
+  (catch-up of a restarted node, catchup.py).
+- ``e``: list of ``[bytes(16), bytes(44)]``: block ids in strictly ascending order, all above
+  ``a``, each with the greatest timestamp the node hosts for it; ``more``: bool, blocks above
+  the last one listed exist.
 
 ReadReply (``rw.read_latest`` / ``rw.read_prev``):
 
@@ -60,6 +68,11 @@ KIND_TIME = "rw.time"
 KIND_WRITE = "rw.write"
 KIND_READ_LATEST = "rw.read_latest"
 KIND_READ_PREV = "rw.read_prev"
+KIND_LIST = "rw.list"
+#: Most blocks one ``rw.list`` reply may carry (a request asking for more is malformed).
+MAX_LIST = 1024
+#: One above the largest block id.
+BLOCK_ID_LIMIT = 1 << (8 * BLOCK_ID_SIZE)
 
 #: A block: an unsigned 128-bit integer (e.g. ``object << 64 | block index``).
 BlockId = NewType("BlockId", int)
@@ -216,6 +229,31 @@ class ReadRequest:
         return cls(block, data, _ts(msg, "lt"), _bool(msg, "incl"))
 
 
+@dataclass(frozen=True)
+class ListRequest:
+    """LIST (not in the seed): the blocks a node hosts above ``after``, with their latest
+    timestamps, at most ``limit`` of them (a page; the next page starts after the last)."""
+
+    after: BlockId | None
+    limit: int
+
+    def to_wire(self) -> dict[str, Any]:
+        after = None if self.after is None else encode_block_id(self.after)
+        return {"v": RW_WIRE_VERSION, "a": after, "n": self.limit}
+
+    @classmethod
+    def from_wire(cls, msg: Any) -> ListRequest:
+        if _field(msg, "v") != RW_WIRE_VERSION:
+            raise MessageError(f"wire version {msg['v']!r}, expected {RW_WIRE_VERSION}")
+        after = None
+        if _field(msg, "a") is not None:
+            after = BlockId(int.from_bytes(_bytes(msg, "a", size=BLOCK_ID_SIZE), "big"))
+        limit = _field(msg, "n")
+        if type(limit) is not int or not 1 <= limit <= MAX_LIST:
+            raise MessageError(f"list limit must be an int in 1..{MAX_LIST}")
+        return cls(after, limit)
+
+
 # --- replies ----------------------------------------------------------------------------
 
 
@@ -322,3 +360,53 @@ class ReadReply:
         elif cc is not None or frag is not None:
             raise MessageError("unexpected fragment in reply")
         return cls(history, more, floor, cc, frag)
+
+
+@dataclass(frozen=True)
+class ListReply:
+    """A node's answer to LIST: ``(block, latest timestamp)`` in ascending block order."""
+
+    entries: tuple[tuple[BlockId, Timestamp], ...]
+    more: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "e": [[encode_block_id(b), ts.encode()] for b, ts in self.entries],
+            "more": self.more,
+        }
+
+    @classmethod
+    def from_wire(cls, msg: Any, request: ListRequest) -> ListReply:
+        """Parse a reply to ``request`` and check it is well formed.
+
+        Well formed means: at most ``request.limit`` entries, block ids strictly ascending
+        and above ``request.after``, no :data:`ZERO` timestamp, and ``more`` only with at
+        least one entry (so that paging always advances).  Whether the node really hosts
+        those versions is for the reader to find out (catchup.py never trusts a listing).
+        """
+        raw = _field(msg, "e")
+        if not isinstance(raw, list) or len(raw) > request.limit:
+            raise MessageError("entries are not a list of at most the requested length")
+        entries: list[tuple[BlockId, Timestamp]] = []
+        prev = -1 if request.after is None else request.after
+        for item in raw:
+            if not (isinstance(item, list) and len(item) == 2):
+                raise MessageError("entry is not a [block, timestamp] pair")
+            b, t = item
+            if not isinstance(b, bytes) or len(b) != BLOCK_ID_SIZE:
+                raise MessageError("entry block id is not bytes(16)")
+            block = BlockId(int.from_bytes(b, "big"))
+            if block <= prev:
+                raise MessageError("entries are not strictly ascending above the cursor")
+            try:
+                ts = Timestamp.decode(t)
+            except TimestampError as e:
+                raise MessageError(f"entry timestamp: {e}") from None
+            if ts == ZERO:
+                raise MessageError("entry with the zero timestamp")
+            entries.append((block, ts))
+            prev = block
+        more = _bool(msg, "more")
+        if more and not entries:
+            raise MessageError("'more' without entries")
+        return cls(tuple(entries), more)

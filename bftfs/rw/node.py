@@ -1,7 +1,8 @@
 """Wiring of the PASIS storage-node steps (replica.py) into a node's request handlers.
 
-Kinds: ``rw.time`` (TIME_REQUEST), ``rw.write`` (WRITE), ``rw.read_latest`` (READ_LATEST) and
-``rw.read_prev`` (READ_PREV); formats in messages.py.  ``rw.batch`` carries several of those
+Kinds: ``rw.time`` (TIME_REQUEST), ``rw.write`` (WRITE), ``rw.read_latest`` (READ_LATEST),
+``rw.read_prev`` (READ_PREV) and ``rw.list`` (the blocks hosted, for another node's catch-up;
+only nodes may ask); formats in messages.py.  ``rw.batch`` carries several of those
 at once (batch.py); its items run concurrently and go through the node's fault hooks like
 requests of their own, so a Byzantine test node misbehaves the same either way.
 
@@ -10,6 +11,9 @@ commit); writes are checked first (hashing a fragment, outside any transaction) 
 executed through the group-committing ``node.store.write``, so the acknowledgement is durable
 when the config says so.
 
+At start-up ``register`` also spawns the catch-up task (catchup.py): a node that was down
+fetches its fragments of the blocks written meanwhile, in the background.
+
 A malformed request is refused with ``malformed``; a write that fails validation with the
 replica's code (``bad-verifier``, ``bad-fragment``, ``too-far-ahead``...).  Refusals are
 counted in ``node.stats`` under ``rw.refused.<code>``.
@@ -17,19 +21,23 @@ counted in ``node.stats`` under ``rw.refused.<code>``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from bftfs.erasure import fragment_size
-from bftfs.rw import replica
+from bftfs.ids import is_node
+from bftfs.rw import catchup, replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
 from bftfs.rw.messages import (
+    KIND_LIST,
     KIND_READ_LATEST,
     KIND_READ_PREV,
     KIND_TIME,
     KIND_WRITE,
+    ListRequest,
     MessageError,
     ReadRequest,
     TimeRequest,
@@ -58,12 +66,14 @@ def register(
     *,
     history: int = replica.DEFAULT_HISTORY,
     max_ahead_ns: int = DEFAULT_MAX_AHEAD_NS,
+    catch_up: bool = True,
 ) -> None:
-    """Register the ``rw.*`` handlers on ``node``.
+    """Register the ``rw.*`` handlers on ``node`` and start its catch-up.
 
     Args:
         history: versions listed in each read reply's history (seed L1155-1157).
         max_ahead_ns: how far past this node's clock a write's time may be.
+        catch_up: spawn the catch-up task (catchup.py); the node must be running.
     """
     from bftfs.node.service import HandlerError
 
@@ -139,6 +149,13 @@ def register(
                 nursery.start_soon(one, i, kind, item)
         return results
 
+    async def on_list(ctx: RequestContext, payload: Any) -> Any:
+        if not is_node(ctx.sender):
+            node.stats["rw.refused.forbidden"] += 1
+            raise HandlerError("forbidden", "listing blocks is between nodes")
+        req = _parse(node, lambda: ListRequest.from_wire(payload))
+        return node.store.read(lambda kv: replica.list_step(kv, req.after, req.limit)).to_wire()
+
     handlers = {
         KIND_TIME: on_time,
         KIND_WRITE: on_write,
@@ -148,3 +165,7 @@ def register(
     for kind, handler in handlers.items():
         node.register(kind, handler)
     node.register(KIND_BATCH, on_batch)
+    # Not part of a batch: only catch-up asks, a page at a time.
+    node.register(KIND_LIST, on_list)
+    if catch_up:
+        node.spawn(functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns))

@@ -20,6 +20,8 @@ section 3.5.1.1 (L1147-1165):
 * :func:`read_step` - READ_LATEST / READ_PREV (strictly below, or at-or-below for exact
   fetches, spec H.2), with or without the fragment (read witnesses, L1172-1176), and always
   with a bounded history of older versions (L1155-1158) and the node's floor.
+* :func:`list_step` - LIST (not in the seed): the blocks hosted above a cursor with their
+  latest timestamps, one page at a time (the catch-up of a restarted node, catchup.py).
 * :func:`collect_step` - delete versions below a floor (the garbage collector of the
   lazy-verification issue calls it only below a version verified complete, L1540-1542).
 
@@ -34,7 +36,16 @@ from dataclasses import dataclass
 
 from bftfs import erasure
 from bftfs.node.kv import KV
-from bftfs.rw.messages import ReadReply, ReadRequest, TimeReply, WriteReply, WriteRequest
+from bftfs.rw.messages import (
+    BLOCK_ID_LIMIT,
+    BlockId,
+    ListReply,
+    ReadReply,
+    ReadRequest,
+    TimeReply,
+    WriteReply,
+    WriteRequest,
+)
 from bftfs.rw.schema import (
     DB_FLOOR,
     DB_VERSIONS,
@@ -155,6 +166,34 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
         stored = StoredVersion.decode(first_value)
         cc, frag = stored.cross_checksum, stored.fragment
     return ReadReply(tuple(hist), more, floor_of(kv, req.block), cc, frag)
+
+
+#: Above every version key.
+_END = b"\xff" * 64
+
+
+def list_step(kv: KV, after: int | None, limit: int) -> ListReply:
+    """LIST: up to ``limit`` blocks above ``after`` (None: all), each with its latest version.
+
+    One seek per block (to the block's first key, then to its last), so a page costs
+    ``O(limit)`` seeks however many versions each block keeps.
+    """
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    start = 0 if after is None else after + 1
+    entries: list[tuple[BlockId, Timestamp]] = []
+    more = False
+    while start < BLOCK_ID_LIMIT:
+        first = next(iter(kv.scan(DB_VERSIONS, block_prefix(start), _END)), None)
+        if first is None:
+            break
+        block = split_key(first[0])[0]
+        if len(entries) == limit:
+            more = True
+            break
+        entries.append((BlockId(block), time_step(kv, block).latest))
+        start = block + 1
+    return ListReply(tuple(entries), more)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@
   Byzantine node can fail it, so a failing reply is a :class:`BadReply`, never an error.
 * :func:`validate_candidate` is the validated cross checksum (READ lines 6-8, seed L889-895):
   regenerate all ``N`` fragments from ``m`` and compare.  A mismatch marks a poisonous write.
+* :class:`ReadOutcome` is what a READ returns once validated (client.py produces it,
+  catch-up judges it, behind.py).
 * :func:`choose_time` is READ_TIMESTAMP + MAKE_TIMESTAMP's Time (Figure 3.1) with the clock
   bound of :mod:`bftfs.rw.timestamp`.
 
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bftfs import erasure
-from bftfs.rw.classify import Thresholds
+from bftfs.rw.classify import Kind, Thresholds
 from bftfs.rw.messages import ReadReply, ReadRequest
 from bftfs.rw.timestamp import Timestamp, next_time, plausible
 
@@ -84,3 +86,21 @@ def validate_candidate(
     choice of ``m`` fragments (see :func:`bftfs.erasure.regenerate`).
     """
     return erasure.regenerate(fragments, cross_checksum, th.m, th.n)
+
+
+@dataclass(frozen=True)
+class ReadOutcome:
+    """What one READ returned: the candidate and everything validated about it.
+
+    For the initial value (``ts`` :data:`ZERO`) there is no cross checksum and no fragment.
+    Otherwise ``fragments`` are all ``N`` fragments regenerated from ``m`` and checked
+    against ``cross_checksum`` (the validated cross checksum), so ``fragments[i]`` is
+    exactly what node ``i`` stores for ``ts``.
+    """
+
+    ts: Timestamp
+    #: COMPLETE, or REPAIR (repaired unless the read was asked not to).
+    kind: Kind
+    data: bytes
+    cross_checksum: bytes | None
+    fragments: tuple[bytes, ...]
