@@ -1,0 +1,208 @@
+"""An open file's data to and from the servers: fetching blocks, and the flush engine.
+
+A flush writes every block first (PASIS) and only then the size and mtime (Q/U), under a
+write lease taken on the version the blocks were computed from; a small file's whole
+content goes inline in one update.  When another client changed the file meanwhile, the
+buffered writes are re-applied on its new content and the flush retried.  This is the
+subtle part of the file system, kept apart from what the handles mean
+(:mod:`bftfs.fs.handles`) and from truncation (:mod:`bftfs.fs.attributes`), which use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from bftfs.fs import objects as obj
+from bftfs.fs.caches import Caches
+from bftfs.fs.errors import Unavailable
+from bftfs.fs.files import OpenFile, reservation
+from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, _Locked, _Stale
+from bftfs.rw.messages import block_id
+
+#: A lease taken at create is used for a flush only with this much of it left.
+LEASE_MARGIN_NS = 10 * 10**9
+
+
+def _content_version(s: dict[str, Any]) -> tuple[int, int]:
+    """``(data id, version counter)`` of a file's stat: one content (every update of the
+    file raises the counter)."""
+    return (s.get("d", 0), s["v"])
+
+
+class FileData(Caches):
+    """Reading blocks into an open file's cache and flushing its buffered writes."""
+
+    async def _update_data(self, f: OpenFile, method: str, arg: dict[str, Any]) -> None:
+        """A flush's update of ``f`` (``fs.reserve``/``fs.write``), which the servers take
+        only on the version ``arg`` names (``d``, ``v``).  The kernel's pages, which hold
+        what was written, then follow to the new version if they were of that one."""
+        s = await self._update([f.ino], method, arg)
+        if self._kernel_content.get(f.ino) == (arg["d"], arg["v"]):
+            self._kernel_content[f.ino] = _content_version(s)
+        if f.base == (arg["d"], arg["v"]):  # taken on our base: the new state is ours
+            f.base = _content_version(s)
+        self._own_stat(f.ino, s)
+
+    async def _fetch(self, f: OpenFile, indices: list[int]) -> None:
+        if f.st.get("inl"):  # the content comes with the attributes
+            await self._adopt(f, await self._query(f.ino, "fs.open"))
+            indices = [k for k in indices if f.missing(k)]
+            if not indices:
+                return
+        await self._fetch_blocks(f, indices)
+
+    async def _fetch_blocks(self, f: OpenFile, indices: list[int]) -> None:
+        """Read blocks of ``f``'s current data id into its clean cache (an inline file's
+        content is block 0 of its stat already)."""
+        if f.st.get("inl"):
+            return
+        d = f.data_id
+        got = await self._blocks(self.rw.read_blocks([block_id(d, k) for k in indices]))
+        if f.data_id != d:  # truncated to zero while we waited: the blocks are not its
+            return
+        for k in indices:
+            if k not in f.dirty:
+                f.remember(k, got[block_id(d, k)])
+
+    async def _adopt(self, f: OpenFile, s: dict[str, Any]) -> None:
+        """Take ``s`` (fresh from the servers) as ``f``'s state.  If another client changed
+        the file under this client's buffered writes, they are re-applied on its new
+        content (:meth:`OpenFile.rebase`): each write's bytes at its offset, each append at
+        the new end of file, so nothing either client wrote is lost."""
+        if not (f.log and f.changed_by_others(s)):
+            f.reset(s)
+            return
+        mtime = f.mtime
+        for offset, data, appended in f.rebase(s):
+            if appended:
+                offset = f.size
+            need = f.blocks_to_read_for_write(offset, len(data))
+            if need:
+                await self._fetch_blocks(f, need)
+            f.apply_write(offset, data, 0)
+        f.mtime = mtime
+
+    async def _flush(self, f: OpenFile) -> None:
+        """Send ``f``'s buffered writes; when another client changed the file meanwhile
+        (``stale``) or is writing its blocks (``locked``), re-read, re-apply and retry
+        after a growing random delay."""
+        async with f.lock:
+            for attempt in range(FLUSH_ATTEMPTS):
+                if not f.buffered:
+                    return
+                try:
+                    await self._flush_once(f)
+                    return
+                except (_Stale, _Locked):
+                    self.methods["flush-retries"] += 1
+                    await self._back_off(attempt)
+                    await self._adopt(f, await self._query(f.ino, "fs.open"))
+            raise Unavailable("flush: the file kept changing under other clients' writes")
+
+    def _lease_arg(self, d: int, v: int) -> dict[str, Any]:
+        """What a data update carries: the content ``(d, v)`` it was computed on, which the
+        servers require, and this client's lease token and clock."""
+        return {"d": d, "v": v, "tok": self.lease_token, "now": self._now()}
+
+    async def _flush_once(self, f: OpenFile) -> None:
+        if f.size <= self.inline:
+            await self._flush_inline(f)
+            return
+        logged = len(f.log)
+        if f.st.get("inl") and 0 not in f.dirty:  # leaving inline: block 0 gets the content
+            if f.missing(0):
+                await self._fetch(f, [0])
+            if f.st.get("inl") and 0 not in f.dirty:
+                f.dirty[0] = bytearray(f.clean.get(0, b""))
+                f.gen[0] = f.gen.get(0, 0) + 1
+        bs = self.bs
+        d = f.data_id
+        snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
+        new_size, mtime = f.size, f.mtime if f.mtime is not None else self._now()
+        blocks = {k: v for k, (v, _) in snapshot.items()}
+        partial, empty = f.gap_blocks(new_size)
+        if partial:
+            await self._fetch(f, [k for k in partial if k not in f.clean])
+            for k in partial:
+                blocks[k] = f.clean.get(k, b"")
+        for k in empty:
+            blocks[k] = b""
+        need = max(new_size, (max(blocks) + 1) * bs if blocks else 0)
+        # The write lease, on the version the blocks were computed from (``v``; the servers
+        # refuse ``stale`` if anyone changed the file since, ``locked`` while another
+        # client writes its blocks), with a larger reservation when the blocks need one.
+        held = f.lease_until is not None and self._now() + LEASE_MARGIN_NS < f.lease_until
+        f.lease_until = None  # used once: a failed attempt takes the lease again
+        if need > f.st["alloc"] or not held:
+            arg = self._lease_arg(*f.base)
+            arg["lease"] = LEASE_NS
+            if need > f.st["alloc"]:
+                arg["alloc"] = reservation(need, f.st["alloc"], bs)
+            await self._update_data(f, "fs.lock", arg)
+        try:
+            if blocks:
+                await self._blocks(
+                    self.rw.write_blocks({block_id(d, k): v for k, v in blocks.items()})
+                )
+            arg = self._lease_arg(*f.base)
+            arg.update(end=new_size, mtime=mtime)
+            if f.st.get("inl"):
+                arg["blocks"] = True
+            # What this flush stored (not the cleared gap): the servers count it for
+            # st_blocks.
+            written = [[k * bs, k * bs + len(v)] for k, v in blocks.items() if v]
+            arg["w"] = obj.merge_extents(written)
+            attrs = arg["attrs"] = dict(f.attrs)
+            await self._update_data(f, "fs.write", arg)
+        except Exception:
+            await self._unlock(f)
+            raise
+        self._flushed(f, snapshot, mtime, attrs)
+        f.sent(logged)
+
+    async def _unlock(self, f: OpenFile) -> None:
+        """Give the write lease up after a failed flush, so other clients need not wait
+        for it to expire (best effort: if this fails too, it expires)."""
+        with contextlib.suppress(Exception):
+            s = await self._update([f.ino], "fs.unlock", {"tok": self.lease_token})
+            self._own_stat(f.ino, s)
+
+    async def _flush_inline(self, f: OpenFile) -> None:
+        """A small file's whole content in one ``fs.write`` update (no PASIS round), taken
+        only on the version it was computed from."""
+        logged = len(f.log)
+        f.lease_until = None  # the write ends a lease taken at create
+        if f.missing(0):
+            await self._fetch(f, [0])
+        content = f.assemble(0, f.size).ljust(f.size, b"\0")
+        snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
+        mtime = f.mtime if f.mtime is not None else self._now()
+        arg = self._lease_arg(*f.base)
+        arg.update(end=len(content), mtime=mtime, i=content)
+        attrs = arg["attrs"] = dict(f.attrs)
+        await self._update_data(f, "fs.write", arg)
+        self._flushed(f, snapshot, mtime, attrs)
+        f.sent(logged)
+        if 0 not in f.dirty:
+            f.remember(0, content)
+
+    def _flushed(
+        self,
+        f: OpenFile,
+        snapshot: dict[int, tuple[bytes, int]],
+        mtime: int,
+        attrs: dict[str, int],
+    ) -> None:
+        """After a flush update: blocks and attributes sent, unchanged since, are clean."""
+        for key, value in attrs.items():
+            if f.attrs.get(key) == value:
+                del f.attrs[key]
+        for k, (data, g) in snapshot.items():
+            if f.gen.get(k) == g and f.dirty.get(k) is not None:
+                del f.dirty[k]
+                f.remember(k, data)
+        if not f.dirty:
+            f.size = f.st["size"]
+            if f.mtime == mtime:
+                f.mtime = None

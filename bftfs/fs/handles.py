@@ -1,0 +1,231 @@
+"""Open files as the kernel sees them: the handle table, create and open (close-to-open
+consistency, O_TRUNC, O_APPEND), read, write, flush and release, and whether the kernel may
+keep its cached pages of a file.
+
+The data itself moves in :mod:`bftfs.fs.filedata` (fetching blocks, the flush engine);
+this part is what a handle means: which file, which flags, and what an open checks.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as st
+from typing import Any
+
+from bftfs.fs import objects as obj
+from bftfs.fs.attrs import Attr
+from bftfs.fs.caches import NAME_CACHE_LIMIT, Caches
+from bftfs.fs.errors import BadHandle, Exists, Invalid, IsDir, NotFound, StaleView, TooBig
+from bftfs.fs.filedata import _content_version
+from bftfs.fs.files import OpenFile
+from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS
+
+
+def _may_open(s: dict[str, Any], uid: int, gid: int, flags: int) -> bool:
+    """Whether the mode bits of ``s`` let ``uid``/``gid`` open it with ``flags`` (the
+    owner's, group's or others' bits, as the kernel's check; root may always; without
+    the caller's supplementary groups, so a group-only grant to one of those says no)."""
+    if uid == 0:
+        return True
+    acc = flags & os.O_ACCMODE
+    need = (4 if acc != os.O_WRONLY else 0) | (2 if acc != os.O_RDONLY or flags & os.O_TRUNC else 0)
+    shift = 6 if s["uid"] == uid else 3 if s["gid"] == gid else 0
+    return (s["mode"] >> shift) & need == need
+
+
+class Handles(Caches):
+    """File handles and the calls made through them."""
+
+    def _handle(self, fh: int) -> tuple[OpenFile, int]:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise BadHandle(f"file handle {fh} is not open") from None
+
+    def _new_handle(self, f: OpenFile, flags: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = (f, flags)
+        f.opens += 1
+        return fh
+
+    def keep_cache(self, fh: int) -> bool:
+        """Whether the kernel may keep its cached pages of this handle's file (FUSE
+        ``keep_cache``), decided at open.
+
+        Close-to-open as NFS does it: every open asks the servers, and the cached pages stay
+        only if the file is the very version they were filled from.  A file's version
+        counter ``v`` goes up with every update of it, so ``(d, v)`` names one content.
+        The record moves only at an open (the kernel then drops its pages, or they are of
+        that version) and at our own flushes, which the servers take only on the version
+        the client wrote from (``v`` in ``fs.reserve``/``fs.write``); any other change,
+        ours or another client's, leaves it behind and the next open drops the pages.
+        """
+        return fh in self._cache_current
+
+    def _kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
+        """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
+        True if they already were."""
+        now = _content_version(s)
+        if len(self._kernel_content) > NAME_CACHE_LIMIT:
+            self._kernel_content.clear()  # forgetting only costs re-reads
+        before = self._kernel_content.get(ino)
+        self._kernel_content[ino] = now
+        return before == now
+
+    async def create(
+        self, parent: int, name: bytes, mode: int, uid: int, gid: int, flags: int
+    ) -> tuple[int, Attr]:
+        """Create a regular file and open it: one two-object update, no further round trip.
+
+        Raises:
+            Exists: the name exists and ``flags`` has ``O_EXCL``.
+            StaleView: the name exists and ``flags`` has no ``O_EXCL``: the caller decided
+                to create on a view that is out of date (the kernel, on a cached negative
+                entry or a lookup another client's create overtook).  ``open(O_CREAT)``
+                must then open the existing file - after the kernel's own checks of it
+                (permissions, symbolic links, O_TRUNC) - so the kernel is told to look
+                again rather than answered EEXIST.
+        """
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                started = self._now()
+                writable = flags & os.O_ACCMODE != os.O_RDONLY
+                a = await self.mknod(
+                    parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid, lease=writable
+                )
+                break
+            except Exists:
+                if flags & os.O_EXCL:
+                    raise
+            try:
+                opened = await self._open_existing(parent, name, uid, gid, flags)
+            except NotFound:  # removed again meanwhile: create it after all
+                continue
+            if opened is None:
+                raise StaleView(f"{name!r} exists: created since this client looked")
+            return opened
+        else:
+            raise StaleView(f"{name!r} keeps being created and removed")
+        s = self._own[a.ino][0]
+        self._kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
+        f = self._files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
+        if writable:
+            f.lease_until = started + LEASE_NS
+        return self._new_handle(f, flags), a
+
+    async def _open_existing(
+        self, parent: int, name: bytes, uid: int, gid: int, flags: int
+    ) -> tuple[int, Attr] | None:
+        """``open(O_CREAT)`` without ``O_EXCL`` of a name another client created since the
+        kernel looked: open that file, as an NFS server's unchecked CREATE does, when the
+        kernel's own checks of an existing file could not refuse it - a regular file the
+        caller may open so by its mode bits (the kernel skips them for a file it thinks it
+        created; O_TRUNC is then ours too).  Otherwise None: the caller answers ESTALE and
+        the kernel looks again and checks (two clients creating and removing one name kept
+        making that second look fail too, and ESTALE reached applications).
+
+        Raises:
+            NotFound: the name is gone again.
+        """
+        oid, code = await self._entry(parent, name, fresh=True)
+        if code != st.S_IFREG >> 12:
+            return None
+        s = await self._query(oid, "fs.stat")
+        if s["nl"] == 0:
+            raise NotFound(f"{name!r} removed again")
+        if not _may_open(s, uid, gid, flags):
+            return None
+        try:
+            fh = await self._open_file(oid, flags, reached_by_name=True)
+        except StaleView:
+            raise NotFound(f"{name!r} removed again") from None
+        f, _ = self._handles[fh]
+        return fh, self._attr(oid, f.st)
+
+    async def _open_file(self, ino: int, flags: int, *, reached_by_name: bool = False) -> int:
+        """Open ``ino``: re-read its attributes (close-to-open consistency); O_TRUNC
+        truncates (and its update's answer is the fresh attributes, so no further round),
+        O_APPEND makes every write of this handle go to the end.  ``reached_by_name``: as
+        for :meth:`getattr`."""
+        f = self._files.get(ino)
+        if f is not None and f.buffered:
+            await self._flush(f)
+        if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
+            s = await self._truncate(ino, 0, None, reached_by_name=reached_by_name)
+        else:
+            s = await self._query(ino, "fs.open")
+            self._observed(ino, s)
+            if s["k"] == "d":
+                raise IsDir()
+            if reached_by_name:
+                self._check_reached(ino, s)
+        f = self._files.get(ino)
+        if f is None:
+            f = self._files[ino] = OpenFile.from_stat(ino, s, self.bs)
+        else:
+            f.reset(s)
+        fh = self._new_handle(f, flags)
+        if self._kernel_saw(ino, s):
+            self._cache_current.add(fh)
+        return fh
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (short only at end of file; holes are zeros)."""
+        f, _ = self._handle(fh)
+        if offset < 0 or size < 0:
+            raise Invalid("negative offset or size")
+        need = f.blocks_to_fetch(offset, size, self.readahead)
+        if need:
+            await self._fetch(f, need)
+        return f.assemble(offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        """Buffer ``data`` at ``offset`` (at the end for O_APPEND handles); flushes when the
+        file's dirty data passes ``dirty_limit``."""
+        f, flags = self._handle(fh)
+        if flags & os.O_APPEND:
+            offset = f.size
+        if offset < 0:
+            raise Invalid("negative offset")
+        if not data:
+            return 0
+        if offset + len(data) > obj.MAX_SIZE:
+            raise TooBig("file size limit")
+        need = f.blocks_to_read_for_write(offset, len(data))
+        if need:
+            await self._fetch(f, need)
+            if flags & os.O_APPEND and offset != f.size:  # the file grew meanwhile
+                offset = f.size
+            need = f.blocks_to_read_for_write(offset, len(data))
+            if need:
+                await self._fetch(f, need)
+        f.apply_write(offset, data, self._now())
+        f.record(offset, data, bool(flags & os.O_APPEND))
+        if f.dirty_bytes > self.dirty_limit:
+            await self._flush(f)
+        return len(data)
+
+    async def flush(self, fh: int) -> None:
+        """Make this file's buffered writes durable: blocks, then size and mtime."""
+        f, _ = self._handle(fh)
+        await self._flush(f)
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
+    async def release(self, fh: int) -> None:
+        """Close a handle (flushing); the file's clean blocks stay cached for a re-open,
+        which keeps them only if the file did not change meanwhile."""
+        f, _ = self._handle(fh)
+        try:
+            await self._flush(f)
+            if f.lease_until is not None and f.opens == 1:  # created, never written
+                f.lease_until = None
+                await self._unlock(f)
+        finally:
+            del self._handles[fh]
+            self._cache_current.discard(fh)
+            f.opens -= 1
+            if f.opens == 0 and not f.dirty:
+                self._files.pop(f.ino, None)
