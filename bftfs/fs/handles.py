@@ -143,11 +143,17 @@ class Handles(Caches):
         f, _ = self._handles[fh]
         return fh, self._attr(oid, f.st)
 
-    async def _open_file(self, ino: int, flags: int, *, reached_by_name: bool = False) -> int:
+    async def _open_file(
+        self, ino: int, flags: int, *, reached_by_name: bool = False, looked_up: bool = False
+    ) -> int:
         """Open ``ino``: re-read its attributes (close-to-open consistency); O_TRUNC
         truncates (and its update's answer is the fresh attributes, so no further round),
         O_APPEND makes every write of this handle go to the end.  ``reached_by_name``: as
-        for :meth:`getattr`."""
+        for :meth:`getattr`.  ``looked_up``: the caller found ``ino`` by its name in this
+        very call (the kernel's lookup right before this open): a removal by another client
+        since then is ordered after the open, as a local file system orders an open that
+        raced an unlink, and the removed file is opened instead of refused."""
+        reached_by_name = reached_by_name and not looked_up
         f = self._files.get(ino)
         if f is not None and f.buffered:
             await self._flush(f)

@@ -105,8 +105,21 @@ class Namespace(Caches):
         """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too);
         see :meth:`_lookup`.  A lookup of the refused name right after a stale name was
         refused is the kernel's walk again: the object it finds may be used once by that
-        name even if it is removed meanwhile (:meth:`_check_reached`)."""
+        name even if it is removed meanwhile (:meth:`_check_reached`).
+
+        The directory and the object it names are read in two queries when the object is
+        not cached; a removal in flight between them can show the entry still naming an
+        object whose own version already says it has no name (link count 0).  That view
+        is asked again, with backoff, until both agree: answering it would hand the kernel
+        a dead object, which the next open refuses (ESTALE) - the kernel's own retry then
+        met the same view and ESTALE reached applications (two clients on one name)."""
         a = await self._lookup(parent, name)
+        for attempt in range(MAX_ATTEMPTS):
+            if a.nlink != 0 or name in (b".", b".."):
+                break
+            await self._back_off(attempt)
+            self._forget(parent, name)
+            a = await self._lookup(parent, name)
         now = time.monotonic()
         if (
             now - self._refused_stale_at < REVALIDATION_WINDOW

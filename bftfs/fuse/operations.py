@@ -85,6 +85,11 @@ def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
         self = args[0]
         assert isinstance(self, Operations)
         start = time.perf_counter()
+        if name not in ("lookup", "open") and self._looked_up:
+            ctx = kwargs.get("ctx", args[-1] if args else None)
+            pid = getattr(ctx, "pid", 0)
+            if pid:
+                self._looked_up.pop(pid, None)
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -139,6 +144,8 @@ class Operations(pyfuse3.Operations):
         #: workload's time goes, see :meth:`statistics`).
         self.calls: Counter[str] = Counter()
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        #: The inode each process's latest request, a lookup, found (``open``).
+        self._looked_up: dict[int, int] = {}
         # Directory listings are snapshots per opendir, so readdir offsets stay stable while
         # entries are created and removed (pyfuse3 requires stable ``next_id``).
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
@@ -179,7 +186,12 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         log.debug("lookup %d %r", parent_inode, name)
         try:
-            return self._entry(await self.fs.lookup(parent_inode, name))
+            a = await self.fs.lookup(parent_inode, name)
+            if ctx is not None and ctx.pid:
+                self._looked_up[ctx.pid] = a.ino
+                if len(self._looked_up) > 4096:  # processes that never opened what they found
+                    self._looked_up.clear()
+            return self._entry(a)
         except Removed:  # the kernel reached a removed directory by a stale name
             raise pyfuse3.FUSEError(errno.ESTALE) from None
         except NotFound:
@@ -296,7 +308,13 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
-        fh = await self.fs.open(inode, flags, reached_by_name=True)
+        # The kernel's retry after ESTALE does not always look the name up again (seen with
+        # a dentry its own walk had just looked up): the calling process's last request
+        # being the lookup that found this inode is how this open knows it came by a name
+        # found in this very call (``looked_up``), not by a name cached earlier.
+        looked_up = self._looked_up.get(ctx.pid) == inode
+        fh = await self.fs.open(inode, flags, reached_by_name=True, looked_up=looked_up)
+        self._looked_up.pop(ctx.pid, None)
         # Close-to-open for sizes: the kernel's attributes may be of an older version
         # (another client's close since, or a lookup answered before it); dropping them
         # makes its next stat or read past the cached size ask us, and we answer the
