@@ -54,6 +54,19 @@ class ConfigError(Exception):
     """The configuration breaks a rule; the message names the rule and the numbers."""
 
 
+def qu_quorums(n: int, t: int, b: int) -> tuple[int, int]:
+    """The smallest Q/U quorum ``q`` and repairable set ``r`` for ``n`` servers that meet the
+    seed's constraints (L2288-2291): (4.2) ``q + t <= n``, (4.3) ``2q - b - n >= r``,
+    (4.4) ``q + r - n > b``, with ``r >= t + b + 1``.  At ``n = 3t + 2b + 1`` that is
+    ``q = 2t + 2b + 1``, ``r = t + b + 1``; a larger ``n`` needs a larger ``q`` (with t=b=1:
+    n=7 gives q=6, n=8 gives q=7).  ``(0, 0)`` when no pair exists (n too small)."""
+    for r in range(t + b + 1, n + 1):
+        q = max(-(-(n + b + r) // 2), n + b + 1 - r)
+        if q + t <= n:
+            return q, r
+    return 0, 0
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One storage node as the cluster sees it."""
@@ -118,13 +131,13 @@ class ClusterConfig:
 
     @property
     def q(self) -> int:
-        """Q/U quorum size ``2t + 2b + 1``."""
-        return 2 * self.t + 2 * self.b + 1
+        """Q/U quorum size: ``2t + 2b + 1`` at the minimal ``n`` (see :func:`qu_quorums`)."""
+        return qu_quorums(self.n, self.t, self.b)[0]
 
     @property
     def r(self) -> int:
-        """Q/U repairable-set size ``t + b + 1``."""
-        return self.t + self.b + 1
+        """Q/U repairable-set size: ``t + b + 1`` at the minimal ``n``."""
+        return qu_quorums(self.n, self.t, self.b)[1]
 
     @property
     def complete_threshold(self) -> int:
@@ -182,6 +195,8 @@ class ClusterConfig:
             raise ConfigError(
                 f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need}"
             )
+        if qu_quorums(n, t, b) == (0, 0):
+            raise ConfigError(f"no Q/U quorum sizes meet the rules for n={n}, t={t}, b={b}")
         if not qc > t + b:
             raise ConfigError(f"PASIS rule t + b < QC broken: t + b = {t + b}, QC = {qc}")
         if not qc <= n - t - b:

@@ -6,9 +6,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from bftfs.config import ClusterConfig
+import trio
+
+from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyRing
-from bftfs.transport import Endpoint, open_endpoint
+from bftfs.transport import (
+    DEFAULT_MAX_FRAME,
+    Endpoint,
+    FrameReader,
+    TransportError,
+    client_handshake,
+    open_endpoint,
+)
+
+
+class IdentityRefused(TransportError):
+    """The nodes that answered all refused this client's identity (its key is not in their
+    configuration)."""
 
 
 def client_identity(config: ClusterConfig, name: str) -> Identity:
@@ -40,3 +54,43 @@ async def open_client(
     addresses = {s.id: (s.host, s.port) for s in config.nodes}
     async with open_endpoint(ring, addresses, **endpoint_options) as ep:
         yield ep
+
+
+async def check_identity(config: ClusterConfig, ring: KeyRing, timeout: float = 3.0) -> None:
+    """One handshake with every node, at once: a client whose key the nodes do not know is
+    told so at once, instead of every request waiting out its timeout (a node closes the
+    connection of a principal it does not know, without a word).
+
+    Raises:
+        IdentityRefused: every node that answered closed the handshake (at least one did);
+            unreachable nodes alone are not an error here.
+    """
+    refused: list[int] = []
+    accepted: list[int] = []
+
+    async def one(spec: NodeSpec) -> None:
+        node = spec.id
+        try:
+            with trio.fail_after(timeout):
+                stream = await trio.open_tcp_stream(spec.host, spec.port)
+                try:
+                    await client_handshake(
+                        stream, FrameReader(stream, DEFAULT_MAX_FRAME), ring, node
+                    )
+                    accepted.append(node)
+                finally:
+                    await stream.aclose()
+        except TransportError:
+            refused.append(node)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+            pass  # down or slow: the requests will tell
+
+    async with trio.open_nursery() as nursery:
+        for spec in config.nodes:
+            nursery.start_soon(one, spec)
+    if refused and not accepted:
+        raise IdentityRefused(
+            f"nodes {sorted(refused)} refused the identity of client {ring.me.pid}: its key is "
+            "not in their configuration (a configuration from another cluster, or nodes "
+            "started before this client was added?)"
+        )

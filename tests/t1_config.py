@@ -120,3 +120,18 @@ def test_init_refuses_duplicate_ports_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="share the address"):
         init_cluster(tmp_path / "c", ports=[7001, 7001, 7003, 7004, 7005, 7006])
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(("t", "b"), [(1, 1), (1, 0), (2, 1), (2, 2), (3, 1)])
+def test_quorum_sizes_meet_the_q_u_rules_for_every_n(t: int, b: int) -> None:
+    """Issue 18, defect 4: ``bftfs init --n 7`` with t=b=1 kept q = 2t+2b+1 = 5, which
+    breaks rule (4.3) at n = 7, and every node and mount then failed at start.  The sizes
+    now grow with n, and every pair passes the protocol's own check."""
+    from bftfs.config import qu_quorums
+    from bftfs.qu.classify import Thresholds
+
+    for n in range(3 * t + 2 * b + 1, 3 * t + 2 * b + 12):
+        q, r = qu_quorums(n, t, b)
+        Thresholds(n=n, t=t, b=b, q=q, r=r).validate()
+    assert qu_quorums(3 * t + 2 * b + 1, t, b) == (2 * t + 2 * b + 1, t + b + 1)
+    assert qu_quorums(3 * t + 2 * b, t, b) == (0, 0)

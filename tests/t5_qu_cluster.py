@@ -345,3 +345,36 @@ def test_requests_answered_in_the_read_loop(tmp_path: Path) -> None:
             assert cl.nodes[0].stats["qu.bad_request"] == 1
 
     trio.run(main)
+
+
+def test_a_cluster_of_seven_nodes_with_t_b_1_works(tmp_path: Path) -> None:
+    """Issue 18, defect 4: seven nodes for t = b = 1 (q = 6 now, not the minimal 5)."""
+
+    async def main() -> None:
+        async with open_cluster(tmp_path, n=7, clients=2, seed=5) as cl:
+            assert (cl.config.q, cl.config.r) == (6, 3)
+            clients = [qu_client(cl, k) for k in range(2)]
+            rec = Recorder(clock=trio.current_time)
+            await incrementers(clients, rec, 7, 5)
+            assert await clients[0].query(7, "counter.fetch") == 10
+
+    trio.run(main)
+
+
+def test_a_client_the_nodes_do_not_know_is_told_at_once(tmp_path: Path) -> None:
+    """Issue 18, defect 5: a client whose key is not in the nodes' configuration waited
+    30 s and heard "not mounted within 30s"; one handshake per node now says why."""
+    from bftfs.connect import IdentityRefused, check_identity
+    from bftfs.crypto import Identity, KeyRing
+
+    async def main() -> None:
+        async with open_cluster(tmp_path, clients=1, seed=6) as cl:
+            known = KeyRing(cl.client_identity(0), cl.config.node_public_keys())
+            await check_identity(cl.config, known)
+            stranger = KeyRing(Identity.generate(client_id(77)), cl.config.node_public_keys())
+            start = trio.current_time()
+            with pytest.raises(IdentityRefused, match="refused the identity"):
+                await check_identity(cl.config, stranger)
+            assert trio.current_time() - start < 3.0
+
+    trio.run(main)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bftfs.config import ClusterConfig
-from bftfs.connect import open_client
+from bftfs.connect import check_identity, client_identity, open_client
+from bftfs.crypto import KeyRing
 from bftfs.fs.filesystem import FileSystem
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.client import QUClient
@@ -43,6 +44,8 @@ async def open_session(
     """The file system of ``config``'s cluster as client ``client`` (its key from the
     cluster directory); ``options`` go to :meth:`FileSystem.open`.  Creates the root
     directory if the cluster has none."""
+    ring = KeyRing(client_identity(config, client), config.node_public_keys())
+    await check_identity(config, ring)  # an unknown key fails now, not after every timeout
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
         qu = QUClient(ep, Thresholds.from_config(config), client_id=ep.pid)
         fs = await FileSystem.open(qu, rw, config, **options)
