@@ -276,9 +276,12 @@ def test_many_blocks_concurrently(tmp_path: Path) -> None:
     trio.run(main)
 
 
-def test_one_round_write_falls_back_above_a_newer_partial_write(tmp_path: Path) -> None:
+def test_one_round_write_falls_back_past_a_newer_partial_write(tmp_path: Path) -> None:
     """A partial write with a time ahead of the clock makes the fresh write stale at the
-    nodes hosting it; the writer falls back to READ_TIMESTAMP and writes above it."""
+    t + 1 nodes hosting it; the writer falls back.  Two refusals (at most N - QC) cannot
+    rule out that the guess completes, so the writer finishes it at its own timestamp,
+    below the partial one (which is incomplete: readers step past it); a third refusal
+    would have sent it to READ_TIMESTAMP and above (issue 18, defect 1)."""
 
     async def main() -> None:
         async with rw_cluster(tmp_path) as (cluster, (a, b)):
@@ -290,7 +293,7 @@ def test_one_round_write_falls_back_above_a_newer_partial_write(tmp_path: Path) 
                 BlockId(6), ahead, enc.fragments, enc.cross_checksum, targets=range(cfg.t + 1)
             )
             stamp = await b.write_block(6, b"second")
-            assert b.statistics()["write_fallbacks"] == 1 and stamp > ahead
+            assert b.statistics()["write_fallbacks"] == 1 and stamp < ahead
             assert sum(node.stats["rw.write.stale"] for node in cluster.nodes) >= 1
             assert await a.read_block(6) == b"second"
             stamp2 = await b.write_block(6, b"third")  # now the one-round guess ...
@@ -341,5 +344,88 @@ def test_more_than_t_unreachable_nodes_fail_loudly(tmp_path: Path, batch: bool) 
                 await b.read_block(2)
             heal(cluster)
             assert await b.read_block(2) in (b"safe", b"cannot complete")
+
+    trio.run(main)
+
+
+def test_a_one_round_write_that_falls_back_takes_effect_once(tmp_path: Path) -> None:
+    """Issue 18, defect 1: node 5 (Byzantine) answers "stale" to every one-round write and
+    node 4 is slow for A.  A's write of ``a`` is executed by nodes 0-3 (complete: QC = 4
+    benign hosts), but with 0-3 and 5 answering first A falls back.  Meanwhile R reads
+    ``a`` (repairing it), B writes ``b``, R reads ``b``; then A's fallback goes on.  It used
+    to read the time, see B's write and write ``a`` again above it, so R read ``a`` once
+    more: ``a, b, a`` in real-time order, which no linearization explains.  Now it finishes
+    the write at its own timestamp."""
+    from bftfs.testing.linearizability import Recorder, check
+
+    async def main() -> None:
+        async with rw_cluster(tmp_path, clients=3) as (cluster, (a, b, r)):
+            blk = 11
+            a_pid = int(cluster.client(0).pid)
+            slow = trio.Event()
+
+            async def refuse_fresh(ctx: Any, payload: Any, honest: Any) -> Any:
+                if payload.get("fr"):
+                    return {"ok": False, "stale": payload["ts"]}
+                return await honest(ctx, payload)
+
+            async def slow_for_a(ctx: Any, payload: Any, honest: Any) -> Any:
+                if int(ctx.sender) == a_pid and payload.get("fr"):
+                    await slow.wait()
+                return await honest(ctx, payload)
+
+            cluster.faults[5].byzantine("rw.write", refuse_fresh)
+            cluster.faults[4].byzantine("rw.write", slow_for_a)
+            reached, proceed = trio.Event(), trio.Event()
+            fresh = a._fresh_write
+
+            async def held(*args: Any) -> Any:
+                got = await fresh(*args)
+                reached.set()
+                await proceed.wait()
+                return got
+
+            a._fresh_write = held  # type: ignore[method-assign]
+            rec = Recorder(clock=trio.current_time)
+
+            async def read() -> None:
+                with rec.read(blk, "r") as box:
+                    box.append(await r.read_block(blk))
+
+            async def write_a() -> None:
+                with rec.write(blk, b"a", "a"):
+                    await a.write_block(blk, b"a")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_a)
+                await reached.wait()
+                await read()
+                with rec.write(blk, b"b", "b"):
+                    await b.write_block(blk, b"b")
+                await read()
+                proceed.set()
+            slow.set()
+            await read()
+            reads = [o.value for o in rec.ops if o.kind == "read"]
+            assert reads[:2] == [b"a", b"b"], reads
+            assert a.statistics()["write_fallbacks"] == 1
+            assert check(rec.ops, initial=b""), reads
+
+    trio.run(main)
+
+
+def test_a_guess_refused_by_more_than_n_minus_qc_goes_above(tmp_path: Path) -> None:
+    """Three refusals (more than N - QC = 2) rule the guess out for good, and a write that
+    completed before may be above it: the writer reads the time and writes above."""
+
+    async def main() -> None:
+        async with rw_cluster(tmp_path) as (cluster, (a, b)):
+            cfg = cluster.config
+            enc = erasure.encode(b"ahead", cfg.m, cfg.n)
+            ahead = make_timestamp(a.clock_ns() + 10**10, 999, enc.verifier)
+            await a.do_write(BlockId(7), ahead, enc.fragments, enc.cross_checksum, targets=range(3))
+            stamp = await b.write_block(7, b"second")
+            assert b.statistics()["write_fallbacks"] == 1 and stamp > ahead
+            assert await a.read_block(7) == b"second"
 
     trio.run(main)

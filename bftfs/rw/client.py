@@ -186,7 +186,9 @@ class RWClient:
         self.thread_threshold = thread_threshold
         self.timeout = timeout
         self.probe_after = probe_after
-        self.one_round = one_round
+        # The fallback of a one-round write relies on QC - t > N - QC (see write_block):
+        # with thresholds that do not give it, every write takes the seed's two rounds.
+        self.one_round = one_round and self.th.qc - self.th.t > self.th.n - self.th.qc
         self.batcher = batcher
         #: Time of this client's latest write: its writes' times strictly increase.
         self._last_time = 0
@@ -261,13 +263,26 @@ class RWClient:
         if self.one_round:
             time_ = max(self.clock_ns(), self._last_time + 1)
             ts = make_timestamp(time_, self.endpoint.pid, encoded.verifier)
-            if await self._fresh_write(block, ts, encoded):
+            stale = await self._fresh_write(block, ts, encoded)
+            if stale == 0:
                 self._last_time = time_
                 self._stats["writes"] += 1
                 return ts
-            # Some nodes host a version at or above our guess: fall back to the seed's two
-            # rounds, above the guess so that what the guess left behind is superseded.
             self._stats["write_fallbacks"] += 1
+            if stale is not None and stale <= self.th.n - self.th.qc:
+                # The guess may complete (too few refused to rule that out), so a reader
+                # may already have returned it: writing the value again at a new timestamp
+                # could show it a second time after another client's write (a, b, a - not
+                # linearizable; issue 18, defect 1).  Finish this write where it is.  No
+                # write that completed before this one began can be above the guess:
+                # its QC benign hosts would have refused it, at least QC - t of the N - t
+                # who answered, and QC - t > N - QC (``one_round`` is on only then).
+                await self.do_write(block, ts, encoded.fragments, encoded.cross_checksum)
+                self._last_time = time_
+                self._stats["writes"] += 1
+                return ts
+            # Enough refused that the guess can never complete, and a write that completed
+            # before this one may be above it: the seed's two rounds, above the guess.
             floor = time_ + 1
         time_ = max(await self.read_timestamp(block), floor, self._last_time + 1)
         ts = make_timestamp(time_, self.endpoint.pid, encoded.verifier)
@@ -276,8 +291,11 @@ class RWClient:
         self._stats["writes"] += 1
         return ts
 
-    async def _fresh_write(self, block: BlockId, ts: Timestamp, encoded: erasure.Encoded) -> bool:
-        """A one-round write at a guessed timestamp; whether ``N - t`` nodes executed it.
+    async def _fresh_write(
+        self, block: BlockId, ts: Timestamp, encoded: erasure.Encoded
+    ) -> int | None:
+        """A one-round write at a guessed timestamp: 0 if ``N - t`` nodes executed it, else
+        how many of the ``N - t`` that answered refused it (None: fewer answered).
 
         Not in the seed (which always runs READ_TIMESTAMP first, Figure 3.1).  Each node
         executes a *fresh* write only if ``ts`` is above every version it hosts.  That is as
@@ -311,8 +329,8 @@ class RWClient:
         try:
             await self._quorum(self.nodes, KIND_WRITE, payload, enough=enough, accept=accept)
         except QuorumUnavailable:
-            return False
-        return len(oks) >= need
+            return None
+        return 0 if len(oks) >= need else len(stale)
 
     async def read_timestamp(self, block: BlockId) -> int:
         """READ_TIMESTAMP: the Time for a new write of ``block`` (Figure 3.1)."""
