@@ -343,6 +343,21 @@ def bad_authenticator(server: int, sender: int, kind: str, payload: Any, honest:
     return rep
 
 
+def corrupt_own_mac(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
+    """Corrupt only this server's own entry of the authenticators it returns: the others
+    keep its history, it culls its own when presented and so sets up another candidate
+    (issue 18, defect 3)."""
+    rep = honest()
+    if kind not in (KIND_REQUEST, KIND_HISTORY) or not isinstance(rep, dict):
+        return rep
+    rep = dict(rep)
+    rep["h"] = [
+        [rh, [bytes(16) if i == server else m for i, m in enumerate(auth)] if auth else auth]
+        for rh, auth in rep["h"]
+    ]
+    return rep
+
+
 def wrong_answer(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
     """Claim success with a made-up answer."""
     rep = honest()
@@ -369,6 +384,7 @@ BYZANTINE = {
     "forge_max_time": forge_max_time,
     "endless_barriers": endless_barriers,
     "bad_authenticator": bad_authenticator,
+    "corrupt_own_mac": corrupt_own_mac,
     "wrong_answer": wrong_answer,
     "wrong_sync": wrong_sync,
     "reject_everything": reject_everything,

@@ -177,6 +177,7 @@ PLACEMENTS_FAST = {
     "forge_max_time": 2,  # object 7's preferred quorum is servers 1-5
     "endless_barriers": 2,
     "bad_authenticator": 3,
+    "corrupt_own_mac": 4,
     "wrong_answer": 4,
     "wrong_sync": 0,
     "reject_everything": 5,
