@@ -132,7 +132,13 @@ def main() -> int:
         with (
             tempfile.TemporaryDirectory() as tmp,
             ProcessCluster(
-                Path(tmp) / "c", t=b, b=b, clients=4, durable=args.durable, map_size=1 << 28
+                Path(tmp) / "c",
+                node_args={i: ["--test-objects"] for i in range(3 * b + 2 * b + 1)},
+                t=b,
+                b=b,
+                clients=4,
+                durable=args.durable,
+                map_size=1 << 28,
             ) as pc,
         ):
             cfg = pc.config

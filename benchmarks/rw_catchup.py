@@ -1,4 +1,4 @@
-"""How fast a restarted node catches up on PASIS blocks (``bftfs/rw/catchup.py``).
+"""How fast a restarted node catches up on PASIS blocks (``bftfs/node/rw_catchup.py``).
 
 Real node processes (``ProcessCluster``, t = b = 1: N=6, m=3, durable commits unless
 ``--no-durable``): node 2 is SIGKILLed, ``--blocks`` distinct blocks of ``--size`` bytes are
@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from bftfs.connect import open_client
-from bftfs.rw.catchup import PROGRESS_KEY
+from bftfs.node.rw_catchup import PROGRESS_KEY
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.processes import ProcessCluster
 

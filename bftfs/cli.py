@@ -279,7 +279,12 @@ def cmd_node(args: argparse.Namespace) -> int:
         log.warning("node %s runs the Byzantine profile %r", spec.id, args.byzantine)
 
     async def main() -> None:
-        node = Node(cfg, ident, faults=faults)
+        types = None
+        if args.test_objects:
+            from bftfs.node.protocols import WITH_TEST_TYPES
+
+            types = WITH_TEST_TYPES
+        node = Node(cfg, ident, faults=faults, object_types=types)
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await nursery.start(node.run)
@@ -425,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--log", type=Path, help="log file (default: stderr)")
     sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.transport")
     sp.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    sp.add_argument(
+        "--test-objects",
+        action="store_true",
+        help="also serve the Q/U test object types (counter, kv): for benchmarks/qu.py and tests",
+    )
     sp.add_argument(
         "--byzantine",
         metavar="PROFILE",

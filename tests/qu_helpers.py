@@ -1,6 +1,6 @@
 """Shared helpers for the Q/U tests (imported explicitly, not a conftest).
 
-- :class:`MemCluster`: n replicas over :class:`~bftfs.node.kv.MemoryKV` with deterministic
+- :class:`MemCluster`: n replicas over :class:`~bftfs.kv.MemoryKV` with deterministic
   pairwise keys, driven synchronously (``handle``) or through :class:`MemEndpoint`, an
   in-memory stand-in for ``bftfs.transport.Endpoint`` (``call``/``quorum_call``) that passes
   every message through msgpack as the wire does.  No network, no clock: tier 1.
@@ -24,7 +24,7 @@ import trio.lowlevel
 
 from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
-from bftfs.node.kv import MemoryKV
+from bftfs.kv import MemoryKV
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.history import OHSEntry, make_rh
@@ -128,7 +128,7 @@ class MemCluster:
         kv, cfg = self.kvs[server], self.cfgs[server]
         if kind == KIND_REQUEST:
             self.requests += 1
-            if isinstance(payload, bytes):  # as bftfs.qu.node parses what clients send
+            if isinstance(payload, bytes):  # as bftfs.node.qu_server parses what clients send
                 req = Request.from_bytes(payload, self.th.n)
             else:
                 req = Request.from_wire(payload, self.th.n)
@@ -152,7 +152,7 @@ class MemCluster:
     def sync(
         self, server: int, oid: int, lt: Timestamp, hosts: Sequence[int]
     ) -> tuple[bytes | None, bytes] | None:
-        """Object sync as ``bftfs.qu.node`` does it: b+1 identical answers."""
+        """Object sync as ``bftfs.node.qu_server`` does it: b+1 identical answers."""
         self.syncs += 1
         votes: dict[bytes, list] = {}
         order = [h for h in hosts if h != server] + [

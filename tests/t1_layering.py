@@ -14,7 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 
-BASE = {"ids", "crypto", "config", "erasure", "logsetup", "proc", "bftfs"}  # "bftfs": __version__
+# "bftfs": the package itself (__version__, WIRE_VERSION).
+BASE = {"ids", "crypto", "config", "erasure", "logsetup", "proc", "kv", "bftfs"}
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
     "crypto": {"ids"},
@@ -22,14 +23,16 @@ ALLOWED: dict[str, set[str]] = {
     "erasure": set(),
     "logsetup": set(),
     "proc": set(),
+    "kv": set(),
     "bftfs": set(),
     "transport": {"ids", "crypto", "bftfs"},
     "connect": {"config", "crypto", "transport"},
     "local": BASE | {"connect", "transport"},
-    "node": BASE | {"transport"},
-    # node: the store's KV interface, and the handler types qu/node.py registers with.
-    "qu": BASE | {"transport", "node"},
-    "rw": BASE | {"transport", "node"},
+    # node: the protocol servers live in the node (node/qu_server.py, node/rw_server.py)
+    # and serve the file system's object types (fs/objects.py).
+    "node": BASE | {"transport", "qu", "rw", "fs"},
+    "qu": BASE | {"transport"},
+    "rw": BASE | {"transport"},
     # transport: the protocol clients still let transport errors through (issue 20).
     "fs": BASE | {"connect", "qu", "rw", "transport"},
     "fuse": BASE | {"fs", "local"},

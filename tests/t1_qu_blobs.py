@@ -10,7 +10,7 @@ import pytest
 
 from bftfs.fs import entries as E
 from bftfs.fs import objects as obj
-from bftfs.node.kv import MemoryKV
+from bftfs.kv import MemoryKV
 from bftfs.qu import blobs, schema
 from bftfs.qu.canon import canonical
 from bftfs.qu.timestamp import Timestamp

@@ -1,11 +1,11 @@
-"""Tier 1: the pure decisions of a restarted server's catch-up (``bftfs/qu/catchup.py``)."""
+"""Tier 1: the pure decisions of a restarted server's catch-up (``bftfs/node/qu_catchup.py``)."""
 
 from __future__ import annotations
 
 import pytest
 from t1_qu_classify import TH, A, B, cand, ohs, ts, view
 
-from bftfs.qu.catchup import behind, target
+from bftfs.node.qu_catchup import behind, target
 from bftfs.qu.messages import MessageError, parse_latest_reply
 
 

@@ -9,7 +9,7 @@ import pytest
 from rw_helpers import ts
 
 from bftfs import erasure
-from bftfs.node.kv import MemoryKV
+from bftfs.kv import MemoryKV
 from bftfs.rw import replica
 from bftfs.rw.behind import (
     Listed,

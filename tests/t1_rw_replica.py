@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bftfs import erasure
-from bftfs.node.kv import MemoryKV
+from bftfs.kv import MemoryKV
 from bftfs.rw import replica
 from bftfs.rw.messages import ReadRequest, WriteRequest
 from bftfs.rw.schema import DB_VERSIONS, StoredVersion, split_key, version_key

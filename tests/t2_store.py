@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from bftfs.node.kv import MemoryKV
+from bftfs.kv import MemoryKV
 from bftfs.node.store import Store
 
 

@@ -6,7 +6,7 @@ outside it received none of their updates; standing in for a failed quorum node 
 every read of the tree into a repair too large to run (EIO on every file, a new mount
 failing on the root).  Here two mounts write a tree, a quorum node is killed, everything is
 read back through both mounts and a fresh one; the node comes back and catches up in the
-background (``bftfs/qu/catchup.py``, progress in ``bftfs status``), more is written, and
+background (``bftfs/node/qu_catchup.py``, progress in ``bftfs status``), more is written, and
 another quorum node is killed: everything still reads back.
 """
 

@@ -1,7 +1,7 @@
 """Tier 5: a restarted Q/U server catches up in the background (issue 22, item 4).
 
 Real transport and LMDB (the in-process cluster): a server is down while objects change,
-comes back, and its catch-up (``bftfs/qu/catchup.py``) brings exactly those objects up to
+comes back, and its catch-up (``bftfs/node/qu_catchup.py``) brings exactly those objects up to
 date, so the next failure costs readers no repair at all.
 """
 

@@ -1,5 +1,5 @@
 """Tier 5: a restarted node catches up on the blocks written while it was down (issue 22,
-item 4; ``bftfs/rw/catchup.py``), in an in-process cluster with Byzantine peers and in real
+item 4; ``bftfs/node/rw_catchup.py``), in an in-process cluster with Byzantine peers and in real
 node processes.
 
 Progress is observed as an operator would, through the node's ``stats`` answer, polled
@@ -21,8 +21,9 @@ from bftfs import erasure
 from bftfs.connect import open_client
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId
-from bftfs.rw import catchup, replica
-from bftfs.rw.catchup import PROGRESS_KEY
+from bftfs.node import rw_catchup as catchup
+from bftfs.node.rw_catchup import PROGRESS_KEY
+from bftfs.rw import replica
 from bftfs.rw.client import RWClient, open_rw_client
 from bftfs.rw.messages import (
     KIND_LIST,

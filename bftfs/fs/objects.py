@@ -1005,5 +1005,5 @@ FS = ObjectType(
     ),
 )
 
-#: What ``bftfs.qu.node`` loads from this module (``TYPE_MODULES``).
+#: The object types of the file system: what a node serves (``bftfs.node.protocols``).
 OBJECT_TYPES = (FS,)

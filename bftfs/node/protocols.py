@@ -1,35 +1,31 @@
-"""The protocol modules a node loads at start-up; each exposes ``register(node)``."""
+"""The protocol servers a node runs, registered explicitly, with the object types it
+serves: the PASIS block store (``rw_server``) and Q/U objects (``qu_server``) for the file
+system's object types.  The Q/U test types (``counter``, ``kv``) are served only when asked
+for (``bftfs node --test-objects``, the in-process test cluster): production nodes run
+exactly the file system's methods."""
 
 from __future__ import annotations
 
-import importlib
-import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from bftfs.fs.objects import OBJECT_TYPES as FS_TYPES
+from bftfs.node import qu_server, rw_server
+from bftfs.qu.objects import ObjectType
+from bftfs.qu.testobjects import OBJECT_TYPES as TEST_TYPES
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node
 
-log = logging.getLogger(__name__)
+#: What a node serves by default, and with the test types too.
+PRODUCTION_TYPES: tuple[ObjectType, ...] = tuple(FS_TYPES)
+WITH_TEST_TYPES: tuple[ObjectType, ...] = (*TEST_TYPES, *FS_TYPES)
 
-#: PASIS read/write blocks, then Q/U objects.
-PROTOCOL_MODULES = ("bftfs.rw.node", "bftfs.qu.node")
 
-
-def register_all(node: Node) -> list[str]:
-    """Register every available protocol's handlers with ``node``; the names loaded.
-
-    A module that does not exist yet is skipped (the protocols land one issue at a time);
-    any other import error is a bug and propagates.
-    """
-    loaded = []
-    for name in PROTOCOL_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            # Missing module or missing parent package: that protocol is not built yet.
-            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
-                raise
-            continue
-        mod.register(node)
-        loaded.append(name)
-    return loaded
+def register_all(node: Node, object_types: Sequence[ObjectType] | None = None) -> list[str]:
+    """Register both protocols' handlers with ``node``; the servers' names."""
+    rw_server.register(node)
+    qu_server.register(
+        node, object_types=PRODUCTION_TYPES if object_types is None else object_types
+    )
+    return ["rw", "qu"]

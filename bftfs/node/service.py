@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -118,6 +118,7 @@ class Node:
         clock_ns: Callable[[], int] = time.time_ns,
         endpoint_options: dict[str, Any] | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
+        object_types: Sequence[Any] | None = None,
     ) -> None:
         self.config = config
         self.id = identity.pid
@@ -127,6 +128,8 @@ class Node:
         self.faults = faults
         self.now_ns = clock_ns
         self.max_frame = max_frame
+        #: The Q/U object types served (None: the file system's, ``node/protocols.py``).
+        self.object_types = object_types
         self.stats: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self._handlers: dict[str, Handler] = {}
@@ -207,7 +210,7 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self.store.committer)
-                    self.protocols = register_all(self)
+                    self.protocols = register_all(self, self.object_types)
                     listeners = self._listeners
                     if listeners is None:
                         listeners = await trio.open_tcp_listeners(

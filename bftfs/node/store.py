@@ -1,7 +1,7 @@
 """The node's LMDB store: named databases, read transactions, group-committed writes.
 
 One LMDB environment per node (``<data_dir>/lmdb``).  Protocol steps run against the
-:class:`~bftfs.node.kv.KV` view of a transaction:
+:class:`~bftfs.kv.KV` view of a transaction:
 
 * :meth:`Store.read` runs a step in a read-only transaction on the caller's thread (MVCC:
   it never waits for writers, and sees only committed data).

@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bftfs.node.kv import KV
+from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import canonical_map, unpack
 from bftfs.qu.classify import (

@@ -1,6 +1,6 @@
 """How a node stores Q/U state in its key-value store (one module for the disk format).
 
-Named databases (LMDB creates them on demand; :class:`bftfs.node.kv.MemoryKV` in tests)::
+Named databases (LMDB creates them on demand; :class:`bftfs.kv.MemoryKV` in tests)::
 
     db        key                      value (canonical msgpack)
     qu.rh     oid (8, BE)              [rh, auth]            the replica history + authenticator
@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from bftfs.node.kv import KV
+from bftfs.kv import KV
 from bftfs.qu import blobs
 from bftfs.qu.canon import canonical, pack, unpack
 from bftfs.qu.history import (

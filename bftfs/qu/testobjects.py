@@ -158,5 +158,5 @@ def registry() -> Registry:
     return Registry([COUNTER, KV])
 
 
-#: What ``bftfs.qu.node`` loads from this module.
+#: What ``bftfs.node.qu_server`` loads from this module.
 OBJECT_TYPES = (COUNTER, KV)

@@ -1,5 +1,5 @@
 """Which blocks a catching-up node looks at and what it makes of a read: the pure core of
-catch-up (catchup.py has the task and the argument).
+catch-up (node/rw_catchup.py has the task and the argument).
 
 * :class:`ListingMerge` walks the other nodes' paged ``rw.list`` listings in block order and
   yields only blocks that ``need = b + 1`` of them list, so at least one correct node does.

@@ -151,7 +151,7 @@ class RWClient:
             operations share frames); None sends each request on its own.  Use
             :func:`open_rw_client` to get a client with a batcher.
         nodes: ask only these nodes (default: all).  A storage node reading as a client
-            (catch-up, catchup.py) leaves itself out: its endpoint cannot call its own
+            (catch-up, node/rw_catchup.py) leaves itself out: its endpoint cannot call its own
             principal, and its own "I lack it" would only lower the count of hosts.  The
             thresholds still count all ``N``: a node left out is simply never heard.
     """
@@ -418,7 +418,7 @@ class RWClient:
 
         ``repair`` False leaves a repairable candidate as it is (validated but not written
         back; ``outcome.kind`` says REPAIR): a storage node catching up uses it to learn the
-        latest *complete* write without taking part in anyone's write (catchup.py).
+        latest *complete* write without taking part in anyone's write (node/rw_catchup.py).
 
         Raises:
             ReadAborted, ReadFailed: as :meth:`read_block`.

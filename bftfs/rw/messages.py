@@ -33,7 +33,7 @@ Field meanings:
 
 - ``a``: bytes(16) or None: ``rw.list`` lists blocks strictly above this block id (None: from
   the first); ``n``: int, at most this many (1 .. :data:`MAX_LIST`).  Only nodes may ask
-  (catch-up of a restarted node, catchup.py).
+  (catch-up of a restarted node, node/rw_catchup.py).
 - ``e``: list of ``[bytes(16), bytes(44)]``: block ids in strictly ascending order, all above
   ``a``, each with the greatest timestamp the node hosts for it; ``more``: bool, blocks above
   the last one listed exist.
@@ -382,7 +382,7 @@ class ListReply:
         Well formed means: at most ``request.limit`` entries, block ids strictly ascending
         and above ``request.after``, no :data:`ZERO` timestamp, and ``more`` only with at
         least one entry (so that paging always advances).  Whether the node really hosts
-        those versions is for the reader to find out (catchup.py never trusts a listing).
+        those versions is for the reader to find out (node/rw_catchup.py never trusts a listing).
         """
         raw = _field(msg, "e")
         if not isinstance(raw, list) or len(raw) > request.limit:

@@ -21,7 +21,7 @@ section 3.5.1.1 (L1147-1165):
   fetches, spec H.2), with or without the fragment (read witnesses, L1172-1176), and always
   with a bounded history of older versions (L1155-1158) and the node's floor.
 * :func:`list_step` - LIST (not in the seed): the blocks hosted above a cursor with their
-  latest timestamps, one page at a time (the catch-up of a restarted node, catchup.py).
+  latest timestamps, one page at a time (the catch-up of a restarted node, node/rw_catchup.py).
 * :func:`collect_step` - delete versions below a floor (the garbage collector of the
   lazy-verification issue calls it only below a version verified complete, L1540-1542).
 
@@ -35,7 +35,7 @@ import hmac
 from dataclasses import dataclass
 
 from bftfs import erasure
-from bftfs.node.kv import KV
+from bftfs.kv import KV
 from bftfs.rw.messages import (
     BLOCK_ID_LIMIT,
     BlockId,

@@ -28,6 +28,7 @@ from bftfs.config import (
 )
 from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
+from bftfs.node.protocols import WITH_TEST_TYPES
 from bftfs.node.service import Node
 from bftfs.testing.faults import FaultInjector
 from bftfs.transport import Endpoint
@@ -103,6 +104,7 @@ class Cluster:
                     listeners=listeners,
                     faults=self.faults[i],
                     endpoint_options=self._endpoint_options,
+                    object_types=WITH_TEST_TYPES,
                 )
                 self.nodes[i] = node
                 await node.run(task_status=task_status)

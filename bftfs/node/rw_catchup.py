@@ -296,5 +296,5 @@ class CatchUp:
 
 
 async def run(node: Node, **options: Any) -> None:
-    """The catch-up task a node spawns at start-up (``rw/node.py``)."""
+    """The catch-up task a node spawns at start-up (``node/rw_server.py``)."""
     await CatchUp(node, **options).run()

@@ -29,7 +29,8 @@ import trio
 
 from bftfs.erasure import fragment_size
 from bftfs.ids import is_node
-from bftfs.rw import catchup, replica
+from bftfs.node import rw_catchup as catchup
+from bftfs.rw import replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
 from bftfs.rw.messages import (
     KIND_LIST,

@@ -24,20 +24,19 @@ sync** (L2599-2607): it asks the host servers named by the OHS (then any other s
 that version through ``node.endpoint`` and needs b+1 identical answers, so at least one
 comes from a benign host; then it re-runs the step with the version.
 
-Object types are found in :data:`TYPE_MODULES`: each module that exists exposes
-``OBJECT_TYPES``; the file-system issue adds its module there.
+The object types it serves are given by the node (``node/protocols.py``): the file
+system's, and the test types only when asked for.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import PrincipalId, is_node
+from bftfs.node.qu_catchup import CatchUp
 from bftfs.qu.canon import canonical
-from bftfs.qu.catchup import CatchUp
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.messages import (
     KIND_FETCH,
@@ -56,7 +55,7 @@ from bftfs.qu.messages import (
     parse_sync,
     parse_sync_reply,
 )
-from bftfs.qu.objects import Registry
+from bftfs.qu.objects import ObjectType, Registry
 from bftfs.qu.replica import (
     NeedSync,
     ReplicaConfig,
@@ -74,29 +73,27 @@ from bftfs.transport import QuorumUnavailable
 if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
 
-#: Modules whose ``OBJECT_TYPES`` a node serves (missing modules are skipped).
-TYPE_MODULES = ("bftfs.qu.testobjects", "bftfs.fs.objects")
 #: Object sync gives up after this long (the request then fails and the client retries).
 SYNC_TIMEOUT = 2.0
 
 
-def node_registry() -> Registry:
-    """The registry of every object type in :data:`TYPE_MODULES`."""
+def registry_of(object_types: Iterable[ObjectType]) -> Registry:
+    """A registry of ``object_types`` (what this node serves)."""
     reg = Registry()
-    for name in TYPE_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
-                raise
-            continue
-        for otype in getattr(mod, "OBJECT_TYPES", ()):
-            reg.register(otype)
+    for otype in object_types:
+        reg.register(otype)
     return reg
 
 
-def register(node: Node, *, retention: Retention | None = None, catch_up: bool = True) -> None:
-    """Register the Q/U handlers with ``node``, and start its catch-up (``catchup.py``)."""
+def register(
+    node: Node,
+    *,
+    object_types: Iterable[ObjectType],
+    retention: Retention | None = None,
+    catch_up: bool = True,
+) -> None:
+    """Register the Q/U handlers with ``node`` for ``object_types``, and start its
+    catch-up (``qu_catchup.py``)."""
     from bftfs.node.service import DEFER, HandlerError
 
     th = Thresholds.from_config(node.config)
@@ -108,7 +105,7 @@ def register(node: Node, *, retention: Retention | None = None, catch_up: bool =
             raise KeyError(f"no key for node {s}")
         return k
 
-    cfg = ReplicaConfig(node.id, th, key_for, node_registry(), retention or Retention())
+    cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention or Retention())
 
     def parse(payload: Any) -> Request:
         try:
