@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 
 # "bftfs": the package itself (__version__, WIRE_VERSION).
-BASE = {"ids", "crypto", "config", "erasure", "logsetup", "proc", "kv", "bftfs"}
+BASE = {"ids", "crypto", "config", "erasure", "logsetup", "proc", "kv", "outcome", "bftfs"}
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
     "crypto": {"ids"},
@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "logsetup": set(),
     "proc": set(),
     "kv": set(),
+    "outcome": set(),
     "bftfs": set(),
     "transport": {"ids", "crypto", "bftfs"},
     "connect": {"config", "crypto", "transport"},
@@ -33,8 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "node": BASE | {"transport", "qu", "rw", "fs"},
     "qu": BASE | {"transport"},
     "rw": BASE | {"transport"},
-    # transport: the protocol clients still let transport errors through (issue 20).
-    "fs": BASE | {"connect", "qu", "rw", "transport"},
+    "fs": BASE | {"connect", "qu", "rw"},
     "fuse": BASE | {"fs", "local"},
     "testing": BASE | {"connect", "local", "transport", "node", "qu", "rw", "fs", "fuse"},
     "cli": BASE | {"connect", "local", "node", "fuse"},

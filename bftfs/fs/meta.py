@@ -19,13 +19,11 @@ import trio
 
 from bftfs.fs import objects as obj
 from bftfs.fs.base import FsBase
-from bftfs.fs.errors import FsError, Unavailable, from_refusal
+from bftfs.fs.errors import Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
-from bftfs.qu.client import Unavailable as QUUnavailable
+from bftfs.outcome import ClusterUnavailable
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import Refused
-from bftfs.rw.client import ReadAborted, ReadFailed
-from bftfs.transport import QuorumUnavailable, TransportError
 
 #: Attempts of an update whose cached view keeps turning out stale (concurrent changes).
 MAX_ATTEMPTS = 8
@@ -43,7 +41,8 @@ BACKOFF_MAX = 0.5
 
 T = TypeVar("T")
 
-_PROTOCOL_ERRORS = (QUUnavailable, QuorumUnavailable, ReadFailed, ReadAborted, TransportError)
+#: What the protocol clients raise when the cluster cannot answer (``bftfs.outcome``).
+_PROTOCOL_ERRORS = (ClusterUnavailable,)
 
 
 class _Stale(Exception):
@@ -60,12 +59,6 @@ class _Taken(Exception):
 
 def _translate(e: BaseException) -> BaseException:
     """A protocol or refusal exception as the file-system error it means."""
-    if isinstance(e, BaseExceptionGroup):
-        inner = [_translate(x) for x in e.exceptions]
-        fs_errors = [x for x in inner if isinstance(x, FsError)]
-        if len(fs_errors) == len(inner):
-            return fs_errors[0]
-        return e
     if isinstance(e, Refused):
         if e.code == "stale":
             return _Stale(e.message)
@@ -111,16 +104,11 @@ class Meta(FsBase):
         return "\n".join(lines)
 
     async def _blocks(self, coro: Awaitable[T]) -> T:
-        """Run a PASIS call, translating its failures (they come grouped from nurseries)."""
+        """Run a PASIS call, translating its failures."""
         try:
             return await coro
         except _PROTOCOL_ERRORS as e:
             raise Unavailable(f"{type(e).__name__}: {e}") from None
-        except BaseExceptionGroup as e:
-            t = _translate(e)
-            if t is e:
-                raise
-            raise t from None
 
     def _new_oid(self, near: int | None = None) -> int:
         """A random 63-bit id (object ids, data ids); with ``near``, one in the same residue

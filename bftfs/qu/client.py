@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from bftfs.outcome import ClusterUnavailable
 from bftfs.qu import core
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import OpType, Thresholds, View
@@ -55,7 +56,7 @@ MAX_SHORT_ROUNDS = 3
 MAX_FACTS = 4096
 
 
-class Unavailable(Exception):
+class Unavailable(ClusterUnavailable):
     """Fewer than q servers answered, repeatedly: the object cannot make progress now."""
 
 
@@ -226,14 +227,17 @@ class QUClient:
         else:
             self._seq += 1
             op = Operation(method, False, arg, self._seq)
-        if len(objects) == 1:  # the common case, without an exit stack
-            lock = self._locks.get(objects[0])
-            if lock is None:
-                lock = self._locks[objects[0]] = trio.Lock()
-            async with lock:
+        try:
+            if len(objects) == 1:  # the common case, without an exit stack
+                lock = self._locks.get(objects[0])
+                if lock is None:
+                    lock = self._locks[objects[0]] = trio.Lock()
+                async with lock:
+                    return await self._run(objects, op)
+            async with self._locked(objects):
                 return await self._run(objects, op)
-        async with self._locked(objects):
-            return await self._run(objects, op)
+        except (QuorumUnavailable, TransportError) as e:  # callers see one family only
+            raise Unavailable(f"objects {objects}: {type(e).__name__}: {e}") from e
 
     async def _run(self, objects: tuple[int, ...], op: Operation) -> Any:
         th = self.th

@@ -33,18 +33,20 @@ more run in a worker thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from bftfs import erasure
 from bftfs.ids import NodeId
+from bftfs.outcome import ClusterUnavailable, collapse
 from bftfs.rw import verify
 from bftfs.rw.batch import Batcher, batch_quorum
 from bftfs.rw.classify import (
@@ -71,7 +73,7 @@ from bftfs.rw.messages import (
 )
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, ZERO, Timestamp, make_timestamp
 from bftfs.rw.verify import ReadOutcome
-from bftfs.transport import Endpoint, QuorumUnavailable
+from bftfs.transport import Endpoint, QuorumUnavailable, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,43 @@ DEFAULT_MAX_RESTARTS = 8
 DEFAULT_CONCURRENCY = 32
 
 
-class ReadAborted(Exception):
+class ReadAborted(ClusterUnavailable):
     """A read restarted ``max_restarts`` times (garbage collection kept racing with it)."""
 
 
-class ReadFailed(Exception):
+class ReadFailed(ClusterUnavailable):
     """Too few nodes answered validly for a read to decide (more than ``t`` faulty)."""
+
+
+class WriteFailed(ClusterUnavailable):
+    """Fewer than ``N - t`` nodes acknowledged a write (or told its time): it may or may
+    not complete later."""
+
+
+_TRANSPORT = (QuorumUnavailable, TransportError)
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def _outcomes(make: type[ClusterUnavailable]) -> Callable[[_F], _F]:
+    """Let a public method raise only the outcome family (``bftfs.outcome``): transport
+    errors become ``make``, a nursery's group of them its first."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except _TRANSPORT as e:
+                raise make(f"{type(e).__name__}: {e}") from e
+            except BaseExceptionGroup as g:
+                out = collapse(g, make, _TRANSPORT)
+                if out is g:
+                    raise
+                raise out from g
+
+        return wrapper  # type: ignore[return-value]
+
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -246,12 +279,13 @@ class RWClient:
 
     # Write ---------------------------------------------------------------------------------
 
+    @_outcomes(WriteFailed)
     async def write_block(self, block: BlockId | int, data: bytes) -> Timestamp:
         """WRITE: store ``data`` as the new value of ``block``; its timestamp.
 
         Raises:
             ValueError: ``data`` is larger than the configured block size.
-            QuorumUnavailable: fewer than ``N - t`` nodes acknowledged.
+            WriteFailed: fewer than ``N - t`` nodes acknowledged.
         """
         if len(data) > self.block_size:
             raise ValueError(f"block of {len(data)} bytes exceeds block_size {self.block_size}")
@@ -332,6 +366,7 @@ class RWClient:
             return None
         return 0 if len(oks) >= need else len(stale)
 
+    @_outcomes(WriteFailed)
     async def read_timestamp(self, block: BlockId) -> int:
         """READ_TIMESTAMP: the Time for a new write of ``block`` (Figure 3.1)."""
         latest: dict[int, Timestamp] = {}
@@ -356,6 +391,7 @@ class RWClient:
         )
         return verify.choose_time({n: latest[n] for n in replies}, self.clock_ns())
 
+    @_outcomes(WriteFailed)
     async def do_write(
         self,
         block: BlockId,
@@ -386,6 +422,7 @@ class RWClient:
             nodes, KIND_WRITE, payload, enough=lambda r: len(r) >= need, accept=accept
         )
 
+    @_outcomes(WriteFailed)
     async def write_blocks(
         self, blocks: Mapping[int, bytes], *, concurrency: int = DEFAULT_CONCURRENCY
     ) -> dict[int, Timestamp]:
@@ -404,6 +441,7 @@ class RWClient:
 
     # Read ----------------------------------------------------------------------------------
 
+    @_outcomes(ReadFailed)
     async def read_block(self, block: BlockId | int) -> bytes:
         """READ: the value of the latest complete write of ``block`` (empty if none).
 
@@ -413,6 +451,7 @@ class RWClient:
         """
         return (await self.read_version(block)).data
 
+    @_outcomes(ReadFailed)
     async def read_version(self, block: BlockId | int, *, repair: bool = True) -> ReadOutcome:
         """READ, with what it found: the candidate's timestamp, cross checksum, fragments.
 
@@ -435,6 +474,7 @@ class RWClient:
             self._stats["restarts"] += 1
         raise ReadAborted(f"block {block}: {self.max_restarts} restarts, giving up")
 
+    @_outcomes(ReadFailed)
     async def read_blocks(
         self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
     ) -> dict[int, bytes]:
