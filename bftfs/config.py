@@ -34,6 +34,7 @@ from typing import Any
 import tomli_w
 
 from bftfs.ids import CLIENT_ID_BASE, ClientId, NodeId, PrincipalId, client_id
+from bftfs.thresholds import fault_rule, pasis_rule, qu_quorums
 
 #: Defaults of DESIGN.md: t = b = 1 gives n = 6, q = 5, r = 3, QC = 4, m = 3.
 DEFAULT_T = 1
@@ -52,19 +53,6 @@ MAX_INLINE_LIMIT = 64 * 1024
 
 class ConfigError(Exception):
     """The configuration breaks a rule; the message names the rule and the numbers."""
-
-
-def qu_quorums(n: int, t: int, b: int) -> tuple[int, int]:
-    """The smallest Q/U quorum ``q`` and repairable set ``r`` for ``n`` servers that meet the
-    seed's constraints (L2288-2291): (4.2) ``q + t <= n``, (4.3) ``2q - b - n >= r``,
-    (4.4) ``q + r - n > b``, with ``r >= t + b + 1``.  At ``n = 3t + 2b + 1`` that is
-    ``q = 2t + 2b + 1``, ``r = t + b + 1``; a larger ``n`` needs a larger ``q`` (with t=b=1:
-    n=7 gives q=6, n=8 gives q=7).  ``(0, 0)`` when no pair exists (n too small)."""
-    for r in range(t + b + 1, n + 1):
-        q = max(-(-(n + b + r) // 2), n + b + 1 - r)
-        if q + t <= n:
-            return q, r
-    return 0, 0
 
 
 @dataclass(frozen=True)
@@ -186,10 +174,8 @@ class ClusterConfig:
             ConfigError: naming the first rule broken and the numbers that break it.
         """
         t, b, n, qc, m = self.t, self.b, self.n, self.qc, self.m
-        if t < 0 or b < 0:
-            raise ConfigError(f"t and b must not be negative (t={t}, b={b})")
-        if b > t:
-            raise ConfigError(f"rule b <= t broken: b={b} > t={t} (Byzantine faults are faults)")
+        if (why := fault_rule(t, b)) is not None:
+            raise ConfigError(why)
         need = 3 * t + 2 * b + 1
         if n < need:
             raise ConfigError(
@@ -197,14 +183,8 @@ class ClusterConfig:
             )
         if qu_quorums(n, t, b) == (0, 0):
             raise ConfigError(f"no Q/U quorum sizes meet the rules for n={n}, t={t}, b={b}")
-        if not qc > t + b:
-            raise ConfigError(f"PASIS rule t + b < QC broken: t + b = {t + b}, QC = {qc}")
-        if not qc <= n - t - b:
-            raise ConfigError(
-                f"PASIS rule QC <= N - t - b broken: QC = {qc} > {n} - {t} - {b} = {n - t - b}"
-            )
-        if not 1 <= m <= qc - t:
-            raise ConfigError(f"PASIS rule 1 <= m <= QC - t broken: m = {m}, QC - t = {qc - t}")
+        if (why := pasis_rule(n, t, b, qc, m)) is not None:
+            raise ConfigError(why)
         if m > 256 or n > 256:
             raise ConfigError(f"zfec supports at most 256 fragments (n={n}, m={m})")
         if not 0 < self.block_size <= MAX_BLOCK_SIZE:

@@ -127,8 +127,8 @@ def test_quorum_sizes_meet_the_q_u_rules_for_every_n(t: int, b: int) -> None:
     """Issue 18, defect 4: ``bftfs init --n 7`` with t=b=1 kept q = 2t+2b+1 = 5, which
     breaks rule (4.3) at n = 7, and every node and mount then failed at start.  The sizes
     now grow with n, and every pair passes the protocol's own check."""
-    from bftfs.config import qu_quorums
     from bftfs.qu.classify import Thresholds
+    from bftfs.thresholds import qu_quorums
 
     for n in range(3 * t + 2 * b + 1, 3 * t + 2 * b + 12):
         q, r = qu_quorums(n, t, b)

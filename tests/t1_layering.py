@@ -15,16 +15,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 
 # "bftfs": the package itself (__version__, WIRE_VERSION).
-BASE = {"ids", "crypto", "config", "erasure", "logsetup", "proc", "kv", "outcome", "bftfs"}
+BASE = {
+    *("ids", "crypto", "config", "erasure", "logsetup", "proc", "kv", "outcome", "thresholds"),
+    "bftfs",
+}
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
     "crypto": {"ids"},
-    "config": {"ids"},
+    "config": {"ids", "thresholds"},
     "erasure": set(),
     "logsetup": set(),
     "proc": set(),
     "kv": set(),
     "outcome": set(),
+    "thresholds": set(),
     "bftfs": set(),
     "transport": {"ids", "crypto", "bftfs"},
     "connect": {"config", "crypto", "transport"},

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from bftfs.qu.canon import CanonicalError, canonical
 from bftfs.qu.classify import (
     OpType,
-    ThresholdError,
     Thresholds,
     View,
     classify,
@@ -31,6 +30,7 @@ from bftfs.qu.timestamp import (
     Timestamp,
     TimestampError,
 )
+from bftfs.thresholds import ThresholdError
 
 TH = Thresholds.minimal(1, 1)  # n=6, q=5, r=3
 

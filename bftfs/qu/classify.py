@@ -45,6 +45,7 @@ from bftfs.qu.timestamp import (
     Timestamp,
     lt_digest,
 )
+from bftfs.thresholds import check, qu_rule
 
 
 class OpType(enum.Enum):
@@ -53,10 +54,6 @@ class OpType(enum.Enum):
     METHOD = "method"
     COPY = "copy"
     BARRIER = "barrier"
-
-
-class ThresholdError(ValueError):
-    """Thresholds that break one of the seed's constraints (4.2)-(4.4)."""
 
 
 @dataclass(frozen=True)
@@ -87,14 +84,7 @@ class Thresholds:
         Raises:
             ThresholdError: naming the rule that fails.
         """
-        if not 0 <= self.b <= self.t:
-            raise ThresholdError("need 0 <= b <= t")
-        if self.q + self.t > self.n:
-            raise ThresholdError("(4.2) needs q + t <= n")
-        if 2 * self.q - self.b - self.n < self.r:
-            raise ThresholdError("(4.3) needs 2q - b - n >= r")
-        if self.q + self.r - self.n <= self.b:
-            raise ThresholdError("(4.4) needs q + r - n > b")
+        check(qu_rule(self.n, self.t, self.b, self.q, self.r))
 
 
 def _index(ohs: OHS, n: int) -> dict[tuple, tuple[Candidate, set[int]]]:

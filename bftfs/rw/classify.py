@@ -64,13 +64,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bftfs.rw.timestamp import ZERO, Timestamp
+from bftfs.thresholds import check, pasis_rule
 
 #: Default bound on READ_PREV history fetches per node per read attempt (choice 7).
 DEFAULT_MAX_FETCHES = 4
-
-
-class ConfigError(ValueError):
-    """Thresholds that break a rule of seed section 3.4.4."""
 
 
 @dataclass(frozen=True)
@@ -85,14 +82,7 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         # Constraint summary (seed L1104-1135, spec A.2), each rule named in the message.
-        if not 0 <= self.b <= self.t:
-            raise ConfigError(f"need 0 <= b <= t, got t={self.t}, b={self.b}")
-        if not self.t + self.b < self.qc:
-            raise ConfigError(f"need t + b < QC (eq. 3.4), got QC={self.qc}")
-        if not self.qc <= self.n - self.t - self.b:
-            raise ConfigError(f"need QC <= N - t - b (eq. 3.1), got QC={self.qc}, N={self.n}")
-        if not 1 <= self.m <= self.qc - self.t:
-            raise ConfigError(f"need 1 <= m <= QC - t (eq. 3.5), got m={self.m}")
+        check(pasis_rule(self.n, self.t, self.b, self.qc, self.m))
 
     @classmethod
     def from_config(cls, config: object) -> Thresholds:
