@@ -2,22 +2,24 @@
 
 Wire format (version :data:`bftfs.WIRE_VERSION`)::
 
-    frame    = u32 big-endian length || body || tag          (length = len(body) + 16)
-    tag      = MAC(key, body)                                 (keyed BLAKE2b, 16 bytes)
-
-    hello     body = msgpack [version, "hello", client_pid, server_pid, nonce_c]   key = K_pair
+    handshake frame = u32 big-endian length || body || tag    (length = len(body) + 16)
+    tag             = MAC(K_pair, body)                       (keyed BLAKE2b, 16 bytes)
+    hello     body = msgpack [version, "hello", client_pid, server_pid, nonce_c]
     hello-ack body = msgpack [version, "hello-ack", server_pid, client_pid, nonce_c, nonce_s]
-    request   body = msgpack [seq, 0, req_id, kind, payload]                       key = K_c2s
-    reply     body = msgpack [seq, 1, req_id, status, payload | [code, message]]   key = K_s2c
+
+    session frame   = u32 length || u64 seq || AEAD(K_dir, nonce = 0^4 || seq, ad = seq, m)
+    request   m = msgpack [0, req_id, kind, payload]                             K_dir = K_c2s
+    reply     m = msgpack [1, req_id, status, payload | [code, message]]         K_dir = K_s2c
 
 ``K_pair`` is the Diffie-Hellman pairwise key of the two principals (``crypto.KeyRing``).
 Each connection derives fresh session keys ``K_c2s``/``K_s2c`` from ``K_pair`` and both
-16-byte nonces, and each direction numbers its frames with ``seq`` = 1, 2, 3, ...; a receiver
-drops a frame whose MAC fails and any frame whose ``seq`` is not above the last one it
-accepted.  Together: a tampered frame fails the MAC, a frame replayed inside a connection
-fails the sequence check, and a frame replayed into another connection fails the MAC
-because the session keys differ.  A principal whose key is not in the configuration cannot
-complete the handshake, so it never gets an answer.
+16-byte nonces, and each direction numbers its frames with ``seq`` = 1, 2, 3, ...; the AEAD
+is ChaCha20-Poly1305 (IETF), so contents are encrypted as well as authenticated.  A receiver
+drops a frame that fails authentication and any frame whose ``seq`` is not above the last
+one it accepted.  Together: a tampered frame fails authentication, a frame replayed inside
+a connection fails the sequence check, and a frame replayed into another connection fails
+authentication because the session keys differ.  A principal whose key is not in the
+configuration cannot complete the handshake, so it never gets an answer.
 
 Requests carry a ``req_id`` chosen by the caller; a resent request keeps its id, so a reply
 to any copy completes the call.  The transport does not deduplicate: protocols are
@@ -43,6 +45,9 @@ from typing import Any
 
 import msgpack
 import trio
+from nacl.bindings import crypto_aead_chacha20poly1305_ietf_decrypt as _aead_decrypt
+from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt as _aead_encrypt
+from nacl.exceptions import CryptoError
 
 from bftfs import WIRE_VERSION
 from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok
@@ -56,6 +61,8 @@ DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 MAX_HELLO = 256
 NONCE_SIZE = 16
 _LEN = struct.Struct(">I")
+_SEQ = struct.Struct(">Q")
+_NONCE_PAD = bytes(4)
 
 REQUEST = 0
 REPLY = 1
@@ -178,7 +185,15 @@ def frame_bytes(body: bytes, key: bytes) -> bytes:
 
 @dataclass
 class Session:
-    """One connection's keys and sequence numbers, for one side."""
+    """One connection's keys and sequence numbers, for one side.
+
+    Every frame after the handshake is encrypted and authenticated with
+    ChaCha20-Poly1305 (IETF, libsodium through pynacl) under the direction's session key:
+    ``u32 length || u64 seq || ciphertext || 16-byte tag``, the sequence number in the clear
+    as the associated data and the nonce (zero-padded to 12 bytes; each direction has its
+    own key and numbers its frames 1, 2, 3, ..., so no nonce repeats under a key).  File
+    contents and names no longer cross the network in the clear (issue 18).
+    """
 
     send_key: bytes
     recv_key: bytes
@@ -186,31 +201,45 @@ class Session:
     recv_seq: int = 0
 
     def seal(self, msg: list[Any]) -> bytes:
+        """``msg`` (``[type, req_id, x, y]``) as the next frame of this direction."""
+        return self.seal_body(pack(msg))
+
+    def seal_body(self, body: bytes) -> bytes:
+        """Any ``body`` bytes as the next frame (the fuzzer sends nonsense this way)."""
         self.send_seq += 1
-        return frame_bytes(pack([self.send_seq, *msg]), self.send_key)
+        seq = _SEQ.pack(self.send_seq)
+        ct = _aead_encrypt(body, seq, _NONCE_PAD + seq, self.send_key)
+        return _LEN.pack(len(seq) + len(ct)) + seq + ct
 
     def open(self, frame: bytes | memoryview) -> list[Any]:
-        """Authenticate and decode one frame: ``[seq, type, req_id, ...]``.
+        """Authenticate, decrypt and decode one frame: ``[seq, type, req_id, x, y]``.
 
         Raises:
-            FrameError: ``bad_mac``, ``malformed`` or ``replay``.
+            FrameError: ``bad_mac`` (tampered, or under another key), ``malformed`` or
+                ``replay``.
         """
-        if len(frame) <= MAC_SIZE:
-            raise FrameError("malformed", "frame shorter than its MAC")
-        body = memoryview(frame)[:-MAC_SIZE]
-        if not mac_ok(self.recv_key, body, frame[-MAC_SIZE:]):
-            raise FrameError("bad_mac")
+        if len(frame) < _SEQ.size + MAC_SIZE:
+            raise FrameError("malformed", "frame shorter than its sequence number and tag")
+        frame = bytes(frame)
+        seq_bytes = frame[: _SEQ.size]
+        try:
+            body = _aead_decrypt(
+                frame[_SEQ.size :], seq_bytes, _NONCE_PAD + seq_bytes, self.recv_key
+            )
+        except CryptoError:
+            raise FrameError("bad_mac") from None
+        (seq,) = _SEQ.unpack(seq_bytes)
+        if seq <= self.recv_seq:
+            raise FrameError("replay", f"seq {seq} <= {self.recv_seq}")
         msg = unpack(body)
         if (
             not isinstance(msg, list)
-            or len(msg) != 5
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in msg[:3])
+            or len(msg) != 4
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in msg[:2])
         ):
-            raise FrameError("malformed", "not [seq, type, req_id, x, y]")
-        if msg[0] <= self.recv_seq:
-            raise FrameError("replay", f"seq {msg[0]} <= {self.recv_seq}")
-        self.recv_seq = msg[0]
-        return msg
+            raise FrameError("malformed", "not [type, req_id, x, y]")
+        self.recv_seq = seq
+        return [seq, *msg]
 
 
 def _session_keys(pair: bytes, nonce_c: bytes, nonce_s: bytes) -> tuple[bytes, bytes]:

@@ -31,12 +31,10 @@ from bftfs.crypto import KeyRing
 from bftfs.ids import PrincipalId
 from bftfs.transport import (
     DEFAULT_MAX_FRAME,
-    MAC_SIZE,
     FrameReader,
     Session,
     TransportError,
     client_handshake,
-    frame_bytes,
     pack,
 )
 
@@ -235,23 +233,26 @@ def _frame(rng: random.Random, conn: _Connection, ring: KeyRing) -> tuple[str, b
             return f"request {kind}", s.seal([0, req_id, kind, payload(kind, rng)]), False
         except (TypeError, ValueError, OverflowError):  # not even msgpack-able: garbage
             return "unpackable", s.seal([0, req_id, kind, None]), False
-    if r < 0.78:  # valid MAC, not a request
-        s.send_seq += 1
+    if r < 0.78:  # authenticated and encrypted, but not a request
         body = rng.choice(
             (
                 rng.randbytes(rng.randrange(1, 200)),
-                pack([s.send_seq]),
-                pack([s.send_seq, 1, 5, "ok", None]),  # a "reply" sent to a node
-                pack([s.send_seq, 0, 1, 42, None]),  # kind not a string
-                pack({"seq": s.send_seq}),
+                pack([]),
+                pack([1, 5, "ok", None]),  # a "reply" sent to a node
+                pack([0, 1, 42, None]),  # kind not a string
+                pack({"type": 0}),
+                pack([0, 1, "ping"]),  # one field short
             )
         )
-        return "valid-mac garbage", frame_bytes(body, s.send_key), False
-    if r < 0.83:  # replayed sequence number
-        return "replay", frame_bytes(pack([1, 0, 1, "ping", None]), s.send_key), False
-    if r < 0.90:  # bad MAC
-        body = pack([s.send_seq + 1, 0, 7, "ping", None])
-        return "bad MAC", struct.pack(">I", len(body) + MAC_SIZE) + body + bytes(MAC_SIZE), False
+        return "valid-mac garbage", s.seal_body(body), False
+    if r < 0.83:  # replayed sequence number: a frame sent twice (the node hangs up)
+        again = s.seal([0, 1, "ping", None])
+        return "replay", again + again, True
+    if r < 0.90:  # bad MAC: a sealed frame with one byte flipped (dropped, not fatal)
+        flipped = bytearray(s.seal([0, 7, "ping", None]))
+        flipped[rng.randrange(4, len(flipped))] ^= 0x40
+        s.send_seq -= 1  # never accepted: the next frame may use its number
+        return "bad MAC", bytes(flipped), False
     if r < 0.95:  # truncated frame, then close
         whole = s.seal([0, 1, "ping", None])
         return "truncated", whole[: rng.randrange(1, len(whole))], True
