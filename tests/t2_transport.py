@@ -25,6 +25,7 @@ from bftfs.ids import NodeId
 from bftfs.testing.cluster import Cluster, open_cluster
 from bftfs.transport import (
     REQUEST,
+    FrameError,
     FrameReader,
     QuorumUnavailable,
     Session,
@@ -383,3 +384,19 @@ def test_corrupted_frames_are_counted_and_resent(tmp_path: Path) -> None:
         assert cluster.nodes[2].rejected["bad_mac"] == cluster.faults[2].corrupted > 0
 
     _run(tmp_path, body, seed=5)
+
+
+def test_frames_are_encrypted_not_only_authenticated() -> None:
+    """Issue 18: file contents and names crossed the network in the clear.  A frame now
+    carries neither, yet the other side reads the message back; a flipped byte is refused."""
+    c2s, s2c = bytes(range(32)), bytes(range(32, 64))
+    client = Session(send_key=c2s, recv_key=s2c)
+    node = Session(send_key=s2c, recv_key=c2s)
+    secret = b"SECRET file contents" * 4
+    frame = client.seal([REQUEST, 9, "rw.write", {"f": secret, "name": "diary.txt"}])
+    assert secret[:20] not in frame and b"diary.txt" not in frame and b"rw.write" not in frame
+    assert node.open(frame[4:]) == [1, REQUEST, 9, "rw.write", {"f": secret, "name": "diary.txt"}]
+    again = bytearray(client.seal([REQUEST, 10, "ping", None]))
+    again[-1] ^= 1
+    with pytest.raises(FrameError, match="bad_mac"):
+        node.open(bytes(again[4:]))
