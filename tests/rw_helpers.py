@@ -132,6 +132,33 @@ def _stale(cluster: Cluster, i: int) -> dict[str, Wrapper]:
     return {KIND_WRITE: write}
 
 
+def _refuse_fresh(cluster: Cluster, i: int) -> dict[str, Wrapper]:
+    """Answer "stale" to every one-round write (with a plausible timestamp: the write's
+    own), store nothing; honest otherwise (issue 18: the fallback must take effect once)."""
+
+    async def write(ctx: Any, payload: Any, honest: Any) -> Any:
+        if payload.get("fr"):
+            return {"ok": False, "stale": payload["ts"]}
+        return await honest(ctx, payload)
+
+    return {KIND_WRITE: write}
+
+
+def _older_history(cluster: Cluster, i: int) -> dict[str, Wrapper]:
+    """Answer reads with a plausible older history: the newest version this node hosts is
+    left out, as if the latest write never reached it (and its fragment with it)."""
+
+    async def read_latest(ctx: Any, payload: Any, honest: Any) -> Any:
+        reply = await honest(ctx, payload)
+        if isinstance(reply, dict) and reply.get("h"):
+            reply["h"] = reply["h"][1:]
+            if payload.get("d"):
+                reply["cc"], reply["f"] = None, None
+        return reply
+
+    return {KIND_READ_LATEST: read_latest}
+
+
 def _withhold(cluster: Cluster, i: int) -> dict[str, Wrapper]:
     async def never(ctx: Any, payload: Any, honest: Any) -> Any:
         await trio.sleep_forever()
@@ -208,6 +235,8 @@ BEHAVIOURS: dict[str, Callable[[Cluster, int], dict[str, Wrapper]]] = {
     "corrupt-fragment": _corrupt,
     "fabricate-huge-time": _fabricate,
     "stale": _stale,
+    "refuse-fresh": _refuse_fresh,
+    "older-history": _older_history,
     "withhold": _withhold,
     "bogus-history": _bogus,
     "equivocate": _equivocate,
