@@ -220,9 +220,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(statuses: list[localmod.NodeStatus]) -> None:
+    progress = {
+        s.id: _progress((s.stats or {}).get("progress", {})) if s.up else "-" for s in statuses
+    }
+    wide = max([len("catch-up"), *(len(p) for p in progress.values())])
     print(
         f"  {'node':>4}  {'state':5}  {'address':21}  {'pid':>7}  {'lmdb':>10}  "
-        f"{'requests':>9}  {'catch-up':24}  rejected frames"
+        f"{'requests':>9}  {'catch-up':{wide}}  rejected frames"
     )
     for s in statuses:
         st = s.stats or {}
@@ -232,7 +236,7 @@ def _print_status(statuses: list[localmod.NodeStatus]) -> None:
             f"  {s.id:>4}  {'up' if s.up else 'down':5}  {s.address:21}  "
             f"{s.pid if s.pid else '-':>7}  "
             f"{_human(st['lmdb_bytes']) if s.up else '-':>10}  "
-            f"{reqs if s.up else '-':>9}  {_progress(st.get('progress', {})) if s.up else '-':24}  "
+            f"{reqs if s.up else '-':>9}  {progress[s.id]:{wide}}  "
             f"{rejected or ('none' if s.up else '-')}"
         )
 
