@@ -211,13 +211,25 @@ class QUClient:
         )
 
     def _present_view(self, objects: Iterable[int], fresh: dict[int, set[int]]) -> tuple:
-        """:func:`core.present` of the cached histories and the :class:`View` of what it
-        returns; remembers whom it left out."""
+        """:func:`core.present_view` of the cached histories (the OHS, its :class:`View`,
+        the objects short of fresh histories); remembers whom it left out."""
         cached = self._mohs(objects)
-        shown, view = core.present_view(cached, self.th, fresh, self._excluded, self._facts)
+        shown, view, short = core.present_view(cached, self.th, fresh, self._excluded, self._facts)
         for oid, ohs in cached.items():
             if len(ohs) != len(shown[oid]):
                 self._suspects |= set(ohs) - set(shown[oid]) - self._excluded
+        return shown, view, short
+
+    async def _present_filled(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> tuple:
+        """:meth:`_present_view`, after asking the servers not heard from yet when stray
+        histories cannot be left out for want of ``q`` fresh others
+        (:func:`core.present_view`); the OHS and its View."""
+        shown, view, short = self._present_view(objects, fresh)
+        if short:
+            todo = tuple(sorted(short))
+            targets = sorted(set().union(*short.values()))
+            await self._read_histories(todo, targets, len(targets), None, fresh)
+            shown, view, _ = self._present_view(objects, fresh)
         return shown, view
 
     async def _invoke(self, objects: tuple[int, ...], method: str, arg: Any, query: bool) -> Any:
@@ -247,8 +259,7 @@ class QUClient:
         st = _RepairState(seen_latest=self._latest(objects))
         splits = 0
         while True:
-            await self._fill_fresh(objects + tuple(sorted(context)), fresh)
-            mohs, shown = self._present_view(objects + tuple(sorted(context)), fresh)
+            mohs, shown = await self._present_filled(objects + tuple(sorted(context)), fresh)
             req = Request(self.client_id, objects, mohs, op, None, self._links_for(shown))
             replies = await self._round(objects, req)
             self._absorb(objects, replies, fresh)
@@ -318,8 +329,7 @@ class QUClient:
             if len(allobjs) > MAX_OBJECTS:
                 raise TooManyObjects(f"objects {allobjs}: more than {MAX_OBJECTS} to repair")
             await self._fetch_missing(allobjs, fresh)
-            await self._fill_fresh(allobjs, fresh)
-            view = self._present_view(allobjs, fresh)[1]
+            view = (await self._present_filled(allobjs, fresh))[1]
             nxt = core.next_step(view)
             if nxt.step is core.Step.NEED:
                 context |= set(nxt.objects)
@@ -378,42 +388,19 @@ class QUClient:
     async def _fetch_missing(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
         """Histories of objects added for deduction, read from a quorum (``qu.history``)."""
         todo = tuple(o for o in objects if len(fresh.get(o, ())) < self.th.q)
-        if not todo:
-            return
-        self._n["history_fetches"] += 1
-        body = {"v": VERSION, "o": list(todo)}
-        stash: dict[int, Reply] = {}
+        if todo:
+            await self._read_histories(todo, self._targets(todo), self.th.q, self.th.q, fresh)
 
-        def accept(node: int, raw: Any) -> bool:
-            try:
-                stash[node] = Reply.from_wire(raw, todo, self.th.n)
-            except MessageError:
-                return False
-            return True
-
-        with suppress(QuorumUnavailable):
-            await self.ep.quorum_call(
-                self._targets(todo),
-                KIND_HISTORY,
-                body,
-                enough=lambda valid: len(valid) >= self.th.q,
-                accept=accept,
-                initial=self.th.q,
-                probe_after=self.probe_after,
-                timeout=self.timeout,
-            )
-        self._absorb(todo, stash, fresh)
-
-    async def _fill_fresh(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
-        """Histories from the servers not asked yet, for objects whose stray histories
-        cannot be left out for want of ``q`` fresh others (:func:`core.short_of_fresh`)."""
-        short = core.short_of_fresh(
-            self._mohs(objects), self.th, fresh, self._excluded, self._facts
-        )
-        if not short:
-            return
-        todo = tuple(sorted(short))
-        targets = sorted(set().union(*short.values()))
+    async def _read_histories(
+        self,
+        todo: tuple[int, ...],
+        targets: list[int],
+        enough: int,
+        initial: int | None,
+        fresh: dict[int, set[int]],
+    ) -> None:
+        """Read the histories of ``todo`` from ``targets`` (``qu.history``) until ``enough``
+        servers answered (or none more will), and take them in."""
         self._n["history_fetches"] += 1
         stash: dict[int, Reply] = {}
 
@@ -429,8 +416,9 @@ class QUClient:
                 targets,
                 KIND_HISTORY,
                 {"v": VERSION, "o": list(todo)},
-                enough=lambda valid: len(valid) >= len(targets),
+                enough=lambda valid: len(valid) >= enough,
                 accept=accept,
+                initial=initial,
                 probe_after=self.probe_after,
                 timeout=self.timeout,
             )

@@ -107,24 +107,37 @@ def present_view(
     fresh: Mapping[int, set[int]],
     excluded: set[int],
     links: Facts | None = None,
-) -> tuple[MOHS, View]:
-    """:func:`present`, and the :class:`View` of what it returns (the one built to find
-    stray histories when none were left out, so a client judging a round builds one View,
-    not two)."""
+) -> tuple[MOHS, View, dict[int, set[int]]]:
+    """:func:`present`, the :class:`View` of what it returns (the one built to find stray
+    histories when none were left out, so a client judging a round builds one View, not
+    two), and the objects whose stray histories cannot all be left out for want of ``q``
+    fresh others, each with the servers still to ask (neither fresh nor excluded).
+
+    A round ends at ``q`` replies; when one of them is a Byzantine server's history with a
+    forged candidate under its own valid authenticator (the largest logical time, say), the
+    other ``q - 1`` are too few to leave it out, every correct server classifies with it and
+    refuses, and the client would retry forever without ever asking the (q+1)-th server
+    (issue 18, defect 2).  Asking the rest settles it."""
     out: MOHS = {
         oid: {s: e for s, e in ohs.items() if s not in excluded} for oid, ohs in mohs.items()
     }
     view = View(out, th, links)
     changed = False
+    short: dict[int, set[int]] = {}
     for oid in list(out):
         strays = stray_holders(view, oid)
         if not strays:
             continue
-        drop = _strays_to_drop(view, oid, strays, fresh.get(oid, set()) - excluded, th.q)
+        have = fresh.get(oid, set())
+        if len(have - strays - excluded) < th.q:
+            rest = set(range(th.n)) - have - excluded
+            if rest:
+                short[oid] = rest
+        drop = _strays_to_drop(view, oid, strays, have - excluded, th.q)
         if drop:
             out[oid] = {s: e for s, e in out[oid].items() if s not in drop}
             changed = True
-    return out, (View(out, th, links) if changed else view)
+    return out, (View(out, th, links) if changed else view), short
 
 
 def _strays_to_drop(view: View, oid: int, strays: set[int], fresh: set[int], q: int) -> set[int]:
@@ -151,37 +164,6 @@ def _strays_to_drop(view: View, oid: int, strays: set[int], fresh: set[int], q: 
             break
         drop |= holders
     return drop
-
-
-def short_of_fresh(
-    mohs: Mapping[int, Mapping[int, OHSEntry]],
-    th: Thresholds,
-    fresh: Mapping[int, set[int]],
-    excluded: set[int],
-    links: Facts | None = None,
-) -> dict[int, set[int]]:
-    """Objects whose stray histories :func:`present` cannot leave out for want of ``q``
-    fresh histories besides them, each with the servers still to ask (neither fresh nor
-    excluded).  A round ends at ``q`` replies; when one of them is a Byzantine server's
-    history with a forged candidate under its own valid authenticator (the largest logical
-    time, say), the other ``q - 1`` are too few to leave it out, every correct server
-    classifies with it and refuses, and the client would retry forever without ever asking
-    the (q+1)-th server (issue 18, defect 2).  Asking the rest settles it."""
-    view = View(
-        {o: {s: e for s, e in h.items() if s not in excluded} for o, h in mohs.items()}, th, links
-    )
-    out: dict[int, set[int]] = {}
-    for oid in view.objects:
-        strays = stray_holders(view, oid)
-        if not strays:
-            continue
-        have = fresh.get(oid, set())
-        if len(have - strays - excluded) >= th.q:
-            continue
-        rest = set(range(th.n)) - have - excluded
-        if rest:
-            out[oid] = rest
-    return out
 
 
 class Result(enum.Enum):

@@ -244,10 +244,10 @@ def handle_request(
     links: tuple[Link, ...] = ()
     if req.links:
         try:
-            verified(req.links, th)
+            facts = verified(req.links, th)
         except LinkError as e:
             return reply(Status.REFUSED, why=str(e))
-        links = tuple(sorted((Link(*lk.fact()) for lk in req.links), key=Link.fact))
+        links = tuple(Link(oid, lt, co) for (oid, lt), co in sorted(facts.items()))
     need, wanted, digest, classes = _classified(
         th,
         objects,
