@@ -35,6 +35,15 @@ def qu_client(cluster, k: int, seed: int = 0) -> QUClient:  # noqa: ANN001
     )
 
 
+async def caught_up(cluster, i: int) -> dict:  # noqa: ANN001
+    """Node ``i``'s Q/U catch-up progress once it has finished (within 30 s)."""
+    with trio.fail_after(30):
+        while "qu.catchup" not in cluster.nodes[i].finished:
+            await trio.lowlevel.checkpoint()
+        await cluster.nodes[i].finished["qu.catchup"].wait()
+    return cluster.nodes[i].progress["qu.catchup"]
+
+
 async def incrementers(clients: list[QUClient], rec: Recorder, oid: int, each: int) -> None:
     async def work(c: QUClient) -> None:
         for _ in range(each):
@@ -262,8 +271,13 @@ def test_byzantine_clients(tmp_path: Path) -> None:
 
 def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
     """Object 7's preferred quorum is servers 1..5; with server 3 dead the client probes
-    server 0 (kept current: updates go to all servers, complete at q); after recovery
-    server 3 catches up through object sync."""
+    server 0 (kept current: updates go to all servers, complete at q).  After recovery
+    server 3's start-up catch-up brings object 7 up to date; when it then misses updates
+    while running (it refuses them), object sync is what brings it back once it is needed
+    for a quorum again.
+
+    The catch-up is awaited before anything else happens: racing it against the next
+    update decided whether object sync ran at all (a CI failure, session 16)."""
 
     async def main() -> None:
         async with open_cluster(tmp_path, clients=2, seed=9) as cl:
@@ -273,10 +287,16 @@ def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
             cl.faults[3].crash()
             await incrementers([a, b], rec, 7, 3)
             await cl.faults[3].recover()
-            cl.faults[0].crash()  # the recovered server is needed for a quorum again
+            progress = await caught_up(cl, 3)
+            assert (progress["behind"], progress["done"], progress["failed"]) == (1, 1, 0)
+            make_byzantine(cl, 3, "reject_everything")
+            await incrementers([a, b], rec, 7, 2)
+            cl.faults[3].honest()
+            synced_before = cl.nodes[3].stats["qu.synced"]  # the catch-up's repair syncs too
+            cl.faults[0].crash()  # server 3 is needed for a quorum again
             await incrementers([b], rec, 7, 2)
-            assert cl.nodes[3].stats["qu.synced"] >= 1
-            assert await a.query(7, "counter.fetch") == 11
+            assert cl.nodes[3].stats["qu.synced"] > synced_before
+            assert await a.query(7, "counter.fetch") == 15
             assert check_serializable(rec.ops)
 
     trio.run(main)
