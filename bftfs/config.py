@@ -34,6 +34,14 @@ from typing import Any
 import tomli_w
 
 from bftfs.ids import CLIENT_ID_BASE, ClientId, NodeId, PrincipalId, client_id
+from bftfs.policy import (
+    PolicyError,
+    RetentionPolicy,
+    VerificationPolicy,
+    retention_from,
+    to_table,
+    verification_from,
+)
 from bftfs.thresholds import fault_rule, pasis_rule, qu_quorums
 
 #: Defaults of DESIGN.md: t = b = 1 gives n = 6, q = 5, r = 3, QC = 4, m = 3.
@@ -106,6 +114,10 @@ class ClusterConfig:
     home: Path = Path(".")
     #: Small files inline in their attribute object up to this size (see the constant).
     inline_limit: int = DEFAULT_INLINE_LIMIT
+    #: Background verification of PASIS blocks on the nodes (``[verification]``, policy.py).
+    verification: VerificationPolicy = field(default_factory=VerificationPolicy)
+    #: What garbage collection keeps (``[retention]``, policy.py).
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -276,7 +288,8 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
     unknown = set(table) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    missing = allowed - set(table) - {"durable", "map_size", "block_size", "inline_limit"}
+    optional = {"durable", "map_size", "block_size", "inline_limit", "verification", "retention"}
+    missing = allowed - set(table) - optional
     if missing:
         raise ConfigError(f"{where}: missing key(s) {sorted(missing)}")
 
@@ -310,7 +323,7 @@ def parse_address(where: str, v: Any) -> tuple[str, int]:
 
 def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
     """Build and validate a configuration from parsed TOML (paths relative to ``home``)."""
-    _check_keys("top level", doc, {"cluster", "nodes", "clients"})
+    _check_keys("top level", doc, {"cluster", "nodes", "clients", "verification", "retention"})
     c = doc["cluster"]
     if not isinstance(c, dict):
         raise ConfigError("[cluster] must be a table")
@@ -346,6 +359,11 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
                 client_id(i), str(cd["name"]), _hexkey(f"{where} public_key", cd["public_key"])
             )
         )
+    try:
+        verification = verification_from(doc.get("verification"))
+        retention = retention_from(doc.get("retention"))
+    except PolicyError as e:
+        raise ConfigError(str(e)) from None
     return ClusterConfig(
         t=_int("[cluster] t", c["t"]),
         b=_int("[cluster] b", c["b"]),
@@ -358,6 +376,8 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         clients=tuple(clients),
         home=home,
         inline_limit=_int("[cluster] inline_limit", c.get("inline_limit", DEFAULT_INLINE_LIMIT)),
+        verification=verification,
+        retention=retention,
     ).validate()
 
 
@@ -413,6 +433,8 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             for s in cfg.nodes
         ],
         "clients": [{"name": c.name, "public_key": c.public_key.hex()} for c in cfg.clients],
+        "verification": to_table(cfg.verification),
+        "retention": to_table(cfg.retention),
     }
 
 

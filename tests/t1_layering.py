@@ -17,12 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 # "bftfs": the package itself (__version__, WIRE_VERSION).
 BASE = {
     *("ids", "crypto", "config", "erasure", "logsetup", "proc", "kv", "outcome", "thresholds"),
+    "policy",
     "bftfs",
 }
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
     "crypto": {"ids"},
-    "config": {"ids", "thresholds"},
+    "config": {"ids", "thresholds", "policy"},
+    "policy": set(),
     "erasure": set(),
     "logsetup": set(),
     "proc": set(),

@@ -152,6 +152,7 @@ class CatchUp:
                 self.node.endpoint,
                 self.node.config,
                 nodes=[i for i in self.node.config.node_ids if i != self.node.id],
+                trust_verified=False,  # it stores its own regenerated fragment
                 **self.client_options,
             )
             in_a_row = 0

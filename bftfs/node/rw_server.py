@@ -30,16 +30,19 @@ import trio
 from bftfs.erasure import fragment_size
 from bftfs.ids import is_node
 from bftfs.node import rw_catchup as catchup
+from bftfs.node.rw_verifier import Verifier
 from bftfs.rw import replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
 from bftfs.rw.messages import (
     KIND_LIST,
+    KIND_NOTIFY,
     KIND_READ_LATEST,
     KIND_READ_PREV,
     KIND_TIME,
     KIND_WRITE,
     ListRequest,
     MessageError,
+    Notify,
     ReadRequest,
     TimeRequest,
     WriteRequest,
@@ -80,6 +83,8 @@ def register(
 
     n = node.config.n
     max_fragment = fragment_size(node.config.block_size, node.config.m)
+    verifier = Verifier(node) if node.config.verification.enabled and catch_up else None
+    node.verifier = verifier
 
     async def on_time(ctx: RequestContext, payload: Any) -> Any:
         req = _parse(node, lambda: TimeRequest.from_wire(payload))
@@ -103,6 +108,8 @@ def register(
             return replica.WriteReply(new=False).to_wire()
         reply = await node.store.write(lambda kv: replica.store_write(kv, req))
         node.stats["rw.write.new" if reply.new else "rw.write.duplicate"] += 1
+        if reply.new and verifier is not None:
+            verifier.wrote(req.block, req.ts, int(ctx.sender))
         return reply.to_wire()
 
     def reader(prev: bool) -> Any:
@@ -157,6 +164,21 @@ def register(
         req = _parse(node, lambda: ListRequest.from_wire(payload))
         return node.store.read(lambda kv: replica.list_step(kv, req.after, req.limit)).to_wire()
 
+    async def on_notify(ctx: RequestContext, payload: Any) -> Any:
+        if not is_node(ctx.sender) or ctx.sender == node.id:
+            node.stats["rw.refused.forbidden"] += 1
+            raise HandlerError("forbidden", "NOTIFY is between nodes")
+        try:
+            msg = Notify.from_wire(payload)
+        except MessageError as e:
+            node.stats["rw.refused.malformed"] += 1
+            if verifier is not None:
+                verifier.bad_notify(ctx.sender, str(e))
+            raise HandlerError("malformed", str(e)) from None
+        if verifier is not None:
+            await verifier.notified(ctx.sender, msg)
+        return {}
+
     handlers = {
         KIND_TIME: on_time,
         KIND_WRITE: on_write,
@@ -168,5 +190,8 @@ def register(
     node.register(KIND_BATCH, on_batch)
     # Not part of a batch: only catch-up asks, a page at a time.
     node.register(KIND_LIST, on_list)
+    node.register(KIND_NOTIFY, on_notify)
     if catch_up:
         node.spawn(functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns))
+    if verifier is not None:
+        node.spawn(verifier.run)

@@ -30,7 +30,7 @@ import trio
 from bftfs import WIRE_VERSION, __version__
 from bftfs.config import ClusterConfig
 from bftfs.crypto import Identity, KeyRing
-from bftfs.ids import PrincipalId
+from bftfs.ids import PrincipalId, is_node
 from bftfs.node.protocols import register_all
 from bftfs.node.store import Store
 from bftfs.transport import (
@@ -49,7 +49,7 @@ from bftfs.transport import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from bftfs.node.rw_verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,11 @@ class Node:
         #: Set when the background work of the same name has finished (tests wait on it).
         self.finished: dict[str, trio.Event] = {}
         self._logged_internal: set[str] = set()
+        #: trio time of the latest request from a client (not a node): background work
+        #: (lazy verification) runs when this is old enough.
+        self.last_client_request = 0.0
+        #: The lazy-verification task (node/rw_verifier.py), when the policy runs one.
+        self.verifier: Verifier | None = None
         self.register("ping", _ping, inline=True)
         self.register("stats", _stats, inline=True)
 
@@ -278,6 +283,8 @@ class Node:
             if typ != REQUEST or not isinstance(kind, str):
                 self.rejected["malformed"] += 1
                 continue
+            if sender is not None and not is_node(sender):
+                self.last_client_request = trio.current_time()  # background work yields
             if faults is None:
                 if kind in self._inline:
                     await self._dispatch(conn, req_id, kind, payload, 0.0)

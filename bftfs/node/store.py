@@ -275,6 +275,21 @@ class Store:
         info = self._env.info()
         return int((info["last_pgno"] + 1) * self._env.stat()["psize"])
 
+    def used_bytes(self) -> int:
+        """Bytes of the map that hold data now: the pages of every database's b-tree.
+
+        Unlike :meth:`size_bytes` (the high-water mark, which never falls: LMDB reuses freed
+        pages but does not give them back to the file system) this falls when versions are
+        deleted; it is what the history pool's pressure is measured by.
+        """
+        with self._env.begin() as txn:
+            total = self._env.stat()
+            pages = total["branch_pages"] + total["leaf_pages"] + total["overflow_pages"]
+            for db in self._dbs.values():
+                st = txn.stat(db)
+                pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return int(pages * total["psize"])
+
     def close(self) -> None:
         self._env.close()
 

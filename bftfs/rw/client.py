@@ -144,6 +144,8 @@ class _ReadState:
     #: Validated fragments by version: ``frags[ts][node] = (cross checksum, fragment)``.
     frags: dict[Timestamp, dict[int, tuple[bytes, bytes]]] = field(default_factory=dict)
     rejected: set[Timestamp] = field(default_factory=set)
+    #: Nodes whose reply flagged a version as verified (lazy verification), by version.
+    verified: dict[Timestamp, set[int]] = field(default_factory=dict)
     #: See :func:`decide`.
     restart_at: int | None = None
 
@@ -165,6 +167,8 @@ class _ReadState:
         self.views.pop(node, None)
         for by_node in self.frags.values():
             by_node.pop(node, None)
+        for flaggers in self.verified.values():
+            flaggers.discard(node)
 
 
 class RWClient:
@@ -187,6 +191,10 @@ class RWClient:
             (catch-up, node/rw_catchup.py) leaves itself out: its endpoint cannot call its own
             principal, and its own "I lack it" would only lower the count of hosts.  The
             thresholds still count all ``N``: a node left out is simply never heard.
+        trust_verified: skip the regeneration of a complete candidate that ``b + 1``
+            replies flag as verified (lazy verification, seed L1695-1698; one of them is
+            correct and verified it).  The outcome then has no regenerated fragments, so
+            a caller that needs them (catch-up) turns it off.
     """
 
     def __init__(
@@ -204,6 +212,7 @@ class RWClient:
         one_round: bool = True,
         batcher: Batcher | None = None,
         nodes: Iterable[int] | None = None,
+        trust_verified: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.th = Thresholds.from_config(config)
@@ -223,6 +232,7 @@ class RWClient:
         # with thresholds that do not give it, every write takes the seed's two rounds.
         self.one_round = one_round and self.th.qc - self.th.t > self.th.n - self.th.qc
         self.batcher = batcher
+        self.trust_verified = trust_verified
         #: Time of this client's latest write: its writes' times strictly increase.
         self._last_time = 0
         self._stats: Counter[str] = Counter()
@@ -520,6 +530,8 @@ class RWClient:
         if req.data and reply.latest is not None:
             assert reply.cross_checksum is not None and reply.fragment is not None
             st.frags.setdefault(reply.latest, {})[node] = (reply.cross_checksum, reply.fragment)
+        if reply.verified and reply.latest is not None:
+            st.verified.setdefault(reply.latest, set()).add(node)
         return True
 
     def _round_done(self, st: _ReadState) -> bool:
@@ -568,7 +580,12 @@ class RWClient:
             if d.kind is Kind.REPAIR and repair:
                 self._stats["repairs"] += 1
             return ReadOutcome(
-                d.candidate, d.kind, regen.data, regen.cross_checksum, regen.fragments
+                d.candidate,
+                d.kind,
+                regen.data,
+                regen.cross_checksum,
+                regen.fragments,
+                tuple(sorted(st.rejected, reverse=True)),
             )
 
     async def _read_latest(
@@ -654,6 +671,16 @@ class RWClient:
         (cc,) = ccs
         frags = {n: f for n, (_cc, f) in sorted(have.items())[: self.th.m]}
         size = erasure.cc_length(cc)
+        if (
+            self.trust_verified
+            and d.kind is Kind.COMPLETE
+            and len(st.verified.get(cand, ())) > self.th.b
+        ):
+            # b + 1 nodes flag it verified: one of them is correct and regenerated it
+            # (or holds b + 1 identical NOTIFYs), so decoding is enough (L1695-1698).
+            self._stats["verified_skips"] += 1
+            data = await self._cpu(size, erasure.decode, frags, size, self.th.m, self.th.n)
+            return erasure.Regenerated(True, data, (), cc)
         regen: erasure.Regenerated = await self._cpu(
             size, verify.validate_candidate, self.th, frags, cc
         )

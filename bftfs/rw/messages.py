@@ -15,6 +15,7 @@ kind                    request fields                          reply fields
 ``rw.read_latest``      ``v, b, d``                             ReadReply
 ``rw.read_prev``        ``v, b, d, lt, incl``                   ReadReply
 ``rw.list``             ``v, a, n``                             ``e, more``
+``rw.notify``           ``v, e``                                ``{}``
 ======================  ======================================  ===========================
 
 Field meanings:
@@ -38,6 +39,11 @@ Field meanings:
   ``a``, each with the greatest timestamp the node hosts for it; ``more``: bool, blocks above
   the last one listed exist.
 
+``rw.notify`` (lazy verification's NOTIFY, seed L1503-1505; only nodes may send it):
+``e`` is a list of at most :data:`MAX_NOTIFY` ``[bytes(16), bytes(44), str]``: a block, a
+timestamp and ``"verified"`` (the sender verified that version complete and valid) or
+``"poisonous"`` (the sender found that version's fragments are not one codeword).
+
 ReadReply (``rw.read_latest`` / ``rw.read_prev``):
 
 - ``h``: list of bytes(44), the node's versions below the bound in descending order, at most
@@ -47,6 +53,9 @@ ReadReply (``rw.read_latest`` / ``rw.read_prev``):
   been deleted (:data:`~bftfs.rw.timestamp.ZERO` if nothing was ever collected).
 - ``cc``, ``f``: the cross checksum and fragment of ``h[0]`` when ``d`` was set and ``h`` is
   non-empty; otherwise None.
+- ``vf``: bool, optional (absent: False): the node's verified flag of ``h[0]`` (lazy
+  verification; a reader that sees it from ``b + 1`` nodes for its candidate skips the
+  regeneration, seed L1695-1698).
 """
 
 from __future__ import annotations
@@ -69,6 +78,9 @@ KIND_WRITE = "rw.write"
 KIND_READ_LATEST = "rw.read_latest"
 KIND_READ_PREV = "rw.read_prev"
 KIND_LIST = "rw.list"
+KIND_NOTIFY = "rw.notify"
+#: Most entries one ``rw.notify`` may carry.
+MAX_NOTIFY = 512
 #: Most blocks one ``rw.list`` reply may carry (a request asking for more is malformed).
 MAX_LIST = 1024
 #: One above the largest block id.
@@ -312,6 +324,8 @@ class ReadReply:
     floor: Timestamp
     cross_checksum: bytes | None = None
     fragment: bytes | None = None
+    #: The node's verified flag of ``history[0]``.
+    verified: bool = False
 
     @property
     def latest(self) -> Timestamp | None:
@@ -319,13 +333,16 @@ class ReadReply:
         return self.history[0] if self.history else None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        msg = {
             "h": [ts.encode() for ts in self.history],
             "more": self.more,
             "fl": self.floor.encode(),
             "cc": self.cross_checksum,
             "f": self.fragment,
         }
+        if self.verified:
+            msg["vf"] = True
+        return msg
 
     @classmethod
     def from_wire(cls, msg: Any, request: ReadRequest, *, n: int, max_fragment: int) -> ReadReply:
@@ -359,7 +376,10 @@ class ReadReply:
             frag = _bytes(msg, "f", max_size=max_fragment)
         elif cc is not None or frag is not None:
             raise MessageError("unexpected fragment in reply")
-        return cls(history, more, floor, cc, frag)
+        verified = _bool(msg, "vf") if "vf" in msg else False
+        if verified and not history:
+            raise MessageError("'vf' without a history")
+        return cls(history, more, floor, cc, frag, verified)
 
 
 @dataclass(frozen=True)
@@ -410,3 +430,41 @@ class ListReply:
         if more and not entries:
             raise MessageError("'more' without entries")
         return cls(tuple(entries), more)
+
+
+@dataclass(frozen=True)
+class Notify:
+    """NOTIFY (seed L1503-1505): what the sending node learned about some versions."""
+
+    entries: tuple[tuple[BlockId, Timestamp, str], ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": RW_WIRE_VERSION,
+            "e": [[encode_block_id(b), ts.encode(), st] for b, ts, st in self.entries],
+        }
+
+    @classmethod
+    def from_wire(cls, msg: Any) -> Notify:
+        if _field(msg, "v") != RW_WIRE_VERSION:
+            raise MessageError(f"wire version {msg['v']!r}, expected {RW_WIRE_VERSION}")
+        raw = _field(msg, "e")
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_NOTIFY:
+            raise MessageError(f"entries are not a list of 1..{MAX_NOTIFY}")
+        entries: list[tuple[BlockId, Timestamp, str]] = []
+        for item in raw:
+            if not (isinstance(item, list) and len(item) == 3):
+                raise MessageError("entry is not [block, timestamp, status]")
+            b, t, st = item
+            if not isinstance(b, bytes) or len(b) != BLOCK_ID_SIZE:
+                raise MessageError("entry block id is not bytes(16)")
+            if st not in ("verified", "poisonous"):
+                raise MessageError(f"entry status {st!r} is not 'verified' or 'poisonous'")
+            try:
+                ts = Timestamp.decode(t)
+            except TimestampError as e:
+                raise MessageError(f"entry timestamp: {e}") from None
+            if ts == ZERO:
+                raise MessageError("entry with the zero timestamp")
+            entries.append((BlockId(int.from_bytes(b, "big")), ts, st))
+        return cls(tuple(entries))

@@ -22,8 +22,13 @@ section 3.5.1.1 (L1147-1165):
   with a bounded history of older versions (L1155-1158) and the node's floor.
 * :func:`list_step` - LIST (not in the seed): the blocks hosted above a cursor with their
   latest timestamps, one page at a time (the catch-up of a restarted node, node/rw_catchup.py).
-* :func:`collect_step` - delete versions below a floor (the garbage collector of the
-  lazy-verification issue calls it only below a version verified complete, L1540-1542).
+* :func:`collect_step` - delete versions below a floor (only below a version verified
+  complete, L1540-1542).
+* Lazy verification (node/rw_verifier.py, rw/lazy.py): :func:`verified_step` records a
+  version verified complete (and flags it when this node hosts it), discards poisonous
+  versions and collects what the retention policy lets go; :func:`hosted_step` lists a
+  block's versions; :func:`unverified_step` pages through the versions not yet verified
+  (the verifier's backlog after a restart).
 
 Every step is a deterministic function of the KV and its arguments, as the group-committing
 store requires (node/store.py).
@@ -32,10 +37,13 @@ store requires (node/store.py).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bftfs import erasure
 from bftfs.kv import KV
+from bftfs.policy import RetentionPolicy
+from bftfs.rw.lazy import gc_floor
 from bftfs.rw.messages import (
     BLOCK_ID_LIMIT,
     BlockId,
@@ -48,7 +56,9 @@ from bftfs.rw.messages import (
 )
 from bftfs.rw.schema import (
     DB_FLOOR,
+    DB_VERIFIED,
     DB_VERSIONS,
+    FLAG_VERIFIED,
     StoredVersion,
     block_end,
     block_prefix,
@@ -153,6 +163,7 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
             stop += b"\x00"  # the smallest key above `below`'s own key
     hist: list[Timestamp] = []
     first_value: bytes | None = None
+    verified = False
     more = False
     for key, value in kv.scan(DB_VERSIONS, block_prefix(req.block), stop, reverse=True):
         if len(hist) == history:
@@ -161,11 +172,12 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
         hist.append(split_key(key)[1])
         if first_value is None:
             first_value = value
+            verified = bool(value[0] & FLAG_VERIFIED) if value else False
     cc = frag = None
     if req.data and first_value is not None:
         stored = StoredVersion.decode(first_value)
         cc, frag = stored.cross_checksum, stored.fragment
-    return ReadReply(tuple(hist), more, floor_of(kv, req.block), cc, frag)
+    return ReadReply(tuple(hist), more, floor_of(kv, req.block), cc, frag, verified)
 
 
 #: Above every version key.
@@ -218,3 +230,109 @@ def collect_step(kv: KV, block: int, floor: Timestamp) -> Collected:
         kv.delete(DB_VERSIONS, key)
     kv.put(DB_FLOOR, block_prefix(block), floor.encode())
     return Collected(len(doomed), floor)
+
+
+# --- lazy verification --------------------------------------------------------------------
+
+
+def verified_of(kv: KV, block: int) -> Timestamp:
+    """The block's verified mark (:data:`ZERO`: nothing verified yet)."""
+    raw = kv.get(DB_VERIFIED, block_prefix(block))
+    return ZERO if raw is None else Timestamp.decode(raw)
+
+
+def hosted_step(kv: KV, block: int) -> list[Timestamp]:
+    """Every version of ``block`` this node hosts, newest first."""
+    return [
+        split_key(k)[1]
+        for k, _ in kv.scan(DB_VERSIONS, block_prefix(block), block_end(block), reverse=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What :func:`verified_step` did to one block."""
+
+    flagged: bool
+    discarded: int
+    collected: int
+    floor: Timestamp
+    #: Versions left, and how many of them are below the verified mark (kept by retention).
+    kept: int
+    retained: int
+
+
+def verified_step(
+    kv: KV,
+    block: int,
+    *,
+    mark: Timestamp,
+    flag: Timestamp | None,
+    poisonous: Iterable[Timestamp],
+    now_ns: int,
+    retention: RetentionPolicy,
+    pressure: bool = False,
+) -> Verified:
+    """Record what verification learned about ``block``, then collect what may go.
+
+    ``mark``: a version at or above it is verified complete (the caller's own verification,
+    or the NOTIFY floor rule); the block's mark only rises.  ``flag``: the version to set
+    this node's verified flag on, if it hosts it (own verification, or ``b + 1`` identical
+    NOTIFYs).  ``poisonous``: versions proven poisonous (deleted if hosted; none of them can
+    be at or below a verified mark, which only ever names valid versions).  Then everything
+    below :func:`bftfs.rw.lazy.gc_floor` of the mark is deleted (:func:`collect_step`).
+    """
+    old = verified_of(kv, block)
+    if mark > old:
+        kv.put(DB_VERIFIED, block_prefix(block), mark.encode())
+    mark = max(mark, old)
+    flagged = False
+    if flag is not None:
+        key = version_key(block, flag)
+        raw = kv.get(DB_VERSIONS, key)
+        if raw is not None and not raw[0] & FLAG_VERIFIED:
+            kv.put(DB_VERSIONS, key, bytes([raw[0] | FLAG_VERIFIED]) + raw[1:])
+            flagged = True
+    discarded = 0
+    for ts in set(poisonous):
+        if ts > mark or ts == ZERO:
+            discarded += kv.delete(DB_VERSIONS, version_key(block, ts))
+    hosted = hosted_step(kv, block)
+    collected = Collected(0, floor_of(kv, block))
+    if mark > ZERO:
+        floor = gc_floor(mark, hosted, now_ns, retention, pressure=pressure)
+        collected = collect_step(kv, block, floor)
+    left = len(hosted) - collected.deleted
+    retained = sum(1 for ts in hosted if collected.floor <= ts < mark)
+    return Verified(flagged, discarded, collected.deleted, collected.floor, left, retained)
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """One page of :func:`unverified_step`: ``(block, version)`` pairs and where to go on."""
+
+    versions: tuple[tuple[BlockId, Timestamp], ...]
+    after: BlockId | None
+
+
+def unverified_step(kv: KV, after: int | None, limit: int) -> Unverified:
+    """Versions above their block's verified mark without the verified flag, for up to
+    ``limit`` blocks above ``after`` (the backlog a restarted verifier starts from)."""
+    out: list[tuple[BlockId, Timestamp]] = []
+    start = 0 if after is None else after + 1
+    last: BlockId | None = None
+    for _ in range(limit):
+        if start >= BLOCK_ID_LIMIT:
+            break
+        first = next(iter(kv.scan(DB_VERSIONS, block_prefix(start), _END)), None)
+        if first is None:
+            break
+        block = split_key(first[0])[0]
+        mark = verified_of(kv, block)
+        for key, value in kv.scan(DB_VERSIONS, block_prefix(block), block_end(block)):
+            ts = split_key(key)[1]
+            if ts > mark and not value[0] & FLAG_VERIFIED:
+                out.append((BlockId(block), ts))
+        last = BlockId(block)
+        start = block + 1
+    return Unverified(tuple(out), last)

@@ -23,6 +23,12 @@ reverse seek from ``(block, lt)``, and a bounded history is the next few reverse
 ``rw.floor`` - key: block id (16 bytes); value: a timestamp (44 bytes).  Versions of the block
 strictly below it may have been garbage-collected; every version at or above it is kept.
 Absent means nothing was ever collected.
+
+``rw.verified`` - key: block id (16 bytes); value: a timestamp (44 bytes).  A version at or
+above it is known to be complete and valid (this node verified one, or ``b + 1`` NOTIFYs
+put it there: node/rw_verifier.py); garbage collection never raises the floor above it.
+Absent: nothing verified yet.  (Added in schema 1 without a version change: a store
+without it simply has nothing verified.)
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from bftfs.rw.timestamp import TIMESTAMP_SIZE, Timestamp
 RW_SCHEMA_VERSION = 1
 DB_VERSIONS = "rw.versions"
 DB_FLOOR = "rw.floor"
+DB_VERIFIED = "rw.verified"
 
 FLAG_VERIFIED = 0x01
 

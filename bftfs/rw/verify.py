@@ -103,4 +103,8 @@ class ReadOutcome:
     kind: Kind
     data: bytes
     cross_checksum: bytes | None
+    #: Empty when the read trusted ``b + 1`` verified flags instead of regenerating.
     fragments: tuple[bytes, ...]
+    #: Newer candidates this read found poisonous on the way (lazy verification discards
+    #: them, node/rw_verifier.py).
+    poisonous: tuple[Timestamp, ...] = ()

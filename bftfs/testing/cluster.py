@@ -30,6 +30,7 @@ from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
 from bftfs.node.protocols import WITH_TEST_TYPES
 from bftfs.node.service import Node
+from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.testing.faults import FaultInjector
 from bftfs.transport import Endpoint
 
@@ -149,12 +150,16 @@ async def open_cluster(
     map_size: int = 64 * MIN_MAP_SIZE,
     endpoint_options: dict[str, Any] | None = None,
     inline_limit: int = DEFAULT_INLINE_LIMIT,
+    verification: VerificationPolicy | None = None,
+    retention: RetentionPolicy | None = None,
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
     ``durable`` defaults to False here (tests run faster without fsync; crash tests that
     need it turn it on). The defaults for ``n``, ``qc`` and ``m`` follow
-    :func:`bftfs.config.default_sizes`.
+    :func:`bftfs.config.default_sizes`.  Lazy verification is off unless ``verification``
+    is given: its timing-driven background reads would make the other tests' counters
+    (rounds, repairs) depend on the scheduler; the tests of t5_rw_lazy.py turn it on.
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
     rng = random.Random(seed)
@@ -189,6 +194,8 @@ async def open_cluster(
             clients=clients_,
             home=tmp_path,
             inline_limit=inline_limit,
+            verification=verification or VerificationPolicy(mode="off"),
+            retention=retention or RetentionPolicy(),
         ).validate()
         opts = dict(TEST_ENDPOINT, **(endpoint_options or {}))
         async with trio.open_nursery() as nursery:

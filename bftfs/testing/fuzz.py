@@ -53,6 +53,7 @@ KINDS = (
     "rw.read_prev",
     "rw.batch",
     "rw.list",
+    "rw.notify",
     "no.such.kind",
 )
 
@@ -69,6 +70,7 @@ FIELDS = {
     "rw.read_prev": ("b", "ts", "d", "h"),
     "rw.batch": ("i",),
     "rw.list": ("after", "limit"),
+    "rw.notify": ("v", "e"),
 }
 
 INTS = (0, 1, -1, 2**31, 2**32 - 1, 2**63 - 1, -(2**63), 2**64 - 1, 255, 65536)

@@ -1,0 +1,333 @@
+"""Lazy verification of PASIS blocks on a storage node, with cooperation and garbage
+collection (seed 004 sections 3.7-3.9; the decisions are pure, in ``bftfs/rw/lazy.py``).
+
+What the task does, in a loop:
+
+1. **Pick** a block (:meth:`Backlog.pick`): one a budget forced (a client left too many
+   unverified versions, or the history pool is short), else, when the node is idle (no
+   client request for ``idle_seconds``), one of its own blocks (``k mod N`` .. ``(k + b) mod
+   N``) with the most unverified versions whose writes settled, else anyone's block whose
+   NOTIFYs are overdue (``fallback_seconds``).
+2. **Verify** it like a reader (seed L1474-1481): a READ of the other nodes through an
+   :class:`~bftfs.rw.client.RWClient` (the node leaves itself out), which finds the latest
+   complete write, regenerates the cross checksum from ``m`` fragments, steps back past
+   poisonous versions and repairs a repairable candidate at its own timestamp.  Nothing of
+   this blocks a foreground request: it is one more client of the other nodes, and here
+   only a short group-committed store step.
+3. **Record and collect** (:func:`bftfs.rw.replica.verified_step`): flag the version
+   verified, delete poisonous versions, and delete what lies below the verified version
+   and outside the retention policy.
+4. **NOTIFY** the other nodes ``<block, timestamp, verified>`` (and ``poisonous``), batched
+   per peer, not to those that already told this node the same (L1536).  A node that holds
+   ``b + 1`` NOTIFYs applies the rules of :class:`~bftfs.rw.lazy.NotifyBook`.
+
+Progress is in ``node.progress["rw.verify"]`` (``bftfs status``).  ``settled`` is set
+whenever the backlog is empty (tests wait on it; it is cleared by the next write).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from bftfs.ids import NodeId, PrincipalId
+from bftfs.outcome import ClusterUnavailable
+from bftfs.rw import replica
+from bftfs.rw.classify import Kind
+from bftfs.rw.client import RWClient
+from bftfs.rw.lazy import POISONOUS, VERIFIED, Backlog, NotifyBook, Pick
+from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify
+from bftfs.rw.timestamp import ZERO, Timestamp
+from bftfs.transport import RemoteError, TransportError
+
+if TYPE_CHECKING:
+    from bftfs.node.service import Node
+
+PROGRESS_KEY = "rw.verify"
+#: Blocks per page of the start-up scan of unverified versions.
+SCAN_PAGE = 256
+#: How long NOTIFYs wait to be sent together (they never hold anything up).
+NOTIFY_LINGER = 0.02
+#: Failed verifications of a block after which its undecided versions are given up (an
+#: incomplete write whose writer died is not garbage until a newer write completes).
+MAX_FAILURES = 4
+#: Options of the reading :class:`RWClient` (tests shorten timeouts).
+READ_OPTIONS: dict[str, Any] = {}
+
+
+def scan_page(kv: Any, *, after: int | None) -> replica.Unverified:
+    return replica.unverified_step(kv, after, SCAN_PAGE)
+
+
+def new_progress() -> dict[str, Any]:
+    return {
+        "state": "starting",
+        "mode": "",
+        "backlog_blocks": 0,
+        "backlog_versions": 0,
+        "verified": 0,
+        "forced": 0,
+        "repaired": 0,
+        "failed": 0,
+        "poisonous": 0,
+        "discarded": 0,
+        "collected": 0,
+        "retained": 0,
+        "notify_sent": 0,
+        "notify_received": 0,
+        "notify_applied": 0,
+        "notify_bad": 0,
+        "pressure": False,
+        "used_bytes": 0,
+        "faults": [],
+    }
+
+
+class Verifier:
+    """The lazy-verification task of one node (see the module docstring)."""
+
+    def __init__(self, node: Node, *, client_options: dict[str, Any] | None = None) -> None:
+        self.node = node
+        cfg = node.config
+        self.policy = cfg.verification
+        self.retention = cfg.retention
+        self.me = int(node.id)
+        self.peers = [NodeId(i) for i in cfg.node_ids if i != node.id]
+        self.backlog = Backlog(self.policy, me=self.me, n=cfg.n, b=cfg.b)
+        self.book = NotifyBook(cfg.b)
+        self.client_options = READ_OPTIONS if client_options is None else client_options
+        self.progress = node.progress[PROGRESS_KEY] = new_progress()
+        self.progress["mode"] = self.policy.mode
+        self.settled = trio.Event()
+        #: Set (and replaced) whenever the progress changes: tests wait on it.
+        self.changed = trio.Event()
+        self._wake = trio.Event()
+        self._outbox: dict[NodeId, list[tuple[BlockId, Timestamp, str]]] = defaultdict(list)
+        self._flush = trio.Event()
+        self._client: RWClient | None = None
+
+    # Hooks the rw server calls ------------------------------------------------------------
+
+    def wrote(self, block: int, ts: Timestamp, client: int) -> None:
+        """A new version was stored (not a duplicate): it joins the backlog."""
+        if self.backlog.wrote(block, ts, client, trio.current_time()):
+            self.progress["forced"] += 1
+        self.settled = trio.Event() if self.settled.is_set() else self.settled
+        self._wake.set()
+
+    async def notified(self, sender: PrincipalId, msg: Notify) -> None:
+        """NOTIFYs from another node: apply what ``b + 1`` of them agree on."""
+        self.progress["notify_received"] += len(msg.entries)
+        blocks = []
+        for block, ts, status in msg.entries:
+            self.book.record(int(sender), block, ts, status)
+            blocks.append(block)
+        now_ns = self.node.now_ns()
+        pressure = self._pressure()
+        todo = []
+        for block in dict.fromkeys(blocks):
+            flag = self.book.flagged(block)
+            floor = self.book.floor(block)
+            poison = self.book.poisonous(block)
+            if flag is None and floor is None and not poison:
+                continue
+            mark = max(flag or ZERO, floor or ZERO)
+            todo.append((block, mark, flag, poison))
+        if not todo:
+            return
+
+        def step(kv: Any) -> list[replica.Verified]:
+            return [
+                replica.verified_step(
+                    kv,
+                    block,
+                    mark=mark,
+                    flag=flag,
+                    poisonous=poison,
+                    now_ns=now_ns,
+                    retention=self.retention,
+                    pressure=pressure,
+                )
+                for block, mark, flag, poison in todo
+            ]
+
+        results = await self.node.store.write(step)
+        for (block, mark, _flag, poison), res in zip(todo, results, strict=True):
+            self.backlog.settled(block, mark, also=poison)
+            self._account(res)
+            self.progress["notify_applied"] += 1
+        self._publish()
+        self._wake.set()
+
+    # The task ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Never returns while the node runs; never raises (a bug is logged, then retried)."""
+        await self._rebuild()
+        self._client = RWClient(
+            self.node.endpoint,
+            self.node.config,
+            nodes=[int(p) for p in self.peers],
+            **self.client_options,
+        )
+        self.progress["state"] = "running"
+        async with trio.open_nursery() as nursery:
+            if self.policy.cooperative:
+                nursery.start_soon(self._flusher)
+            while True:
+                try:
+                    await self._step()
+                except Exception:
+                    self.node.stats["internal_errors"] += 1
+                    self.node.log.exception("node %s: lazy verification step", self.node.id)
+                    await trio.sleep(1)
+
+    async def _step(self) -> None:
+        now = trio.current_time()
+        idle_for = now - self.node.last_client_request
+        idle = idle_for >= self.policy.idle_seconds
+        pressure = self._pressure()
+        pick = self.backlog.pick(now, idle=idle, pressure=pressure)
+        self._publish()
+        if pick is None:
+            if not len(self.backlog):
+                self.settled.set()
+            due = self.backlog.next_due(now)
+            wait = math.inf if due is None else due
+            if due is not None and not idle:
+                wait = max(wait, self.policy.idle_seconds - idle_for)
+            self._wake = trio.Event()
+            with trio.move_on_after(max(wait, 0.001) if math.isfinite(wait) else math.inf):
+                await self._wake.wait()
+            return
+        await self.verify(pick)
+
+    async def verify(self, pick: Pick) -> None:
+        """Verify one block, record what was learned, collect, notify."""
+        assert self._client is not None
+        block = BlockId(pick.block)
+        hosted = self.node.store.read(lambda kv: replica.hosted_step(kv, block))
+        try:
+            outcome = await self._client.read_version(block)
+        except ClusterUnavailable as e:
+            self.node.log.info("node %s: block %s not verified: %s", self.node.id, block, e)
+            self.progress["failed"] += 1
+            self.backlog.failed(block, trio.current_time())
+            return
+        poison = set(outcome.poisonous)
+        if outcome.kind is Kind.REPAIR:
+            self.progress["repaired"] += 1
+        if poison:
+            self.progress["poisonous"] += len(poison)
+            writers = sorted({ts.writer for ts in poison})
+            self._fault(f"poisonous version(s) of block {block:#x} by writer(s) {writers}")
+        now_ns = self.node.now_ns()
+        pressure = self._pressure()
+        res = await self.node.store.write(
+            lambda kv: replica.verified_step(
+                kv,
+                block,
+                mark=outcome.ts,
+                flag=outcome.ts if outcome.ts != ZERO else None,
+                poisonous=poison,
+                now_ns=now_ns,
+                retention=self.retention,
+                pressure=pressure,
+            )
+        )
+        self._account(res)
+        self.progress["verified"] += 1
+        self.backlog.settled(block, outcome.ts, also=poison)
+        # Versions above what was found complete were incomplete when read: they are
+        # looked at again later, and given up after MAX_FAILURES tries (not garbage, just
+        # nothing to verify until a newer write completes).
+        undecided = [ts for ts in hosted if ts > outcome.ts and ts not in poison]
+        if undecided:
+            self.backlog.failed(block, trio.current_time())
+            if self.backlog.failures(block) >= MAX_FAILURES:
+                self.backlog.settled(block, max(undecided))
+        if self.policy.cooperative and outcome.ts != ZERO:
+            told = self.book.told_by(block, outcome.ts)
+            for peer in self.peers:
+                if int(peer) not in told:
+                    self._outbox[peer].append((block, outcome.ts, VERIFIED))
+            for ts in poison:
+                for peer in self.peers:
+                    self._outbox[peer].append((block, ts, POISONOUS))
+            self._flush.set()
+        self._publish()
+
+    # Helpers -------------------------------------------------------------------------------
+
+    async def _rebuild(self) -> None:
+        """The backlog after a restart: versions above their block's mark, unflagged."""
+        self.progress["state"] = "scanning"
+        after: int | None = None
+        now = trio.current_time()
+        while True:
+            page = self.node.store.read(functools.partial(scan_page, after=after))
+            for block, ts in page.versions:
+                self.backlog.wrote(block, ts, ts.writer, now)
+            if page.after is None:
+                break
+            after = page.after
+            await trio.lowlevel.checkpoint()
+        self._publish()
+
+    async def _flusher(self) -> None:
+        """Send queued NOTIFYs, one request per peer, in the background."""
+        while True:
+            await self._flush.wait()
+            await trio.sleep(NOTIFY_LINGER)
+            self._flush = trio.Event()
+            outbox, self._outbox = self._outbox, defaultdict(list)
+            async with trio.open_nursery() as nursery:
+                for peer, entries in outbox.items():
+                    for i in range(0, len(entries), MAX_NOTIFY):
+                        nursery.start_soon(self._send, peer, entries[i : i + MAX_NOTIFY])
+
+    async def _send(self, peer: NodeId, entries: list[tuple[BlockId, Timestamp, str]]) -> None:
+        try:
+            await self.node.endpoint.call(peer, KIND_NOTIFY, Notify(tuple(entries)).to_wire())
+            self.progress["notify_sent"] += len(entries)
+        except (TransportError, RemoteError) as e:
+            # A lost NOTIFY costs the peer a verification of its own, never safety.
+            self.node.log.debug("node %s: NOTIFY to %s lost: %s", self.node.id, peer, e)
+
+    def _pressure(self) -> bool:
+        used = self.node.store.used_bytes()
+        self.progress["used_bytes"] = used
+        pressure = used >= self.policy.pool_fraction * self.node.config.map_size
+        self.progress["pressure"] = pressure
+        return pressure
+
+    def _account(self, res: replica.Verified) -> None:
+        self.progress["discarded"] += res.discarded
+        self.progress["collected"] += res.collected
+        self.node.stats["rw.gc.collected"] += res.collected
+        self.node.stats["rw.verify.flagged"] += res.flagged
+
+    def _fault(self, what: str) -> None:
+        faults = self.progress["faults"]
+        faults.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {what}")
+        del faults[:-8]
+
+    def bad_notify(self, sender: PrincipalId, why: str) -> None:
+        self.progress["notify_bad"] += 1
+        self._fault(f"bad NOTIFY from node {sender}: {why}")
+
+    def _publish(self) -> None:
+        self.progress["backlog_blocks"] = len(self.backlog)
+        self.progress["backlog_versions"] = self.backlog.versions
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+async def run(verifier: Verifier) -> None:
+    """The task a node spawns at start-up (``node/rw_server.py``)."""
+    await verifier.run()

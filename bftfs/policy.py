@@ -1,0 +1,140 @@
+"""What storage nodes verify, when, and which old versions they keep: the ``[verification]``
+and ``[retention]`` tables of ``cluster.toml`` (docs/lazy.md has the argument).
+
+Verification (seed 004 sections 3.7-3.9, spec ``pasis-qu-lazy.md`` part B):
+
+==================  ==========  ==========================================================
+key                 default     meaning
+==================  ==========  ==========================================================
+``mode``            lazy-coop   ``lazy-coop``: the ``b + 1`` nodes responsible for a block
+                                verify it and NOTIFY the others (seed L1496-1537);
+                                ``lazy``: every node verifies every block itself;
+                                ``write-time``: a node verifies right after each write
+                                (AVID-like, the seed's comparison point); ``off``: nothing
+                                is verified in the background (readers still verify).
+``settle_seconds``  1.0         a block is verified once no write reached it for this long
+                                (let overwrite bursts settle, seed L1615-1621)
+``idle_seconds``    0.05        and no foreground request reached the node for this long
+                                (verification runs in idle time first, L1419-1424)
+``fallback_seconds`` 10.0       a node not responsible for a block verifies it itself when
+                                ``b + 1`` NOTIFYs did not arrive within this time
+``per_client_block`` 8          unverified versions one client may leave on one block
+``per_client``      1024        unverified versions one client may leave on the node; at a
+                                limit, that client's writes are verified before anything
+                                else, idle or not (seed B.3; the seed gives no numbers)
+``pool_fraction``   0.75        above this share of the LMDB map in use the node verifies
+                                and collects without waiting for idle time and retention
+                                keeps only ``keep_versions`` (the history pool is short)
+==================  ==========  ==========================================================
+
+Retention (what garbage collection keeps below a version verified complete):
+
+==================  ==========  ==========================================================
+``keep_seconds``    900         every version younger than this is kept (15 minutes of
+                                history, for ``bftfs log``/restore and for readers racing
+                                with a collection)
+``keep_versions``   2           the newest versions of every block kept whatever their age
+==================  ==========  ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+MODES = ("lazy-coop", "lazy", "write-time", "off")
+
+
+class PolicyError(ValueError):
+    """A ``[verification]`` or ``[retention]`` setting out of range."""
+
+
+@dataclass(frozen=True)
+class VerificationPolicy:
+    """See the module docstring."""
+
+    mode: str = "lazy-coop"
+    settle_seconds: float = 1.0
+    idle_seconds: float = 0.05
+    fallback_seconds: float = 10.0
+    per_client_block: int = 8
+    per_client: int = 1024
+    pool_fraction: float = 0.75
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def cooperative(self) -> bool:
+        return self.mode == "lazy-coop"
+
+    def validate(self) -> VerificationPolicy:
+        if self.mode not in MODES:
+            raise PolicyError(f"[verification] mode must be one of {', '.join(MODES)}")
+        for name in ("settle_seconds", "idle_seconds", "fallback_seconds"):
+            if not 0 <= getattr(self, name) <= 86400:
+                raise PolicyError(f"[verification] {name} must be in 0..86400 seconds")
+        if self.per_client_block < 1 or self.per_client < self.per_client_block:
+            raise PolicyError(
+                "[verification] per_client_block must be at least 1 and per_client at "
+                "least per_client_block"
+            )
+        if not 0.1 <= self.pool_fraction <= 1.0:
+            raise PolicyError("[verification] pool_fraction must be in 0.1..1.0")
+        return self
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """See the module docstring."""
+
+    keep_seconds: float = 900.0
+    keep_versions: int = 2
+
+    def validate(self) -> RetentionPolicy:
+        if not 0 <= self.keep_seconds <= 10 * 365 * 86400:
+            raise PolicyError("[retention] keep_seconds must be in 0 .. 10 years")
+        if not 1 <= self.keep_versions <= 1_000_000:
+            raise PolicyError("[retention] keep_versions must be at least 1")
+        return self
+
+
+def _from_table(cls: type, where: str, table: Any) -> Any:
+    if table is None:
+        return cls().validate()
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where} must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(table) - set(known)
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        default = getattr(cls(), key)
+        if isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = type(value) is int
+        if not ok:
+            raise PolicyError(f"{where} {key} must be a {type(default).__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values).validate()
+
+
+def verification_from(table: Any) -> VerificationPolicy:
+    """The ``[verification]`` table (None: the defaults)."""
+    return _from_table(VerificationPolicy, "[verification]", table)
+
+
+def retention_from(table: Any) -> RetentionPolicy:
+    """The ``[retention]`` table (None: the defaults)."""
+    return _from_table(RetentionPolicy, "[retention]", table)
+
+
+def to_table(policy: VerificationPolicy | RetentionPolicy) -> dict[str, Any]:
+    return {f.name: getattr(policy, f.name) for f in fields(policy)}

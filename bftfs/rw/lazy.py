@@ -1,0 +1,283 @@
+"""Lazy verification's decisions: pure, no I/O, times passed in (seed 004 sections 3.7-3.9,
+spec ``pasis-qu-lazy.md`` part B).  The trio driver is ``bftfs/node/rw_verifier.py``.
+
+* :func:`responsible` - block ``k`` is the responsibility of nodes ``k mod N`` ..
+  ``(k + b) mod N`` (seed L1665-1668): ``b + 1`` nodes, so one of them is correct.
+* :class:`NotifyBook` - what other nodes said in NOTIFY ``<block, timestamp, status>``
+  (L1503-1513).  Two rules, both safe with ``b`` liars:
+
+  - *flag*: a version that ``b + 1`` nodes name identically as verified is verified (one of
+    them is correct and verified it), so this node may set its verified flag, which readers
+    count (L1695-1698); identically named poisonous versions may be discarded;
+  - *floor*: sort each node's latest "verified" timestamp descending and take the
+    ``(b + 1)``-th highest (L1581-1588): a correct node verified a complete version at or
+    above it, so everything below may be collected.  The floor is *not* flagged: it may be
+    a liar's timestamp.
+
+  Missing or lying NOTIFYs cost time only: without ``b + 1`` agreeing ones the node verifies
+  the block itself (L1517-1525, L1671-1672).
+* :class:`Backlog` - the unverified versions this node hosts, by block and by the client
+  that wrote them, with the budgets of seed B.3, and :meth:`Backlog.pick`, the order in
+  which blocks are verified: forced ones first (a budget reached), then the node's own
+  blocks with the most unverified versions once their writes settled (high yield first,
+  let bursts settle: L1599-1621), then anyone's block whose NOTIFYs are overdue.
+* :func:`gc_floor` - the garbage-collection floor of one block: below a version verified
+  complete (L1540-1542), keeping what the retention policy keeps (spec A.11's "For our FS").
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.rw.timestamp import ZERO, Timestamp
+
+VERIFIED = "verified"
+POISONOUS = "poisonous"
+STATUSES = (VERIFIED, POISONOUS)
+#: Blocks the NOTIFY book remembers (least recently told forgotten first): a node that
+#: floods NOTIFYs about made-up blocks can only push out what costs a verification later.
+MAX_BOOK_BLOCKS = 65536
+#: Poisonous timestamps remembered per block and notifier.
+MAX_POISONOUS_PER_NODE = 8
+
+
+def responsible(block: int, n: int, b: int) -> tuple[int, ...]:
+    """The ``b + 1`` nodes that verify ``block`` first (seed L1665-1668)."""
+    return tuple((block + i) % n for i in range(b + 1))
+
+
+@dataclass
+class _Told:
+    verified: Timestamp | None = None
+    poisonous: list[Timestamp] = field(default_factory=list)
+
+
+class NotifyBook:
+    """NOTIFYs received, per block and node (see the module docstring)."""
+
+    def __init__(self, b: int, *, max_blocks: int = MAX_BOOK_BLOCKS) -> None:
+        self.b = b
+        self.max_blocks = max_blocks
+        self._blocks: OrderedDict[int, dict[int, _Told]] = OrderedDict()
+
+    def record(self, node: int, block: int, ts: Timestamp, status: str) -> None:
+        """Remember that ``node`` said ``ts`` of ``block`` is ``status``."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown NOTIFY status {status!r}")
+        by_node = self._blocks.get(block)
+        if by_node is None:
+            by_node = self._blocks[block] = {}
+            while len(self._blocks) > self.max_blocks:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(block)
+        told = by_node.setdefault(node, _Told())
+        if status == VERIFIED:
+            if told.verified is None or ts > told.verified:
+                told.verified = ts
+        elif ts not in told.poisonous:
+            told.poisonous.append(ts)
+            del told.poisonous[:-MAX_POISONOUS_PER_NODE]
+
+    def flagged(self, block: int) -> Timestamp | None:
+        """The newest version ``b + 1`` nodes name identically as verified, if any."""
+        votes = Counter(t.verified for t in self._blocks.get(block, {}).values() if t.verified)
+        agreed = [ts for ts, k in votes.items() if k >= self.b + 1]
+        return max(agreed, default=None)
+
+    def floor(self, block: int) -> Timestamp | None:
+        """The ``(b + 1)``-th highest "verified" timestamp (None: fewer than ``b + 1``)."""
+        told = sorted(
+            (t.verified for t in self._blocks.get(block, {}).values() if t.verified),
+            reverse=True,
+        )
+        return told[self.b] if len(told) > self.b else None
+
+    def poisonous(self, block: int) -> set[Timestamp]:
+        """Versions ``b + 1`` nodes name as poisonous."""
+        votes = Counter(ts for t in self._blocks.get(block, {}).values() for ts in t.poisonous)
+        return {ts for ts, k in votes.items() if k >= self.b + 1}
+
+    def told_by(self, block: int, ts: Timestamp) -> set[int]:
+        """Nodes that already said ``ts`` is verified (no NOTIFY goes back to them, L1536)."""
+        return {n for n, t in self._blocks.get(block, {}).items() if t.verified == ts}
+
+    def forget(self, block: int) -> None:
+        self._blocks.pop(block, None)
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+
+@dataclass
+class _Debt:
+    """The unverified versions of one block on this node."""
+
+    #: Unverified versions and the client that wrote each.
+    versions: dict[Timestamp, int] = field(default_factory=dict)
+    #: When the latest write reached the node (seconds, the driver's clock).
+    last_write: float = 0.0
+    #: When to try again after a verification that could not decide (0: any time).
+    retry_at: float = 0.0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The next block to verify and why (``forced``, ``own``, ``fallback``)."""
+
+    block: int
+    reason: str
+
+
+class Backlog:
+    """Unverified versions this node hosts and the budgets on them (seed B.3)."""
+
+    def __init__(self, policy: VerificationPolicy, *, me: int, n: int, b: int) -> None:
+        self.policy = policy
+        self.me = me
+        self.n = n
+        self.b = b
+        self._debts: dict[int, _Debt] = {}
+        self._by_client: Counter[int] = Counter()
+        self._forced: OrderedDict[int, None] = OrderedDict()
+        #: Clients over their node-wide budget: every block they wrote is forced.
+        self.over_budget: set[int] = set()
+
+    def __len__(self) -> int:
+        """Blocks with unverified versions."""
+        return len(self._debts)
+
+    @property
+    def versions(self) -> int:
+        """Unverified versions, all blocks."""
+        return sum(self._by_client.values())
+
+    def by_client(self, client: int) -> int:
+        return self._by_client[client]
+
+    def wrote(self, block: int, ts: Timestamp, client: int, now: float) -> bool:
+        """A new version was stored; whether a budget now forces the block's verification."""
+        debt = self._debts.setdefault(block, _Debt())
+        if ts not in debt.versions:
+            debt.versions[ts] = client
+            self._by_client[client] += 1
+        debt.last_write = now
+        mine = sum(1 for c in debt.versions.values() if c == client)
+        forced = mine > self.policy.per_client_block
+        if self._by_client[client] > self.policy.per_client:
+            self.over_budget.add(client)
+        if client in self.over_budget:
+            forced = True
+        if forced or self.policy.mode == "write-time":
+            self._forced[block] = None
+        return forced
+
+    def force(self, block: int) -> None:
+        """Verify ``block`` before anything that is not forced (pool pressure, a request)."""
+        if block in self._debts:
+            self._forced[block] = None
+
+    def settled(self, block: int, upto: Timestamp, also: Iterable[Timestamp] = ()) -> None:
+        """Versions at or below ``upto`` (and those in ``also``) need no verification now."""
+        debt = self._debts.get(block)
+        if debt is None:
+            return
+        gone = {ts for ts in debt.versions if ts <= upto} | (set(also) & set(debt.versions))
+        for ts in gone:
+            client = debt.versions.pop(ts)
+            self._by_client[client] -= 1
+            if self._by_client[client] <= 0:
+                del self._by_client[client]
+            if client in self.over_budget and self._by_client[client] <= self.policy.per_client:
+                self.over_budget.discard(client)
+        if not debt.versions:
+            del self._debts[block]
+            self._forced.pop(block, None)
+        else:
+            debt.failures = 0
+            debt.retry_at = 0.0
+
+    def failures(self, block: int) -> int:
+        debt = self._debts.get(block)
+        return 0 if debt is None else debt.failures
+
+    def failed(self, block: int, now: float) -> None:
+        """A verification of ``block`` could not decide: back off (1 s doubling to 60 s)."""
+        debt = self._debts.get(block)
+        if debt is None:
+            return
+        debt.failures += 1
+        debt.retry_at = now + min(60.0, 2.0 ** (debt.failures - 1))
+        self._forced.pop(block, None)
+
+    def pick(self, now: float, *, idle: bool, pressure: bool) -> Pick | None:
+        """The next block to verify, or None (nothing is due; see :meth:`next_due`)."""
+        for block in self._forced:
+            debt = self._debts.get(block)
+            if debt is not None and debt.retry_at <= now:
+                return Pick(block, "forced")
+        if not (idle or pressure):
+            return None
+        settle = 0.0 if pressure else self.policy.settle_seconds
+        best: tuple[int, int] | None = None
+        fallback: tuple[int, int] | None = None
+        for block, debt in self._debts.items():
+            if debt.retry_at > now or now - debt.last_write < settle:
+                continue
+            count = len(debt.versions)
+            mine = self.me in responsible(block, self.n, self.b)
+            if mine or not self.policy.cooperative or pressure:
+                if best is None or count > best[0]:
+                    best = (count, block)
+            elif now - debt.last_write >= self.policy.fallback_seconds and (
+                fallback is None or count > fallback[0]
+            ):
+                fallback = (count, block)
+        if best is not None:
+            return Pick(best[1], "own")
+        if fallback is not None:
+            return Pick(fallback[1], "fallback")
+        return None
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until some block may become due (None: the backlog is empty)."""
+        if not self._debts:
+            return None
+        waits = []
+        for block, debt in self._debts.items():
+            ready = debt.last_write + self.policy.settle_seconds
+            mine = self.me in responsible(block, self.n, self.b)
+            if self.policy.cooperative and not mine:
+                ready = debt.last_write + self.policy.fallback_seconds
+            waits.append(max(ready, debt.retry_at) - now)
+        return max(0.0, min(waits))
+
+
+def gc_floor(
+    verified: Timestamp,
+    hosted: Sequence[Timestamp],
+    now_ns: int,
+    retention: RetentionPolicy,
+    *,
+    pressure: bool = False,
+) -> Timestamp:
+    """The floor to collect ``hosted`` (descending) below, given a verified-complete version.
+
+    Everything strictly below the floor may be deleted.  The floor never exceeds
+    ``verified`` (only versions below a version verified complete are garbage, L1540-1542)
+    and keeps the newest ``keep_versions`` versions and, unless the history pool is short
+    (``pressure``), every version younger than ``keep_seconds``.  :data:`ZERO` means: keep
+    everything.
+    """
+    floor = verified
+    kept = list(hosted[: retention.keep_versions])
+    if not pressure:
+        young_ns = now_ns - int(retention.keep_seconds * 1e9)
+        kept += [ts for ts in hosted if ts.time >= young_ns]
+    if kept:
+        floor = min(floor, *kept)
+    return floor if floor > ZERO else ZERO

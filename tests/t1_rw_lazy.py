@@ -1,0 +1,245 @@
+"""Tier 1: lazy verification's pure decisions (bftfs/rw/lazy.py): responsibility, the NOTIFY
+rules against ``b`` liars, budgets and the order blocks are verified in, and the
+garbage-collection floor under the retention policy."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from rw_helpers import ts
+
+from bftfs import erasure
+from bftfs.kv import MemoryKV
+from bftfs.policy import PolicyError, RetentionPolicy, VerificationPolicy, verification_from
+from bftfs.rw import replica
+from bftfs.rw.lazy import POISONOUS, VERIFIED, Backlog, NotifyBook, gc_floor, responsible
+from bftfs.rw.messages import BlockId, MessageError, Notify, ReadReply, ReadRequest, WriteRequest
+from bftfs.rw.timestamp import ZERO, Timestamp
+
+
+def test_responsibility_is_b_plus_one_consecutive_nodes() -> None:
+    assert responsible(0, 6, 1) == (0, 1)
+    assert responsible(11, 6, 2) == (5, 0, 1)
+    # Every node leads as many blocks as any other.
+    leads = [responsible(k, 5, 1)[0] for k in range(50)]
+    assert sorted(set(leads)) == [0, 1, 2, 3, 4] and len(set(leads.count(x) for x in leads)) == 1
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_b_liars_alone_can_neither_flag_nor_discard_nor_set_the_floor(b: int) -> None:
+    good, poison = ts(10), ts(20, tag=1)
+    book = NotifyBook(b)
+    for liar in range(b):
+        book.record(liar, 7, poison, VERIFIED)
+        book.record(liar, 7, good, POISONOUS)
+    assert book.flagged(7) is None and book.floor(7) is None and book.poisonous(7) == set()
+    # One correct node verifying the good version: the floor is at most what it verified.
+    book.record(10, 7, good, VERIFIED)
+    assert book.flagged(7) is None  # b liars + 1 do not agree on anything
+    assert book.floor(7) == good  # the (b+1)-th highest: the correct node's
+    assert book.poisonous(7) == set()
+
+
+def test_b_plus_one_identical_notifies_are_trusted() -> None:
+    v = ts(5)
+    book = NotifyBook(1)
+    book.record(0, 3, v, VERIFIED)
+    assert book.flagged(3) is None
+    book.record(1, 3, v, VERIFIED)
+    assert book.flagged(3) == v and book.floor(3) == v
+    assert book.told_by(3, v) == {0, 1}
+    p = ts(9, tag=2)
+    book.record(2, 3, p, POISONOUS)
+    book.record(3, 3, p, POISONOUS)
+    assert book.poisonous(3) == {p}
+
+
+def test_the_floor_is_the_b_plus_one_th_highest_across_versions() -> None:
+    book = NotifyBook(2)
+    for node, t in enumerate([50, 40, 30, 20]):
+        book.record(node, 1, ts(t), VERIFIED)
+    assert book.floor(1) == ts(30)
+    # A node's newer NOTIFY replaces its older one; an older one never lowers it.
+    book.record(3, 1, ts(60), VERIFIED)
+    book.record(3, 1, ts(10), VERIFIED)
+    assert book.floor(1) == ts(40)
+
+
+def test_the_book_forgets_the_least_recently_told_blocks_first() -> None:
+    book = NotifyBook(1, max_blocks=3)
+    for block in range(5):
+        book.record(0, block, ts(1), VERIFIED)
+    assert len(book) == 3 and book.told_by(0, ts(1)) == set()
+    assert book.told_by(4, ts(1)) == {0}
+
+
+POLICY = VerificationPolicy(
+    settle_seconds=1.0, idle_seconds=0.0, fallback_seconds=10.0, per_client_block=2, per_client=5
+)
+
+
+def test_budgets_force_verification() -> None:
+    bl = Backlog(POLICY, me=0, n=6, b=1)
+    assert not bl.wrote(1, ts(1), 100, now=0.0)
+    assert not bl.wrote(1, ts(2), 100, now=0.0)
+    assert bl.wrote(1, ts(3), 100, now=0.0)  # a third version by one client on one block
+    assert bl.pick(0.0, idle=False, pressure=False).block == 1  # forced: not idle, unsettled
+    # Another client's versions on other blocks count against that client only.
+    assert not bl.wrote(2, ts(1, writer=7), 200, now=0.0)
+    for k, block in enumerate(range(10, 13)):
+        forced = bl.wrote(block, ts(4 + k), 100, now=0.0)
+    assert forced and 100 in bl.over_budget and bl.by_client(100) == 6
+    bl.settled(1, ts(3))
+    assert bl.by_client(100) == 3 and 100 not in bl.over_budget
+
+
+def test_own_blocks_go_first_by_yield_once_settled_others_after_the_fallback() -> None:
+    bl = Backlog(POLICY, me=0, n=6, b=1)
+    bl.wrote(6, ts(1), 100, now=0.0)  # responsible: 0, 1
+    bl.wrote(12, ts(1), 100, now=0.0)
+    bl.wrote(12, ts(2), 101, now=0.0)  # two versions: higher yield
+    bl.wrote(3, ts(1), 100, now=0.0)  # responsible: 3, 4 (not this node)
+    assert bl.pick(0.5, idle=True, pressure=False) is None  # not settled yet
+    assert bl.next_due(0.5) == pytest.approx(0.5)
+    assert bl.pick(1.0, idle=False, pressure=False) is None  # not idle
+    assert bl.pick(1.0, idle=True, pressure=False).block == 12
+    bl.settled(12, ts(2))
+    assert bl.pick(1.0, idle=True, pressure=False).block == 6
+    bl.settled(6, ts(1))
+    assert bl.pick(5.0, idle=True, pressure=False) is None  # block 3 waits for NOTIFYs
+    pick = bl.pick(10.0, idle=True, pressure=False)
+    assert (pick.block, pick.reason) == (3, "fallback")
+    # Pressure: anyone's block, settled or not.
+    bl.wrote(9, ts(1), 100, now=10.0)
+    assert bl.pick(10.0, idle=False, pressure=True) is not None
+
+
+def test_a_failed_verification_backs_off() -> None:
+    bl = Backlog(POLICY, me=0, n=6, b=1)
+    bl.wrote(6, ts(1), 100, now=0.0)
+    bl.failed(6, now=2.0)
+    assert bl.pick(2.5, idle=True, pressure=False) is None
+    assert bl.pick(3.0, idle=True, pressure=False).block == 6
+    bl.failed(6, now=3.0)
+    assert bl.failures(6) == 2 and bl.pick(4.5, idle=True, pressure=False) is None
+
+
+SEC = 10**9
+
+
+@pytest.mark.parametrize(
+    ("keep_seconds", "keep_versions", "pressure", "floor_index"),
+    [
+        (0.0, 1, False, 0),  # only the verified newest
+        (0.0, 2, False, 1),
+        (25.0, 1, False, 2),  # versions at t >= 75 s are young
+        (25.0, 1, True, 0),  # pressure: age does not count
+        (1000.0, 1, False, 4),  # everything is young
+    ],
+)
+def test_gc_floor_follows_the_retention_policy(
+    keep_seconds: float, keep_versions: int, pressure: bool, floor_index: int
+) -> None:
+    hosted = [ts(t * SEC) for t in (100, 90, 75, 60, 50)]
+    floor = gc_floor(
+        hosted[0],
+        hosted,
+        100 * SEC,
+        RetentionPolicy(keep_seconds=keep_seconds, keep_versions=keep_versions),
+        pressure=pressure,
+    )
+    assert floor == hosted[floor_index]
+
+
+def test_gc_floor_never_rises_above_the_verified_version() -> None:
+    hosted = [ts(t * SEC) for t in (100, 90, 80)]  # 100 and 90 are unverified, newer
+    for k, d in itertools.product((1, 2, 3), (0.0, 5.0)):
+        floor = gc_floor(hosted[2], hosted, 100 * SEC, RetentionPolicy(d, k))
+        assert floor <= hosted[2]
+    assert gc_floor(ZERO, [], 0, RetentionPolicy()) == ZERO
+
+
+def test_policy_tables_are_checked() -> None:
+    assert verification_from({"mode": "lazy", "settle_seconds": 2}).settle_seconds == 2.0
+    with pytest.raises(PolicyError, match="mode"):
+        verification_from({"mode": "sometimes"})
+    with pytest.raises(PolicyError, match="unknown"):
+        verification_from({"colour": "blue"})
+    with pytest.raises(PolicyError, match="per_client"):
+        verification_from({"per_client_block": 10, "per_client": 5})
+    with pytest.raises(PolicyError, match="must be a int"):
+        verification_from({"per_client": 1.5})
+
+
+# --- the store steps (bftfs/rw/replica.py) and the wire format --------------------------------
+
+
+def _store(kv: MemoryKV, block: int, stamps: list[Timestamp]) -> None:
+    for s in stamps:
+        frags = erasure.encode(b"x", 2, 4)
+        req = WriteRequest(BlockId(block), s, frags.cross_checksum, frags.fragments[0])
+        replica.store_write(kv, req)
+
+
+def test_verified_step_flags_discards_and_collects_in_one_step() -> None:
+    kv = MemoryKV()
+    stamps = [ts(t * SEC) for t in (10, 20, 30, 40)]
+    _store(kv, 1, stamps)
+    res = replica.verified_step(
+        kv,
+        1,
+        mark=stamps[2],
+        flag=stamps[2],
+        poisonous=[stamps[3]],
+        now_ns=40 * SEC,
+        retention=RetentionPolicy(keep_seconds=0.0, keep_versions=1),
+    )
+    assert (res.flagged, res.discarded, res.collected) == (True, 1, 2)
+    assert replica.hosted_step(kv, 1) == [stamps[2]]
+    assert replica.verified_of(kv, 1) == stamps[2] and replica.floor_of(kv, 1) == stamps[2]
+    reply = replica.read_step(kv, ReadRequest(BlockId(1), data=False))
+    assert reply.verified and reply.history == (stamps[2],)
+    # A version proven poisonous at or below the verified mark cannot exist: never deleted.
+    res = replica.verified_step(
+        kv, 1, mark=ZERO, flag=None, poisonous=[stamps[2]], now_ns=0, retention=RetentionPolicy()
+    )
+    assert res.discarded == 0 and replica.hosted_step(kv, 1) == [stamps[2]]
+
+
+def test_unverified_step_pages_through_what_is_left_to_verify() -> None:
+    kv = MemoryKV()
+    for block in (1, 2, 3):
+        _store(kv, block, [ts(10, tag=block), ts(20, tag=block)])
+    replica.verified_step(
+        kv,
+        2,
+        mark=ts(20, tag=2),
+        flag=ts(20, tag=2),
+        poisonous=(),
+        now_ns=0,
+        retention=RetentionPolicy(),
+    )
+    page = replica.unverified_step(kv, None, 2)
+    assert [b for b, _ in page.versions] == [1, 1] and page.after == 2
+    rest = replica.unverified_step(kv, page.after, 2)
+    assert [b for b, _ in rest.versions] == [3, 3]
+    assert replica.unverified_step(kv, rest.after, 2).after is None
+
+
+def test_notify_and_the_verified_flag_on_the_wire() -> None:
+    entries = ((BlockId(5), ts(1), VERIFIED), (BlockId(6), ts(2), POISONOUS))
+    assert Notify.from_wire(Notify(entries).to_wire()) == Notify(entries)
+    bad = Notify(entries).to_wire()
+    bad["e"][0][2] = "fine"
+    with pytest.raises(MessageError, match="status"):
+        Notify.from_wire(bad)
+    with pytest.raises(MessageError):
+        Notify.from_wire({"v": 1, "e": []})
+    req = ReadRequest(BlockId(5), data=False)
+    reply = ReadReply((ts(1),), False, ZERO, verified=True)
+    assert ReadReply.from_wire(reply.to_wire(), req, n=4, max_fragment=10).verified
+    with pytest.raises(MessageError, match="vf"):
+        ReadReply.from_wire(
+            {**ReadReply((), False, ZERO).to_wire(), "vf": True}, req, n=4, max_fragment=10
+        )

@@ -1,0 +1,300 @@
+"""Tier 5: lazy verification, NOTIFY cooperation and garbage collection on the in-process
+cluster (real transport, real LMDB; issue 16).
+
+Nodes verify in the background (node/rw_verifier.py): a poisonous write by a Byzantine
+client is found and discarded and never returned; NOTIFYs from a lying node cannot make a
+poisonous version count as verified or a good one discarded; a read after verification
+skips the regeneration; garbage collection keeps exactly what the retention policy says
+and a reader racing it never sees wrong data; budgets force verification with no idle
+time; a node restarted with unverified versions finds them again.
+
+Waiting is on the verifiers' ``settled`` events, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import trio
+from rw_helpers import rw_cluster
+
+from bftfs import erasure
+from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.rw import replica
+from bftfs.rw.lazy import POISONOUS, VERIFIED, responsible
+from bftfs.rw.messages import KIND_NOTIFY, BlockId, Notify
+from bftfs.rw.schema import DB_VERSIONS, FLAG_VERIFIED, version_key
+from bftfs.rw.timestamp import Timestamp, make_timestamp
+
+#: Verify at once, never by fallback: every node that is not responsible for a block must
+#: learn about it from NOTIFYs (cooperation is what the tests see).
+EAGER = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=3600.0)
+KEEP_ALL = RetentionPolicy(keep_seconds=3600.0, keep_versions=2)
+
+
+async def settled(cluster: Any, *, within: float = 30.0) -> None:
+    """Until every running node's verifier has an empty backlog at the same moment."""
+    with trio.fail_after(within):
+        while True:
+            verifiers = [
+                n.verifier for i, n in enumerate(cluster.nodes) if i not in cluster.crashed
+            ]
+            pending = [v for v in verifiers if v is None or not v.settled.is_set()]
+            if not pending:
+                return
+            if pending[0] is None:
+                await trio.lowlevel.checkpoint()
+            else:
+                await pending[0].settled.wait()
+
+
+async def until(cluster: Any, i: int, cond: Any, *, within: float = 30.0) -> None:
+    """Until ``cond()`` holds, re-checked whenever node ``i``'s verifier makes progress."""
+    with trio.fail_after(within):
+        while not cond():
+            verifier = cluster.nodes[i].verifier
+            if verifier is None:
+                await trio.lowlevel.checkpoint()
+            else:
+                await verifier.changed.wait()
+
+
+def hosted(cluster: Any, i: int, block: int) -> list[Timestamp]:
+    return cluster.nodes[i].store.read(lambda kv: replica.hosted_step(kv, block))
+
+
+def flagged(cluster: Any, i: int, block: int, ts: Timestamp) -> bool:
+    raw = cluster.nodes[i].store.read(lambda kv: kv.get(DB_VERSIONS, version_key(block, ts)))
+    return raw is not None and bool(raw[0] & FLAG_VERIFIED)
+
+
+def poisonous(cfg: Any, a: bytes, b: bytes) -> tuple[tuple[bytes, ...], bytes]:
+    """Fragments of two values under one self-consistent cross checksum."""
+    ea, eb = erasure.encode(a, cfg.m, cfg.n), erasure.encode(b, cfg.m, cfg.n)
+    half = cfg.n // 2
+    mixed = ea.fragments[:half] + eb.fragments[half:]
+    return mixed, erasure.make_cross_checksum(len(a), mixed)
+
+
+async def write_poison(evil: Any, cfg: Any, block: int) -> Timestamp:
+    frags, cc = poisonous(cfg, b"A" * 100, b"B" * 100)
+    time_ = await evil.read_timestamp(BlockId(block))
+    stamp = make_timestamp(time_, evil.endpoint.pid, erasure.verifier_of(cc))
+    await evil.do_write(BlockId(block), stamp, frags, cc)  # every node accepts its part
+    return stamp
+
+
+def test_a_poisonous_write_is_discarded_in_the_background_and_reads_skip_regeneration(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path, clients=3, verification=EAGER, retention=KEEP_ALL) as (
+            cl,
+            (evil, writer, reader),
+        ):
+            cfg = cl.config
+            good = await writer.write_block(7, b"good")
+            poison = await write_poison(evil, cfg, 7)
+            assert all(poison in hosted(cl, i, 7) for i in range(cfg.n))
+            await settled(cl)
+            for i in range(cfg.n):
+                assert poison not in hosted(cl, i, 7), f"node {i} kept the poisonous version"
+                assert flagged(cl, i, 7, good), f"node {i} did not flag the good version"
+            found = sum(cl.nodes[i].progress["rw.verify"]["poisonous"] for i in range(cfg.n))
+            assert found == cfg.b + 1  # exactly the responsible nodes verified it
+            assert await reader.read_block(7) == b"good"
+            st = reader.statistics()
+            # Never shown the poisonous version, and no regeneration needed for the good one.
+            assert (st["poisonous"], st["verified_skips"]) == (0, 1)
+            # Only the responsible nodes read: the others trusted b + 1 NOTIFYs.
+            readers = [i for i in range(cfg.n) if cl.nodes[i].progress["rw.verify"]["verified"]]
+            assert readers == sorted(responsible(7, cfg.n, cfg.b))
+
+    trio.run(main)
+
+
+def test_a_lying_node_cannot_flag_poison_or_discard_good_data(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rw_cluster(tmp_path, clients=3, verification=EAGER, retention=KEEP_ALL) as (
+            cl,
+            (evil, writer, reader),
+        ):
+            cfg = cl.config
+            block = 12  # responsible: 0 and 1 (n = 6, b = 1)
+            liar = 4
+            good = await writer.write_block(block, b"good")
+            poison = await write_poison(evil, cfg, block)
+            lies = Notify(
+                (
+                    (BlockId(block), poison, VERIFIED),
+                    (BlockId(block), good, POISONOUS),
+                )
+            ).to_wire()
+            for peer in range(cfg.n):
+                if peer != liar:
+                    await cl.nodes[liar].endpoint.call(peer, KIND_NOTIFY, lies)
+            await settled(cl)
+            for i in range(cfg.n):
+                if i == liar:
+                    continue
+                assert good in hosted(cl, i, block), f"node {i} discarded the good version"
+                assert not flagged(cl, i, block, poison)
+                assert flagged(cl, i, block, good)
+            assert await reader.read_block(block) == b"good"
+
+    trio.run(main)
+
+
+def test_withheld_notifies_cost_a_fallback_verification_not_safety(tmp_path: Path) -> None:
+    async def main() -> None:
+        policy = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=0.2)
+        async with rw_cluster(tmp_path, clients=1, verification=policy, retention=KEEP_ALL) as (
+            cl,
+            (writer,),
+        ):
+            cfg = cl.config
+            block = 18  # responsible: 0 and 1
+            for peer in range(cfg.n):
+                if peer != 0:
+                    cl.faults[peer].byzantine(KIND_NOTIFY, drop_notify)  # node 0 is muted
+            good = await writer.write_block(block, b"v1")
+            await settled(cl)
+            for i in range(cfg.n):
+                assert flagged(cl, i, block, good)
+            # Nodes 2..5 heard only node 1: each verified it itself after the fallback delay.
+            for i in range(2, cfg.n):
+                assert cl.nodes[i].progress["rw.verify"]["verified"] == 1
+
+    trio.run(main)
+
+
+async def drop_notify(ctx: Any, payload: Any, honest: Any) -> Any:
+    """Accept NOTIFYs from node 0 and ignore them (from the others: honest)."""
+    if int(ctx.sender) == 0:
+        return {}
+    return await honest(ctx, payload)
+
+
+def test_retention_keeps_exactly_what_the_policy_says(tmp_path: Path) -> None:
+    async def main() -> None:
+        short = RetentionPolicy(keep_seconds=0.0, keep_versions=2)
+        async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=short) as (
+            cl,
+            (writer,),
+        ):
+            cfg = cl.config
+            stamps = [await writer.write_block(3, f"v{k}".encode()) for k in range(6)]
+            await settled(cl)
+            for i in range(cfg.n):
+                assert hosted(cl, i, 3) == stamps[:-3:-1], f"node {i}"
+            assert await writer.read_block(3) == b"v5"
+
+    trio.run(main)
+
+
+def test_young_versions_are_kept_whatever_their_number(tmp_path: Path) -> None:
+    async def main() -> None:
+        young = RetentionPolicy(keep_seconds=3600.0, keep_versions=1)
+        async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=young) as (
+            cl,
+            (writer,),
+        ):
+            stamps = [await writer.write_block(3, f"v{k}".encode()) for k in range(5)]
+            await settled(cl)
+            for i in range(cl.config.n):
+                assert hosted(cl, i, 3) == stamps[::-1]
+                assert flagged(cl, i, 3, stamps[-1])
+
+    trio.run(main)
+
+
+def test_readers_racing_garbage_collection_see_only_written_values(tmp_path: Path) -> None:
+    async def main() -> None:
+        short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+        async with rw_cluster(tmp_path, clients=2, verification=EAGER, retention=short) as (
+            cl,
+            (writer, reader),
+        ):
+            rng = random.Random(5)
+            written: list[bytes] = []
+            seen: list[bytes] = []
+
+            async def write_all() -> None:
+                for k in range(40):
+                    value = f"value-{k}-{rng.randrange(10**6)}".encode()
+                    written.append(value)
+                    await writer.write_block(9, value)
+
+            async def read_until_done(done: trio.Event) -> None:
+                while not done.is_set():
+                    seen.append(await reader.read_block(9))
+
+            done = trio.Event()
+            async with trio.open_nursery() as n:
+                n.start_soon(read_until_done, done)
+                await write_all()
+                done.set()
+            await settled(cl)
+            assert seen and all(v in written for v in seen if v)
+            positions = [written.index(v) for v in seen if v]
+            assert positions == sorted(positions)  # one reader never goes back in time
+            assert await reader.read_block(9) == written[-1]
+            collected = sum(cl.nodes[i].stats["rw.gc.collected"] for i in range(cl.config.n))
+            assert collected > 0
+            for i in range(cl.config.n):
+                assert len(hosted(cl, i, 9)) <= 2  # the newest, and one written meanwhile
+
+    trio.run(main)
+
+
+def test_a_budget_forces_verification_without_idle_time(tmp_path: Path) -> None:
+    async def main() -> None:
+        never_idle = VerificationPolicy(
+            settle_seconds=3600.0,
+            idle_seconds=3600.0,
+            fallback_seconds=3600.0,
+            per_client_block=2,
+            per_client=4,
+        )
+        short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+        async with rw_cluster(tmp_path, clients=1, verification=never_idle, retention=short) as (
+            cl,
+            (writer,),
+        ):
+            cfg = cl.config
+            for k in range(6):
+                await writer.write_block(30, f"x{k}".encode())
+            # Three versions by one client on one block exceed per_client_block = 2.
+            for i in responsible(30, cfg.n, cfg.b):
+                progress = cl.nodes[i].progress["rw.verify"]
+                await until(cl, i, lambda p=progress: p["verified"] > 0)
+                assert cl.nodes[i].progress["rw.verify"]["forced"] >= 1
+            # A steady writer over many blocks: the backlog stays within the budget.
+            for k in range(40):
+                await writer.write_block(100 + k, b"y")
+                for i in range(cfg.n):
+                    assert cl.nodes[i].verifier.backlog.by_client(writer.endpoint.pid) <= 5
+
+    trio.run(main)
+
+
+def test_a_restarted_node_finds_its_unverified_versions_again(tmp_path: Path) -> None:
+    async def main() -> None:
+        off_for_now = VerificationPolicy(
+            settle_seconds=0.0, idle_seconds=3600.0, fallback_seconds=3600.0
+        )
+        async with rw_cluster(
+            tmp_path, clients=1, verification=off_for_now, retention=KEEP_ALL, durable=True
+        ) as (cl, (writer,)):
+            stamps = [await writer.write_block(b, b"data") for b in (0, 6, 12)]
+            assert cl.nodes[0].progress["rw.verify"]["backlog_versions"] == 3
+            cl.crash(0)
+            await cl.wait_stopped(0)
+            await cl.recover(0)
+            await until(cl, 0, lambda: cl.nodes[0].progress["rw.verify"]["state"] == "running")
+            assert cl.nodes[0].progress["rw.verify"]["backlog_versions"] == 3
+            assert not any(flagged(cl, 0, b, s) for b, s in zip((0, 6, 12), stamps, strict=True))
+
+    trio.run(main)
