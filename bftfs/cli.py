@@ -228,6 +228,27 @@ def _print_status(statuses: list[localmod.NodeStatus]) -> None:
         f"  {'node':>4}  {'state':5}  {'address':21}  {'pid':>7}  {'lmdb':>10}  "
         f"{'requests':>9}  {'catch-up':{wide}}  rejected frames"
     )
+    _print_rows(statuses, progress, wide)
+    print(
+        f"  {'node':>4}  {'in use':>10}  {'unverified':>10}  {'verified':>8}  "
+        f"{'repaired':>8}  {'collected':>9}  {'poisonous':>9}  {'NOTIFY in/out':>13}  faults"
+    )
+    for s in statuses:
+        v = ((s.stats or {}).get("progress") or {}).get("rw.verify") if s.up else None
+        if not v:
+            print(f"  {s.id:>4}  {'-':>10}  verification {'off' if s.up else '-'}")
+            continue
+        notify = f"{v['notify_received']}/{v['notify_sent']}"
+        faults = "; ".join(v["faults"][-2:]) or "none"
+        print(
+            f"  {s.id:>4}  {_human(v['used_bytes']):>10}  {v['backlog_versions']:>10}  "
+            f"{v['verified']:>8}  {v['repaired']:>8}  {v['collected']:>9}  "
+            f"{v['poisonous'] + v['discarded']:>9}  {notify:>13}  "
+            f"{'(history pool short) ' if v['pressure'] else ''}{faults}"
+        )
+
+
+def _print_rows(statuses: list[localmod.NodeStatus], progress: dict[int, str], wide: int) -> None:
     for s in statuses:
         st = s.stats or {}
         reqs = sum(v for k, v in st.get("requests", {}).items() if k.startswith("req."))
@@ -246,6 +267,8 @@ def _progress(progress: dict[str, dict]) -> str:
     it found behind and brought up to date), ``-`` when none runs."""
     parts = []
     for name, p in sorted(progress.items()):
+        if not name.endswith(".catchup"):
+            continue
         state = p.get("state", "?")
         word = "" if state == "running" else f" {state}"
         parts.append(f"{name.split('.')[0]}{word} {p.get('done', 0)}/{p.get('behind', 0)}")

@@ -28,6 +28,7 @@ def test_cli_init_up_status_down(tmp_path: Path) -> None:
         assert "created a cluster of 4 nodes" in out and "bftfs cluster up" in out
         status = bftfs("status", "--dir", str(home))
         assert status.returncode == 0 and status.stdout.count(" up ") == 4
+        assert "unverified" in status.stdout and "verification off" not in status.stdout
         cfg = local.load_cluster(home)
         assert all(local.running_pid(s) for s in cfg.nodes)
         assert "stopped 4 node(s)" in bftfs("down", "--dir", str(home)).stdout
