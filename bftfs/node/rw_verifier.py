@@ -38,11 +38,13 @@ import trio
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.outcome import ClusterUnavailable
 from bftfs.rw import replica
+from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient
 from bftfs.rw.lazy import POISONOUS, VERIFIED, Backlog, NotifyBook, Pick
-from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify
+from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify, WriteRequest
 from bftfs.rw.timestamp import ZERO, Timestamp
+from bftfs.rw.verify import ReadOutcome
 from bftfs.transport import RemoteError, TransportError
 
 if TYPE_CHECKING:
@@ -222,6 +224,7 @@ class Verifier:
         poison = set(outcome.poisonous)
         if outcome.kind is Kind.REPAIR:
             self.progress["repaired"] += 1
+            await self._store_own(block, outcome, hosted)
         if poison:
             self.progress["poisonous"] += len(poison)
             writers = sorted({ts.writer for ts in poison})
@@ -263,6 +266,21 @@ class Verifier:
         self._publish()
 
     # Helpers -------------------------------------------------------------------------------
+
+    async def _store_own(
+        self, block: BlockId, outcome: ReadOutcome, hosted: list[Timestamp]
+    ) -> None:
+        """After repairing the other nodes: this node's own fragment of the repaired
+        version too (checked like a WRITE), so it can flag it."""
+        if outcome.ts in hosted:
+            return
+        try:
+            cc, frag = own_fragment(outcome, self.me, self.node.config.n)
+        except NotValidated as e:
+            self.node.log.warning("node %s: block %s: %s", self.node.id, block, e)
+            return
+        req = WriteRequest(block, outcome.ts, cc, frag)
+        await self.node.store.write(lambda kv: replica.store_write(kv, req))
 
     async def _rebuild(self) -> None:
         """The backlog after a restart: versions above their block's mark, unflagged."""
