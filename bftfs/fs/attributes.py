@@ -15,14 +15,14 @@ import trio
 
 from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
-from bftfs.fs.caches import Caches
 from bftfs.fs.errors import FsError, Invalid, IsDir, NoAttr, TooBig
 from bftfs.fs.files import OpenFile
 from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, _Locked, _Stale
+from bftfs.fs.reclaim import Reclaim
 from bftfs.rw.messages import block_id
 
 
-class Attributes(Caches):
+class Attributes(Reclaim):
     """setattr, truncation and extended attributes."""
 
     # Attributes ----------------------------------------------------------------------------
@@ -114,7 +114,7 @@ class Attributes(Caches):
         lock = f.lock if f is not None else trio.Lock()
         async with lock:
             for attempt in range(FLUSH_ATTEMPTS):
-                s = await self._query(ino, "fs.open")
+                s = before = await self._query(ino, "fs.open")
                 if s["k"] == "d":
                     raise IsDir()
                 if reached_by_name:
@@ -149,6 +149,8 @@ class Attributes(Caches):
                 if f is not None:
                     f.truncate_cache(size)
                 self._own_stat(ino, s)
+                if size == 0 and not before["inl"]:  # the old data id is gone
+                    await self._reclaim(before["d"], before["size"])
                 return s
         raise FsError("truncate: file kept changing")
 

@@ -137,6 +137,7 @@ class FileSystem(Namespace, Attributes, Handles, FileData):
         self._cache_current = set()
         self.methods = Counter()
         self.method_seconds = defaultdict(float)
+        self._init_reclaim()
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance

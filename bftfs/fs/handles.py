@@ -14,11 +14,12 @@ from typing import Any
 
 from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
-from bftfs.fs.caches import NAME_CACHE_LIMIT, Caches
+from bftfs.fs.caches import NAME_CACHE_LIMIT
 from bftfs.fs.errors import BadHandle, Exists, Invalid, IsDir, NotFound, StaleView, TooBig
 from bftfs.fs.filedata import _content_version
 from bftfs.fs.files import OpenFile
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS
+from bftfs.fs.reclaim import Reclaim
 
 
 def _may_open(s: dict[str, Any], uid: int, gid: int, flags: int) -> bool:
@@ -33,7 +34,7 @@ def _may_open(s: dict[str, Any], uid: int, gid: int, flags: int) -> bool:
     return (s["mode"] >> shift) & need == need
 
 
-class Handles(Caches):
+class Handles(Reclaim):
     """File handles and the calls made through them."""
 
     def _handle(self, fh: int) -> tuple[OpenFile, int]:
@@ -235,3 +236,5 @@ class Handles(Caches):
             f.opens -= 1
             if f.opens == 0 and not f.dirty:
                 self._files.pop(f.ino, None)
+        if f.opens == 0:
+            await self._released(f.ino)

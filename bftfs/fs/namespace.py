@@ -18,7 +18,6 @@ import trio
 
 from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
-from bftfs.fs.caches import Caches
 from bftfs.fs.errors import (
     CrossDevice,
     FsError,
@@ -31,6 +30,7 @@ from bftfs.fs.errors import (
 )
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, _Stale, _Taken
 from bftfs.fs.objects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
+from bftfs.fs.reclaim import Reclaim
 from bftfs.qu.objects import Refused
 from bftfs.qu.timestamp import MAX_OBJECTS
 
@@ -49,7 +49,7 @@ def _check_name(name: bytes) -> None:
         raise from_refusal(e.code, e.message) from None
 
 
-class Namespace(Caches):
+class Namespace(Reclaim):
     """Names and the objects they lead to."""
 
     # Namespace: queries --------------------------------------------------------------------
@@ -328,6 +328,8 @@ class Namespace(Caches):
             self._own_stat(parent, pst)
             if child["k"] == "d":
                 self._names.pop(oid, None)
+            else:
+                await self._unlinked(oid, child)
             return
         raise FsError(f"{method}: directory kept changing")
 
@@ -421,5 +423,7 @@ class Namespace(Caches):
                 if flags & RENAME_EXCHANGE and t is not None:
                     self._learn(parent, name, t, tcode)
                 self._learn(new_parent, new_name, o, ocode)
+            if t is not None and str(t) in stats:  # a file renamed over loses a name
+                await self._unlinked(t, stats[str(t)])
             return
         raise FsError("rename: directories kept changing")

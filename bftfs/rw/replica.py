@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bftfs import erasure
 from bftfs.kv import KV
@@ -275,6 +275,9 @@ def verified_step(
 ) -> Verified:
     """Record what verification learned about ``block``, then collect what may go.
 
+    When the verified version is empty (a block given back), retention keeps one version
+    instead of ``keep_versions``.
+
     ``mark``: a version at or above it is verified complete (the caller's own verification,
     or the NOTIFY floor rule); the block's mark only rises.  ``flag``: the version to set
     this node's verified flag on, if it hosts it (own verification, or ``b + 1`` identical
@@ -286,13 +289,19 @@ def verified_step(
     if mark > old:
         kv.put(DB_VERIFIED, block_prefix(block), mark.encode())
     mark = max(mark, old)
-    flagged = False
+    flagged = empty = False
     if flag is not None:
         key = version_key(block, flag)
         raw = kv.get(DB_VERSIONS, key)
         if raw is not None and not raw[0] & FLAG_VERIFIED:
             kv.put(DB_VERSIONS, key, bytes([raw[0] | FLAG_VERIFIED]) + raw[1:])
             flagged = True
+        if raw is not None and flag == mark:
+            empty = erasure.cc_length(StoredVersion.decode(raw).cross_checksum) == 0
+    if empty:
+        # An empty block on top is a file's contents given back (fs/reclaim.py): nothing
+        # below it is kept for its own sake once older than keep_seconds.
+        retention = replace(retention, keep_versions=1)
     discarded = 0
     for ts in set(poisonous):
         if ts > mark or ts == ZERO:

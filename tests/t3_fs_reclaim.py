@@ -1,0 +1,100 @@
+"""Tier 3: the blocks of contents no file reaches any more are given back (fs/reclaim.py)
+and the nodes' garbage collection then keeps nothing of them beyond what retention says
+(issue 16).
+
+A file system on the in-process cluster with lazy verification on and a retention of no
+age: removing a file's last name, renaming over it or truncating it to zero writes an
+empty version over each of its blocks; once the nodes settle, each of those blocks is one
+empty version on every node.  A file removed while open here keeps its contents until its
+last release.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from fs_helpers import Env, run
+from t5_rw_lazy import EAGER, settled
+
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.objects import ROOT
+from bftfs.policy import RetentionPolicy
+from bftfs.rw import replica
+from bftfs.rw.messages import block_id
+from bftfs.rw.schema import DB_VERSIONS, version_key
+
+BS = 4096
+OPTIONS: dict[str, Any] = {
+    "block_size": BS,
+    "inline_limit": 0,
+    "verification": EAGER,
+    "retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2),
+}
+
+
+async def written(fs: FileSystem, name: bytes, size: int) -> tuple[int, int]:
+    """A file ``name`` of ``size`` random bytes, flushed and closed; (ino, data id)."""
+    fh, a = await fs.create(ROOT, name, 0o644, 0, 0, os.O_RDWR)
+    await fs.write(fh, 0, random.Random(size).randbytes(size))
+    await fs.release(fh)
+    return a.ino, (await fs._query(a.ino, "fs.stat"))["d"]
+
+
+def versions(env: Env, d: int, blocks: int) -> list[list[int]]:
+    """Per block of data id ``d``: on every node, the lengths of the versions it hosts."""
+    out = []
+    for k in range(blocks):
+        block = block_id(d, k)
+        per_node = []
+        for node in env.cluster.nodes:
+
+            def lengths(kv: Any, block: int = block) -> list[int]:
+                raws = [
+                    kv.get(DB_VERSIONS, version_key(block, ts))
+                    for ts in replica.hosted_step(kv, block)
+                ]
+                return [len(replica.StoredVersion.decode(r).fragment) for r in raws]
+
+            per_node.append(tuple(node.store.read(lengths)))
+        out.append(per_node)
+    return out
+
+
+def test_unlink_rename_over_and_truncate_give_blocks_back(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        a, da = await written(fs, b"a", 3 * BS)
+        b, db = await written(fs, b"b", 2 * BS)
+        c, dc = await written(fs, b"c", 2 * BS)
+        keep, dk = await written(fs, b"keep", 2 * BS)
+        await fs.unlink(ROOT, b"a")
+        await fs.rename(ROOT, b"c", ROOT, b"b", 0)  # b's contents lose their last name
+        await fs.setattr(keep, size=0)  # the old data id of "keep" is dead
+        assert fs.reclaimed_blocks == 3 + 2 + 2 and fs.reclaim_failed == 0
+        await settled(env.cluster)
+        for d, count in ((da, 3), (db, 2), (dk, 2)):
+            for per_node in versions(env, d, count):
+                assert per_node == [(0,)] * len(env.cluster.nodes), per_node
+        for per_node in versions(env, dc, 2):  # c lives on as "b": untouched
+            assert all(len(v) == 1 and v[0] > 0 for v in per_node)
+
+    run(tmp_path, body, **OPTIONS)
+
+
+def test_a_file_removed_while_open_keeps_its_contents_until_released(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        fs = env.fs
+        data = random.Random(3).randbytes(2 * BS)
+        fh, a = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        await fs.write(fh, 0, data)
+        await fs.flush(fh)
+        await fs.unlink(ROOT, b"f")
+        assert fs.reclaimed_blocks == 0
+        assert await fs.read(fh, 0, 2 * BS) == data
+        await fs.release(fh)
+        assert fs.reclaimed_blocks == 2
+
+    run(tmp_path, body, **OPTIONS)
