@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
-from qu_helpers import BYZANTINE, MemCluster, Recorder, check_serializable, send
+from qu_helpers import MemCluster, Recorder, check_serializable, send
 
 from bftfs.ids import client_id
 from bftfs.qu.client import QUClient
@@ -21,6 +21,7 @@ from bftfs.qu.core import backoff_delay
 from bftfs.qu.messages import Operation, Request, Status
 from bftfs.qu.objects import Refused
 from bftfs.qu.replica import read_version
+from bftfs.testing.byzantine.qu import BEHAVIOURS
 
 
 def make_client(cl: MemCluster, k: int, seed: int = 0) -> QUClient:
@@ -170,14 +171,14 @@ def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by_one(
 # forge_max_time leaves 5 = q histories to classify with, so two contending clients here,
 # whose backoff is a bare checkpoint, can livelock; Q/U promises progress to isolated
 # clients (L2670-2692).  Contention with real backoff: t5_qu_cluster, every placement.
-CONTENDING = sorted(set(BYZANTINE) - {"forge_max_time"})
+CONTENDING = sorted(set(BEHAVIOURS) - {"forge_max_time"})
 
 
 @pytest.mark.parametrize("behaviour", CONTENDING)
 @pytest.mark.parametrize("server", [0, 1, 5])
 def test_byzantine_server_cannot_break_serializability(behaviour: str, server: int) -> None:
     cl = MemCluster(seed=server)
-    cl.byzantine[server] = BYZANTINE[behaviour]
+    cl.byzantine[server] = BEHAVIOURS[behaviour]
     rec = Recorder()
     clients = [make_client(cl, k) for k in range(2)]
 
@@ -231,7 +232,7 @@ def test_refusal_is_believed_despite_a_forger_left_out_of_the_ohs(
     round used to be judged on the raw cache (forged candidate: "not METHOD", refusal not
     believed) while the next step, on the presented OHS, said METHOD and re-sent at once."""
     cl = MemCluster(seed=1)
-    cl.byzantine[5] = BYZANTINE["forge_higher"]
+    cl.byzantine[5] = BEHAVIOURS["forge_higher"]
     c = make_client(cl, 0)
     round_budget(c, 40)
 
@@ -357,7 +358,7 @@ def test_a_forged_largest_time_under_a_valid_authenticator_does_not_stop_a_clien
     The forger is in the objects' preferred quorum (servers 1-5) and server 0, the only other
     one, always answers last, so every round's first q replies include the forger."""
     cl = MemCluster(seed=server)
-    cl.byzantine[server] = BYZANTINE["forge_max_time"]
+    cl.byzantine[server] = BEHAVIOURS["forge_max_time"]
     cl.slow = {0}
     c = make_client(cl, 0)
     round_budget(c, 60)

@@ -126,7 +126,7 @@ def test_object_sync_fetches_b_plus_1_matching_versions() -> None:
 
 
 def test_wrong_object_sync_state_from_one_host_is_outvoted() -> None:
-    from qu_helpers import wrong_sync
+    from bftfs.testing.byzantine.qu import wrong_sync
 
     cl = MemCluster()
     cl.byzantine[0] = wrong_sync

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import qu_helpers
 import rw_helpers
 import trio
 from fs_helpers import Env, run
@@ -28,6 +27,8 @@ from bftfs.fs.errors import Exists, Unavailable
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import INLINE_MAX, ROOT
 from bftfs.qu.objects import Refused
+from bftfs.testing.byzantine import qu as qu_byzantine
+from bftfs.testing.byzantine import rw as rw_byzantine
 
 BS = 4096
 SMALL = {"block_size": BS}
@@ -286,8 +287,8 @@ def test_workload_with_one_node_crashed(tmp_path: Path, node: int) -> None:
 
 
 def byzantine(env: Env, node: int, qu_behaviour: str, rw_behaviour: str) -> None:
-    qu_helpers.make_byzantine(env.cluster, node, qu_behaviour)
-    rw_helpers.make_byzantine(env.cluster, node, rw_behaviour)
+    qu_byzantine.make_byzantine(env.cluster, node, qu_behaviour)
+    rw_byzantine.make_byzantine(env.cluster, node, rw_behaviour)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +313,7 @@ def _pairs() -> list[tuple[int, str, str]]:
     is already exercised at every placement by the protocols' own suites, so here each one
     meets the file-system workload once, paired with one of the other kind.
     """
-    qus, rws = sorted(qu_helpers.BYZANTINE), sorted(rw_helpers.BEHAVIOURS)
+    qus, rws = sorted(qu_byzantine.BEHAVIOURS), sorted(rw_byzantine.BEHAVIOURS)
     count = max(len(qus), len(rws))
     return [(i % 6, qus[i % len(qus)], rws[i % len(rws)]) for i in range(count)]
 
