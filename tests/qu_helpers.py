@@ -27,7 +27,7 @@ from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
 from bftfs.qu.canon import canonical
-from bftfs.qu.classify import Thresholds
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import (
     KIND_FETCH,
@@ -39,7 +39,7 @@ from bftfs.qu.messages import (
     parse_history_request,
     parse_sync_reply,
 )
-from bftfs.qu.objects import Refused, Registry
+from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.qu.replica import (
     NeedSync,
     ReplicaConfig,
@@ -82,7 +82,7 @@ class MemCluster:
         retention: Retention | None = None,
         clients: int = 4,
     ) -> None:
-        self.th = Thresholds.minimal(t, b)
+        self.th = QUThresholds.minimal(t, b)
         self.rng = random.Random(seed)
         self.node_rings, self.client_rings = keyrings(self.th.n, clients, seed)
         self.kvs = [MemoryKV() for _ in range(self.th.n)]
@@ -309,7 +309,7 @@ class Recorder:
             else:
                 op.result = await client.update(objs, method, arg)
             op.ok = True
-        except Refused as e:
+        except MethodRefused as e:
             op.refused = e.code
         op.end = self.now()
         done = sum(o.end is not None for o in self.ops)
@@ -345,7 +345,7 @@ def check_serializable(
                 ans = reg.query(o.method, sub, o.arg)
                 return (o.end is None or (o.ok and canonical(ans) == canonical(o.result))), None
             new, ans = reg.update(o.method, sub, o.arg)
-        except Refused as e:
+        except MethodRefused as e:
             return (o.end is None or o.refused == e.code), None
         if o.end is not None and not (o.ok and canonical(ans) == canonical(o.result)):
             return False, None

@@ -18,8 +18,8 @@ from qu_helpers import MemCluster, Recorder, check_serializable, send
 from bftfs.ids import client_id
 from bftfs.qu.client import QUClient
 from bftfs.qu.core import backoff_delay
-from bftfs.qu.messages import Operation, Request, Status
-from bftfs.qu.objects import Refused
+from bftfs.qu.messages import Operation, ReplyStatus, Request
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.replica import read_version
 from bftfs.testing.byzantine.qu import BEHAVIOURS
 
@@ -216,7 +216,7 @@ REFUSALS = [("kv.delete", "zzz", "no-such-key"), ("kv.get", "", "bad-key")]
 
 async def refuses(c: QUClient, method: str, arg: str, code: str) -> None:
     call = c.query if method == "kv.get" else c.update
-    with pytest.raises(Refused) as e:
+    with pytest.raises(MethodRefused) as e:
         await call(4, method, arg)
     assert e.value.code == code
 
@@ -336,7 +336,7 @@ def test_tampered_ohs_from_a_byzantine_client_changes_nothing() -> None:
     )
     # Every forged history is culled, so the request conditions on <0,0>: only server 0,
     # which never saw the object, accepts it - an incomplete candidate, repaired around.
-    assert [s for s, r in reps.items() if r.status is Status.OK] == [0]
+    assert [s for s, r in reps.items() if r.status is ReplyStatus.OK] == [0]
     assert all(r.culled == (tuple(sorted(forged)),) for r in reps.values())
 
     async def check() -> int:

@@ -18,7 +18,7 @@ import trio
 from qu_helpers import Recorder, check_serializable
 
 from bftfs.ids import client_id
-from bftfs.qu.classify import Thresholds
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
 from bftfs.testing.byzantine.qu import BEHAVIOURS, make_byzantine
@@ -29,7 +29,7 @@ from bftfs.transport import RemoteError
 def qu_client(cluster, k: int, seed: int = 0) -> QUClient:  # noqa: ANN001
     return QUClient(
         cluster.client(k),
-        Thresholds.from_config(cluster.config),
+        QUThresholds.from_config(cluster.config),
         client_id=int(client_id(k)),
         rng=random.Random(seed * 31 + k),
         seq_start=1_000_000 * (k + 1),

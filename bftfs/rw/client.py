@@ -52,10 +52,10 @@ from bftfs.rw.batch import Batcher, batch_quorum
 from bftfs.rw.classify import (
     DEFAULT_MAX_FETCHES,
     Decision,
+    HostStatus,
     Kind,
     NodeView,
-    Status,
-    Thresholds,
+    RWThresholds,
     decide,
     view_from_history,
 )
@@ -206,7 +206,7 @@ class RWClient:
         nodes: Iterable[int] | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.th = Thresholds.from_config(config)
+        self.th = RWThresholds.from_config(config)
         self.block_size: int = config.block_size
         self.nodes: list[NodeId] = [
             NodeId(i) for i in (config.node_ids if nodes is None else nodes)
@@ -685,7 +685,7 @@ class RWClient:
                 return False
             if node not in st.frags.get(cand, {}):
                 view = st.views.get(node)
-                if view is not None and view.status(cand) is Status.COLLECTED:
+                if view is not None and view.status(cand) is HostStatus.COLLECTED:
                     # Garbage collection removed it since the node listed it: a race that
                     # the next decision resolves (seed L1566-1574), not a lie.
                     return False
