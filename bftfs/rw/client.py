@@ -18,10 +18,10 @@ candidate is not complete (up to ``N - t`` replies and beyond, one more for ever
 reply); then, as :func:`decide` says: fetch older history from particular nodes (READ_PREV,
 history only), fetch the candidate's missing fragments by its timestamp, regenerate the
 cross checksum from ``m`` fragments (a poisonous write is never returned), repair a
-repairable candidate at its own timestamp (waiting for ``N - t`` acknowledgements so that it
-is complete when the read returns), or restart from READ_LATEST when garbage collection
-removed what the read looked for (bounded by ``max_restarts``: obstruction-freedom,
-L1566-1574).
+repairable candidate at its own timestamp (:meth:`RWClient.repair_block`, waiting for
+``N - t`` acknowledgements so that it is complete when the read returns), or restart from
+READ_LATEST when garbage collection removed what the read looked for (bounded by
+``max_restarts``: obstruction-freedom, L1566-1574).
 
 Concurrency: each call is independent; ``read_blocks`` / ``write_blocks`` run many blocks at
 once, and a client made by :func:`open_rw_client` sends the requests of concurrent calls to
@@ -565,8 +565,6 @@ class RWClient:
             regen = await self._validate(st, block, d, repair=repair)
             if regen is None:
                 continue
-            if d.kind is Kind.REPAIR and repair:
-                self._stats["repairs"] += 1
             return ReadOutcome(
                 d.candidate, d.kind, regen.data, regen.cross_checksum, regen.fragments
             )
@@ -663,8 +661,26 @@ class RWClient:
             st.rejected.add(cand)
             return None
         if d.kind is Kind.REPAIR and repair:
-            await self.do_write(block, cand, regen.fragments, regen.cross_checksum)
+            await self.repair_block(block, cand, regen)
         return regen
+
+    async def repair_block(
+        self, block: BlockId, candidate: Timestamp, regen: erasure.Regenerated
+    ) -> None:
+        """REPAIR (Figure 3.2, seed L992-1095): write a validated repairable candidate back.
+
+        A repairable candidate is hosted by fewer than ``QC`` nodes, so a later read could
+        classify it incomplete and return an older version: returning it without repair
+        would break linearizability.  It is written to every node *at its own timestamp*
+        (not a new one, so it stays the same version and concurrent readers agree), with the
+        fragments and cross checksum regenerated from ``m`` validated fragments, and the
+        read returns only after ``N - t`` acknowledgements, when the candidate is complete.
+
+        Raises:
+            WriteFailed: fewer than ``N - t`` nodes acknowledged the repair.
+        """
+        await self.do_write(block, candidate, regen.fragments, regen.cross_checksum)
+        self._stats["repairs"] += 1
 
     async def _fetch_fragments(
         self, st: _ReadState, block: BlockId, cand: Timestamp, holders: Sequence[int]
