@@ -8,7 +8,6 @@ scripted client, so the exact interleaving that split an update before is replay
 
 from __future__ import annotations
 
-import trio
 from qu_helpers import MemCluster, send
 from t1_qu_client import make_client, round_budget
 
@@ -76,7 +75,7 @@ def test_a_stored_request_proves_the_link_and_excludes_the_abandoned_update() ->
     assert any(k[0] == lts["m"]._bytes for k in v.excluded())
 
 
-def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:
+async def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:
     """Before proven links the reader's copy carried M at F (5) but not at D: half of an
     atomic update.  Now it proves D's pruned link, excludes M and copies F's initial."""
     cl, _ = abandoned_update_behind_a_pruned_chain()
@@ -84,10 +83,7 @@ def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:
     c = make_client(cl, 0)
     round_budget(c, 100)
 
-    async def main() -> tuple[int, int]:
-        return await c.query(F, "counter.fetch"), await c.query(D, "counter.fetch")
-
-    f, d = trio.run(main)
+    f, d = await c.query(F, "counter.fetch"), await c.query(D, "counter.fetch")
     assert (f, d) == (0, 2)
     assert c.statistics().link_proofs >= 1
 
