@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bftfs.node.service import HandlerError
 from bftfs.qu.canon import canonical
 from bftfs.qu.history import make_authenticator, make_rh, rh_from_wire, rh_wire
 from bftfs.qu.messages import KIND_FETCH, KIND_HISTORY, KIND_REQUEST, Request
@@ -180,7 +181,6 @@ def on_node(fn: Behaviour, kind: str) -> NodeWrapper:
     behaviour signs with the keys of the node it runs on, and a ``RemoteError`` becomes the
     ``HandlerError`` the node sends back.
     """
-    from bftfs.node.service import HandlerError
 
     async def wrapper(ctx: RequestContext, payload: Any, honest: Handler) -> Any:
         server = int(ctx.node.id)
