@@ -35,7 +35,7 @@ from profiling import cpu_seconds
 
 from bftfs.connect import open_client
 from bftfs.ids import client_id
-from bftfs.qu.classify import Thresholds
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.testing.processes import ProcessCluster
 
@@ -47,7 +47,7 @@ def nodes_cpu_seconds(pids: list[int | None]) -> float:
 
 
 async def run_b(cfg: Any, pids: list[int | None], count: int) -> dict[str, float]:
-    th = Thresholds.from_config(cfg)
+    th = QUThresholds.from_config(cfg)
     out: dict[str, float] = {}
     async with open_client(cfg, "client0") as ep0:
         c = QUClient(ep0, th, client_id=int(client_id(0)), rng=random.Random(0))

@@ -294,7 +294,8 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     faults = None
     if args.byzantine:
-        from bftfs.node.byzantine import PROFILES, profile
+        # The only use of bftfs.testing in production code, and only when asked for.
+        from bftfs.testing.byzantine.profiles import PROFILES, profile
 
         if args.byzantine not in PROFILES:
             raise QuietError(
@@ -302,7 +303,7 @@ def cmd_node(args: argparse.Namespace) -> int:
                 f"{', '.join(sorted(PROFILES))}",
                 2,
             )
-        faults = profile(args.byzantine)
+        faults = profile(args.byzantine, cfg, int(spec.id))
         log.warning("node %s runs the Byzantine profile %r", spec.id, args.byzantine)
 
     async def main() -> None:
@@ -466,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--byzantine",
         metavar="PROFILE",
         help="misbehave on purpose, for fault tests (corrupt-fragments, reject-everything; "
-        "see bftfs/node/byzantine.py)",
+        "see bftfs/testing/byzantine/profiles.py)",
     )
     sp.add_argument(
         "--batch-sched",

@@ -1,7 +1,7 @@
 """The threshold rules of both protocols, in one place.
 
 The cluster configuration (``config.validate``), the PASIS client and nodes
-(``rw.classify.Thresholds``) and the Q/U client and servers (``qu.classify.Thresholds``)
+(``rw.classify.RWThresholds``) and the Q/U client and servers (``qu.classify.QUThresholds``)
 all check their sizes with these functions and raise :class:`ThresholdError`, so a rule is
 written once and every layer names it the same way.
 """

@@ -4,7 +4,8 @@
   pairwise keys, driven synchronously (``handle``) or through :class:`MemEndpoint`, an
   in-memory stand-in for ``bftfs.transport.Endpoint`` (``call``/``quorum_call``) that passes
   every message through msgpack as the wire does.  No network, no clock: tier 1.
-- Byzantine server behaviours as handler wrappers (also used on the real cluster).
+- ``MemCluster.byzantine``: a server runs one of the Q/U Byzantine behaviours of
+  :mod:`bftfs.testing.byzantine.qu` (the same ones the in-process cluster runs).
 - :class:`Recorder` and :func:`check_serializable`: a Wing-Gong style search for a
   sequential order of recorded operations that respects real time and the objects'
   sequential semantics (strict serializability; linearizability for single objects).
@@ -26,8 +27,8 @@ from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
 from bftfs.qu.canon import canonical
-from bftfs.qu.classify import Thresholds
-from bftfs.qu.history import OHSEntry, make_rh
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
@@ -38,7 +39,7 @@ from bftfs.qu.messages import (
     parse_history_request,
     parse_sync_reply,
 )
-from bftfs.qu.objects import Refused, Registry
+from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.qu.replica import (
     NeedSync,
     ReplicaConfig,
@@ -49,7 +50,8 @@ from bftfs.qu.replica import (
     handle_sync,
 )
 from bftfs.qu.testobjects import registry
-from bftfs.qu.timestamp import Candidate, Timestamp
+from bftfs.qu.timestamp import Timestamp
+from bftfs.testing.byzantine.qu import Behaviour
 from bftfs.transport import QuorumResult, QuorumUnavailable, RemoteError, TransportError
 
 
@@ -67,10 +69,6 @@ def keyrings(n: int, clients: int, seed: int = 0) -> tuple[list[KeyRing], list[K
     return [KeyRing(i, pubs) for i in nodes], [KeyRing(c, pubs) for c in cls]
 
 
-#: A Byzantine wrapper: ``(server, sender, kind, payload, honest) -> reply payload``.
-Wrapper = Callable[[int, int, str, Any, Callable[[], Any]], Any]
-
-
 class MemCluster:
     """n in-memory replicas with the node's request handling, minus the network."""
 
@@ -84,7 +82,7 @@ class MemCluster:
         retention: Retention | None = None,
         clients: int = 4,
     ) -> None:
-        self.th = Thresholds.minimal(t, b)
+        self.th = QUThresholds.minimal(t, b)
         self.rng = random.Random(seed)
         self.node_rings, self.client_rings = keyrings(self.th.n, clients, seed)
         self.kvs = [MemoryKV() for _ in range(self.th.n)]
@@ -96,7 +94,7 @@ class MemCluster:
         self.down: set[int] = set()
         #: Nodes whose replies arrive after everyone else's (they are not down).
         self.slow: set[int] = set()
-        self.byzantine: dict[int, Wrapper] = {}
+        self.byzantine: dict[int, Behaviour] = {}
         self.syncs = 0
         self.requests = 0
 
@@ -261,136 +259,6 @@ class MemEndpoint:
         raise QuorumUnavailable(f"{kind}: not enough", result)
 
 
-# Byzantine server behaviours --------------------------------------------------------------
-
-
-def forge_higher(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Answer honestly, but claim a candidate far in the future in every history (the
-    server authenticates its own forged history, so the authenticator is valid)."""
-    rep = honest()
-    if kind != KIND_REQUEST or not isinstance(rep, dict):
-        return rep
-    return _with_forged(rep, barrier=False)
-
-
-def endless_barriers(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Reject everything with a forged barrier newer than anything the client has seen."""
-    rep = honest()
-    if kind != KIND_REQUEST or not isinstance(rep, dict):
-        return rep
-    rep = _with_forged(rep, barrier=True)
-    rep["st"] = "fail"
-    return rep
-
-
-def _with_forged(rep: dict, barrier: bool) -> dict:
-    from bftfs.qu.history import rh_from_wire, rh_wire
-
-    hist = []
-    for rh_raw, auth in rep["h"]:
-        rh = rh_from_wire(rh_raw)
-        top = rh[0]
-        t = top.lt.time + 1000
-        fake = Candidate(Timestamp(t, barrier, 999, bytes([7]) * 32), top.lt, top.objects or (0,))
-        hist.append([rh_wire(make_rh(list(rh) + [fake])), auth])  # stale authenticator
-    rep = dict(rep)
-    rep["h"] = hist
-    return rep
-
-
-def forge_max_time(
-    server: int,
-    sender: int,
-    kind: str,
-    payload: Any,
-    honest: Callable,
-    key_for: Callable[[int], bytes],
-    n: int,
-) -> Any:
-    """Claim, in every history it returns, a candidate at the largest logical time, under a
-    *valid* authenticator (it holds its own keys): honest servers classify with it and
-    refuse "logical time exhausted" (issue 18, defect 2)."""
-    from bftfs.qu.history import make_authenticator, rh_from_wire, rh_wire
-    from bftfs.qu.timestamp import MAX_TIME
-
-    rep = honest()
-    if kind not in (KIND_REQUEST, KIND_HISTORY) or not isinstance(rep, dict) or "h" not in rep:
-        return rep
-    is_request = kind == KIND_REQUEST
-    objects = Request.from_wire(payload, n).objects if is_request else tuple(payload["o"])
-    hist = []
-    for oid, (rh_raw, _) in zip(objects, rep["h"], strict=True):
-        rh = rh_from_wire(rh_raw)
-        top = rh[0]
-        fake = Candidate(Timestamp(MAX_TIME, False, 999, bytes([7]) * 32), top.lt, (oid,))
-        forged = make_rh([*rh, fake])
-        hist.append([rh_wire(forged), list(make_authenticator(oid, forged, n, key_for))])
-    rep = dict(rep)
-    rep["h"] = hist
-    return rep
-
-
-forge_max_time.with_keys = True  # type: ignore[attr-defined]
-
-
-def bad_authenticator(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Corrupt every MAC of this server's authenticators (other servers must cull)."""
-    rep = honest()
-    if kind not in (KIND_REQUEST, KIND_HISTORY) or not isinstance(rep, dict):
-        return rep
-    rep = dict(rep)
-    rep["h"] = [[rh, [bytes(16) for _ in auth] if auth else auth] for rh, auth in rep["h"]]
-    return rep
-
-
-def corrupt_own_mac(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Corrupt only this server's own entry of the authenticators it returns: the others
-    keep its history, it culls its own when presented and so sets up another candidate
-    (issue 18, defect 3)."""
-    rep = honest()
-    if kind not in (KIND_REQUEST, KIND_HISTORY) or not isinstance(rep, dict):
-        return rep
-    rep = dict(rep)
-    rep["h"] = [
-        [rh, [bytes(16) if i == server else m for i, m in enumerate(auth)] if auth else auth]
-        for rh, auth in rep["h"]
-    ]
-    return rep
-
-
-def wrong_answer(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Claim success with a made-up answer."""
-    rep = honest()
-    if kind == KIND_REQUEST and isinstance(rep, dict):
-        rep = dict(rep)
-        rep["a"] = 424242
-    return rep
-
-
-def wrong_sync(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Serve a made-up object state to object sync."""
-    if kind == "qu.sync":
-        return {"s": canonical(31337), "ap": canonical({})}
-    return honest()
-
-
-def reject_everything(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Refuse every request."""
-    raise RemoteError("nope", "byzantine")
-
-
-BYZANTINE = {
-    "forge_higher": forge_higher,
-    "forge_max_time": forge_max_time,
-    "endless_barriers": endless_barriers,
-    "bad_authenticator": bad_authenticator,
-    "corrupt_own_mac": corrupt_own_mac,
-    "wrong_answer": wrong_answer,
-    "wrong_sync": wrong_sync,
-    "reject_everything": reject_everything,
-}
-
-
 # Histories and the serializability checker ------------------------------------------------
 
 
@@ -441,7 +309,7 @@ class Recorder:
             else:
                 op.result = await client.update(objs, method, arg)
             op.ok = True
-        except Refused as e:
+        except MethodRefused as e:
             op.refused = e.code
         op.end = self.now()
         done = sum(o.end is not None for o in self.ops)
@@ -477,7 +345,7 @@ def check_serializable(
                 ans = reg.query(o.method, sub, o.arg)
                 return (o.end is None or (o.ok and canonical(ans) == canonical(o.result))), None
             new, ans = reg.update(o.method, sub, o.arg)
-        except Refused as e:
+        except MethodRefused as e:
             return (o.end is None or o.refused == e.code), None
         if o.end is not None and not (o.ok and canonical(ans) == canonical(o.result)):
             return False, None
@@ -524,41 +392,3 @@ def send(
         raw = cluster.handle(s, sender, KIND_REQUEST, req.wire())
         out[s] = Reply.from_wire(raw, req.objects, cluster.th.n)
     return out
-
-
-def cluster_wrapper(fn: Wrapper, server: int, cluster: Any = None) -> Callable:
-    """Adapt a :data:`Wrapper` to ``FaultInjector.byzantine`` on the in-process cluster
-    (one that forges with its own keys reads them from the running node)."""
-    from bftfs.node.service import HandlerError
-
-    async def wrapper(ctx: Any, payload: Any, honest: Callable) -> Any:
-        kind = wrapper.kind  # type: ignore[attr-defined]
-        result = None
-        if fn is not reject_everything:
-            result = await honest(ctx, payload)
-        try:
-            if getattr(fn, "with_keys", False):
-                ring = cluster.nodes[server].keyring
-                return fn(
-                    server,
-                    int(ctx.sender),
-                    kind,
-                    payload,
-                    lambda: result,
-                    ring.key,
-                    cluster.config.n,
-                )
-            return fn(server, int(ctx.sender), kind, payload, lambda: result)
-        except RemoteError as e:
-            raise HandlerError(e.code, e.message) from None
-
-    return wrapper
-
-
-def make_byzantine(cluster: Any, server: int, behaviour: str) -> None:
-    """Make node ``server`` of an in-process cluster behave as ``behaviour``."""
-    fn = BYZANTINE[behaviour]
-    for kind in (KIND_REQUEST, KIND_HISTORY, KIND_FETCH, "qu.sync"):
-        w = cluster_wrapper(fn, server, cluster)
-        w.kind = kind  # type: ignore[attr-defined]
-        cluster.faults[server].byzantine(kind, w)

@@ -127,11 +127,11 @@ def test_quorum_sizes_meet_the_q_u_rules_for_every_n(t: int, b: int) -> None:
     """Issue 18, defect 4: ``bftfs init --n 7`` with t=b=1 kept q = 2t+2b+1 = 5, which
     breaks rule (4.3) at n = 7, and every node and mount then failed at start.  The sizes
     now grow with n, and every pair passes the protocol's own check."""
-    from bftfs.qu.classify import Thresholds
+    from bftfs.qu.classify import QUThresholds
     from bftfs.thresholds import qu_quorums
 
     for n in range(3 * t + 2 * b + 1, 3 * t + 2 * b + 12):
         q, r = qu_quorums(n, t, b)
-        Thresholds(n=n, t=t, b=b, q=q, r=r).validate()
+        QUThresholds(n=n, t=t, b=b, q=q, r=r).validate()
     assert qu_quorums(3 * t + 2 * b + 1, t, b) == (2 * t + 2 * b + 1, t + b + 1)
     assert qu_quorums(3 * t + 2 * b, t, b) == (0, 0)

@@ -11,7 +11,7 @@ import pytest
 from bftfs.fs import entries as E
 from bftfs.fs import objects as obj
 from bftfs.qu.canon import canonical, unpack
-from bftfs.qu.objects import Refused, Registry
+from bftfs.qu.objects import MethodRefused, Registry
 
 REG = Registry(obj.OBJECT_TYPES)
 NOW = 1_700_000_000_000_000_000
@@ -105,7 +105,7 @@ def test_rmdir_and_rename_over_a_directory_check_emptiness_on_buckets() -> None:
     cents[b"f"] = [f_oid, 8]
     c_full = dict(c, e=cents.packed())
     states = {parent: unpack(canonical(p)), child: unpack(canonical(c_full))}
-    with pytest.raises(Refused) as err:
+    with pytest.raises(MethodRefused) as err:
         REG.update("fs.rmdir", states, {"p": parent, "o": child, "name": b"c", "now": NOW})
     assert err.value.code == "not-empty"
     states[child] = unpack(canonical(c))

@@ -43,7 +43,9 @@ ALLOWED: dict[str, set[str]] = {
     "fs": BASE | {"connect", "qu", "rw"},
     "fuse": BASE | {"fs", "local"},
     "testing": BASE | {"connect", "local", "transport", "node", "qu", "rw", "fs", "fuse"},
-    "cli": BASE | {"connect", "local", "node", "fuse"},
+    # cli -> testing: `bftfs node --byzantine PROFILE` runs the Byzantine behaviours the
+    # tests use (bftfs.testing.byzantine.profiles, and nothing else of testing: checked below).
+    "cli": BASE | {"connect", "local", "node", "fuse", "testing"},
     "__main__": {"cli"},
 }
 
@@ -91,6 +93,25 @@ def test_every_package_imports_only_what_its_layer_allows() -> None:
         assert pkg in ALLOWED, f"{path}: package {pkg!r} has no layering entry"
         for dep in sorted(_imports(path) - {pkg} - ALLOWED[pkg]):
             wrong.append(f"{path.relative_to(ROOT.parent)} imports bftfs.{dep}")
+    assert wrong == []
+
+
+def test_production_code_imports_of_testing_are_the_byzantine_profiles_only() -> None:
+    """The one allowed use of the test harness outside it: the ``--byzantine`` option."""
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if _package(path) == "testing":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("bftfs.testing") and name != "bftfs.testing.byzantine.profiles":
+                    wrong.append(f"{path.relative_to(ROOT.parent)} imports {name}")
     assert wrong == []
 
 

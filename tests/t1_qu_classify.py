@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from bftfs.qu.canon import CanonicalError, canonical
 from bftfs.qu.classify import (
     OpType,
-    Thresholds,
+    QUThresholds,
     View,
     classify,
     established_answer_point,
@@ -32,7 +32,7 @@ from bftfs.qu.timestamp import (
 )
 from bftfs.thresholds import ThresholdError
 
-TH = Thresholds.minimal(1, 1)  # n=6, q=5, r=3
+TH = QUThresholds.minimal(1, 1)  # n=6, q=5, r=3
 
 
 def ts(time: int, barrier: bool = False, client: int = 1, tag: int = 0) -> Timestamp:
@@ -48,7 +48,7 @@ def ohs(*rhs: list[Candidate] | None) -> dict[int, OHSEntry]:
     return {s: OHSEntry(make_rh(rh), None) for s, rh in enumerate(rhs) if rh is not None}
 
 
-def view(o: dict[int, OHSEntry], oid: int = 1, th: Thresholds = TH) -> View:
+def view(o: dict[int, OHSEntry], oid: int = 1, th: QUThresholds = TH) -> View:
     return View({oid: o}, th)
 
 
@@ -121,7 +121,7 @@ def test_replica_history_wire_is_canonical() -> None:
     ("t", "b", "n", "q", "r"), [(1, 1, 6, 5, 3), (4, 4, 21, 17, 9), (2, 1, 9, 7, 4)]
 )
 def test_minimal_thresholds(t: int, b: int, n: int, q: int, r: int) -> None:
-    th = Thresholds.minimal(t, b)
+    th = QUThresholds.minimal(t, b)
     assert (th.n, th.q, th.r) == (n, q, r)
     th.validate()
 
@@ -129,13 +129,13 @@ def test_minimal_thresholds(t: int, b: int, n: int, q: int, r: int) -> None:
 @pytest.mark.parametrize(
     ("th", "rule"),
     [
-        (Thresholds(n=6, t=1, b=1, q=6, r=3), "4.2"),
-        (Thresholds(n=7, t=1, b=1, q=5, r=3), "4.3"),
-        (Thresholds(n=6, t=1, b=1, q=5, r=2), "4.4"),
-        (Thresholds(n=6, t=1, b=2, q=5, r=3), "b <= t"),
+        (QUThresholds(n=6, t=1, b=1, q=6, r=3), "4.2"),
+        (QUThresholds(n=7, t=1, b=1, q=5, r=3), "4.3"),
+        (QUThresholds(n=6, t=1, b=1, q=5, r=2), "4.4"),
+        (QUThresholds(n=6, t=1, b=2, q=5, r=3), "b <= t"),
     ],
 )
-def test_threshold_rules_are_named(th: Thresholds, rule: str) -> None:
+def test_threshold_rules_are_named(th: QUThresholds, rule: str) -> None:
     with pytest.raises(ThresholdError, match=rule.replace(".", r"\.")):
         th.validate()
 
@@ -270,7 +270,7 @@ def test_stray_candidates_of_order_at_most_b_are_identified() -> None:
 # Property: the View agrees with a literal transcription of the pseudo-code -----------------
 
 
-def oracle(rhs: dict[int, list[Candidate]], th: Thresholds) -> tuple:
+def oracle(rhs: dict[int, list[Candidate]], th: QUThresholds) -> tuple:
     full = [rhs.get(s, [INITIAL]) for s in range(th.n)]
 
     def order(c: Candidate) -> int:  # line 800
@@ -309,7 +309,7 @@ POOL = [INITIAL] + [
 )
 def test_classify_matches_the_pseudo_code(case: tuple) -> None:
     b, lists = case
-    th = Thresholds.minimal(b, b)
+    th = QUThresholds.minimal(b, b)
     rhs = {s: rh for s, rh in enumerate(lists)}
     o = {s: OHSEntry(make_rh(rh), None) for s, rh in rhs.items()}
     c = classify(View({1: o}, th), 1)

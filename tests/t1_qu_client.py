@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
-from qu_helpers import BYZANTINE, MemCluster, Recorder, check_serializable, send
+from qu_helpers import MemCluster, Recorder, check_serializable, send
 
 from bftfs.ids import client_id
 from bftfs.qu.client import QUClient
 from bftfs.qu.core import backoff_delay
-from bftfs.qu.messages import Operation, Request, Status
-from bftfs.qu.objects import Refused
+from bftfs.qu.messages import Operation, ReplyStatus, Request
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.replica import read_version
+from bftfs.testing.byzantine.qu import BEHAVIOURS
 
 
 def make_client(cl: MemCluster, k: int, seed: int = 0) -> QUClient:
@@ -45,7 +46,7 @@ def test_backoff_is_random_exponential_from_1ms() -> None:
     assert backoff_delay(40, rng) <= 1.0
 
 
-def test_single_writer_many_readers_need_no_barrier_copy_or_backoff() -> None:
+async def test_single_writer_many_readers_need_no_barrier_copy_or_backoff() -> None:
     cl = MemCluster(seed=3)
     rec = Recorder()
     writer = make_client(cl, 0)
@@ -59,13 +60,10 @@ def test_single_writer_many_readers_need_no_barrier_copy_or_backoff() -> None:
         for _ in range(10):
             await rec.run(c, 7, "counter.fetch", None, True)
 
-    async def main() -> None:
-        async with trio.open_nursery() as n:
-            n.start_soon(write)
-            for c in readers:
-                n.start_soon(read, c)
-
-    trio.run(main)
+    async with trio.open_nursery() as n:
+        n.start_soon(write)
+        for c in readers:
+            n.start_soon(read, c)
     for c in [writer, *readers]:
         s = c.statistics()
         assert (s.barriers, s.copies, s.backoffs) == (0, 0, 0), s
@@ -73,7 +71,7 @@ def test_single_writer_many_readers_need_no_barrier_copy_or_backoff() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_concurrent_increments_count_exactly(seed: int) -> None:
+async def test_concurrent_increments_count_exactly(seed: int) -> None:
     cl = MemCluster(seed=seed)
     rec = Recorder()
     clients = [make_client(cl, k, seed) for k in range(4)]
@@ -82,61 +80,50 @@ def test_concurrent_increments_count_exactly(seed: int) -> None:
         for _ in range(6):
             await rec.run(c, 7, "counter.increment", 1, False)
 
-    async def main() -> int:
-        async with trio.open_nursery() as n:
-            for c in clients:
-                n.start_soon(work, c)
-        return await clients[0].query(7, "counter.fetch")
-
-    final = trio.run(main)
+    async with trio.open_nursery() as n:
+        for c in clients:
+            n.start_soon(work, c)
+    final = await clients[0].query(7, "counter.fetch")
     assert final == sum(1 for o in rec.ops if o.ok) == 24
     assert check_serializable(rec.ops)
 
 
-def test_multi_object_updates_in_opposite_orders_never_half_apply() -> None:
+async def test_multi_object_updates_in_opposite_orders_never_half_apply() -> None:
     cl = MemCluster(seed=5)
     rec = Recorder()
     a, b = make_client(cl, 0), make_client(cl, 1)
 
-    async def main() -> list:
-        await rec.run(a, 1, "counter.increment", 50, False)
-        await rec.run(a, 2, "counter.increment", 50, False)
+    await rec.run(a, 1, "counter.increment", 50, False)
+    await rec.run(a, 2, "counter.increment", 50, False)
 
-        async def mover(c: QUClient, src: int, dst: int) -> None:
-            for _ in range(5):
-                await rec.run(c, (src, dst), "counter.transfer", [src, dst, 3], False)
+    async def mover(c: QUClient, src: int, dst: int) -> None:
+        for _ in range(5):
+            await rec.run(c, (src, dst), "counter.transfer", [src, dst, 3], False)
 
-        async with trio.open_nursery() as n:
-            n.start_soon(mover, a, 1, 2)
-            n.start_soon(mover, b, 2, 1)
-        return [await a.query(o, "counter.fetch") for o in (1, 2)]
-
-    one, two = trio.run(main)
+    async with trio.open_nursery() as n:
+        n.start_soon(mover, a, 1, 2)
+        n.start_soon(mover, b, 2, 1)
+    one, two = [await a.query(o, "counter.fetch") for o in (1, 2)]
     assert one + two == 100 and one == two == 50
     assert check_serializable(rec.ops)
     assert all(o.ok for o in rec.ops)
 
 
-def test_client_dying_mid_multi_object_update_is_repaired_all_or_nothing() -> None:
+async def test_client_dying_mid_multi_object_update_is_repaired_all_or_nothing() -> None:
     for reached in ([0, 1], [0, 1, 2], [0, 1, 2, 3]):
         cl = MemCluster(seed=len(reached))
         dead = int(client_id(3))
         op = Operation("counter.add_all", False, 5, 1)
         send(cl, reached, Request(dead, (1, 2), {1: {}, 2: {}}, op))
         r1, r2 = make_client(cl, 0), make_client(cl, 1)
-
-        async def main(r1=r1, r2=r2) -> tuple[int, int]:
-            v1 = await r1.update(1, "counter.increment", 1)
-            v2 = await r2.update(2, "counter.increment", 1)
-            return v1, v2
-
-        v1, v2 = trio.run(main)
+        v1 = await r1.update(1, "counter.increment", 1)
+        v2 = await r2.update(2, "counter.increment", 1)
         # Either the dead client's add_all took effect on both objects or on neither.
         assert (v1, v2) in ((1, 1), (6, 6)), (reached, v1, v2)
 
 
 @pytest.mark.parametrize("reached", [[0, 1], [0, 1, 2, 3]])
-def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by_one(
+async def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by_one(
     reached: list[int],
 ) -> None:
     """Issue 5 (EIO listing a directory on a fresh mount): a query of 8 objects whose latest
@@ -152,11 +139,8 @@ def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by_one(
     c = make_client(cl, 0)
     round_budget(c, 200)
 
-    async def main() -> tuple[list, int]:
-        got = await c.query(files, "counter.fetch_all")
-        return got, await c.query(shared, "counter.fetch")
-
-    got, total = trio.run(main)
+    got = await c.query(files, "counter.fetch_all")
+    total = await c.query(shared, "counter.fetch")
     values = [v for _, v in got]
     assert [o for o, _ in got] == files
     assert set(values) <= {0, 5}, values
@@ -170,14 +154,14 @@ def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by_one(
 # forge_max_time leaves 5 = q histories to classify with, so two contending clients here,
 # whose backoff is a bare checkpoint, can livelock; Q/U promises progress to isolated
 # clients (L2670-2692).  Contention with real backoff: t5_qu_cluster, every placement.
-CONTENDING = sorted(set(BYZANTINE) - {"forge_max_time"})
+CONTENDING = sorted(set(BEHAVIOURS) - {"forge_max_time"})
 
 
 @pytest.mark.parametrize("behaviour", CONTENDING)
 @pytest.mark.parametrize("server", [0, 1, 5])
-def test_byzantine_server_cannot_break_serializability(behaviour: str, server: int) -> None:
+async def test_byzantine_server_cannot_break_serializability(behaviour: str, server: int) -> None:
     cl = MemCluster(seed=server)
-    cl.byzantine[server] = BYZANTINE[behaviour]
+    cl.byzantine[server] = BEHAVIOURS[behaviour]
     rec = Recorder()
     clients = [make_client(cl, k) for k in range(2)]
 
@@ -186,12 +170,9 @@ def test_byzantine_server_cannot_break_serializability(behaviour: str, server: i
             await rec.run(c, 7, "counter.increment", 1, False)
             await rec.run(c, 7 if i % 2 else 13, "counter.fetch", None, True)
 
-    async def main() -> None:
-        async with trio.open_nursery() as n:
-            for c in clients:
-                n.start_soon(work, c)
-
-    trio.run(main)
+    async with trio.open_nursery() as n:
+        for c in clients:
+            n.start_soon(work, c)
     assert all(o.ok for o in rec.ops)
     assert check_serializable(rec.ops)
 
@@ -215,13 +196,13 @@ REFUSALS = [("kv.delete", "zzz", "no-such-key"), ("kv.get", "", "bad-key")]
 
 async def refuses(c: QUClient, method: str, arg: str, code: str) -> None:
     call = c.query if method == "kv.get" else c.update
-    with pytest.raises(Refused) as e:
+    with pytest.raises(MethodRefused) as e:
         await call(4, method, arg)
     assert e.value.code == code
 
 
 @pytest.mark.parametrize(("method", "arg", "code"), REFUSALS, ids=["update", "query"])
-def test_refusal_is_believed_despite_a_forger_left_out_of_the_ohs(
+async def test_refusal_is_believed_despite_a_forger_left_out_of_the_ohs(
     method: str, arg: str, code: str
 ) -> None:
     """Issue 5 (the fs workload hang with ``forge_higher``): server 5, in object 4's
@@ -231,17 +212,14 @@ def test_refusal_is_believed_despite_a_forger_left_out_of_the_ohs(
     round used to be judged on the raw cache (forged candidate: "not METHOD", refusal not
     believed) while the next step, on the presented OHS, said METHOD and re-sent at once."""
     cl = MemCluster(seed=1)
-    cl.byzantine[5] = BYZANTINE["forge_higher"]
+    cl.byzantine[5] = BEHAVIOURS["forge_higher"]
     c = make_client(cl, 0)
     round_budget(c, 40)
 
-    async def main() -> None:
-        await c.update(4, "kv.put", ["a", 1])
-        for _ in range(3):
-            await refuses(c, method, arg, code)
-        assert await c.query(4, "kv.get", "a") == 1
-
-    trio.run(main)
+    await c.update(4, "kv.put", ["a", 1])
+    for _ in range(3):
+        await refuses(c, method, arg, code)
+    assert await c.query(4, "kv.get", "a") == 1
     s = c.statistics()
     # Proven malevolent when its history was presented and culled; a client that asked
     # every server first (the forged candidate is stray) never presents it at all.
@@ -250,7 +228,7 @@ def test_refusal_is_believed_despite_a_forger_left_out_of_the_ohs(
 
 
 @pytest.mark.parametrize(("method", "arg", "code"), REFUSALS, ids=["update", "query"])
-def test_refusal_is_believed_despite_a_crashed_servers_stray_candidate(
+async def test_refusal_is_believed_despite_a_crashed_servers_stray_candidate(
     method: str, arg: str, code: str
 ) -> None:
     """The same livelock without a Byzantine server: server 4 holds a stray candidate (a
@@ -261,66 +239,54 @@ def test_refusal_is_believed_despite_a_crashed_servers_stray_candidate(
     c = make_client(cl, 0)
     round_budget(c, 40)
 
-    async def main() -> None:
-        cl.down.add(3)  # the update reaches server 4 (the in-memory cluster stops at q)
-        await c.update(4, "kv.put", ["a", 1])
-        cl.down.discard(3)
-        dead = int(client_id(3))
-        op = Operation("kv.put", False, ["b", 2], 1)
-        send(cl, [4], Request(dead, (4,), {4: c.cached(4)}, op))
-        assert await c.query(4, "kv.get", "a") == 1  # caches server 4's stray history
-        assert any(len(e.rh) > 1 and e.rh[0].lt.client == dead for e in c.cached(4).values())
-        cl.down.add(4)
-        for _ in range(3):
-            await refuses(c, method, arg, code)
-        assert await c.query(4, "kv.get", "a") == 1
-
-    trio.run(main)
+    cl.down.add(3)  # the update reaches server 4 (the in-memory cluster stops at q)
+    await c.update(4, "kv.put", ["a", 1])
+    cl.down.discard(3)
+    dead = int(client_id(3))
+    op = Operation("kv.put", False, ["b", 2], 1)
+    send(cl, [4], Request(dead, (4,), {4: c.cached(4)}, op))
+    assert await c.query(4, "kv.get", "a") == 1  # caches server 4's stray history
+    assert any(len(e.rh) > 1 and e.rh[0].lt.client == dead for e in c.cached(4).values())
+    cl.down.add(4)
+    for _ in range(3):
+        await refuses(c, method, arg, code)
+    assert await c.query(4, "kv.get", "a") == 1
     assert c.statistics().refused == 3
 
 
-def test_byzantine_client_different_operations_to_different_servers() -> None:
+async def test_byzantine_client_different_operations_to_different_servers() -> None:
     cl = MemCluster(seed=9)
     evil = int(client_id(3))
     for s in range(6):  # a different amount to every server: no two share a timestamp
         send(cl, [s], Request(evil, (7,), {7: {}}, Operation("counter.increment", False, s + 1, 1)))
     good = make_client(cl, 0)
 
-    async def main() -> tuple[int, int]:
-        v = await good.update(7, "counter.increment", 100)
-        return v, await good.query(7, "counter.fetch")
-
-    v, again = trio.run(main)
+    v = await good.update(7, "counter.increment", 100)
+    again = await good.query(7, "counter.fetch")
     assert v == again
     assert v - 100 in (0, 1, 2, 3, 4, 5, 6)  # at most one of the evil increments survived
     lt = max(e.rh[0].lt for e in good.cached(7).values())
     assert read_version(cl.kvs[1], 7, lt) == v
 
 
-def test_byzantine_client_illegal_calls_are_refused() -> None:
+async def test_byzantine_client_illegal_calls_are_refused() -> None:
     cl = MemCluster()
     c = make_client(cl, 0)
 
-    async def main() -> None:
-        await c.update(4, "kv.put", ["a", 1])
-        with pytest.raises(Exception, match="no-such-key"):
-            await c.update(4, "kv.delete", "zzz")
-        assert await c.query(4, "kv.get", "a") == 1
-
-    trio.run(main)
+    await c.update(4, "kv.put", ["a", 1])
+    with pytest.raises(Exception, match="no-such-key"):
+        await c.update(4, "kv.delete", "zzz")
+    assert await c.query(4, "kv.get", "a") == 1
     assert c.statistics().refused == 1
 
 
-def test_tampered_ohs_from_a_byzantine_client_changes_nothing() -> None:
+async def test_tampered_ohs_from_a_byzantine_client_changes_nothing() -> None:
     cl = MemCluster()
     good = make_client(cl, 0)
 
-    async def main() -> None:
-        cl.down.add(0)  # server 0 never sees the object
-        await good.update(7, "counter.increment", 5)
-        cl.down.discard(0)
-
-    trio.run(main)
+    cl.down.add(0)  # server 0 never sees the object
+    await good.update(7, "counter.increment", 5)
+    cl.down.discard(0)
     ohs = good.cached(7)
     # Forge a history claiming a complete version that never existed.
     from bftfs.qu.history import OHSEntry, make_rh
@@ -335,17 +301,14 @@ def test_tampered_ohs_from_a_byzantine_client_changes_nothing() -> None:
     )
     # Every forged history is culled, so the request conditions on <0,0>: only server 0,
     # which never saw the object, accepts it - an incomplete candidate, repaired around.
-    assert [s for s, r in reps.items() if r.status is Status.OK] == [0]
+    assert [s for s, r in reps.items() if r.status is ReplyStatus.OK] == [0]
     assert all(r.culled == (tuple(sorted(forged)),) for r in reps.values())
 
-    async def check() -> int:
-        return await good.query(7, "counter.fetch")
-
-    assert trio.run(check) == 5
+    assert await good.query(7, "counter.fetch") == 5
 
 
 @pytest.mark.parametrize("server", [1, 2, 3, 4, 5])
-def test_a_forged_largest_time_under_a_valid_authenticator_does_not_stop_a_client(
+async def test_a_forged_largest_time_under_a_valid_authenticator_does_not_stop_a_client(
     server: int,
 ) -> None:
     """Issue 18, defect 2: a Byzantine server lists a candidate at the largest logical time
@@ -357,21 +320,18 @@ def test_a_forged_largest_time_under_a_valid_authenticator_does_not_stop_a_clien
     The forger is in the objects' preferred quorum (servers 1-5) and server 0, the only other
     one, always answers last, so every round's first q replies include the forger."""
     cl = MemCluster(seed=server)
-    cl.byzantine[server] = BYZANTINE["forge_max_time"]
+    cl.byzantine[server] = BEHAVIOURS["forge_max_time"]
     cl.slow = {0}
     c = make_client(cl, 0)
     round_budget(c, 60)
 
-    async def main() -> list:
-        got = []
-        for oid in (7, 13):  # both have servers 1-5 as preferred quorum
-            for _ in range(3):
-                got.append(await c.update(oid, "counter.increment", 1))
-            got.append(await c.query(oid, "counter.fetch"))
-        got.append(await c.update([7, 13], "counter.transfer", [7, 13, 2]))
-        return got + [await c.query(7, "counter.fetch"), await c.query(13, "counter.fetch")]
-
-    got = trio.run(main)
+    got = []
+    for oid in (7, 13):  # both have servers 1-5 as preferred quorum
+        for _ in range(3):
+            got.append(await c.update(oid, "counter.increment", 1))
+        got.append(await c.query(oid, "counter.fetch"))
+    got.append(await c.update([7, 13], "counter.transfer", [7, 13, 2]))
+    got += [await c.query(7, "counter.fetch"), await c.query(13, "counter.fetch")]
     assert got[:8] == [1, 2, 3, 3, 1, 2, 3, 3]
     assert got[-2:] == [1, 5]
     assert c.statistics().refused == 0

@@ -8,7 +8,6 @@ scripted client, so the exact interleaving that split an update before is replay
 
 from __future__ import annotations
 
-import trio
 from qu_helpers import MemCluster, send
 from t1_qu_client import make_client, round_budget
 
@@ -17,7 +16,7 @@ from bftfs.qu.canon import pack
 from bftfs.qu.classify import View
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.links import prove
-from bftfs.qu.messages import KIND_FETCH, VERSION, Link, Operation, Request, Status
+from bftfs.qu.messages import KIND_FETCH, VERSION, Link, Operation, ReplyStatus, Request
 from bftfs.qu.replica import handle_fetch
 from bftfs.qu.timestamp import ZERO
 
@@ -51,7 +50,7 @@ def abandoned_update_behind_a_pruned_chain() -> tuple[MemCluster, dict]:
     y = copy[0].lt
     for seq in (1, 2):
         reps = send(cl, five, Request(C1, (D,), {D: ohs_of(cl, D, five)}, inc(seq)))
-        assert {r.status for r in reps.values()} == {Status.OK}
+        assert {r.status for r in reps.values()} == {ReplyStatus.OK}
     return cl, {"m": m, "y": y}
 
 
@@ -76,7 +75,7 @@ def test_a_stored_request_proves_the_link_and_excludes_the_abandoned_update() ->
     assert any(k[0] == lts["m"]._bytes for k in v.excluded())
 
 
-def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:
+async def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:
     """Before proven links the reader's copy carried M at F (5) but not at D: half of an
     atomic update.  Now it proves D's pruned link, excludes M and copies F's initial."""
     cl, _ = abandoned_update_behind_a_pruned_chain()
@@ -84,10 +83,7 @@ def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:
     c = make_client(cl, 0)
     round_budget(c, 100)
 
-    async def main() -> tuple[int, int]:
-        return await c.query(F, "counter.fetch"), await c.query(D, "counter.fetch")
-
-    f, d = trio.run(main)
+    f, d = await c.query(F, "counter.fetch"), await c.query(D, "counter.fetch")
     assert (f, d) == (0, 2)
     assert c.statistics().link_proofs >= 1
 
@@ -100,11 +96,11 @@ def test_servers_refuse_links_without_a_valid_proof() -> None:
     lying = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], lts["m"], proof),))
     for req in (bare, lying):
         rep = send(cl, [3], req)[3]
-        assert rep.status is Status.REFUSED and "not proven" in rep.why
+        assert rep.status is ReplyStatus.REFUSED and "not proven" in rep.why
     undecided = send(cl, [3], Request(C1, (D, F), mohs, None))[3]
-    assert undecided.status is Status.NEED and "links" in undecided.why
+    assert undecided.status is ReplyStatus.NEED and "links" in undecided.why
     proven = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], ZERO, proof),))
-    assert send(cl, [3], proven)[3].status is Status.OK  # the barrier
+    assert send(cl, [3], proven)[3].status is ReplyStatus.OK  # the barrier
 
 
 def test_a_forged_conditioned_on_timestamp_at_one_server_is_not_a_link() -> None:

@@ -23,7 +23,7 @@ from bftfs.ids import client_id
 from bftfs.qu import schema
 from bftfs.qu.canon import CanonicalError, canonical, canonical_map, normalise
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.messages import MessageError, Operation, Request, Status, _array_header
+from bftfs.qu.messages import MessageError, Operation, ReplyStatus, Request, _array_header
 from bftfs.qu.replica import cull
 from bftfs.qu.timestamp import Candidate, Timestamp
 
@@ -41,7 +41,7 @@ def _warm() -> tuple[MemCluster, Request]:
     ohs: dict[int, OHSEntry] = {}
     for seq in range(1, 4):
         reps = send(cl, PQ, Request(C0, (7,), {7: ohs}, inc(seq)))
-        assert all(r.status is Status.OK for r in reps.values())
+        assert all(r.status is ReplyStatus.OK for r in reps.values())
         ohs = {s: r.hist[0] for s, r in reps.items()}
     return cl, Request(C0, (7,), {7: ohs}, Operation("counter.fetch", True, None, 0))
 

@@ -17,7 +17,7 @@ from bftfs.qu import schema
 from bftfs.qu.classify import OpType, View, classify, inline_target
 from bftfs.qu.core import merge, outcome
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.messages import Operation, Request, Status
+from bftfs.qu.messages import Operation, ReplyStatus, Request
 from bftfs.qu.replica import Retention, read_version, versions
 from bftfs.qu.timestamp import INITIAL, ZERO
 
@@ -41,7 +41,7 @@ def test_identical_requests_give_byte_identical_timestamps_and_objects() -> None
     cl = MemCluster()
     reps = send(cl, ALL, Request(C0, (7,), {7: {}}, inc(1, 5)))
     lts = {r.lt for r in reps.values()}
-    assert len(lts) == 1 and all(r.status is Status.OK for r in reps.values())
+    assert len(lts) == 1 and all(r.status is ReplyStatus.OK for r in reps.values())
     (lt,) = lts
     raw = {cl.kvs[s].get(schema.DB_VER, schema.ver_key(7, lt)) for s in ALL}
     assert len(raw) == 1  # byte-identical object versions everywhere
@@ -65,10 +65,10 @@ def test_stale_ohs_fails_with_history_and_optimistic_query_answer() -> None:
     cl = MemCluster()
     send(cl, PQ, Request(C0, (7,), {7: {}}, inc(1, 5)))
     stale = send(cl, PQ, Request(C1, (7,), {7: {}}, inc(1, 1)))
-    assert all(r.status is Status.FAIL for r in stale.values())
+    assert all(r.status is ReplyStatus.FAIL for r in stale.values())
     q = send(cl, ALL, Request(C1, (7,), {7: {}}, FETCH))
     # Servers 0-4 are ahead: they answer on their latest version and say so (L2526-2536).
-    assert [q[s].answer for s in PQ] == [5] * 5 and q[5].status is Status.OK
+    assert [q[s].answer for s in PQ] == [5] * 5 and q[5].status is ReplyStatus.OK
     mohs = merge({7: {}}, (7,), q)
     out = outcome(q, View(mohs, cl.th), cl.th, True)
     assert out.answer == 5
@@ -83,7 +83,7 @@ def test_tampered_history_is_culled_and_reported() -> None:
     reps = send(cl, PQ, Request(C0, (7,), {7: o}, inc(2, 1)))
     assert all(r.culled == ((1,),) for r in reps.values())
     # With one of five histories culled <1> has order 4 < q: nobody accepts a method.
-    assert all(r.status is Status.FAIL for r in reps.values())
+    assert all(r.status is ReplyStatus.FAIL for r in reps.values())
     assert read_version(cl.kvs[0], 7, reps[0].hist[0].rh[0].lt) == 5
 
 
@@ -91,7 +91,7 @@ def test_illegal_method_calls_are_refused_without_state_change() -> None:
     cl = MemCluster()
     bad = Operation("counter.increment", False, -3, 1)
     reps = send(cl, PQ, Request(C0, (7,), {7: {}}, bad))
-    assert {(r.status, r.why) for r in reps.values()} == {(Status.REFUSED, "bad-amount")}
+    assert {(r.status, r.why) for r in reps.values()} == {(ReplyStatus.REFUSED, "bad-amount")}
     wrong_class = Operation("counter.increment", True, 1, 0)  # an update sent as a query
     reps = send(cl, PQ, Request(C0, (7,), {7: {}}, wrong_class))
     assert {r.why for r in reps.values()} == {"wrong-class"}
@@ -107,11 +107,11 @@ def test_timestamp_in_another_clients_name_needs_evidence() -> None:
     req = Request(C0, (7,), {7: {}}, inc(1, 5))
     send(cl, [0, 1, 2], req)
     stolen = send(cl, [5], req, sender=C1)
-    assert stolen[5].status is Status.REFUSED
+    assert stolen[5].status is ReplyStatus.REFUSED
     ev = {7: fresh_ohs(cl, 7, [0, 1])}  # b+1 = 2 servers vouch for the candidate
     lt = cl.ohs_entry(0, 7).rh[0].lt
     repaired = send(cl, [5], Request(C0, (7,), req.mohs, req.op, ev), sender=C1)
-    assert repaired[5].status is Status.OK and repaired[5].lt == lt
+    assert repaired[5].status is ReplyStatus.OK and repaired[5].lt == lt
 
 
 def test_object_sync_fetches_b_plus_1_matching_versions() -> None:
@@ -119,14 +119,14 @@ def test_object_sync_fetches_b_plus_1_matching_versions() -> None:
     send(cl, PQ, Request(C0, (7,), {7: {}}, inc(1, 5)))
     o = fresh_ohs(cl, 7, PQ)
     reps = send(cl, [1, 2, 3, 4, 5], Request(C0, (7,), {7: o}, inc(2, 2)))
-    assert all(r.status is Status.OK for r in reps.values()) and cl.syncs == 1
+    assert all(r.status is ReplyStatus.OK for r in reps.values()) and cl.syncs == 1
     assert read_version(cl.kvs[5], 7, reps[5].lt) == 7
     synced = [v for v in versions(cl.kvs[5], 7) if v.kind == schema.SYNCED]
     assert len(synced) == 1 and not synced[0].accepted
 
 
 def test_wrong_object_sync_state_from_one_host_is_outvoted() -> None:
-    from qu_helpers import wrong_sync
+    from bftfs.testing.byzantine.qu import wrong_sync
 
     cl = MemCluster()
     cl.byzantine[0] = wrong_sync
@@ -173,7 +173,7 @@ def test_multi_object_update_is_all_or_nothing() -> None:
     ok = Operation("counter.transfer", False, [1, 2, 4], 3)
     reps = send(cl, PQ, Request(C0, (1, 2), m, ok))
     lt = reps[0].lt
-    assert all(r.status is Status.OK and r.lt == lt for r in reps.values())
+    assert all(r.status is ReplyStatus.OK and r.lt == lt for r in reps.values())
     assert read_version(cl.kvs[3], 1, lt) == 6 and read_version(cl.kvs[3], 2, lt) == 4
     c1, c2 = cl.ohs_entry(3, 1).rh[0], cl.ohs_entry(3, 2).rh[0]
     assert c1.lt == c2.lt == lt and c1.objects == c2.objects == (1, 2)
@@ -185,7 +185,7 @@ def test_multi_object_candidate_needs_its_other_objects_for_repair() -> None:
     send(cl, [0, 1, 2], Request(C0, (1, 2), {1: {}, 2: {}}, op))  # client dies mid-way
     o1 = fresh_ohs(cl, 1, PQ)
     reps = send(cl, PQ, Request(C1, (1,), {1: o1}, FETCH))
-    assert {r.status for r in reps.values()} == {Status.NEED}
+    assert {r.status for r in reps.values()} == {ReplyStatus.NEED}
     assert {r.need for r in reps.values()} == {(2,)}
     # With object 2's histories as context, the candidate is classified by deduction.
     m = {1: o1, 2: fresh_ohs(cl, 2, PQ)}
@@ -210,7 +210,7 @@ def test_table_4_1_example_execution() -> None:
     get = Operation("kv.get", True, "v", 0)
     # X completes get(): <0,0> complete, value is the initial one (absent -> heart).
     r = send(cl, PX, Request(X, (9,), {9: {}}, get))
-    assert all(x.status is Status.OK and x.answer is None for x in r.values())
+    assert all(x.status is ReplyStatus.OK and x.answer is None for x in r.values())
     # X completes set(club): <1,0> established at s0..s4.
     r = send(cl, PX, Request(X, (9,), {9: {}}, setv("club", 1)))
     x_ohs = merge({9: {}}, (9,), r)
@@ -225,7 +225,7 @@ def test_table_4_1_example_execution() -> None:
     stored = Request.from_wire(cl.handle(0, Y, "qu.fetch", {"lt": c1.lt.encode()})["r"], 6)
     ev = {9: y_ohs[9]}
     r = send(cl, [5], Request(stored.client, stored.objects, stored.mohs, stored.op, ev), Y)
-    assert r[5].status is Status.OK and r[5].lt == c1.lt
+    assert r[5].status is ReplyStatus.OK and r[5].lt == c1.lt
     y_ohs = merge(y_ohs, (9,), r)
     r = send(cl, PY, Request(Y, (9,), y_ohs, get))
     assert {x.answer for x in r.values()} == {"club"}
@@ -235,8 +235,8 @@ def test_table_4_1_example_execution() -> None:
     ry = send(cl, [4, 5], Request(Y, (9,), y_ohs, setv("heart", 2)))
     rx.update(send(cl, [3, 4], Request(X, (9,), x_ohs, setv("diamond", 2))))
     ry.update(send(cl, [3], Request(Y, (9,), y_ohs, setv("heart", 2))))
-    assert [rx[s].status for s in PX] == [Status.OK] * 4 + [Status.FAIL]
-    assert [ry[s].status for s in (3, 4, 5)] == [Status.FAIL, Status.OK, Status.OK]
+    assert [rx[s].status for s in PX] == [ReplyStatus.OK] * 4 + [ReplyStatus.FAIL]
+    assert [ry[s].status for s in (3, 4, 5)] == [ReplyStatus.FAIL, ReplyStatus.OK, ReplyStatus.OK]
     x_ohs = merge(x_ohs, (9,), rx)
     v = View(x_ohs, th)
     c2 = classify(v, 9)
@@ -278,7 +278,7 @@ def test_table_4_1_example_execution() -> None:
     stored = Request.from_wire(cl.handle(0, Z, "qu.fetch", {"lt": spade.encode()})["r"], 6)
     ev = {9: z_ohs[9]}
     r = send(cl, [3, 4], Request(stored.client, stored.objects, stored.mohs, stored.op, ev), Z)
-    assert {x.status for x in r.values()} == {Status.FAIL}
+    assert {x.status for x in r.values()} == {ReplyStatus.FAIL}
     r = send(cl, PY, Request(Y, (9,), y_ohs, None))
     assert {x.type for x in r.values()} == {"copy"}
     final = r[1].lt

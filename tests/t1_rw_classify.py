@@ -13,18 +13,18 @@ from hypothesis import strategies as st
 from rw_helpers import answer, full_view, truncated_view, ts
 
 from bftfs.rw.classify import (
+    HostStatus,
     Kind,
     NodeView,
-    Status,
-    Thresholds,
+    RWThresholds,
     decide,
     view_from_history,
 )
 from bftfs.rw.timestamp import ZERO, Timestamp
 from bftfs.thresholds import ThresholdError
 
-B1 = Thresholds(n=6, t=1, b=1, qc=4, m=3)
-B2 = Thresholds(n=11, t=2, b=2, qc=7, m=5)
+B1 = RWThresholds(n=6, t=1, b=1, qc=4, m=3)
+B2 = RWThresholds(n=11, t=2, b=2, qc=7, m=5)
 
 
 # --- thresholds -------------------------------------------------------------------------
@@ -35,7 +35,7 @@ B2 = Thresholds(n=11, t=2, b=2, qc=7, m=5)
     [(5, 1, 1, 3, 2), (6, 1, 1, 4, 3), (6, 1, 1, 3, 2), (11, 2, 2, 7, 5), (17, 4, 4, 9, 5)],
 )
 def test_valid_configurations(n: int, t: int, b: int, qc: int, m: int) -> None:
-    th = Thresholds(n, t, b, qc, m)
+    th = RWThresholds(n, t, b, qc, m)
     assert th.complete == qc + b and th.incomplete == qc - t and th.quorum == n - t
 
 
@@ -53,20 +53,20 @@ def test_invalid_configurations_name_the_rule(
     n: int, t: int, b: int, qc: int, m: int, rule: str
 ) -> None:
     with pytest.raises(ThresholdError, match=re.escape(rule)):
-        Thresholds(n, t, b, qc, m)
+        RWThresholds(n, t, b, qc, m)
 
 
 def test_thresholds_from_cluster_config() -> None:
     from bftfs.config import ClusterConfig
 
-    th = Thresholds.from_config(ClusterConfig.for_test(t=2, b=2))
+    th = RWThresholds.from_config(ClusterConfig.for_test(t=2, b=2))
     assert th == B2
 
 
 # --- the classification table (t = b = 1, N = 6, QC = 4, m = 3) --------------------------
 
 
-def views_with(top_hosts: int, replies: int, th: Thresholds = B1) -> dict[int, NodeView]:
+def views_with(top_hosts: int, replies: int, th: RWThresholds = B1) -> dict[int, NodeView]:
     """``replies`` nodes all host v1; the first ``top_hosts`` also host v2."""
     v1, v2 = ts(10), ts(20)
     return {j: full_view(j, [v1, v2] if j < top_hosts else [v1]) for j in range(replies)}
@@ -100,11 +100,11 @@ def test_fewer_than_n_minus_t_replies_widen() -> None:
 
 
 def test_first_round_may_finish_only_when_two_qc_exceed_n() -> None:
-    th = Thresholds(n=11, t=2, b=2, qc=6, m=4)  # first round QC + b = 8 < N - t = 9
+    th = RWThresholds(n=11, t=2, b=2, qc=6, m=4)  # first round QC + b = 8 < N - t = 9
     assert th.fast_read and th.first_round == 8
     assert decide(th, views_with(8, 8, th)).kind is Kind.COMPLETE
     assert decide(th, views_with(7, 8, th)).kind is Kind.WIDEN
-    wide = Thresholds(n=20, t=1, b=1, qc=3, m=2)  # 2 QC <= N: two QC sets may be disjoint
+    wide = RWThresholds(n=20, t=1, b=1, qc=3, m=2)  # 2 QC <= N: two QC sets may be disjoint
     assert not wide.fast_read
     assert decide(wide, views_with(4, 4, wide)).kind is Kind.WIDEN
 
@@ -183,7 +183,7 @@ def test_unknown_nodes_deciding_the_count_are_asked_about_the_candidate() -> Non
     assert [(f.node, f.below, f.inclusive) for f in d.fetch] == [(0, v, True)]
     hist, more = answer([v], v, True, 2)
     views[0] = view_from_history(0, hist, more, ZERO, previous=views[0], fetched=True)
-    assert views[0].status(v) is Status.HOSTS
+    assert views[0].status(v) is HostStatus.HOSTS
     d = decide(B1, views)
     assert d.kind is Kind.REPAIR and d.candidate == v
 
@@ -204,7 +204,7 @@ def test_garbage_collected_replies_restart_when_b_plus_1_and_count_as_lacking_ot
         3: full_view(3, [v_old]),
         4: full_view(4, []),
     }
-    assert views[0].status(v_old) is Status.COLLECTED
+    assert views[0].status(v_old) is HostStatus.COLLECTED
     assert decide(B1, views).kind is Kind.RESTART  # 2 = b + 1 collected: a GC raced the read
     views[1] = full_view(1, [])
     assert decide(B1, views, restart_at=1).kind is Kind.RESTART  # the client's first tries
@@ -227,15 +227,15 @@ def test_a_node_out_of_fetches_counts_as_collected() -> None:
     view = truncated_view(0, [ts(3), ts(4), ts(5)], 1)
     for _ in range(3):
         view = view_from_history(0, [ts(4)], True, ZERO, previous=view, fetched=True, max_fetches=3)
-    assert view.collected and view.status(ts(1)) is Status.COLLECTED
+    assert view.collected and view.status(ts(1)) is HostStatus.COLLECTED
 
 
 def test_view_merge_never_shrinks_knowledge() -> None:
     view = view_from_history(0, [ts(9), ts(8)], True, ZERO)
-    assert view.lo == ts(8) and view.status(ts(7)) is Status.UNKNOWN
-    assert view.status(ts(8)) is Status.HOSTS
+    assert view.lo == ts(8) and view.status(ts(7)) is HostStatus.UNKNOWN
+    assert view.status(ts(8)) is HostStatus.HOSTS
     merged = view_from_history(0, [ts(7)], False, ZERO, previous=view)
-    assert merged.lo == ZERO and merged.status(ts(6)) is Status.LACKS
+    assert merged.lo == ZERO and merged.status(ts(6)) is HostStatus.LACKS
     # A reply that reaches no lower (here: the node collected that part) keeps what is known.
     again = view_from_history(0, [], False, ts(8), previous=view)
     assert again.lo == ts(8) and again.collected
@@ -244,7 +244,7 @@ def test_view_merge_never_shrinks_knowledge() -> None:
 # --- properties against the seed's READ loop -----------------------------------------------
 
 
-def seed_read(th: Thresholds, hosted: dict[int, set[Timestamp]]) -> tuple[Kind, Timestamp]:
+def seed_read(th: RWThresholds, hosted: dict[int, set[Timestamp]]) -> tuple[Kind, Timestamp]:
     """The seed's READ (Figure 3.2) over N - t full replies: walk candidates newest first."""
     everything = sorted(set().union(*hosted.values()) | {ZERO}, reverse=True)
     missing = th.n - len(hosted)
@@ -258,8 +258,8 @@ def seed_read(th: Thresholds, hosted: dict[int, set[Timestamp]]) -> tuple[Kind, 
 
 
 @st.composite
-def cluster_states(draw: st.DrawFn) -> tuple[Thresholds, dict[int, set[Timestamp]]]:
-    th = draw(st.sampled_from([B1, B2, Thresholds(5, 1, 1, 3, 2), Thresholds(7, 2, 1, 4, 2)]))
+def cluster_states(draw: st.DrawFn) -> tuple[RWThresholds, dict[int, set[Timestamp]]]:
+    th = draw(st.sampled_from([B1, B2, RWThresholds(5, 1, 1, 3, 2), RWThresholds(7, 2, 1, 4, 2)]))
     replies = draw(st.integers(th.quorum, th.n))
     versions = [ts(t) for t in range(1, draw(st.integers(0, 8)) + 1)]
     hosted = {j: {v for v in versions if draw(st.booleans())} for j in range(replies)}
@@ -268,7 +268,7 @@ def cluster_states(draw: st.DrawFn) -> tuple[Thresholds, dict[int, set[Timestamp
 
 @given(cluster_states())
 def test_full_knowledge_matches_the_seed(
-    state: tuple[Thresholds, dict[int, set[Timestamp]]],
+    state: tuple[RWThresholds, dict[int, set[Timestamp]]],
 ) -> None:
     th, hosted = state
     d = decide(th, {j: full_view(j, v) for j, v in hosted.items()})
@@ -278,7 +278,7 @@ def test_full_knowledge_matches_the_seed(
 @given(cluster_states(), st.integers(1, 3))
 @settings(max_examples=200)
 def test_bounded_histories_and_fetches_reach_the_seed_decision(
-    state: tuple[Thresholds, dict[int, set[Timestamp]]], history: int
+    state: tuple[RWThresholds, dict[int, set[Timestamp]]], history: int
 ) -> None:
     th, hosted = state
     views = {j: truncated_view(j, v, history) for j, v in hosted.items()}

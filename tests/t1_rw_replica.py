@@ -48,7 +48,7 @@ def test_valid_write_is_stored_and_repeated_write_is_idempotent() -> None:
 
 def test_fragment_for_another_node_is_refused() -> None:
     stamp, enc = version(b"data", 100)
-    with pytest.raises(replica.Refused) as e:
+    with pytest.raises(replica.WriteRefused) as e:
         check(WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[3]), node=2)
     assert e.value.code == "bad-fragment"
 
@@ -56,17 +56,17 @@ def test_fragment_for_another_node_is_refused() -> None:
 def test_cross_checksum_not_matching_verifier_is_refused() -> None:
     stamp, enc = version(b"data", 100)
     other = erasure.encode(b"other", M, N)
-    with pytest.raises(replica.Refused) as e:
+    with pytest.raises(replica.WriteRefused) as e:
         check(WriteRequest(7, stamp, other.cross_checksum, other.fragments[2]))
     assert e.value.code == "bad-verifier"
 
 
 def test_zero_timestamp_and_wrong_sized_cross_checksum_are_refused() -> None:
     _, enc = version(b"data", 100)
-    with pytest.raises(replica.Refused):
+    with pytest.raises(replica.WriteRefused):
         check(WriteRequest(7, ZERO, enc.cross_checksum, enc.fragments[2]))
     stamp, _ = version(b"data", 100)
-    with pytest.raises(replica.Refused):
+    with pytest.raises(replica.WriteRefused):
         replica.check_write(
             WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2]),
             node=2,
@@ -80,7 +80,7 @@ def test_time_too_far_ahead_of_the_node_clock_is_refused() -> None:
     stamp, enc = version(b"data", NOW + DEFAULT_MAX_AHEAD_NS)
     check(WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2]))  # exactly the bound
     stamp, enc = version(b"data", NOW + DEFAULT_MAX_AHEAD_NS + 1)
-    with pytest.raises(replica.Refused) as e:
+    with pytest.raises(replica.WriteRefused) as e:
         check(WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2]))
     assert e.value.code == "too-far-ahead"
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from bftfs import erasure
 from bftfs.rw import verify
-from bftfs.rw.classify import Thresholds
+from bftfs.rw.classify import RWThresholds
 from bftfs.rw.messages import ReadReply, ReadRequest
 from bftfs.rw.timestamp import ZERO, make_timestamp
 
-TH = Thresholds(n=6, t=1, b=1, qc=4, m=3)
+TH = RWThresholds(n=6, t=1, b=1, qc=4, m=3)
 
 
 def test_validate_fragment_checks_verifier_and_entry() -> None:

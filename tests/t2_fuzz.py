@@ -18,7 +18,7 @@ import trio
 from bftfs.connect import client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.ids import PrincipalId
-from bftfs.qu.classify import Thresholds
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.fuzz import fuzz
@@ -56,7 +56,7 @@ def _run(tmp_path: Path, frames: int, seed: int) -> None:
             assert grown < 256 * 1024, f"the fuzzed node grew by {grown} KiB"
             async with open_client(cfg, "client1") as ep, open_rw_client(ep, cfg) as rw:
                 assert await ep.call(PrincipalId(TARGET), "ping", None) is not None
-                qu = QUClient(ep, Thresholds.from_config(cfg), client_id=ep.pid)
+                qu = QUClient(ep, QUThresholds.from_config(cfg), client_id=ep.pid)
                 for _ in range(3):
                     await qu.update(7, "counter.increment", 1)
                 assert await qu.query(7, "counter.fetch") == 3

@@ -84,36 +84,33 @@ def test_kv_conformance(kv: Any) -> None:
     assert kv.lower("a", b"b3") == (b"b1", b"b1!")
 
 
-def test_group_commit_shares_one_transaction_and_isolates_failures(tmp_path: Path) -> None:
+async def test_group_commit_shares_one_transaction_and_isolates_failures(tmp_path: Path) -> None:
     store = Store(tmp_path / "lmdb", map_size=1 << 24, durable=True)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.committer)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.committer)
 
-            def bad(kv: Any) -> None:
-                kv.put("d", b"poison", b"1")
-                raise ValueError("refused")
+        def bad(kv: Any) -> None:
+            kv.put("d", b"poison", b"1")
+            raise ValueError("refused")
 
-            failures = []
+        failures = []
 
-            async def good(i: int) -> None:
-                await store.write(lambda kv: kv.put("d", b"k%03d" % i, b"v"))
+        async def good(i: int) -> None:
+            await store.write(lambda kv: kv.put("d", b"k%03d" % i, b"v"))
 
-            async def failing() -> None:
-                try:
-                    await store.write(bad)
-                except ValueError as e:
-                    failures.append(e)
+        async def failing() -> None:
+            try:
+                await store.write(bad)
+            except ValueError as e:
+                failures.append(e)
 
-            async with trio.open_nursery() as writers:
-                for i in range(20):
-                    writers.start_soon(good, i)
-                writers.start_soon(failing)
-            assert len(failures) == 1
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+        async with trio.open_nursery() as writers:
+            for i in range(20):
+                writers.start_soon(good, i)
+            writers.start_soon(failing)
+        assert len(failures) == 1
+        nursery.cancel_scope.cancel()
     assert store.read(lambda kv: kv.get("d", b"poison")) is None
     assert len(store.read(lambda kv: list(kv.scan("d", b"k", b"l")))) == 20
     assert store.commits < 21  # grouped: fewer commits than writes
@@ -124,7 +121,7 @@ def test_group_commit_shares_one_transaction_and_isolates_failures(tmp_path: Pat
 
 
 @pytest.mark.parametrize("durable", [True, False])
-def test_a_database_being_created_is_not_read_before_its_commit(
+async def test_a_database_being_created_is_not_read_before_its_commit(
     tmp_path: Path, durable: bool
 ) -> None:
     """Reads run beside the committer (inside its open batch): while a batch creates
@@ -141,15 +138,12 @@ def test_a_database_being_created_is_not_read_before_its_commit(
         kv.put("aborted", b"k", b"v")
         raise ValueError("refused")
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.committer)
-            await store.write(create)
-            with pytest.raises(ValueError):
-                await store.write(fail)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.committer)
+        await store.write(create)
+        with pytest.raises(ValueError):
+            await store.write(fail)
+        nursery.cancel_scope.cancel()
     assert seen == [None]
     assert store.read(lambda kv: kv.get("fresh", b"k")) == b"v"
     assert store.read(lambda kv: kv.get("aborted", b"k")) is None

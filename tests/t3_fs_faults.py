@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import qu_helpers
 import rw_helpers
 import trio
 from fs_helpers import Env, run
@@ -27,7 +26,9 @@ from fs_helpers import Env, run
 from bftfs.fs.errors import Exists, Unavailable
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import INLINE_MAX, ROOT
-from bftfs.qu.objects import Refused
+from bftfs.qu.objects import MethodRefused
+from bftfs.testing.byzantine import qu as qu_byzantine
+from bftfs.testing.byzantine import rw as rw_byzantine
 
 BS = 4096
 SMALL = {"block_size": BS}
@@ -35,7 +36,7 @@ SMALL = {"block_size": BS}
 
 async def refused(env: Env, objects: list[int], method: str, arg: Any) -> str:
     """Send a raw update as a Byzantine client would; the servers' refusal code."""
-    with pytest.raises(Refused) as e:
+    with pytest.raises(MethodRefused) as e:
         await env.raw.update(objects, method, arg)
     return e.value.code
 
@@ -109,7 +110,7 @@ def test_byzantine_client_illegal_calls_are_refused_by_the_servers(tmp_path: Pat
         lock.update(d=s["d"], v=s["v"])
         for bad in ({**lock, "v": None}, {**lock, "lease": 10**12}, {**lock, "tok": 0}):
             assert await refused(env, [f.ino], "fs.lock", bad) == "invalid", bad
-        with pytest.raises(Refused) as e:
+        with pytest.raises(MethodRefused) as e:
             await env.raw.query(f.ino, "fs.readdir")
         assert e.value.code == "not-dir"
         # Nothing above changed anything.
@@ -286,8 +287,8 @@ def test_workload_with_one_node_crashed(tmp_path: Path, node: int) -> None:
 
 
 def byzantine(env: Env, node: int, qu_behaviour: str, rw_behaviour: str) -> None:
-    qu_helpers.make_byzantine(env.cluster, node, qu_behaviour)
-    rw_helpers.make_byzantine(env.cluster, node, rw_behaviour)
+    qu_byzantine.make_byzantine(env.cluster, node, qu_behaviour)
+    rw_byzantine.make_byzantine(env.cluster, node, rw_behaviour)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +313,7 @@ def _pairs() -> list[tuple[int, str, str]]:
     is already exercised at every placement by the protocols' own suites, so here each one
     meets the file-system workload once, paired with one of the other kind.
     """
-    qus, rws = sorted(qu_helpers.BYZANTINE), sorted(rw_helpers.BEHAVIOURS)
+    qus, rws = sorted(qu_byzantine.BEHAVIOURS), sorted(rw_byzantine.BEHAVIOURS)
     count = max(len(qus), len(rws))
     return [(i % 6, qus[i % len(qus)], rws[i % len(rws)]) for i in range(count)]
 
@@ -376,7 +377,7 @@ def test_a_file_created_to_be_written_is_leased_to_its_creator_until_it_closes(
         async def watched(objects: Any, method: str, arg: Any = None) -> Any:
             try:
                 return await update(objects, method, arg)
-            except Refused as e:
+            except MethodRefused as e:
                 refusals.append(e.code)
                 if refusals.count("locked") >= 2:
                     refused_twice.set()

@@ -19,7 +19,7 @@ from fs_helpers import Env, run
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
-from bftfs.qu.objects import Refused
+from bftfs.qu.objects import MethodRefused
 from bftfs.rw.messages import block_id
 
 BS = 4096
@@ -105,7 +105,7 @@ def test_st_blocks_count_what_was_written(tmp_path: Path) -> None:
         assert (BS + 40) // 512 < a.blocks <= (a.size + 511) // 512
         arg = {"d": (await env.raw.query(ino, "fs.stat"))["d"], "end": 1, "mtime": 1, "now": 1}
         for bad in ([[5, 5]], [[-1, 3]], [[1, 2, 3]], "x", [[0, 1]] * 33, [[True, 2]]):
-            with pytest.raises(Refused) as e:
+            with pytest.raises(MethodRefused) as e:
                 await env.raw.update([ino], "fs.write", dict(arg, w=bad))
             assert e.value.code == "invalid"
         s = await env.raw.update([ino], "fs.write", dict(arg, w=[[0, 1 << 50]]))

@@ -34,7 +34,7 @@ from bftfs.fs.errors import (
 )
 from bftfs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
 from bftfs.fs.objects import ROOT
-from bftfs.qu.objects import Refused
+from bftfs.qu.objects import MethodRefused
 
 BAD_NAMES = [(b"", Invalid), (b".", Invalid), (b"..", Invalid), (b"a/b", Invalid),
              (b"a\0b", Invalid), (b"x" * 256, NameTooLong)]  # fmt: skip
@@ -369,7 +369,7 @@ def test_times_before_1970_and_after_2262_round_trip(tmp_path: Path) -> None:
             with pytest.raises(Invalid):
                 await fs.setattr(d.ino, atime_ns=bad)
             if -(1 << 63) <= bad < 1 << 64:  # (msgpack cannot even carry the others)
-                with pytest.raises(Refused) as e:  # the servers refuse it too
+                with pytest.raises(MethodRefused) as e:  # the servers refuse it too
                     await env.raw.update([f.ino], "fs.setattr", {"mtime": bad, "now": 1})
                 assert e.value.code == "invalid"
         assert (await other.getattr(f.ino)).mtime_ns == NEWEST

@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 
 from bftfs.ids import PrincipalId, client_id
-from bftfs.qu.classify import Thresholds
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_LATEST, VERSION, parse_latest_reply
 from bftfs.testing.cluster import open_cluster
@@ -26,7 +26,7 @@ OBJECTS = [6 * k + 1 for k in range(12)]
 def qu_client(cluster, k: int = 0) -> QUClient:  # noqa: ANN001
     return QUClient(
         cluster.client(k),
-        Thresholds.from_config(cluster.config),
+        QUThresholds.from_config(cluster.config),
         client_id=int(client_id(k)),
         rng=random.Random(k),
         seq_start=1_000_000 * (k + 1),

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from qu_helpers import BYZANTINE, Recorder, check_serializable, make_byzantine
+from qu_helpers import Recorder, check_serializable
 
 from bftfs.ids import client_id
-from bftfs.qu.classify import Thresholds
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
+from bftfs.testing.byzantine.qu import BEHAVIOURS, make_byzantine
 from bftfs.testing.cluster import open_cluster
 from bftfs.transport import RemoteError
 
@@ -28,7 +29,7 @@ from bftfs.transport import RemoteError
 def qu_client(cluster, k: int, seed: int = 0) -> QUClient:  # noqa: ANN001
     return QUClient(
         cluster.client(k),
-        Thresholds.from_config(cluster.config),
+        QUThresholds.from_config(cluster.config),
         client_id=int(client_id(k)),
         rng=random.Random(seed * 31 + k),
         seq_start=1_000_000 * (k + 1),
@@ -213,14 +214,14 @@ async def byzantine_run(tmp_path: Path, behaviour: str, server: int, seed: int) 
         assert check_serializable(rec.ops)
 
 
-@pytest.mark.parametrize("behaviour", sorted(BYZANTINE))
+@pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
 def test_byzantine_server(tmp_path: Path, behaviour: str) -> None:
     trio.run(byzantine_run, tmp_path, behaviour, PLACEMENTS_FAST[behaviour], 7)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("server", range(6))
-@pytest.mark.parametrize("behaviour", sorted(BYZANTINE))
+@pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
 def test_byzantine_server_every_placement(tmp_path: Path, behaviour: str, server: int) -> None:
     trio.run(byzantine_run, tmp_path, behaviour, server, 100 + server)
 

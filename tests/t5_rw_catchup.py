@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trio
-from rw_helpers import TEST_CLIENT, make_byzantine, make_crashed, rw_cluster
+from rw_helpers import TEST_CLIENT, make_crashed, rw_cluster
 
 from bftfs import erasure
 from bftfs.connect import open_client
@@ -36,6 +36,7 @@ from bftfs.rw.messages import (
 )
 from bftfs.rw.timestamp import ZERO, Timestamp
 from bftfs.rw.verify import validate_fragment
+from bftfs.testing.byzantine.rw import make_byzantine
 from bftfs.testing.cluster import TEST_ENDPOINT, Cluster
 from bftfs.testing.processes import ProcessCluster
 from bftfs.transport import Endpoint, RemoteError, open_endpoint

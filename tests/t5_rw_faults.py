@@ -1,5 +1,5 @@
 """PASIS reads and writes on the in-process cluster under the fault model of seed 3.3:
-up to ``b`` Byzantine nodes (each behaviour of rw_helpers.BEHAVIOURS) and up to ``t - b``
+up to ``b`` Byzantine nodes (each of ``bftfs.testing.byzantine.rw.BEHAVIOURS``) and up to ``t - b``
 crashed ones, in every placement, and Byzantine clients (poisonous and partial writes).
 
 Each scenario runs on a fresh block of one shared cluster per configuration, so the whole
@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 import trio
-from rw_helpers import BEHAVIOURS, heal, make_byzantine, make_crashed, rw_cluster
+from rw_helpers import heal, make_crashed, rw_cluster
 
 from bftfs import erasure
 from bftfs.rw.batch import KIND_BATCH
 from bftfs.rw.client import ReadFailed, RWClient, WriteFailed
 from bftfs.rw.messages import BlockId
 from bftfs.rw.timestamp import make_timestamp
+from bftfs.testing.byzantine.rw import BEHAVIOURS, make_byzantine
 from bftfs.testing.cluster import Cluster
 from bftfs.transport import RemoteError
 

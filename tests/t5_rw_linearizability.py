@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import trio
-from rw_helpers import BEHAVIOURS, make_byzantine, rw_cluster
+from rw_helpers import rw_cluster
 
 from bftfs import erasure
 from bftfs.rw import replica
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import KIND_READ_PREV, BlockId
 from bftfs.rw.timestamp import make_timestamp
+from bftfs.testing.byzantine.rw import BEHAVIOURS, make_byzantine
 from bftfs.testing.cluster import Cluster
 from bftfs.testing.linearizability import Recorder, check
 

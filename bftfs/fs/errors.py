@@ -3,7 +3,7 @@
 STYLE.md section 3: ``FUSEError`` is raised only in ``bftfs/fuse/``; below it every refusal
 is an :class:`FsError` whose ``errno`` the FUSE layer passes on.  A Q/U method refused by the
 servers' validation (seed L1918-1920: narrow methods confine Byzantine clients) arrives as
-``Refused(code)``; :func:`from_refusal` turns its code into the matching subclass, so a
+``MethodRefused(code)``; :func:`from_refusal` turns its code into the matching subclass, so a
 refusal decided by ``b + 1`` servers reaches the application as the errno POSIX prescribes.
 """
 

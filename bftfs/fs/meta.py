@@ -23,7 +23,7 @@ from bftfs.fs.errors import Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
 from bftfs.outcome import ClusterUnavailable
 from bftfs.qu.core import backoff_delay
-from bftfs.qu.objects import Refused
+from bftfs.qu.objects import MethodRefused
 
 #: Attempts of an update whose cached view keeps turning out stale (concurrent changes).
 MAX_ATTEMPTS = 8
@@ -59,7 +59,7 @@ class _Taken(Exception):
 
 def _translate(e: BaseException) -> BaseException:
     """A protocol or refusal exception as the file-system error it means."""
-    if isinstance(e, Refused):
+    if isinstance(e, MethodRefused):
         if e.code == "stale":
             return _Stale(e.message)
         if e.code == "locked":
@@ -80,7 +80,7 @@ class Meta(FsBase):
         start = time.perf_counter()
         try:
             return await self.qu.query(oid, method, arg)
-        except (Refused, *_PROTOCOL_ERRORS) as e:
+        except (MethodRefused, *_PROTOCOL_ERRORS) as e:
             raise _translate(e) from None
         finally:
             self.method_seconds[method] += time.perf_counter() - start
@@ -90,7 +90,7 @@ class Meta(FsBase):
         start = time.perf_counter()
         try:
             return await self.qu.update(list(objects), method, arg)
-        except (Refused, *_PROTOCOL_ERRORS) as e:
+        except (MethodRefused, *_PROTOCOL_ERRORS) as e:
             raise _translate(e) from None
         finally:
             self.method_seconds[method] += time.perf_counter() - start

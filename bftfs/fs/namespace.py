@@ -31,7 +31,7 @@ from bftfs.fs.errors import (
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, _Stale, _Taken
 from bftfs.fs.objects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
 from bftfs.fs.reclaim import Reclaim
-from bftfs.qu.objects import Refused
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Seconds after a stale name was refused (ESTALE) during which a lookup counts as the
@@ -45,7 +45,7 @@ READDIR_CONCURRENCY = 16
 def _check_name(name: bytes) -> None:
     try:
         obj.check_name(name)
-    except Refused as e:
+    except MethodRefused as e:
         raise from_refusal(e.code, e.message) from None
 
 

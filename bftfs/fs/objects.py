@@ -16,7 +16,7 @@ Methods run on every server and are the only way to change an object, so this is
 Byzantine client is confined (L1918-1920, L143-150): every method re-checks POSIX rules on the
 server's own copy - names are legal and unique, a directory is empty before it is removed, a
 directory never moves under itself, link counts follow the entries, an object is created
-only where nothing exists - and raises :class:`Refused` otherwise.  The client checks the
+only where nothing exists - and raises :class:`MethodRefused` otherwise.  The client checks the
 same rules first (to answer quickly); the servers' checks are what make them hold.
 
 Operations map onto Table 4.3 (L3112-3156): ``stat``/``lookup``/``readdir``/``readlink``/
@@ -54,7 +54,7 @@ A size change of an inline file must carry the new content (``i``) or say the co
 now in blocks (``blocks``), so servers never hold a size that disagrees with ``i``; leaving
 inline, the client first writes block 0 with the old content and clears the gap as usual.
 
-Refusal codes (``Refused.code``) are errno names understood by :mod:`bftfs.fs.errors`, plus
+Refusal codes (``MethodRefused.code``) are errno names understood by :mod:`bftfs.fs.errors`, plus
 ``stale`` (the client's view of an entry or a data id is out of date: it re-reads and
 retries), ``locked`` (another client holds the file's write lease: wait and retry) and
 ``oid-exists`` (a random new object id is taken: the client draws another).
@@ -66,7 +66,7 @@ import stat as st
 from typing import Any
 
 from bftfs.fs.entries import Entries, all_entries, is_empty, packed_size
-from bftfs.qu.objects import Class, Method, ObjectType, Refused, States
+from bftfs.qu.objects import Class, Method, MethodRefused, ObjectType, States
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Object id of the root directory (the FUSE root inode).
@@ -114,14 +114,14 @@ FILE_TYPES = frozenset({st.S_IFREG, st.S_IFLNK, st.S_IFCHR, st.S_IFBLK, st.S_IFI
 
 def _arg(arg: Any) -> dict[str, Any]:
     if not isinstance(arg, dict):
-        raise Refused("invalid", "argument must be a map")
+        raise MethodRefused("invalid", "argument must be a map")
     return arg
 
 
 def _int(arg: dict[str, Any], key: str, lo: int, hi: int) -> int:
     v = arg.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise Refused("invalid", f"{key} must be an integer in [{lo}, {hi}]")
+        raise MethodRefused("invalid", f"{key} must be an integer in [{lo}, {hi}]")
     return v
 
 
@@ -132,7 +132,7 @@ def _opt_int(arg: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
 def _oid(arg: dict[str, Any], key: str, states: States) -> int:
     v = _int(arg, key, 1, MAX_OID)
     if v not in states:
-        raise Refused("invalid", f"{key} is not an object of the request")
+        raise MethodRefused("invalid", f"{key} is not an object of the request")
     return v
 
 
@@ -148,22 +148,22 @@ def check_name(name: Any) -> bytes:
     """A legal directory entry name, or the refusal POSIX gives for it.
 
     Raises:
-        Refused: ``invalid`` ('', '.', '..', containing '/' or NUL, not bytes) or
+        MethodRefused: ``invalid`` ('', '.', '..', containing '/' or NUL, not bytes) or
             ``name-too-long`` (more than 255 bytes).
     """
     if not isinstance(name, bytes) or name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
-        raise Refused("invalid", "illegal name")
+        raise MethodRefused("invalid", "illegal name")
     if len(name) > NAME_MAX:
-        raise Refused("name-too-long")
+        raise MethodRefused("name-too-long")
     return name
 
 
 def check_xattr_name(name: Any) -> bytes:
     """A legal extended-attribute name (non-empty, no NUL, at most 255 bytes)."""
     if not isinstance(name, bytes) or not name or b"\0" in name:
-        raise Refused("invalid", "illegal xattr name")
+        raise MethodRefused("invalid", "illegal xattr name")
     if len(name) > XATTR_NAME_MAX:
-        raise Refused("name-too-long")
+        raise MethodRefused("name-too-long")
     return name
 
 
@@ -173,27 +173,27 @@ def check_xattr_name(name: Any) -> bytes:
 def _dir(state: Any, *, alive: bool = True) -> dict[str, Any]:
     """A directory object's state (a copy), refusing anything else."""
     if state is None:
-        raise Refused("not-found")
+        raise MethodRefused("not-found")
     if not isinstance(state, dict) or state.get("k") != "d":
-        raise Refused("not-dir")
+        raise MethodRefused("not-dir")
     if alive and state["dead"]:
-        raise Refused("removed", "directory was removed")
+        raise MethodRefused("removed", "directory was removed")
     return dict(state)
 
 
 def _file(state: Any) -> dict[str, Any]:
     """An attribute object's state (a copy), refusing anything else."""
     if state is None:
-        raise Refused("not-found")
+        raise MethodRefused("not-found")
     if not isinstance(state, dict) or state.get("k") != "f":
-        raise Refused("is-dir")
+        raise MethodRefused("is-dir")
     return dict(state)
 
 
 def _node(state: Any) -> dict[str, Any]:
     """Either kind of object (a copy)."""
     if state is None or not isinstance(state, dict) or state.get("k") not in ("d", "f"):
-        raise Refused("not-found")
+        raise MethodRefused("not-found")
     return dict(state)
 
 
@@ -273,7 +273,9 @@ def _inline(a: dict[str, Any], size: int) -> bytes | None:
     if i is None:
         return None
     if not isinstance(i, bytes) or len(i) != size or size > INLINE_MAX:
-        raise Refused("invalid", f"inline content must be bytes of the size, at most {INLINE_MAX}")
+        raise MethodRefused(
+            "invalid", f"inline content must be bytes of the size, at most {INLINE_MAX}"
+        )
     return i
 
 
@@ -307,13 +309,13 @@ def _written(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
     if got is None:
         return f.get("w")
     if not isinstance(got, list) or len(got) > MAX_EXTENTS:
-        raise Refused("invalid", f"w must be a list of at most {MAX_EXTENTS} ranges")
+        raise MethodRefused("invalid", f"w must be a list of at most {MAX_EXTENTS} ranges")
     ranges = []
     for r in got:
         ok = isinstance(r, list) and len(r) == 2
         ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
         if not ok or not 0 <= r[0] < r[1] <= MAX_SIZE:
-            raise Refused("invalid", "w ranges must be [lo, hi) with 0 <= lo < hi")
+            raise MethodRefused("invalid", "w ranges must be [lo, hi) with 0 <= lo < hi")
         if r[0] < f["alloc"]:
             ranges.append([r[0], min(r[1], f["alloc"])])
     old = f.get("w")
@@ -352,7 +354,7 @@ def _lookup(states: States, arg: Any) -> Any:
     d = _dir(state)
     got = Entries(d["e"]).get(check_name(arg))
     if got is None:
-        raise Refused("not-found")
+        raise MethodRefused("not-found")
     return got
 
 
@@ -363,10 +365,10 @@ def _lookup_stat(states: States, arg: Any) -> Any:
     a = _arg(arg)
     pid, oid = _oid(a, "p", states), _oid(a, "o", states)
     if pid == oid:
-        raise Refused("invalid", "bad object ids")
+        raise MethodRefused("invalid", "bad object ids")
     got = Entries(_dir(states[pid])["e"]).get(check_name(a.get("name")))
     if got is None:
-        raise Refused("not-found")
+        raise MethodRefused("not-found")
     state = states[oid]
     same = got[0] == oid and isinstance(state, dict) and state.get("k") in ("d", "f")
     return {"e": got, "s": stat_of(state) if same else None}
@@ -396,7 +398,7 @@ def _readlink(states: States, arg: Any) -> Any:
     ((_, state),) = states.items()
     f = _file(state)
     if not st.S_ISLNK(f["mode"]):
-        raise Refused("invalid", "not a symlink")
+        raise MethodRefused("invalid", "not a symlink")
     return f["t"]
 
 
@@ -404,7 +406,7 @@ def _getxattr(states: States, arg: Any) -> Any:
     ((_, state),) = states.items()
     value = _node(state)["x"].get(check_xattr_name(arg))
     if value is None:
-        raise Refused("no-attr")
+        raise MethodRefused("no-attr")
     return value
 
 
@@ -421,9 +423,9 @@ def _mkroot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     a = _arg(arg)
     ((oid, state),) = states.items()
     if oid != ROOT:
-        raise Refused("invalid", "only the root is made this way")
+        raise MethodRefused("invalid", "only the root is made this way")
     if state is not None:
-        raise Refused("exists")
+        raise MethodRefused("exists")
     root = new_dir(ROOT, _int(a, "mode", 0, 0o7777), *_owner(a), _time(a))
     return {oid: root}, stat_of(root)
 
@@ -443,7 +445,7 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     ((oid, state),) = states.items()
     s = _node(state)
     if s["k"] == "d" and s["dead"]:
-        raise Refused("not-found")
+        raise MethodRefused("not-found")
     now = _time(a)
     mode = _opt_int(a, "mode", 0, 0o177777)
     if mode is not None:
@@ -461,23 +463,23 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     size = _opt_int(a, "size", 0, MAX_SIZE)
     if size is not None:
         if s["k"] == "d":
-            raise Refused("is-dir")
+            raise MethodRefused("is-dir")
         if not st.S_ISREG(s["mode"]):
-            raise Refused("invalid", "only regular files have a size to set")
+            raise MethodRefused("invalid", "only regular files have a size to set")
         _not_locked_by_other(s, a)
         if s.get("wl") is not None and s["wl"][0] == _opt_int(a, "tok", 1, MAX_OID):
             s["wl"] = None  # a truncation that cleared blocks under its lease
         if size == 0:
             data_id = _int(a, "d", 1, MAX_OID)
             if data_id == s["d"]:
-                raise Refused("invalid", "truncation to zero needs a fresh data id")
+                raise MethodRefused("invalid", "truncation to zero needs a fresh data id")
             s["d"], s["alloc"] = data_id, _int(a, "alloc", 0, MAX_SIZE)
             s["w"] = []  # (also starts the record for a file made before it existed)
         elif _opt_int(a, "d", 1, MAX_OID) not in (None, s["d"]):
-            raise Refused("stale", "data id changed")
+            raise MethodRefused("stale", "data id changed")
         inline = _inline(a, size)
         if inline is None and s.get("i") is not None and not a.get("blocks"):
-            raise Refused("invalid", "an inline file's size changes with its content")
+            raise MethodRefused("invalid", "an inline file's size changes with its content")
         if s.get("w") is not None:
             if inline is not None:
                 s["w"] = []
@@ -498,10 +500,10 @@ def _unchanged(f: dict[str, Any], a: dict[str, Any]) -> None:
     """Refuse as ``stale`` unless the file still has the client's data id (and version
     counter ``v``, when given): the client decided what to write from those."""
     if _int(a, "d", 1, MAX_OID) != f["d"]:
-        raise Refused("stale", "data id changed")
+        raise MethodRefused("stale", "data id changed")
     v = _opt_int(a, "v", 0, MAX_COUNTER)
     if v is not None and v != f["v"]:
-        raise Refused("stale", "file changed")
+        raise MethodRefused("stale", "file changed")
 
 
 def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
@@ -517,22 +519,22 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     ((oid, state),) = states.items()
     f = _file(state)
     if not st.S_ISREG(f["mode"]):
-        raise Refused("invalid", "not a regular file")
+        raise MethodRefused("invalid", "not a regular file")
     _unchanged(f, a)
     _not_locked_by_other(f, a)
     end = _int(a, "end", 0, MAX_SIZE)
     inline = _inline(a, end)
     if inline is not None:
         if a.get("v") is None:
-            raise Refused("invalid", "an inline write needs the version it replaces")
+            raise MethodRefused("invalid", "an inline write needs the version it replaces")
         f["size"] = end
         if f.get("w") is not None:
             f["w"] = []
     else:
         if f.get("i") is not None and not a.get("blocks"):
-            raise Refused("invalid", "an inline file's size changes with its content")
+            raise MethodRefused("invalid", "an inline file's size changes with its content")
         if end > f["alloc"]:
-            raise Refused("invalid", "blocks beyond the reservation")
+            raise MethodRefused("invalid", "blocks beyond the reservation")
         if f.get("i") is not None:
             f["w"] = _leaving_inline(f)
         f["w"] = _written(a, f)
@@ -555,7 +557,7 @@ def _written_back_attrs(f: dict[str, Any], attrs: Any) -> None:
         return
     a = _arg(attrs)
     if set(a) - {"mode", "uid", "gid", "atime"}:
-        raise Refused("invalid", "unknown attribute")
+        raise MethodRefused("invalid", "unknown attribute")
     mode = _opt_int(a, "mode", 0, 0o177777)
     if mode is not None:
         f["mode"] = (f["mode"] & ~0o7777) | (mode & 0o7777)
@@ -585,7 +587,7 @@ def _not_locked_by_other(f: dict[str, Any], a: dict[str, Any]) -> None:
     caller's lease token and clock; a caller without a token holds no lease)."""
     holder = _lease_holder(f, _time(a))
     if holder is not None and holder != _opt_int(a, "tok", 1, MAX_OID):
-        raise Refused("locked", "another client is writing this file's blocks")
+        raise MethodRefused("locked", "another client is writing this file's blocks")
 
 
 def _lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
@@ -604,10 +606,10 @@ def _lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     ((oid, state),) = states.items()
     f = _file(state)
     if not st.S_ISREG(f["mode"]):
-        raise Refused("invalid", "not a regular file")
+        raise MethodRefused("invalid", "not a regular file")
     _unchanged(f, a)
     if a.get("v") is None:
-        raise Refused("invalid", "a lock needs the version it was computed from")
+        raise MethodRefused("invalid", "a lock needs the version it was computed from")
     _not_locked_by_other(f, a)
     now = _time(a)
     tok = _int(a, "tok", 1, MAX_OID)
@@ -636,18 +638,18 @@ def _setxattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     name = check_xattr_name(a.get("name"))
     value = a.get("value")
     if not isinstance(value, bytes):
-        raise Refused("invalid", "value must be bytes")
+        raise MethodRefused("invalid", "value must be bytes")
     if len(value) > XATTR_SIZE_MAX:
-        raise Refused("too-big")
+        raise MethodRefused("too-big")
     flags = _int(a, "flags", 0, XATTR_CREATE | XATTR_REPLACE)
     x = dict(s["x"])
     if flags & XATTR_CREATE and name in x:
-        raise Refused("exists")
+        raise MethodRefused("exists")
     if flags & XATTR_REPLACE and name not in x:
-        raise Refused("no-attr")
+        raise MethodRefused("no-attr")
     x[name] = value
     if sum(len(k) + len(v) for k, v in x.items()) > XATTR_TOTAL_MAX:
-        raise Refused("no-space")
+        raise MethodRefused("no-space")
     s["x"] = x
     _touch(s, _time(a), modify=False)
     return {oid: s}, None
@@ -659,7 +661,7 @@ def _removexattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     s = _node(state)
     x = dict(s["x"])
     if x.pop(check_xattr_name(a.get("name")), None) is None:
-        raise Refused("no-attr")
+        raise MethodRefused("no-attr")
     s["x"] = x
     _touch(s, _time(a), modify=False)
     return {oid: s}, None
@@ -672,11 +674,11 @@ def _parent_and_new(states: States, a: dict[str, Any]) -> tuple[int, dict[str, A
     """Common checks of create/mkdir: a live parent, a free legal name, a fresh object."""
     pid, oid = _oid(a, "p", states), _oid(a, "o", states)
     if pid == oid or oid == ROOT:
-        raise Refused("invalid", "bad object ids")
+        raise MethodRefused("invalid", "bad object ids")
     parent = _dir(states[pid])
     name = check_name(a.get("name"))
     if states[oid] is not None:
-        raise Refused("oid-exists")
+        raise MethodRefused("oid-exists")
     return pid, parent, oid, name
 
 
@@ -694,7 +696,7 @@ def _inherited(parent: dict[str, Any], gid: int, sgid: int) -> tuple[int, int]:
 def _add_entry(parent: dict[str, Any], name: bytes, oid: int, code: int, now: int) -> None:
     ents = Entries(parent["e"])
     if name in ents:
-        raise Refused("exists")
+        raise MethodRefused("exists")
     ents[name] = [oid, code]
     parent["e"] = ents.packed()
     _touch(parent, now, modify=True)
@@ -714,7 +716,7 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     mode = _int(a, "mode", 0, 0o177777)
     ftype = st.S_IFMT(mode)
     if ftype not in FILE_TYPES:
-        raise Refused("invalid", "bad file type")
+        raise MethodRefused("invalid", "bad file type")
     now = _time(a)
     uid, gid = _owner(a)
     gid, _ = _inherited(parent, gid, 0)
@@ -746,9 +748,9 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     elif ftype == st.S_IFLNK:
         target = a.get("t")
         if not isinstance(target, bytes) or not target or b"\0" in target:
-            raise Refused("invalid", "bad symlink target")
+            raise MethodRefused("invalid", "bad symlink target")
         if len(target) > PATH_MAX:
-            raise Refused("name-too-long")
+            raise MethodRefused("name-too-long")
         f["t"], f["size"] = target, len(target)
     elif ftype in (st.S_IFCHR, st.S_IFBLK):
         f["rdev"] = _int(a, "rdev", 0, (1 << 64) - 1)
@@ -765,7 +767,7 @@ def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     gid, sgid = _inherited(parent, gid, st.S_ISGID)
     child = new_dir(pid, _int(a, "mode", 0, 0o177777) | sgid, uid, gid, now)
     if parent["nd"] + 2 >= LINK_MAX:
-        raise Refused("too-many-links")
+        raise MethodRefused("too-many-links")
     _add_entry(parent, name, oid, DIR_TYPE, now)
     parent["nd"] += 1
     return {pid: parent, oid: child}, [stat_of(child), stat_of(parent)]
@@ -776,15 +778,15 @@ def _link(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     a = _arg(arg)
     pid, oid = _oid(a, "p", states), _oid(a, "o", states)
     if pid == oid:
-        raise Refused("invalid", "bad object ids")
+        raise MethodRefused("invalid", "bad object ids")
     parent = _dir(states[pid])
     if isinstance(states[oid], dict) and states[oid].get("k") == "d":
-        raise Refused("permission", "no hard links to directories")  # link(2): EPERM
+        raise MethodRefused("permission", "no hard links to directories")  # link(2): EPERM
     f = _file(states[oid])
     if f["nl"] == 0:
-        raise Refused("not-found", "file was removed")
+        raise MethodRefused("not-found", "file was removed")
     if f["nl"] >= LINK_MAX:
-        raise Refused("too-many-links")
+        raise MethodRefused("too-many-links")
     now = _time(a)
     _add_entry(parent, check_name(a.get("name")), oid, st.S_IFMT(f["mode"]) >> 12, now)
     f["nl"] += 1
@@ -796,9 +798,9 @@ def _entry_is(ents: Entries, name: bytes, oid: int) -> list[int]:
     """The entry ``name``, which must name ``oid`` (else the client's view is stale)."""
     got = ents.get(name)
     if got is None:
-        raise Refused("not-found")
+        raise MethodRefused("not-found")
     if got[0] != oid:
-        raise Refused("stale", "entry names another object")
+        raise MethodRefused("stale", "entry names another object")
     return got
 
 
@@ -808,16 +810,16 @@ def _unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     a = _arg(arg)
     pid, oid = _oid(a, "p", states), _oid(a, "o", states)
     if pid == oid:
-        raise Refused("invalid", "bad object ids")
+        raise MethodRefused("invalid", "bad object ids")
     parent = _dir(states[pid])
     ents = Entries(parent["e"])
     name = check_name(a.get("name"))
     code = _entry_is(ents, name, oid)[1]
     if code == DIR_TYPE:
-        raise Refused("is-dir")
+        raise MethodRefused("is-dir")
     f = _file(states[oid])
     if f["nl"] < 1:
-        raise Refused("invalid", "link count already zero")
+        raise MethodRefused("invalid", "link count already zero")
     now = _time(a)
     del ents[name]
     parent["e"] = ents.packed()
@@ -832,18 +834,18 @@ def _rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     a = _arg(arg)
     pid, oid = _oid(a, "p", states), _oid(a, "o", states)
     if pid == oid or oid == ROOT:
-        raise Refused("busy" if oid == ROOT else "invalid", "bad object ids")
+        raise MethodRefused("busy" if oid == ROOT else "invalid", "bad object ids")
     parent = _dir(states[pid])
     ents = Entries(parent["e"])
     name = check_name(a.get("name"))
     code = _entry_is(ents, name, oid)[1]
     if code != DIR_TYPE:
-        raise Refused("not-dir")
+        raise MethodRefused("not-dir")
     child = _dir(states[oid])
     if child["p"] != pid:
-        raise Refused("stale", "parent pointer disagrees")
+        raise MethodRefused("stale", "parent pointer disagrees")
     if not is_empty(child["e"]):
-        raise Refused("not-empty")
+        raise MethodRefused("not-empty")
     now = _time(a)
     del ents[name]
     parent["e"] = ents.packed()
@@ -865,14 +867,14 @@ def _not_under(states: States, start: int, moving: int, stop: int) -> None:
     cur = start
     for _ in range(len(states) + 1):
         if cur == moving:
-            raise Refused("invalid", "a directory cannot move under itself")
+            raise MethodRefused("invalid", "a directory cannot move under itself")
         if cur in (stop, ROOT):
             return
         s = states.get(cur)
         if s is None:
-            raise Refused("stale", "ancestor chain incomplete")
+            raise MethodRefused("stale", "ancestor chain incomplete")
         cur = _dir(s)["p"]
-    raise Refused("stale", "ancestor chain loops")
+    raise MethodRefused("stale", "ancestor chain loops")
 
 
 def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
@@ -888,12 +890,12 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     t = None if a.get("t") is None else _oid(a, "t", states)
     flags = _int(a, "flags", 0, RENAME_NOREPLACE | RENAME_EXCHANGE)
     if flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
-        raise Refused("invalid", "flags")
+        raise MethodRefused("invalid", "flags")
     now = _time(a)
     sn, dn = check_name(a.get("sn")), check_name(a.get("dn"))
     # t == o: both names are links to one file, which POSIX makes a no-op (below).
     if o in (sp, dp) or (t is not None and t != o and t in (sp, dp)) or o == ROOT:
-        raise Refused("invalid", "bad object ids")
+        raise MethodRefused("invalid", "bad object ids")
     new = {oid: (dict(s) if isinstance(s, dict) else s) for oid, s in states.items()}
     src = new[sp] = _dir(states[sp])
     dst = src if dp == sp else _dir(states[dp])
@@ -903,16 +905,16 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     ocode = _entry_is(sents, sn, o)[1]
     got = dents.get(dn)
     if (got[0] if got else None) != t:
-        raise Refused("stale", "target entry changed")
+        raise MethodRefused("stale", "target entry changed")
     if flags & RENAME_EXCHANGE and t is None:
-        raise Refused("not-found")
+        raise MethodRefused("not-found")
     if t is not None and flags & RENAME_NOREPLACE:
-        raise Refused("exists")
+        raise MethodRefused("exists")
     obj = new[o] = _node(states[o])
     if (ocode == DIR_TYPE) != (obj["k"] == "d"):
-        raise Refused("stale", "entry type disagrees")
+        raise MethodRefused("stale", "entry type disagrees")
     if ocode == DIR_TYPE and obj["p"] != sp:
-        raise Refused("stale", "parent pointer disagrees")
+        raise MethodRefused("stale", "parent pointer disagrees")
     if (sp == dp and sn == dn) or t == o:
         return new, {}
     tobj = None
@@ -920,9 +922,9 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         tcode = got[1] if got else 0
         tobj = new[t] = _node(states[t])
         if (tcode == DIR_TYPE) != (tobj["k"] == "d"):
-            raise Refused("stale", "entry type disagrees")
+            raise MethodRefused("stale", "entry type disagrees")
         if tcode == DIR_TYPE and tobj["p"] != dp:
-            raise Refused("stale", "parent pointer disagrees")
+            raise MethodRefused("stale", "parent pointer disagrees")
     if flags & RENAME_EXCHANGE and tobj is not None and got is not None:
         assert t is not None  # (tobj is t's)
         if sp != dp:
@@ -943,11 +945,11 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if tobj is not None:
             if ocode == DIR_TYPE:
                 if tobj["k"] != "d":
-                    raise Refused("not-dir")
+                    raise MethodRefused("not-dir")
                 if not is_empty(tobj["e"]):
-                    raise Refused("not-empty")
+                    raise MethodRefused("not-empty")
             elif tobj["k"] == "d":
-                raise Refused("is-dir")
+                raise MethodRefused("is-dir")
         if ocode == DIR_TYPE and sp != dp:
             _not_under(states, dp, o, sp)
         del sents[sn]
@@ -958,7 +960,7 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
                 dst["nd"] -= 1
             else:
                 if tobj["nl"] < 1:
-                    raise Refused("invalid", "link count already zero")
+                    raise MethodRefused("invalid", "link count already zero")
                 tobj["nl"] -= 1
             _touch(tobj, now, modify=False)
         if ocode == DIR_TYPE and sp != dp:
@@ -967,7 +969,7 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             dst["nd"] += 1
         _touch(obj, now, modify=False)
     if dst["nd"] + 2 > LINK_MAX:
-        raise Refused("too-many-links")
+        raise MethodRefused("too-many-links")
     src["e"] = sents.packed()
     _touch(src, now, modify=True)
     if dp != sp:

@@ -16,7 +16,7 @@ from bftfs.config import ClusterConfig
 from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fs.filesystem import FileSystem
-from bftfs.qu.classify import Thresholds
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
 
@@ -47,6 +47,6 @@ async def open_session(
     ring = KeyRing(client_identity(config, client), config.node_public_keys())
     await check_identity(config, ring)  # an unknown key fails now, not after every timeout
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
-        qu = QUClient(ep, Thresholds.from_config(config), client_id=ep.pid)
+        qu = QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid)
         fs = await FileSystem.open(qu, rw, config, **options)
         yield Session(fs, qu, rw)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bftfs.ids import PrincipalId
-from bftfs.qu.classify import Thresholds, View, missing_objects
+from bftfs.qu.classify import QUThresholds, View, missing_objects
 from bftfs.qu.core import expected_lt
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import (
@@ -53,8 +53,8 @@ from bftfs.qu.messages import (
     VERSION,
     MessageError,
     Reply,
+    ReplyStatus,
     Request,
-    Status,
     parse_latest_reply,
 )
 from bftfs.qu.replica import ReplicaConfig, cull, handle_history
@@ -113,7 +113,7 @@ class CatchUp:
     def __init__(self, node: Node, cfg: ReplicaConfig, serve: Serve) -> None:
         self.node = node
         self.cfg = cfg
-        self.th: Thresholds = cfg.th
+        self.th: QUThresholds = cfg.th
         self.serve = serve
         self.others = [
             PrincipalId(s) for s in ((cfg.me + i) % cfg.th.n for i in range(1, cfg.th.n))
@@ -226,7 +226,7 @@ class CatchUp:
         evidence = {o: mohs[o] for o in original.objects}
         req = Request(original.client, original.objects, original.mohs, original.op, evidence)
         rep = await self.serve(req, int(self.cfg.me))
-        if rep.status is not Status.OK:
+        if rep.status is not ReplyStatus.OK:
             log.info(
                 "catch-up of object %d: %s %s (candidate %s, op %s)",
                 oid,

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, is_node
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.qu.canon import canonical
-from bftfs.qu.classify import Thresholds
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
@@ -47,8 +47,8 @@ from bftfs.qu.messages import (
     VERSION,
     MessageError,
     Reply,
+    ReplyStatus,
     Request,
-    Status,
     parse_fetch,
     parse_history_request,
     parse_latest,
@@ -96,7 +96,7 @@ def register(
     catch-up (``qu_catchup.py``)."""
     from bftfs.node.service import DEFER, HandlerError
 
-    th = Thresholds.from_config(node.config)
+    th = QUThresholds.from_config(node.config)
     keyring = node.keyring
 
     def key_for(s: int) -> bytes:
@@ -220,10 +220,10 @@ def register(
 
 def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Reply:
     rep = node.store.read(lambda kv: handle_history(kv, cfg, req.objects))
-    return type(rep)(Status.FAIL, hist=rep.hist, why=why)
+    return type(rep)(ReplyStatus.FAIL, hist=rep.hist, why=why)
 
 
-async def _sync(node: Node, th: Thresholds, want: SyncWant) -> tuple[bytes | None, bytes] | None:
+async def _sync(node: Node, th: QUThresholds, want: SyncWant) -> tuple[bytes | None, bytes] | None:
     """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604)."""
     others = [s for s in range(th.n) if s != node.id and s not in want.hosts]
     targets = [PrincipalId(s) for s in want.hosts if s != node.id] + [

@@ -59,7 +59,7 @@ from bftfs.rw.behind import (
     judge,
     own_fragment,
 )
-from bftfs.rw.classify import Thresholds
+from bftfs.rw.classify import RWThresholds
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import (
     KIND_LIST,
@@ -125,7 +125,7 @@ class CatchUp:
         client_options: dict[str, Any] | None = None,
     ) -> None:
         self.node = node
-        self.th = Thresholds.from_config(node.config)
+        self.th = RWThresholds.from_config(node.config)
         self.page = page
         self.max_ahead_ns = max_ahead_ns
         self.client_options = READ_OPTIONS if client_options is None else client_options
@@ -282,7 +282,7 @@ class CatchUp:
                 now_ns=node.now_ns(),
                 max_ahead_ns=self.max_ahead_ns,
             )
-        except (NotValidated, replica.Refused) as e:
+        except (NotValidated, replica.WriteRefused) as e:
             node.log.warning("node %s: rw catch-up: block %s skipped: %s", node.id, block, e)
             self._count("skipped")
             return

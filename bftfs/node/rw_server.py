@@ -96,7 +96,7 @@ def register(
             replica.check_write(
                 req, node=node.id, n=n, now_ns=node.now_ns(), max_ahead_ns=max_ahead_ns
             )
-        except replica.Refused as e:
+        except replica.WriteRefused as e:
             node.stats[f"rw.refused.{e.code}"] += 1
             raise HandlerError(e.code, e.message) from None
         stale = node.store.read(lambda kv: replica.fresh_conflict(kv, req))

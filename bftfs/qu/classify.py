@@ -57,8 +57,12 @@ class OpType(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """``n`` servers, ``q`` complete, ``r`` repairable, ``b`` malevolent, ``t`` faulty."""
+class QUThresholds:
+    """``n`` servers, ``q`` complete, ``r`` repairable, ``b`` malevolent, ``t`` faulty.
+
+    The Q/U sizes; the PASIS ones are :class:`bftfs.rw.classify.RWThresholds` (prefixed
+    names, so a search for either finds one class).
+    """
 
     n: int
     t: int
@@ -67,12 +71,12 @@ class Thresholds:
     r: int
 
     @classmethod
-    def minimal(cls, t: int, b: int) -> Thresholds:
+    def minimal(cls, t: int, b: int) -> QUThresholds:
         """The smallest threshold system for ``t`` and ``b`` (L2294-2298)."""
         return cls(n=3 * t + 2 * b + 1, t=t, b=b, q=2 * t + 2 * b + 1, r=t + b + 1)
 
     @classmethod
-    def from_config(cls, config: Any) -> Thresholds:
+    def from_config(cls, config: Any) -> QUThresholds:
         """Thresholds of a ``ClusterConfig`` (anything with ``n, t, b, q, r``)."""
         th = cls(n=config.n, t=config.t, b=config.b, q=config.q, r=config.r)
         th.validate()
@@ -106,7 +110,7 @@ class View:
     def __init__(
         self,
         mohs: MultiOHS,
-        th: Thresholds,
+        th: QUThresholds,
         links: Mapping[tuple[int, Timestamp], Timestamp] | None = None,
     ) -> None:
         """Args:

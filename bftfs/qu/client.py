@@ -29,7 +29,7 @@ import trio
 from bftfs.outcome import ClusterUnavailable
 from bftfs.qu import core
 from bftfs.qu.canon import pack
-from bftfs.qu.classify import OpType, Thresholds, View
+from bftfs.qu.classify import OpType, QUThresholds, View
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.links import prove
 from bftfs.qu.messages import (
@@ -41,10 +41,10 @@ from bftfs.qu.messages import (
     MessageError,
     Operation,
     Reply,
+    ReplyStatus,
     Request,
-    Status,
 )
-from bftfs.qu.objects import Refused
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import MAX_OBJECTS, ZERO, Candidate, Timestamp
 from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
 
@@ -56,11 +56,14 @@ MAX_SHORT_ROUNDS = 3
 MAX_FACTS = 4096
 
 
-class Unavailable(ClusterUnavailable):
-    """Fewer than q servers answered, repeatedly: the object cannot make progress now."""
+class QUUnavailable(ClusterUnavailable):
+    """Fewer than q servers answered, repeatedly: the object cannot make progress now.
+
+    The file system turns it into its own ``bftfs.fs.errors.Unavailable`` (EIO).
+    """
 
 
-class TooManyObjects(Unavailable):
+class TooManyObjects(QUUnavailable):
     """Repair would have to name more objects than one request may (8), even object by
     object: the candidates to repair span too many objects."""
 
@@ -111,7 +114,7 @@ class QUClient:
     def __init__(
         self,
         endpoint: Any,
-        th: Thresholds,
+        th: QUThresholds,
         *,
         client_id: int,
         rng: random.Random | None = None,
@@ -122,7 +125,7 @@ class QUClient:
     ) -> None:
         """Args:
         endpoint: has ``quorum_call`` and ``call`` (``bftfs.transport.Endpoint``).
-        th: thresholds of the cluster (``Thresholds.from_config``).
+        th: thresholds of the cluster (``QUThresholds.from_config``).
         client_id: this client's principal id (the id the endpoint authenticates as).
         rng: randomness for backoff (seeded in tests).
         seq_start: first operation sequence number; by default the wall clock in ns, so
@@ -173,8 +176,8 @@ class QUClient:
         """Run query ``method`` on ``objects``; its answer.
 
         Raises:
-            Refused: the method refused (b+1 servers agree on the latest version).
-            Unavailable: not enough servers answer.
+            MethodRefused: the method refused (b+1 servers agree on the latest version).
+            QUUnavailable: not enough servers answer.
         """
         return await self._invoke(_objs(objects), method, arg, True)
 
@@ -249,7 +252,7 @@ class QUClient:
             async with self._locked(objects):
                 return await self._run(objects, op)
         except (QuorumUnavailable, TransportError) as e:  # callers see one family only
-            raise Unavailable(f"objects {objects}: {type(e).__name__}: {e}") from e
+            raise QUUnavailable(f"objects {objects}: {type(e).__name__}: {e}") from e
 
     async def _run(self, objects: tuple[int, ...], op: Operation) -> Any:
         th = self.th
@@ -277,9 +280,9 @@ class QUClient:
                 return out.answer
             if out.result is core.Result.REFUSED:
                 self._n["refused"] += 1
-                raise Refused(out.why)
+                raise MethodRefused(out.why)
             if st.short >= MAX_SHORT_ROUNDS:
-                raise Unavailable(f"objects {objects}: fewer than q={th.q} servers answer")
+                raise QUUnavailable(f"objects {objects}: fewer than q={th.q} servers answer")
             # Servers answering ``need`` are not believed: the client derives the objects
             # deduction needs from the histories it holds (next_step), so a Byzantine server
             # cannot make it drag arbitrary objects into its requests.
@@ -320,7 +323,7 @@ class QUClient:
         Raises:
             TooManyObjects: ``objects`` and the context deduction needs are more than one
                 request may name.
-            Unavailable: repeatedly fewer than q replies.
+            QUUnavailable: repeatedly fewer than q replies.
         """
         th = self.th
         query = op is not None and op.query
@@ -338,7 +341,7 @@ class QUClient:
                 if not await self._prove(nxt.links):
                     st.short += 1
                     if st.short >= MAX_SHORT_ROUNDS:
-                        raise Unavailable(f"objects {allobjs}: no server proves a link")
+                        raise QUUnavailable(f"objects {allobjs}: no server proves a link")
                     await self._sleep(core.backoff_delay(st.repairs, self.rng))
                     st.repairs += 1
                 continue
@@ -367,7 +370,7 @@ class QUClient:
             if len(rreplies) < th.q:
                 st.short += 1
                 if st.short >= MAX_SHORT_ROUNDS:
-                    raise Unavailable(f"objects {allobjs}: fewer than q servers answer")
+                    raise QUUnavailable(f"objects {allobjs}: fewer than q servers answer")
 
     def _latest(self, objects: tuple[int, ...]) -> tuple:
         """The newest timestamp cached for each of ``objects`` (how far they have moved)."""
@@ -499,7 +502,7 @@ class QUClient:
         stash: dict[int, Reply] = {}
 
         def settled() -> bool:
-            oks = sum(1 for r in stash.values() if r.status is Status.OK)
+            oks = sum(1 for r in stash.values() if r.status is ReplyStatus.OK)
             hopeless = oks + (th.n - len(stash)) < th.q
             return oks >= th.q or (hopeless and len(stash) >= th.q)
 
@@ -523,7 +526,7 @@ class QUClient:
             # A refusal is a server's valid answer, not a reason to probe another: probing
             # made the server outside the preferred quorum object-sync for every negative
             # lookup (118 syncs in a 111-file cp -a).  Failures (not current) still probe.
-            return rep.status in (Status.OK, Status.REFUSED)
+            return rep.status in (ReplyStatus.OK, ReplyStatus.REFUSED)
 
         with scope, suppress(QuorumUnavailable):
             await self.ep.quorum_call(

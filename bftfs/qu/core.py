@@ -31,7 +31,7 @@ from typing import Any
 
 from bftfs.qu.classify import (
     OpType,
-    Thresholds,
+    QUThresholds,
     View,
     classify,
     established_answer_point,
@@ -42,7 +42,7 @@ from bftfs.qu.classify import (
 )
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.links import Facts, expected_setup_lt
-from bftfs.qu.messages import Reply, Request, Status
+from bftfs.qu.messages import Reply, ReplyStatus, Request
 from bftfs.qu.timestamp import Candidate, Timestamp
 
 MOHS = dict[int, dict[int, OHSEntry]]
@@ -84,7 +84,7 @@ def malevolent(reports: Iterable[tuple[int, Reply]], objects: list[int], b: int)
 
 def present(
     mohs: Mapping[int, Mapping[int, OHSEntry]],
-    th: Thresholds,
+    th: QUThresholds,
     fresh: Mapping[int, set[int]],
     excluded: set[int],
     links: Facts | None = None,
@@ -103,7 +103,7 @@ def present(
 
 def present_view(
     mohs: Mapping[int, Mapping[int, OHSEntry]],
-    th: Thresholds,
+    th: QUThresholds,
     fresh: Mapping[int, set[int]],
     excluded: set[int],
     links: Facts | None = None,
@@ -202,7 +202,7 @@ def _agreed(replies: list[Reply], b: int) -> tuple[bool, Any]:
 def outcome(
     replies: Mapping[int, Reply],
     view: View,
-    th: Thresholds,
+    th: QUThresholds,
     query: bool,
     objects: tuple[int, ...] | None = None,
 ) -> Outcome:
@@ -219,7 +219,7 @@ def outcome(
         objects: the operated objects (default: all of the view; others are context).
     """
     objects = view.objects if objects is None else objects
-    oks = [(s, r) for s, r in replies.items() if r.status is Status.OK and r.type == "method"]
+    oks = [(s, r) for s, r in replies.items() if r.status is ReplyStatus.OK and r.type == "method"]
     groups: dict[Any, list[Reply]] = {}
     for _, r in oks:
         key = r.at if query else r.lt
@@ -237,7 +237,7 @@ def outcome(
         point = tuple(c.obj.lt for c in classes.values() if c.obj is not None)
     refusals: Counter[tuple] = Counter()
     for r in replies.values():
-        if r.status is Status.REFUSED and r.at is not None and r.at == point:
+        if r.status is ReplyStatus.REFUSED and r.at is not None and r.at == point:
             refusals[(r.at, r.why)] += 1
     for (_, why), k in refusals.items():
         if k >= th.b + 1:
@@ -249,7 +249,9 @@ def outcome(
             cand = established_answer_point(view, oid)
         if cand is not None:
             answers = [
-                r for r in replies.values() if r.at == (cand.lt,) and r.status is not Status.REFUSED
+                r
+                for r in replies.values()
+                if r.at == (cand.lt,) and r.status is not ReplyStatus.REFUSED
             ]
             ok, answer = _agreed(answers, th.b)
             if ok:
@@ -299,7 +301,7 @@ def next_step(view: View) -> Next:
     return Next(Step.REPAIR, type=typ)
 
 
-def expected_lt(req: Request, th: Thresholds) -> Timestamp | None:
+def expected_lt(req: Request, th: QUThresholds) -> Timestamp | None:
     """The timestamp servers set up for ``req`` if none of its histories gets culled."""
     got = expected_setup_lt(req, th)
     return got[0] if got is not None else None

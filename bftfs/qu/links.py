@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 
 from bftfs.qu.canon import canonical
-from bftfs.qu.classify import Thresholds, View, setup
+from bftfs.qu.classify import QUThresholds, View, setup
 from bftfs.qu.history import MultiOHS, multi_ohs_digest
 from bftfs.qu.messages import Link, MessageError, Request
 from bftfs.qu.timestamp import Timestamp
@@ -55,7 +55,7 @@ def request_digest(mohs: MultiOHS, links: Iterable[Link] = ()) -> bytes:
     return h.digest()
 
 
-def expected_setup_lt(req: Request, th: Thresholds) -> tuple[Timestamp, dict] | None:
+def expected_setup_lt(req: Request, th: QUThresholds) -> tuple[Timestamp, dict] | None:
     """The timestamp servers set up for ``req`` (culled as stored) and each operated
     object's conditioned-on timestamp, or None if classification needs more than the
     request carries (objects or links) or time ran out."""
@@ -73,7 +73,7 @@ def expected_setup_lt(req: Request, th: Thresholds) -> tuple[Timestamp, dict] | 
 
 
 @functools.lru_cache(maxsize=4096)
-def prove(proof: bytes, th: Thresholds, oid: int, lt: Timestamp) -> Timestamp | None:
+def prove(proof: bytes, th: QUThresholds, oid: int, lt: Timestamp) -> Timestamp | None:
     """The conditioned-on timestamp of version ``lt`` of ``oid`` that ``proof`` (a stored
     request, packed) shows, or None if it shows nothing about it."""
     try:
@@ -88,7 +88,7 @@ def prove(proof: bytes, th: Thresholds, oid: int, lt: Timestamp) -> Timestamp | 
     return got[1][oid]
 
 
-def verified(links: Iterable[Link], th: Thresholds) -> dict[tuple[int, Timestamp], Timestamp]:
+def verified(links: Iterable[Link], th: QUThresholds) -> dict[tuple[int, Timestamp], Timestamp]:
     """The links of a request as facts, every one checked against its proof.
 
     Raises:

@@ -81,8 +81,8 @@ class MessageError(ValueError):
     """A Q/U message that does not parse or breaks a field rule."""
 
 
-class Status(enum.Enum):
-    """Outcome of a request at one server."""
+class ReplyStatus(enum.Enum):
+    """Outcome of a Q/U request at one server (the ``st`` field of a reply)."""
 
     OK = "ok"
     FAIL = "fail"
@@ -90,8 +90,8 @@ class Status(enum.Enum):
     NEED = "need"
 
 
-#: Status by wire value (a dict lookup; calling the enum costs several times more).
-_STATUS = {s.value: s for s in Status}
+#: ReplyStatus by wire value (a dict lookup; calling the enum costs several times more).
+_STATUS = {s.value: s for s in ReplyStatus}
 
 
 def _int(v: Any, what: str, bits: int = 64) -> int:
@@ -459,7 +459,7 @@ def _ohs_item(raw: bytes, n: int) -> tuple[int, OHSEntry]:
 class Reply:
     """One server's answer to a request (lines 1008, 1021, 1030) or a history read."""
 
-    status: Status
+    status: ReplyStatus
     type: str | None = None  # the OpType value performed, for OK replies to requests
     lt: Timestamp | None = None  # the accepted candidate's LT (updates, barriers, copies)
     answer: Any = None

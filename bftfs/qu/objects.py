@@ -3,7 +3,7 @@
 A Q/U object exports deterministic methods; *queries* read, *updates* produce a new version.
 Methods run on the servers, so a method is also where a server refuses an illegal call from
 a Byzantine client (server-side validation is how Q/U narrows what a faulty client can do,
-L1963-1966): it raises :class:`Refused`, the server changes nothing and says so.
+L1963-1966): it raises :class:`MethodRefused`, the server changes nothing and says so.
 
 Object state is any canonical msgpack value (:mod:`bftfs.qu.canon`); ``None`` means the
 object does not exist yet, which is the state of every object at ``<0,0>``.  A method gets
@@ -35,8 +35,12 @@ class Class(enum.Enum):
     UPDATE = "update"
 
 
-class Refused(Exception):
-    """A method refused an illegal call; nothing changes.  ``code`` is a short stable word."""
+class MethodRefused(Exception):
+    """A method refused an illegal call; nothing changes.  ``code`` is a short stable word.
+
+    Raised by object methods on the servers and, once ``b + 1`` agree, by the client; a
+    PASIS node refusing a write raises ``bftfs.rw.replica.WriteRefused`` instead.
+    """
 
     def __init__(self, code: str, message: str = "") -> None:
         super().__init__(f"{code}: {message}" if message else code)
@@ -103,47 +107,47 @@ class Registry:
     def _checked(self, name: str, cls: Class, nobjects: int) -> Method:
         m = self._methods.get(name)
         if m is None:
-            raise Refused("no-such-method", name)
+            raise MethodRefused("no-such-method", name)
         if m.cls is not cls:
-            raise Refused("wrong-class", f"{name} is a {m.cls.value}")
+            raise MethodRefused("wrong-class", f"{name} is a {m.cls.value}")
         if not m.min_objects <= nobjects <= m.max_objects:
-            raise Refused("wrong-objects", f"{name} takes {m.min_objects}..{m.max_objects}")
+            raise MethodRefused("wrong-objects", f"{name} takes {m.min_objects}..{m.max_objects}")
         return m
 
     def query(self, name: str, states: States, arg: Any) -> Any:
         """Run query ``name``; the answer in canonical form.
 
         Raises:
-            Refused: unknown method, an update, wrong number of objects, or the method
+            MethodRefused: unknown method, an update, wrong number of objects, or the method
                 refused.  An unexpected exception inside a method is deterministic too (same
                 code, same input), so it is reported as the refusal ``method-error``.
         """
         m = self._checked(name, Class.QUERY, len(states))
         try:
             return normalise(m.fn(states, arg))
-        except Refused:
+        except MethodRefused:
             raise
         except CanonicalError as e:
-            raise Refused("bad-answer", str(e)) from e
+            raise MethodRefused("bad-answer", str(e)) from e
         except Exception as e:  # noqa: BLE001 - see docstring
-            raise Refused("method-error", type(e).__name__) from e
+            raise MethodRefused("method-error", type(e).__name__) from e
 
     def update(self, name: str, states: States, arg: Any) -> tuple[dict[int, bytes], Any]:
         """Run update ``name``: the canonical bytes of every new state, and the answer.
 
         Raises:
-            Refused: as for :meth:`query`, or the method did not return one state for each
+            MethodRefused: as for :meth:`query`, or the method did not return one state for each
                 object it was given.
         """
         m = self._checked(name, Class.UPDATE, len(states))
         try:
             new, answer = m.fn(states, arg)
             if set(new) != set(states):
-                raise Refused("bad-update", "must return a state for every object")
+                raise MethodRefused("bad-update", "must return a state for every object")
             return {oid: canonical(v) for oid, v in new.items()}, normalise(answer)
-        except Refused:
+        except MethodRefused:
             raise
         except CanonicalError as e:
-            raise Refused("bad-state", str(e)) from e
+            raise MethodRefused("bad-state", str(e)) from e
         except Exception as e:  # noqa: BLE001 - see docstring
-            raise Refused("method-error", type(e).__name__) from e
+            raise MethodRefused("method-error", type(e).__name__) from e

@@ -56,8 +56,8 @@ from bftfs.qu.canon import canonical_map, unpack
 from bftfs.qu.classify import (
     ObjectClass,
     OpType,
+    QUThresholds,
     Setup,
-    Thresholds,
     View,
     classify,
     missing_objects,
@@ -72,8 +72,8 @@ from bftfs.qu.history import (
     make_rh,
 )
 from bftfs.qu.links import LinkError, request_digest, verified
-from bftfs.qu.messages import Link, Reply, Request, Status
-from bftfs.qu.objects import Refused, Registry
+from bftfs.qu.messages import Link, Reply, ReplyStatus, Request
+from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
 
 
@@ -95,7 +95,7 @@ class ReplicaConfig:
     """What one server's step needs to know about itself."""
 
     me: int
-    th: Thresholds
+    th: QUThresholds
     key_for: Callable[[int], bytes]  # pairwise key with server s (itself included)
     registry: Registry
     retention: Retention = field(default_factory=Retention)
@@ -157,7 +157,7 @@ def cull(
 
 @functools.lru_cache(maxsize=1024)
 def _classified(
-    th: Thresholds,
+    th: QUThresholds,
     objects: tuple[int, ...],
     histories: tuple[tuple[int, tuple[tuple[int, ReplicaHistory], ...]], ...],
     links: tuple[Link, ...] = (),
@@ -212,7 +212,7 @@ def _optimistic_query(kv: KV, cfg: ReplicaConfig, req: Request) -> tuple[Any, tu
         return None, None
     try:
         answer = cfg.registry.query(req.op.method, _states({oid: got[0]}), req.op.arg)
-    except Refused:
+    except MethodRefused:
         return None, None
     return answer, (latest.lt,)
 
@@ -236,7 +236,7 @@ def handle_request(
     objects = req.objects
     th = cfg.th
 
-    def reply(status: Status, **kw: Any) -> Reply:
+    def reply(status: ReplyStatus, **kw: Any) -> Reply:
         return Reply(status, hist=_hist(kv, cfg, objects), culled=culled, **kw)
 
     mohs, all_culled = cull(cfg, req.mohs)
@@ -246,7 +246,7 @@ def handle_request(
         try:
             facts = verified(req.links, th)
         except LinkError as e:
-            return reply(Status.REFUSED, why=str(e))
+            return reply(ReplyStatus.REFUSED, why=str(e))
         links = tuple(Link(oid, lt, co) for (oid, lt), co in sorted(facts.items()))
     need, wanted, digest, classes = _classified(
         th,
@@ -258,27 +258,27 @@ def handle_request(
         links,
     )
     if need:
-        return reply(Status.NEED, need=tuple(sorted(need)), why="deduction needs objects")
+        return reply(ReplyStatus.NEED, need=tuple(sorted(need)), why="deduction needs objects")
     if wanted:
-        return reply(Status.NEED, why="deduction needs conditioned-on links")
+        return reply(ReplyStatus.NEED, why="deduction needs conditioned-on links")
     op_bytes = req.op.canonical() if req.op else None
     su = setup_from_classes(classes, req.client, op_bytes, digest, objects)
     if su is None:
-        return reply(Status.REFUSED, why="logical time exhausted")
+        return reply(ReplyStatus.REFUSED, why="logical time exhausted")
 
     if req.client != sender:
         if req.evidence is None or (req.op is not None and req.op.query):
-            return reply(Status.REFUSED, why="client id is not the sender's")
+            return reply(ReplyStatus.REFUSED, why="client id is not the sender's")
         ev, _ = cull(cfg, req.evidence)
         target = su.candidates[objects[0]]
         if View(ev, th).order(objects[0], target) < th.b + 1:
-            return reply(Status.REFUSED, why="inline repair without evidence")
+            return reply(ReplyStatus.REFUSED, why="inline repair without evidence")
 
     if req.op is not None and su.type is not OpType.METHOD:
         answer, at = _optimistic_query(kv, cfg, req)
-        return reply(Status.FAIL, answer=answer, at=at, why="not current: " + su.type.value)
+        return reply(ReplyStatus.FAIL, answer=answer, at=at, why="not current: " + su.type.value)
     if req.op is None and su.type is OpType.METHOD:
-        return reply(Status.FAIL, why="nothing to repair")
+        return reply(ReplyStatus.FAIL, why="nothing to repair")
 
     # Repeated request (L2580-2583): answered from the stored version, before currency.
     if not (req.op is not None and req.op.query):
@@ -286,13 +286,13 @@ def handle_request(
             done = schema.version_accepted(kv, oid, su.lt)
             if done is not None:
                 kind, answer = done
-                return reply(Status.OK, type=kind, lt=su.lt, answer=answer, at=_at(su))
+                return reply(ReplyStatus.OK, type=kind, lt=su.lt, answer=answer, at=_at(su))
 
     rhs = {oid: schema.load_rh(kv, oid)[0] for oid in objects}
     for oid in objects:
         if _latest(rhs[oid]) > su.current[oid]:
             answer, at = _optimistic_query(kv, cfg, req)
-            return reply(Status.FAIL, answer=answer, at=at, why="not current")
+            return reply(ReplyStatus.FAIL, answer=answer, at=at, why="not current")
 
     stored = Request(req.client, objects, mohs, req.op, None, links)
     if su.type is OpType.BARRIER:
@@ -320,14 +320,14 @@ def handle_request(
 
     op = req.op
     if op is None:  # unreachable: METHOD without operation was answered above
-        return reply(Status.FAIL, why="nothing to repair")
+        return reply(ReplyStatus.FAIL, why="nothing to repair")
     states = _states({oid: got[oid][0] for oid in objects})
     if op.query:
         try:
             answer = cfg.registry.query(op.method, states, op.arg)
-        except Refused as e:
-            return reply(Status.REFUSED, why=e.code, at=_at(su))
-        return reply(Status.OK, type=OpType.METHOD.value, answer=answer, at=_at(su))
+        except MethodRefused as e:
+            return reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
+        return reply(ReplyStatus.OK, type=OpType.METHOD.value, answer=answer, at=_at(su))
 
     tables = {oid: unpack(got[oid][1]) for oid in objects}
     prior = [t.get(req.client) for t in tables.values()]
@@ -338,8 +338,8 @@ def handle_request(
     else:
         try:
             new_states, answer = cfg.registry.update(op.method, states, op.arg)
-        except Refused as e:
-            return reply(Status.REFUSED, why=e.code, at=_at(su))
+        except MethodRefused as e:
+            return reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
     applied = {}
     for oid in objects:
         t = dict(tables[oid])
@@ -409,7 +409,7 @@ def _accept(
         hist.append(OHSEntry(new_rh, auth))
     schema.store_request(kv, su.lt, req.packed())
     return Reply(
-        Status.OK,
+        ReplyStatus.OK,
         type=kind,
         lt=su.lt,
         answer=answer,
@@ -432,7 +432,7 @@ def _retain(kv: KV, cfg: ReplicaConfig, oid: int, rh: ReplicaHistory) -> None:
 def handle_history(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> Reply:
     """A read of this server's histories (``qu.history``): what a client needs to add an
     object to a multi-OHS for deduction, without sending an operation."""
-    return Reply(Status.OK, hist=_hist(kv, cfg, objects))
+    return Reply(ReplyStatus.OK, hist=_hist(kv, cfg, objects))
 
 
 def handle_latest(kv: KV, after: int | None, limit: int) -> dict:

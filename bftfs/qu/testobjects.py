@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bftfs.qu.objects import Class, Method, ObjectType, Refused, Registry, States
+from bftfs.qu.objects import Class, Method, MethodRefused, ObjectType, Registry, States
 
 #: Upper bound of a counter, so the state always fits the canonical 64-bit integer range.
 COUNTER_MAX = 1 << 62
@@ -23,14 +23,14 @@ def _count(state: Any) -> int:
     if state is None:
         return 0
     if not isinstance(state, int) or isinstance(state, bool):
-        raise Refused("not-a-counter")
+        raise MethodRefused("not-a-counter")
     return state
 
 
 def _amount(arg: Any, default: int = 1) -> int:
     amount = default if arg is None else arg
     if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < COUNTER_MAX:
-        raise Refused("bad-amount")
+        raise MethodRefused("bad-amount")
     return amount
 
 
@@ -38,7 +38,7 @@ def _increment(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     ((oid, state),) = states.items()
     value = _count(state) + _amount(arg)
     if value >= COUNTER_MAX:
-        raise Refused("overflow")
+        raise MethodRefused("overflow")
     return {oid: value}, value
 
 
@@ -55,18 +55,18 @@ def _fetch_all(states: States, arg: Any) -> Any:
 def _transfer(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Move ``amount`` from counter ``src`` to counter ``dst``: arg ``[src, dst, amount]``."""
     if not isinstance(arg, list) or len(arg) != 3:
-        raise Refused("bad-argument")
+        raise MethodRefused("bad-argument")
     src, dst, amount = arg[0], arg[1], _amount(arg[2])
     if src == dst or src not in states or dst not in states:
-        raise Refused("bad-argument")
+        raise MethodRefused("bad-argument")
     have = _count(states[src])
     if have < amount:
-        raise Refused("insufficient")
+        raise MethodRefused("insufficient")
     new = {oid: _count(s) for oid, s in states.items()}
     new[src] = have - amount
     new[dst] = new[dst] + amount
     if new[dst] >= COUNTER_MAX:
-        raise Refused("overflow")
+        raise MethodRefused("overflow")
     return new, [new[src], new[dst]]
 
 
@@ -93,13 +93,13 @@ def _map(state: Any) -> dict[str, Any]:
     if state is None:
         return {}
     if not isinstance(state, dict):
-        raise Refused("not-a-map")
+        raise MethodRefused("not-a-map")
     return state
 
 
 def _key(arg: Any) -> str:
     if not isinstance(arg, str) or not 0 < len(arg) <= 255:
-        raise Refused("bad-key")
+        raise MethodRefused("bad-key")
     return arg
 
 
@@ -110,7 +110,7 @@ def _get(states: States, arg: Any) -> Any:
 
 def _put(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     if not isinstance(arg, list) or len(arg) != 2:
-        raise Refused("bad-argument")
+        raise MethodRefused("bad-argument")
     ((oid, state),) = states.items()
     m = dict(_map(state))
     old = m.get(_key(arg[0]))
@@ -122,22 +122,22 @@ def _delete(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     ((oid, state),) = states.items()
     m = dict(_map(state))
     if _key(arg) not in m:
-        raise Refused("no-such-key", arg)
+        raise MethodRefused("no-such-key", arg)
     return {oid: m}, m.pop(arg)
 
 
 def _move(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Move a key between two maps: arg ``[src_oid, src_key, dst_oid, dst_key]``."""
     if not isinstance(arg, list) or len(arg) != 4:
-        raise Refused("bad-argument")
+        raise MethodRefused("bad-argument")
     src, skey, dst, dkey = arg[0], _key(arg[1]), arg[2], _key(arg[3])
     if src == dst or src not in states or dst not in states:
-        raise Refused("bad-argument")
+        raise MethodRefused("bad-argument")
     a, b = dict(_map(states[src])), dict(_map(states[dst]))
     if skey not in a:
-        raise Refused("no-such-key", skey)
+        raise MethodRefused("no-such-key", skey)
     if dkey in b:
-        raise Refused("exists", dkey)
+        raise MethodRefused("exists", dkey)
     b[dkey] = a.pop(skey)
     return {src: a, dst: b}, None
 

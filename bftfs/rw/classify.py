@@ -15,7 +15,7 @@ down - exactly the seed's candidate sequence - and stops at the first complete o
 one, or says which information is missing.  Because the walk is a pure function of the views,
 the driver simply calls it again after every round.
 
-What the walk needs to know about node ``j`` at version ``v`` (:class:`Status`):
+What the walk needs to know about node ``j`` at version ``v`` (:class:`HostStatus`):
 ``HOSTS``/``LACKS`` when ``j``'s history reaches down to ``v``; ``UNKNOWN`` when its history
 was cut off above ``v`` (READ_PREV can tell more); ``COLLECTED`` when ``j`` garbage-collected
 below a floor above ``v`` (no one can tell more).
@@ -71,8 +71,11 @@ DEFAULT_MAX_FETCHES = 4
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """PASIS sizes: ``N`` nodes, ``t`` faulty of which ``b`` Byzantine, ``QC``, ``m``."""
+class RWThresholds:
+    """PASIS sizes: ``N`` nodes, ``t`` faulty of which ``b`` Byzantine, ``QC``, ``m``.
+
+    The Q/U sizes are :class:`bftfs.qu.classify.QUThresholds`.
+    """
 
     n: int
     t: int
@@ -85,7 +88,7 @@ class Thresholds:
         check(pasis_rule(self.n, self.t, self.b, self.qc, self.m))
 
     @classmethod
-    def from_config(cls, config: object) -> Thresholds:
+    def from_config(cls, config: object) -> RWThresholds:
         """The thresholds of a ``ClusterConfig`` (any object with ``n, t, b, qc, m``)."""
         return cls(
             n=config.n,  # type: ignore[attr-defined]
@@ -121,8 +124,8 @@ class Thresholds:
         return 2 * self.qc > self.n
 
 
-class Status(enum.Enum):
-    """What the client knows about one node and one version."""
+class HostStatus(enum.Enum):
+    """What the client knows about one node and one version: whether the node hosts it."""
 
     HOSTS = "hosts"
     LACKS = "lacks"
@@ -147,14 +150,14 @@ class NodeView:
     #: READ_PREV history fetches made to this node so far (choice 7).
     fetches: int = 0
 
-    def status(self, ts: Timestamp) -> Status:
+    def status(self, ts: Timestamp) -> HostStatus:
         """HOSTS / LACKS / UNKNOWN / COLLECTED for version ``ts``."""
         if ts in self.versions:
-            return Status.HOSTS
+            return HostStatus.HOSTS
         if ts >= self.lo:
             # ZERO is hosted by every node whose knowledge reaches it (choice 5).
-            return Status.HOSTS if ts == ZERO else Status.LACKS
-        return Status.COLLECTED if self.collected else Status.UNKNOWN
+            return HostStatus.HOSTS if ts == ZERO else HostStatus.LACKS
+        return HostStatus.COLLECTED if self.collected else HostStatus.UNKNOWN
 
 
 def view_from_history(
@@ -244,7 +247,7 @@ class Decision:
 
 
 def decide(
-    th: Thresholds,
+    th: RWThresholds,
     views: Mapping[int, NodeView],
     *,
     rejected: frozenset[Timestamp] = frozenset(),
@@ -277,11 +280,11 @@ def decide(
         collected: list[int] = []
         for view in views.values():
             status = view.status(cand)
-            if status is Status.HOSTS:
+            if status is HostStatus.HOSTS:
                 hosting.append(view.node)
-            elif status is Status.UNKNOWN:
+            elif status is HostStatus.UNKNOWN:
                 unknown.append(view.node)
-            elif status is Status.COLLECTED:
+            elif status is HostStatus.COLLECTED:
                 collected.append(view.node)
         hosts = tuple(sorted(hosting))
 

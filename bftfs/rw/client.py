@@ -18,10 +18,10 @@ candidate is not complete (up to ``N - t`` replies and beyond, one more for ever
 reply); then, as :func:`decide` says: fetch older history from particular nodes (READ_PREV,
 history only), fetch the candidate's missing fragments by its timestamp, regenerate the
 cross checksum from ``m`` fragments (a poisonous write is never returned), repair a
-repairable candidate at its own timestamp (waiting for ``N - t`` acknowledgements so that it
-is complete when the read returns), or restart from READ_LATEST when garbage collection
-removed what the read looked for (bounded by ``max_restarts``: obstruction-freedom,
-L1566-1574).
+repairable candidate at its own timestamp (:meth:`RWClient.repair_block`, waiting for
+``N - t`` acknowledgements so that it is complete when the read returns), or restart from
+READ_LATEST when garbage collection removed what the read looked for (bounded by
+``max_restarts``: obstruction-freedom, L1566-1574).
 
 Concurrency: each call is independent; ``read_blocks`` / ``write_blocks`` run many blocks at
 once, and a client made by :func:`open_rw_client` sends the requests of concurrent calls to
@@ -52,10 +52,10 @@ from bftfs.rw.batch import Batcher, batch_quorum
 from bftfs.rw.classify import (
     DEFAULT_MAX_FETCHES,
     Decision,
+    HostStatus,
     Kind,
     NodeView,
-    Status,
-    Thresholds,
+    RWThresholds,
     decide,
     view_from_history,
 )
@@ -215,7 +215,7 @@ class RWClient:
         trust_verified: bool = True,
     ) -> None:
         self.endpoint = endpoint
-        self.th = Thresholds.from_config(config)
+        self.th = RWThresholds.from_config(config)
         self.block_size: int = config.block_size
         self.nodes: list[NodeId] = [
             NodeId(i) for i in (config.node_ids if nodes is None else nodes)
@@ -577,8 +577,6 @@ class RWClient:
             regen = await self._validate(st, block, d, repair=repair)
             if regen is None:
                 continue
-            if d.kind is Kind.REPAIR and repair:
-                self._stats["repairs"] += 1
             return ReadOutcome(
                 d.candidate,
                 d.kind,
@@ -690,8 +688,26 @@ class RWClient:
             st.rejected.add(cand)
             return None
         if d.kind is Kind.REPAIR and repair:
-            await self.do_write(block, cand, regen.fragments, regen.cross_checksum)
+            await self.repair_block(block, cand, regen)
         return regen
+
+    async def repair_block(
+        self, block: BlockId, candidate: Timestamp, regen: erasure.Regenerated
+    ) -> None:
+        """REPAIR (Figure 3.2, seed L992-1095): write a validated repairable candidate back.
+
+        A repairable candidate is hosted by fewer than ``QC`` nodes, so a later read could
+        classify it incomplete and return an older version: returning it without repair
+        would break linearizability.  It is written to every node *at its own timestamp*
+        (not a new one, so it stays the same version and concurrent readers agree), with the
+        fragments and cross checksum regenerated from ``m`` validated fragments, and the
+        read returns only after ``N - t`` acknowledgements, when the candidate is complete.
+
+        Raises:
+            WriteFailed: fewer than ``N - t`` nodes acknowledged the repair.
+        """
+        await self.do_write(block, candidate, regen.fragments, regen.cross_checksum)
+        self._stats["repairs"] += 1
 
     async def _fetch_fragments(
         self, st: _ReadState, block: BlockId, cand: Timestamp, holders: Sequence[int]
@@ -712,7 +728,7 @@ class RWClient:
                 return False
             if node not in st.frags.get(cand, {}):
                 view = st.views.get(node)
-                if view is not None and view.status(cand) is Status.COLLECTED:
+                if view is not None and view.status(cand) is HostStatus.COLLECTED:
                     # Garbage collection removed it since the node listed it: a race that
                     # the next decision resolves (seed L1566-1574), not a lie.
                     return False

@@ -71,8 +71,8 @@ from bftfs.rw.timestamp import ZERO, Timestamp, plausible
 DEFAULT_HISTORY = 8
 
 
-class Refused(Exception):
-    """A request the node will not execute; ``code`` goes back to the client."""
+class WriteRefused(Exception):
+    """A write the node will not store; ``code`` goes back to the client."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -84,20 +84,20 @@ def check_write(req: WriteRequest, *, node: int, n: int, now_ns: int, max_ahead_
     """VALIDATE a write for this node, and bound its time.
 
     Raises:
-        Refused: ``bad-verifier``, ``bad-fragment`` or ``too-far-ahead`` (the bound is
+        WriteRefused: ``bad-verifier``, ``bad-fragment`` or ``too-far-ahead`` (the bound is
             ``max_ahead_ns`` nanoseconds past this node's clock).
     """
     cc = req.cross_checksum
     if len(cc) != erasure.cross_checksum_size(n) or not 0 <= node < n:
-        raise Refused("bad-cross-checksum", f"cross checksum of {len(cc)} bytes for N={n}")
+        raise WriteRefused("bad-cross-checksum", f"cross checksum of {len(cc)} bytes for N={n}")
     if req.ts == ZERO:
-        raise Refused("bad-verifier", "the zero timestamp cannot be written")
+        raise WriteRefused("bad-verifier", "the zero timestamp cannot be written")
     if not hmac.compare_digest(erasure.verifier_of(cc), req.ts.verifier):
-        raise Refused("bad-verifier", "cross checksum does not match the timestamp's verifier")
+        raise WriteRefused("bad-verifier", "cross checksum does not match the timestamp's verifier")
     if not erasure.fragment_matches(cc, node, req.fragment):
-        raise Refused("bad-fragment", f"fragment does not match cross-checksum entry {node}")
+        raise WriteRefused("bad-fragment", f"fragment does not match cross-checksum entry {node}")
     if not plausible(req.ts.time, now_ns, max_ahead_ns):
-        raise Refused(
+        raise WriteRefused(
             "too-far-ahead",
             f"time {req.ts.time} is more than {max_ahead_ns} ns past this node's clock {now_ns}",
         )

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bftfs import erasure
-from bftfs.rw.classify import Kind, Thresholds
+from bftfs.rw.classify import Kind, RWThresholds
 from bftfs.rw.messages import ReadReply, ReadRequest
 from bftfs.rw.timestamp import Timestamp, next_time, plausible
 
@@ -46,7 +46,7 @@ def validate_fragment(
 
 
 def check_read_reply(
-    th: Thresholds, node: int, request: ReadRequest, reply: ReadReply
+    th: RWThresholds, node: int, request: ReadRequest, reply: ReadReply
 ) -> BadReply | None:
     """Validate a well-formed read reply's fragment; None when it is valid.
 
@@ -77,7 +77,7 @@ def choose_time(latest: Mapping[int, Timestamp], now_ns: int) -> int:
 
 
 def validate_candidate(
-    th: Thresholds, fragments: Mapping[int, bytes], cross_checksum: bytes
+    th: RWThresholds, fragments: Mapping[int, bytes], cross_checksum: bytes
 ) -> erasure.Regenerated:
     """GENERATE_FRAGMENTS and compare with the candidate's cross checksum.
 
