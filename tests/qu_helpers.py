@@ -2,7 +2,7 @@
 
 - :class:`MemCluster`: n replicas over :class:`~bftfs.kv.MemoryKV` with deterministic
   pairwise keys, driven synchronously (``handle``) or through :class:`MemEndpoint`, an
-  in-memory stand-in for ``bftfs.transport.Endpoint`` (``call``/``quorum_call``) that passes
+  in-memory stand-in for ``bftfs.net.endpoint.Endpoint`` (``call``/``quorum_call``) that passes
   every message through msgpack as the wire does.  No network, no clock: tier 1.
 - Byzantine server behaviours as handler wrappers (also used on the real cluster).
 - :class:`Recorder` and :func:`check_serializable`: a Wing-Gong style search for a
@@ -25,6 +25,8 @@ import trio.lowlevel
 from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.quorum import QuorumResult, QuorumUnavailable
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import Thresholds
 from bftfs.qu.history import OHSEntry, make_rh
@@ -50,7 +52,6 @@ from bftfs.qu.replica import (
 )
 from bftfs.qu.testobjects import registry
 from bftfs.qu.timestamp import Candidate, Timestamp
-from bftfs.transport import QuorumResult, QuorumUnavailable, RemoteError, TransportError
 
 
 def wire(value: Any) -> Any:
@@ -529,7 +530,7 @@ def send(
 def cluster_wrapper(fn: Wrapper, server: int, cluster: Any = None) -> Callable:
     """Adapt a :data:`Wrapper` to ``FaultInjector.byzantine`` on the in-process cluster
     (one that forges with its own keys reads them from the running node)."""
-    from bftfs.node.service import HandlerError
+    from bftfs.net.server import HandlerError
 
     async def wrapper(ctx: Any, payload: Any, honest: Callable) -> Any:
         kind = wrapper.kind  # type: ignore[attr-defined]

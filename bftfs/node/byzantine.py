@@ -40,7 +40,7 @@ async def _corrupt_fragment(ctx: RequestContext, payload: Any, honest: Handler) 
 
 
 async def _reject(ctx: RequestContext, payload: Any, honest: Handler) -> Any:
-    from bftfs.node.service import HandlerError
+    from bftfs.net.server import HandlerError
 
     raise HandlerError("refused", "this node refuses everything (Byzantine profile)")
 
