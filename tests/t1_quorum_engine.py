@@ -378,3 +378,24 @@ def test_driver_handles_reports_made_while_acting_on_a_step() -> None:
         assert tx.sent == N[:5]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_driver_raises_a_send_error_in_the_callers_task_not_the_reporters() -> None:
+    """A payload function that raises while a reply is being taken in (in a connection's
+    reader task, in the endpoint) ends the call in the caller's task."""
+
+    class Fragile(Script):
+        def send(self, node: NodeId) -> None:
+            if node == N[3]:
+                raise KeyError("no payload for node 3")
+            super().send(node)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            tx = Fragile({N[0]: 0.01, N[1]: 0.01, N[2]: 0.01, N[3]: 0.01}, nursery)
+            tx.driver = QuorumDriver(engine(targets=N[:4], initial=3, accept=lambda n, r: False))
+            with pytest.raises(KeyError, match="no payload"):
+                await tx.driver.run(tx)
+            assert tx.settled == [Verdict.UNAVAILABLE]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

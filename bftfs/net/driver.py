@@ -10,8 +10,8 @@ then wake at :meth:`QuorumEngine.wake_at` for timers, until the verdict.
 
 Reports may arrive while a step is being acted on (a send on a closed connection reports the
 loss synchronously); they are queued and handled after it, so the engine sees one event at a
-time.  An exception from the caller's predicates (``enough``, ``accept``) ends the call and
-is raised in the caller's task, never in the reporting task.
+time.  An exception from the caller's predicates (``enough``, ``accept``) or payload
+function ends the call and is raised in the caller's task, never in the reporting task.
 """
 
 from __future__ import annotations
@@ -131,14 +131,14 @@ class QuorumDriver:
     def _handle(self, event: Callable[..., Step], args: tuple[Any, ...]) -> None:
         try:
             step = event(*args, trio.current_time())
+            if step.verdict is Verdict.WAIT:
+                if step.probe or step.resend:
+                    self._act(step)  # a payload function may raise too
+                return
         except Exception as e:  # raised in the caller's task, where it belongs
             self._end(None, e)
             return
-        if step.verdict is Verdict.WAIT:
-            if step.probe or step.resend:
-                self._act(step)
-        else:
-            self._end(step, None)
+        self._end(step, None)
 
     def _act(self, step: Step) -> None:
         transmit = self.transmit
