@@ -43,13 +43,16 @@ class Transmit(Protocol):
 class QuorumDriver:
     """Runs one quorum call: feeds reports to the engine and acts on its steps."""
 
-    __slots__ = ("engine", "transmit", "_queue", "_busy", "_over", "_error", "_wakeup")
+    __slots__ = ("engine", "transmit", "_queue", "_busy", "_now", "_over", "_error", "_wakeup")
 
     def __init__(self, engine: QuorumEngine) -> None:
         self.engine = engine
         self.transmit: Transmit | None = None
-        self._queue: deque[tuple[Callable[..., Step], tuple[Any, ...]]] = deque()
+        self._queue: deque[tuple[Callable[..., Step], tuple[Any, ...]]] | None = None
         self._busy = False
+        #: The time of the event being handled (sends made while acting on it are stamped
+        #: with it, saving a clock read per send).
+        self._now = 0.0
         self._over: Step | None = None
         self._error: Exception | None = None
         self._wakeup = trio.Event()
@@ -79,7 +82,7 @@ class QuorumDriver:
 
     def watch(self, node: NodeId) -> None:
         """The transmitter resends to ``node`` when told to (:meth:`Transmit.resend`)."""
-        self.engine.watch(node, trio.current_time())
+        self.engine.watch(node, self._now if self._busy else trio.current_time())
 
     # The caller's task ---------------------------------------------------------------------
 
@@ -116,21 +119,25 @@ class QuorumDriver:
         if self._over is not None or self._error is not None:
             return
         if self._busy:  # reported while acting on a step: handled right after it
+            if self._queue is None:
+                self._queue = deque()
             self._queue.append((event, args))
             return
         self._busy = True
         try:
             self._handle(event, args)
-            while self._queue and not self.over:
-                self._handle(*self._queue.popleft())
+            queue = self._queue
+            while queue and not self.over:
+                self._handle(*queue.popleft())
         finally:
             self._busy = False
-            if self.over:
+            if self.over and self._queue:
                 self._queue.clear()
 
     def _handle(self, event: Callable[..., Step], args: tuple[Any, ...]) -> None:
         try:
-            step = event(*args, trio.current_time())
+            self._now = now = trio.current_time()
+            step = event(*args, now)
             if step.verdict is Verdict.WAIT:
                 if step.probe or step.resend:
                     self._act(step)  # a payload function may raise too
