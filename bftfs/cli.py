@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", type=Path, required=True, help="cluster.toml")
     sp.add_argument("--id", type=int, required=True, help="this node's id")
     sp.add_argument("--log", type=Path, help="log file (default: stderr)")
-    sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.transport")
+    sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.net")
     sp.add_argument("--quiet", action="store_true", help="warnings and errors only")
     sp.add_argument(
         "--test-objects",

@@ -10,14 +10,10 @@ import trio
 
 from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyRing
-from bftfs.transport import (
-    DEFAULT_MAX_FRAME,
-    Endpoint,
-    FrameReader,
-    TransportError,
-    client_handshake,
-    open_endpoint,
-)
+from bftfs.net.endpoint import Endpoint, open_endpoint
+from bftfs.net.errors import TransportError
+from bftfs.net.frames import DEFAULT_MAX_FRAME, FrameReader
+from bftfs.net.session import client_handshake
 
 
 class IdentityRefused(TransportError):

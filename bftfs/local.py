@@ -38,7 +38,7 @@ from bftfs.config import (
 from bftfs.connect import open_client
 from bftfs.crypto import Identity
 from bftfs.ids import NodeId, client_id
-from bftfs.transport import RemoteError, TransportError
+from bftfs.net.errors import RemoteError, TransportError
 
 CONFIG_NAME = "cluster.toml"
 

@@ -2,7 +2,7 @@
 
 - :class:`MemCluster`: n replicas over :class:`~bftfs.kv.MemoryKV` with deterministic
   pairwise keys, driven synchronously (``handle``) or through :class:`MemEndpoint`, an
-  in-memory stand-in for ``bftfs.transport.Endpoint`` (``call``/``quorum_call``) that passes
+  in-memory stand-in for ``bftfs.net.endpoint.Endpoint`` (``call``/``quorum_call``) that passes
   every message through msgpack as the wire does.  No network, no clock: tier 1.
 - ``MemCluster.byzantine``: a server runs one of the Q/U Byzantine behaviours of
   :mod:`bftfs.testing.byzantine.qu` (the same ones the in-process cluster runs).
@@ -26,6 +26,8 @@ import trio.lowlevel
 from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.quorum import QuorumResult, QuorumUnavailable
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.history import OHSEntry
@@ -52,7 +54,6 @@ from bftfs.qu.replica import (
 from bftfs.qu.testobjects import registry
 from bftfs.qu.timestamp import Timestamp
 from bftfs.testing.byzantine.qu import Behaviour
-from bftfs.transport import QuorumResult, QuorumUnavailable, RemoteError, TransportError
 
 
 def wire(value: Any) -> Any:

@@ -32,17 +32,18 @@ ALLOWED: dict[str, set[str]] = {
     "outcome": set(),
     "thresholds": set(),
     "bftfs": set(),
-    "transport": {"ids", "crypto", "bftfs"},
-    "connect": {"config", "crypto", "transport"},
-    "local": BASE | {"connect", "transport"},
+    # net: both halves of a connection (endpoint, server) and the quorum engine.
+    "net": {"ids", "crypto", "bftfs"},
+    "connect": {"config", "crypto", "net"},
+    "local": BASE | {"connect", "net"},
     # node: the protocol servers live in the node (node/qu_server.py, node/rw_server.py)
     # and serve the file system's object types (fs/objects.py).
-    "node": BASE | {"transport", "qu", "rw", "fs"},
-    "qu": BASE | {"transport"},
-    "rw": BASE | {"transport"},
+    "node": BASE | {"net", "qu", "rw", "fs"},
+    "qu": BASE | {"net"},
+    "rw": BASE | {"net"},
     "fs": BASE | {"connect", "qu", "rw"},
     "fuse": BASE | {"fs", "local"},
-    "testing": BASE | {"connect", "local", "transport", "node", "qu", "rw", "fs", "fuse"},
+    "testing": BASE | {"connect", "local", "net", "node", "qu", "rw", "fs", "fuse"},
     # cli -> testing: `bftfs node --byzantine PROFILE` runs the Byzantine behaviours the
     # tests use (bftfs.testing.byzantine.profiles, and nothing else of testing: checked below).
     "cli": BASE | {"connect", "local", "node", "fuse", "testing"},

@@ -22,18 +22,12 @@ from hypothesis import strategies as st
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId
+from bftfs.net.endpoint import open_endpoint
+from bftfs.net.errors import FrameError, TransportError
+from bftfs.net.frames import REQUEST, FrameReader
+from bftfs.net.quorum import QuorumUnavailable
+from bftfs.net.session import Session, client_handshake, frame_bytes
 from bftfs.testing.cluster import Cluster, open_cluster
-from bftfs.transport import (
-    REQUEST,
-    FrameError,
-    FrameReader,
-    QuorumUnavailable,
-    Session,
-    TransportError,
-    client_handshake,
-    frame_bytes,
-    open_endpoint,
-)
 
 
 class LiveCluster:

@@ -13,11 +13,11 @@ from pathlib import Path
 import trio
 
 from bftfs.ids import PrincipalId, client_id
+from bftfs.net.errors import RemoteError
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_LATEST, VERSION, parse_latest_reply
 from bftfs.testing.cluster import open_cluster
-from bftfs.transport import RemoteError
 
 #: Objects whose preferred quorum is servers 1..5 (object id mod 6 == 1).
 OBJECTS = [6 * k + 1 for k in range(12)]

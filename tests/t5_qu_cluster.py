@@ -18,12 +18,12 @@ import trio
 from qu_helpers import Recorder, check_serializable
 
 from bftfs.ids import client_id
+from bftfs.net.errors import RemoteError
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
 from bftfs.testing.byzantine.qu import BEHAVIOURS, make_byzantine
 from bftfs.testing.cluster import open_cluster
-from bftfs.transport import RemoteError
 
 
 def qu_client(cluster, k: int, seed: int = 0) -> QUClient:  # noqa: ANN001

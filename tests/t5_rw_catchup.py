@@ -21,6 +21,8 @@ from bftfs import erasure
 from bftfs.connect import open_client
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId
+from bftfs.net.endpoint import Endpoint, open_endpoint
+from bftfs.net.errors import RemoteError
 from bftfs.node import rw_catchup as catchup
 from bftfs.node.rw_catchup import PROGRESS_KEY
 from bftfs.rw import replica
@@ -39,7 +41,6 @@ from bftfs.rw.verify import validate_fragment
 from bftfs.testing.byzantine.rw import make_byzantine
 from bftfs.testing.cluster import TEST_ENDPOINT, Cluster
 from bftfs.testing.processes import ProcessCluster
-from bftfs.transport import Endpoint, RemoteError, open_endpoint
 
 K = 2  # the node that is down while blocks are written
 BYZ = 4  # a Byzantine peer, where a test has one

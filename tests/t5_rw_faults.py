@@ -19,13 +19,13 @@ import trio
 from rw_helpers import heal, make_crashed, rw_cluster
 
 from bftfs import erasure
+from bftfs.net.errors import RemoteError
 from bftfs.rw.batch import KIND_BATCH
 from bftfs.rw.client import ReadFailed, RWClient, WriteFailed
 from bftfs.rw.messages import BlockId
 from bftfs.rw.timestamp import make_timestamp
 from bftfs.testing.byzantine.rw import BEHAVIOURS, make_byzantine
 from bftfs.testing.cluster import Cluster
-from bftfs.transport import RemoteError
 
 CONFIGS = {
     "t1b1": {"t": 1, "b": 1},  # N=6, QC=4, m=3

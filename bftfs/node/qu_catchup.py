@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bftfs.ids import PrincipalId
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.quorum import QuorumUnavailable
 from bftfs.qu.classify import QUThresholds, View, missing_objects
 from bftfs.qu.core import expected_lt
 from bftfs.qu.history import OHSEntry
@@ -59,7 +61,6 @@ from bftfs.qu.messages import (
 )
 from bftfs.qu.replica import ReplicaConfig, cull, handle_history
 from bftfs.qu.timestamp import ZERO, Candidate, Timestamp
-from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import PrincipalId, is_node
+from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
@@ -68,7 +69,6 @@ from bftfs.qu.replica import (
     handle_sync,
 )
 from bftfs.qu.timestamp import Timestamp
-from bftfs.transport import QuorumUnavailable
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
@@ -94,7 +94,7 @@ def register(
 ) -> None:
     """Register the Q/U handlers with ``node`` for ``object_types``, and start its
     catch-up (``qu_catchup.py``)."""
-    from bftfs.node.service import DEFER, HandlerError
+    from bftfs.net.server import DEFER, HandlerError
 
     th = QUThresholds.from_config(node.config)
     keyring = node.keyring

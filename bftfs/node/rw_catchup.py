@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bftfs.ids import NodeId
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw import replica
 from bftfs.rw.behind import (
     ListingMerge,
@@ -70,7 +72,6 @@ from bftfs.rw.messages import (
     WriteRequest,
 )
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, Timestamp
-from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node

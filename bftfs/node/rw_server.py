@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 
 def _parse(node: Node, fn: Callable[[], T]) -> T:
-    from bftfs.node.service import HandlerError
+    from bftfs.net.server import HandlerError
 
     try:
         return fn()
@@ -79,7 +79,7 @@ def register(
         max_ahead_ns: how far past this node's clock a write's time may be.
         catch_up: spawn the catch-up task (catchup.py); the node must be running.
     """
-    from bftfs.node.service import HandlerError
+    from bftfs.net.server import HandlerError
 
     n = node.config.n
     max_fragment = fragment_size(node.config.block_size, node.config.m)

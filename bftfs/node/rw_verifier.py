@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bftfs.ids import NodeId, PrincipalId
+from bftfs.net.errors import RemoteError, TransportError
 from bftfs.outcome import ClusterUnavailable
 from bftfs.rw import replica
 from bftfs.rw.behind import NotValidated, own_fragment
@@ -45,7 +46,6 @@ from bftfs.rw.lazy import POISONOUS, VERIFIED, Backlog, NotifyBook, Pick
 from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify, WriteRequest
 from bftfs.rw.timestamp import ZERO, Timestamp
 from bftfs.rw.verify import ReadOutcome
-from bftfs.transport import RemoteError, TransportError
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node

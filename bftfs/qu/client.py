@@ -26,6 +26,8 @@ from typing import Any
 
 import trio
 
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.quorum import QuorumUnavailable
 from bftfs.outcome import ClusterUnavailable
 from bftfs.qu import core
 from bftfs.qu.canon import pack
@@ -46,7 +48,6 @@ from bftfs.qu.messages import (
 )
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import MAX_OBJECTS, ZERO, Candidate, Timestamp
-from bftfs.transport import QuorumUnavailable, RemoteError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class QUClient:
         sleep: Callable[[float], Any] = trio.sleep,
     ) -> None:
         """Args:
-        endpoint: has ``quorum_call`` and ``call`` (``bftfs.transport.Endpoint``).
+        endpoint: has ``quorum_call`` and ``call`` (``bftfs.net.endpoint.Endpoint``).
         th: thresholds of the cluster (``QUThresholds.from_config``).
         client_id: this client's principal id (the id the endpoint authenticates as).
         rng: randomness for backoff (seeded in tests).

@@ -46,9 +46,13 @@ import trio
 
 from bftfs import erasure
 from bftfs.ids import NodeId
+from bftfs.net.batch import Batcher, batch_quorum
+from bftfs.net.endpoint import Endpoint
+from bftfs.net.errors import TransportError
+from bftfs.net.quorum import QuorumUnavailable
 from bftfs.outcome import ClusterUnavailable, collapse
 from bftfs.rw import verify
-from bftfs.rw.batch import Batcher, batch_quorum
+from bftfs.rw.batch import rw_batcher
 from bftfs.rw.classify import (
     DEFAULT_MAX_FETCHES,
     Decision,
@@ -73,7 +77,6 @@ from bftfs.rw.messages import (
 )
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, ZERO, Timestamp, make_timestamp
 from bftfs.rw.verify import ReadOutcome
-from bftfs.transport import Endpoint, QuorumUnavailable, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +187,7 @@ class RWClient:
         one_round: write in one round trip at a guessed timestamp when no node hosts a
             newer version, falling back to the seed's two rounds otherwise (see
             :meth:`_fresh_write`); False always runs READ_TIMESTAMP first.
-        batcher: send requests through this :class:`~bftfs.rw.batch.Batcher` (concurrent
+        batcher: send requests through this :class:`~bftfs.net.batch.Batcher` (concurrent
             operations share frames); None sends each request on its own.  Use
             :func:`open_rw_client` to get a client with a batcher.
         nodes: ask only these nodes (default: all).  A storage node reading as a client
@@ -760,7 +763,7 @@ async def open_rw_client(
     async with trio.open_nursery() as nursery:
         batcher = None
         if batch:
-            batcher = Batcher(endpoint, nursery, timeout=options.get("timeout"))
+            batcher = rw_batcher(endpoint, nursery, timeout=options.get("timeout"))
         try:
             yield RWClient(endpoint, config, batcher=batcher, **options)
         finally:

@@ -28,11 +28,11 @@ from bftfs.config import (
 )
 from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
+from bftfs.net.endpoint import Endpoint
 from bftfs.node.protocols import WITH_TEST_TYPES
 from bftfs.node.service import Node
 from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.testing.faults import FaultInjector
-from bftfs.transport import Endpoint
 
 #: Test-friendly transport timing: resend quickly, give up within seconds.
 TEST_ENDPOINT = {"resend_after": 0.05, "timeout": 5.0, "connect_timeout": 1.0}

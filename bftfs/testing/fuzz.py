@@ -29,14 +29,9 @@ import trio.lowlevel
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import PrincipalId
-from bftfs.transport import (
-    DEFAULT_MAX_FRAME,
-    FrameReader,
-    Session,
-    TransportError,
-    client_handshake,
-    pack,
-)
+from bftfs.net.errors import TransportError
+from bftfs.net.frames import DEFAULT_MAX_FRAME, FrameReader, pack
+from bftfs.net.session import Session, client_handshake
 
 #: Request kinds a node serves, and some it does not.
 KINDS = (

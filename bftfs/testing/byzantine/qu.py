@@ -29,12 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bftfs.node.service import HandlerError
+from bftfs.net.errors import RemoteError
+from bftfs.net.server import HandlerError
 from bftfs.qu.canon import canonical
 from bftfs.qu.history import make_authenticator, make_rh, rh_from_wire, rh_wire
 from bftfs.qu.messages import KIND_FETCH, KIND_HISTORY, KIND_REQUEST, Request
 from bftfs.qu.timestamp import MAX_TIME, Candidate, Timestamp
-from bftfs.transport import RemoteError
 
 if TYPE_CHECKING:
     from bftfs.node.service import Handler, RequestContext

@@ -1,0 +1,199 @@
+"""Request batching: many concurrent requests to a node, one frame.
+
+A client with many operations in flight sends a request to (nearly) every node for each.
+Sent one by one, every request costs a system call and a wake-up on both sides, which on a
+small machine dominates everything else (see docs/rw.md, "Where the time goes").
+:class:`Batcher` queues the requests that tasks issue while the event loop is busy and
+sends each node's queue as one batch request when the flusher task runs - that is, after
+every task that was ready has had its turn - so a lone request goes out at once and
+concurrent ones share frames.  The node runs the items and answers with one frame.
+
+:func:`batch_quorum` is ``Endpoint.quorum_call`` over a batcher: the same engine
+(:class:`~bftfs.net.quorum.QuorumEngine`) and driver, another way to the nodes, so the
+protocol logic above does not care which one runs.  Resends are the batch call's own
+(``Endpoint.call``), so the engine watches nothing here.
+
+Wire (the batch kind is the protocol's, e.g. ``rw.batch``): request = list of ``[kind,
+payload]`` (at most ``max_batch``); reply = list of the same length, each ``[0, reply]`` or
+``[1, [code, message]]``.  The reply list is checked here; each item's reply is checked by
+the caller as usual.  PASIS is the only protocol that batches today (``rw/batch.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bftfs.ids import NodeId
+from bftfs.net.driver import QuorumDriver
+from bftfs.net.endpoint import Endpoint
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict
+
+Outcome = tuple[NodeId, bool, Any]
+
+
+@dataclass
+class _Item:
+    kind: str
+    payload: Any
+    done: Callable[[Outcome], None]
+    trouble: Callable[[], None]
+
+
+@dataclass
+class _Queue:
+    items: list[_Item] = field(default_factory=list)
+    scheduled: bool = False
+
+
+class Batcher:
+    """Per-node queues of requests, flushed as batch requests by background tasks."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        nursery: trio.Nursery,
+        *,
+        kind: str,
+        max_batch: int,
+        timeout: float | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._nursery = nursery
+        #: The request kind that carries a batch (the node's handler runs its items).
+        self.kind = kind
+        self.max_batch = max_batch
+        self.timeout = timeout
+        self._queues: dict[NodeId, _Queue] = {}
+        self.batches = 0
+        self.items = 0
+
+    def submit(
+        self,
+        node: NodeId,
+        kind: str,
+        payload: Any,
+        done: Callable[[Outcome], None],
+        trouble: Callable[[], None],
+    ) -> None:
+        """Queue one request; ``done((node, ok, reply_or_reason))`` is called exactly once."""
+        q = self._queues.setdefault(node, _Queue())
+        q.items.append(_Item(kind, payload, done, trouble))
+        if not q.scheduled:
+            q.scheduled = True
+            self._nursery.start_soon(self._flush, node)
+
+    async def _flush(self, node: NodeId) -> None:
+        # Everything queued since the flush was scheduled goes now; later submissions
+        # schedule another flush, so batches to one node are pipelined, not serialised.
+        q = self._queues[node]
+        q.scheduled = False
+        items, q.items = q.items, []
+        chunks = [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        for chunk in chunks[1:]:
+            self._nursery.start_soon(self._send, node, chunk)
+        if chunks:
+            await self._send(node, chunks[0])
+
+    async def _send(self, node: NodeId, items: list[_Item]) -> None:
+        self.batches += 1
+        self.items += len(items)
+
+        def trouble() -> None:
+            for item in items:
+                item.trouble()
+
+        try:
+            raw = await self.endpoint.call(
+                node,
+                self.kind,
+                [[it.kind, it.payload] for it in items],
+                timeout=self.timeout,
+                on_trouble=trouble,
+            )
+        except TransportError as e:
+            for item in items:
+                item.done((node, False, str(e)))
+            return
+        except RemoteError as e:
+            for item in items:
+                item.done((node, False, f"refused: {e}"))
+            return
+        if not isinstance(raw, list) or len(raw) != len(items):
+            for item in items:
+                item.done((node, False, "malformed batch reply"))
+            return
+        for item, res in zip(items, raw, strict=True):
+            if isinstance(res, list) and len(res) == 2 and res[0] == 0:
+                item.done((node, True, res[1]))
+            elif isinstance(res, list) and len(res) == 2 and res[0] == 1:
+                item.done((node, False, f"refused: {res[1]!r}"))
+            else:
+                item.done((node, False, "malformed batch item"))
+
+
+class _BatchFanout:
+    """How :func:`batch_quorum` reaches the nodes (a driver's ``Transmit``)."""
+
+    __slots__ = ("batcher", "driver", "kind", "make")
+
+    def __init__(
+        self, batcher: Batcher, driver: QuorumDriver, kind: str, make: Callable[[NodeId], Any]
+    ) -> None:
+        self.batcher = batcher
+        self.driver = driver
+        self.kind = kind
+        self.make = make
+
+    def send(self, node: NodeId) -> None:
+        self.batcher.submit(node, self.kind, self.make(node), self._done, self.driver.trouble)
+
+    def resend(self, node: NodeId) -> None:
+        """Never asked: nothing is watched (the batch call resends)."""
+
+    def settle(self, verdict: Verdict) -> None:
+        """Queued and sent items run to their end in the batcher's tasks."""
+
+    def _done(self, outcome: Outcome) -> None:
+        node, ok, value = outcome
+        if ok:
+            self.driver.reply(node, value)
+        else:
+            self.driver.failed(node, value)
+
+
+async def batch_quorum(
+    batcher: Batcher,
+    targets: Sequence[NodeId],
+    kind: str,
+    payload: Any | Callable[[NodeId], Any],
+    *,
+    enough: Callable[[Mapping[NodeId, Any]], bool],
+    accept: Callable[[NodeId, Any], bool] | None = None,
+    initial: int | None = None,
+    probe_after: float = 0.5,
+    timeout: float = 10.0,
+) -> QuorumResult:
+    """``Endpoint.quorum_call`` through ``batcher`` (same arguments and exceptions).
+
+    Raises:
+        QuorumUnavailable: as ``Endpoint.quorum_call``.
+    """
+    engine = QuorumEngine(
+        targets,
+        label=kind,
+        enough=enough,
+        accept=accept,
+        initial=initial,
+        probe_after=probe_after,
+        resend_after=batcher.endpoint.resend_after,
+        timeout=timeout,
+        now=trio.current_time(),
+    )
+    driver = QuorumDriver(engine)
+    make = payload if callable(payload) else (lambda _n: payload)
+    return await driver.run(_BatchFanout(batcher, driver, kind, make))

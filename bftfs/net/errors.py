@@ -1,0 +1,30 @@
+"""The transport's exceptions, in one place so every layer of ``bftfs.net`` can raise them
+without importing the others.
+
+A per-request problem the caller can act on (no answer, a refusal) is an exception here;
+a bad frame is a :class:`FrameError` that the connection counts and drops, never something
+a peer can use to stop a task.
+"""
+
+from __future__ import annotations
+
+
+class TransportError(Exception):
+    """A node could not be reached, or did not answer in time."""
+
+
+class RemoteError(Exception):
+    """The remote handler refused the request (``HandlerError`` on the node)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class FrameError(Exception):
+    """A frame was rejected; ``reason`` is the counter it is recorded under."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}{': ' + detail if detail else ''}")
+        self.reason = reason

@@ -1,0 +1,170 @@
+"""Framing: the message encoding, and length-prefixed frames on a byte stream.
+
+A frame on the wire is ``u32 big-endian length || body``; what a body holds (a MAC'd
+handshake message, or a sealed session message) is ``session.py``'s business.  Reading and
+writing here are tuned for the small-request case: a frame the kernel takes whole costs one
+system call and no task switch (see :class:`FrameWriter`, :meth:`FrameReader._receive`).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+import msgpack
+import trio
+
+from bftfs.net.errors import FrameError
+
+#: Largest frame accepted by default (a 4 MiB block plus headroom).
+DEFAULT_MAX_FRAME = 8 * 1024 * 1024
+#: The length prefix of every frame.
+LENGTH = struct.Struct(">I")
+
+#: Message types and reply statuses (the first and third fields of a session message).
+REQUEST = 0
+REPLY = 1
+STATUS_OK = 0
+STATUS_ERROR = 1
+
+
+def pack(obj: Any) -> bytes:
+    """The compact binary encoding of a message (msgpack, bytes kept as bytes)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview) -> Any:
+    """Decode :func:`pack` output. Raises ``FrameError('malformed')`` on anything else."""
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise FrameError("malformed", type(e).__name__) from None
+
+
+class FrameReader:
+    """Splits a byte stream into length-prefixed frames, refusing oversized ones early."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream, max_frame: int) -> None:
+        self._stream = stream
+        self._buf = bytearray()
+        self.max_frame = max_frame
+        #: A socket stream is read through its file descriptor (see :meth:`_receive`).
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+
+    async def read(self) -> bytes | None:
+        """The next frame, or None at a clean end of stream.
+
+        Raises:
+            FrameError: ``oversized`` (the length prefix exceeds the limit: the stream cannot
+                be resynchronised, so the caller closes it) or ``truncated``.
+        """
+        buf = self._buf
+        while True:
+            if len(buf) >= 4:
+                (n,) = LENGTH.unpack_from(buf)
+                if n > self.max_frame:
+                    raise FrameError("oversized", f"{n} > {self.max_frame} bytes")
+                if len(buf) >= 4 + n:
+                    frame = bytes(buf[4 : 4 + n])
+                    del buf[: 4 + n]
+                    return frame
+            data = await self._receive()
+            if not data:
+                if buf:
+                    raise FrameError("truncated")
+                return None
+            buf += data
+
+    async def _receive(self) -> bytes | bytearray:
+        """Up to 256 KiB from the stream (b"" at its end).
+
+        On a socket: ``os.read`` of the descriptor, and ``wait_readable`` when nothing is
+        there yet.  ``SocketStream.receive_some`` does the same through two context
+        managers and yields twice per chunk (once waiting, once more after reading); here a
+        chunk costs one yield: the wait, or an explicit checkpoint when data was already
+        there, so a connection that is never idle still lets other tasks run.
+
+        Raises:
+            OSError: the connection failed (callers treat it like a broken stream).
+            trio.ClosedResourceError: the socket was closed while waiting.
+        """
+        fd = self._fd
+        if fd is None:
+            return await self._stream.receive_some(262144)
+        sock = self._stream.socket  # type: ignore[attr-defined]
+        waited = False
+        while True:
+            if sock.fileno() != fd:  # closed by another task (the number may be reused)
+                raise trio.ClosedResourceError
+            try:
+                data = os.read(fd, 262144)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                waited = True
+                continue
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            return data
+
+
+class FrameWriter:
+    """Writes frames to a socket: straight to the kernel when idle, via a task when backed up.
+
+    A write that the socket takes whole costs one system call and no task switch, which is
+    most of the latency of a small request on loopback.  Whatever the kernel does not take
+    goes to a backlog that :meth:`run` (a background task) drains with ``send_all``; while
+    anything is queued or being sent, new frames queue behind it, so order is kept.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._fd = stream.socket.fileno()
+        self._backlog: list[bytes] = []
+        self._busy = False
+        self._wake = trio.Event()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (one or more whole frames) or queue it; never blocks.
+
+        Raises:
+            trio.ClosedResourceError: the connection is closed.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError
+        if not self._backlog and not self._busy:
+            try:
+                n = os.write(self._fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self.close()
+                raise trio.ClosedResourceError from None
+            if n == len(data):
+                return
+            data = data[n:]
+        self._backlog.append(data)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Drain the backlog until the connection closes."""
+        try:
+            while not self.closed:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while self._backlog:
+                    chunk = b"".join(self._backlog)
+                    self._backlog.clear()
+                    self._busy = True
+                    try:
+                        await self._stream.send_all(chunk)
+                    finally:
+                        self._busy = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self._backlog.clear()
+        self._wake.set()

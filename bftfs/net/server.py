@@ -1,0 +1,315 @@
+"""The answering side of a connection: handshake, then dispatch of requests to handlers.
+
+What a node runs for each accepted connection, kept here (not in the node) so that the
+transport's two halves live together and a node is an ordinary client of the others through
+``net/endpoint.py``.  :class:`Server` runs the server half of the handshake
+(``session.server_handshake``) and then reads frames: a frame that fails authentication is
+dropped and counted by reason, never parsed further; each authenticated request runs in its
+own task so that slow requests (a durable write) do not hold up others, unless its handler
+never waits (``inline``) or answers it synchronously (``fast``), which saves the task and
+its switches.  Handlers refuse with :class:`HandlerError`; any other exception is logged
+(once per kind of failure), counted and answered as ``internal`` - nothing a peer sends can
+stop the server.
+
+Fault injection (tests only) hooks in at three points (:class:`FaultHooks`): the raw frame
+(corruption), the authenticated request (drop, duplicate, delay, reorder), and the reply
+(drop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import trio
+
+from bftfs.crypto import KeyRing
+from bftfs.ids import PrincipalId, is_node
+from bftfs.net.errors import FrameError
+from bftfs.net.frames import (
+    DEFAULT_MAX_FRAME,
+    REPLY,
+    REQUEST,
+    STATUS_ERROR,
+    STATUS_OK,
+    FrameReader,
+    FrameWriter,
+)
+from bftfs.net.session import Session, server_handshake
+
+#: How long a new connection may take to say hello before it is closed.
+HANDSHAKE_TIMEOUT = 5.0
+
+#: What handlers are given with each request (the node's ``RequestContext``).
+Ctx = TypeVar("Ctx")
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+#: A synchronous first try at a request (see :meth:`Server.register`): the reply, or
+#: :data:`DEFER` to hand the request to the (asynchronous) handler.
+FastHandler = Callable[[Any, Any], Any]
+
+
+class HandlerError(Exception):
+    """A handler refuses a request; the caller gets ``RemoteError(code, message)``."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class _Defer:
+    """The type of :data:`DEFER`."""
+
+    def __repr__(self) -> str:
+        return "DEFER"
+
+
+#: What a fast handler returns when the request needs the full handler (it must wait).
+DEFER: Any = _Defer()
+
+
+class FaultHooks(Protocol):
+    """What a fault injector must offer the server (see ``bftfs.testing.faults``)."""
+
+    def on_frame(self, sender: PrincipalId | None, frame: bytes) -> bytes: ...
+
+    def plan(self, sender: PrincipalId) -> list[float]: ...
+
+    def drop_reply(self, sender: PrincipalId) -> bool: ...
+
+    def handler(self, kind: str) -> Callable[[Any, Any, Handler], Awaitable[Any]] | None: ...
+
+
+class Server(Generic[Ctx]):
+    """Serves accepted connections (:meth:`serve`) with the registered handlers.
+
+    Args:
+        keyring: our identity and the keys of the principals allowed to connect.
+        context: builds, once per connection, what handlers receive about the sender.
+        faults: fault injection (tests only).
+        log: where handler failures are logged; ``name`` prefixes those lines.
+    """
+
+    def __init__(
+        self,
+        keyring: KeyRing,
+        *,
+        context: Callable[[PrincipalId], Ctx],
+        max_frame: int = DEFAULT_MAX_FRAME,
+        faults: FaultHooks | None = None,
+        log: logging.Logger | None = None,
+        name: str = "server",
+    ) -> None:
+        self.keyring = keyring
+        self.max_frame = max_frame
+        self.faults = faults
+        self.log = log or logging.getLogger(__name__)
+        self.name = name
+        self._context = context
+        #: Requests by kind and outcome (the node's ``stats``; handlers add their own).
+        self.stats: Counter[str] = Counter()
+        #: Frames and connections refused, by reason.
+        self.rejected: Counter[str] = Counter()
+        self._handlers: dict[str, Handler] = {}
+        self._inline: set[str] = set()
+        self._fast: dict[str, FastHandler] = {}
+        self._logged_internal: set[str] = set()
+        #: trio time of the latest request from a client (not a node): the node's
+        #: background work (lazy verification) runs when this is old enough.
+        self.last_client_request = 0.0
+
+    def register(
+        self,
+        kind: str,
+        handler: Handler,
+        *,
+        inline: bool = False,
+        fast: FastHandler | None = None,
+        replace: bool = False,
+    ) -> None:
+        """Route requests of ``kind`` to ``handler`` (one handler per kind).
+
+        Args:
+            inline: the handler never waits (no store write, no network call): it runs in
+                the connection's read loop instead of a task of its own, which saves a task
+                switch per request. A handler that does wait must not be inline: it would
+                hold up every later request on its connection.
+            fast: for a handler that waits only sometimes: a synchronous function tried
+                first, in the read loop, that answers the request itself or returns
+                :data:`DEFER`, and then ``handler`` runs in a task as usual.  A request
+                answered this way costs no task, no task switch and no wake-up of the
+                store's committer (a Q/U query, or a Q/U update on a store that does not
+                fsync, is one synchronous LMDB transaction).  It must not have changed
+                anything when it defers.  Fault injection always takes the task path.
+            replace: allow replacing an earlier handler of ``kind``.
+
+        Raises:
+            ValueError: ``kind`` has a handler already and ``replace`` is false.
+        """
+        if kind in self._handlers and not replace:
+            raise ValueError(f"handler for {kind!r} registered twice")
+        self._handlers[kind] = handler
+        if inline:
+            self._inline.add(kind)
+        else:
+            self._inline.discard(kind)
+        if fast is not None and not inline:
+            self._fast[kind] = fast
+        else:
+            self._fast.pop(kind, None)
+
+    def handler(self, kind: str) -> Handler | None:
+        return self._handlers.get(kind)
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        """Handshake, then answer requests until the connection ends (for
+        ``trio.serve_listeners``)."""
+        self.stats["connections"] += 1
+        reader = FrameReader(stream, self.max_frame)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                sender, session = await server_handshake(stream, reader, self.keyring)
+        except FrameError as e:
+            self.rejected[e.reason] += 1
+            await stream.aclose()
+            return
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.rejected["handshake_failed"] += 1
+            await stream.aclose()
+            return
+        conn = _ServerConnection(stream, session, sender, self._context(sender))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.writer.run)
+                await self._read_loop(conn, reader, nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            conn.close()
+            await stream.aclose()
+
+    async def _read_loop(
+        self, conn: _ServerConnection[Ctx], reader: FrameReader, nursery: trio.Nursery
+    ) -> None:
+        sender = conn.sender
+        faults = self.faults
+        while True:
+            try:
+                frame = await reader.read()
+            except FrameError as e:  # oversized or truncated: the stream cannot be trusted
+                self.rejected[e.reason] += 1
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            if frame is None:
+                return
+            if faults is not None:
+                frame = faults.on_frame(sender, frame)
+            try:
+                _seq, typ, req_id, kind, payload = conn.session.open(frame)
+            except FrameError as e:
+                self.rejected[e.reason] += 1
+                if e.reason == "bad_mac":
+                    continue  # framing is intact; drop this frame only
+                return
+            if typ != REQUEST or not isinstance(kind, str):
+                self.rejected["malformed"] += 1
+                continue
+            if sender is not None and not is_node(sender):
+                self.last_client_request = trio.current_time()
+            if faults is None:
+                if kind in self._inline:
+                    await self._dispatch(conn, req_id, kind, payload, 0.0)
+                    continue
+                fast = self._fast.get(kind)
+                if fast is None or not self._dispatch_fast(conn, req_id, kind, payload, fast):
+                    nursery.start_soon(self._dispatch, conn, req_id, kind, payload, 0.0)
+                continue
+            for delay in faults.plan(sender):
+                nursery.start_soon(self._dispatch, conn, req_id, kind, payload, delay)
+
+    def _dispatch_fast(
+        self,
+        conn: _ServerConnection[Ctx],
+        req_id: int,
+        kind: str,
+        payload: Any,
+        fast: FastHandler,
+    ) -> bool:
+        """Try ``fast`` (see :meth:`register`); whether it answered the request."""
+        try:
+            reply = fast(conn.context, payload)
+            if reply is DEFER:
+                return False
+            msg = [REPLY, req_id, STATUS_OK, reply]
+        except HandlerError as e:
+            self.stats["refused"] += 1
+            msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
+        except Exception as e:
+            msg = self._internal(kind, e, req_id)
+        self.stats[f"req.{kind}"] += 1
+        conn.send(msg)
+        return True
+
+    def _internal(self, kind: str, e: Exception, req_id: int) -> list[Any]:
+        """Count and log (once per kind of failure) a handler's unexpected exception; the
+        error reply."""
+        self.stats["internal_errors"] += 1
+        key = f"{kind}:{type(e).__name__}"
+        if key not in self._logged_internal:  # log each kind of failure once
+            self._logged_internal.add(key)
+            self.log.exception("%s: handler %s failed", self.name, kind[:64])
+        return [REPLY, req_id, STATUS_ERROR, ["internal", type(e).__name__]]
+
+    async def _dispatch(
+        self, conn: _ServerConnection[Ctx], req_id: int, kind: str, payload: Any, delay: float
+    ) -> None:
+        if delay:
+            await trio.sleep(delay)
+        self.stats[f"req.{kind}" if kind in self._handlers else "req.unknown"] += 1
+        try:
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise HandlerError("unknown_kind", f"no handler for {kind[:64]!r}")
+            override = None if self.faults is None else self.faults.handler(kind)
+            if override is not None:
+                reply = await override(conn.context, payload, handler)
+            else:
+                reply = await handler(conn.context, payload)
+            msg = [REPLY, req_id, STATUS_OK, reply]
+        except HandlerError as e:
+            self.stats["refused"] += 1
+            msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
+        except Exception as e:
+            msg = self._internal(kind, e, req_id)
+        if self.faults is not None and self.faults.drop_reply(conn.sender):
+            return
+        conn.send(msg)
+
+
+class _ServerConnection(Generic[Ctx]):
+    """The sending half of one accepted connection, and who is on the other end."""
+
+    __slots__ = ("session", "sender", "context", "writer")
+
+    def __init__(
+        self, stream: trio.SocketStream, session: Session, sender: PrincipalId, context: Ctx
+    ) -> None:
+        self.session = session
+        self.sender = sender
+        #: What handlers receive about the sender (built once per connection).
+        self.context = context
+        self.writer = FrameWriter(stream)
+
+    def send(self, msg: list[Any]) -> None:
+        if self.writer.closed:
+            return  # the connection is gone; the client will resend
+        try:  # noqa: SIM105  (hot path: try/except is cheaper than contextlib.suppress)
+            self.writer.write(self.session.seal(msg))
+        except trio.ClosedResourceError:
+            pass
+
+    def close(self) -> None:
+        self.writer.close()

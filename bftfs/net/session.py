@@ -1,0 +1,196 @@
+"""The handshake, session keys, and the sealed frames of an established session.
+
+Wire format (version :data:`bftfs.WIRE_VERSION`)::
+
+    handshake frame = u32 big-endian length || body || tag    (length = len(body) + 16)
+    tag             = MAC(K_pair, body)                       (keyed BLAKE2b, 16 bytes)
+    hello     body = msgpack [version, "hello", client_pid, server_pid, nonce_c]
+    hello-ack body = msgpack [version, "hello-ack", server_pid, client_pid, nonce_c, nonce_s]
+
+    session frame   = u32 length || u64 seq || AEAD(K_dir, nonce = 0^4 || seq, ad = seq, m)
+    request   m = msgpack [0, req_id, kind, payload]                             K_dir = K_c2s
+    reply     m = msgpack [1, req_id, status, payload | [code, message]]         K_dir = K_s2c
+
+``K_pair`` is the Diffie-Hellman pairwise key of the two principals (``crypto.KeyRing``).
+Each connection derives fresh session keys ``K_c2s``/``K_s2c`` from ``K_pair`` and both
+16-byte nonces, and each direction numbers its frames with ``seq`` = 1, 2, 3, ...; the AEAD
+is ChaCha20-Poly1305 (IETF), so contents are encrypted as well as authenticated.  A receiver
+drops a frame that fails authentication and any frame whose ``seq`` is not above the last
+one it accepted.  Together: a tampered frame fails authentication, a frame replayed inside
+a connection fails the sequence check, and a frame replayed into another connection fails
+authentication because the session keys differ.  A principal whose key is not in the
+configuration cannot complete the handshake, so it never gets an answer.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from nacl.bindings import crypto_aead_chacha20poly1305_ietf_decrypt as _aead_decrypt
+from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt as _aead_encrypt
+from nacl.exceptions import CryptoError
+
+from bftfs import WIRE_VERSION
+from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok
+from bftfs.ids import PrincipalId
+from bftfs.net.errors import FrameError, TransportError
+from bftfs.net.frames import LENGTH, FrameReader, pack, unpack
+
+#: Largest hello frame: it is parsed before its MAC can be checked, so it is kept tiny.
+MAX_HELLO = 256
+NONCE_SIZE = 16
+_SEQ = struct.Struct(">Q")
+_NONCE_PAD = bytes(4)
+
+
+def frame_bytes(body: bytes, key: bytes) -> bytes:
+    """Length prefix, body and MAC: one frame ready for the wire."""
+    return LENGTH.pack(len(body) + MAC_SIZE) + body + mac(key, body)
+
+
+@dataclass
+class Session:
+    """One connection's keys and sequence numbers, for one side.
+
+    Every frame after the handshake is encrypted and authenticated with
+    ChaCha20-Poly1305 (IETF, libsodium through pynacl) under the direction's session key:
+    ``u32 length || u64 seq || ciphertext || 16-byte tag``, the sequence number in the clear
+    as the associated data and the nonce (zero-padded to 12 bytes; each direction has its
+    own key and numbers its frames 1, 2, 3, ..., so no nonce repeats under a key).  File
+    contents and names no longer cross the network in the clear (issue 18).
+    """
+
+    send_key: bytes
+    recv_key: bytes
+    send_seq: int = 0
+    recv_seq: int = 0
+
+    def seal(self, msg: list[Any]) -> bytes:
+        """``msg`` (``[type, req_id, x, y]``) as the next frame of this direction."""
+        return self.seal_body(pack(msg))
+
+    def seal_body(self, body: bytes) -> bytes:
+        """Any ``body`` bytes as the next frame (the fuzzer sends nonsense this way)."""
+        self.send_seq += 1
+        seq = _SEQ.pack(self.send_seq)
+        ct = _aead_encrypt(body, seq, _NONCE_PAD + seq, self.send_key)
+        return LENGTH.pack(len(seq) + len(ct)) + seq + ct
+
+    def open(self, frame: bytes | memoryview) -> list[Any]:
+        """Authenticate, decrypt and decode one frame: ``[seq, type, req_id, x, y]``.
+
+        Raises:
+            FrameError: ``bad_mac`` (tampered, or under another key), ``malformed`` or
+                ``replay``.
+        """
+        if len(frame) < _SEQ.size + MAC_SIZE:
+            raise FrameError("malformed", "frame shorter than its sequence number and tag")
+        frame = bytes(frame)
+        seq_bytes = frame[: _SEQ.size]
+        try:
+            body = _aead_decrypt(
+                frame[_SEQ.size :], seq_bytes, _NONCE_PAD + seq_bytes, self.recv_key
+            )
+        except CryptoError:
+            raise FrameError("bad_mac") from None
+        (seq,) = _SEQ.unpack(seq_bytes)
+        if seq <= self.recv_seq:
+            raise FrameError("replay", f"seq {seq} <= {self.recv_seq}")
+        msg = unpack(body)
+        if (
+            not isinstance(msg, list)
+            or len(msg) != 4
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in msg[:2])
+        ):
+            raise FrameError("malformed", "not [type, req_id, x, y]")
+        self.recv_seq = seq
+        return [seq, *msg]
+
+
+def _session_keys(pair: bytes, nonce_c: bytes, nonce_s: bytes) -> tuple[bytes, bytes]:
+    return derive(pair, b"bftfs-c2s", nonce_c, nonce_s), derive(
+        pair, b"bftfs-s2c", nonce_c, nonce_s
+    )
+
+
+async def client_handshake(
+    stream: trio.abc.Stream, reader: FrameReader, keyring: KeyRing, server: PrincipalId
+) -> Session:
+    """Run the client half of the handshake; the returned session is ready for requests.
+
+    Raises:
+        TransportError: the server is unknown to us, closed the connection (it does that to
+            principals it does not know), or answered with a bad acknowledgement.
+    """
+    pair = keyring.key(server)
+    if pair is None:
+        raise TransportError(f"no key for node {server}")
+    nonce_c = os.urandom(NONCE_SIZE)
+    hello = pack([WIRE_VERSION, "hello", keyring.me.pid, server, nonce_c])
+    await stream.send_all(frame_bytes(hello, pair))
+    try:
+        frame = await reader.read()
+    except FrameError as e:
+        raise TransportError(f"node {server}: bad handshake reply ({e})") from None
+    if frame is None:
+        raise TransportError(f"node {server} closed the connection during the handshake")
+    if len(frame) > MAX_HELLO or not mac_ok(pair, frame[:-MAC_SIZE], frame[-MAC_SIZE:]):
+        raise TransportError(f"node {server}: handshake reply failed authentication")
+    try:
+        ver, tag, s_pid, c_pid, echo, nonce_s = unpack(frame[:-MAC_SIZE])
+    except (FrameError, ValueError, TypeError):
+        raise TransportError(f"node {server}: malformed handshake reply") from None
+    if (ver, tag, s_pid, c_pid, echo) != (
+        WIRE_VERSION,
+        "hello-ack",
+        server,
+        keyring.me.pid,
+        nonce_c,
+    ):
+        raise TransportError(f"node {server}: handshake reply does not match our hello")
+    if not isinstance(nonce_s, bytes) or len(nonce_s) != NONCE_SIZE:
+        raise TransportError(f"node {server}: bad server nonce")
+    c2s, s2c = _session_keys(pair, nonce_c, nonce_s)
+    return Session(send_key=c2s, recv_key=s2c)
+
+
+async def server_handshake(
+    stream: trio.abc.Stream, reader: FrameReader, keyring: KeyRing
+) -> tuple[PrincipalId, Session]:
+    """Run the server half: authenticate the caller, answer, derive the session.
+
+    Raises:
+        FrameError: ``unknown_peer``, ``bad_mac``, ``malformed``, ``version`` or
+            ``misdirected``; the caller closes the connection without answering.
+    """
+    frame = await reader.read()
+    if frame is None:
+        raise FrameError("malformed", "closed before hello")
+    if len(frame) > MAX_HELLO or len(frame) <= MAC_SIZE:
+        raise FrameError("malformed", "hello of wrong size")
+    msg = unpack(frame[:-MAC_SIZE])
+    if not isinstance(msg, list) or len(msg) != 5 or msg[1] != "hello":
+        raise FrameError("malformed", "not a hello")
+    ver, _, c_pid, s_pid, nonce_c = msg
+    if ver != WIRE_VERSION:
+        raise FrameError("version", f"wire version {ver!r}, we speak {WIRE_VERSION}")
+    if not isinstance(c_pid, int) or isinstance(c_pid, bool):
+        raise FrameError("malformed", "client id")
+    pair = keyring.key(PrincipalId(c_pid))
+    if pair is None or c_pid == keyring.me.pid:
+        raise FrameError("unknown_peer", f"principal {c_pid!r}")
+    if not mac_ok(pair, frame[:-MAC_SIZE], frame[-MAC_SIZE:]):
+        raise FrameError("bad_mac", "hello")
+    if s_pid != keyring.me.pid:
+        raise FrameError("misdirected", f"hello for node {s_pid!r}")
+    if not isinstance(nonce_c, bytes) or len(nonce_c) != NONCE_SIZE:
+        raise FrameError("malformed", "client nonce")
+    nonce_s = os.urandom(NONCE_SIZE)
+    ack = pack([WIRE_VERSION, "hello-ack", keyring.me.pid, c_pid, nonce_c, nonce_s])
+    await stream.send_all(frame_bytes(ack, pair))
+    c2s, s2c = _session_keys(pair, nonce_c, nonce_s)
+    return PrincipalId(c_pid), Session(send_key=s2c, recv_key=c2s)
