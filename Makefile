@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-tests up down status test test-slow test-all lint bench bench-setup bench-full \
-	bench-andrew bench-postmark bench-opcost bench-transport clean
+	bench-andrew bench-postmark bench-opcost bench-lazy bench-transport clean
 
 setup:
 	@scripts/setup.sh
@@ -73,6 +73,11 @@ bench-postmark: bench-setup
 # three targets: the figure to compare before and after an optimisation.
 bench-opcost: bench-setup
 	$(BIN)/python benchmarks/opcost.py $(BENCH_ARGS)
+
+# Verification policies (read-time, write-time, lazy, lazy-coop) side by side on real node
+# processes: writes/s with no idle time, latencies and verified-skip share with idle time.
+bench-lazy: setup
+	$(BIN)/python benchmarks/lazy.py $(BENCH_ARGS)
 
 bench-transport: setup
 	$(BIN)/python benchmarks/transport.py

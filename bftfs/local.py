@@ -39,6 +39,7 @@ from bftfs.connect import open_client
 from bftfs.crypto import Identity
 from bftfs.ids import NodeId, client_id
 from bftfs.net.errors import RemoteError, TransportError
+from bftfs.policy import RetentionPolicy, VerificationPolicy
 
 CONFIG_NAME = "cluster.toml"
 
@@ -81,8 +82,13 @@ def init_cluster(
     ports: list[int] | None = None,
     force: bool = False,
     inline_limit: int = cfgmod.DEFAULT_INLINE_LIMIT,
+    verification: VerificationPolicy | None = None,
+    retention: RetentionPolicy | None = None,
 ) -> ClusterConfig:
     """Create a cluster directory: fresh keys for every node and client, and its config.
+
+    ``verification`` and ``retention`` (None: the defaults of ``bftfs/policy.py``) go into
+    the saved ``cluster.toml``, so benchmarks and tests can start nodes under any policy.
 
     Ports are asked of the OS (free at init time) unless given. The configuration is
     validated before anything is written, so a bad request leaves no half-made cluster.
@@ -117,6 +123,8 @@ def init_cluster(
         ),
         home=home,
         inline_limit=inline_limit,
+        verification=(verification or VerificationPolicy()).validate(),
+        retention=(retention or RetentionPolicy()).validate(),
     ).validate()
     home.mkdir(parents=True, exist_ok=True)
     for spec, ident in zip(cfg.nodes, node_ids, strict=True):
