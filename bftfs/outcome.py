@@ -14,6 +14,11 @@ class ClusterUnavailable(Exception):
     none in time): the operation did not complete, and may or may not have taken effect."""
 
 
+class StorageFull(ClusterUnavailable):
+    """More than ``b`` nodes refused a write for lack of space, so at least one correct node
+    is full: the file system reports ENOSPC (not EIO), and deleting files frees space."""
+
+
 def collapse(
     group: BaseExceptionGroup,
     make: type[ClusterUnavailable],

@@ -25,6 +25,10 @@ key                 default     meaning
 ``pool_fraction``   0.75        above this share of the LMDB map in use the node verifies
                                 and collects without waiting for idle time and retention
                                 keeps only ``keep_versions`` (the history pool is short)
+``data_fraction``   0.9         above this share a node refuses new non-empty block
+                                versions (``full``: ENOSPC), keeping the rest for metadata
+                                updates, so that files can still be removed and their
+                                space given back
 ==================  ==========  ==========================================================
 
 Retention (what garbage collection keeps below a version verified complete):
@@ -61,6 +65,7 @@ class VerificationPolicy:
     per_client_block: int = 8
     per_client: int = 1024
     pool_fraction: float = 0.75
+    data_fraction: float = 0.9
 
     @property
     def enabled(self) -> bool:
@@ -83,6 +88,8 @@ class VerificationPolicy:
             )
         if not 0.1 <= self.pool_fraction <= 1.0:
             raise PolicyError("[verification] pool_fraction must be in 0.1..1.0")
+        if not self.pool_fraction <= self.data_fraction <= 1.0:
+            raise PolicyError("[verification] data_fraction must be in pool_fraction..1.0")
         return self
 
 

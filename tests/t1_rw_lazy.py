@@ -110,9 +110,12 @@ def test_own_blocks_go_first_by_yield_once_settled_others_after_the_fallback() -
     assert bl.pick(5.0, idle=True, pressure=False) is None  # block 3 waits for NOTIFYs
     pick = bl.pick(10.0, idle=True, pressure=False)
     assert (pick.block, pick.reason) == (3, "fallback")
-    # Pressure: anyone's block, settled or not.
-    bl.wrote(9, ts(1), 100, now=10.0)
-    assert bl.pick(10.0, idle=False, pressure=True) is not None
+    # Pressure: an own block at once, settled or not, idle or not; others' still wait.
+    bl.settled(3, ts(1))
+    bl.wrote(9, ts(1), 100, now=10.0)  # responsible: 3, 4
+    assert bl.pick(10.0, idle=False, pressure=True) is None
+    bl.wrote(24, ts(1), 100, now=10.0)  # responsible: 0, 1
+    assert bl.pick(10.0, idle=False, pressure=True).block == 24
 
 
 def test_a_failed_verification_backs_off() -> None:

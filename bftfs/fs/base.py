@@ -74,6 +74,9 @@ class FsBase(ABC):
     #: Handles whose open found the kernel's pages current.
     _cache_current: set[int]
 
+    #: (trio time, bytes used on a node) of the last ``statfs`` answer from the nodes.
+    _space: tuple[float, int] | None
+
     # Statistics (bftfs.fs.meta) ------------------------------------------------------------
 
     #: Q/U operations sent and seconds spent in them, by method (where a workload's

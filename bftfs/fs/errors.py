@@ -91,7 +91,9 @@ class TooBig(FsError):
 
 
 class NoSpace(FsError):
-    """The extended attributes of one object would exceed their total bound."""
+    """No room: the extended attributes of one object would exceed their total bound, or
+    more than ``b`` nodes refused a write because their store is full
+    (``bftfs.outcome.StorageFull``; deleting files gives the space back)."""
 
     errno = _errno.ENOSPC
 

@@ -138,6 +138,7 @@ class FileSystem(Namespace, Attributes, Handles, FileData):
         self.methods = Counter()
         self.method_seconds = defaultdict(float)
         self._init_reclaim()
+        self._space = None
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance

@@ -19,9 +19,9 @@ import trio
 
 from bftfs.fs import objects as obj
 from bftfs.fs.base import FsBase
-from bftfs.fs.errors import Unavailable, from_refusal
+from bftfs.fs.errors import NoSpace, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
-from bftfs.outcome import ClusterUnavailable
+from bftfs.outcome import ClusterUnavailable, StorageFull
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
 
@@ -67,6 +67,8 @@ def _translate(e: BaseException) -> BaseException:
         if e.code == "oid-exists":
             return _Taken()
         return from_refusal(e.code, e.message)
+    if isinstance(e, StorageFull):
+        return NoSpace(str(e))
     if isinstance(e, _PROTOCOL_ERRORS):
         return Unavailable(f"{type(e).__name__}: {e}")
     return e
@@ -108,7 +110,7 @@ class Meta(FsBase):
         try:
             return await coro
         except _PROTOCOL_ERRORS as e:
-            raise Unavailable(f"{type(e).__name__}: {e}") from None
+            raise _translate(e) from None
 
     def _new_oid(self, near: int | None = None) -> int:
         """A random 63-bit id (object ids, data ids); with ``near``, one in the same residue

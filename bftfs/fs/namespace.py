@@ -23,9 +23,11 @@ from bftfs.fs.errors import (
     FsError,
     Invalid,
     IsDir,
+    NoSpace,
     NotDir,
     NotFound,
     StaleView,
+    Unavailable,
     from_refusal,
 )
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, _Stale, _Taken
@@ -223,16 +225,33 @@ class Namespace(Reclaim):
         return await self._query(ino, "fs.readlink")
 
     async def statfs(self) -> dict[str, int]:
-        """Nominal figures: nodes report no free space yet, so the capacity is the LMDB map
-        size of one node times the erasure-coding gain ``m``, all of it shown free."""
-        bs = self.bs
-        total = self.config.map_size * self.config.m // bs
+        """Capacity and free space from the nodes' stores.
+
+        Each node's LMDB map holds one fragment (``1/m``) of every block plus a copy of the
+        metadata, so the capacity is the map size times ``m``; nodes refuse new block
+        versions above ``data_fraction`` of the map (policy.py), so that is where "free"
+        ends.  Used is what the nodes report (``rw.space``: the ``(b + 1)``-th largest of
+        ``N - t`` answers) times ``m``.  Asked at most once a second; when the nodes cannot
+        answer, the last figures (or all of it free) are shown rather than an error.
+        """
+        bs, m = self.bs, self.config.m
+        now = trio.current_time()
+        if self._space is None or now - self._space[0] > 1.0:
+            try:
+                used = await self._blocks(self.rw.space_used())
+            except (Unavailable, NoSpace):
+                used = self._space[1] if self._space is not None else 0
+            self._space = (now, used)
+        used = self._space[1]
+        limit = int(self.config.map_size * self.config.verification.data_fraction)
+        total = self.config.map_size * m // bs
+        free = max(0, (limit - used) * m // bs)
         return {
             "f_bsize": bs,
             "f_frsize": bs,
             "f_blocks": total,
-            "f_bfree": total,
-            "f_bavail": total,
+            "f_bfree": free,
+            "f_bavail": free,
             "f_files": 1 << 40,
             "f_ffree": 1 << 40,
             "f_favail": 1 << 40,

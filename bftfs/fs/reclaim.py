@@ -29,7 +29,7 @@ import logging
 from typing import Any
 
 from bftfs.fs.caches import Caches
-from bftfs.fs.errors import Unavailable
+from bftfs.fs.errors import NoSpace, Unavailable
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Reclaim(Caches):
             return
         try:
             await self._blocks(self.rw.write_blocks({block_id(d, k): b"" for k in range(count)}))
-        except Unavailable as e:
+        except (Unavailable, NoSpace) as e:
             self.reclaim_failed += count
             log.warning("could not give back %d block(s) of data id %#x: %s", count, d, e)
             return

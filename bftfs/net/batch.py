@@ -131,7 +131,11 @@ class Batcher:
             if isinstance(res, list) and len(res) == 2 and res[0] == 0:
                 item.done((node, True, res[1]))
             elif isinstance(res, list) and len(res) == 2 and res[0] == 1:
-                item.done((node, False, f"refused: {res[1]!r}"))
+                err = res[1]
+                if isinstance(err, list) and len(err) == 2:
+                    item.done((node, False, f"refused: {err[0]}: {err[1]}"))
+                else:
+                    item.done((node, False, f"refused: {err!r}"))
             else:
                 item.done((node, False, "malformed batch item"))
 

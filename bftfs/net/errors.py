@@ -28,3 +28,12 @@ class FrameError(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}{': ' + detail if detail else ''}")
         self.reason = reason
+
+
+def refusal_code(reason: str) -> str | None:
+    """The node's refusal code in a quorum call's failure reason (``"refused: CODE: ..."``,
+    as the endpoint and the batcher record a ``RemoteError``), or None for other failures."""
+    if not reason.startswith("refused: "):
+        return None
+    code, sep, _ = reason[len("refused: ") :].partition(": ")
+    return code if sep else None

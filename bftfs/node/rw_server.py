@@ -31,6 +31,7 @@ from bftfs.erasure import fragment_size
 from bftfs.ids import is_node
 from bftfs.node import rw_catchup as catchup
 from bftfs.node.rw_verifier import Verifier
+from bftfs.node.store import StoreFull
 from bftfs.rw import replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
 from bftfs.rw.messages import (
@@ -38,6 +39,7 @@ from bftfs.rw.messages import (
     KIND_NOTIFY,
     KIND_READ_LATEST,
     KIND_READ_PREV,
+    KIND_SPACE,
     KIND_TIME,
     KIND_WRITE,
     ListRequest,
@@ -85,6 +87,8 @@ def register(
     max_fragment = fragment_size(node.config.block_size, node.config.m)
     verifier = Verifier(node) if node.config.verification.enabled and catch_up else None
     node.verifier = verifier
+    #: Above this many bytes in use new non-empty versions are refused (policy.py).
+    data_limit = node.config.verification.data_fraction * node.config.map_size
 
     async def on_time(ctx: RequestContext, payload: Any) -> Any:
         req = _parse(node, lambda: TimeRequest.from_wire(payload))
@@ -99,6 +103,15 @@ def register(
         except replica.WriteRefused as e:
             node.stats[f"rw.refused.{e.code}"] += 1
             raise HandlerError(e.code, e.message) from None
+        if (
+            req.fragment
+            and node.store.used_recently() >= data_limit
+            and not node.store.read(lambda kv: replica.has_version(kv, req.block, req.ts))
+        ):
+            node.stats["rw.refused.full"] += 1
+            if verifier is not None:
+                verifier.wake()  # collect now: the pool is short
+            raise HandlerError("full", "this node's store is nearly full")
         stale = node.store.read(lambda kv: replica.fresh_conflict(kv, req))
         if stale is not None:
             node.stats["rw.write.stale"] += 1
@@ -146,6 +159,9 @@ def register(
                 results[i] = [0, reply]
             except HandlerError as e:
                 results[i] = [1, [e.code, e.message]]
+            except StoreFull as e:
+                node.stats["refused.full"] += 1
+                results[i] = [1, ["full", str(e)]]
             except Exception as e:  # one bad item must not sink the others
                 node.stats["internal_errors"] += 1
                 node.log.exception("node %s: rw batch item %s failed", node.id, kind)
@@ -179,6 +195,9 @@ def register(
             await verifier.notified(ctx.sender, msg)
         return {}
 
+    async def on_space(ctx: RequestContext, payload: Any) -> Any:
+        return {"used": node.store.used_recently()}
+
     handlers = {
         KIND_TIME: on_time,
         KIND_WRITE: on_write,
@@ -191,6 +210,7 @@ def register(
     # Not part of a batch: only catch-up asks, a page at a time.
     node.register(KIND_LIST, on_list)
     node.register(KIND_NOTIFY, on_notify)
+    node.register(KIND_SPACE, on_space, inline=True)
     if catch_up:
         node.spawn(functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns))
     if verifier is not None:

@@ -122,6 +122,10 @@ class Verifier:
         self.settled = trio.Event() if self.settled.is_set() else self.settled
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the backlog now (the store is short of space)."""
+        self._wake.set()
+
     async def notified(self, sender: PrincipalId, msg: Notify) -> None:
         """NOTIFYs from another node: apply what ``b + 1`` of them agree on."""
         self.progress["notify_received"] += len(msg.entries)

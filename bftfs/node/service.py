@@ -11,6 +11,7 @@ authenticated sender and the node.  Handlers refuse with ``HandlerError``
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,9 +27,9 @@ from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import PrincipalId
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.frames import DEFAULT_MAX_FRAME
-from bftfs.net.server import FastHandler, FaultHooks, Server
+from bftfs.net.server import FastHandler, FaultHooks, HandlerError, Server
 from bftfs.node.protocols import register_all
-from bftfs.node.store import Store
+from bftfs.node.store import Store, StoreFull
 
 if TYPE_CHECKING:
     from bftfs.node.rw_verifier import Verifier
@@ -115,7 +116,11 @@ class Node:
         for ``inline`` and ``fast``.
         """
         self.server.register(
-            kind, handler, inline=inline, fast=fast, replace=kind in ("ping", "stats")
+            kind,
+            _full_is_refused(handler),
+            inline=inline,
+            fast=None if fast is None else _full_is_refused_now(fast),
+            replace=kind in ("ping", "stats"),
         )
 
     def handler(self, kind: str) -> Handler | None:
@@ -177,6 +182,33 @@ class Node:
             "protocols": self.protocols,
             "progress": {k: dict(v) for k, v in self.progress.items()},
         }
+
+
+def _full_is_refused(handler: Handler) -> Handler:
+    """A handler whose store write ran out of space answers ``full`` (the client reports
+    ENOSPC), not ``internal``."""
+
+    @functools.wraps(handler)
+    async def wrapper(ctx: RequestContext, payload: Any) -> Any:
+        try:
+            return await handler(ctx, payload)
+        except StoreFull as e:
+            ctx.node.stats["refused.full"] += 1
+            raise HandlerError("full", str(e)) from None
+
+    return wrapper
+
+
+def _full_is_refused_now(fast: FastHandler) -> FastHandler:
+    @functools.wraps(fast)
+    def wrapper(ctx: Any, payload: Any) -> Any:
+        try:
+            return fast(ctx, payload)
+        except StoreFull as e:
+            ctx.node.stats["refused.full"] += 1
+            raise HandlerError("full", str(e)) from None
+
+    return wrapper
 
 
 async def _ping(ctx: RequestContext, payload: Any) -> Any:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -45,6 +46,17 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     """The store cannot take the write (map full, disk full, I/O error)."""
+
+
+class StoreFull(StoreError):
+    """The write needs more space than the map (or the disk under it) has left: the node
+    answers ``full`` and the client reports ENOSPC (node/service.py, fs/errors.py)."""
+
+
+def _store_error(e: lmdb.Error) -> StoreError:
+    if isinstance(e, lmdb.MapFullError | lmdb.DiskError) or "No space" in str(e):
+        return StoreFull(f"store full: {e}")
+    return StoreError(f"store write failed: {e}")
 
 
 class _LmdbKV:
@@ -141,6 +153,8 @@ class Store:
             max_readers=512,
         )
         self._dbs: dict[str, Any] = {}
+        self._used = 0
+        self._used_at = -1e9
         #: Databases created by the open write transaction (see ``_LmdbKV._db``).
         self._new_dbs: dict[str, Any] = {}
         self._queue: list[_Job] = []
@@ -202,7 +216,7 @@ class Store:
                 self._published()
             except lmdb.Error as e:
                 self._abort(txn)
-                raise StoreError(f"store write failed: {e}") from e
+                raise _store_error(e) from e
             except BaseException:
                 self._abort(txn)
                 raise
@@ -242,7 +256,7 @@ class Store:
                 except Exception as e:
                     if not isolate:
                         raise _StepFailed from e
-                    job.error = e
+                    job.error = _store_error(e) if isinstance(e, lmdb.Error) else e
                     raise _StepFailed from e
             txn.commit()
             self._published()
@@ -253,7 +267,7 @@ class Store:
             raise
         except lmdb.Error as e:
             self._abort(txn)
-            err = StoreError(f"store write failed: {e}")
+            err = _store_error(e)
             for job in batch:
                 job.error = err
         except BaseException:
@@ -289,6 +303,14 @@ class Store:
                 st = txn.stat(db)
                 pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return int(pages * total["psize"])
+
+    def used_recently(self, max_age: float = 0.25) -> int:
+        """:meth:`used_bytes`, measured at most ``max_age`` seconds ago (a write's space
+        check must not cost a scan of every database's statistics each time)."""
+        now = time.monotonic()
+        if now - self._used_at > max_age:
+            self._used, self._used_at = self.used_bytes(), now
+        return self._used
 
     def close(self) -> None:
         self._env.close()

@@ -26,9 +26,9 @@ from typing import Any
 
 import trio
 
-from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import ClusterUnavailable
+from bftfs.outcome import ClusterUnavailable, StorageFull
 from bftfs.qu import core
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import OpType, QUThresholds, View
@@ -147,6 +147,8 @@ class QUClient:
         self._locks: dict[int, trio.Lock] = {}
         self._excluded: set[int] = set()
         self._suspects: set[int] = set()  # stray-history servers of the running operation
+        #: Servers that refused the latest round as ``full`` (out of space).
+        self._full = 0
         self._n = dict.fromkeys(
             (
                 "operations",
@@ -266,6 +268,8 @@ class QUClient:
             mohs, shown = await self._present_filled(objects + tuple(sorted(context)), fresh)
             req = Request(self.client_id, objects, mohs, op, None, self._links_for(shown))
             replies = await self._round(objects, req)
+            if len(replies) < th.q and self._full > th.b:
+                raise StorageFull(f"objects {objects}: {self._full} servers are out of space")
             self._absorb(objects, replies, fresh)
             st.short = st.short + 1 if len(replies) < th.q else 0
             # Judge the round on the OHS we present (decision 6), the one ``next_step``
@@ -529,17 +533,23 @@ class QUClient:
             # lookup (118 syncs in a 111-file cp -a).  Failures (not current) still probe.
             return rep.status in (ReplyStatus.OK, ReplyStatus.REFUSED)
 
-        with scope, suppress(QuorumUnavailable):
-            await self.ep.quorum_call(
-                self._targets(objects),
-                KIND_REQUEST,
-                body,
-                enough=enough,
-                accept=accept,
-                initial=th.q if req.op is not None and req.op.query else th.n,
-                probe_after=self.probe_after,
-                timeout=self.timeout,
-            )
+        self._full = 0
+        try:
+            with scope:
+                await self.ep.quorum_call(
+                    self._targets(objects),
+                    KIND_REQUEST,
+                    body,
+                    enough=enough,
+                    accept=accept,
+                    initial=th.q if req.op is not None and req.op.query else th.n,
+                    probe_after=self.probe_after,
+                    timeout=self.timeout,
+                )
+        except QuorumUnavailable as e:
+            # Servers out of space answer ``full`` (node/service.py); more than b of them
+            # means a correct one is full, and the caller reports ENOSPC.
+            self._full = sum(1 for why in e.result.errors.values() if refusal_code(why) == "full")
         return dict(stash)
 
     async def _inline(self, target: Candidate, view: View, fresh: dict[int, set[int]]) -> bool:

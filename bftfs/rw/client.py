@@ -48,9 +48,9 @@ from bftfs import erasure
 from bftfs.ids import NodeId
 from bftfs.net.batch import Batcher, batch_quorum
 from bftfs.net.endpoint import Endpoint
-from bftfs.net.errors import TransportError
+from bftfs.net.errors import TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import ClusterUnavailable, collapse
+from bftfs.outcome import ClusterUnavailable, StorageFull, collapse
 from bftfs.rw import verify
 from bftfs.rw.batch import rw_batcher
 from bftfs.rw.classify import (
@@ -64,8 +64,10 @@ from bftfs.rw.classify import (
     view_from_history,
 )
 from bftfs.rw.messages import (
+    KIND_SPACE,
     KIND_TIME,
     KIND_WRITE,
+    RW_WIRE_VERSION,
     BlockId,
     MessageError,
     ReadReply,
@@ -74,6 +76,7 @@ from bftfs.rw.messages import (
     TimeRequest,
     WriteReply,
     WriteRequest,
+    parse_space_reply,
 )
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, ZERO, Timestamp, make_timestamp
 from bftfs.rw.verify import ReadOutcome
@@ -103,6 +106,27 @@ class WriteFailed(ClusterUnavailable):
 
 
 _TRANSPORT = (QuorumUnavailable, TransportError)
+
+
+def _storage_full(e: BaseException, b: int) -> StorageFull | None:
+    """:class:`StorageFull` when a failed quorum call (or any in a group) was refused as
+    ``full`` by more than ``b`` nodes - one of them correct - else None."""
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            got = _storage_full(sub, b)
+            if got is not None:
+                return got
+        return None
+    if isinstance(e, StorageFull):
+        return e
+    if not isinstance(e, QuorumUnavailable):
+        return None
+    full = [n for n, why in e.result.errors.items() if refusal_code(why) == "full"]
+    if len(full) > b:
+        return StorageFull(f"nodes {sorted(full)} are out of space")
+    return None
+
+
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -116,8 +140,14 @@ def _outcomes(make: type[ClusterUnavailable]) -> Callable[[_F], _F]:
             try:
                 return await fn(*args, **kwargs)
             except _TRANSPORT as e:
+                full = _storage_full(e, args[0].th.b)
+                if full is not None:
+                    raise full from e
                 raise make(f"{type(e).__name__}: {e}") from e
             except BaseExceptionGroup as g:
+                full = _storage_full(g, args[0].th.b)
+                if full is not None:
+                    raise full from g
                 out = collapse(g, make, _TRANSPORT)
                 if out is g:
                     raise
@@ -451,6 +481,31 @@ class RWClient:
             for block, data in blocks.items():
                 nursery.start_soon(one, block, data)
         return out
+
+    @_outcomes(ReadFailed)
+    async def space_used(self) -> int:
+        """Bytes in use on a node's store as ``N - t`` nodes report it: the ``(b + 1)``-th
+        largest answer, at or below what some correct node uses (``df``)."""
+        used: dict[int, int] = {}
+
+        def accept(node: NodeId, raw: Any) -> bool:
+            try:
+                used[node] = parse_space_reply(raw)
+            except MessageError:
+                return False
+            return True
+
+        await self.endpoint.quorum_call(  # not batched: rw.space is no batch item
+            self.nodes,
+            KIND_SPACE,
+            {"v": RW_WIRE_VERSION},
+            enough=lambda r: len(r) >= self.th.quorum,
+            accept=accept,
+            probe_after=self.probe_after,
+            timeout=self.timeout if self.timeout is not None else self.endpoint.timeout,
+        )
+        ranked = sorted(used.values(), reverse=True)
+        return ranked[min(self.th.b, len(ranked) - 1)]
 
     # Read ----------------------------------------------------------------------------------
 

@@ -215,7 +215,11 @@ class Backlog:
         self._forced.pop(block, None)
 
     def pick(self, now: float, *, idle: bool, pressure: bool) -> Pick | None:
-        """The next block to verify, or None (nothing is due; see :meth:`next_due`)."""
+        """The next block to verify, or None (nothing is due; see :meth:`next_due`).
+
+        ``pressure`` (the history pool is short) makes blocks due at once, settled or not,
+        idle or not; a block another node is responsible for still waits for its NOTIFYs
+        until the fallback delay, so the pool is not spent on N verifications of each."""
         for block in self._forced:
             debt = self._debts.get(block)
             if debt is not None and debt.retry_at <= now:
@@ -230,7 +234,7 @@ class Backlog:
                 continue
             count = len(debt.versions)
             mine = self.me in responsible(block, self.n, self.b)
-            if mine or not self.policy.cooperative or pressure:
+            if mine or not self.policy.cooperative:
                 if best is None or count > best[0]:
                     best = (count, block)
             elif now - debt.last_write >= self.policy.fallback_seconds and (

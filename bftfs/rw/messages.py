@@ -16,6 +16,7 @@ kind                    request fields                          reply fields
 ``rw.read_prev``        ``v, b, d, lt, incl``                   ReadReply
 ``rw.list``             ``v, a, n``                             ``e, more``
 ``rw.notify``           ``v, e``                                ``{}``
+``rw.space``            ``v``                                   ``used``
 ======================  ======================================  ===========================
 
 Field meanings:
@@ -43,6 +44,10 @@ Field meanings:
 ``e`` is a list of at most :data:`MAX_NOTIFY` ``[bytes(16), bytes(44), str]``: a block, a
 timestamp and ``"verified"`` (the sender verified that version complete and valid) or
 ``"poisonous"`` (the sender found that version's fragments are not one codeword).
+
+``rw.space``: ``used`` is an int, the bytes of the node's store in use (``df`` on a mount;
+a client takes the ``(b + 1)``-th largest of ``N - t`` answers, so ``b`` liars cannot move
+it outside what correct nodes report).
 
 ReadReply (``rw.read_latest`` / ``rw.read_prev``):
 
@@ -79,6 +84,7 @@ KIND_READ_LATEST = "rw.read_latest"
 KIND_READ_PREV = "rw.read_prev"
 KIND_LIST = "rw.list"
 KIND_NOTIFY = "rw.notify"
+KIND_SPACE = "rw.space"
 #: Most entries one ``rw.notify`` may carry.
 MAX_NOTIFY = 512
 #: Most blocks one ``rw.list`` reply may carry (a request asking for more is malformed).
@@ -468,3 +474,11 @@ class Notify:
                 raise MessageError("entry with the zero timestamp")
             entries.append((BlockId(int.from_bytes(b, "big")), ts, st))
         return cls(tuple(entries))
+
+
+def parse_space_reply(msg: Any) -> int:
+    """The ``used`` bytes of an ``rw.space`` reply."""
+    used = _field(msg, "used")
+    if type(used) is not int or not 0 <= used < 1 << 63:
+        raise MessageError("'used' is not a non-negative int")
+    return used

@@ -49,6 +49,7 @@ KINDS = (
     "rw.batch",
     "rw.list",
     "rw.notify",
+    "rw.space",
     "no.such.kind",
 )
 
@@ -66,6 +67,7 @@ FIELDS = {
     "rw.batch": ("i",),
     "rw.list": ("after", "limit"),
     "rw.notify": ("v", "e"),
+    "rw.space": ("v",),
 }
 
 INTS = (0, 1, -1, 2**31, 2**32 - 1, 2**63 - 1, -(2**63), 2**64 - 1, 255, 65536)
