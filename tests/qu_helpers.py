@@ -83,6 +83,8 @@ class MemCluster:
         retention: Retention | None = None,
         clients: int = 4,
     ) -> None:
+        #: The servers' clock (retention by age); tests move it.
+        self.now_ns = 0
         self.th = QUThresholds.minimal(t, b)
         self.rng = random.Random(seed)
         self.node_rings, self.client_rings = keyrings(self.th.n, clients, seed)
@@ -133,7 +135,7 @@ class MemCluster:
                 req = Request.from_wire(payload, self.th.n)
             synced: dict = {}
             for _ in range(3):
-                res = handle_request(kv, cfg, sender, req, synced)
+                res = handle_request(kv, cfg, sender, req, synced, self.now_ns)
                 if not isinstance(res, NeedSync):
                     return res.wire()
                 for want in res.wants:

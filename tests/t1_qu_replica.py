@@ -19,6 +19,7 @@ from bftfs.qu.core import merge, outcome
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import Operation, ReplyStatus, Request
 from bftfs.qu.replica import Retention, read_version, versions
+from bftfs.qu.schema import load_request
 from bftfs.qu.timestamp import INITIAL, ZERO
 
 C0, C1 = int(client_id(0)), int(client_id(1))
@@ -153,13 +154,30 @@ def test_method_prunes_history_barrier_and_copy_do_not() -> None:
 
 
 def test_versions_are_kept_unless_retention_allows_deleting() -> None:
-    for keep, expect in ((None, 6), (2, 2)):
+    # keep 2: versions 5 and 6, and 4, which the history's oldest candidate is conditioned on.
+    for keep, expect in ((None, 6), (2, 3)):
         cl = MemCluster(retention=Retention(keep_last=keep))
         for seq in range(1, 7):
             send(cl, PQ, Request(C0, (7,), {7: fresh_ohs(cl, 7, PQ)}, inc(seq)))
         vs = versions(cl.kvs[0], 7)
         assert len(vs) == expect
         assert read_version(cl.kvs[0], 7, vs[-1].lt) == 6
+
+
+def test_retention_keeps_young_versions_and_what_the_history_still_names() -> None:
+    sec = 10**9
+    cl = MemCluster(retention=Retention(keep_last=1, keep_seconds=60.0))
+    for seq in range(1, 5):
+        cl.now_ns = seq * sec
+        send(cl, PQ, Request(C0, (7,), {7: fresh_ohs(cl, 7, PQ)}, inc(seq)))
+    assert len(versions(cl.kvs[0], 7)) == 4  # all younger than a minute
+    cl.now_ns = 63 * sec  # versions stored at 1 s and 2 s are now older than a minute
+    send(cl, PQ, Request(C0, (7,), {7: fresh_ohs(cl, 7, PQ)}, inc(5)))
+    vs = versions(cl.kvs[0], 7)
+    assert [v.stored_ns for v in vs] == [3 * sec, 4 * sec, 63 * sec]
+    assert read_version(cl.kvs[0], 7, vs[-1].lt) == 5
+    # The stored requests went with their versions; the kept ones still prove links.
+    assert all(load_request(cl.kvs[0], v.lt) is not None for v in vs)
 
 
 def test_multi_object_update_is_all_or_nothing() -> None:

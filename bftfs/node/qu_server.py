@@ -30,6 +30,7 @@ system's, and the test types only when asked for.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -105,7 +106,10 @@ def register(
             raise KeyError(f"no key for node {s}")
         return k
 
-    cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention or Retention())
+    if retention is None:  # the cluster's [retention] (policy.py)
+        kept = node.config.retention
+        retention = Retention(keep_last=kept.keep_versions, keep_seconds=kept.keep_seconds)
+    cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention)
 
     def parse(payload: Any) -> Request:
         try:
@@ -134,8 +138,10 @@ def register(
         req = parse(payload)
         sender = ctx.sender
 
+        now_ns = node.now_ns()
+
         def step(kv: Any) -> Any:
-            return handle_request(kv, cfg, sender, req, {})
+            return handle_request(kv, cfg, sender, req, {}, now_ns)
 
         if req.op is not None and req.op.query:
             res = node.store.read(step)
@@ -153,11 +159,19 @@ def register(
         request on this node itself)."""
         synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
         for _ in range(3):  # a version synced once may be needed again after a race
+            now_ns = node.now_ns()
             if req.op is not None and req.op.query:
                 res = node.store.read(lambda kv: handle_request(kv, cfg, sender, req, synced))
             else:
                 res = await node.store.write(
-                    lambda kv: handle_request(kv, cfg, sender, req, synced)
+                    functools.partial(
+                        handle_request,
+                        cfg=cfg,
+                        sender=sender,
+                        req=req,
+                        synced=synced,
+                        now_ns=now_ns,
+                    )
                 )
             if not isinstance(res, NeedSync):
                 node.stats[f"qu.{res.status.value}"] += 1

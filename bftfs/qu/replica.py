@@ -81,13 +81,22 @@ from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
 class Retention:
     """Which object versions a server may delete (none by default).
 
-    ``keep_last=None`` keeps every version: the version history of the file system depends on
-    it, and old versions also serve slow repeated requests and object syncs (L2630-2634).
-    With ``keep_last=k`` a server deletes, after accepting an update, versions that are both
-    older than every candidate of its pruned replica history and not among the k newest.
+    ``keep_last=None`` keeps every version.  With ``keep_last=k`` a server deletes, after
+    accepting an update, versions that are all of: older than every candidate of its pruned
+    replica history and than every candidate's conditioned-on version (so object sync and
+    classification never ask for them from this server); not among the ``k`` newest; and
+    stored more than ``keep_seconds`` ago by this server's clock (the version history users
+    see, slow repeated requests, and link proofs (qu.fetch) of requests still in some
+    lagging server's history, L2630-2634).  A version's stored request goes with it.  Nodes
+    take ``k`` and the age from ``[retention]`` (policy.py).
+
+    A retried request whose version was deleted is still answered once: the applied table
+    travels with every version (the module docstring), so the retry returns the stored
+    answer instead of running the method again.
     """
 
     keep_last: int | None = None
+    keep_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,12 @@ def _optimistic_query(kv: KV, cfg: ReplicaConfig, req: Request) -> tuple[Any, tu
 
 
 def handle_request(
-    kv: KV, cfg: ReplicaConfig, sender: int, req: Request, synced: Synced | None = None
+    kv: KV,
+    cfg: ReplicaConfig,
+    sender: int,
+    req: Request,
+    synced: Synced | None = None,
+    now_ns: int = 0,
 ) -> Reply | NeedSync:
     """One ``s_request`` inside the caller's write transaction.
 
@@ -228,6 +242,7 @@ def handle_request(
         sender: the authenticated principal that sent ``req``.
         req: the parsed request.
         synced: versions fetched by object sync for a previous :class:`NeedSync`.
+        now_ns: this server's clock, recorded with a new version (retention by age).
 
     Returns:
         The reply, or :class:`NeedSync` (nothing was written).
@@ -296,7 +311,7 @@ def handle_request(
 
     stored = Request(req.client, objects, mohs, req.op, None, links)
     if su.type is OpType.BARRIER:
-        return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None)
+        return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None, now_ns)
 
     got: dict[int, tuple[bytes | None, bytes]] = {}
     wants = []
@@ -316,7 +331,7 @@ def handle_request(
         return NeedSync(tuple(wants))
 
     if su.type is OpType.COPY:
-        return _accept(kv, cfg, stored, su, rhs, culled, got, synced, None)
+        return _accept(kv, cfg, stored, su, rhs, culled, got, synced, None, now_ns)
 
     op = req.op
     if op is None:  # unreachable: METHOD without operation was answered above
@@ -357,6 +372,7 @@ def handle_request(
         {oid: (new_states[oid], applied[oid]) for oid in objects},
         synced,
         answer,
+        now_ns,
     )
 
 
@@ -374,6 +390,7 @@ def _accept(
     results: Mapping[int, tuple[bytes | None, bytes]],
     synced: Synced,
     answer: Any,
+    now_ns: int = 0,
 ) -> Reply:
     """Lines 1024-1030: add the candidate, prune, re-authenticate and store, atomically.
 
@@ -391,7 +408,7 @@ def _accept(
             schema.store_version(
                 kv,
                 oid,
-                schema.Version(cand.lt_co, schema.SYNCED, s, ap, None, None, False, ()),
+                schema.Version(cand.lt_co, schema.SYNCED, s, ap, None, None, False, (), now_ns),
             )
         rh = list(rhs[oid]) + [cand]
         if su.type is OpType.METHOD:
@@ -403,9 +420,11 @@ def _accept(
         schema.store_version(
             kv,
             oid,
-            schema.Version(cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects),
+            schema.Version(
+                cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects, now_ns
+            ),
         )
-        _retain(kv, cfg, oid, new_rh)
+        _retain(kv, cfg, oid, new_rh, now_ns)
         hist.append(OHSEntry(new_rh, auth))
     schema.store_request(kv, su.lt, req.packed())
     return Reply(
@@ -419,13 +438,24 @@ def _accept(
     )
 
 
-def _retain(kv: KV, cfg: ReplicaConfig, oid: int, rh: ReplicaHistory) -> None:
+def _retain(kv: KV, cfg: ReplicaConfig, oid: int, rh: ReplicaHistory, now_ns: int) -> None:
+    """Delete the versions :class:`Retention` lets go, oldest first, stopping at the first
+    one it keeps (versions are stored in logical-time order, which is also, near enough,
+    the order they were stored in), so an update costs ``O(k)`` plus what it deletes."""
     keep = cfg.retention.keep_last
     if keep is None:
         return
-    floor = min(c.lt for c in rh)
-    for i, v in enumerate(schema.iter_versions(kv, oid, reverse=True)):
-        if i >= keep and v.lt < floor:
+    floor = min(min(c.lt, c.lt_co) if c.lt_co is not None else c.lt for c in rh)
+    newest = schema.newest_times(kv, oid, keep)
+    if len(newest) < keep:
+        return
+    floor = min(floor, newest[-1])
+    young_ns = now_ns - int(cfg.retention.keep_seconds * 1e9)
+    for lt, stored_ns in schema.oldest_versions(kv, oid):
+        if lt >= floor or stored_ns > young_ns:
+            return
+        v = schema.load_version(kv, oid, lt)
+        if v is not None:
             schema.delete_version(kv, oid, v)
 
 

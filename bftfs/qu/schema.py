@@ -29,6 +29,7 @@ one transaction the caller gives it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,8 @@ class Version:
     answer: Any
     accepted: bool
     objects: tuple[int, ...]
+    #: This server's clock when it stored the version (0: not recorded; retention by age).
+    stored_ns: int = 0
 
     def encode(self, skeleton: bytes | None = None) -> bytes:
         """The stored value; with ``skeleton``, the state is stored as that skeleton."""
@@ -100,6 +103,8 @@ class Version:
             "acc": self.accepted,
             "o": list(self.objects),
         }
+        if self.stored_ns:
+            record["w"] = self.stored_ns
         if skeleton is not None:
             record["sk"] = True
         return pack(record)
@@ -128,6 +133,7 @@ class Version:
                 d["a"],
                 bool(d["acc"]),
                 tuple(d["o"]),
+                int(d.get("w", 0)),
             )
         except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
             raise SchemaError(f"bad stored version: {e}") from e
@@ -262,6 +268,46 @@ def iter_versions(kv: KV, oid: int, *, reverse: bool = False) -> list[Version]:
     for k, v in kv.scan(DB_VER, start, stop, reverse=reverse):
         if len(k) == 8 + TIMESTAMP_SIZE:
             out.append(Version.decode(Timestamp.decode(k[8:]), v, kv))
+    return out
+
+
+def newest_times(kv: KV, oid: int, k: int) -> list[Timestamp]:
+    """The timestamps of the ``k`` newest stored versions of ``oid``, newest first (keys
+    only)."""
+    start = oid_key(oid)
+    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    out: list[Timestamp] = []
+    for key, _ in kv.scan(DB_VER, start, stop, reverse=True):
+        if len(out) == k:
+            break
+        if len(key) == 8 + TIMESTAMP_SIZE:
+            out.append(Timestamp.decode(key[8:]))
+    return out
+
+
+def oldest_versions(kv: KV, oid: int) -> Iterator[tuple[Timestamp, int]]:
+    """``(lt, stored_ns)`` of the versions of ``oid``, oldest first, lazily (the caller
+    stops early; it may delete the version just yielded)."""
+    start = oid_key(oid)
+    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    for key, value in list(_first_keys(kv, start, stop)):
+        lt = Timestamp.decode(key[8:])
+        try:
+            stored_ns = int(unpack(value).get("w", 0))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise SchemaError(f"bad stored version: {e}") from e
+        yield lt, stored_ns
+
+
+def _first_keys(kv: KV, start: bytes, stop: bytes, limit: int = 64) -> list[tuple[bytes, bytes]]:
+    """Up to ``limit`` oldest ``(key, value)`` pairs in range (a bounded page, so deleting
+    while walking never invalidates a live cursor)."""
+    out = []
+    for key, value in kv.scan(DB_VER, start, stop):
+        if len(key) == 8 + TIMESTAMP_SIZE:
+            out.append((key, value))
+            if len(out) == limit:
+                break
     return out
 
 
