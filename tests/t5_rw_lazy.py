@@ -298,3 +298,20 @@ def test_a_restarted_node_finds_its_unverified_versions_again(tmp_path: Path) ->
             assert not any(flagged(cl, 0, b, s) for b, s in zip((0, 6, 12), stamps, strict=True))
 
     trio.run(main)
+
+
+def test_versions_kept_for_their_age_go_once_old_without_another_write(tmp_path: Path) -> None:
+    async def main() -> None:
+        a_second = RetentionPolicy(keep_seconds=1.0, keep_versions=1)
+        async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=a_second) as (
+            cl,
+            (writer,),
+        ):
+            stamps = [await writer.write_block(4, f"v{k}".encode()) for k in range(3)]
+            await settled(cl)
+            assert hosted(cl, 0, 4) == stamps[::-1]  # all younger than a second
+            for i in range(cl.config.n):  # no write comes: the verifier looks again by itself
+                await until(cl, i, lambda i=i: hosted(cl, i, 4) == [stamps[-1]], within=10)
+            assert await writer.read_block(4) == b"v2"
+
+    trio.run(main)

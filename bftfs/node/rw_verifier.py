@@ -28,6 +28,7 @@ whenever the backlog is empty (tests wait on it; it is cleared by the next write
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import time
 from collections import defaultdict
@@ -112,6 +113,8 @@ class Verifier:
         self._outbox: dict[NodeId, list[tuple[BlockId, Timestamp, str]]] = defaultdict(list)
         self._flush = trio.Event()
         self._client: RWClient | None = None
+        #: ``(node clock ns, block)``: blocks whose versions kept for their age may go then.
+        self._revisits: list[tuple[int, int]] = []
 
     # Hooks the rw server calls ------------------------------------------------------------
 
@@ -165,7 +168,7 @@ class Verifier:
         results = await self.node.store.write(step)
         for (block, mark, _flag, poison), res in zip(todo, results, strict=True):
             self.backlog.settled(block, mark, also=poison)
-            self._account(res)
+            self._account(res, block)
             self.progress["notify_applied"] += 1
         self._publish()
         self._wake.set()
@@ -193,7 +196,32 @@ class Verifier:
                     self.node.log.exception("node %s: lazy verification step", self.node.id)
                     await trio.sleep(1)
 
+    async def _collect_due(self) -> float | None:
+        """Collect the blocks whose age-retained versions may go now; seconds until the
+        next one is due (None: none waits)."""
+        while self._revisits:
+            due, block = self._revisits[0]
+            now_ns = self.node.now_ns()
+            if due > now_ns:
+                return (due - now_ns) / 1e9
+            heapq.heappop(self._revisits)
+            pressure = self._pressure()
+            step = functools.partial(
+                replica.verified_step,
+                block=block,
+                mark=ZERO,
+                flag=None,
+                poisonous=(),
+                now_ns=now_ns,
+                retention=self.retention,
+                pressure=pressure,
+            )
+            res = await self.node.store.write(step)
+            self._account(res, block)
+        return None
+
     async def _step(self) -> None:
+        revisit_in = await self._collect_due()
         now = trio.current_time()
         idle_for = now - self.node.last_client_request
         idle = idle_for >= self.policy.idle_seconds
@@ -207,6 +235,8 @@ class Verifier:
             wait = math.inf if due is None else due
             if due is not None and not idle:
                 wait = max(wait, self.policy.idle_seconds - idle_for)
+            if revisit_in is not None:
+                wait = min(wait, revisit_in)
             self._wake = trio.Event()
             with trio.move_on_after(max(wait, 0.001) if math.isfinite(wait) else math.inf):
                 await self._wake.wait()
@@ -247,7 +277,7 @@ class Verifier:
                 pressure=pressure,
             )
         )
-        self._account(res)
+        self._account(res, block)
         self.progress["verified"] += 1
         self.backlog.settled(block, outcome.ts, also=poison)
         # Versions above what was found complete were incomplete when read: they are
@@ -328,7 +358,9 @@ class Verifier:
         self.progress["pressure"] = pressure
         return pressure
 
-    def _account(self, res: replica.Verified) -> None:
+    def _account(self, res: replica.Verified, block: int) -> None:
+        if res.revisit_ns:
+            heapq.heappush(self._revisits, (res.revisit_ns, block))
         self.progress["discarded"] += res.discarded
         self.progress["collected"] += res.collected
         self.node.stats["rw.gc.collected"] += res.collected

@@ -260,6 +260,9 @@ class Verified:
     #: Versions left, and how many of them are below the verified mark (kept by retention).
     kept: int
     retained: int
+    #: When the youngest-kept of those retained for their age may go (node clock ns; 0:
+    #: none is kept for its age): the verifier looks at the block again then.
+    revisit_ns: int = 0
 
 
 def verified_step(
@@ -312,8 +315,15 @@ def verified_step(
         floor = gc_floor(mark, hosted, now_ns, retention, pressure=pressure)
         collected = collect_step(kv, block, floor)
     left = len(hosted) - collected.deleted
-    retained = sum(1 for ts in hosted if collected.floor <= ts < mark)
-    return Verified(flagged, discarded, collected.deleted, collected.floor, left, retained)
+    below = [ts for ts in hosted if collected.floor <= ts < mark]
+    # Versions kept for their age (beyond the newest keep_versions) may go once old.
+    aged = [ts for ts in hosted[retention.keep_versions :] if collected.floor <= ts < mark]
+    revisit = 0
+    if aged and not pressure:
+        revisit = min(ts.time for ts in aged) + int(retention.keep_seconds * 1e9) + 1
+    return Verified(
+        flagged, discarded, collected.deleted, collected.floor, left, len(below), revisit
+    )
 
 
 @dataclass(frozen=True)
