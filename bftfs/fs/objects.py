@@ -979,6 +979,17 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return new, {str(oid): stat_of(new[oid]) for oid in changed}
 
 
+def _finished(state: Any) -> bool:
+    """A removed directory (a tombstone), or a file no name reaches any more: no update
+    makes either reachable again, so servers keep only the newest version of it once
+    retention's age has passed (open handles still read that one)."""
+    if not isinstance(state, dict):
+        return False
+    if state.get("k") == "d":
+        return bool(state.get("dead"))
+    return state.get("k") == "f" and state.get("nl") == 0
+
+
 FS = ObjectType(
     "fs",
     (
@@ -1005,6 +1016,7 @@ FS = ObjectType(
         Method("fs.rmdir", Class.UPDATE, _rmdir, 2, 2),
         Method("fs.rename", Class.UPDATE, _rename, 2, 8),
     ),
+    finished=_finished,
 )
 
 #: The object types of the file system: what a node serves (``bftfs.node.protocols``).

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, is_node
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node.qu_catchup import CatchUp
+from bftfs.node.qu_pruner import Pruner
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import (
@@ -110,6 +111,11 @@ def register(
         kept = node.config.retention
         retention = Retention(keep_last=kept.keep_versions, keep_seconds=kept.keep_seconds)
     cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention)
+    pruner = Pruner(node, cfg)
+
+    def accepted(req: Request, res: Reply) -> None:
+        if res.status is ReplyStatus.OK and not (req.op is not None and req.op.query):
+            pruner.updated(req.objects)
 
     def parse(payload: Any) -> Request:
         try:
@@ -152,6 +158,7 @@ def register(
         if isinstance(res, NeedSync):
             return defer(payload, req)
         node.stats[f"qu.{res.status.value}"] += 1
+        accepted(req, res)
         return res.wire()
 
     async def serve(req: Request, sender: int) -> Reply:
@@ -175,6 +182,7 @@ def register(
                 )
             if not isinstance(res, NeedSync):
                 node.stats[f"qu.{res.status.value}"] += 1
+                accepted(req, res)
                 return res
             for want in res.wants:
                 fetched = await _sync(node, th, want)
@@ -230,6 +238,8 @@ def register(
     node.register(KIND_LATEST, on_latest, inline=True)
     if catch_up:
         node.spawn(CatchUp(node, cfg, serve).run)
+        if pruner.enabled:
+            node.spawn(pruner.run)
 
 
 def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Reply:

@@ -66,10 +66,16 @@ class Method:
 
 @dataclass(frozen=True)
 class ObjectType:
-    """A named set of methods (``counter``, ``directory``...)."""
+    """A named set of methods (``counter``, ``directory``...).
+
+    ``finished``: whether a state is one no later update will revive (a removed file, a
+    removed directory): a server then keeps only its newest version once retention's age
+    has passed (``bftfs.qu.replica.Retention``).  None: no state is.
+    """
 
     name: str
     methods: tuple[Method, ...]
+    finished: Callable[[Any], bool] | None = None
 
 
 class Registry:
@@ -77,8 +83,13 @@ class Registry:
 
     def __init__(self, types: Iterable[ObjectType] = ()) -> None:
         self._methods: dict[str, Method] = {}
+        self._finished: list[Callable[[Any], bool]] = []
         for t in types:
             self.register(t)
+
+    def finished(self, state: Any) -> bool:
+        """Whether some registered type calls ``state`` finished (see :class:`ObjectType`)."""
+        return any(pred(state) for pred in self._finished)
 
     def register(self, otype: ObjectType) -> None:
         """Add every method of ``otype``.
@@ -95,6 +106,8 @@ class Registry:
             if not 1 <= m.min_objects <= m.max_objects <= MAX_OBJECTS:
                 raise ValueError(f"method {m.name} has bad object bounds")
             self._methods[m.name] = m
+        if otype.finished is not None:
+            self._finished.append(otype.finished)
 
     def get(self, name: str) -> Method | None:
         """The method called ``name``, or None."""

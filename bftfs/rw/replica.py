@@ -299,7 +299,9 @@ def verified_step(
         if raw is not None and not raw[0] & FLAG_VERIFIED:
             kv.put(DB_VERSIONS, key, bytes([raw[0] | FLAG_VERIFIED]) + raw[1:])
             flagged = True
-        if raw is not None and flag == mark:
+    if mark > ZERO:
+        raw = kv.get(DB_VERSIONS, version_key(block, mark))
+        if raw is not None:
             empty = erasure.cc_length(StoredVersion.decode(raw).cross_checksum) == 0
     if empty:
         # An empty block on top is a file's contents given back (fs/reclaim.py): nothing
