@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-tests up down status test test-slow test-all lint bench bench-setup bench-full \
-	bench-andrew bench-postmark bench-opcost bench-lazy bench-transport clean
+	bench-andrew bench-postmark bench-opcost bench-lazy bench-space bench-transport clean
 
 setup:
 	@scripts/setup.sh
@@ -78,6 +78,9 @@ bench-opcost: bench-setup
 # processes: writes/s with no idle time, latencies and verified-skip share with idle time.
 bench-lazy: setup
 	$(BIN)/python benchmarks/lazy.py $(BENCH_ARGS)
+
+bench-space: setup
+	$(BIN)/python benchmarks/space.py $(BENCH_ARGS)
 
 bench-transport: setup
 	$(BIN)/python benchmarks/transport.py

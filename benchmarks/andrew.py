@@ -332,7 +332,9 @@ def targets_from_args(args: argparse.Namespace) -> list[TargetSpec]:
     for w in wanted:
         spec = common.spec_named(w, args.t, args.b, not args.no_durable, args.down)
         if spec is None:
-            raise SystemExit(f"unknown target {w!r} (local, bindfs, bftfs, bftfs-down)")
+            raise SystemExit(
+                f"unknown target {w!r} (local, bindfs, bftfs, bftfs-down, bftfs-noverify)"
+            )
         specs.append(spec)
     return specs
 
@@ -739,7 +741,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default="local,bindfs,bftfs,bftfs-down",
         help="comma-separated, in interleaving order: local, bindfs, bftfs, "
-        "bftfs-down (default: all four)",
+        "bftfs-down, bftfs-noverify (default: the first four)",
     )
     ap.add_argument("--t", type=int, default=1, help="bftfs: faulty nodes tolerated (default 1)")
     ap.add_argument("--b", type=int, default=1, help="bftfs: Byzantine among them (default 1)")

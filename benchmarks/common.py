@@ -219,6 +219,8 @@ class TargetSpec:
     b: int = 1
     down: tuple[int, ...] = ()  # node ids SIGKILLed before the mount
     durable: bool = True
+    #: The nodes' [verification] mode (bftfs/policy.py); "off" for the bftfs-noverify target.
+    verification: str = "lazy-coop"
 
 
 @dataclass
@@ -245,18 +247,25 @@ def bindfs_spec() -> TargetSpec:
     return TargetSpec("bindfs", "bindfs")
 
 
-def bftfs_spec(t: int, b: int, down: Sequence[int] = (), durable: bool = True) -> TargetSpec:
+def bftfs_spec(
+    t: int, b: int, down: Sequence[int] = (), durable: bool = True, verification: str = "lazy-coop"
+) -> TargetSpec:
     name = f"bftfs t={t},b={b}" if t != b else f"bftfs b={b}"
     if down:
         name += f" ({len(down)} down)"
     if not durable:
         name += " (no fsync)"
-    return TargetSpec(name, "bftfs", t=t, b=b, down=tuple(down), durable=durable)
+    if verification != "lazy-coop":
+        name += f" (verification {verification})"
+    return TargetSpec(
+        name, "bftfs", t=t, b=b, down=tuple(down), durable=durable, verification=verification
+    )
 
 
 def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> TargetSpec | None:
     """The target a benchmark's ``--targets`` entry names (local, bindfs, bftfs, bftfs-down:
-    ``down`` nodes killed before the mount), or None for an unknown name."""
+    ``down`` nodes killed before the mount, bftfs-noverify: no lazy verification on the
+    nodes), or None for an unknown name."""
     if name == "local":
         return local_spec()
     if name == "bindfs":
@@ -265,6 +274,8 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
         return bftfs_spec(t, b, durable=durable)
     if name == "bftfs-down":
         return bftfs_spec(t, b, tuple(range(down)), durable=durable)
+    if name == "bftfs-noverify":
+        return bftfs_spec(t, b, durable=durable, verification="off")
     return None
 
 
@@ -330,6 +341,7 @@ def _bindfs(base: Path) -> Iterator[tuple[Path, int]]:
 def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
     # Imported here so the local and bindfs targets work even when bftfs cannot be imported.
     from bftfs.local import ClusterError
+    from bftfs.policy import VerificationPolicy
     from bftfs.testing.mounts import Mount
     from bftfs.testing.processes import ProcessCluster
 
@@ -347,6 +359,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                         b=spec.b,
                         map_size=MAP_SIZE,
                         durable=spec.durable,
+                        verification=VerificationPolicy(mode=spec.verification),
                     )
                 )
                 break
