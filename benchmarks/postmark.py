@@ -221,8 +221,13 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
             if not args.no_durable:  # like for like with the in-memory Q/U prototype
                 for b in args.no_fsync_bs:
                     specs.append(common.bftfs_spec(b, b, durable=False))
+        elif w == "bftfs-noverify":  # the nodes without lazy verification (issue 16)
+            for b in args.bs:
+                specs.append(
+                    common.bftfs_spec(b, b, durable=not args.no_durable, verification="off")
+                )
         else:
-            raise SystemExit(f"unknown target {w!r} (local, bindfs, bftfs)")
+            raise SystemExit(f"unknown target {w!r} (local, bindfs, bftfs, bftfs-noverify)")
     return specs
 
 

@@ -352,7 +352,7 @@ class Verifier:
             self.node.log.debug("node %s: NOTIFY to %s lost: %s", self.node.id, peer, e)
 
     def _pressure(self) -> bool:
-        used = self.node.store.used_bytes()
+        used = self.node.store.used_recently()
         self.progress["used_bytes"] = used
         pressure = used >= self.policy.pool_fraction * self.node.config.map_size
         self.progress["pressure"] = pressure

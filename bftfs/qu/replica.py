@@ -438,43 +438,60 @@ def _accept(
     )
 
 
-def _retain(kv: KV, cfg: ReplicaConfig, oid: int, rh: ReplicaHistory, now_ns: int) -> int:
+def _retain(
+    kv: KV,
+    cfg: ReplicaConfig,
+    oid: int,
+    rh: ReplicaHistory,
+    now_ns: int,
+    *,
+    finished: bool = False,
+) -> int:
     """Delete the versions :class:`Retention` lets go, oldest first, stopping at the first
     one it keeps (versions are stored in logical-time order, which is also, near enough,
-    the order they were stored in), so an update costs ``O(k)`` plus what it deletes."""
+    the order they were stored in), so an update costs ``O(k)`` plus what it deletes.
+    ``finished``: the object's newest state is finished (keep one version)."""
     keep = cfg.retention.keep_last
     if keep is None:
         return 0
+    if finished:
+        keep = 1
     floor = min(min(c.lt, c.lt_co) if c.lt_co is not None else c.lt for c in rh)
-    if keep > 1:
-        latest = schema.newest_times(kv, oid, 1)
-        v = schema.load_version(kv, oid, latest[0]) if latest else None
-        if v is not None and v.state is not None and cfg.registry.finished(unpack(v.state)):
-            keep = 1  # a removed file or directory: its newest version is all it needs
     newest = schema.newest_times(kv, oid, keep)
     if len(newest) < keep:
         return 0
     floor = min(floor, newest[-1])
     young_ns = now_ns - int(cfg.retention.keep_seconds * 1e9)
     deleted = 0
-    for lt, stored_ns in schema.oldest_versions(kv, oid):
+    while True:
+        oldest = schema.oldest_version(kv, oid)
+        if oldest is None:
+            break
+        lt, stored_ns = oldest
         if lt >= floor or stored_ns > young_ns:
             break
         v = schema.load_version(kv, oid, lt)
-        if v is not None:
-            schema.delete_version(kv, oid, v)
-            deleted += 1
+        if v is None:
+            break
+        schema.delete_version(kv, oid, v)
+        deleted += 1
     return deleted
 
 
 def prune_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
     """Delete the versions of ``oid`` :class:`Retention` lets go now (versions kept for
-    their age go once old, even if the object is never updated again: a removed file's);
-    how many were deleted."""
+    their age go once old, even if the object is never updated again: a removed file's,
+    which keeps only its newest version once its state is finished); how many were
+    deleted.  Only here is the newest state looked at (an update does not pay for it)."""
     rh, _auth = schema.load_rh(kv, oid)
     if is_initial(rh):
         return 0
-    return _retain(kv, cfg, oid, rh, now_ns)
+    finished = False
+    latest = schema.newest_times(kv, oid, 1)
+    if latest:
+        v = schema.load_version(kv, oid, latest[0])
+        finished = v is not None and v.state is not None and cfg.registry.finished(unpack(v.state))
+    return _retain(kv, cfg, oid, rh, now_ns, finished=finished)
 
 
 def handle_history(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> Reply:

@@ -29,7 +29,6 @@ one transaction the caller gives it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,30 +284,19 @@ def newest_times(kv: KV, oid: int, k: int) -> list[Timestamp]:
     return out
 
 
-def oldest_versions(kv: KV, oid: int) -> Iterator[tuple[Timestamp, int]]:
-    """``(lt, stored_ns)`` of the versions of ``oid``, oldest first, lazily (the caller
-    stops early; it may delete the version just yielded)."""
+def oldest_version(kv: KV, oid: int) -> tuple[Timestamp, int] | None:
+    """``(lt, stored_ns)`` of the oldest stored version of ``oid``, or None (one seek)."""
     start = oid_key(oid)
     stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
-    for key, value in list(_first_keys(kv, start, stop)):
-        lt = Timestamp.decode(key[8:])
+    for key, value in kv.scan(DB_VER, start, stop):
+        if len(key) != 8 + TIMESTAMP_SIZE:
+            continue
         try:
             stored_ns = int(unpack(value).get("w", 0))
         except (TypeError, ValueError, AttributeError) as e:
             raise SchemaError(f"bad stored version: {e}") from e
-        yield lt, stored_ns
-
-
-def _first_keys(kv: KV, start: bytes, stop: bytes, limit: int = 64) -> list[tuple[bytes, bytes]]:
-    """Up to ``limit`` oldest ``(key, value)`` pairs in range (a bounded page, so deleting
-    while walking never invalidates a live cursor)."""
-    out = []
-    for key, value in kv.scan(DB_VER, start, stop):
-        if len(key) == 8 + TIMESTAMP_SIZE:
-            out.append((key, value))
-            if len(out) == limit:
-                break
-    return out
+        return Timestamp.decode(key[8:]), stored_ns
+    return None
 
 
 def store_request(kv: KV, lt: Timestamp, body: bytes) -> None:
