@@ -246,3 +246,24 @@ def test_notify_and_the_verified_flag_on_the_wire() -> None:
         ReadReply.from_wire(
             {**ReadReply((), False, ZERO).to_wire(), "vf": True}, req, n=4, max_fragment=10
         )
+
+
+def test_full_refusals_from_more_than_b_nodes_mean_the_storage_is_full() -> None:
+    from bftfs.net.errors import refusal_code
+    from bftfs.net.quorum import QuorumResult, QuorumUnavailable
+    from bftfs.outcome import StorageFull
+    from bftfs.rw.client import _storage_full
+
+    assert refusal_code("refused: full: nearly full") == "full"
+    assert refusal_code("refused: bad-fragment: x") == "bad-fragment"
+    assert refusal_code("no reply in time") is None and refusal_code("refused: odd") is None
+
+    def failed(codes: list[str]) -> QuorumUnavailable:
+        errors = {i: f"refused: {c}: why" for i, c in enumerate(codes)}
+        return QuorumUnavailable("short", QuorumResult({}, errors))  # type: ignore[arg-type]
+
+    assert _storage_full(failed(["full"]), b=1) is None  # one liar cannot claim it
+    assert isinstance(_storage_full(failed(["full", "full"]), b=1), StorageFull)
+    assert _storage_full(failed(["full", "bad-verifier"]), b=1) is None
+    group = BaseExceptionGroup("g", [ValueError("x"), failed(["full", "full", "full"])])
+    assert isinstance(_storage_full(group, b=2), StorageFull)
