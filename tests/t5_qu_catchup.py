@@ -42,61 +42,55 @@ async def caught_up(cluster, i: int) -> dict:  # noqa: ANN001
     return cluster.nodes[i].progress["qu.catchup"]
 
 
-def test_a_restarted_server_catches_up_and_the_next_failure_needs_no_repair(
+async def test_a_restarted_server_catches_up_and_the_next_failure_needs_no_repair(
     tmp_path: Path,
 ) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=2, seed=3) as cl:
-            c = qu_client(cl)
-            # The start-up catch-up first: run during the updates below it may find node 2
-            # a moment behind on an object (updates complete at q of n), a race, not a miss.
-            first = await caught_up(cl, 2)
-            assert first["state"] == "done" and first["behind"] == 0  # nothing was missed
-            for o in OBJECTS:
-                await c.update(o, "counter.increment", 1)
-            cl.crash(2)
-            await cl.wait_stopped(2)
-            changed = OBJECTS[:8]
-            for o in changed:
-                await c.update(o, "counter.increment", 5)
-            await cl.recover(2)
-            p = await caught_up(cl, 2)
-            assert (p["state"], p["behind"], p["done"], p["failed"]) == ("done", 8, 8, 0)
-            cl.crash(3)  # the next failure: node 2 must now stand for the quorum
-            await cl.wait_stopped(3)
-            reader = qu_client(cl, 1)  # no cached histories: it sees what the servers hold
-            values = [await reader.query(o, "counter.fetch") for o in OBJECTS]
-            assert values == [6] * 8 + [1] * 4
-            st = reader.statistics()
-            assert (st.barriers, st.copies, st.inline_repairs, st.backoffs) == (0, 0, 0, 0)
-
-    trio.run(main)
+    async with open_cluster(tmp_path, clients=2, seed=3) as cl:
+        c = qu_client(cl)
+        # The start-up catch-up first: run during the updates below it may find node 2
+        # a moment behind on an object (updates complete at q of n), a race, not a miss.
+        first = await caught_up(cl, 2)
+        assert first["state"] == "done" and first["behind"] == 0  # nothing was missed
+        for o in OBJECTS:
+            await c.update(o, "counter.increment", 1)
+        cl.crash(2)
+        await cl.wait_stopped(2)
+        changed = OBJECTS[:8]
+        for o in changed:
+            await c.update(o, "counter.increment", 5)
+        await cl.recover(2)
+        p = await caught_up(cl, 2)
+        assert (p["state"], p["behind"], p["done"], p["failed"]) == ("done", 8, 8, 0)
+        cl.crash(3)  # the next failure: node 2 must now stand for the quorum
+        await cl.wait_stopped(3)
+        reader = qu_client(cl, 1)  # no cached histories: it sees what the servers hold
+        values = [await reader.query(o, "counter.fetch") for o in OBJECTS]
+        assert values == [6] * 8 + [1] * 4
+        st = reader.statistics()
+        assert (st.barriers, st.copies, st.inline_repairs, st.backoffs) == (0, 0, 0, 0)
 
 
-def test_only_nodes_may_list_objects_and_listings_page(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=1, seed=4) as cl:
-            c = qu_client(cl)
-            for o in OBJECTS:
-                await c.update(o, "counter.increment", 1)
-            ep = cl.client(0)
-            try:
-                await ep.call(PrincipalId(1), KIND_LATEST, {"v": VERSION, "after": None})
-                raise AssertionError("a client listed a node's objects")
-            except RemoteError as e:
-                assert e.code == "forbidden"
-            node = cl.nodes[0]
-            seen: list[int] = []
-            after = None
-            while True:
-                raw = await node.endpoint.call(
-                    PrincipalId(1), KIND_LATEST, {"v": VERSION, "after": after, "limit": 5}
-                )
-                items, more = parse_latest_reply(raw)
-                seen += [oid for oid, _ in items]
-                if not more:
-                    break
-                after = items[-1][0]
-            assert seen == OBJECTS
-
-    trio.run(main)
+async def test_only_nodes_may_list_objects_and_listings_page(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, clients=1, seed=4) as cl:
+        c = qu_client(cl)
+        for o in OBJECTS:
+            await c.update(o, "counter.increment", 1)
+        ep = cl.client(0)
+        try:
+            await ep.call(PrincipalId(1), KIND_LATEST, {"v": VERSION, "after": None})
+            raise AssertionError("a client listed a node's objects")
+        except RemoteError as e:
+            assert e.code == "forbidden"
+        node = cl.nodes[0]
+        seen: list[int] = []
+        after = None
+        while True:
+            raw = await node.endpoint.call(
+                PrincipalId(1), KIND_LATEST, {"v": VERSION, "after": after, "limit": 5}
+            )
+            items, more = parse_latest_reply(raw)
+            seen += [oid for oid, _ in items]
+            if not more:
+                break
+            after = items[-1][0]
+        assert seen == OBJECTS

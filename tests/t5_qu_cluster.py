@@ -55,131 +55,113 @@ async def incrementers(clients: list[QUClient], rec: Recorder, oid: int, each: i
             n.start_soon(work, c)
 
 
-def test_four_clients_increment_one_counter(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=4, seed=1) as cl:
-            rec = Recorder(clock=trio.current_time)
-            clients = [qu_client(cl, k) for k in range(4)]
-            await incrementers(clients, rec, 7, 8)
-            final = await clients[0].query(7, "counter.fetch")
-            assert final == sum(1 for o in rec.ops if o.ok) == 32
-            assert check_serializable(rec.ops)
-
-    trio.run(main)
+async def test_four_clients_increment_one_counter(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, clients=4, seed=1) as cl:
+        rec = Recorder(clock=trio.current_time)
+        clients = [qu_client(cl, k) for k in range(4)]
+        await incrementers(clients, rec, 7, 8)
+        final = await clients[0].query(7, "counter.fetch")
+        assert final == sum(1 for o in rec.ops if o.ok) == 32
+        assert check_serializable(rec.ops)
 
 
-def test_single_writer_many_readers_need_no_repair(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=4, seed=2) as cl:
-            rec = Recorder(clock=trio.current_time)
-            writer, *readers = (qu_client(cl, k) for k in range(4))
+async def test_single_writer_many_readers_need_no_repair(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, clients=4, seed=2) as cl:
+        rec = Recorder(clock=trio.current_time)
+        writer, *readers = (qu_client(cl, k) for k in range(4))
 
-            async def read(c: QUClient) -> None:
-                for _ in range(12):
-                    await rec.run(c, 7, "counter.fetch", None, True)
+        async def read(c: QUClient) -> None:
+            for _ in range(12):
+                await rec.run(c, 7, "counter.fetch", None, True)
 
+        async with trio.open_nursery() as n:
+            n.start_soon(incrementers, [writer], rec, 7, 15)
+            for c in readers:
+                n.start_soon(read, c)
+        for c in (writer, *readers):
+            s = c.statistics()
+            assert (s.barriers, s.copies, s.backoffs) == (0, 0, 0), s
+        assert check_serializable(rec.ops)
+
+
+async def test_lossy_duplicating_channels_complete_every_operation_once(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, clients=3, seed=3) as cl:
+        for f in cl.faults:
+            f.drop(0.1)
+            f.duplicate(0.1)
+        rec = Recorder(clock=trio.current_time)
+        clients = [qu_client(cl, k) for k in range(3)]
+        await incrementers(clients, rec, 11, 6)
+        await rec.run(clients[0], (11, 12), "counter.transfer", [11, 12, 5], False)
+        for f in cl.faults:
+            f.clear()
+        assert await clients[1].query(11, "counter.fetch") == 18 - 5
+        assert await clients[1].query(12, "counter.fetch") == 5
+        assert all(o.ok for o in rec.ops)
+        assert check_serializable(rec.ops)
+        assert sum(f.dropped for f in cl.faults) > 0 and sum(f.duplicated for f in cl.faults) > 0
+
+
+async def test_server_killed_mid_update_recovers_consistent(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, clients=2, seed=4, durable=True) as cl:
+        rec = Recorder(clock=trio.current_time)
+        a, b = qu_client(cl, 0), qu_client(cl, 1)
+        # Object 2's preferred quorum is servers 2..5,0: crash server 3 while updates fly.
+        async with trio.open_nursery() as n:
+            n.start_soon(incrementers, [a, b], rec, 2, 6)
+            await rec.wait_completed(3)  # mid-run, not timed
+            cl.faults[3].crash()
+        await cl.faults[3].recover()
+        await incrementers([a, b], rec, 2, 3)
+        final = await a.query(2, "counter.fetch")
+        assert final == sum(1 for o in rec.ops if o.ok) == 18
+        assert check_serializable(rec.ops)
+        # The recovered server takes part again: its history has the latest version.
+        lat = max(e.rh[0].lt for e in a.cached(2).values())
+        from bftfs.qu.replica import read_version
+
+        assert cl.nodes[3].store.read(lambda kv: read_version(kv, 2, lat)) in (final, None)
+
+
+async def test_multi_object_updates_in_opposite_orders(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, clients=4, seed=5) as cl:
+        rec = Recorder(clock=trio.current_time)
+        cs = [qu_client(cl, k) for k in range(4)]
+        await rec.run(cs[0], 20, "counter.increment", 40, False)
+        await rec.run(cs[0], 21, "counter.increment", 40, False)
+
+        async def mover(c: QUClient, src: int, dst: int) -> None:
+            for _ in range(4):
+                await rec.run(c, (src, dst), "counter.transfer", [src, dst, 7], False)
+
+        with trio.fail_after(60):  # a deadlock would hang here
             async with trio.open_nursery() as n:
-                n.start_soon(incrementers, [writer], rec, 7, 15)
-                for c in readers:
-                    n.start_soon(read, c)
-            for c in (writer, *readers):
-                s = c.statistics()
-                assert (s.barriers, s.copies, s.backoffs) == (0, 0, 0), s
-            assert check_serializable(rec.ops)
-
-    trio.run(main)
-
-
-def test_lossy_duplicating_channels_complete_every_operation_once(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=3, seed=3) as cl:
-            for f in cl.faults:
-                f.drop(0.1)
-                f.duplicate(0.1)
-            rec = Recorder(clock=trio.current_time)
-            clients = [qu_client(cl, k) for k in range(3)]
-            await incrementers(clients, rec, 11, 6)
-            await rec.run(clients[0], (11, 12), "counter.transfer", [11, 12, 5], False)
-            for f in cl.faults:
-                f.clear()
-            assert await clients[1].query(11, "counter.fetch") == 18 - 5
-            assert await clients[1].query(12, "counter.fetch") == 5
-            assert all(o.ok for o in rec.ops)
-            assert check_serializable(rec.ops)
-            assert (
-                sum(f.dropped for f in cl.faults) > 0 and sum(f.duplicated for f in cl.faults) > 0
-            )
-
-    trio.run(main)
-
-
-def test_server_killed_mid_update_recovers_consistent(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=2, seed=4, durable=True) as cl:
-            rec = Recorder(clock=trio.current_time)
-            a, b = qu_client(cl, 0), qu_client(cl, 1)
-            # Object 2's preferred quorum is servers 2..5,0: crash server 3 while updates fly.
-            async with trio.open_nursery() as n:
-                n.start_soon(incrementers, [a, b], rec, 2, 6)
-                await rec.wait_completed(3)  # mid-run, not timed
-                cl.faults[3].crash()
-            await cl.faults[3].recover()
-            await incrementers([a, b], rec, 2, 3)
-            final = await a.query(2, "counter.fetch")
-            assert final == sum(1 for o in rec.ops if o.ok) == 18
-            assert check_serializable(rec.ops)
-            # The recovered server takes part again: its history has the latest version.
-            lat = max(e.rh[0].lt for e in a.cached(2).values())
-            from bftfs.qu.replica import read_version
-
-            assert cl.nodes[3].store.read(lambda kv: read_version(kv, 2, lat)) in (final, None)
-
-    trio.run(main)
-
-
-def test_multi_object_updates_in_opposite_orders(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=4, seed=5) as cl:
-            rec = Recorder(clock=trio.current_time)
-            cs = [qu_client(cl, k) for k in range(4)]
-            await rec.run(cs[0], 20, "counter.increment", 40, False)
-            await rec.run(cs[0], 21, "counter.increment", 40, False)
-
-            async def mover(c: QUClient, src: int, dst: int) -> None:
-                for _ in range(4):
-                    await rec.run(c, (src, dst), "counter.transfer", [src, dst, 7], False)
-
-            with trio.fail_after(60):  # a deadlock would hang here
-                async with trio.open_nursery() as n:
-                    n.start_soon(mover, cs[1], 20, 21)
-                    n.start_soon(mover, cs[2], 21, 20)
-                    n.start_soon(mover, cs[3], 20, 21)
-            x = await cs[0].query(20, "counter.fetch")
-            y = await cs[0].query(21, "counter.fetch")
-            assert x + y == 80  # transfers (or refusals) only ever move amounts
-            assert check_serializable(rec.ops)
-
-    trio.run(main)
+                n.start_soon(mover, cs[1], 20, 21)
+                n.start_soon(mover, cs[2], 21, 20)
+                n.start_soon(mover, cs[3], 20, 21)
+        x = await cs[0].query(20, "counter.fetch")
+        y = await cs[0].query(21, "counter.fetch")
+        assert x + y == 80  # transfers (or refusals) only ever move amounts
+        assert check_serializable(rec.ops)
 
 
 @pytest.mark.parametrize("reached", [[0, 1], [0, 1, 2], [0, 1, 2, 3]])
-def test_client_dying_after_some_servers_never_half_applies(tmp_path: Path, reached: list) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=3, seed=6) as cl:
-            dead = cl.client(2)
-            op = Operation("counter.add_all", False, 5, 1)
-            req = Request(int(client_id(2)), (30, 31), {30: {}, 31: {}}, op)
-            for s in reached:
-                await dead.call(s, KIND_REQUEST, req.wire())
-            a, b = qu_client(cl, 0), qu_client(cl, 1)
-            async with trio.open_nursery() as n:
-                n.start_soon(a.update, 30, "counter.increment", 1)
-                n.start_soon(b.update, 31, "counter.increment", 1)
-            x = await a.query(30, "counter.fetch")
-            y = await b.query(31, "counter.fetch")
-            assert (x, y) in ((1, 1), (6, 6))
-
-    trio.run(main)
+async def test_client_dying_after_some_servers_never_half_applies(
+    tmp_path: Path, reached: list
+) -> None:
+    async with open_cluster(tmp_path, clients=3, seed=6) as cl:
+        dead = cl.client(2)
+        op = Operation("counter.add_all", False, 5, 1)
+        req = Request(int(client_id(2)), (30, 31), {30: {}, 31: {}}, op)
+        for s in reached:
+            await dead.call(s, KIND_REQUEST, req.wire())
+        a, b = qu_client(cl, 0), qu_client(cl, 1)
+        async with trio.open_nursery() as n:
+            n.start_soon(a.update, 30, "counter.increment", 1)
+            n.start_soon(b.update, 31, "counter.increment", 1)
+        x = await a.query(30, "counter.fetch")
+        y = await b.query(31, "counter.fetch")
+        assert (x, y) in ((1, 1), (6, 6))
 
 
 PLACEMENTS_FAST = {
@@ -226,51 +208,47 @@ def test_byzantine_server_every_placement(tmp_path: Path, behaviour: str, server
     trio.run(byzantine_run, tmp_path, behaviour, server, 100 + server)
 
 
-def test_byzantine_clients(tmp_path: Path) -> None:
+async def test_byzantine_clients(tmp_path: Path) -> None:
     """Tampered OHS, different operations to different servers, an update to part of a
     quorum and illegal calls, all from client 3; honest clients stay serializable."""
+    async with open_cluster(tmp_path, clients=4, seed=8) as cl:
+        rec = Recorder(clock=trio.current_time)
+        good = [qu_client(cl, k) for k in range(2)]
+        evil_ep, evil = cl.client(3), int(client_id(3))
+        await rec.run(good[0], 40, "counter.increment", 10, False)
+        ohs = good[0].cached(40)
+        # 1. different operations to different servers
+        for s in range(6):
+            op = Operation("counter.increment", False, s + 1, 7)
+            await evil_ep.call(s, KIND_REQUEST, Request(evil, (40,), {40: ohs}, op).wire())
+        # 2. tampered OHS: a forged history with a made-up authenticator
+        from bftfs.qu.history import OHSEntry
 
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=4, seed=8) as cl:
-            rec = Recorder(clock=trio.current_time)
-            good = [qu_client(cl, k) for k in range(2)]
-            evil_ep, evil = cl.client(3), int(client_id(3))
-            await rec.run(good[0], 40, "counter.increment", 10, False)
-            ohs = good[0].cached(40)
-            # 1. different operations to different servers
-            for s in range(6):
-                op = Operation("counter.increment", False, s + 1, 7)
-                await evil_ep.call(s, KIND_REQUEST, Request(evil, (40,), {40: ohs}, op).wire())
-            # 2. tampered OHS: a forged history with a made-up authenticator
-            from bftfs.qu.history import OHSEntry
-
-            forged = {s: OHSEntry(e.rh, tuple(bytes(16) for _ in range(6))) for s, e in ohs.items()}
-            op = Operation("counter.increment", False, 1000, 8)
-            for s in range(6):
-                await evil_ep.call(s, KIND_REQUEST, Request(evil, (40,), {40: forged}, op).wire())
-            # 3. illegal calls
-            bad = Operation("counter.increment", False, -5, 9)
-            for s in range(6):
-                await evil_ep.call(s, KIND_REQUEST, Request(evil, (40,), {40: ohs}, bad).wire())
-            # 4. an update to part of a quorum
-            op = Operation("counter.increment", False, 3, 10)
-            for s in (1, 2, 3):
-                await evil_ep.call(s, KIND_REQUEST, Request(evil, (41,), {41: {}}, op).wire())
-            await incrementers(good, rec, 40, 3)
-            await incrementers(good, rec, 41, 2)
-            x = await good[1].query(40, "counter.fetch")
-            y = await good[1].query(41, "counter.fetch")
-            base = 10 + 6
-            # at most one evil increment on 40 (1..6) survived; 1000 never; -5 refused
-            assert x - base in range(7)
-            assert y - 4 in (0, 3)
-            honest = [o for o in rec.ops if o.ok]
-            assert all(o.ok for o in rec.ops) and len(honest) == len(rec.ops)
-
-    trio.run(main)
+        forged = {s: OHSEntry(e.rh, tuple(bytes(16) for _ in range(6))) for s, e in ohs.items()}
+        op = Operation("counter.increment", False, 1000, 8)
+        for s in range(6):
+            await evil_ep.call(s, KIND_REQUEST, Request(evil, (40,), {40: forged}, op).wire())
+        # 3. illegal calls
+        bad = Operation("counter.increment", False, -5, 9)
+        for s in range(6):
+            await evil_ep.call(s, KIND_REQUEST, Request(evil, (40,), {40: ohs}, bad).wire())
+        # 4. an update to part of a quorum
+        op = Operation("counter.increment", False, 3, 10)
+        for s in (1, 2, 3):
+            await evil_ep.call(s, KIND_REQUEST, Request(evil, (41,), {41: {}}, op).wire())
+        await incrementers(good, rec, 40, 3)
+        await incrementers(good, rec, 41, 2)
+        x = await good[1].query(40, "counter.fetch")
+        y = await good[1].query(41, "counter.fetch")
+        base = 10 + 6
+        # at most one evil increment on 40 (1..6) survived; 1000 never; -5 refused
+        assert x - base in range(7)
+        assert y - 4 in (0, 3)
+        honest = [o for o in rec.ops if o.ok]
+        assert all(o.ok for o in rec.ops) and len(honest) == len(rec.ops)
 
 
-def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
+async def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
     """Object 7's preferred quorum is servers 1..5; with server 3 dead the client probes
     server 0 (kept current: updates go to all servers, complete at q).  After recovery
     server 3's start-up catch-up brings object 7 up to date; when it then misses updates
@@ -279,108 +257,93 @@ def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
 
     The catch-up is awaited before anything else happens: racing it against the next
     update decided whether object sync ran at all (a CI failure, session 16)."""
-
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=2, seed=9) as cl:
-            rec = Recorder(clock=trio.current_time)
-            a, b = qu_client(cl, 0), qu_client(cl, 1)
-            await incrementers([a], rec, 7, 3)
-            cl.faults[3].crash()
-            await incrementers([a, b], rec, 7, 3)
-            await cl.faults[3].recover()
-            progress = await caught_up(cl, 3)
-            assert (progress["behind"], progress["done"], progress["failed"]) == (1, 1, 0)
-            make_byzantine(cl, 3, "reject_everything")
-            await incrementers([a, b], rec, 7, 2)
-            cl.faults[3].honest()
-            synced_before = cl.nodes[3].stats["qu.synced"]  # the catch-up's repair syncs too
-            cl.faults[0].crash()  # server 3 is needed for a quorum again
-            await incrementers([b], rec, 7, 2)
-            assert cl.nodes[3].stats["qu.synced"] > synced_before
-            assert await a.query(7, "counter.fetch") == 15
-            assert check_serializable(rec.ops)
-
-    trio.run(main)
+    async with open_cluster(tmp_path, clients=2, seed=9) as cl:
+        rec = Recorder(clock=trio.current_time)
+        a, b = qu_client(cl, 0), qu_client(cl, 1)
+        await incrementers([a], rec, 7, 3)
+        cl.faults[3].crash()
+        await incrementers([a, b], rec, 7, 3)
+        await cl.faults[3].recover()
+        progress = await caught_up(cl, 3)
+        assert (progress["behind"], progress["done"], progress["failed"]) == (1, 1, 0)
+        make_byzantine(cl, 3, "reject_everything")
+        await incrementers([a, b], rec, 7, 2)
+        cl.faults[3].honest()
+        synced_before = cl.nodes[3].stats["qu.synced"]  # the catch-up's repair syncs too
+        cl.faults[0].crash()  # server 3 is needed for a quorum again
+        await incrementers([b], rec, 7, 2)
+        assert cl.nodes[3].stats["qu.synced"] > synced_before
+        assert await a.query(7, "counter.fetch") == 15
+        assert check_serializable(rec.ops)
 
 
 @pytest.mark.slow
-def test_two_byzantine_servers_at_b2(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with open_cluster(tmp_path, t=2, b=2, clients=3, seed=10) as cl:
-            assert (cl.config.n, cl.config.q, cl.config.r) == (11, 9, 5)
-            make_byzantine(cl, 2, "forge_higher")
-            make_byzantine(cl, 8, "reject_everything")
-            rec = Recorder(clock=trio.current_time)
-            cs = [qu_client(cl, k) for k in range(3)]
+async def test_two_byzantine_servers_at_b2(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, t=2, b=2, clients=3, seed=10) as cl:
+        assert (cl.config.n, cl.config.q, cl.config.r) == (11, 9, 5)
+        make_byzantine(cl, 2, "forge_higher")
+        make_byzantine(cl, 8, "reject_everything")
+        rec = Recorder(clock=trio.current_time)
+        cs = [qu_client(cl, k) for k in range(3)]
 
-            async def work(c: QUClient) -> None:
-                for _ in range(3):
-                    await rec.run(c, 7, "counter.increment", 1, False)
-                    await rec.run(c, (7, 12), "counter.add_all", 2, False)
-                    await rec.run(c, 12, "counter.fetch", None, True)
+        async def work(c: QUClient) -> None:
+            for _ in range(3):
+                await rec.run(c, 7, "counter.increment", 1, False)
+                await rec.run(c, (7, 12), "counter.add_all", 2, False)
+                await rec.run(c, 12, "counter.fetch", None, True)
 
-            with trio.fail_after(120):
-                async with trio.open_nursery() as n:
-                    for c in cs:
-                        n.start_soon(work, c)
-            assert all(o.ok for o in rec.ops)
-            assert check_serializable(rec.ops)
-
-    trio.run(main)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as n:
+                for c in cs:
+                    n.start_soon(work, c)
+        assert all(o.ok for o in rec.ops)
+        assert check_serializable(rec.ops)
 
 
-def test_requests_answered_in_the_read_loop(tmp_path: Path) -> None:
+async def test_requests_answered_in_the_read_loop(tmp_path: Path) -> None:
     """Without fault injection nodes answer Q/U requests in the connection's read loop
     (``fast_request``) and defer to a task only for object sync; contended increments,
     queries and multi-object updates over objects of different preferred quorums all
     still come out right."""
+    async with open_cluster(tmp_path, clients=3, seed=11) as cl:
+        for node in cl.nodes:
+            node.faults = None  # before any client connects: the fast path is taken
+        rec = Recorder(clock=trio.current_time)
+        clients = [qu_client(cl, k) for k in range(3)]
 
-    async def main() -> None:
-        async with open_cluster(tmp_path, clients=3, seed=11) as cl:
-            for node in cl.nodes:
-                node.faults = None  # before any client connects: the fast path is taken
-            rec = Recorder(clock=trio.current_time)
-            clients = [qu_client(cl, k) for k in range(3)]
+        async def mixed(c: QUClient) -> None:
+            for i in range(6):
+                await rec.run(c, 7, "counter.increment", 1, False)
+                await rec.run(c, 7, "counter.fetch", None, True)
+                # Objects 2..5 have different preferred quorums: servers object-sync.
+                await rec.run(c, [2, 3, 4, 5][i % 2 :], "counter.add_all", 1, False)
 
-            async def mixed(c: QUClient) -> None:
-                for i in range(6):
-                    await rec.run(c, 7, "counter.increment", 1, False)
-                    await rec.run(c, 7, "counter.fetch", None, True)
-                    # Objects 2..5 have different preferred quorums: servers object-sync.
-                    await rec.run(c, [2, 3, 4, 5][i % 2 :], "counter.add_all", 1, False)
-
-            async with trio.open_nursery() as n:
-                for c in clients:
-                    n.start_soon(mixed, c)
-            assert all(o.ok for o in rec.ops)
-            assert await clients[0].query(7, "counter.fetch") == 18
-            assert check_serializable(rec.ops)
-            stats = sum((node.stats for node in cl.nodes), start=Counter())
-            # Object sync in the read loop's deferred task: updates now reach all servers,
-            # so a server syncs only when it received an update before the one it
-            # conditions on (stragglers); not every run has one.  The sync path itself is
-            # checked in test_dead_preferred_server_is_probed_around.
-            assert stats["req.qu.request"] > 0
-            with pytest.raises(RemoteError) as err:
-                await cl.client(0).call(0, KIND_REQUEST, b"\x93junk")
-            assert err.value.code == "bad-request"
-            assert cl.nodes[0].stats["qu.bad_request"] == 1
-
-    trio.run(main)
+        async with trio.open_nursery() as n:
+            for c in clients:
+                n.start_soon(mixed, c)
+        assert all(o.ok for o in rec.ops)
+        assert await clients[0].query(7, "counter.fetch") == 18
+        assert check_serializable(rec.ops)
+        stats = sum((node.stats for node in cl.nodes), start=Counter())
+        # Object sync in the read loop's deferred task: updates now reach all servers,
+        # so a server syncs only when it received an update before the one it
+        # conditions on (stragglers); not every run has one.  The sync path itself is
+        # checked in test_dead_preferred_server_is_probed_around.
+        assert stats["req.qu.request"] > 0
+        with pytest.raises(RemoteError) as err:
+            await cl.client(0).call(0, KIND_REQUEST, b"\x93junk")
+        assert err.value.code == "bad-request"
+        assert cl.nodes[0].stats["qu.bad_request"] == 1
 
 
-def test_a_cluster_of_seven_nodes_with_t_b_1_works(tmp_path: Path) -> None:
+async def test_a_cluster_of_seven_nodes_with_t_b_1_works(tmp_path: Path) -> None:
     """Issue 18, defect 4: seven nodes for t = b = 1 (q = 6 now, not the minimal 5)."""
-
-    async def main() -> None:
-        async with open_cluster(tmp_path, n=7, clients=2, seed=5) as cl:
-            assert (cl.config.q, cl.config.r) == (6, 3)
-            clients = [qu_client(cl, k) for k in range(2)]
-            rec = Recorder(clock=trio.current_time)
-            await incrementers(clients, rec, 7, 5)
-            assert await clients[0].query(7, "counter.fetch") == 10
-
-    trio.run(main)
+    async with open_cluster(tmp_path, n=7, clients=2, seed=5) as cl:
+        assert (cl.config.q, cl.config.r) == (6, 3)
+        clients = [qu_client(cl, k) for k in range(2)]
+        rec = Recorder(clock=trio.current_time)
+        await incrementers(clients, rec, 7, 5)
+        assert await clients[0].query(7, "counter.fetch") == 10
 
 
 def test_a_client_the_nodes_do_not_know_is_told_at_once(tmp_path: Path) -> None:

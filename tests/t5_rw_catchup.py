@@ -74,18 +74,15 @@ def assert_holds(cluster: Cluster, node: int, block: int, stamp: Timestamp, data
     assert reply.fragment == erasure.encode(data, cfg.m, cfg.n).fragments[node]
 
 
-def test_fresh_cluster_finds_nothing_behind(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, _rws):
-            for i in range(cluster.config.n):
-                prog = await wait_catchup(cluster.client(0), i)
-                assert prog["state"] == "done"
-                assert (prog["candidates"], prog["behind"], prog["done"]) == (0, 0, 0)
-            # Listing is between nodes: a client is refused.
-            with pytest.raises(RemoteError, match="forbidden"):
-                await cluster.client(0).call(NodeId(0), KIND_LIST, ListRequest(None, 5).to_wire())
-
-    trio.run(main)
+async def test_fresh_cluster_finds_nothing_behind(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path) as (cluster, _rws):
+        for i in range(cluster.config.n):
+            prog = await wait_catchup(cluster.client(0), i)
+            assert prog["state"] == "done"
+            assert (prog["candidates"], prog["behind"], prog["done"]) == (0, 0, 0)
+        # Listing is between nodes: a client is refused.
+        with pytest.raises(RemoteError, match="forbidden"):
+            await cluster.client(0).call(NodeId(0), KIND_LIST, ListRequest(None, 5).to_wire())
 
 
 @asynccontextmanager
@@ -123,24 +120,21 @@ async def _down_write_up_with(
     return stamps, data
 
 
-def test_restarted_node_catches_up_and_no_read_needs_repair(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, _b)):
-            stamps, data = await _down_write_up(cluster, a, 10)
-            prog = await wait_catchup(cluster.client(0), K)
-            assert prog["state"] == "done", prog
-            assert prog["candidates"] == prog["behind"] == prog["done"] == len(stamps), prog
-            assert prog["skipped"] == prog["failed"] == prog["bad_peers"] == 0
-            for b, stamp in stamps.items():
-                assert_holds(cluster, K, b, stamp, data[b])
-            # Another node fails: every block is still complete (QC + b = 5 hosts), so no
-            # read repairs, and a read needs K's fragments.
-            cluster.crash(0)
-            async with open_rw_client(cluster.client(1), cluster.config, **TEST_CLIENT) as rw:
-                assert await rw.read_blocks(data) == data
-                assert rw.statistics()["repairs"] == 0
-
-    trio.run(main)
+async def test_restarted_node_catches_up_and_no_read_needs_repair(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path) as (cluster, (a, _b)):
+        stamps, data = await _down_write_up(cluster, a, 10)
+        prog = await wait_catchup(cluster.client(0), K)
+        assert prog["state"] == "done", prog
+        assert prog["candidates"] == prog["behind"] == prog["done"] == len(stamps), prog
+        assert prog["skipped"] == prog["failed"] == prog["bad_peers"] == 0
+        for b, stamp in stamps.items():
+            assert_holds(cluster, K, b, stamp, data[b])
+        # Another node fails: every block is still complete (QC + b = 5 hosts), so no
+        # read repairs, and a read needs K's fragments.
+        cluster.crash(0)
+        async with open_rw_client(cluster.client(1), cluster.config, **TEST_CLIENT) as rw:
+            assert await rw.read_blocks(data) == data
+            assert rw.statistics()["repairs"] == 0
 
 
 def _bogus_lister(cluster: Cluster, i: int, garbage: bool) -> None:
@@ -171,66 +165,58 @@ def _bogus_lister(cluster: Cluster, i: int, garbage: bool) -> None:
         "bogus-history",
     ],
 )
-def test_byzantine_peer_costs_nothing_but_time(tmp_path: Path, behaviour: str) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, _b)):
-            await wait_catchup(cluster.client(0), BYZ)
-            if behaviour.endswith("-listing"):
-                _bogus_lister(cluster, BYZ, garbage=behaviour == "garbage-listing")
-            else:
-                make_byzantine(cluster, BYZ, behaviour)
-                _bogus_lister(cluster, BYZ, garbage=False)
-            stamps, data = await _down_write_up(cluster, a, 6)
-            prog = await wait_catchup(cluster.client(0), K)
-            assert prog["state"] == "done", prog
-            # The invented blocks never became candidates: one peer is not enough.
-            assert prog["candidates"] == prog["done"] == len(stamps), prog
-            assert prog["failed"] == prog["skipped"] == 0
-            assert prog["bad_peers"] == (1 if behaviour == "garbage-listing" else 0)
-            for b, stamp in stamps.items():
-                assert_holds(cluster, K, b, stamp, data[b])
-
-    trio.run(main)
+async def test_byzantine_peer_costs_nothing_but_time(tmp_path: Path, behaviour: str) -> None:
+    async with rw_cluster(tmp_path) as (cluster, (a, _b)):
+        await wait_catchup(cluster.client(0), BYZ)
+        if behaviour.endswith("-listing"):
+            _bogus_lister(cluster, BYZ, garbage=behaviour == "garbage-listing")
+        else:
+            make_byzantine(cluster, BYZ, behaviour)
+            _bogus_lister(cluster, BYZ, garbage=False)
+        stamps, data = await _down_write_up(cluster, a, 6)
+        prog = await wait_catchup(cluster.client(0), K)
+        assert prog["state"] == "done", prog
+        # The invented blocks never became candidates: one peer is not enough.
+        assert prog["candidates"] == prog["done"] == len(stamps), prog
+        assert prog["failed"] == prog["skipped"] == 0
+        assert prog["bad_peers"] == (1 if behaviour == "garbage-listing" else 0)
+        for b, stamp in stamps.items():
+            assert_holds(cluster, K, b, stamp, data[b])
 
 
-def test_only_complete_versions_are_caught_up(tmp_path: Path) -> None:
+async def test_only_complete_versions_are_caught_up(tmp_path: Path) -> None:
     """A repairable newest version is skipped (and not repaired); below an incomplete one
     the latest complete version is what K stores."""
-
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, _b)):
-            cfg = cluster.config
-            cluster.crash(K)
-            await cluster.wait_stopped(K)
-            others = [i for i in range(cfg.n) if i != K]
-            async with scratch_writer(cluster) as writer:
-                old = {b: await writer.write_block(b, payload(b)) for b in (1, 2)}
-                # Block 1: a newer write reached QC = 4 nodes: repairable, not provably
-                # complete.  Block 2: a newer write reached 2 nodes: incomplete, so version
-                # `old[2]` is the latest complete one.
-                for block, reach in ((1, cfg.qc), (2, cfg.qc - cfg.t - 1)):
-                    enc = erasure.encode(payload(block, 9), cfg.m, cfg.n)
-                    stamp = Timestamp(old[block].time + 10, 1 << 16, enc.verifier)
-                    await writer.do_write(
-                        BlockId(block),
-                        stamp,
-                        enc.fragments,
-                        enc.cross_checksum,
-                        targets=others[:reach],
-                    )
-            await cluster.recover(K)
-            prog = await wait_catchup(cluster.client(0), K)
-            assert prog["state"] == "done", prog
-            assert (prog["candidates"], prog["done"], prog["skipped"]) == (2, 1, 1), prog
-            assert_holds(cluster, K, 2, old[2], payload(2))
-            # Block 1: K still lacks every version (catch-up skipped it, repaired nothing).
-            assert (
-                cluster.nodes[K].store.read(lambda kv: replica.time_step(kv, BlockId(1))).latest
-                == ZERO
-            )
-            assert cluster.nodes[others[-1]].stats["rw.write.new"] == 2  # no repair arrived
-
-    trio.run(main)
+    async with rw_cluster(tmp_path) as (cluster, (a, _b)):
+        cfg = cluster.config
+        cluster.crash(K)
+        await cluster.wait_stopped(K)
+        others = [i for i in range(cfg.n) if i != K]
+        async with scratch_writer(cluster) as writer:
+            old = {b: await writer.write_block(b, payload(b)) for b in (1, 2)}
+            # Block 1: a newer write reached QC = 4 nodes: repairable, not provably
+            # complete.  Block 2: a newer write reached 2 nodes: incomplete, so version
+            # `old[2]` is the latest complete one.
+            for block, reach in ((1, cfg.qc), (2, cfg.qc - cfg.t - 1)):
+                enc = erasure.encode(payload(block, 9), cfg.m, cfg.n)
+                stamp = Timestamp(old[block].time + 10, 1 << 16, enc.verifier)
+                await writer.do_write(
+                    BlockId(block),
+                    stamp,
+                    enc.fragments,
+                    enc.cross_checksum,
+                    targets=others[:reach],
+                )
+        await cluster.recover(K)
+        prog = await wait_catchup(cluster.client(0), K)
+        assert prog["state"] == "done", prog
+        assert (prog["candidates"], prog["done"], prog["skipped"]) == (2, 1, 1), prog
+        assert_holds(cluster, K, 2, old[2], payload(2))
+        # Block 1: K still lacks every version (catch-up skipped it, repaired nothing).
+        assert (
+            cluster.nodes[K].store.read(lambda kv: replica.time_step(kv, BlockId(1))).latest == ZERO
+        )
+        assert cluster.nodes[others[-1]].stats["rw.write.new"] == 2  # no repair arrived
 
 
 def test_pass_gives_up_when_another_node_is_down_too(

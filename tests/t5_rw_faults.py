@@ -137,19 +137,16 @@ def test_no_faults_and_fewer_than_b_faults(tmp_path: Path) -> None:
     )
 
 
-def test_real_crash_and_recovery(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path, durable=True) as (cluster, (a, b)):
-            await a.write_block(1, b"before")
-            cluster.crash(0)
-            await cluster.wait_stopped(0)
-            await a.write_block(1, b"during")
-            assert await b.read_block(1) == b"during"
-            await cluster.recover(0)
-            cluster.crash(5)
-            assert await b.read_block(1) == b"during"
-
-    trio.run(main)
+async def test_real_crash_and_recovery(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path, durable=True) as (cluster, (a, b)):
+        await a.write_block(1, b"before")
+        cluster.crash(0)
+        await cluster.wait_stopped(0)
+        await a.write_block(1, b"during")
+        assert await b.read_block(1) == b"during"
+        await cluster.recover(0)
+        cluster.crash(5)
+        assert await b.read_block(1) == b"during"
 
 
 # --- Byzantine clients ----------------------------------------------------------------------
@@ -164,189 +161,162 @@ def poisonous(cfg: Any, a: bytes, b: bytes) -> tuple[tuple[bytes, ...], bytes]:
 
 
 @pytest.mark.parametrize("name", ["t1b1", "t2b2"])
-def test_poisonous_write_is_never_returned(tmp_path: Path, name: str) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path, clients=3, **CONFIGS[name]) as (cluster, rws):
-            cfg = cluster.config
-            evil, r1, r2 = rws
-            await r1.write_block(7, b"good")
-            frags, cc = poisonous(cfg, b"A" * 100, b"B" * 100)
-            time_ = await evil.read_timestamp(BlockId(7))
-            stamp = make_timestamp(time_, evil.endpoint.pid, erasure.verifier_of(cc))
-            await evil.do_write(BlockId(7), stamp, frags, cc)  # every node accepts its part
-            assert await r1.read_block(7) == b"good"
-            assert await r2.read_block(7) == b"good"
-            assert r1.statistics()["poisonous"] == 1 and r2.statistics()["poisonous"] == 1
-            # A Byzantine node among the fragments' sources changes nothing.
-            make_byzantine(cluster, 0, "corrupt-fragment")
-            assert await r2.read_block(7) == b"good"
-            heal(cluster)
-            await r2.write_block(7, b"after")
-            assert await r1.read_block(7) == b"after"
-
-    trio.run(main)
+async def test_poisonous_write_is_never_returned(tmp_path: Path, name: str) -> None:
+    async with rw_cluster(tmp_path, clients=3, **CONFIGS[name]) as (cluster, rws):
+        cfg = cluster.config
+        evil, r1, r2 = rws
+        await r1.write_block(7, b"good")
+        frags, cc = poisonous(cfg, b"A" * 100, b"B" * 100)
+        time_ = await evil.read_timestamp(BlockId(7))
+        stamp = make_timestamp(time_, evil.endpoint.pid, erasure.verifier_of(cc))
+        await evil.do_write(BlockId(7), stamp, frags, cc)  # every node accepts its part
+        assert await r1.read_block(7) == b"good"
+        assert await r2.read_block(7) == b"good"
+        assert r1.statistics()["poisonous"] == 1 and r2.statistics()["poisonous"] == 1
+        # A Byzantine node among the fragments' sources changes nothing.
+        make_byzantine(cluster, 0, "corrupt-fragment")
+        assert await r2.read_block(7) == b"good"
+        heal(cluster)
+        await r2.write_block(7, b"after")
+        assert await r1.read_block(7) == b"after"
 
 
 @pytest.mark.parametrize("name", ["t1b1", "t2b2"])
-def test_partial_write_to_qc_minus_t_is_repaired_by_next_reader(tmp_path: Path, name: str) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path, **CONFIGS[name]) as (cluster, (writer, reader)):
-            cfg = cluster.config
-            await writer.write_block(3, b"old")
-            enc = erasure.encode(b"partial", cfg.m, cfg.n)
-            time_ = await writer.read_timestamp(BlockId(3))
-            stamp = make_timestamp(time_, writer.endpoint.pid, enc.verifier)
-            # The writer dies after QC - t nodes executed its write.
-            await writer.do_write(
-                BlockId(3),
-                stamp,
-                enc.fragments,
-                enc.cross_checksum,
-                targets=range(cfg.qc - cfg.t),
-            )
-            assert await reader.read_block(3) == b"partial"
-            assert reader.statistics()["repairs"] == 1
-            # After repair it is complete: the next read needs no repair.
-            assert await writer.read_block(3) == b"partial"
-            assert writer.statistics()["repairs"] == 0
-            hosts = sum(1 for node in cluster.nodes if node.stats["rw.write.new"] > 0)
-            assert hosts == cfg.n
-
-    trio.run(main)
+async def test_partial_write_to_qc_minus_t_is_repaired_by_next_reader(
+    tmp_path: Path, name: str
+) -> None:
+    async with rw_cluster(tmp_path, **CONFIGS[name]) as (cluster, (writer, reader)):
+        cfg = cluster.config
+        await writer.write_block(3, b"old")
+        enc = erasure.encode(b"partial", cfg.m, cfg.n)
+        time_ = await writer.read_timestamp(BlockId(3))
+        stamp = make_timestamp(time_, writer.endpoint.pid, enc.verifier)
+        # The writer dies after QC - t nodes executed its write.
+        await writer.do_write(
+            BlockId(3),
+            stamp,
+            enc.fragments,
+            enc.cross_checksum,
+            targets=range(cfg.qc - cfg.t),
+        )
+        assert await reader.read_block(3) == b"partial"
+        assert reader.statistics()["repairs"] == 1
+        # After repair it is complete: the next read needs no repair.
+        assert await writer.read_block(3) == b"partial"
+        assert writer.statistics()["repairs"] == 0
+        hosts = sum(1 for node in cluster.nodes if node.stats["rw.write.new"] > 0)
+        assert hosts == cfg.n
 
 
 @pytest.mark.parametrize("name", ["t1b1", "t2b2"])
-def test_write_to_fewer_than_qc_minus_t_is_skipped(tmp_path: Path, name: str) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path, **CONFIGS[name]) as (cluster, (writer, reader)):
-            cfg = cluster.config
-            await writer.write_block(3, b"old")
-            enc = erasure.encode(b"too partial", cfg.m, cfg.n)
-            time_ = await writer.read_timestamp(BlockId(3))
-            stamp = make_timestamp(time_, writer.endpoint.pid, enc.verifier)
-            await writer.do_write(
-                BlockId(3),
-                stamp,
-                enc.fragments,
-                enc.cross_checksum,
-                targets=range(cfg.qc - cfg.t - 1),
-            )
-            assert await reader.read_block(3) == b"old"
-            assert await writer.read_block(3) == b"old"
-            assert reader.statistics()["repairs"] == 0
-            await reader.write_block(3, b"new")  # a later write supersedes it
-            assert await writer.read_block(3) == b"new"
-
-    trio.run(main)
+async def test_write_to_fewer_than_qc_minus_t_is_skipped(tmp_path: Path, name: str) -> None:
+    async with rw_cluster(tmp_path, **CONFIGS[name]) as (cluster, (writer, reader)):
+        cfg = cluster.config
+        await writer.write_block(3, b"old")
+        enc = erasure.encode(b"too partial", cfg.m, cfg.n)
+        time_ = await writer.read_timestamp(BlockId(3))
+        stamp = make_timestamp(time_, writer.endpoint.pid, enc.verifier)
+        await writer.do_write(
+            BlockId(3),
+            stamp,
+            enc.fragments,
+            enc.cross_checksum,
+            targets=range(cfg.qc - cfg.t - 1),
+        )
+        assert await reader.read_block(3) == b"old"
+        assert await writer.read_block(3) == b"old"
+        assert reader.statistics()["repairs"] == 0
+        await reader.write_block(3, b"new")  # a later write supersedes it
+        assert await writer.read_block(3) == b"new"
 
 
-def test_client_time_far_ahead_is_refused_by_nodes(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, b)):
-            future = 2**62
-            fast = RWClient(cluster.client(0), cluster.config, clock_ns=lambda: future)
-            with pytest.raises(WriteFailed):
-                await fast.write_block(4, b"from the future")
-            assert all(node.stats["rw.refused.too-far-ahead"] >= 1 for node in cluster.nodes)
-            await a.write_block(4, b"present")
-            assert await b.read_block(4) == b"present"
-
-    trio.run(main)
+async def test_client_time_far_ahead_is_refused_by_nodes(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path) as (cluster, (a, b)):
+        future = 2**62
+        fast = RWClient(cluster.client(0), cluster.config, clock_ns=lambda: future)
+        with pytest.raises(WriteFailed):
+            await fast.write_block(4, b"from the future")
+        assert all(node.stats["rw.refused.too-far-ahead"] >= 1 for node in cluster.nodes)
+        await a.write_block(4, b"present")
+        assert await b.read_block(4) == b"present"
 
 
-def test_huge_time_from_a_byzantine_node_is_not_adopted(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, b)):
-            make_byzantine(cluster, 2, "fabricate-huge-time")
-            stamp = await a.write_block(4, b"x")
-            assert stamp.time < 2**62
-            assert await b.read_block(4) == b"x"
-
-    trio.run(main)
+async def test_huge_time_from_a_byzantine_node_is_not_adopted(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path) as (cluster, (a, b)):
+        make_byzantine(cluster, 2, "fabricate-huge-time")
+        stamp = await a.write_block(4, b"x")
+        assert stamp.time < 2**62
+        assert await b.read_block(4) == b"x"
 
 
-def test_many_blocks_concurrently(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, b)):
-            make_byzantine(cluster, 1, "corrupt-fragment")
-            blocks = {i: bytes([i]) * (100 + i) for i in range(40)}
-            stamps = await a.write_blocks(blocks, concurrency=16)
-            assert set(stamps) == set(blocks)
-            assert await b.read_blocks(blocks, concurrency=16) == blocks
-
-    trio.run(main)
+async def test_many_blocks_concurrently(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path) as (cluster, (a, b)):
+        make_byzantine(cluster, 1, "corrupt-fragment")
+        blocks = {i: bytes([i]) * (100 + i) for i in range(40)}
+        stamps = await a.write_blocks(blocks, concurrency=16)
+        assert set(stamps) == set(blocks)
+        assert await b.read_blocks(blocks, concurrency=16) == blocks
 
 
-def test_one_round_write_falls_back_past_a_newer_partial_write(tmp_path: Path) -> None:
+async def test_one_round_write_falls_back_past_a_newer_partial_write(tmp_path: Path) -> None:
     """A partial write with a time ahead of the clock makes the fresh write stale at the
     t + 1 nodes hosting it; the writer falls back.  Two refusals (at most N - QC) cannot
     rule out that the guess completes, so the writer finishes it at its own timestamp,
     below the partial one (which is incomplete: readers step past it); a third refusal
     would have sent it to READ_TIMESTAMP and above (issue 18, defect 1)."""
-
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, b)):
-            cfg = cluster.config
-            await a.write_block(6, b"first")
-            enc = erasure.encode(b"ahead, partial", cfg.m, cfg.n)
-            ahead = make_timestamp(a.clock_ns() + 10**10, 999, enc.verifier)  # +10 s
-            await a.do_write(
-                BlockId(6), ahead, enc.fragments, enc.cross_checksum, targets=range(cfg.t + 1)
-            )
-            stamp = await b.write_block(6, b"second")
-            assert b.statistics()["write_fallbacks"] == 1 and stamp < ahead
-            assert sum(node.stats["rw.write.stale"] for node in cluster.nodes) >= 1
-            assert await a.read_block(6) == b"second"
-            stamp2 = await b.write_block(6, b"third")  # now the one-round guess ...
-            assert stamp2 > stamp  # ... stays above this client's own last write
-            assert await a.read_block(6) == b"third"
-
-    trio.run(main)
+    async with rw_cluster(tmp_path) as (cluster, (a, b)):
+        cfg = cluster.config
+        await a.write_block(6, b"first")
+        enc = erasure.encode(b"ahead, partial", cfg.m, cfg.n)
+        ahead = make_timestamp(a.clock_ns() + 10**10, 999, enc.verifier)  # +10 s
+        await a.do_write(
+            BlockId(6), ahead, enc.fragments, enc.cross_checksum, targets=range(cfg.t + 1)
+        )
+        stamp = await b.write_block(6, b"second")
+        assert b.statistics()["write_fallbacks"] == 1 and stamp < ahead
+        assert sum(node.stats["rw.write.stale"] for node in cluster.nodes) >= 1
+        assert await a.read_block(6) == b"second"
+        stamp2 = await b.write_block(6, b"third")  # now the one-round guess ...
+        assert stamp2 > stamp  # ... stays above this client's own last write
+        assert await a.read_block(6) == b"third"
 
 
-def test_concurrent_operations_share_batches(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, b)):
-            blocks = {i: b"%d" % i * 50 for i in range(32)}
-            await a.write_blocks(blocks, concurrency=32)
-            assert await b.read_blocks(blocks, concurrency=32) == blocks
-            for rw in (a, b):
-                stats = rw.statistics()
-                assert stats["batched_requests"] >= 4 * stats["batches"]
-            with pytest.raises(RemoteError, match="malformed"):
-                await cluster.client(0).call(0, KIND_BATCH, [["rw.batch", []]])
-            with pytest.raises(RemoteError, match="malformed"):
-                await cluster.client(0).call(0, KIND_BATCH, [["ping", None]] * 2)
-            with pytest.raises(RemoteError, match="malformed"):
-                await cluster.client(0).call(0, KIND_BATCH, [[[1], None]])
-            with pytest.raises(RemoteError, match="malformed"):
-                await cluster.client(0).call(0, KIND_BATCH, [["rw.time", {}]] * 129)
-            reply = await cluster.client(0).call(0, KIND_BATCH, [["rw.time", {"v": 1}]])
-            assert reply[0][0] == 1 and reply[0][1][0] == "malformed"
-
-    trio.run(main)
+async def test_concurrent_operations_share_batches(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path) as (cluster, (a, b)):
+        blocks = {i: b"%d" % i * 50 for i in range(32)}
+        await a.write_blocks(blocks, concurrency=32)
+        assert await b.read_blocks(blocks, concurrency=32) == blocks
+        for rw in (a, b):
+            stats = rw.statistics()
+            assert stats["batched_requests"] >= 4 * stats["batches"]
+        with pytest.raises(RemoteError, match="malformed"):
+            await cluster.client(0).call(0, KIND_BATCH, [["rw.batch", []]])
+        with pytest.raises(RemoteError, match="malformed"):
+            await cluster.client(0).call(0, KIND_BATCH, [["ping", None]] * 2)
+        with pytest.raises(RemoteError, match="malformed"):
+            await cluster.client(0).call(0, KIND_BATCH, [[[1], None]])
+        with pytest.raises(RemoteError, match="malformed"):
+            await cluster.client(0).call(0, KIND_BATCH, [["rw.time", {}]] * 129)
+        reply = await cluster.client(0).call(0, KIND_BATCH, [["rw.time", {"v": 1}]])
+        assert reply[0][0] == 1 and reply[0][1][0] == "malformed"
 
 
 @pytest.mark.parametrize("batch", [True, False])
-def test_more_than_t_unreachable_nodes_fail_loudly(tmp_path: Path, batch: bool) -> None:
+async def test_more_than_t_unreachable_nodes_fail_loudly(tmp_path: Path, batch: bool) -> None:
     """Beyond the fault model operations fail; they never return a wrong value."""
-
-    async def main() -> None:
-        async with rw_cluster(tmp_path, batch=batch, client_options={"timeout": 1.0}) as (
-            cluster,
-            (a, b),
-        ):
-            await a.write_block(2, b"safe")
-            make_crashed(cluster, 0)
-            make_crashed(cluster, 1)
-            with pytest.raises(WriteFailed):
-                await a.write_block(2, b"cannot complete")
-            with pytest.raises(ReadFailed):
-                await b.read_block(2)
-            heal(cluster)
-            assert await b.read_block(2) in (b"safe", b"cannot complete")
-
-    trio.run(main)
+    async with rw_cluster(tmp_path, batch=batch, client_options={"timeout": 1.0}) as (
+        cluster,
+        (a, b),
+    ):
+        await a.write_block(2, b"safe")
+        make_crashed(cluster, 0)
+        make_crashed(cluster, 1)
+        with pytest.raises(WriteFailed):
+            await a.write_block(2, b"cannot complete")
+        with pytest.raises(ReadFailed):
+            await b.read_block(2)
+        heal(cluster)
+        assert await b.read_block(2) in (b"safe", b"cannot complete")
 
 
 def test_a_one_round_write_that_falls_back_takes_effect_once(tmp_path: Path) -> None:
@@ -415,18 +385,14 @@ def test_a_one_round_write_that_falls_back_takes_effect_once(tmp_path: Path) -> 
     trio.run(main)
 
 
-def test_a_guess_refused_by_more_than_n_minus_qc_goes_above(tmp_path: Path) -> None:
+async def test_a_guess_refused_by_more_than_n_minus_qc_goes_above(tmp_path: Path) -> None:
     """Three refusals (more than N - QC = 2) rule the guess out for good, and a write that
     completed before may be above it: the writer reads the time and writes above."""
-
-    async def main() -> None:
-        async with rw_cluster(tmp_path) as (cluster, (a, b)):
-            cfg = cluster.config
-            enc = erasure.encode(b"ahead", cfg.m, cfg.n)
-            ahead = make_timestamp(a.clock_ns() + 10**10, 999, enc.verifier)
-            await a.do_write(BlockId(7), ahead, enc.fragments, enc.cross_checksum, targets=range(3))
-            stamp = await b.write_block(7, b"second")
-            assert b.statistics()["write_fallbacks"] == 1 and stamp > ahead
-            assert await a.read_block(7) == b"second"
-
-    trio.run(main)
+    async with rw_cluster(tmp_path) as (cluster, (a, b)):
+        cfg = cluster.config
+        enc = erasure.encode(b"ahead", cfg.m, cfg.n)
+        ahead = make_timestamp(a.clock_ns() + 10**10, 999, enc.verifier)
+        await a.do_write(BlockId(7), ahead, enc.fragments, enc.cross_checksum, targets=range(3))
+        stamp = await b.write_block(7, b"second")
+        assert b.statistics()["write_fallbacks"] == 1 and stamp > ahead
+        assert await a.read_block(7) == b"second"

@@ -86,88 +86,79 @@ async def write_poison(evil: Any, cfg: Any, block: int) -> Timestamp:
     return stamp
 
 
-def test_a_poisonous_write_is_discarded_in_the_background_and_reads_skip_regeneration(
+async def test_a_poisonous_write_is_discarded_in_the_background_and_reads_skip_regeneration(
     tmp_path: Path,
 ) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path, clients=3, verification=EAGER, retention=KEEP_ALL) as (
-            cl,
-            (evil, writer, reader),
-        ):
-            cfg = cl.config
-            good = await writer.write_block(7, b"good")
-            poison = await write_poison(evil, cfg, 7)
-            assert all(poison in hosted(cl, i, 7) for i in range(cfg.n))
-            await settled(cl)
-            for i in range(cfg.n):
-                assert poison not in hosted(cl, i, 7), f"node {i} kept the poisonous version"
-                assert flagged(cl, i, 7, good), f"node {i} did not flag the good version"
-            found = sum(cl.nodes[i].progress["rw.verify"]["poisonous"] for i in range(cfg.n))
-            assert found == cfg.b + 1  # exactly the responsible nodes verified it
-            assert await reader.read_block(7) == b"good"
-            st = reader.statistics()
-            # Never shown the poisonous version, and no regeneration needed for the good one.
-            assert (st["poisonous"], st["verified_skips"]) == (0, 1)
-            # Only the responsible nodes read: the others trusted b + 1 NOTIFYs.
-            readers = [i for i in range(cfg.n) if cl.nodes[i].progress["rw.verify"]["verified"]]
-            assert readers == sorted(responsible(7, cfg.n, cfg.b))
-
-    trio.run(main)
+    async with rw_cluster(tmp_path, clients=3, verification=EAGER, retention=KEEP_ALL) as (
+        cl,
+        (evil, writer, reader),
+    ):
+        cfg = cl.config
+        good = await writer.write_block(7, b"good")
+        poison = await write_poison(evil, cfg, 7)
+        assert all(poison in hosted(cl, i, 7) for i in range(cfg.n))
+        await settled(cl)
+        for i in range(cfg.n):
+            assert poison not in hosted(cl, i, 7), f"node {i} kept the poisonous version"
+            assert flagged(cl, i, 7, good), f"node {i} did not flag the good version"
+        found = sum(cl.nodes[i].progress["rw.verify"]["poisonous"] for i in range(cfg.n))
+        assert found == cfg.b + 1  # exactly the responsible nodes verified it
+        assert await reader.read_block(7) == b"good"
+        st = reader.statistics()
+        # Never shown the poisonous version, and no regeneration needed for the good one.
+        assert (st["poisonous"], st["verified_skips"]) == (0, 1)
+        # Only the responsible nodes read: the others trusted b + 1 NOTIFYs.
+        readers = [i for i in range(cfg.n) if cl.nodes[i].progress["rw.verify"]["verified"]]
+        assert readers == sorted(responsible(7, cfg.n, cfg.b))
 
 
-def test_a_lying_node_cannot_flag_poison_or_discard_good_data(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path, clients=3, verification=EAGER, retention=KEEP_ALL) as (
-            cl,
-            (evil, writer, reader),
-        ):
-            cfg = cl.config
-            block = 12  # responsible: 0 and 1 (n = 6, b = 1)
-            liar = 4
-            good = await writer.write_block(block, b"good")
-            poison = await write_poison(evil, cfg, block)
-            lies = Notify(
-                (
-                    (BlockId(block), poison, VERIFIED),
-                    (BlockId(block), good, POISONOUS),
-                )
-            ).to_wire()
-            for peer in range(cfg.n):
-                if peer != liar:
-                    await cl.nodes[liar].endpoint.call(peer, KIND_NOTIFY, lies)
-            await settled(cl)
-            for i in range(cfg.n):
-                if i == liar:
-                    continue
-                assert good in hosted(cl, i, block), f"node {i} discarded the good version"
-                assert not flagged(cl, i, block, poison)
-                assert flagged(cl, i, block, good)
-            assert await reader.read_block(block) == b"good"
-
-    trio.run(main)
+async def test_a_lying_node_cannot_flag_poison_or_discard_good_data(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path, clients=3, verification=EAGER, retention=KEEP_ALL) as (
+        cl,
+        (evil, writer, reader),
+    ):
+        cfg = cl.config
+        block = 12  # responsible: 0 and 1 (n = 6, b = 1)
+        liar = 4
+        good = await writer.write_block(block, b"good")
+        poison = await write_poison(evil, cfg, block)
+        lies = Notify(
+            (
+                (BlockId(block), poison, VERIFIED),
+                (BlockId(block), good, POISONOUS),
+            )
+        ).to_wire()
+        for peer in range(cfg.n):
+            if peer != liar:
+                await cl.nodes[liar].endpoint.call(peer, KIND_NOTIFY, lies)
+        await settled(cl)
+        for i in range(cfg.n):
+            if i == liar:
+                continue
+            assert good in hosted(cl, i, block), f"node {i} discarded the good version"
+            assert not flagged(cl, i, block, poison)
+            assert flagged(cl, i, block, good)
+        assert await reader.read_block(block) == b"good"
 
 
-def test_withheld_notifies_cost_a_fallback_verification_not_safety(tmp_path: Path) -> None:
-    async def main() -> None:
-        policy = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=0.2)
-        async with rw_cluster(tmp_path, clients=1, verification=policy, retention=KEEP_ALL) as (
-            cl,
-            (writer,),
-        ):
-            cfg = cl.config
-            block = 18  # responsible: 0 and 1
-            for peer in range(cfg.n):
-                if peer != 0:
-                    cl.faults[peer].byzantine(KIND_NOTIFY, drop_notify)  # node 0 is muted
-            good = await writer.write_block(block, b"v1")
-            await settled(cl)
-            for i in range(cfg.n):
-                assert flagged(cl, i, block, good)
-            # Nodes 2..5 heard only node 1: each verified it itself after the fallback delay.
-            for i in range(2, cfg.n):
-                assert cl.nodes[i].progress["rw.verify"]["verified"] == 1
-
-    trio.run(main)
+async def test_withheld_notifies_cost_a_fallback_verification_not_safety(tmp_path: Path) -> None:
+    policy = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=0.2)
+    async with rw_cluster(tmp_path, clients=1, verification=policy, retention=KEEP_ALL) as (
+        cl,
+        (writer,),
+    ):
+        cfg = cl.config
+        block = 18  # responsible: 0 and 1
+        for peer in range(cfg.n):
+            if peer != 0:
+                cl.faults[peer].byzantine(KIND_NOTIFY, drop_notify)  # node 0 is muted
+        good = await writer.write_block(block, b"v1")
+        await settled(cl)
+        for i in range(cfg.n):
+            assert flagged(cl, i, block, good)
+        # Nodes 2..5 heard only node 1: each verified it itself after the fallback delay.
+        for i in range(2, cfg.n):
+            assert cl.nodes[i].progress["rw.verify"]["verified"] == 1
 
 
 async def drop_notify(ctx: Any, payload: Any, honest: Any) -> Any:
@@ -177,141 +168,125 @@ async def drop_notify(ctx: Any, payload: Any, honest: Any) -> Any:
     return await honest(ctx, payload)
 
 
-def test_retention_keeps_exactly_what_the_policy_says(tmp_path: Path) -> None:
-    async def main() -> None:
-        short = RetentionPolicy(keep_seconds=0.0, keep_versions=2)
-        async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=short) as (
-            cl,
-            (writer,),
-        ):
-            cfg = cl.config
-            stamps = [await writer.write_block(3, f"v{k}".encode()) for k in range(6)]
-            await settled(cl)
-            for i in range(cfg.n):
-                assert hosted(cl, i, 3) == stamps[:-3:-1], f"node {i}"
-            assert await writer.read_block(3) == b"v5"
-
-    trio.run(main)
+async def test_retention_keeps_exactly_what_the_policy_says(tmp_path: Path) -> None:
+    short = RetentionPolicy(keep_seconds=0.0, keep_versions=2)
+    async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=short) as (
+        cl,
+        (writer,),
+    ):
+        cfg = cl.config
+        stamps = [await writer.write_block(3, f"v{k}".encode()) for k in range(6)]
+        await settled(cl)
+        for i in range(cfg.n):
+            assert hosted(cl, i, 3) == stamps[:-3:-1], f"node {i}"
+        assert await writer.read_block(3) == b"v5"
 
 
-def test_young_versions_are_kept_whatever_their_number(tmp_path: Path) -> None:
-    async def main() -> None:
-        young = RetentionPolicy(keep_seconds=3600.0, keep_versions=1)
-        async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=young) as (
-            cl,
-            (writer,),
-        ):
-            stamps = [await writer.write_block(3, f"v{k}".encode()) for k in range(5)]
-            await settled(cl)
-            for i in range(cl.config.n):
-                assert hosted(cl, i, 3) == stamps[::-1]
-                assert flagged(cl, i, 3, stamps[-1])
-
-    trio.run(main)
+async def test_young_versions_are_kept_whatever_their_number(tmp_path: Path) -> None:
+    young = RetentionPolicy(keep_seconds=3600.0, keep_versions=1)
+    async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=young) as (
+        cl,
+        (writer,),
+    ):
+        stamps = [await writer.write_block(3, f"v{k}".encode()) for k in range(5)]
+        await settled(cl)
+        for i in range(cl.config.n):
+            assert hosted(cl, i, 3) == stamps[::-1]
+            assert flagged(cl, i, 3, stamps[-1])
 
 
-def test_readers_racing_garbage_collection_see_only_written_values(tmp_path: Path) -> None:
-    async def main() -> None:
-        short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
-        async with rw_cluster(tmp_path, clients=2, verification=EAGER, retention=short) as (
-            cl,
-            (writer, reader),
-        ):
-            rng = random.Random(5)
-            written: list[bytes] = []
-            seen: list[bytes] = []
+async def test_readers_racing_garbage_collection_see_only_written_values(tmp_path: Path) -> None:
+    short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+    async with rw_cluster(tmp_path, clients=2, verification=EAGER, retention=short) as (
+        cl,
+        (writer, reader),
+    ):
+        rng = random.Random(5)
+        written: list[bytes] = []
+        seen: list[bytes] = []
 
-            async def write_all() -> None:
-                for k in range(40):
-                    value = f"value-{k}-{rng.randrange(10**6)}".encode()
-                    written.append(value)
-                    await writer.write_block(9, value)
-
-            async def read_until_done(done: trio.Event) -> None:
-                while not done.is_set():
-                    seen.append(await reader.read_block(9))
-
-            done = trio.Event()
-            async with trio.open_nursery() as n:
-                n.start_soon(read_until_done, done)
-                await write_all()
-                done.set()
-            await settled(cl)
-            assert seen and all(v in written for v in seen if v)
-            positions = [written.index(v) for v in seen if v]
-            assert positions == sorted(positions)  # one reader never goes back in time
-            assert await reader.read_block(9) == written[-1]
-            collected = sum(cl.nodes[i].stats["rw.gc.collected"] for i in range(cl.config.n))
-            assert collected > 0
-            for i in range(cl.config.n):
-                assert len(hosted(cl, i, 9)) <= 2  # the newest, and one written meanwhile
-
-    trio.run(main)
-
-
-def test_a_budget_forces_verification_without_idle_time(tmp_path: Path) -> None:
-    async def main() -> None:
-        never_idle = VerificationPolicy(
-            settle_seconds=3600.0,
-            idle_seconds=3600.0,
-            fallback_seconds=3600.0,
-            per_client_block=2,
-            per_client=4,
-        )
-        short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
-        async with rw_cluster(tmp_path, clients=1, verification=never_idle, retention=short) as (
-            cl,
-            (writer,),
-        ):
-            cfg = cl.config
-            for k in range(6):
-                await writer.write_block(30, f"x{k}".encode())
-            # Three versions by one client on one block exceed per_client_block = 2.
-            for i in responsible(30, cfg.n, cfg.b):
-                progress = cl.nodes[i].progress["rw.verify"]
-                await until(cl, i, lambda p=progress: p["verified"] > 0)
-                assert cl.nodes[i].progress["rw.verify"]["forced"] >= 1
-            # A steady writer over many blocks: the backlog stays within the budget.
+        async def write_all() -> None:
             for k in range(40):
-                await writer.write_block(100 + k, b"y")
-                for i in range(cfg.n):
-                    assert cl.nodes[i].verifier.backlog.by_client(writer.endpoint.pid) <= 5
+                value = f"value-{k}-{rng.randrange(10**6)}".encode()
+                written.append(value)
+                await writer.write_block(9, value)
 
-    trio.run(main)
+        async def read_until_done(done: trio.Event) -> None:
+            while not done.is_set():
+                seen.append(await reader.read_block(9))
 
-
-def test_a_restarted_node_finds_its_unverified_versions_again(tmp_path: Path) -> None:
-    async def main() -> None:
-        off_for_now = VerificationPolicy(
-            settle_seconds=0.0, idle_seconds=3600.0, fallback_seconds=3600.0
-        )
-        async with rw_cluster(
-            tmp_path, clients=1, verification=off_for_now, retention=KEEP_ALL, durable=True
-        ) as (cl, (writer,)):
-            stamps = [await writer.write_block(b, b"data") for b in (0, 6, 12)]
-            assert cl.nodes[0].progress["rw.verify"]["backlog_versions"] == 3
-            cl.crash(0)
-            await cl.wait_stopped(0)
-            await cl.recover(0)
-            await until(cl, 0, lambda: cl.nodes[0].progress["rw.verify"]["state"] == "running")
-            assert cl.nodes[0].progress["rw.verify"]["backlog_versions"] == 3
-            assert not any(flagged(cl, 0, b, s) for b, s in zip((0, 6, 12), stamps, strict=True))
-
-    trio.run(main)
+        done = trio.Event()
+        async with trio.open_nursery() as n:
+            n.start_soon(read_until_done, done)
+            await write_all()
+            done.set()
+        await settled(cl)
+        assert seen and all(v in written for v in seen if v)
+        positions = [written.index(v) for v in seen if v]
+        assert positions == sorted(positions)  # one reader never goes back in time
+        assert await reader.read_block(9) == written[-1]
+        collected = sum(cl.nodes[i].stats["rw.gc.collected"] for i in range(cl.config.n))
+        assert collected > 0
+        for i in range(cl.config.n):
+            assert len(hosted(cl, i, 9)) <= 2  # the newest, and one written meanwhile
 
 
-def test_versions_kept_for_their_age_go_once_old_without_another_write(tmp_path: Path) -> None:
-    async def main() -> None:
-        a_second = RetentionPolicy(keep_seconds=1.0, keep_versions=1)
-        async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=a_second) as (
-            cl,
-            (writer,),
-        ):
-            stamps = [await writer.write_block(4, f"v{k}".encode()) for k in range(3)]
-            await settled(cl)
-            assert hosted(cl, 0, 4) == stamps[::-1]  # all younger than a second
-            for i in range(cl.config.n):  # no write comes: the verifier looks again by itself
-                await until(cl, i, lambda i=i: hosted(cl, i, 4) == [stamps[-1]], within=10)
-            assert await writer.read_block(4) == b"v2"
+async def test_a_budget_forces_verification_without_idle_time(tmp_path: Path) -> None:
+    never_idle = VerificationPolicy(
+        settle_seconds=3600.0,
+        idle_seconds=3600.0,
+        fallback_seconds=3600.0,
+        per_client_block=2,
+        per_client=4,
+    )
+    short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+    async with rw_cluster(tmp_path, clients=1, verification=never_idle, retention=short) as (
+        cl,
+        (writer,),
+    ):
+        cfg = cl.config
+        for k in range(6):
+            await writer.write_block(30, f"x{k}".encode())
+        # Three versions by one client on one block exceed per_client_block = 2.
+        for i in responsible(30, cfg.n, cfg.b):
+            progress = cl.nodes[i].progress["rw.verify"]
+            await until(cl, i, lambda p=progress: p["verified"] > 0)
+            assert cl.nodes[i].progress["rw.verify"]["forced"] >= 1
+        # A steady writer over many blocks: the backlog stays within the budget.
+        for k in range(40):
+            await writer.write_block(100 + k, b"y")
+            for i in range(cfg.n):
+                assert cl.nodes[i].verifier.backlog.by_client(writer.endpoint.pid) <= 5
 
-    trio.run(main)
+
+async def test_a_restarted_node_finds_its_unverified_versions_again(tmp_path: Path) -> None:
+    off_for_now = VerificationPolicy(
+        settle_seconds=0.0, idle_seconds=3600.0, fallback_seconds=3600.0
+    )
+    async with rw_cluster(
+        tmp_path, clients=1, verification=off_for_now, retention=KEEP_ALL, durable=True
+    ) as (cl, (writer,)):
+        stamps = [await writer.write_block(b, b"data") for b in (0, 6, 12)]
+        assert cl.nodes[0].progress["rw.verify"]["backlog_versions"] == 3
+        cl.crash(0)
+        await cl.wait_stopped(0)
+        await cl.recover(0)
+        await until(cl, 0, lambda: cl.nodes[0].progress["rw.verify"]["state"] == "running")
+        assert cl.nodes[0].progress["rw.verify"]["backlog_versions"] == 3
+        assert not any(flagged(cl, 0, b, s) for b, s in zip((0, 6, 12), stamps, strict=True))
+
+
+async def test_versions_kept_for_their_age_go_once_old_without_another_write(
+    tmp_path: Path,
+) -> None:
+    a_second = RetentionPolicy(keep_seconds=1.0, keep_versions=1)
+    async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=a_second) as (
+        cl,
+        (writer,),
+    ):
+        stamps = [await writer.write_block(4, f"v{k}".encode()) for k in range(3)]
+        await settled(cl)
+        assert hosted(cl, 0, 4) == stamps[::-1]  # all younger than a second
+        for i in range(cl.config.n):  # no write comes: the verifier looks again by itself
+            await until(cl, i, lambda i=i: hosted(cl, i, 4) == [stamps[-1]], within=10)
+        assert await writer.read_block(4) == b"v2"

@@ -81,61 +81,50 @@ def test_many_random_schedules_are_linearizable(tmp_path: Path, seed: int) -> No
     run_schedule(tmp_path, seed, byzantine=True, ops=16, **config)
 
 
-def test_history_walk_restarts_when_collection_races_the_read(tmp_path: Path) -> None:
+async def test_history_walk_restarts_when_collection_races_the_read(tmp_path: Path) -> None:
     """Seed L1566-1574: the read judges the newest candidates incomplete; while it asks for
     older history, a new write completes and every node collects below it; the read finds
     what it looked for gone, restarts, and returns the new write."""
+    async with rw_cluster(tmp_path, clients=3) as (cluster, (reader, writer, partial)):
+        cfg = cluster.config
+        block = BlockId(9)
+        await writer.write_block(block, b"old complete")
+        # Nodes 0, 1 and 2 each receive ten failed writes of their own: their bounded
+        # histories (8) end above "old complete", so the reader must fetch more.
+        for i in range(3):
+            for k in range(10):
+                enc = erasure.encode(b"failed %d/%d" % (i, k), cfg.m, cfg.n)
+                time_ = await partial.read_timestamp(block)
+                stamp = make_timestamp(time_, partial.endpoint.pid, enc.verifier)
+                await partial.do_write(block, stamp, enc.fragments, enc.cross_checksum, targets=[i])
+        raced = trio.Event()
 
-    async def main() -> None:
-        async with rw_cluster(tmp_path, clients=3) as (cluster, (reader, writer, partial)):
-            cfg = cluster.config
-            block = BlockId(9)
-            await writer.write_block(block, b"old complete")
-            # Nodes 0, 1 and 2 each receive ten failed writes of their own: their bounded
-            # histories (8) end above "old complete", so the reader must fetch more.
-            for i in range(3):
-                for k in range(10):
-                    enc = erasure.encode(b"failed %d/%d" % (i, k), cfg.m, cfg.n)
-                    time_ = await partial.read_timestamp(block)
-                    stamp = make_timestamp(time_, partial.endpoint.pid, enc.verifier)
-                    await partial.do_write(
-                        block, stamp, enc.fragments, enc.cross_checksum, targets=[i]
-                    )
-            raced = trio.Event()
+        async def race_then_answer(ctx: Any, payload: Any, honest: Any) -> Any:
+            if not raced.is_set():
+                raced.set()
+                stamp = await writer.write_block(block, b"new complete")
+                for node in cluster.nodes:
+                    await node.store.write(lambda kv: replica.collect_step(kv, block, stamp))
+            return await honest(ctx, payload)
 
-            async def race_then_answer(ctx: Any, payload: Any, honest: Any) -> Any:
-                if not raced.is_set():
-                    raced.set()
-                    stamp = await writer.write_block(block, b"new complete")
-                    for node in cluster.nodes:
-                        await node.store.write(lambda kv: replica.collect_step(kv, block, stamp))
-                return await honest(ctx, payload)
-
-            for i in range(3):
-                cluster.faults[i].byzantine(KIND_READ_PREV, race_then_answer)
-            assert await reader.read_block(block) == b"new complete"
-            stats = reader.statistics()
-            assert raced.is_set() and stats["restarts"] == 1 and stats["history_fetches"] >= 2
-
-    trio.run(main)
+        for i in range(3):
+            cluster.faults[i].byzantine(KIND_READ_PREV, race_then_answer)
+        assert await reader.read_block(block) == b"new complete"
+        stats = reader.statistics()
+        assert raced.is_set() and stats["restarts"] == 1 and stats["history_fetches"] >= 2
 
 
-def test_deep_history_without_races_needs_fetches_only(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with rw_cluster(tmp_path, clients=2) as (cluster, (reader, partial)):
-            cfg = cluster.config
-            block = BlockId(5)
-            await reader.write_block(block, b"survivor")
-            for i in range(3):
-                for k in range(12):
-                    enc = erasure.encode(b"failed %d/%d" % (i, k), cfg.m, cfg.n)
-                    time_ = await partial.read_timestamp(block)
-                    stamp = make_timestamp(time_, partial.endpoint.pid, enc.verifier)
-                    await partial.do_write(
-                        block, stamp, enc.fragments, enc.cross_checksum, targets=[i]
-                    )
-            assert await reader.read_block(block) == b"survivor"
-            stats = reader.statistics()
-            assert stats["history_fetches"] >= 2 and stats["restarts"] == 0
-
-    trio.run(main)
+async def test_deep_history_without_races_needs_fetches_only(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path, clients=2) as (cluster, (reader, partial)):
+        cfg = cluster.config
+        block = BlockId(5)
+        await reader.write_block(block, b"survivor")
+        for i in range(3):
+            for k in range(12):
+                enc = erasure.encode(b"failed %d/%d" % (i, k), cfg.m, cfg.n)
+                time_ = await partial.read_timestamp(block)
+                stamp = make_timestamp(time_, partial.endpoint.pid, enc.verifier)
+                await partial.do_write(block, stamp, enc.fragments, enc.cross_checksum, targets=[i])
+        assert await reader.read_block(block) == b"survivor"
+        stats = reader.statistics()
+        assert stats["history_fetches"] >= 2 and stats["restarts"] == 0
