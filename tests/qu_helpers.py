@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
 from bftfs.net.errors import RemoteError, TransportError
-from bftfs.net.quorum import QuorumResult, QuorumUnavailable
+from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Verdict
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.history import OHSEntry
@@ -225,41 +226,50 @@ class MemEndpoint:
         probe_after: float = 0.5,
         timeout: float | None = None,
     ) -> QuorumResult:
-        targets = list(targets)
-        result = QuorumResult()
-        first = targets[: initial or len(targets)]
-        rest = targets[len(first) :]
-        queue = list(first)
-        self.cluster.rng.shuffle(queue)
-        queue.sort(key=lambda s: s in self.cluster.slow)  # slow nodes answer last
-        while queue:
-            node = queue.pop(0)
+        """The production :class:`QuorumEngine` decides; requests are delivered one at a
+        time in a seeded shuffled order (slow nodes last) on a logical clock that jumps to
+        the engine's next wake-up when nothing is in flight (a "slow" quorum: probe)."""
+        engine = QuorumEngine(
+            [NodeId(t) for t in targets],
+            label=kind,
+            enough=enough,
+            accept=accept,
+            initial=initial,
+            probe_after=probe_after,
+            resend_after=math.inf,
+            timeout=math.inf if timeout is None else timeout,
+            now=0.0,
+        )
+        now = 0.0
+        pending: list[NodeId] = []
+        step = engine.start(now)
+        while step.verdict is Verdict.WAIT:
+            probed = list(step.probe)
+            self.cluster.rng.shuffle(probed)
+            pending.extend(probed)
+            pending.sort(key=lambda s: s in self.cluster.slow)  # slow nodes answer last
+            if not pending:
+                now = engine.wake_at()
+                step = engine.on_tick(now)
+                continue
+            node = pending.pop(0)
             await trio.lowlevel.checkpoint()
+            self.sent += 1
             try:
-                self.sent += 1
                 reply = self.cluster.handle(node, self.pid, kind, payload)
             except (TransportError, RemoteError) as e:
-                result.errors[node] = str(e)
-                if rest:
-                    queue.append(rest.pop(0))
+                step = engine.on_failure(node, str(e), now)
                 continue
-            if accept is None or accept(node, reply):
-                result.replies[node] = reply
-                if enough(result.replies):
-                    # Requests already sent still arrive (the transport lets stragglers
-                    # finish in the background); their replies go unread.
-                    for late in queue:
-                        with contextlib.suppress(TransportError, RemoteError):
-                            self.sent += 1
-                            self.cluster.handle(late, self.pid, kind, payload)
-                    return result
-            else:
-                result.errors[node] = "invalid reply"
-                if rest:
-                    queue.append(rest.pop(0))
-            if not queue and rest:
-                queue.append(rest.pop(0))  # "slow": probe one more
-        raise QuorumUnavailable(f"{kind}: not enough", result)
+            step = engine.on_reply(node, reply, now)
+        if step.verdict is Verdict.ENOUGH:
+            # Requests already sent still arrive (the transport lets stragglers finish in
+            # the background); their replies go unread.
+            for late in pending:
+                with contextlib.suppress(TransportError, RemoteError):
+                    self.sent += 1
+                    self.cluster.handle(late, self.pid, kind, payload)
+            return engine.result
+        raise QuorumUnavailable(step.reason, engine.result)
 
 
 # Histories and the serializability checker ------------------------------------------------

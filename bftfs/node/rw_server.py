@@ -3,8 +3,8 @@
 Kinds: ``rw.time`` (TIME_REQUEST), ``rw.write`` (WRITE), ``rw.read_latest`` (READ_LATEST),
 ``rw.read_prev`` (READ_PREV) and ``rw.list`` (the blocks hosted, for another node's catch-up;
 only nodes may ask); formats in messages.py.  ``rw.batch`` carries several of those
-at once (batch.py); its items run concurrently and go through the node's fault hooks like
-requests of their own, so a Byzantine test node misbehaves the same either way.
+at once (``rw/batch.py``), answered by the node's generic batch handler
+(``node/batching.py``).
 
 Reads run in a read-only transaction on the event loop (MVCC, they never wait for a
 commit); writes are checked first (hashing a fragment, outside any transaction) and then
@@ -25,13 +25,11 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import trio
-
 from bftfs.erasure import fragment_size
 from bftfs.ids import is_node
 from bftfs.node import rw_catchup as catchup
+from bftfs.node.batching import batch_handler
 from bftfs.node.rw_verifier import Verifier
-from bftfs.node.store import StoreFull
 from bftfs.rw import replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
 from bftfs.rw.messages import (
@@ -132,47 +130,6 @@ def register(
 
         return on_read
 
-    async def on_batch(ctx: RequestContext, payload: Any) -> Any:
-        if (
-            not isinstance(payload, list)
-            or len(payload) > MAX_BATCH
-            or not all(
-                isinstance(it, list)
-                and len(it) == 2
-                and isinstance(it[0], str)
-                and it[0] in handlers
-                for it in payload
-            )
-        ):
-            node.stats["rw.refused.malformed"] += 1
-            raise HandlerError("malformed", "batch is not a bounded list of [rw kind, payload]")
-        results: list[Any] = [None] * len(payload)
-
-        async def one(i: int, kind: str, item: Any) -> None:
-            # Through the node's fault hooks, exactly as a request of its own would go.
-            override = None if node.faults is None else node.faults.handler(kind)
-            try:
-                if override is not None:
-                    reply = await override(ctx, item, handlers[kind])
-                else:
-                    reply = await handlers[kind](ctx, item)
-                results[i] = [0, reply]
-            except HandlerError as e:
-                results[i] = [1, [e.code, e.message]]
-            except StoreFull as e:
-                node.stats["refused.full"] += 1
-                results[i] = [1, ["full", str(e)]]
-            except Exception as e:  # one bad item must not sink the others
-                node.stats["internal_errors"] += 1
-                node.log.exception("node %s: rw batch item %s failed", node.id, kind)
-                results[i] = [1, ["internal", type(e).__name__]]
-
-        node.stats["rw.batch.items"] += len(payload)
-        async with trio.open_nursery() as nursery:
-            for i, (kind, item) in enumerate(payload):
-                nursery.start_soon(one, i, kind, item)
-        return results
-
     async def on_list(ctx: RequestContext, payload: Any) -> Any:
         if not is_node(ctx.sender):
             node.stats["rw.refused.forbidden"] += 1
@@ -206,7 +163,7 @@ def register(
     }
     for kind, handler in handlers.items():
         node.register(kind, handler)
-    node.register(KIND_BATCH, on_batch)
+    node.register(KIND_BATCH, batch_handler(node, handlers, protocol="rw", max_items=MAX_BATCH))
     # Not part of a batch: only catch-up asks, a page at a time.
     node.register(KIND_LIST, on_list)
     node.register(KIND_NOTIFY, on_notify)
