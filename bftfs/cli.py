@@ -10,6 +10,7 @@ Exit codes (shared by every subcommand):
 4     the cluster cannot be created, started or reached as asked
 5     a key file is missing, unreadable or readable by others
 6     mounting or unmounting failed
+7     a history question has no answer (no such path then, or retention let it go)
 ====  =====================================================================
 """
 
@@ -45,6 +46,7 @@ EXIT_CONFIG = 3
 EXIT_CLUSTER = 4
 EXIT_KEY = 5
 EXIT_MOUNT = 6
+EXIT_HISTORY = 7
 
 
 class QuietError(Exception):
@@ -179,6 +181,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _mount(cfg, path, args.mountpoint, args)
     print(f"mounted {args.mountpoint.resolve()} as {args.client}")
     return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from bftfs import history_cli
+
+    return history_cli.cmd_log(args, _cluster_of(args)[0])
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    from bftfs import history_cli
+
+    return history_cli.cmd_cat(args, _cluster_of(args)[0])
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -446,6 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.fs")
     sp.set_defaults(func=cmd_mount)
 
+    def with_cluster(sp: argparse.ArgumentParser) -> None:
+        with_dir(sp)
+        sp.add_argument("--config", type=Path, help="cluster.toml (instead of --dir)")
+
+    from bftfs import history_cli
+
+    history_cli.add_commands(sub, with_cluster)
+    sub.choices["log"].set_defaults(func=cmd_log)
+    sub.choices["cat"].set_defaults(func=cmd_cat)
+
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
     sp.add_argument("mountpoint", type=Path)
     with_dir(sp)
@@ -496,5 +520,21 @@ def main(argv: list[str] | None = None) -> int:
     except localmod.ClusterError as e:
         print(f"bftfs: {e}", file=sys.stderr)
         return EXIT_CLUSTER
+    except Exception as e:
+        # History commands: answers the past cannot give, bad WHENs, an unreachable cluster.
+        from bftfs.fs.past import PastError
+        from bftfs.history_cli import WhenError
+        from bftfs.outcome import ClusterUnavailable
+
+        if isinstance(e, PastError):
+            print(f"bftfs: {e}", file=sys.stderr)
+            return EXIT_HISTORY
+        if isinstance(e, WhenError | ValueError) and args.command in ("log", "cat"):
+            print(f"bftfs: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, ClusterUnavailable):
+            print(f"bftfs: the cluster does not answer: {e}", file=sys.stderr)
+            return EXIT_CLUSTER
+        raise
     except KeyboardInterrupt:
         return 130

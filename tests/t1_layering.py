@@ -46,7 +46,9 @@ ALLOWED: dict[str, set[str]] = {
     "testing": BASE | {"connect", "local", "net", "node", "qu", "rw", "fs", "fuse"},
     # cli -> testing: `bftfs node --byzantine PROFILE` runs the Byzantine behaviours the
     # tests use (bftfs.testing.byzantine.profiles, and nothing else of testing: checked below).
-    "cli": BASE | {"connect", "local", "node", "fuse", "testing"},
+    "cli": BASE | {"connect", "local", "node", "fuse", "testing", "fs", "history_cli"},
+    # history_cli: `bftfs log` / `cat --at` over fs/past.py; mounts from fuse/control.py.
+    "history_cli": BASE | {"fs", "fuse"},
     "__main__": {"cli"},
 }
 

@@ -135,12 +135,14 @@ class Attributes(Reclaim):
                         # Leaving inline (block 0 gets the content) or growing: blocks
                         # are written, under the write lease like a flush's.
                         try:
-                            await self._locked_clear_gap(ino, s, size)
+                            bt = await self._locked_clear_gap(ino, s, size)
                         except (_Stale, _Locked):
                             await self._back_off(attempt)
                             continue
                         if s["inl"]:
                             arg["blocks"] = True
+                        if bt:
+                            arg["bt"] = bt
                 try:
                     s = await self._update([ino], "fs.setattr", arg)
                 except (_Stale, _Locked):
@@ -150,21 +152,23 @@ class Attributes(Reclaim):
                     f.truncate_cache(size)
                 self._own_stat(ino, s)
                 if size == 0 and not before["inl"]:  # the old data id is gone
-                    await self._reclaim(before["d"], before["size"])
+                    await self._reclaim(before["d"], before["size"], before.get("bt", 0))
                 return s
         raise FsError("truncate: file kept changing")
 
-    async def _locked_clear_gap(self, ino: int, s: dict[str, Any], size: int) -> None:
+    async def _locked_clear_gap(self, ino: int, s: dict[str, Any], size: int) -> int:
         """Take the write lease on the version ``s`` and clear the gap up to ``size``
-        (the size update that follows ends the lease; if that never comes, it expires)."""
+        (the size update that follows ends the lease; if that never comes, it expires);
+        the newest block Time written (0: none)."""
         arg = self._lease_arg(s["d"], s["v"])
         arg["lease"] = LEASE_NS
         self._own_stat(ino, await self._update([ino], "fs.lock", arg))
-        await self._clear_gap(s, s["size"], size)
+        return await self._clear_gap(s, s["size"], size)
 
-    async def _clear_gap(self, s: dict[str, Any], valid: int, new_size: int) -> None:
+    async def _clear_gap(self, s: dict[str, Any], valid: int, new_size: int) -> int:
         """Write zeros over ``[valid, min(new_size, alloc))`` (see files.OpenFile.gap_blocks);
-        for an inline file (``s`` from ``fs.open``) block 0 gets its content first."""
+        for an inline file (``s`` from ``fs.open``) block 0 gets its content first.  The
+        newest block Time written (0: none), for the size update's ``bt``."""
         tmp = OpenFile.from_stat(0, s, self.bs)
         tmp.valid = valid
         blocks: dict[int, bytes] = {}
@@ -177,10 +181,14 @@ class Attributes(Reclaim):
             got = await self._blocks(self.rw.read_blocks([block_id(s["d"], k) for k in partial]))
             for k in partial:
                 blocks[k] = tmp.remember(k, got[block_id(s["d"], k)])
-        if blocks:
-            await self._blocks(
-                self.rw.write_blocks({block_id(s["d"], k): v for k, v in blocks.items()})
+        if not blocks:
+            return 0
+        written = await self._blocks(
+            self.rw.write_blocks(
+                {block_id(s["d"], k): v for k, v in blocks.items()}, after=s.get("bt", 0)
             )
+        )
+        return max(ts.time for ts in written.values())
 
     # Extended attributes -------------------------------------------------------------------
 

@@ -141,12 +141,18 @@ class FileData(Caches):
                 arg["alloc"] = reservation(need, f.st["alloc"], bs)
             await self._update_data(f, "fs.lock", arg)
         try:
+            written_at: dict[int, Any] = {}
             if blocks:
-                await self._blocks(
-                    self.rw.write_blocks({block_id(d, k): v for k, v in blocks.items()})
+                written_at = await self._blocks(
+                    self.rw.write_blocks(
+                        {block_id(d, k): v for k, v in blocks.items()},
+                        after=f.st.get("bt", 0),
+                    )
                 )
             arg = self._lease_arg(*f.base)
             arg.update(end=new_size, mtime=mtime)
+            if written_at:
+                arg["bt"] = max(ts.time for ts in written_at.values())
             if f.st.get("inl"):
                 arg["blocks"] = True
             # What this flush stored (not the cleared gap): the servers count it for

@@ -237,7 +237,8 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
     extended attributes: a client answers "no such attribute" from a fresh stat with
     ``nx == 0``), ``inl`` (the content is inline), ``p`` (parent) for directories, and for
     files ``al``: the bytes below ``size`` that writes stored in blocks (``w``; None for
-    objects made before it was kept), from which clients report ``st_blocks``.
+    objects made before it was kept), from which clients report ``st_blocks``, and ``bt``
+    (the newest block Time, see :func:`_raise_block_time`) once blocks were written.
     """
     if state["k"] == "d":
         return {
@@ -336,6 +337,16 @@ def _leaving_inline(f: dict[str, Any]) -> list[list[int]] | None:
 def _stat(states: States, arg: Any) -> Any:
     ((_, state),) = states.items()
     return stat_of(_node(state))
+
+
+def _peek(states: States, arg: Any) -> Any:
+    """Whether the object exists, never refusing (``None``: absent; else its kind and
+    whether it is removed): where a history read starts (``bftfs/fs/past.py`` asks for the
+    version this is answered at, which must work for removed objects too)."""
+    ((_, state),) = states.items()
+    if not isinstance(state, dict):
+        return None
+    return {"k": state.get("k"), "gone": _finished(state)}
 
 
 def _open(states: States, arg: Any) -> Any:
@@ -489,11 +500,30 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             # when the file grows again: the client clears them).
             s["w"] = [[lo, min(hi, size)] for lo, hi in s["w"] if lo < size]
         s["i"] = inline
+        _raise_block_time(s, a)
         if size != s["size"] and mtime is None:
             s["mt"] = now
         s["size"] = size
     _touch(s, now, modify=False)
     return {oid: s}, stat_of(s)
+
+
+#: Largest PASIS block Time a file records (``bt``: 8 unsigned bytes, rw/timestamp.py).
+MAX_BLOCK_TIME = (1 << 64) - 1
+
+
+def _raise_block_time(f: dict[str, Any], a: dict[str, Any]) -> None:
+    """Record the newest PASIS Time of the blocks this update's client wrote (``bt``).
+
+    Clients write a file's blocks at Times above the file's ``bt`` (``RWClient.write_block``
+    with ``after``), so the blocks of the file's version with ``bt = T`` are the newest
+    complete versions with Time <= T: how a past version's content is read back
+    (``bftfs/fs/past.py``).  Only ever raised; a client that lies about it misdates its own
+    blocks in the history, nothing else.
+    """
+    bt = _opt_int(a, "bt", 0, MAX_BLOCK_TIME)
+    if bt is not None and bt > f.get("bt", 0):
+        f["bt"] = bt
 
 
 def _unchanged(f: dict[str, Any], a: dict[str, Any]) -> None:
@@ -541,6 +571,7 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         f["size"] = max(f["size"], end)
     f["i"] = inline
     f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
+    _raise_block_time(f, a)
     mtime = _time(a, "mtime")
     f["mt"] = mtime
     f["ct"] = max(f["ct"], mtime)
@@ -995,6 +1026,7 @@ FS = ObjectType(
     (
         Method("fs.stat", Class.QUERY, _stat),
         Method("fs.open", Class.QUERY, _open),
+        Method("fs.peek", Class.QUERY, _peek),
         Method("fs.lookup", Class.QUERY, _lookup),
         Method("fs.lookupstat", Class.QUERY, _lookup_stat, 2, 2),
         Method("fs.statmany", Class.QUERY, _stat_many, 1, MAX_OBJECTS),

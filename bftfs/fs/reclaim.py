@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 class Reclaim(Caches):
     """Writing empty blocks over contents that are gone (see the module docstring)."""
 
-    #: File id -> (data id, size) of removed files still open here.
-    _doomed: dict[int, tuple[int, int]]
+    #: File id -> (data id, size, newest block Time) of removed files still open here.
+    _doomed: dict[int, tuple[int, int, int]]
     reclaimed_blocks: int
     reclaim_failed: int
 
@@ -53,7 +53,7 @@ class Reclaim(Caches):
         that removed its last name (now, or at its last release here)."""
         if s.get("k") == "d" or s.get("nl", 1) > 0 or s.get("inl"):
             return  # (inline contents live in the attribute object, not in blocks)
-        data = (int(s.get("d") or 0), int(s.get("size") or 0))
+        data = (int(s.get("d") or 0), int(s.get("size") or 0), int(s.get("bt") or 0))
         f = self._files.get(ino)
         if f is not None and f.opens > 0:
             self._doomed[ino] = data
@@ -66,13 +66,17 @@ class Reclaim(Caches):
         if data is not None:
             await self._reclaim(*data)
 
-    async def _reclaim(self, d: int, size: int) -> None:
-        """Write an empty value over each block of data id ``d`` below ``size``."""
+    async def _reclaim(self, d: int, size: int, bt: int = 0) -> None:
+        """Write an empty value over each block of data id ``d`` below ``size``, at Times
+        above ``bt`` (the file's newest block Time), so its past versions stay readable
+        until retention lets them go."""
         count = -(-size // self.bs)
         if d == 0 or count == 0:
             return
         try:
-            await self._blocks(self.rw.write_blocks({block_id(d, k): b"" for k in range(count)}))
+            await self._blocks(
+                self.rw.write_blocks({block_id(d, k): b"" for k in range(count)}, after=bt)
+            )
         except (Unavailable, NoSpace) as e:
             self.reclaim_failed += count
             log.warning("could not give back %d block(s) of data id %#x: %s", count, d, e)

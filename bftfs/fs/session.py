@@ -16,8 +16,10 @@ from bftfs.config import ClusterConfig
 from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.past import Past
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
+from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
 
 
@@ -50,3 +52,15 @@ async def open_session(
         qu = QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid)
         fs = await FileSystem.open(qu, rw, config, **options)
         yield Session(fs, qu, rw)
+
+
+@asynccontextmanager
+async def open_past(config: ClusterConfig, client: str) -> AsyncIterator[Past]:
+    """History reads of ``config``'s cluster as client ``client`` (``bftfs log``, ``cat
+    --at``): no file system is opened, nothing is written."""
+    ring = KeyRing(client_identity(config, client), config.node_public_keys())
+    await check_identity(config, ring)
+    async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
+        th = QUThresholds.from_config(config)
+        qu = QUClient(ep, th, client_id=ep.pid)
+        yield Past(qu, PastReader(ep, th), rw, config.block_size)

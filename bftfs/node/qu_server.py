@@ -1,6 +1,6 @@
 """Q/U on a storage node: the handlers that run :mod:`bftfs.qu.replica` steps.
 
-``register(node)`` wires four request kinds (``bftfs/node/protocols.py`` calls it):
+``register(node)`` wires these request kinds (``bftfs/node/protocols.py`` calls it):
 
 - ``qu.request``: one ``s_request``.  Queries run in a read-only transaction (they never
   write); everything else runs in ``node.store.write``, so the replica history, its
@@ -16,6 +16,8 @@
 - ``qu.history``: the node's histories of some objects (read-only).
 - ``qu.fetch``: the stored request of a candidate, for inline repair by other clients.
 - ``qu.sync``: object sync, host side; only other nodes may ask (L2240-2244).
+- ``qu.versions``, ``qu.states``: an object's past (its conditioned-on chain, states by
+  timestamp) for history reads by any client (:mod:`bftfs.qu.past`).
 - ``qu.latest``: the newest timestamp of each object this node holds, a page at a time, in
   object-id order; only other nodes may ask (what a restarted node's catch-up compares).
 
@@ -39,6 +41,7 @@ from bftfs.ids import PrincipalId, is_node
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
+from bftfs.qu import past
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import (
@@ -230,12 +233,28 @@ def register(
             raise HandlerError("bad-request", str(e)) from None
         return node.store.read(lambda kv: handle_latest(kv, after, limit))
 
+    async def on_versions(ctx: RequestContext, payload: Any) -> Any:
+        try:
+            oid, start, limit = past.parse_versions_request(payload)
+        except MessageError as e:
+            raise HandlerError("bad-request", str(e)) from None
+        return node.store.read(lambda kv: past.versions_step(kv, oid, start, limit))
+
+    async def on_states(ctx: RequestContext, payload: Any) -> Any:
+        try:
+            oid, lts = past.parse_states_request(payload)
+        except MessageError as e:
+            raise HandlerError("bad-request", str(e)) from None
+        return node.store.read(lambda kv: past.states_step(kv, oid, lts))
+
     node.register(KIND_REQUEST, on_request, fast=fast_request)
     # These only read the store: they never wait, so they run in the read loop.
     node.register(KIND_HISTORY, on_history, inline=True)
     node.register(KIND_FETCH, on_fetch, inline=True)
     node.register(KIND_SYNC, on_sync, inline=True)
     node.register(KIND_LATEST, on_latest, inline=True)
+    node.register(past.KIND_VERSIONS, on_versions, inline=True)
+    node.register(past.KIND_STATES, on_states, inline=True)
     if catch_up:
         node.spawn(CatchUp(node, cfg, serve).run)
         if pruner.enabled:

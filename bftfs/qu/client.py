@@ -182,11 +182,18 @@ class QUClient:
             MethodRefused: the method refused (b+1 servers agree on the latest version).
             QUUnavailable: not enough servers answer.
         """
-        return await self._invoke(_objs(objects), method, arg, True)
+        return (await self._invoke(_objs(objects), method, arg, True)).answer
+
+    async def query_at(self, oid: int, method: str, arg: Any = None) -> tuple[Any, Timestamp]:
+        """Run query ``method`` on one object; its answer and the established version it
+        was answered at (where a history walk starts, :mod:`bftfs.qu.pastread`)."""
+        out = await self._invoke((oid,), method, arg, True)
+        assert out.at is not None and len(out.at) == 1
+        return out.answer, out.at[0]
 
     async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
         """Run update ``method`` on ``objects`` (1 to 8; atomically); its answer."""
-        return await self._invoke(_objs(objects), method, arg, False)
+        return (await self._invoke(_objs(objects), method, arg, False)).answer
 
     def cached(self, oid: int) -> dict[int, OHSEntry]:
         """The cached OHS of ``oid`` (a copy)."""
@@ -238,7 +245,9 @@ class QUClient:
             shown, view, _ = self._present_view(objects, fresh)
         return shown, view
 
-    async def _invoke(self, objects: tuple[int, ...], method: str, arg: Any, query: bool) -> Any:
+    async def _invoke(
+        self, objects: tuple[int, ...], method: str, arg: Any, query: bool
+    ) -> core.Outcome:
         self._n["operations"] += 1
         if query:
             op = Operation(method, True, arg, 0)
@@ -257,7 +266,7 @@ class QUClient:
         except (QuorumUnavailable, TransportError) as e:  # callers see one family only
             raise QUUnavailable(f"objects {objects}: {type(e).__name__}: {e}") from e
 
-    async def _run(self, objects: tuple[int, ...], op: Operation) -> Any:
+    async def _run(self, objects: tuple[int, ...], op: Operation) -> core.Outcome:
         th = self.th
         self._suspects = set()
         context: set[int] = set()
@@ -282,7 +291,7 @@ class QUClient:
             view = self._present_view(objects + tuple(sorted(context)), fresh)[1]
             out = core.outcome(replies, view, th, op.query, objects)
             if out.result is core.Result.DONE:
-                return out.answer
+                return out
             if out.result is core.Result.REFUSED:
                 self._n["refused"] += 1
                 raise MethodRefused(out.why)

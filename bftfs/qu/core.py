@@ -182,6 +182,8 @@ class Outcome:
     answer: Any = None
     why: str = ""
     lt: Timestamp | None = None
+    #: A query's answer point: the version of each object it was answered at.
+    at: tuple[Timestamp, ...] | None = None
 
 
 def _agreed(replies: list[Reply], b: int) -> tuple[bool, Any]:
@@ -228,7 +230,9 @@ def outcome(
         if key is not None and len(group) >= th.q:
             ok, answer = _agreed(group, th.b)
             if ok:
-                return Outcome(Result.DONE, answer, lt=None if query else key)
+                if query:
+                    return Outcome(Result.DONE, answer, at=key)
+                return Outcome(Result.DONE, answer, lt=key)
     # Refusal: b+1 servers refused the same call on the version classification says is
     # the latest complete one.
     classes = {oid: classify(view, oid) for oid in objects}
@@ -255,7 +259,7 @@ def outcome(
             ]
             ok, answer = _agreed(answers, th.b)
             if ok:
-                return Outcome(Result.DONE, answer)
+                return Outcome(Result.DONE, answer, at=(cand.lt,))
     return Outcome(Result.AGAIN)
 
 

@@ -78,7 +78,14 @@ from bftfs.rw.messages import (
     WriteRequest,
     parse_space_reply,
 )
-from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, ZERO, Timestamp, make_timestamp
+from bftfs.rw.timestamp import (
+    DEFAULT_MAX_AHEAD_NS,
+    MAX_TIME,
+    MAX_WRITER,
+    ZERO,
+    Timestamp,
+    make_timestamp,
+)
 from bftfs.rw.verify import ReadOutcome
 
 log = logging.getLogger(__name__)
@@ -98,6 +105,11 @@ class ReadAborted(ClusterUnavailable):
 
 class ReadFailed(ClusterUnavailable):
     """Too few nodes answered validly for a read to decide (more than ``t`` faulty)."""
+
+
+class HistoryReclaimed(ReadFailed):
+    """A read of a block's past found that more than ``b`` nodes have collected below the
+    asked time (retention let that version go): at least one benign node vouches for it."""
 
 
 class WriteFailed(ClusterUnavailable):
@@ -181,6 +193,8 @@ class _ReadState:
     verified: dict[Timestamp, set[int]] = field(default_factory=dict)
     #: See :func:`decide`.
     restart_at: int | None = None
+    #: Each answering node's garbage-collection floor (reads of the past check it).
+    floors: dict[int, Timestamp] = field(default_factory=dict)
 
     def good_views(self) -> dict[int, NodeView]:
         return {n: v for n, v in self.views.items() if n not in self.bad}
@@ -323,8 +337,10 @@ class RWClient:
     # Write ---------------------------------------------------------------------------------
 
     @_outcomes(WriteFailed)
-    async def write_block(self, block: BlockId | int, data: bytes) -> Timestamp:
-        """WRITE: store ``data`` as the new value of ``block``; its timestamp.
+    async def write_block(self, block: BlockId | int, data: bytes, *, after: int = 0) -> Timestamp:
+        """WRITE: store ``data`` as the new value of ``block``; its timestamp, whose Time is
+        above ``after`` (the file system passes the newest block time its file records, so
+        a file's versions can be read back in order, ``bftfs/fs/past.py``).
 
         Raises:
             ValueError: ``data`` is larger than the configured block size.
@@ -338,7 +354,7 @@ class RWClient:
         )
         floor = 0
         if self.one_round:
-            time_ = max(self.clock_ns(), self._last_time + 1)
+            time_ = max(self.clock_ns(), self._last_time + 1, after + 1)
             ts = make_timestamp(time_, self.endpoint.pid, encoded.verifier)
             stale = await self._fresh_write(block, ts, encoded)
             if stale == 0:
@@ -361,7 +377,7 @@ class RWClient:
             # Enough refused that the guess can never complete, and a write that completed
             # before this one may be above it: the seed's two rounds, above the guess.
             floor = time_ + 1
-        time_ = max(await self.read_timestamp(block), floor, self._last_time + 1)
+        time_ = max(await self.read_timestamp(block), floor, self._last_time + 1, after + 1)
         ts = make_timestamp(time_, self.endpoint.pid, encoded.verifier)
         await self.do_write(block, ts, encoded.fragments, encoded.cross_checksum)
         self._last_time = time_
@@ -467,15 +483,19 @@ class RWClient:
 
     @_outcomes(WriteFailed)
     async def write_blocks(
-        self, blocks: Mapping[int, bytes], *, concurrency: int = DEFAULT_CONCURRENCY
+        self,
+        blocks: Mapping[int, bytes],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        after: int = 0,
     ) -> dict[int, Timestamp]:
-        """Write many blocks concurrently; their timestamps by block."""
+        """Write many blocks concurrently (Times above ``after``); their timestamps."""
         out: dict[int, Timestamp] = {}
         limit = trio.Semaphore(concurrency)
 
         async def one(block: int, data: bytes) -> None:
             async with limit:
-                out[block] = await self.write_block(BlockId(block), data)
+                out[block] = await self.write_block(BlockId(block), data, after=after)
 
         async with trio.open_nursery() as nursery:
             for block, data in blocks.items():
@@ -559,6 +579,29 @@ class RWClient:
                 nursery.start_soon(one, block)
         return out
 
+    @_outcomes(ReadFailed)
+    async def read_as_of(self, block: BlockId | int, time_ns: int) -> bytes:
+        """READ as of a past moment: the value of the latest complete write of ``block``
+        whose timestamp's Time is at most ``time_ns`` (versions after it are ignored, as if
+        not yet written).  Nothing is repaired: the past is read, never written.
+
+        Raises:
+            HistoryReclaimed: more than ``b`` nodes collected below that time.
+            ReadAborted, ReadFailed: as :meth:`read_block`.
+        """
+        block = BlockId(block)
+        cap = Timestamp(min(time_ns, MAX_TIME), MAX_WRITER, b"\xff" * len(ZERO.verifier))
+        for attempt in range(self.max_restarts + 1):
+            last = attempt == self.max_restarts
+            got = await self._read_attempt(
+                block, restart_at=None if last else 1, repair=False, cap=cap
+            )
+            if got is not None:
+                self._stats["past_reads"] += 1
+                return got.data
+            self._stats["restarts"] += 1
+        raise ReadAborted(f"block {block}: {self.max_restarts} restarts, giving up")
+
     def _absorb(
         self, st: _ReadState, node: int, req: ReadRequest, raw: Any, *, fetched: bool
     ) -> bool:
@@ -576,6 +619,7 @@ class RWClient:
             st.mark_bad(node, bad.reason)
             self._stats["bad_replies"] += 1
             return False
+        st.floors[node] = reply.floor
         st.views[node] = view_from_history(
             node,
             reply.history,
@@ -604,14 +648,29 @@ class RWClient:
         )
 
     async def _read_attempt(
-        self, block: BlockId, *, restart_at: int | None, repair: bool
+        self,
+        block: BlockId,
+        *,
+        restart_at: int | None,
+        repair: bool,
+        cap: Timestamp | None = None,
     ) -> ReadOutcome | None:
-        """One pass of READ from READ_LATEST; None means RESTART."""
+        """One pass of READ from READ_LATEST (READ_PREV up to ``cap`` inclusive when reading
+        the past); None means RESTART."""
         st = _ReadState(restart_at=restart_at)
         # Systematic fragments first: decoding from nodes 0..m-1 costs no arithmetic.
         data_nodes = set(self.nodes[: self.th.m])
-        await self._read_latest(st, block, self.nodes, data_nodes, initial=self.th.first_round)
+        await self._read_latest(
+            st, block, self.nodes, data_nodes, initial=self.th.first_round, cap=cap
+        )
         while True:
+            if cap is not None:
+                collected = [n for n, f in st.floors.items() if f > cap and n not in st.bad]
+                if len(collected) > self.th.b:
+                    raise HistoryReclaimed(
+                        f"block {block}: nodes {sorted(collected)} collected its versions "
+                        f"up to time {cap.time} (retention)"
+                    )
             d = self._decide(st)
             self._stats[f"decision.{d.kind.value}"] += 1
             if d.kind is Kind.RESTART:
@@ -624,7 +683,7 @@ class RWClient:
                         f"block {block}: no decision from {len(st.views)} valid replies; "
                         f"bad: {st.bad}"
                     )
-                await self._read_latest(st, block, rest, set(), initial=None)
+                await self._read_latest(st, block, rest, set(), initial=None, cap=cap)
                 continue
             if d.kind is Kind.FETCH:
                 await self._fetch_history(st, block, d)
@@ -652,9 +711,13 @@ class RWClient:
         data_nodes: set[NodeId],
         *,
         initial: int | None,
+        cap: Timestamp | None = None,
     ) -> None:
         self._stats["rounds"] += 1
-        reqs = {n: ReadRequest(block, data=n in data_nodes) for n in targets}
+        reqs = {
+            n: ReadRequest(block, data=n in data_nodes, below=cap, inclusive=cap is not None)
+            for n in targets
+        }
 
         answered: set[int] = set()
 

@@ -14,14 +14,21 @@ profile                   behaviour
                           must notice and use the other nodes)
 ``reject-everything``     Q/U ``reject_everything`` for every request kind: each is refused
                           with an error
+``lie-about-history``     history reads (issue 17): every other version it reports has a
+                          forged state digest, every one a time ten years ahead, every
+                          state it hands out is altered, and its fragments are corrupt (as
+                          ``corrupt-fragments``): readers must believe only what ``b + 1``
+                          nodes vouch for and check states against agreed digests
+``withhold-history``      answers every history read with an empty chain
 ========================  ===============================================================
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import PrincipalId
 from bftfs.testing.byzantine import qu, rw
@@ -64,10 +71,49 @@ def _reject_everything(config: ClusterConfig, node: int) -> ByzantineProfile:
     return ByzantineProfile({}, default=qu.on_node(qu.reject_everything, "*"))
 
 
+_TEN_YEARS_NS = 10 * 365 * 86400 * 10**9
+
+
+async def _forge_versions(ctx: Any, payload: Any, handler: Any) -> Any:
+    """A chain page with every other entry's digest forged and every time ten years ahead
+    (``qu.versions``); where the digest is left true, the node is a host of the version and
+    is asked for its state, which :func:`_forge_states` alters."""
+    page = await handler(ctx, payload)
+    out = []
+    for i, (lt, co, digest, stored) in enumerate(page):
+        if i % 2 == 0 and digest is not None:
+            digest = hashlib.blake2b(b"forged" + lt, digest_size=32).digest()
+        out.append([lt, co, digest, stored + _TEN_YEARS_NS])
+    return out
+
+
+async def _forge_states(ctx: Any, payload: Any, handler: Any) -> Any:
+    """States with one byte changed (``qu.states``): a reader must check the digest."""
+    states = await handler(ctx, payload)
+    return [None if s is None or not s else bytes([s[0] ^ 1]) + s[1:] for s in states]
+
+
+async def _withhold(ctx: Any, payload: Any, handler: Any) -> Any:
+    return []
+
+
+def _lie_about_history(config: ClusterConfig, node: int) -> ByzantineProfile:
+    overrides = dict(rw.corrupt_fragment(config, node, random.Random(node)))
+    overrides["qu.versions"] = _forge_versions
+    overrides["qu.states"] = _forge_states
+    return ByzantineProfile(overrides)
+
+
+def _withhold_history(config: ClusterConfig, node: int) -> ByzantineProfile:
+    return ByzantineProfile({"qu.versions": _withhold})
+
+
 #: Profile builders by name: ``builder(config, node id)``.
 PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "corrupt-fragments": _corrupt_fragments,
     "reject-everything": _reject_everything,
+    "lie-about-history": _lie_about_history,
+    "withhold-history": _withhold_history,
 }
 
 

@@ -1,0 +1,281 @@
+"""The file system's past: versions of files and directories, paths and contents as they
+were at a moment (issue 17).
+
+Built on the versions the nodes keep, read Byzantine-safely (:mod:`bftfs.qu.past`: ``b + 1``
+servers vouch for every version, states are checked against agreed digests, times are the
+median of the servers' own clocks) and on PASIS reads of the past
+(:meth:`RWClient.read_as_of`, cross-checksum validated like any read).
+
+- A **version** of an object is one link of its conditioned-on chain whose state differs
+  from the one before it (a repair's copy repeats a state and is folded into it; lease
+  bookkeeping alone is not a change users see, see :func:`changes`).
+- The **state at time T** of an object is that of its newest version stored at or before T
+  (no version: the object did not exist yet).
+- A **path at T** is resolved from the root, each directory as it was at T.
+- A regular file's **content** at a version: its inline bytes, or its blocks as of the
+  version's ``bt`` (the newest block Time its writers recorded, ``objects._raise_block_time``;
+  writers choose later Times for later writes, so later blocks are never read).  A file
+  written before ``bt`` was kept falls back to the version's own time.
+
+Versions retention let go (``[retention]`` in ``cluster.toml``) answer with
+:class:`Reclaimed`, which says how far back the history still reaches.
+"""
+
+from __future__ import annotations
+
+import stat as st
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bftfs.fs.entries import all_entries
+from bftfs.fs.objects import ROOT
+from bftfs.qu.canon import unpack
+from bftfs.qu.client import QUClient
+from bftfs.qu.past import Agreed
+from bftfs.qu.pastread import End, PastReader
+from bftfs.qu.timestamp import Timestamp
+from bftfs.rw.messages import block_id
+
+#: State keys that change without anything a user would call a change (write leases and
+#: reservations, version counters, the record of written ranges and block Times).
+_BOOKKEEPING = frozenset({"wl", "alloc", "v", "w", "bt"})
+
+
+class PastError(Exception):
+    """A history question with no answer (the message says why, for the user)."""
+
+
+class Reclaimed(PastError):
+    """The asked moment lies before what retention kept of an object."""
+
+
+class NotThen(PastError):
+    """No such path at that moment."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """One user-visible version of an object."""
+
+    oid: int
+    lt: Timestamp
+    #: Median of the storing servers' clocks (ns since the epoch).
+    time_ns: int
+    #: The authenticated principal whose request made it (the nodes checked its MAC).
+    client: int
+    #: The object's state (unpacked), None: it did not exist.
+    state: dict[str, Any] | None
+    #: What changed since the version before (see :func:`changes`).
+    changes: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """A short stable name for ``--at``: the first 12 hex digits of the timestamp's
+        operation digest."""
+        return self.lt.digest[:6].hex()
+
+
+@dataclass
+class ObjectHistory:
+    """Every kept version of an object, newest first, and whether it reaches the start."""
+
+    oid: int
+    versions: list[Version] = field(default_factory=list)
+    complete: bool = False
+
+    def at(self, time_ns: int) -> Version | None:
+        """The version current at ``time_ns`` (None: the object did not exist yet).
+
+        Raises:
+            Reclaimed: the moment is older than the oldest version kept.
+        """
+        for v in self.versions:
+            if v.time_ns <= time_ns:
+                return v
+        if self.complete:
+            return None
+        oldest = self.versions[-1].time_ns if self.versions else None
+        raise Reclaimed(
+            f"object {self.oid:#x}: versions before {_iso(oldest)} were reclaimed by retention"
+            if oldest is not None
+            else f"object {self.oid:#x}: no version is kept"
+        )
+
+    def by_id(self, prefix: str) -> Version | None:
+        return next((v for v in self.versions if v.id.startswith(prefix.lower())), None)
+
+
+def _iso(ns: int | None) -> str:
+    import datetime
+
+    if ns is None:
+        return "?"
+    return datetime.datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+
+
+def _differs(a: dict[str, Any], b: dict[str, Any], keys: Iterable[str]) -> bool:
+    return any(a.get(k) != b.get(k) for k in keys)
+
+
+def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[str, ...]:
+    """What a user would say changed from ``before`` to ``after`` (either None: absent).
+
+    Kinds: ``created``, ``removed``, ``written``, ``truncated``, ``chmod``, ``chown``,
+    ``xattr``, ``linked``, ``unlinked``, ``touched`` (times only), ``renamed`` (the change
+    time alone moved: a rename or a link elsewhere), and for directories ``added NAME``,
+    ``removed NAME``, ``renamed OLD -> NEW``.  Empty: bookkeeping only.
+    """
+    if before is None and after is None:
+        return ()
+    if before is None:
+        return ("created",)
+    if after is None:
+        return ("removed",)
+    out: list[str] = []
+    gone = (after.get("k") == "d" and after.get("dead")) or (
+        after.get("k") == "f" and after.get("nl") == 0
+    )
+    was_gone = (before.get("k") == "d" and before.get("dead")) or (
+        before.get("k") == "f" and before.get("nl") == 0
+    )
+    if gone and not was_gone:
+        return ("removed",)
+    if after.get("k") == "d":
+        old, new = all_entries(before["e"]), all_entries(after["e"])
+        by_oid_old = {tuple(v)[0]: k for k, v in old.items() if k not in new}
+        for name in sorted(set(new) - set(old)):
+            src = by_oid_old.pop(new[name][0], None)
+            if src is not None:
+                out.append(
+                    f"renamed {src.decode(errors='replace')} -> {name.decode(errors='replace')}"
+                )
+            else:
+                out.append(f"added {name.decode(errors='replace')}")
+        for name in sorted(by_oid_old.values()):
+            out.append(f"removed {name.decode(errors='replace')}")
+        for name in sorted(set(old) & set(new)):
+            if old[name] != new[name]:
+                out.append(f"replaced {name.decode(errors='replace')}")
+    else:
+        old_size, new_size = before.get("size", 0), after.get("size", 0)
+        truncated = new_size < old_size or after.get("d") != before.get("d")
+        if truncated:
+            out.append("truncated")
+        old_i, new_i = before.get("i"), after.get("i")
+        # A truncation that keeps a prefix (or nothing) of the old content writes nothing.
+        cut_inline = truncated and (new_i or b"") == (old_i or b"")[:new_size]
+        if (
+            after.get("bt") != before.get("bt")
+            or (old_i != new_i and not cut_inline)
+            or (new_size > old_size and not truncated)
+        ):
+            out.append("written")
+        if after.get("nl", 1) > before.get("nl", 1):
+            out.append("linked")
+        elif after.get("nl", 1) < before.get("nl", 1):
+            out.append("unlinked")
+    if (after.get("mode", 0) & 0o7777) != (before.get("mode", 0) & 0o7777):
+        out.append("chmod")
+    if _differs(before, after, ("uid", "gid")):
+        out.append("chown")
+    if before.get("x") != after.get("x"):
+        out.append("xattr")
+    if not out and after.get("t") != before.get("t"):
+        out.append("symlink")
+    if not out and _differs(before, after, ("mt", "at")):
+        out.append("touched")
+    if not out and _differs(before, after, ("ct",)):
+        out.append("renamed")
+    return tuple(out)
+
+
+class Past:
+    """History reads of one cluster's file system (any client may read them)."""
+
+    def __init__(self, qu: QUClient, reader: PastReader, rw: Any, block_size: int) -> None:
+        self.qu = qu
+        self.reader = reader
+        self.rw = rw
+        self.bs = block_size
+        self._histories: dict[int, ObjectHistory] = {}
+
+    async def history(self, oid: int) -> ObjectHistory:
+        """Every kept version of ``oid`` (cached for this object's lifetime)."""
+        got = self._histories.get(oid)
+        if got is not None:
+            return got
+        _, start = await self.qu.query_at(oid, "fs.peek")
+        walk = await self.reader.walk(oid, start)
+        states = await self.reader.states(oid, walk.versions)
+        hist = ObjectHistory(oid, complete=walk.end is End.INITIAL)
+        chain: list[tuple[Agreed, dict[str, Any] | None]] = [
+            (a, None if states[a.lt] is None else unpack(states[a.lt]))  # type: ignore[arg-type]
+            for a in walk.versions
+        ]
+        # Oldest first, folding repeats (repairs' copies, bookkeeping-only updates).
+        kept: list[Version] = []
+        prev: dict[str, Any] | None = None
+        for i, (a, state) in enumerate(reversed(chain)):
+            if i == 0 and not hist.complete:
+                kinds: tuple[str, ...] = ("oldest kept",)
+            else:
+                kinds = changes(prev, state)
+            prev = state
+            if kinds:
+                kept.append(Version(oid, a.lt, a.time_ns, a.lt.client, state, kinds))
+        hist.versions = list(reversed(kept))
+        self._histories[oid] = hist
+        return hist
+
+    async def state_at(self, oid: int, time_ns: int) -> Version | None:
+        """The version of ``oid`` current at ``time_ns`` (None: it did not exist then, or
+        was removed)."""
+        v = (await self.history(oid)).at(time_ns)
+        if v is None or v.state is None or "removed" in v.changes:
+            return None
+        return v
+
+    async def resolve(self, path: str, time_ns: int) -> Version:
+        """The version of the object ``path`` named at ``time_ns``.
+
+        Raises:
+            NotThen: no such path then.
+            Reclaimed: a directory on the way is older than retention kept.
+        """
+        parts = [p for p in path.split("/") if p and p != "."]
+        v = await self.state_at(ROOT, time_ns)
+        if v is None:
+            raise NotThen("the file system did not exist then")
+        walked = ""
+        for name in parts:
+            walked += "/" + name
+            assert v.state is not None
+            if v.state.get("k") != "d":
+                raise NotThen(f"{walked}: not a directory then")
+            entry = all_entries(v.state["e"]).get(name.encode())
+            if entry is None:
+                raise NotThen(f"{walked}: no such file or directory then")
+            child = await self.state_at(int(entry[0]), time_ns)
+            if child is None:
+                raise NotThen(f"{walked}: no such file or directory then")
+            v = child
+        return v
+
+    async def content(self, v: Version) -> bytes:
+        """A regular file's bytes at version ``v`` (a symlink's target)."""
+        s = v.state
+        assert s is not None
+        if s.get("k") == "d":
+            raise PastError("is a directory")
+        if st.S_ISLNK(s["mode"]):
+            return bytes(s.get("t") or b"")
+        if s.get("i") is not None:
+            return bytes(s["i"])
+        size = int(s["size"])
+        count = -(-size // self.bs)
+        cap = int(s.get("bt") or v.time_ns)
+        out = bytearray()
+        for k in range(count):
+            out += (await self.rw.read_as_of(block_id(s["d"], k), cap)).ljust(self.bs, b"\0")
+        return bytes(out[:size])

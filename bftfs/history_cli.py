@@ -1,0 +1,257 @@
+"""``bftfs log`` and ``bftfs cat --at``: the version history users see (issue 17).
+
+PATH is a path under a mount of the cluster (``mount/docs/a.txt``; it need not exist any
+more) or a path inside the file system starting with ``/`` (``/docs/a.txt``).
+
+WHEN (``--at``, ``--since``, ``--until``) is one of:
+
+- a time: ``2026-11-23 14:05``, ``2026-11-23T14:05:30`` (local time unless it carries an
+  offset), ``@1763900000`` (seconds since the epoch), ``now``;
+- an age: ``-10m``, ``-30s``, ``-2h``, ``-1d``, ``-1w``;
+- a version id from ``bftfs log`` (hex, at least 4 digits): the moment that version was
+  stored.
+
+Times shown are the median of the storing nodes' clocks (not the writing client's), and a
+version's client is the authenticated identity the nodes saw (``bftfs/fs/past.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs.config import ClusterConfig
+
+_AGE = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_VERSION_ID = re.compile(r"^[0-9a-f]{4,12}$")
+
+
+class WhenError(ValueError):
+    """Text that is no WHEN."""
+
+
+def parse_when(text: str, now_ns: int | None = None) -> int | str:
+    """A moment in ns since the epoch, or a version id (str) to look up.
+
+    Raises:
+        WhenError: none of the forms in the module docstring.
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    t = text.strip()
+    if t == "now":
+        return now_ns
+    m = _AGE.match(t)
+    if m:
+        return now_ns - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9)
+    if t.startswith("@"):
+        try:
+            return int(float(t[1:]) * 1e9)
+        except ValueError:
+            raise WhenError(f"not a time: {text!r}") from None
+    if _VERSION_ID.match(t.lower()) and not t.isdigit():
+        return t.lower()
+    try:
+        dt = datetime.datetime.fromisoformat(t)
+    except ValueError:
+        if _VERSION_ID.match(t.lower()):
+            return t.lower()
+        raise WhenError(
+            f"not a time, an age or a version id: {text!r} "
+            "(e.g. '2026-11-23 14:05', -10m, @1763900000, or an id from bftfs log)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # local time
+    return int(dt.timestamp() * 1e9)
+
+
+def fs_path(arg: str, mountpoints: list[Path]) -> str:
+    """The path inside the file system that ``arg`` names (see the module docstring).
+
+    Raises:
+        ValueError: a relative path outside every mount of the cluster.
+    """
+    absolute = Path(os.path.abspath(arg))
+    for mp in mountpoints:
+        mp = Path(os.path.abspath(mp))
+        if absolute == mp or mp in absolute.parents:
+            return "/" + str(absolute.relative_to(mp)).removeprefix(".")
+    if arg.startswith("/"):
+        return arg
+    raise ValueError(
+        f"{arg}: not under a mount of this cluster; give the path inside the file system "
+        "starting with / (e.g. /docs/a.txt)"
+    )
+
+
+def _mountpoints(cfg: ClusterConfig) -> list[Path]:
+    from bftfs.fuse.control import known_mounts
+
+    points = [p for _pid, p in known_mounts(cfg)]
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "fuse.bftfs":
+                    points.append(Path(parts[1].replace("\\040", " ")))
+    except OSError:
+        pass
+    return points
+
+
+def _iso(ns: int) -> str:
+    dt = datetime.datetime.fromtimestamp(ns / 1e9).astimezone()
+    return dt.isoformat(sep=" ", timespec="seconds")
+
+
+def _client_names(cfg: ClusterConfig) -> dict[int, str]:
+    return {int(c.id): c.name for c in cfg.clients}
+
+
+async def _find(past: Any, path: str, now_ns: int) -> Any:
+    """The history of the object ``path`` names now or, if it is gone, last named."""
+    from bftfs.fs.past import NotThen
+
+    try:
+        v = await past.resolve(path, now_ns)
+        return await past.history(v.oid)
+    except NotThen:
+        pass
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not name:
+        raise NotThen(f"{path}: no such file or directory")
+    dir_hist = await _find(past, parent or "/", now_ns)
+    from bftfs.fs.entries import all_entries
+
+    for dv in dir_hist.versions:
+        if dv.state is not None and dv.state.get("k") == "d":
+            entry = all_entries(dv.state["e"]).get(name.encode())
+            if entry is not None:
+                return await past.history(int(entry[0]))
+    raise NotThen(f"{path}: never existed in the history kept")
+
+
+async def _moment(past: Any, path: str, when: int | str, now_ns: int) -> int:
+    """``when`` as a moment; a version id is looked up in ``path``'s history."""
+    from bftfs.fs.past import PastError
+
+    if isinstance(when, int):
+        return when
+    hist = await _find(past, path, now_ns)
+    v = hist.by_id(when)
+    if v is None:
+        raise PastError(f"{path}: no version {when} in its history (see bftfs log {path})")
+    return int(v.time_ns)
+
+
+def _with_past(cfg: ClusterConfig, client: str, fn: Any) -> Any:
+    """Run ``await fn(past)`` against the cluster; its result.  An error ``fn`` raises comes
+    out as itself (not wrapped in the exception group of the clients' nurseries)."""
+    from bftfs.fs.session import open_past
+
+    async def main() -> tuple[bool, Any]:
+        async with open_past(cfg, client) as past:
+            try:
+                return True, await fn(past)
+            except Exception as e:
+                return False, e
+
+    ok, got = trio.run(main)
+    if not ok:
+        raise got
+    return got
+
+
+def _row(v: Any, names: dict[int, str]) -> dict[str, Any]:
+    s = v.state or {}
+    return {
+        "id": v.id,
+        "time": _iso(v.time_ns),
+        "time_ns": v.time_ns,
+        "client": names.get(v.client, str(v.client)),
+        "kind": "dir" if s.get("k") == "d" else "file",
+        "size": s.get("size") if s.get("k") == "f" else None,
+        "changes": list(v.changes),
+    }
+
+
+def cmd_log(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    now_ns = time.time_ns()
+    path = fs_path(args.path, _mountpoints(cfg))
+    since = None if args.since is None else parse_when(args.since, now_ns)
+    until = None if args.until is None else parse_when(args.until, now_ns)
+    names = _client_names(cfg)
+    wanted = {name: cid for cid, name in names.items()}
+
+    async def run(past: Any) -> tuple[list[dict[str, Any]], bool]:
+        hist = await _find(past, path, now_ns)
+        lo = None if since is None else await _moment(past, path, since, now_ns)
+        hi = None if until is None else await _moment(past, path, until, now_ns)
+        rows = []
+        for v in hist.versions:
+            if lo is not None and v.time_ns < lo or hi is not None and v.time_ns > hi:
+                continue
+            if args.client is not None and v.client != wanted.get(args.client, -1):
+                continue
+            rows.append(_row(v, names))
+        return rows, hist.complete
+
+    rows, complete = _with_past(cfg, args.as_client, run)
+    if args.json:
+        json.dump({"path": path, "versions": rows, "complete": complete}, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{'ID':12}  {'TIME':25}  {'CLIENT':10}  {'SIZE':>10}  CHANGES")
+    for r in rows:
+        size = "" if r["size"] is None else str(r["size"])
+        print(
+            f"{r['id']:12}  {r['time']:25}  {r['client']:10}  {size:>10}  {', '.join(r['changes'])}"
+        )
+    if not complete:
+        print("(older versions were reclaimed by retention: see [retention] in cluster.toml)")
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    now_ns = time.time_ns()
+    path = fs_path(args.path, _mountpoints(cfg))
+    when = parse_when(args.at, now_ns)
+
+    async def run(past: Any) -> bytes:
+        moment = await _moment(past, path, when, now_ns)
+        v = await past.resolve(path, moment)
+        return bytes(await past.content(v))
+
+    data = _with_past(cfg, args.as_client, run)
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def add_commands(sub: Any, with_cluster: Any) -> None:
+    """Register ``log`` and ``cat`` (``with_cluster`` adds ``--dir``/``--config``)."""
+    sp = sub.add_parser("log", help="the versions of a file or directory, newest first")
+    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    with_cluster(sp)
+    sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--since", metavar="WHEN", help="only versions at or after WHEN")
+    sp.add_argument("--until", metavar="WHEN", help="only versions at or before WHEN")
+    sp.add_argument("--client", metavar="NAME", help="only versions this client wrote")
+    sp.set_defaults(command="log")
+
+    sp = sub.add_parser("cat", help="a file's content as it was at a moment")
+    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("--at", metavar="WHEN", required=True, help="a time, -10m, or a version id")
+    with_cluster(sp)
+    sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
+    sp.set_defaults(command="cat")

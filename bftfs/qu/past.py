@@ -1,0 +1,223 @@
+"""Reading an object's past from the servers, Byzantine-safely (issue 17): wire formats,
+the servers' steps, and the client's pure agreement rules.
+
+Every server keeps the versions of an object it stored (until retention lets them go,
+``replica.Retention``), each with the conditioned-on timestamp ``lt_co`` of the update that
+made it and this server's clock when it stored it (``stored_ns``).  The object's history is
+the **conditioned-on chain**: from the latest established version back through ``lt_co``
+to the initial version.  Candidates that never completed are off the chain (a later update
+conditions on the version before them), so following ``lt_co`` reads only what some
+client could have observed.
+
+Two request kinds, answered by any server to any authenticated principal:
+
+- ``qu.versions`` ``{"o": oid, "lt": start, "n": limit}``: this server's chain of ``oid``
+  from ``start`` backwards, at most ``n`` entries (:data:`MAX_CHAIN`), each
+  ``[lt, lt_co or nil, digest or nil, stored_ns]``; ``digest`` is BLAKE2b-256 of the
+  version's canonical state (nil: the object did not exist then).  The chain stops early
+  where this server lacks a version (never had it, or let it go) or does not know its
+  ``lt_co`` (a version it got by object sync).
+- ``qu.states`` ``{"o": oid, "lts": [lt, ...]}`` (at most :data:`MAX_STATES`): the states
+  themselves (bytes or nil each; nil also when absent).
+
+A client believes an entry only when ``b + 1`` servers report the same digest for the same
+timestamp (one of them is benign), and a ``lt_co`` only when ``b + 1`` report it; a state
+it fetches from any one server is checked against the agreed digest.  A version's time is
+the median of the ``stored_ns`` that the servers reporting the agreed digest give: with at
+least ``2b + 1`` reports, ``b`` lying servers cannot move it outside the range of the
+honest servers' clocks (seed 004 assumes clocks no better than loosely synchronised; the
+client's own clock plays no part, so a Byzantine client cannot date its writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bftfs.kv import KV
+from bftfs.qu import schema
+from bftfs.qu.messages import MessageError
+from bftfs.qu.timestamp import ZERO, Timestamp, TimestampError
+
+KIND_VERSIONS = "qu.versions"
+KIND_STATES = "qu.states"
+#: Most chain entries one ``qu.versions`` reply carries.
+MAX_CHAIN = 256
+#: Most states one ``qu.states`` request asks for.
+MAX_STATES = 64
+DIGEST_SIZE = 32
+
+
+def state_digest(state: bytes | None) -> bytes | None:
+    """The digest a server reports for a state (None: the object absent)."""
+    return None if state is None else hashlib.blake2b(state, digest_size=DIGEST_SIZE).digest()
+
+
+@dataclass(frozen=True)
+class ChainEntry:
+    """One version as one server reports it."""
+
+    lt: Timestamp
+    co: Timestamp | None
+    digest: bytes | None
+    stored_ns: int
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.lt.encode(),
+            None if self.co is None else self.co.encode(),
+            self.digest,
+            self.stored_ns,
+        ]
+
+    @classmethod
+    def from_wire(cls, v: Any) -> ChainEntry:
+        if not isinstance(v, list) or len(v) != 4:
+            raise MessageError("chain entry must be a 4-list")
+        lt_raw, co_raw, digest, stored = v
+        try:
+            lt = Timestamp.decode(lt_raw)
+            co = None if co_raw is None else Timestamp.decode(co_raw)
+        except TimestampError as e:
+            raise MessageError(str(e)) from e
+        if digest is not None and (not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE):
+            raise MessageError("digest must be 32 bytes or nil")
+        if not isinstance(stored, int) or isinstance(stored, bool) or not 0 <= stored < 1 << 64:
+            raise MessageError("stored time must be an unsigned 64-bit integer")
+        return cls(lt, co, digest, stored)
+
+
+# Requests -------------------------------------------------------------------------------
+
+
+def versions_request(oid: int, start: Timestamp, limit: int = MAX_CHAIN) -> dict[str, Any]:
+    return {"o": oid, "lt": start.encode(), "n": limit}
+
+
+def parse_versions_request(v: Any) -> tuple[int, Timestamp, int]:
+    """``(oid, start, limit)`` of a ``qu.versions`` body (limit capped)."""
+    if not isinstance(v, dict):
+        raise MessageError("versions request must be a map")
+    oid, n = v.get("o"), v.get("n", MAX_CHAIN)
+    if not isinstance(oid, int) or isinstance(oid, bool) or not 0 < oid < 1 << 64:
+        raise MessageError("object id must be a positive 64-bit integer")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise MessageError("limit must be a positive integer")
+    try:
+        start = Timestamp.decode(v.get("lt"))
+    except TimestampError as e:
+        raise MessageError(str(e)) from e
+    return oid, start, min(n, MAX_CHAIN)
+
+
+def parse_versions_reply(v: Any, start: Timestamp) -> list[ChainEntry]:
+    """A server's chain page: entries newest first, the first at ``start``, each the
+    previous one's ``lt_co``.
+
+    Raises:
+        MessageError: malformed, too long, or not a chain from ``start``.
+    """
+    if not isinstance(v, list) or len(v) > MAX_CHAIN:
+        raise MessageError("versions reply must be a list of at most MAX_CHAIN entries")
+    out = [ChainEntry.from_wire(e) for e in v]
+    want: Timestamp | None = start
+    for e in out:
+        if want is None or e.lt != want:
+            raise MessageError("versions reply is not a chain from the asked version")
+        want = e.co
+    return out
+
+
+def states_request(oid: int, lts: Sequence[Timestamp]) -> dict[str, Any]:
+    return {"o": oid, "lts": [lt.encode() for lt in lts]}
+
+
+def parse_states_request(v: Any) -> tuple[int, list[Timestamp]]:
+    if not isinstance(v, dict):
+        raise MessageError("states request must be a map")
+    oid, lts = v.get("o"), v.get("lts")
+    if not isinstance(oid, int) or isinstance(oid, bool) or not 0 < oid < 1 << 64:
+        raise MessageError("object id must be a positive 64-bit integer")
+    if not isinstance(lts, list) or not 0 < len(lts) <= MAX_STATES:
+        raise MessageError("lts must be a list of 1..MAX_STATES timestamps")
+    try:
+        return oid, [Timestamp.decode(x) for x in lts]
+    except TimestampError as e:
+        raise MessageError(str(e)) from e
+
+
+def parse_states_reply(v: Any, count: int) -> list[bytes | None]:
+    if not isinstance(v, list) or len(v) != count:
+        raise MessageError("states reply must be a list, one per asked timestamp")
+    if not all(s is None or isinstance(s, bytes) for s in v):
+        raise MessageError("each state must be bytes or nil")
+    return list(v)
+
+
+# Server steps (read-only over the store) ---------------------------------------------------
+
+
+def versions_step(kv: KV, oid: int, start: Timestamp, limit: int) -> list[list[Any]]:
+    """This server's conditioned-on chain of ``oid`` from ``start``, as wire entries.
+
+    Barrier versions are never on a chain (an update conditions on a version with a state);
+    a barrier at ``start`` answers an empty chain.
+    """
+    out: list[list[Any]] = []
+    lt: Timestamp | None = start
+    while lt is not None and lt != ZERO and len(out) < limit:
+        v = schema.load_version(kv, oid, lt)
+        if v is None or v.kind == schema.BARRIER:
+            break
+        out.append(ChainEntry(lt, v.lt_co, state_digest(v.state), v.stored_ns).to_wire())
+        lt = v.lt_co
+    return out
+
+
+def states_step(kv: KV, oid: int, lts: Sequence[Timestamp]) -> list[bytes | None]:
+    """The stored states of ``oid`` at ``lts`` (nil where absent or a barrier)."""
+    out: list[bytes | None] = []
+    for lt in lts:
+        v = schema.load_version(kv, oid, lt)
+        out.append(None if v is None or v.kind == schema.BARRIER else v.state)
+    return out
+
+
+# Client agreement (pure) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Agreed:
+    """One version ``b + 1`` servers vouch for."""
+
+    lt: Timestamp
+    #: The version it was conditioned on (None: not agreed yet by ``b + 1``).
+    co: Timestamp | None
+    digest: bytes | None
+    #: Median of the reporting servers' clocks when they stored it (ns).
+    time_ns: int
+    #: Servers that reported the agreed digest (where its state can be fetched).
+    hosts: tuple[int, ...]
+
+
+def agree(lt: Timestamp, reports: Mapping[int, ChainEntry], b: int) -> Agreed | None:
+    """What ``b + 1`` of ``reports`` (one server's entry for ``lt`` each) agree on, or None.
+
+    The digest needs ``b + 1`` identical reports; so does ``lt_co`` (servers that got the
+    version by object sync report none and do not count for it).  The time is the median
+    of the stored times of the servers that reported the agreed digest.
+    """
+    digests = Counter(e.digest for e in reports.values())
+    agreed = [d for d, k in digests.items() if k >= b + 1]
+    if len(agreed) != 1:
+        return None  # none, or two (more than b liars: not a case to guess in)
+    digest = agreed[0]
+    hosts = sorted(s for s, e in reports.items() if e.digest == digest)
+    cos = Counter(reports[s].co for s in hosts if reports[s].co is not None)
+    co = next((c for c, k in cos.items() if k >= b + 1), None)
+    times = sorted(reports[s].stored_ns for s in hosts if reports[s].stored_ns)
+    time_ns = times[(len(times) - 1) // 2] if times else 0
+    return Agreed(lt, co, digest, time_ns, tuple(hosts))

@@ -1,0 +1,189 @@
+"""The client side of reading an object's past (rules in :mod:`bftfs.qu.past`).
+
+:class:`PastReader` walks the conditioned-on chain of one object from a version the caller
+knows is established (the ``at`` of a query, :meth:`QUClient.query_at`) back to the
+initial version, believing an entry only when ``b + 1`` servers agree on it, and fetches
+states on demand, each checked against its agreed digest.  The walk stops where fewer than
+``b + 1`` servers still hold the next version: retention let it go (``end`` says so).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bftfs.ids import NodeId
+from bftfs.net.endpoint import Endpoint
+from bftfs.net.errors import TransportError
+from bftfs.net.quorum import QuorumUnavailable
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.client import QUUnavailable
+from bftfs.qu.messages import MessageError
+from bftfs.qu.past import (
+    KIND_STATES,
+    KIND_VERSIONS,
+    MAX_STATES,
+    Agreed,
+    ChainEntry,
+    agree,
+    parse_states_reply,
+    parse_versions_reply,
+    state_digest,
+    states_request,
+    versions_request,
+)
+from bftfs.qu.timestamp import ZERO, Timestamp
+
+#: Seconds a history round waits for servers beyond a quorum.
+ROUND_TIMEOUT = 5.0
+
+
+class End(enum.Enum):
+    """Why a walk stopped."""
+
+    #: It reached the object's initial version: the whole history is there.
+    INITIAL = "initial"
+    #: Fewer than b+1 servers still hold the next older version (retention let it go).
+    RECLAIMED = "reclaimed"
+    #: The caller asked for no more (a limit or a time bound).
+    STOPPED = "stopped"
+
+
+class HistoryUnavailable(QUUnavailable):
+    """Too few servers answered a history request, or none holding a version's state gave
+    it back intact."""
+
+
+@dataclass
+class Walk:
+    """The versions found so far, newest first, and why the walk ended."""
+
+    versions: list[Agreed] = field(default_factory=list)
+    end: End = End.STOPPED
+
+
+class PastReader:
+    """History reads of Q/U objects through ``endpoint`` (any client of the cluster)."""
+
+    def __init__(self, endpoint: Endpoint, th: QUThresholds) -> None:
+        self.endpoint = endpoint
+        self.th = th
+        self.nodes = [NodeId(s) for s in range(th.n)]
+        self.rounds = 0
+
+    async def _pages(
+        self, oid: int, start: Timestamp, *, everyone: bool
+    ) -> dict[int, list[ChainEntry]]:
+        """One ``qu.versions`` round: each answering server's chain page from ``start``
+        (a quorum of them, or every server that answers in time if ``everyone``)."""
+        self.rounds += 1
+        pages: dict[int, list[ChainEntry]] = {}
+
+        def accept(node: NodeId, raw: Any) -> bool:
+            try:
+                pages[node] = parse_versions_reply(raw, start)
+            except MessageError:
+                return False
+            return True
+
+        need = self.th.n if everyone else self.th.q
+        try:
+            await self.endpoint.quorum_call(
+                self.nodes,
+                KIND_VERSIONS,
+                versions_request(oid, start),
+                enough=lambda r: len(r) >= need,
+                accept=accept,
+                timeout=ROUND_TIMEOUT,
+            )
+        except QuorumUnavailable:
+            if len(pages) < self.th.b + 1:
+                raise HistoryUnavailable(
+                    f"object {oid}: history from {len(pages)} servers, need {self.th.b + 1}"
+                ) from None
+        return pages
+
+    async def walk(
+        self, oid: int, start: Timestamp, *, limit: int | None = None, until_ns: int | None = None
+    ) -> Walk:
+        """The chain of ``oid`` from ``start`` (established), newest first.
+
+        Args:
+            limit: stop after this many versions.
+            until_ns: stop after the first version stored at or before this time (the
+                version current at that time).
+        """
+        out = Walk()
+        reports: dict[Timestamp, dict[int, ChainEntry]] = {}
+        want = start
+        asked_all: Timestamp | None = None
+        pages_from: Timestamp | None = None
+        while True:
+            if want == ZERO:
+                out.end = End.INITIAL
+                return out
+            if limit is not None and len(out.versions) >= limit:
+                return out
+            got = agree(want, reports.get(want, {}), self.th.b)
+            if got is None or got.co is None:
+                if asked_all == want:
+                    out.end = End.RECLAIMED
+                    return out
+                everyone = pages_from == want  # a quorum was not enough: ask everyone
+                for node, page in (await self._pages(oid, want, everyone=everyone)).items():
+                    for e in page:
+                        reports.setdefault(e.lt, {})[node] = e
+                if everyone:
+                    asked_all = want
+                pages_from = want
+                continue
+            out.versions.append(got)
+            if until_ns is not None and got.time_ns and got.time_ns <= until_ns:
+                return out
+            want = got.co
+
+    async def states(self, oid: int, versions: Sequence[Agreed]) -> dict[Timestamp, bytes | None]:
+        """The states of ``versions`` (agreed entries), each checked against its digest."""
+        out: dict[Timestamp, bytes | None] = {}
+        todo = [v for v in versions if v.digest is not None]
+        for v in versions:
+            if v.digest is None:
+                out[v.lt] = None
+        tried: dict[Timestamp, set[int]] = {}
+        while todo:
+            by_host: dict[int, list[Agreed]] = {}
+            for v in todo:
+                host = next((h for h in v.hosts if h not in tried.get(v.lt, set())), None)
+                if host is None:
+                    raise HistoryUnavailable(f"object {oid}: no server gave version {v.lt} intact")
+                by_host.setdefault(host, []).append(v)
+            todo = []
+            for host, wanted in by_host.items():
+                for i in range(0, len(wanted), MAX_STATES):
+                    chunk = wanted[i : i + MAX_STATES]
+                    got = await self._fetch(host, oid, chunk)
+                    for v in chunk:
+                        tried.setdefault(v.lt, set()).add(host)
+                        state = got.get(v.lt)
+                        if state is not None and state_digest(state) == v.digest:
+                            out[v.lt] = state
+                        else:
+                            todo.append(v)
+        return out
+
+    async def _fetch(
+        self, host: int, oid: int, wanted: Sequence[Agreed]
+    ) -> Mapping[Timestamp, bytes | None]:
+        try:
+            raw = await self.endpoint.call(
+                NodeId(host),
+                KIND_STATES,
+                states_request(oid, [v.lt for v in wanted]),
+                timeout=ROUND_TIMEOUT,
+            )
+            states = parse_states_reply(raw, len(wanted))
+        except (TransportError, MessageError):
+            return {}
+        return {v.lt: s for v, s in zip(wanted, states, strict=True)}

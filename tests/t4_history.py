@@ -1,0 +1,151 @@
+"""Version history users can see (issue 17): ``bftfs log`` and ``bftfs cat --at`` against
+real node processes and real FUSE mounts, with healthy nodes, one Byzantine node lying about
+the past, one withholding it, and one node down.
+
+Moments are taken on this machine's clock right after each close returned; the nodes run
+on the same machine, so each version's time (the median of the storing nodes' clocks) lies
+before the moment taken after it and after the one taken before it: ``cat --at`` of each
+moment must give exactly the bytes of the write before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.processes import ProcessCluster
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+
+def bftfs(cluster: ProcessCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real command line against ``cluster``."""
+    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(cluster.home / "cluster.toml")]
+    got = subprocess.run(cmd, capture_output=True, timeout=120)
+    if check and got.returncode != 0:
+        raise AssertionError(f"{cmd} -> {got.returncode}: {got.stderr.decode()}")
+    return got
+
+
+def log_of(cluster: ProcessCluster, path: Path | str, *extra: str) -> list[dict[str, Any]]:
+    return json.loads(bftfs(cluster, "log", str(path), "--json", *extra).stdout)["versions"]
+
+
+def write(path: Path, data: bytes) -> int:
+    """Write ``data`` as the whole content of ``path``; the moment after close returned."""
+    with open(path, "wb") as f:
+        f.write(data)
+    return time.time_ns()
+
+
+def contents(rng: random.Random, size: int) -> bytes:
+    return rng.randbytes(size)
+
+
+@pytest.fixture(scope="module", params=["healthy", "lie-about-history", "withhold-history"])
+def setup(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ProcessCluster, Path, Path, str]]:
+    """A cluster (node 1 Byzantine with the profile, if any) and two mounts of it."""
+    profile = request.param
+    node_args = {} if profile == "healthy" else {1: ["--byzantine", profile]}
+    home = tmp_path_factory.mktemp("hist") / "c"
+    with ProcessCluster(home, map_size=1 << 30, durable=False, node_args=node_args) as pc:
+        base = tmp_path_factory.mktemp("mnt")
+        with (
+            Mount(pc.config, base / "a", client="client0") as a,
+            Mount(pc.config, base / "b", client="client1") as b,
+        ):
+            yield pc, a.mountpoint, b.mountpoint, profile
+
+
+@pytest.mark.parametrize("size", [300, 200_000])
+def test_each_version_is_listed_and_read_back_byte_for_byte(
+    setup: tuple[ProcessCluster, Path, Path, str], size: int
+) -> None:
+    """Edit a file several times (inline and in blocks, growing and shrinking); the log lists
+    each write, newest first, with the client that made it; ``cat --at`` the moment after
+    each write gives exactly that write's bytes, also after the file was removed."""
+    cluster, mine, theirs, _ = setup
+    began = time.time_ns()
+    rng = random.Random(size)
+    d = mine / f"edits{size}"
+    d.mkdir()
+    versions: list[tuple[int, bytes, str]] = []
+    for i in range(5):
+        data = contents(rng, size + rng.randrange(-size // 3, size // 3))
+        who, root = ("client1", theirs) if i == 3 else ("client0", mine)
+        versions.append((write(root / d.name / "f", data), data, who))
+    rows = log_of(cluster, d / "f")
+    written = [r for r in rows if "written" in r["changes"] or "created" in r["changes"]]
+    assert len(written) >= 5, rows
+    # Newest first; the write by client1 is attributed to it, the others to client0.
+    assert [r["client"] for r in written[:5]] == [w for _, _, w in reversed(versions)], [
+        (r["client"], r["size"], r["changes"]) for r in rows
+    ]
+    assert [r["time_ns"] for r in rows] == sorted((r["time_ns"] for r in rows), reverse=True)
+    assert rows[-1]["changes"] == ["created"]
+    # Times come from the nodes' clocks, a lying node's outvoted (it says ten years ahead).
+    assert all(began <= r["time_ns"] <= versions[-1][0] for r in rows), rows
+    for moment, data, _ in versions:
+        got = bftfs(cluster, "cat", str(d / "f"), "--at", f"@{moment / 1e9:.9f}").stdout
+        assert got == data
+    # A version id from the log names the same content.
+    newest = written[0]["id"]
+    assert bftfs(cluster, "cat", str(d / "f"), "--at", newest).stdout == versions[-1][1]
+    # Removed: the past is still there, and the log says so.
+    os.unlink(d / "f")
+    assert log_of(cluster, d / "f")[0]["changes"] == ["removed"]
+    for moment, data, _ in versions:
+        got = bftfs(cluster, "cat", str(d / "f"), "--at", f"@{moment / 1e9:.9f}").stdout
+        assert got == data
+
+
+def test_directory_log_names_what_changed(setup: tuple[ProcessCluster, Path, Path, str]) -> None:
+    cluster, mine, _, _ = setup
+    d = mine / "dirlog"
+    d.mkdir()
+    (d / "a").write_bytes(b"1")
+    os.rename(d / "a", d / "b")
+    (d / "c").write_bytes(b"2")
+    os.unlink(d / "c")
+    changes = [c for r in reversed(log_of(cluster, d)) for c in r["changes"]]
+    assert changes == ["created", "added a", "renamed a -> b", "added c", "removed c"], changes
+
+
+def test_asking_before_a_file_existed_or_with_a_bad_time_says_so(
+    setup: tuple[ProcessCluster, Path, Path, str],
+) -> None:
+    cluster, mine, _, _ = setup
+    before = time.time_ns()
+    (mine / "late").write_bytes(b"x")
+    got = bftfs(cluster, "cat", str(mine / "late"), "--at", f"@{before / 1e9:.9f}", check=False)
+    assert got.returncode == 7 and b"no such file or directory then" in got.stderr, got.stderr
+    got = bftfs(cluster, "cat", str(mine / "late"), "--at", "yesterday-ish", check=False)
+    assert got.returncode == 2 and b"not a time" in got.stderr
+
+
+def test_history_reads_survive_a_node_down(setup: tuple[ProcessCluster, Path, Path, str]) -> None:
+    """With a node (other than the Byzantine one) stopped, log and cat still answer."""
+    cluster, mine, _, profile = setup
+    if profile != "healthy":
+        pytest.skip("one faulty node at a time (b = t = 1)")
+    moment = write(mine / "down", b"before the failure")
+    cluster.stop(4)
+    try:
+        got = bftfs(cluster, "cat", str(mine / "down"), "--at", f"@{moment / 1e9:.9f}").stdout
+        assert got == b"before the failure"
+        rows = log_of(cluster, mine / "down")
+        assert [r["changes"] for r in rows] == [["written"], ["created"]], rows
+    finally:
+        cluster.start(4)
