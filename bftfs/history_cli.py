@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import decimal
 import json
 import os
 import re
@@ -55,8 +56,8 @@ def parse_when(text: str, now_ns: int | None = None) -> int | str:
         return now_ns - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9)
     if t.startswith("@"):
         try:
-            return int(float(t[1:]) * 1e9)
-        except ValueError:
+            return int(decimal.Decimal(t[1:]) * 10**9)
+        except (decimal.InvalidOperation, ValueError):
             raise WhenError(f"not a time: {text!r}") from None
     if _VERSION_ID.match(t.lower()) and not t.isdigit():
         return t.lower()
@@ -71,7 +72,7 @@ def parse_when(text: str, now_ns: int | None = None) -> int | str:
         ) from None
     if dt.tzinfo is None:
         dt = dt.astimezone()  # local time
-    return int(dt.timestamp() * 1e9)
+    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
 
 
 def fs_path(arg: str, mountpoints: list[Path]) -> str:

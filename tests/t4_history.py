@@ -48,11 +48,24 @@ def write(path: Path, data: bytes) -> int:
     return time.time_ns()
 
 
+def at(moment_ns: int) -> str:
+    """``--at`` for a moment, exactly (seconds since the epoch with nine decimals)."""
+    return f"@{moment_ns // 10**9}.{moment_ns % 10**9:09d}"
+
+
 def contents(rng: random.Random, size: int) -> bytes:
     return rng.randbytes(size)
 
 
-@pytest.fixture(scope="module", params=["healthy", "lie-about-history", "withhold-history"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "healthy",
+        # A Byzantine node (b = 1): in the slow tier, the healthy run keeps `make test` short.
+        pytest.param("lie-about-history", marks=pytest.mark.slow),
+        pytest.param("withhold-history", marks=pytest.mark.slow),
+    ],
+)
 def setup(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ProcessCluster, Path, Path, str]]:
@@ -98,7 +111,7 @@ def test_each_version_is_listed_and_read_back_byte_for_byte(
     # Times come from the nodes' clocks, a lying node's outvoted (it says ten years ahead).
     assert all(began <= r["time_ns"] <= versions[-1][0] for r in rows), rows
     for moment, data, _ in versions:
-        got = bftfs(cluster, "cat", str(d / "f"), "--at", f"@{moment / 1e9:.9f}").stdout
+        got = bftfs(cluster, "cat", str(d / "f"), "--at", at(moment)).stdout
         assert got == data
     # A version id from the log names the same content.
     newest = written[0]["id"]
@@ -107,7 +120,7 @@ def test_each_version_is_listed_and_read_back_byte_for_byte(
     os.unlink(d / "f")
     assert log_of(cluster, d / "f")[0]["changes"] == ["removed"]
     for moment, data, _ in versions:
-        got = bftfs(cluster, "cat", str(d / "f"), "--at", f"@{moment / 1e9:.9f}").stdout
+        got = bftfs(cluster, "cat", str(d / "f"), "--at", at(moment)).stdout
         assert got == data
 
 
@@ -129,7 +142,7 @@ def test_asking_before_a_file_existed_or_with_a_bad_time_says_so(
     cluster, mine, _, _ = setup
     before = time.time_ns()
     (mine / "late").write_bytes(b"x")
-    got = bftfs(cluster, "cat", str(mine / "late"), "--at", f"@{before / 1e9:.9f}", check=False)
+    got = bftfs(cluster, "cat", str(mine / "late"), "--at", at(before), check=False)
     assert got.returncode == 7 and b"no such file or directory then" in got.stderr, got.stderr
     got = bftfs(cluster, "cat", str(mine / "late"), "--at", "yesterday-ish", check=False)
     assert got.returncode == 2 and b"not a time" in got.stderr
@@ -143,7 +156,7 @@ def test_history_reads_survive_a_node_down(setup: tuple[ProcessCluster, Path, Pa
     moment = write(mine / "down", b"before the failure")
     cluster.stop(4)
     try:
-        got = bftfs(cluster, "cat", str(mine / "down"), "--at", f"@{moment / 1e9:.9f}").stdout
+        got = bftfs(cluster, "cat", str(mine / "down"), "--at", at(moment)).stdout
         assert got == b"before the failure"
         rows = log_of(cluster, mine / "down")
         assert [r["changes"] for r in rows] == [["written"], ["created"]], rows

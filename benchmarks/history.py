@@ -1,0 +1,121 @@
+"""Version history costs (issue 17): how long ``bftfs log`` of a file with many versions
+takes, and whether history reads slow the live file system.
+
+A fresh 6-node cluster (real ``bftfs node`` processes, no fsync, retention long enough to
+keep everything) and one FUSE mount.  The script writes ``--versions`` versions of one small
+file (each a whole rewrite, as an editor saves), then:
+
+1. runs ``bftfs log FILE --json`` ``--runs`` times and prints the median wall time (the
+   whole command: Python start-up, connecting, walking the chain, fetching states), and
+   ``bftfs cat FILE --at`` of the oldest version;
+2. measures the live file system: ``stat`` + read of ``--files`` files in a loop, alone and
+   while ``bftfs log`` runs back to back in the background, interleaved ``--runs`` times;
+   prints the medians and their ratio.
+
+Usage::
+
+    .venv/bin/python benchmarks/history.py                     # 1000 versions, 5 runs
+    .venv/bin/python benchmarks/history.py --versions 200 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bftfs.policy import RetentionPolicy
+from bftfs.testing.mounts import Mount
+from bftfs.testing.processes import ProcessCluster
+
+
+def _bftfs(config: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(config)]
+    return subprocess.run(cmd, capture_output=True, check=True, timeout=600)
+
+
+def _live_loop(files: list[Path], rounds: int) -> float:
+    """Seconds per stat-and-read of one file, over ``rounds`` passes of ``files``."""
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for p in files:
+            os.stat(p)
+            p.read_bytes()
+    return (time.perf_counter() - t0) / (rounds * len(files))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--versions", type=int, default=1000, help="versions of the file (1000)")
+    ap.add_argument("--runs", type=int, default=5, help="repetitions (5)")
+    ap.add_argument("--files", type=int, default=50, help="files in the live loop (50)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bftfs-history-", dir="/var/tmp") as tmp:
+        home = Path(tmp) / "c"
+        keep = RetentionPolicy(keep_seconds=86400.0, keep_versions=2)
+        with ProcessCluster(home, durable=False, retention=keep) as pc:
+            config = home / "cluster.toml"
+            with Mount(pc.config, Path(tmp) / "mnt", client="client0") as m:
+                f = m.mountpoint / "edited.txt"
+                t0 = time.perf_counter()
+                for i in range(args.versions):
+                    f.write_bytes(f"version {i}\n".encode() * 20)
+                write_s = time.perf_counter() - t0
+                print(f"wrote {args.versions} versions in {write_s:.1f} s")
+
+                log_s = []
+                rows = 0
+                for _ in range(args.runs):
+                    t0 = time.perf_counter()
+                    out = _bftfs(config, "log", str(f), "--json")
+                    log_s.append(time.perf_counter() - t0)
+                    rows = len(json.loads(out.stdout)["versions"])
+                oldest = json.loads(out.stdout)["versions"][-1]["id"]
+                t0 = time.perf_counter()
+                old = _bftfs(config, "cat", str(f), "--at", oldest).stdout
+                cat_s = time.perf_counter() - t0
+                assert old.startswith(b"version 0\n"), old[:40]
+                print(
+                    f"bftfs log: {rows} versions listed, median {statistics.median(log_s):.2f} s "
+                    f"of {args.runs} (all: {', '.join(f'{s:.2f}' for s in log_s)})"
+                )
+                print(f"bftfs cat --at (oldest version): {cat_s:.2f} s")
+
+                live = [m.mountpoint / f"live{i}" for i in range(args.files)]
+                for p in live:
+                    p.write_bytes(b"x" * 3000)
+                alone, busy = [], []
+                for _ in range(args.runs):
+                    time.sleep(1.2)  # attributes stale in the kernel, as in the busy run
+                    alone.append(_live_loop(live, 3))
+                    stop = threading.Event()
+
+                    def reader() -> None:
+                        while not stop.is_set():
+                            _bftfs(config, "log", str(f), "--json")
+
+                    th = threading.Thread(target=reader)
+                    time.sleep(1.2)
+                    th.start()
+                    try:
+                        busy.append(_live_loop(live, 3))
+                    finally:
+                        stop.set()
+                        th.join()
+                a, b = statistics.median(alone), statistics.median(busy)
+                print(
+                    f"live stat+read per file: alone {a * 1e3:.2f} ms, during history reads "
+                    f"{b * 1e3:.2f} ms (x{b / a:.2f}; medians of {args.runs})"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Tier 1: the pure parts of version history (issue 17): agreement over servers' reports,
+chain-page validation, what changed between two states, WHEN parsing and path mapping."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from bftfs.fs.entries import Entries
+from bftfs.fs.past import changes
+from bftfs.history_cli import WhenError, fs_path, parse_when
+from bftfs.qu.messages import MessageError
+from bftfs.qu.past import ChainEntry, agree, parse_versions_reply, state_digest
+from bftfs.qu.timestamp import Timestamp
+
+B = 1
+
+
+def ts(t: int, client: int = 7) -> Timestamp:
+    return Timestamp(t, False, client, hashlib.blake2b(str(t).encode(), digest_size=32).digest())
+
+
+def entry(t: int, state: bytes | None, stored: int, co: int | None = None) -> ChainEntry:
+    return ChainEntry(ts(t), None if co is None else ts(co), state_digest(state), stored)
+
+
+def test_a_version_needs_b_plus_1_matching_digests() -> None:
+    honest = entry(5, b"state", 100, co=4)
+    forged = entry(5, b"forged", 100, co=4)
+    assert agree(ts(5), {0: honest, 1: forged}, B) is None  # one report of each: no belief
+    got = agree(ts(5), {0: honest, 1: forged, 2: honest}, B)
+    assert got is not None and got.digest == state_digest(b"state") and got.hosts == (0, 2)
+    assert got.co == ts(4)
+
+
+def test_conditioned_on_needs_b_plus_1_too_and_synced_reports_do_not_count() -> None:
+    reports = {0: entry(5, b"s", 1, co=4), 1: entry(5, b"s", 1, co=None), 2: entry(5, b"s", 1)}
+    got = agree(ts(5), reports, B)
+    assert got is not None and got.co is None  # the walk cannot go on from here yet
+    reports[3] = entry(5, b"s", 1, co=4)
+    got = agree(ts(5), reports, B)
+    assert got is not None and got.co == ts(4)
+
+
+@pytest.mark.parametrize("lie", [0, 10**18])
+def test_b_lying_clocks_cannot_move_a_time_outside_the_honest_range(lie: int) -> None:
+    honest = [1000, 1010, 1020]
+    reports = {i: entry(5, b"s", t, co=4) for i, t in enumerate(honest)}
+    reports[9] = entry(5, b"s", lie, co=4)  # a host that reports the true digest, a false time
+    got = agree(ts(5), reports, B)
+    assert got is not None and min(honest) <= got.time_ns <= max(honest)
+
+
+def test_a_chain_page_must_follow_conditioned_on_links_from_the_asked_version() -> None:
+    good = [entry(5, b"a", 1, co=4).to_wire(), entry(4, b"b", 1, co=2).to_wire()]
+    assert [e.lt for e in parse_versions_reply(good, ts(5))] == [ts(5), ts(4)]
+    with pytest.raises(MessageError):
+        parse_versions_reply(good, ts(6))  # does not start where asked
+    broken = [entry(5, b"a", 1, co=4).to_wire(), entry(3, b"b", 1, co=2).to_wire()]
+    with pytest.raises(MessageError):
+        parse_versions_reply(broken, ts(5))
+    with pytest.raises(MessageError):
+        parse_versions_reply([[b"x", None, None, 0]], ts(5))
+
+
+def _file(**kw: object) -> dict:
+    base = {
+        "k": "f",
+        "mode": 0o100644,
+        "uid": 0,
+        "gid": 0,
+        "nl": 1,
+        "size": 3,
+        "d": 9,
+        "i": b"abc",
+        "x": {},
+        "mt": 1,
+        "at": 1,
+        "ct": 1,
+        "v": 1,
+        "alloc": 0,
+    }
+    base.update(kw)
+    return base
+
+
+def test_what_changed_in_a_file() -> None:
+    f = _file()
+    assert changes(None, f) == ("created",)
+    assert changes(f, _file(i=b"abd", v=2)) == ("written",)
+    assert changes(f, _file(i=b"ab", size=2)) == ("truncated",)
+    assert changes(f, _file(i=b"", size=0, d=10)) == ("truncated",)
+    assert changes(f, _file(mode=0o100600)) == ("chmod",)
+    assert changes(f, _file(uid=5)) == ("chown",)
+    assert changes(f, _file(nl=0)) == ("removed",)
+    assert changes(f, _file(ct=2)) == ("renamed",)
+    assert changes(f, _file(wl=[1, 2], alloc=4096, v=2)) == ()  # a write lease: bookkeeping
+    assert changes(f, _file(i=None, bt=77, size=70000)) == ("written",)
+
+
+def _dir(names: dict[bytes, int]) -> dict:
+    e = Entries({})
+    for name, oid in names.items():
+        e[name] = [oid, 8]
+    return {
+        "k": "d",
+        "e": e.packed(),
+        "mode": 0o40755,
+        "uid": 0,
+        "gid": 0,
+        "dead": False,
+        "x": {},
+        "mt": 1,
+        "at": 1,
+        "ct": 1,
+    }
+
+
+def test_what_changed_in_a_directory() -> None:
+    a = _dir({b"a": 11})
+    assert changes(a, _dir({b"a": 11, b"c": 12})) == ("added c",)
+    assert changes(a, _dir({b"b": 11})) == ("renamed a -> b",)
+    assert changes(a, _dir({})) == ("removed a",)
+    assert changes(a, _dir({b"a": 13})) == ("replaced a",)
+
+
+def test_when_forms() -> None:
+    now = 1_763_900_000 * 10**9
+    assert parse_when("now", now) == now
+    assert parse_when("-10m", now) == now - 600 * 10**9
+    assert parse_when("-1.5h", now) == now - 5400 * 10**9
+    assert parse_when("@1763900000.5", now) == 1_763_900_000_500_000_000
+    assert parse_when("2026-11-23T14:05:00+00:00", now) == 1_795_442_700 * 10**9
+    assert parse_when("2026-11-23T14:05:00.25+00:00", now) == 1_795_442_700_250_000_000
+    assert parse_when("a1b2c3", now) == "a1b2c3"
+    with pytest.raises(WhenError):
+        parse_when("yesterday-ish", now)
+
+
+def test_paths_map_from_a_mount_or_stay_inside_the_file_system(tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    assert fs_path(str(mp / "docs" / "a.txt"), [mp]) == "/docs/a.txt"
+    assert fs_path(str(mp), [mp]) == "/"
+    assert fs_path("/docs/a.txt", [mp]) == "/docs/a.txt"
+    with pytest.raises(ValueError):
+        fs_path("relative/not/under/a/mount", [mp])
