@@ -51,6 +51,12 @@ def _live_loop(files: list[Path], rounds: int) -> float:
     return (time.perf_counter() - t0) / (rounds * len(files))
 
 
+def _log_until(config: Path, f: Path, stop: threading.Event) -> None:
+    """``bftfs log`` back to back until ``stop``."""
+    while not stop.is_set():
+        _bftfs(config, "log", str(f), "--json")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--versions", type=int, default=1000, help="versions of the file (1000)")
@@ -97,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                     alone.append(_live_loop(live, 3))
                     stop = threading.Event()
 
-                    def reader() -> None:
-                        while not stop.is_set():
-                            _bftfs(config, "log", str(f), "--json")
-
-                    th = threading.Thread(target=reader)
+                    th = threading.Thread(target=_log_until, args=(config, f, stop))
                     time.sleep(1.2)
                     th.start()
                     try:
