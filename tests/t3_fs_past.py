@@ -1,0 +1,76 @@
+"""Tier 3: a file's past versions read back exactly, whatever the writers' clocks (issue 17).
+
+PASIS timestamps take the writer's clock (a hybrid clock, rw/timestamp.py), so without
+care a writer whose clock lags would give its blocks Times *before* blocks an earlier
+version holds, and reading that earlier version "as of its time" would show the later
+writer's bytes.  Files record the newest Time of their blocks (``bt``) and writers choose
+Times above it; this test makes the second writer's clock lag 30 s and checks each
+version's content byte for byte, on the in-process cluster with real protocol clients.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from fs_helpers import RW_OPTIONS, qu_client
+
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.objects import ROOT
+from bftfs.fs.past import Past
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.pastread import PastReader
+from bftfs.rw.client import open_rw_client
+from bftfs.testing.cluster import open_cluster
+
+BS = 4096
+
+
+def lagging_clock() -> int:
+    return time.time_ns() - 30 * 10**9
+
+
+async def test_a_lagging_writer_never_shows_in_an_earlier_version(tmp_path: Path) -> None:
+    async with (
+        open_cluster(tmp_path, clients=3, block_size=BS, inline_limit=0) as cluster,
+        AsyncExitStack() as stack,
+    ):
+        cfg = cluster.config
+        rw_a = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
+        rw_b = await stack.enter_async_context(
+            open_rw_client(cluster.client(1), cfg, clock_ns=lagging_clock, **RW_OPTIONS)
+        )
+        rw_r = await stack.enter_async_context(open_rw_client(cluster.client(2), cfg, **RW_OPTIONS))
+        fs_a = await FileSystem.open(qu_client(cluster, 0), rw_a, cfg, rng=random.Random(1))
+        fs_b = await FileSystem.open(qu_client(cluster, 1), rw_b, cfg, rng=random.Random(2))
+        th = QUThresholds.from_config(cfg)
+        past = Past(qu_client(cluster, 2), PastReader(cluster.client(2), th), rw_r, BS)
+
+        # Version 1 (client A): blocks 0 and 1.  Version 2 (A): block 0 only.  Version 3
+        # (B, clock 30 s behind): block 1 only.  B's block-1 Time is above the block's
+        # previous version (PASIS orders each block), but without ``bt`` it would lie below
+        # A's version-2 block Time, and version 2 would be read with B's block 1.
+        fh, attrs = await fs_a.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        await fs_a.write(fh, 0, b"1" * (2 * BS))
+        await fs_a.release(fh)
+        ino = attrs.ino
+        fh = await fs_a.open(ino, os.O_RDWR)
+        await fs_a.write(fh, 0, b"2" * BS)
+        await fs_a.release(fh)
+        fh = await fs_b.open(ino, os.O_RDWR)
+        await fs_b.write(fh, BS, b"3" * BS)
+        await fs_b.release(fh)
+
+        hist = await past.history(ino)
+        written = [v for v in hist.versions if "written" in v.changes]
+        assert len(written) == 3, [(v.client, v.changes) for v in hist.versions]
+        contents = [await past.content(v) for v in reversed(written)]
+        assert contents == [
+            b"1" * (2 * BS),
+            b"2" * BS + b"1" * BS,
+            b"2" * BS + b"3" * BS,
+        ]
+        assert hist.versions[-1].changes == ("created",) and hist.complete
