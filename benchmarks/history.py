@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from profiling import cpu_seconds
+
 from bftfs.policy import RetentionPolicy
 from bftfs.testing.mounts import Mount
 from bftfs.testing.processes import ProcessCluster
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--versions", type=int, default=1000, help="versions of the file (1000)")
     ap.add_argument("--runs", type=int, default=5, help="repetitions (5)")
     ap.add_argument("--files", type=int, default=50, help="files in the live loop (50)")
+    ap.add_argument(
+        "--live-rounds", type=int, default=40, help="passes over them per measurement (40)"
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bftfs-history-", dir="/var/tmp") as tmp:
         home = Path(tmp) / "c"
@@ -80,11 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
                 log_s = []
                 rows = 0
+                pids = [p for p in (pc.pid(i) for i in range(pc.config.n)) if p is not None]
+                cpu0 = sum(cpu_seconds(p) or 0.0 for p in pids)
                 for _ in range(args.runs):
                     t0 = time.perf_counter()
                     out = _bftfs(config, "log", str(f), "--json")
                     log_s.append(time.perf_counter() - t0)
                     rows = len(json.loads(out.stdout)["versions"])
+                nodes_cpu = (sum(cpu_seconds(p) or 0.0 for p in pids) - cpu0) / args.runs
                 # The oldest version is the empty file the first save created; the one after
                 # it holds the first save's content.
                 first = json.loads(out.stdout)["versions"][-2]["id"]
@@ -96,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"bftfs log: {rows} versions listed, median {statistics.median(log_s):.2f} s "
                     f"of {args.runs} (all: {', '.join(f'{s:.2f}' for s in log_s)})"
                 )
+                print(f"nodes' CPU per bftfs log (all {len(pids)} nodes): {nodes_cpu * 1e3:.0f} ms")
                 print(f"bftfs cat --at (the first save): {cat_s:.2f} s")
 
                 live = [m.mountpoint / f"live{i}" for i in range(args.files)]
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                             th = threading.Thread(target=_log_until, args=(config, f, stop, every))
                             th.start()
                         try:
-                            per[name].append(_live_loop(live, 3))
+                            per[name].append(_live_loop(live, args.live_rounds))
                         finally:
                             stop.set()
                             if th is not None:
