@@ -118,6 +118,13 @@ def _differs(a: dict[str, Any], b: dict[str, Any], keys: Iterable[str]) -> bool:
     return any(a.get(k) != b.get(k) for k in keys)
 
 
+def _gone(state: dict[str, Any]) -> bool:
+    """A removed directory or a file no name reaches."""
+    if state.get("k") == "d":
+        return bool(state.get("dead"))
+    return state.get("k") == "f" and state.get("nl") == 0
+
+
 def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[str, ...]:
     """What a user would say changed from ``before`` to ``after`` (either None: absent).
 
@@ -133,13 +140,7 @@ def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tupl
     if after is None:
         return ("removed",)
     out: list[str] = []
-    gone = (after.get("k") == "d" and after.get("dead")) or (
-        after.get("k") == "f" and after.get("nl") == 0
-    )
-    was_gone = (before.get("k") == "d" and before.get("dead")) or (
-        before.get("k") == "f" and before.get("nl") == 0
-    )
-    if gone and not was_gone:
+    if _gone(after) and not _gone(before):
         return ("removed",)
     if after.get("k") == "d":
         old, new = all_entries(before["e"]), all_entries(after["e"])
@@ -230,9 +231,30 @@ class Past:
 
     async def state_at(self, oid: int, time_ns: int) -> Version | None:
         """The version of ``oid`` current at ``time_ns`` (None: it did not exist then, or
-        was removed)."""
-        v = (await self.history(oid)).at(time_ns)
-        if v is None or v.state is None or "removed" in v.changes:
+        was removed).  Walks the chain only back to that moment and fetches one state,
+        unless the object's whole history is at hand already.
+
+        Raises:
+            Reclaimed: the moment is older than the oldest version kept.
+        """
+        hist = self._histories.get(oid)
+        if hist is not None:
+            v = hist.at(time_ns)
+        else:
+            _, start = await self.qu.query_at(oid, "fs.peek")
+            walk = await self.reader.walk(oid, start, until_ns=time_ns)
+            last = walk.versions[-1] if walk.versions else None
+            if last is None or last.time_ns > time_ns:
+                if walk.end is End.INITIAL:
+                    return None
+                raise Reclaimed(
+                    f"object {oid:#x}: versions before "
+                    f"{_iso(last.time_ns if last else None)} were reclaimed by retention"
+                )
+            raw = (await self.reader.states(oid, [last]))[last.lt]
+            state = None if raw is None else unpack(raw)
+            v = Version(oid, last.lt, last.time_ns, last.lt.client, state, ())
+        if v is None or v.state is None or _gone(v.state):
             return None
         return v
 

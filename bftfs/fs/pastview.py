@@ -1,0 +1,194 @@
+"""The whole tree as it was at one moment, read-only: what ``bftfs mount DIR --at WHEN``
+serves (issue 17), like NILFS2 checkpoints or ``borg mount``.
+
+:class:`PastView` answers the calls the FUSE layer makes of a
+:class:`~bftfs.fs.filesystem.FileSystem` (``bftfs/fuse/operations.py``) from
+:class:`~bftfs.fs.past.Past`: every object as it was at the moment (the newest version
+stored at or before it, read through ``b + 1`` agreeing nodes), file contents read as of
+their version's block Time.  Everything that would change the tree answers ``EROFS``.  The
+past does not change, so answers are cached for the life of the mount.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as st
+from typing import Any
+
+from bftfs.fs.attrs import Attr, attr_from_stat
+from bftfs.fs.entries import all_entries
+from bftfs.fs.errors import BadHandle, IsDir, NoAttr, NotFound, ReadOnly
+from bftfs.fs.objects import NAME_MAX, ROOT, stat_of
+from bftfs.fs.past import Past, Version
+from bftfs.rw.messages import block_id
+
+
+class PastView:
+    """A read-only file-system view of ``past`` at ``time_ns``."""
+
+    def __init__(self, past: Past, time_ns: int, block_size: int) -> None:
+        self.past = past
+        self.time_ns = time_ns
+        self.bs = block_size
+        self._versions: dict[int, Version | None] = {}
+        self._handles: dict[int, Version] = {}
+        self._blocks: dict[tuple[int, int], bytes] = {}
+        self._next_fh = 1
+
+    async def _version(self, ino: int) -> Version:
+        if ino not in self._versions:
+            self._versions[ino] = await self.past.state_at(ino, self.time_ns)
+        v = self._versions[ino]
+        if v is None:
+            raise NotFound()
+        return v
+
+    async def _state(self, ino: int) -> dict[str, Any]:
+        s = (await self._version(ino)).state
+        assert s is not None
+        return s
+
+    async def getattr(self, ino: int, *, reached_by_name: bool = False) -> Attr:
+        return attr_from_stat(ino, stat_of(await self._state(ino)), self.bs)
+
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        s = await self._state(parent)
+        if s.get("k") != "d":
+            raise NotFound()
+        if name == b".":
+            return await self.getattr(parent)
+        if name == b"..":
+            return await self.getattr(ROOT if parent == ROOT else int(s["p"]))
+        entry = all_entries(s["e"]).get(name)
+        if entry is None:
+            raise NotFound()
+        return await self.getattr(int(entry[0]))
+
+    async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
+        s = await self._state(ino)
+        if s.get("k") != "d":
+            raise NotFound()
+        out = []
+        for name, entry in all_entries(s["e"]).items():
+            try:
+                out.append((name, await self.getattr(int(entry[0]))))
+            except NotFound:
+                continue  # an entry whose object is older than retention kept
+        return out
+
+    async def readlink(self, ino: int) -> bytes:
+        s = await self._state(ino)
+        return bytes(s.get("t") or b"")
+
+    async def open(
+        self, ino: int, flags: int, *, reached_by_name: bool = False, looked_up: bool = False
+    ) -> int:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise ReadOnly()
+        v = await self._version(ino)
+        assert v.state is not None
+        if v.state.get("k") == "d":
+            raise IsDir()
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = v
+        return fh
+
+    def _handle(self, fh: int) -> Version:
+        v = self._handles.get(fh)
+        if v is None:
+            raise BadHandle()
+        return v
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        v = self._handle(fh)
+        s = v.state
+        assert s is not None
+        total = int(s["size"])
+        end = min(offset + size, total)
+        if offset >= end:
+            return b""
+        if s.get("i") is not None or st.S_ISLNK(s["mode"]):
+            return (await self.past.content(v))[offset:end]
+        cap = int(s.get("bt") or v.time_ns)
+        out = bytearray()
+        for k in range(offset // self.bs, (end - 1) // self.bs + 1):
+            key = (int(s["d"]), k)
+            if key not in self._blocks:
+                data = await self.past.rw.read_as_of(block_id(s["d"], k), cap)
+                self._blocks[key] = bytes(data).ljust(self.bs, b"\0")
+            out += self._blocks[key]
+        start = offset - (offset // self.bs) * self.bs
+        return bytes(out[start : start + end - offset])
+
+    def keep_cache(self, fh: int) -> bool:
+        return True  # the past does not change
+
+    async def flush(self, fh: int) -> None:
+        self._handle(fh)
+
+    async def fsync(self, fh: int) -> None:
+        self._handle(fh)
+
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    async def statfs(self) -> dict[str, int]:
+        return {
+            "f_bsize": self.bs,
+            "f_frsize": self.bs,
+            "f_blocks": 0,
+            "f_bfree": 0,
+            "f_bavail": 0,
+            "f_files": 0,
+            "f_ffree": 0,
+            "f_favail": 0,
+            "f_namemax": NAME_MAX,
+        }
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        value = (await self._state(ino)).get("x", {}).get(name)
+        if value is None:
+            raise NoAttr()
+        return bytes(value)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return sorted((await self._state(ino)).get("x", {}))
+
+    # Everything that would change the past ----------------------------------------------------
+
+    async def setattr(self, *args: Any, **kwargs: Any) -> Attr:
+        raise ReadOnly()
+
+    async def mknod(self, *args: Any, **kwargs: Any) -> Attr:
+        raise ReadOnly()
+
+    async def mkdir(self, *args: Any, **kwargs: Any) -> Attr:
+        raise ReadOnly()
+
+    async def symlink(self, *args: Any, **kwargs: Any) -> Attr:
+        raise ReadOnly()
+
+    async def link(self, *args: Any, **kwargs: Any) -> Attr:
+        raise ReadOnly()
+
+    async def unlink(self, *args: Any, **kwargs: Any) -> None:
+        raise ReadOnly()
+
+    async def rmdir(self, *args: Any, **kwargs: Any) -> None:
+        raise ReadOnly()
+
+    async def rename(self, *args: Any, **kwargs: Any) -> None:
+        raise ReadOnly()
+
+    async def create(self, *args: Any, **kwargs: Any) -> tuple[int, Attr]:
+        raise ReadOnly()
+
+    async def write(self, *args: Any, **kwargs: Any) -> int:
+        raise ReadOnly()
+
+    async def setxattr(self, *args: Any, **kwargs: Any) -> None:
+        raise ReadOnly()
+
+    async def removexattr(self, *args: Any, **kwargs: Any) -> None:
+        raise ReadOnly()
