@@ -132,7 +132,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mount(cfg: ClusterConfig, config_path: Path, mnt: Path, args: argparse.Namespace) -> int:
+def _mount(
+    cfg: ClusterConfig,
+    config_path: Path,
+    mnt: Path,
+    args: argparse.Namespace,
+    *,
+    at_ns: int | None = None,
+) -> int:
     """Start a background mount daemon (``args``: the client, cache timeouts and, for
     ``bftfs mount``, logging options)."""
     from bftfs.fuse import mount as mountmod
@@ -148,6 +155,7 @@ def _mount(cfg: ClusterConfig, config_path: Path, mnt: Path, args: argparse.Name
             log_path=getattr(args, "log", None),
             debug_modules=getattr(args, "debug_modules", None) or (),
             debug=bool(getattr(args, "debug", False)),
+            at_ns=at_ns,
         )
     except mountmod.MountError as e:  # re-exported from bftfs.fuse.control
         raise QuietError(str(e), EXIT_MOUNT) from None
@@ -167,6 +175,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     cfg, path = _cluster_of(args)
     cfg.client(args.client)  # a clear error for an unknown client, before forking
+    at_ns = _mount_moment(args)
     if args.fg:
         setup_logging(log_file=args.log, debug_modules=args.debug_modules)
         mountmod.run_foreground(
@@ -176,11 +185,33 @@ def cmd_mount(args: argparse.Namespace) -> int:
             timeout=args.attr_timeout,
             entry_timeout=args.entry_timeout,
             debug=args.debug,
+            at_ns=at_ns,
         )
         return 0
-    _mount(cfg, path, args.mountpoint, args)
-    print(f"mounted {args.mountpoint.resolve()} as {args.client}")
+    _mount(cfg, path, args.mountpoint, args, at_ns=at_ns)
+    when = "" if at_ns is None else f", read-only, as it was at {args.at}"
+    print(f"mounted {args.mountpoint.resolve()} as {args.client}{when}")
     return 0
+
+
+def _mount_moment(args: argparse.Namespace) -> int | None:
+    """``bftfs mount --at WHEN``: the moment in ns (a time or an age; a version id names
+    one object's version, so it needs a path: ``bftfs log`` shows its time)."""
+    if getattr(args, "at", None) is None:
+        return None
+    from bftfs.history_cli import WhenError, parse_when
+
+    try:
+        when = parse_when(args.at)
+    except WhenError as e:
+        raise QuietError(str(e), 2) from None
+    if isinstance(when, str):
+        raise QuietError(
+            f"--at {args.at}: give a time or an age (a version id names one file's "
+            "version; `bftfs log PATH` shows its time)",
+            2,
+        )
+    return when
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -458,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--debug", action="store_true", help="libfuse debug output")
     sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.fs")
+    sp.add_argument(
+        "--at",
+        metavar="WHEN",
+        help="mount the tree as it was then, read-only (a time or an age, as in bftfs log)",
+    )
     sp.set_defaults(func=cmd_mount)
 
     def with_cluster(sp: argparse.ArgumentParser) -> None:

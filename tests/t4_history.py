@@ -10,6 +10,7 @@ moment must give exactly the bytes of the write before it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -162,3 +163,43 @@ def test_history_reads_survive_a_node_down(setup: tuple[ProcessCluster, Path, Pa
         assert [r["changes"] for r in rows] == [["written"], ["created"]], rows
     finally:
         cluster.start(4)
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root``: a file's bytes, None for a directory."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out[rel] = None
+        for name in filenames:
+            out[os.path.join(rel, name)] = Path(dirpath, name).read_bytes()
+    return out
+
+
+def test_a_time_travel_mount_shows_the_tree_as_it_was_and_refuses_writes(
+    setup: tuple[ProcessCluster, Path, Path, str], tmp_path: Path
+) -> None:
+    cluster, mine, _, _ = setup
+    rng = random.Random(7)
+    tree = mine / "travel"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    for i, rel in enumerate(["a", "sub/b", "sub/deeper/c", "big"]):
+        (tree / rel).write_bytes(rng.randbytes(300_000 if rel == "big" else 50 + i))
+    then = _snapshot(tree)
+    moment = time.time_ns()
+    (tree / "a").write_bytes(b"changed")
+    os.unlink(tree / "sub" / "b")
+    (tree / "new").write_bytes(b"later")
+    mp = tmp_path / "past"
+    mp.mkdir()
+    bftfs(cluster, "mount", str(mp), "--at", at(moment))
+    try:
+        assert _snapshot(mp / "travel") == then
+        with pytest.raises(OSError) as e:
+            (mp / "travel" / "a").write_bytes(b"x")
+        assert e.value.errno == errno.EROFS
+        with pytest.raises(OSError) as e:
+            (mp / "travel" / "x").mkdir()
+        assert e.value.errno == errno.EROFS
+    finally:
+        bftfs(cluster, "umount", str(mp))

@@ -201,6 +201,10 @@ class Past:
         self.bs = block_size
         self._histories: dict[int, ObjectHistory] = {}
 
+    def statistics(self) -> str:
+        """What the history reads cost, for a log at unmount."""
+        return f"history: {self.reader.rounds} chain rounds, {len(self._histories)} objects"
+
     async def history(self, oid: int) -> ObjectHistory:
         """Every kept version of ``oid`` (cached for this object's lifetime)."""
         got = self._histories.get(oid)

@@ -88,8 +88,10 @@ def daemon_command(
     log_path: Path,
     debug_modules: Sequence[str] = (),
     debug: bool = False,
+    at_ns: int | None = None,
 ) -> list[str]:
-    """The command line of a mount daemon in the foreground (``bftfs mount --fg``)."""
+    """The command line of a mount daemon in the foreground (``bftfs mount --fg``);
+    ``at_ns``: a read-only mount of the tree as it was then."""
     cmd = [
         sys.executable,
         "-m",
@@ -112,6 +114,8 @@ def daemon_command(
         cmd += ["--debug-modules", *debug_modules]
     if debug:
         cmd.append("--debug")
+    if at_ns is not None:
+        cmd += ["--at", f"@{at_ns // 10**9}.{at_ns % 10**9:09d}"]
     return cmd
 
 

@@ -23,7 +23,9 @@ import trio
 
 from bftfs import proc
 from bftfs.config import ClusterConfig
-from bftfs.fs.session import open_session
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.pastview import PastView
+from bftfs.fs.session import open_past, open_session
 from bftfs.fuse.control import (
     DEFAULT_ENTRY_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -47,16 +49,28 @@ async def serve(
     timeout: float = DEFAULT_TIMEOUT,
     entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
     debug: bool = False,
+    at_ns: int | None = None,
 ) -> None:
-    """Mount ``mountpoint`` and serve it until unmounted or terminated."""
-    # The file system answers attributes its own updates produced for as long as the
-    # kernel caches attributes (``--attr-timeout``), no longer.
-    async with open_session(
-        config, client, uid=os.getuid(), gid=os.getgid(), attr_ttl=timeout
-    ) as session:
-        ops = Operations(session.fs, timeout=timeout, entry_timeout=entry_timeout)
+    """Mount ``mountpoint`` and serve it until unmounted or terminated; with ``at_ns``, the
+    tree as it was then, read-only (``fs/pastview.py``)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if at_ns is None:
+            # The file system answers attributes its own updates produced for as long as
+            # the kernel caches attributes (``--attr-timeout``), no longer.
+            session = await stack.enter_async_context(
+                open_session(config, client, uid=os.getuid(), gid=os.getgid(), attr_ttl=timeout)
+            )
+            fs: FileSystem | PastView = session.fs
+            statistics = session.statistics
+        else:
+            past = await stack.enter_async_context(open_past(config, client))
+            fs = PastView(past, at_ns, config.block_size)
+            statistics = past.statistics
+        ops = Operations(fs, timeout=timeout, entry_timeout=entry_timeout)
         options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
         options |= {"fsname=bftfs", "subtype=bftfs"}
+        if at_ns is not None:
+            options.add("ro")
         if os.getuid() == 0:
             options.add("allow_other")
         if debug:
@@ -79,7 +93,7 @@ async def serve(
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())
-            log.info("%s", session.statistics())
+            log.info("%s", statistics())
 
 
 def run_foreground(
@@ -90,6 +104,7 @@ def run_foreground(
     timeout: float = DEFAULT_TIMEOUT,
     entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
     debug: bool = False,
+    at_ns: int | None = None,
 ) -> None:
     """The daemon's main: record the pid file, serve, remove the pid file."""
     pf = pid_file(config, mountpoint)
@@ -105,6 +120,7 @@ def run_foreground(
                 timeout=timeout,
                 entry_timeout=entry_timeout,
                 debug=debug,
+                at_ns=at_ns,
             )
         )
     finally:
@@ -125,6 +141,7 @@ def mount_background(
     log_path: Path | None = None,
     debug_modules: Sequence[str] = (),
     debug: bool = False,
+    at_ns: int | None = None,
 ) -> int:
     """Start the daemon in the background and wait until ``mountpoint`` is mounted.
 
@@ -148,6 +165,7 @@ def mount_background(
         log_path=lf,
         debug_modules=debug_modules,
         debug=debug,
+        at_ns=at_ns,
     )
     child = proc.spawn(cmd, log=lf)
     try:

@@ -63,6 +63,7 @@ import pyfuse3
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import FsError, NotFound, Removed
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.pastview import PastView
 from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class Operations(pyfuse3.Operations):
 
     def __init__(
         self,
-        fs: FileSystem,
+        fs: FileSystem | PastView,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
