@@ -226,6 +226,18 @@ def cmd_cat(args: argparse.Namespace) -> int:
     return history_cli.cmd_cat(args, _cluster_of(args)[0])
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from bftfs import history_cli
+
+    return history_cli.cmd_restore(args, _cluster_of(args)[0])
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from bftfs import history_cli
+
+    return history_cli.cmd_diff(args, _cluster_of(args)[0])
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     from bftfs.fuse import control as mountmod
 
@@ -505,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     history_cli.add_commands(sub, with_cluster)
     sub.choices["log"].set_defaults(func=cmd_log)
     sub.choices["cat"].set_defaults(func=cmd_cat)
+    sub.choices["restore"].set_defaults(func=cmd_restore)
+    sub.choices["diff"].set_defaults(func=cmd_diff)
 
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
     sp.add_argument("mountpoint", type=Path)
@@ -565,7 +579,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, PastError):
             print(f"bftfs: {e}", file=sys.stderr)
             return EXIT_HISTORY
-        if isinstance(e, WhenError | ValueError) and args.command in ("log", "cat"):
+        if isinstance(e, WhenError | ValueError) and args.command in (
+            "log",
+            "cat",
+            "restore",
+            "diff",
+        ):
             print(f"bftfs: {e}", file=sys.stderr)
             return 2
         if isinstance(e, ClusterUnavailable):

@@ -1,4 +1,5 @@
-"""``bftfs log`` and ``bftfs cat --at``: the version history users see (issue 17).
+"""``bftfs log``, ``cat --at``, ``restore``, ``diff``: the version history users see
+(issue 17).
 
 PATH is a path under a mount of the cluster (``mount/docs/a.txt``; it need not exist any
 more) or a path inside the file system starting with ``/`` (``/docs/a.txt``).
@@ -18,6 +19,7 @@ version's client is the authenticated identity the nodes saw (``bftfs/fs/past.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import decimal
 import json
@@ -238,6 +240,193 @@ def cmd_cat(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return 0
 
 
+def _local_target(arg: str, mountpoints: list[Path], to: str | None) -> Path:
+    """Where ``restore`` writes: ``--to``, or PATH itself when it is under a mount."""
+    if to is not None:
+        return Path(to)
+    absolute = Path(os.path.abspath(arg))
+    if any(absolute == mp or Path(os.path.abspath(mp)) in absolute.parents for mp in mountpoints):
+        return absolute
+    raise ValueError(f"{arg} is not under a mount of this cluster: say where with --to DEST")
+
+
+async def _restore(past: Any, tree: dict[str, Any], dest: Path, delete: bool) -> dict[str, int]:
+    """Write ``tree`` (from :meth:`Past.tree`) at ``dest``: new versions, history untouched.
+
+    Files get their content, mode and times (owner too when run as root); directories are
+    created as needed and get their mode and times after their entries; symbolic links are
+    made again.  Entries of ``dest`` that did not exist then stay, unless ``delete``.
+    """
+    import shutil
+    import stat as st
+
+    counts = {"files": 0, "dirs": 0, "links": 0, "bytes": 0, "deleted": 0, "skipped": 0}
+    dirs: list[tuple[Path, dict[str, Any]]] = []
+    for rel, v in tree.items():
+        s = v.state
+        target = dest / rel if rel else dest
+        mode = int(s["mode"])
+        if s.get("k") == "d":
+            target.mkdir(parents=True, exist_ok=True)
+            dirs.append((target, s))
+            counts["dirs"] += 1
+            if delete:
+                wanted = {name.decode(errors="surrogateescape") for name in all_entries_of(s)}
+                for extra in sorted(set(os.listdir(target)) - wanted):
+                    p = target / extra
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
+                    counts["deleted"] += 1
+            continue
+        replaced = target.is_symlink() or (target.exists() and not target.is_dir())
+        if replaced and (st.S_ISLNK(mode) or not st.S_ISREG(mode)):
+            target.unlink()
+        if st.S_ISLNK(mode):
+            os.symlink(bytes(s.get("t") or b""), target)
+            counts["links"] += 1
+            continue
+        if not st.S_ISREG(mode):
+            counts["skipped"] += 1  # devices, fifos, sockets: not brought back
+            continue
+        data = await past.content(v)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        await trio.Path(target).write_bytes(data)
+        _set_attrs(target, s)
+        counts["files"] += 1
+        counts["bytes"] += len(data)
+    for target, s in reversed(dirs):
+        _set_attrs(target, s)
+    return counts
+
+
+def all_entries_of(state: dict[str, Any]) -> dict[bytes, Any]:
+    from bftfs.fs.entries import all_entries
+
+    return all_entries(state["e"])
+
+
+def _set_attrs(target: Path, s: dict[str, Any]) -> None:
+    """Mode, times and (as root) owner of a restored file or directory."""
+    os.chmod(target, int(s["mode"]) & 0o7777)
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            os.chown(target, int(s["uid"]), int(s["gid"]))
+    os.utime(target, ns=(int(s["at"]), int(s["mt"])))
+
+
+def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    now_ns = time.time_ns()
+    mounts = _mountpoints(cfg)
+    path = fs_path(args.path, mounts)
+    dest = _local_target(args.path, mounts, args.to)
+    when = parse_when(args.at, now_ns)
+
+    async def run(past: Any) -> tuple[int, dict[str, int]]:
+        moment = await _moment(past, path, when, now_ns)
+        tree = await past.tree(path, moment)
+        return moment, await _restore(past, tree, dest, args.delete)
+
+    moment, counts = _with_past(cfg, args.as_client, run)
+    print(
+        f"restored {path} as it was at {_iso(moment)} into {dest}: {counts['files']} files "
+        f"({counts['bytes']} bytes), {counts['dirs']} directories, {counts['links']} links"
+        + (f", {counts['deleted']} later entries deleted" if counts["deleted"] else "")
+        + (f", {counts['skipped']} special files skipped" if counts["skipped"] else "")
+    )
+    return 0
+
+
+def _content_key(s: dict[str, Any]) -> tuple[Any, ...]:
+    """What a file's bytes depend on (two states with equal keys hold equal bytes)."""
+    return (s.get("size"), s.get("i"), s.get("d"), s.get("bt"), s.get("t"))
+
+
+def _meta_key(s: dict[str, Any]) -> tuple[Any, ...]:
+    return (int(s.get("mode", 0)) & 0o7777, s.get("uid"), s.get("gid"), s.get("x"))
+
+
+def diff_trees(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(mark, path, detail)`` for what changed from tree ``old`` to tree ``new``
+    (:meth:`Past.tree` results): ``+`` added, ``-`` removed, ``M`` modified (content or
+    attributes; detail says which), ``R`` renamed (detail: the new path), in path order."""
+    old_by_oid = {v.oid: rel for rel, v in old.items()}
+    new_by_oid = {v.oid: rel for rel, v in new.items()}
+    out: list[tuple[str, str, str]] = []
+    for rel in sorted(set(old) | set(new)):
+        a, b = old.get(rel), new.get(rel)
+        if a is not None and b is not None and a.oid == b.oid:
+            what = []
+            if a.state.get("k") != "d" and _content_key(a.state) != _content_key(b.state):
+                what.append("content")
+            if _meta_key(a.state) != _meta_key(b.state):
+                what.append("attributes")
+            if what:
+                out.append(("M", rel, "+".join(what)))
+            continue
+        if a is not None:
+            moved = new_by_oid.get(a.oid)
+            if moved is not None and moved not in old:
+                out.append(("R", rel, moved))
+            elif b is None or a.oid != (b.oid if b else None):
+                out.append(("-", rel, ""))
+        if b is not None:
+            was = old_by_oid.get(b.oid)
+            if was is None or was in new:
+                out.append(("+", rel, ""))
+    return out
+
+
+def cmd_diff(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    import difflib
+
+    now_ns = time.time_ns()
+    path = fs_path(args.path, _mountpoints(cfg))
+    start = parse_when(args.since, now_ns)
+    end = parse_when(args.to, now_ns) if args.to is not None else now_ns
+
+    async def run(past: Any) -> list[str]:
+        lo = await _moment(past, path, start, now_ns)
+        hi = await _moment(past, path, end, now_ns)
+        old, new = await past.tree(path, lo), await past.tree(path, hi)
+        lines = []
+        for mark, rel, detail in diff_trees(old, new):
+            shown = rel or "."
+            if mark == "R":
+                lines.append(f"R {shown} -> {detail}")
+            elif mark == "M":
+                lines.append(f"M {shown} ({detail})")
+            else:
+                lines.append(f"{mark} {shown}")
+            if args.patch and mark in ("M", "R"):
+                a = old[rel]
+                b = new[detail if mark == "R" else rel]
+                if a.state.get("k") == "d" or _content_key(a.state) == _content_key(b.state):
+                    continue
+                before, after = await past.content(a), await past.content(b)
+                try:
+                    ta, tb = before.decode(), after.decode()
+                except UnicodeDecodeError:
+                    lines.append(f"Binary files {shown} differ")
+                    continue
+                name = detail if mark == "R" else shown
+                lines += [
+                    line.rstrip("\n")
+                    for line in difflib.unified_diff(
+                        ta.splitlines(keepends=True),
+                        tb.splitlines(keepends=True),
+                        f"a/{shown}",
+                        f"b/{name}",
+                    )
+                ]
+        return lines
+
+    for line in _with_past(cfg, args.as_client, run):
+        print(line)
+    return 0
+
+
 def add_commands(sub: Any, with_cluster: Any) -> None:
     """Register ``log`` and ``cat`` (``with_cluster`` adds ``--dir``/``--config``)."""
     sp = sub.add_parser("log", help="the versions of a file or directory, newest first")
@@ -256,3 +445,21 @@ def add_commands(sub: Any, with_cluster: Any) -> None:
     with_cluster(sp)
     sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
     sp.set_defaults(command="cat")
+
+    sp = sub.add_parser("restore", help="bring a file or tree back as it was (new versions)")
+    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("--at", metavar="WHEN", required=True, help="a time, -10m, or a version id")
+    sp.add_argument("--to", metavar="DEST", help="write here instead of PATH itself")
+    sp.add_argument("--delete", action="store_true", help="remove entries that did not exist then")
+    with_cluster(sp)
+    sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
+    sp.set_defaults(command="restore")
+
+    sp = sub.add_parser("diff", help="what changed under a path between two moments")
+    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("--from", dest="since", metavar="WHEN", required=True, help="the start")
+    sp.add_argument("--to", metavar="WHEN", help="the end (default: now)")
+    sp.add_argument("-p", "--patch", action="store_true", help="unified diffs of text files")
+    with_cluster(sp)
+    sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
+    sp.set_defaults(command="diff")

@@ -288,6 +288,34 @@ class Past:
             v = child
         return v
 
+    async def tree(self, path: str, time_ns: int) -> dict[str, Version]:
+        """Every object under ``path`` at ``time_ns`` by relative path (``""``: ``path``
+        itself), parents before children.  Entries whose object is older than retention
+        kept are left out.
+
+        Raises:
+            NotThen, Reclaimed: as :meth:`resolve` for ``path`` itself.
+        """
+        top = await self.resolve(path, time_ns)
+        out = {"": top}
+        todo = [("", top)]
+        while todo:
+            rel, v = todo.pop(0)
+            if v.state is None or v.state.get("k") != "d":
+                continue
+            for name, entry in sorted(all_entries(v.state["e"]).items()):
+                try:
+                    child = await self.state_at(int(entry[0]), time_ns)
+                except Reclaimed:
+                    continue
+                if child is None:
+                    continue
+                text = name.decode(errors="surrogateescape")
+                crel = f"{rel}/{text}" if rel else text
+                out[crel] = child
+                todo.append((crel, child))
+        return out
+
     async def content(self, v: Version) -> bytes:
         """A regular file's bytes at version ``v`` (a symlink's target)."""
         s = v.state
