@@ -36,7 +36,7 @@ from bftfs.config import (
     ConfigError,
 )
 from bftfs.crypto import Identity, KeyFileError
-from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
+from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, MountOptions, OptionError
 from bftfs.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
@@ -130,18 +130,31 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mount_options(args: argparse.Namespace) -> MountOptions:
+    """The mount options of ``--client``, ``--attr-timeout``, ``--entry-timeout`` and
+    ``--metrics-port``, with ``-o`` applied over them."""
+    base = MountOptions(
+        client=args.client,
+        attr_timeout=args.attr_timeout,
+        entry_timeout=args.entry_timeout,
+        metrics_port=getattr(args, "metrics_port", None),
+    )
+    try:
+        return base.with_options(getattr(args, "options", None))
+    except OptionError as e:
+        raise QuietError(str(e), 2) from None
+
+
 def _mount(cfg: ClusterConfig, config_path: Path, mnt: Path, args: argparse.Namespace) -> int:
-    """Start a background mount daemon (``args``: the client, cache timeouts and, for
-    ``bftfs mount``, logging options)."""
+    """Start a background mount daemon (``args``: the client, cache timeouts, ``-o`` and,
+    for ``bftfs mount``, logging options)."""
     from bftfs.fuse import mount as mountmod
 
     try:
         return mountmod.mount_background(
             cfg,
-            args.client,
             mnt,
-            timeout=args.attr_timeout,
-            entry_timeout=args.entry_timeout,
+            _mount_options(args),
             config_path=config_path,
             log_path=getattr(args, "log", None),
             debug_modules=getattr(args, "debug_modules", None) or (),
@@ -164,20 +177,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from bftfs.fuse import mount as mountmod
 
     cfg, path = _cluster_of(args)
-    cfg.client(args.client)  # a clear error for an unknown client, before forking
+    options = _mount_options(args)
+    cfg.client(options.client)  # a clear error for an unknown client, before forking
     if args.fg:
         setup_logging(log_file=args.log, debug_modules=args.debug_modules)
-        mountmod.run_foreground(
-            cfg,
-            args.client,
-            args.mountpoint,
-            timeout=args.attr_timeout,
-            entry_timeout=args.entry_timeout,
-            debug=args.debug,
-        )
+        mountmod.run_foreground(cfg, args.mountpoint, options, config_path=path, debug=args.debug)
         return 0
     _mount(cfg, path, args.mountpoint, args)
-    print(f"mounted {args.mountpoint.resolve()} as {args.client}")
+    print(f"mounted {args.mountpoint.resolve()} as {options.client}")
     return 0
 
 
@@ -367,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="seconds the kernel caches names it found (default 30, as NFS's acdirmin; "
             "a stale one is noticed when it leads to a removed object)",
         )
+        sp.add_argument(
+            "-o",
+            dest="options",
+            metavar="OPTIONS",
+            help="mount options, comma-separated, as mount(8) takes them: client=NAME, ro, "
+            "allow_other, attr_timeout=S, entry_timeout=S, timeo=S (default 10) or hard, "
+            "metrics_port=P, metrics_addr=A (README, 'Mounting')",
+        )
 
     def with_init(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--t", type=int, default=1, help="faulty nodes tolerated (default 1)")
@@ -444,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--debug", action="store_true", help="libfuse debug output")
     sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.fs")
+    sp.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (0: any free one; the port is in "
+        "`bftfs status`); off by default",
+    )
     sp.set_defaults(func=cmd_mount)
 
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
