@@ -66,7 +66,7 @@ async def serve(
             timeout=options.attr_timeout,
             entry_timeout=options.entry_timeout,
             read_only=options.read_only,
-            timeo=options.deadline,
+            timeo=options.timeo,
             hard=options.hard,
         )
         # default_permissions: the kernel checks modes.  The source mount(8) and df show

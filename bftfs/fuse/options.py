@@ -11,9 +11,11 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      asked; an unprivileged user needs ``user_allow_other`` in /etc/fuse.conf)
 ``attr_timeout=S``   seconds the kernel caches attributes and missing names (default 1)
 ``entry_timeout=S``  seconds the kernel caches names it found (default 30)
-``timeo=S``          how long one system call waits for an unavailable cluster (more than
-                     ``t`` nodes down) before it fails with EIO (default 10; ``soft``)
-``hard``             wait as long as it takes instead, as NFS hard mounts do
+``timeo=S``          how long a request of the kernel waits for an unavailable cluster (more
+                     than ``t`` nodes down, or none reachable) before it fails with EIO
+                     (default 10; the wait starts again whenever the cluster answers)
+``hard``             try again after each ``timeo`` instead, for as long as it takes, as NFS
+                     hard mounts do (``soft``, the default, fails)
 ``metrics_port=P``   serve Prometheus metrics on this port (0: any free one; off by default)
 ``metrics_addr=A``   the address they listen on (default 127.0.0.1)
 ==================  ==========================================================================
@@ -95,7 +97,7 @@ class MountOptions:
 
     @property
     def deadline(self) -> float | None:
-        """Seconds a system call may wait for the cluster; None for ``hard``."""
+        """Seconds before a request gives up with EIO; None for ``hard`` (never)."""
         return None if self.hard else self.timeo
 
     def with_options(self, text: str | None) -> MountOptions:
@@ -108,7 +110,7 @@ class MountOptions:
         if self.allow_other:
             out.append("allow_other")
         out += [f"attr_timeout={self.attr_timeout:g}", f"entry_timeout={self.entry_timeout:g}"]
-        out.append("hard" if self.hard else f"timeo={self.timeo:g}")
+        out.append(f"{'hard' if self.hard else 'soft'},timeo={self.timeo:g}")
         if self.metrics_port is not None:
             out += [f"metrics_port={self.metrics_port}", f"metrics_addr={self.metrics_addr}"]
         return ",".join(out)
@@ -156,7 +158,6 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             changes[name] = _seconds(name, value)
         elif name == "timeo" and eq:
             changes["timeo"] = _seconds(name, value)
-            changes["hard"] = False
         elif name == "metrics_port" and eq:
             try:
                 port = int(value)

@@ -127,7 +127,7 @@ class _Connection:
                     seq, kind, req_id, status, body = self.session.open(frame)
                 except FrameError as e:
                     log.warning("node %s: dropped reply frame (%s)", self.node, e)
-                    self.faults[(int(self.node), e.reason)] += 1
+                    self.faults[(int(self.node), f"frame_{e.reason}")] += 1
                     if e.reason == "bad_mac":
                         continue
                     return
@@ -186,7 +186,8 @@ class Endpoint:
         self.resent = 0
         #: Faults seen per node: ``(node, kind)`` -> count, kind ``timeout`` (a request not
         #: answered in time), ``unreachable`` (a request given up because no connection
-        #: could be made) or a frame rejection reason (``bad_mac``, ``replay``, ...).
+        #: could be made) or ``frame_<reason>``, a reply frame rejected (``frame_bad_mac``,
+        #: ``frame_replay``, ...).
         self.faults: Counter[tuple[int, str]] = Counter()
 
     @property
