@@ -225,7 +225,9 @@ STATUS_HEALTHY, STATUS_DEGRADED, STATUS_UNAVAILABLE = 0, 1, 2
 
 #: Fault kinds (``Session.faults``) that are evidence against a node, as ``bftfs status``
 #: shows them: (column, kinds).  Timeouts and unreachable nodes are shown but are no
-#: evidence (a crashed or restarted node causes them); everything else is.
+#: evidence (a crashed or restarted node causes them), nor are Q/U servers reported as
+#: culled by others (a Byzantine server could report a correct one: more than ``b`` reports
+#: prove it, ``malevolent``); everything else is.
 FAULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("corrupt", ("corrupt", "refuted")),
     ("culled", ("culled",)),
@@ -234,7 +236,7 @@ FAULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bad frames", ("frame_*",)),
     ("timeouts", ("timeout", "unreachable")),
 )
-_NO_EVIDENCE = frozenset({"timeout", "unreachable"})
+_NO_EVIDENCE = frozenset({"timeout", "unreachable", "culled"})
 
 
 def cluster_health(
