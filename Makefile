@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-tests up down status test test-slow test-all lint bench bench-setup bench-full \
+.PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full \
 	bench-andrew bench-postmark bench-opcost bench-lazy bench-space bench-transport clean
 
 setup:
@@ -16,6 +16,10 @@ setup:
 
 setup-tests:
 	@scripts/setup.sh --tests
+
+# mount(8) runs /sbin/mount.fuse.<type> for `mount -t fuse.bftfs` and fstab lines.
+install-helper: setup
+	ln -sf $(CURDIR)/$(BIN)/mount.fuse.bftfs /sbin/mount.fuse.bftfs
 
 up: setup
 	$(BIN)/bftfs up --dir nodes

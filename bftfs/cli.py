@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -37,7 +40,7 @@ from bftfs.config import (
     ConfigError,
 )
 from bftfs.crypto import Identity, KeyFileError
-from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
+from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, MountOptions, OptionError
 from bftfs.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
@@ -132,6 +135,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mount_options(args: argparse.Namespace) -> MountOptions:
+    """The mount options of ``--client``, ``--attr-timeout``, ``--entry-timeout`` and
+    ``--metrics-port``, with ``-o`` applied over them."""
+    base = MountOptions(
+        client=args.client,
+        attr_timeout=args.attr_timeout,
+        entry_timeout=args.entry_timeout,
+        metrics_port=getattr(args, "metrics_port", None),
+    )
+    try:
+        return base.with_options(getattr(args, "options", None))
+    except OptionError as e:
+        raise QuietError(str(e), 2) from None
+
+
 def _mount(
     cfg: ClusterConfig,
     config_path: Path,
@@ -140,17 +158,15 @@ def _mount(
     *,
     at_ns: int | None = None,
 ) -> int:
-    """Start a background mount daemon (``args``: the client, cache timeouts and, for
-    ``bftfs mount``, logging options)."""
+    """Start a background mount daemon (``args``: the client, cache timeouts, ``-o`` and,
+    for ``bftfs mount``, logging options)."""
     from bftfs.fuse import mount as mountmod
 
     try:
         return mountmod.mount_background(
             cfg,
-            args.client,
             mnt,
-            timeout=args.attr_timeout,
-            entry_timeout=args.entry_timeout,
+            _mount_options(args),
             config_path=config_path,
             log_path=getattr(args, "log", None),
             debug_modules=getattr(args, "debug_modules", None) or (),
@@ -174,23 +190,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from bftfs.fuse import mount as mountmod
 
     cfg, path = _cluster_of(args)
-    cfg.client(args.client)  # a clear error for an unknown client, before forking
+    options = _mount_options(args)
+    cfg.client(options.client)  # a clear error for an unknown client, before forking
     at_ns = _mount_moment(args)
     if args.fg:
         setup_logging(log_file=args.log, debug_modules=args.debug_modules)
         mountmod.run_foreground(
-            cfg,
-            args.client,
-            args.mountpoint,
-            timeout=args.attr_timeout,
-            entry_timeout=args.entry_timeout,
-            debug=args.debug,
-            at_ns=at_ns,
+            cfg, args.mountpoint, options, config_path=path, debug=args.debug, at_ns=at_ns
         )
         return 0
     _mount(cfg, path, args.mountpoint, args, at_ns=at_ns)
     when = "" if at_ns is None else f", read-only, as it was at {args.at}"
-    print(f"mounted {args.mountpoint.resolve()} as {args.client}{when}")
+    print(f"mounted {args.mountpoint.resolve()} as {options.client}{when}")
     return 0
 
 
@@ -265,15 +276,130 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``bftfs status`` exit codes: every node up and no fault seen; degraded (a node down or
+#: caught misbehaving, at most ``t`` down: the file system still serves); unavailable
+#: (more than ``t`` nodes down: operations fail).
+STATUS_HEALTHY, STATUS_DEGRADED, STATUS_UNAVAILABLE = 0, 1, 2
+
+#: Fault kinds (``Session.faults``) that are evidence against a node, as ``bftfs status``
+#: shows them: (column, kinds).  Timeouts and unreachable nodes are shown but are no
+#: evidence (a crashed or restarted node causes them), nor are Q/U servers reported as
+#: culled by others (a Byzantine server could report a correct one: more than ``b`` reports
+#: prove it, ``malevolent``); everything else is.
+FAULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("corrupt", ("corrupt", "refuted")),
+    ("culled", ("culled",)),
+    ("malevolent", ("malevolent",)),
+    ("malformed", ("malformed", "time_ahead")),
+    ("bad frames", ("frame_*",)),
+    ("timeouts", ("timeout", "unreachable")),
+)
+_NO_EVIDENCE = frozenset({"timeout", "unreachable", "culled"})
+
+
+def cluster_health(
+    cfg: ClusterConfig, statuses: list[localmod.NodeStatus], mounts: list[dict]
+) -> tuple[int, str, list[str], dict[int, dict[str, int]]]:
+    """(exit code, word, problems, faults per node summed over the mounts) of a cluster."""
+    faults: dict[int, dict[str, int]] = {}
+    for m in mounts:
+        for node, kinds in (m.get("faults") or {}).items():
+            per = faults.setdefault(int(node), {})
+            for kind, count in kinds.items():
+                per[kind] = per.get(kind, 0) + int(count)
+    down = [s.id for s in statuses if not s.up]
+    problems = []
+    if down:
+        problems.append(f"node(s) {', '.join(map(str, down))} not answering")
+    for node, kinds in sorted(faults.items()):
+        evidence = {k: v for k, v in kinds.items() if k not in _NO_EVIDENCE and v}
+        if evidence:
+            what = ", ".join(f"{k} {v}" for k, v in sorted(evidence.items()))
+            problems.append(f"node {node} caught misbehaving by the mounts ({what})")
+    for m in mounts:
+        if m["state"] == "dead":
+            still = " (still mounted: bftfs umount it)" if m.get("mounted") else ""
+            problems.append(f"mount {m['mountpoint']}: its daemon is gone{still}")
+        elif m["state"] == "unresponsive":
+            problems.append(f"mount {m['mountpoint']}: its daemon does not update its status")
+    if len(down) > cfg.t:
+        return STATUS_UNAVAILABLE, "unavailable", problems, faults
+    node_problems = bool(down) or any(
+        v for kinds in faults.values() for k, v in kinds.items() if k not in _NO_EVIDENCE
+    )
+    if node_problems:
+        return STATUS_DEGRADED, "degraded", problems, faults
+    return STATUS_HEALTHY, "healthy", problems, faults
+
+
+def _fault_sum(kinds: dict[str, int], wanted: tuple[str, ...]) -> int:
+    """The counts of ``kinds`` named in ``wanted`` (``prefix*`` matches a prefix)."""
+    return sum(
+        v
+        for k, v in kinds.items()
+        if any(k == w or (w.endswith("*") and k.startswith(w[:-1])) for w in wanted)
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = localmod.load_cluster(args.dir)
+    from bftfs.fuse import control
+
+    cfg, _ = _cluster_of(args)
     statuses = trio.run(localmod.query_status, cfg)
+    mounts = control.mount_statuses(cfg)
+    code, word, problems, faults = cluster_health(cfg, statuses, mounts)
     if args.json:
-        print(json.dumps([s.__dict__ for s in statuses], indent=2, default=str))
+        doc = {
+            "cluster": {
+                "home": str(cfg.home),
+                **{k: getattr(cfg, k) for k in ("t", "b", "n", "qc", "m")},
+            },
+            "health": word,
+            "exit_code": code,
+            "problems": problems,
+            "nodes": [{**s.__dict__, "faults": faults.get(s.id, {})} for s in statuses],
+            "mounts": mounts,
+        }
+        print(json.dumps(doc, indent=2, default=str))
+        return code
+    print(f"cluster {cfg.home}: t={cfg.t} b={cfg.b} n={cfg.n} QC={cfg.qc} m={cfg.m}")
+    print(f"health: {word.upper()}")
+    for p in problems:
+        print(f"  - {p}")
+    _print_status(statuses)
+    _print_mounts(mounts, faults, cfg)
+    return code
+
+
+def _print_mounts(
+    mounts: list[dict], faults: dict[int, dict[str, int]], cfg: ClusterConfig
+) -> None:
+    if not mounts:
+        print("mounts: none known (mounts started from this cluster directory are listed)")
     else:
-        print(f"cluster {cfg.home}: t={cfg.t} b={cfg.b} n={cfg.n} QC={cfg.qc} m={cfg.m}")
-        _print_status(statuses)
-    return 0 if all(s.up for s in statuses) else EXIT_CLUSTER
+        wide = max(len("mount point"), *(len(m["mountpoint"]) for m in mounts))
+        print(
+            f"  {'mount point':{wide}}  {'client':8}  {'state':12}  {'pid':>7}  "
+            f"{'requests':>8}  {'EIO':>5}  metrics              options"
+        )
+        for m in mounts:
+            eio = sum((m.get("eio") or {}).values())
+            print(
+                f"  {m['mountpoint']:{wide}}  {m.get('client', '?'):8}  {m['state']:12}  "
+                f"{m['pid']:>7}  {m.get('requests', '-')!s:>8}  {eio:>5}  "
+                f"{m.get('metrics') or '-':20} {m.get('options', '-')}"
+            )
+            if m.get("last_eio"):
+                when, op, cause = m["last_eio"]
+                stamp = time.strftime("%H:%M:%S", time.localtime(when))
+                print(f"  {'':{wide}}  last EIO {stamp} {op}: {cause[:100]}")
+    print("faults the mounts detected, per node (since each mount started):")
+    head = "  ".join(f"{name:>10}" for name, _ in FAULT_COLUMNS)
+    print(f"  {'node':>4}  {head}")
+    for spec in cfg.nodes:
+        kinds = faults.get(spec.id, {})
+        cells = "  ".join(f"{_fault_sum(kinds, ks):>10}" for _, ks in FAULT_COLUMNS)
+        print(f"  {spec.id:>4}  {cells}")
 
 
 def _print_status(statuses: list[localmod.NodeStatus]) -> None:
@@ -370,15 +496,20 @@ def cmd_node(args: argparse.Namespace) -> int:
 
             types = WITH_TEST_TYPES
         node = Node(cfg, ident, faults=faults, object_types=types)
+        metrics = None
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await nursery.start(node.run)
+                if args.metrics_port is not None:
+                    metrics = _node_metrics_server(node, args)
                 async for sig in signals:
                     log.info(
                         "node %s: %s received, shutting down", spec.id, signal.Signals(sig).name
                     )
                     nursery.cancel_scope.cancel()
                     break
+        if metrics is not None:
+            metrics.close()
 
     try:
         trio.run(main)
@@ -388,6 +519,26 @@ def cmd_node(args: argparse.Namespace) -> int:
         ) from None
     log.info("node %s stopped", spec.id)
     return 0
+
+
+def _node_metrics_server(node: Any, args: argparse.Namespace) -> Any:
+    """Serve the node's Prometheus metrics (``--metrics-port``); the port chosen is logged
+    and written to ``node<I>/metrics.port`` (``0`` asks the OS for a free one)."""
+    from bftfs import metrics as metricsmod
+    from bftfs.node.service import node_metrics
+
+    try:
+        server = metricsmod.serve(
+            args.metrics_addr, args.metrics_port, functools.partial(node_metrics, node)
+        )
+    except OSError as e:
+        raise QuietError(
+            f"node {node.id}: cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: "
+            f"{e.strerror}",
+            EXIT_CLUSTER,
+        ) from None
+    (node.spec.data_dir / "metrics.port").write_text(f"{server.address}:{server.port}\n")
+    return server
 
 
 # Argument parsing -------------------------------------------------------------------------
@@ -423,6 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=DEFAULT_ENTRY_TIMEOUT,
             help="seconds the kernel caches names it found (default 30, as NFS's acdirmin; "
             "a stale one is noticed when it leads to a removed object)",
+        )
+        sp.add_argument(
+            "-o",
+            dest="options",
+            metavar="OPTIONS",
+            help="mount options, comma-separated, as mount(8) takes them: client=NAME, ro, "
+            "allow_other, attr_timeout=S, entry_timeout=S, timeo=S (default 10) or hard, "
+            "metrics_port=P, metrics_addr=A (README, 'Mounting')",
         )
 
     def with_init(sp: argparse.ArgumentParser) -> None:
@@ -485,8 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_dir(sp)
     sp.set_defaults(func=cmd_down)
 
-    sp = sub.add_parser("status", help="show each node: up or down, address, sizes, counters")
+    sp = sub.add_parser(
+        "status",
+        help="health (exit 0 healthy, 1 degraded, 2 unavailable), each node and mount, "
+        "the faults the mounts detected per node",
+    )
     with_dir(sp)
+    sp.add_argument("--config", type=Path, help="cluster.toml (instead of --dir)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_status)
 
@@ -501,6 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--debug", action="store_true", help="libfuse debug output")
     sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.fs")
+    sp.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (0: any free one; the port is in "
+        "`bftfs status`); off by default",
+    )
     sp.add_argument(
         "--at",
         metavar="WHEN",
@@ -542,6 +712,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PROFILE",
         help="misbehave on purpose, for fault tests (corrupt-fragments, reject-everything; "
         "see bftfs/testing/byzantine/profiles.py)",
+    )
+    sp.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (0: any free one, written to "
+        "node<I>/metrics.port); off by default",
+    )
+    sp.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address the metrics listen on (default 127.0.0.1)",
     )
     sp.add_argument(
         "--batch-sched",

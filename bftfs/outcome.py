@@ -4,9 +4,23 @@ Both protocol clients (``qu.client``, ``rw.client``) raise subclasses of
 :class:`ClusterUnavailable` and nothing of the transport below them (no
 ``QuorumUnavailable``, ``TransportError`` or exception groups from their nurseries), so
 their callers - the file system - handle one family and import nothing of the transport.
+
+It also holds the *patience* of the operation running in the current task (a context
+variable): how long it still waits for nodes that do not answer.  A mount sets it per
+system call (``timeo``, :mod:`bftfs.fuse.options`); the transport (``net.endpoint``,
+``net.batch``) cuts its timeouts to it and extends it whenever a call completes, so an
+operation fails once the cluster has made no progress for that long, whatever retries the
+protocol clients and the file system would otherwise make, and a long operation that does
+progress (a large flush) is never cut short.  Without one (no mount, or a ``hard`` mount)
+the transport's own timeouts apply.  Kept here, in the base layer, so the file system and
+FUSE set it without importing the transport.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 
 class ClusterUnavailable(Exception):
@@ -42,3 +56,55 @@ def collapse(
     if isinstance(first, ClusterUnavailable):
         return first
     return make(f"{type(first).__name__}: {first}")
+
+
+class Patience:
+    """How long the current operation goes on waiting for an unresponsive cluster: until
+    ``deadline`` (trio time), pushed ``seconds`` ahead whenever a call completes."""
+
+    __slots__ = ("seconds", "deadline", "started")
+
+    def __init__(self, seconds: float, now: float) -> None:
+        self.seconds = seconds
+        self.started = now
+        self.deadline = now + seconds
+
+    def expired(self, now: float) -> bool:
+        return now >= self.deadline
+
+
+_patience: ContextVar[Patience | None] = ContextVar("bftfs_patience", default=None)
+
+
+@contextmanager
+def patience(seconds: float | None, now: float) -> Iterator[Patience | None]:
+    """Within the block (and the tasks it starts), wait at most ``seconds`` without
+    progress for the cluster (``now``: the current trio time); None: no limit of its own."""
+    if seconds is None:
+        yield None
+        return
+    p = Patience(seconds, now)
+    token = _patience.set(p)
+    try:
+        yield p
+    finally:
+        _patience.reset(token)
+
+
+def current_patience() -> Patience | None:
+    return _patience.get()
+
+
+def bounded(timeout: float, now: float) -> float:
+    """``timeout`` cut to the current operation's patience (0 once it ran out)."""
+    p = _patience.get()
+    if p is None:
+        return timeout
+    return max(0.0, min(timeout, p.deadline - now))
+
+
+def progressed(now: float) -> None:
+    """A call completed: the current operation's patience starts again from ``now``."""
+    p = _patience.get()
+    if p is not None:
+        p.deadline = now + p.seconds

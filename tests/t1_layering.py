@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 BASE = {
     *("ids", "crypto", "config", "erasure", "logsetup", "proc", "kv", "outcome", "thresholds"),
     "policy",
+    "metrics",
     "bftfs",
 }
 ALLOWED: dict[str, set[str]] = {
@@ -30,10 +31,13 @@ ALLOWED: dict[str, set[str]] = {
     "proc": set(),
     "kv": set(),
     "outcome": set(),
+    "metrics": set(),
     "thresholds": set(),
     "bftfs": set(),
     # net: both halves of a connection (endpoint, server) and the quorum engine.
-    "net": {"ids", "crypto", "bftfs"},
+    # net -> outcome: the transport cuts its timeouts to the running operation's patience
+    # (outcome.patience, set per system call by a mount: its ``timeo``).
+    "net": {"ids", "crypto", "bftfs", "outcome"},
     "connect": {"config", "crypto", "net"},
     "local": BASE | {"connect", "net"},
     # node: the protocol servers live in the node (node/qu_server.py, node/rw_server.py)

@@ -30,6 +30,24 @@ class Session:
     fs: FileSystem
     qu: QUClient
     rw: Any
+    #: The endpoint under both (``bftfs.net.endpoint.Endpoint``: its transport faults).
+    endpoint: Any = None
+
+    def faults(self) -> dict[int, dict[str, int]]:
+        """The faults this client detected, per node and kind: the PASIS client's
+        (``corrupt``, ``malformed``, ``refuted``, ``time_ahead``), the Q/U client's
+        (``culled``, ``malevolent``, ``malformed``: both clients' malformed replies add up)
+        and the transport's (``timeout``, ``unreachable``, frame rejections such as
+        ``bad_mac``)."""
+        out: dict[int, dict[str, int]] = {}
+        sources = [self.rw.faults, self.qu.faults]
+        if self.endpoint is not None:
+            sources.append(self.endpoint.faults)
+        for counter in sources:
+            for (node, kind), count in list(counter.items()):
+                per = out.setdefault(int(node), {})
+                per[kind] = per.get(kind, 0) + count
+        return out
 
     def statistics(self) -> str:
         """What the protocol clients did, for a log at unmount."""
@@ -51,7 +69,7 @@ async def open_session(
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
         qu = QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid)
         fs = await FileSystem.open(qu, rw, config, **options)
-        yield Session(fs, qu, rw)
+        yield Session(fs, qu, rw, ep)
 
 
 @asynccontextmanager

@@ -3,7 +3,10 @@
 Kept apart from :mod:`bftfs.fuse.mount` (which imports pyfuse3 and the file system) so that
 ``bftfs down`` and ``bftfs umount`` need neither.
 
-Each running mount leaves ``<cluster>/mounts/<key>.pid`` (pid and mount point).  Unmounting
+Each running mount leaves ``<cluster>/mounts/<key>.pid`` (pid and mount point) and
+``<key>.json``, which the daemon rewrites every :data:`PUBLISH_INTERVAL` seconds: its
+options, the faults its clients detected per node, its EIO answers, its metrics address
+(``bftfs status`` reads it, :func:`mount_statuses`).  Unmounting
 is ``fusermount3 -u``; when that fails (busy, or a daemon stuck on unreachable nodes) the
 mount is detached lazily and the daemon terminated, so unmount is clean even when nodes are
 down.
@@ -13,25 +16,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bftfs import proc
 from bftfs.config import ClusterConfig
+from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
 from bftfs.local import log_tail
 
 log = logging.getLogger(__name__)
 
-#: Seconds the kernel may cache attributes and missing names (``--attr-timeout``; the
-#: choice is explained in :mod:`bftfs.fuse.operations`).  Here, apart from pyfuse3, so the
-#: command line and the test mounts default to the same values as the daemon.
-DEFAULT_TIMEOUT = 1.0
-#: Seconds the kernel may cache the names it found (``--entry-timeout``).
-DEFAULT_ENTRY_TIMEOUT = 30.0
+#: Seconds between two rewrites of a daemon's status file (``<key>.json``).
+PUBLISH_INTERVAL = 2.0
 
 
 class MountError(Exception):
@@ -48,6 +52,67 @@ def pid_file(config: ClusterConfig, mountpoint: Path) -> Path:
 
 def log_file(config: ClusterConfig, mountpoint: Path) -> Path:
     return config.home / "mounts" / f"{_key(mountpoint)}.log"
+
+
+def status_file(config: ClusterConfig, mountpoint: Path) -> Path:
+    return config.home / "mounts" / f"{_key(mountpoint)}.json"
+
+
+def mounted_fuse(mountpoint: Path) -> str | None:
+    """The file-system type ``mountpoint`` is mounted with, from ``/proc/self/mountinfo``
+    (None if it is no mount point).  Reads no file of the mount, so it cannot hang on a
+    daemon that waits for its cluster."""
+    target = str(mountpoint)
+    found = None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point == target:
+            found = right.split()[0] if right else "?"  # the last mount on it wins
+    return found
+
+
+def mount_statuses(config: ClusterConfig) -> list[dict[str, Any]]:
+    """Every mount this cluster directory knows of, with its state: ``alive`` (the daemon
+    runs and the directory is mounted), ``unresponsive`` (it runs but has not rewritten
+    its status file for a while), ``dead`` (the daemon is gone; ``mounted`` says whether
+    the kernel still holds the mount, which answers "Transport endpoint is not
+    connected" until unmounted) or ``starting``; and what the daemon last published."""
+    out = []
+    now = time.time()
+    for pid, mnt in known_mounts(config):
+        try:
+            published = json.loads(status_file(config, mnt).read_text())
+        except (OSError, ValueError):
+            published = {}
+        if not isinstance(published, dict) or published.get("pid") != pid:
+            published = {}
+        fstype = mounted_fuse(mnt)
+        if not proc.process_alive(pid):
+            state = "dead"
+        elif fstype is None:
+            state = "starting"
+        elif now - float(published.get("updated", 0)) > 5 * PUBLISH_INTERVAL:
+            state = "unresponsive"
+        else:
+            state = "alive"
+        out.append(
+            {
+                **published,
+                "pid": pid,
+                "mountpoint": str(mnt),
+                "state": state,
+                "mounted": fstype is not None,
+            }
+        )
+    return out
 
 
 def known_mounts(config: ClusterConfig) -> list[tuple[int, Path]]:
@@ -88,9 +153,11 @@ def daemon_command(
     log_path: Path,
     debug_modules: Sequence[str] = (),
     debug: bool = False,
+    options: str = "",
     at_ns: int | None = None,
 ) -> list[str]:
     """The command line of a mount daemon in the foreground (``bftfs mount --fg``);
+    ``options`` (``-o``, :mod:`bftfs.fuse.options`) apply over the other arguments;
     ``at_ns``: a read-only mount of the tree as it was then."""
     cmd = [
         sys.executable,
@@ -110,6 +177,8 @@ def daemon_command(
         "--log",
         str(log_path),
     ]
+    if options:
+        cmd += ["-o", options]
     if debug_modules:
         cmd += ["--debug-modules", *debug_modules]
     if debug:
@@ -120,12 +189,17 @@ def daemon_command(
 
 
 __all__ = [
+    "DEFAULT_ENTRY_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "MountError",
     "daemon_command",
     "is_mounted",
     "known_mounts",
     "log_file",
     "log_tail",
+    "mount_statuses",
+    "mounted_fuse",
     "pid_file",
+    "status_file",
     "unmount",
 ]

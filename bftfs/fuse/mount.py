@@ -5,78 +5,149 @@ foreground) and returns once ``DIR`` is a mount point.  The daemon is one trio p
 pyfuse3's request loop plus the Q/U and PASIS clients whose network waits overlap while
 the kernel's requests are served (``spec/pyfuse3-notes.md`` 3.3).
 
-Mount book-keeping (pid files, unmounting) is in :mod:`bftfs.fuse.control`.
+Mount book-keeping (pid files, unmounting) is in :mod:`bftfs.fuse.control`; the daemon
+also rewrites a status file there (``_Book``: options, faults per node, EIO answers) for
+``bftfs status``, and serves Prometheus metrics when asked (``-o metrics_port=``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
 
 from bftfs import proc
 from bftfs.config import ClusterConfig
-from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.pastview import PastView
-from bftfs.fs.session import open_past, open_session
+from bftfs.fs.session import Session, open_past, open_session
 from bftfs.fuse.control import (
-    DEFAULT_ENTRY_TIMEOUT,
-    DEFAULT_TIMEOUT,
+    PUBLISH_INTERVAL,
     MountError,
     daemon_command,
     is_mounted,
     log_file,
     log_tail,
     pid_file,
+    status_file,
 )
 from bftfs.fuse.operations import Operations
+from bftfs.fuse.options import MountOptions
+from bftfs.metrics import Family, MetricsServer
+from bftfs.metrics import serve as serve_metrics
 
 log = logging.getLogger(__name__)
 
 
 async def serve(
     config: ClusterConfig,
-    client: str,
     mountpoint: Path,
+    options: MountOptions,
     *,
-    timeout: float = DEFAULT_TIMEOUT,
-    entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
+    config_path: Path | None = None,
     debug: bool = False,
     at_ns: int | None = None,
 ) -> None:
     """Mount ``mountpoint`` and serve it until unmounted or terminated; with ``at_ns``, the
-    tree as it was then, read-only (``fs/pastview.py``)."""
-    async with contextlib.AsyncExitStack() as stack:
-        if at_ns is None:
-            # The file system answers attributes its own updates produced for as long as
-            # the kernel caches attributes (``--attr-timeout``), no longer.
-            session = await stack.enter_async_context(
-                open_session(config, client, uid=os.getuid(), gid=os.getgid(), attr_ttl=timeout)
-            )
-            fs: FileSystem | PastView = session.fs
-            statistics = session.statistics
-        else:
-            past = await stack.enter_async_context(open_past(config, client))
-            fs = PastView(past, at_ns, config.block_size)
-            statistics = past.statistics
-        ops = Operations(fs, timeout=timeout, entry_timeout=entry_timeout)
-        options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-        options |= {"fsname=bftfs", "subtype=bftfs"}
-        if at_ns is not None:
-            options.add("ro")
-        if os.getuid() == 0:
-            options.add("allow_other")
+    tree as it was then, read-only (:func:`serve_past`)."""
+    if at_ns is not None:
+        await serve_past(config, mountpoint, options, at_ns, debug=debug)
+        return
+    # The file system answers attributes its own updates produced for as long as the
+    # kernel caches attributes (``attr_timeout``), no longer.
+    async with open_session(
+        config, options.client, uid=os.getuid(), gid=os.getgid(), attr_ttl=options.attr_timeout
+    ) as session:
+        ops = Operations(
+            session.fs,
+            timeout=options.attr_timeout,
+            entry_timeout=options.entry_timeout,
+            read_only=options.read_only,
+            timeo=options.timeo,
+            hard=options.hard,
+        )
+        # default_permissions: the kernel checks modes.  The source mount(8) and df show
+        # is the configuration (libfuse splits options at unescaped commas).
+        source = str(config_path) if config_path else "bftfs"  # resolved by the caller
+        fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs"}
+        fuse_options.add("fsname=" + source.replace("\\", "\\\\").replace(",", "\\,"))
+        if options.allow_other:
+            fuse_options.add("allow_other")
+        if options.read_only:
+            fuse_options.add("ro")
         if debug:
-            options.add("debug")
-        pyfuse3.init(ops, str(mountpoint), options)
-        log.info("mounted %s as %s", mountpoint, client)
+            fuse_options.add("debug")
+        metrics = None
+        if options.metrics_port is not None:
+            metrics = serve_metrics(
+                options.metrics_addr,
+                options.metrics_port,
+                functools.partial(mount_metrics, session, ops, options),
+            )
+        book = _Book(config, mountpoint, options, session, ops, metrics)
+        pyfuse3.init(ops, str(mountpoint), fuse_options)
+        log.info("mounted %s as %s (%s)", mountpoint, options.client, options.to_string())
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+
+                    async def on_signal() -> None:
+                        async for sig in signals:
+                            log.info("%s received: unmounting", signal.Signals(sig).name)
+                            pyfuse3.terminate()
+                            return
+
+                    nursery.start_soon(on_signal)
+                    nursery.start_soon(book.run)
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            if metrics is not None:
+                metrics.close()
+            book.remove()
+            log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())
+            log.info("%s", session.statistics())
+            faults = session.faults()
+            if faults:
+                log.info("faults detected per node: %s", json.dumps(faults, sort_keys=True))
+
+
+async def serve_past(
+    config: ClusterConfig,
+    mountpoint: Path,
+    options: MountOptions,
+    at_ns: int,
+    *,
+    debug: bool = False,
+) -> None:
+    """A time-travel mount (``bftfs mount DIR --at WHEN``): the tree as it was at
+    ``at_ns`` (``fs/pastview.py``), read-only; no status file or metrics."""
+    async with open_past(config, options.client) as past:
+        ops = Operations(
+            PastView(past, at_ns, config.block_size),
+            timeout=options.attr_timeout,
+            entry_timeout=options.entry_timeout,
+            read_only=True,
+            timeo=options.timeo,
+            hard=options.hard,
+        )
+        fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs", "fsname=bftfs", "ro"}
+        if options.allow_other:
+            fuse_options.add("allow_other")
+        if debug:
+            fuse_options.add("debug")
+        pyfuse3.init(ops, str(mountpoint), fuse_options)
+        log.info("mounted %s read-only as it was at %d ns", mountpoint, at_ns)
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
@@ -93,16 +164,119 @@ async def serve(
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())
-            log.info("%s", statistics())
+            log.info("%s", past.statistics())
+
+
+class _Book:
+    """The daemon's status file (``mounts/<key>.json``), rewritten every
+    :data:`~bftfs.fuse.control.PUBLISH_INTERVAL` seconds for ``bftfs status``."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        mountpoint: Path,
+        options: MountOptions,
+        session: Session,
+        ops: Operations,
+        metrics: MetricsServer | None,
+    ) -> None:
+        self.path = status_file(config, mountpoint)
+        self.mountpoint = mountpoint.resolve()
+        self.options = options
+        self.session = session
+        self.ops = ops
+        self.metrics = metrics
+        self.started = time.time()
+
+    def snapshot(self) -> dict[str, Any]:
+        ops = self.ops
+        return {
+            "pid": os.getpid(),
+            "mountpoint": str(self.mountpoint),
+            "client": self.options.client,
+            "options": self.options.to_string(),
+            "started": self.started,
+            "updated": time.time(),
+            "requests": sum(ops.calls.values()),
+            "eio": dict(ops.eio),
+            "last_eio": list(ops.last_eio) if ops.last_eio else None,
+            "unavailable_since": ops.unavailable_since,
+            "faults": {str(k): v for k, v in sorted(self.session.faults().items())},
+            "metrics": (
+                f"{self.metrics.address}:{self.metrics.port}" if self.metrics is not None else None
+            ),
+        }
+
+    def write(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(self.snapshot(), indent=1) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("cannot write the mount's status file %s: %s", self.path, e)
+
+    async def run(self) -> None:
+        while True:
+            self.write()
+            await trio.sleep(PUBLISH_INTERVAL)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            if json.loads(self.path.read_text()).get("pid") == os.getpid():
+                self.path.unlink()
+
+
+def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> list[Family]:
+    """The mount's Prometheus metrics (called in the trio loop at each scrape)."""
+    requests = Family(
+        "bftfs_mount_requests",
+        "Kernel requests served, and the seconds they took, by operation",
+        "summary",
+        ("op",),
+    )
+    for name, n in sorted(ops.calls.items()):
+        requests.add((n, ops.seconds[name]), name)
+    eio = Family("bftfs_mount_eio_total", "EIO answers by operation", "counter", ("op",))
+    for name, n in sorted(ops.eio.items()):
+        eio.add(n, name)
+    faults = Family(
+        "bftfs_mount_node_faults_total",
+        "Faults this mount's clients detected, by node and kind",
+        "counter",
+        ("node", "kind"),
+    )
+    for node, kinds in sorted(session.faults().items()):
+        for kind, n in sorted(kinds.items()):
+            faults.add(n, node, kind)
+    methods = Family(
+        "bftfs_mount_qu_operations",
+        "Q/U operations, and their seconds, by method",
+        "summary",
+        ("method",),
+    )
+    fs = session.fs
+    for name, n in sorted(fs.methods.items()):
+        methods.add((n, fs.method_seconds[name]), name)
+    rw = Family("bftfs_mount_pasis_total", "PASIS client counters", "counter", ("counter",))
+    for name, n in sorted(session.rw.statistics().counters.items()):
+        rw.add(n, name)
+    qu = Family("bftfs_mount_qu_total", "Q/U client counters", "counter", ("counter",))
+    for name, value in sorted(vars(session.qu.statistics()).items()):
+        if isinstance(value, int):
+            qu.add(value, name)
+    waiting = Family(
+        "bftfs_mount_unavailable", "1 while a hard mount waits for its cluster", "gauge"
+    ).add(1 if ops.unavailable_since is not None else 0)
+    return [requests, eio, faults, methods, rw, qu, waiting]
 
 
 def run_foreground(
     config: ClusterConfig,
-    client: str,
     mountpoint: Path,
+    options: MountOptions,
     *,
-    timeout: float = DEFAULT_TIMEOUT,
-    entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
+    config_path: Path | None = None,
     debug: bool = False,
     at_ns: int | None = None,
 ) -> None:
@@ -115,10 +289,9 @@ def run_foreground(
             functools.partial(
                 serve,
                 config,
-                client,
                 mountpoint,
-                timeout=timeout,
-                entry_timeout=entry_timeout,
+                options,
+                config_path=config_path.resolve() if config_path else None,
                 debug=debug,
                 at_ns=at_ns,
             )
@@ -131,11 +304,9 @@ def run_foreground(
 
 def mount_background(
     config: ClusterConfig,
-    client: str,
     mountpoint: Path,
+    options: MountOptions,
     *,
-    timeout: float = DEFAULT_TIMEOUT,
-    entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
     wait: float = 30.0,
     config_path: Path,
     log_path: Path | None = None,
@@ -158,13 +329,14 @@ def mount_background(
     lf.parent.mkdir(parents=True, exist_ok=True)
     cmd = daemon_command(
         config_path,
-        client,
+        options.client,
         mountpoint,
-        timeout=timeout,
-        entry_timeout=entry_timeout,
+        timeout=options.attr_timeout,
+        entry_timeout=options.entry_timeout,
         log_path=lf,
         debug_modules=debug_modules,
         debug=debug,
+        options=options.to_string(),
         at_ns=at_ns,
     )
     child = proc.spawn(cmd, log=lf)

@@ -59,27 +59,56 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from bftfs.fs.attrs import Attr
-from bftfs.fs.errors import FsError, NotFound, Removed
+from bftfs.fs.errors import FsError, NotFound, Removed, Unavailable
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.pastview import PastView
-from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
+from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
+from bftfs.outcome import patience
 
 log = logging.getLogger(__name__)
 
 
-#: EIO answers logged per handler and error type (then only counted: a flood).
-EIO_LOGGED = 20
+#: ESTALE answers logged per handler (then only counted: the kernel retries them).
+ESTALE_LOGGED = 20
+#: Seconds between attempts of a system call on a ``hard`` mount while the cluster is
+#: unavailable (each attempt waits up to ``timeo`` for it first).
+HARD_RETRY = 1.0
+
+#: Handlers that change the file system: a read-only mount refuses them with EROFS.
+_WRITES = frozenset(
+    {
+        "setattr",
+        "mknod",
+        "mkdir",
+        "unlink",
+        "rmdir",
+        "symlink",
+        "rename",
+        "link",
+        "create",
+        "write",
+        "setxattr",
+        "removexattr",
+    }
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Turn domain errors into their errno and anything unexpected into a logged EIO."""
+    """Turn domain errors into their errno and anything unexpected into a logged EIO.
+
+    Each call waits for an unavailable cluster at most the mount's ``timeo`` (its
+    patience, :func:`bftfs.outcome.patience`); on a ``hard`` mount it then tries again,
+    for as long as it takes.  Every EIO is logged at WARNING with the operation, how long
+    it took and why."""
 
     name = fn.__name__
+    writes = name in _WRITES
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -92,29 +121,37 @@ def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
             if pid:
                 self._looked_up.pop(pid, None)
         try:
-            return await fn(*args, **kwargs)
+            if writes and self.read_only:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            while True:
+                try:
+                    with patience(self.timeo, trio.current_time()):
+                        result = await fn(*args, **kwargs)
+                except Unavailable as e:
+                    if not self.hard:
+                        raise
+                    self._unavailable(name, e, time.perf_counter() - start)
+                    await trio.sleep(HARD_RETRY)
+                    continue
+                if self.unavailable_since is not None:
+                    self._available_again()
+                return result
         except pyfuse3.FUSEError:
             raise
         except FsError as e:
-            if e.errno in (errno.EIO, errno.ESTALE):  # unexpected to applications: say why
+            if e.errno == errno.EIO:
+                self._eio(name, args[1:3], f"{type(e).__name__}: {e}", start)
+            elif e.errno == errno.ESTALE:  # usually retried by the kernel (its walk again)
                 key = f"{name}:{type(e).__name__}"
                 self.errors[key] += 1
-                if self.errors[key] <= EIO_LOGGED:
-                    # ESTALE is usually retried by the kernel (its walk again): info.
-                    log.log(
-                        logging.WARNING if e.errno == errno.EIO else logging.INFO,
-                        "%s answered %s (args %r): %s",
-                        name,
-                        errno.errorcode[e.errno],
-                        args[1:3],
-                        e,
-                    )
+                if self.errors[key] <= ESTALE_LOGGED:
+                    log.info("%s answered ESTALE (args %r): %s", name, args[1:3], e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception as e:
             key = f"{name}:{type(e).__name__}"
-            self.errors[key] += 1
-            if self.errors[key] == 1:  # once per handler and error type: a flood of EIO
+            if self.errors[key] == 0:  # the traceback once per handler and error type
                 log.exception("%s failed (args %r)", fn.__name__, args[1:3])
+            self._eio(name, args[1:3], f"unexpected {type(e).__name__}: {e}", start)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             self.calls[name] += 1
@@ -135,12 +172,26 @@ class Operations(pyfuse3.Operations):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
+        read_only: bool = False,
+        timeo: float | None = DEFAULT_TIMEO,
+        hard: bool = False,
     ) -> None:
+        """``timeo``: seconds a call waits for an unavailable cluster (None: the
+        transport's own timeouts); ``hard``: then try again instead of answering EIO."""
         super().__init__()
         self.fs = fs
         self.timeout = timeout
         self.entry_timeout = entry_timeout
+        self.read_only = read_only
+        self.timeo = timeo
+        self.hard = hard
+        #: Answers other than success by handler and error type (EIO, ESTALE).
         self.errors: Counter[str] = Counter()
+        #: EIO answers by handler, and the latest: (wall time, handler, cause).
+        self.eio: Counter[str] = Counter()
+        self.last_eio: tuple[float, str, str] | None = None
+        #: Since when (wall time) a hard mount has been waiting for the cluster, if it is.
+        self.unavailable_since: float | None = None
         #: Requests served and seconds spent per handler (logged at unmount: where a
         #: workload's time goes, see :meth:`statistics`).
         self.calls: Counter[str] = Counter()
@@ -151,6 +202,35 @@ class Operations(pyfuse3.Operations):
         # entries are created and removed (pyfuse3 requires stable ``next_id``).
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
         self._next_dir_fh = 1
+
+    def _eio(self, name: str, args: Any, cause: str, start: float) -> None:
+        """Count and log one EIO answer (every one: a program just saw an I/O error)."""
+        self.eio[name] += 1
+        self.last_eio = (time.time(), name, cause)
+        log.warning(
+            "%s answered EIO after %.1fs (args %r): %s",
+            name,
+            time.perf_counter() - start,
+            args,
+            cause,
+        )
+
+    def _unavailable(self, name: str, e: Exception, waited: float) -> None:
+        """A hard mount's call found the cluster unavailable and will try again."""
+        if self.unavailable_since is None:
+            self.unavailable_since = time.time()
+            log.warning(
+                "%s: cluster unavailable (%s); hard mount: waiting for it (%.1fs so far)",
+                name,
+                e,
+                waited,
+            )
+
+    def _available_again(self) -> None:
+        since = self.unavailable_since
+        self.unavailable_since = None
+        if since is not None:
+            log.warning("the cluster answers again after %.1fs", time.time() - since)
 
     def statistics(self) -> str:
         """One line per handler: requests, total and mean milliseconds, busiest first."""
@@ -313,6 +393,8 @@ class Operations(pyfuse3.Operations):
         # a dentry its own walk had just looked up): the calling process's last request
         # being the lookup that found this inode is how this open knows it came by a name
         # found in this very call (``looked_up``), not by a name cached earlier.
+        if self.read_only and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+            raise pyfuse3.FUSEError(errno.EROFS)
         looked_up = self._looked_up.get(ctx.pid) == inode
         fh = await self.fs.open(inode, flags, reached_by_name=True, looked_up=looked_up)
         self._looked_up.pop(ctx.pid, None)

@@ -32,6 +32,7 @@ from bftfs.net.driver import QuorumDriver
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict
+from bftfs.outcome import bounded, progressed
 
 Outcome = tuple[NodeId, bool, Any]
 
@@ -195,9 +196,11 @@ async def batch_quorum(
         initial=initial,
         probe_after=probe_after,
         resend_after=batcher.endpoint.resend_after,
-        timeout=timeout,
+        timeout=bounded(timeout, trio.current_time()),
         now=trio.current_time(),
     )
     driver = QuorumDriver(engine)
     make = payload if callable(payload) else (lambda _n: payload)
-    return await driver.run(_BatchFanout(batcher, driver, kind, make))
+    result = await driver.run(_BatchFanout(batcher, driver, kind, make))
+    progressed(trio.current_time())
+    return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,6 +40,7 @@ from bftfs.net.frames import (
 )
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
 from bftfs.net.session import Session, client_handshake
+from bftfs.outcome import bounded, progressed
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,15 @@ class _Connection:
     """A client connection to one node: a writer task batching frames, a reader task."""
 
     def __init__(
-        self, node: NodeId, stream: trio.SocketStream, reader: FrameReader, session: Session
+        self,
+        node: NodeId,
+        stream: trio.SocketStream,
+        reader: FrameReader,
+        session: Session,
+        faults: Counter[tuple[int, str]],
     ) -> None:
         self.node = node
+        self.faults = faults
         self.stream = stream
         self.reader = reader
         self.session = session
@@ -119,6 +127,7 @@ class _Connection:
                     seq, kind, req_id, status, body = self.session.open(frame)
                 except FrameError as e:
                     log.warning("node %s: dropped reply frame (%s)", self.node, e)
+                    self.faults[(int(self.node), f"frame_{e.reason}")] += 1
                     if e.reason == "bad_mac":
                         continue
                     return
@@ -175,6 +184,11 @@ class Endpoint:
         self._ids = itertools.count(1)
         self.sent = 0
         self.resent = 0
+        #: Faults seen per node: ``(node, kind)`` -> count, kind ``timeout`` (a request not
+        #: answered in time), ``unreachable`` (a request given up because no connection
+        #: could be made) or ``frame_<reason>``, a reply frame rejected (``frame_bad_mac``,
+        #: ``frame_replay``, ...).
+        self.faults: Counter[tuple[int, str]] = Counter()
 
     @property
     def pid(self) -> PrincipalId:
@@ -215,7 +229,7 @@ class Endpoint:
             self._down_backoff.pop(node, None)
             self._down_until.pop(node, None)
             self._dead.discard(node)
-            conn = _Connection(node, stream, reader, session)
+            conn = _Connection(node, stream, reader, session, self.faults)
             self._conns[node] = conn
             self._nursery.start_soon(conn.run)
             return conn
@@ -240,8 +254,9 @@ class Endpoint:
             TransportError: no reply within ``timeout`` (default: the endpoint's).
             RemoteError: the node's handler refused the request.
         """
-        timeout = self.timeout if timeout is None else timeout
-        deadline = trio.current_time() + timeout
+        now = trio.current_time()
+        timeout = bounded(self.timeout if timeout is None else timeout, now)
+        deadline = now + timeout
         req_id = next(self._ids)
         interval = self.resend_after
         last_error = "no reply"
@@ -252,6 +267,8 @@ class Endpoint:
             while True:
                 now = trio.current_time()
                 if now >= deadline:
+                    unreachable = conn is None or conn.closed
+                    self.faults[(int(node), "unreachable" if unreachable else "timeout")] += 1
                     raise TransportError(f"node {node}: {last_error} within {timeout:g}s")
                 if not first and on_trouble is not None:
                     on_trouble()
@@ -279,6 +296,7 @@ class Endpoint:
                 with trio.move_on_at(min(deadline, now + interval)):
                     await waiter.event.wait()
                 if waiter.event.is_set() and not waiter.lost:
+                    progressed(trio.current_time())  # an answer, even a refusal
                     if waiter.status == STATUS_OK:
                         return waiter.body
                     body = waiter.body
@@ -326,6 +344,7 @@ class Endpoint:
                 ``enough`` never held. The exception carries the partial result.
         """
         now = trio.current_time()
+        timeout = bounded(self.timeout if timeout is None else timeout, now)
         targets = live_first(targets, self._down(targets))
         engine = QuorumEngine(
             targets,
@@ -335,12 +354,14 @@ class Endpoint:
             initial=initial,
             probe_after=probe_after,
             resend_after=self.resend_after,
-            timeout=self.timeout if timeout is None else timeout,
+            timeout=timeout,
             now=now,
         )
         driver = QuorumDriver(engine)
         make = payload if callable(payload) else (lambda _n: payload)
-        return await driver.run(_Fanout(self, driver, kind, make, engine.deadline))
+        result = await driver.run(_Fanout(self, driver, kind, make, engine.deadline))
+        progressed(trio.current_time())
+        return result
 
     async def _finish(
         self,
@@ -358,6 +379,7 @@ class Endpoint:
             while not waiter.event.is_set():
                 now = trio.current_time()
                 if now >= deadline:
+                    self.faults[(int(node), "timeout")] += 1
                     return
                 with trio.move_on_at(min(deadline, now + interval)):
                     await waiter.event.wait()

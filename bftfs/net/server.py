@@ -19,7 +19,8 @@ Fault injection (tests only) hooks in at three points (:class:`FaultHooks`): the
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -113,6 +114,9 @@ class Server(Generic[Ctx]):
         self.stats: Counter[str] = Counter()
         #: Frames and connections refused, by reason.
         self.rejected: Counter[str] = Counter()
+        #: Seconds spent answering requests, by kind (with ``stats["req.KIND"]``, the mean
+        #: latency; Prometheus metrics).
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         self._handlers: dict[str, Handler] = {}
         self._inline: set[str] = set()
         self._fast: dict[str, FastHandler] = {}
@@ -239,6 +243,7 @@ class Server(Generic[Ctx]):
         fast: FastHandler,
     ) -> bool:
         """Try ``fast`` (see :meth:`register`); whether it answered the request."""
+        start = time.perf_counter()
         try:
             reply = fast(conn.context, payload)
             if reply is DEFER:
@@ -250,6 +255,7 @@ class Server(Generic[Ctx]):
         except Exception as e:
             msg = self._internal(kind, e, req_id)
         self.stats[f"req.{kind}"] += 1
+        self.seconds[kind] += time.perf_counter() - start
         conn.send(msg)
         return True
 
@@ -268,7 +274,9 @@ class Server(Generic[Ctx]):
     ) -> None:
         if delay:
             await trio.sleep(delay)
-        self.stats[f"req.{kind}" if kind in self._handlers else "req.unknown"] += 1
+        known = kind in self._handlers
+        self.stats[f"req.{kind}" if known else "req.unknown"] += 1
+        start = time.perf_counter()
         try:
             handler = self._handlers.get(kind)
             if handler is None:
@@ -284,6 +292,7 @@ class Server(Generic[Ctx]):
             msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
         except Exception as e:
             msg = self._internal(kind, e, req_id)
+        self.seconds[kind if known else "unknown"] += time.perf_counter() - start
         if self.faults is not None and self.faults.drop_reply(conn.sender):
             return
         conn.send(msg)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -166,6 +167,11 @@ class QUClient:
         )
         #: Proven conditioned-on links, ``(oid, lt) -> lt_co``, and the proofs behind them
         #: (facts: true forever, so kept across operations; dropped wholesale when large).
+        #: Faults detected per server: ``(server, kind)`` -> count, kind one of ``culled``
+        #: (another server reported its history's authenticator bad), ``malevolent``
+        #: (more than b servers did: proven, left out from then on) and ``malformed``
+        #: (a reply that does not parse).
+        self.faults: Counter[tuple[int, str]] = Counter()
         self._facts: dict[tuple[int, Timestamp], Timestamp] = {}
         self._proofs: dict[tuple[int, Timestamp], bytes] = {}
 
@@ -400,7 +406,15 @@ class QUClient:
         for oid in objects:
             self._cache[oid] = merged[oid]
             fresh.setdefault(oid, set()).update(replies)
-        self._excluded |= core.malevolent(replies.items(), list(objects), self.th.b)
+        for rep in replies.values():
+            for culled in rep.culled:
+                for s in set(culled):
+                    self.faults[(int(s), "culled")] += 1
+        proven = core.malevolent(replies.items(), list(objects), self.th.b) - self._excluded
+        for s in proven:
+            self.faults[(int(s), "malevolent")] += 1
+            log.warning("Q/U server %s is malevolent (its history culled by more than b)", s)
+        self._excluded |= proven
 
     async def _fetch_missing(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
         """Histories of objects added for deduction, read from a quorum (``qu.history``)."""
@@ -425,6 +439,7 @@ class QUClient:
             try:
                 stash[node] = Reply.from_wire(raw, todo, self.th.n)
             except MessageError:
+                self.faults[(int(node), "malformed")] += 1
                 return False
             return True
 
@@ -529,6 +544,7 @@ class QUClient:
             try:
                 rep = Reply.from_wire(raw, objects, th.n)
             except MessageError:
+                self.faults[(int(node), "malformed")] += 1
                 return False
             stash[node] = rep
             if settled():

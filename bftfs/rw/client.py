@@ -283,6 +283,11 @@ class RWClient:
         #: Time of this client's latest write: its writes' times strictly increase.
         self._last_time = 0
         self._stats: Counter[str] = Counter()
+        #: Faults detected per node: ``(node, kind)`` -> count, kind one of ``corrupt`` (a
+        #: fragment that does not validate against the version it claims), ``malformed``
+        #: (a reply that does not parse), ``refuted`` (listed a version, then did not
+        #: produce its fragment), ``time_ahead`` (a time beyond the clock bound).
+        self.faults: Counter[tuple[int, str]] = Counter()
 
     def statistics(self) -> RWStatistics:
         """A snapshot of the counters (reads, writes, rounds, repairs, restarts, ...)."""
@@ -437,6 +442,7 @@ class RWClient:
                 return False
             if not verify.time_reply_ok(ts, self.clock_ns(), self.max_ahead_ns):
                 self._stats["time_replies_too_far_ahead"] += 1
+                self.faults[(int(node), "time_ahead")] += 1
                 return False
             latest[node] = ts
             return True
@@ -613,11 +619,14 @@ class RWClient:
         except MessageError as e:
             st.mark_bad(node, f"malformed: {e}")
             self._stats["bad_replies"] += 1
+            self.faults[(int(node), "malformed")] += 1
             return False
         bad = verify.check_read_reply(self.th, node, req, reply)
         if bad is not None:
             st.mark_bad(node, bad.reason)
             self._stats["bad_replies"] += 1
+            self.faults[(int(node), "corrupt")] += 1
+            log.info("node %s: %s", node, bad.reason)
             return False
         st.floors[node] = reply.floor
         st.views[node] = view_from_history(
@@ -856,6 +865,7 @@ class RWClient:
                 # It listed the candidate before and now returns something else: refuted.
                 st.mark_bad(node, f"did not produce its fragment of {cand!r}")
                 self._stats["bad_replies"] += 1
+                self.faults[(int(node), "refuted")] += 1
                 return False
             return True
 

@@ -36,8 +36,12 @@ class Mount:
         attr_timeout: float = DEFAULT_TIMEOUT,
         entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
         wait: float = 30.0,
+        options: str | None = None,
     ) -> None:
+        """``options``: mount options (``-o``, :mod:`bftfs.fuse.options`); by default
+        ``allow_other`` when running as root, so tests may use the mount as other users."""
         self.config = config
+        self.options = ("allow_other" if os.getuid() == 0 else "") if options is None else options
         self.mountpoint = mountpoint.resolve()
         self.client = client
         self.attr_timeout = attr_timeout
@@ -55,6 +59,7 @@ class Mount:
             timeout=self.attr_timeout,
             entry_timeout=self.entry_timeout,
             log_path=self.log,
+            options=self.options,
         )
         self.proc = proc.spawn(cmd)  # it logs to self.log itself
         try:

@@ -1,0 +1,178 @@
+"""Mount options, as ``mount -o`` spells them: one parser for ``bftfs mount -o``, the
+``mount.fuse.bftfs`` helper that ``mount -t fuse.bftfs`` and ``/etc/fstab`` run, and the
+mount daemon's own command line.
+
+Pure (no pyfuse3), so the command line and the helper parse options without loading FUSE.
+
+==================  ==========================================================================
+``client=NAME``      the client identity (its key under ``clients/NAME/``), default ``client0``
+``ro`` / ``rw``      read-only: every change is refused with EROFS (default ``rw``)
+``allow_other``      let other users than the one who mounted in (FUSE's own option: only when
+                     asked; an unprivileged user needs ``user_allow_other`` in /etc/fuse.conf)
+``attr_timeout=S``   seconds the kernel caches attributes and missing names (default 1)
+``entry_timeout=S``  seconds the kernel caches names it found (default 30)
+``timeo=S``          how long a request of the kernel waits for an unavailable cluster (more
+                     than ``t`` nodes down, or none reachable) before it fails with EIO
+                     (default 10; the wait starts again whenever the cluster answers)
+``hard``             try again after each ``timeo`` instead, for as long as it takes, as NFS
+                     hard mounts do (``soft``, the default, fails)
+``metrics_port=P``   serve Prometheus metrics on this port (0: any free one; off by default)
+``metrics_addr=A``   the address they listen on (default 127.0.0.1)
+==================  ==========================================================================
+
+The generic options ``mount(8)`` and fstab pass along (``defaults``, ``auto``, ``noauto``,
+``user``, ``nofail``, ``_netdev``, ``x-systemd.*``, ``nosuid``, ``nodev``, ...) are accepted
+and ignored; anything else is an error naming the option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+#: Seconds the kernel may cache attributes and missing names (``attr_timeout``; the choice
+#: is explained in :mod:`bftfs.fuse.operations`).
+DEFAULT_TIMEOUT = 1.0
+#: Seconds the kernel may cache the names it found (``entry_timeout``).
+DEFAULT_ENTRY_TIMEOUT = 30.0
+#: Seconds a system call waits for an unavailable cluster before it fails with EIO
+#: (``timeo``): long enough to ride out a node restarting or a short network partition,
+#: short enough that a program (and its user) learns within seconds, not minutes.
+DEFAULT_TIMEO = 10.0
+
+#: Options mount(8), fstab and systemd pass along that mean nothing to bftfs.
+_IGNORED = frozenset(
+    {
+        "defaults",
+        "auto",
+        "noauto",
+        "user",
+        "users",
+        "nouser",
+        "owner",
+        "group",
+        "nofail",
+        "_netdev",
+        "nosuid",
+        "suid",
+        "nodev",
+        "dev",
+        "exec",
+        "noexec",
+        "async",
+        "atime",
+        "noatime",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "diratime",
+        "nodiratime",
+        "lazytime",
+        "nolazytime",
+        "silent",
+        "loud",
+        "soft",
+    }
+)
+_IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
+
+
+class OptionError(ValueError):
+    """A mount option bftfs does not know, or a bad value (the message names it)."""
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """What a mount is asked for (see the module docstring)."""
+
+    client: str = "client0"
+    read_only: bool = False
+    allow_other: bool = False
+    attr_timeout: float = DEFAULT_TIMEOUT
+    entry_timeout: float = DEFAULT_ENTRY_TIMEOUT
+    hard: bool = False
+    timeo: float = DEFAULT_TIMEO
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+
+    @property
+    def deadline(self) -> float | None:
+        """Seconds before a request gives up with EIO; None for ``hard`` (never)."""
+        return None if self.hard else self.timeo
+
+    def with_options(self, text: str | None) -> MountOptions:
+        """These options with the comma-separated ``text`` (``-o``) applied over them."""
+        return parse(text, self)
+
+    def to_string(self) -> str:
+        """The ``-o`` form that :func:`parse` reads back to these options."""
+        out = [f"client={self.client}", "ro" if self.read_only else "rw"]
+        if self.allow_other:
+            out.append("allow_other")
+        out += [f"attr_timeout={self.attr_timeout:g}", f"entry_timeout={self.entry_timeout:g}"]
+        out.append(f"{'hard' if self.hard else 'soft'},timeo={self.timeo:g}")
+        if self.metrics_port is not None:
+            out += [f"metrics_port={self.metrics_port}", f"metrics_addr={self.metrics_addr}"]
+        return ",".join(out)
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise OptionError(f"mount option {name}={value!r}: not a number of seconds") from None
+    if not x >= 0 or x == float("inf"):
+        raise OptionError(f"mount option {name}={value!r}: must be a finite number >= 0")
+    return x
+
+
+def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
+    """``base`` (default: the defaults) with the options in ``text`` applied, left to right.
+
+    Raises:
+        OptionError: an unknown option or a bad value.
+    """
+    opts = base or MountOptions()
+    changes: dict[str, object] = {}
+    for raw in (text or "").split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        if name in ("ro", "rw") and not eq:
+            changes["read_only"] = name == "ro"
+        elif name == "allow_other" and not eq:
+            changes["allow_other"] = True
+        elif name == "hard" and not eq:
+            changes["hard"] = True
+        elif name == "soft" and not eq:
+            changes["hard"] = False
+        elif name == "client" and eq:
+            if not value:
+                raise OptionError("mount option client= needs a client name")
+            changes["client"] = value
+        elif name in ("attr_timeout", "entry_timeout") and eq:
+            changes[name] = _seconds(name, value)
+        elif name == "timeo" and eq:
+            changes["timeo"] = _seconds(name, value)
+        elif name == "metrics_port" and eq:
+            try:
+                port = int(value)
+            except ValueError:
+                port = -1
+            if not 0 <= port < 65536:
+                raise OptionError(f"mount option metrics_port={value!r}: not a port number")
+            changes["metrics_port"] = port
+        elif name == "metrics_addr" and eq:
+            changes["metrics_addr"] = value
+        elif item in _IGNORED or item.startswith(_IGNORED_PREFIXES):
+            continue
+        else:
+            raise OptionError(
+                f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
+                "attr_timeout=, entry_timeout=, timeo=, hard, metrics_port=, metrics_addr=)"
+            )
+    return dataclasses.replace(opts, **changes)  # type: ignore[arg-type]

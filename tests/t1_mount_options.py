@@ -1,0 +1,45 @@
+"""Mount options as mount(8) spells them (bftfs/fuse/options.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bftfs.fuse.options import DEFAULT_TIMEO, MountOptions, OptionError, parse
+
+
+def test_defaults_and_the_options_mount_passes() -> None:
+    o = parse("rw,defaults,nofail,_netdev,x-systemd.automount,noatime,nosuid,nodev")
+    assert o == MountOptions()
+    assert o.deadline == DEFAULT_TIMEO and not o.read_only and not o.allow_other
+
+
+def test_every_bftfs_option() -> None:
+    o = parse(
+        "client=client1,ro,allow_other,attr_timeout=2.5,entry_timeout=0,timeo=3,"
+        "metrics_port=0,metrics_addr=0.0.0.0"
+    )
+    assert (o.client, o.read_only, o.allow_other) == ("client1", True, True)
+    assert (o.attr_timeout, o.entry_timeout, o.timeo, o.deadline) == (2.5, 0, 3, 3)
+    assert (o.metrics_port, o.metrics_addr) == (0, "0.0.0.0")
+    assert parse("hard").deadline is None
+    assert parse("hard,timeo=4") == MountOptions(hard=True, timeo=4)  # tries every 4 s
+    assert parse("hard,soft").deadline == DEFAULT_TIMEO  # the later option wins
+    assert parse("ro,rw").read_only is False
+
+
+def test_round_trip_through_the_daemon_command_line() -> None:
+    for o in (
+        MountOptions(),
+        parse("client=c,ro,allow_other,hard,attr_timeout=0.5,metrics_port=9100"),
+    ):
+        assert parse(o.to_string()) == o
+    base = MountOptions(client="a", attr_timeout=7)
+    assert base.with_options("client=b") == MountOptions(client="b", attr_timeout=7)
+
+
+@pytest.mark.parametrize(
+    "bad", ["bogus", "timeo=soon", "timeo=-1", "attr_timeout=inf", "metrics_port=70000", "client="]
+)
+def test_bad_options_are_named(bad: str) -> None:
+    with pytest.raises(OptionError, match=bad.split("=")[0]):
+        parse(bad)
