@@ -249,6 +249,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return history_cli.cmd_diff(args, _cluster_of(args)[0])
 
 
+def cmd_changes(args: argparse.Namespace) -> int:
+    from bftfs import history_cli
+
+    return history_cli.cmd_changes(args, _cluster_of(args)[0])
+
+
+def cmd_revert(args: argparse.Namespace) -> int:
+    from bftfs import history_cli
+
+    return history_cli.cmd_revert(args, _cluster_of(args)[0])
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     from bftfs.fuse import control as mountmod
 
@@ -689,6 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["cat"].set_defaults(func=cmd_cat)
     sub.choices["restore"].set_defaults(func=cmd_restore)
     sub.choices["diff"].set_defaults(func=cmd_diff)
+    sub.choices["changes"].set_defaults(func=cmd_changes)
+    sub.choices["revert"].set_defaults(func=cmd_revert)
 
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
     sp.add_argument("mountpoint", type=Path)

@@ -427,6 +427,107 @@ def cmd_diff(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return 0
 
 
+async def _range_trees(
+    past: Any, path: str, since: int | str, until: int | str | None, now_ns: int
+) -> tuple[int, int, dict[str, Any], dict[str, Any], dict[int, Any]]:
+    """The trees at both ends of a range and the histories of every object in them."""
+    lo = await _moment(past, path, since, now_ns)
+    hi = now_ns if until is None else await _moment(past, path, until, now_ns)
+    before, after = await past.tree(path, lo), await past.tree(path, hi)
+    histories = {}
+    for v in [*before.values(), *after.values()]:
+        if v.oid not in histories:
+            histories[v.oid] = (await past.history(v.oid)).versions
+    return lo, hi, before, after, histories
+
+
+def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    from bftfs.fs.pastplan import changes_in
+
+    now_ns = time.time_ns()
+    path = fs_path(args.path, _mountpoints(cfg))
+    since = parse_when(args.since, now_ns)
+    until = None if args.until is None else parse_when(args.until, now_ns)
+    names = _client_names(cfg)
+    wanted = {name: cid for cid, name in names.items()}
+
+    async def run(past: Any) -> list[Any]:
+        lo, hi, before, after, histories = await _range_trees(past, path, since, until, now_ns)
+        return changes_in(before, after, histories, since_ns=lo, until_ns=hi)
+
+    rows = [
+        {
+            "time": _iso(c.time_ns),
+            "time_ns": c.time_ns,
+            "client": names.get(c.client, str(c.client)),
+            "path": c.path or ".",
+            "changes": list(c.changes),
+        }
+        for c in _with_past(cfg, args.as_client, run)
+        if args.client is None or c.client == wanted.get(args.client, -1)
+    ]
+    if args.json:
+        json.dump({"path": path, "changes": rows}, sys.stdout, indent=1)
+        print()
+        return 0
+    for r in rows:
+        print(f"{r['time']:25}  {r['client']:10}  {r['path']}  {', '.join(r['changes'])}")
+    return 0
+
+
+def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    import shutil
+
+    from bftfs.fs.pastplan import plan_revert
+
+    now_ns = time.time_ns()
+    mounts = _mountpoints(cfg)
+    path = fs_path(args.path, mounts)
+    root = _local_target(args.path, mounts, None)
+    since = parse_when(args.since, now_ns)
+    names = _client_names(cfg)
+    client = {name: cid for cid, name in names.items()}.get(args.client)
+    if client is None:
+        raise ValueError(f"no client {args.client!r} in the configuration")
+
+    async def run(past: Any) -> tuple[Any, int]:
+        lo, hi, before, after, histories = await _range_trees(past, path, since, None, now_ns)
+        plan = plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi)
+        if args.dry_run:
+            return plan, lo
+        for a in plan.actions:
+            target = root / a.path if a.path else root
+            if a.kind == "remove":
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+            elif a.kind == "move":
+                dest = root / a.to
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(target, dest)
+            elif a.kind == "mkdir":
+                assert a.version is not None and a.version.state is not None
+                target.mkdir(parents=True, exist_ok=True)
+                _set_attrs(target, a.version.state)
+            else:
+                await _restore(past, {"": a.version}, target, False)
+        return plan, lo
+
+    plan, lo = _with_past(cfg, args.as_client, run)
+    verb = "would" if args.dry_run else "did"
+    for a in plan.actions:
+        what = f"{a.path} -> {a.to}" if a.kind == "move" else a.path
+        print(f"{verb} {a.kind} {what}")
+    for rel, why in plan.conflicts:
+        print(f"conflict: {rel or '.'}: {why} (left as it is)")
+    print(
+        f"{args.client}'s changes under {path} since {_iso(lo)}: {len(plan.actions)} steps, "
+        f"{len(plan.conflicts)} conflicts"
+    )
+    return 0
+
+
 def add_commands(sub: Any, with_cluster: Any) -> None:
     """Register ``log`` and ``cat`` (``with_cluster`` adds ``--dir``/``--config``)."""
     sp = sub.add_parser("log", help="the versions of a file or directory, newest first")
@@ -463,3 +564,22 @@ def add_commands(sub: Any, with_cluster: Any) -> None:
     with_cluster(sp)
     sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
     sp.set_defaults(command="diff")
+
+    sp = sub.add_parser("changes", help="every version under a path in a time range")
+    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("--since", metavar="WHEN", required=True, help="the start")
+    sp.add_argument("--until", metavar="WHEN", help="the end (default: now)")
+    sp.add_argument("--client", metavar="NAME", help="only what this client changed")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    with_cluster(sp)
+    sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
+    sp.set_defaults(command="changes")
+
+    sp = sub.add_parser("revert", help="undo one client's changes since a moment")
+    sp.add_argument("path", help="a directory under a mount (what to look under)")
+    sp.add_argument("--client", metavar="NAME", required=True, help="whose changes")
+    sp.add_argument("--since", metavar="WHEN", required=True, help="since when")
+    sp.add_argument("--dry-run", action="store_true", help="say what would be done")
+    with_cluster(sp)
+    sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
+    sp.set_defaults(command="revert")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bftfs.fs.entries import Entries
-from bftfs.fs.past import changes
+from bftfs.fs.past import Version, changes
+from bftfs.fs.pastplan import plan_revert
 from bftfs.history_cli import WhenError, fs_path, parse_when
 from bftfs.qu.messages import MessageError
 from bftfs.qu.past import ChainEntry, agree, parse_versions_reply, state_digest
@@ -146,3 +147,69 @@ def test_paths_map_from_a_mount_or_stay_inside_the_file_system(tmp_path: Path) -
     assert fs_path("/docs/a.txt", [mp]) == "/docs/a.txt"
     with pytest.raises(ValueError):
         fs_path("relative/not/under/a/mount", [mp])
+
+
+# Revert planning -------------------------------------------------------------------------
+
+VANDAL, OTHER = 9, 3
+
+
+def ver(oid: int, t: int, client: int, state: dict | None, *changes: str) -> Version:
+    return Version(oid, ts(t, client), t, client, state, changes)
+
+
+def test_a_revert_undoes_only_what_the_client_alone_changed() -> None:
+    d_root, f_keep, f_over, f_gone, f_moved, f_new, f_later = 1, 10, 11, 12, 13, 14, 15
+    root = ver(d_root, 1, OTHER, _dir({}))
+    old = {oid: ver(oid, 1, OTHER, _file(i=b"old", ct=1)) for oid in range(10, 16)}
+    before = {
+        "": root,
+        "keep": old[f_keep],
+        "over": old[f_over],
+        "gone": old[f_gone],
+        "moved": old[f_moved],
+        "later": old[f_later],
+    }
+    over2 = ver(f_over, 5, VANDAL, _file(i=b"junk"), "written")
+    moved2 = ver(f_moved, 6, VANDAL, _file(i=b"old", ct=6), "renamed")
+    new = ver(f_new, 7, VANDAL, _file(i=b"junk"), "created")
+    later2 = ver(f_later, 5, VANDAL, _file(i=b"junk"), "written")
+    later3 = ver(f_later, 8, OTHER, _file(i=b"mine"), "written")
+    after = {
+        "": root,
+        "keep": old[f_keep],
+        "over": over2,
+        "elsewhere": moved2,
+        "new": new,
+        "later": later3,
+    }
+    versions = {
+        f_over: [over2, old[f_over]],
+        f_gone: [ver(f_gone, 6, VANDAL, _file(nl=0), "removed"), old[f_gone]],
+        f_moved: [moved2, old[f_moved]],
+        f_new: [new],
+        f_later: [later3, later2, old[f_later]],
+    }
+    plan = plan_revert(VANDAL, before, after, versions, since_ns=2, until_ns=100)
+    got = [(a.kind, a.path, a.to) for a in plan.actions]
+    # Removals first, then moves back, then contents (a moved file's content after its move).
+    assert got == [
+        ("remove", "new", ""),
+        ("move", "elsewhere", "moved"),
+        ("restore", "gone", ""),
+        ("restore", "over", ""),
+    ], got
+    assert plan.conflicts == [("later", "changed later by another client")]
+    restored = {a.path: a.version for a in plan.actions if a.kind == "restore"}
+    assert restored["over"] is old[f_over] and restored["gone"] is old[f_gone]
+
+
+def test_a_directory_the_client_made_stays_when_others_put_files_in_it() -> None:
+    root = ver(1, 1, OTHER, _dir({}))
+    made = ver(20, 5, VANDAL, _dir({b"x": 21}), "created")
+    theirs = ver(21, 6, OTHER, _file(), "created")
+    after = {"": root, "made": made, "made/x": theirs}
+    plan = plan_revert(
+        VANDAL, {"": root}, after, {20: [made], 21: [theirs]}, since_ns=2, until_ns=100
+    )
+    assert plan.actions == [] and plan.conflicts == [("made", "holds entries others made")]

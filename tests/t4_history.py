@@ -268,3 +268,50 @@ def test_diff_lists_exactly_what_changed(setup: tuple[ProcessCluster, Path, Path
     ]
     patch = bftfs(cluster, "diff", str(tree), "--from", at(first), "-p").stdout.decode()
     assert "-a one" in patch and "+a two" in patch and "+ after" in patch
+
+
+def test_revert_undoes_one_clients_vandalism_and_keeps_everyone_elses_later_work(
+    setup: tuple[ProcessCluster, Path, Path, str],
+) -> None:
+    """client1's key was stolen: it overwrote, deleted, renamed and planted files.  The
+    revert undoes exactly that; client0's later edits survive, and a file client0 edited
+    after the vandal is left as client0 made it and reported as a conflict."""
+    cluster, mine, theirs, _ = setup
+    tree = mine / "shared"
+    (tree / "docs").mkdir(parents=True)
+    original = {"a": b"report\n", "b": b"budget\n", "c": b"contract\n", "x": b"notes\n"}
+    for name, data in original.items():
+        (tree / name).write_bytes(data)
+    (tree / "docs" / "d").write_bytes(b"draft 1\n")
+    since = time.time_ns()
+    vandal = theirs / "shared"
+    (vandal / "a").write_bytes(b"PWNED")
+    os.unlink(vandal / "b")
+    os.rename(vandal / "c", vandal / "c_stolen")
+    (vandal / "ransom.txt").write_bytes(b"pay up")
+    (vandal / "junk").mkdir()
+    (vandal / "junk" / "more").write_bytes(b"junk")
+    (vandal / "x").write_bytes(b"defaced")
+    # Later, client0 goes on working: an edit the vandal never touched, a new file, and a
+    # repair of x by hand (so x is client0's now: a conflict, kept).
+    (tree / "docs" / "d").write_bytes(b"draft 2\n")
+    (tree / "later.txt").write_bytes(b"new work\n")
+    (tree / "x").write_bytes(b"notes, rewritten\n")
+    seen = json.loads(
+        bftfs(
+            cluster, "changes", str(tree), "--since", at(since), "--client", "client1", "--json"
+        ).stdout
+    )["changes"]
+    assert {r["path"] for r in seen} >= {"a", "c_stolen", "ransom.txt", "junk", "x"}, seen
+    assert all(r["client"] == "client1" for r in seen)
+    out = bftfs(cluster, "revert", str(tree), "--client", "client1", "--since", at(since))
+    text = out.stdout.decode()
+    assert "conflict: x" in text, text
+    assert (tree / "a").read_bytes() == original["a"]
+    assert (tree / "b").read_bytes() == original["b"]
+    assert (tree / "c").read_bytes() == original["c"]
+    assert not (tree / "c_stolen").exists()
+    assert not (tree / "ransom.txt").exists() and not (tree / "junk").exists()
+    assert (tree / "docs" / "d").read_bytes() == b"draft 2\n"
+    assert (tree / "later.txt").read_bytes() == b"new work\n"
+    assert (tree / "x").read_bytes() == b"notes, rewritten\n"
