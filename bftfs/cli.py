@@ -747,8 +747,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Options whose value may be an age like ``-10m`` (argparse would take it for an option).
+_WHEN_OPTIONS = ("--at", "--since", "--until", "--from", "--to")
+
+
+def _join_ages(argv: list[str]) -> list[str]:
+    """``--at -10m`` -> ``--at=-10m`` (``--at=-10m`` works as it is)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _WHEN_OPTIONS and len(arg) > 1 and arg[0] == "-" and arg[1].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_ages(sys.argv[1:] if argv is None else argv))
     if args.command != "node":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

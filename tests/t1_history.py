@@ -213,3 +213,17 @@ def test_a_directory_the_client_made_stays_when_others_put_files_in_it() -> None
         VANDAL, {"": root}, after, {20: [made], 21: [theirs]}, since_ns=2, until_ns=100
     )
     assert plan.actions == [] and plan.conflicts == [("made", "holds entries others made")]
+
+
+def test_an_age_after_a_when_option_is_its_value() -> None:
+    from bftfs.cli import _join_ages
+
+    assert _join_ages(["cat", "f", "--at", "-10m"]) == ["cat", "f", "--at=-10m"]
+    assert _join_ages(["diff", "d", "--from", "-1h", "--to", "-5m", "-p"]) == [
+        "diff",
+        "d",
+        "--from=-1h",
+        "--to=-5m",
+        "-p",
+    ]
+    assert _join_ages(["log", "f", "--json"]) == ["log", "f", "--json"]
