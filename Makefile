@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full \
-	bench-andrew bench-postmark bench-opcost bench-lazy bench-space bench-transport clean
+	bench-andrew bench-postmark bench-opcost bench-lazy bench-space bench-history bench-transport clean
 
 setup:
 	@scripts/setup.sh
@@ -85,6 +85,9 @@ bench-lazy: setup
 
 bench-space: setup
 	$(BIN)/python benchmarks/space.py $(BENCH_ARGS)
+
+bench-history: setup
+	$(BIN)/python benchmarks/history.py $(BENCH_ARGS)
 
 bench-transport: setup
 	$(BIN)/python benchmarks/transport.py
