@@ -210,18 +210,15 @@ def _mount_moment(args: argparse.Namespace) -> int | None:
     one object's version, so it needs a path: ``bftfs log`` shows its time)."""
     if getattr(args, "at", None) is None:
         return None
-    from bftfs.history_cli import WhenError, parse_when
+    from bftfs.history_cli import WhenError, moment_of, parse_when
 
     try:
         when = parse_when(args.at)
+        if isinstance(when, str):
+            cfg, _ = _cluster_of(args)
+            return moment_of(cfg, _mount_options(args).client, when)
     except WhenError as e:
         raise QuietError(str(e), 2) from None
-    if isinstance(when, str):
-        raise QuietError(
-            f"--at {args.at}: give a time or an age (a version id names one file's "
-            "version; `bftfs log PATH` shows its time)",
-            2,
-        )
     return when
 
 
@@ -259,6 +256,12 @@ def cmd_revert(args: argparse.Namespace) -> int:
     from bftfs import history_cli
 
     return history_cli.cmd_revert(args, _cluster_of(args)[0])
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from bftfs import history_cli
+
+    return history_cli.cmd_snapshot(args, _cluster_of(args)[0])
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -703,6 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["diff"].set_defaults(func=cmd_diff)
     sub.choices["changes"].set_defaults(func=cmd_changes)
     sub.choices["revert"].set_defaults(func=cmd_revert)
+    snapshot_actions = next(
+        a for a in sub.choices["snapshot"]._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    for action in ("create", "delete", "list"):
+        snapshot_actions.choices[action].set_defaults(func=cmd_snapshot)
 
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
     sp.add_argument("mountpoint", type=Path)

@@ -66,11 +66,12 @@ def parse_when(text: str, now_ns: int | None = None) -> int | str:
     try:
         dt = datetime.datetime.fromisoformat(t)
     except ValueError:
-        if _VERSION_ID.match(t.lower()):
-            return t.lower()
+        if t and t.isprintable() and not any(c in t for c in "/ \t") and t[0] not in "-@":
+            return t  # a snapshot name or a version id, looked up later (_moment)
         raise WhenError(
-            f"not a time, an age or a version id: {text!r} "
-            "(e.g. '2026-11-23 14:05', -10m, @1763900000, or an id from bftfs log)"
+            f"not a time, an age, a version id or a snapshot: {text!r} "
+            "(e.g. '2026-11-23 14:05', -10m, @1763900000, an id from bftfs log, or a "
+            "snapshot name)"
         ) from None
     if dt.tzinfo is None:
         dt = dt.astimezone()  # local time
@@ -144,16 +145,43 @@ async def _find(past: Any, path: str, now_ns: int) -> Any:
 
 
 async def _moment(past: Any, path: str, when: int | str, now_ns: int) -> int:
-    """``when`` as a moment; a version id is looked up in ``path``'s history."""
+    """``when`` as a moment: a snapshot's, or a version id's looked up in ``path``'s
+    history."""
     from bftfs.fs.past import PastError
 
     if isinstance(when, int):
         return when
+    snaps = await past.snapshots()
+    if when in snaps:
+        return int(snaps[when])
+    if not _VERSION_ID.match(when.lower()):
+        raise WhenError(
+            f"not a time, an age, a version id or a snapshot: {when!r} "
+            f"(snapshots: {', '.join(sorted(snaps)) or 'none'})"
+        )
     hist = await _find(past, path, now_ns)
-    v = hist.by_id(when)
+    v = hist.by_id(when.lower())
     if v is None:
         raise PastError(f"{path}: no version {when} in its history (see bftfs log {path})")
     return int(v.time_ns)
+
+
+def moment_of(cfg: ClusterConfig, client: str, when: int | str) -> int:
+    """A WHEN without a path (``bftfs mount --at``): a time, an age or a snapshot name."""
+    if isinstance(when, int):
+        return when
+
+    async def run(past: Any) -> int:
+        snaps = await past.snapshots()
+        if when not in snaps:
+            raise WhenError(
+                f"--at {when}: give a time, an age or a snapshot name (snapshots: "
+                f"{', '.join(sorted(snaps)) or 'none'}); a version id names one file's "
+                "version: `bftfs log PATH` shows its time"
+            )
+        return int(snaps[when])
+
+    return int(_with_past(cfg, client, run))
 
 
 def _with_past(cfg: ClusterConfig, client: str, fn: Any) -> Any:
@@ -528,6 +556,42 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    from bftfs.fs.objects import valid_snapshot_name
+
+    now_ns = time.time_ns()
+    if args.action in ("create", "delete") and not valid_snapshot_name(args.name):
+        raise WhenError(
+            f"{args.name!r}: snapshot names are 1-64 printable characters without "
+            "spaces or /, not starting with - or @, not 'now'"
+        )
+
+    async def run(past: Any) -> Any:
+        if args.action == "create":
+            at = (
+                now_ns if args.at is None else await _moment(past, "/", parse_when(args.at), now_ns)
+            )
+            await past.snapshot_create(args.name, at)
+            return at
+        if args.action == "delete":
+            await past.snapshot_delete(args.name)
+            return None
+        return await past.snapshots()
+
+    got = _with_past(cfg, args.as_client, run)
+    if args.action == "create":
+        print(f"snapshot {args.name} at {_iso(got)}: retention keeps what was current then")
+    elif args.action == "delete":
+        print(f"snapshot {args.name} deleted: retention may reclaim what only it kept")
+    elif getattr(args, "json", False):
+        json.dump({k: {"time_ns": v, "time": _iso(v)} for k, v in got.items()}, sys.stdout)
+        print()
+    else:
+        for name, t in sorted(got.items(), key=lambda kv: kv[1]):
+            print(f"{_iso(t):25}  {name}")
+    return 0
+
+
 def add_commands(sub: Any, with_cluster: Any) -> None:
     """Register ``log`` and ``cat`` (``with_cluster`` adds ``--dir``/``--config``)."""
     sp = sub.add_parser("log", help="the versions of a file or directory, newest first")
@@ -583,3 +647,21 @@ def add_commands(sub: Any, with_cluster: Any) -> None:
     with_cluster(sp)
     sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
     sp.set_defaults(command="revert")
+
+    sp = sub.add_parser("snapshot", help="named moments that retention never reclaims")
+    snap = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("create", "pin the tree as it is now (or --at WHEN)"),
+        ("delete", "let retention reclaim what only this snapshot kept"),
+        ("list", "the snapshots, oldest first"),
+    ):
+        ap = snap.add_parser(action, help=text)
+        if action != "list":
+            ap.add_argument("name")
+        else:
+            ap.add_argument("--json", action="store_true", help="machine-readable output")
+        if action == "create":
+            ap.add_argument("--at", metavar="WHEN", help="a past moment (default: now)")
+        with_cluster(ap)
+        ap.add_argument("--as", dest="as_client", default="client0", help="connect as")
+        ap.set_defaults(command="snapshot")

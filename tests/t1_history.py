@@ -136,8 +136,11 @@ def test_when_forms() -> None:
     assert parse_when("2026-11-23T14:05:00+00:00", now) == 1_795_442_700 * 10**9
     assert parse_when("2026-11-23T14:05:00.25+00:00", now) == 1_795_442_700_250_000_000
     assert parse_when("a1b2c3", now) == "a1b2c3"
-    with pytest.raises(WhenError):
-        parse_when("yesterday-ish", now)
+    # A word is a snapshot name or a version id, looked up against the cluster later.
+    assert parse_when("before-upgrade", now) == "before-upgrade"
+    for bad in ("two words", "-10x", "@soon", "a/b"):
+        with pytest.raises(WhenError):
+            parse_when(bad, now)
 
 
 def test_paths_map_from_a_mount_or_stay_inside_the_file_system(tmp_path: Path) -> None:

@@ -180,6 +180,22 @@ def test_retention_keeps_young_versions_and_what_the_history_still_names() -> No
     assert all(load_request(cl.kvs[0], v.lt) is not None for v in vs)
 
 
+def test_a_snapshot_pins_the_version_current_at_its_moment() -> None:
+    """A pinned moment (snapshot) keeps the version that was current then, and with it the
+    newer ones; versions before it still go (issue 17)."""
+    sec = 10**9
+    pins = [2 * sec + sec // 2]  # between the versions stored at 2 s and 3 s
+    cl = MemCluster(retention=Retention(keep_last=1, keep_seconds=0.0, pins=lambda kv: pins))
+    for seq in range(1, 6):
+        cl.now_ns = seq * sec
+        send(cl, PQ, Request(C0, (7,), {7: fresh_ohs(cl, 7, PQ)}, inc(seq)))
+    assert [v.stored_ns for v in versions(cl.kvs[0], 7)][0] == 2 * sec
+    pins.clear()  # the snapshot deleted: the next update lets the old ones go
+    cl.now_ns = 6 * sec
+    send(cl, PQ, Request(C0, (7,), {7: fresh_ohs(cl, 7, PQ)}, inc(6)))
+    assert [v.stored_ns for v in versions(cl.kvs[0], 7)][0] > 2 * sec
+
+
 def test_multi_object_update_is_all_or_nothing() -> None:
     cl = MemCluster()
     send(cl, PQ, Request(C0, (1,), {1: {}}, inc(1, 10)))

@@ -267,3 +267,14 @@ def test_full_refusals_from_more_than_b_nodes_mean_the_storage_is_full() -> None
     assert _storage_full(failed(["full", "bad-verifier"]), b=1) is None
     group = BaseExceptionGroup("g", [ValueError("x"), failed(["full", "full", "full"])])
     assert isinstance(_storage_full(group, b=2), StorageFull)
+
+
+def test_gc_floor_keeps_the_version_current_at_each_snapshot() -> None:
+    hosted = [ts(t * SEC) for t in (100, 90, 75, 60, 50)]
+    policy = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+    # A snapshot at 80 s pins the version of 75 s (the newest at or before it), even under
+    # pressure; one before every hosted version pins nothing.
+    for pressure in (False, True):
+        got = gc_floor(hosted[0], hosted, 100 * SEC, policy, pressure=pressure, pins=[80 * SEC])
+        assert got == hosted[2]
+    assert gc_floor(hosted[0], hosted, 100 * SEC, policy, pins=[10 * SEC]) == hosted[0]

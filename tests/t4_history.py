@@ -315,3 +315,29 @@ def test_revert_undoes_one_clients_vandalism_and_keeps_everyone_elses_later_work
     assert (tree / "docs" / "d").read_bytes() == b"draft 2\n"
     assert (tree / "later.txt").read_bytes() == b"new work\n"
     assert (tree / "x").read_bytes() == b"notes, rewritten\n"
+
+
+def test_snapshots_are_named_moments_usable_wherever_a_time_is(
+    setup: tuple[ProcessCluster, Path, Path, str], tmp_path: Path
+) -> None:
+    cluster, mine, _, _ = setup
+    (mine / "snapped").write_bytes(b"as it was")
+    bftfs(cluster, "snapshot", "create", "release-1")
+    (mine / "snapped").write_bytes(b"changed since")
+    listed = json.loads(bftfs(cluster, "snapshot", "list", "--json").stdout)
+    assert "release-1" in listed
+    got = bftfs(cluster, "cat", str(mine / "snapped"), "--at", "release-1").stdout
+    assert got == b"as it was"
+    mp = tmp_path / "snap"
+    mp.mkdir()
+    bftfs(cluster, "mount", str(mp), "--at", "release-1")
+    try:
+        assert (mp / "snapped").read_bytes() == b"as it was"
+    finally:
+        bftfs(cluster, "umount", str(mp))
+    again = bftfs(cluster, "snapshot", "create", "release-1", check=False)
+    assert again.returncode == 7 and b"exists already" in again.stderr
+    bftfs(cluster, "snapshot", "delete", "release-1")
+    assert "release-1" not in json.loads(bftfs(cluster, "snapshot", "list", "--json").stdout)
+    unknown = bftfs(cluster, "cat", str(mine / "snapped"), "--at", "release-1", check=False)
+    assert unknown.returncode == 2 and b"snapshot" in unknown.stderr

@@ -129,7 +129,7 @@ class Meta(FsBase):
             return x
         n = self.config.n
         x += (near - x) % n
-        return x if x <= obj.MAX_OID else x - n
+        return x if x < obj.SNAPSHOTS else x - n  # (SNAPSHOTS = MAX_OID is reserved)
 
     def _now(self) -> int:
         return self.clock_ns()

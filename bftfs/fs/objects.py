@@ -73,6 +73,13 @@ from bftfs.qu.timestamp import MAX_OBJECTS
 ROOT = 1
 #: Object ids are 63-bit and never 0; ROOT is reserved.
 MAX_OID = (1 << 63) - 1
+#: The cluster's snapshot list (``bftfs snapshot``): named moments retention never
+#: reclaims.  No file or directory is ever made with this id (clients draw ids below it,
+#: servers refuse it).
+SNAPSHOTS = MAX_OID
+#: Most snapshots a cluster keeps (each pins the versions current at its moment).
+MAX_SNAPSHOTS = 256
+SNAPSHOT_NAME_MAX = 64
 NAME_MAX = 255
 #: Longest symlink target (Linux PATH_MAX).
 PATH_MAX = 4096
@@ -704,7 +711,7 @@ def _removexattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 def _parent_and_new(states: States, a: dict[str, Any]) -> tuple[int, dict[str, Any], int, bytes]:
     """Common checks of create/mkdir: a live parent, a free legal name, a fresh object."""
     pid, oid = _oid(a, "p", states), _oid(a, "o", states)
-    if pid == oid or oid == ROOT:
+    if pid == oid or oid in (ROOT, SNAPSHOTS):
         raise MethodRefused("invalid", "bad object ids")
     parent = _dir(states[pid])
     name = check_name(a.get("name"))
@@ -1010,6 +1017,78 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return new, {str(oid): stat_of(new[oid]) for oid in changed}
 
 
+# Snapshots ----------------------------------------------------------------------------------
+
+
+def snapshot_name(v: Any) -> str:
+    """A legal snapshot name: 1 to 64 printable characters, no ``/`` or spaces, not a
+    time-like word (``now``, an age such as ``-10m``, ``@...``) so ``--at NAME`` is never
+    ambiguous with a time."""
+    if (
+        not isinstance(v, str)
+        or not 0 < len(v) <= SNAPSHOT_NAME_MAX
+        or not v.isprintable()
+        or any(c in v for c in "/ \t")
+        or v[0] in "-@"
+        or v == "now"
+    ):
+        raise MethodRefused("invalid", "snapshot names are 1-64 printable characters")
+    return v
+
+
+def valid_snapshot_name(v: Any) -> bool:
+    """Whether :func:`snapshot_name` accepts ``v`` (for clients' own checks)."""
+    try:
+        snapshot_name(v)
+    except MethodRefused:
+        return False
+    return True
+
+
+def _snapshot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Create or delete a snapshot: ``{"op": "create", "name", "t"}`` (``t``: the moment,
+    ns; the client's, like every time an fs method is given) or ``{"op": "delete",
+    "name"}``.  The list lives in object :data:`SNAPSHOTS`, made by the first create."""
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    if oid != SNAPSHOTS:
+        raise MethodRefused("invalid", "snapshots live in their own object")
+    if state is not None and (not isinstance(state, dict) or state.get("k") != "s"):
+        raise MethodRefused("invalid", "not the snapshot list")
+    snaps = dict(state["snaps"]) if state is not None else {}
+    name = snapshot_name(a.get("name"))
+    op = a.get("op")
+    if op == "create":
+        if name in snaps:
+            raise MethodRefused("exists")
+        if len(snaps) >= MAX_SNAPSHOTS:
+            raise MethodRefused("no-space", f"at most {MAX_SNAPSHOTS} snapshots")
+        snaps[name] = _time(a, "t")
+    elif op == "delete":
+        if name not in snaps:
+            raise MethodRefused("not-found")
+        del snaps[name]
+    else:
+        raise MethodRefused("invalid", "op is create or delete")
+    new = {"k": "s", "snaps": snaps}
+    return {oid: new}, snaps
+
+
+def _snapshots(states: States, arg: Any) -> Any:
+    """The snapshots: name -> moment (ns); empty before the first."""
+    ((_, state),) = states.items()
+    if not isinstance(state, dict) or state.get("k") != "s":
+        return {}
+    return dict(state["snaps"])
+
+
+def snapshot_times(state: Any) -> tuple[int, ...]:
+    """The moments a snapshot-list state pins (servers' retention reads it)."""
+    if not isinstance(state, dict) or state.get("k") != "s":
+        return ()
+    return tuple(sorted(int(t) for t in state["snaps"].values()))
+
+
 def _finished(state: Any) -> bool:
     """A removed directory (a tombstone), or a file no name reaches any more: no update
     makes either reachable again, so servers keep only the newest version of it once
@@ -1027,6 +1106,8 @@ FS = ObjectType(
         Method("fs.stat", Class.QUERY, _stat),
         Method("fs.open", Class.QUERY, _open),
         Method("fs.peek", Class.QUERY, _peek),
+        Method("fs.snapshots", Class.QUERY, _snapshots),
+        Method("fs.snapshot", Class.UPDATE, _snapshot),
         Method("fs.lookup", Class.QUERY, _lookup),
         Method("fs.lookupstat", Class.QUERY, _lookup_stat, 2, 2),
         Method("fs.statmany", Class.QUERY, _stat_many, 1, MAX_OBJECTS),

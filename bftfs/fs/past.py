@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftfs.fs.entries import all_entries
-from bftfs.fs.objects import ROOT
+from bftfs.fs.objects import ROOT, SNAPSHOTS
 from bftfs.qu.canon import unpack
 from bftfs.qu.client import QUClient
 from bftfs.qu.past import Agreed
@@ -200,6 +200,25 @@ class Past:
         self.rw = rw
         self.bs = block_size
         self._histories: dict[int, ObjectHistory] = {}
+
+    async def snapshots(self) -> dict[str, int]:
+        """The cluster's snapshots: name -> moment (ns)."""
+        return dict(await self.qu.query(SNAPSHOTS, "fs.snapshots"))
+
+    async def snapshot_create(self, name: str, time_ns: int) -> None:
+        await self._snapshot({"op": "create", "name": name, "t": time_ns})
+
+    async def snapshot_delete(self, name: str) -> None:
+        await self._snapshot({"op": "delete", "name": name})
+
+    async def _snapshot(self, arg: dict[str, Any]) -> None:
+        from bftfs.qu.objects import MethodRefused
+
+        try:
+            await self.qu.update(SNAPSHOTS, "fs.snapshot", arg)
+        except MethodRefused as e:
+            what = {"exists": "exists already", "not-found": "does not exist"}.get(e.code, str(e))
+            raise PastError(f"snapshot {arg['name']}: {what}") from None
 
     def statistics(self) -> str:
         """What the history reads cost, for a log at unmount."""

@@ -41,6 +41,7 @@ from bftfs.ids import PrincipalId, is_node
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
+from bftfs.node.snapshots import pinned_moments
 from bftfs.qu import past
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
@@ -112,7 +113,9 @@ def register(
 
     if retention is None:  # the cluster's [retention] (policy.py)
         kept = node.config.retention
-        retention = Retention(keep_last=kept.keep_versions, keep_seconds=kept.keep_seconds)
+        retention = Retention(
+            keep_last=kept.keep_versions, keep_seconds=kept.keep_seconds, pins=pinned_moments
+        )
     cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention)
     pruner = Pruner(node, cfg)
 

@@ -38,6 +38,7 @@ import trio
 
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
+from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
 from bftfs.rw import replica
 from bftfs.rw.behind import NotValidated, own_fragment
@@ -161,6 +162,7 @@ class Verifier:
                     now_ns=now_ns,
                     retention=self.retention,
                     pressure=pressure,
+                    pins=pinned_moments(kv),
                 )
                 for block, mark, flag, poison in todo
             ]
@@ -206,16 +208,22 @@ class Verifier:
                 return (due - now_ns) / 1e9
             heapq.heappop(self._revisits)
             pressure = self._pressure()
-            step = functools.partial(
-                replica.verified_step,
-                block=block,
-                mark=ZERO,
-                flag=None,
-                poisonous=(),
-                now_ns=now_ns,
-                retention=self.retention,
-                pressure=pressure,
-            )
+
+            def step(
+                kv: Any, block: int = block, now_ns: int = now_ns, pressure: bool = pressure
+            ) -> replica.Verified:
+                return replica.verified_step(
+                    kv,
+                    block,
+                    mark=ZERO,
+                    flag=None,
+                    poisonous=(),
+                    now_ns=now_ns,
+                    retention=self.retention,
+                    pressure=pressure,
+                    pins=pinned_moments(kv),
+                )
+
             res = await self.node.store.write(step)
             self._account(res, block)
         return None
@@ -275,6 +283,7 @@ class Verifier:
                 now_ns=now_ns,
                 retention=self.retention,
                 pressure=pressure,
+                pins=pinned_moments(kv),
             )
         )
         self._account(res, block)

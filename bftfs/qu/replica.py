@@ -46,7 +46,7 @@ Two choices where the seed is silent:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,10 @@ class Retention:
 
     keep_last: int | None = None
     keep_seconds: float = 0.0
+    #: The moments whose versions are never deleted (snapshots), read from the store when
+    #: something would be: the version current at each (the newest stored at or before it
+    #: by this server's clock) stays, and with it every newer one.
+    pins: Callable[[KV], Sequence[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -463,13 +467,20 @@ def _retain(
     floor = min(floor, newest[-1])
     young_ns = now_ns - int(cfg.retention.keep_seconds * 1e9)
     deleted = 0
+    pins: Sequence[int] | None = None
     while True:
-        oldest = schema.oldest_version(kv, oid)
-        if oldest is None:
+        two = schema.oldest_versions(kv, oid, 2)
+        if not two:
             break
-        lt, stored_ns = oldest
+        lt, stored_ns = two[0]
         if lt >= floor or stored_ns > young_ns:
             break
+        if cfg.retention.pins is not None:
+            if pins is None:
+                pins = cfg.retention.pins(kv)  # read only when something would go
+            after = two[1][1] if len(two) > 1 else None
+            if any(stored_ns <= t and (after is None or after > t) for t in pins):
+                break  # the version current at a snapshot
         v = schema.load_version(kv, oid, lt)
         if v is None:
             break

@@ -286,17 +286,26 @@ def newest_times(kv: KV, oid: int, k: int) -> list[Timestamp]:
 
 def oldest_version(kv: KV, oid: int) -> tuple[Timestamp, int] | None:
     """``(lt, stored_ns)`` of the oldest stored version of ``oid``, or None (one seek)."""
+    got = oldest_versions(kv, oid, 1)
+    return got[0] if got else None
+
+
+def oldest_versions(kv: KV, oid: int, k: int) -> list[tuple[Timestamp, int]]:
+    """``(lt, stored_ns)`` of the ``k`` oldest stored versions of ``oid``, oldest first."""
     start = oid_key(oid)
     stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    out: list[tuple[Timestamp, int]] = []
     for key, value in kv.scan(DB_VER, start, stop):
+        if len(out) >= k:
+            break
         if len(key) != 8 + TIMESTAMP_SIZE:
             continue
         try:
             stored_ns = int(unpack(value).get("w", 0))
         except (TypeError, ValueError, AttributeError) as e:
             raise SchemaError(f"bad stored version: {e}") from e
-        return Timestamp.decode(key[8:]), stored_ns
-    return None
+        out.append((Timestamp.decode(key[8:]), stored_ns))
+    return out
 
 
 def store_request(kv: KV, lt: Timestamp, body: bytes) -> None:

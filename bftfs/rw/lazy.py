@@ -268,8 +268,13 @@ def gc_floor(
     retention: RetentionPolicy,
     *,
     pressure: bool = False,
+    pins: Sequence[int] = (),
 ) -> Timestamp:
     """The floor to collect ``hosted`` (descending) below, given a verified-complete version.
+
+    ``pins``: snapshot moments (ns); the newest version with Time at or before each is kept
+    whatever the pressure (a file's version at the moment reads its blocks as of its ``bt``,
+    which is at most that version or a newer one, all above the floor then).
 
     Everything strictly below the floor may be deleted.  The floor never exceeds
     ``verified`` (only versions below a version verified complete are garbage, L1540-1542)
@@ -282,6 +287,10 @@ def gc_floor(
     if not pressure:
         young_ns = now_ns - int(retention.keep_seconds * 1e9)
         kept += [ts for ts in hosted if ts.time >= young_ns]
+    for t in pins:
+        pinned = next((ts for ts in hosted if ts.time <= t), None)
+        if pinned is not None:
+            kept.append(pinned)
     if kept:
         floor = min(floor, *kept)
     return floor if floor > ZERO else ZERO

@@ -37,7 +37,7 @@ store requires (node/store.py).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from bftfs import erasure
@@ -275,6 +275,7 @@ def verified_step(
     now_ns: int,
     retention: RetentionPolicy,
     pressure: bool = False,
+    pins: Sequence[int] = (),
 ) -> Verified:
     """Record what verification learned about ``block``, then collect what may go.
 
@@ -286,7 +287,8 @@ def verified_step(
     this node's verified flag on, if it hosts it (own verification, or ``b + 1`` identical
     NOTIFYs).  ``poisonous``: versions proven poisonous (deleted if hosted; none of them can
     be at or below a verified mark, which only ever names valid versions).  Then everything
-    below :func:`bftfs.rw.lazy.gc_floor` of the mark is deleted (:func:`collect_step`).
+    below :func:`bftfs.rw.lazy.gc_floor` of the mark is deleted (:func:`collect_step`);
+    ``pins``: snapshot moments whose versions stay (``gc_floor``).
     """
     old = verified_of(kv, block)
     if mark > old:
@@ -314,13 +316,19 @@ def verified_step(
     hosted = hosted_step(kv, block)
     collected = Collected(0, floor_of(kv, block))
     if mark > ZERO:
-        floor = gc_floor(mark, hosted, now_ns, retention, pressure=pressure)
+        floor = gc_floor(mark, hosted, now_ns, retention, pressure=pressure, pins=pins)
         collected = collect_step(kv, block, floor)
     left = len(hosted) - collected.deleted
     below = [ts for ts in hosted if collected.floor <= ts < mark]
     # Versions kept for their age (beyond the newest keep_versions) may go once old.
     aged = [ts for ts in hosted[retention.keep_versions :] if collected.floor <= ts < mark]
     revisit = 0
+    # Versions above a snapshot's pinned version stay for it, not for their age: looking
+    # again when they age would find them still pinned (a block left alone after the
+    # snapshot is deleted is collected at its next verification).
+    pinned = {next((ts for ts in hosted if ts.time <= t), None) for t in pins}
+    if collected.floor in pinned:
+        aged = []
     if aged and not pressure:
         revisit = min(ts.time for ts in aged) + int(retention.keep_seconds * 1e9) + 1
     return Verified(
