@@ -1,6 +1,6 @@
-"""Version history users can see (issue 17): ``bftfs log`` and ``bftfs cat --at`` against
-real node processes and real FUSE mounts, with healthy nodes, one Byzantine node lying about
-the past, one withholding it, and one node down.
+"""Version history users can see (issue 17): every history command against real node
+processes and real FUSE mounts, with healthy nodes and (slow tier) the whole module again
+with one Byzantine node lying about the past, one withholding it, and one node down.
 
 Moments are taken on this machine's clock right after each close returned; the nodes run
 on the same machine, so each version's time (the median of the storing nodes' clocks) lies
@@ -66,6 +66,8 @@ def contents(rng: random.Random, size: int) -> bytes:
         # A Byzantine node (b = 1): in the slow tier, the healthy run keeps `make test` short.
         pytest.param("lie-about-history", marks=pytest.mark.slow),
         pytest.param("withhold-history", marks=pytest.mark.slow),
+        # One node down for the whole module (stopped once the mounts are up).
+        pytest.param("node-down", marks=pytest.mark.slow),
     ],
 )
 def setup(
@@ -73,7 +75,8 @@ def setup(
 ) -> Iterator[tuple[ProcessCluster, Path, Path, str]]:
     """A cluster (node 1 Byzantine with the profile, if any) and two mounts of it."""
     profile = request.param
-    node_args = {} if profile == "healthy" else {1: ["--byzantine", profile]}
+    byzantine = profile not in ("healthy", "node-down")
+    node_args = {1: ["--byzantine", profile]} if byzantine else {}
     home = tmp_path_factory.mktemp("hist") / "c"
     with ProcessCluster(home, map_size=1 << 30, durable=False, node_args=node_args) as pc:
         base = tmp_path_factory.mktemp("mnt")
@@ -81,6 +84,8 @@ def setup(
             Mount(pc.config, base / "a", client="client0") as a,
             Mount(pc.config, base / "b", client="client1") as b,
         ):
+            if profile == "node-down":
+                pc.stop(3)
             yield pc, a.mountpoint, b.mountpoint, profile
 
 
