@@ -264,6 +264,53 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return history_cli.cmd_snapshot(args, _cluster_of(args)[0])
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Scrub every block of every file (bftfs/fs/scrub.py) with a progress line."""
+    import time
+
+    from bftfs.fs.scrub import scrub
+    from bftfs.fs.session import open_protocol_clients
+    from bftfs.rw.scrub import summarize
+
+    cfg, _ = _cluster_of(args)
+    started = time.monotonic()
+    show = not args.json and sys.stderr.isatty() or args.progress
+    last = [0.0]
+
+    def progress(done: int, known: int, report: Any) -> None:
+        now = time.monotonic()
+        if report.repaired:
+            nodes = ", ".join(str(n) for n in report.repaired)
+            print(f"\rblock {report.block:#x}: rewrote node(s) {nodes}", file=sys.stderr)
+        if show and (now - last[0] > 0.2 or done == known):
+            last[0] = now
+            width = 30
+            filled = width * done // max(known, 1)
+            bar = "#" * filled + "." * (width - filled)
+            print(f"\r[{bar}] {done}/{known} blocks", end="", file=sys.stderr, flush=True)
+
+    async def run() -> list[Any]:
+        async with open_protocol_clients(cfg, args.client, trust_verified=False) as (qu, rw):
+            return await scrub(qu, rw, cfg.block_size, progress)
+
+    reports = trio.run(run)
+    if show:
+        print(file=sys.stderr)
+    totals = summarize(reports)
+    totals["seconds"] = round(time.monotonic() - started, 2)
+    if args.json:
+        print(json.dumps(totals))
+    else:
+        print(
+            f"scrubbed {totals['checked']} blocks in {totals['seconds']} s: "
+            f"{totals['fragments_intact']} fragments intact, "
+            f"{totals['fragments_repaired']} rewritten ({totals['blocks_repaired']} blocks), "
+            f"{totals['fragments_unreachable']} on nodes that did not answer"
+        )
+    # Exit 4 when some node did not answer: the scrub could not finish everywhere.
+    return 0 if totals["fragments_unreachable"] == 0 else EXIT_CLUSTER
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     from bftfs.fuse import control as mountmod
 
@@ -711,6 +758,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for action in ("create", "delete", "list"):
         snapshot_actions.choices[action].set_defaults(func=cmd_snapshot)
+
+    sp = sub.add_parser(
+        "verify", help="scrub: check every block on every node, rewrite missing or damaged ones"
+    )
+    with_cluster(sp)
+    sp.add_argument("--client", default="client0", help="client identity to use (client0)")
+    sp.add_argument("--json", action="store_true", help="totals as JSON")
+    sp.add_argument("--progress", action="store_true", help="a progress bar even when piped")
+    sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
     sp.add_argument("mountpoint", type=Path)

@@ -82,3 +82,15 @@ async def open_past(config: ClusterConfig, client: str) -> AsyncIterator[Past]:
         th = QUThresholds.from_config(config)
         qu = QUClient(ep, th, client_id=ep.pid)
         yield Past(qu, PastReader(ep, th), rw, config.block_size)
+
+
+@asynccontextmanager
+async def open_protocol_clients(
+    config: ClusterConfig, client: str, **rw_options: Any
+) -> AsyncIterator[tuple[QUClient, Any]]:
+    """The Q/U and PASIS clients of ``config``'s cluster as client ``client``, without a
+    file system (``bftfs verify``); ``rw_options`` go to the PASIS client."""
+    ring = KeyRing(client_identity(config, client), config.node_public_keys())
+    await check_identity(config, ring)
+    async with open_client(config, client) as ep, open_rw_client(ep, config, **rw_options) as rw:
+        yield QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid), rw

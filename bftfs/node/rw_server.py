@@ -114,11 +114,21 @@ def register(
         if stale is not None:
             node.stats["rw.write.stale"] += 1
             return replica.WriteReply(new=False, stale=stale).to_wire()
-        if node.store.read(lambda kv: replica.has_version(kv, req.block, req.ts)):
+        here = node.store.read(lambda kv: replica.stored_state(kv, req))
+        if here is True:
             node.stats["rw.write.duplicate"] += 1
             return replica.WriteReply(new=False).to_wire()
         reply = await node.store.write(lambda kv: replica.store_write(kv, req))
-        node.stats["rw.write.new" if reply.new else "rw.write.duplicate"] += 1
+        if here is False:
+            node.stats["rw.write.healed"] += 1  # a damaged stored fragment replaced
+            node.log.warning(
+                "node %s: block %#x version %s was damaged here; replaced",
+                node.id,
+                req.block,
+                req.ts,
+            )
+        else:
+            node.stats["rw.write.new" if reply.new else "rw.write.duplicate"] += 1
         if reply.new and verifier is not None:
             verifier.wrote(req.block, req.ts, int(ctx.sender))
         return reply.to_wire()

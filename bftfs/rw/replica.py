@@ -59,6 +59,7 @@ from bftfs.rw.schema import (
     DB_VERIFIED,
     DB_VERSIONS,
     FLAG_VERIFIED,
+    SchemaError,
     StoredVersion,
     block_end,
     block_prefix,
@@ -110,14 +111,41 @@ def floor_of(kv: KV, block: int) -> Timestamp:
 
 
 def store_write(kv: KV, req: WriteRequest) -> WriteReply:
-    """Execute a write that passed :func:`check_write` (inside the write transaction)."""
+    """Execute a write that passed :func:`check_write` (inside the write transaction).
+
+    A version already stored at the timestamp is left alone if it holds the same bytes;
+    if it does not, the stored copy is damaged (the timestamp's verifier binds the cross
+    checksum and the cross checksum binds this node's fragment, both checked on the
+    request), and it is replaced, keeping its flags: how a scrub heals a corrupt fragment
+    (``bftfs verify``, rw/scrub.py).
+    """
     key = version_key(req.block, req.ts)
-    if kv.get(DB_VERSIONS, key) is not None:
+    raw = kv.get(DB_VERSIONS, key)
+    if raw is not None:
+        if intact(raw, req):
+            return WriteReply(new=False)
+        flags = raw[0] if len(raw) else 0
+        kv.put(DB_VERSIONS, key, StoredVersion(flags, req.cross_checksum, req.fragment).encode())
         return WriteReply(new=False)
     if req.ts < floor_of(kv, req.block):
         return WriteReply(new=False)
     kv.put(DB_VERSIONS, key, StoredVersion(0, req.cross_checksum, req.fragment).encode())
     return WriteReply(new=True)
+
+
+def intact(raw: bytes, req: WriteRequest) -> bool:
+    """Whether a stored version holds exactly what the (validated) write ``req`` carries."""
+    try:
+        stored = StoredVersion.decode(bytes(raw))
+    except SchemaError:
+        return False
+    return stored.cross_checksum == req.cross_checksum and stored.fragment == req.fragment
+
+
+def stored_state(kv: KV, req: WriteRequest) -> bool | None:
+    """The write's version here: None absent, True stored intact, False stored damaged."""
+    raw = kv.get(DB_VERSIONS, version_key(req.block, req.ts))
+    return None if raw is None else intact(raw, req)
 
 
 def has_version(kv: KV, block: int, ts: Timestamp) -> bool:

@@ -1,0 +1,85 @@
+"""``bftfs verify``: scrub every block of every file reachable from the root (issue 16).
+
+The blocks to check come from the file system itself (a walk of the directory tree by Q/U
+queries, like any client's), so a scrub needs no node's word for what exists.  Each block
+goes through :func:`bftfs.rw.scrub.scrub_block`: every node's fragment of the latest
+complete version compared with the one regenerated from ``m`` valid fragments, missing and
+damaged ones written again at the same timestamp.  A node that was down for a while or lost
+its disk is brought back to full redundancy this way (background catch-up does the same for
+a restarted node, ``node/rw_catchup.py``).  Inline files live in their attribute objects,
+which Q/U replicates; they have no blocks to scrub.
+"""
+
+from __future__ import annotations
+
+import stat as st
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import trio
+
+from bftfs.fs.entries import all_entries
+from bftfs.fs.objects import ROOT
+from bftfs.qu.client import QUClient
+from bftfs.rw.client import RWClient
+from bftfs.rw.messages import block_id
+from bftfs.rw.scrub import BlockReport, scrub_block
+
+#: Blocks scrubbed at once.
+CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class FileBlocks:
+    path: str
+    data_id: int
+    count: int
+
+
+async def files_with_blocks(qu: QUClient, block_size: int) -> AsyncIterator[FileBlocks]:
+    """Every regular file reachable from the root whose content is in blocks."""
+    todo = [("", ROOT)]
+    seen = {ROOT}
+    while todo:
+        path, oid = todo.pop()
+        listing = await qu.query(oid, "fs.readdir")
+        for name, (child, _kind) in sorted(all_entries(listing["e"]).items()):
+            child = int(child)
+            if child in seen:
+                continue  # a hard link: its blocks once
+            seen.add(child)
+            cpath = f"{path}/{name.decode(errors='replace')}"
+            s = await qu.query(child, "fs.stat")
+            if s.get("k") == "d":
+                todo.append((cpath, child))
+            elif st.S_ISREG(s["mode"]) and not s.get("inl") and s["size"] > 0:
+                yield FileBlocks(cpath, int(s["d"]), -(-int(s["size"]) // block_size))
+
+
+async def scrub(
+    qu: QUClient,
+    rw: RWClient,
+    block_size: int,
+    progress: Callable[[int, int, BlockReport], None] | None = None,
+) -> list[BlockReport]:
+    """Scrub every block of every file; ``progress(done, known, report)`` after each block
+    (``known`` grows while the walk finds more files)."""
+    reports: list[BlockReport] = []
+    known = 0
+    limit = trio.Semaphore(CONCURRENCY)
+
+    async def one(block: int) -> None:
+        async with limit:
+            report = await scrub_block(rw, block)
+        reports.append(report)
+        if progress is not None:
+            progress(len(reports), known, report)
+
+    async with trio.open_nursery() as nursery:
+        async for f in files_with_blocks(qu, block_size):
+            known += f.count
+            for k in range(f.count):
+                await limit.acquire()  # bound the tasks waiting, not just those running
+                limit.release()
+                nursery.start_soon(one, block_id(f.data_id, k))
+    return reports
