@@ -268,9 +268,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Scrub every block of every file (bftfs/fs/scrub.py) with a progress line."""
     import time
 
-    from bftfs.fs.scrub import scrub
+    from bftfs.fs.scrub import scrub, summarize
     from bftfs.fs.session import open_protocol_clients
-    from bftfs.rw.scrub import summarize
 
     cfg, _ = _cluster_of(args)
     started = time.monotonic()

@@ -23,7 +23,9 @@ from bftfs.fs.objects import ROOT
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import block_id
-from bftfs.rw.scrub import BlockReport, scrub_block
+from bftfs.rw.scrub import BlockReport, scrub_block, summarize
+
+__all__ = ["BlockReport", "FileBlocks", "files_with_blocks", "scrub", "summarize"]
 
 #: Blocks scrubbed at once.
 CONCURRENCY = 8
