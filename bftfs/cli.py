@@ -311,17 +311,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from bftfs import proc
     from bftfs.fuse import control as mountmod
 
-    target = args.mountpoint.resolve()
+    target = Path(os.path.abspath(args.mountpoint))  # no resolve(): it stats a dead mount
     pid = None
+    cfg = None
     with contextlib.suppress(localmod.ClusterError, ConfigError):
         cfg, _ = _cluster_of(args)
         pid = next((p for p, m in mountmod.known_mounts(cfg) if m == target), None)
     if not mountmod.is_mounted(target) and pid is None:
         raise QuietError(f"{target} is not mounted", EXIT_MOUNT)
-    mountmod.unmount(target, pid=pid)
-    print(f"unmounted {target}")
+    dead = proc.is_dead_mount(target) or (pid is not None and not proc.process_alive(pid))
+    mountmod.unmount(target, pid=pid if not dead else None)
+    if cfg is not None:  # the book-keeping of a daemon that could not remove its own
+        for stale in (mountmod.pid_file(cfg, target), mountmod.status_file(cfg, target)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    print(f"unmounted {target}" + (" (its mount daemon had died)" if dead else ""))
     return 0
 
 
@@ -519,10 +526,42 @@ def _progress(progress: dict[str, dict]) -> str:
     return ", ".join(parts) or "-"
 
 
+def cmd_node_control(args: argparse.Namespace) -> int:
+    """``bftfs node stop|start|restart I``: one node of the local cluster (``--dir``)."""
+    if args.index is None:
+        raise QuietError(f"bftfs node {args.action}: which node? (e.g. bftfs node stop 2)", 2)
+    cfg, _ = _cluster_of(args)
+    try:
+        cfg.node(args.index)
+    except (ConfigError, KeyError, IndexError):
+        raise QuietError(f"no node {args.index} (nodes 0..{cfg.n - 1})", 2) from None
+    extra = ["--byzantine", args.byzantine] if args.byzantine else []
+    if args.action in ("stop", "restart"):
+        was = localmod.stop_node(cfg, args.index)
+        print(f"node {args.index} {'stopped' if was else 'was not running'}")
+    if args.action in ("start", "restart"):
+        if args.action == "start" and localmod.running_pid(cfg.node(args.index)) is not None:
+            print(f"node {args.index} is running already")
+            return 0
+        pid = localmod.start_node(cfg, args.index, extra)
+        localmod.wait_ready(cfg, nodes=[args.index])
+        how = f" as Byzantine profile {args.byzantine!r}" if args.byzantine else ""
+        print(f"node {args.index} started{how} (pid {pid})")
+    return 0
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from bftfs import config as cfgmod
     from bftfs.node.service import Node
 
+    if args.action is not None:
+        return cmd_node_control(args)
+    if args.config is None or args.id is None:
+        raise QuietError(
+            "bftfs node: give --config and --id to run a node in the foreground, or "
+            "stop|start|restart I for the local cluster",
+            2,
+        )
     cfg = cfgmod.load(args.config)
     spec = cfg.node(args.id)
     setup_logging(log_file=args.log, debug_modules=args.debug_modules, quiet=args.quiet)
@@ -773,9 +812,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", type=Path, help="cluster.toml (instead of --dir)")
     sp.set_defaults(func=cmd_umount)
 
-    sp = sub.add_parser("node", help="run one storage node in the foreground")
-    sp.add_argument("--config", type=Path, required=True, help="cluster.toml")
-    sp.add_argument("--id", type=int, required=True, help="this node's id")
+    sp = sub.add_parser(
+        "node",
+        help="run one storage node in the foreground, or stop/start/restart one of the "
+        "local cluster",
+    )
+    sp.add_argument(
+        "action",
+        nargs="?",
+        choices=("stop", "start", "restart"),
+        help="control node INDEX of the local cluster (--dir) instead of running one",
+    )
+    sp.add_argument("index", nargs="?", type=int, metavar="INDEX", help="the node's id")
+    with_dir(sp)
+    sp.add_argument("--config", type=Path, help="cluster.toml (required to run a node)")
+    sp.add_argument("--id", type=int, help="this node's id (required to run a node)")
     sp.add_argument("--log", type=Path, help="log file (default: stderr)")
     sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.net")
     sp.add_argument("--quiet", action="store_true", help="warnings and errors only")
@@ -825,12 +876,23 @@ def _join_ages(argv: list[str]) -> list[str]:
     return out
 
 
+def _quiet_broken_pipe() -> int:
+    """Output piped into a reader that stopped (``bftfs log ... | head``): end quietly,
+    as Unix tools do, instead of a traceback when Python flushes stdout at exit."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_join_ages(sys.argv[1:] if argv is None else argv))
     if args.command != "node":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except QuietError as e:
         print(f"bftfs: {e}", file=sys.stderr)
         return e.exitcode

@@ -10,7 +10,9 @@ protocol code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -133,13 +135,47 @@ def fusermount() -> str:
     return shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
 
 
-def is_mounted(mountpoint: Path) -> bool:
-    """Whether ``mountpoint`` is a mount point (a dead daemon's mount counts: its stat
-    fails with "Transport endpoint is not connected")."""
+def mount_type(mountpoint: Path) -> str | None:
+    """The file-system type ``mountpoint`` is mounted with, from ``/proc/self/mountinfo``
+    (None if it is no mount point).  Reads no file of the mount, so it neither hangs on a
+    daemon waiting for its cluster nor misses a dead daemon's mount (``os.path.ismount``
+    says False for one: its stat fails with ENOTCONN)."""
+    target = os.path.abspath(mountpoint)
+    found = None
     try:
-        return os.path.ismount(mountpoint)
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
     except OSError:
-        return True
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point == target:
+            found = right.split()[0] if right else "?"  # the last mount on it wins
+    return found
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """Whether ``mountpoint`` is a mount point (a dead daemon's mount included)."""
+    return mount_type(mountpoint) is not None
+
+
+def is_dead_mount(mountpoint: Path) -> bool:
+    """Whether ``mountpoint`` is a FUSE mount whose daemon is gone ("Transport endpoint is
+    not connected"): it must be unmounted before anything can use the directory."""
+    kind = mount_type(mountpoint)
+    if kind is None or not kind.startswith("fuse"):
+        return False
+    try:
+        # statfs always reaches the daemon (a stat may be answered from the kernel's
+        # attribute cache for a while after the daemon died).
+        os.statvfs(mountpoint)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
 
 
 def unmount(mountpoint: Path) -> str | None:

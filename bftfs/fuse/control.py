@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -59,24 +58,8 @@ def status_file(config: ClusterConfig, mountpoint: Path) -> Path:
 
 
 def mounted_fuse(mountpoint: Path) -> str | None:
-    """The file-system type ``mountpoint`` is mounted with, from ``/proc/self/mountinfo``
-    (None if it is no mount point).  Reads no file of the mount, so it cannot hang on a
-    daemon that waits for its cluster."""
-    target = str(mountpoint)
-    found = None
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 5:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        if point == target:
-            found = right.split()[0] if right else "?"  # the last mount on it wins
-    return found
+    """The file-system type ``mountpoint`` is mounted with (:func:`bftfs.proc.mount_type`)."""
+    return proc.mount_type(mountpoint)
 
 
 def mount_statuses(config: ClusterConfig) -> list[dict[str, Any]]:

@@ -320,7 +320,13 @@ def mount_background(
         MountError: the mount point is missing or busy, or the daemon died or took longer
             than ``wait`` seconds (the log's last lines are in the message).
     """
-    mountpoint = mountpoint.resolve()
+    mountpoint = Path(os.path.abspath(mountpoint))  # no resolve(): it stats a dead mount
+    if proc.is_dead_mount(mountpoint):
+        # A mount whose daemon died (killed, crashed): clean it up and mount again.
+        proc.unmount(mountpoint)
+        log.warning("%s was a mount whose daemon had died: unmounted it first", mountpoint)
+    if not mountpoint.exists():
+        mountpoint.mkdir(parents=True)  # as `bftfs up` makes mount/
     if not mountpoint.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
