@@ -17,7 +17,10 @@ from bftfs import local, proc
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
-pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+pytestmark = [
+    pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
+    pytest.mark.slow,
+]
 
 
 def bftfs(cluster: ProcessCluster, *args: str, check: bool = True) -> str:
@@ -70,13 +73,14 @@ def test_a_mount_whose_daemon_died_is_cleaned_up(cluster: ProcessCluster, tmp_pa
         proc.wait_gone(pid, 10)
         assert proc.is_dead_mount(mp)
 
-    kill_daemon()
-    out = bftfs(cluster, "umount", str(mp), "--config", config)
-    assert "its mount daemon had died" in out and not proc.is_mounted(mp)
-    bftfs(cluster, "mount", str(mp), "--config", config)
-    kill_daemon()
-    bftfs(cluster, "mount", str(mp), "--config", config)  # onto the dead mount: cleaned, mounted
     try:
+        kill_daemon()
+        out = bftfs(cluster, "umount", str(mp), "--config", config)
+        assert "its mount daemon had died" in out and not proc.is_mounted(mp)
+        bftfs(cluster, "mount", str(mp), "--config", config)
+        kill_daemon()
+        bftfs(cluster, "mount", str(mp), "--config", config)  # onto the dead mount
         assert (mp / "x").read_bytes() == b"kept"
-    finally:
         bftfs(cluster, "umount", str(mp), "--config", config)
+    finally:
+        proc.unmount(mp)  # whatever happened, no mount is left behind
