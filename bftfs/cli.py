@@ -119,7 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"bftfs cluster up: {cfg.n} nodes (t={cfg.t}, b={cfg.b}) from {cfg.home}")
     _print_status(statuses)
     if not args.no_mount:
-        from bftfs.fuse import mount as mountmod
+        mountmod = _mount_module()
 
         mnt: Path = args.mount
         mnt.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def _mount(
 ) -> int:
     """Start a background mount daemon (``args``: the client, cache timeouts, ``-o`` and,
     for ``bftfs mount``, logging options)."""
-    from bftfs.fuse import mount as mountmod
+    mountmod = _mount_module()
 
     try:
         return mountmod.mount_background(
@@ -177,6 +177,22 @@ def _mount(
         raise QuietError(str(e), EXIT_MOUNT) from None
 
 
+def _mount_module() -> Any:
+    """:mod:`bftfs.fuse.mount`, which needs pyfuse3 (the ``fuse`` extra): a node-only
+    installation runs every command but mounting."""
+    try:
+        from bftfs.fuse import mount
+    except ModuleNotFoundError as e:
+        if e.name != "pyfuse3":
+            raise
+        raise QuietError(
+            "mounting needs pyfuse3: install bftfs with the fuse extra "
+            "(pip install 'bftfs[fuse]'; it builds against libfuse3-dev and pkg-config)",
+            EXIT_MOUNT,
+        ) from None
+    return mount
+
+
 def _cluster_of(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
     """The configuration named by ``--config``, or the one in ``--dir``."""
     from bftfs import config as cfgmod
@@ -187,7 +203,7 @@ def _cluster_of(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from bftfs.fuse import mount as mountmod
+    mountmod = _mount_module()
 
     cfg, path = _cluster_of(args)
     options = _mount_options(args)
@@ -195,9 +211,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     at_ns = _mount_moment(args)
     if args.fg:
         setup_logging(log_file=args.log, debug_modules=args.debug_modules)
-        mountmod.run_foreground(
-            cfg, args.mountpoint, options, config_path=path, debug=args.debug, at_ns=at_ns
-        )
+        try:
+            mountmod.run_foreground(
+                cfg, args.mountpoint, options, config_path=path, debug=args.debug, at_ns=at_ns
+            )
+        except (RuntimeError, OSError) as e:  # libfuse refused (busy, no such directory...)
+            log.exception("mounting %s failed", args.mountpoint)
+            raise QuietError(f"mounting {args.mountpoint} failed: {e}", EXIT_MOUNT) from None
         return 0
     _mount(cfg, path, args.mountpoint, args, at_ns=at_ns)
     when = "" if at_ns is None else f", read-only, as it was at {args.at}"

@@ -3,7 +3,9 @@
 #   - Debian packages: fuse3 (fusermount3), libfuse3-dev and pkg-config (to build pyfuse3),
 #     when missing; with --tests also the programs the mount tests run in the mount
 #     (gcc with the C library headers, git);
-#   - a virtualenv in .venv with bftfs installed in editable mode with its test extras.
+#   - python3-venv when the interpreter cannot make a virtualenv;
+#   - a virtualenv in .venv with bftfs installed in editable mode with its fuse and test
+#     extras.  Any failing step stops the script with its error (nothing is masked).
 # Called by `make up` / `make test` (benchmark tools: scripts/setup-bench.sh); safe to run
 # again (a stamp file skips the pip step when pyproject.toml has not changed).
 set -euo pipefail
@@ -12,6 +14,10 @@ cd "$(dirname "$0")/.."
 pkgs=(fuse3 libfuse3-dev pkg-config)
 if [ "${1:-}" = "--tests" ]; then
     pkgs+=(gcc libc6-dev git)
+fi
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import venv, ensurepip" 2>/dev/null; then
+    pkgs+=(python3-venv)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do
@@ -26,16 +32,16 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating virtualenv .venv"
     "$PY" -m venv .venv
 fi
 stamp=.venv/.bftfs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing bftfs and its test extras into .venv"
-    .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack" 
+    echo "setup: installing bftfs and its fuse and test extras into .venv"
+    # (pip's exit status is the pipeline's: pipefail; the filter only drops a known warning)
+    .venv/bin/pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+    .venv/bin/pip install -q -e '.[fuse,test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3"
     touch "$stamp"
 fi

@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.f:
         return 0
-    from bftfs.fuse import mount as mountmod
-
+    try:
+        from bftfs.fuse import mount as mountmod
+    except ModuleNotFoundError as e:
+        print(f"mount.fuse.bftfs: {e} (install bftfs with the fuse extra)", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         pid = mountmod.mount_background(cfg, args.mountpoint, options, config_path=path.resolve())
     except mountmod.MountError as e:
