@@ -84,6 +84,21 @@ def _human(n: float) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.force and localmod.config_path(args.dir).exists():
+        # Replace means replace: the old cluster's mounts and nodes stop and its keys and
+        # data go (new keys meeting old databases would be a cluster nobody can read).
+        from bftfs.fuse import control
+
+        with contextlib.suppress(localmod.ClusterError, ConfigError):
+            old = localmod.load_cluster(args.dir)
+            for pid, mnt in control.known_mounts(old):
+                control.unmount(mnt, pid=pid)
+                print(f"unmounted {mnt}")
+        stopped = localmod.remove_cluster(args.dir)
+        print(
+            f"removed the old cluster in {args.dir}"
+            + (f" (stopped node(s) {stopped})" if stopped else "")
+        )
     cfg = localmod.init_cluster(
         args.dir,
         t=args.t,
@@ -109,13 +124,42 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``bftfs init`` options and their defaults: ``up`` says which it ignores for an existing
+#: cluster.
+INIT_DEFAULTS: dict[str, object] = {
+    "t": 1,
+    "b": 1,
+    "n": None,
+    "qc": None,
+    "m": None,
+    "block_size": DEFAULT_BLOCK_SIZE,
+    "inline_limit": DEFAULT_INLINE_LIMIT,
+    "map_size": DEFAULT_MAP_SIZE,
+    "clients": 2,
+    "host": "127.0.0.1",
+    "no_durable": False,
+}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     home: Path = args.dir
     if not localmod.config_path(home).exists():
         cmd_init(argparse.Namespace(**{**vars(args), "force": False}))
+    else:
+        ignored = [
+            f"--{k.replace('_', '-')}" for k, v in INIT_DEFAULTS.items() if getattr(args, k) != v
+        ]
+        if ignored:
+            print(
+                f"bftfs up: a cluster exists in {home}; ignoring {', '.join(ignored)} "
+                f"(`bftfs init --force --dir {home}` replaces it, data and keys included)",
+                file=sys.stderr,
+            )
     cfg = localmod.load_cluster(home)
     localmod.start_nodes(cfg)
-    statuses = localmod.wait_ready(cfg, timeout=args.timeout)
+    statuses = localmod.wait_ready(
+        cfg, timeout=args.timeout, progress=lambda m: print(m, file=sys.stderr, flush=True)
+    )
     print(f"bftfs cluster up: {cfg.n} nodes (t={cfg.t}, b={cfg.b}) from {cfg.home}")
     _print_status(statuses)
     if not args.no_mount:
@@ -131,7 +175,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"mounted {mnt.resolve()}: use it like any directory "
                 f"(it survives {cfg.t} failed node(s), {cfg.b} of them Byzantine)"
             )
-    print("stop it with `make down` (or `bftfs down`); see `bftfs status`.")
+    if Path(home) == Path("nodes"):
+        print("stop it with `make down` (or `bftfs down`); see `bftfs status`.")
+    else:
+        print(f"stop it with `bftfs down --dir {home}`; see `bftfs status --dir {home}`.")
     return 0
 
 

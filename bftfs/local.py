@@ -15,9 +15,11 @@ benchmarks and process-level tests use the same functions through
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,20 @@ def init_cluster(
     return cfgmod.load(config_path(home))
 
 
+def remove_cluster(home: Path) -> list[int]:
+    """Stop the nodes of the cluster in ``home`` and delete its configuration, keys and
+    data (``bftfs init --force``: new keys must not meet old databases); the nodes that
+    were running.  Mounts are the caller's to unmount first."""
+    cfg = load_cluster(home)
+    stopped = stop_nodes(cfg)
+    for spec in cfg.nodes:
+        shutil.rmtree(spec.data_dir, ignore_errors=True)
+    for name in ("clients", "mounts"):
+        shutil.rmtree(cfg.home / name, ignore_errors=True)
+    config_path(cfg.home).unlink(missing_ok=True)
+    return stopped
+
+
 def load_cluster(home: Path) -> ClusterConfig:
     path = config_path(home)
     if not path.exists():
@@ -241,11 +257,18 @@ async def query_status(
 
 
 def wait_ready(
-    cfg: ClusterConfig, *, timeout: float = 20.0, nodes: list[int] | None = None
+    cfg: ClusterConfig,
+    *,
+    timeout: float = 20.0,
+    nodes: list[int] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[NodeStatus]:
-    """Block until the given nodes (default all) answer, or raise ClusterError naming the rest."""
+    """Block until the given nodes (default all) answer, or raise ClusterError naming the
+    rest; after a second, ``progress`` is told once which nodes it is waiting for."""
     want = set(cfg.node_ids if nodes is None else nodes)
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    told = progress is None
     while True:
         statuses = trio.run(query_status, cfg)
         missing = [s for s in statuses if s.id in want and not s.up]
@@ -257,6 +280,10 @@ def wait_ready(
                 tail = log_tail(log_path(cfg.node(s.id)))
                 details.append(f"node {s.id} ({s.address}): {s.error}{tail}")
             raise ClusterError("nodes did not come up:\n  " + "\n  ".join(details))
+        if not told and time.monotonic() - started > 1.0 and progress is not None:
+            told = True
+            ids = ", ".join(str(s.id) for s in missing)
+            progress(f"waiting for node(s) {ids} to answer (up to {timeout:g} s)...")
         for s in missing:  # a node that died at start-up will never answer: fail fast
             if running_pid(cfg.node(s.id)) is None:
                 tail = log_tail(log_path(cfg.node(s.id)))

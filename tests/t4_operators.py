@@ -4,6 +4,7 @@ mounts whose daemon died cleaned up by ``bftfs umount`` and by mounting again.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -84,3 +85,35 @@ def test_a_mount_whose_daemon_died_is_cleaned_up(cluster: ProcessCluster, tmp_pa
         bftfs(cluster, "umount", str(mp), "--config", config)
     finally:
         proc.unmount(mp)  # whatever happened, no mount is left behind
+
+
+def test_init_force_replaces_a_running_cluster_and_up_says_what_it_ignores(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "c"
+    try:
+        out = bftfs_plain("up", "--dir", str(home), "--no-mount", "--no-durable")
+        assert f"bftfs down --dir {home}" in out
+        old = local.load_cluster(home)
+        pids = [local.running_pid(s) for s in old.nodes]
+        assert all(pids)
+        again = bftfs_plain("up", "--dir", str(home), "--no-mount", "--t", "2")
+        assert "ignoring --t" in again
+        out = bftfs_plain("init", "--dir", str(home), "--force", "--clients", "3")
+        assert "removed the old cluster" in out
+        assert not any(proc.process_alive(p) for p in pids if p is not None)
+        new = local.load_cluster(home)
+        assert [c.name for c in new.clients] == ["client0", "client1", "client2"]
+        assert new.node(0).public_key != old.node(0).public_key
+        assert not any((s.data_dir / "lmdb").exists() for s in new.nodes)  # no old data
+    finally:
+        with contextlib.suppress(Exception):
+            local.stop_nodes(local.load_cluster(home), kill=True)
+
+
+def bftfs_plain(*args: str) -> str:
+    got = subprocess.run(
+        [sys.executable, "-m", "bftfs", *args], capture_output=True, text=True, timeout=120
+    )
+    assert got.returncode == 0, got.stderr
+    return got.stdout + got.stderr
