@@ -35,6 +35,7 @@ from bftfs.qu.client import QUClient
 from bftfs.qu.past import Agreed
 from bftfs.qu.pastread import End, PastReader
 from bftfs.qu.timestamp import Timestamp
+from bftfs.rw.client import HistoryReclaimed
 from bftfs.rw.messages import block_id
 
 #: State keys that change without anything a user would call a change (write leases and
@@ -349,6 +350,13 @@ class Past:
         count = -(-size // self.bs)
         cap = int(s.get("bt") or v.time_ns)
         out = bytearray()
-        for k in range(count):
-            out += (await self.rw.read_as_of(block_id(s["d"], k), cap)).ljust(self.bs, b"\0")
+        try:
+            for k in range(count):
+                data = await self.rw.read_as_of(block_id(s["d"], k), cap)
+                out += data.ljust(self.bs, b"\0")
+        except HistoryReclaimed as e:
+            raise Reclaimed(
+                f"the content of object {v.oid:#x} as of {_iso(v.time_ns)} was reclaimed by "
+                f"retention ({e}); newer versions are kept"
+            ) from None
         return bytes(out[:size])
