@@ -40,9 +40,9 @@ from bftfs.qu.messages import (
     Request,
     parse_fetch,
     parse_history_request,
-    parse_sync_reply,
 )
 from bftfs.qu.objects import MethodRefused, Registry
+from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.replica import (
     NeedSync,
     ReplicaConfig,
@@ -54,7 +54,7 @@ from bftfs.qu.replica import (
 )
 from bftfs.qu.testobjects import registry
 from bftfs.qu.timestamp import Timestamp
-from bftfs.testing.byzantine.qu import Behaviour
+from bftfs.testing.byzantine.qu import Behaviour, Withheld
 
 
 def wire(value: Any) -> Any:
@@ -115,16 +115,23 @@ class MemCluster:
         def honest() -> Any:
             return self._honest(server, sender, kind, payload)
 
+        try:
+            return wire(self._answer(server, sender, kind, payload, honest))
+        except Withheld:
+            raise TransportError(f"node {server} withheld its reply") from None
+
+    def _answer(
+        self, server: int, sender: int, kind: str, payload: Any, honest: Callable[[], Any]
+    ) -> Any:
+        """``honest()``, or what ``server``'s Byzantine behaviour answers instead."""
         wrap = self.byzantine.get(server)
         if wrap is not None and getattr(wrap, "with_keys", False):
             # The strongest forgery: signed with the Byzantine server's own keys.
             key_for = self.cfgs[server].key_for
-            out = wrap(server, sender, kind, payload, honest, key_for, self.th.n)
-        elif wrap is not None:
-            out = wrap(server, sender, kind, payload, honest)
-        else:
-            out = honest()
-        return wire(out)
+            return wrap(server, sender, kind, payload, honest, key_for, self.th.n)
+        if wrap is not None:
+            return wrap(server, sender, kind, payload, honest)
+        return honest()
 
     def _honest(self, server: int, sender: int, kind: str, payload: Any) -> Any:
         kv, cfg = self.kvs[server], self.cfgs[server]
@@ -154,33 +161,24 @@ class MemCluster:
     def sync(
         self, server: int, oid: int, lt: Timestamp, hosts: Sequence[int]
     ) -> tuple[bytes | None, bytes] | None:
-        """Object sync as ``bftfs.node.qu_server`` does it: b+1 identical answers."""
+        """Object sync by the node's own rules (:mod:`bftfs.qu.objsync`: whom to ask in
+        which order, b+1 identical answers), over direct calls instead of quorum calls."""
         self.syncs += 1
-        votes: dict[bytes, list] = {}
-        order = [h for h in hosts if h != server] + [
-            s for s in range(self.th.n) if s != server and s not in hosts
-        ]
-        for h in order:
+        votes = SyncVotes(self.th.b)
+        for h in sync_order(server, hosts, self.th.n):
             if h in self.down:
                 continue
-            wrap = self.byzantine.get(h)
 
             def honest(h: int = h) -> Any:
                 return handle_sync(self.kvs[h], oid, lt)
 
-            raw = (
-                wrap(h, server, "qu.sync", {"oid": oid, "lt": lt.encode()}, honest)
-                if wrap
-                else honest()
-            )
-            got = parse_sync_reply(wire(raw))
-            if got is None:
+            try:
+                raw = self._answer(h, server, "qu.sync", {"oid": oid, "lt": lt.encode()}, honest)
+            except Withheld:
                 continue
-            k = canonical(list(got))
-            votes.setdefault(k, []).append(got)
-            if len(votes[k]) >= self.th.b + 1:
-                return got
-        return None
+            if votes.add(wire(raw)):
+                break
+        return votes.result()
 
     def endpoint(self, k: int = 0) -> MemEndpoint:
         """The endpoint of client ``k``."""

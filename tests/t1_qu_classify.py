@@ -367,3 +367,82 @@ def test_a_pruned_chain_is_not_taken_as_proof_of_skipping() -> None:
     v = View({1: o1, 2: o2}, TH)
     assert not v.skips(2, z, m)
     assert v.excluded() == frozenset()
+
+
+# Property: deduction across a multi-object candidate's objects agrees with the pseudo-code -
+
+
+def oracle_multi(rhs: dict[int, dict[int, list[Candidate]]], oid: int, th: QUThresholds) -> tuple:
+    """Classification of ``oid`` as lines 700-712 and 1200-1206 say, widened by deduction
+    (L2747-2754): a multi-object candidate naming ``oid`` that the client saw in the
+    history of any of its objects is a candidate at ``oid`` too (it updated ``oid``), and
+    its servers are those that list it at any of its objects the client holds.  A server's
+    history the client does not hold counts as the initial one (as in :func:`ohs`)."""
+    full = {o: [hist.get(s, [INITIAL]) for s in range(th.n)] for o, hist in rhs.items()}
+    seen = {c for o in rhs for rh in full[o] for c in rh if o == oid or oid in c.objects}
+
+    def order(c: Candidate) -> int:
+        held = [o for o in c.objects if o in rhs] if c.multi else [oid]
+        return len({s for o in held for s in range(th.n) if c in full[o][s]})
+
+    def latest_candidate(flag: bool) -> Candidate | None:
+        cs = {c for c in seen if order(c) >= th.r and c.lt.barrier == flag}
+        return max(cs, key=lambda c: c.lt) if cs else None
+
+    obj, bar = latest_candidate(False), latest_candidate(True)
+    lat = max(c.lt for c in seen)
+    typ = OpType.BARRIER
+    if bar is not None and lat == bar.lt and order(bar) >= th.q:
+        typ = OpType.COPY
+    if obj is not None and lat == obj.lt and order(obj) >= th.q:
+        typ = OpType.METHOD
+    return typ, obj, bar, lat
+
+
+#: Object 1's and object 2's own candidates (older), then two two-object updates, the
+#: second conditioned on the first, so no candidate skips another (nothing is excluded:
+#: the oracle checks deduction, not exclusion).
+_ONE = [cand(ts(1), ZERO, (1,)), cand(ts(2, True), ts(1), (1,))]
+_TWO = [cand(ts(1, client=2), ZERO, (2,))]
+_MULTI = [cand(ts(3), ts(1), (1, 2)), cand(ts(4, client=2), ts(3), (1, 2))]
+
+
+_SERVER = st.tuples(
+    st.lists(st.sampled_from([INITIAL, *_ONE]), min_size=1, max_size=3, unique=True),
+    st.lists(st.sampled_from([INITIAL, *_TWO]), min_size=1, max_size=2, unique=True),
+    st.lists(st.sampled_from(_MULTI), max_size=2, unique=True),
+)
+
+
+@given(
+    st.lists(_SERVER, min_size=6, max_size=6),
+    st.sets(st.integers(0, 5), min_size=1),  # servers whose history of object 1 is held
+    st.sets(st.integers(0, 5), min_size=1),  # ... of object 2
+)
+def test_multi_object_classification_matches_the_pseudo_code(
+    servers: list[tuple[list[Candidate], list[Candidate], list[Candidate]]],
+    seen1: set[int],
+    seen2: set[int],
+) -> None:
+    """Every server accepted each two-object update for both objects or for neither (what
+    benign servers do); the client holds some servers' histories of each object, so a
+    two-object update's order at object 1 counts the servers that list it at either object
+    (a history not held counts as the initial one, as in :func:`ohs`)."""
+    rhs = {
+        1: {
+            s: list(make_rh(own1 + multi))
+            for s, (own1, _, multi) in enumerate(servers)
+            if s in seen1
+        },
+        2: {
+            s: list(make_rh(own2 + multi))
+            for s, (_, own2, multi) in enumerate(servers)
+            if s in seen2
+        },
+    }
+    v = View(
+        {o: {s: OHSEntry(make_rh(rh), None) for s, rh in h.items()} for o, h in rhs.items()}, TH
+    )
+    assert v.excluded() == frozenset()
+    c = classify(v, 1)
+    assert (c.type, c.obj, c.bar, c.latest) == oracle_multi(rhs, 1, TH)

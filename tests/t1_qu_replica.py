@@ -360,3 +360,23 @@ def test_any_delivery_pattern_gives_identical_versions_per_timestamp(steps: list
             if v.accepted:  # synced copies know only the data
                 m = (v.kind, v.lt_co, v.objects, v.answer)
                 assert meta.setdefault(v.lt, m) == m
+
+
+def test_object_sync_asks_the_named_hosts_first_and_never_itself() -> None:
+    from bftfs.qu.objsync import sync_order
+
+    assert sync_order(2, [4, 2, 0], 6) == [4, 0, 1, 3, 5]
+    assert sync_order(0, [], 4) == [1, 2, 3]
+
+
+def test_object_sync_needs_b_plus_1_identical_answers() -> None:
+    from bftfs.qu.objsync import SyncVotes
+
+    votes = SyncVotes(b=2)
+    good, bad = {"s": b"state", "ap": b"ap"}, {"s": b"forged", "ap": b"ap"}
+    assert not votes.add(good) and not votes.add(bad) and not votes.add(None)
+    assert not votes.add({"s": 7, "ap": b"x"})  # malformed: counts for nothing
+    assert not votes.add(bad) and not votes.add(good)
+    assert not votes.decided() and votes.result() is None
+    assert votes.add(good) and votes.decided()
+    assert votes.result() == (b"state", b"ap")

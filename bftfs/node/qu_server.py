@@ -33,8 +33,7 @@ system's, and the test types only when asked for.
 from __future__ import annotations
 
 import functools
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import PrincipalId, is_node
@@ -43,7 +42,6 @@ from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
 from bftfs.qu import past
-from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import (
     KIND_FETCH,
@@ -60,9 +58,9 @@ from bftfs.qu.messages import (
     parse_history_request,
     parse_latest,
     parse_sync,
-    parse_sync_reply,
 )
 from bftfs.qu.objects import ObjectType, Registry
+from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.replica import (
     NeedSync,
     ReplicaConfig,
@@ -270,38 +268,23 @@ def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Reply:
 
 
 async def _sync(node: Node, th: QUThresholds, want: SyncWant) -> tuple[bytes | None, bytes] | None:
-    """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604)."""
-    others = [s for s in range(th.n) if s != node.id and s not in want.hosts]
-    targets = [PrincipalId(s) for s in want.hosts if s != node.id] + [
-        PrincipalId(s) for s in others
-    ]
+    """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604; the rules are
+    :mod:`bftfs.qu.objsync`)."""
+    targets = [PrincipalId(s) for s in sync_order(int(node.id), want.hosts, th.n)]
     body = {"v": VERSION, "oid": want.oid, "lt": want.lt.encode()}
-    seen: dict[bytes, tuple[bytes | None, bytes]] = {}
-    votes: Counter[bytes] = Counter()
+    votes = SyncVotes(th.b)
 
     def accept(_node: int, raw: Any) -> bool:
-        try:
-            got = parse_sync_reply(raw)
-        except MessageError:
-            return False
-        if got is None:
-            return False
-        k = canonical(list(got))
-        seen[k] = got
-        votes[k] += 1
         # Not yet b+1 in agreement: count it as "invalid" so the transport probes the next
         # host at once instead of after the probe interval.
-        return votes[k] >= th.b + 1
-
-    def enough(_valid: Mapping[PrincipalId, Any]) -> bool:
-        return any(v >= th.b + 1 for v in votes.values())
+        return votes.add(raw)
 
     try:
         await node.endpoint.quorum_call(
             targets,
             KIND_SYNC,
             body,
-            enough=enough,
+            enough=lambda _valid: votes.decided(),
             accept=accept,
             initial=th.b + 1,
             probe_after=0.05,
@@ -309,7 +292,4 @@ async def _sync(node: Node, th: QUThresholds, want: SyncWant) -> tuple[bytes | N
         )
     except QuorumUnavailable:
         return None
-    for k, v in votes.most_common(1):
-        if v >= th.b + 1:
-            return seen[k]
-    return None
+    return votes.result()

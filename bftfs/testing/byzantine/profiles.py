@@ -20,13 +20,22 @@ profile                   behaviour
                           ``corrupt-fragments``): readers must believe only what ``b + 1``
                           nodes vouch for and check states against agreed digests
 ``withhold-history``      answers every history read with an empty chain
+``power-cut-in-update``   a crash, not a lie: inside the LMDB write transaction of the
+                          third Q/U update it stores, right after that update's first
+                          put, the process ends at once (``os._exit``, no commit, no
+                          clean-up), as a power cut would; restart it without the profile
+                          and its store must hold all of that update or none of it
 ========================  ===============================================================
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import hashlib
+import os
 import random
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -108,12 +117,80 @@ def _withhold_history(config: ClusterConfig, node: int) -> ByzantineProfile:
     return ByzantineProfile({"qu.versions": _withhold})
 
 
+#: Set while a Q/U request runs its honest handler on a ``power-cut-in-update`` node: only
+#: the store writes that request makes are cut (not the verifier's or PASIS writes).
+_IN_QU_REQUEST: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "in_qu_request", default=False
+)
+
+#: The exit status of a node ended by ``power-cut-in-update`` (as if killed by SIGKILL).
+POWER_CUT_STATUS = 137
+
+
+#: Which Q/U update step the power cut interrupts: not the first, so that the store
+#: already holds committed updates a half-applied one could be mixed up with.
+POWER_CUT_AT_STEP = 3
+
+
+class _CutAfterFirstPut:
+    """A write step's key-value view whose first ``put`` is made and then the process
+    dies: the transaction is open and uncommitted, so what survives is whatever LMDB
+    committed before (nothing of this transaction)."""
+
+    def __init__(self, kv: Any) -> None:
+        self._kv = kv
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kv, name)
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        self._kv.put(*args, **kwargs)
+        sys.stderr.write("power-cut-in-update: process ends inside a write transaction\n")
+        sys.stderr.flush()
+        os._exit(POWER_CUT_STATUS)
+
+
+def _power_cut_in_update(config: ClusterConfig, node: int) -> ByzantineProfile:
+    armed = [True]
+    steps = [0]
+
+    def step(fn: Callable[[Any], Any], kv: Any) -> Any:
+        steps[0] += 1
+        return fn(_CutAfterFirstPut(kv) if steps[0] == POWER_CUT_AT_STEP else kv)
+
+    def arm(store: Any) -> None:
+        """Wrap ``store.write`` once: the write steps made on behalf of Q/U requests are
+        counted, and the ``POWER_CUT_AT_STEP``-th runs on a view that cuts the power after
+        its first put."""
+        real_write = store.write
+
+        async def write(fn: Callable[[Any], Any]) -> Any:
+            if not _IN_QU_REQUEST.get():
+                return await real_write(fn)
+            return await real_write(functools.partial(step, fn))
+
+        store.write = write  # an instance attribute shadows the method for this store only
+
+    async def request(ctx: Any, payload: Any, honest: Any) -> Any:
+        if armed[0]:
+            armed[0] = False
+            arm(ctx.node.store)
+        token = _IN_QU_REQUEST.set(True)
+        try:
+            return await honest(ctx, payload)
+        finally:
+            _IN_QU_REQUEST.reset(token)
+
+    return ByzantineProfile({"qu.request": request})
+
+
 #: Profile builders by name: ``builder(config, node id)``.
 PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "corrupt-fragments": _corrupt_fragments,
     "reject-everything": _reject_everything,
     "lie-about-history": _lie_about_history,
     "withhold-history": _withhold_history,
+    "power-cut-in-update": _power_cut_in_update,
 }
 
 

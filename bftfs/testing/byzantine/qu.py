@@ -10,24 +10,30 @@ event loop; :func:`on_node` adapts one to a real node (the in-process cluster's
 receives the server's ``key_for`` and ``n``: it forges with the Byzantine server's own keys,
 the strongest lie a server can tell (its authenticators are valid).
 
-=====================  ==================================================================
-behaviour              lie
-=====================  ==================================================================
-``forge_higher``       a candidate far in the future in every history (stale MACs)
-``forge_max_time``     a candidate at the largest logical time, validly authenticated
-``endless_barriers``   every request fails with a forged barrier newer than anything
-``bad_authenticator``  every MAC of its authenticators zeroed
-``corrupt_own_mac``    only its own MAC zeroed (it culls its own history when presented)
-``wrong_answer``       success with a made-up answer
-``wrong_sync``         a made-up object state to object sync
-``reject_everything``  every request refused
-=====================  ==================================================================
+===========================  ============================================================
+behaviour                    lie
+===========================  ============================================================
+``forge_higher``             a candidate far in the future in every history (stale MACs)
+``forge_max_time``           a candidate at the largest logical time, validly authenticated
+``forge_higher_signed``      ``forge_higher`` validly authenticated
+``endless_barriers``         every request fails with a forged barrier newer than anything
+``endless_barriers_signed``  the same, validly authenticated
+``equivocate``               honest to even client ids, ``forge_higher_signed`` to odd ones
+``withhold_from_odd``        never answers odd client (and node) ids
+``bad_authenticator``        every MAC of its authenticators zeroed
+``corrupt_own_mac``          only its own MAC zeroed (it culls its own history when presented)
+``wrong_answer``             success with a made-up answer
+``wrong_sync``               a made-up object state to object sync
+``reject_everything``        every request refused
+===========================  ============================================================
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from bftfs.net.errors import RemoteError
 from bftfs.net.server import HandlerError
@@ -51,8 +57,9 @@ KINDS = (KIND_REQUEST, KIND_HISTORY, KIND_FETCH, KIND_SYNC)
 
 
 def forge_higher(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Answer honestly, but claim a candidate far in the future in every history (the
-    server authenticates its own forged history, so the authenticator is valid)."""
+    """Answer honestly, but claim a candidate far in the future in every history, under the
+    stale authenticator of the honest history (honest servers cull it; see
+    :func:`forge_higher_signed` for the valid-authenticator form)."""
     rep = honest()
     if kind != KIND_REQUEST or not isinstance(rep, dict):
         return rep
@@ -80,6 +87,102 @@ def _with_forged(rep: dict, barrier: bool) -> dict:
     rep = dict(rep)
     rep["h"] = hist
     return rep
+
+
+def _signed(
+    kind: str, payload: Any, rep: Any, n: int, key_for: Callable[[int], bytes], fake: Callable
+) -> Any:
+    """``rep`` with ``fake(oid, top)``'s candidate added to every history it returns, each
+    authenticated with the server's own keys (so honest servers keep it)."""
+    if kind not in (KIND_REQUEST, KIND_HISTORY) or not isinstance(rep, dict) or "h" not in rep:
+        return rep
+    objects = Request.from_wire(payload, n).objects if kind == KIND_REQUEST else tuple(payload["o"])
+    hist = []
+    for oid, (rh_raw, _) in zip(objects, rep["h"], strict=True):
+        rh = rh_from_wire(rh_raw)
+        forged = make_rh([*rh, fake(oid, rh[0])])
+        hist.append([rh_wire(forged), list(make_authenticator(oid, forged, n, key_for))])
+    rep = dict(rep)
+    rep["h"] = hist
+    return rep
+
+
+def forge_higher_signed(
+    server: int,
+    sender: int,
+    kind: str,
+    payload: Any,
+    honest: Callable,
+    key_for: Callable[[int], bytes],
+    n: int,
+) -> Any:
+    """:func:`forge_higher` under a *valid* authenticator: a candidate 1000 logical ticks
+    above the newest, conditioned on it, in every history this server returns."""
+
+    def fake(oid: int, top: Candidate) -> Candidate:
+        return Candidate(Timestamp(top.lt.time + 1000, False, 999, bytes([7]) * 32), top.lt, (oid,))
+
+    return _signed(kind, payload, honest(), n, key_for, fake)
+
+
+forge_higher_signed.with_keys = True  # type: ignore[attr-defined]
+
+
+def endless_barriers_signed(
+    server: int,
+    sender: int,
+    kind: str,
+    payload: Any,
+    honest: Callable,
+    key_for: Callable[[int], bytes],
+    n: int,
+) -> Any:
+    """:func:`endless_barriers` under a *valid* authenticator: every answer is a refusal
+    with a fresh barrier above the newest candidate, authenticated with the server's keys."""
+
+    def fake(oid: int, top: Candidate) -> Candidate:
+        return Candidate(Timestamp(top.lt.time + 1, True, 999, bytes([7]) * 32), top.lt, (oid,))
+
+    rep = _signed(kind, payload, honest(), n, key_for, fake)
+    if kind == KIND_REQUEST and isinstance(rep, dict):
+        rep = dict(rep)
+        rep["st"] = "fail"
+    return rep
+
+
+endless_barriers_signed.with_keys = True  # type: ignore[attr-defined]
+
+
+def equivocate(
+    server: int,
+    sender: int,
+    kind: str,
+    payload: Any,
+    honest: Callable,
+    key_for: Callable[[int], bytes],
+    n: int,
+) -> Any:
+    """Different histories to different clients: honest to clients of even id, a validly
+    authenticated forged higher candidate to the others (each client's view is
+    self-consistent; only comparing views would show the lie)."""
+    if sender % 2 == 0:
+        return honest()
+    return forge_higher_signed(server, sender, kind, payload, honest, key_for, n)
+
+
+equivocate.with_keys = True  # type: ignore[attr-defined]
+
+
+class Withheld(Exception):
+    """Raised by a behaviour that sends no reply at all (the node drops the request)."""
+
+
+def withhold_from_odd(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
+    """Serve clients of even id honestly and never answer the others (their calls time out
+    or are answered by other servers)."""
+    if sender % 2 == 0:
+        return honest()
+    raise Withheld()
 
 
 def forge_max_time(
@@ -164,6 +267,10 @@ def reject_everything(server: int, sender: int, kind: str, payload: Any, honest:
 BEHAVIOURS: dict[str, Behaviour] = {
     "forge_higher": forge_higher,
     "forge_max_time": forge_max_time,
+    "forge_higher_signed": forge_higher_signed,
+    "endless_barriers_signed": endless_barriers_signed,
+    "equivocate": equivocate,
+    "withhold_from_odd": withhold_from_odd,
     "endless_barriers": endless_barriers,
     "bad_authenticator": bad_authenticator,
     "corrupt_own_mac": corrupt_own_mac,
@@ -196,6 +303,8 @@ def on_node(fn: Behaviour, kind: str) -> NodeWrapper:
             return fn(server, int(ctx.sender), kind, payload, lambda: result)
         except RemoteError as e:
             raise HandlerError(e.code, e.message) from None
+        except Withheld:
+            await trio.sleep_forever()  # no reply; the task ends with the node
 
     return wrapper
 
