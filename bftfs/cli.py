@@ -112,6 +112,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         durable=not args.no_durable,
         clients=args.clients,
         host=args.host,
+        addresses=getattr(args, "nodes", None),
         force=args.force,
     )
     print(f"created a cluster of {cfg.n} nodes in {cfg.home}")
@@ -121,6 +122,57 @@ def cmd_init(args: argparse.Namespace) -> int:
     )
     print(f"  clients: {', '.join(c.name for c in cfg.clients)}")
     print(f"  configuration: {localmod.config_path(cfg.home)}")
+    if getattr(args, "nodes", None):
+        print(
+            "  nodes on other machines: copy each its bundle "
+            f"(bftfs bundle --dir {args.dir} --node I -o nodeI.tar.gz; README 'Several machines')"
+        )
+    return 0
+
+
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """``HOST:PORT,HOST:PORT,...`` (an IPv6 host in brackets: ``[::1]:7000``), one per node
+    in id order.
+
+    Raises:
+        argparse.ArgumentTypeError: an address without a port, or a port out of range.
+    """
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        host, sep, port = item.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not HOST:PORT (a port 1-65535; IPv6 as [ADDR]:PORT)"
+            )
+        out.append((host, int(port)))
+    return out
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from bftfs import bundle
+
+    cfg, _ = _cluster_of(args)
+    if args.node is not None:
+        files = bundle.members(cfg, node=args.node)
+        default = Path(f"node{args.node}.tar.gz")
+    else:
+        files = bundle.members(cfg, client=args.client)
+        default = Path(f"{args.client}.tar.gz")
+    out = args.output or default
+    bundle.write(out, files)
+    what = f"node {args.node}" if args.node is not None else f"client {args.client}"
+    print(f"wrote {out}: the configuration and {what}'s private key (keep it secret)")
+    print(f"  on its machine: mkdir -p /var/lib/bftfs && tar -xzf {out.name} -C /var/lib/bftfs")
+    if args.node is not None:
+        print(f"  then: bftfs node --config /var/lib/bftfs/cluster.toml --id {args.node}")
+        print(f"  or:   systemctl enable --now bftfs-node@{args.node} (contrib/systemd)")
+    else:
+        print(
+            "  then: bftfs mount --config /var/lib/bftfs/cluster.toml "
+            f"--client {args.client} /mnt/bftfs"
+        )
     return 0
 
 
@@ -791,7 +843,26 @@ def build_parser() -> argparse.ArgumentParser:
     with_dir(sp)
     with_init(sp)
     sp.add_argument("--force", action="store_true", help="replace an existing cluster")
+    sp.add_argument(
+        "--nodes",
+        type=parse_addresses,
+        metavar="HOST:PORT,...",
+        help="each node's address, in id order, for nodes on several machines "
+        "(instead of --host; --n defaults to their number)",
+    )
     sp.set_defaults(func=cmd_init)
+
+    sp = sub.add_parser(
+        "bundle",
+        help="the configuration and one node's or client's private key, to copy to its machine",
+    )
+    with_dir(sp)
+    sp.add_argument("--config", type=Path, help="cluster.toml (instead of --dir)")
+    who = sp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--node", type=int, help="the node the bundle is for")
+    who.add_argument("--client", help="the client the bundle is for (e.g. client0)")
+    sp.add_argument("-o", "--output", type=Path, help="file to write (default NAME.tar.gz)")
+    sp.set_defaults(func=cmd_bundle)
 
     sp = sub.add_parser("up", help="create the local cluster if needed, start its nodes, mount it")
     with_dir(sp)

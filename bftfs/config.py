@@ -438,12 +438,16 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
     }
 
 
+def dumps(cfg: ClusterConfig) -> str:
+    """``cfg`` as TOML (paths relative to ``cfg.home`` where they lie under it)."""
+    return tomli_w.dumps(to_dict(cfg))
+
+
 def save(cfg: ClusterConfig, path: Path) -> None:
     """Write ``cfg`` as TOML to ``path`` (atomically: a reader never sees half a file)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(
-        "# bftfs cluster configuration (written by `bftfs init`; see README.md)\n"
-        + tomli_w.dumps(to_dict(cfg))
+        "# bftfs cluster configuration (written by `bftfs init`; see README.md)\n" + dumps(cfg)
     )
     tmp.replace(path)
 

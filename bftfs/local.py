@@ -19,7 +19,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ def init_cluster(
     clients: int = 2,
     host: str = "127.0.0.1",
     ports: list[int] | None = None,
+    addresses: Sequence[tuple[str, int]] | None = None,
     force: bool = False,
     inline_limit: int = cfgmod.DEFAULT_INLINE_LIMIT,
     verification: VerificationPolicy | None = None,
@@ -92,7 +93,9 @@ def init_cluster(
     ``verification`` and ``retention`` (None: the defaults of ``bftfs/policy.py``) go into
     the saved ``cluster.toml``, so benchmarks and tests can start nodes under any policy.
 
-    Ports are asked of the OS (free at init time) unless given. The configuration is
+    Ports are asked of the OS (free at init time) unless given.  ``addresses`` (one
+    ``(host, port)`` per node, for nodes on several machines) replaces ``host`` and
+    ``ports``; ``n`` defaults to their number. The configuration is
     validated before anything is written, so a bad request leaves no half-made cluster.
 
     Raises:
@@ -100,10 +103,20 @@ def init_cluster(
         ClusterError: a cluster already exists there (and ``force`` is false).
     """
     home = home.resolve()
-    n_, qc_, m_ = default_sizes(t, b, n, qc, m)
+    n_, qc_, m_ = default_sizes(
+        t, b, n if n is not None or not addresses else len(addresses), qc, m
+    )
     if config_path(home).exists() and not force:
         raise ClusterError(f"a cluster already exists in {home} (use --force to replace it)")
-    ports = ports or free_ports(n_, host)
+    if addresses:
+        if len(addresses) != n_:
+            raise ConfigError(f"{len(addresses)} node addresses given for {n_} nodes")
+        if len(set(addresses)) != len(addresses):
+            raise ConfigError("two nodes have the same address")
+        hosts, ports = [h for h, _ in addresses], [p for _, p in addresses]
+    else:
+        ports = ports or free_ports(n_, host)
+        hosts = [host] * n_
     if len(ports) != n_:
         raise ConfigError(f"{len(ports)} ports given for {n_} nodes")
     node_ids = [Identity.generate(NodeId(i)) for i in range(n_)]
@@ -117,7 +130,7 @@ def init_cluster(
         map_size=map_size,
         durable=durable,
         nodes=tuple(
-            NodeSpec(NodeId(i), host, ports[i], node_ids[i].public, home / f"node{i}")
+            NodeSpec(NodeId(i), hosts[i], ports[i], node_ids[i].public, home / f"node{i}")
             for i in range(n_)
         ),
         clients=tuple(

@@ -1,0 +1,70 @@
+"""Clusters on several machines (issue 21): ``init --nodes`` and ``bftfs bundle``."""
+
+from __future__ import annotations
+
+import argparse
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bftfs import bundle, config, local
+from bftfs.cli import parse_addresses
+from bftfs.config import ConfigError
+from bftfs.crypto import Identity
+
+ADDRESSES = [(f"10.0.0.{i + 1}", 7000 + i) for i in range(6)]
+
+
+def test_addresses_parse_hosts_ports_and_ipv6() -> None:
+    assert parse_addresses("a:1, [::1]:7000,10.0.0.1:65535") == [
+        ("a", 1),
+        ("::1", 7000),
+        ("10.0.0.1", 65535),
+    ]
+    for bad in ("a", "a:", ":7", "a:0", "a:65536", "a:x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="HOST:PORT"):
+            parse_addresses(bad)
+
+
+def test_init_with_node_addresses(tmp_path: Path) -> None:
+    cfg = local.init_cluster(tmp_path / "c", addresses=ADDRESSES, map_size=1 << 26)
+    assert cfg.n == 6 and [(s.host, s.port) for s in cfg.nodes] == ADDRESSES
+    with pytest.raises(ConfigError, match="7 node addresses given for 6 nodes"):
+        local.init_cluster(tmp_path / "d", n=6, addresses=[*ADDRESSES, ("x", 1)])
+    with pytest.raises(ConfigError, match="same address"):
+        local.init_cluster(tmp_path / "e", addresses=[ADDRESSES[0]] * 6)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_a_node_bundle_holds_the_configuration_and_that_key_only(tmp_path: Path) -> None:
+    cfg = local.init_cluster(tmp_path / "c", addresses=ADDRESSES, map_size=1 << 26)
+    out = tmp_path / "node4.tar.gz"
+    bundle.write(out, bundle.members(cfg, node=4))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    host = tmp_path / "host"
+    with tarfile.open(out) as tar:
+        assert sorted(m.name for m in tar.getmembers() if m.isfile()) == [
+            "cluster.toml",
+            "node4/private/key",
+        ]
+        tar.extractall(host, filter="data")
+    unpacked = config.load(host / "cluster.toml")
+    assert [(s.host, s.port, s.public_key) for s in unpacked.nodes] == [
+        (s.host, s.port, s.public_key) for s in cfg.nodes
+    ]
+    assert unpacked.node(4).key_path == host / "node4" / "private" / "key"
+    assert Identity.load(cfg.node(4).id, unpacked.node(4).key_path).public == cfg.node(4).public_key
+
+
+def test_a_client_bundle_and_refusals(tmp_path: Path) -> None:
+    cfg = local.init_cluster(tmp_path / "c", map_size=1 << 26)
+    files = bundle.members(cfg, client="client1")
+    assert sorted(files) == ["clients/client1/private/key", "cluster.toml"]
+    with pytest.raises(ConfigError):
+        bundle.members(cfg, client="nobody")
+    with pytest.raises(ConfigError, match="no node 6"):
+        bundle.members(cfg, node=6)
+    with pytest.raises(ConfigError, match="one node"):
+        bundle.members(cfg)

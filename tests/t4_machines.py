@@ -1,0 +1,187 @@
+"""Nodes on several machines (issue 21): six network namespaces stand for six hosts.
+
+The cluster is made as an operator would: ``bftfs init --nodes HOST:PORT,...`` on an admin
+machine, one ``bftfs bundle`` per node unpacked on its host (the configuration and that
+node's private key only), each node started with the command line of
+``contrib/systemd/bftfs-node@.service``, and a mount on the root namespace from a client
+bundle.  Then one host drops off the network while files are written, comes back, and
+another host drops off: every file reads back byte for byte throughout.
+
+Ports: each namespace is a fresh network stack with nothing listening, so the nodes use
+one fixed port there; nothing in the root namespace is bound.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import random
+import shlex
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bftfs.testing import netns
+from bftfs.testing.mounts import fuse_available
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_UNIT = REPO / "contrib" / "systemd" / "bftfs-node@.service"
+MOUNT_UNIT = REPO / "contrib" / "systemd" / "mnt-bftfs.mount"
+PORT = 7000
+HOSTS = 6
+
+pytestmark = [
+    pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
+    pytest.mark.skipif(not netns.available(), reason="needs root and ip netns with bridges"),
+    pytest.mark.slow,
+]
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def bftfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "bftfs", *args], capture_output=True, text=True, timeout=120, env=ENV
+    )
+    assert not check or r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.read_string(path.read_text())
+    return parser
+
+
+def node_command(home: Path, node: int) -> list[str]:
+    """The unit's ExecStart for ``node`` with the bundle in ``home`` instead of
+    /var/lib/bftfs, and this checkout's bftfs instead of /usr/local/bin/bftfs."""
+    line = unit(NODE_UNIT)["Service"]["ExecStart"]
+    line = line.replace("/var/lib/bftfs", str(home)).replace("%i", str(node))
+    argv = shlex.split(line)
+    assert argv[0] == "/usr/local/bin/bftfs"
+    return [sys.executable, "-m", "bftfs", *argv[1:]]
+
+
+def wait_for(what: str, cond: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (got := cond()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)  # polling other processes
+    return got
+
+
+def unpack(bundle: Path, into: Path) -> None:
+    into.mkdir(parents=True)
+    with tarfile.open(bundle) as tar:
+        tar.extractall(into, filter="data")
+
+
+@contextmanager
+def nodes_on_hosts(hosts: netns.Hosts, homes: list[Path]) -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    try:
+        for i, home in enumerate(homes):
+            procs.append(hosts.spawn(i, node_command(home, i), home / "node.log", env=ENV))
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@contextmanager
+def mounted(config: Path, mnt: Path, options: str) -> Iterator[Path]:
+    mnt.mkdir()
+    r = bftfs("mount", "--config", str(config), "-o", options, str(mnt), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        yield mnt
+    finally:
+        bftfs("umount", str(mnt), check=False)
+
+
+def write_tree(root: Path, rng: random.Random, files: int) -> dict[Path, bytes]:
+    out = {}
+    for k in range(files):
+        d = root / f"d{k % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        data = rng.randbytes(rng.choice([100, 5_000, 150_000]))
+        (d / f"f{k}").write_bytes(data)
+        out[d / f"f{k}"] = data
+    return out
+
+
+def check_tree(tree: dict[Path, bytes]) -> None:
+    for path, data in tree.items():
+        assert path.read_bytes() == data, path
+
+
+def test_nodes_on_six_hosts_serve_a_mount_through_a_host_outage(tmp_path: Path) -> None:
+    rng = random.Random(21)
+    with ExitStack() as stack:
+        hosts = stack.enter_context(netns.Hosts(HOSTS, seed=21))
+        admin = tmp_path / "admin"
+        addresses = ",".join(f"{hosts.address(i)}:{PORT}" for i in range(HOSTS))
+        out = bftfs(
+            "init", "--dir", str(admin), "--nodes", addresses, "--map-size", "256M", "--no-durable"
+        ).stdout
+        assert f"created a cluster of {HOSTS} nodes" in out
+
+        # One bundle per host: the configuration and that node's key, nothing else.
+        homes = []
+        for i in range(HOSTS):
+            bundle = tmp_path / f"node{i}.tar.gz"
+            bftfs("bundle", "--dir", str(admin), "--node", str(i), "-o", str(bundle))
+            assert bundle.stat().st_mode & 0o077 == 0
+            home = tmp_path / f"host{i}" / "var-lib-bftfs"
+            unpack(bundle, home)
+            keys = sorted(p.relative_to(home) for p in home.rglob("key"))
+            assert keys == [Path(f"node{i}/private/key")]
+            homes.append(home)
+        bftfs("bundle", "--dir", str(admin), "--client", "client0", "-o", str(tmp_path / "c.tgz"))
+        client = tmp_path / "laptop"
+        unpack(tmp_path / "c.tgz", client)
+        config = client / "cluster.toml"
+
+        stack.enter_context(nodes_on_hosts(hosts, homes))
+        wait_for(
+            "every node to answer",
+            lambda: bftfs("status", "--config", str(config), check=False).returncode == 0,
+        )
+        # Mounted with the mount unit's options (plus a short patience for the outage).
+        options = unit(MOUNT_UNIT)["Mount"]["Options"] + ",timeo=30"
+        with mounted(config, tmp_path / "m", options) as mnt:
+            before = write_tree(mnt / "before", rng, 9)
+            hosts.cut(3)
+            during = write_tree(mnt / "during", rng, 9)
+            status = bftfs("status", "--config", str(config), check=False)
+            assert status.returncode == 1, status.stdout  # degraded: node 3 does not answer
+
+        hosts.restore(3)
+        wait_for(
+            "node 3 to answer again",
+            lambda: bftfs("status", "--config", str(config), check=False).returncode == 0,
+        )
+        hosts.cut(0)
+        # A fresh mount (nothing in the kernel's cache) reads everything from the nodes
+        # that answer now, node 3 among them.
+        with mounted(config, tmp_path / "m2", options) as mnt2:
+            for tree in (before, during):
+                check_tree({mnt2 / p.relative_to(tmp_path / "m"): d for p, d in tree.items()})
+            after = write_tree(mnt2 / "after", rng, 6)
+            check_tree(after)
+        hosts.restore(0)
