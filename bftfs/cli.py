@@ -642,6 +642,11 @@ def _progress(progress: dict[str, dict]) -> str:
         state = p.get("state", "?")
         word = "" if state == "running" else f" {state}"
         parts.append(f"{name.split('.')[0]}{word} {p.get('done', 0)}/{p.get('behind', 0)}")
+    rejoin = progress.get("rejoin") or {}  # node/rejoin.py: cut off from its peers, or back
+    if rejoin.get("state") == "cut off":
+        parts.insert(0, f"cut off (reaches {rejoin.get('reachable', 0)} peers)")
+    elif rejoin.get("rejoins"):
+        parts.insert(0, f"rejoined {rejoin['rejoins']}x")
     return ", ".join(parts) or "-"
 
 

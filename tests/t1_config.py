@@ -135,3 +135,15 @@ def test_quorum_sizes_meet_the_q_u_rules_for_every_n(t: int, b: int) -> None:
         QUThresholds(n=n, t=t, b=b, q=q, r=r).validate()
     assert qu_quorums(3 * t + 2 * b + 1, t, b) == (2 * t + 2 * b + 1, t + b + 1)
     assert qu_quorums(3 * t + 2 * b, t, b) == (0, 0)
+
+
+def test_a_node_rejoins_only_after_being_cut_off_for_rounds() -> None:
+    from bftfs.node.rejoin import Reachability
+
+    r = Reachability(needed=4, isolated_rounds=2)
+    assert [r.observe(k) for k in (5, 4, 3, 5)] == [False] * 4  # one bad round: no partition
+    assert not r.cut_off
+    assert [r.observe(k) for k in (0, 1)] == [False, False] and r.cut_off
+    assert r.observe(0) is False
+    assert r.observe(4) is True and not r.cut_off and r.rejoins == 1
+    assert r.observe(5) is False and r.rejoins == 1

@@ -14,6 +14,7 @@ one fixed port there; nothing in the root namespace is bound.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import random
 import shlex
@@ -114,6 +115,21 @@ def mounted(config: Path, mnt: Path, options: str) -> Iterator[Path]:
         bftfs("umount", str(mnt), check=False)
 
 
+def rejoin_of(hosts: netns.Hosts, config: Path) -> dict[str, Any]:
+    """Node 3's view of its peers, asked from host 3 (where it answers even when cut off)."""
+    r = subprocess.run(
+        hosts.command(
+            3, [sys.executable, "-m", "bftfs", "status", "--config", str(config), "--json"]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    node = json.loads(r.stdout)["nodes"][3]
+    return ((node.get("stats") or {}).get("progress") or {}).get("rejoin", {})
+
+
 def write_tree(root: Path, rng: random.Random, files: int) -> dict[Path, bytes]:
     out = {}
     for k in range(files):
@@ -170,12 +186,19 @@ def test_nodes_on_six_hosts_serve_a_mount_through_a_host_outage(tmp_path: Path) 
             during = write_tree(mnt / "during", rng, 9)
             status = bftfs("status", "--config", str(config), check=False)
             assert status.returncode == 1, status.stdout  # degraded: node 3 does not answer
+            # On host 3 itself, node 3 answers and knows it is cut off from its peers.
+            wait_for(
+                "node 3 to see itself cut off",
+                lambda: rejoin_of(hosts, config)["state"] == "cut off",
+            )
 
         hosts.restore(3)
         wait_for(
             "node 3 to answer again",
             lambda: bftfs("status", "--config", str(config), check=False).returncode == 0,
         )
+        # Back on the network, node 3 runs its catch-ups again (node/rejoin.py).
+        wait_for("node 3 to rejoin", lambda: rejoin_of(hosts, config).get("rejoins", 0) >= 1)
         hosts.cut(0)
         # A fresh mount (nothing in the kernel's cache) reads everything from the nodes
         # that answer now, node 3 among them.

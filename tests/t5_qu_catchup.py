@@ -17,6 +17,7 @@ from bftfs.net.errors import RemoteError
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_LATEST, VERSION, parse_latest_reply
+from bftfs.qu.replica import read_version
 from bftfs.testing.cluster import open_cluster
 
 #: Objects whose preferred quorum is servers 1..5 (object id mod 6 == 1).
@@ -98,3 +99,69 @@ async def test_only_nodes_may_list_objects_and_listings_page(tmp_path: Path) -> 
                 break
             after = items[-1][0]
         assert seen == OBJECTS
+
+
+def _isolate(cluster, i: int) -> None:  # noqa: ANN001
+    """Cut node ``i`` off: it drops every frame sent to it, and every other node drops the
+    frames it sends (a partition, not a crash: it keeps running)."""
+    cluster.faults[i].drop(1.0)
+    for j in range(cluster.config.n):
+        if j != i:
+            cluster.faults[j].link(i).drop(1.0)
+
+
+def _reconnect(cluster, i: int) -> None:  # noqa: ANN001
+    cluster.faults[i].clear()
+    for j in range(cluster.config.n):
+        if j != i:
+            cluster.faults[j].links.clear()
+
+
+async def _until(what: str, cond, timeout: float = 30.0) -> None:  # noqa: ANN001
+    """Poll ``cond`` (another task's progress: heartbeats, catch-up) under a deadline."""
+    with trio.move_on_after(timeout):
+        while True:
+            if cond():
+                return
+            await trio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}: {cond.__doc__ or ''}")
+
+
+async def test_a_server_cut_off_and_back_catches_up_without_a_restart(tmp_path: Path) -> None:
+    """Node 2 keeps running while the network cuts it off; updates go around it.  When it
+    reaches its peers again it runs its catch-up once more (``node/rejoin.py``) and holds
+    every object's newest version, although no client touched those objects since."""
+    async with open_cluster(
+        tmp_path, clients=1, seed=5, rejoin_heartbeat=0.1, endpoint_options={"timeout": 2.0}
+    ) as cl:
+        c = qu_client(cl)
+        node = cl.nodes[2]
+        await caught_up(cl, 2)
+        for o in OBJECTS:
+            await c.update(o, "counter.increment", 1)
+        _isolate(cl, 2)
+        await _until(
+            "node 2 sees itself cut off", lambda: node.progress["rejoin"]["state"] == "cut off"
+        )
+        changed = OBJECTS[:6]
+        for o in changed:
+            await c.update(o, "counter.increment", 5)
+        assert node.stats["rejoin.catch_ups"] == 0
+        # The client resends what node 2 never answered until its timeout (stragglers of
+        # the quorum calls): once they have given up, node 2 has really missed the updates.
+        ep = cl.client(0)
+        await _until("the stragglers' timeouts", lambda: ep.faults[(2, "timeout")] >= len(changed))
+        _reconnect(cl, 2)
+        await _until("node 2 rejoins", lambda: node.stats["rejoin.catch_ups"] == 1)
+        await _until(
+            "the second catch-up to finish",
+            lambda: (
+                node.progress["qu.catchup"].get("behind") == len(changed)
+                and node.progress["qu.catchup"]["state"] == "done"
+            ),
+        )
+        assert node.progress["qu.catchup"]["done"] == len(changed)
+        assert node.progress["rejoin"]["state"] == "connected"
+        for o in changed:  # node 2's own store, read directly
+            newest = max(e.rh[0].lt for e in c.cached(o).values())
+            assert node.store.read(lambda kv, o=o, lt=newest: read_version(kv, o, lt)) == 6

@@ -257,7 +257,12 @@ def register(
     node.register(past.KIND_VERSIONS, on_versions, inline=True)
     node.register(past.KIND_STATES, on_states, inline=True)
     if catch_up:
-        node.spawn(CatchUp(node, cfg, serve).run)
+
+        async def catch_up_objects() -> None:
+            await CatchUp(node, cfg, serve).run()
+
+        node.catch_ups["qu"] = catch_up_objects  # run again after a partition (rejoin.py)
+        node.spawn(catch_up_objects)
         if pruner.enabled:
             node.spawn(pruner.run)
 

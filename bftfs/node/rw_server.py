@@ -179,6 +179,8 @@ def register(
     node.register(KIND_NOTIFY, on_notify)
     node.register(KIND_SPACE, on_space, inline=True)
     if catch_up:
-        node.spawn(functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns))
+        catch_up_blocks = functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns)
+        node.catch_ups["rw"] = catch_up_blocks  # run again after a partition (rejoin.py)
+        node.spawn(catch_up_blocks)
     if verifier is not None:
         node.spawn(verifier.run)

@@ -29,6 +29,7 @@ from bftfs.metrics import Family
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.frames import DEFAULT_MAX_FRAME
 from bftfs.net.server import FastHandler, FaultHooks, HandlerError, Server
+from bftfs.node import rejoin
 from bftfs.node.protocols import register_all
 from bftfs.node.store import Store, StoreFull
 
@@ -63,6 +64,7 @@ class Node:
         endpoint_options: dict[str, Any] | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
         object_types: Sequence[Any] | None = None,
+        rejoin_heartbeat: float | None = rejoin.DEFAULT_HEARTBEAT,
     ) -> None:
         self.config = config
         self.id = identity.pid
@@ -101,6 +103,10 @@ class Node:
         self.progress: dict[str, dict[str, Any]] = {}
         #: Set when the background work of the same name has finished (tests wait on it).
         self.finished: dict[str, trio.Event] = {}
+        #: The protocols' start-up catch-ups by name, run again when the node comes back
+        #: from being cut off (``rejoin.py``; ``None``: no heartbeats, no re-runs).
+        self.catch_ups: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.rejoin_heartbeat = rejoin_heartbeat
         self.register("ping", _ping, inline=True)
         self.register("stats", _stats, inline=True)
 
@@ -154,6 +160,12 @@ class Node:
                     self._nursery = nursery
                     nursery.start_soon(self.store.committer)
                     self.protocols = register_all(self, self.object_types)
+                    if self.rejoin_heartbeat is not None:
+                        nursery.start_soon(
+                            functools.partial(
+                                rejoin.run, self, self.catch_ups, heartbeat=self.rejoin_heartbeat
+                            )
+                        )
                     listeners = self._listeners
                     if listeners is None:
                         listeners = await trio.open_tcp_listeners(

@@ -49,8 +49,10 @@ class Cluster:
         nursery: trio.Nursery,
         seed: int,
         endpoint_options: dict[str, Any],
+        rejoin_heartbeat: float | None = None,
     ) -> None:
         self.config = config
+        self._rejoin_heartbeat = rejoin_heartbeat
         self.rng = random.Random(seed)
         self.nodes: list[Node] = [None] * config.n  # type: ignore[list-item]
         self.faults = [
@@ -106,6 +108,7 @@ class Cluster:
                     faults=self.faults[i],
                     endpoint_options=self._endpoint_options,
                     object_types=WITH_TEST_TYPES,
+                    rejoin_heartbeat=self._rejoin_heartbeat,
                 )
                 self.nodes[i] = node
                 await node.run(task_status=task_status)
@@ -152,6 +155,7 @@ async def open_cluster(
     inline_limit: int = DEFAULT_INLINE_LIMIT,
     verification: VerificationPolicy | None = None,
     retention: RetentionPolicy | None = None,
+    rejoin_heartbeat: float | None = None,
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
@@ -159,7 +163,9 @@ async def open_cluster(
     need it turn it on). The defaults for ``n``, ``qc`` and ``m`` follow
     :func:`bftfs.config.default_sizes`.  Lazy verification is off unless ``verification``
     is given: its timing-driven background reads would make the other tests' counters
-    (rounds, repairs) depend on the scheduler; the tests of t5_rw_lazy.py turn it on.
+    (rounds, repairs) depend on the scheduler; the tests of t5_rw_lazy.py turn it on.  For
+    the same reason nodes send no heartbeats (``node/rejoin.py``) unless
+    ``rejoin_heartbeat`` is given.
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
     rng = random.Random(seed)
@@ -200,7 +206,13 @@ async def open_cluster(
         opts = dict(TEST_ENDPOINT, **(endpoint_options or {}))
         async with trio.open_nursery() as nursery:
             cluster = Cluster(
-                config, node_idents, client_idents, nursery, rng.getrandbits(64), opts
+                config,
+                node_idents,
+                client_idents,
+                nursery,
+                rng.getrandbits(64),
+                opts,
+                rejoin_heartbeat=rejoin_heartbeat,
             )
             for i in range(n_):
                 await cluster.start(i, listeners[i])
