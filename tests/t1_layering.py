@@ -40,6 +40,8 @@ ALLOWED: dict[str, set[str]] = {
     "net": {"ids", "crypto", "bftfs", "outcome"},
     "connect": {"config", "crypto", "net"},
     "local": BASE | {"connect", "net"},
+    # bundle: a cluster's configuration and one private key, for one machine.
+    "bundle": {"config"},
     # node: the protocol servers live in the node (node/qu_server.py, node/rw_server.py)
     # and serve the file system's object types (fs/objects.py).
     "node": BASE | {"net", "qu", "rw", "fs"},
@@ -50,7 +52,7 @@ ALLOWED: dict[str, set[str]] = {
     "testing": BASE | {"connect", "local", "net", "node", "qu", "rw", "fs", "fuse"},
     # cli -> testing: `bftfs node --byzantine PROFILE` runs the Byzantine behaviours the
     # tests use (bftfs.testing.byzantine.profiles, and nothing else of testing: checked below).
-    "cli": BASE | {"connect", "local", "node", "fuse", "testing", "fs", "history_cli"},
+    "cli": BASE | {"connect", "local", "node", "fuse", "testing", "fs", "history_cli", "bundle"},
     # history_cli: `bftfs log` / `cat --at` over fs/past.py; mounts from fuse/control.py.
     "history_cli": BASE | {"fs", "fuse"},
     "__main__": {"cli"},
