@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full \
-	bench-andrew bench-postmark bench-opcost bench-lazy bench-space bench-history bench-transport clean
+	bench-andrew bench-postmark bench-opcost bench-lazy bench-space bench-history bench-transport \
+	bench-scalability clean
 
 setup:
 	@scripts/setup.sh
@@ -91,6 +92,10 @@ bench-history: setup
 
 bench-transport: setup
 	$(BIN)/python benchmarks/transport.py
+
+# Fault scalability: per-node frames, bytes and CPU per PostMark transaction for b = 1..5.
+bench-scalability: bench-setup
+	$(BIN)/python benchmarks/scalability.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

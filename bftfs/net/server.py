@@ -114,6 +114,10 @@ class Server(Generic[Ctx]):
         self.stats: Counter[str] = Counter()
         #: Frames and connections refused, by reason.
         self.rejected: Counter[str] = Counter()
+        #: Frames and bytes received and sent after the handshake (``frames_in``,
+        #: ``bytes_in``, ``frames_out``, ``bytes_out``): what the benchmarks' per-node
+        #: message and byte counts are made of.
+        self.traffic: Counter[str] = Counter()
         #: Seconds spent answering requests, by kind (with ``stats["req.KIND"]``, the mean
         #: latency; Prometheus metrics).
         self.seconds: defaultdict[str, float] = defaultdict(float)
@@ -184,7 +188,7 @@ class Server(Generic[Ctx]):
             self.rejected["handshake_failed"] += 1
             await stream.aclose()
             return
-        conn = _ServerConnection(stream, session, sender, self._context(sender))
+        conn = _ServerConnection(stream, session, sender, self._context(sender), self.traffic)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.writer.run)
@@ -199,6 +203,7 @@ class Server(Generic[Ctx]):
     ) -> None:
         sender = conn.sender
         faults = self.faults
+        traffic = self.traffic
         while True:
             try:
                 frame = await reader.read()
@@ -209,6 +214,8 @@ class Server(Generic[Ctx]):
                 return
             if frame is None:
                 return
+            traffic["frames_in"] += 1
+            traffic["bytes_in"] += len(frame)
             if faults is not None:
                 frame = faults.on_frame(sender, frame)
             try:
@@ -301,22 +308,33 @@ class Server(Generic[Ctx]):
 class _ServerConnection(Generic[Ctx]):
     """The sending half of one accepted connection, and who is on the other end."""
 
-    __slots__ = ("session", "sender", "context", "writer")
+    __slots__ = ("session", "sender", "context", "writer", "traffic")
 
     def __init__(
-        self, stream: trio.SocketStream, session: Session, sender: PrincipalId, context: Ctx
+        self,
+        stream: trio.SocketStream,
+        session: Session,
+        sender: PrincipalId,
+        context: Ctx,
+        traffic: Counter[str],
     ) -> None:
         self.session = session
         self.sender = sender
         #: What handlers receive about the sender (built once per connection).
         self.context = context
         self.writer = FrameWriter(stream)
+        #: The server's frame and byte counters (``Server.traffic``).
+        self.traffic = traffic
 
     def send(self, msg: list[Any]) -> None:
         if self.writer.closed:
             return  # the connection is gone; the client will resend
+        frame = self.session.seal(msg)
+        traffic = self.traffic
+        traffic["frames_out"] += 1
+        traffic["bytes_out"] += len(frame)
         try:  # noqa: SIM105  (hot path: try/except is cheaper than contextlib.suppress)
-            self.writer.write(self.session.seal(msg))
+            self.writer.write(frame)
         except trio.ClosedResourceError:
             pass
 

@@ -192,6 +192,7 @@ class Node:
             "commits": self.store.commits if self.store is not None else 0,
             "requests": dict(self.stats),
             "rejected": dict(self.rejected),
+            "traffic": dict(self.server.traffic),
             "protocols": self.protocols,
             "progress": {k: dict(v) for k, v in self.progress.items()},
         }
