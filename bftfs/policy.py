@@ -29,6 +29,12 @@ key                 default     meaning
                                 versions (``full``: ENOSPC), keeping the rest for metadata
                                 updates, so that files can still be removed and their
                                 space given back
+``scrub_seconds``   604800      every this often (a week; 0: never) a node checks every
+                                fragment it stores against its cross checksum, in idle
+                                time, and rewrites a damaged latest version from the
+                                other nodes (node/rw_scrubber.py); the first pass starts
+                                one period after the node
+``scrub_rate``      2000        versions a scrub checks per second at most
 ==================  ==========  ==========================================================
 
 Retention (what garbage collection keeps below a version verified complete):
@@ -66,6 +72,8 @@ class VerificationPolicy:
     per_client: int = 1024
     pool_fraction: float = 0.75
     data_fraction: float = 0.9
+    scrub_seconds: float = 604800.0
+    scrub_rate: int = 2000
 
     @property
     def enabled(self) -> bool:
@@ -90,6 +98,10 @@ class VerificationPolicy:
             raise PolicyError("[verification] pool_fraction must be in 0.1..1.0")
         if not self.pool_fraction <= self.data_fraction <= 1.0:
             raise PolicyError("[verification] data_fraction must be in pool_fraction..1.0")
+        if not 0 <= self.scrub_seconds <= 10 * 365 * 86400:
+            raise PolicyError("[verification] scrub_seconds must be in 0 .. 10 years (0: off)")
+        if not 1 <= self.scrub_rate <= 1_000_000:
+            raise PolicyError("[verification] scrub_rate must be in 1..1000000 versions/s")
         return self
 
 

@@ -163,3 +163,38 @@ def test_fresh_write_conflicts_with_any_version_at_or_above_it() -> None:
     assert replica.fresh_conflict(kv, fresh) is None
     assert replica.store_write(kv, fresh).new
     assert replica.fresh_conflict(kv, fresh) is None  # a resend of an executed write is fine
+
+
+def test_scrub_finds_stored_versions_that_no_longer_validate() -> None:
+    kv = MemoryKV()
+    stamps = [write(kv, block, b"data %d" % block, 100 + block) for block in range(5)]
+    stamps.append(write(kv, 2, b"newer", 200))
+    # Bit rot in block 1's fragment, in block 3's cross checksum; block 4 unreadable.
+    for block, damage in ((1, "fragment"), (3, "cc"), (4, "garbage")):
+        key = version_key(block, stamps[block])
+        stored = StoredVersion.decode(kv.get(DB_VERSIONS, key))
+        if damage == "fragment":
+            frag = bytes([stored.fragment[0] ^ 1]) + stored.fragment[1:]
+            kv.put(
+                DB_VERSIONS, key, StoredVersion(stored.flags, stored.cross_checksum, frag).encode()
+            )
+        elif damage == "cc":
+            cc = stored.cross_checksum[:-1] + bytes([stored.cross_checksum[-1] ^ 1])
+            kv.put(DB_VERSIONS, key, StoredVersion(stored.flags, cc, stored.fragment).encode())
+        else:
+            kv.put(DB_VERSIONS, key, b"\x01")
+    whole = replica.scrub_step(kv, None, 100, node=2, n=N)
+    assert whole.checked == 6 and whole.cursor is None
+    assert whole.damaged == [(1, stamps[1]), (3, stamps[3]), (4, stamps[4])]
+    # Page by page, the same versions once each.
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = replica.scrub_step(kv, cursor, 2, node=2, n=N)
+        seen += page.damaged
+        pages += 1
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert seen == whole.damaged and pages == 3
+    # As node 3 every fragment here is another node's: all fail.
+    assert len(replica.scrub_step(kv, None, 100, node=3, n=N).damaged) == 6

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bftfs.erasure import fragment_size
 from bftfs.ids import is_node
 from bftfs.node import rw_catchup as catchup
+from bftfs.node import rw_scrubber
 from bftfs.node.batching import batch_handler
 from bftfs.node.rw_verifier import Verifier
 from bftfs.rw import replica
@@ -184,3 +185,5 @@ def register(
         node.spawn(catch_up_blocks)
     if verifier is not None:
         node.spawn(verifier.run)
+    if catch_up and node.config.verification.scrub_seconds > 0:
+        node.spawn(functools.partial(rw_scrubber.run, node, max_ahead_ns=max_ahead_ns))
