@@ -50,13 +50,18 @@ def node_snapshot(site: common.Site) -> dict[int, dict[str, float]]:
         stats = st.stats or {}
         traffic = stats.get("traffic") or {}
         requests = stats.get("requests") or {}
+        by = {"qu": 0.0, "rw": 0.0, "ping": 0.0}
+        for kind, count in requests.items():
+            for group in by:
+                if str(kind).startswith(f"req.{group}"):
+                    by[group] += float(count)
         out[st.id] = {
             "cpu_s": cpu or 0.0,
             "frames": float(traffic.get("frames_in", 0) + traffic.get("frames_out", 0)),
             "bytes": float(traffic.get("bytes_in", 0) + traffic.get("bytes_out", 0)),
-            "qu_requests": float(
-                requests.get("req.qu.request", 0) + requests.get("req.qu.batch", 0)
-            ),
+            "qu_requests": by["qu"],
+            "rw_requests": by["rw"],
+            "pings": by["ping"],
         }
     return out
 
@@ -82,7 +87,7 @@ def one_run(
     rec["tps"] = res.get("tps")
     rec["per_node"] = per_node
     vals = list(per_node.values())
-    for key in ("frames", "bytes", "cpu_s", "qu_requests"):
+    for key in ("frames", "bytes", "cpu_s", "qu_requests", "rw_requests", "pings"):
         xs = [v[key] for v in vals]
         rec[f"mean_{key}"] = statistics.mean(xs)
         rec[f"max_{key}"] = max(xs)
@@ -117,6 +122,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "cpu_ms_per_node": (med("mean_cpu_s") or 0) * 1000,
                 "cpu_ms_max_node": (med("max_cpu_s") or 0) * 1000,
                 "qu_requests_per_node": med("mean_qu_requests"),
+                "rw_requests_per_node": med("mean_rw_requests"),
+                "pings_per_node": med("mean_pings"),
                 "cpu_ms_nodes_sum": (med("sum_cpu_s") or 0) * 1000,
                 "cpu_ms_daemon": (med("daemon_cpu_s") or 0) * 1000,
                 "tps": med("tps"),
@@ -139,7 +146,8 @@ def markdown(result: dict[str, Any]) -> str:
         "durable nodes, t = b.",
         "",
         "| b | n | frames per node | KiB per node | node CPU ms (mean / max) "
-        "| Q/U requests per node | nodes' CPU ms, summed | FUSE daemon CPU ms | tps |",
+        "| requests per node: Q/U, PASIS, heartbeat | nodes' CPU ms, summed "
+        "| FUSE daemon CPU ms | tps |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -148,7 +156,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"({r['frames_per_node_vs_first']:.2f}x) | {r['kib_per_node']:.1f} "
             f"({r['kib_per_node_vs_first']:.2f}x) | {r['cpu_ms_per_node']:.2f} / "
             f"{r['cpu_ms_max_node']:.2f} ({r['cpu_ms_per_node_vs_first']:.2f}x) | "
-            f"{r['qu_requests_per_node']:.2f} | {r['cpu_ms_nodes_sum']:.1f} | "
+            f"{r['qu_requests_per_node']:.2f}, {r['rw_requests_per_node']:.2f}, "
+            f"{r['pings_per_node']:.2f} | {r['cpu_ms_nodes_sum']:.1f} | "
             f"{r['cpu_ms_daemon']:.1f} | {r['tps']:.1f} |"
         )
     lines.append("")
