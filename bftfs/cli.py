@@ -397,7 +397,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     def progress(done: int, known: int, report: Any) -> None:
         now = time.monotonic()
-        if report.repaired:
+        if report.repaired and args.verbose:
             nodes = ", ".join(str(n) for n in report.repaired)
             print(f"\rblock {report.block:#x}: rewrote node(s) {nodes}", file=sys.stderr)
         if show and (now - last[0] > 0.2 or done == known):
@@ -425,8 +425,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{totals['fragments_repaired']} rewritten ({totals['blocks_repaired']} blocks), "
             f"{totals['fragments_unreachable']} on nodes that did not answer"
         )
-    # Exit 4 when some node did not answer: the scrub could not finish everywhere.
-    return 0 if totals["fragments_unreachable"] == 0 else EXIT_CLUSTER
+        for node, count in totals["repaired_by_node"].items():
+            print(f"  node {node}: {count} fragment(s) missing or damaged, rewritten")
+        if totals["repaired_by_node"]:
+            print(
+                "  (a node that was down catches up; one whose fragments go bad again is "
+                "failing or Byzantine: see `bftfs status`, replace it)"
+            )
+    # As fsck: 0 nothing wrong, 1 damage found and repaired, 4 some node did not answer
+    # (the scrub could not finish everywhere).
+    if totals["fragments_unreachable"]:
+        return EXIT_CLUSTER
+    return 1 if totals["fragments_repaired"] else 0
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -947,6 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--client", default="client0", help="client identity to use (client0)")
     sp.add_argument("--json", action="store_true", help="totals as JSON")
     sp.add_argument("--progress", action="store_true", help="a progress bar even when piped")
+    sp.add_argument("--verbose", action="store_true", help="name every block rewritten")
     sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")

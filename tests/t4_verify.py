@@ -24,10 +24,13 @@ pytestmark = [
 
 
 def verify(cluster: ProcessCluster, *extra: str) -> tuple[dict, str]:
+    """``bftfs verify --json``: its totals and stderr; exit 1 exactly when it rewrote."""
     cmd = [sys.executable, "-m", "bftfs", "verify", "--json", *extra]
     cmd += ["--config", str(cluster.home / "cluster.toml")]
-    got = subprocess.run(cmd, capture_output=True, timeout=300, check=True)
-    return json.loads(got.stdout), got.stderr.decode()
+    got = subprocess.run(cmd, capture_output=True, timeout=300)
+    totals = json.loads(got.stdout)
+    assert got.returncode == (1 if totals["fragments_repaired"] else 0), got.stderr
+    return totals, got.stderr.decode()
 
 
 @pytest.fixture

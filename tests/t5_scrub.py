@@ -82,6 +82,7 @@ async def test_scrub_rewrites_damaged_and_missing_fragments(tmp_path: Path) -> N
             "fragments_repaired": 0,
             "fragments_unreachable": 0,
             "blocks_repaired": 0,
+            "repaired_by_node": {},
         }
         fh = await fs.open(attrs.ino, os.O_RDONLY)
         assert await fs.read(fh, 0, 3 * BS) == data

@@ -108,4 +108,8 @@ def summarize(reports: list[BlockReport]) -> dict[str, Any]:
         "fragments_repaired": sum(len(r.repaired) for r in checked),
         "fragments_unreachable": sum(len(r.unreachable) for r in checked),
         "blocks_repaired": sum(1 for r in checked if r.repaired),
+        "repaired_by_node": {
+            str(node): sum(1 for r in checked if node in r.repaired)
+            for node in sorted({n for r in checked for n in r.repaired})
+        },
     }
