@@ -25,6 +25,11 @@ profile                   behaviour
                           put, the process ends at once (``os._exit``, no commit, no
                           clean-up), as a power cut would; restart it without the profile
                           and its store must hold all of that update or none of it
+``power-cut-in-gc``       a crash, not a lie: inside the ``GC_CUT_AT_STEP``-th LMDB write
+                          transaction that collects PASIS block versions (lazy
+                          verification's garbage collection), right after its first
+                          delete, the process ends at once; restarted, nothing a reader
+                          needs may be missing
 ========================  ===============================================================
 """
 
@@ -184,6 +189,61 @@ def _power_cut_in_update(config: ClusterConfig, node: int) -> ByzantineProfile:
     return ByzantineProfile({"qu.request": request})
 
 
+#: Which collecting transaction ``power-cut-in-gc`` interrupts: not the first, so that
+#: earlier collections are committed and a half-done one could be mixed up with them.
+GC_CUT_AT_STEP = 3
+
+
+class _CutAtFirstCollect:
+    """A write step's key-value view that counts deletes of PASIS block versions; in the
+    ``GC_CUT_AT_STEP``-th step that deletes any, the first delete is made and then the
+    process dies inside the open transaction."""
+
+    def __init__(self, kv: Any, steps: list[int]) -> None:
+        self._kv = kv
+        self._steps = steps
+        self._counted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kv, name)
+
+    def delete(self, db: str, key: bytes) -> Any:
+        from bftfs.rw.schema import DB_VERSIONS
+
+        done = self._kv.delete(db, key)
+        if db == DB_VERSIONS and not self._counted:
+            self._counted = True
+            self._steps[0] += 1
+            if self._steps[0] == GC_CUT_AT_STEP:
+                sys.stderr.write("power-cut-in-gc: process ends inside a collection\n")
+                sys.stderr.flush()
+                os._exit(POWER_CUT_STATUS)
+        return done
+
+
+def _power_cut_in_gc(config: ClusterConfig, node: int) -> ByzantineProfile:
+    armed = [True]
+    steps = [0]
+
+    def arm(store: Any) -> None:
+        """Wrap ``store.write`` once: every write step (a request's or the verifier's) runs
+        on a view that counts the steps that delete block versions."""
+        real_write = store.write
+
+        async def write(fn: Callable[[Any], Any]) -> Any:
+            return await real_write(lambda kv: fn(_CutAtFirstCollect(kv, steps)))
+
+        store.write = write
+
+    async def request(ctx: Any, payload: Any, honest: Any) -> Any:
+        if armed[0]:
+            armed[0] = False
+            arm(ctx.node.store)
+        return await honest(ctx, payload)
+
+    return ByzantineProfile({}, default=request)
+
+
 #: Profile builders by name: ``builder(config, node id)``.
 PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "corrupt-fragments": _corrupt_fragments,
@@ -191,6 +251,7 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "lie-about-history": _lie_about_history,
     "withhold-history": _withhold_history,
     "power-cut-in-update": _power_cut_in_update,
+    "power-cut-in-gc": _power_cut_in_gc,
 }
 
 
