@@ -94,6 +94,21 @@ def test_budgets_force_verification() -> None:
     assert bl.by_client(100) == 3 and 100 not in bl.over_budget
 
 
+def test_nodes_fall_back_in_groups_of_b_plus_one_in_ring_order() -> None:
+    from bftfs.rw.lazy import fallback_delay
+
+    # n = 6, b = 1, block 6: responsible 0 and 1; then {2, 3} after 10 s, {4, 5} after 20 s.
+    assert [fallback_delay(6, me, 6, 1, 10.0) for me in range(6)] == [0, 0, 10, 10, 20, 20]
+    # n = 26, b = 5: 20 nodes fall back in four groups of six (the last one of two).
+    delays = sorted(fallback_delay(3, me, 26, 5, 1.0) for me in range(26))
+    assert delays == [0.0] * 6 + [1.0] * 6 + [2.0] * 6 + [3.0] * 6 + [4.0] * 2
+    bl = Backlog(POLICY, me=5, n=6, b=1)
+    bl.wrote(6, ts(1), 100, now=0.0)  # node 5 is in the second group for block 6
+    assert bl.pick(10.0, idle=True, pressure=False) is None
+    assert bl.next_due(10.0) == pytest.approx(10.0)
+    assert bl.pick(20.0, idle=True, pressure=False).reason == "fallback"
+
+
 def test_own_blocks_go_first_by_yield_once_settled_others_after_the_fallback() -> None:
     bl = Backlog(POLICY, me=0, n=6, b=1)
     bl.wrote(6, ts(1), 100, now=0.0)  # responsible: 0, 1

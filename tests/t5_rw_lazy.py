@@ -142,7 +142,9 @@ async def test_a_lying_node_cannot_flag_poison_or_discard_good_data(tmp_path: Pa
 
 
 async def test_withheld_notifies_cost_a_fallback_verification_not_safety(tmp_path: Path) -> None:
-    policy = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=0.2)
+    # Fallback groups (rw/lazy.fallback_delay): nodes 2 and 3 after 2 s, nodes 4 and 5
+    # after 4 s, which leaves 2 s for 2 and 3 to verify and tell the others.
+    policy = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=2.0)
     async with rw_cluster(tmp_path, clients=1, verification=policy, retention=KEEP_ALL) as (
         cl,
         (writer,),
@@ -156,9 +158,13 @@ async def test_withheld_notifies_cost_a_fallback_verification_not_safety(tmp_pat
         await settled(cl)
         for i in range(cfg.n):
             assert flagged(cl, i, block, good)
-        # Nodes 2..5 heard only node 1: each verified it itself after the fallback delay.
-        for i in range(2, cfg.n):
+        # Nodes 2 and 3 heard only node 1 and verified it themselves after the fallback
+        # delay; nodes 4 and 5, later in the ring, trusted node 1's, 2's and 3's NOTIFYs.
+        for i in (2, 3):
             assert cl.nodes[i].progress["rw.verify"]["verified"] == 1
+        for i in (4, 5):
+            assert cl.nodes[i].progress["rw.verify"]["verified"] == 0
+            assert cl.nodes[i].progress["rw.verify"]["notify_applied"] >= 1
 
 
 async def drop_notify(ctx: Any, payload: Any, honest: Any) -> Any:

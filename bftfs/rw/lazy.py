@@ -49,6 +49,26 @@ def responsible(block: int, n: int, b: int) -> tuple[int, ...]:
     return tuple((block + i) % n for i in range(b + 1))
 
 
+def fallback_delay(block: int, me: int, n: int, b: int, base: float) -> float:
+    """How long node ``me`` waits for NOTIFYs about ``block`` before verifying it itself.
+
+    The seed lets a node that is not responsible verify once NOTIFYs are overdue; if every
+    such node did so after the same delay, a slow responsible set (a loaded machine, a
+    node that withholds) would make ``n - b - 1`` nodes each read ``n - 1`` fragments of
+    every block.  Instead the nodes after the responsible ones fall back in groups of
+    ``b + 1``, in ring order: the first group after ``base``, the next after ``2 * base``,
+    and so on.  A group of ``b + 1`` verifies and NOTIFYs, which is enough for everyone
+    later in the ring to trust, so a missing or lying NOTIFY costs one more group's
+    verification, never all of them; every node still verifies by itself in the end
+    (at most ``base * ceil((n - b - 1) / (b + 1))``), so liveness does not depend on
+    anyone's NOTIFYs.  Responsible nodes: 0 (they verify first).
+    """
+    rank = (me - block) % n
+    if rank <= b:
+        return 0.0
+    return base * (1 + (rank - b - 1) // (b + 1))
+
+
 @dataclass
 class _Told:
     verified: Timestamp | None = None
@@ -237,7 +257,7 @@ class Backlog:
             if mine or not self.policy.cooperative:
                 if best is None or count > best[0]:
                     best = (count, block)
-            elif now - debt.last_write >= self.policy.fallback_seconds and (
+            elif now - debt.last_write >= self._fallback(block) and (
                 fallback is None or count > fallback[0]
             ):
                 fallback = (count, block)
@@ -246,6 +266,9 @@ class Backlog:
         if fallback is not None:
             return Pick(fallback[1], "fallback")
         return None
+
+    def _fallback(self, block: int) -> float:
+        return fallback_delay(block, self.me, self.n, self.b, self.policy.fallback_seconds)
 
     def next_due(self, now: float) -> float | None:
         """Seconds until some block may become due (None: the backlog is empty)."""
@@ -256,7 +279,7 @@ class Backlog:
             ready = debt.last_write + self.policy.settle_seconds
             mine = self.me in responsible(block, self.n, self.b)
             if self.policy.cooperative and not mine:
-                ready = debt.last_write + self.policy.fallback_seconds
+                ready = debt.last_write + self._fallback(block)
             waits.append(max(ready, debt.retry_at) - now)
         return max(0.0, min(waits))
 
