@@ -407,6 +407,17 @@ class Outcome:
     rw: RWLog = field(default_factory=RWLog)
     trace: list[str] = field(default_factory=list)
     checked: dict[str, Checked] = field(default_factory=dict)
+    #: When the schedule started (trio's clock): trace lines say seconds since.
+    started: float | None = None
+
+    def note(self, line: str) -> None:
+        """Add ``line`` to the trace (the last :data:`TRACE` lines are kept)."""
+        now = trio.current_time()
+        if self.started is None:
+            self.started = now
+        self.trace.append(f"{now - self.started:7.2f} s  {line}")
+        del self.trace[:-TRACE]
+
     #: Seconds each operation took, with its description (the slowest go in the report).
     durations: list[tuple[float, str]] = field(default_factory=list)
 
@@ -432,6 +443,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
     def fail(what: str) -> Finding:
         return Finding(what)
 
+    out.note("starting the cluster")
     async with (
         open_cluster(
             home, t=sched.t, b=sched.b, clients=sched.clients, seed=sched.seed,
@@ -460,6 +472,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
                         attr_ttl=0.0,
                     )
                 )
+        out.note(f"{sched.clients} file systems opened")
         planner = Planner(rng, sched.clients)
         down_since: dict[int, int] = {}
         done = 0
@@ -469,10 +482,9 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
             await _faults(cluster, faulty, rng, r, down_since, out)
             steps = planner.round()
             for s in steps:
-                out.trace.append(f"round {r}: {s.text()}")
-            del out.trace[:-TRACE]
+                out.note(f"round {r}: {s.text()}")
 
-            async def one(s: Step) -> None:
+            async def one(s: Step, r: int) -> None:
                 try:
                     t0 = trio.current_time()
                     with trio.fail_after(DEADLINE):
@@ -485,7 +497,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
 
             async with trio.open_nursery() as nursery:
                 for s in steps:
-                    nursery.start_soon(one, s)
+                    nursery.start_soon(one, s, r)
             planner.apply(steps)
             out.ops.update(s.kind for s in steps)
             done += len(steps)
@@ -494,13 +506,15 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
             sw.disarm()
         for i in sorted(cluster.crashed):
             await cluster.recover(i)
-            out.trace.append(f"end: node {i} restarted")
+            out.note(f"end: node {i} restarted")
+        out.note("final reads")
         for k in range(sched.clients):
             for name in NAMES:
                 s = Step(k, "read", name, {}, expect=planner.model.get(name))
                 with trio.fail_after(DEADLINE):
                     await _check_name(fss[k], s, fail)
                 out.ops["final read"] += 1
+        out.note("stopping the cluster")
         for sw in faulty.values():
             out.behaviours.update(sw.drawn)
             out.crashes += sw.crashes
@@ -520,12 +534,33 @@ async def _faults(
         if r - down_since[i] >= 2:
             await cluster.recover(i)
             del down_since[i]
-            out.trace.append(f"round {r}: node {i} restarted")
+            out.note(f"round {r}: node {i} restarted")
     if faulty and not cluster.crashed and rng.random() < CRASH_CHANCE:
         i = rng.choice(sorted(faulty))
         after = rng.randint(1, 40)
         faulty[i].arm_crash(after)
-        out.trace.append(f"round {r}: node {i} armed to crash in its request {after} from now")
+        out.note(f"round {r}: node {i} armed to crash in its request {after} from now")
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def _describe(e: BaseException) -> str:
+    """What went wrong, without the nurseries' exception groups around it: the findings
+    first, then anything else (a hang while opening the file system is a ``TooSlowError``)."""
+    leaves = sorted(_leaves(e), key=lambda x: not isinstance(x, Finding))
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, Finding | Inconsistent):
+            parts.append(str(leaf))
+        elif isinstance(leaf, trio.TooSlowError):
+            parts.append(f"no answer within {DEADLINE} s (a hang) outside the rounds")
+        else:
+            parts.append(f"unexpected {type(leaf).__name__}: {leaf}")
+    return "\n".join(parts)
 
 
 def run_schedule(home: Path, sched: Schedule) -> Outcome:
@@ -542,12 +577,8 @@ def run_schedule(home: Path, sched: Schedule) -> Outcome:
 
     try:
         trio.run(_run, home, sched, out)
-    except Finding as e:
-        raise finding(str(e)) from e
-    except Inconsistent as e:  # pragma: no cover - the model raises Finding itself
-        raise finding(str(e)) from e
     except Exception as e:
-        raise finding(f"unexpected {type(e).__name__}: {e}") from e
+        raise finding(_describe(e)) from e
     out.checked = {"Q/U": check_objects(out.qu), "PASIS": check_blocks(out.rw)}
     for name, checked in out.checked.items():
         if not checked.verdict:
