@@ -31,13 +31,14 @@ schedule, placement, operations and per-request lies are functions of the seed; 
 interleaving of concurrent requests over real sockets is not, so a replay is the same
 adversary, not always the same run).
 
-**It can fail.**  Checked by hand (not committed): with ``b + 1`` Byzantine nodes
-(``Schedule.byzantine`` drawn with ``b + 1`` nodes while the cluster is configured for
-``b``), seed 1 reports a violation within its first schedules (a read returns data no
-write wrote, or an operation fails with EIO); with the PASIS client's cross-checksum check
-made to accept any candidate (``rw/verify.validate_candidate`` returning True), the first
-read of a block a Byzantine node answered with a corrupt fragment returns wrong bytes and
-the model check reports it.
+**It can fail.**  Checked by hand (not committed), seed 1, schedules of 40 operations:
+with ``b + 1`` Byzantine nodes (``Schedule.byzantine`` given one more node while the
+cluster is configured for ``b = 1``) the first schedule reports a finding - no answer
+within :data:`DEADLINE` seconds (the clients could not even open the file system: its root
+directory's Q/U object was never established).  Disabling the readers' per-fragment check
+(``bftfs.rw.verify.validate_fragment`` returning True) is *not* enough to make it fail
+reliably: the regeneration check against the cross checksum still rejects a candidate
+decoded from a corrupt fragment.
 """
 
 from __future__ import annotations
