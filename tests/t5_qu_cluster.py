@@ -381,3 +381,22 @@ def test_a_client_the_nodes_do_not_know_is_told_at_once(tmp_path: Path) -> None:
             assert trio.current_time() - start < 3.0
 
     trio.run(main)
+
+
+async def test_a_crashed_byzantine_servers_stray_history_costs_no_timeout(tmp_path: Path) -> None:
+    """Found by the campaign (``bftfs/testing/campaign.py``): a client that cached a
+    Byzantine server's history with a forged candidate (under its valid authenticator)
+    asks the other servers for their histories before each operation, to leave the stray
+    out; with that server crashed, it waited for the dead server's call to time out (5 s
+    here) on every operation.  Now it waits for all but ``t`` and two probe intervals."""
+    async with open_cluster(tmp_path, clients=1, seed=3) as cl:
+        server = 2  # in object 7's preferred quorum
+        make_byzantine(cl, server, "forge_higher_signed")
+        c = qu_client(cl, 0)
+        await c.update(7, "counter.increment", 1)
+        cl.crash(server)
+        for _ in range(3):
+            start = trio.current_time()
+            await c.update(7, "counter.increment", 1)
+            assert trio.current_time() - start < 2.0, "waited for the crashed server"
+        assert await c.query(7, "counter.fetch") == 4

@@ -1,0 +1,648 @@
+"""A generated adversary campaign over the file system (issue 18, "Widen the adversary").
+
+Each **schedule** is drawn from one seed: the thresholds (``t = b = 1`` on six nodes, or
+``t = 2, b = 1`` on nine), which ``b`` nodes are Byzantine (any placement: the preferred
+quorum of the root directory included, as every file operation touches the root here), and
+which ``t - b`` further nodes may crash.  Every Byzantine node runs
+:class:`~bftfs.testing.byzantine.switching.Switching`: for *each request* it draws a new
+behaviour from the whole Q/U and PASIS catalogue (forged candidates under stale and valid
+authenticators, equivocation, withheld replies, older histories, corrupt fragments, huge
+times, acknowledged-but-dropped writes, garbage, delays).  Faulty nodes are also armed, at
+random rounds, to crash inside their ``k``-th next request (in the middle of whatever
+operation sent it) and are restarted a few rounds later; never more than ``t`` nodes are
+faulty.
+
+Two or three clients run the real :class:`~bftfs.fs.FileSystem` (the one the FUSE daemon
+runs, without a kernel, as the tier-3 tests do) in **rounds**: each round, some clients run
+one operation each, concurrently, on disjoint names of the root directory - create/write,
+``pwrite``, append, truncate, rename (over files too), unlink, mkdir, rmdir, read, stat -
+so every operation has exactly one right answer under close-to-open semantics (the model of
+:mod:`bftfs.testing.consistency`, without the kernel-cache allowances, which a file system
+without a kernel does not have).  Every read and stat is compared with the model byte for
+byte; at the end every client reads every name.  Every operation must complete (at most
+``t`` faulty nodes) within :data:`DEADLINE` seconds of trio's clock: a hang, an EIO or any
+other error is a finding.  The Q/U and PASIS histories the file system made are recorded
+under it and checked for linearizability (:mod:`bftfs.testing.recording`).
+
+``python -m bftfs.testing.campaign --seed S --schedules K --ops N`` runs schedules ``S`` to
+``S + K - 1`` and prints what it ran and found; a schedule that fails prints its seed, its
+schedule and the last operations, and ``--seed <that seed> --schedules 1`` replays it (the
+schedule, placement, operations and per-request lies are functions of the seed; the
+interleaving of concurrent requests over real sockets is not, so a replay is the same
+adversary, not always the same run).
+
+**It can fail.**  Checked by hand (not committed), seed 1, schedules of 40 operations:
+with ``b + 1`` Byzantine nodes (``Schedule.byzantine`` given one more node while the
+cluster is configured for ``b = 1``) the first schedule reports a finding - no answer
+within :data:`DEADLINE` seconds (the clients could not even open the file system: its root
+directory's Q/U object was never established).  Disabling the readers' per-fragment check
+(``bftfs.rw.verify.validate_fragment`` returning True) is *not* enough to make it fail
+reliably: the regeneration check against the cross checksum still rejects a candidate
+decoded from a corrupt fragment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import stat
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import trio
+
+from bftfs.config import default_sizes
+from bftfs.fs.errors import FsError, NotFound
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.objects import ROOT
+from bftfs.ids import client_id
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.client import QUClient
+from bftfs.rw.client import open_rw_client
+from bftfs.testing.byzantine.switching import Switching
+from bftfs.testing.cluster import Cluster, open_cluster
+from bftfs.testing.consistency import NAMES, SIZES, TRACE, Inconsistent
+from bftfs.testing.recording import (
+    Checked,
+    QUOp,
+    RecordingQU,
+    RecordingRW,
+    RWLog,
+    check_blocks,
+    check_objects,
+)
+
+#: Seconds (trio's clock) any one operation may take with at most ``t`` faulty nodes.
+DEADLINE = 60.0
+#: Block size of the campaign's clusters: files of the sizes drawn span several blocks.
+BLOCK_SIZE = 16 * 1024
+#: Thresholds a schedule draws from (``t``, ``b``); the slow run adds ``(2, 1)``.
+FAST_THRESHOLDS = ((1, 1),)
+SLOW_THRESHOLDS = ((1, 1), (2, 1))
+#: Operation kinds and their weights.
+KINDS = ("write", "pwrite", "append", "truncate", "rename", "unlink", "mkdir", "read", "stat")
+WEIGHTS = (4, 3, 3, 2, 2, 2, 1, 6, 2)
+#: Chance per round that a faulty node (none down) is armed to crash.
+CRASH_CHANCE = 0.15
+#: PASIS client options: probe other nodes quickly, give up within seconds.
+RW_OPTIONS: dict[str, Any] = {"probe_after": 0.05, "timeout": 5.0}
+
+
+class Finding(AssertionError):
+    """The campaign found something wrong: a wrong answer, a failure, a hang, a history
+    that is not linearizable.  The message names the schedule and how to replay it."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Everything one seed decides before the run."""
+
+    seed: int
+    ops: int
+    t: int
+    b: int
+    n: int
+    clients: int
+    byzantine: tuple[int, ...]
+    #: Honest nodes that may crash (the ``t - b`` benign faults).
+    crashy: tuple[int, ...]
+
+    @classmethod
+    def draw(
+        cls, seed: int, ops: int, thresholds: tuple[tuple[int, int], ...] = FAST_THRESHOLDS
+    ) -> Schedule:
+        rng = random.Random(seed)
+        t, b = thresholds[rng.randrange(len(thresholds))]
+        n = default_sizes(t, b)[0]
+        faulty = rng.sample(range(n), t)
+        return cls(
+            seed=seed,
+            ops=ops,
+            t=t,
+            b=b,
+            n=n,
+            clients=rng.choice((2, 3)),
+            byzantine=tuple(sorted(faulty[:b])),
+            crashy=tuple(sorted(faulty[b:])),
+        )
+
+    def text(self) -> str:
+        crashy = ", crash-prone honest " + str(list(self.crashy)) if self.crashy else ""
+        return (
+            f"schedule seed {self.seed}: t={self.t} b={self.b} n={self.n}, "
+            f"{self.clients} clients, {self.ops} operations, "
+            f"Byzantine {list(self.byzantine)}{crashy} (replay: python -m "
+            f"bftfs.testing.campaign --seed {self.seed} --schedules 1 --ops {self.ops})"
+        )
+
+
+@dataclass
+class Report:
+    """What a campaign ran and found."""
+
+    schedules: int = 0
+    ops: Counter[str] = field(default_factory=Counter)
+    rounds: int = 0
+    behaviours: Counter[str] = field(default_factory=Counter)
+    crashes: int = 0
+    qu_ops: int = 0
+    qu_objects: int = 0
+    rw_ops: int = 0
+    rw_blocks: int = 0
+    findings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        lies = sum(v for k, v in self.behaviours.items() if not k.endswith(":honest"))
+        kinds: Counter[str] = Counter()
+        for k, v in self.behaviours.items():
+            kinds[k.split(":", 1)[1]] += v
+        top = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items()))
+        return (
+            f"{self.schedules} schedules, {sum(self.ops.values())} file-system operations in "
+            f"{self.rounds} rounds, {self.seconds:.1f} s: {ops}\n"
+            f"Byzantine requests: {sum(self.behaviours.values())} ({lies} lies): {top}\n"
+            f"crashes inside a request: {self.crashes}\n"
+            f"linearizability: {self.qu_ops} Q/U operations on {self.qu_objects} objects, "
+            f"{self.rw_ops} PASIS block operations on {self.rw_blocks} blocks\n"
+            f"findings: {len(self.findings)}" + "".join("\n--- " + f for f in self.findings)
+        )
+
+
+# The model -----------------------------------------------------------------------------------
+
+#: A name's entry: file contents (bytes) or the directory marker.
+DIR = "dir"
+Entry = bytes | str | None
+
+
+@dataclass
+class Step:
+    """One file-system operation of a round, with the model's answer decided in advance."""
+
+    client: int
+    kind: str
+    name: str
+    #: The entries of the names it touches after it (applied to the model after the round).
+    after: dict[str, Entry]
+    #: For reads and stats: what the model says the name holds.
+    expect: Entry = None
+    data: bytes = b""
+    offset: int = 0
+    size: int = 0
+    target: str = ""
+
+    def text(self) -> str:
+        what = {
+            "write": f"{len(self.data)} bytes",
+            "append": f"{len(self.data)} bytes",
+            "pwrite": f"{len(self.data)} bytes at {self.offset}",
+            "truncate": f"to {self.size}",
+            "rename": f"over {self.target}",
+        }.get(self.kind, "")
+        return f"client {self.client}: {self.kind} {self.name} {what}".rstrip()
+
+
+class Planner:
+    """Draws rounds of operations on disjoint names and keeps the model."""
+
+    def __init__(self, rng: random.Random, clients: int) -> None:
+        self.rng = rng
+        self.clients = clients
+        self.model: dict[str, Entry] = {}
+        self.tag = 0
+
+    def _data(self, size: int) -> bytes:
+        self.tag += 1
+        head = b"%d:" % self.tag  # every write distinct, so a stale read cannot pass
+        body = bytes((self.tag + i * 7) % 251 for i in range(max(0, size - len(head))))
+        return (head + body)[:size]
+
+    def round(self) -> list[Step]:
+        """Up to one operation per client; no two touch the same name."""
+        taken: set[str] = set()
+        steps = []
+        for k in self.rng.sample(range(self.clients), self.rng.randint(1, self.clients)):
+            free = [n for n in NAMES if n not in taken]
+            if not free:
+                break
+            s = self._step(k, self.rng.choice(free), taken)
+            taken.update(s.after, {s.name})
+            steps.append(s)
+        return steps
+
+    def _step(self, k: int, name: str, taken: set[str]) -> Step:
+        kind = self.rng.choices(KINDS, weights=WEIGHTS)[0]
+        e = self.model.get(name)
+        rng = self.rng
+        if kind in ("read", "stat") or (e == DIR and kind not in ("rename", "unlink")):
+            return Step(k, rng.choice(("read", "stat")), name, {}, expect=e)
+        if kind == "mkdir":
+            if e is None:
+                return Step(k, "mkdir", name, {name: DIR})
+            kind = "write"
+        if e is None and kind in ("pwrite", "append", "truncate", "rename", "unlink"):
+            kind = "write"
+        if kind == "write":
+            data = self._data(rng.choice(SIZES))
+            return Step(k, "write", name, {name: data}, data=data)
+        if kind == "unlink":
+            return Step(k, "unlink", name, {name: None})
+        if kind == "rename":
+            targets = [
+                n for n in NAMES if n != name and n not in taken and self.model.get(n) != DIR
+            ]
+            if e == DIR:
+                targets = [n for n in targets if self.model.get(n) is None]
+            if not targets:
+                return Step(k, "stat", name, {}, expect=e)
+            target = rng.choice(targets)
+            return Step(k, "rename", name, {name: None, target: e}, target=target)
+        assert isinstance(e, bytes)
+        if kind == "append":
+            data = self._data(rng.choice(SIZES[1:7]))
+            return Step(k, "append", name, {name: e + data}, data=data)
+        if kind == "pwrite":
+            data = self._data(rng.choice(SIZES[1:7]))
+            offset = rng.randrange(0, len(e) + 40_000)
+            c = bytearray(e)
+            if offset > len(c):
+                c.extend(bytes(offset - len(c)))
+            c[offset : offset + len(data)] = data
+            return Step(k, "pwrite", name, {name: bytes(c)}, data=data, offset=offset)
+        size = rng.choice((0, 1, 4000, len(e) // 2, len(e) + 30_000))
+        after = e[:size] + bytes(max(0, size - len(e)))
+        return Step(k, "truncate", name, {name: after}, size=size)
+
+    def apply(self, steps: list[Step]) -> None:
+        for s in steps:
+            for name, e in s.after.items():
+                if e is None:
+                    self.model.pop(name, None)
+                else:
+                    self.model[name] = e
+
+
+# Running operations ---------------------------------------------------------------------------
+
+
+async def _lookup(fs: FileSystem, name: str) -> int:
+    return (await fs.lookup(ROOT, name.encode())).ino
+
+
+async def _read_all(fs: FileSystem, ino: int) -> bytes:
+    fh = await fs.open(ino, os.O_RDONLY)
+    try:
+        chunks = []
+        offset = 0
+        while chunk := await fs.read(fh, offset, 1 << 20):
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+    finally:
+        await fs.release(fh)
+
+
+async def _write_at(fs: FileSystem, ino: int, flags: int, offset: int, data: bytes) -> None:
+    fh = await fs.open(ino, os.O_WRONLY | flags)
+    try:
+        if data:
+            await fs.write(fh, offset, data)
+    finally:
+        await fs.release(fh)
+
+
+async def _check_name(fs: FileSystem, s: Step, fail: Callable[[str], Finding]) -> None:
+    """A read or stat of ``s.name`` against ``s.expect``."""
+    try:
+        attr = await fs.lookup(ROOT, s.name.encode())
+    except NotFound:
+        if s.expect is not None:
+            raise fail(f"{s.name}: not found, the model has it") from None
+        return
+    if s.expect is None:
+        raise fail(f"{s.name}: found (inode {attr.ino}), the model has no such name")
+    if s.expect == DIR:
+        if not stat.S_ISDIR(attr.mode):
+            raise fail(f"{s.name}: mode {attr.mode:o}, the model has a directory")
+        return
+    assert isinstance(s.expect, bytes)
+    if not stat.S_ISREG(attr.mode):
+        raise fail(f"{s.name}: mode {attr.mode:o}, the model has a file")
+    if s.kind == "stat":
+        size = (await fs.getattr(attr.ino)).size
+        if size != len(s.expect):
+            raise fail(f"{s.name}: stat says {size} bytes, the model {len(s.expect)}")
+        return
+    got = await _read_all(fs, attr.ino)
+    if got != s.expect:
+        pairs = enumerate(zip(got, s.expect, strict=False))
+        first = next((i for i, (x, y) in pairs if x != y), None)
+        raise fail(
+            f"{s.name}: read {len(got)} bytes, the model has {len(s.expect)} "
+            f"(first difference at {first}; read starts {got[:24]!r}, "
+            f"the model {s.expect[:24]!r})"
+        )
+    size = (await fs.getattr(attr.ino)).size
+    if size != len(got):
+        raise fail(f"{s.name}: getattr says {size} bytes after reading {len(got)}")
+
+
+async def run_step(fs: FileSystem, s: Step, fail: Callable[[str], Finding]) -> None:
+    """Run one operation through the file system (checking reads against the model)."""
+    name = s.name.encode()
+    if s.kind in ("read", "stat"):
+        await _check_name(fs, s, fail)
+    elif s.kind == "write":
+        try:
+            ino = await _lookup(fs, s.name)
+        except NotFound:
+            fh, _ = await fs.create(ROOT, name, 0o644, 0, 0, os.O_WRONLY | os.O_CREAT)
+            try:
+                if s.data:
+                    await fs.write(fh, 0, s.data)
+            finally:
+                await fs.release(fh)
+        else:
+            await _write_at(fs, ino, os.O_TRUNC, 0, s.data)
+    elif s.kind == "pwrite":
+        await _write_at(fs, await _lookup(fs, s.name), 0, s.offset, s.data)
+    elif s.kind == "append":
+        await _write_at(fs, await _lookup(fs, s.name), os.O_APPEND, 0, s.data)
+    elif s.kind == "truncate":
+        await fs.setattr(await _lookup(fs, s.name), size=s.size)
+    elif s.kind == "rename":
+        await fs.rename(ROOT, name, ROOT, s.target.encode())
+    elif s.kind == "unlink":
+        attr = await fs.lookup(ROOT, name)
+        if stat.S_ISDIR(attr.mode):
+            await fs.rmdir(ROOT, name)
+        else:
+            await fs.unlink(ROOT, name)
+    elif s.kind == "mkdir":
+        await fs.mkdir(ROOT, name, 0o755, 0, 0)
+    else:  # pragma: no cover - the planner draws only the kinds above
+        raise ValueError(s.kind)
+
+
+# One schedule --------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One schedule's contribution to the report."""
+
+    ops: Counter[str] = field(default_factory=Counter)
+    rounds: int = 0
+    behaviours: Counter[str] = field(default_factory=Counter)
+    crashes: int = 0
+    qu: list[QUOp] = field(default_factory=list)
+    rw: RWLog = field(default_factory=RWLog)
+    trace: list[str] = field(default_factory=list)
+    checked: dict[str, Checked] = field(default_factory=dict)
+    #: When the schedule started (trio's clock): trace lines say seconds since.
+    started: float | None = None
+
+    def note(self, line: str) -> None:
+        """Add ``line`` to the trace (the last :data:`TRACE` lines are kept)."""
+        now = trio.current_time()
+        if self.started is None:
+            self.started = now
+        self.trace.append(f"{now - self.started:7.2f} s  {line}")
+        del self.trace[:-TRACE]
+
+    #: Seconds each operation took, with its description (the slowest go in the report).
+    durations: list[tuple[float, str]] = field(default_factory=list)
+
+
+def _qu_client(cluster: Cluster, k: int, seed: int) -> QUClient:
+    return QUClient(
+        cluster.client(k),
+        QUThresholds.from_config(cluster.config),
+        client_id=int(client_id(k)),
+        rng=random.Random(seed * 31 + k),
+        seq_start=1_000_000 * (k + 1),
+    )
+
+
+async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
+    rng = random.Random(sched.seed ^ 0xCA3)
+    clock = [1_700_000_000_000_000_000]
+
+    def clock_ns() -> int:  # deterministic, strictly increasing file times
+        clock[0] += 1_000_000
+        return clock[0]
+
+    def fail(what: str) -> Finding:
+        return Finding(what)
+
+    out.note("starting the cluster")
+    async with (
+        open_cluster(
+            home, t=sched.t, b=sched.b, clients=sched.clients, seed=sched.seed,
+            block_size=BLOCK_SIZE,
+        ) as cluster,
+        AsyncExitStack() as stack,
+    ):  # fmt: skip
+        faulty: dict[int, Switching] = {}
+        for i in sched.byzantine + sched.crashy:
+            faulty[i] = Switching(cluster, i, sched.seed, byzantine=i in sched.byzantine)
+            faulty[i].install()
+        fss = []
+        for k in range(sched.clients):
+            rw = await stack.enter_async_context(
+                open_rw_client(cluster.client(k), cluster.config, **RW_OPTIONS)
+            )
+            qu = RecordingQU(_qu_client(cluster, k, sched.seed), trio.current_time, out.qu)
+            with trio.fail_after(DEADLINE):
+                fss.append(
+                    await FileSystem.open(
+                        cast(QUClient, qu),
+                        cast(Any, RecordingRW(rw, trio.current_time, out.rw, k)),
+                        cluster.config,
+                        clock_ns=clock_ns,
+                        rng=random.Random(sched.seed * 1000 + k),
+                        attr_ttl=0.0,
+                    )
+                )
+        out.note(f"{sched.clients} file systems opened")
+        planner = Planner(rng, sched.clients)
+        down_since: dict[int, int] = {}
+        done = 0
+        while done < sched.ops:
+            r = out.rounds
+            out.rounds += 1
+            await _faults(cluster, faulty, rng, r, down_since, out)
+            steps = planner.round()
+            for s in steps:
+                out.note(f"round {r}: {s.text()}")
+
+            async def one(s: Step, r: int) -> None:
+                try:
+                    t0 = trio.current_time()
+                    with trio.fail_after(DEADLINE):
+                        await run_step(fss[s.client], s, fail)
+                    out.durations.append((trio.current_time() - t0, f"round {r}: {s.text()}"))
+                except trio.TooSlowError:
+                    raise fail(f"{s.text()}: no answer within {DEADLINE} s (a hang)") from None
+                except FsError as e:
+                    raise fail(f"{s.text()}: {type(e).__name__} (errno {e.errno}): {e}") from e
+
+            async with trio.open_nursery() as nursery:
+                for s in steps:
+                    nursery.start_soon(one, s, r)
+            planner.apply(steps)
+            out.ops.update(s.kind for s in steps)
+            done += len(steps)
+        # Everything back up, then every client reads every name.
+        for sw in faulty.values():
+            sw.disarm()
+        for i in sorted(cluster.crashed):
+            await cluster.recover(i)
+            out.note(f"end: node {i} restarted")
+        out.note("final reads")
+        for k in range(sched.clients):
+            for name in NAMES:
+                s = Step(k, "read", name, {}, expect=planner.model.get(name))
+                with trio.fail_after(DEADLINE):
+                    await _check_name(fss[k], s, fail)
+                out.ops["final read"] += 1
+        out.note("stopping the cluster")
+        for sw in faulty.values():
+            out.behaviours.update(sw.drawn)
+            out.crashes += sw.crashes
+
+
+async def _faults(
+    cluster: Cluster,
+    faulty: dict[int, Switching],
+    rng: random.Random,
+    r: int,
+    down_since: dict[int, int],
+    out: Outcome,
+) -> None:
+    """Restart nodes down for a few rounds; now and then arm a faulty node to crash."""
+    for i in sorted(cluster.crashed):
+        down_since.setdefault(i, r)
+        if r - down_since[i] >= 2:
+            await cluster.recover(i)
+            del down_since[i]
+            out.note(f"round {r}: node {i} restarted")
+    if faulty and not cluster.crashed and rng.random() < CRASH_CHANCE:
+        i = rng.choice(sorted(faulty))
+        after = rng.randint(1, 40)
+        faulty[i].arm_crash(after)
+        out.note(f"round {r}: node {i} armed to crash in its request {after} from now")
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def _describe(e: BaseException) -> str:
+    """What went wrong, without the nurseries' exception groups around it: the findings
+    first, then anything else (a hang while opening the file system is a ``TooSlowError``)."""
+    leaves = sorted(_leaves(e), key=lambda x: not isinstance(x, Finding))
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, Finding | Inconsistent):
+            parts.append(str(leaf))
+        elif isinstance(leaf, trio.TooSlowError):
+            parts.append(f"no answer within {DEADLINE} s (a hang) outside the rounds")
+        else:
+            parts.append(f"unexpected {type(leaf).__name__}: {leaf}")
+    return "\n".join(parts)
+
+
+def run_schedule(home: Path, sched: Schedule) -> Outcome:
+    """Run one schedule in ``home`` and check its histories.
+
+    Raises:
+        Finding: anything wrong, with the schedule, the last operations and how to replay.
+    """
+    out = Outcome()
+
+    def finding(what: str) -> Finding:
+        trace = "\n  ".join(out.trace)
+        return Finding(f"{sched.text()}\n{what}\nlast operations and faults:\n  {trace}")
+
+    try:
+        trio.run(_run, home, sched, out)
+    except Exception as e:
+        raise finding(_describe(e)) from e
+    out.checked = {"Q/U": check_objects(out.qu), "PASIS": check_blocks(out.rw)}
+    for name, checked in out.checked.items():
+        if not checked.verdict:
+            raise finding(f"{name} history not linearizable: {checked.verdict.reason}")
+    return out
+
+
+def campaign(
+    home: Path,
+    *,
+    seed: int,
+    schedules: int,
+    ops: int,
+    thresholds: tuple[tuple[int, int], ...] = FAST_THRESHOLDS,
+    stop_at_first: bool = True,
+) -> Report:
+    """Schedules ``seed`` .. ``seed + schedules - 1`` of ``ops`` operations each."""
+    report = Report()
+    start = time.monotonic()
+    for s in range(seed, seed + schedules):
+        sched = Schedule.draw(s, ops, thresholds)
+        report.schedules += 1
+        try:
+            out = run_schedule(home / f"schedule{s}", sched)
+        except Finding as e:
+            report.findings.append(str(e))
+            if stop_at_first:
+                break
+            continue
+        report.ops.update(out.ops)
+        report.rounds += out.rounds
+        report.behaviours.update(out.behaviours)
+        report.crashes += out.crashes
+        qu, rw = out.checked["Q/U"], out.checked["PASIS"]
+        report.qu_ops += qu.operations
+        report.qu_objects += qu.registers
+        report.rw_ops += rw.operations
+        report.rw_blocks += rw.registers
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=1, help="first schedule's seed")
+    parser.add_argument("--schedules", type=int, default=4)
+    parser.add_argument("--ops", type=int, default=40, help="operations per schedule")
+    parser.add_argument("--slow", action="store_true", help="also draw t=2, b=1 on nine nodes")
+    parser.add_argument("--keep-going", action="store_true", help="run on after a finding")
+    args = parser.parse_args(argv)
+    thresholds = SLOW_THRESHOLDS if args.slow else FAST_THRESHOLDS
+    with tempfile.TemporaryDirectory() as tmp:
+        report = campaign(
+            Path(tmp),
+            seed=args.seed,
+            schedules=args.schedules,
+            ops=args.ops,
+            thresholds=thresholds,
+            stop_at_first=not args.keep_going,
+        )
+    print(report.text())
+    return 1 if report.findings else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
