@@ -133,7 +133,13 @@ async def test_server_killed_mid_update_recovers_consistent(tmp_path: Path) -> N
         )
         await fresh.update(2, "counter.increment", 1)
         newest = max(e.rh[0].lt for e in fresh.cached(2).values())
-        on_3 = cl.nodes[3].store.read(lambda kv: read_version(kv, 2, newest))
+        # The update returns at a quorum: server 3, object-syncing first, may answer after
+        # the client went on with a probed sixth server.  It must still store the version.
+        # (Seen: 0 to 0.7 s after the update returned.)  Nodes signal no event per stored
+        # version, so the store is polled, under a deadline.
+        with trio.fail_after(10):
+            while (on_3 := cl.nodes[3].store.read(lambda kv: read_version(kv, 2, newest))) is None:  # noqa: ASYNC110
+                await trio.sleep(0.01)
         assert on_3 == final + 1
 
 
