@@ -180,7 +180,7 @@ class Pruner:
         with this server's key: what each server says for itself, nothing it forged for
         another.  Servers that did not answer are missing."""
         n, me = self.cfg.th.n, int(self.cfg.me)
-        objects = tuple(oids)
+        objects = tuple(sorted(set(oids)))  # qu.history takes sorted, distinct ids
         got: dict[int, Any] = {}
 
         def accept(node: Any, raw: Any) -> bool:
