@@ -1,5 +1,6 @@
 """Pruning Q/U object versions once retention lets them go, also for objects that are
-never updated again (a removed file's attribute object, a removed directory).
+never updated again (a removed file's attribute object, a removed directory), and
+shrinking finished objects to tombstones once every server holds their final version.
 
 A server prunes an object's old versions when it accepts an update of it
 (``bftfs.qu.replica.Retention``), but versions kept for their age could only go at the
@@ -8,21 +9,55 @@ look at its objects ``keep_seconds`` later (:meth:`Pruner.updated`); the task ru
 :func:`bftfs.qu.replica.prune_step` then, in the group-committed store, oldest first.  An
 object updated again meanwhile is looked at only for its latest update.  Memory: one entry
 per object updated within the last ``keep_seconds``.
+
+**Tombstones** (docs/qu.md, "Reclaiming removed objects").  Pruning keeps what the replica
+history names: the conditioned-on version of a removed file's final update and the stored
+requests of both.  When the newest version of an object is finished (``tombstone_target``),
+the task asks every other server for its history of the object (``qu.history``, up to
+:data:`BATCH` objects a call), culls them with its own key and, when all ``n`` list that
+version as their newest (``tombstone_agreed``), deletes everything of the object but its
+history and that version (``tombstone_step``, one store transaction per object).  Without
+every server's word it tries again :data:`RETRY_SECONDS` later, then twice as long each
+time, :data:`ATTEMPTS` times in all (a node down that long: the object stays as pruning
+left it, and is looked at again when it is next updated).
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import functools
+import heapq
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bftfs.qu.replica import ReplicaConfig, prune_step
+from bftfs.ids import PrincipalId
+from bftfs.net.quorum import QuorumUnavailable
+from bftfs.qu.history import ReplicaHistory
+from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError, Reply
+from bftfs.qu.replica import (
+    ReplicaConfig,
+    cull,
+    handle_history,
+    prune_step,
+    tombstone_agreed,
+    tombstone_step,
+    tombstone_target,
+)
+from bftfs.qu.timestamp import MAX_OBJECTS
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node
+
+#: Objects whose histories one ``qu.history`` call asks for.
+BATCH = MAX_OBJECTS
+#: How long a tombstone first waits for a server that did not answer or lags (doubled at
+#: every attempt), and how many attempts it makes (about four minutes in all).
+RETRY_SECONDS = 1.0
+ATTEMPTS = 8
+#: How long the servers' histories are waited for.
+ASK_TIMEOUT = 5.0
 
 
 class Pruner:
@@ -32,10 +67,14 @@ class Pruner:
         self.node = node
         self.cfg = cfg
         self.delay_ns = int(cfg.retention.keep_seconds * 1e9) + 1
-        #: ``(due ns, oid)`` in due order (every delay is the same, so appending keeps it).
-        self._queue: collections.deque[tuple[int, int]] = collections.deque()
+        #: ``(due ns, oid)``, a heap (retries come due later than updates queued after them).
+        self._queue: list[tuple[int, int]] = []
         self._latest: dict[int, int] = {}
+        self._attempts: dict[int, int] = {}
         self._wake = trio.Event()
+        #: Set while nothing is queued or being done (tests wait on it).
+        self.idle = node.finished["qu.prune"] = trio.Event()
+        self.idle.set()
 
     @property
     def enabled(self) -> bool:
@@ -47,31 +86,124 @@ class Pruner:
             return
         due = self.node.now_ns() + self.delay_ns
         for oid in objects:
-            self._queue.append((due, oid))
+            heapq.heappush(self._queue, (due, oid))
             self._latest[oid] = due
+            self._attempts.pop(oid, None)
+        self._busy()
         self._wake.set()
+
+    def _busy(self) -> None:
+        if self.idle.is_set():
+            self.idle = self.node.finished["qu.prune"] = trio.Event()
+
+    def _retry(self, oid: int) -> None:
+        tries = self._attempts.get(oid, 0) + 1
+        if tries >= ATTEMPTS:
+            self._attempts.pop(oid, None)
+            self.node.stats["qu.tombstone.given_up"] += 1
+            return
+        self._attempts[oid] = tries
+        due = self.node.now_ns() + int(RETRY_SECONDS * 2 ** (tries - 1) * 1e9)
+        heapq.heappush(self._queue, (due, oid))
+        self._latest[oid] = due
 
     async def run(self) -> None:
         """Never returns while the node runs; a failed step is logged and skipped."""
         while True:
             if not self._queue:
+                self.idle.set()
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
             due, oid = self._queue[0]
             wait = (due - self.node.now_ns()) / 1e9
             if wait > 0:
-                await trio.sleep(wait)
+                with trio.move_on_after(wait):
+                    self._wake = trio.Event()
+                    await self._wake.wait()  # an update queued meanwhile comes due later
                 continue
-            self._queue.popleft()
-            if self._latest.get(oid) != due:
-                continue  # updated again since: its own entry comes later
-            del self._latest[oid]
-            step = functools.partial(prune_step, cfg=self.cfg, oid=oid, now_ns=self.node.now_ns())
+            batch: list[int] = []
+            while self._queue and self._queue[0][0] <= self.node.now_ns() and len(batch) < BATCH:
+                due, oid = heapq.heappop(self._queue)
+                if self._latest.get(oid) != due:
+                    continue  # updated again since: its own entry comes later
+                del self._latest[oid]
+                if await self._prune(oid):
+                    batch.append(oid)
+            if batch:
+                await self._tombstones(batch)
+
+    async def _prune(self, oid: int) -> bool:
+        """Prune ``oid``; whether it may shrink to a tombstone."""
+        now = self.node.now_ns()
+        step = functools.partial(prune_step, cfg=self.cfg, oid=oid, now_ns=now)
+        try:
+            deleted = await self.node.store.write(step)
+            target = self.node.store.read(lambda kv: tombstone_target(kv, self.cfg, oid, now))
+        except Exception:
+            self.node.stats["internal_errors"] += 1
+            self.node.log.exception("node %s: pruning object %d", self.node.id, oid)
+            return False
+        self.node.stats["qu.pruned"] += deleted
+        return target is not None
+
+    async def _tombstones(self, oids: list[int]) -> None:
+        """Ask every server for its histories of ``oids`` and shrink those all of them
+        agree on (see the module docstring)."""
+        histories = await self._histories(oids)
+        for oid in oids:
+            now = self.node.now_ns()
             try:
+                target = self.node.store.read(
+                    functools.partial(tombstone_target, cfg=self.cfg, oid=oid, now_ns=now)
+                )
+                if target is None:
+                    continue
+                if not tombstone_agreed(target, histories.get(oid, {}), self.cfg.th.n):
+                    self.node.stats["qu.tombstone.waiting"] += 1
+                    self._retry(oid)
+                    continue
+                step = functools.partial(
+                    tombstone_step, cfg=self.cfg, oid=oid, final=target, now_ns=now
+                )
                 deleted = await self.node.store.write(step)
             except Exception:
                 self.node.stats["internal_errors"] += 1
-                self.node.log.exception("node %s: pruning object %d", self.node.id, oid)
+                self.node.log.exception("node %s: tombstone of object %d", self.node.id, oid)
                 continue
-            self.node.stats["qu.pruned"] += deleted
+            if deleted:
+                self.node.stats["qu.tombstones"] += 1
+                self.node.stats["qu.tombstone.deleted"] += deleted
+
+    async def _histories(self, oids: list[int]) -> dict[int, dict[int, ReplicaHistory]]:
+        """Every server's history of each of ``oids`` (this one's from its store), culled
+        with this server's key: what each server says for itself, nothing it forged for
+        another.  Servers that did not answer are missing."""
+        n, me = self.cfg.th.n, int(self.cfg.me)
+        objects = tuple(sorted(set(oids)))  # qu.history takes sorted, distinct ids
+        got: dict[int, Any] = {}
+
+        def accept(node: Any, raw: Any) -> bool:
+            try:
+                got[int(node)] = Reply.from_wire(raw, objects, n).hist
+            except (MessageError, IndexError, TypeError, ValueError):
+                return False
+            return True
+
+        others = [PrincipalId(s) for s in range(n) if s != me]
+        with contextlib.suppress(QuorumUnavailable):
+            await self.node.endpoint.quorum_call(
+                others,
+                KIND_HISTORY,
+                {"v": VERSION, "o": list(objects)},
+                enough=lambda valid: len(valid) >= n - 1,
+                accept=accept,
+                timeout=ASK_TIMEOUT,
+            )
+        got[me] = self.node.store.read(lambda kv: handle_history(kv, self.cfg, objects)).hist
+        out: dict[int, dict[int, ReplicaHistory]] = {}
+        for i, oid in enumerate(objects):
+            entries = {s: hist[i] for s, hist in got.items() if len(hist) == len(objects)}
+            culled, _ = cull(self.cfg, {oid: entries})
+            out[oid] = {s: e.rh for s, e in culled[oid].items()}
+        return out

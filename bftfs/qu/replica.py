@@ -505,6 +505,110 @@ def prune_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
     return _retain(kv, cfg, oid, rh, now_ns, finished=finished)
 
 
+# Tombstones of finished objects (docs/qu.md "Reclaiming removed objects") ---------------
+
+
+def tombstone_plan(
+    stored: Sequence[tuple[Timestamp, int]],
+    final: Timestamp,
+    young_ns: int,
+    pins: Sequence[int],
+) -> list[Timestamp]:
+    """Which versions of a finished object go when it shrinks to its tombstone (pure).
+
+    ``stored`` is every stored version as ``(lt, stored_ns)``, oldest first; ``final`` the
+    finished version that stays.  Everything else goes, except a version stored within
+    the retention window (younger than ``young_ns``) or current at a snapshot moment in
+    ``pins`` (the newest stored at or before it), so history reads within the window and
+    snapshots read what they read before.
+    """
+    out = []
+    for i, (lt, stored_ns) in enumerate(stored):
+        if lt == final or stored_ns > young_ns:
+            continue
+        after = stored[i + 1][1] if i + 1 < len(stored) else None
+        if any(stored_ns <= t and (after is None or after > t) for t in pins):
+            continue
+        out.append(lt)
+    return out
+
+
+def tombstone_agreed(final: Timestamp, histories: Mapping[int, ReplicaHistory], n: int) -> bool:
+    """Whether every one of the ``n`` servers' histories (culled with this server's key, so
+    each is the word of the server it names) has ``final`` as its newest candidate (pure).
+
+    Then every correct server accepted the finished candidate: none will ever accept a
+    candidate conditioned on an older version (it would not be current there), nor need to
+    repair the finished one (inline repair, catch-up), so no correct server asks for the
+    versions below it or for the request that made it.  A lying server only speaks for
+    itself: claiming the candidate it lacks costs it alone the means to ever accept it.
+    """
+    if len(histories) != n:
+        return False
+    return all(rh and max(c.lt for c in rh) == final for rh in histories.values())
+
+
+def tombstone_target(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> Timestamp | None:
+    """The finished version ``oid`` may shrink to, read from this server's store, or None.
+
+    It must be the newest candidate of this server's history and its newest stored version,
+    accepted here (a method or copy this server ran, not synced), with a finished state,
+    stored more than ``keep_seconds`` ago, and something must be left to reclaim (an older
+    version, or the stored request this object owns).  The caller still needs every
+    server's word (:func:`tombstone_agreed`) before :func:`tombstone_step`.
+    """
+    if cfg.retention.keep_last is None:
+        return None
+    rh, _ = schema.load_rh(kv, oid)
+    if is_initial(rh):
+        return None
+    final = _latest(rh)
+    if final.barrier or schema.newest_times(kv, oid, 1) != [final]:
+        return None
+    v = schema.load_version(kv, oid, final)
+    if v is None or not v.accepted or v.state is None or v.kind == schema.BARRIER:
+        return None
+    if v.stored_ns > now_ns - int(cfg.retention.keep_seconds * 1e9):
+        return None
+    if not cfg.registry.finished(unpack(v.state)):
+        return None
+    owns_request = bool(v.objects) and v.objects[0] == oid
+    if schema.oldest_versions(kv, oid, 1) == [(final, v.stored_ns)] and not (
+        owns_request and kv.get(schema.DB_REQ, final.encode()) is not None
+    ):
+        return None  # already a tombstone
+    return final
+
+
+def tombstone_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_ns: int) -> int:
+    """Shrink finished ``oid`` to its tombstone, in the caller's one transaction: every
+    version but ``final`` (with the stored requests this object owns) and the stored
+    request of ``final`` itself if this object owns it.  The replica history, its
+    authenticator and the ``final`` version (state, applied table, stored answer) stay, so
+    classification, queries, repeated requests and updates conditioned on ``final`` work
+    as before.  Re-checks :func:`tombstone_target` first (an update may have come in since
+    the servers were asked); how many records it deleted."""
+    if tombstone_target(kv, cfg, oid, now_ns) != final:
+        return 0
+    young_ns = now_ns - int(cfg.retention.keep_seconds * 1e9)
+    stored = schema.oldest_versions(kv, oid, 1 << 30)
+    going = tombstone_plan(stored, final, young_ns, () if stored == [] else _pins(kv, cfg))
+    deleted = 0
+    for lt in going:
+        v = schema.load_version(kv, oid, lt)
+        if v is not None:
+            schema.delete_version(kv, oid, v)
+            deleted += 1
+    v = schema.load_version(kv, oid, final)
+    if v is not None and v.objects and v.objects[0] == oid:
+        deleted += int(kv.delete(schema.DB_REQ, final.encode()))
+    return deleted
+
+
+def _pins(kv: KV, cfg: ReplicaConfig) -> Sequence[int]:
+    return cfg.retention.pins(kv) if cfg.retention.pins is not None else ()
+
+
 def handle_history(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> Reply:
     """A read of this server's histories (``qu.history``): what a client needs to add an
     object to a multi-OHS for deduction, without sending an operation."""
