@@ -6,7 +6,8 @@ another client's; nodes talking to nodes are never limited.
 
 No wall-clock assertions: outcomes, counts and the nodes' own bookkeeping (checked against
 a recomputation from the stored versions, ``rw.quota.audit``).  Waiting for background
-collection is a condition polled under a deadline.
+collection is a condition re-checked at each step of the nodes' verifiers, under a
+deadline.
 """
 
 from __future__ import annotations
@@ -14,25 +15,24 @@ from __future__ import annotations
 import errno
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from fs_helpers import RW_OPTIONS, fs_env
-from t5_rw_lazy import EAGER
+from t5_rw_lazy import EAGER, until
 
 from bftfs.fs.errors import OverQuota
 from bftfs.fs.objects import ROOT
-from bftfs.ids import client_id
+from bftfs.ids import NodeId, client_id
 from bftfs.net.errors import TransportError
 from bftfs.node.service import Node
 from bftfs.outcome import QuotaExceeded
 from bftfs.policy import LimitsPolicy, RetentionPolicy
 from bftfs.rw import quota
 from bftfs.rw.client import open_rw_client
-from bftfs.rw.messages import KIND_TIME, TimeRequest
+from bftfs.rw.messages import KIND_TIME, BlockId, TimeRequest
 from bftfs.testing.cluster import open_cluster
 
 BS = 4096
@@ -50,13 +50,6 @@ def usage(node: Node, owner: int) -> int:
     stored = node.store.read(quota.usages)
     assert orphans == 0 and totals == stored, (totals, stored, orphans)
     return stored.get(owner, 0)
-
-
-async def until(cond: Callable[[], bool], within: float = 30.0) -> None:
-    """Poll ``cond`` (a check of the nodes' state) until it holds."""
-    with trio.fail_after(within):
-        while not cond():
-            await trio.sleep(0.02)
 
 
 async def test_a_flooding_writer_stops_at_its_quota_and_another_client_still_writes(
@@ -127,10 +120,8 @@ async def test_a_client_over_quota_removes_files_and_writes_again(tmp_path: Path
         assert fs.reclaim_failed == 0 and fs.reclaimed_blocks > 0
         # The nodes verify the empty versions and collect what is below them (the refused
         # file's partial write, if any, stays until verification gives up on it).
-        await until(
-            lambda: all(usage(n, FLOODER) < f // 4 for n, f in zip(cl.nodes, full, strict=True)),
-            within=60.0,
-        )
+        for i, node in enumerate(cl.nodes):  # re-checked at each step of its verifier
+            await until(cl, i, lambda n=node, f=full[i]: usage(n, FLOODER) < f // 4, within=60.0)
         fh, _ = await fs.create(ROOT, b"again", 0o644, 0, 0, os.O_RDWR)
         data = rng.randbytes(8 * BS)
         await fs.write(fh, 0, data)
@@ -174,27 +165,28 @@ async def test_a_flooding_client_cannot_starve_another_clients_requests(tmp_path
     async with open_cluster(tmp_path, limits=limits) as cl:
         flooder, other = cl.client(0), cl.client(1)
         answered = {"flood": 0}
-        req = TimeRequest(7).to_wire()
+        req = TimeRequest(BlockId(7)).to_wire()
+        bucket = limits.requests_per_second * limits.burst_seconds
+        burst_spent = trio.Event()
 
         async def flood_one() -> None:
             try:
-                await flooder.call(0, KIND_TIME, req)
+                await flooder.call(NodeId(0), KIND_TIME, req)
             except TransportError:
                 return  # timed out behind the throttle: fine for a flooder
             answered["flood"] += 1
+            if answered["flood"] >= bucket:
+                burst_spent.set()
 
         async with trio.open_nursery() as nursery:
             for _ in range(FLOOD):
                 nursery.start_soon(flood_one)
             node = cl.nodes[0]
-
-            def flooder_throttled() -> bool:
-                return node.stats["limits.throttled"] > 0
-
-            await until(flooder_throttled)
+            with trio.fail_after(30):
+                await burst_spent.wait()  # the flooder has had its burst: it is held now
             start = trio.current_time()
             for _ in range(10):
-                await other.call(0, KIND_TIME, req)
+                await other.call(NodeId(0), KIND_TIME, req)
             elapsed = trio.current_time() - start
             got = answered["flood"]
             nursery.cancel_scope.cancel()
@@ -204,7 +196,6 @@ async def test_a_flooding_client_cannot_starve_another_clients_requests(tmp_path
         # Every request of the other client was answered while the flooder, which sent
         # first, had most of its requests still held back: at most its burst and its rate
         # over the time the other client took.
-        bucket = limits.requests_per_second * limits.burst_seconds
         assert got <= bucket + limits.requests_per_second * (elapsed + 1) < FLOOD / 2, got
 
 
@@ -215,7 +206,7 @@ async def test_nodes_are_never_limited(tmp_path: Path) -> None:
         replies = []
 
         async def ask() -> None:
-            replies.append(await peer.call(0, "ping", None))
+            replies.append(await peer.call(NodeId(0), "ping", None))
 
         async with trio.open_nursery() as nursery:
             for _ in range(50):
