@@ -307,38 +307,33 @@ class Server(Generic[Ctx]):
         done: Callable[[], None] | None = None,
     ) -> None:
         try:
-            await self._answer(conn, req_id, kind, payload, delay)
+            if delay:
+                await trio.sleep(delay)
+            known = kind in self._handlers
+            self.stats[f"req.{kind}" if known else "req.unknown"] += 1
+            start = time.perf_counter()
+            try:
+                handler = self._handlers.get(kind)
+                if handler is None:
+                    raise HandlerError("unknown_kind", f"no handler for {kind[:64]!r}")
+                override = None if self.faults is None else self.faults.handler(kind)
+                if override is not None:
+                    reply = await override(conn.context, payload, handler)
+                else:
+                    reply = await handler(conn.context, payload)
+                msg = [REPLY, req_id, STATUS_OK, reply]
+            except HandlerError as e:
+                self.stats["refused"] += 1
+                msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
+            except Exception as e:
+                msg = self._internal(kind, e, req_id)
+            self.seconds[kind if known else "unknown"] += time.perf_counter() - start
+            if self.faults is not None and self.faults.drop_reply(conn.sender):
+                return
+            conn.send(msg)
         finally:
             if done is not None:
                 done()  # the sender's in-flight slot, however the answer ended
-
-    async def _answer(
-        self, conn: _ServerConnection[Ctx], req_id: int, kind: str, payload: Any, delay: float
-    ) -> None:
-        if delay:
-            await trio.sleep(delay)
-        known = kind in self._handlers
-        self.stats[f"req.{kind}" if known else "req.unknown"] += 1
-        start = time.perf_counter()
-        try:
-            handler = self._handlers.get(kind)
-            if handler is None:
-                raise HandlerError("unknown_kind", f"no handler for {kind[:64]!r}")
-            override = None if self.faults is None else self.faults.handler(kind)
-            if override is not None:
-                reply = await override(conn.context, payload, handler)
-            else:
-                reply = await handler(conn.context, payload)
-            msg = [REPLY, req_id, STATUS_OK, reply]
-        except HandlerError as e:
-            self.stats["refused"] += 1
-            msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
-        except Exception as e:
-            msg = self._internal(kind, e, req_id)
-        self.seconds[kind if known else "unknown"] += time.perf_counter() - start
-        if self.faults is not None and self.faults.drop_reply(conn.sender):
-            return
-        conn.send(msg)
 
 
 def _items(kind: str, payload: Any) -> int:
