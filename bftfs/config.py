@@ -35,9 +35,11 @@ import tomli_w
 
 from bftfs.ids import CLIENT_ID_BASE, ClientId, NodeId, PrincipalId, client_id
 from bftfs.policy import (
+    LimitsPolicy,
     PolicyError,
     RetentionPolicy,
     VerificationPolicy,
+    limits_from,
     retention_from,
     to_table,
     verification_from,
@@ -118,6 +120,8 @@ class ClusterConfig:
     verification: VerificationPolicy = field(default_factory=VerificationPolicy)
     #: What garbage collection keeps (``[retention]``, policy.py).
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    #: What one client may ask of a node (``[limits]``, policy.py; node/limits.py).
+    limits: LimitsPolicy = field(default_factory=LimitsPolicy)
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -288,7 +292,10 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
     unknown = set(table) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    optional = {"durable", "map_size", "block_size", "inline_limit", "verification", "retention"}
+    optional = {
+        *("durable", "map_size", "block_size", "inline_limit"),
+        *("verification", "retention", "limits"),
+    }
     missing = allowed - set(table) - optional
     if missing:
         raise ConfigError(f"{where}: missing key(s) {sorted(missing)}")
@@ -323,7 +330,11 @@ def parse_address(where: str, v: Any) -> tuple[str, int]:
 
 def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
     """Build and validate a configuration from parsed TOML (paths relative to ``home``)."""
-    _check_keys("top level", doc, {"cluster", "nodes", "clients", "verification", "retention"})
+    _check_keys(
+        "top level",
+        doc,
+        {"cluster", "nodes", "clients", "verification", "retention", "limits"},
+    )
     c = doc["cluster"]
     if not isinstance(c, dict):
         raise ConfigError("[cluster] must be a table")
@@ -362,6 +373,7 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
     try:
         verification = verification_from(doc.get("verification"))
         retention = retention_from(doc.get("retention"))
+        limits = limits_from(doc.get("limits"))
     except PolicyError as e:
         raise ConfigError(str(e)) from None
     return ClusterConfig(
@@ -378,6 +390,7 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         inline_limit=_int("[cluster] inline_limit", c.get("inline_limit", DEFAULT_INLINE_LIMIT)),
         verification=verification,
         retention=retention,
+        limits=limits,
     ).validate()
 
 
@@ -435,6 +448,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
         "clients": [{"name": c.name, "public_key": c.public_key.hex()} for c in cfg.clients],
         "verification": to_table(cfg.verification),
         "retention": to_table(cfg.retention),
+        "limits": to_table(cfg.limits),
     }
 
 

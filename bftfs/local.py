@@ -41,7 +41,7 @@ from bftfs.connect import open_client
 from bftfs.crypto import Identity
 from bftfs.ids import NodeId, client_id
 from bftfs.net.errors import RemoteError, TransportError
-from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
 
 CONFIG_NAME = "cluster.toml"
 
@@ -87,11 +87,13 @@ def init_cluster(
     inline_limit: int = cfgmod.DEFAULT_INLINE_LIMIT,
     verification: VerificationPolicy | None = None,
     retention: RetentionPolicy | None = None,
+    limits: LimitsPolicy | None = None,
 ) -> ClusterConfig:
     """Create a cluster directory: fresh keys for every node and client, and its config.
 
-    ``verification`` and ``retention`` (None: the defaults of ``bftfs/policy.py``) go into
-    the saved ``cluster.toml``, so benchmarks and tests can start nodes under any policy.
+    ``verification``, ``retention`` and ``limits`` (None: the defaults of
+    ``bftfs/policy.py``) go into the saved ``cluster.toml``, so benchmarks and tests can start
+    nodes under any policy.
 
     Ports are asked of the OS (free at init time) unless given.  ``addresses`` (one
     ``(host, port)`` per node, for nodes on several machines) replaces ``host`` and
@@ -140,6 +142,7 @@ def init_cluster(
         inline_limit=inline_limit,
         verification=(verification or VerificationPolicy()).validate(),
         retention=(retention or RetentionPolicy()).validate(),
+        limits=(limits or LimitsPolicy()).validate(),
     ).validate()
     home.mkdir(parents=True, exist_ok=True)
     for spec, ident in zip(cfg.nodes, node_ids, strict=True):

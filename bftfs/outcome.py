@@ -33,6 +33,12 @@ class StorageFull(ClusterUnavailable):
     is full: the file system reports ENOSPC (not EIO), and deleting files frees space."""
 
 
+class QuotaExceeded(StorageFull):
+    """More than ``b`` nodes refused a write because it would take this client past its
+    quota there (``[limits]``; at least one correct node counts it over): the file system
+    reports EDQUOT, and deleting this client's files gives the space back."""
+
+
 def collapse(
     group: BaseExceptionGroup,
     make: type[ClusterUnavailable],

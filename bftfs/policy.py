@@ -1,5 +1,6 @@
-"""What storage nodes verify, when, and which old versions they keep: the ``[verification]``
-and ``[retention]`` tables of ``cluster.toml`` (docs/lazy.md has the argument).
+"""What storage nodes verify, when, which old versions they keep, and how much one client
+may ask of them: the ``[verification]``, ``[retention]`` and ``[limits]`` tables of
+``cluster.toml`` (docs/lazy.md and docs/threat-model.md have the argument).
 
 Verification (seed 004 sections 3.7-3.9, spec ``pasis-qu-lazy.md`` part B):
 
@@ -45,6 +46,31 @@ Retention (what garbage collection keeps below a version verified complete):
                                 with a collection)
 ``keep_versions``   2           the newest versions of every block kept whatever their age
 ==================  ==========  ==========================================================
+
+Limits (per client principal, on each node; nodes talking to nodes are never limited, see
+``bftfs/node/limits.py``; a ``0`` rate turns that bucket off):
+
+=======================  ==========  =====================================================
+``max_inflight``         128         requests of one client a node works on at once; the
+                                     next waits unread in its connection (backpressure)
+``requests_per_second``  10000.0     token-bucket rate of one client's requests (a batch
+                                     counts one per item); over it the node stops reading
+                                     that client's connection until tokens are back
+``bytes_per_second``     268435456   the same for the bytes of its frames (256 MiB/s)
+``burst_seconds``        2.0         each bucket holds this many seconds of its rate
+``quota_fraction``       0.5         bytes of PASIS block versions one client's writes may
+                                     occupy on a node, as a share of ``map_size``; a
+                                     non-empty version beyond it is refused (``quota``:
+                                     EDQUOT once more than ``b`` nodes refuse); empty
+                                     versions (removed files) and deletions always pass;
+                                     ``1.0``: only ``data_fraction`` binds
+=======================  ==========  =====================================================
+
+The rates are chosen well above what one mount can ask of a node (a null request costs a
+node about 0.1 ms of CPU, so one node answers on the order of 10 000 requests per second
+in all), so they hold back only a client that floods; ``make test`` passes under them
+unchanged, but they were not measured against an Andrew or PostMark run.  The quota keeps
+any single key from taking more than half of a node's store.
 """
 
 from __future__ import annotations
@@ -57,7 +83,7 @@ MODES = ("lazy-coop", "lazy", "write-time", "off")
 
 
 class PolicyError(ValueError):
-    """A ``[verification]`` or ``[retention]`` setting out of range."""
+    """A ``[verification]``, ``[retention]`` or ``[limits]`` setting out of range."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,34 @@ class RetentionPolicy:
         return self
 
 
+@dataclass(frozen=True)
+class LimitsPolicy:
+    """See the module docstring (the ``[limits]`` table)."""
+
+    max_inflight: int = 128
+    requests_per_second: float = 10000.0
+    bytes_per_second: int = 256 * 1024 * 1024
+    burst_seconds: float = 2.0
+    quota_fraction: float = 0.5
+
+    def validate(self) -> LimitsPolicy:
+        if not 1 <= self.max_inflight <= 1_000_000:
+            raise PolicyError("[limits] max_inflight must be in 1..1000000 requests")
+        if not 0 <= self.requests_per_second <= 1e9:
+            raise PolicyError("[limits] requests_per_second must be in 0..1e9 (0: no limit)")
+        if not 0 <= self.bytes_per_second <= 1 << 50:
+            raise PolicyError("[limits] bytes_per_second must be in 0..2**50 (0: no limit)")
+        if not 0.001 <= self.burst_seconds <= 3600:
+            raise PolicyError("[limits] burst_seconds must be in 0.001..3600 seconds")
+        if not 0 < self.quota_fraction <= 1.0:
+            raise PolicyError("[limits] quota_fraction must be in 0 (excluded)..1.0")
+        return self
+
+    def quota_bytes(self, map_size: int) -> int:
+        """Block-version bytes one client may keep on a node of ``map_size``."""
+        return int(self.quota_fraction * map_size)
+
+
 def _from_table(cls: type, where: str, table: Any) -> Any:
     if table is None:
         return cls().validate()
@@ -155,5 +209,10 @@ def retention_from(table: Any) -> RetentionPolicy:
     return _from_table(RetentionPolicy, "[retention]", table)
 
 
-def to_table(policy: VerificationPolicy | RetentionPolicy) -> dict[str, Any]:
+def limits_from(table: Any) -> LimitsPolicy:
+    """The ``[limits]`` table (None: the defaults)."""
+    return _from_table(LimitsPolicy, "[limits]", table)
+
+
+def to_table(policy: VerificationPolicy | RetentionPolicy | LimitsPolicy) -> dict[str, Any]:
     return {f.name: getattr(policy, f.name) for f in fields(policy)}

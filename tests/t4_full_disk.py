@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
@@ -46,6 +46,9 @@ def test_filling_gives_enospc_and_deleting_gives_the_space_back(tmp_path: Path) 
             durable=False,
             verification=VerificationPolicy(settle_seconds=0.2, fallback_seconds=2.0),
             retention=RetentionPolicy(),  # 15 minutes: only the short pool lets GC collect
+            # One client fills the store: no quota (the default half of the map would
+            # answer EDQUOT first; t5_limits.py tests quotas).
+            limits=LimitsPolicy(quota_fraction=1.0),
         ) as pc,
         Mount(pc.config, tmp_path / "m", client="client0") as mnt,
     ):

@@ -98,6 +98,15 @@ class NoSpace(FsError):
     errno = _errno.ENOSPC
 
 
+class OverQuota(NoSpace):
+    """More than ``b`` nodes refused a write because this client is at its storage quota
+    there (``bftfs.outcome.QuotaExceeded``, ``[limits] quota_fraction``): EDQUOT, as a
+    disk quota does; removing this client's files gives the space back.  A kind of
+    :class:`NoSpace`, so whatever copes with a full store copes with it too."""
+
+    errno = _errno.EDQUOT
+
+
 class StaleView(FsError):
     """The kernel acted on a view of a name that is out of date (a create of a name that
     exists, decided on a cached negative entry): ESTALE makes the kernel's path walk run

@@ -19,9 +19,9 @@ import trio
 
 from bftfs.fs import objects as obj
 from bftfs.fs.base import FsBase
-from bftfs.fs.errors import NoSpace, Unavailable, from_refusal
+from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
-from bftfs.outcome import ClusterUnavailable, StorageFull
+from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
 
@@ -67,6 +67,8 @@ def _translate(e: BaseException) -> BaseException:
         if e.code == "oid-exists":
             return _Taken()
         return from_refusal(e.code, e.message)
+    if isinstance(e, QuotaExceeded):
+        return OverQuota(str(e))
     if isinstance(e, StorageFull):
         return NoSpace(str(e))
     if isinstance(e, _PROTOCOL_ERRORS):

@@ -11,6 +11,10 @@ its switches.  Handlers refuse with :class:`HandlerError`; any other exception i
 (once per kind of failure), counted and answered as ``internal`` - nothing a peer sends can
 stop the server.
 
+Admission (``net/admission.py``): a server given an :class:`~bftfs.net.admission.Admission`
+makes each limited principal's request wait, unread further, for its rate tokens and an
+in-flight slot before it is dispatched; the slot is given back when the reply is sent.
+
 Fault injection (tests only) hooks in at three points (:class:`FaultHooks`): the raw frame
 (corruption), the authenticated request (drop, duplicate, delay, reorder), and the reply
 (drop).
@@ -28,6 +32,7 @@ import trio
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import PrincipalId, is_node
+from bftfs.net.admission import Admission
 from bftfs.net.errors import FrameError
 from bftfs.net.frames import (
     DEFAULT_MAX_FRAME,
@@ -91,6 +96,7 @@ class Server(Generic[Ctx]):
         keyring: our identity and the keys of the principals allowed to connect.
         context: builds, once per connection, what handlers receive about the sender.
         faults: fault injection (tests only).
+        admission: per-principal rate and in-flight limits (None: none).
         log: where handler failures are logged; ``name`` prefixes those lines.
     """
 
@@ -101,12 +107,14 @@ class Server(Generic[Ctx]):
         context: Callable[[PrincipalId], Ctx],
         max_frame: int = DEFAULT_MAX_FRAME,
         faults: FaultHooks | None = None,
+        admission: Admission | None = None,
         log: logging.Logger | None = None,
         name: str = "server",
     ) -> None:
         self.keyring = keyring
         self.max_frame = max_frame
         self.faults = faults
+        self.admission = admission
         self.log = log or logging.getLogger(__name__)
         self.name = name
         self._context = context
@@ -230,16 +238,29 @@ class Server(Generic[Ctx]):
                 continue
             if sender is not None and not is_node(sender):
                 self.last_client_request = trio.current_time()
+            admission = self.admission
+            done: Callable[[], None] | None = None
+            if admission is not None and admission.limited(sender):
+                # Backpressure: this connection is not read again until the sender may
+                # have this request answered (net/admission.py).
+                await admission.admit(sender, _items(kind, payload), len(frame))
+                done = _releaser(admission, sender)
             if faults is None:
                 if kind in self._inline:
-                    await self._dispatch(conn, req_id, kind, payload, 0.0)
+                    await self._dispatch(conn, req_id, kind, payload, 0.0, done)
                     continue
                 fast = self._fast.get(kind)
-                if fast is None or not self._dispatch_fast(conn, req_id, kind, payload, fast):
-                    nursery.start_soon(self._dispatch, conn, req_id, kind, payload, 0.0)
+                if fast is not None and self._dispatch_fast(conn, req_id, kind, payload, fast):
+                    if done is not None:
+                        done()
+                    continue
+                nursery.start_soon(self._dispatch, conn, req_id, kind, payload, 0.0, done)
                 continue
-            for delay in faults.plan(sender):
-                nursery.start_soon(self._dispatch, conn, req_id, kind, payload, delay)
+            plan = faults.plan(sender)
+            if done is not None:
+                done = _countdown(done, len(plan))
+            for delay in plan:
+                nursery.start_soon(self._dispatch, conn, req_id, kind, payload, delay, done)
 
     def _dispatch_fast(
         self,
@@ -277,32 +298,70 @@ class Server(Generic[Ctx]):
         return [REPLY, req_id, STATUS_ERROR, ["internal", type(e).__name__]]
 
     async def _dispatch(
-        self, conn: _ServerConnection[Ctx], req_id: int, kind: str, payload: Any, delay: float
+        self,
+        conn: _ServerConnection[Ctx],
+        req_id: int,
+        kind: str,
+        payload: Any,
+        delay: float,
+        done: Callable[[], None] | None = None,
     ) -> None:
-        if delay:
-            await trio.sleep(delay)
-        known = kind in self._handlers
-        self.stats[f"req.{kind}" if known else "req.unknown"] += 1
-        start = time.perf_counter()
         try:
-            handler = self._handlers.get(kind)
-            if handler is None:
-                raise HandlerError("unknown_kind", f"no handler for {kind[:64]!r}")
-            override = None if self.faults is None else self.faults.handler(kind)
-            if override is not None:
-                reply = await override(conn.context, payload, handler)
-            else:
-                reply = await handler(conn.context, payload)
-            msg = [REPLY, req_id, STATUS_OK, reply]
-        except HandlerError as e:
-            self.stats["refused"] += 1
-            msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
-        except Exception as e:
-            msg = self._internal(kind, e, req_id)
-        self.seconds[kind if known else "unknown"] += time.perf_counter() - start
-        if self.faults is not None and self.faults.drop_reply(conn.sender):
-            return
-        conn.send(msg)
+            if delay:
+                await trio.sleep(delay)
+            known = kind in self._handlers
+            self.stats[f"req.{kind}" if known else "req.unknown"] += 1
+            start = time.perf_counter()
+            try:
+                handler = self._handlers.get(kind)
+                if handler is None:
+                    raise HandlerError("unknown_kind", f"no handler for {kind[:64]!r}")
+                override = None if self.faults is None else self.faults.handler(kind)
+                if override is not None:
+                    reply = await override(conn.context, payload, handler)
+                else:
+                    reply = await handler(conn.context, payload)
+                msg = [REPLY, req_id, STATUS_OK, reply]
+            except HandlerError as e:
+                self.stats["refused"] += 1
+                msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
+            except Exception as e:
+                msg = self._internal(kind, e, req_id)
+            self.seconds[kind if known else "unknown"] += time.perf_counter() - start
+            if self.faults is not None and self.faults.drop_reply(conn.sender):
+                return
+            conn.send(msg)
+        finally:
+            if done is not None:
+                done()  # the sender's in-flight slot, however the answer ended
+
+
+def _items(kind: str, payload: Any) -> int:
+    """How many requests a frame counts for admission: a batch (``*.batch``, a list of
+    ``[kind, payload]`` items) one per item, anything else one."""
+    if kind.endswith(".batch") and isinstance(payload, list):
+        return max(1, len(payload))
+    return 1
+
+
+def _releaser(admission: Admission, sender: PrincipalId) -> Callable[[], None]:
+    return lambda: admission.release(sender)
+
+
+def _countdown(done: Callable[[], None], copies: int) -> Callable[[], None]:
+    """``done`` called once the last of ``copies`` calls arrives (a request the fault hooks
+    duplicated holds one slot until every copy is answered; dropped: released now)."""
+    if copies == 0:
+        done()
+        return lambda: None
+    left = [copies]
+
+    def one() -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            done()
+
+    return one
 
 
 class _ServerConnection(Generic[Ctx]):

@@ -15,8 +15,10 @@ At start-up ``register`` also spawns the catch-up task (catchup.py): a node that
 fetches its fragments of the blocks written meanwhile, in the background.
 
 A malformed request is refused with ``malformed``; a write that fails validation with the
-replica's code (``bad-verifier``, ``bad-fragment``, ``too-far-ahead``...).  Refusals are
-counted in ``node.stats`` under ``rw.refused.<code>``.
+replica's code (``bad-verifier``, ``bad-fragment``, ``too-far-ahead``...); a client's new
+non-empty version beyond its quota (``[limits]``, node/limits.py) with ``quota``.  Refusals
+are counted in ``node.stats`` under ``rw.refused.<code>``.  A write is charged to its
+authenticated sender (rw/quota.py), in the transaction that stores it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bftfs.erasure import fragment_size
 from bftfs.ids import is_node
+from bftfs.node import limits, rw_scrubber
 from bftfs.node import rw_catchup as catchup
-from bftfs.node import rw_scrubber
 from bftfs.node.batching import batch_handler
 from bftfs.node.rw_verifier import Verifier
-from bftfs.rw import replica
+from bftfs.rw import quota, replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
 from bftfs.rw.messages import (
     KIND_LIST,
@@ -88,6 +90,17 @@ def register(
     node.verifier = verifier
     #: Above this many bytes in use new non-empty versions are refused (policy.py).
     data_limit = node.config.verification.data_fraction * node.config.map_size
+    #: Block-version bytes one client may keep here (policy.py ``[limits]``).
+    client_quota = limits.quota_bytes(node)
+
+    def over_quota(ctx: RequestContext, req: WriteRequest) -> HandlerError:
+        node.stats["rw.refused.quota"] += 1
+        admission = node.server.admission
+        if admission is not None:
+            admission.note(ctx.sender, "quota_refused")
+        return HandlerError(
+            "quota", f"client {ctx.sender} is at its quota of {client_quota} bytes here"
+        )
 
     async def on_time(ctx: RequestContext, payload: Any) -> Any:
         req = _parse(node, lambda: TimeRequest.from_wire(payload))
@@ -119,7 +132,25 @@ def register(
         if here is True:
             node.stats["rw.write.duplicate"] += 1
             return replica.WriteReply(new=False).to_wire()
-        reply = await node.store.write(lambda kv: replica.store_write(kv, req))
+        owner = int(ctx.sender)
+        limit = None if is_node(owner) else client_quota
+        if (
+            limit is not None
+            and here is None
+            and quota.over(
+                node.store.read(lambda kv: quota.usage_of(kv, owner)),
+                replica.version_size(req),
+                limit,
+                empty=not req.fragment,
+            )
+        ):
+            raise over_quota(ctx, req)  # early, without a place in the next commit
+        charged = await node.store.write(
+            lambda kv: replica.store_charged(kv, req, owner=owner, quota_bytes=limit)
+        )
+        if charged is None:
+            raise over_quota(ctx, req)
+        reply = charged
         if here is False:
             node.stats["rw.write.healed"] += 1  # a damaged stored fragment replaced
             node.log.warning(

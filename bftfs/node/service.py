@@ -29,7 +29,7 @@ from bftfs.metrics import Family
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.frames import DEFAULT_MAX_FRAME
 from bftfs.net.server import FastHandler, FaultHooks, HandlerError, Server
-from bftfs.node import rejoin
+from bftfs.node import limits, rejoin
 from bftfs.node.protocols import register_all
 from bftfs.node.store import Store, StoreFull
 
@@ -87,6 +87,8 @@ class Node:
         )
         #: Requests by kind and outcome; protocol handlers add their own counters.
         self.stats = self.server.stats
+        #: Per-client admission (``[limits]``, node/limits.py); nodes are exempt.
+        self.server.admission = limits.admission_for(self)
         #: Frames and connections refused, by reason.
         self.rejected = self.server.rejected
         self._listeners = listeners
@@ -195,6 +197,7 @@ class Node:
             "traffic": dict(self.server.traffic),
             "protocols": self.protocols,
             "progress": {k: dict(v) for k, v in self.progress.items()},
+            "limits": limits.statistics(self),
         }
 
 

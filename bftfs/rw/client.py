@@ -50,7 +50,7 @@ from bftfs.net.batch import Batcher, batch_quorum
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import ClusterUnavailable, StorageFull, collapse
+from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, collapse
 from bftfs.rw import verify
 from bftfs.rw.batch import rw_batcher
 from bftfs.rw.classify import (
@@ -122,7 +122,8 @@ _TRANSPORT = (QuorumUnavailable, TransportError)
 
 def _storage_full(e: BaseException, b: int) -> StorageFull | None:
     """:class:`StorageFull` when a failed quorum call (or any in a group) was refused as
-    ``full`` by more than ``b`` nodes - one of them correct - else None."""
+    ``full`` or ``quota`` by more than ``b`` nodes - one of them correct - else None
+    (:class:`QuotaExceeded` when ``quota`` refusals are at least as many as ``full``)."""
     if isinstance(e, BaseExceptionGroup):
         for sub in e.exceptions:
             got = _storage_full(sub, b)
@@ -133,10 +134,14 @@ def _storage_full(e: BaseException, b: int) -> StorageFull | None:
         return e
     if not isinstance(e, QuorumUnavailable):
         return None
-    full = [n for n, why in e.result.errors.items() if refusal_code(why) == "full"]
-    if len(full) > b:
-        return StorageFull(f"nodes {sorted(full)} are out of space")
-    return None
+    codes = {n: refusal_code(why) for n, why in e.result.errors.items()}
+    full = sorted(n for n, code in codes.items() if code == "full")
+    quota = sorted(n for n, code in codes.items() if code == "quota")
+    if len(full) + len(quota) <= b:
+        return None
+    if len(quota) >= len(full):
+        return QuotaExceeded(f"nodes {quota} refused: this client is at its quota there")
+    return StorageFull(f"nodes {full} are out of space")
 
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])

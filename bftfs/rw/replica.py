@@ -13,7 +13,9 @@ section 3.5.1.1 (L1147-1165):
 * :func:`store_write` - executes a checked write inside the write transaction.  A version
   that is already stored (a repair, a resend, a duplicate) is an idempotent success
   (L1092-1094); one below the garbage-collection floor is acknowledged and not stored (its
-  block has a newer verified version already, so storing it could only waste space).
+  block has a newer verified version already, so storing it could only waste space).  A
+  new version is charged to its owner (quota.py); :func:`store_charged` also refuses one
+  that would take its owner past a quota.
 * :func:`fresh_conflict` - the extra check of a one-round write (not in the seed): refuse
   unless the timestamp is above every hosted version.
 * :func:`time_step` - TIME_REQUEST: the greatest hosted timestamp.
@@ -43,6 +45,7 @@ from dataclasses import dataclass, replace
 from bftfs import erasure
 from bftfs.kv import KV
 from bftfs.policy import RetentionPolicy
+from bftfs.rw import quota
 from bftfs.rw.lazy import gc_floor
 from bftfs.rw.messages import (
     BLOCK_ID_LIMIT,
@@ -160,15 +163,32 @@ def floor_of(kv: KV, block: int) -> Timestamp:
     return ZERO if raw is None else Timestamp.decode(raw)
 
 
-def store_write(kv: KV, req: WriteRequest) -> WriteReply:
+def store_write(kv: KV, req: WriteRequest, *, owner: int | None = None) -> WriteReply:
     """Execute a write that passed :func:`check_write` (inside the write transaction).
 
     A version already stored at the timestamp is left alone if it holds the same bytes;
     if it does not, the stored copy is damaged (the timestamp's verifier binds the cross
     checksum and the cross checksum binds this node's fragment, both checked on the
-    request), and it is replaced, keeping its flags: how a scrub heals a corrupt fragment
-    (``bftfs verify``, rw/scrub.py).
+    request), and it is replaced, keeping its flags and its charge: how a scrub heals a
+    corrupt fragment (``bftfs verify``, rw/scrub.py).  A new version is charged to
+    ``owner`` (quota.py; None: to nobody).
     """
+    reply = store_charged(kv, req, owner=owner, quota_bytes=None)
+    assert reply is not None  # no quota, no refusal
+    return reply
+
+
+def version_size(req: WriteRequest) -> int:
+    """Bytes a write's version takes in the store, as charged (key plus value)."""
+    return len(version_key(req.block, req.ts)) + 3 + len(req.cross_checksum) + len(req.fragment)
+
+
+def store_charged(
+    kv: KV, req: WriteRequest, *, owner: int | None, quota_bytes: int | None
+) -> WriteReply | None:
+    """:func:`store_write`, refusing (None, nothing changed) a new non-empty version that
+    would take ``owner`` past ``quota_bytes`` bytes (None: no quota).  Decided inside the
+    transaction, so concurrent writes of one client cannot overshoot together."""
     key = version_key(req.block, req.ts)
     raw = kv.get(DB_VERSIONS, key)
     if raw is not None:
@@ -179,8 +199,24 @@ def store_write(kv: KV, req: WriteRequest) -> WriteReply:
         return WriteReply(new=False)
     if req.ts < floor_of(kv, req.block):
         return WriteReply(new=False)
-    kv.put(DB_VERSIONS, key, StoredVersion(0, req.cross_checksum, req.fragment).encode())
+    value = StoredVersion(0, req.cross_checksum, req.fragment).encode()
+    size = len(key) + len(value)
+    if owner is not None:
+        used = quota.usage_of(kv, owner) if quota_bytes is not None else 0
+        if quota.over(used, size, quota_bytes, empty=not req.fragment):
+            return None
+    kv.put(DB_VERSIONS, key, value)
+    if owner is not None:
+        quota.charge(kv, key, owner, size)
     return WriteReply(new=True)
+
+
+def _drop(kv: KV, key: bytes) -> bool:
+    """Delete one stored version and give back its charge; whether it was there."""
+    if not kv.delete(DB_VERSIONS, key):
+        return False
+    quota.release(kv, key)
+    return True
 
 
 def intact(raw: bytes, req: WriteRequest) -> bool:
@@ -305,7 +341,7 @@ def collect_step(kv: KV, block: int, floor: Timestamp) -> Collected:
         return Collected(0, old)
     doomed = [k for k, _ in kv.scan(DB_VERSIONS, block_prefix(block), version_key(block, floor))]
     for key in doomed:
-        kv.delete(DB_VERSIONS, key)
+        _drop(kv, key)
     kv.put(DB_FLOOR, block_prefix(block), floor.encode())
     return Collected(len(doomed), floor)
 
@@ -390,7 +426,7 @@ def verified_step(
     discarded = 0
     for ts in set(poisonous):
         if ts > mark or ts == ZERO:
-            discarded += kv.delete(DB_VERSIONS, version_key(block, ts))
+            discarded += _drop(kv, version_key(block, ts))
     hosted = hosted_step(kv, block)
     collected = Collected(0, floor_of(kv, block))
     if mark > ZERO:

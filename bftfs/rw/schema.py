@@ -29,6 +29,16 @@ above it is known to be complete and valid (this node verified one, or ``b + 1``
 put it there: node/rw_verifier.py); garbage collection never raises the floor above it.
 Absent: nothing verified yet.  (Added in schema 1 without a version change: a store
 without it simply has nothing verified.)
+
+``rw.charge`` - key: a version key (as in ``rw.versions``); value: 8 bytes owner (the
+principal id the version's bytes are charged to: the client that wrote it, or a node for
+what catch-up and verification stored), 8 bytes size (key plus stored value), both
+unsigned big-endian.  Written and deleted in the same transaction as the version itself
+(rw/quota.py), so a crash can neither leak nor double count.
+
+``rw.usage`` - key: an owner (8 bytes); value: the sum of its charges (8 bytes).  The
+per-client quota of ``[limits]`` is checked against it.  (Both added in schema 1 without a
+version change: versions stored before them are charged to nobody.)
 """
 
 from __future__ import annotations
@@ -43,6 +53,8 @@ RW_SCHEMA_VERSION = 1
 DB_VERSIONS = "rw.versions"
 DB_FLOOR = "rw.floor"
 DB_VERIFIED = "rw.verified"
+DB_CHARGE = "rw.charge"
+DB_USAGE = "rw.usage"
 
 FLAG_VERIFIED = 0x01
 

@@ -31,7 +31,7 @@ from bftfs.ids import NodeId, client_id
 from bftfs.net.endpoint import Endpoint
 from bftfs.node.protocols import WITH_TEST_TYPES
 from bftfs.node.service import Node
-from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
 from bftfs.testing.faults import FaultInjector
 
 #: Test-friendly transport timing: resend quickly, give up within seconds.
@@ -155,6 +155,7 @@ async def open_cluster(
     inline_limit: int = DEFAULT_INLINE_LIMIT,
     verification: VerificationPolicy | None = None,
     retention: RetentionPolicy | None = None,
+    limits: LimitsPolicy | None = None,
     rejoin_heartbeat: float | None = None,
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
@@ -202,6 +203,7 @@ async def open_cluster(
             inline_limit=inline_limit,
             verification=verification or VerificationPolicy(mode="off"),
             retention=retention or RetentionPolicy(),
+            limits=limits or LimitsPolicy(),
         ).validate()
         opts = dict(TEST_ENDPOINT, **(endpoint_options or {}))
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,169 @@
+"""Per-principal admission on the answering side of connections: a flooding client is
+slowed, never dropped, and cannot take more than its share of a node.
+
+Seed 004 L2645-2652 (spec ``pasis-qu-lazy.md`` row 38): "malevolent clients may not follow
+the specified backoff policy ... additional server-side code could rate limit clients".
+The client cannot be trusted to limit itself, so the node does, where it reads frames
+(:class:`~bftfs.net.server.Server`): before an authenticated request is dispatched, its
+sender must
+
+1. have tokens in two buckets (:class:`TokenBucket`): requests per second (a batch counts
+   one per item) and bytes per second of frames.  Without them, the connection's read loop
+   sleeps until the debt is paid, so that connection is not read meanwhile: the client's
+   further frames wait in its socket and TCP pushes back on it;
+2. have fewer than ``max_inflight`` requests being answered; otherwise the read loop waits
+   until one of them is done.
+
+Nothing is refused or dropped: a correct client that happens to be busy only waits (its
+resends, if any, are idempotent, as the transport assumes everywhere).  What the bound buys
+the *other* clients: each principal holds at most ``max_inflight`` handler tasks (and their
+store writes) and at most its rate of the node's loop, so one key cannot fill the node's
+run queue or group-commit batches with its own work.
+
+Which principals are limited is the caller's choice (``exempt``): the node exempts other
+nodes (node/limits.py explains why).  Time comes from trio's clock, so tests run the
+waits under a ``MockClock``; :class:`TokenBucket` itself takes ``now`` as an argument.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from bftfs.ids import PrincipalId
+
+
+class TokenBucket:
+    """A token bucket that may go into debt (pure: time is an argument).
+
+    Tokens refill at ``rate`` per second up to ``capacity`` (the burst).  :meth:`take`
+    always takes what is asked, even below zero, and says how long the taker must wait for
+    the debt to be paid: a request larger than the whole burst (a big frame) is delayed,
+    never refused, and several takers waiting at once are served in turn, each delay
+    counting the debt of those before it.  ``rate <= 0`` means no limit.
+    """
+
+    __slots__ = ("rate", "capacity", "tokens", "stamp")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        #: May be negative: the debt of takers still waiting.
+        self.tokens = capacity
+        self.stamp = now
+
+    def take(self, now: float, amount: float) -> float:
+        """Take ``amount`` tokens at time ``now``; seconds to wait before going on."""
+        if self.rate <= 0:
+            return 0.0
+        if now > self.stamp:  # a clock that steps back must not mint tokens
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+        self.tokens -= amount
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one principal may ask of a server (policy.py ``[limits]`` has the defaults)."""
+
+    #: Requests of one principal being answered at once.
+    max_inflight: int
+    #: Token rates (0: no limit) and how many seconds of them a bucket holds.
+    requests_per_second: float
+    bytes_per_second: float
+    burst_seconds: float
+
+
+class _Principal:
+    """One limited principal's buckets, in-flight slots and counters."""
+
+    __slots__ = ("requests", "bytes", "slots", "counters")
+
+    def __init__(self, limits: Limits, now: float) -> None:
+        burst = limits.burst_seconds
+        self.requests = TokenBucket(
+            limits.requests_per_second, limits.requests_per_second * burst, now
+        )
+        self.bytes = TokenBucket(limits.bytes_per_second, limits.bytes_per_second * burst, now)
+        self.slots = trio.Semaphore(limits.max_inflight)
+        #: ``requests``, ``bytes_in``, ``throttled`` (waits for tokens), ``inflight_waits``
+        #: (waits for a slot), ``waited_s`` (seconds of token waits, rounded) and whatever
+        #: the node notes (:meth:`Admission.note`).
+        self.counters: Counter[str] = Counter()
+
+
+class Admission:
+    """The admission of every principal of one server (see the module docstring).
+
+    Args:
+        limits: the same limits for every limited principal.
+        exempt: principals never limited (the node: other nodes).
+        stats: the server's counters; totals ``limits.throttled`` and
+            ``limits.inflight_waits`` are added there.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        exempt: Callable[[PrincipalId], bool],
+        stats: Counter[str] | None = None,
+    ) -> None:
+        self.limits = limits
+        self._exempt = exempt
+        self._principals: dict[PrincipalId, _Principal] = {}
+        self.stats: Counter[str] = Counter() if stats is None else stats
+
+    def limited(self, pid: PrincipalId) -> bool:
+        return not self._exempt(pid)
+
+    def _principal(self, pid: PrincipalId) -> _Principal:
+        p = self._principals.get(pid)
+        if p is None:
+            p = self._principals[pid] = _Principal(self.limits, trio.current_time())
+        return p
+
+    async def admit(self, pid: PrincipalId, requests: int, nbytes: int) -> None:
+        """Wait until ``pid`` may have a request of ``requests`` items and ``nbytes``
+        bytes answered, and take one of its in-flight slots (give it back with
+        :meth:`release` once the answer is sent).  No schedule point when nothing waits."""
+        p = self._principal(pid)
+        counters = p.counters
+        counters["requests"] += requests
+        counters["bytes_in"] += nbytes
+        now = trio.current_time()
+        delay = max(p.requests.take(now, requests), p.bytes.take(now, nbytes))
+        if delay > 0:
+            counters["throttled"] += 1
+            counters["waited_ms"] += int(delay * 1000)
+            self.stats["limits.throttled"] += 1
+            await trio.sleep(delay)
+        try:
+            p.slots.acquire_nowait()
+        except trio.WouldBlock:
+            counters["inflight_waits"] += 1
+            self.stats["limits.inflight_waits"] += 1
+            await p.slots.acquire()
+
+    def release(self, pid: PrincipalId) -> None:
+        """Give back the in-flight slot :meth:`admit` took."""
+        self._principals[pid].slots.release()
+
+    def inflight(self, pid: PrincipalId) -> int:
+        p = self._principals.get(pid)
+        return 0 if p is None else self.limits.max_inflight - p.slots.value
+
+    def note(self, pid: PrincipalId, key: str, n: int = 1) -> None:
+        """Add ``n`` to one of ``pid``'s counters (the node's quota refusals)."""
+        self._principal(pid).counters[key] += n
+
+    def statistics(self) -> dict[int, dict[str, int]]:
+        """Counters per principal that sent anything (plain values, for the wire)."""
+        return {
+            int(pid): {**p.counters, "inflight": self.limits.max_inflight - p.slots.value}
+            for pid, p in sorted(self._principals.items())
+        }
