@@ -27,6 +27,8 @@ spec ``pasis-qu-lazy.md`` part B).  The trio driver is ``bftfs/node/rw_verifier.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +145,12 @@ class _Debt:
     #: When to try again after a verification that could not decide (0: any time).
     retry_at: float = 0.0
     failures: int = 0
+    #: When the block becomes due (outside pool pressure), and whether it was found due:
+    #: the one entry of :class:`Backlog`'s heaps that is current for it.
+    due: float = 0.0
+    ready: bool = False
+    #: Whether this node is one of the block's responsible nodes (or cooperation is off).
+    own: bool = True
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,16 @@ class Pick:
 
 
 class Backlog:
-    """Unverified versions this node hosts and the budgets on them (seed B.3)."""
+    """Unverified versions this node hosts and the budgets on them (seed B.3).
+
+    :meth:`pick` is called once per verification and the backlog can hold every block of
+    a big file (3 200 of a 200 MiB one), so the order is kept in heaps rather than found
+    by a scan of every block: a heap of blocks by the time they become due, and two heaps
+    of due blocks (own, others') by unverified versions.  Entries are never removed from a
+    heap; one that no longer matches its block's state is skipped when it comes up (each
+    change pushes a fresh one).  Under pool pressure, rare and urgent, blocks are due
+    whatever their settle time, and :meth:`pick` scans them all.
+    """
 
     def __init__(self, policy: VerificationPolicy, *, me: int, n: int, b: int) -> None:
         self.policy = policy
@@ -164,6 +181,12 @@ class Backlog:
         self._debts: dict[int, _Debt] = {}
         self._by_client: Counter[int] = Counter()
         self._forced: OrderedDict[int, None] = OrderedDict()
+        self._seq = itertools.count()
+        #: (due time, order, block): blocks waiting to settle, for their fallback, or to retry.
+        self._pending: list[tuple[float, int, int]] = []
+        #: (-unverified versions, order, block): due blocks, this node's own and others'.
+        self._ready_own: list[tuple[int, int, int]] = []
+        self._ready_other: list[tuple[int, int, int]] = []
         #: Clients over their node-wide budget: every block they wrote is forced.
         self.over_budget: set[int] = set()
 
@@ -179,13 +202,24 @@ class Backlog:
     def by_client(self, client: int) -> int:
         return self._by_client[client]
 
+    def _reschedule(self, block: int, debt: _Debt) -> None:
+        """Recompute when ``block`` is due and queue it for then."""
+        wait = self.policy.settle_seconds if debt.own else self._fallback(block)
+        debt.due = max(debt.last_write + wait, debt.retry_at)
+        debt.ready = False
+        heapq.heappush(self._pending, (debt.due, next(self._seq), block))
+
     def wrote(self, block: int, ts: Timestamp, client: int, now: float) -> bool:
         """A new version was stored; whether a budget now forces the block's verification."""
-        debt = self._debts.setdefault(block, _Debt())
+        debt = self._debts.get(block)
+        if debt is None:
+            ours = self.me in responsible(block, self.n, self.b)
+            debt = self._debts[block] = _Debt(own=ours or not self.policy.cooperative)
         if ts not in debt.versions:
             debt.versions[ts] = client
             self._by_client[client] += 1
         debt.last_write = now
+        self._reschedule(block, debt)
         mine = sum(1 for c in debt.versions.values() if c == client)
         forced = mine > self.policy.per_client_block
         if self._by_client[client] > self.policy.per_client:
@@ -220,6 +254,7 @@ class Backlog:
         else:
             debt.failures = 0
             debt.retry_at = 0.0
+            self._reschedule(block, debt)
 
     def failures(self, block: int) -> int:
         debt = self._debts.get(block)
@@ -233,6 +268,32 @@ class Backlog:
         debt.failures += 1
         debt.retry_at = now + min(60.0, 2.0 ** (debt.failures - 1))
         self._forced.pop(block, None)
+        self._reschedule(block, debt)
+
+    def _promote(self, now: float) -> None:
+        """Move the blocks that became due by ``now`` to the ready heaps."""
+        while self._pending and self._pending[0][0] <= now:
+            due, _, block = heapq.heappop(self._pending)
+            debt = self._debts.get(block)
+            if debt is None or debt.ready or debt.due != due:
+                continue  # gone, or rescheduled since this entry was pushed
+            debt.ready = True
+            heap = self._ready_own if debt.own else self._ready_other
+            heapq.heappush(heap, (-len(debt.versions), next(self._seq), block))
+
+    def _best(self, heap: list[tuple[int, int, int]]) -> int | None:
+        """The due block with the most unverified versions in ``heap`` (left in it)."""
+        while heap:
+            minus, _, block = heap[0]
+            debt = self._debts.get(block)
+            if debt is None or not debt.ready or (heap is self._ready_own) != debt.own:
+                heapq.heappop(heap)  # gone, or not due any more: a fresh entry exists
+                continue
+            if -minus != len(debt.versions):
+                heapq.heapreplace(heap, (-len(debt.versions), next(self._seq), block))
+                continue
+            return block
+        return None
 
     def pick(self, now: float, *, idle: bool, pressure: bool) -> Pick | None:
         """The next block to verify, or None (nothing is due; see :meth:`next_due`).
@@ -244,17 +305,28 @@ class Backlog:
             debt = self._debts.get(block)
             if debt is not None and debt.retry_at <= now:
                 return Pick(block, "forced")
-        if not (idle or pressure):
+        if pressure:
+            return self._pick_under_pressure(now)
+        if not idle:
             return None
-        settle = 0.0 if pressure else self.policy.settle_seconds
+        self._promote(now)
+        own = self._best(self._ready_own)
+        if own is not None:
+            return Pick(own, "own")
+        other = self._best(self._ready_other)
+        if other is not None:
+            return Pick(other, "fallback")
+        return None
+
+    def _pick_under_pressure(self, now: float) -> Pick | None:
+        """Every block a scan: own blocks at once, others' after their fallback delay."""
         best: tuple[int, int] | None = None
         fallback: tuple[int, int] | None = None
         for block, debt in self._debts.items():
-            if debt.retry_at > now or now - debt.last_write < settle:
+            if debt.retry_at > now:
                 continue
             count = len(debt.versions)
-            mine = self.me in responsible(block, self.n, self.b)
-            if mine or not self.policy.cooperative:
+            if debt.own:
                 if best is None or count > best[0]:
                     best = (count, block)
             elif now - debt.last_write >= self._fallback(block) and (
@@ -274,14 +346,16 @@ class Backlog:
         """Seconds until some block may become due (None: the backlog is empty)."""
         if not self._debts:
             return None
-        waits = []
-        for block, debt in self._debts.items():
-            ready = debt.last_write + self.policy.settle_seconds
-            mine = self.me in responsible(block, self.n, self.b)
-            if self.policy.cooperative and not mine:
-                ready = debt.last_write + self._fallback(block)
-            waits.append(max(ready, debt.retry_at) - now)
-        return max(0.0, min(waits))
+        self._promote(now)
+        if self._best(self._ready_own) is not None or self._best(self._ready_other) is not None:
+            return 0.0
+        while self._pending:
+            due, _, block = self._pending[0]
+            debt = self._debts.get(block)
+            if debt is not None and not debt.ready and debt.due == due:
+                return max(0.0, due - now)
+            heapq.heappop(self._pending)
+        return None
 
 
 def gc_floor(
