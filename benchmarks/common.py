@@ -35,6 +35,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -480,6 +481,31 @@ def skipped_markdown(skipped: dict[str, str]) -> list[str]:
     for name, why in skipped.items():
         lines.append(f"- {name}: `{' '.join(why.split())[:600]}`")
     return lines
+
+
+@contextlib.contextmanager
+def watchdog(site: Site, seconds: float) -> Iterator[None]:
+    """Kill the site's FUSE daemon if the body runs past ``seconds``.
+
+    A hung file system would block this process in a system call forever; killing the
+    daemon makes the kernel fail the pending requests (ENOTCONN), so the body raises and the
+    target is torn down instead of hanging ``make bench``.
+    """
+
+    def fire() -> None:
+        for key in ("mount", "bindfs"):
+            pid = site.pids.get(key)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def check_fuse() -> str | None:
