@@ -554,17 +554,17 @@ def main_bftfs(specs: list[TargetSpec]) -> str | None:
 
 
 def ratios(summary: dict[str, Any], specs: list[TargetSpec]) -> dict[str, dict[str, Any]]:
-    """Phase by phase: GlusterFS over local; each bftfs target over local and bindfs, and
-    the main bftfs target (no node down) over GlusterFS too."""
+    """Phase by phase: GlusterFS over local; the main bftfs target (no node down) over
+    local, bindfs and GlusterFS; the other bftfs targets over local (a narrower table)."""
     out: dict[str, dict[str, Any]] = {}
     main = main_bftfs(specs)
     for spec in specs:
         if spec.kind not in ("glusterfs", "bftfs"):
             continue
         med = summary[spec.name]["median"]
-        refs = {"glusterfs": ("local",), "bftfs": ("local", "bindfs")}[spec.kind]
+        refs: tuple[str, ...] = ("local",)
         if spec.name == main:
-            refs = (*refs, "glusterfs")
+            refs = ("local", "bindfs", "glusterfs")
         for ref in refs:
             if ref in summary and summary[ref]["runs"]:
                 out[f"{spec.name} / {ref}"] = {

@@ -153,6 +153,20 @@ def _running_glusterd() -> int | None:
     return None
 
 
+def _log_of(pid: int) -> Path:
+    """The log file of a running glusterd (its ``-l``/``--log-file``, else the default)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        argv = []
+    for i, a in enumerate(argv):
+        if a in ("-l", "--log-file") and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if a.startswith("--log-file="):
+            return Path(a.split("=", 1)[1])
+    return LOG_DIR / "glusterd.log"
+
+
 def _cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run ``gluster --mode=script ARGS`` (script mode: no confirmation prompts)."""
     try:
@@ -183,7 +197,7 @@ def _glusterd(base: Path) -> Iterator[dict[str, Any]]:
     """
     pid = _running_glusterd()
     if pid is not None:
-        log = LOG_DIR / "glusterd.log"
+        log = _log_of(pid)
         r = _cli("volume", "list", timeout=20)
         if r.returncode != 0:
             raise GlusterError(
