@@ -56,6 +56,19 @@ CLI_TIMEOUT = 60.0  # seconds for one gluster command (volume stop waits for the
 
 _counter = itertools.count()
 
+#: Volume options recorded with every run: the client's caches (what a cold read must
+#: defeat) and what the volume tolerates (quorum, reads from one brick, bit rot scrubbing).
+RECORDED = (
+    "performance.write-behind",
+    "performance.read-ahead",
+    "performance.io-cache",
+    "performance.quick-read",
+    "performance.open-behind",
+    "cluster.quorum-type",
+    "cluster.quorum-reads",
+    "features.bitrot",
+)
+
 
 class GlusterError(RuntimeError):
     """A step of the GlusterFS set-up failed; the message says which and why."""
@@ -338,9 +351,10 @@ def _unmount(mnt: Path) -> None:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
 
 
-def _kill_leftovers(base: Path) -> None:
-    """Kill brick or client processes still serving ``base`` (a failed ``volume stop``)."""
-    mark = str(base).encode()
+def _kill_leftovers(base: Path, name: str) -> None:
+    """Kill brick, client or self-heal processes still serving ``base`` or volume ``name``
+    (a failed ``volume stop``, a lazily unmounted client)."""
+    marks = (str(base).encode(), f"shd/{name}".encode())
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
@@ -349,7 +363,7 @@ def _kill_leftovers(base: Path) -> None:
             cmdline = (d / "cmdline").read_bytes()
         except OSError:
             continue
-        if comm in ("glusterfsd", "glusterfs") and mark in cmdline:
+        if comm in ("glusterfsd", "glusterfs") and any(m in cmdline for m in marks):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(d.name), signal.SIGKILL)
 
@@ -400,17 +414,8 @@ def volume(base: Path) -> Iterator[Volume]:
             if pid is not None:
                 vol.pids["mount"] = pid
             opts = _cli("volume", "get", name, "all", timeout=20).stdout
-            vol.info["client_caches"] = {
-                k: v
-                for k, v in re.findall(r"^(performance\.\S+)\s+(\S+)", opts, re.M)
-                if k
-                in (
-                    "performance.io-cache",
-                    "performance.read-ahead",
-                    "performance.write-behind",
-                    "performance.quick-read",
-                    "performance.open-behind",
-                )
+            vol.info["options"] = {
+                k: v for k, v in re.findall(r"^(\S+)\s+(\S+)", opts, re.M) if k in RECORDED
             }
             yield vol
         finally:
@@ -420,7 +425,7 @@ def volume(base: Path) -> Iterator[Volume]:
                 _cli("volume", "stop", name, "force")
             if created:
                 _cli("volume", "delete", name)
-            _kill_leftovers(base)
+            _kill_leftovers(base, name)
             for b in bricks:
                 with contextlib.suppress(OSError):
                     _brick_log(b).unlink()
