@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full \
-	bench-andrew bench-postmark bench-opcost bench-lazy bench-space bench-history bench-transport \
+	bench-andrew bench-postmark bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
 	bench-scalability clean
 
 setup:
@@ -48,10 +48,13 @@ lint: setup-tests
 	$(BIN)/ruff format --check bftfs tests benchmarks
 	$(BIN)/mypy
 
-# The user-facing benchmarks (issue 6): Andrew and PostMark against the local disk and
-# bindfs, short run (under 10 minutes); both always run, the target fails if either did.
-# BENCH_ARGS is passed to both (e.g. BENCH_ARGS=--profile).
+# The user-facing benchmarks (issues 6, 19): Andrew, PostMark and sequential I/O of a big
+# file on the local disk, bindfs, GlusterFS replica 3 (set up and torn down by the
+# benchmark) and bftfs, short runs; all always run, the target fails if any did.
+# BENCH_ARGS is passed to Andrew and PostMark (e.g. BENCH_ARGS=--profile), SEQIO_ARGS to
+# seqio (e.g. SEQIO_ARGS="--size 50 --runs 1").
 BENCH_ARGS ?=
+SEQIO_ARGS ?=
 
 bench-setup: setup
 	@scripts/setup-bench.sh
@@ -60,12 +63,14 @@ bench: bench-setup
 	@rc=0; \
 	$(BIN)/python benchmarks/andrew.py $(BENCH_ARGS) || rc=1; \
 	$(BIN)/python benchmarks/postmark.py $(BENCH_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/seqio.py $(SEQIO_ARGS) || rc=1; \
 	exit $$rc
 
 bench-full: bench-setup
 	@rc=0; \
 	$(BIN)/python benchmarks/andrew.py --full $(BENCH_ARGS) || rc=1; \
 	$(BIN)/python benchmarks/postmark.py --full $(BENCH_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/seqio.py --runs 5 $(SEQIO_ARGS) || rc=1; \
 	exit $$rc
 
 bench-andrew: bench-setup
@@ -73,6 +78,10 @@ bench-andrew: bench-setup
 
 bench-postmark: bench-setup
 	$(BIN)/python benchmarks/postmark.py $(BENCH_ARGS)
+
+# Sequential write (with fsync) and cold read of a 200 MiB file, MB/s, on the four targets.
+bench-seqio: bench-setup
+	$(BIN)/python benchmarks/seqio.py $(SEQIO_ARGS)
 
 # Wall time and CPU per file-system operation (create, open, stat, read, unlink) on the
 # three targets: the figure to compare before and after an optimisation.

@@ -16,13 +16,14 @@ Andrew's original tree), ``--full`` the whole distribution, ``--tree`` any tree:
    ``onelua.c`` into objects with ``cc -O2``, then ``lua`` linked with ``-lm -ldl``).
 
 Targets (``benchmarks/common.py``): ``local`` (a directory on the local disk), ``bindfs``
-(the same through a C FUSE pass-through) and ``bftfs`` on a fresh cluster (``t = b = 1``),
-plus bftfs with one node SIGKILLed before the mount (node 0: the first every client
-contacts, the pessimistic choice).  Repetitions are interleaved
-(A B C D A B C D ...), each on a freshly set-up target; the report gives per-phase medians,
-min-max, and the ratios bftfs/local and bftfs/bindfs.  ``--profile`` adds one unmeasured
-bftfs repetition under py-spy (mount daemon and one node, phase by phase) and reports
-where the time goes.
+(the same through a C FUSE pass-through), ``glusterfs`` (a GlusterFS replica-3 volume on
+three local bricks, set up and torn down for each run: ``benchmarks/gluster.py``) and
+``bftfs`` on a fresh cluster (``t = b = 1``), plus bftfs with one node SIGKILLed before the
+mount (node 0: the first every client contacts, the pessimistic choice).  Repetitions are
+interleaved (A B C D A B C D ...), each on a freshly set-up target; the report gives
+per-phase medians, min-max, and the ratios glusterfs/local, bftfs/local, bftfs/bindfs and
+bftfs/glusterfs.  ``--profile`` adds one unmeasured bftfs repetition under py-spy (mount
+daemon and one node, phase by phase) and reports where the time goes.
 
 Results: ``benchmarks/results/andrew-<short|full>.{json,md,png}``.
 """
@@ -333,15 +334,22 @@ def targets_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         spec = common.spec_named(w, args.t, args.b, not args.no_durable, args.down)
         if spec is None:
             raise SystemExit(
-                f"unknown target {w!r} (local, bindfs, bftfs, bftfs-down, bftfs-noverify)"
+                f"unknown target {w!r} "
+                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-noverify)"
             )
         specs.append(spec)
     return specs
 
 
 def measure(
-    args: argparse.Namespace, tree: Tree, specs: list[TargetSpec], progress: Progress, work: Path
+    args: argparse.Namespace,
+    tree: Tree,
+    specs: list[TargetSpec],
+    progress: Progress,
+    work: Path,
+    skipped: dict[str, str],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The interleaved runs; a peer whose set-up fails goes into ``skipped``."""
     runs: list[dict[str, Any]] = []
     for w in range(args.warmup):
         progress(f"warm-up {w + 1}/{args.warmup} on local (untimed: caches, compiler)")
@@ -349,7 +357,7 @@ def measure(
             run_andrew(tree, site, args.build, args.phase_timeout)
     for rep in range(args.runs):
         for spec in specs:
-            if spec.down and rep >= args.down_runs:
+            if (spec.down and rep >= args.down_runs) or spec.name in skipped:
                 continue
             progress(f"run {rep + 1}/{args.runs} {spec.name:<22}", end="")
             rec: dict[str, Any] = {"target": spec.name, "rep": rep}
@@ -375,6 +383,8 @@ def measure(
                     rec["partial_times"] = done
                     progress.more(" " + " ".join(f"{p} {common.fmt_s(v)}" for p, v in done.items()))
                 progress.more(f" FAILED: {str(e).splitlines()[0][:200]}", end="\n")
+                if common.skip_after_failure(spec, e, skipped):
+                    progress(f"{spec.name}: skipped from now on (see the results)")
             else:
                 t = rec["times"]
                 progress.more(
@@ -544,14 +554,19 @@ def main_bftfs(specs: list[TargetSpec]) -> str | None:
 
 
 def ratios(summary: dict[str, Any], specs: list[TargetSpec]) -> dict[str, dict[str, Any]]:
-    """bftfs (each bftfs target) over local and over bindfs, phase by phase."""
+    """Phase by phase: GlusterFS over local; the main bftfs target (no node down) over
+    local, bindfs and GlusterFS; the other bftfs targets over local (a narrower table)."""
     out: dict[str, dict[str, Any]] = {}
+    main = main_bftfs(specs)
     for spec in specs:
-        if spec.kind != "bftfs":
+        if spec.kind not in ("glusterfs", "bftfs"):
             continue
         med = summary[spec.name]["median"]
-        for ref in ("local", "bindfs"):
-            if ref in summary:
+        refs: tuple[str, ...] = ("local",)
+        if spec.name == main:
+            refs = ("local", "bindfs", "glusterfs")
+        for ref in refs:
+            if ref in summary and summary[ref]["runs"]:
                 out[f"{spec.name} / {ref}"] = {
                     p: common.ratio(med[p], summary[ref]["median"][p]) for p in (*PHASES, "total")
                 }
@@ -569,7 +584,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Median of {cfg['runs']} interleaved runs per target (min-max in the JSON); "
         f"bftfs on a fresh cluster each run, t={cfg['t']}, b={cfg['b']}, "
         f"durable={not cfg['no_durable']}; 'down' = node(s) {cfg['down_nodes']} SIGKILLed "
-        "before the mount.",
+        "before the mount." + common.glusterfs_note(result),
         "",
         "| phase | "
         + " | ".join(n + (" *" if summary[n]["partial"] else "") for n in names)
@@ -589,7 +604,12 @@ def markdown(result: dict[str, Any]) -> str:
             "\\* no run finished: the phases its runs finished before they were stopped "
             "(see below); '-' = not reached.",
         ]
-    errs = {n: s["errors"] for n, s in summary.items() if s["errors"]}
+    lines += common.skipped_markdown(result.get("skipped") or {})
+    errs = {
+        n: s["errors"]
+        for n, s in summary.items()
+        if s["errors"] and n not in (result.get("skipped") or {})
+    }
     if errs:
         lines += ["", "Failed or stopped runs:"]
         for n, es in errs.items():
@@ -739,9 +759,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--targets",
-        default="local,bindfs,bftfs,bftfs-down",
-        help="comma-separated, in interleaving order: local, bindfs, bftfs, "
-        "bftfs-down, bftfs-noverify (default: the first four)",
+        default="local,bindfs,glusterfs,bftfs,bftfs-down",
+        help="comma-separated, in interleaving order: local, bindfs, glusterfs, bftfs, "
+        "bftfs-down, bftfs-noverify (default: the first five)",
     )
     ap.add_argument("--t", type=int, default=1, help="bftfs: faulty nodes tolerated (default 1)")
     ap.add_argument("--b", type=int, default=1, help="bftfs: Byzantine among them (default 1)")
@@ -808,10 +828,10 @@ def main(argv: list[str] | None = None) -> int:
     common.install_sigterm_handler()
     progress = Progress("andrew", args.quiet)
     specs = targets_from_args(args)
-    why = common.check_fuse()
-    if why and any(s.kind != "local" for s in specs):
-        progress(f"FUSE targets skipped: {why}")
-        specs = [s for s in specs if s.kind == "local"]
+    skipped = common.skip_reasons(specs)
+    for name, why in skipped.items():
+        progress(f"{name} skipped: {why}")
+    specs = [s for s in specs if s.name not in skipped]
     if args.tree:
         root, tree_name = args.tree.resolve(), args.tree.resolve().name
         default_build = BUILD_TEMPLATE.replace("@LUA@", LUA54)
@@ -835,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine_info()
     date = common.now_utc()
     with scratch(args) as work:
-        runs, profile = measure(args, tree, specs, progress, work)
+        runs, profile = measure(args, tree, specs, progress, work, skipped)
     machine["loadavg_end"] = list(os.getloadavg())
     summary = summarise(runs, specs)
     result = {
@@ -864,7 +884,12 @@ def main(argv: list[str] | None = None) -> int:
             "down_runs": args.down_runs,
             "down_budget": args.down_budget,
             "no_durable": args.no_durable,
-            "bftfs_cluster": next((r["info"] for r in runs if r.get("info")), None),
+            "bftfs_cluster": next(
+                (r["info"] for r in runs if r.get("info") and "n" in r["info"]), None
+            ),
+            "glusterfs": next(
+                (r["info"] for r in runs if r.get("info") and "volume" in r["info"]), None
+            ),
         },
         "phases": list(PHASES),
         "runs": runs,
@@ -873,13 +898,14 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": summarise_cpu(runs, specs),
         "node_requests": summarise_requests(runs, specs),
         "profile": profile,
+        "skipped": skipped,
     }
     stem = args.name or f"andrew-{args.mode}"
     md = common.write_results(
         args.out, stem, result, markdown, plot, progress, with_plot=not args.no_plot
     )
     print(md)
-    return 0 if all(s["runs"] for s in summary.values()) else 1
+    return 0 if all(s["runs"] for n, s in summary.items() if n not in skipped) else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the user-facing benchmarks share: the three targets, progress, statistics, results.
+"""What the user-facing benchmarks share: the four targets, progress, statistics, results.
 
 A *target* is somewhere a workload runs; the Andrew and PostMark benchmarks run the same
 workload on each of them, interleaved (A B C A B C ...) so that drift on a shared 2-core
@@ -7,13 +7,17 @@ machine hits every target alike:
 * ``local``: a directory on the local disk, the physical limit;
 * ``bindfs``: the same kind of directory through ``bindfs``, a FUSE pass-through written in
   C (Debian's package): the cost of FUSE itself;
+* ``glusterfs``: a GlusterFS replica-3 volume on three local bricks, mounted with
+  ``mount -t glusterfs`` (``benchmarks/gluster.py``): the replicated file system users pick
+  for a few machines, which tolerates crashes only (a real peer beside every figure);
 * ``bftfs``: bftfs mounted on a fresh cluster of real node processes (``t = b = 1`` by
   default), optionally with nodes SIGKILLed before the mount (the degraded run the BFT
   literature reports).
 
 Every target is opened fresh for each repetition (a new directory, a new bindfs mount, a new
-cluster and mount) and always torn down, even when the workload fails or the run is
-interrupted (SIGTERM is turned into ``KeyboardInterrupt`` so ``finally`` blocks run).
+GlusterFS volume and mount, a new cluster and mount) and always torn down, even when the
+workload fails or the run is interrupted (SIGTERM is turned into ``KeyboardInterrupt`` so
+``finally`` blocks run).
 
 Results are written as JSON (every sample, with the machine, the commit and the
 configuration), a Markdown table and PNG plots under ``benchmarks/results/``.
@@ -31,11 +35,14 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import gluster
 
 from bftfs import proc  # the standard library only: no protocol code
 
@@ -140,7 +147,10 @@ def machine_info() -> dict[str, Any]:
         "memory_bytes": mem,
         "python": platform.python_version(),
         "loadavg_start": list(os.getloadavg()),
-        "tools": {name: tool_version(name) for name in ("bindfs", "postmark", "cc")},
+        "tools": {
+            **{name: tool_version(name) for name in ("bindfs", "postmark", "cc")},
+            "glusterfs": gluster.version(),
+        },
     }
 
 
@@ -211,7 +221,7 @@ def write_results(
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """One place a workload runs; ``kind`` is local, bindfs or bftfs."""
+    """One place a workload runs; ``kind`` is local, bindfs, glusterfs or bftfs."""
 
     name: str  # short name used in results, e.g. "bftfs b=1 (1 down)"
     kind: str
@@ -233,6 +243,9 @@ class Site:
     setup_s: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     config: Any = None  # bftfs: the ClusterConfig, to ask the nodes for their counters
+    #: A fresh client on the same data (a new FUSE daemon), for reads that must start cold
+    #: (``benchmarks/seqio.py``); None where the kernel holds the only cache (local, bindfs).
+    remount: Callable[[], None] | None = None
 
 
 class TargetError(RuntimeError):
@@ -245,6 +258,10 @@ def local_spec() -> TargetSpec:
 
 def bindfs_spec() -> TargetSpec:
     return TargetSpec("bindfs", "bindfs")
+
+
+def glusterfs_spec() -> TargetSpec:
+    return TargetSpec("glusterfs", "glusterfs")
 
 
 def bftfs_spec(
@@ -263,13 +280,15 @@ def bftfs_spec(
 
 
 def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> TargetSpec | None:
-    """The target a benchmark's ``--targets`` entry names (local, bindfs, bftfs, bftfs-down:
-    ``down`` nodes killed before the mount, bftfs-noverify: no lazy verification on the
-    nodes), or None for an unknown name."""
+    """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs, bftfs,
+    bftfs-down: ``down`` nodes killed before the mount, bftfs-noverify: no lazy verification
+    on the nodes), or None for an unknown name."""
     if name == "local":
         return local_spec()
     if name == "bindfs":
         return bindfs_spec()
+    if name == "glusterfs":
+        return glusterfs_spec()
     if name == "bftfs":
         return bftfs_spec(t, b, durable=durable)
     if name == "bftfs-down":
@@ -309,6 +328,19 @@ def open_target(spec: TargetSpec, work: Path, tag: str) -> Iterator[Site]:
         elif spec.kind == "bindfs":
             with _bindfs(base) as (mnt, pid):
                 yield Site(spec, mnt, {"bindfs": pid}, setup_s=time.perf_counter() - t0)
+        elif spec.kind == "glusterfs":
+            try:
+                with gluster.volume(base) as vol:
+                    yield Site(
+                        spec,
+                        vol.mountpoint,
+                        vol.pids,
+                        setup_s=time.perf_counter() - t0,
+                        info=vol.info,
+                        remount=vol.remount,
+                    )
+            except gluster.GlusterError as e:
+                raise TargetError(f"GlusterFS: {e}") from e
         elif spec.kind == "bftfs":
             with _bftfs(spec, base) as site:
                 site.setup_s = time.perf_counter() - t0
@@ -374,6 +406,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
             m.__enter__()
         except Exception as e:  # the mount failed: say why, with the daemon's log
             raise TargetError(f"bftfs did not mount: {e}") from e
+        mounts = [m]  # the current mount is the last; a remount replaces it
         try:
             pids = {"mount": m.proc.pid} if m.proc is not None else {}
             for i in range(cfg.n):
@@ -381,9 +414,98 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                 if pid is not None and i not in spec.down:
                     pids[f"node{i}"] = pid
             info = {"n": cfg.n, "qc": cfg.qc, "m": cfg.m, "block_size": cfg.block_size}
-            yield Site(spec, mnt, pids, info=info, config=cfg)
+
+            def remount() -> None:
+                """A new mount daemon on the same cluster: the old one's block cache and
+                open-file state go with it."""
+                mounts.pop().__exit__(None, None, None)
+                try:
+                    fresh = Mount(cfg, mnt)
+                    fresh.__enter__()
+                except Exception as e:
+                    raise TargetError(f"bftfs did not mount again: {e}") from e
+                mounts.append(fresh)
+                if fresh.proc is not None:
+                    pids["mount"] = fresh.proc.pid
+
+            yield Site(spec, mnt, pids, info=info, config=cfg, remount=remount)
         finally:
-            m.__exit__(None, None, None)
+            for mm in mounts:
+                mm.__exit__(None, None, None)
+
+
+def skip_reasons(specs: Sequence[TargetSpec]) -> dict[str, str]:
+    """Why each target that cannot run here is left out, checked before the first run.
+
+    A skipped target is reported in the results, never a failure of the benchmark: a
+    reference file system missing from this machine says nothing about bftfs.
+    """
+    fuse = check_fuse()
+    out: dict[str, str] = {}
+    for s in specs:
+        if s.kind != "local" and fuse:
+            out[s.name] = f"FUSE targets cannot run: {fuse}"
+        elif s.kind == "glusterfs":
+            why = gluster.why_not()
+            if why:
+                out[s.name] = why
+    return out
+
+
+def skip_after_failure(spec: TargetSpec, err: Exception, skipped: dict[str, str]) -> bool:
+    """Record that the GlusterFS peer could not be set up, so its later repetitions are
+    skipped rather than each failing the same way (glusterd not starting on this machine is
+    not a result); True when ``spec`` is now skipped.  bftfs failures stay failures."""
+    if spec.kind != "glusterfs" or not isinstance(err, TargetError):
+        return False
+    skipped[spec.name] = f"set-up failed: {err}"
+    return True
+
+
+def glusterfs_note(result: dict[str, Any]) -> str:
+    """One sentence on the GlusterFS target for a results table, or '' without it."""
+    if "glusterfs" not in result["config"].get("targets", []):
+        return ""
+    ver = (result["machine"].get("tools") or {}).get("glusterfs") or "GlusterFS"
+    return (
+        f" glusterfs = {ver}, a replica-3 volume on three bricks in the scratch directory "
+        "(one machine, loopback; tolerates crashes, not Byzantine faults), created, mounted "
+        "with mount -t glusterfs and deleted for each run."
+    )
+
+
+def skipped_markdown(skipped: dict[str, str]) -> list[str]:
+    if not skipped:
+        return []
+    lines = ["", "Skipped targets (could not run on this machine):"]
+    for name, why in skipped.items():
+        lines.append(f"- {name}: `{' '.join(why.split())[:600]}`")
+    return lines
+
+
+@contextlib.contextmanager
+def watchdog(site: Site, seconds: float) -> Iterator[None]:
+    """Kill the site's FUSE daemon if the body runs past ``seconds``.
+
+    A hung file system would block this process in a system call forever; killing the
+    daemon makes the kernel fail the pending requests (ENOTCONN), so the body raises and the
+    target is torn down instead of hanging ``make bench``.
+    """
+
+    def fire() -> None:
+        for key in ("mount", "bindfs"):
+            pid = site.pids.get(key)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def check_fuse() -> str | None:
@@ -410,7 +532,13 @@ def pyplot() -> Any:
     return plt
 
 
-TARGET_COLOURS = {"local": "#4c72b0", "bindfs": "#55a868", "bftfs": "#c44e52", "down": "#dd8452"}
+TARGET_COLOURS = {
+    "local": "#4c72b0",
+    "bindfs": "#55a868",
+    "glusterfs": "#8c613c",
+    "bftfs": "#c44e52",
+    "down": "#dd8452",
+}
 
 
 def colour_for(name: str) -> str:

@@ -1,4 +1,4 @@
-"""PostMark on bftfs (b = 0, 1, 2, 3 ...), the local disk and bindfs, side by side.
+"""PostMark on bftfs (b = 0, 1, 2, 3 ...), the local disk, bindfs and GlusterFS, side by side.
 
 Runs the real PostMark program (Debian's ``postmark``, NetApp's small-file benchmark) with
 the configuration of the Q/U evaluation (Abd-El-Malek et al., SOSP 2005, Q/U-NFSv3):
@@ -13,9 +13,10 @@ unbuffered (``stdbuf -o0``) and timestamped as it arrives; the transaction phase
 PostMark prints a dot at every tenth of the transactions, so a run stopped at its time cap
 still gives a (marked) rate over the tenths it completed.
 
-Targets, interleaved per repetition: ``local``, ``bindfs``, then bftfs on a fresh cluster for
-each b in ``--bs`` (``t = b``; ``n = 3t + 2b + 1`` = 1, 6, 11, 16, 21, 26 nodes; b = 0 is
-t = 0, one node, as Q/U's b = 0 point is a single server).
+Targets, interleaved per repetition: ``local``, ``bindfs``, ``glusterfs`` (a GlusterFS
+replica-3 volume on three local bricks, created for each run: ``benchmarks/gluster.py``),
+then bftfs on a fresh cluster for each b in ``--bs`` (``t = b``; ``n = 3t + 2b + 1`` = 1, 6,
+11, 16, 21, 26 nodes; b = 0 is t = 0, one node, as Q/U's b = 0 point is a single server).
 
 Results: ``benchmarks/results/postmark-<short|full>.{json,md,png}``.
 """
@@ -215,6 +216,8 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
             specs.append(common.local_spec())
         elif w == "bindfs":
             specs.append(common.bindfs_spec())
+        elif w == "glusterfs":
+            specs.append(common.glusterfs_spec())
         elif w == "bftfs":
             for b in args.bs:
                 specs.append(common.bftfs_spec(b, b, durable=not args.no_durable))
@@ -227,16 +230,25 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
                     common.bftfs_spec(b, b, durable=not args.no_durable, verification="off")
                 )
         else:
-            raise SystemExit(f"unknown target {w!r} (local, bindfs, bftfs, bftfs-noverify)")
+            raise SystemExit(
+                f"unknown target {w!r} (local, bindfs, glusterfs, bftfs, bftfs-noverify)"
+            )
     return specs
 
 
 def measure(
-    args: argparse.Namespace, specs: list[TargetSpec], progress: Progress, work: Path
+    args: argparse.Namespace,
+    specs: list[TargetSpec],
+    progress: Progress,
+    work: Path,
+    skipped: dict[str, str],
 ) -> list[dict[str, Any]]:
+    """The interleaved runs; a peer whose set-up fails goes into ``skipped``."""
     runs: list[dict[str, Any]] = []
     for rep in range(args.runs):
         for spec in specs:
+            if spec.name in skipped:
+                continue
             progress(f"run {rep + 1}/{args.runs} {spec.name:<14}", end="")
             rec: dict[str, Any] = {
                 "target": spec.name,
@@ -258,6 +270,8 @@ def measure(
             except (common.TargetError, PostMarkError, OSError, RuntimeError) as e:
                 rec["error"] = str(e)
                 progress.more(f" FAILED: {str(e).splitlines()[0][:200]}", end="\n")
+                if common.skip_after_failure(spec, e, skipped):
+                    progress(f"{spec.name}: skipped from now on (see the results)")
             else:
                 part = f" (partial: {rec['partial']})" if "partial" in rec else ""
                 progress.more(
@@ -308,6 +322,13 @@ def run_profile(
     }
 
 
+def _servers(info: dict[str, Any] | None) -> int | None:
+    """Servers behind a target: bftfs nodes, GlusterFS bricks (replicas)."""
+    info = info or {}
+    n = info.get("n", info.get("replica"))
+    return int(n) if n is not None else None
+
+
 def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in specs:
@@ -337,7 +358,8 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
                 for k in ("wall", "workload", "mount", "bindfs", "nodes")
                 if any(r.get("cpu") and k in r["cpu"] for r in ok)
             },
-            "n": (ok[0]["info"] or {}).get("n") if ok and ok[0].get("info") else None,
+            # bftfs: nodes; GlusterFS: bricks (replicas)
+            "n": _servers(ok[0].get("info")) if ok else None,
         }
     return out
 
@@ -350,7 +372,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['files']} files, {cfg['transactions']} transactions, sizes "
         f"{cfg['size_min']}-{cfg['size_max']} B, seed {cfg['seed']}, one client; median of "
         f"{cfg['runs']} interleaved run(s) per target; bftfs with t = b on a fresh cluster "
-        f"each run (durable={not cfg['no_durable']}). Time cap per run: {cfg['cap']:.0f} s.",
+        f"each run (durable={not cfg['no_durable']}). Time cap per run: {cfg['cap']:.0f} s."
+        + common.glusterfs_note(result),
         "",
         "| target | n | transactions/s | min-max | file creation | Q/U-NFSv3 (same b) "
         "| CPU s: postmark / daemon / nodes | cores busy |",
@@ -390,7 +413,9 @@ def markdown(result: dict[str, Any]) -> str:
             'experiments incur any disk accesses", seed 004 L2895); on this machine the six '
             "nodes also share one disk, so their fsyncs queue behind each other.",
         ]
-    errs = {n: s["errors"] for n, s in summary.items() if s["errors"]}
+    skipped = result.get("skipped") or {}
+    lines += common.skipped_markdown(skipped)
+    errs = {n: s["errors"] for n, s in summary.items() if s["errors"] and n not in skipped}
     if errs:
         lines += ["", "Failed runs:"]
         for n, es in errs.items():
@@ -480,7 +505,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         color="grey",
         label="Q/U-NFSv3 (SOSP'05; contents on the client)",
     )
-    for name in ("local", "bindfs"):
+    for name in ("local", "bindfs", "glusterfs"):
         s = summary.get(name)
         if s and s["tps_median"]:
             ax.axhline(
@@ -510,8 +535,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        description="PostMark (the real program) on bftfs for several b, the local disk and "
-        "bindfs, interleaved; transactions per second.",
+        description="PostMark (the real program) on bftfs for several b, the local disk, "
+        "bindfs and GlusterFS replica 3, interleaved; transactions per second.",
         epilog="Short run by default: 500 files, 2000 transactions, b = 0..3, one run, "
         "capped at 60 s per run. --full: the Q/U-NFSv3 configuration (5000 files, 20000 "
         "transactions), b = 0..5, 3 runs. Results go to "
@@ -535,8 +560,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--targets",
-        default="local,bindfs,bftfs",
-        help="comma-separated, in interleaving order (default local,bindfs,bftfs)",
+        default="local,bindfs,glusterfs,bftfs",
+        help="comma-separated, in interleaving order: local, bindfs, glusterfs, bftfs (one "
+        "target per b of --bs), bftfs-noverify (default local,bindfs,glusterfs,bftfs)",
     )
     ap.add_argument(
         "--cap",
@@ -589,10 +615,10 @@ def main(argv: list[str] | None = None) -> int:
         progress("postmark is not installed: run scripts/setup-bench.sh (Debian package postmark)")
         return 2
     specs = specs_from_args(args)
-    why = common.check_fuse()
-    if why and any(s.kind != "local" for s in specs):
-        progress(f"FUSE targets skipped: {why}")
-        specs = [s for s in specs if s.kind == "local"]
+    skipped = common.skip_reasons(specs)
+    for name, why in skipped.items():
+        progress(f"{name} skipped: {why}")
+    specs = [s for s in specs if s.name not in skipped]
     progress(
         f"{args.files} files, {args.transactions} transactions; {args.runs} run(s) x "
         f"{len(specs)} targets ({', '.join(s.name for s in specs)})"
@@ -601,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     date = common.now_utc()
     work = Path(tempfile.mkdtemp(prefix="bftfs-postmark-", dir=args.work or "/var/tmp"))
     try:
-        runs = measure(args, specs, progress, work)
+        runs = measure(args, specs, progress, work, skipped)
         profile = run_profile(args, specs, progress, work) if args.profile else {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -631,13 +657,14 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "summary": summary,
         "profile": profile,
+        "skipped": skipped,
     }
     stem = args.name or f"postmark-{args.mode}"
     md = common.write_results(
         args.out, stem, result, markdown, plot, progress, with_plot=not args.no_plot
     )
     print(md)
-    return 0 if all(s["runs"] for s in summary.values()) else 1
+    return 0 if all(s["runs"] for n, s in summary.items() if n not in skipped) else 1
 
 
 if __name__ == "__main__":

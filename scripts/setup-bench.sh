@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install what the user-facing benchmarks (benchmarks/andrew.py, benchmarks/postmark.py)
+# Install what the user-facing benchmarks (benchmarks/andrew.py, postmark.py, seqio.py)
 # need on top of scripts/setup.sh, idempotently:
 #   - Debian packages: bindfs (the FUSE pass-through reference), postmark (the real
-#     PostMark program), gcc/make/libc6-dev (the Andrew compile phase), when missing;
+#     PostMark program), gcc/make/libc6-dev (the Andrew compile phase), glusterfs-server
+#     and glusterfs-client (the GlusterFS replica-3 target; the benchmark starts glusterd
+#     itself on loopback and stops it, see benchmarks/gluster.py), when missing;
 #   - the `bench` extra of bftfs in .venv: matplotlib (plots) and py-spy (profiles).
 # Called by `make bench`; kept out of setup.sh so `make test` does not pay for it.
 set -euo pipefail
@@ -10,7 +12,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 need=()
-for pkg in bindfs postmark gcc make libc6-dev; do
+for pkg in bindfs postmark gcc make libc6-dev glusterfs-server glusterfs-client; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,509 @@
+"""Sequential write and cold read of one big file on local, bindfs, GlusterFS and bftfs.
+
+The workload the small-file benchmarks (Andrew, PostMark) do not show: one file of
+``--size`` MiB (200 by default) written front to back and read back, as a backup or a
+disk image would be.  Each repetition opens every target fresh (``benchmarks/common.py``),
+interleaved (A B C D A B C D ...), and reports MB/s (10^6 bytes per second, like dd):
+
+* **write**: ``open(O_CREAT|O_TRUNC)``, ``write()`` of ``--block`` KiB buffers (1 MiB by
+  default) until the size is reached, ``fsync()``, ``close()`` - all inside the timed
+  window, so the figure is the rate at which data reaches stable storage, not the page
+  cache.  Each buffer carries its own index in its first 8 bytes (the rest is one random
+  block), so a misplaced or missing block is caught by the read.
+* **read, cold**: untimed preparation, then ``open()``, ``read()`` into one ``--block``
+  buffer until end of file, ``close()``, timed.  The 8-byte index of every block is
+  checked in the timed loop (cheap); the full contents are compared in an untimed pass
+  afterwards (``--no-verify`` skips it).  What *cold* means for each target:
+
+  - ``local``: ``sync`` and ``echo 3 > /proc/sys/vm/drop_caches`` (page cache, dentries,
+    inodes): the file's pages come from the disk again.  On a virtual machine the host may
+    still cache the virtual disk; that is below what this machine can drop.
+  - ``bindfs``: the same drop clears both the FUSE file's pages and the backing file's;
+    bindfs keeps no cache of its own.  The read uses a fresh ``open()``.
+  - ``glusterfs``: the FUSE client is unmounted and mounted again (a new ``glusterfs``
+    process: nothing of its translators' caches - quick-read, open-behind, read-ahead,
+    io-cache when enabled - survives), then the drop clears the brick files' pages.  The
+    bricks stay up (they hold no file data in memory of their own).
+  - ``bftfs``: the mount daemon is stopped and a new one mounted on the same cluster (its
+    per-file block cache goes with it), then the drop clears the nodes' LMDB pages (LMDB
+    reads through mmap, so the page cache is its only cache).  The nodes stay up.
+
+  Without root the caches cannot be dropped: the read is then marked *warm* in the results.
+
+Medians and min-max over ``--runs`` repetitions, with the CPU each side spent (workload,
+FUSE daemon, servers: GlusterFS bricks or bftfs nodes) from /proc.
+
+Results: ``benchmarks/results/seqio.{json,md,png}`` (``--name`` for another stem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import profiling  # noqa: E402
+from common import Progress, Site, TargetSpec  # noqa: E402
+
+MiB = 1 << 20
+MB = 1_000_000
+HEADER = 8  # bytes of each block that carry its index
+
+
+class SeqIOError(RuntimeError):
+    """The file read back differs from what was written, or an I/O call failed."""
+
+
+def make_block(size: int, seed: int) -> bytes:
+    """One block of pseudo-random bytes (not zeros: nothing on the way may compress or
+    skip them); every written block is this one with its index in the first 8 bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+def write_file(path: Path, size: int, block: bytes) -> float:
+    """Write ``size`` bytes (whole blocks and a last partial one) then fsync and close;
+    the seconds from open to close."""
+    buf = bytearray(block)
+    view = memoryview(buf)
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        done, i = 0, 0
+        while done < size:
+            n = min(len(buf), size - done)
+            buf[:HEADER] = i.to_bytes(HEADER, "little")
+            chunk = view[:n]
+            while chunk:
+                w = os.write(fd, chunk)
+                chunk = chunk[w:]
+            done += n
+            i += 1
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def read_file(path: Path, size: int, block_size: int) -> float:
+    """Read the whole file with a fresh open, checking each block's index; the seconds.
+
+    Raises:
+        SeqIOError: a block's index or the file's size is not what was written.
+    """
+    buf = bytearray(block_size)
+    view = memoryview(buf)
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done, i = 0, 0
+        while True:
+            # Fill one whole block (a FUSE read may return less), so block i is at i*size.
+            got = 0
+            while got < block_size:
+                n = os.readv(fd, [view[got:]])
+                if n == 0:
+                    break
+                got += n
+            if got == 0:
+                break
+            if int.from_bytes(buf[:HEADER], "little") != i:
+                raise SeqIOError(f"block {i} at offset {done} carries another index")
+            done += got
+            i += 1
+            if got < block_size:
+                break
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - t0
+    if done != size:
+        raise SeqIOError(f"read {done} bytes, wrote {size}")
+    return elapsed
+
+
+def verify_file(path: Path, size: int, block: bytes) -> None:
+    """Compare every byte with what was written (untimed).
+
+    Raises:
+        SeqIOError: the contents differ.
+    """
+    expect = bytearray(block)
+    with open(path, "rb", buffering=0) as f:
+        done, i = 0, 0
+        while done < size:
+            n = min(len(expect), size - done)
+            expect[:HEADER] = i.to_bytes(HEADER, "little")
+            got = f.read(n)
+            while len(got) < n:
+                more = f.read(n - len(got))
+                if not more:
+                    break
+                got += more
+            if got != expect[:n]:
+                raise SeqIOError(f"block {i} (offset {done}) differs from what was written")
+            done += n
+            i += 1
+
+
+def drop_caches() -> str | None:
+    """Write dirty pages and drop the page cache, dentries and inodes; None when done,
+    else why not (the read is then warm)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        return f"page cache not dropped: {e.strerror or e}"
+    return None
+
+
+def make_cold(site: Site) -> str | None:
+    """Everything a cold read needs (see the module docstring); None, or why it is warm."""
+    if site.remount is not None:
+        site.remount()
+    return drop_caches()
+
+
+def one_run(site: Site, args: argparse.Namespace, block: bytes) -> dict[str, Any]:
+    """Write, make cold, read, verify in ``site``; rates, times and CPU per phase."""
+    path = site.path / "seqio.dat"
+    rec: dict[str, Any] = {}
+    wcpu = profiling.CpuMeter(site)
+    wcpu("write", "start")
+    try:
+        rec["write_s"] = write_file(path, args.size_bytes, block)
+    finally:
+        wcpu("write", "end")
+    why_warm = make_cold(site)
+    rec["cold"] = why_warm is None
+    if why_warm:
+        rec["warm_reason"] = why_warm
+    rcpu = profiling.CpuMeter(site)  # made after the remount: the new daemon's pid
+    rcpu("read", "start")
+    try:
+        rec["read_s"] = read_file(path, args.size_bytes, len(block))
+    finally:
+        rcpu("read", "end")
+    rec["cpu"] = {**wcpu.phases, **rcpu.phases}
+    rec["write_MBps"] = args.size_bytes / MB / rec["write_s"]
+    rec["read_MBps"] = args.size_bytes / MB / rec["read_s"]
+    if args.verify:
+        verify_file(path, args.size_bytes, block)
+        rec["verified"] = True
+    return rec
+
+
+def measure(
+    args: argparse.Namespace,
+    specs: list[TargetSpec],
+    progress: Progress,
+    work: Path,
+    skipped: dict[str, str],
+) -> list[dict[str, Any]]:
+    """The interleaved runs; a peer whose set-up fails goes into ``skipped``."""
+    block = make_block(args.block * 1024, args.seed)
+    runs: list[dict[str, Any]] = []
+    for rep in range(args.runs):
+        for spec in specs:
+            if spec.name in skipped:
+                continue
+            progress(f"run {rep + 1}/{args.runs} {spec.name:<12}", end="")
+            rec: dict[str, Any] = {"target": spec.name, "rep": rep}
+            try:
+                with common.open_target(spec, work, f"r{rep}") as site:
+                    rec["setup_s"] = round(site.setup_s, 3)
+                    rec["info"] = site.info
+                    with common.watchdog(site, args.timeout):
+                        rec.update(one_run(site, args, block))
+            except (common.TargetError, SeqIOError, OSError, RuntimeError) as e:
+                rec["error"] = str(e)
+                progress.more(f" FAILED: {str(e).splitlines()[0][:200]}", end="\n")
+                if common.skip_after_failure(spec, e, skipped):
+                    progress(f"{spec.name}: skipped from now on (see the results)")
+            else:
+                warm = "" if rec["cold"] else f" (WARM: {rec['warm_reason']})"
+                progress.more(
+                    f" write {rec['write_MBps']:.1f} MB/s ({common.fmt_s(rec['write_s'])}), "
+                    f"read {rec['read_MBps']:.1f} MB/s ({common.fmt_s(rec['read_s'])}){warm}",
+                    end="\n",
+                )
+            runs.append(rec)
+    return runs
+
+
+# Results ----------------------------------------------------------------------------------
+
+PHASES = ("write", "read")
+
+
+def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, Any]:
+    """Per target: median and min-max MB/s of each phase, median CPU per side."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        mine = [r for r in runs if r["target"] == spec.name]
+        ok = [r for r in mine if "read_MBps" in r]
+        entry: dict[str, Any] = {
+            "kind": spec.kind,
+            "runs": len(ok),
+            "cold_runs": sum(1 for r in ok if r.get("cold")),
+            "errors": [r["error"] for r in mine if "error" in r],
+        }
+        for ph in PHASES:
+            rates = [r[f"{ph}_MBps"] for r in ok]
+            entry[f"{ph}_MBps_median"] = common.median(rates)
+            entry[f"{ph}_MBps_min_max"] = common.spread(rates)
+            entry[f"{ph}_cpu_median"] = {
+                k: common.median([r["cpu"][ph][k] for r in ok if k in r["cpu"].get(ph, {})])
+                for k in ("wall", "workload", "mount", "bindfs", "nodes")
+                if any(k in r["cpu"].get(ph, {}) for r in ok)
+            }
+        out[spec.name] = entry
+    return out
+
+
+def _cpu_cell(c: dict[str, Any]) -> str:
+    daemon = c.get("mount", c.get("bindfs"))
+    return " / ".join(common.fmt_s(x) for x in (c.get("workload"), daemon, c.get("nodes")))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cfg, summary = result["config"], result["summary"]
+    cold = all(s["cold_runs"] == s["runs"] for s in summary.values())
+    lines = [
+        f"### Sequential I/O of one {cfg['size_mib']} MiB file ({result['date']})",
+        "",
+        f"{cfg['size_bytes'] / MB:.1f} MB written with {cfg['block_kib']} KiB write() calls, "
+        "then fsync and close (all timed); read back with a fresh open after "
+        + (
+            "dropping the page cache (and restarting the FUSE client of glusterfs and bftfs)"
+            if cold
+            else "NOT dropping the page cache in every run (see the JSON: warm reads)"
+        )
+        + f". MB/s = 10^6 bytes/s; median of {cfg['runs']} interleaved run(s) per target, "
+        "each on a fresh target; bftfs t="
+        f"{cfg['t']}, b={cfg['b']}, durable={not cfg['no_durable']}."
+        + common.glusterfs_note(result),
+        "",
+        "| target | write MB/s | min-max | read MB/s (cold) | min-max "
+        "| write CPU s: workload / daemon / servers | read CPU s |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+
+    def rate(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    def mm(x: tuple[float, float] | None) -> str:
+        return "-" if x is None else f"{x[0]:.1f}-{x[1]:.1f}"
+
+    for name, s in summary.items():
+        lines.append(
+            f"| {name} | {rate(s['write_MBps_median'])} | {mm(s['write_MBps_min_max'])} "
+            f"| {rate(s['read_MBps_median'])} | {mm(s['read_MBps_min_max'])} "
+            f"| {_cpu_cell(s['write_cpu_median'])} | {_cpu_cell(s['read_cpu_median'])} |"
+        )
+    refs = [n for n in ("local", "bindfs", "glusterfs") if summary.get(n, {}).get("runs")]
+    bft = [n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]]
+    if refs and bft:
+        lines += ["", "| ratio (bftfs / reference) | write | read |", "|---|---:|---:|"]
+        for b in bft:
+            for r in refs:
+                w = common.ratio(summary[b]["write_MBps_median"], summary[r]["write_MBps_median"])
+                rd = common.ratio(summary[b]["read_MBps_median"], summary[r]["read_MBps_median"])
+                lines.append(f"| {b} / {r} | {common.fmt_ratio(w)} | {common.fmt_ratio(rd)} |")
+    skipped = result.get("skipped") or {}
+    lines += common.skipped_markdown(skipped)
+    errs = {n: s["errors"] for n, s in summary.items() if s["errors"] and n not in skipped}
+    if errs:
+        lines += ["", "Failed runs:"]
+        for n, es in errs.items():
+            lines.append(f"- {n}: {len(es)} failed; first: `{es[0].splitlines()[0][:300]}`")
+    m, c = result["machine"], result["commit"]
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, Python {m['python']}; "
+        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
+        f"Commit {str(c['commit'])[:10]}{' (with uncommitted changes)' if c['dirty'] else ''}.",
+    ]
+    if cfg.get("note"):
+        lines += ["", cfg["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    plt = common.pyplot()
+    if plt is None:
+        return False
+    summary = result["summary"]
+    names = [n for n, s in summary.items() if s["runs"]]
+    if not names:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        s = summary[n]
+        med = [s[f"{ph}_MBps_median"] for ph in PHASES]
+        lo = [m - s[f"{ph}_MBps_min_max"][0] for m, ph in zip(med, PHASES, strict=True)]
+        hi = [s[f"{ph}_MBps_min_max"][1] - m for m, ph in zip(med, PHASES, strict=True)]
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(PHASES))]
+        bars = ax.bar(xs, med, width, yerr=[lo, hi], capsize=3, label=n, color=common.colour_for(n))
+        ax.bar_label(bars, labels=[f"{m:.0f}" for m in med], fontsize=7, padding=2)
+    ax.set_xticks(range(len(PHASES)), ["write (incl. fsync)", "read (cold)"])
+    ax.set_ylabel("MB/s (median; bars: min-max)")
+    ax.set_yscale("log")
+    cfg = result["config"]
+    ax.set_title(
+        f"Sequential I/O, one {cfg['size_mib']} MiB file, {cfg['runs']} run(s)\n"
+        f"({result['date']}, {str(result['commit']['commit'])[:10]})",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# The run ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description="Sequential write (with fsync) and cold read of one big file on the "
+        "local disk, bindfs, GlusterFS replica 3 and bftfs, interleaved; MB/s.",
+        epilog="Results go to benchmarks/results/seqio.{json,md,png}. Cold reads need root "
+        "(/proc/sys/vm/drop_caches).",
+    )
+    ap.add_argument("--size", type=int, default=200, help="file size in MiB (default 200)")
+    ap.add_argument(
+        "--block", type=int, default=1024, help="KiB per write() and read() (default 1024)"
+    )
+    ap.add_argument("--runs", type=int, default=3, help="repetitions per target (default 3)")
+    ap.add_argument(
+        "--targets",
+        default="local,bindfs,glusterfs,bftfs",
+        help="comma-separated, in interleaving order: local, bindfs, glusterfs, bftfs, "
+        "bftfs-down, bftfs-noverify (default local,bindfs,glusterfs,bftfs)",
+    )
+    ap.add_argument("--t", type=int, default=1, help="bftfs: faulty nodes tolerated (default 1)")
+    ap.add_argument("--b", type=int, default=1, help="bftfs: Byzantine among them (default 1)")
+    ap.add_argument(
+        "--down", type=int, default=1, help="bftfs-down: nodes SIGKILLed before the mount"
+    )
+    ap.add_argument(
+        "--no-durable",
+        action="store_true",
+        help="bftfs nodes acknowledge before fsync (default: durable)",
+    )
+    ap.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare every byte read back, untimed (default: yes)",
+    )
+    ap.add_argument("--seed", type=int, default=19, help="seed of the data block")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds a run may take before the FUSE daemon is killed (default 900)",
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        help="scratch directory on the local disk (default: a temporary directory under /var/tmp)",
+    )
+    ap.add_argument("--note", help="a sentence added under the table (e.g. the conditions)")
+    ap.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
+    ap.add_argument("--name", default="seqio", help="results file stem (default seqio)")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = ap.parse_args(argv)
+    if args.size <= 0 or args.block <= 0 or args.runs <= 0:
+        ap.error("--size, --block and --runs must be positive")
+    args.size_bytes = args.size * MiB
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.install_sigterm_handler()
+    progress = Progress("seqio", args.quiet)
+    specs: list[TargetSpec] = []
+    for w in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        spec = common.spec_named(w, args.t, args.b, not args.no_durable, args.down)
+        if spec is None:
+            raise SystemExit(
+                f"unknown target {w!r} "
+                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-noverify)"
+            )
+        specs.append(spec)
+    skipped = common.skip_reasons(specs)
+    for name, why in skipped.items():
+        progress(f"{name} skipped: {why}")
+    specs = [s for s in specs if s.name not in skipped]
+    if os.geteuid() != 0:
+        progress("not root: the page cache cannot be dropped, reads will be warm")
+    progress(
+        f"{args.size} MiB file, {args.block} KiB calls; {args.runs} run(s) x {len(specs)} "
+        f"targets ({', '.join(s.name for s in specs)})"
+    )
+    machine = common.machine_info()
+    date = common.now_utc()
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bftfs-seqio-", dir=args.work or "/var/tmp"))
+    free = shutil.disk_usage(work).free
+    try:
+        runs = measure(args, specs, progress, work, skipped)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(work, ignore_errors=True)
+    machine["loadavg_end"] = list(os.getloadavg())
+    machine["scratch_free_bytes"] = free
+    summary = summarise(runs, specs)
+    result = {
+        "benchmark": "seqio",
+        "date": date,
+        "machine": machine,
+        "commit": common.commit_info(),
+        "config": {
+            "size_mib": args.size,
+            "size_bytes": args.size_bytes,
+            "block_kib": args.block,
+            "runs": args.runs,
+            "targets": [s.name for s in specs],
+            "t": args.t,
+            "b": args.b,
+            "no_durable": args.no_durable,
+            "verify": args.verify,
+            "seed": args.seed,
+            "note": args.note,
+            "bftfs_cluster": next(
+                (r["info"] for r in runs if r.get("info") and "n" in r["info"]), None
+            ),
+            "glusterfs": next(
+                (r["info"] for r in runs if r.get("info") and "volume" in r["info"]), None
+            ),
+        },
+        "runs": runs,
+        "summary": summary,
+        "skipped": skipped,
+    }
+    md = common.write_results(
+        args.out, args.name, result, markdown, plot, progress, with_plot=not args.no_plot
+    )
+    print(md)
+    return 0 if all(s["runs"] for n, s in summary.items() if n not in skipped) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
