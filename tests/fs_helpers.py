@@ -21,24 +21,12 @@ import trio
 
 from bftfs.fs import objects as obj
 from bftfs.fs.filesystem import FileSystem
-from bftfs.ids import client_id
-from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
-from bftfs.testing.cluster import Cluster, open_cluster
+from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 
 #: Client options for tests: probe quickly, give up within seconds.
 RW_OPTIONS = {"probe_after": 0.05, "timeout": 5.0}
-
-
-def qu_client(cluster: Cluster, k: int, seed: int = 0) -> QUClient:
-    return QUClient(
-        cluster.client(k),
-        QUThresholds.from_config(cluster.config),
-        client_id=int(client_id(k)),
-        rng=random.Random(seed * 31 + k),
-        seq_start=1_000_000 * (k + 1),
-    )
 
 
 @dataclass

@@ -24,17 +24,7 @@ from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
 from bftfs.qu.replica import read_version
 from bftfs.testing.byzantine.qu import BEHAVIOURS, make_byzantine
-from bftfs.testing.cluster import open_cluster
-
-
-def qu_client(cluster, k: int, seed: int = 0) -> QUClient:  # noqa: ANN001
-    return QUClient(
-        cluster.client(k),
-        QUThresholds.from_config(cluster.config),
-        client_id=int(client_id(k)),
-        rng=random.Random(seed * 31 + k),
-        seq_start=1_000_000 * (k + 1),
-    )
+from bftfs.testing.cluster import open_cluster, qu_client
 
 
 async def caught_up(cluster, i: int) -> dict:  # noqa: ANN001

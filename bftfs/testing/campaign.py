@@ -62,12 +62,10 @@ from bftfs.config import default_sizes
 from bftfs.fs.errors import FsError, NotFound
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
-from bftfs.ids import client_id
-from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.byzantine.switching import Switching
-from bftfs.testing.cluster import Cluster, open_cluster
+from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 from bftfs.testing.consistency import NAMES, SIZES, TRACE, Inconsistent
 from bftfs.testing.recording import (
     Checked,
@@ -423,16 +421,6 @@ class Outcome:
     durations: list[tuple[float, str]] = field(default_factory=list)
 
 
-def _qu_client(cluster: Cluster, k: int, seed: int) -> QUClient:
-    return QUClient(
-        cluster.client(k),
-        QUThresholds.from_config(cluster.config),
-        client_id=int(client_id(k)),
-        rng=random.Random(seed * 31 + k),
-        seq_start=1_000_000 * (k + 1),
-    )
-
-
 async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
     rng = random.Random(sched.seed ^ 0xCA3)
     clock = [1_700_000_000_000_000_000]
@@ -461,7 +449,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
             rw = await stack.enter_async_context(
                 open_rw_client(cluster.client(k), cluster.config, **RW_OPTIONS)
             )
-            qu = RecordingQU(_qu_client(cluster, k, sched.seed), trio.current_time, out.qu)
+            qu = RecordingQU(qu_client(cluster, k, sched.seed), trio.current_time, out.qu)
             with trio.fail_after(DEADLINE):
                 fss.append(
                     await FileSystem.open(

@@ -32,6 +32,8 @@ from bftfs.net.endpoint import Endpoint
 from bftfs.node.protocols import WITH_TEST_TYPES
 from bftfs.node.service import Node
 from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.client import QUClient
 from bftfs.testing.faults import FaultInjector
 
 #: Test-friendly transport timing: resend quickly, give up within seconds.
@@ -135,6 +137,18 @@ class Cluster:
 
     async def wait_stopped(self, i: int) -> None:
         await self._stopped[i].wait()
+
+
+def qu_client(cluster: Cluster, k: int, seed: int = 0) -> QUClient:
+    """A Q/U client of the ``k``-th configured client: seeded backoff (``seed``) and request
+    ids in a range of its own, so several clients of one test never reuse a request id."""
+    return QUClient(
+        cluster.client(k),
+        QUThresholds.from_config(cluster.config),
+        client_id=int(client_id(k)),
+        rng=random.Random(seed * 31 + k),
+        seq_start=1_000_000 * (k + 1),
+    )
 
 
 @asynccontextmanager
