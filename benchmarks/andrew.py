@@ -35,12 +35,10 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -235,36 +233,6 @@ def phase_compile(build: str, dest: Path, timeout: float) -> None:
         raise PhaseError(f"compile: exit {r.returncode}: {last}\n{r.stderr[-2000:]}")
 
 
-class Watchdog:
-    """Kills a FUSE daemon whose phase runs past its deadline.
-
-    A hung file system would block this process in a system call forever; killing the
-    daemon makes the kernel fail the pending requests (ENOTCONN), so the phase raises and
-    the target is torn down instead of hanging ``make bench``.
-    """
-
-    def __init__(self, site: Site, seconds: float) -> None:
-        self.site = site
-        self.fired = False
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def _fire(self) -> None:
-        self.fired = True
-        for key in ("mount", "bindfs"):
-            pid = self.site.pids.get(key)
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-    def __enter__(self) -> Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-
 def run_andrew(
     tree: Tree,
     site: Site,
@@ -303,7 +271,7 @@ def run_andrew(
             raise PhaseError(f"{name}: not started, the {budget:.0f} s budget is spent", times)
         for hook in hooks:
             hook(name, "start")
-        wd = Watchdog(site, limit())
+        wd = common.Watchdog(site, limit())
         try:
             with wd:
                 t0 = time.perf_counter()

@@ -483,29 +483,34 @@ def skipped_markdown(skipped: dict[str, str]) -> list[str]:
     return lines
 
 
-@contextlib.contextmanager
-def watchdog(site: Site, seconds: float) -> Iterator[None]:
-    """Kill the site's FUSE daemon if the body runs past ``seconds``.
+class Watchdog:
+    """Kills a site's FUSE daemon if the body runs past ``seconds`` (``with Watchdog(...)``).
 
     A hung file system would block this process in a system call forever; killing the
     daemon makes the kernel fail the pending requests (ENOTCONN), so the body raises and the
-    target is torn down instead of hanging ``make bench``.
+    target is torn down instead of hanging ``make bench``.  ``fired`` says whether it did.
     """
 
-    def fire() -> None:
+    def __init__(self, site: Site, seconds: float) -> None:
+        self.site = site
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
         for key in ("mount", "bindfs"):
-            pid = site.pids.get(key)
+            pid = self.site.pids.get(key)
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 def check_fuse() -> str | None:

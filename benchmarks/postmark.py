@@ -24,17 +24,14 @@ Results: ``benchmarks/results/postmark-<short|full>.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,27 +185,6 @@ def _report(text: str) -> dict[str, str]:
     return keep
 
 
-@contextlib.contextmanager
-def watchdog(site: Site, seconds: float) -> Iterator[None]:
-    """Kill the FUSE daemon if a run hangs past ``seconds`` (see andrew.Watchdog)."""
-    import threading
-
-    def fire() -> None:
-        for key in ("mount", "bindfs"):
-            pid = site.pids.get(key)
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-
-
 def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
     specs: list[TargetSpec] = []
     for w in [t.strip() for t in args.targets.split(",") if t.strip()]:
@@ -262,7 +238,7 @@ def measure(
                     cpu = profiling.CpuMeter(site)
                     cpu("postmark", "start")
                     try:
-                        with watchdog(site, args.cap + 300):
+                        with common.Watchdog(site, args.cap + 300):
                             rec.update(run_postmark(site, work, args, progress))
                     finally:
                         cpu("postmark", "end")
@@ -301,7 +277,7 @@ def run_profile(
             prof = profiling.Profiler(site, out, ("mount", "node1"))
             prof("postmark", "start")
             try:
-                with watchdog(site, args.cap + 300):
+                with common.Watchdog(site, args.cap + 300):
                     res = run_postmark(site, work, args, progress)
             finally:
                 prof("postmark", "end")

@@ -222,7 +222,7 @@ def measure(
                 with common.open_target(spec, work, f"r{rep}") as site:
                     rec["setup_s"] = round(site.setup_s, 3)
                     rec["info"] = site.info
-                    with common.watchdog(site, args.timeout):
+                    with common.Watchdog(site, args.timeout):
                         rec.update(one_run(site, args, block))
             except (common.TargetError, SeqIOError, OSError, RuntimeError) as e:
                 rec["error"] = str(e)
