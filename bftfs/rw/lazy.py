@@ -42,6 +42,8 @@ STATUSES = (VERIFIED, POISONOUS)
 #: Blocks the NOTIFY book remembers (least recently told forgotten first): a node that
 #: floods NOTIFYs about made-up blocks can only push out what costs a verification later.
 MAX_BOOK_BLOCKS = 65536
+#: The backlog's heaps are rebuilt when they hold this many entries per unverified block.
+STALE_FACTOR = 4
 #: Poisonous timestamps remembered per block and notifier.
 MAX_POISONOUS_PER_NODE = 8
 
@@ -208,6 +210,25 @@ class Backlog:
         debt.due = max(debt.last_write + wait, debt.retry_at)
         debt.ready = False
         heapq.heappush(self._pending, (debt.due, next(self._seq), block))
+        if len(self._pending) + len(self._ready_own) + len(self._ready_other) > STALE_FACTOR * (
+            len(self._debts) + 16
+        ):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heaps from the blocks' state, one entry per block: every change
+        pushes an entry and stale ones leave only when they reach the top, so under a
+        long load with no idle time (nothing picked) they would pile up."""
+        self._pending, self._ready_own, self._ready_other = [], [], []
+        for block, debt in self._debts.items():
+            if debt.ready:
+                heap = self._ready_own if debt.own else self._ready_other
+                heap.append((-len(debt.versions), next(self._seq), block))
+            else:
+                self._pending.append((debt.due, next(self._seq), block))
+        heapq.heapify(self._pending)
+        heapq.heapify(self._ready_own)
+        heapq.heapify(self._ready_other)
 
     def wrote(self, block: int, ts: Timestamp, client: int, now: float) -> bool:
         """A new version was stored; whether a budget now forces the block's verification."""
@@ -286,7 +307,7 @@ class Backlog:
         while heap:
             minus, _, block = heap[0]
             debt = self._debts.get(block)
-            if debt is None or not debt.ready or (heap is self._ready_own) != debt.own:
+            if debt is None or not debt.ready:
                 heapq.heappop(heap)  # gone, or not due any more: a fresh entry exists
                 continue
             if -minus != len(debt.versions):
