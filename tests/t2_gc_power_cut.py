@@ -27,7 +27,7 @@ from bftfs import local
 from bftfs.connect import open_client
 from bftfs.fs import objects as obj
 from bftfs.fs.scrub import scrub
-from bftfs.fs.session import open_protocol_clients, open_session
+from bftfs.fs.session import Session, open_protocol_clients, open_session
 from bftfs.kv import KV
 from bftfs.node.store import Store
 from bftfs.policy import RetentionPolicy, VerificationPolicy
@@ -75,8 +75,8 @@ def _content(rng: random.Random) -> bytes:
     return rng.randbytes(BLOCK * BLOCKS_PER_FILE)
 
 
-async def _write(s: object, name: bytes, data: bytes, *, create: bool) -> None:
-    fs = s.fs  # type: ignore[attr-defined]
+async def _write(s: Session, name: bytes, data: bytes, *, create: bool) -> None:
+    fs = s.fs
     if create:
         fh, _ = await fs.create(obj.ROOT, name, 0o644, 0, 0, os.O_WRONLY)
     else:

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import PrincipalId
+from bftfs.rw.schema import DB_VERSIONS
 from bftfs.testing.byzantine import qu, rw
 
 if TYPE_CHECKING:
@@ -208,8 +209,6 @@ class _CutAtFirstCollect:
         return getattr(self._kv, name)
 
     def delete(self, db: str, key: bytes) -> Any:
-        from bftfs.rw.schema import DB_VERSIONS
-
         done = self._kv.delete(db, key)
         if db == DB_VERSIONS and not self._counted:
             self._counted = True
