@@ -45,6 +45,11 @@ Retention (what garbage collection keeps below a version verified complete):
                                 history, for ``bftfs log``/restore and for readers racing
                                 with a collection)
 ``keep_versions``   2           the newest versions of every block kept whatever their age
+``forget_seconds``  900         a removed file's or directory's last Q/U version (its
+                                tombstone) stays this long after ``keep_seconds``, then
+                                the nodes forget the object altogether once all of them
+                                agree (docs/qu.md): a handle another mount still holds on
+                                it then answers ESTALE, as on NFS
 ==================  ==========  ==========================================================
 
 Limits (per client principal, on each node; nodes talking to nodes are never limited, see
@@ -137,12 +142,15 @@ class RetentionPolicy:
 
     keep_seconds: float = 900.0
     keep_versions: int = 2
+    forget_seconds: float = 900.0
 
     def validate(self) -> RetentionPolicy:
         if not 0 <= self.keep_seconds <= 10 * 365 * 86400:
             raise PolicyError("[retention] keep_seconds must be in 0 .. 10 years")
         if not 1 <= self.keep_versions <= 1_000_000:
             raise PolicyError("[retention] keep_versions must be at least 1")
+        if not 0 <= self.forget_seconds <= 10 * 365 * 86400:
+            raise PolicyError("[retention] forget_seconds must be in 0 .. 10 years")
         return self
 
 

@@ -118,6 +118,11 @@ def test_agreement_needs_every_server_with_the_final_version_newest() -> None:
     assert not tombstone_agreed(final, {**dict.fromkeys(range(5), good), 5: lagging}, 6)
     newer = (Candidate(lt[3], lt[2], (OID,)), *good)  # a candidate after it (in flight, or forged)
     assert not tombstone_agreed(final, {**dict.fromkeys(range(5), good), 5: newer}, 6)
+    # Servers with no history of the object (forgotten already, or a lost disk) count as
+    # agreeing; servers not heard do not.
+    assert tombstone_agreed(final, dict.fromkeys(range(4), good), 6, forgotten=2)
+    assert not tombstone_agreed(final, dict.fromkeys(range(4), good), 6, forgotten=1)
+    assert not tombstone_agreed(final, {**dict.fromkeys(range(4), good), 4: lagging}, 6, 1)
 
 
 def test_a_finished_object_shrinks_to_its_history_and_final_version() -> None:

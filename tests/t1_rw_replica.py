@@ -198,3 +198,24 @@ def test_scrub_finds_stored_versions_that_no_longer_validate() -> None:
     assert seen == whole.damaged and pages == 3
     # As node 3 every fragment here is another node's: all fail.
     assert len(replica.scrub_step(kv, None, 100, node=3, n=N).damaged) == 6
+
+
+def test_forget_needs_every_node() -> None:
+    """A given-back block's empty version is forgotten only when all ``n`` nodes list it
+    alone or nothing: a node that still holds older contents, a cut-off history, or a
+    node that did not answer stops it."""
+    from bftfs.rw.messages import ReadReply
+
+    ts = Timestamp(10, 1, b"v" * 32)
+    old = Timestamp(5, 1, b"o" * 32)
+    only = ReadReply((ts,), False, ts)
+    none = ReadReply((), False, ZERO)
+    assert replica.forget_agreed(ts, dict.fromkeys(range(6), only), 6)
+    assert replica.forget_agreed(ts, {**dict.fromkeys(range(4), only), 4: none, 5: none}, 6)
+    assert not replica.forget_agreed(ts, dict.fromkeys(range(5), only), 6)  # one missing
+    lagging = ReadReply((old,), False, ZERO)  # down during the removal: old contents
+    assert not replica.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: lagging}, 6)
+    both = ReadReply((ts, old), False, ZERO)
+    assert not replica.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: both}, 6)
+    cut = ReadReply((ts,), True, ZERO)
+    assert not replica.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: cut}, 6)

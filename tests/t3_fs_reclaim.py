@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fs_helpers import Env, run
+from t5_qu_tombstone import until
 from t5_rw_lazy import EAGER, settled
 
 from bftfs.fs.filesystem import FileSystem
@@ -24,7 +25,7 @@ from bftfs.fs.objects import ROOT
 from bftfs.policy import RetentionPolicy
 from bftfs.rw import replica
 from bftfs.rw.messages import block_id
-from bftfs.rw.schema import DB_VERSIONS, version_key
+from bftfs.rw.schema import DB_FLOOR, DB_VERIFIED, DB_VERSIONS, block_prefix, version_key
 
 BS = 4096
 OPTIONS: dict[str, Any] = {
@@ -98,3 +99,53 @@ def test_a_file_removed_while_open_keeps_its_contents_until_released(tmp_path: P
         assert fs.reclaimed_blocks == 2
 
     run(tmp_path, body, **OPTIONS)
+
+
+FORGET: dict[str, Any] = {
+    **OPTIONS,
+    "retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2, forget_seconds=0.0),
+}
+
+
+def records(env: Env, block: int) -> list[tuple[int, bool, bool]]:
+    """Per node: (versions hosted, has a floor, has a verified mark) of ``block``."""
+    out = []
+    for node in env.cluster.nodes:
+
+        def look(kv: Any) -> tuple[int, bool, bool]:
+            return (
+                len(replica.hosted_step(kv, block)),
+                kv.get(DB_FLOOR, block_prefix(block)) is not None,
+                kv.get(DB_VERIFIED, block_prefix(block)) is not None,
+            )
+
+        out.append(node.store.read(look))
+    return out
+
+
+def forgotten(env: Env) -> list[int]:
+    return [node.stats["rw.forgotten"] for node in env.cluster.nodes]
+
+
+def test_given_back_blocks_are_forgotten_once_every_node_agrees(tmp_path: Path) -> None:
+    """With ``forget_seconds`` 0, a removed file's blocks, once down to their verified
+    empty version everywhere, leave nothing on any node (no version, floor or mark) and
+    read as the empty block; a live file's blocks are untouched.  (That every node's word
+    is needed: ``t1_rw_replica.py::test_forget_needs_every_node``.)"""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        _, dead = await written(fs, b"dead", 3 * BS)
+        _, live = await written(fs, b"live", 2 * BS)
+        await fs.unlink(ROOT, b"dead")
+        await until(lambda: min(forgotten(env)) >= 3)
+        for k in range(3):
+            assert records(env, block_id(dead, k)) == [(0, False, False)] * 6
+            assert await fs.rw.read_block(block_id(dead, k)) == b""
+        for k in range(2):
+            assert all(r[0] >= 1 for r in records(env, block_id(live, k)))
+        fh = await fs.open((await fs.lookup(ROOT, b"live")).ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 2 * BS) == random.Random(2 * BS).randbytes(2 * BS)
+        await fs.release(fh)
+
+    run(tmp_path, body, **FORGET)

@@ -187,6 +187,7 @@ PLACEMENTS_FAST = {
     "endless_barriers_signed": 3,
     "equivocate": 2,
     "withhold_from_odd": 4,
+    "claim_forgotten": 2,
 }
 
 

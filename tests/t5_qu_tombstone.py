@@ -22,6 +22,7 @@ from bftfs.fs.errors import NotFound, Removed
 from bftfs.fs.objects import ROOT
 from bftfs.policy import RetentionPolicy
 from bftfs.qu import schema
+from bftfs.qu.objects import MethodRefused
 from bftfs.testing.byzantine.qu import make_byzantine
 
 OPTIONS: dict[str, Any] = {"retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2)}
@@ -150,3 +151,90 @@ def test_a_byzantine_histories_stop_tombstones_and_revive_nothing(tmp_path: Path
         env.cluster.faults[5].clear()
 
     run(tmp_path, body, **OPTIONS)
+
+
+FORGET: dict[str, Any] = {
+    "retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2, forget_seconds=0.0)
+}
+
+
+def held(env: Env, oid: int) -> list[tuple[int, int]]:
+    """Per node: (has a replica history, stored versions) of ``oid``."""
+    out = []
+    for node in env.cluster.nodes:
+        rh = node.store.read(lambda kv: kv.get(schema.DB_RH, schema.oid_key(oid)))
+        count = node.store.read(lambda kv: footprint(kv, oid))[0]
+        out.append((int(rh is not None), count))
+    return out
+
+
+def forgotten(env: Env) -> list[int]:
+    return [node.stats["qu.forgotten"] for node in env.cluster.nodes]
+
+
+def test_removed_objects_are_forgotten_by_every_node(tmp_path: Path) -> None:
+    """With ``forget_seconds`` 0 a removed object's tombstone goes too: no node keeps
+    anything of it; another mount's handle on it answers as for a file that never
+    existed (NotFound), and the rest of the tree is untouched."""
+
+    async def body(env: Env) -> None:
+        d, files, keep = await populate(env)
+        other = env.fss[1]
+        stale = await other.open(files[b"f1"], os.O_RDONLY)
+        await remove(env, d, files)
+        removed = [*files.values(), d]
+        await until(lambda: min(forgotten(env)) >= len(removed))
+        for oid in removed:
+            assert held(env, oid) == [(0, 0)] * 6, oid
+        assert all(h >= 1 and versions >= 1 for h, versions in held(env, keep))
+        with pytest.raises(MethodRefused, match="not-found"):
+            await env.raw.query(files[b"f0"], "fs.stat")
+        with pytest.raises(NotFound):
+            await env.fss[1].mkdir(d, b"x", 0o755, 0, 0)
+        with pytest.raises(MethodRefused, match="not-found"):
+            await env.raw.query(files[b"f1"], "fs.stat")
+        await other.release(stale)
+        # A name created afresh in the root works, and the kept file takes updates.
+        fh, _ = await env.fs.create(ROOT, b"d", 0o644, 0, 0, os.O_RDWR)
+        await env.fs.release(fh)
+        fh = await env.fs.open(keep, os.O_RDWR)
+        assert await env.fs.read(fh, 0, 100) == b"still here"
+        await env.fs.release(fh)
+
+    run(tmp_path, body, **FORGET)
+
+
+@pytest.mark.parametrize("lie", ["forge_higher_signed", "claim_forgotten"])
+def test_a_byzantine_node_cannot_make_a_live_object_forgotten(tmp_path: Path, lie: str) -> None:
+    """Node 5 lies in every history it sends to the others (a newer candidate, or no
+    history at all, validly authenticated).  A forged newer candidate stops forgetting
+    (nothing more is deleted); claiming to have forgotten everything makes the correct
+    nodes forget only what is removed: live objects and their versions stay, and read."""
+
+    async def body(env: Env) -> None:
+        d, files, keep = await populate(env)
+        make_byzantine(env.cluster, 5, lie)
+        await remove(env, d, files)
+        nodes = env.cluster.nodes[:5]
+        if lie == "forge_higher_signed":
+            await until(lambda: min(n.stats["qu.tombstone.waiting"] for n in nodes) >= 6)
+            assert forgotten(env)[:5] == [0] * 5
+        else:
+            removed = [*files.values(), d]
+            await until(lambda: min(forgotten(env)[:5]) >= len(removed))
+        for node in nodes:
+            assert (
+                node.store.read(lambda kv: kv.get(schema.DB_RH, schema.oid_key(keep))) is not None
+            )
+            assert (
+                node.store.read(lambda kv: kv.get(schema.DB_RH, schema.oid_key(ROOT))) is not None
+            )
+        fh = await env.fs.open(keep, os.O_RDWR)
+        assert await env.fs.read(fh, 0, 100) == b"still here"
+        await env.fs.write(fh, 0, b"S")
+        await env.fs.release(fh)
+        with pytest.raises(NotFound):
+            await env.fss[1].lookup(ROOT, b"d")
+        env.cluster.faults[5].clear()
+
+    run(tmp_path, body, **FORGET)

@@ -230,9 +230,12 @@ class Namespace(Reclaim):
         Each node's LMDB map holds one fragment (``1/m``) of every block plus a copy of the
         metadata, so the capacity is the map size times ``m``; nodes refuse new block
         versions above ``data_fraction`` of the map (policy.py), so that is where "free"
-        ends.  Used is what the nodes report (``rw.space``: the ``(b + 1)``-th largest of
-        ``N - t`` answers) times ``m``.  Asked at most once a second; when the nodes cannot
-        answer, the last figures (or all of it free) are shown rather than an error.
+        ends for writers (``f_bavail``), while the share above it is free but reserved for
+        metadata and removals (counted in ``f_bfree``, as ext4 counts its root reserve), so
+        ``df`` shows the space used as used, not the reserve.  Used is what the nodes report
+        (``rw.space``: the ``(b + 1)``-th largest of ``N - t`` answers) times ``m``.  Asked
+        at most once a second; when the nodes cannot answer, the last figures (or all of it
+        free) are shown rather than an error.
         """
         bs, m = self.bs, self.config.m
         now = trio.current_time()
@@ -245,13 +248,14 @@ class Namespace(Reclaim):
         used = self._space[1]
         limit = int(self.config.map_size * self.config.verification.data_fraction)
         total = self.config.map_size * m // bs
-        free = max(0, (limit - used) * m // bs)
+        free = max(0, (self.config.map_size - used) * m // bs)
+        available = max(0, (limit - used) * m // bs)
         return {
             "f_bsize": bs,
             "f_frsize": bs,
             "f_blocks": total,
             "f_bfree": free,
-            "f_bavail": free,
+            "f_bavail": available,
             "f_files": 1 << 40,
             "f_ffree": 1 << 40,
             "f_favail": 1 << 40,

@@ -19,7 +19,20 @@ version as their newest (``tombstone_agreed``), deletes everything of the object
 history and that version (``tombstone_step``, one store transaction per object).  Without
 every server's word it tries again :data:`RETRY_SECONDS` later, then twice as long each
 time, :data:`ATTEMPTS` times in all (a node down that long: the object stays as pruning
-left it, and is looked at again when it is next updated).
+left it until the next sweep, below).
+
+**Forgetting** (docs/qu.md, "Forgetting removed objects").  A tombstone is forgotten
+``forget_seconds`` after it aged out of ``keep_seconds`` (``forget_target``): when every
+server lists its final version as newest or holds nothing of the object, the server
+deletes the final version and the replica history (``forget_step``), and the object reads
+as never touched here.  Until then it waits in a second heap that does not count as work
+(``idle`` is set while only such entries wait).
+
+**Sweeps.**  The queue is in memory, so a restarted node (or one whose tombstone attempts
+ran out while another node was down) would keep what it held.  A sweep therefore walks
+every object the store holds, :data:`SWEEP_PAGE` at a time and only while nothing else is
+queued, at start and then every :data:`SWEEP_SECONDS`, and queues those with something
+to prune, shrink or forget (``sweep_candidates``).
 """
 
 from __future__ import annotations
@@ -37,10 +50,14 @@ from bftfs.net.quorum import QuorumUnavailable
 from bftfs.qu.history import ReplicaHistory
 from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError, Reply
 from bftfs.qu.replica import (
+    Forget,
     ReplicaConfig,
     cull,
+    forget_step,
+    forget_target,
     handle_history,
     prune_step,
+    sweep_candidates,
     tombstone_agreed,
     tombstone_step,
     tombstone_target,
@@ -58,6 +75,12 @@ RETRY_SECONDS = 1.0
 ATTEMPTS = 8
 #: How long the servers' histories are waited for.
 ASK_TIMEOUT = 5.0
+#: Objects one sweep step reads, and how often a sweep starts again.
+SWEEP_PAGE = 256
+SWEEP_SECONDS = 3600.0
+#: A server's histories of some objects: ``oid -> (histories culled with this server's
+#: key, how many servers answered with no history of it)``.
+Histories = dict[int, tuple[dict[int, ReplicaHistory], int]]
 
 
 class Pruner:
@@ -70,6 +93,8 @@ class Pruner:
         #: ``(due ns, oid)``, a heap (retries come due later than updates queued after them).
         self._queue: list[tuple[int, int]] = []
         self._latest: dict[int, int] = {}
+        #: ``(due ns, oid)`` of tombstones to forget later (not work: see ``idle``).
+        self._later: list[tuple[int, int]] = []
         self._attempts: dict[int, int] = {}
         self._wake = trio.Event()
         #: Set while nothing is queued or being done (tests wait on it).
@@ -96,6 +121,10 @@ class Pruner:
         if self.idle.is_set():
             self.idle = self.node.finished["qu.prune"] = trio.Event()
 
+    def _schedule(self, oid: int, due: int) -> None:
+        heapq.heappush(self._queue, (due, oid))
+        self._latest[oid] = due
+
     def _retry(self, oid: int) -> None:
         tries = self._attempts.get(oid, 0) + 1
         if tries >= ATTEMPTS:
@@ -103,79 +132,172 @@ class Pruner:
             self.node.stats["qu.tombstone.given_up"] += 1
             return
         self._attempts[oid] = tries
-        due = self.node.now_ns() + int(RETRY_SECONDS * 2 ** (tries - 1) * 1e9)
-        heapq.heappush(self._queue, (due, oid))
-        self._latest[oid] = due
+        self._schedule(oid, self.node.now_ns() + int(RETRY_SECONDS * 2 ** (tries - 1) * 1e9))
+
+    def _forget_later(self, oid: int, due: int) -> None:
+        heapq.heappush(self._later, (due, oid))
 
     async def run(self) -> None:
         """Never returns while the node runs; a failed step is logged and skipped."""
         while True:
+            now = self.node.now_ns()
+            while self._later and self._later[0][0] <= now:
+                due, oid = heapq.heappop(self._later)
+                if oid not in self._latest:
+                    self._busy()
+                    self._schedule(oid, due)
             if not self._queue:
                 self.idle.set()
                 self._wake = trio.Event()
-                await self._wake.wait()
+                wait = (self._later[0][0] - now) / 1e9 if self._later else float("inf")
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
                 continue
             due, oid = self._queue[0]
-            wait = (due - self.node.now_ns()) / 1e9
+            wait = (due - now) / 1e9
             if wait > 0:
                 with trio.move_on_after(wait):
                     self._wake = trio.Event()
                     await self._wake.wait()  # an update queued meanwhile comes due later
                 continue
-            batch: list[int] = []
-            while self._queue and self._queue[0][0] <= self.node.now_ns() and len(batch) < BATCH:
+            shrink: list[int] = []
+            forget: list[int] = []
+            while self._queue and self._queue[0][0] <= self.node.now_ns() and len(shrink) < BATCH:
                 due, oid = heapq.heappop(self._queue)
                 if self._latest.get(oid) != due:
                     continue  # updated again since: its own entry comes later
                 del self._latest[oid]
-                if await self._prune(oid):
-                    batch.append(oid)
-            if batch:
-                await self._tombstones(batch)
+                found = await self._prune(oid)
+                if found is True:
+                    shrink.append(oid)
+                elif isinstance(found, Forget):
+                    self._forget_when_due(oid, found, forget)
+            if shrink or forget:
+                await self._reclaim(shrink, forget)
 
-    async def _prune(self, oid: int) -> bool:
-        """Prune ``oid``; whether it may shrink to a tombstone."""
+    def _forget_when_due(self, oid: int, found: Forget, due_now: list[int]) -> None:
+        if found.due_ns <= self.node.now_ns():
+            due_now.append(oid)
+        else:
+            self._forget_later(oid, found.due_ns)
+
+    async def _prune(self, oid: int) -> bool | Forget | None:
+        """Prune ``oid``; True if it may shrink to a tombstone, its :class:`Forget` if it
+        is a tombstone that may be forgotten (now or later)."""
         now = self.node.now_ns()
         step = functools.partial(prune_step, cfg=self.cfg, oid=oid, now_ns=now)
+
+        def next_step(kv: Any) -> bool | Forget | None:
+            if tombstone_target(kv, self.cfg, oid, now) is not None:
+                return True
+            return forget_target(kv, self.cfg, oid)
+
         try:
             deleted = await self.node.store.write(step)
-            target = self.node.store.read(lambda kv: tombstone_target(kv, self.cfg, oid, now))
+            found = self.node.store.read(next_step)
         except Exception:
             self.node.stats["internal_errors"] += 1
             self.node.log.exception("node %s: pruning object %d", self.node.id, oid)
-            return False
+            return None
         self.node.stats["qu.pruned"] += deleted
-        return target is not None
+        return found
 
-    async def _tombstones(self, oids: list[int]) -> None:
-        """Ask every server for its histories of ``oids`` and shrink those all of them
-        agree on (see the module docstring)."""
-        histories = await self._histories(oids)
-        for oid in oids:
-            now = self.node.now_ns()
-            try:
-                target = self.node.store.read(
-                    functools.partial(tombstone_target, cfg=self.cfg, oid=oid, now_ns=now)
-                )
-                if target is None:
-                    continue
-                if not tombstone_agreed(target, histories.get(oid, {}), self.cfg.th.n):
-                    self.node.stats["qu.tombstone.waiting"] += 1
-                    self._retry(oid)
-                    continue
-                step = functools.partial(
-                    tombstone_step, cfg=self.cfg, oid=oid, final=target, now_ns=now
-                )
-                deleted = await self.node.store.write(step)
-            except Exception:
-                self.node.stats["internal_errors"] += 1
-                self.node.log.exception("node %s: tombstone of object %d", self.node.id, oid)
-                continue
-            if deleted:
-                self.node.stats["qu.tombstones"] += 1
-                self.node.stats["qu.tombstone.deleted"] += deleted
+    async def _reclaim(self, shrink: list[int], forget: list[int]) -> None:
+        """Ask every server for its histories of the objects and shrink to tombstones, or
+        forget, those all of them agree on (see the module docstring)."""
+        histories = await self._histories(shrink + forget)
+        for oid in shrink:
+            await self._tombstone(oid, histories.get(oid, ({}, 0)))
+        for oid in forget:
+            await self._forget(oid, histories.get(oid, ({}, 0)))
 
-    async def _histories(self, oids: list[int]) -> dict[int, dict[int, ReplicaHistory]]:
+    async def _tombstone(self, oid: int, said: tuple[dict[int, ReplicaHistory], int]) -> None:
+        now = self.node.now_ns()
+        try:
+            target = self.node.store.read(
+                functools.partial(tombstone_target, cfg=self.cfg, oid=oid, now_ns=now)
+            )
+            if target is None:
+                return
+            if not tombstone_agreed(target, said[0], self.cfg.th.n, said[1]):
+                self.node.stats["qu.tombstone.waiting"] += 1
+                self._retry(oid)
+                return
+            step = functools.partial(
+                tombstone_step, cfg=self.cfg, oid=oid, final=target, now_ns=now
+            )
+            deleted = await self.node.store.write(step)
+            found = self.node.store.read(lambda kv: forget_target(kv, self.cfg, oid))
+        except Exception:
+            self.node.stats["internal_errors"] += 1
+            self.node.log.exception("node %s: tombstone of object %d", self.node.id, oid)
+            return
+        if deleted:
+            self.node.stats["qu.tombstones"] += 1
+            self.node.stats["qu.tombstone.deleted"] += deleted
+        if found is not None:
+            self._forget_later(oid, found.due_ns)
+            self._wake.set()
+
+    async def _forget(self, oid: int, said: tuple[dict[int, ReplicaHistory], int]) -> None:
+        now = self.node.now_ns()
+        try:
+            found = self.node.store.read(lambda kv: forget_target(kv, self.cfg, oid))
+            if found is None or found.due_ns > now:
+                return
+            if not tombstone_agreed(found.final, said[0], self.cfg.th.n, said[1]):
+                self.node.stats["qu.forget.waiting"] += 1
+                self._retry(oid)
+                return
+            step = functools.partial(
+                forget_step, cfg=self.cfg, oid=oid, final=found.final, now_ns=now
+            )
+            deleted = await self.node.store.write(step)
+        except Exception:
+            self.node.stats["internal_errors"] += 1
+            self.node.log.exception("node %s: forgetting object %d", self.node.id, oid)
+            return
+        if deleted:
+            self.node.stats["qu.forgotten"] += 1
+
+    async def sweep(self) -> None:
+        """Queue every stored object with something to prune, shrink or forget, a page at a
+        time while nothing else is queued; again every :data:`SWEEP_SECONDS` (never
+        returns while the node runs)."""
+        if not self.enabled:
+            return
+        while True:
+            after: int | None = None
+            while True:
+                await self.idle.wait()
+                now = self.node.now_ns()
+                try:
+                    page, after = self.node.store.read(
+                        functools.partial(
+                            sweep_candidates,
+                            cfg=self.cfg,
+                            after=after,
+                            limit=SWEEP_PAGE,
+                            now_ns=now,
+                        )
+                    )
+                except Exception:
+                    self.node.stats["internal_errors"] += 1
+                    self.node.log.exception("node %s: sweeping objects", self.node.id)
+                    break
+                queued = [oid for oid in page if oid not in self._latest]
+                for oid in queued:
+                    self._schedule(oid, now)
+                self.node.stats["qu.swept"] += len(queued)
+                if queued:
+                    self._busy()
+                    self._wake.set()
+                if after is None:
+                    break
+                await trio.lowlevel.checkpoint()
+            await trio.sleep(SWEEP_SECONDS)
+
+    async def _histories(self, oids: list[int]) -> Histories:
         """Every server's history of each of ``oids`` (this one's from its store), culled
         with this server's key: what each server says for itself, nothing it forged for
         another.  Servers that did not answer are missing."""
@@ -201,9 +323,11 @@ class Pruner:
                 timeout=ASK_TIMEOUT,
             )
         got[me] = self.node.store.read(lambda kv: handle_history(kv, self.cfg, objects)).hist
-        out: dict[int, dict[int, ReplicaHistory]] = {}
+        out: Histories = {}
         for i, oid in enumerate(objects):
             entries = {s: hist[i] for s, hist in got.items() if len(hist) == len(objects)}
-            culled, _ = cull(self.cfg, {oid: entries})
-            out[oid] = {s: e.rh for s, e in culled[oid].items()}
+            culled, bad = cull(self.cfg, {oid: entries})
+            # cull keeps valid non-initial histories: the rest of the valid ones are empty.
+            empty = len(entries) - len(culled[oid]) - len(bad[0])
+            out[oid] = ({s: e.rh for s, e in culled[oid].items()}, empty)
         return out

@@ -112,7 +112,10 @@ def register(
     if retention is None:  # the cluster's [retention] (policy.py)
         kept = node.config.retention
         retention = Retention(
-            keep_last=kept.keep_versions, keep_seconds=kept.keep_seconds, pins=pinned_moments
+            keep_last=kept.keep_versions,
+            keep_seconds=kept.keep_seconds,
+            forget_seconds=kept.forget_seconds,
+            pins=pinned_moments,
         )
     cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention)
     pruner = Pruner(node, cfg)
@@ -265,6 +268,7 @@ def register(
         node.spawn(catch_up_objects)
         if pruner.enabled:
             node.spawn(pruner.run)
+            node.spawn(pruner.sweep)
 
 
 def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Reply:

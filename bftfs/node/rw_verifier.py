@@ -38,6 +38,7 @@ import trio
 
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
+from bftfs.node.rw_forgetter import Forgetter
 from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
 from bftfs.rw import replica
@@ -116,6 +117,8 @@ class Verifier:
         self._client: RWClient | None = None
         #: ``(node clock ns, block)``: blocks whose versions kept for their age may go then.
         self._revisits: list[tuple[int, int]] = []
+        #: Blocks down to their verified empty version are forgotten (node/rw_forgetter.py).
+        self.forgetter = Forgetter(node)
 
     # Hooks the rw server calls ------------------------------------------------------------
 
@@ -190,6 +193,8 @@ class Verifier:
         async with trio.open_nursery() as nursery:
             if self.policy.cooperative:
                 nursery.start_soon(self._flusher)
+            nursery.start_soon(self.forgetter.run)
+            nursery.start_soon(self.forgetter.sweep)
             while True:
                 try:
                     await self._step()
@@ -372,6 +377,8 @@ class Verifier:
     def _account(self, res: replica.Verified, block: int) -> None:
         if res.revisit_ns:
             heapq.heappush(self._revisits, (res.revisit_ns, block))
+        if res.given_back:
+            self.forgetter.given_back(block)
         self.progress["discarded"] += res.discarded
         self.progress["collected"] += res.collected
         self.node.stats["rw.gc.collected"] += res.collected

@@ -97,6 +97,9 @@ class Retention:
 
     keep_last: int | None = None
     keep_seconds: float = 0.0
+    #: How long a tombstone stays before the servers forget the object altogether (after
+    #: ``keep_seconds``): see :func:`forget_target`.  None: never.
+    forget_seconds: float | None = None
     #: The moments whose versions are never deleted (snapshots), read from the store when
     #: something would be: the version current at each (the newest stored at or before it
     #: by this server's clock) stays, and with it every newer one.
@@ -533,17 +536,26 @@ def tombstone_plan(
     return out
 
 
-def tombstone_agreed(final: Timestamp, histories: Mapping[int, ReplicaHistory], n: int) -> bool:
+def tombstone_agreed(
+    final: Timestamp, histories: Mapping[int, ReplicaHistory], n: int, forgotten: int = 0
+) -> bool:
     """Whether every one of the ``n`` servers' histories (culled with this server's key, so
-    each is the word of the server it names) has ``final`` as its newest candidate (pure).
+    each is the word of the server it names) has ``final`` as its newest candidate, the
+    ``forgotten`` servers aside that hold no history of the object at all (they forgot it
+    already, :func:`forget_step`, or lost their disk) (pure).
 
     Then every correct server accepted the finished candidate: none will ever accept a
     candidate conditioned on an older version (it would not be current there), nor need to
     repair the finished one (inline repair, catch-up), so no correct server asks for the
     versions below it or for the request that made it.  A lying server only speaks for
     itself: claiming the candidate it lacks costs it alone the means to ever accept it.
+
+    The same rule lets a server forget a tombstone: no server then holds anything of the
+    object but ``final`` or nothing, so whatever mix of the two a client meets classifies
+    to ``final`` or to the initial version, the finished state or none, both "removed" to
+    every method (docs/qu.md).
     """
-    if len(histories) != n:
+    if len(histories) + forgotten != n:
         return False
     return all(rh and max(c.lt for c in rh) == final for rh in histories.values())
 
@@ -603,6 +615,90 @@ def tombstone_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_n
     if v is not None and v.objects and v.objects[0] == oid:
         deleted += int(kv.delete(schema.DB_REQ, final.encode()))
     return deleted
+
+
+# Forgetting tombstones (docs/qu.md "Forgetting removed objects") ------------------------
+
+
+@dataclass(frozen=True)
+class Forget:
+    """A tombstone this server may forget: its final version and when (node clock ns)."""
+
+    final: Timestamp
+    due_ns: int
+
+
+def forget_target(kv: KV, cfg: ReplicaConfig, oid: int) -> Forget | None:
+    """The tombstone of ``oid`` this server may forget once every server agrees, or None.
+
+    ``oid`` must be a tombstone here: its history's newest candidate is its only stored
+    version, a finished state this server accepted (not synced, not a barrier), with no
+    stored request of its own left.  It is due ``keep_seconds + forget_seconds`` after the
+    version was stored, and never while a snapshot moment at or after it pins it.
+    """
+    forget = cfg.retention.forget_seconds
+    if cfg.retention.keep_last is None or forget is None:
+        return None
+    rh, _ = schema.load_rh(kv, oid)
+    if is_initial(rh):
+        return None
+    final = _latest(rh)
+    if final.barrier:
+        return None
+    stored = schema.oldest_versions(kv, oid, 2)
+    if len(stored) != 1 or stored[0][0] != final:
+        return None
+    v = schema.load_version(kv, oid, final)
+    if v is None or not v.accepted or v.state is None or v.kind == schema.BARRIER:
+        return None
+    if v.objects and v.objects[0] == oid and kv.get(schema.DB_REQ, final.encode()) is not None:
+        return None
+    if not cfg.registry.finished(unpack(v.state)):
+        return None
+    if any(t >= v.stored_ns for t in _pins(kv, cfg)):
+        return None  # the version current at a snapshot moment
+    return Forget(final, v.stored_ns + int((cfg.retention.keep_seconds + forget) * 1e9))
+
+
+def forget_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_ns: int) -> int:
+    """Forget ``oid`` altogether, in the caller's one transaction: its last version and its
+    replica history with the authenticator; re-checks :func:`forget_target` (an update may
+    have come in since the servers were asked); how many records it deleted."""
+    target = forget_target(kv, cfg, oid)
+    if target is None or target.final != final or target.due_ns > now_ns:
+        return 0
+    v = schema.load_version(kv, oid, final)
+    if v is None:
+        return 0
+    schema.delete_version(kv, oid, v)
+    return 1 + int(schema.delete_rh(kv, oid))
+
+
+def sweep_candidates(
+    kv: KV, cfg: ReplicaConfig, after: int | None, limit: int, now_ns: int
+) -> tuple[list[int], int | None]:
+    """Up to ``limit`` objects with id above ``after`` (the sweep of node/qu_pruner.py):
+    those with something to prune (more stored versions than ``keep_last``, the oldest
+    older than ``keep_seconds``), to shrink to a tombstone or to forget; and where the next
+    page starts (None: the last page)."""
+    keep = cfg.retention.keep_last
+    if keep is None or after == schema.MAX_OID:
+        return [], None
+    start = schema.oid_key(0 if after is None else after + 1)
+    young_ns = now_ns - int(cfg.retention.keep_seconds * 1e9)
+    out: list[int] = []
+    last: int | None = None
+    for seen, (key, _) in enumerate(kv.scan(schema.DB_RH, start, schema.OID_END)):
+        if seen >= limit:
+            return out, last
+        oid = last = int.from_bytes(bytes(key), "big")
+        stored = schema.oldest_versions(kv, oid, keep + 1)
+        if (len(stored) > keep and stored[0][1] <= young_ns) or (
+            tombstone_target(kv, cfg, oid, now_ns) is not None
+            or forget_target(kv, cfg, oid) is not None
+        ):
+            out.append(oid)
+    return out, None
 
 
 def _pins(kv: KV, cfg: ReplicaConfig) -> Sequence[int]:

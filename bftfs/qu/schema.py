@@ -191,6 +191,12 @@ def store_rh(kv: KV, oid: int, rh: ReplicaHistory, auth: Authenticator) -> None:
     _remember_rh(raw, (rh, tuple(auth)))
 
 
+def delete_rh(kv: KV, oid: int) -> bool:
+    """Remove the replica history of ``oid`` (a forgotten tombstone): the object reads as
+    never touched here again; whether there was one."""
+    return bool(kv.delete(DB_RH, oid_key(oid)))
+
+
 def load_version(kv: KV, oid: int, lt: Timestamp) -> Version | None:
     """The version of ``oid`` at ``lt``, or None."""
     raw = kv.get(DB_VER, ver_key(oid, lt))

@@ -25,6 +25,9 @@ behaviour                    lie
 ``wrong_answer``             success with a made-up answer
 ``wrong_sync``               a made-up object state to object sync
 ``reject_everything``        every request refused
+``claim_forgotten``          history reads (``qu.history``) of every object answered with
+                             an empty history, validly authenticated (as if it had
+                             forgotten everything: a lie against tombstones)
 ===========================  ============================================================
 """
 
@@ -38,7 +41,7 @@ import trio
 from bftfs.net.errors import RemoteError
 from bftfs.net.server import HandlerError
 from bftfs.qu.canon import canonical
-from bftfs.qu.history import make_authenticator, make_rh, rh_from_wire, rh_wire
+from bftfs.qu.history import INITIAL_RH, make_authenticator, make_rh, rh_from_wire, rh_wire
 from bftfs.qu.messages import KIND_FETCH, KIND_HISTORY, KIND_REQUEST, Request
 from bftfs.qu.timestamp import MAX_TIME, Candidate, Timestamp
 
@@ -105,6 +108,32 @@ def _signed(
     rep = dict(rep)
     rep["h"] = hist
     return rep
+
+
+def claim_forgotten(
+    server: int,
+    sender: int,
+    kind: str,
+    payload: Any,
+    honest: Callable,
+    key_for: Callable[[int], bytes],
+    n: int,
+) -> Any:
+    """Answer every history read (what servers ask each other before shrinking or
+    forgetting a removed object) with empty histories under valid authenticators, as if
+    this server had forgotten every object; everything else honestly."""
+    rep = honest()
+    if kind != KIND_HISTORY or not isinstance(rep, dict) or "h" not in rep:
+        return rep
+    empty = rh_wire(INITIAL_RH)
+    rep = dict(rep)
+    rep["h"] = [
+        [empty, list(make_authenticator(oid, INITIAL_RH, n, key_for))] for oid in payload["o"]
+    ]
+    return rep
+
+
+claim_forgotten.with_keys = True  # type: ignore[attr-defined]
 
 
 def forge_higher_signed(
@@ -276,6 +305,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "corrupt_own_mac": corrupt_own_mac,
     "wrong_answer": wrong_answer,
     "wrong_sync": wrong_sync,
+    "claim_forgotten": claim_forgotten,
     "reject_everything": reject_everything,
 }
 

@@ -1,0 +1,180 @@
+"""Forgetting given-back blocks: the last record of a removed file's contents on a node.
+
+fs/reclaim.py writes an empty version over every block of a removed file, and lazy
+verification then collects everything below it (node/rw_verifier.py), but the empty
+version itself stayed, with the block's floor and verified mark: a few hundred bytes per
+block per node that grew with every file ever removed.  Once such a block is down to its
+verified empty version (``Verified.given_back``) and the version is older than
+``keep_seconds + forget_seconds`` ([retention], policy.py), this task asks every other
+node for its versions of the block (a READ_LATEST witness: history only) and, when all
+``n`` list that version alone or nothing (``replica.forget_agreed``), deletes it with the
+floor and the mark in one store transaction (``replica.forget_step``).  The block then
+reads as never written here, which is the same value: the empty block.
+
+Why every node's word: a node that was down during the removal may still hold the old
+contents; were the others to forget the empty version, a reader could find that old
+version the newest one left.  A lying node speaks only for itself (one node's old version
+is never returned, ``QC - missing > b``).  A node down for the whole wait leaves the block
+as it is until the next sweep after it is back.
+
+The queue is in memory; a sweep walks every block the store holds at start and then every
+:data:`SWEEP_SECONDS` (only while nothing is queued), so a restart loses nothing for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import heapq
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from bftfs.erasure import fragment_size
+from bftfs.ids import NodeId
+from bftfs.net.quorum import QuorumUnavailable
+from bftfs.rw import replica
+from bftfs.rw.messages import MessageError, ReadReply, ReadRequest
+from bftfs.rw.timestamp import Timestamp
+
+if TYPE_CHECKING:
+    from bftfs.node.service import Node
+
+#: Blocks asked about together, and blocks one sweep step reads.
+BATCH = 64
+SWEEP_PAGE = 256
+SWEEP_SECONDS = 3600.0
+#: How long the other nodes are waited for, the first retry's delay (doubled each time)
+#: and how many attempts a block gets before it waits for the next sweep.
+ASK_TIMEOUT = 5.0
+RETRY_SECONDS = 1.0
+ATTEMPTS = 8
+
+
+class Forgetter:
+    """The forgetting task of one node's PASIS store (see the module docstring)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        kept = node.config.retention
+        self.delay_ns = int((kept.keep_seconds + kept.forget_seconds) * 1e9)
+        self.max_fragment = fragment_size(node.config.block_size, node.config.m)
+        #: ``(due ns, block)``, a heap; ``_due`` the entry that counts for each block.
+        self._queue: list[tuple[int, int]] = []
+        self._due: dict[int, int] = {}
+        self._attempts: dict[int, int] = {}
+        self._wake = trio.Event()
+
+    def given_back(self, block: int, ts: Timestamp | None = None) -> None:
+        """Verification left ``block`` at its empty version (``ts``, else read from the
+        store): look again when it is due."""
+        if ts is None:
+            ts = self.node.store.read(functools.partial(replica.forget_target, block=block))
+            if ts is None:
+                return
+        self._schedule(block, ts.time + self.delay_ns)
+
+    def _schedule(self, block: int, due: int) -> None:
+        if self._due.get(block, due + 1) <= due:
+            return  # already due no later
+        heapq.heappush(self._queue, (due, block))
+        self._due[block] = due
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Never returns while the node runs; a failed step is logged and skipped."""
+        while True:
+            now = self.node.now_ns()
+            if not self._queue or self._queue[0][0] > now:
+                wait = (self._queue[0][0] - now) / 1e9 if self._queue else float("inf")
+                self._wake = trio.Event()
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+                continue
+            batch: list[int] = []
+            while self._queue and self._queue[0][0] <= now and len(batch) < BATCH:
+                due, block = heapq.heappop(self._queue)
+                if self._due.get(block) == due:
+                    del self._due[block]
+                    batch.append(block)
+            try:
+                await self._forget(batch)
+            except Exception:
+                self.node.stats["internal_errors"] += 1
+                self.node.log.exception("node %s: forgetting blocks", self.node.id)
+
+    async def _forget(self, blocks: list[int]) -> None:
+        targets = {
+            b: t
+            for b in blocks
+            if (t := self.node.store.read(functools.partial(replica.forget_target, block=b)))
+        }
+        for block, ts in targets.items():
+            replies = await self._witnesses(block)
+            if not replica.forget_agreed(ts, replies, self.node.config.n):
+                self.node.stats["rw.forget.waiting"] += 1
+                self._retry(block)
+                continue
+            self._attempts.pop(block, None)
+            step = functools.partial(replica.forget_step, block=block, ts=ts)
+            if await self.node.store.write(step):
+                self.node.stats["rw.forgotten"] += 1
+
+    def _retry(self, block: int) -> None:
+        tries = self._attempts.get(block, 0) + 1
+        if tries >= ATTEMPTS:
+            self._attempts.pop(block, None)
+            self.node.stats["rw.forget.given_up"] += 1
+            return
+        self._attempts[block] = tries
+        self._schedule(block, self.node.now_ns() + int(RETRY_SECONDS * 2 ** (tries - 1) * 1e9))
+
+    async def _witnesses(self, block: int) -> dict[int, ReadReply]:
+        """Every node's READ_LATEST witness of ``block`` (this one's from its store);
+        nodes that did not answer, or answered malformed, are missing."""
+        req = ReadRequest(block, data=False)  # type: ignore[arg-type]
+        me = int(self.node.id)
+        got: dict[int, ReadReply] = {}
+
+        def accept(node: Any, raw: Any) -> bool:
+            try:
+                got[int(node)] = ReadReply.from_wire(
+                    raw, req, n=self.node.config.n, max_fragment=self.max_fragment
+                )
+            except MessageError:
+                return False
+            return True
+
+        others = [NodeId(i) for i in self.node.config.node_ids if i != me]
+        with contextlib.suppress(QuorumUnavailable):
+            await self.node.endpoint.quorum_call(
+                others,
+                req.kind,
+                req.to_wire(),
+                enough=lambda valid: len(valid) >= len(others),
+                accept=accept,
+                timeout=ASK_TIMEOUT,
+            )
+        got[me] = self.node.store.read(lambda kv: replica.read_step(kv, req))
+        return got
+
+    async def sweep(self) -> None:
+        """Queue every block down to a verified empty version, a page at a time while
+        nothing is due; again every :data:`SWEEP_SECONDS` (never returns)."""
+        while True:
+            after: int | None = None
+            while True:
+                try:
+                    page, after = self.node.store.read(
+                        functools.partial(replica.given_back_page, after=after, limit=SWEEP_PAGE)
+                    )
+                except Exception:
+                    self.node.stats["internal_errors"] += 1
+                    self.node.log.exception("node %s: sweeping blocks", self.node.id)
+                    break
+                for block, ts in page:
+                    self.given_back(block, ts)
+                if after is None:
+                    break
+                await trio.lowlevel.checkpoint()
+            await trio.sleep(SWEEP_SECONDS)
