@@ -11,8 +11,11 @@ every run; with it, it returns to about the same level after every run.
 
 Usage::
 
-    .venv/bin/python benchmarks/space.py                   # 3 runs, keep_seconds 5
+    .venv/bin/python benchmarks/space.py                   # 3 runs, keep/forget 5 s
     .venv/bin/python benchmarks/space.py --runs 5 --files 600 --keep-seconds 10
+
+Removed files' last records (Q/U tombstones, given-back blocks' empty versions) are
+forgotten ``forget_seconds`` after ``keep_seconds``; the script waits for both.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def node_figures(pc: ProcessCluster) -> list[dict[str, Any]]:
         v = st.get("progress", {}).get("rw.verify", {})
         out.append(
             {
-                "used": v.get("used_bytes", 0),
+                "used": st.get("used_bytes", v.get("used_bytes", 0)),
                 "file": st.get("lmdb_bytes", 0),
                 "backlog": v.get("backlog_versions", 0),
                 "collected": v.get("collected", 0),
@@ -71,16 +74,18 @@ def node_figures(pc: ProcessCluster) -> list[dict[str, Any]]:
     return out
 
 
-def wait_settled(pc: ProcessCluster, keep_seconds: float, timeout: float = 300.0) -> float:
-    """Until no node has unverified versions and the retention window has passed (a
-    condition polled under a deadline across processes); seconds waited."""
+def wait_settled(pc: ProcessCluster, window: float, timeout: float = 300.0) -> float:
+    """Until no node has unverified versions and the retention window (keep and forget
+    seconds) has passed (a condition polled under a deadline across processes); seconds
+    waited."""
     start = time.monotonic()
-    time.sleep(keep_seconds + 1.0)  # the retention window itself: nothing can go before
+    time.sleep(window + 1.0)  # the retention window itself: nothing can go before
     while True:
         figures = node_figures(pc)
         if all(f["backlog"] == 0 for f in figures):
-            # one more look after the age revisits had their chance
-            time.sleep(1.0)
+            # one more look after the age revisits and the forgetting rounds (each asks
+            # every other node) had their chance
+            time.sleep(3.0)
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             print("  (gave up waiting for the backlog)", file=sys.stderr)
@@ -94,17 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--keep-seconds", type=float, default=5.0)
     parser.add_argument("--keep-versions", type=int, default=2)
+    parser.add_argument("--forget-seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bftfs-space-") as tmp:
         base = Path(tmp)
         tree_bytes = make_tree(base / "tree", 1, args.files)
         policy = VerificationPolicy(settle_seconds=0.5, fallback_seconds=5.0)
         retention = RetentionPolicy(
-            keep_seconds=args.keep_seconds, keep_versions=args.keep_versions
+            keep_seconds=args.keep_seconds,
+            keep_versions=args.keep_versions,
+            forget_seconds=args.forget_seconds,
         )
         print(
             f"bftfs space benchmark: tree of {args.files} files, {tree_bytes / MIB:.1f} MiB; "
-            f"retention keep_seconds={args.keep_seconds} keep_versions={args.keep_versions}"
+            f"retention keep_seconds={args.keep_seconds} keep_versions={args.keep_versions} "
+            f"forget_seconds={args.forget_seconds}"
         )
         print(f"{'after':>10}  {'in use (median/max MiB)':>24}  {'LMDB file (max MiB)':>20}")
         with (
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     p.write_bytes(rng.randbytes(p.stat().st_size))
                 report(f"run {run} +")
                 shutil.rmtree(target)
-                waited = wait_settled(pc, args.keep_seconds)
+                waited = wait_settled(pc, 2 * args.keep_seconds + args.forget_seconds)
                 report(f"run {run} -")
                 print(f"{'':>10}  (settled {waited:.0f} s after rm -rf)", flush=True)
     return 0

@@ -162,7 +162,11 @@ class Pruner:
                 continue
             shrink: list[int] = []
             forget: list[int] = []
-            while self._queue and self._queue[0][0] <= self.node.now_ns() and len(shrink) < BATCH:
+            while (
+                self._queue
+                and self._queue[0][0] <= self.node.now_ns()
+                and len(shrink) + len(forget) < BATCH  # one qu.history call asks for them
+            ):
                 due, oid = heapq.heappop(self._queue)
                 if self._latest.get(oid) != due:
                     continue  # updated again since: its own entry comes later
@@ -300,9 +304,16 @@ class Pruner:
     async def _histories(self, oids: list[int]) -> Histories:
         """Every server's history of each of ``oids`` (this one's from its store), culled
         with this server's key: what each server says for itself, nothing it forged for
-        another.  Servers that did not answer are missing."""
+        another.  Servers that did not answer are missing.  One call per :data:`BATCH`
+        objects (servers refuse longer lists)."""
+        ids = sorted(set(oids))  # qu.history takes sorted, distinct ids
+        out: Histories = {}
+        for i in range(0, len(ids), BATCH):
+            out.update(await self._history_batch(tuple(ids[i : i + BATCH])))
+        return out
+
+    async def _history_batch(self, objects: tuple[int, ...]) -> Histories:
         n, me = self.cfg.th.n, int(self.cfg.me)
-        objects = tuple(sorted(set(oids)))  # qu.history takes sorted, distinct ids
         got: dict[int, Any] = {}
 
         def accept(node: Any, raw: Any) -> bool:

@@ -104,14 +104,23 @@ class Forgetter:
                 self.node.log.exception("node %s: forgetting blocks", self.node.id)
 
     async def _forget(self, blocks: list[int]) -> None:
+        """Ask every node about ``blocks`` (all at once: a node that hangs costs one
+        timeout per batch, not per block) and forget those they all agree on."""
         targets = {
             b: t
             for b in blocks
             if (t := self.node.store.read(functools.partial(replica.forget_target, block=b)))
         }
+        said: dict[int, dict[int, ReadReply]] = {}
+
+        async def ask(block: int) -> None:
+            said[block] = await self._witnesses(block)
+
+        async with trio.open_nursery() as nursery:
+            for block in targets:
+                nursery.start_soon(ask, block)
         for block, ts in targets.items():
-            replies = await self._witnesses(block)
-            if not replica.forget_agreed(ts, replies, self.node.config.n):
+            if not replica.forget_agreed(ts, said[block], self.node.config.n):
                 self.node.stats["rw.forget.waiting"] += 1
                 self._retry(block)
                 continue

@@ -191,6 +191,8 @@ class Node:
             "address": self.spec.address,
             "uptime_s": round(time.time() - self.started, 1),
             "lmdb_bytes": self.store.size_bytes() if self.store is not None else 0,
+            # Pages in use now (the verifier's figure in "progress" is from its last step).
+            "used_bytes": self.store.used_recently() if self.store is not None else 0,
             "commits": self.store.commits if self.store is not None else 0,
             "requests": dict(self.stats),
             "rejected": dict(self.rejected),
