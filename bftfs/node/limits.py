@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bftfs import accounting
 from bftfs.ids import is_node
 from bftfs.net.admission import Admission, Limits
-from bftfs.rw import quota
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node
@@ -50,22 +50,29 @@ def admission_for(node: Node) -> Admission:
 
 
 def quota_bytes(node: Node) -> int:
-    """Block-version bytes one client may keep on ``node``."""
+    """Bytes one client may keep on ``node``: block versions and Q/U records together."""
     return node.config.limits.quota_bytes(node.config.map_size)
 
 
 def statistics(node: Node) -> dict[str, Any]:
     """``limits`` in the node's stats: totals, and per principal (clients, and nodes that
-    stored something here) its requests, waits, quota refusals and bytes stored."""
-    stored = node.store.read(quota.usages) if node.store is not None else {}
+    stored something here) its requests, waits, quota refusals and bytes stored: block
+    versions (``stored_bytes``) and Q/U records (``meta_bytes``), which the quota counts
+    together."""
+    blocks = node.store.read(accounting.RW.usages) if node.store is not None else {}
+    meta = node.store.read(accounting.QU.usages) if node.store is not None else {}
     admitted = node.server.admission.statistics() if node.server.admission else {}
     principals: dict[str, dict[str, int]] = {}
-    for pid in sorted(set(stored) | set(admitted)):
-        principals[str(pid)] = {**admitted.get(pid, {}), "stored_bytes": stored.get(pid, 0)}
+    for pid in sorted(set(blocks) | set(meta) | set(admitted)):
+        principals[str(pid)] = {
+            **admitted.get(pid, {}),
+            "stored_bytes": blocks.get(pid, 0),
+            "meta_bytes": meta.get(pid, 0),
+        }
     return {
         "quota_bytes": quota_bytes(node),
         "throttled": node.stats["limits.throttled"],
         "inflight_waits": node.stats["limits.inflight_waits"],
-        "quota_refused": node.stats["rw.refused.quota"],
+        "quota_refused": node.stats["rw.refused.quota"] + node.stats["qu.refused.quota"],
         "principals": principals,
     }
