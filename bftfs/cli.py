@@ -41,6 +41,7 @@ from bftfs.config import (
 )
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, MountOptions, OptionError
+from bftfs.ids import CLIENT_ID_BASE, is_node
 from bftfs.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
@@ -564,6 +565,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"  - {p}")
     _print_status(statuses)
+    _print_limits(statuses)
     _print_mounts(mounts, faults, cfg)
     return code
 
@@ -626,6 +628,51 @@ def _print_status(statuses: list[localmod.NodeStatus]) -> None:
             f"{v['poisonous'] + v['discarded']:>9}  {notify:>13}  "
             f"{'(history pool short) ' if v['pressure'] else ''}{faults}"
         )
+
+
+#: Principals ``bftfs status`` names per node, the largest first.
+TOP_PRINCIPALS = 3
+
+
+def _principal(pid: int) -> str:
+    return f"node{pid}" if is_node(pid) else f"client{pid - CLIENT_ID_BASE}"
+
+
+def _print_limits(statuses: list[localmod.NodeStatus]) -> None:
+    """``[limits]`` per node in one line: throttling, quota refusals and the principals
+    storing most there, as ``blocks+metadata`` (one quota counts both)."""
+    print("limits per client (the quota counts blocks+metadata):")
+    print(
+        f"  {'node':>4}  {'quota':>10}  {'throttled':>9}  {'waits':>7}  {'refused':>7}  stored most"
+    )
+    for s in statuses:
+        lim = (s.stats or {}).get("limits") if s.up else None
+        if not lim:
+            print(f"  {s.id:>4}  {'-':>10}  {'-':>9}  {'-':>7}  {'-':>7}  -")
+            continue
+        print(
+            f"  {s.id:>4}  {_human(lim['quota_bytes']):>10}  {lim['throttled']:>9}  "
+            f"{lim['inflight_waits']:>7}  {lim['quota_refused']:>7}  "
+            f"{_top_stored(lim['principals']) or 'nothing'}"
+        )
+
+
+def _top_stored(principals: dict[str, dict[str, int]]) -> str:
+    """``client0 1.2 MiB+40.0 KiB (3 refused), ...`` for the largest few."""
+    rows = sorted(
+        principals.items(),
+        key=lambda kv: -(kv[1].get("stored_bytes", 0) + kv[1].get("meta_bytes", 0)),
+    )
+    parts = []
+    for pid, p in rows[:TOP_PRINCIPALS]:
+        blocks, meta = p.get("stored_bytes", 0), p.get("meta_bytes", 0)
+        if not blocks + meta:
+            break
+        refused = p.get("quota_refused", 0)
+        note = f" ({refused} refused)" if refused else ""
+        parts.append(f"{_principal(int(pid))} {_human(blocks)}+{_human(meta)}{note}")
+    more = sum(1 for _, p in rows[TOP_PRINCIPALS:] if p.get("stored_bytes") or p.get("meta_bytes"))
+    return ", ".join(parts) + (f", +{more} more" if more else "")
 
 
 def _print_rows(statuses: list[localmod.NodeStatus], progress: dict[int, str], wide: int) -> None:

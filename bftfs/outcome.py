@@ -18,7 +18,7 @@ FUSE set it without importing the transport.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -37,6 +37,21 @@ class QuotaExceeded(StorageFull):
     """More than ``b`` nodes refused a write because it would take this client past its
     quota there (``[limits]``; at least one correct node counts it over): the file system
     reports EDQUOT, and deleting this client's files gives the space back."""
+
+
+def refused_for_space(codes: Mapping[int, str | None], b: int) -> StorageFull | None:
+    """What refusals for space by the nodes in ``codes`` (node -> refusal code) mean, for
+    either protocol's client: :class:`StorageFull` once more than ``b`` nodes refused as
+    ``full`` or ``quota`` - so at least one correct node did - and :class:`QuotaExceeded`
+    when ``quota`` refusals are at least as many as ``full`` ones; None for ``b`` or fewer
+    (a Byzantine node alone cannot fail a correct client)."""
+    full = sorted(n for n, code in codes.items() if code == "full")
+    quota = sorted(n for n, code in codes.items() if code == "quota")
+    if len(full) + len(quota) <= b:
+        return None
+    if len(quota) >= len(full):
+        return QuotaExceeded(f"nodes {quota} refused: this client is at its quota there")
+    return StorageFull(f"nodes {full} are out of space")
 
 
 def collapse(

@@ -63,12 +63,16 @@ Limits (per client principal, on each node; nodes talking to nodes are never lim
                                      that client's connection until tokens are back
 ``bytes_per_second``     268435456   the same for the bytes of its frames (256 MiB/s)
 ``burst_seconds``        2.0         each bucket holds this many seconds of its rate
-``quota_fraction``       0.5         bytes of PASIS block versions one client's writes may
-                                     occupy on a node, as a share of ``map_size``; a
-                                     non-empty version beyond it is refused (``quota``:
-                                     EDQUOT once more than ``b`` nodes refuse); empty
-                                     versions (removed files) and deletions always pass;
-                                     ``1.0``: only ``data_fraction`` binds
+``quota_fraction``       0.5         bytes one client's requests may keep on a node, as a
+                                     share of ``map_size``: PASIS block versions and Q/U
+                                     records (versions, stored requests, histories) in one
+                                     figure (bftfs/accounting.py); a non-empty block
+                                     version, or a Q/U update of its own whose states grow,
+                                     beyond it is refused (``quota``: EDQUOT once more
+                                     than ``b`` nodes refuse); empty versions, updates
+                                     that keep or shrink the states, repairs and
+                                     deletions always pass; ``1.0``: only
+                                     ``data_fraction`` binds
 =======================  ==========  =====================================================
 
 The rates are chosen well above what one mount can ask of a node (a null request costs a
@@ -178,7 +182,8 @@ class LimitsPolicy:
         return self
 
     def quota_bytes(self, map_size: int) -> int:
-        """Block-version bytes one client may keep on a node of ``map_size``."""
+        """Bytes (block versions and Q/U records) one client may keep on a node of
+        ``map_size``."""
         return int(self.quota_fraction * map_size)
 
 

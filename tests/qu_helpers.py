@@ -255,8 +255,11 @@ class MemEndpoint:
             self.sent += 1
             try:
                 reply = self.cluster.handle(node, self.pid, kind, payload)
-            except (TransportError, RemoteError) as e:
+            except TransportError as e:
                 step = engine.on_failure(node, str(e), now)
+                continue
+            except RemoteError as e:  # recorded as the endpoint does (net/errors.py)
+                step = engine.on_failure(node, f"refused: {e}", now)
                 continue
             step = engine.on_reply(node, reply, now)
         if step.verdict is Verdict.ENOUGH:

@@ -20,6 +20,7 @@ BASE = {
     "policy",
     "metrics",
     "bftfs",
+    "accounting",
 }
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
@@ -34,6 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": set(),
     "thresholds": set(),
     "bftfs": set(),
+    # accounting: the per-principal charges both protocols' stores keep (one quota per
+    # client over block versions and Q/U records), as steps over a kv transaction.
+    "accounting": {"kv"},
     # net: both halves of a connection (endpoint, server) and the quorum engine.
     # net -> outcome: the transport cuts its timeouts to the running operation's patience
     # (outcome.patience, set per system call by a mount: its ``timeo``).

@@ -260,3 +260,40 @@ def test_limits_round_trip_through_the_configuration(tmp_path: object) -> None:
     doc["limits"]["burst_seconds"] = 0
     with pytest.raises(ConfigError, match=r"\[limits\] burst_seconds"):
         from_dict(doc, home)
+
+
+def test_status_text_shows_each_nodes_limits_and_its_largest_principals(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bftfs.cli import _print_limits
+    from bftfs.local import NodeStatus
+
+    def principal(blocks: int, meta: int, refused: int = 0) -> dict[str, int]:
+        return {"stored_bytes": blocks, "meta_bytes": meta, "quota_refused": refused}
+
+    limits = {
+        "quota_bytes": 32 << 20,
+        "throttled": 7,
+        "inflight_waits": 2,
+        "quota_refused": 5,
+        "principals": {
+            str(ALICE): principal(3 << 20, 40 << 10, refused=5),
+            str(BOB): principal(0, 2048),
+            "1": principal(1 << 20, 0),
+            str(int(client_id(2))): principal(100, 0),
+            str(int(client_id(3))): principal(0, 0),
+        },
+    }
+    _print_limits(
+        [
+            NodeStatus(0, "127.0.0.1:1", 10, True, {"limits": limits}, None),
+            NodeStatus(1, "127.0.0.1:2", None, False, None, "down"),
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "limits per client (the quota counts blocks+metadata):"
+    assert lines[2].split()[:6] == ["0", "32.0", "MiB", "7", "2", "5"]
+    assert lines[2].endswith(
+        "client0 3.0 MiB+40.0 KiB (5 refused), node1 1.0 MiB+0 B, client1 0 B+2.0 KiB, +1 more"
+    )
+    assert lines[3].split() == ["1", "-", "-", "-", "-", "-"]

@@ -21,15 +21,18 @@ from typing import Any
 import pytest
 import trio
 from fs_helpers import RW_OPTIONS, fs_env
+from t5_qu_tombstone import until as polled
 from t5_rw_lazy import EAGER, until
 
-from bftfs.fs.errors import OverQuota
+from bftfs import accounting
+from bftfs.fs.errors import NoAttr, OverQuota
 from bftfs.fs.objects import ROOT
 from bftfs.ids import NodeId, client_id
 from bftfs.net.errors import TransportError
 from bftfs.node.service import Node
 from bftfs.outcome import QuotaExceeded
 from bftfs.policy import LimitsPolicy, RetentionPolicy
+from bftfs.qu import schema
 from bftfs.rw import quota
 from bftfs.rw.client import open_rw_client
 from bftfs.rw.messages import KIND_TIME, BlockId, TimeRequest
@@ -85,6 +88,92 @@ async def test_a_flooding_writer_stops_at_its_quota_and_another_client_still_wri
         status = cl.nodes[0].statistics()["limits"]
         assert status["quota_refused"] == cl.nodes[0].stats["rw.refused.quota"]
         assert status["principals"][str(FLOODER)]["stored_bytes"] == usage(cl.nodes[0], FLOODER)
+
+
+def meta_usage(node: Node, owner: int) -> int:
+    """The node's Q/U charge total for ``owner``, after checking every charge against the
+    records stored (none left over, none missing)."""
+    totals, orphans, unaccounted = node.store.read(schema.audit)
+    stored = node.store.read(accounting.QU.usages)
+    assert (orphans, unaccounted) == (0, 0) and totals == stored, (orphans, unaccounted)
+    return stored.get(owner, 0)
+
+
+XATTR = 2048
+
+
+async def test_a_metadata_flooder_gets_edquot_another_client_still_creates(
+    tmp_path: Path,
+) -> None:
+    """Big xattrs until EDQUOT (Q/U state only: no block is written), on one quota with
+    its blocks; the refused update leaves every node at the state before it; the other
+    client creates files; once the flooder removed its files and the nodes pruned them,
+    it creates again."""
+    async with fs_env(
+        tmp_path,
+        map_size=MAP,
+        retention=RetentionPolicy(keep_seconds=0.5, keep_versions=1),
+        limits=SMALL_QUOTA,
+    ) as env:
+        fs, other, cl = env.fss[0], env.fss[1], env.cluster
+        limit = cl.config.limits.quota_bytes(MAP)
+        rng = random.Random(18)
+        d = (await fs.mkdir(ROOT, b"flood", 0o755, 0, 0)).ino
+        done: dict[int, list[bytes]] = {}
+        refused: tuple[int, bytes] | None = None
+        with pytest.raises(OverQuota) as caught:
+            for i in range(limit // XATTR):
+                fh, attr = await fs.create(d, f"f{i}".encode(), 0o644, 0, 0, os.O_RDWR)
+                await fs.release(fh)
+                done[attr.ino] = []
+                for k in range(8):
+                    refused = (attr.ino, f"user.x{k}".encode())
+                    await fs.setxattr(attr.ino, refused[1], rng.randbytes(XATTR))
+                    done[attr.ino].append(refused[1])
+                    refused = None
+        assert caught.value.errno == errno.EDQUOT and sum(map(len, done.values())) > 4
+        stored = [meta_usage(node, FLOODER) for node in cl.nodes]
+        # Beyond the quota by at most the one update that crossed it (its version, with the
+        # state's small parts again, and its stored request).
+        assert all(limit // 2 < s <= limit + 4 * XATTR for s in stored), (stored, limit)
+        assert sum(n.stats["qu.refused.quota"] > 0 for n in cl.nodes) > cl.config.b
+        if refused is not None:  # a setxattr (not a create) was refused: nothing of it
+            ino, name = refused
+            with pytest.raises(NoAttr):
+                await other.getxattr(ino, name)
+            assert sorted(await other.listxattr(ino)) == sorted(done[ino])
+            newest = {
+                n.store.read(lambda kv, o=ino: schema.iter_versions(kv, o)[-1].state)
+                for n in cl.nodes
+            }
+            assert len(newest) == 1  # the same state on every node
+        with pytest.raises(OverQuota):  # not a one-off
+            fh, _ = await fs.create(d, b"one more", 0o644, 0, 0, os.O_RDWR)
+        # The other client, charged apart, still creates and writes small files.
+        for i in range(10):
+            fh, _ = await other.create(ROOT, f"o{i}".encode(), 0o644, 0, 0, os.O_RDWR)
+            await other.write(fh, 0, b"still here %d" % i)
+            await other.release(fh)
+        assert all(meta_usage(node, OTHER) > 0 for node in cl.nodes)
+        limits_status = cl.nodes[0].statistics()["limits"]
+        flooder = limits_status["principals"][str(FLOODER)]
+        assert flooder["meta_bytes"] == meta_usage(cl.nodes[0], FLOODER)  # no await between
+        # Removing is never refused; pruning and tombstones give the charges back.
+        for i in range(len(done)):
+            await fs.unlink(d, f"f{i}".encode())
+        await polled(
+            lambda: all(
+                meta_usage(n, FLOODER) < s // 2 for n, s in zip(cl.nodes, stored, strict=True)
+            ),
+            within=60.0,
+        )
+        fh, attr = await fs.create(d, b"again", 0o644, 0, 0, os.O_RDWR)
+        await fs.setxattr(attr.ino, b"user.x", rng.randbytes(XATTR))
+        await fs.release(fh)
+
+
+def _newest(kv: Any, oid: int) -> bytes | None:
+    return schema.iter_versions(kv, oid)[-1].state
 
 
 async def test_a_client_over_quota_removes_files_and_writes_again(tmp_path: Path) -> None:

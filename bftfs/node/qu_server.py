@@ -26,6 +26,13 @@ sync** (L2599-2607): it asks the host servers named by the OHS (then any other s
 that version through ``node.endpoint`` and needs b+1 identical answers, so at least one
 comes from a benign host; then it re-runs the step with the version.
 
+Every record an update stores is charged to its authenticated sender, in the update's own
+transaction (``qu/schema.py``, :mod:`bftfs.accounting`); a client's update whose new
+states are larger than those they replace is refused with ``quota`` when its charges here
+(block versions and Q/U records together) would pass ``[limits] quota_fraction``
+(``replica.OverQuota``; node/limits.py).  Nodes are never refused (catch-up applies
+requests as this node itself).
+
 The object types it serves are given by the node (``node/protocols.py``): the file
 system's, and the test types only when asked for.
 """
@@ -38,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import PrincipalId, is_node
 from bftfs.net.quorum import QuorumUnavailable
+from bftfs.node import limits
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
@@ -63,6 +71,7 @@ from bftfs.qu.objects import ObjectType, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.replica import (
     NeedSync,
+    OverQuota,
     ReplicaConfig,
     Retention,
     SyncWant,
@@ -119,6 +128,20 @@ def register(
         )
     cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention)
     pruner = Pruner(node, cfg)
+    client_quota = limits.quota_bytes(node)
+
+    def quota_of(sender: int) -> int | None:
+        return None if is_node(sender) else client_quota
+
+    def refuse(sender: int, res: OverQuota) -> HandlerError:
+        node.stats["qu.refused.quota"] += 1
+        if node.server.admission is not None:
+            node.server.admission.note(PrincipalId(sender), "quota_refused")
+        return HandlerError(
+            "quota",
+            f"client {sender} holds {res.used} bytes here; {res.grows} more would pass "
+            f"its quota of {res.quota}",
+        )
 
     def accepted(req: Request, res: Reply) -> None:
         if res.status is ReplyStatus.OK and not (req.op is not None and req.op.query):
@@ -154,7 +177,7 @@ def register(
         now_ns = node.now_ns()
 
         def step(kv: Any) -> Any:
-            return handle_request(kv, cfg, sender, req, {}, now_ns)
+            return handle_request(kv, cfg, sender, req, {}, now_ns, quota_of(sender))
 
         if req.op is not None and req.op.query:
             res = node.store.read(step)
@@ -164,6 +187,8 @@ def register(
             res = node.store.write_now(step)  # NeedSync wrote nothing
         if isinstance(res, NeedSync):
             return defer(payload, req)
+        if isinstance(res, OverQuota):
+            raise refuse(sender, res)
         node.stats[f"qu.{res.status.value}"] += 1
         accepted(req, res)
         return res.wire()
@@ -185,8 +210,11 @@ def register(
                         req=req,
                         synced=synced,
                         now_ns=now_ns,
+                        quota=quota_of(sender),
                     )
                 )
+            if isinstance(res, OverQuota):
+                raise refuse(sender, res)
             if not isinstance(res, NeedSync):
                 node.stats[f"qu.{res.status.value}"] += 1
                 accepted(req, res)

@@ -138,7 +138,7 @@ def register(
             limit is not None
             and here is None
             and quota.over(
-                node.store.read(lambda kv: quota.usage_of(kv, owner)),
+                node.store.read(lambda kv: quota.used(kv, owner)),
                 replica.version_size(req),
                 limit,
                 empty=not req.fragment,

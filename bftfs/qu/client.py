@@ -29,7 +29,7 @@ import trio
 
 from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import ClusterUnavailable, StorageFull
+from bftfs.outcome import ClusterUnavailable, refused_for_space
 from bftfs.qu import core
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import OpType, QUThresholds, View
@@ -148,8 +148,9 @@ class QUClient:
         self._locks: dict[int, trio.Lock] = {}
         self._excluded: set[int] = set()
         self._suspects: set[int] = set()  # stray-history servers of the running operation
-        #: Servers that refused the latest round as ``full`` (out of space).
-        self._full = 0
+        #: Servers that refused the latest round for space: ``full`` (out of it) or
+        #: ``quota`` (this client is at its quota there), by server.
+        self._space: dict[int, str] = {}
         self._n = dict.fromkeys(
             (
                 "operations",
@@ -289,8 +290,12 @@ class QUClient:
             mohs, shown = await self._present_filled(objects + tuple(sorted(context)), fresh)
             req = Request(self.client_id, objects, mohs, op, None, self._links_for(shown))
             replies = await self._round(objects, req)
-            if len(replies) < th.q and self._full > th.b:
-                raise StorageFull(f"objects {objects}: {self._full} servers are out of space")
+            if len(replies) < th.q:
+                # More than b refusals for space (one correct server's at least): ENOSPC,
+                # or EDQUOT for quota ones; b or fewer are probed past like any failure.
+                space = refused_for_space(self._space, th.b)
+                if space is not None:
+                    raise type(space)(f"objects {objects}: {space}")
             self._absorb(objects, replies, fresh)
             st.short = st.short + 1 if len(replies) < th.q else 0
             # Judge the round on the OHS we present (decision 6), the one ``next_step``
@@ -570,7 +575,7 @@ class QUClient:
             # lookup (118 syncs in a 111-file cp -a).  Failures (not current) still probe.
             return rep.status in (ReplyStatus.OK, ReplyStatus.REFUSED)
 
-        self._full = 0
+        self._space = {}
         try:
             with scope:
                 await self.ep.quorum_call(
@@ -584,9 +589,13 @@ class QUClient:
                     timeout=self.timeout,
                 )
         except QuorumUnavailable as e:
-            # Servers out of space answer ``full`` (node/service.py); more than b of them
-            # means a correct one is full, and the caller reports ENOSPC.
-            self._full = sum(1 for why in e.result.errors.values() if refusal_code(why) == "full")
+            # Servers out of space answer ``full`` (node/service.py), a client's update past
+            # its quota ``quota`` (node/qu_server.py); judged in ``_run``.
+            self._space = {
+                int(n): code
+                for n, why in e.result.errors.items()
+                if (code := refusal_code(why)) in ("full", "quota")
+            }
         return dict(stash)
 
     async def _inline(self, target: Candidate, view: View, fresh: dict[int, set[int]]) -> bool:

@@ -50,6 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bftfs import accounting
 from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import canonical_map, unpack
@@ -131,6 +132,45 @@ class NeedSync:
     """Result of a step that cannot proceed without object sync (line 1014)."""
 
     wants: tuple[SyncWant, ...]
+
+
+@dataclass(frozen=True)
+class OverQuota:
+    """Result of an update refused for its sender's quota (nothing was written): its new
+    states are larger than those they replace by ``grows`` bytes and the sender, charged
+    ``used`` bytes here, would pass ``quota`` (node/limits.py)."""
+
+    used: int
+    grows: int
+    quota: int
+
+
+def _size(state: bytes | None) -> int:
+    return 0 if state is None else len(state)
+
+
+def _over_quota(
+    kv: KV,
+    sender: int,
+    quota: int | None,
+    old: Mapping[int, bytes | None],
+    new: Mapping[int, bytes | None],
+) -> OverQuota | None:
+    """The quota rule for a client's own METHOD: refused when its new states are larger,
+    all objects together, than the states they replace and its charges here
+    (:func:`bftfs.accounting.used`, block versions and Q/U records) plus that growth pass
+    ``quota``.  What keeps or shrinks the states - removals, a rename to a shorter name,
+    truncation, removing an xattr - always passes, so a client over quota can give space
+    back; repairs (barriers, copies, inline repairs) never reach this check."""
+    if quota is None:
+        return None
+    grows = sum(_size(new[oid]) for oid in new) - sum(_size(old[oid]) for oid in new)
+    if grows <= 0:
+        return None
+    used = accounting.used(kv, sender)
+    if not accounting.over(used, grows, quota, empty=False):
+        return None
+    return OverQuota(used, grows, quota)
 
 
 #: Versions obtained by object sync: ``(oid, lt) -> (state, applied)``.
@@ -240,19 +280,22 @@ def handle_request(
     req: Request,
     synced: Synced | None = None,
     now_ns: int = 0,
-) -> Reply | NeedSync:
+    quota: int | None = None,
+) -> Reply | NeedSync | OverQuota:
     """One ``s_request`` inside the caller's write transaction.
 
     Args:
         kv: the transaction.
         cfg: this server.
-        sender: the authenticated principal that sent ``req``.
+        sender: the authenticated principal that sent ``req``; every record the step
+            writes is charged to it (``qu/schema.py``).
         req: the parsed request.
         synced: versions fetched by object sync for a previous :class:`NeedSync`.
         now_ns: this server's clock, recorded with a new version (retention by age).
+        quota: bytes ``sender`` may keep here (None: no quota; nodes have none).
 
     Returns:
-        The reply, or :class:`NeedSync` (nothing was written).
+        The reply, or :class:`NeedSync` or :class:`OverQuota` (nothing was written).
     """
     synced = synced or {}
     objects = req.objects
@@ -318,7 +361,7 @@ def handle_request(
 
     stored = Request(req.client, objects, mohs, req.op, None, links)
     if su.type is OpType.BARRIER:
-        return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None, now_ns)
+        return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None, now_ns, sender)
 
     got: dict[int, tuple[bytes | None, bytes]] = {}
     wants = []
@@ -338,7 +381,7 @@ def handle_request(
         return NeedSync(tuple(wants))
 
     if su.type is OpType.COPY:
-        return _accept(kv, cfg, stored, su, rhs, culled, got, synced, None, now_ns)
+        return _accept(kv, cfg, stored, su, rhs, culled, got, synced, None, now_ns, sender)
 
     op = req.op
     if op is None:  # unreachable: METHOD without operation was answered above
@@ -362,6 +405,10 @@ def handle_request(
             new_states, answer = cfg.registry.update(op.method, states, op.arg)
         except MethodRefused as e:
             return reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
+        if req.client == sender:  # an inline repair is never refused
+            refused = _over_quota(kv, sender, quota, {o: got[o][0] for o in objects}, new_states)
+            if refused is not None:
+                return refused
     applied = {}
     for oid in objects:
         t = dict(tables[oid])
@@ -380,6 +427,7 @@ def handle_request(
         synced,
         answer,
         now_ns,
+        sender,
     )
 
 
@@ -398,11 +446,13 @@ def _accept(
     synced: Synced,
     answer: Any,
     now_ns: int = 0,
+    owner: int | None = None,
 ) -> Reply:
     """Lines 1024-1030: add the candidate, prune, re-authenticate and store, atomically.
 
     ``req`` is the request as this server interpreted it (culled OHS, no evidence): what an
     inline repairer re-sends.  For a copy, ``results`` holds the versions copied forward.
+    Everything written is charged to ``owner``, the request's sender.
     """
     kind = su.type.value
     hist = []
@@ -416,13 +466,14 @@ def _accept(
                 kv,
                 oid,
                 schema.Version(cand.lt_co, schema.SYNCED, s, ap, None, None, False, (), now_ns),
+                owner,
             )
         rh = list(rhs[oid]) + [cand]
         if su.type is OpType.METHOD:
             rh = [c for c in rh if c.lt >= cand.lt_co]
         new_rh = make_rh(rh)
         auth = make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for)
-        schema.store_rh(kv, oid, new_rh, auth)
+        schema.store_rh(kv, oid, new_rh, auth, owner)
         state, applied = results.get(oid, (None, schema.EMPTY_APPLIED))
         schema.store_version(
             kv,
@@ -430,10 +481,11 @@ def _accept(
             schema.Version(
                 cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects, now_ns
             ),
+            owner,
         )
         _retain(kv, cfg, oid, new_rh, now_ns)
         hist.append(OHSEntry(new_rh, auth))
-    schema.store_request(kv, su.lt, req.packed())
+    schema.store_request(kv, su.lt, req.packed(), owner)
     return Reply(
         ReplyStatus.OK,
         type=kind,
@@ -613,7 +665,7 @@ def tombstone_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_n
             deleted += 1
     v = schema.load_version(kv, oid, final)
     if v is not None and v.objects and v.objects[0] == oid:
-        deleted += int(kv.delete(schema.DB_REQ, final.encode()))
+        deleted += int(schema.delete_request(kv, final))
     return deleted
 
 

@@ -12,6 +12,17 @@ Named databases (LMDB creates them on demand; :class:`bftfs.kv.MemoryKV` in test
     qu.blob   hash (32)                bytes                  large byte strings of states,
                                                               stored once
     qu.bref   hash (32)                count (4, BE)          references to each blob
+    qu.charge tag (1) || record key    owner (8) || size (8)  who each record is charged to
+    qu.usage  owner (8)                total (8)              the sum of an owner's charges
+
+Every record is charged (``qu.charge``, :data:`bftfs.accounting.QU`) to the principal whose
+request wrote it last, with its size as stored (key plus value), in the transaction that
+writes it; deleting a record gives its charge back in the transaction that deletes it.  The
+tag names the table (``h`` rh, ``v`` ver, ``q`` req, ``b`` blob, ``c`` bref).  Only the
+functions here write or delete Q/U records, so no path can skip the accounting; callers pass
+the ``owner`` (the request's authenticated sender).  A blob and its count are charged to the
+request that first stored it; later references change the count, not the charge (a count
+is always 4 bytes).
 
 A large state (``bftfs.qu.blobs``) is stored as a skeleton (``"s"``, with ``"sk": true``)
 whose large byte strings are references into ``qu.blob``; each reference holds one count,
@@ -32,6 +43,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from bftfs.accounting import QU
 from bftfs.kv import KV
 from bftfs.qu import blobs
 from bftfs.qu.canon import canonical, pack, unpack
@@ -50,6 +62,12 @@ DB_VER = "qu.ver"
 DB_REQ = "qu.req"
 DB_BLOB = "qu.blob"
 DB_BREF = "qu.bref"
+DB_CHARGE = QU.charges
+DB_USAGE = QU.totals
+
+#: The tag of each table's records in ``qu.charge``.
+_TAGS = {DB_RH: b"h", DB_VER: b"v", DB_REQ: b"q", DB_BLOB: b"b", DB_BREF: b"c"}
+_TABLES = {tag: db for db, tag in _TAGS.items()}
 
 #: Version kinds.
 METHOD, COPY, BARRIER, SYNCED = "method", "copy", "barrier", "synced"
@@ -64,6 +82,47 @@ class SchemaError(Exception):
 def oid_key(oid: int) -> bytes:
     """The 8-byte key of an object."""
     return oid.to_bytes(8, "big")
+
+
+def _put(kv: KV, db: str, key: bytes, value: bytes, owner: int | None) -> None:
+    """Write a Q/U record charged to ``owner`` (None: to nobody; a charge it had is given
+    back)."""
+    kv.put(db, key, value)
+    if owner is None:
+        QU.release(kv, _TAGS[db] + key)
+    else:
+        QU.recharge(kv, _TAGS[db] + key, owner, len(key) + len(value))
+
+
+def _delete(kv: KV, db: str, key: bytes) -> bool:
+    """Delete a Q/U record and give back its charge; whether it was there."""
+    QU.release(kv, _TAGS[db] + key)
+    return kv.delete(db, key)
+
+
+def usage_of(kv: KV, owner: int) -> int:
+    """Bytes of Q/U records charged to ``owner`` on this node."""
+    return QU.usage_of(kv, owner)
+
+
+def audit(kv: KV) -> tuple[dict[int, int], int, int]:
+    """The per-owner totals recomputed from the charges of records still stored, how many
+    charges name a record that is gone, and how many stored records have no charge or one
+    of another size (a check for tests and fsck: the totals must equal ``qu.usage``, the
+    other two zero)."""
+
+    def present(ckey: bytes) -> bool:
+        db = _TABLES.get(ckey[:1])
+        return db is not None and kv.get(db, ckey[1:]) is not None
+
+    totals, orphans = QU.audit(kv, present)
+    unaccounted = 0
+    for db, tag in _TAGS.items():
+        for key, value in kv.scan(db, b"", b"\xff" * 128):
+            raw = kv.get(DB_CHARGE, tag + bytes(key))
+            if raw is None or int.from_bytes(bytes(raw)[8:], "big") != len(key) + len(value):
+                unaccounted += 1
+    return totals, orphans, unaccounted
 
 
 #: The largest object id, and a key above every object's (the end of a scan).
@@ -180,14 +239,16 @@ def _remember_rh(raw: bytes, parsed: tuple[ReplicaHistory, Authenticator | None]
         _RH_PARSED[raw] = parsed
 
 
-def store_rh(kv: KV, oid: int, rh: ReplicaHistory, auth: Authenticator) -> None:
+def store_rh(
+    kv: KV, oid: int, rh: ReplicaHistory, auth: Authenticator, owner: int | None = None
+) -> None:
     """Write the replica history and authenticator of ``oid``.
 
     ``rh`` is canonical (``make_rh``) and ``auth`` a tuple of MACs, so parsing the bytes
     written gives back exactly ``(rh, auth)``: they are remembered as parsed.
     """
     raw = pack([rh_wire(rh), auth])
-    kv.put(DB_RH, oid_key(oid), raw)
+    _put(kv, DB_RH, oid_key(oid), raw, owner)
     _remember_rh(raw, (rh, tuple(auth)))
 
 
@@ -216,8 +277,9 @@ def version_accepted(kv: KV, oid: int, lt: Timestamp) -> tuple[str, Any] | None:
         raise SchemaError(f"bad stored version: {e}") from e
 
 
-def store_version(kv: KV, oid: int, v: Version) -> None:
-    """Write a version (overwrites; callers only overwrite SYNCED with accepted ones).
+def store_version(kv: KV, oid: int, v: Version, owner: int | None = None) -> None:
+    """Write a version (overwrites; callers only overwrite SYNCED with accepted ones),
+    charged to ``owner``.
 
     A large state is stored split (:mod:`bftfs.qu.blobs`): its skeleton here, its large
     byte strings in ``qu.blob`` with one count per reference.
@@ -228,17 +290,17 @@ def store_version(kv: KV, oid: int, v: Version) -> None:
         _release(kv, old)
     parts = blobs.split(v.state) if v.state is not None else None
     if parts is None:
-        kv.put(DB_VER, key, v.encode())
+        _put(kv, DB_VER, key, v.encode(), owner)
         return
     skeleton, refs, data = parts
     for h in refs:
         raw = kv.get(DB_BREF, h)
         if raw is None:
-            kv.put(DB_BLOB, h, data[h])
-            kv.put(DB_BREF, h, (1).to_bytes(4, "big"))
-        else:
+            _put(kv, DB_BLOB, h, data[h], owner)
+            _put(kv, DB_BREF, h, (1).to_bytes(4, "big"), owner)
+        else:  # same size: the count keeps its charge
             kv.put(DB_BREF, h, (int.from_bytes(bytes(raw), "big") + 1).to_bytes(4, "big"))
-    kv.put(DB_VER, key, v.encode(skeleton))
+    _put(kv, DB_VER, key, v.encode(skeleton), owner)
 
 
 def _blob(kv: KV, h: bytes) -> bytes | None:
@@ -259,9 +321,9 @@ def _release(kv: KV, raw: bytes) -> None:
             continue
         count = int.from_bytes(bytes(got), "big") - 1
         if count <= 0:
-            kv.delete(DB_BREF, h)
-            kv.delete(DB_BLOB, h)
-        else:
+            _delete(kv, DB_BREF, h)
+            _delete(kv, DB_BLOB, h)
+        else:  # same size: the count keeps its charge
             kv.put(DB_BREF, h, count.to_bytes(4, "big"))
 
 
@@ -314,9 +376,14 @@ def oldest_versions(kv: KV, oid: int, k: int) -> list[tuple[Timestamp, int]]:
     return out
 
 
-def store_request(kv: KV, lt: Timestamp, body: bytes) -> None:
-    """Remember the (culled) request that made candidate ``lt``."""
-    kv.put(DB_REQ, lt.encode(), body)
+def store_request(kv: KV, lt: Timestamp, body: bytes, owner: int | None = None) -> None:
+    """Remember the (culled) request that made candidate ``lt``, charged to ``owner``."""
+    _put(kv, DB_REQ, lt.encode(), body, owner)
+
+
+def delete_request(kv: KV, lt: Timestamp) -> bool:
+    """Forget the stored request of ``lt`` (and its charge); whether it was there."""
+    return _delete(kv, DB_REQ, lt.encode())
 
 
 def load_request(kv: KV, lt: Timestamp) -> Any:
@@ -331,6 +398,6 @@ def delete_version(kv: KV, oid: int, v: Version) -> None:
     raw = kv.get(DB_VER, ver_key(oid, v.lt))
     if raw is not None:
         _release(kv, raw)
-    kv.delete(DB_VER, ver_key(oid, v.lt))
+    _delete(kv, DB_VER, ver_key(oid, v.lt))
     if v.objects and v.objects[0] == oid:
-        kv.delete(DB_REQ, v.lt.encode())
+        delete_request(kv, v.lt)

@@ -50,7 +50,12 @@ from bftfs.net.batch import Batcher, batch_quorum
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, collapse
+from bftfs.outcome import (
+    ClusterUnavailable,
+    StorageFull,
+    collapse,
+    refused_for_space,
+)
 from bftfs.rw import verify
 from bftfs.rw.batch import rw_batcher
 from bftfs.rw.classify import (
@@ -134,14 +139,7 @@ def _storage_full(e: BaseException, b: int) -> StorageFull | None:
         return e
     if not isinstance(e, QuorumUnavailable):
         return None
-    codes = {n: refusal_code(why) for n, why in e.result.errors.items()}
-    full = sorted(n for n, code in codes.items() if code == "full")
-    quota = sorted(n for n, code in codes.items() if code == "quota")
-    if len(full) + len(quota) <= b:
-        return None
-    if len(quota) >= len(full):
-        return QuotaExceeded(f"nodes {quota} refused: this client is at its quota there")
-    return StorageFull(f"nodes {full} are out of space")
+    return refused_for_space({n: refusal_code(why) for n, why in e.result.errors.items()}, b)
 
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])

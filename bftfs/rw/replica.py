@@ -202,7 +202,7 @@ def store_charged(
     value = StoredVersion(0, req.cross_checksum, req.fragment).encode()
     size = len(key) + len(value)
     if owner is not None:
-        used = quota.usage_of(kv, owner) if quota_bytes is not None else 0
+        used = quota.used(kv, owner) if quota_bytes is not None else 0
         if quota.over(used, size, quota_bytes, empty=not req.fragment):
             return None
     kv.put(DB_VERSIONS, key, value)
