@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from bftfs.qu.replica import (
     NeedSync,
     OverQuota,
     Retention,
+    forget_step,
     handle_request,
     prune_step,
     tombstone_step,
@@ -174,6 +176,16 @@ async def test_charges_follow_the_records_through_updates_prunes_and_tombstones(
         for totals, store in zip(cl.audit(), stores, strict=True):
             left = store.read(lambda kv: _record_bytes(kv))
             assert sum(totals.values()) == left  # every stored byte is someone's
+        # Forgotten: nothing of the object stays, and nothing stays charged.
+        cl.now_ns = 300 * SEC
+
+        def forget(kv: KV, cfg: Any) -> int:
+            cfg = replace(cfg, retention=replace(cfg.retention, forget_seconds=0.0))
+            return forget_step(kv, cfg, OID, final, cl.now_ns)
+
+        assert _each(cl, forget) == 2 * len(stores)  # the last version and the history
+        for totals, store in zip(cl.audit(), stores, strict=True):
+            assert sum(totals.values()) == 0 == store.read(lambda kv: _record_bytes(kv))
     finally:
         for store in stores:
             store.close()

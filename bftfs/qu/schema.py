@@ -254,8 +254,8 @@ def store_rh(
 
 def delete_rh(kv: KV, oid: int) -> bool:
     """Remove the replica history of ``oid`` (a forgotten tombstone): the object reads as
-    never touched here again; whether there was one."""
-    return bool(kv.delete(DB_RH, oid_key(oid)))
+    never touched here again (its charge given back); whether there was one."""
+    return _delete(kv, DB_RH, oid_key(oid))
 
 
 def load_version(kv: KV, oid: int, lt: Timestamp) -> Version | None:
