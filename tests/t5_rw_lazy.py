@@ -25,7 +25,6 @@ from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw import replica
 from bftfs.rw.lazy import POISONOUS, VERIFIED, responsible
 from bftfs.rw.messages import KIND_NOTIFY, BlockId, Notify
-from bftfs.rw.schema import DB_VERSIONS, FLAG_VERIFIED, version_key
 from bftfs.rw.timestamp import Timestamp, make_timestamp
 
 #: Verify at once, never by fallback: every node that is not responsible for a block must
@@ -66,8 +65,7 @@ def hosted(cluster: Any, i: int, block: int) -> list[Timestamp]:
 
 
 def flagged(cluster: Any, i: int, block: int, ts: Timestamp) -> bool:
-    raw = cluster.nodes[i].store.read(lambda kv: kv.get(DB_VERSIONS, version_key(block, ts)))
-    return raw is not None and bool(raw[0] & FLAG_VERIFIED)
+    return cluster.nodes[i].store.read(lambda kv: replica.is_verified(kv, block, ts))
 
 
 def poisonous(cfg: Any, a: bytes, b: bytes) -> tuple[tuple[bytes, ...], bytes]:

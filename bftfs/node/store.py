@@ -8,12 +8,15 @@ One LMDB environment per node (``<data_dir>/lmdb``).  Protocol steps run against
 * :meth:`Store.write_now` runs a step in a write transaction of its own at once (non-durable
   stores only: without a sync to share, batching saves less than the task switches cost).
 * :meth:`Store.write` queues a step; a committer task runs every queued step in *one* write
-  transaction and commits it with one sync (group commit).  The commit runs on the event
-  loop's thread and blocks it for the sync: requests arriving meanwhile wait in the socket
-  buffers and are all taken into the next batch, so batching is kept, and each commit saves
-  the hand-off to a worker thread and back (measured: 0.29 -> 0.12 ms CPU and 0.5 -> 0.3 ms
-  per durable commit; on 2 cores shared by six nodes the thread bought no overlap worth
-  that).  A step that raises is isolated:
+  transaction and commits it with one sync (group commit).  A durable commit runs in a
+  worker thread: the writes that arrive during its sync form the next batch, and the
+  event loop keeps serving reads.  (It ran on the event loop's thread for a while, which
+  saved the hand-off, 0.29 -> 0.12 ms CPU per commit on an idle disk; but a sync on a disk
+  shared by six nodes takes milliseconds, and during a 200 MiB cold read - lazy
+  verification committing behind it - the nodes spent 40% of their time blocked in
+  commits with every read waiting: issue 19, docs/performance.md.)  A store that is not
+  durable commits on the event loop's thread (no sync to wait for).
+  A step that raises is isolated:
   the batch is rolled back and every step is re-run in a transaction of its own, so only the
   failing step's changes are lost and its exception reaches its caller.  Steps must
   therefore be deterministic functions of the KV (protocol replica steps are).
@@ -149,7 +152,7 @@ class Store:
             max_dbs=128,
             sync=durable,
             metasync=durable,
-            readahead=False,
+            readahead=True,  # cold reads of fragments: one read-around, not a fault per page
             max_readers=512,
         )
         self._dbs: dict[str, Any] = {}
@@ -199,7 +202,7 @@ class Store:
         A non-durable commit is a few page writes with no sync, cheaper than the two task
         switches and the committer wake-up of :meth:`write`; group commit only pays when
         each commit waits for the disk.  Never called while a batch is open: the committer
-        runs a batch to completion without yielding.
+        runs a non-durable store's batch to completion without yielding.
 
         Raises:
             StoreError: the store is durable, or the transaction could not be committed.
@@ -232,7 +235,12 @@ class Store:
             batch, self._queue = self._queue, []
             if not batch:
                 continue
-            self._run_batch(batch)  # on this thread, sync included (module docstring)
+            if self.durable:
+                # The sync in a worker thread (module docstring): the event loop serves
+                # reads and takes the next batch's writes meanwhile.
+                await trio.to_thread.run_sync(self._run_batch, batch)
+            else:
+                self._run_batch(batch)
             for job in batch:
                 job.done.set()
 

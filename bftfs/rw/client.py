@@ -104,6 +104,12 @@ DEFAULT_MAX_RESTARTS = 8
 DEFAULT_CONCURRENCY = 32
 
 
+def _encode_wave(blocks: Sequence[bytes], m: int, n: int) -> list[erasure.Encoded]:
+    """ENCODE + MAKE_CROSS_CHECKSUM for several blocks in one call (one worker-thread
+    hand-off for a whole wave of :meth:`RWClient.write_blocks`)."""
+    return [erasure.encode(bytes(data), m, n) for data in blocks]
+
+
 class ReadAborted(ClusterUnavailable):
     """A read restarted ``max_restarts`` times (garbage collection kept racing with it)."""
 
@@ -356,10 +362,15 @@ class RWClient:
         """
         if len(data) > self.block_size:
             raise ValueError(f"block of {len(data)} bytes exceeds block_size {self.block_size}")
-        block = BlockId(block)
         encoded: erasure.Encoded = await self._cpu(
             len(data), erasure.encode, bytes(data), self.th.m, self.th.n
         )
+        return await self._write_encoded(BlockId(block), encoded, after=after)
+
+    async def _write_encoded(
+        self, block: BlockId, encoded: erasure.Encoded, *, after: int
+    ) -> Timestamp:
+        """:meth:`write_block` of a block already encoded (Figure 3.1 from the timestamp on)."""
         floor = 0
         if self.one_round:
             time_ = max(self.clock_ns(), self._last_time + 1, after + 1)
@@ -498,17 +509,44 @@ class RWClient:
         concurrency: int = DEFAULT_CONCURRENCY,
         after: int = 0,
     ) -> dict[int, Timestamp]:
-        """Write many blocks concurrently (Times above ``after``); their timestamps."""
-        out: dict[int, Timestamp] = {}
-        limit = trio.Semaphore(concurrency)
+        """Write many blocks concurrently (Times above ``after``); their timestamps.
 
-        async def one(block: int, data: bytes) -> None:
-            async with limit:
-                out[block] = await self.write_block(BlockId(block), data, after=after)
+        The blocks go in waves of ``concurrency // 2``: a wave is encoded in one call
+        (:func:`_encode_wave`, in a worker thread when it is large, so the event loop keeps
+        sending the previous wave meanwhile), then all its writes start in the same
+        scheduler pass, so the batcher puts a wave's fragments for a node into one frame and
+        the node stores them in one durable commit (``node/store.py``).  Started one at a
+        time as slots freed, each write was a frame and a commit of its own (about 1.3
+        writes per commit on a 200 MiB file).  At most ``concurrency`` blocks are in flight;
+        every block is written exactly as :meth:`write_block` writes it.
+        """
+        out: dict[int, Timestamp] = {}
+        if not blocks:
+            return out
+        for data in blocks.values():
+            if len(data) > self.block_size:
+                raise ValueError(f"block of {len(data)} bytes exceeds block_size {self.block_size}")
+        limit = trio.Semaphore(max(concurrency, 1))
+        wave = max(concurrency // 2, 1)
+        items = list(blocks.items())
+
+        async def one(block: int, encoded: erasure.Encoded) -> None:
+            try:
+                out[block] = await self._write_encoded(BlockId(block), encoded, after=after)
+            finally:
+                limit.release()
 
         async with trio.open_nursery() as nursery:
-            for block, data in blocks.items():
-                nursery.start_soon(one, block, data)
+            for start in range(0, len(items), wave):
+                chunk = items[start : start + wave]
+                size = sum(len(data) for _, data in chunk)
+                encoded: list[erasure.Encoded] = await self._cpu(
+                    size, _encode_wave, [data for _, data in chunk], self.th.m, self.th.n
+                )
+                for _ in chunk:
+                    await limit.acquire()
+                for (block, _data), enc in zip(chunk, encoded, strict=True):
+                    nursery.start_soon(one, block, enc)
         return out
 
     @_outcomes(ReadFailed)

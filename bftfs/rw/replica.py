@@ -58,6 +58,7 @@ from bftfs.rw.messages import (
     WriteRequest,
 )
 from bftfs.rw.schema import (
+    DB_FLAGS,
     DB_FLOOR,
     DB_VERIFIED,
     DB_VERSIONS,
@@ -212,11 +213,29 @@ def store_charged(
 
 
 def _drop(kv: KV, key: bytes) -> bool:
-    """Delete one stored version and give back its charge; whether it was there."""
+    """Delete one stored version (and its flags) and give back its charge; whether it
+    was there."""
     if not kv.delete(DB_VERSIONS, key):
         return False
+    kv.delete(DB_FLAGS, key)
     quota.release(kv, key)
     return True
+
+
+def flagged(kv: KV, key: bytes, value: bytes) -> bool:
+    """Whether the stored version ``key`` (whose value is ``value``) is flagged verified:
+    in its value (stores flagged before issue 19) or in ``rw.flags`` (schema.py)."""
+    if value and value[0] & FLAG_VERIFIED:
+        return True
+    raw = kv.get(DB_FLAGS, key)
+    return raw is not None and bool(raw[0] & FLAG_VERIFIED)
+
+
+def is_verified(kv: KV, block: int, ts: Timestamp) -> bool:
+    """Whether this node hosts version ``ts`` of ``block`` flagged verified."""
+    key = version_key(block, ts)
+    raw = kv.get(DB_VERSIONS, key)
+    return raw is not None and flagged(kv, key, raw)
 
 
 def intact(raw: bytes, req: WriteRequest) -> bool:
@@ -286,7 +305,7 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
         hist.append(split_key(key)[1])
         if first_value is None:
             first_value = value
-            verified = bool(value[0] & FLAG_VERIFIED) if value else False
+            verified = flagged(kv, key, value)
     cc = frag = None
     if req.data and first_value is not None:
         stored = StoredVersion.decode(first_value)
@@ -411,13 +430,14 @@ def verified_step(
     if mark > old:
         kv.put(DB_VERIFIED, block_prefix(block), mark.encode())
     mark = max(mark, old)
-    flagged = empty = False
+    newly = empty = False
     if flag is not None:
         key = version_key(block, flag)
         raw = kv.get(DB_VERSIONS, key)
-        if raw is not None and not raw[0] & FLAG_VERIFIED:
-            kv.put(DB_VERSIONS, key, bytes([raw[0] | FLAG_VERIFIED]) + raw[1:])
-            flagged = True
+        if raw is not None and not flagged(kv, key, raw):
+            # In rw.flags, not in the value: that would rewrite the whole fragment.
+            kv.put(DB_FLAGS, key, bytes([FLAG_VERIFIED]))
+            newly = True
     if mark > ZERO:
         raw = kv.get(DB_VERSIONS, version_key(block, mark))
         if raw is not None:
@@ -449,7 +469,7 @@ def verified_step(
     if aged and not pressure:
         revisit = min(ts.time for ts in aged) + int(retention.keep_seconds * 1e9) + 1
     return Verified(
-        flagged,
+        newly,
         discarded,
         collected.deleted,
         collected.floor,
@@ -484,7 +504,7 @@ def unverified_step(kv: KV, after: int | None, limit: int) -> Unverified:
         mark = verified_of(kv, block)
         for key, value in kv.scan(DB_VERSIONS, block_prefix(block), block_end(block)):
             ts = split_key(key)[1]
-            if ts > mark and not value[0] & FLAG_VERIFIED:
+            if ts > mark and not flagged(kv, key, value):
                 out.append((BlockId(block), ts))
         last = BlockId(block)
         start = block + 1

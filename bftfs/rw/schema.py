@@ -1,6 +1,6 @@
 """On-disk layout of PASIS block versions in a node's store (DESIGN.md "Storage on a node").
 
-Schema version :data:`RW_SCHEMA_VERSION`.  Two named databases:
+Schema version :data:`RW_SCHEMA_VERSION`.  Named databases:
 
 ``rw.versions`` - one entry per hosted version (seed L1147-1151: a multi-version b-tree keyed
 by ``<block, timestamp>``):
@@ -30,6 +30,14 @@ put it there: node/rw_verifier.py); garbage collection never raises the floor ab
 Absent: nothing verified yet.  (Added in schema 1 without a version change: a store
 without it simply has nothing verified.)
 
+``rw.flags`` - key: a version key (as in ``rw.versions``); value: flags (1 byte, bit 0:
+verified).  Where a version's verified flag is set since issue 19: setting bit 0 of the
+version's own value rewrote its whole fragment (about 22 KB per 64 KiB block with m = 3),
+so lazy verification wrote every block to the disk a second time.  A version is verified
+when either its value's bit 0 (stores flagged before) or its entry here says so; the entry
+is deleted with the version.  (Added in schema 1 without a version change: a store
+without it has its flags in the values.)
+
 ``rw.charge`` - key: a version key (as in ``rw.versions``); value: 8 bytes owner (the
 principal id the version's bytes are charged to: the client that wrote it, or a node for
 what catch-up and verification stored), 8 bytes size (key plus stored value), both
@@ -55,6 +63,7 @@ DB_FLOOR = "rw.floor"
 DB_VERIFIED = "rw.verified"
 DB_CHARGE = "rw.charge"
 DB_USAGE = "rw.usage"
+DB_FLAGS = "rw.flags"
 
 FLAG_VERIFIED = 0x01
 
