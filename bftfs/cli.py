@@ -613,7 +613,8 @@ def _print_status(statuses: list[localmod.NodeStatus]) -> None:
     _print_rows(statuses, progress, wide)
     print(
         f"  {'node':>4}  {'in use':>10}  {'unverified':>10}  {'verified':>8}  "
-        f"{'repaired':>8}  {'collected':>9}  {'poisonous':>9}  {'NOTIFY in/out':>13}  faults"
+        f"{'repaired':>8}  {'collected':>9}  {'forgotten':>9}  {'poisonous':>9}  "
+        f"{'NOTIFY in/out':>13}  faults"
     )
     for s in statuses:
         v = ((s.stats or {}).get("progress") or {}).get("rw.verify") if s.up else None
@@ -622,9 +623,13 @@ def _print_status(statuses: list[localmod.NodeStatus]) -> None:
             continue
         notify = f"{v['notify_received']}/{v['notify_sent']}"
         faults = "; ".join(v["faults"][-2:]) or "none"
+        counters = (s.stats or {}).get("requests") or {}
+        # Removed files' last records dropped: given-back blocks and Q/U objects.
+        forgotten = counters.get("rw.forgotten", 0) + counters.get("qu.forgotten", 0)
+        used = (s.stats or {}).get("used_bytes", v["used_bytes"])
         print(
-            f"  {s.id:>4}  {_human(v['used_bytes']):>10}  {v['backlog_versions']:>10}  "
-            f"{v['verified']:>8}  {v['repaired']:>8}  {v['collected']:>9}  "
+            f"  {s.id:>4}  {_human(used):>10}  {v['backlog_versions']:>10}  "
+            f"{v['verified']:>8}  {v['repaired']:>8}  {v['collected']:>9}  {forgotten:>9}  "
             f"{v['poisonous'] + v['discarded']:>9}  {notify:>13}  "
             f"{'(history pool short) ' if v['pressure'] else ''}{faults}"
         )
