@@ -48,6 +48,7 @@ import trio
 
 from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
+from bftfs.fs.caches import NAME_CACHE_LIMIT
 from bftfs.fs.errors import Exists, FsError, NotFound, StaleView, Unavailable, from_refusal
 from bftfs.fs.filedata import FileData, _content_version
 from bftfs.fs.files import OpenFile
@@ -109,12 +110,16 @@ class WriteBehind(Handles, FileData):
 
     def _own_stat(self, oid: int, s: dict[str, Any]) -> None:
         super()._own_stat(oid, s)
-        if s["k"] == "d":
-            self._dir_modes[oid] = (s["mode"], s["gid"])
+        self._dir_mode(oid, s)
 
     def _observed(self, oid: int, s: dict[str, Any]) -> None:
         super()._observed(oid, s)
+        self._dir_mode(oid, s)
+
+    def _dir_mode(self, oid: int, s: dict[str, Any]) -> None:
         if s["k"] == "d":
+            if len(self._dir_modes) > NAME_CACHE_LIMIT:
+                self._dir_modes.clear()  # forgetting costs one synchronous create each
             self._dir_modes[oid] = (s["mode"], s["gid"])
 
     # Creating ----------------------------------------------------------------------------
