@@ -41,6 +41,8 @@ classes over its one state (declared in :mod:`bftfs.fs.base`):
 - :mod:`bftfs.fs.handles`: the handle table, create/open, read, write, flush, release;
 - :mod:`bftfs.fs.filedata`: fetching blocks and the flush engine (leases, re-applying
   buffered writes, inline files);
+- :mod:`bftfs.fs.writebehind`: creates sent with their first flush (``write_behind``),
+  and the calls that send a directory's pending creates first;
 - this module: the constructor, ``FileSystem.open`` and introspection.
 """
 
@@ -63,6 +65,7 @@ from bftfs.fs.files import DEFAULT_DIRTY_LIMIT, DEFAULT_READAHEAD, OpenFile
 from bftfs.fs.handles import Handles
 from bftfs.fs.namespace import Namespace
 from bftfs.fs.objects import RENAME_EXCHANGE, ROOT
+from bftfs.fs.writebehind import WriteBehind
 
 __all__ = [
     "RENAME_EXCHANGE",
@@ -93,7 +96,7 @@ class _ClassOrInstance:
         return types.MethodType(self.on_instance, instance)
 
 
-class FileSystem(Namespace, Attributes, Handles, FileData):
+class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
     """The file-system model of one client (one mount); see the module docstring."""
 
     def __init__(
@@ -109,6 +112,7 @@ class FileSystem(Namespace, Attributes, Handles, FileData):
         attr_ttl: float = 1.0,
         dirty_limit: int = DEFAULT_DIRTY_LIMIT,
         readahead: int = DEFAULT_READAHEAD,
+        write_behind: bool = False,
     ) -> None:
         # The state the parts share; what each holds is declared in bftfs.fs.base.
         self.qu = qu
@@ -138,6 +142,7 @@ class FileSystem(Namespace, Attributes, Handles, FileData):
         self.methods = Counter()
         self.method_seconds = defaultdict(float)
         self._init_reclaim()
+        self._init_write_behind(write_behind)
         self._space = None
 
     async def _open_fs(
@@ -155,7 +160,7 @@ class FileSystem(Namespace, Attributes, Handles, FileData):
         none (``fs.mkroot`` is refused once it exists, so racing clients are harmless)."""
         fs = cls(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
         try:
-            await fs._query(ROOT, "fs.stat")
+            fs._observed(ROOT, await fs._query(ROOT, "fs.stat"))
         except NotFound:
             arg = {"mode": 0o755, "uid": uid, "gid": gid, "now": clock_ns()}
             with contextlib.suppress(Exists):  # another client made it first

@@ -24,7 +24,8 @@ Operations map onto Table 4.3 (L3112-3156): ``stat``/``lookup``/``readdir``/``re
 and the object the client expects the entry to name together, so a lookup costs one
 round); ``setattr``/``write``/``lock``/``unlock``/``setxattr``/``removexattr`` are
 single-object updates; ``create``/``mkdir``/``link``/
-``unlink``/``rmdir`` are two-object updates (directory + attribute or child directory);
+``unlink``/``rmdir`` are two-object updates (directory + attribute or child directory), and
+so is ``createwrite`` (a create with the new file's first inline content, one update);
 ``rename`` updates the two directories, the moved object, a replaced target and, when a
 directory moves to another parent, the ancestors of its new parent up to its old parent or
 the root (the proof that it does not move under itself).
@@ -796,6 +797,53 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
 
 
+def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """A new regular file with its first content, in one update (create write-behind,
+    docs/fs.md): what ``fs.create`` followed by an inline ``fs.write`` on the version it
+    made would leave, so a Byzantine client can make nothing these two could not.
+
+    Argument: ``fs.create``'s for a regular file (no ``tok``/``lease``: the content comes
+    with the create, no lease is needed) plus ``i`` (the whole content, at most
+    :data:`INLINE_MAX` bytes), ``mtime`` and optionally ``attrs`` (held-back chmod, chown,
+    atime, as in ``fs.write``).  Answers ``[stat of the new file, stat of the parent]``.
+    """
+    a = _arg(arg)
+    if st.S_IFMT(_int(a, "mode", 0, 0o177777)) != st.S_IFREG:
+        raise MethodRefused("invalid", "fs.createwrite makes regular files only")
+    if a.get("tok") is not None or a.get("lease") is not None:
+        raise MethodRefused("invalid", "fs.createwrite takes no write lease")
+    content = a.get("i")
+    if not isinstance(content, bytes):
+        raise MethodRefused("invalid", "fs.createwrite needs the content (i)")
+    made, (_, pst) = _create(states, dict(a, i=b""))
+    oid = _oid(a, "o", states)
+    written = {
+        "d": a["d"],
+        "v": made[oid]["v"],
+        "end": len(content),
+        "i": content,
+        "mtime": a.get("mtime"),
+        "attrs": a.get("attrs"),
+        "now": a["now"],
+    }
+    f, fst = _write({oid: made[oid]}, written)
+    made[oid] = f[oid]
+    return made, [fst, pst]
+
+
+def created_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict[str, Any]:
+    """The stat ``fs.create`` with ``arg`` answers for its new object in a directory of
+    that mode and group (a client answering a create it has not sent yet: the same code,
+    so the kernel is told what the servers will make, set-group-ID inheritance included).
+
+    Raises:
+        MethodRefused: as ``fs.create`` would for ``arg``.
+    """
+    stand_in = new_dir(ROOT, parent_mode, 0, parent_gid, int(arg.get("now") or 0))
+    _, (child, _) = _create({ROOT: stand_in, int(arg["o"]): None}, dict(arg, p=ROOT))
+    return dict(child)
+
+
 def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """A new directory object and its entry; the parent gains a link (the child's ``..``)."""
     a = _arg(arg)
@@ -1123,6 +1171,7 @@ FS = ObjectType(
         Method("fs.setxattr", Class.UPDATE, _setxattr),
         Method("fs.removexattr", Class.UPDATE, _removexattr),
         Method("fs.create", Class.UPDATE, _create, 2, 2),
+        Method("fs.createwrite", Class.UPDATE, _create_write, 2, 2),
         Method("fs.mkdir", Class.UPDATE, _mkdir, 2, 2),
         Method("fs.link", Class.UPDATE, _link, 2, 2),
         Method("fs.unlink", Class.UPDATE, _unlink, 2, 2),

@@ -65,7 +65,12 @@ async def serve(
     # The file system answers attributes its own updates produced for as long as the
     # kernel caches attributes (``attr_timeout``), no longer.
     async with open_session(
-        config, options.client, uid=os.getuid(), gid=os.getgid(), attr_ttl=options.attr_timeout
+        config,
+        options.client,
+        uid=os.getuid(),
+        gid=os.getgid(),
+        attr_ttl=options.attr_timeout,
+        write_behind=options.write_behind and not options.read_only,
     ) as session:
         ops = Operations(
             session.fs,

@@ -76,6 +76,10 @@ ESTALE_LOGGED = 20
 #: Seconds between attempts of a system call on a ``hard`` mount while the cluster is
 #: unavailable (each attempt waits up to ``timeo`` for it first).
 HARD_RETRY = 1.0
+#: Seconds between the kernel's lookup that found a name missing and its create of the
+#: name in the same call, within which the create may be answered before it is sent
+#: (create write-behind, docs/fs.md); the two normally follow within a millisecond.
+FRESH_MISS = 0.05
 
 #: Handlers that change the file system: a read-only mount refuses them with EROFS.
 _WRITES = frozenset(
@@ -120,6 +124,11 @@ def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
             pid = getattr(ctx, "pid", 0)
             if pid:
                 self._looked_up.pop(pid, None)
+        if name not in ("lookup", "create") and self._missed:
+            ctx = kwargs.get("ctx", args[-1] if args else None)
+            pid = getattr(ctx, "pid", 0)
+            if pid:
+                self._missed.pop(pid, None)
         try:
             if writes and self.read_only:
                 raise pyfuse3.FUSEError(errno.EROFS)
@@ -198,6 +207,10 @@ class Operations(pyfuse3.Operations):
         self.seconds: defaultdict[str, float] = defaultdict(float)
         #: The inode each process's latest request, a lookup, found (``open``).
         self._looked_up: dict[int, int] = {}
+        #: The name each process's latest request, a lookup, found missing, and when
+        #: (``create``: write-behind only for a create of a name the servers just said
+        #: is missing, not one the kernel cached as missing).
+        self._missed: dict[int, tuple[int, bytes, float]] = {}
         # Directory listings are snapshots per opendir, so readdir offsets stay stable while
         # entries are created and removed (pyfuse3 requires stable ``next_id``).
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
@@ -276,6 +289,10 @@ class Operations(pyfuse3.Operations):
         except Removed:  # the kernel reached a removed directory by a stale name
             raise pyfuse3.FUSEError(errno.ESTALE) from None
         except NotFound:
+            if ctx is not None and ctx.pid:
+                self._missed[ctx.pid] = (parent_inode, name, time.monotonic())
+                if len(self._missed) > 4096:
+                    self._missed.clear()
             # A negative entry (inode 0), which the kernel caches for ``entry_timeout``.
             e = pyfuse3.EntryAttributes()
             e.st_ino = 0
@@ -407,7 +424,18 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        fh, attr = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, flags)
+        # Write-behind only when this very call's lookup found the name missing (the
+        # calling process's previous request, just now): on a name the kernel cached as
+        # missing, another client may have made the file, and open(O_CREAT) must read it.
+        missed = self._missed.pop(ctx.pid, None) if ctx.pid else None
+        fresh = (
+            missed is not None
+            and missed[:2] == (parent_inode, name)
+            and time.monotonic() - missed[2] < FRESH_MISS
+        )
+        fh, attr = await self.fs.create(
+            parent_inode, name, mode, ctx.uid, ctx.gid, flags, known_missing=fresh
+        )
         return self._file_info(fh, flags, new=True), self._entry(attr)
 
     @_handler

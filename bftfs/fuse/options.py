@@ -16,6 +16,10 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      (default 10; the wait starts again whenever the cluster answers)
 ``hard``             try again after each ``timeo`` instead, for as long as it takes, as NFS
                      hard mounts do (``soft``, the default, fails)
+``nowsync``          create write-behind (the default): a create without ``O_EXCL`` is
+                     answered at once and sent with the file's first flush or close as one
+                     update; other clients see the name from then on (docs/fs.md)
+``wsync``            every create is sent before it returns (as before; CephFS's names)
 ``metrics_port=P``   serve Prometheus metrics on this port (0: any free one; off by default)
 ``metrics_addr=A``   the address they listen on (default 127.0.0.1)
 ==================  ==========================================================================
@@ -94,6 +98,8 @@ class MountOptions:
     timeo: float = DEFAULT_TIMEO
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
+    #: Create write-behind (``nowsync``); ``wsync`` turns it off.
+    write_behind: bool = True
 
     @property
     def deadline(self) -> float | None:
@@ -111,6 +117,7 @@ class MountOptions:
             out.append("allow_other")
         out += [f"attr_timeout={self.attr_timeout:g}", f"entry_timeout={self.entry_timeout:g}"]
         out.append(f"{'hard' if self.hard else 'soft'},timeo={self.timeo:g}")
+        out.append("nowsync" if self.write_behind else "wsync")
         if self.metrics_port is not None:
             out += [f"metrics_port={self.metrics_port}", f"metrics_addr={self.metrics_addr}"]
         return ",".join(out)
@@ -150,6 +157,8 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             changes["hard"] = True
         elif name == "soft" and not eq:
             changes["hard"] = False
+        elif name in ("wsync", "nowsync") and not eq:
+            changes["write_behind"] = name == "nowsync"
         elif name == "client" and eq:
             if not value:
                 raise OptionError("mount option client= needs a client name")
@@ -173,6 +182,7 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
         else:
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
-                "attr_timeout=, entry_timeout=, timeo=, hard, metrics_port=, metrics_addr=)"
+                "attr_timeout=, entry_timeout=, timeo=, hard, wsync, nowsync, metrics_port=, "
+                "metrics_addr=)"
             )
     return dataclasses.replace(opts, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,267 @@
+"""Tier 3: create write-behind (``FileSystem(write_behind=True)``, docs/fs.md).
+
+A create without O_EXCL is answered at once and sent with the file's first flush as one
+update (``fs.createwrite``); every call on the directory sends its pending creates first;
+a name another client made meanwhile is handled as a synchronous create handles it, and
+data that cannot be written is never lost silently.  Each test ends with the invariant
+checks of ``fs_helpers``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import trio
+from fs_helpers import Env, check_all, fs_env, run
+
+from bftfs.fs.errors import Exists, NotFound, StaleView
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.objects import ROOT
+from bftfs.qu.objects import MethodRefused
+
+WB = {"fs_options": {"write_behind": True}}
+RDWR = os.O_RDWR | os.O_CREAT
+
+
+def rounds(fs: FileSystem, before: Counter[str]) -> Counter[str]:
+    """Q/U operations ``fs`` sent since ``before`` (a copy of ``fs.methods``)."""
+    return Counter({k: v for k, v in (fs.methods - before).items() if v})
+
+
+def test_create_write_close_is_one_update_and_others_see_it_at_close(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)  # its answer gives the directory's mode
+        before = Counter(a.methods)
+        fh, f = await a.create(d.ino, b"f", 0o644, 0, 0, RDWR)
+        assert rounds(a, before) == Counter()  # answered at once
+        assert f.size == 0 and f.mode & 0o777 == 0o644
+        await a.write(fh, 0, b"hello")
+        with pytest.raises(NotFound):  # not visible before the first flush
+            await b.lookup(d.ino, b"f")
+        await a.flush(fh)
+        await a.release(fh)
+        assert rounds(a, before) == Counter({"fs.createwrite": 1})
+        got = await b.lookup(d.ino, b"f")
+        assert (got.ino, got.size) == (f.ino, 5)
+        fh = await b.open(got.ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"hello"
+        await b.release(fh)
+        # The new file is a regular one of its own: a second write and close update it.
+        fh = await a.open(f.ino, os.O_WRONLY)
+        await a.write(fh, 5, b" again")
+        await a.release(fh)
+        fh = await b.open(got.ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"hello again"
+        await b.release(fh)
+
+    run(tmp_path, body, **WB)
+
+
+def test_o_excl_is_synchronous_and_refused_on_an_existing_name(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh, _ = await b.create(d.ino, b"x", 0o644, 0, 0, RDWR)
+        await b.release(fh)
+        with pytest.raises(Exists):
+            await a.create(d.ino, b"x", 0o644, 0, 0, RDWR | os.O_EXCL)
+        fh, _ = await a.create(d.ino, b"p", 0o644, 0, 0, RDWR)  # pending
+        before = Counter(a.methods)
+        fh2, _ = await a.create(d.ino, b"q", 0o644, 0, 0, RDWR | os.O_EXCL)
+        # The pending create went first, then the synchronous one.
+        assert rounds(a, before) == Counter({"fs.createwrite": 1, "fs.create": 1})
+        assert {n for n, _ in await b.readdir(d.ino)} == {b"x", b"p", b"q"}
+        await a.release(fh)
+        await a.release(fh2)
+
+    run(tmp_path, body, **WB)
+
+
+def test_calls_on_the_directory_send_its_pending_creates_first(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        handles = []
+        for name in (b"r", b"u", b"n"):
+            fh, _ = await a.create(d.ino, name, 0o644, 0, 0, RDWR)
+            await a.write(fh, 0, name * 3)
+            handles.append(fh)
+        assert [n for n, _ in await b.readdir(d.ino)] == []
+        assert [n for n, _ in await a.readdir(d.ino)] == [b"n", b"r", b"u"]
+        assert [n for n, _ in await b.readdir(d.ino)] == [b"n", b"r", b"u"]
+        # unlink and rename of pending names, and a lookup of another name.
+        fh, _ = await a.create(d.ino, b"gone", 0o644, 0, 0, RDWR)
+        await a.unlink(d.ino, b"gone")
+        await a.release(fh)
+        fh, _ = await a.create(d.ino, b"old", 0o644, 0, 0, RDWR)
+        await a.write(fh, 0, b"moved")
+        await a.rename(d.ino, b"old", d.ino, b"new")
+        await a.release(fh)
+        fh, _ = await a.create(d.ino, b"seen", 0o644, 0, 0, RDWR)
+        with pytest.raises(NotFound):
+            await a.lookup(d.ino, b"other")
+        assert (await b.lookup(d.ino, b"seen")).size == 0
+        await a.release(fh)
+        for fh in handles:
+            await a.release(fh)
+        names = {n: x.size for n, x in await b.readdir(d.ino)}
+        assert names == {b"n": 3, b"r": 3, b"u": 3, b"new": 5, b"seen": 0}
+        fh = await b.open((await b.lookup(d.ino, b"new")).ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 10) == b"moved"
+        await b.release(fh)
+
+    run(tmp_path, body, **WB)
+
+
+def test_a_name_made_elsewhere_meanwhile_gets_the_data(tmp_path: Path) -> None:
+    """As a synchronous create that finds the name: the existing file is opened (O_TRUNC
+    applied) and the writes land in it; the inode the kernel was given answers ESTALE, so
+    the kernel looks the name up again."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh, mine = await a.create(d.ino, b"f", 0o644, 0, 0, RDWR | os.O_TRUNC)
+        await a.write(fh, 0, b"mine")
+        fh_b, theirs = await b.create(d.ino, b"f", 0o644, 0, 0, RDWR)
+        await b.write(fh_b, 0, b"theirs, longer")
+        await b.release(fh_b)
+        await a.flush(fh)
+        assert await a.read(fh, 0, 100) == b"mine"
+        await a.release(fh)
+        got = await b.lookup(d.ino, b"f")
+        assert (got.ino, got.size) == (theirs.ino, 4)
+        fh = await b.open(got.ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"mine"
+        await b.release(fh)
+        with pytest.raises(StaleView):
+            await a.getattr(mine.ino)
+        assert (await a.lookup(d.ino, b"f")).ino == theirs.ino
+        # Without O_TRUNC the writes go over the existing bytes, as they would have.
+        fh, _ = await a.create(d.ino, b"g", 0o644, 0, 0, RDWR)
+        await a.write(fh, 0, b"AB")
+        fh_b, _ = await b.create(d.ino, b"g", 0o644, 0, 0, RDWR)
+        await b.write(fh_b, 0, b"abcdef")
+        await b.release(fh_b)
+        await a.release(fh)
+        fh = await b.open((await b.lookup(d.ino, b"g")).ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"ABcdef"
+        await b.release(fh)
+        assert [n for n, _ in await b.readdir(d.ino)] == [b"f", b"g"]
+
+    run(tmp_path, body, **WB)
+
+
+def test_a_collision_that_cannot_take_the_data_fails_the_close(tmp_path: Path) -> None:
+    """The existing file may not be opened by the creator (its mode bits): the flush and
+    close say EEXIST, and the other client's file is untouched."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o777, 0, 0)
+        fh, _ = await a.create(d.ino, b"f", 0o644, 1000, 1000, RDWR)
+        await a.write(fh, 0, b"lost?")
+        fh_b, _ = await b.create(d.ino, b"f", 0o600, 0, 0, RDWR)
+        await b.write(fh_b, 0, b"root's")
+        await b.release(fh_b)
+        with pytest.raises(Exists):
+            await a.flush(fh)
+        with pytest.raises(Exists):
+            await a.release(fh)
+        assert not a.open_files()
+        fh = await b.open((await b.lookup(d.ino, b"f")).ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"root's"
+        await b.release(fh)
+
+    run(tmp_path, body, **WB)
+
+
+def test_a_mount_that_dies_with_a_pending_create_leaves_the_directory_consistent(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with fs_env(tmp_path, **WB) as env:  # type: ignore[arg-type]
+            a, b = env.fss
+            d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+            fh, _ = await a.create(d.ino, b"kept", 0o644, 0, 0, RDWR)
+            await a.write(fh, 0, b"kept")
+            await a.release(fh)
+            fh, _ = await a.create(d.ino, b"never", 0o644, 0, 0, RDWR)
+            await a.write(fh, 0, b"unflushed")
+            # The mount dies here: nothing of the pending create reached the servers.
+            assert [n for n, _ in await b.readdir(d.ino)] == [b"kept"]
+            fh, _ = await b.create(d.ino, b"next", 0o644, 0, 0, RDWR)
+            await b.release(fh)
+            assert [n for n, _ in await b.readdir(d.ino)] == [b"kept", b"next"]
+            await check_all(env.raw)
+
+    trio.run(main)
+
+
+def test_servers_refuse_a_createwrite_a_create_and_write_could_not_make(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        d = await env.fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        base = {
+            "p": d.ino,
+            "o": d.ino + 7 * 1000,
+            "name": b"x",
+            "mode": 0o100644,
+            "uid": 0,
+            "gid": 0,
+            "d": 99,
+            "alloc": 0,
+            "now": 1,
+            "mtime": 1,
+            "i": b"abc",
+        }
+        bad = [
+            {"mode": 0o040755},  # not a regular file
+            {"i": "abc"},  # content not bytes
+            {"i": b"x" * (64 * 1024 + 1)},  # over the inline maximum
+            {"tok": 5, "lease": 10},  # no lease with it
+            {"mtime": None},
+            {"attrs": {"size": 5}},
+            {"name": b"a/b"},
+        ]
+        for change in bad:
+            with pytest.raises(MethodRefused):
+                await env.raw.update([d.ino, base["o"]], "fs.createwrite", {**base, **change})
+        fh, _ = await env.fs.create(d.ino, b"x", 0o644, 0, 0, RDWR)
+        await env.fs.release(fh)
+        with pytest.raises(MethodRefused) as e:  # the name is taken
+            await env.raw.update([d.ino, base["o"]], "fs.createwrite", base)
+        assert e.value.code == "exists"
+        child, _ = await env.raw.update(
+            [d.ino, base["o"]], "fs.createwrite", {**base, "name": b"y"}
+        )
+        assert (child["size"], child["inl"], child["nl"]) == (3, True, 1)
+
+    run(tmp_path, body, **WB)
+
+
+def test_a_read_through_a_pending_file_sees_a_file_made_elsewhere_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """open(O_CREAT) of a name the kernel cached as missing that another client made
+    meanwhile reads that file, as after a synchronous create."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh_b, theirs = await b.create(d.ino, b"f", 0o644, 0, 0, RDWR)
+        await b.write(fh_b, 0, b"made by the other client")
+        await b.release(fh_b)
+        fh, _ = await a.create(d.ino, b"f", 0o644, 0, 0, RDWR)  # on a cached miss
+        assert await a.read(fh, 0, 100) == b"made by the other client"
+        await a.write(fh, 0, b"MADE")
+        await a.release(fh)
+        fh = await b.open(theirs.ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"MADE by the other client"
+        await b.release(fh)
+        assert [n for n, _ in await b.readdir(d.ino)] == [b"f"]
+
+    run(tmp_path, body, **WB)
