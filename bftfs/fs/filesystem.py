@@ -61,7 +61,13 @@ from bftfs.fs import objects as obj
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.errors import Exists, NotFound
 from bftfs.fs.filedata import FileData
-from bftfs.fs.files import DEFAULT_DIRTY_LIMIT, DEFAULT_READAHEAD, OpenFile
+from bftfs.fs.files import (
+    DEFAULT_BEHIND_LIMIT,
+    DEFAULT_DIRTY_LIMIT,
+    DEFAULT_READAHEAD,
+    DEFAULT_READAHEAD_MAX,
+    OpenFile,
+)
 from bftfs.fs.handles import Handles
 from bftfs.fs.namespace import Namespace
 from bftfs.fs.objects import RENAME_EXCHANGE, ROOT
@@ -112,6 +118,8 @@ class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
         attr_ttl: float = 1.0,
         dirty_limit: int = DEFAULT_DIRTY_LIMIT,
         readahead: int = DEFAULT_READAHEAD,
+        readahead_max: int = DEFAULT_READAHEAD_MAX,
+        behind_limit: int = DEFAULT_BEHIND_LIMIT,
         write_behind: bool = False,
     ) -> None:
         # The state the parts share; what each holds is declared in bftfs.fs.base.
@@ -126,6 +134,9 @@ class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
         self.attr_ttl = attr_ttl
         self.dirty_limit = dirty_limit
         self.readahead = readahead
+        self.readahead_max = max(readahead_max, readahead) if readahead else 0
+        self.behind_limit = behind_limit
+        self.streaming = Counter()
         self.bs = config.block_size
         self.inline = min(getattr(config, "inline_limit", 0), self.bs)
         self._names = {}
