@@ -23,9 +23,12 @@ What the client caches, and why it is safe:
 - **Open files** (:class:`bftfs.fs.files.OpenFile`): close-to-open consistency as in NFS.
   ``open`` re-reads the attribute object; cached blocks survive only when its version
   counter is unchanged.  Writes are buffered per file and flushed on ``flush``, ``fsync``,
-  ``release``, before a truncation, and when the dirty data passes a bound (8 MiB).  A flush
-  writes every block first (PASIS, complete at ``N - t`` nodes) and only then sends the
-  size and mtime (Q/U), so a crash in between leaves the old size over the old data.
+  ``release``, before a truncation, and when the dirty data passes a bound (8 MiB): in the
+  background for a sequential writer (write-behind, bounded by ``behind_limit``; its errors
+  reach the next write, flush or fsync), and sequential readers have a window of blocks
+  fetched in the background (docs/fs.md, "Big files").  A flush writes every block first
+  (PASIS, complete at ``N - t`` nodes) and only then sends the size and mtime (Q/U), so a
+  crash in between leaves the old size over the old data.
 
 Concurrency: pyfuse3 runs handlers as concurrent trio tasks; code between ``await`` points is
 atomic.  Flushes and truncations of one file are serialised by its lock; the Q/U client
