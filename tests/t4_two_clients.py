@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -213,6 +214,26 @@ def test_writes_to_distinct_ranges_of_one_block_from_two_mounts_are_both_kept(
         expect[at : at + 1000] = bytes([65 + i % 2]) * 1000
     assert (mine / "f").read_bytes() == bytes(expect)
     assert (theirs / "f").read_bytes() == bytes(expect)
+
+
+def test_a_streamed_big_file_is_complete_for_the_other_mount_at_close(
+    dirs: tuple[Path, Path],
+) -> None:
+    """Issue 19: 20 MiB written in 1 MiB calls pass the 8 MiB flush bound twice, so flushes
+    run in the background while the writer goes on (write-behind); the close returns only
+    when everything is on a quorum, so the other mount's open reads all of it (through its
+    background read-ahead), and after a rewrite the new content, none of the old."""
+    mine, theirs = dirs
+    rng = random.Random(19)
+    for _version in range(2):
+        data = rng.randbytes(20 * 1024 * 1024 + 4321)
+        with open(mine / "big", "wb") as f:
+            for off in range(0, len(data), 1 << 20):
+                f.write(data[off : off + (1 << 20)])
+        with open(theirs / "big", "rb") as f:
+            assert os.fstat(f.fileno()).st_size == len(data)
+            got = b"".join(iter(lambda: f.read(1 << 20), b""))
+        assert got == data
 
 
 def _loop_on_both(dirs: tuple[Path, Path], body: Any, rounds: int) -> list[str]:

@@ -46,6 +46,11 @@ class FsBase(ABC):
     attr_ttl: float
     dirty_limit: int
     readahead: int
+    #: The read-ahead window's largest size (bytes), 0: no background read-ahead.
+    readahead_max: int
+    #: Buffered bytes of a sequentially written file at which a write waits for the
+    #: background flush; 0: no write-behind of big files (every flush in the write).
+    behind_limit: int
     bs: int
     #: Regular files up to this size keep their content in the attribute object.
     inline: int
@@ -83,6 +88,9 @@ class FsBase(ABC):
     #: rounds go; logged at unmount).
     methods: Counter[str]
     method_seconds: defaultdict[str, float]
+    #: Read-ahead and write-behind of big files (bftfs.fs.filedata): blocks prefetched,
+    #: prefetched blocks a read used or waited for, background flushes and their failures.
+    streaming: Counter[str]
 
     # Called across parts -------------------------------------------------------------------
 
@@ -124,6 +132,18 @@ class FsBase(ABC):
 
     @abstractmethod
     async def _unlock(self, f: OpenFile) -> None:
+        """bftfs.fs.filedata"""
+
+    @abstractmethod
+    async def _read_ahead(self, f: OpenFile, offset: int, size: int) -> None:
+        """bftfs.fs.filedata"""
+
+    @abstractmethod
+    def _flush_behind(self, f: OpenFile) -> None:
+        """bftfs.fs.filedata"""
+
+    @abstractmethod
+    async def _behind_done(self, f: OpenFile, *, report: bool) -> None:
         """bftfs.fs.filedata"""
 
     @abstractmethod

@@ -11,17 +11,32 @@ subtle part of the file system, kept apart from what the handles mean
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import trio
 
 from bftfs.fs import objects as obj
 from bftfs.fs.caches import Caches
 from bftfs.fs.errors import Unavailable
-from bftfs.fs.files import OpenFile, reservation
+from bftfs.fs.files import PREFETCH_GROUP, OpenFile, reservation
 from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, _Locked, _Stale
 from bftfs.rw.messages import block_id
 
+log = logging.getLogger(__name__)
+
 #: A lease taken at create is used for a flush only with this much of it left.
 LEASE_MARGIN_NS = 10 * 10**9
+
+
+def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
+    """Run ``fn`` in the background, outside any request's task: read-ahead and
+    write-behind outlive the ``read``/``write`` that started them.  A system task, so the
+    file system needs no nursery of its own; trio cancels it when the run ends (a mount
+    that stops, a test that returns).  ``fn`` must catch its own errors (an exception
+    escaping a system task ends the run): the callers below do."""
+    trio.lowlevel.spawn_system_task(fn)
 
 
 def _content_version(s: dict[str, Any]) -> tuple[int, int]:
@@ -64,6 +79,122 @@ class FileData(Caches):
         for k in indices:
             if k not in f.dirty:
                 f.remember(k, got[block_id(d, k)])
+
+    # Read-ahead --------------------------------------------------------------------------
+
+    async def _read_ahead(self, f: OpenFile, offset: int, size: int) -> None:
+        """Keep a window of blocks in flight ahead of a sequential reader, and wait for the
+        ones this read needs.
+
+        A read at 0 or where the last one ended is sequential: the window doubles, from
+        ``readahead`` up to ``readahead_max``, and every block in it neither cached, dirty
+        nor in flight yet is fetched in the background in groups of ``PREFETCH_GROUP``
+        (one task each; their reads start together, so each node gets them in one batch).
+        Any other read drops the window (what is in flight still lands).  The fetches are
+        ordinary PASIS reads (validated, repaired: :meth:`RWClient.read_blocks`); what
+        they read is kept only if the file is still at the content they were started on
+        (``ra_epoch``, :meth:`OpenFile.invalidate_prefetch`).  The caller then fetches
+        whatever the read needs that did not arrive (a failed or invalidated fetch)."""
+        end = min(offset + size, f.size)
+        if offset >= end or not self.readahead_max or f.st.get("inl"):
+            return
+        bs = f.bs
+        if offset != 0 and offset != f.last_read:
+            f.ra_window, f.ra_next = 0, 0
+            return
+        f.ra_window = min(max(2 * f.ra_window, self.readahead), self.readahead_max)
+        first = max(offset // bs, f.ra_next)
+        stop = min(end + f.ra_window, f.valid)
+        last = (stop - 1) // bs
+        todo = [
+            k
+            for k in range(first, last + 1)
+            if k not in f.dirty and k not in f.clean and k not in f.inflight
+        ]
+        f.ra_next = max(f.ra_next, last + 1)
+        for at in range(0, len(todo), PREFETCH_GROUP):
+            self._prefetch(f, todo[at : at + PREFETCH_GROUP])
+        waited = False
+        for k in range(offset // bs, (end - 1) // bs + 1):
+            ev = f.inflight.get(k)
+            if ev is not None:
+                if not ev.is_set():
+                    waited = True
+                await ev.wait()
+            if k in f.clean:
+                self.streaming["readahead-hits"] += 1
+        if waited:
+            self.streaming["readahead-waits"] += 1
+
+    def _prefetch(self, f: OpenFile, indices: list[int]) -> None:
+        """Fetch ``indices`` of ``f``'s current content in the background (see
+        :meth:`_read_ahead`); a failure is only counted: the read that needs a block
+        fetches it again and meets the error itself."""
+        d, epoch, done = f.data_id, f.ra_epoch, trio.Event()
+        for k in indices:
+            f.inflight[k] = done
+        self.streaming["readahead-blocks"] += len(indices)
+
+        async def fetch() -> None:
+            try:
+                got = await self._blocks(
+                    self.rw.read_blocks([block_id(d, k) for k in indices], concurrency=len(indices))
+                )
+                if f.ra_epoch == epoch and f.data_id == d:
+                    for k in indices:
+                        if k not in f.dirty:
+                            f.remember(k, got[block_id(d, k)])
+                else:
+                    self.streaming["readahead-discarded"] += len(indices)
+            except Exception as e:
+                self.streaming["readahead-failures"] += 1
+                log.debug("read-ahead of file %d failed: %s", f.ino, e)
+            finally:
+                for k in indices:
+                    if f.inflight.get(k) is done:
+                        del f.inflight[k]
+                done.set()
+
+        _spawn(fetch)
+
+    # Write-behind ------------------------------------------------------------------------
+
+    def _flush_behind(self, f: OpenFile) -> None:
+        """Start flushing ``f`` in the background (a sequential writer passed
+        ``dirty_limit``), unless a background flush runs already.  It is the ordinary
+        flush (:meth:`_flush`: lease, blocks, then size and mtime), so whatever it sent is
+        complete on a quorum when it ends; writes made meanwhile stay buffered (the flush
+        sends what it snapshotted and keeps blocks changed since dirty).  Its error is
+        kept in ``behind_error`` for the next write, flush, fsync or close
+        (:meth:`_behind_done`)."""
+        if f.behind is not None:
+            return
+        done = f.behind = trio.Event()
+        self.streaming["behind-flushes"] += 1
+
+        async def flush() -> None:
+            try:
+                await self._flush(f)
+            except Exception as e:
+                self.streaming["behind-failures"] += 1
+                log.info("background flush of file %d failed: %s", f.ino, e)
+                if f.behind_error is None:
+                    f.behind_error = e
+            finally:
+                f.behind = None
+                done.set()
+
+        _spawn(flush)
+
+    async def _behind_done(self, f: OpenFile, *, report: bool) -> None:
+        """Wait for ``f``'s background flush; with ``report``, raise the error a background
+        flush failed with (once: it was reported then; the data it did not send is still
+        buffered, and the next flush sends it again)."""
+        while f.behind is not None:
+            await f.behind.wait()
+        if report and f.behind_error is not None:
+            e, f.behind_error = f.behind_error, None
+            raise e
 
     async def _adopt(self, f: OpenFile, s: dict[str, Any]) -> None:
         """Take ``s`` (fresh from the servers) as ``f``'s state.  If another client changed
@@ -109,7 +240,6 @@ class FileData(Caches):
         if f.size <= self.inline:
             await self._flush_inline(f)
             return
-        logged = len(f.log)
         if f.st.get("inl") and 0 not in f.dirty:  # leaving inline: block 0 gets the content
             if f.missing(0):
                 await self._fetch(f, [0])
@@ -118,6 +248,9 @@ class FileData(Caches):
                 f.gen[0] = f.gen.get(0, 0) + 1
         bs = self.bs
         d = f.data_id
+        # The log entries this flush sends are those its snapshot holds: counted here, as
+        # writes may arrive during the awaits above (write-behind: the writer goes on).
+        logged = len(f.log)
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
         new_size, mtime = f.size, f.mtime if f.mtime is not None else self._now()
         blocks = {k: v for k, (v, _) in snapshot.items()}
@@ -200,7 +333,9 @@ class FileData(Caches):
         mtime: int,
         attrs: dict[str, int],
     ) -> None:
-        """After a flush update: blocks and attributes sent, unchanged since, are clean."""
+        """After a flush update: blocks and attributes sent, unchanged since, are clean
+        (and read-ahead still in flight is of the content before it: dropped)."""
+        f.invalidate_prefetch()
         for key, value in attrs.items():
             if f.attrs.get(key) == value:
                 del f.attrs[key]

@@ -23,9 +23,12 @@ What the client caches, and why it is safe:
 - **Open files** (:class:`bftfs.fs.files.OpenFile`): close-to-open consistency as in NFS.
   ``open`` re-reads the attribute object; cached blocks survive only when its version
   counter is unchanged.  Writes are buffered per file and flushed on ``flush``, ``fsync``,
-  ``release``, before a truncation, and when the dirty data passes a bound (8 MiB).  A flush
-  writes every block first (PASIS, complete at ``N - t`` nodes) and only then sends the
-  size and mtime (Q/U), so a crash in between leaves the old size over the old data.
+  ``release``, before a truncation, and when the dirty data passes a bound (8 MiB): in the
+  background for a sequential writer (write-behind, bounded by ``behind_limit``; its errors
+  reach the next write, flush or fsync), and sequential readers have a window of blocks
+  fetched in the background (docs/fs.md, "Big files").  A flush writes every block first
+  (PASIS, complete at ``N - t`` nodes) and only then sends the size and mtime (Q/U), so a
+  crash in between leaves the old size over the old data.
 
 Concurrency: pyfuse3 runs handlers as concurrent trio tasks; code between ``await`` points is
 atomic.  Flushes and truncations of one file are serialised by its lock; the Q/U client
@@ -61,7 +64,13 @@ from bftfs.fs import objects as obj
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.errors import Exists, NotFound
 from bftfs.fs.filedata import FileData
-from bftfs.fs.files import DEFAULT_DIRTY_LIMIT, DEFAULT_READAHEAD, OpenFile
+from bftfs.fs.files import (
+    DEFAULT_BEHIND_LIMIT,
+    DEFAULT_DIRTY_LIMIT,
+    DEFAULT_READAHEAD,
+    DEFAULT_READAHEAD_MAX,
+    OpenFile,
+)
 from bftfs.fs.handles import Handles
 from bftfs.fs.namespace import Namespace
 from bftfs.fs.objects import RENAME_EXCHANGE, ROOT
@@ -112,6 +121,8 @@ class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
         attr_ttl: float = 1.0,
         dirty_limit: int = DEFAULT_DIRTY_LIMIT,
         readahead: int = DEFAULT_READAHEAD,
+        readahead_max: int = DEFAULT_READAHEAD_MAX,
+        behind_limit: int = DEFAULT_BEHIND_LIMIT,
         write_behind: bool = False,
     ) -> None:
         # The state the parts share; what each holds is declared in bftfs.fs.base.
@@ -126,6 +137,9 @@ class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
         self.attr_ttl = attr_ttl
         self.dirty_limit = dirty_limit
         self.readahead = readahead
+        self.readahead_max = max(readahead_max, readahead) if readahead else 0
+        self.behind_limit = behind_limit
+        self.streaming = Counter()
         self.bs = config.block_size
         self.inline = min(getattr(config, "inline_limit", 0), self.bs)
         self._names = {}

@@ -182,15 +182,24 @@ class Handles(Reclaim):
         f, _ = self._handle(fh)
         if offset < 0 or size < 0:
             raise Invalid("negative offset or size")
-        need = f.blocks_to_fetch(offset, size, self.readahead)
+        if self.readahead_max:
+            await self._read_ahead(f, offset, size)
+            need = f.blocks_to_fetch(offset, size, 0)
+        else:
+            need = f.blocks_to_fetch(offset, size, self.readahead)
         if need:
             await self._fetch(f, need)
         return f.assemble(offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         """Buffer ``data`` at ``offset`` (at the end for O_APPEND handles); flushes when the
-        file's dirty data passes ``dirty_limit``."""
+        file's dirty data passes ``dirty_limit``: in the background when the writes are
+        sequential (write-behind, ``behind_limit`` > 0; a write waits only while the
+        buffered bytes are past ``behind_limit``), else before returning.  An error of a
+        background flush is raised here (the data it did not send stays buffered)."""
         f, flags = self._handle(fh)
+        if f.behind_error is not None:
+            await self._behind_done(f, report=True)
         if flags & os.O_APPEND:
             offset = f.size
         if offset < 0:
@@ -207,16 +216,39 @@ class Handles(Reclaim):
             need = f.blocks_to_read_for_write(offset, len(data))
             if need:
                 await self._fetch(f, need)
+        sequential = offset == f.last_write or (offset == 0 and f.last_write < 0)
         f.apply_write(offset, data, self._now())
         f.record(offset, data, bool(flags & os.O_APPEND))
         if f.dirty_bytes > self.dirty_limit:
-            await self._flush(f)
+            if self.behind_limit and sequential:
+                self._flush_behind(f)
+                while f.behind is not None and f.dirty_bytes > self.behind_limit:
+                    await f.behind.wait()  # backpressure
+                    if f.behind_error is not None:
+                        break  # buffered; the error is reported at the next call
+                    if f.dirty_bytes > self.dirty_limit:
+                        self._flush_behind(f)
+            else:
+                await self._behind_done(f, report=False)
+                await self._flush(f)
         return len(data)
 
     async def flush(self, fh: int) -> None:
-        """Make this file's buffered writes durable: blocks, then size and mtime."""
+        """Make this file's buffered writes durable: blocks, then size and mtime.  Waits
+        for a background flush first and reports its error (after sending what is still
+        buffered: the error says an earlier write may not have reached the servers)."""
         f, _ = self._handle(fh)
+        await self._sync(f)
+
+    async def _sync(self, f: OpenFile) -> None:
+        """Wait for the background flush, flush what is buffered, then raise the
+        background flush's error if it failed (never lost silently)."""
+        await self._behind_done(f, report=False)
+        failed, f.behind_error = f.behind_error, None
+        f.invalidate_prefetch()
         await self._flush(f)
+        if failed is not None:
+            raise failed
 
     async def fsync(self, fh: int) -> None:
         await self.flush(fh)
@@ -226,7 +258,7 @@ class Handles(Reclaim):
         which keeps them only if the file did not change meanwhile."""
         f, _ = self._handle(fh)
         try:
-            await self._flush(f)
+            await self._sync(f)
             if f.lease_until is not None and f.opens == 1:  # created, never written
                 f.lease_until = None
                 await self._unlock(f)

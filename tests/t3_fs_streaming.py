@@ -1,0 +1,179 @@
+"""Tier 3: big files streamed through the file-system model (issue 19).
+
+Read-ahead that does not wait (a sequential reader keeps a window of blocks fetched in the
+background; what a read returns is still validated PASIS data of the version the handle
+opened) and write-behind (a sequential writer's flushes run in the background; their
+errors reach the next fsync or close; close leaves the file complete for another client).
+Small blocks (4 KiB) and small limits make windows and flushes many.  Every test ends with
+the invariant checks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fs_helpers import Env, run
+
+from bftfs.fs.errors import FsError
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.objects import ROOT
+from bftfs.rw.messages import KIND_WRITE
+
+BS = 4096
+SMALL = {"block_size": BS}
+#: Read-ahead from 16 KiB up to 128 KiB; flushes every 64 KiB, writers wait past 256 KiB.
+STREAM = {
+    "readahead": 16 * 1024,
+    "readahead_max": 128 * 1024,
+    "dirty_limit": 64 * 1024,
+    "behind_limit": 256 * 1024,
+}
+
+
+async def write_file(fs: FileSystem, name: bytes, data: bytes, chunk: int = 32 * 1024) -> int:
+    """Create ``name`` and write ``data`` sequentially in ``chunk`` writes, then close."""
+    fh, a = await fs.create(ROOT, name, 0o644, 0, 0, os.O_RDWR)
+    for off in range(0, len(data), chunk):
+        await fs.write(fh, off, data[off : off + chunk])
+    await fs.release(fh)
+    return a.ino
+
+
+async def read_all(fs: FileSystem, fh: int, size: int, chunk: int = 32 * 1024) -> bytes:
+    return b"".join([await fs.read(fh, off, chunk) for off in range(0, size, chunk)])
+
+
+def test_a_sequential_read_prefetches_and_returns_the_same_bytes(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(1).randbytes(700 * 1024 + 123)
+        ino = await write_file(a, b"big", data)
+        fh = await b.open(ino, os.O_RDONLY)
+        reads = b.rw.statistics()["reads"]
+        assert await read_all(b, fh, len(data)) == data
+        # Every block was read with the PASIS read protocol (once: prefetched blocks are
+        # used, not fetched again), most of them ahead of the read that needed them.
+        blocks = -(-len(data) // BS)
+        assert b.rw.statistics()["reads"] - reads == blocks
+        assert b.streaming["readahead-blocks"] == blocks
+        assert b.streaming["readahead-hits"] >= blocks - 1
+        assert b.streaming["readahead-failures"] == 0
+        # A random read drops the window: nothing more is fetched for it (all cached).
+        before = b.streaming["readahead-blocks"]
+        assert await b.read(fh, 100_000, 5000) == data[100_000:105_000]
+        assert b.streaming["readahead-blocks"] == before
+        await b.release(fh)
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
+def test_prefetched_blocks_are_of_the_version_the_handle_opened(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        rng = random.Random(2)
+        one, two = rng.randbytes(300 * 1024), rng.randbytes(300 * 1024)
+        ino = await write_file(a, b"f", one)
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fb, 0, 8192) == one[:8192]  # starts a window of version one
+        fa = await a.open(ino, os.O_WRONLY)
+        for off in range(0, len(two), 32 * 1024):
+            await a.write(fa, off, two[off : off + 32 * 1024])
+        await a.release(fa)
+        # The open handle keeps reading version one (close-to-open: what it opened) ...
+        assert await b.read(fb, 8192, 8192) == one[8192:16384]
+        await b.release(fb)
+        # ... and a new open reads version two, none of version one's prefetched blocks.
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await read_all(b, fb, len(two)) == two
+        # A write through the reader's own handle invalidates what is in flight.
+        fw = await b.open(ino, os.O_RDWR)
+        assert await b.read(fw, 0, 4096) == two[:4096]
+        await b.write(fw, 4096, b"x" * 100)
+        got = await read_all(b, fw, len(two))
+        assert got == two[:4096] + b"x" * 100 + two[4196:]
+        await b.release(fw)
+        await b.release(fb)
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
+def test_a_closed_stream_is_complete_for_another_client(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(3).randbytes(1024 * 1024 + 77)
+        fh, attr = await a.create(ROOT, b"stream", 0o644, 0, 0, os.O_WRONLY)
+        ino = attr.ino
+        for off in range(0, len(data), 16 * 1024):
+            await a.write(fh, off, data[off : off + 16 * 1024])
+            f = a.open_files()[ino]
+            # Backpressure: buffered bytes stay near the bound (one write past it).
+            assert f.dirty_bytes <= STREAM["behind_limit"] + 16 * 1024 + BS
+        await a.release(fh)
+        assert a.streaming["behind-flushes"] >= 2  # the flushes ran in the background
+        assert a.streaming["behind-failures"] == 0
+        s = await env.raw.query(ino, "fs.stat")
+        assert s["size"] == len(data)
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await read_all(b, fb, len(data)) == data
+        await b.release(fb)
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
+def _refuse_writes(env: Env, nodes: tuple[int, ...]) -> None:
+    """More than ``t`` nodes refuse every block write (fresh and timestamped)."""
+
+    async def refuse(ctx: Any, payload: Any, honest: Any) -> Any:
+        return {"ok": False, "stale": payload["ts"]}
+
+    for i in nodes:
+        env.cluster.faults[i].byzantine(KIND_WRITE, refuse)
+
+
+def _heal(env: Env) -> None:
+    for f in env.cluster.faults:
+        f.honest()
+
+
+@pytest.mark.parametrize("at", ["fsync", "close"])
+def test_a_background_write_failure_surfaces_at_fsync_or_close(tmp_path: Path, at: str) -> None:
+    """More than ``t`` nodes refuse the blocks of a background flush; the nodes are healed
+    before the fsync or close, whose own flush then succeeds - and it still reports the
+    background flush's failure (an earlier write did not reach the servers in time)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(4).randbytes(512 * 1024)
+        fh, attr = await a.create(ROOT, b"doomed", 0o644, 0, 0, os.O_WRONLY)
+        ino = attr.ino
+        await a.write(fh, 0, data[:8192])
+        await a.fsync(fh)
+        _refuse_writes(env, (0, 1))
+        off = 8192
+        while not a.streaming["behind-flushes"]:  # until past dirty_limit: a flush starts
+            await a.write(fh, off, data[off : off + 16 * 1024])
+            off += 16 * 1024
+        f = a.open_files()[ino]
+        while f.behind is not None:
+            await f.behind.wait()
+        assert a.streaming["behind-failures"] == 1
+        # Nothing claimed complete that is not: the servers still hold the old size.
+        assert (await env.raw.query(ino, "fs.stat"))["size"] == 8192
+        _heal(env)
+        with pytest.raises(FsError):
+            if at == "fsync":
+                await a.fsync(fh)
+            else:
+                await a.flush(fh)  # what close(2) calls
+        # The data stayed buffered and that same call sent it: all there.
+        assert (await env.raw.query(ino, "fs.stat"))["size"] == off
+        await a.release(fh)  # reported once: the close after it succeeds
+        fb = await b.open(ino, os.O_RDONLY)
+        assert await read_all(b, fb, off) == data[:off]
+        await b.release(fb)
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
