@@ -271,7 +271,8 @@ async def test_a_restarted_node_finds_its_unverified_versions_again(tmp_path: Pa
         tmp_path, clients=1, verification=off_for_now, retention=KEEP_ALL, durable=True
     ) as (cl, (writer,)):
         stamps = [await writer.write_block(b, b"data") for b in (0, 6, 12)]
-        assert cl.nodes[0].progress["rw.verify"]["backlog_versions"] == 3
+        # A write returns at N - t acknowledgements: node 0's may still be on its way.
+        await until(cl, 0, lambda: cl.nodes[0].progress["rw.verify"]["backlog_versions"] == 3)
         cl.crash(0)
         await cl.wait_stopped(0)
         await cl.recover(0)
