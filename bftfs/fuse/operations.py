@@ -236,8 +236,8 @@ class Operations(pyfuse3.Operations):
         #: ``open`` then checks the caller's permission itself.
         self.long_attrs = bool(getattr(fs, "long_attrs", False))
         #: The attributes the kernel was last answered per inode (:func:`_told_key`), or
-        #: None when it was answered different ones since it last dropped them: an open
-        #: that reads the same leaves the kernel's cache alone (its timer too).
+        #: None when it was shown others it may not have taken (a listing): an open that
+        #: reads the same leaves the kernel's cache alone (its timer too).
         self._told: dict[int, tuple[int, ...] | None] = {}
         self.entry_timeout = entry_timeout
         self.read_only = read_only
@@ -309,14 +309,17 @@ class Operations(pyfuse3.Operations):
         attributes into its cache (a lookup, getattr, setattr or create answer), as far as
         this mount knows; an answer it may not take (readdirplus) makes what it holds
         unknown."""
-        told = self._told.get(a.ino, ()) if self._told else ()
         if len(self._told) > TOLD_LIMIT:
             self._told.clear()
         key = _told_key(a)
-        if taken and told in ((), key):
+        if taken:
+            # The kernel replaces its attributes with each answer, except one to a request
+            # older than an attribute change it has applied since (its attr_version): it
+            # keeps that newer state then, never one older than ours, so an open that reads
+            # exactly ``key`` can trust the kernel to hold it.
             self._told[a.ino] = key
-        elif told != key:
-            self._told[a.ino] = None  # two answers: which one it holds is not known
+        elif self._told.get(a.ino) != key:
+            self._told[a.ino] = None  # it may or may not have taken these
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.generation = a.generation
