@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -111,10 +112,10 @@ def test_acreg_caches_a_regular_files_attributes_past_the_attribute_timeout(
         assert counts["client0"] - counts["client1"] >= 3
 
 
-def _open_as_nobody(cwd: Path, name: str, flags: int) -> int:
+def _open_as_nobody(cwd: Path, name: str, flags: int, *, run: bool = False) -> int:
     """Open ``name`` as user nobody in ``cwd`` (a forked child: chdir first as root, since
-    the test's temporary directories above the mount are closed to others); 0 if the
-    open succeeded, else its errno."""
+    the test's temporary directories above the mount are closed to others), or with
+    ``run`` execute it; 0 if that succeeded (the program's exit code), else its errno."""
     pid = os.fork()
     if pid == 0:  # the child: only system calls, then _exit
         code = 1
@@ -123,6 +124,8 @@ def _open_as_nobody(cwd: Path, name: str, flags: int) -> int:
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
+            if run:
+                os.execv(name, [name])
             os.close(os.open(name, flags))
             code = 0
         except OSError as e:
@@ -173,6 +176,11 @@ def test_acreg_open_sees_another_mounts_close_and_permission_changes(
         # A permission granted elsewhere: at once (the kernel asks again after refusing).
         os.chmod(other / "f", 0o604)
         assert _open_as_nobody(d, "f", os.O_RDONLY) == 0
+        # execve asks for execute permission only: a program others may run, not read.
+        shutil.copyfile("/bin/true", d / "true")
+        os.chmod(d / "true", 0o711)
+        assert _open_as_nobody(d, "./true", os.O_RDONLY) == errno.EACCES
+        assert _open_as_nobody(d, "./true", 0, run=True) == 0
 
 
 def test_a_name_created_elsewhere_opens_at_once_after_an_own_update_of_the_directory(

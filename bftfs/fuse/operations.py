@@ -112,6 +112,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: The open-flags bit of ``execve``'s open (Linux ``__FMODE_EXEC``; FUSE passes it on).
+FMODE_EXEC = 0x20
+
+
 def _permits(a: Attr, ctx: Any, flags: int) -> bool:
     """Whether the mode bits of ``a`` let the caller of ``ctx`` open it with ``flags``, as
     the kernel's own check (``default_permissions``): owner, group (supplementary groups
@@ -120,6 +124,8 @@ def _permits(a: Attr, ctx: Any, flags: int) -> bool:
         return True
     acc = flags & os.O_ACCMODE
     need = (4 if acc != os.O_WRONLY else 0) | (2 if acc != os.O_RDONLY or flags & os.O_TRUNC else 0)
+    if flags & FMODE_EXEC:  # execve's open: the kernel asks for execute permission only
+        need = 1
     if a.uid == ctx.uid:
         bits = a.mode >> 6
     else:
