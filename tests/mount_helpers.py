@@ -7,6 +7,8 @@ import random
 import subprocess
 from pathlib import Path
 
+from bftfs.testing.processes import ProcessCluster
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -47,3 +49,9 @@ def assert_same_tree(a: Path, b: Path) -> None:
         ["diff", "-r", "--no-dereference", str(a), str(b)], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def suite_cluster(home: Path) -> ProcessCluster:
+    """The node processes a real-mount suite shares (``with`` it): 1 GiB maps, not durable
+    (a test's data need not survive a power cut, and fsyncs only slow the suite)."""
+    return ProcessCluster(home, map_size=1 << 30, durable=False)

@@ -1,8 +1,12 @@
 """What this client caches of the servers' state, and the reads that go through it.
 
 Directory entries and parents name the objects of an update; attributes this client's own
-updates produced answer ``getattr`` for ``attr_ttl``; an open file's attributes are fresh
-by close-to-open.  Why each is safe is the subject of the docstring of
+updates produced answer ``getattr`` for their timeout (:meth:`Caches.attr_timeout`:
+``attr_ttl``, or for a regular file between ``acregmin`` and ``acregmax``); with those
+longer than ``attr_ttl`` a regular file's attributes the servers answered do too, and the
+kernel is given only what is left of the timeout (:meth:`Caches.kernel_timeout`), so an
+attribute is never shown longer than its timeout after the servers last said it; an open
+file's attributes are fresh by close-to-open.  Why each is safe is the subject of the docstring of
 :mod:`bftfs.fs.filesystem`.  The methods here keep the caches' rules in one place: an own
 update's stat yields to a newer one the servers answer (``_observed``), the name cache is
 bounded, and an open file with buffered writes answers its buffered size and times
@@ -11,6 +15,7 @@ bounded, and an open file with buffered writes answers its buffered size and tim
 
 from __future__ import annotations
 
+import stat as st
 from typing import Any
 
 import trio
@@ -24,6 +29,61 @@ NAME_CACHE_LIMIT = 200_000
 
 class Caches(Meta):
     """The attribute, name and parent caches, and the reads that consult them."""
+
+    #: Seconds a regular file's attributes stay fresh at least and at most (NFS's
+    #: ``acregmin``/``acregmax``); None: ``attr_ttl``, today's fixed timeout.  Set by
+    #: :meth:`cache_regular_files` (mount options ``acregmin=``/``acregmax=``).
+    acregmin: float | None = None
+    acregmax: float | None = None
+
+    def cache_regular_files(self, acregmin: float | None, acregmax: float | None) -> None:
+        """Give regular files NFS's adaptive attribute timeout: a tenth of the time since
+        the file last changed, clamped to ``[acregmin, acregmax]`` (None: ``attr_ttl``).
+        Longer than ``attr_ttl``, another client's change of size, times or mode shows in
+        ``stat`` only after the file's timeout; an open still sees it (close-to-open)."""
+        self.acregmin, self.acregmax = acregmin, acregmax
+
+    def attr_timeout(self, s: dict[str, Any], known_ns: int | None = None) -> float:
+        """Seconds the attributes ``s`` stay fresh after they were known fresh (at
+        ``known_ns``, client clock; default now): ``attr_ttl``, or for a regular file a
+        tenth of how long it had been unchanged then, within ``[acregmin, acregmax]``."""
+        if s.get("k") != "f" or not st.S_ISREG(s["mode"]):
+            return self.attr_ttl
+        lo = self.attr_ttl if self.acregmin is None else self.acregmin
+        hi = self.attr_ttl if self.acregmax is None else self.acregmax
+        if hi <= lo:
+            return lo
+        at = self._now() if known_ns is None else known_ns
+        unchanged = (at - max(s["mt"], s["ct"])) / 1e9
+        return min(hi, max(lo, unchanged / 10))
+
+    def _known_for(self, oid: int) -> float | None:
+        """Seconds the cached attributes of ``oid`` (own update or servers' answer) stay
+        fresh from now, or None when there are none or they are stale."""
+        own = self._own.get(oid)
+        if own is None:
+            return None
+        age = trio.current_time() - own[1]
+        left = self.attr_timeout(own[0], self._now() - int(age * 1e9)) - age
+        return left if left > 0 else None
+
+    def kernel_timeout(self, a: Attr) -> float:
+        """The attribute timeout to give the kernel with attributes ``a`` answered now:
+        ``attr_ttl`` at the default timeouts and for all but regular files (as before);
+        with ``acregmin``/``acregmax``, the file's full timeout for attributes just read
+        or of a file open here (close-to-open keeps those fresh), else what is left of the
+        cached ones', so the kernel's cache and ours together never outlast one timeout."""
+        if not (self.long_attrs and st.S_ISREG(a.mode)):
+            return self.attr_ttl  # as before: the kernel's own fixed timeout
+        f = self._files.get(a.ino)
+        if f is not None and f.opens:
+            return self.attr_timeout(f.st)
+        if a.ino not in self._own:
+            kind = "d" if st.S_ISDIR(a.mode) else "f"
+            return self.attr_timeout(
+                {"k": kind, "mode": a.mode, "mt": a.mtime_ns, "ct": a.ctime_ns}
+            )
+        return self._known_for(a.ino) or 0.0
 
     def _own_stat(self, oid: int, s: dict[str, Any]) -> None:
         self._own[oid] = (s, trio.current_time())
@@ -64,13 +124,36 @@ class Caches(Meta):
         return attr_from_stat(oid, s, self.bs)
 
     def _observed(self, oid: int, s: dict[str, Any]) -> None:
-        """The servers answered ``s`` for ``oid``: attributes our own update produced
-        earlier are no longer the freshest, so they stop answering ``getattr`` and
-        ``lookup`` (a lookup of another name for the object, after another client changed
-        it, answered our older size, and the kernel cut its pages to it)."""
+        """The servers answered ``s`` for ``oid`` (a stat, lookup, listing or open).
+
+        Attributes our own update produced earlier are no longer the freshest, so they stop
+        answering ``getattr`` and ``lookup`` (a lookup of another name for the object, after
+        another client changed it, answered our older size, and the kernel cut its pages to
+        it).  With a regular-file timeout longer than ``attr_ttl`` (:meth:`long_attrs`),
+        a regular file's answer itself answers ``getattr`` for its timeout from now, as the
+        kernel caches it: an open's answer then refreshes the kernel's cache (NFS's
+        revalidation at open) and serves the permission check before the next open.  At
+        the default timeouts only our own updates' attributes are answered so, as before:
+        an open invalidates the kernel's attributes when they changed, and the stat after
+        it asks the servers (``t4_two_clients``: a chmod elsewhere shows at once then)."""
         own = self._own.get(oid)
-        if own is not None and s["v"] > own[0]["v"]:
+        if self._long_regular(s):
+            if own is None or s["v"] >= own[0]["v"]:
+                if "i" in s:  # an inline file's content is the open file's, not an attribute
+                    s = {k: v for k, v in s.items() if k != "i"}
+                if len(self._own) > NAME_CACHE_LIMIT:
+                    self._own.clear()
+                self._own[oid] = (s, trio.current_time())
+        elif own is not None and s["v"] > own[0]["v"]:
             del self._own[oid]
+
+    @property
+    def long_attrs(self) -> bool:
+        """Whether a regular file's attributes may be cached longer than ``attr_ttl``."""
+        return any(x is not None and x > self.attr_ttl for x in (self.acregmin, self.acregmax))
+
+    def _long_regular(self, s: dict[str, Any]) -> bool:
+        return self.long_attrs and s.get("k") == "f" and st.S_ISREG(s["mode"])
 
     def _fresh(self, oid: int) -> dict[str, Any] | None:
         """Attributes known fresh without a query: an open file's (close-to-open) or those
@@ -78,15 +161,19 @@ class Caches(Meta):
         f = self._files.get(oid)
         if f is not None and f.opens:
             return f.st
-        own = self._own.get(oid)
-        if own is not None and trio.current_time() - own[1] < self.attr_ttl:
-            return own[0]
+        if self._known_for(oid) is not None:
+            return self._own[oid][0]
         return None
 
-    async def _stat(self, oid: int) -> dict[str, Any]:
-        """Fresh attributes of ``oid`` (a query), unless our own update made them lately."""
+    async def _stat(self, oid: int, within: float | None = None) -> dict[str, Any]:
+        """Fresh attributes of ``oid`` (a query), unless known fresh within their timeout
+        (``within``: at most that many seconds old, whatever their timeout)."""
         own = self._own.get(oid)
-        if own is not None and trio.current_time() - own[1] < self.attr_ttl:
+        if (
+            own is not None
+            and self._known_for(oid) is not None
+            and (within is None or trio.current_time() - own[1] < within)
+        ):
             return own[0]
         s = await self._query(oid, "fs.stat")
         self._observed(oid, s)

@@ -56,16 +56,21 @@ class Namespace(Reclaim):
 
     # Namespace: queries --------------------------------------------------------------------
 
-    async def getattr(self, ino: int, *, reached_by_name: bool = False) -> Attr:
-        """Attributes of ``ino`` (buffered size/mtime for a file with dirty data).
+    async def getattr(
+        self, ino: int, *, reached_by_name: bool = False, within: float | None = None
+    ) -> Attr:
+        """Attributes of ``ino`` (buffered size/mtime for a file with dirty data): an open
+        file's, those known fresh within their timeout (:meth:`attr_timeout`), else a query.
 
         ``reached_by_name``: the caller found ``ino`` through a name it cached (the kernel's
         path walk); if no name reaches it any more, the name was stale (:meth:`_check_reached`).
+        ``within``: cached attributes only if at most that many seconds old (a permission
+        check that must not rest on a long regular-file timeout).
         """
         f = self._files.get(ino)
         if f is not None and f.opens:
             return self._attr(ino, f.st)
-        s = await self._stat(ino)
+        s = await self._stat(ino, within)
         if reached_by_name:  # (not open here: the kernel asks the same for an fstat)
             self._check_reached(ino, s)
         return self._attr(ino, s)

@@ -29,6 +29,15 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
   contents at the latest on open (close-to-open: ``open`` always asks the cluster, and the
   kernel keeps its cached pages of the file only if they are of the version the cluster
   holds, as NFS clients do; see ``FileSystem.keep_cache``).
+* a regular file's attribute timeout may be longer (mount options ``acregmin``/``acregmax``,
+  NFS's: a tenth of the time since the file last changed, within the two; by default both
+  equal the attribute timeout).  The kernel is given what is left of the timeout of the
+  attributes it is answered (``FileSystem.kernel_timeout``), so its cache and the daemon's
+  together never outlast one timeout.  The kernel's permission check before an open then
+  rests on a mode up to ``acregmax`` old: ``open`` checks the caller again on the mode it
+  has just read (before a truncation, on one at most the attribute timeout old), so a
+  permission another client took away is refused at the next open, as before; one it
+  granted is seen at once (the kernel asks again after refusing on its cached mode).
 * names the kernel found are cached for :data:`DEFAULT_ENTRY_TIMEOUT` seconds (``bftfs
   mount --entry-timeout``), as NFS clients cache them (``acdirmin``): a path walk through
   a cached name costs no round, so reopening, stat-ing or removing a file named a while
@@ -101,6 +110,44 @@ _WRITES = frozenset(
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+#: The open-flags bit of ``execve``'s open (Linux ``__FMODE_EXEC``; FUSE passes it on).
+FMODE_EXEC = 0x20
+
+
+def _permits(a: Attr, ctx: Any, flags: int) -> bool:
+    """Whether the mode bits of ``a`` let the caller of ``ctx`` open it with ``flags``, as
+    the kernel's own check (``default_permissions``): owner, group (supplementary groups
+    too) or others, root always."""
+    if ctx.uid == 0:
+        return True
+    acc = flags & os.O_ACCMODE
+    need = (4 if acc != os.O_WRONLY else 0) | (2 if acc != os.O_RDONLY or flags & os.O_TRUNC else 0)
+    if flags & FMODE_EXEC:  # execve's open: the kernel asks for execute permission only
+        need = 1
+    if a.uid == ctx.uid:
+        bits = a.mode >> 6
+    else:
+        in_group = a.gid == ctx.gid
+        if not in_group and ((a.mode >> 3) ^ a.mode) & need:  # group and others differ
+            try:
+                in_group = a.gid in pyfuse3.get_sup_groups(ctx.pid)
+            except OSError:  # the process is gone: nothing to protect
+                return True
+        bits = a.mode >> 3 if in_group else a.mode
+    return bits & need == need
+
+
+#: Inodes whose attributes the kernel was last answered that are remembered (then
+#: forgotten all at once: an open of one of them drops the kernel's attributes, as before).
+TOLD_LIMIT = 100_000
+
+
+def _told_key(a: Attr) -> tuple[int, ...]:
+    """Everything of ``a`` the kernel caches as attributes."""
+    return (a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns,
+            a.mtime_ns, a.ctime_ns)  # fmt: skip
 
 
 def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -190,6 +237,14 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         self.timeout = timeout
+        #: The kernel may hold a regular file's mode longer than ``timeout`` (the file
+        #: system's ``cache_regular_files``, mount options ``acregmin``/``acregmax``):
+        #: ``open`` then checks the caller's permission itself.
+        self.long_attrs = bool(getattr(fs, "long_attrs", False))
+        #: The attributes the kernel was last answered per inode (:func:`_told_key`), or
+        #: None when it was shown others it may not have taken (a listing): an open that
+        #: reads the same leaves the kernel's cache alone (its timer too).
+        self._told: dict[int, tuple[int, ...] | None] = {}
         self.entry_timeout = entry_timeout
         self.read_only = read_only
         self.timeo = timeo
@@ -255,12 +310,28 @@ class Operations(pyfuse3.Operations):
 
     # Conversions ---------------------------------------------------------------------------
 
-    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+    def _entry(self, a: Attr, *, taken: bool = True) -> pyfuse3.EntryAttributes:
+        """``a`` as the kernel's ``EntryAttributes``.  ``taken``: the kernel takes these
+        attributes into its cache (a lookup, getattr, setattr or create answer), as far as
+        this mount knows; an answer it may not take (readdirplus) makes what it holds
+        unknown."""
+        if len(self._told) > TOLD_LIMIT:
+            self._told.clear()
+        key = _told_key(a)
+        if taken:
+            # The kernel replaces its attributes with each answer, except one to a request
+            # older than an attribute change it has applied since (its attr_version): it
+            # keeps that newer state then, never one older than ours, so an open that reads
+            # exactly ``key`` can trust the kernel to hold it.
+            self._told[a.ino] = key
+        elif self._told.get(a.ino) != key:
+            self._told[a.ino] = None  # it may or may not have taken these
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.generation = a.generation
         e.entry_timeout = self.entry_timeout
-        e.attr_timeout = self.timeout
+        timeout = getattr(self.fs, "kernel_timeout", None)  # (a PastView has none)
+        e.attr_timeout = self.timeout if timeout is None else timeout(a)
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -386,7 +457,7 @@ class Operations(pyfuse3.Operations):
         # Offsets are positions in the opendir snapshot, plus one (0 means "from the start").
         for i in range(start_id, len(entries)):
             name, attr = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._entry(attr), i + 1):
+            if not pyfuse3.readdir_reply(token, name, self._entry(attr, taken=False), i + 1):
                 return
 
     async def releasedir(self, fh: int) -> None:
@@ -413,13 +484,30 @@ class Operations(pyfuse3.Operations):
         if self.read_only and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
         looked_up = self._looked_up.get(ctx.pid) == inode
+        trunc = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
+        long_attrs = self.long_attrs and isinstance(self.fs, FileSystem)
+        if long_attrs and trunc and isinstance(self.fs, FileSystem):  # (for mypy)
+            # decided before the truncation, on a mode at most ``timeout`` old
+            a = await self.fs.getattr(inode, within=self.timeout)
+            if not _permits(a, ctx, flags):
+                raise pyfuse3.FUSEError(errno.EACCES)
         fh = await self.fs.open(inode, flags, reached_by_name=True, looked_up=looked_up)
         self._looked_up.pop(ctx.pid, None)
+        if long_attrs and not trunc and not _permits(await self.fs.getattr(inode), ctx, flags):
+            await self.fs.release(fh)  # (the mode this open read: no round)
+            raise pyfuse3.FUSEError(errno.EACCES)
         # Close-to-open for sizes: the kernel's attributes may be of an older version
         # (another client's close since, or a lookup answered before it); dropping them
         # makes its next stat or read past the cached size ask us, and we answer the
-        # attributes this open read.  Costs a getattr answered from memory, no round.
-        pyfuse3.invalidate_inode(inode, attr_only=True)
+        # attributes this open read.  Costs a getattr answered from memory, no round -
+        # but the permission check of the next open after the file's close asked the
+        # servers again (an open-and-close loop cost two rounds).  When the kernel was
+        # last answered exactly what this open read, what it holds is current: kept.
+        if not isinstance(self.fs, FileSystem) or self._told.get(inode) != _told_key(
+            await self.fs.getattr(inode)  # the open file's: no round
+        ):
+            self._told.pop(inode, None)
+            pyfuse3.invalidate_inode(inode, attr_only=True)
         return self._file_info(fh, flags)
 
     @_handler
