@@ -238,3 +238,30 @@ def test_a_byzantine_node_cannot_make_a_live_object_forgotten(tmp_path: Path, li
         env.cluster.faults[5].clear()
 
     run(tmp_path, body, **FORGET)
+
+
+def test_a_node_restarted_with_tombstones_to_forget_finds_them_by_its_sweep(
+    tmp_path: Path,
+) -> None:
+    """Every node shrinks the removed objects to tombstones; node 5 then restarts, losing
+    its in-memory queue of tombstones waiting ``forget_seconds``.  The others forget them
+    when due, and node 5 does too because its start-up sweep finds them."""
+
+    async def body(env: Env) -> None:
+        d, files, keep = await populate(env)
+        await remove(env, d, files)
+        removed = [*files.values(), d]
+        await until(lambda: min(tombstones(env)) >= len(removed))
+        env.cluster.crash(5)
+        await env.cluster.wait_stopped(5)
+        await env.cluster.recover(5)
+        await until(lambda: min(forgotten(env)) >= len(removed), within=30)
+        assert env.cluster.nodes[5].stats["qu.swept"] >= len(removed)
+        for oid in removed:
+            assert held(env, oid) == [(0, 0)] * 6, oid
+
+    run(
+        tmp_path,
+        body,
+        retention=RetentionPolicy(keep_seconds=0.0, keep_versions=2, forget_seconds=2.0),
+    )

@@ -17,9 +17,9 @@ the task asks every other server for its history of the object (``qu.history``, 
 :data:`BATCH` objects a call), culls them with its own key and, when all ``n`` list that
 version as their newest (``tombstone_agreed``), deletes everything of the object but its
 history and that version (``tombstone_step``, one store transaction per object).  Without
-every server's word it tries again :data:`RETRY_SECONDS` later, then twice as long each
-time, :data:`ATTEMPTS` times in all (a node down that long: the object stays as pruning
-left it until the next sweep, below).
+every server's word it tries again later, each time twice as long, about four minutes in
+all (node/background.py); a node down longer leaves the object as pruning left it until
+the next sweep, below.
 
 **Forgetting** (docs/qu.md, "Forgetting removed objects").  A tombstone is forgotten
 ``forget_seconds`` after it aged out of ``keep_seconds`` (``forget_target``): when every
@@ -30,8 +30,8 @@ as never touched here.  Until then it waits in a second heap that does not count
 
 **Sweeps.**  The queue is in memory, so a restarted node (or one whose tombstone attempts
 ran out while another node was down) would keep what it held.  A sweep therefore walks
-every object the store holds, :data:`SWEEP_PAGE` at a time and only while nothing else is
-queued, at start and then every :data:`SWEEP_SECONDS`, and queues those with something
+every object the store holds, a page at a time and only while nothing else is queued, at
+start and then every hour (node/background.py), and queues those with something
 to prune, shrink or forget (``sweep_candidates``).
 """
 
@@ -47,6 +47,7 @@ import trio
 
 from bftfs.ids import PrincipalId
 from bftfs.net.quorum import QuorumUnavailable
+from bftfs.node.background import Backoff, sweep
 from bftfs.qu.history import ReplicaHistory
 from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError, Reply
 from bftfs.qu.replica import (
@@ -69,15 +70,8 @@ if TYPE_CHECKING:
 
 #: Objects whose histories one ``qu.history`` call asks for.
 BATCH = MAX_OBJECTS
-#: How long a tombstone first waits for a server that did not answer or lags (doubled at
-#: every attempt), and how many attempts it makes (about four minutes in all).
-RETRY_SECONDS = 1.0
-ATTEMPTS = 8
 #: How long the servers' histories are waited for.
 ASK_TIMEOUT = 5.0
-#: Objects one sweep step reads, and how often a sweep starts again.
-SWEEP_PAGE = 256
-SWEEP_SECONDS = 3600.0
 #: A server's histories of some objects: ``oid -> (histories culled with this server's
 #: key, how many servers answered with no history of it)``.
 Histories = dict[int, tuple[dict[int, ReplicaHistory], int]]
@@ -95,7 +89,7 @@ class Pruner:
         self._latest: dict[int, int] = {}
         #: ``(due ns, oid)`` of tombstones to forget later (not work: see ``idle``).
         self._later: list[tuple[int, int]] = []
-        self._attempts: dict[int, int] = {}
+        self._backoff = Backoff()
         self._wake = trio.Event()
         #: Set while nothing is queued or being done (tests wait on it).
         self.idle = node.finished["qu.prune"] = trio.Event()
@@ -113,7 +107,7 @@ class Pruner:
         for oid in objects:
             heapq.heappush(self._queue, (due, oid))
             self._latest[oid] = due
-            self._attempts.pop(oid, None)
+            self._backoff.reset(oid)
         self._busy()
         self._wake.set()
 
@@ -126,13 +120,11 @@ class Pruner:
         self._latest[oid] = due
 
     def _retry(self, oid: int) -> None:
-        tries = self._attempts.get(oid, 0) + 1
-        if tries >= ATTEMPTS:
-            self._attempts.pop(oid, None)
+        due = self._backoff.next_due(oid, self.node.now_ns())
+        if due is None:
             self.node.stats["qu.tombstone.given_up"] += 1
-            return
-        self._attempts[oid] = tries
-        self._schedule(oid, self.node.now_ns() + int(RETRY_SECONDS * 2 ** (tries - 1) * 1e9))
+        else:
+            self._schedule(oid, due)
 
     def _forget_later(self, oid: int, due: int) -> None:
         heapq.heappush(self._later, (due, oid))
@@ -266,40 +258,28 @@ class Pruner:
 
     async def sweep(self) -> None:
         """Queue every stored object with something to prune, shrink or forget, a page at a
-        time while nothing else is queued; again every :data:`SWEEP_SECONDS` (never
-        returns while the node runs)."""
+        time while nothing else is queued (node/background.py; never returns while the
+        node runs)."""
         if not self.enabled:
             return
-        while True:
-            after: int | None = None
-            while True:
-                await self.idle.wait()
-                now = self.node.now_ns()
-                try:
-                    page, after = self.node.store.read(
-                        functools.partial(
-                            sweep_candidates,
-                            cfg=self.cfg,
-                            after=after,
-                            limit=SWEEP_PAGE,
-                            now_ns=now,
-                        )
-                    )
-                except Exception:
-                    self.node.stats["internal_errors"] += 1
-                    self.node.log.exception("node %s: sweeping objects", self.node.id)
-                    break
-                queued = [oid for oid in page if oid not in self._latest]
-                for oid in queued:
-                    self._schedule(oid, now)
-                self.node.stats["qu.swept"] += len(queued)
-                if queued:
-                    self._busy()
-                    self._wake.set()
-                if after is None:
-                    break
-                await trio.lowlevel.checkpoint()
-            await trio.sleep(SWEEP_SECONDS)
+
+        def read_page(kv: Any, after: int | None, limit: int) -> tuple[list[int], int | None]:
+            return sweep_candidates(kv, self.cfg, after, limit, self.node.now_ns())
+
+        def take(page: list[int]) -> None:
+            now = self.node.now_ns()
+            queued = [oid for oid in page if oid not in self._latest]
+            for oid in queued:
+                self._schedule(oid, now)
+            self.node.stats["qu.swept"] += len(queued)
+            if queued:
+                self._busy()
+                self._wake.set()
+
+        async def drained() -> None:
+            await self.idle.wait()
+
+        await sweep(self.node, "objects", read_page, take, before_page=drained)
 
     async def _histories(self, oids: list[int]) -> Histories:
         """Every server's history of each of ``oids`` (this one's from its store), culled

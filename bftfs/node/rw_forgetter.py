@@ -18,7 +18,7 @@ is never returned, ``QC - missing > b``).  A node down for the whole wait leaves
 as it is until the next sweep after it is back.
 
 The queue is in memory; a sweep walks every block the store holds at start and then every
-:data:`SWEEP_SECONDS` (only while nothing is queued), so a restart loses nothing for long.
+hour (node/background.py), so a restart loses nothing for long.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import trio
 from bftfs.erasure import fragment_size
 from bftfs.ids import NodeId
 from bftfs.net.quorum import QuorumUnavailable
+from bftfs.node.background import Backoff, sweep
 from bftfs.rw import replica
 from bftfs.rw.messages import MessageError, ReadReply, ReadRequest
 from bftfs.rw.timestamp import Timestamp
@@ -40,15 +41,10 @@ from bftfs.rw.timestamp import Timestamp
 if TYPE_CHECKING:
     from bftfs.node.service import Node
 
-#: Blocks asked about together, and blocks one sweep step reads.
+#: Blocks asked about together.
 BATCH = 64
-SWEEP_PAGE = 256
-SWEEP_SECONDS = 3600.0
-#: How long the other nodes are waited for, the first retry's delay (doubled each time)
-#: and how many attempts a block gets before it waits for the next sweep.
+#: How long the other nodes are waited for (retries: node/backoff.py).
 ASK_TIMEOUT = 5.0
-RETRY_SECONDS = 1.0
-ATTEMPTS = 8
 
 
 class Forgetter:
@@ -62,7 +58,7 @@ class Forgetter:
         #: ``(due ns, block)``, a heap; ``_due`` the entry that counts for each block.
         self._queue: list[tuple[int, int]] = []
         self._due: dict[int, int] = {}
-        self._attempts: dict[int, int] = {}
+        self._backoff = Backoff()
         self._wake = trio.Event()
 
     def given_back(self, block: int, ts: Timestamp | None = None) -> None:
@@ -124,19 +120,17 @@ class Forgetter:
                 self.node.stats["rw.forget.waiting"] += 1
                 self._retry(block)
                 continue
-            self._attempts.pop(block, None)
+            self._backoff.reset(block)
             step = functools.partial(replica.forget_step, block=block, ts=ts)
             if await self.node.store.write(step):
                 self.node.stats["rw.forgotten"] += 1
 
     def _retry(self, block: int) -> None:
-        tries = self._attempts.get(block, 0) + 1
-        if tries >= ATTEMPTS:
-            self._attempts.pop(block, None)
+        due = self._backoff.next_due(block, self.node.now_ns())
+        if due is None:
             self.node.stats["rw.forget.given_up"] += 1
-            return
-        self._attempts[block] = tries
-        self._schedule(block, self.node.now_ns() + int(RETRY_SECONDS * 2 ** (tries - 1) * 1e9))
+        else:
+            self._schedule(block, due)
 
     async def _witnesses(self, block: int) -> dict[int, ReadReply]:
         """Every node's READ_LATEST witness of ``block`` (this one's from its store);
@@ -168,22 +162,11 @@ class Forgetter:
         return got
 
     async def sweep(self) -> None:
-        """Queue every block down to a verified empty version, a page at a time while
-        nothing is due; again every :data:`SWEEP_SECONDS` (never returns)."""
-        while True:
-            after: int | None = None
-            while True:
-                try:
-                    page, after = self.node.store.read(
-                        functools.partial(replica.given_back_page, after=after, limit=SWEEP_PAGE)
-                    )
-                except Exception:
-                    self.node.stats["internal_errors"] += 1
-                    self.node.log.exception("node %s: sweeping blocks", self.node.id)
-                    break
-                for block, ts in page:
-                    self.given_back(block, ts)
-                if after is None:
-                    break
-                await trio.lowlevel.checkpoint()
-            await trio.sleep(SWEEP_SECONDS)
+        """Queue every block down to a verified empty version, a page at a time
+        (node/background.py; never returns)."""
+
+        def take(page: list[tuple[int, Timestamp]]) -> None:
+            for block, ts in page:
+                self.given_back(block, ts)
+
+        await sweep(self.node, "blocks", replica.given_back_page, take)

@@ -612,6 +612,31 @@ def tombstone_agreed(
     return all(rh and max(c.lt for c in rh) == final for rh in histories.values())
 
 
+def _accepted_final(kv: KV, oid: int) -> tuple[Timestamp, schema.Version, bytes] | None:
+    """The newest candidate of this server's history of ``oid`` with its version, if it is
+    also the newest stored version and one this server accepted (a method or copy it ran,
+    not synced, not a barrier) with a state (returned too): what a tombstone and
+    forgetting start from."""
+    rh, _ = schema.load_rh(kv, oid)
+    if is_initial(rh):
+        return None
+    final = _latest(rh)
+    if final.barrier or schema.newest_times(kv, oid, 1) != [final]:
+        return None
+    v = schema.load_version(kv, oid, final)
+    if v is None or not v.accepted or v.state is None or v.kind == schema.BARRIER:
+        return None
+    return final, v, v.state
+
+
+def _owns_stored_request(kv: KV, oid: int, v: schema.Version) -> bool:
+    """Whether the stored request that made ``v`` is still here and ``oid`` owns it (its
+    first object)."""
+    return (
+        bool(v.objects) and v.objects[0] == oid and kv.get(schema.DB_REQ, v.lt.encode()) is not None
+    )
+
+
 def tombstone_target(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> Timestamp | None:
     """The finished version ``oid`` may shrink to, read from this server's store, or None.
 
@@ -623,22 +648,16 @@ def tombstone_target(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> Times
     """
     if cfg.retention.keep_last is None:
         return None
-    rh, _ = schema.load_rh(kv, oid)
-    if is_initial(rh):
+    found = _accepted_final(kv, oid)
+    if found is None:
         return None
-    final = _latest(rh)
-    if final.barrier or schema.newest_times(kv, oid, 1) != [final]:
-        return None
-    v = schema.load_version(kv, oid, final)
-    if v is None or not v.accepted or v.state is None or v.kind == schema.BARRIER:
-        return None
+    final, v, state = found
     if v.stored_ns > now_ns - int(cfg.retention.keep_seconds * 1e9):
         return None
-    if not cfg.registry.finished(unpack(v.state)):
+    if not cfg.registry.finished(unpack(state)):
         return None
-    owns_request = bool(v.objects) and v.objects[0] == oid
     if schema.oldest_versions(kv, oid, 1) == [(final, v.stored_ns)] and not (
-        owns_request and kv.get(schema.DB_REQ, final.encode()) is not None
+        _owns_stored_request(kv, oid, v)
     ):
         return None  # already a tombstone
     return final
@@ -691,21 +710,13 @@ def forget_target(kv: KV, cfg: ReplicaConfig, oid: int) -> Forget | None:
     forget = cfg.retention.forget_seconds
     if cfg.retention.keep_last is None or forget is None:
         return None
-    rh, _ = schema.load_rh(kv, oid)
-    if is_initial(rh):
+    found = _accepted_final(kv, oid)
+    if found is None:
         return None
-    final = _latest(rh)
-    if final.barrier:
+    final, v, state = found
+    if len(schema.oldest_versions(kv, oid, 2)) != 1 or _owns_stored_request(kv, oid, v):
         return None
-    stored = schema.oldest_versions(kv, oid, 2)
-    if len(stored) != 1 or stored[0][0] != final:
-        return None
-    v = schema.load_version(kv, oid, final)
-    if v is None or not v.accepted or v.state is None or v.kind == schema.BARRIER:
-        return None
-    if v.objects and v.objects[0] == oid and kv.get(schema.DB_REQ, final.encode()) is not None:
-        return None
-    if not cfg.registry.finished(unpack(v.state)):
+    if not cfg.registry.finished(unpack(state)):
         return None
     if any(t >= v.stored_ns for t in _pins(kv, cfg)):
         return None  # the version current at a snapshot moment
