@@ -185,9 +185,6 @@ class Backlog:
         self._debts: dict[int, _Debt] = {}
         self._by_client: Counter[int] = Counter()
         self._bytes_by_client: Counter[int] = Counter()
-        #: Each client's blocks with unverified versions, least recently written first:
-        #: a client over its budget has its oldest ones forced (:meth:`_force_excess`).
-        self._client_blocks: dict[int, OrderedDict[int, None]] = {}
         self._forced: OrderedDict[int, None] = OrderedDict()
         self._seq = itertools.count()
         #: (due time, order, block): blocks waiting to settle, for their fallback, or to retry.
@@ -258,9 +255,6 @@ class Backlog:
             debt.sizes[ts] = size
             self._by_client[client] += 1
             self._bytes_by_client[client] += size
-        blocks = self._client_blocks.setdefault(client, OrderedDict())
-        blocks[block] = None
-        blocks.move_to_end(block)
         debt.last_write = now
         self._reschedule(block, debt)
         mine = sum(1 for c in debt.versions.values() if c == client)
@@ -273,24 +267,7 @@ class Backlog:
             forced = True
         if forced or self.policy.mode == "write-time":
             self._forced[block] = None
-        if client in self.over_budget:
-            self._force_excess(client, streaming=streaming)
         return forced
-
-    def _force_excess(self, client: int, *, streaming: bool) -> None:
-        """Force ``client``'s oldest blocks until verifying the forced ones brings it back
-        within its budget: what a stream left may exceed ``per_client`` by far, and
-        forcing only each new write's block would hold it there."""
-        versions = self._by_client[client] - self.policy.per_client
-        held = self._bytes_by_client[client] - self.policy.stream_bytes
-        for block in self._client_blocks.get(client, ()):
-            if versions <= 0 and (not streaming or held <= 0):
-                break
-            debt = self._debts[block]
-            mine = [ts for ts, c in debt.versions.items() if c == client]
-            versions -= len(mine)
-            held -= sum(debt.sizes.get(ts, 0) for ts in mine)
-            self._forced[block] = None
 
     def bytes_by_client(self, client: int) -> int:
         """Bytes of unverified fragments ``client`` left on this node."""
@@ -320,10 +297,8 @@ class Backlog:
         if debt is None:
             return
         gone = {ts for ts in debt.versions if ts <= upto} | (set(also) & set(debt.versions))
-        gone_clients: set[int] = set()
         for ts in gone:
             client = debt.versions.pop(ts)
-            gone_clients.add(client)
             self._by_client[client] -= 1
             self._bytes_by_client[client] -= debt.sizes.pop(ts, 0)
             if self._by_client[client] <= 0:
@@ -331,13 +306,6 @@ class Backlog:
                 self._bytes_by_client.pop(client, None)
             if client in self.over_budget and self._by_client[client] <= self.policy.per_client:
                 self.over_budget.discard(client)
-        left = set(debt.versions.values())
-        for client in gone_clients - left:
-            blocks = self._client_blocks.get(client)
-            if blocks is not None:
-                blocks.pop(block, None)
-                if not blocks:
-                    del self._client_blocks[client]
         if not debt.versions:
             del self._debts[block]
             self._forced.pop(block, None)
