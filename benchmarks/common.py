@@ -57,6 +57,13 @@ CACHE_DIR = BENCH_DIR / ".cache"
 #: ``BFTFS_BENCH_OPTIONS``, e.g. ``allow_other,acregmin=3,acregmax=60``); unset: the
 #: defaults (``allow_other`` as root).
 MOUNT_OPTIONS = os.environ.get("BFTFS_BENCH_OPTIONS")
+#: ``[cluster] block_size`` of every bftfs cluster the benchmarks start, in KiB (the
+#: environment's ``BFTFS_BENCH_BLOCK_KIB``, e.g. ``256``); unset: the default (64 KiB).
+BLOCK_KIB = os.environ.get("BFTFS_BENCH_BLOCK_KIB")
+#: ``[verification]`` keys for every bftfs cluster the benchmarks start (the environment's
+#: ``BFTFS_BENCH_VERIFICATION``, e.g. ``stream_seconds=0,per_client=2048``), so a policy
+#: change can be measured against its old setting on the same tree; unset: the defaults.
+VERIFICATION = os.environ.get("BFTFS_BENCH_VERIFICATION", "")
 MAP_SIZE = 1 << 30
 
 
@@ -373,11 +380,21 @@ def _bindfs(base: Path) -> Iterator[tuple[Path, int]]:
         proc.wait_exit(child)
 
 
+def _verification(mode: str) -> Any:
+    """The nodes' policy: ``mode`` (the target's) and ``BFTFS_BENCH_VERIFICATION``'s keys."""
+    from bftfs.policy import verification_from
+
+    table: dict[str, Any] = {"mode": mode}
+    for item in filter(None, (i.strip() for i in VERIFICATION.split(","))):
+        key, _, value = item.partition("=")
+        table[key.strip()] = float(value) if "." in value else int(value)
+    return verification_from(table)
+
+
 @contextlib.contextmanager
 def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
     # Imported here so the local and bindfs targets work even when bftfs cannot be imported.
     from bftfs.local import ClusterError
-    from bftfs.policy import VerificationPolicy
     from bftfs.testing.mounts import Mount
     from bftfs.testing.processes import ProcessCluster
 
@@ -395,7 +412,8 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                         b=spec.b,
                         map_size=MAP_SIZE,
                         durable=spec.durable,
-                        verification=VerificationPolicy(mode=spec.verification),
+                        verification=_verification(spec.verification),
+                        **({"block_size": int(BLOCK_KIB) * 1024} if BLOCK_KIB else {}),
                     )
                 )
                 break

@@ -23,6 +23,19 @@ key                 default     meaning
 ``per_client``      1024        unverified versions one client may leave on the node; at a
                                 limit, that client's writes are verified before anything
                                 else, idle or not (seed B.3; the seed gives no numbers)
+``stream_seconds``  1.0         a run of client requests with no gap of
+                                ``stream_idle_seconds`` that has lasted this long is a
+                                *stream* (a big file written or read); 0: never
+``stream_idle_seconds`` 0.5     while a stream lasts, verification waits for this much
+                                quiet (or ``idle_seconds`` if longer) instead of
+                                ``idle_seconds`` (it yields the CPU to the
+                                stream and catches up after it)
+``stream_bytes``    134217728   while a stream lasts, one client's budget is this many
+                                bytes of unverified fragments on the node (128 MiB) instead
+                                of ``per_client`` versions; past it, as at ``per_client``,
+                                its writes are verified first.  Always a bound: a client
+                                that streams forever leaves at most this much (and
+                                ``per_client_block`` per block) unverified
 ``pool_fraction``   0.75        above this share of the LMDB map in use the node verifies
                                 and collects without waiting for idle time and retention
                                 keeps only ``keep_versions`` (the history pool is short)
@@ -105,6 +118,9 @@ class VerificationPolicy:
     fallback_seconds: float = 10.0
     per_client_block: int = 8
     per_client: int = 1024
+    stream_seconds: float = 1.0
+    stream_idle_seconds: float = 0.5
+    stream_bytes: int = 128 * 1024 * 1024
     pool_fraction: float = 0.75
     data_fraction: float = 0.9
     scrub_seconds: float = 604800.0
@@ -121,7 +137,13 @@ class VerificationPolicy:
     def validate(self) -> VerificationPolicy:
         if self.mode not in MODES:
             raise PolicyError(f"[verification] mode must be one of {', '.join(MODES)}")
-        for name in ("settle_seconds", "idle_seconds", "fallback_seconds"):
+        for name in (
+            "settle_seconds",
+            "idle_seconds",
+            "fallback_seconds",
+            "stream_seconds",
+            "stream_idle_seconds",
+        ):
             if not 0 <= getattr(self, name) <= 86400:
                 raise PolicyError(f"[verification] {name} must be in 0..86400 seconds")
         if self.per_client_block < 1 or self.per_client < self.per_client_block:
@@ -129,6 +151,8 @@ class VerificationPolicy:
                 "[verification] per_client_block must be at least 1 and per_client at "
                 "least per_client_block"
             )
+        if not 0 <= self.stream_bytes <= 1 << 50:
+            raise PolicyError("[verification] stream_bytes must be in 0..2**50 bytes")
         if not 0.1 <= self.pool_fraction <= 1.0:
             raise PolicyError("[verification] pool_fraction must be in 0.1..1.0")
         if not self.pool_fraction <= self.data_fraction <= 1.0:

@@ -5,6 +5,7 @@ garbage-collection floor under the retention policy."""
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 from rw_helpers import ts
@@ -92,6 +93,97 @@ def test_budgets_force_verification() -> None:
     assert forced and 100 in bl.over_budget and bl.by_client(100) == 6
     bl.settled(1, ts(3))
     assert bl.by_client(100) == 3 and 100 not in bl.over_budget
+
+
+STREAMING = VerificationPolicy(
+    settle_seconds=1.0,
+    idle_seconds=0.05,
+    fallback_seconds=10.0,
+    per_client_block=2,
+    per_client=5,
+    stream_seconds=1.0,
+    stream_idle_seconds=0.5,
+    stream_bytes=10_000,
+)
+
+
+def test_a_stream_raises_the_node_wide_budget_to_stream_bytes_and_no_further() -> None:
+    bl = Backlog(STREAMING, me=0, n=6, b=1)
+    # While a stream lasts, ten 1000-byte versions on ten blocks (over per_client = 5)
+    # are left for later: the budget is 10 000 bytes.
+    for k in range(10):
+        assert not bl.wrote(10 + k, ts(1 + k), 100, now=0.0, size=1000, streaming=True)
+    assert bl.by_client(100) == 10 and bl.bytes_by_client(100) == 10_000
+    assert 100 not in bl.over_budget and bl.pick(0.0, idle=False, pressure=False) is None
+    # One byte more and the stream is over its budget: its writes are verified first.
+    assert bl.wrote(30, ts(20), 100, now=0.0, size=1, streaming=True)
+    assert 100 in bl.over_budget
+    assert bl.pick(0.0, idle=False, pressure=False).block == 30
+    # The per-block budget binds inside a stream as before.
+    bl2 = Backlog(STREAMING, me=0, n=6, b=1)
+    assert not bl2.wrote(1, ts(1), 100, now=0.0, size=1, streaming=True)
+    assert not bl2.wrote(1, ts(2), 100, now=0.0, size=1, streaming=True)
+    assert bl2.wrote(1, ts(3), 100, now=0.0, size=1, streaming=True)
+
+
+def test_outside_a_stream_the_budget_is_per_client_versions_again() -> None:
+    bl = Backlog(STREAMING, me=0, n=6, b=1)
+    for k in range(8):
+        bl.wrote(10 + k, ts(1 + k), 100, now=0.0, size=10, streaming=True)
+    assert 100 not in bl.over_budget  # 8 versions, 80 bytes: inside the stream budget
+    # The stream ended (a gap); the next write is judged by per_client = 5 versions.
+    assert bl.wrote(40, ts(30), 100, now=2.0, size=10, streaming=False)
+    assert 100 in bl.over_budget
+    assert bl.pick(2.0, idle=False, pressure=False).block == 40  # that write first
+    # Verified down to per_client versions, the client is within its budget again.
+    for k in range(4):
+        bl.settled(10 + k, ts(1 + k))
+    assert bl.by_client(100) == 5 and bl.bytes_by_client(100) == 50
+    assert 100 not in bl.over_budget
+
+
+def test_seeded_streams_never_leave_more_than_the_bounds_unverified() -> None:
+    """Whatever a client writes, streaming or not, once its forced blocks are verified it
+    holds at most ``per_client`` versions or ``stream_bytes`` bytes (what a stream left is
+    not forced by a later write outside a stream: that write's block is, so it grows no
+    further, and idle time catches up with the rest)."""
+    rng = random.Random(19)
+    bl = Backlog(STREAMING, me=0, n=6, b=1)
+    for k in range(2000):
+        streaming = rng.random() < 0.7
+        size = rng.randrange(1, 3000)
+        bl.wrote(rng.randrange(200), ts(k + 1), 100, now=float(k), size=size, streaming=streaming)
+        while (pick := bl.pick(float(k), idle=False, pressure=False)) is not None:
+            bl.settled(pick.block, ts(k + 1))
+        count, held = bl.by_client(100), bl.bytes_by_client(100)
+        assert count <= STREAMING.per_client or held <= STREAMING.stream_bytes
+        assert held == sum(
+            size
+            for debt in bl._debts.values()
+            for t, size in debt.sizes.items()
+            if debt.versions[t] == 100
+        )
+
+
+def test_stream_state_needs_a_long_run_of_requests_and_yields_longer_to_it() -> None:
+    from bftfs.rw.lazy import stream_state
+
+    p = STREAMING
+    # A short run (0.3 s of requests): not a stream; idle after idle_seconds.
+    s = stream_state(p, now=10.31, last_request=10.3, busy_since=10.0)
+    assert not s.streaming and s.idle_after == p.idle_seconds
+    # A run of 1.2 s, last request 0.1 s ago: a stream; verification waits 0.5 s of quiet.
+    s = stream_state(p, now=11.3, last_request=11.2, busy_since=10.0)
+    assert s.streaming and s.idle_after == p.stream_idle_seconds
+    # 0.5 s of quiet ends it.
+    s = stream_state(p, now=11.7, last_request=11.2, busy_since=10.0)
+    assert not s.streaming and s.idle_after == p.idle_seconds
+    # stream_seconds = 0 turns streams off; idle_seconds above stream_idle_seconds wins.
+    off = VerificationPolicy(stream_seconds=0.0)
+    assert not stream_state(off, now=100.0, last_request=100.0, busy_since=0.0).streaming
+    slow = VerificationPolicy(idle_seconds=2.0, stream_idle_seconds=0.5)
+    s = stream_state(slow, now=100.0, last_request=100.0, busy_since=0.0)
+    assert s.streaming and s.idle_after == 2.0
 
 
 def test_nodes_fall_back_in_groups_of_b_plus_one_in_ring_order() -> None:

@@ -43,7 +43,9 @@ BLOCKS_PER_FILE = 3
 FILES = 6
 
 #: Verify and collect at once: every overwrite leaves an old version to collect.
-EAGER = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=0.5)
+EAGER = VerificationPolicy(
+    settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=0.5, stream_seconds=0.0
+)
 KEEP_NEWEST = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
 
 #: Per block: versions hosted (newest first), collection floor, verified mark.

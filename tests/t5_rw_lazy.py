@@ -28,8 +28,11 @@ from bftfs.rw.messages import KIND_NOTIFY, BlockId, Notify
 from bftfs.rw.timestamp import Timestamp, make_timestamp
 
 #: Verify at once, never by fallback: every node that is not responsible for a block must
-#: learn about it from NOTIFYs (cooperation is what the tests see).
-EAGER = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=3600.0)
+#: learn about it from NOTIFYs (cooperation is what the tests see).  No streams: a test's
+#: steady writes would otherwise count as one and put verification off until they stop.
+EAGER = VerificationPolicy(
+    settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=3600.0, stream_seconds=0.0
+)
 KEEP_ALL = RetentionPolicy(keep_seconds=3600.0, keep_versions=2)
 
 
@@ -142,7 +145,9 @@ async def test_a_lying_node_cannot_flag_poison_or_discard_good_data(tmp_path: Pa
 async def test_withheld_notifies_cost_a_fallback_verification_not_safety(tmp_path: Path) -> None:
     # Fallback groups (rw/lazy.fallback_delay): nodes 2 and 3 after 2 s, nodes 4 and 5
     # after 4 s, which leaves 2 s for 2 and 3 to verify and tell the others.
-    policy = VerificationPolicy(settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=2.0)
+    policy = VerificationPolicy(
+        settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=2.0, stream_seconds=0.0
+    )
     async with rw_cluster(tmp_path, clients=1, verification=policy, retention=KEEP_ALL) as (
         cl,
         (writer,),
@@ -242,6 +247,7 @@ async def test_a_budget_forces_verification_without_idle_time(tmp_path: Path) ->
         fallback_seconds=3600.0,
         per_client_block=2,
         per_client=4,
+        stream_seconds=0.0,  # the budget outside streams (streams: the next test)
     )
     short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
     async with rw_cluster(tmp_path, clients=1, verification=never_idle, retention=short) as (
@@ -261,6 +267,48 @@ async def test_a_budget_forces_verification_without_idle_time(tmp_path: Path) ->
             await writer.write_block(100 + k, b"y")
             for i in range(cfg.n):
                 assert cl.nodes[i].verifier.backlog.by_client(writer.endpoint.pid) <= 5
+
+
+async def test_a_stream_puts_verification_off_within_its_byte_budget(tmp_path: Path) -> None:
+    """A client that keeps writing is a stream: nodes leave its blocks for later (no
+    verification in the gaps), beyond ``per_client`` versions, but never beyond
+    ``stream_bytes``; once the stream stops they catch up."""
+    streams = VerificationPolicy(
+        settle_seconds=0.0,
+        idle_seconds=0.0,
+        fallback_seconds=3600.0,
+        per_client_block=8,
+        per_client=4,
+        stream_seconds=0.001,  # any two requests a write apart are a stream
+        stream_idle_seconds=3600.0,  # and it never ends by itself
+        stream_bytes=20_000,
+    )
+    async with rw_cluster(tmp_path, clients=1, verification=streams, retention=KEEP_ALL) as (
+        cl,
+        (writer,),
+    ):
+        cfg = cl.config
+        data = bytes(range(256)) * 12  # 3 KiB: a fragment of about 1 KiB
+        frag = erasure.fragment_size(len(data), cfg.m)
+        for k in range(40):
+            await writer.write_block(200 + k, data)
+        client = writer.endpoint.pid
+        for i in range(cfg.n):
+            v = cl.nodes[i].verifier
+            held = v.backlog.bytes_by_client(client)
+            # More than per_client versions were left unverified: the stream's budget...
+            assert v.backlog.by_client(client) > streams.per_client
+            # ...is bytes, and binds (one write's fragment over it at most, then forced).
+            assert held <= streams.stream_bytes + frag + 1024
+            assert v.progress["streaming"]
+        # The stream stops (a gap of stream_idle_seconds; here, the test's policy swapped
+        # for one with streams off): the nodes catch up.
+        for i in range(cfg.n):
+            v = cl.nodes[i].verifier
+            v.policy = v.backlog.policy = EAGER
+            v.wake()
+        await settled(cl)
+        assert await writer.read_block(239) == data
 
 
 async def test_a_restarted_node_finds_its_unverified_versions_again(tmp_path: Path) -> None:

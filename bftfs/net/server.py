@@ -136,6 +136,11 @@ class Server(Generic[Ctx]):
         #: trio time of the latest request from a client (not a node): the node's
         #: background work (lazy verification) runs when this is old enough.
         self.last_client_request = 0.0
+        #: trio time the current run of client requests began: a gap of ``busy_gap``
+        #: seconds without one ends a run.  Lazy verification reads a long run as a client
+        #: stream and yields to it (``rw/lazy.stream_state``); its driver sets the gap.
+        self.client_busy_since = 0.0
+        self.busy_gap = 0.5
 
     def register(
         self,
@@ -237,7 +242,10 @@ class Server(Generic[Ctx]):
                 self.rejected["malformed"] += 1
                 continue
             if sender is not None and not is_node(sender):
-                self.last_client_request = trio.current_time()
+                now = trio.current_time()
+                if now - self.last_client_request >= self.busy_gap:
+                    self.client_busy_since = now
+                self.last_client_request = now
             admission = self.admission
             done: Callable[[], None] | None = None
             if admission is not None and admission.limited(sender):

@@ -162,7 +162,9 @@ def register(
         else:
             node.stats["rw.write.new" if reply.new else "rw.write.duplicate"] += 1
         if reply.new and verifier is not None:
-            verifier.wrote(req.block, req.ts, int(ctx.sender))
+            verifier.wrote(
+                req.block, req.ts, int(ctx.sender), len(req.fragment) + len(req.cross_checksum)
+            )
         return reply.to_wire()
 
     def reader(prev: bool) -> Any:

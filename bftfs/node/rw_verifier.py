@@ -45,7 +45,15 @@ from bftfs.rw import replica
 from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient
-from bftfs.rw.lazy import POISONOUS, VERIFIED, Backlog, NotifyBook, Pick
+from bftfs.rw.lazy import (
+    POISONOUS,
+    VERIFIED,
+    Backlog,
+    NotifyBook,
+    Pick,
+    StreamState,
+    stream_state,
+)
 from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify, WriteRequest
 from bftfs.rw.timestamp import ZERO, Timestamp
 from bftfs.rw.verify import ReadOutcome
@@ -88,6 +96,7 @@ def new_progress() -> dict[str, Any]:
         "notify_applied": 0,
         "notify_bad": 0,
         "pressure": False,
+        "streaming": False,
         "used_bytes": 0,
         "faults": [],
     }
@@ -108,6 +117,7 @@ class Verifier:
         self.client_options = READ_OPTIONS if client_options is None else client_options
         self.progress = node.progress[PROGRESS_KEY] = new_progress()
         self.progress["mode"] = self.policy.mode
+        node.server.busy_gap = max(self.policy.stream_idle_seconds, self.policy.idle_seconds)
         self.settled = trio.Event()
         #: Set (and replaced) whenever the progress changes: tests wait on it.
         self.changed = trio.Event()
@@ -122,9 +132,21 @@ class Verifier:
 
     # Hooks the rw server calls ------------------------------------------------------------
 
-    def wrote(self, block: int, ts: Timestamp, client: int) -> None:
-        """A new version was stored (not a duplicate): it joins the backlog."""
-        if self.backlog.wrote(block, ts, client, trio.current_time()):
+    def stream(self, now: float) -> StreamState:
+        """Whether a client stream is in progress (``rw/lazy.stream_state``)."""
+        server = self.node.server
+        state = stream_state(
+            self.policy, now, self.node.last_client_request, server.client_busy_since
+        )
+        self.progress["streaming"] = state.streaming
+        return state
+
+    def wrote(self, block: int, ts: Timestamp, client: int, size: int = 0) -> None:
+        """A new version (``size`` bytes stored) was stored (not a duplicate): it joins
+        the backlog."""
+        now = trio.current_time()
+        streaming = self.stream(now).streaming
+        if self.backlog.wrote(block, ts, client, now, size=size, streaming=streaming):
             self.progress["forced"] += 1
         self.settled = trio.Event() if self.settled.is_set() else self.settled
         self._wake.set()
@@ -237,7 +259,8 @@ class Verifier:
         revisit_in = await self._collect_due()
         now = trio.current_time()
         idle_for = now - self.node.last_client_request
-        idle = idle_for >= self.policy.idle_seconds
+        idle_after = self.stream(now).idle_after
+        idle = idle_for >= idle_after
         pressure = self._pressure()
         pick = self.backlog.pick(now, idle=idle, pressure=pressure)
         self._publish()
@@ -247,7 +270,7 @@ class Verifier:
             due = self.backlog.next_due(now)
             wait = math.inf if due is None else due
             if due is not None and not idle:
-                wait = max(wait, self.policy.idle_seconds - idle_for)
+                wait = max(wait, idle_after - idle_for)
             if revisit_in is not None:
                 wait = min(wait, revisit_in)
             self._wake = trio.Event()
@@ -337,10 +360,14 @@ class Verifier:
         self.progress["state"] = "scanning"
         after: int | None = None
         now = trio.current_time()
+        # The scan does not read the fragments: each counts at the largest a fragment can
+        # be, so the stream budget (bytes) binds no later than before the restart.
+        cfg = self.node.config
+        size = -(-cfg.block_size // cfg.m)
         while True:
             page = self.node.store.read(functools.partial(scan_page, after=after))
             for block, ts in page.versions:
-                self.backlog.wrote(block, ts, ts.writer, now)
+                self.backlog.wrote(block, ts, ts.writer, now, size=size)
             if page.after is None:
                 break
             after = page.after

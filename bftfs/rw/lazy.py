@@ -142,6 +142,8 @@ class _Debt:
 
     #: Unverified versions and the client that wrote each.
     versions: dict[Timestamp, int] = field(default_factory=dict)
+    #: Bytes of each unverified version's fragment (the stream budget counts bytes).
+    sizes: dict[Timestamp, int] = field(default_factory=dict)
     #: When the latest write reached the node (seconds, the driver's clock).
     last_write: float = 0.0
     #: When to try again after a verification that could not decide (0: any time).
@@ -182,6 +184,7 @@ class Backlog:
         self.b = b
         self._debts: dict[int, _Debt] = {}
         self._by_client: Counter[int] = Counter()
+        self._bytes_by_client: Counter[int] = Counter()
         self._forced: OrderedDict[int, None] = OrderedDict()
         self._seq = itertools.count()
         #: (due time, order, block): blocks waiting to settle, for their fallback, or to retry.
@@ -230,26 +233,58 @@ class Backlog:
         heapq.heapify(self._ready_own)
         heapq.heapify(self._ready_other)
 
-    def wrote(self, block: int, ts: Timestamp, client: int, now: float) -> bool:
-        """A new version was stored; whether a budget now forces the block's verification."""
+    def wrote(
+        self,
+        block: int,
+        ts: Timestamp,
+        client: int,
+        now: float,
+        *,
+        size: int = 0,
+        streaming: bool = False,
+    ) -> bool:
+        """A new version (``size`` bytes of fragment) was stored; whether a budget now
+        forces the block's verification.  ``streaming``: a client stream is in progress
+        (:func:`stream_state`), so the node-wide budget is :meth:`over_budget_now`'s."""
         debt = self._debts.get(block)
         if debt is None:
             ours = self.me in responsible(block, self.n, self.b)
             debt = self._debts[block] = _Debt(own=ours or not self.policy.cooperative)
         if ts not in debt.versions:
             debt.versions[ts] = client
+            debt.sizes[ts] = size
             self._by_client[client] += 1
+            self._bytes_by_client[client] += size
         debt.last_write = now
         self._reschedule(block, debt)
         mine = sum(1 for c in debt.versions.values() if c == client)
         forced = mine > self.policy.per_client_block
-        if self._by_client[client] > self.policy.per_client:
+        if self.over_budget_now(client, streaming=streaming):
             self.over_budget.add(client)
+        else:
+            self.over_budget.discard(client)
         if client in self.over_budget:
             forced = True
         if forced or self.policy.mode == "write-time":
             self._forced[block] = None
         return forced
+
+    def bytes_by_client(self, client: int) -> int:
+        """Bytes of unverified fragments ``client`` left on this node."""
+        return self._bytes_by_client[client]
+
+    def over_budget_now(self, client: int, *, streaming: bool) -> bool:
+        """Whether ``client`` left more unverified data here than it may.
+
+        Outside a stream the budget is ``per_client`` versions (seed B.3).  While a stream
+        lasts it is ``stream_bytes`` bytes of fragments instead (and never less than
+        ``per_client`` versions), so that a big file's writes are not verified while they
+        arrive but after: the versions a stream may leave are bounded by bytes, which is
+        what unverified data costs a node, and a client that streams without end is held
+        to ``stream_bytes`` all the same."""
+        if self._by_client[client] <= self.policy.per_client:
+            return False
+        return not streaming or self._bytes_by_client[client] > self.policy.stream_bytes
 
     def force(self, block: int) -> None:
         """Verify ``block`` before anything that is not forced (pool pressure, a request)."""
@@ -265,8 +300,10 @@ class Backlog:
         for ts in gone:
             client = debt.versions.pop(ts)
             self._by_client[client] -= 1
+            self._bytes_by_client[client] -= debt.sizes.pop(ts, 0)
             if self._by_client[client] <= 0:
                 del self._by_client[client]
+                self._bytes_by_client.pop(client, None)
             if client in self.over_budget and self._by_client[client] <= self.policy.per_client:
                 self.over_budget.discard(client)
         if not debt.versions:
@@ -377,6 +414,40 @@ class Backlog:
                 return max(0.0, due - now)
             heapq.heappop(self._pending)
         return None
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Whether a client stream is in progress and how much quiet verification waits for."""
+
+    streaming: bool
+    #: Seconds without a client request after which the node counts as idle.
+    idle_after: float
+
+
+def stream_state(
+    policy: VerificationPolicy, now: float, last_request: float, busy_since: float
+) -> StreamState:
+    """The node's stream state at ``now`` (pure; ``node/rw_verifier.py`` asks it each step).
+
+    ``busy_since`` is when the current run of client requests began, a run being broken
+    by a gap of ``stream_idle_seconds`` (``net/server.py`` keeps it); ``last_request`` is
+    the latest client request.  A run that has lasted ``stream_seconds`` is a stream (a big
+    file written or read back: requests every few milliseconds for seconds).  While it
+    lasts, verification waits for ``stream_idle_seconds`` of quiet rather than
+    ``idle_seconds``: on a machine whose cores the client and the nodes share, the short
+    gaps inside a stream are where the stream's own next requests are prepared, and
+    verifying in them slows the stream by what verification costs (about half of the
+    nodes' CPU during a 200 MiB write, docs/performance.md).  Budgets still force
+    verification during a stream (:meth:`Backlog.over_budget_now`)."""
+    quiet = now - last_request
+    stream_idle = max(policy.stream_idle_seconds, policy.idle_seconds)
+    streaming = (
+        policy.stream_seconds > 0
+        and quiet < stream_idle
+        and last_request - busy_since >= policy.stream_seconds
+    )
+    return StreamState(streaming, stream_idle if streaming else policy.idle_seconds)
 
 
 def gc_floor(
