@@ -264,3 +264,48 @@ async def test_nodes_take_big_fragments_and_refuse_bigger_ones(tmp_path: Path) -
         with pytest.raises(WriteFailed):
             with trio.fail_after(30):
                 await rw.write_block(block_id(99, 2), bigger)
+
+
+@pytest.mark.parametrize("big_first", [False, True])
+def test_two_clients_deciding_at_once_agree_on_the_servers_choice(
+    tmp_path: Path, big_first: bool
+) -> None:
+    """Client A buffers writes to an empty file while client B's first flush decides the
+    file's block size; A's flush then finds the file changed (its ``fs.lock`` with its own
+    choice is refused as stale), takes B's block size and re-applies its writes on B's
+    content.  Both ways round: B sequential and big while A wrote a few bytes out of
+    order, and B small while A streamed 1 MiB and more."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        rng = random.Random(31 + big_first)
+        fh, attrs = await a.create(ROOT, b"both", 0o644, 0, 0, os.O_RDWR)
+        await a.release(fh)
+        ino = attrs.ino
+        big_run = rng.randbytes(BIG_BLOCK_THRESHOLD + 3 * BIG + 5)
+        few = rng.randbytes(700)
+        fa = await a.open(ino, os.O_RDWR)
+        fb = await b.open(ino, os.O_RDWR)
+        if big_first:  # A: out of order, small; B: one big sequential run, flushed first
+            await a.write(fa, 2 * BIG + 10, few)
+            for off in range(0, len(big_run), 65536):
+                await b.write(fb, off, big_run[off : off + 65536])
+            await b.release(fb)
+            await a.release(fa)
+            model = bytearray(big_run)
+            model[2 * BIG + 10 : 2 * BIG + 10 + len(few)] = few
+            want = BIG
+        else:  # A: a big sequential run; B: a few bytes at 5000, flushed first
+            for off in range(0, len(big_run), 65536):
+                await a.write(fa, off, big_run[off : off + 65536])
+            await b.write(fb, 5000, few)
+            await b.release(fb)
+            await a.release(fa)
+            model = bytearray(big_run)  # A's bytes at the same offsets win (written after)
+            want = BS
+        assert await block_size_of(env, ino) == want
+        assert a.methods["flush-retries"] >= 1
+        assert await read_back(b, ino) == model
+        assert await read_back(a, ino) == model
+
+    run(tmp_path, body, **OPTS)
