@@ -25,6 +25,7 @@ from bftfs.fs.objects import ROOT
 from bftfs.fs.past import Past
 from bftfs.fs.pastview import PastView
 from bftfs.qu.classify import QUThresholds
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import WriteFailed, open_rw_client
 from bftfs.rw.messages import block_id
@@ -309,3 +310,46 @@ def test_two_clients_deciding_at_once_agree_on_the_servers_choice(
         assert await read_back(a, ino) == model
 
     run(tmp_path, body, **OPTS)
+
+
+def test_servers_record_a_block_size_only_before_the_first_blocks_and_once(
+    tmp_path: Path,
+) -> None:
+    """``fs.lock`` with ``bs``, sent raw as a Byzantine client would: refused out of range,
+    refused for a file that has blocks and none recorded (it would read its blocks at other
+    offsets), taken once for an empty file, then only the same size again (stale otherwise);
+    truncation to zero keeps it."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        now = env.clock[0]
+
+        async def lock(ino: int, **extra: object) -> dict[str, object]:
+            s = await env.raw.query(ino, "fs.stat")
+            arg = {"d": s["d"], "v": s["v"], "tok": 9, "now": now, "lease": 10**9, **extra}
+            return await env.raw.update([ino], "fs.lock", arg)
+
+        async def refused(ino: int, **extra: object) -> str:
+            with pytest.raises(MethodRefused) as e:
+                await lock(ino, **extra)
+            return e.value.code
+
+        fh, old = await fs.create(ROOT, b"has-blocks", 0o644, 0, 0, os.O_RDWR)
+        fs.big_bs = 0  # written without a record, as before the feature
+        await fs.write(fh, 0, b"x" * 10_000)
+        await fs.release(fh)
+        assert await refused(old.ino, bs=BIG) == "invalid"
+        fh, new = await fs.create(ROOT, b"empty", 0o644, 0, 0, os.O_RDWR)
+        await fs.release(fh)
+        for bad in (0, -1, 8 * 1024 * 1024, "big"):
+            assert await refused(new.ino, bs=bad) == "invalid", bad
+        s = await lock(new.ino, bs=BIG)
+        assert s["bs"] == BIG
+        await env.raw.update([new.ino], "fs.unlock", {"tok": 9})
+        assert await refused(new.ino, bs=BS) == "stale"
+        assert (await lock(new.ino, bs=BIG))["bs"] == BIG
+        await env.raw.update([new.ino], "fs.unlock", {"tok": 9})
+        await fs.setattr(new.ino, size=0)
+        assert await block_size_of(env, new.ino) == BIG
+
+    run(tmp_path, body, **OPTS, inline_limit=0)
