@@ -60,6 +60,11 @@ MOUNT_OPTIONS = os.environ.get("BFTFS_BENCH_OPTIONS")
 #: ``[cluster] block_size`` of every bftfs cluster the benchmarks start, in KiB (the
 #: environment's ``BFTFS_BENCH_BLOCK_KIB``, e.g. ``256``); unset: the default (64 KiB).
 BLOCK_KIB = os.environ.get("BFTFS_BENCH_BLOCK_KIB")
+#: ``[cluster] big_block_size`` (per-file block size of sequentially written files,
+#: docs/fs.md) in KiB (the environment's ``BFTFS_BENCH_BIG_BLOCK_KIB``; ``0`` turns the
+#: feature off, so it can be measured against every file having ``block_size``); unset:
+#: the default (256 KiB).
+BIG_BLOCK_KIB = os.environ.get("BFTFS_BENCH_BIG_BLOCK_KIB")
 #: ``[verification]`` keys for every bftfs cluster the benchmarks start (the environment's
 #: ``BFTFS_BENCH_VERIFICATION``, e.g. ``stream_seconds=0,per_client=2048``), so a policy
 #: change can be measured against its old setting on the same tree; unset: the defaults.
@@ -414,6 +419,11 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                         durable=spec.durable,
                         verification=_verification(spec.verification),
                         **({"block_size": int(BLOCK_KIB) * 1024} if BLOCK_KIB else {}),
+                        **(
+                            {"big_block_size": int(BIG_BLOCK_KIB) * 1024}
+                            if BIG_BLOCK_KIB is not None
+                            else {}
+                        ),
                     )
                 )
                 break
@@ -435,7 +445,13 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                 pid = pc.pid(i)
                 if pid is not None and i not in spec.down:
                     pids[f"node{i}"] = pid
-            info = {"n": cfg.n, "qc": cfg.qc, "m": cfg.m, "block_size": cfg.block_size}
+            info = {
+                "n": cfg.n,
+                "qc": cfg.qc,
+                "m": cfg.m,
+                "block_size": cfg.block_size,
+                "big_block_size": cfg.big_blocks,
+            }
 
             def remount() -> None:
                 """A new mount daemon on the same cluster: the old one's block cache and

@@ -108,6 +108,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         qc=args.qc,
         m=args.m,
         block_size=args.block_size,
+        big_block_size=args.big_block_size,
         inline_limit=args.inline_limit,
         map_size=args.map_size,
         durable=not args.no_durable,
@@ -120,6 +121,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(
         f"  t={cfg.t} b={cfg.b}  Q/U: n={cfg.n} q={cfg.q} r={cfg.r}  "
         f"PASIS: N={cfg.n} QC={cfg.qc} m={cfg.m} block={_human(cfg.block_size)}"
+        + (f" (sequential files {_human(cfg.big_blocks)})" if cfg.big_blocks else "")
     )
     print(f"  clients: {', '.join(c.name for c in cfg.clients)}")
     print(f"  configuration: {localmod.config_path(cfg.home)}")
@@ -186,6 +188,7 @@ INIT_DEFAULTS: dict[str, object] = {
     "qc": None,
     "m": None,
     "block_size": DEFAULT_BLOCK_SIZE,
+    "big_block_size": None,
     "inline_limit": DEFAULT_INLINE_LIMIT,
     "map_size": DEFAULT_MAP_SIZE,
     "clients": 2,
@@ -881,6 +884,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=_size,
             default=DEFAULT_BLOCK_SIZE,
             help="file block size (default 64K)",
+        )
+        sp.add_argument(
+            "--big-block-size",
+            type=_size,
+            default=None,
+            help="block size of files written sequentially, a multiple of --block-size "
+            "(default 256K; 0 = every file has --block-size; docs/fs.md)",
         )
         sp.add_argument(
             "--inline-limit",

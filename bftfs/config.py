@@ -53,6 +53,11 @@ DEFAULT_BLOCK_SIZE = 64 * 1024
 DEFAULT_MAP_SIZE = 16 * 1024**3
 MIN_MAP_SIZE = 1024**2
 MAX_BLOCK_SIZE = 4 * 1024**2
+#: Block size a file takes when its first flush of blocks carries at least
+#: ``BIG_BLOCK_THRESHOLD`` (bftfs/fs/files.py) bytes written sequentially from offset 0
+#: (docs/fs.md, "Per-file block size"): per-block costs are quartered for big sequential
+#: files while small files keep ``block_size``.  0 or ``block_size`` turns it off.
+DEFAULT_BIG_BLOCK_SIZE = 256 * 1024
 #: Regular files up to this many bytes keep their content in their Q/U attribute object
 #: (replicated on every node, one round per flush) instead of PASIS blocks; 0 turns it off.
 #: Files are inline up to ``min(inline_limit, block_size)``.  See docs/fs.md.
@@ -116,6 +121,10 @@ class ClusterConfig:
     home: Path = Path(".")
     #: Small files inline in their attribute object up to this size (see the constant).
     inline_limit: int = DEFAULT_INLINE_LIMIT
+    #: ``[cluster] big_block_size``: the block size of files written sequentially (see the
+    #: constant).  None: the default when it is a multiple of ``block_size`` above it,
+    #: else off; use :attr:`big_blocks`, which resolves it.
+    big_block_size: int | None = None
     #: Background verification of PASIS blocks on the nodes (``[verification]``, policy.py).
     verification: VerificationPolicy = field(default_factory=VerificationPolicy)
     #: What garbage collection keeps (``[retention]``, policy.py).
@@ -124,6 +133,22 @@ class ClusterConfig:
     limits: LimitsPolicy = field(default_factory=LimitsPolicy)
 
     # Sizes of the two protocols -----------------------------------------------------------
+    @property
+    def big_blocks(self) -> int:
+        """The block size sequentially written files take (0: the feature is off, every
+        file has ``block_size``)."""
+        big = self.big_block_size
+        if big is None:
+            big = DEFAULT_BIG_BLOCK_SIZE
+            if big <= self.block_size or big % self.block_size:
+                return 0
+        return 0 if big == self.block_size else big
+
+    @property
+    def max_file_block_size(self) -> int:
+        """The largest block any file may have: what nodes and clients must accept."""
+        return max(self.block_size, self.big_blocks)
+
     @property
     def n(self) -> int:
         """Number of nodes (Q/U's n and PASIS's N: both run on the same nodes)."""
@@ -207,6 +232,14 @@ class ClusterConfig:
             raise ConfigError(
                 f"block_size must be in 1..{MAX_BLOCK_SIZE} bytes, got {self.block_size}"
             )
+        big = self.big_block_size
+        if big not in (None, 0, self.block_size) and (
+            not self.block_size < big <= MAX_BLOCK_SIZE or big % self.block_size
+        ):
+            raise ConfigError(
+                f"big_block_size must be 0, block_size or a multiple of block_size "
+                f"({self.block_size}) up to {MAX_BLOCK_SIZE} bytes, got {big}"
+            )
         if not 0 <= self.inline_limit <= MAX_INLINE_LIMIT:
             raise ConfigError(
                 f"inline_limit must be in 0..{MAX_INLINE_LIMIT} bytes, got {self.inline_limit}"
@@ -283,7 +316,10 @@ def default_sizes(
 
 # TOML ------------------------------------------------------------------------------------
 
-_CLUSTER_KEYS = {"t", "b", "qc", "m", "block_size", "map_size", "durable", "inline_limit"}
+_CLUSTER_KEYS = {
+    *("t", "b", "qc", "m", "block_size", "map_size", "durable", "inline_limit"),
+    "big_block_size",
+}
 _NODE_KEYS = {"id", "address", "public_key", "data_dir"}
 _CLIENT_KEYS = {"name", "public_key"}
 
@@ -293,7 +329,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     optional = {
-        *("durable", "map_size", "block_size", "inline_limit"),
+        *("durable", "map_size", "block_size", "inline_limit", "big_block_size"),
         *("verification", "retention", "limits"),
     }
     missing = allowed - set(table) - optional
@@ -388,6 +424,11 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         clients=tuple(clients),
         home=home,
         inline_limit=_int("[cluster] inline_limit", c.get("inline_limit", DEFAULT_INLINE_LIMIT)),
+        big_block_size=(
+            None
+            if c.get("big_block_size") is None
+            else _int("[cluster] big_block_size", c["big_block_size"])
+        ),
         verification=verification,
         retention=retention,
         limits=limits,
@@ -435,6 +476,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             "map_size": cfg.map_size,
             "durable": cfg.durable,
             "inline_limit": cfg.inline_limit,
+            **({} if cfg.big_block_size is None else {"big_block_size": cfg.big_block_size}),
         },
         "nodes": [
             {

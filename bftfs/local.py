@@ -88,6 +88,7 @@ def init_cluster(
     verification: VerificationPolicy | None = None,
     retention: RetentionPolicy | None = None,
     limits: LimitsPolicy | None = None,
+    big_block_size: int | None = None,
 ) -> ClusterConfig:
     """Create a cluster directory: fresh keys for every node and client, and its config.
 
@@ -140,6 +141,7 @@ def init_cluster(
         ),
         home=home,
         inline_limit=inline_limit,
+        big_block_size=big_block_size,
         verification=(verification or VerificationPolicy()).validate(),
         retention=(retention or RetentionPolicy()).validate(),
         limits=(limits or LimitsPolicy()).validate(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,28 @@ def test_toml_round_trip_and_relative_paths(tmp_path: Path) -> None:
     assert [c.name for c in again.clients] == ["client0", "client1", "client2"]
 
 
+def test_big_block_size_defaults_turns_off_and_round_trips(tmp_path: Path) -> None:
+    """Per-file block sizes (docs/fs.md): 256 KiB by default where that is a multiple of
+    ``block_size`` above it, else off; 0 or ``block_size`` turns them off; what nodes and
+    clients accept is the biggest block any file may have."""
+    assert ClusterConfig.for_test().big_blocks == 256 * 1024
+    assert ClusterConfig.for_test().max_file_block_size == 256 * 1024
+    assert ClusterConfig.for_test(block_size=1 << 20).big_blocks == 0
+    assert ClusterConfig.for_test(block_size=100_000).big_blocks == 0
+    assert ClusterConfig.for_test(block_size=100_000).max_file_block_size == 100_000
+    base = ClusterConfig.for_test()
+    for off in (0, base.block_size):
+        assert dataclasses.replace(base, big_block_size=off).validate().big_blocks == 0
+    cfg = init_cluster(tmp_path / "c", block_size=16384, big_block_size=131072)
+    again = cfgmod.load(tmp_path / "c" / "cluster.toml")
+    assert again == cfg and again.big_blocks == 131072
+    off = init_cluster(tmp_path / "d", big_block_size=0)
+    assert cfgmod.load(tmp_path / "d" / "cluster.toml").big_blocks == 0 == off.big_blocks
+    plain = init_cluster(tmp_path / "e")
+    assert "big_block_size" not in (plain.home / "cluster.toml").read_text()
+    assert cfgmod.load(plain.home / "cluster.toml").big_blocks == 256 * 1024
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "cluster.toml"
     p.write_text(text)
@@ -100,6 +123,10 @@ def _edit(tmp_path: Path, old: str, new: str) -> Path:
         ("m = 3", "", "missing key(s) ['m']"),
         ("inline_limit = 8192", "inline_limit = 70000", "inline_limit must be in 0..65536"),
         ("inline_limit = 8192", "inline_limit = -1", "inline_limit must be in 0..65536"),
+        ("block_size = 65536", "block_size = 65536\nbig_block_size = 100000", "multiple of"),
+        ("block_size = 65536", "block_size = 65536\nbig_block_size = 32768", "multiple of"),
+        ("block_size = 65536", "block_size = 65536\nbig_block_size = 8388608", "up to 4194304"),
+        ("block_size = 65536", 'block_size = 65536\nbig_block_size = "1"', "must be an integer"),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -3,13 +3,15 @@
 Two mounts of one process cluster: ``open(O_CREAT) + write + close`` of a new name costs
 one ``fs.createwrite`` update and no ``fs.create``/``fs.write`` (the mount's metrics), the
 other mount sees the file after the close, ``O_EXCL`` on an existing name is EEXIST, and
-``-o wsync`` sends every create before it returns.
+``-o wsync`` sends every create before it returns.  Also (issue 19) a big file written
+sequentially through the kernel takes the big per-file block size.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,38 @@ def test_wsync_sends_every_create_before_it_returns(tmp_path: Path) -> None:
         after = methods(a, pc)
         assert after["fs.createwrite"] == 0
         assert after["fs.create"] - before["fs.create"] == 1
+
+
+def test_a_file_streamed_through_the_kernel_gets_big_blocks(tmp_path: Path) -> None:
+    """Per-file block size (docs/fs.md): ``cp``-like sequential writes through the kernel
+    (its page cache and write-back in between) reach the daemon in order, so the file takes
+    the big block size (``st_blksize`` reports the file's block size); a small file keeps
+    the cluster's.  The other mount reads both back byte for byte, also after a write
+    into the middle of the big file (one big block rewritten) and an append."""
+    rng = random.Random(19)
+    with (
+        ProcessCluster(tmp_path / "c", map_size=1 << 28, durable=False) as pc,
+        Mount(pc.config, tmp_path / "a") as a,
+        Mount(pc.config, tmp_path / "b", client="client1") as b,
+    ):
+        big = bytearray(rng.randbytes(3 * 1024 * 1024 + 4321))
+        with open(a.mountpoint / "big", "wb") as f:
+            for off in range(0, len(big), 128 * 1024):
+                f.write(big[off : off + 128 * 1024])
+        small = rng.randbytes(300_000)
+        (a.mountpoint / "small").write_bytes(small)
+        assert os.stat(b.mountpoint / "big").st_blksize == pc.config.big_blocks
+        assert os.stat(b.mountpoint / "small").st_blksize == pc.config.block_size
+        assert (b.mountpoint / "big").read_bytes() == big
+        assert (b.mountpoint / "small").read_bytes() == small
+        patch = rng.randbytes(5000)
+        at = pc.config.big_blocks - 2000
+        with open(b.mountpoint / "big", "r+b") as f:
+            f.seek(at)
+            f.write(patch)
+        big[at : at + len(patch)] = patch
+        with open(b.mountpoint / "big", "ab") as f:
+            f.write(b"tail")
+        big += b"tail"
+        assert (a.mountpoint / "big").read_bytes() == big
+        assert os.stat(a.mountpoint / "big").st_blksize == pc.config.big_blocks

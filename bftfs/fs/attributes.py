@@ -16,7 +16,7 @@ import trio
 from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import FsError, Invalid, IsDir, NoAttr, TooBig
-from bftfs.fs.files import OpenFile
+from bftfs.fs.files import OpenFile, file_block_size
 from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, _Locked, _Stale
 from bftfs.fs.reclaim import Reclaim
 from bftfs.rw.messages import block_id
@@ -152,7 +152,12 @@ class Attributes(Reclaim):
                     f.truncate_cache(size)
                 self._own_stat(ino, s)
                 if size == 0 and not before["inl"]:  # the old data id is gone
-                    await self._reclaim(before["d"], before["size"], before.get("bt", 0))
+                    await self._reclaim(
+                        before["d"],
+                        before["size"],
+                        before.get("bt", 0),
+                        file_block_size(before, self.bs),
+                    )
                 return s
         raise FsError("truncate: file kept changing")
 

@@ -52,6 +52,8 @@ class FsBase(ABC):
     #: background flush; 0: no write-behind of big files (every flush in the write).
     behind_limit: int
     bs: int
+    #: The block size of files written sequentially (0: every file has ``bs``; docs/fs.md).
+    big_bs: int
     #: Regular files up to this size keep their content in the attribute object.
     inline: int
 

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from bftfs.fs.attrs import Attr, attr_from_stat
+from bftfs.fs.files import file_block_size
 from bftfs.fs.meta import Meta
 
 #: Cached directory entries in all (the cache is cleared when it grows past this).
@@ -121,7 +122,7 @@ class Caches(Meta):
                     s["mode"] = (s["mode"] & ~0o7777) | (value & 0o7777)
                 else:
                     s["at" if key == "atime" else key] = value
-        return attr_from_stat(oid, s, self.bs)
+        return attr_from_stat(oid, s, file_block_size(s, self.bs))
 
     def _observed(self, oid: int, s: dict[str, Any]) -> None:
         """The servers answered ``s`` for ``oid`` (a stat, lookup, listing or open).

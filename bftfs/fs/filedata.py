@@ -20,7 +20,13 @@ import trio
 from bftfs.fs import objects as obj
 from bftfs.fs.caches import Caches
 from bftfs.fs.errors import Unavailable
-from bftfs.fs.files import PREFETCH_GROUP, OpenFile, reservation
+from bftfs.fs.files import (
+    BIG_BLOCK_THRESHOLD,
+    PREFETCH_GROUP,
+    OpenFile,
+    reservation,
+    sequential_end,
+)
 from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, _Locked, _Stale
 from bftfs.rw.messages import block_id
 
@@ -72,10 +78,10 @@ class FileData(Caches):
         content is block 0 of its stat already)."""
         if f.st.get("inl"):
             return
-        d = f.data_id
+        d, bs = f.data_id, f.bs
         got = await self._blocks(self.rw.read_blocks([block_id(d, k) for k in indices]))
-        if f.data_id != d:  # truncated to zero while we waited: the blocks are not its
-            return
+        if f.data_id != d or f.bs != bs:  # truncated to zero, or another block size: the
+            return  # indices are not its blocks any more
         for k in indices:
             if k not in f.dirty:
                 f.remember(k, got[block_id(d, k)])
@@ -246,7 +252,8 @@ class FileData(Caches):
             if f.st.get("inl") and 0 not in f.dirty:
                 f.dirty[0] = bytearray(f.clean.get(0, b""))
                 f.gen[0] = f.gen.get(0, 0) + 1
-        bs = self.bs
+        decided = self._decide_block_size(f)
+        bs = f.bs
         d = f.data_id
         # The log entries this flush sends are those its snapshot holds: counted here, as
         # writes may arrive during the awaits above (write-behind: the writer goes on).
@@ -267,9 +274,11 @@ class FileData(Caches):
         # client writes its blocks), with a larger reservation when the blocks need one.
         held = f.lease_until is not None and self._now() + LEASE_MARGIN_NS < f.lease_until
         f.lease_until = None  # used once: a failed attempt takes the lease again
-        if need > f.st["alloc"] or not held:
+        if need > f.st["alloc"] or not held or decided:
             arg = self._lease_arg(*f.base)
             arg["lease"] = LEASE_NS
+            if decided:  # recorded before any block is written under it
+                arg["bs"] = decided
             if need > f.st["alloc"]:
                 arg["alloc"] = reservation(need, f.st["alloc"], bs)
             await self._update_data(f, "fs.lock", arg)
@@ -299,6 +308,31 @@ class FileData(Caches):
             raise
         self._flushed(f, snapshot, mtime, attrs)
         f.sent(logged)
+
+    def _decide_block_size(self, f: OpenFile) -> int:
+        """The block size to record for ``f`` at this flush (0: none to record), with its
+        buffered blocks re-keyed by it.
+
+        Decided once, at the first flush of blocks: while the file has none on the servers
+        (size 0, or its content inline) and records no ``bs``.  If the buffered writes were
+        made sequentially from 0 (or from the end of the inline content) and reach
+        ``BIG_BLOCK_THRESHOLD``, the file takes the big block size, else the cluster's.
+        Writes are buffered under the cluster's size until then, because whether a file
+        is written sequentially shows only once enough of it was written; re-keying here
+        (no ``await`` before the flush's snapshot) costs one copy of the buffered bytes,
+        once per file.  Recording the small size too keeps the decision from being made
+        again after a truncation to zero: a file's block size never changes."""
+        if not self.big_bs or "bs" in f.st:
+            return 0
+        if f.st["size"] != 0 and not f.st.get("inl"):
+            return 0  # a file from before per-file sizes, with blocks: the cluster's
+        end = sequential_end(f.log, 0) or sequential_end(f.log, f.valid)
+        target = self.big_bs if end >= BIG_BLOCK_THRESHOLD else self.bs
+        if any(f.missing(k) for k in range(-(-f.valid // f.bs))):
+            return 0  # (cannot happen: an inline file's block 0 is dirty by now)
+        f.rekey(target)
+        self.streaming["big-block-files" if target != self.bs else "small-block-files"] += 1
+        return target
 
     async def _unlock(self, f: OpenFile) -> None:
         """Give the write lease up after a failed flush, so other clients need not wait

@@ -44,6 +44,31 @@ PREFETCH_GROUP = 16
 DEFAULT_BEHIND_LIMIT = 32 * 1024 * 1024
 #: Reservation (``alloc``) given to a new or emptied file: small files need no ``fs.reserve``.
 INITIAL_RESERVE = 1024 * 1024
+#: A file whose first flush of blocks carries at least this many bytes written sequentially
+#: from offset 0 takes the cluster's big block size (``[cluster] big_block_size``; docs/fs.md,
+#: "Per-file block size").  The write-behind flushes a sequential writer every
+#: ``DEFAULT_DIRTY_LIMIT`` (8 MiB), so a streaming copy always passes it, while files that
+#: end below it (most files) keep the small blocks that make small rewrites cheap.
+BIG_BLOCK_THRESHOLD = 1024 * 1024
+
+
+def file_block_size(st: dict[str, Any], default: int) -> int:
+    """The block size of the file whose stat is ``st``: the one its attribute object records
+    (``bs``), else the cluster's ``default`` (files from before per-file sizes)."""
+    bs = st.get("bs")
+    return int(bs) if bs else default
+
+
+def sequential_end(log: list[tuple[int, bytes, bool]], start: int) -> int:
+    """Where the buffered writes ``log`` end if they were written sequentially from
+    ``start`` (each begins at or before the end of those before it: rewriting what was
+    just written is still sequential, a jump forward is not); 0 if they were not."""
+    pos = start
+    for offset, data, _ in log:
+        if offset > pos:
+            return 0
+        pos = max(pos, offset + len(data))
+    return pos
 
 
 def round_up(x: int, unit: int) -> int:
@@ -64,7 +89,12 @@ class OpenFile:
     ino: int
     #: The attribute object's stat as last read or produced by our own update.
     st: dict[str, Any]
+    #: The size of this file's blocks, which ``dirty`` and ``clean`` are keyed by: its
+    #: attribute object's ``bs``, else ``default_bs``; a file without blocks yet may
+    #: change it at its first flush (``FileData._decide_block_size``).
     bs: int
+    #: The cluster's ``block_size``: the block size of a file that records none.
+    default_bs: int = 0
     opens: int = 0
     #: The logical size (buffered writes included).
     size: int = 0
@@ -117,7 +147,9 @@ class OpenFile:
 
     @classmethod
     def from_stat(cls, ino: int, st: dict[str, Any], bs: int) -> OpenFile:
-        f = cls(ino, st, bs)
+        """The cached state of file ``ino`` at stat ``st``; ``bs`` is the cluster's
+        ``block_size`` (the file's own, if it records one, wins)."""
+        f = cls(ino, st, file_block_size(st, bs), bs)
         f.reset(st)
         return f
 
@@ -134,6 +166,11 @@ class OpenFile:
             self.clean.clear()
             self.clean_bytes = 0
             self.invalidate_prefetch()
+        # The block size follows the servers' record; a file that records none keeps the
+        # one its buffered blocks are keyed by until its first flush decides it.
+        bs = file_block_size(st, self.default_bs or self.bs)
+        if bs != self.bs and ("bs" in st or not self.dirty):
+            self.rekey(bs)
         self.st = st
         if not self.log:
             self.base = (st["d"], st["v"])
@@ -141,6 +178,47 @@ class OpenFile:
         self.size = max(st["size"], self.size) if self.dirty else st["size"]
         if content is not None:
             self.remember(0, content)
+
+    def rekey(self, bs: int) -> None:
+        """Key the buffered blocks by another block size ``bs`` (same bytes).
+
+        Only a file without blocks on the servers changes its block size (its first flush,
+        or adopting the size another client's first flush recorded), so every server byte
+        a new block spans is cached already (an inline file's content is block 0, which
+        :meth:`FileData._flush_once` makes dirty before deciding).  Each new block that
+        covers a dirty byte becomes dirty with its whole content up to the last buffered
+        or server byte it holds; clean blocks are dropped (read again under ``bs``)."""
+        if bs == self.bs:
+            return
+        old = self.bs
+        ends: dict[int, int] = {}
+        for k, buf in self.dirty.items():
+            lo, hi = k * old, k * old + max(len(buf), 1)
+            for n in range(lo // bs, (hi - 1) // bs + 1):
+                ends[n] = max(ends.get(n, 0), min(hi, (n + 1) * bs))
+        for k, data in self.clean.items():  # server bytes in a new block are kept too
+            lo, hi = k * old, k * old + len(data)
+            for n in range(lo // bs, (hi - 1) // bs + 1) if data else ():
+                if n in ends:
+                    ends[n] = max(ends[n], min(hi, (n + 1) * bs))
+        blocks = {}
+        for n, hi in ends.items():
+            lo = n * bs
+            hi = min(hi, max(self.size, lo))
+            blocks[n] = bytearray(self.assemble_at(lo, hi - lo).ljust(hi - lo, b"\0"))
+        gen = max(self.gen.values(), default=0) + 1
+        self.dirty = blocks
+        self.gen = dict.fromkeys(blocks, gen)
+        self.bs = bs
+        self.drop_clean()
+
+    def assemble_at(self, offset: int, size: int) -> bytes:
+        """:meth:`assemble` without moving the read-ahead's notion of the last read."""
+        last = self.last_read
+        try:
+            return self.assemble(offset, size)
+        finally:
+            self.last_read = last
 
     def changed_by_others(self, st: dict[str, Any]) -> bool:
         """Whether ``st`` (an answer the servers gave, not our own update's) is another

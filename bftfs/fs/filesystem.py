@@ -141,6 +141,8 @@ class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
         self.behind_limit = behind_limit
         self.streaming = Counter()
         self.bs = config.block_size
+        #: The block size of files written sequentially (0: every file has ``bs``).
+        self.big_bs = int(getattr(config, "big_blocks", 0))
         self.inline = min(getattr(config, "inline_limit", 0), self.bs)
         self._names = {}
         self._refused_stale_at = -1e9

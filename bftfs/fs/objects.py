@@ -45,6 +45,14 @@ overwrites with zeros first.  A client takes the file's write lease and raises `
 lease) *after* its blocks are complete: blocks are whole-block versions, so two clients
 writing one block at once would each replace the other's bytes (see :func:`_lock`).
 
+Per-file block size (docs/fs.md): an attribute object may record ``bs``, the size of the
+file's blocks; absent, the file has the cluster's ``block_size`` (files made before it
+existed read as before).  A client records it with the ``fs.lock`` of the file's first flush
+of blocks - only while the file has no blocks (size 0 or inline content) and no ``bs`` yet -
+and it never changes afterwards (truncation, rewrites and restores keep it).  Servers check
+only its range: a Byzantine client choosing an odd size confuses its own file's readers,
+whose block reads the nodes' fragment size limit still bounds.
+
 Small files inline (a configurable trade, ``[cluster] inline_limit``, DESIGN "Performance
 notes"): an attribute object may hold the whole content of a small regular file in ``i``
 (bytes, ``len(i) == size``, at most :data:`INLINE_MAX`); its blocks are then ignored.  Such
@@ -102,6 +110,9 @@ MAX_EXTENTS = 32
 #: (2262) uint64; both encode canonically.  Anything else is refused (EINVAL).
 MIN_TIME = -(1 << 31) * 1_000_000_000
 MAX_TIME = ((1 << 34) - (1 << 31)) * 1_000_000_000 - 1
+#: Largest per-file block size ``bs`` a server records (bftfs.config.MAX_BLOCK_SIZE: the
+#: object methods depend on no configuration).
+MAX_FILE_BLOCK = 4 * 1024**2
 #: Version counters (``v``).
 MAX_COUNTER = (1 << 63) - 1
 MAX_ID = (1 << 32) - 1
@@ -652,10 +663,30 @@ def _lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     _not_locked_by_other(f, a)
     now = _time(a)
     tok = _int(a, "tok", 1, MAX_OID)
+    _record_block_size(f, a)
     f["wl"] = [tok, min(now + _int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
     f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
     f["v"] += 1
     return {oid: f}, stat_of(f)
+
+
+def _record_block_size(f: dict[str, Any], a: dict[str, Any]) -> None:
+    """Record the file's block size ``bs`` (the argument's, if any) before its first blocks.
+
+    Only a file without blocks may take one (size 0, or its content inline), and only once:
+    blocks already written under one size would be read at other offsets under another.
+    Asking again for the size recorded is harmless (a retried first flush)."""
+    bs = _opt_int(a, "bs", 1, MAX_FILE_BLOCK)
+    if bs is None:
+        return
+    old = f.get("bs")
+    if old is not None:
+        if old != bs:
+            raise MethodRefused("stale", "the file's block size is set already")
+        return
+    if f["size"] != 0 and f.get("i") is None:
+        raise MethodRefused("invalid", "a file with blocks keeps its block size")
+    f["bs"] = bs
 
 
 def _unlock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:

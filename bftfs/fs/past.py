@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftfs.fs.entries import all_entries
+from bftfs.fs.files import file_block_size
 from bftfs.fs.objects import ROOT, SNAPSHOTS
 from bftfs.qu.canon import unpack
 from bftfs.qu.client import QUClient
@@ -347,13 +348,14 @@ class Past:
         if s.get("i") is not None:
             return bytes(s["i"])
         size = int(s["size"])
-        count = -(-size // self.bs)
+        bs = file_block_size(s, self.bs)  # that version's block size (it never changes)
+        count = -(-size // bs)
         cap = int(s.get("bt") or v.time_ns)
         out = bytearray()
         try:
             for k in range(count):
                 data = await self.rw.read_as_of(block_id(s["d"], k), cap)
-                out += data.ljust(self.bs, b"\0")
+                out += data.ljust(bs, b"\0")
         except HistoryReclaimed as e:
             raise Reclaimed(
                 f"the content of object {v.oid:#x} as of {_iso(v.time_ns)} was reclaimed by "

@@ -18,6 +18,7 @@ from typing import Any
 from bftfs.fs.attrs import Attr, attr_from_stat
 from bftfs.fs.entries import all_entries
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr, NotFound, ReadOnly
+from bftfs.fs.files import file_block_size
 from bftfs.fs.objects import NAME_MAX, ROOT, stat_of
 from bftfs.fs.past import Past, Version
 from bftfs.rw.messages import block_id
@@ -49,7 +50,8 @@ class PastView:
         return s
 
     async def getattr(self, ino: int, *, reached_by_name: bool = False) -> Attr:
-        return attr_from_stat(ino, stat_of(await self._state(ino)), self.bs)
+        s = stat_of(await self._state(ino))
+        return attr_from_stat(ino, s, file_block_size(s, self.bs))
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         s = await self._state(parent)
@@ -111,14 +113,15 @@ class PastView:
         if s.get("i") is not None or st.S_ISLNK(s["mode"]):
             return (await self.past.content(v))[offset:end]
         cap = int(s.get("bt") or v.time_ns)
+        bs = file_block_size(s, self.bs)  # the block size of the file then (and now)
         out = bytearray()
-        for k in range(offset // self.bs, (end - 1) // self.bs + 1):
+        for k in range(offset // bs, (end - 1) // bs + 1):
             key = (int(s["d"]), k)
             if key not in self._blocks:
                 data = await self.past.rw.read_as_of(block_id(s["d"], k), cap)
-                self._blocks[key] = bytes(data).ljust(self.bs, b"\0")
+                self._blocks[key] = bytes(data).ljust(bs, b"\0")
             out += self._blocks[key]
-        start = offset - (offset // self.bs) * self.bs
+        start = offset - (offset // bs) * bs
         return bytes(out[start : start + end - offset])
 
     def keep_cache(self, fh: int) -> bool:

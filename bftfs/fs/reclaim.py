@@ -30,6 +30,7 @@ from typing import Any
 
 from bftfs.fs.caches import Caches
 from bftfs.fs.errors import NoSpace, Unavailable
+from bftfs.fs.files import file_block_size
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 class Reclaim(Caches):
     """Writing empty blocks over contents that are gone (see the module docstring)."""
 
-    #: File id -> (data id, size, newest block Time) of removed files still open here.
-    _doomed: dict[int, tuple[int, int, int]]
+    #: File id -> (data id, size, newest block Time, block size) of removed files still
+    #: open here.
+    _doomed: dict[int, tuple[int, int, int, int]]
     reclaimed_blocks: int
     reclaim_failed: int
 
@@ -53,7 +55,12 @@ class Reclaim(Caches):
         that removed its last name (now, or at its last release here)."""
         if s.get("k") == "d" or s.get("nl", 1) > 0 or s.get("inl"):
             return  # (inline contents live in the attribute object, not in blocks)
-        data = (int(s.get("d") or 0), int(s.get("size") or 0), int(s.get("bt") or 0))
+        data = (
+            int(s.get("d") or 0),
+            int(s.get("size") or 0),
+            int(s.get("bt") or 0),
+            file_block_size(s, self.bs),
+        )
         f = self._files.get(ino)
         if f is not None and f.opens > 0:
             self._doomed[ino] = data
@@ -66,11 +73,12 @@ class Reclaim(Caches):
         if data is not None:
             await self._reclaim(*data)
 
-    async def _reclaim(self, d: int, size: int, bt: int = 0) -> None:
+    async def _reclaim(self, d: int, size: int, bt: int = 0, bs: int = 0) -> None:
         """Write an empty value over each block of data id ``d`` below ``size``, at Times
         above ``bt`` (the file's newest block Time), so its past versions stay readable
-        until retention lets them go."""
-        count = -(-size // self.bs)
+        until retention lets them go.  ``bs``: the file's block size (0: the cluster's),
+        which says how many blocks ``size`` spans."""
+        count = -(-size // (bs or self.bs))
         if d == 0 or count == 0:
             return
         try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from bftfs.fs.entries import all_entries
+from bftfs.fs.files import file_block_size
 from bftfs.fs.objects import ROOT
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import RWClient
@@ -55,7 +56,8 @@ async def files_with_blocks(qu: QUClient, block_size: int) -> AsyncIterator[File
             if s.get("k") == "d":
                 todo.append((cpath, child))
             elif st.S_ISREG(s["mode"]) and not s.get("inl") and s["size"] > 0:
-                yield FileBlocks(cpath, int(s["d"]), -(-int(s["size"]) // block_size))
+                bs = file_block_size(s, block_size)
+                yield FileBlocks(cpath, int(s["d"]), -(-int(s["size"]) // bs))
 
 
 async def scrub(

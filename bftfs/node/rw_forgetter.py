@@ -54,7 +54,7 @@ class Forgetter:
         self.node = node
         kept = node.config.retention
         self.delay_ns = int((kept.keep_seconds + kept.forget_seconds) * 1e9)
-        self.max_fragment = fragment_size(node.config.block_size, node.config.m)
+        self.max_fragment = fragment_size(node.config.max_file_block_size, node.config.m)
         #: ``(due ns, block)``, a heap; ``_due`` the entry that counts for each block.
         self._queue: list[tuple[int, int]] = []
         self._due: dict[int, int] = {}

@@ -85,7 +85,8 @@ def register(
     from bftfs.net.server import HandlerError
 
     n = node.config.n
-    max_fragment = fragment_size(node.config.block_size, node.config.m)
+    # Files written sequentially have bigger blocks (``[cluster] big_block_size``).
+    max_fragment = fragment_size(node.config.max_file_block_size, node.config.m)
     verifier = Verifier(node) if node.config.verification.enabled and catch_up else None
     node.verifier = verifier
     #: Above this many bytes in use new non-empty versions are refused (policy.py).

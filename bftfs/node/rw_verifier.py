@@ -363,7 +363,7 @@ class Verifier:
         # The scan does not read the fragments: each counts at the largest a fragment can
         # be, so the stream budget (bytes) binds no later than before the restart.
         cfg = self.node.config
-        size = -(-cfg.block_size // cfg.m)
+        size = -(-cfg.max_file_block_size // cfg.m)
         while True:
             page = self.node.store.read(functools.partial(scan_page, after=after))
             for block, ts in page.versions:

@@ -272,7 +272,9 @@ class RWClient:
     ) -> None:
         self.endpoint = endpoint
         self.th = RWThresholds.from_config(config)
-        self.block_size: int = config.block_size
+        #: The largest block this client writes or reads: the cluster's biggest per-file
+        #: block size (``[cluster] big_block_size``, docs/fs.md), which the nodes accept.
+        self.block_size: int = int(getattr(config, "max_file_block_size", config.block_size))
         self.nodes: list[NodeId] = [
             NodeId(i) for i in (config.node_ids if nodes is None else nodes)
         ]
