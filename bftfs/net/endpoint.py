@@ -13,8 +13,10 @@ reader task reports the reply (no task per target); otherwise a task runs :meth:
 which connects and resends.  Requests still in flight when a call returns finish in the
 background (:meth:`Endpoint._finish`).
 
-**Coalescing** (``quorum_call(..., batch=BatchKind(...))``, the Q/U client's rounds): a
-direct request is not written at once but put in the node's outbox; the endpoint's flusher
+**Coalescing** (``quorum_call(..., batch=BatchKind(...))``, the Q/U client's rounds): while
+another such call runs, a direct request is not written at once but put in the node's
+outbox (a call running alone writes at once: it has nothing to share a frame with, and
+waiting would cost it a task switch and a poll); the endpoint's flusher
 task, woken by the first request queued, waits until no other task can run (at most
 ``coalesce_window``) and writes each node's outbox as one frame: a lone request as itself,
 several as one request of the batch kind whose reply is split back onto the requests' own
@@ -222,6 +224,9 @@ class Endpoint:
         #: Frames the flusher wrote carrying several requests, and the requests in them.
         self.batches = 0
         self.batched = 0
+        #: Quorum calls with a batch kind running now: a call's requests are coalesced only
+        #: while another runs (or requests wait in an outbox); a lone call writes at once.
+        self._coalescing = 0
         #: Faults seen per node: ``(node, kind)`` -> count, kind ``timeout`` (a request not
         #: answered in time), ``unreachable`` (a request given up because no connection
         #: could be made) or ``frame_<reason>``, a reply frame rejected (``frame_bad_mac``,
@@ -401,7 +406,15 @@ class Endpoint:
         )
         driver = QuorumDriver(engine)
         make = payload if callable(payload) else (lambda _n: payload)
-        result = await driver.run(_Fanout(self, driver, kind, make, engine.deadline, batch))
+        fanout = _Fanout(self, driver, kind, make, engine.deadline, batch)
+        if batch is None:
+            result = await driver.run(fanout)
+        else:
+            self._coalescing += 1
+            try:
+                result = await driver.run(fanout)
+            finally:
+                self._coalescing -= 1
         progressed(trio.current_time())
         return result
 
@@ -577,7 +590,7 @@ class _Fanout:
         waiter.notify = lambda: self._resolved(node, waiter)
         conn.pending[req_id] = waiter
         self.fast[node] = (conn, req_id, waiter, value)
-        if self.batch is not None:
+        if self.batch is not None and (ep._coalescing > 1 or ep._outbox):
             ep._enqueue(conn, self.batch, req_id, waiter, self.kind, value)
         else:
             try:
