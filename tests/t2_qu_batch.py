@@ -63,18 +63,19 @@ async def test_concurrent_rounds_share_a_frame_per_node(tmp_path: Path) -> None:
         ep = cl.client(0)
 
         # A lone query: q plain requests, no batch frame.
-        before, batches = frames_in(cl), ep.batches
+        # (Resends - after 50 ms here, so only on a loaded machine - are frames too.)
+        before, batches, resent = frames_in(cl), ep.batches, ep.resent
         assert await c.query(1, "counter.fetch") == 1
-        assert frames_in(cl) - before == th.q
+        assert frames_in(cl) - before - (ep.resent - resent) == th.q
         assert ep.batches == batches
         assert node_stat(cl, f"req.{KIND_BATCH}") == 0
 
         # Eight concurrent queries of eight objects: the first starts alone and writes at
         # once, the seven others share one frame per node.
-        before = frames_in(cl)
+        before, resent = frames_in(cl), ep.resent
         got = await concurrently(c, oids)
         assert got == {oid: oid for oid in oids}
-        assert frames_in(cl) - before <= th.q + th.n
+        assert frames_in(cl) - before - (ep.resent - resent) <= th.q + th.n
         assert ep.batched >= len(oids)
         assert node_stat(cl, "qu.batch.items") >= (len(oids) - 1) * th.q
 
@@ -126,7 +127,9 @@ async def test_malformed_batch_is_refused_and_node_serves(tmp_path: Path, payloa
         with pytest.raises(RemoteError) as info:
             await ep.call(NodeId(0), KIND_BATCH, payload)
         assert info.value.code == "malformed"
-        assert cl.nodes[0].server.stats["qu.refused.malformed"] == 1
+        # Once per copy received (the endpoint resends after 50 ms here: a loaded machine
+        # may deliver the refused batch twice).
+        assert cl.nodes[0].server.stats["qu.refused.malformed"] >= 1
         # The node still serves, batched and not.
         c = qu_client(cl, 0)
         await c.update(3, "counter.increment", 2)
