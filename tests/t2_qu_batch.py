@@ -94,16 +94,18 @@ async def test_concurrent_updates_batched_stay_serializable(tmp_path: Path) -> N
         rec = Recorder(clock=trio.current_time)
         cs = [qu_client(cl, k, 4) for k in range(3)]
 
-        async def work(c: QUClient, k: int) -> None:
+        async def work(c: QUClient, k: int, j: int) -> None:
             for i in range(4):
-                await rec.run(c, 7 + (i + k) % 3, "counter.increment", 1, False)
+                await rec.run(c, 7 + (i + k + j) % 3, "counter.increment", 1, False)
                 await rec.run(c, (7, 8), "counter.add_all", 1, False)
 
         with trio.fail_after(60):
             async with trio.open_nursery() as n:
                 for k, c in enumerate(cs):
-                    for _ in range(2):  # two tasks per client: its rounds share frames
-                        n.start_soon(work, c, k)
+                    # Three tasks per client, starting on three objects in one scheduler
+                    # pass: the first round goes alone, the other two share frames.
+                    for j in range(3):
+                        n.start_soon(work, c, k, j)
         assert all(o.ok for o in rec.ops)
         assert check_serializable(rec.ops)
         assert sum(cl.client(k).batches for k in range(3)) > 0
