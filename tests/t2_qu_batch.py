@@ -192,3 +192,24 @@ async def test_byzantine_behaviour_applies_to_batched_items(tmp_path: Path) -> N
                     n.start_soon(bump, oid)
         assert all(o.ok for o in rec.ops)
         assert await concurrently(c, oids) == {oid: oid + 1 for oid in oids}
+
+
+async def test_withheld_batches_do_not_pile_up(tmp_path: Path) -> None:
+    """A node that never answers batches (but answers requests alone): the rounds complete
+    (its requests are resent alone, or others answer), and the client forgets the batches
+    it will never hear about instead of keeping their waiters forever."""
+    async with open_cluster(tmp_path, clients=1, seed=9) as cl:
+        c = qu_client(cl, 0)
+        oids = range(1, 7)
+        await create(c, oids)
+
+        async def withhold(ctx: Any, payload: Any, honest: Any) -> Any:
+            await trio.sleep_forever()
+
+        cl.faults[2].byzantine(KIND_BATCH, withhold)
+        ep = cl.client(0)
+        for _ in range(5):
+            assert await concurrently(c, oids) == {oid: oid for oid in oids}
+        assert ep.batches >= 5
+        assert len(ep._carriers) <= 1
+        assert len(ep._conns[NodeId(2)].pending) <= len(oids) + 1

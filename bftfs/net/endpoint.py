@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -220,6 +220,10 @@ class Endpoint:
         #: request id, waiter, kind, payload), in submission order.
         self._outbox: dict[NodeId, list[_Queued]] = {}
         self._flush_wanted: trio.Event | None = None
+        #: Batch requests sent and not yet answered, oldest first: a batch's own waiter is
+        #: dropped once its requests are over even if the node never answers it (a
+        #: withholding node must not make ``pending`` grow; :meth:`_sweep`).
+        self._carriers: deque[tuple[_Connection, int, list[_Queued]]] = deque()
         self._flusher_started = False
         #: Frames the flusher wrote carrying several requests, and the requests in them.
         self.batches = 0
@@ -459,7 +463,21 @@ class Endpoint:
             with trio.move_on_after(self.coalesce_window):
                 await trio.testing.wait_all_tasks_blocked()
 
+    def _sweep(self) -> None:
+        """Forget the oldest batch requests that were answered, or whose requests are all
+        over (answered alone after a resend, or given up); stop at the first still needed."""
+        carriers = self._carriers
+        while carriers:
+            conn, batch_id, items = carriers[0]
+            if batch_id in conn.pending and any(
+                conn.pending.get(q[2]) is q[3] and not q[3].event.is_set() for q in items
+            ):
+                return
+            carriers.popleft()
+            conn.pending.pop(batch_id, None)
+
     def _flush(self) -> None:
+        self._sweep()
         outbox, self._outbox = self._outbox, {}
         for queue in outbox.values():
             live = [q for q in queue if q[0].pending.get(q[2]) is q[3] and not q[3].event.is_set()]
@@ -506,6 +524,7 @@ class Endpoint:
             return  # every waiter was resolved as lost with the connection
         self.batches += 1
         self.batched += len(items)
+        self._carriers.append((conn, batch_id, items))
 
     async def _finish(
         self,
