@@ -211,5 +211,8 @@ async def test_withheld_batches_do_not_pile_up(tmp_path: Path) -> None:
         for _ in range(5):
             assert await concurrently(c, oids) == {oid: oid for oid in oids}
         assert ep.batches >= 5
-        assert len(ep._carriers) <= 1
-        assert len(ep._conns[NodeId(2)].pending) <= len(oids) + 1
+        # Only the latest burst's batches may still be remembered (without the sweep: one
+        # per node and burst, 30); how many the latest burst sent depends on the timing.
+        n = QUThresholds.from_config(cl.config).n
+        assert len(ep._carriers) <= 2 * n
+        assert len(ep._conns[NodeId(2)].pending) <= len(oids) + 2
