@@ -90,15 +90,37 @@ def run_once(site: Site, files: int, size: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for op, fn in _workloads(d, files, data).items():
         time.sleep(STALE_WAIT)  # not synchronisation: lets cached attributes expire
+        f0 = _frames_in(site)
         n0, m0, t0 = _cpu_seconds(nodes), _cpu_seconds(daemon), time.perf_counter()
         fn()
         n1, m1, t1 = _cpu_seconds(nodes), _cpu_seconds(daemon), time.perf_counter()
+        f1 = _frames_in(site)
         out[op] = {
             "wall": (t1 - t0) / files,
             "daemon_cpu": (m1 - m0) / files,
             "nodes_cpu": (n1 - n0) / files,
         }
+        if f0 is not None and f1 is not None:
+            out[op]["frames"] = (f1 - f0) / files
     return out
+
+
+def _frames_in(site: Site) -> int | None:
+    """Frames the nodes have received so far, summed (bftfs only; asking costs a frame per
+    node, outside the timed part)."""
+    if site.config is None:
+        return None
+    import trio
+
+    from bftfs.local import query_status
+
+    try:
+        statuses = trio.run(lambda: query_status(site.config, timeout=2.0, client="client1"))
+    except Exception:  # a diagnostic: never fail a run over it
+        return None
+    return sum(
+        int((st.stats.get("traffic") or {}).get("frames_in", 0)) for st in statuses if st.stats
+    )
 
 
 def _fmt_ms(x: float | None) -> str:
@@ -110,23 +132,27 @@ def _fmt_ms(x: float | None) -> str:
 def table(results: dict[str, list[dict[str, dict[str, float]]]]) -> str:
     """Markdown: per operation and target, median wall and CPU (ms per file), ratio."""
     lines = [
-        "| operation | target | wall ms | x local | FUSE daemon CPU ms | nodes CPU ms |",
-        "|---|---|---:|---:|---:|---:|",
+        "| operation | target | wall ms | x local | FUSE daemon CPU ms | nodes CPU ms "
+        "| frames into nodes |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     local = results.get("local", [])
     for op in OPERATIONS:
         base = common.median([r[op]["wall"] for r in local]) if local else None
         for name, runs in results.items():
             if not runs:
-                lines.append(f"| {op} | {name} | failed | | | |")
+                lines.append(f"| {op} | {name} | failed | | | | |")
                 continue
             wall = common.median([r[op]["wall"] for r in runs])
             daemon = common.median([r[op]["daemon_cpu"] for r in runs])
             nodes = common.median([r[op]["nodes_cpu"] for r in runs])
+            counted = [r[op]["frames"] for r in runs if "frames" in r[op]]
+            frames = common.median(counted) if counted else None
             lines.append(
                 f"| {op} | {name} | {_fmt_ms(wall)} | {common.fmt_ratio(common.ratio(wall, base))}"
                 f" | {_fmt_ms(daemon) if name != 'local' else '-'}"
-                f" | {_fmt_ms(nodes) if name.startswith('bftfs') else '-'} |"
+                f" | {_fmt_ms(nodes) if name.startswith('bftfs') else '-'}"
+                f" | {f'{frames:.2f}' if frames is not None else '-'} |"
             )
     return "\n".join(lines)
 

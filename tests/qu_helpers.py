@@ -223,6 +223,7 @@ class MemEndpoint:
         initial: int | None = None,
         probe_after: float = 0.5,
         timeout: float | None = None,
+        batch: Any = None,
     ) -> QuorumResult:
         """The production :class:`QuorumEngine` decides; requests are delivered one at a
         time in a seeded shuffled order (slow nodes last) on a logical clock that jumps to

@@ -13,6 +13,10 @@
   read transaction, and on a non-durable store any other request in a write transaction of
   its own (``Store.write_now``), still one at a time; only durable writes and object syncs
   take a task of their own.
+- ``qu.batch``: several ``qu.request``, ``qu.history`` and ``qu.fetch`` requests of one
+  client in one frame (at most ``MAX_BATCH``), answered item by item in one frame by the
+  generic batch handler (``node/batching.py``): each item as if it had come alone, through
+  the fault hooks, queries and non-durable updates in the read loop (docs/qu.md).
 - ``qu.history``: the node's histories of some objects (read-only).
 - ``qu.fetch``: the stored request of a candidate, for inline repair by other clients.
 - ``qu.sync``: object sync, host side; only other nodes may ask (L2240-2244).
@@ -46,17 +50,21 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, is_node
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node import limits
+from bftfs.node.batching import batch_handler
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
 from bftfs.qu import past
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import (
+    BATCHED_KINDS,
+    KIND_BATCH,
     KIND_FETCH,
     KIND_HISTORY,
     KIND_LATEST,
     KIND_REQUEST,
     KIND_SYNC,
+    MAX_BATCH,
     VERSION,
     MessageError,
     Reply,
@@ -233,19 +241,25 @@ def register(
         req = got[1] if got is not None and got[0] is payload else parse(payload)
         return (await serve(req, ctx.sender)).wire()
 
-    async def on_history(ctx: RequestContext, payload: Any) -> Any:
+    def history_now(ctx: RequestContext, payload: Any) -> Any:
         try:
             objects = parse_history_request(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
         return node.store.read(lambda kv: handle_history(kv, cfg, objects)).wire()
 
-    async def on_fetch(ctx: RequestContext, payload: Any) -> Any:
+    async def on_history(ctx: RequestContext, payload: Any) -> Any:
+        return history_now(ctx, payload)
+
+    def fetch_now(ctx: RequestContext, payload: Any) -> Any:
         try:
             lt = parse_fetch(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
         return {"r": node.store.read(lambda kv: handle_fetch(kv, lt))}
+
+    async def on_fetch(ctx: RequestContext, payload: Any) -> Any:
+        return fetch_now(ctx, payload)
 
     async def on_sync(ctx: RequestContext, payload: Any) -> Any:
         if not is_node(ctx.sender):
@@ -287,6 +301,20 @@ def register(
     node.register(KIND_LATEST, on_latest, inline=True)
     node.register(past.KIND_VERSIONS, on_versions, inline=True)
     node.register(past.KIND_STATES, on_states, inline=True)
+    batched = {KIND_REQUEST: on_request, KIND_HISTORY: on_history, KIND_FETCH: on_fetch}
+    assert tuple(batched) == BATCHED_KINDS
+    batch = batch_handler(
+        node,
+        batched,
+        protocol="qu",
+        max_items=MAX_BATCH,
+        fast={
+            KIND_REQUEST: fast_request,
+            KIND_HISTORY: history_now,
+            KIND_FETCH: fetch_now,
+        },
+    )
+    node.register(KIND_BATCH, batch, fast=batch.fast)
     if catch_up:
 
         async def catch_up_objects() -> None:

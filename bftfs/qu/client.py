@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from bftfs.net.endpoint import BatchKind
 from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.outcome import ClusterUnavailable, refused_for_space
@@ -36,9 +37,11 @@ from bftfs.qu.classify import OpType, QUThresholds, View
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.links import prove
 from bftfs.qu.messages import (
+    KIND_BATCH,
     KIND_FETCH,
     KIND_HISTORY,
     KIND_REQUEST,
+    MAX_BATCH,
     VERSION,
     Link,
     MessageError,
@@ -54,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Rounds in a row with fewer than q replies before an operation gives up.
 MAX_SHORT_ROUNDS = 3
+#: How the client's rounds share frames (``qu.batch``).
+QU_BATCH = BatchKind(KIND_BATCH, MAX_BATCH)
 #: Proven links a client keeps before it starts over (each costs a proof of a few KB).
 MAX_FACTS = 4096
 
@@ -124,6 +129,7 @@ class QUClient:
         probe_after: float = 0.05,
         timeout: float | None = None,
         sleep: Callable[[float], Any] = trio.sleep,
+        batch: bool = True,
     ) -> None:
         """Args:
         endpoint: has ``quorum_call`` and ``call`` (``bftfs.net.endpoint.Endpoint``).
@@ -135,6 +141,9 @@ class QUClient:
         probe_after: seconds before probing beyond the preferred quorum.
         timeout: per round (default: the endpoint's).
         sleep: how to wait for backoff (tests may count instead).
+        batch: let concurrent rounds to one node share a frame (``qu.batch``): requests
+            queued for a node in one scheduler pass go together, a lone one as itself
+            (``Endpoint.quorum_call``'s ``batch``; the quorum decisions are the same).
         """
         self.ep = endpoint
         self.th = th
@@ -144,6 +153,7 @@ class QUClient:
         self.probe_after = probe_after
         self.timeout = timeout
         self._sleep = sleep
+        self._batch = QU_BATCH if batch else None
         self._cache: dict[int, dict[int, OHSEntry]] = {}
         self._locks: dict[int, trio.Lock] = {}
         self._excluded: set[int] = set()
@@ -470,6 +480,7 @@ class QUClient:
                 initial=initial,
                 probe_after=self.probe_after,
                 timeout=self.timeout,
+                batch=self._batch,
             )
         self._absorb(todo, stash, fresh)
 
@@ -530,6 +541,7 @@ class QUClient:
                 initial=self.th.b + 1,
                 probe_after=self.probe_after,
                 timeout=self.timeout,
+                batch=self._batch,
             )
         return got[0] if got else None
 
@@ -587,6 +599,7 @@ class QUClient:
                     initial=th.q if req.op is not None and req.op.query else th.n,
                     probe_after=self.probe_after,
                     timeout=self.timeout,
+                    batch=self._batch,
                 )
         except QuorumUnavailable as e:
             # Servers out of space answer ``full`` (node/service.py), a client's update past
