@@ -280,7 +280,11 @@ async def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
         await incrementers([a, b], rec, 7, 3)
         await cl.faults[3].recover()
         progress = await caught_up(cl, 3)
-        assert (progress["behind"], progress["done"], progress["failed"]) == (1, 1, 0)
+        # Catch-up brings object 7 up to date, unless the clients' own requests still in
+        # flight to server 3 when it died won the race (the endpoint resends them on
+        # reconnect; under load they can arrive first, as in t5_qu_catchup): then it finds
+        # nothing behind.  Either way nothing fails.
+        assert progress["failed"] == 0 and progress["done"] == progress["behind"] <= 1
         make_byzantine(cl, 3, "reject_everything")
         await incrementers([a, b], rec, 7, 2)
         cl.faults[3].honest()
