@@ -49,9 +49,12 @@ Per-file block size (docs/fs.md): an attribute object may record ``bs``, the siz
 file's blocks; absent, the file has the cluster's ``block_size`` (files made before it
 existed read as before).  A client records it with the ``fs.lock`` of the file's first flush
 of blocks - only while the file has no blocks (size 0 or inline content) and no ``bs`` yet -
-and it never changes afterwards (truncation, rewrites and restores keep it).  Servers check
-only its range: a Byzantine client choosing an odd size confuses its own file's readers,
-whose block reads the nodes' fragment size limit still bounds.
+or, when it is the cluster's own size and the flush needs no lock round (the create's
+lease), with that flush's ``fs.write`` (blocks written under the cluster's size read the
+same with or without the key in between), and it never changes afterwards (truncation,
+rewrites and restores keep it).  Servers check only its range: a Byzantine client choosing
+an odd size confuses its own file's readers, whose block reads the nodes' fragment size
+limit still bounds.
 
 Small files inline (a configurable trade, ``[cluster] inline_limit``, DESIGN "Performance
 notes"): an attribute object may hold the whole content of a small regular file in ``i``
@@ -582,6 +585,7 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     else:
         if f.get("i") is not None and not a.get("blocks"):
             raise MethodRefused("invalid", "an inline file's size changes with its content")
+        _record_block_size(f, a)  # the cluster's size, chosen at a lock-free first flush
         if end > f["alloc"]:
             raise MethodRefused("invalid", "blocks beyond the reservation")
         if f.get("i") is not None:
