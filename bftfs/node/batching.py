@@ -1,7 +1,7 @@
 """The answering side of batched requests, for any protocol a node serves.
 
 The calling side (``bftfs/net/batch.py``) sends the requests queued for one node as one
-request of a protocol's batch kind (``rw.batch`` for PASIS); :func:`batch_handler` builds
+request of a protocol's batch kind (``rw.batch`` for PASIS); :class:`BatchHandler` builds
 the node's handler for such a kind from the protocol's own handlers.  Wire: request = list
 of ``[kind, payload]`` (at most ``max_items``, each kind one of ``handlers``); reply = a
 list of the same length, each ``[0, reply]`` or ``[1, [code, message]]``.
@@ -34,23 +34,11 @@ if TYPE_CHECKING:
 Handler = Callable[["RequestContext", Any], Awaitable[Any]]
 
 
-def batch_handler(
-    node: Node,
-    handlers: Mapping[str, Handler],
-    *,
-    protocol: str,
-    max_items: int,
-    fast: Mapping[str, FastHandler] | None = None,
-) -> BatchHandler:
-    """A handler running a batch of ``handlers``' requests (``fast``: their synchronous
-    first tries, if any); refusals of the batch itself are counted under
-    ``<protocol>.refused.malformed`` like the protocol's other refusals."""
-    return BatchHandler(node, handlers, protocol=protocol, max_items=max_items, fast=fast)
-
-
 class BatchHandler:
-    """The node's handler of one batch kind (module docstring); register it with
-    ``fast=handler.fast`` when the protocol has fast handlers."""
+    """The node's handler of one batch kind (module docstring) running ``handlers``'
+    requests (``fast``: their synchronous first tries, if any); register it with
+    ``fast=handler.fast`` when the protocol has fast handlers.  Refusals of the batch itself
+    are counted under ``<protocol>.refused.malformed`` like the protocol's other refusals."""
 
     #: Batches the fast path handed on with answers (payload id -> (payload, results)):
     #: bounded, as a handed-on batch that never arrives (a fault override) must not pile up.

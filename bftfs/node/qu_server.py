@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, is_node
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node import limits
-from bftfs.node.batching import batch_handler
+from bftfs.node.batching import BatchHandler
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
@@ -303,7 +303,7 @@ def register(
     node.register(past.KIND_STATES, on_states, inline=True)
     batched = {KIND_REQUEST: on_request, KIND_HISTORY: on_history, KIND_FETCH: on_fetch}
     assert tuple(batched) == BATCHED_KINDS
-    batch = batch_handler(
+    batch = BatchHandler(
         node,
         batched,
         protocol="qu",

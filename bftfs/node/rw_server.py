@@ -31,7 +31,7 @@ from bftfs.erasure import fragment_size
 from bftfs.ids import is_node
 from bftfs.node import limits, rw_scrubber
 from bftfs.node import rw_catchup as catchup
-from bftfs.node.batching import batch_handler
+from bftfs.node.batching import BatchHandler
 from bftfs.node.rw_verifier import Verifier
 from bftfs.rw import quota, replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
@@ -208,7 +208,7 @@ def register(
     }
     for kind, handler in handlers.items():
         node.register(kind, handler)
-    node.register(KIND_BATCH, batch_handler(node, handlers, protocol="rw", max_items=MAX_BATCH))
+    node.register(KIND_BATCH, BatchHandler(node, handlers, protocol="rw", max_items=MAX_BATCH))
     # Not part of a batch: only catch-up asks, a page at a time.
     node.register(KIND_LIST, on_list)
     node.register(KIND_NOTIFY, on_notify)
