@@ -36,6 +36,9 @@ key                 default     meaning
                                 its writes are verified first.  Always a bound: a client
                                 that streams forever leaves at most this much (and
                                 ``per_client_block`` per block) unverified
+``wave_blocks``     16          blocks verified together: their READs run concurrently
+                                and share one frame per peer, their records one commit
+                                and their NOTIFYs one frame per peer; 1: one at a time
 ``pool_fraction``   0.75        above this share of the LMDB map in use the node verifies
                                 and collects without waiting for idle time and retention
                                 keeps only ``keep_versions`` (the history pool is short)
@@ -102,6 +105,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 MODES = ("lazy-coop", "lazy", "write-time", "off")
+#: Largest verification wave: a wave's READs to a peer share one ``rw.batch`` frame, which
+#: holds at most 128 items (``rw/batch.MAX_BATCH``).
+MAX_WAVE_BLOCKS = 128
 
 
 class PolicyError(ValueError):
@@ -121,6 +127,7 @@ class VerificationPolicy:
     stream_seconds: float = 1.0
     stream_idle_seconds: float = 0.5
     stream_bytes: int = 128 * 1024 * 1024
+    wave_blocks: int = 16
     pool_fraction: float = 0.75
     data_fraction: float = 0.9
     scrub_seconds: float = 604800.0
@@ -153,6 +160,8 @@ class VerificationPolicy:
             )
         if not 0 <= self.stream_bytes <= 1 << 50:
             raise PolicyError("[verification] stream_bytes must be in 0..2**50 bytes")
+        if not 1 <= self.wave_blocks <= MAX_WAVE_BLOCKS:
+            raise PolicyError(f"[verification] wave_blocks must be in 1..{MAX_WAVE_BLOCKS}")
         if not 0.1 <= self.pool_fraction <= 1.0:
             raise PolicyError("[verification] pool_fraction must be in 0.1..1.0")
         if not self.pool_fraction <= self.data_fraction <= 1.0:

@@ -225,6 +225,43 @@ def test_own_blocks_go_first_by_yield_once_settled_others_after_the_fallback() -
     assert bl.pick(10.0, idle=False, pressure=True).block == 24
 
 
+def test_a_wave_takes_distinct_blocks_in_the_order_single_picks_would() -> None:
+    """``pick_many`` is ``pick`` repeated with each block settled: forced blocks first,
+    then own blocks by yield, then others' after their fallback; no block twice, at most
+    ``limit``, and the backlog unchanged (the same wave is picked again until settled)."""
+    bl = Backlog(POLICY, me=0, n=6, b=1)
+    for block, versions in ((6, 1), (12, 3), (18, 2), (3, 1)):  # 3: nodes 3 and 4's
+        for v in range(versions):
+            bl.wrote(block, ts(v + 1), 100 + v, now=0.0)
+    assert bl.pick_many(1.0, idle=False, pressure=False, limit=8) == []  # not idle
+    wave = bl.pick_many(1.0, idle=True, pressure=False, limit=8)
+    assert [p.block for p in wave] == [12, 18, 6]  # own, most versions first; 3 waits
+    assert [p.block for p in bl.pick_many(1.0, idle=True, pressure=False, limit=2)] == [12, 18]
+    assert bl.pick_many(1.0, idle=True, pressure=False, limit=8) == wave  # nothing taken
+    wave = bl.pick_many(10.0, idle=True, pressure=False, limit=8)
+    assert [(p.block, p.reason) for p in wave][-1] == (3, "fallback")
+    # One at a time gives the same order.
+    singles = []
+    while (pick := bl.pick(10.0, idle=True, pressure=False)) is not None:
+        singles.append(pick)
+        bl.settled(pick.block, ts(9))
+    assert singles == wave
+    # Forced blocks lead a wave even when the node is not idle; under pressure the rest of
+    # the wave is any own block at once.
+    tight = VerificationPolicy(settle_seconds=1.0, per_client_block=1)
+    bl = Backlog(tight, me=0, n=6, b=1)
+    bl.wrote(6, ts(1), 100, now=0.0)
+    bl.wrote(12, ts(1), 100, now=0.0)
+    bl.wrote(12, ts(2), 100, now=0.0)  # two by one client on one block: forced
+    assert [p.reason for p in bl.pick_many(0.0, idle=False, pressure=False, limit=4)] == ["forced"]
+    wave = bl.pick_many(0.0, idle=False, pressure=True, limit=4)
+    assert [(p.block, p.reason) for p in wave] == [(12, "forced"), (6, "own")]
+    assert VerificationPolicy(wave_blocks=1).validate().wave_blocks == 1
+    for bad in (0, 129):
+        with pytest.raises(PolicyError, match="wave_blocks"):
+            VerificationPolicy(wave_blocks=bad).validate()
+
+
 def test_a_failed_verification_backs_off() -> None:
     bl = Backlog(POLICY, me=0, n=6, b=1)
     bl.wrote(6, ts(1), 100, now=0.0)

@@ -113,6 +113,41 @@ async def test_a_poisonous_write_is_discarded_in_the_background_and_reads_skip_r
         assert readers == sorted(responsible(7, cfg.n, cfg.b))
 
 
+async def test_a_wave_of_blocks_shares_frames_and_discards_poison_among_them(
+    tmp_path: Path,
+) -> None:
+    """Blocks due together are verified as a wave (``wave_blocks``): their READs to a peer
+    share ``rw.batch`` frames, and each block's outcome is what verifying it alone gives
+    (good versions flagged everywhere, a poisonous one among them discarded)."""
+    # Due once the node has been idle for a second: the writes below come faster than
+    # that, so every block is due at the same moment.
+    wave = VerificationPolicy(
+        settle_seconds=0.0, idle_seconds=1.0, fallback_seconds=3600.0, stream_seconds=0.0
+    )
+    async with rw_cluster(tmp_path, clients=2, verification=wave, retention=KEEP_ALL) as (
+        cl,
+        (evil, writer),
+    ):
+        cfg = cl.config
+        blocks = [cfg.n * k for k in range(12)]  # all led by node 0 (and node 1)
+        good = {k: await writer.write_block(k, b"v%d" % k) for k in blocks}
+        poison = await write_poison(evil, cfg, blocks[5])
+        await settled(cl)
+        for k in blocks:
+            for i in range(cfg.n):
+                assert flagged(cl, i, k, good[k]), f"node {i}: block {k} not flagged"
+        assert all(poison not in hosted(cl, i, blocks[5]) for i in range(cfg.n))
+        for i in responsible(0, cfg.n, cfg.b):
+            verifier = cl.nodes[i].verifier
+            assert verifier.progress["verified"] == len(blocks)
+            batcher = verifier._wave_client.batcher
+            # Some frame carried the READs of several blocks (one per block: no wave).
+            assert batcher.items > batcher.batches > 0, (batcher.items, batcher.batches)
+        # The others trusted b + 1 NOTIFYs: nobody else read.
+        others = set(range(cfg.n)) - set(responsible(0, cfg.n, cfg.b))
+        assert all(cl.nodes[i].progress["rw.verify"]["verified"] == 0 for i in others)
+
+
 async def test_a_lying_node_cannot_flag_poison_or_discard_good_data(tmp_path: Path) -> None:
     async with rw_cluster(tmp_path, clients=3, verification=EAGER, retention=KEEP_ALL) as (
         cl,

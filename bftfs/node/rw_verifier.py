@@ -42,6 +42,7 @@ from bftfs.node.rw_forgetter import Forgetter
 from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
 from bftfs.rw import replica
+from bftfs.rw.batch import rw_batcher
 from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient
@@ -125,6 +126,8 @@ class Verifier:
         self._outbox: dict[NodeId, list[tuple[BlockId, Timestamp, str]]] = defaultdict(list)
         self._flush = trio.Event()
         self._client: RWClient | None = None
+        #: The same READs through a batcher, for waves of more than one block.
+        self._wave_client: RWClient | None = None
         #: ``(node clock ns, block)``: blocks whose versions kept for their age may go then.
         self._revisits: list[tuple[int, int]] = []
         #: Blocks down to their verified empty version are forgotten (node/rw_forgetter.py).
@@ -205,14 +208,26 @@ class Verifier:
     async def run(self) -> None:
         """Never returns while the node runs; never raises (a bug is logged, then retried)."""
         await self._rebuild()
-        self._client = RWClient(
-            self.node.endpoint,
-            self.node.config,
-            nodes=[int(p) for p in self.peers],
-            **self.client_options,
-        )
         self.progress["state"] = "running"
         async with trio.open_nursery() as nursery:
+            self._client = RWClient(
+                self.node.endpoint,
+                self.node.config,
+                nodes=[int(p) for p in self.peers],
+                **self.client_options,
+            )
+            # A wave's READs to a peer go out as one rw.batch frame (rw/batch.py).  A lone
+            # block is read directly: the batcher's extra scheduler pass would delay the
+            # forced verification of a client writing without pause.
+            if self.policy.wave_blocks > 1:
+                timeout = self.client_options.get("timeout")
+                self._wave_client = RWClient(
+                    self.node.endpoint,
+                    self.node.config,
+                    nodes=[int(p) for p in self.peers],
+                    batcher=rw_batcher(self.node.endpoint, nursery, timeout=timeout),
+                    **self.client_options,
+                )
             if self.policy.cooperative:
                 nursery.start_soon(self._flusher)
             nursery.start_soon(self.forgetter.run)
@@ -262,9 +277,11 @@ class Verifier:
         idle_after = self.stream(now).idle_after
         idle = idle_for >= idle_after
         pressure = self._pressure()
-        pick = self.backlog.pick(now, idle=idle, pressure=pressure)
+        picks = self.backlog.pick_many(
+            now, idle=idle, pressure=pressure, limit=self.policy.wave_blocks
+        )
         self._publish()
-        if pick is None:
+        if not picks:
             if not len(self.backlog):
                 self.settled.set()
             due = self.backlog.next_due(now)
@@ -277,15 +294,60 @@ class Verifier:
             with trio.move_on_after(max(wait, 0.001) if math.isfinite(wait) else math.inf):
                 await self._wake.wait()
             return
-        await self.verify(pick)
+        await self.verify_wave(picks)
 
-    async def verify(self, pick: Pick) -> None:
-        """Verify one block, record what was learned, collect, notify."""
-        assert self._client is not None
-        block = BlockId(pick.block)
+    async def verify_wave(self, picks: list[Pick]) -> None:
+        """Verify a wave of blocks: record what was learned, collect, notify.
+
+        The blocks are read concurrently, so the batcher sends a wave's READs to a peer as
+        one frame; their records go in one store commit; their NOTIFYs leave together (one
+        frame per peer, :meth:`_flusher`).  Per block it is what one verification was: the
+        same READ, the same store step, the same bookkeeping."""
+        read: list[tuple[BlockId, list[Timestamp], ReadOutcome]] = []
+        async with trio.open_nursery() as nursery:
+            client = self._client if len(picks) == 1 else self._wave_client or self._client
+            for pick in picks:
+                nursery.start_soon(self._read, client, BlockId(pick.block), read)
+        if not read:
+            return
+        now_ns = self.node.now_ns()
+        pressure = self._pressure()
+
+        def step(kv: Any) -> list[replica.Verified]:
+            return [
+                replica.verified_step(
+                    kv,
+                    block,
+                    mark=outcome.ts,
+                    flag=outcome.ts if outcome.ts != ZERO else None,
+                    poisonous=set(outcome.poisonous),
+                    now_ns=now_ns,
+                    retention=self.retention,
+                    pressure=pressure,
+                    pins=pinned_moments(kv),
+                )
+                for block, _hosted, outcome in read
+            ]
+
+        results = await self.node.store.write(step)
+        for (block, hosted, outcome), res in zip(read, results, strict=True):
+            self._settle(block, hosted, outcome, res)
+        if self.policy.cooperative:
+            self._flush.set()
+        self._publish()
+
+    async def _read(
+        self,
+        client: RWClient | None,
+        block: BlockId,
+        out: list[tuple[BlockId, list[Timestamp], ReadOutcome]],
+    ) -> None:
+        """READ ``block`` like a reader (repairing a repairable candidate); append what was
+        found to ``out``, or back off the block when the cluster could not answer."""
+        assert client is not None
         hosted = self.node.store.read(lambda kv: replica.hosted_step(kv, block))
         try:
-            outcome = await self._client.read_version(block)
+            outcome = await client.read_version(block)
         except ClusterUnavailable as e:
             self.node.log.info("node %s: block %s not verified: %s", self.node.id, block, e)
             self.progress["failed"] += 1
@@ -299,21 +361,17 @@ class Verifier:
             self.progress["poisonous"] += len(poison)
             writers = sorted({ts.writer for ts in poison})
             self._fault(f"poisonous version(s) of block {block:#x} by writer(s) {writers}")
-        now_ns = self.node.now_ns()
-        pressure = self._pressure()
-        res = await self.node.store.write(
-            lambda kv: replica.verified_step(
-                kv,
-                block,
-                mark=outcome.ts,
-                flag=outcome.ts if outcome.ts != ZERO else None,
-                poisonous=poison,
-                now_ns=now_ns,
-                retention=self.retention,
-                pressure=pressure,
-                pins=pinned_moments(kv),
-            )
-        )
+        out.append((block, hosted, outcome))
+
+    def _settle(
+        self,
+        block: BlockId,
+        hosted: list[Timestamp],
+        outcome: ReadOutcome,
+        res: replica.Verified,
+    ) -> None:
+        """The backlog and the NOTIFY outbox after ``block``'s record was committed."""
+        poison = set(outcome.poisonous)
         self._account(res, block)
         self.progress["verified"] += 1
         self.backlog.settled(block, outcome.ts, also=poison)
@@ -333,8 +391,6 @@ class Verifier:
             for ts in poison:
                 for peer in self.peers:
                     self._outbox[peer].append((block, ts, POISONOUS))
-            self._flush.set()
-        self._publish()
 
     # Helpers -------------------------------------------------------------------------------
 

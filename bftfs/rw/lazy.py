@@ -359,43 +359,79 @@ class Backlog:
         ``pressure`` (the history pool is short) makes blocks due at once, settled or not,
         idle or not; a block another node is responsible for still waits for its NOTIFYs
         until the fallback delay, so the pool is not spent on N verifications of each."""
+        picks = self.pick_many(now, idle=idle, pressure=pressure, limit=1)
+        return picks[0] if picks else None
+
+    def pick_many(self, now: float, *, idle: bool, pressure: bool, limit: int) -> list[Pick]:
+        """Up to ``limit`` distinct blocks to verify together (a *wave*), best first in
+        :meth:`pick`'s order: forced blocks, then under ``pressure`` any block (others'
+        after their fallback delay), else when ``idle`` the due blocks, own before others'.
+
+        A wave's READs share one frame per peer and its records one commit
+        (``node/rw_verifier.py``): per block, the frames and commits were most of what
+        verification cost a node.  Nothing here changes the backlog; the verifier reports
+        each block's result as before (:meth:`settled`, :meth:`failed`)."""
+        picks: list[Pick] = []
+        taken: set[int] = set()
+
+        def add(block: int, reason: str) -> None:
+            picks.append(Pick(block, reason))
+            taken.add(block)
+
         for block in self._forced:
+            if len(picks) >= limit:
+                return picks
             debt = self._debts.get(block)
             if debt is not None and debt.retry_at <= now:
-                return Pick(block, "forced")
+                add(block, "forced")
         if pressure:
-            return self._pick_under_pressure(now)
+            for block, reason in self._under_pressure(now):
+                if len(picks) >= limit:
+                    break
+                if block not in taken:
+                    add(block, reason)
+            return picks
         if not idle:
-            return None
+            return picks
         self._promote(now)
-        own = self._best(self._ready_own)
-        if own is not None:
-            return Pick(own, "own")
-        other = self._best(self._ready_other)
-        if other is not None:
-            return Pick(other, "fallback")
-        return None
+        for heap, reason in ((self._ready_own, "own"), (self._ready_other, "fallback")):
+            for block in self._take(heap, limit - len(picks), taken):
+                picks.append(Pick(block, reason))
+        return picks
 
-    def _pick_under_pressure(self, now: float) -> Pick | None:
-        """Every block a scan: own blocks at once, others' after their fallback delay."""
-        best: tuple[int, int] | None = None
-        fallback: tuple[int, int] | None = None
+    def _take(self, heap: list[tuple[int, int, int]], room: int, taken: set[int]) -> list[int]:
+        """The best ``room`` due blocks of ``heap`` not in ``taken`` (the heap keeps them)."""
+        out: list[int] = []
+        popped = []
+        while len(out) < room:
+            block = self._best(heap)
+            if block is None:
+                break
+            popped.append(heapq.heappop(heap))
+            if block not in taken:  # a block may have two current entries
+                taken.add(block)
+                out.append(block)
+        for entry in popped:
+            heapq.heappush(heap, entry)
+        return out
+
+    def _under_pressure(self, now: float) -> list[tuple[int, str]]:
+        """Every block a scan: own blocks at once, others' after their fallback delay; each
+        group with the most unverified versions first."""
+        own: list[tuple[int, int]] = []
+        fallback: list[tuple[int, int]] = []
         for block, debt in self._debts.items():
             if debt.retry_at > now:
                 continue
             count = len(debt.versions)
             if debt.own:
-                if best is None or count > best[0]:
-                    best = (count, block)
-            elif now - debt.last_write >= self._fallback(block) and (
-                fallback is None or count > fallback[0]
-            ):
-                fallback = (count, block)
-        if best is not None:
-            return Pick(best[1], "own")
-        if fallback is not None:
-            return Pick(fallback[1], "fallback")
-        return None
+                own.append((count, block))
+            elif now - debt.last_write >= self._fallback(block):
+                fallback.append((count, block))
+        # Stable sorts: among equal counts the scan's order, as before waves.
+        own.sort(key=lambda e: -e[0])
+        fallback.sort(key=lambda e: -e[0])
+        return [(b, "own") for _, b in own] + [(b, "fallback") for _, b in fallback]
 
     def _fallback(self, block: int) -> float:
         return fallback_delay(block, self.me, self.n, self.b, self.policy.fallback_seconds)
