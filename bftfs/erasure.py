@@ -6,17 +6,28 @@ across the first m data-fragments") and zfec computes the ``N - m`` code fragmen
 stored at node ``i``.
 
 Cross checksum (seed L854-862, MAKE_CROSS_CHECKSUM at L1000 of Figure 3.1, lines 972-977 of
-the seed text): one hash per fragment, concatenated in node order.  We use BLAKE2b-256 instead
-of the seed's MD5 (L1194, spec H.10).  Because zfec needs equal-length stripes, the block is
-zero-padded to a multiple of ``m``; the true length is recorded *inside* the cross checksum so
-that it is covered by the verifier like everything else:
+the seed text): one hash per fragment, concatenated in node order.  We use a 256-bit hash
+instead of the seed's MD5 (L1194, spec H.10): BLAKE2b-256 or SHA-256, named in the cross
+checksum itself.  Because zfec needs equal-length stripes, the block is zero-padded to a
+multiple of ``m``; the true length is recorded *inside* the cross checksum so that it is
+covered by the verifier like everything else:
 
     ======  ==========  =============================================
     offset  size        field
     ======  ==========  =============================================
-    0       8           block length in bytes, unsigned big-endian
-    8       32 * N      BLAKE2b-256 of fragment 0, 1, ..., N-1
+    0       1           fragment hash: 0 = BLAKE2b-256, 1 = SHA-256
+    1       7           block length in bytes, unsigned big-endian
+    8       32 * N      the hash of fragment 0, 1, ..., N-1
     ======  ==========  =============================================
+
+The hash byte was the top byte of a 64-bit length before, always 0 (blocks are at most a
+few MiB), so every cross checksum written before names BLAKE2b and reads as it did.  A
+writer picks SHA-256 where the CPU has SHA instructions (x86 ``sha_ni``, arm64 ``sha2``:
+1.5 GB/s against BLAKE2b's 0.8 on the machine of docs/performance.md, "Seventh pass"), else
+BLAKE2b (faster than SHA-256 in software); readers and nodes check each version with the
+hash it names, and a cross checksum naming any other value validates nothing.  Either is a
+256-bit collision-resistant hash, so a writer's choice gives it nothing: the cross checksum
+is bound by the verifier in the timestamp whichever it names.
 
 The verifier that goes into the low-order part of the logical timestamp is the BLAKE2b-256
 hash of the whole cross checksum (validating timestamps, seed L875-881, MAKE_TIMESTAMP).
@@ -50,15 +61,49 @@ MAX_FRAGMENTS = 256
 
 _FRAG_PERSON = b"bftfs-frag"
 _CC_PERSON = b"bftfs-cc"
+#: The fragment hashes a cross checksum may name (its first byte).
+HASH_BLAKE2B = 0
+HASH_SHA256 = 1
+HASHES = (HASH_BLAKE2B, HASH_SHA256)
+#: The block length takes the low 56 bits of the header.
+_LENGTH_MASK = (1 << 56) - 1
+#: SHA-256's prefix: the same domain separation BLAKE2b's personalisation gives.
+_SHA_PREFIX = hashlib.sha256(_FRAG_PERSON)
+
+
+def _cpu_has_sha() -> bool:
+    """Whether this CPU hashes SHA-256 in hardware (Linux: ``/proc/cpuinfo``'s flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return bool({"sha_ni", "sha2"} & set(line.split(":", 1)[-1].split()))
+    except OSError:
+        pass
+    return False
+
+
+#: What this process's writers name (see the module docstring).
+DEFAULT_HASH = HASH_SHA256 if _cpu_has_sha() else HASH_BLAKE2B
 
 
 class ErasureError(ValueError):
     """Invalid coding parameters or inputs that cannot be decoded."""
 
 
-def fragment_hash(fragment: bytes | memoryview) -> bytes:
-    """The cross-checksum entry of one fragment (BLAKE2b-256, domain separated)."""
-    return hashlib.blake2b(fragment, digest_size=HASH_SIZE, person=_FRAG_PERSON).digest()
+def fragment_hash(fragment: bytes | memoryview, algorithm: int = DEFAULT_HASH) -> bytes:
+    """The cross-checksum entry of one fragment (domain separated).
+
+    Raises:
+        ErasureError: ``algorithm`` is not one of :data:`HASHES`.
+    """
+    if algorithm == HASH_SHA256:
+        h = _SHA_PREFIX.copy()
+        h.update(fragment)
+        return h.digest()
+    if algorithm == HASH_BLAKE2B:
+        return hashlib.blake2b(fragment, digest_size=HASH_SIZE, person=_FRAG_PERSON).digest()
+    raise ErasureError(f"unknown fragment hash {algorithm}")
 
 
 def verifier_of(cross_checksum: bytes) -> bytes:
@@ -71,16 +116,25 @@ def cross_checksum_size(n: int) -> int:
     return LENGTH_SIZE + HASH_SIZE * n
 
 
-def make_cross_checksum(length: int, fragments: Sequence[bytes]) -> bytes:
-    """MAKE_CROSS_CHECKSUM: the length header followed by one hash per fragment in order."""
-    parts = [length.to_bytes(LENGTH_SIZE, "big")]
-    parts.extend(fragment_hash(f) for f in fragments)
+def make_cross_checksum(
+    length: int, fragments: Sequence[bytes], algorithm: int = DEFAULT_HASH
+) -> bytes:
+    """MAKE_CROSS_CHECKSUM: the header (hash, length) and one hash per fragment in order."""
+    if not 0 <= length <= _LENGTH_MASK:
+        raise ErasureError(f"block length {length} does not fit a cross checksum")
+    parts = [((algorithm << 56) | length).to_bytes(LENGTH_SIZE, "big")]
+    parts.extend(fragment_hash(f, algorithm) for f in fragments)
     return b"".join(parts)
 
 
 def cc_length(cross_checksum: bytes) -> int:
     """The block length recorded in a cross checksum."""
-    return int.from_bytes(cross_checksum[:LENGTH_SIZE], "big")
+    return int.from_bytes(cross_checksum[:LENGTH_SIZE], "big") & _LENGTH_MASK
+
+
+def cc_hash(cross_checksum: bytes) -> int:
+    """The fragment hash a cross checksum names (may be one this code does not know)."""
+    return cross_checksum[0] if cross_checksum else -1
 
 
 def cc_entry(cross_checksum: bytes, index: int) -> bytes:
@@ -95,7 +149,10 @@ def fragment_matches(cross_checksum: bytes, index: int, fragment: bytes) -> bool
     This is the second half of the seed's VALIDATE (Figure 3.2): ``HASH(D) == CC[S]``.
     The caller checks that ``index`` is in range (the cross checksum size fixes ``N``).
     """
-    return hmac.compare_digest(fragment_hash(fragment), cc_entry(cross_checksum, index))
+    algorithm = cc_hash(cross_checksum)
+    if algorithm not in HASHES:
+        return False
+    return hmac.compare_digest(fragment_hash(fragment, algorithm), cc_entry(cross_checksum, index))
 
 
 def fragment_size(length: int, m: int) -> int:
@@ -134,13 +191,14 @@ class Encoded:
         return verifier_of(self.cross_checksum)
 
 
-def encode(data: bytes, m: int, n: int) -> Encoded:
+def encode(data: bytes, m: int, n: int, algorithm: int = DEFAULT_HASH) -> Encoded:
     """ENCODE + MAKE_CROSS_CHECKSUM for one block.
 
     Args:
         data: the block contents (any length, including 0).
         m: fragments needed to decode (zfec's ``k``).
         n: fragments produced, one per node (zfec's ``m``).
+        algorithm: the fragment hash the cross checksum names.
     """
     check_params(m, n)
     size = fragment_size(len(data), m)
@@ -151,7 +209,7 @@ def encode(data: bytes, m: int, n: int) -> Encoded:
     else:
         code = _encoder(m, n).encode(stripes, tuple(range(m, n)))
         fragments = stripes + tuple(bytes(c) for c in code)
-    return Encoded(fragments, make_cross_checksum(len(data), fragments))
+    return Encoded(fragments, make_cross_checksum(len(data), fragments, algorithm))
 
 
 def _stripes(fragments: Mapping[int, bytes], m: int, n: int) -> list[bytes]:
@@ -215,7 +273,7 @@ def regenerate(
     poisonous write as well and give ``valid=False`` rather than an exception.
     """
     invalid = Regenerated(False, b"", (), cross_checksum)
-    if len(cross_checksum) != cross_checksum_size(n):
+    if len(cross_checksum) != cross_checksum_size(n) or cc_hash(cross_checksum) not in HASHES:
         return invalid
     length = cc_length(cross_checksum)
     try:
@@ -225,7 +283,7 @@ def regenerate(
     if len(stripes[0]) != fragment_size(length, m):
         return invalid
     data = b"".join(stripes)[:length]
-    again = encode(data, m, n)
+    again = encode(data, m, n, cc_hash(cross_checksum))
     if not hmac.compare_digest(again.cross_checksum, cross_checksum):
         return invalid
     return Regenerated(True, data, again.fragments, again.cross_checksum)
