@@ -8,6 +8,7 @@ not through the file system's caches, so they test what is stored.
 
 from __future__ import annotations
 
+import os
 import random
 import stat
 from collections import Counter
@@ -27,6 +28,16 @@ from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 
 #: Client options for tests: probe quickly, give up within seconds.
 RW_OPTIONS = {"probe_after": 0.05, "timeout": 5.0}
+
+
+async def write_file(fs: FileSystem, name: bytes, data: bytes, chunk: int = 32 * 1024) -> int:
+    """Create ``name`` in the root and write ``data`` sequentially in ``chunk`` writes, then
+    close; its inode number."""
+    fh, a = await fs.create(obj.ROOT, name, 0o644, 0, 0, os.O_RDWR)
+    for off in range(0, len(data), chunk):
+        await fs.write(fh, off, data[off : off + chunk])
+    await fs.release(fh)
+    return a.ino
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from fs_helpers import RW_OPTIONS, Env, run
+from fs_helpers import RW_OPTIONS, Env, run, write_file
 
 from bftfs.erasure import fragment_size
 from bftfs.fs.files import BIG_BLOCK_THRESHOLD
@@ -34,15 +34,6 @@ from bftfs.testing.cluster import open_cluster, qu_client
 BS = 4096
 BIG = 16384
 OPTS = {"block_size": BS, "big_block_size": BIG}
-
-
-async def write_seq(fs: FileSystem, name: bytes, data: bytes, chunk: int = 32 * 1024) -> int:
-    """Create ``name``, write ``data`` sequentially in ``chunk`` writes, close."""
-    fh, a = await fs.create(ROOT, name, 0o644, 0, 0, os.O_RDWR)
-    for off in range(0, len(data), chunk):
-        await fs.write(fh, off, data[off : off + chunk])
-    await fs.release(fh)
-    return a.ino
 
 
 async def read_back(fs: FileSystem, ino: int) -> bytes:
@@ -66,7 +57,7 @@ def test_a_big_sequential_file_gets_big_blocks_and_reads_back_exactly(tmp_path: 
         a, b = env.fss
         rng = random.Random(19)
         model = bytearray(rng.randbytes(BIG_BLOCK_THRESHOLD + 5 * BIG + 1234))  # partial last
-        ino = await write_seq(a, b"big", bytes(model))
+        ino = await write_file(a, b"big", bytes(model))
         assert await block_size_of(env, ino) == BIG
         assert a.streaming["big-block-files"] == 1
         assert await read_back(b, ino) == model
@@ -114,7 +105,7 @@ def test_small_and_non_sequential_files_keep_small_blocks(tmp_path: Path) -> Non
         a, b = env.fss
         rng = random.Random(7)
         small = rng.randbytes(100 * 1024 + 3)
-        ino_small = await write_seq(a, b"small", small)
+        ino_small = await write_file(a, b"small", small)
         assert await block_size_of(env, ino_small) == BS
         # 1.5 MiB written in two halves, the second half first: not sequential.
         data = rng.randbytes(BIG_BLOCK_THRESHOLD + BIG_BLOCK_THRESHOLD // 2)
@@ -149,12 +140,12 @@ def test_a_small_block_file_records_its_size_without_a_lock_round(tmp_path: Path
         rng = random.Random(11)
         data = rng.randbytes(5 * BS + 17)  # past the inline limit, within the reservation
         locks = a.methods["fs.lock"]
-        ino = await write_seq(a, b"small", data)
+        ino = await write_file(a, b"small", data)
         assert a.methods["fs.lock"] == locks
         assert await block_size_of(env, ino) == BS
         assert await read_back(b, ino) == data
         big = rng.randbytes(BIG_BLOCK_THRESHOLD)
-        ino_big = await write_seq(a, b"big", big)
+        ino_big = await write_file(a, b"big", big)
         assert a.methods["fs.lock"] > locks
         assert await block_size_of(env, ino_big) == BIG
         assert await read_back(b, ino_big) == big
@@ -168,7 +159,7 @@ def test_a_file_from_before_the_feature_reads_and_grows_as_before(tmp_path: Path
         a.big_bs = 0  # a client of before per-file block sizes: records no ``bs``
         rng = random.Random(3)
         model = bytearray(rng.randbytes(BIG_BLOCK_THRESHOLD + 3 * BS + 9))
-        ino = await write_seq(a, b"old", bytes(model))
+        ino = await write_file(a, b"old", bytes(model))
         assert await block_size_of(env, ino) is None
         assert await read_back(b, ino) == model
         # A new client appends a big sequential run: the file has blocks and no record,
@@ -190,7 +181,7 @@ def test_an_inline_file_growing_sequentially_takes_big_blocks(tmp_path: Path) ->
         a, b = env.fss
         rng = random.Random(5)
         head = rng.randbytes(1000)
-        ino = await write_seq(a, b"grows", head)
+        ino = await write_file(a, b"grows", head)
         assert (await env.raw.query(ino, "fs.stat"))["inl"]
         fh = await a.open(ino, os.O_WRONLY | os.O_APPEND)
         more = rng.randbytes(BIG_BLOCK_THRESHOLD + BIG)
@@ -208,7 +199,7 @@ def test_truncation_to_zero_and_removal_give_back_big_blocks(tmp_path: Path) -> 
         a, b = env.fss
         rng = random.Random(11)
         data = rng.randbytes(BIG_BLOCK_THRESHOLD + 2 * BIG + 1)
-        ino = await write_seq(a, b"gone", data)
+        ino = await write_file(a, b"gone", data)
         assert await block_size_of(env, ino) == BIG
         d = (await env.raw.query(ino, "fs.stat"))["d"]
         before = a.reclaimed_blocks
@@ -243,7 +234,7 @@ async def test_past_versions_of_a_big_block_file_read_back(tmp_path: Path) -> No
         past = Past(qu_client(cluster, 1), PastReader(cluster.client(1), th), rw_r, BS)
         rng = random.Random(23)
         v1 = rng.randbytes(BIG_BLOCK_THRESHOLD + BIG + 17)
-        ino = await write_seq(fs, b"f", v1)
+        ino = await write_file(fs, b"f", v1)
         v2 = bytearray(v1)
         patch = rng.randbytes(BIG + 40)
         v2[2 * BIG - 20 : 2 * BIG - 20 + len(patch)] = patch

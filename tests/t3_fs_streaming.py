@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fs_helpers import Env, run
+from fs_helpers import Env, run, write_file
 
 from bftfs.fs.errors import FsError
 from bftfs.fs.filesystem import FileSystem
@@ -32,15 +32,6 @@ STREAM = {
     "dirty_limit": 64 * 1024,
     "behind_limit": 256 * 1024,
 }
-
-
-async def write_file(fs: FileSystem, name: bytes, data: bytes, chunk: int = 32 * 1024) -> int:
-    """Create ``name`` and write ``data`` sequentially in ``chunk`` writes, then close."""
-    fh, a = await fs.create(ROOT, name, 0o644, 0, 0, os.O_RDWR)
-    for off in range(0, len(data), chunk):
-        await fs.write(fh, off, data[off : off + chunk])
-    await fs.release(fh)
-    return a.ino
 
 
 async def read_all(fs: FileSystem, fh: int, size: int, chunk: int = 32 * 1024) -> bytes:
