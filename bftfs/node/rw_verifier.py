@@ -74,6 +74,11 @@ MAX_FAILURES = 4
 READ_OPTIONS: dict[str, Any] = {}
 
 
+#: What a wave's READ found of one block: the block, the versions this node hosted before
+#: it, the outcome, and the poisonous versions met.
+_Read = tuple[BlockId, list[Timestamp], ReadOutcome, set[Timestamp]]
+
+
 def scan_page(kv: Any, *, after: int | None) -> replica.Unverified:
     return replica.unverified_step(kv, after, SCAN_PAGE)
 
@@ -126,7 +131,8 @@ class Verifier:
         self._outbox: dict[NodeId, list[tuple[BlockId, Timestamp, str]]] = defaultdict(list)
         self._flush = trio.Event()
         self._client: RWClient | None = None
-        #: The same READs through a batcher, for waves of more than one block.
+        #: The same READs through a batcher, for waves of more than one block (the direct
+        #: client when waves are off).
         self._wave_client: RWClient | None = None
         #: ``(node clock ns, block)``: blocks whose versions kept for their age may go then.
         self._revisits: list[tuple[int, int]] = []
@@ -210,23 +216,21 @@ class Verifier:
         await self._rebuild()
         self.progress["state"] = "running"
         async with trio.open_nursery() as nursery:
-            self._client = RWClient(
+            reader = functools.partial(
+                RWClient,
                 self.node.endpoint,
                 self.node.config,
                 nodes=[int(p) for p in self.peers],
                 **self.client_options,
             )
+            self._client = self._wave_client = reader()
             # A wave's READs to a peer go out as one rw.batch frame (rw/batch.py).  A lone
             # block is read directly: the batcher's extra scheduler pass would delay the
             # forced verification of a client writing without pause.
             if self.policy.wave_blocks > 1:
                 timeout = self.client_options.get("timeout")
-                self._wave_client = RWClient(
-                    self.node.endpoint,
-                    self.node.config,
-                    nodes=[int(p) for p in self.peers],
-                    batcher=rw_batcher(self.node.endpoint, nursery, timeout=timeout),
-                    **self.client_options,
+                self._wave_client = reader(
+                    batcher=rw_batcher(self.node.endpoint, nursery, timeout=timeout)
                 )
             if self.policy.cooperative:
                 nursery.start_soon(self._flusher)
@@ -303,9 +307,10 @@ class Verifier:
         one frame; their records go in one store commit; their NOTIFYs leave together (one
         frame per peer, :meth:`_flusher`).  Per block it is what one verification was: the
         same READ, the same store step, the same bookkeeping."""
-        read: list[tuple[BlockId, list[Timestamp], ReadOutcome]] = []
+        client = self._client if len(picks) == 1 else self._wave_client
+        assert client is not None
+        read: list[_Read] = []
         async with trio.open_nursery() as nursery:
-            client = self._client if len(picks) == 1 else self._wave_client or self._client
             for pick in picks:
                 nursery.start_soon(self._read, client, BlockId(pick.block), read)
         if not read:
@@ -320,31 +325,25 @@ class Verifier:
                     block,
                     mark=outcome.ts,
                     flag=outcome.ts if outcome.ts != ZERO else None,
-                    poisonous=set(outcome.poisonous),
+                    poisonous=poison,
                     now_ns=now_ns,
                     retention=self.retention,
                     pressure=pressure,
                     pins=pinned_moments(kv),
                 )
-                for block, _hosted, outcome in read
+                for block, _hosted, outcome, poison in read
             ]
 
         results = await self.node.store.write(step)
-        for (block, hosted, outcome), res in zip(read, results, strict=True):
-            self._settle(block, hosted, outcome, res)
+        for found, res in zip(read, results, strict=True):
+            self._settle(*found, res)
         if self.policy.cooperative:
             self._flush.set()
         self._publish()
 
-    async def _read(
-        self,
-        client: RWClient | None,
-        block: BlockId,
-        out: list[tuple[BlockId, list[Timestamp], ReadOutcome]],
-    ) -> None:
+    async def _read(self, client: RWClient, block: BlockId, out: list[_Read]) -> None:
         """READ ``block`` like a reader (repairing a repairable candidate); append what was
         found to ``out``, or back off the block when the cluster could not answer."""
-        assert client is not None
         hosted = self.node.store.read(lambda kv: replica.hosted_step(kv, block))
         try:
             outcome = await client.read_version(block)
@@ -361,17 +360,17 @@ class Verifier:
             self.progress["poisonous"] += len(poison)
             writers = sorted({ts.writer for ts in poison})
             self._fault(f"poisonous version(s) of block {block:#x} by writer(s) {writers}")
-        out.append((block, hosted, outcome))
+        out.append((block, hosted, outcome, poison))
 
     def _settle(
         self,
         block: BlockId,
         hosted: list[Timestamp],
         outcome: ReadOutcome,
+        poison: set[Timestamp],
         res: replica.Verified,
     ) -> None:
         """The backlog and the NOTIFY outbox after ``block``'s record was committed."""
-        poison = set(outcome.poisonous)
         self._account(res, block)
         self.progress["verified"] += 1
         self.backlog.settled(block, outcome.ts, also=poison)
