@@ -1135,6 +1135,8 @@ def main(argv: list[str] | None = None) -> int:
             "cat",
             "restore",
             "diff",
+            "changes",
+            "revert",
         ):
             print(f"bftfs: {e}", file=sys.stderr)
             return 2

@@ -53,6 +53,10 @@ DEFAULT_BLOCK_SIZE = 64 * 1024
 DEFAULT_MAP_SIZE = 16 * 1024**3
 MIN_MAP_SIZE = 1024**2
 MAX_BLOCK_SIZE = 4 * 1024**2
+#: Block sizes are whole pages: the kernel reads and writes a FUSE file in pages, so a block
+#: size that is not a multiple of the page straddles blocks on every page it serves (and
+#: ``block_size = 3`` would make a block per 3 bytes).
+BLOCK_ALIGN = 4096
 #: Block size a file takes when its first flush of blocks carries at least
 #: ``BIG_BLOCK_THRESHOLD`` (bftfs/fs/files.py) bytes written sequentially from offset 0
 #: (docs/fs.md, "Per-file block size"): per-block costs are quartered for big sequential
@@ -228,9 +232,10 @@ class ClusterConfig:
             raise ConfigError(why)
         if m > 256 or n > 256:
             raise ConfigError(f"zfec supports at most 256 fragments (n={n}, m={m})")
-        if not 0 < self.block_size <= MAX_BLOCK_SIZE:
+        if not BLOCK_ALIGN <= self.block_size <= MAX_BLOCK_SIZE or self.block_size % BLOCK_ALIGN:
             raise ConfigError(
-                f"block_size must be in 1..{MAX_BLOCK_SIZE} bytes, got {self.block_size}"
+                f"block_size must be a multiple of {BLOCK_ALIGN} bytes in "
+                f"{BLOCK_ALIGN}..{MAX_BLOCK_SIZE} (4 KiB..4 MiB), got {self.block_size}"
             )
         big = self.big_block_size
         if big not in (None, 0, self.block_size) and (

@@ -81,8 +81,8 @@ def test_big_block_size_defaults_turns_off_and_round_trips(tmp_path: Path) -> No
     assert ClusterConfig.for_test().big_blocks == 256 * 1024
     assert ClusterConfig.for_test().max_file_block_size == 256 * 1024
     assert ClusterConfig.for_test(block_size=1 << 20).big_blocks == 0
-    assert ClusterConfig.for_test(block_size=100_000).big_blocks == 0
-    assert ClusterConfig.for_test(block_size=100_000).max_file_block_size == 100_000
+    assert ClusterConfig.for_test(block_size=98304).big_blocks == 0
+    assert ClusterConfig.for_test(block_size=98304).max_file_block_size == 98304
     base = ClusterConfig.for_test()
     for off in (0, base.block_size):
         assert dataclasses.replace(base, big_block_size=off).validate().big_blocks == 0
@@ -127,6 +127,10 @@ def _edit(tmp_path: Path, old: str, new: str) -> Path:
         ("block_size = 65536", "block_size = 65536\nbig_block_size = 32768", "multiple of"),
         ("block_size = 65536", "block_size = 65536\nbig_block_size = 8388608", "up to 4194304"),
         ("block_size = 65536", 'block_size = 65536\nbig_block_size = "1"', "must be an integer"),
+        # issue 31: a block of 3 bytes, or one that is no whole number of pages
+        ("block_size = 65536", "block_size = 3", "multiple of 4096 bytes in 4096..4194304"),
+        ("block_size = 65536", "block_size = 65537", "multiple of 4096 bytes in 4096..4194304"),
+        ("block_size = 65536", "block_size = 8388608", "multiple of 4096 bytes in 4096..4194304"),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:
