@@ -264,7 +264,7 @@ def _mount(
     """Start a background mount daemon (``args``: the client, cache timeouts, ``-o`` and,
     for ``bftfs mount``, logging options)."""
     mountmod = _mount_module()
-
+    _check_client_key(cfg, _mount_options(args).client)
     try:
         return mountmod.mount_background(
             cfg,
@@ -278,6 +278,14 @@ def _mount(
         )
     except mountmod.MountError as e:  # re-exported from bftfs.fuse.control
         raise QuietError(str(e), EXIT_MOUNT) from None
+
+
+def _check_client_key(cfg: ClusterConfig, client: str) -> None:
+    """Load the client's key here, before a daemon is forked: a missing or unreadable key
+    is a key error (exit 5, KeyFileError), not a failed mount whose cause is in a log."""
+    from bftfs.connect import client_identity
+
+    client_identity(cfg, client)
 
 
 def _mount_module() -> Any:
@@ -311,6 +319,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     cfg, path = _cluster_of(args)
     options = _mount_options(args)
     cfg.client(options.client)  # a clear error for an unknown client, before forking
+    _check_client_key(cfg, options.client)
     at_ns = _mount_moment(args)
     if args.fg:
         setup_logging(log_file=args.log, debug_modules=args.debug_modules)
@@ -715,6 +724,16 @@ def _progress(progress: dict[str, dict]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _check_byzantine_profile(name: str) -> None:
+    """Refuse an unknown ``--byzantine`` profile (exit 2) before anything is stopped."""
+    from bftfs.testing.byzantine.profiles import PROFILES
+
+    if name not in PROFILES:
+        raise QuietError(
+            f"unknown Byzantine profile {name!r}; known: {', '.join(sorted(PROFILES))}", 2
+        )
+
+
 def cmd_node_control(args: argparse.Namespace) -> int:
     """``bftfs node stop|start|restart I``: one node of the local cluster (``--dir``)."""
     if args.index is None:
@@ -724,6 +743,8 @@ def cmd_node_control(args: argparse.Namespace) -> int:
         cfg.node(args.index)
     except (ConfigError, KeyError, IndexError):
         raise QuietError(f"no node {args.index} (nodes 0..{cfg.n - 1})", 2) from None
+    if args.byzantine:
+        _check_byzantine_profile(args.byzantine)  # a typo must not stop the node first
     extra = ["--byzantine", args.byzantine] if args.byzantine else []
     if args.action in ("stop", "restart"):
         was = localmod.stop_node(cfg, args.index)
@@ -766,15 +787,10 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     faults = None
     if args.byzantine:
+        _check_byzantine_profile(args.byzantine)
         # The only use of bftfs.testing in production code, and only when asked for.
-        from bftfs.testing.byzantine.profiles import PROFILES, profile
+        from bftfs.testing.byzantine.profiles import profile
 
-        if args.byzantine not in PROFILES:
-            raise QuietError(
-                f"unknown Byzantine profile {args.byzantine!r}; known: "
-                f"{', '.join(sorted(PROFILES))}",
-                2,
-            )
         faults = profile(args.byzantine, cfg, int(spec.id))
         log.warning("node %s runs the Byzantine profile %r", spec.id, args.byzantine)
 

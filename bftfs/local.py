@@ -198,6 +198,9 @@ def start_node(cfg: ClusterConfig, node_id: int, extra_args: list[str] | None = 
         return pid
     cmd = [
         sys.executable,
+        # -P: the working directory stays off sys.path, so a directory named bftfs there
+        # (the clone, seen from its parent) cannot stand in for the installed package.
+        "-P",
         "-m",
         "bftfs",
         "node",
