@@ -452,6 +452,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if totals["fragments_repaired"] else 0
 
 
+def cmd_client(args: argparse.Namespace) -> int:
+    """``bftfs client add|remove|list``: client identities, each id given once for the life
+    of the cluster (a removed client's id is retired, never handed to the next one)."""
+    cfg, path = _cluster_of(args)
+    if args.action == "list":
+        print(f"{'ID':>4}  NAME")
+        for c in cfg.clients:
+            print(f"{c.id - CLIENT_ID_BASE:>4}  {c.name}")
+        for r in cfg.retired_clients:
+            print(f"{r.id - CLIENT_ID_BASE:>4}  {r.name} (removed: its id is never reused)")
+        return 0
+    if not args.name:
+        raise QuietError(f"bftfs client {args.action}: which client? (a NAME)", 2)
+    if args.action == "add":
+        spec = localmod.add_client(cfg, path, args.name)
+        print(
+            f"added client {spec.name} (id {spec.id - CLIENT_ID_BASE}); its key: "
+            f"{cfg.client_key_path(spec.name)}"
+        )
+    else:
+        gone = localmod.remove_client(cfg, path, args.name)
+        print(
+            f"removed client {gone.name} (id {gone.id - CLIENT_ID_BASE}, never reused) and "
+            "deleted its key here"
+        )
+    print("restart the nodes for them to see it (they read the configuration when they start)")
+    return 0
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     from bftfs import proc
     from bftfs.fuse import control as mountmod
@@ -577,7 +606,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"  - {p}")
     _print_status(statuses)
-    _print_limits(statuses)
+    _print_limits(statuses, cfg.client_names())
     _print_mounts(mounts, faults, cfg)
     return code
 
@@ -651,11 +680,13 @@ def _print_status(statuses: list[localmod.NodeStatus]) -> None:
 TOP_PRINCIPALS = 3
 
 
-def _principal(pid: int) -> str:
-    return f"node{pid}" if is_node(pid) else f"client{pid - CLIENT_ID_BASE}"
+def _principal(pid: int, names: dict[int, str] | None = None) -> str:
+    if is_node(pid):
+        return f"node{pid}"
+    return (names or {}).get(pid) or f"client#{pid - CLIENT_ID_BASE}"
 
 
-def _print_limits(statuses: list[localmod.NodeStatus]) -> None:
+def _print_limits(statuses: list[localmod.NodeStatus], names: dict[int, str]) -> None:
     """``[limits]`` per node in one line: throttling, quota refusals and the principals
     storing most there, as ``blocks+metadata`` (one quota counts both)."""
     print("limits per client (the quota counts blocks+metadata):")
@@ -670,11 +701,11 @@ def _print_limits(statuses: list[localmod.NodeStatus]) -> None:
         print(
             f"  {s.id:>4}  {_human(lim['quota_bytes']):>10}  {lim['throttled']:>9}  "
             f"{lim['inflight_waits']:>7}  {lim['quota_refused']:>7}  "
-            f"{_top_stored(lim['principals']) or 'nothing'}"
+            f"{_top_stored(lim['principals'], names) or 'nothing'}"
         )
 
 
-def _top_stored(principals: dict[str, dict[str, int]]) -> str:
+def _top_stored(principals: dict[str, dict[str, int]], names: dict[int, str]) -> str:
     """``client0 1.2 MiB+40.0 KiB (3 refused), ...`` for the largest few."""
     rows = sorted(
         principals.items(),
@@ -687,7 +718,7 @@ def _top_stored(principals: dict[str, dict[str, int]]) -> str:
             break
         refused = p.get("quota_refused", 0)
         note = f" ({refused} refused)" if refused else ""
-        parts.append(f"{_principal(int(pid))} {_human(blocks)}+{_human(meta)}{note}")
+        parts.append(f"{_principal(int(pid), names)} {_human(blocks)}+{_human(meta)}{note}")
     more = sum(1 for _, p in rows[TOP_PRINCIPALS:] if p.get("stored_bytes") or p.get("meta_bytes"))
     return ", ".join(parts) + (f", +{more} more" if more else "")
 
@@ -1037,6 +1068,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--progress", action="store_true", help="a progress bar even when piped")
     sp.add_argument("--verbose", action="store_true", help="name every block rewritten")
     sp.set_defaults(func=cmd_verify)
+
+    sp = sub.add_parser(
+        "client",
+        help="add, remove (revoke) or list client identities; ids are never reused",
+    )
+    sp.add_argument("action", choices=("add", "remove", "list"))
+    sp.add_argument("name", nargs="?", help="the client's name (add, remove)")
+    with_cluster(sp)
+    sp.set_defaults(func=cmd_client)
 
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
     sp.add_argument("mountpoint", type=Path)

@@ -143,7 +143,24 @@ def _iso(ns: int) -> str:
 
 
 def _client_names(cfg: ClusterConfig) -> dict[int, str]:
-    return {int(c.id): c.name for c in cfg.clients}
+    """Every client id the cluster had, named (a removed client as ``NAME (removed)``)."""
+    return cfg.client_names()
+
+
+def _author(client: int, names: dict[int, str]) -> str:
+    """A version's client by name; one the configuration no longer names (an entry removed
+    by hand, not by ``bftfs client remove``) by its id, ``client#N``."""
+    from bftfs.ids import CLIENT_ID_BASE
+
+    return names.get(client) or f"client#{client - CLIENT_ID_BASE}"
+
+
+def _client_ids(cfg: ClusterConfig) -> dict[str, int]:
+    """``--client NAME``: a configured client's id, or a removed one's (a revoked key's
+    changes are what ``revert --client`` is for); a current client wins a shared name."""
+    ids = {r.name: int(r.id) for r in cfg.retired_clients}
+    ids.update({c.name: int(c.id) for c in cfg.clients})
+    return ids
 
 
 async def _find(past: Any, path: str, now_ns: int) -> Any:
@@ -233,7 +250,7 @@ def _row(v: Any, names: dict[int, str]) -> dict[str, Any]:
         "id": v.id,
         "time": _iso(v.time_ns),
         "time_ns": v.time_ns,
-        "client": names.get(v.client, str(v.client)),
+        "client": _author(v.client, names),
         "kind": "dir" if s.get("k") == "d" else "file",
         "size": s.get("size") if s.get("k") == "f" else None,
         "changes": list(v.changes),
@@ -246,7 +263,7 @@ def cmd_log(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     since = None if args.since is None else parse_when(args.since, now_ns)
     until = None if args.until is None else parse_when(args.until, now_ns)
     names = _client_names(cfg)
-    wanted = {name: cid for cid, name in names.items()}
+    wanted = _client_ids(cfg)
 
     async def run(past: Any) -> tuple[list[dict[str, Any]], bool]:
         hist = await _find(past, path, now_ns)
@@ -502,7 +519,7 @@ def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     since = parse_when(args.since, now_ns)
     until = None if args.until is None else parse_when(args.until, now_ns)
     names = _client_names(cfg)
-    wanted = {name: cid for cid, name in names.items()}
+    wanted = _client_ids(cfg)
 
     async def run(past: Any) -> list[Any]:
         lo, hi, before, after, histories = await _range_trees(past, path, since, until, now_ns)
@@ -512,7 +529,7 @@ def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         {
             "time": _iso(c.time_ns),
             "time_ns": c.time_ns,
-            "client": names.get(c.client, str(c.client)),
+            "client": _author(c.client, names),
             "path": c.path or ".",
             "changes": list(c.changes),
         }
@@ -538,8 +555,7 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     path = fs_path(args.path, mounts)
     root = _local_target(args.path, mounts, None)
     since = parse_when(args.since, now_ns)
-    names = _client_names(cfg)
-    client = {name: cid for cid, name in names.items()}.get(args.client)
+    client = _client_ids(cfg).get(args.client)
     if client is None:
         raise ValueError(f"no client {args.client!r} in the configuration")
 

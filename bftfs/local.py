@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from bftfs.config import (
     ClusterConfig,
     ConfigError,
     NodeSpec,
+    RetiredClient,
     default_sizes,
 )
 from bftfs.connect import open_client
@@ -156,6 +157,44 @@ def init_cluster(
     return cfgmod.load(config_path(home))
 
 
+def add_client(cfg: ClusterConfig, path: Path, name: str) -> ClientSpec:
+    """Add client ``name`` to the configuration at ``path`` with a fresh key pair and the
+    next id never used (``[cluster] next_client``), and write its private key.  Nodes admit
+    it once they are restarted (they read the configuration when they start).
+
+    Raises:
+        ConfigError: the name is taken or not a valid name.
+    """
+    number = cfg.next_client_number
+    ident = Identity.generate(client_id(number))
+    spec = ClientSpec(client_id(number), name, ident.public)
+    new = replace(cfg, clients=(*cfg.clients, spec), next_client=number + 1).validate()
+    ident.save(new.client_key_path(name))
+    cfgmod.save(new, path)
+    return spec
+
+
+def remove_client(cfg: ClusterConfig, path: Path, name: str) -> RetiredClient:
+    """Revoke client ``name``: its entry leaves the configuration at ``path``, its id is
+    recorded as retired (never given to another; history still names it) and its private
+    key here is deleted.  Nodes refuse it once restarted.
+
+    Raises:
+        ConfigError: no such client.
+    """
+    spec = cfg.client(name)
+    gone = RetiredClient(spec.id, spec.name)
+    new = replace(
+        cfg,
+        clients=tuple(c for c in cfg.clients if c.name != name),
+        retired_clients=(*cfg.retired_clients, gone),
+        next_client=cfg.next_client_number,
+    ).validate()
+    cfgmod.save(new, path)
+    shutil.rmtree(cfg.client_key_path(name).parent.parent, ignore_errors=True)
+    return gone
+
+
 def remove_cluster(home: Path) -> list[int]:
     """Stop the nodes of the cluster in ``home`` and delete its configuration, keys and
     data (``bftfs init --force``: new keys must not meet old databases); the nodes that
@@ -255,9 +294,13 @@ class NodeStatus:
 
 
 async def query_status(
-    cfg: ClusterConfig, *, timeout: float = 1.0, client: str = "client0"
+    cfg: ClusterConfig, *, timeout: float = 1.0, client: str | None = None
 ) -> list[NodeStatus]:
-    """Ask every node for its statistics (concurrently); a node that does not answer is down."""
+    """Ask every node for its statistics (concurrently); a node that does not answer is down.
+    ``client``: the identity to ask as (default ``client0``, else the first configured)."""
+    if client is None:
+        names = [c.name for c in cfg.clients]
+        client = "client0" if "client0" in names or not names else names[0]
     results: dict[int, NodeStatus] = {}
     async with open_client(
         cfg, client, timeout=timeout, resend_after=timeout, connect_timeout=timeout
