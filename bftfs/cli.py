@@ -681,12 +681,16 @@ TOP_PRINCIPALS = 3
 
 
 def _principal(pid: int, names: dict[int, str] | None = None) -> str:
+    """``node2``, a client's configured name, ``client#N`` for an id the configuration no
+    longer has (``clientN`` when no names are known)."""
     if is_node(pid):
         return f"node{pid}"
-    return (names or {}).get(pid) or f"client#{pid - CLIENT_ID_BASE}"
+    if names is None:
+        return f"client{pid - CLIENT_ID_BASE}"
+    return names.get(pid) or f"client#{pid - CLIENT_ID_BASE}"
 
 
-def _print_limits(statuses: list[localmod.NodeStatus], names: dict[int, str]) -> None:
+def _print_limits(statuses: list[localmod.NodeStatus], names: dict[int, str] | None = None) -> None:
     """``[limits]`` per node in one line: throttling, quota refusals and the principals
     storing most there, as ``blocks+metadata`` (one quota counts both)."""
     print("limits per client (the quota counts blocks+metadata):")
@@ -705,7 +709,7 @@ def _print_limits(statuses: list[localmod.NodeStatus], names: dict[int, str]) ->
         )
 
 
-def _top_stored(principals: dict[str, dict[str, int]], names: dict[int, str]) -> str:
+def _top_stored(principals: dict[str, dict[str, int]], names: dict[int, str] | None = None) -> str:
     """``client0 1.2 MiB+40.0 KiB (3 refused), ...`` for the largest few."""
     rows = sorted(
         principals.items(),
