@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -853,12 +854,36 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     try:
         trio.run(main)
-    except OSError as e:
-        raise QuietError(
-            f"node {spec.id}: cannot listen on {spec.address}: {e.strerror}", EXIT_CLUSTER
-        ) from None
+    except (OSError, BaseExceptionGroup) as e:
+        raise _listen_error(e, spec) from None
     log.info("node %s stopped", spec.id)
     return 0
+
+
+def _listen_error(e: BaseException, spec: Any) -> BaseException:
+    """A node that could not bind its port: a message naming the port and, for a port in
+    use, the process holding it (``proc.describe_port_holder``); anything else unchanged."""
+    from bftfs import proc
+
+    os_error = _first_os_error(e)
+    if os_error is None:
+        return e
+    why = os_error.strerror or str(os_error)
+    if os_error.errno == errno.EADDRINUSE:
+        why += f": {proc.describe_port_holder(spec.port)} (stop it, or give node {spec.id} "
+        why += "another port in cluster.toml)"
+    return QuietError(f"node {spec.id}: cannot listen on {spec.address}: {why}", EXIT_CLUSTER)
+
+
+def _first_os_error(e: BaseException) -> OSError | None:
+    """``e`` itself or the first OSError inside it (trio's nurseries group exceptions)."""
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for inner in e.exceptions:
+            if (found := _first_os_error(inner)) is not None:
+                return found
+    return None
 
 
 def _node_metrics_server(node: Any, args: argparse.Namespace) -> Any:

@@ -15,9 +15,13 @@ benchmarks and process-level tests use the same functions through
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -56,7 +60,11 @@ def config_path(home: Path) -> Path:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports the OS reports free right now (bound together, then released)."""
+    """``count`` distinct ports the OS reports free right now (bound together, then released).
+
+    These come from the ephemeral range, which any outgoing connection may take later: fine
+    for a port used at once (a test's metrics), never for one written into a configuration
+    (:func:`cluster_ports`)."""
     socks = []
     try:
         for _ in range(count):
@@ -67,6 +75,102 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+#: Where the OS hands out ports for outgoing connections when /proc does not say (Linux's
+#: default ``net.ipv4.ip_local_port_range``).
+DEFAULT_EPHEMERAL = (32768, 60999)
+#: Local clusters' ports start here when the range below the ephemeral one allows: the
+#: ports under 10000 hold most well-known services' (databases, web servers, ...).
+PORT_FLOOR = 10000
+#: A port claimed by a cluster being created counts as taken this long even before its
+#: ``cluster.toml`` exists (``init_cluster`` writes the file right after choosing).
+CLAIM_GRACE_SECONDS = 600.0
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the OS gives outgoing connections (``/proc/sys/net/ipv4/ip_local_port_range``)."""
+    try:
+        lo, hi = (
+            int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        )
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return lo, hi
+
+
+def port_candidates() -> list[int]:
+    """Ports a local cluster may use: outside the ephemeral range (no outgoing connection
+    can be holding one when the node starts), unprivileged, from :data:`PORT_FLOOR` up
+    where the room below the range allows, then above the range."""
+    lo, hi = ephemeral_range()
+    floor = PORT_FLOOR if lo - PORT_FLOOR >= 1000 else 1024
+    return [*range(floor, lo), *range(hi + 1, 65536)]
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (plainly, without SO_REUSEADDR: a port still
+    in TIME_WAIT counts as taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _claims_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"bftfs-ports-{os.getuid()}"
+
+
+def _claim_live(claim: Path, port: int) -> bool:
+    """Whether the cluster that claimed ``port`` still holds it: the claim is recent, or
+    its cluster's configuration still lists the port."""
+    try:
+        if time.time() - claim.stat().st_mtime < CLAIM_GRACE_SECONDS:
+            return True
+        config = Path(claim.read_text().strip()) / CONFIG_NAME
+        return f':{port}"' in config.read_text()
+    except OSError:
+        return False
+
+
+def cluster_ports(home: Path, count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` ports for a local cluster in ``home`` (issue 31): outside the ephemeral
+    range (:func:`port_candidates`), free now, and not claimed by another local cluster.
+
+    The search starts at a place derived from ``home``, so clusters in different
+    directories look in different places, and runs under a lock with a claim file per port
+    (``$TMPDIR/bftfs-ports-<uid>/<port>``, naming the cluster): two clusters created at
+    once, by concurrent test runs, never get the same port.
+
+    Raises:
+        ClusterError: no ``count`` free ports outside the ephemeral range.
+    """
+    candidates = port_candidates()
+    start = int.from_bytes(hashlib.blake2b(str(home).encode(), digest_size=8).digest(), "big")
+    claims = _claims_dir()
+    claims.mkdir(mode=0o700, exist_ok=True)
+    if claims.stat().st_uid != os.getuid() or claims.is_symlink():
+        raise ClusterError(f"{claims} belongs to another user: remove it")
+    with open(claims / "lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        chosen: list[int] = []
+        for i in range(len(candidates)):
+            port = candidates[(start + i) % len(candidates)]
+            claim = claims / str(port)
+            if claim.exists() and _claim_live(claim, port):
+                continue
+            if _port_free(host, port):
+                chosen.append(port)
+                if len(chosen) == count:
+                    break
+        if len(chosen) < count:
+            raise ClusterError(f"fewer than {count} free ports outside the ephemeral range")
+        for port in chosen:
+            (claims / str(port)).write_text(f"{home}\n")
+    return chosen
 
 
 def init_cluster(
@@ -97,10 +201,10 @@ def init_cluster(
     ``bftfs/policy.py``) go into the saved ``cluster.toml``, so benchmarks and tests can start
     nodes under any policy.
 
-    Ports are asked of the OS (free at init time) unless given.  ``addresses`` (one
-    ``(host, port)`` per node, for nodes on several machines) replaces ``host`` and
-    ``ports``; ``n`` defaults to their number. The configuration is
-    validated before anything is written, so a bad request leaves no half-made cluster.
+    Ports are chosen outside the ephemeral range (:func:`cluster_ports`) unless given.
+    ``addresses`` (one ``(host, port)`` per node, for nodes on several machines) replaces
+    ``host`` and ``ports``; ``n`` defaults to their number. The configuration is validated
+    before anything is written, so a bad request leaves no half-made cluster.
 
     Raises:
         ConfigError: the thresholds break a rule.
@@ -119,7 +223,7 @@ def init_cluster(
             raise ConfigError("two nodes have the same address")
         hosts, ports = [h for h, _ in addresses], [p for _, p in addresses]
     else:
-        ports = ports or free_ports(n_, host)
+        ports = ports or cluster_ports(home, n_, host)
         hosts = [host] * n_
     if len(ports) != n_:
         raise ConfigError(f"{len(ports)} ports given for {n_} nodes")
