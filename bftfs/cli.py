@@ -430,6 +430,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     totals = summarize(reports)
     totals["seconds"] = round(time.monotonic() - started, 2)
+    _record_verify(cfg, totals["repaired_by_node"])
     if args.json:
         print(json.dumps(totals))
     else:
@@ -480,6 +481,21 @@ def cmd_client(args: argparse.Namespace) -> int:
         )
     print("restart the nodes for them to see it (they read the configuration when they start)")
     return 0
+
+
+def _record_verify(cfg: ClusterConfig, repaired_by_node: dict[str, int]) -> None:
+    """Keep what ``bftfs verify`` rewrote per node in the cluster directory, where
+    ``bftfs status`` shows it until ``bftfs status --clear`` (bftfs/health.py)."""
+    from bftfs import health
+
+    try:
+        health.add_verify(cfg.home, repaired_by_node)
+    except OSError as e:
+        print(
+            f"bftfs verify: cannot record the findings in {health.path_of(cfg.home)}: "
+            f"{e.strerror} (`bftfs status` will not show them)",
+            file=sys.stderr,
+        )
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -538,9 +554,16 @@ _NO_EVIDENCE = frozenset({"timeout", "unreachable", "culled"})
 
 
 def cluster_health(
-    cfg: ClusterConfig, statuses: list[localmod.NodeStatus], mounts: list[dict]
+    cfg: ClusterConfig,
+    statuses: list[localmod.NodeStatus],
+    mounts: list[dict],
+    findings: dict[int, Any] | None = None,
 ) -> tuple[int, str, list[str], dict[int, dict[str, int]]]:
-    """(exit code, word, problems, faults per node summed over the mounts) of a cluster."""
+    """(exit code, word, problems, faults per node summed over the mounts) of a cluster;
+    ``findings``: what scrub and verification found standing against each node
+    (``bftfs/health.py``), which keeps the cluster degraded until cleared."""
+    from bftfs import health
+
     faults: dict[int, dict[str, int]] = {}
     for m in mounts:
         for node, kinds in (m.get("faults") or {}).items():
@@ -556,6 +579,8 @@ def cluster_health(
         if evidence:
             what = ", ".join(f"{k} {v}" for k, v in sorted(evidence.items()))
             problems.append(f"node {node} caught misbehaving by the mounts ({what})")
+    for node, standing in (findings or {}).items():
+        problems.append(health.describe(node, standing))
     for m in mounts:
         if m["state"] == "dead":
             still = " (still mounted: bftfs umount it)" if m.get("mounted") else ""
@@ -564,8 +589,10 @@ def cluster_health(
             problems.append(f"mount {m['mountpoint']}: its daemon does not update its status")
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
-    node_problems = bool(down) or any(
-        v for kinds in faults.values() for k, v in kinds.items() if k not in _NO_EVIDENCE
+    node_problems = (
+        bool(down)
+        or bool(findings)
+        or any(v for kinds in faults.values() for k, v in kinds.items() if k not in _NO_EVIDENCE)
     )
     if node_problems:
         return STATUS_DEGRADED, "degraded", problems, faults
@@ -587,7 +614,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg, _ = _cluster_of(args)
     statuses = trio.run(localmod.query_status, cfg)
     mounts = control.mount_statuses(cfg)
-    code, word, problems, faults = cluster_health(cfg, statuses, mounts)
+    record, findings = _findings(cfg, statuses, clear=args.clear)
+    code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings)
     if args.json:
         doc = {
             "cluster": {
@@ -597,7 +625,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             "health": word,
             "exit_code": code,
             "problems": problems,
-            "nodes": [{**s.__dict__, "faults": faults.get(s.id, {})} for s in statuses],
+            "nodes": [
+                {
+                    **s.__dict__,
+                    "faults": faults.get(s.id, {}),
+                    "findings": findings[s.id].to_json() if s.id in findings else None,
+                }
+                for s in statuses
+            ],
+            "findings_cleared_at": record.cleared_at,
             "mounts": mounts,
         }
         print(json.dumps(doc, indent=2, default=str))
@@ -609,7 +645,55 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_status(statuses)
     _print_limits(statuses, cfg.client_names())
     _print_mounts(mounts, faults, cfg)
+    _print_findings(cfg, record, findings)
     return code
+
+
+def _findings(
+    cfg: ClusterConfig, statuses: list[localmod.NodeStatus], *, clear: bool
+) -> tuple[Any, dict[int, Any]]:
+    """The record in the cluster directory and what stands against each node; with
+    ``clear``, everything is cleared first (``bftfs status --clear``)."""
+    from bftfs import health
+
+    totals = {s.id: health.node_totals(s.stats) for s in statuses if s.up}
+    if clear:
+        record = health.clear(cfg.home, totals)
+        down = [s.id for s in statuses if not s.up]
+        note = f" (node(s) {', '.join(map(str, down))} did not answer: theirs stay)" if down else ""
+        print(f"cleared the findings of scrub and verification{note}", file=sys.stderr)
+    else:
+        record = health.load(cfg.home)
+    return record, health.standing(record, totals)
+
+
+def _print_findings(cfg: ClusterConfig, record: Any, findings: dict[int, Any]) -> None:
+    """Per node, like zpool's CKSUM column: what ``bftfs verify`` rewrote on it, the bad
+    replies other nodes' verification met from it, what its own scrub found damaged."""
+    since = (
+        f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.cleared_at))}"
+        if record.cleared_at
+        else "since the cluster began"
+    )
+    print(f"findings of scrub and verification, per node ({since}; `bftfs status --clear`):")
+    print(f"  {'node':>4}  {'verify':>8}  {'reported':>8}  {'scrub':>8}  reported by")
+    for spec in cfg.nodes:
+        st = findings.get(spec.id)
+        if st is None:
+            print(f"  {spec.id:>4}  {0:>8}  {0:>8}  {0:>8}  -")
+            continue
+        by = ", ".join(f"node {r}" for r in sorted(st.reporters)) or "-"
+        print(
+            f"  {spec.id:>4}  {st.verify:>8}  {sum(st.reported.values()):>8}  "
+            f"{st.scrub.get('damaged', 0):>8}  {by}"
+        )
+    if record.verify_runs:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.last_verify or 0))
+        total = sum(record.verify.values())
+        print(
+            f"  bftfs verify: {record.verify_runs} run(s), last {stamp}; rewrote {total} "
+            "fragment(s) since cleared"
+        )
 
 
 def _print_mounts(
@@ -1043,6 +1127,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_dir(sp)
     sp.add_argument("--config", type=Path, help="cluster.toml (instead of --dir)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument(
+        "--clear",
+        action="store_true",
+        help="clear what scrub and verification found against the nodes (once dealt with)",
+    )
     sp.set_defaults(func=cmd_status)
 
     sp = sub.add_parser("mount", help="mount the file system of a cluster on a directory")

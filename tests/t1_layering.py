@@ -21,6 +21,7 @@ BASE = {
     "metrics",
     "bftfs",
     "accounting",
+    "health",
 }
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
@@ -34,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "outcome": set(),
     "metrics": set(),
     "thresholds": set(),
+    # health: findings against nodes kept in the cluster directory (bftfs status, verify).
+    "health": set(),
     "bftfs": set(),
     # accounting: the per-principal charges both protocols' stores keep (one quota per
     # client over block versions and Q/U records), as steps over a kv transaction.
