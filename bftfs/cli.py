@@ -213,6 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     cfg = localmod.load_cluster(home)
+    _warn_ephemeral_ports(cfg)
     localmod.start_nodes(cfg)
     statuses = localmod.wait_ready(
         cfg, timeout=args.timeout, progress=lambda m: print(m, file=sys.stderr, flush=True)
@@ -237,6 +238,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         print(f"stop it with `bftfs down --dir {home}`; see `bftfs status --dir {home}`.")
     return 0
+
+
+def _warn_ephemeral_ports(cfg: ClusterConfig) -> None:
+    """A cluster made before ports were chosen outside the ephemeral range: any outgoing
+    connection may hold one of its ports when a node starts; say so, and how to move."""
+    lo, hi = localmod.ephemeral_range()
+    inside = [s.id for s in cfg.nodes if lo <= s.port <= hi]
+    if inside:
+        print(
+            f"bftfs up: node(s) {', '.join(map(str, inside))} listen on ports in the "
+            f"ephemeral range {lo}-{hi}, which outgoing connections may take; give them "
+            "ports below it in cluster.toml (or `bftfs init --force`, which loses the data)",
+            file=sys.stderr,
+        )
 
 
 def _mount_options(args: argparse.Namespace) -> MountOptions:

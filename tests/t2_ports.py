@@ -101,3 +101,19 @@ def test_a_node_whose_port_is_held_names_the_port_and_the_holder(tmp_path: Path)
     assert f"node 2: cannot listen on 127.0.0.1:{port}" in r.stderr
     assert f"port {port} is held by pid {holder.pid} (" in r.stderr
     assert f"{sys.executable} -c import socket" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_up_warns_of_an_old_clusters_ports_in_the_ephemeral_range(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bftfs.cli import _warn_ephemeral_ports
+    from bftfs.config import ClusterConfig, with_ports
+
+    lo, _hi = local.ephemeral_range()
+    cfg = ClusterConfig.for_test()
+    _warn_ephemeral_ports(with_ports(cfg, {i: lo - 10 - i for i in cfg.node_ids}))
+    assert capsys.readouterr().err == ""
+    _warn_ephemeral_ports(with_ports(cfg, {i: lo + i for i in cfg.node_ids}))
+    assert (
+        "node(s) 0, 1, 2, 3, 4, 5 listen on ports in the ephemeral range" in capsys.readouterr().err
+    )
