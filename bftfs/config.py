@@ -307,7 +307,7 @@ class ClusterConfig:
         for c in self.clients:
             if len(c.public_key) != 32:
                 raise ConfigError(f"client {c.name!r}: public_key must be 32 bytes")
-            if not c.name or not all(ch.isalnum() or ch in "-_." for ch in c.name):
+            if c.name in ("", ".", "..") or not all(ch.isalnum() or ch in "-_." for ch in c.name):
                 raise ConfigError(f"client name {c.name!r} may only use letters, digits, - _ .")
         return self
 

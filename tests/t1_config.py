@@ -269,6 +269,15 @@ def test_removed_ids_are_never_reused(tmp_path: Path) -> None:
         cfgmod.load(path)
 
 
+def test_client_names_that_are_paths_are_refused(tmp_path: Path) -> None:
+    """A client's name is a directory under clients/ that `bftfs client remove` deletes."""
+    cfg = init_cluster(tmp_path / "c", clients=1)
+    for bad in ("..", ".", "", "a/b"):
+        with pytest.raises(ConfigError, match="may only use"):
+            add_client(cfg, cfg.home / "cluster.toml", bad)
+    assert (cfg.home / "cluster.toml").exists()
+
+
 def test_client_command_adds_removes_and_lists(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
