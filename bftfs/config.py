@@ -308,7 +308,10 @@ class ClusterConfig:
             if len(c.public_key) != 32:
                 raise ConfigError(f"client {c.name!r}: public_key must be 32 bytes")
             if c.name in ("", ".", "..") or not all(ch.isalnum() or ch in "-_." for ch in c.name):
-                raise ConfigError(f"client name {c.name!r} may only use letters, digits, - _ .")
+                raise ConfigError(
+                    f"client name {c.name!r} may only use letters, digits, - _ . "
+                    "(and is not . or ..)"
+                )
         return self
 
     def _validate_client_ids(self) -> None:
