@@ -1,8 +1,8 @@
-"""Waiting until every other task of the trio run is blocked, without ``trio.testing``.
+"""Waiting until every other task of the trio run is blocked, without trio's test module.
 
 The endpoint's flusher (``Endpoint._flusher``) lets every task with a request to send queue
 it before the outboxes are written, so that one frame carries them all.  trio offers that
-wait only as ``trio.testing.wait_all_tasks_blocked``, in its test module; production code
+wait only as ``wait_all_tasks_blocked`` in its test module; production code
 must not depend on a module meant for tests.  This is the same wait (its ``cushion = 0``)
 built on the public instrument API:
 
@@ -64,7 +64,7 @@ _WATCH: RunVar[_IdleWatch] = RunVar("bftfs_idle_watch")
 
 async def wait_all_tasks_blocked() -> None:
     """Return once every other task of this trio run is blocked and a poll of the
-    descriptors found none ready (as ``trio.testing.wait_all_tasks_blocked()``).
+    descriptors found none ready (as trio's test helper of that name).
 
     Cancellation works as for any trio wait (the flusher bounds it with ``move_on_after``).
     """
