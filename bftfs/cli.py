@@ -673,7 +673,13 @@ def _findings(
 
     totals = {s.id: health.node_totals(s.stats) for s in statuses if s.up}
     if clear:
-        record = health.clear(cfg.home, totals)
+        try:
+            record = health.clear(cfg.home, totals)
+        except OSError as e:
+            raise QuietError(
+                f"cannot clear the findings in {health.path_of(cfg.home)}: {e.strerror}",
+                EXIT_CLUSTER,
+            ) from None
         down = [s.id for s in statuses if not s.up]
         note = f" (node(s) {', '.join(map(str, down))} did not answer: theirs stay)" if down else ""
         print(f"cleared the findings of scrub and verification{note}", file=sys.stderr)
