@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -212,6 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     cfg = localmod.load_cluster(home)
+    _warn_ephemeral_ports(cfg)
     localmod.start_nodes(cfg)
     statuses = localmod.wait_ready(
         cfg, timeout=args.timeout, progress=lambda m: print(m, file=sys.stderr, flush=True)
@@ -236,6 +238,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         print(f"stop it with `bftfs down --dir {home}`; see `bftfs status --dir {home}`.")
     return 0
+
+
+def _warn_ephemeral_ports(cfg: ClusterConfig) -> None:
+    """A cluster made before ports were chosen outside the ephemeral range: any outgoing
+    connection may hold one of its ports when a node starts; say so, and how to move."""
+    lo, hi = localmod.ephemeral_range()
+    inside = [s.id for s in cfg.nodes if lo <= s.port <= hi]
+    if inside:
+        print(
+            f"bftfs up: node(s) {', '.join(map(str, inside))} listen on ports in the "
+            f"ephemeral range {lo}-{hi}, which outgoing connections may take; give them "
+            "ports below it in cluster.toml (or `bftfs init --force`, which loses the data)",
+            file=sys.stderr,
+        )
 
 
 def _mount_options(args: argparse.Namespace) -> MountOptions:
@@ -264,7 +280,7 @@ def _mount(
     """Start a background mount daemon (``args``: the client, cache timeouts, ``-o`` and,
     for ``bftfs mount``, logging options)."""
     mountmod = _mount_module()
-
+    _check_client_key(cfg, _mount_options(args).client)
     try:
         return mountmod.mount_background(
             cfg,
@@ -278,6 +294,14 @@ def _mount(
         )
     except mountmod.MountError as e:  # re-exported from bftfs.fuse.control
         raise QuietError(str(e), EXIT_MOUNT) from None
+
+
+def _check_client_key(cfg: ClusterConfig, client: str) -> None:
+    """Load the client's key here, before a daemon is forked: a missing or unreadable key
+    is a key error (exit 5, KeyFileError), not a failed mount whose cause is in a log."""
+    from bftfs.connect import client_identity
+
+    client_identity(cfg, client)
 
 
 def _mount_module() -> Any:
@@ -311,6 +335,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     cfg, path = _cluster_of(args)
     options = _mount_options(args)
     cfg.client(options.client)  # a clear error for an unknown client, before forking
+    _check_client_key(cfg, options.client)
     at_ns = _mount_moment(args)
     if args.fg:
         setup_logging(log_file=args.log, debug_modules=args.debug_modules)
@@ -420,6 +445,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     totals = summarize(reports)
     totals["seconds"] = round(time.monotonic() - started, 2)
+    _record_verify(cfg, totals["repaired_by_node"])
     if args.json:
         print(json.dumps(totals))
     else:
@@ -441,6 +467,50 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if totals["fragments_unreachable"]:
         return EXIT_CLUSTER
     return 1 if totals["fragments_repaired"] else 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    """``bftfs client add|remove|list``: client identities, each id given once for the life
+    of the cluster (a removed client's id is retired, never handed to the next one)."""
+    cfg, path = _cluster_of(args)
+    if args.action == "list":
+        print(f"{'ID':>4}  NAME")
+        for c in cfg.clients:
+            print(f"{c.id - CLIENT_ID_BASE:>4}  {c.name}")
+        for r in cfg.retired_clients:
+            print(f"{r.id - CLIENT_ID_BASE:>4}  {r.name} (removed: its id is never reused)")
+        return 0
+    if not args.name:
+        raise QuietError(f"bftfs client {args.action}: which client? (a NAME)", 2)
+    if args.action == "add":
+        spec = localmod.add_client(cfg, path, args.name)
+        print(
+            f"added client {spec.name} (id {spec.id - CLIENT_ID_BASE}); its key: "
+            f"{cfg.client_key_path(spec.name)}"
+        )
+    else:
+        gone = localmod.remove_client(cfg, path, args.name)
+        print(
+            f"removed client {gone.name} (id {gone.id - CLIENT_ID_BASE}, never reused) and "
+            "deleted its key here"
+        )
+    print("restart the nodes for them to see it (they read the configuration when they start)")
+    return 0
+
+
+def _record_verify(cfg: ClusterConfig, repaired_by_node: dict[str, int]) -> None:
+    """Keep what ``bftfs verify`` rewrote per node in the cluster directory, where
+    ``bftfs status`` shows it until ``bftfs status --clear`` (bftfs/health.py)."""
+    from bftfs import health
+
+    try:
+        health.add_verify(cfg.home, repaired_by_node)
+    except OSError as e:
+        print(
+            f"bftfs verify: cannot record the findings in {health.path_of(cfg.home)}: "
+            f"{e.strerror} (`bftfs status` will not show them)",
+            file=sys.stderr,
+        )
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -499,9 +569,16 @@ _NO_EVIDENCE = frozenset({"timeout", "unreachable", "culled"})
 
 
 def cluster_health(
-    cfg: ClusterConfig, statuses: list[localmod.NodeStatus], mounts: list[dict]
+    cfg: ClusterConfig,
+    statuses: list[localmod.NodeStatus],
+    mounts: list[dict],
+    findings: dict[int, Any] | None = None,
 ) -> tuple[int, str, list[str], dict[int, dict[str, int]]]:
-    """(exit code, word, problems, faults per node summed over the mounts) of a cluster."""
+    """(exit code, word, problems, faults per node summed over the mounts) of a cluster;
+    ``findings``: what scrub and verification found standing against each node
+    (``bftfs/health.py``), which keeps the cluster degraded until cleared."""
+    from bftfs import health
+
     faults: dict[int, dict[str, int]] = {}
     for m in mounts:
         for node, kinds in (m.get("faults") or {}).items():
@@ -517,6 +594,8 @@ def cluster_health(
         if evidence:
             what = ", ".join(f"{k} {v}" for k, v in sorted(evidence.items()))
             problems.append(f"node {node} caught misbehaving by the mounts ({what})")
+    for node, standing in (findings or {}).items():
+        problems.append(health.describe(node, standing))
     for m in mounts:
         if m["state"] == "dead":
             still = " (still mounted: bftfs umount it)" if m.get("mounted") else ""
@@ -525,8 +604,10 @@ def cluster_health(
             problems.append(f"mount {m['mountpoint']}: its daemon does not update its status")
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
-    node_problems = bool(down) or any(
-        v for kinds in faults.values() for k, v in kinds.items() if k not in _NO_EVIDENCE
+    node_problems = (
+        bool(down)
+        or bool(findings)
+        or any(v for kinds in faults.values() for k, v in kinds.items() if k not in _NO_EVIDENCE)
     )
     if node_problems:
         return STATUS_DEGRADED, "degraded", problems, faults
@@ -548,7 +629,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg, _ = _cluster_of(args)
     statuses = trio.run(localmod.query_status, cfg)
     mounts = control.mount_statuses(cfg)
-    code, word, problems, faults = cluster_health(cfg, statuses, mounts)
+    record, findings = _findings(cfg, statuses, clear=args.clear)
+    code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings)
     if args.json:
         doc = {
             "cluster": {
@@ -558,7 +640,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             "health": word,
             "exit_code": code,
             "problems": problems,
-            "nodes": [{**s.__dict__, "faults": faults.get(s.id, {})} for s in statuses],
+            "nodes": [
+                {
+                    **s.__dict__,
+                    "faults": faults.get(s.id, {}),
+                    "findings": findings[s.id].to_json() if s.id in findings else None,
+                }
+                for s in statuses
+            ],
+            "findings_cleared_at": record.cleared_at,
             "mounts": mounts,
         }
         print(json.dumps(doc, indent=2, default=str))
@@ -568,9 +658,63 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"  - {p}")
     _print_status(statuses)
-    _print_limits(statuses)
+    _print_limits(statuses, cfg.client_names())
     _print_mounts(mounts, faults, cfg)
+    _print_findings(cfg, record, findings)
     return code
+
+
+def _findings(
+    cfg: ClusterConfig, statuses: list[localmod.NodeStatus], *, clear: bool
+) -> tuple[Any, dict[int, Any]]:
+    """The record in the cluster directory and what stands against each node; with
+    ``clear``, everything is cleared first (``bftfs status --clear``)."""
+    from bftfs import health
+
+    totals = {s.id: health.node_totals(s.stats) for s in statuses if s.up}
+    if clear:
+        try:
+            record = health.clear(cfg.home, totals)
+        except OSError as e:
+            raise QuietError(
+                f"cannot clear the findings in {health.path_of(cfg.home)}: {e.strerror}",
+                EXIT_CLUSTER,
+            ) from None
+        down = [s.id for s in statuses if not s.up]
+        note = f" (node(s) {', '.join(map(str, down))} did not answer: theirs stay)" if down else ""
+        print(f"cleared the findings of scrub and verification{note}", file=sys.stderr)
+    else:
+        record = health.load(cfg.home)
+    return record, health.standing(record, totals)
+
+
+def _print_findings(cfg: ClusterConfig, record: Any, findings: dict[int, Any]) -> None:
+    """Per node, like zpool's CKSUM column: what ``bftfs verify`` rewrote on it, the bad
+    replies other nodes' verification met from it, what its own scrub found damaged."""
+    since = (
+        f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.cleared_at))}"
+        if record.cleared_at
+        else "since the cluster began"
+    )
+    print(f"findings of scrub and verification, per node ({since}; `bftfs status --clear`):")
+    print(f"  {'node':>4}  {'verify':>8}  {'reported':>8}  {'scrub':>8}  reported by")
+    for spec in cfg.nodes:
+        st = findings.get(spec.id)
+        if st is None:
+            print(f"  {spec.id:>4}  {0:>8}  {0:>8}  {0:>8}  -")
+            continue
+        by = ", ".join(f"node {r}" for r in sorted(st.reporters)) or "-"
+        print(
+            f"  {spec.id:>4}  {st.verify:>8}  {sum(st.reported.values()):>8}  "
+            f"{st.scrub.get('damaged', 0):>8}  {by}"
+        )
+    if record.verify_runs:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.last_verify or 0))
+        total = sum(record.verify.values())
+        print(
+            f"  bftfs verify: {record.verify_runs} run(s), last {stamp}; rewrote {total} "
+            "fragment(s) since cleared"
+        )
 
 
 def _print_mounts(
@@ -642,11 +786,17 @@ def _print_status(statuses: list[localmod.NodeStatus]) -> None:
 TOP_PRINCIPALS = 3
 
 
-def _principal(pid: int) -> str:
-    return f"node{pid}" if is_node(pid) else f"client{pid - CLIENT_ID_BASE}"
+def _principal(pid: int, names: dict[int, str] | None = None) -> str:
+    """``node2``, a client's configured name, ``client#N`` for an id the configuration no
+    longer has (``clientN`` when no names are known)."""
+    if is_node(pid):
+        return f"node{pid}"
+    if names is None:
+        return f"client{pid - CLIENT_ID_BASE}"
+    return names.get(pid) or f"client#{pid - CLIENT_ID_BASE}"
 
 
-def _print_limits(statuses: list[localmod.NodeStatus]) -> None:
+def _print_limits(statuses: list[localmod.NodeStatus], names: dict[int, str] | None = None) -> None:
     """``[limits]`` per node in one line: throttling, quota refusals and the principals
     storing most there, as ``blocks+metadata`` (one quota counts both)."""
     print("limits per client (the quota counts blocks+metadata):")
@@ -661,11 +811,11 @@ def _print_limits(statuses: list[localmod.NodeStatus]) -> None:
         print(
             f"  {s.id:>4}  {_human(lim['quota_bytes']):>10}  {lim['throttled']:>9}  "
             f"{lim['inflight_waits']:>7}  {lim['quota_refused']:>7}  "
-            f"{_top_stored(lim['principals']) or 'nothing'}"
+            f"{_top_stored(lim['principals'], names) or 'nothing'}"
         )
 
 
-def _top_stored(principals: dict[str, dict[str, int]]) -> str:
+def _top_stored(principals: dict[str, dict[str, int]], names: dict[int, str] | None = None) -> str:
     """``client0 1.2 MiB+40.0 KiB (3 refused), ...`` for the largest few."""
     rows = sorted(
         principals.items(),
@@ -678,7 +828,7 @@ def _top_stored(principals: dict[str, dict[str, int]]) -> str:
             break
         refused = p.get("quota_refused", 0)
         note = f" ({refused} refused)" if refused else ""
-        parts.append(f"{_principal(int(pid))} {_human(blocks)}+{_human(meta)}{note}")
+        parts.append(f"{_principal(int(pid), names)} {_human(blocks)}+{_human(meta)}{note}")
     more = sum(1 for _, p in rows[TOP_PRINCIPALS:] if p.get("stored_bytes") or p.get("meta_bytes"))
     return ", ".join(parts) + (f", +{more} more" if more else "")
 
@@ -715,6 +865,16 @@ def _progress(progress: dict[str, dict]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _check_byzantine_profile(name: str) -> None:
+    """Refuse an unknown ``--byzantine`` profile (exit 2) before anything is stopped."""
+    from bftfs.testing.byzantine.profiles import PROFILES
+
+    if name not in PROFILES:
+        raise QuietError(
+            f"unknown Byzantine profile {name!r}; known: {', '.join(sorted(PROFILES))}", 2
+        )
+
+
 def cmd_node_control(args: argparse.Namespace) -> int:
     """``bftfs node stop|start|restart I``: one node of the local cluster (``--dir``)."""
     if args.index is None:
@@ -724,6 +884,8 @@ def cmd_node_control(args: argparse.Namespace) -> int:
         cfg.node(args.index)
     except (ConfigError, KeyError, IndexError):
         raise QuietError(f"no node {args.index} (nodes 0..{cfg.n - 1})", 2) from None
+    if args.byzantine:
+        _check_byzantine_profile(args.byzantine)  # a typo must not stop the node first
     extra = ["--byzantine", args.byzantine] if args.byzantine else []
     if args.action in ("stop", "restart"):
         was = localmod.stop_node(cfg, args.index)
@@ -766,15 +928,10 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     faults = None
     if args.byzantine:
+        _check_byzantine_profile(args.byzantine)
         # The only use of bftfs.testing in production code, and only when asked for.
-        from bftfs.testing.byzantine.profiles import PROFILES, profile
+        from bftfs.testing.byzantine.profiles import profile
 
-        if args.byzantine not in PROFILES:
-            raise QuietError(
-                f"unknown Byzantine profile {args.byzantine!r}; known: "
-                f"{', '.join(sorted(PROFILES))}",
-                2,
-            )
         faults = profile(args.byzantine, cfg, int(spec.id))
         log.warning("node %s runs the Byzantine profile %r", spec.id, args.byzantine)
 
@@ -802,12 +959,36 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     try:
         trio.run(main)
-    except OSError as e:
-        raise QuietError(
-            f"node {spec.id}: cannot listen on {spec.address}: {e.strerror}", EXIT_CLUSTER
-        ) from None
+    except (OSError, BaseExceptionGroup) as e:
+        raise _listen_error(e, spec) from None
     log.info("node %s stopped", spec.id)
     return 0
+
+
+def _listen_error(e: BaseException, spec: Any) -> BaseException:
+    """A node that could not bind its port: a message naming the port and, for a port in
+    use, the process holding it (``proc.describe_port_holder``); anything else unchanged."""
+    from bftfs import proc
+
+    os_error = _first_os_error(e)
+    if os_error is None:
+        return e
+    why = os_error.strerror or str(os_error)
+    if os_error.errno == errno.EADDRINUSE:
+        why += f": {proc.describe_port_holder(spec.port)} (stop it, or give node {spec.id} "
+        why += "another port in cluster.toml)"
+    return QuietError(f"node {spec.id}: cannot listen on {spec.address}: {why}", EXIT_CLUSTER)
+
+
+def _first_os_error(e: BaseException) -> OSError | None:
+    """``e`` itself or the first OSError inside it (trio's nurseries group exceptions)."""
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for inner in e.exceptions:
+            if (found := _first_os_error(inner)) is not None:
+                return found
+    return None
 
 
 def _node_metrics_server(node: Any, args: argparse.Namespace) -> Any:
@@ -967,6 +1148,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_dir(sp)
     sp.add_argument("--config", type=Path, help="cluster.toml (instead of --dir)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument(
+        "--clear",
+        action="store_true",
+        help="clear what scrub and verification found against the nodes (once dealt with)",
+    )
     sp.set_defaults(func=cmd_status)
 
     sp = sub.add_parser("mount", help="mount the file system of a cluster on a directory")
@@ -1021,6 +1207,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--progress", action="store_true", help="a progress bar even when piped")
     sp.add_argument("--verbose", action="store_true", help="name every block rewritten")
     sp.set_defaults(func=cmd_verify)
+
+    sp = sub.add_parser(
+        "client",
+        help="add, remove (revoke) or list client identities; ids are never reused",
+    )
+    sp.add_argument("action", choices=("add", "remove", "list"))
+    sp.add_argument("name", nargs="?", help="the client's name (add, remove)")
+    with_cluster(sp)
+    sp.set_defaults(func=cmd_client)
 
     sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
     sp.add_argument("mountpoint", type=Path)
@@ -1135,6 +1330,8 @@ def main(argv: list[str] | None = None) -> int:
             "cat",
             "restore",
             "diff",
+            "changes",
+            "revert",
         ):
             print(f"bftfs: {e}", file=sys.stderr)
             return 2

@@ -53,6 +53,10 @@ DEFAULT_BLOCK_SIZE = 64 * 1024
 DEFAULT_MAP_SIZE = 16 * 1024**3
 MIN_MAP_SIZE = 1024**2
 MAX_BLOCK_SIZE = 4 * 1024**2
+#: Block sizes are whole pages: the kernel reads and writes a FUSE file in pages, so a block
+#: size that is not a multiple of the page straddles blocks on every page it serves (and
+#: ``block_size = 3`` would make a block per 3 bytes).
+BLOCK_ALIGN = 4096
 #: Block size a file takes when its first flush of blocks carries at least
 #: ``BIG_BLOCK_THRESHOLD`` (bftfs/fs/files.py) bytes written sequentially from offset 0
 #: (docs/fs.md, "Per-file block size"): per-block costs are quartered for big sequential
@@ -92,11 +96,26 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """One client (a mount, an admin tool) allowed into the cluster."""
+    """One client (a mount, an admin tool) allowed into the cluster.
+
+    ``id`` is the client's identity for the life of the cluster: versions name their
+    author by it, quotas are charged to it and ``revert --client`` undoes by it.  It is
+    written in ``cluster.toml`` (``id = N`` for ``CLIENT_ID_BASE + N``), not implied by the
+    entry's position, so removing another client's entry never hands this one's to it.
+    """
 
     id: ClientId
     name: str
     public_key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RetiredClient:
+    """A client removed from the cluster (``bftfs client remove``): its id is never given
+    to another, and history still names its versions' author."""
+
+    id: ClientId
+    name: str
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,11 @@ class ClusterConfig:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     #: What one client may ask of a node (``[limits]``, policy.py; node/limits.py).
     limits: LimitsPolicy = field(default_factory=LimitsPolicy)
+    #: Clients removed from the configuration (``[[retired_clients]]``): ids never reused.
+    retired_clients: tuple[RetiredClient, ...] = ()
+    #: ``[cluster] next_client``: the number the next client added gets (its id is
+    #: ``client_id(next_client)``); None: one above every id used (old files have none).
+    next_client: int | None = None
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -196,6 +220,20 @@ class ClusterConfig:
         names = ", ".join(c.name for c in self.clients) or "none"
         raise ConfigError(f"no client named {name!r} in the configuration (have: {names})")
 
+    @property
+    def next_client_number(self) -> int:
+        """The number of the next client to add: never one a client had before."""
+        every: list[ClientSpec | RetiredClient] = [*self.clients, *self.retired_clients]
+        used = [c.id - CLIENT_ID_BASE for c in every]
+        floor = max(used, default=-1) + 1
+        return floor if self.next_client is None else max(self.next_client, floor)
+
+    def client_names(self) -> dict[int, str]:
+        """Every client id the cluster ever had and its name; a removed one's says so."""
+        names = {int(c.id): f"{c.name} (removed)" for c in self.retired_clients}
+        names.update({int(c.id): c.name for c in self.clients})
+        return names
+
     def client_key_path(self, name: str) -> Path:
         return self.home / "clients" / name / "private" / "key"
 
@@ -228,9 +266,10 @@ class ClusterConfig:
             raise ConfigError(why)
         if m > 256 or n > 256:
             raise ConfigError(f"zfec supports at most 256 fragments (n={n}, m={m})")
-        if not 0 < self.block_size <= MAX_BLOCK_SIZE:
+        if not BLOCK_ALIGN <= self.block_size <= MAX_BLOCK_SIZE or self.block_size % BLOCK_ALIGN:
             raise ConfigError(
-                f"block_size must be in 1..{MAX_BLOCK_SIZE} bytes, got {self.block_size}"
+                f"block_size must be a multiple of {BLOCK_ALIGN} bytes in "
+                f"{BLOCK_ALIGN}..{MAX_BLOCK_SIZE} (4 KiB..4 MiB), got {self.block_size}"
             )
         big = self.big_block_size
         if big not in (None, 0, self.block_size) and (
@@ -264,14 +303,38 @@ class ClusterConfig:
         names = [c.name for c in self.clients]
         if len(set(names)) != len(names):
             raise ConfigError(f"client names must be unique, got {names}")
-        for i, c in enumerate(self.clients):
-            if c.id != client_id(i):
-                raise ConfigError(f"client {c.name!r}: id must be {client_id(i)}, got {c.id}")
+        self._validate_client_ids()
+        for c in self.clients:
             if len(c.public_key) != 32:
                 raise ConfigError(f"client {c.name!r}: public_key must be 32 bytes")
-            if not c.name or not all(ch.isalnum() or ch in "-_." for ch in c.name):
-                raise ConfigError(f"client name {c.name!r} may only use letters, digits, - _ .")
+            if c.name in ("", ".", "..") or not all(ch.isalnum() or ch in "-_." for ch in c.name):
+                raise ConfigError(
+                    f"client name {c.name!r} may only use letters, digits, - _ . "
+                    "(and is not . or ..)"
+                )
         return self
+
+    def _validate_client_ids(self) -> None:
+        """Every client id distinct, none a retired client's, all below ``next_client``."""
+        seen: dict[int, str] = {}
+        every: list[ClientSpec | RetiredClient] = [*self.clients, *self.retired_clients]
+        for c in every:
+            if c.id < CLIENT_ID_BASE:
+                raise ConfigError(f"client {c.name!r}: id {c.id} is below {CLIENT_ID_BASE}")
+            if c.id in seen:
+                raise ConfigError(
+                    f"clients {seen[c.id]!r} and {c.name!r} have the same id "
+                    f"{c.id - CLIENT_ID_BASE}: an id names one client for the life of the "
+                    "cluster (a removed client's id is never reused)"
+                )
+            seen[c.id] = c.name
+        if self.next_client is not None and seen:
+            top = max(seen) - CLIENT_ID_BASE
+            if top >= self.next_client:
+                raise ConfigError(
+                    f"client id {top} is not below next_client = {self.next_client}: ids are "
+                    "handed out by `bftfs client add`, each once"
+                )
 
     @classmethod
     def for_test(
@@ -319,9 +382,11 @@ def default_sizes(
 _CLUSTER_KEYS = {
     *("t", "b", "qc", "m", "block_size", "map_size", "durable", "inline_limit"),
     "big_block_size",
+    "next_client",
 }
 _NODE_KEYS = {"id", "address", "public_key", "data_dir"}
-_CLIENT_KEYS = {"name", "public_key"}
+_CLIENT_KEYS = {"id", "name", "public_key"}
+_RETIRED_KEYS = {"id", "name"}
 
 
 def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
@@ -330,7 +395,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     optional = {
         *("durable", "map_size", "block_size", "inline_limit", "big_block_size"),
-        *("verification", "retention", "limits"),
+        *("verification", "retention", "limits", "retired_clients", "next_client"),
     }
     missing = allowed - set(table) - optional
     if missing:
@@ -369,7 +434,7 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
     _check_keys(
         "top level",
         doc,
-        {"cluster", "nodes", "clients", "verification", "retention", "limits"},
+        {"cluster", "nodes", "clients", "retired_clients", "verification", "retention", "limits"},
     )
     c = doc["cluster"]
     if not isinstance(c, dict):
@@ -395,17 +460,8 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
                 data_dir if data_dir.is_absolute() else home / data_dir,
             )
         )
-    clients = []
-    for i, cd in enumerate(doc["clients"]):
-        where = f"[[clients]] #{i}"
-        if not isinstance(cd, dict):
-            raise ConfigError(f"{where} must be a table")
-        _check_keys(where, cd, _CLIENT_KEYS)
-        clients.append(
-            ClientSpec(
-                client_id(i), str(cd["name"]), _hexkey(f"{where} public_key", cd["public_key"])
-            )
-        )
+    clients = _clients_from(doc["clients"])
+    retired = _retired_from(doc.get("retired_clients", []))
     try:
         verification = verification_from(doc.get("verification"))
         retention = retention_from(doc.get("retention"))
@@ -432,7 +488,53 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         verification=verification,
         retention=retention,
         limits=limits,
+        retired_clients=retired,
+        next_client=(
+            None
+            if c.get("next_client") is None
+            else _int("[cluster] next_client", c["next_client"])
+        ),
     ).validate()
+
+
+def _client_number(where: str, v: Any) -> ClientId:
+    n = _int(where, v)
+    if not 0 <= n < 2**32:
+        raise ConfigError(f"{where} must be in 0..{2**32 - 1}, got {n}")
+    return client_id(n)
+
+
+def _clients_from(entries: Any) -> list[ClientSpec]:
+    """``[[clients]]``: each with its ``id``, or - a file written before ids were explicit -
+    none with one, each then the number of its position (what it always meant there)."""
+    if not isinstance(entries, list) or not all(isinstance(cd, dict) for cd in entries):
+        raise ConfigError("[[clients]] must be a list of tables")
+    with_ids = sum("id" in cd for cd in entries)
+    if 0 < with_ids < len(entries):
+        raise ConfigError(
+            "[[clients]]: some entries have an id and some do not; give every client its id "
+            "(an old file's clients have the ids of their positions: 0, 1, 2, ...)"
+        )
+    clients = []
+    for i, cd in enumerate(entries):
+        where = f"[[clients]] #{i}"
+        _check_keys(where, cd, _CLIENT_KEYS if with_ids else _CLIENT_KEYS - {"id"})
+        cid = _client_number(f"{where} id", cd["id"]) if with_ids else client_id(i)
+        clients.append(
+            ClientSpec(cid, str(cd["name"]), _hexkey(f"{where} public_key", cd["public_key"]))
+        )
+    return clients
+
+
+def _retired_from(entries: Any) -> tuple[RetiredClient, ...]:
+    if not isinstance(entries, list) or not all(isinstance(rd, dict) for rd in entries):
+        raise ConfigError("[[retired_clients]] must be a list of tables")
+    out = []
+    for i, rd in enumerate(entries):
+        where = f"[[retired_clients]] #{i}"
+        _check_keys(where, rd, _RETIRED_KEYS)
+        out.append(RetiredClient(_client_number(f"{where} id", rd["id"]), str(rd["name"])))
+    return tuple(out)
 
 
 def load(path: Path) -> ClusterConfig:
@@ -477,6 +579,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             "durable": cfg.durable,
             "inline_limit": cfg.inline_limit,
             **({} if cfg.big_block_size is None else {"big_block_size": cfg.big_block_size}),
+            "next_client": cfg.next_client_number,
         },
         "nodes": [
             {
@@ -487,7 +590,19 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             }
             for s in cfg.nodes
         ],
-        "clients": [{"name": c.name, "public_key": c.public_key.hex()} for c in cfg.clients],
+        "clients": [
+            {"id": c.id - CLIENT_ID_BASE, "name": c.name, "public_key": c.public_key.hex()}
+            for c in cfg.clients
+        ],
+        **(
+            {
+                "retired_clients": [
+                    {"id": r.id - CLIENT_ID_BASE, "name": r.name} for r in cfg.retired_clients
+                ]
+            }
+            if cfg.retired_clients
+            else {}
+        ),
         "verification": to_table(cfg.verification),
         "retention": to_table(cfg.retention),
         "limits": to_table(cfg.limits),
@@ -520,6 +635,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "NodeSpec",
+    "RetiredClient",
     "default_sizes",
     "from_dict",
     "load",

@@ -2,7 +2,9 @@
 (issue 17).
 
 PATH is a path under a mount of the cluster (``mount/docs/a.txt``; it need not exist any
-more) or a path inside the file system starting with ``/`` (``/docs/a.txt``).
+more) or a path inside the file system: ``fs:/docs/a.txt``, or ``/docs/a.txt`` where
+``/docs`` is no directory of this machine (``/etc/passwd`` outside every mount is refused:
+it names this machine's file, not the cluster's).
 
 WHEN (``--at``, ``--since``, ``--until``) is one of:
 
@@ -78,22 +80,45 @@ def parse_when(text: str, now_ns: int | None = None) -> int | str:
     return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
 
 
+#: ``fs:/docs/a.txt``: a path inside the file system, whatever this machine holds.
+FS_PREFIX = "fs:"
+
+
 def fs_path(arg: str, mountpoints: list[Path]) -> str:
     """The path inside the file system that ``arg`` names (see the module docstring).
 
+    An absolute path outside every mount names a path inside the file system only where
+    it cannot name this machine's own files: its first component must not exist here
+    (``/docs/a.txt``), else it is refused (``/etc/passwd`` is this machine's, and reading
+    the history of ``/etc/passwd`` inside the cluster instead would answer a question
+    nobody asked).  ``fs:/etc/passwd`` always names the path inside the file system.
+
     Raises:
-        ValueError: a relative path outside every mount of the cluster.
+        ValueError: a relative path outside every mount of the cluster, or an absolute
+            one naming this machine's files.
     """
+    if arg.startswith(FS_PREFIX):
+        inside = arg[len(FS_PREFIX) :]
+        if not inside.startswith("/"):
+            raise ValueError(f"{arg}: a path inside the file system starts with / (fs:/docs)")
+        return inside
     absolute = Path(os.path.abspath(arg))
     for mp in mountpoints:
         mp = Path(os.path.abspath(mp))
         if absolute == mp or mp in absolute.parents:
             return "/" + str(absolute.relative_to(mp)).removeprefix(".")
+    where = ", ".join(str(m) for m in mountpoints) or "none mounted here"
     if arg.startswith("/"):
-        return arg
+        top = absolute.parts[1] if len(absolute.parts) > 1 else None
+        if top is None or not os.path.lexists(f"/{top}"):
+            return arg
+        raise ValueError(
+            f"{arg}: outside every mount of this cluster (mounts: {where}); it names this "
+            f"machine's files. For the path inside the file system write {FS_PREFIX}{arg}"
+        )
     raise ValueError(
-        f"{arg}: not under a mount of this cluster; give the path inside the file system "
-        "starting with / (e.g. /docs/a.txt)"
+        f"{arg}: not under a mount of this cluster (mounts: {where}); give the path inside "
+        f"the file system as {FS_PREFIX}/PATH (e.g. {FS_PREFIX}/docs/a.txt)"
     )
 
 
@@ -118,7 +143,24 @@ def _iso(ns: int) -> str:
 
 
 def _client_names(cfg: ClusterConfig) -> dict[int, str]:
-    return {int(c.id): c.name for c in cfg.clients}
+    """Every client id the cluster had, named (a removed client as ``NAME (removed)``)."""
+    return cfg.client_names()
+
+
+def _author(client: int, names: dict[int, str]) -> str:
+    """A version's client by name; one the configuration no longer names (an entry removed
+    by hand, not by ``bftfs client remove``) by its id, ``client#N``."""
+    from bftfs.ids import CLIENT_ID_BASE
+
+    return names.get(client) or f"client#{client - CLIENT_ID_BASE}"
+
+
+def _client_ids(cfg: ClusterConfig) -> dict[str, int]:
+    """``--client NAME``: a configured client's id, or a removed one's (a revoked key's
+    changes are what ``revert --client`` is for); a current client wins a shared name."""
+    ids = {r.name: int(r.id) for r in cfg.retired_clients}
+    ids.update({c.name: int(c.id) for c in cfg.clients})
+    return ids
 
 
 async def _find(past: Any, path: str, now_ns: int) -> Any:
@@ -208,7 +250,7 @@ def _row(v: Any, names: dict[int, str]) -> dict[str, Any]:
         "id": v.id,
         "time": _iso(v.time_ns),
         "time_ns": v.time_ns,
-        "client": names.get(v.client, str(v.client)),
+        "client": _author(v.client, names),
         "kind": "dir" if s.get("k") == "d" else "file",
         "size": s.get("size") if s.get("k") == "f" else None,
         "changes": list(v.changes),
@@ -221,7 +263,7 @@ def cmd_log(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     since = None if args.since is None else parse_when(args.since, now_ns)
     until = None if args.until is None else parse_when(args.until, now_ns)
     names = _client_names(cfg)
-    wanted = {name: cid for cid, name in names.items()}
+    wanted = _client_ids(cfg)
 
     async def run(past: Any) -> tuple[list[dict[str, Any]], bool]:
         hist = await _find(past, path, now_ns)
@@ -477,7 +519,7 @@ def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     since = parse_when(args.since, now_ns)
     until = None if args.until is None else parse_when(args.until, now_ns)
     names = _client_names(cfg)
-    wanted = {name: cid for cid, name in names.items()}
+    wanted = _client_ids(cfg)
 
     async def run(past: Any) -> list[Any]:
         lo, hi, before, after, histories = await _range_trees(past, path, since, until, now_ns)
@@ -487,7 +529,7 @@ def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         {
             "time": _iso(c.time_ns),
             "time_ns": c.time_ns,
-            "client": names.get(c.client, str(c.client)),
+            "client": _author(c.client, names),
             "path": c.path or ".",
             "changes": list(c.changes),
         }
@@ -513,8 +555,7 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     path = fs_path(args.path, mounts)
     root = _local_target(args.path, mounts, None)
     since = parse_when(args.since, now_ns)
-    names = _client_names(cfg)
-    client = {name: cid for cid, name in names.items()}.get(args.client)
+    client = _client_ids(cfg).get(args.client)
     if client is None:
         raise ValueError(f"no client {args.client!r} in the configuration")
 
@@ -595,7 +636,7 @@ def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
 def add_commands(sub: Any, with_cluster: Any) -> None:
     """Register ``log`` and ``cat`` (``with_cluster`` adds ``--dir``/``--config``)."""
     sp = sub.add_parser("log", help="the versions of a file or directory, newest first")
-    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("path", help="a path under a mount, or fs:/path inside the file system")
     with_cluster(sp)
     sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -605,14 +646,14 @@ def add_commands(sub: Any, with_cluster: Any) -> None:
     sp.set_defaults(command="log")
 
     sp = sub.add_parser("cat", help="a file's content as it was at a moment")
-    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("path", help="a path under a mount, or fs:/path inside the file system")
     sp.add_argument("--at", metavar="WHEN", required=True, help="a time, -10m, or a version id")
     with_cluster(sp)
     sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
     sp.set_defaults(command="cat")
 
     sp = sub.add_parser("restore", help="bring a file or tree back as it was (new versions)")
-    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("path", help="a path under a mount, or fs:/path inside the file system")
     sp.add_argument("--at", metavar="WHEN", required=True, help="a time, -10m, or a version id")
     sp.add_argument("--to", metavar="DEST", help="write here instead of PATH itself")
     sp.add_argument("--delete", action="store_true", help="remove entries that did not exist then")
@@ -621,7 +662,7 @@ def add_commands(sub: Any, with_cluster: Any) -> None:
     sp.set_defaults(command="restore")
 
     sp = sub.add_parser("diff", help="what changed under a path between two moments")
-    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("path", help="a path under a mount, or fs:/path inside the file system")
     sp.add_argument("--from", dest="since", metavar="WHEN", required=True, help="the start")
     sp.add_argument("--to", metavar="WHEN", help="the end (default: now)")
     sp.add_argument("-p", "--patch", action="store_true", help="unified diffs of text files")
@@ -630,7 +671,7 @@ def add_commands(sub: Any, with_cluster: Any) -> None:
     sp.set_defaults(command="diff")
 
     sp = sub.add_parser("changes", help="every version under a path in a time range")
-    sp.add_argument("path", help="a path under a mount, or /path inside the file system")
+    sp.add_argument("path", help="a path under a mount, or fs:/path inside the file system")
     sp.add_argument("--since", metavar="WHEN", required=True, help="the start")
     sp.add_argument("--until", metavar="WHEN", help="the end (default: now)")
     sp.add_argument("--client", metavar="NAME", help="only what this client changed")

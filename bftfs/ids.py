@@ -25,5 +25,6 @@ def is_node(pid: int) -> bool:
 
 
 def client_id(index: int) -> ClientId:
-    """The principal id of the ``index``-th client in the configuration."""
+    """The principal id of the client whose ``id`` in the configuration is ``index`` (its
+    position in files written before ids were explicit)."""
     return ClientId(CLIENT_ID_BASE + index)

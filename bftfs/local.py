@@ -15,12 +15,16 @@ benchmarks and process-level tests use the same functions through
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from bftfs.config import (
     ClusterConfig,
     ConfigError,
     NodeSpec,
+    RetiredClient,
     default_sizes,
 )
 from bftfs.connect import open_client
@@ -55,7 +60,11 @@ def config_path(home: Path) -> Path:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports the OS reports free right now (bound together, then released)."""
+    """``count`` distinct ports the OS reports free right now (bound together, then released).
+
+    These come from the ephemeral range, which any outgoing connection may take later: fine
+    for a port used at once (a test's metrics), never for one written into a configuration
+    (:func:`cluster_ports`)."""
     socks = []
     try:
         for _ in range(count):
@@ -66,6 +75,102 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+#: Where the OS hands out ports for outgoing connections when /proc does not say (Linux's
+#: default ``net.ipv4.ip_local_port_range``).
+DEFAULT_EPHEMERAL = (32768, 60999)
+#: Local clusters' ports start here when the range below the ephemeral one allows: the
+#: ports under 10000 hold most well-known services' (databases, web servers, ...).
+PORT_FLOOR = 10000
+#: A port claimed by a cluster being created counts as taken this long even before its
+#: ``cluster.toml`` exists (``init_cluster`` writes the file right after choosing).
+CLAIM_GRACE_SECONDS = 600.0
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the OS gives outgoing connections (``/proc/sys/net/ipv4/ip_local_port_range``)."""
+    try:
+        lo, hi = (
+            int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        )
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return lo, hi
+
+
+def port_candidates() -> list[int]:
+    """Ports a local cluster may use: outside the ephemeral range (no outgoing connection
+    can be holding one when the node starts), unprivileged, from :data:`PORT_FLOOR` up
+    where the room below the range allows, then above the range."""
+    lo, hi = ephemeral_range()
+    floor = PORT_FLOOR if lo - PORT_FLOOR >= 1000 else 1024
+    return [*range(floor, lo), *range(hi + 1, 65536)]
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (plainly, without SO_REUSEADDR: a port still
+    in TIME_WAIT counts as taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _claims_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"bftfs-ports-{os.getuid()}"
+
+
+def _claim_live(claim: Path, port: int) -> bool:
+    """Whether the cluster that claimed ``port`` still holds it: the claim is recent, or
+    its cluster's configuration still lists the port."""
+    try:
+        if time.time() - claim.stat().st_mtime < CLAIM_GRACE_SECONDS:
+            return True
+        config = Path(claim.read_text().strip()) / CONFIG_NAME
+        return f':{port}"' in config.read_text()
+    except OSError:
+        return False
+
+
+def cluster_ports(home: Path, count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` ports for a local cluster in ``home`` (issue 31): outside the ephemeral
+    range (:func:`port_candidates`), free now, and not claimed by another local cluster.
+
+    The search starts at a place derived from ``home``, so clusters in different
+    directories look in different places, and runs under a lock with a claim file per port
+    (``$TMPDIR/bftfs-ports-<uid>/<port>``, naming the cluster): two clusters created at
+    once, by concurrent test runs, never get the same port.
+
+    Raises:
+        ClusterError: no ``count`` free ports outside the ephemeral range.
+    """
+    candidates = port_candidates()
+    start = int.from_bytes(hashlib.blake2b(str(home).encode(), digest_size=8).digest(), "big")
+    claims = _claims_dir()
+    claims.mkdir(mode=0o700, exist_ok=True)
+    if claims.stat().st_uid != os.getuid() or claims.is_symlink():
+        raise ClusterError(f"{claims} belongs to another user: remove it")
+    with open(claims / "lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        chosen: list[int] = []
+        for i in range(len(candidates)):
+            port = candidates[(start + i) % len(candidates)]
+            claim = claims / str(port)
+            if claim.exists() and _claim_live(claim, port):
+                continue
+            if _port_free(host, port):
+                chosen.append(port)
+                if len(chosen) == count:
+                    break
+        if len(chosen) < count:
+            raise ClusterError(f"fewer than {count} free ports outside the ephemeral range")
+        for port in chosen:
+            (claims / str(port)).write_text(f"{home}\n")
+    return chosen
 
 
 def init_cluster(
@@ -96,10 +201,10 @@ def init_cluster(
     ``bftfs/policy.py``) go into the saved ``cluster.toml``, so benchmarks and tests can start
     nodes under any policy.
 
-    Ports are asked of the OS (free at init time) unless given.  ``addresses`` (one
-    ``(host, port)`` per node, for nodes on several machines) replaces ``host`` and
-    ``ports``; ``n`` defaults to their number. The configuration is
-    validated before anything is written, so a bad request leaves no half-made cluster.
+    Ports are chosen outside the ephemeral range (:func:`cluster_ports`) unless given.
+    ``addresses`` (one ``(host, port)`` per node, for nodes on several machines) replaces
+    ``host`` and ``ports``; ``n`` defaults to their number. The configuration is validated
+    before anything is written, so a bad request leaves no half-made cluster.
 
     Raises:
         ConfigError: the thresholds break a rule.
@@ -118,7 +223,7 @@ def init_cluster(
             raise ConfigError("two nodes have the same address")
         hosts, ports = [h for h, _ in addresses], [p for _, p in addresses]
     else:
-        ports = ports or free_ports(n_, host)
+        ports = ports or cluster_ports(home, n_, host)
         hosts = [host] * n_
     if len(ports) != n_:
         raise ConfigError(f"{len(ports)} ports given for {n_} nodes")
@@ -154,6 +259,44 @@ def init_cluster(
         ident.save(cfg.client_key_path(client.name))
     cfgmod.save(cfg, config_path(home))
     return cfgmod.load(config_path(home))
+
+
+def add_client(cfg: ClusterConfig, path: Path, name: str) -> ClientSpec:
+    """Add client ``name`` to the configuration at ``path`` with a fresh key pair and the
+    next id never used (``[cluster] next_client``), and write its private key.  Nodes admit
+    it once they are restarted (they read the configuration when they start).
+
+    Raises:
+        ConfigError: the name is taken or not a valid name.
+    """
+    number = cfg.next_client_number
+    ident = Identity.generate(client_id(number))
+    spec = ClientSpec(client_id(number), name, ident.public)
+    new = replace(cfg, clients=(*cfg.clients, spec), next_client=number + 1).validate()
+    ident.save(new.client_key_path(name))
+    cfgmod.save(new, path)
+    return spec
+
+
+def remove_client(cfg: ClusterConfig, path: Path, name: str) -> RetiredClient:
+    """Revoke client ``name``: its entry leaves the configuration at ``path``, its id is
+    recorded as retired (never given to another; history still names it) and its private
+    key here is deleted.  Nodes refuse it once restarted.
+
+    Raises:
+        ConfigError: no such client.
+    """
+    spec = cfg.client(name)
+    gone = RetiredClient(spec.id, spec.name)
+    new = replace(
+        cfg,
+        clients=tuple(c for c in cfg.clients if c.name != name),
+        retired_clients=(*cfg.retired_clients, gone),
+        next_client=cfg.next_client_number,
+    ).validate()
+    cfgmod.save(new, path)
+    shutil.rmtree(cfg.client_key_path(name).parent.parent, ignore_errors=True)
+    return gone
 
 
 def remove_cluster(home: Path) -> list[int]:
@@ -198,6 +341,9 @@ def start_node(cfg: ClusterConfig, node_id: int, extra_args: list[str] | None = 
         return pid
     cmd = [
         sys.executable,
+        # -P: the working directory stays off sys.path, so a directory named bftfs there
+        # (the clone, seen from its parent) cannot stand in for the installed package.
+        "-P",
         "-m",
         "bftfs",
         "node",
@@ -252,9 +398,13 @@ class NodeStatus:
 
 
 async def query_status(
-    cfg: ClusterConfig, *, timeout: float = 1.0, client: str = "client0"
+    cfg: ClusterConfig, *, timeout: float = 1.0, client: str | None = None
 ) -> list[NodeStatus]:
-    """Ask every node for its statistics (concurrently); a node that does not answer is down."""
+    """Ask every node for its statistics (concurrently); a node that does not answer is down.
+    ``client``: the identity to ask as (default ``client0``, else the first configured)."""
+    if client is None:
+        names = [c.name for c in cfg.clients]
+        client = "client0" if "client0" in names or not names else names[0]
     results: dict[int, NodeStatus] = {}
     async with open_client(
         cfg, client, timeout=timeout, resend_after=timeout, connect_timeout=timeout

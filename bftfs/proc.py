@@ -224,3 +224,69 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | Non
             proc.kill()
         proc.wait()
         return None
+
+
+def port_holders(port: int) -> list[tuple[int, str]]:
+    """The processes holding a TCP socket on local ``port`` (any address, IPv4 or IPv6, any
+    state: a listener, or an outgoing connection the OS gave that port), as ``(pid, command
+    line)``, from ``/proc/net/tcp*`` (the sockets' inodes) and ``/proc/*/fd`` (who has
+    them open).  Processes of other users are invisible without privileges: then empty."""
+    inodes = _socket_inodes(port)
+    if not inodes:
+        return []
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    holders = []
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            fds = list((pid_dir / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in wanted:
+                    holders.append((int(pid_dir.name), _command_line(pid_dir)))
+                    break
+    return sorted(holders)
+
+
+def _socket_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10:
+                continue
+            _, _, hex_port = fields[1].rpartition(":")
+            with contextlib.suppress(ValueError):
+                if int(hex_port, 16) == port and fields[9] != "0":
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _command_line(pid_dir: Path, limit: int = 100) -> str:
+    """A process's command line (its name when that is unreadable), at most ``limit``."""
+    try:
+        argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
+        text = " ".join(" ".join(a.decode(errors="replace").split()) for a in argv if a)
+    except OSError:
+        text = ""
+    if not text:
+        with contextlib.suppress(OSError):
+            text = (pid_dir / "comm").read_text().strip()
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def describe_port_holder(port: int) -> str:
+    """``port 7000 is held by pid 123 (nginx: master process)``, or as much as can be
+    found (the port alone when no visible process holds it)."""
+    holders = port_holders(port)
+    if not holders:
+        return f"port {port} is held by a process this user cannot see, or was just released"
+    who = ", ".join(f"pid {pid} ({cmd})" for pid, cmd in holders[:3])
+    return f"port {port} is held by {who}"

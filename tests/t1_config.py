@@ -9,7 +9,8 @@ import pytest
 
 from bftfs import config as cfgmod
 from bftfs.config import ClusterConfig, ConfigError, default_sizes
-from bftfs.local import init_cluster
+from bftfs.ids import CLIENT_ID_BASE, client_id
+from bftfs.local import add_client, init_cluster, remove_client
 
 
 def make(
@@ -81,8 +82,8 @@ def test_big_block_size_defaults_turns_off_and_round_trips(tmp_path: Path) -> No
     assert ClusterConfig.for_test().big_blocks == 256 * 1024
     assert ClusterConfig.for_test().max_file_block_size == 256 * 1024
     assert ClusterConfig.for_test(block_size=1 << 20).big_blocks == 0
-    assert ClusterConfig.for_test(block_size=100_000).big_blocks == 0
-    assert ClusterConfig.for_test(block_size=100_000).max_file_block_size == 100_000
+    assert ClusterConfig.for_test(block_size=98304).big_blocks == 0
+    assert ClusterConfig.for_test(block_size=98304).max_file_block_size == 98304
     base = ClusterConfig.for_test()
     for off in (0, base.block_size):
         assert dataclasses.replace(base, big_block_size=off).validate().big_blocks == 0
@@ -127,6 +128,10 @@ def _edit(tmp_path: Path, old: str, new: str) -> Path:
         ("block_size = 65536", "block_size = 65536\nbig_block_size = 32768", "multiple of"),
         ("block_size = 65536", "block_size = 65536\nbig_block_size = 8388608", "up to 4194304"),
         ("block_size = 65536", 'block_size = 65536\nbig_block_size = "1"', "must be an integer"),
+        # issue 31: a block of 3 bytes, or one that is no whole number of pages
+        ("block_size = 65536", "block_size = 3", "multiple of 4096 bytes in 4096..4194304"),
+        ("block_size = 65536", "block_size = 65537", "multiple of 4096 bytes in 4096..4194304"),
+        ("block_size = 65536", "block_size = 8388608", "multiple of 4096 bytes in 4096..4194304"),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -174,3 +179,121 @@ def test_a_node_rejoins_only_after_being_cut_off_for_rounds() -> None:
     assert r.observe(0) is False
     assert r.observe(4) is True and not r.cut_off and r.rejoins == 1
     assert r.observe(5) is False and r.rejoins == 1
+
+
+# Client identities (issue 31, item 6) ----------------------------------------------------
+
+
+def _client_blocks(text: str) -> list[str]:
+    """The ``[[clients]]`` tables of a cluster.toml, in order."""
+    return ["[[clients]]" + part.split("\n\n")[0] for part in text.split("[[clients]]")[1:]]
+
+
+def test_client_ids_are_written_and_survive_removing_another_entry(tmp_path: Path) -> None:
+    """Removing client1's entry by hand must not hand its id to client2."""
+    cfg = init_cluster(tmp_path / "c", clients=3)
+    path = cfg.home / "cluster.toml"
+    text = path.read_text()
+    assert "id = 1\n" in _client_blocks(text)[1] and "next_client = 3" in text
+    path.write_text(text.replace(_client_blocks(text)[1], "", 1))
+    again = cfgmod.load(path)
+    assert [(c.name, c.id) for c in again.clients] == [
+        ("client0", CLIENT_ID_BASE),
+        ("client2", CLIENT_ID_BASE + 2),
+    ]
+    assert again.next_client_number == 3
+
+
+def test_old_files_without_ids_keep_their_positional_ids(tmp_path: Path) -> None:
+    cfg = init_cluster(tmp_path / "c", clients=3)
+    path = cfg.home / "cluster.toml"
+    # an old file: no next_client, no id in [[clients]] (nodes keep theirs)
+    old = "\n".join(x for x in path.read_text().splitlines() if not x.startswith("next_client"))
+    blocks = _client_blocks(old)
+    for block in blocks:
+        old = old.replace(block, "\n".join(x for x in block.splitlines() if not x.startswith("id")))
+    path.write_text(old)
+    loaded = cfgmod.load(path)
+    assert [c.id for c in loaded.clients] == [client_id(i) for i in range(3)]
+    assert loaded.next_client_number == 3
+    # the first tool that rewrites it (bftfs client ...) writes the ids they had
+    remove_client(loaded, path, "client1")
+    kept = cfgmod.load(path)
+    assert [(c.name, c.id) for c in kept.clients] == [
+        ("client0", client_id(0)),
+        ("client2", client_id(2)),
+    ]
+    assert "id = 2" in path.read_text()
+
+
+def test_duplicate_and_mixed_client_ids_are_refused(tmp_path: Path) -> None:
+    cfg = init_cluster(tmp_path / "c", clients=3)
+    path = cfg.home / "cluster.toml"
+    text = path.read_text()
+    b1 = _client_blocks(text)[1]
+    path.write_text(text.replace(b1, b1.replace("id = 1", "id = 0"), 1))
+    with pytest.raises(ConfigError, match="'client0' and 'client1' have the same id 0"):
+        cfgmod.load(path)
+    path.write_text(text.replace(b1, b1.replace("id = 1\n", ""), 1))
+    with pytest.raises(ConfigError, match="some entries have an id and some do not"):
+        cfgmod.load(path)
+    path.write_text(text.replace(b1, b1.replace("id = 1", "id = 7"), 1))
+    with pytest.raises(ConfigError, match="not below next_client = 3"):
+        cfgmod.load(path)
+
+
+def test_removed_ids_are_never_reused(tmp_path: Path) -> None:
+    cfg = init_cluster(tmp_path / "c", clients=3)
+    path = cfg.home / "cluster.toml"
+    gone = remove_client(cfg, path, "client2")
+    assert not (cfg.home / "clients" / "client2").exists()
+    cfg = cfgmod.load(path)
+    added = add_client(cfg, path, "laptop")
+    assert added.id == client_id(3) != gone.id
+    cfg = cfgmod.load(path)
+    assert cfg.client_names() == {
+        client_id(0): "client0",
+        client_id(1): "client1",
+        client_id(2): "client2 (removed)",
+        client_id(3): "laptop",
+    }
+    assert (cfg.home / "clients" / "laptop" / "private" / "key").exists()
+    # handing the retired id to a client by hand is refused
+    text = path.read_text()
+    block = _client_blocks(text)[-1]
+    path.write_text(text.replace(block, block.replace("id = 3", "id = 2"), 1))
+    with pytest.raises(
+        ConfigError,
+        match="'laptop' and 'client2' have the same id 2|'client2' and 'laptop' have the same id 2",
+    ):
+        cfgmod.load(path)
+
+
+def test_client_names_that_are_paths_are_refused(tmp_path: Path) -> None:
+    """A client's name is a directory under clients/ that `bftfs client remove` deletes."""
+    cfg = init_cluster(tmp_path / "c", clients=1)
+    for bad in ("..", ".", "", "a/b"):
+        with pytest.raises(ConfigError, match="may only use"):
+            add_client(cfg, cfg.home / "cluster.toml", bad)
+    assert (cfg.home / "cluster.toml").exists()
+
+
+def test_client_command_adds_removes_and_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bftfs.cli import main
+
+    home = tmp_path / "c"
+    init_cluster(home, clients=2)
+    assert main(["client", "remove", "client0", "--dir", str(home)]) == 0
+    assert main(["client", "add", "backup", "--dir", str(home)]) == 0
+    assert main(["client", "remove", "nobody", "--dir", str(home)]) == 3
+    capsys.readouterr()
+    assert main(["client", "list", "--dir", str(home)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in listed[1:]] == [
+        ["1", "client1"],
+        ["2", "backup"],
+        ["0", "client0"],
+    ]
+    assert "removed" in listed[-1]

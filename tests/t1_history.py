@@ -152,6 +152,20 @@ def test_paths_map_from_a_mount_or_stay_inside_the_file_system(tmp_path: Path) -
         fs_path("relative/not/under/a/mount", [mp])
 
 
+def test_a_path_of_this_machine_outside_every_mount_is_refused(tmp_path: Path) -> None:
+    """Issue 31: ``bftfs log /etc/passwd`` read the history of ``/etc/passwd`` inside the
+    cluster; a path whose top directory exists here names this machine's file."""
+    mp = tmp_path / "mnt"
+    for local in ("/etc/passwd", str(tmp_path / "elsewhere.txt"), "/etc"):
+        with pytest.raises(ValueError, match=f"outside every mount.*fs:{local}"):
+            fs_path(local, [mp])
+    assert fs_path("fs:/etc/passwd", [mp]) == "/etc/passwd"
+    assert fs_path("fs:/", [mp]) == "/"
+    assert fs_path("/", [mp]) == "/"
+    with pytest.raises(ValueError, match="starts with /"):
+        fs_path("fs:docs", [mp])
+
+
 # Revert planning -------------------------------------------------------------------------
 
 VANDAL, OTHER = 9, 3

@@ -21,6 +21,7 @@ BASE = {
     "metrics",
     "bftfs",
     "accounting",
+    "health",
 }
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
@@ -34,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "outcome": set(),
     "metrics": set(),
     "thresholds": set(),
+    # health: findings against nodes kept in the cluster directory (bftfs status, verify).
+    "health": set(),
     "bftfs": set(),
     # accounting: the per-principal charges both protocols' stores keep (one quota per
     # client over block versions and Q/U records), as steps over a kv transaction.
@@ -137,3 +140,21 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
         "from bftfs import local\n"
     )
     assert _imports(src) == {"fs", "qu", "local"}
+
+
+def test_production_code_does_not_import_trio_testing() -> None:
+    """trio's test helpers are for tests: the endpoint's idle wait is ``bftfs.net.idle``."""
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if _package(path) == "testing":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            if any(n == "trio.testing" or n.startswith("trio.testing.") for n in names):
+                wrong.append(str(path.relative_to(ROOT.parent)))
+    assert wrong == []

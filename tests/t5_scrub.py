@@ -137,3 +137,9 @@ async def test_a_node_scrubs_itself_and_rewrites_its_damaged_fragment(tmp_path: 
             lambda kv: replica.scrub_step(kv, None, 1000, node=2, n=cfg.n)
         ).damaged == [(101, old1)]
         assert await rw.read_block(100) == b"block zero" * 100
+        # What the scrub found stays, as the node's findings in its store (issue 31).
+        await _until(lambda: node.findings.totals[(2, "repaired")] == 1)
+        stored = node.store.read(lambda kv: dict(kv.scan("findings", b"", b"\xff")))
+        assert int.from_bytes(stored[b"2:repaired"], "big") == 1
+        assert int.from_bytes(stored[b"2:damaged"], "big") >= 2
+        assert node.progress["findings"]["2"]["repaired"] == 1

@@ -144,6 +144,9 @@ def daemon_command(
     ``at_ns``: a read-only mount of the tree as it was then."""
     cmd = [
         sys.executable,
+        # -P: the working directory stays off sys.path, so a directory named bftfs there
+        # (the clone, seen from its parent) cannot stand in for the installed package.
+        "-P",
         "-m",
         "bftfs",
         "mount",

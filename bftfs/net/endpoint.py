@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-import trio.testing
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId, PrincipalId
@@ -53,6 +52,7 @@ from bftfs.net.frames import (
     FrameReader,
     FrameWriter,
 )
+from bftfs.net.idle import wait_all_tasks_blocked
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
 from bftfs.net.session import Session, client_handshake
 from bftfs.outcome import bounded, progressed
@@ -461,7 +461,7 @@ class Endpoint:
             wanted = self._flush_wanted = trio.Event()
             await wanted.wait()
             with trio.move_on_after(self.coalesce_window):
-                await trio.testing.wait_all_tasks_blocked()
+                await wait_all_tasks_blocked()
 
     def _sweep(self) -> None:
         """Forget the oldest batch requests that were answered, or whose requests are all

@@ -117,6 +117,7 @@ class Scrubber:
             nodes=[i for i in node.config.node_ids if i != node.id],
             trust_verified=False,  # its own fragment is regenerated from the others'
         )
+        client.faults = node.findings.peer_faults  # findings kept (node/findings.py)
         try:
             outcome = await client.read_version(block, repair=False)
         except Exception as e:  # ReadFailed, transport trouble: the next pass tries again

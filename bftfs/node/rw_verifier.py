@@ -232,6 +232,8 @@ class Verifier:
                 self._wave_client = reader(
                     batcher=rw_batcher(self.node.endpoint, nursery, timeout=timeout)
                 )
+            # Faults the reads meet in peers' replies are findings (node/findings.py).
+            self._client.faults = self._wave_client.faults = self.node.findings.peer_faults
             if self.policy.cooperative:
                 nursery.start_soon(self._flusher)
             nursery.start_soon(self.forgetter.run)

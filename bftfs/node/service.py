@@ -30,6 +30,7 @@ from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.frames import DEFAULT_MAX_FRAME
 from bftfs.net.server import FastHandler, FaultHooks, HandlerError, Server
 from bftfs.node import limits, rejoin
+from bftfs.node.findings import Findings
 from bftfs.node.protocols import register_all
 from bftfs.node.store import Store, StoreFull
 
@@ -99,6 +100,8 @@ class Node:
         self.started = time.time()
         #: The lazy-verification task (node/rw_verifier.py), when the policy runs one.
         self.verifier: Verifier | None = None
+        #: What verification and scrub found, kept in the store (node/findings.py).
+        self.findings = Findings(self)
         self.protocols: list[str] = []
         #: Progress of background work by name (``qu.catchup``, ``rw.catchup``): plain
         #: values a protocol module keeps current, shown by ``bftfs status``.
@@ -161,6 +164,7 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self.store.committer)
+                    nursery.start_soon(self.findings.run)
                     self.protocols = register_all(self, self.object_types)
                     if self.rejoin_heartbeat is not None:
                         nursery.start_soon(

@@ -1,8 +1,9 @@
 """A cluster of real node processes in a directory, for benchmarks and process-level tests.
 
-``with ProcessCluster(tmp_path, t=1, b=1) as pc:`` creates the cluster (fresh keys, ports from
-the OS), starts one ``bftfs node`` process per node, waits until all answer, and on exit
-stops every process it started (SIGTERM, then SIGKILL), even when the body failed.
+``with ProcessCluster(tmp_path, t=1, b=1) as pc:`` creates the cluster (fresh keys, free
+ports outside the ephemeral range, claimed: ``local.cluster_ports``), starts one ``bftfs
+node`` process per node, waits until all answer, and on exit stops every process it
+started (SIGTERM, then SIGKILL), even when the body failed.
 """
 
 from __future__ import annotations
