@@ -4,8 +4,10 @@ both protocols (synchronous steps, run inside the transaction that stores or del
 A flooding client with a valid key must not fill a node's disk (issue 18; seed 004
 L2645-2652 asks for limits on what one client may inject).  Every record a client's request
 makes a node store is charged to the principal that sent the request, as the frame
-authenticated it (never an id taken from the request body: any client can name any other
-there), with its size as the store holds it (key plus value).  A :class:`Ledger` keeps one
+authenticated it (never an id taken from the request body on its word: any client can name
+any other there; a PASIS repair is charged to the writer its timestamp names only once
+``b + 1`` other nodes proved that version exists, ``node/rw_server.py``), with its size
+as the store holds it (key plus value).  A :class:`Ledger` keeps one
 protocol's charges: a table of ``record key -> (owner, size)`` and a table of per-owner
 totals, changed in the same transaction as the records themselves, so a restarted node
 starts from exactly what it stores and a crash inside a transaction leaves neither a charge

@@ -26,8 +26,10 @@ storage quota, and what ``bftfs status`` shows of them.
 catch-up of a restarted node (LIST pages, READs), verification READs and the repairs they
 write, and Q/U object sync are how the protocols make progress and collect space, and some
 of them are handlers that call other nodes, so making one node's requests wait on
-another's could stall both.  What catch-up and verification store is charged to the node
-itself, and so is what a node's Q/U catch-up applies (visible, never refused).  At most
+another's could stall both.  A PASIS version that catch-up, verification or a reader's
+repair stores is charged to the writer its timestamp names (never refused: it re-creates
+a version that exists already, docs/rw.md); what a node's Q/U catch-up applies is charged
+to the node itself (visible, never refused).  At most
 ``b`` nodes are Byzantine; a flooding node is not covered here (docs/threat-model.md).
 """
 

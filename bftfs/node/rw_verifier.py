@@ -406,9 +406,8 @@ class Verifier:
             self.node.log.warning("node %s: block %s: %s", self.node.id, block, e)
             return
         req = WriteRequest(block, outcome.ts, cc, frag)
-        await self.node.store.write(
-            lambda kv: replica.store_write(kv, req, owner=int(self.node.id))
-        )
+        # Charged to the version's writer, as the repairs just made (node/rw_server.py).
+        await self.node.store.write(lambda kv: replica.store_write(kv, req, owner=req.ts.writer))
 
     async def _rebuild(self) -> None:
         """The backlog after a restart: versions above their block's mark, unflagged."""
