@@ -59,6 +59,13 @@ class Ledger:
             if len(k) == _ONE.size and len(v) == _ONE.size
         }
 
+    def owner_of(self, kv: KV, key: bytes) -> int | None:
+        """Whom the record under ``key`` is charged to (None: nobody)."""
+        raw = kv.get(self.charges, key)
+        if raw is None or len(raw) != _PAIR.size:
+            return None
+        return int(_PAIR.unpack(raw)[0])
+
     def _add(self, kv: KV, owner: int, delta: int) -> None:
         total = max(0, self.usage_of(kv, owner) + delta)
         if total:

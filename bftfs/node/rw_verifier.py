@@ -38,6 +38,7 @@ import trio
 
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
+from bftfs.node import limits
 from bftfs.node.rw_forgetter import Forgetter
 from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
@@ -138,6 +139,10 @@ class Verifier:
         self._revisits: list[tuple[int, int]] = []
         #: Blocks down to their verified empty version are forgotten (node/rw_forgetter.py).
         self.forgetter = Forgetter(node)
+        #: A client using this much here (``pool_fraction`` of its quota) is short of
+        #: room: the old versions of blocks given back under it go without waiting for
+        #: their age (``replica.verified_step``).
+        self.owner_limit = int(self.policy.pool_fraction * limits.quota_bytes(node))
 
     # Hooks the rw server calls ------------------------------------------------------------
 
@@ -197,6 +202,7 @@ class Verifier:
                     retention=self.retention,
                     pressure=pressure,
                     pins=pinned_moments(kv),
+                    owner_limit=self.owner_limit,
                 )
                 for block, mark, flag, poison in todo
             ]
@@ -268,6 +274,7 @@ class Verifier:
                     retention=self.retention,
                     pressure=pressure,
                     pins=pinned_moments(kv),
+                    owner_limit=self.owner_limit,
                 )
 
             res = await self.node.store.write(step)
@@ -330,6 +337,7 @@ class Verifier:
                     retention=self.retention,
                     pressure=pressure,
                     pins=pinned_moments(kv),
+                    owner_limit=self.owner_limit,
                 )
                 for block, _hosted, outcome, poison in read
             ]

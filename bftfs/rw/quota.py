@@ -23,7 +23,7 @@ from bftfs.accounting import RW, over, used
 from bftfs.kv import KV
 from bftfs.rw.schema import DB_VERSIONS
 
-__all__ = ["audit", "charge", "over", "release", "usage_of", "usages", "used"]
+__all__ = ["audit", "charge", "over", "owner_of", "release", "usage_of", "usages", "used"]
 
 #: Bytes of block versions charged to an owner (``used`` adds its Q/U records).
 usage_of = RW.usage_of
@@ -33,6 +33,8 @@ usages = RW.usages
 charge = RW.charge
 #: Give back the charge of a version just deleted.
 release = RW.release
+#: Whom a stored version is charged to.
+owner_of = RW.owner_of
 
 
 def audit(kv: KV) -> tuple[dict[int, int], int]:

@@ -443,11 +443,16 @@ def verified_step(
     retention: RetentionPolicy,
     pressure: bool = False,
     pins: Sequence[int] = (),
+    owner_limit: int | None = None,
 ) -> Verified:
     """Record what verification learned about ``block``, then collect what may go.
 
     When the verified version is empty (a block given back), retention keeps one version
-    instead of ``keep_versions``.
+    instead of ``keep_versions``; and when a version below it is charged to an owner
+    using ``owner_limit`` bytes or more here (a client near its quota), its age is not
+    waited for either: removed contents go first when a client is short of room, so that
+    removing files lets it write again within seconds (issue 31).  Live blocks keep their
+    retention unless the whole node is short (``pressure``).
 
     ``mark``: a version at or above it is verified complete (the caller's own verification,
     or the NOTIFY floor rule); the block's mark only rises.  ``flag``: the version to set
@@ -482,6 +487,8 @@ def verified_step(
         if ts > mark or ts == ZERO:
             discarded += _drop(kv, version_key(block, ts))
     hosted = hosted_step(kv, block)
+    if empty and not pressure and owner_limit is not None:
+        pressure = _owner_pressed(kv, block, [ts for ts in hosted if ts < mark], owner_limit)
     collected = Collected(0, floor_of(kv, block))
     if mark > ZERO:
         floor = gc_floor(mark, hosted, now_ns, retention, pressure=pressure, pins=pins)
@@ -509,6 +516,16 @@ def verified_step(
         revisit,
         given_back=empty and left == 1 and not below,
     )
+
+
+def _owner_pressed(kv: KV, block: int, versions: Iterable[Timestamp], limit: int) -> bool:
+    """Whether one of ``versions`` of ``block`` is charged to an owner that uses ``limit``
+    bytes or more on this node (block versions and Q/U records, :func:`quota.used`)."""
+    for ts in versions:
+        owner = quota.owner_of(kv, version_key(block, ts))
+        if owner is not None and quota.used(kv, owner) >= limit:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
