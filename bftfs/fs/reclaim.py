@@ -90,7 +90,9 @@ def dead_contents(s: dict[str, Any], default_bs: int) -> DeadContents | None:
     data id is dead: the written ranges (``w``) below ``min(size, alloc)``, or all of it
     for a file without the record; None when there is nothing (no blocks, inline)."""
     d = int(s.get("d") or 0)
-    end = min(int(s.get("size") or 0), int(s.get("alloc") or 0))
+    end = int(s.get("size") or 0)
+    if s.get("alloc") is not None:
+        end = min(end, int(s["alloc"]))
     if d == 0 or end <= 0 or s.get("inl"):
         return None
     w: Sequence[Sequence[int]] | None = s.get("w")
