@@ -4,8 +4,10 @@ both protocols (synchronous steps, run inside the transaction that stores or del
 A flooding client with a valid key must not fill a node's disk (issue 18; seed 004
 L2645-2652 asks for limits on what one client may inject).  Every record a client's request
 makes a node store is charged to the principal that sent the request, as the frame
-authenticated it (never an id taken from the request body: any client can name any other
-there), with its size as the store holds it (key plus value).  A :class:`Ledger` keeps one
+authenticated it (never an id taken from the request body on its word: any client can name
+any other there; a PASIS repair is charged to the writer its timestamp names only once
+``b + 1`` other nodes proved that version exists, ``node/rw_server.py``), with its size
+as the store holds it (key plus value).  A :class:`Ledger` keeps one
 protocol's charges: a table of ``record key -> (owner, size)`` and a table of per-owner
 totals, changed in the same transaction as the records themselves, so a restarted node
 starts from exactly what it stores and a crash inside a transaction leaves neither a charge
@@ -56,6 +58,13 @@ class Ledger:
             for k, v in kv.scan(self.totals, b"", b"\xff" * 9)
             if len(k) == _ONE.size and len(v) == _ONE.size
         }
+
+    def owner_of(self, kv: KV, key: bytes) -> int | None:
+        """Whom the record under ``key`` is charged to (None: nobody)."""
+        raw = kv.get(self.charges, key)
+        if raw is None or len(raw) != _PAIR.size:
+            return None
+        return int(_PAIR.unpack(raw)[0])
 
     def _add(self, kv: KV, owner: int, delta: int) -> None:
         total = max(0, self.usage_of(kv, owner) + delta)

@@ -79,7 +79,7 @@ Limits (per client principal, on each node; nodes talking to nodes are never lim
                                      that client's connection until tokens are back
 ``bytes_per_second``     268435456   the same for the bytes of its frames (256 MiB/s)
 ``burst_seconds``        2.0         each bucket holds this many seconds of its rate
-``quota_fraction``       0.5         bytes one client's requests may keep on a node, as a
+``quota_fraction``       1.0         bytes one client's requests may keep on a node, as a
                                      share of ``map_size``: PASIS block versions and Q/U
                                      records (versions, stored requests, histories) in one
                                      figure (bftfs/accounting.py); a non-empty block
@@ -87,15 +87,19 @@ Limits (per client principal, on each node; nodes talking to nodes are never lim
                                      beyond it is refused (``quota``: EDQUOT once more
                                      than ``b`` nodes refuse); empty versions, updates
                                      that keep or shrink the states, repairs and
-                                     deletions always pass; ``1.0``: only
-                                     ``data_fraction`` binds
+                                     deletions always pass.  The default ``1.0`` is no
+                                     quota: only ``data_fraction`` binds (ENOSPC), so one
+                                     client may use the whole store; set it below 1 when
+                                     clients do not trust each other (issue 31)
 =======================  ==========  =====================================================
 
 The rates are chosen well above what one mount can ask of a node (a null request costs a
 node about 0.1 ms of CPU, so one node answers on the order of 10 000 requests per second
 in all), so they hold back only a client that floods; ``make test`` passes under them
-unchanged, but they were not measured against an Andrew or PostMark run.  The quota keeps
-any single key from taking more than half of a node's store.
+unchanged, but they were not measured against an Andrew or PostMark run.  A quota
+(``quota_fraction`` below 1) keeps any single key from taking more than that share of a
+node's store; by default there is none, so a cluster with one user can fill it (a full
+store answers ENOSPC, not EDQUOT).
 """
 
 from __future__ import annotations
@@ -199,7 +203,7 @@ class LimitsPolicy:
     requests_per_second: float = 10000.0
     bytes_per_second: int = 256 * 1024 * 1024
     burst_seconds: float = 2.0
-    quota_fraction: float = 0.5
+    quota_fraction: float = 1.0
 
     def validate(self) -> LimitsPolicy:
         if not 1 <= self.max_inflight <= 1_000_000:

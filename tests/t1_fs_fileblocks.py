@@ -64,3 +64,29 @@ def test_rekeying_buffered_blocks_keeps_every_byte(seed: int) -> None:
         for k, buf in f.dirty.items():
             stored[k * target : k * target + len(buf)] = buf
         assert stored == model
+
+
+def test_dead_contents_are_the_written_blocks_below_size_and_reservation() -> None:
+    """What a removal gives back (fs/reclaim.py): the blocks covering the written ranges
+    below ``min(size, alloc)``, each once, lazily; everything below that bound for a
+    file without the record; nothing for inline or block-less files (issue 31)."""
+    from bftfs.fs.reclaim import dead_contents
+
+    bs = 4096
+    huge = 999999999999999
+    sparse = {"d": 9, "size": huge, "alloc": 1 << 20, "w": [], "bs": bs}
+    assert dead_contents(sparse, bs) is None
+    far = {"d": 9, "size": (1 << 40) + 10, "alloc": 3 << 39, "bs": bs, "bt": 7}
+    far["w"] = [[0, 100], [50, bs + 1], [1 << 40, (1 << 40) + 10]]
+    dead = dead_contents(far, bs)
+    assert dead is not None and dead.bt == 7
+    assert list(dead.blocks()) == [0, 1, (1 << 40) // bs] and dead.count() == 3
+    old = {"d": 9, "size": 3 * bs, "alloc": 1 << 20, "bs": bs}  # no record: all of it
+    assert list(dead_contents(old, bs).blocks()) == [0, 1, 2]  # type: ignore[union-attr]
+    clipped = {"d": 9, "size": huge, "alloc": 2 * bs, "bs": bs}  # never beyond alloc
+    assert dead_contents(clipped, bs).count() == 2  # type: ignore[union-attr]
+    assert dead_contents({**old, "inl": True}, bs) is None
+    assert dead_contents({**old, "d": 0}, bs) is None
+    # A huge merged range is counted without being walked.
+    wide = {"d": 9, "size": huge, "alloc": huge, "bs": bs, "w": [[0, huge]]}
+    assert dead_contents(wide, bs).count() == -(-huge // bs)  # type: ignore[union-attr]

@@ -219,3 +219,73 @@ def test_forget_needs_every_node() -> None:
     assert not replica.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: both}, 6)
     cut = ReadReply((ts,), True, ZERO)
     assert not replica.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: cut}, 6)
+
+
+def test_a_repair_needs_b_plus_1_other_hosts_of_that_very_version() -> None:
+    """A write at another writer's timestamp is a repair; it is taken only when ``b + 1``
+    peers list exactly that version as the greatest at or below it (a peer holding only
+    an older or a different version of the block does not count)."""
+    from bftfs.rw.messages import ReadReply
+
+    stamp, enc = version(b"data", 100, writer=70000)
+    req = WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2])
+    assert replica.is_repair(req, 70001) and not replica.is_repair(req, 70000)
+    ask = replica.proof_request(7, stamp)
+    assert ask.below == stamp and ask.inclusive and not ask.data
+    hosts = ReadReply((stamp,), False, ZERO)
+    older = ReadReply((Timestamp(99, 70000, b"o" * 32),), False, ZERO)
+    other = ReadReply((Timestamp(100, 70000, b"x" * 32),), False, ZERO)  # same time, other data
+    nothing = ReadReply((), False, ZERO)
+    assert replica.repair_proven({0: hosts, 1: hosts}, stamp, b=1)
+    assert not replica.repair_proven({0: hosts, 1: older, 3: other, 4: nothing}, stamp, b=1)
+    assert not replica.repair_proven({0: hosts, 1: hosts}, stamp, b=2)
+    assert replica.repair_proven({0: hosts, 1: hosts, 4: hosts, 5: older}, stamp, b=2)
+
+
+def test_a_given_back_block_of_a_client_short_of_room_keeps_no_history() -> None:
+    """A block whose verified version is empty keeps its older versions for
+    ``keep_seconds``, unless one of them is charged to a client using ``owner_limit``
+    bytes or more here: then they go at once (issue 31).  A live block keeps them."""
+    from bftfs.policy import RetentionPolicy
+
+    keep = RetentionPolicy(keep_seconds=900.0, keep_versions=2)
+    owner = 70000
+    for limit, left in ((10**9, 2), (1, 1), (None, 2)):
+        kv = MemoryKV()
+        data, enc = version(b"contents", NOW - 10)
+        replica.store_write(
+            kv, WriteRequest(5, data, enc.cross_checksum, enc.fragments[2]), owner=owner
+        )
+        gone, enc = version(b"", NOW - 5)
+        replica.store_write(kv, WriteRequest(5, gone, enc.cross_checksum, enc.fragments[2]))
+        got = replica.verified_step(
+            kv,
+            5,
+            mark=gone,
+            flag=gone,
+            poisonous=(),
+            now_ns=NOW,
+            retention=keep,
+            owner_limit=limit,
+        )
+        assert got.kept == left, (limit, got)
+    # A live block (its newest version not empty) keeps its history whatever the limit.
+    kv = MemoryKV()
+    stamps = []
+    for k, content in enumerate((b"old", b"live")):
+        stamp, enc = version(content, NOW - 10 + k)
+        replica.store_write(
+            kv, WriteRequest(6, stamp, enc.cross_checksum, enc.fragments[2]), owner=owner
+        )
+        stamps.append(stamp)
+    got = replica.verified_step(
+        kv,
+        6,
+        mark=stamps[1],
+        flag=stamps[1],
+        poisonous=(),
+        now_ns=NOW,
+        retention=keep,
+        owner_limit=1,
+    )
+    assert got.kept == 2 and got.collected == 0, got

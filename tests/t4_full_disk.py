@@ -1,9 +1,12 @@
-"""A full file system (issue 16): real node processes with a 64 MiB LMDB map each, one FUSE
-mount.  Filling it gives ENOSPC (not EIO), ``df`` shows the space used, nothing already
+"""A full file system (issues 16 and 31): real node processes with a 64 MiB LMDB map each,
+one FUSE mount.  Filling it with the default limits gives ENOSPC (not EIO, and not EDQUOT:
+there is no per-client quota by default), ``df`` shows the space used, nothing already
 written is lost, metadata operations still work when block writes are refused, and
-deleting files gives the space back (the removed files' blocks are overwritten empty, the
-nodes verify and collect them at once because the history pool is short) so that writes
-succeed again.
+deleting files gives the space back within seconds (the removed files' blocks are
+overwritten empty, the nodes verify and collect them at once because the history pool is
+short) so that writes succeed again.  With a quota set, a client at its quota that removes
+files writes again within seconds too: its given-back blocks' old versions are collected
+without waiting for ``keep_seconds`` (15 minutes).
 
 Waiting for the nodes to collect crosses process boundaries, so it is a condition polled
 under a deadline (a write that succeeds), never a fixed sleep.
@@ -37,6 +40,29 @@ def _write(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+#: Seconds within which a write must succeed again after files were removed: the nodes
+#: verify the empty versions (``settle_seconds``, NOTIFYs) and collect, where waiting for
+#: ``keep_seconds`` took 15 minutes.
+AGAIN_WITHIN = 30.0
+
+
+def _write_again_soon(path: Path, refusal: int) -> None:
+    """A 4 MiB write succeeds within :data:`AGAIN_WITHIN` seconds; until then every
+    attempt fails with ``refusal`` only (polled, the condition is the nodes' collection)."""
+    deadline = time.monotonic() + AGAIN_WITHIN
+    attempt = path.with_name(path.name + ".try")
+    while True:
+        try:
+            _write(attempt, b"z" * FILE)
+            break
+        except OSError as e:
+            assert e.errno == refusal, e
+            assert time.monotonic() < deadline, "removing files gave no room back in time"
+            attempt.unlink(missing_ok=True)  # (a refused file is not reopened: a new one)
+            time.sleep(0.5)
+    attempt.rename(path)
+
+
 def test_filling_gives_enospc_and_deleting_gives_the_space_back(tmp_path: Path) -> None:
     rng = random.Random(16)
     with (
@@ -46,9 +72,8 @@ def test_filling_gives_enospc_and_deleting_gives_the_space_back(tmp_path: Path) 
             durable=False,
             verification=VerificationPolicy(settle_seconds=0.2, fallback_seconds=2.0),
             retention=RetentionPolicy(),  # 15 minutes: only the short pool lets GC collect
-            # One client fills the store: no quota (the default half of the map would
-            # answer EDQUOT first; t5_limits.py tests quotas).
-            limits=LimitsPolicy(quota_fraction=1.0),
+            # The default limits: one client may fill the store (issue 31: a default quota
+            # of half the map answered EDQUOT at 58 % use).
         ) as pc,
         Mount(pc.config, tmp_path / "m", client="client0") as mnt,
     ):
@@ -85,20 +110,51 @@ def test_filling_gives_enospc_and_deleting_gives_the_space_back(tmp_path: Path) 
         for name in sorted(written)[: len(written) // 2]:
             (root / name).unlink()
             del written[name]
+        _write_again_soon(root / "again", errno.ENOSPC)
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                _write(root / "again", b"z" * FILE)
-                break
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
-                assert time.monotonic() < deadline, "deleting files never gave space back"
-                time.sleep(0.5)
         assert (root / "again").read_bytes() == b"z" * FILE
         # The write succeeded once enough nodes had collected; df (the (b + 1)-th largest
         # node's figure) follows when the slower nodes have collected too.
         while os.statvfs(root).f_bfree <= st.f_bfree:
             assert time.monotonic() < deadline, "df never showed the space given back"
             time.sleep(0.5)
+        for name, data in written.items():
+            assert (root / name).read_bytes() == data, name
+
+
+def test_a_client_at_its_quota_writes_again_within_seconds_of_rm(tmp_path: Path) -> None:
+    """A quota of 30 % of each node: the client gets EDQUOT long before the store is full
+    (no node is short of space, so retention would keep the removed files' blocks for
+    ``keep_seconds``); removing half of its files lets it write again within seconds, and
+    the files it kept read back intact."""
+    rng = random.Random(31)
+    with (
+        ProcessCluster(
+            tmp_path / "c",
+            map_size=64 * MIB,
+            durable=False,
+            limits=LimitsPolicy(quota_fraction=0.3),
+        ) as pc,
+        Mount(pc.config, tmp_path / "m", client="client0") as mnt,
+    ):
+        root = mnt.mountpoint
+        written: dict[str, bytes] = {}
+        for i in range(100):
+            data = rng.randbytes(FILE)
+            try:
+                _write(root / f"f{i}", data)
+            except OSError as e:
+                assert e.errno == errno.EDQUOT, e
+                (root / f"f{i}").unlink(missing_ok=True)
+                break
+            written[f"f{i}"] = data
+        assert 4 <= len(written) < 100, len(written)
+        st = os.statvfs(root)
+        assert st.f_bavail > 0.4 * st.f_blocks, "the store itself is far from full"
+        for name in sorted(written)[: len(written) // 2]:
+            (root / name).unlink()
+            del written[name]
+        _write_again_soon(root / "again", errno.EDQUOT)
+        assert (root / "again").read_bytes() == b"z" * FILE
         for name, data in written.items():
             assert (root / name).read_bytes() == data, name

@@ -199,7 +199,7 @@ async def test_only_complete_versions_are_caught_up(tmp_path: Path) -> None:
             # `old[2]` is the latest complete one.
             for block, reach in ((1, cfg.qc), (2, cfg.qc - cfg.t - 1)):
                 enc = erasure.encode(payload(block, 9), cfg.m, cfg.n)
-                stamp = Timestamp(old[block].time + 10, 1 << 16, enc.verifier)
+                stamp = Timestamp(old[block].time + 10, writer.endpoint.pid, enc.verifier)
                 await writer.do_write(
                     BlockId(block),
                     stamp,

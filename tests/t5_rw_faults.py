@@ -280,7 +280,7 @@ async def test_one_round_write_falls_back_past_a_newer_partial_write(tmp_path: P
         cfg = cluster.config
         await a.write_block(6, b"first")
         enc = erasure.encode(b"ahead, partial", cfg.m, cfg.n)
-        ahead = make_timestamp(a.clock_ns() + 10**10, 999, enc.verifier)  # +10 s
+        ahead = make_timestamp(a.clock_ns() + 10**10, a.endpoint.pid, enc.verifier)  # +10 s
         await a.do_write(
             BlockId(6), ahead, enc.fragments, enc.cross_checksum, targets=range(cfg.t + 1)
         )
@@ -403,7 +403,7 @@ async def test_a_guess_refused_by_more_than_n_minus_qc_goes_above(tmp_path: Path
     async with rw_cluster(tmp_path) as (cluster, (a, b)):
         cfg = cluster.config
         enc = erasure.encode(b"ahead", cfg.m, cfg.n)
-        ahead = make_timestamp(a.clock_ns() + 10**10, 999, enc.verifier)
+        ahead = make_timestamp(a.clock_ns() + 10**10, a.endpoint.pid, enc.verifier)
         await a.do_write(BlockId(7), ahead, enc.fragments, enc.cross_checksum, targets=range(3))
         stamp = await b.write_block(7, b"second")
         assert b.statistics()["write_fallbacks"] == 1 and stamp > ahead

@@ -16,9 +16,9 @@ import trio
 from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import FsError, Invalid, IsDir, NoAttr, TooBig
-from bftfs.fs.files import OpenFile, file_block_size
+from bftfs.fs.files import OpenFile
 from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, _Locked, _Stale
-from bftfs.fs.reclaim import Reclaim
+from bftfs.fs.reclaim import Reclaim, dead_contents
 from bftfs.rw.messages import block_id
 
 
@@ -151,13 +151,8 @@ class Attributes(Reclaim):
                 if f is not None:
                     f.truncate_cache(size)
                 self._own_stat(ino, s)
-                if size == 0 and not before["inl"]:  # the old data id is gone
-                    await self._reclaim(
-                        before["d"],
-                        before["size"],
-                        before.get("bt", 0),
-                        file_block_size(before, self.bs),
-                    )
+                if size == 0:  # the old data id is gone
+                    await self._reclaim(dead_contents(before, self.bs))
                 return s
         raise FsError("truncate: file kept changing")
 

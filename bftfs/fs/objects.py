@@ -287,6 +287,8 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
     w = state.get("w")
     size = state["size"]
     out["al"] = None if w is None else sum(min(hi, size) - lo for lo, hi in w if lo < size)
+    if w is not None:
+        out["w"] = w  # what a remover gives back (fs/reclaim.py), not the whole size
     return out
 
 

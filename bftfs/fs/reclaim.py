@@ -15,6 +15,15 @@ Choices:
 - *Open files on other mounts* are not known here: they may find the contents gone, as an
   NFS client finds a file another client removed (ESTALE there; here the blocks read as
   empty and the size is what the handle last saw).
+- *What was written, not the size*: the blocks given back are those covering the ranges
+  the attribute object records as written (``w``, objects.py), below the size and the
+  reservation mark ``alloc`` (nothing at or beyond it was ever written); a file made before
+  the record existed gives back every block below ``min(size, alloc)``.  So removing a
+  sparse file of a petabyte that holds a few blocks costs a few writes, not one per block
+  of its size (issue 31: ``truncate -s 999999999999999 f; rm f`` grew the daemon to 23
+  GB).  The record keeps at most 32 ranges, joining the closest when there are more, so a
+  file written in many far-apart places may cost the gaps between them too; the blocks
+  go out :data:`CHUNK` at a time, so memory stays bounded whatever the record says.
 - *Blocks below the size only*: a flush that died after writing blocks past the size (up
   to the reservation mark ``alloc``) leaves them behind; they are rare, and ``alloc`` is
   usually far above what was ever written, so giving back up to it would cost hundreds of
@@ -25,7 +34,10 @@ Choices:
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bftfs.fs.caches import Caches
@@ -35,13 +47,70 @@ from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
 
+#: Blocks given back per ``write_blocks`` call (bounds the memory a reclaim holds).
+CHUNK = 256
+
+
+@dataclass(frozen=True)
+class DeadContents:
+    """The blocks of a data id no file reaches any more: byte ranges to give back."""
+
+    #: The data id.
+    d: int
+    #: ``[lo, hi)`` byte ranges, sorted and disjoint.
+    ranges: tuple[tuple[int, int], ...]
+    #: The file's newest block Time: empty versions go above it.
+    bt: int
+    #: The file's block size.
+    bs: int
+
+    def blocks(self) -> Iterator[int]:
+        """Indices of the blocks covering :attr:`ranges`, ascending, each once (lazily:
+        a range may span many blocks)."""
+        after = -1
+        for lo, hi in self.ranges:
+            first = max(lo // self.bs, after + 1)
+            last = (hi - 1) // self.bs
+            yield from range(first, last + 1)
+            after = max(after, last)
+
+    def count(self) -> int:
+        """How many blocks :meth:`blocks` yields (without yielding them)."""
+        total, after = 0, -1
+        for lo, hi in self.ranges:
+            first = max(lo // self.bs, after + 1)
+            last = (hi - 1) // self.bs
+            total += max(0, last - first + 1)
+            after = max(after, last)
+        return total
+
+
+def dead_contents(s: dict[str, Any], default_bs: int) -> DeadContents | None:
+    """What to give back of a file whose stat (or ``fs.open`` answer) is ``s`` once its
+    data id is dead: the written ranges (``w``) below ``min(size, alloc)``, or all of it
+    for a file without the record; None when there is nothing (no blocks, inline)."""
+    d = int(s.get("d") or 0)
+    end = int(s.get("size") or 0)
+    if s.get("alloc") is not None:
+        end = min(end, int(s["alloc"]))
+    if d == 0 or end <= 0 or s.get("inl"):
+        return None
+    w: Sequence[Sequence[int]] | None = s.get("w")
+    if w is None:
+        ranges = [(0, end)]
+    else:
+        ranges = sorted((int(lo), min(int(hi), end)) for lo, hi in w if int(lo) < end)
+    if not ranges:
+        return None
+    bs = file_block_size(s, default_bs)
+    return DeadContents(d, tuple(ranges), int(s.get("bt") or 0), bs)
+
 
 class Reclaim(Caches):
     """Writing empty blocks over contents that are gone (see the module docstring)."""
 
-    #: File id -> (data id, size, newest block Time, block size) of removed files still
-    #: open here.
-    _doomed: dict[int, tuple[int, int, int, int]]
+    #: File id -> the contents of removed files still open here.
+    _doomed: dict[int, DeadContents]
     reclaimed_blocks: int
     reclaim_failed: int
 
@@ -53,40 +122,40 @@ class Reclaim(Caches):
     async def _unlinked(self, ino: int, s: dict[str, Any]) -> None:
         """After an update that returned file ``ino``'s stat ``s``: give back its blocks if
         that removed its last name (now, or at its last release here)."""
-        if s.get("k") == "d" or s.get("nl", 1) > 0 or s.get("inl"):
-            return  # (inline contents live in the attribute object, not in blocks)
-        data = (
-            int(s.get("d") or 0),
-            int(s.get("size") or 0),
-            int(s.get("bt") or 0),
-            file_block_size(s, self.bs),
-        )
+        if s.get("k") == "d" or s.get("nl", 1) > 0:
+            return
+        dead = dead_contents(s, self.bs)
+        if dead is None:
+            return
         f = self._files.get(ino)
         if f is not None and f.opens > 0:
-            self._doomed[ino] = data
+            self._doomed[ino] = dead
             return
-        await self._reclaim(*data)
+        await self._reclaim(dead)
 
     async def _released(self, ino: int) -> None:
         """The last handle of ``ino`` here was released."""
-        data = self._doomed.pop(ino, None)
-        if data is not None:
-            await self._reclaim(*data)
+        dead = self._doomed.pop(ino, None)
+        if dead is not None:
+            await self._reclaim(dead)
 
-    async def _reclaim(self, d: int, size: int, bt: int = 0, bs: int = 0) -> None:
-        """Write an empty value over each block of data id ``d`` below ``size``, at Times
-        above ``bt`` (the file's newest block Time), so its past versions stay readable
-        until retention lets them go.  ``bs``: the file's block size (0: the cluster's),
-        which says how many blocks ``size`` spans."""
-        count = -(-size // (bs or self.bs))
-        if d == 0 or count == 0:
+    async def _reclaim(self, dead: DeadContents | None) -> None:
+        """Write an empty value over each block of ``dead``, :data:`CHUNK` at a time, at
+        Times above its ``bt`` (the file's newest block Time), so its past versions stay
+        readable until retention lets them go."""
+        if dead is None:
             return
-        try:
-            await self._blocks(
-                self.rw.write_blocks({block_id(d, k): b"" for k in range(count)}, after=bt)
-            )
-        except (Unavailable, NoSpace) as e:
-            self.reclaim_failed += count
-            log.warning("could not give back %d block(s) of data id %#x: %s", count, d, e)
-            return
-        self.reclaimed_blocks += count
+        blocks = dead.blocks()
+        done = 0
+        while chunk := list(itertools.islice(blocks, CHUNK)):
+            try:
+                await self._blocks(
+                    self.rw.write_blocks({block_id(dead.d, k): b"" for k in chunk}, after=dead.bt)
+                )
+            except (Unavailable, NoSpace) as e:
+                left = dead.count() - done
+                self.reclaim_failed += left
+                log.warning("could not give back %d block(s) of data id %#x: %s", left, dead.d, e)
+                return
+            done += len(chunk)
+            self.reclaimed_blocks += len(chunk)

@@ -6,28 +6,32 @@ storage quota, and what ``bftfs status`` shows of them.
   of ``requests_per_second`` and ``bytes_per_second``; beyond them the node stops reading
   that client's connection until it may go on.  Nothing is refused, so a correct client
   that is merely busy is slowed, not failed.
-* **Quota** (``bftfs/accounting.py``): every record a client's request makes this node
-  store is charged to that client, in the transaction that stores it - PASIS block
-  versions (``rw/quota.py``) and Q/U records: versions of object states, the stored
-  requests, histories, blobs (``qu/schema.py``) - and given back in the transaction that
-  deletes it (collection, retention pruning, tombstones).  One quota of
-  ``quota_fraction * map_size`` counts both: a new non-empty block version
+* **Quota** (``bftfs/accounting.py``): every record a client's request makes this node store
+  is charged to that client, in the transaction that stores it - PASIS block versions
+  (``rw/quota.py``) and Q/U records: versions of object states, the stored requests,
+  histories, blobs (``qu/schema.py``) - and given back in the transaction that deletes it
+  (collection, retention pruning, tombstones).  One quota of ``quota_fraction * map_size``
+  (none by default: ``1.0``) counts both: a new non-empty block version
   (``node/rw_server.py``), or a Q/U update of the client's own whose new states are larger
   than those they replace (``node/qu_server.py``), that would take it past the quota is
-  refused with ``quota``.  More than ``b`` such refusals make either protocol's client
-  raise ``QuotaExceeded`` and the file system answer EDQUOT (not ENOSPC: the disk is not
-  full, and ``df`` says so; this client has taken its share); ``b`` or fewer (a Byzantine
-  node) do not stop it.  Empty versions, deletions, Q/U updates that keep or shrink the
-  states (unlink, rmdir, chmod, most renames) and repairs (barriers, copies, inline
-  repairs, object sync) always pass, so a client over quota can remove files and write
-  again once the nodes collect their blocks and prune their metadata.
+  refused with ``quota``.  More than ``b`` such refusals make either protocol's client raise
+  ``QuotaExceeded`` and the file system answer EDQUOT (not ENOSPC: the disk is not full, and
+  ``df`` says so; this client has taken its share); ``b`` or fewer (a Byzantine node) do not
+  stop it.  Empty versions, deletions, Q/U updates that keep or shrink the states (unlink,
+  rmdir, chmod, most renames) and repairs (barriers, copies, inline repairs, object sync)
+  always pass, so a client over quota can remove files and write again once the nodes
+  collect their blocks (within seconds: a client at ``pool_fraction`` of its quota has its
+  given-back blocks' history collected without waiting for ``keep_seconds``,
+  ``rw/replica.py`` ``verified_step``) and prune their metadata.
 
 **Nodes are never limited**, neither admitted nor charged against a quota: NOTIFY, the
 catch-up of a restarted node (LIST pages, READs), verification READs and the repairs they
 write, and Q/U object sync are how the protocols make progress and collect space, and some
 of them are handlers that call other nodes, so making one node's requests wait on
-another's could stall both.  What catch-up and verification store is charged to the node
-itself, and so is what a node's Q/U catch-up applies (visible, never refused).  At most
+another's could stall both.  A PASIS version that catch-up, verification or a reader's
+repair stores is charged to the writer its timestamp names (never refused: it re-creates
+a version that exists already, docs/rw.md); what a node's Q/U catch-up applies is charged
+to the node itself (visible, never refused).  At most
 ``b`` nodes are Byzantine; a flooding node is not covered here (docs/threat-model.md).
 """
 

@@ -288,7 +288,8 @@ class CatchUp:
             self._count("skipped")
             return
         try:
-            await node.store.write(lambda kv: replica.store_write(kv, req, owner=int(node.id)))
+            # Charged to the version's writer: the read proved it complete (docs/rw.md).
+            await node.store.write(lambda kv: replica.store_write(kv, req, owner=req.ts.writer))
         except Exception:  # the store refused (e.g. full): count it, go on with the next
             node.log.exception("node %s: rw catch-up: block %s not stored", node.id, block)
             self._count("failed")

@@ -17,18 +17,25 @@ fetches its fragments of the blocks written meanwhile, in the background.
 A malformed request is refused with ``malformed``; a write that fails validation with the
 replica's code (``bad-verifier``, ``bad-fragment``, ``too-far-ahead``...); a client's new
 non-empty version beyond its quota (``[limits]``, node/limits.py) with ``quota``.  Refusals
-are counted in ``node.stats`` under ``rw.refused.<code>``.  A write is charged to its
-authenticated sender (rw/quota.py), in the transaction that stores it.
+are counted in ``node.stats`` under ``rw.refused.<code>``.  A write is charged, in the
+transaction that stores it (rw/quota.py), to the writer its timestamp names: a client's own
+write is sent by that writer (the frame authenticates it); a *repair* (the timestamp names
+another writer: a reader's or a node's write-back, a scrub's rewrite) is taken only when
+``b + 1`` other nodes host that very version, asked before storing it, and is then charged
+to the version's writer and never refused for quota (``unproven`` otherwise; docs/rw.md,
+"Repairs are charged to the version's writer").
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bftfs.erasure import fragment_size
-from bftfs.ids import is_node
+from bftfs.ids import NodeId, is_node
+from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node import limits, rw_scrubber
 from bftfs.node import rw_catchup as catchup
 from bftfs.node.batching import BatchHandler
@@ -46,6 +53,7 @@ from bftfs.rw.messages import (
     ListRequest,
     MessageError,
     Notify,
+    ReadReply,
     ReadRequest,
     TimeRequest,
     WriteRequest,
@@ -103,6 +111,29 @@ def register(
             "quota", f"client {ctx.sender} is at its quota of {client_quota} bytes here"
         )
 
+    async def proven(req: WriteRequest) -> bool:
+        """Whether ``b + 1`` other nodes host the repaired version (replica.repair_proven):
+        asked of every other node, done as soon as enough say so."""
+        ask = replica.proof_request(req.block, req.ts)
+        replies: dict[int, ReadReply] = {}
+
+        def accept(peer: Any, raw: Any) -> bool:
+            try:
+                replies[int(peer)] = ReadReply.from_wire(raw, ask, n=n, max_fragment=max_fragment)
+            except MessageError:
+                return False
+            return True
+
+        def enough(_valid: Any) -> bool:
+            return replica.repair_proven(replies, req.ts, node.config.b)
+
+        others = [NodeId(i) for i in node.config.node_ids if i != int(node.id)]
+        with contextlib.suppress(QuorumUnavailable):
+            await node.endpoint.quorum_call(
+                others, ask.kind, ask.to_wire(), enough=enough, accept=accept
+            )
+        return enough(None)
+
     async def on_time(ctx: RequestContext, payload: Any) -> Any:
         req = _parse(node, lambda: TimeRequest.from_wire(payload))
         return node.store.read(lambda kv: replica.time_step(kv, req.block)).to_wire()
@@ -134,7 +165,20 @@ def register(
             node.stats["rw.write.duplicate"] += 1
             return replica.WriteReply(new=False).to_wire()
         owner = int(ctx.sender)
-        limit = None if is_node(owner) else client_quota
+        limit: int | None = client_quota
+        if here is None and replica.is_repair(req, owner):
+            if not await proven(req):
+                node.stats["rw.refused.unproven"] += 1
+                raise HandlerError(
+                    "unproven",
+                    f"fewer than b + 1 other nodes host version {req.ts!r} of block "
+                    f"{req.block:#x}: only its writer may write a version that is new",
+                )
+            # Someone else's data, which exists already: its writer pays, never refused.
+            node.stats["rw.write.repair"] += 1
+            owner, limit = req.ts.writer, None
+        if is_node(owner):
+            limit = None
         if (
             limit is not None
             and here is None

@@ -38,6 +38,7 @@ import trio
 
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
+from bftfs.node import limits
 from bftfs.node.rw_forgetter import Forgetter
 from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
@@ -138,6 +139,10 @@ class Verifier:
         self._revisits: list[tuple[int, int]] = []
         #: Blocks down to their verified empty version are forgotten (node/rw_forgetter.py).
         self.forgetter = Forgetter(node)
+        #: A client using this much here (``pool_fraction`` of its quota) is short of
+        #: room: the old versions of blocks given back under it go without waiting for
+        #: their age (``replica.verified_step``).
+        self.owner_limit = int(self.policy.pool_fraction * limits.quota_bytes(node))
 
     # Hooks the rw server calls ------------------------------------------------------------
 
@@ -197,6 +202,7 @@ class Verifier:
                     retention=self.retention,
                     pressure=pressure,
                     pins=pinned_moments(kv),
+                    owner_limit=self.owner_limit,
                 )
                 for block, mark, flag, poison in todo
             ]
@@ -270,6 +276,7 @@ class Verifier:
                     retention=self.retention,
                     pressure=pressure,
                     pins=pinned_moments(kv),
+                    owner_limit=self.owner_limit,
                 )
 
             res = await self.node.store.write(step)
@@ -332,6 +339,7 @@ class Verifier:
                     retention=self.retention,
                     pressure=pressure,
                     pins=pinned_moments(kv),
+                    owner_limit=self.owner_limit,
                 )
                 for block, _hosted, outcome, poison in read
             ]
@@ -408,9 +416,8 @@ class Verifier:
             self.node.log.warning("node %s: block %s: %s", self.node.id, block, e)
             return
         req = WriteRequest(block, outcome.ts, cc, frag)
-        await self.node.store.write(
-            lambda kv: replica.store_write(kv, req, owner=int(self.node.id))
-        )
+        # Charged to the version's writer, as the repairs just made (node/rw_server.py).
+        await self.node.store.write(lambda kv: replica.store_write(kv, req, owner=req.ts.writer))
 
     async def _rebuild(self) -> None:
         """The backlog after a restart: versions above their block's mark, unflagged."""

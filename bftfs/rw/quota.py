@@ -2,9 +2,11 @@
 is charged to, and each owner's total (synchronous steps over a ``KV``).
 
 The PASIS side of the shared accounting (:mod:`bftfs.accounting`, ledger ``RW``; the Q/U
-side is ``qu/schema.py``'s).  Each new version is charged to the principal whose
-authenticated WRITE stored it (never to the writer named in its timestamp: any client can
-name any writer there), with its size as the store holds it (key plus value).  The charge
+side is ``qu/schema.py``'s).  Each new version is charged to the writer its timestamp names,
+with its size as the store holds it (key plus value): a client's own write is sent by that
+writer (the frame authenticates it), and a repair - a write naming another writer - is
+taken only when ``b + 1`` other nodes host that very version (``node/rw_server.py``), so
+the name is never one a client made up for new data.  The charge
 and the owner's total (``rw.charge``, ``rw.usage``, layout in schema.py) change in the same
 transaction as the version itself: :func:`charge` when a version is put, :func:`release`
 when one is deleted (garbage collection, poisonous discards).
@@ -21,7 +23,7 @@ from bftfs.accounting import RW, over, used
 from bftfs.kv import KV
 from bftfs.rw.schema import DB_VERSIONS
 
-__all__ = ["audit", "charge", "over", "release", "usage_of", "usages", "used"]
+__all__ = ["audit", "charge", "over", "owner_of", "release", "usage_of", "usages", "used"]
 
 #: Bytes of block versions charged to an owner (``used`` adds its Q/U records).
 usage_of = RW.usage_of
@@ -31,6 +33,8 @@ usages = RW.usages
 charge = RW.charge
 #: Give back the charge of a version just deleted.
 release = RW.release
+#: Whom a stored version is charged to.
+owner_of = RW.owner_of
 
 
 def audit(kv: KV) -> tuple[dict[int, int], int]:

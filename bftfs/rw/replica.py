@@ -16,6 +16,9 @@ section 3.5.1.1 (L1147-1165):
   block has a newer verified version already, so storing it could only waste space).  A
   new version is charged to its owner (quota.py); :func:`store_charged` also refuses one
   that would take its owner past a quota.
+* :func:`is_repair`, :func:`repair_proven` - a write at another writer's timestamp is a
+  repair, taken only when ``b + 1`` other nodes host that version, and charged to its
+  writer (node/rw_server.py).
 * :func:`fresh_conflict` - the extra check of a one-round write (not in the seed): refuse
   unless the timestamp is above every hosted version.
 * :func:`time_step` - TIME_REQUEST: the greatest hosted timestamp.
@@ -156,6 +159,34 @@ def scrub_step(kv: KV, after: bytes | None, limit: int, *, node: int, n: int) ->
         if not sound(raw, ts, node=node, n=n):
             damaged.append((block, ts))
     return ScrubPage(damaged, checked, None)
+
+
+def is_repair(req: WriteRequest, sender: int) -> bool:
+    """Whether a write re-creates someone else's version: its timestamp names another
+    writer than the principal that sent it (a reader's or a node's repair, a scrub's
+    rewrite).  A client's own writes always carry its own id (``RWClient``), so every
+    version a correct node stored as an original write was sent by the writer its
+    timestamp names; a repair is taken only as a copy of a version that exists already
+    (:func:`repair_proven`), so that stays true of every version a correct node holds."""
+    return req.ts.writer != sender
+
+
+def proof_request(block: int, ts: Timestamp) -> ReadRequest:
+    """The read witness that asks a peer whether it hosts exactly version ``ts``."""
+    return ReadRequest(BlockId(block), data=False, below=ts, inclusive=True)
+
+
+def hosts_exactly(reply: ReadReply, ts: Timestamp) -> bool:
+    """Whether a peer's answer to :func:`proof_request` says it hosts ``ts`` itself."""
+    return bool(reply.history) and reply.history[0] == ts
+
+
+def repair_proven(replies: Mapping[int, ReadReply], ts: Timestamp, b: int) -> bool:
+    """Whether ``b + 1`` other nodes host version ``ts``: then one of them is correct and
+    stored it as its writer's own write or as a proven repair, so the version exists and
+    belongs to the writer its timestamp names (pure; docs/rw.md, "Repairs are charged to
+    the version's writer").  ``replies``: peers' answers to :func:`proof_request`."""
+    return sum(hosts_exactly(r, ts) for r in replies.values()) >= b + 1
 
 
 def floor_of(kv: KV, block: int) -> Timestamp:
@@ -412,11 +443,16 @@ def verified_step(
     retention: RetentionPolicy,
     pressure: bool = False,
     pins: Sequence[int] = (),
+    owner_limit: int | None = None,
 ) -> Verified:
     """Record what verification learned about ``block``, then collect what may go.
 
     When the verified version is empty (a block given back), retention keeps one version
-    instead of ``keep_versions``.
+    instead of ``keep_versions``; and when a version below it is charged to an owner
+    using ``owner_limit`` bytes or more here (a client near its quota), its age is not
+    waited for either: removed contents go first when a client is short of room, so that
+    removing files lets it write again within seconds (issue 31).  Live blocks keep their
+    retention unless the whole node is short (``pressure``).
 
     ``mark``: a version at or above it is verified complete (the caller's own verification,
     or the NOTIFY floor rule); the block's mark only rises.  ``flag``: the version to set
@@ -451,6 +487,8 @@ def verified_step(
         if ts > mark or ts == ZERO:
             discarded += _drop(kv, version_key(block, ts))
     hosted = hosted_step(kv, block)
+    if empty and not pressure and owner_limit is not None:
+        pressure = _owner_pressed(kv, block, [ts for ts in hosted if ts < mark], owner_limit)
     collected = Collected(0, floor_of(kv, block))
     if mark > ZERO:
         floor = gc_floor(mark, hosted, now_ns, retention, pressure=pressure, pins=pins)
@@ -478,6 +516,16 @@ def verified_step(
         revisit,
         given_back=empty and left == 1 and not below,
     )
+
+
+def _owner_pressed(kv: KV, block: int, versions: Iterable[Timestamp], limit: int) -> bool:
+    """Whether one of ``versions`` of ``block`` is charged to an owner that uses ``limit``
+    bytes or more on this node (block versions and Q/U records, :func:`quota.used`)."""
+    for ts in versions:
+        owner = quota.owner_of(kv, version_key(block, ts))
+        if owner is not None and quota.used(kv, owner) >= limit:
+            return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,12 @@ Choices where the seed is silent (spec H.3, A.6):
 
 * ``writer`` sits between Time and Verifier.  The seed's PASIS timestamp has no client id
   (L979-982).  Adding it makes two clients that pick the same Time still produce distinct,
-  ordered timestamps, and records who wrote a version (for history and for blame).  It does
-  not weaken validation: only the verifier binds the data, and a repair re-writes a version
-  under its original timestamp, so nodes do not require ``writer`` to equal the sender.
+  ordered timestamps, and records who wrote a version (for history, for blame, and for the
+  quota: a version is charged to its writer).  Only the verifier binds the data.  A node
+  takes a *new* version only from the writer it names (the frame authenticates the
+  sender); a write naming another writer is a repair, taken only when ``b + 1`` other
+  nodes host that very version (``rw/replica.py`` ``repair_proven``), so a client cannot
+  write new data in another client's name.
 * ``time`` is a hybrid clock: :func:`next_time` takes ``max(observed + 1, now)``.  The seed
   takes ``max + 1`` (READ_TIMESTAMP, MAKE_TIMESTAMP); also taking the wall clock keeps
   timestamps close to real time, which the version-history views (``bftfs cat --at``) rely on,
