@@ -20,6 +20,10 @@ profile                   behaviour
                           ``corrupt-fragments``): readers must believe only what ``b + 1``
                           nodes vouch for and check states against agreed digests
 ``withhold-history``      answers every history read with an empty chain
+``misdate-history``       history reads (issue 31): every version it reports, true digest
+                          and link, is dated 1970 (``stored_ns`` 1): where retention let
+                          the other nodes drop an old version, its time must be unknown,
+                          never the liar's
 ``power-cut-in-update``   a crash, not a lie: inside the LMDB write transaction of the
                           third Q/U update it stores, right after that update's first
                           put, the process ends at once (``os._exit``, no commit, no
@@ -108,6 +112,17 @@ async def _forge_states(ctx: Any, payload: Any, handler: Any) -> Any:
     return [None if s is None or not s else bytes([s[0] ^ 1]) + s[1:] for s in states]
 
 
+#: The time ``misdate-history`` gives every version: 1 ns after the epoch (0 means "no
+#: time" on the wire and would not be counted).
+MISDATED_NS = 1
+
+
+async def _misdate_versions(ctx: Any, payload: Any, handler: Any) -> Any:
+    """A true chain page (``qu.versions``) whose every version is dated 1970."""
+    page = await handler(ctx, payload)
+    return [[lt, co, digest, MISDATED_NS] for lt, co, digest, _ in page]
+
+
 async def _withhold(ctx: Any, payload: Any, handler: Any) -> Any:
     return []
 
@@ -121,6 +136,10 @@ def _lie_about_history(config: ClusterConfig, node: int) -> ByzantineProfile:
 
 def _withhold_history(config: ClusterConfig, node: int) -> ByzantineProfile:
     return ByzantineProfile({"qu.versions": _withhold})
+
+
+def _misdate_history(config: ClusterConfig, node: int) -> ByzantineProfile:
+    return ByzantineProfile({"qu.versions": _misdate_versions})
 
 
 #: Set while a Q/U request runs its honest handler on a ``power-cut-in-update`` node: only
@@ -249,6 +268,7 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "reject-everything": _reject_everything,
     "lie-about-history": _lie_about_history,
     "withhold-history": _withhold_history,
+    "misdate-history": _misdate_history,
     "power-cut-in-update": _power_cut_in_update,
     "power-cut-in-gc": _power_cut_in_gc,
 }
