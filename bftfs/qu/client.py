@@ -306,6 +306,11 @@ class QUClient:
                 space = refused_for_space(self._space, th.b)
                 if space is not None:
                     raise type(space)(f"objects {objects}: {space}")
+                ahead = sorted(n for n, code in self._space.items() if code == "ahead")
+                if len(ahead) > th.b:  # one correct node at least: this client's clock
+                    raise MethodRefused(
+                        "ahead", f"nodes {ahead}: this client's clock is more than 60 s ahead"
+                    )
             self._absorb(objects, replies, fresh)
             st.short = st.short + 1 if len(replies) < th.q else 0
             # Judge the round on the OHS we present (decision 6), the one ``next_step``
@@ -607,7 +612,7 @@ class QUClient:
             self._space = {
                 int(n): code
                 for n, why in e.result.errors.items()
-                if (code := refusal_code(why)) in ("full", "quota")
+                if (code := refusal_code(why)) in ("full", "quota", "ahead")
             }
         return dict(stash)
 
