@@ -381,6 +381,10 @@ def handle_request(
     for oid in objects:
         lt_co = su.candidates[oid].lt_co
         x = _retrieve(kv, oid, lt_co, synced)
+        if req.op is not None and (x is None or lt_co == ZERO) and schema.is_forgotten(kv, oid):
+            # A forgotten object: the version an operation on it would need is gone from
+            # every server (no object sync can find it), and its id is never an object again.
+            return reply(ReplyStatus.REFUSED, why="forgotten", at=_at(su))
         if x is None:
             hosts = tuple(
                 s
@@ -753,6 +757,7 @@ def forget_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_ns: 
     if v is None:
         return 0
     schema.delete_version(kv, oid, v)
+    schema.mark_forgotten(kv, oid)
     return 1 + int(schema.delete_rh(kv, oid))
 
 
