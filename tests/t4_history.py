@@ -1,6 +1,7 @@
 """Version history users can see (issue 17): every history command against real node
 processes and real FUSE mounts, with healthy nodes and (slow tier) the whole module again
-with one Byzantine node lying about the past, one withholding it, and one node down.
+with one Byzantine node lying about the past, one withholding it, one dating every version
+1970 (issue 31), and one node down.
 
 Moments are taken on this machine's clock right after each close returned; the nodes run
 on the same machine, so each version's time (the median of the storing nodes' clocks) lies
@@ -66,6 +67,7 @@ def contents(rng: random.Random, size: int) -> bytes:
         # A Byzantine node (b = 1): in the slow tier, the healthy run keeps `make test` short.
         pytest.param("lie-about-history", marks=pytest.mark.slow),
         pytest.param("withhold-history", marks=pytest.mark.slow),
+        pytest.param("misdate-history", marks=pytest.mark.slow),
         # One node down for the whole module (stopped once the mounts are up).
         pytest.param("node-down", marks=pytest.mark.slow),
     ],
