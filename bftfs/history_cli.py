@@ -15,7 +15,10 @@ WHEN (``--at``, ``--since``, ``--until``) is one of:
   stored.
 
 Times shown are the median of the storing nodes' clocks (not the writing client's), and a
-version's client is the authenticated identity the nodes saw (``bftfs/fs/past.py``).
+version's client is the authenticated identity the nodes saw (``bftfs/fs/past.py``).  A
+version fewer than ``2b + 1`` nodes still report has no time a lying node could not have
+moved: it is shown as ``unknown`` (``null`` in ``--json``), and a moment it could decide
+has no answer (exit 7) rather than a guess (issue 31).
 """
 
 from __future__ import annotations
@@ -137,7 +140,9 @@ def _mountpoints(cfg: ClusterConfig) -> list[Path]:
     return points
 
 
-def _iso(ns: int) -> str:
+def _iso(ns: int | None) -> str:
+    if ns is None:
+        return "unknown"
     dt = datetime.datetime.fromtimestamp(ns / 1e9).astimezone()
     return dt.isoformat(sep=" ", timespec="seconds")
 
@@ -205,6 +210,11 @@ async def _moment(past: Any, path: str, when: int | str, now_ns: int) -> int:
     v = hist.by_id(when.lower())
     if v is None:
         raise PastError(f"{path}: no version {when} in its history (see bftfs log {path})")
+    if v.time_ns is None:
+        raise PastError(
+            f"{path}: the time of version {when} is unknown (fewer than 2b+1 nodes still "
+            "report it): give a time instead"
+        )
     return int(v.time_ns)
 
 
@@ -271,6 +281,8 @@ def cmd_log(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         hi = None if until is None else await _moment(past, path, until, now_ns)
         rows = []
         for v in hist.versions:
+            if (lo is not None or hi is not None) and v.time_ns is None:
+                continue  # unknown: not known to be in the range
             if lo is not None and v.time_ns < lo or hi is not None and v.time_ns > hi:
                 continue
             if args.client is not None and v.client != wanted.get(args.client, -1):

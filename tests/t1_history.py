@@ -9,11 +9,18 @@ from pathlib import Path
 import pytest
 
 from bftfs.fs.entries import Entries
-from bftfs.fs.past import Version, changes
+from bftfs.fs.past import ObjectHistory, Undecided, Version, changes
 from bftfs.fs.pastplan import plan_revert
 from bftfs.history_cli import WhenError, fs_path, parse_when
 from bftfs.qu.messages import MessageError
-from bftfs.qu.past import ChainEntry, agree, parse_versions_reply, state_digest
+from bftfs.qu.past import (
+    ChainEntry,
+    agree,
+    agreed_time,
+    current_at,
+    parse_versions_reply,
+    state_digest,
+)
 from bftfs.qu.timestamp import Timestamp
 
 B = 1
@@ -52,6 +59,44 @@ def test_b_lying_clocks_cannot_move_a_time_outside_the_honest_range(lie: int) ->
     reports[9] = entry(5, b"s", lie, co=4)  # a host that reports the true digest, a false time
     got = agree(ts(5), reports, B)
     assert got is not None and min(honest) <= got.time_ns <= max(honest)
+
+
+@pytest.mark.parametrize("lie", [1, 10**19])
+def test_a_time_fewer_than_2b_plus_1_nodes_give_is_unknown(lie: int) -> None:
+    """Issue 31: a version only ``b + 1`` nodes still report, one of them lying, has no
+    time the liar could not have set (the lower median of two is the lower report)."""
+    reports = {0: entry(5, b"s", 1000, co=4), 9: entry(5, b"s", lie, co=4)}
+    got = agree(ts(5), reports, B)
+    assert got is not None and got.co == ts(4) and got.time_ns is None
+    # Reports without a time (0) do not count towards the 2b + 1.
+    assert agreed_time([1000, 0, 0, 1010], B) is None
+    assert agreed_time([1000, 0, 1005, 1010], B) == 1005
+    # With b = 2, five reports of which two lie either way still land in the honest range.
+    assert agreed_time([1, 2, 1000, 1010, 10**19], 2) == 1000
+    assert agreed_time([1, 1000, 1010, 1020], 2) is None
+
+
+def test_an_unknown_time_never_answers_for_an_earlier_moment() -> None:
+    """Newest first: a version of unknown time is never taken as current at a moment; newer
+    than a version known to be after the moment it is after it too; older, it could be
+    the current one, and the answer is undecided."""
+    got = current_at([300, None, 100], 200)
+    assert got.index == 2 and got.undecided  # the unknown one may be before 200
+    got = current_at([None, 300, 100], 200)
+    assert got.index == 2 and not got.undecided  # it is newer than 300: after 200
+    got = current_at([300, None, None], 50)
+    assert got.index is None and got.undecided  # the object may have existed at 50
+    got = current_at([300, 250], 50)
+    assert got.index is None and not got.undecided  # it did not exist at 50
+    assert current_at([300, 100], 100).index == 1
+    hist = ObjectHistory(1, complete=True)
+    hist.versions = [
+        Version(1, ts(3), 300, 7, {"k": "f"}, ("written",)),
+        Version(1, ts(1), None, 7, {"k": "f"}, ("created",)),
+    ]
+    assert hist.at(400) is hist.versions[0]
+    with pytest.raises(Undecided):
+        hist.at(50)  # before the file existed? its creation's time is not known
 
 
 def test_a_chain_page_must_follow_conditioned_on_links_from_the_asked_version() -> None:

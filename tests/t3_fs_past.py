@@ -10,21 +10,27 @@ version's content byte for byte, on the in-process cluster with real protocol cl
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
+import pytest
 from fs_helpers import RW_OPTIONS, qu_client
 
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
-from bftfs.fs.past import Past
+from bftfs.fs.past import Past, Undecided
+from bftfs.fs.pastview import PastView
+from bftfs.qu import schema
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
-from bftfs.testing.cluster import open_cluster
+from bftfs.testing.byzantine import history
+from bftfs.testing.cluster import Cluster, open_cluster
 
 BS = 4096
 
@@ -74,3 +80,55 @@ async def test_a_lagging_writer_never_shows_in_an_earlier_version(tmp_path: Path
             b"2" * BS + b"3" * BS,
         ]
         assert hist.versions[-1].changes == ("created",) and hist.complete
+
+
+def _prune_all_but_newest(cluster: Cluster, nodes: list[int], oids: list[int]) -> None:
+    """As retention on ``nodes`` would: every version of ``oids`` but the newest goes."""
+
+    def prune(kv: Any, oid: int) -> None:
+        stored = schema.oldest_versions(kv, oid, 1 << 20)
+        for lt, _ in stored[:-1]:
+            v = schema.load_version(kv, oid, lt)
+            if v is not None:
+                schema.delete_version(kv, oid, v)
+
+    for i in nodes:
+        for oid in oids:
+            cluster.nodes[i].store.write_now(functools.partial(prune, oid=oid))
+
+
+async def test_a_time_travel_view_never_shows_a_file_a_liar_dates_too_early(
+    tmp_path: Path,
+) -> None:
+    """Issue 31, item 1, for ``mount --at`` (:class:`PastView`): node 1 dates every
+    version 1970 and the old versions are left at nodes 1 and 2 only (the others pruned
+    them).  Before the file existed the view must not show it (the versions' times are
+    unknown: no answer), while the newest versions, which every node reports, still read
+    back.  Before the fix the view listed the file with its first contents."""
+    async with (
+        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
+        AsyncExitStack() as stack,
+    ):
+        cfg = cluster.config
+        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
+        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(1))
+        th = QUThresholds.from_config(cfg)
+        past = Past(qu_client(cluster, 1), PastReader(cluster.client(1), th), rw, BS)
+        before = time.time_ns()
+        for text in (b"first", b"second", b"third"):
+            fh, a = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR | os.O_TRUNC)
+            await fs.write(fh, 0, text)
+            await fs.release(fh)
+        fh, _ = await fs.create(ROOT, b"g", 0o644, 0, 0, os.O_RDWR)  # the root's "added f"
+        await fs.release(fh)  # is old now: pruned and misdated like f's first versions
+        after = time.time_ns()
+        cluster.faults[1].byzantine(history.KIND_VERSIONS, history.misdate)
+        _prune_all_but_newest(cluster, [0, 3, 4, 5], [ROOT, a.ino])
+
+        then = PastView(past, before, BS)
+        with pytest.raises(Undecided):
+            await then.lookup(ROOT, b"f")
+        now = PastView(Past(past.qu, past.reader, rw, BS), after, BS)
+        found = await now.lookup(ROOT, b"f")
+        fh = await now.open(found.ino, os.O_RDONLY)
+        assert await now.read(fh, 0, 100) == b"third"

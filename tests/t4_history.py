@@ -1,6 +1,7 @@
 """Version history users can see (issue 17): every history command against real node
 processes and real FUSE mounts, with healthy nodes and (slow tier) the whole module again
-with one Byzantine node lying about the past, one withholding it, and one node down.
+with one Byzantine node lying about the past, one withholding it, one dating every version
+1970 (issue 31), and one node down.
 
 Moments are taken on this machine's clock right after each close returned; the nodes run
 on the same machine, so each version's time (the median of the storing nodes' clocks) lies
@@ -66,6 +67,7 @@ def contents(rng: random.Random, size: int) -> bytes:
         # A Byzantine node (b = 1): in the slow tier, the healthy run keeps `make test` short.
         pytest.param("lie-about-history", marks=pytest.mark.slow),
         pytest.param("withhold-history", marks=pytest.mark.slow),
+        pytest.param("misdate-history", marks=pytest.mark.slow),
         # One node down for the whole module (stopped once the mounts are up).
         pytest.param("node-down", marks=pytest.mark.slow),
     ],
@@ -347,3 +349,52 @@ def test_snapshots_are_named_moments_usable_wherever_a_time_is(
     assert "release-1" not in json.loads(bftfs(cluster, "snapshot", "list", "--json").stdout)
     unknown = bftfs(cluster, "cat", str(mine / "snapped"), "--at", "release-1", check=False)
     assert unknown.returncode == 2 and b"snapshot" in unknown.stderr
+
+
+def test_a_node_misdating_old_versions_cannot_date_them_where_others_pruned(
+    tmp_path: Path,
+) -> None:
+    """Issue 31, item 1: nodes prune at their own moment, so an old version may be reported
+    by only ``b + 1`` nodes, one of them Byzantine (``misdate-history``: every time 1970).
+    Here nodes 1 (the liar) and 2 keep every version (their retention keeps ten years) and
+    the other four keep one: the old versions' times must be unknown in ``bftfs log``, and
+    ``cat --at`` a moment before the file existed must not show its contents (exit 7, no
+    answer).  Before the fix the lower median of two reports was the liar's 1970, so the
+    file's first version "existed" at that moment and ``cat`` printed it."""
+    from dataclasses import replace
+
+    from bftfs.config import save
+    from bftfs.policy import RetentionPolicy
+
+    prune = RetentionPolicy(keep_seconds=0.0, keep_versions=1, forget_seconds=3600.0)
+    home = tmp_path / "c"
+    keep = home / "keep.toml"
+    liar = ["--byzantine", "misdate-history"]
+    args = {1: [*liar, "--config", str(keep)], 2: ["--config", str(keep)]}
+    pc = ProcessCluster(home, map_size=1 << 30, durable=False, retention=prune, node_args=args)
+    ten_years = RetentionPolicy(keep_seconds=10 * 365 * 86400.0, forget_seconds=3600.0)
+    save(replace(pc.config, retention=ten_years), keep)
+    with pc, Mount(pc.config, tmp_path / "m") as m:
+        before = time.time_ns()
+        texts = [b"first %d\n" % i for i in range(4)]
+        for data in texts:
+            last = write(m.mountpoint / "f", data)
+        # The four pruning nodes drop the old versions once they accept the later updates
+        # (and their pruners come round): then the first version has fewer than 2b+1 times.
+        deadline = time.monotonic() + 60
+        while True:
+            rows = log_of(pc, "/f")
+            assert rows[-1]["changes"] == ["created"], rows
+            if rows[-1]["time_ns"] is None or rows[-1]["time_ns"] < before:
+                break
+            assert time.monotonic() < deadline, f"the nodes did not prune: {rows}"
+        # The oldest versions only nodes 1 and 2 still report: unknown, never 1970.
+        assert rows[-1]["time_ns"] is None and rows[-1]["time"] == "unknown", rows
+        assert all(r["time_ns"] is None or before <= r["time_ns"] <= last for r in rows), rows
+        text = bftfs(pc, "log", "/f").stdout.decode()
+        assert "unknown" in text and "1970" not in text, text
+        # Before the file existed: no contents, whatever the liar says.
+        got = bftfs(pc, "cat", "/f", "--at", at(before), check=False)
+        assert got.returncode == 7 and got.stdout == b"", (got.stdout, got.stderr)
+        # The newest version every node reports is still read back by its time.
+        assert bftfs(pc, "cat", "/f", "--at", at(last)).stdout == texts[-1]

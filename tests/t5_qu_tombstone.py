@@ -18,7 +18,7 @@ import pytest
 import trio
 from fs_helpers import Env, run
 
-from bftfs.fs.errors import NotFound, Removed
+from bftfs.fs.errors import Forgotten, NotFound, Removed
 from bftfs.fs.objects import ROOT
 from bftfs.policy import RetentionPolicy
 from bftfs.qu import schema
@@ -174,8 +174,9 @@ def forgotten(env: Env) -> list[int]:
 
 def test_removed_objects_are_forgotten_by_every_node(tmp_path: Path) -> None:
     """With ``forget_seconds`` 0 a removed object's tombstone goes too: no node keeps
-    anything of it; another mount's handle on it answers as for a file that never
-    existed (NotFound), and the rest of the tree is untouched."""
+    anything of it but its id among those it forgot; another mount's handle on it answers
+    ESTALE (refused ``forgotten``: the id never names an object again, issue 31), and the
+    rest of the tree is untouched."""
 
     async def body(env: Env) -> None:
         d, files, keep = await populate(env)
@@ -187,11 +188,11 @@ def test_removed_objects_are_forgotten_by_every_node(tmp_path: Path) -> None:
         for oid in removed:
             assert held(env, oid) == [(0, 0)] * 6, oid
         assert all(h >= 1 and versions >= 1 for h, versions in held(env, keep))
-        with pytest.raises(MethodRefused, match="not-found"):
+        with pytest.raises(MethodRefused, match="forgotten"):
             await env.raw.query(files[b"f0"], "fs.stat")
-        with pytest.raises(NotFound):
+        with pytest.raises(Forgotten):
             await env.fss[1].mkdir(d, b"x", 0o755, 0, 0)
-        with pytest.raises(MethodRefused, match="not-found"):
+        with pytest.raises(MethodRefused, match="forgotten"):
             await env.raw.query(files[b"f1"], "fs.stat")
         await other.release(stale)
         # A name created afresh in the root works, and the kept file takes updates.

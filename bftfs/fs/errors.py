@@ -115,6 +115,14 @@ class StaleView(FsError):
     errno = _errno.ESTALE
 
 
+class Forgotten(FsError):
+    """The object a handle names was removed and then forgotten by the nodes
+    (``docs/qu.md``, "Forgetting removed objects"): ESTALE, as NFS answers for a handle
+    whose file is gone.  Its id never names another object (issue 31)."""
+
+    errno = _errno.ESTALE
+
+
 class BadHandle(FsError):
     """A file handle that is not open."""
 
@@ -137,6 +145,7 @@ _BY_CODE: dict[str, type[FsError]] = {
     "too-big": TooBig,
     "no-space": NoSpace,
     "permission": Permission,
+    "forgotten": Forgotten,
 }
 
 

@@ -20,6 +20,7 @@ from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import (
     CrossDevice,
+    Forgotten,
     FsError,
     Invalid,
     IsDir,
@@ -278,6 +279,9 @@ class Namespace(Reclaim):
             try:
                 child, pst = await self._update([parent, oid], method, a)
             except _Taken:
+                continue
+            except Forgotten:  # the id was used once and forgotten, or the directory was
+                await self._query(parent, "fs.stat")  # (then this answers ESTALE)
                 continue
             except _Stale as e:  # only from a method that never says so: a bug
                 raise FsError(str(e)) from None

@@ -534,6 +534,10 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 
 #: Largest PASIS block Time a file records (``bt``: 8 unsigned bytes, rw/timestamp.py).
 MAX_BLOCK_TIME = (1 << 64) - 1
+#: The argument keys of the updates that lock others out until a time (a write lease runs
+#: from ``now``; later writers must write above ``bt``): nodes refuse a client's own update
+#: whose value lies more than the PASIS write skew past their clock (``Method.clocks``).
+CLOCKS = ("now", "bt")
 
 
 def _raise_block_time(f: dict[str, Any], a: dict[str, Any]) -> None:
@@ -544,6 +548,14 @@ def _raise_block_time(f: dict[str, Any], a: dict[str, Any]) -> None:
     complete versions with Time <= T: how a past version's content is read back
     (``bftfs/fs/past.py``).  Only ever raised; a client that lies about it misdates its own
     blocks in the history, nothing else.
+
+    Every later writer must write above ``bt`` and nodes refuse block Times more than the
+    skew (60 s) past their clocks, so ``bt`` years ahead would lock every other writer out
+    and keep the removed file's blocks from being given back (issue 31).  So a node
+    refuses a client's own ``fs.write`` or ``fs.setattr`` whose ``bt`` (or ``now``) lies
+    more than that skew past its clock, as it refuses such a block write
+    (:data:`CLOCKS`, ``Method.clocks``; outside this method, which reads no clock): a
+    correct writer's ``bt`` is a Time the nodes accepted for its blocks, so it never is.
     """
     bt = _opt_int(a, "bt", 0, MAX_BLOCK_TIME)
     if bt is not None and bt > f.get("bt", 0):
@@ -1201,14 +1213,14 @@ FS = ObjectType(
         Method("fs.getxattr", Class.QUERY, _getxattr),
         Method("fs.listxattr", Class.QUERY, _listxattr),
         Method("fs.mkroot", Class.UPDATE, _mkroot),
-        Method("fs.setattr", Class.UPDATE, _setattr),
-        Method("fs.write", Class.UPDATE, _write),
-        Method("fs.lock", Class.UPDATE, _lock),
+        Method("fs.setattr", Class.UPDATE, _setattr, clocks=CLOCKS),
+        Method("fs.write", Class.UPDATE, _write, clocks=CLOCKS),
+        Method("fs.lock", Class.UPDATE, _lock, clocks=CLOCKS),
         Method("fs.unlock", Class.UPDATE, _unlock),
         Method("fs.setxattr", Class.UPDATE, _setxattr),
         Method("fs.removexattr", Class.UPDATE, _removexattr),
-        Method("fs.create", Class.UPDATE, _create, 2, 2),
-        Method("fs.createwrite", Class.UPDATE, _create_write, 2, 2),
+        Method("fs.create", Class.UPDATE, _create, 2, 2, clocks=CLOCKS),
+        Method("fs.createwrite", Class.UPDATE, _create_write, 2, 2, clocks=CLOCKS),
         Method("fs.mkdir", Class.UPDATE, _mkdir, 2, 2),
         Method("fs.link", Class.UPDATE, _link, 2, 2),
         Method("fs.unlink", Class.UPDATE, _unlink, 2, 2),

@@ -3,14 +3,17 @@ were at a moment (issue 17).
 
 Built on the versions the nodes keep, read Byzantine-safely (:mod:`bftfs.qu.past`: ``b + 1``
 servers vouch for every version, states are checked against agreed digests, times are the
-median of the servers' own clocks) and on PASIS reads of the past
+median of the servers' own clocks, and unknown where fewer than ``2b + 1`` servers still
+report the version) and on PASIS reads of the past
 (:meth:`RWClient.read_as_of`, cross-checksum validated like any read).
 
 - A **version** of an object is one link of its conditioned-on chain whose state differs
   from the one before it (a repair's copy repeats a state and is folded into it; lease
   bookkeeping alone is not a change users see, see :func:`changes`).
 - The **state at time T** of an object is that of its newest version stored at or before T
-  (no version: the object did not exist yet).
+  (no version: the object did not exist yet).  A version of unknown time is never taken
+  for one stored before T: where one could be the version current at T, the answer is
+  :class:`Undecided` (no answer, rather than contents that may be wrong; issue 31).
 - A **path at T** is resolved from the root, each directory as it was at T.
 - A regular file's **content** at a version: its inline bytes, or its blocks as of the
   version's ``bt`` (the newest block Time its writers recorded, ``objects._raise_block_time``;
@@ -33,7 +36,7 @@ from bftfs.fs.files import file_block_size
 from bftfs.fs.objects import ROOT, SNAPSHOTS
 from bftfs.qu.canon import unpack
 from bftfs.qu.client import QUClient
-from bftfs.qu.past import Agreed
+from bftfs.qu.past import Agreed, current_at
 from bftfs.qu.pastread import End, PastReader
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.client import HistoryReclaimed
@@ -56,14 +59,20 @@ class NotThen(PastError):
     """No such path at that moment."""
 
 
+class Undecided(PastError):
+    """The version current at the asked moment cannot be told: a version whose time too
+    few nodes still report (fewer than ``2b + 1``) may or may not lie before it."""
+
+
 @dataclass(frozen=True)
 class Version:
     """One user-visible version of an object."""
 
     oid: int
     lt: Timestamp
-    #: Median of the storing servers' clocks (ns since the epoch).
-    time_ns: int
+    #: Median of the storing servers' clocks (ns since the epoch); None: unknown (fewer
+    #: than ``2b + 1`` nodes still report this version, :func:`bftfs.qu.past.agreed_time`).
+    time_ns: int | None
     #: The authenticated principal whose request made it (the nodes checked its MAC).
     client: int
     #: The object's state (unpacked), None: it did not exist.
@@ -91,28 +100,42 @@ class ObjectHistory:
 
         Raises:
             Reclaimed: the moment is older than the oldest version kept.
+            Undecided: a version of unknown time may be the one current then.
         """
-        for v in self.versions:
-            if v.time_ns <= time_ns:
-                return v
+        found = current_at([v.time_ns for v in self.versions], time_ns)
+        if found.undecided:
+            raise _undecided(self.oid, time_ns)
+        if found.index is not None:
+            return self.versions[found.index]
         if self.complete:
             return None
-        oldest = self.versions[-1].time_ns if self.versions else None
-        raise Reclaimed(
-            f"object {self.oid:#x}: versions before {_iso(oldest)} were reclaimed by retention"
-            if oldest is not None
-            else f"object {self.oid:#x}: no version is kept"
-        )
+        raise _reclaimed(self.oid, [v.time_ns for v in self.versions])
 
     def by_id(self, prefix: str) -> Version | None:
         return next((v for v in self.versions if v.id.startswith(prefix.lower())), None)
+
+
+def _undecided(oid: int, time_ns: int) -> Undecided:
+    return Undecided(
+        f"object {oid:#x}: which version was current at {_iso(time_ns)} cannot be told: "
+        "the time of an older version is unknown (fewer than 2b+1 nodes still report it)"
+    )
+
+
+def _reclaimed(oid: int, times: list[int | None]) -> Reclaimed:
+    """Versions older than the oldest kept were reclaimed (its time, if known)."""
+    if not times:
+        return Reclaimed(f"object {oid:#x}: no version is kept")
+    return Reclaimed(
+        f"object {oid:#x}: versions before {_iso(times[-1])} were reclaimed by retention"
+    )
 
 
 def _iso(ns: int | None) -> str:
     import datetime
 
     if ns is None:
-        return "?"
+        return "an unknown time"
     return datetime.datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
@@ -261,6 +284,7 @@ class Past:
 
         Raises:
             Reclaimed: the moment is older than the oldest version kept.
+            Undecided: a version of unknown time may be the one current then.
         """
         hist = self._histories.get(oid)
         if hist is not None:
@@ -268,14 +292,14 @@ class Past:
         else:
             _, start = await self.qu.query_at(oid, "fs.peek")
             walk = await self.reader.walk(oid, start, until_ns=time_ns)
-            last = walk.versions[-1] if walk.versions else None
-            if last is None or last.time_ns > time_ns:
+            found = current_at([a.time_ns for a in walk.versions], time_ns)
+            if found.undecided:
+                raise _undecided(oid, time_ns)
+            if found.index is None:
                 if walk.end is End.INITIAL:
                     return None
-                raise Reclaimed(
-                    f"object {oid:#x}: versions before "
-                    f"{_iso(last.time_ns if last else None)} were reclaimed by retention"
-                )
+                raise _reclaimed(oid, [a.time_ns for a in walk.versions])
+            last = walk.versions[found.index]
             raw = (await self.reader.states(oid, [last]))[last.lt]
             state = None if raw is None else unpack(raw)
             v = Version(oid, last.lt, last.time_ns, last.lt.client, state, ())
@@ -350,7 +374,7 @@ class Past:
         size = int(s["size"])
         bs = file_block_size(s, self.bs)  # that version's block size (it never changes)
         count = -(-size // bs)
-        cap = int(s.get("bt") or v.time_ns)
+        cap = block_cap(v)
         out = bytearray()
         try:
             for k in range(count):
@@ -362,3 +386,19 @@ class Past:
                 f"retention ({e}); newer versions are kept"
             ) from None
         return bytes(out[:size])
+
+
+def block_cap(v: Version) -> int:
+    """The newest block Time a regular file's version reads (its ``bt``; a file written
+    before ``bt`` existed: the version's own time).
+
+    Raises:
+        Undecided: no ``bt`` and the version's time is unknown.
+    """
+    assert v.state is not None
+    bt = v.state.get("bt")
+    if bt:
+        return int(bt)
+    if v.time_ns is None:
+        raise Undecided(f"object {v.oid:#x}: version {v.id} has no block Time, its time is unknown")
+    return v.time_ns

@@ -30,7 +30,7 @@ from bftfs.fs.past import Version
 class Change:
     """One version in the range, where it happened."""
 
-    time_ns: int
+    time_ns: int | None
     client: int
     path: str
     changes: tuple[str, ...]
@@ -55,9 +55,16 @@ def changes_in(
         Change(v.time_ns, v.client, path, v.changes, oid)
         for oid, path in paths.items()
         for v in versions.get(oid, ())
-        if since_ns < v.time_ns <= until_ns
+        if in_range(v, since_ns, until_ns)
     ]
     return sorted(out, key=lambda c: (c.time_ns, c.path))
+
+
+def in_range(v: Version, since_ns: int, until_ns: int) -> bool:
+    """Whether ``v`` is known to be stored in ``(since_ns, until_ns]`` (a version of
+    unknown time is not: it is one fewer than ``2b + 1`` nodes still report, older than
+    what retention keeps everywhere)."""
+    return v.time_ns is not None and since_ns < v.time_ns <= until_ns
 
 
 @dataclass(frozen=True)
@@ -122,8 +129,8 @@ def plan_revert(
     removals: list[str] = []
     for oid in sorted(set(then_path) | set(now_path), key=lambda o: now_path.get(o, "")):
         ranged = sorted(
-            (v for v in versions.get(oid, ()) if since_ns < v.time_ns <= until_ns),
-            key=lambda v: v.time_ns,
+            (v for v in versions.get(oid, ()) if in_range(v, since_ns, until_ns)),
+            key=lambda v: v.time_ns or 0,
         )
         mine = [v for v in ranged if v.client == client]
         if not mine:
@@ -134,7 +141,8 @@ def plan_revert(
         placed = oid in then_path and oid in now_path and then_path[oid] == now_path[oid]
         if is_dir_obj and placed:
             continue  # a directory's entries follow from its contents (module docstring)
-        later = [v for v in ranged if v.client != client and v.time_ns > mine[0].time_ns]
+        first = mine[0].time_ns or 0
+        later = [v for v in ranged if v.client != client and (v.time_ns or 0) > first]
         if later:
             conflicts.append((path, "changed later by another client"))
             continue

@@ -20,7 +20,7 @@ from bftfs.fs.entries import all_entries
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr, NotFound, ReadOnly
 from bftfs.fs.files import file_block_size
 from bftfs.fs.objects import NAME_MAX, ROOT, stat_of
-from bftfs.fs.past import Past, Version
+from bftfs.fs.past import Past, Version, block_cap
 from bftfs.rw.messages import block_id
 
 
@@ -112,7 +112,7 @@ class PastView:
             return b""
         if s.get("i") is not None or st.S_ISLNK(s["mode"]):
             return (await self.past.content(v))[offset:end]
-        cap = int(s.get("bt") or v.time_ns)
+        cap = block_cap(v)
         bs = file_block_size(s, self.bs)  # the block size of the file then (and now)
         out = bytearray()
         for k in range(offset // bs, (end - 1) // bs + 1):

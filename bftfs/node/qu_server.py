@@ -35,7 +35,10 @@ transaction (``qu/schema.py``, :mod:`bftfs.accounting`); a client's update whose
 states are larger than those they replace is refused with ``quota`` when its charges here
 (block versions and Q/U records together) would pass ``[limits] quota_fraction``
 (``replica.OverQuota``; node/limits.py).  Nodes are never refused (catch-up applies
-requests as this node itself).
+requests as this node itself).  So is, with ``ahead``, a client's update declaring a time
+that locks others out until then (a write lease's start, a file's newest block Time:
+``Method.clocks``) more than the PASIS write skew (60 s) past this node's clock
+(``replica.ClockAhead``): a client cannot lock a file for years (issue 31).
 
 The object types it serves are given by the node (``node/protocols.py``): the file
 system's, and the test types only when asked for.
@@ -78,6 +81,7 @@ from bftfs.qu.messages import (
 from bftfs.qu.objects import ObjectType, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.replica import (
+    ClockAhead,
     NeedSync,
     OverQuota,
     ReplicaConfig,
@@ -90,6 +94,7 @@ from bftfs.qu.replica import (
     handle_sync,
 )
 from bftfs.qu.timestamp import Timestamp
+from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
@@ -141,7 +146,14 @@ def register(
     def quota_of(sender: int) -> int | None:
         return None if is_node(sender) else client_quota
 
-    def refuse(sender: int, res: OverQuota) -> HandlerError:
+    def refuse(sender: int, res: OverQuota | ClockAhead) -> HandlerError:
+        if isinstance(res, ClockAhead):
+            node.stats["qu.refused.ahead"] += 1
+            return HandlerError(
+                "ahead",
+                f"client {sender}'s clock is {res.ahead_ns / 1e9:.1f} s ahead of this node's "
+                f"(at most {DEFAULT_MAX_AHEAD_NS / 1e9:.0f} s)",
+            )
         node.stats["qu.refused.quota"] += 1
         if node.server.admission is not None:
             node.server.admission.note(PrincipalId(sender), "quota_refused")
@@ -185,7 +197,9 @@ def register(
         now_ns = node.now_ns()
 
         def step(kv: Any) -> Any:
-            return handle_request(kv, cfg, sender, req, {}, now_ns, quota_of(sender))
+            return handle_request(
+                kv, cfg, sender, req, {}, now_ns, quota_of(sender), DEFAULT_MAX_AHEAD_NS
+            )
 
         if req.op is not None and req.op.query:
             res = node.store.read(step)
@@ -195,7 +209,7 @@ def register(
             res = node.store.write_now(step)  # NeedSync wrote nothing
         if isinstance(res, NeedSync):
             return defer(payload, req)
-        if isinstance(res, OverQuota):
+        if isinstance(res, OverQuota | ClockAhead):
             raise refuse(sender, res)
         node.stats[f"qu.{res.status.value}"] += 1
         accepted(req, res)
@@ -219,9 +233,10 @@ def register(
                         synced=synced,
                         now_ns=now_ns,
                         quota=quota_of(sender),
+                        max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
                     )
                 )
-            if isinstance(res, OverQuota):
+            if isinstance(res, OverQuota | ClockAhead):
                 raise refuse(sender, res)
             if not isinstance(res, NeedSync):
                 node.stats[f"qu.{res.status.value}"] += 1

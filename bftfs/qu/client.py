@@ -57,6 +57,13 @@ log = logging.getLogger(__name__)
 
 #: Rounds in a row with fewer than q replies before an operation gives up.
 MAX_SHORT_ROUNDS = 3
+#: Rounds in a row, each backed off, in which a quorum answered that it could not object-
+#: sync a version the operation needs, before giving up: no server holds it (an object
+#: forgotten before nodes kept the ids they forgot, issue 31), so re-sending at once, as
+#: for other failures, would go on for ever.
+MAX_UNSYNCABLE_ROUNDS = 10
+#: The failure servers answer when no ``b + 1`` hosts hand over a version (node/qu_server.py).
+UNSYNCABLE = "object sync failed"
 #: How the client's rounds share frames (``qu.batch``).
 QU_BATCH = BatchKind(KIND_BATCH, MAX_BATCH)
 #: Proven links a client keeps before it starts over (each costs a proof of a few KB).
@@ -82,6 +89,7 @@ class _RepairState:
     seen_latest: tuple
     repairs: int = 0
     short: int = 0
+    unsyncable: int = 0
     inline_tried: set[tuple] = field(default_factory=set)
 
 
@@ -306,6 +314,11 @@ class QUClient:
                 space = refused_for_space(self._space, th.b)
                 if space is not None:
                     raise type(space)(f"objects {objects}: {space}")
+                ahead = sorted(n for n, code in self._space.items() if code == "ahead")
+                if len(ahead) > th.b:  # one correct node at least: this client's clock
+                    raise MethodRefused(
+                        "ahead", f"nodes {ahead}: this client's clock is more than 60 s ahead"
+                    )
             self._absorb(objects, replies, fresh)
             st.short = st.short + 1 if len(replies) < th.q else 0
             # Judge the round on the OHS we present (decision 6), the one ``next_step``
@@ -322,6 +335,7 @@ class QUClient:
             if out.result is core.Result.REFUSED:
                 self._n["refused"] += 1
                 raise MethodRefused(out.why)
+            await self._unsyncable(objects, replies, st)
             if st.short >= MAX_SHORT_ROUNDS:
                 raise QUUnavailable(f"objects {objects}: fewer than q={th.q} servers answer")
             # Servers answering ``need`` are not believed: the client derives the objects
@@ -348,6 +362,27 @@ class QUClient:
                 for oid in objects:
                     await self._repair((oid,), set(), fresh, None, st)
                 context = set()
+
+    async def _unsyncable(
+        self, objects: tuple[int, ...], replies: Mapping[int, Reply], st: _RepairState
+    ) -> None:
+        """Back off after a round in which ``q`` servers could not object-sync a version the
+        operation needs; give up after :data:`MAX_UNSYNCABLE_ROUNDS` such rounds in a row.
+
+        Raises:
+            QUUnavailable: no server holds that version.
+        """
+        failed = sum(r.status is ReplyStatus.FAIL and r.why == UNSYNCABLE for r in replies.values())
+        if failed < self.th.q:
+            st.unsyncable = 0
+            return
+        st.unsyncable += 1
+        if st.unsyncable >= MAX_UNSYNCABLE_ROUNDS:
+            raise QUUnavailable(
+                f"objects {objects}: no server holds a version this operation needs "
+                f"({st.unsyncable} rounds of '{UNSYNCABLE}')"
+            )
+        await self._sleep(core.backoff_delay(st.unsyncable, self.rng))
 
     async def _repair(
         self,
@@ -607,7 +642,7 @@ class QUClient:
             self._space = {
                 int(n): code
                 for n, why in e.result.errors.items()
-                if (code := refusal_code(why)) in ("full", "quota")
+                if (code := refusal_code(why)) in ("full", "quota", "ahead")
             }
         return dict(stash)
 

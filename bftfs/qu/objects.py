@@ -62,6 +62,13 @@ class Method:
     fn: Callable[..., Any]  # QueryFn for queries, UpdateFn for updates
     min_objects: int = 1
     max_objects: int = 1  # <= MAX_OBJECTS
+    #: Keys of the argument (a map) that carry times in ns the caller takes from its clock
+    #: and that bound what others may do (a lease's start, a file's newest block Time).  A
+    #: node refuses a client's own such update when one of them lies further ahead of the
+    #: node's clock than the skew it accepts for PASIS writes (``Registry.declared_time``,
+    #: ``replica.handle_request``): outside the method, which reads no clock, so one client
+    #: cannot claim a time years ahead and lock others out (issue 31).
+    clocks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,16 @@ class Registry:
     def get(self, name: str) -> Method | None:
         """The method called ``name``, or None."""
         return self._methods.get(name)
+
+    def declared_time(self, name: str, arg: Any) -> int | None:
+        """The latest time an update ``name`` declares in ``arg`` (:attr:`Method.clocks`),
+        or None (no such method or keys, or not integers: the method judges those)."""
+        m = self._methods.get(name)
+        if m is None or not m.clocks or not isinstance(arg, Mapping):
+            return None
+        times = [arg.get(k) for k in m.clocks]
+        ints = [v for v in times if isinstance(v, int) and not isinstance(v, bool)]
+        return max(ints) if ints else None
 
     def names(self) -> list[str]:
         """Every registered method name, sorted."""

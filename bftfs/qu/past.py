@@ -23,10 +23,15 @@ Two request kinds, answered by any server to any authenticated principal:
 A client believes an entry only when ``b + 1`` servers report the same digest for the same
 timestamp (one of them is benign), and a ``lt_co`` only when ``b + 1`` report it; a state
 it fetches from any one server is checked against the agreed digest.  A version's time is
-the median of the ``stored_ns`` that the servers reporting the agreed digest give: with at
-least ``2b + 1`` reports, ``b`` lying servers cannot move it outside the range of the
+the median of the ``stored_ns`` that the servers reporting the agreed digest give, and only
+when at least ``2b + 1`` of them give one: then the median has an honest report at or below
+it and one at or above it, so ``b`` lying servers cannot move it outside the range of the
 honest servers' clocks (seed 004 assumes clocks no better than loosely synchronised; the
-client's own clock plays no part, so a Byzantine client cannot date its writes).
+client's own clock plays no part, so a Byzantine client cannot date its writes).  With
+fewer reports (retention let the version go on the other servers) the time is **unknown**
+(None): ``b`` liars among ``b + 1`` reports could otherwise date it to 1970 or to next
+year.  :func:`current_at` says which version was current at a moment without ever taking
+an unknown time for an early one (issue 31).
 """
 
 from __future__ import annotations
@@ -197,8 +202,9 @@ class Agreed:
     #: The version it was conditioned on (None: not agreed yet by ``b + 1``).
     co: Timestamp | None
     digest: bytes | None
-    #: Median of the reporting servers' clocks when they stored it (ns).
-    time_ns: int
+    #: Median of the reporting servers' clocks when they stored it (ns); None: unknown
+    #: (fewer than ``2b + 1`` servers gave a time, see :func:`agreed_time`).
+    time_ns: int | None
     #: Servers that reported the agreed digest (where its state can be fetched).
     hosts: tuple[int, ...]
 
@@ -207,8 +213,8 @@ def agree(lt: Timestamp, reports: Mapping[int, ChainEntry], b: int) -> Agreed | 
     """What ``b + 1`` of ``reports`` (one server's entry for ``lt`` each) agree on, or None.
 
     The digest needs ``b + 1`` identical reports; so does ``lt_co`` (servers that got the
-    version by object sync report none and do not count for it).  The time is the median
-    of the stored times of the servers that reported the agreed digest.
+    version by object sync report none and do not count for it).  The time is
+    :func:`agreed_time` of the stored times of the servers that reported the agreed digest.
     """
     digests = Counter(e.digest for e in reports.values())
     agreed = [d for d, k in digests.items() if k >= b + 1]
@@ -218,6 +224,55 @@ def agree(lt: Timestamp, reports: Mapping[int, ChainEntry], b: int) -> Agreed | 
     hosts = sorted(s for s, e in reports.items() if e.digest == digest)
     cos = Counter(reports[s].co for s in hosts if reports[s].co is not None)
     co = next((c for c, k in cos.items() if k >= b + 1), None)
-    times = sorted(reports[s].stored_ns for s in hosts if reports[s].stored_ns)
-    time_ns = times[(len(times) - 1) // 2] if times else 0
+    time_ns = agreed_time([reports[s].stored_ns for s in hosts], b)
     return Agreed(lt, co, digest, time_ns, tuple(hosts))
+
+
+def agreed_time(stored: Sequence[int], b: int) -> int | None:
+    """The time ``b`` liars among ``stored`` (one report per server; 0: none) cannot move
+    outside the honest reports, or None (unknown).
+
+    Sorted, the ``k`` reports' lower median sits at index ``(k - 1) // 2``; it has an
+    honest report at or below it when at least ``b + 1`` reports are at or below it, and
+    one at or above it when at least ``b + 1`` are at or above it: both hold exactly when
+    ``k >= 2b + 1`` (it is then also the lower median of what remains after dropping the
+    ``b`` lowest and the ``b`` highest).  With fewer reports no choice is safe: one liar
+    among ``b + 1`` reports could set the lowest to 1970 and the highest to 2100.
+    """
+    times = sorted(t for t in stored if t)
+    if len(times) < 2 * b + 1:
+        return None
+    return times[(len(times) - 1) // 2]
+
+
+@dataclass(frozen=True)
+class AtMoment:
+    """Which of an object's versions (newest first) was current at a moment."""
+
+    #: Index of the newest version known to be stored at or before the moment (None: no
+    #: version is, as far as the times known say).
+    index: int | None
+    #: A version of unknown time lies where it could be the current one (newer than
+    #: ``index`` and not newer than any version known to be after the moment): the answer
+    #: cannot be decided from what the servers still report.
+    undecided: bool
+
+
+def current_at(times: Sequence[int | None], moment: int) -> AtMoment:
+    """Which version was current at ``moment``, from the versions' times newest first
+    (None: unknown, :func:`agreed_time`).
+
+    An unknown time is never taken for a time at or before ``moment`` (an old version
+    misdated to 1970 must not answer for a moment before the object existed).  A chain is
+    in time order, so a version of unknown time older than one known to be after
+    ``moment`` may still be before it; newer than such a version, it is after it too.
+    """
+    undecided = False
+    for i, t in enumerate(times):
+        if t is None:
+            undecided = True
+        elif t <= moment:
+            return AtMoment(i, undecided)
+        else:
+            undecided = False
+    return AtMoment(None, undecided)

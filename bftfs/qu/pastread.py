@@ -2,8 +2,9 @@
 
 :class:`PastReader` walks the conditioned-on chain of one object from a version the caller
 knows is established (the ``at`` of a query, :meth:`QUClient.query_at`) back to the
-initial version, believing an entry only when ``b + 1`` servers agree on it, and fetches
-states on demand, each checked against its agreed digest.  The walk stops where fewer than
+initial version, believing an entry only when ``b + 1`` servers agree on it (and its time
+only when ``2b + 1`` give one), and fetches states on demand, each checked against its
+agreed digest.  The walk stops where fewer than
 ``b + 1`` servers still hold the next version: retention let it go (``end`` says so).
 """
 
@@ -110,15 +111,22 @@ class PastReader:
     ) -> Walk:
         """The chain of ``oid`` from ``start`` (established), newest first.
 
+        A version whose time fewer than ``2b + 1`` servers of a quorum give is asked of
+        every server once (a page covers the versions after it too) before its time is
+        left unknown (:func:`~bftfs.qu.past.agreed_time`).
+
         Args:
             limit: stop after this many versions.
-            until_ns: stop after the first version stored at or before this time (the
-                version current at that time).
+            until_ns: stop after the first version whose time is known to be at or before
+                this time (the version current at that time, :func:`current_at`; a version
+                of unknown time never stops the walk).
         """
         out = Walk()
         reports: dict[Timestamp, dict[int, ChainEntry]] = {}
         want = start
         asked_all: Timestamp | None = None
+        #: Versions every answering server was asked about (in a page from everyone).
+        timed_all: set[Timestamp] = set()
         pages_from: Timestamp | None = None
         while True:
             if want == ZERO:
@@ -132,17 +140,37 @@ class PastReader:
                     out.end = End.RECLAIMED
                     return out
                 everyone = pages_from == want  # a quorum was not enough: ask everyone
-                for node, page in (await self._pages(oid, want, everyone=everyone)).items():
-                    for e in page:
-                        reports.setdefault(e.lt, {})[node] = e
+                await self._gather(oid, want, reports, timed_all, everyone=everyone)
                 if everyone:
                     asked_all = want
                 pages_from = want
                 continue
+            if got.time_ns is None and want not in timed_all:
+                await self._gather(oid, want, reports, timed_all, everyone=True)
+                continue
             out.versions.append(got)
-            if until_ns is not None and got.time_ns and got.time_ns <= until_ns:
+            if until_ns is not None and got.time_ns is not None and got.time_ns <= until_ns:
                 return out
             want = got.co
+
+    async def _gather(
+        self,
+        oid: int,
+        start: Timestamp,
+        reports: dict[Timestamp, dict[int, ChainEntry]],
+        timed_all: set[Timestamp],
+        *,
+        everyone: bool,
+    ) -> None:
+        """One round of pages from ``start`` added to ``reports`` (and, from everyone, the
+        versions they cover to ``timed_all``)."""
+        for node, page in (await self._pages(oid, start, everyone=everyone)).items():
+            for e in page:
+                reports.setdefault(e.lt, {})[node] = e
+                if everyone:
+                    timed_all.add(e.lt)
+        if everyone:
+            timed_all.add(start)
 
     async def states(self, oid: int, versions: Sequence[Agreed]) -> dict[Timestamp, bytes | None]:
         """The states of ``versions`` (agreed entries), each checked against its digest."""

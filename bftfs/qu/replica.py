@@ -145,6 +145,15 @@ class OverQuota:
     quota: int
 
 
+@dataclass(frozen=True)
+class ClockAhead:
+    """Result of a client's own update refused because the clock it declares
+    (``Registry.declared_time``) lies ``ahead_ns`` past this server's, more than the skew
+    allowed (nothing was written)."""
+
+    ahead_ns: int
+
+
 def _size(state: bytes | None) -> int:
     return 0 if state is None else len(state)
 
@@ -281,7 +290,8 @@ def handle_request(
     synced: Synced | None = None,
     now_ns: int = 0,
     quota: int | None = None,
-) -> Reply | NeedSync | OverQuota:
+    max_ahead_ns: int | None = None,
+) -> Reply | NeedSync | OverQuota | ClockAhead:
     """One ``s_request`` inside the caller's write transaction.
 
     Args:
@@ -293,9 +303,12 @@ def handle_request(
         synced: versions fetched by object sync for a previous :class:`NeedSync`.
         now_ns: this server's clock, recorded with a new version (retention by age).
         quota: bytes ``sender`` may keep here (None: no quota; nodes have none).
+        max_ahead_ns: how far past ``now_ns`` the clock a client's own update declares
+            may be (None: not checked).
 
     Returns:
-        The reply, or :class:`NeedSync` or :class:`OverQuota` (nothing was written).
+        The reply, or :class:`NeedSync`, :class:`OverQuota` or :class:`ClockAhead`
+        (nothing was written).
     """
     synced = synced or {}
     objects = req.objects
@@ -368,6 +381,10 @@ def handle_request(
     for oid in objects:
         lt_co = su.candidates[oid].lt_co
         x = _retrieve(kv, oid, lt_co, synced)
+        if req.op is not None and (x is None or lt_co == ZERO) and schema.is_forgotten(kv, oid):
+            # A forgotten object: the version an operation on it would need is gone from
+            # every server (no object sync can find it), and its id is never an object again.
+            return reply(ReplyStatus.REFUSED, why="forgotten", at=_at(su))
         if x is None:
             hosts = tuple(
                 s
@@ -386,6 +403,12 @@ def handle_request(
     op = req.op
     if op is None:  # unreachable: METHOD without operation was answered above
         return reply(ReplyStatus.FAIL, why="nothing to repair")
+    if req.client == sender and max_ahead_ns is not None and not op.query:
+        # Like the quota, judged by this server alone and never on an inline repair: a
+        # request correct servers accepted is not refused when it is re-run later.
+        declared = cfg.registry.declared_time(op.method, op.arg)
+        if declared is not None and declared > now_ns + max_ahead_ns:
+            return ClockAhead(declared - now_ns)
     states = _states({oid: got[oid][0] for oid in objects})
     if op.query:
         try:
@@ -734,6 +757,7 @@ def forget_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_ns: 
     if v is None:
         return 0
     schema.delete_version(kv, oid, v)
+    schema.mark_forgotten(kv, oid)
     return 1 + int(schema.delete_rh(kv, oid))
 
 

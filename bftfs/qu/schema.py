@@ -14,6 +14,8 @@ Named databases (LMDB creates them on demand; :class:`bftfs.kv.MemoryKV` in test
     qu.bref   hash (32)                count (4, BE)          references to each blob
     qu.charge tag (1) || record key    owner (8) || size (8)  who each record is charged to
     qu.usage  owner (8)                total (8)              the sum of an owner's charges
+    qu.gone   oid (8, BE)              empty                  an object forgotten here: its
+                                                              id is refused for good
 
 Every record is charged (``qu.charge``, :data:`bftfs.accounting.QU`) to the principal whose
 request wrote it last, with its size as stored (key plus value), in the transaction that
@@ -64,6 +66,9 @@ DB_BLOB = "qu.blob"
 DB_BREF = "qu.bref"
 DB_CHARGE = QU.charges
 DB_USAGE = QU.totals
+#: Ids of the objects this server forgot (``replica.forget_step``): never charged (the
+#: object's records were given back; 8 bytes of key per removed object stay).
+DB_GONE = "qu.gone"
 
 #: The tag of each table's records in ``qu.charge``.
 _TAGS = {DB_RH: b"h", DB_VER: b"v", DB_REQ: b"q", DB_BLOB: b"b", DB_BREF: b"c"}
@@ -256,6 +261,18 @@ def delete_rh(kv: KV, oid: int) -> bool:
     """Remove the replica history of ``oid`` (a forgotten tombstone): the object reads as
     never touched here again (its charge given back); whether there was one."""
     return _delete(kv, DB_RH, oid_key(oid))
+
+
+def mark_forgotten(kv: KV, oid: int) -> None:
+    """Record that ``oid`` was forgotten here: requests naming it are refused for good
+    (``replica.handle_request``), so an old handle never names a new object that reuses
+    the id (issue 31)."""
+    kv.put(DB_GONE, oid_key(oid), b"")
+
+
+def is_forgotten(kv: KV, oid: int) -> bool:
+    """Whether ``oid`` was forgotten here (:func:`mark_forgotten`)."""
+    return kv.get(DB_GONE, oid_key(oid)) is not None
 
 
 def load_version(kv: KV, oid: int, lt: Timestamp) -> Version | None:

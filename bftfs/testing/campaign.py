@@ -7,7 +7,9 @@ which ``t - b`` further nodes may crash.  Every Byzantine node runs
 :class:`~bftfs.testing.byzantine.switching.Switching`: for *each request* it draws a new
 behaviour from the whole Q/U and PASIS catalogue (forged candidates under stale and valid
 authenticators, equivocation, withheld replies, older histories, corrupt fragments, huge
-times, acknowledged-but-dropped writes, garbage, delays).  Faulty nodes are also armed, at
+times, acknowledged-but-dropped writes, garbage, delays, and the history lies: versions
+dated 1970 or ten years ahead, forged digests, empty chains, altered states).  Faulty
+nodes are also armed, at
 random rounds, to crash inside their ``k``-th next request (in the middle of whatever
 operation sent it) and are restarted a few rounds later; never more than ``t`` nodes are
 faulty.
@@ -19,7 +21,12 @@ one operation each, concurrently, on disjoint names of the root directory - crea
 so every operation has exactly one right answer under close-to-open semantics (the model of
 :mod:`bftfs.testing.consistency`, without the kernel-cache allowances, which a file system
 without a kernel does not have).  Every read and stat is compared with the model byte for
-byte; at the end every client reads every name.  Every operation must complete (at most
+byte; at the end every client reads every name.  **History reads** (issue 31) ask what a
+name held at a moment taken between two earlier rounds (:class:`~bftfs.fs.past.Past`, as
+``bftfs cat --at`` does): the answer must be the model's at that moment, byte for byte, or
+no answer (:class:`~bftfs.fs.past.Undecided`: a time too few nodes vouch for) - never
+other contents, and never a file before it was made; at the end every name is asked at
+the moment before the first round and at the last one.  Every operation must complete (at most
 ``t`` faulty nodes) within :data:`DEADLINE` seconds of trio's clock: a hang, an EIO or any
 other error is a finding.  The Q/U and PASIS histories the file system made are recorded
 under it and checked for linearizability (:mod:`bftfs.testing.recording`).
@@ -62,7 +69,10 @@ from bftfs.config import default_sizes
 from bftfs.fs.errors import FsError, NotFound
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
+from bftfs.fs.past import NotThen, Past, Undecided
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
+from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.byzantine.switching import Switching
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
@@ -85,8 +95,11 @@ BLOCK_SIZE = 16 * 1024
 FAST_THRESHOLDS = ((1, 1),)
 SLOW_THRESHOLDS = ((1, 1), (2, 1))
 #: Operation kinds and their weights.
-KINDS = ("write", "pwrite", "append", "truncate", "rename", "unlink", "mkdir", "read", "stat")
-WEIGHTS = (4, 3, 3, 2, 2, 2, 1, 6, 2)
+KINDS = (
+    "write", "pwrite", "append", "truncate", "rename", "unlink", "mkdir", "read", "stat",
+    "history",
+)  # fmt: skip
+WEIGHTS = (4, 3, 3, 2, 2, 2, 1, 6, 2, 2)
 #: Chance per round that a faulty node (none down) is armed to crash.
 CRASH_CHANCE = 0.15
 #: PASIS client options: probe other nodes quickly, give up within seconds.
@@ -205,6 +218,7 @@ class Step:
             "pwrite": f"{len(self.data)} bytes at {self.offset}",
             "truncate": f"to {self.size}",
             "rename": f"over {self.target}",
+            "history": f"at moment {self.offset}",
         }.get(self.kind, "")
         return f"client {self.client}: {self.kind} {self.name} {what}".rstrip()
 
@@ -216,6 +230,8 @@ class Planner:
         self.rng = rng
         self.clients = clients
         self.model: dict[str, Entry] = {}
+        #: The model at each moment taken between rounds (0: before the first).
+        self.past: list[dict[str, Entry]] = [{}]
         self.tag = 0
 
     def _data(self, size: int) -> bytes:
@@ -241,6 +257,9 @@ class Planner:
         kind = self.rng.choices(KINDS, weights=WEIGHTS)[0]
         e = self.model.get(name)
         rng = self.rng
+        if kind == "history":
+            j = rng.randrange(len(self.past))
+            return Step(k, "history", name, {}, expect=self.past[j].get(name), offset=j)
         if kind in ("read", "stat") or (e == DIR and kind not in ("rename", "unlink")):
             return Step(k, rng.choice(("read", "stat")), name, {}, expect=e)
         if kind == "mkdir":
@@ -281,12 +300,14 @@ class Planner:
         return Step(k, "truncate", name, {name: after}, size=size)
 
     def apply(self, steps: list[Step]) -> None:
+        """The round's effects on the model, and the model at the moment after it."""
         for s in steps:
             for name, e in s.after.items():
                 if e is None:
                     self.model.pop(name, None)
                 else:
                     self.model[name] = e
+        self.past.append(dict(self.model))
 
 
 # Running operations ---------------------------------------------------------------------------
@@ -354,9 +375,52 @@ async def _check_name(fs: FileSystem, s: Step, fail: Callable[[str], Finding]) -
         raise fail(f"{s.name}: getattr says {size} bytes after reading {len(got)}")
 
 
-async def run_step(fs: FileSystem, s: Step, fail: Callable[[str], Finding]) -> None:
-    """Run one operation through the file system (checking reads against the model)."""
+async def check_past(past: Past, s: Step, moment: int, fail: Callable[[str], Finding]) -> str:
+    """What ``s.name`` held at ``moment`` (ns, between two rounds) against ``s.expect``,
+    the model's then: ``"absent"``, ``"dir"``, ``"file"`` or ``"undecided"`` (no answer,
+    never a wrong one)."""
+    try:
+        v = await past.resolve("/" + s.name, moment)
+    except Undecided:
+        return "undecided"
+    except NotThen:
+        if s.expect is not None:
+            raise fail(
+                f"{s.name} at moment {s.offset}: did not exist then, the model has it"
+            ) from None
+        return "absent"
+    assert v.state is not None
+    if s.expect is None:
+        raise fail(f"{s.name} at moment {s.offset}: found, the model had no such name then")
+    if s.expect == DIR:
+        if v.state.get("k") != "d":
+            raise fail(f"{s.name} at moment {s.offset}: a file then, the model a directory")
+        return "dir"
+    assert isinstance(s.expect, bytes)
+    if v.state.get("k") != "f":
+        raise fail(f"{s.name} at moment {s.offset}: a directory then, the model a file")
+    got = await past.content(v)
+    if got != s.expect:
+        raise fail(
+            f"{s.name} at moment {s.offset}: {len(got)} bytes then, the model "
+            f"{len(s.expect)} (starts {got[:24]!r}, the model {s.expect[:24]!r})"
+        )
+    return "file"
+
+
+async def run_step(
+    fs: FileSystem,
+    s: Step,
+    fail: Callable[[str], Finding],
+    past: Past | None = None,
+    moments: list[int] | None = None,
+) -> str | None:
+    """Run one operation through the file system (checking reads against the model); a
+    history read's answer (:func:`check_past`, with ``past`` and the ``moments``)."""
     name = s.name.encode()
+    if s.kind == "history":
+        assert past is not None and moments is not None
+        return await check_past(past, s, moments[s.offset], fail)
     if s.kind in ("read", "stat"):
         await _check_name(fs, s, fail)
     elif s.kind == "write":
@@ -389,6 +453,7 @@ async def run_step(fs: FileSystem, s: Step, fail: Callable[[str], Finding]) -> N
         await fs.mkdir(ROOT, name, 0o755, 0, 0)
     else:  # pragma: no cover - the planner draws only the kinds above
         raise ValueError(s.kind)
+    return None
 
 
 # One schedule --------------------------------------------------------------------------------
@@ -445,11 +510,17 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
             faulty[i] = Switching(cluster, i, sched.seed, byzantine=i in sched.byzantine)
             faulty[i].install()
         fss = []
+        pasts = []
+        th = QUThresholds.from_config(cluster.config)
         for k in range(sched.clients):
             rw = await stack.enter_async_context(
                 open_rw_client(cluster.client(k), cluster.config, **RW_OPTIONS)
             )
             qu = RecordingQU(qu_client(cluster, k, sched.seed), trio.current_time, out.qu)
+            # History reads: the recorded Q/U client (its fs.peek queries are real reads),
+            # the PASIS client unrecorded (a read of the past is no read of the present).
+            reader = PastReader(cluster.client(k), th)
+            pasts.append(Past(cast(QUClient, qu), reader, rw, BLOCK_SIZE))
             with trio.fail_after(DEADLINE):
                 fss.append(
                     await FileSystem.open(
@@ -463,6 +534,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
                 )
         out.note(f"{sched.clients} file systems opened")
         planner = Planner(rng, sched.clients)
+        moments = [time.time_ns()]  # the node clocks' time between rounds (planner.past)
         down_since: dict[int, int] = {}
         done = 0
         while done < sched.ops:
@@ -477,7 +549,9 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
                 try:
                     t0 = trio.current_time()
                     with trio.fail_after(DEADLINE):
-                        await run_step(fss[s.client], s, fail)
+                        got = await run_step(fss[s.client], s, fail, pasts[s.client], moments)
+                    if got is not None:
+                        out.ops[f"history {got}"] += 1
                     out.durations.append((trio.current_time() - t0, f"round {r}: {s.text()}"))
                 except trio.TooSlowError:
                     raise fail(f"{s.text()}: no answer within {DEADLINE} s (a hang)") from None
@@ -487,6 +561,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
             async with trio.open_nursery() as nursery:
                 for s in steps:
                     nursery.start_soon(one, s, r)
+            moments.append(time.time_ns())
             planner.apply(steps)
             out.ops.update(s.kind for s in steps)
             done += len(steps)
@@ -503,6 +578,13 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
                 with trio.fail_after(DEADLINE):
                     await _check_name(fss[k], s, fail)
                 out.ops["final read"] += 1
+        # Every name before the first round (nothing existed) and after the last.
+        for j in (0, len(moments) - 1):
+            for name in NAMES:
+                s = Step(0, "history", name, {}, expect=planner.past[j].get(name), offset=j)
+                with trio.fail_after(DEADLINE):
+                    got = await check_past(pasts[0], s, moments[j], fail)
+                out.ops[f"final history {got}"] += 1
         out.note("stopping the cluster")
         for sw in faulty.values():
             out.behaviours.update(sw.drawn)

@@ -20,6 +20,10 @@ profile                   behaviour
                           ``corrupt-fragments``): readers must believe only what ``b + 1``
                           nodes vouch for and check states against agreed digests
 ``withhold-history``      answers every history read with an empty chain
+``misdate-history``       history reads (issue 31): every version it reports, true digest
+                          and link, is dated 1970 (``stored_ns`` 1): where retention let
+                          the other nodes drop an old version, its time must be unknown,
+                          never the liar's
 ``power-cut-in-update``   a crash, not a lie: inside the LMDB write transaction of the
                           third Q/U update it stores, right after that update's first
                           put, the process ends at once (``os._exit``, no commit, no
@@ -37,7 +41,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import hashlib
 import os
 import random
 import sys
@@ -46,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import PrincipalId
 from bftfs.rw.schema import DB_VERSIONS
-from bftfs.testing.byzantine import qu, rw
+from bftfs.testing.byzantine import history, qu, rw
 
 if TYPE_CHECKING:
     from bftfs.config import ClusterConfig
@@ -86,41 +89,19 @@ def _reject_everything(config: ClusterConfig, node: int) -> ByzantineProfile:
     return ByzantineProfile({}, default=qu.on_node(qu.reject_everything, "*"))
 
 
-_TEN_YEARS_NS = 10 * 365 * 86400 * 10**9
-
-
-async def _forge_versions(ctx: Any, payload: Any, handler: Any) -> Any:
-    """A chain page with every other entry's digest forged and every time ten years ahead
-    (``qu.versions``); where the digest is left true, the node is a host of the version and
-    is asked for its state, which :func:`_forge_states` alters."""
-    page = await handler(ctx, payload)
-    out = []
-    for i, (lt, co, digest, stored) in enumerate(page):
-        if i % 2 == 0 and digest is not None:
-            digest = hashlib.blake2b(b"forged" + lt, digest_size=32).digest()
-        out.append([lt, co, digest, stored + _TEN_YEARS_NS])
-    return out
-
-
-async def _forge_states(ctx: Any, payload: Any, handler: Any) -> Any:
-    """States with one byte changed (``qu.states``): a reader must check the digest."""
-    states = await handler(ctx, payload)
-    return [None if s is None or not s else bytes([s[0] ^ 1]) + s[1:] for s in states]
-
-
-async def _withhold(ctx: Any, payload: Any, handler: Any) -> Any:
-    return []
-
-
 def _lie_about_history(config: ClusterConfig, node: int) -> ByzantineProfile:
     overrides = dict(rw.corrupt_fragment(config, node, random.Random(node)))
-    overrides["qu.versions"] = _forge_versions
-    overrides["qu.states"] = _forge_states
+    overrides[history.KIND_VERSIONS] = history.forge_chain
+    overrides[history.KIND_STATES] = history.forge_states
     return ByzantineProfile(overrides)
 
 
 def _withhold_history(config: ClusterConfig, node: int) -> ByzantineProfile:
-    return ByzantineProfile({"qu.versions": _withhold})
+    return ByzantineProfile({history.KIND_VERSIONS: history.empty_chain})
+
+
+def _misdate_history(config: ClusterConfig, node: int) -> ByzantineProfile:
+    return ByzantineProfile({history.KIND_VERSIONS: history.misdate})
 
 
 #: Set while a Q/U request runs its honest handler on a ``power-cut-in-update`` node: only
@@ -249,6 +230,7 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "reject-everything": _reject_everything,
     "lie-about-history": _lie_about_history,
     "withhold-history": _withhold_history,
+    "misdate-history": _misdate_history,
     "power-cut-in-update": _power_cut_in_update,
     "power-cut-in-gc": _power_cut_in_gc,
 }

@@ -7,9 +7,11 @@ kind and, for each request, draws one behaviour from the whole catalogue that ap
 that kind - honest, every Q/U rewriter (forged candidates under stale and under *valid*
 authenticators, endless barriers, equivocation, withheld replies, bad MACs, made-up answers
 and object states, refusals), every PASIS lie (corrupt fragments, huge times, acknowledged
-but dropped writes, "stale" to one-round writes, older or bogus histories, garbage), a delay
-or a withheld reply - so one node can equivocate between requests, between clients and
-between the two protocols of one file-system operation.
+but dropped writes, "stale" to one-round writes, older or bogus histories, garbage), every
+lie about the version history (:mod:`bftfs.testing.byzantine.history`: versions dated 1970
+or ten years ahead, forged digests, empty chains, altered states; issue 31), a delay or a
+withheld reply - so one node can equivocate between requests, between clients and between
+the two protocols of one file-system operation.
 
 The draw is a function of the schedule's seed, the node, and the request itself (its kind,
 sender and packed payload), not of the order requests arrive in: the same request meets the
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bftfs.net.frames import pack
-from bftfs.testing.byzantine import qu, rw
+from bftfs.testing.byzantine import history, qu, rw
 
 if TYPE_CHECKING:
     from bftfs.node.service import Handler, RequestContext
@@ -89,10 +91,13 @@ class Switching:
         for name, factory in sorted(rw.BEHAVIOURS.items()):
             for kind, wrapper in factory(config, self.index, rng).items():
                 self._choices.setdefault(kind, []).append((name, wrapper))
+        for name, wrappers in sorted(history.BEHAVIOURS.items()):
+            for kind, wrapper in wrappers.items():
+                self._choices.setdefault(kind, []).append((name, wrapper))
 
     def kinds(self) -> list[str]:
         """The request kinds this node intercepts."""
-        return sorted(set(qu.KINDS) | set(rw.ALL_KINDS))
+        return sorted(set(qu.KINDS) | set(rw.ALL_KINDS) | set(history.KINDS))
 
     def install(self) -> None:
         for kind in self.kinds():
