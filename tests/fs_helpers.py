@@ -62,12 +62,14 @@ async def fs_env(
     seed: int = 0,
     attr_ttl: float = 0.0,
     fs_options: dict[str, Any] | None = None,
+    qu_options: dict[str, Any] | None = None,
     **cluster_options: Any,
 ) -> AsyncIterator[Env]:
     """A cluster with ``clients`` file systems (plus a raw Q/U client for the checks).
 
     Each file system gets a seeded RNG (object ids) and a shared fake clock that advances
-    by 1 ms per reading, so times are deterministic and strictly increasing.
+    by 1 ms per reading, so times are deterministic and strictly increasing; ``qu_options``
+    go to each file system's Q/U client.
     """
     clock = [1_700_000_000_000_000_000]
 
@@ -86,7 +88,7 @@ async def fs_env(
             )
             fss.append(
                 await FileSystem.open(
-                    qu_client(cluster, k, seed),
+                    qu_client(cluster, k, seed, **(qu_options or {})),
                     rw,
                     cluster.config,
                     clock_ns=clock_ns,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -24,6 +25,7 @@ from fs_helpers import Env, run
 from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
+from bftfs.outcome import patience
 
 FLAGS = os.O_CREAT | os.O_TRUNC | os.O_WRONLY
 
@@ -134,3 +136,54 @@ def test_two_clients_creating_and_removing_their_own_names_lose_nothing(
             assert await names(env.fss[k], d.ino) == expect
 
     run(tmp_path, body, seed=seed)
+
+
+def test_journal_loop_with_contention_costing_more_than_the_patience_never_fails(
+    tmp_path: Path,
+) -> None:
+    """Issue 31, item 11: two mounts on one journal name answered EIO ("fewer than q
+    servers answer") with all six nodes up: each system call has a patience (the mount's
+    ``timeo``), and the backoffs of a contended repair, and rounds cut short once enough
+    replies were in, used it up, so the next rounds got no time and came back empty.
+    Contention is amplified here: every Q/U backoff lasts longer than the whole patience
+    each call gets (as the FUSE layer gives it).  The loop runs until both clients have
+    backed off for contention several times; no call may fail."""
+    call_patience = 0.2
+
+    async def long_backoff(_delay: float) -> None:
+        await trio.sleep(1.5 * call_patience)
+
+    async def call(fn: Any, *args: Any) -> Any:  # one system call, as the FUSE layer runs it
+        with patience(call_patience, trio.current_time()):
+            return await fn(*args)
+
+    async def body(env: Env) -> None:
+        d = await env.fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        for f in env.cluster.faults:  # requests overtake each other: the clients contend
+            f.reorder(0.02)
+
+        def backed_off() -> bool:
+            return all(fs.qu.statistics().backoffs >= 3 for fs in env.fss)
+
+        async def loop(k: int) -> None:
+            fs = env.fss[k]
+            for _ in range(300):
+                if backed_off():
+                    return
+                fh = await call(open_creat_trunc, fs, d.ino, b"j")
+                await call(fs.write, fh, 0, b"%d" % k * 512)
+                await call(fs.fsync, fh)
+                await call(fs.release, fh)
+                with suppress(NotFound):
+                    await call(fs.unlink, d.ino, b"j")
+
+        async with trio.open_nursery() as n:
+            for k in range(2):
+                n.start_soon(loop, k)
+        for f in env.cluster.faults:
+            f.clear()
+        assert backed_off(), [fs.qu.statistics() for fs in env.fss]
+        for k in range(2):
+            assert await names(env.fss[k], d.ino) == []
+
+    run(tmp_path, body, qu_options={"sleep": long_backoff})

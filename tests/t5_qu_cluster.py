@@ -19,6 +19,7 @@ from qu_helpers import Recorder, check_serializable
 
 from bftfs.ids import client_id
 from bftfs.net.errors import RemoteError
+from bftfs.outcome import patience
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
@@ -401,3 +402,32 @@ async def test_a_crashed_byzantine_servers_stray_history_costs_no_timeout(tmp_pa
             await c.update(7, "counter.increment", 1)
             assert trio.current_time() - start < 2.0, "waited for the crashed server"
         assert await c.query(7, "counter.fetch") == 4
+
+
+async def test_contention_backoff_uses_up_no_patience(tmp_path: Path) -> None:
+    """Issue 31, item 11: a client repairing another's half-done update backs off before
+    each barrier or copy.  That wait counted against the operation's patience (a mount's
+    ``timeo``), so once the backoffs of a contended repair added up to it the next rounds
+    were given no time, came back with no replies, and after three such rounds the
+    operation failed "fewer than q servers answer" with every node up.  Here each backoff
+    is made longer than the whole patience (contention amplified): the repair must finish."""
+    async with open_cluster(tmp_path, clients=2, seed=5) as cl:
+        th = QUThresholds.from_config(cl.config)
+        dead = int(client_id(1))
+        op = Operation("counter.add_all", False, 5, 1)
+        for s in range(2):  # a client died after reaching two servers: not repairable inline
+            await cl.client(1).call(
+                s, KIND_REQUEST, Request(dead, (1, 2), {1: {}, 2: {}}, op).wire()
+            )
+        await cl.client(0).quorum_call(  # connected to every node (no first-connection waits)
+            cl.config.node_ids, "ping", None, enough=lambda rs: len(rs) == th.n
+        )
+
+        async def long_backoff(_delay: float) -> None:
+            await trio.sleep(0.3)
+
+        c = QUClient(cl.client(0), th, client_id=int(client_id(0)), sleep=long_backoff)
+        with patience(0.2, trio.current_time()):
+            v = await c.update(1, "counter.increment", 1)
+        assert v in (1, 6)
+        assert c.statistics().backoffs >= 1  # the repair backed off (past the patience)

@@ -24,6 +24,7 @@ import trio
 
 from bftfs.ids import NodeId
 from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Step, Verdict
+from bftfs.outcome import Patience, current_patience
 
 
 class Transmit(Protocol):
@@ -43,10 +44,23 @@ class Transmit(Protocol):
 class QuorumDriver:
     """Runs one quorum call: feeds reports to the engine and acts on its steps."""
 
-    __slots__ = ("engine", "transmit", "_queue", "_busy", "_now", "_over", "_error", "_wakeup")
+    __slots__ = (
+        "engine",
+        "transmit",
+        "_queue",
+        "_busy",
+        "_now",
+        "_over",
+        "_error",
+        "_wakeup",
+        "_patience",
+    )
 
     def __init__(self, engine: QuorumEngine) -> None:
         self.engine = engine
+        #: The calling operation's patience (taken here, in the caller's task: reports
+        #: arrive in other tasks, whose context holds another operation's or none).
+        self._patience: Patience | None = current_patience()
         self.transmit: Transmit | None = None
         self._queue: deque[tuple[Callable[..., Step], tuple[Any, ...]]] | None = None
         self._busy = False
@@ -66,11 +80,22 @@ class QuorumDriver:
 
     def reply(self, node: NodeId, value: Any) -> None:
         """``node`` answered ``value``."""
+        self._answered()
         self._feed(self.engine.on_reply, (node, value))
 
-    def failed(self, node: NodeId, reason: str) -> None:
-        """``node`` will not answer (``reason`` is recorded in the result's errors)."""
+    def failed(self, node: NodeId, reason: str, *, answered: bool = False) -> None:
+        """``node`` will not answer (``reason`` is recorded in the result's errors);
+        ``answered``: it said so itself (a refusal), which shows it is there."""
+        if answered:
+            self._answered()
         self._feed(self.engine.on_failure, (node, reason))
+
+    def _answered(self) -> None:
+        """A node answered: the caller's patience starts again (``bftfs.outcome``), however
+        this call ends - an answer that comes in a round cut short or repeated for
+        contention is progress all the same."""
+        if self._patience is not None and not self.over:
+            self._patience.renew(trio.current_time())
 
     def trouble(self) -> None:
         """A target is unreachable or slow for now: probe another."""

@@ -658,7 +658,7 @@ class _Fanout:
         elif waiter.status == STATUS_OK:
             driver.reply(node, waiter.body)
         else:
-            driver.failed(node, waiter.outcome()[1])
+            driver.failed(node, waiter.outcome()[1], answered=True)
 
     async def _slow(self, node: NodeId, value: Any) -> None:
         """One request through :meth:`Endpoint.call` (connects, resends, reports trouble)."""
@@ -674,7 +674,7 @@ class _Fanout:
         except TransportError as e:
             driver.failed(node, str(e))
         except RemoteError as e:
-            driver.failed(node, f"refused: {e}")
+            driver.failed(node, f"refused: {e}", answered=True)
         else:
             driver.reply(node, reply)
 

@@ -30,7 +30,7 @@ import trio
 from bftfs.net.endpoint import BatchKind
 from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import ClusterUnavailable, refused_for_space
+from bftfs.outcome import ClusterUnavailable, paused, refused_for_space
 from bftfs.qu import core
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import OpType, QUThresholds, View
@@ -383,8 +383,7 @@ class QUClient:
                     st.short += 1
                     if st.short >= MAX_SHORT_ROUNDS:
                         raise QUUnavailable(f"objects {allobjs}: no server proves a link")
-                    await self._sleep(core.backoff_delay(st.repairs, self.rng))
-                    st.repairs += 1
+                    await self._back_off(st)
                 continue
             if nxt.step is core.Step.METHOD:
                 return
@@ -400,18 +399,30 @@ class QUClient:
                     st.seen_latest = latest
                     return
             self._n["backoffs"] += 1
-            await self._sleep(core.backoff_delay(st.repairs, self.rng))
-            st.repairs += 1
+            await self._back_off(st)
             typ = nxt.type or OpType.BARRIER
             self._n["barriers" if typ is OpType.BARRIER else "copies"] += 1
             links = self._links_for(view)
             rreq = Request(self.client_id, allobjs, dict(view.mohs), None, None, links)
             rreplies = await self._round(allobjs, rreq)
             self._absorb(allobjs, rreplies, fresh)
-            if len(rreplies) < th.q:
-                st.short += 1
-                if st.short >= MAX_SHORT_ROUNDS:
-                    raise QUUnavailable(f"objects {allobjs}: fewer than q servers answer")
+            # Rounds in a row: a barrier or copy that q servers answered (whatever they
+            # said: contention is not absence) ends a run of short ones.
+            st.short = st.short + 1 if len(rreplies) < th.q else 0
+            if st.short >= MAX_SHORT_ROUNDS:
+                raise QUUnavailable(f"objects {allobjs}: fewer than q servers answer")
+
+    async def _back_off(self, st: _RepairState) -> None:
+        """Wait the next random exponential backoff of this operation (contention).  The
+        wait is this client's choice, not the cluster's silence: it does not use up the
+        operation's patience (``bftfs.outcome``), which ran out in long contended repairs
+        and made the next rounds short, and the operation EIO, with every node answering
+        (issue 31, item 11)."""
+        delay = core.backoff_delay(st.repairs, self.rng)
+        st.repairs += 1
+        start = trio.current_time()
+        await self._sleep(delay)
+        paused(trio.current_time() - start)
 
     def _latest(self, objects: tuple[int, ...]) -> tuple:
         """The newest timestamp cached for each of ``objects`` (how far they have moved)."""
