@@ -17,9 +17,10 @@ import pytest
 import trio
 from fs_helpers import Env, check_all, fs_env, run
 
-from bftfs.fs.errors import Exists, NotFound, StaleView
+from bftfs.fs.errors import Exists, NotFound, StaleView, Unavailable
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
+from bftfs.outcome import patience
 from bftfs.qu.objects import MethodRefused
 
 WB = {"fs_options": {"write_behind": True}}
@@ -263,5 +264,46 @@ def test_a_read_through_a_pending_file_sees_a_file_made_elsewhere_meanwhile(
         assert await b.read(fh, 0, 100) == b"MADE by the other client"
         await b.release(fh)
         assert [n for n, _ in await b.readdir(d.ino)] == [b"f"]
+
+    run(tmp_path, body, **WB)
+
+
+def test_a_create_sent_during_an_outage_beyond_t_is_finished_with_its_data(
+    tmp_path: Path,
+) -> None:
+    """Issue 31, item 5: with two of six nodes down, ``echo x > newfile``'s close sends the
+    pending create; it reaches only four nodes (fewer than q) and the close fails with
+    EIO, the create staying pending.  Once the nodes are back another client's call on
+    the directory completes that half-made create (Q/U repair).  The writing mount's next
+    send of it was then refused "oid-exists" - its own earlier attempt - and the file
+    answered EIO there for good, with 2 bytes there and 0 on the other mount.  Its own
+    earlier attempt must count as made, and the data must reach the servers: both mounts
+    then read the same file."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        fh, f = await a.create(d.ino, b"newfile", 0o644, 0, 0, flags)
+        await a.write(fh, 0, b"x\n")
+        for i in (4, 5):
+            env.cluster.crash(i)
+        with patience(1.0, trio.current_time()), pytest.raises(Unavailable):
+            await a.fsync(fh)  # EIO: the create stays pending
+        await a.write(fh, 2, b"y\n")  # a later write goes with the next send
+        with patience(1.0, trio.current_time()), pytest.raises(Unavailable):
+            await a.release(fh)  # the close: EIO again, nothing forgotten
+        for i in (4, 5):
+            await env.cluster.recover(i)
+        # The other mount lists the directory: its Q/U round repairs the half-made create.
+        assert [n for n, _ in await b.readdir(d.ino)] == [b"newfile"]
+        # The writing mount lists it: its pending create is sent again, and is found made.
+        assert [n for n, _ in await a.readdir(d.ino)] == [b"newfile"]
+        for fs in (a, b):
+            got = await fs.lookup(d.ino, b"newfile")
+            assert (got.ino, got.size) == (f.ino, 4)
+            fh = await fs.open(got.ino, os.O_RDONLY)
+            assert await fs.read(fh, 0, 100) == b"x\ny\n"
+            await fs.release(fh)
 
     run(tmp_path, body, **WB)

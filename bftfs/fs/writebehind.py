@@ -255,9 +255,10 @@ class WriteBehind(Handles, FileData):
         p.sender = me
         self._senders.add(me)
         settled = False  # made, or failed for good (else pending again)
+        made = False
         try:
             await self._send_now(p)
-            settled = True
+            settled = made = True
         except Unavailable as e:  # the cluster did not answer: try again at the next flush
             if not quiet:
                 raise
@@ -273,6 +274,20 @@ class WriteBehind(Handles, FileData):
                 self._drop_pending(p)
             done, p.done = p.done, trio.Event()
             done.set()
+        if made:
+            await self._write_back_closed(p)
+
+    async def _write_back_closed(self, p: PendingCreate) -> None:
+        """After ``p`` was made: a file already closed with writes still buffered (its
+        close failed, the cluster unavailable) has them sent now, so that this mount and
+        the others read the same file (issue 31, item 5: 2 bytes here, 0 elsewhere)."""
+        f = self._files.get(p.oid)
+        if f is None or f.opens or not f.buffered:
+            return
+        try:
+            await super()._flush(f)
+        except FsError as e:
+            log.warning("writes of closed %r not sent yet: %s", p.name, e)
 
     def _drop_pending(self, p: PendingCreate) -> None:
         names = self._pending.get(p.parent, {})
@@ -297,8 +312,39 @@ class WriteBehind(Handles, FileData):
                 if await self._collided(p, f):
                     return
             except _Taken:
+                if await self._made_before(p, f):
+                    return
                 raise FsError("a new object id was taken (drawn twice?)") from None
         raise Exists(f"{p.name!r} keeps being created and removed by other clients")
+
+    async def _made_before(self, p: PendingCreate, f: OpenFile | None) -> bool:
+        """Whether an earlier send of ``p`` made it, and if so take it as made.
+
+        A send that reached fewer than ``q`` nodes (an outage beyond ``t``) failed here,
+        and ``p`` stayed pending; but the nodes that took it keep it as a candidate, and
+        any client's later round repairs it to completion.  Sent again, ``p`` then finds
+        its own object id taken (issue 31, item 5: the file answered EIO here for good).
+        The directory's entry ``p.name`` naming that id, a regular file, shows it is
+        ``p``'s (ids are 63-bit random draws of this mount).  The file's buffered writes
+        are re-applied on whatever that earlier send left (as on another client's new
+        content) and go out with the next flush, as they would have."""
+        arg = {"p": p.parent, "o": p.oid, "name": p.name}
+        try:
+            got = await super()._query([p.parent, p.oid], "fs.lookupstat", arg)
+        except NotFound:
+            return False
+        s = got["s"]
+        if got["e"][0] != p.oid or s is None or s["k"] != "f" or not st.S_ISREG(s["mode"]):
+            return False
+        opened = await super()._query(p.oid, "fs.open")
+        if self._kernel_content.get(p.oid) == (p.arg["d"], 0):
+            self._kernel_content[p.oid] = _content_version(opened)
+        self._observed(p.oid, opened)
+        self._learn(p.parent, p.name, p.oid, st.S_IFREG >> 12)
+        if f is not None:
+            await self._adopt(f, opened)
+        log.info("create of %r: an earlier send had made it", p.name)
+        return True
 
     async def _create_with_content(self, p: PendingCreate, f: OpenFile) -> None:
         """``fs.createwrite``: the entry, the attribute object and its content at once
