@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -431,3 +432,35 @@ async def test_contention_backoff_uses_up_no_patience(tmp_path: Path) -> None:
             v = await c.update(1, "counter.increment", 1)
         assert v in (1, 6)
         assert c.statistics().backoffs >= 1  # the repair backed off (past the patience)
+
+
+async def test_a_node_busy_with_background_work_answers_a_client_round(tmp_path: Path) -> None:
+    """Issue 31, item 11: right after a restart, nodes busy with background work (catch-up,
+    sweeps, forgetting) let a client's ``ls -l`` fail "fewer than q servers answer" with all
+    six up.  Here every node has a backlog of background store steps queued (as a large
+    sweep queues them) when a client's update arrives: it is answered while that backlog is
+    still being worked through, not after it (a single queue made it wait for all of it)."""
+    async with open_cluster(tmp_path, clients=1, seed=6, durable=True) as cl:
+        c = qu_client(cl, 0)
+        await c.update(3, "counter.increment", 1)  # connected, the object exists everywhere
+        backlog = 300
+        filler = b"x" * 1000
+
+        async def background(node: Any, i: int) -> None:
+            def step(kv: Any) -> None:  # a sweep's step: some writes of its own
+                for j in range(100):
+                    kv.put("test.background", b"%d.%d" % (i, j), filler)
+
+            await node.store.write(step, background=True)
+
+        async with trio.open_nursery() as nursery:
+            for node in cl.nodes:
+                for i in range(backlog):
+                    nursery.start_soon(background, node, i)
+            with trio.fail_after(30):  # every backlog queued before the client's update
+                while any(node.store.queued[1] < backlog * 3 // 4 for node in cl.nodes):
+                    await trio.lowlevel.checkpoint()
+            assert await c.update(3, "counter.increment", 1) == 2
+            left = [node.store.queued[1] for node in cl.nodes]
+            nursery.cancel_scope.cancel()
+        assert sum(1 for n in left if n > 0) >= QUThresholds.from_config(cl.config).q, left

@@ -492,6 +492,7 @@ class QUClient:
                 probe_after=self.probe_after,
                 timeout=self.timeout,
                 batch=self._batch,
+                renew_at=self.th.q,  # a quorum answering is progress, cut short or not
             )
         self._absorb(todo, stash, fresh)
 
@@ -611,6 +612,7 @@ class QUClient:
                     probe_after=self.probe_after,
                     timeout=self.timeout,
                     batch=self._batch,
+                    renew_at=self.th.q,  # a quorum answering is progress, cut short or not
                 )
         except QuorumUnavailable as e:
             # Servers out of space answer ``full`` (node/service.py), a client's update past
