@@ -16,43 +16,21 @@ from __future__ import annotations
 import os
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
-from fs_helpers import Env, run
+from fs_helpers import (
+    CALL_PATIENCE,
+    Env,
+    backoff_past_the_patience,
+    journal_until_contended,
+    names,
+    open_creat_trunc,
+    run,
+)
 
-from bftfs.fs.errors import NotFound, StaleView
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.errors import NotFound
 from bftfs.fs.objects import ROOT
-from bftfs.outcome import patience
-
-FLAGS = os.O_CREAT | os.O_TRUNC | os.O_WRONLY
-
-
-async def open_creat_trunc(fs: FileSystem, parent: int, name: bytes) -> int:
-    """What the kernel does for ``open(name, O_CREAT|O_TRUNC|O_WRONLY)``: look up, open
-    with O_TRUNC if the name exists, create otherwise; a race with the other client's
-    create or unlink makes it walk again (ENOENT on a removed object, ESTALE on a create
-    of a name created meanwhile)."""
-    for _ in range(50):
-        try:
-            a = await fs.lookup(parent, name)
-        except NotFound:
-            try:
-                fh, _ = await fs.create(parent, name, 0o644, 0, 0, FLAGS)
-                return fh
-            except StaleView:
-                continue
-        try:
-            return await fs.open(a.ino, FLAGS)
-        except NotFound:
-            continue
-    raise AssertionError("open(O_CREAT) did not settle")
-
-
-async def names(fs: FileSystem, ino: int) -> list[bytes]:
-    return sorted(n for n, _ in await fs.readdir(ino) if n not in (b".", b".."))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -148,42 +126,20 @@ def test_journal_loop_with_contention_costing_more_than_the_patience_never_fails
     Contention is amplified here: every Q/U backoff lasts longer than the whole patience
     each call gets (as the FUSE layer gives it).  The loop runs until both clients have
     backed off for contention several times; no call may fail."""
-    call_patience = 0.2
-
-    async def long_backoff(_delay: float) -> None:
-        await trio.sleep(1.5 * call_patience)
-
-    async def call(fn: Any, *args: Any) -> Any:  # one system call, as the FUSE layer runs it
-        with patience(call_patience, trio.current_time()):
-            return await fn(*args)
 
     async def body(env: Env) -> None:
         d = await env.fs.mkdir(ROOT, b"d", 0o755, 0, 0)
         for f in env.cluster.faults:  # requests overtake each other: the clients contend
             f.reorder(0.02)
-
-        def backed_off() -> bool:
-            return all(fs.qu.statistics().backoffs >= 3 for fs in env.fss)
-
-        async def loop(k: int) -> None:
-            fs = env.fss[k]
-            for _ in range(300):
-                if backed_off():
-                    return
-                fh = await call(open_creat_trunc, fs, d.ino, b"j")
-                await call(fs.write, fh, 0, b"%d" % k * 512)
-                await call(fs.fsync, fh)
-                await call(fs.release, fh)
-                with suppress(NotFound):
-                    await call(fs.unlink, d.ino, b"j")
-
-        async with trio.open_nursery() as n:
-            for k in range(2):
-                n.start_soon(loop, k)
+        await journal_until_contended(env.fss, d.ino, CALL_PATIENCE)
         for f in env.cluster.faults:
             f.clear()
-        assert backed_off(), [fs.qu.statistics() for fs in env.fss]
         for k in range(2):
             assert await names(env.fss[k], d.ino) == []
 
-    run(tmp_path, body, qu_options={"sleep": long_backoff})
+    run(
+        tmp_path,
+        body,
+        qu_options={"sleep": backoff_past_the_patience},
+        fs_options={"write_behind": True},  # as a mount runs (its creates go with the close)
+    )
