@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,6 +22,7 @@ from bftfs.fs.errors import Exists, NotFound, StaleView, Unavailable
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
 from bftfs.outcome import patience
+from bftfs.qu.messages import KIND_REQUEST, Request
 from bftfs.qu.objects import MethodRefused
 
 WB = {"fs_options": {"write_behind": True}}
@@ -305,5 +307,48 @@ def test_a_create_sent_during_an_outage_beyond_t_is_finished_with_its_data(
             fh = await fs.open(got.ino, os.O_RDONLY)
             assert await fs.read(fh, 0, 100) == b"x\ny\n"
             await fs.release(fh)
+
+    run(tmp_path, body, **WB)
+
+
+def test_a_create_that_cannot_be_sent_does_not_hold_up_its_directory(tmp_path: Path) -> None:
+    """Issue 31, item 11: a pending create whose send failed for want of a quorum was sent
+    again ahead of every later call on its directory, for minutes: each call waited out its
+    patience on it and then failed with EIO itself.  Its flush and close said EIO already;
+    calls on the directory that do not name the file go on without it for a while (the name
+    is not on the servers), and a call naming it, or its resend time, sends it again."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh, _ = await a.create(d.ino, b"kept", 0o644, 0, 0, RDWR)
+        await a.release(fh)
+        n = env.cluster.config.n
+
+        async def withhold_creates(ctx: Any, payload: Any, honest: Any) -> Any:
+            req = Request.from_bytes(payload, n) if isinstance(payload, bytes) else None
+            if req is not None and req.op is not None and req.op.method == "fs.createwrite":
+                await trio.sleep_forever()  # no node answers this create
+            return await honest(ctx, payload)
+
+        for f in env.cluster.faults:
+            f.byzantine(KIND_REQUEST, withhold_creates)
+        fh, stuck = await a.create(d.ino, b"stuck", 0o644, 0, 0, RDWR)
+        await a.write(fh, 0, b"data")
+        with patience(0.5, trio.current_time()), pytest.raises(Unavailable):
+            await a.release(fh)  # the close: EIO
+        for _ in range(3):  # the directory answers at once, each time
+            with patience(0.5, trio.current_time()):
+                assert [n for n, _ in await a.readdir(d.ino)] == [b"kept"]
+                await a.create(d.ino, b"other", 0o644, 0, 0, os.O_RDWR | os.O_EXCL)
+                await a.unlink(d.ino, b"other")
+        for f in env.cluster.faults:
+            f.honest()
+        # A call naming the file sends it: the data comes with it, for every mount.
+        got = await a.lookup(d.ino, b"stuck")
+        assert (got.ino, got.size) == (stuck.ino, 4)
+        fh = await b.open((await b.lookup(d.ino, b"stuck")).ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"data"
+        await b.release(fh)
 
     run(tmp_path, body, **WB)

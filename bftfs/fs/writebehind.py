@@ -62,6 +62,12 @@ log = logging.getLogger(__name__)
 #: kernel then looks the name up again); forgetting one only turns that into ENOENT.
 MOVED_LIMIT = 10_000
 
+#: After a send of a pending create fails for want of a quorum, other calls on its
+#: directory go on without sending it again for this long (seconds), doubling per failure
+#: up to :data:`RESEND_MAX`; the file's own flush, fsync and close always send it.
+RESEND_FIRST = 1.0
+RESEND_MAX = 30.0
+
 
 @dataclass(eq=False)
 class PendingCreate:
@@ -78,6 +84,10 @@ class PendingCreate:
     #: The task sending it (None: not being sent).
     sender: trio.lowlevel.Task | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    #: Sends that failed for want of a quorum, and when (trio time) a call on the
+    #: directory sends it again (:data:`RESEND_FIRST`).
+    failures: int = 0
+    resend_at: float = 0.0
 
 
 class WriteBehind(Handles, FileData):
@@ -219,18 +229,26 @@ class WriteBehind(Handles, FileData):
 
     async def _query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         if self._pending_oids or self._moved:
-            await self._before(oid if isinstance(oid, list) else [oid])
+            await self._before(oid if isinstance(oid, list) else [oid], _names_in(arg))
         return await super()._query(oid, method, arg)
 
     async def _update(self, objects: Any, method: str, arg: Any) -> Any:
         objects = list(objects)
         if self._pending_oids or self._moved:
-            await self._before(objects)
+            await self._before(objects, _names_in(arg))
         return await super()._update(objects, method, arg)
 
-    async def _before(self, objects: list[int]) -> None:
-        """Send the pending creates a call on ``objects`` must follow: those of a directory
-        among them, and a pending file among them."""
+    async def _before(
+        self, objects: list[int], names: set[bytes] | frozenset = frozenset()
+    ) -> None:
+        """Send the pending creates a call on ``objects`` (about ``names`` in them) must
+        follow: those of a directory among them, and a pending file among them.  A create
+        whose last send failed for want of a quorum is not sent again ahead of calls on
+        its directory that name neither its file nor its name until its
+        :attr:`PendingCreate.resend_at` (issue 31, item 11: one such create was re-sent
+        ahead of every call on the directory for minutes, each waiting out its patience
+        and failing; its flush and close said EIO already, and the directory does not hold
+        the name meanwhile, so no call about another name depends on it)."""
         for oid in objects:
             if oid in self._moved and oid not in self._pending_oids:
                 raise StaleView(f"object {oid} was never made: its name was taken")
@@ -238,7 +256,8 @@ class WriteBehind(Handles, FileData):
             if p is not None:
                 await self._send(p)
             for p in list(self._pending.get(oid, {}).values()):
-                await self._send(p)
+                if p.oid in objects or p.name in names or trio.current_time() >= p.resend_at:
+                    await self._send(p)
 
     async def _send(self, p: PendingCreate, *, quiet: bool = True) -> None:
         """Make ``p`` on the servers, once: a call of another task waits for it, a call
@@ -260,9 +279,12 @@ class WriteBehind(Handles, FileData):
             await self._send_now(p)
             settled = made = True
         except Unavailable as e:  # the cluster did not answer: try again at the next flush
+            p.failures += 1
+            wait = min(RESEND_MAX, RESEND_FIRST * 2 ** min(p.failures - 1, 16))
+            p.resend_at = trio.current_time() + wait
             if not quiet:
                 raise
-            log.warning("pending create of %r not sent yet: %s", p.name, e)
+            log.warning("pending create of %r not sent yet (again in %g s): %s", p.name, wait, e)
         except FsError as e:
             settled = True
             self._failed[p.oid] = e
@@ -452,3 +474,13 @@ class WriteBehind(Handles, FileData):
         p = self._pending_oids.get(ino)
         if p is not None:
             self._drop_pending(p)
+
+
+def _names_in(arg: Any) -> set[bytes]:
+    """The entry names a file-system method's argument is about (``fs.lookup``'s name,
+    ``name``, a rename's ``sn`` and ``dn``; an xattr's name too: one send too many)."""
+    if isinstance(arg, bytes):
+        return {arg}
+    if isinstance(arg, dict):
+        return {v for k in ("name", "sn", "dn") if isinstance(v := arg.get(k), bytes)}
+    return set()
