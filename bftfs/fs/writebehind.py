@@ -38,6 +38,7 @@ file grown past the inline limit.  The rules (docs/fs.md, "Create write-behind")
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat as st
@@ -50,7 +51,7 @@ from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import NAME_CACHE_LIMIT
 from bftfs.fs.errors import Exists, FsError, NotFound, StaleView, Unavailable, from_refusal
-from bftfs.fs.filedata import FileData, _content_version
+from bftfs.fs.filedata import FileData, _content_version, _spawn
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handles import Handles
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, _Taken
@@ -282,6 +283,8 @@ class WriteBehind(Handles, FileData):
             p.failures += 1
             wait = min(RESEND_MAX, RESEND_FIRST * 2 ** min(p.failures - 1, 16))
             p.resend_at = trio.current_time() + wait
+            if p.failures == 1:
+                _spawn(functools.partial(self._resend_later, p))
             if not quiet:
                 raise
             log.warning("pending create of %r not sent yet (again in %g s): %s", p.name, wait, e)
@@ -298,6 +301,21 @@ class WriteBehind(Handles, FileData):
             done.set()
         if made:
             await self._write_back_closed(p)
+
+    async def _resend_later(self, p: PendingCreate) -> None:
+        """Send ``p`` again at its resend times until it is made or fails for good (a
+        background task, started by its first failed send): once the cluster is back,
+        every mount sees the file and its data without this mount doing anything more
+        (issue 31, item 5).  Errors are logged by :meth:`_send`; nothing escapes."""
+        while self._pending_oids.get(p.oid) is p:
+            await trio.sleep_until(p.resend_at)
+            if self._pending_oids.get(p.oid) is not p or trio.current_time() < p.resend_at:
+                continue  # made meanwhile, or failed again and rescheduled
+            try:
+                await self._send(p)
+            except Exception as e:  # a system task must not raise (filedata._spawn)
+                log.warning("resending the create of %r failed: %s", p.name, e)
+                return
 
     async def _write_back_closed(self, p: PendingCreate) -> None:
         """After ``p`` was made: a file already closed with writes still buffered (its
