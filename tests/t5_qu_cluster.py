@@ -22,7 +22,7 @@ from bftfs.ids import client_id
 from bftfs.net.errors import RemoteError
 from bftfs.outcome import patience
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.client import QUClient
+from bftfs.qu.client import QUClient, QUUnavailable
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
 from bftfs.qu.replica import read_version
 from bftfs.testing.byzantine.qu import BEHAVIOURS, make_byzantine
@@ -464,3 +464,17 @@ async def test_a_node_busy_with_background_work_answers_a_client_round(tmp_path:
             left = [node.store.queued[1] for node in cl.nodes]
             nursery.cancel_scope.cancel()
         assert sum(1 for n in left if n > 0) >= QUThresholds.from_config(cl.config).q, left
+
+
+async def test_eio_names_the_nodes_that_did_not_answer(tmp_path: Path) -> None:
+    """EIO means no quorum answered: the error (the mount log's line for it) says how many
+    answered and which nodes did not, so an operator sees missing servers, not "slow"."""
+    async with open_cluster(tmp_path, clients=1, seed=7) as cl:
+        c = qu_client(cl, 0)
+        await c.update(3, "counter.increment", 1)
+        for i in (1, 4):
+            cl.crash(i)
+        with patience(1.0, trio.current_time()), pytest.raises(QUUnavailable) as got:
+            await c.update(3, "counter.increment", 1)
+        assert "fewer than q=5 servers answer" in str(got.value)
+        assert "4 answered, none from nodes [1, 4]" in str(got.value)

@@ -82,6 +82,8 @@ class _RepairState:
     seen_latest: tuple
     repairs: int = 0
     short: int = 0
+    #: Servers that answered any of the current run of short rounds.
+    heard: set[int] = field(default_factory=set)
     inline_tried: set[tuple] = field(default_factory=set)
 
 
@@ -308,6 +310,7 @@ class QUClient:
                     raise type(space)(f"objects {objects}: {space}")
             self._absorb(objects, replies, fresh)
             st.short = st.short + 1 if len(replies) < th.q else 0
+            st.heard = st.heard | set(replies) if st.short else set()
             # Judge the round on the OHS we present (decision 6), the one ``next_step``
             # below decides on and the servers classified, not on the raw cache.  The cache
             # keeps the last history of every server, also of one proven malevolent or
@@ -323,7 +326,7 @@ class QUClient:
                 self._n["refused"] += 1
                 raise MethodRefused(out.why)
             if st.short >= MAX_SHORT_ROUNDS:
-                raise QUUnavailable(f"objects {objects}: fewer than q={th.q} servers answer")
+                raise self._too_few(objects, st)
             # Servers answering ``need`` are not believed: the client derives the objects
             # deduction needs from the histories it holds (next_step), so a Byzantine server
             # cannot make it drag arbitrary objects into its requests.
@@ -409,8 +412,19 @@ class QUClient:
             # Rounds in a row: a barrier or copy that q servers answered (whatever they
             # said: contention is not absence) ends a run of short ones.
             st.short = st.short + 1 if len(rreplies) < th.q else 0
+            st.heard = st.heard | set(rreplies) if st.short else set()
             if st.short >= MAX_SHORT_ROUNDS:
-                raise QUUnavailable(f"objects {allobjs}: fewer than q servers answer")
+                raise self._too_few(allobjs, st)
+
+    def _too_few(self, objects: tuple[int, ...], st: _RepairState) -> QUUnavailable:
+        """The operation's end after :data:`MAX_SHORT_ROUNDS` rounds in a row that fewer
+        than q servers answered (whatever they said), naming the servers none of those
+        rounds heard from: what the mount log shows for the EIO."""
+        silent = sorted(set(range(self.th.n)) - {int(s) for s in st.heard})
+        return QUUnavailable(
+            f"objects {objects}: fewer than q={self.th.q} servers answer ({MAX_SHORT_ROUNDS} "
+            f"rounds in a row; {len(st.heard)} answered, none from nodes {silent})"
+        )
 
     async def _back_off(self, st: _RepairState) -> None:
         """Wait the next random exponential backoff of this operation (contention).  The
