@@ -6,14 +6,18 @@ Both protocol clients (``qu.client``, ``rw.client``) raise subclasses of
 their callers - the file system - handle one family and import nothing of the transport.
 
 It also holds the *patience* of the operation running in the current task (a context
-variable): how long it still waits for nodes that do not answer.  A mount sets it per
-system call (``timeo``, :mod:`bftfs.fuse.options`); the transport (``net.endpoint``,
-``net.batch``) cuts its timeouts to it and extends it whenever a call completes, so an
-operation fails once the cluster has made no progress for that long, whatever retries the
-protocol clients and the file system would otherwise make, and a long operation that does
-progress (a large flush) is never cut short.  Without one (no mount, or a ``hard`` mount)
-the transport's own timeouts apply.  Kept here, in the base layer, so the file system and
-FUSE set it without importing the transport.
+variable): how long it still waits for nodes that do not answer. A mount sets it per system
+call (``timeo``, :mod:`bftfs.fuse.options`); the transport (``net.endpoint``, ``net.batch``)
+cuts its timeouts to it and extends it whenever a call completes, so an operation fails once
+the cluster has made no progress for that long, whatever retries the protocol clients and
+the file system would otherwise make, and a long operation that does progress (a large
+flush) is never cut short. A quorum of nodes answering a round renews it too, also a round
+its caller cuts short (``quorum_call(renew_at=...)``: contention ends rounds once their
+outcome is clear), and a backoff for contention uses up none of it (:func:`paused`):
+patience that ran out in a long contended repair made the next rounds "short" and the
+operation EIO with every node answering (issue 31, item 11). Without one (no mount, or a
+``hard`` mount) the transport's own timeouts apply. Kept here, in the base layer, so the
+file system and FUSE set it without importing the transport.
 """
 
 from __future__ import annotations
@@ -93,6 +97,11 @@ class Patience:
     def expired(self, now: float) -> bool:
         return now >= self.deadline
 
+    def renew(self, now: float) -> None:
+        """A node answered: the cluster is there, so waiting starts again from ``now``."""
+        if now + self.seconds > self.deadline:
+            self.deadline = now + self.seconds
+
 
 _patience: ContextVar[Patience | None] = ContextVar("bftfs_patience", default=None)
 
@@ -112,6 +121,15 @@ def patience(seconds: float | None, now: float) -> Iterator[Patience | None]:
         _patience.reset(token)
 
 
+def paused(seconds: float) -> None:
+    """The current operation chose to wait ``seconds`` (a backoff for contention): that
+    time is not the cluster's silence, so its patience moves on by as much (a backoff
+    longer than the patience left made the next round's call time out at once)."""
+    p = _patience.get()
+    if p is not None and seconds > 0:
+        p.deadline += seconds
+
+
 def current_patience() -> Patience | None:
     return _patience.get()
 
@@ -128,4 +146,4 @@ def progressed(now: float) -> None:
     """A call completed: the current operation's patience starts again from ``now``."""
     p = _patience.get()
     if p is not None:
-        p.deadline = now + p.seconds
+        p.renew(now)

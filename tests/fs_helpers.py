@@ -13,7 +13,7 @@ import random
 import stat
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ from typing import Any
 import trio
 
 from bftfs.fs import objects as obj
+from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem
+from bftfs.outcome import patience
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
@@ -62,12 +64,14 @@ async def fs_env(
     seed: int = 0,
     attr_ttl: float = 0.0,
     fs_options: dict[str, Any] | None = None,
+    qu_options: dict[str, Any] | None = None,
     **cluster_options: Any,
 ) -> AsyncIterator[Env]:
     """A cluster with ``clients`` file systems (plus a raw Q/U client for the checks).
 
     Each file system gets a seeded RNG (object ids) and a shared fake clock that advances
-    by 1 ms per reading, so times are deterministic and strictly increasing.
+    by 1 ms per reading, so times are deterministic and strictly increasing; ``qu_options``
+    go to each file system's Q/U client.
     """
     clock = [1_700_000_000_000_000_000]
 
@@ -86,7 +90,7 @@ async def fs_env(
             )
             fss.append(
                 await FileSystem.open(
-                    qu_client(cluster, k, seed),
+                    qu_client(cluster, k, seed, **(qu_options or {})),
                     rw,
                     cluster.config,
                     clock_ns=clock_ns,
@@ -109,6 +113,77 @@ def run(tmp_path: Path, body: Callable[[Env], Any], **options: Any) -> None:
             await check_all(env.raw)
 
     trio.run(main)
+
+
+JOURNAL_FLAGS = os.O_CREAT | os.O_TRUNC | os.O_WRONLY
+
+
+async def open_creat_trunc(fs: FileSystem, parent: int, name: bytes) -> int:
+    """What the kernel does for ``open(name, O_CREAT|O_TRUNC|O_WRONLY)``: look up, open
+    with O_TRUNC if the name exists, create otherwise; a race with the other client's
+    create or unlink makes it walk again (ENOENT on a removed object, ESTALE on a create
+    of a name created meanwhile)."""
+    for _ in range(50):
+        try:
+            a = await fs.lookup(parent, name)
+        except NotFound:
+            try:
+                fh, _ = await fs.create(parent, name, 0o644, 0, 0, JOURNAL_FLAGS)
+                return fh
+            except StaleView:
+                continue
+        try:
+            return await fs.open(a.ino, JOURNAL_FLAGS)
+        except NotFound:
+            continue
+    raise AssertionError("open(O_CREAT) did not settle")
+
+
+async def names(fs: FileSystem, ino: int) -> list[bytes]:
+    return sorted(n for n, _ in await fs.readdir(ino) if n not in (b".", b".."))
+
+
+# Contention amplified (issue 31, item 11) ---------------------------------------------------
+
+#: The patience each "system call" of :func:`journal_until_contended` gets (a mount's timeo).
+CALL_PATIENCE = 0.2
+
+
+async def backoff_past_the_patience(_delay: float) -> None:
+    """A Q/U client's backoff (its ``sleep``) made longer than a call's whole patience."""
+    await trio.sleep(1.5 * CALL_PATIENCE)
+
+
+async def journal_until_contended(
+    fss: list[FileSystem], parent: int, call_patience: float, backoffs: int = 3
+) -> None:
+    """SQLite's journal from each of ``fss`` at once on one name in ``parent``: create (or
+    open and truncate), write, fsync, close, unlink, each call under ``call_patience`` as
+    the FUSE layer runs it, until the clients' Q/U clients have backed off for contention
+    ``backoffs`` times each on average (at most 300 rounds each: then it fails)."""
+
+    def contended() -> bool:
+        return sum(fs.qu.statistics().backoffs for fs in fss) >= backoffs * len(fss)
+
+    async def call(fn: Any, *args: Any) -> Any:
+        with patience(call_patience, trio.current_time()):
+            return await fn(*args)
+
+    async def loop(k: int, fs: FileSystem) -> None:
+        for _ in range(300):
+            if contended():
+                return
+            fh = await call(open_creat_trunc, fs, parent, b"j")
+            await call(fs.write, fh, 0, b"%d" % k * 512)
+            await call(fs.fsync, fh)
+            await call(fs.release, fh)
+            with suppress(NotFound):  # the other client may have unlinked it first
+                await call(fs.unlink, parent, b"j")
+
+    async with trio.open_nursery() as n:
+        for k, fs in enumerate(fss):
+            n.start_soon(loop, k, fs)
+    assert contended(), [fs.qu.statistics() for fs in fss]
 
 
 # Invariants ---------------------------------------------------------------------------------

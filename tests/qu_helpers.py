@@ -224,6 +224,7 @@ class MemEndpoint:
         probe_after: float = 0.5,
         timeout: float | None = None,
         batch: Any = None,
+        renew_at: int | None = None,  # (no patience here: no clock)
     ) -> QuorumResult:
         """The production :class:`QuorumEngine` decides; requests are delivered one at a
         time in a seeded shuffled order (slow nodes last) on a logical clock that jumps to

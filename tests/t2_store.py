@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import trio
 
 from bftfs.kv import MemoryKV
-from bftfs.node.store import Store
+from bftfs.node.store import BACKGROUND_SHARE, Store
 
 
 class _SyncLmdb:
@@ -195,3 +196,40 @@ def test_sigkill_loses_no_committed_write(tmp_path: Path) -> None:
     store.close()
     assert len(keys) >= acked + 1
     assert keys[: acked + 1] == [b"%08d" % i for i in range(acked + 1)]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_client_steps_go_ahead_of_a_background_backlog(tmp_path: Path, durable: bool) -> None:
+    """Issue 31, item 11: a node's background work (catch-up, pruning, forgetting, scrub)
+    must never starve client requests.  With 200 background steps queued before it, a
+    client's step runs in the next batch, behind at most ``BACKGROUND_SHARE`` of them (a
+    single queue ran the whole backlog first: queued as client steps, they all run
+    before it); the backlog still completes."""
+    store = Store(tmp_path / "lmdb", map_size=1 << 24, durable=durable)
+    order: list[str] = []
+
+    def step(name: str) -> Callable[[Any], None]:
+        def fn(kv: Any) -> None:
+            kv.put("d", name.encode(), b"v")
+            order.append(name)
+
+        return fn
+
+    async with trio.open_nursery() as writers:
+        for i in range(200):
+            writers.start_soon(functools.partial(store.write, step(f"bg{i}"), background=True))
+        with trio.fail_after(10):  # the backlog is queued before the client's step
+            while store.queued != (0, 200):
+                await trio.lowlevel.checkpoint()
+        writers.start_soon(store.write, step("client"))
+        with trio.fail_after(10):
+            while store.queued != (1, 200):
+                await trio.lowlevel.checkpoint()
+        writers.start_soon(store.committer)  # the writer starts on a full queue
+        with trio.fail_after(10):
+            while len(order) < 201:
+                await trio.lowlevel.checkpoint()
+        writers.cancel_scope.cancel()
+    assert order.index("client") <= BACKGROUND_SHARE
+    assert sorted(n for n in order if n != "client") == sorted(f"bg{i}" for i in range(200))
+    store.close()

@@ -27,6 +27,7 @@ from bftfs.net.errors import FrameError, TransportError
 from bftfs.net.frames import REQUEST, FrameReader
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.net.session import Session, client_handshake, frame_bytes
+from bftfs.outcome import patience
 from bftfs.testing.cluster import Cluster, open_cluster
 
 
@@ -347,6 +348,74 @@ def test_quorum_call_probes_when_slow(tmp_path: Path) -> None:
                 enough=lambda rs: len(rs) >= 5,
             )
         assert set(res.replies) == {1, 2, 3, 4, 5}
+
+    _run(tmp_path, body)
+
+
+def test_answers_renew_patience_also_in_calls_cut_short(tmp_path: Path) -> None:
+    """Issue 31, item 11: a Q/U round ends as soon as enough replies are in, cancelling the
+    quorum call while a slow node has not answered yet (contended rounds always end so).
+    Patience was renewed only by calls that completed, so after ``timeo`` of such rounds it
+    had run out with every node answering, the next call got no time at all, and the
+    operation failed with "fewer than q servers answer".  A quorum's answers are progress
+    (``renew_at``); fewer nodes' answers are not, so an operation on a cluster without a
+    quorum still fails within its patience."""
+
+    async def body(cluster: Cluster) -> None:
+        ep = cluster.client(0)
+        ids = cluster.config.node_ids
+        n = len(ids)
+        await ep.quorum_call(ids, "ping", None, enough=lambda rs: len(rs) == n)  # connected
+        cluster.faults[n - 1].delay(30)  # answers long after every call below is over
+        with patience(0.5, trio.current_time()) as p:
+            assert p is not None
+            start = trio.current_time()
+            while trio.current_time() < start + 3 * p.seconds:  # well past the patience
+                scope = trio.CancelScope()
+                got: set[int] = set()
+
+                def cut(node: int, _reply: Any, got: set[int] = got, scope: Any = scope) -> bool:
+                    got.add(node)
+                    if len(got) == n - 1:  # all but the slow one: cut the call short
+                        scope.cancel()
+                    return True
+
+                with scope:
+                    await ep.quorum_call(
+                        ids, "ping", None, accept=cut, enough=lambda rs: False, renew_at=n - 1
+                    )
+                assert len(got) == n - 1
+            res = await ep.quorum_call(ids, "ping", None, enough=lambda rs: len(rs) >= n - 1)
+        assert len(res.replies) >= n - 1
+
+    _run(tmp_path, body)
+
+
+def test_answers_of_fewer_nodes_than_renew_at_do_not_renew_patience(tmp_path: Path) -> None:
+    """The other side of the above: with two of six nodes silent (more than ``t``), the
+    four that answer keep no operation waiting past its patience: a quorum call that needs
+    five fails within it, however often it is tried."""
+
+    async def body(cluster: Cluster) -> None:
+        ep = cluster.client(0)
+        ids = cluster.config.node_ids
+        n = len(ids)
+        await ep.quorum_call(ids, "ping", None, enough=lambda rs: len(rs) == n)  # connected
+        for i in (n - 2, n - 1):
+            cluster.faults[i].delay(30)  # never answer in time
+        with patience(0.5, trio.current_time()) as p:
+            assert p is not None
+            start = trio.current_time()
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await ep.quorum_call(
+                            ids, "ping", None, enough=lambda rs: len(rs) >= n - 1, renew_at=n - 1
+                        )
+                    except QuorumUnavailable:
+                        if p.expired(trio.current_time()):
+                            break
+            assert trio.current_time() - start < 10 * p.seconds
 
     _run(tmp_path, body)
 

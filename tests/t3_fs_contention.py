@@ -19,38 +19,18 @@ from pathlib import Path
 
 import pytest
 import trio
-from fs_helpers import Env, run
+from fs_helpers import (
+    CALL_PATIENCE,
+    Env,
+    backoff_past_the_patience,
+    journal_until_contended,
+    names,
+    open_creat_trunc,
+    run,
+)
 
-from bftfs.fs.errors import NotFound, StaleView
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.errors import NotFound
 from bftfs.fs.objects import ROOT
-
-FLAGS = os.O_CREAT | os.O_TRUNC | os.O_WRONLY
-
-
-async def open_creat_trunc(fs: FileSystem, parent: int, name: bytes) -> int:
-    """What the kernel does for ``open(name, O_CREAT|O_TRUNC|O_WRONLY)``: look up, open
-    with O_TRUNC if the name exists, create otherwise; a race with the other client's
-    create or unlink makes it walk again (ENOENT on a removed object, ESTALE on a create
-    of a name created meanwhile)."""
-    for _ in range(50):
-        try:
-            a = await fs.lookup(parent, name)
-        except NotFound:
-            try:
-                fh, _ = await fs.create(parent, name, 0o644, 0, 0, FLAGS)
-                return fh
-            except StaleView:
-                continue
-        try:
-            return await fs.open(a.ino, FLAGS)
-        except NotFound:
-            continue
-    raise AssertionError("open(O_CREAT) did not settle")
-
-
-async def names(fs: FileSystem, ino: int) -> list[bytes]:
-    return sorted(n for n, _ in await fs.readdir(ino) if n not in (b".", b".."))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -134,3 +114,32 @@ def test_two_clients_creating_and_removing_their_own_names_lose_nothing(
             assert await names(env.fss[k], d.ino) == expect
 
     run(tmp_path, body, seed=seed)
+
+
+def test_journal_loop_with_contention_costing_more_than_the_patience_never_fails(
+    tmp_path: Path,
+) -> None:
+    """Issue 31, item 11: two mounts on one journal name answered EIO ("fewer than q
+    servers answer") with all six nodes up: each system call has a patience (the mount's
+    ``timeo``), and the backoffs of a contended repair, and rounds cut short once enough
+    replies were in, used it up, so the next rounds got no time and came back empty.
+    Contention is amplified here: every Q/U backoff lasts longer than the whole patience
+    each call gets (as the FUSE layer gives it).  The loop runs until both clients have
+    backed off for contention several times; no call may fail."""
+
+    async def body(env: Env) -> None:
+        d = await env.fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+        for f in env.cluster.faults:  # requests overtake each other: the clients contend
+            f.reorder(0.02)
+        await journal_until_contended(env.fss, d.ino, CALL_PATIENCE)
+        for f in env.cluster.faults:
+            f.clear()
+        for k in range(2):
+            assert await names(env.fss[k], d.ino) == []
+
+    run(
+        tmp_path,
+        body,
+        qu_options={"sleep": backoff_past_the_patience},
+        fs_options={"write_behind": True},  # as a mount runs (its creates go with the close)
+    )

@@ -12,14 +12,17 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from fs_helpers import Env, check_all, fs_env, run
 
-from bftfs.fs.errors import Exists, NotFound, StaleView
+from bftfs.fs.errors import Exists, NotFound, StaleView, Unavailable
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
+from bftfs.outcome import patience
+from bftfs.qu.messages import KIND_REQUEST, Request
 from bftfs.qu.objects import MethodRefused
 
 WB = {"fs_options": {"write_behind": True}}
@@ -263,5 +266,107 @@ def test_a_read_through_a_pending_file_sees_a_file_made_elsewhere_meanwhile(
         assert await b.read(fh, 0, 100) == b"MADE by the other client"
         await b.release(fh)
         assert [n for n, _ in await b.readdir(d.ino)] == [b"f"]
+
+    run(tmp_path, body, **WB)
+
+
+async def content_of(fs: FileSystem, parent: int, name: bytes) -> bytes | None:
+    """What an open of ``name`` reads (None: there is no such name)."""
+    try:
+        got = await fs.lookup(parent, name)
+    except NotFound:
+        return None
+    fh = await fs.open(got.ino, os.O_RDONLY)
+    try:
+        return await fs.read(fh, 0, 1 << 20)
+    finally:
+        await fs.release(fh)
+
+
+def test_a_create_sent_during_an_outage_beyond_t_is_finished_with_its_data(
+    tmp_path: Path,
+) -> None:
+    """Issue 31, item 5: with two of six nodes down, ``echo x > newfile``'s close sends the
+    pending create; it reaches only four nodes (fewer than q) and the close fails with
+    EIO, the create staying pending.  Once the nodes are back another client's call on
+    the directory completes that half-made create (Q/U repair).  The writing mount's next
+    send of it was then refused "oid-exists" - its own earlier attempt - and the file
+    answered EIO there for good, with 2 bytes there and 0 on the other mount.  Its own
+    earlier attempt must count as made, and the data must reach the servers, without the
+    writing mount being used again: both mounts then read the same file."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        fh, f = await a.create(d.ino, b"newfile", 0o644, 0, 0, flags)
+        await a.write(fh, 0, b"x\n")
+        for i in (4, 5):
+            env.cluster.crash(i)
+        with patience(1.0, trio.current_time()), pytest.raises(Unavailable):
+            await a.fsync(fh)  # EIO: the create stays pending
+        await a.write(fh, 2, b"y\n")  # a later write goes with the next send
+        with patience(1.0, trio.current_time()), pytest.raises(Unavailable):
+            await a.release(fh)  # the close: EIO again, nothing forgotten
+        for i in (4, 5):
+            await env.cluster.recover(i)
+        # The other mount lists the directory: its Q/U round repairs the half-made create
+        # (with the content that send carried).
+        assert [n for n, _ in await b.readdir(d.ino)] == [b"newfile"]
+        # The writing mount sends its create again by itself, finds it made, and sends
+        # the rest of its data: the other mount reads all of it, with no call made there.
+        with trio.fail_after(30):
+            while await content_of(b, d.ino, b"newfile") != b"x\ny\n":  # noqa: ASYNC110
+                await trio.sleep(0.05)  # (polled: the resend runs on its own schedule)
+        assert [n for n, _ in await a.readdir(d.ino)] == [b"newfile"]
+        for fs in (a, b):
+            got = await fs.lookup(d.ino, b"newfile")
+            assert (got.ino, got.size) == (f.ino, 4)
+            fh = await fs.open(got.ino, os.O_RDONLY)
+            assert await fs.read(fh, 0, 100) == b"x\ny\n"
+            await fs.release(fh)
+
+    run(tmp_path, body, **WB)
+
+
+def test_a_create_that_cannot_be_sent_does_not_hold_up_its_directory(tmp_path: Path) -> None:
+    """Issue 31, item 11: a pending create whose send failed for want of a quorum was sent
+    again ahead of every later call on its directory, for minutes: each call waited out its
+    patience on it and then failed with EIO itself.  Its flush and close said EIO already;
+    calls on the directory that do not name the file go on without it for a while (the name
+    is not on the servers), and a call naming it, or its resend time, sends it again."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh, _ = await a.create(d.ino, b"kept", 0o644, 0, 0, RDWR)
+        await a.release(fh)
+        n = env.cluster.config.n
+
+        async def withhold_creates(ctx: Any, payload: Any, honest: Any) -> Any:
+            req = Request.from_bytes(payload, n) if isinstance(payload, bytes) else None
+            if req is not None and req.op is not None and req.op.method == "fs.createwrite":
+                await trio.sleep_forever()  # no node answers this create
+            return await honest(ctx, payload)
+
+        for f in env.cluster.faults:
+            f.byzantine(KIND_REQUEST, withhold_creates)
+        fh, stuck = await a.create(d.ino, b"stuck", 0o644, 0, 0, RDWR)
+        await a.write(fh, 0, b"data")
+        with patience(0.5, trio.current_time()), pytest.raises(Unavailable):
+            await a.release(fh)  # the close: EIO
+        for _ in range(3):  # the directory answers at once, each time
+            with patience(0.5, trio.current_time()):
+                assert [n for n, _ in await a.readdir(d.ino)] == [b"kept"]
+                await a.create(d.ino, b"other", 0o644, 0, 0, os.O_RDWR | os.O_EXCL)
+                await a.unlink(d.ino, b"other")
+        for f in env.cluster.faults:
+            f.honest()
+        # A call naming the file sends it: the data comes with it, for every mount.
+        got = await a.lookup(d.ino, b"stuck")
+        assert (got.ino, got.size) == (stuck.ino, 4)
+        fh = await b.open((await b.lookup(d.ino, b"stuck")).ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"data"
+        await b.release(fh)
 
     run(tmp_path, body, **WB)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -19,8 +20,9 @@ from qu_helpers import Recorder, check_serializable
 
 from bftfs.ids import client_id
 from bftfs.net.errors import RemoteError
+from bftfs.outcome import patience
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.client import QUClient
+from bftfs.qu.client import QUClient, QUUnavailable
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
 from bftfs.qu.replica import read_version
 from bftfs.testing.byzantine.qu import BEHAVIOURS, make_byzantine
@@ -401,3 +403,78 @@ async def test_a_crashed_byzantine_servers_stray_history_costs_no_timeout(tmp_pa
             await c.update(7, "counter.increment", 1)
             assert trio.current_time() - start < 2.0, "waited for the crashed server"
         assert await c.query(7, "counter.fetch") == 4
+
+
+async def test_contention_backoff_uses_up_no_patience(tmp_path: Path) -> None:
+    """Issue 31, item 11: a client repairing another's half-done update backs off before
+    each barrier or copy.  That wait counted against the operation's patience (a mount's
+    ``timeo``), so once the backoffs of a contended repair added up to it the next rounds
+    were given no time, came back with no replies, and after three such rounds the
+    operation failed "fewer than q servers answer" with every node up.  Here each backoff
+    is made longer than the whole patience (contention amplified): the repair must finish."""
+    async with open_cluster(tmp_path, clients=2, seed=5) as cl:
+        th = QUThresholds.from_config(cl.config)
+        dead = int(client_id(1))
+        op = Operation("counter.add_all", False, 5, 1)
+        for s in range(2):  # a client died after reaching two servers: not repairable inline
+            await cl.client(1).call(
+                s, KIND_REQUEST, Request(dead, (1, 2), {1: {}, 2: {}}, op).wire()
+            )
+        await cl.client(0).quorum_call(  # connected to every node (no first-connection waits)
+            cl.config.node_ids, "ping", None, enough=lambda rs: len(rs) == th.n
+        )
+
+        async def long_backoff(_delay: float) -> None:
+            await trio.sleep(0.3)
+
+        c = QUClient(cl.client(0), th, client_id=int(client_id(0)), sleep=long_backoff)
+        with patience(0.2, trio.current_time()):
+            v = await c.update(1, "counter.increment", 1)
+        assert v in (1, 6)
+        assert c.statistics().backoffs >= 1  # the repair backed off (past the patience)
+
+
+async def test_a_node_busy_with_background_work_answers_a_client_round(tmp_path: Path) -> None:
+    """Issue 31, item 11: right after a restart, nodes busy with background work (catch-up,
+    sweeps, forgetting) let a client's ``ls -l`` fail "fewer than q servers answer" with all
+    six up.  Here every node has a backlog of background store steps queued (as a large
+    sweep queues them) when a client's update arrives: it is answered while that backlog is
+    still being worked through, not after it (a single queue made it wait for all of it)."""
+    async with open_cluster(tmp_path, clients=1, seed=6, durable=True) as cl:
+        c = qu_client(cl, 0)
+        await c.update(3, "counter.increment", 1)  # connected, the object exists everywhere
+        backlog = 300
+        filler = b"x" * 1000
+
+        async def background(node: Any, i: int) -> None:
+            def step(kv: Any) -> None:  # a sweep's step: some writes of its own
+                for j in range(100):
+                    kv.put("test.background", b"%d.%d" % (i, j), filler)
+
+            await node.store.write(step, background=True)
+
+        async with trio.open_nursery() as nursery:
+            for node in cl.nodes:
+                for i in range(backlog):
+                    nursery.start_soon(background, node, i)
+            with trio.fail_after(30):  # every backlog queued before the client's update
+                while any(node.store.queued[1] < backlog * 3 // 4 for node in cl.nodes):
+                    await trio.lowlevel.checkpoint()
+            assert await c.update(3, "counter.increment", 1) == 2
+            left = [node.store.queued[1] for node in cl.nodes]
+            nursery.cancel_scope.cancel()
+        assert sum(1 for n in left if n > 0) >= QUThresholds.from_config(cl.config).q, left
+
+
+async def test_eio_names_the_nodes_that_did_not_answer(tmp_path: Path) -> None:
+    """EIO means no quorum answered: the error (the mount log's line for it) says how many
+    answered and which nodes did not, so an operator sees missing servers, not "slow"."""
+    async with open_cluster(tmp_path, clients=1, seed=7) as cl:
+        c = qu_client(cl, 0)
+        await c.update(3, "counter.increment", 1)
+        for i in (1, 4):
+            cl.crash(i)
+        with patience(1.0, trio.current_time()), pytest.raises(QUUnavailable) as got:
+            await c.update(3, "counter.increment", 1)
+        assert "fewer than q=5 servers answer" in str(got.value)
+        assert "4 answered, none from nodes [1, 4]" in str(got.value)

@@ -21,7 +21,7 @@ from bftfs.fs import objects as obj
 from bftfs.fs.base import FsBase
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
-from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull
+from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
 
@@ -140,5 +140,8 @@ class Meta(FsBase):
         return round_up(INITIAL_RESERVE, self.bs)
 
     async def _back_off(self, attempt: int) -> None:
-        """Wait before retrying an update another client's change or lease refused."""
-        await trio.sleep(backoff_delay(attempt, self.rng, BACKOFF_FIRST, BACKOFF_MAX))
+        """Wait before retrying an update another client's change or lease refused (the
+        wait is contention's, not the cluster's silence: it uses up no patience)."""
+        delay = backoff_delay(attempt, self.rng, BACKOFF_FIRST, BACKOFF_MAX)
+        await trio.sleep(delay)
+        paused(delay)

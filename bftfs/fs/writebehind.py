@@ -38,6 +38,7 @@ file grown past the inline limit.  The rules (docs/fs.md, "Create write-behind")
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat as st
@@ -50,7 +51,7 @@ from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import NAME_CACHE_LIMIT
 from bftfs.fs.errors import Exists, FsError, NotFound, StaleView, Unavailable, from_refusal
-from bftfs.fs.filedata import FileData, _content_version
+from bftfs.fs.filedata import FileData, _content_version, _spawn
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handles import Handles
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, _Taken
@@ -61,6 +62,12 @@ log = logging.getLogger(__name__)
 #: Object ids of created files that turned out to collide, kept to answer ESTALE (the
 #: kernel then looks the name up again); forgetting one only turns that into ENOENT.
 MOVED_LIMIT = 10_000
+
+#: After a send of a pending create fails for want of a quorum, other calls on its
+#: directory go on without sending it again for this long (seconds), doubling per failure
+#: up to :data:`RESEND_MAX`; the file's own flush, fsync and close always send it.
+RESEND_FIRST = 1.0
+RESEND_MAX = 30.0
 
 
 @dataclass(eq=False)
@@ -78,6 +85,10 @@ class PendingCreate:
     #: The task sending it (None: not being sent).
     sender: trio.lowlevel.Task | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    #: Sends that failed for want of a quorum, and when (trio time) a call on the
+    #: directory sends it again (:data:`RESEND_FIRST`).
+    failures: int = 0
+    resend_at: float = 0.0
 
 
 class WriteBehind(Handles, FileData):
@@ -219,18 +230,26 @@ class WriteBehind(Handles, FileData):
 
     async def _query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         if self._pending_oids or self._moved:
-            await self._before(oid if isinstance(oid, list) else [oid])
+            await self._before(oid if isinstance(oid, list) else [oid], _names_in(arg))
         return await super()._query(oid, method, arg)
 
     async def _update(self, objects: Any, method: str, arg: Any) -> Any:
         objects = list(objects)
         if self._pending_oids or self._moved:
-            await self._before(objects)
+            await self._before(objects, _names_in(arg))
         return await super()._update(objects, method, arg)
 
-    async def _before(self, objects: list[int]) -> None:
-        """Send the pending creates a call on ``objects`` must follow: those of a directory
-        among them, and a pending file among them."""
+    async def _before(
+        self, objects: list[int], names: set[bytes] | frozenset = frozenset()
+    ) -> None:
+        """Send the pending creates a call on ``objects`` (about ``names`` in them) must
+        follow: those of a directory among them, and a pending file among them.  A create
+        whose last send failed for want of a quorum is not sent again ahead of calls on
+        its directory that name neither its file nor its name until its
+        :attr:`PendingCreate.resend_at` (issue 31, item 11: one such create was re-sent
+        ahead of every call on the directory for minutes, each waiting out its patience
+        and failing; its flush and close said EIO already, and the directory does not hold
+        the name meanwhile, so no call about another name depends on it)."""
         for oid in objects:
             if oid in self._moved and oid not in self._pending_oids:
                 raise StaleView(f"object {oid} was never made: its name was taken")
@@ -238,7 +257,8 @@ class WriteBehind(Handles, FileData):
             if p is not None:
                 await self._send(p)
             for p in list(self._pending.get(oid, {}).values()):
-                await self._send(p)
+                if p.oid in objects or p.name in names or trio.current_time() >= p.resend_at:
+                    await self._send(p)
 
     async def _send(self, p: PendingCreate, *, quiet: bool = True) -> None:
         """Make ``p`` on the servers, once: a call of another task waits for it, a call
@@ -255,13 +275,19 @@ class WriteBehind(Handles, FileData):
         p.sender = me
         self._senders.add(me)
         settled = False  # made, or failed for good (else pending again)
+        made = False
         try:
             await self._send_now(p)
-            settled = True
+            settled = made = True
         except Unavailable as e:  # the cluster did not answer: try again at the next flush
+            p.failures += 1
+            wait = min(RESEND_MAX, RESEND_FIRST * 2 ** min(p.failures - 1, 16))
+            p.resend_at = trio.current_time() + wait
+            if p.failures == 1:
+                _spawn(functools.partial(self._resend_later, p))
             if not quiet:
                 raise
-            log.warning("pending create of %r not sent yet: %s", p.name, e)
+            log.warning("pending create of %r not sent yet (again in %g s): %s", p.name, wait, e)
         except FsError as e:
             settled = True
             self._failed[p.oid] = e
@@ -273,6 +299,35 @@ class WriteBehind(Handles, FileData):
                 self._drop_pending(p)
             done, p.done = p.done, trio.Event()
             done.set()
+        if made:
+            await self._write_back_closed(p)
+
+    async def _resend_later(self, p: PendingCreate) -> None:
+        """Send ``p`` again at its resend times until it is made or fails for good (a
+        background task, started by its first failed send): once the cluster is back,
+        every mount sees the file and its data without this mount doing anything more
+        (issue 31, item 5).  Errors are logged by :meth:`_send`; nothing escapes."""
+        while self._pending_oids.get(p.oid) is p:
+            await trio.sleep_until(p.resend_at)
+            if self._pending_oids.get(p.oid) is not p or trio.current_time() < p.resend_at:
+                continue  # made meanwhile, or failed again and rescheduled
+            try:
+                await self._send(p)
+            except Exception as e:  # a system task must not raise (filedata._spawn)
+                log.warning("resending the create of %r failed: %s", p.name, e)
+                return
+
+    async def _write_back_closed(self, p: PendingCreate) -> None:
+        """After ``p`` was made: a file already closed with writes still buffered (its
+        close failed, the cluster unavailable) has them sent now, so that this mount and
+        the others read the same file (issue 31, item 5: 2 bytes here, 0 elsewhere)."""
+        f = self._files.get(p.oid)
+        if f is None or f.opens or not f.buffered:
+            return
+        try:
+            await super()._flush(f)
+        except FsError as e:
+            log.warning("writes of closed %r not sent yet: %s", p.name, e)
 
     def _drop_pending(self, p: PendingCreate) -> None:
         names = self._pending.get(p.parent, {})
@@ -297,8 +352,39 @@ class WriteBehind(Handles, FileData):
                 if await self._collided(p, f):
                     return
             except _Taken:
+                if await self._made_before(p, f):
+                    return
                 raise FsError("a new object id was taken (drawn twice?)") from None
         raise Exists(f"{p.name!r} keeps being created and removed by other clients")
+
+    async def _made_before(self, p: PendingCreate, f: OpenFile | None) -> bool:
+        """Whether an earlier send of ``p`` made it, and if so take it as made.
+
+        A send that reached fewer than ``q`` nodes (an outage beyond ``t``) failed here,
+        and ``p`` stayed pending; but the nodes that took it keep it as a candidate, and
+        any client's later round repairs it to completion.  Sent again, ``p`` then finds
+        its own object id taken (issue 31, item 5: the file answered EIO here for good).
+        The directory's entry ``p.name`` naming that id, a regular file, shows it is
+        ``p``'s (ids are 63-bit random draws of this mount).  The file's buffered writes
+        are re-applied on whatever that earlier send left (as on another client's new
+        content) and go out with the next flush, as they would have."""
+        arg = {"p": p.parent, "o": p.oid, "name": p.name}
+        try:
+            got = await super()._query([p.parent, p.oid], "fs.lookupstat", arg)
+        except NotFound:
+            return False
+        s = got["s"]
+        if got["e"][0] != p.oid or s is None or s["k"] != "f" or not st.S_ISREG(s["mode"]):
+            return False
+        opened = await super()._query(p.oid, "fs.open")
+        if self._kernel_content.get(p.oid) == (p.arg["d"], 0):
+            self._kernel_content[p.oid] = _content_version(opened)
+        self._observed(p.oid, opened)
+        self._learn(p.parent, p.name, p.oid, st.S_IFREG >> 12)
+        if f is not None:
+            await self._adopt(f, opened)
+        log.info("create of %r: an earlier send had made it", p.name)
+        return True
 
     async def _create_with_content(self, p: PendingCreate, f: OpenFile) -> None:
         """``fs.createwrite``: the entry, the attribute object and its content at once
@@ -406,3 +492,13 @@ class WriteBehind(Handles, FileData):
         p = self._pending_oids.get(ino)
         if p is not None:
             self._drop_pending(p)
+
+
+def _names_in(arg: Any) -> set[bytes]:
+    """The entry names a file-system method's argument is about (``fs.lookup``'s name,
+    ``name``, a rename's ``sn`` and ``dn``; an xattr's name too: one send too many)."""
+    if isinstance(arg, bytes):
+        return {arg}
+    if isinstance(arg, dict):
+        return {v for k in ("name", "sn", "dn") if isinstance(v := arg.get(k), bytes)}
+    return set()

@@ -168,7 +168,9 @@ class _BatchFanout:
         if ok:
             self.driver.reply(node, value)
         else:
-            self.driver.failed(node, value)
+            self.driver.failed(
+                node, value, answered=isinstance(value, str) and value.startswith("refused")
+            )
 
 
 async def batch_quorum(

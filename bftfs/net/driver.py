@@ -24,6 +24,7 @@ import trio
 
 from bftfs.ids import NodeId
 from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Step, Verdict
+from bftfs.outcome import Patience, current_patience
 
 
 class Transmit(Protocol):
@@ -43,10 +44,31 @@ class Transmit(Protocol):
 class QuorumDriver:
     """Runs one quorum call: feeds reports to the engine and acts on its steps."""
 
-    __slots__ = ("engine", "transmit", "_queue", "_busy", "_now", "_over", "_error", "_wakeup")
+    __slots__ = (
+        "engine",
+        "transmit",
+        "_queue",
+        "_busy",
+        "_now",
+        "_over",
+        "_error",
+        "_wakeup",
+        "_patience",
+        "_renew_at",
+        "_heard",
+    )
 
-    def __init__(self, engine: QuorumEngine) -> None:
+    def __init__(self, engine: QuorumEngine, *, renew_at: int | None = None) -> None:
+        """``renew_at``: once this many nodes answered (replies or refusals, valid or not),
+        every answer renews the caller's patience, however the call ends (None: only a
+        completed call does, :func:`bftfs.outcome.progressed`)."""
         self.engine = engine
+        #: The calling operation's patience (taken here, in the caller's task: reports
+        #: arrive in other tasks, whose context holds another operation's or none).
+        self._patience: Patience | None = current_patience() if renew_at is not None else None
+        self._renew_at = renew_at or 0
+        #: Nodes that answered this call.
+        self._heard: set[NodeId] = set()
         self.transmit: Transmit | None = None
         self._queue: deque[tuple[Callable[..., Step], tuple[Any, ...]]] | None = None
         self._busy = False
@@ -66,11 +88,28 @@ class QuorumDriver:
 
     def reply(self, node: NodeId, value: Any) -> None:
         """``node`` answered ``value``."""
+        self._answered(node)
         self._feed(self.engine.on_reply, (node, value))
 
-    def failed(self, node: NodeId, reason: str) -> None:
-        """``node`` will not answer (``reason`` is recorded in the result's errors)."""
+    def failed(self, node: NodeId, reason: str, *, answered: bool = False) -> None:
+        """``node`` will not answer (``reason`` is recorded in the result's errors);
+        ``answered``: it said so itself (a refusal), which shows it is there."""
+        if answered:
+            self._answered(node)
         self._feed(self.engine.on_failure, (node, reason))
+
+    def _answered(self, node: NodeId) -> None:
+        """``node`` answered: once ``renew_at`` nodes have, the caller's patience starts
+        again (``bftfs.outcome``), however this call ends - a quorum that answers a round
+        the caller cuts short (contention: its outcome is clear before the slowest node
+        answers) is progress all the same, while the answers of fewer nodes than a quorum
+        do not keep an operation on an unavailable cluster waiting past its patience."""
+        p = self._patience
+        if p is None or self.over:
+            return
+        self._heard.add(node)
+        if len(self._heard) >= self._renew_at:
+            p.renew(trio.current_time())
 
     def trouble(self) -> None:
         """A target is unreachable or slow for now: probe another."""

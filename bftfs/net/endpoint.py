@@ -374,6 +374,7 @@ class Endpoint:
         probe_after: float = 0.5,
         timeout: float | None = None,
         batch: BatchKind | None = None,
+        renew_at: int | None = None,
     ) -> QuorumResult:
         """Send to ``targets`` and return once ``enough`` holds over the valid replies.
 
@@ -389,6 +390,9 @@ class Endpoint:
             batch: let the first transmission to each node share a frame with the other
                 requests of this batch kind queued for it in the same scheduler pass
                 (module docstring); the decisions are the same either way.
+            renew_at: once this many nodes answered, each answer renews the operation's
+                patience, also when the caller cuts the call short
+                (:class:`~bftfs.net.driver.QuorumDriver`).
 
         Raises:
             QuorumUnavailable: every target answered or failed, or ``timeout`` passed, and
@@ -408,7 +412,7 @@ class Endpoint:
             timeout=timeout,
             now=now,
         )
-        driver = QuorumDriver(engine)
+        driver = QuorumDriver(engine, renew_at=renew_at)
         make = payload if callable(payload) else (lambda _n: payload)
         fanout = _Fanout(self, driver, kind, make, engine.deadline, batch)
         if batch is None:
@@ -658,7 +662,7 @@ class _Fanout:
         elif waiter.status == STATUS_OK:
             driver.reply(node, waiter.body)
         else:
-            driver.failed(node, waiter.outcome()[1])
+            driver.failed(node, waiter.outcome()[1], answered=True)
 
     async def _slow(self, node: NodeId, value: Any) -> None:
         """One request through :meth:`Endpoint.call` (connects, resends, reports trouble)."""
@@ -674,7 +678,7 @@ class _Fanout:
         except TransportError as e:
             driver.failed(node, str(e))
         except RemoteError as e:
-            driver.failed(node, f"refused: {e}")
+            driver.failed(node, f"refused: {e}", answered=True)
         else:
             driver.reply(node, reply)
 

@@ -189,7 +189,7 @@ class Pruner:
             return forget_target(kv, self.cfg, oid)
 
         try:
-            deleted = await self.node.store.write(step)
+            deleted = await self.node.store.write(step, background=True)
             found = self.node.store.read(next_step)
         except Exception:
             self.node.stats["internal_errors"] += 1
@@ -222,7 +222,7 @@ class Pruner:
             step = functools.partial(
                 tombstone_step, cfg=self.cfg, oid=oid, final=target, now_ns=now
             )
-            deleted = await self.node.store.write(step)
+            deleted = await self.node.store.write(step, background=True)
             found = self.node.store.read(lambda kv: forget_target(kv, self.cfg, oid))
         except Exception:
             self.node.stats["internal_errors"] += 1
@@ -248,7 +248,7 @@ class Pruner:
             step = functools.partial(
                 forget_step, cfg=self.cfg, oid=oid, final=found.final, now_ns=now
             )
-            deleted = await self.node.store.write(step)
+            deleted = await self.node.store.write(step, background=True)
         except Exception:
             self.node.stats["internal_errors"] += 1
             self.node.log.exception("node %s: forgetting object %d", self.node.id, oid)

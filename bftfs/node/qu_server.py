@@ -219,12 +219,14 @@ def register(
         """One ``s_request`` with object sync as needed (also how catch-up applies a
         request on this node itself)."""
         synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
+        # A node's own requests are its catch-up: client steps go ahead of them (store.py).
+        write = functools.partial(node.store.write, background=is_node(sender))
         for _ in range(3):  # a version synced once may be needed again after a race
             now_ns = node.now_ns()
             if req.op is not None and req.op.query:
                 res = node.store.read(lambda kv: handle_request(kv, cfg, sender, req, synced))
             else:
-                res = await node.store.write(
+                res = await write(
                     functools.partial(
                         handle_request,
                         cfg=cfg,

@@ -122,7 +122,7 @@ class Forgetter:
                 continue
             self._backoff.reset(block)
             step = functools.partial(replica.forget_step, block=block, ts=ts)
-            if await self.node.store.write(step):
+            if await self.node.store.write(step, background=True):
                 self.node.stats["rw.forgotten"] += 1
 
     def _retry(self, block: int) -> None:

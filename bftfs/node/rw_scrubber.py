@@ -141,7 +141,9 @@ class Scrubber:
             node.log.warning("node %s: scrub: block %s not repaired: %s", node.id, block, e)
             self._left()
             return
-        await node.store.write(lambda kv: replica.store_write(kv, req, owner=int(node.id)))
+        await node.store.write(
+            lambda kv: replica.store_write(kv, req, owner=int(node.id)), background=True
+        )
         self.progress["repaired"] += 1
         node.stats["rw.scrub.repaired"] += 1
 

@@ -8,13 +8,19 @@ One LMDB environment per node (``<data_dir>/lmdb``).  Protocol steps run against
 * :meth:`Store.write_now` runs a step in a write transaction of its own at once (non-durable
   stores only: without a sync to share, batching saves less than the task switches cost).
 * :meth:`Store.write` queues a step; a committer task runs every queued step in *one* write
-  transaction and commits it with one sync (group commit).  A durable commit runs in a
-  worker thread: the writes that arrive during its sync form the next batch, and the
-  event loop keeps serving reads.  (It ran on the event loop's thread for a while, which
-  saved the hand-off, 0.29 -> 0.12 ms CPU per commit on an idle disk; but a sync on a disk
-  shared by six nodes takes milliseconds, and during a 200 MiB cold read - lazy
-  verification committing behind it - the nodes spent 40% of their time blocked in
-  commits with every read waiting: issue 19, docs/performance.md.)  A store that is not
+  transaction and commits it with one sync (group commit).  A node's own background work
+  (Q/U catch-up, pruning, forgetting, scrub) queues its steps as
+  ``background``: a batch takes every client step and at most :data:`BACKGROUND_SHARE`
+  background ones (:data:`BACKGROUND_BATCH` when no client step waits), so a client's
+  write waits for one small batch, never for a backlog of background steps queued before
+  it (issue 31: right after a restart, a node's catch-up and sweeps made client requests
+  wait until the client gave up), and background work still advances under client load.
+  A durable commit runs in a worker thread: the writes that arrive during its sync form the
+  next batch, and the event loop keeps serving reads. (It ran on the event loop's thread for
+  a while, which saved the hand-off, 0.29 -> 0.12 ms CPU per commit on an idle disk; but a
+  sync on a disk shared by six nodes takes milliseconds, and during a 200 MiB cold read -
+  lazy verification committing behind it - the nodes spent 40% of their time blocked in
+  commits with every read waiting: issue 19, docs/performance.md.) A store that is not
   durable commits on the event loop's thread (no sync to wait for).
   A step that raises is isolated:
   the batch is rolled back and every step is re-run in a transaction of its own, so only the
@@ -35,6 +41,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -45,6 +52,11 @@ import trio
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Background steps a batch takes along with client steps (so they advance under load),
+#: and how many it takes when no client step waits.
+BACKGROUND_SHARE = 4
+BACKGROUND_BATCH = 32
 
 
 class StoreError(Exception):
@@ -161,6 +173,8 @@ class Store:
         #: Databases created by the open write transaction (see ``_LmdbKV._db``).
         self._new_dbs: dict[str, Any] = {}
         self._queue: list[_Job] = []
+        #: Background steps waiting (``write(background=True)``), oldest first.
+        self._background: deque[_Job] = deque()
         self._wakeup = trio.Event()
         self._lock = threading.Lock()
         self.commits = 0
@@ -180,15 +194,20 @@ class Store:
         with self._env.begin(buffers=False) as txn:
             return fn(_LmdbKV(txn, self, write=False))
 
-    async def write(self, fn: Callable[[Any], T]) -> T:
+    async def write(self, fn: Callable[[Any], T], *, background: bool = False) -> T:
         """Run ``fn(kv)`` in the next group-committed write transaction; durable on return.
+        ``background``: the node's own work, which client steps go ahead of (module
+        docstring).
 
         Raises:
             StoreError: the transaction could not be committed (e.g. the map or disk is full).
             Exception: whatever ``fn`` raised (its changes are rolled back).
         """
         job = _Job(fn)
-        self._queue.append(job)
+        if background:
+            self._background.append(job)
+        else:
+            self._queue.append(job)
         self._wakeup.set()
         await job.done.wait()
         if job.error is not None:
@@ -232,7 +251,7 @@ class Store:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            batch, self._queue = self._queue, []
+            batch = self._next_batch()
             if not batch:
                 continue
             if self.durable:
@@ -243,6 +262,22 @@ class Store:
                 self._run_batch(batch)
             for job in batch:
                 job.done.set()
+
+    def _next_batch(self) -> list[_Job]:
+        """Every client step queued, and a few background steps (module docstring); the
+        committer is woken again while background steps are left."""
+        batch, self._queue = self._queue, []
+        background = self._background
+        for _ in range(min(len(background), BACKGROUND_SHARE if batch else BACKGROUND_BATCH)):
+            batch.append(background.popleft())
+        if background:
+            self._wakeup.set()
+        return batch
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Client and background steps waiting for a batch."""
+        return len(self._queue), len(self._background)
 
     def _run_batch(self, batch: list[_Job]) -> None:
         with self._lock:

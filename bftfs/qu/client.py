@@ -30,7 +30,7 @@ import trio
 from bftfs.net.endpoint import BatchKind
 from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import ClusterUnavailable, refused_for_space
+from bftfs.outcome import ClusterUnavailable, paused, refused_for_space
 from bftfs.qu import core
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import OpType, QUThresholds, View
@@ -90,6 +90,8 @@ class _RepairState:
     repairs: int = 0
     short: int = 0
     unsyncable: int = 0
+    #: Servers that answered any of the current run of short rounds.
+    heard: set[int] = field(default_factory=set)
     inline_tried: set[tuple] = field(default_factory=set)
 
 
@@ -321,6 +323,7 @@ class QUClient:
                     )
             self._absorb(objects, replies, fresh)
             st.short = st.short + 1 if len(replies) < th.q else 0
+            st.heard = st.heard | set(replies) if st.short else set()
             # Judge the round on the OHS we present (decision 6), the one ``next_step``
             # below decides on and the servers classified, not on the raw cache.  The cache
             # keeps the last history of every server, also of one proven malevolent or
@@ -337,7 +340,7 @@ class QUClient:
                 raise MethodRefused(out.why)
             await self._unsyncable(objects, replies, st)
             if st.short >= MAX_SHORT_ROUNDS:
-                raise QUUnavailable(f"objects {objects}: fewer than q={th.q} servers answer")
+                raise self._too_few(objects, st)
             # Servers answering ``need`` are not believed: the client derives the objects
             # deduction needs from the histories it holds (next_step), so a Byzantine server
             # cannot make it drag arbitrary objects into its requests.
@@ -418,8 +421,7 @@ class QUClient:
                     st.short += 1
                     if st.short >= MAX_SHORT_ROUNDS:
                         raise QUUnavailable(f"objects {allobjs}: no server proves a link")
-                    await self._sleep(core.backoff_delay(st.repairs, self.rng))
-                    st.repairs += 1
+                    await self._back_off(st)
                 continue
             if nxt.step is core.Step.METHOD:
                 return
@@ -435,18 +437,41 @@ class QUClient:
                     st.seen_latest = latest
                     return
             self._n["backoffs"] += 1
-            await self._sleep(core.backoff_delay(st.repairs, self.rng))
-            st.repairs += 1
+            await self._back_off(st)
             typ = nxt.type or OpType.BARRIER
             self._n["barriers" if typ is OpType.BARRIER else "copies"] += 1
             links = self._links_for(view)
             rreq = Request(self.client_id, allobjs, dict(view.mohs), None, None, links)
             rreplies = await self._round(allobjs, rreq)
             self._absorb(allobjs, rreplies, fresh)
-            if len(rreplies) < th.q:
-                st.short += 1
-                if st.short >= MAX_SHORT_ROUNDS:
-                    raise QUUnavailable(f"objects {allobjs}: fewer than q servers answer")
+            # Rounds in a row: a barrier or copy that q servers answered (whatever they
+            # said: contention is not absence) ends a run of short ones.
+            st.short = st.short + 1 if len(rreplies) < th.q else 0
+            st.heard = st.heard | set(rreplies) if st.short else set()
+            if st.short >= MAX_SHORT_ROUNDS:
+                raise self._too_few(allobjs, st)
+
+    def _too_few(self, objects: tuple[int, ...], st: _RepairState) -> QUUnavailable:
+        """The operation's end after :data:`MAX_SHORT_ROUNDS` rounds in a row that fewer
+        than q servers answered (whatever they said), naming the servers none of those
+        rounds heard from: what the mount log shows for the EIO."""
+        silent = sorted(set(range(self.th.n)) - {int(s) for s in st.heard})
+        return QUUnavailable(
+            f"objects {objects}: fewer than q={self.th.q} servers answer ({MAX_SHORT_ROUNDS} "
+            f"rounds in a row; {len(st.heard)} answered, none from nodes {silent})"
+        )
+
+    async def _back_off(self, st: _RepairState) -> None:
+        """Wait the next random exponential backoff of this operation (contention).  The
+        wait is this client's choice, not the cluster's silence: it does not use up the
+        operation's patience (``bftfs.outcome``), which ran out in long contended repairs
+        and made the next rounds short, and the operation EIO, with every node answering
+        (issue 31, item 11)."""
+        delay = core.backoff_delay(st.repairs, self.rng)
+        st.repairs += 1
+        start = trio.current_time()
+        await self._sleep(delay)
+        paused(trio.current_time() - start)
 
     def _latest(self, objects: tuple[int, ...]) -> tuple:
         """The newest timestamp cached for each of ``objects`` (how far they have moved)."""
@@ -516,6 +541,7 @@ class QUClient:
                 probe_after=self.probe_after,
                 timeout=self.timeout,
                 batch=self._batch,
+                renew_at=self.th.q,  # a quorum answering is progress, cut short or not
             )
         self._absorb(todo, stash, fresh)
 
@@ -635,6 +661,7 @@ class QUClient:
                     probe_after=self.probe_after,
                     timeout=self.timeout,
                     batch=self._batch,
+                    renew_at=self.th.q,  # a quorum answering is progress, cut short or not
                 )
         except QuorumUnavailable as e:
             # Servers out of space answer ``full`` (node/service.py), a client's update past

@@ -139,15 +139,17 @@ class Cluster:
         await self._stopped[i].wait()
 
 
-def qu_client(cluster: Cluster, k: int, seed: int = 0) -> QUClient:
+def qu_client(cluster: Cluster, k: int, seed: int = 0, **options: Any) -> QUClient:
     """A Q/U client of the ``k``-th configured client: seeded backoff (``seed``) and request
-    ids in a range of its own, so several clients of one test never reuse a request id."""
+    ids in a range of its own, so several clients of one test never reuse a request id;
+    ``options`` go to :class:`QUClient` (e.g. its ``sleep``)."""
     return QUClient(
         cluster.client(k),
         QUThresholds.from_config(cluster.config),
         client_id=int(client_id(k)),
         rng=random.Random(seed * 31 + k),
         seq_start=1_000_000 * (k + 1),
+        **options,
     )
 
 

@@ -151,10 +151,10 @@ def _power_cut_in_update(config: ClusterConfig, node: int) -> ByzantineProfile:
         its first put."""
         real_write = store.write
 
-        async def write(fn: Callable[[Any], Any]) -> Any:
+        async def write(fn: Callable[[Any], Any], **options: Any) -> Any:
             if not _IN_QU_REQUEST.get():
-                return await real_write(fn)
-            return await real_write(functools.partial(step, fn))
+                return await real_write(fn, **options)
+            return await real_write(functools.partial(step, fn), **options)
 
         store.write = write  # an instance attribute shadows the method for this store only
 
@@ -210,8 +210,8 @@ def _power_cut_in_gc(config: ClusterConfig, node: int) -> ByzantineProfile:
         on a view that counts the steps that delete block versions."""
         real_write = store.write
 
-        async def write(fn: Callable[[Any], Any]) -> Any:
-            return await real_write(lambda kv: fn(_CutAtFirstCollect(kv, steps)))
+        async def write(fn: Callable[[Any], Any], **options: Any) -> Any:
+            return await real_write(lambda kv: fn(_CutAtFirstCollect(kv, steps)), **options)
 
         store.write = write
 
