@@ -41,6 +41,7 @@ from bftfs.net.errors import RemoteError, TransportError
 from bftfs.node.rw_forgetter import Forgetter
 from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
+from bftfs.policy import RetentionPolicy
 from bftfs.rw import replica
 from bftfs.rw.batch import rw_batcher
 from bftfs.rw.behind import NotValidated, own_fragment
@@ -79,8 +80,11 @@ READ_OPTIONS: dict[str, Any] = {}
 _Read = tuple[BlockId, list[Timestamp], ReadOutcome, set[Timestamp]]
 
 
-def scan_page(kv: Any, *, after: int | None) -> replica.Unverified:
-    return replica.unverified_step(kv, after, SCAN_PAGE)
+def scan_page(
+    kv: Any, *, after: int | None, retention: RetentionPolicy | None = None
+) -> replica.Unverified:
+    pins = pinned_moments(kv) if retention is not None else ()
+    return replica.unverified_step(kv, after, SCAN_PAGE, retention=retention, pins=pins)
 
 
 def new_progress() -> dict[str, Any]:
@@ -411,7 +415,10 @@ class Verifier:
         )
 
     async def _rebuild(self) -> None:
-        """The backlog after a restart: versions above their block's mark, unflagged."""
+        """The backlog after a restart: versions above their block's mark, unflagged; and
+        the age revisits of versions kept below it (both lived in memory: without the
+        revisits, what a restart found kept for its age stayed for good, issue 31 item
+        14)."""
         self.progress["state"] = "scanning"
         after: int | None = None
         now = trio.current_time()
@@ -420,9 +427,13 @@ class Verifier:
         cfg = self.node.config
         size = -(-cfg.max_file_block_size // cfg.m)
         while True:
-            page = self.node.store.read(functools.partial(scan_page, after=after))
+            page = self.node.store.read(
+                functools.partial(scan_page, after=after, retention=self.retention)
+            )
             for block, ts in page.versions:
                 self.backlog.wrote(block, ts, ts.writer, now, size=size)
+            for block, due in page.revisits:
+                heapq.heappush(self._revisits, (due, block))
             if page.after is None:
                 break
             after = page.after
