@@ -699,14 +699,18 @@ def _print_rows(statuses: list[localmod.NodeStatus], progress: dict[int, str], w
 
 def _progress(progress: dict[str, dict]) -> str:
     """Background catch-up of a node, short: ``qu done 12/12, rw 3/40`` (objects or blocks
-    it found behind and brought up to date), ``-`` when none runs."""
+    it found behind and brought up to date), with what it could not bring up to date
+    (``qu incomplete 8/197 (189 failed)``: the node is still behind on those, and one more
+    failure elsewhere costs readers repairs), ``-`` when none runs."""
     parts = []
     for name, p in sorted(progress.items()):
         if not name.endswith(".catchup"):
             continue
         state = p.get("state", "?")
         word = "" if state == "running" else f" {state}"
-        parts.append(f"{name.split('.')[0]}{word} {p.get('done', 0)}/{p.get('behind', 0)}")
+        left = [f"{p[k]} {k}" for k in ("failed", "skipped", "abandoned") if p.get(k)]
+        note = f" ({', '.join(left)})" if left else ""
+        parts.append(f"{name.split('.')[0]}{word} {p.get('done', 0)}/{p.get('behind', 0)}{note}")
     rejoin = progress.get("rejoin") or {}  # node/rejoin.py: cut off from its peers, or back
     if rejoin.get("state") == "cut off":
         parts.insert(0, f"cut off (reaches {rejoin.get('reachable', 0)} peers)")

@@ -126,3 +126,81 @@ def test_a_restart_inside_the_retention_window_collects_and_forgets_a_removed_fi
 
         _wait("the removed file collected and forgotten", 3 * keep + 60, given_back)
 
+
+def _catch_up(pc: ProcessCluster, node: int, timeout: float = 120.0) -> dict[str, Any]:
+    """Node ``node``'s Q/U and PASIS catch-up progress once both finished."""
+
+    def finished() -> dict[str, Any] | None:
+        progress = _stats(pc)[node].get("progress", {})
+        got = {k: progress.get(k) for k in ("qu.catchup", "rw.catchup")}
+        if all(p is not None and p["state"] not in ("scanning", "running") for p in got.values()):
+            return got
+        return None
+
+    return _wait(f"catch-up of node {node}", timeout, finished)
+
+
+def test_a_node_away_past_the_retention_window_catches_up_and_a_second_failure_reads(
+    tmp_path: Path,
+) -> None:
+    """Item 12: a node stopped while files are created, written and removed, back only
+    after the others pruned the history its catch-up would replay (and, once it is back,
+    forgot what it never held): its catch-up must succeed from the current state, and
+    with another node killed every directory still lists and every file reads (before:
+    "object sync failed", "no server hands over the request"; EIO on the directory)."""
+    keep = 2.0
+    away, second = 3, 1
+    rng = random.Random(12)
+    with ProcessCluster(
+        tmp_path / "c",
+        map_size=256 * MIB,
+        durable=False,
+        verification=FAST_VERIFY,
+        retention=RetentionPolicy(keep_seconds=keep, keep_versions=2, forget_seconds=keep),
+    ) as pc:
+        with Mount(pc.config, tmp_path / "a", client="client0") as a:
+            d = a.mountpoint / "d"
+            d.mkdir()
+            files: dict[str, bytes] = {}
+            for i in range(20):
+                files[f"old{i}"] = rng.randbytes(rng.choice((40, 3000, 200_000)))
+                (d / f"old{i}").write_bytes(files[f"old{i}"])
+            pc.stop(away)
+            for i in range(60):
+                data = rng.randbytes(rng.choice((40, 3000, 200_000)))
+                (d / f"new{i}").write_bytes(data)
+                files[f"new{i}"] = data
+            for name in [f"new{i}" for i in range(0, 60, 3)] + [f"old{i}" for i in range(0, 20, 2)]:
+                os.unlink(d / name)
+                del files[name]
+            for i in range(1, 60, 6):
+                files[f"new{i}"] = rng.randbytes(5000)
+                (d / f"new{i}").write_bytes(files[f"new{i}"])
+            up = [i for i in pc.config.node_ids if i != away]
+            # The history the catch-up would replay is gone: the others pruned the versions
+            # (and the stored requests) older than keep_seconds.
+            _wait(
+                "the others pruned",
+                120,
+                lambda: all(_count(_stats(pc)[i], "qu.pruned") >= 40 for i in up),
+            )
+            pc.start(away)
+            progress = _catch_up(pc, away)
+            for name in ("qu.catchup", "rw.catchup"):
+                assert progress[name]["state"] == "done", progress
+                assert progress[name]["failed"] == 0, progress
+            # The files it held that were removed while it was away are not kept there:
+            # caught up to their final versions, it forgets them like the others.
+            _wait(
+                f"node {away} forgot the files removed while it was away",
+                60,
+                lambda: _count(_stats(pc)[away], "qu.forgotten") >= 10,
+            )
+            pc.kill(second)
+            assert sorted(os.listdir(d)) == sorted(files)
+            for name, data in files.items():
+                assert (d / name).read_bytes() == data, name
+        with Mount(pc.config, tmp_path / "fresh", client="client1") as fresh:
+            assert sorted(os.listdir(fresh.mountpoint / "d")) == sorted(files)
+            for name, data in files.items():
+                assert (fresh.mountpoint / "d" / name).read_bytes() == data, name

@@ -560,6 +560,95 @@ def prune_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
     return _retain(kv, cfg, oid, rh, now_ns, finished=finished)
 
 
+# Catch-up from the current state (docs/qu.md "Catch-up of a restarted server") ----------
+
+
+@dataclass(frozen=True)
+class Current:
+    """An object's version at a candidate as ``b + 1`` hosts gave it byte for byte
+    (``qu.sync`` replies with the version's kind and stored answer): at least one of them
+    is correct, so it is the version every correct server that accepted the candidate
+    holds."""
+
+    state: bytes | None
+    applied: bytes
+    kind: str
+    answer: Any
+
+
+def listed_by(
+    cfg: ReplicaConfig, oid: int, mohs: Mapping[int, OHSEntry], cand: Candidate
+) -> set[int]:
+    """The other servers whose history of ``oid`` (culled with this server's key: each
+    speaks for itself) lists exactly ``cand``, its conditioned-on timestamp and objects
+    included."""
+    culled, _ = cull(cfg, {oid: mohs})
+    return {s for s, e in culled[oid].items() if s != cfg.me and cand in e.rh}
+
+
+def adopt_step(
+    kv: KV,
+    cfg: ReplicaConfig,
+    cand: Candidate,
+    evidence: Mapping[int, Mapping[int, OHSEntry]],
+    current: Mapping[int, Current],
+    now_ns: int,
+) -> tuple[int, ...]:
+    """Take ``cand`` with its versions ``current`` as if this server had accepted it, in the
+    caller's one transaction: what a restarted server's catch-up does when the history it
+    would replay (the stored request, the conditioned-on versions) was pruned or forgotten
+    while it was away (issue 31 item 12).  Returns the objects it took it at.
+
+    The result is what an inline repair (L2561-2570) of ``cand`` would have left: the same
+    candidate in the history (pruned as its type prunes), the same version; only the
+    version comes from ``b + 1`` identical answers instead of re-running the method on a
+    conditioned-on version that is gone.  Per object it requires, as inline repair does,
+    ``b + 1`` other servers listing exactly ``cand`` in ``evidence`` (culled with this
+    server's key, so one correct server accepted it), and that this server's own history
+    holds nothing newer than ``cand``'s conditioned-on version (what the currency check of
+    a request conditioned on it would demand).  An object where fewer list it (it moved on
+    there, or was forgotten) is left alone: its own catch-up, or nothing.
+    """
+    if cand.lt.barrier:
+        return ()
+    done = []
+    for oid in cand.objects:
+        got = current.get(oid)
+        if got is None or got.kind not in (schema.METHOD, schema.COPY):
+            continue
+        if len(listed_by(cfg, oid, evidence.get(oid, {}), cand)) < cfg.th.b + 1:
+            continue
+        rh, _ = schema.load_rh(kv, oid)
+        if _latest(rh) > cand.lt_co or cand in rh:
+            continue
+        new = list(rh) + [cand]
+        if got.kind == schema.METHOD:
+            new = [c for c in new if c.lt >= cand.lt_co]
+        new_rh = make_rh(new)
+        schema.store_rh(
+            kv, oid, new_rh, make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for), cfg.me
+        )
+        schema.store_version(
+            kv,
+            oid,
+            schema.Version(
+                cand.lt,
+                got.kind,
+                got.state,
+                got.applied,
+                cand.lt_co,
+                got.answer,
+                True,
+                cand.objects,
+                now_ns,
+            ),
+            cfg.me,
+        )
+        _retain(kv, cfg, oid, new_rh, now_ns)
+        done.append(oid)
+    return tuple(done)
+
+
 # Tombstones of finished objects (docs/qu.md "Reclaiming removed objects") ---------------
 
 
@@ -827,11 +916,13 @@ def handle_fetch(kv: KV, lt: Timestamp) -> Any:
 
 
 def handle_sync(kv: KV, oid: int, lt: Timestamp) -> dict | None:
-    """Object sync, host side: the version of ``oid`` at ``lt`` if stored here."""
+    """Object sync, host side: the version of ``oid`` at ``lt`` if stored here, with its
+    kind and stored answer (what a restarted server's catch-up needs to take the version
+    as accepted, :func:`adopt_step`; object sync itself reads only state and table)."""
     v = schema.load_version(kv, oid, lt)
     if v is None or v.kind == schema.BARRIER:
         return None
-    return {"s": v.state, "ap": v.applied}
+    return {"s": v.state, "ap": v.applied, "k": v.kind, "a": v.answer}
 
 
 def versions(kv: KV, oid: int) -> list[schema.Version]:
