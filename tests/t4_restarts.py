@@ -26,7 +26,9 @@ import trio
 from bftfs import local
 from bftfs.config import DEFAULT_BIG_BLOCK_SIZE
 from bftfs.local import query_status
+from bftfs.node.store import Store
 from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.rw import replica
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
@@ -204,3 +206,33 @@ def test_a_node_away_past_the_retention_window_catches_up_and_a_second_failure_r
             assert sorted(os.listdir(fresh.mountpoint / "d")) == sorted(files)
             for name, data in files.items():
                 assert (fresh.mountpoint / "d" / name).read_bytes() == data, name
+
+
+def test_a_node_restarted_more_often_than_its_scrub_period_still_scrubs(tmp_path: Path) -> None:
+    """Item 14, the in-node scrub: its period started anew at every start, so a node
+    restarted more often than ``scrub_seconds`` (a week by default) never scrubbed.  The
+    clock is in the store now: a node whose last pass ended a period ago scrubs as soon as
+    it is back (before: ``scrub_seconds`` after the start, here ten minutes)."""
+    period = 600.0
+    with ProcessCluster(
+        tmp_path / "c",
+        map_size=64 * MIB,
+        durable=False,
+        verification=VerificationPolicy(scrub_seconds=period, idle_seconds=0.0),
+    ) as pc:
+        assert _stats(pc)[0]["progress"]["rw.scrub"]["passes"] == 0
+        pc.stop(0)
+        # As if node 0 had been up and restarted again and again since its last pass.
+        store = Store(pc.config.node(0).data_dir / "lmdb", map_size=64 * MIB, durable=False)
+        try:
+            store.write_now(
+                lambda kv: replica.scrub_noted(kv, b"last", time.time_ns() - int(period * 1e9))
+            )
+        finally:
+            store.close()
+        pc.start(0)
+        _wait(
+            "node 0 scrubbed",
+            60,
+            lambda: _stats(pc)[0].get("progress", {}).get("rw.scrub", {}).get("passes", 0) >= 1,
+        )

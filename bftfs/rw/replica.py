@@ -60,6 +60,7 @@ from bftfs.rw.messages import (
 from bftfs.rw.schema import (
     DB_FLAGS,
     DB_FLOOR,
+    DB_SCRUB,
     DB_VERIFIED,
     DB_VERSIONS,
     FLAG_VERIFIED,
@@ -156,6 +157,26 @@ def scrub_step(kv: KV, after: bytes | None, limit: int, *, node: int, n: int) ->
         if not sound(raw, ts, node=node, n=n):
             damaged.append((block, ts))
     return ScrubPage(damaged, checked, None)
+
+
+def scrub_due(kv: KV, period_ns: int, now_ns: int) -> int:
+    """When the node's next scrub pass is due (node clock ns): ``period_ns`` after its last
+    pass ended, or after it first waited for one, as recorded in its store, so a node
+    restarted more often than its period still scrubs (issue 31 item 14); ``now_ns +
+    period_ns`` when nothing is recorded (:func:`scrub_noted` records the start)."""
+    for key in (b"last", b"since"):
+        raw = kv.get(DB_SCRUB, key)
+        if raw is not None and len(raw) == 8:
+            return int.from_bytes(bytes(raw), "big") + period_ns
+    return now_ns + period_ns
+
+
+def scrub_noted(kv: KV, key: bytes, now_ns: int, *, keep: bool = False) -> None:
+    """Record ``key`` (``since`` or ``last``) of the scrub's clock; ``keep``: only if not
+    recorded yet."""
+    if keep and kv.get(DB_SCRUB, key) is not None:
+        return
+    kv.put(DB_SCRUB, key, max(now_ns, 0).to_bytes(8, "big"))
 
 
 def floor_of(kv: KV, block: int) -> Timestamp:
