@@ -293,12 +293,21 @@ class CatchUp:
             self._count("skipped")
             return
         try:
-            await node.store.write(lambda kv: replica.store_write(kv, req, owner=int(node.id)))
+            reply = await node.store.write(
+                lambda kv: replica.store_write(kv, req, owner=int(node.id))
+            )
         except Exception:  # the store refused (e.g. full): count it, go on with the next
             node.log.exception("node %s: rw catch-up: block %s not stored", node.id, block)
             self._count("failed")
             return
         node.stats["rw.catchup.stored"] += 1
+        verifier = node.verifier
+        if reply.new and verifier is not None:
+            # Lazy verification takes it from here, as a version a client wrote: flagged,
+            # what lies below collected, and when it is a block given back while this node
+            # was away (an empty version), forgotten with the others.  Its backlog was
+            # rebuilt at start, before this version was here (issue 31 item 12).
+            verifier.wrote(block, outcome.ts, outcome.ts.writer, len(frag) + len(cc))
         self._count("done")
 
 
