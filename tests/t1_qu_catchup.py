@@ -119,3 +119,14 @@ def test_status_says_what_a_catch_up_left_behind() -> None:
     left = {"state": "incomplete", "behind": 197, "done": 8, "failed": 189, "skipped": 0}
     assert _progress({"qu.catchup": left}) == "qu incomplete 8/197 (189 failed)"
     assert _progress({"qu.catchup": {"state": "done", "behind": 3, "done": 3}}) == "qu done 3/3"
+
+
+def test_a_lying_host_cannot_choose_the_current_version_taken() -> None:
+    from bftfs.qu.objsync import SyncVotes
+    from bftfs.testing.byzantine.qu import wrong_sync
+
+    votes = SyncVotes(TH.b, full=True)
+    good = {"s": b"state", "ap": b"ap", "k": "method", "a": 3}
+    lie = wrong_sync(0, 1, "qu.sync", {}, lambda: good)
+    assert not votes.add(lie) and not votes.add(good) and votes.result() is None
+    assert votes.add(dict(good)) and votes.result() == (b"state", b"ap", "method", 3)
