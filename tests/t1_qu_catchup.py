@@ -10,7 +10,7 @@ from t1_qu_replica import C0, inc
 from bftfs.node.qu_catchup import behind, target
 from bftfs.qu import schema
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.messages import MessageError, ReplyStatus, Request, parse_latest_reply
+from bftfs.qu.messages import MessageError, Operation, ReplyStatus, Request, parse_latest_reply
 from bftfs.qu.objsync import parse_current_reply
 from bftfs.qu.replica import Current, adopt_step, handle_sync, read_version
 from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
@@ -68,15 +68,17 @@ def _away_cluster() -> tuple[MemCluster, Candidate, dict[int, dict[int, OHSEntry
     return cl, latest, evidence
 
 
-def _current(cl: MemCluster, host: int, lt: Timestamp) -> Current:
-    got = parse_current_reply(wire(handle_sync(cl.kvs[host], 7, lt)))
+def _current(cl: MemCluster, host: int, lt: Timestamp, oid: int = 7) -> Current:
+    got = parse_current_reply(wire(handle_sync(cl.kvs[host], oid, lt)))
     assert got is not None
     return Current(*got)
 
 
 def test_a_server_takes_the_current_version_when_the_history_to_replay_is_gone() -> None:
     cl, latest, evidence = _away_cluster()
-    assert adopt_step(cl.kvs[5], cl.cfgs[5], latest, evidence, {7: _current(cl, 0, latest.lt)}, 0)
+    assert adopt_step(
+        cl.kvs[5], cl.cfgs[5], {7: latest}, evidence, {7: _current(cl, 0, latest.lt)}, 0
+    )
     assert read_version(cl.kvs[5], 7, latest.lt) == 9  # 5 + 2 + 2
     assert latest in cl.ohs_entry(5, 7).rh
     # What a server that accepted it holds: the same kind and stored answer (a retried
@@ -94,11 +96,11 @@ def test_taking_the_current_version_needs_b_plus_1_servers_listing_exactly_it() 
     cl, latest, evidence = _away_cluster()
     current = {7: _current(cl, 0, latest.lt)}
     few = {7: {s: e for s, e in evidence[7].items() if s == 0}}  # b listings: one could lie
-    assert adopt_step(cl.kvs[5], cl.cfgs[5], latest, few, current, 0) == ()
+    assert adopt_step(cl.kvs[5], cl.cfgs[5], {7: latest}, few, current, 0) == ()
     forged = Candidate(latest.lt, ZERO, latest.objects)  # its conditioned-on time forged
-    assert adopt_step(cl.kvs[5], cl.cfgs[5], forged, evidence, current, 0) == ()
+    assert adopt_step(cl.kvs[5], cl.cfgs[5], {7: forged}, evidence, current, 0) == ()
     synced = {7: Current(current[7].state, current[7].applied, schema.SYNCED, None)}
-    assert adopt_step(cl.kvs[5], cl.cfgs[5], latest, evidence, synced, 0) == ()
+    assert adopt_step(cl.kvs[5], cl.cfgs[5], {7: latest}, evidence, synced, 0) == ()
     assert cl.ohs_entry(5, 7).rh == (INITIAL,)  # nothing was taken
 
 
@@ -130,3 +132,23 @@ def test_a_lying_host_cannot_choose_the_current_version_taken() -> None:
     lie = wrong_sync(0, 1, "qu.sync", {}, lambda: good)
     assert not votes.add(lie) and not votes.add(good) and votes.result() is None
     assert votes.add(dict(good)) and votes.result() == (b"state", b"ap", "method", 3)
+
+
+def test_a_multi_object_candidate_is_taken_at_all_its_objects_at_once() -> None:
+    """Objects 7 and 8 created, then updated together (one LT, a conditioned-on time of
+    its own at each object) while server 5 was away: it takes the candidate at both."""
+    cl = MemCluster()
+    cl.down = {5}
+    send(cl, OTHERS, Request(C0, (7,), {7: {}}, inc(1, 5)))
+    send(cl, OTHERS, Request(C0, (8,), {8: {}}, inc(2, 1)))
+    both = {o: {s: cl.ohs_entry(s, o) for s in OTHERS} for o in (7, 8)}
+    add = Operation("counter.add_all", False, 3, 3)
+    assert send(cl, OTHERS, Request(C0, (7, 8), both, add))[0].status is ReplyStatus.OK
+    cl.down = set()
+    evidence = {o: {s: cl.ohs_entry(s, o) for s in OTHERS} for o in (7, 8)}
+    cands = {o: max(cl.ohs_entry(0, o).rh, key=lambda c: c.lt) for o in (7, 8)}
+    assert cands[7].lt == cands[8].lt and cands[7].lt_co != cands[8].lt_co
+    current = {o: _current(cl, 0, cands[o].lt, o) for o in (7, 8)}
+    assert adopt_step(cl.kvs[5], cl.cfgs[5], cands, evidence, current, 0) == (7, 8)
+    assert [read_version(cl.kvs[5], o, cands[o].lt) for o in (7, 8)] == [8, 4]
+    assert all(cands[o] in cl.ohs_entry(5, o).rh for o in (7, 8))

@@ -298,19 +298,23 @@ class CatchUp:
 
     async def _adopt(self, oid: int, cand: Candidate, mohs: dict[int, dict[int, OHSEntry]]) -> bool:
         """Catch ``oid`` up from the current state (``replica.adopt_step``): take ``cand``
-        with its version at each of its objects that ``b + 1`` others list it at, each
-        version from ``b + 1`` hosts answering byte for byte; whether ``oid`` took it."""
-        cand = self._agreed_variant(oid, cand, mohs[oid])
+        at each of its objects where ``b + 1`` others list it (as it stands there: its
+        conditioned-on time is the object's own), each version from ``b + 1`` hosts
+        answering byte for byte, all in one transaction; whether ``oid`` took it."""
+        cands: dict[int, Candidate] = {}
         current: dict[int, Current] = {}
         for o in cand.objects:
             if o not in mohs:
                 mohs[o] = await self._histories(o)
-            hosts = listed_by(self.cfg, o, mohs[o], cand)
+            at = self._agreed_variant(cand, mohs[o])
+            if at is None:
+                continue
+            hosts = listed_by(self.cfg, o, mohs[o], at)
             if len(hosts) < self.th.b + 1:
                 continue  # moved on there, or forgotten: not taken at that object
-            got = await self._current(o, cand, hosts)
+            got = await self._current(o, at, hosts)
             if got is not None:
-                current[o] = Current(*got)
+                cands[o], current[o] = at, Current(*got)
         if oid not in current:
             return False
         now_ns = self.node.now_ns()
@@ -319,7 +323,7 @@ class CatchUp:
                 functools.partial(
                     adopt_step,
                     cfg=self.cfg,
-                    cand=cand,
+                    cands=cands,
                     evidence=mohs,
                     current=current,
                     now_ns=now_ns,
@@ -332,13 +336,14 @@ class CatchUp:
             self.on_update(taken)
         return oid in taken
 
-    def _agreed_variant(self, oid: int, cand: Candidate, ohs: dict[int, OHSEntry]) -> Candidate:
-        """``cand`` as most servers list it: a candidate's key leaves out its conditioned-on
-        timestamp, so one server could list it with a forged one."""
+    def _agreed_variant(self, cand: Candidate, ohs: dict[int, OHSEntry]) -> Candidate | None:
+        """The candidate with ``cand``'s key as most other servers list it in ``ohs`` (a
+        key leaves out the conditioned-on time, which differs between the objects of a
+        multi-object candidate and which one server could forge), or None."""
         seen = Counter(
             c for s, e in ohs.items() if s != int(self.cfg.me) for c in e.rh if c.key == cand.key
         )
-        return seen.most_common(1)[0][0] if seen else cand
+        return seen.most_common(1)[0][0] if seen else None
 
     async def _current(
         self, oid: int, cand: Candidate, hosts: set[int]

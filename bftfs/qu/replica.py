@@ -589,31 +589,38 @@ def listed_by(
 def adopt_step(
     kv: KV,
     cfg: ReplicaConfig,
-    cand: Candidate,
+    cands: Mapping[int, Candidate],
     evidence: Mapping[int, Mapping[int, OHSEntry]],
     current: Mapping[int, Current],
     now_ns: int,
 ) -> tuple[int, ...]:
-    """Take ``cand`` with its versions ``current`` as if this server had accepted it, in the
-    caller's one transaction: what a restarted server's catch-up does when the history it
-    would replay (the stored request, the conditioned-on versions) was pruned or forgotten
-    while it was away (issue 31 item 12).  Returns the objects it took it at.
+    """Take one candidate (``cands``: as it stands at each of its objects, which share its
+    time and objects and differ in their conditioned-on times) with its versions
+    ``current`` as if this server had accepted it, in the caller's one transaction: what a
+    restarted server's catch-up does when the history it would replay (the stored
+    request, the conditioned-on versions) was pruned or forgotten while it was away
+    (issue 31 item 12).  Returns the objects it took it at.
 
-    The result is what an inline repair (L2561-2570) of ``cand`` would have left: the same
-    candidate in the history (pruned as its type prunes), the same version; only the
-    version comes from ``b + 1`` identical answers instead of re-running the method on a
-    conditioned-on version that is gone.  Per object it requires, as inline repair does,
-    ``b + 1`` other servers listing exactly ``cand`` in ``evidence`` (culled with this
-    server's key, so one correct server accepted it), and that this server's own history
-    holds nothing newer than ``cand``'s conditioned-on version (what the currency check of
-    a request conditioned on it would demand).  An object where fewer list it (it moved on
-    there, or was forgotten) is left alone: its own catch-up, or nothing.
+    The result is what an inline repair (L2561-2570) of the candidate would have left: the
+    same candidate in each history (pruned as its type prunes), the same versions; only
+    the versions come from ``b + 1`` identical answers instead of re-running the method on
+    conditioned-on versions that are gone.  Per object it requires, as inline repair does,
+    ``b + 1`` other servers listing exactly that object's candidate in ``evidence`` (culled
+    with this server's key, so one correct server accepted it), and that this server's
+    own history holds nothing newer than its conditioned-on time (what the currency check
+    of a request conditioned on it would demand).  An object where fewer list it (it moved
+    on there, or was forgotten) is left alone: its own catch-up, or nothing.  The objects
+    taken are taken together, in this one transaction, as an accepted multi-object update
+    is.
     """
-    if cand.lt.barrier:
+    keys = {c.key for c in cands.values()}
+    if len(keys) != 1:
         return ()
     done = []
-    for oid in cand.objects:
+    for oid, cand in sorted(cands.items()):
         got = current.get(oid)
+        if cand.lt.barrier or oid not in cand.objects:
+            continue
         if got is None or got.kind not in (schema.METHOD, schema.COPY):
             continue
         if len(listed_by(cfg, oid, evidence.get(oid, {}), cand)) < cfg.th.b + 1:
