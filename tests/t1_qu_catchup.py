@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from qu_helpers import MemCluster, send, wire
 from t1_qu_classify import TH, A, B, cand, ohs, ts, view
@@ -152,3 +154,24 @@ def test_a_multi_object_candidate_is_taken_at_all_its_objects_at_once() -> None:
     assert adopt_step(cl.kvs[5], cl.cfgs[5], cands, evidence, current, 0) == (7, 8)
     assert [read_version(cl.kvs[5], o, cands[o].lt) for o in (7, 8)] == [8, 4]
     assert all(cands[o] in cl.ohs_entry(5, o).rh for o in (7, 8))
+
+
+def test_a_node_left_behind_by_its_catch_up_makes_the_cluster_degraded() -> None:
+    from types import SimpleNamespace
+
+    from bftfs.cli import STATUS_DEGRADED, STATUS_HEALTHY, cluster_health
+    from bftfs.local import NodeStatus
+
+    def node(i: int, qu: dict, rw: dict) -> NodeStatus:
+        stats = {"progress": {"qu.catchup": qu, "rw.catchup": rw}}
+        return NodeStatus(i, f"127.0.0.1:{1000 + i}", 1, True, stats, None)
+
+    done = {"state": "done", "behind": 3, "done": 3, "failed": 0}
+    running = {"state": "running", "behind": 9, "done": 1, "failed": 2}
+    left = {"state": "incomplete", "behind": 197, "done": 8, "failed": 189}
+    cfg: Any = SimpleNamespace(t=1)
+    code, _, problems, _ = cluster_health(cfg, [node(0, done, done), node(1, running, done)], [])
+    assert (code, problems) == (STATUS_HEALTHY, [])
+    code, _, problems, _ = cluster_health(cfg, [node(0, done, done), node(1, left, done)], [])
+    assert code == STATUS_DEGRADED
+    assert problems == ["node 1 has not caught up (left behind: qu 189)"]
