@@ -82,10 +82,10 @@ log = logging.getLogger(__name__)
 MAX_DEDUCTION_ROUNDS = 4
 #: How long fetching a current version from b + 1 hosts may take.
 SYNC_TIMEOUT = 2.0
-#: Passes after the first while objects are left failed, and the wait before the first of
-#: them (doubled each time: about five minutes in all).
-RETRY_PASSES = 5
+#: The wait before another pass while objects are left failed: doubled each time, up to
+#: the second figure, for as long as the node runs (a peer it needs may be down for long).
 RETRY_SECONDS = 10.0
+RETRY_MAX_SECONDS = 600.0
 
 Serve = Callable[[Request, int], Awaitable[Reply]]
 
@@ -158,19 +158,19 @@ class CatchUp:
 
     async def run(self) -> None:
         """Scan, then bring every object found behind up to date; never raises.  While
-        objects are left failed, try again later (a peer that was down, an object that was
-        being repaired), :data:`RETRY_PASSES` times, waiting :data:`RETRY_SECONDS` first and
-        twice as long each time; ``state`` says ``incomplete`` meanwhile and after."""
+        objects are left failed (a peer that was down, an object being repaired), try
+        again from a new scan, :data:`RETRY_SECONDS` later and twice as long each time (at
+        most :data:`RETRY_MAX_SECONDS`); ``state`` says ``incomplete`` meanwhile."""
         self.node.progress["qu.catchup"] = self.progress
         finished = self.node.finished["qu.catchup"] = trio.Event()
         delay = RETRY_SECONDS
-        for attempt in range(RETRY_PASSES + 1):
+        while True:
             await self._pass()
             finished.set()
-            if self.progress["state"] != "incomplete" or attempt == RETRY_PASSES:
+            if self.progress["state"] != "incomplete":
                 return
             await trio.sleep(delay)
-            delay *= 2
+            delay = min(2 * delay, RETRY_MAX_SECONDS)
             self.progress.update(state="scanning", behind=0, done=0, skipped=0, failed=0, adopted=0)
 
     async def _pass(self) -> None:

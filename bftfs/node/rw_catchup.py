@@ -88,10 +88,10 @@ MAX_FAILED_IN_A_ROW = 3
 #: first listing round (None: the endpoint's); tests shorten them.
 READ_OPTIONS: dict[str, Any] = {}
 LIST_TIMEOUT: float | None = None
-#: Passes after the first while blocks are left behind, and the wait before the first of
-#: them (doubled each time: about five minutes in all).
-RETRY_PASSES = 5
+#: The wait before another pass while blocks are left behind: doubled each time, up to the
+#: second figure, for as long as the node runs (a peer it needs may be down for long).
 RETRY_SECONDS = 10.0
+RETRY_MAX_SECONDS = 600.0
 
 
 def new_progress() -> dict[str, Any]:
@@ -315,17 +315,18 @@ async def run(node: Node, **options: Any) -> None:
     """The catch-up task a node spawns at start-up (``node/rw_server.py``).
 
     A pass that leaves blocks behind (reads that failed: another node down for a while,
-    blocks being forgotten by the others as it read them, issue 31 item 12) is run again,
-    :data:`RETRY_PASSES` times, after :data:`RETRY_SECONDS` and twice as long each time,
-    from a fresh listing; ``passes`` in the progress counts them."""
+    blocks being forgotten by the others as it read them, issue 31 item 12) is run again
+    from a fresh listing, :data:`RETRY_SECONDS` later and twice as long each time (at most
+    :data:`RETRY_MAX_SECONDS`); ``passes`` in the progress counts them."""
     delay = RETRY_SECONDS
-    for attempt in range(RETRY_PASSES + 1):
+    passes = 0
+    while True:
+        passes += 1
         pass_ = CatchUp(node, **options)
-        pass_.progress["passes"] = attempt + 1
+        pass_.progress["passes"] = passes
         await pass_.run()
         progress = pass_.progress
         if not (progress["failed"] or progress["abandoned"] or progress["state"] == "failed"):
             return
-        if attempt < RETRY_PASSES:
-            await trio.sleep(delay)
-            delay *= 2
+        await trio.sleep(delay)
+        delay = min(2 * delay, RETRY_MAX_SECONDS)
