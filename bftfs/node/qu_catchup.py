@@ -26,7 +26,16 @@ How, using only the protocol's own steps (nothing is taken on one peer's word):
    version from ``b + 1`` matching hosts, re-runs the method and stores the result.  The
    server's history then lists the latest candidate as if it had never been away.
 
-Progress is kept in ``node.progress["qu.catchup"]`` (``bftfs status`` shows it).  One object
+4. **From the current state** (issue 31 item 12), when step 3 fails because the history
+   it replays is gone (a node away longer than ``keep_seconds``: the stored request and
+   the conditioned-on versions pruned, other objects of the candidate forgotten): fetch
+   the version at the candidate from ``b + 1`` hosts answering byte for byte (state,
+   applied table, kind, stored answer) and take it with the candidate, at each of its
+   objects that ``b + 1`` others list it at, in one transaction
+   (``replica.adopt_step``): what the inline repair would have left.
+
+Progress is kept in ``node.progress["qu.catchup"]`` (``bftfs status`` shows it); a pass
+that leaves objects failed is run again later (``state`` ``incomplete`` meanwhile).  One object
 at a time, with a checkpoint between objects, so foreground requests are never held up.
 A candidate whose stored request carries proven links (rare: see ``links.py``) is skipped.
 """
