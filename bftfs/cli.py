@@ -589,6 +589,8 @@ def cluster_health(
     problems = []
     if down:
         problems.append(f"node(s) {', '.join(map(str, down))} not answering")
+    behind = _not_caught_up(statuses)
+    problems += behind
     for node, kinds in sorted(faults.items()):
         evidence = {k: v for k, v in kinds.items() if k not in _NO_EVIDENCE and v}
         if evidence:
@@ -606,12 +608,35 @@ def cluster_health(
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
     node_problems = (
         bool(down)
+        or bool(behind)
         or bool(findings)
         or any(v for kinds in faults.values() for k, v in kinds.items() if k not in _NO_EVIDENCE)
     )
     if node_problems:
         return STATUS_DEGRADED, "degraded", problems, faults
     return STATUS_HEALTHY, "healthy", problems, faults
+
+
+def _not_caught_up(statuses: list[localmod.NodeStatus]) -> list[str]:
+    """A problem line for each node whose catch-up ended without bringing everything up
+    to date (issue 31 item 12): it is still behind on those objects or blocks, so one more
+    failure elsewhere costs readers repairs, or EIO.  A catch-up still running is not one
+    (a restart's normal course)."""
+    out = []
+    for s in statuses:
+        progress = (s.stats or {}).get("progress", {}) if s.up else {}
+        left = [
+            f"{name.split('.')[0]} {p.get('failed', 0) + p.get('abandoned', 0)}"
+            for name, p in sorted(progress.items())
+            if name.endswith(".catchup")
+            and p.get("state") not in ("scanning", "running")
+            and (
+                p.get("state") in ("failed", "incomplete") or p.get("failed") or p.get("abandoned")
+            )
+        ]
+        if left:
+            out.append(f"node {s.id} has not caught up (left behind: {', '.join(left)})")
+    return out
 
 
 def _fault_sum(kinds: dict[str, int], wanted: tuple[str, ...]) -> int:
@@ -849,14 +874,18 @@ def _print_rows(statuses: list[localmod.NodeStatus], progress: dict[int, str], w
 
 def _progress(progress: dict[str, dict]) -> str:
     """Background catch-up of a node, short: ``qu done 12/12, rw 3/40`` (objects or blocks
-    it found behind and brought up to date), ``-`` when none runs."""
+    it found behind and brought up to date), with what it could not bring up to date
+    (``qu incomplete 8/197 (189 failed)``: the node is still behind on those, and one more
+    failure elsewhere costs readers repairs), ``-`` when none runs."""
     parts = []
     for name, p in sorted(progress.items()):
         if not name.endswith(".catchup"):
             continue
         state = p.get("state", "?")
         word = "" if state == "running" else f" {state}"
-        parts.append(f"{name.split('.')[0]}{word} {p.get('done', 0)}/{p.get('behind', 0)}")
+        left = [f"{p[k]} {k}" for k in ("failed", "skipped", "abandoned") if p.get(k)]
+        note = f" ({', '.join(left)})" if left else ""
+        parts.append(f"{name.split('.')[0]}{word} {p.get('done', 0)}/{p.get('behind', 0)}{note}")
     rejoin = progress.get("rejoin") or {}  # node/rejoin.py: cut off from its peers, or back
     if rejoin.get("state") == "cut off":
         parts.insert(0, f"cut off (reaches {rejoin.get('reachable', 0)} peers)")

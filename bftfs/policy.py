@@ -49,8 +49,9 @@ key                 default     meaning
 ``scrub_seconds``   604800      every this often (a week; 0: never) a node checks every
                                 fragment it stores against its cross checksum, in idle
                                 time, and rewrites a damaged latest version from the
-                                other nodes (node/rw_scrubber.py); the first pass starts
-                                one period after the node
+                                other nodes (node/rw_scrubber.py); a pass starts one
+                                period after the last one ended (kept in the store,
+                                so restarts do not postpone it)
 ``scrub_rate``      2000        versions a scrub checks per second at most
 ==================  ==========  ==========================================================
 

@@ -26,7 +26,16 @@ How, using only the protocol's own steps (nothing is taken on one peer's word):
    version from ``b + 1`` matching hosts, re-runs the method and stores the result.  The
    server's history then lists the latest candidate as if it had never been away.
 
-Progress is kept in ``node.progress["qu.catchup"]`` (``bftfs status`` shows it).  One object
+4. **From the current state** (issue 31 item 12), when step 3 fails because the history
+   it replays is gone (a node away longer than ``keep_seconds``: the stored request and
+   the conditioned-on versions pruned, other objects of the candidate forgotten): fetch
+   the version at the candidate from ``b + 1`` hosts answering byte for byte (state,
+   applied table, kind, stored answer) and take it with the candidate, at each of its
+   objects that ``b + 1`` others list it at, in one transaction
+   (``replica.adopt_step``): what the inline repair would have left.
+
+Progress is kept in ``node.progress["qu.catchup"]`` (``bftfs status`` shows it); a pass
+that leaves objects failed is run again later (``state`` ``incomplete`` meanwhile).  One object
 at a time, with a checkpoint between objects, so foreground requests are never held up.
 A candidate whose stored request carries proven links (rare: see ``links.py``) is skipped.
 """
@@ -34,8 +43,10 @@ A candidate whose stored request carries proven links (rare: see ``links.py``) i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +62,7 @@ from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
     KIND_LATEST,
+    KIND_SYNC,
     MAX_LATEST,
     VERSION,
     MessageError,
@@ -59,7 +71,15 @@ from bftfs.qu.messages import (
     Request,
     parse_latest_reply,
 )
-from bftfs.qu.replica import ReplicaConfig, cull, handle_history
+from bftfs.qu.objsync import SyncVotes, sync_order
+from bftfs.qu.replica import (
+    Current,
+    ReplicaConfig,
+    adopt_step,
+    cull,
+    handle_history,
+    listed_by,
+)
 from bftfs.qu.timestamp import ZERO, Candidate, Timestamp
 
 if TYPE_CHECKING:
@@ -69,6 +89,12 @@ log = logging.getLogger(__name__)
 
 #: Rounds of deduction (objects a multi-object candidate names) before an object is skipped.
 MAX_DEDUCTION_ROUNDS = 4
+#: How long fetching a current version from b + 1 hosts may take.
+SYNC_TIMEOUT = 2.0
+#: The wait before another pass while objects are left failed: doubled each time, up to
+#: the second figure, for as long as the node runs (a peer it needs may be down for long).
+RETRY_SECONDS = 10.0
+RETRY_MAX_SECONDS = 600.0
 
 Serve = Callable[[Request, int], Awaitable[Reply]]
 
@@ -111,11 +137,20 @@ def target(view: View, oid: int, me: int) -> Candidate | None:
 class CatchUp:
     """The background catch-up of one node (see the module docstring)."""
 
-    def __init__(self, node: Node, cfg: ReplicaConfig, serve: Serve) -> None:
+    def __init__(
+        self,
+        node: Node,
+        cfg: ReplicaConfig,
+        serve: Serve,
+        on_update: Callable[[Iterable[int]], None] = lambda _objects: None,
+    ) -> None:
+        """``on_update``: told the objects a catch-up from the current state changed (the
+        pruner schedules their retention, as for an accepted update)."""
         self.node = node
         self.cfg = cfg
         self.th: QUThresholds = cfg.th
         self.serve = serve
+        self.on_update = on_update
         self.others = [
             PrincipalId(s) for s in ((cfg.me + i) % cfg.th.n for i in range(1, cfg.th.n))
         ]
@@ -125,14 +160,32 @@ class CatchUp:
             "done": 0,
             "skipped": 0,
             "failed": 0,
+            "adopted": 0,
+            "passes": 0,
             "seconds": 0.0,
         }
 
     async def run(self) -> None:
-        """Scan, then bring every object found behind up to date; never raises."""
+        """Scan, then bring every object found behind up to date; never raises.  While
+        objects are left failed (a peer that was down, an object being repaired), try
+        again from a new scan, :data:`RETRY_SECONDS` later and twice as long each time (at
+        most :data:`RETRY_MAX_SECONDS`); ``state`` says ``incomplete`` meanwhile."""
         self.node.progress["qu.catchup"] = self.progress
         finished = self.node.finished["qu.catchup"] = trio.Event()
+        delay = RETRY_SECONDS
+        while True:
+            await self._pass()
+            finished.set()
+            if self.progress["state"] != "incomplete":
+                return
+            await trio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_SECONDS)
+            self.progress.update(state="scanning", behind=0, done=0, skipped=0, failed=0, adopted=0)
+
+    async def _pass(self) -> None:
+        """One scan and one pass over what it found behind."""
         started = time.monotonic()
+        self.progress["passes"] += 1
         try:
             todo = await self.scan()
             self.progress.update(state="running", behind=len(todo))
@@ -146,16 +199,19 @@ class CatchUp:
                 self.progress["seconds"] = round(time.monotonic() - started, 3)
             for oid in again:
                 self.progress[await self._try(oid)] += 1
-            self.progress["state"] = "done"
+            self.progress["state"] = "incomplete" if self.progress["failed"] else "done"
         except trio.Cancelled:
             raise
         except Exception:  # the node must keep serving whatever happens here
             log.exception("Q/U catch-up failed")
             self.progress["state"] = "failed"
         self.progress["seconds"] = round(time.monotonic() - started, 3)
-        finished.set()
         if self.progress["behind"]:
-            log.info("Q/U catch-up: %s", self.progress)
+            log.log(
+                logging.WARNING if self.progress["failed"] else logging.INFO,
+                "Q/U catch-up: %s",
+                self.progress,
+            )
 
     async def _try(self, oid: int) -> str:
         try:
@@ -214,13 +270,30 @@ class CatchUp:
             return "skipped"
         cand = target(view, oid, int(self.cfg.me))
         if cand is None:
+            if view.latest_time(oid) == ZERO:
+                return "done"  # nobody holds anything of it any more (forgotten)
             return "done" if self._lists_latest(view, oid) else "skipped"
+        why = await self._replay(cand, view, mohs)
+        if why is None:
+            return "done"
+        # The history it would replay is gone (pruned or forgotten while this server was
+        # away): take the current version from b + 1 matching hosts instead.
+        if await self._adopt(oid, cand, mohs):
+            self.progress["adopted"] += 1
+            return "done"
+        log.info("catch-up of object %d: %s; its current version not taken either", oid, why)
+        return "failed"
+
+    async def _replay(
+        self, cand: Candidate, view: View, mohs: dict[int, dict[int, OHSEntry]]
+    ) -> str | None:
+        """Run the request that made ``cand`` on this server as an inline repair (step 3);
+        None when it was accepted, else why not."""
         original = await self._stored_request(cand, view)
         if original is None:
-            log.info("catch-up of object %d: no server hands over the request of %s", oid, cand)
-            return "failed"
+            return f"no server hands over the request of {cand}"
         if original.links:
-            return "skipped"
+            return f"the request of {cand} carries links"
         for o in original.objects:
             if o not in mohs:
                 mohs[o] = await self._histories(o)
@@ -228,16 +301,79 @@ class CatchUp:
         req = Request(original.client, original.objects, original.mohs, original.op, evidence)
         rep = await self.serve(req, int(self.cfg.me))
         if rep.status is not ReplyStatus.OK:
-            log.info(
-                "catch-up of object %d: %s %s (candidate %s, op %s)",
-                oid,
-                rep.status.value,
-                rep.why,
-                cand,
-                original.op.method if original.op else "repair",
+            op = original.op.method if original.op else "repair"
+            return f"{rep.status.value} {rep.why} (candidate {cand}, op {op})"
+        return None
+
+    async def _adopt(self, oid: int, cand: Candidate, mohs: dict[int, dict[int, OHSEntry]]) -> bool:
+        """Catch ``oid`` up from the current state (``replica.adopt_step``): take ``cand``
+        at each of its objects where ``b + 1`` others list it (as it stands there: its
+        conditioned-on time is the object's own), each version from ``b + 1`` hosts
+        answering byte for byte, all in one transaction; whether ``oid`` took it."""
+        cands: dict[int, Candidate] = {}
+        current: dict[int, Current] = {}
+        for o in cand.objects:
+            if o not in mohs:
+                mohs[o] = await self._histories(o)
+            at = self._agreed_variant(cand, mohs[o])
+            if at is None:
+                continue
+            hosts = listed_by(self.cfg, o, mohs[o], at)
+            if len(hosts) < self.th.b + 1:
+                continue  # moved on there, or forgotten: not taken at that object
+            got = await self._current(o, at, hosts)
+            if got is not None:
+                cands[o], current[o] = at, Current(*got)
+        if oid not in current:
+            return False
+        now_ns = self.node.now_ns()
+        try:
+            taken = await self.node.store.write(
+                functools.partial(
+                    adopt_step,
+                    cfg=self.cfg,
+                    cands=cands,
+                    evidence=mohs,
+                    current=current,
+                    now_ns=now_ns,
+                )
             )
-            return "failed"
-        return "done"
+        except Exception:  # a history no correct server sends (two candidates at one time)
+            log.exception("catch-up of object %d: taking %s failed", oid, cand)
+            return False
+        if taken:
+            self.on_update(taken)
+        return oid in taken
+
+    def _agreed_variant(self, cand: Candidate, ohs: dict[int, OHSEntry]) -> Candidate | None:
+        """The candidate with ``cand``'s key as most other servers list it in ``ohs`` (a
+        key leaves out the conditioned-on time, which differs between the objects of a
+        multi-object candidate and which one server could forge), or None."""
+        seen = Counter(
+            c for s, e in ohs.items() if s != int(self.cfg.me) for c in e.rh if c.key == cand.key
+        )
+        return seen.most_common(1)[0][0] if seen else None
+
+    async def _current(
+        self, oid: int, cand: Candidate, hosts: set[int]
+    ) -> tuple[bytes | None, bytes, str, Any] | None:
+        """``oid``'s version at ``cand`` from ``b + 1`` hosts that agree byte for byte,
+        with its kind and stored answer (object sync's rule, :mod:`bftfs.qu.objsync`)."""
+        votes = SyncVotes(self.th.b, full=True)
+        targets = [PrincipalId(s) for s in sync_order(int(self.cfg.me), sorted(hosts), self.th.n)]
+        with contextlib.suppress(QuorumUnavailable):
+            await self.node.endpoint.quorum_call(
+                targets,
+                KIND_SYNC,
+                {"v": VERSION, "oid": oid, "lt": cand.lt.encode()},
+                enough=lambda _valid: votes.decided(),
+                accept=lambda _node, raw: votes.add(raw),
+                initial=self.th.b + 1,
+                probe_after=0.05,
+                timeout=SYNC_TIMEOUT,
+            )
+        result: tuple[bytes | None, bytes, str, Any] | None = votes.result()
+        return result
 
     def _lists_latest(self, view: View, oid: int) -> bool:
         mine = view.mohs[oid].get(int(self.cfg.me))

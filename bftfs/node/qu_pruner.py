@@ -32,7 +32,8 @@ as never touched here.  Until then it waits in a second heap that does not count
 ran out while another node was down) would keep what it held.  A sweep therefore walks
 every object the store holds, a page at a time and only while nothing else is queued, at
 start and then every hour (node/background.py), and queues those with something
-to prune, shrink or forget (``sweep_candidates``).
+to prune, shrink or forget (``sweep_candidates``), each for when it comes due: a duty
+not due yet at a restart (a file removed seconds before it) waits in the second heap.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from bftfs.qu.replica import (
     forget_step,
     forget_target,
     handle_history,
+    pending_due,
     prune_step,
     sweep_candidates,
     tombstone_agreed,
@@ -183,10 +185,10 @@ class Pruner:
         now = self.node.now_ns()
         step = functools.partial(prune_step, cfg=self.cfg, oid=oid, now_ns=now)
 
-        def next_step(kv: Any) -> bool | Forget | None:
+        def next_step(kv: Any) -> bool | Forget | int | None:
             if tombstone_target(kv, self.cfg, oid, now) is not None:
                 return True
-            return forget_target(kv, self.cfg, oid)
+            return forget_target(kv, self.cfg, oid) or pending_due(kv, self.cfg, oid, now)
 
         try:
             deleted = await self.node.store.write(step, background=True)
@@ -196,6 +198,11 @@ class Pruner:
             self.node.log.exception("node %s: pruning object %d", self.node.id, oid)
             return None
         self.node.stats["qu.pruned"] += deleted
+        if isinstance(found, int) and not isinstance(found, bool):
+            # Something comes due later (its final version ages out of keep_seconds after
+            # the older ones did): look again then, not only at the next update or sweep.
+            heapq.heappush(self._later, (found, oid))
+            return None
         return found
 
     async def _reclaim(self, shrink: list[int], forget: list[int]) -> None:
@@ -263,17 +270,23 @@ class Pruner:
         if not self.enabled:
             return
 
-        def read_page(kv: Any, after: int | None, limit: int) -> tuple[list[int], int | None]:
+        def read_page(
+            kv: Any, after: int | None, limit: int
+        ) -> tuple[list[tuple[int, int]], int | None]:
             return sweep_candidates(kv, self.cfg, after, limit, self.node.now_ns())
 
-        def take(page: list[int]) -> None:
+        def take(page: list[tuple[int, int]]) -> None:
             now = self.node.now_ns()
-            queued = [oid for oid in page if oid not in self._latest]
-            for oid in queued:
-                self._schedule(oid, now)
+            queued = [(oid, due) for oid, due in page if oid not in self._latest]
+            for oid, due in queued:
+                if due <= now:
+                    self._schedule(oid, now)
+                else:  # a duty that comes due later (not work until then)
+                    heapq.heappush(self._later, (due, oid))
             self.node.stats["qu.swept"] += len(queued)
             if queued:
-                self._busy()
+                if any(due <= now for _, due in queued):
+                    self._busy()
                 self._wake.set()
 
         async def drained() -> None:

@@ -335,7 +335,7 @@ def register(
     if catch_up:
 
         async def catch_up_objects() -> None:
-            await CatchUp(node, cfg, serve).run()
+            await CatchUp(node, cfg, serve, pruner.updated).run()
 
         node.catch_ups["qu"] = catch_up_objects  # run again after a partition (rejoin.py)
         node.spawn(catch_up_objects)

@@ -88,6 +88,10 @@ MAX_FAILED_IN_A_ROW = 3
 #: first listing round (None: the endpoint's); tests shorten them.
 READ_OPTIONS: dict[str, Any] = {}
 LIST_TIMEOUT: float | None = None
+#: The wait before another pass while blocks are left behind: doubled each time, up to the
+#: second figure, for as long as the node runs (a peer it needs may be down for long).
+RETRY_SECONDS = 10.0
+RETRY_MAX_SECONDS = 600.0
 
 
 def new_progress() -> dict[str, Any]:
@@ -102,6 +106,7 @@ def new_progress() -> dict[str, Any]:
         "current": 0,
         "bad_peers": 0,
         "abandoned": 0,
+        "passes": 1,
         "seconds": 0.0,
     }
 
@@ -289,15 +294,40 @@ class CatchUp:
             return
         try:
             # Charged to the version's writer: the read proved it complete (docs/rw.md).
-            await node.store.write(lambda kv: replica.store_write(kv, req, owner=req.ts.writer))
+            reply = await node.store.write(
+                lambda kv: replica.store_write(kv, req, owner=req.ts.writer), background=True
+            )
         except Exception:  # the store refused (e.g. full): count it, go on with the next
             node.log.exception("node %s: rw catch-up: block %s not stored", node.id, block)
             self._count("failed")
             return
         node.stats["rw.catchup.stored"] += 1
+        verifier = node.verifier
+        if reply.new and verifier is not None:
+            # Lazy verification takes it from here, as a version a client wrote: flagged,
+            # what lies below collected, and when it is a block given back while this node
+            # was away (an empty version), forgotten with the others.  Its backlog was
+            # rebuilt at start, before this version was here (issue 31 item 12).
+            verifier.wrote(block, outcome.ts, outcome.ts.writer, len(frag) + len(cc))
         self._count("done")
 
 
 async def run(node: Node, **options: Any) -> None:
-    """The catch-up task a node spawns at start-up (``node/rw_server.py``)."""
-    await CatchUp(node, **options).run()
+    """The catch-up task a node spawns at start-up (``node/rw_server.py``).
+
+    A pass that leaves blocks behind (reads that failed: another node down for a while,
+    blocks being forgotten by the others as it read them, issue 31 item 12) is run again
+    from a fresh listing, :data:`RETRY_SECONDS` later and twice as long each time (at most
+    :data:`RETRY_MAX_SECONDS`); ``passes`` in the progress counts them."""
+    delay = RETRY_SECONDS
+    passes = 0
+    while True:
+        passes += 1
+        pass_ = CatchUp(node, **options)
+        pass_.progress["passes"] = passes
+        await pass_.run()
+        progress = pass_.progress
+        if not (progress["failed"] or progress["abandoned"] or progress["state"] == "failed"):
+            return
+        await trio.sleep(delay)
+        delay = min(2 * delay, RETRY_MAX_SECONDS)

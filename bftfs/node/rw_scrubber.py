@@ -14,10 +14,13 @@ outcome, checks it as a WRITE, and stores it over the damaged copy
 readers of the present never ask for it, a history read treats it as one node's bad
 fragment, and ``bftfs verify`` reports it.
 
-Pacing: the first pass starts ``scrub_seconds`` after the node (never within a short
-test), each page of versions waits for the node to be idle (no client request for
-``idle_seconds``) and pages are spaced so that at most ``scrub_rate`` versions are checked
-per second.  Progress is ``node.progress["rw.scrub"]`` (``bftfs status``, ``stats``).
+Pacing: a pass starts ``scrub_seconds`` after the last one ended, or after the node first
+started when it never scrubbed, both read from its store (``replica.scrub_due``), so a node
+restarted more often than the period still scrubs and one down longer scrubs when it is
+back (never within a short test); each page of versions waits for the node to be idle
+(no client request for ``idle_seconds``) and pages are spaced so that at most
+``scrub_rate`` versions are checked per second.  Progress is
+``node.progress["rw.scrub"]`` (``bftfs status``, ``stats``).
 """
 
 from __future__ import annotations
@@ -61,14 +64,25 @@ class Scrubber:
         if period <= 0:
             self.progress["state"] = "off"
             return
+        period_ns = int(period * 1e9)
         while True:
-            await trio.sleep(period)
+            now = self.node.now_ns()
+            await self.node.store.write(
+                functools.partial(replica.scrub_noted, key=b"since", now_ns=now, keep=True)
+            )
+            due = self.node.store.read(
+                functools.partial(replica.scrub_due, period_ns=period_ns, now_ns=now)
+            )
+            await trio.sleep(max(0.0, (due - self.node.now_ns()) / 1e9))
             try:
                 await self.one_pass()
             except Exception:  # the node must keep serving whatever happens here
                 self.node.log.exception("node %s: scrub pass failed", self.node.id)
                 self.node.stats["internal_errors"] += 1
                 self.progress["state"] = "failed"
+            await self.node.store.write(
+                functools.partial(replica.scrub_noted, key=b"last", now_ns=self.node.now_ns())
+            )
 
     async def one_pass(self) -> None:
         """Check every stored version once; repair what can be repaired."""

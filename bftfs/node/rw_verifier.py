@@ -42,6 +42,7 @@ from bftfs.node import limits
 from bftfs.node.rw_forgetter import Forgetter
 from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
+from bftfs.policy import RetentionPolicy
 from bftfs.rw import replica
 from bftfs.rw.batch import rw_batcher
 from bftfs.rw.behind import NotValidated, own_fragment
@@ -80,8 +81,11 @@ READ_OPTIONS: dict[str, Any] = {}
 _Read = tuple[BlockId, list[Timestamp], ReadOutcome, set[Timestamp]]
 
 
-def scan_page(kv: Any, *, after: int | None) -> replica.Unverified:
-    return replica.unverified_step(kv, after, SCAN_PAGE)
+def scan_page(
+    kv: Any, *, after: int | None, retention: RetentionPolicy | None = None
+) -> replica.Unverified:
+    pins = pinned_moments(kv) if retention is not None else ()
+    return replica.unverified_step(kv, after, SCAN_PAGE, retention=retention, pins=pins)
 
 
 def new_progress() -> dict[str, Any]:
@@ -207,7 +211,7 @@ class Verifier:
                 for block, mark, flag, poison in todo
             ]
 
-        results = await self.node.store.write(step)
+        results = await self.node.store.write(step, background=True)
         for (block, mark, _flag, poison), res in zip(todo, results, strict=True):
             self.backlog.settled(block, mark, also=poison)
             self._account(res, block)
@@ -279,7 +283,7 @@ class Verifier:
                     owner_limit=self.owner_limit,
                 )
 
-            res = await self.node.store.write(step)
+            res = await self.node.store.write(step, background=True)
             self._account(res, block)
         return None
 
@@ -344,7 +348,7 @@ class Verifier:
                 for block, _hosted, outcome, poison in read
             ]
 
-        results = await self.node.store.write(step)
+        results = await self.node.store.write(step, background=True)
         for found, res in zip(read, results, strict=True):
             self._settle(*found, res)
         if self.policy.cooperative:
@@ -417,10 +421,15 @@ class Verifier:
             return
         req = WriteRequest(block, outcome.ts, cc, frag)
         # Charged to the version's writer, as the repairs just made (node/rw_server.py).
-        await self.node.store.write(lambda kv: replica.store_write(kv, req, owner=req.ts.writer))
+        await self.node.store.write(
+            lambda kv: replica.store_write(kv, req, owner=req.ts.writer), background=True
+        )
 
     async def _rebuild(self) -> None:
-        """The backlog after a restart: versions above their block's mark, unflagged."""
+        """The backlog after a restart: versions above their block's mark, unflagged; and
+        the age revisits of versions kept below it (both lived in memory: without the
+        revisits, what a restart found kept for its age stayed for good, issue 31 item
+        14)."""
         self.progress["state"] = "scanning"
         after: int | None = None
         now = trio.current_time()
@@ -429,9 +438,13 @@ class Verifier:
         cfg = self.node.config
         size = -(-cfg.max_file_block_size // cfg.m)
         while True:
-            page = self.node.store.read(functools.partial(scan_page, after=after))
+            page = self.node.store.read(
+                functools.partial(scan_page, after=after, retention=self.retention)
+            )
             for block, ts in page.versions:
                 self.backlog.wrote(block, ts, ts.writer, now, size=size)
+            for block, due in page.revisits:
+                heapq.heappush(self._revisits, (due, block))
             if page.after is None:
                 break
             after = page.after

@@ -28,24 +28,50 @@ def sync_order(me: int, hosts: Iterable[int], n: int) -> list[int]:
     return named + [s for s in range(n) if s != me and s not in named]
 
 
-class SyncVotes:
-    """The answers to one object sync, counted by their exact bytes."""
+#: What a catch-up from the current state yields: ``(state, applied, kind, answer)``.
+Current = tuple[bytes | None, bytes, str, Any]
 
-    def __init__(self, b: int) -> None:
+#: The kinds of version a server accepts (a method it ran or a copy it made).
+ACCEPTED_KINDS = ("method", "copy")
+
+
+def parse_current_reply(raw: Any) -> Current | None:
+    """A ``qu.sync`` reply with the version's kind and stored answer (what a restarted
+    server's catch-up takes over, ``replica.adopt_step``), or None without them, without
+    the version, or for a version the host did not accept itself (a synced one).
+
+    Raises:
+        MessageError: malformed.
+    """
+    got = parse_sync_reply(raw)
+    if got is None:
+        return None
+    kind = raw.get("k")
+    if kind not in ACCEPTED_KINDS:
+        return None
+    return got[0], got[1], kind, raw.get("a")
+
+
+class SyncVotes:
+    """The answers to one object sync, counted by their exact bytes (with ``full``: with
+    the version's kind and stored answer, :func:`parse_current_reply`)."""
+
+    def __init__(self, b: int, *, full: bool = False) -> None:
         self.needed = b + 1
-        self._seen: dict[bytes, Synced] = {}
+        self.full = full
+        self._seen: dict[bytes, Any] = {}
         self._votes: Counter[bytes] = Counter()
 
     def add(self, raw: Any) -> bool:
         """Count one host's reply; whether its answer now has ``b + 1`` votes.  A
         malformed reply, or one without the version, counts for nothing."""
         try:
-            got = parse_sync_reply(raw)
-        except MessageError:
+            got: Any = parse_current_reply(raw) if self.full else parse_sync_reply(raw)
+            key = canonical(list(got)) if got is not None else None
+        except (MessageError, ValueError, TypeError):
             return False
-        if got is None:
+        if got is None or key is None:
             return False
-        key = canonical(list(got))
         self._seen[key] = got
         self._votes[key] += 1
         return self._votes[key] >= self.needed
@@ -53,8 +79,9 @@ class SyncVotes:
     def decided(self) -> bool:
         return any(v >= self.needed for v in self._votes.values())
 
-    def result(self) -> Synced | None:
-        """The answer ``b + 1`` hosts gave, or None."""
+    def result(self) -> Any:
+        """The answer ``b + 1`` hosts gave (:data:`Synced`, or :data:`Current` when
+        ``full``), or None."""
         for key, v in self._votes.most_common(1):
             if v >= self.needed:
                 return self._seen[key]

@@ -583,6 +583,102 @@ def prune_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
     return _retain(kv, cfg, oid, rh, now_ns, finished=finished)
 
 
+# Catch-up from the current state (docs/qu.md "Catch-up of a restarted server") ----------
+
+
+@dataclass(frozen=True)
+class Current:
+    """An object's version at a candidate as ``b + 1`` hosts gave it byte for byte
+    (``qu.sync`` replies with the version's kind and stored answer): at least one of them
+    is correct, so it is the version every correct server that accepted the candidate
+    holds."""
+
+    state: bytes | None
+    applied: bytes
+    kind: str
+    answer: Any
+
+
+def listed_by(
+    cfg: ReplicaConfig, oid: int, mohs: Mapping[int, OHSEntry], cand: Candidate
+) -> set[int]:
+    """The other servers whose history of ``oid`` (culled with this server's key: each
+    speaks for itself) lists exactly ``cand``, its conditioned-on timestamp and objects
+    included."""
+    culled, _ = cull(cfg, {oid: mohs})
+    return {s for s, e in culled[oid].items() if s != cfg.me and cand in e.rh}
+
+
+def adopt_step(
+    kv: KV,
+    cfg: ReplicaConfig,
+    cands: Mapping[int, Candidate],
+    evidence: Mapping[int, Mapping[int, OHSEntry]],
+    current: Mapping[int, Current],
+    now_ns: int,
+) -> tuple[int, ...]:
+    """Take one candidate (``cands``: as it stands at each of its objects, which share its
+    time and objects and differ in their conditioned-on times) with its versions
+    ``current`` as if this server had accepted it, in the caller's one transaction: what a
+    restarted server's catch-up does when the history it would replay (the stored
+    request, the conditioned-on versions) was pruned or forgotten while it was away
+    (issue 31 item 12).  Returns the objects it took it at.
+
+    The result is what an inline repair (L2561-2570) of the candidate would have left: the
+    same candidate in each history (pruned as its type prunes), the same versions; only
+    the versions come from ``b + 1`` identical answers instead of re-running the method on
+    conditioned-on versions that are gone.  Per object it requires, as inline repair does,
+    ``b + 1`` other servers listing exactly that object's candidate in ``evidence`` (culled
+    with this server's key, so one correct server accepted it), and that this server's
+    own history holds nothing newer than its conditioned-on time (what the currency check
+    of a request conditioned on it would demand).  An object where fewer list it (it moved
+    on there, or was forgotten) is left alone: its own catch-up, or nothing.  The objects
+    taken are taken together, in this one transaction, as an accepted multi-object update
+    is.
+    """
+    keys = {c.key for c in cands.values()}
+    if len(keys) != 1:
+        return ()
+    done = []
+    for oid, cand in sorted(cands.items()):
+        got = current.get(oid)
+        if cand.lt.barrier or oid not in cand.objects:
+            continue
+        if got is None or got.kind not in (schema.METHOD, schema.COPY):
+            continue
+        if len(listed_by(cfg, oid, evidence.get(oid, {}), cand)) < cfg.th.b + 1:
+            continue
+        rh, _ = schema.load_rh(kv, oid)
+        if _latest(rh) > cand.lt_co or cand in rh:
+            continue
+        new = list(rh) + [cand]
+        if got.kind == schema.METHOD:
+            new = [c for c in new if c.lt >= cand.lt_co]
+        new_rh = make_rh(new)
+        schema.store_rh(
+            kv, oid, new_rh, make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for), cfg.me
+        )
+        schema.store_version(
+            kv,
+            oid,
+            schema.Version(
+                cand.lt,
+                got.kind,
+                got.state,
+                got.applied,
+                cand.lt_co,
+                got.answer,
+                True,
+                cand.objects,
+                now_ns,
+            ),
+            cfg.me,
+        )
+        _retain(kv, cfg, oid, new_rh, now_ns)
+        done.append(oid)
+    return tuple(done)
+
+
 # Tombstones of finished objects (docs/qu.md "Reclaiming removed objects") ---------------
 
 
@@ -763,29 +859,59 @@ def forget_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_ns: 
 
 def sweep_candidates(
     kv: KV, cfg: ReplicaConfig, after: int | None, limit: int, now_ns: int
-) -> tuple[list[int], int | None]:
-    """Up to ``limit`` objects with id above ``after`` (the sweep of node/qu_pruner.py):
-    those with something to prune (more stored versions than ``keep_last``, the oldest
-    older than ``keep_seconds``), to shrink to a tombstone or to forget; and where the next
-    page starts (None: the last page)."""
+) -> tuple[list[tuple[int, int]], int | None]:
+    """Up to ``limit`` objects with id above ``after`` (the sweep of node/qu_pruner.py),
+    each with when it has something to do (node clock ns, ``now_ns`` or later): versions
+    to prune (more stored than ``keep_last``, due when the oldest is older than
+    ``keep_seconds``), a tombstone to shrink to or one to forget; and where the next page
+    starts (None: the last page).
+
+    Duties not due yet are listed too: the pruner's queue lives in memory, so after a
+    restart inside the retention window only this sweep can bring them back (issue 31
+    item 14: a file removed just before a restart was otherwise kept until the next
+    hourly sweep)."""
     keep = cfg.retention.keep_last
     if keep is None or after == schema.MAX_OID:
         return [], None
     start = schema.oid_key(0 if after is None else after + 1)
-    young_ns = now_ns - int(cfg.retention.keep_seconds * 1e9)
-    out: list[int] = []
+    out: list[tuple[int, int]] = []
     last: int | None = None
     for seen, (key, _) in enumerate(kv.scan(schema.DB_RH, start, schema.OID_END)):
         if seen >= limit:
             return out, last
         oid = last = int.from_bytes(bytes(key), "big")
-        stored = schema.oldest_versions(kv, oid, keep + 1)
-        if (len(stored) > keep and stored[0][1] <= young_ns) or (
-            tombstone_target(kv, cfg, oid, now_ns) is not None
-            or forget_target(kv, cfg, oid) is not None
-        ):
-            out.append(oid)
+        due = pending_due(kv, cfg, oid)
+        if due is not None:
+            out.append((oid, max(due, now_ns)))
     return out, None
+
+
+def pending_due(kv: KV, cfg: ReplicaConfig, oid: int, after_ns: int | None = None) -> int | None:
+    """When the earliest of ``oid``'s pending retention duties (prune, shrink to a
+    tombstone, forget) comes due (node clock ns, possibly past), or None if it has none;
+    with ``after_ns``, the earliest due after that moment (what a look at ``after_ns``
+    leaves for later)."""
+    keep = cfg.retention.keep_last
+    if keep is None:
+        return None
+    keep_ns = int(cfg.retention.keep_seconds * 1e9) + 1
+    dues: list[int] = []
+    stored = schema.oldest_versions(kv, oid, keep + 1)
+    if len(stored) > keep:
+        dues.append(stored[0][1] + keep_ns)
+    final = tombstone_target(kv, cfg, oid, _NEVER_NS)  # whatever its age
+    if final is not None:
+        v = schema.load_version(kv, oid, final)
+        if v is not None:
+            dues.append(v.stored_ns + keep_ns)
+    forget = forget_target(kv, cfg, oid)
+    if forget is not None:
+        dues.append(forget.due_ns)
+    return min((d for d in dues if after_ns is None or d > after_ns), default=None)
+
+
+#: A moment after every version's retention (tombstone_target then ignores the age).
+_NEVER_NS = 1 << 62
 
 
 def _pins(kv: KV, cfg: ReplicaConfig) -> Sequence[int]:
@@ -821,11 +947,13 @@ def handle_fetch(kv: KV, lt: Timestamp) -> Any:
 
 
 def handle_sync(kv: KV, oid: int, lt: Timestamp) -> dict | None:
-    """Object sync, host side: the version of ``oid`` at ``lt`` if stored here."""
+    """Object sync, host side: the version of ``oid`` at ``lt`` if stored here, with its
+    kind and stored answer (what a restarted server's catch-up needs to take the version
+    as accepted, :func:`adopt_step`; object sync itself reads only state and table)."""
     v = schema.load_version(kv, oid, lt)
     if v is None or v.kind == schema.BARRIER:
         return None
-    return {"s": v.state, "ap": v.applied}
+    return {"s": v.state, "ap": v.applied, "k": v.kind, "a": v.answer}
 
 
 def versions(kv: KV, oid: int) -> list[schema.Version]:

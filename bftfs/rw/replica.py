@@ -63,6 +63,7 @@ from bftfs.rw.messages import (
 from bftfs.rw.schema import (
     DB_FLAGS,
     DB_FLOOR,
+    DB_SCRUB,
     DB_VERIFIED,
     DB_VERSIONS,
     FLAG_VERIFIED,
@@ -187,6 +188,26 @@ def repair_proven(replies: Mapping[int, ReadReply], ts: Timestamp, b: int) -> bo
     belongs to the writer its timestamp names (pure; docs/rw.md, "Repairs are charged to
     the version's writer").  ``replies``: peers' answers to :func:`proof_request`."""
     return sum(hosts_exactly(r, ts) for r in replies.values()) >= b + 1
+
+
+def scrub_due(kv: KV, period_ns: int, now_ns: int) -> int:
+    """When the node's next scrub pass is due (node clock ns): ``period_ns`` after its last
+    pass ended, or after it first waited for one, as recorded in its store, so a node
+    restarted more often than its period still scrubs (issue 31 item 14); ``now_ns +
+    period_ns`` when nothing is recorded (:func:`scrub_noted` records the start)."""
+    for key in (b"last", b"since"):
+        raw = kv.get(DB_SCRUB, key)
+        if raw is not None and len(raw) == 8:
+            return int.from_bytes(bytes(raw), "big") + period_ns
+    return now_ns + period_ns
+
+
+def scrub_noted(kv: KV, key: bytes, now_ns: int, *, keep: bool = False) -> None:
+    """Record ``key`` (``since`` or ``last``) of the scrub's clock; ``keep``: only if not
+    recorded yet."""
+    if keep and kv.get(DB_SCRUB, key) is not None:
+        return
+    kv.put(DB_SCRUB, key, max(now_ns, 0).to_bytes(8, "big"))
 
 
 def floor_of(kv: KV, block: int) -> Timestamp:
@@ -466,7 +487,7 @@ def verified_step(
     if mark > old:
         kv.put(DB_VERIFIED, block_prefix(block), mark.encode())
     mark = max(mark, old)
-    newly = empty = False
+    newly = False
     if flag is not None:
         key = version_key(block, flag)
         raw = kv.get(DB_VERSIONS, key)
@@ -474,14 +495,8 @@ def verified_step(
             # In rw.flags, not in the value: that would rewrite the whole fragment.
             kv.put(DB_FLAGS, key, bytes([FLAG_VERIFIED]))
             newly = True
-    if mark > ZERO:
-        raw = kv.get(DB_VERSIONS, version_key(block, mark))
-        if raw is not None:
-            empty = erasure.cc_length(StoredVersion.decode(raw).cross_checksum) == 0
-    if empty:
-        # An empty block on top is a file's contents given back (fs/reclaim.py): nothing
-        # below it is kept for its own sake once older than keep_seconds.
-        retention = replace(retention, keep_versions=1)
+    empty = _empty_at(kv, block, mark)
+    retention = _retention_below(retention, empty)
     discarded = 0
     for ts in set(poisonous):
         if ts > mark or ts == ZERO:
@@ -495,17 +510,9 @@ def verified_step(
         collected = collect_step(kv, block, floor)
     left = len(hosted) - collected.deleted
     below = [ts for ts in hosted if collected.floor <= ts < mark]
-    # Versions kept for their age (beyond the newest keep_versions) may go once old.
-    aged = [ts for ts in hosted[retention.keep_versions :] if collected.floor <= ts < mark]
     revisit = 0
-    # Versions above a snapshot's pinned version stay for it, not for their age: looking
-    # again when they age would find them still pinned (a block left alone after the
-    # snapshot is deleted is collected at its next verification).
-    pinned = {next((ts for ts in hosted if ts.time <= t), None) for t in pins}
-    if collected.floor in pinned:
-        aged = []
-    if aged and not pressure:
-        revisit = min(ts.time for ts in aged) + int(retention.keep_seconds * 1e9) + 1
+    if not pressure:
+        revisit = age_revisit(hosted, collected.floor, mark, retention, pins)
     return Verified(
         newly,
         discarded,
@@ -528,18 +535,69 @@ def _owner_pressed(kv: KV, block: int, versions: Iterable[Timestamp], limit: int
     return False
 
 
+def _empty_at(kv: KV, block: int, mark: Timestamp) -> bool:
+    """Whether the block's version at ``mark`` is stored here and empty (a file's contents
+    given back, fs/reclaim.py)."""
+    if mark == ZERO:
+        return False
+    raw = kv.get(DB_VERSIONS, version_key(block, mark))
+    return raw is not None and erasure.cc_length(StoredVersion.decode(raw).cross_checksum) == 0
+
+
+def _retention_below(retention: RetentionPolicy, empty: bool) -> RetentionPolicy:
+    """The retention of what lies below a verified version: an empty one on top is a
+    file's contents given back, and nothing below it is kept for its own sake once older
+    than ``keep_seconds``."""
+    return replace(retention, keep_versions=1) if empty else retention
+
+
+def age_revisit(
+    hosted: Sequence[Timestamp],
+    floor: Timestamp,
+    mark: Timestamp,
+    retention: RetentionPolicy,
+    pins: Sequence[int],
+) -> int:
+    """When the versions of a block kept below its verified ``mark`` only for their age
+    (beyond the newest ``keep_versions`` of ``hosted``, descending) may go: node clock ns,
+    0 when none is kept for its age (pure).
+
+    Versions above a snapshot's pinned version stay for it, not for their age: looking
+    again when they age would find them still pinned (a block left alone after the
+    snapshot is deleted is collected at its next verification)."""
+    aged = [ts for ts in hosted[retention.keep_versions :] if floor <= ts < mark]
+    pinned = {next((ts for ts in hosted if ts.time <= t), None) for t in pins}
+    if not aged or floor in pinned:
+        return 0
+    return min(ts.time for ts in aged) + int(retention.keep_seconds * 1e9) + 1
+
+
 @dataclass(frozen=True)
 class Unverified:
-    """One page of :func:`unverified_step`: ``(block, version)`` pairs and where to go on."""
+    """One page of :func:`unverified_step`: ``(block, version)`` pairs, the age revisits
+    due (``(block, node clock ns)``), and where to go on."""
 
     versions: tuple[tuple[BlockId, Timestamp], ...]
     after: BlockId | None
+    revisits: tuple[tuple[BlockId, int], ...] = ()
 
 
-def unverified_step(kv: KV, after: int | None, limit: int) -> Unverified:
+def unverified_step(
+    kv: KV,
+    after: int | None,
+    limit: int,
+    *,
+    retention: RetentionPolicy | None = None,
+    pins: Sequence[int] = (),
+) -> Unverified:
     """Versions above their block's verified mark without the verified flag, for up to
-    ``limit`` blocks above ``after`` (the backlog a restarted verifier starts from)."""
+    ``limit`` blocks above ``after`` (the backlog a restarted verifier starts from).
+
+    With ``retention``, also when each block's versions kept below its mark for their age
+    may go (:func:`age_revisit`, as :func:`verified_step` computed it before the restart):
+    a restarted verifier's revisits, which live in memory (issue 31 item 14)."""
     out: list[tuple[BlockId, Timestamp]] = []
+    revisits: list[tuple[BlockId, int]] = []
     start = 0 if after is None else after + 1
     last: BlockId | None = None
     for _ in range(limit):
@@ -550,13 +608,21 @@ def unverified_step(kv: KV, after: int | None, limit: int) -> Unverified:
             break
         block = split_key(first[0])[0]
         mark = verified_of(kv, block)
+        hosted: list[Timestamp] = []
         for key, value in kv.scan(DB_VERSIONS, block_prefix(block), block_end(block)):
             ts = split_key(key)[1]
+            hosted.append(ts)
             if ts > mark and not flagged(kv, key, value):
                 out.append((BlockId(block), ts))
+        if retention is not None and mark > ZERO and len(hosted) > 1:
+            hosted.reverse()
+            kept = _retention_below(retention, _empty_at(kv, block, mark))
+            due = age_revisit(hosted, floor_of(kv, block), mark, kept, pins)
+            if due:
+                revisits.append((BlockId(block), due))
         last = BlockId(block)
         start = block + 1
-    return Unverified(tuple(out), last)
+    return Unverified(tuple(out), last, tuple(revisits))
 
 
 # --- forgetting given-back blocks (docs/lazy.md "Forgetting given-back blocks") ------------

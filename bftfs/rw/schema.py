@@ -64,6 +64,9 @@ DB_VERIFIED = "rw.verified"
 DB_CHARGE = "rw.charge"
 DB_USAGE = "rw.usage"
 DB_FLAGS = "rw.flags"
+#: The in-node scrub's clock (node/rw_scrubber.py): ``since`` (when the node first waited
+#: for a pass) and ``last`` (when its last pass ended), node clock ns, 8 bytes big-endian.
+DB_SCRUB = "rw.scrub"
 
 FLAG_VERIFIED = 0x01
 

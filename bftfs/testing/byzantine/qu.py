@@ -281,9 +281,10 @@ def wrong_answer(server: int, sender: int, kind: str, payload: Any, honest: Call
 
 
 def wrong_sync(server: int, sender: int, kind: str, payload: Any, honest: Callable) -> Any:
-    """Serve a made-up object state to object sync."""
+    """Serve a made-up object state to object sync (as an accepted method's, so that a
+    restarted server's catch-up from the current state would take it too)."""
     if kind == KIND_SYNC:
-        return {"s": canonical(31337), "ap": canonical({})}
+        return {"s": canonical(31337), "ap": canonical({}), "k": "method", "a": None}
     return honest()
 
 
