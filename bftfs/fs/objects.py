@@ -39,8 +39,10 @@ thousands of names unpacks and packs one bucket, not the whole directory.
 File data layout (docs/fs-api.md): blocks ``block_id(d, i)``; ``d`` is fresh at create and at
 truncation to zero.  ``alloc`` is a reservation mark: no block at or beyond it has ever been
 written under ``d``, so it reads as a hole; bytes in ``[size, alloc)`` may hold data of a
-write whose size update never came (a crashed client), which a client extending the file
-overwrites with zeros first.  A client takes the file's write lease and raises ``alloc``
+write whose size update never came (a crashed client) or that a truncation cut off, which a
+client extending the file overwrites with zeros first: only where the object's stale ranges
+``z`` and the running lease's declaration say (:func:`_add_stale`), not the whole gap.
+A client takes the file's write lease and raises ``alloc``
 (``fs.lock``) *before* writing blocks and sends ``fs.write`` (size, mtime; it ends the
 lease) *after* its blocks are complete: blocks are whole-block versions, so two clients
 writing one block at once would each replace the other's bytes (see :func:`_lock`).
@@ -540,8 +542,9 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """chmod / chown / utimens / truncate on one object.
 
     A size change is a truncation: to zero it must bring a new data id (so no old block is
-    ever seen again); to a larger size it only moves ``size`` (the range up to ``alloc`` was
-    cleared by the client beforehand, beyond it blocks were never written).
+    ever seen again); down, the written ranges it cuts off become stale (``z``); to a larger
+    size it only moves ``size`` (the stale ranges up to there the client cleared beforehand,
+    beyond ``alloc`` blocks were never written).
     """
     a = _arg(arg)
     ((oid, state),) = states.items()
