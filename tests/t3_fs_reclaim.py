@@ -273,6 +273,38 @@ def test_growing_after_a_far_write_and_a_truncation_clears_what_was_written(
     run(tmp_path, body, **OPTIONS)
 
 
+def test_a_dead_flush_s_blocks_past_the_size_are_given_back(tmp_path: Path) -> None:
+    """A writer takes the lease declaring a block 1 TiB out (as every flush declares its
+    blocks), writes it and dies before its size update; once its lease has run out, the
+    next size change moves the declaration into the file's stale ranges, so the far bytes
+    never show and removing the file gives that block back too (it stayed for ever)."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, a = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        await fs.write(fh, 0, b"a" * BS)
+        await fs.release(fh)
+        s = await env.raw.query(a.ino, "fs.stat")
+        far = 1 << 40
+        lease = {"d": s["d"], "v": s["v"], "tok": 7, "now": env.clock[0], "lease": 10**9}
+        await env.raw.update(
+            [a.ino], "fs.lock", {**lease, "alloc": far + BS, "z": [[far, far + BS]]}
+        )
+        far_block = block_id(s["d"], far // BS)
+        await fs.rw.write_blocks({far_block: b"z" * BS})
+        env.clock[0] += 10**9  # it died: its lease runs out
+        await fs.setattr(a.ino, size=2 * BS)
+        fh = await fs.open(a.ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 3 * BS) == b"a" * BS + bytes(BS)
+        await fs.release(fh)
+        before = fs.reclaimed_blocks
+        await fs.unlink(ROOT, b"f")
+        assert fs.reclaimed_blocks - before == 2 and fs.reclaim_failed == 0
+        assert (await fs.rw.read_blocks([far_block]))[far_block] == b""
+
+    run(tmp_path, body, **OPTIONS)
+
+
 FORGET: dict[str, Any] = {
     **OPTIONS,
     "retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2, forget_seconds=0.0),
