@@ -4,11 +4,17 @@ keeps every byte (seeded random writes against a model)."""
 
 from __future__ import annotations
 
+import itertools
 import random
+import stat as stat_mod
+from typing import Any
 
 import pytest
 
+from bftfs.fs import objects
 from bftfs.fs.files import OpenFile, file_block_size, sequential_end
+from bftfs.fs.reclaim import dead_contents
+from bftfs.qu.objects import MethodRefused
 
 
 def stat(size: int = 0, **extra: object) -> dict[str, object]:
@@ -90,3 +96,108 @@ def test_dead_contents_are_the_written_blocks_below_size_and_reservation() -> No
     # A huge merged range is counted without being walked.
     wide = {"d": 9, "size": huge, "alloc": huge, "bs": bs, "w": [[0, huge]]}
     assert dead_contents(wide, bs).count() == -(-huge // bs)  # type: ignore[union-attr]
+
+
+# The stale ranges past the size (``z``, bftfs.fs.objects; issue 31, item 9) --------------
+
+BS = 4096
+FAR = 1 << 40
+OID = 9
+
+
+def attribute_object(**extra: Any) -> dict[str, Any]:
+    """A regular file's attribute object as ``fs.create`` makes it (data id 5)."""
+    f = {"k": "f", "mode": stat_mod.S_IFREG | 0o644, "uid": 0, "gid": 0, "rdev": 0, "nl": 1}
+    f.update(size=0, alloc=1 << 20, d=5, at=0, mt=0, ct=0, t=None, x={}, v=0, i=None)
+    f.update(w=[], z=[], bs=BS)
+    f.update(extra)
+    return f
+
+
+def apply(f: dict[str, Any], method: str, **arg: Any) -> dict[str, Any]:
+    """``f`` after the object method ``method`` with ``arg`` (time 1 s unless given)."""
+    fn = {m.name: m.fn for m in objects.FS.methods}[method]
+    states, _ = fn({OID: f}, {"now": 10**9, **arg})
+    return dict(states[OID])
+
+
+def far_written() -> dict[str, Any]:
+    """A block at 0 and one at 1 TiB, flushed by a client that holds no lease."""
+    f = attribute_object(alloc=2 * FAR)
+    w = [[0, BS], [FAR, FAR + BS]]
+    return apply(f, "fs.write", d=5, end=FAR + BS, mtime=1, w=w)
+
+
+def test_truncation_keeps_what_it_cuts_off_as_stale_and_growth_clears_only_that() -> None:
+    f = apply(far_written(), "fs.setattr", size=100)
+    assert f["w"] == [[0, 100]] and f["z"] == [[100, BS], [FAR, FAR + BS]]
+    st = objects.stat_of(f)
+    assert st["z"] == f["z"] and st["al"] == 100
+    cached = OpenFile.from_stat(OID, st, BS)
+    partial, empty = cached.gap_blocks(2 * FAR)
+    assert partial == [0] and list(empty) == [FAR // BS]  # not the 2**28 blocks between
+    grown = apply(f, "fs.setattr", size=2 * FAR)
+    assert grown["z"] == [] and grown["size"] == 2 * FAR
+    # Truncated to zero: a fresh data id, nothing stale; the dead one gives back z too.
+    dead = dead_contents(objects.stat_of(f), BS)
+    assert dead is not None and list(dead.blocks()) == [0, FAR // BS]
+    assert apply(f, "fs.setattr", size=0, d=6, alloc=1 << 20)["z"] == []
+
+
+def test_the_stale_record_stays_bounded() -> None:
+    """A client writing far apart and truncating over and over: at most 32 ranges, each
+    cut-off range still covered (merged with its closest neighbour)."""
+    f = attribute_object(alloc=1 << 50)
+    cut = []
+    for k in range(100, 0, -1):
+        at = k * (1 << 30) + k * BS
+        f = apply(f, "fs.write", d=5, end=at + BS, mtime=1, w=[[at, at + BS]])
+        f = apply(f, "fs.setattr", size=at)
+        cut.append((at, at + BS))
+    assert len(f["z"]) <= objects.MAX_EXTENTS
+    assert all(any(lo <= a and b <= hi for lo, hi in f["z"]) for a, b in cut)
+    with pytest.raises(MethodRefused):
+        apply(f, "fs.lock", d=5, v=f["v"], tok=1, lease=10**9, z=[[k, k + 1] for k in range(33)])
+    with pytest.raises(MethodRefused):
+        apply(f, "fs.lock", d=5, v=f["v"], tok=1, lease=10**9, z=[[5, 5]])
+
+
+def test_a_lease_declares_what_it_writes_and_an_unfinished_one_leaves_it_stale() -> None:
+    f = apply(far_written(), "fs.setattr", size=100)
+    f = apply(f, "fs.setattr", size=2 * FAR)
+    assert f["z"] == []
+    decl = [[3 * FAR, 3 * FAR + BS]]
+    lock = {"d": 5, "tok": 1, "lease": 10**9}
+    locked = apply(f, "fs.lock", **lock, v=f["v"], alloc=4 * FAR, z=decl)
+    assert objects.stat_of(locked)["zl"] == decl and locked["z"] == []
+    # Completed by its holder: the blocks lie below the size it sets; nothing stale.
+    done = apply(locked, "fs.write", d=5, tok=1, end=3 * FAR + BS, mtime=1, w=decl)
+    assert done["z"] == [] and done["wl"] is None and "zl" not in objects.stat_of(done)
+    # Given up: what it declared may be there.
+    given_up = apply(locked, "fs.unlock", tok=1)
+    assert given_up["z"] == decl and given_up["wl"] is None
+    # Died: its lease runs out and another client's lease or size change settles it.
+    later = 10 * 10**9
+    other = apply(locked, "fs.lock", **{**lock, "tok": 2}, v=locked["v"], now=later, z=[])
+    assert other["z"] == decl and objects.stat_of(other).get("zl") is None
+    resized = apply(locked, "fs.setattr", size=2 * FAR + 1, now=later)
+    assert resized["z"] == decl
+    # No declaration (a client that says nothing): the whole reservation.
+    anything = apply(f, "fs.lock", **lock, v=f["v"])
+    assert objects.stat_of(anything)["zl"] == [[0, f["alloc"]]]
+    # The holder's own next lease takes its declaration over (a first flush that must
+    # lock while holding its create's lease): nothing becomes stale when it completes.
+    again = apply(locked, "fs.lock", **lock, v=locked["v"], alloc=4 * FAR, z=[])
+    assert again["z"] == [] and objects.stat_of(again)["zl"] == decl
+
+
+def test_objects_made_before_the_record_clear_the_whole_gap_lazily() -> None:
+    old = far_written()
+    del old["z"]
+    f = apply(old, "fs.setattr", size=100)
+    assert "z" not in f and "z" not in objects.stat_of(f)
+    cached = OpenFile.from_stat(OID, objects.stat_of(f), BS)
+    partial, empty = cached.gap_blocks(2 * FAR)
+    assert partial == [0]
+    assert list(itertools.islice(empty, 3)) == [1, 2, 3]  # (2**28 of them, never listed)
+    assert apply(f, "fs.setattr", size=0, d=6, alloc=1 << 20)["z"] == []

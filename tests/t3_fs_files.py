@@ -408,9 +408,15 @@ def test_leftover_blocks_never_appear_when_an_inline_file_grows(tmp_path: Path) 
             fh, ino = await new_file(a, how.encode())
             await a.write(fh, 0, b"tiny")
             await a.release(fh)
-            d = (await env.raw.query(ino, "fs.stat"))["d"]
+            s = await env.raw.query(ino, "fs.stat")
+            d = s["d"]
+            # A writer takes the lease (declaring its blocks, as every flush does), writes
+            # its blocks and dies before its size update; its lease runs out.
+            lease = {"d": d, "v": s["v"], "tok": 7, "now": env.clock[0], "lease": 10**9}
+            await env.raw.update([ino], "fs.lock", {**lease, "z": [[0, 4 * BS]]})
             junk = {block_id(d, k): b"LEFTOVER" * (BS // 8) for k in range(4)}
-            await a.rw.write_blocks(junk)  # as if a writer died before its size update
+            await a.rw.write_blocks(junk)
+            env.clock[0] += 10**9
             if how == "write":
                 fb = await b.open(ino, os.O_RDWR)
                 await b.write(fb, 3 * BS, b"end")

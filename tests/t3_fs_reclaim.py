@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +131,8 @@ def test_removing_a_huge_sparse_file_costs_what_was_written(tmp_path: Path) -> N
     """``truncate -s 999999999999999 f; rm f`` and ``truncate -s 8G; rm`` give back the
     blocks that were written (none, or the two far apart), not one per block of the
     size; truncating such a file down and to zero writes no block of its size either
-    (issue 31, item 9).  (Growing it again after a truncation down clears every block up
-    to its reservation mark, which a far write raised: not covered, docs/lazy.md.)"""
+    (issue 31, item 9).  Growing it again after a truncation down:
+    :func:`test_growing_after_a_far_write_and_a_truncation_clears_what_was_written`."""
 
     async def body(env: Env) -> None:
         fs = env.fs
@@ -157,8 +161,9 @@ def test_removing_a_huge_sparse_file_costs_what_was_written(tmp_path: Path) -> N
         fh = await fs.open(a.ino, os.O_RDONLY)
         assert await fs.read(fh, 0, 200) == b"a" * 100
         await fs.release(fh)
-        await fs.setattr(a.ino, size=0)  # to zero: the blocks written, below the size
-        assert fs.reclaimed_blocks == 1 and fs.reclaim_failed == 0, fs.reclaimed_blocks
+        # To zero: the blocks written, below the size and cut off by the truncation down.
+        await fs.setattr(a.ino, size=0)
+        assert fs.reclaimed_blocks == 2 and fs.reclaim_failed == 0, fs.reclaimed_blocks
         fh, a = await fs.create(ROOT, b"far2", 0o644, 0, 0, os.O_RDWR)
         await fs.write(fh, 0, b"a" * BS)
         await fs.write(fh, far, b"z" * BS)
@@ -166,6 +171,136 @@ def test_removing_a_huge_sparse_file_costs_what_was_written(tmp_path: Path) -> N
         before = fs.reclaimed_blocks
         await fs.unlink(ROOT, b"far2")
         assert fs.reclaimed_blocks - before == 2
+
+    run(tmp_path, body, **OPTIONS)
+
+
+class MemoryGuardTripped(Exception):
+    """The code under :func:`memory_guard` took more memory than it allowed."""
+
+
+def private_memory() -> int:
+    """This process's private memory (VmData: heap and anonymous maps, not the nodes'
+    LMDB files), bytes."""
+    with open("/proc/self/status") as status:
+        return next(int(x.split()[1]) * 1024 for x in status if x.startswith("VmData:"))
+
+
+@contextmanager
+def memory_guard(extra: int = 256 << 20) -> Iterator[None]:
+    """Fail the code inside (MemoryGuardTripped, raised in the main thread by a signal)
+    once this process's private memory grows ``extra`` past what it is now, so code that
+    enumerates every block of a terabyte fails the test instead of getting the run
+    OOM-killed.  (A watchdog thread samples the memory: the code it guards never waits.)"""
+    limit = private_memory() + extra
+    done = threading.Event()
+
+    def trip(signum: int, frame: Any) -> None:
+        raise MemoryGuardTripped(f"private memory above {limit >> 20} MiB")
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            if private_memory() > limit:
+                signal.pthread_kill(main, signal.SIGUSR1)
+                return
+
+    main = threading.get_ident()
+    old = signal.signal(signal.SIGUSR1, trip)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR1, old)
+
+
+async def far_file(fs: FileSystem, name: bytes, far: int) -> int:
+    """A file with a block at 0 and one at ``far``, truncated down to 100 bytes: the far
+    block's contents lie beyond the size (and below the reservation mark the far write
+    raised), where nobody may see them again; its ino."""
+    fh, a = await fs.create(ROOT, name, 0o644, 0, 0, os.O_RDWR)
+    await fs.write(fh, 0, b"a" * BS)
+    await fs.write(fh, far, b"z" * BS)
+    await fs.release(fh)
+    await fs.setattr(a.ino, size=100)
+    return a.ino
+
+
+def test_growing_after_a_far_write_and_a_truncation_clears_what_was_written(
+    tmp_path: Path,
+) -> None:
+    """Write a block at 1 TiB, truncate to 100 bytes, grow the file to 2 TiB (and, on
+    another file, write past the end at 2 TiB): growing clears only the blocks that
+    may hold cut-off bytes (the attribute object's stale ranges), not every block up to
+    the reservation mark (2**28 of them: the daemon grew without bound, issue 31 item
+    9), and the grown region reads as zeros on both clients: the far block's old
+    contents never reappear.  Removing the file then gives back what was written."""
+
+    async def body(env: Env) -> None:
+        fs, other = env.fss
+        calls = count_block_writes(fs)
+        far = 1 << 40
+        ino = await far_file(fs, b"up", far)
+        calls.clear()
+        with memory_guard():
+            await fs.setattr(ino, size=2 * far)
+        assert sum(calls) <= 2, calls  # block 0 (its first 100 bytes kept), the far block
+        writes = await far_file(fs, b"past", far)
+        fh = await fs.open(writes, os.O_RDWR)
+        calls.clear()
+        with memory_guard():
+            await fs.write(fh, 2 * far, b"end")
+            await fs.release(fh)
+        assert sum(calls) <= 3, calls  # the same two, and the block written
+        for f in (fs, other):
+            for ino_, size in ((ino, 2 * far), (writes, 2 * far + 3)):
+                fh = await f.open(ino_, os.O_RDONLY)
+                assert await f.read(fh, 0, 200) == b"a" * 100 + bytes(100)
+                assert await f.read(fh, far - BS, 3 * BS) == bytes(3 * BS)
+                assert (await f.getattr(ino_)).size == size
+                await f.release(fh)
+        fh = await other.open(writes, os.O_RDONLY)
+        assert await other.read(fh, 2 * far, 10) == b"end"
+        await other.release(fh)
+        before = fs.reclaimed_blocks
+        with memory_guard():
+            await fs.unlink(ROOT, b"up")
+            await fs.unlink(ROOT, b"past")
+        assert fs.reclaimed_blocks - before == 3 and fs.reclaim_failed == 0
+
+    run(tmp_path, body, **OPTIONS)
+
+
+def test_a_dead_flush_s_blocks_past_the_size_are_given_back(tmp_path: Path) -> None:
+    """A writer takes the lease declaring a block 1 TiB out (as every flush declares its
+    blocks), writes it and dies before its size update; once its lease has run out, the
+    next size change moves the declaration into the file's stale ranges, so the far bytes
+    never show and removing the file gives that block back too (it stayed for ever)."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, a = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        await fs.write(fh, 0, b"a" * BS)
+        await fs.release(fh)
+        s = await env.raw.query(a.ino, "fs.stat")
+        far = 1 << 40
+        lease = {"d": s["d"], "v": s["v"], "tok": 7, "now": env.clock[0], "lease": 10**9}
+        await env.raw.update(
+            [a.ino], "fs.lock", {**lease, "alloc": far + BS, "z": [[far, far + BS]]}
+        )
+        far_block = block_id(s["d"], far // BS)
+        await fs.rw.write_blocks({far_block: b"z" * BS})
+        env.clock[0] += 10**9  # it died: its lease runs out
+        await fs.setattr(a.ino, size=2 * BS)
+        fh = await fs.open(a.ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 3 * BS) == b"a" * BS + bytes(BS)
+        await fs.release(fh)
+        before = fs.reclaimed_blocks
+        await fs.unlink(ROOT, b"f")
+        assert fs.reclaimed_blocks - before == 2 and fs.reclaim_failed == 0
+        assert (await fs.rw.read_blocks([far_block]))[far_block] == b""
 
     run(tmp_path, body, **OPTIONS)
 

@@ -162,13 +162,18 @@ class Attributes(Reclaim):
         the newest block Time written (0: none)."""
         arg = self._lease_arg(s["d"], s["v"])
         arg["lease"] = LEASE_NS
+        # What may stay behind if this dies: block 0 with an inline content (zeros,
+        # elsewhere, are harmless).
+        arg["z"] = [[0, len(s["i"])]] if s["inl"] and s["i"] else []
         self._own_stat(ino, await self._update([ino], "fs.lock", arg))
         return await self._clear_gap(s, s["size"], size)
 
     async def _clear_gap(self, s: dict[str, Any], valid: int, new_size: int) -> int:
-        """Write zeros over ``[valid, min(new_size, alloc))`` (see files.OpenFile.gap_blocks);
-        for an inline file (``s`` from ``fs.open``) block 0 gets its content first.  The
-        newest block Time written (0: none), for the size update's ``bt``."""
+        """Write zeros over the stale blocks in ``[valid, min(new_size, alloc))`` (see
+        files.OpenFile.gap_blocks: what the file records as possibly written there, not
+        the whole gap); for an inline file (``s`` from ``fs.open``) block 0 gets its
+        content first.  The newest block Time written (0: none), for the size update's
+        ``bt``."""
         tmp = OpenFile.from_stat(0, s, self.bs)
         tmp.valid = valid
         blocks: dict[int, bytes] = {}
@@ -176,19 +181,18 @@ class Attributes(Reclaim):
             blocks[0] = s["i"]
             tmp.dirty[0] = bytearray(s["i"])
         partial, empty = tmp.gap_blocks(new_size)
-        blocks.update((k, b"") for k in empty)
+        after = s.get("bt", 0)
+        newest = await self._write_empty_blocks(s["d"], empty, after)
         if partial:
             got = await self._blocks(self.rw.read_blocks([block_id(s["d"], k) for k in partial]))
             for k in partial:
                 blocks[k] = tmp.remember(k, got[block_id(s["d"], k)])
         if not blocks:
-            return 0
+            return newest
         written = await self._blocks(
-            self.rw.write_blocks(
-                {block_id(s["d"], k): v for k, v in blocks.items()}, after=s.get("bt", 0)
-            )
+            self.rw.write_blocks({block_id(s["d"], k): v for k, v in blocks.items()}, after=after)
         )
-        return max(ts.time for ts in written.values())
+        return max(newest, *(ts.time for ts in written.values()))
 
     # Extended attributes -------------------------------------------------------------------
 

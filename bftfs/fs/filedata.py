@@ -261,14 +261,17 @@ class FileData(Caches):
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
         new_size, mtime = f.size, f.mtime if f.mtime is not None else self._now()
         blocks = {k: v for k, (v, _) in snapshot.items()}
+        # The gap's stale blocks (below ``alloc``: no reservation needed for them) are
+        # cleared a chunk at a time under the lease, before the blocks with content.
         partial, empty = f.gap_blocks(new_size)
         if partial:
             await self._fetch(f, [k for k in partial if k not in f.clean])
             for k in partial:
                 blocks[k] = f.clean.get(k, b"")
-        for k in empty:
-            blocks[k] = b""
         need = max(new_size, (max(blocks) + 1) * bs if blocks else 0)
+        # What this flush stores (not the cleared gap): declared with the lease (what a
+        # dead flush may have left), and counted by the servers for st_blocks.
+        written = obj.merge_extents([[k * bs, k * bs + len(v)] for k, v in blocks.items() if v])
         # The write lease, on the version the blocks were computed from (``v``; the servers
         # refuse ``stale`` if anyone changed the file since, ``locked`` while another
         # client writes its blocks), with a larger reservation when the blocks need one.
@@ -284,11 +287,12 @@ class FileData(Caches):
             arg["lease"] = LEASE_NS
             if decided:  # recorded before any block is written under it
                 arg["bs"] = decided
+            arg["z"] = written
             if need > f.st["alloc"]:
                 arg["alloc"] = reservation(need, f.st["alloc"], bs)
             await self._update_data(f, "fs.lock", arg)
         try:
-            written_at: dict[int, Any] = {}
+            newest = await self._write_empty_blocks(d, empty, f.st.get("bt", 0))
             if blocks:
                 written_at = await self._blocks(
                     self.rw.write_blocks(
@@ -296,18 +300,16 @@ class FileData(Caches):
                         after=f.st.get("bt", 0),
                     )
                 )
+                newest = max(newest, *(ts.time for ts in written_at.values()))
             arg = self._lease_arg(*f.base)
             arg.update(end=new_size, mtime=mtime)
             if with_write:
                 arg["bs"] = with_write
-            if written_at:
-                arg["bt"] = max(ts.time for ts in written_at.values())
+            if newest:
+                arg["bt"] = newest
             if f.st.get("inl"):
                 arg["blocks"] = True
-            # What this flush stored (not the cleared gap): the servers count it for
-            # st_blocks.
-            written = [[k * bs, k * bs + len(v)] for k, v in blocks.items() if v]
-            arg["w"] = obj.merge_extents(written)
+            arg["w"] = written
             attrs = arg["attrs"] = dict(f.attrs)
             await self._update_data(f, "fs.write", arg)
         except Exception:

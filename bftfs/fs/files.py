@@ -20,6 +20,7 @@ the filesystem serialises flushes and truncations of one file with :attr:`OpenFi
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,42 @@ def sequential_end(log: list[tuple[int, bytes, bool]], start: int) -> int:
 
 def round_up(x: int, unit: int) -> int:
     return -(-x // unit) * unit
+
+
+def stale_ranges(st: dict[str, Any]) -> list[tuple[int, int]] | None:
+    """The byte ranges a file's stat says may hold stale bytes in its blocks (its record
+    ``z`` and what a write lease's holder declared, ``zl``: bftfs.fs.objects), sorted and
+    joined; None for a file without the record (anything up to ``alloc`` may)."""
+    z = st.get("z")
+    if z is None:
+        return None
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted((int(lo), int(hi)) for lo, hi in [*z, *(st.get("zl") or ())]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def clip_ranges(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of sorted disjoint ``ranges`` inside ``[lo, hi)``."""
+    return [(max(a, lo), min(b, hi)) for a, b in ranges if b > lo and a < hi]
+
+
+def _empty_gap_blocks(
+    spans: list[tuple[int, int]], bs: int, valid: int, dirty: set[int]
+) -> Iterator[int]:
+    """The blocks covering ``spans`` (sorted, disjoint) that :meth:`OpenFile.gap_blocks`
+    makes empty: not in ``dirty`` (the flush writes those) and holding no byte below
+    ``valid``; each once, ascending.  The arguments are taken when the flush decides, as
+    writes arriving while it runs must not change what it clears."""
+    after = -1
+    for lo, hi in spans:
+        for k in range(max(lo // bs, after + 1), (hi - 1) // bs + 1):
+            if k * bs >= valid and k not in dirty:
+                yield k
+        after = max(after, (hi - 1) // bs)
 
 
 def reservation(need: int, current: int, bs: int) -> int:
@@ -401,27 +438,28 @@ class OpenFile:
 
     # Flush -------------------------------------------------------------------------------
 
-    def gap_blocks(self, new_size: int) -> tuple[list[int], list[int]]:
+    def gap_blocks(self, new_size: int) -> tuple[list[int], Iterator[int]]:
         """Blocks to clear before the size grows from ``valid`` to ``new_size``.
 
-        Bytes in ``[valid, min(new_size, alloc))`` may be a crashed writer's leftovers, so
-        the blocks there that are not dirty are rewritten: the one containing ``valid``
-        keeps its bytes below ``valid`` (it must be read: first list), the others become
-        empty (second list).  Beyond ``alloc`` no block was ever written.
+        Bytes in ``[valid, min(new_size, alloc))`` may be stale: cut off by a truncation,
+        or a crashed writer's leftovers.  The attribute object records where
+        (:func:`stale_ranges`); the blocks there that are not dirty are rewritten: the one
+        containing ``valid`` keeps its bytes below ``valid`` (it must be read: first
+        list), the others become empty (second: lazily, as the stale ranges may span
+        many blocks).  A file without the record (made before it existed) clears every
+        block of the gap.  Beyond ``alloc`` no block was ever written.
         """
-        bs = self.bs
+        bs, valid = self.bs, self.valid
         limit = min(new_size, int(self.st["alloc"]))
-        if limit <= self.valid:
-            return [], []
-        partial, empty = [], []
-        for k in range(self.valid // bs, (limit - 1) // bs + 1):
-            if k in self.dirty:
-                continue
-            if k * bs < self.valid:
-                partial.append(k)
-            else:
-                empty.append(k)
-        return partial, empty
+        if limit <= valid:
+            return [], iter(())
+        stale = stale_ranges(self.st)
+        spans = [(valid, limit)] if stale is None else clip_ranges(stale, valid, limit)
+        partial = []
+        k = valid // bs
+        if valid % bs and k not in self.dirty and spans and spans[0][0] < (k + 1) * bs:
+            partial.append(k)
+        return partial, _empty_gap_blocks(spans, bs, valid, set(self.dirty))
 
     def truncate_cache(self, size: int) -> None:
         """Apply a truncation to the cached blocks (after the servers took it)."""

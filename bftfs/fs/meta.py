@@ -11,8 +11,9 @@ here too because it decides which servers an operation meets.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import trio
@@ -24,6 +25,7 @@ from bftfs.fs.files import INITIAL_RESERVE, round_up
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
+from bftfs.rw.messages import block_id
 
 #: Attempts of an update whose cached view keeps turning out stale (concurrent changes).
 MAX_ATTEMPTS = 8
@@ -38,6 +40,9 @@ LEASE_NS = 30 * 10**9
 #: largest delay, seconds.
 BACKOFF_FIRST = 0.002
 BACKOFF_MAX = 0.5
+#: Empty blocks written per ``write_blocks`` call when clearing or giving back a range of
+#: blocks (bounds the memory that holds, however many blocks the range spans).
+CHUNK = 256
 
 T = TypeVar("T")
 
@@ -113,6 +118,18 @@ class Meta(FsBase):
             return await coro
         except _PROTOCOL_ERRORS as e:
             raise _translate(e) from None
+
+    async def _write_empty_blocks(self, d: int, indices: Iterator[int], after: int) -> int:
+        """Write an empty value over blocks ``indices`` of data id ``d`` at Times above
+        ``after``, :data:`CHUNK` at a time (``indices`` may be lazy and long: a file's
+        stale ranges); the newest Time written (0: none)."""
+        newest = 0
+        while chunk := list(itertools.islice(indices, CHUNK)):
+            written = await self._blocks(
+                self.rw.write_blocks({block_id(d, k): b"" for k in chunk}, after=after)
+            )
+            newest = max(newest, *(ts.time for ts in written.values()))
+        return newest
 
     def _new_oid(self, near: int | None = None) -> int:
         """A random 63-bit id (object ids, data ids); with ``near``, one in the same residue

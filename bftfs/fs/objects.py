@@ -39,8 +39,10 @@ thousands of names unpacks and packs one bucket, not the whole directory.
 File data layout (docs/fs-api.md): blocks ``block_id(d, i)``; ``d`` is fresh at create and at
 truncation to zero.  ``alloc`` is a reservation mark: no block at or beyond it has ever been
 written under ``d``, so it reads as a hole; bytes in ``[size, alloc)`` may hold data of a
-write whose size update never came (a crashed client), which a client extending the file
-overwrites with zeros first.  A client takes the file's write lease and raises ``alloc``
+write whose size update never came (a crashed client) or that a truncation cut off, which a
+client extending the file overwrites with zeros first: only where the object's stale ranges
+``z`` and the running lease's declaration say (:func:`_add_stale`), not the whole gap.
+A client takes the file's write lease and raises ``alloc``
 (``fs.lock``) *before* writing blocks and sends ``fs.write`` (size, mtime; it ends the
 lease) *after* its blocks are complete: blocks are whole-block versions, so two clients
 writing one block at once would each replace the other's bytes (see :func:`_lock`).
@@ -289,6 +291,9 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
     out["al"] = None if w is None else sum(min(hi, size) - lo for lo, hi in w if lo < size)
     if w is not None:
         out["w"] = w  # what a remover gives back (fs/reclaim.py), not the whole size
+    lease = state.get("wl")
+    if lease is not None and len(lease) > 2 and lease[2]:
+        out["zl"] = lease[2]  # stale too if its holder never completes (_settle_lease)
     return out
 
 
@@ -320,6 +325,22 @@ def merge_extents(extents: list[list[int]], limit: int = MAX_EXTENTS) -> list[li
     return out
 
 
+def _ranges(a: dict[str, Any], key: str) -> list[list[int]] | None:
+    """The argument's byte ranges ``key`` (at most :data:`MAX_EXTENTS` ``[lo, hi)`` pairs
+    within ``[0, MAX_SIZE]``), None when absent."""
+    got = a.get(key)
+    if got is None:
+        return None
+    if not isinstance(got, list) or len(got) > MAX_EXTENTS:
+        raise MethodRefused("invalid", f"{key} must be a list of at most {MAX_EXTENTS} ranges")
+    for r in got:
+        ok = isinstance(r, list) and len(r) == 2
+        ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+        if not ok or not 0 <= r[0] < r[1] <= MAX_SIZE:
+            raise MethodRefused("invalid", f"{key} ranges must be [lo, hi) with 0 <= lo < hi")
+    return [[r[0], r[1]] for r in got]
+
+
 def _written(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
     """``f``'s record of the byte ranges written to its blocks (``w``) with the ranges the
     argument says this write stored (``w``: at most :data:`MAX_EXTENTS` pairs), clipped at
@@ -330,21 +351,69 @@ def _written(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
     here changes only the reported block count, never data or sizes.  An object made
     before the record existed has none (None) and stays counted as dense.
     """
-    got = a.get("w")
+    got = _ranges(a, "w")
     if got is None:
         return f.get("w")
-    if not isinstance(got, list) or len(got) > MAX_EXTENTS:
-        raise MethodRefused("invalid", f"w must be a list of at most {MAX_EXTENTS} ranges")
-    ranges = []
-    for r in got:
-        ok = isinstance(r, list) and len(r) == 2
-        ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
-        if not ok or not 0 <= r[0] < r[1] <= MAX_SIZE:
-            raise MethodRefused("invalid", "w ranges must be [lo, hi) with 0 <= lo < hi")
-        if r[0] < f["alloc"]:
-            ranges.append([r[0], min(r[1], f["alloc"])])
+    ranges = [[lo, min(hi, f["alloc"])] for lo, hi in got if lo < f["alloc"]]
     old = f.get("w")
     return None if old is None else merge_extents(old + ranges)
+
+
+def _add_stale(f: dict[str, Any], ranges: list[list[int]], start: int) -> None:
+    """Add the parts of ``ranges`` in ``[start, alloc)`` to ``f``'s record of stale ranges
+    (``z``), if it keeps one (joining the closest beyond :data:`MAX_EXTENTS`).
+
+    ``z`` lists the byte ranges at or beyond the size whose blocks may hold bytes no
+    reader may see (the file's written ranges a truncation cut off, the blocks a write
+    lease's holder said it would write and never completed; for an inline file, anything
+    in its unused blocks): what a client growing the file clears first, and what a
+    remover gives back with the written ranges.  Nothing else beyond the size was ever
+    written (by a correct client), so growing costs what was written there, not the gap.
+    An object made before the record existed has none (None): growing it clears the
+    whole gap up to ``alloc``, as before."""
+    z = f.get("z")
+    if z is None:
+        return
+    end = int(f["alloc"])
+    add = [[max(lo, start), min(hi, end)] for lo, hi in ranges if hi > start and lo < end]
+    if add:
+        f["z"] = merge_extents(z + add)
+
+
+def _clip_stale(f: dict[str, Any], size: int) -> None:
+    """Forget the stale ranges below ``size``: the client that set it cleared them."""
+    z = f.get("z")
+    if z:
+        f["z"] = [[max(lo, size), hi] for lo, hi in z if hi > size]
+
+
+def _stale_start(f: dict[str, Any]) -> int:
+    """Where stale bytes matter: from the size, or everywhere for an inline file (whose
+    blocks are all unused)."""
+    return 0 if f.get("i") is not None else int(f["size"])
+
+
+def _settle_lease(f: dict[str, Any], a: dict[str, Any], *, completed: bool) -> None:
+    """Settle what the file's write lease declared it would write (``wl[2]``): dropped
+    when its holder (``tok``) completes now (``fs.write``: every block it wrote lies
+    below the size it sets, and the gap up to there it cleared), else moved into the
+    stale ranges (a holder that died or gave up may have written any of it)."""
+    lease = f.get("wl")
+    if lease is None or len(lease) < 3:
+        return
+    if not (completed and lease[0] == _opt_int(a, "tok", 1, MAX_OID)):
+        _add_stale(f, lease[2], _stale_start(f))
+    f["wl"] = [lease[0], lease[1]]
+
+
+def _lease_declaration(f: dict[str, Any], a: dict[str, Any]) -> list[list[int]]:
+    """The ranges a new lease's holder will write (the argument's ``z``, clipped at the
+    reservation; absent: anywhere below it)."""
+    end = int(f["alloc"])
+    declared = _ranges(a, "z")
+    if declared is None:
+        return [[0, end]] if end else []
+    return merge_extents([[lo, min(hi, end)] for lo, hi in declared if lo < end])
 
 
 def _leaving_inline(f: dict[str, Any]) -> list[list[int]] | None:
@@ -473,8 +542,9 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """chmod / chown / utimens / truncate on one object.
 
     A size change is a truncation: to zero it must bring a new data id (so no old block is
-    ever seen again); to a larger size it only moves ``size`` (the range up to ``alloc`` was
-    cleared by the client beforehand, beyond it blocks were never written).
+    ever seen again); down, the written ranges it cuts off become stale (``z``); to a larger
+    size it only moves ``size`` (the stale ranges up to there the client cleared beforehand,
+    beyond ``alloc`` blocks were never written).
     """
     a = _arg(arg)
     ((oid, state),) = states.items()
@@ -502,6 +572,8 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if not st.S_ISREG(s["mode"]):
             raise MethodRefused("invalid", "only regular files have a size to set")
         _not_locked_by_other(s, a)
+        # (A truncation's own lease declared nothing: its zeros are harmless anywhere.)
+        _settle_lease(s, a, completed=False)
         if s.get("wl") is not None and s["wl"][0] == _opt_int(a, "tok", 1, MAX_OID):
             s["wl"] = None  # a truncation that cleared blocks under its lease
         if size == 0:
@@ -509,7 +581,8 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             if data_id == s["d"]:
                 raise MethodRefused("invalid", "truncation to zero needs a fresh data id")
             s["d"], s["alloc"] = data_id, _int(a, "alloc", 0, MAX_SIZE)
-            s["w"] = []  # (also starts the record for a file made before it existed)
+            s["w"] = []  # (also starts the records for a file made before they existed)
+            s["z"] = []
         elif _opt_int(a, "d", 1, MAX_OID) not in (None, s["d"]):
             raise MethodRefused("stale", "data id changed")
         inline = _inline(a, size)
@@ -520,9 +593,13 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
                 s["w"] = []
             elif s.get("i") is not None:
                 s["w"] = _leaving_inline(s)
-            # Truncation frees what lies beyond the new size (blocks there read as zeros
-            # when the file grows again: the client clears them).
+            if inline is None:
+                # What a truncation cuts off stays in the blocks: stale beyond the size,
+                # cleared by whoever grows the file again (only that, not the gap).
+                _add_stale(s, [[max(lo, size), hi] for lo, hi in s["w"] if hi > size], size)
             s["w"] = [[lo, min(hi, size)] for lo, hi in s["w"] if lo < size]
+        if inline is None and size > s["size"]:
+            _clip_stale(s, size)  # the client cleared them up to the new size
         s["i"] = inline
         _raise_block_time(s, a)
         if size != s["size"] and mtime is None:
@@ -590,11 +667,14 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     _not_locked_by_other(f, a)
     end = _int(a, "end", 0, MAX_SIZE)
     inline = _inline(a, end)
+    _settle_lease(f, a, completed=True)
     if inline is not None:
         if a.get("v") is None:
             raise MethodRefused("invalid", "an inline write needs the version it replaces")
         f["size"] = end
         if f.get("w") is not None:
+            if f.get("i") is None:
+                _add_stale(f, f["w"], 0)  # the blocks are unused from now on
             f["w"] = []
     else:
         if f.get("i") is not None and not a.get("blocks"):
@@ -606,6 +686,7 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             f["w"] = _leaving_inline(f)
         f["w"] = _written(a, f)
         f["size"] = max(f["size"], end)
+        _clip_stale(f, f["size"])  # the writer cleared them up to its end
     f["i"] = inline
     f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
     _raise_block_time(f, a)
@@ -682,10 +763,29 @@ def _lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     now = _time(a)
     tok = _int(a, "tok", 1, MAX_OID)
     _record_block_size(f, a)
+    carried = _continued_declaration(f, tok, now)
+    _settle_lease(f, a, completed=False)  # another lease's blocks may be there
     f["wl"] = [tok, min(now + _int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
     f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
+    if f.get("z") is not None:
+        f["wl"].append(merge_extents(carried + _lease_declaration(f, a)))
     f["v"] += 1
     return {oid: f}, stat_of(f)
+
+
+def _continued_declaration(f: dict[str, Any], tok: int, now: int) -> list[list[int]]:
+    """What the caller's own running lease declared, taken over by the lease it takes
+    now (and taken out of the old one, so it does not become stale): while the lease
+    runs nobody else changes the file, so whatever the holder wrote under it lies below
+    the size its completing ``fs.write`` sets, or is cut off by its own truncation
+    (which moves the declaration to the stale ranges).  A create's lease declares the
+    whole reservation; without this, a first flush that must lock (a bigger
+    reservation, a big block size) would leave it stale."""
+    lease = f.get("wl")
+    if lease is None or len(lease) < 3 or lease[0] != tok or now >= lease[1]:
+        return []
+    f["wl"] = [lease[0], lease[1]]
+    return list(lease[2])
 
 
 def _record_block_size(f: dict[str, Any], a: dict[str, Any]) -> None:
@@ -714,6 +814,7 @@ def _unlock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     f = _file(state)
     lease = f.get("wl")
     if lease is not None and lease[0] == _int(a, "tok", 1, MAX_OID):
+        _settle_lease(f, a, completed=False)  # what it wrote before giving up stays
         f["wl"] = None
         f["v"] += 1
     return {oid: f}, stat_of(f)
@@ -830,9 +931,11 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         f["alloc"] = _int(a, "alloc", 0, MAX_SIZE)
         f["i"] = _inline(a, 0)  # b"": an empty file whose content will be inline
         f["w"] = []
+        f["z"] = []
         if a.get("tok") is not None:  # created to be written: the creator holds the lease
             lease = _int(a, "lease", 1, MAX_LEASE)
-            f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME)]
+            declared = [[0, f["alloc"]]] if f["alloc"] else []  # (_settle_lease)
+            f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME), declared]
     elif ftype == st.S_IFLNK:
         target = a.get("t")
         if not isinstance(target, bytes) or not target or b"\0" in target:

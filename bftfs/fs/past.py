@@ -44,7 +44,7 @@ from bftfs.rw.messages import block_id
 
 #: State keys that change without anything a user would call a change (write leases and
 #: reservations, version counters, the record of written ranges and block Times).
-_BOOKKEEPING = frozenset({"wl", "alloc", "v", "w", "bt"})
+_BOOKKEEPING = frozenset({"wl", "alloc", "v", "w", "z", "bt"})
 
 
 class PastError(Exception):

@@ -24,10 +24,12 @@ Choices:
   GB).  The record keeps at most 32 ranges, joining the closest when there are more, so a
   file written in many far-apart places may cost the gaps between them too; the blocks
   go out :data:`CHUNK` at a time, so memory stays bounded whatever the record says.
-- *Blocks below the size only*: a flush that died after writing blocks past the size (up
-  to the reservation mark ``alloc``) leaves them behind; they are rare, and ``alloc`` is
-  usually far above what was ever written, so giving back up to it would cost hundreds of
-  writes per file.
+- *And the stale ranges past the size*: what a truncation cut off, and what a flush that
+  died said it would write (its lease's declaration becomes stale at the file's next
+  lease or size change, objects.py ``_settle_lease``), are recorded (``z``) and given
+  back too.  A dead flush's declaration not yet settled when the file is removed is not
+  (its blocks stay); nor is anything of a file without the record (made before it
+  existed) past its size: ``alloc`` is usually far above what was ever written.
 - *Failure costs space, not data*: a reclaim that cannot reach enough nodes is logged and
   counted (``reclaim_failed``) and the blocks stay until a later ``bftfs verify`` or never.
 """
@@ -43,12 +45,10 @@ from typing import Any
 from bftfs.fs.caches import Caches
 from bftfs.fs.errors import NoSpace, Unavailable
 from bftfs.fs.files import file_block_size
+from bftfs.fs.meta import CHUNK
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
-
-#: Blocks given back per ``write_blocks`` call (bounds the memory a reclaim holds).
-CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,26 @@ class DeadContents:
 
 def dead_contents(s: dict[str, Any], default_bs: int) -> DeadContents | None:
     """What to give back of a file whose stat (or ``fs.open`` answer) is ``s`` once its
-    data id is dead: the written ranges (``w``) below ``min(size, alloc)``, or all of it
-    for a file without the record; None when there is nothing (no blocks, inline)."""
+    data id is dead: the written ranges (``w``) below ``min(size, alloc)`` and the stale
+    ranges (``z``) below ``alloc``, or all below ``min(size, alloc)`` for a file without
+    the records; None when there is nothing (no blocks, inline)."""
     d = int(s.get("d") or 0)
     end = int(s.get("size") or 0)
     if s.get("alloc") is not None:
         end = min(end, int(s["alloc"]))
-    if d == 0 or end <= 0 or s.get("inl"):
+    if d == 0 or s.get("inl") or (end <= 0 and not s.get("z")):
         return None
     w: Sequence[Sequence[int]] | None = s.get("w")
     if w is None:
         ranges = [(0, end)]
     else:
-        ranges = sorted((int(lo), min(int(hi), end)) for lo, hi in w if int(lo) < end)
+        ranges = [(int(lo), min(int(hi), end)) for lo, hi in w if int(lo) < end]
+        # The stale ranges (cut off by a truncation, left by a write lease that never
+        # completed): written too, beyond the size but below the reservation.
+        alloc = int(s.get("alloc") or 0)
+        z: Sequence[Sequence[int]] = s.get("z") or ()
+        ranges += [(int(lo), min(int(hi), alloc)) for lo, hi in z if int(lo) < alloc]
+        ranges.sort()
     if not ranges:
         return None
     bs = file_block_size(s, default_bs)
