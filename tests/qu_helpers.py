@@ -43,15 +43,9 @@ from bftfs.qu.messages import (
 )
 from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
-from bftfs.qu.replica import (
-    NeedSync,
-    ReplicaConfig,
-    Retention,
-    handle_fetch,
-    handle_history,
-    handle_request,
-    handle_sync,
-)
+from bftfs.qu.reads import handle_fetch, handle_history, handle_sync
+from bftfs.qu.replica import NeedSync, handle_request
+from bftfs.qu.serverconfig import ReplicaConfig, Retention
 from bftfs.qu.testobjects import registry
 from bftfs.qu.timestamp import Timestamp
 from bftfs.testing.byzantine.qu import Behaviour, Withheld

@@ -20,7 +20,7 @@ from bftfs.qu.client import QUClient
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.messages import Operation, ReplyStatus, Request
 from bftfs.qu.objects import MethodRefused
-from bftfs.qu.replica import read_version
+from bftfs.qu.reads import read_version
 from bftfs.testing.byzantine.qu import BEHAVIOURS
 
 

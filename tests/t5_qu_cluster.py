@@ -24,7 +24,7 @@ from bftfs.outcome import patience
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient, QUUnavailable
 from bftfs.qu.messages import KIND_REQUEST, Operation, Request
-from bftfs.qu.replica import read_version
+from bftfs.qu.reads import read_version
 from bftfs.testing.byzantine.qu import BEHAVIOURS, make_byzantine
 from bftfs.testing.cluster import open_cluster, qu_client
 
