@@ -67,14 +67,14 @@ from bftfs.qu.messages import (
     MAX_LATEST,
     VERSION,
     MessageError,
-    Reply,
     ReplyStatus,
-    Request,
     parse_latest_reply,
 )
 from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.reads import handle_history
 from bftfs.qu.replica import cull
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Request
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import ZERO, Candidate, Timestamp
 

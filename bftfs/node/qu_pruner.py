@@ -51,9 +51,10 @@ from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node.background import Backoff, sweep
 from bftfs.qu.duties import pending_due, sweep_candidates
 from bftfs.qu.history import ReplicaHistory
-from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError, Reply
+from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError
 from bftfs.qu.reads import handle_history
 from bftfs.qu.replica import cull
+from bftfs.qu.reply import Reply
 from bftfs.qu.retention import prune_step
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import MAX_OBJECTS

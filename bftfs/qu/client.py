@@ -43,14 +43,12 @@ from bftfs.qu.messages import (
     KIND_REQUEST,
     MAX_BATCH,
     VERSION,
-    Link,
     MessageError,
-    Operation,
-    Reply,
     ReplyStatus,
-    Request,
 )
 from bftfs.qu.objects import MethodRefused
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Link, Operation, Request
 from bftfs.qu.timestamp import MAX_OBJECTS, ZERO, Candidate, Timestamp
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,9 @@ from bftfs.qu.classify import (
 )
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.links import Facts, expected_setup_lt
-from bftfs.qu.messages import Reply, ReplyStatus, Request
+from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Request
 from bftfs.qu.timestamp import Candidate, Timestamp
 
 MOHS = dict[int, dict[int, OHSEntry]]

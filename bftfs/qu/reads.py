@@ -13,7 +13,8 @@ from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import unpack
 from bftfs.qu.history import OHSEntry, make_authenticator, newest
-from bftfs.qu.messages import Reply, ReplyStatus
+from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.reply import Reply
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import Timestamp
 

@@ -74,9 +74,11 @@ from bftfs.qu.history import (
     newest,
 )
 from bftfs.qu.links import LinkError, request_digest, verified
-from bftfs.qu.messages import Link, Operation, Reply, ReplyStatus, Request
+from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.reads import stored_histories
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Link, Operation, Request
 from bftfs.qu.retention import retain
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
