@@ -14,9 +14,8 @@ from typing import Any
 
 from bftfs.kv import KV
 from bftfs.qu import schema
-from bftfs.qu.history import OHSEntry, make_authenticator, make_rh, newest
-from bftfs.qu.replica import cull
-from bftfs.qu.retention import retain
+from bftfs.qu.history import OHSEntry, newest
+from bftfs.qu.replica import cull, store_accepted
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import Candidate
 
@@ -86,29 +85,17 @@ def adopt_step(
         rh, _ = schema.load_rh(kv, oid)
         if newest(rh) > cand.lt_co or cand in rh:
             continue
-        new = list(rh) + [cand]
-        if got.kind == schema.METHOD:
-            new = [c for c in new if c.lt >= cand.lt_co]
-        new_rh = make_rh(new)
-        schema.store_rh(
-            kv, oid, new_rh, make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for), cfg.me
+        version = schema.Version(
+            cand.lt,
+            got.kind,
+            got.state,
+            got.applied,
+            cand.lt_co,
+            got.answer,
+            True,
+            cand.objects,
+            now_ns,
         )
-        schema.store_version(
-            kv,
-            oid,
-            schema.Version(
-                cand.lt,
-                got.kind,
-                got.state,
-                got.applied,
-                cand.lt_co,
-                got.answer,
-                True,
-                cand.objects,
-                now_ns,
-            ),
-            cfg.me,
-        )
-        retain(kv, cfg, oid, new_rh, now_ns)
+        store_accepted(kv, cfg, oid, rh, cand, version, cfg.me)
         done.append(oid)
     return tuple(done)

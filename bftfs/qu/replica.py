@@ -517,33 +517,12 @@ def _accept(
     hist = []
     for oid in sorted(rhs):
         cand: Candidate = su.candidates[oid]
-        # Keep a synced conditioned-on version addressable by its timestamp too.
-        key = (oid, cand.lt_co)
-        if key in synced and schema.load_version(kv, oid, cand.lt_co) is None:
-            s, ap = synced[key]
-            schema.store_version(
-                kv,
-                oid,
-                schema.Version(cand.lt_co, schema.SYNCED, s, ap, None, None, False, (), now_ns),
-                owner,
-            )
-        rh = list(rhs[oid]) + [cand]
-        if su.type is OpType.METHOD:
-            rh = [c for c in rh if c.lt >= cand.lt_co]
-        new_rh = make_rh(rh)
-        auth = make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for)
-        schema.store_rh(kv, oid, new_rh, auth, owner)
+        _keep_synced(kv, oid, cand.lt_co, synced, now_ns, owner)
         state, applied = results.get(oid, (None, schema.EMPTY_APPLIED))
-        schema.store_version(
-            kv,
-            oid,
-            schema.Version(
-                cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects, now_ns
-            ),
-            owner,
+        version = schema.Version(
+            cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects, now_ns
         )
-        retain(kv, cfg, oid, new_rh, now_ns)
-        hist.append(OHSEntry(new_rh, auth))
+        hist.append(store_accepted(kv, cfg, oid, rhs[oid], cand, version, owner))
     schema.store_request(kv, su.lt, req.packed(), owner)
     return Reply(
         ReplyStatus.OK,
@@ -554,3 +533,42 @@ def _accept(
         hist=tuple(hist),
         culled=culled,
     )
+
+
+def _keep_synced(
+    kv: KV, oid: int, lt_co: Timestamp, synced: Synced, now_ns: int, owner: int | None
+) -> None:
+    """Keep a synced conditioned-on version addressable by its timestamp too."""
+    key = (oid, lt_co)
+    if key in synced and schema.load_version(kv, oid, lt_co) is None:
+        s, ap = synced[key]
+        schema.store_version(
+            kv,
+            oid,
+            schema.Version(lt_co, schema.SYNCED, s, ap, None, None, False, (), now_ns),
+            owner,
+        )
+
+
+def store_accepted(
+    kv: KV,
+    cfg: ReplicaConfig,
+    oid: int,
+    rh: ReplicaHistory,
+    cand: Candidate,
+    version: schema.Version,
+    owner: int | None,
+) -> OHSEntry:
+    """What accepting ``cand`` writes for ``oid`` (lines 1024-1030, also what catch-up's
+    adoption writes): ``cand`` added to the history ``rh``, which a METHOD prunes below its
+    conditioned-on version (line 1028; barriers and copies prune nothing), re-authenticated
+    and stored with ``version``, and then retention; the new ``<RH, alpha>``."""
+    new = list(rh) + [cand]
+    if version.kind == schema.METHOD:
+        new = [c for c in new if c.lt >= cand.lt_co]
+    new_rh = make_rh(new)
+    auth = make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for)
+    schema.store_rh(kv, oid, new_rh, auth, owner)
+    schema.store_version(kv, oid, version, owner)
+    retain(kv, cfg, oid, new_rh, now_ns=version.stored_ns)
+    return OHSEntry(new_rh, auth)
