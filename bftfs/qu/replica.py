@@ -273,10 +273,12 @@ def handle_request(
     early = _refused_repair(step, su) or _not_method(step, su) or _repeated(step, su)
     if early is not None:
         return early
+    # Step 6, currency (line 1007): nothing here newer than the set-up's LTcurrent.
     rhs = {oid: schema.load_rh(kv, oid)[0] for oid in req.objects}
     if any(newest(rhs[oid]) > su.current[oid] for oid in req.objects):
         return step.not_current("not current")
 
+    # Steps 7-8: a barrier needs no version; a copy or a method needs the conditioned-on ones.
     stored = Request(req.client, req.objects, mohs, req.op, None, links)
     if su.type is OpType.BARRIER:
         return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None, now_ns, sender)
