@@ -36,22 +36,16 @@ from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
     KIND_REQUEST,
-    Reply,
-    Request,
     parse_fetch,
     parse_history_request,
 )
 from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
-from bftfs.qu.replica import (
-    NeedSync,
-    ReplicaConfig,
-    Retention,
-    handle_fetch,
-    handle_history,
-    handle_request,
-    handle_sync,
-)
+from bftfs.qu.reads import handle_fetch, handle_history, handle_sync
+from bftfs.qu.replica import NeedSync, handle_request
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Request
+from bftfs.qu.serverconfig import ReplicaConfig, Retention
 from bftfs.qu.testobjects import registry
 from bftfs.qu.timestamp import Timestamp
 from bftfs.testing.byzantine.qu import Behaviour, Withheld

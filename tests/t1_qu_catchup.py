@@ -11,10 +11,12 @@ from t1_qu_replica import C0, inc
 
 from bftfs.node.qu_catchup import behind, target
 from bftfs.qu import schema
+from bftfs.qu.adoption import Current, adopt_step
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.messages import MessageError, Operation, ReplyStatus, Request, parse_latest_reply
+from bftfs.qu.messages import MessageError, ReplyStatus, parse_latest_reply
 from bftfs.qu.objsync import parse_current_reply
-from bftfs.qu.replica import Current, adopt_step, handle_sync, read_version
+from bftfs.qu.reads import handle_sync, read_version
+from bftfs.qu.request import Operation, Request
 from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
 
 

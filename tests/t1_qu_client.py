@@ -18,9 +18,10 @@ from qu_helpers import MemCluster, Recorder, check_serializable, send
 from bftfs.ids import client_id
 from bftfs.qu.client import QUClient
 from bftfs.qu.core import backoff_delay
-from bftfs.qu.messages import Operation, ReplyStatus, Request
+from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import MethodRefused
-from bftfs.qu.replica import read_version
+from bftfs.qu.reads import read_version
+from bftfs.qu.request import Operation, Request
 from bftfs.testing.byzantine.qu import BEHAVIOURS
 
 

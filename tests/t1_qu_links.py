@@ -16,8 +16,9 @@ from bftfs.qu.canon import pack
 from bftfs.qu.classify import View
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.links import prove
-from bftfs.qu.messages import KIND_FETCH, VERSION, Link, Operation, ReplyStatus, Request
-from bftfs.qu.replica import handle_fetch
+from bftfs.qu.messages import KIND_FETCH, VERSION, ReplyStatus
+from bftfs.qu.reads import handle_fetch
+from bftfs.qu.request import Link, Operation, Request
 from bftfs.qu.timestamp import ZERO
 
 C1, DEAD = int(client_id(1)), int(client_id(3))

@@ -23,8 +23,9 @@ from bftfs.ids import client_id
 from bftfs.qu import schema
 from bftfs.qu.canon import CanonicalError, canonical, canonical_map, normalise
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.messages import MessageError, Operation, ReplyStatus, Request, _array_header
+from bftfs.qu.messages import MessageError, ReplyStatus
 from bftfs.qu.replica import cull
+from bftfs.qu.request import Operation, Request, _array_header
 from bftfs.qu.timestamp import Candidate, Timestamp
 
 C0 = int(client_id(0))

@@ -17,9 +17,11 @@ from bftfs.qu import schema
 from bftfs.qu.classify import OpType, View, classify, inline_target
 from bftfs.qu.core import merge, outcome
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.messages import Operation, ReplyStatus, Request
-from bftfs.qu.replica import Retention, read_version, versions
+from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.reads import read_version, versions
+from bftfs.qu.request import Operation, Request
 from bftfs.qu.schema import load_request
+from bftfs.qu.serverconfig import Retention
 from bftfs.qu.timestamp import INITIAL, ZERO
 
 C0, C1 = int(client_id(0)), int(client_id(1))

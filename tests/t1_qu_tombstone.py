@@ -16,17 +16,13 @@ from qu_helpers import MemCluster, send
 from bftfs.ids import client_id
 from bftfs.qu import schema
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.messages import Operation, ReplyStatus, Request
+from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import Class, Method, MethodRefused, ObjectType, Registry
-from bftfs.qu.replica import (
-    Retention,
-    tombstone_agreed,
-    tombstone_plan,
-    tombstone_step,
-    tombstone_target,
-    versions,
-)
+from bftfs.qu.reads import versions
+from bftfs.qu.request import Operation, Request
+from bftfs.qu.serverconfig import Retention
 from bftfs.qu.timestamp import Candidate, Timestamp
+from bftfs.qu.tombstones import tombstone_agreed, tombstone_plan, tombstone_step, tombstone_target
 
 C0 = int(client_id(0))
 ALL = range(6)

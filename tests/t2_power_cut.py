@@ -25,7 +25,7 @@ from bftfs.connect import open_client
 from bftfs.fs import objects as obj
 from bftfs.fs.session import open_session
 from bftfs.node.store import Store
-from bftfs.qu import replica, schema
+from bftfs.qu import reads, schema
 from bftfs.testing.byzantine.profiles import POWER_CUT_AT_STEP
 from bftfs.testing.processes import ProcessCluster
 
@@ -54,7 +54,7 @@ def _whole_updates(kv: Any) -> dict[int, tuple[Any, Any]]:
         version = schema.load_version(kv, oid, lt)
         assert version is not None, f"object {oid}: history names {lt} but no version"
         assert schema.load_request(kv, lt) is not None, f"object {oid}: no request for {lt}"
-        out[oid] = (lt, replica.read_version(kv, oid, lt))
+        out[oid] = (lt, reads.read_version(kv, oid, lt))
     for oid, versions in _versions_by_object(kv).items():
         assert oid in newest, f"versions of object {oid} with no history"
         beyond = [v for v in versions if v > newest[oid]]
@@ -68,7 +68,7 @@ def _versions_by_object(kv: Any) -> dict[int, list[Any]]:
         int.from_bytes(bytes(k)[:8], "big")
         for k, _ in kv.scan(schema.DB_VER, schema.oid_key(0), schema.OID_END)
     }:
-        found[oid] = [v.lt for v in replica.versions(kv, oid)]
+        found[oid] = [v.lt for v in reads.versions(kv, oid)]
     return found
 
 

@@ -33,19 +33,14 @@ from bftfs.net.errors import RemoteError
 from bftfs.node.store import Store
 from bftfs.outcome import QuotaExceeded
 from bftfs.qu import schema
-from bftfs.qu.messages import KIND_REQUEST, Request
+from bftfs.qu.messages import KIND_REQUEST
 from bftfs.qu.objects import Class, Method, ObjectType, Registry
-from bftfs.qu.replica import (
-    NeedSync,
-    OverQuota,
-    Retention,
-    forget_step,
-    handle_request,
-    prune_step,
-    tombstone_step,
-    tombstone_target,
-)
+from bftfs.qu.replica import NeedSync, OverQuota, handle_request
+from bftfs.qu.request import Request
+from bftfs.qu.retention import prune_step
+from bftfs.qu.serverconfig import Retention
 from bftfs.qu.timestamp import ZERO
+from bftfs.qu.tombstones import forget_step, tombstone_step, tombstone_target
 
 C0, C1 = int(client_id(0)), int(client_id(1))
 SEC = 10**9

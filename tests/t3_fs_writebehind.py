@@ -22,8 +22,9 @@ from bftfs.fs.errors import Exists, NotFound, StaleView, Unavailable
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
 from bftfs.outcome import patience
-from bftfs.qu.messages import KIND_REQUEST, Request
+from bftfs.qu.messages import KIND_REQUEST
 from bftfs.qu.objects import MethodRefused
+from bftfs.qu.request import Request
 
 WB = {"fs_options": {"write_behind": True}}
 RDWR = os.O_RDWR | os.O_CREAT

@@ -21,7 +21,7 @@ import trio
 
 from bftfs.fs.objects import ROOT
 from bftfs.local import query_status
-from bftfs.qu.client import preferred_order
+from bftfs.qu.core import preferred_order
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 

@@ -17,7 +17,7 @@ from bftfs.net.errors import RemoteError
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.messages import KIND_LATEST, VERSION, parse_latest_reply
-from bftfs.qu.replica import read_version
+from bftfs.qu.reads import read_version
 from bftfs.testing.cluster import open_cluster
 
 #: Objects whose preferred quorum is servers 1..5 (object id mod 6 == 1).

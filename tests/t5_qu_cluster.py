@@ -21,10 +21,12 @@ from qu_helpers import Recorder, check_serializable
 from bftfs.ids import client_id
 from bftfs.net.errors import RemoteError
 from bftfs.outcome import patience
+from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.client import QUClient, QUUnavailable
-from bftfs.qu.messages import KIND_REQUEST, Operation, Request
-from bftfs.qu.replica import read_version
+from bftfs.qu.client import QUClient
+from bftfs.qu.messages import KIND_REQUEST
+from bftfs.qu.reads import read_version
+from bftfs.qu.request import Operation, Request
 from bftfs.testing.byzantine.qu import BEHAVIOURS, make_byzantine
 from bftfs.testing.cluster import open_cluster, qu_client
 

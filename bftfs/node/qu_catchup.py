@@ -55,6 +55,7 @@ import trio
 from bftfs.ids import PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumUnavailable
+from bftfs.qu.adoption import Current, adopt_step, listed_by
 from bftfs.qu.classify import QUThresholds, View, missing_objects
 from bftfs.qu.core import expected_lt
 from bftfs.qu.history import OHSEntry
@@ -66,20 +67,15 @@ from bftfs.qu.messages import (
     MAX_LATEST,
     VERSION,
     MessageError,
-    Reply,
     ReplyStatus,
-    Request,
     parse_latest_reply,
 )
 from bftfs.qu.objsync import SyncVotes, sync_order
-from bftfs.qu.replica import (
-    Current,
-    ReplicaConfig,
-    adopt_step,
-    cull,
-    handle_history,
-    listed_by,
-)
+from bftfs.qu.reads import handle_history
+from bftfs.qu.replica import cull
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Request
+from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import ZERO, Candidate, Timestamp
 
 if TYPE_CHECKING:

@@ -49,23 +49,23 @@ import trio
 from bftfs.ids import PrincipalId
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node.background import Backoff, sweep
+from bftfs.qu.duties import pending_due, sweep_candidates
 from bftfs.qu.history import ReplicaHistory
-from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError, Reply
-from bftfs.qu.replica import (
+from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError
+from bftfs.qu.reads import handle_history
+from bftfs.qu.replica import cull
+from bftfs.qu.reply import Reply
+from bftfs.qu.retention import prune_step
+from bftfs.qu.serverconfig import ReplicaConfig
+from bftfs.qu.timestamp import MAX_OBJECTS
+from bftfs.qu.tombstones import (
     Forget,
-    ReplicaConfig,
-    cull,
     forget_step,
     forget_target,
-    handle_history,
-    pending_due,
-    prune_step,
-    sweep_candidates,
     tombstone_agreed,
     tombstone_step,
     tombstone_target,
 )
-from bftfs.qu.timestamp import MAX_OBJECTS
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node

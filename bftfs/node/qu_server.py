@@ -70,9 +70,7 @@ from bftfs.qu.messages import (
     MAX_BATCH,
     VERSION,
     MessageError,
-    Reply,
     ReplyStatus,
-    Request,
     parse_fetch,
     parse_history_request,
     parse_latest,
@@ -80,19 +78,11 @@ from bftfs.qu.messages import (
 )
 from bftfs.qu.objects import ObjectType, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
-from bftfs.qu.replica import (
-    ClockAhead,
-    NeedSync,
-    OverQuota,
-    ReplicaConfig,
-    Retention,
-    SyncWant,
-    handle_fetch,
-    handle_history,
-    handle_latest,
-    handle_request,
-    handle_sync,
-)
+from bftfs.qu.reads import handle_fetch, handle_history, handle_latest, handle_sync
+from bftfs.qu.replica import ClockAhead, NeedSync, OverQuota, SyncWant, handle_request
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Request
+from bftfs.qu.serverconfig import ReplicaConfig, Retention
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
 

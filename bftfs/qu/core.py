@@ -4,6 +4,8 @@ The driver (``client.py``) only does I/O: it sends requests, gathers replies, an
 module what they mean and what to do next.  Nothing here reads a clock or global random
 state; the backoff draws from a ``random.Random`` the caller passes in.
 
+- :func:`preferred_order` is the preferred quorum of an object and the order the client
+  probes the others in (L2546-2553).
 - :func:`merge` folds replies into the cached multi-OHS (line 602).
 - :func:`present` picks the OHS to send: without servers proven malevolent by authenticator
   reports (L2659-2664) and without *stray* histories, whose newest candidates have order at
@@ -42,10 +44,22 @@ from bftfs.qu.classify import (
 )
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.links import Facts, expected_setup_lt
-from bftfs.qu.messages import Reply, ReplyStatus, Request
+from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Request
 from bftfs.qu.timestamp import Candidate, Timestamp
 
 MOHS = dict[int, dict[int, OHSEntry]]
+
+
+def preferred_order(oid: int, n: int) -> list[int]:
+    """All servers, preferred quorum first: ``oid mod n``, then the next ones, wrapping.
+
+    The first q are the preferred quorum; the rest are the probing order, which keeps
+    locality when a server fails and spreads the load of different objects (L2551-2553).
+    """
+    start = oid % n
+    return [(start + i) % n for i in range(n)]
 
 
 def merge(

@@ -149,6 +149,11 @@ def is_initial(rh: ReplicaHistory) -> bool:
     return len(rh) == 1 and rh[0] == INITIAL
 
 
+def newest(rh: ReplicaHistory) -> Timestamp:
+    """The timestamp of the newest candidate in ``rh`` (how far this server has moved)."""
+    return max(c.lt for c in rh)
+
+
 def auth_from_wire(value: object, n: int) -> Authenticator | None:
     """Parse an authenticator (or None).
 

@@ -77,7 +77,7 @@ class ObjectType:
 
     ``finished``: whether a state is one no later update will revive (a removed file, a
     removed directory): a server then keeps only its newest version once retention's age
-    has passed (``bftfs.qu.replica.Retention``).  None: no state is.
+    has passed (``bftfs.qu.serverconfig.Retention``).  None: no state is.
     """
 
     name: str

@@ -37,7 +37,7 @@ ACCEPTED_KINDS = ("method", "copy")
 
 def parse_current_reply(raw: Any) -> Current | None:
     """A ``qu.sync`` reply with the version's kind and stored answer (what a restarted
-    server's catch-up takes over, ``replica.adopt_step``), or None without them, without
+    server's catch-up takes over, ``adoption.adopt_step``), or None without them, without
     the version, or for a version the host did not accept itself (a synced one).
 
     Raises:

@@ -2,7 +2,7 @@
 the servers' steps, and the client's pure agreement rules.
 
 Every server keeps the versions of an object it stored (until retention lets them go,
-``replica.Retention``), each with the conditioned-on timestamp ``lt_co`` of the update that
+``serverconfig.Retention``), each with the conditioned-on timestamp ``lt_co`` of the update that
 made it and this server's clock when it stored it (``stored_ns``).  The object's history is
 the **conditioned-on chain**: from the latest established version back through ``lt_co``
 to the initial version.  Candidates that never completed are off the chain (a later update

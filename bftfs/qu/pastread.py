@@ -19,8 +19,8 @@ from bftfs.ids import NodeId
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import TransportError
 from bftfs.net.quorum import QuorumUnavailable
+from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.client import QUUnavailable
 from bftfs.qu.messages import MessageError
 from bftfs.qu.past import (
     KIND_STATES,

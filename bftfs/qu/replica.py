@@ -26,7 +26,7 @@ versions and the stored answer are written atomically (L2512-2514).  Step by ste
    **pruning** (line 1028): a METHOD's LT_CO was complete, so candidates older than it are
    dropped from the history (Table 4.1 shows exactly this); barriers and copies prune
    nothing.  Versions themselves stay, addressable by timestamp, unless the retention
-   setting allows deleting ones older than the history.
+   setting allows deleting ones older than the history (``retention.py``).
 
 Two choices where the seed is silent:
 
@@ -46,8 +46,8 @@ Two choices where the seed is silent:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from bftfs import accounting
@@ -71,51 +71,17 @@ from bftfs.qu.history import (
     is_initial,
     make_authenticator,
     make_rh,
+    newest,
 )
 from bftfs.qu.links import LinkError, request_digest, verified
-from bftfs.qu.messages import Link, Reply, ReplyStatus, Request
-from bftfs.qu.objects import MethodRefused, Registry
+from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.objects import MethodRefused
+from bftfs.qu.reads import stored_histories
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Link, Operation, Request
+from bftfs.qu.retention import retain
+from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
-
-
-@dataclass(frozen=True)
-class Retention:
-    """Which object versions a server may delete (none by default).
-
-    ``keep_last=None`` keeps every version.  With ``keep_last=k`` a server deletes, after
-    accepting an update, versions that are all of: older than every candidate of its pruned
-    replica history and than every candidate's conditioned-on version (so object sync and
-    classification never ask for them from this server); not among the ``k`` newest; and
-    stored more than ``keep_seconds`` ago by this server's clock (the version history users
-    see, slow repeated requests, and link proofs (qu.fetch) of requests still in some
-    lagging server's history, L2630-2634).  A version's stored request goes with it.  Nodes
-    take ``k`` and the age from ``[retention]`` (policy.py).
-
-    A retried request whose version was deleted is still answered once: the applied table
-    travels with every version (the module docstring), so the retry returns the stored
-    answer instead of running the method again.
-    """
-
-    keep_last: int | None = None
-    keep_seconds: float = 0.0
-    #: How long a tombstone stays before the servers forget the object altogether (after
-    #: ``keep_seconds``): see :func:`forget_target`.  None: never.
-    forget_seconds: float | None = None
-    #: The moments whose versions are never deleted (snapshots), read from the store when
-    #: something would be: the version current at each (the newest stored at or before it
-    #: by this server's clock) stays, and with it every newer one.
-    pins: Callable[[KV], Sequence[int]] | None = None
-
-
-@dataclass(frozen=True)
-class ReplicaConfig:
-    """What one server's step needs to know about itself."""
-
-    me: int
-    th: QUThresholds
-    key_for: Callable[[int], bytes]  # pairwise key with server s (itself included)
-    registry: Registry
-    retention: Retention = field(default_factory=Retention)
 
 
 @dataclass(frozen=True)
@@ -186,16 +152,6 @@ def _over_quota(
 Synced = Mapping[tuple[int, Timestamp], tuple[bytes | None, bytes]]
 
 
-def _hist(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> tuple[OHSEntry, ...]:
-    out = []
-    for oid in objects:
-        rh, auth = schema.load_rh(kv, oid)
-        if auth is None:
-            auth = make_authenticator(oid, rh, cfg.th.n, cfg.key_for)
-        out.append(OHSEntry(rh, auth))
-    return tuple(out)
-
-
 def cull(
     cfg: ReplicaConfig, mohs: Mapping[int, Mapping[int, OHSEntry]]
 ) -> tuple[dict[int, dict[int, OHSEntry]], tuple[tuple[int, ...], ...]]:
@@ -245,10 +201,6 @@ def _classified(
     wanted = bool(view.wanted_links())
     classes = {} if need or wanted else {oid: classify(view, oid) for oid in objects}
     return need, wanted, request_digest(mohs, links), classes
-
-
-def _latest(rh: ReplicaHistory) -> Timestamp:
-    return max(c.lt for c in rh)
 
 
 def _retrieve(kv: KV, oid: int, lt: Timestamp, synced: Synced) -> tuple[bytes | None, bytes] | None:
@@ -311,24 +263,87 @@ def handle_request(
         (nothing was written).
     """
     synced = synced or {}
-    objects = req.objects
-    th = cfg.th
-
-    def reply(status: ReplyStatus, **kw: Any) -> Reply:
-        return Reply(status, hist=_hist(kv, cfg, objects), culled=culled, **kw)
-
     mohs, all_culled = cull(cfg, req.mohs)
-    culled = tuple(c for oid, c in zip(sorted(mohs), all_culled, strict=True) if oid in objects)
+    culled = tuple(c for oid, c in zip(sorted(mohs), all_culled, strict=True) if oid in req.objects)
+    step = _Step(kv, cfg, sender, req, culled)
+    set_up = _set_up(step, mohs)
+    if isinstance(set_up, Reply):
+        return set_up
+    su, links = set_up
+    early = _refused_repair(step, su) or _not_method(step, su) or _repeated(step, su)
+    if early is not None:
+        return early
+    # Step 6, currency (line 1007): nothing here newer than the set-up's LTcurrent.
+    rhs = {oid: schema.load_rh(kv, oid)[0] for oid in req.objects}
+    if any(newest(rhs[oid]) > su.current[oid] for oid in req.objects):
+        return step.not_current("not current")
+
+    # Steps 7-8: a barrier needs no version; a copy or a method needs the conditioned-on ones.
+    stored = Request(req.client, req.objects, mohs, req.op, None, links)
+    if su.type is OpType.BARRIER:
+        return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None, now_ns, sender)
+    got = _conditioned_on(step, su, mohs, synced)
+    if not isinstance(got, dict):
+        return got
+    if su.type is OpType.COPY:
+        return _accept(kv, cfg, stored, su, rhs, culled, got, synced, None, now_ns, sender)
+    op = req.op
+    if op is None:  # unreachable: METHOD without operation was answered above
+        return step.reply(ReplyStatus.FAIL, why="nothing to repair")
+    ahead = _clock_ahead(step, op, now_ns, max_ahead_ns)
+    if ahead is not None:
+        return ahead
+    if op.query:
+        return _query(step, su, op, got)
+    ran = _update(step, su, op, got, quota)
+    if not isinstance(ran, tuple):
+        return ran
+    return _accept(kv, cfg, stored, su, rhs, culled, ran[0], synced, ran[1], now_ns, sender)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One request at this server: what each stage of :func:`handle_request` reads."""
+
+    kv: KV
+    cfg: ReplicaConfig
+    sender: int
+    req: Request
+    #: Per operated object, the servers whose history was culled from the request's OHS.
+    culled: tuple[tuple[int, ...], ...]
+
+    def reply(self, status: ReplyStatus, **kw: Any) -> Reply:
+        """A reply that writes nothing: it carries this server's histories as they are."""
+        return Reply(
+            status,
+            hist=stored_histories(self.kv, self.cfg, self.req.objects),
+            culled=self.culled,
+            **kw,
+        )
+
+    def not_current(self, why: str) -> Reply:
+        """FAIL, with the optimistic query's answer if there is one (L2526-2536)."""
+        answer, at = _optimistic_query(self.kv, self.cfg, self.req)
+        return self.reply(ReplyStatus.FAIL, answer=answer, at=at, why=why)
+
+
+def _set_up(
+    step: _Step, mohs: Mapping[int, Mapping[int, OHSEntry]]
+) -> tuple[Setup, tuple[Link, ...]] | Reply:
+    """Steps 2-3 (line 1004): the request's links verified, the culled multi-OHS classified
+    and the candidate set up; or the reply when a link does not verify, deduction needs
+    more, or logical time ran out."""
+    req, th = step.req, step.cfg.th
     links: tuple[Link, ...] = ()
     if req.links:
         try:
             facts = verified(req.links, th)
         except LinkError as e:
-            return reply(ReplyStatus.REFUSED, why=str(e))
+            return step.reply(ReplyStatus.REFUSED, why=str(e))
         links = tuple(Link(oid, lt, co) for (oid, lt), co in sorted(facts.items()))
     need, wanted, digest, classes = _classified(
         th,
-        objects,
+        req.objects,
         tuple(
             (oid, tuple((s, e.rh) for s, e in sorted(ohs.items())))
             for oid, ohs in sorted(mohs.items())
@@ -336,100 +351,135 @@ def handle_request(
         links,
     )
     if need:
-        return reply(ReplyStatus.NEED, need=tuple(sorted(need)), why="deduction needs objects")
+        return step.reply(ReplyStatus.NEED, need=tuple(sorted(need)), why="deduction needs objects")
     if wanted:
-        return reply(ReplyStatus.NEED, why="deduction needs conditioned-on links")
+        return step.reply(ReplyStatus.NEED, why="deduction needs conditioned-on links")
     op_bytes = req.op.canonical() if req.op else None
-    su = setup_from_classes(classes, req.client, op_bytes, digest, objects)
+    su = setup_from_classes(classes, req.client, op_bytes, digest, req.objects)
     if su is None:
-        return reply(ReplyStatus.REFUSED, why="logical time exhausted")
+        return step.reply(ReplyStatus.REFUSED, why="logical time exhausted")
+    return su, links
 
-    if req.client != sender:
-        if req.evidence is None or (req.op is not None and req.op.query):
-            return reply(ReplyStatus.REFUSED, why="client id is not the sender's")
-        ev, _ = cull(cfg, req.evidence)
-        target = su.candidates[objects[0]]
-        if View(ev, th).order(objects[0], target) < th.b + 1:
-            return reply(ReplyStatus.REFUSED, why="inline repair without evidence")
 
-    if req.op is not None and su.type is not OpType.METHOD:
-        answer, at = _optimistic_query(kv, cfg, req)
-        return reply(ReplyStatus.FAIL, answer=answer, at=at, why="not current: " + su.type.value)
-    if req.op is None and su.type is OpType.METHOD:
-        return reply(ReplyStatus.FAIL, why="nothing to repair")
+def _refused_repair(step: _Step, su: Setup) -> Reply | None:
+    """Step 4 (L2561-2570): a request on another client's behalf is an inline repair of
+    its candidate, refused unless its evidence shows that candidate at ``b + 1`` servers."""
+    req, th = step.req, step.cfg.th
+    if req.client == step.sender:
+        return None
+    if req.evidence is None or (req.op is not None and req.op.query):
+        return step.reply(ReplyStatus.REFUSED, why="client id is not the sender's")
+    ev, _ = cull(step.cfg, req.evidence)
+    target = su.candidates[req.objects[0]]
+    if View(ev, th).order(req.objects[0], target) < th.b + 1:
+        return step.reply(ReplyStatus.REFUSED, why="inline repair without evidence")
+    return None
 
-    # Repeated request (L2580-2583): answered from the stored version, before currency.
-    if not (req.op is not None and req.op.query):
-        for oid in objects:
-            done = schema.version_accepted(kv, oid, su.lt)
-            if done is not None:
-                kind, answer = done
-                return reply(ReplyStatus.OK, type=kind, lt=su.lt, answer=answer, at=_at(su))
 
-    rhs = {oid: schema.load_rh(kv, oid)[0] for oid in objects}
-    for oid in objects:
-        if _latest(rhs[oid]) > su.current[oid]:
-            answer, at = _optimistic_query(kv, cfg, req)
-            return reply(ReplyStatus.FAIL, answer=answer, at=at, why="not current")
+def _not_method(step: _Step, su: Setup) -> Reply | None:
+    """Operations never turn into repairs (module docstring): an operation the OHS does not
+    classify METHOD fails, and so does a repair request when there is nothing to repair."""
+    if step.req.op is not None and su.type is not OpType.METHOD:
+        return step.not_current("not current: " + su.type.value)
+    if step.req.op is None and su.type is OpType.METHOD:
+        return step.reply(ReplyStatus.FAIL, why="nothing to repair")
+    return None
 
-    stored = Request(req.client, objects, mohs, req.op, None, links)
-    if su.type is OpType.BARRIER:
-        return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None, now_ns, sender)
 
+def _repeated(step: _Step, su: Setup) -> Reply | None:
+    """Step 5, a repeated request (L2580-2583): answered from the stored version, before
+    the currency check (which it would fail, having moved the history on)."""
+    if step.req.op is not None and step.req.op.query:
+        return None
+    for oid in step.req.objects:
+        done = schema.version_accepted(step.kv, oid, su.lt)
+        if done is not None:
+            kind, answer = done
+            return step.reply(ReplyStatus.OK, type=kind, lt=su.lt, answer=answer, at=_at(su))
+    return None
+
+
+def _conditioned_on(
+    step: _Step, su: Setup, mohs: Mapping[int, Mapping[int, OHSEntry]], synced: Synced
+) -> dict[int, tuple[bytes | None, bytes]] | NeedSync | Reply:
+    """Step 7 (lines 1010-1014): each operated object's conditioned-on version (state and
+    applied table); :class:`NeedSync` naming the hosts of those missing here, or a refusal
+    for a forgotten object."""
+    kv, req = step.kv, step.req
     got: dict[int, tuple[bytes | None, bytes]] = {}
     wants = []
-    for oid in objects:
+    for oid in req.objects:
         lt_co = su.candidates[oid].lt_co
         x = _retrieve(kv, oid, lt_co, synced)
         if req.op is not None and (x is None or lt_co == ZERO) and schema.is_forgotten(kv, oid):
             # A forgotten object: the version an operation on it would need is gone from
             # every server (no object sync can find it), and its id is never an object again.
-            return reply(ReplyStatus.REFUSED, why="forgotten", at=_at(su))
+            return step.reply(ReplyStatus.REFUSED, why="forgotten", at=_at(su))
         if x is None:
             hosts = tuple(
                 s
                 for s, e in sorted(mohs[oid].items())
-                if s != cfg.me and any(c.lt == lt_co for c in e.rh)
+                if s != step.cfg.me and any(c.lt == lt_co for c in e.rh)
             )
             wants.append(SyncWant(oid, lt_co, hosts))
         else:
             got[oid] = x
     if wants:
         return NeedSync(tuple(wants))
+    return got
 
-    if su.type is OpType.COPY:
-        return _accept(kv, cfg, stored, su, rhs, culled, got, synced, None, now_ns, sender)
 
-    op = req.op
-    if op is None:  # unreachable: METHOD without operation was answered above
-        return reply(ReplyStatus.FAIL, why="nothing to repair")
-    if req.client == sender and max_ahead_ns is not None and not op.query:
-        # Like the quota, judged by this server alone and never on an inline repair: a
-        # request correct servers accepted is not refused when it is re-run later.
-        declared = cfg.registry.declared_time(op.method, op.arg)
-        if declared is not None and declared > now_ns + max_ahead_ns:
-            return ClockAhead(declared - now_ns)
+def _clock_ahead(
+    step: _Step, op: Operation, now_ns: int, max_ahead_ns: int | None
+) -> ClockAhead | None:
+    """A client's own update declaring a clock too far past this server's.  Like the quota,
+    judged by this server alone and never on an inline repair: a request correct servers
+    accepted is not refused when it is re-run later."""
+    if step.req.client != step.sender or max_ahead_ns is None or op.query:
+        return None
+    declared = step.cfg.registry.declared_time(op.method, op.arg)
+    if declared is not None and declared > now_ns + max_ahead_ns:
+        return ClockAhead(declared - now_ns)
+    return None
+
+
+def _query(
+    step: _Step, su: Setup, op: Operation, got: Mapping[int, tuple[bytes | None, bytes]]
+) -> Reply:
+    """Step 8 for a query: its answer on the conditioned-on versions (nothing is written)."""
+    states = _states({oid: got[oid][0] for oid in step.req.objects})
+    try:
+        answer = step.cfg.registry.query(op.method, states, op.arg)
+    except MethodRefused as e:
+        return step.reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
+    return step.reply(ReplyStatus.OK, type=OpType.METHOD.value, answer=answer, at=_at(su))
+
+
+def _update(
+    step: _Step,
+    su: Setup,
+    op: Operation,
+    got: Mapping[int, tuple[bytes | None, bytes]],
+    quota: int | None,
+) -> tuple[dict[int, tuple[bytes | None, bytes]], Any] | Reply | OverQuota:
+    """Step 8 for an update: the new versions (state and applied table per object) and the
+    answer; the method is not re-run if the applied table shows it ran in this
+    conditioned-on chain already (module docstring)."""
+    req, objects = step.req, step.req.objects
     states = _states({oid: got[oid][0] for oid in objects})
-    if op.query:
-        try:
-            answer = cfg.registry.query(op.method, states, op.arg)
-        except MethodRefused as e:
-            return reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
-        return reply(ReplyStatus.OK, type=OpType.METHOD.value, answer=answer, at=_at(su))
-
     tables = {oid: unpack(got[oid][1]) for oid in objects}
     prior = [t.get(req.client) for t in tables.values()]
     if any(p is not None and p[0] == op.seq for p in prior):
-        # Applied in this conditioned-on chain already (see module docstring).
         answer = next(p[1] for p in prior if p is not None and p[0] == op.seq)
         new_states: Mapping[int, bytes | None] = {oid: got[oid][0] for oid in objects}
     else:
         try:
-            new_states, answer = cfg.registry.update(op.method, states, op.arg)
+            new_states, answer = step.cfg.registry.update(op.method, states, op.arg)
         except MethodRefused as e:
-            return reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
-        if req.client == sender:  # an inline repair is never refused
-            refused = _over_quota(kv, sender, quota, {o: got[o][0] for o in objects}, new_states)
+            return step.reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
+        if req.client == step.sender:  # an inline repair is never refused
+            old = {o: got[o][0] for o in objects}
+            refused = _over_quota(step.kv, step.sender, quota, old, new_states)
             if refused is not None:
                 return refused
     applied = {}
@@ -439,19 +489,7 @@ def handle_request(
         # Normal values: read back from canonical bytes, and ``answer`` normalised by the
         # registry (or read back from a table).
         applied[oid] = canonical_map(t)
-    return _accept(
-        kv,
-        cfg,
-        stored,
-        su,
-        rhs,
-        culled,
-        {oid: (new_states[oid], applied[oid]) for oid in objects},
-        synced,
-        answer,
-        now_ns,
-        sender,
-    )
+    return {oid: (new_states[oid], applied[oid]) for oid in objects}, answer
 
 
 def _at(su: Setup) -> tuple[Timestamp, ...]:
@@ -481,33 +519,12 @@ def _accept(
     hist = []
     for oid in sorted(rhs):
         cand: Candidate = su.candidates[oid]
-        # Keep a synced conditioned-on version addressable by its timestamp too.
-        key = (oid, cand.lt_co)
-        if key in synced and schema.load_version(kv, oid, cand.lt_co) is None:
-            s, ap = synced[key]
-            schema.store_version(
-                kv,
-                oid,
-                schema.Version(cand.lt_co, schema.SYNCED, s, ap, None, None, False, (), now_ns),
-                owner,
-            )
-        rh = list(rhs[oid]) + [cand]
-        if su.type is OpType.METHOD:
-            rh = [c for c in rh if c.lt >= cand.lt_co]
-        new_rh = make_rh(rh)
-        auth = make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for)
-        schema.store_rh(kv, oid, new_rh, auth, owner)
+        _keep_synced(kv, oid, cand.lt_co, synced, now_ns, owner)
         state, applied = results.get(oid, (None, schema.EMPTY_APPLIED))
-        schema.store_version(
-            kv,
-            oid,
-            schema.Version(
-                cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects, now_ns
-            ),
-            owner,
+        version = schema.Version(
+            cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects, now_ns
         )
-        _retain(kv, cfg, oid, new_rh, now_ns)
-        hist.append(OHSEntry(new_rh, auth))
+        hist.append(store_accepted(kv, cfg, oid, rhs[oid], cand, version, owner))
     schema.store_request(kv, su.lt, req.packed(), owner)
     return Reply(
         ReplyStatus.OK,
@@ -520,448 +537,40 @@ def _accept(
     )
 
 
-def _retain(
+def _keep_synced(
+    kv: KV, oid: int, lt_co: Timestamp, synced: Synced, now_ns: int, owner: int | None
+) -> None:
+    """Keep a synced conditioned-on version addressable by its timestamp too."""
+    key = (oid, lt_co)
+    if key in synced and schema.load_version(kv, oid, lt_co) is None:
+        s, ap = synced[key]
+        schema.store_version(
+            kv,
+            oid,
+            schema.Version(lt_co, schema.SYNCED, s, ap, None, None, False, (), now_ns),
+            owner,
+        )
+
+
+def store_accepted(
     kv: KV,
     cfg: ReplicaConfig,
     oid: int,
     rh: ReplicaHistory,
-    now_ns: int,
-    *,
-    finished: bool = False,
-) -> int:
-    """Delete the versions :class:`Retention` lets go, oldest first, stopping at the first
-    one it keeps (versions are stored in logical-time order, which is also, near enough,
-    the order they were stored in), so an update costs ``O(k)`` plus what it deletes.
-    ``finished``: the object's newest state is finished (keep one version)."""
-    keep = cfg.retention.keep_last
-    if keep is None:
-        return 0
-    if finished:
-        keep = 1
-    floor = min(min(c.lt, c.lt_co) if c.lt_co is not None else c.lt for c in rh)
-    newest = schema.newest_times(kv, oid, keep)
-    if len(newest) < keep:
-        return 0
-    floor = min(floor, newest[-1])
-    young_ns = now_ns - int(cfg.retention.keep_seconds * 1e9)
-    deleted = 0
-    pins: Sequence[int] | None = None
-    while True:
-        two = schema.oldest_versions(kv, oid, 2)
-        if not two:
-            break
-        lt, stored_ns = two[0]
-        if lt >= floor or stored_ns > young_ns:
-            break
-        if cfg.retention.pins is not None:
-            if pins is None:
-                pins = cfg.retention.pins(kv)  # read only when something would go
-            after = two[1][1] if len(two) > 1 else None
-            if any(stored_ns <= t and (after is None or after > t) for t in pins):
-                break  # the version current at a snapshot
-        v = schema.load_version(kv, oid, lt)
-        if v is None:
-            break
-        schema.delete_version(kv, oid, v)
-        deleted += 1
-    return deleted
-
-
-def prune_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
-    """Delete the versions of ``oid`` :class:`Retention` lets go now (versions kept for
-    their age go once old, even if the object is never updated again: a removed file's,
-    which keeps only its newest version once its state is finished); how many were
-    deleted.  Only here is the newest state looked at (an update does not pay for it)."""
-    rh, _auth = schema.load_rh(kv, oid)
-    if is_initial(rh):
-        return 0
-    finished = False
-    latest = schema.newest_times(kv, oid, 1)
-    if latest:
-        v = schema.load_version(kv, oid, latest[0])
-        finished = v is not None and v.state is not None and cfg.registry.finished(unpack(v.state))
-    return _retain(kv, cfg, oid, rh, now_ns, finished=finished)
-
-
-# Catch-up from the current state (docs/qu.md "Catch-up of a restarted server") ----------
-
-
-@dataclass(frozen=True)
-class Current:
-    """An object's version at a candidate as ``b + 1`` hosts gave it byte for byte
-    (``qu.sync`` replies with the version's kind and stored answer): at least one of them
-    is correct, so it is the version every correct server that accepted the candidate
-    holds."""
-
-    state: bytes | None
-    applied: bytes
-    kind: str
-    answer: Any
-
-
-def listed_by(
-    cfg: ReplicaConfig, oid: int, mohs: Mapping[int, OHSEntry], cand: Candidate
-) -> set[int]:
-    """The other servers whose history of ``oid`` (culled with this server's key: each
-    speaks for itself) lists exactly ``cand``, its conditioned-on timestamp and objects
-    included."""
-    culled, _ = cull(cfg, {oid: mohs})
-    return {s for s, e in culled[oid].items() if s != cfg.me and cand in e.rh}
-
-
-def adopt_step(
-    kv: KV,
-    cfg: ReplicaConfig,
-    cands: Mapping[int, Candidate],
-    evidence: Mapping[int, Mapping[int, OHSEntry]],
-    current: Mapping[int, Current],
-    now_ns: int,
-) -> tuple[int, ...]:
-    """Take one candidate (``cands``: as it stands at each of its objects, which share its
-    time and objects and differ in their conditioned-on times) with its versions
-    ``current`` as if this server had accepted it, in the caller's one transaction: what a
-    restarted server's catch-up does when the history it would replay (the stored
-    request, the conditioned-on versions) was pruned or forgotten while it was away
-    (issue 31 item 12).  Returns the objects it took it at.
-
-    The result is what an inline repair (L2561-2570) of the candidate would have left: the
-    same candidate in each history (pruned as its type prunes), the same versions; only
-    the versions come from ``b + 1`` identical answers instead of re-running the method on
-    conditioned-on versions that are gone.  Per object it requires, as inline repair does,
-    ``b + 1`` other servers listing exactly that object's candidate in ``evidence`` (culled
-    with this server's key, so one correct server accepted it), and that this server's
-    own history holds nothing newer than its conditioned-on time (what the currency check
-    of a request conditioned on it would demand).  An object where fewer list it (it moved
-    on there, or was forgotten) is left alone: its own catch-up, or nothing.  The objects
-    taken are taken together, in this one transaction, as an accepted multi-object update
-    is.
-    """
-    keys = {c.key for c in cands.values()}
-    if len(keys) != 1:
-        return ()
-    done = []
-    for oid, cand in sorted(cands.items()):
-        got = current.get(oid)
-        if cand.lt.barrier or oid not in cand.objects:
-            continue
-        if got is None or got.kind not in (schema.METHOD, schema.COPY):
-            continue
-        if len(listed_by(cfg, oid, evidence.get(oid, {}), cand)) < cfg.th.b + 1:
-            continue
-        rh, _ = schema.load_rh(kv, oid)
-        if _latest(rh) > cand.lt_co or cand in rh:
-            continue
-        new = list(rh) + [cand]
-        if got.kind == schema.METHOD:
-            new = [c for c in new if c.lt >= cand.lt_co]
-        new_rh = make_rh(new)
-        schema.store_rh(
-            kv, oid, new_rh, make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for), cfg.me
-        )
-        schema.store_version(
-            kv,
-            oid,
-            schema.Version(
-                cand.lt,
-                got.kind,
-                got.state,
-                got.applied,
-                cand.lt_co,
-                got.answer,
-                True,
-                cand.objects,
-                now_ns,
-            ),
-            cfg.me,
-        )
-        _retain(kv, cfg, oid, new_rh, now_ns)
-        done.append(oid)
-    return tuple(done)
-
-
-# Tombstones of finished objects (docs/qu.md "Reclaiming removed objects") ---------------
-
-
-def tombstone_plan(
-    stored: Sequence[tuple[Timestamp, int]],
-    final: Timestamp,
-    young_ns: int,
-    pins: Sequence[int],
-) -> list[Timestamp]:
-    """Which versions of a finished object go when it shrinks to its tombstone (pure).
-
-    ``stored`` is every stored version as ``(lt, stored_ns)``, oldest first; ``final`` the
-    finished version that stays.  Everything else goes, except a version stored within
-    the retention window (younger than ``young_ns``) or current at a snapshot moment in
-    ``pins`` (the newest stored at or before it), so history reads within the window and
-    snapshots read what they read before.
-    """
-    out = []
-    for i, (lt, stored_ns) in enumerate(stored):
-        if lt == final or stored_ns > young_ns:
-            continue
-        after = stored[i + 1][1] if i + 1 < len(stored) else None
-        if any(stored_ns <= t and (after is None or after > t) for t in pins):
-            continue
-        out.append(lt)
-    return out
-
-
-def tombstone_agreed(
-    final: Timestamp, histories: Mapping[int, ReplicaHistory], n: int, forgotten: int = 0
-) -> bool:
-    """Whether every one of the ``n`` servers' histories (culled with this server's key, so
-    each is the word of the server it names) has ``final`` as its newest candidate, the
-    ``forgotten`` servers aside that hold no history of the object at all (they forgot it
-    already, :func:`forget_step`, or lost their disk) (pure).
-
-    Then every correct server accepted the finished candidate: none will ever accept a
-    candidate conditioned on an older version (it would not be current there), nor need to
-    repair the finished one (inline repair, catch-up), so no correct server asks for the
-    versions below it or for the request that made it.  A lying server only speaks for
-    itself: claiming the candidate it lacks costs it alone the means to ever accept it.
-
-    The same rule lets a server forget a tombstone: no server then holds anything of the
-    object but ``final`` or nothing, so whatever mix of the two a client meets classifies
-    to ``final`` or to the initial version, the finished state or none, both "removed" to
-    every method (docs/qu.md).
-    """
-    if len(histories) + forgotten != n:
-        return False
-    return all(rh and max(c.lt for c in rh) == final for rh in histories.values())
-
-
-def _accepted_final(kv: KV, oid: int) -> tuple[Timestamp, schema.Version, bytes] | None:
-    """The newest candidate of this server's history of ``oid`` with its version, if it is
-    also the newest stored version and one this server accepted (a method or copy it ran,
-    not synced, not a barrier) with a state (returned too): what a tombstone and
-    forgetting start from."""
-    rh, _ = schema.load_rh(kv, oid)
-    if is_initial(rh):
-        return None
-    final = _latest(rh)
-    if final.barrier or schema.newest_times(kv, oid, 1) != [final]:
-        return None
-    v = schema.load_version(kv, oid, final)
-    if v is None or not v.accepted or v.state is None or v.kind == schema.BARRIER:
-        return None
-    return final, v, v.state
-
-
-def _owns_stored_request(kv: KV, oid: int, v: schema.Version) -> bool:
-    """Whether the stored request that made ``v`` is still here and ``oid`` owns it (its
-    first object)."""
-    return (
-        bool(v.objects) and v.objects[0] == oid and kv.get(schema.DB_REQ, v.lt.encode()) is not None
-    )
-
-
-def tombstone_target(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> Timestamp | None:
-    """The finished version ``oid`` may shrink to, read from this server's store, or None.
-
-    It must be the newest candidate of this server's history and its newest stored version,
-    accepted here (a method or copy this server ran, not synced), with a finished state,
-    stored more than ``keep_seconds`` ago, and something must be left to reclaim (an older
-    version, or the stored request this object owns).  The caller still needs every
-    server's word (:func:`tombstone_agreed`) before :func:`tombstone_step`.
-    """
-    if cfg.retention.keep_last is None:
-        return None
-    found = _accepted_final(kv, oid)
-    if found is None:
-        return None
-    final, v, state = found
-    if v.stored_ns > now_ns - int(cfg.retention.keep_seconds * 1e9):
-        return None
-    if not cfg.registry.finished(unpack(state)):
-        return None
-    if schema.oldest_versions(kv, oid, 1) == [(final, v.stored_ns)] and not (
-        _owns_stored_request(kv, oid, v)
-    ):
-        return None  # already a tombstone
-    return final
-
-
-def tombstone_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_ns: int) -> int:
-    """Shrink finished ``oid`` to its tombstone, in the caller's one transaction: every
-    version but ``final`` (with the stored requests this object owns) and the stored
-    request of ``final`` itself if this object owns it.  The replica history, its
-    authenticator and the ``final`` version (state, applied table, stored answer) stay, so
-    classification, queries, repeated requests and updates conditioned on ``final`` work
-    as before.  Re-checks :func:`tombstone_target` first (an update may have come in since
-    the servers were asked); how many records it deleted."""
-    if tombstone_target(kv, cfg, oid, now_ns) != final:
-        return 0
-    young_ns = now_ns - int(cfg.retention.keep_seconds * 1e9)
-    stored = schema.oldest_versions(kv, oid, 1 << 30)
-    going = tombstone_plan(stored, final, young_ns, () if stored == [] else _pins(kv, cfg))
-    deleted = 0
-    for lt in going:
-        v = schema.load_version(kv, oid, lt)
-        if v is not None:
-            schema.delete_version(kv, oid, v)
-            deleted += 1
-    v = schema.load_version(kv, oid, final)
-    if v is not None and v.objects and v.objects[0] == oid:
-        deleted += int(schema.delete_request(kv, final))
-    return deleted
-
-
-# Forgetting tombstones (docs/qu.md "Forgetting removed objects") ------------------------
-
-
-@dataclass(frozen=True)
-class Forget:
-    """A tombstone this server may forget: its final version and when (node clock ns)."""
-
-    final: Timestamp
-    due_ns: int
-
-
-def forget_target(kv: KV, cfg: ReplicaConfig, oid: int) -> Forget | None:
-    """The tombstone of ``oid`` this server may forget once every server agrees, or None.
-
-    ``oid`` must be a tombstone here: its history's newest candidate is its only stored
-    version, a finished state this server accepted (not synced, not a barrier), with no
-    stored request of its own left.  It is due ``keep_seconds + forget_seconds`` after the
-    version was stored, and never while a snapshot moment at or after it pins it.
-    """
-    forget = cfg.retention.forget_seconds
-    if cfg.retention.keep_last is None or forget is None:
-        return None
-    found = _accepted_final(kv, oid)
-    if found is None:
-        return None
-    final, v, state = found
-    if len(schema.oldest_versions(kv, oid, 2)) != 1 or _owns_stored_request(kv, oid, v):
-        return None
-    if not cfg.registry.finished(unpack(state)):
-        return None
-    if any(t >= v.stored_ns for t in _pins(kv, cfg)):
-        return None  # the version current at a snapshot moment
-    return Forget(final, v.stored_ns + int((cfg.retention.keep_seconds + forget) * 1e9))
-
-
-def forget_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_ns: int) -> int:
-    """Forget ``oid`` altogether, in the caller's one transaction: its last version and its
-    replica history with the authenticator; re-checks :func:`forget_target` (an update may
-    have come in since the servers were asked); how many records it deleted."""
-    target = forget_target(kv, cfg, oid)
-    if target is None or target.final != final or target.due_ns > now_ns:
-        return 0
-    v = schema.load_version(kv, oid, final)
-    if v is None:
-        return 0
-    schema.delete_version(kv, oid, v)
-    schema.mark_forgotten(kv, oid)
-    return 1 + int(schema.delete_rh(kv, oid))
-
-
-def sweep_candidates(
-    kv: KV, cfg: ReplicaConfig, after: int | None, limit: int, now_ns: int
-) -> tuple[list[tuple[int, int]], int | None]:
-    """Up to ``limit`` objects with id above ``after`` (the sweep of node/qu_pruner.py),
-    each with when it has something to do (node clock ns, ``now_ns`` or later): versions
-    to prune (more stored than ``keep_last``, due when the oldest is older than
-    ``keep_seconds``), a tombstone to shrink to or one to forget; and where the next page
-    starts (None: the last page).
-
-    Duties not due yet are listed too: the pruner's queue lives in memory, so after a
-    restart inside the retention window only this sweep can bring them back (issue 31
-    item 14: a file removed just before a restart was otherwise kept until the next
-    hourly sweep)."""
-    keep = cfg.retention.keep_last
-    if keep is None or after == schema.MAX_OID:
-        return [], None
-    start = schema.oid_key(0 if after is None else after + 1)
-    out: list[tuple[int, int]] = []
-    last: int | None = None
-    for seen, (key, _) in enumerate(kv.scan(schema.DB_RH, start, schema.OID_END)):
-        if seen >= limit:
-            return out, last
-        oid = last = int.from_bytes(bytes(key), "big")
-        due = pending_due(kv, cfg, oid)
-        if due is not None:
-            out.append((oid, max(due, now_ns)))
-    return out, None
-
-
-def pending_due(kv: KV, cfg: ReplicaConfig, oid: int, after_ns: int | None = None) -> int | None:
-    """When the earliest of ``oid``'s pending retention duties (prune, shrink to a
-    tombstone, forget) comes due (node clock ns, possibly past), or None if it has none;
-    with ``after_ns``, the earliest due after that moment (what a look at ``after_ns``
-    leaves for later)."""
-    keep = cfg.retention.keep_last
-    if keep is None:
-        return None
-    keep_ns = int(cfg.retention.keep_seconds * 1e9) + 1
-    dues: list[int] = []
-    stored = schema.oldest_versions(kv, oid, keep + 1)
-    if len(stored) > keep:
-        dues.append(stored[0][1] + keep_ns)
-    final = tombstone_target(kv, cfg, oid, _NEVER_NS)  # whatever its age
-    if final is not None:
-        v = schema.load_version(kv, oid, final)
-        if v is not None:
-            dues.append(v.stored_ns + keep_ns)
-    forget = forget_target(kv, cfg, oid)
-    if forget is not None:
-        dues.append(forget.due_ns)
-    return min((d for d in dues if after_ns is None or d > after_ns), default=None)
-
-
-#: A moment after every version's retention (tombstone_target then ignores the age).
-_NEVER_NS = 1 << 62
-
-
-def _pins(kv: KV, cfg: ReplicaConfig) -> Sequence[int]:
-    return cfg.retention.pins(kv) if cfg.retention.pins is not None else ()
-
-
-def handle_history(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> Reply:
-    """A read of this server's histories (``qu.history``): what a client needs to add an
-    object to a multi-OHS for deduction, without sending an operation."""
-    return Reply(ReplyStatus.OK, hist=_hist(kv, cfg, objects))
-
-
-def handle_latest(kv: KV, after: int | None, limit: int) -> dict:
-    """The newest timestamp in this server's history of each object with id > ``after``,
-    ``limit`` of them in id order (``qu.latest``: a restarted server compares them with its
-    own to find what changed while it was down)."""
-    start = schema.oid_key(0 if after is None else after + 1) if after != schema.MAX_OID else None
-    out: list[list] = []
-    more = False
-    if start is not None:
-        for key, raw in kv.scan(schema.DB_RH, start, schema.OID_END):
-            if len(out) >= limit:
-                more = True
-                break
-            rh, _ = schema.load_rh_raw(bytes(raw))
-            out.append([int.from_bytes(bytes(key), "big"), _latest(rh).encode()])
-    return {"o": out, "more": more}
-
-
-def handle_fetch(kv: KV, lt: Timestamp) -> Any:
-    """The stored request that made candidate ``lt`` (for inline repair), or None."""
-    return schema.load_request(kv, lt)
-
-
-def handle_sync(kv: KV, oid: int, lt: Timestamp) -> dict | None:
-    """Object sync, host side: the version of ``oid`` at ``lt`` if stored here, with its
-    kind and stored answer (what a restarted server's catch-up needs to take the version
-    as accepted, :func:`adopt_step`; object sync itself reads only state and table)."""
-    v = schema.load_version(kv, oid, lt)
-    if v is None or v.kind == schema.BARRIER:
-        return None
-    return {"s": v.state, "ap": v.applied, "k": v.kind, "a": v.answer}
-
-
-def versions(kv: KV, oid: int) -> list[schema.Version]:
-    """Every stored version of ``oid``, oldest first (version history)."""
-    return schema.iter_versions(kv, oid)
-
-
-def read_version(kv: KV, oid: int, lt: Timestamp) -> Any:
-    """The state of ``oid`` at ``lt`` as a value (None if absent or not stored)."""
-    v = schema.load_version(kv, oid, lt)
-    return unpack(v.state) if v is not None and v.state is not None else None
+    cand: Candidate,
+    version: schema.Version,
+    owner: int | None,
+) -> OHSEntry:
+    """What accepting ``cand`` writes for ``oid`` (lines 1024-1030, also what catch-up's
+    adoption writes): ``cand`` added to the history ``rh``, which a METHOD prunes below its
+    conditioned-on version (line 1028; barriers and copies prune nothing), re-authenticated
+    and stored with ``version``, and then retention; the new ``<RH, alpha>``."""
+    new = list(rh) + [cand]
+    if version.kind == schema.METHOD:
+        new = [c for c in new if c.lt >= cand.lt_co]
+    new_rh = make_rh(new)
+    auth = make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for)
+    schema.store_rh(kv, oid, new_rh, auth, owner)
+    schema.store_version(kv, oid, version, owner)
+    retain(kv, cfg, oid, new_rh, now_ns=version.stored_ns)
+    return OHSEntry(new_rh, auth)

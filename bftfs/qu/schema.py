@@ -66,7 +66,7 @@ DB_BLOB = "qu.blob"
 DB_BREF = "qu.bref"
 DB_CHARGE = QU.charges
 DB_USAGE = QU.totals
-#: Ids of the objects this server forgot (``replica.forget_step``): never charged (the
+#: Ids of the objects this server forgot (``tombstones.forget_step``): never charged (the
 #: object's records were given back; 8 bytes of key per removed object stay).
 DB_GONE = "qu.gone"
 

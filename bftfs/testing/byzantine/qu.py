@@ -42,7 +42,8 @@ from bftfs.net.errors import RemoteError
 from bftfs.net.server import HandlerError
 from bftfs.qu.canon import canonical
 from bftfs.qu.history import INITIAL_RH, make_authenticator, make_rh, rh_from_wire, rh_wire
-from bftfs.qu.messages import KIND_FETCH, KIND_HISTORY, KIND_REQUEST, Request
+from bftfs.qu.messages import KIND_FETCH, KIND_HISTORY, KIND_REQUEST
+from bftfs.qu.request import Request
 from bftfs.qu.timestamp import MAX_TIME, Candidate, Timestamp
 
 if TYPE_CHECKING:

@@ -1,0 +1,119 @@
+"""One Q/U operation's patience: how its rounds are counted, when it backs off and when it
+gives up (:class:`QUUnavailable`).
+
+A round that fewer than ``q`` servers answered is *short*; :data:`MAX_SHORT_ROUNDS` in a row
+end the operation, naming the servers none of them heard from.  Contention is not silence:
+the random exponential backoff between repairs (L2585-2587) is the client's own wait and
+does not use up the operation's patience (``bftfs.outcome``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bftfs.outcome import ClusterUnavailable, paused
+from bftfs.qu import core
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.reply import Reply
+
+#: Rounds in a row with fewer than q replies before an operation gives up.
+MAX_SHORT_ROUNDS = 3
+#: Rounds in a row, each backed off, in which a quorum answered that it could not object-
+#: sync a version the operation needs, before giving up: no server holds it (an object
+#: forgotten before nodes kept the ids they forgot, issue 31), so re-sending at once, as
+#: for other failures, would go on for ever.
+MAX_UNSYNCABLE_ROUNDS = 10
+#: The failure servers answer when no ``b + 1`` hosts hand over a version (node/qu_server.py).
+UNSYNCABLE = "object sync failed"
+
+
+class QUUnavailable(ClusterUnavailable):
+    """Fewer than q servers answered, repeatedly: the object cannot make progress now.
+
+    The file system turns it into its own ``bftfs.fs.errors.Unavailable`` (EIO).
+    """
+
+
+class TooManyObjects(QUUnavailable):
+    """Repair would have to name more objects than one request may (8), even object by
+    object: the candidates to repair span too many objects."""
+
+
+@dataclass
+class Attempt:
+    """What one operation carries from round to round."""
+
+    th: QUThresholds
+    #: Randomness for backoff, and how to wait (the client's).
+    rng: random.Random
+    sleep: Callable[[float], Any]
+    #: The newest timestamps cached for the operation's objects when it last looked.
+    seen_latest: tuple
+    repairs: int = 0
+    short: int = 0
+    unsyncable: int = 0
+    #: Servers that answered any of the current run of short rounds.
+    heard: set[int] = field(default_factory=set)
+    inline_tried: set[tuple] = field(default_factory=set)
+    #: Whether the operation already repaired its objects one by one (once only).
+    split: bool = False
+
+    def answered(self, replies: Mapping[int, Reply]) -> None:
+        """Count a round: one answered by fewer than ``q`` servers (whatever they said:
+        contention is not absence) extends the run of short rounds, any other ends it."""
+        self.short = self.short + 1 if len(replies) < self.th.q else 0
+        self.heard = self.heard | set(replies) if self.short else set()
+
+    def check_short(self, objects: tuple[int, ...]) -> None:
+        """Give up after :data:`MAX_SHORT_ROUNDS` short rounds in a row, naming the servers
+        none of those rounds heard from: what the mount log shows for the EIO.
+
+        Raises:
+            QUUnavailable: that many short rounds.
+        """
+        if self.short < MAX_SHORT_ROUNDS:
+            return
+        silent = sorted(set(range(self.th.n)) - {int(s) for s in self.heard})
+        raise QUUnavailable(
+            f"objects {objects}: fewer than q={self.th.q} servers answer ({MAX_SHORT_ROUNDS} "
+            f"rounds in a row; {len(self.heard)} answered, none from nodes {silent})"
+        )
+
+    async def back_off(self) -> None:
+        """Wait the next random exponential backoff of this operation (contention).  The
+        wait is this client's choice, not the cluster's silence: it does not use up the
+        operation's patience (``bftfs.outcome``), which ran out in long contended repairs
+        and made the next rounds short, and the operation EIO, with every node answering
+        (issue 31, item 11)."""
+        delay = core.backoff_delay(self.repairs, self.rng)
+        self.repairs += 1
+        start = trio.current_time()
+        await self.sleep(delay)
+        paused(trio.current_time() - start)
+
+    async def after_unsyncable(
+        self, objects: tuple[int, ...], replies: Mapping[int, Reply]
+    ) -> None:
+        """Back off after a round in which ``q`` servers could not object-sync a version the
+        operation needs; give up after :data:`MAX_UNSYNCABLE_ROUNDS` such rounds in a row.
+
+        Raises:
+            QUUnavailable: no server holds that version.
+        """
+        failed = sum(r.status is ReplyStatus.FAIL and r.why == UNSYNCABLE for r in replies.values())
+        if failed < self.th.q:
+            self.unsyncable = 0
+            return
+        self.unsyncable += 1
+        if self.unsyncable >= MAX_UNSYNCABLE_ROUNDS:
+            raise QUUnavailable(
+                f"objects {objects}: no server holds a version this operation needs "
+                f"({self.unsyncable} rounds of '{UNSYNCABLE}')"
+            )
+        await self.sleep(core.backoff_delay(self.unsyncable, self.rng))

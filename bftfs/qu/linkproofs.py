@@ -1,0 +1,64 @@
+"""The conditioned-on links a Q/U client has proven (:mod:`bftfs.qu.links`, L2747-2754):
+``(oid, lt) -> lt_co`` and the stored request that proves each.  They are facts, true for
+ever, so the client keeps them across operations (dropped wholesale when many) and sends
+with each request the ones its classification used, so that the servers decide with the
+same facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bftfs.qu.classify import View
+from bftfs.qu.request import Link
+from bftfs.qu.rounds import QuorumRounds
+from bftfs.qu.timestamp import Timestamp
+
+#: Proven links a client keeps before it starts over (each costs a proof of a few KB).
+MAX_FACTS = 4096
+
+
+class LinkProofs:
+    """Proven links and their proofs, fetched through the client's rounds."""
+
+    def __init__(self, rounds: QuorumRounds) -> None:
+        self._rounds = rounds
+        #: Proven conditioned-on links, ``(oid, lt) -> lt_co``.
+        self.facts: dict[tuple[int, Timestamp], Timestamp] = {}
+        #: The proof of each: the packed stored request that made ``lt``.
+        self.proofs: dict[tuple[int, Timestamp], bytes] = {}
+        self.proven = 0
+
+    def links_for(self, view: View) -> tuple[Link, ...]:
+        """The proven links ``view``'s decisions used, with their proofs: the servers must
+        decide with the same facts (none at all unless this client ever proved one)."""
+        if not self.facts:
+            return ()
+        return tuple(
+            Link(oid, lt, self.facts[(oid, lt)], self.proofs[(oid, lt)])
+            for oid, lt in sorted(view.used_links(), key=lambda k: (k[0], k[1].encode()))
+        )
+
+    async def prove(self, wanted: Iterable[tuple[int, Timestamp]]) -> int:
+        """Prove conditioned-on links (``bftfs.qu.links``) this client does not know yet.
+        How many new links were proven."""
+        if len(self.facts) > MAX_FACTS:
+            self.facts.clear()
+            self.proofs.clear()
+        proven = 0
+        for oid, lt in sorted(wanted, key=lambda k: (k[0], k[1].encode())):
+            if (oid, lt) in self.facts:
+                continue
+            got = await self._rounds.proof(oid, lt)
+            if got is not None:
+                self.facts[(oid, lt)], self.proofs[(oid, lt)] = got
+                self.proven += 1
+                proven += 1
+        return proven
+
+    def with_proofs(self, links: tuple[Link, ...]) -> tuple[Link, ...] | None:
+        """``links`` (stored without proofs) with the proofs this client holds, or None if
+        it lacks one."""
+        if any((lk.oid, lk.lt) not in self.proofs for lk in links):
+            return None
+        return tuple(lk.__class__(*lk.fact(), self.proofs[(lk.oid, lk.lt)]) for lk in links)

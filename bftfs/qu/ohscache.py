@@ -1,0 +1,101 @@
+"""A Q/U client's cached object history sets (L2521-2524) and whom it leaves out of them.
+
+The client keeps the last ``<RH, alpha>`` every server returned for every object it touched,
+and sends a request conditioned on that cache, without the histories of servers proven
+malevolent (more than ``b`` others culled their authenticators, L2659-2664: left out for
+good) or stray in the running operation (:func:`bftfs.qu.core.present_view`).  Which
+servers a round goes to follows from the same sets (:meth:`HistoryCache.targets`).  Pure:
+no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from bftfs.qu import core
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.history import OHSEntry
+from bftfs.qu.links import Facts
+from bftfs.qu.reply import Reply
+from bftfs.qu.timestamp import ZERO
+
+log = logging.getLogger(__name__)
+
+
+class HistoryCache:
+    """The cached OHS per object, and the servers whose histories are left out."""
+
+    def __init__(self, th: QUThresholds, faults: Counter[tuple[int, str]]) -> None:
+        """Args:
+        th: thresholds of the cluster.
+        faults: where to count the faults replies show (``culled``, ``malevolent``;
+            the client's ``faults``).
+        """
+        self.th = th
+        self.faults = faults
+        self._cache: dict[int, dict[int, OHSEntry]] = {}
+        #: Servers proven malevolent: left out from then on.
+        self.excluded: set[int] = set()
+        #: Stray-history servers of the running operation.
+        self.suspects: set[int] = set()
+
+    def cached(self, oid: int) -> dict[int, OHSEntry]:
+        """The cached OHS of ``oid`` (a copy)."""
+        return dict(self._cache.get(oid, {}))
+
+    def mohs(self, objects: Iterable[int]) -> dict[int, dict[int, OHSEntry]]:
+        """The cached multi-OHS of ``objects`` (copies)."""
+        return {oid: dict(self._cache.get(oid, {})) for oid in objects}
+
+    def targets(self, objects: Iterable[int]) -> list[int]:
+        """Preferred order, with servers whose histories we leave out (stray or proven
+        malevolent) last: a quorum of servers whose histories count is what makes the
+        next classification complete."""
+        order = core.preferred_order(max(objects), self.th.n)
+        last = self.excluded | self.suspects
+        return (
+            [s for s in order if s not in last]
+            + [s for s in order if s in last and s not in self.excluded]
+            + [s for s in order if s in self.excluded]
+        )
+
+    def present_view(
+        self, objects: Iterable[int], fresh: dict[int, set[int]], facts: Facts
+    ) -> tuple:
+        """:func:`core.present_view` of the cached histories (the OHS, its :class:`View`,
+        the objects short of fresh histories); remembers whom it left out."""
+        cached = self.mohs(objects)
+        shown, view, short = core.present_view(cached, self.th, fresh, self.excluded, facts)
+        for oid, ohs in cached.items():
+            if len(ohs) != len(shown[oid]):
+                self.suspects |= set(ohs) - set(shown[oid]) - self.excluded
+        return shown, view, short
+
+    def latest(self, objects: tuple[int, ...]) -> tuple:
+        """The newest timestamp cached for each of ``objects`` (how far they have moved)."""
+        return tuple(
+            max((c.lt for e in self._cache.get(o, {}).values() for c in e.rh), default=None) or ZERO
+            for o in objects
+        )
+
+    def absorb(
+        self, objects: tuple[int, ...], replies: Mapping[int, Reply], fresh: dict[int, set[int]]
+    ) -> None:
+        """Fold ``replies`` into the cache (line 602), mark their servers fresh for
+        ``objects``, count the culls they report and leave out servers they prove
+        malevolent."""
+        merged = core.merge(self.mohs(objects), objects, replies)
+        for oid in objects:
+            self._cache[oid] = merged[oid]
+            fresh.setdefault(oid, set()).update(replies)
+        for rep in replies.values():
+            for culled in rep.culled:
+                for s in set(culled):
+                    self.faults[(int(s), "culled")] += 1
+        proven = core.malevolent(replies.items(), list(objects), self.th.b) - self.excluded
+        for s in proven:
+            self.faults[(int(s), "malevolent")] += 1
+            log.warning("Q/U server %s is malevolent (its history culled by more than b)", s)
+        self.excluded |= proven

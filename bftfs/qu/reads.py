@@ -1,0 +1,81 @@
+"""What a Q/U server answers from its store without changing it: its replica histories
+(``qu.history``, and the histories every reply carries), the newest timestamp per object
+(``qu.latest``), a stored request (``qu.fetch``, for inline repair L2561-2570 and link
+proofs), a version for object sync (``qu.sync``, L2599-2607) and the stored versions
+themselves (version history).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bftfs.kv import KV
+from bftfs.qu import schema
+from bftfs.qu.canon import unpack
+from bftfs.qu.history import OHSEntry, make_authenticator, newest
+from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.reply import Reply
+from bftfs.qu.serverconfig import ReplicaConfig
+from bftfs.qu.timestamp import Timestamp
+
+
+def stored_histories(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> tuple[OHSEntry, ...]:
+    """This server's ``<RH, alpha>`` of each of ``objects``, authenticated (what every reply
+    carries, lines 1008, 1021, 1030)."""
+    out = []
+    for oid in objects:
+        rh, auth = schema.load_rh(kv, oid)
+        if auth is None:
+            auth = make_authenticator(oid, rh, cfg.th.n, cfg.key_for)
+        out.append(OHSEntry(rh, auth))
+    return tuple(out)
+
+
+def handle_history(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> Reply:
+    """A read of this server's histories (``qu.history``): what a client needs to add an
+    object to a multi-OHS for deduction, without sending an operation."""
+    return Reply(ReplyStatus.OK, hist=stored_histories(kv, cfg, objects))
+
+
+def handle_latest(kv: KV, after: int | None, limit: int) -> dict:
+    """The newest timestamp in this server's history of each object with id > ``after``,
+    ``limit`` of them in id order (``qu.latest``: a restarted server compares them with its
+    own to find what changed while it was down)."""
+    start = schema.oid_key(0 if after is None else after + 1) if after != schema.MAX_OID else None
+    out: list[list] = []
+    more = False
+    if start is not None:
+        for key, raw in kv.scan(schema.DB_RH, start, schema.OID_END):
+            if len(out) >= limit:
+                more = True
+                break
+            rh, _ = schema.load_rh_raw(bytes(raw))
+            out.append([int.from_bytes(bytes(key), "big"), newest(rh).encode()])
+    return {"o": out, "more": more}
+
+
+def handle_fetch(kv: KV, lt: Timestamp) -> Any:
+    """The stored request that made candidate ``lt`` (for inline repair), or None."""
+    return schema.load_request(kv, lt)
+
+
+def handle_sync(kv: KV, oid: int, lt: Timestamp) -> dict | None:
+    """Object sync, host side: the version of ``oid`` at ``lt`` if stored here, with its
+    kind and stored answer (what a restarted server's catch-up needs to take the version
+    as accepted, :func:`bftfs.qu.adoption.adopt_step`; object sync itself reads only state
+    and table)."""
+    v = schema.load_version(kv, oid, lt)
+    if v is None or v.kind == schema.BARRIER:
+        return None
+    return {"s": v.state, "ap": v.applied, "k": v.kind, "a": v.answer}
+
+
+def versions(kv: KV, oid: int) -> list[schema.Version]:
+    """Every stored version of ``oid``, oldest first (version history)."""
+    return schema.iter_versions(kv, oid)
+
+
+def read_version(kv: KV, oid: int, lt: Timestamp) -> Any:
+    """The state of ``oid`` at ``lt`` as a value (None if absent or not stored)."""
+    v = schema.load_version(kv, oid, lt)
+    return unpack(v.state) if v is not None and v.state is not None else None

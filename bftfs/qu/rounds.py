@@ -1,0 +1,241 @@
+"""A Q/U client's calls to the servers: one request round (``c_quorum_rpc``, lines
+600-604), history reads (``qu.history``), link proofs and stored requests (``qu.fetch``).
+
+Each call goes through ``Endpoint.quorum_call`` (or ``call``) and returns the replies that
+parsed; a reply that does not parse is counted as a ``malformed`` fault of its server and
+is otherwise ignored, so one bad server never makes a call raise.  What the replies mean
+is decided elsewhere (:mod:`bftfs.qu.core`, ``client.py``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+import trio
+
+from bftfs.net.endpoint import BatchKind
+from bftfs.net.errors import RemoteError, TransportError, refusal_code
+from bftfs.net.quorum import QuorumUnavailable
+from bftfs.qu import core
+from bftfs.qu.canon import pack
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.links import prove
+from bftfs.qu.messages import (
+    KIND_BATCH,
+    KIND_FETCH,
+    KIND_HISTORY,
+    KIND_REQUEST,
+    MAX_BATCH,
+    VERSION,
+    MessageError,
+    ReplyStatus,
+)
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Request
+from bftfs.qu.timestamp import Candidate, Timestamp
+
+#: How the client's rounds share frames (``qu.batch``).
+QU_BATCH = BatchKind(KIND_BATCH, MAX_BATCH)
+
+
+class QuorumRounds:
+    """The calls one Q/U client makes, and how many."""
+
+    def __init__(
+        self,
+        endpoint: Any,
+        th: QUThresholds,
+        faults: Counter[tuple[int, str]],
+        *,
+        probe_after: float,
+        timeout: float | None,
+        batch: bool,
+    ) -> None:
+        """Args:
+        endpoint: has ``quorum_call`` and ``call`` (``bftfs.net.endpoint.Endpoint``).
+        th: thresholds of the cluster.
+        faults: where malformed replies are counted (the client's ``faults``).
+        probe_after: seconds before probing beyond the preferred quorum.
+        timeout: per round (None: the endpoint's).
+        batch: let concurrent rounds to one node share a frame (:data:`QU_BATCH`).
+        """
+        self.ep = endpoint
+        self.th = th
+        self.faults = faults
+        self.probe_after = probe_after
+        self.timeout = timeout
+        self._batch = QU_BATCH if batch else None
+        self.rounds = 0
+        self.history_fetches = 0
+        #: Servers that refused the latest round for space: ``full`` (out of it) or
+        #: ``quota`` (this client is at its quota there), or its clock (``ahead``), by server.
+        self.space: dict[int, str] = {}
+
+    def _parsed(self, node: int, raw: Any, objects: tuple[int, ...]) -> Reply | None:
+        """``raw`` parsed as a reply over ``objects``, or None (counted as malformed)."""
+        try:
+            return Reply.from_wire(raw, objects, self.th.n)
+        except MessageError:
+            self.faults[(int(node), "malformed")] += 1
+            return None
+
+    async def request(
+        self, objects: tuple[int, ...], req: Request, targets: list[int]
+    ) -> dict[int, Reply]:
+        """``c_quorum_rpc`` (lines 600-604): replies from a quorum of ``targets``, probing
+        as needed.
+
+        Every parsed reply is kept; only OK replies count toward the quorum, so a server that
+        fails makes the transport probe another (a refusal is an answer: no probe).  The call
+        stops once q replies are in and q OK replies have become impossible, so contention
+        never waits for a dead server's timeout, while the OHS is still refreshed from a full
+        quorum.
+        """
+        self.rounds += 1
+        th = self.th
+        body = req.packed()
+        stash: dict[int, Reply] = {}
+
+        def settled() -> bool:
+            oks = sum(1 for r in stash.values() if r.status is ReplyStatus.OK)
+            hopeless = oks + (th.n - len(stash)) < th.q
+            return oks >= th.q or (hopeless and len(stash) >= th.q)
+
+        def enough(valid: Mapping[int, Any]) -> bool:
+            return settled()
+
+        scope = trio.CancelScope()
+
+        def accept(node: int, raw: Any) -> bool:
+            rep = self._parsed(node, raw, objects)
+            if rep is None:
+                return False
+            stash[node] = rep
+            if settled():
+                return True
+            if len(stash) >= th.q and scope.deadline == float("inf"):
+                # A dead server's call only fails at its timeout; with q replies in, wait
+                # two probe intervals for the rest, then go on with what we have.
+                scope.deadline = trio.current_time() + 2 * self.probe_after
+            # A refusal is a server's valid answer, not a reason to probe another: probing
+            # made the server outside the preferred quorum object-sync for every negative
+            # lookup (118 syncs in a 111-file cp -a).  Failures (not current) still probe.
+            return rep.status in (ReplyStatus.OK, ReplyStatus.REFUSED)
+
+        self.space = {}
+        try:
+            with scope:
+                await self.ep.quorum_call(
+                    targets,
+                    KIND_REQUEST,
+                    body,
+                    enough=enough,
+                    accept=accept,
+                    initial=th.q if req.op is not None and req.op.query else th.n,
+                    probe_after=self.probe_after,
+                    timeout=self.timeout,
+                    batch=self._batch,
+                    renew_at=self.th.q,  # a quorum answering is progress, cut short or not
+                )
+        except QuorumUnavailable as e:
+            # Servers out of space answer ``full`` (node/service.py), a client's update past
+            # its quota ``quota`` (node/qu_server.py); judged by the client's operation loop.
+            self.space = {
+                int(n): code
+                for n, why in e.result.errors.items()
+                if (code := refusal_code(why)) in ("full", "quota", "ahead")
+            }
+        return dict(stash)
+
+    async def histories(
+        self,
+        todo: tuple[int, ...],
+        targets: list[int],
+        enough: int,
+        initial: int | None,
+        *,
+        settle: int | None = None,
+    ) -> dict[int, Reply]:
+        """Read the histories of ``todo`` from ``targets`` (``qu.history``) until ``enough``
+        servers answered (or none more will).  ``settle``: once that many answered, wait
+        two probe intervals for the others, then go on without them."""
+        self.history_fetches += 1
+        stash: dict[int, Reply] = {}
+        scope = trio.CancelScope()
+
+        def accept(node: int, raw: Any) -> bool:
+            rep = self._parsed(node, raw, todo)
+            if rep is None:
+                return False
+            stash[node] = rep
+            if settle is not None and len(stash) >= settle and scope.deadline == float("inf"):
+                scope.deadline = trio.current_time() + 2 * self.probe_after
+            return True
+
+        with scope, suppress(QuorumUnavailable):
+            await self.ep.quorum_call(
+                targets,
+                KIND_HISTORY,
+                {"v": VERSION, "o": list(todo)},
+                enough=lambda valid: len(valid) >= enough,
+                accept=accept,
+                initial=initial,
+                probe_after=self.probe_after,
+                timeout=self.timeout,
+                batch=self._batch,
+                renew_at=self.th.q,  # a quorum answering is progress, cut short or not
+            )
+        return stash
+
+    async def proof(self, oid: int, lt: Timestamp) -> tuple[Timestamp, bytes] | None:
+        """The conditioned-on timestamp of version ``lt`` of ``oid`` and its proof: the
+        stored request that made it, from any one server (the timestamp hash binds it, so
+        no server need be believed), or None if no server has one that checks."""
+        got: list[tuple[Timestamp, bytes]] = []
+
+        def accept(_node: int, raw: Any) -> bool:
+            body = raw.get("r") if isinstance(raw, dict) else None
+            if body is None or got:
+                return False
+            try:
+                proof = pack(body)
+            except (TypeError, ValueError):
+                return False
+            co = prove(proof, self.th, oid, lt)
+            if co is None:
+                return False
+            got.append((co, proof))
+            return True
+
+        with suppress(QuorumUnavailable):
+            await self.ep.quorum_call(
+                core.preferred_order(oid, self.th.n),
+                KIND_FETCH,
+                {"v": VERSION, "lt": lt.encode()},
+                enough=lambda valid: len(valid) >= 1,
+                accept=accept,
+                initial=self.th.b + 1,
+                probe_after=self.probe_after,
+                timeout=self.timeout,
+                batch=self._batch,
+            )
+        return got[0] if got else None
+
+    async def original(self, hosts: list[int], target: Candidate) -> Request | None:
+        """The request that made ``target``, fetched from the first of ``hosts`` whose
+        stored request sets up exactly ``target``'s timestamp (inline repair, L2561-2570),
+        or None."""
+        for s in dict.fromkeys(hosts):
+            try:
+                raw = await self.ep.call(s, KIND_FETCH, {"v": VERSION, "lt": target.lt.encode()})
+                if raw is None or not isinstance(raw, dict) or raw.get("r") is None:
+                    continue
+                cand = Request.from_wire(raw["r"], self.th.n)
+            except (TransportError, RemoteError, MessageError):
+                continue
+            if cand.objects == target.objects and core.expected_lt(cand, self.th) == target.lt:
+                return cand
+        return None

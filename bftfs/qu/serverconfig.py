@@ -1,0 +1,58 @@
+"""What one Q/U server knows about itself: its id, the thresholds, its pairwise keys, the
+object types it serves and which versions it may delete (:class:`Retention`, seed
+L2630-2634).  Every server-side module (``replica``, ``reads``, ``retention``,
+``tombstones``, ``duties``, ``adoption``) takes a :class:`ReplicaConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from bftfs.kv import KV
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.objects import Registry
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which object versions a server may delete (none by default).
+
+    ``keep_last=None`` keeps every version.  With ``keep_last=k`` a server deletes, after
+    accepting an update, versions that are all of: older than every candidate of its pruned
+    replica history and than every candidate's conditioned-on version (so object sync and
+    classification never ask for them from this server); not among the ``k`` newest; and
+    stored more than ``keep_seconds`` ago by this server's clock (the version history users
+    see, slow repeated requests, and link proofs (qu.fetch) of requests still in some
+    lagging server's history, L2630-2634).  A version's stored request goes with it.  Nodes
+    take ``k`` and the age from ``[retention]`` (policy.py).
+
+    A retried request whose version was deleted is still answered once: the applied table
+    travels with every version (``replica.py``'s docstring), so the retry returns the stored
+    answer instead of running the method again.
+    """
+
+    keep_last: int | None = None
+    keep_seconds: float = 0.0
+    #: How long a tombstone stays before the servers forget the object altogether (after
+    #: ``keep_seconds``): see :func:`bftfs.qu.tombstones.forget_target`.  None: never.
+    forget_seconds: float | None = None
+    #: The moments whose versions are never deleted (snapshots), read from the store when
+    #: something would be: the version current at each (the newest stored at or before it
+    #: by this server's clock) stays, and with it every newer one.
+    pins: Callable[[KV], Sequence[int]] | None = None
+
+    def pinned(self, kv: KV) -> Sequence[int]:
+        """The snapshot moments stored in ``kv`` (none without ``pins``)."""
+        return self.pins(kv) if self.pins is not None else ()
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """What one server's step needs to know about itself."""
+
+    me: int
+    th: QUThresholds
+    key_for: Callable[[int], bytes]  # pairwise key with server s (itself included)
+    registry: Registry
+    retention: Retention = field(default_factory=Retention)
