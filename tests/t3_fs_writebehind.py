@@ -449,6 +449,8 @@ def test_a_file_whose_data_was_refused_for_quota_is_what_was_stored(tmp_path: Pa
             got = await fs.lookup(d.ino, b"big")
             assert (got.ino, got.size) == (f.ino, 0)
             assert await content_of(fs, d.ino, b"big") == b""
+        with pytest.raises(Exists):  # it exists: O_EXCL says so
+            await a.create(d.ino, b"big", 0o644, 0, 0, WRITE_NEW | os.O_EXCL)
         fh = await a.open(f.ino, REOPEN, reached_by_name=True)  # open(name, "wb") again
         await a.write(fh, 0, b"small")
         await a.release(fh)
