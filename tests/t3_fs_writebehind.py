@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 import trio
-from fs_helpers import Env, check_all, fs_env, run
+from fs_helpers import Env, check_all, fs_env, names, run
 
-from bftfs.fs.errors import Exists, NotFound, StaleView, Unavailable
+from bftfs.fs.errors import Exists, NotFound, OverQuota, StaleView, Unavailable
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.objects import ROOT
+from bftfs.net.server import HandlerError
 from bftfs.outcome import patience
+from bftfs.policy import LimitsPolicy
 from bftfs.qu.messages import KIND_REQUEST
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.request import Request
@@ -369,5 +371,196 @@ def test_a_create_that_cannot_be_sent_does_not_hold_up_its_directory(tmp_path: P
         fh = await b.open((await b.lookup(d.ino, b"stuck")).ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"data"
         await b.release(fh)
+
+    run(tmp_path, body, **WB)
+
+
+# A create that fails for good (issue 31, item 10's finding) ---------------------------------
+
+#: A per-client quota of about 67 KB per node: a few inline files, then EDQUOT.
+SMALL_QUOTA = {"limits": LimitsPolicy(quota_fraction=0.001)}
+WRITE_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+#: What the kernel sends for ``open(name, "wb")`` on a name it cached (O_CREAT stripped).
+REOPEN = os.O_WRONLY | os.O_TRUNC
+
+
+async def until_over_quota(fs: FileSystem, parent: int, data: bytes) -> tuple[bytes, int]:
+    """Create files with ``data`` in ``parent`` until a close says EDQUOT: that name and
+    the inode its create answered."""
+    for i in range(500):
+        name = b"f%d" % i
+        fh, f = await fs.create(parent, name, 0o644, 0, 0, WRITE_NEW)
+        await fs.write(fh, 0, data)
+        try:
+            await fs.release(fh)
+        except OverQuota:
+            return name, f.ino
+    raise AssertionError("the quota never refused")
+
+
+def test_a_create_refused_for_quota_at_close_can_be_created_again(tmp_path: Path) -> None:
+    """A write-behind create goes with its data at close; at its quota the servers refuse
+    it (EDQUOT) and no file is made.  The kernel still holds the name it was answered at
+    create, so ``open(name, "wb")`` opens that inode: it answered ENOENT (the object does
+    not exist), so the program could never create the name again through this mount's
+    cached entry.  It must answer ESTALE (the kernel looks the name up again, finds it
+    missing and creates it), and the refused data never appears anywhere."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        name, ino = await until_over_quota(a, d.ino, b"q" * 4000)
+        for fs in (a, b):  # not made: no mount sees the name
+            with pytest.raises(NotFound):
+                await fs.lookup(d.ino, name)
+        with pytest.raises(StaleView):  # the cached name: look again (was ENOENT)
+            await a.open(ino, REOPEN, reached_by_name=True)
+        with pytest.raises(StaleView):
+            await a.getattr(ino, reached_by_name=True)
+        # Looked up again, the name is missing: open(O_CREAT|O_EXCL) creates it (an empty
+        # file fits in what the quota leaves), every mount sees it, without the refused data.
+        fh, again = await a.create(d.ino, name, 0o644, 0, 0, WRITE_NEW | os.O_EXCL)
+        assert again.ino != ino
+        await a.release(fh)
+        with pytest.raises(Exists):
+            await a.create(d.ino, name, 0o644, 0, 0, WRITE_NEW | os.O_EXCL)
+        for fs in (a, b):
+            assert (await fs.lookup(d.ino, name)).ino == again.ino
+            assert await content_of(fs, d.ino, name) == b""
+
+    run(tmp_path, body, **WB, **SMALL_QUOTA)
+
+
+def test_a_file_whose_data_was_refused_for_quota_is_what_was_stored(tmp_path: Path) -> None:
+    """A 4 MiB file: the create is made, the blocks of its first flush are refused for the
+    quota (EDQUOT at close).  The writing mount kept the refused writes: it showed 4 MiB
+    where the other mount showed 0, and the next open of the name flushed them first and
+    failed with EDQUOT again (and, once room came back, would have stored them behind the
+    program's back).  The file is what was stored - empty - on every mount, and opens."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        fh, f = await a.create(d.ino, b"big", 0o644, 0, 0, WRITE_NEW)
+        for off in range(0, 4 << 20, 1 << 16):
+            await a.write(fh, off, b"z" * (1 << 16))
+        with pytest.raises(OverQuota):
+            await a.release(fh)
+        for fs in (a, b):
+            got = await fs.lookup(d.ino, b"big")
+            assert (got.ino, got.size) == (f.ino, 0)
+            assert await content_of(fs, d.ino, b"big") == b""
+        with pytest.raises(Exists):  # it exists: O_EXCL says so
+            await a.create(d.ino, b"big", 0o644, 0, 0, WRITE_NEW | os.O_EXCL)
+        fh = await a.open(f.ino, REOPEN, reached_by_name=True)  # open(name, "wb") again
+        await a.write(fh, 0, b"small")
+        await a.release(fh)
+        assert await content_of(b, d.ino, b"big") == b"small"
+
+    run(tmp_path, body, **WB, **{"limits": LimitsPolicy(quota_fraction=0.01)})
+
+
+def test_a_create_whose_close_said_eio_and_that_then_fails_for_good(tmp_path: Path) -> None:
+    """An outage at close (EIO: the create stays pending, item 5); meanwhile another client
+    makes the name, as root and private, so the resend cannot take the data (EEXIST).  The
+    files were closed, so nothing reports that; ``open(name, "wb")`` through the kernel's
+    cached entry answered ENOENT (the empty file, forgotten at its close) or EEXIST for
+    good (the one with data).  Both must answer ESTALE: the kernel looks again and finds
+    the other client's file, untouched."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o777, 0, 0)
+        n = env.cluster.config.n
+
+        async def withhold_creates(ctx: Any, payload: Any, honest: Any) -> Any:
+            req = Request.from_bytes(payload, n) if isinstance(payload, bytes) else None
+            if req is not None and req.op is not None and req.op.method == "fs.createwrite":
+                await trio.sleep_forever()  # no node answers this create
+            return await honest(ctx, payload)
+
+        mine = {}
+        for name, data in ((b"touched", b""), (b"written", b"mine")):
+            fh, f = await a.create(d.ino, name, 0o644, 1000, 1000, RDWR)
+            if data:
+                await a.write(fh, 0, data)
+            mine[name] = (fh, f.ino)
+            # Meanwhile another client makes the name (a synchronous create).
+            fh, _ = await b.create(d.ino, name, 0o600, 0, 0, RDWR | os.O_EXCL)
+            await b.write(fh, 0, b"root's")
+            await b.release(fh)
+        for f in env.cluster.faults:
+            f.byzantine(KIND_REQUEST, withhold_creates)
+
+        async def close(fh: int) -> None:
+            with patience(0.5, trio.current_time()), pytest.raises(Unavailable):
+                await a.release(fh)  # the close: EIO, the create stays pending
+
+        async with trio.open_nursery() as nursery:
+            for fh, _ in mine.values():
+                nursery.start_soon(close, fh)
+        for f in env.cluster.faults:
+            f.honest()
+        # open(name, "wb") right after (or once the mount resent them by itself: the same)
+        for name, (_, ino) in mine.items():
+            with pytest.raises(StaleView):  # was ENOENT (touched), EEXIST (written)
+                await a.open(ino, REOPEN, reached_by_name=True)
+            assert (await a.lookup(d.ino, name)).ino != ino
+            assert await content_of(b, d.ino, name) == b"root's"
+
+    run(tmp_path, body, **WB)
+
+
+def refuse_first_create_for_quota(env: Env, nodes: tuple[int, ...]) -> None:
+    """``nodes`` refuse the first ``fs.createwrite`` they get with ``quota``, as nodes do
+    whose own count of the client's bytes is at its quota (each node judges alone, so near
+    the quota some refuse what others take); later ones (a repair of it) they take."""
+    n = env.cluster.config.n
+    for i in nodes:
+        used = [False]
+
+        async def refuse(ctx: Any, payload: Any, honest: Any, used: list[bool] = used) -> Any:
+            req = Request.from_bytes(payload, n) if isinstance(payload, bytes) else None
+            op = req.op if req is not None else None
+            if op is not None and op.method == "fs.createwrite" and not used[0]:
+                used[0] = True
+                raise HandlerError("quota", "this client is at its quota here")
+            return await honest(ctx, payload)
+
+        env.cluster.faults[i].byzantine(KIND_REQUEST, refuse)
+
+
+@pytest.mark.parametrize("refusing", [(3, 4, 5), (2, 3, 4, 5), (0, 1, 2, 3)])
+def test_a_create_refused_for_quota_by_some_nodes_is_settled_at_once(
+    tmp_path: Path, refusing: tuple[int, ...]
+) -> None:
+    """More than ``b`` nodes refuse a create for the quota, the others take it: the send
+    fails with EDQUOT, but when enough nodes hold it any client's next round completed it,
+    and the file appeared on every mount with the data whose close had said EDQUOT.  The
+    outcome is decided at close: made (the close succeeds, every mount reads the data)
+    or not (EDQUOT, and no later round of any client makes it)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = await a.mkdir(ROOT, b"d", 0o755, 0, 0)
+        refuse_first_create_for_quota(env, refusing)
+        fh, f = await a.create(d.ino, b"f", 0o644, 0, 0, WRITE_NEW)
+        await a.write(fh, 0, b"data")
+        try:
+            await a.release(fh)
+            made = True
+        except OverQuota:
+            made = False
+        expected = b"data" if made else None
+        for fs in (b, a):  # b's rounds on the directory (a listing, updates) first
+            assert await names(fs, d.ino) == ([b"f"] if made else [])
+            fh, _ = await fs.create(d.ino, b"other", 0o644, 0, 0, WRITE_NEW | os.O_EXCL)
+            await fs.release(fh)
+            await fs.unlink(d.ino, b"other")
+            assert await content_of(fs, d.ino, b"f") == expected
+        if not made:  # the name is free
+            fh, _ = await a.create(d.ino, b"f", 0o644, 0, 0, WRITE_NEW | os.O_EXCL)
+            await a.release(fh)
+            assert await content_of(b, d.ino, b"f") == b""
 
     run(tmp_path, body, **WB)

@@ -48,19 +48,19 @@ AGAIN_WITHIN = 30.0
 
 def _write_again_soon(path: Path, refusal: int) -> None:
     """A 4 MiB write succeeds within :data:`AGAIN_WITHIN` seconds; until then every
-    attempt fails with ``refusal`` only (polled, the condition is the nodes' collection)."""
+    attempt fails with ``refusal`` only (polled, the condition is the nodes' collection).
+    Every attempt opens the same name again, as a program retrying would: a refused write
+    leaves the file as the servers stored it, and ``open(name, "wb")`` opens or creates
+    it (it answered ENOENT after a create refused at close: issue 31)."""
     deadline = time.monotonic() + AGAIN_WITHIN
-    attempt = path.with_name(path.name + ".try")
     while True:
         try:
-            _write(attempt, b"z" * FILE)
+            _write(path, b"z" * FILE)
             break
         except OSError as e:
             assert e.errno == refusal, e
             assert time.monotonic() < deadline, "removing files gave no room back in time"
-            attempt.unlink(missing_ok=True)  # (a refused file is not reopened: a new one)
             time.sleep(0.5)
-    attempt.rename(path)
 
 
 def test_filling_gives_enospc_and_deleting_gives_the_space_back(tmp_path: Path) -> None:

@@ -15,7 +15,16 @@ from typing import Any
 from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import NAME_CACHE_LIMIT
-from bftfs.fs.errors import BadHandle, Exists, Invalid, IsDir, NotFound, StaleView, TooBig
+from bftfs.fs.errors import (
+    BadHandle,
+    Exists,
+    Invalid,
+    IsDir,
+    NoSpace,
+    NotFound,
+    StaleView,
+    TooBig,
+)
 from bftfs.fs.filedata import _content_version
 from bftfs.fs.files import OpenFile
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS
@@ -255,13 +264,19 @@ class Handles(Reclaim):
 
     async def release(self, fh: int) -> None:
         """Close a handle (flushing); the file's clean blocks stay cached for a re-open,
-        which keeps them only if the file did not change meanwhile."""
+        which keeps them only if the file did not change meanwhile.  The last close of a
+        file whose writes the servers refused for space or quota drops them
+        (:meth:`_drop_refused_writes`)."""
         f, _ = self._handle(fh)
         try:
             await self._sync(f)
             if f.lease_until is not None and f.opens == 1:  # created, never written
                 f.lease_until = None
                 await self._unlock(f)
+        except NoSpace:
+            if f.opens == 1:
+                self._drop_refused_writes(f)
+            raise
         finally:
             del self._handles[fh]
             self._cache_current.discard(fh)
@@ -270,3 +285,14 @@ class Handles(Reclaim):
                 self._files.pop(f.ino, None)
         if f.opens == 0:
             await self._released(f.ino)
+
+    def _drop_refused_writes(self, f: OpenFile) -> None:
+        """Forget ``f``'s buffered writes, which the servers refused for space or quota
+        (ENOSPC, EDQUOT) and its close reported: the file is what the servers stored.  Kept,
+        they made the next open of the file flush them first and fail with EDQUOT again,
+        showed this mount a size no other mount saw, and would have been stored behind the
+        program's back by the first open after space came back.  The kernel's pages hold
+        them too: the next open drops those (no content version is recorded for it)."""
+        if self._files.get(f.ino) is f:
+            del self._files[f.ino]
+        self._kernel_content.pop(f.ino, None)

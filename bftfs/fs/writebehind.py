@@ -32,6 +32,14 @@ file grown past the inline limit.  The rules (docs/fs.md, "Create write-behind")
   lookups through the cached name, so the kernel finds the existing file.  When the
   existing file may not be opened so (mode bits, not a regular file), the flush and close
   fail with EEXIST: the data is not written, and the program is told.
+- **A create that fails for good** (refused for space or quota, a collision that cannot
+  take the data): the servers hold what they took and nothing more.  A send the servers
+  refused that was nevertheless established (more than ``b`` refused, enough others took
+  it) counts as made, with the data it carried; otherwise no file was made, the data is
+  dropped and never sent again, and the file's inode answers ESTALE, so the kernel looks
+  the name up again and ``open(O_CREAT)`` creates it anew (it answered ENOENT).  A made
+  file whose data was refused for space keeps what was stored: the refused writes are
+  dropped at its last close (:meth:`Handles.release`).
 - **A mount that dies** with a pending create leaves nothing on the servers: neither the
   name nor the data, which were not flushed (a synchronous create left an empty file).
 """
@@ -50,17 +58,27 @@ import trio
 from bftfs.fs import objects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import NAME_CACHE_LIMIT
-from bftfs.fs.errors import Exists, FsError, NotFound, StaleView, Unavailable, from_refusal
+from bftfs.fs.errors import (
+    Exists,
+    FsError,
+    NoSpace,
+    NotFound,
+    StaleView,
+    Unavailable,
+    from_refusal,
+)
 from bftfs.fs.filedata import FileData, _content_version, _spawn
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handles import Handles
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, _Taken
+from bftfs.outcome import ClusterUnavailable
 from bftfs.qu.objects import MethodRefused
 
 log = logging.getLogger(__name__)
 
-#: Object ids of created files that turned out to collide, kept to answer ESTALE (the
-#: kernel then looks the name up again); forgetting one only turns that into ENOENT.
+#: Object ids of created files that turned out to collide, or whose create failed for
+#: good, kept to answer ESTALE (the kernel then looks the name up again); forgetting one
+#: only turns that into ENOENT.
 MOVED_LIMIT = 10_000
 
 #: After a send of a pending create fails for want of a quorum, other calls on its
@@ -101,8 +119,12 @@ class WriteBehind(Handles, FileData):
     _pending_oids: dict[int, PendingCreate]
     #: Object id of a create that met an existing name -> the existing file's state.
     _moved: dict[int, OpenFile]
-    #: Object id -> why its create could not be made (its flush and close say so).
-    _failed: dict[int, FsError]
+    #: Object id -> why its create could not be made (its flush and close say so), and
+    #: the create itself (forgotten at the file's last close).
+    _failed: dict[int, tuple[FsError, PendingCreate]]
+    #: Object ids of creates that failed for good: no such object was made, and a call
+    #: reaching one by the name the kernel cached answers ESTALE (the kernel looks again).
+    _unmade: set[int]
     #: Directory id -> (mode, gid) as last seen: a new file's group and mode follow them.
     _dir_modes: dict[int, tuple[int, int]]
     #: Tasks sending a pending create now (they never wait for another one: no deadlock).
@@ -114,6 +136,7 @@ class WriteBehind(Handles, FileData):
         self._pending_oids = {}
         self._moved = {}
         self._failed = {}
+        self._unmade = set()
         self._dir_modes = {}
         self._senders = set()
 
@@ -219,23 +242,25 @@ class WriteBehind(Handles, FileData):
         """
         failed = self._failed.get(f.ino)
         if failed is not None:
-            raise failed
+            raise failed[0]
         p = self._pending_oids.get(f.ino)
         if p is not None:
             await self._send(p, quiet=False)
             failed = self._failed.get(f.ino)
             if failed is not None:
-                raise failed
+                raise failed[0]
+        if f.ino in self._unmade:  # failed for good while closed: the name leads elsewhere
+            raise StaleView(f"object {f.ino} was never made: its create failed")
         return self._moved.get(f.ino, f)
 
     async def _query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
-        if self._pending_oids or self._moved:
+        if self._pending_oids or self._moved or self._unmade or self._failed:
             await self._before(oid if isinstance(oid, list) else [oid], _names_in(arg))
         return await super()._query(oid, method, arg)
 
     async def _update(self, objects: Any, method: str, arg: Any) -> Any:
         objects = list(objects)
-        if self._pending_oids or self._moved:
+        if self._pending_oids or self._moved or self._unmade or self._failed:
             await self._before(objects, _names_in(arg))
         return await super()._update(objects, method, arg)
 
@@ -256,6 +281,11 @@ class WriteBehind(Handles, FileData):
             p = self._pending_oids.get(oid)
             if p is not None:
                 await self._send(p)
+            failed = self._failed.get(oid)
+            if failed is not None:  # open here: its calls say why
+                raise failed[0]
+            if oid in self._unmade:  # reached by a name the kernel cached: look again
+                raise StaleView(f"object {oid} was never made: its create failed")
             for p in list(self._pending.get(oid, {}).values()):
                 if p.oid in objects or p.name in names or trio.current_time() >= p.resend_at:
                     await self._send(p)
@@ -290,7 +320,7 @@ class WriteBehind(Handles, FileData):
             log.warning("pending create of %r not sent yet (again in %g s): %s", p.name, wait, e)
         except FsError as e:
             settled = True
-            self._failed[p.oid] = e
+            self._failed[p.oid] = (e, p)
             log.warning("create of %r failed when sent: %s", p.name, e)
         finally:
             self._senders.discard(me)
@@ -301,6 +331,8 @@ class WriteBehind(Handles, FileData):
             done.set()
         if made:
             await self._write_back_closed(p)
+        elif settled and not self._open_here(p.oid):
+            self._abandon(p.oid)  # closed already (a resend): nothing will release it
 
     async def _resend_later(self, p: PendingCreate) -> None:
         """Send ``p`` again at its resend times until it is made or fails for good (a
@@ -326,6 +358,9 @@ class WriteBehind(Handles, FileData):
             return
         try:
             await super()._flush(f)
+        except NoSpace as e:  # refused for good: the file keeps what was stored
+            log.warning("writes of closed %r refused, dropped: %s", p.name, e)
+            self._drop_refused_writes(f)
         except FsError as e:
             log.warning("writes of closed %r not sent yet: %s", p.name, e)
 
@@ -355,7 +390,29 @@ class WriteBehind(Handles, FileData):
                 if await self._made_before(p, f):
                     return
                 raise FsError("a new object id was taken (drawn twice?)") from None
+            except NoSpace:
+                # More than b nodes refused it; the others may have taken it, enough of
+                # them for any client's next round to complete it (with the data it
+                # carried).  Settled now: made (established) or not, never later.
+                if await self._settled_made(p, f):
+                    return
+                raise
         raise Exists(f"{p.name!r} keeps being created and removed by other clients")
+
+    async def _settled_made(self, p: PendingCreate, f: OpenFile | None) -> bool:
+        """After a send of ``p`` refused for space: whether it was made nevertheless.
+
+        Nodes judge space and quota each alone, so near a limit some may take what more
+        than ``b`` others refuse.  Taken by enough of them, any client's next round
+        completed it: the file appeared later on every mount with the data whose close
+        had said EDQUOT.  A repair round (:meth:`QUClient.settle`) decides it now - made,
+        with the data the send carried, or abandoned for good - and the lookup says which.
+        """
+        try:
+            await self.qu.settle([p.parent, p.oid])
+            return await self._made_before(p, f)
+        except (Unavailable, ClusterUnavailable):
+            return False  # no answer now: as the servers said (a later round may decide)
 
     async def _made_before(self, p: PendingCreate, f: OpenFile | None) -> bool:
         """Whether an earlier send of ``p`` made it, and if so take it as made.
@@ -484,14 +541,35 @@ class WriteBehind(Handles, FileData):
                 for oid in alias:
                     if self._files.get(oid) is f:
                         del self._files[oid]
-                if self._failed.pop(ino, None) is not None:
-                    self._files.pop(ino, None)
-                    self._forget_pending_file(ino)
+                if ino in self._failed:
+                    self._abandon(ino)
 
-    def _forget_pending_file(self, ino: int) -> None:
-        p = self._pending_oids.get(ino)
-        if p is not None:
-            self._drop_pending(p)
+    def _open_here(self, ino: int) -> bool:
+        f = self._files.get(ino)
+        return f is not None and f.opens > 0
+
+    def _abandon(self, ino: int) -> None:
+        """Forget a file whose create failed for good, with its data (never sent again),
+        and make its inode answer ESTALE: the name the kernel cached for it leads nowhere,
+        so the kernel looks it up again and finds what the servers hold - nothing, and
+        ``open(O_CREAT)`` creates the name anew (it answered ENOENT), or another client's
+        file."""
+        _, p = self._failed.pop(ino)
+        self._files.pop(ino, None)
+        self._kernel_content.pop(ino, None)
+        if self._names.get(p.parent, {}).get(p.name, (None,))[0] == ino:
+            self._forget(p.parent, p.name)
+        if len(self._unmade) > MOVED_LIMIT:
+            self._unmade.clear()
+        if ino not in self._moved:
+            self._unmade.add(ino)
+
+    def _learn(self, parent: int, name: bytes, oid: int, code: int) -> None:
+        """A name found to lead to ``oid`` makes it usable again, should an abandoned
+        create's object exist after all."""
+        super()._learn(parent, name, oid, code)
+        if self._unmade:
+            self._unmade.discard(oid)
 
 
 def _names_in(arg: Any) -> set[bytes]:

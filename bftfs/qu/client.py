@@ -153,6 +153,28 @@ class QUClient:
         """Run update ``method`` on ``objects`` (1 to 8; atomically); its answer."""
         return (await self._invoke(_objs(objects), method, arg, False)).answer
 
+    async def settle(self, objects: int | Iterable[int]) -> None:
+        """Repair ``objects`` until classification would let an operation run on them: a
+        candidate a quorum's histories show as possibly complete is completed (inline, or
+        copied forward), any other is left behind a barrier.  What they hold then is
+        final: no later round of any client completes a candidate settled away.
+
+        For an update of this client's that failed with some servers having taken it
+        (refused for space by more than ``b``): the file system must know now whether it
+        happened, not have another client's round make it happen later (issue 31).
+
+        Raises:
+            QUUnavailable: not enough servers answer.
+        """
+        objs = _objs(objects)
+        try:
+            async with self._locked(objs):
+                self._cache.suspects = set()
+                st = Attempt(self.th, self.rng, self._sleep, self._cache.latest(objs))
+                await self._repair(objs, set(), {}, None, st)
+        except (QuorumUnavailable, TransportError) as e:
+            raise QUUnavailable(f"objects {objs}: {type(e).__name__}: {e}") from e
+
     def cached(self, oid: int) -> dict[int, OHSEntry]:
         """The cached OHS of ``oid`` (a copy)."""
         return self._cache.cached(oid)
