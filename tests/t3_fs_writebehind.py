@@ -20,7 +20,7 @@ from fs_helpers import Env, check_all, fs_env, run
 
 from bftfs.fs.errors import Exists, NotFound, StaleView, Unavailable
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.outcome import patience
 from bftfs.qu.messages import KIND_REQUEST, Request
 from bftfs.qu.objects import MethodRefused
