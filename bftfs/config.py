@@ -66,7 +66,7 @@ DEFAULT_BIG_BLOCK_SIZE = 256 * 1024
 #: (replicated on every node, one round per flush) instead of PASIS blocks; 0 turns it off.
 #: Files are inline up to ``min(inline_limit, block_size)``.  See docs/fs.md.
 DEFAULT_INLINE_LIMIT = 8 * 1024
-#: The servers refuse larger inline content (bftfs.fs.objects.INLINE_MAX).
+#: The servers refuse larger inline content (bftfs.fsobjects.limits.INLINE_MAX).
 MAX_INLINE_LIMIT = 64 * 1024
 
 

@@ -181,7 +181,7 @@ async def _find(past: Any, path: str, now_ns: int) -> Any:
     if not name:
         raise NotThen(f"{path}: no such file or directory")
     dir_hist = await _find(past, parent or "/", now_ns)
-    from bftfs.fs.entries import all_entries
+    from bftfs.fsobjects.dirents import all_entries
 
     for dv in dir_hist.versions:
         if dv.state is not None and dv.state.get("k") == "d":
@@ -384,7 +384,7 @@ async def _restore(past: Any, tree: dict[str, Any], dest: Path, delete: bool) ->
 
 
 def all_entries_of(state: dict[str, Any]) -> dict[bytes, Any]:
-    from bftfs.fs.entries import all_entries
+    from bftfs.fsobjects.dirents import all_entries
 
     return all_entries(state["e"])
 
@@ -610,7 +610,7 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    from bftfs.fs.objects import valid_snapshot_name
+    from bftfs.fsobjects import valid_snapshot_name
 
     now_ns = time.time_ns()
     if args.action in ("create", "delete") and not valid_snapshot_name(args.name):

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
 from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem
 from bftfs.outcome import patience

@@ -1,5 +1,5 @@
-"""Tier 1: bucketed directory entries (bftfs.fs.entries) against a plain dict model, and the
-directory methods on both layouts (buckets, and the single map of older clusters)."""
+"""Tier 1: bucketed directory entries (bftfs.fsobjects.dirents) against a plain dict model,
+and the directory methods on both layouts (buckets, and the single map of older clusters)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import random
 import msgpack
 import pytest
 
-from bftfs.fs import entries as E
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
+from bftfs.fsobjects import dirents as E
 from bftfs.qu.canon import canonical, unpack
 from bftfs.qu.objects import MethodRefused, Registry
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bftfs.fs import objects
+from bftfs import fsobjects as objects
 from bftfs.fs.files import OpenFile, file_block_size, sequential_end
 from bftfs.fs.reclaim import dead_contents
 from bftfs.qu.objects import MethodRefused
@@ -98,7 +98,7 @@ def test_dead_contents_are_the_written_blocks_below_size_and_reservation() -> No
     assert dead_contents(wide, bs).count() == -(-huge // bs)  # type: ignore[union-attr]
 
 
-# The stale ranges past the size (``z``, bftfs.fs.objects; issue 31, item 9) --------------
+# The stale ranges past the size (``z``, bftfs.fsobjects.ranges; issue 31, item 9) ------
 
 BS = 4096
 FAR = 1 << 40

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bftfs.fs.entries import Entries
 from bftfs.fs.past import ObjectHistory, Undecided, Version, changes
 from bftfs.fs.pastplan import plan_revert
+from bftfs.fsobjects.dirents import Entries
 from bftfs.history_cli import WhenError, fs_path, parse_when
 from bftfs.qu.messages import MessageError
 from bftfs.qu.past import (

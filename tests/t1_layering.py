@@ -50,18 +50,21 @@ ALLOWED: dict[str, set[str]] = {
     # bundle: a cluster's configuration and one private key, for one machine.
     "bundle": {"config"},
     # node: the protocol servers live in the node (node/qu_server.py, node/rw_server.py)
-    # and serve the file system's object types (fs/objects.py).
-    "node": BASE | {"net", "qu", "rw", "fs"},
+    # and serve the file system's object types (fsobjects/), not the client (fs/).
+    "node": BASE | {"net", "qu", "rw", "fsobjects"},
     "qu": BASE | {"net"},
     "rw": BASE | {"net"},
-    "fs": BASE | {"connect", "qu", "rw"},
+    # fsobjects: the file system's replicated state machine (the methods every node runs),
+    # built on the Q/U object-method types alone: no configuration, no transport.
+    "fsobjects": {"qu"},
+    "fs": BASE | {"connect", "qu", "rw", "fsobjects"},
     "fuse": BASE | {"fs", "local"},
-    "testing": BASE | {"connect", "local", "net", "node", "qu", "rw", "fs", "fuse"},
+    "testing": BASE | {"connect", "local", "net", "node", "qu", "rw", "fsobjects", "fs", "fuse"},
     # cli -> testing: `bftfs node --byzantine PROFILE` runs the Byzantine behaviours the
     # tests use (bftfs.testing.byzantine.profiles, and nothing else of testing: checked below).
     "cli": BASE | {"connect", "local", "node", "fuse", "testing", "fs", "history_cli", "bundle"},
     # history_cli: `bftfs log` / `cat --at` over fs/past.py; mounts from fuse/control.py.
-    "history_cli": BASE | {"fs", "fuse"},
+    "history_cli": BASE | {"fsobjects", "fs", "fuse"},
     "__main__": {"cli"},
 }
 

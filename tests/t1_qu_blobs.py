@@ -8,8 +8,8 @@ import random
 import msgpack
 import pytest
 
-from bftfs.fs import entries as E
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
+from bftfs.fsobjects import dirents as E
 from bftfs.kv import MemoryKV
 from bftfs.qu import blobs, schema
 from bftfs.qu.canon import canonical

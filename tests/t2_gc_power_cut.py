@@ -23,9 +23,9 @@ from pathlib import Path
 
 import trio
 
+from bftfs import fsobjects as obj
 from bftfs import local
 from bftfs.connect import open_client
-from bftfs.fs import objects as obj
 from bftfs.fs.scrub import scrub
 from bftfs.fs.session import Session, open_protocol_clients, open_session
 from bftfs.kv import KV

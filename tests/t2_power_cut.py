@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
+from bftfs import fsobjects as obj
 from bftfs import local
 from bftfs.connect import open_client
-from bftfs.fs import objects as obj
 from bftfs.fs.session import open_session
 from bftfs.node.store import Store
 from bftfs.qu import reads, schema

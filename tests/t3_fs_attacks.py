@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fs_helpers import Env, run
 
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.qu.objects import MethodRefused
 
 BS = 4096

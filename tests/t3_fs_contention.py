@@ -30,7 +30,7 @@ from fs_helpers import (
 )
 
 from bftfs.fs.errors import NotFound
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -2,7 +2,7 @@
 
 - **Byzantine clients**: illegal method calls sent straight to the servers (a raw Q/U
   client, bypassing every client-side check) are refused by the servers' validation of
-  :mod:`bftfs.fs.objects` (seed L1918-1920), and the tree's invariants still hold.
+  :mod:`bftfs.fsobjects` (seed L1918-1920), and the tree's invariants still hold.
 - **A client crash between data and metadata**: blocks written, size update never sent; the
   file shows the old size and data, and a later extension never exposes the dead writer's
   bytes (the ``alloc`` reservation scheme).
@@ -25,7 +25,7 @@ from fs_helpers import Env, run
 
 from bftfs.fs.errors import Exists, Unavailable
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import INLINE_MAX, ROOT
+from bftfs.fsobjects import INLINE_MAX, ROOT
 from bftfs.qu.objects import MethodRefused
 from bftfs.testing.byzantine import qu as qu_byzantine
 from bftfs.testing.byzantine import rw as rw_byzantine

@@ -21,9 +21,9 @@ from fs_helpers import RW_OPTIONS, Env, run, write_file
 from bftfs.erasure import fragment_size
 from bftfs.fs.files import BIG_BLOCK_THRESHOLD
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
 from bftfs.fs.past import Past
 from bftfs.fs.pastview import PastView
+from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.pastread import PastReader

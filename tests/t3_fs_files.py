@@ -18,7 +18,7 @@ from fs_helpers import Env, run
 
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.qu.objects import MethodRefused
 from bftfs.rw.messages import block_id
 

@@ -16,7 +16,7 @@ from fs_helpers import Env, run
 from t5_qu_tombstone import until
 
 from bftfs.fs.errors import FsError
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.policy import RetentionPolicy
 from bftfs.qu import schema
 from bftfs.qu.objects import MethodRefused

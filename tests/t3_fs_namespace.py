@@ -33,7 +33,7 @@ from bftfs.fs.errors import (
     StaleView,
 )
 from bftfs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.qu.objects import MethodRefused
 
 BAD_NAMES = [(b"", Invalid), (b".", Invalid), (b"..", Invalid), (b"a/b", Invalid),

@@ -22,9 +22,9 @@ import pytest
 from fs_helpers import RW_OPTIONS, qu_client
 
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
 from bftfs.fs.past import Past, Undecided
 from bftfs.fs.pastview import PastView
+from bftfs.fsobjects import ROOT
 from bftfs.qu import schema
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader

@@ -26,7 +26,7 @@ from t5_rw_lazy import EAGER, settled
 
 from bftfs.fs.files import INITIAL_RESERVE
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.policy import RetentionPolicy
 from bftfs.rw import replica
 from bftfs.rw.messages import block_id

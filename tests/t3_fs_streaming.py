@@ -20,7 +20,7 @@ from fs_helpers import Env, run, write_file
 
 from bftfs.fs.errors import FsError
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.rw.messages import KIND_WRITE
 
 BS = 4096

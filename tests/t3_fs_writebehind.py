@@ -20,7 +20,7 @@ from fs_helpers import Env, check_all, fs_env, names, run
 
 from bftfs.fs.errors import Exists, NotFound, OverQuota, StaleView, Unavailable
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.net.server import HandlerError
 from bftfs.outcome import patience
 from bftfs.policy import LimitsPolicy

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.local import query_status
 from bftfs.qu.core import preferred_order
 from bftfs.testing.mounts import Mount, fuse_available

@@ -31,7 +31,7 @@ from fs_helpers import (
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_client
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client

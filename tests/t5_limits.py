@@ -26,7 +26,7 @@ from t5_rw_lazy import EAGER, until
 
 from bftfs import accounting
 from bftfs.fs.errors import NoAttr, OverQuota
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.ids import NodeId, client_id
 from bftfs.net.errors import TransportError
 from bftfs.node.service import Node

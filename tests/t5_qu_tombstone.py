@@ -19,7 +19,7 @@ import trio
 from fs_helpers import Env, run
 
 from bftfs.fs.errors import Forgotten, NotFound, Removed
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
 from bftfs.policy import RetentionPolicy
 from bftfs.qu import schema
 from bftfs.qu.objects import MethodRefused

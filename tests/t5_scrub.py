@@ -17,8 +17,8 @@ import trio
 from fs_helpers import RW_OPTIONS, qu_client
 
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
 from bftfs.fs.scrub import scrub
+from bftfs.fsobjects import ROOT
 from bftfs.policy import VerificationPolicy
 from bftfs.rw import replica
 from bftfs.rw.client import open_rw_client

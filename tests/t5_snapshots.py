@@ -19,8 +19,8 @@ from fs_helpers import RW_OPTIONS, qu_client
 from t5_rw_lazy import EAGER, settled
 
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
 from bftfs.fs.past import Past, Reclaimed
+from bftfs.fsobjects import ROOT
 from bftfs.policy import RetentionPolicy
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import FsError, Invalid, IsDir, NoAttr, TooBig
 from bftfs.fs.files import OpenFile

@@ -28,7 +28,7 @@ class Attr:
 
 
 def attr_from_stat(ino: int, s: dict[str, Any], blksize: int) -> Attr:
-    """An :class:`Attr` from a ``stat_of`` answer (:mod:`bftfs.fs.objects`).
+    """An :class:`Attr` from a ``stat_of`` answer (:mod:`bftfs.fsobjects.state`).
 
     Object ids are never reused (a removed object stays as a tombstone, and creating over
     an existing id is refused), so the generation is always 0.

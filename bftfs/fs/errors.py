@@ -129,7 +129,7 @@ class BadHandle(FsError):
     errno = _errno.EBADF
 
 
-#: Refusal codes of :mod:`bftfs.fs.objects` -> error class.
+#: Refusal codes of :mod:`bftfs.fsobjects` -> error class.
 _BY_CODE: dict[str, type[FsError]] = {
     "not-found": NotFound,
     "removed": Removed,

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
 from bftfs.fs.caches import Caches
 from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import (

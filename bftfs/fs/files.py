@@ -11,7 +11,7 @@ do the I/O.
 Byte ``p`` of the file (``p < size``) is, in this order: the dirty block's byte (zero beyond
 its current length), else the server's block clamped at ``valid`` (the size the servers
 hold as far as this client knows; bytes at or past it may be left over from a crashed
-writer - see :mod:`bftfs.fs.objects` on ``alloc`` - and read as zero), else zero (a hole).
+writer - see :mod:`bftfs.fsobjects` on ``alloc`` - and read as zero), else zero (a hole).
 
 Code between two ``await`` points runs atomically (trio), so these methods need no locks;
 the filesystem serialises flushes and truncations of one file with :attr:`OpenFile.lock`.
@@ -78,7 +78,7 @@ def round_up(x: int, unit: int) -> int:
 
 def stale_ranges(st: dict[str, Any]) -> list[tuple[int, int]] | None:
     """The byte ranges a file's stat says may hold stale bytes in its blocks (its record
-    ``z`` and what a write lease's holder declared, ``zl``: bftfs.fs.objects), sorted and
+    ``z`` and what a write lease's holder declared, ``zl``: bftfs.fsobjects.ranges), sorted and
     joined; None for a file without the record (anything up to ``alloc`` may)."""
     z = st.get("z")
     if z is None:

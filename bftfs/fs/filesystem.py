@@ -7,7 +7,7 @@ this client already knows which it is), ``create``/``mkdir``/``symlink``/``mknod
 ``unlink``/``rmdir`` update the directory and one attribute or directory object together,
 and ``rename`` updates up to two directories, the moved and the replaced object (plus the
 ancestors that prove a directory does not move under itself, see
-:func:`bftfs.fs.objects._not_under`) atomically.  The servers validate every update; the
+:func:`bftfs.fsobjects.rename._not_under`) atomically.  The servers validate every update; the
 checks here only answer early.
 
 What the client caches, and why it is safe:
@@ -60,7 +60,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.errors import Exists, NotFound
 from bftfs.fs.filedata import FileData
@@ -73,8 +73,8 @@ from bftfs.fs.files import (
 )
 from bftfs.fs.handles import Handles
 from bftfs.fs.namespace import Namespace
-from bftfs.fs.objects import RENAME_EXCHANGE, ROOT
 from bftfs.fs.writebehind import WriteBehind
+from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
 
 __all__ = [
     "RENAME_EXCHANGE",

@@ -12,7 +12,7 @@ import os
 import stat as st
 from typing import Any
 
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import NAME_CACHE_LIMIT
 from bftfs.fs.errors import (

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
 from bftfs.fs.base import FsBase
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up

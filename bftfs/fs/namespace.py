@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import (
     CrossDevice,
@@ -32,8 +32,8 @@ from bftfs.fs.errors import (
     from_refusal,
 )
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, _Stale, _Taken
-from bftfs.fs.objects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
 from bftfs.fs.reclaim import Reclaim
+from bftfs.fsobjects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import MAX_OBJECTS
 

@@ -16,9 +16,10 @@ report the version) and on PASIS reads of the past
   :class:`Undecided` (no answer, rather than contents that may be wrong; issue 31).
 - A **path at T** is resolved from the root, each directory as it was at T.
 - A regular file's **content** at a version: its inline bytes, or its blocks as of the
-  version's ``bt`` (the newest block Time its writers recorded, ``objects._raise_block_time``;
-  writers choose later Times for later writes, so later blocks are never read).  A file
-  written before ``bt`` was kept falls back to the version's own time.
+  version's ``bt`` (the newest block Time its writers recorded,
+  ``fsobjects.attributes._raise_block_time``; writers choose later Times for later writes,
+  so later blocks are never read).  A file written before ``bt`` was kept falls back to
+  the version's own time.
 
 Versions retention let go (``[retention]`` in ``cluster.toml``) answer with
 :class:`Reclaimed`, which says how far back the history still reaches.
@@ -31,9 +32,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bftfs.fs.entries import all_entries
 from bftfs.fs.files import file_block_size
-from bftfs.fs.objects import ROOT, SNAPSHOTS
+from bftfs.fsobjects import ROOT, SNAPSHOTS
+from bftfs.fsobjects.dirents import all_entries
 from bftfs.qu.canon import unpack
 from bftfs.qu.client import QUClient
 from bftfs.qu.past import Agreed, current_at

@@ -16,11 +16,11 @@ import stat as st
 from typing import Any
 
 from bftfs.fs.attrs import Attr, attr_from_stat
-from bftfs.fs.entries import all_entries
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr, NotFound, ReadOnly
 from bftfs.fs.files import file_block_size
-from bftfs.fs.objects import NAME_MAX, ROOT, stat_of
 from bftfs.fs.past import Past, Version, block_cap
+from bftfs.fsobjects import NAME_MAX, ROOT, stat_of
+from bftfs.fsobjects.dirents import all_entries
 from bftfs.rw.messages import block_id
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import trio
 
-from bftfs.fs.entries import all_entries
 from bftfs.fs.files import file_block_size
-from bftfs.fs.objects import ROOT
+from bftfs.fsobjects import ROOT
+from bftfs.fsobjects.dirents import all_entries
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import block_id

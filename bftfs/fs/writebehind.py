@@ -55,7 +55,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs import objects as obj
+from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import NAME_CACHE_LIMIT
 from bftfs.fs.errors import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from bftfs.fs.objects import OBJECT_TYPES as FS_TYPES
+from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
 from bftfs.node import qu_server, rw_server
 from bftfs.qu.objects import ObjectType
 from bftfs.qu.testobjects import OBJECT_TYPES as TEST_TYPES

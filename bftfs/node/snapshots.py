@@ -1,7 +1,7 @@
 """The snapshot moments this node's garbage collection must keep (issue 17).
 
 Snapshots (``bftfs snapshot create``) live in the file system's snapshot-list object
-(:data:`bftfs.fs.objects.SNAPSHOTS`), a Q/U object like any other.  Retention on this node,
+(:data:`bftfs.fsobjects.SNAPSHOTS`), a Q/U object like any other.  Retention on this node,
 of Q/U versions (``qu.replica.Retention.pins``) and of PASIS blocks
 (``rw.replica.verified_step(pins=...)``), reads the list from this node's own newest
 version of that object, in the same store transaction that deletes.  A snapshot made while
@@ -12,7 +12,7 @@ them suffice for a history read.
 
 from __future__ import annotations
 
-from bftfs.fs.objects import SNAPSHOTS, snapshot_times
+from bftfs.fsobjects import SNAPSHOTS, snapshot_times
 from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import unpack

@@ -4,7 +4,7 @@ A node keeps every Q/U object version (the version history depends on it), and a
 new state is a whole value: a directory of 5000 names is about 165 KB of entry buckets, and
 each create or unlink used to store all of it again, so storage grew with the square of a
 directory's size.  Most of such a state is byte strings the update did not touch (the other
-buckets of :mod:`bftfs.fs.entries`, an inline file's content under a chmod).  This module
+buckets of :mod:`bftfs.fsobjects.dirents`, an inline file's content under a chmod).  This module
 splits a large state into a *skeleton* - its bytes with each large byte string replaced
 by a reference to the string's hash - and the byte strings themselves, which the store
 keeps once, by hash, with a reference count (:mod:`bftfs.qu.schema`).  An update of one

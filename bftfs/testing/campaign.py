@@ -68,8 +68,8 @@ import trio
 from bftfs.config import default_sizes
 from bftfs.fs.errors import FsError, NotFound
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.objects import ROOT
 from bftfs.fs.past import NotThen, Past, Undecided
+from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.pastread import PastReader

@@ -1,0 +1,298 @@
+"""The ``fs`` object type's namespace updates (multi-object, seed 004 Table 4.3,
+L3112-3156): ``mkroot``, ``create`` (also mknod and symlink), ``createwrite``, ``mkdir``,
+``link``, ``unlink`` and ``rmdir``; ``rename`` has a module of its own
+(:mod:`bftfs.fsobjects.rename`).
+
+``create``/``mkdir``/``link``/``unlink``/``rmdir`` update a directory and one object (an
+attribute object or the child directory), and so does ``createwrite`` (a create with the
+new file's first inline content, one update).  Each re-checks the POSIX rules on the
+server's own copies: names legal and unique, a directory empty before it is removed, link
+counts following the entries, an object created only where nothing exists.
+"""
+
+from __future__ import annotations
+
+import stat as st
+from typing import Any
+
+from bftfs.fsobjects.data import _write
+from bftfs.fsobjects.dirents import Entries, is_empty
+from bftfs.fsobjects.limits import (
+    DIR_TYPE,
+    FILE_TYPES,
+    LINK_MAX,
+    MAX_LEASE,
+    MAX_OID,
+    MAX_SIZE,
+    MAX_TIME,
+    PATH_MAX,
+    ROOT,
+    SNAPSHOTS,
+)
+from bftfs.fsobjects.state import (
+    _arg,
+    _dir,
+    _file,
+    _inline,
+    _int,
+    _oid,
+    _owner,
+    _time,
+    _touch,
+    check_name,
+    new_dir,
+    stat_of,
+)
+from bftfs.qu.objects import MethodRefused, States
+
+# Making objects ----------------------------------------------------------------------------
+
+
+def _mkroot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Create the root directory (its parent is itself); refused once it exists."""
+    a = _arg(arg)
+    ((oid, state),) = states.items()
+    if oid != ROOT:
+        raise MethodRefused("invalid", "only the root is made this way")
+    if state is not None:
+        raise MethodRefused("exists")
+    root = new_dir(ROOT, _int(a, "mode", 0, 0o7777), *_owner(a), _time(a))
+    return {oid: root}, stat_of(root)
+
+
+def _parent_and_new(states: States, a: dict[str, Any]) -> tuple[int, dict[str, Any], int, bytes]:
+    """Common checks of create/mkdir: a live parent, a free legal name, a fresh object."""
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid or oid in (ROOT, SNAPSHOTS):
+        raise MethodRefused("invalid", "bad object ids")
+    parent = _dir(states[pid])
+    name = check_name(a.get("name"))
+    if states[oid] is not None:
+        raise MethodRefused("oid-exists")
+    return pid, parent, oid, name
+
+
+def _inherited(parent: dict[str, Any], gid: int, sgid: int) -> tuple[int, int]:
+    """The group of a new object and the mode bits it inherits: in a set-group-ID directory
+    (Linux, ext4) every new object takes the directory's group, whatever the client asked,
+    and a new subdirectory also its set-group-ID bit (``sgid``); elsewhere the client's
+    group (the creator's) and no extra bits.  (The kernel strips S_ISGID from a new file's
+    mode before the request when the creator is not in the group.)"""
+    if parent["mode"] & st.S_ISGID:
+        return parent["gid"], sgid
+    return gid, 0
+
+
+def _add_entry(parent: dict[str, Any], name: bytes, oid: int, code: int, now: int) -> None:
+    ents = Entries(parent["e"])
+    if name in ents:
+        raise MethodRefused("exists")
+    ents[name] = [oid, code]
+    parent["e"] = ents.packed()
+    _touch(parent, now, modify=True)
+
+
+def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """create / mknod / symlink: a new attribute object and its entry in the parent.
+
+    Argument: ``p`` parent, ``o`` new object id, ``name``, ``mode`` (with its type bits),
+    ``uid``, ``gid``, ``rdev``, ``now``, and for regular files ``d`` (data id) and ``alloc``
+    (and, when the creator opens it to write, ``tok``/``lease``: it starts holding the write
+    lease, so its first flush needs no ``fs.lock``), for symlinks ``t`` (target).  Answers
+    ``[stat of the new object, stat of the parent]``.
+    """
+    a = _arg(arg)
+    pid, parent, oid, name = _parent_and_new(states, a)
+    mode = _int(a, "mode", 0, 0o177777)
+    ftype = st.S_IFMT(mode)
+    if ftype not in FILE_TYPES:
+        raise MethodRefused("invalid", "bad file type")
+    now = _time(a)
+    uid, gid = _owner(a)
+    gid, _ = _inherited(parent, gid, 0)
+    f = {
+        "k": "f",
+        "mode": mode,
+        "uid": uid,
+        "gid": gid,
+        "rdev": 0,
+        "nl": 1,
+        "size": 0,
+        "alloc": 0,
+        "d": 0,
+        "at": now,
+        "mt": now,
+        "ct": now,
+        "t": None,
+        "x": {},
+        "v": 0,
+    }
+    if ftype == st.S_IFREG:
+        f["d"] = _int(a, "d", 1, MAX_OID)
+        f["alloc"] = _int(a, "alloc", 0, MAX_SIZE)
+        f["i"] = _inline(a, 0)  # b"": an empty file whose content will be inline
+        f["w"] = []
+        f["z"] = []
+        if a.get("tok") is not None:  # created to be written: the creator holds the lease
+            lease = _int(a, "lease", 1, MAX_LEASE)
+            declared = [[0, f["alloc"]]] if f["alloc"] else []  # (_settle_lease)
+            f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME), declared]
+    elif ftype == st.S_IFLNK:
+        target = a.get("t")
+        if not isinstance(target, bytes) or not target or b"\0" in target:
+            raise MethodRefused("invalid", "bad symlink target")
+        if len(target) > PATH_MAX:
+            raise MethodRefused("name-too-long")
+        f["t"], f["size"] = target, len(target)
+    elif ftype in (st.S_IFCHR, st.S_IFBLK):
+        f["rdev"] = _int(a, "rdev", 0, (1 << 64) - 1)
+    _add_entry(parent, name, oid, ftype >> 12, now)
+    return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
+
+
+def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """A new regular file with its first content, in one update (create write-behind,
+    docs/fs.md): what ``fs.create`` followed by an inline ``fs.write`` on the version it
+    made would leave, so a Byzantine client can make nothing these two could not.
+
+    Argument: ``fs.create``'s for a regular file (no ``tok``/``lease``: the content comes
+    with the create, no lease is needed) plus ``i`` (the whole content, at most
+    :data:`INLINE_MAX` bytes), ``mtime`` and optionally ``attrs`` (held-back chmod, chown,
+    atime, as in ``fs.write``).  Answers ``[stat of the new file, stat of the parent]``.
+    """
+    a = _arg(arg)
+    if st.S_IFMT(_int(a, "mode", 0, 0o177777)) != st.S_IFREG:
+        raise MethodRefused("invalid", "fs.createwrite makes regular files only")
+    if a.get("tok") is not None or a.get("lease") is not None:
+        raise MethodRefused("invalid", "fs.createwrite takes no write lease")
+    content = a.get("i")
+    if not isinstance(content, bytes):
+        raise MethodRefused("invalid", "fs.createwrite needs the content (i)")
+    made, (_, pst) = _create(states, dict(a, i=b""))
+    oid = _oid(a, "o", states)
+    written = {
+        "d": a["d"],
+        "v": made[oid]["v"],
+        "end": len(content),
+        "i": content,
+        "mtime": a.get("mtime"),
+        "attrs": a.get("attrs"),
+        "now": a["now"],
+    }
+    f, fst = _write({oid: made[oid]}, written)
+    made[oid] = f[oid]
+    return made, [fst, pst]
+
+
+def created_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict[str, Any]:
+    """The stat ``fs.create`` with ``arg`` answers for its new object in a directory of
+    that mode and group (a client answering a create it has not sent yet: the same code,
+    so the kernel is told what the servers will make, set-group-ID inheritance included).
+
+    Raises:
+        MethodRefused: as ``fs.create`` would for ``arg``.
+    """
+    stand_in = new_dir(ROOT, parent_mode, 0, parent_gid, int(arg.get("now") or 0))
+    _, (child, _) = _create({ROOT: stand_in, int(arg["o"]): None}, dict(arg, p=ROOT))
+    return dict(child)
+
+
+def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """A new directory object and its entry; the parent gains a link (the child's ``..``)."""
+    a = _arg(arg)
+    pid, parent, oid, name = _parent_and_new(states, a)
+    now = _time(a)
+    uid, gid = _owner(a)
+    gid, sgid = _inherited(parent, gid, st.S_ISGID)
+    child = new_dir(pid, _int(a, "mode", 0, 0o177777) | sgid, uid, gid, now)
+    if parent["nd"] + 2 >= LINK_MAX:
+        raise MethodRefused("too-many-links")
+    _add_entry(parent, name, oid, DIR_TYPE, now)
+    parent["nd"] += 1
+    return {pid: parent, oid: child}, [stat_of(child), stat_of(parent)]
+
+
+def _link(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """A new name for an existing non-directory: its link count goes up by one."""
+    a = _arg(arg)
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid:
+        raise MethodRefused("invalid", "bad object ids")
+    parent = _dir(states[pid])
+    if isinstance(states[oid], dict) and states[oid].get("k") == "d":
+        raise MethodRefused("permission", "no hard links to directories")  # link(2): EPERM
+    f = _file(states[oid])
+    if f["nl"] == 0:
+        raise MethodRefused("not-found", "file was removed")
+    if f["nl"] >= LINK_MAX:
+        raise MethodRefused("too-many-links")
+    now = _time(a)
+    _add_entry(parent, check_name(a.get("name")), oid, st.S_IFMT(f["mode"]) >> 12, now)
+    f["nl"] += 1
+    _touch(f, now, modify=False)
+    return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
+
+
+# Removing names ----------------------------------------------------------------------------
+
+
+def _entry_is(ents: Entries, name: bytes, oid: int) -> list[int]:
+    """The entry ``name``, which must name ``oid`` (else the client's view is stale)."""
+    got = ents.get(name)
+    if got is None:
+        raise MethodRefused("not-found")
+    if got[0] != oid:
+        raise MethodRefused("stale", "entry names another object")
+    return got
+
+
+def _unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Remove a name of a non-directory; its link count goes down by one (at zero the
+    attribute object remains, for handles still open, but no name reaches it)."""
+    a = _arg(arg)
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid:
+        raise MethodRefused("invalid", "bad object ids")
+    parent = _dir(states[pid])
+    ents = Entries(parent["e"])
+    name = check_name(a.get("name"))
+    code = _entry_is(ents, name, oid)[1]
+    if code == DIR_TYPE:
+        raise MethodRefused("is-dir")
+    f = _file(states[oid])
+    if f["nl"] < 1:
+        raise MethodRefused("invalid", "link count already zero")
+    now = _time(a)
+    del ents[name]
+    parent["e"] = ents.packed()
+    _touch(parent, now, modify=True)
+    f["nl"] -= 1
+    _touch(f, now, modify=False)
+    return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
+
+
+def _rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Remove an empty subdirectory: its object becomes a tombstone (``dead``)."""
+    a = _arg(arg)
+    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    if pid == oid or oid == ROOT:
+        raise MethodRefused("busy" if oid == ROOT else "invalid", "bad object ids")
+    parent = _dir(states[pid])
+    ents = Entries(parent["e"])
+    name = check_name(a.get("name"))
+    code = _entry_is(ents, name, oid)[1]
+    if code != DIR_TYPE:
+        raise MethodRefused("not-dir")
+    child = _dir(states[oid])
+    if child["p"] != pid:
+        raise MethodRefused("stale", "parent pointer disagrees")
+    if not is_empty(child["e"]):
+        raise MethodRefused("not-empty")
+    now = _time(a)
+    del ents[name]
+    parent["e"] = ents.packed()
+    parent["nd"] -= 1
+    _touch(parent, now, modify=True)
+    child["dead"] = True
+    _touch(child, now, modify=False)
+    return {pid: parent, oid: child}, [stat_of(child), stat_of(parent)]

@@ -1,0 +1,64 @@
+"""Tier 1: the shape of :mod:`bftfs.fsobjects`, the file system's replicated state machine.
+
+The methods themselves are tested through their callers (``t1_fs_entries``,
+``t1_fs_fileblocks``, the ``t3_fs_*`` tiers); here, what a reorganisation of the package
+could break without any of those noticing at once: the wire names of the methods (kept in
+histories) and the package's exports.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+
+import bftfs.fsobjects as fsobjects
+from bftfs.qu.objects import Class
+
+Q, U = Class.QUERY, Class.UPDATE
+CLOCKS = ("now", "bt")
+
+#: Every method of the ``fs`` type: wire name, class, fewest and most objects, clock keys.
+#: The names are wire format (requests kept in histories name them): never change one.
+TABLE = [
+    ("fs.stat", Q, 1, 1, ()),
+    ("fs.open", Q, 1, 1, ()),
+    ("fs.peek", Q, 1, 1, ()),
+    ("fs.snapshots", Q, 1, 1, ()),
+    ("fs.snapshot", U, 1, 1, ()),
+    ("fs.lookup", Q, 1, 1, ()),
+    ("fs.lookupstat", Q, 2, 2, ()),
+    ("fs.statmany", Q, 1, 8, ()),
+    ("fs.readdir", Q, 1, 1, ()),
+    ("fs.readlink", Q, 1, 1, ()),
+    ("fs.getxattr", Q, 1, 1, ()),
+    ("fs.listxattr", Q, 1, 1, ()),
+    ("fs.mkroot", U, 1, 1, ()),
+    ("fs.setattr", U, 1, 1, CLOCKS),
+    ("fs.write", U, 1, 1, CLOCKS),
+    ("fs.lock", U, 1, 1, CLOCKS),
+    ("fs.unlock", U, 1, 1, ()),
+    ("fs.setxattr", U, 1, 1, ()),
+    ("fs.removexattr", U, 1, 1, ()),
+    ("fs.create", U, 2, 2, CLOCKS),
+    ("fs.createwrite", U, 2, 2, CLOCKS),
+    ("fs.mkdir", U, 2, 2, ()),
+    ("fs.link", U, 2, 2, ()),
+    ("fs.unlink", U, 2, 2, ()),
+    ("fs.rmdir", U, 2, 2, ()),
+    ("fs.rename", U, 2, 8, ()),
+]
+
+
+def test_the_method_table_keeps_every_wire_name_class_and_object_count() -> None:
+    got = [
+        (m.name, m.cls, m.min_objects, m.max_objects, tuple(m.clocks)) for m in fsobjects.FS.methods
+    ]
+    assert got == TABLE
+    assert fsobjects.OBJECT_TYPES == (fsobjects.FS,)
+
+
+def test_no_export_of_the_package_shadows_one_of_its_modules() -> None:
+    """``from bftfs.fsobjects import X`` must give the module X when there is one (the
+    function ``entries`` is why the entries module is ``dirents``)."""
+    modules = {m.name for m in pkgutil.iter_modules(fsobjects.__path__)}
+    assert modules & set(fsobjects.__all__) == set()
+    assert all(hasattr(fsobjects, name) for name in fsobjects.__all__)
