@@ -52,9 +52,9 @@ from bftfs.qu.replica import (
     handle_request,
     handle_sync,
 )
-from bftfs.qu.testobjects import registry
 from bftfs.qu.timestamp import Timestamp
 from bftfs.testing.byzantine.qu import Behaviour, Withheld
+from bftfs.testing.testobjects import registry
 
 
 def wire(value: Any) -> Any:
