@@ -83,7 +83,7 @@ from bftfs.qu.replica import (
 from bftfs.qu.timestamp import ZERO, Candidate, Timestamp
 
 if TYPE_CHECKING:
-    from bftfs.node.service import Node
+    from bftfs.node.parts import NodeParts
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class CatchUp:
 
     def __init__(
         self,
-        node: Node,
+        node: NodeParts,
         cfg: ReplicaConfig,
         serve: Serve,
         on_update: Callable[[Iterable[int]], None] = lambda _objects: None,

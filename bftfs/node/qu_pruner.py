@@ -68,7 +68,7 @@ from bftfs.qu.replica import (
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 if TYPE_CHECKING:
-    from bftfs.node.service import Node
+    from bftfs.node.parts import NodeParts
 
 #: Objects whose histories one ``qu.history`` call asks for.
 BATCH = MAX_OBJECTS
@@ -82,7 +82,7 @@ Histories = dict[int, tuple[dict[int, ReplicaHistory], int]]
 class Pruner:
     """The pruning task of one node's Q/U server (see the module docstring)."""
 
-    def __init__(self, node: Node, cfg: ReplicaConfig) -> None:
+    def __init__(self, node: NodeParts, cfg: ReplicaConfig) -> None:
         self.node = node
         self.cfg = cfg
         self.delay_ns = int(cfg.retention.keep_seconds * 1e9) + 1
