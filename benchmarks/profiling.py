@@ -100,7 +100,13 @@ _LAYER_BY_CLASS = {
     "Operations": "fuse",
 }
 # Modules at the bottom of every stack: they say nothing about where the time goes.
-_ENTRY_FILES = ("bftfs/__main__.py", "bftfs/cli.py", "bftfs/fuse/mount.py", "bftfs/node/main.py")
+_ENTRY_FILES = (
+    "bftfs/__main__.py",
+    "bftfs/cli/main.py",
+    "bftfs/cli/nodes.py",
+    "bftfs/fuse/mount.py",
+    "bftfs/node/main.py",
+)
 
 
 def _layer(frames: list[tuple[str, str]]) -> str:

@@ -46,9 +46,9 @@ from bftfs.qu.replica import NeedSync, handle_request
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Request
 from bftfs.qu.serverconfig import ReplicaConfig, Retention
-from bftfs.qu.testobjects import registry
 from bftfs.qu.timestamp import Timestamp
 from bftfs.testing.byzantine.qu import Behaviour, Withheld
+from bftfs.testing.testobjects import registry
 
 
 def wire(value: Any) -> Any:

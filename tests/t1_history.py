@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from bftfs.cli.when import WhenError, fs_path, parse_when
 from bftfs.fs.past import ObjectHistory, Undecided, Version, changes
 from bftfs.fs.pastplan import plan_revert
 from bftfs.fsobjects.dirents import Entries
-from bftfs.history_cli import WhenError, fs_path, parse_when
 from bftfs.qu.messages import MessageError
 from bftfs.qu.past import (
     ChainEntry,
@@ -278,7 +278,7 @@ def test_a_directory_the_client_made_stays_when_others_put_files_in_it() -> None
 
 
 def test_an_age_after_a_when_option_is_its_value() -> None:
-    from bftfs.cli import _join_ages
+    from bftfs.cli.main import _join_ages
 
     assert _join_ages(["cat", "f", "--at", "-10m"]) == ["cat", "f", "--at=-10m"]
     assert _join_ages(["diff", "d", "--from", "-1h", "--to", "-5m", "-p"]) == [

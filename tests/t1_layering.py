@@ -61,10 +61,10 @@ ALLOWED: dict[str, set[str]] = {
     "fuse": BASE | {"fs", "local"},
     "testing": BASE | {"connect", "local", "net", "node", "qu", "rw", "fsobjects", "fs", "fuse"},
     # cli -> testing: `bftfs node --byzantine PROFILE` runs the Byzantine behaviours the
-    # tests use (bftfs.testing.byzantine.profiles, and nothing else of testing: checked below).
-    "cli": BASE | {"connect", "local", "node", "fuse", "testing", "fs", "history_cli", "bundle"},
-    # history_cli: `bftfs log` / `cat --at` over fs/past.py; mounts from fuse/control.py.
-    "history_cli": BASE | {"fsobjects", "fs", "fuse"},
+    # tests use (bftfs.testing.byzantine.profiles), and `bftfs node --test-objects` serves the
+    # test object types (bftfs.testing.testobjects): nothing else of testing, checked below.
+    # cli -> fs: the history commands (`bftfs log`, `cat --at`, ...) over fs/past.py.
+    "cli": BASE | {"connect", "local", "node", "fuse", "testing", "fs", "fsobjects", "bundle"},
     "__main__": {"cli"},
 }
 
@@ -115,8 +115,17 @@ def test_every_package_imports_only_what_its_layer_allows() -> None:
     assert wrong == []
 
 
-def test_production_code_imports_of_testing_are_the_byzantine_profiles_only() -> None:
-    """The one allowed use of the test harness outside it: the ``--byzantine`` option."""
+#: The test harness's modules production code may import, each for one option of
+#: ``bftfs node`` (in ``bftfs/cli/nodes.py``, only when that option is given).
+TESTING_FOR_OPTIONS = {
+    "bftfs.testing.byzantine.profiles",  # --byzantine PROFILE
+    "bftfs.testing.testobjects",  # --test-objects (the node gets them passed in)
+}
+
+
+def test_production_code_imports_of_testing_are_the_node_options_only() -> None:
+    """The allowed uses of the test harness outside it: ``bftfs node --byzantine`` and
+    ``--test-objects``, and only from the CLI (the node package never imports it)."""
     wrong = []
     for path in sorted(ROOT.rglob("*.py")):
         if _package(path) == "testing":
@@ -129,7 +138,8 @@ def test_production_code_imports_of_testing_are_the_byzantine_profiles_only() ->
             else:
                 continue
             for name in names:
-                if name.startswith("bftfs.testing") and name != "bftfs.testing.byzantine.profiles":
+                allowed = name in TESTING_FOR_OPTIONS and _package(path) == "cli"
+                if name.startswith("bftfs.testing") and not allowed:
                     wrong.append(f"{path.relative_to(ROOT.parent)} imports {name}")
     assert wrong == []
 

@@ -265,7 +265,7 @@ def test_limits_round_trip_through_the_configuration(tmp_path: object) -> None:
 def test_status_text_shows_each_nodes_limits_and_its_largest_principals(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from bftfs.cli import _print_limits
+    from bftfs.cli.status import _print_limits
     from bftfs.local import NodeStatus
 
     def principal(blocks: int, meta: int, refused: int = 0) -> dict[str, int]:

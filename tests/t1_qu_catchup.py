@@ -120,7 +120,7 @@ def test_a_host_reply_without_its_kind_is_not_taken_over() -> None:
 
 
 def test_status_says_what_a_catch_up_left_behind() -> None:
-    from bftfs.cli import _progress
+    from bftfs.cli.status import _progress
 
     left = {"state": "incomplete", "behind": 197, "done": 8, "failed": 189, "skipped": 0}
     assert _progress({"qu.catchup": left}) == "qu incomplete 8/197 (189 failed)"
@@ -161,7 +161,7 @@ def test_a_multi_object_candidate_is_taken_at_all_its_objects_at_once() -> None:
 def test_a_node_left_behind_by_its_catch_up_makes_the_cluster_degraded() -> None:
     from types import SimpleNamespace
 
-    from bftfs.cli import STATUS_DEGRADED, STATUS_HEALTHY, cluster_health
+    from bftfs.cli.status import STATUS_DEGRADED, STATUS_HEALTHY, cluster_health
     from bftfs.local import NodeStatus
 
     def node(i: int, qu: dict, rw: dict) -> NodeStatus:

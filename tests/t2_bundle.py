@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bftfs import bundle, config, local
-from bftfs.cli import parse_addresses
+from bftfs.cli.cluster import parse_addresses
 from bftfs.config import ConfigError
 from bftfs.crypto import Identity
 

@@ -106,7 +106,7 @@ def test_a_node_whose_port_is_held_names_the_port_and_the_holder(tmp_path: Path)
 def test_up_warns_of_an_old_clusters_ports_in_the_ephemeral_range(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from bftfs.cli import _warn_ephemeral_ports
+    from bftfs.cli.cluster import _warn_ephemeral_ports
     from bftfs.config import ClusterConfig, with_ports
 
     lo, _hi = local.ephemeral_range()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 if TYPE_CHECKING:
-    from bftfs.node.service import Node
+    from bftfs.node.parts import NodeParts
 
 Item = TypeVar("Item")
 
@@ -53,7 +53,7 @@ class Backoff:
 
 
 async def sweep(
-    node: Node,
+    node: NodeParts,
     what: str,
     read_page: Callable[[Any, int | None, int], tuple[list[Item], int | None]],
     take: Callable[[list[Item]], None],

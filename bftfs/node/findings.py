@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from bftfs.node.service import Node
+    from bftfs.node.parts import NodeParts
 
 DB = "findings"
 PROGRESS_KEY = "findings"
@@ -47,7 +47,7 @@ SCRUB_COUNTERS = {
 class Findings:
     """The findings of one node (see the module docstring)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeParts) -> None:
         self.node = node
         #: Faults this node's own RW clients met, by ``(peer, kind)``: the clients of the
         #: verifier and the scrub count into this one Counter.

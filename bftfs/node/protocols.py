@@ -1,8 +1,9 @@
 """The protocol servers a node runs, registered explicitly, with the object types it
 serves: the PASIS block store (``rw_server``) and Q/U objects (``qu_server``) for the file
-system's object types.  The Q/U test types (``counter``, ``kv``) are served only when asked
-for (``bftfs node --test-objects``, the in-process test cluster): production nodes run
-exactly the file system's methods."""
+system's object types.  Other object types (the test types ``counter`` and ``kv`` of
+``bftfs/testing/testobjects.py``) are served only when whoever starts the node passes them
+in (``bftfs node --test-objects``, the in-process test cluster): production nodes run
+exactly the file system's methods, and the node never imports the test harness."""
 
 from __future__ import annotations
 
@@ -12,20 +13,17 @@ from typing import TYPE_CHECKING
 from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
 from bftfs.node import qu_server, rw_server
 from bftfs.qu.objects import ObjectType
-from bftfs.qu.testobjects import OBJECT_TYPES as TEST_TYPES
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node
 
-#: What a node serves by default, and with the test types too.
+#: What a node serves when given no other types.
 PRODUCTION_TYPES: tuple[ObjectType, ...] = tuple(FS_TYPES)
-WITH_TEST_TYPES: tuple[ObjectType, ...] = (*TEST_TYPES, *FS_TYPES)
 
 
-def register_all(node: Node, object_types: Sequence[ObjectType] | None = None) -> list[str]:
-    """Register both protocols' handlers with ``node``; the servers' names."""
+def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> list[str]:
+    """Register both protocols' handlers with ``node``, serving the file system's object
+    types and ``extra_object_types``; the servers' names."""
     rw_server.register(node)
-    qu_server.register(
-        node, object_types=PRODUCTION_TYPES if object_types is None else object_types
-    )
+    qu_server.register(node, object_types=(*extra_object_types, *PRODUCTION_TYPES))
     return ["rw", "qu"]

@@ -32,7 +32,7 @@ How, using only the protocol's own steps (nothing is taken on one peer's word):
    the version at the candidate from ``b + 1`` hosts answering byte for byte (state,
    applied table, kind, stored answer) and take it with the candidate, at each of its
    objects that ``b + 1`` others list it at, in one transaction
-   (``replica.adopt_step``): what the inline repair would have left.
+   (``adoption.adopt_step``): what the inline repair would have left.
 
 Progress is kept in ``node.progress["qu.catchup"]`` (``bftfs status`` shows it); a pass
 that leaves objects failed is run again later (``state`` ``incomplete`` meanwhile).  One object
@@ -79,7 +79,7 @@ from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import ZERO, Candidate, Timestamp
 
 if TYPE_CHECKING:
-    from bftfs.node.service import Node
+    from bftfs.node.parts import NodeParts
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class CatchUp:
 
     def __init__(
         self,
-        node: Node,
+        node: NodeParts,
         cfg: ReplicaConfig,
         serve: Serve,
         on_update: Callable[[Iterable[int]], None] = lambda _objects: None,
@@ -302,7 +302,7 @@ class CatchUp:
         return None
 
     async def _adopt(self, oid: int, cand: Candidate, mohs: dict[int, dict[int, OHSEntry]]) -> bool:
-        """Catch ``oid`` up from the current state (``replica.adopt_step``): take ``cand``
+        """Catch ``oid`` up from the current state (``adoption.adopt_step``): take ``cand``
         at each of its objects where ``b + 1`` others list it (as it stands there: its
         conditioned-on time is the object's own), each version from ``b + 1`` hosts
         answering byte for byte, all in one transaction; whether ``oid`` took it."""

@@ -3,10 +3,10 @@ never updated again (a removed file's attribute object, a removed directory), an
 shrinking finished objects to tombstones once every server holds their final version.
 
 A server prunes an object's old versions when it accepts an update of it
-(``bftfs.qu.replica.Retention``), but versions kept for their age could only go at the
+(``bftfs.qu.serverconfig.Retention``), but versions kept for their age could only go at the
 *next* update, which a removed file never gets.  So every accepted update also schedules a
 look at its objects ``keep_seconds`` later (:meth:`Pruner.updated`); the task runs
-:func:`bftfs.qu.replica.prune_step` then, in the group-committed store, oldest first.  An
+:func:`bftfs.qu.retention.prune_step` then, in the group-committed store, oldest first.  An
 object updated again meanwhile is looked at only for its latest update.  Memory: one entry
 per object updated within the last ``keep_seconds``.
 
@@ -68,7 +68,7 @@ from bftfs.qu.tombstones import (
 )
 
 if TYPE_CHECKING:
-    from bftfs.node.service import Node
+    from bftfs.node.parts import NodeParts
 
 #: Objects whose histories one ``qu.history`` call asks for.
 BATCH = MAX_OBJECTS
@@ -82,7 +82,7 @@ Histories = dict[int, tuple[dict[int, ReplicaHistory], int]]
 class Pruner:
     """The pruning task of one node's Q/U server (see the module docstring)."""
 
-    def __init__(self, node: Node, cfg: ReplicaConfig) -> None:
+    def __init__(self, node: NodeParts, cfg: ReplicaConfig) -> None:
         self.node = node
         self.cfg = cfg
         self.delay_ns = int(cfg.retention.keep_seconds * 1e9) + 1

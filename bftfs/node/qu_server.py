@@ -1,6 +1,8 @@
 """Q/U on a storage node: the handlers that run :mod:`bftfs.qu.replica` steps.
 
-``register(node)`` wires these request kinds (``bftfs/node/protocols.py`` calls it):
+:class:`QUServer` answers these request kinds, one method each; :func:`register` builds
+it from a node's parts, registers its methods and starts the background work
+(``bftfs/node/protocols.py`` calls it):
 
 - ``qu.request``: one ``s_request``.  Queries run in a read-only transaction (they never
   write); everything else runs in ``node.store.write``, so the replica history, its
@@ -27,7 +29,7 @@
 
 When a step needs a conditioned-on version this node lacks, the handler performs **object
 sync** (L2599-2607): it asks the host servers named by the OHS (then any other server) for
-that version through ``node.endpoint`` and needs b+1 identical answers, so at least one
+that version through the node's endpoint and needs b+1 identical answers, so at least one
 comes from a benign host; then it re-runs the step with the version.
 
 Every record an update stores is charged to its authenticated sender, in the update's own
@@ -47,16 +49,21 @@ system's, and the test types only when asked for.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from bftfs.ids import PrincipalId, is_node
+from bftfs.ids import NodeId, PrincipalId, is_node
+from bftfs.net.admission import Admission
+from bftfs.net.endpoint import Endpoint
 from bftfs.net.quorum import QuorumUnavailable
+from bftfs.net.server import DEFER, HandlerError
 from bftfs.node import limits
 from bftfs.node.batching import BatchHandler
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
+from bftfs.node.store import Store
 from bftfs.qu import past
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import (
@@ -92,6 +99,9 @@ if TYPE_CHECKING:
 #: Object sync gives up after this long (the request then fails and the client retries).
 SYNC_TIMEOUT = 2.0
 
+#: Requests ``fast_request`` parsed and handed on at most (see ``QUServer._parsed``).
+_MAX_PARSED = 1024
+
 
 def registry_of(object_types: Iterable[ObjectType]) -> Registry:
     """A registry of ``object_types`` (what this node serves)."""
@@ -107,11 +117,9 @@ def register(
     object_types: Iterable[ObjectType],
     retention: Retention | None = None,
     catch_up: bool = True,
-) -> None:
+) -> QUServer:
     """Register the Q/U handlers with ``node`` for ``object_types``, and start its
-    catch-up (``qu_catchup.py``)."""
-    from bftfs.net.server import DEFER, HandlerError
-
+    catch-up (``qu_catchup.py``) and pruner (``qu_pruner.py``); the server."""
     th = QUThresholds.from_config(node.config)
     keyring = node.keyring
 
@@ -131,90 +139,180 @@ def register(
         )
     cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention)
     pruner = Pruner(node, cfg)
-    client_quota = limits.quota_bytes(node)
+    server = QUServer(
+        replica=cfg,
+        store=node.store,
+        endpoint=node.endpoint,
+        stats=node.stats,
+        admission=node.server.admission,
+        clock_ns=node.now_ns,
+        client_quota=limits.quota_bytes(node),
+        on_update=pruner.updated,
+    )
+    server.register_with(node)
+    if catch_up:
 
-    def quota_of(sender: int) -> int | None:
-        return None if is_node(sender) else client_quota
+        async def catch_up_objects() -> None:
+            await CatchUp(node, cfg, server.serve, pruner.updated).run()
 
-    def refuse(sender: int, res: OverQuota | ClockAhead) -> HandlerError:
+        node.catch_ups["qu"] = catch_up_objects  # run again after a partition (rejoin.py)
+        node.spawn(catch_up_objects)
+        if pruner.enabled:
+            node.spawn(pruner.run)
+            node.spawn(pruner.sweep)
+    return server
+
+
+class QUServer:
+    """One node's Q/U handlers: each ``on_*`` method answers one request kind, each
+    ``*_now`` its synchronous twin for the read loop (``fast`` handlers)."""
+
+    def __init__(
+        self,
+        *,
+        replica: ReplicaConfig,
+        store: Store,
+        endpoint: Endpoint,
+        stats: Counter[str],
+        admission: Admission | None,
+        clock_ns: Callable[[], int],
+        client_quota: int,
+        on_update: Callable[[Iterable[int]], None],
+    ) -> None:
+        """
+        Args:
+            replica: this node's replica configuration (its id, thresholds, keys,
+                object types and retention).
+            store: the node's store; steps run in its transactions.
+            endpoint: the node's client of the others (object sync).
+            stats: the node's counters (``qu.*``).
+            admission: the node's per-client admission, told of quota refusals.
+            clock_ns: the node's clock (a request's time is judged against it).
+            client_quota: bytes one client may keep here (``[limits]``).
+            on_update: told the objects an accepted update changed (the pruner).
+        """
+        self.replica = replica
+        self.th: QUThresholds = replica.th
+        self.node_id = NodeId(int(replica.me))
+        self.store = store
+        self.endpoint = endpoint
+        self.stats = stats
+        self.admission = admission
+        self.clock_ns = clock_ns
+        self.client_quota = client_quota
+        self.on_update = on_update
+        #: Requests ``fast_request`` parsed and handed on (payload id -> (payload,
+        #: request)): ``on_request`` takes them from here instead of parsing again (a
+        #: durable update's parse was 4% of a node's time).  Bounded: a handed-on request
+        #: that never arrives (a Byzantine-profile override) must not pile up.
+        self._parsed: dict[int, tuple[Any, Request]] = {}
+
+    def register_with(self, node: Node) -> None:
+        """Route the ``qu.*`` kinds of ``node`` to this server's methods."""
+        node.register(KIND_REQUEST, self.on_request, fast=self.fast_request)
+        # These only read the store: they never wait, so they run in the read loop.
+        node.register(KIND_HISTORY, self.on_history, inline=True)
+        node.register(KIND_FETCH, self.on_fetch, inline=True)
+        node.register(KIND_SYNC, self.on_sync, inline=True)
+        node.register(KIND_LATEST, self.on_latest, inline=True)
+        node.register(past.KIND_VERSIONS, self.on_versions, inline=True)
+        node.register(past.KIND_STATES, self.on_states, inline=True)
+        batched = {
+            KIND_REQUEST: self.on_request,
+            KIND_HISTORY: self.on_history,
+            KIND_FETCH: self.on_fetch,
+        }
+        assert tuple(batched) == BATCHED_KINDS
+        batch = BatchHandler(
+            node,
+            batched,
+            protocol="qu",
+            max_items=MAX_BATCH,
+            fast={
+                KIND_REQUEST: self.fast_request,
+                KIND_HISTORY: self.history_now,
+                KIND_FETCH: self.fetch_now,
+            },
+        )
+        node.register(KIND_BATCH, batch, fast=batch.fast)
+
+    def _quota_of(self, sender: int) -> int | None:
+        return None if is_node(sender) else self.client_quota
+
+    def _refuse(self, sender: int, res: OverQuota | ClockAhead) -> HandlerError:
         if isinstance(res, ClockAhead):
-            node.stats["qu.refused.ahead"] += 1
+            self.stats["qu.refused.ahead"] += 1
             return HandlerError(
                 "ahead",
                 f"client {sender}'s clock is {res.ahead_ns / 1e9:.1f} s ahead of this node's "
                 f"(at most {DEFAULT_MAX_AHEAD_NS / 1e9:.0f} s)",
             )
-        node.stats["qu.refused.quota"] += 1
-        if node.server.admission is not None:
-            node.server.admission.note(PrincipalId(sender), "quota_refused")
+        self.stats["qu.refused.quota"] += 1
+        if self.admission is not None:
+            self.admission.note(PrincipalId(sender), "quota_refused")
         return HandlerError(
             "quota",
             f"client {sender} holds {res.used} bytes here; {res.grows} more would pass "
             f"its quota of {res.quota}",
         )
 
-    def accepted(req: Request, res: Reply) -> None:
+    def _accepted(self, req: Request, res: Reply) -> None:
         if res.status is ReplyStatus.OK and not (req.op is not None and req.op.query):
-            pruner.updated(req.objects)
+            self.on_update(req.objects)
 
-    def parse(payload: Any) -> Request:
+    def _parse(self, payload: Any) -> Request:
         try:
             if isinstance(payload, bytes):  # how clients send it (``Request.packed``)
-                return Request.from_bytes(payload, th.n)
-            return Request.from_wire(payload, th.n)
+                return Request.from_bytes(payload, self.th.n)
+            return Request.from_wire(payload, self.th.n)
         except MessageError as e:
-            node.stats["qu.bad_request"] += 1
+            self.stats["qu.bad_request"] += 1
             raise HandlerError("bad-request", str(e)) from None
 
-    #: Requests ``fast_request`` parsed and handed on (payload id -> (payload, request)):
-    #: ``on_request`` takes them from here instead of parsing again (a durable update's
-    #: parse was 4% of a node's time).  Bounded: a handed-on request that never arrives
-    #: (a Byzantine-profile override) must not pile up.
-    parsed: dict[int, tuple[Any, Request]] = {}
-
-    def defer(payload: Any, req: Request) -> Any:
-        if len(parsed) >= 1024:
-            parsed.clear()
-        parsed[id(payload)] = (payload, req)
+    def _defer(self, payload: Any, req: Request) -> Any:
+        if len(self._parsed) >= _MAX_PARSED:
+            self._parsed.clear()
+        self._parsed[id(payload)] = (payload, req)
         return DEFER
 
-    def fast_request(ctx: RequestContext, payload: Any) -> Any:
+    def fast_request(self, ctx: RequestContext, payload: Any) -> Any:
         """The request in one synchronous step when it needs no object sync and no
         group commit: a query (read transaction), or anything on a non-durable store."""
-        req = parse(payload)
+        req = self._parse(payload)
         sender = ctx.sender
-
-        now_ns = node.now_ns()
+        now_ns = self.clock_ns()
+        quota = self._quota_of(sender)
 
         def step(kv: Any) -> Any:
             return handle_request(
-                kv, cfg, sender, req, {}, now_ns, quota_of(sender), DEFAULT_MAX_AHEAD_NS
+                kv, self.replica, sender, req, {}, now_ns, quota, DEFAULT_MAX_AHEAD_NS
             )
 
         if req.op is not None and req.op.query:
-            res = node.store.read(step)
-        elif node.store.durable:
-            return defer(payload, req)
+            res = self.store.read(step)
+        elif self.store.durable:
+            return self._defer(payload, req)
         else:
-            res = node.store.write_now(step)  # NeedSync wrote nothing
+            res = self.store.write_now(step)  # NeedSync wrote nothing
         if isinstance(res, NeedSync):
-            return defer(payload, req)
+            return self._defer(payload, req)
         if isinstance(res, OverQuota | ClockAhead):
-            raise refuse(sender, res)
-        node.stats[f"qu.{res.status.value}"] += 1
-        accepted(req, res)
+            raise self._refuse(sender, res)
+        self.stats[f"qu.{res.status.value}"] += 1
+        self._accepted(req, res)
         return res.wire()
 
-    async def serve(req: Request, sender: int) -> Reply:
+    async def serve(self, req: Request, sender: int) -> Reply:
         """One ``s_request`` with object sync as needed (also how catch-up applies a
         request on this node itself)."""
+        cfg = self.replica
         synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
         # A node's own requests are its catch-up: client steps go ahead of them (store.py).
-        write = functools.partial(node.store.write, background=is_node(sender))
+        write = functools.partial(self.store.write, background=is_node(sender))
         for _ in range(3):  # a version synced once may be needed again after a race
-            now_ns = node.now_ns()
+            now_ns = self.clock_ns()
             if req.op is not None and req.op.query:
-                res = node.store.read(lambda kv: handle_request(kv, cfg, sender, req, synced))
+                res = self.store.read(lambda kv: handle_request(kv, cfg, sender, req, synced))
             else:
                 res = await write(
                     functools.partial(
@@ -224,144 +322,110 @@ def register(
                         req=req,
                         synced=synced,
                         now_ns=now_ns,
-                        quota=quota_of(sender),
+                        quota=self._quota_of(sender),
                         max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
                     )
                 )
             if isinstance(res, OverQuota | ClockAhead):
-                raise refuse(sender, res)
+                raise self._refuse(sender, res)
             if not isinstance(res, NeedSync):
-                node.stats[f"qu.{res.status.value}"] += 1
-                accepted(req, res)
+                self.stats[f"qu.{res.status.value}"] += 1
+                self._accepted(req, res)
                 return res
             for want in res.wants:
-                fetched = await _sync(node, th, want)
+                fetched = await self._sync(want)
                 if fetched is None:
-                    node.stats["qu.sync_failed"] += 1
-                    return _fail(node, cfg, req, "object sync failed")
+                    self.stats["qu.sync_failed"] += 1
+                    return self._fail(req, "object sync failed")
                 synced[(want.oid, want.lt)] = fetched
-            node.stats["qu.synced"] += 1
-        return _fail(node, cfg, req, "object sync did not settle")
+            self.stats["qu.synced"] += 1
+        return self._fail(req, "object sync did not settle")
 
-    async def on_request(ctx: RequestContext, payload: Any) -> Any:
-        got = parsed.pop(id(payload), None)
-        req = got[1] if got is not None and got[0] is payload else parse(payload)
-        return (await serve(req, ctx.sender)).wire()
+    async def on_request(self, ctx: RequestContext, payload: Any) -> Any:
+        got = self._parsed.pop(id(payload), None)
+        req = got[1] if got is not None and got[0] is payload else self._parse(payload)
+        return (await self.serve(req, ctx.sender)).wire()
 
-    def history_now(ctx: RequestContext, payload: Any) -> Any:
+    def history_now(self, ctx: RequestContext, payload: Any) -> Any:
         try:
             objects = parse_history_request(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
-        return node.store.read(lambda kv: handle_history(kv, cfg, objects)).wire()
+        return self.store.read(lambda kv: handle_history(kv, self.replica, objects)).wire()
 
-    async def on_history(ctx: RequestContext, payload: Any) -> Any:
-        return history_now(ctx, payload)
+    async def on_history(self, ctx: RequestContext, payload: Any) -> Any:
+        return self.history_now(ctx, payload)
 
-    def fetch_now(ctx: RequestContext, payload: Any) -> Any:
+    def fetch_now(self, ctx: RequestContext, payload: Any) -> Any:
         try:
             lt = parse_fetch(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
-        return {"r": node.store.read(lambda kv: handle_fetch(kv, lt))}
+        return {"r": self.store.read(lambda kv: handle_fetch(kv, lt))}
 
-    async def on_fetch(ctx: RequestContext, payload: Any) -> Any:
-        return fetch_now(ctx, payload)
+    async def on_fetch(self, ctx: RequestContext, payload: Any) -> Any:
+        return self.fetch_now(ctx, payload)
 
-    async def on_sync(ctx: RequestContext, payload: Any) -> Any:
+    async def on_sync(self, ctx: RequestContext, payload: Any) -> Any:
         if not is_node(ctx.sender):
             raise HandlerError("forbidden", "object sync is between nodes")
         try:
             oid, lt = parse_sync(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
-        return node.store.read(lambda kv: handle_sync(kv, oid, lt))
+        return self.store.read(lambda kv: handle_sync(kv, oid, lt))
 
-    async def on_latest(ctx: RequestContext, payload: Any) -> Any:
+    async def on_latest(self, ctx: RequestContext, payload: Any) -> Any:
         if not is_node(ctx.sender):
             raise HandlerError("forbidden", "listing objects is between nodes")
         try:
             after, limit = parse_latest(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
-        return node.store.read(lambda kv: handle_latest(kv, after, limit))
+        return self.store.read(lambda kv: handle_latest(kv, after, limit))
 
-    async def on_versions(ctx: RequestContext, payload: Any) -> Any:
+    async def on_versions(self, ctx: RequestContext, payload: Any) -> Any:
         try:
             oid, start, limit = past.parse_versions_request(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
-        return node.store.read(lambda kv: past.versions_step(kv, oid, start, limit))
+        return self.store.read(lambda kv: past.versions_step(kv, oid, start, limit))
 
-    async def on_states(ctx: RequestContext, payload: Any) -> Any:
+    async def on_states(self, ctx: RequestContext, payload: Any) -> Any:
         try:
             oid, lts = past.parse_states_request(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
-        return node.store.read(lambda kv: past.states_step(kv, oid, lts))
+        return self.store.read(lambda kv: past.states_step(kv, oid, lts))
 
-    node.register(KIND_REQUEST, on_request, fast=fast_request)
-    # These only read the store: they never wait, so they run in the read loop.
-    node.register(KIND_HISTORY, on_history, inline=True)
-    node.register(KIND_FETCH, on_fetch, inline=True)
-    node.register(KIND_SYNC, on_sync, inline=True)
-    node.register(KIND_LATEST, on_latest, inline=True)
-    node.register(past.KIND_VERSIONS, on_versions, inline=True)
-    node.register(past.KIND_STATES, on_states, inline=True)
-    batched = {KIND_REQUEST: on_request, KIND_HISTORY: on_history, KIND_FETCH: on_fetch}
-    assert tuple(batched) == BATCHED_KINDS
-    batch = BatchHandler(
-        node,
-        batched,
-        protocol="qu",
-        max_items=MAX_BATCH,
-        fast={
-            KIND_REQUEST: fast_request,
-            KIND_HISTORY: history_now,
-            KIND_FETCH: fetch_now,
-        },
-    )
-    node.register(KIND_BATCH, batch, fast=batch.fast)
-    if catch_up:
+    def _fail(self, req: Request, why: str) -> Reply:
+        rep = self.store.read(lambda kv: handle_history(kv, self.replica, req.objects))
+        return type(rep)(ReplyStatus.FAIL, hist=rep.hist, why=why)
 
-        async def catch_up_objects() -> None:
-            await CatchUp(node, cfg, serve, pruner.updated).run()
+    async def _sync(self, want: SyncWant) -> tuple[bytes | None, bytes] | None:
+        """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604; the rules
+        are :mod:`bftfs.qu.objsync`)."""
+        th = self.th
+        targets = [PrincipalId(s) for s in sync_order(int(self.node_id), want.hosts, th.n)]
+        body = {"v": VERSION, "oid": want.oid, "lt": want.lt.encode()}
+        votes = SyncVotes(th.b)
 
-        node.catch_ups["qu"] = catch_up_objects  # run again after a partition (rejoin.py)
-        node.spawn(catch_up_objects)
-        if pruner.enabled:
-            node.spawn(pruner.run)
-            node.spawn(pruner.sweep)
+        def accept(_node: int, raw: Any) -> bool:
+            # Not yet b+1 in agreement: count it as "invalid" so the transport probes the
+            # next host at once instead of after the probe interval.
+            return votes.add(raw)
 
-
-def _fail(node: Node, cfg: ReplicaConfig, req: Request, why: str) -> Reply:
-    rep = node.store.read(lambda kv: handle_history(kv, cfg, req.objects))
-    return type(rep)(ReplyStatus.FAIL, hist=rep.hist, why=why)
-
-
-async def _sync(node: Node, th: QUThresholds, want: SyncWant) -> tuple[bytes | None, bytes] | None:
-    """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604; the rules are
-    :mod:`bftfs.qu.objsync`)."""
-    targets = [PrincipalId(s) for s in sync_order(int(node.id), want.hosts, th.n)]
-    body = {"v": VERSION, "oid": want.oid, "lt": want.lt.encode()}
-    votes = SyncVotes(th.b)
-
-    def accept(_node: int, raw: Any) -> bool:
-        # Not yet b+1 in agreement: count it as "invalid" so the transport probes the next
-        # host at once instead of after the probe interval.
-        return votes.add(raw)
-
-    try:
-        await node.endpoint.quorum_call(
-            targets,
-            KIND_SYNC,
-            body,
-            enough=lambda _valid: votes.decided(),
-            accept=accept,
-            initial=th.b + 1,
-            probe_after=0.05,
-            timeout=SYNC_TIMEOUT,
-        )
-    except QuorumUnavailable:
-        return None
-    return votes.result()
+        try:
+            await self.endpoint.quorum_call(
+                targets,
+                KIND_SYNC,
+                body,
+                enough=lambda _valid: votes.decided(),
+                accept=accept,
+                initial=th.b + 1,
+                probe_after=0.05,
+                timeout=SYNC_TIMEOUT,
+            )
+        except QuorumUnavailable:
+            return None
+        return votes.result()

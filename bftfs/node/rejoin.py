@@ -28,7 +28,7 @@ from bftfs.ids import PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
 
 if TYPE_CHECKING:
-    from bftfs.node.service import Node
+    from bftfs.node.parts import NodeParts
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Reachability:
         return back
 
 
-async def _reached(node: Node, peer: PrincipalId, timeout: float) -> bool:
+async def _reached(node: NodeParts, peer: PrincipalId, timeout: float) -> bool:
     try:
         await node.endpoint.call(peer, "ping", None, timeout=timeout)
     except (TransportError, RemoteError):
@@ -73,7 +73,7 @@ async def _reached(node: Node, peer: PrincipalId, timeout: float) -> bool:
 
 
 async def run(
-    node: Node,
+    node: NodeParts,
     catch_ups: dict[str, Callable[[], Awaitable[None]]],
     *,
     heartbeat: float = DEFAULT_HEARTBEAT,

@@ -39,7 +39,7 @@ from bftfs.rw.messages import MessageError, ReadReply, ReadRequest
 from bftfs.rw.timestamp import Timestamp
 
 if TYPE_CHECKING:
-    from bftfs.node.service import Node
+    from bftfs.node.parts import NodeParts
 
 #: Blocks asked about together.
 BATCH = 64
@@ -50,7 +50,7 @@ ASK_TIMEOUT = 5.0
 class Forgetter:
     """The forgetting task of one node's PASIS store (see the module docstring)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeParts) -> None:
         self.node = node
         kept = node.config.retention
         self.delay_ns = int((kept.keep_seconds + kept.forget_seconds) * 1e9)

@@ -33,6 +33,7 @@ from bftfs.node import limits, rejoin
 from bftfs.node.findings import Findings
 from bftfs.node.protocols import register_all
 from bftfs.node.store import Store, StoreFull
+from bftfs.qu.objects import ObjectType
 
 if TYPE_CHECKING:
     from bftfs.node.rw_verifier import Verifier
@@ -64,7 +65,7 @@ class Node:
         clock_ns: Callable[[], int] = time.time_ns,
         endpoint_options: dict[str, Any] | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
-        object_types: Sequence[Any] | None = None,
+        extra_object_types: Sequence[ObjectType] = (),
         rejoin_heartbeat: float | None = rejoin.DEFAULT_HEARTBEAT,
     ) -> None:
         self.config = config
@@ -75,8 +76,9 @@ class Node:
         self.faults = faults
         self.now_ns = clock_ns
         self.max_frame = max_frame
-        #: The Q/U object types served (None: the file system's, ``node/protocols.py``).
-        self.object_types = object_types
+        #: Q/U object types served besides the file system's (``node/protocols.py``):
+        #: the test types, when whoever starts the node asks for them.
+        self.extra_object_types = tuple(extra_object_types)
         #: Answers the connections other principals open to this node.
         self.server: Server[RequestContext] = Server(
             self.keyring,
@@ -165,7 +167,7 @@ class Node:
                     self._nursery = nursery
                     nursery.start_soon(self.store.committer)
                     nursery.start_soon(self.findings.run)
-                    self.protocols = register_all(self, self.object_types)
+                    self.protocols = register_all(self, self.extra_object_types)
                     if self.rejoin_heartbeat is not None:
                         nursery.start_soon(
                             functools.partial(

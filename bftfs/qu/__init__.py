@@ -3,7 +3,8 @@
 Modules, one job each.  Shared: ``canon`` (canonical bytes), ``timestamp`` and ``history``
 (timestamps, candidates, replica histories and their authenticators), ``classify`` (pure:
 classification, deduction, ``s_setup``), ``links`` (proven conditioned-on links),
-``objects`` and ``testobjects`` (object types and methods), ``messages`` (wire format:
+``objects`` (object types and methods; the test types are
+``bftfs/testing/testobjects.py``), ``messages`` (wire format:
 layout, kinds, field rules, small bodies), ``request`` and ``reply`` (the request and reply
 messages).  Server side: ``serverconfig`` (``ReplicaConfig``, ``Retention``), ``schema`` and
 ``blobs`` (on-disk layout), ``replica`` (the request step over a KV), ``reads`` (answers from

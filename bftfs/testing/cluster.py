@@ -29,12 +29,12 @@ from bftfs.config import (
 from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import NodeId, client_id
 from bftfs.net.endpoint import Endpoint
-from bftfs.node.protocols import WITH_TEST_TYPES
 from bftfs.node.service import Node
 from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.testing.faults import FaultInjector
+from bftfs.testing.testobjects import OBJECT_TYPES as TEST_TYPES
 
 #: Test-friendly transport timing: resend quickly, give up within seconds.
 TEST_ENDPOINT = {"resend_after": 0.05, "timeout": 5.0, "connect_timeout": 1.0}
@@ -109,7 +109,7 @@ class Cluster:
                     listeners=listeners,
                     faults=self.faults[i],
                     endpoint_options=self._endpoint_options,
-                    object_types=WITH_TEST_TYPES,
+                    extra_object_types=TEST_TYPES,
                     rejoin_heartbeat=self._rejoin_heartbeat,
                 )
                 self.nodes[i] = node

@@ -6,7 +6,10 @@ is what the multi-object tests race in opposite orders.  ``kv`` is a small key-v
 ``put``/``get``/``delete`` and a two-object ``move`` (the shape of a rename).  Both refuse
 illegal arguments, as file-system methods will.
 
-Register them explicitly: ``Registry([COUNTER, KV])`` or :func:`registry`.
+Register them explicitly: ``Registry([COUNTER, KV])`` or :func:`registry`.  A node serves
+them only when whoever starts it passes them in (``Node(extra_object_types=...)``: the
+in-process test cluster, ``bftfs node --test-objects``); the node package never imports
+this module.
 """
 
 from __future__ import annotations

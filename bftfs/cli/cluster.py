@@ -1,0 +1,343 @@
+"""The cluster as a whole: ``bftfs init``, ``up``, ``down``, ``bundle`` and ``client``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from bftfs import local as localmod
+from bftfs.cli.common import QuietError, cluster_of, human, parse_size, with_cluster, with_dir
+from bftfs.cli.mounts import mount_daemon, mount_module, with_client
+from bftfs.cli.status import _print_status
+from bftfs.config import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_INLINE_LIMIT,
+    DEFAULT_MAP_SIZE,
+    ClusterConfig,
+    ConfigError,
+)
+from bftfs.ids import CLIENT_ID_BASE
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    if args.force and localmod.config_path(args.dir).exists():
+        # Replace means replace: the old cluster's mounts and nodes stop and its keys and
+        # data go (new keys meeting old databases would be a cluster nobody can read).
+        from bftfs.fuse import control
+
+        with contextlib.suppress(localmod.ClusterError, ConfigError):
+            old = localmod.load_cluster(args.dir)
+            for pid, mnt in control.known_mounts(old):
+                control.unmount(mnt, pid=pid)
+                print(f"unmounted {mnt}")
+        stopped = localmod.remove_cluster(args.dir)
+        print(
+            f"removed the old cluster in {args.dir}"
+            + (f" (stopped node(s) {stopped})" if stopped else "")
+        )
+    cfg = localmod.init_cluster(
+        args.dir,
+        t=args.t,
+        b=args.b,
+        n=args.n,
+        qc=args.qc,
+        m=args.m,
+        block_size=args.block_size,
+        big_block_size=args.big_block_size,
+        inline_limit=args.inline_limit,
+        map_size=args.map_size,
+        durable=not args.no_durable,
+        clients=args.clients,
+        host=args.host,
+        addresses=getattr(args, "nodes", None),
+        force=args.force,
+    )
+    print(f"created a cluster of {cfg.n} nodes in {cfg.home}")
+    print(
+        f"  t={cfg.t} b={cfg.b}  Q/U: n={cfg.n} q={cfg.q} r={cfg.r}  "
+        f"PASIS: N={cfg.n} QC={cfg.qc} m={cfg.m} block={human(cfg.block_size)}"
+        + (f" (sequential files {human(cfg.big_blocks)})" if cfg.big_blocks else "")
+    )
+    print(f"  clients: {', '.join(c.name for c in cfg.clients)}")
+    print(f"  configuration: {localmod.config_path(cfg.home)}")
+    if getattr(args, "nodes", None):
+        print(
+            "  nodes on other machines: copy each its bundle "
+            f"(bftfs bundle --dir {args.dir} --node I -o nodeI.tar.gz; README 'Several machines')"
+        )
+    return 0
+
+
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """``HOST:PORT,HOST:PORT,...`` (an IPv6 host in brackets: ``[::1]:7000``), one per node
+    in id order.
+
+    Raises:
+        argparse.ArgumentTypeError: an address without a port, or a port out of range.
+    """
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        host, sep, port = item.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not HOST:PORT (a port 1-65535; IPv6 as [ADDR]:PORT)"
+            )
+        out.append((host, int(port)))
+    return out
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from bftfs import bundle
+
+    cfg, _ = cluster_of(args)
+    if args.node is not None:
+        files = bundle.members(cfg, node=args.node)
+        default = Path(f"node{args.node}.tar.gz")
+    else:
+        files = bundle.members(cfg, client=args.client)
+        default = Path(f"{args.client}.tar.gz")
+    out = args.output or default
+    bundle.write(out, files)
+    what = f"node {args.node}" if args.node is not None else f"client {args.client}"
+    print(f"wrote {out}: the configuration and {what}'s private key (keep it secret)")
+    print(f"  on its machine: mkdir -p /var/lib/bftfs && tar -xzf {out.name} -C /var/lib/bftfs")
+    if args.node is not None:
+        print(f"  then: bftfs node --config /var/lib/bftfs/cluster.toml --id {args.node}")
+        print(f"  or:   systemctl enable --now bftfs-node@{args.node} (contrib/systemd)")
+    else:
+        print(
+            "  then: bftfs mount --config /var/lib/bftfs/cluster.toml "
+            f"--client {args.client} /mnt/bftfs"
+        )
+    return 0
+
+
+#: ``bftfs init`` options and their defaults: ``up`` says which it ignores for an existing
+#: cluster.
+INIT_DEFAULTS: dict[str, object] = {
+    "t": 1,
+    "b": 1,
+    "n": None,
+    "qc": None,
+    "m": None,
+    "block_size": DEFAULT_BLOCK_SIZE,
+    "big_block_size": None,
+    "inline_limit": DEFAULT_INLINE_LIMIT,
+    "map_size": DEFAULT_MAP_SIZE,
+    "clients": 2,
+    "host": "127.0.0.1",
+    "no_durable": False,
+}
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    home: Path = args.dir
+    if not localmod.config_path(home).exists():
+        cmd_init(argparse.Namespace(**{**vars(args), "force": False}))
+    else:
+        ignored = [
+            f"--{k.replace('_', '-')}" for k, v in INIT_DEFAULTS.items() if getattr(args, k) != v
+        ]
+        if ignored:
+            print(
+                f"bftfs up: a cluster exists in {home}; ignoring {', '.join(ignored)} "
+                f"(`bftfs init --force --dir {home}` replaces it, data and keys included)",
+                file=sys.stderr,
+            )
+    cfg = localmod.load_cluster(home)
+    _warn_ephemeral_ports(cfg)
+    localmod.start_nodes(cfg)
+    statuses = localmod.wait_ready(
+        cfg, timeout=args.timeout, progress=lambda m: print(m, file=sys.stderr, flush=True)
+    )
+    print(f"bftfs cluster up: {cfg.n} nodes (t={cfg.t}, b={cfg.b}) from {cfg.home}")
+    _print_status(statuses)
+    if not args.no_mount:
+        mountmod = mount_module()
+
+        mnt: Path = args.mount
+        mnt.mkdir(parents=True, exist_ok=True)
+        if mountmod.is_mounted(mnt):
+            print(f"{mnt} is already mounted")
+        else:
+            mount_daemon(cfg, localmod.config_path(cfg.home), mnt, args)
+            print(
+                f"mounted {mnt.resolve()}: use it like any directory "
+                f"(it survives {cfg.t} failed node(s), {cfg.b} of them Byzantine)"
+            )
+    if Path(home) == Path("nodes"):
+        print("stop it with `make down` (or `bftfs down`); see `bftfs status`.")
+    else:
+        print(f"stop it with `bftfs down --dir {home}`; see `bftfs status --dir {home}`.")
+    return 0
+
+
+def _warn_ephemeral_ports(cfg: ClusterConfig) -> None:
+    """A cluster made before ports were chosen outside the ephemeral range: any outgoing
+    connection may hold one of its ports when a node starts; say so, and how to move."""
+    lo, hi = localmod.ephemeral_range()
+    inside = [s.id for s in cfg.nodes if lo <= s.port <= hi]
+    if inside:
+        print(
+            f"bftfs up: node(s) {', '.join(map(str, inside))} listen on ports in the "
+            f"ephemeral range {lo}-{hi}, which outgoing connections may take; give them "
+            "ports below it in cluster.toml (or `bftfs init --force`, which loses the data)",
+            file=sys.stderr,
+        )
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from bftfs.fuse import control as mountmod
+
+    cfg = localmod.load_cluster(args.dir)
+    for pid, mnt in mountmod.known_mounts(cfg):  # unmount first: flush while nodes are up
+        mountmod.unmount(mnt, pid=pid)
+        print(f"unmounted {mnt}")
+    stopped = localmod.stop_nodes(cfg)
+    print(f"stopped {len(stopped)} node(s)" + (f": {stopped}" if stopped else ""))
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    """``bftfs client add|remove|list``: client identities, each id given once for the life
+    of the cluster (a removed client's id is retired, never handed to the next one)."""
+    cfg, path = cluster_of(args)
+    if args.action == "list":
+        print(f"{'ID':>4}  NAME")
+        for c in cfg.clients:
+            print(f"{c.id - CLIENT_ID_BASE:>4}  {c.name}")
+        for r in cfg.retired_clients:
+            print(f"{r.id - CLIENT_ID_BASE:>4}  {r.name} (removed: its id is never reused)")
+        return 0
+    if not args.name:
+        raise QuietError(f"bftfs client {args.action}: which client? (a NAME)", 2)
+    if args.action == "add":
+        spec = localmod.add_client(cfg, path, args.name)
+        print(
+            f"added client {spec.name} (id {spec.id - CLIENT_ID_BASE}); its key: "
+            f"{cfg.client_key_path(spec.name)}"
+        )
+    else:
+        gone = localmod.remove_client(cfg, path, args.name)
+        print(
+            f"removed client {gone.name} (id {gone.id - CLIENT_ID_BASE}, never reused) and "
+            "deleted its key here"
+        )
+    print("restart the nodes for them to see it (they read the configuration when they start)")
+    return 0
+
+
+def with_init(sp: argparse.ArgumentParser) -> None:
+    """The options of a new cluster (``init``, and ``up`` when there is none yet)."""
+    sp.add_argument("--t", type=int, default=1, help="faulty nodes tolerated (default 1)")
+    sp.add_argument("--b", type=int, default=1, help="Byzantine nodes among them (default 1)")
+    sp.add_argument("--n", type=int, help="nodes (default 3t+2b+1)")
+    sp.add_argument("--qc", type=int, help="PASIS QC (default n-t-b)")
+    sp.add_argument("--m", type=int, help="PASIS fragments to decode (default QC-t)")
+    sp.add_argument(
+        "--block-size",
+        type=parse_size,
+        default=DEFAULT_BLOCK_SIZE,
+        help="file block size (default 64K)",
+    )
+    sp.add_argument(
+        "--big-block-size",
+        type=parse_size,
+        default=None,
+        help="block size of files written sequentially, a multiple of --block-size "
+        "(default 256K; 0 = every file has --block-size; docs/fs.md)",
+    )
+    sp.add_argument(
+        "--inline-limit",
+        type=parse_size,
+        default=DEFAULT_INLINE_LIMIT,
+        help="files up to this size live in their metadata object, replicated "
+        "(default 8K; 0 = always erasure-coded blocks)",
+    )
+    sp.add_argument(
+        "--map-size",
+        type=parse_size,
+        default=DEFAULT_MAP_SIZE,
+        help="LMDB map size per node (default 16G; sparse)",
+    )
+    sp.add_argument(
+        "--clients", type=int, default=2, help="client identities to create (default 2)"
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="address the nodes listen on")
+    sp.add_argument(
+        "--no-durable",
+        action="store_true",
+        help="do not fsync before acknowledging (faster; a power failure "
+        "may lose acknowledged writes)",
+    )
+
+
+def add_init(sub: Any) -> None:
+    """``bftfs init``."""
+    sp = sub.add_parser("init", help="create a cluster directory (keys, configuration)")
+    with_dir(sp)
+    with_init(sp)
+    sp.add_argument("--force", action="store_true", help="replace an existing cluster")
+    sp.add_argument(
+        "--nodes",
+        type=parse_addresses,
+        metavar="HOST:PORT,...",
+        help="each node's address, in id order, for nodes on several machines "
+        "(instead of --host; --n defaults to their number)",
+    )
+    sp.set_defaults(func=cmd_init)
+
+
+def add_bundle(sub: Any) -> None:
+    """``bftfs bundle --node I | --client NAME``."""
+    sp = sub.add_parser(
+        "bundle",
+        help="the configuration and one node's or client's private key, to copy to its machine",
+    )
+    with_cluster(sp)
+    who = sp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--node", type=int, help="the node the bundle is for")
+    who.add_argument("--client", help="the client the bundle is for (e.g. client0)")
+    sp.add_argument("-o", "--output", type=Path, help="file to write (default NAME.tar.gz)")
+    sp.set_defaults(func=cmd_bundle)
+
+
+def add_up(sub: Any) -> None:
+    """``bftfs up``."""
+    sp = sub.add_parser("up", help="create the local cluster if needed, start its nodes, mount it")
+    with_dir(sp)
+    with_init(sp)
+    sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for nodes")
+    sp.add_argument(
+        "--mount",
+        type=Path,
+        default=Path("mount"),
+        help="where to mount the file system (default: mount)",
+    )
+    sp.add_argument("--no-mount", action="store_true", help="start the nodes only")
+    with_client(sp)
+    sp.set_defaults(func=cmd_up)
+
+
+def add_down(sub: Any) -> None:
+    """``bftfs down``."""
+    sp = sub.add_parser("down", help="unmount and stop the local cluster")
+    with_dir(sp)
+    sp.set_defaults(func=cmd_down)
+
+
+def add_client(sub: Any) -> None:
+    """``bftfs client add|remove|list``."""
+    sp = sub.add_parser(
+        "client",
+        help="add, remove (revoke) or list client identities; ids are never reused",
+    )
+    sp.add_argument("action", choices=("add", "remove", "list"))
+    sp.add_argument("name", nargs="?", help="the client's name (add, remove)")
+    with_cluster(sp)
+    sp.set_defaults(func=cmd_client)

@@ -1,0 +1,80 @@
+"""What every ``bftfs`` command shares: the exit codes, :class:`QuietError`, the
+``--dir``/``--config`` options and the cluster they name, sizes in and out.
+
+Exit codes (shared by every subcommand):
+
+====  =====================================================================
+0     success
+1     unexpected error (a bug: the traceback is printed)
+2     usage error (argparse)
+3     bad configuration (the message names the rule)
+4     the cluster cannot be created, started or reached as asked
+5     a key file is missing, unreadable or readable by others
+6     mounting or unmounting failed
+7     a history question has no answer (no such path then, or retention let it go)
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bftfs import local as localmod
+from bftfs.config import ClusterConfig
+
+EXIT_CONFIG = 3
+EXIT_CLUSTER = 4
+EXIT_KEY = 5
+EXIT_MOUNT = 6
+EXIT_HISTORY = 7
+
+
+class QuietError(Exception):
+    """A user error: print the message alone and exit with ``exitcode``."""
+
+    def __init__(self, message: str, exitcode: int) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+def parse_size(text: str) -> int:
+    """Parse ``4096``, ``64K``, ``16G`` (powers of 1024)."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def cluster_of(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
+    """The configuration named by ``--config``, or the one in ``--dir``."""
+    from bftfs import config as cfgmod
+
+    if args.config is not None:
+        return cfgmod.load(args.config), args.config
+    return localmod.load_cluster(args.dir), localmod.config_path(args.dir)
+
+
+def with_dir(sp: argparse.ArgumentParser) -> None:
+    """``--dir``: the local cluster's directory."""
+    sp.add_argument(
+        "--dir", type=Path, default=Path("nodes"), help="cluster directory (default: nodes)"
+    )
+
+
+def with_cluster(sp: argparse.ArgumentParser) -> None:
+    """``--dir`` or ``--config``: the cluster a command works on (:func:`cluster_of`)."""
+    with_dir(sp)
+    sp.add_argument("--config", type=Path, help="cluster.toml (instead of --dir)")

@@ -1,0 +1,351 @@
+"""Reading the past: ``bftfs log``, ``cat --at``, ``diff``, ``changes`` and ``snapshot``,
+and the parsers of every history command (``restore`` and ``revert`` are in
+:mod:`bftfs.cli.restore`; PATH and WHEN in :mod:`bftfs.cli.when`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bftfs.cli.common import cluster_of, with_cluster
+from bftfs.cli.restore import cmd_restore, cmd_revert
+from bftfs.cli.when import (
+    WhenError,
+    author_of,
+    client_ids,
+    client_names,
+    find_history,
+    fs_path,
+    iso_time,
+    mountpoints_of,
+    parse_when,
+    range_trees,
+    resolve_moment,
+    with_past,
+)
+from bftfs.config import ClusterConfig
+
+
+def _row(v: Any, names: dict[int, str]) -> dict[str, Any]:
+    s = v.state or {}
+    return {
+        "id": v.id,
+        "time": iso_time(v.time_ns),
+        "time_ns": v.time_ns,
+        "client": author_of(v.client, names),
+        "kind": "dir" if s.get("k") == "d" else "file",
+        "size": s.get("size") if s.get("k") == "f" else None,
+        "changes": list(v.changes),
+    }
+
+
+def cmd_log(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    now_ns = time.time_ns()
+    path = fs_path(args.path, mountpoints_of(cfg))
+    since = None if args.since is None else parse_when(args.since, now_ns)
+    until = None if args.until is None else parse_when(args.until, now_ns)
+    names = client_names(cfg)
+    wanted = client_ids(cfg)
+
+    async def run(past: Any) -> tuple[list[dict[str, Any]], bool]:
+        hist = await find_history(past, path, now_ns)
+        lo = None if since is None else await resolve_moment(past, path, since, now_ns)
+        hi = None if until is None else await resolve_moment(past, path, until, now_ns)
+        rows = []
+        for v in hist.versions:
+            if (lo is not None or hi is not None) and v.time_ns is None:
+                continue  # unknown: not known to be in the range
+            if lo is not None and v.time_ns < lo or hi is not None and v.time_ns > hi:
+                continue
+            if args.client is not None and v.client != wanted.get(args.client, -1):
+                continue
+            rows.append(_row(v, names))
+        return rows, hist.complete
+
+    rows, complete = with_past(cfg, args.as_client, run)
+    if args.json:
+        json.dump({"path": path, "versions": rows, "complete": complete}, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{'ID':12}  {'TIME':25}  {'CLIENT':10}  {'SIZE':>10}  CHANGES")
+    for r in rows:
+        size = "" if r["size"] is None else str(r["size"])
+        print(
+            f"{r['id']:12}  {r['time']:25}  {r['client']:10}  {size:>10}  {', '.join(r['changes'])}"
+        )
+    if not complete:
+        print("(older versions were reclaimed by retention: see [retention] in cluster.toml)")
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    now_ns = time.time_ns()
+    path = fs_path(args.path, mountpoints_of(cfg))
+    when = parse_when(args.at, now_ns)
+
+    async def run(past: Any) -> bytes:
+        moment = await resolve_moment(past, path, when, now_ns)
+        v = await past.resolve(path, moment)
+        return bytes(await past.content(v))
+
+    data = with_past(cfg, args.as_client, run)
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _content_key(s: dict[str, Any]) -> tuple[Any, ...]:
+    """What a file's bytes depend on (two states with equal keys hold equal bytes)."""
+    return (s.get("size"), s.get("i"), s.get("d"), s.get("bt"), s.get("t"))
+
+
+def _meta_key(s: dict[str, Any]) -> tuple[Any, ...]:
+    return (int(s.get("mode", 0)) & 0o7777, s.get("uid"), s.get("gid"), s.get("x"))
+
+
+def diff_trees(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(mark, path, detail)`` for what changed from tree ``old`` to tree ``new``
+    (:meth:`Past.tree` results): ``+`` added, ``-`` removed, ``M`` modified (content or
+    attributes; detail says which), ``R`` renamed (detail: the new path), in path order."""
+    old_by_oid = {v.oid: rel for rel, v in old.items()}
+    new_by_oid = {v.oid: rel for rel, v in new.items()}
+    out: list[tuple[str, str, str]] = []
+    for rel in sorted(set(old) | set(new)):
+        a, b = old.get(rel), new.get(rel)
+        if a is not None and b is not None and a.oid == b.oid:
+            what = []
+            if a.state.get("k") != "d" and _content_key(a.state) != _content_key(b.state):
+                what.append("content")
+            if _meta_key(a.state) != _meta_key(b.state):
+                what.append("attributes")
+            if what:
+                out.append(("M", rel, "+".join(what)))
+            continue
+        if a is not None:
+            moved = new_by_oid.get(a.oid)
+            if moved is not None and moved not in old:
+                out.append(("R", rel, moved))
+            elif b is None or a.oid != (b.oid if b else None):
+                out.append(("-", rel, ""))
+        if b is not None:
+            was = old_by_oid.get(b.oid)
+            if was is None or was in new:
+                out.append(("+", rel, ""))
+    return out
+
+
+def cmd_diff(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    import difflib
+
+    now_ns = time.time_ns()
+    path = fs_path(args.path, mountpoints_of(cfg))
+    start = parse_when(args.since, now_ns)
+    end = parse_when(args.to, now_ns) if args.to is not None else now_ns
+
+    async def run(past: Any) -> list[str]:
+        lo = await resolve_moment(past, path, start, now_ns)
+        hi = await resolve_moment(past, path, end, now_ns)
+        old, new = await past.tree(path, lo), await past.tree(path, hi)
+        lines = []
+        for mark, rel, detail in diff_trees(old, new):
+            shown = rel or "."
+            if mark == "R":
+                lines.append(f"R {shown} -> {detail}")
+            elif mark == "M":
+                lines.append(f"M {shown} ({detail})")
+            else:
+                lines.append(f"{mark} {shown}")
+            if args.patch and mark in ("M", "R"):
+                a = old[rel]
+                b = new[detail if mark == "R" else rel]
+                if a.state.get("k") == "d" or _content_key(a.state) == _content_key(b.state):
+                    continue
+                before, after = await past.content(a), await past.content(b)
+                try:
+                    ta, tb = before.decode(), after.decode()
+                except UnicodeDecodeError:
+                    lines.append(f"Binary files {shown} differ")
+                    continue
+                name = detail if mark == "R" else shown
+                lines += [
+                    line.rstrip("\n")
+                    for line in difflib.unified_diff(
+                        ta.splitlines(keepends=True),
+                        tb.splitlines(keepends=True),
+                        f"a/{shown}",
+                        f"b/{name}",
+                    )
+                ]
+        return lines
+
+    for line in with_past(cfg, args.as_client, run):
+        print(line)
+    return 0
+
+
+def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    from bftfs.fs.pastplan import changes_in
+
+    now_ns = time.time_ns()
+    path = fs_path(args.path, mountpoints_of(cfg))
+    since = parse_when(args.since, now_ns)
+    until = None if args.until is None else parse_when(args.until, now_ns)
+    names = client_names(cfg)
+    wanted = client_ids(cfg)
+
+    async def run(past: Any) -> list[Any]:
+        lo, hi, before, after, histories = await range_trees(past, path, since, until, now_ns)
+        return changes_in(before, after, histories, since_ns=lo, until_ns=hi)
+
+    rows = [
+        {
+            "time": iso_time(c.time_ns),
+            "time_ns": c.time_ns,
+            "client": author_of(c.client, names),
+            "path": c.path or ".",
+            "changes": list(c.changes),
+        }
+        for c in with_past(cfg, args.as_client, run)
+        if args.client is None or c.client == wanted.get(args.client, -1)
+    ]
+    if args.json:
+        json.dump({"path": path, "changes": rows}, sys.stdout, indent=1)
+        print()
+        return 0
+    for r in rows:
+        print(f"{r['time']:25}  {r['client']:10}  {r['path']}  {', '.join(r['changes'])}")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    from bftfs.fsobjects import valid_snapshot_name
+
+    now_ns = time.time_ns()
+    if args.action in ("create", "delete") and not valid_snapshot_name(args.name):
+        raise WhenError(
+            f"{args.name!r}: snapshot names are 1-64 printable characters without "
+            "spaces or /, not starting with - or @, not 'now'"
+        )
+
+    async def run(past: Any) -> Any:
+        if args.action == "create":
+            at = (
+                now_ns
+                if args.at is None
+                else await resolve_moment(past, "/", parse_when(args.at), now_ns)
+            )
+            await past.snapshot_create(args.name, at)
+            return at
+        if args.action == "delete":
+            await past.snapshot_delete(args.name)
+            return None
+        return await past.snapshots()
+
+    got = with_past(cfg, args.as_client, run)
+    if args.action == "create":
+        print(f"snapshot {args.name} at {iso_time(got)}: retention keeps what was current then")
+    elif args.action == "delete":
+        print(f"snapshot {args.name} deleted: retention may reclaim what only it kept")
+    elif getattr(args, "json", False):
+        json.dump({k: {"time_ns": v, "time": iso_time(v)} for k, v in got.items()}, sys.stdout)
+        print()
+    else:
+        for name, t in sorted(got.items(), key=lambda kv: kv[1]):
+            print(f"{iso_time(t):25}  {name}")
+    return 0
+
+
+_PATH_HELP = "a path under a mount, or fs:/path inside the file system"
+
+
+def _on_cluster(cmd: Callable[[argparse.Namespace, ClusterConfig], int]) -> Any:
+    """``cmd(args, cfg)`` as a command taking ``args``: ``cfg`` from ``--dir``/``--config``."""
+
+    def run(args: argparse.Namespace) -> int:
+        return cmd(args, cluster_of(args)[0])
+
+    return run
+
+
+def _finish(
+    sp: argparse.ArgumentParser,
+    command: str,
+    cmd: Callable[[argparse.Namespace, ClusterConfig], int],
+    as_help: str = "connect as (client0)",
+) -> None:
+    """The options every history command ends with, and what runs it."""
+    with_cluster(sp)
+    sp.add_argument("--as", dest="as_client", default="client0", help=as_help)
+    sp.set_defaults(command=command, func=_on_cluster(cmd))
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``log``, ``cat``, ``restore``, ``diff``, ``changes``, ``revert`` and
+    ``snapshot``."""
+    sp = sub.add_parser("log", help="the versions of a file or directory, newest first")
+    sp.add_argument("path", help=_PATH_HELP)
+    with_cluster(sp)
+    sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--since", metavar="WHEN", help="only versions at or after WHEN")
+    sp.add_argument("--until", metavar="WHEN", help="only versions at or before WHEN")
+    sp.add_argument("--client", metavar="NAME", help="only versions this client wrote")
+    sp.set_defaults(command="log", func=_on_cluster(cmd_log))
+
+    sp = sub.add_parser("cat", help="a file's content as it was at a moment")
+    sp.add_argument("path", help=_PATH_HELP)
+    sp.add_argument("--at", metavar="WHEN", required=True, help="a time, -10m, or a version id")
+    _finish(sp, "cat", cmd_cat)
+
+    sp = sub.add_parser("restore", help="bring a file or tree back as it was (new versions)")
+    sp.add_argument("path", help=_PATH_HELP)
+    sp.add_argument("--at", metavar="WHEN", required=True, help="a time, -10m, or a version id")
+    sp.add_argument("--to", metavar="DEST", help="write here instead of PATH itself")
+    sp.add_argument("--delete", action="store_true", help="remove entries that did not exist then")
+    _finish(sp, "restore", cmd_restore)
+
+    sp = sub.add_parser("diff", help="what changed under a path between two moments")
+    sp.add_argument("path", help=_PATH_HELP)
+    sp.add_argument("--from", dest="since", metavar="WHEN", required=True, help="the start")
+    sp.add_argument("--to", metavar="WHEN", help="the end (default: now)")
+    sp.add_argument("-p", "--patch", action="store_true", help="unified diffs of text files")
+    _finish(sp, "diff", cmd_diff)
+
+    sp = sub.add_parser("changes", help="every version under a path in a time range")
+    sp.add_argument("path", help=_PATH_HELP)
+    sp.add_argument("--since", metavar="WHEN", required=True, help="the start")
+    sp.add_argument("--until", metavar="WHEN", help="the end (default: now)")
+    sp.add_argument("--client", metavar="NAME", help="only what this client changed")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    _finish(sp, "changes", cmd_changes)
+
+    sp = sub.add_parser("revert", help="undo one client's changes since a moment")
+    sp.add_argument("path", help="a directory under a mount (what to look under)")
+    sp.add_argument("--client", metavar="NAME", required=True, help="whose changes")
+    sp.add_argument("--since", metavar="WHEN", required=True, help="since when")
+    sp.add_argument("--dry-run", action="store_true", help="say what would be done")
+    _finish(sp, "revert", cmd_revert)
+    _add_snapshot(sub)
+
+
+def _add_snapshot(sub: Any) -> None:
+    """``bftfs snapshot create|delete|list``."""
+    sp = sub.add_parser("snapshot", help="named moments that retention never reclaims")
+    snap = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("create", "pin the tree as it is now (or --at WHEN)"),
+        ("delete", "let retention reclaim what only this snapshot kept"),
+        ("list", "the snapshots, oldest first"),
+    ):
+        ap = snap.add_parser(action, help=text)
+        if action != "list":
+            ap.add_argument("name")
+        else:
+            ap.add_argument("--json", action="store_true", help="machine-readable output")
+        if action == "create":
+            ap.add_argument("--at", metavar="WHEN", help="a past moment (default: now)")
+        _finish(ap, "snapshot", cmd_snapshot, as_help="connect as")

@@ -1,0 +1,209 @@
+"""``bftfs mount`` and ``bftfs umount``, and the mount options ``bftfs up`` shares."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bftfs import local as localmod
+from bftfs.cli.common import EXIT_MOUNT, QuietError, cluster_of, with_cluster
+from bftfs.config import ClusterConfig, ConfigError
+from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, MountOptions, OptionError
+from bftfs.logsetup import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def _mount_options(args: argparse.Namespace) -> MountOptions:
+    """The mount options of ``--client``, ``--attr-timeout``, ``--entry-timeout`` and
+    ``--metrics-port``, with ``-o`` applied over them."""
+    base = MountOptions(
+        client=args.client,
+        attr_timeout=args.attr_timeout,
+        entry_timeout=args.entry_timeout,
+        metrics_port=getattr(args, "metrics_port", None),
+    )
+    try:
+        return base.with_options(getattr(args, "options", None))
+    except OptionError as e:
+        raise QuietError(str(e), 2) from None
+
+
+def mount_daemon(
+    cfg: ClusterConfig,
+    config_path: Path,
+    mnt: Path,
+    args: argparse.Namespace,
+    *,
+    at_ns: int | None = None,
+) -> int:
+    """Start a background mount daemon (``args``: the client, cache timeouts, ``-o`` and,
+    for ``bftfs mount``, logging options)."""
+    mountmod = mount_module()
+    _check_client_key(cfg, _mount_options(args).client)
+    try:
+        return mountmod.mount_background(
+            cfg,
+            mnt,
+            _mount_options(args),
+            config_path=config_path,
+            log_path=getattr(args, "log", None),
+            debug_modules=getattr(args, "debug_modules", None) or (),
+            debug=bool(getattr(args, "debug", False)),
+            at_ns=at_ns,
+        )
+    except mountmod.MountError as e:  # re-exported from bftfs.fuse.control
+        raise QuietError(str(e), EXIT_MOUNT) from None
+
+
+def _check_client_key(cfg: ClusterConfig, client: str) -> None:
+    """Load the client's key here, before a daemon is forked: a missing or unreadable key
+    is a key error (exit 5, KeyFileError), not a failed mount whose cause is in a log."""
+    from bftfs.connect import client_identity
+
+    client_identity(cfg, client)
+
+
+def mount_module() -> Any:
+    """:mod:`bftfs.fuse.mount`, which needs pyfuse3 (the ``fuse`` extra): a node-only
+    installation runs every command but mounting."""
+    try:
+        from bftfs.fuse import mount
+    except ModuleNotFoundError as e:
+        if e.name != "pyfuse3":
+            raise
+        raise QuietError(
+            "mounting needs pyfuse3: install bftfs with the fuse extra "
+            "(pip install 'bftfs[fuse]'; it builds against libfuse3-dev and pkg-config)",
+            EXIT_MOUNT,
+        ) from None
+    return mount
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    mountmod = mount_module()
+
+    cfg, path = cluster_of(args)
+    options = _mount_options(args)
+    cfg.client(options.client)  # a clear error for an unknown client, before forking
+    _check_client_key(cfg, options.client)
+    at_ns = _mount_moment(args)
+    if args.fg:
+        setup_logging(log_file=args.log, debug_modules=args.debug_modules)
+        try:
+            mountmod.run_foreground(
+                cfg, args.mountpoint, options, config_path=path, debug=args.debug, at_ns=at_ns
+            )
+        except (RuntimeError, OSError) as e:  # libfuse refused (busy, no such directory...)
+            log.exception("mounting %s failed", args.mountpoint)
+            raise QuietError(f"mounting {args.mountpoint} failed: {e}", EXIT_MOUNT) from None
+        return 0
+    mount_daemon(cfg, path, args.mountpoint, args, at_ns=at_ns)
+    when = "" if at_ns is None else f", read-only, as it was at {args.at}"
+    print(f"mounted {args.mountpoint.resolve()} as {options.client}{when}")
+    return 0
+
+
+def _mount_moment(args: argparse.Namespace) -> int | None:
+    """``bftfs mount --at WHEN``: the moment in ns (a time or an age; a version id names
+    one object's version, so it needs a path: ``bftfs log`` shows its time)."""
+    if getattr(args, "at", None) is None:
+        return None
+    from bftfs.cli.when import WhenError, moment_of, parse_when
+
+    try:
+        when = parse_when(args.at)
+        if isinstance(when, str):
+            cfg, _ = cluster_of(args)
+            return moment_of(cfg, _mount_options(args).client, when)
+    except WhenError as e:
+        raise QuietError(str(e), 2) from None
+    return when
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from bftfs import proc
+    from bftfs.fuse import control as mountmod
+
+    target = Path(os.path.abspath(args.mountpoint))  # no resolve(): it stats a dead mount
+    pid = None
+    cfg = None
+    with contextlib.suppress(localmod.ClusterError, ConfigError):
+        cfg, _ = cluster_of(args)
+        pid = next((p for p, m in mountmod.known_mounts(cfg) if m == target), None)
+    if not mountmod.is_mounted(target) and pid is None:
+        raise QuietError(f"{target} is not mounted", EXIT_MOUNT)
+    dead = proc.is_dead_mount(target) or (pid is not None and not proc.process_alive(pid))
+    mountmod.unmount(target, pid=pid if not dead else None)
+    if cfg is not None:  # the book-keeping of a daemon that could not remove its own
+        for stale in (mountmod.pid_file(cfg, target), mountmod.status_file(cfg, target)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    print(f"unmounted {target}" + (" (its mount daemon had died)" if dead else ""))
+    return 0
+
+
+def with_client(sp: argparse.ArgumentParser) -> None:
+    """The options of a mount: the client it acts as, the kernel's cache timeouts, ``-o``."""
+    sp.add_argument(
+        "--client", default="client0", help="client identity to mount as (default client0)"
+    )
+    sp.add_argument(
+        "--attr-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds the kernel caches attributes and missing names (default 1)",
+    )
+    sp.add_argument(
+        "--entry-timeout",
+        type=float,
+        default=DEFAULT_ENTRY_TIMEOUT,
+        help="seconds the kernel caches names it found (default 30, as NFS's acdirmin; "
+        "a stale one is noticed when it leads to a removed object)",
+    )
+    sp.add_argument(
+        "-o",
+        dest="options",
+        metavar="OPTIONS",
+        help="mount options, comma-separated, as mount(8) takes them: client=NAME, ro, "
+        "allow_other, attr_timeout=S, entry_timeout=S, timeo=S (default 10) or hard, "
+        "metrics_port=P, metrics_addr=A (README, 'Mounting')",
+    )
+
+
+def add_mount(sub: Any) -> None:
+    """``bftfs mount MOUNTPOINT``."""
+    sp = sub.add_parser("mount", help="mount the file system of a cluster on a directory")
+    sp.add_argument("mountpoint", type=Path)
+    with_cluster(sp)
+    with_client(sp)
+    sp.add_argument("--fg", action="store_true", help="stay in the foreground, log to stderr")
+    sp.add_argument(
+        "--log", type=Path, help="log file (default: stderr with --fg, else under mounts/)"
+    )
+    sp.add_argument("--debug", action="store_true", help="libfuse debug output")
+    sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.fs")
+    sp.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (0: any free one; the port is in "
+        "`bftfs status`); off by default",
+    )
+    sp.add_argument(
+        "--at",
+        metavar="WHEN",
+        help="mount the tree as it was then, read-only (a time or an age, as in bftfs log)",
+    )
+    sp.set_defaults(func=cmd_mount)
+
+
+def add_umount(sub: Any) -> None:
+    """``bftfs umount MOUNTPOINT``."""
+    sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
+    sp.add_argument("mountpoint", type=Path)
+    with_cluster(sp)
+    sp.set_defaults(func=cmd_umount)

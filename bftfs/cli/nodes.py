@@ -1,0 +1,237 @@
+"""The nodes: ``bftfs node`` (run one in the foreground: :mod:`bftfs.node.main`; or stop,
+start, restart one of the local cluster) and ``bftfs verify`` (scrub every block)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs import local as localmod
+from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster, with_dir
+from bftfs.config import ClusterConfig, ConfigError
+from bftfs.logsetup import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Scrub every block of every file (bftfs/fs/scrub.py) with a progress line."""
+    import time
+
+    from bftfs.fs.scrub import scrub, summarize
+    from bftfs.fs.session import open_protocol_clients
+
+    cfg, _ = cluster_of(args)
+    started = time.monotonic()
+    show = not args.json and sys.stderr.isatty() or args.progress
+    last = [0.0]
+
+    def progress(done: int, known: int, report: Any) -> None:
+        now = time.monotonic()
+        if report.repaired and args.verbose:
+            nodes = ", ".join(str(n) for n in report.repaired)
+            print(f"\rblock {report.block:#x}: rewrote node(s) {nodes}", file=sys.stderr)
+        if show and (now - last[0] > 0.2 or done == known):
+            last[0] = now
+            width = 30
+            filled = width * done // max(known, 1)
+            bar = "#" * filled + "." * (width - filled)
+            print(f"\r[{bar}] {done}/{known} blocks", end="", file=sys.stderr, flush=True)
+
+    async def run() -> list[Any]:
+        async with open_protocol_clients(cfg, args.client, trust_verified=False) as (qu, rw):
+            return await scrub(qu, rw, cfg.block_size, progress)
+
+    reports = trio.run(run)
+    if show:
+        print(file=sys.stderr)
+    totals = summarize(reports)
+    totals["seconds"] = round(time.monotonic() - started, 2)
+    _record_verify(cfg, totals["repaired_by_node"])
+    if args.json:
+        print(json.dumps(totals))
+    else:
+        print(
+            f"scrubbed {totals['checked']} blocks in {totals['seconds']} s: "
+            f"{totals['fragments_intact']} fragments intact, "
+            f"{totals['fragments_repaired']} rewritten ({totals['blocks_repaired']} blocks), "
+            f"{totals['fragments_unreachable']} on nodes that did not answer"
+        )
+        for node, count in totals["repaired_by_node"].items():
+            print(f"  node {node}: {count} fragment(s) missing or damaged, rewritten")
+        if totals["repaired_by_node"]:
+            print(
+                "  (a node that was down catches up; one whose fragments go bad again is "
+                "failing or Byzantine: see `bftfs status`, replace it)"
+            )
+    # As fsck: 0 nothing wrong, 1 damage found and repaired, 4 some node did not answer
+    # (the scrub could not finish everywhere).
+    if totals["fragments_unreachable"]:
+        return EXIT_CLUSTER
+    return 1 if totals["fragments_repaired"] else 0
+
+
+def _record_verify(cfg: ClusterConfig, repaired_by_node: dict[str, int]) -> None:
+    """Keep what ``bftfs verify`` rewrote per node in the cluster directory, where
+    ``bftfs status`` shows it until ``bftfs status --clear`` (bftfs/health.py)."""
+    from bftfs import health
+
+    try:
+        health.add_verify(cfg.home, repaired_by_node)
+    except OSError as e:
+        print(
+            f"bftfs verify: cannot record the findings in {health.path_of(cfg.home)}: "
+            f"{e.strerror} (`bftfs status` will not show them)",
+            file=sys.stderr,
+        )
+
+
+def _check_byzantine_profile(name: str) -> None:
+    """Refuse an unknown ``--byzantine`` profile (exit 2) before anything is stopped."""
+    from bftfs.testing.byzantine.profiles import PROFILES
+
+    if name not in PROFILES:
+        raise QuietError(
+            f"unknown Byzantine profile {name!r}; known: {', '.join(sorted(PROFILES))}", 2
+        )
+
+
+def cmd_node_control(args: argparse.Namespace) -> int:
+    """``bftfs node stop|start|restart I``: one node of the local cluster (``--dir``)."""
+    if args.index is None:
+        raise QuietError(f"bftfs node {args.action}: which node? (e.g. bftfs node stop 2)", 2)
+    cfg, _ = cluster_of(args)
+    try:
+        cfg.node(args.index)
+    except (ConfigError, KeyError, IndexError):
+        raise QuietError(f"no node {args.index} (nodes 0..{cfg.n - 1})", 2) from None
+    if args.byzantine:
+        _check_byzantine_profile(args.byzantine)  # a typo must not stop the node first
+    extra = ["--byzantine", args.byzantine] if args.byzantine else []
+    if args.action in ("stop", "restart"):
+        was = localmod.stop_node(cfg, args.index)
+        print(f"node {args.index} {'stopped' if was else 'was not running'}")
+    if args.action in ("start", "restart"):
+        if args.action == "start" and localmod.running_pid(cfg.node(args.index)) is not None:
+            print(f"node {args.index} is running already")
+            return 0
+        pid = localmod.start_node(cfg, args.index, extra)
+        localmod.wait_ready(cfg, nodes=[args.index])
+        how = f" as Byzantine profile {args.byzantine!r}" if args.byzantine else ""
+        print(f"node {args.index} started{how} (pid {pid})")
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    """``bftfs node --config C --id I``: run a node (:func:`bftfs.node.main.run`) with the
+    fault hooks of ``--byzantine`` and the object types of ``--test-objects``."""
+    from bftfs import config as cfgmod
+    from bftfs.node import main as nodemain
+
+    if args.action is not None:
+        return cmd_node_control(args)
+    if args.config is None or args.id is None:
+        raise QuietError(
+            "bftfs node: give --config and --id to run a node in the foreground, or "
+            "stop|start|restart I for the local cluster",
+            2,
+        )
+    cfg = cfgmod.load(args.config)
+    spec = cfg.node(args.id)
+    setup_logging(log_file=args.log, debug_modules=args.debug_modules, quiet=args.quiet)
+    faults = None
+    if args.byzantine:
+        _check_byzantine_profile(args.byzantine)
+        # With --test-objects below, the only uses of bftfs.testing in production code, and
+        # only when asked for.
+        from bftfs.testing.byzantine.profiles import profile
+
+        faults = profile(args.byzantine, cfg, int(spec.id))
+        log.warning("node %s runs the Byzantine profile %r", spec.id, args.byzantine)
+    extra: tuple[Any, ...] = ()
+    if args.test_objects:
+        from bftfs.testing.testobjects import OBJECT_TYPES
+
+        extra = tuple(OBJECT_TYPES)
+    try:
+        nodemain.run(
+            cfg,
+            spec.id,
+            faults=faults,
+            extra_object_types=extra,
+            metrics_addr=args.metrics_addr,
+            metrics_port=args.metrics_port,
+            batch_sched=args.batch_sched,
+        )
+    except nodemain.StartError as e:
+        raise QuietError(str(e), EXIT_CLUSTER) from None
+    return 0
+
+
+def add_verify(sub: Any) -> None:
+    """``bftfs verify``."""
+    sp = sub.add_parser(
+        "verify", help="scrub: check every block on every node, rewrite missing or damaged ones"
+    )
+    with_cluster(sp)
+    sp.add_argument("--client", default="client0", help="client identity to use (client0)")
+    sp.add_argument("--json", action="store_true", help="totals as JSON")
+    sp.add_argument("--progress", action="store_true", help="a progress bar even when piped")
+    sp.add_argument("--verbose", action="store_true", help="name every block rewritten")
+    sp.set_defaults(func=cmd_verify)
+
+
+def add_node(sub: Any) -> None:
+    """``bftfs node``."""
+    sp = sub.add_parser(
+        "node",
+        help="run one storage node in the foreground, or stop/start/restart one of the "
+        "local cluster",
+    )
+    sp.add_argument(
+        "action",
+        nargs="?",
+        choices=("stop", "start", "restart"),
+        help="control node INDEX of the local cluster (--dir) instead of running one",
+    )
+    sp.add_argument("index", nargs="?", type=int, metavar="INDEX", help="the node's id")
+    with_dir(sp)
+    sp.add_argument("--config", type=Path, help="cluster.toml (required to run a node)")
+    sp.add_argument("--id", type=int, help="this node's id (required to run a node)")
+    sp.add_argument("--log", type=Path, help="log file (default: stderr)")
+    sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.net")
+    sp.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    sp.add_argument(
+        "--test-objects",
+        action="store_true",
+        help="also serve the Q/U test object types (counter, kv): for benchmarks/qu.py and tests",
+    )
+    sp.add_argument(
+        "--byzantine",
+        metavar="PROFILE",
+        help="misbehave on purpose, for fault tests (corrupt-fragments, reject-everything; "
+        "see bftfs/testing/byzantine/profiles.py)",
+    )
+    sp.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (0: any free one, written to "
+        "node<I>/metrics.port); off by default",
+    )
+    sp.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address the metrics listen on (default 127.0.0.1)",
+    )
+    sp.add_argument(
+        "--batch-sched",
+        action="store_true",
+        help="run under SCHED_BATCH (set by `bftfs up` for local clusters)",
+    )
+    sp.set_defaults(func=cmd_node)

@@ -1,0 +1,269 @@
+"""The arguments of the history commands (``bftfs log``, ``cat --at``, ``restore``,
+``diff``, ``changes``, ``revert``, ``snapshot``, ``mount --at``; issue 17) and the
+connection to the past they share.
+
+PATH is a path under a mount of the cluster (``mount/docs/a.txt``; it need not exist any
+more) or a path inside the file system: ``fs:/docs/a.txt``, or ``/docs/a.txt`` where
+``/docs`` is no directory of this machine (``/etc/passwd`` outside every mount is refused:
+it names this machine's file, not the cluster's).
+
+WHEN (``--at``, ``--since``, ``--until``) is one of:
+
+- a time: ``2026-11-23 14:05``, ``2026-11-23T14:05:30`` (local time unless it carries an
+  offset), ``@1763900000`` (seconds since the epoch), ``now``;
+- an age: ``-10m``, ``-30s``, ``-2h``, ``-1d``, ``-1w``;
+- a version id from ``bftfs log`` (hex, at least 4 digits): the moment that version was
+  stored.
+
+Times shown are the median of the storing nodes' clocks (not the writing client's), and a
+version's client is the authenticated identity the nodes saw (``bftfs/fs/past.py``).  A
+version fewer than ``2b + 1`` nodes still report has no time a lying node could not have
+moved: it is shown as ``unknown`` (``null`` in ``--json``), and a moment it could decide
+has no answer (exit 7) rather than a guess (issue 31).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs.config import ClusterConfig
+
+_AGE = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+_VERSION_ID = re.compile(r"^[0-9a-f]{4,12}$")
+
+
+class WhenError(ValueError):
+    """Text that is no WHEN."""
+
+
+def parse_when(text: str, now_ns: int | None = None) -> int | str:
+    """A moment in ns since the epoch, or a version id (str) to look up.
+
+    Raises:
+        WhenError: none of the forms in the module docstring.
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    t = text.strip()
+    if t == "now":
+        return now_ns
+    m = _AGE.match(t)
+    if m:
+        return now_ns - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9)
+    if t.startswith("@"):
+        try:
+            return int(decimal.Decimal(t[1:]) * 10**9)
+        except (decimal.InvalidOperation, ValueError):
+            raise WhenError(f"not a time: {text!r}") from None
+    if _VERSION_ID.match(t.lower()) and not t.isdigit():
+        return t.lower()
+    try:
+        dt = datetime.datetime.fromisoformat(t)
+    except ValueError:
+        if t and t.isprintable() and not any(c in t for c in "/ \t") and t[0] not in "-@":
+            return t  # a snapshot name or a version id, looked up later (resolve_moment)
+        raise WhenError(
+            f"not a time, an age, a version id or a snapshot: {text!r} "
+            "(e.g. '2026-11-23 14:05', -10m, @1763900000, an id from bftfs log, or a "
+            "snapshot name)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # local time
+    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
+
+
+#: ``fs:/docs/a.txt``: a path inside the file system, whatever this machine holds.
+FS_PREFIX = "fs:"
+
+
+def fs_path(arg: str, mountpoints: list[Path]) -> str:
+    """The path inside the file system that ``arg`` names (see the module docstring).
+
+    An absolute path outside every mount names a path inside the file system only where
+    it cannot name this machine's own files: its first component must not exist here
+    (``/docs/a.txt``), else it is refused (``/etc/passwd`` is this machine's, and reading
+    the history of ``/etc/passwd`` inside the cluster instead would answer a question
+    nobody asked).  ``fs:/etc/passwd`` always names the path inside the file system.
+
+    Raises:
+        ValueError: a relative path outside every mount of the cluster, or an absolute
+            one naming this machine's files.
+    """
+    if arg.startswith(FS_PREFIX):
+        inside = arg[len(FS_PREFIX) :]
+        if not inside.startswith("/"):
+            raise ValueError(f"{arg}: a path inside the file system starts with / (fs:/docs)")
+        return inside
+    absolute = Path(os.path.abspath(arg))
+    for mp in mountpoints:
+        mp = Path(os.path.abspath(mp))
+        if absolute == mp or mp in absolute.parents:
+            return "/" + str(absolute.relative_to(mp)).removeprefix(".")
+    where = ", ".join(str(m) for m in mountpoints) or "none mounted here"
+    if arg.startswith("/"):
+        top = absolute.parts[1] if len(absolute.parts) > 1 else None
+        if top is None or not os.path.lexists(f"/{top}"):
+            return arg
+        raise ValueError(
+            f"{arg}: outside every mount of this cluster (mounts: {where}); it names this "
+            f"machine's files. For the path inside the file system write {FS_PREFIX}{arg}"
+        )
+    raise ValueError(
+        f"{arg}: not under a mount of this cluster (mounts: {where}); give the path inside "
+        f"the file system as {FS_PREFIX}/PATH (e.g. {FS_PREFIX}/docs/a.txt)"
+    )
+
+
+def mountpoints_of(cfg: ClusterConfig) -> list[Path]:
+    from bftfs.fuse.control import known_mounts
+
+    points = [p for _pid, p in known_mounts(cfg)]
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "fuse.bftfs":
+                    points.append(Path(parts[1].replace("\\040", " ")))
+    except OSError:
+        pass
+    return points
+
+
+def iso_time(ns: int | None) -> str:
+    if ns is None:
+        return "unknown"
+    dt = datetime.datetime.fromtimestamp(ns / 1e9).astimezone()
+    return dt.isoformat(sep=" ", timespec="seconds")
+
+
+def client_names(cfg: ClusterConfig) -> dict[int, str]:
+    """Every client id the cluster had, named (a removed client as ``NAME (removed)``)."""
+    return cfg.client_names()
+
+
+def author_of(client: int, names: dict[int, str]) -> str:
+    """A version's client by name; one the configuration no longer names (an entry removed
+    by hand, not by ``bftfs client remove``) by its id, ``client#N``."""
+    from bftfs.ids import CLIENT_ID_BASE
+
+    return names.get(client) or f"client#{client - CLIENT_ID_BASE}"
+
+
+def client_ids(cfg: ClusterConfig) -> dict[str, int]:
+    """``--client NAME``: a configured client's id, or a removed one's (a revoked key's
+    changes are what ``revert --client`` is for); a current client wins a shared name."""
+    ids = {r.name: int(r.id) for r in cfg.retired_clients}
+    ids.update({c.name: int(c.id) for c in cfg.clients})
+    return ids
+
+
+async def find_history(past: Any, path: str, now_ns: int) -> Any:
+    """The history of the object ``path`` names now or, if it is gone, last named."""
+    from bftfs.fs.past import NotThen
+
+    try:
+        v = await past.resolve(path, now_ns)
+        return await past.history(v.oid)
+    except NotThen:
+        pass
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not name:
+        raise NotThen(f"{path}: no such file or directory")
+    dir_hist = await find_history(past, parent or "/", now_ns)
+    from bftfs.fsobjects.dirents import all_entries
+
+    for dv in dir_hist.versions:
+        if dv.state is not None and dv.state.get("k") == "d":
+            entry = all_entries(dv.state["e"]).get(name.encode())
+            if entry is not None:
+                return await past.history(int(entry[0]))
+    raise NotThen(f"{path}: never existed in the history kept")
+
+
+async def resolve_moment(past: Any, path: str, when: int | str, now_ns: int) -> int:
+    """``when`` as a moment: a snapshot's, or a version id's looked up in ``path``'s
+    history."""
+    from bftfs.fs.past import PastError
+
+    if isinstance(when, int):
+        return when
+    snaps = await past.snapshots()
+    if when in snaps:
+        return int(snaps[when])
+    if not _VERSION_ID.match(when.lower()):
+        raise WhenError(
+            f"not a time, an age, a version id or a snapshot: {when!r} "
+            f"(snapshots: {', '.join(sorted(snaps)) or 'none'})"
+        )
+    hist = await find_history(past, path, now_ns)
+    v = hist.by_id(when.lower())
+    if v is None:
+        raise PastError(f"{path}: no version {when} in its history (see bftfs log {path})")
+    if v.time_ns is None:
+        raise PastError(
+            f"{path}: the time of version {when} is unknown (fewer than 2b+1 nodes still "
+            "report it): give a time instead"
+        )
+    return int(v.time_ns)
+
+
+def moment_of(cfg: ClusterConfig, client: str, when: int | str) -> int:
+    """A WHEN without a path (``bftfs mount --at``): a time, an age or a snapshot name."""
+    if isinstance(when, int):
+        return when
+
+    async def run(past: Any) -> int:
+        snaps = await past.snapshots()
+        if when not in snaps:
+            raise WhenError(
+                f"--at {when}: give a time, an age or a snapshot name (snapshots: "
+                f"{', '.join(sorted(snaps)) or 'none'}); a version id names one file's "
+                "version: `bftfs log PATH` shows its time"
+            )
+        return int(snaps[when])
+
+    return int(with_past(cfg, client, run))
+
+
+def with_past(cfg: ClusterConfig, client: str, fn: Any) -> Any:
+    """Run ``await fn(past)`` against the cluster; its result.  An error ``fn`` raises comes
+    out as itself (not wrapped in the exception group of the clients' nurseries)."""
+    from bftfs.fs.session import open_past
+
+    async def main() -> tuple[bool, Any]:
+        async with open_past(cfg, client) as past:
+            try:
+                return True, await fn(past)
+            except Exception as e:
+                return False, e
+
+    ok, got = trio.run(main)
+    if not ok:
+        raise got
+    return got
+
+
+async def range_trees(
+    past: Any, path: str, since: int | str, until: int | str | None, now_ns: int
+) -> tuple[int, int, dict[str, Any], dict[str, Any], dict[int, Any]]:
+    """The trees at both ends of a range and the histories of every object in them."""
+    lo = await resolve_moment(past, path, since, now_ns)
+    hi = now_ns if until is None else await resolve_moment(past, path, until, now_ns)
+    before, after = await past.tree(path, lo), await past.tree(path, hi)
+    histories = {}
+    for v in [*before.values(), *after.values()]:
+        if v.oid not in histories:
+            histories[v.oid] = (await past.history(v.oid)).versions
+    return lo, hi, before, after, histories
