@@ -23,13 +23,15 @@ from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, Meta, _Locked, _Stale
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer, dead_contents
+from bftfs.fs.writebehind import PendingCreates
 from bftfs.rw.messages import block_id
 
 
 class Attributes:
     """setattr, truncation and extended attributes.  Given the protocol calls, the cache,
     the handle table (a change through a handle), the names (a change reached by a name
-    is checked), the flush engine (a truncation flushes first) and the reclaimer."""
+    is checked), the flush engine and the pending creates (a truncation flushes first)
+    and the reclaimer."""
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class Attributes:
         names: Names,
         engine: FlushEngine,
         reclaimer: Reclaimer,
+        pending: PendingCreates,
     ) -> None:
         self.meta = meta
         self.cache = cache
@@ -46,6 +49,7 @@ class Attributes:
         self.names = names
         self.engine = engine
         self.reclaimer = reclaimer
+        self.pending = pending
         self.bs = meta.bs
         self.inline = cache.inline
         self.lease_token = meta.lease_token
@@ -135,7 +139,7 @@ class Attributes:
             raise TooBig("file size limit")
         f = self.cache.files.get(ino)
         if f is not None:
-            await self.engine.flush(f)
+            await self.engine.flush(await self.pending.made_file(f))
         lock = f.lock if f is not None else trio.Lock()
         async with lock:
             for attempt in range(FLUSH_ATTEMPTS):

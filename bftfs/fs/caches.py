@@ -29,6 +29,12 @@ from bftfs.fs.meta import Meta
 NAME_CACHE_LIMIT = 200_000
 
 
+def content_version(s: dict[str, Any]) -> tuple[int, int]:
+    """``(data id, version counter)`` of a file's stat: one content (every update of the
+    file raises the counter)."""
+    return (s.get("d", 0), s["v"])
+
+
 class MetadataCache:
     """The attribute, name and parent caches, the open files, and the reads that consult
     them.  Given the protocol calls (:class:`~bftfs.fs.meta.Meta`) for its reads; every
@@ -64,6 +70,27 @@ class MetadataCache:
         #: Objects whose create failed for good (:mod:`bftfs.fs.writebehind`): their
         #: inode answers ESTALE until a name is found to lead to one after all.
         self.unmade: set[int] = set()
+
+    def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
+        """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
+        True if they already were (:meth:`bftfs.fs.handles.Handles.keep_cache`)."""
+        now = content_version(s)
+        if len(self.kernel_content) > NAME_CACHE_LIMIT:
+            self.kernel_content.clear()  # forgetting only costs re-reads
+        before = self.kernel_content.get(ino)
+        self.kernel_content[ino] = now
+        return before == now
+
+    def drop_refused_writes(self, f: OpenFile) -> None:
+        """Forget ``f``'s buffered writes, which the servers refused for space or quota
+        (ENOSPC, EDQUOT) and its close reported: the file is what the servers stored.  Kept,
+        they made the next open of the file flush them first and fail with EDQUOT again,
+        showed this mount a size no other mount saw, and would have been stored behind the
+        program's back by the first open after space came back.  The kernel's pages hold
+        them too: the next open drops those (no content version is recorded for it)."""
+        if self.files.get(f.ino) is f:
+            del self.files[f.ino]
+        self.kernel_content.pop(f.ino, None)
 
     def cache_regular_files(self, acregmin: float | None, acregmax: float | None) -> None:
         """Give regular files NFS's adaptive attribute timeout: a tenth of the time since

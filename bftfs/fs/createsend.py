@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bftfs.fs.caches import MetadataCache
+from bftfs.fs.caches import MetadataCache, content_version
 from bftfs.fs.errors import Exists, FsError, NoSpace, NotFound, Unavailable
-from bftfs.fs.filedata import FlushEngine, _content_version
+from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Taken
@@ -143,7 +143,7 @@ class CreateSender:
             return False
         opened = await self.meta.query_now(p.oid, "fs.open")
         if self.cache.kernel_content.get(p.oid) == (p.arg["d"], 0):
-            self.cache.kernel_content[p.oid] = _content_version(opened)
+            self.cache.kernel_content[p.oid] = content_version(opened)
         self.cache.observed(p.oid, opened)
         self.cache.learn(p.parent, p.name, p.oid, st.S_IFREG >> 12)
         if f is not None:
@@ -162,7 +162,7 @@ class CreateSender:
         arg = dict(p.arg, i=content, mtime=mtime, attrs=attrs)
         child, pst = await self.meta.update_now([p.parent, p.oid], "fs.createwrite", arg)
         self._made(p, child, pst)
-        f.base = _content_version(child)
+        f.base = content_version(child)
         self.engine.flushed(f, snapshot, mtime, attrs)
         f.sent(logged)
         if 0 not in f.dirty:
@@ -183,7 +183,7 @@ class CreateSender:
     def _made(self, p: PendingCreate, child: dict[str, Any], pst: dict[str, Any]) -> None:
         """The servers made ``p``: their answers become this mount's state."""
         if self.cache.kernel_content.get(p.oid) == (p.arg["d"], 0):
-            self.cache.kernel_content[p.oid] = _content_version(child)
+            self.cache.kernel_content[p.oid] = content_version(child)
         self.cache.own_stat(p.oid, child)
         self.cache.own_stat(p.parent, pst)
         self.cache.learn(p.parent, p.name, p.oid, st.S_IFREG >> 12)

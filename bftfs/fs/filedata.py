@@ -14,12 +14,12 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from bftfs.fs import objects as obj
-from bftfs.fs.caches import MetadataCache
+from bftfs.fs.caches import MetadataCache, content_version
 from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import (
     BIG_BLOCK_THRESHOLD,
@@ -46,25 +46,10 @@ def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
     trio.lowlevel.spawn_system_task(fn)
 
 
-def _content_version(s: dict[str, Any]) -> tuple[int, int]:
-    """``(data id, version counter)`` of a file's stat: one content (every update of the
-    file raises the counter)."""
-    return (s.get("d", 0), s["v"])
-
-
-class FlushGate(Protocol):
-    """What runs before a flush: a file's pending create is sent first (write-behind,
-    :class:`~bftfs.fs.writebehind.PendingCreates`)."""
-
-    async def made_file(self, f: OpenFile) -> OpenFile:
-        """``f`` once its pending create (if any) is made, or the file its writes moved to."""
-        ...
-
-
 class FlushEngine:
     """Reading blocks into an open file's cache and flushing its buffered writes.  Given
-    the protocol calls and the cache; the pending creates hook in before every flush
-    (:attr:`gate`)."""
+    the protocol calls and the cache.  A file with a pending create is flushed only once
+    the create is made: its callers see to that (:meth:`Handles._flush_file`)."""
 
     def __init__(
         self,
@@ -89,20 +74,11 @@ class FlushEngine:
         #: Read-ahead and write-behind of big files: blocks prefetched, prefetched blocks
         #: a read used or waited for, background flushes and their failures.
         self.streaming: Counter[str] = Counter()
-        #: Runs before every flush (None: nothing pending, e.g. alone in a test).
-        self.gate: FlushGate | None = None
 
     @property
     def rw(self) -> Any:
         """The PASIS client (the one :class:`~bftfs.fs.meta.Meta` holds)."""
         return self.meta.rw
-
-    async def flush(self, f: OpenFile) -> None:
-        """Send ``f``'s buffered writes (:meth:`flush_now`), after its pending create is
-        sent (with the content, when small), if it has one: the hook (:attr:`gate`)."""
-        if self.gate is not None:
-            f = await self.gate.made_file(f)
-        await self.flush_now(f)
 
     async def _update_data(self, f: OpenFile, method: str, arg: dict[str, Any]) -> None:
         """A flush's update of ``f`` (``fs.reserve``/``fs.write``), which the servers take
@@ -110,9 +86,9 @@ class FlushEngine:
         what was written, then follow to the new version if they were of that one."""
         s = await self.meta.update([f.ino], method, arg)
         if self.cache.kernel_content.get(f.ino) == (arg["d"], arg["v"]):
-            self.cache.kernel_content[f.ino] = _content_version(s)
+            self.cache.kernel_content[f.ino] = content_version(s)
         if f.base == (arg["d"], arg["v"]):  # taken on our base: the new state is ours
-            f.base = _content_version(s)
+            f.base = content_version(s)
         self.cache.own_stat(f.ino, s)
 
     async def fetch(self, f: OpenFile, indices: list[int]) -> None:
@@ -215,7 +191,7 @@ class FlushEngine:
 
     # Write-behind ------------------------------------------------------------------------
 
-    def flush_behind(self, f: OpenFile) -> None:
+    def flush_behind(self, f: OpenFile, flush: Callable[[OpenFile], Awaitable[None]]) -> None:
         """Start flushing ``f`` in the background (a sequential writer passed
         ``dirty_limit``), unless a background flush runs already.  It is the ordinary
         flush (:meth:`flush`: lease, blocks, then size and mtime), so whatever it sent is
@@ -228,9 +204,9 @@ class FlushEngine:
         done = f.behind = trio.Event()
         self.streaming["behind-flushes"] += 1
 
-        async def flush() -> None:
+        async def flush_in_background() -> None:
             try:
-                await self.flush(f)
+                await flush(f)
             except Exception as e:
                 self.streaming["behind-failures"] += 1
                 log.info("background flush of file %d failed: %s", f.ino, e)
@@ -240,7 +216,7 @@ class FlushEngine:
                 f.behind = None
                 done.set()
 
-        _spawn(flush)
+        _spawn(flush_in_background)
 
     async def behind_done(self, f: OpenFile, *, report: bool) -> None:
         """Wait for ``f``'s background flush; with ``report``, raise the error a background
@@ -270,7 +246,7 @@ class FlushEngine:
             f.apply_write(offset, data, 0)
         f.mtime = mtime
 
-    async def flush_now(self, f: OpenFile) -> None:
+    async def flush(self, f: OpenFile) -> None:
         """Send ``f``'s buffered writes; when another client changed the file meanwhile
         (``stale``) or is writing its blocks (``locked``), re-read, re-apply and retry
         after a growing random delay."""

@@ -48,13 +48,12 @@ public call to one of them.  From the bottom:
 - :class:`~bftfs.fs.namespace.Names` (``namespace.py``): lookup, getattr, readdir, create,
   link, unlink, rename, ...;
 - :class:`~bftfs.fs.handletable.HandleTable` (``handletable.py``): handle -> open file;
-- :class:`~bftfs.fs.attributes.Attributes` (``attributes.py``): setattr, truncation, xattrs;
 - :class:`~bftfs.fs.writebehind.PendingCreates` (``writebehind.py``, sending in
-  ``createsend.py``): creates sent with their first flush (``write_behind``).  Below it,
-  ``Meta`` and ``FlushEngine`` each have one hook (a ``CallGate``, a ``FlushGate``) it
-  fills: what a call or a flush must send first;
+  ``createsend.py``): creates sent with their first flush (``write_behind``).  ``Meta``
+  has one hook it fills (a ``CallGate``): what a call must send first;
+- :class:`~bftfs.fs.attributes.Attributes` (``attributes.py``): setattr, truncation, xattrs;
 - :class:`~bftfs.fs.handles.Handles` (``handles.py``): create/open, read, write, flush,
-  release; it asks the pending creates at create, read and release;
+  release; it asks the pending creates at create, read, flush and release;
 - this module: the facade, the one object the FUSE layer and tests hold
   (:class:`~bftfs.fs.api.FileSystemAPI`).
 """
@@ -161,11 +160,17 @@ class FileSystem:
         )
         self.names = Names(self.meta, self.cache, self.reclaimer)
         self.table = HandleTable()
-        self.attributes = Attributes(
-            self.meta, self.cache, self.table, self.names, self.engine, self.reclaimer
-        )
         self.pending = PendingCreates(
             self.meta, self.cache, self.table, self.engine, enabled=write_behind
+        )
+        self.attributes = Attributes(
+            self.meta,
+            self.cache,
+            self.table,
+            self.names,
+            self.engine,
+            self.reclaimer,
+            self.pending,
         )
         self.handles = Handles(
             self.meta,

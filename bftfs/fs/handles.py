@@ -15,7 +15,7 @@ from typing import Any
 from bftfs.fs import objects as obj
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
-from bftfs.fs.caches import NAME_CACHE_LIMIT, MetadataCache
+from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import (
     Exists,
     Invalid,
@@ -25,7 +25,7 @@ from bftfs.fs.errors import (
     StaleView,
     TooBig,
 )
-from bftfs.fs.filedata import FlushEngine, _content_version
+from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
@@ -97,16 +97,6 @@ class Handles:
         """
         return fh in self.table.cache_current
 
-    def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
-        """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
-        True if they already were."""
-        now = _content_version(s)
-        if len(self.cache.kernel_content) > NAME_CACHE_LIMIT:
-            self.cache.kernel_content.clear()  # forgetting only costs re-reads
-        before = self.cache.kernel_content.get(ino)
-        self.cache.kernel_content[ino] = now
-        return before == now
-
     async def create(
         self,
         parent: int,
@@ -164,7 +154,7 @@ class Handles:
         else:
             raise StaleView(f"{name!r} keeps being created and removed")
         s = self.cache.own[a.ino][0]
-        self.kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
+        self.cache.kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
         f = self.cache.files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
         if writable:
             f.lease_until = started + LEASE_NS
@@ -212,7 +202,7 @@ class Handles:
         reached_by_name = reached_by_name and not looked_up
         f = self.cache.files.get(ino)
         if f is not None and f.buffered:
-            await self.engine.flush(f)
+            await self._flush_file(f)
         if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
             s = await self.attributes.truncate(ino, 0, None, reached_by_name=reached_by_name)
         else:
@@ -228,7 +218,7 @@ class Handles:
         else:
             f.reset(s)
         fh = self.table.new_handle(f, flags)
-        if self.kernel_saw(ino, s):
+        if self.cache.kernel_saw(ino, s):
             self.table.cache_current.add(fh)
         return fh
 
@@ -283,16 +273,16 @@ class Handles:
         f.record(offset, data, bool(flags & os.O_APPEND))
         if f.dirty_bytes > self.dirty_limit:
             if self.behind_limit and sequential:
-                self.engine.flush_behind(f)
+                self.engine.flush_behind(f, self._flush_file)
                 while f.behind is not None and f.dirty_bytes > self.behind_limit:
                     await f.behind.wait()  # backpressure
                     if f.behind_error is not None:
                         break  # buffered; the error is reported at the next call
                     if f.dirty_bytes > self.dirty_limit:
-                        self.engine.flush_behind(f)
+                        self.engine.flush_behind(f, self._flush_file)
             else:
                 await self.engine.behind_done(f, report=False)
-                await self.engine.flush(f)
+                await self._flush_file(f)
         return len(data)
 
     async def flush(self, fh: int) -> None:
@@ -308,9 +298,15 @@ class Handles:
         await self.engine.behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
-        await self.engine.flush(f)
+        await self._flush_file(f)
         if failed is not None:
             raise failed
+
+    async def _flush_file(self, f: OpenFile) -> None:
+        """Flush ``f``: its pending create first, if it has one (with the content, when
+        small: :meth:`PendingCreates.made_file`), then the flush engine on the file the
+        writes are in (``f``, or another client's file under the name)."""
+        await self.engine.flush(await self.pending.made_file(f))
 
     async def fsync(self, fh: int) -> None:
         await self.flush(fh)
@@ -319,8 +315,8 @@ class Handles:
         """Close a handle (flushing); the file's clean blocks stay cached for a re-open,
         which keeps them only if the file did not change meanwhile.  The last close of a
         file whose writes the servers refused for space or quota drops them
-        (:meth:`drop_refused_writes`).  A file whose create failed or moved is forgotten
-        at its last close (:meth:`PendingCreates.closed`)."""
+        (:meth:`MetadataCache.drop_refused_writes`).  A file whose create failed or moved
+        is forgotten at its last close (:meth:`PendingCreates.closed`)."""
         f, _ = self.table.handle(fh)
         ino = f.ino
         alias = self.pending.aliases_of(f)
@@ -339,7 +335,7 @@ class Handles:
                 await self.engine.unlock(f)
         except NoSpace:
             if f.opens == 1:
-                self.drop_refused_writes(f)
+                self.cache.drop_refused_writes(f)
             raise
         finally:
             del self.table.handles[fh]
@@ -349,14 +345,3 @@ class Handles:
                 self.cache.files.pop(f.ino, None)
         if f.opens == 0:
             await self.reclaimer.released(f.ino)
-
-    def drop_refused_writes(self, f: OpenFile) -> None:
-        """Forget ``f``'s buffered writes, which the servers refused for space or quota
-        (ENOSPC, EDQUOT) and its close reported: the file is what the servers stored.  Kept,
-        they made the next open of the file flush them first and fail with EDQUOT again,
-        showed this mount a size no other mount saw, and would have been stored behind the
-        program's back by the first open after space came back.  The kernel's pages hold
-        them too: the next open drops those (no content version is recorded for it)."""
-        if self.cache.files.get(f.ino) is f:
-            del self.cache.files[f.ino]
-        self.cache.kernel_content.pop(f.ino, None)

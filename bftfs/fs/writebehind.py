@@ -80,13 +80,12 @@ RESEND_MAX = 30.0
 class PendingCreates:
     """Pending creates, and the calls that must send them first.  Given the protocol
     calls, the cache, the handle table and the flush engine; it hooks itself in before
-    every gated call to the servers (:class:`~bftfs.fs.meta.CallGate`) and every flush
-    (:class:`~bftfs.fs.filedata.FlushGate`), and is called by :class:`Handles` at create,
-    read and release.  It calls back to the handles above it (given by :meth:`attach`)
-    for what a handle means: recording which content the kernel's pages hold
-    (:meth:`Handles.kernel_saw`), dropping writes refused for space, and opening
-    another client's file under the name as a synchronous create would
-    (:meth:`Handles.open_existing`, through :class:`CreateSender`)."""
+    every gated call to the servers (:class:`~bftfs.fs.meta.CallGate`), and is called by
+    :class:`Handles` at create, read, flush (:meth:`made_file`) and release, and by
+    :class:`Attributes` before a truncation's flush.  One call goes back up, to the
+    handles (given by :meth:`attach`): a create that meets another client's file under
+    its name opens that file as a synchronous create would (:meth:`Handles.open_existing`,
+    through :class:`CreateSender`)."""
 
     #: Directory id -> {name: pending create}.
     _pending: dict[int, dict[bytes, PendingCreate]]
@@ -126,7 +125,6 @@ class PendingCreates:
         self._failed = {}
         self._senders = set()
         meta.gate = self
-        engine.gate = self
 
     def attach(self, handles: Handles) -> None:
         """The handles above (a collided create opens the existing file through them)."""
@@ -163,7 +161,7 @@ class PendingCreates:
         self._pending.setdefault(parent, {})[name] = p
         self._pending_oids[p.oid] = p
         self.cache.learn(parent, name, p.oid, st.S_IFREG >> 12)
-        self.handles.kernel_saw(p.oid, s)  # a new inode: the kernel holds no pages of it
+        self.cache.kernel_saw(p.oid, s)  # a new inode: the kernel holds no pages of it
         f = self.cache.files[p.oid] = OpenFile.from_stat(p.oid, s, self.bs)
         return self.table.new_handle(f, flags), self.cache.attr(p.oid, s)
 
@@ -305,10 +303,10 @@ class PendingCreates:
         if f is None or f.opens or not f.buffered:
             return
         try:
-            await self.engine.flush_now(f)
+            await self.engine.flush(f)
         except NoSpace as e:  # refused for good: the file keeps what was stored
             log.warning("writes of closed %r refused, dropped: %s", p.name, e)
-            self.handles.drop_refused_writes(f)
+            self.cache.drop_refused_writes(f)
         except FsError as e:
             log.warning("writes of closed %r not sent yet: %s", p.name, e)
 
