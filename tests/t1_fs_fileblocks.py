@@ -58,7 +58,7 @@ def test_rekeying_buffered_blocks_keeps_every_byte(seed: int) -> None:
         if len(model) < off:
             model.extend(bytes(off - len(model)))
         model[off : off + len(data)] = data
-    if inline and 0 not in f.dirty:  # as FileData._flush_once does before deciding
+    if inline and 0 not in f.dirty:  # as FlushEngine._flush_once does before deciding
         f.dirty[0] = bytearray(f.clean[0])
     for target in (big, small, big):
         f.rekey(target)

@@ -58,21 +58,21 @@ def test_acreg_defaults_to_the_attribute_timeout_and_round_trips() -> None:
 
 
 class _Clock:
-    """Just what :meth:`Caches.attr_timeout` reads of a file system."""
+    """Just what :meth:`MetadataCache.attr_timeout` reads of a file system."""
 
     attr_ttl = 1.0
     acregmin: float | None = None
     acregmax: float | None = None
 
-    def _now(self) -> int:
+    def clock_ns(self) -> int:
         return 1000 * 10**9
 
 
 def test_a_regular_files_timeout_grows_with_the_time_since_it_changed() -> None:
-    from bftfs.fs.caches import Caches
+    from bftfs.fs.caches import MetadataCache
 
     c = _Clock()
-    timeout = Caches.attr_timeout
+    timeout = MetadataCache.attr_timeout
     file = {"k": "f", "mode": 0o100644, "mt": 900 * 10**9, "ct": 990 * 10**9}
     folder = {"k": "d", "mode": 0o40755, "mt": 0, "ct": 0}
     assert timeout(c, file) == timeout(c, folder) == 1.0

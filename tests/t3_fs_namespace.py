@@ -588,7 +588,7 @@ def test_lookup_is_one_round_and_follows_replaced_entries(tmp_path: Path) -> Non
 
 
 def test_new_objects_share_their_directorys_preferred_quorum(tmp_path: Path) -> None:
-    """Object ids are random but congruent to the parent's mod n (see FileSystem._new_oid),
+    """Object ids are random but congruent to the parent's mod n (see Meta.new_oid),
     so a directory and its entries' objects have one preferred quorum."""
 
     async def body(env: Env) -> None:

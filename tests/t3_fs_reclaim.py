@@ -46,7 +46,7 @@ async def written(fs: FileSystem, name: bytes, size: int) -> tuple[int, int]:
     fh, a = await fs.create(ROOT, name, 0o644, 0, 0, os.O_RDWR)
     await fs.write(fh, 0, random.Random(size).randbytes(size))
     await fs.release(fh)
-    return a.ino, (await fs._query(a.ino, "fs.stat"))["d"]
+    return a.ino, (await fs.meta.query(a.ino, "fs.stat"))["d"]
 
 
 def versions(env: Env, d: int, blocks: int) -> list[list[int]]:

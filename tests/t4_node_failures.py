@@ -1,7 +1,7 @@
 """A second failure after the first (issue 22 item 4): ``t = 1`` means any one node, at any
 time, including after an earlier one came back.
 
-All objects of one tree share a preferred quorum (``FileSystem._new_oid``), so the node
+All objects of one tree share a preferred quorum (``Meta.new_oid``), so the node
 outside it received none of their updates; standing in for a failed quorum node it turned
 every read of the tree into a repair too large to run (EIO on every file, a new mount
 failing on the root).  Here two mounts write a tree, a quorum node is killed, everything is

@@ -15,15 +15,44 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
+from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Invalid, IsDir, NoAttr, TooBig
+from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
-from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, _Locked, _Stale
-from bftfs.fs.reclaim import Reclaim, dead_contents
+from bftfs.fs.handletable import HandleTable
+from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, Meta, _Locked, _Stale
+from bftfs.fs.namespace import Names
+from bftfs.fs.reclaim import Reclaimer, dead_contents
+from bftfs.fs.writebehind import PendingCreates
 from bftfs.rw.messages import block_id
 
 
-class Attributes(Reclaim):
-    """setattr, truncation and extended attributes."""
+class Attributes:
+    """setattr, truncation and extended attributes.  Given the protocol calls, the cache,
+    the handle table (a change through a handle), the names (a change reached by a name
+    is checked), the flush engine and the pending creates (a truncation flushes first)
+    and the reclaimer."""
+
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        table: HandleTable,
+        names: Names,
+        engine: FlushEngine,
+        reclaimer: Reclaimer,
+        pending: PendingCreates,
+    ) -> None:
+        self.meta = meta
+        self.cache = cache
+        self.table = table
+        self.names = names
+        self.engine = engine
+        self.reclaimer = reclaimer
+        self.pending = pending
+        self.bs = meta.bs
+        self.inline = cache.inline
+        self.lease_token = meta.lease_token
 
     # Attributes ----------------------------------------------------------------------------
 
@@ -40,7 +69,7 @@ class Attributes(Reclaim):
         fh: int | None = None,
         reached_by_name: bool = False,
     ) -> Attr:
-        """chmod/chown/utimens in one update; a size change truncates (see :meth:`_truncate`).
+        """chmod/chown/utimens in one update; a size change truncates (see :meth:`truncate`).
 
         ``reached_by_name``: as for :meth:`getattr` (``truncate``, ``chmod`` by path): a
         removed object is refused (ESTALE) unless it is open here, so the kernel walks the
@@ -63,43 +92,43 @@ class Attributes(Reclaim):
         for t in (atime_ns, mtime_ns):
             if t is not None and not obj.MIN_TIME <= t <= obj.MAX_TIME:
                 raise Invalid("time outside 1901-12-13 .. 2446-05-10")
-        f = self._files.get(ino)
+        f = self.cache.files.get(ino)
         by_name = reached_by_name and fh is None and not (f is not None and f.opens)
         if size is not None:
-            await self._truncate(ino, size, mtime_ns, reached_by_name=by_name)
+            await self.truncate(ino, size, mtime_ns, reached_by_name=by_name)
         if mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
-            return await self.getattr(ino)
-        handle = self._handles.get(fh) if fh is not None else None
+            return await self.names.getattr(ino)
+        handle = self.table.handles.get(fh) if fh is not None else None
         through_handle = handle is not None and handle[0] is f
         if size is None and f is not None and (f.buffered or through_handle):
             changes = {"mode": mode, "uid": uid, "gid": gid, "atime": atime_ns}
             f.attrs.update({k: v for k, v in changes.items() if v is not None})
             if mtime_ns is not None:
                 f.mtime = mtime_ns
-            return self._attr(ino, f.st)
+            return self.cache.attr(ino, f.st)
         if mode is None and uid is None and gid is None and atime_ns is None and size is None:
-            fresh = self._fresh(ino)
-            pending = self._files[ino].mtime if ino in self._files else None
+            fresh = self.cache.fresh(ino)
+            pending = self.cache.files[ino].mtime if ino in self.cache.files else None
             if fresh is not None and fresh["mt"] == mtime_ns and pending in (None, mtime_ns):
-                return self._attr(ino, fresh)
+                return self.cache.attr(ino, fresh)
         arg = {
             "mode": mode,
             "uid": uid,
             "gid": gid,
             "atime": atime_ns,
             "mtime": mtime_ns,
-            "now": self._now(),
+            "now": self.meta.now(),
         }
-        s = await self._update([ino], "fs.setattr", arg)
-        self._own_stat(ino, s)
+        s = await self.meta.update([ino], "fs.setattr", arg)
+        self.cache.own_stat(ino, s)
         if by_name:  # changed a removed object (harmless): change the named one instead
-            self._check_reached(ino, s)
-        f = self._files.get(ino)
+            self.names.check_reached(ino, s)
+        f = self.cache.files.get(ino)
         if f is not None and mtime_ns is not None:
             f.mtime = None  # an explicit mtime wins over buffered writes' times
-        return self._attr(ino, s)
+        return self.cache.attr(ino, s)
 
-    async def _truncate(
+    async def truncate(
         self, ino: int, size: int, mtime_ns: int | None, *, reached_by_name: bool = False
     ) -> dict[str, Any]:
         """Truncate to ``size``: flush buffered writes, then (to zero) switch to a fresh data
@@ -108,23 +137,23 @@ class Attributes(Reclaim):
         stat after it (without inline content, which after a truncation to zero is empty)."""
         if size > obj.MAX_SIZE:
             raise TooBig("file size limit")
-        f = self._files.get(ino)
+        f = self.cache.files.get(ino)
         if f is not None:
-            await self._flush(f)
+            await self.engine.flush(await self.pending.made_file(f))
         lock = f.lock if f is not None else trio.Lock()
         async with lock:
             for attempt in range(FLUSH_ATTEMPTS):
-                s = before = await self._query(ino, "fs.open")
+                s = before = await self.meta.query(ino, "fs.open")
                 if s["k"] == "d":
                     raise IsDir()
                 if reached_by_name:
-                    self._check_reached(ino, s)
+                    self.names.check_reached(ino, s)
                 if not st.S_ISREG(s["mode"]):
                     raise Invalid("not a regular file")
-                arg: dict[str, Any] = {"size": size, "mtime": mtime_ns, "now": self._now()}
+                arg: dict[str, Any] = {"size": size, "mtime": mtime_ns, "now": self.meta.now()}
                 arg["tok"] = self.lease_token
                 if size == 0:
-                    arg.update(d=self._new_oid(), alloc=self._initial_reserve())
+                    arg.update(d=self.meta.new_oid(), alloc=self.meta.initial_reserve())
                     if self.inline:
                         arg["i"] = b""
                 else:
@@ -137,22 +166,22 @@ class Attributes(Reclaim):
                         try:
                             bt = await self._locked_clear_gap(ino, s, size)
                         except (_Stale, _Locked):
-                            await self._back_off(attempt)
+                            await self.meta.back_off(attempt)
                             continue
                         if s["inl"]:
                             arg["blocks"] = True
                         if bt:
                             arg["bt"] = bt
                 try:
-                    s = await self._update([ino], "fs.setattr", arg)
+                    s = await self.meta.update([ino], "fs.setattr", arg)
                 except (_Stale, _Locked):
-                    await self._back_off(attempt)
+                    await self.meta.back_off(attempt)
                     continue
                 if f is not None:
                     f.truncate_cache(size)
-                self._own_stat(ino, s)
+                self.cache.own_stat(ino, s)
                 if size == 0:  # the old data id is gone
-                    await self._reclaim(dead_contents(before, self.bs))
+                    await self.reclaimer.reclaim(dead_contents(before, self.bs))
                 return s
         raise FsError("truncate: file kept changing")
 
@@ -160,12 +189,12 @@ class Attributes(Reclaim):
         """Take the write lease on the version ``s`` and clear the gap up to ``size``
         (the size update that follows ends the lease; if that never comes, it expires);
         the newest block Time written (0: none)."""
-        arg = self._lease_arg(s["d"], s["v"])
+        arg = self.engine.lease_arg(s["d"], s["v"])
         arg["lease"] = LEASE_NS
         # What may stay behind if this dies: block 0 with an inline content (zeros,
         # elsewhere, are harmless).
         arg["z"] = [[0, len(s["i"])]] if s["inl"] and s["i"] else []
-        self._own_stat(ino, await self._update([ino], "fs.lock", arg))
+        self.cache.own_stat(ino, await self.meta.update([ino], "fs.lock", arg))
         return await self._clear_gap(s, s["size"], size)
 
     async def _clear_gap(self, s: dict[str, Any], valid: int, new_size: int) -> int:
@@ -182,15 +211,19 @@ class Attributes(Reclaim):
             tmp.dirty[0] = bytearray(s["i"])
         partial, empty = tmp.gap_blocks(new_size)
         after = s.get("bt", 0)
-        newest = await self._write_empty_blocks(s["d"], empty, after)
+        newest = await self.meta.write_empty_blocks(s["d"], empty, after)
         if partial:
-            got = await self._blocks(self.rw.read_blocks([block_id(s["d"], k) for k in partial]))
+            got = await self.meta.blocks(
+                self.meta.rw.read_blocks([block_id(s["d"], k) for k in partial])
+            )
             for k in partial:
                 blocks[k] = tmp.remember(k, got[block_id(s["d"], k)])
         if not blocks:
             return newest
-        written = await self._blocks(
-            self.rw.write_blocks({block_id(s["d"], k): v for k, v in blocks.items()}, after=after)
+        written = await self.meta.blocks(
+            self.meta.rw.write_blocks(
+                {block_id(s["d"], k): v for k, v in blocks.items()}, after=after
+            )
         )
         return max(newest, *(ts.time for ts in written.values()))
 
@@ -199,19 +232,19 @@ class Attributes(Reclaim):
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         """One query, unless fresh attributes say the object has no extended attributes (the
         kernel asks for ``security.capability`` before the first write to every file)."""
-        fresh = self._fresh(ino)
+        fresh = self.cache.fresh(ino)
         if fresh is not None and fresh.get("nx") == 0:
             raise NoAttr()
-        return await self._query(ino, "fs.getxattr", name)
+        return await self.meta.query(ino, "fs.getxattr", name)
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        return list(await self._query(ino, "fs.listxattr"))
+        return list(await self.meta.query(ino, "fs.listxattr"))
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        arg = {"name": name, "value": bytes(value), "flags": flags, "now": self._now()}
-        await self._update([ino], "fs.setxattr", arg)
-        self._own.pop(ino, None)
+        arg = {"name": name, "value": bytes(value), "flags": flags, "now": self.meta.now()}
+        await self.meta.update([ino], "fs.setxattr", arg)
+        self.cache.own.pop(ino, None)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        await self._update([ino], "fs.removexattr", {"name": name, "now": self._now()})
-        self._own.pop(ino, None)
+        await self.meta.update([ino], "fs.removexattr", {"name": name, "now": self.meta.now()})
+        self.cache.own.pop(ino, None)

@@ -1,14 +1,14 @@
 """What this client caches of the servers' state, and the reads that go through it.
 
 Directory entries and parents name the objects of an update; attributes this client's own
-updates produced answer ``getattr`` for their timeout (:meth:`Caches.attr_timeout`:
+updates produced answer ``getattr`` for their timeout (:meth:`MetadataCache.attr_timeout`:
 ``attr_ttl``, or for a regular file between ``acregmin`` and ``acregmax``); with those
 longer than ``attr_ttl`` a regular file's attributes the servers answered do too, and the
-kernel is given only what is left of the timeout (:meth:`Caches.kernel_timeout`), so an
+kernel is given only what is left of the timeout (:meth:`MetadataCache.kernel_timeout`), so an
 attribute is never shown longer than its timeout after the servers last said it; an open
 file's attributes are fresh by close-to-open.  Why each is safe is the subject of the docstring of
 :mod:`bftfs.fs.filesystem`.  The methods here keep the caches' rules in one place: an own
-update's stat yields to a newer one the servers answer (``_observed``), the name cache is
+update's stat yields to a newer one the servers answer (``observed``), the name cache is
 bounded, and an open file with buffered writes answers its buffered size and times
 (``_attr``).
 """
@@ -16,26 +16,81 @@ bounded, and an open file with buffered writes answers its buffered size and tim
 from __future__ import annotations
 
 import stat as st
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from bftfs.fs.attrs import Attr, attr_from_stat
-from bftfs.fs.files import file_block_size
+from bftfs.fs.files import OpenFile, file_block_size
 from bftfs.fs.meta import Meta
 
 #: Cached directory entries in all (the cache is cleared when it grows past this).
 NAME_CACHE_LIMIT = 200_000
 
 
-class Caches(Meta):
-    """The attribute, name and parent caches, and the reads that consult them."""
+def content_version(s: dict[str, Any]) -> tuple[int, int]:
+    """``(data id, version counter)`` of a file's stat: one content (every update of the
+    file raises the counter)."""
+    return (s.get("d", 0), s["v"])
+
+
+class MetadataCache:
+    """The attribute, name and parent caches, the open files, and the reads that consult
+    them.  Given the protocol calls (:class:`~bftfs.fs.meta.Meta`) for its reads; every
+    other part is given this cache."""
 
     #: Seconds a regular file's attributes stay fresh at least and at most (NFS's
     #: ``acregmin``/``acregmax``); None: ``attr_ttl``, today's fixed timeout.  Set by
     #: :meth:`cache_regular_files` (mount options ``acregmin=``/``acregmax=``).
     acregmin: float | None = None
     acregmax: float | None = None
+
+    def __init__(self, meta: Meta, *, attr_ttl: float, inline: int) -> None:
+        self.meta = meta
+        self.clock_ns: Callable[[], int] = meta.clock_ns
+        self.attr_ttl = attr_ttl
+        self.bs = meta.bs
+        #: Regular files up to this size keep their content in the attribute object.
+        self.inline = inline
+        #: Directory id -> {name: (object id, type code)} (partial; see
+        #: :mod:`bftfs.fs.filesystem`).
+        self.names: dict[int, dict[bytes, tuple[int, int]]] = {}
+        self.parents: dict[int, int] = {}
+        #: Object id -> (stat produced by our own update, trio time it arrived).
+        self.own: dict[int, tuple[dict[str, Any], float]] = {}
+        #: The files this client holds state for (open, or with writes still buffered).
+        self.files: dict[int, OpenFile] = {}
+        #: File id -> (data id, version counter) of the content the kernel may hold pages
+        #: of (:meth:`bftfs.fs.handles.Handles.keep_cache`).
+        self.kernel_content: dict[int, tuple[int, int]] = {}
+        #: Directory id -> (mode, gid) as last seen: a new file's group and mode follow
+        #: them (write-behind, :mod:`bftfs.fs.writebehind`).
+        self.dir_modes: dict[int, tuple[int, int]] = {}
+        #: Objects whose create failed for good (:mod:`bftfs.fs.writebehind`): their
+        #: inode answers ESTALE until a name is found to lead to one after all.
+        self.unmade: set[int] = set()
+
+    def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
+        """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
+        True if they already were (:meth:`bftfs.fs.handles.Handles.keep_cache`)."""
+        now = content_version(s)
+        if len(self.kernel_content) > NAME_CACHE_LIMIT:
+            self.kernel_content.clear()  # forgetting only costs re-reads
+        before = self.kernel_content.get(ino)
+        self.kernel_content[ino] = now
+        return before == now
+
+    def drop_refused_writes(self, f: OpenFile) -> None:
+        """Forget ``f``'s buffered writes, which the servers refused for space or quota
+        (ENOSPC, EDQUOT) and its close reported: the file is what the servers stored.  Kept,
+        they made the next open of the file flush them first and fail with EDQUOT again,
+        showed this mount a size no other mount saw, and would have been stored behind the
+        program's back by the first open after space came back.  The kernel's pages hold
+        them too: the next open drops those (no content version is recorded for it)."""
+        if self.files.get(f.ino) is f:
+            del self.files[f.ino]
+        self.kernel_content.pop(f.ino, None)
 
     def cache_regular_files(self, acregmin: float | None, acregmax: float | None) -> None:
         """Give regular files NFS's adaptive attribute timeout: a tenth of the time since
@@ -54,18 +109,18 @@ class Caches(Meta):
         hi = self.attr_ttl if self.acregmax is None else self.acregmax
         if hi <= lo:
             return lo
-        at = self._now() if known_ns is None else known_ns
+        at = self.clock_ns() if known_ns is None else known_ns
         unchanged = (at - max(s["mt"], s["ct"])) / 1e9
         return min(hi, max(lo, unchanged / 10))
 
-    def _known_for(self, oid: int) -> float | None:
+    def known_for(self, oid: int) -> float | None:
         """Seconds the cached attributes of ``oid`` (own update or servers' answer) stay
         fresh from now, or None when there are none or they are stale."""
-        own = self._own.get(oid)
+        own = self.own.get(oid)
         if own is None:
             return None
         age = trio.current_time() - own[1]
-        left = self.attr_timeout(own[0], self._now() - int(age * 1e9)) - age
+        left = self.attr_timeout(own[0], self.clock_ns() - int(age * 1e9)) - age
         return left if left > 0 else None
 
     def kernel_timeout(self, a: Attr) -> float:
@@ -76,40 +131,51 @@ class Caches(Meta):
         cached ones', so the kernel's cache and ours together never outlast one timeout."""
         if not (self.long_attrs and st.S_ISREG(a.mode)):
             return self.attr_ttl  # as before: the kernel's own fixed timeout
-        f = self._files.get(a.ino)
+        f = self.files.get(a.ino)
         if f is not None and f.opens:
             return self.attr_timeout(f.st)
-        if a.ino not in self._own:
+        if a.ino not in self.own:
             kind = "d" if st.S_ISDIR(a.mode) else "f"
             return self.attr_timeout(
                 {"k": kind, "mode": a.mode, "mt": a.mtime_ns, "ct": a.ctime_ns}
             )
-        return self._known_for(a.ino) or 0.0
+        return self.known_for(a.ino) or 0.0
 
-    def _own_stat(self, oid: int, s: dict[str, Any]) -> None:
-        self._own[oid] = (s, trio.current_time())
+    def own_stat(self, oid: int, s: dict[str, Any]) -> None:
+        self.own[oid] = (s, trio.current_time())
         if s["k"] == "d":
-            self._parents[oid] = s["p"]
-        f = self._files.get(oid)
+            self.parents[oid] = s["p"]
+        f = self.files.get(oid)
         if f is not None and s["k"] == "f":
             f.reset(s, own=True)
+        self._dir_mode(oid, s)
 
-    def _learn(self, parent: int, name: bytes, oid: int, code: int) -> None:
-        names = self._names.get(parent)
+    def _dir_mode(self, oid: int, s: dict[str, Any]) -> None:
+        if s["k"] == "d":
+            if len(self.dir_modes) > NAME_CACHE_LIMIT:
+                self.dir_modes.clear()  # forgetting costs one synchronous create each
+            self.dir_modes[oid] = (s["mode"], s["gid"])
+
+    def learn(self, parent: int, name: bytes, oid: int, code: int) -> None:
+        names = self.names.get(parent)
         if names is None:
-            if sum(len(v) for v in self._names.values()) > NAME_CACHE_LIMIT:
-                self._names.clear()
-            names = self._names[parent] = {}
+            if sum(len(v) for v in self.names.values()) > NAME_CACHE_LIMIT:
+                self.names.clear()
+            names = self.names[parent] = {}
         names[name] = (oid, code)
+        # A name found to lead to ``oid`` makes it usable again, should an abandoned
+        # create's object exist after all.
+        if self.unmade:
+            self.unmade.discard(oid)
 
-    def _forget(self, parent: int, name: bytes | None = None) -> None:
+    def forget(self, parent: int, name: bytes | None = None) -> None:
         if name is None:
-            self._names.pop(parent, None)
+            self.names.pop(parent, None)
         else:
-            self._names.get(parent, {}).pop(name, None)
+            self.names.get(parent, {}).pop(name, None)
 
-    def _attr(self, oid: int, s: dict[str, Any]) -> Attr:
-        f = self._files.get(oid)
+    def attr(self, oid: int, s: dict[str, Any]) -> Attr:
+        f = self.files.get(oid)
         if f is not None and s["k"] == "f" and (f.buffered or f.opens):
             s = dict(f.st, size=f.size)
             if f.dirty and s.get("al") is not None:  # buffered data will be stored too
@@ -124,7 +190,7 @@ class Caches(Meta):
                     s["at" if key == "atime" else key] = value
         return attr_from_stat(oid, s, file_block_size(s, self.bs))
 
-    def _observed(self, oid: int, s: dict[str, Any]) -> None:
+    def observed(self, oid: int, s: dict[str, Any]) -> None:
         """The servers answered ``s`` for ``oid`` (a stat, lookup, listing or open).
 
         Attributes our own update produced earlier are no longer the freshest, so they stop
@@ -137,16 +203,17 @@ class Caches(Meta):
         the default timeouts only our own updates' attributes are answered so, as before:
         an open invalidates the kernel's attributes when they changed, and the stat after
         it asks the servers (``t4_two_clients``: a chmod elsewhere shows at once then)."""
-        own = self._own.get(oid)
+        own = self.own.get(oid)
         if self._long_regular(s):
             if own is None or s["v"] >= own[0]["v"]:
                 if "i" in s:  # an inline file's content is the open file's, not an attribute
                     s = {k: v for k, v in s.items() if k != "i"}
-                if len(self._own) > NAME_CACHE_LIMIT:
-                    self._own.clear()
-                self._own[oid] = (s, trio.current_time())
+                if len(self.own) > NAME_CACHE_LIMIT:
+                    self.own.clear()
+                self.own[oid] = (s, trio.current_time())
         elif own is not None and s["v"] > own[0]["v"]:
-            del self._own[oid]
+            del self.own[oid]
+        self._dir_mode(oid, s)
 
     @property
     def long_attrs(self) -> bool:
@@ -156,37 +223,37 @@ class Caches(Meta):
     def _long_regular(self, s: dict[str, Any]) -> bool:
         return self.long_attrs and s.get("k") == "f" and st.S_ISREG(s["mode"])
 
-    def _fresh(self, oid: int) -> dict[str, Any] | None:
+    def fresh(self, oid: int) -> dict[str, Any] | None:
         """Attributes known fresh without a query: an open file's (close-to-open) or those
         our own update produced within ``attr_ttl``; else None."""
-        f = self._files.get(oid)
+        f = self.files.get(oid)
         if f is not None and f.opens:
             return f.st
-        if self._known_for(oid) is not None:
-            return self._own[oid][0]
+        if self.known_for(oid) is not None:
+            return self.own[oid][0]
         return None
 
-    async def _stat(self, oid: int, within: float | None = None) -> dict[str, Any]:
+    async def stat(self, oid: int, within: float | None = None) -> dict[str, Any]:
         """Fresh attributes of ``oid`` (a query), unless known fresh within their timeout
         (``within``: at most that many seconds old, whatever their timeout)."""
-        own = self._own.get(oid)
+        own = self.own.get(oid)
         if (
             own is not None
-            and self._known_for(oid) is not None
+            and self.known_for(oid) is not None
             and (within is None or trio.current_time() - own[1] < within)
         ):
             return own[0]
-        s = await self._query(oid, "fs.stat")
-        self._observed(oid, s)
+        s = await self.meta.query(oid, "fs.stat")
+        self.observed(oid, s)
         if s["k"] == "d":
-            self._parents[oid] = s["p"]
+            self.parents[oid] = s["p"]
         return s
 
-    async def _entry(self, parent: int, name: bytes, fresh: bool = False) -> tuple[int, int]:
+    async def entry(self, parent: int, name: bytes, fresh: bool = False) -> tuple[int, int]:
         """(object id, type code) of ``name`` in ``parent``: the cache, else a query."""
-        got = None if fresh else self._names.get(parent, {}).get(name)
+        got = None if fresh else self.names.get(parent, {}).get(name)
         if got is not None:
             return got
-        oid, code = await self._query(parent, "fs.lookup", name)
-        self._learn(parent, name, oid, code)
+        oid, code = await self.meta.query(parent, "fs.lookup", name)
+        self.learn(parent, name, oid, code)
         return oid, code

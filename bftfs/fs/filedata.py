@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.fs.caches import Caches
+from bftfs.fs.caches import MetadataCache, content_version
 from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import (
     BIG_BLOCK_THRESHOLD,
@@ -27,7 +28,7 @@ from bftfs.fs.files import (
     reservation,
     sequential_end,
 )
-from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, _Locked, _Stale
+from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, Meta, _Locked, _Stale
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
@@ -45,29 +46,54 @@ def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
     trio.lowlevel.spawn_system_task(fn)
 
 
-def _content_version(s: dict[str, Any]) -> tuple[int, int]:
-    """``(data id, version counter)`` of a file's stat: one content (every update of the
-    file raises the counter)."""
-    return (s.get("d", 0), s["v"])
+class FlushEngine:
+    """Reading blocks into an open file's cache and flushing its buffered writes.  Given
+    the protocol calls and the cache.  A file with a pending create is flushed only once
+    the create is made: its callers see to that (:meth:`Handles._flush_file`)."""
 
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        *,
+        readahead: int,
+        readahead_max: int,
+        big_bs: int,
+    ) -> None:
+        self.meta = meta
+        self.cache = cache
+        self.bs = meta.bs
+        self.inline = cache.inline
+        self.lease_token = meta.lease_token
+        self.readahead = readahead
+        #: The read-ahead window's largest size (bytes), 0: no background read-ahead.
+        self.readahead_max = readahead_max
+        #: The block size of files written sequentially (0: every file has ``bs``;
+        #: docs/fs.md).
+        self.big_bs = big_bs
+        #: Read-ahead and write-behind of big files: blocks prefetched, prefetched blocks
+        #: a read used or waited for, background flushes and their failures.
+        self.streaming: Counter[str] = Counter()
 
-class FileData(Caches):
-    """Reading blocks into an open file's cache and flushing its buffered writes."""
+    @property
+    def rw(self) -> Any:
+        """The PASIS client (the one :class:`~bftfs.fs.meta.Meta` holds)."""
+        return self.meta.rw
 
     async def _update_data(self, f: OpenFile, method: str, arg: dict[str, Any]) -> None:
         """A flush's update of ``f`` (``fs.reserve``/``fs.write``), which the servers take
         only on the version ``arg`` names (``d``, ``v``).  The kernel's pages, which hold
         what was written, then follow to the new version if they were of that one."""
-        s = await self._update([f.ino], method, arg)
-        if self._kernel_content.get(f.ino) == (arg["d"], arg["v"]):
-            self._kernel_content[f.ino] = _content_version(s)
+        s = await self.meta.update([f.ino], method, arg)
+        if self.cache.kernel_content.get(f.ino) == (arg["d"], arg["v"]):
+            self.cache.kernel_content[f.ino] = content_version(s)
         if f.base == (arg["d"], arg["v"]):  # taken on our base: the new state is ours
-            f.base = _content_version(s)
-        self._own_stat(f.ino, s)
+            f.base = content_version(s)
+        self.cache.own_stat(f.ino, s)
 
-    async def _fetch(self, f: OpenFile, indices: list[int]) -> None:
+    async def fetch(self, f: OpenFile, indices: list[int]) -> None:
         if f.st.get("inl"):  # the content comes with the attributes
-            await self._adopt(f, await self._query(f.ino, "fs.open"))
+            await self.adopt(f, await self.meta.query(f.ino, "fs.open"))
             indices = [k for k in indices if f.missing(k)]
             if not indices:
                 return
@@ -79,7 +105,7 @@ class FileData(Caches):
         if f.st.get("inl"):
             return
         d, bs = f.data_id, f.bs
-        got = await self._blocks(self.rw.read_blocks([block_id(d, k) for k in indices]))
+        got = await self.meta.blocks(self.rw.read_blocks([block_id(d, k) for k in indices]))
         if f.data_id != d or f.bs != bs:  # truncated to zero, or another block size: the
             return  # indices are not its blocks any more
         for k in indices:
@@ -88,7 +114,7 @@ class FileData(Caches):
 
     # Read-ahead --------------------------------------------------------------------------
 
-    async def _read_ahead(self, f: OpenFile, offset: int, size: int) -> None:
+    async def read_ahead(self, f: OpenFile, offset: int, size: int) -> None:
         """Keep a window of blocks in flight ahead of a sequential reader, and wait for the
         ones this read needs.
 
@@ -134,7 +160,7 @@ class FileData(Caches):
 
     def _prefetch(self, f: OpenFile, indices: list[int]) -> None:
         """Fetch ``indices`` of ``f``'s current content in the background (see
-        :meth:`_read_ahead`); a failure is only counted: the read that needs a block
+        :meth:`read_ahead`); a failure is only counted: the read that needs a block
         fetches it again and meets the error itself."""
         d, epoch, done = f.data_id, f.ra_epoch, trio.Event()
         for k in indices:
@@ -143,7 +169,7 @@ class FileData(Caches):
 
         async def fetch() -> None:
             try:
-                got = await self._blocks(
+                got = await self.meta.blocks(
                     self.rw.read_blocks([block_id(d, k) for k in indices], concurrency=len(indices))
                 )
                 if f.ra_epoch == epoch and f.data_id == d:
@@ -165,22 +191,22 @@ class FileData(Caches):
 
     # Write-behind ------------------------------------------------------------------------
 
-    def _flush_behind(self, f: OpenFile) -> None:
+    def flush_behind(self, f: OpenFile, flush: Callable[[OpenFile], Awaitable[None]]) -> None:
         """Start flushing ``f`` in the background (a sequential writer passed
         ``dirty_limit``), unless a background flush runs already.  It is the ordinary
-        flush (:meth:`_flush`: lease, blocks, then size and mtime), so whatever it sent is
+        flush (:meth:`flush`: lease, blocks, then size and mtime), so whatever it sent is
         complete on a quorum when it ends; writes made meanwhile stay buffered (the flush
         sends what it snapshotted and keeps blocks changed since dirty).  Its error is
         kept in ``behind_error`` for the next write, flush, fsync or close
-        (:meth:`_behind_done`)."""
+        (:meth:`behind_done`)."""
         if f.behind is not None:
             return
         done = f.behind = trio.Event()
         self.streaming["behind-flushes"] += 1
 
-        async def flush() -> None:
+        async def flush_in_background() -> None:
             try:
-                await self._flush(f)
+                await flush(f)
             except Exception as e:
                 self.streaming["behind-failures"] += 1
                 log.info("background flush of file %d failed: %s", f.ino, e)
@@ -190,9 +216,9 @@ class FileData(Caches):
                 f.behind = None
                 done.set()
 
-        _spawn(flush)
+        _spawn(flush_in_background)
 
-    async def _behind_done(self, f: OpenFile, *, report: bool) -> None:
+    async def behind_done(self, f: OpenFile, *, report: bool) -> None:
         """Wait for ``f``'s background flush; with ``report``, raise the error a background
         flush failed with (once: it was reported then; the data it did not send is still
         buffered, and the next flush sends it again)."""
@@ -202,7 +228,7 @@ class FileData(Caches):
             e, f.behind_error = f.behind_error, None
             raise e
 
-    async def _adopt(self, f: OpenFile, s: dict[str, Any]) -> None:
+    async def adopt(self, f: OpenFile, s: dict[str, Any]) -> None:
         """Take ``s`` (fresh from the servers) as ``f``'s state.  If another client changed
         the file under this client's buffered writes, they are re-applied on its new
         content (:meth:`OpenFile.rebase`): each write's bytes at its offset, each append at
@@ -220,7 +246,7 @@ class FileData(Caches):
             f.apply_write(offset, data, 0)
         f.mtime = mtime
 
-    async def _flush(self, f: OpenFile) -> None:
+    async def flush(self, f: OpenFile) -> None:
         """Send ``f``'s buffered writes; when another client changed the file meanwhile
         (``stale``) or is writing its blocks (``locked``), re-read, re-apply and retry
         after a growing random delay."""
@@ -232,15 +258,15 @@ class FileData(Caches):
                     await self._flush_once(f)
                     return
                 except (_Stale, _Locked):
-                    self.methods["flush-retries"] += 1
-                    await self._back_off(attempt)
-                    await self._adopt(f, await self._query(f.ino, "fs.open"))
+                    self.meta.methods["flush-retries"] += 1
+                    await self.meta.back_off(attempt)
+                    await self.adopt(f, await self.meta.query(f.ino, "fs.open"))
             raise Unavailable("flush: the file kept changing under other clients' writes")
 
-    def _lease_arg(self, d: int, v: int) -> dict[str, Any]:
+    def lease_arg(self, d: int, v: int) -> dict[str, Any]:
         """What a data update carries: the content ``(d, v)`` it was computed on, which the
         servers require, and this client's lease token and clock."""
-        return {"d": d, "v": v, "tok": self.lease_token, "now": self._now()}
+        return {"d": d, "v": v, "tok": self.lease_token, "now": self.meta.now()}
 
     async def _flush_once(self, f: OpenFile) -> None:
         if f.size <= self.inline:
@@ -248,7 +274,7 @@ class FileData(Caches):
             return
         if f.st.get("inl") and 0 not in f.dirty:  # leaving inline: block 0 gets the content
             if f.missing(0):
-                await self._fetch(f, [0])
+                await self.fetch(f, [0])
             if f.st.get("inl") and 0 not in f.dirty:
                 f.dirty[0] = bytearray(f.clean.get(0, b""))
                 f.gen[0] = f.gen.get(0, 0) + 1
@@ -259,13 +285,13 @@ class FileData(Caches):
         # writes may arrive during the awaits above (write-behind: the writer goes on).
         logged = len(f.log)
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
-        new_size, mtime = f.size, f.mtime if f.mtime is not None else self._now()
+        new_size, mtime = f.size, f.mtime if f.mtime is not None else self.meta.now()
         blocks = {k: v for k, (v, _) in snapshot.items()}
         # The gap's stale blocks (below ``alloc``: no reservation needed for them) are
         # cleared a chunk at a time under the lease, before the blocks with content.
         partial, empty = f.gap_blocks(new_size)
         if partial:
-            await self._fetch(f, [k for k in partial if k not in f.clean])
+            await self.fetch(f, [k for k in partial if k not in f.clean])
             for k in partial:
                 blocks[k] = f.clean.get(k, b"")
         need = max(new_size, (max(blocks) + 1) * bs if blocks else 0)
@@ -275,7 +301,7 @@ class FileData(Caches):
         # The write lease, on the version the blocks were computed from (``v``; the servers
         # refuse ``stale`` if anyone changed the file since, ``locked`` while another
         # client writes its blocks), with a larger reservation when the blocks need one.
-        held = f.lease_until is not None and self._now() + LEASE_MARGIN_NS < f.lease_until
+        held = f.lease_until is not None and self.meta.now() + LEASE_MARGIN_NS < f.lease_until
         f.lease_until = None  # used once: a failed attempt takes the lease again
         # A big block size is recorded with the lock, before any block is written under
         # it; the cluster's own size may wait for this flush's fs.write (below) when the
@@ -283,7 +309,7 @@ class FileData(Caches):
         # Andrew's copy phase +13%, docs/performance.md).
         with_write = decided if decided == self.bs and held and need <= f.st["alloc"] else 0
         if need > f.st["alloc"] or not held or (decided and not with_write):
-            arg = self._lease_arg(*f.base)
+            arg = self.lease_arg(*f.base)
             arg["lease"] = LEASE_NS
             if decided:  # recorded before any block is written under it
                 arg["bs"] = decided
@@ -292,16 +318,16 @@ class FileData(Caches):
                 arg["alloc"] = reservation(need, f.st["alloc"], bs)
             await self._update_data(f, "fs.lock", arg)
         try:
-            newest = await self._write_empty_blocks(d, empty, f.st.get("bt", 0))
+            newest = await self.meta.write_empty_blocks(d, empty, f.st.get("bt", 0))
             if blocks:
-                written_at = await self._blocks(
+                written_at = await self.meta.blocks(
                     self.rw.write_blocks(
                         {block_id(d, k): v for k, v in blocks.items()},
                         after=f.st.get("bt", 0),
                     )
                 )
                 newest = max(newest, *(ts.time for ts in written_at.values()))
-            arg = self._lease_arg(*f.base)
+            arg = self.lease_arg(*f.base)
             arg.update(end=new_size, mtime=mtime)
             if with_write:
                 arg["bs"] = with_write
@@ -313,9 +339,9 @@ class FileData(Caches):
             attrs = arg["attrs"] = dict(f.attrs)
             await self._update_data(f, "fs.write", arg)
         except Exception:
-            await self._unlock(f)
+            await self.unlock(f)
             raise
-        self._flushed(f, snapshot, mtime, attrs)
+        self.flushed(f, snapshot, mtime, attrs)
         f.sent(logged)
 
     def _decide_block_size(self, f: OpenFile) -> int:
@@ -343,12 +369,12 @@ class FileData(Caches):
         self.streaming["big-block-files" if target != self.bs else "small-block-files"] += 1
         return target
 
-    async def _unlock(self, f: OpenFile) -> None:
+    async def unlock(self, f: OpenFile) -> None:
         """Give the write lease up after a failed flush, so other clients need not wait
         for it to expire (best effort: if this fails too, it expires)."""
         with contextlib.suppress(Exception):
-            s = await self._update([f.ino], "fs.unlock", {"tok": self.lease_token})
-            self._own_stat(f.ino, s)
+            s = await self.meta.update([f.ino], "fs.unlock", {"tok": self.lease_token})
+            self.cache.own_stat(f.ino, s)
 
     async def _flush_inline(self, f: OpenFile) -> None:
         """A small file's whole content in one ``fs.write`` update (no PASIS round), taken
@@ -356,20 +382,20 @@ class FileData(Caches):
         logged = len(f.log)
         f.lease_until = None  # the write ends a lease taken at create
         if f.missing(0):
-            await self._fetch(f, [0])
+            await self.fetch(f, [0])
         content = f.assemble(0, f.size).ljust(f.size, b"\0")
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
-        mtime = f.mtime if f.mtime is not None else self._now()
-        arg = self._lease_arg(*f.base)
+        mtime = f.mtime if f.mtime is not None else self.meta.now()
+        arg = self.lease_arg(*f.base)
         arg.update(end=len(content), mtime=mtime, i=content)
         attrs = arg["attrs"] = dict(f.attrs)
         await self._update_data(f, "fs.write", arg)
-        self._flushed(f, snapshot, mtime, attrs)
+        self.flushed(f, snapshot, mtime, attrs)
         f.sent(logged)
         if 0 not in f.dirty:
             f.remember(0, content)
 
-    def _flushed(
+    def flushed(
         self,
         f: OpenFile,
         snapshot: dict[int, tuple[bytes, int]],

@@ -128,7 +128,7 @@ class OpenFile:
     st: dict[str, Any]
     #: The size of this file's blocks, which ``dirty`` and ``clean`` are keyed by: its
     #: attribute object's ``bs``, else ``default_bs``; a file without blocks yet may
-    #: change it at its first flush (``FileData._decide_block_size``).
+    #: change it at its first flush (``FlushEngine._decide_block_size``).
     bs: int
     #: The cluster's ``block_size``: the block size of a file that records none.
     default_bs: int = 0
@@ -222,7 +222,7 @@ class OpenFile:
         Only a file without blocks on the servers changes its block size (its first flush,
         or adopting the size another client's first flush recorded), so every server byte
         a new block spans is cached already (an inline file's content is block 0, which
-        :meth:`FileData._flush_once` makes dirty before deciding).  Each new block that
+        :meth:`FlushEngine._flush_once` makes dirty before deciding).  Each new block that
         covers a dirty byte becomes dirty with its whole content up to the last buffered
         or server byte it holds; clean blocks are dropped (read again under ``bs``)."""
         if bs == self.bs:
@@ -265,7 +265,7 @@ class OpenFile:
     def rebase(self, st: dict[str, Any]) -> list[tuple[int, bytes, bool]]:
         """Adopt ``st``, another client's version, under buffered writes: drop every
         cached and dirty block (they are of the old content) and return the write log,
-        which the caller re-applies (``FileSystem._adopt``) once the blocks those writes
+        which the caller re-applies (``FlushEngine.adopt``) once the blocks those writes
         partly cover are fetched again."""
         self.dirty.clear()
         self.gen.clear()

@@ -34,19 +34,28 @@ Concurrency: pyfuse3 runs handlers as concurrent trio tasks; code between ``awai
 atomic.  Flushes and truncations of one file are serialised by its lock; the Q/U client
 serialises its own operations per object.
 
-The code is in parts, one module per job, which :class:`FileSystem` combines as mixin
-classes over its one state (declared in :mod:`bftfs.fs.base`):
+The code is in parts, each a plain class that owns its state and is given, in its
+constructor, the parts it calls; :class:`FileSystem` builds them bottom-up and hands each
+public call to one of them.  From the bottom:
 
-- :mod:`bftfs.fs.meta`: Q/U and PASIS calls, error translation, statistics, placement;
-- :mod:`bftfs.fs.caches`: the attribute, name and parent caches and the reads through them;
-- :mod:`bftfs.fs.namespace`: lookup, readdir, create, link, unlink, rename, ...;
-- :mod:`bftfs.fs.attributes`: setattr, truncation, extended attributes;
-- :mod:`bftfs.fs.handles`: the handle table, create/open, read, write, flush, release;
-- :mod:`bftfs.fs.filedata`: fetching blocks and the flush engine (leases, re-applying
-  buffered writes, inline files);
-- :mod:`bftfs.fs.writebehind`: creates sent with their first flush (``write_behind``),
-  and the calls that send a directory's pending creates first;
-- this module: the constructor, ``FileSystem.open`` and introspection.
+- :class:`~bftfs.fs.meta.Meta` (``meta.py``): Q/U and PASIS calls, error translation,
+  statistics, backoff, placement, ``statfs``;
+- :class:`~bftfs.fs.caches.MetadataCache` (``caches.py``): the attribute, name and parent
+  caches, the open files, and the reads through them;
+- :class:`~bftfs.fs.reclaim.Reclaimer` (``reclaim.py``): giving back a dead content's blocks;
+- :class:`~bftfs.fs.filedata.FlushEngine` (``filedata.py``): fetching blocks, read-ahead,
+  the flush engine (leases, re-applying buffered writes, inline files);
+- :class:`~bftfs.fs.namespace.Names` (``namespace.py``): lookup, getattr, readdir, create,
+  link, unlink, rename, ...;
+- :class:`~bftfs.fs.handletable.HandleTable` (``handletable.py``): handle -> open file;
+- :class:`~bftfs.fs.writebehind.PendingCreates` (``writebehind.py``, sending in
+  ``createsend.py``): creates sent with their first flush (``write_behind``).  ``Meta``
+  has one hook it fills (a ``CallGate``): what a call must send first;
+- :class:`~bftfs.fs.attributes.Attributes` (``attributes.py``): setattr, truncation, xattrs;
+- :class:`~bftfs.fs.handles.Handles` (``handles.py``): create/open, read, write, flush,
+  release; it asks the pending creates at create, read, flush and release;
+- this module: the facade, the one object the FUSE layer and tests hold
+  (:class:`~bftfs.fs.api.FileSystemAPI`).
 """
 
 from __future__ import annotations
@@ -61,9 +70,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bftfs import fsobjects as obj
+from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attributes import Attributes
+from bftfs.fs.attrs import Attr
+from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import Exists, NotFound
-from bftfs.fs.filedata import FileData
+from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import (
     DEFAULT_BEHIND_LIMIT,
     DEFAULT_DIRTY_LIMIT,
@@ -72,8 +84,11 @@ from bftfs.fs.files import (
     OpenFile,
 )
 from bftfs.fs.handles import Handles
-from bftfs.fs.namespace import Namespace
-from bftfs.fs.writebehind import WriteBehind
+from bftfs.fs.handletable import HandleTable
+from bftfs.fs.meta import Meta
+from bftfs.fs.namespace import Names
+from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.writebehind import PendingCreates
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
 
 __all__ = [
@@ -105,7 +120,7 @@ class _ClassOrInstance:
         return types.MethodType(self.on_instance, instance)
 
 
-class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
+class FileSystem:
     """The file-system model of one client (one mount); see the module docstring."""
 
     def __init__(
@@ -125,41 +140,51 @@ class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
         behind_limit: int = DEFAULT_BEHIND_LIMIT,
         write_behind: bool = False,
     ) -> None:
-        # The state the parts share; what each holds is declared in bftfs.fs.base.
-        self.qu = qu
-        self.rw = rw
         self.config = config
         self.uid = uid
         self.gid = gid
         self.clock_ns = clock_ns
         self.rng = rng or random.SystemRandom()
-        self.lease_token = self.rng.randrange(1, obj.MAX_OID)
-        self.attr_ttl = attr_ttl
-        self.dirty_limit = dirty_limit
-        self.readahead = readahead
-        self.readahead_max = max(readahead_max, readahead) if readahead else 0
-        self.behind_limit = behind_limit
-        self.streaming = Counter()
-        self.bs = config.block_size
-        #: The block size of files written sequentially (0: every file has ``bs``).
-        self.big_bs = int(getattr(config, "big_blocks", 0))
-        self.inline = min(getattr(config, "inline_limit", 0), self.bs)
-        self._names = {}
-        self._refused_stale_at = -1e9
-        self._refused_names = set()
-        self._revalidated = {}
-        self._parents = {}
-        self._own = {}
-        self._files = {}
-        self._handles = {}
-        self._next_fh = 1
-        self._kernel_content = {}
-        self._cache_current = set()
-        self.methods = Counter()
-        self.method_seconds = defaultdict(float)
-        self._init_reclaim()
-        self._init_write_behind(write_behind)
-        self._space = None
+        self.bs: int = config.block_size
+        inline = min(getattr(config, "inline_limit", 0), self.bs)
+        # The parts, bottom-up: each is given the parts it calls.
+        self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
+        self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
+        self.reclaimer = Reclaimer(self.meta, self.cache)
+        self.engine = FlushEngine(
+            self.meta,
+            self.cache,
+            readahead=readahead,
+            readahead_max=max(readahead_max, readahead) if readahead else 0,
+            big_bs=int(getattr(config, "big_blocks", 0)),
+        )
+        self.names = Names(self.meta, self.cache, self.reclaimer)
+        self.table = HandleTable()
+        self.pending = PendingCreates(
+            self.meta, self.cache, self.table, self.engine, enabled=write_behind
+        )
+        self.attributes = Attributes(
+            self.meta,
+            self.cache,
+            self.table,
+            self.names,
+            self.engine,
+            self.reclaimer,
+            self.pending,
+        )
+        self.handles = Handles(
+            self.meta,
+            self.cache,
+            self.table,
+            self.names,
+            self.attributes,
+            self.engine,
+            self.reclaimer,
+            self.pending,
+            dirty_limit=dirty_limit,
+            behind_limit=behind_limit,
+        )
+        self.pending.attach(self.handles)
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance
@@ -176,19 +201,244 @@ class FileSystem(WriteBehind, Namespace, Attributes, Handles, FileData):
         none (``fs.mkroot`` is refused once it exists, so racing clients are harmless)."""
         fs = cls(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
         try:
-            fs._observed(ROOT, await fs._query(ROOT, "fs.stat"))
+            fs.cache.observed(ROOT, await fs.meta.query(ROOT, "fs.stat"))
         except NotFound:
             arg = {"mode": 0o755, "uid": uid, "gid": gid, "now": clock_ns()}
             with contextlib.suppress(Exists):  # another client made it first
-                await fs._update([ROOT], "fs.mkroot", arg)
+                await fs.meta.update([ROOT], "fs.mkroot", arg)
         return fs
 
-    #: ``await FileSystem.open(qu, rw, config, ...)`` builds a file system,
-    #: ``await fs.open(ino, flags)`` opens a file: the contract names both ``open``.
-    open = _ClassOrInstance(_open_fs, Handles._open_file)
+    async def _open_file(
+        self, ino: int, flags: int, *, reached_by_name: bool = False, looked_up: bool = False
+    ) -> int:
+        return await self.handles.open_file(
+            ino, flags, reached_by_name=reached_by_name, looked_up=looked_up
+        )
 
-    # Introspection -------------------------------------------------------------------------
+    #: ``await FileSystem.open(qu, rw, config, ...)`` builds a file system,
+    #: ``await fs.open(ino, flags)`` opens a file (:meth:`Handles.open_file`): the
+    #: contract names both ``open``.
+    open = _ClassOrInstance(_open_fs, _open_file)
+
+    # Names (bftfs.fs.namespace) ------------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        return await self.names.lookup(parent, name)
+
+    async def getattr(
+        self, ino: int, *, reached_by_name: bool = False, within: float | None = None
+    ) -> Attr:
+        return await self.names.getattr(ino, reached_by_name=reached_by_name, within=within)
+
+    async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
+        return await self.names.readdir(ino)
+
+    async def readlink(self, ino: int) -> bytes:
+        return await self.names.readlink(ino)
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        return await self.names.mkdir(parent, name, mode, uid, gid)
+
+    async def mknod(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        rdev: int,
+        uid: int,
+        gid: int,
+        *,
+        lease: bool = False,
+    ) -> Attr:
+        return await self.names.mknod(parent, name, mode, rdev, uid, gid, lease=lease)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
+        return await self.names.symlink(parent, name, target, uid, gid)
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        return await self.names.link(ino, new_parent, new_name)
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        await self.names.unlink(parent, name)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        await self.names.rmdir(parent, name)
+
+    async def rename(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None:
+        await self.names.rename(parent, name, new_parent, new_name, flags)
+
+    async def statfs(self) -> dict[str, int]:
+        return await self.meta.statfs()
+
+    # Attributes (bftfs.fs.attributes) ------------------------------------------------------
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        fh: int | None = None,
+        reached_by_name: bool = False,
+    ) -> Attr:
+        return await self.attributes.setattr(
+            ino,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            size=size,
+            atime_ns=atime_ns,
+            mtime_ns=mtime_ns,
+            fh=fh,
+            reached_by_name=reached_by_name,
+        )
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await self.attributes.getxattr(ino, name)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await self.attributes.listxattr(ino)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        await self.attributes.setxattr(ino, name, value, flags)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self.attributes.removexattr(ino, name)
+
+    # Handles (bftfs.fs.handles) ------------------------------------------------------------
+
+    async def create(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        flags: int,
+        *,
+        known_missing: bool = True,
+    ) -> tuple[int, Attr]:
+        return await self.handles.create(
+            parent, name, mode, uid, gid, flags, known_missing=known_missing
+        )
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        return await self.handles.read(fh, offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        return await self.handles.write(fh, offset, data)
+
+    async def flush(self, fh: int) -> None:
+        await self.handles.flush(fh)
+
+    async def fsync(self, fh: int) -> None:
+        await self.handles.fsync(fh)
+
+    async def release(self, fh: int) -> None:
+        await self.handles.release(fh)
+
+    def keep_cache(self, fh: int) -> bool:
+        return self.handles.keep_cache(fh)
+
+    # Attribute timeouts (bftfs.fs.caches; bftfs.fs.api) ------------------------------------
+
+    def cache_regular_files(self, acregmin: float | None, acregmax: float | None) -> None:
+        self.cache.cache_regular_files(acregmin, acregmax)
+
+    def attr_timeout(self, s: dict[str, Any], known_ns: int | None = None) -> float:
+        return self.cache.attr_timeout(s, known_ns)
+
+    def kernel_timeout(self, a: Attr) -> float:
+        return self.cache.kernel_timeout(a)
+
+    @property
+    def long_attrs(self) -> bool:
+        return self.cache.long_attrs
+
+    @property
+    def close_to_open(self) -> bool:
+        """An open re-reads the file's attributes; ``getattr`` of the open file answers
+        them from memory (bftfs.fs.api)."""
+        return True
+
+    # Clients, settings and statistics ------------------------------------------------------
+
+    @property
+    def qu(self) -> Any:
+        """The Q/U client (:class:`~bftfs.fs.meta.Meta` sends through it)."""
+        return self.meta.qu
+
+    @qu.setter
+    def qu(self, client: Any) -> None:  # (a test's crashing client)
+        self.meta.qu = client
+
+    @property
+    def rw(self) -> Any:
+        """The PASIS (R/W) client."""
+        return self.meta.rw
+
+    @rw.setter
+    def rw(self, client: Any) -> None:
+        self.meta.rw = client
+
+    @property
+    def big_bs(self) -> int:
+        """The block size of files written sequentially (0: every file has ``bs``)."""
+        return self.engine.big_bs
+
+    @big_bs.setter
+    def big_bs(self, size: int) -> None:  # (a test's client of before per-file sizes)
+        self.engine.big_bs = size
+
+    @property
+    def inline(self) -> int:
+        """Regular files up to this size keep their content in the attribute object."""
+        return self.cache.inline
+
+    @property
+    def write_behind(self) -> bool:
+        return self.pending.write_behind
+
+    @property
+    def methods(self) -> Counter[str]:
+        """Q/U operations sent, by method (:class:`~bftfs.fs.meta.Meta`)."""
+        return self.meta.methods
+
+    @property
+    def method_seconds(self) -> defaultdict[str, float]:
+        """Seconds spent in Q/U operations, by method."""
+        return self.meta.method_seconds
+
+    def method_statistics(self) -> str:
+        """Q/U operations per method: count, total and mean milliseconds, busiest first."""
+        return self.meta.method_statistics()
+
+    @property
+    def streaming(self) -> Counter[str]:
+        """Read-ahead and write-behind of big files (:class:`~bftfs.fs.filedata.FlushEngine`)."""
+        return self.engine.streaming
+
+    @property
+    def reclaimed_blocks(self) -> int:
+        """Blocks given back (:class:`~bftfs.fs.reclaim.Reclaimer`)."""
+        return self.reclaimer.reclaimed_blocks
+
+    @property
+    def reclaim_failed(self) -> int:
+        """Blocks that could not be given back."""
+        return self.reclaimer.reclaim_failed
 
     def open_files(self) -> Mapping[int, OpenFile]:
         """The files this client holds state for (tests and statistics)."""
-        return dict(self._files)
+        return dict(self.cache.files)
+
+
+def _implements_api(fs: FileSystem) -> FileSystemAPI:
+    """(Never called: mypy checks here that the file system implements the interface.)"""
+    return fs

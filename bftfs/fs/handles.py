@@ -13,10 +13,10 @@ import stat as st
 from typing import Any
 
 from bftfs import fsobjects as obj
+from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
-from bftfs.fs.caches import NAME_CACHE_LIMIT
+from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import (
-    BadHandle,
     Exists,
     Invalid,
     IsDir,
@@ -25,10 +25,13 @@ from bftfs.fs.errors import (
     StaleView,
     TooBig,
 )
-from bftfs.fs.filedata import _content_version
+from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS
-from bftfs.fs.reclaim import Reclaim
+from bftfs.fs.handletable import HandleTable
+from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
+from bftfs.fs.namespace import Names
+from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.writebehind import PendingCreates
 
 
 def _may_open(s: dict[str, Any], uid: int, gid: int, flags: int) -> bool:
@@ -43,21 +46,42 @@ def _may_open(s: dict[str, Any], uid: int, gid: int, flags: int) -> bool:
     return (s["mode"] >> shift) & need == need
 
 
-class Handles(Reclaim):
-    """File handles and the calls made through them."""
+class Handles:
+    """File handles and the calls made through them.  Given every part below it: the
+    protocol calls, the cache, the handle table, the names (create, a stale name), the
+    attributes (O_TRUNC), the flush engine, the reclaimer (a removed file's last close),
+    and the pending creates, which it calls at three points: create (defer?), read (send
+    first?) and release (forget a failed create?)."""
 
-    def _handle(self, fh: int) -> tuple[OpenFile, int]:
-        try:
-            return self._handles[fh]
-        except KeyError:
-            raise BadHandle(f"file handle {fh} is not open") from None
-
-    def _new_handle(self, f: OpenFile, flags: int) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = (f, flags)
-        f.opens += 1
-        return fh
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        table: HandleTable,
+        names: Names,
+        attributes: Attributes,
+        engine: FlushEngine,
+        reclaimer: Reclaimer,
+        pending: PendingCreates,
+        *,
+        dirty_limit: int,
+        behind_limit: int,
+    ) -> None:
+        self.meta = meta
+        self.cache = cache
+        self.table = table
+        self.names = names
+        self.attributes = attributes
+        self.engine = engine
+        self.reclaimer = reclaimer
+        self.pending = pending
+        self.bs = meta.bs
+        self.readahead = engine.readahead
+        self.readahead_max = engine.readahead_max
+        self.dirty_limit = dirty_limit
+        #: Buffered bytes of a sequentially written file at which a write waits for the
+        #: background flush; 0: no write-behind of big files (every flush in the write).
+        self.behind_limit = behind_limit
 
     def keep_cache(self, fh: int) -> bool:
         """Whether the kernel may keep its cached pages of this handle's file (FUSE
@@ -71,19 +95,31 @@ class Handles(Reclaim):
         the client wrote from (``v`` in ``fs.reserve``/``fs.write``); any other change,
         ours or another client's, leaves it behind and the next open drops the pages.
         """
-        return fh in self._cache_current
-
-    def _kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
-        """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
-        True if they already were."""
-        now = _content_version(s)
-        if len(self._kernel_content) > NAME_CACHE_LIMIT:
-            self._kernel_content.clear()  # forgetting only costs re-reads
-        before = self._kernel_content.get(ino)
-        self._kernel_content[ino] = now
-        return before == now
+        return fh in self.table.cache_current
 
     async def create(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        flags: int,
+        *,
+        known_missing: bool = True,
+    ) -> tuple[int, Attr]:
+        """Create and open a regular file; deferred when the rules of write-behind allow
+        (:meth:`PendingCreates.create`), else synchronous (:meth:`_create_now`).
+
+        ``known_missing``: the servers said just now that the name is missing (the
+        kernel's lookup in this very call).  A create on a name the kernel had cached as
+        missing is synchronous: another client may have made it, and the open must then
+        read that file (the kernel reads nothing past the size a create answered)."""
+        if known_missing and self.pending.may_defer(parent, name, flags):
+            return await self.pending.create(parent, name, mode, uid, gid, flags)
+        return await self._create_now(parent, name, mode, uid, gid, flags)
+
+    async def _create_now(
         self, parent: int, name: bytes, mode: int, uid: int, gid: int, flags: int
     ) -> tuple[int, Attr]:
         """Create a regular file and open it: one two-object update, no further round trip.
@@ -99,9 +135,9 @@ class Handles(Reclaim):
         """
         for _ in range(MAX_ATTEMPTS):
             try:
-                started = self._now()
+                started = self.meta.now()
                 writable = flags & os.O_ACCMODE != os.O_RDONLY
-                a = await self.mknod(
+                a = await self.names.mknod(
                     parent, name, st.S_IFREG | (mode & 0o7777), 0, uid, gid, lease=writable
                 )
                 break
@@ -109,7 +145,7 @@ class Handles(Reclaim):
                 if flags & os.O_EXCL:
                     raise
             try:
-                opened = await self._open_existing(parent, name, uid, gid, flags)
+                opened = await self.open_existing(parent, name, uid, gid, flags)
             except NotFound:  # removed again meanwhile: create it after all
                 continue
             if opened is None:
@@ -117,14 +153,14 @@ class Handles(Reclaim):
             return opened
         else:
             raise StaleView(f"{name!r} keeps being created and removed")
-        s = self._own[a.ino][0]
-        self._kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
-        f = self._files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
+        s = self.cache.own[a.ino][0]
+        self.cache.kernel_saw(a.ino, s)  # a new inode: the kernel holds no pages of it
+        f = self.cache.files[a.ino] = OpenFile.from_stat(a.ino, s, self.bs)
         if writable:
             f.lease_until = started + LEASE_NS
-        return self._new_handle(f, flags), a
+        return self.table.new_handle(f, flags), a
 
-    async def _open_existing(
+    async def open_existing(
         self, parent: int, name: bytes, uid: int, gid: int, flags: int
     ) -> tuple[int, Attr] | None:
         """``open(O_CREAT)`` without ``O_EXCL`` of a name another client created since the
@@ -138,22 +174,22 @@ class Handles(Reclaim):
         Raises:
             NotFound: the name is gone again.
         """
-        oid, code = await self._entry(parent, name, fresh=True)
+        oid, code = await self.cache.entry(parent, name, fresh=True)
         if code != st.S_IFREG >> 12:
             return None
-        s = await self._query(oid, "fs.stat")
+        s = await self.meta.query(oid, "fs.stat")
         if s["nl"] == 0:
             raise NotFound(f"{name!r} removed again")
         if not _may_open(s, uid, gid, flags):
             return None
         try:
-            fh = await self._open_file(oid, flags, reached_by_name=True)
+            fh = await self.open_file(oid, flags, reached_by_name=True)
         except StaleView:
             raise NotFound(f"{name!r} removed again") from None
-        f, _ = self._handles[fh]
-        return fh, self._attr(oid, f.st)
+        f, _ = self.table.handles[fh]
+        return fh, self.cache.attr(oid, f.st)
 
-    async def _open_file(
+    async def open_file(
         self, ino: int, flags: int, *, reached_by_name: bool = False, looked_up: bool = False
     ) -> int:
         """Open ``ino``: re-read its attributes (close-to-open consistency); O_TRUNC
@@ -164,40 +200,47 @@ class Handles(Reclaim):
         since then is ordered after the open, as a local file system orders an open that
         raced an unlink, and the removed file is opened instead of refused."""
         reached_by_name = reached_by_name and not looked_up
-        f = self._files.get(ino)
+        f = self.cache.files.get(ino)
         if f is not None and f.buffered:
-            await self._flush(f)
+            await self._flush_file(f)
         if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
-            s = await self._truncate(ino, 0, None, reached_by_name=reached_by_name)
+            s = await self.attributes.truncate(ino, 0, None, reached_by_name=reached_by_name)
         else:
-            s = await self._query(ino, "fs.open")
-            self._observed(ino, s)
+            s = await self.meta.query(ino, "fs.open")
+            self.cache.observed(ino, s)
             if s["k"] == "d":
                 raise IsDir()
             if reached_by_name:
-                self._check_reached(ino, s)
-        f = self._files.get(ino)
+                self.names.check_reached(ino, s)
+        f = self.cache.files.get(ino)
         if f is None:
-            f = self._files[ino] = OpenFile.from_stat(ino, s, self.bs)
+            f = self.cache.files[ino] = OpenFile.from_stat(ino, s, self.bs)
         else:
             f.reset(s)
-        fh = self._new_handle(f, flags)
-        if self._kernel_saw(ino, s):
-            self._cache_current.add(fh)
+        fh = self.table.new_handle(f, flags)
+        if self.cache.kernel_saw(ino, s):
+            self.table.cache_current.add(fh)
         return fh
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` (short only at end of file; holes are zeros)."""
-        f, _ = self._handle(fh)
+        """Up to ``size`` bytes at ``offset`` (short only at end of file; holes are zeros).
+
+        A read through a pending file's handle sends its create first: if another client
+        made the name meanwhile (the kernel decided to create on a name it had cached as
+        missing), the read must see that file, as after a synchronous create."""
+        f, _ = self.table.handle(fh)
+        if self.pending.not_made(f.ino):
+            await self.pending.made_file(f)
+        f, _ = self.table.handle(fh)
         if offset < 0 or size < 0:
             raise Invalid("negative offset or size")
         if self.readahead_max:
-            await self._read_ahead(f, offset, size)
+            await self.engine.read_ahead(f, offset, size)
             need = f.blocks_to_fetch(offset, size, 0)
         else:
             need = f.blocks_to_fetch(offset, size, self.readahead)
         if need:
-            await self._fetch(f, need)
+            await self.engine.fetch(f, need)
         return f.assemble(offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -206,9 +249,9 @@ class Handles(Reclaim):
         sequential (write-behind, ``behind_limit`` > 0; a write waits only while the
         buffered bytes are past ``behind_limit``), else before returning.  An error of a
         background flush is raised here (the data it did not send stays buffered)."""
-        f, flags = self._handle(fh)
+        f, flags = self.table.handle(fh)
         if f.behind_error is not None:
-            await self._behind_done(f, report=True)
+            await self.engine.behind_done(f, report=True)
         if flags & os.O_APPEND:
             offset = f.size
         if offset < 0:
@@ -219,45 +262,51 @@ class Handles(Reclaim):
             raise TooBig("file size limit")
         need = f.blocks_to_read_for_write(offset, len(data))
         if need:
-            await self._fetch(f, need)
+            await self.engine.fetch(f, need)
             if flags & os.O_APPEND and offset != f.size:  # the file grew meanwhile
                 offset = f.size
             need = f.blocks_to_read_for_write(offset, len(data))
             if need:
-                await self._fetch(f, need)
+                await self.engine.fetch(f, need)
         sequential = offset == f.last_write or (offset == 0 and f.last_write < 0)
-        f.apply_write(offset, data, self._now())
+        f.apply_write(offset, data, self.meta.now())
         f.record(offset, data, bool(flags & os.O_APPEND))
         if f.dirty_bytes > self.dirty_limit:
             if self.behind_limit and sequential:
-                self._flush_behind(f)
+                self.engine.flush_behind(f, self._flush_file)
                 while f.behind is not None and f.dirty_bytes > self.behind_limit:
                     await f.behind.wait()  # backpressure
                     if f.behind_error is not None:
                         break  # buffered; the error is reported at the next call
                     if f.dirty_bytes > self.dirty_limit:
-                        self._flush_behind(f)
+                        self.engine.flush_behind(f, self._flush_file)
             else:
-                await self._behind_done(f, report=False)
-                await self._flush(f)
+                await self.engine.behind_done(f, report=False)
+                await self._flush_file(f)
         return len(data)
 
     async def flush(self, fh: int) -> None:
         """Make this file's buffered writes durable: blocks, then size and mtime.  Waits
         for a background flush first and reports its error (after sending what is still
         buffered: the error says an earlier write may not have reached the servers)."""
-        f, _ = self._handle(fh)
+        f, _ = self.table.handle(fh)
         await self._sync(f)
 
     async def _sync(self, f: OpenFile) -> None:
         """Wait for the background flush, flush what is buffered, then raise the
         background flush's error if it failed (never lost silently)."""
-        await self._behind_done(f, report=False)
+        await self.engine.behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
-        await self._flush(f)
+        await self._flush_file(f)
         if failed is not None:
             raise failed
+
+    async def _flush_file(self, f: OpenFile) -> None:
+        """Flush ``f``: its pending create first, if it has one (with the content, when
+        small: :meth:`PendingCreates.made_file`), then the flush engine on the file the
+        writes are in (``f``, or another client's file under the name)."""
+        await self.engine.flush(await self.pending.made_file(f))
 
     async def fsync(self, fh: int) -> None:
         await self.flush(fh)
@@ -266,33 +315,33 @@ class Handles(Reclaim):
         """Close a handle (flushing); the file's clean blocks stay cached for a re-open,
         which keeps them only if the file did not change meanwhile.  The last close of a
         file whose writes the servers refused for space or quota drops them
-        (:meth:`_drop_refused_writes`)."""
-        f, _ = self._handle(fh)
+        (:meth:`MetadataCache.drop_refused_writes`).  A file whose create failed or moved
+        is forgotten at its last close (:meth:`PendingCreates.closed`)."""
+        f, _ = self.table.handle(fh)
+        ino = f.ino
+        alias = self.pending.aliases_of(f)
+        try:
+            await self._release(fh)
+        finally:
+            if f.opens == 0:
+                self.pending.closed(f, ino, alias)
+
+    async def _release(self, fh: int) -> None:
+        f, _ = self.table.handle(fh)
         try:
             await self._sync(f)
             if f.lease_until is not None and f.opens == 1:  # created, never written
                 f.lease_until = None
-                await self._unlock(f)
+                await self.engine.unlock(f)
         except NoSpace:
             if f.opens == 1:
-                self._drop_refused_writes(f)
+                self.cache.drop_refused_writes(f)
             raise
         finally:
-            del self._handles[fh]
-            self._cache_current.discard(fh)
+            del self.table.handles[fh]
+            self.table.cache_current.discard(fh)
             f.opens -= 1
             if f.opens == 0 and not f.dirty:
-                self._files.pop(f.ino, None)
+                self.cache.files.pop(f.ino, None)
         if f.opens == 0:
-            await self._released(f.ino)
-
-    def _drop_refused_writes(self, f: OpenFile) -> None:
-        """Forget ``f``'s buffered writes, which the servers refused for space or quota
-        (ENOSPC, EDQUOT) and its close reported: the file is what the servers stored.  Kept,
-        they made the next open of the file flush them first and fail with EDQUOT again,
-        showed this mount a size no other mount saw, and would have been stored behind the
-        program's back by the first open after space came back.  The kernel's pages hold
-        them too: the next open drops those (no content version is recorded for it)."""
-        if self._files.get(f.ino) is f:
-            del self._files[f.ino]
-        self._kernel_content.pop(f.ino, None)
+            await self.reclaimer.released(f.ino)

@@ -5,21 +5,28 @@ updates; and where new objects go.
 Every part of the file system reaches the servers through here, so a refusal or a protocol
 failure means the same everywhere: the refusals a part retries on (a stale view, another
 client's write lease, a taken object id) become the private exceptions below, everything
-else an :mod:`bftfs.fs.errors` error.  Object-id placement (:meth:`Meta._new_oid`) lives
+else an :mod:`bftfs.fs.errors` error.  Object-id placement (:meth:`Meta.new_oid`) lives
 here too because it decides which servers an operation meets.
+
+This is the lowest part of :class:`~bftfs.fs.filesystem.FileSystem`: every other part is
+given this one and calls it; it calls none of them.  One hook runs before a call: the
+pending creates of write-behind (:class:`CallGate`, :mod:`bftfs.fs.writebehind`) send
+what a call must follow (:meth:`Meta.query`, :meth:`Meta.update`); their own sends go
+around it (:meth:`Meta.query_now`, :meth:`Meta.update_now`).
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 import time
-from collections.abc import Awaitable, Iterable, Iterator
-from typing import Any, TypeVar
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.fs.base import FsBase
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
@@ -81,10 +88,63 @@ def _translate(e: BaseException) -> BaseException:
     return e
 
 
-class Meta(FsBase):
+class CallGate(Protocol):
+    """What runs before a gated query or update (the pending creates, write-behind)."""
+
+    def holds_back(self) -> bool:
+        """Whether anything may have to go first (cheap: asked before every call)."""
+        ...
+
+    async def before_call(self, objects: list[int], arg: Any) -> None:
+        """Send what a call on ``objects`` with argument ``arg`` must follow."""
+        ...
+
+
+class Meta:
     """Protocol calls, error translation, statistics, retry backoff and placement."""
 
-    async def _query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
+    def __init__(
+        self,
+        qu: Any,
+        rw: Any,
+        config: Any,
+        *,
+        rng: random.Random,
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self.qu = qu
+        self.rw = rw
+        self.config = config
+        self.rng = rng
+        self.clock_ns = clock_ns
+        self.bs: int = config.block_size
+        #: This client's write-lease token (``fs.lock``): random, so that two mounts of
+        #: one client identity do not share leases.
+        self.lease_token = rng.randrange(1, obj.MAX_OID)
+        #: Q/U operations sent and seconds spent in them, by method (where a workload's
+        #: rounds go; logged at unmount).
+        self.methods: Counter[str] = Counter()
+        self.method_seconds: defaultdict[str, float] = defaultdict(float)
+        #: (trio time, bytes used on a node) of the last ``statfs`` answer from the nodes.
+        self._space: tuple[float, int] | None = None
+        #: Runs before every query and update but its own (None: nothing to wait for).
+        self.gate: CallGate | None = None
+
+    async def query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
+        """A Q/U query, after whatever the gate says it must follow."""
+        if self.gate is not None and self.gate.holds_back():
+            await self.gate.before_call(oid if isinstance(oid, list) else [oid], arg)
+        return await self.query_now(oid, method, arg)
+
+    async def update(self, objects: Iterable[int], method: str, arg: Any) -> Any:
+        """A Q/U update, after whatever the gate says it must follow."""
+        objects = list(objects)
+        if self.gate is not None and self.gate.holds_back():
+            await self.gate.before_call(objects, arg)
+        return await self.update_now(objects, method, arg)
+
+    async def query_now(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
+        """A Q/U query, not gated (the gate's own calls)."""
         self.methods[method] += 1
         start = time.perf_counter()
         try:
@@ -94,7 +154,8 @@ class Meta(FsBase):
         finally:
             self.method_seconds[method] += time.perf_counter() - start
 
-    async def _update(self, objects: Iterable[int], method: str, arg: Any) -> Any:
+    async def update_now(self, objects: Iterable[int], method: str, arg: Any) -> Any:
+        """A Q/U update, not gated (the gate's own calls)."""
         self.methods[method] += 1
         start = time.perf_counter()
         try:
@@ -104,6 +165,44 @@ class Meta(FsBase):
         finally:
             self.method_seconds[method] += time.perf_counter() - start
 
+    async def statfs(self) -> dict[str, int]:
+        """Capacity and free space from the nodes' stores.
+
+        Each node's LMDB map holds one fragment (``1/m``) of every block plus a copy of the
+        metadata, so the capacity is the map size times ``m``; nodes refuse new block
+        versions above ``data_fraction`` of the map (policy.py), so that is where "free"
+        ends for writers (``f_bavail``), while the share above it is free but reserved for
+        metadata and removals (counted in ``f_bfree``, as ext4 counts its root reserve), so
+        ``df`` shows the space used as used, not the reserve.  Used is what the nodes report
+        (``rw.space``: the ``(b + 1)``-th largest of ``N - t`` answers) times ``m``.  Asked
+        at most once a second; when the nodes cannot answer, the last figures (or all of it
+        free) are shown rather than an error.
+        """
+        bs, m = self.bs, self.config.m
+        now = trio.current_time()
+        if self._space is None or now - self._space[0] > 1.0:
+            try:
+                used = await self.blocks(self.rw.space_used())
+            except (Unavailable, NoSpace):
+                used = self._space[1] if self._space is not None else 0
+            self._space = (now, used)
+        used = self._space[1]
+        limit = int(self.config.map_size * self.config.verification.data_fraction)
+        total = self.config.map_size * m // bs
+        free = max(0, (self.config.map_size - used) * m // bs)
+        available = max(0, (limit - used) * m // bs)
+        return {
+            "f_bsize": bs,
+            "f_frsize": bs,
+            "f_blocks": total,
+            "f_bfree": free,
+            "f_bavail": available,
+            "f_files": 1 << 40,
+            "f_ffree": 1 << 40,
+            "f_favail": 1 << 40,
+            "f_namemax": obj.NAME_MAX,
+        }
+
     def method_statistics(self) -> str:
         """Q/U operations per method: count, total and mean milliseconds, busiest first."""
         lines = ["Q/U method        calls    total ms   mean ms"]
@@ -112,26 +211,26 @@ class Meta(FsBase):
             lines.append(f"{name:<16} {n:>6} {secs * 1e3:>11.1f} {secs * 1e3 / n:>9.2f}")
         return "\n".join(lines)
 
-    async def _blocks(self, coro: Awaitable[T]) -> T:
+    async def blocks(self, coro: Awaitable[T]) -> T:
         """Run a PASIS call, translating its failures."""
         try:
             return await coro
         except _PROTOCOL_ERRORS as e:
             raise _translate(e) from None
 
-    async def _write_empty_blocks(self, d: int, indices: Iterator[int], after: int) -> int:
+    async def write_empty_blocks(self, d: int, indices: Iterator[int], after: int) -> int:
         """Write an empty value over blocks ``indices`` of data id ``d`` at Times above
         ``after``, :data:`CHUNK` at a time (``indices`` may be lazy and long: a file's
         stale ranges); the newest Time written (0: none)."""
         newest = 0
         while chunk := list(itertools.islice(indices, CHUNK)):
-            written = await self._blocks(
+            written = await self.blocks(
                 self.rw.write_blocks({block_id(d, k): b"" for k in chunk}, after=after)
             )
             newest = max(newest, *(ts.time for ts in written.values()))
         return newest
 
-    def _new_oid(self, near: int | None = None) -> int:
+    def new_oid(self, near: int | None = None) -> int:
         """A random 63-bit id (object ids, data ids); with ``near``, one in the same residue
         class mod ``n`` as ``near``.
 
@@ -150,13 +249,13 @@ class Meta(FsBase):
         x += (near - x) % n
         return x if x < obj.SNAPSHOTS else x - n  # (SNAPSHOTS = MAX_OID is reserved)
 
-    def _now(self) -> int:
+    def now(self) -> int:
         return self.clock_ns()
 
-    def _initial_reserve(self) -> int:
+    def initial_reserve(self) -> int:
         return round_up(INITIAL_RESERVE, self.bs)
 
-    async def _back_off(self, attempt: int) -> None:
+    async def back_off(self, attempt: int) -> None:
         """Wait before retrying an update another client's change or lease refused (the
         wait is contention's, not the cluster's silence: it uses up no patience)."""
         delay = backoff_delay(attempt, self.rng, BACKOFF_FIRST, BACKOFF_MAX)

@@ -4,7 +4,7 @@ link, remove and rename names.
 Each operation is one Q/U query or one single- or multi-object update (the docstring of
 :mod:`bftfs.fs.filesystem`); the caches only name the objects of an update or start a
 speculative query, and the servers re-check every entry.  Also here: the refusal of a
-stale name (``_check_reached``), which other parts use for calls that reach an object by
+stale name (``check_reached``), which other parts use for calls that reach an object by
 a name the kernel cached.
 """
 
@@ -18,28 +18,27 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
+from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import (
     CrossDevice,
     Forgotten,
     FsError,
     Invalid,
     IsDir,
-    NoSpace,
     NotDir,
     NotFound,
     StaleView,
-    Unavailable,
     from_refusal,
 )
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, _Stale, _Taken
-from bftfs.fs.reclaim import Reclaim
+from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Stale, _Taken
+from bftfs.fs.reclaim import Reclaimer
 from bftfs.fsobjects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Seconds after a stale name was refused (ESTALE) during which a lookup counts as the
 #: kernel's walk again, and the object it found may be used once by that name even if it
-#: is removed meanwhile (``FileSystem._check_reached``).
+#: is removed meanwhile (``Names.check_reached``).
 REVALIDATION_WINDOW = 0.1
 #: Attribute queries (of up to 8 objects each) in flight at once for one readdir.
 READDIR_CONCURRENCY = 16
@@ -52,8 +51,22 @@ def _check_name(name: bytes) -> None:
         raise from_refusal(e.code, e.message) from None
 
 
-class Namespace(Reclaim):
-    """Names and the objects they lead to."""
+class Names:
+    """Names and the objects they lead to.  Given the protocol calls, the cache, and the
+    reclaimer (a removed file's blocks are given back)."""
+
+    def __init__(self, meta: Meta, cache: MetadataCache, reclaimer: Reclaimer) -> None:
+        self.meta = meta
+        self.cache = cache
+        self.reclaimer = reclaimer
+        self.config = meta.config
+        self.inline = cache.inline
+        self.lease_token = meta.lease_token
+        #: Last ESTALE for a stale name (monotonic s), and objects a lookup found right
+        #: after one, with until when (:meth:`check_reached`).
+        self._refused_stale_at = -1e9
+        self._refused_names: set[tuple[int, bytes]] = set()
+        self._revalidated: dict[int, float] = {}
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -64,19 +77,19 @@ class Namespace(Reclaim):
         file's, those known fresh within their timeout (:meth:`attr_timeout`), else a query.
 
         ``reached_by_name``: the caller found ``ino`` through a name it cached (the kernel's
-        path walk); if no name reaches it any more, the name was stale (:meth:`_check_reached`).
+        path walk); if no name reaches it any more, the name was stale (:meth:`check_reached`).
         ``within``: cached attributes only if at most that many seconds old (a permission
         check that must not rest on a long regular-file timeout).
         """
-        f = self._files.get(ino)
+        f = self.cache.files.get(ino)
         if f is not None and f.opens:
-            return self._attr(ino, f.st)
-        s = await self._stat(ino, within)
+            return self.cache.attr(ino, f.st)
+        s = await self.cache.stat(ino, within)
         if reached_by_name:  # (not open here: the kernel asks the same for an fstat)
-            self._check_reached(ino, s)
-        return self._attr(ino, s)
+            self.check_reached(ino, s)
+        return self.cache.attr(ino, s)
 
-    def _check_reached(self, ino: int, s: dict[str, Any]) -> None:
+    def check_reached(self, ino: int, s: dict[str, Any]) -> None:
         """Refuse an object that no name reaches (link count 0: unlinked, or a removed
         directory) when the caller came to it by a name: that name was cached and is stale
         (another client removed the object or replaced it).
@@ -103,7 +116,7 @@ class Namespace(Reclaim):
         self._refused_stale_at = now
         self._refused_names = {
             (parent, name)
-            for parent, names in self._names.items()
+            for parent, names in self.cache.names.items()
             for name, (oid, _) in names.items()
             if oid == ino
         }
@@ -113,7 +126,7 @@ class Namespace(Reclaim):
         """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too);
         see :meth:`_lookup`.  A lookup of the refused name right after a stale name was
         refused is the kernel's walk again: the object it finds may be used once by that
-        name even if it is removed meanwhile (:meth:`_check_reached`).
+        name even if it is removed meanwhile (:meth:`check_reached`).
 
         The directory and the object it names are read in two queries when the object is
         not cached; a removal in flight between them can show the entry still naming an
@@ -125,8 +138,8 @@ class Namespace(Reclaim):
         for attempt in range(MAX_ATTEMPTS):
             if a.nlink != 0 or name in (b".", b".."):
                 break
-            await self._back_off(attempt)
-            self._forget(parent, name)
+            await self.meta.back_off(attempt)
+            self.cache.forget(parent, name)
             a = await self._lookup(parent, name)
         now = time.monotonic()
         if (
@@ -151,54 +164,54 @@ class Namespace(Reclaim):
         if name == b".":
             return await self.getattr(parent)
         if name == b"..":
-            p = await self._query(parent, "fs.stat")
+            p = await self.meta.query(parent, "fs.stat")
             if p["k"] != "d":
                 raise NotDir()
             return await self.getattr(p["p"])
         _check_name(name)
-        guess = self._names.get(parent, {}).get(name)
-        if guess is None or self._fresh(guess[0]) is not None:
+        guess = self.cache.names.get(parent, {}).get(name)
+        if guess is None or self.cache.fresh(guess[0]) is not None:
             try:
-                oid, code = await self._query(parent, "fs.lookup", name)
+                oid, code = await self.meta.query(parent, "fs.lookup", name)
             except NotFound:
-                self._forget(parent, name)
+                self.cache.forget(parent, name)
                 raise
-            self._learn(parent, name, oid, code)
+            self.cache.learn(parent, name, oid, code)
             return await self.getattr(oid)
         arg = {"p": parent, "o": guess[0], "name": name}
         try:
-            got = await self._query([parent, guess[0]], "fs.lookupstat", arg)
+            got = await self.meta.query([parent, guess[0]], "fs.lookupstat", arg)
         except NotFound:
-            self._forget(parent, name)
+            self.cache.forget(parent, name)
             raise
         oid, code = got["e"]
-        self._learn(parent, name, oid, code)
+        self.cache.learn(parent, name, oid, code)
         s = got["s"]
         if s is None:  # the entry names another object now
             return await self.getattr(oid)
-        self._observed(oid, s)
+        self.cache.observed(oid, s)
         if s["k"] == "d":
-            self._parents[oid] = s["p"]
-        return self._attr(oid, s)
+            self.cache.parents[oid] = s["p"]
+        return self.cache.attr(oid, s)
 
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         """Every entry with its attributes, sorted by name (no ``.``/``..``): one directory
         query, then the entries' attributes, up to 8 objects per query (``fs.statmany``).
 
         The objects of one query share a preferred quorum (object id mod ``n``), which is the
-        case for every entry created in this directory (see :meth:`_new_oid`); entries whose
+        case for every entry created in this directory (see :meth:`Meta.new_oid`); entries whose
         attributes are fresh here cost nothing.  ``ls -l`` of 500 names: 63 rounds, not 500.
         """
-        d = await self._query(ino, "fs.readdir")
+        d = await self.meta.query(ino, "fs.readdir")
         ents = obj.entries(d)
-        self._parents[ino] = d["p"]
-        self._names[ino] = {name: (oid, code) for name, (oid, code) in ents.items()}
+        self.cache.parents[ino] = d["p"]
+        self.cache.names[ino] = {name: (oid, code) for name, (oid, code) in ents.items()}
         stats: dict[int, dict[str, Any] | None] = {}
         groups: dict[int, list[int]] = {}
         for oid, _ in ents.values():
             if oid in stats or oid in groups.get(oid % self.config.n, ()):
                 continue
-            fresh = self._fresh(oid)
+            fresh = self.cache.fresh(oid)
             if fresh is not None:
                 stats[oid] = fresh
             else:
@@ -207,14 +220,14 @@ class Namespace(Reclaim):
 
         async def some(oids: list[int]) -> None:
             async with limit:
-                got = await self._query(sorted(oids), "fs.statmany")
+                got = await self.meta.query(sorted(oids), "fs.statmany")
             for oid in oids:
                 s = got.get(str(oid))
                 stats[oid] = s
                 if s is not None:
-                    self._observed(oid, s)
+                    self.cache.observed(oid, s)
                 if s is not None and s["k"] == "d":
-                    self._parents[oid] = s["p"]
+                    self.cache.parents[oid] = s["p"]
 
         async with trio.open_nursery() as n:
             for oids in groups.values():
@@ -222,51 +235,13 @@ class Namespace(Reclaim):
                     n.start_soon(some, oids[i : i + MAX_OBJECTS])
         # An entry whose object is gone raced with a removal: it is left out.
         return [
-            (name, self._attr(oid, stats[oid]))  # type: ignore[arg-type]
+            (name, self.cache.attr(oid, stats[oid]))  # type: ignore[arg-type]
             for name, (oid, _) in ents.items()
             if stats.get(oid) is not None
         ]
 
     async def readlink(self, ino: int) -> bytes:
-        return await self._query(ino, "fs.readlink")
-
-    async def statfs(self) -> dict[str, int]:
-        """Capacity and free space from the nodes' stores.
-
-        Each node's LMDB map holds one fragment (``1/m``) of every block plus a copy of the
-        metadata, so the capacity is the map size times ``m``; nodes refuse new block
-        versions above ``data_fraction`` of the map (policy.py), so that is where "free"
-        ends for writers (``f_bavail``), while the share above it is free but reserved for
-        metadata and removals (counted in ``f_bfree``, as ext4 counts its root reserve), so
-        ``df`` shows the space used as used, not the reserve.  Used is what the nodes report
-        (``rw.space``: the ``(b + 1)``-th largest of ``N - t`` answers) times ``m``.  Asked
-        at most once a second; when the nodes cannot answer, the last figures (or all of it
-        free) are shown rather than an error.
-        """
-        bs, m = self.bs, self.config.m
-        now = trio.current_time()
-        if self._space is None or now - self._space[0] > 1.0:
-            try:
-                used = await self._blocks(self.rw.space_used())
-            except (Unavailable, NoSpace):
-                used = self._space[1] if self._space is not None else 0
-            self._space = (now, used)
-        used = self._space[1]
-        limit = int(self.config.map_size * self.config.verification.data_fraction)
-        total = self.config.map_size * m // bs
-        free = max(0, (self.config.map_size - used) * m // bs)
-        available = max(0, (limit - used) * m // bs)
-        return {
-            "f_bsize": bs,
-            "f_frsize": bs,
-            "f_blocks": total,
-            "f_bfree": free,
-            "f_bavail": available,
-            "f_files": 1 << 40,
-            "f_ffree": 1 << 40,
-            "f_favail": 1 << 40,
-            "f_namemax": obj.NAME_MAX,
-        }
+        return await self.meta.query(ino, "fs.readlink")
 
     # Namespace: creating -------------------------------------------------------------------
 
@@ -274,21 +249,21 @@ class Namespace(Reclaim):
         """create/mkdir/mknod/symlink: a two-object update with a fresh random object id."""
         _check_name(name)
         for _ in range(MAX_ATTEMPTS):
-            oid = self._new_oid(near=parent)
-            a = dict(arg, p=parent, o=oid, name=name, now=self._now())
+            oid = self.meta.new_oid(near=parent)
+            a = dict(arg, p=parent, o=oid, name=name, now=self.meta.now())
             try:
-                child, pst = await self._update([parent, oid], method, a)
+                child, pst = await self.meta.update([parent, oid], method, a)
             except _Taken:
                 continue
             except Forgotten:  # the id was used once and forgotten, or the directory was
-                await self._query(parent, "fs.stat")  # (then this answers ESTALE)
+                await self.meta.query(parent, "fs.stat")  # (then this answers ESTALE)
                 continue
             except _Stale as e:  # only from a method that never says so: a bug
                 raise FsError(str(e)) from None
-            self._own_stat(oid, child)
-            self._own_stat(parent, pst)
-            self._learn(parent, name, oid, st.S_IFMT(child["mode"]) >> 12)
-            return self._attr(oid, child)
+            self.cache.own_stat(oid, child)
+            self.cache.own_stat(parent, pst)
+            self.cache.learn(parent, name, oid, st.S_IFMT(child["mode"]) >> 12)
+            return self.cache.attr(oid, child)
         raise FsError("could not draw a free object id")
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
@@ -311,7 +286,7 @@ class Namespace(Reclaim):
             return await self.mkdir(parent, name, mode, uid, gid)
         arg: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid, "rdev": rdev}
         if st.S_ISREG(mode):
-            arg.update(d=self._new_oid(), alloc=self._initial_reserve())
+            arg.update(d=self.meta.new_oid(), alloc=self.meta.initial_reserve())
             if self.inline:
                 arg["i"] = b""
             if lease:
@@ -324,15 +299,15 @@ class Namespace(Reclaim):
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
         _check_name(new_name)
-        f, pst = await self._update(
+        f, pst = await self.meta.update(
             [ino, new_parent],
             "fs.link",
-            {"p": new_parent, "o": ino, "name": new_name, "now": self._now()},
+            {"p": new_parent, "o": ino, "name": new_name, "now": self.meta.now()},
         )
-        self._own_stat(ino, f)
-        self._own_stat(new_parent, pst)
-        self._learn(new_parent, new_name, ino, st.S_IFMT(f["mode"]) >> 12)
-        return self._attr(ino, f)
+        self.cache.own_stat(ino, f)
+        self.cache.own_stat(new_parent, pst)
+        self.cache.learn(new_parent, new_name, ino, st.S_IFMT(f["mode"]) >> 12)
+        return self.cache.attr(ino, f)
 
     # Namespace: removing and renaming ------------------------------------------------------
 
@@ -340,28 +315,30 @@ class Namespace(Reclaim):
         _check_name(name)
         fresh = False
         for _ in range(MAX_ATTEMPTS):
-            oid, code = await self._entry(parent, name, fresh)
+            oid, code = await self.cache.entry(parent, name, fresh)
             if method == "fs.unlink" and code == obj.DIR_TYPE:
                 raise IsDir()
             if method == "fs.rmdir" and code != obj.DIR_TYPE:
                 raise NotDir()
             try:
-                child, pst = await self._update(
-                    [parent, oid], method, {"p": parent, "o": oid, "name": name, "now": self._now()}
+                child, pst = await self.meta.update(
+                    [parent, oid],
+                    method,
+                    {"p": parent, "o": oid, "name": name, "now": self.meta.now()},
                 )
             except (_Stale, NotFound) as e:
-                self._forget(parent)
+                self.cache.forget(parent)
                 if isinstance(e, NotFound) and fresh:
                     raise
                 fresh = True  # our cached entry may have been wrong: ask the servers
                 continue
-            self._forget(parent, name)
-            self._own_stat(oid, child)
-            self._own_stat(parent, pst)
+            self.cache.forget(parent, name)
+            self.cache.own_stat(oid, child)
+            self.cache.own_stat(parent, pst)
             if child["k"] == "d":
-                self._names.pop(oid, None)
+                self.cache.names.pop(oid, None)
             else:
-                await self._unlinked(oid, child)
+                await self.reclaimer.unlinked(oid, child)
             return
         raise FsError(f"{method}: directory kept changing")
 
@@ -372,12 +349,12 @@ class Namespace(Reclaim):
         await self._remove(parent, name, "fs.rmdir")
 
     async def _parent_of(self, d: int, fresh: bool) -> int:
-        if not fresh and d in self._parents:
-            return self._parents[d]
-        s = await self._query(d, "fs.stat")
+        if not fresh and d in self.cache.parents:
+            return self.cache.parents[d]
+        s = await self.meta.query(d, "fs.stat")
         if s["k"] != "d":
             raise NotDir()
-        self._parents[d] = s["p"]
+        self.cache.parents[d] = s["p"]
         return int(s["p"])
 
     async def _chain(self, start: int, moving: int, stop: int, fresh: bool) -> list[int]:
@@ -411,11 +388,11 @@ class Namespace(Reclaim):
             raise Invalid("rename flags")
         fresh = False
         for _ in range(MAX_ATTEMPTS):
-            o, ocode = await self._entry(parent, name, fresh)
+            o, ocode = await self.cache.entry(parent, name, fresh)
             if o in (parent, new_parent):
                 raise Invalid("a directory cannot move under itself")
             try:
-                t, tcode = await self._entry(new_parent, new_name, fresh)
+                t, tcode = await self.cache.entry(new_parent, new_name, fresh)
             except NotFound:
                 t, tcode = None, 0
             objs = {parent, new_parent, o}
@@ -436,26 +413,26 @@ class Namespace(Reclaim):
                 "o": o,
                 "t": t,
                 "flags": flags,
-                "now": self._now(),
+                "now": self.meta.now(),
             }
             try:
-                stats = await self._update(sorted(objs), "fs.rename", arg)
+                stats = await self.meta.update(sorted(objs), "fs.rename", arg)
             except (_Stale, NotFound) as e:
-                self._forget(parent)
-                self._forget(new_parent)
+                self.cache.forget(parent)
+                self.cache.forget(new_parent)
                 if isinstance(e, NotFound) and fresh:
                     raise
                 fresh = True
                 continue
             for key, s in stats.items():
-                self._own_stat(int(key), s)
+                self.cache.own_stat(int(key), s)
             if stats:
-                self._forget(parent, name)
-                self._forget(new_parent, new_name)
+                self.cache.forget(parent, name)
+                self.cache.forget(new_parent, new_name)
                 if flags & RENAME_EXCHANGE and t is not None:
-                    self._learn(parent, name, t, tcode)
-                self._learn(new_parent, new_name, o, ocode)
+                    self.cache.learn(parent, name, t, tcode)
+                self.cache.learn(new_parent, new_name, o, ocode)
             if t is not None and str(t) in stats:  # a file renamed over loses a name
-                await self._unlinked(t, stats[str(t)])
+                await self.reclaimer.unlinked(t, stats[str(t)])
             return
         raise FsError("rename: directories kept changing")

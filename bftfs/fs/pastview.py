@@ -15,6 +15,7 @@ import os
 import stat as st
 from typing import Any
 
+from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attrs import Attr, attr_from_stat
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr, NotFound, ReadOnly
 from bftfs.fs.files import file_block_size
@@ -49,7 +50,22 @@ class PastView:
         assert s is not None
         return s
 
-    async def getattr(self, ino: int, *, reached_by_name: bool = False) -> Attr:
+    # What the FUSE layer asks of any file system (bftfs.fs.api) ---------------------------
+
+    @property
+    def long_attrs(self) -> bool:
+        return False  # the mount's attribute timeout for everything
+
+    @property
+    def close_to_open(self) -> bool:
+        return False  # an open invalidates the kernel's attributes, as it always did here
+
+    def kernel_timeout(self, a: Attr) -> float | None:
+        return None  # the mount's
+
+    async def getattr(
+        self, ino: int, *, reached_by_name: bool = False, within: float | None = None
+    ) -> Attr:
         s = stat_of(await self._state(ino))
         return attr_from_stat(ino, s, file_block_size(s, self.bs))
 
@@ -160,38 +176,77 @@ class PastView:
 
     # Everything that would change the past ----------------------------------------------------
 
-    async def setattr(self, *args: Any, **kwargs: Any) -> Attr:
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        fh: int | None = None,
+        reached_by_name: bool = False,
+    ) -> Attr:
         raise ReadOnly()
 
-    async def mknod(self, *args: Any, **kwargs: Any) -> Attr:
+    async def mknod(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        rdev: int,
+        uid: int,
+        gid: int,
+        *,
+        lease: bool = False,
+    ) -> Attr:
         raise ReadOnly()
 
-    async def mkdir(self, *args: Any, **kwargs: Any) -> Attr:
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         raise ReadOnly()
 
-    async def symlink(self, *args: Any, **kwargs: Any) -> Attr:
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
         raise ReadOnly()
 
-    async def link(self, *args: Any, **kwargs: Any) -> Attr:
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
         raise ReadOnly()
 
-    async def unlink(self, *args: Any, **kwargs: Any) -> None:
+    async def unlink(self, parent: int, name: bytes) -> None:
         raise ReadOnly()
 
-    async def rmdir(self, *args: Any, **kwargs: Any) -> None:
+    async def rmdir(self, parent: int, name: bytes) -> None:
         raise ReadOnly()
 
-    async def rename(self, *args: Any, **kwargs: Any) -> None:
+    async def rename(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None:
         raise ReadOnly()
 
-    async def create(self, *args: Any, **kwargs: Any) -> tuple[int, Attr]:
+    async def create(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        flags: int,
+        *,
+        known_missing: bool = True,
+    ) -> tuple[int, Attr]:
         raise ReadOnly()
 
-    async def write(self, *args: Any, **kwargs: Any) -> int:
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
         raise ReadOnly()
 
-    async def setxattr(self, *args: Any, **kwargs: Any) -> None:
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         raise ReadOnly()
 
-    async def removexattr(self, *args: Any, **kwargs: Any) -> None:
+    async def removexattr(self, ino: int, name: bytes) -> None:
         raise ReadOnly()
+
+
+def _implements_api(view: PastView) -> FileSystemAPI:
+    """(Never called: mypy checks here that the view implements the interface.)"""
+    return view

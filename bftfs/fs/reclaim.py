@@ -42,10 +42,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bftfs.fs.caches import Caches
+from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import NoSpace, Unavailable
 from bftfs.fs.files import file_block_size
-from bftfs.fs.meta import CHUNK
+from bftfs.fs.meta import CHUNK, Meta
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
@@ -113,40 +113,40 @@ def dead_contents(s: dict[str, Any], default_bs: int) -> DeadContents | None:
     return DeadContents(d, tuple(ranges), int(s.get("bt") or 0), bs)
 
 
-class Reclaim(Caches):
-    """Writing empty blocks over contents that are gone (see the module docstring)."""
+class Reclaimer:
+    """Writing empty blocks over contents that are gone (see the module docstring).
+    Given the protocol calls and the cache (which files are open here)."""
 
-    #: File id -> the contents of removed files still open here.
-    _doomed: dict[int, DeadContents]
-    reclaimed_blocks: int
-    reclaim_failed: int
-
-    def _init_reclaim(self) -> None:
-        self._doomed = {}
+    def __init__(self, meta: Meta, cache: MetadataCache) -> None:
+        self.meta = meta
+        self.cache = cache
+        #: File id -> the contents of removed files still open here.
+        self._doomed: dict[int, DeadContents] = {}
+        #: Blocks given back, and blocks that could not be (counters tests and stats read).
         self.reclaimed_blocks = 0
         self.reclaim_failed = 0
 
-    async def _unlinked(self, ino: int, s: dict[str, Any]) -> None:
+    async def unlinked(self, ino: int, s: dict[str, Any]) -> None:
         """After an update that returned file ``ino``'s stat ``s``: give back its blocks if
         that removed its last name (now, or at its last release here)."""
         if s.get("k") == "d" or s.get("nl", 1) > 0:
             return
-        dead = dead_contents(s, self.bs)
+        dead = dead_contents(s, self.meta.bs)
         if dead is None:
             return
-        f = self._files.get(ino)
+        f = self.cache.files.get(ino)
         if f is not None and f.opens > 0:
             self._doomed[ino] = dead
             return
-        await self._reclaim(dead)
+        await self.reclaim(dead)
 
-    async def _released(self, ino: int) -> None:
+    async def released(self, ino: int) -> None:
         """The last handle of ``ino`` here was released."""
         dead = self._doomed.pop(ino, None)
         if dead is not None:
-            await self._reclaim(dead)
+            await self.reclaim(dead)
 
-    async def _reclaim(self, dead: DeadContents | None) -> None:
+    async def reclaim(self, dead: DeadContents | None) -> None:
         """Write an empty value over each block of ``dead``, :data:`CHUNK` at a time, at
         Times above its ``bt`` (the file's newest block Time), so its past versions stay
         readable until retention lets them go."""
@@ -156,8 +156,10 @@ class Reclaim(Caches):
         done = 0
         while chunk := list(itertools.islice(blocks, CHUNK)):
             try:
-                await self._blocks(
-                    self.rw.write_blocks({block_id(dead.d, k): b"" for k in chunk}, after=dead.bt)
+                await self.meta.blocks(
+                    self.meta.rw.write_blocks(
+                        {block_id(dead.d, k): b"" for k in chunk}, after=dead.bt
+                    )
                 )
             except (Unavailable, NoSpace) as e:
                 left = dead.count() - done

@@ -70,10 +70,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import FsError, NotFound, Removed, Unavailable
-from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.pastview import PastView
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
 from bftfs.outcome import patience
 
@@ -224,7 +223,7 @@ class Operations(pyfuse3.Operations):
 
     def __init__(
         self,
-        fs: FileSystem | PastView,
+        fs: FileSystemAPI,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
@@ -240,7 +239,7 @@ class Operations(pyfuse3.Operations):
         #: The kernel may hold a regular file's mode longer than ``timeout`` (the file
         #: system's ``cache_regular_files``, mount options ``acregmin``/``acregmax``):
         #: ``open`` then checks the caller's permission itself.
-        self.long_attrs = bool(getattr(fs, "long_attrs", False))
+        self.long_attrs = fs.long_attrs
         #: The attributes the kernel was last answered per inode (:func:`_told_key`), or
         #: None when it was shown others it may not have taken (a listing): an open that
         #: reads the same leaves the kernel's cache alone (its timer too).
@@ -330,8 +329,8 @@ class Operations(pyfuse3.Operations):
         e.st_ino = a.ino
         e.generation = a.generation
         e.entry_timeout = self.entry_timeout
-        timeout = getattr(self.fs, "kernel_timeout", None)  # (a PastView has none)
-        e.attr_timeout = self.timeout if timeout is None else timeout(a)
+        timeout = self.fs.kernel_timeout(a)
+        e.attr_timeout = self.timeout if timeout is None else timeout
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -485,8 +484,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         looked_up = self._looked_up.get(ctx.pid) == inode
         trunc = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
-        long_attrs = self.long_attrs and isinstance(self.fs, FileSystem)
-        if long_attrs and trunc and isinstance(self.fs, FileSystem):  # (for mypy)
+        long_attrs = self.long_attrs
+        if long_attrs and trunc:
             # decided before the truncation, on a mode at most ``timeout`` old
             a = await self.fs.getattr(inode, within=self.timeout)
             if not _permits(a, ctx, flags):
@@ -503,7 +502,7 @@ class Operations(pyfuse3.Operations):
         # but the permission check of the next open after the file's close asked the
         # servers again (an open-and-close loop cost two rounds).  When the kernel was
         # last answered exactly what this open read, what it holds is current: kept.
-        if not isinstance(self.fs, FileSystem) or self._told.get(inode) != _told_key(
+        if not self.fs.close_to_open or self._told.get(inode) != _told_key(
             await self.fs.getattr(inode)  # the open file's: no round
         ):
             self._told.pop(inode, None)

@@ -1,0 +1,135 @@
+"""The file-system interface the FUSE layer calls (:mod:`bftfs.fuse.operations`).
+
+Two classes implement it: :class:`~bftfs.fs.filesystem.FileSystem` (the live tree, one
+mount's client) and :class:`~bftfs.fs.pastview.PastView` (the tree as it was at one moment,
+read-only: ``bftfs mount --at``).  The FUSE layer knows only this protocol, so it asks the
+file system what it needs to know (:attr:`FileSystemAPI.long_attrs`,
+:attr:`FileSystemAPI.close_to_open`, :meth:`FileSystemAPI.kernel_timeout`) instead of
+testing which class it holds.  mypy checks both classes against it (the assignments at the
+end of :mod:`bftfs.fs.pastview` and :mod:`bftfs.fs.filesystem`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bftfs.fs.attrs import Attr
+
+
+class FileSystemAPI(Protocol):
+    """What a mount serves: inode-level calls, inode numbers being object ids."""
+
+    @property
+    def long_attrs(self) -> bool:
+        """Whether a regular file's attributes may be cached longer than the mount's
+        attribute timeout (``acregmin``/``acregmax``): ``open`` then checks the caller's
+        permission itself."""
+        ...
+
+    @property
+    def close_to_open(self) -> bool:
+        """Whether ``open`` re-reads the file's attributes and ``getattr`` of the open file
+        answers them from memory (no round): the FUSE layer then compares them with what
+        the kernel was told and keeps the kernel's attributes when they agree.  False: an
+        open always invalidates the kernel's attributes."""
+        ...
+
+    def kernel_timeout(self, a: Attr) -> float | None:
+        """The attribute timeout to give the kernel with ``a`` (None: the mount's)."""
+        ...
+
+    def keep_cache(self, fh: int) -> bool: ...
+
+    # Namespace -------------------------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> Attr: ...
+
+    async def getattr(
+        self, ino: int, *, reached_by_name: bool = False, within: float | None = None
+    ) -> Attr: ...
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        fh: int | None = None,
+        reached_by_name: bool = False,
+    ) -> Attr: ...
+
+    async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]: ...
+
+    async def readlink(self, ino: int) -> bytes: ...
+
+    async def statfs(self) -> dict[str, int]: ...
+
+    async def mknod(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        rdev: int,
+        uid: int,
+        gid: int,
+        *,
+        lease: bool = False,
+    ) -> Attr: ...
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr: ...
+
+    async def symlink(
+        self, parent: int, name: bytes, target: bytes, uid: int, gid: int
+    ) -> Attr: ...
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr: ...
+
+    async def unlink(self, parent: int, name: bytes) -> None: ...
+
+    async def rmdir(self, parent: int, name: bytes) -> None: ...
+
+    async def rename(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None: ...
+
+    # Files -----------------------------------------------------------------------------
+
+    async def open(
+        self, ino: int, flags: int, *, reached_by_name: bool = False, looked_up: bool = False
+    ) -> int: ...
+
+    async def create(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        flags: int,
+        *,
+        known_missing: bool = True,
+    ) -> tuple[int, Attr]: ...
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes: ...
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int: ...
+
+    async def flush(self, fh: int) -> None: ...
+
+    async def fsync(self, fh: int) -> None: ...
+
+    async def release(self, fh: int) -> None: ...
+
+    # Extended attributes ---------------------------------------------------------------
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes: ...
+
+    async def listxattr(self, ino: int) -> list[bytes]: ...
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None: ...
+
+    async def removexattr(self, ino: int, name: bytes) -> None: ...

@@ -1,0 +1,238 @@
+"""Sending one pending create (write-behind, :mod:`bftfs.fs.writebehind`): the update that
+makes it, and what a send finds when it is not the first - another client's file under
+the name (collided: open that file and move the writes onto it), or an earlier send of its
+own that a later round completed (made before), or a refusal for space that was
+nevertheless established (settled made).  The rules are in the docstring of
+:mod:`bftfs.fs.writebehind`; this module is the mechanism.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat as st
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from bftfs.fs.caches import MetadataCache, content_version
+from bftfs.fs.errors import Exists, FsError, NoSpace, NotFound, Unavailable
+from bftfs.fs.filedata import FlushEngine
+from bftfs.fs.files import OpenFile
+from bftfs.fs.handletable import HandleTable
+from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Taken
+from bftfs.outcome import ClusterUnavailable
+
+if TYPE_CHECKING:
+    from bftfs.fs.handles import Handles
+
+log = logging.getLogger(__name__)
+
+#: Object ids of created files that turned out to collide, or whose create failed for
+#: good, kept to answer ESTALE (the kernel then looks the name up again); forgetting one
+#: only turns that into ENOENT.
+MOVED_LIMIT = 10_000
+
+
+@dataclass(eq=False)
+class PendingCreate:
+    """A create answered to the kernel but not sent yet (see the module docstring)."""
+
+    parent: int
+    name: bytes
+    oid: int
+    #: ``fs.create``'s argument (regular file, no lease).
+    arg: dict[str, Any]
+    uid: int
+    gid: int
+    flags: int
+    #: The task sending it (None: not being sent).
+    sender: trio.lowlevel.Task | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    #: Sends that failed for want of a quorum, and when (trio time) a call on the
+    #: directory sends it again (:data:`RESEND_FIRST`).
+    failures: int = 0
+    resend_at: float = 0.0
+
+
+class CreateSender:
+    """Makes a pending create on the servers (:meth:`send_now`).  Given the protocol calls,
+    the cache, the handle table, the flush engine, the handles (to open another client's
+    file as a synchronous create would) and the pending creates' record of moved files."""
+
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        table: HandleTable,
+        engine: FlushEngine,
+        handles: Handles,
+        moved: dict[int, OpenFile],
+    ) -> None:
+        self.meta = meta
+        self.cache = cache
+        self.table = table
+        self.engine = engine
+        self.handles = handles
+        self.inline = cache.inline
+        self.lease_token = meta.lease_token
+        #: (the dict of :class:`~bftfs.fs.writebehind.PendingCreates`)
+        self._moved = moved
+
+    async def send_now(self, p: PendingCreate) -> None:
+        """One update making ``p``; on a name another client made meanwhile, open that
+        file instead (:meth:`collided`)."""
+        for _ in range(MAX_ATTEMPTS):
+            f = self.cache.files.get(p.oid)
+            try:
+                if f is not None and f.size <= self.inline:
+                    await self._create_with_content(p, f)
+                else:
+                    await self._create_plain(p, f)
+                return
+            except Exists:
+                if await self.collided(p, f):
+                    return
+            except _Taken:
+                if await self._made_before(p, f):
+                    return
+                raise FsError("a new object id was taken (drawn twice?)") from None
+            except NoSpace:
+                # More than b nodes refused it; the others may have taken it, enough of
+                # them for any client's next round to complete it (with the data it
+                # carried).  Settled now: made (established) or not, never later.
+                if await self._settled_made(p, f):
+                    return
+                raise
+        raise Exists(f"{p.name!r} keeps being created and removed by other clients")
+
+    async def _settled_made(self, p: PendingCreate, f: OpenFile | None) -> bool:
+        """After a send of ``p`` refused for space: whether it was made nevertheless.
+
+        Nodes judge space and quota each alone, so near a limit some may take what more
+        than ``b`` others refuse.  Taken by enough of them, any client's next round
+        completed it: the file appeared later on every mount with the data whose close
+        had said EDQUOT.  A repair round (:meth:`QUClient.settle`) decides it now - made,
+        with the data the send carried, or abandoned for good - and the lookup says which.
+        """
+        try:
+            await self.meta.qu.settle([p.parent, p.oid])
+            return await self._made_before(p, f)
+        except (Unavailable, ClusterUnavailable):
+            return False  # no answer now: as the servers said (a later round may decide)
+
+    async def _made_before(self, p: PendingCreate, f: OpenFile | None) -> bool:
+        """Whether an earlier send of ``p`` made it, and if so take it as made.
+
+        A send that reached fewer than ``q`` nodes (an outage beyond ``t``) failed here,
+        and ``p`` stayed pending; but the nodes that took it keep it as a candidate, and
+        any client's later round repairs it to completion.  Sent again, ``p`` then finds
+        its own object id taken (issue 31, item 5: the file answered EIO here for good).
+        The directory's entry ``p.name`` naming that id, a regular file, shows it is
+        ``p``'s (ids are 63-bit random draws of this mount).  The file's buffered writes
+        are re-applied on whatever that earlier send left (as on another client's new
+        content) and go out with the next flush, as they would have."""
+        arg = {"p": p.parent, "o": p.oid, "name": p.name}
+        try:
+            got = await self.meta.query_now([p.parent, p.oid], "fs.lookupstat", arg)
+        except NotFound:
+            return False
+        s = got["s"]
+        if got["e"][0] != p.oid or s is None or s["k"] != "f" or not st.S_ISREG(s["mode"]):
+            return False
+        opened = await self.meta.query_now(p.oid, "fs.open")
+        if self.cache.kernel_content.get(p.oid) == (p.arg["d"], 0):
+            self.cache.kernel_content[p.oid] = content_version(opened)
+        self.cache.observed(p.oid, opened)
+        self.cache.learn(p.parent, p.name, p.oid, st.S_IFREG >> 12)
+        if f is not None:
+            await self.engine.adopt(f, opened)
+        log.info("create of %r: an earlier send had made it", p.name)
+        return True
+
+    async def _create_with_content(self, p: PendingCreate, f: OpenFile) -> None:
+        """``fs.createwrite``: the entry, the attribute object and its content at once
+        (the bookkeeping after it is :meth:`FlushEngine._flush_inline`'s)."""
+        logged = len(f.log)
+        content = f.assemble(0, f.size).ljust(f.size, b"\0")
+        snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
+        mtime = f.mtime if f.mtime is not None else p.arg["now"]
+        attrs = dict(f.attrs)
+        arg = dict(p.arg, i=content, mtime=mtime, attrs=attrs)
+        child, pst = await self.meta.update_now([p.parent, p.oid], "fs.createwrite", arg)
+        self._made(p, child, pst)
+        f.base = content_version(child)
+        self.engine.flushed(f, snapshot, mtime, attrs)
+        f.sent(logged)
+        if 0 not in f.dirty:
+            f.remember(0, content)
+
+    async def _create_plain(self, p: PendingCreate, f: OpenFile | None) -> None:
+        """``fs.create`` with the write lease (the ordinary flush follows), as a
+        synchronous create does: a file grown past the inline limit before its first flush."""
+        arg = dict(p.arg)
+        writable = f is not None and p.flags & os.O_ACCMODE != os.O_RDONLY
+        if writable:
+            arg.update(tok=self.lease_token, lease=LEASE_NS)
+        child, pst = await self.meta.update_now([p.parent, p.oid], "fs.create", arg)
+        self._made(p, child, pst)
+        if f is not None and writable:
+            f.lease_until = p.arg["now"] + LEASE_NS
+
+    def _made(self, p: PendingCreate, child: dict[str, Any], pst: dict[str, Any]) -> None:
+        """The servers made ``p``: their answers become this mount's state."""
+        if self.cache.kernel_content.get(p.oid) == (p.arg["d"], 0):
+            self.cache.kernel_content[p.oid] = content_version(child)
+        self.cache.own_stat(p.oid, child)
+        self.cache.own_stat(p.parent, pst)
+        self.cache.learn(p.parent, p.name, p.oid, st.S_IFREG >> 12)
+
+    async def collided(self, p: PendingCreate, f: OpenFile | None) -> bool:
+        """Another client made ``p``'s name before it was sent: open that file as a
+        synchronous create would (:meth:`Handles.open_existing`) and move this file's
+        buffered writes and handles onto it.  False: the name is gone again (retry).
+
+        Raises:
+            Exists: the existing file may not be opened so (the kernel would have
+                checked it, not this mount): the flush and close fail with EEXIST.
+        """
+        try:
+            opened = await self.handles.open_existing(p.parent, p.name, p.uid, p.gid, p.flags)
+        except NotFound:
+            return False
+        if opened is None:
+            raise Exists(f"{p.name!r} was made by another client before this create was sent")
+        fh, _ = opened
+        g, _ = self.table.handles.pop(fh)
+        g.opens -= 1
+        self.table.cache_current.discard(fh)
+        if f is not None:
+            await self._move_writes(f, g)
+        if len(self._moved) > MOVED_LIMIT:
+            self._moved.clear()
+        self._moved[p.oid] = g
+        self.cache.forget(p.parent, p.name)
+        return True
+
+    async def _move_writes(self, f: OpenFile, g: OpenFile) -> None:
+        """Re-apply ``f``'s buffered writes and held-back attributes on ``g`` (as a flush
+        re-applies them on another client's new content) and turn ``f``'s handles into
+        handles of ``g``."""
+        mtime = f.mtime if f.mtime is not None else self.meta.now()
+        for offset, data, appended in f.log:
+            if appended:
+                offset = g.size
+            need = g.blocks_to_read_for_write(offset, len(data))
+            if need:
+                await self.engine.fetch(g, need)
+            g.apply_write(offset, data, mtime)
+            g.record(offset, data, appended)
+        g.attrs.update(f.attrs)
+        for fh, (h, flags) in list(self.table.handles.items()):
+            if h is f:
+                self.table.handles[fh] = (g, flags)
+                self.table.cache_current.discard(fh)
+                g.opens += 1
+                f.opens -= 1
+        self.cache.files[f.ino] = g  # fstat of the handles answers the file they write

@@ -1,0 +1,34 @@
+"""The handle table: which open file and flags each FUSE file handle stands for.
+
+State only, shared by the parts that act through handles (:mod:`bftfs.fs.handles`, the
+attributes' change through a handle in :mod:`bftfs.fs.attributes`, and the pending
+creates of :mod:`bftfs.fs.writebehind`, which move a collided file's handles).
+"""
+
+from __future__ import annotations
+
+from bftfs.fs.errors import BadHandle
+from bftfs.fs.files import OpenFile
+
+
+class HandleTable:
+    """File handle -> (open file, open flags)."""
+
+    def __init__(self) -> None:
+        self.handles: dict[int, tuple[OpenFile, int]] = {}
+        self._next_fh = 1
+        #: Handles whose open found the kernel's pages current (FUSE ``keep_cache``).
+        self.cache_current: set[int] = set()
+
+    def handle(self, fh: int) -> tuple[OpenFile, int]:
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise BadHandle(f"file handle {fh} is not open") from None
+
+    def new_handle(self, f: OpenFile, flags: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = (f, flags)
+        f.opens += 1
+        return fh
