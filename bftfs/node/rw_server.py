@@ -40,7 +40,7 @@ from bftfs.node import limits, rw_scrubber
 from bftfs.node import rw_catchup as catchup
 from bftfs.node.batching import BatchHandler
 from bftfs.node.rw_verifier import Verifier
-from bftfs.rw import quota, replica
+from bftfs.rw import quota, repairs, replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
 from bftfs.rw.messages import (
     KIND_LIST,
@@ -112,9 +112,9 @@ def register(
         )
 
     async def proven(req: WriteRequest) -> bool:
-        """Whether ``b + 1`` other nodes host the repaired version (replica.repair_proven):
+        """Whether ``b + 1`` other nodes host the repaired version (repairs.repair_proven):
         asked of every other node, done as soon as enough say so."""
-        ask = replica.proof_request(req.block, req.ts)
+        ask = repairs.proof_request(req.block, req.ts)
         replies: dict[int, ReadReply] = {}
 
         def accept(peer: Any, raw: Any) -> bool:
@@ -125,7 +125,7 @@ def register(
             return True
 
         def enough(_valid: Any) -> bool:
-            return replica.repair_proven(replies, req.ts, node.config.b)
+            return repairs.repair_proven(replies, req.ts, node.config.b)
 
         others = [NodeId(i) for i in node.config.node_ids if i != int(node.id)]
         with contextlib.suppress(QuorumUnavailable):
@@ -166,7 +166,7 @@ def register(
             return replica.WriteReply(new=False).to_wire()
         owner = int(ctx.sender)
         limit: int | None = client_quota
-        if here is None and replica.is_repair(req, owner):
+        if here is None and repairs.is_repair(req, owner):
             if not await proven(req):
                 node.stats["rw.refused.unproven"] += 1
                 raise HandlerError(
