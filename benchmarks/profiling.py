@@ -84,7 +84,8 @@ _IDLE_LEAVES = ("EpollIOManager.get_events", "get_events")
 # the function name is the reliable part).
 _LAYER_BY_CLASS = {
     "Endpoint": "transport",
-    "_Connection": "transport",
+    "Connection": "transport",
+    "Coalescer": "transport",
     "FrameWriter": "transport",
     "FrameReader": "transport",
     "Session": "transport",

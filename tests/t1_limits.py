@@ -15,7 +15,7 @@ from bftfs.ids import PrincipalId, client_id, is_node
 from bftfs.kv import MemoryKV
 from bftfs.net.admission import Admission, Limits, TokenBucket
 from bftfs.policy import LimitsPolicy, PolicyError, RetentionPolicy, limits_from
-from bftfs.rw import quota, replica
+from bftfs.rw import collect, quota, replica
 from bftfs.rw.messages import WriteRequest
 from bftfs.rw.timestamp import make_timestamp
 
@@ -191,10 +191,10 @@ def test_collection_and_discards_give_charges_back() -> None:
         replica.store_write(kv, r, owner=ALICE)
     sizes = [replica.version_size(r) for r in reqs]
     assert quota.usage_of(kv, ALICE) == sum(sizes)
-    replica.collect_step(kv, 5, reqs[2].ts)  # the two oldest go
+    collect.collect_step(kv, 5, reqs[2].ts)  # the two oldest go
     assert quota.usage_of(kv, ALICE) == sizes[2] + sizes[3]
     _consistent(kv)
-    done = replica.verified_step(
+    done = collect.verified_step(
         kv,
         5,
         mark=reqs[2].ts,
@@ -205,7 +205,7 @@ def test_collection_and_discards_give_charges_back() -> None:
     )
     assert done.discarded == 1
     assert _consistent(kv) == {ALICE: sizes[2]}
-    replica.collect_step(kv, 5, _write(5, b"", 10**6).ts)  # everything goes
+    collect.collect_step(kv, 5, _write(5, b"", 10**6).ts)  # everything goes
     assert quota.usages(kv) == {} and quota.usage_of(kv, ALICE) == 0
     _consistent(kv)
 

@@ -16,6 +16,10 @@ CORES = [
     "bftfs.rw.classify",
     "bftfs.rw.verify",
     "bftfs.rw.replica",
+    "bftfs.rw.repairs",
+    "bftfs.rw.collect",
+    "bftfs.rw.forget",
+    "bftfs.rw.scrubstep",
     "bftfs.rw.behind",
     "bftfs.testing.linearizability",
 ]

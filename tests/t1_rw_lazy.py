@@ -13,7 +13,7 @@ from rw_helpers import ts
 from bftfs import erasure
 from bftfs.kv import MemoryKV
 from bftfs.policy import PolicyError, RetentionPolicy, VerificationPolicy, verification_from
-from bftfs.rw import replica
+from bftfs.rw import collect, replica
 from bftfs.rw.lazy import POISONOUS, VERIFIED, Backlog, NotifyBook, gc_floor, responsible
 from bftfs.rw.messages import BlockId, MessageError, Notify, ReadReply, ReadRequest, WriteRequest
 from bftfs.rw.timestamp import ZERO, Timestamp
@@ -333,7 +333,7 @@ def test_verified_step_flags_discards_and_collects_in_one_step() -> None:
     kv = MemoryKV()
     stamps = [ts(t * SEC) for t in (10, 20, 30, 40)]
     _store(kv, 1, stamps)
-    res = replica.verified_step(
+    res = collect.verified_step(
         kv,
         1,
         mark=stamps[2],
@@ -343,22 +343,22 @@ def test_verified_step_flags_discards_and_collects_in_one_step() -> None:
         retention=RetentionPolicy(keep_seconds=0.0, keep_versions=1),
     )
     assert (res.flagged, res.discarded, res.collected) == (True, 1, 2)
-    assert replica.hosted_step(kv, 1) == [stamps[2]]
-    assert replica.verified_of(kv, 1) == stamps[2] and replica.floor_of(kv, 1) == stamps[2]
+    assert collect.hosted_step(kv, 1) == [stamps[2]]
+    assert collect.verified_of(kv, 1) == stamps[2] and replica.floor_of(kv, 1) == stamps[2]
     reply = replica.read_step(kv, ReadRequest(BlockId(1), data=False))
     assert reply.verified and reply.history == (stamps[2],)
     # A version proven poisonous at or below the verified mark cannot exist: never deleted.
-    res = replica.verified_step(
+    res = collect.verified_step(
         kv, 1, mark=ZERO, flag=None, poisonous=[stamps[2]], now_ns=0, retention=RetentionPolicy()
     )
-    assert res.discarded == 0 and replica.hosted_step(kv, 1) == [stamps[2]]
+    assert res.discarded == 0 and collect.hosted_step(kv, 1) == [stamps[2]]
 
 
 def test_unverified_step_pages_through_what_is_left_to_verify() -> None:
     kv = MemoryKV()
     for block in (1, 2, 3):
         _store(kv, block, [ts(10, tag=block), ts(20, tag=block)])
-    replica.verified_step(
+    collect.verified_step(
         kv,
         2,
         mark=ts(20, tag=2),
@@ -367,11 +367,11 @@ def test_unverified_step_pages_through_what_is_left_to_verify() -> None:
         now_ns=0,
         retention=RetentionPolicy(),
     )
-    page = replica.unverified_step(kv, None, 2)
+    page = collect.unverified_step(kv, None, 2)
     assert [b for b, _ in page.versions] == [1, 1] and page.after == 2
-    rest = replica.unverified_step(kv, page.after, 2)
+    rest = collect.unverified_step(kv, page.after, 2)
     assert [b for b, _ in rest.versions] == [3, 3]
-    assert replica.unverified_step(kv, rest.after, 2).after is None
+    assert collect.unverified_step(kv, rest.after, 2).after is None
 
 
 def test_notify_and_the_verified_flag_on_the_wire() -> None:

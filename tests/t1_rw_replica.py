@@ -8,7 +8,7 @@ import pytest
 
 from bftfs import erasure
 from bftfs.kv import MemoryKV
-from bftfs.rw import replica
+from bftfs.rw import collect, forget, repairs, replica, scrubstep
 from bftfs.rw.messages import ReadRequest, WriteRequest
 from bftfs.rw.schema import DB_VERSIONS, StoredVersion, split_key, version_key
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, ZERO, Timestamp, make_timestamp
@@ -131,9 +131,9 @@ def test_collection_deletes_below_the_floor_and_reports_it() -> None:
     kv = MemoryKV()
     stamps = [write(kv, 5, bytes([i]), 10 * (i + 1)) for i in range(4)]
     other = write(kv, 6, b"x", 1)
-    done = replica.collect_step(kv, 5, stamps[2])
+    done = collect.collect_step(kv, 5, stamps[2])
     assert done.deleted == 2 and done.floor == stamps[2]
-    assert replica.collect_step(kv, 5, stamps[1]).deleted == 0  # the floor only rises
+    assert collect.collect_step(kv, 5, stamps[1]).deleted == 0  # the floor only rises
     reply = replica.read_step(kv, ReadRequest(5, data=False))
     assert reply.history == (stamps[3], stamps[2]) and reply.floor == stamps[2]
     assert replica.read_step(kv, ReadRequest(6, data=False)).history == (other,)
@@ -183,13 +183,13 @@ def test_scrub_finds_stored_versions_that_no_longer_validate() -> None:
             kv.put(DB_VERSIONS, key, StoredVersion(stored.flags, cc, stored.fragment).encode())
         else:
             kv.put(DB_VERSIONS, key, b"\x01")
-    whole = replica.scrub_step(kv, None, 100, node=2, n=N)
+    whole = scrubstep.scrub_step(kv, None, 100, node=2, n=N)
     assert whole.checked == 6 and whole.cursor is None
     assert whole.damaged == [(1, stamps[1]), (3, stamps[3]), (4, stamps[4])]
     # Page by page, the same versions once each.
     seen, cursor, pages = [], None, 0
     while True:
-        page = replica.scrub_step(kv, cursor, 2, node=2, n=N)
+        page = scrubstep.scrub_step(kv, cursor, 2, node=2, n=N)
         seen += page.damaged
         pages += 1
         if page.cursor is None:
@@ -197,7 +197,7 @@ def test_scrub_finds_stored_versions_that_no_longer_validate() -> None:
         cursor = page.cursor
     assert seen == whole.damaged and pages == 3
     # As node 3 every fragment here is another node's: all fail.
-    assert len(replica.scrub_step(kv, None, 100, node=3, n=N).damaged) == 6
+    assert len(scrubstep.scrub_step(kv, None, 100, node=3, n=N).damaged) == 6
 
 
 def test_forget_needs_every_node() -> None:
@@ -210,15 +210,15 @@ def test_forget_needs_every_node() -> None:
     old = Timestamp(5, 1, b"o" * 32)
     only = ReadReply((ts,), False, ts)
     none = ReadReply((), False, ZERO)
-    assert replica.forget_agreed(ts, dict.fromkeys(range(6), only), 6)
-    assert replica.forget_agreed(ts, {**dict.fromkeys(range(4), only), 4: none, 5: none}, 6)
-    assert not replica.forget_agreed(ts, dict.fromkeys(range(5), only), 6)  # one missing
+    assert forget.forget_agreed(ts, dict.fromkeys(range(6), only), 6)
+    assert forget.forget_agreed(ts, {**dict.fromkeys(range(4), only), 4: none, 5: none}, 6)
+    assert not forget.forget_agreed(ts, dict.fromkeys(range(5), only), 6)  # one missing
     lagging = ReadReply((old,), False, ZERO)  # down during the removal: old contents
-    assert not replica.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: lagging}, 6)
+    assert not forget.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: lagging}, 6)
     both = ReadReply((ts, old), False, ZERO)
-    assert not replica.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: both}, 6)
+    assert not forget.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: both}, 6)
     cut = ReadReply((ts,), True, ZERO)
-    assert not replica.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: cut}, 6)
+    assert not forget.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: cut}, 6)
 
 
 def test_a_repair_needs_b_plus_1_other_hosts_of_that_very_version() -> None:
@@ -229,17 +229,17 @@ def test_a_repair_needs_b_plus_1_other_hosts_of_that_very_version() -> None:
 
     stamp, enc = version(b"data", 100, writer=70000)
     req = WriteRequest(7, stamp, enc.cross_checksum, enc.fragments[2])
-    assert replica.is_repair(req, 70001) and not replica.is_repair(req, 70000)
-    ask = replica.proof_request(7, stamp)
+    assert repairs.is_repair(req, 70001) and not repairs.is_repair(req, 70000)
+    ask = repairs.proof_request(7, stamp)
     assert ask.below == stamp and ask.inclusive and not ask.data
     hosts = ReadReply((stamp,), False, ZERO)
     older = ReadReply((Timestamp(99, 70000, b"o" * 32),), False, ZERO)
     other = ReadReply((Timestamp(100, 70000, b"x" * 32),), False, ZERO)  # same time, other data
     nothing = ReadReply((), False, ZERO)
-    assert replica.repair_proven({0: hosts, 1: hosts}, stamp, b=1)
-    assert not replica.repair_proven({0: hosts, 1: older, 3: other, 4: nothing}, stamp, b=1)
-    assert not replica.repair_proven({0: hosts, 1: hosts}, stamp, b=2)
-    assert replica.repair_proven({0: hosts, 1: hosts, 4: hosts, 5: older}, stamp, b=2)
+    assert repairs.repair_proven({0: hosts, 1: hosts}, stamp, b=1)
+    assert not repairs.repair_proven({0: hosts, 1: older, 3: other, 4: nothing}, stamp, b=1)
+    assert not repairs.repair_proven({0: hosts, 1: hosts}, stamp, b=2)
+    assert repairs.repair_proven({0: hosts, 1: hosts, 4: hosts, 5: older}, stamp, b=2)
 
 
 def test_a_given_back_block_of_a_client_short_of_room_keeps_no_history() -> None:
@@ -258,7 +258,7 @@ def test_a_given_back_block_of_a_client_short_of_room_keeps_no_history() -> None
         )
         gone, enc = version(b"", NOW - 5)
         replica.store_write(kv, WriteRequest(5, gone, enc.cross_checksum, enc.fragments[2]))
-        got = replica.verified_step(
+        got = collect.verified_step(
             kv,
             5,
             mark=gone,
@@ -278,7 +278,7 @@ def test_a_given_back_block_of_a_client_short_of_room_keeps_no_history() -> None
             kv, WriteRequest(6, stamp, enc.cross_checksum, enc.fragments[2]), owner=owner
         )
         stamps.append(stamp)
-    got = replica.verified_step(
+    got = collect.verified_step(
         kv,
         6,
         mark=stamps[1],

@@ -1,7 +1,7 @@
 """A node process that loses power in the middle of garbage collection (issue 16).
 
 Lazy verification collects a block's old versions in the same LMDB transaction that
-records the verification (``rw/replica.verified_step``).  Node 3 runs the
+records the verification (``rw/collect.verified_step``).  Node 3 runs the
 ``power-cut-in-gc`` profile: in the third write transaction that deletes block versions it
 ends (``os._exit``, no commit, no clean-up) right after the first delete, while a client
 keeps overwriting files with a retention policy that keeps only the newest version.  Then:
@@ -31,7 +31,7 @@ from bftfs.fs.session import Session, open_protocol_clients, open_session
 from bftfs.kv import KV
 from bftfs.node.store import Store
 from bftfs.policy import RetentionPolicy, VerificationPolicy
-from bftfs.rw import replica
+from bftfs.rw import collect, replica
 from bftfs.rw.schema import BLOCK_ID_SIZE, DB_VERIFIED, DB_VERSIONS, split_key
 from bftfs.rw.scrub import BlockReport
 from bftfs.rw.timestamp import ZERO, Timestamp
@@ -63,7 +63,7 @@ def _blocks(pc: ProcessCluster, i: int) -> Blocks:
         # A block whose every version was collected still has its verified mark.
         blocks |= {int.from_bytes(bytes(k), "big") for k, _ in kv.scan(DB_VERIFIED, b"", end)}
         return {
-            b: (replica.hosted_step(kv, b), replica.floor_of(kv, b), replica.verified_of(kv, b))
+            b: (collect.hosted_step(kv, b), replica.floor_of(kv, b), collect.verified_of(kv, b))
             for b in blocks
         }
 

@@ -214,5 +214,5 @@ async def test_withheld_batches_do_not_pile_up(tmp_path: Path) -> None:
         # Only the latest burst's batches may still be remembered (without the sweep: one
         # per node and burst, 30); how many the latest burst sent depends on the timing.
         n = QUThresholds.from_config(cl.config).n
-        assert len(ep._carriers) <= 2 * n
+        assert len(ep.coalescer._carriers) <= 2 * n
         assert len(ep._conns[NodeId(2)].pending) <= len(oids) + 2

@@ -28,7 +28,7 @@ from bftfs.fs.files import INITIAL_RESERVE
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fsobjects import ROOT
 from bftfs.policy import RetentionPolicy
-from bftfs.rw import replica
+from bftfs.rw import collect, replica
 from bftfs.rw.messages import block_id
 from bftfs.rw.schema import DB_FLOOR, DB_VERIFIED, DB_VERSIONS, block_prefix, version_key
 
@@ -60,7 +60,7 @@ def versions(env: Env, d: int, blocks: int) -> list[list[int]]:
             def lengths(kv: Any, block: int = block) -> list[int]:
                 raws = [
                     kv.get(DB_VERSIONS, version_key(block, ts))
-                    for ts in replica.hosted_step(kv, block)
+                    for ts in collect.hosted_step(kv, block)
                 ]
                 return [len(replica.StoredVersion.decode(r).fragment) for r in raws]
 
@@ -318,7 +318,7 @@ def records(env: Env, block: int) -> list[tuple[int, bool, bool]]:
 
         def look(kv: Any) -> tuple[int, bool, bool]:
             return (
-                len(replica.hosted_step(kv, block)),
+                len(collect.hosted_step(kv, block)),
                 kv.get(DB_FLOOR, block_prefix(block)) is not None,
                 kv.get(DB_VERIFIED, block_prefix(block)) is not None,
             )

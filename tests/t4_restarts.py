@@ -28,7 +28,7 @@ from bftfs.config import DEFAULT_BIG_BLOCK_SIZE
 from bftfs.local import query_status
 from bftfs.node.store import Store
 from bftfs.policy import RetentionPolicy, VerificationPolicy
-from bftfs.rw import replica
+from bftfs.rw import scrubstep
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
@@ -235,7 +235,7 @@ def test_a_node_restarted_more_often_than_its_scrub_period_still_scrubs(tmp_path
         store = Store(pc.config.node(0).data_dir / "lmdb", map_size=64 * MIB, durable=False)
         try:
             store.write_now(
-                lambda kv: replica.scrub_noted(kv, b"last", time.time_ns() - int(period * 1e9))
+                lambda kv: scrubstep.scrub_noted(kv, b"last", time.time_ns() - int(period * 1e9))
             )
         finally:
             store.close()

@@ -22,7 +22,7 @@ from rw_helpers import rw_cluster
 
 from bftfs import erasure
 from bftfs.policy import RetentionPolicy, VerificationPolicy
-from bftfs.rw import replica
+from bftfs.rw import collect, replica
 from bftfs.rw.lazy import POISONOUS, VERIFIED, responsible
 from bftfs.rw.messages import KIND_NOTIFY, BlockId, Notify
 from bftfs.rw.timestamp import Timestamp, make_timestamp
@@ -64,7 +64,7 @@ async def until(cluster: Any, i: int, cond: Any, *, within: float = 30.0) -> Non
 
 
 def hosted(cluster: Any, i: int, block: int) -> list[Timestamp]:
-    return cluster.nodes[i].store.read(lambda kv: replica.hosted_step(kv, block))
+    return cluster.nodes[i].store.read(lambda kv: collect.hosted_step(kv, block))
 
 
 def flagged(cluster: Any, i: int, block: int, ts: Timestamp) -> bool:

@@ -17,7 +17,7 @@ import trio
 from rw_helpers import rw_cluster
 
 from bftfs import erasure
-from bftfs.rw import replica
+from bftfs.rw import collect
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import KIND_READ_PREV, BlockId
 from bftfs.rw.timestamp import make_timestamp
@@ -104,7 +104,7 @@ async def test_history_walk_restarts_when_collection_races_the_read(tmp_path: Pa
                 raced.set()
                 stamp = await writer.write_block(block, b"new complete")
                 for node in cluster.nodes:
-                    await node.store.write(lambda kv: replica.collect_step(kv, block, stamp))
+                    await node.store.write(lambda kv: collect.collect_step(kv, block, stamp))
             return await honest(ctx, payload)
 
         for i in range(3):

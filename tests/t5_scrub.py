@@ -20,7 +20,7 @@ from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.scrub import scrub
 from bftfs.fsobjects import ROOT
 from bftfs.policy import VerificationPolicy
-from bftfs.rw import replica
+from bftfs.rw import collect, replica, scrubstep
 from bftfs.rw.client import open_rw_client
 from bftfs.rw.messages import block_id
 from bftfs.rw.schema import DB_VERSIONS, version_key
@@ -47,7 +47,7 @@ async def test_scrub_rewrites_damaged_and_missing_fragments(tmp_path: Path) -> N
 
         # Bit rot on node 2 (block 0), a lost version on node 3 (block 1).
         def latest(node: int, block: int) -> replica.Timestamp:
-            return cluster.nodes[node].store.read(lambda kv: replica.hosted_step(kv, block))[0]
+            return cluster.nodes[node].store.read(lambda kv: collect.hosted_step(kv, block))[0]
 
         ts0, ts1 = latest(2, b0), latest(3, b1)
 
@@ -116,7 +116,7 @@ async def test_a_node_scrubs_itself_and_rewrites_its_damaged_fragment(tmp_path: 
         node = cluster.nodes[2]
 
         def latest(block: int) -> replica.Timestamp:
-            return node.store.read(lambda kv: replica.hosted_step(kv, block))[0]
+            return node.store.read(lambda kv: collect.hosted_step(kv, block))[0]
 
         ts0, old1 = latest(100), latest(101)
         await rw.write_block(101, b"new one" * 100)
@@ -134,7 +134,7 @@ async def test_a_node_scrubs_itself_and_rewrites_its_damaged_fragment(tmp_path: 
         assert node.stats["rw.scrub.repaired"] == 1 and node.stats["rw.scrub.left"] >= 1
         assert node.progress["rw.scrub"]["damaged"] == 1  # the last pass: only the old one
         assert node.store.read(
-            lambda kv: replica.scrub_step(kv, None, 1000, node=2, n=cfg.n)
+            lambda kv: scrubstep.scrub_step(kv, None, 1000, node=2, n=cfg.n)
         ).damaged == [(101, old1)]
         assert await rw.read_block(100) == b"block zero" * 100
         # What the scrub found stays, as the node's findings in its store (issue 31).

@@ -13,17 +13,9 @@ reader task reports the reply (no task per target); otherwise a task runs :meth:
 which connects and resends.  Requests still in flight when a call returns finish in the
 background (:meth:`Endpoint._finish`).
 
-**Coalescing** (``quorum_call(..., batch=BatchKind(...))``, the Q/U client's rounds): while
-another such call runs, a direct request is not written at once but put in the node's
-outbox (a call running alone writes at once: it has nothing to share a frame with, and
-waiting would cost it a task switch and a poll); the endpoint's flusher
-task, woken by the first request queued, waits until no other task can run (at most
-``coalesce_window``) and writes each node's outbox as one frame: a lone request as itself,
-several as one request of the batch kind whose reply is split back onto the requests' own
-waiters.  Each request keeps its own id
-and waiter, so resends (of the request alone, under its own id), stragglers and lost
-connections are handled exactly as without coalescing; only the first transmission shares a
-frame.
+**Coalescing** (``quorum_call(..., batch=BatchKind(...))``, the Q/U client's rounds): the
+first transmissions of concurrent quorum calls to a node share a frame (coalesce.py).  The
+connections themselves are connection.py's.
 """
 
 from __future__ import annotations
@@ -31,150 +23,30 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId, PrincipalId
+from bftfs.net.coalesce import BatchKind, Coalescer
+from bftfs.net.connection import Connection, Waiter
 from bftfs.net.driver import QuorumDriver
-from bftfs.net.errors import FrameError, RemoteError, TransportError
+from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.frames import (
     DEFAULT_MAX_FRAME,
-    REPLY,
     REQUEST,
-    STATUS_ERROR,
     STATUS_OK,
     FrameReader,
-    FrameWriter,
 )
-from bftfs.net.idle import wait_all_tasks_blocked
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
-from bftfs.net.session import Session, client_handshake
+from bftfs.net.session import client_handshake
 from bftfs.outcome import bounded, progressed
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchKind:
-    """How requests to one node may share a frame: the request kind that carries them
-    (the node runs its items, ``node/batching.py``) and the most items one may hold."""
-
-    kind: str
-    max_items: int
-    #: A request of more (payload bytes, when the payload is bytes) goes in a frame of its
-    #: own, and a batch is closed before it would pass this: frames stay far below the
-    #: frame limit however large single requests are.
-    max_bytes: int = 1 << 20
-
-
-class _Waiter:
-    """Where a reply for one request id lands."""
-
-    __slots__ = ("event", "status", "body", "lost", "notify")
-
-    def __init__(self, notify: Callable[[], None] | None = None) -> None:
-        self.event = trio.Event()
-        self.status: int | None = None
-        self.body: Any = None
-        self.lost = False
-        #: Called when the waiter resolves (quorum calls collect replies this way).
-        self.notify = notify
-
-    def resolve(self, status: int | None, body: Any, *, lost: bool = False) -> None:
-        if self.event.is_set():
-            return
-        self.status, self.body, self.lost = status, body, lost
-        self.event.set()
-        if self.notify is not None:
-            self.notify()
-
-    def outcome(self) -> tuple[bool, Any]:
-        """``(True, reply)`` or ``(False, reason)`` once resolved."""
-        if self.lost:
-            return False, "connection lost"
-        if self.status == STATUS_OK:
-            return True, self.body
-        body = self.body
-        if isinstance(body, list) and len(body) == 2:
-            return False, f"refused: {body[0]}: {body[1]}"
-        return False, "refused: malformed error reply"
-
-
-class _Connection:
-    """A client connection to one node: a writer task batching frames, a reader task."""
-
-    def __init__(
-        self,
-        node: NodeId,
-        stream: trio.SocketStream,
-        reader: FrameReader,
-        session: Session,
-        faults: Counter[tuple[int, str]],
-    ) -> None:
-        self.node = node
-        self.faults = faults
-        self.stream = stream
-        self.reader = reader
-        self.session = session
-        self.pending: dict[int, _Waiter] = {}
-        self.closed = False
-        self._writer = FrameWriter(stream)
-
-    def send_nowait(self, msg: list[Any]) -> None:
-        """Send (or queue) a message without blocking."""
-        if self.closed:
-            raise trio.ClosedResourceError
-        try:
-            self._writer.write(self.session.seal(msg))
-        except trio.ClosedResourceError:
-            self._close()
-            raise
-
-    async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer.run)
-                await self._reader()
-                nursery.cancel_scope.cancel()
-        finally:
-            self._close()
-
-    async def _reader(self) -> None:
-        try:
-            while True:
-                frame = await self.reader.read()
-                if frame is None:
-                    return
-                try:
-                    seq, kind, req_id, status, body = self.session.open(frame)
-                except FrameError as e:
-                    log.warning("node %s: dropped reply frame (%s)", self.node, e)
-                    self.faults[(int(self.node), f"frame_{e.reason}")] += 1
-                    if e.reason == "bad_mac":
-                        continue
-                    return
-                waiter = self.pending.pop(req_id, None)
-                if kind == REPLY and waiter is not None:
-                    waiter.resolve(status, body)
-        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return
-
-    def _close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._writer.close()
-        pending = list(self.pending.values())
-        self.pending.clear()
-        for w in pending:
-            w.resolve(None, None, lost=True)
-        self.stream.socket.close()
 
 
 class Endpoint:
@@ -197,16 +69,13 @@ class Endpoint:
         coalesce_window: float = 0.001,
     ) -> None:
         self.keyring = keyring
-        #: Longest a coalesced request waits for the loop to go idle before it is written
-        #: anyway (a loop that never idles must not hold requests back).
-        self.coalesce_window = coalesce_window
         self.addresses = dict(addresses)
         self.max_frame = max_frame
         self.timeout = timeout
         self.resend_after = resend_after
         self.connect_timeout = connect_timeout
         self._nursery = nursery
-        self._conns: dict[NodeId, _Connection] = {}
+        self._conns: dict[NodeId, Connection] = {}
         self._locks: dict[NodeId, trio.Lock] = {}
         self._down_until: dict[NodeId, float] = {}
         self._down_backoff: dict[NodeId, float] = {}
@@ -216,21 +85,8 @@ class Endpoint:
         self._ids = itertools.count(1)
         self.sent = 0
         self.resent = 0
-        #: Coalesced requests waiting for the flusher: node -> (connection, batch kind,
-        #: request id, waiter, kind, payload), in submission order.
-        self._outbox: dict[NodeId, list[_Queued]] = {}
-        self._flush_wanted: trio.Event | None = None
-        #: Batch requests sent and not yet answered, oldest first: a batch's own waiter is
-        #: dropped once its requests are over even if the node never answers it (a
-        #: withholding node must not make ``pending`` grow; :meth:`_sweep`).
-        self._carriers: deque[tuple[_Connection, int, list[_Queued]]] = deque()
-        self._flusher_started = False
-        #: Frames the flusher wrote carrying several requests, and the requests in them.
-        self.batches = 0
-        self.batched = 0
-        #: Quorum calls with a batch kind running now: a call's requests are coalesced only
-        #: while another runs (or requests wait in an outbox); a lone call writes at once.
-        self._coalescing = 0
+        #: The outboxes of coalesced first transmissions and their flusher (coalesce.py).
+        self.coalescer = Coalescer(nursery, self._ids, coalesce_window)
         #: Faults seen per node: ``(node, kind)`` -> count, kind ``timeout`` (a request not
         #: answered in time), ``unreachable`` (a request given up because no connection
         #: could be made) or ``frame_<reason>``, a reply frame rejected (``frame_bad_mac``,
@@ -241,7 +97,27 @@ class Endpoint:
     def pid(self) -> PrincipalId:
         return self.keyring.me.pid
 
-    async def _connection(self, node: NodeId) -> _Connection:
+    @property
+    def coalesce_window(self) -> float:
+        """Longest a coalesced request waits for the loop to go idle before it is written
+        anyway (a loop that never idles must not hold requests back)."""
+        return self.coalescer.window
+
+    @coalesce_window.setter
+    def coalesce_window(self, window: float) -> None:
+        self.coalescer.window = window
+
+    @property
+    def batches(self) -> int:
+        """Frames written carrying several coalesced requests."""
+        return self.coalescer.batches
+
+    @property
+    def batched(self) -> int:
+        """Requests written in those frames."""
+        return self.coalescer.batched
+
+    async def _connection(self, node: NodeId) -> Connection:
         conn = self._conns.get(node)
         if conn is not None and not conn.closed:
             return conn
@@ -276,7 +152,7 @@ class Endpoint:
             self._down_backoff.pop(node, None)
             self._down_until.pop(node, None)
             self._dead.discard(node)
-            conn = _Connection(node, stream, reader, session, self.faults)
+            conn = Connection(node, stream, reader, session, self.faults)
             self._conns[node] = conn
             self._nursery.start_soon(conn.run)
             return conn
@@ -308,8 +184,8 @@ class Endpoint:
         interval = self.resend_after
         last_error = "no reply"
         first = True
-        conn: _Connection | None = None
-        waiter = _Waiter()
+        conn: Connection | None = None
+        waiter = Waiter()
         try:
             while True:
                 now = trio.current_time()
@@ -323,7 +199,7 @@ class Endpoint:
                 try:
                     conn = await self._connection(node)
                     if waiter.event.is_set():  # lost with the previous connection
-                        waiter = _Waiter()
+                        waiter = Waiter()
                     conn.pending[req_id] = waiter
                     conn.send_nowait([REQUEST, req_id, kind, payload])
                 except (TransportError, trio.ClosedResourceError) as e:
@@ -418,125 +294,21 @@ class Endpoint:
         if batch is None:
             result = await driver.run(fanout)
         else:
-            self._coalescing += 1
+            self.coalescer.calls += 1
             try:
                 result = await driver.run(fanout)
             finally:
-                self._coalescing -= 1
+                self.coalescer.calls -= 1
         progressed(trio.current_time())
         return result
-
-    # Coalescing ----------------------------------------------------------------------------
-
-    def _enqueue(
-        self,
-        conn: _Connection,
-        batch: BatchKind,
-        req_id: int,
-        waiter: _Waiter,
-        kind: str,
-        value: Any,
-    ) -> None:
-        """Queue a direct request (its waiter already pending) for the flusher."""
-        queue = self._outbox.get(conn.node)
-        if queue is None:
-            queue = self._outbox[conn.node] = []
-        queue.append((conn, batch, req_id, waiter, kind, value))
-        if not self._flusher_started:
-            self._flusher_started = True
-            self._nursery.start_soon(self._flusher)
-        wanted = self._flush_wanted
-        if wanted is not None:
-            self._flush_wanted = None
-            wanted.set()
-
-    async def _flusher(self) -> None:
-        """Write the outboxes whenever requests were queued.  Woken by the first of them,
-        it waits until no task can run (or :attr:`coalesce_window` passed), so that every
-        task with work to do - including one that the next poll of the descriptors wakes,
-        such as pyfuse3's next worker reading the kernel's next request, which takes two
-        scheduler passes after the one that queued - has queued its requests too.  A lone
-        request on an idle loop waits one extra poll of the descriptors, no more."""
-        while True:
-            self._flush()
-            if self._outbox:  # queued while flushing (a send found its connection closed)
-                await trio.lowlevel.checkpoint()
-                continue
-            wanted = self._flush_wanted = trio.Event()
-            await wanted.wait()
-            with trio.move_on_after(self.coalesce_window):
-                await wait_all_tasks_blocked()
-
-    def _sweep(self) -> None:
-        """Forget the oldest batch requests that were answered, or whose requests are all
-        over (answered alone after a resend, or given up); stop at the first still needed."""
-        carriers = self._carriers
-        while carriers:
-            conn, batch_id, items = carriers[0]
-            if batch_id in conn.pending and any(
-                conn.pending.get(q[2]) is q[3] and not q[3].event.is_set() for q in items
-            ):
-                return
-            carriers.popleft()
-            conn.pending.pop(batch_id, None)
-
-    def _flush(self) -> None:
-        self._sweep()
-        outbox, self._outbox = self._outbox, {}
-        for queue in outbox.values():
-            live = [q for q in queue if q[0].pending.get(q[2]) is q[3] and not q[3].event.is_set()]
-            if not live:
-                continue  # every call settled before its request went out
-            if len(live) == 1:
-                conn, _b, req_id, _w, kind, value = live[0]
-                with contextlib.suppress(trio.ClosedResourceError):  # waiters resolved lost
-                    conn.send_nowait([REQUEST, req_id, kind, value])
-                continue
-            by_kind: dict[tuple[int, str], list[_Queued]] = {}
-            for q in live:  # one connection per node; a node may get several batch kinds
-                by_kind.setdefault((id(q[0]), q[1].kind), []).append(q)
-            for group in by_kind.values():
-                batch = group[0][1]
-                chunk: list[_Queued] = []
-                size = 0
-                for q in group:
-                    value = q[5]
-                    cost = len(value) if isinstance(value, bytes | bytearray) else 256
-                    if chunk and (len(chunk) >= batch.max_items or size + cost > batch.max_bytes):
-                        self._send_batch(chunk)
-                        chunk, size = [], 0
-                    chunk.append(q)
-                    size += cost
-                if chunk:
-                    self._send_batch(chunk)
-
-    def _send_batch(self, items: list[_Queued]) -> None:
-        conn, batch = items[0][0], items[0][1]
-        if len(items) == 1:
-            _c, _b, req_id, _w, kind, value = items[0]
-            with contextlib.suppress(trio.ClosedResourceError):
-                conn.send_nowait([REQUEST, req_id, kind, value])
-            return
-        batch_id = next(self._ids)
-        carrier = _Waiter()
-        carrier.notify = lambda: _split(conn, carrier, items)
-        conn.pending[batch_id] = carrier
-        body = [[q[4], q[5]] for q in items]
-        try:
-            conn.send_nowait([REQUEST, batch_id, batch.kind, body])
-        except trio.ClosedResourceError:
-            return  # every waiter was resolved as lost with the connection
-        self.batches += 1
-        self.batched += len(items)
-        self._carriers.append((conn, batch_id, items))
 
     async def _finish(
         self,
         node: NodeId,
         kind: str,
-        conn: _Connection,
+        conn: Connection,
         req_id: int,
-        waiter: _Waiter,
+        waiter: Waiter,
         value: Any,
         deadline: float,
     ) -> None:
@@ -599,7 +371,7 @@ class _Fanout:
         #: Coalesce first transmissions under this batch kind (None: write at once).
         self.batch = batch
         #: Requests on the direct path: connection, request id, waiter, payload.
-        self.fast: dict[NodeId, tuple[_Connection, int, _Waiter, Any]] = {}
+        self.fast: dict[NodeId, tuple[Connection, int, Waiter, Any]] = {}
 
     def send(self, node: NodeId) -> None:
         ep = self.ep
@@ -609,12 +381,12 @@ class _Fanout:
             ep._nursery.start_soon(self._slow, node, value)
             return
         req_id = next(ep._ids)
-        waiter = _Waiter()
+        waiter = Waiter()
         waiter.notify = lambda: self._resolved(node, waiter)
         conn.pending[req_id] = waiter
         self.fast[node] = (conn, req_id, waiter, value)
-        if self.batch is not None and (ep._coalescing > 1 or ep._outbox):
-            ep._enqueue(conn, self.batch, req_id, waiter, self.kind, value)
+        if self.batch is not None and ep.coalescer.wanted():
+            ep.coalescer.enqueue(conn, self.batch, req_id, waiter, self.kind, value)
         else:
             try:
                 conn.send_nowait([REQUEST, req_id, self.kind, value])
@@ -647,7 +419,7 @@ class _Fanout:
                 conn.pending.pop(req_id, None)
         self.fast.clear()
 
-    def _resolved(self, node: NodeId, waiter: _Waiter) -> None:
+    def _resolved(self, node: NodeId, waiter: Waiter) -> None:
         """A direct request's waiter resolved (in the connection's reader task)."""
         driver = self.driver
         if driver.over:  # a straggler's reply, or one that no longer matters
@@ -681,39 +453,6 @@ class _Fanout:
             driver.failed(node, f"refused: {e}", answered=True)
         else:
             driver.reply(node, reply)
-
-
-#: A coalesced request: connection, batch kind, request id, waiter, kind, payload.
-_Queued = tuple[_Connection, BatchKind, int, _Waiter, str, Any]
-
-
-def _split(conn: _Connection, carrier: _Waiter, items: list[_Queued]) -> None:
-    """A batch request's reply (in the connection's reader task): resolve each request's
-    own waiter with its item, as if it had been answered alone.  A refused or malformed
-    batch refuses every item; a lost connection has resolved them all already."""
-    if carrier.lost:
-        return
-    pending = conn.pending
-    raw = carrier.body
-    if carrier.status != STATUS_OK or not isinstance(raw, list) or len(raw) != len(items):
-        if carrier.status != STATUS_OK and isinstance(raw, list) and len(raw) == 2:
-            err: Any = raw
-        else:
-            err = ["malformed", "batch reply of unknown shape"]
-        for q in items:
-            if pending.get(q[2]) is q[3]:
-                del pending[q[2]]
-            q[3].resolve(STATUS_ERROR, err)
-        return
-    for q, res in zip(items, raw, strict=True):
-        if pending.get(q[2]) is q[3]:
-            del pending[q[2]]
-        if isinstance(res, list) and len(res) == 2 and res[0] == 0:
-            q[3].resolve(STATUS_OK, res[1])
-        elif isinstance(res, list) and len(res) == 2 and res[0] == 1:
-            q[3].resolve(STATUS_ERROR, res[1])
-        else:
-            q[3].resolve(STATUS_ERROR, ["malformed", "batch item of unknown shape"])
 
 
 @asynccontextmanager

@@ -22,7 +22,7 @@ storage quota, and what ``bftfs status`` shows of them.
   always pass, so a client over quota can remove files and write again once the nodes
   collect their blocks (within seconds: a client at ``pool_fraction`` of its quota has its
   given-back blocks' history collected without waiting for ``keep_seconds``,
-  ``rw/replica.py`` ``verified_step``) and prune their metadata.
+  ``rw/collect.py`` ``verified_step``) and prune their metadata.
 
 **Nodes are never limited**, neither admitted nor charged against a quota: NOTIFY, the
 catch-up of a restarted node (LIST pages, READs), verification READs and the repairs they

@@ -7,8 +7,8 @@ block per node that grew with every file ever removed.  Once such a block is dow
 verified empty version (``Verified.given_back``) and the version is older than
 ``keep_seconds + forget_seconds`` ([retention], policy.py), this task asks every other
 node for its versions of the block (a READ_LATEST witness: history only) and, when all
-``n`` list that version alone or nothing (``replica.forget_agreed``), deletes it with the
-floor and the mark in one store transaction (``replica.forget_step``).  The block then
+``n`` list that version alone or nothing (``forget.forget_agreed``), deletes it with the
+floor and the mark in one store transaction (``forget.forget_step``).  The block then
 reads as never written here, which is the same value: the empty block.
 
 Why every node's word: a node that was down during the removal may still hold the old
@@ -34,7 +34,7 @@ from bftfs.erasure import fragment_size
 from bftfs.ids import NodeId
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node.background import Backoff, sweep
-from bftfs.rw import replica
+from bftfs.rw import forget, replica
 from bftfs.rw.messages import MessageError, ReadReply, ReadRequest
 from bftfs.rw.timestamp import Timestamp
 
@@ -65,7 +65,7 @@ class Forgetter:
         """Verification left ``block`` at its empty version (``ts``, else read from the
         store): look again when it is due."""
         if ts is None:
-            ts = self.node.store.read(functools.partial(replica.forget_target, block=block))
+            ts = self.node.store.read(functools.partial(forget.forget_target, block=block))
             if ts is None:
                 return
         self._schedule(block, ts.time + self.delay_ns)
@@ -105,7 +105,7 @@ class Forgetter:
         targets = {
             b: t
             for b in blocks
-            if (t := self.node.store.read(functools.partial(replica.forget_target, block=b)))
+            if (t := self.node.store.read(functools.partial(forget.forget_target, block=b)))
         }
         said: dict[int, dict[int, ReadReply]] = {}
 
@@ -116,12 +116,12 @@ class Forgetter:
             for block in targets:
                 nursery.start_soon(ask, block)
         for block, ts in targets.items():
-            if not replica.forget_agreed(ts, said[block], self.node.config.n):
+            if not forget.forget_agreed(ts, said[block], self.node.config.n):
                 self.node.stats["rw.forget.waiting"] += 1
                 self._retry(block)
                 continue
             self._backoff.reset(block)
-            step = functools.partial(replica.forget_step, block=block, ts=ts)
+            step = functools.partial(forget.forget_step, block=block, ts=ts)
             if await self.node.store.write(step, background=True):
                 self.node.stats["rw.forgotten"] += 1
 
@@ -169,4 +169,4 @@ class Forgetter:
             for block, ts in page:
                 self.given_back(block, ts)
 
-        await sweep(self.node, "blocks", replica.given_back_page, take)
+        await sweep(self.node, "blocks", forget.given_back_page, take)

@@ -6,7 +6,7 @@ versions nobody writes or reads again.  ``bftfs verify`` finds that from a clien
 demand.  This task finds it on the node itself, without asking anyone: a stored version was
 validated before it was stored (its cross checksum hashes to the timestamp's verifier and
 the node's fragment to its entry, ``replica.check_write``), so a version that no longer
-validates was damaged since (``replica.scrub_step``).  Such a version is then read like
+validates was damaged since (``scrubstep.scrub_step``).  Such a version is then read like
 a reader would, from the other nodes (``RWClient.read_version``, no repair); when it is
 the block's latest complete version, the node regenerates its own fragment from the
 outcome, checks it as a WRITE, and stores it over the damaged copy
@@ -15,7 +15,7 @@ readers of the present never ask for it, a history read treats it as one node's 
 fragment, and ``bftfs verify`` reports it.
 
 Pacing: a pass starts ``scrub_seconds`` after the last one ended, or after the node first
-started when it never scrubbed, both read from its store (``replica.scrub_due``), so a node
+started when it never scrubbed, both read from its store (``scrubstep.scrub_due``), so a node
 restarted more often than the period still scrubs and one down longer scrubs when it is
 back (never within a short test); each page of versions waits for the node to be idle
 (no client request for ``idle_seconds``) and pages are spaced so that at most
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bftfs.rw import replica
+from bftfs.rw import replica, scrubstep
 from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient
@@ -68,10 +68,10 @@ class Scrubber:
         while True:
             now = self.node.now_ns()
             await self.node.store.write(
-                functools.partial(replica.scrub_noted, key=b"since", now_ns=now, keep=True)
+                functools.partial(scrubstep.scrub_noted, key=b"since", now_ns=now, keep=True)
             )
             due = self.node.store.read(
-                functools.partial(replica.scrub_due, period_ns=period_ns, now_ns=now)
+                functools.partial(scrubstep.scrub_due, period_ns=period_ns, now_ns=now)
             )
             await trio.sleep(max(0.0, (due - self.node.now_ns()) / 1e9))
             try:
@@ -81,7 +81,7 @@ class Scrubber:
                 self.node.stats["internal_errors"] += 1
                 self.progress["state"] = "failed"
             await self.node.store.write(
-                functools.partial(replica.scrub_noted, key=b"last", now_ns=self.node.now_ns())
+                functools.partial(scrubstep.scrub_noted, key=b"last", now_ns=self.node.now_ns())
             )
 
     async def one_pass(self) -> None:
@@ -109,8 +109,8 @@ class Scrubber:
         if self.progress["damaged"]:
             node.log.warning("node %s: scrub found damage: %s", node.id, self.progress)
 
-    def _page(self, kv: Any, *, after: bytes | None, limit: int) -> replica.ScrubPage:
-        return replica.scrub_step(kv, after, limit, node=int(self.node.id), n=self.node.config.n)
+    def _page(self, kv: Any, *, after: bytes | None, limit: int) -> scrubstep.ScrubPage:
+        return scrubstep.scrub_step(kv, after, limit, node=int(self.node.id), n=self.node.config.n)
 
     async def _idle(self) -> None:
         """Wait until no client request reached the node for ``idle_seconds``."""

@@ -48,7 +48,7 @@ from bftfs.node import rw_catchup as catchup
 from bftfs.node.batching import BatchHandler
 from bftfs.node.rw_verifier import Verifier
 from bftfs.node.store import Store
-from bftfs.rw import quota, replica
+from bftfs.rw import quota, repairs, replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
 from bftfs.rw.messages import (
     KIND_LIST,
@@ -201,9 +201,9 @@ class RWServer:
         )
 
     async def _proven(self, req: WriteRequest) -> bool:
-        """Whether ``b + 1`` other nodes host the repaired version (replica.repair_proven):
+        """Whether ``b + 1`` other nodes host the repaired version (repairs.repair_proven):
         asked of every other node, done as soon as enough say so."""
-        ask = replica.proof_request(req.block, req.ts)
+        ask = repairs.proof_request(req.block, req.ts)
         replies: dict[int, ReadReply] = {}
 
         def accept(peer: Any, raw: Any) -> bool:
@@ -216,7 +216,7 @@ class RWServer:
             return True
 
         def enough(_valid: Any) -> bool:
-            return replica.repair_proven(replies, req.ts, self.config.b)
+            return repairs.repair_proven(replies, req.ts, self.config.b)
 
         others = [NodeId(i) for i in self.config.node_ids if i != int(self.node_id)]
         with contextlib.suppress(QuorumUnavailable):
@@ -292,7 +292,7 @@ class RWServer:
         """Who a new version is charged to, and their quota (None: never refused)."""
         owner = int(ctx.sender)
         limit: int | None = self.client_quota
-        if here is None and replica.is_repair(req, owner):
+        if here is None and repairs.is_repair(req, owner):
             if not await self._proven(req):
                 self.stats["rw.refused.unproven"] += 1
                 raise HandlerError(

@@ -14,7 +14,7 @@ What the task does, in a loop:
    poisonous versions and repairs a repairable candidate at its own timestamp.  Nothing of
    this blocks a foreground request: it is one more client of the other nodes, and here
    only a short group-committed store step.
-3. **Record and collect** (:func:`bftfs.rw.replica.verified_step`): flag the version
+3. **Record and collect** (:func:`bftfs.rw.collect.verified_step`): flag the version
    verified, delete poisonous versions, and delete what lies below the verified version
    and outside the retention policy.
 4. **NOTIFY** the other nodes ``<block, timestamp, verified>`` (and ``poisonous``), batched
@@ -43,7 +43,7 @@ from bftfs.node.rw_forgetter import Forgetter
 from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
 from bftfs.policy import RetentionPolicy
-from bftfs.rw import replica
+from bftfs.rw import collect, replica
 from bftfs.rw.batch import rw_batcher
 from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
@@ -83,9 +83,9 @@ _Read = tuple[BlockId, list[Timestamp], ReadOutcome, set[Timestamp]]
 
 def scan_page(
     kv: Any, *, after: int | None, retention: RetentionPolicy | None = None
-) -> replica.Unverified:
+) -> collect.Unverified:
     pins = pinned_moments(kv) if retention is not None else ()
-    return replica.unverified_step(kv, after, SCAN_PAGE, retention=retention, pins=pins)
+    return collect.unverified_step(kv, after, SCAN_PAGE, retention=retention, pins=pins)
 
 
 def new_progress() -> dict[str, Any]:
@@ -145,7 +145,7 @@ class Verifier:
         self.forgetter = Forgetter(node)
         #: A client using this much here (``pool_fraction`` of its quota) is short of
         #: room: the old versions of blocks given back under it go without waiting for
-        #: their age (``replica.verified_step``).
+        #: their age (``collect.verified_step``).
         self.owner_limit = int(self.policy.pool_fraction * limits.quota_bytes(node))
 
     # Hooks the rw server calls ------------------------------------------------------------
@@ -194,9 +194,9 @@ class Verifier:
         if not todo:
             return
 
-        def step(kv: Any) -> list[replica.Verified]:
+        def step(kv: Any) -> list[collect.Verified]:
             return [
-                replica.verified_step(
+                collect.verified_step(
                     kv,
                     block,
                     mark=mark,
@@ -269,8 +269,8 @@ class Verifier:
 
             def step(
                 kv: Any, block: int = block, now_ns: int = now_ns, pressure: bool = pressure
-            ) -> replica.Verified:
-                return replica.verified_step(
+            ) -> collect.Verified:
+                return collect.verified_step(
                     kv,
                     block,
                     mark=ZERO,
@@ -331,9 +331,9 @@ class Verifier:
         now_ns = self.node.now_ns()
         pressure = self._pressure()
 
-        def step(kv: Any) -> list[replica.Verified]:
+        def step(kv: Any) -> list[collect.Verified]:
             return [
-                replica.verified_step(
+                collect.verified_step(
                     kv,
                     block,
                     mark=outcome.ts,
@@ -358,7 +358,7 @@ class Verifier:
     async def _read(self, client: RWClient, block: BlockId, out: list[_Read]) -> None:
         """READ ``block`` like a reader (repairing a repairable candidate); append what was
         found to ``out``, or back off the block when the cluster could not answer."""
-        hosted = self.node.store.read(lambda kv: replica.hosted_step(kv, block))
+        hosted = self.node.store.read(lambda kv: collect.hosted_step(kv, block))
         try:
             outcome = await client.read_version(block)
         except ClusterUnavailable as e:
@@ -382,7 +382,7 @@ class Verifier:
         hosted: list[Timestamp],
         outcome: ReadOutcome,
         poison: set[Timestamp],
-        res: replica.Verified,
+        res: collect.Verified,
     ) -> None:
         """The backlog and the NOTIFY outbox after ``block``'s record was committed."""
         self._account(res, block)
@@ -478,7 +478,7 @@ class Verifier:
         self.progress["pressure"] = pressure
         return pressure
 
-    def _account(self, res: replica.Verified, block: int) -> None:
+    def _account(self, res: collect.Verified, block: int) -> None:
         if res.revisit_ns:
             heapq.heappush(self._revisits, (res.revisit_ns, block))
         if res.given_back:

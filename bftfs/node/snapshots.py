@@ -3,7 +3,7 @@
 Snapshots (``bftfs snapshot create``) live in the file system's snapshot-list object
 (:data:`bftfs.fsobjects.SNAPSHOTS`), a Q/U object like any other.  Retention on this node,
 of Q/U versions (``qu.serverconfig.Retention.pins``) and of PASIS blocks
-(``rw.replica.verified_step(pins=...)``), reads the list from this node's own newest
+(``rw.collect.verified_step(pins=...)``), reads the list from this node's own newest
 version of that object, in the same store transaction that deletes.  A snapshot made while
 this node was down pins nothing here until the node has the update (catch-up, or the next
 update of the list); the other nodes keep those versions meanwhile, and any ``b + 1`` of

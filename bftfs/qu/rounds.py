@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from bftfs.net.endpoint import BatchKind
+from bftfs.net.coalesce import BatchKind
 from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.qu import core

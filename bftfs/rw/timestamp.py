@@ -21,7 +21,7 @@ Choices where the seed is silent (spec H.3, A.6):
   quota: a version is charged to its writer).  Only the verifier binds the data.  A node
   takes a *new* version only from the writer it names (the frame authenticates the
   sender); a write naming another writer is a repair, taken only when ``b + 1`` other
-  nodes host that very version (``rw/replica.py`` ``repair_proven``), so a client cannot
+  nodes host that very version (``rw/repairs.py`` ``repair_proven``), so a client cannot
   write new data in another client's name.
 * ``time`` is a hybrid clock: :func:`next_time` takes ``max(observed + 1, now)``.  The seed
   takes ``max + 1`` (READ_TIMESTAMP, MAKE_TIMESTAMP); also taking the wall clock keeps

@@ -1,0 +1,127 @@
+"""A client connection to one node, and the waiter a request's reply lands in.
+
+:class:`Connection` is the calling side of one encrypted session (session.py): a writer
+task batching frames (frames.py ``FrameWriter``) and a reader task that matches replies to
+request ids and resolves their :class:`Waiter`; a lost connection resolves every pending
+waiter as lost.  :class:`~bftfs.net.endpoint.Endpoint` owns one per node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from bftfs.ids import NodeId
+from bftfs.net.errors import FrameError
+from bftfs.net.frames import REPLY, STATUS_OK, FrameReader, FrameWriter
+from bftfs.net.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Waiter:
+    """Where a reply for one request id lands."""
+
+    __slots__ = ("event", "status", "body", "lost", "notify")
+
+    def __init__(self, notify: Callable[[], None] | None = None) -> None:
+        self.event = trio.Event()
+        self.status: int | None = None
+        self.body: Any = None
+        self.lost = False
+        #: Called when the waiter resolves (quorum calls collect replies this way).
+        self.notify = notify
+
+    def resolve(self, status: int | None, body: Any, *, lost: bool = False) -> None:
+        if self.event.is_set():
+            return
+        self.status, self.body, self.lost = status, body, lost
+        self.event.set()
+        if self.notify is not None:
+            self.notify()
+
+    def outcome(self) -> tuple[bool, Any]:
+        """``(True, reply)`` or ``(False, reason)`` once resolved."""
+        if self.lost:
+            return False, "connection lost"
+        if self.status == STATUS_OK:
+            return True, self.body
+        body = self.body
+        if isinstance(body, list) and len(body) == 2:
+            return False, f"refused: {body[0]}: {body[1]}"
+        return False, "refused: malformed error reply"
+
+
+class Connection:
+    """A client connection to one node: a writer task batching frames, a reader task."""
+
+    def __init__(
+        self,
+        node: NodeId,
+        stream: trio.SocketStream,
+        reader: FrameReader,
+        session: Session,
+        faults: Counter[tuple[int, str]],
+    ) -> None:
+        self.node = node
+        self.faults = faults
+        self.stream = stream
+        self.reader = reader
+        self.session = session
+        self.pending: dict[int, Waiter] = {}
+        self.closed = False
+        self._writer = FrameWriter(stream)
+
+    def send_nowait(self, msg: list[Any]) -> None:
+        """Send (or queue) a message without blocking."""
+        if self.closed:
+            raise trio.ClosedResourceError
+        try:
+            self._writer.write(self.session.seal(msg))
+        except trio.ClosedResourceError:
+            self._close()
+            raise
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer.run)
+                await self._reader()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._close()
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                frame = await self.reader.read()
+                if frame is None:
+                    return
+                try:
+                    seq, kind, req_id, status, body = self.session.open(frame)
+                except FrameError as e:
+                    log.warning("node %s: dropped reply frame (%s)", self.node, e)
+                    self.faults[(int(self.node), f"frame_{e.reason}")] += 1
+                    if e.reason == "bad_mac":
+                        continue
+                    return
+                waiter = self.pending.pop(req_id, None)
+                if kind == REPLY and waiter is not None:
+                    waiter.resolve(status, body)
+        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._writer.close()
+        pending = list(self.pending.values())
+        self.pending.clear()
+        for w in pending:
+            w.resolve(None, None, lost=True)
+        self.stream.socket.close()
