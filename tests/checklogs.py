@@ -20,10 +20,6 @@ Two ways to declare a record expected, both narrow (a logger, a level, a message
 matches ``"bftfs.node.qu_server"``); ``level`` matches that level only; ``match`` is a
 regular expression searched in the formatted message.
 
-Slow tests (``@pytest.mark.slow``) are checked only in the files listed in
-:data:`SLOW_FILES_CHECKED`, those whose records were reviewed; a file is added there once
-its slow tests pass under the plugin (``CHECKLOGS_ALL_SLOW=1`` checks them all, to review).
-
 Scope: only records logged in the pytest process are seen.  Node processes and mount
 daemons that a test starts log to their own files (or stderr) and are out of scope here;
 a test that calls ``bftfs.logsetup.setup_logging`` in-process replaces the root logger's
@@ -33,7 +29,6 @@ handlers, and the handler is re-attached at the start of each phase.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -102,20 +97,7 @@ def _marker_expectations(item: pytest.Item) -> list[Expectation]:
     return [_expectation(*m.args, **m.kwargs) for m in item.iter_markers("expected_logs")]
 
 
-#: Test files whose ``slow`` tests were run under this plugin and their records declared
-#: (issue 32); the other slow tests are not checked yet (their records were never looked at).
-SLOW_FILES_CHECKED: frozenset[str] = frozenset()
-
-
-def _checked(item: pytest.Item) -> bool:
-    if os.environ.get("CHECKLOGS_ALL_SLOW") == "1":  # to review the slow files not listed
-        return True
-    return item.get_closest_marker("slow") is None or item.path.name in SLOW_FILES_CHECKED
-
-
 def _check_phase(item: pytest.Item) -> None:
-    if not _checked(item):
-        return
     allowed = _marker_expectations(item)
     unexpected = [
         r
