@@ -23,6 +23,9 @@ import pytest
 import trio
 from hypothesis import HealthCheck, settings
 
+# An unexpected WARNING or ERROR log record fails the test (tests/checklogs.py).
+pytest_plugins = ("checklogs",)
+
 # Deterministic property tests: derandomized, with no deadline (2 noisy cores).
 settings.register_profile(
     "bftfs", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]

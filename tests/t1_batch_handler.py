@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from checklogs import ExpectLog
 
 from bftfs.net.server import DEFER, HandlerError
 from bftfs.node.batching import BatchHandler
@@ -52,10 +53,12 @@ def make(ran: Counter[str]) -> tuple[StubNode, BatchHandler]:
     return node, handler
 
 
-def test_all_fast_items_answered_in_the_read_loop() -> None:
+def test_all_fast_items_answered_in_the_read_loop(expect_log: ExpectLog) -> None:
     ran: Counter[str] = Counter()
     node, h = make(ran)
-    out = h.fast(None, [["p.echo", 1], ["p.echo", "refuse"], ["p.echo", "crash"]])
+    # The crashing item is logged with its traceback (once), and answered "internal".
+    with expect_log("stub", "ERROR", match="p batch item p.echo failed", count=1):
+        out = h.fast(None, [["p.echo", 1], ["p.echo", "refuse"], ["p.echo", "crash"]])
     assert out == [[0, ["fast", 1]], [1, ["no", "refused"]], [1, ["internal", "ZeroDivisionError"]]]
     assert ran == Counter(fast=3)
     assert node.stats["p.batch.items"] == 3

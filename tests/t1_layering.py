@@ -1,72 +1,78 @@
 """The package layering (issue 20), checked over every module of ``bftfs``.
 
-Each package may import only the packages listed for it below, at module level or inside
+The rule is the table "The import rule" in ``docs/architecture.md`` (one source of truth,
+issue 32): this test parses it from there, so the doc a reader sees is the rule the code
+obeys.  Each package may import only the packages its row lists, at module level or inside
 a function (imports under ``if TYPE_CHECKING:`` are for annotations only and do not count).
-Lower layers never import higher ones: the protocol cores and clients know nothing of the
-file system, the file system nothing of FUSE, FUSE only the file system.  A new edge must
-be added here on purpose, with its reason.
+Lower layers never import higher ones.  A new edge is added to that table, with its reason.
+
+The doc is the source rather than a Python table the doc is generated from: the table stays
+hand-written prose a reviewer reads in a diff (with its reasons), and no generator step can
+be forgotten; the parser is strict, so a malformed row fails instead of allowing less.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent / "bftfs"
+import pytest
 
-# "bftfs": the package itself (__version__, WIRE_VERSION).
-BASE = {
-    *("ids", "crypto", "config", "erasure", "logsetup", "proc", "kv", "outcome", "thresholds"),
-    "policy",
-    "metrics",
-    "bftfs",
-    "accounting",
-    "health",
-}
-ALLOWED: dict[str, set[str]] = {
-    "ids": set(),
-    "crypto": {"ids"},
-    "config": {"ids", "thresholds", "policy"},
-    "policy": set(),
-    "erasure": set(),
-    "logsetup": set(),
-    "proc": set(),
-    "kv": set(),
-    "outcome": set(),
-    "metrics": set(),
-    "thresholds": set(),
-    # health: findings against nodes kept in the cluster directory (bftfs status, verify).
-    "health": set(),
-    "bftfs": set(),
-    # accounting: the per-principal charges both protocols' stores keep (one quota per
-    # client over block versions and Q/U records), as steps over a kv transaction.
-    "accounting": {"kv"},
-    # net: both halves of a connection (endpoint, server) and the quorum engine.
-    # net -> outcome: the transport cuts its timeouts to the running operation's patience
-    # (outcome.patience, set per system call by a mount: its ``timeo``).
-    "net": {"ids", "crypto", "bftfs", "outcome"},
-    "connect": {"config", "crypto", "net"},
-    "local": BASE | {"connect", "net"},
-    # bundle: a cluster's configuration and one private key, for one machine.
-    "bundle": {"config"},
-    # node: the protocol servers live in the node (node/qu_server.py, node/rw_server.py)
-    # and serve the file system's object types (fsobjects/), not the client (fs/).
-    "node": BASE | {"net", "qu", "rw", "fsobjects"},
-    "qu": BASE | {"net"},
-    "rw": BASE | {"net"},
-    # fsobjects: the file system's replicated state machine (the methods every node runs),
-    # built on the Q/U object-method types alone: no configuration, no transport.
-    "fsobjects": {"qu"},
-    "fs": BASE | {"connect", "qu", "rw", "fsobjects"},
-    "fuse": BASE | {"fs", "local"},
-    "testing": BASE | {"connect", "local", "net", "node", "qu", "rw", "fsobjects", "fs", "fuse"},
-    # cli -> testing: `bftfs node --byzantine PROFILE` runs the Byzantine behaviours the
-    # tests use (bftfs.testing.byzantine.profiles), and `bftfs node --test-objects` serves the
-    # test object types (bftfs.testing.testobjects): nothing else of testing, checked below.
-    # cli -> fs: the history commands (`bftfs log`, `cat --at`, ...) over fs/past.py.
-    "cli": BASE | {"connect", "local", "node", "fuse", "testing", "fs", "fsobjects", "bundle"},
-    "__main__": {"cli"},
-}
+ROOT = Path(__file__).resolve().parent.parent / "bftfs"
+DOC = ROOT.parent / "docs" / "architecture.md"
+
+_SECTION = "### The import rule"
+_BASE_LINE = re.compile(r"\*base\* stands for\s+(.*?);", re.S)
+_ROW = re.compile(r"^\| `([\w.]+)` \| ([^|]*) \|([^|]*)\|$")
+
+
+def _names(cell: str, base: set[str] | None, where: str) -> set[str]:
+    """The packages one "may import" cell names: `name`s, ``base`` or "—" (nothing)."""
+    cell = cell.strip()
+    if cell == "—":
+        return set()
+    out: set[str] = set()
+    for token in (t.strip() for t in cell.split(",")):
+        if token == "base" and base is not None:
+            out |= base
+        elif m := re.fullmatch(r"`([\w.]+)`", token):
+            out.add(m.group(1))
+        else:
+            raise ValueError(f"{where}: cannot read {token!r} (write `name`, base or —)")
+    return out
+
+
+def parse_rule(text: str) -> dict[str, set[str]]:
+    """The import rule of ``docs/architecture.md``: package -> the packages it may import.
+
+    Raises:
+        ValueError: the section, the *base* definition or its table is missing, a row is
+            malformed or repeated.
+    """
+    if _SECTION not in text:
+        raise ValueError(f"no {_SECTION!r} section")
+    section = text.split(_SECTION, 1)[1].split("\n#", 1)[0]
+    base_def = _BASE_LINE.search(section)
+    if base_def is None:
+        raise ValueError("no '*base* stands for ...;' definition")
+    base = _names(" ".join(base_def.group(1).split()), None, "*base*")
+    rule: dict[str, set[str]] = {}
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    for line in rows:
+        m = _ROW.match(line)
+        if m is None:
+            raise ValueError(f"malformed row: {line!r}")
+        pkg = m.group(1)
+        if pkg in rule:
+            raise ValueError(f"{pkg!r} has two rows")
+        rule[pkg] = _names(m.group(2), base, pkg)
+    if not rule:
+        raise ValueError("the import rule has no rows")
+    return rule
+
+
+ALLOWED = parse_rule(DOC.read_text())
 
 
 def _package(path: Path) -> str:
@@ -105,14 +111,52 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-def test_every_package_imports_only_what_its_layer_allows() -> None:
+def violations(allowed: dict[str, set[str]]) -> list[str]:
+    """Imports that ``allowed`` does not permit, and packages it has no row for."""
     wrong = []
     for path in sorted(ROOT.rglob("*.py")):
         pkg = _package(path)
-        assert pkg in ALLOWED, f"{path}: package {pkg!r} has no layering entry"
-        for dep in sorted(_imports(path) - {pkg} - ALLOWED[pkg]):
+        if pkg not in allowed:
+            wrong.append(f"{path.relative_to(ROOT.parent)}: package {pkg!r} has no row")
+            continue
+        for dep in sorted(_imports(path) - {pkg} - allowed[pkg]):
             wrong.append(f"{path.relative_to(ROOT.parent)} imports bftfs.{dep}")
-    assert wrong == []
+    return wrong
+
+
+def test_every_package_imports_only_what_its_layer_allows() -> None:
+    assert violations(ALLOWED) == []
+
+
+def test_every_row_of_the_rule_names_a_package_that_exists() -> None:
+    """A stale row (a package renamed or removed) is a disagreement too."""
+    assert [p for p in ALLOWED if p != "bftfs" and not _is_module(p)] == []
+    assert all(_is_module(dep) or dep == "bftfs" for deps in ALLOWED.values() for dep in deps)
+
+
+def test_a_doc_missing_an_edge_fails_the_check() -> None:
+    """The test of the test: drop `fsobjects` from the node's row and the check finds node/."""
+    text = DOC.read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `node` |"))
+    fewer = text.replace(row, row.replace(", `fsobjects` |", " |", 1))
+    assert fewer != text
+    found = violations(parse_rule(fewer))
+    assert found and all(
+        w.startswith("bftfs/node/") and w.endswith("bftfs.fsobjects") for w in found
+    )
+
+
+def test_a_doc_missing_a_row_or_with_a_bad_row_fails() -> None:
+    text = DOC.read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `fuse` |"))
+    assert any(
+        "package 'fuse' has no row" in w
+        for w in violations(parse_rule(text.replace(row + "\n", "")))
+    )
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_rule(text.replace(row, row.replace("`fs`", "fs")))
+    with pytest.raises(ValueError, match="no '### The import rule'"):
+        parse_rule(text.replace("### The import rule", "### Imports"))
 
 
 #: The test harness's modules production code may import, each for one option of

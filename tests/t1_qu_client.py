@@ -158,6 +158,8 @@ async def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by
 CONTENDING = sorted(set(BEHAVIOURS) - {"forge_max_time"})
 
 
+# A Byzantine server the client proves malevolent is reported once per client (qu/client.py).
+@pytest.mark.expected_logs("bftfs.qu.client", "WARNING", match=r"^Q/U server \d+ is malevolent")
 @pytest.mark.parametrize("behaviour", CONTENDING)
 @pytest.mark.parametrize("server", [0, 1, 5])
 async def test_byzantine_server_cannot_break_serializability(behaviour: str, server: int) -> None:

@@ -162,6 +162,9 @@ def test_a_name_made_elsewhere_meanwhile_gets_the_data(tmp_path: Path) -> None:
     run(tmp_path, body, **WB)
 
 
+@pytest.mark.expected_logs(
+    "bftfs.fs.writebehind", "WARNING", match=r"^create of b'f' failed when sent: b'f' was made by"
+)
 def test_a_collision_that_cannot_take_the_data_fails_the_close(tmp_path: Path) -> None:
     """The existing file may not be opened by the creator (its mode bits): the flush and
     close say EEXIST, and the other client's file is untouched."""

@@ -219,6 +219,11 @@ async def test_only_complete_versions_are_caught_up(tmp_path: Path) -> None:
         assert cluster.nodes[others[-1]].stats["rw.write.new"] == 2  # no repair arrived
 
 
+@pytest.mark.expected_logs(
+    "bftfs.node",
+    "WARNING",
+    match=r"^node \d+: rw catch-up gives up after \d+ failed reads",
+)
 def test_pass_gives_up_when_another_node_is_down_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import pytest
 import trio
 from fs_helpers import RW_OPTIONS, qu_client
 
@@ -30,6 +31,8 @@ from bftfs.testing.cluster import open_cluster
 BS = 4096
 
 
+# The rotted fragment is reported by the node that held it, when the scrub replaces it.
+@pytest.mark.expected_logs("bftfs.node", "WARNING", match=r"was damaged here; replaced$")
 async def test_scrub_rewrites_damaged_and_missing_fragments(tmp_path: Path) -> None:
     async with (
         open_cluster(tmp_path, clients=2, block_size=BS, inline_limit=0) as cluster,
@@ -98,6 +101,8 @@ async def _until(cond: Callable[[], bool]) -> None:
             await trio.sleep(0.05)
 
 
+# Each pass that finds damage says so; the old damaged version is left, so every pass does.
+@pytest.mark.expected_logs("bftfs.node", "WARNING", match=r"^node 2: scrub found damage: ")
 async def test_a_node_scrubs_itself_and_rewrites_its_damaged_fragment(tmp_path: Path) -> None:
     """The in-node scrub (node/rw_scrubber.py): node 2's fragment of block 0 rots; with a
     short ``scrub_seconds`` node 2 finds it by itself (no client asks) and rewrites it from

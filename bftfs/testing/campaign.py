@@ -46,18 +46,19 @@ directory's Q/U object was never established).  Disabling the readers' per-fragm
 (``bftfs.rw.verify.validate_fragment`` returning True) is *not* enough to make it fail
 reliably: the regeneration check against the cross checksum still rejects a candidate
 decoded from a corrupt fragment.
+
+Modules: this one runs schedules (clusters, clients, faults, rounds, the linearizability
+check, the report); the model and the planner of each round's operations are
+``campaign_model.py``; running one operation and checking its answer is ``campaign_steps.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import stat
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,17 +67,18 @@ from typing import Any, cast
 import trio
 
 from bftfs.config import default_sizes
-from bftfs.fs.errors import FsError, NotFound
+from bftfs.fs.errors import FsError
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.past import NotThen, Past, Undecided
-from bftfs.fsobjects import ROOT
+from bftfs.fs.past import Past
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.byzantine.switching import Switching
+from bftfs.testing.campaign_model import Finding, Planner, Step
+from bftfs.testing.campaign_steps import check_name, check_past, run_step
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
-from bftfs.testing.consistency import NAMES, SIZES, TRACE, Inconsistent
+from bftfs.testing.consistency import NAMES, TRACE, Inconsistent
 from bftfs.testing.recording import (
     Checked,
     QUOp,
@@ -94,21 +96,10 @@ BLOCK_SIZE = 16 * 1024
 #: Thresholds a schedule draws from (``t``, ``b``); the slow run adds ``(2, 1)``.
 FAST_THRESHOLDS = ((1, 1),)
 SLOW_THRESHOLDS = ((1, 1), (2, 1))
-#: Operation kinds and their weights.
-KINDS = (
-    "write", "pwrite", "append", "truncate", "rename", "unlink", "mkdir", "read", "stat",
-    "history",
-)  # fmt: skip
-WEIGHTS = (4, 3, 3, 2, 2, 2, 1, 6, 2, 2)
 #: Chance per round that a faulty node (none down) is armed to crash.
 CRASH_CHANCE = 0.15
 #: PASIS client options: probe other nodes quickly, give up within seconds.
 RW_OPTIONS: dict[str, Any] = {"probe_after": 0.05, "timeout": 5.0}
-
-
-class Finding(AssertionError):
-    """The campaign found something wrong: a wrong answer, a failure, a hang, a history
-    that is not linearizable.  The message names the schedule and how to replay it."""
 
 
 @dataclass(frozen=True)
@@ -186,274 +177,6 @@ class Report:
             f"{self.rw_ops} PASIS block operations on {self.rw_blocks} blocks\n"
             f"findings: {len(self.findings)}" + "".join("\n--- " + f for f in self.findings)
         )
-
-
-# The model -----------------------------------------------------------------------------------
-
-#: A name's entry: file contents (bytes) or the directory marker.
-DIR = "dir"
-Entry = bytes | str | None
-
-
-@dataclass
-class Step:
-    """One file-system operation of a round, with the model's answer decided in advance."""
-
-    client: int
-    kind: str
-    name: str
-    #: The entries of the names it touches after it (applied to the model after the round).
-    after: dict[str, Entry]
-    #: For reads and stats: what the model says the name holds.
-    expect: Entry = None
-    data: bytes = b""
-    offset: int = 0
-    size: int = 0
-    target: str = ""
-
-    def text(self) -> str:
-        what = {
-            "write": f"{len(self.data)} bytes",
-            "append": f"{len(self.data)} bytes",
-            "pwrite": f"{len(self.data)} bytes at {self.offset}",
-            "truncate": f"to {self.size}",
-            "rename": f"over {self.target}",
-            "history": f"at moment {self.offset}",
-        }.get(self.kind, "")
-        return f"client {self.client}: {self.kind} {self.name} {what}".rstrip()
-
-
-class Planner:
-    """Draws rounds of operations on disjoint names and keeps the model."""
-
-    def __init__(self, rng: random.Random, clients: int) -> None:
-        self.rng = rng
-        self.clients = clients
-        self.model: dict[str, Entry] = {}
-        #: The model at each moment taken between rounds (0: before the first).
-        self.past: list[dict[str, Entry]] = [{}]
-        self.tag = 0
-
-    def _data(self, size: int) -> bytes:
-        self.tag += 1
-        head = b"%d:" % self.tag  # every write distinct, so a stale read cannot pass
-        body = bytes((self.tag + i * 7) % 251 for i in range(max(0, size - len(head))))
-        return (head + body)[:size]
-
-    def round(self) -> list[Step]:
-        """Up to one operation per client; no two touch the same name."""
-        taken: set[str] = set()
-        steps = []
-        for k in self.rng.sample(range(self.clients), self.rng.randint(1, self.clients)):
-            free = [n for n in NAMES if n not in taken]
-            if not free:
-                break
-            s = self._step(k, self.rng.choice(free), taken)
-            taken.update(s.after, {s.name})
-            steps.append(s)
-        return steps
-
-    def _step(self, k: int, name: str, taken: set[str]) -> Step:
-        kind = self.rng.choices(KINDS, weights=WEIGHTS)[0]
-        e = self.model.get(name)
-        rng = self.rng
-        if kind == "history":
-            j = rng.randrange(len(self.past))
-            return Step(k, "history", name, {}, expect=self.past[j].get(name), offset=j)
-        if kind in ("read", "stat") or (e == DIR and kind not in ("rename", "unlink")):
-            return Step(k, rng.choice(("read", "stat")), name, {}, expect=e)
-        if kind == "mkdir":
-            if e is None:
-                return Step(k, "mkdir", name, {name: DIR})
-            kind = "write"
-        if e is None and kind in ("pwrite", "append", "truncate", "rename", "unlink"):
-            kind = "write"
-        if kind == "write":
-            data = self._data(rng.choice(SIZES))
-            return Step(k, "write", name, {name: data}, data=data)
-        if kind == "unlink":
-            return Step(k, "unlink", name, {name: None})
-        if kind == "rename":
-            targets = [
-                n for n in NAMES if n != name and n not in taken and self.model.get(n) != DIR
-            ]
-            if e == DIR:
-                targets = [n for n in targets if self.model.get(n) is None]
-            if not targets:
-                return Step(k, "stat", name, {}, expect=e)
-            target = rng.choice(targets)
-            return Step(k, "rename", name, {name: None, target: e}, target=target)
-        assert isinstance(e, bytes)
-        if kind == "append":
-            data = self._data(rng.choice(SIZES[1:7]))
-            return Step(k, "append", name, {name: e + data}, data=data)
-        if kind == "pwrite":
-            data = self._data(rng.choice(SIZES[1:7]))
-            offset = rng.randrange(0, len(e) + 40_000)
-            c = bytearray(e)
-            if offset > len(c):
-                c.extend(bytes(offset - len(c)))
-            c[offset : offset + len(data)] = data
-            return Step(k, "pwrite", name, {name: bytes(c)}, data=data, offset=offset)
-        size = rng.choice((0, 1, 4000, len(e) // 2, len(e) + 30_000))
-        after = e[:size] + bytes(max(0, size - len(e)))
-        return Step(k, "truncate", name, {name: after}, size=size)
-
-    def apply(self, steps: list[Step]) -> None:
-        """The round's effects on the model, and the model at the moment after it."""
-        for s in steps:
-            for name, e in s.after.items():
-                if e is None:
-                    self.model.pop(name, None)
-                else:
-                    self.model[name] = e
-        self.past.append(dict(self.model))
-
-
-# Running operations ---------------------------------------------------------------------------
-
-
-async def _lookup(fs: FileSystem, name: str) -> int:
-    return (await fs.lookup(ROOT, name.encode())).ino
-
-
-async def _read_all(fs: FileSystem, ino: int) -> bytes:
-    fh = await fs.open(ino, os.O_RDONLY)
-    try:
-        chunks = []
-        offset = 0
-        while chunk := await fs.read(fh, offset, 1 << 20):
-            chunks.append(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
-    finally:
-        await fs.release(fh)
-
-
-async def _write_at(fs: FileSystem, ino: int, flags: int, offset: int, data: bytes) -> None:
-    fh = await fs.open(ino, os.O_WRONLY | flags)
-    try:
-        if data:
-            await fs.write(fh, offset, data)
-    finally:
-        await fs.release(fh)
-
-
-async def _check_name(fs: FileSystem, s: Step, fail: Callable[[str], Finding]) -> None:
-    """A read or stat of ``s.name`` against ``s.expect``."""
-    try:
-        attr = await fs.lookup(ROOT, s.name.encode())
-    except NotFound:
-        if s.expect is not None:
-            raise fail(f"{s.name}: not found, the model has it") from None
-        return
-    if s.expect is None:
-        raise fail(f"{s.name}: found (inode {attr.ino}), the model has no such name")
-    if s.expect == DIR:
-        if not stat.S_ISDIR(attr.mode):
-            raise fail(f"{s.name}: mode {attr.mode:o}, the model has a directory")
-        return
-    assert isinstance(s.expect, bytes)
-    if not stat.S_ISREG(attr.mode):
-        raise fail(f"{s.name}: mode {attr.mode:o}, the model has a file")
-    if s.kind == "stat":
-        size = (await fs.getattr(attr.ino)).size
-        if size != len(s.expect):
-            raise fail(f"{s.name}: stat says {size} bytes, the model {len(s.expect)}")
-        return
-    got = await _read_all(fs, attr.ino)
-    if got != s.expect:
-        pairs = enumerate(zip(got, s.expect, strict=False))
-        first = next((i for i, (x, y) in pairs if x != y), None)
-        raise fail(
-            f"{s.name}: read {len(got)} bytes, the model has {len(s.expect)} "
-            f"(first difference at {first}; read starts {got[:24]!r}, "
-            f"the model {s.expect[:24]!r})"
-        )
-    size = (await fs.getattr(attr.ino)).size
-    if size != len(got):
-        raise fail(f"{s.name}: getattr says {size} bytes after reading {len(got)}")
-
-
-async def check_past(past: Past, s: Step, moment: int, fail: Callable[[str], Finding]) -> str:
-    """What ``s.name`` held at ``moment`` (ns, between two rounds) against ``s.expect``,
-    the model's then: ``"absent"``, ``"dir"``, ``"file"`` or ``"undecided"`` (no answer,
-    never a wrong one)."""
-    try:
-        v = await past.resolve("/" + s.name, moment)
-    except Undecided:
-        return "undecided"
-    except NotThen:
-        if s.expect is not None:
-            raise fail(
-                f"{s.name} at moment {s.offset}: did not exist then, the model has it"
-            ) from None
-        return "absent"
-    assert v.state is not None
-    if s.expect is None:
-        raise fail(f"{s.name} at moment {s.offset}: found, the model had no such name then")
-    if s.expect == DIR:
-        if v.state.get("k") != "d":
-            raise fail(f"{s.name} at moment {s.offset}: a file then, the model a directory")
-        return "dir"
-    assert isinstance(s.expect, bytes)
-    if v.state.get("k") != "f":
-        raise fail(f"{s.name} at moment {s.offset}: a directory then, the model a file")
-    got = await past.content(v)
-    if got != s.expect:
-        raise fail(
-            f"{s.name} at moment {s.offset}: {len(got)} bytes then, the model "
-            f"{len(s.expect)} (starts {got[:24]!r}, the model {s.expect[:24]!r})"
-        )
-    return "file"
-
-
-async def run_step(
-    fs: FileSystem,
-    s: Step,
-    fail: Callable[[str], Finding],
-    past: Past | None = None,
-    moments: list[int] | None = None,
-) -> str | None:
-    """Run one operation through the file system (checking reads against the model); a
-    history read's answer (:func:`check_past`, with ``past`` and the ``moments``)."""
-    name = s.name.encode()
-    if s.kind == "history":
-        assert past is not None and moments is not None
-        return await check_past(past, s, moments[s.offset], fail)
-    if s.kind in ("read", "stat"):
-        await _check_name(fs, s, fail)
-    elif s.kind == "write":
-        try:
-            ino = await _lookup(fs, s.name)
-        except NotFound:
-            fh, _ = await fs.create(ROOT, name, 0o644, 0, 0, os.O_WRONLY | os.O_CREAT)
-            try:
-                if s.data:
-                    await fs.write(fh, 0, s.data)
-            finally:
-                await fs.release(fh)
-        else:
-            await _write_at(fs, ino, os.O_TRUNC, 0, s.data)
-    elif s.kind == "pwrite":
-        await _write_at(fs, await _lookup(fs, s.name), 0, s.offset, s.data)
-    elif s.kind == "append":
-        await _write_at(fs, await _lookup(fs, s.name), os.O_APPEND, 0, s.data)
-    elif s.kind == "truncate":
-        await fs.setattr(await _lookup(fs, s.name), size=s.size)
-    elif s.kind == "rename":
-        await fs.rename(ROOT, name, ROOT, s.target.encode())
-    elif s.kind == "unlink":
-        attr = await fs.lookup(ROOT, name)
-        if stat.S_ISDIR(attr.mode):
-            await fs.rmdir(ROOT, name)
-        else:
-            await fs.unlink(ROOT, name)
-    elif s.kind == "mkdir":
-        await fs.mkdir(ROOT, name, 0o755, 0, 0)
-    else:  # pragma: no cover - the planner draws only the kinds above
-        raise ValueError(s.kind)
-    return None
 
 
 # One schedule --------------------------------------------------------------------------------
@@ -576,7 +299,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
             for name in NAMES:
                 s = Step(k, "read", name, {}, expect=planner.model.get(name))
                 with trio.fail_after(DEADLINE):
-                    await _check_name(fss[k], s, fail)
+                    await check_name(fss[k], s, fail)
                 out.ops["final read"] += 1
         # Every name before the first round (nothing existed) and after the last.
         for j in (0, len(moments) - 1):
