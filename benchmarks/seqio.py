@@ -173,26 +173,40 @@ def make_cold(site: Site) -> str | None:
     return drop_caches()
 
 
-def one_run(site: Site, args: argparse.Namespace, block: bytes) -> dict[str, Any]:
-    """Write, make cold, read, verify in ``site``; rates, times and CPU per phase."""
+def one_run(
+    site: Site, args: argparse.Namespace, block: bytes, profile: Path | None = None
+) -> dict[str, Any]:
+    """Write, make cold, read, verify in ``site``; rates, times and CPU per phase (and with
+    ``profile``, py-spy recordings of the daemon and every node, CPU seconds per part)."""
     path = site.path / "seqio.dat"
     rec: dict[str, Any] = {}
-    wcpu = profiling.CpuMeter(site)
-    wcpu("write", "start")
+    hooks = _hooks(site, profile)
+    for h in hooks:
+        h("write", "start")
     try:
         rec["write_s"] = write_file(path, args.size_bytes, block)
     finally:
-        wcpu("write", "end")
+        for h in reversed(hooks):
+            h("write", "end")
+    wcpu = hooks[0]
     why_warm = make_cold(site)
     rec["cold"] = why_warm is None
     if why_warm:
         rec["warm_reason"] = why_warm
-    rcpu = profiling.CpuMeter(site)  # made after the remount: the new daemon's pid
-    rcpu("read", "start")
+    rhooks = _hooks(site, profile)  # made after the remount: the new daemon's pid
+    for h in rhooks:
+        h("read", "start")
     try:
         rec["read_s"] = read_file(path, args.size_bytes, len(block))
     finally:
-        rcpu("read", "end")
+        for h in reversed(rhooks):
+            h("read", "end")
+    rcpu = rhooks[0]
+    if profile is not None:
+        rec["parts"] = {
+            **_parts(hooks, "write", profile),
+            **_parts(rhooks, "read", profile),
+        }
     rec["cpu"] = {**wcpu.phases, **rcpu.phases}
     rec["write_MBps"] = args.size_bytes / MB / rec["write_s"]
     rec["read_MBps"] = args.size_bytes / MB / rec["read_s"]
@@ -200,6 +214,69 @@ def one_run(site: Site, args: argparse.Namespace, block: bytes) -> dict[str, Any
         verify_file(path, args.size_bytes, block)
         rec["verified"] = True
     return rec
+
+
+class _ProcessCpu:
+    """CPU seconds of each watched process (daemon, every node) over a phase."""
+
+    def __init__(self, site: Site) -> None:
+        self.pids = dict(site.pids)
+        self.phases: dict[str, dict[str, float]] = {}
+        self._start: dict[str, float] = {}
+
+    def __call__(self, phase: str, what: str) -> None:
+        now = {w: profiling.cpu_seconds(p) or 0.0 for w, p in self.pids.items()}
+        if what == "start":
+            self._start = now
+        else:
+            self.phases[phase] = {w: now[w] - self._start.get(w, 0.0) for w in now}
+
+
+def _hooks(site: Site, profile: Path | None) -> list[Any]:
+    """The CPU meter, and with ``profile`` per-process CPU and py-spy on every process."""
+    hooks: list[Any] = [profiling.CpuMeter(site)]
+    if profile is not None:
+        watch = tuple(site.pids)
+        hooks += [_ProcessCpu(site), profiling.Profiler(site, profile, watch, lines=True)]
+    return hooks
+
+
+def _parts(hooks: list[Any], phase: str, profile: Path) -> dict[str, Any]:
+    """CPU seconds per part of the data path: the daemon's, and the nodes' summed."""
+    per_process: dict[str, float] = hooks[1].phases[phase]
+    daemon: dict[str, float] = {}
+    nodes: dict[str, float] = {}
+    for w, cpu in per_process.items():
+        into = nodes if w.startswith("node") else daemon
+        for part, s in profiling.parts_of_profile(profile / f"{phase}-{w}.txt", cpu).items():
+            into[part] = round(into.get(part, 0.0) + s, 3)
+    return {phase: {"daemon": daemon, "nodes": nodes, "processes": per_process}}
+
+
+def run_profile(
+    args: argparse.Namespace, spec: TargetSpec, progress: Progress, work: Path, block: bytes
+) -> dict[str, Any]:
+    """One untimed run of ``spec`` under py-spy: CPU seconds per part and process."""
+    out = args.out / f"{args.name}-profile"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    progress(f"profile run (untimed) on {spec.name} with py-spy -> {out}")
+    try:
+        with common.open_target(spec, work, "prof") as site:
+            rec = one_run(site, args, block, profile=out)
+    except (common.TargetError, SeqIOError, OSError, RuntimeError) as e:
+        progress(f"profile run failed: {e}")
+        return {"error": str(e)}
+    gib = args.size_bytes / (1 << 30)
+    per_gib = {
+        ph: {
+            side: {k: round(v / gib, 3) for k, v in parts.items()}
+            for side, parts in rec["parts"][ph].items()
+            if side != "processes"
+        }
+        for ph in PHASES
+    }
+    return {**rec, "cpu_s_per_gib": per_gib}
 
 
 def measure(
@@ -421,14 +498,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="scratch directory on the local disk (default: a temporary directory under /var/tmp)",
     )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more bftfs run, untimed, under py-spy: CPU seconds per GiB of each part "
+        "of the data path, daemon and nodes (results/<name>-profile/)",
+    )
     ap.add_argument("--note", help="a sentence added under the table (e.g. the conditions)")
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
     ap.add_argument("--name", default="seqio", help="results file stem (default seqio)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
-    if args.size <= 0 or args.block <= 0 or args.runs <= 0:
-        ap.error("--size, --block and --runs must be positive")
+    if args.size <= 0 or args.block <= 0 or args.runs < 0 or not (args.runs or args.profile):
+        ap.error("--size and --block must be positive, --runs too unless --profile")
     args.size_bytes = args.size * MiB
     return args
 
@@ -462,8 +545,17 @@ def main(argv: list[str] | None = None) -> int:
         args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bftfs-seqio-", dir=args.work or "/var/tmp"))
     free = shutil.disk_usage(work).free
+    profile: dict[str, Any] = {}
     try:
         runs = measure(args, specs, progress, work, skipped)
+        if args.profile:
+            spec = next((s for s in specs if s.kind == "bftfs" and not s.down), None)
+            if spec is None:
+                progress("--profile: no bftfs target to profile")
+            else:
+                block = make_block(args.block * 1024, args.seed)
+                profile = run_profile(args, spec, progress, work, block)
+                progress(f"profile: {profile.get('cpu_s_per_gib', profile)}")
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(work, ignore_errors=True)
@@ -496,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": runs,
         "summary": summary,
+        "profile": profile,
         "skipped": skipped,
     }
     md = common.write_results(
