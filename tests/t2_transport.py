@@ -394,3 +394,27 @@ def test_frames_are_encrypted_not_only_authenticated() -> None:
     again[-1] ^= 1
     with pytest.raises(FrameError, match="bad_mac"):
         node.open(bytes(again[4:]))
+
+
+def test_frames_sealed_in_place_are_libsodiums_aegis256_frames() -> None:
+    """The session writes ciphertext into the frame itself and decrypts out of it (issue
+    34: no copies through pynacl's binding); the frames are exactly AEGIS-256's under the
+    sequence number, so the wire is unchanged, and a flipped bit is refused."""
+    from nacl.bindings import crypto_aead_aegis256_decrypt, crypto_aead_aegis256_encrypt
+
+    key_a, key_b = bytes(range(32)), bytes(range(32, 64))
+    a, b = Session(key_a, key_b), Session(key_b, key_a)
+    msg = [0, 7, "rw.write", {"f": random.Random(4).randbytes(100_000)}]
+    frame = bytes(a.seal(msg))
+    seq = frame[4:12]
+    body = crypto_aead_aegis256_decrypt(frame[12:], seq, bytes(24) + seq, key_a)
+    assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
+    assert b.open(frame[4:]) == [1, *msg]
+    # pynacl's own sealing of the same body opens here too.
+    seq2 = struct.pack(">Q", 2)
+    ct = crypto_aead_aegis256_encrypt(body, seq2, bytes(24) + seq2, key_a)
+    assert b.open(memoryview(seq2 + ct)) == [2, *msg]
+    bad = bytearray(a.seal(msg))
+    bad[-40] ^= 1
+    with pytest.raises(FrameError, match="bad_mac"):
+        b.open(bytes(bad[4:]))

@@ -34,7 +34,7 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack(data: bytes | memoryview) -> Any:
+def unpack(data: bytes | bytearray | memoryview) -> Any:
     """Decode :func:`pack` output. Raises ``FrameError('malformed')`` on anything else."""
     try:
         return msgpack.unpackb(data, raw=False)
@@ -66,7 +66,8 @@ class FrameReader:
                 if n > self.max_frame:
                     raise FrameError("oversized", f"{n} > {self.max_frame} bytes")
                 if len(buf) >= 4 + n:
-                    frame = bytes(buf[4 : 4 + n])
+                    with memoryview(buf) as view:  # one copy (a bytearray slice is two)
+                        frame = bytes(view[4 : 4 + n])
                     del buf[: 4 + n]
                     return frame
             data = await self._receive()
@@ -120,12 +121,12 @@ class FrameWriter:
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
-        self._backlog: list[bytes] = []
+        self._backlog: list[bytes | bytearray] = []
         self._busy = False
         self._wake = trio.Event()
         self.closed = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         """Send ``data`` (one or more whole frames) or queue it; never blocks.
 
         Raises:
