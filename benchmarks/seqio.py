@@ -31,7 +31,15 @@ interleaved (A B C D A B C D ...), and reports MB/s (10^6 bytes per second, like
   Without root the caches cannot be dropped: the read is then marked *warm* in the results.
 
 Medians and min-max over ``--runs`` repetitions, with the CPU each side spent (workload,
-FUSE daemon, servers: GlusterFS bricks or bftfs nodes) from /proc.
+FUSE daemon, servers: GlusterFS bricks or bftfs nodes) from /proc, and the FUSE daemon's
+peak resident memory in each phase (``VmHWM``; the read's daemon is a fresh one).
+
+Faults (issue 34): ``bftfs-down`` kills ``--down`` nodes before the mount (node 0 first:
+a data fragment's node), ``bftfs-corrupt`` runs them with ``--byzantine
+corrupt-fragments`` (every fragment they serve fails its check); the table then compares
+their cold reads with the healthy bftfs target's.  ``--profile`` adds one untimed bftfs
+run under py-spy: CPU seconds per GiB of each part of the data path (erasure code, hash,
+AEAD, LMDB, msgpack, socket I/O, copies, trio's loop, the rest), daemon and nodes.
 
 Results: ``benchmarks/results/seqio.{json,md,png}`` (``--name`` for another stem).
 """
@@ -154,6 +162,21 @@ def verify_file(path: Path, size: int, block: bytes) -> None:
             i += 1
 
 
+def peak_rss_mib(site: Site) -> float | None:
+    """The FUSE daemon's peak resident memory so far (``VmHWM``), MiB; None without one.
+    The read is served by a fresh daemon (the remount), so each phase has its own peak."""
+    pid = site.pids.get("mount", site.pids.get("bindfs"))
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def drop_caches() -> str | None:
     """Write dirty pages and drop the page cache, dentries and inodes; None when done,
     else why not (the read is then warm)."""
@@ -188,6 +211,7 @@ def one_run(
     finally:
         for h in reversed(hooks):
             h("write", "end")
+    rss = {"write": peak_rss_mib(site)}
     wcpu = hooks[0]
     why_warm = make_cold(site)
     rec["cold"] = why_warm is None
@@ -201,8 +225,12 @@ def one_run(
     finally:
         for h in reversed(rhooks):
             h("read", "end")
+    rss["read"] = peak_rss_mib(site)
+    if rss["write"] is not None:
+        rec["daemon_peak_rss_mib"] = rss
     rcpu = rhooks[0]
     if profile is not None:
+        rec["node_counters"] = {**hooks[3].phases, **rhooks[3].phases}
         rec["parts"] = {
             **_parts(hooks, "write", profile),
             **_parts(rhooks, "read", profile),
@@ -237,7 +265,11 @@ def _hooks(site: Site, profile: Path | None) -> list[Any]:
     hooks: list[Any] = [profiling.CpuMeter(site)]
     if profile is not None:
         watch = tuple(site.pids)
-        hooks += [_ProcessCpu(site), profiling.Profiler(site, profile, watch, lines=True)]
+        hooks += [
+            _ProcessCpu(site),
+            profiling.Profiler(site, profile, watch, lines=True),
+            profiling.NodeCounter(site),
+        ]
     return hooks
 
 
@@ -338,6 +370,8 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             rates = [r[f"{ph}_MBps"] for r in ok]
             entry[f"{ph}_MBps_median"] = common.median(rates)
             entry[f"{ph}_MBps_min_max"] = common.spread(rates)
+            peaks = [r["daemon_peak_rss_mib"][ph] for r in ok if "daemon_peak_rss_mib" in r]
+            entry[f"{ph}_daemon_peak_rss_mib_max"] = max(peaks) if peaks else None
             entry[f"{ph}_cpu_median"] = {
                 k: common.median([r["cpu"][ph][k] for r in ok if k in r["cpu"].get(ph, {})])
                 for k in ("wall", "workload", "mount", "bindfs", "nodes")
@@ -345,6 +379,11 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             }
         out[spec.name] = entry
     return out
+
+
+def _rss_cell(s: dict[str, Any]) -> str:
+    w, r = s.get("write_daemon_peak_rss_mib_max"), s.get("read_daemon_peak_rss_mib_max")
+    return "-" if w is None else f"{w:.0f} / {r:.0f}"
 
 
 def _cpu_cell(c: dict[str, Any]) -> str:
@@ -371,8 +410,9 @@ def markdown(result: dict[str, Any]) -> str:
         + common.glusterfs_note(result),
         "",
         "| target | write MB/s | min-max | read MB/s (cold) | min-max "
-        "| write CPU s: workload / daemon / servers | read CPU s |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| write CPU s: workload / daemon / servers | read CPU s "
+        "| daemon peak RSS MiB (write / read) |",
+        "|---|---:|---:|---:|---:|---|---|---|",
     ]
 
     def rate(x: float | None) -> str:
@@ -385,7 +425,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {rate(s['write_MBps_median'])} | {mm(s['write_MBps_min_max'])} "
             f"| {rate(s['read_MBps_median'])} | {mm(s['read_MBps_min_max'])} "
-            f"| {_cpu_cell(s['write_cpu_median'])} | {_cpu_cell(s['read_cpu_median'])} |"
+            f"| {_cpu_cell(s['write_cpu_median'])} | {_cpu_cell(s['read_cpu_median'])} "
+            f"| {_rss_cell(s)} |"
         )
     refs = [n for n in ("local", "bindfs", "glusterfs") if summary.get(n, {}).get("runs")]
     bft = [n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]]
@@ -396,6 +437,18 @@ def markdown(result: dict[str, Any]) -> str:
                 w = common.ratio(summary[b]["write_MBps_median"], summary[r]["write_MBps_median"])
                 rd = common.ratio(summary[b]["read_MBps_median"], summary[r]["read_MBps_median"])
                 lines.append(f"| {b} / {r} | {common.fmt_ratio(w)} | {common.fmt_ratio(rd)} |")
+    healthy = next((n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]), None)
+    faulty = [n for n in bft if n != healthy and ("down)" in n or "corrupting)" in n) and healthy]
+    if healthy and faulty:
+        lines += [
+            "",
+            f"| faults: read MB/s against {healthy}'s (issue 34: at least half) | read | ratio |",
+            "|---|---:|---:|",
+        ]
+        for n in faulty:
+            got = summary[n]["read_MBps_median"]
+            r = common.ratio(got, summary[healthy]["read_MBps_median"])
+            lines.append(f"| {n} | {rate(got)} | {common.fmt_ratio(r)} |")
     skipped = result.get("skipped") or {}
     lines += common.skipped_markdown(skipped)
     errs = {n: s["errors"] for n, s in summary.items() if s["errors"] and n not in skipped}
@@ -459,7 +512,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Results go to benchmarks/results/seqio.{json,md,png}. Cold reads need root "
         "(/proc/sys/vm/drop_caches).",
     )
-    ap.add_argument("--size", type=int, default=200, help="file size in MiB (default 200)")
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=200,
+        help="file size in MiB (default 200; 1024 for issue 34's 1 GiB, whose table shows "
+        "the FUSE daemon's peak RSS)",
+    )
     ap.add_argument(
         "--block", type=int, default=1024, help="KiB per write() and read() (default 1024)"
     )
@@ -468,7 +527,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default="local,bindfs,glusterfs,bftfs",
         help="comma-separated, in interleaving order: local, bindfs, glusterfs, bftfs, "
-        "bftfs-down, bftfs-noverify (default local,bindfs,glusterfs,bftfs)",
+        "bftfs-down (--down nodes killed), bftfs-corrupt (--down nodes, at least one, "
+        "corrupting every fragment they serve), bftfs-noverify "
+        "(default local,bindfs,glusterfs,bftfs)",
     )
     ap.add_argument("--t", type=int, default=1, help="bftfs: faulty nodes tolerated (default 1)")
     ap.add_argument("--b", type=int, default=1, help="bftfs: Byzantine among them (default 1)")
@@ -526,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-noverify)"
+                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-corrupt, bftfs-noverify)"
             )
         specs.append(spec)
     skipped = common.skip_reasons(specs)
