@@ -112,7 +112,9 @@ class Session:
             raise FrameError("malformed", "encryption failed")
         return frame
 
-    def _decrypt(self, frame: bytes | memoryview, seq_bytes: bytes) -> bytes | bytearray:
+    def _decrypt(
+        self, frame: bytes | bytearray | memoryview, seq_bytes: bytes
+    ) -> bytes | bytearray:
         """The plaintext of ``frame`` (after its sequence number), read in place and
         written once (pynacl's binding would slice, zero and copy out).
 
@@ -144,7 +146,7 @@ class Session:
             raise FrameError("bad_mac")
         return body
 
-    def open(self, frame: bytes | memoryview) -> list[Any]:
+    def open(self, frame: bytes | bytearray | memoryview) -> list[Any]:
         """Authenticate, decrypt and decode one frame: ``[seq, type, req_id, x, y]``.
 
         Raises:
@@ -196,6 +198,7 @@ async def client_handshake(
         raise TransportError(f"node {server}: bad handshake reply ({e})") from None
     if frame is None:
         raise TransportError(f"node {server} closed the connection during the handshake")
+    frame = bytes(frame)  # (a hello is small: never read into a buffer of its own)
     if len(frame) > MAX_HELLO or not mac_ok(pair, frame[:-MAC_SIZE], frame[-MAC_SIZE:]):
         raise TransportError(f"node {server}: handshake reply failed authentication")
     try:
@@ -228,6 +231,7 @@ async def server_handshake(
     frame = await reader.read()
     if frame is None:
         raise FrameError("malformed", "closed before hello")
+    frame = bytes(frame)  # (a hello is small: never read into a buffer of its own)
     if len(frame) > MAX_HELLO or len(frame) <= MAC_SIZE:
         raise FrameError("malformed", "hello of wrong size")
     msg = unpack(frame[:-MAC_SIZE])

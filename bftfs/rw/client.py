@@ -850,6 +850,13 @@ class RWClient:
             # b + 1 nodes flag it verified: one of them is correct and regenerated it
             # (or holds b + 1 identical NOTIFYs), so decoding is enough (L1695-1698).
             self._stats["verified_skips"] += 1
+            if sorted(frags) == list(range(self.th.m)):
+                # The systematic fragments: decoding is joining them, cheaper here than
+                # the hand-off to a worker thread (issue 34).
+                self._stats["systematic_reads"] += 1
+                return erasure.Regenerated(
+                    True, erasure.decode(frags, size, self.th.m, self.th.n), (), cc
+                )
             data = await self._cpu(size, erasure.decode, frags, size, self.th.m, self.th.n)
             return erasure.Regenerated(True, data, (), cc)
         regen: erasure.Regenerated = await self._cpu(
