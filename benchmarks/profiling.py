@@ -216,6 +216,8 @@ def _part_of(stack: list[tuple[str, str, int]]) -> str:
         return "idle"
     if "pyfuse3" in file and not any(_in_bftfs(f) for _, f, _ in stack):
         return "FUSE (pyfuse3)"
+    if any(fn.startswith(("Verifier.", "verified_step", "unverified_step")) for fn, _, _ in stack):
+        return "lazy verification"  # a node verifying blocks written before (its own part)
     inner = next(((fn, f, ln) for fn, f, ln in reversed(stack) if _in_bftfs(f)), None)
     leaf_lib = not _in_bftfs(file)
     where = inner if inner is not None else (func, file, line)
