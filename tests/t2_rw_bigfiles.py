@@ -94,3 +94,37 @@ async def test_a_silent_node_holds_at_most_max_pending_requests(tmp_path: Path) 
         assert batcher.backlogged > 0
         for k in (0, len(blocks) - 1):
             assert await rw.read_block(k) == blocks[k]
+
+
+async def test_a_wave_of_writes_is_one_durable_commit_on_each_node(tmp_path: Path) -> None:
+    """``write_blocks`` sends a wave's fragments to a node in one ``rw.batch`` frame, and
+    the node stores them in one LMDB transaction with one sync (issue 34: one commit per
+    wave, not per fragment)."""
+    off = VerificationPolicy(mode="off")  # no verification commits in between
+    slow_resend = {"resend_after": 10.0}  # a frame is not sent again while a sync runs
+    async with rw_cluster(
+        tmp_path, clients=1, durable=True, verification=off, endpoint_options=slow_resend
+    ) as (cl, (rw,)):
+        wave = DEFAULT_CONCURRENCY // 2
+        before = [node.store.commits for node in cl.nodes]
+        written = [node.store.batched_writes for node in cl.nodes]
+        got = [node.server.stats["req.rw.batch"] for node in cl.nodes]
+        blocks = {k: random.Random(k).randbytes(3000) for k in range(wave)}
+        await rw.write_blocks(blocks)
+        # Every node stored them (the write waits for N - t; the last may still be storing).
+        with trio.fail_after(30):
+            while any(  # noqa: ASYNC110 (the store has no event to wait on)
+                node.store.batched_writes - w < wave
+                for node, w in zip(cl.nodes, written, strict=True)
+            ):
+                await trio.sleep(0.01)
+        # The client sent each node one frame with the wave's 16 fragments ...
+        st = rw.statistics()
+        assert (st["batches"], st["batched_requests"]) == (cl.config.n, cl.config.n * wave)
+        # ... and each node stored what a frame carried in one transaction (a frame the
+        # client sent again, its answer being late behind a sync, is one more).
+        commits = [node.store.commits - c for node, c in zip(cl.nodes, before, strict=True)]
+        frames = [
+            node.server.stats["req.rw.batch"] - f for node, f in zip(cl.nodes, got, strict=True)
+        ]
+        assert commits == frames and min(commits) == 1
