@@ -62,6 +62,12 @@ async def test_a_verified_block_is_read_from_its_systematic_fragments_not_a_corr
         st = reader.statistics()
         assert (st["verified_skips"], st["systematic_reads"]) == (2, 1)
         assert reader.faults[(0, "corrupt")] == 1
+        # Node 0 is now asked for data last: the next read takes nodes 1-3's fragments
+        # (decoded) without a refused fragment and its extra round.
+        rounds = st["rounds"]
+        assert await reader.read_block(3) == data
+        st = reader.statistics()
+        assert reader.faults[(0, "corrupt")] == 1 and st["rounds"] == rounds + 1
 
 
 async def test_a_silent_node_holds_at_most_max_pending_requests(tmp_path: Path) -> None:

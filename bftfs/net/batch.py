@@ -31,7 +31,7 @@ from bftfs.ids import NodeId
 from bftfs.net.driver import QuorumDriver
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
-from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict
+from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
 from bftfs.outcome import bounded, progressed
 
 Outcome = tuple[NodeId, bool, Any]
@@ -219,6 +219,8 @@ async def batch_quorum(
     Raises:
         QuorumUnavailable: as ``Endpoint.quorum_call``.
     """
+    # As ``Endpoint.quorum_call``: nodes that recently refused connections are asked last.
+    targets = live_first(targets, batcher.endpoint.unreachable(targets))
     engine = QuorumEngine(
         targets,
         label=kind,
