@@ -244,6 +244,9 @@ class TargetSpec:
     t: int = 1
     b: int = 1
     down: tuple[int, ...] = ()  # node ids SIGKILLed before the mount
+    #: Node ids run with ``--byzantine corrupt-fragments`` (every fragment they serve is
+    #: corrupt: readers must notice and read another node's).
+    corrupt: tuple[int, ...] = ()
     durable: bool = True
     #: The nodes' [verification] mode (bftfs/policy.py); "off" for the bftfs-noverify target.
     verification: str = "lazy-coop"
@@ -281,23 +284,38 @@ def glusterfs_spec() -> TargetSpec:
 
 
 def bftfs_spec(
-    t: int, b: int, down: Sequence[int] = (), durable: bool = True, verification: str = "lazy-coop"
+    t: int,
+    b: int,
+    down: Sequence[int] = (),
+    durable: bool = True,
+    verification: str = "lazy-coop",
+    corrupt: Sequence[int] = (),
 ) -> TargetSpec:
     name = f"bftfs t={t},b={b}" if t != b else f"bftfs b={b}"
     if down:
         name += f" ({len(down)} down)"
+    if corrupt:
+        name += f" ({len(corrupt)} corrupting)"
     if not durable:
         name += " (no fsync)"
     if verification != "lazy-coop":
         name += f" (verification {verification})"
     return TargetSpec(
-        name, "bftfs", t=t, b=b, down=tuple(down), durable=durable, verification=verification
+        name,
+        "bftfs",
+        t=t,
+        b=b,
+        down=tuple(down),
+        durable=durable,
+        verification=verification,
+        corrupt=tuple(corrupt),
     )
 
 
 def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> TargetSpec | None:
     """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs, bftfs,
-    bftfs-down: ``down`` nodes killed before the mount, bftfs-noverify: no lazy verification
+    bftfs-down: ``down`` nodes killed before the mount, bftfs-corrupt: ``down`` nodes (at
+    least one) corrupting every fragment they serve, bftfs-noverify: no lazy verification
     on the nodes), or None for an unknown name."""
     if name == "local":
         return local_spec()
@@ -309,6 +327,8 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
         return bftfs_spec(t, b, durable=durable)
     if name == "bftfs-down":
         return bftfs_spec(t, b, tuple(range(down)), durable=durable)
+    if name == "bftfs-corrupt":
+        return bftfs_spec(t, b, durable=durable, corrupt=tuple(range(max(down, 1))))
     if name == "bftfs-noverify":
         return bftfs_spec(t, b, durable=durable, verification="off")
     return None
@@ -413,6 +433,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                 pc = stack.enter_context(
                     ProcessCluster(
                         base / f"cluster{attempt}",
+                        node_args={i: ["--byzantine", "corrupt-fragments"] for i in spec.corrupt},
                         t=spec.t,
                         b=spec.b,
                         map_size=MAP_SIZE,

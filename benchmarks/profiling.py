@@ -33,8 +33,12 @@ class Profiler:
 
     RATE = 100  # samples per second: enough for phases of seconds, light on 2 cores
 
-    def __init__(self, site: Site, out: Path, watch: tuple[str, ...]) -> None:
+    def __init__(
+        self, site: Site, out: Path, watch: tuple[str, ...], *, lines: bool = False
+    ) -> None:
         self.site = site
+        #: Keep line numbers (``parts_of_profile`` reads the source line of each sample).
+        self.lines = lines
         self.out = out
         self.watch = [w for w in watch if w in site.pids]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -55,7 +59,7 @@ class Profiler:
                     str(self.RATE),
                     "--format",
                     "raw",
-                    "--nolineno",
+                    *([] if self.lines else ["--nolineno"]),
                     "--nonblocking",
                     "--output",
                     str(path),
@@ -175,6 +179,90 @@ def summarise_profile(path: Path, duration: float, rate: int, top: int = 6) -> d
         "by_layer": share(by_layer),
         "self_by_function": share(self_fn),
     }
+
+
+# Parts of the big-file data path (issue 34), by the source line a sample is on: the
+# innermost frame in bftfs, or the library frame when no bftfs frame is innermost.  Rules
+# are tried in order; the first whose pattern is in the line (or in ``function (file)``)
+# names the part.  C code shows as the Python line that called it.
+_PART_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("erasure code", ("zfec", "_encoder(", "_decoder(", ".encode(stripes", ".decode(blocks")),
+    ("hash", ("fragment_hash", "verifier_of", "hashlib", ".digest()", "h.update(", "_hasher")),
+    ("AEAD", ("_aead_", "aegis")),
+    ("LMDB commit", ("txn.commit", "_run_batch", "_commit(")),
+    ("LMDB read/write", ("_txn.", "cur.", "cursor", "lmdb", "_LmdbKV")),
+    ("msgpack", ("packb", "unpackb", "msgpack", "pack(", "unpack(")),
+    ("socket I/O", ("os.write", "os.read", "send_all", "receive_some", "socket")),
+    ("copies", ("join(", "ljust(", "bytes(", "bytearray(", "memoryview(", "tobytes", "+=")),
+)
+
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _in_bftfs(file: str) -> bool:
+    return file.startswith("bftfs/") or "/bftfs/" in file
+
+
+def _line_text(file: str, line: int) -> str:
+    """The source line of a bftfs frame (py-spy gives paths from the package root)."""
+    import linecache
+
+    if not line:
+        return ""
+    path = str(_REPO / file[file.index("bftfs/") :]) if _in_bftfs(file) else file
+    return linecache.getline(path, line).strip()
+
+
+def _part_of(stack: list[tuple[str, str, int]]) -> str:
+    """The part of the data path one sample is in (see ``_PART_RULES``)."""
+    if not stack:
+        return "?"
+    func, file, line = stack[-1]
+    if func in _IDLE_LEAVES or func == "WorkerThread._work":
+        return "idle"
+    if "pyfuse3" in file and not any(_in_bftfs(f) for _, f, _ in stack):
+        return "FUSE (pyfuse3)"
+    if any(fn.startswith(("Verifier.", "verified_step", "unverified_step")) for fn, _, _ in stack):
+        return "lazy verification"  # a node verifying blocks written before (its own part)
+    inner = next(((fn, f, ln) for fn, f, ln in reversed(stack) if _in_bftfs(f)), None)
+    leaf_lib = not _in_bftfs(file)
+    where = inner if inner is not None else (func, file, line)
+    text = _line_text(where[1], where[2]) + f" {where[0]} ({where[1]})"
+    if leaf_lib and ("trio" in file or "selectors" in file):
+        return "trio loop"
+    for part, patterns in _PART_RULES:
+        if any(p in text for p in patterns):
+            return part
+    if any(fn.startswith("Operations.") for fn, _, _ in stack):
+        return "FUSE handlers (bftfs)"
+    return "Python glue"
+
+
+_FRAME_LINE = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def parts_of_profile(path: Path, cpu_s: float) -> dict[str, float]:
+    """CPU seconds per part of a process's ``cpu_s``, in proportion to its busy samples
+    (a recording made with ``Profiler(lines=True)``; idle samples are left out)."""
+    counts: Counter[str] = Counter()
+    with contextlib.suppress(OSError):
+        for raw in path.read_text(errors="replace").splitlines():
+            stack_s, _, n = raw.rpartition(" ")
+            if not stack_s or not n.isdigit():
+                continue
+            stack = []
+            for fr in stack_s.split(";"):
+                m = _FRAME_LINE.match(fr)
+                if m:
+                    stack.append((m["func"], m["file"], int(m["line"] or 0)))
+            part = _part_of(stack)
+            if part != "idle":
+                counts[part] += int(n)
+    total = sum(counts.values())
+    if not total:
+        return {}
+    return {k: round(cpu_s * v / total, 3) for k, v in counts.most_common()}
 
 
 def _short(file: str) -> str:

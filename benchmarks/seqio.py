@@ -31,7 +31,15 @@ interleaved (A B C D A B C D ...), and reports MB/s (10^6 bytes per second, like
   Without root the caches cannot be dropped: the read is then marked *warm* in the results.
 
 Medians and min-max over ``--runs`` repetitions, with the CPU each side spent (workload,
-FUSE daemon, servers: GlusterFS bricks or bftfs nodes) from /proc.
+FUSE daemon, servers: GlusterFS bricks or bftfs nodes) from /proc, and the FUSE daemon's
+peak resident memory in each phase (``VmHWM``; the read's daemon is a fresh one).
+
+Faults (issue 34): ``bftfs-down`` kills ``--down`` nodes before the mount (node 0 first:
+a data fragment's node), ``bftfs-corrupt`` runs them with ``--byzantine
+corrupt-fragments`` (every fragment they serve fails its check); the table then compares
+their cold reads with the healthy bftfs target's.  ``--profile`` adds one untimed bftfs
+run under py-spy: CPU seconds per GiB of each part of the data path (erasure code, hash,
+AEAD, LMDB, msgpack, socket I/O, copies, trio's loop, the rest), daemon and nodes.
 
 Results: ``benchmarks/results/seqio.{json,md,png}`` (``--name`` for another stem).
 """
@@ -154,6 +162,21 @@ def verify_file(path: Path, size: int, block: bytes) -> None:
             i += 1
 
 
+def peak_rss_mib(site: Site) -> float | None:
+    """The FUSE daemon's peak resident memory so far (``VmHWM``), MiB; None without one.
+    The read is served by a fresh daemon (the remount), so each phase has its own peak."""
+    pid = site.pids.get("mount", site.pids.get("bindfs"))
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def drop_caches() -> str | None:
     """Write dirty pages and drop the page cache, dentries and inodes; None when done,
     else why not (the read is then warm)."""
@@ -173,26 +196,45 @@ def make_cold(site: Site) -> str | None:
     return drop_caches()
 
 
-def one_run(site: Site, args: argparse.Namespace, block: bytes) -> dict[str, Any]:
-    """Write, make cold, read, verify in ``site``; rates, times and CPU per phase."""
+def one_run(
+    site: Site, args: argparse.Namespace, block: bytes, profile: Path | None = None
+) -> dict[str, Any]:
+    """Write, make cold, read, verify in ``site``; rates, times and CPU per phase (and with
+    ``profile``, py-spy recordings of the daemon and every node, CPU seconds per part)."""
     path = site.path / "seqio.dat"
     rec: dict[str, Any] = {}
-    wcpu = profiling.CpuMeter(site)
-    wcpu("write", "start")
+    hooks = _hooks(site, profile)
+    for h in hooks:
+        h("write", "start")
     try:
         rec["write_s"] = write_file(path, args.size_bytes, block)
     finally:
-        wcpu("write", "end")
+        for h in reversed(hooks):
+            h("write", "end")
+    rss = {"write": peak_rss_mib(site)}
+    wcpu = hooks[0]
     why_warm = make_cold(site)
     rec["cold"] = why_warm is None
     if why_warm:
         rec["warm_reason"] = why_warm
-    rcpu = profiling.CpuMeter(site)  # made after the remount: the new daemon's pid
-    rcpu("read", "start")
+    rhooks = _hooks(site, profile)  # made after the remount: the new daemon's pid
+    for h in rhooks:
+        h("read", "start")
     try:
         rec["read_s"] = read_file(path, args.size_bytes, len(block))
     finally:
-        rcpu("read", "end")
+        for h in reversed(rhooks):
+            h("read", "end")
+    rss["read"] = peak_rss_mib(site)
+    if rss["write"] is not None:
+        rec["daemon_peak_rss_mib"] = rss
+    rcpu = rhooks[0]
+    if profile is not None:
+        rec["node_counters"] = {**hooks[3].phases, **rhooks[3].phases}
+        rec["parts"] = {
+            **_parts(hooks, "write", profile),
+            **_parts(rhooks, "read", profile),
+        }
     rec["cpu"] = {**wcpu.phases, **rcpu.phases}
     rec["write_MBps"] = args.size_bytes / MB / rec["write_s"]
     rec["read_MBps"] = args.size_bytes / MB / rec["read_s"]
@@ -200,6 +242,73 @@ def one_run(site: Site, args: argparse.Namespace, block: bytes) -> dict[str, Any
         verify_file(path, args.size_bytes, block)
         rec["verified"] = True
     return rec
+
+
+class _ProcessCpu:
+    """CPU seconds of each watched process (daemon, every node) over a phase."""
+
+    def __init__(self, site: Site) -> None:
+        self.pids = dict(site.pids)
+        self.phases: dict[str, dict[str, float]] = {}
+        self._start: dict[str, float] = {}
+
+    def __call__(self, phase: str, what: str) -> None:
+        now = {w: profiling.cpu_seconds(p) or 0.0 for w, p in self.pids.items()}
+        if what == "start":
+            self._start = now
+        else:
+            self.phases[phase] = {w: now[w] - self._start.get(w, 0.0) for w in now}
+
+
+def _hooks(site: Site, profile: Path | None) -> list[Any]:
+    """The CPU meter, and with ``profile`` per-process CPU and py-spy on every process."""
+    hooks: list[Any] = [profiling.CpuMeter(site)]
+    if profile is not None:
+        watch = tuple(site.pids)
+        hooks += [
+            _ProcessCpu(site),
+            profiling.Profiler(site, profile, watch, lines=True),
+            profiling.NodeCounter(site),
+        ]
+    return hooks
+
+
+def _parts(hooks: list[Any], phase: str, profile: Path) -> dict[str, Any]:
+    """CPU seconds per part of the data path: the daemon's, and the nodes' summed."""
+    per_process: dict[str, float] = hooks[1].phases[phase]
+    daemon: dict[str, float] = {}
+    nodes: dict[str, float] = {}
+    for w, cpu in per_process.items():
+        into = nodes if w.startswith("node") else daemon
+        for part, s in profiling.parts_of_profile(profile / f"{phase}-{w}.txt", cpu).items():
+            into[part] = round(into.get(part, 0.0) + s, 3)
+    return {phase: {"daemon": daemon, "nodes": nodes, "processes": per_process}}
+
+
+def run_profile(
+    args: argparse.Namespace, spec: TargetSpec, progress: Progress, work: Path, block: bytes
+) -> dict[str, Any]:
+    """One untimed run of ``spec`` under py-spy: CPU seconds per part and process."""
+    out = args.out / f"{args.name}-profile"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    progress(f"profile run (untimed) on {spec.name} with py-spy -> {out}")
+    try:
+        with common.open_target(spec, work, "prof") as site:
+            rec = one_run(site, args, block, profile=out)
+    except (common.TargetError, SeqIOError, OSError, RuntimeError) as e:
+        progress(f"profile run failed: {e}")
+        return {"error": str(e)}
+    gib = args.size_bytes / (1 << 30)
+    per_gib = {
+        ph: {
+            side: {k: round(v / gib, 3) for k, v in parts.items()}
+            for side, parts in rec["parts"][ph].items()
+            if side != "processes"
+        }
+        for ph in PHASES
+    }
+    return {**rec, "cpu_s_per_gib": per_gib}
 
 
 def measure(
@@ -261,6 +370,8 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             rates = [r[f"{ph}_MBps"] for r in ok]
             entry[f"{ph}_MBps_median"] = common.median(rates)
             entry[f"{ph}_MBps_min_max"] = common.spread(rates)
+            peaks = [r["daemon_peak_rss_mib"][ph] for r in ok if "daemon_peak_rss_mib" in r]
+            entry[f"{ph}_daemon_peak_rss_mib_max"] = max(peaks) if peaks else None
             entry[f"{ph}_cpu_median"] = {
                 k: common.median([r["cpu"][ph][k] for r in ok if k in r["cpu"].get(ph, {})])
                 for k in ("wall", "workload", "mount", "bindfs", "nodes")
@@ -268,6 +379,11 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             }
         out[spec.name] = entry
     return out
+
+
+def _rss_cell(s: dict[str, Any]) -> str:
+    w, r = s.get("write_daemon_peak_rss_mib_max"), s.get("read_daemon_peak_rss_mib_max")
+    return "-" if w is None else f"{w:.0f} / {r:.0f}"
 
 
 def _cpu_cell(c: dict[str, Any]) -> str:
@@ -294,8 +410,9 @@ def markdown(result: dict[str, Any]) -> str:
         + common.glusterfs_note(result),
         "",
         "| target | write MB/s | min-max | read MB/s (cold) | min-max "
-        "| write CPU s: workload / daemon / servers | read CPU s |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| write CPU s: workload / daemon / servers | read CPU s "
+        "| daemon peak RSS MiB (write / read) |",
+        "|---|---:|---:|---:|---:|---|---|---|",
     ]
 
     def rate(x: float | None) -> str:
@@ -308,7 +425,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {rate(s['write_MBps_median'])} | {mm(s['write_MBps_min_max'])} "
             f"| {rate(s['read_MBps_median'])} | {mm(s['read_MBps_min_max'])} "
-            f"| {_cpu_cell(s['write_cpu_median'])} | {_cpu_cell(s['read_cpu_median'])} |"
+            f"| {_cpu_cell(s['write_cpu_median'])} | {_cpu_cell(s['read_cpu_median'])} "
+            f"| {_rss_cell(s)} |"
         )
     refs = [n for n in ("local", "bindfs", "glusterfs") if summary.get(n, {}).get("runs")]
     bft = [n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]]
@@ -319,6 +437,18 @@ def markdown(result: dict[str, Any]) -> str:
                 w = common.ratio(summary[b]["write_MBps_median"], summary[r]["write_MBps_median"])
                 rd = common.ratio(summary[b]["read_MBps_median"], summary[r]["read_MBps_median"])
                 lines.append(f"| {b} / {r} | {common.fmt_ratio(w)} | {common.fmt_ratio(rd)} |")
+    healthy = next((n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]), None)
+    faulty = [n for n in bft if n != healthy and ("down)" in n or "corrupting)" in n) and healthy]
+    if healthy and faulty:
+        lines += [
+            "",
+            f"| faults: read MB/s against {healthy}'s (issue 34: at least half) | read | ratio |",
+            "|---|---:|---:|",
+        ]
+        for n in faulty:
+            got = summary[n]["read_MBps_median"]
+            r = common.ratio(got, summary[healthy]["read_MBps_median"])
+            lines.append(f"| {n} | {rate(got)} | {common.fmt_ratio(r)} |")
     skipped = result.get("skipped") or {}
     lines += common.skipped_markdown(skipped)
     errs = {n: s["errors"] for n, s in summary.items() if s["errors"] and n not in skipped}
@@ -382,7 +512,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Results go to benchmarks/results/seqio.{json,md,png}. Cold reads need root "
         "(/proc/sys/vm/drop_caches).",
     )
-    ap.add_argument("--size", type=int, default=200, help="file size in MiB (default 200)")
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=200,
+        help="file size in MiB (default 200; 1024 for issue 34's 1 GiB, whose table shows "
+        "the FUSE daemon's peak RSS)",
+    )
     ap.add_argument(
         "--block", type=int, default=1024, help="KiB per write() and read() (default 1024)"
     )
@@ -391,7 +527,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default="local,bindfs,glusterfs,bftfs",
         help="comma-separated, in interleaving order: local, bindfs, glusterfs, bftfs, "
-        "bftfs-down, bftfs-noverify (default local,bindfs,glusterfs,bftfs)",
+        "bftfs-down (--down nodes killed), bftfs-corrupt (--down nodes, at least one, "
+        "corrupting every fragment they serve), bftfs-noverify "
+        "(default local,bindfs,glusterfs,bftfs)",
     )
     ap.add_argument("--t", type=int, default=1, help="bftfs: faulty nodes tolerated (default 1)")
     ap.add_argument("--b", type=int, default=1, help="bftfs: Byzantine among them (default 1)")
@@ -421,14 +559,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="scratch directory on the local disk (default: a temporary directory under /var/tmp)",
     )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more bftfs run, untimed, under py-spy: CPU seconds per GiB of each part "
+        "of the data path, daemon and nodes (results/<name>-profile/)",
+    )
     ap.add_argument("--note", help="a sentence added under the table (e.g. the conditions)")
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
     ap.add_argument("--name", default="seqio", help="results file stem (default seqio)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
-    if args.size <= 0 or args.block <= 0 or args.runs <= 0:
-        ap.error("--size, --block and --runs must be positive")
+    if args.size <= 0 or args.block <= 0 or args.runs < 0 or not (args.runs or args.profile):
+        ap.error("--size and --block must be positive, --runs too unless --profile")
     args.size_bytes = args.size * MiB
     return args
 
@@ -443,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-noverify)"
+                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-corrupt, bftfs-noverify)"
             )
         specs.append(spec)
     skipped = common.skip_reasons(specs)
@@ -462,8 +606,17 @@ def main(argv: list[str] | None = None) -> int:
         args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bftfs-seqio-", dir=args.work or "/var/tmp"))
     free = shutil.disk_usage(work).free
+    profile: dict[str, Any] = {}
     try:
         runs = measure(args, specs, progress, work, skipped)
+        if args.profile:
+            spec = next((s for s in specs if s.kind == "bftfs" and not s.down), None)
+            if spec is None:
+                progress("--profile: no bftfs target to profile")
+            else:
+                block = make_block(args.block * 1024, args.seed)
+                profile = run_profile(args, spec, progress, work, block)
+                progress(f"profile: {profile.get('cpu_s_per_gib', profile)}")
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(work, ignore_errors=True)
@@ -496,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": runs,
         "summary": summary,
+        "profile": profile,
         "skipped": skipped,
     }
     md = common.write_results(

@@ -86,7 +86,8 @@ def test_each_fragment_hash_round_trips_and_is_named_in_the_cross_checksum(
     assert regen.valid and regen.data == data and regen.cross_checksum == cc
     # The same fragments under the other hash are another write (other entries, another
     # verifier), valid under the hash it names.
-    other = erasure.make_cross_checksum(len(data), enc.fragments, 1 - algorithm)
+    other_hash = erasure.HASHES[(erasure.HASHES.index(algorithm) + 1) % len(erasure.HASHES)]
+    other = erasure.make_cross_checksum(len(data), enc.fragments, other_hash)
     head = erasure.LENGTH_SIZE
     assert other[head:] != cc[head:] and erasure.verifier_of(other) != enc.verifier
     assert erasure.regenerate(dict(enumerate(enc.fragments[:3])), other, 3, 6).valid
@@ -130,33 +131,69 @@ def _poisonous(m: int, n: int, a: bytes, b: bytes) -> tuple[tuple[bytes, ...], b
     return mixed, erasure.make_cross_checksum(len(a), mixed)
 
 
+@pytest.mark.parametrize("checked", [False, True])
 @pytest.mark.parametrize("m,n", [(2, 5), (3, 6), (5, 11)])
-def test_poisonous_write_fails_regeneration_from_every_subset(m: int, n: int) -> None:
+def test_poisonous_write_fails_regeneration_from_every_subset(
+    m: int, n: int, checked: bool
+) -> None:
+    """``checked`` (a reader's fragments validated against their entries: only the
+    regenerated others are hashed) reaches the same verdict from every subset."""
     a, b = b"A" * 90, b"B" * 90
     mixed, cc = _poisonous(m, n, a, b)
     # Each fragment matches its own entry, so every node accepts its part ...
     assert all(erasure.fragment_matches(cc, i, f) for i, f in enumerate(mixed))
     # ... but no m-subset regenerates the recorded cross checksum (seed L1088-1090).
     for subset in itertools.combinations(range(n), m):
-        regen = erasure.regenerate({i: mixed[i] for i in subset}, cc, m, n)
+        regen = erasure.regenerate({i: mixed[i] for i in subset}, cc, m, n, checked=checked)
         assert not regen.valid
 
 
-def test_non_canonical_padding_and_bad_sizes_are_poisonous() -> None:
+def test_a_checked_regeneration_hashes_only_the_fragments_it_made() -> None:
+    """The reader's regeneration hashes the ``N - m`` fragments it re-encoded, not the
+    ``m`` it was given (already validated): half the hashing for m = 3, N = 6."""
+    data = random.Random(3).randbytes(3000)
+    enc = erasure.encode(data, 3, 6)
+    given = {i: enc.fragments[i] for i in (0, 2, 4)}
+    hashed: list[bytes] = []
+    real = erasure.fragment_hash
+
+    def counting(fragment: bytes, algorithm: int = erasure.DEFAULT_HASH) -> bytes:
+        hashed.append(bytes(fragment))
+        return real(fragment, algorithm)
+
+    erasure.fragment_hash = counting  # type: ignore[assignment]
+    try:
+        regen = erasure.regenerate(given, enc.cross_checksum, 3, 6, checked=True)
+    finally:
+        erasure.fragment_hash = real  # type: ignore[assignment]
+    assert regen.valid and regen.data == data and regen.fragments == enc.fragments
+    assert sorted(hashed) == sorted(enc.fragments[i] for i in (1, 3, 5))
+
+
+def test_a_block_written_today_names_blake3() -> None:
+    enc = erasure.encode(b"new", 3, 6)
+    assert erasure.cc_hash(enc.cross_checksum) == erasure.HASH_BLAKE3 == erasure.DEFAULT_HASH
+
+
+@pytest.mark.parametrize("checked", [False, True])
+def test_non_canonical_padding_and_bad_sizes_are_poisonous(checked: bool) -> None:
     m, n = 3, 6
     # Stripes with non-zero padding: re-encoding the cut value gives other stripes.
     stripes = (b"abcd", b"efgh", b"ij\x01\x02")
     code = erasure.encode(b"abcdefghij\x01\x02", m, n).fragments
     frags = stripes + code[3:]
     cc = erasure.make_cross_checksum(10, frags)
-    assert not erasure.regenerate({0: frags[0], 1: frags[1], 2: frags[2]}, cc, m, n).valid
+    for subset in itertools.combinations(range(n), m):
+        given = {i: frags[i] for i in subset}
+        assert not erasure.regenerate(given, cc, m, n, checked=checked).valid
     # A length the stripes cannot hold, and fragments of unequal sizes.
     enc = erasure.encode(b"x" * 9, m, n)
     big = erasure.make_cross_checksum(100, enc.fragments)
-    assert not erasure.regenerate(dict(enumerate(enc.fragments[:3])), big, m, n).valid
+    first = dict(enumerate(enc.fragments[:3]))
+    assert not erasure.regenerate(first, big, m, n, checked=checked).valid
     uneven = {0: b"aaa", 1: b"bb", 2: b"ccc"}
-    assert not erasure.regenerate(uneven, enc.cross_checksum, m, n).valid
-    assert not erasure.regenerate(dict(enumerate(enc.fragments[:3])), b"short", m, n).valid
+    assert not erasure.regenerate(uneven, enc.cross_checksum, m, n, checked=checked).valid
+    assert not erasure.regenerate(first, b"short", m, n, checked=checked).valid
 
 
 def test_decode_errors() -> None:
@@ -176,5 +213,8 @@ def test_any_m_fragments_regenerate_all(
     m, n = cfg
     enc = erasure.encode(data, m, n)
     subset = rnd.sample(range(n), m)
-    regen = erasure.regenerate({i: enc.fragments[i] for i in subset}, enc.cross_checksum, m, n)
-    assert regen.valid and regen.data == data and regen.fragments == enc.fragments
+    for checked in (False, True):
+        regen = erasure.regenerate(
+            {i: enc.fragments[i] for i in subset}, enc.cross_checksum, m, n, checked=checked
+        )
+        assert regen.valid and regen.data == data and regen.fragments == enc.fragments

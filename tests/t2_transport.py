@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -463,3 +464,62 @@ def test_frames_are_encrypted_not_only_authenticated() -> None:
     again[-1] ^= 1
     with pytest.raises(FrameError, match="bad_mac"):
         node.open(bytes(again[4:]))
+
+
+def test_frames_sealed_in_place_are_libsodiums_aegis256_frames() -> None:
+    """The session writes ciphertext into the frame itself and decrypts out of it (issue
+    34: no copies through pynacl's binding); the frames are exactly AEGIS-256's under the
+    sequence number, so the wire is unchanged, and a flipped bit is refused."""
+    from nacl.bindings import crypto_aead_aegis256_decrypt, crypto_aead_aegis256_encrypt
+
+    key_a, key_b = bytes(range(32)), bytes(range(32, 64))
+    a, b = Session(key_a, key_b), Session(key_b, key_a)
+    msg = [0, 7, "rw.write", {"f": random.Random(4).randbytes(100_000)}]
+    frame = bytes(a.seal(msg))
+    seq = frame[4:12]
+    body = crypto_aead_aegis256_decrypt(frame[12:], seq, bytes(24) + seq, key_a)
+    assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
+    assert b.open(frame[4:]) == [1, *msg]
+    # pynacl's own sealing of the same body opens here too.
+    seq2 = struct.pack(">Q", 2)
+    ct = crypto_aead_aegis256_encrypt(body, seq2, bytes(24) + seq2, key_a)
+    assert b.open(memoryview(seq2 + ct)) == [2, *msg]
+    bad = bytearray(a.seal(msg))
+    bad[-40] ^= 1
+    with pytest.raises(FrameError, match="bad_mac"):
+        b.open(bytes(bad[4:]))
+
+
+async def test_big_frames_are_read_into_their_own_buffer_between_small_ones() -> None:
+    """Frames of ``DIRECT_FRAME`` bytes or more are read straight into a buffer of their
+    own once a quarter has arrived (issue 34); the stream around them, cut anywhere,
+    reads back frame by frame."""
+    from bftfs.net.frames import DIRECT_FRAME, LENGTH
+
+    rng = random.Random(9)
+    frames = [b"small", rng.randbytes(3 * DIRECT_FRAME + 5), b"", rng.randbytes(DIRECT_FRAME)]
+    frames.append(b"last")
+    wire = b"".join(LENGTH.pack(len(f)) + f for f in frames)
+    a, b = trio.socket.socketpair()
+    sa, sb = trio.SocketStream(a), trio.SocketStream(b)
+    got: list[bytes] = []
+
+    async def send() -> None:
+        at = 0
+        while at < len(wire):
+            step = rng.choice((1, 3, 4, 1000, 50_000, 200_000))
+            await sa.send_all(wire[at : at + step])
+            at += step
+            await trio.lowlevel.checkpoint()
+        await sa.aclose()
+
+    async def receive() -> None:
+        reader = FrameReader(sb, max_frame=1 << 22)
+        while (frame := await reader.read()) is not None:
+            got.append(bytes(frame))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        nursery.start_soon(receive)
+    await sb.aclose()
+    assert got == frames

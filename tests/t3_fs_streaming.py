@@ -62,6 +62,38 @@ def test_a_sequential_read_prefetches_and_returns_the_same_bytes(tmp_path: Path)
     run(tmp_path, body, fs_options=STREAM, **SMALL)
 
 
+def test_a_full_window_is_refilled_a_whole_group_at_a_time(tmp_path: Path) -> None:
+    """Reads smaller than a block, as the kernel's 128 KiB reads of 256 KiB blocks are:
+    each extends a full window by less than a block, and the refill waits until a whole
+    group (one task, one frame per node on a real mount) is due instead of fetching a block
+    per read (issue 34)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(2).randbytes(700 * 1024 + 123)
+        ino = await write_file(a, b"big", data)
+        fh = await b.open(ino, os.O_RDONLY)
+        groups: list[int] = []
+        read_blocks = b.rw.read_blocks
+
+        async def counted(blocks: Any, **kw: Any) -> Any:
+            blocks = list(blocks)
+            groups.append(len(blocks))
+            return await read_blocks(blocks, **kw)
+
+        b.rw.read_blocks = counted  # type: ignore[method-assign]
+        assert await read_all(b, fh, len(data), chunk=BS) == data
+        blocks = -(-len(data) // BS)
+        assert sum(groups) == b.streaming["readahead-blocks"] == blocks
+        assert b.streaming["readahead-failures"] == 0
+        # 176 blocks: a few small fetches while the window grows, then groups of 16 (one
+        # fetch per read was 150 fetches of one block).
+        assert len(groups) <= blocks // 8, groups
+        await b.release(fh)
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
 def test_prefetched_blocks_are_of_the_version_the_handle_opened(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         a, b = env.fss

@@ -46,6 +46,16 @@ def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
     trio.lowlevel.spawn_system_task(fn)
 
 
+def _defer_refill(todo: list[int], end: int, bs: int, last: int, file_last: int) -> bool:
+    """Whether a window's refill waits for a whole ``PREFETCH_GROUP``: nothing of it is
+    needed by the read at hand (``end``), fewer blocks than a group are due, and the file
+    goes on past them.  Once the window is at its largest each sequential read extends it
+    by the read's size (128 KiB from the kernel, half a 256 KiB block), so refilling at
+    once fetched one block per task: one frame per node per block, about 5 000 frames
+    for a 200 MiB cold read instead of about 300 (issue 34)."""
+    return bool(todo) and len(todo) < PREFETCH_GROUP and todo[0] * bs >= end and last < file_last
+
+
 class FlushEngine:
     """Reading blocks into an open file's cache and flushing its buffered writes.  Given
     the protocol calls and the cache.  A file with a pending create is flushed only once
@@ -143,7 +153,10 @@ class FlushEngine:
             for k in range(first, last + 1)
             if k not in f.dirty and k not in f.clean and k not in f.inflight
         ]
-        f.ra_next = max(f.ra_next, last + 1)
+        if _defer_refill(todo, end, bs, last, (f.valid - 1) // bs):
+            todo = []  # the window is refilled a whole group at a time (below)
+        else:
+            f.ra_next = max(f.ra_next, last + 1)
         for at in range(0, len(todo), PREFETCH_GROUP):
             self._prefetch(f, todo[at : at + PREFETCH_GROUP])
         waited = False
@@ -166,6 +179,7 @@ class FlushEngine:
         for k in indices:
             f.inflight[k] = done
         self.streaming["readahead-blocks"] += len(indices)
+        self.streaming["readahead-fetches"] += 1
 
         async def fetch() -> None:
             try:

@@ -379,7 +379,9 @@ class OpenFile:
             lo = offset - first * bs
             piece = bytes(src[lo : lo + end - offset])
             return piece + bytes(end - offset - len(piece))
-        out = bytearray(end - offset)
+        # The pieces as views, joined once: the answer is copied once (slicing each
+        # block, filling a bytearray and turning it into bytes was three copies).
+        parts: list[bytes | memoryview] = []
         for k in range(first, last + 1):
             start = k * bs
             src = self.dirty.get(k)
@@ -387,10 +389,11 @@ class OpenFile:
                 src = self._base(k) or b""
             lo = max(offset, start) - start
             hi = min(end, start + bs) - start
-            chunk = src[lo:hi]
-            at = start + lo - offset
-            out[at : at + len(chunk)] = chunk
-        return bytes(out)
+            chunk = memoryview(src)[lo:hi]
+            parts.append(chunk)
+            if len(chunk) < hi - lo:  # a short block or a hole reads as zeros
+                parts.append(bytes(hi - lo - len(chunk)))
+        return b"".join(parts)
 
     # Writes ------------------------------------------------------------------------------
 

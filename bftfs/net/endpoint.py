@@ -232,6 +232,11 @@ class Endpoint:
             if conn is not None:
                 conn.pending.pop(req_id, None)
 
+    def unreachable(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """Those of ``targets`` that recently refused connections: a caller choosing which
+        nodes to ask first (a reader its data fragments' nodes) leaves them for last."""
+        return self._down(targets)
+
     def _down(self, targets: Sequence[NodeId]) -> set[NodeId]:
         """Those of ``targets`` that recently refused connections (quorum calls try them last)."""
         now = trio.current_time()

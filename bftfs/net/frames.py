@@ -21,6 +21,8 @@ from bftfs.net.errors import FrameError
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 #: The length prefix of every frame.
 LENGTH = struct.Struct(">I")
+#: Frames at least this long are read into a buffer of their own (``FrameReader.read``).
+DIRECT_FRAME = 64 * 1024
 
 #: Message types and reply statuses (the first and third fields of a session message).
 REQUEST = 0
@@ -34,7 +36,7 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack(data: bytes | memoryview) -> Any:
+def unpack(data: bytes | bytearray | memoryview) -> Any:
     """Decode :func:`pack` output. Raises ``FrameError('malformed')`` on anything else."""
     try:
         return msgpack.unpackb(data, raw=False)
@@ -52,8 +54,13 @@ class FrameReader:
         #: A socket stream is read through its file descriptor (see :meth:`_receive`).
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
-    async def read(self) -> bytes | None:
+    async def read(self) -> bytes | bytearray | None:
         """The next frame, or None at a clean end of stream.
+
+        A big frame (a batch of fragments) is read straight into its own buffer once a
+        quarter of it has arrived (so a peer's length prefix alone never makes us allocate
+        more than four times what it sent): no appending to the stream buffer, no copy of
+        the frame out of it, no shifting of what follows (issue 34).
 
         Raises:
             FrameError: ``oversized`` (the length prefix exceeds the limit: the stream cannot
@@ -66,15 +73,53 @@ class FrameReader:
                 if n > self.max_frame:
                     raise FrameError("oversized", f"{n} > {self.max_frame} bytes")
                 if len(buf) >= 4 + n:
-                    frame = bytes(buf[4 : 4 + n])
+                    with memoryview(buf) as view:  # one copy (a bytearray slice is two)
+                        frame = bytes(view[4 : 4 + n])
                     del buf[: 4 + n]
                     return frame
+                if n >= DIRECT_FRAME and self._fd is not None and len(buf) - 4 >= n // 4:
+                    return await self._read_rest(n)
             data = await self._receive()
             if not data:
                 if buf:
                     raise FrameError("truncated")
                 return None
             buf += data
+
+    async def _read_rest(self, n: int) -> bytearray:
+        """The frame of ``n`` bytes whose start is buffered, the rest read into it."""
+        frame = bytearray(n)
+        buf = self._buf
+        have = len(buf) - 4
+        frame[:have] = memoryview(buf)[4:]
+        buf.clear()
+        with memoryview(frame) as view:
+            while have < n:
+                got = await self._receive_into(view[have:])
+                if not got:
+                    raise FrameError("truncated")
+                have += got
+        return frame
+
+    async def _receive_into(self, into: memoryview) -> int:
+        """Read into ``into`` (at most its size; 0 at the end of the stream), as
+        :meth:`_receive` reads: one yield per chunk."""
+        fd = self._fd
+        assert fd is not None
+        sock = self._stream.socket  # type: ignore[attr-defined]
+        waited = False
+        while True:
+            if sock.fileno() != fd:
+                raise trio.ClosedResourceError
+            try:
+                got = os.readv(fd, [into])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                waited = True
+                continue
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            return got
 
     async def _receive(self) -> bytes | bytearray:
         """Up to 256 KiB from the stream (b"" at its end).
@@ -120,12 +165,12 @@ class FrameWriter:
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
-        self._backlog: list[bytes] = []
+        self._backlog: list[bytes | bytearray | memoryview] = []
         self._busy = False
         self._wake = trio.Event()
         self.closed = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` (one or more whole frames) or queue it; never blocks.
 
         Raises:
@@ -143,7 +188,7 @@ class FrameWriter:
                 raise trio.ClosedResourceError from None
             if n == len(data):
                 return
-            data = data[n:]
+            data = memoryview(data)[n:]  # the rest, without copying it
         self._backlog.append(data)
         self._wake.set()
 
@@ -154,8 +199,9 @@ class FrameWriter:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 while self._backlog:
-                    chunk = b"".join(self._backlog)
-                    self._backlog.clear()
+                    backlog = self._backlog
+                    chunk = backlog[0] if len(backlog) == 1 else b"".join(backlog)
+                    self._backlog = []
                     self._busy = True
                     try:
                         await self._stream.send_all(chunk)

@@ -230,7 +230,7 @@ class Server(Generic[Ctx]):
             traffic["frames_in"] += 1
             traffic["bytes_in"] += len(frame)
             if faults is not None:
-                frame = faults.on_frame(sender, frame)
+                frame = faults.on_frame(sender, bytes(frame))
             try:
                 _seq, typ, req_id, kind, payload = conn.session.open(frame)
             except FrameError as e:

@@ -41,6 +41,12 @@ from nacl.bindings import crypto_aead_aegis256_encrypt as _aead_encrypt
 from nacl.bindings import crypto_aead_aegis256_NPUBBYTES as _NONCE_BYTES
 from nacl.exceptions import CryptoError
 
+try:  # libsodium through pynacl's own cffi module: in place, without pynacl's copies
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - pynacl always ships it today
+    _ffi = _lib = None
+
 from bftfs import WIRE_VERSION
 from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok
 from bftfs.ids import PrincipalId
@@ -76,18 +82,71 @@ class Session:
     send_seq: int = 0
     recv_seq: int = 0
 
-    def seal(self, msg: list[Any]) -> bytes:
+    def seal(self, msg: list[Any]) -> bytes | bytearray:
         """``msg`` (``[type, req_id, x, y]``) as the next frame of this direction."""
         return self.seal_body(pack(msg))
 
-    def seal_body(self, body: bytes) -> bytes:
-        """Any ``body`` bytes as the next frame (the fuzzer sends nonsense this way)."""
+    def seal_body(self, body: bytes) -> bytes | bytearray:
+        """Any ``body`` bytes as the next frame (the fuzzer sends nonsense this way).
+
+        The ciphertext is written in place into the frame (length, sequence number,
+        ciphertext, tag): pynacl's binding would zero a buffer, copy the ciphertext out
+        of it and the frame be joined again, three passes over a fragment that this is
+        one (issue 34)."""
         self.send_seq += 1
         seq = _SEQ.pack(self.send_seq)
-        ct = _aead_encrypt(body, seq, _NONCE_PAD + seq, self.send_key)
-        return LENGTH.pack(len(seq) + len(ct)) + seq + ct
+        if _lib is None:  # pragma: no cover
+            ct = _aead_encrypt(body, seq, _NONCE_PAD + seq, self.send_key)
+            return LENGTH.pack(len(seq) + len(ct)) + seq + ct
+        n = len(body)
+        head = LENGTH.size + _SEQ.size
+        frame = bytearray(head + n + TAG_SIZE)
+        LENGTH.pack_into(frame, 0, _SEQ.size + n + TAG_SIZE)
+        frame[LENGTH.size : head] = seq
+        out = _ffi.from_buffer(frame)
+        written = _ffi.new("unsigned long long *")
+        rc = _lib.crypto_aead_aegis256_encrypt(
+            out + head, written, body, n, seq, _SEQ.size, _ffi.NULL, _NONCE_PAD + seq, self.send_key
+        )
+        if rc != 0 or written[0] != n + TAG_SIZE:  # pragma: no cover - libsodium never fails here
+            raise FrameError("malformed", "encryption failed")
+        return frame
 
-    def open(self, frame: bytes | memoryview) -> list[Any]:
+    def _decrypt(
+        self, frame: bytes | bytearray | memoryview, seq_bytes: bytes
+    ) -> bytes | bytearray:
+        """The plaintext of ``frame`` (after its sequence number), read in place and
+        written once (pynacl's binding would slice, zero and copy out).
+
+        Raises:
+            FrameError: ``bad_mac``.
+        """
+        if _lib is None:  # pragma: no cover
+            try:
+                return _aead_decrypt(
+                    bytes(frame[_SEQ.size :]), seq_bytes, _NONCE_PAD + seq_bytes, self.recv_key
+                )
+            except CryptoError:
+                raise FrameError("bad_mac") from None
+        clen = len(frame) - _SEQ.size
+        body = bytearray(clen - TAG_SIZE)
+        written = _ffi.new("unsigned long long *")
+        rc = _lib.crypto_aead_aegis256_decrypt(
+            _ffi.from_buffer(body),
+            written,
+            _ffi.NULL,
+            _ffi.from_buffer(frame) + _SEQ.size,
+            clen,
+            seq_bytes,
+            _SEQ.size,
+            _NONCE_PAD + seq_bytes,
+            self.recv_key,
+        )
+        if rc != 0:
+            raise FrameError("bad_mac")
+        return body
+
+    def open(self, frame: bytes | bytearray | memoryview) -> list[Any]:
         """Authenticate, decrypt and decode one frame: ``[seq, type, req_id, x, y]``.
 
         Raises:
@@ -96,14 +155,8 @@ class Session:
         """
         if len(frame) < _SEQ.size + TAG_SIZE:
             raise FrameError("malformed", "frame shorter than its sequence number and tag")
-        frame = bytes(frame)
-        seq_bytes = frame[: _SEQ.size]
-        try:
-            body = _aead_decrypt(
-                frame[_SEQ.size :], seq_bytes, _NONCE_PAD + seq_bytes, self.recv_key
-            )
-        except CryptoError:
-            raise FrameError("bad_mac") from None
+        seq_bytes = bytes(frame[: _SEQ.size])
+        body = self._decrypt(frame, seq_bytes)
         (seq,) = _SEQ.unpack(seq_bytes)
         if seq <= self.recv_seq:
             raise FrameError("replay", f"seq {seq} <= {self.recv_seq}")
@@ -145,6 +198,7 @@ async def client_handshake(
         raise TransportError(f"node {server}: bad handshake reply ({e})") from None
     if frame is None:
         raise TransportError(f"node {server} closed the connection during the handshake")
+    frame = bytes(frame)  # (a hello is small: never read into a buffer of its own)
     if len(frame) > MAX_HELLO or not mac_ok(pair, frame[:-MAC_SIZE], frame[-MAC_SIZE:]):
         raise TransportError(f"node {server}: handshake reply failed authentication")
     try:
@@ -177,6 +231,7 @@ async def server_handshake(
     frame = await reader.read()
     if frame is None:
         raise FrameError("malformed", "closed before hello")
+    frame = bytes(frame)  # (a hello is small: never read into a buffer of its own)
     if len(frame) > MAX_HELLO or len(frame) <= MAC_SIZE:
         raise FrameError("malformed", "hello of wrong size")
     msg = unpack(frame[:-MAC_SIZE])

@@ -21,8 +21,20 @@ from bftfs.net.endpoint import Endpoint
 KIND_BATCH = "rw.batch"
 #: Largest number of items in one batch (a node refuses more).
 MAX_BATCH = 128
+#: Requests one node may have unanswered before new ones to it fail at once (the
+#: batcher's ``max_pending``): 256 items of at most a fragment of a big block (87 KiB at
+#: 256 KiB blocks, m = 3), about 22 MiB held per node at most, eight of
+#: ``write_blocks``' waves behind the others.
+MAX_PENDING = 256
 
 
 def rw_batcher(endpoint: Endpoint, nursery: trio.Nursery, *, timeout: float | None) -> Batcher:
     """A batcher sending ``rw.batch`` requests through ``endpoint``."""
-    return Batcher(endpoint, nursery, kind=KIND_BATCH, max_batch=MAX_BATCH, timeout=timeout)
+    return Batcher(
+        endpoint,
+        nursery,
+        kind=KIND_BATCH,
+        max_batch=MAX_BATCH,
+        timeout=timeout,
+        max_pending=MAX_PENDING,
+    )

@@ -49,7 +49,7 @@ from bftfs.ids import NodeId
 from bftfs.net.batch import Batcher, batch_quorum
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import TransportError, refusal_code
-from bftfs.net.quorum import QuorumUnavailable
+from bftfs.net.quorum import QuorumUnavailable, live_first
 from bftfs.outcome import (
     ClusterUnavailable,
     StorageFull,
@@ -102,6 +102,10 @@ DEFAULT_THREAD_THRESHOLD = 256 * 1024
 DEFAULT_MAX_RESTARTS = 8
 #: Default number of blocks in flight in ``read_blocks`` / ``write_blocks``.
 DEFAULT_CONCURRENCY = 32
+#: Reads that ask a node for data only after the others once it sent a fragment that
+#: failed its check (or refused to produce one): a node that corrupts what it serves
+#: would otherwise cost every read a refused fragment and another round.
+SUSPECT_READS = 256
 
 
 def _encode_wave(blocks: Sequence[bytes], m: int, n: int) -> list[erasure.Encoded]:
@@ -299,6 +303,8 @@ class RWClient:
         #: (a reply that does not parse), ``refuted`` (listed a version, then did not
         #: produce its fragment), ``time_ahead`` (a time beyond the clock bound).
         self.faults: Counter[tuple[int, str]] = Counter()
+        #: Nodes asked for data last, and for how many more reads (``SUSPECT_READS``).
+        self._suspect: dict[int, int] = {}
 
     def statistics(self) -> RWStatistics:
         """A snapshot of the counters (reads, writes, rounds, repairs, restarts, ...)."""
@@ -669,6 +675,7 @@ class RWClient:
             st.mark_bad(node, bad.reason)
             self._stats["bad_replies"] += 1
             self.faults[(int(node), "corrupt")] += 1
+            self._suspect[int(node)] = SUSPECT_READS
             log.info("node %s: %s", node, bad.reason)
             return False
         st.floors[node] = reply.floor
@@ -710,11 +717,10 @@ class RWClient:
         """One pass of READ from READ_LATEST (READ_PREV up to ``cap`` inclusive when reading
         the past); None means RESTART."""
         st = _ReadState(restart_at=restart_at)
+        order = self._read_order()
         # Systematic fragments first: decoding from nodes 0..m-1 costs no arithmetic.
-        data_nodes = set(self.nodes[: self.th.m])
-        await self._read_latest(
-            st, block, self.nodes, data_nodes, initial=self.th.first_round, cap=cap
-        )
+        data_nodes = set(order[: self.th.m])
+        await self._read_latest(st, block, order, data_nodes, initial=self.th.first_round, cap=cap)
         while True:
             if cap is not None:
                 collected = [n for n, f in st.floors.items() if f > cap and n not in st.bad]
@@ -754,6 +760,19 @@ class RWClient:
                 regen.fragments,
                 tuple(sorted(st.rejected, reverse=True)),
             )
+
+    def _read_order(self) -> list[NodeId]:
+        """The nodes in the order a read asks them: by index (the systematic fragments'
+        first), nodes that recently refused connections or served a fragment that failed
+        its check last.  Only the cost changes: every reply is judged as before, and a
+        node asked last is still asked whenever the others do not decide."""
+        suspect = self._suspect
+        for node in list(suspect):
+            suspect[node] -= 1
+            if suspect[node] <= 0:
+                del suspect[node]
+        last = self.endpoint.unreachable(self.nodes) | {NodeId(n) for n in suspect}
+        return live_first(self.nodes, last)
 
     async def _read_latest(
         self,
@@ -850,6 +869,13 @@ class RWClient:
             # b + 1 nodes flag it verified: one of them is correct and regenerated it
             # (or holds b + 1 identical NOTIFYs), so decoding is enough (L1695-1698).
             self._stats["verified_skips"] += 1
+            if sorted(frags) == list(range(self.th.m)):
+                # The systematic fragments: decoding is joining them, cheaper here than
+                # the hand-off to a worker thread (issue 34).
+                self._stats["systematic_reads"] += 1
+                return erasure.Regenerated(
+                    True, erasure.decode(frags, size, self.th.m, self.th.n), (), cc
+                )
             data = await self._cpu(size, erasure.decode, frags, size, self.th.m, self.th.n)
             return erasure.Regenerated(True, data, (), cc)
         regen: erasure.Regenerated = await self._cpu(
@@ -909,6 +935,7 @@ class RWClient:
                 st.mark_bad(node, f"did not produce its fragment of {cand!r}")
                 self._stats["bad_replies"] += 1
                 self.faults[(int(node), "refuted")] += 1
+                self._suspect[int(node)] = SUSPECT_READS
                 return False
             return True
 

@@ -82,10 +82,11 @@ def validate_candidate(
     """GENERATE_FRAGMENTS and compare with the candidate's cross checksum.
 
     ``fragments`` are fragments already validated against ``cross_checksum`` (at least
-    ``m`` of them, keyed by node).  The verdict is the same for every correct reader and every
-    choice of ``m`` fragments (see :func:`bftfs.erasure.regenerate`).
+    ``m`` of them, keyed by node), so only the regenerated others are hashed.  The verdict
+    is the same for every correct reader and every choice of ``m`` fragments (see
+    :func:`bftfs.erasure.regenerate`).
     """
-    return erasure.regenerate(fragments, cross_checksum, th.m, th.n)
+    return erasure.regenerate(fragments, cross_checksum, th.m, th.n, checked=True)
 
 
 @dataclass(frozen=True)

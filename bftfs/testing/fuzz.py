@@ -220,7 +220,9 @@ async def _garbage_connection(host: str, port: int, rng: random.Random) -> None:
         await stream.aclose()
 
 
-def _frame(rng: random.Random, conn: _Connection, ring: KeyRing) -> tuple[str, bytes, bool]:
+def _frame(
+    rng: random.Random, conn: _Connection, ring: KeyRing
+) -> tuple[str, bytes | bytearray, bool]:
     """One hostile frame on ``conn``: (what it is, its bytes, whether to close after)."""
     s = conn.session
     r = rng.random()

@@ -1,0 +1,136 @@
+"""Tier 2: the PASIS client's big-file path (issue 34), over real TCP and LMDB (the
+in-process cluster).
+
+A verified block is read from its systematic fragments without decoding, and a corrupt
+fragment among them is still refused.
+
+A client holds a bounded backlog for a node that does not answer.  A write returns after
+``N - t`` acknowledgements; its request to the last node goes on in the background,
+holding its fragment until that node answers or the call times out.  A
+node that never answers (here: one that drops everything) would make a long stream of
+writes hold every fragment written meanwhile - the mount daemon grew to 1.4 GB for a
+1 GiB file with one node down.  The batcher now fails a request at once when its node has
+``MAX_PENDING`` unanswered, which the quorum call takes as a faulty node's answer.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import trio
+from rw_helpers import make_crashed, rw_cluster
+
+from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.rw import replica
+from bftfs.rw.batch import MAX_PENDING
+from bftfs.rw.client import DEFAULT_CONCURRENCY
+from bftfs.testing.byzantine.rw import make_byzantine
+
+#: Verify at once (no streams, no idle wait), keep every version.
+EAGER = VerificationPolicy(
+    settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=3600.0, stream_seconds=0.0
+)
+KEEP_ALL = RetentionPolicy(keep_seconds=3600.0, keep_versions=2)
+
+
+async def test_a_verified_block_is_read_from_its_systematic_fragments_not_a_corrupt_one(
+    tmp_path: Path,
+) -> None:
+    async with rw_cluster(tmp_path, clients=2, verification=EAGER, retention=KEEP_ALL) as (
+        cl,
+        (writer, reader),
+    ):
+        n = cl.config.n
+        data = random.Random(6).randbytes(5000)
+        ts = await writer.write_block(3, data)
+
+        with trio.fail_after(30):  # lazy verification flags it on every node
+            for i in range(n):
+                node = cl.nodes[i]
+                while not node.store.read(lambda kv: replica.is_verified(kv, 3, ts)):
+                    await node.verifier.changed.wait()
+        assert await reader.read_block(3) == data
+        st = reader.statistics()
+        # Flagged by b + 1 replies: no regeneration, and the data fragments are joined.
+        assert (st["verified_skips"], st["systematic_reads"], st["poisonous"]) == (1, 1, 0)
+        # Node 0 now corrupts every fragment it serves: its fragment fails its check against
+        # the cross checksum, the read decodes from others' and still returns the block.
+        make_byzantine(cl, 0, "corrupt-fragment")
+        assert await reader.read_block(3) == data
+        st = reader.statistics()
+        assert (st["verified_skips"], st["systematic_reads"]) == (2, 1)
+        assert reader.faults[(0, "corrupt")] == 1
+        # Node 0 is now asked for data last: the next read takes nodes 1-3's fragments
+        # (decoded) without a refused fragment and its extra round.
+        rounds = st["rounds"]
+        assert await reader.read_block(3) == data
+        st = reader.statistics()
+        assert reader.faults[(0, "corrupt")] == 1 and st["rounds"] == rounds + 1
+
+
+async def test_a_silent_node_holds_at_most_max_pending_requests(tmp_path: Path) -> None:
+    async with rw_cluster(tmp_path, clients=1, seed=5) as (cluster, (rw,)):
+        make_crashed(cluster, 0)
+        batcher = rw.batcher
+        assert batcher is not None
+        outstanding = {"now": 0, "most": 0}
+        submit = batcher.submit
+
+        def counting(node: Any, kind: str, payload: Any, done: Any, trouble: Any) -> None:
+            if node != 0:
+                submit(node, kind, payload, done, trouble)
+                return
+            outstanding["now"] += 1
+            outstanding["most"] = max(outstanding["most"], outstanding["now"])
+
+            def answered(outcome: Any) -> None:
+                outstanding["now"] -= 1
+                done(outcome)
+
+            submit(node, kind, payload, answered, trouble)
+
+        batcher.submit = counting  # type: ignore[method-assign]
+        blocks = {k: bytes([k % 251]) * 1024 for k in range(3 * MAX_PENDING)}
+        written = await rw.write_blocks(blocks)
+        assert len(written) == len(blocks)  # every write complete without node 0
+        # (plus, for one scheduler pass, the refused ones of a wave until their flush)
+        assert MAX_PENDING <= outstanding["most"] <= MAX_PENDING + DEFAULT_CONCURRENCY
+        assert batcher.backlogged > 0
+        for k in (0, len(blocks) - 1):
+            assert await rw.read_block(k) == blocks[k]
+
+
+async def test_a_wave_of_writes_is_one_durable_commit_on_each_node(tmp_path: Path) -> None:
+    """``write_blocks`` sends a wave's fragments to a node in one ``rw.batch`` frame, and
+    the node stores them in one LMDB transaction with one sync (issue 34: one commit per
+    wave, not per fragment)."""
+    off = VerificationPolicy(mode="off")  # no verification commits in between
+    slow_resend = {"resend_after": 10.0}  # a frame is not sent again while a sync runs
+    async with rw_cluster(
+        tmp_path, clients=1, durable=True, verification=off, endpoint_options=slow_resend
+    ) as (cl, (rw,)):
+        wave = DEFAULT_CONCURRENCY // 2
+        before = [node.store.commits for node in cl.nodes]
+        written = [node.store.batched_writes for node in cl.nodes]
+        got = [node.server.stats["req.rw.batch"] for node in cl.nodes]
+        blocks = {k: random.Random(k).randbytes(3000) for k in range(wave)}
+        await rw.write_blocks(blocks)
+        # Every node stored them (the write waits for N - t; the last may still be storing).
+        with trio.fail_after(30):
+            while any(  # noqa: ASYNC110 (the store has no event to wait on)
+                node.store.batched_writes - w < wave
+                for node, w in zip(cl.nodes, written, strict=True)
+            ):
+                await trio.sleep(0.01)
+        # The client sent each node one frame with the wave's 16 fragments ...
+        st = rw.statistics()
+        assert (st["batches"], st["batched_requests"]) == (cl.config.n, cl.config.n * wave)
+        # ... and each node stored what a frame carried in one transaction (a frame the
+        # client sent again, its answer being late behind a sync, is one more).
+        commits = [node.store.commits - c for node, c in zip(cl.nodes, before, strict=True)]
+        frames = [
+            node.server.stats["req.rw.batch"] - f for node, f in zip(cl.nodes, got, strict=True)
+        ]
+        assert commits == frames and min(commits) == 1
