@@ -159,7 +159,7 @@ CONTENDING = sorted(set(BEHAVIOURS) - {"forge_max_time"})
 
 
 # A Byzantine server the client proves malevolent is reported once per client (qu/client.py).
-@pytest.mark.expected_logs("bftfs.qu.client", "WARNING", match=r"^Q/U server \d+ is malevolent")
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
 @pytest.mark.parametrize("behaviour", CONTENDING)
 @pytest.mark.parametrize("server", [0, 1, 5])
 async def test_byzantine_server_cannot_break_serializability(behaviour: str, server: int) -> None:

@@ -323,7 +323,7 @@ def _pairs() -> list[tuple[int, str, str]]:
 #: objects share their directory's quorum (fs, 34dc1b9), this workload no longer reaches it.
 @pytest.mark.slow
 # A Byzantine server the client proves malevolent is reported once per client (qu/client.py).
-@pytest.mark.expected_logs("bftfs.qu.client", "WARNING", match=r"^Q/U server \d+ is malevolent")
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
 @pytest.mark.parametrize(("node", "qu_behaviour", "rw_behaviour"), _pairs())
 def test_workload_with_every_byzantine_behaviour(
     tmp_path: Path, node: int, qu_behaviour: str, rw_behaviour: str

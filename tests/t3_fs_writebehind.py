@@ -401,6 +401,9 @@ async def until_over_quota(fs: FileSystem, parent: int, data: bytes) -> tuple[by
     raise AssertionError("the quota never refused")
 
 
+@pytest.mark.expected_logs(
+    "bftfs.fs.writebehind", "WARNING", match=r"^create of b'\w+' failed when sent: "
+)
 def test_a_create_refused_for_quota_at_close_can_be_created_again(tmp_path: Path) -> None:
     """A write-behind create goes with its data at close; at its quota the servers refuse
     it (EDQUOT) and no file is made.  The kernel still holds the name it was answered at
@@ -463,6 +466,9 @@ def test_a_file_whose_data_was_refused_for_quota_is_what_was_stored(tmp_path: Pa
     run(tmp_path, body, **WB, **{"limits": LimitsPolicy(quota_fraction=0.01)})
 
 
+@pytest.mark.expected_logs(
+    "bftfs.fs.writebehind", "WARNING", match=r"^create of b'\w+' failed when sent: "
+)
 def test_a_create_whose_close_said_eio_and_that_then_fails_for_good(tmp_path: Path) -> None:
     """An outage at close (EIO: the create stays pending, item 5); meanwhile another client
     makes the name, as root and private, so the resend cannot take the data (EEXIST).  The
@@ -533,6 +539,9 @@ def refuse_first_create_for_quota(env: Env, nodes: tuple[int, ...]) -> None:
         env.cluster.faults[i].byzantine(KIND_REQUEST, refuse)
 
 
+@pytest.mark.expected_logs(
+    "bftfs.fs.writebehind", "WARNING", match=r"^create of b'\w+' failed when sent: "
+)
 @pytest.mark.parametrize("refusing", [(3, 4, 5), (2, 3, 4, 5), (0, 1, 2, 3)])
 def test_a_create_refused_for_quota_by_some_nodes_is_settled_at_once(
     tmp_path: Path, refusing: tuple[int, ...]

@@ -39,7 +39,7 @@ def _check(report: Report, schedules: int) -> None:
 # Byzantine nodes the clients prove malevolent, and crashed nodes' catch-ups that a crash
 # or a lying peer leaves incomplete, are reported: both are what the campaign does.
 MALEVOLENT = pytest.mark.expected_logs(
-    "bftfs.qu.client", "WARNING", match=r"^Q/U server \d+ is malevolent"
+    "bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent"
 )
 CATCHUP_INCOMPLETE = pytest.mark.expected_logs(
     "bftfs.node.qu_catchup", "WARNING", match=r"^Q/U catch-up: \{'state': 'incomplete'"

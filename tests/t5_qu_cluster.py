@@ -216,14 +216,14 @@ async def byzantine_run(tmp_path: Path, behaviour: str, server: int, seed: int) 
 
 
 # A Byzantine server the client proves malevolent is reported once per client (qu/client.py).
-@pytest.mark.expected_logs("bftfs.qu.client", "WARNING", match=r"^Q/U server \d+ is malevolent")
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
 @pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
 def test_byzantine_server(tmp_path: Path, behaviour: str) -> None:
     trio.run(byzantine_run, tmp_path, behaviour, PLACEMENTS_FAST[behaviour], 7)
 
 
 # A Byzantine server the client proves malevolent is reported once per client (qu/client.py).
-@pytest.mark.expected_logs("bftfs.qu.client", "WARNING", match=r"^Q/U server \d+ is malevolent")
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
 @pytest.mark.slow
 @pytest.mark.parametrize("server", range(6))
 @pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))

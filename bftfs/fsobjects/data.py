@@ -182,9 +182,8 @@ def _continued_declaration(f: dict[str, Any], tok: int, now: int) -> list[list[i
     now (and taken out of the old one, so it does not become stale): while the lease
     runs nobody else changes the file, so whatever the holder wrote under it lies below
     the size its completing ``fs.write`` sets, or is cut off by its own truncation
-    (which moves the declaration to the stale ranges).  A create's lease declares the
-    whole reservation; without this, a first flush that must lock (a bigger
-    reservation, a big block size) would leave it stale."""
+    (which moves the declaration to the stale ranges).  A create's lease declares
+    nothing, so there is nothing to take over after a create."""
     lease = f.get("wl")
     if lease is None or len(lease) < 3 or lease[0] != tok or now >= lease[1]:
         return []

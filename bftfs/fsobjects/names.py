@@ -135,8 +135,11 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         f["z"] = []
         if a.get("tok") is not None:  # created to be written: the creator holds the lease
             lease = _int(a, "lease", 1, MAX_LEASE)
-            declared = [[0, f["alloc"]]] if f["alloc"] else []  # (_settle_lease)
-            f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME), declared]
+            # Declares nothing: a first flush under it that dies leaves its blocks past the
+            # size (not given back).  Declaring the whole reservation gave back every block
+            # of it, hundreds of empty versions charged to a writer at its quota, whenever
+            # a first flush was refused (t5_limits).
+            f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME), []]
     elif ftype == st.S_IFLNK:
         target = a.get("t")
         if not isinstance(target, bytes) or not target or b"\0" in target:
