@@ -269,13 +269,6 @@ class Operations(pyfuse3.Operations):
         # entries are created and removed (pyfuse3 requires stable ``next_id``).
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
         self._next_dir_fh = 1
-        #: Set once the kernel's INIT is answered (what it negotiated, e.g. the read-ahead,
-        #: may be raised only after: fuse/mount.py).
-        self.initialised = trio.Event()
-
-    def init(self) -> None:
-        """The kernel's INIT: libfuse sends the answer right after this returns."""
-        self.initialised.set()
 
     def _eio(self, name: str, args: Any, cause: str, start: float) -> None:
         """Count and log one EIO answer (every one: a program just saw an I/O error)."""
