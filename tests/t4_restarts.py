@@ -53,16 +53,28 @@ def _count(stats: dict[str, Any], key: str) -> int:
     return int(stats.get("requests", {}).get(key, 0))
 
 
-def _wait(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
-    """Poll ``probe`` until it returns something true; fail naming ``what`` and the last
-    value after ``timeout`` seconds."""
+def _wait(
+    what: str, timeout: float, probe: Callable[[], Any], detail: Callable[[], Any] = lambda: ""
+) -> Any:
+    """Poll ``probe`` until it returns something true; fail naming ``what``, the last value
+    and ``detail()`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         got = probe()
         if got:
             return got
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s (last: {got!r})"
+        assert time.monotonic() < deadline, (
+            f"{what}: not within {timeout} s (last: {got!r}) {detail()}"
+        )
         time.sleep(0.2)
+
+
+def _forgot(stats: dict[str, Any], least: int, seen: dict[str, int]) -> bool:
+    """True once the node forgot ``least`` objects and ``least`` blocks; ``seen`` keeps
+    what it did so far, for the message of a failed wait."""
+    keys = ("qu.forgotten", "rw.forgotten", "qu.forget.waiting", "qu.tombstone.waiting")
+    seen.update({key: _count(stats, key) for key in keys})
+    return seen["qu.forgotten"] >= least and seen["rw.forgotten"] >= least
 
 
 def _flagged_everywhere(pc: ProcessCluster, at_least: list[int]) -> list[dict[str, Any]] | None:
@@ -199,13 +211,12 @@ def test_a_node_away_past_the_retention_window_catches_up_and_a_second_failure_r
             # The files it held that were removed while it was away are not kept there:
             # caught up to their final versions and their blocks' empty versions, it
             # forgets their objects and blocks like the others.
+            seen: dict[str, int] = {}
             _wait(
                 f"node {away} forgot the files removed while it was away",
                 60,
-                lambda: (
-                    _count(_stats(pc)[away], "qu.forgotten") >= 10
-                    and _count(_stats(pc)[away], "rw.forgotten") >= 10
-                ),
+                lambda: _forgot(_stats(pc)[away], 10, seen),
+                lambda: seen,
             )
             pc.kill(second)
             assert sorted(os.listdir(d)) == sorted(files)
