@@ -45,6 +45,9 @@ TABLE = [
     ("fs.unlink", U, 2, 2, ()),
     ("fs.rmdir", U, 2, 2, ()),
     ("fs.rename", U, 2, 8, ()),
+    ("fs.lease", U, 1, 8, ()),
+    ("fs.release", U, 1, 8, ()),
+    ("fs.recall", U, 1, 8, ()),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bftfs.fsobjects.attributes import _removexattr, _setattr, _setxattr
 from bftfs.fsobjects.data import _lock, _unlock, _write
+from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, _lease, _recall, _release, leased
 from bftfs.fsobjects.limits import CLOCKS
 from bftfs.fsobjects.names import (
     _create,
@@ -35,8 +36,47 @@ from bftfs.fsobjects.queries import (
 )
 from bftfs.fsobjects.rename import _rename
 from bftfs.fsobjects.snapshots import _finished, _snapshot, _snapshots
-from bftfs.qu.objects import Class, Method, ObjectType
+from bftfs.qu.objects import Class, Method, ObjectType, UpdateFn
 from bftfs.qu.timestamp import MAX_OBJECTS
+
+
+def _update(
+    name: str,
+    fn: UpdateFn,
+    min_objects: int = 1,
+    max_objects: int = 1,
+    *,
+    clocks: tuple[str, ...] = (),
+) -> Method:
+    """An update under the lease rule (:func:`bftfs.fsobjects.leases.leased`): told its
+    caller, its lease time ``lt`` checked by nodes against their clocks."""
+    return Method(
+        name,
+        Class.UPDATE,
+        leased(fn),
+        min_objects,
+        max_objects,
+        clocks=clocks,
+        caller=True,
+        lease_clock=LEASE_TIME,
+        lease_skew=LEASE_SKEW,
+    )
+
+
+def _lease_method(name: str, fn: object, *, grants: bool = False) -> Method:
+    """A lease method: on up to ``MAX_OBJECTS`` objects, told its caller."""
+    return Method(
+        name,
+        Class.UPDATE,
+        fn,  # type: ignore[arg-type]
+        1,
+        MAX_OBJECTS,
+        caller=True,
+        lease_clock=LEASE_TIME,
+        lease_skew=LEASE_SKEW,
+        grants=grants,
+    )
+
 
 FS = ObjectType(
     "fs",
@@ -45,7 +85,7 @@ FS = ObjectType(
         Method("fs.open", Class.QUERY, _open),
         Method("fs.peek", Class.QUERY, _peek),
         Method("fs.snapshots", Class.QUERY, _snapshots),
-        Method("fs.snapshot", Class.UPDATE, _snapshot),
+        _update("fs.snapshot", _snapshot),
         Method("fs.lookup", Class.QUERY, _lookup),
         Method("fs.lookupstat", Class.QUERY, _lookup_stat, 2, 2),
         Method("fs.statmany", Class.QUERY, _stat_many, 1, MAX_OBJECTS),
@@ -53,20 +93,23 @@ FS = ObjectType(
         Method("fs.readlink", Class.QUERY, _readlink),
         Method("fs.getxattr", Class.QUERY, _getxattr),
         Method("fs.listxattr", Class.QUERY, _listxattr),
-        Method("fs.mkroot", Class.UPDATE, _mkroot),
-        Method("fs.setattr", Class.UPDATE, _setattr, clocks=CLOCKS),
-        Method("fs.write", Class.UPDATE, _write, clocks=CLOCKS),
-        Method("fs.lock", Class.UPDATE, _lock, clocks=CLOCKS),
-        Method("fs.unlock", Class.UPDATE, _unlock),
-        Method("fs.setxattr", Class.UPDATE, _setxattr),
-        Method("fs.removexattr", Class.UPDATE, _removexattr),
-        Method("fs.create", Class.UPDATE, _create, 2, 2, clocks=CLOCKS),
-        Method("fs.createwrite", Class.UPDATE, _create_write, 2, 2, clocks=CLOCKS),
-        Method("fs.mkdir", Class.UPDATE, _mkdir, 2, 2),
-        Method("fs.link", Class.UPDATE, _link, 2, 2),
-        Method("fs.unlink", Class.UPDATE, _unlink, 2, 2),
-        Method("fs.rmdir", Class.UPDATE, _rmdir, 2, 2),
-        Method("fs.rename", Class.UPDATE, _rename, 2, 8),
+        _update("fs.mkroot", _mkroot),
+        _update("fs.setattr", _setattr, clocks=CLOCKS),
+        _update("fs.write", _write, clocks=CLOCKS),
+        _update("fs.lock", _lock, clocks=CLOCKS),
+        _update("fs.unlock", _unlock),
+        _update("fs.setxattr", _setxattr),
+        _update("fs.removexattr", _removexattr),
+        _update("fs.create", _create, 2, 2, clocks=CLOCKS),
+        _update("fs.createwrite", _create_write, 2, 2, clocks=CLOCKS),
+        _update("fs.mkdir", _mkdir, 2, 2),
+        _update("fs.link", _link, 2, 2),
+        _update("fs.unlink", _unlink, 2, 2),
+        _update("fs.rmdir", _rmdir, 2, 2),
+        _update("fs.rename", _rename, 2, 8),
+        _lease_method("fs.lease", _lease, grants=True),
+        _lease_method("fs.release", _release),
+        _lease_method("fs.recall", _recall),
     ),
     finished=_finished,
 )

@@ -170,6 +170,11 @@ def new_dir(parent: int, mode: int, uid: int, gid: int, now: int) -> dict[str, A
     }
 
 
+#: What a file's stat leaves out: the xattrs, link target and inline content (their own
+#: queries), the written ranges and write lease (below), the lease records (leases.py).
+_NOT_STAT = frozenset({"x", "t", "i", "w", "wl", "ls", "lr"})
+
+
 def stat_of(state: dict[str, Any]) -> dict[str, Any]:
     """The attributes of either kind of object, as queries and updates answer them.
 
@@ -199,7 +204,7 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
             "nx": len(state["x"]),
             "inl": False,
         }
-    out = {k: v for k, v in state.items() if k not in ("x", "t", "i", "w", "wl")}
+    out = {k: v for k, v in state.items() if k not in _NOT_STAT}
     out["nx"] = len(state["x"])
     out["inl"] = state.get("i") is not None
     w = state.get("w")

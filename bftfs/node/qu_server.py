@@ -242,10 +242,12 @@ class QUServer:
     def _refuse(self, sender: int, res: OverQuota | ClockAhead) -> HandlerError:
         if isinstance(res, ClockAhead):
             self.stats["qu.refused.ahead"] += 1
+            allowed = res.skew_ns or DEFAULT_MAX_AHEAD_NS
+            way = "ahead of" if res.ahead_ns > 0 else "behind"
             return HandlerError(
-                "ahead",
-                f"client {sender}'s clock is {res.ahead_ns / 1e9:.1f} s ahead of this node's "
-                f"(at most {DEFAULT_MAX_AHEAD_NS / 1e9:.0f} s)",
+                "ahead" if res.ahead_ns > 0 else "behind",
+                f"client {sender}'s clock is {abs(res.ahead_ns) / 1e9:.1f} s {way} this "
+                f"node's (at most {allowed / 1e9:.0f} s)",
             )
         self.stats["qu.refused.quota"] += 1
         if self.admission is not None:

@@ -69,6 +69,16 @@ class Method:
     #: ``replica.handle_request``): outside the method, which reads no clock, so one client
     #: cannot claim a time years ahead and lock others out (issue 31).
     clocks: tuple[str, ...] = ()
+    #: Whether the method is told who calls it: ``fn(states, arg, caller)`` with the principal
+    #: id the request's timestamp names (its authenticated sender, or for an inline repair
+    #: the client b + 1 hosts took it from), the same on every server.
+    caller: bool = False
+    #: The argument key of a lease time (``bftfs.fsobjects.leases``): a node refuses a
+    #: client's own update whose value lies more than the lease skew ahead of its clock
+    #: (``Registry.lease_time``), and for a method that grants leases (``grants``) behind.
+    lease_clock: str | None = None
+    lease_skew: int = 0
+    grants: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,18 @@ class Registry:
         ints = [v for v in times if isinstance(v, int) and not isinstance(v, bool)]
         return max(ints) if ints else None
 
+    def lease_time(self, name: str, arg: Any) -> tuple[int, int, bool] | None:
+        """The lease time an update ``name`` declares in ``arg``, the skew allowed and
+        whether the method grants leases (:attr:`Method.lease_clock`), or None (no such
+        key, or not an integer: the method judges that)."""
+        m = self._methods.get(name)
+        if m is None or m.lease_clock is None or not isinstance(arg, Mapping):
+            return None
+        v = arg.get(m.lease_clock)
+        if not isinstance(v, int) or isinstance(v, bool):
+            return None
+        return v, m.lease_skew, m.grants
+
     def names(self) -> list[str]:
         """Every registered method name, sorted."""
         return sorted(self._methods)
@@ -162,8 +184,11 @@ class Registry:
         except Exception as e:  # noqa: BLE001 - see docstring
             raise MethodRefused("method-error", type(e).__name__) from e
 
-    def update(self, name: str, states: States, arg: Any) -> tuple[dict[int, bytes], Any]:
+    def update(
+        self, name: str, states: States, arg: Any, caller: int = 0
+    ) -> tuple[dict[int, bytes], Any]:
         """Run update ``name``: the canonical bytes of every new state, and the answer.
+        ``caller``: the principal the request's timestamp names (:attr:`Method.caller`).
 
         Raises:
             MethodRefused: as for :meth:`query`, or the method did not return one state for each
@@ -171,7 +196,7 @@ class Registry:
         """
         m = self._checked(name, Class.UPDATE, len(states))
         try:
-            new, answer = m.fn(states, arg)
+            new, answer = m.fn(states, arg, caller) if m.caller else m.fn(states, arg)
             if set(new) != set(states):
                 raise MethodRefused("bad-update", "must return a state for every object")
             return {oid: canonical(v) for oid, v in new.items()}, normalise(answer)

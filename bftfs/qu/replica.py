@@ -118,6 +118,9 @@ class ClockAhead:
     allowed (nothing was written)."""
 
     ahead_ns: int
+    #: The skew allowed (0: the PASIS write skew); a negative ``ahead_ns`` is a lease time
+    #: too far behind (``Registry.lease_time``).
+    skew_ns: int = 0
 
 
 def _size(state: bytes | None) -> int:
@@ -440,6 +443,11 @@ def _clock_ahead(
     declared = step.cfg.registry.declared_time(op.method, op.arg)
     if declared is not None and declared > now_ns + max_ahead_ns:
         return ClockAhead(declared - now_ns)
+    lease = step.cfg.registry.lease_time(op.method, op.arg)
+    if lease is not None:
+        at, skew, grants = lease
+        if at > now_ns + skew or (grants and at < now_ns - skew):
+            return ClockAhead(at - now_ns, skew)
     return None
 
 
@@ -474,7 +482,7 @@ def _update(
         new_states: Mapping[int, bytes | None] = {oid: got[oid][0] for oid in objects}
     else:
         try:
-            new_states, answer = step.cfg.registry.update(op.method, states, op.arg)
+            new_states, answer = step.cfg.registry.update(op.method, states, op.arg, req.client)
         except MethodRefused as e:
             return step.reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
         if req.client == step.sender:  # an inline repair is never refused

@@ -1,0 +1,195 @@
+"""Leases as Q/U state (issue 33): who may cache an object, until when, and its recall.
+
+A client that holds a **lease** on an object may answer from what it knows of the object
+without asking the servers: a *shared* lease (:data:`SHARED`, many holders) covers reads, an
+*exclusive* one (:data:`EXCLUSIVE`, one holder) also the holder's buffered changes.  The
+record lives in the object's state, so it is as Byzantine-tolerant as the object:
+
+- ``ls``: the holders, ``[[client, kind, expiry], ...]`` in client order.  ``client`` is the
+  principal id of the request that took the lease (the Q/U timestamp's writer, which nodes
+  authenticate or prove by b + 1 hosts for a repair), never an argument: nobody can take or
+  give up a lease in another client's name.
+- ``lr``: a pending recall, ``[requester, time]``, or absent.  While it stands no lease is
+  granted or renewed (a holder asked to release cannot renew); it goes with the last live
+  holder.
+
+Methods read no clock (``bftfs.qu.objects``).  Every lease-aware update carries the
+caller's time ``lt`` (ns); nodes refuse an ``lt`` more than :data:`LEASE_SKEW` ahead of
+their clock, and for :func:`_lease` also more than that behind (``Method.lease_clock``), so
+a lease runs, on every correct node, from within the skew of when it was granted, and
+nobody can declare a time that ends another client's lease early.  A holder counts its
+lease from before it asked, less :data:`HOLDER_MARGIN`, so it stops using it before any
+correct node could let a conflicting update through.
+
+**Conflicts** (:func:`leased`, wrapped around every update of the ``fs`` type): an update by
+client C that would change an object on which another client holds a lease live at C's
+``lt`` (or any lease, when the update carries no ``lt``) is refused ``leased``; nothing
+changes.  C then asks for a recall (:func:`_recall`, which records ``lr``); every correct
+node that takes it pushes a recall to the holders (``node/qu_server.py``), which write back
+what they buffered and release (:func:`_release`); C retries.  A holder that never releases
+(dead, cut off, Byzantine) is bounded by its expiry: at most :data:`MAX_TERM`.  Updates that
+change nothing (a refused create, the ancestors a rename only reads) never conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bftfs.fsobjects.limits import MAX_TIME, MIN_TIME
+from bftfs.fsobjects.state import _arg, _int, _node
+from bftfs.qu.objects import MethodRefused, States
+
+#: Lease kinds.
+SHARED = 1
+EXCLUSIVE = 2
+#: Longest lease a client may ask for (ns).
+MAX_TERM = 120 * 10**9
+#: How far a lease time ``lt`` may lie from a node's clock (ns): ahead for every update
+#: (so no one ends another's lease early), behind too for a grant (so a lease does not end
+#: on the nodes before its holder stops using it).
+LEASE_SKEW = 2 * 10**9
+#: What a holder takes off its lease's term: the skew both ways and a second for its own
+#: clock's drift and the time between reading it and the nodes' check.
+HOLDER_MARGIN = 2 * LEASE_SKEW + 10**9
+#: The argument key of the caller's lease time.
+LEASE_TIME = "lt"
+#: Most holders one object records; a further client is refused ``busy`` (it runs uncached).
+MAX_HOLDERS = 32
+
+Holder = list[int]  # [client, kind, expiry]
+
+
+def _lease_time(a: Mapping[str, Any]) -> int | None:
+    """The caller's ``lt``, or None when it sent none (then every lease counts as live)."""
+    if a.get(LEASE_TIME) is None:
+        return None
+    return _int(dict(a), LEASE_TIME, MIN_TIME, MAX_TIME)
+
+
+def holders(state: Any) -> list[Holder]:
+    """The lease records of an object state (``[]`` for none, or not an object)."""
+    if not isinstance(state, dict):
+        return []
+    got = state.get("ls")
+    return [list(h) for h in got] if isinstance(got, list) else []
+
+
+def live(state: Any, at: int | None, *, other_than: int | None = None) -> list[Holder]:
+    """The holders whose lease runs at ``at`` (all of them for None), but ``other_than``."""
+    return [h for h in holders(state) if h[0] != other_than and (at is None or h[2] > at)]
+
+
+def _tidy(state: dict[str, Any], at: int | None) -> None:
+    """Drop the leases that ended by ``at``, and the recall once no holder is left."""
+    kept = holders(state) if at is None else [h for h in holders(state) if h[2] > at]
+    if kept:
+        state["ls"] = kept
+    else:
+        state.pop("ls", None)
+        state.pop("lr", None)
+
+
+def _without_leases(state: Any) -> Any:
+    if isinstance(state, dict) and ("ls" in state or "lr" in state):
+        return {k: v for k, v in state.items() if k not in ("ls", "lr")}
+    return state
+
+
+def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callable[..., Any]:
+    """``fn`` (an ``fs`` update) with the lease rule: refused ``leased`` when it would change
+    an object another client holds a live lease on; the lease records carried over.
+
+    The change is judged on the states without their lease records, so the caller's own
+    leases and the ancestors a rename only reads are never in the way."""
+
+    def update(states: States, arg: Any, caller: int = 0) -> tuple[dict[int, Any], Any]:
+        at = _lease_time(arg) if isinstance(arg, Mapping) else None
+        made, answer = fn(states, arg)
+        new = dict(made)
+        for oid, state in made.items():
+            old = states.get(oid)
+            if _without_leases(state) == _without_leases(old):
+                new[oid] = old
+                continue
+            if live(old, at, other_than=caller):
+                raise MethodRefused("leased", f"object {oid} is leased to another client")
+            if isinstance(state, dict) and isinstance(old, dict):
+                state = dict(state)
+                for key in ("ls", "lr"):
+                    if key in old:
+                        state[key] = old[key]
+                    else:
+                        state.pop(key, None)
+                _tidy(state, at)
+                new[oid] = state
+        return new, answer
+
+    update.__doc__ = fn.__doc__
+    return update
+
+
+def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+    """Take or renew the caller's lease of ``kind`` on each object until ``lt + term``.
+
+    Refused ``recalled`` while a recall stands (nobody takes or renews a lease then, the
+    holders asked to release first), ``leased`` when another client holds a live lease the
+    kind conflicts with (an exclusive lease conflicts with every other), ``busy`` past
+    :data:`MAX_HOLDERS`.  The caller's own earlier lease is replaced.  The answer: the
+    expiry granted."""
+    a = _arg(arg)
+    kind = _int(a, "kind", SHARED, EXCLUSIVE)
+    at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
+    expiry = min(at + _int(a, "term", 1, MAX_TERM), MAX_TIME)
+    new = {}
+    for oid, state in states.items():
+        s = _node(state)
+        _tidy(s, at)
+        if s.get("lr") is not None:
+            raise MethodRefused("recalled", f"object {oid} is being recalled")
+        others = live(s, at, other_than=caller)
+        if others and (kind == EXCLUSIVE or any(h[1] == EXCLUSIVE for h in others)):
+            raise MethodRefused("leased", f"object {oid} is leased to another client")
+        if len(others) >= MAX_HOLDERS:
+            raise MethodRefused("busy", f"object {oid} has {len(others)} lease holders")
+        s["ls"] = sorted([*others, [caller, kind, expiry]])
+        new[oid] = s
+    return new, expiry
+
+
+def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+    """Give up the caller's lease on each object (also one that ended: harmless).  With the
+    last live holder the recall goes too.  The answer: None."""
+    a = _arg(arg)
+    at = _lease_time(a)
+    new = {}
+    for oid, state in states.items():
+        s = _node(state)
+        kept = [h for h in holders(s) if h[0] != caller]
+        if kept:
+            s["ls"] = kept
+        else:
+            s.pop("ls", None)
+        _tidy(s, at)
+        new[oid] = s
+    return new, None
+
+
+def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+    """Ask the other holders of live leases on each object to release: records ``lr`` (no
+    lease is granted or renewed from now on) and answers ``{oid: [holder ids]}`` for the
+    objects that have any, which every node that took the update pushes a recall to
+    (``node/qu_server.py``).  An object nobody else holds is left as it is."""
+    a = _arg(arg)
+    at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
+    new, out = {}, {}
+    for oid, state in states.items():
+        s = _node(state)
+        _tidy(s, at)
+        others = live(s, at, other_than=caller)
+        if others:
+            if s.get("lr") is None:
+                s["lr"] = [caller, at]
+            out[oid] = sorted(h[0] for h in others)
+        new[oid] = s
+    return new, out

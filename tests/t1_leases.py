@@ -1,0 +1,121 @@
+"""Tier 1: leases as Q/U state (``bftfs/fsobjects/leases.py``), through the ``fs`` registry
+as a node runs it: who may take, renew, release and recall a lease, which updates a lease
+refuses, and which lease times a node's clock check refuses."""
+
+from __future__ import annotations
+
+import stat as st
+from typing import Any
+
+import pytest
+
+from bftfs.fsobjects import FS, new_dir
+from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders
+from bftfs.qu.canon import unpack
+from bftfs.qu.objects import MethodRefused, Registry
+
+REG = Registry([FS])
+DIR, FILE = 16, 22
+A, B, C = 101, 102, 103
+S = 10**9
+T0 = 1_700_000_000 * S
+
+
+def directory() -> dict[str, Any]:
+    return new_dir(1, 0o755, 0, 0, T0)
+
+
+def update(
+    method: str, states: dict[int, Any], caller: int, **arg: Any
+) -> tuple[dict[int, Any], Any]:
+    raw, answer = REG.update(method, states, arg, caller)
+    return {oid: unpack(b) for oid, b in raw.items()}, answer
+
+
+def lease(state: Any, caller: int, kind: int, at: int, term: int = 30 * S) -> Any:
+    new, _ = update("fs.lease", {DIR: state}, caller, kind=kind, lt=at, term=term)
+    return new[DIR]
+
+
+def mkdir_in(state: Any, caller: int, at: int | None) -> dict[int, Any]:
+    arg: dict[str, Any] = {"name": b"sub", "p": DIR, "o": FILE, "mode": 0o755, "uid": 0, "gid": 0}
+    arg["now"] = T0 + 5 * S
+    if at is not None:
+        arg["lt"] = at
+    new, _ = update("fs.mkdir", {DIR: state, FILE: None}, caller, **arg)
+    return new
+
+
+def test_shared_leases_are_held_together_and_an_exclusive_one_alone() -> None:
+    d = lease(lease(directory(), A, SHARED, T0), B, SHARED, T0)
+    assert [h[:2] for h in holders(d)] == [[A, SHARED], [B, SHARED]]
+    with pytest.raises(MethodRefused) as e:
+        lease(d, C, EXCLUSIVE, T0 + S)
+    assert e.value.code == "leased"
+    x = lease(directory(), A, EXCLUSIVE, T0)
+    with pytest.raises(MethodRefused) as e:
+        lease(x, B, SHARED, T0 + S)
+    assert e.value.code == "leased"
+    # Once the exclusive lease ended, anyone may take one; the holder renews its own.
+    assert holders(lease(x, B, SHARED, T0 + 31 * S))[0][0] == B
+    assert holders(lease(x, A, EXCLUSIVE, T0 + 10 * S))[0][2] == T0 + 40 * S
+
+
+def test_an_update_another_client_holds_a_lease_on_is_refused_until_it_ends() -> None:
+    d = lease(directory(), A, SHARED, T0)
+    for at in (T0 + S, None):  # no lease time: every lease counts as live
+        with pytest.raises(MethodRefused) as e:
+            mkdir_in(d, B, at)
+        assert e.value.code == "leased"
+    made = mkdir_in(d, B, T0 + 30 * S)  # the lease ended at T0 + 30 s
+    assert "ls" not in made[DIR] and made[FILE]["k"] == "d"
+    # The holder's own update keeps its lease.
+    own = mkdir_in(d, A, T0 + S)
+    assert [h[0] for h in holders(own[DIR])] == [A]
+
+
+def test_an_update_that_changes_nothing_never_conflicts() -> None:
+    d = lease(directory(), A, SHARED, T0)
+    d["e"] = mkdir_in(directory(), A, None)[DIR]["e"]  # "sub" exists
+    with pytest.raises(MethodRefused) as e:
+        mkdir_in(d, B, T0 + S)
+    assert e.value.code == "exists"  # POSIX's answer, not a recall
+
+
+def test_a_recall_stops_renewal_and_new_leases_and_goes_with_the_last_holder() -> None:
+    d = lease(lease(directory(), A, SHARED, T0), B, SHARED, T0)
+    new, answer = update("fs.recall", {DIR: d}, C, lt=T0 + S)
+    assert answer == {DIR: [A, B]}
+    r = new[DIR]
+    assert r["lr"] == [C, T0 + S]
+    for who in (A, C):
+        with pytest.raises(MethodRefused) as e:
+            lease(r, who, SHARED, T0 + 2 * S)
+        assert e.value.code == "recalled"
+    once, _ = update("fs.release", {DIR: r}, A, lt=T0 + 2 * S)
+    assert "lr" in once[DIR] and [h[0] for h in holders(once[DIR])] == [B]
+    both, _ = update("fs.release", {DIR: once[DIR]}, B, lt=T0 + 2 * S)
+    assert "lr" not in both[DIR] and "ls" not in both[DIR]
+    assert mkdir_in(both[DIR], C, T0 + 2 * S)[FILE]["k"] == "d"
+
+
+def test_a_recall_of_an_object_nobody_else_holds_changes_nothing() -> None:
+    d = lease(directory(), A, SHARED, T0)
+    new, answer = update("fs.recall", {DIR: d}, A, lt=T0 + S)
+    assert answer == {} and "lr" not in new[DIR]
+
+
+def test_nobody_releases_or_takes_a_lease_in_another_clients_name() -> None:
+    """The holder is the caller the request names, never an argument."""
+    d = lease(directory(), A, SHARED, T0)
+    new, _ = update("fs.release", {DIR: d}, B, lt=T0 + S, client=A)
+    assert [h[0] for h in holders(new[DIR])] == [A]
+
+
+def test_stat_answers_leave_the_lease_records_out() -> None:
+    d = lease(directory(), A, SHARED, T0)
+    f = {"k": "f", "mode": st.S_IFREG | 0o644, "uid": 0, "gid": 0, "rdev": 0, "nl": 1}
+    f.update(size=0, alloc=0, d=5, at=0, mt=0, ct=0, t=None, x={}, v=0, i=None)
+    f.update(ls=d["ls"])
+    got = REG.query("fs.stat", {FILE: f}, {})
+    assert "ls" not in got and "lr" not in got
