@@ -212,13 +212,20 @@ async def test_an_on_push_that_raises_does_not_stop_replies(
             assert server(cluster, 0).connected(ep.pid) == 1  # the same connection
 
 
-async def test_a_push_without_on_push_is_ignored(tmp_path: Path) -> None:
+async def test_a_push_without_on_push_is_ignored_and_on_push_may_be_set_later(
+    tmp_path: Path,
+) -> None:
     async with two_nodes(tmp_path) as cluster, client(cluster, 0, None) as ep:
         await ep.call(NodeId(0), "ping", None)
         await connected(cluster, ep, 0)
         assert server(cluster, 0).push(ep.pid, "unheard") == 1
         assert (await ep.call(NodeId(0), "ping", b"w"))["echo"] == b"w"
         assert not ep.faults
+        got: Pushed = []
+        ep.on_push = lambda n, b: got.append((n, b))  # the open connection delivers to it
+        assert server(cluster, 0).push(ep.pid, "heard") == 1
+        await until(lambda: got == [(NodeId(0), "heard")])
+        assert server(cluster, 0).connected(ep.pid) == 1
 
 
 async def test_a_push_from_a_client_is_dropped_and_counted_by_the_node(tmp_path: Path) -> None:

@@ -81,7 +81,8 @@ class Endpoint:
         on_push: PushHandler | None = None,
     ) -> None:
         self.keyring = keyring
-        #: Receives each authenticated push with the node that sent it (connection.py).
+        #: Receives each authenticated push with the node that sent it (connection.py); may
+        #: be set or replaced later, and then applies to the open connections too.
         self.on_push = on_push
         #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`aclose` ran.
         self._kept: set[NodeId] = set()
@@ -171,7 +172,7 @@ class Endpoint:
             self._down_backoff.pop(node, None)
             self._down_until.pop(node, None)
             self._dead.discard(node)
-            conn = Connection(node, stream, reader, session, self.faults, self.on_push)
+            conn = Connection(node, stream, reader, session, self.faults, self._pushed)
             self._conns[node] = conn
             self._nursery.start_soon(conn.run)
             return conn
@@ -359,6 +360,12 @@ class Endpoint:
                     )
         finally:
             conn.pending.pop(req_id, None)
+
+    def _pushed(self, node: NodeId, body: Any) -> None:
+        """A connection's push, to :attr:`on_push` as it is now (none: ignored)."""
+        on_push = self.on_push
+        if on_push is not None:
+            on_push(node, body)
 
     def stay_connected(self, nodes: Sequence[NodeId]) -> None:
         """Keep a connection open to each of ``nodes`` until the endpoint closes, so that
