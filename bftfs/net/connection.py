@@ -4,6 +4,12 @@
 task batching frames (frames.py ``FrameWriter``) and a reader task that matches replies to
 request ids and resolves their :class:`Waiter`; a lost connection resolves every pending
 waiter as lost.  :class:`~bftfs.net.endpoint.Endpoint` owns one per node.
+
+The reader also hands each push (a message the node sent unasked, issue 33) to the
+endpoint's ``on_push(node, body)``, synchronously: the callee only queues work, and an
+exception in it is logged and counted, never the end of the connection.  The node that
+sent it is the one at the other end of this session: only it can seal a frame that opens
+here.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ import trio
 
 from bftfs.ids import NodeId
 from bftfs.net.errors import FrameError
-from bftfs.net.frames import REPLY, STATUS_OK, FrameReader, FrameWriter
+from bftfs.net.frames import PUSH, REPLY, STATUS_OK, FrameReader, FrameWriter
 from bftfs.net.session import Session
 
 log = logging.getLogger(__name__)
+
+#: What receives pushes: the node that sent one and its body (``open_endpoint(on_push=)``).
+PushHandler = Callable[[NodeId, Any], None]
 
 
 class Waiter:
@@ -66,14 +75,18 @@ class Connection:
         reader: FrameReader,
         session: Session,
         faults: Counter[tuple[int, str]],
+        on_push: PushHandler | None = None,
     ) -> None:
         self.node = node
         self.faults = faults
         self.stream = stream
         self.reader = reader
         self.session = session
+        self.on_push = on_push
         self.pending: dict[int, Waiter] = {}
         self.closed = False
+        #: Set when the connection closes (``Endpoint.stay_connected`` waits on it).
+        self.gone = trio.Event()
         self._writer = FrameWriter(stream)
 
     def send_nowait(self, msg: list[Any]) -> None:
@@ -104,16 +117,33 @@ class Connection:
                 try:
                     seq, kind, req_id, status, body = self.session.open(frame)
                 except FrameError as e:
-                    log.warning("node %s: dropped reply frame (%s)", self.node, e)
+                    log.warning("node %s: dropped frame (%s)", self.node, e)
                     self.faults[(int(self.node), f"frame_{e.reason}")] += 1
                     if e.reason == "bad_mac":
                         continue
                     return
-                waiter = self.pending.pop(req_id, None)
-                if kind == REPLY and waiter is not None:
-                    waiter.resolve(status, body)
+                if kind == REPLY:
+                    waiter = self.pending.pop(req_id, None)
+                    if waiter is not None:
+                        waiter.resolve(status, body)
+                elif kind == PUSH:
+                    self._pushed(body)
+                else:
+                    self.faults[(int(self.node), "frame_unexpected")] += 1
         except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
+
+    def _pushed(self, body: Any) -> None:
+        """Hand one authenticated push to ``on_push`` (none: ignored); its failure is
+        logged and counted here, so that replies on this connection keep coming."""
+        on_push = self.on_push
+        if on_push is None:
+            return
+        try:
+            on_push(self.node, body)
+        except Exception:
+            self.faults[(int(self.node), "push_handler_failed")] += 1
+            log.exception("node %s: push handler failed", self.node)
 
     def _close(self) -> None:
         if self.closed:
@@ -125,3 +155,4 @@ class Connection:
         for w in pending:
             w.resolve(None, None, lost=True)
         self.stream.socket.close()
+        self.gone.set()

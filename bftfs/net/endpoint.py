@@ -16,6 +16,12 @@ background (:meth:`Endpoint._finish`).
 **Coalescing** (``quorum_call(..., batch=BatchKind(...))``, the Q/U client's rounds): the
 first transmissions of concurrent quorum calls to a node share a frame (coalesce.py).  The
 connections themselves are connection.py's.
+
+**Pushes** (issue 33): a node may send a connected principal a message unasked
+(``Server.push``); an endpoint opened with ``on_push`` receives them from its connections'
+reader tasks.  A node reaches only principals connected to it, so a client that must hear
+from nodes it has not called lately keeps connections to them with
+:meth:`Endpoint.stay_connected`.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import trio
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.coalesce import BatchKind, Coalescer
-from bftfs.net.connection import Connection, Waiter
+from bftfs.net.connection import Connection, PushHandler, Waiter
 from bftfs.net.driver import QuorumDriver
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.frames import (
@@ -47,6 +53,11 @@ from bftfs.net.session import client_handshake
 from bftfs.outcome import bounded, progressed
 
 log = logging.getLogger(__name__)
+
+#: First and longest wait of :meth:`Endpoint.stay_connected` between attempts to reach a
+#: node; the longest is also how long a connection must have lived to reset the wait.
+KEEP_BACKOFF_MIN = 0.02
+KEEP_BACKOFF_MAX = 1.0
 
 
 class Endpoint:
@@ -67,8 +78,15 @@ class Endpoint:
         resend_after: float = 1.0,
         connect_timeout: float = 2.0,
         coalesce_window: float = 0.001,
+        on_push: PushHandler | None = None,
     ) -> None:
         self.keyring = keyring
+        #: Receives each authenticated push with the node that sent it (connection.py); may
+        #: be set or replaced later, and then applies to the open connections too.
+        self.on_push = on_push
+        #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`aclose` ran.
+        self._kept: set[NodeId] = set()
+        self._closing = False
         self.addresses = dict(addresses)
         self.max_frame = max_frame
         self.timeout = timeout
@@ -89,7 +107,9 @@ class Endpoint:
         self.coalescer = Coalescer(nursery, self._ids, coalesce_window)
         #: Faults seen per node: ``(node, kind)`` -> count, kind ``timeout`` (a request not
         #: answered in time), ``unreachable`` (a request given up because no connection
-        #: could be made) or ``frame_<reason>``, a reply frame rejected (``frame_bad_mac``,
+        #: could be made), ``push_handler_failed`` (``on_push`` raised), ``frame_unexpected``
+        #: (a message neither reply nor push) or ``frame_<reason>``, a frame rejected
+        #: (``frame_bad_mac``,
         #: ``frame_replay``, ...).
         self.faults: Counter[tuple[int, str]] = Counter()
 
@@ -152,7 +172,7 @@ class Endpoint:
             self._down_backoff.pop(node, None)
             self._down_until.pop(node, None)
             self._dead.discard(node)
-            conn = Connection(node, stream, reader, session, self.faults)
+            conn = Connection(node, stream, reader, session, self.faults, self._pushed)
             self._conns[node] = conn
             self._nursery.start_soon(conn.run)
             return conn
@@ -341,7 +361,58 @@ class Endpoint:
         finally:
             conn.pending.pop(req_id, None)
 
+    def _pushed(self, node: NodeId, body: Any) -> None:
+        """A connection's push, to :attr:`on_push` as it is now (none: ignored)."""
+        on_push = self.on_push
+        if on_push is not None:
+            on_push(node, body)
+
+    def stay_connected(self, nodes: Sequence[NodeId]) -> None:
+        """Keep a connection open to each of ``nodes`` until the endpoint closes, so that
+        their pushes reach us even when we have not called them lately.
+
+        A method, not a task for the caller: one task per node runs in the endpoint's own
+        nursery (it ends with the endpoint).  A lost connection is opened again through
+        :meth:`_connection` (the same handshake and the same record of unreachable nodes
+        as calls), after a wait that doubles from ``KEEP_BACKOFF_MIN`` to
+        ``KEEP_BACKOFF_MAX`` while the node stays down, and is never shorter than what
+        ``_connection`` asks after a refusal: a node that is down costs a connection
+        attempt a second, not a busy loop.  Calling it again for a node already kept
+        does nothing.
+
+        Raises:
+            TransportError: a node is not in the endpoint's addresses.
+        """
+        unknown = [n for n in nodes if n not in self.addresses]
+        if unknown:
+            raise TransportError(f"unknown nodes {unknown}")
+        for node in nodes:
+            if node not in self._kept:
+                self._kept.add(node)
+                self._nursery.start_soon(self._keep_connected, node)
+
+    async def _keep_connected(self, node: NodeId) -> None:
+        """:meth:`stay_connected`'s task for one node."""
+        delay = KEEP_BACKOFF_MIN
+        while not self._closing:
+            started = trio.current_time()
+            try:
+                conn = await self._connection(node)
+            except TransportError:
+                pass
+            else:
+                await conn.gone.wait()
+                if trio.current_time() - started >= KEEP_BACKOFF_MAX:
+                    delay = KEEP_BACKOFF_MIN  # it lived: a fresh loss, try again soon
+            if self._closing:
+                return
+            await trio.sleep_until(
+                max(trio.current_time() + delay, self._down_until.get(node, 0.0))
+            )
+            delay = min(delay * 2, KEEP_BACKOFF_MAX)
+
     async def aclose(self) -> None:
+        self._closing = True
         for conn in list(self._conns.values()):
             conn._close()
         self._conns.clear()

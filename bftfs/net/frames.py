@@ -27,6 +27,8 @@ DIRECT_FRAME = 64 * 1024
 #: Message types and reply statuses (the first and third fields of a session message).
 REQUEST = 0
 REPLY = 1
+#: A message a node sends a client unasked (a lease recall, issue 33), sealed like a reply.
+PUSH = 2
 STATUS_OK = 0
 STATUS_ERROR = 1
 

@@ -9,7 +9,12 @@ own task so that slow requests (a durable write) do not hold up others, unless i
 never waits (``inline``) or answers it synchronously (``fast``), which saves the task and
 its switches.  Handlers refuse with :class:`HandlerError`; any other exception is logged
 (once per kind of failure), counted and answered as ``internal`` - nothing a peer sends can
-stop the server.
+stop the server.  A message of any kind but a request (a client has no business sending a
+push) is dropped and counted (``rejected["malformed"]``).
+
+Pushes (issue 33: a lease recall): the server keeps each authenticated principal's open
+connections, and :meth:`Server.push` seals a message to every one of them, unasked; it never
+waits and never fails for a connection that is gone, so request handlers may call it.
 
 Admission (``net/admission.py``): a server given an :class:`~bftfs.net.admission.Admission`
 makes each limited principal's request wait, unread further, for its rate tokens and an
@@ -36,12 +41,14 @@ from bftfs.net.admission import Admission
 from bftfs.net.errors import FrameError
 from bftfs.net.frames import (
     DEFAULT_MAX_FRAME,
+    PUSH,
     REPLY,
     REQUEST,
     STATUS_ERROR,
     STATUS_OK,
     FrameReader,
     FrameWriter,
+    pack,
 )
 from bftfs.net.session import Session, server_handshake
 
@@ -141,6 +148,8 @@ class Server(Generic[Ctx]):
         #: stream and yields to it (``rw/lazy.stream_state``); its driver sets the gap.
         self.client_busy_since = 0.0
         self.busy_gap = 0.5
+        #: The open connections of each authenticated principal (what :meth:`push` reaches).
+        self._open: dict[PrincipalId, list[_ServerConnection[Ctx]]] = {}
 
     def register(
         self,
@@ -185,6 +194,33 @@ class Server(Generic[Ctx]):
     def handler(self, kind: str) -> Handler | None:
         return self._handlers.get(kind)
 
+    def push(self, principal: PrincipalId, body: Any) -> int:
+        """Send ``body`` (any msgpack value) unasked to ``principal`` on each of its open
+        connections; how many that was (0: it has none open).
+
+        Never waits (the frames are written or queued, as replies are) and never raises for
+        a connection that is gone, so request handlers may call it.  Delivery is not
+        confirmed: a connection that breaks now loses the push, so a caller must not
+        depend on its arrival (a lease recall is also a lease's expiry, issue 33).
+
+        Raises:
+            TypeError: ``body`` cannot be encoded (a caller's mistake, found at once).
+        """
+        conns = self._open.get(principal)
+        if not conns:
+            return 0
+        packed = pack([PUSH, 0, 0, body])  # sealed once per connection, packed once
+        sent = 0
+        for conn in conns:
+            if conn.send_packed(packed):
+                sent += 1
+        self.stats["pushes"] += sent
+        return sent
+
+    def connected(self, principal: PrincipalId) -> int:
+        """How many connections of ``principal`` are open (those :meth:`push` would use)."""
+        return len(self._open.get(principal, ()))
+
     async def serve(self, stream: trio.SocketStream) -> None:
         """Handshake, then answer requests until the connection ends (for
         ``trio.serve_listeners``)."""
@@ -202,14 +238,25 @@ class Server(Generic[Ctx]):
             await stream.aclose()
             return
         conn = _ServerConnection(stream, session, sender, self._context(sender), self.traffic)
+        self._open.setdefault(sender, []).append(conn)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.writer.run)
                 await self._read_loop(conn, reader, nursery)
                 nursery.cancel_scope.cancel()
         finally:
+            self._forget(conn)
             conn.close()
             await stream.aclose()
+
+    def _forget(self, conn: _ServerConnection[Ctx]) -> None:
+        """Take a closing connection out of its principal's open ones."""
+        conns = self._open.get(conn.sender)
+        if conns is None:
+            return
+        conns.remove(conn)
+        if not conns:
+            del self._open[conn.sender]
 
     async def _read_loop(
         self, conn: _ServerConnection[Ctx], reader: FrameReader, nursery: trio.Nursery
@@ -394,16 +441,22 @@ class _ServerConnection(Generic[Ctx]):
         self.traffic = traffic
 
     def send(self, msg: list[Any]) -> None:
+        self.send_packed(pack(msg))
+
+    def send_packed(self, body: bytes) -> bool:
+        """Seal and send (or queue) one packed message; False if the connection is gone
+        (a reply's client will resend; a push is lost with the connection)."""
         if self.writer.closed:
-            return  # the connection is gone; the client will resend
-        frame = self.session.seal(msg)
+            return False
+        frame = self.session.seal_body(body)
         traffic = self.traffic
         traffic["frames_out"] += 1
         traffic["bytes_out"] += len(frame)
-        try:  # noqa: SIM105  (hot path: try/except is cheaper than contextlib.suppress)
+        try:
             self.writer.write(frame)
         except trio.ClosedResourceError:
-            pass
+            return False
+        return True
 
     def close(self) -> None:
         self.writer.close()

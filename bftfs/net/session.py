@@ -10,6 +10,7 @@ Wire format (version :data:`bftfs.WIRE_VERSION`)::
     session frame   = u32 length || u64 seq || AEAD(K_dir, nonce = 0^24 || seq, ad = seq, m)
     request   m = msgpack [0, req_id, kind, payload]                             K_dir = K_c2s
     reply     m = msgpack [1, req_id, status, payload | [code, message]]         K_dir = K_s2c
+    push      m = msgpack [2, 0, 0, body]                                        K_dir = K_s2c
 
 ``K_pair`` is the Diffie-Hellman pairwise key of the two principals (``crypto.KeyRing``).
 Each connection derives fresh session keys ``K_c2s``/``K_s2c`` from ``K_pair`` and both
@@ -19,7 +20,10 @@ drops a frame that fails authentication and any frame whose ``seq`` is not above
 one it accepted.  Together: a tampered frame fails authentication, a frame replayed inside
 a connection fails the sequence check, and a frame replayed into another connection fails
 authentication because the session keys differ.  A principal whose key is not in the
-configuration cannot complete the handshake, so it never gets an answer.
+configuration cannot complete the handshake, so it never gets an answer.  A push (a node's
+message to a client that did not ask, issue 33) is one more server-to-client frame of the
+same session: only the node at the other end of that session can seal one, and a node can
+push only to principals connected to it.
 
 Why AEGIS-256 (libsodium through pynacl; 32-byte key, 32-byte nonce, 32-byte tag): on this
 machine it encrypts at about 1.3 GB/s against ChaCha20-Poly1305's 0.7 GB/s, which was 15%
