@@ -99,6 +99,8 @@ async def fs_env(
                     **(fs_options or {}),
                 )
             )
+            if fss[-1].meta.leases is not None:
+                fss[-1].meta.leases.listen(cluster.client(k), cluster.config.node_ids)
         yield Env(cluster, fss, qu_client(cluster, clients, seed), clock)
 
 

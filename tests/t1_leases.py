@@ -85,7 +85,7 @@ def test_an_update_that_changes_nothing_never_conflicts() -> None:
 def test_a_recall_stops_renewal_and_new_leases_and_goes_with_the_last_holder() -> None:
     d = lease(lease(directory(), A, SHARED, T0), B, SHARED, T0)
     new, answer = update("fs.recall", {DIR: d}, C, lt=T0 + S)
-    assert answer == {DIR: [A, B]}
+    assert answer == [[DIR, [A, B]]]
     r = new[DIR]
     assert r["lr"] == [C, T0 + S]
     for who in (A, C):
@@ -102,7 +102,7 @@ def test_a_recall_stops_renewal_and_new_leases_and_goes_with_the_last_holder() -
 def test_a_recall_of_an_object_nobody_else_holds_changes_nothing() -> None:
     d = lease(directory(), A, SHARED, T0)
     new, answer = update("fs.recall", {DIR: d}, A, lt=T0 + S)
-    assert answer == {} and "lr" not in new[DIR]
+    assert answer == [] and "lr" not in new[DIR]
 
 
 def test_nobody_releases_or_takes_a_lease_in_another_clients_name() -> None:

@@ -85,6 +85,7 @@ from bftfs.fs.files import (
 )
 from bftfs.fs.handles import Handles
 from bftfs.fs.handletable import HandleTable
+from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
@@ -139,6 +140,7 @@ class FileSystem:
         readahead_max: int = DEFAULT_READAHEAD_MAX,
         behind_limit: int = DEFAULT_BEHIND_LIMIT,
         write_behind: bool = False,
+        lease_term: float = 0.0,
     ) -> None:
         self.config = config
         self.uid = uid
@@ -149,6 +151,8 @@ class FileSystem:
         inline = min(getattr(config, "inline_limit", 0), self.bs)
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
+        if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
+            self.meta.leases = Leases(self.meta.update, term=lease_term, b=config.b)
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         self.reclaimer = Reclaimer(self.meta, self.cache)
         self.engine = FlushEngine(

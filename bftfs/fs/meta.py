@@ -29,6 +29,8 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
+from bftfs.fs.leases import Leases
+from bftfs.fsobjects.leases import LEASE_SKEW, MAX_TERM
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
@@ -52,6 +54,9 @@ BACKOFF_MAX = 0.5
 CHUNK = 256
 
 T = TypeVar("T")
+
+#: The lease methods: they change no content, so they drop nothing the leases keep.
+_LEASE_METHODS = frozenset({"fs.lease", "fs.release", "fs.recall"})
 
 #: What the protocol clients raise when the cluster cannot answer (``bftfs.outcome``).
 _PROTOCOL_ERRORS = (ClusterUnavailable,)
@@ -129,6 +134,11 @@ class Meta:
         self._space: tuple[float, int] | None = None
         #: Runs before every query and update but its own (None: nothing to wait for).
         self.gate: CallGate | None = None
+        #: This mount's leases (``fs/leases.py``; None: it takes none).  Queries they
+        #: keep good are answered from them; every update tells them what it changes.
+        self.leases: Leases | None = None
+        #: The wall clock of lease times (``lt``): the nodes check it against theirs.
+        self.wall_ns: Callable[[], int] = time.time_ns
 
     async def query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         """A Q/U query, after whatever the gate says it must follow."""
@@ -144,26 +154,77 @@ class Meta:
         return await self.update_now(objects, method, arg)
 
     async def query_now(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
-        """A Q/U query, not gated (the gate's own calls)."""
+        """A Q/U query, not gated (the gate's own calls); answered from the leases when
+        they keep its answer good (``fs/leases.py``)."""
+        leases = self.leases
+        oids = oid if isinstance(oid, list) else [oid]
+        if leases is not None:
+            hit, answer = leases.cached(oids, method, arg)
+            if hit:
+                self.methods["leased " + method] += 1
+                if isinstance(answer, MethodRefused):
+                    raise _translate(answer)
+                return answer
+            sent = leases.before_query(oids)
         self.methods[method] += 1
         start = time.perf_counter()
         try:
-            return await self.qu.query(oid, method, arg)
-        except (MethodRefused, *_PROTOCOL_ERRORS) as e:
+            answer = await self.qu.query(oid, method, arg)
+        except MethodRefused as e:
+            if leases is not None:  # a miss is an answer too (a lookup's ENOENT)
+                leases.answered(oids, method, arg, e, sent)
+            raise _translate(e) from None
+        except _PROTOCOL_ERRORS as e:
             raise _translate(e) from None
         finally:
             self.method_seconds[method] += time.perf_counter() - start
+        if leases is not None:
+            leases.answered(oids, method, arg, answer, sent)
+        return answer
 
     async def update_now(self, objects: Iterable[int], method: str, arg: Any) -> Any:
-        """A Q/U update, not gated (the gate's own calls)."""
+        """A Q/U update, not gated (the gate's own calls).  It carries the lease time
+        ``lt``; one refused because another client holds a lease on an object it would
+        change recalls the lease and is sent again once the holder released it or the
+        lease ended (:meth:`_recalling`)."""
+        objects = list(objects)
+        if isinstance(arg, dict) and "lt" not in arg:
+            arg = {**arg, "lt": self.wall_ns()}
+        changes = method not in _LEASE_METHODS
+        if changes and self.leases is not None:
+            self.leases.changed(objects)
         self.methods[method] += 1
         start = time.perf_counter()
         try:
-            return await self.qu.update(list(objects), method, arg)
+            return await self._recalling(objects, method, arg)
         except (MethodRefused, *_PROTOCOL_ERRORS) as e:
             raise _translate(e) from None
         finally:
             self.method_seconds[method] += time.perf_counter() - start
+            if changes and self.leases is not None:
+                self.leases.changed(objects)
+
+    async def _recalling(self, objects: list[int], method: str, arg: Any) -> Any:
+        """The update, recalling other clients' leases that refuse it.  The wait is the
+        holders', bounded by a lease's longest term (and the skew) for a holder that never
+        releases; it uses up no patience (contention, not the cluster's silence)."""
+        deadline = trio.current_time() + (MAX_TERM + 2 * LEASE_SKEW) / 1e9 + 1.0
+        attempt = 0
+        while True:
+            try:
+                return await self.qu.update(objects, method, arg)
+            except MethodRefused as e:
+                if e.code != "leased" or method in _LEASE_METHODS:
+                    raise
+                if trio.current_time() > deadline:
+                    raise MethodRefused("busy", "a lease holder did not release") from None
+            if attempt % 8 == 0:  # ask again now and then: a holder may have lost a push
+                self.methods["fs.recall"] += 1
+                await self.qu.update(objects, "fs.recall", {"lt": self.wall_ns()})
+            await self.back_off(min(attempt, 6))
+            attempt += 1
+            if isinstance(arg, dict):
+                arg = {**arg, "lt": self.wall_ns()}
 
     async def statfs(self) -> dict[str, int]:
         """Capacity and free space from the nodes' stores.

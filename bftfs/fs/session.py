@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from bftfs.config import ClusterConfig
 from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
@@ -69,7 +71,17 @@ async def open_session(
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
         qu = QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid)
         fs = await FileSystem.open(qu, rw, config, **options)
-        yield Session(fs, qu, rw, ep)
+        leases = fs.meta.leases
+        if leases is not None:
+            # Recalls are pushed by the nodes over this client's connections: keep one
+            # open to each node, and give every lease back at the end.
+            leases.listen(ep, config.node_ids)
+        try:
+            yield Session(fs, qu, rw, ep)
+        finally:
+            if leases is not None:
+                with trio.move_on_after(5):
+                    await leases.release_all()
 
 
 @asynccontextmanager

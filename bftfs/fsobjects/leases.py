@@ -162,8 +162,11 @@ def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
     last live holder the recall goes too.  The answer: None."""
     a = _arg(arg)
     at = _lease_time(a)
-    new = {}
+    new: dict[int, Any] = {}
     for oid, state in states.items():
+        if state is None:
+            new[oid] = None
+            continue
         s = _node(state)
         kept = [h for h in holders(s) if h[0] != caller]
         if kept:
@@ -177,19 +180,23 @@ def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
 
 def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Ask the other holders of live leases on each object to release: records ``lr`` (no
-    lease is granted or renewed from now on) and answers ``{oid: [holder ids]}`` for the
-    objects that have any, which every node that took the update pushes a recall to
+    lease is granted or renewed from now on) and answers ``[[oid, [holder ids]], ...]``
+    (no map: wire maps have string keys) for the objects that have any, which every node that took the update pushes a recall to
     (``node/qu_server.py``).  An object nobody else holds is left as it is."""
     a = _arg(arg)
     at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
-    new, out = {}, {}
+    new: dict[int, Any] = {}
+    out = []
     for oid, state in states.items():
+        if state is None:  # an object the refused update would have made
+            new[oid] = None
+            continue
         s = _node(state)
         _tidy(s, at)
         others = live(s, at, other_than=caller)
         if others:
             if s.get("lr") is None:
                 s["lr"] = [caller, at]
-            out[oid] = sorted(h[0] for h in others)
+            out.append([oid, sorted(h[0] for h in others)])
         new[oid] = s
     return new, out

@@ -71,6 +71,7 @@ async def serve(
         gid=os.getgid(),
         attr_ttl=options.attr_timeout,
         write_behind=options.write_behind and not options.read_only,
+        lease_term=options.lease,
     ) as session:
         session.fs.cache_regular_files(*options.acreg)
         ops = Operations(

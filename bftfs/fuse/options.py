@@ -28,6 +28,10 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      answered at once and sent with the file's first flush or close as one
                      update; other clients see the name from then on (docs/fs.md)
 ``wsync``            every create is sent before it returns (as before; CephFS's names)
+``lease=S``          take shared leases of S seconds (10 to 120) on objects this mount keeps
+                     asking about, and answer their lookups, stats, opens and listings
+                     without a round until another client's change recalls them
+                     (docs/fs.md, "Leases"); 0, the default, takes none
 ``metrics_port=P``   serve Prometheus metrics on this port (0: any free one; off by default)
 ``metrics_addr=A``   the address they listen on (default 127.0.0.1)
 ==================  ==========================================================================
@@ -51,6 +55,10 @@ DEFAULT_ENTRY_TIMEOUT = 30.0
 #: (``timeo``): long enough to ride out a node restarting or a short network partition,
 #: short enough that a program (and its user) learns within seconds, not minutes.
 DEFAULT_TIMEO = 10.0
+#: Bounds of ``lease=`` (seconds): shorter would spend its term's margin (about 5 s) on
+#: clocks; longer than the nodes grant (``fsobjects.leases.MAX_TERM``).
+MIN_LEASE = 10.0
+MAX_LEASE_TERM = 120.0
 
 #: Options mount(8), fstab and systemd pass along that mean nothing to bftfs.
 _IGNORED = frozenset(
@@ -111,6 +119,8 @@ class MountOptions:
     #: Bounds of a regular file's attribute timeout (None: ``attr_timeout``).
     acregmin: float | None = None
     acregmax: float | None = None
+    #: Seconds a lease is asked for (``lease=``; 0: no leases, every query a round).
+    lease: float = 0.0
 
     @property
     def acreg(self) -> tuple[float, float]:
@@ -141,6 +151,8 @@ class MountOptions:
             value = getattr(self, name)
             if value is not None:
                 out.append(f"{name}={value:g}")
+        if self.lease:
+            out.append(f"lease={self.lease:g}")
         if self.metrics_port is not None:
             out += [f"metrics_port={self.metrics_port}", f"metrics_addr={self.metrics_addr}"]
         return ",".join(out)
@@ -190,6 +202,14 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             changes[name] = _seconds(name, value)
         elif name == "timeo" and eq:
             changes["timeo"] = _seconds(name, value)
+        elif name == "lease" and eq:
+            term = _seconds(name, value)
+            if term and not MIN_LEASE <= term <= MAX_LEASE_TERM:
+                raise OptionError(
+                    f"mount option lease={value!r}: 0 (off) or {MIN_LEASE:g} to "
+                    f"{MAX_LEASE_TERM:g} seconds"
+                )
+            changes["lease"] = term
         elif name == "metrics_port" and eq:
             try:
                 port = int(value)

@@ -148,6 +148,7 @@ def register(
         clock_ns=node.now_ns,
         client_quota=limits.quota_bytes(node),
         on_update=pruner.updated,
+        on_accepted=node.recalls.accepted,
     )
     server.register_with(node)
     if catch_up:
@@ -178,6 +179,7 @@ class QUServer:
         clock_ns: Callable[[], int],
         client_quota: int,
         on_update: Callable[[Iterable[int]], None],
+        on_accepted: Callable[[Request, Reply], None] | None = None,
     ) -> None:
         """
         Args:
@@ -190,6 +192,8 @@ class QUServer:
             clock_ns: the node's clock (a request's time is judged against it).
             client_quota: bytes one client may keep here (``[limits]``).
             on_update: told the objects an accepted update changed (the pruner).
+            on_accepted: told every update this node took and its reply (the lease
+                recalls it pushes, ``node/recalls.py``).
         """
         self.replica = replica
         self.th: QUThresholds = replica.th
@@ -201,6 +205,7 @@ class QUServer:
         self.clock_ns = clock_ns
         self.client_quota = client_quota
         self.on_update = on_update
+        self.on_accepted = on_accepted
         #: Requests ``fast_request`` parsed and handed on (payload id -> (payload,
         #: request)): ``on_request`` takes them from here instead of parsing again (a
         #: durable update's parse was 4% of a node's time).  Bounded: a handed-on request
@@ -261,6 +266,8 @@ class QUServer:
     def _accepted(self, req: Request, res: Reply) -> None:
         if res.status is ReplyStatus.OK and not (req.op is not None and req.op.query):
             self.on_update(req.objects)
+            if self.on_accepted is not None:
+                self.on_accepted(req, res)
 
     def _parse(self, payload: Any) -> Request:
         try:

@@ -32,6 +32,7 @@ from bftfs.net.server import FastHandler, FaultHooks, HandlerError, Server
 from bftfs.node import limits, rejoin
 from bftfs.node.findings import Findings
 from bftfs.node.protocols import register_all
+from bftfs.node.recalls import Recalls
 from bftfs.node.store import Store, StoreFull
 from bftfs.qu.objects import ObjectType
 
@@ -94,6 +95,8 @@ class Node:
         self.server.admission = limits.admission_for(self)
         #: Frames and connections refused, by reason.
         self.rejected = self.server.rejected
+        #: Lease recalls pushed to their holders (node/recalls.py).
+        self.recalls = Recalls(self.server.push, self.stats)
         self._listeners = listeners
         self._endpoint_options = endpoint_options or {}
         self._nursery: trio.Nursery | None = None

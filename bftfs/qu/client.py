@@ -254,7 +254,7 @@ class QUClient:
     def _check_refusals(self, objects: tuple[int, ...]) -> None:
         """After a short round: more than b refusals for space (one correct server's at
         least) end the operation with ENOSPC, or EDQUOT for quota ones, and more than b
-        refusals of this client's clock with ``ahead``; b or fewer are probed past like any
+        refusals of this client's clock with ``ahead`` (or, for a lease time, ``behind``); b or fewer are probed past like any
         failure.
 
         Raises:
@@ -264,11 +264,12 @@ class QUClient:
         space = refused_for_space(self._rounds.space, self.th.b)
         if space is not None:
             raise type(space)(f"objects {objects}: {space}")
-        ahead = sorted(n for n, code in self._rounds.space.items() if code == "ahead")
-        if len(ahead) > self.th.b:  # one correct node at least: this client's clock
-            raise MethodRefused(
-                "ahead", f"nodes {ahead}: this client's clock is more than 60 s ahead"
-            )
+        for way in ("ahead", "behind"):  # a lease time is checked both ways (leases.py)
+            nodes = sorted(n for n, code in self._rounds.space.items() if code == way)
+            if len(nodes) > self.th.b:  # one correct node at least: this client's clock
+                raise MethodRefused(
+                    way, f"nodes {nodes}: this client's clock is too far {way} of theirs"
+                )
 
     # What the client presents --------------------------------------------------------------
 

@@ -146,7 +146,7 @@ class QuorumRounds:
             self.space = {
                 int(n): code
                 for n, why in e.result.errors.items()
-                if (code := refusal_code(why)) in ("full", "quota", "ahead")
+                if (code := refusal_code(why)) in ("full", "quota", "ahead", "behind")
             }
         return dict(stash)
 

@@ -1,0 +1,298 @@
+"""This mount's leases (issue 33): which objects it may answer queries on without a round,
+and what it does when the nodes recall one.
+
+A **shared lease** on an object (``fs.lease``, :mod:`bftfs.fsobjects.leases`) means no
+other client changes the object without recalling the lease first.  So while one runs,
+the answer to a query this mount sent after the lease was granted stays the answer the
+servers would give: :meth:`Leases.cached` answers the same query again, without a round,
+as long as every object of it is leased here (a lookup, a stat, an open, a listing, a
+lookup's miss).  The mount's own update of an object drops what it cached of it
+(:meth:`Leases.changed`; a query in flight across the update is not cached, by the
+object's generation).
+
+**When to take one.**  A lease costs an update round and may cost another client a
+recall, so it is taken only for an object queried :data:`USES` times while none was held,
+and not within :data:`COOLDOWN` of a recall of it here or a refusal (two clients working in
+one directory do not pass leases back and forth).  It is taken in the background and
+renewed, on use, once less than a third of its term is left; an unused lease just ends.
+
+**Time.**  The holder counts its lease from before it asked (``trio`` time), less
+``HOLDER_MARGIN`` (the lease skew both ways and a second), so it stops answering from it
+before any correct node could let a conflicting update through.
+
+**Recall.**  Every correct node that takes another client's ``fs.recall`` pushes
+``{"recall": [oid, ...]}`` to the holders (``node/qu_server.py``).  A push is believed once
+``b + 1`` nodes sent it for the object (one of them correct): this mount stops answering
+from the lease at once, tells the kernel to forget what it cached
+(:attr:`Leases.on_revoke`) and releases the lease with a gated update, so what the mount
+buffered for the object (its pending creates) goes first.  A Byzantine node's false
+recalls alone do nothing; withheld ones cost the requester time (``b + 1`` correct nodes
+push) or, with the holder cut off, at most the lease's term.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from bftfs.fsobjects.leases import HOLDER_MARGIN, SHARED
+from bftfs.qu.canon import canonical
+from bftfs.qu.objects import MethodRefused
+
+log = logging.getLogger(__name__)
+
+#: Queries of an object while no lease was held before one is taken.
+USES = 2
+#: Seconds after a recall or a refusal during which no lease on the object is asked for.
+COOLDOWN = 5.0
+#: Most answers kept per object (a directory's lookups); past it the oldest half goes.
+MAX_ANSWERS = 4096
+#: Objects a recall push may name (more is malformed).
+MAX_PUSHED = 64
+
+Update = Callable[[list[int], str, Any], Awaitable[Any]]
+
+
+@dataclass
+class _Held:
+    """A lease held here: from when (trio time, before it was asked) to when it is used."""
+
+    granted: float
+    until: float
+
+
+def _refusal(answer: Any) -> bool:
+    return isinstance(answer, MethodRefused)
+
+
+def _key(oids: Sequence[int], method: str, arg: Any) -> bytes | None:
+    try:
+        return canonical([list(oids), method, arg])
+    except Exception:  # noqa: BLE001 - an argument that has no canonical form is not cached
+        return None
+
+
+class Leases:
+    """The leases this mount holds and the answers they keep good (module docstring)."""
+
+    def __init__(
+        self,
+        update: Update,
+        *,
+        term: float,
+        b: int,
+        wall_ns: Callable[[], int] = time.time_ns,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
+    ) -> None:
+        """``update``: the gated Q/U update of the file system (``Meta.update``): a
+        release must follow what the mount buffered.  ``term``: seconds a lease is asked
+        for.  ``b``: pushes from ``b + 1`` nodes make a recall believed."""
+        self._update = update
+        self.term = term
+        self.b = b
+        self.wall_ns = wall_ns
+        self._spawn = spawn or trio.lowlevel.spawn_system_task
+        self.held: dict[int, _Held] = {}
+        self._answers: dict[int, dict[bytes, tuple[list[int], Any]]] = {}
+        self._generation: Counter[int] = Counter()
+        self._uses: Counter[int] = Counter()
+        self._quiet_until: dict[int, float] = {}
+        self._asking: set[int] = set()
+        #: Moves when a lease is dropped (ended, recalled): a grant that arrives after
+        #: its lease was recalled is given back, not used.
+        self._epoch: Counter[int] = Counter()
+        self._pushed: dict[int, set[int]] = {}
+        #: Told the objects whose lease was recalled (the kernel's caches are dropped).
+        self.on_revoke: Callable[[list[int]], None] | None = None
+        #: What the leases did (``bftfs status``, the benchmarks).
+        self.stats: Counter[str] = Counter()
+
+    # Answers -------------------------------------------------------------------------
+
+    def _live(self, oid: int, now: float) -> _Held | None:
+        h = self.held.get(oid)
+        if h is None:
+            return None
+        if now >= h.until:
+            self._drop(oid)
+            return None
+        return h
+
+    def cached(self, oids: Sequence[int], method: str, arg: Any) -> tuple[bool, Any]:
+        """``(True, answer)`` when every object of the query is leased here and the same
+        query was answered under the leases; else ``(False, None)``."""
+        now = trio.current_time()
+        if not all(self._live(o, now) for o in oids):
+            return False, None
+        key = _key(oids, method, arg)
+        got = None if key is None else self._answers.get(oids[0], {}).get(key)
+        if got is None:
+            return False, None
+        self.stats["hits"] += 1
+        self._renew_if_due(oids, now)
+        answer = got[1]
+        if isinstance(answer, MethodRefused):  # a refusal is kept as it was raised
+            return True, MethodRefused(answer.code, answer.message)
+        return True, copy.deepcopy(answer)
+
+    def before_query(self, oids: Sequence[int]) -> tuple[float, list[int]]:
+        """What :meth:`answered` needs to tell the answer is one the leases keep good."""
+        return trio.current_time(), [self._generation[o] for o in oids]
+
+    def answered(
+        self,
+        oids: Sequence[int],
+        method: str,
+        arg: Any,
+        answer: Any,
+        sent: tuple[float, list[int]],
+    ) -> None:
+        """A query's answer from the servers: kept when every object was leased since
+        before it was sent and none changed meanwhile; counts a use of each object."""
+        at, generations = sent
+        now = trio.current_time()
+        leased = [self._live(o, now) for o in oids]
+        if all(h is not None and h.granted <= at for h in leased) and generations == [
+            self._generation[o] for o in oids
+        ]:
+            key = _key(oids, method, arg)
+            if key is not None:
+                kept = self._answers.setdefault(oids[0], {})
+                if len(kept) >= MAX_ANSWERS:
+                    for k in list(kept)[: MAX_ANSWERS // 2]:
+                        del kept[k]
+                kept[key] = (list(oids), answer if _refusal(answer) else copy.deepcopy(answer))
+            return
+        for o, h in zip(oids, leased, strict=True):
+            if h is None:
+                self._uses[o] += 1
+                if self._uses[o] >= USES:
+                    self._ask(o, now)
+
+    def changed(self, oids: Sequence[int]) -> None:
+        """This mount is about to change (or changed) ``oids``: what it cached of them is
+        no longer the servers' answer."""
+        for o in oids:
+            self._generation[o] += 1
+            self._forget_answers(o)
+
+    def _forget_answers(self, oid: int) -> None:
+        self._answers.pop(oid, None)
+        # An answer filed under another object of its query (a lookup's parent) too.
+        for other, kept in list(self._answers.items()):
+            stale = [k for k, (oids, _) in kept.items() if oid in oids]
+            for k in stale:
+                del kept[k]
+            if not kept:
+                del self._answers[other]
+
+    def _drop(self, oid: int) -> None:
+        self.held.pop(oid, None)
+        self._epoch[oid] += 1
+        self._generation[oid] += 1
+        self._forget_answers(oid)
+        self._pushed.pop(oid, None)
+
+    # Taking and renewing -------------------------------------------------------------
+
+    def _ask(self, oid: int, now: float) -> None:
+        if oid in self._asking or now < self._quiet_until.get(oid, 0.0):
+            return
+        self._asking.add(oid)
+        self._spawn(lambda: self._take(oid))
+
+    def _renew_if_due(self, oids: Sequence[int], now: float) -> None:
+        for o in oids:
+            h = self.held.get(o)
+            if h is not None and h.until - now < self.term / 3:
+                self._ask(o, now)
+
+    async def _take(self, oid: int) -> None:
+        """Ask for (or renew) a shared lease on ``oid``; a refusal quiets it a while.
+
+        Its term counts from before it was asked; answers count only from when it was
+        granted (a query answered meanwhile may predate it).  A lease recalled while it was
+        being asked for (the push came before the grant) is given back at once."""
+        epoch = self._epoch[oid]
+        try:
+            asked = trio.current_time()
+            arg = {"kind": SHARED, "lt": self.wall_ns(), "term": int(self.term * 1e9)}
+            await self._update([oid], "fs.lease", arg)
+        except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
+            self.stats["refused"] += 1
+            self._quiet_until[oid] = trio.current_time() + COOLDOWN
+            log.debug("lease on %d not taken: %s", oid, e)
+            return
+        finally:
+            self._asking.discard(oid)
+        old = self.held.get(oid)
+        if self._epoch[oid] != epoch and old is None:
+            self._spawn(lambda: self._release([oid]))  # recalled while asked for
+            return
+        now = trio.current_time()
+        self.held[oid] = _Held(old.granted if old else now, asked + self.term - HOLDER_MARGIN / 1e9)
+        self._uses.pop(oid, None)
+        self.stats["renewed" if old else "taken"] += 1
+        if len(self._pushed.get(oid, ())) > self.b:
+            self._revoke([oid])
+
+    # Recall ------------------------------------------------------------------------------
+
+    def listen(self, endpoint: Any, nodes: Sequence[int]) -> None:
+        """Take the recalls ``endpoint`` (``net.endpoint.Endpoint``) is pushed, and keep a
+        connection open to each of ``nodes``: a node pushes only to connected clients."""
+        endpoint.on_push = self.on_push
+        endpoint.stay_connected(list(nodes))
+
+    def on_push(self, node: int, body: Any) -> None:
+        """A node's push (``Endpoint.on_push``): a recall is believed from ``b + 1`` nodes."""
+        oids = body.get("recall") if isinstance(body, dict) else None
+        if not isinstance(oids, list) or len(oids) > MAX_PUSHED:
+            self.stats["pushes_malformed"] += 1
+            return
+        believed = []
+        for oid in oids:
+            if not isinstance(oid, int) or isinstance(oid, bool):
+                self.stats["pushes_malformed"] += 1
+                continue
+            if oid not in self.held and oid not in self._asking:
+                self.stats["pushes_unheld"] += 1
+                continue
+            nodes = self._pushed.setdefault(oid, set())
+            nodes.add(int(node))
+            if len(nodes) > self.b and oid in self.held:
+                believed.append(oid)
+        if believed:
+            self._revoke(believed)
+
+    def _revoke(self, oids: list[int]) -> None:
+        now = trio.current_time()
+        for oid in oids:
+            self._drop(oid)
+            self._quiet_until[oid] = now + COOLDOWN
+        self.stats["recalled"] += len(oids)
+        if self.on_revoke is not None:
+            self.on_revoke(oids)
+        self._spawn(lambda: self._release(oids))
+
+    async def _release(self, oids: list[int]) -> None:
+        try:
+            await self._update(oids, "fs.release", {"lt": self.wall_ns()})
+        except Exception as e:  # noqa: BLE001 - the lease then ends at its term
+            self.stats["release_failed"] += 1
+            log.warning("release of leases on %s failed (they end at their term): %s", oids, e)
+
+    async def release_all(self) -> None:
+        """Give every lease back (an unmount): other clients need not recall them."""
+        oids = list(self.held)
+        for oid in oids:
+            self._drop(oid)
+        for i in range(0, len(oids), 8):
+            await self._release(oids[i : i + 8])

@@ -1,0 +1,142 @@
+"""Tier 3: shared leases between two file systems on the in-process cluster (real node
+services, TCP, LMDB, keys; issue 33): what a lease saves, that another client's change
+recalls it and is seen at once, and the nodes' checks of lease times.
+
+Rounds are counted by method (``Meta.methods``); a query a lease answered is counted as
+``leased <method>``.  Every wait for the background lease is a condition polled under a
+deadline (:func:`until`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+from fs_helpers import Env, run
+
+from bftfs.fs.errors import NotFound
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fsobjects import ROOT
+from bftfs.fsobjects.leases import LEASE_SKEW, SHARED
+from bftfs.qu.objects import MethodRefused
+
+LEASES = {"fs_options": {"lease_term": 30.0}}
+
+
+async def until(what: str, probe: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for ``probe()`` (a background lease) within ``timeout`` seconds."""
+    with trio.move_on_after(timeout):
+        while not probe():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def rounds(fs: FileSystem) -> int:
+    """Q/U operations sent so far (not those the leases answered)."""
+    return sum(n for m, n in fs.meta.methods.items() if not m.startswith("leased "))
+
+
+async def leased(fs: FileSystem, oid: int) -> None:
+    assert fs.meta.leases is not None
+    leases = fs.meta.leases
+    await until(f"a lease on {oid}", lambda: oid in leases.held)
+
+
+def test_lookups_stats_and_listings_under_a_lease_need_no_round(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        fh, f = await a.create(ROOT, b"f", 0o644, 0, 0, os.O_WRONLY)
+        await a.write(fh, 0, b"x" * 100)
+        await a.release(fh)
+        for _ in range(3):
+            await a.readdir(ROOT)
+            with pytest.raises(NotFound):
+                await a.lookup(ROOT, b"missing")
+        await leased(a, ROOT)
+        await a.readdir(ROOT)  # one more listing under the lease, kept
+        with pytest.raises(NotFound):
+            await a.lookup(ROOT, b"missing")
+        before = rounds(a)
+        for _ in range(20):
+            names = {n for n, _ in await a.readdir(ROOT)}
+            assert b"f" in names
+            with pytest.raises(NotFound):
+                await a.lookup(ROOT, b"missing")
+        assert rounds(a) == before, a.meta.methods
+        assert a.meta.methods["leased fs.readdir"] >= 20
+
+    run(tmp_path, body, **LEASES)
+
+
+def test_another_clients_change_recalls_the_lease_and_is_seen_at_once(tmp_path: Path) -> None:
+    """The holder's cached miss of a name goes when the other client creates it: the
+    create is refused ``leased``, recalled (pushes from b + 1 nodes), the holder releases,
+    the create goes through, and the holder's next lookup finds the file."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await a.lookup(ROOT, b"new")
+        await leased(a, ROOT)
+        with pytest.raises(NotFound):
+            await a.lookup(ROOT, b"new")
+        started = time.monotonic()
+        fh, _ = await b.create(ROOT, b"new", 0o644, 0, 0, os.O_WRONLY | os.O_EXCL)
+        await b.release(fh)
+        assert time.monotonic() - started < 10  # recalled, not waited out (30 s)
+        assert ROOT not in a.meta.leases.held  # type: ignore[union-attr]
+        assert (await a.lookup(ROOT, b"new")).ino
+        assert a.meta.leases.stats["recalled"] == 1  # type: ignore[union-attr]
+        assert b.meta.methods["fs.recall"] >= 1
+
+    run(tmp_path, body, **LEASES)
+
+
+def test_a_holder_that_never_releases_holds_others_off_until_its_term(tmp_path: Path) -> None:
+    """A lease taken by a client that then ignores recalls (the raw client: it has no
+    lease table) blocks the other client's change until the lease's term has passed, no
+    longer; the change is then made."""
+
+    async def body(env: Env) -> None:
+        b = env.fss[1]
+        term = 12 * 10**9
+        arg = {"kind": SHARED, "lt": time.time_ns(), "term": term}
+        await env.raw.update(ROOT, "fs.lease", arg)
+        started = time.monotonic()
+        await b.mkdir(ROOT, b"d", 0o755, 0, 0)
+        waited = time.monotonic() - started
+        assert 12 - LEASE_SKEW / 1e9 - 1 <= waited <= 12 + 10
+
+    run(tmp_path, body, **LEASES)
+
+
+@pytest.mark.parametrize(
+    ("offset_s", "refused"), [(3.0, "ahead"), (-3.0, "behind"), (-1.0, None), (1.0, None)]
+)
+def test_nodes_refuse_a_lease_time_off_their_clock(
+    tmp_path: Path, offset_s: float, refused: str | None
+) -> None:
+    """A lease runs from the time its taker declares: nodes take it only within the lease
+    skew (2 s) of their own clock both ways; an update's lease time only not ahead (one
+    years behind merely sees every lease as live)."""
+
+    async def body(env: Env) -> None:
+        at = time.time_ns() + int(offset_s * 1e9)
+        arg = {"kind": SHARED, "lt": at, "term": 10**10}
+        try:
+            await env.raw.update(ROOT, "fs.lease", arg)
+            got = None
+        except MethodRefused as e:
+            got = e.code
+        assert got == refused or (refused is not None and refused in str(got))
+        await env.raw.update(ROOT, "fs.release", {"lt": time.time_ns()})
+        years_behind = time.time_ns() - 3 * 365 * 86400 * 10**9
+        mk = {"name": b"d", "p": ROOT, "o": 7 * 10**9, "mode": 0o755, "uid": 0, "gid": 0}
+        await env.raw.update([ROOT, 7 * 10**9], "fs.mkdir", {**mk, "now": 1, "lt": years_behind})
+
+    run(tmp_path, body, **LEASES)
