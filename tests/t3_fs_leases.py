@@ -28,11 +28,10 @@ LEASES = {"fs_options": {"lease_term": 30.0}}
 
 async def until(what: str, probe: Callable[[], bool], timeout: float = 20.0) -> None:
     """Wait for ``probe()`` (a background lease) within ``timeout`` seconds."""
-    with trio.move_on_after(timeout):
-        while not probe():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"{what}: not within {timeout} s")
+    deadline = trio.current_time() + timeout
+    while not probe():
+        assert trio.current_time() < deadline, f"{what}: not within {timeout} s"
+        await trio.sleep(0.01)
 
 
 def rounds(fs: FileSystem) -> int:

@@ -181,8 +181,9 @@ def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
 def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Ask the other holders of live leases on each object to release: records ``lr`` (no
     lease is granted or renewed from now on) and answers ``[[oid, [holder ids]], ...]``
-    (no map: wire maps have string keys) for the objects that have any, which every node that took the update pushes a recall to
-    (``node/qu_server.py``).  An object nobody else holds is left as it is."""
+    (no map: wire maps have string keys) for the objects that have any, which every node
+    that took the update pushes a recall to (``node/recalls.py``).  An object nobody else
+    holds is left as it is."""
     a = _arg(arg)
     at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
     new: dict[int, Any] = {}

@@ -254,8 +254,8 @@ class QUClient:
     def _check_refusals(self, objects: tuple[int, ...]) -> None:
         """After a short round: more than b refusals for space (one correct server's at
         least) end the operation with ENOSPC, or EDQUOT for quota ones, and more than b
-        refusals of this client's clock with ``ahead`` (or, for a lease time, ``behind``); b or fewer are probed past like any
-        failure.
+        refusals of this client's clock with ``ahead`` (or, for a lease time, ``behind``); b
+        or fewer are probed past like any failure.
 
         Raises:
             bftfs.outcome.StorageFull: (or QuotaExceeded) servers out of space.
