@@ -212,7 +212,16 @@ class _Book:
             "metrics": (
                 f"{self.metrics.address}:{self.metrics.port}" if self.metrics is not None else None
             ),
+            "leases": self._leases(),
         }
+
+    def _leases(self) -> dict[str, int] | None:
+        """Leases held now and what they did (taken, renewed, refused, recalled, answers
+        given without a round); None when the mount takes none."""
+        leases = self.session.fs.meta.leases
+        if leases is None:
+            return None
+        return {"held": len(leases.held), **leases.stats}
 
     def write(self) -> None:
         try:

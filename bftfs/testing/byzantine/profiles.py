@@ -24,6 +24,12 @@ profile                   behaviour
                           and link, is dated 1970 (``stored_ns`` 1): where retention let
                           the other nodes drop an old version, its time must be unknown,
                           never the liar's
+``withhold-recalls``      leases (issue 33): takes every ``fs.recall`` as a correct node
+                          does but pushes no recall to the holders: the recall must still
+                          arrive (``b + 1`` correct nodes push it)
+``forge-recalls``         leases (issue 33): pushes every client that sends it a request
+                          a recall of the objects the request names: a holder must not
+                          give up a lease on one node's word
 ``power-cut-in-update``   a crash, not a lie: inside the LMDB write transaction of the
                           third Q/U update it stores, right after that update's first
                           put, the process ends at once (``os._exit``, no commit, no
@@ -47,7 +53,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bftfs.ids import PrincipalId
+from bftfs.ids import PrincipalId, is_node
+from bftfs.qu.request import Request
 from bftfs.rw.schema import DB_VERSIONS
 from bftfs.testing.byzantine import history, qu, rw
 
@@ -102,6 +109,25 @@ def _withhold_history(config: ClusterConfig, node: int) -> ByzantineProfile:
 
 def _misdate_history(config: ClusterConfig, node: int) -> ByzantineProfile:
     return ByzantineProfile({history.KIND_VERSIONS: history.misdate})
+
+
+def _withhold_recalls(config: ClusterConfig, node: int) -> ByzantineProfile:
+    async def request(ctx: Any, payload: Any, honest: Any) -> Any:
+        ctx.node.recalls.enabled = False  # takes recalls, pushes none (node/recalls.py)
+        return await honest(ctx, payload)
+
+    return ByzantineProfile({}, default=request)
+
+
+def _forge_recalls(config: ClusterConfig, node: int) -> ByzantineProfile:
+    n = len(config.nodes)
+
+    async def request(ctx: Any, payload: Any, honest: Any) -> Any:
+        if not is_node(ctx.sender):  # every client is told its leases are recalled
+            ctx.node.server.push(ctx.sender, {"recall": _objects_of(payload, n)})
+        return await honest(ctx, payload)
+
+    return ByzantineProfile({}, default=request)
 
 
 #: Set while a Q/U request runs its honest handler on a ``power-cut-in-update`` node: only
@@ -224,6 +250,16 @@ def _power_cut_in_gc(config: ClusterConfig, node: int) -> ByzantineProfile:
     return ByzantineProfile({}, default=request)
 
 
+def _objects_of(payload: Any, n: int) -> list[int]:
+    """The objects a Q/U request names (the root directory for anything else): what a
+    ``forge-recalls`` node says the sender's leases on are recalled."""
+    try:
+        req = (Request.from_bytes if isinstance(payload, bytes) else Request.from_wire)(payload, n)
+    except Exception:  # noqa: BLE001 - not a Q/U request: any object will do
+        return [1]
+    return list(req.objects)
+
+
 #: Profile builders by name: ``builder(config, node id)``.
 PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "corrupt-fragments": _corrupt_fragments,
@@ -231,6 +267,8 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "lie-about-history": _lie_about_history,
     "withhold-history": _withhold_history,
     "misdate-history": _misdate_history,
+    "withhold-recalls": _withhold_recalls,
+    "forge-recalls": _forge_recalls,
     "power-cut-in-update": _power_cut_in_update,
     "power-cut-in-gc": _power_cut_in_gc,
 }
