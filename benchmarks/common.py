@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +250,12 @@ class TargetSpec:
     durable: bool = True
     #: The nodes' [verification] mode (bftfs/policy.py); "off" for the bftfs-noverify target.
     verification: str = "lazy-coop"
+    #: Mount options added to the benchmarks' own (``bftfs-lease``: ``lease=30``).
+    mount_options: str = ""
+
+
+#: The lease term of the ``bftfs-lease`` target (seconds; mount option ``lease=``).
+BENCH_LEASE = 30
 
 
 @dataclass
@@ -316,7 +322,7 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
     """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs, bftfs,
     bftfs-down: ``down`` nodes killed before the mount, bftfs-corrupt: ``down`` nodes (at
     least one) corrupting every fragment they serve, bftfs-noverify: no lazy verification
-    on the nodes), or None for an unknown name."""
+    on the nodes, bftfs-lease: the mount takes leases), or None for an unknown name."""
     if name == "local":
         return local_spec()
     if name == "bindfs":
@@ -331,7 +337,20 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
         return bftfs_spec(t, b, durable=durable, corrupt=tuple(range(max(down, 1))))
     if name == "bftfs-noverify":
         return bftfs_spec(t, b, durable=durable, verification="off")
+    if name == "bftfs-lease":
+        spec = bftfs_spec(t, b, durable=durable)
+        return replace(spec, name=spec.name + " lease", mount_options=f"lease={BENCH_LEASE}")
     return None
+
+
+def _mount_options(spec: TargetSpec) -> str | None:
+    """The benchmarks' mount options (``BFTFS_BENCH_OPTIONS``) with the target's own."""
+    if not spec.mount_options:
+        return MOUNT_OPTIONS
+    base = (
+        MOUNT_OPTIONS if MOUNT_OPTIONS is not None else ("allow_other" if os.getuid() == 0 else "")
+    )
+    return ",".join(x for x in (base, spec.mount_options) if x)
 
 
 def fuse_unmount(mnt: Path) -> None:
@@ -455,7 +474,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
         for i in spec.down:
             pc.kill(i)
         try:
-            m = Mount(cfg, mnt, options=MOUNT_OPTIONS)
+            m = Mount(cfg, mnt, options=_mount_options(spec))
             m.__enter__()
         except Exception as e:  # the mount failed: say why, with the daemon's log
             raise TargetError(f"bftfs did not mount: {e}") from e
@@ -479,7 +498,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                 open-file state go with it."""
                 mounts.pop().__exit__(None, None, None)
                 try:
-                    fresh = Mount(cfg, mnt, options=MOUNT_OPTIONS)
+                    fresh = Mount(cfg, mnt, options=_mount_options(spec))
                     fresh.__enter__()
                 except Exception as e:
                     raise TargetError(f"bftfs did not mount again: {e}") from e

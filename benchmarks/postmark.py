@@ -200,6 +200,11 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
             if not args.no_durable:  # like for like with the in-memory Q/U prototype
                 for b in args.no_fsync_bs:
                     specs.append(common.bftfs_spec(b, b, durable=False))
+        elif w == "bftfs-lease":  # the mount takes leases (issue 33)
+            for b in args.bs:
+                spec = common.spec_named(w, b, b, not args.no_durable)
+                assert spec is not None
+                specs.append(spec)
         elif w == "bftfs-noverify":  # the nodes without lazy verification (issue 16)
             for b in args.bs:
                 specs.append(
@@ -207,7 +212,8 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
                 )
         else:
             raise SystemExit(
-                f"unknown target {w!r} (local, bindfs, glusterfs, bftfs, bftfs-noverify)"
+                f"unknown target {w!r} "
+                "(local, bindfs, glusterfs, bftfs, bftfs-lease, bftfs-noverify)"
             )
     return specs
 
