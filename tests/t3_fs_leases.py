@@ -139,3 +139,27 @@ def test_nodes_refuse_a_lease_time_off_their_clock(
         await env.raw.update([ROOT, 7 * 10**9], "fs.mkdir", {**mk, "now": 1, "lt": years_behind})
 
     run(tmp_path, body, **LEASES)
+
+
+def test_the_holders_own_creates_keep_its_other_lookups(tmp_path: Path) -> None:
+    """A create or unlink by the holder changes one entry: the lookups of the directory's
+    other names stay answered from the lease (PostMark's misses before its creates)."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await a.lookup(ROOT, b"other")
+        await leased(a, ROOT)
+        with pytest.raises(NotFound):
+            await a.lookup(ROOT, b"other")  # kept under the lease
+        for i in range(5):
+            fh, _ = await a.create(ROOT, f"f{i}".encode(), 0o644, 0, 0, os.O_WRONLY)
+            await a.release(fh)
+            await a.unlink(ROOT, f"f{i}".encode())
+            before = a.meta.methods["fs.lookup"]
+            with pytest.raises(NotFound):
+                await a.lookup(ROOT, b"other")
+            assert a.meta.methods["fs.lookup"] == before, i
+
+    run(tmp_path, body, **LEASES)

@@ -68,6 +68,15 @@ class _Held:
     until: float
 
 
+def _looked_up_name(method: str, arg: Any) -> bytes | None:
+    """The entry name a lookup of a directory asks for (None for any other query)."""
+    if method == "fs.lookup" and isinstance(arg, bytes):
+        return arg
+    if method == "fs.lookupstat" and isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
+        return arg["name"]
+    return None
+
+
 def _refusal(answer: Any) -> bool:
     return isinstance(answer, MethodRefused)
 
@@ -100,7 +109,9 @@ class Leases:
         self.wall_ns = wall_ns
         self._spawn = spawn or trio.lowlevel.spawn_system_task
         self.held: dict[int, _Held] = {}
-        self._answers: dict[int, dict[bytes, tuple[list[int], Any]]] = {}
+        #: Kept answers, filed under the query's first object: key -> (objects, answer,
+        #: the entry name a lookup asked for, or None).
+        self._answers: dict[int, dict[bytes, tuple[list[int], Any, bytes | None]]] = {}
         self._generation: Counter[int] = Counter()
         self._uses: Counter[int] = Counter()
         self._quiet_until: dict[int, float] = {}
@@ -168,7 +179,11 @@ class Leases:
                 if len(kept) >= MAX_ANSWERS:
                     for k in list(kept)[: MAX_ANSWERS // 2]:
                         del kept[k]
-                kept[key] = (list(oids), answer if _refusal(answer) else copy.deepcopy(answer))
+                kept[key] = (
+                    list(oids),
+                    answer if _refusal(answer) else copy.deepcopy(answer),
+                    _looked_up_name(method, arg),
+                )
             return
         for o, h in zip(oids, leased, strict=True):
             if h is None:
@@ -176,22 +191,38 @@ class Leases:
                 if self._uses[o] >= USES:
                     self._ask(o, now)
 
-    def changed(self, oids: Sequence[int]) -> None:
+    def changed(
+        self, oids: Sequence[int], *, parent: int | None = None, name: bytes | None = None
+    ) -> None:
         """This mount is about to change (or changed) ``oids``: what it cached of them is
-        no longer the servers' answer."""
+        no longer the servers' answer.  An update of one entry ``name`` of directory
+        ``parent`` (a create, unlink, mkdir...) leaves the lookups of the directory's
+        other names as they were: only that entry and the directory's own attributes and
+        listing change (the other objects of the update are dropped whole)."""
         for o in oids:
             self._generation[o] += 1
-            self._forget_answers(o)
+            if o == parent and name is not None:
+                self._forget_answers(o, but_names_other_than=name)
+            else:
+                self._forget_answers(o)
 
-    def _forget_answers(self, oid: int) -> None:
-        self._answers.pop(oid, None)
-        # An answer filed under another object of its query (a lookup's parent) too.
-        for other, kept in list(self._answers.items()):
-            stale = [k for k, (oids, _) in kept.items() if oid in oids]
+    def _forget_answers(self, oid: int, but_names_other_than: bytes | None = None) -> None:
+        for first, kept in list(self._answers.items()):
+            stale = [
+                k
+                for k, (oids, _, name) in kept.items()
+                if oid in oids
+                and not (
+                    but_names_other_than is not None
+                    and name is not None
+                    and name != but_names_other_than
+                    and oids[0] == oid
+                )
+            ]
             for k in stale:
                 del kept[k]
             if not kept:
-                del self._answers[other]
+                del self._answers[first]
 
     def _drop(self, oid: int) -> None:
         self.held.pop(oid, None)

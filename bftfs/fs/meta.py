@@ -74,6 +74,21 @@ class _Taken(Exception):
     """A freshly drawn object id is taken: draw another."""
 
 
+#: Updates of one directory entry ``arg["name"]`` of directory ``arg["p"]``.
+_ENTRY_METHODS = frozenset(
+    {"fs.create", "fs.createwrite", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir"}
+)
+
+
+def _entry_of(method: str, arg: Any) -> tuple[int | None, bytes | None]:
+    """The directory and entry name an update changes one entry of, or (None, None)."""
+    if method in _ENTRY_METHODS and isinstance(arg, dict):
+        p, name = arg.get("p"), arg.get("name")
+        if isinstance(p, int) and isinstance(name, bytes):
+            return p, name
+    return None, None
+
+
 def _translate(e: BaseException) -> BaseException:
     """A protocol or refusal exception as the file-system error it means."""
     if isinstance(e, MethodRefused):
@@ -191,8 +206,9 @@ class Meta:
         if isinstance(arg, dict) and "lt" not in arg:
             arg = {**arg, "lt": self.wall_ns()}
         changes = method not in _LEASE_METHODS
+        parent, name = _entry_of(method, arg)
         if changes and self.leases is not None:
-            self.leases.changed(objects)
+            self.leases.changed(objects, parent=parent, name=name)
         self.methods[method] += 1
         start = time.perf_counter()
         try:
@@ -202,7 +218,7 @@ class Meta:
         finally:
             self.method_seconds[method] += time.perf_counter() - start
             if changes and self.leases is not None:
-                self.leases.changed(objects)
+                self.leases.changed(objects, parent=parent, name=name)
 
     async def _recalling(self, objects: list[int], method: str, arg: Any) -> Any:
         """The update, recalling other clients' leases that refuse it.  The wait is the
