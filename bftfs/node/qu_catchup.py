@@ -203,10 +203,16 @@ class CatchUp:
             self.progress["state"] = "failed"
         self.progress["seconds"] = round(time.monotonic() - started, 3)
         if self.progress["behind"]:
+            # A first pass that left objects failed is retried shortly (``run``): at a
+            # start racing clients' own updates of those objects it often does.  Only a
+            # retry that still leaves some is worth an operator's attention.
             log.log(
-                logging.WARNING if self.progress["failed"] else logging.INFO,
-                "Q/U catch-up: %s",
+                logging.WARNING
+                if self.progress["failed"] and self.progress["passes"] > 1
+                else logging.INFO,
+                "Q/U catch-up: %s%s",
                 self.progress,
+                " (trying again)" if self.progress["failed"] else "",
             )
 
     async def _try(self, oid: int) -> str:
