@@ -360,7 +360,7 @@ def test_a_one_round_write_that_falls_back_takes_effect_once(tmp_path: Path) -> 
             cluster.faults[5].byzantine("rw.write", refuse_fresh)
             cluster.faults[4].byzantine("rw.write", slow_for_a)
             reached, proceed = trio.Event(), trio.Event()
-            fresh = a._fresh_write
+            fresh = a.writer._fresh_write
 
             async def held(*args: Any) -> Any:
                 got = await fresh(*args)
@@ -368,7 +368,7 @@ def test_a_one_round_write_that_falls_back_takes_effect_once(tmp_path: Path) -> 
                 await proceed.wait()
                 return got
 
-            a._fresh_write = held  # type: ignore[method-assign]
+            a.writer._fresh_write = held  # type: ignore[method-assign]
             rec = Recorder(clock=trio.current_time)
 
             async def read() -> None:

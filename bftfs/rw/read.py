@@ -1,0 +1,253 @@
+"""The PASIS client's read loop: Figure 3.2 (seed L992-1095) with the optimisations of
+L1172-1179.
+
+READ_LATEST to ``QC + b`` nodes of which ``m`` ask for data and the rest are witnesses;
+more nodes are probed when the newest candidate is not complete (up to ``N - t`` replies
+and beyond, one more for every invalid reply: WIDEN); then, as
+:func:`~bftfs.rw.classify.decide` says: fetch older history from particular nodes
+(READ_PREV, history only), fetch the candidate's missing fragments by its timestamp,
+regenerate the cross checksum from ``m`` fragments (a poisonous write is never returned),
+repair a repairable candidate at its own timestamp (``Writer.repair_block``, waiting for
+``N - t`` acknowledgements so that it is complete when the read returns), or restart from
+READ_LATEST when garbage collection removed what the read looked for (bounded by
+``max_restarts``: obstruction-freedom, L1566-1574).  The rounds and what they learn are
+``rw/readround.py``; this module decides which to run and when the read is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import trio
+
+from bftfs import erasure
+from bftfs.rw import verify
+from bftfs.rw.calls import DEFAULT_CONCURRENCY, RWCalls
+from bftfs.rw.classify import Decision, Kind
+from bftfs.rw.failures import HistoryReclaimed, ReadAborted, ReadFailed, outcomes
+from bftfs.rw.health import NodeHealth
+from bftfs.rw.messages import BlockId
+from bftfs.rw.readround import ReadRounds, ReadState
+from bftfs.rw.timestamp import MAX_TIME, MAX_WRITER, ZERO, Timestamp
+from bftfs.rw.verify import ReadOutcome
+from bftfs.rw.write import Writer
+
+log = logging.getLogger(__name__)
+
+
+class Reader:
+    """Reads blocks (see the module docstring).
+
+    Args:
+        calls: the client's quorum calls, CPU work and counters.
+        health: the order a read asks the nodes in.
+        rounds: the rounds of an attempt.
+        writer: writes a repairable candidate back.
+        max_restarts: attempts restarted after garbage collection before giving up.
+        trust_verified: skip the regeneration of a complete candidate that ``b + 1``
+            replies flag as verified (lazy verification, seed L1695-1698).
+    """
+
+    def __init__(
+        self,
+        calls: RWCalls,
+        health: NodeHealth,
+        rounds: ReadRounds,
+        writer: Writer,
+        *,
+        max_restarts: int,
+        trust_verified: bool,
+    ) -> None:
+        self.calls = calls
+        self.th = calls.th
+        self.health = health
+        self.rounds = rounds
+        self.writer = writer
+        self.max_restarts = max_restarts
+        self.trust_verified = trust_verified
+
+    @outcomes(ReadFailed)
+    async def read_block(self, block: BlockId | int) -> bytes:
+        """READ: the value of the latest complete write of ``block`` (empty if none).
+
+        Raises:
+            ReadAborted: garbage collection raced with every one of ``max_restarts`` attempts.
+            ReadFailed: fewer than ``N - t`` nodes answered validly.
+        """
+        return (await self.read_version(block)).data
+
+    @outcomes(ReadFailed)
+    async def read_version(self, block: BlockId | int, *, repair: bool = True) -> ReadOutcome:
+        """READ, with what it found: the candidate's timestamp, cross checksum, fragments.
+
+        ``repair`` False leaves a repairable candidate as it is (validated but not written
+        back; ``outcome.kind`` says REPAIR): a storage node catching up uses it to learn the
+        latest *complete* write without taking part in anyone's write (node/rw_catchup.py).
+
+        Raises:
+            ReadAborted, ReadFailed: as :meth:`read_block`.
+        """
+        block = BlockId(block)
+        for attempt in range(self.max_restarts + 1):
+            # Restart on any collected reply that matters, except on the last attempt
+            # (classify.py, choice 6).
+            last = attempt == self.max_restarts
+            got = await self._read_attempt(block, restart_at=None if last else 1, repair=repair)
+            if got is not None:
+                self.calls.stats["reads"] += 1
+                return got
+            self.calls.stats["restarts"] += 1
+        raise ReadAborted(f"block {block}: {self.max_restarts} restarts, giving up")
+
+    @outcomes(ReadFailed)
+    async def read_blocks(
+        self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> dict[int, bytes]:
+        """Read many blocks concurrently; their values by block."""
+        out: dict[int, bytes] = {}
+        limit = trio.Semaphore(concurrency)
+
+        async def one(block: int) -> None:
+            async with limit:
+                out[block] = await self.read_block(BlockId(block))
+
+        async with trio.open_nursery() as nursery:
+            for block in dict.fromkeys(blocks):
+                nursery.start_soon(one, block)
+        return out
+
+    @outcomes(ReadFailed)
+    async def read_as_of(self, block: BlockId | int, time_ns: int) -> bytes:
+        """READ as of a past moment: the value of the latest complete write of ``block``
+        whose timestamp's Time is at most ``time_ns`` (versions after it are ignored, as if
+        not yet written).  Nothing is repaired: the past is read, never written.
+
+        Raises:
+            HistoryReclaimed: more than ``b`` nodes collected below that time.
+            ReadAborted, ReadFailed: as :meth:`read_block`.
+        """
+        block = BlockId(block)
+        cap = Timestamp(min(time_ns, MAX_TIME), MAX_WRITER, b"\xff" * len(ZERO.verifier))
+        for attempt in range(self.max_restarts + 1):
+            last = attempt == self.max_restarts
+            got = await self._read_attempt(
+                block, restart_at=None if last else 1, repair=False, cap=cap
+            )
+            if got is not None:
+                self.calls.stats["past_reads"] += 1
+                return got.data
+            self.calls.stats["restarts"] += 1
+        raise ReadAborted(f"block {block}: {self.max_restarts} restarts, giving up")
+
+    async def _read_attempt(
+        self,
+        block: BlockId,
+        *,
+        restart_at: int | None,
+        repair: bool,
+        cap: Timestamp | None = None,
+    ) -> ReadOutcome | None:
+        """One pass of READ from READ_LATEST (READ_PREV up to ``cap`` inclusive when reading
+        the past); None means RESTART."""
+        st = ReadState(restart_at=restart_at)
+        rounds = self.rounds
+        order = self.health.read_order(self.calls.nodes)
+        # Systematic fragments first: decoding from nodes 0..m-1 costs no arithmetic.
+        data_nodes = set(order[: self.th.m])
+        await rounds.read_latest(st, block, order, data_nodes, initial=self.th.first_round, cap=cap)
+        while True:
+            if cap is not None:
+                self._check_not_reclaimed(st, block, cap)
+            d = rounds.decide(st)
+            self.calls.stats[f"decision.{d.kind.value}"] += 1
+            if d.kind is Kind.RESTART:
+                log.debug("block %s: restart (%s)", block, d.reason)
+                return None
+            if d.kind is Kind.WIDEN:
+                rest = [n for n in self.calls.nodes if n not in st.views and n not in st.bad]
+                if not rest:
+                    raise ReadFailed(
+                        f"block {block}: no decision from {len(st.views)} valid replies; "
+                        f"bad: {st.bad}"
+                    )
+                await rounds.read_latest(st, block, rest, set(), initial=None, cap=cap)
+                continue
+            if d.kind is Kind.FETCH:
+                await rounds.fetch_history(st, block, d)
+                continue
+            assert d.candidate is not None
+            if d.candidate == ZERO:
+                return ReadOutcome(ZERO, Kind.COMPLETE, b"", None, ())
+            regen = await self._validate(st, block, d, repair=repair)
+            if regen is None:
+                continue
+            return ReadOutcome(
+                d.candidate,
+                d.kind,
+                regen.data,
+                regen.cross_checksum,
+                regen.fragments,
+                tuple(sorted(st.rejected, reverse=True)),
+            )
+
+    def _check_not_reclaimed(self, st: ReadState, block: BlockId, cap: Timestamp) -> None:
+        """A read of the past fails once more than ``b`` valid replies collected above
+        ``cap``: one of them is benign, so the version asked for is gone."""
+        collected = [n for n, f in st.floors.items() if f > cap and n not in st.bad]
+        if len(collected) > self.th.b:
+            raise HistoryReclaimed(
+                f"block {block}: nodes {sorted(collected)} collected its versions "
+                f"up to time {cap.time} (retention)"
+            )
+
+    async def _validate(
+        self, st: ReadState, block: BlockId, d: Decision, *, repair: bool
+    ) -> erasure.Regenerated | None:
+        """Fetch ``m`` valid fragments of the candidate, regenerate, repair if needed.
+
+        Returns the validated regeneration, or None when the decision must be made again (the
+        candidate was poisonous, or a holder failed to produce its fragment and was marked bad).
+        """
+        cand = d.candidate
+        assert cand is not None
+        have = st.frags.setdefault(cand, {})
+        missing = [n for n in d.holders if n not in have and n not in st.bad]
+        if len(have) < self.th.m:
+            await self.rounds.fetch_fragments(st, block, cand, missing)
+            if len(have) < self.th.m:
+                return None  # holders were marked bad; decide again
+        ccs = {cc for cc, _ in have.values()}
+        # Every fragment validated against the same verifier, so one cross checksum.
+        (cc,) = ccs
+        frags = {n: f for n, (_cc, f) in sorted(have.items())[: self.th.m]}
+        size = erasure.cc_length(cc)
+        stats = self.calls.stats
+        if (
+            self.trust_verified
+            and d.kind is Kind.COMPLETE
+            and len(st.verified.get(cand, ())) > self.th.b
+        ):
+            # b + 1 nodes flag it verified: one of them is correct and regenerated it
+            # (or holds b + 1 identical NOTIFYs), so decoding is enough (L1695-1698).
+            stats["verified_skips"] += 1
+            if sorted(frags) == list(range(self.th.m)):
+                # The systematic fragments: decoding is joining them, cheaper here than
+                # the hand-off to a worker thread (issue 34).
+                stats["systematic_reads"] += 1
+                return erasure.Regenerated(
+                    True, erasure.decode(frags, size, self.th.m, self.th.n), (), cc
+                )
+            data = await self.calls.cpu(size, erasure.decode, frags, size, self.th.m, self.th.n)
+            return erasure.Regenerated(True, data, (), cc)
+        regen: erasure.Regenerated = await self.calls.cpu(
+            size, verify.validate_candidate, self.th, frags, cc
+        )
+        if not regen.valid:
+            stats["poisonous"] += 1
+            log.info("block %s: candidate %r is poisonous (cross checksum mismatch)", block, cand)
+            st.rejected.add(cand)
+            return None
+        if d.kind is Kind.REPAIR and repair:
+            await self.writer.repair_block(block, cand, regen)
+        return regen
