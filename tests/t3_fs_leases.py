@@ -163,3 +163,36 @@ def test_the_holders_own_creates_keep_its_other_lookups(tmp_path: Path) -> None:
             assert a.meta.methods["fs.lookup"] == before, i
 
     run(tmp_path, body, **LEASES)
+
+
+def test_leases_are_taken_in_batches_and_one_refused_object_costs_the_others_nothing(
+    tmp_path: Path,
+) -> None:
+    """Files of one directory share a quorum: their leases go up to 8 in one update.  One
+    that another client holds exclusively refuses the batch; the rest are then taken one by
+    one, and only it stays without a lease."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        inos = []
+        for i in range(11):
+            fh, at = await b.create(ROOT, f"f{i}".encode(), 0o644, 0, 0, os.O_WRONLY)
+            await b.release(fh)
+            inos.append(at.ino)
+        leases = a.meta.leases
+        assert leases is not None
+        free, contended = inos[:8], inos[8:]
+        taken = {"kind": 2, "lt": time.time_ns(), "term": 60 * 10**9}  # exclusive
+        await env.raw.update(contended[0], "fs.lease", taken)
+        for batch, want in ((free, set(free)), (contended, set(contended[1:]))):
+            before = a.meta.methods["fs.lease"]
+            async with trio.open_nursery() as nursery:  # one burst: queried at once, twice
+                for ino in batch * 2:
+                    nursery.start_soon(a.getattr, ino)
+            await until("the leases", lambda w=want: w <= set(leases.held))  # type: ignore[misc]
+            sent = a.meta.methods["fs.lease"] - before
+            if batch is free:  # batched (as the answers came: at most a few updates)
+                assert sent <= len(free) // 2, sent
+        assert contended[0] not in leases.held
+
+    run(tmp_path, body, **LEASES)

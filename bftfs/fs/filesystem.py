@@ -152,7 +152,7 @@ class FileSystem:
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
         if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
-            self.meta.leases = Leases(self.meta.update, term=lease_term, b=config.b)
+            self.meta.leases = Leases(self.meta.update, term=lease_term, b=config.b, n=config.n)
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         self.reclaimer = Reclaimer(self.meta, self.cache)
         self.engine = FlushEngine(

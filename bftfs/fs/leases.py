@@ -54,6 +54,11 @@ USES = 2
 COOLDOWN = 5.0
 #: Most answers kept per object (a directory's lookups); past it the oldest half goes.
 MAX_ANSWERS = 4096
+#: Seconds the leases asked for are gathered before they are sent (a lease is an
+#: optimisation: taking it a moment later costs nothing, a round per object would).
+GATHER = 0.002
+#: Objects one ``fs.lease`` update asks for at most (``MAX_OBJECTS``).
+BATCH = 8
 #: Objects a recall push may name (more is malformed).
 MAX_PUSHED = 64
 
@@ -97,6 +102,7 @@ class Leases:
         *,
         term: float,
         b: int,
+        n: int = 1,
         wall_ns: Callable[[], int] = time.time_ns,
         spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
     ) -> None:
@@ -106,6 +112,7 @@ class Leases:
         self._update = update
         self.term = term
         self.b = b
+        self.n = n
         self.wall_ns = wall_ns
         self._spawn = spawn or trio.lowlevel.spawn_system_task
         self.held: dict[int, _Held] = {}
@@ -116,6 +123,11 @@ class Leases:
         self._uses: Counter[int] = Counter()
         self._quiet_until: dict[int, float] = {}
         self._asking: set[int] = set()
+        #: Objects asked for and not yet sent (:meth:`_take_wanted` runs while any are).
+        self._wanted: list[int] = []
+        self._taking = False
+        #: Objects whose lease is asked for alone (one of a refused batch).
+        self._solo: set[int] = set()
         #: Moves when a lease is dropped (ended, recalled): a grant that arrives after
         #: its lease was recalled is given back, not used.
         self._epoch: Counter[int] = Counter()
@@ -237,7 +249,10 @@ class Leases:
         if oid in self._asking or now < self._quiet_until.get(oid, 0.0):
             return
         self._asking.add(oid)
-        self._spawn(lambda: self._take(oid))
+        self._wanted.append(oid)
+        if not self._taking:
+            self._taking = True
+            self._spawn(self._take_wanted)
 
     def _renew_if_due(self, oids: Sequence[int], now: float) -> None:
         for o in oids:
@@ -245,34 +260,71 @@ class Leases:
             if h is not None and h.until - now < self.term / 3:
                 self._ask(o, now)
 
-    async def _take(self, oid: int) -> None:
-        """Ask for (or renew) a shared lease on ``oid``; a refusal quiets it a while.
+    async def _take_wanted(self) -> None:
+        """Take the leases asked for, :data:`BATCH` objects of one quorum per update
+        (objects congruent mod ``n`` share their preferred quorum, ``Meta.new_oid``: a
+        directory's entries do), the groups at once; what is asked meanwhile goes next."""
+        try:
+            while self._wanted:
+                await trio.sleep(GATHER)  # the burst of queries asking queues the rest
+                wanted, self._wanted = self._wanted, []
+                groups: dict[int, list[int]] = {}
+                alone = [oid for oid in wanted if oid in self._solo]
+                self._solo.difference_update(alone)
+                for oid in wanted:
+                    if oid not in alone:
+                        groups.setdefault(oid % self.n, []).append(oid)
+                async with trio.open_nursery() as nursery:
+                    for oid in alone:
+                        nursery.start_soon(self._take, [oid])
+                    for group in groups.values():
+                        for i in range(0, len(group), BATCH):
+                            nursery.start_soon(self._take, group[i : i + BATCH])
+        finally:
+            self._taking = False
 
-        Its term counts from before it was asked; answers count only from when it was
+    async def _take(self, oids: list[int]) -> None:
+        """Ask for (or renew) shared leases on ``oids`` in one update; a refusal quiets
+        them a while (one refused object refuses the update: each is asked alone next).
+
+        A term counts from before it was asked; answers count only from when it was
         granted (a query answered meanwhile may predate it).  A lease recalled while it was
         being asked for (the push came before the grant) is given back at once."""
-        epoch = self._epoch[oid]
+        epochs = [self._epoch[o] for o in oids]
+        asked = trio.current_time()
         try:
-            asked = trio.current_time()
             arg = {"kind": SHARED, "lt": self.wall_ns(), "term": int(self.term * 1e9)}
-            await self._update([oid], "fs.lease", arg)
+            await self._update(list(oids), "fs.lease", arg)
         except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
-            self.stats["refused"] += 1
-            self._quiet_until[oid] = trio.current_time() + COOLDOWN
-            log.debug("lease on %d not taken: %s", oid, e)
+            self._asking.difference_update(oids)
+            self._refused(oids, e)
             return
-        finally:
-            self._asking.discard(oid)
-        old = self.held.get(oid)
-        if self._epoch[oid] != epoch and old is None:
-            self._spawn(lambda: self._release([oid]))  # recalled while asked for
-            return
+        self._asking.difference_update(oids)
         now = trio.current_time()
-        self.held[oid] = _Held(old.granted if old else now, asked + self.term - HOLDER_MARGIN / 1e9)
-        self._uses.pop(oid, None)
-        self.stats["renewed" if old else "taken"] += 1
-        if len(self._pushed.get(oid, ())) > self.b:
-            self._revoke([oid])
+        gone = []
+        for oid, epoch in zip(oids, epochs, strict=True):
+            old = self.held.get(oid)
+            if self._epoch[oid] != epoch and old is None:
+                gone.append(oid)  # recalled while asked for
+                continue
+            until = asked + self.term - HOLDER_MARGIN / 1e9
+            self.held[oid] = _Held(old.granted if old else now, until)
+            self._uses.pop(oid, None)
+            self.stats["renewed" if old else "taken"] += 1
+            if len(self._pushed.get(oid, ())) > self.b:
+                self._revoke([oid])
+        if gone:
+            self._spawn(lambda: self._release(gone))
+
+    def _refused(self, oids: list[int], e: Exception) -> None:
+        if len(oids) > 1:  # someone holds or recalls one of them: ask for each alone
+            for oid in oids:
+                self._solo.add(oid)
+                self._ask(oid, 0.0)
+            return
+        self.stats["refused"] += 1
+        self._quiet_until[oids[0]] = trio.current_time() + COOLDOWN
+        log.debug("lease on %d not taken: %s", oids[0], e)
 
     # Recall ------------------------------------------------------------------------------
 
