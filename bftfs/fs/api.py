@@ -11,6 +11,7 @@ end of :mod:`bftfs.fs.pastview` and :mod:`bftfs.fs.filesystem`).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from bftfs.fs.attrs import Attr
@@ -36,6 +37,17 @@ class FileSystemAPI(Protocol):
 
     def kernel_timeout(self, a: Attr) -> float | None:
         """The attribute timeout to give the kernel with ``a`` (None: the mount's)."""
+        ...
+
+    def lease_remaining(self, ino: int, since: float) -> float:
+        """Seconds left on this mount's lease on ``ino`` if it was granted by ``since``
+        (trio time: a request's start, so whatever the request answers was read under
+        it); 0 without one.  The kernel may cache what a lease covers that long."""
+        ...
+
+    def on_lease_recall(self, forget: Callable[[list[int]], Awaitable[None]]) -> None:
+        """Have ``forget(inos)`` run when leases are recalled, before they are released:
+        the kernel drops what it cached under them."""
         ...
 
     def keep_cache(self, fh: int) -> bool: ...

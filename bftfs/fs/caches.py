@@ -141,6 +141,12 @@ class MetadataCache:
             )
         return self.known_for(a.ino) or 0.0
 
+    def forget_own(self, oids: list[int]) -> None:
+        """Drop the attributes kept of ``oids`` (a lease on them begins: only what was read
+        under it may be kept as long as it runs)."""
+        for oid in oids:
+            self.own.pop(oid, None)
+
     def own_stat(self, oid: int, s: dict[str, Any]) -> None:
         self.own[oid] = (s, trio.current_time())
         if s["k"] == "d":

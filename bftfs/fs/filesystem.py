@@ -66,7 +66,7 @@ import random
 import time
 import types
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from bftfs import fsobjects as obj
@@ -154,6 +154,10 @@ class FileSystem:
         if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
             self.meta.leases = Leases(self.meta.update, term=lease_term, b=config.b, n=config.n)
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
+        if self.meta.leases is not None:
+            # What this mount answered about an object before its lease is not covered by
+            # it: the attributes its own updates left are asked for again.
+            self.meta.leases.on_grant = self.cache.forget_own
         self.reclaimer = Reclaimer(self.meta, self.cache)
         self.engine = FlushEngine(
             self.meta,
@@ -360,6 +364,14 @@ class FileSystem:
 
     def kernel_timeout(self, a: Attr) -> float:
         return self.cache.kernel_timeout(a)
+
+    def lease_remaining(self, ino: int, since: float) -> float:
+        leases = self.meta.leases
+        return 0.0 if leases is None else leases.remaining(ino, since)
+
+    def on_lease_recall(self, forget: Callable[[list[int]], Awaitable[None]]) -> None:
+        if self.meta.leases is not None:
+            self.meta.leases.before_release = forget
 
     @property
     def long_attrs(self) -> bool:

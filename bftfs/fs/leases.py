@@ -11,7 +11,8 @@ lookup's miss).  The mount's own update of an object drops what it cached of it
 object's generation).
 
 **When to take one.**  A lease costs an update round and may cost another client a
-recall, so it is taken only for an object queried :data:`USES` times while none was held,
+recall, so it is taken only for an object queried :data:`USES` times while none was held
+and since this mount last changed it (a file it is writing gains nothing from one),
 and not within :data:`COOLDOWN` of a recall of it here or a refusal (two clients working in
 one directory do not pass leases back and forth).  It is taken in the background and
 renewed, on use, once less than a third of its term is left; an unused lease just ends.
@@ -132,8 +133,11 @@ class Leases:
         #: its lease was recalled is given back, not used.
         self._epoch: Counter[int] = Counter()
         self._pushed: dict[int, set[int]] = {}
-        #: Told the objects whose lease was recalled (the kernel's caches are dropped).
-        self.on_revoke: Callable[[list[int]], None] | None = None
+        #: Awaited with the objects whose lease was recalled, before they are released
+        #: (the FUSE layer drops what the kernel cached under them).
+        self.before_release: Callable[[list[int]], Awaitable[None]] | None = None
+        #: Told the objects a new lease was granted on (before any answer is kept).
+        self.on_grant: Callable[[list[int]], None] | None = None
         #: What the leases did (``bftfs status``, the benchmarks).
         self.stats: Counter[str] = Counter()
 
@@ -147,6 +151,13 @@ class Leases:
             self._drop(oid)
             return None
         return h
+
+    def remaining(self, oid: int, since: float) -> float:
+        """Seconds left on the lease on ``oid`` if it was granted by ``since``, else 0."""
+        h = self._live(oid, trio.current_time())
+        if h is None or h.granted > since:
+            return 0.0
+        return max(0.0, h.until - trio.current_time())
 
     def cached(self, oids: Sequence[int], method: str, arg: Any) -> tuple[bool, Any]:
         """``(True, answer)`` when every object of the query is leased here and the same
@@ -213,6 +224,7 @@ class Leases:
         listing change (the other objects of the update are dropped whole)."""
         for o in oids:
             self._generation[o] += 1
+            self._uses.pop(o, None)  # what this mount itself changes is not worth a lease yet
             if o == parent and name is not None:
                 self._forget_answers(o, but_names_other_than=name)
             else:
@@ -302,6 +314,9 @@ class Leases:
         self._asking.difference_update(oids)
         now = trio.current_time()
         gone = []
+        new = [o for o in oids if o not in self.held]
+        if new and self.on_grant is not None:
+            self.on_grant(new)
         for oid, epoch in zip(oids, epochs, strict=True):
             old = self.held.get(oid)
             if self._epoch[oid] != epoch and old is None:
@@ -361,9 +376,15 @@ class Leases:
             self._drop(oid)
             self._quiet_until[oid] = now + COOLDOWN
         self.stats["recalled"] += len(oids)
-        if self.on_revoke is not None:
-            self.on_revoke(oids)
-        self._spawn(lambda: self._release(oids))
+        self._spawn(lambda: self._forget_then_release(oids))
+
+    async def _forget_then_release(self, oids: list[int]) -> None:
+        if self.before_release is not None:
+            try:
+                await self.before_release(oids)
+            except Exception:  # noqa: BLE001 - the release must go on
+                log.exception("dropping the kernel's cache of %s", oids)
+        await self._release(oids)
 
     async def _release(self, oids: list[int]) -> None:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat as st
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bftfs.fs.api import FileSystemAPI
@@ -62,6 +63,12 @@ class PastView:
 
     def kernel_timeout(self, a: Attr) -> float | None:
         return None  # the mount's
+
+    def lease_remaining(self, ino: int, since: float) -> float:
+        return 0.0  # the past takes no leases
+
+    def on_lease_recall(self, forget: Callable[[list[int]], Awaitable[None]]) -> None:
+        return None
 
     async def getattr(
         self, ino: int, *, reached_by_name: bool = False, within: float | None = None

@@ -216,12 +216,13 @@ class _Book:
         }
 
     def _leases(self) -> dict[str, int] | None:
-        """Leases held now and what they did (taken, renewed, refused, recalled, answers
-        given without a round); None when the mount takes none."""
+        """Leases held now (how many, the first 64 inodes) and what they did (taken,
+        renewed, refused, recalled, answers given without a round); None when the mount
+        takes none."""
         leases = self.session.fs.meta.leases
         if leases is None:
             return None
-        return {"held": len(leases.held), **leases.stats}
+        return {"held": len(leases.held), "inos": sorted(leases.held)[:64], **leases.stats}
 
     def write(self) -> None:
         try:

@@ -73,6 +73,7 @@ import trio
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import FsError, NotFound, Removed, Unavailable
+from bftfs.fuse.leasecache import STARTED, LeaseCache
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
 from bftfs.outcome import patience
 
@@ -165,6 +166,7 @@ def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
         self = args[0]
         assert isinstance(self, Operations)
         start = time.perf_counter()
+        STARTED.set(trio.current_time())
         if name not in ("lookup", "open") and self._looked_up:
             ctx = kwargs.get("ctx", args[-1] if args else None)
             pid = getattr(ctx, "pid", 0)
@@ -245,6 +247,8 @@ class Operations(pyfuse3.Operations):
         #: reads the same leaves the kernel's cache alone (its timer too).
         self._told: dict[int, tuple[int, ...] | None] = {}
         self.entry_timeout = entry_timeout
+        #: What the kernel may cache under leases, and forgets at a recall.
+        self.leased = LeaseCache(fs, self._forget_told)
         self.read_only = read_only
         self.timeo = timeo
         self.hard = hard
@@ -331,6 +335,7 @@ class Operations(pyfuse3.Operations):
         e.entry_timeout = self.entry_timeout
         timeout = self.fs.kernel_timeout(a)
         e.attr_timeout = self.timeout if timeout is None else timeout
+        e.attr_timeout = self.leased.attr_timeout(a.ino, e.attr_timeout)
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -343,6 +348,10 @@ class Operations(pyfuse3.Operations):
         e.st_mtime_ns = a.mtime_ns
         e.st_ctime_ns = a.ctime_ns
         return e
+
+    def _forget_told(self, inos: list[int]) -> None:
+        for ino in inos:
+            self._told.pop(ino, None)
 
     # Namespace -----------------------------------------------------------------------------
 
@@ -363,10 +372,11 @@ class Operations(pyfuse3.Operations):
                 self._missed[ctx.pid] = (parent_inode, name, time.monotonic())
                 if len(self._missed) > 4096:
                     self._missed.clear()
-            # A negative entry (inode 0), which the kernel caches for ``entry_timeout``.
+            # A negative entry (inode 0), which the kernel caches for ``entry_timeout``:
+            # while this mount's lease on the directory runs, until the lease is recalled.
             e = pyfuse3.EntryAttributes()
             e.st_ino = 0
-            e.entry_timeout = self.timeout
+            e.entry_timeout = self.leased.negative_timeout(parent_inode, name, self.timeout)
             return e
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
