@@ -221,6 +221,38 @@ def test_forget_needs_every_node() -> None:
     assert not forget.forget_agreed(ts, {**dict.fromkeys(range(5), only), 5: cut}, 6)
 
 
+def test_an_unverified_lone_empty_version_goes_once_every_other_node_holds_nothing() -> None:
+    """A node that caught up a given-back block's empty version as the others forgot it
+    holds it alone and unverified: :func:`forget.lone_empty` names it (the verified rule,
+    :func:`forget.forget_target`, does not), and it may go once every other node lists
+    nothing; one other node still listing it, or anything else, or silent, stops it."""
+    from bftfs.rw.messages import ReadReply
+
+    kv = MemoryKV()
+    old = write(kv, 5, b"contents", 100)
+    gone = write(kv, 5, b"", 200)
+    assert forget.lone_empty(kv, 5) is None  # older contents below it
+    fresh = MemoryKV()
+    only = write(fresh, 5, b"", 200)
+    assert forget.lone_empty(fresh, 5) == only and forget.forget_target(fresh, 5) is None
+    assert forget.given_back_page(fresh, None, 10) == ([(5, only)], None)
+    mine = ReadReply((only,), False, ZERO)
+    none = ReadReply((), False, ZERO)
+    me = 2
+    everyone = {**dict.fromkeys(range(6), none), me: mine}
+    assert forget.forgotten_elsewhere(only, everyone, 6, me)
+    assert not forget.forgotten_elsewhere(only, {**everyone, 4: mine}, 6, me)
+    assert not forget.forgotten_elsewhere(
+        only, {**everyone, 4: ReadReply((old,), False, ZERO)}, 6, me
+    )
+    assert not forget.forgotten_elsewhere(only, {**everyone, 4: ReadReply((), True, ZERO)}, 6, me)
+    del everyone[4]
+    assert not forget.forgotten_elsewhere(only, everyone, 6, me)  # one did not answer
+    mixed = {**everyone, 4: none, me: ReadReply((gone, old), False, ZERO)}
+    assert not forget.forgotten_elsewhere(gone, mixed, 6, me)  # not alone here
+    assert forget.forget_step(fresh, 5, only) == 1 and forget.lone_empty(fresh, 5) is None
+
+
 def test_a_repair_needs_b_plus_1_other_hosts_of_that_very_version() -> None:
     """A write at another writer's timestamp is a repair; it is taken only when ``b + 1``
     peers list exactly that version as the greatest at or below it (a peer holding only

@@ -148,6 +148,11 @@ class Server(Generic[Ctx]):
         #: stream and yields to it (``rw/lazy.stream_state``); its driver sets the gap.
         self.client_busy_since = 0.0
         self.busy_gap = 0.5
+        #: Request kinds that are not client activity (a status poll: the node registers
+        #: ``ping`` and ``stats``): they move neither clock above, so a monitor polling
+        #: every node every 0.2 s no longer reads as a client stream that keeps lazy
+        #: verification waiting for good.
+        self.monitoring: set[str] = set()
         #: The open connections of each authenticated principal (what :meth:`push` reaches).
         self._open: dict[PrincipalId, list[_ServerConnection[Ctx]]] = {}
 
@@ -288,7 +293,7 @@ class Server(Generic[Ctx]):
             if typ != REQUEST or not isinstance(kind, str):
                 self.rejected["malformed"] += 1
                 continue
-            if sender is not None and not is_node(sender):
+            if sender is not None and not is_node(sender) and kind not in self.monitoring:
                 now = trio.current_time()
                 if now - self.last_client_request >= self.busy_gap:
                     self.client_busy_since = now

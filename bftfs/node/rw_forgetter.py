@@ -17,6 +17,14 @@ version the newest one left.  A lying node speaks only for itself (one node's ol
 is never returned, ``QC - missing > b``).  A node down for the whole wait leaves the block
 as it is until the next sweep after it is back.
 
+A lone empty version that is *not* verified here goes too, once every other node lists
+nothing for the block (``forget.forgotten_elsewhere``): a node back from an outage
+catches up the empty version of a block the others then forget (they need its word only
+that it holds nothing older), and its verifier, finding nothing on them, never marks it
+verified.  Nobody holds anything else of the block, so the value stays the empty block;
+before, that node kept the version for good.  ``Verified.given_back`` (rw/collect.py)
+and the sweep name such blocks too; ``rw.forgotten.unverified`` counts them.
+
 The queue is in memory; a sweep walks every block the store holds at start and then every
 hour (node/background.py), so a restart loses nothing for long.
 """
@@ -65,7 +73,7 @@ class Forgetter:
         """Verification left ``block`` at its empty version (``ts``, else read from the
         store): look again when it is due."""
         if ts is None:
-            ts = self.node.store.read(functools.partial(forget.forget_target, block=block))
+            ts = self.node.store.read(functools.partial(forget.lone_empty, block=block))
             if ts is None:
                 return
         self._schedule(block, ts.time + self.delay_ns)
@@ -105,7 +113,7 @@ class Forgetter:
         targets = {
             b: t
             for b in blocks
-            if (t := self.node.store.read(functools.partial(forget.forget_target, block=b)))
+            if (t := self.node.store.read(functools.partial(forget.lone_empty, block=b)))
         }
         said: dict[int, dict[int, ReadReply]] = {}
 
@@ -116,7 +124,8 @@ class Forgetter:
             for block in targets:
                 nursery.start_soon(ask, block)
         for block, ts in targets.items():
-            if not forget.forget_agreed(ts, said[block], self.node.config.n):
+            agreed = self._agreed(block, ts, said[block])
+            if agreed is None:
                 self.node.stats["rw.forget.waiting"] += 1
                 self._retry(block)
                 continue
@@ -124,6 +133,21 @@ class Forgetter:
             step = functools.partial(forget.forget_step, block=block, ts=ts)
             if await self.node.store.write(step, background=True):
                 self.node.stats["rw.forgotten"] += 1
+                if agreed == "unverified":
+                    self.node.stats["rw.forgotten.unverified"] += 1
+
+    def _agreed(self, block: int, ts: Timestamp, said: dict[int, ReadReply]) -> str | None:
+        """Whether ``ts``, ``block``'s lone empty version here, may go, and by which rule:
+        ``"verified"`` here, once every node lists it alone or nothing; ``"unverified"``,
+        once every other node lists nothing (they forgot the block: the module docstring);
+        None: not yet."""
+        n = self.node.config.n
+        verified = self.node.store.read(functools.partial(forget.forget_target, block=block))
+        if verified == ts and forget.forget_agreed(ts, said, n):
+            return "verified"
+        if forget.forgotten_elsewhere(ts, said, n, int(self.node.id)):
+            return "unverified"
+        return None
 
     def _retry(self, block: int) -> None:
         due = self._backoff.next_due(block, self.node.now_ns())

@@ -119,6 +119,8 @@ class Node:
         self.rejoin_heartbeat = rejoin_heartbeat
         self.register("ping", _ping, inline=True)
         self.register("stats", _stats, inline=True)
+        # A status poll is not foreground work: it must not hold up lazy verification.
+        self.server.monitoring.update(("ping", "stats"))
 
     def register(
         self,

@@ -92,8 +92,8 @@ class Verified:
     #: When the youngest-kept of those retained for their age may go (node clock ns; 0:
     #: none is kept for its age): the verifier looks at the block again then.
     revisit_ns: int = 0
-    #: The block is down to its verified empty version (given back): it may be forgotten
-    #: (:func:`forget_target`).
+    #: The block is down to one empty version (given back), verified or not: it may be
+    #: forgotten once the other nodes agree (rw/forget.py).
     given_back: bool = False
 
 
@@ -165,7 +165,9 @@ def verified_step(
         left,
         len(below),
         revisit,
-        given_back=empty and left == 1 and not below,
+        # Verified or not: a version caught up as the others forgot the block is never
+        # verified here (nothing left to read), and is forgotten all the same (forget.py).
+        given_back=left == 1 and _empty_at(kv, block, hosted[0]),
     )
 
 

@@ -1,11 +1,20 @@
 """Forgetting given-back blocks on a PASIS storage node (docs/lazy.md "Forgetting given-back
-blocks"): synchronous steps over a ``KV`` and one pure agreement check.
+blocks"): synchronous steps over a ``KV`` and pure agreement checks.
 
-* :func:`forget_target` - the empty, verified, lone version a block may be forgotten at;
-* :func:`forget_agreed` - whether every node's witness allows it (pure);
+* :func:`lone_empty` - the empty version a block is down to here, verified or not;
+* :func:`forget_target` - that version when it is verified (the block's verified mark);
+* :func:`forget_agreed` - whether every node's witness allows forgetting a verified one;
+* :func:`forgotten_elsewhere` - whether every other node holds nothing of the block,
+  which allows forgetting an unverified one (pure);
 * :func:`forget_step` - delete it with the block's floor and verified mark;
 * :func:`given_back_page` - the blocks that may be forgotten, one page at a time
   (node/rw_forgetter.py).
+
+The unverified case: a node that was away holds none of a removed file's blocks written
+meanwhile; its catch-up (node/rw_catchup.py) may read and store a block's empty version
+just before the others, who need its word only that it holds nothing older, forget it.
+Its own verifier then finds nothing on the others and never marks that version verified:
+before, the node kept it for good.
 """
 
 from __future__ import annotations
@@ -29,21 +38,28 @@ from bftfs.rw.schema import (
 from bftfs.rw.timestamp import Timestamp
 
 
-def forget_target(kv: KV, block: int) -> Timestamp | None:
-    """The empty version ``block`` may be forgotten at, once every node agrees, or None.
+def lone_empty(kv: KV, block: int) -> Timestamp | None:
+    """The one version ``block`` is down to here, if it is empty (a file's contents given
+    back, fs/reclaim.py), verified or not; else None.
 
-    The block must be down to one version here, empty (a file's contents given back,
-    fs/reclaim.py), verified complete (it is the block's verified mark) with nothing kept
-    below it.  Forgetting it deletes that version, the floor and the mark: the block
-    then reads as never written here, which is the same value, the empty block.
+    Forgetting it deletes that version, the floor and the mark: the block then reads as
+    never written here, which is the same value, the empty block.
     """
     hosted = hosted_step(kv, block)
-    if len(hosted) != 1 or verified_of(kv, block) != hosted[0]:
+    if len(hosted) != 1:
         return None
     raw = kv.get(DB_VERSIONS, version_key(block, hosted[0]))
     if raw is None or erasure.cc_length(StoredVersion.decode(raw).cross_checksum) != 0:
         return None
     return hosted[0]
+
+
+def forget_target(kv: KV, block: int) -> Timestamp | None:
+    """The empty version ``block`` may be forgotten at once every node lists it alone or
+    nothing (:func:`forget_agreed`): :func:`lone_empty`, verified complete (it is the
+    block's verified mark).  None otherwise."""
+    ts = lone_empty(kv, block)
+    return ts if ts is not None and verified_of(kv, block) == ts else None
 
 
 def forget_agreed(ts: Timestamp, replies: Mapping[int, ReadReply], n: int) -> bool:
@@ -60,10 +76,25 @@ def forget_agreed(ts: Timestamp, replies: Mapping[int, ReadReply], n: int) -> bo
     return all(r.history in ((ts,), ()) and not r.more for r in replies.values())
 
 
+def forgotten_elsewhere(ts: Timestamp, replies: Mapping[int, ReadReply], n: int, me: int) -> bool:
+    """Whether every other node's READ_LATEST witness lists nothing for the block: they
+    all forgot it (or never had it), so ``ts``, the lone empty version ``me`` holds, may go
+    though it is not verified here (pure).
+
+    No node holds anything else of the block, so readers meet ``ts`` at this node alone
+    or nothing at all: the empty block either way.  A lying node speaks only for itself,
+    as in :func:`forget_agreed`.
+    """
+    if len(replies) != n or me not in replies or replies[me].history != (ts,):
+        return False
+    return all(r.history == () and not r.more for i, r in replies.items() if i != me)
+
+
 def forget_step(kv: KV, block: int, ts: Timestamp) -> int:
-    """Forget given-back ``block`` (re-checks :func:`forget_target`): its last version, with
-    its charge, and its floor and verified mark; how many records were deleted."""
-    if forget_target(kv, block) != ts:
+    """Forget given-back ``block`` (re-checks that ``ts`` is still its :func:`lone_empty`
+    version: nothing came meanwhile): that version, with its charge, and its floor and
+    verified mark; how many records were deleted."""
+    if lone_empty(kv, block) != ts:
         return 0
     deleted = int(drop_version(kv, version_key(block, ts)))
     deleted += int(kv.delete(DB_FLOOR, block_prefix(block)))
@@ -74,8 +105,8 @@ def forget_step(kv: KV, block: int, ts: Timestamp) -> int:
 def given_back_page(
     kv: KV, after: int | None, limit: int
 ) -> tuple[list[tuple[int, Timestamp]], int | None]:
-    """Blocks above ``after`` that :func:`forget_target` names, looking at up to ``limit``
-    blocks, and where the next page starts (None: the last page)."""
+    """Blocks above ``after`` that :func:`lone_empty` names (verified or not), looking at
+    up to ``limit`` blocks, and where the next page starts (None: the last page)."""
     out: list[tuple[int, Timestamp]] = []
     start = 0 if after is None else after + 1
     for _ in range(limit):
@@ -85,7 +116,7 @@ def given_back_page(
         if first is None:
             return out, None
         block = split_key(first[0])[0]
-        ts = forget_target(kv, block)
+        ts = lone_empty(kv, block)
         if ts is not None:
             out.append((block, ts))
         start = block + 1
