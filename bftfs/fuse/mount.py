@@ -215,7 +215,7 @@ class _Book:
             "leases": self._leases(),
         }
 
-    def _leases(self) -> dict[str, int] | None:
+    def _leases(self) -> dict[str, Any] | None:
         """Leases held now (how many, the first 64 inodes) and what they did (taken,
         renewed, refused, recalled, answers given without a round); None when the mount
         takes none."""
