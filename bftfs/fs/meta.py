@@ -17,11 +17,12 @@ around it (:meth:`Meta.query_now`, :meth:`Meta.update_now`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -152,6 +153,8 @@ class Meta:
         #: This mount's leases (``fs/leases.py``; None: it takes none).  Queries they
         #: keep good are answered from them; every update tells them what it changes.
         self.leases: Leases | None = None
+        #: The objects an update is under way on (:meth:`_one_update_per_object`).
+        self._object_locks: dict[int, trio.Lock] = {}
         #: The wall clock of lease times (``lt``): the nodes check it against theirs.
         self.wall_ns: Callable[[], int] = time.time_ns
 
@@ -212,13 +215,35 @@ class Meta:
         self.methods[method] += 1
         start = time.perf_counter()
         try:
-            return await self._recalling(objects, method, arg)
+            async with self._one_update_per_object(objects):
+                return await self._recalling(objects, method, arg)
         except (MethodRefused, *_PROTOCOL_ERRORS) as e:
             raise _translate(e) from None
         finally:
             self.method_seconds[method] += time.perf_counter() - start
             if changes and self.leases is not None:
                 self.leases.changed(objects, parent=parent, name=name)
+
+    @contextlib.asynccontextmanager
+    async def _one_update_per_object(self, objects: list[int]) -> AsyncIterator[None]:
+        """Hold ``objects`` for one update: a Q/U client issues one update per object at a
+        time (its answers are kept per client and object, ``qu/replica.py``), and the
+        leases' background updates (``fs/leases.py``) must not overlap a flush's.  Taken
+        in object order, so two updates never wait for each other."""
+        held = []
+        try:
+            for oid in sorted(set(objects)):
+                lock = self._object_locks.get(oid)
+                if lock is None:
+                    lock = self._object_locks[oid] = trio.Lock()
+                await lock.acquire()
+                held.append((oid, lock))
+            yield
+        finally:
+            for oid, lock in reversed(held):
+                lock.release()
+                if not lock.locked() and not lock.statistics().tasks_waiting:
+                    self._object_locks.pop(oid, None)
 
     async def _recalling(self, objects: list[int], method: str, arg: Any) -> Any:
         """The update, recalling other clients' leases that refuse it.  The wait is the

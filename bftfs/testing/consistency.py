@@ -424,16 +424,27 @@ def run(
 
 
 @contextlib.contextmanager
-def mounted(home: Path, mounts: int) -> Iterator[tuple[ProcessCluster, list[Path]]]:
+def mounted(
+    home: Path, mounts: int, options: str | None = None
+) -> Iterator[tuple[ProcessCluster, list[Path]]]:
     """A fresh cluster of node processes in ``home`` and ``mounts`` mounts of it, one client
-    identity each, with one shared directory made; stopped and unmounted on exit."""
+    identity each, with one shared directory made; stopped and unmounted on exit.
+    ``options``: mount options added to the defaults (``lease=10``: the mounts take
+    leases, and every read is still checked against close-to-open)."""
     with (
         ProcessCluster(home / "cluster", map_size=1 << 30, durable=False, clients=mounts) as pc,
         contextlib.ExitStack() as stack,
     ):
         if True:
             points = [
-                stack.enter_context(Mount(pc.config, home / f"m{k}", client=f"client{k}"))
+                stack.enter_context(
+                    Mount(
+                        pc.config,
+                        home / f"m{k}",
+                        client=f"client{k}",
+                        options=None if options is None else f"allow_other,{options}",
+                    )
+                )
                 for k in range(mounts)
             ]
             (points[0].mountpoint / "work").mkdir()
