@@ -22,6 +22,8 @@ from collections.abc import Iterable
 import trio
 
 from bftfs import erasure
+from bftfs.net.errors import refusal_code
+from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw import verify
 from bftfs.rw.calls import DEFAULT_CONCURRENCY, RWCalls
 from bftfs.rw.classify import Decision, Kind
@@ -179,7 +181,12 @@ class Reader:
             assert d.candidate is not None
             if d.candidate == ZERO:
                 return ReadOutcome(ZERO, Kind.COMPLETE, b"", None, ())
-            regen = await self._validate(st, block, d, repair=repair)
+            try:
+                regen = await self._validate(st, block, d, repair=repair)
+            except _Gone:
+                if restart_at is None:  # the last attempt: no more restarts
+                    raise
+                return None
             if regen is None:
                 continue
             return ReadOutcome(
@@ -249,5 +256,24 @@ class Reader:
             st.rejected.add(cand)
             return None
         if d.kind is Kind.REPAIR and repair:
-            await self.writer.repair_block(block, cand, regen)
+            try:
+                await self.writer.repair_block(block, cand, regen)
+            except QuorumUnavailable as e:
+                if not _unproven(e, self.th.b):
+                    raise
+                # More than b nodes (one correct) say fewer than b + 1 others host the
+                # candidate any more: collected below a newer write since the rounds read
+                # it (the race of L1566-1574 again, now seen by the repair).  Restart.
+                stats["repair_unproven"] += 1
+                raise _Gone from e
         return regen
+
+
+class _Gone(Exception):
+    """A repair was refused because the candidate is no longer hosted: restart the read."""
+
+
+def _unproven(e: QuorumUnavailable, b: int) -> bool:
+    """Whether more than ``b`` nodes refused a repair as ``unproven`` (node/rw_server.py)."""
+    codes = [refusal_code(why) for why in e.result.errors.values()]
+    return sum(code == "unproven" for code in codes) > b
