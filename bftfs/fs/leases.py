@@ -8,7 +8,8 @@ servers would give: :meth:`Leases.cached` answers the same query again, without 
 as long as every object of it is leased here (a lookup, a stat, an open, a listing, a
 lookup's miss).  The mount's own update of an object drops what it cached of it
 (:meth:`Leases.changed`; a query in flight across the update is not cached, by the
-object's generation).
+object's generation); an index from each object to the answers it is part of keeps that
+in proportion to what is dropped, not to all that is kept.
 
 **When to take one.**  A lease costs an update round and may cost another client a
 recall, so it is taken only for an object queried :data:`USES` times while none was held
@@ -22,10 +23,10 @@ renewed, on use, once less than a third of its term is left; an unused lease jus
 before any correct node could let a conflicting update through.
 
 **Recall.**  Every correct node that takes another client's ``fs.recall`` pushes
-``{"recall": [oid, ...]}`` to the holders (``node/qu_server.py``).  A push is believed once
+``{"recall": [oid, ...]}`` to the holders (``node/recalls.py``).  A push is believed once
 ``b + 1`` nodes sent it for the object (one of them correct): this mount stops answering
 from the lease at once, tells the kernel to forget what it cached
-(:attr:`Leases.on_revoke`) and releases the lease with a gated update, so what the mount
+(:attr:`Leases.before_release`) and releases the lease with a gated update, so what the mount
 buffered for the object (its pending creates) goes first.  A Byzantine node's false
 recalls alone do nothing; withheld ones cost the requester time (``b + 1`` correct nodes
 push) or, with the holder cut off, at most the lease's term.
@@ -43,7 +44,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fsobjects.leases import HOLDER_MARGIN, SHARED
+from bftfs.fsobjects.leases import HOLDER_MARGIN, MAX_RECALLED, SHARED
 from bftfs.qu.canon import canonical
 from bftfs.qu.objects import MethodRefused
 
@@ -60,15 +61,15 @@ MAX_ANSWERS = 4096
 GATHER = 0.002
 #: Objects one ``fs.lease`` update asks for at most (``MAX_OBJECTS``).
 BATCH = 8
-#: Objects a recall push may name (more is malformed).
-MAX_PUSHED = 64
 
 Update = Callable[[list[int], str, Any], Awaitable[Any]]
 
 
 @dataclass
 class _Held:
-    """A lease held here: from when (trio time, before it was asked) to when it is used."""
+    """A lease held here (trio times): answers count from ``granted`` (when the grant
+    arrived), the lease is used until ``until`` (its term from before it was asked, less
+    the holder's margin)."""
 
     granted: float
     until: float
@@ -120,6 +121,8 @@ class Leases:
         #: Kept answers, filed under the query's first object: key -> (objects, answer,
         #: the entry name a lookup asked for, or None).
         self._answers: dict[int, dict[bytes, tuple[list[int], Any, bytes | None]]] = {}
+        #: Object -> the kept answers it is one of the objects of: (first object, key).
+        self._involving: dict[int, set[tuple[int, bytes]]] = {}
         self._generation: Counter[int] = Counter()
         self._uses: Counter[int] = Counter()
         self._quiet_until: dict[int, float] = {}
@@ -172,7 +175,7 @@ class Leases:
         self.stats["hits"] += 1
         self._renew_if_due(oids, now)
         answer = got[1]
-        if isinstance(answer, MethodRefused):  # a refusal is kept as it was raised
+        if _refusal(answer):  # a refusal is kept as it was raised
             return True, MethodRefused(answer.code, answer.message)
         return True, copy.deepcopy(answer)
 
@@ -198,15 +201,7 @@ class Leases:
         ]:
             key = _key(oids, method, arg)
             if key is not None:
-                kept = self._answers.setdefault(oids[0], {})
-                if len(kept) >= MAX_ANSWERS:
-                    for k in list(kept)[: MAX_ANSWERS // 2]:
-                        del kept[k]
-                kept[key] = (
-                    list(oids),
-                    answer if _refusal(answer) else copy.deepcopy(answer),
-                    _looked_up_name(method, arg),
-                )
+                self._keep(oids, key, answer, _looked_up_name(method, arg))
             return
         for o, h in zip(oids, leased, strict=True):
             if h is None:
@@ -230,23 +225,48 @@ class Leases:
             else:
                 self._forget_answers(o)
 
+    def _keep(self, oids: Sequence[int], key: bytes, answer: Any, name: bytes | None) -> None:
+        first = oids[0]
+        kept = self._answers.setdefault(first, {})
+        if len(kept) >= MAX_ANSWERS:
+            for k in list(kept)[: MAX_ANSWERS // 2]:
+                self._discard(first, k)
+            kept = self._answers.setdefault(first, {})
+        kept[key] = (list(oids), answer if _refusal(answer) else copy.deepcopy(answer), name)
+        for o in oids:
+            self._involving.setdefault(o, set()).add((first, key))
+
+    def _discard(self, first: int, key: bytes) -> None:
+        """Drop one kept answer and its entries in the index."""
+        kept = self._answers.get(first)
+        entry = None if kept is None else kept.pop(key, None)
+        if entry is None:
+            return
+        if not kept:
+            del self._answers[first]
+        for o in entry[0]:
+            refs = self._involving.get(o)
+            if refs is not None:
+                refs.discard((first, key))
+                if not refs:
+                    del self._involving[o]
+
     def _forget_answers(self, oid: int, but_names_other_than: bytes | None = None) -> None:
-        for first, kept in list(self._answers.items()):
-            stale = [
-                k
-                for k, (oids, _, name) in kept.items()
-                if oid in oids
-                and not (
-                    but_names_other_than is not None
-                    and name is not None
-                    and name != but_names_other_than
-                    and oids[0] == oid
-                )
-            ]
-            for k in stale:
-                del kept[k]
-            if not kept:
-                del self._answers[first]
+        """Drop the kept answers ``oid`` is one of the objects of; with
+        ``but_names_other_than``, keep the lookups of ``oid``'s other entry names."""
+        for first, key in list(self._involving.get(oid, ())):
+            entry = self._answers.get(first, {}).get(key)
+            if entry is None:
+                continue
+            name = entry[2]
+            if (
+                but_names_other_than is not None
+                and name is not None
+                and name != but_names_other_than
+                and first == oid
+            ):
+                continue
+            self._discard(first, key)
 
     def _drop(self, oid: int) -> None:
         self.held.pop(oid, None)
@@ -352,7 +372,7 @@ class Leases:
     def on_push(self, node: int, body: Any) -> None:
         """A node's push (``Endpoint.on_push``): a recall is believed from ``b + 1`` nodes."""
         oids = body.get("recall") if isinstance(body, dict) else None
-        if not isinstance(oids, list) or len(oids) > MAX_PUSHED:
+        if not isinstance(oids, list) or len(oids) > MAX_RECALLED:
             self.stats["pushes_malformed"] += 1
             return
         believed = []
@@ -398,5 +418,5 @@ class Leases:
         oids = list(self.held)
         for oid in oids:
             self._drop(oid)
-        for i in range(0, len(oids), 8):
-            await self._release(oids[i : i + 8])
+        for i in range(0, len(oids), BATCH):
+            await self._release(oids[i : i + BATCH])

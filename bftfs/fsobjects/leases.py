@@ -25,7 +25,7 @@ correct node could let a conflicting update through.
 client C that would change an object on which another client holds a lease live at C's
 ``lt`` (or any lease, when the update carries no ``lt``) is refused ``leased``; nothing
 changes.  C then asks for a recall (:func:`_recall`, which records ``lr``); every correct
-node that takes it pushes a recall to the holders (``node/qu_server.py``), which write back
+node that takes it pushes a recall to the holders (``node/recalls.py``), which write back
 what they buffered and release (:func:`_release`); C retries.  A holder that never releases
 (dead, cut off, Byzantine) is bounded by its expiry: at most :data:`MAX_TERM`.  Updates that
 change nothing (a refused create, the ancestors a rename only reads) never conflict.
@@ -56,6 +56,9 @@ HOLDER_MARGIN = 2 * LEASE_SKEW + 10**9
 LEASE_TIME = "lt"
 #: Most holders one object records; a further client is refused ``busy`` (it runs uncached).
 MAX_HOLDERS = 32
+#: Most objects one recall push names (nodes send no more; a holder takes more as
+#: malformed).
+MAX_RECALLED = 64
 
 Holder = list[int]  # [client, kind, expiry]
 
@@ -168,12 +171,8 @@ def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
             new[oid] = None
             continue
         s = _node(state)
-        kept = [h for h in holders(s) if h[0] != caller]
-        if kept:
-            s["ls"] = kept
-        else:
-            s.pop("ls", None)
-        _tidy(s, at)
+        s["ls"] = [h for h in holders(s) if h[0] != caller]
+        _tidy(s, at)  # no holder left: the records and the recall go
         new[oid] = s
     return new, None
 

@@ -19,14 +19,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from bftfs.fsobjects.leases import MAX_RECALLED
 from bftfs.ids import PrincipalId
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Request
 
 #: The method whose answer names the holders to push to.
 RECALL = "fs.recall"
-#: Objects named in one push at most (the holder treats more as malformed).
-MAX_PUSHED = 64
 
 
 class Recalls:
@@ -57,5 +56,5 @@ class Recalls:
                     if isinstance(h, int) and not isinstance(h, bool):
                         per_holder.setdefault(h, []).append(oid)
         for holder, oids in per_holder.items():
-            sent = self._push(PrincipalId(holder), {"recall": oids[:MAX_PUSHED]})
+            sent = self._push(PrincipalId(holder), {"recall": oids[:MAX_RECALLED]})
             self.stats["qu.recalls.pushed" if sent else "qu.recalls.unconnected"] += 1
