@@ -9,6 +9,9 @@ keys are wire format, kept in histories, so they never change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from bftfs.fsobjects.attributes import _removexattr, _setattr, _setxattr
 from bftfs.fsobjects.data import _lock, _unlock, _write
 from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, _lease, _recall, _release, leased
@@ -63,12 +66,12 @@ def _update(
     )
 
 
-def _lease_method(name: str, fn: object, *, grants: bool = False) -> Method:
+def _lease_method(name: str, fn: Callable[..., Any], *, grants: bool = False) -> Method:
     """A lease method: on up to ``MAX_OBJECTS`` objects, told its caller."""
     return Method(
         name,
         Class.UPDATE,
-        fn,  # type: ignore[arg-type]
+        fn,
         1,
         MAX_OBJECTS,
         caller=True,
