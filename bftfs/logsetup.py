@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import os
 import sys
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -17,7 +18,9 @@ def setup_logging(
     debug_modules: list[str] | None = None,
     quiet: bool = False,
 ) -> None:
-    """Log to ``log_file`` (rotating) or stderr; DEBUG for ``debug_modules``.
+    """Log to ``log_file`` (rotating) or stderr; DEBUG for ``debug_modules`` and for the
+    comma-separated modules of the ``BFTFS_DEBUG`` environment variable (so a test run's
+    node and mount processes can be made to say more without changing how they start).
 
     ``faulthandler`` is enabled so a hung or crashed process leaves its stacks in the log.
     """
@@ -33,6 +36,7 @@ def setup_logging(
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.WARNING if quiet else logging.INFO)
-    for mod in debug_modules or []:
+    extra = [m for m in os.environ.get("BFTFS_DEBUG", "").split(",") if m]
+    for mod in [*(debug_modules or []), *extra]:
         logging.getLogger(mod).setLevel(logging.DEBUG)
     faulthandler.enable()

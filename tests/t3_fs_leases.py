@@ -96,6 +96,32 @@ def test_another_clients_change_recalls_the_lease_and_is_seen_at_once(tmp_path: 
     run(tmp_path, body, **LEASES)
 
 
+def test_two_holders_changing_one_directory_release_to_each_other(tmp_path: Path) -> None:
+    """Both clients hold a lease on the directory and both create in it at once: each
+    create is refused for the other's lease and recalls it.  Each holder must release while
+    its own create waits: it held the directory for its whole wait, so its release queued
+    behind it and the two waited for each other until the leases' term (30 s) ended."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        for fs in (a, b):
+            for _ in range(3):
+                with pytest.raises(NotFound):
+                    await fs.lookup(ROOT, b"missing")
+        await leased(a, ROOT)
+        await leased(b, ROOT)
+        started = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.mkdir, ROOT, b"da", 0o755, 0, 0)
+            nursery.start_soon(b.mkdir, ROOT, b"db", 0o755, 0, 0)
+        assert time.monotonic() - started < 15  # released to each other, not waited out
+        names = {n for n, _ in await a.readdir(ROOT)}
+        assert {b"da", b"db"} <= names
+        assert a.meta.leases.stats["recalled"] + b.meta.leases.stats["recalled"] >= 1  # type: ignore[union-attr]
+
+    run(tmp_path, body, **LEASES)
+
+
 def test_a_holder_that_never_releases_holds_others_off_until_its_term(tmp_path: Path) -> None:
     """A lease taken by a client that then ignores recalls (the raw client: it has no
     lease table) blocks the other client's change until the lease's term has passed, no

@@ -411,6 +411,29 @@ async def test_a_crashed_byzantine_servers_stray_history_costs_no_timeout(tmp_pa
         assert await c.query(7, "counter.fetch") == 4
 
 
+async def test_a_stray_beside_a_crashed_server_costs_no_timeout(tmp_path: Path) -> None:
+    """Found by the two-mount checker with leases (issue 33): with one server crashed, the
+    other five answer, one of them with a stray candidate (another client's update it alone
+    took so far).  Four fresh histories are too few to leave the stray out, so the client
+    asks the servers it has not heard from, here only the crashed one, and waited for its
+    call to time out (10 s in a mount: the operation's whole patience, then EIO).  A call to
+    ``t`` or fewer servers gets two probe intervals, as the last ``t`` of a larger one do."""
+    async with open_cluster(tmp_path, clients=2, seed=3) as cl:
+        c = qu_client(cl, 0)
+        await c.update(7, "counter.increment", 1)
+        crashed, stray = 1, 2
+        cl.crash(crashed)
+        dead = int(client_id(1))
+        op = Operation("counter.increment", False, 5, 1)
+        await cl.client(1).call(
+            stray, KIND_REQUEST, Request(dead, (7,), {7: c.cached(7)}, op).wire()
+        )
+        start = trio.current_time()
+        v = await c.update(7, "counter.increment", 1)
+        assert trio.current_time() - start < 2.0, "waited for the crashed server"
+        assert v in (2, 7)
+
+
 async def test_contention_backoff_uses_up_no_patience(tmp_path: Path) -> None:
     """Issue 31, item 11: a client repairing another's half-done update backs off before
     each barrier or copy.  That wait counted against the operation's patience (a mount's

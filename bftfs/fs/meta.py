@@ -215,8 +215,7 @@ class Meta:
         self.methods[method] += 1
         start = time.perf_counter()
         try:
-            async with self._one_update_per_object(objects):
-                return await self._recalling(objects, method, arg)
+            return await self._recalling(objects, method, arg)
         except (MethodRefused, *_PROTOCOL_ERRORS) as e:
             raise _translate(e) from None
         finally:
@@ -248,12 +247,18 @@ class Meta:
     async def _recalling(self, objects: list[int], method: str, arg: Any) -> Any:
         """The update, recalling other clients' leases that refuse it.  The wait is the
         holders', bounded by a lease's longest term (and the skew) for a holder that never
-        releases; it uses up no patience (contention, not the cluster's silence)."""
+        releases; it uses up no patience (contention, not the cluster's silence).
+
+        The objects are held (:meth:`_one_update_per_object`) for each attempt, not across
+        the wait: this mount's own release of a lease another client recalled, on the same
+        objects, must go through meanwhile, or two mounts that each hold a lease the
+        other's update waits for would wait for each other until the term ends."""
         deadline = trio.current_time() + (MAX_TERM + 2 * LEASE_SKEW) / 1e9 + 1.0
         attempt = 0
         while True:
             try:
-                return await self.qu.update(objects, method, arg)
+                async with self._one_update_per_object(objects):
+                    return await self.qu.update(objects, method, arg)
             except MethodRefused as e:
                 if e.code != "leased" or method in _LEASE_METHODS:
                     raise
@@ -261,7 +266,8 @@ class Meta:
                     raise MethodRefused("busy", "a lease holder did not release") from None
             if attempt % 8 == 0:  # ask again now and then: a holder may have lost a push
                 self.methods["fs.recall"] += 1
-                await self.qu.update(objects, "fs.recall", {"lt": self.wall_ns()})
+                async with self._one_update_per_object(objects):
+                    await self.qu.update(objects, "fs.recall", {"lt": self.wall_ns()})
             await self.back_off(min(attempt, 6))
             attempt += 1
             if isinstance(arg, dict):

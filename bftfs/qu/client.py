@@ -289,8 +289,9 @@ class QUClient:
             # timeout: once all but t answered, the rest get two probe intervals (as in
             # ``QuorumRounds.request``).  Waiting for all of them cost every operation the
             # full timeout while a server whose stray history this client cached was down
-            # (found by the campaign, bftfs/testing/campaign.py).
-            settle = max(1, len(targets) - self.th.t)
+            # (found by the campaign, bftfs/testing/campaign.py).  With ``t`` or fewer to
+            # ask (a stray beside one crashed server), they all get just the two intervals.
+            settle = max(0, len(targets) - self.th.t)
             got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
             self._cache.absorb(todo, got, fresh)
             shown, view, _ = self._present_view(objects, fresh)

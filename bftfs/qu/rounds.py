@@ -161,10 +161,13 @@ class QuorumRounds:
     ) -> dict[int, Reply]:
         """Read the histories of ``todo`` from ``targets`` (``qu.history``) until ``enough``
         servers answered (or none more will).  ``settle``: once that many answered, wait
-        two probe intervals for the others, then go on without them."""
+        two probe intervals for the others, then go on without them (0: the call gets just
+        the two intervals)."""
         self.history_fetches += 1
         stash: dict[int, Reply] = {}
         scope = trio.CancelScope()
+        if settle is not None and settle <= 0:
+            scope.deadline = trio.current_time() + 2 * self.probe_after
 
         def accept(node: int, raw: Any) -> bool:
             rep = self._parsed(node, raw, todo)
