@@ -6,8 +6,10 @@ clients run file-system operations through the real ``FileSystem``; every read i
 against a close-to-open model, history reads (what a name held at a moment between two
 earlier rounds) against the model then, every operation must complete, and the Q/U and
 PASIS histories recorded under the file system must be linearizable.  ``make test`` runs a
-short seeded campaign (3 schedules of 25 operations, 10 to 20 s); the slow suite runs 40
-schedules of 80 operations, with ``t = 2, b = 1`` on nine nodes among them.
+short seeded campaign (3 schedules of 25 operations, 10 to 20 s) and a shorter one with
+shared leases (their recalls withheld and forged by the Byzantine nodes too); the slow suite
+runs 40 schedules of 80 operations, with ``t = 2, b = 1`` on nine nodes among them, and 20
+with leases.
 
 A failure's message starts with the schedule (seed, thresholds, Byzantine and crash-prone
 nodes) and the command that replays it, followed by the last operations and faults.
@@ -51,6 +53,27 @@ CATCHUP_INCOMPLETE = pytest.mark.expected_logs(
 def test_a_short_seeded_campaign_finds_nothing(tmp_path: Path) -> None:
     report = campaign(tmp_path, seed=1, schedules=3, ops=25)
     _check(report, 3)
+
+
+@MALEVOLENT
+@CATCHUP_INCOMPLETE
+def test_a_short_seeded_campaign_with_leases_finds_nothing(tmp_path: Path) -> None:
+    report = campaign(tmp_path, seed=101, schedules=2, ops=25, lease_term=10.0)
+    _check(report, 2)
+    assert report.leases["taken"] > 0
+
+
+@pytest.mark.slow
+@MALEVOLENT
+@CATCHUP_INCOMPLETE
+def test_a_long_seeded_campaign_with_leases_finds_nothing(tmp_path: Path) -> None:
+    report = campaign(
+        tmp_path, seed=2000, schedules=20, ops=80, thresholds=SLOW_THRESHOLDS, lease_term=10.0
+    )
+    _check(report, 20)
+    assert report.leases["taken"] > 0 and report.leases["recalled"] > 0
+    drawn = {k.split(":")[1] for k, v in report.behaviours.items() if v}
+    assert {"withhold-recall", "forge-recall"} <= drawn, drawn
 
 
 @pytest.mark.slow

@@ -115,10 +115,16 @@ class Schedule:
     byzantine: tuple[int, ...]
     #: Honest nodes that may crash (the ``t - b`` benign faults).
     crashy: tuple[int, ...]
+    #: The clients' lease term in seconds (0: no leases; ``fs/leases.py``).
+    lease_term: float = 0.0
 
     @classmethod
     def draw(
-        cls, seed: int, ops: int, thresholds: tuple[tuple[int, int], ...] = FAST_THRESHOLDS
+        cls,
+        seed: int,
+        ops: int,
+        thresholds: tuple[tuple[int, int], ...] = FAST_THRESHOLDS,
+        lease_term: float = 0.0,
     ) -> Schedule:
         rng = random.Random(seed)
         t, b = thresholds[rng.randrange(len(thresholds))]
@@ -133,15 +139,18 @@ class Schedule:
             clients=rng.choice((2, 3)),
             byzantine=tuple(sorted(faulty[:b])),
             crashy=tuple(sorted(faulty[b:])),
+            lease_term=lease_term,
         )
 
     def text(self) -> str:
         crashy = ", crash-prone honest " + str(list(self.crashy)) if self.crashy else ""
+        leases = f", leases of {self.lease_term:g} s" if self.lease_term else ""
+        option = f" --lease {self.lease_term:g}" if self.lease_term else ""
         return (
             f"schedule seed {self.seed}: t={self.t} b={self.b} n={self.n}, "
-            f"{self.clients} clients, {self.ops} operations, "
+            f"{self.clients} clients, {self.ops} operations{leases}, "
             f"Byzantine {list(self.byzantine)}{crashy} (replay: python -m "
-            f"bftfs.testing.campaign --seed {self.seed} --schedules 1 --ops {self.ops})"
+            f"bftfs.testing.campaign --seed {self.seed} --schedules 1 --ops {self.ops}{option})"
         )
 
 
@@ -158,6 +167,8 @@ class Report:
     qu_objects: int = 0
     rw_ops: int = 0
     rw_blocks: int = 0
+    #: What the clients' leases did (``Leases.stats``: taken, hits, recalled, ...).
+    leases: Counter[str] = field(default_factory=Counter)
     findings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -175,7 +186,13 @@ class Report:
             f"crashes inside a request: {self.crashes}\n"
             f"linearizability: {self.qu_ops} Q/U operations on {self.qu_objects} objects, "
             f"{self.rw_ops} PASIS block operations on {self.rw_blocks} blocks\n"
-            f"findings: {len(self.findings)}" + "".join("\n--- " + f for f in self.findings)
+            + (
+                "leases: " + ", ".join(f"{k} {v}" for k, v in sorted(self.leases.items())) + "\n"
+                if self.leases
+                else ""
+            )
+            + f"findings: {len(self.findings)}"
+            + "".join("\n--- " + f for f in self.findings)
         )
 
 
@@ -190,6 +207,7 @@ class Outcome:
     rounds: int = 0
     behaviours: Counter[str] = field(default_factory=Counter)
     crashes: int = 0
+    leases: Counter[str] = field(default_factory=Counter)
     qu: list[QUOp] = field(default_factory=list)
     rw: RWLog = field(default_factory=RWLog)
     trace: list[str] = field(default_factory=list)
@@ -253,8 +271,11 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
                         clock_ns=clock_ns,
                         rng=random.Random(sched.seed * 1000 + k),
                         attr_ttl=0.0,
+                        lease_term=sched.lease_term,
                     )
                 )
+            if fss[-1].meta.leases is not None:  # recalls are pushed on the client's links
+                fss[-1].meta.leases.listen(cluster.client(k), cluster.config.node_ids)
         out.note(f"{sched.clients} file systems opened")
         planner = Planner(rng, sched.clients)
         moments = [time.time_ns()]  # the node clocks' time between rounds (planner.past)
@@ -309,6 +330,9 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
                     got = await check_past(pasts[0], s, moments[j], fail)
                 out.ops[f"final history {got}"] += 1
         out.note("stopping the cluster")
+        for fs in fss:
+            if fs.meta.leases is not None:
+                out.leases.update(fs.meta.leases.stats)
         for sw in faulty.values():
             out.behaviours.update(sw.drawn)
             out.crashes += sw.crashes
@@ -388,12 +412,14 @@ def campaign(
     ops: int,
     thresholds: tuple[tuple[int, int], ...] = FAST_THRESHOLDS,
     stop_at_first: bool = True,
+    lease_term: float = 0.0,
 ) -> Report:
-    """Schedules ``seed`` .. ``seed + schedules - 1`` of ``ops`` operations each."""
+    """Schedules ``seed`` .. ``seed + schedules - 1`` of ``ops`` operations each; with
+    ``lease_term``, the clients take shared leases of that term (``fs/leases.py``)."""
     report = Report()
     start = time.monotonic()
     for s in range(seed, seed + schedules):
-        sched = Schedule.draw(s, ops, thresholds)
+        sched = Schedule.draw(s, ops, thresholds, lease_term)
         report.schedules += 1
         try:
             out = run_schedule(home / f"schedule{s}", sched)
@@ -406,6 +432,7 @@ def campaign(
         report.rounds += out.rounds
         report.behaviours.update(out.behaviours)
         report.crashes += out.crashes
+        report.leases.update(out.leases)
         qu, rw = out.checked["Q/U"], out.checked["PASIS"]
         report.qu_ops += qu.operations
         report.qu_objects += qu.registers
@@ -422,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=40, help="operations per schedule")
     parser.add_argument("--slow", action="store_true", help="also draw t=2, b=1 on nine nodes")
     parser.add_argument("--keep-going", action="store_true", help="run on after a finding")
+    parser.add_argument("--lease", type=float, default=0.0, help="clients' lease term, s")
     args = parser.parse_args(argv)
     thresholds = SLOW_THRESHOLDS if args.slow else FAST_THRESHOLDS
     with tempfile.TemporaryDirectory() as tmp:
@@ -432,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             ops=args.ops,
             thresholds=thresholds,
             stop_at_first=not args.keep_going,
+            lease_term=args.lease,
         )
     print(report.text())
     return 1 if report.findings else 0

@@ -124,7 +124,7 @@ def _forge_recalls(config: ClusterConfig, node: int) -> ByzantineProfile:
 
     async def request(ctx: Any, payload: Any, honest: Any) -> Any:
         if not is_node(ctx.sender):  # every client is told its leases are recalled
-            ctx.node.server.push(ctx.sender, {"recall": _objects_of(payload, n)})
+            ctx.node.server.push(ctx.sender, {"recall": objects_of(payload, n)})
         return await honest(ctx, payload)
 
     return ByzantineProfile({}, default=request)
@@ -250,7 +250,7 @@ def _power_cut_in_gc(config: ClusterConfig, node: int) -> ByzantineProfile:
     return ByzantineProfile({}, default=request)
 
 
-def _objects_of(payload: Any, n: int) -> list[int]:
+def objects_of(payload: Any, n: int) -> list[int]:
     """The objects a Q/U request names (the root directory for anything else): what a
     ``forge-recalls`` node says the sender's leases on are recalled."""
     try:

@@ -33,8 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from bftfs.ids import is_node
 from bftfs.net.frames import pack
+from bftfs.qu.messages import KIND_REQUEST
 from bftfs.testing.byzantine import history, qu, rw
+from bftfs.testing.byzantine.profiles import objects_of
 
 if TYPE_CHECKING:
     from bftfs.node.service import Handler, RequestContext
@@ -54,6 +57,28 @@ async def _delay(rng: random.Random, ctx: RequestContext, payload: Any, honest: 
 
 async def _withhold(ctx: RequestContext, payload: Any, honest: Handler) -> Any:
     await trio.sleep_forever()  # no reply; the task ends with the node
+
+
+async def _withhold_recall(ctx: RequestContext, payload: Any, honest: Handler) -> Any:
+    """Take the request as a correct node would, but push none of the recalls it names
+    (leases, ``node/recalls.py``)."""
+    recalls = ctx.node.recalls
+    recalls.enabled = False
+    try:
+        return await honest(ctx, payload)
+    finally:
+        recalls.enabled = True
+
+
+def _forge_recall(n: int) -> NodeWrapper:
+    async def forge(ctx: RequestContext, payload: Any, honest: Handler) -> Any:
+        """Tell the sender its leases on the request's objects are recalled (nobody asked),
+        then answer honestly."""
+        if not is_node(ctx.sender):
+            ctx.node.server.push(ctx.sender, {"recall": objects_of(payload, n)})
+        return await honest(ctx, payload)
+
+    return forge
 
 
 class Switching:
@@ -94,6 +119,10 @@ class Switching:
         for name, wrappers in sorted(history.BEHAVIOURS.items()):
             for kind, wrapper in wrappers.items():
                 self._choices.setdefault(kind, []).append((name, wrapper))
+        self._choices[KIND_REQUEST] += [  # the leases' recalls (issue 33)
+            ("withhold-recall", _withhold_recall),
+            ("forge-recall", _forge_recall(config.n)),
+        ]
 
     def kinds(self) -> list[str]:
         """The request kinds this node intercepts."""
