@@ -110,7 +110,10 @@ def run(tmp_path: Path, body: Callable[[Env], Any], **options: Any) -> None:
     async def main() -> None:
         async with fs_env(tmp_path, **options) as env:
             await body(env)
-            for fs in env.fss:
+            for fs in env.fss:  # as an unmount: write-back sent, leases given back
+                await fs.write_back()
+                if fs.meta.leases is not None:
+                    await fs.meta.leases.release_all()
                 assert not any(f.dirty for f in fs.open_files().values()), "unflushed data"
             await check_all(env.raw)
 

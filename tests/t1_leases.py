@@ -119,3 +119,21 @@ def test_stat_answers_leave_the_lease_records_out() -> None:
     f.update(ls=d["ls"])
     got = REG.query("fs.stat", {FILE: f}, {})
     assert "ls" not in got and "lr" not in got
+
+
+def test_queries_of_another_clients_exclusive_lease_are_refused_its_own_are_not() -> None:
+    """Directory write-back (``fs/writeback.py``): an exclusive holder may have creates
+    the servers do not hold yet, so every other client's query of the object is refused
+    ``leased`` (it recalls, then asks again); the holder's own queries, a shared lease's
+    other readers and history reads (``fs.peek``) are answered."""
+    ex = lease(directory(), A, EXCLUSIVE, T0)
+    for method, arg in (("fs.stat", None), ("fs.lookup", b"x"), ("fs.readdir", None)):
+        with pytest.raises(MethodRefused) as e:
+            REG.query(method, {DIR: ex}, arg, B)
+        assert e.value.code == "leased"
+    assert REG.query("fs.stat", {DIR: ex}, None, A)["mode"] & st.S_IFDIR
+    with pytest.raises(MethodRefused, match="not-found"):
+        REG.query("fs.lookup", {DIR: ex}, b"x", A)
+    shared = lease(directory(), A, SHARED, T0)
+    assert REG.query("fs.stat", {DIR: shared}, None, B)["mode"] & st.S_IFDIR
+    assert REG.query("fs.peek", {DIR: ex}, None, B) is not None

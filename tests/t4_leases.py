@@ -131,3 +131,47 @@ def test_a_holder_killed_holds_the_other_mount_off_at_most_its_term(tmp_path: Pa
             assert took <= TERM + 6, f"waited {took:.1f} s for a {TERM} s lease"
             assert sorted(os.listdir(b.mountpoint / "d")) == ["after", "kept"]
             assert (b.mountpoint / "d" / "kept").read_bytes() == b"fsynced"
+
+
+@pytest.mark.slow
+def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
+    tmp_path: Path,
+) -> None:
+    """Directory write-back (``fs/writeback.py``): the mount holds the directory's
+    exclusive lease, so its closes of new files return before the creates are sent.  Killed
+    with ``kill -9`` then, it loses those creates, and only those: the other mount waits
+    at most the lease's term and lists what was sent before the lease and what was
+    ``fsync``ed under it, byte for byte."""
+    term = 30
+    with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
+        opts = f"allow_other,lease={term},commit=60"
+        with Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b:
+            a = Mount(pc.config, tmp_path / "a", client="client0", options=opts)
+            with a:
+                d = a.mountpoint / "d"
+                d.mkdir()
+                sent = []
+                for i in range(6):  # creates until the directory is leased exclusively
+                    (d / f"sent{i}").write_bytes(b"s" * i)
+                    sent.append(f"sent{i}")
+                    if _leases(pc, a).get("exclusive"):
+                        break
+                _wait("an exclusive lease", 30, lambda: _leases(pc, a).get("exclusive"))
+                for i in range(3):
+                    (d / f"lost{i}").write_bytes(b"l" * 100)
+                fd = os.open(d / "synced", os.O_CREAT | os.O_WRONLY, 0o644)
+                os.write(fd, b"fsynced")
+                os.fsync(fd)
+                os.close(fd)
+                _wait("closes left to write-back", 10, lambda: _leases(pc, a).get("deferred"))
+                assert a.proc is not None
+                a.proc.kill()  # kill -9 of the daemon: no write-back, no release
+                a.proc.wait()
+            started = time.monotonic()
+            names = sorted(os.listdir(b.mountpoint / "d"))
+            took = time.monotonic() - started
+            assert took <= term + 6, f"waited {took:.1f} s for a {term} s lease"
+            assert names == sorted([*sent, "synced"]), names
+            assert (b.mountpoint / "d" / "synced").read_bytes() == b"fsynced"
+            for i, name in enumerate(sent):
+                assert (b.mountpoint / "d" / name).read_bytes() == b"s" * i

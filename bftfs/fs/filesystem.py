@@ -89,6 +89,7 @@ from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.writeback import WriteBack
 from bftfs.fs.writebehind import PendingCreates
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
 
@@ -141,6 +142,7 @@ class FileSystem:
         behind_limit: int = DEFAULT_BEHIND_LIMIT,
         write_behind: bool = False,
         lease_term: float = 0.0,
+        commit: float = 0.0,
     ) -> None:
         self.config = config
         self.uid = uid
@@ -193,6 +195,10 @@ class FileSystem:
             behind_limit=behind_limit,
         )
         self.pending.attach(self.handles)
+        if self.meta.leases is not None and commit > 0 and write_behind:
+            # Directory write-back (fs/writeback.py): closes of new files in a directory
+            # this mount holds an exclusive lease on leave their create pending.
+            self.pending.writeback = WriteBack(self.meta.leases, commit, self.pending.send_deferred)
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance
@@ -347,6 +353,12 @@ class FileSystem:
 
     async def fsync(self, fh: int) -> None:
         await self.handles.fsync(fh)
+
+    async def write_back(self) -> None:
+        """Send every create directory write-back holds (``fsync`` of a directory: its
+        new names are then on a quorum)."""
+        if self.pending.writeback is not None:
+            await self.pending.writeback.send_all()
 
     async def release(self, fh: int) -> None:
         await self.handles.release(fh)

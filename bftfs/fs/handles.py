@@ -285,20 +285,23 @@ class Handles:
                 await self._flush_file(f)
         return len(data)
 
-    async def flush(self, fh: int) -> None:
+    async def flush(self, fh: int, *, durable: bool = False) -> None:
         """Make this file's buffered writes durable: blocks, then size and mtime.  Waits
         for a background flush first and reports its error (after sending what is still
-        buffered: the error says an earlier write may not have reached the servers)."""
+        buffered: the error says an earlier write may not have reached the servers).  A
+        close (not ``durable``) of a small new file in a directory this mount holds an
+        exclusive lease on leaves its create to directory write-back (``fs/writeback.py``)."""
         f, _ = self.table.handle(fh)
-        await self._sync(f)
+        await self._sync(f, durable=durable)
 
-    async def _sync(self, f: OpenFile) -> None:
+    async def _sync(self, f: OpenFile, *, durable: bool = True) -> None:
         """Wait for the background flush, flush what is buffered, then raise the
         background flush's error if it failed (never lost silently)."""
         await self.engine.behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
-        await self._flush_file(f)
+        if failed is not None or durable or not self.pending.defers(f):
+            await self._flush_file(f)
         if failed is not None:
             raise failed
 
@@ -309,7 +312,7 @@ class Handles:
         await self.engine.flush(await self.pending.made_file(f))
 
     async def fsync(self, fh: int) -> None:
-        await self.flush(fh)
+        await self.flush(fh, durable=True)
 
     async def release(self, fh: int) -> None:
         """Close a handle (flushing); the file's clean blocks stay cached for a re-open,
@@ -329,7 +332,7 @@ class Handles:
     async def _release(self, fh: int) -> None:
         f, _ = self.table.handle(fh)
         try:
-            await self._sync(f)
+            await self._sync(f, durable=False)
             if f.lease_until is not None and f.opens == 1:  # created, never written
                 f.lease_until = None
                 await self.engine.unlock(f)

@@ -44,7 +44,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fsobjects.leases import HOLDER_MARGIN, MAX_RECALLED, SHARED
+from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, MAX_RECALLED, SHARED
 from bftfs.qu.canon import canonical
 from bftfs.qu.objects import MethodRefused
 
@@ -73,6 +73,7 @@ class _Held:
 
     granted: float
     until: float
+    kind: int = SHARED
 
 
 def _looked_up_name(method: str, arg: Any) -> bytes | None:
@@ -86,6 +87,10 @@ def _looked_up_name(method: str, arg: Any) -> bytes | None:
 
 def _refusal(answer: Any) -> bool:
     return isinstance(answer, MethodRefused)
+
+
+#: Refusals that say who holds what now, not what the object is: never kept.
+_PASSING = frozenset({"leased", "busy", "recalled"})
 
 
 def _key(oids: Sequence[int], method: str, arg: Any) -> bytes | None:
@@ -125,6 +130,10 @@ class Leases:
         self._involving: dict[int, set[tuple[int, bytes]]] = {}
         self._generation: Counter[int] = Counter()
         self._uses: Counter[int] = Counter()
+        #: Creates this mount deferred in a directory while it held no exclusive lease.
+        self._creates: Counter[int] = Counter()
+        #: Objects asked for and the kind wanted (an exclusive wish wins).
+        self._kinds: dict[int, int] = {}
         self._quiet_until: dict[int, float] = {}
         self._asking: set[int] = set()
         #: Objects asked for and not yet sent (:meth:`_take_wanted` runs while any are).
@@ -194,6 +203,8 @@ class Leases:
         """A query's answer from the servers: kept when every object was leased since
         before it was sent and none changed meanwhile; counts a use of each object."""
         at, generations = sent
+        if _refusal(answer) and answer.code in _PASSING:
+            return
         now = trio.current_time()
         leased = [self._live(o, now) for o in oids]
         if all(h is not None and h.granted <= at for h in leased) and generations == [
@@ -270,6 +281,7 @@ class Leases:
 
     def _drop(self, oid: int) -> None:
         self.held.pop(oid, None)
+        self._creates.pop(oid, None)
         self._epoch[oid] += 1
         self._generation[oid] += 1
         self._forget_answers(oid)
@@ -277,9 +289,10 @@ class Leases:
 
     # Taking and renewing -------------------------------------------------------------
 
-    def _ask(self, oid: int, now: float) -> None:
+    def _ask(self, oid: int, now: float, kind: int = SHARED) -> None:
         if oid in self._asking or now < self._quiet_until.get(oid, 0.0):
             return
+        self._kinds[oid] = kind
         self._asking.add(oid)
         self._wanted.append(oid)
         if not self._taking:
@@ -290,7 +303,26 @@ class Leases:
         for o in oids:
             h = self.held.get(o)
             if h is not None and h.until - now < self.term / 3:
-                self._ask(o, now)
+                self._ask(o, now, h.kind)
+
+    def exclusive_left(self, oid: int) -> float:
+        """Seconds left on this mount's exclusive lease on ``oid`` (0: it holds none)."""
+        now = trio.current_time()
+        h = self._live(oid, now)
+        return 0.0 if h is None or h.kind != EXCLUSIVE else h.until - now
+
+    def want_exclusive(self, oid: int) -> None:
+        """This mount defers a create in directory ``oid`` (``fs/writebehind.py``): after
+        :data:`USES` of them an exclusive lease is asked for, so that later ones may wait
+        past their close (write-back); a held one is renewed when a third of it is left."""
+        now = trio.current_time()
+        h = self._live(oid, now)
+        if h is not None and h.kind == EXCLUSIVE:
+            self._renew_if_due([oid], now)
+            return
+        self._creates[oid] += 1
+        if self._creates[oid] >= USES:
+            self._ask(oid, now, EXCLUSIVE)
 
     async def _take_wanted(self) -> None:
         """Take the leases asked for, :data:`BATCH` objects of one quorum per update
@@ -300,24 +332,26 @@ class Leases:
             while self._wanted:
                 await trio.sleep(GATHER)  # the burst of queries asking queues the rest
                 wanted, self._wanted = self._wanted, []
-                groups: dict[int, list[int]] = {}
+                groups: dict[tuple[int, int], list[int]] = {}
                 alone = [oid for oid in wanted if oid in self._solo]
                 self._solo.difference_update(alone)
                 for oid in wanted:
                     if oid not in alone:
-                        groups.setdefault(oid % self.n, []).append(oid)
+                        key = (self._kinds.get(oid, SHARED), oid % self.n)
+                        groups.setdefault(key, []).append(oid)
                 async with trio.open_nursery() as nursery:
                     for oid in alone:
-                        nursery.start_soon(self._take, [oid])
-                    for group in groups.values():
+                        nursery.start_soon(self._take, [oid], self._kinds.get(oid, SHARED))
+                    for (kind, _), group in groups.items():
                         for i in range(0, len(group), BATCH):
-                            nursery.start_soon(self._take, group[i : i + BATCH])
+                            nursery.start_soon(self._take, group[i : i + BATCH], kind)
         finally:
             self._taking = False
 
-    async def _take(self, oids: list[int]) -> None:
-        """Ask for (or renew) shared leases on ``oids`` in one update; a refusal quiets
-        them a while (one refused object refuses the update: each is asked alone next).
+    async def _take(self, oids: list[int], kind: int = SHARED) -> None:
+        """Ask for (or renew) leases of ``kind`` on ``oids`` in one update; a refusal
+        quiets them a while (one refused object refuses the update: each is asked alone
+        next).
 
         A term counts from before it was asked; answers count only from when it was
         granted (a query answered meanwhile may predate it).  A lease recalled while it was
@@ -325,11 +359,11 @@ class Leases:
         epochs = [self._epoch[o] for o in oids]
         asked = trio.current_time()
         try:
-            arg = {"kind": SHARED, "lt": self.wall_ns(), "term": int(self.term * 1e9)}
+            arg = {"kind": kind, "lt": self.wall_ns(), "term": int(self.term * 1e9)}
             await self._update(list(oids), "fs.lease", arg)
         except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
             self._asking.difference_update(oids)
-            self._refused(oids, e)
+            self._refused(oids, e, kind)
             return
         self._asking.difference_update(oids)
         now = trio.current_time()
@@ -343,19 +377,22 @@ class Leases:
                 gone.append(oid)  # recalled while asked for
                 continue
             until = asked + self.term - HOLDER_MARGIN / 1e9
-            self.held[oid] = _Held(old.granted if old else now, until)
+            self.held[oid] = _Held(old.granted if old else now, until, kind)
             self._uses.pop(oid, None)
+            self._creates.pop(oid, None)
             self.stats["renewed" if old else "taken"] += 1
+            if kind == EXCLUSIVE and (old is None or old.kind != EXCLUSIVE):
+                self.stats["exclusive"] += 1
             if len(self._pushed.get(oid, ())) > self.b:
                 self._revoke([oid])
         if gone:
             self._spawn(lambda: self._release(gone))
 
-    def _refused(self, oids: list[int], e: Exception) -> None:
+    def _refused(self, oids: list[int], e: Exception, kind: int = SHARED) -> None:
         if len(oids) > 1:  # someone holds or recalls one of them: ask for each alone
             for oid in oids:
                 self._solo.add(oid)
-                self._ask(oid, 0.0)
+                self._ask(oid, 0.0, kind)
             return
         self.stats["refused"] += 1
         self._quiet_until[oids[0]] = trio.current_time() + COOLDOWN

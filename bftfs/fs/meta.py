@@ -187,7 +187,7 @@ class Meta:
         self.methods[method] += 1
         start = time.perf_counter()
         try:
-            answer = await self.qu.query(oid, method, arg)
+            answer = await self._recalling(oids, method, arg, query=oid)
         except MethodRefused as e:
             if leases is not None:  # a miss is an answer too (a lookup's ENOENT)
                 leases.answered(oids, method, arg, e, sent)
@@ -244,10 +244,14 @@ class Meta:
                 if not lock.locked() and not lock.statistics().tasks_waiting:
                     self._object_locks.pop(oid, None)
 
-    async def _recalling(self, objects: list[int], method: str, arg: Any) -> Any:
-        """The update, recalling other clients' leases that refuse it.  The wait is the
-        holders', bounded by a lease's longest term (and the skew) for a holder that never
-        releases; it uses up no patience (contention, not the cluster's silence).
+    async def _recalling(
+        self, objects: list[int], method: str, arg: Any, *, query: int | list[int] | None = None
+    ) -> Any:
+        """The update (with ``query``: the query of those objects), recalling other
+        clients' leases that refuse it: any lease for an update, an exclusive one for a
+        query (``fsobjects.leases.guarded``).  The wait is the holders', bounded by a
+        lease's longest term (and the skew) for a holder that never releases; it uses up no
+        patience (contention, not the cluster's silence).
 
         The objects are held (:meth:`_one_update_per_object`) for each attempt, not across
         the wait: this mount's own release of a lease another client recalled, on the same
@@ -257,6 +261,8 @@ class Meta:
         attempt = 0
         while True:
             try:
+                if query is not None:
+                    return await self.qu.query(query, method, arg)
                 async with self._one_update_per_object(objects):
                     return await self.qu.update(objects, method, arg)
             except MethodRefused as e:
@@ -270,7 +276,7 @@ class Meta:
                     await self.qu.update(objects, "fs.recall", {"lt": self.wall_ns()})
             await self.back_off(min(attempt, 6))
             attempt += 1
-            if isinstance(arg, dict):
+            if isinstance(arg, dict) and query is None:
                 arg = {**arg, "lt": self.wall_ns()}
 
     async def statfs(self) -> dict[str, int]:

@@ -24,6 +24,9 @@ from bftfs.qu.client import QUClient
 from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
 
+#: Seconds an unmount waits for the creates directory write-back deferred to be sent.
+WRITE_BACK_AT_END = 60.0
+
 
 @dataclass
 class Session:
@@ -79,6 +82,10 @@ async def open_session(
         try:
             yield Session(fs, qu, rw, ep)
         finally:
+            writeback = fs.pending.writeback
+            if writeback is not None:  # what closes left for write-back goes now
+                with trio.move_on_after(WRITE_BACK_AT_END):
+                    await writeback.send_all()
             if leases is not None:
                 with trio.move_on_after(5):
                     await leases.release_all()

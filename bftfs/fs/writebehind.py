@@ -63,6 +63,7 @@ from bftfs.fs.filedata import FlushEngine, _spawn
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import Meta
+from bftfs.fs.writeback import WriteBack
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ class PendingCreates:
         self._moved = {}
         self._failed = {}
         self._senders = set()
+        #: Directory write-back (``fs/writeback.py``; None: every close sends).
+        self.writeback: WriteBack | None = None
         meta.gate = self
 
     def attach(self, handles: Handles) -> None:
@@ -164,6 +167,21 @@ class PendingCreates:
         self.cache.kernel_saw(p.oid, s)  # a new inode: the kernel holds no pages of it
         f = self.cache.files[p.oid] = OpenFile.from_stat(p.oid, s, self.bs)
         return self.table.new_handle(f, flags), self.cache.attr(p.oid, s)
+
+    def defers(self, f: OpenFile) -> bool:
+        """Whether the close of ``f`` may leave its create pending (directory write-back,
+        ``fs/writeback.py``): a small file's create, never sent yet, in a directory this
+        mount holds an exclusive lease on."""
+        p = self._pending_oids.get(f.ino)
+        return (
+            p is not None
+            and self.writeback is not None
+            and p.sender is None
+            and p.failures == 0
+            and f.size <= self.inline
+            and f.ino not in self._moved
+            and self.writeback.defer(p)
+        )
 
     def may_defer(self, parent: int, name: bytes, flags: int) -> bool:
         return (
@@ -208,10 +226,24 @@ class PendingCreates:
         return bool(self._pending_oids or self._moved or self.cache.unmade or self._failed)
 
     async def before_call(self, objects: list[int], arg: Any) -> None:
-        await self._before(objects, _names_in(arg))
+        await self._before(objects, _names_in(arg), arg)
+
+    def _about_another_entry(self, p: PendingCreate, objects: list[int], arg: Any) -> bool:
+        """Whether a call is about one entry of ``p``'s directory other than ``p``'s (a
+        lookup, create, unlink or mkdir of another name) while ``p`` waits for write-back:
+        such calls commute with ``p``'s create, and only this mount can see the directory
+        (its exclusive lease), so ``p`` stays deferred."""
+        if self.writeback is None or not self.writeback.deferred(p.oid):
+            return False
+        if isinstance(arg, bytes):  # fs.lookup(directory, name)
+            return objects == [p.parent] and arg != p.name
+        if isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
+            directory = arg.get("p", objects[0] if objects else None)
+            return directory == p.parent and arg["name"] != p.name and "sn" not in arg
+        return False
 
     async def _before(
-        self, objects: list[int], names: set[bytes] | frozenset = frozenset()
+        self, objects: list[int], names: set[bytes] | frozenset = frozenset(), arg: Any = None
     ) -> None:
         """Send the pending creates a call on ``objects`` (about ``names`` in them) must
         follow: those of a directory among them, and a pending file among them.  A create
@@ -233,7 +265,11 @@ class PendingCreates:
             if oid in self.cache.unmade:  # reached by a name the kernel cached: look again
                 raise StaleView(f"object {oid} was never made: its create failed")
             for p in list(self._pending.get(oid, {}).values()):
-                if p.oid in objects or p.name in names or trio.current_time() >= p.resend_at:
+                if p.oid in objects or p.name in names:
+                    await self._send(p)
+                elif self._about_another_entry(p, objects, arg):
+                    continue  # written back later: a call about another name needs it not
+                elif trio.current_time() >= p.resend_at:
                     await self._send(p)
 
     async def _send(self, p: PendingCreate, *, quiet: bool = True) -> None:
@@ -280,6 +316,15 @@ class PendingCreates:
         elif settled and not self._open_here(p.oid):
             self._abandon(p.oid)  # closed already (a resend): nothing will release it
 
+    async def send_deferred(self, p: PendingCreate) -> None:
+        """Send a create directory write-back deferred past its file's close
+        (``fs/writeback.py``); a closed file made clean is then forgotten, as a close
+        forgets it."""
+        await self._send(p)
+        f = self.cache.files.get(p.oid)
+        if f is not None and f.opens == 0 and not f.dirty:
+            self.cache.files.pop(p.oid, None)
+
     async def _resend_later(self, p: PendingCreate) -> None:
         """Send ``p`` again at its resend times until it is made or fails for good (a
         background task, started by its first failed send): once the cluster is back,
@@ -311,6 +356,8 @@ class PendingCreates:
             log.warning("writes of closed %r not sent yet: %s", p.name, e)
 
     def _drop_pending(self, p: PendingCreate) -> None:
+        if self.writeback is not None:
+            self.writeback.sent(p.oid)
         names = self._pending.get(p.parent, {})
         if names.get(p.name) is p:
             del names[p.name]

@@ -29,6 +29,8 @@ node that takes it pushes a recall to the holders (``node/recalls.py``), which w
 what they buffered and release (:func:`_release`); C retries.  A holder that never releases
 (dead, cut off, Byzantine) is bounded by its expiry: at most :data:`MAX_TERM`.  Updates that
 change nothing (a refused create, the ancestors a rename only reads) never conflict.
+Queries by another client are refused ``leased`` too while an *exclusive* lease stands
+(:func:`guarded`): its holder may have buffered changes the servers do not hold yet.
 """
 
 from __future__ import annotations
@@ -130,6 +132,29 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
 
     update.__doc__ = fn.__doc__
     return update
+
+
+def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:
+    """``fn`` (an ``fs`` query) under exclusive leases: refused ``leased`` when another
+    client holds an exclusive lease on one of its objects, whose holder may have changes
+    buffered (directory write-back, ``fs/writeback.py``) that the answer would not show.
+    The asker then recalls the lease (the holder sends what it buffered and releases) and
+    asks again, as for an update.
+
+    A query carries no lease time, so every exclusive record counts until an update tidies
+    it (the asker's recall does: records of leases that ended go then).  A client that
+    does not honour the refusal reads only what the servers hold: it can hurt nobody but
+    itself.  History reads (``fs.peek``, ``fs.snapshots``) are not guarded: the past does
+    not wait for a holder."""
+
+    def query(states: States, arg: Any, caller: int = 0) -> Any:
+        for oid, state in states.items():
+            if any(h[1] == EXCLUSIVE and h[0] != caller for h in holders(state)):
+                raise MethodRefused("leased", f"object {oid} is leased to another client")
+        return fn(states, arg)
+
+    query.__doc__ = fn.__doc__
+    return query
 
 
 def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:

@@ -14,7 +14,15 @@ from typing import Any
 
 from bftfs.fsobjects.attributes import _removexattr, _setattr, _setxattr
 from bftfs.fsobjects.data import _lock, _unlock, _write
-from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, _lease, _recall, _release, leased
+from bftfs.fsobjects.leases import (
+    LEASE_SKEW,
+    LEASE_TIME,
+    _lease,
+    _recall,
+    _release,
+    guarded,
+    leased,
+)
 from bftfs.fsobjects.limits import CLOCKS
 from bftfs.fsobjects.names import (
     _create,
@@ -66,6 +74,12 @@ def _update(
     )
 
 
+def _query(name: str, fn: Callable[..., Any], min_objects: int = 1, max_objects: int = 1) -> Method:
+    """A query of the present state, refused while another client holds an exclusive lease
+    on one of its objects (:func:`bftfs.fsobjects.leases.guarded`): told its caller."""
+    return Method(name, Class.QUERY, guarded(fn), min_objects, max_objects, caller=True)
+
+
 def _lease_method(name: str, fn: Callable[..., Any], *, grants: bool = False) -> Method:
     """A lease method: on up to ``MAX_OBJECTS`` objects, told its caller."""
     return Method(
@@ -84,18 +98,18 @@ def _lease_method(name: str, fn: Callable[..., Any], *, grants: bool = False) ->
 FS = ObjectType(
     "fs",
     (
-        Method("fs.stat", Class.QUERY, _stat),
-        Method("fs.open", Class.QUERY, _open),
+        _query("fs.stat", _stat),
+        _query("fs.open", _open),
         Method("fs.peek", Class.QUERY, _peek),
         Method("fs.snapshots", Class.QUERY, _snapshots),
         _update("fs.snapshot", _snapshot),
-        Method("fs.lookup", Class.QUERY, _lookup),
-        Method("fs.lookupstat", Class.QUERY, _lookup_stat, 2, 2),
-        Method("fs.statmany", Class.QUERY, _stat_many, 1, MAX_OBJECTS),
-        Method("fs.readdir", Class.QUERY, _readdir),
-        Method("fs.readlink", Class.QUERY, _readlink),
-        Method("fs.getxattr", Class.QUERY, _getxattr),
-        Method("fs.listxattr", Class.QUERY, _listxattr),
+        _query("fs.lookup", _lookup),
+        _query("fs.lookupstat", _lookup_stat, 2, 2),
+        _query("fs.statmany", _stat_many, 1, MAX_OBJECTS),
+        _query("fs.readdir", _readdir),
+        _query("fs.readlink", _readlink),
+        _query("fs.getxattr", _getxattr),
+        _query("fs.listxattr", _listxattr),
         _update("fs.mkroot", _mkroot),
         _update("fs.setattr", _setattr, clocks=CLOCKS),
         _update("fs.write", _write, clocks=CLOCKS),

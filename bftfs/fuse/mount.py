@@ -72,6 +72,7 @@ async def serve(
         attr_ttl=options.attr_timeout,
         write_behind=options.write_behind and not options.read_only,
         lease_term=options.lease,
+        commit=options.commit,
     ) as session:
         session.fs.cache_regular_files(*options.acreg)
         ops = Operations(

@@ -473,7 +473,9 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # every namespace update is complete on a quorum before it returns
+        # Every namespace update is complete on a quorum before it returns, but the creates
+        # directory write-back keeps (leases, fs/writeback.py), which go now.
+        await self.fs.write_back()
 
     # Files ---------------------------------------------------------------------------------
 

@@ -31,7 +31,12 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
 ``lease=S``          take shared leases of S seconds (10 to 120) on objects this mount keeps
                      asking about, and answer their lookups, stats, opens and listings
                      without a round until another client's change recalls them
-                     (docs/fs.md, "Leases"); 0, the default, takes none
+                     (docs/fs.md, "Leases"); 0, the default, takes none.  A directory
+                     this mount keeps creating files in is leased exclusively: the
+                     closes of its new small files return without waiting for the
+                     servers (directory write-back, sent within ``commit`` seconds)
+``commit=S``         with ``lease=``: the longest a close left to write-back waits before
+                     it is sent (default 5, as ext4; 0: every close waits, as without leases)
 ``metrics_port=P``   serve Prometheus metrics on this port (0: any free one; off by default)
 ``metrics_addr=A``   the address they listen on (default 127.0.0.1)
 ==================  ==========================================================================
@@ -59,6 +64,8 @@ DEFAULT_TIMEO = 10.0
 #: clocks; longer than the nodes grant (``fsobjects.leases.MAX_TERM``).
 MIN_LEASE = 10.0
 MAX_LEASE_TERM = 120.0
+#: Seconds a close left to directory write-back may wait (``commit=``, ext4's default).
+DEFAULT_COMMIT = 5.0
 
 #: Options mount(8), fstab and systemd pass along that mean nothing to bftfs.
 _IGNORED = frozenset(
@@ -121,6 +128,8 @@ class MountOptions:
     acregmax: float | None = None
     #: Seconds a lease is asked for (``lease=``; 0: no leases, every query a round).
     lease: float = 0.0
+    #: Seconds directory write-back keeps a closed create (``commit=``; 0: closes wait).
+    commit: float = DEFAULT_COMMIT
 
     @property
     def acreg(self) -> tuple[float, float]:
@@ -153,6 +162,8 @@ class MountOptions:
                 out.append(f"{name}={value:g}")
         if self.lease:
             out.append(f"lease={self.lease:g}")
+        if self.commit != DEFAULT_COMMIT:
+            out.append(f"commit={self.commit:g}")
         if self.metrics_port is not None:
             out += [f"metrics_port={self.metrics_port}", f"metrics_addr={self.metrics_addr}"]
         return ",".join(out)
@@ -210,6 +221,8 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
                     f"{MAX_LEASE_TERM:g} seconds"
                 )
             changes["lease"] = term
+        elif name == "commit" and eq:
+            changes["commit"] = _seconds(name, value)
         elif name == "metrics_port" and eq:
             try:
                 port = int(value)
@@ -226,6 +239,6 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
                 "attr_timeout=, entry_timeout=, acregmin=, acregmax=, timeo=, hard, wsync, "
-                "nowsync, metrics_port=, metrics_addr=)"
+                "nowsync, lease=, commit=, metrics_port=, metrics_addr=)"
             )
     return dataclasses.replace(opts, **changes)  # type: ignore[arg-type]

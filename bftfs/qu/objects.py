@@ -71,7 +71,8 @@ class Method:
     clocks: tuple[str, ...] = ()
     #: Whether the method is told who calls it: ``fn(states, arg, caller)`` with the principal
     #: id the request's timestamp names (its authenticated sender, or for an inline repair
-    #: the client b + 1 hosts took it from), the same on every server.
+    #: the client b + 1 hosts took it from), the same on every server; for a query, the
+    #: authenticated sender (0 where no client asks: a history read, a checker's replay).
     caller: bool = False
     #: The argument key of a lease time (``bftfs.fsobjects.leases``): a node refuses a
     #: client's own update whose value lies more than the lease skew ahead of its clock
@@ -166,8 +167,9 @@ class Registry:
             raise MethodRefused("wrong-objects", f"{name} takes {m.min_objects}..{m.max_objects}")
         return m
 
-    def query(self, name: str, states: States, arg: Any) -> Any:
-        """Run query ``name``; the answer in canonical form.
+    def query(self, name: str, states: States, arg: Any, caller: int = 0) -> Any:
+        """Run query ``name``; the answer in canonical form.  ``caller``: the client asking
+        (:attr:`Method.caller`).
 
         Raises:
             MethodRefused: unknown method, an update, wrong number of objects, or the method
@@ -176,7 +178,7 @@ class Registry:
         """
         m = self._checked(name, Class.QUERY, len(states))
         try:
-            return normalise(m.fn(states, arg))
+            return normalise(m.fn(states, arg, caller) if m.caller else m.fn(states, arg))
         except MethodRefused:
             raise
         except CanonicalError as e:

@@ -231,7 +231,7 @@ def _optimistic_query(kv: KV, cfg: ReplicaConfig, req: Request) -> tuple[Any, tu
     if got is None:
         return None, None
     try:
-        answer = cfg.registry.query(req.op.method, _states({oid: got[0]}), req.op.arg)
+        answer = cfg.registry.query(req.op.method, _states({oid: got[0]}), req.op.arg, req.client)
     except MethodRefused:
         return None, None
     return answer, (latest.lt,)
@@ -457,7 +457,7 @@ def _query(
     """Step 8 for a query: its answer on the conditioned-on versions (nothing is written)."""
     states = _states({oid: got[oid][0] for oid in step.req.objects})
     try:
-        answer = step.cfg.registry.query(op.method, states, op.arg)
+        answer = step.cfg.registry.query(op.method, states, op.arg, step.req.client)
     except MethodRefused as e:
         return step.reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
     return step.reply(ReplyStatus.OK, type=OpType.METHOD.value, answer=answer, at=_at(su))

@@ -1,0 +1,120 @@
+"""Directory write-back (issue 33): creates whose close does not wait for the servers.
+
+A pending create (``fs/writebehind.py``) is sent at its file's first flush or close, so a
+close waits a round.  While this mount holds an **exclusive lease** on the directory
+(``fs/leases.py``), no other client can read the directory without recalling the lease
+first (``fsobjects.leases.guarded``), and the recall's release sends every pending create
+of the directory before it (the release is a gated update).  So the close of a small new
+file (its content inline in the create) may return at once and leave the create pending:
+:class:`WriteBack` decides that (:meth:`WriteBack.defer`) and sends each deferred create
+by its *due* time in the background (:meth:`WriteBack.run`).
+
+- **Due**: ``commit`` seconds after the close (mount option ``commit=``, ext4's 5 s), or
+  the lease's end less a margin if sooner, so nothing deferred outlives the lease that
+  hides it.  ``fsync`` of the file, or of the directory, sends at once, as do the calls
+  that must follow a create (a listing, the file's reopen, a rename or an unlink of the
+  name: ``PendingCreates._before``).
+- **Bounds**: at most :data:`MAX_DEFERRED` creates wait at once (more close as before),
+  and a close defers only while the lease has more than twice the margin left.
+- **A crash** of the mount loses the deferred creates (at most ``commit`` seconds of
+  closes, the promise of a local file system); the servers hold what they held before
+  them.  A mount cut off past its lease sends them when it can; a name another client made
+  meanwhile is handled as for any pending create (the existing file is opened and the
+  writes re-applied, ``fs/createsend.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from bftfs.fs.createsend import PendingCreate
+    from bftfs.fs.leases import Leases
+
+log = logging.getLogger(__name__)
+
+#: Most creates deferred past their close at once.
+MAX_DEFERRED = 256
+#: Seconds before the lease's end by which a deferred create is sent.
+LEASE_MARGIN = 3.0
+
+
+class WriteBack:
+    """The deferred creates of one mount and the task that sends them when due."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        commit: float,
+        send: Callable[[PendingCreate], Awaitable[None]],
+    ) -> None:
+        """``commit``: seconds a closed create may wait.  ``send``: sends one pending
+        create (``PendingCreates._send``; a no-op for one made or failed meanwhile)."""
+        self.leases = leases
+        self.commit = commit
+        self._send = send
+        #: Deferred creates by object id: (create, due in trio time).
+        self._due: dict[int, tuple[PendingCreate, float]] = {}
+        self._wake = trio.Event()
+        self._running = False
+        self.stats = leases.stats
+
+    def defer(self, p: PendingCreate) -> bool:
+        """Whether ``p``'s close may return without sending it (module docstring); asks
+        for the directory's exclusive lease when it is not held (a later close may then
+        defer)."""
+        if p.oid in self._due:
+            return True
+        left = self.leases.exclusive_left(p.parent)
+        self.leases.want_exclusive(p.parent)
+        if left <= 2 * LEASE_MARGIN or len(self._due) >= MAX_DEFERRED:
+            return False
+        due = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
+        self._due[p.oid] = (p, due)
+        self.stats["deferred"] += 1
+        if not self._running:  # a system task: it needs no nursery and ends with the run
+            self._running = True
+            trio.lowlevel.spawn_system_task(self.run)
+        self._wake.set()
+        return True
+
+    def deferred(self, oid: int) -> bool:
+        """Whether the create of ``oid`` waits past its close."""
+        return oid in self._due
+
+    def sent(self, oid: int) -> None:
+        """The create of ``oid`` was made or failed for good (by whatever sent it)."""
+        self._due.pop(oid, None)
+
+    async def run(self) -> None:
+        """Send each deferred create when it is due (a background task for the mount's
+        life; a send's failure is the pending create's, logged and retried there)."""
+        while True:
+            now = trio.current_time()
+            due = [p for p, at in self._due.values() if at <= now]
+            for p in due:
+                self._due.pop(p.oid, None)
+                try:
+                    await self._send(p)
+                    self.stats["written_back"] += 1
+                except Exception as e:  # noqa: BLE001 - a background task must go on
+                    log.warning("write-back of %r: %s", p.name, e)
+            if due:
+                continue
+            self._wake = trio.Event()
+            nxt = min((at for _, at in self._due.values()), default=None)
+            with trio.move_on_at(nxt if nxt is not None else float("inf")):
+                await self._wake.wait()
+
+    async def send_all(self) -> None:
+        """Send every deferred create now (unmount, ``syncfs``)."""
+        for p, _ in list(self._due.values()):
+            self._due.pop(p.oid, None)
+            try:
+                await self._send(p)
+            except Exception as e:  # noqa: BLE001 - each create says its own error
+                log.warning("write-back of %r: %s", p.name, e)

@@ -1,0 +1,121 @@
+"""Tier 3: directory write-back under an exclusive lease (issue 33, ``fs/writeback.py``) on
+the in-process cluster (real node services, TCP, LMDB, keys).
+
+A mount that keeps creating files in a directory takes an exclusive lease on it; the closes
+of its new small files then return without a round, and the creates go within ``commit``
+seconds, at ``fsync``, or when another client's query of the directory is refused and
+recalls the lease.  Every wait for a background step is a condition polled under a
+deadline (:func:`until`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from fs_helpers import Env, run
+from t3_fs_leases import until
+
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fsobjects import ROOT
+
+OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
+
+
+def sent(fs: FileSystem) -> int:
+    """Creates sent to the servers so far."""
+    return fs.meta.methods["fs.createwrite"] + fs.meta.methods["fs.create"]
+
+
+async def new_file(fs: FileSystem, parent: int, name: bytes, data: bytes) -> int:
+    fh, attr = await fs.create(parent, name, 0o644, 0, 0, os.O_WRONLY)
+    await fs.write(fh, 0, data)
+    await fs.flush(fh)
+    await fs.release(fh)
+    return attr.ino
+
+
+async def exclusive(fs: FileSystem, directory: int) -> None:
+    """Creates in ``directory`` until this mount holds an exclusive lease on it."""
+    leases = fs.meta.leases
+    assert leases is not None
+    for k in range(3):
+        await new_file(fs, directory, b"warm%d" % k, b"w")
+    await until("an exclusive lease", lambda: leases.exclusive_left(directory) > 0)
+
+
+def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(tmp_path: Path) -> None:
+    """The closes send nothing; another client's listing recalls the lease, the holder
+    sends its creates first, and the listing shows every file with its contents."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        before = sent(a)
+        for k in range(5):
+            await new_file(a, d, b"f%d" % k, b"data %d" % k)
+        assert sent(a) == before, "a close waited for the servers"
+        assert a.meta.leases is not None and a.meta.leases.stats["deferred"] == 5
+        names = {n for n, _ in await b.readdir(d)}
+        assert {b"f%d" % k for k in range(5)} <= names
+        assert sent(a) == before + 5
+        ino = (await b.lookup(d, b"f3")).ino
+        fh = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"data 3"
+        await b.release(fh)
+        assert a.meta.leases.exclusive_left(d) == 0  # recalled
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_fsync_and_the_commit_interval_send_what_write_back_holds(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        before = sent(a)
+        fh, attr = await a.create(d, b"synced", 0o644, 0, 0, os.O_WRONLY)
+        await a.write(fh, 0, b"durable")
+        await a.fsync(fh)  # returns once the create and its data are on a quorum
+        assert sent(a) == before + 1
+        await a.release(fh)
+        assert a.pending.writeback is not None
+        a.pending.writeback.commit = 0.5  # due half a second after its close
+        later = await new_file(a, d, b"later", b"x")
+        assert sent(a) == before + 1 and a.pending.writeback.deferred(later)
+        wb = a.pending.writeback
+        await until("the commit interval's send", lambda: not a.pending.not_made(later))
+        assert sent(a) == before + 2 and not wb.deferred(later) and not wb.deferred(attr.ino)
+        await until("the sent file forgotten", lambda: later not in a.open_files())
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_query_refused_for_an_exclusive_lease_recalls_it(tmp_path: Path) -> None:
+    """The other client's lookup of a name the holder created (and closed) finds it: the
+    lookup is refused ``leased`` on every correct node, recalls the lease, and is asked
+    again once the holder released (after sending the create)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        ino = await new_file(a, d, b"new", b"hello")
+        got = await b.lookup(d, b"new")
+        assert got.ino == ino and got.size == 5
+        assert b.meta.methods["fs.recall"] >= 1
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+@pytest.mark.parametrize("commit", [0.0])
+def test_commit_zero_keeps_every_close_waiting(tmp_path: Path, commit: float) -> None:
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        assert a.pending.writeback is None
+        before = sent(a)
+        await new_file(a, ROOT, b"f", b"x")
+        assert sent(a) == before + 1
+
+    run(tmp_path, body, fs_options={**OPTIONS, "commit": commit})
