@@ -63,13 +63,13 @@ def pasis_rules(n: int, t: int, b: int, qc: int, m: int) -> list[str]:
         )
     if not available(qc + b, n, t):
         broken.append(
-            f"PASIS rule QC <= N - t - b (eq. 3.1) broken: QC = {qc} > {n} - {t} - {b} "
-            f"({PASIS_AVAILABILITY})"
+            f"PASIS rule QC <= N - t - b (eq. 3.1) broken: QC = {qc} > {n} - {t} - {b}; "
+            f"breaks {PASIS_AVAILABILITY}"
         )
     if not 1 <= m <= shared:
         broken.append(
-            f"PASIS rule 1 <= m <= QC - t (eq. 3.5) broken: m = {m}, QC - t = {qc - t} "
-            f"({PASIS_DECODE})"
+            f"PASIS rule 1 <= m <= QC - t (eq. 3.5) broken: m = {m}, QC - t = {qc - t}; "
+            f"breaks {PASIS_DECODE}"
         )
     return broken
 
@@ -90,7 +90,8 @@ def qu_rules(n: int, t: int, b: int, q: int, r: int) -> list[str]:
         )
     if not min_intersection(q, q, n) - b >= r:
         broken.append(
-            f"Q/U rule (4.3) 2q - b - n >= r broken: q={q}, b={b}, n={n}, r={r} ({QU_REPAIRABLE})"
+            f"Q/U rule (4.3) 2q - b - n >= r broken: q={q}, b={b}, n={n}, r={r}; "
+            f"breaks {QU_REPAIRABLE}"
         )
     if not min_intersection(q, r, n) > b:
         broken.append(

@@ -248,9 +248,9 @@ class ClusterConfig:
         need = qu_min_servers(t, b)
         if n < need:
             raise ConfigError(
-                f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need} "
-                "(no quorum size gives both availability with t servers down and "
-                "consistency with b lying: see `bftfs quorums`)"
+                f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need}; "
+                "no quorum size gives both availability with t servers down and "
+                "consistency with b lying (see `bftfs quorums`)"
             )
         if qu_quorums(n, t, b) == (0, 0):
             raise ConfigError(f"no Q/U quorum sizes meet the rules for n={n}, t={t}, b={b}")
