@@ -123,6 +123,20 @@ def qu_quorums(n: int, t: int, b: int) -> tuple[int, int]:
     return 0, 0
 
 
+def pasis_largest_qc(n: int, t: int, b: int) -> int:
+    """The largest ``QC`` still available with ``t`` nodes down: a write needs ``QC + b``
+    of the ``N - t`` replies (``available(QC + b, N, t)``), so ``QC = N - t - b``; the
+    configuration's default, so reads are most often complete on the first round."""
+    return n - t - b
+
+
+def pasis_largest_m(n: int, t: int, qc: int) -> int:
+    """The largest ``m`` the nodes a read shares with a complete write (at least
+    ``min_intersection(QC, N - t, N) = QC - t``) can decode, at least 1: the
+    configuration's default, the least storage blow-up."""
+    return max(1, min_intersection(qc, n - t, n))
+
+
 def check(why: str | None) -> None:
     """Raise :class:`ThresholdError` with ``why``, if any."""
     if why is not None:

@@ -14,13 +14,13 @@ from math import isqrt
 import pytest
 
 from bftfs.cli.main import main
-from bftfs.config import ClusterConfig, ConfigError
+from bftfs.config import ClusterConfig, ConfigError, default_sizes
 from bftfs.quorums import check, measures
 from bftfs.quorums import grid as gr
 from bftfs.quorums import threshold as th
 from bftfs.quorums.systems import SetSystem, all_subsets, fail_prone_threshold, partition
 from bftfs.quorums.threshold import Kind
-from bftfs.thresholds import qu_quorums
+from bftfs.thresholds import pasis_rule, qu_quorums
 
 CHECKS = {
     Kind.MASKING: check.masking,
@@ -243,6 +243,18 @@ def test_pasis_sizes_meet_every_read_in_more_than_b(t: int, b: int) -> None:
 def test_the_cluster_sizes_are_unchanged(t: int, b: int, sizes: tuple[int, ...]) -> None:
     cfg = ClusterConfig.for_test(t=t, b=b)
     assert (cfg.n, cfg.q, cfg.r, cfg.qc, cfg.m) == sizes
+
+
+def test_the_default_pasis_sizes_are_the_largest_the_properties_allow() -> None:
+    """``QC = N - t - b`` and ``m = QC - t`` as before, now from the properties: one more
+    in ``QC`` breaks availability (3.1), one more in ``m`` breaks decoding (3.5)."""
+    for t, b in [(1, 1), (1, 0), (2, 1), (2, 2), (3, 1)]:
+        for n in range(3 * t + 2 * b + 1, 3 * t + 2 * b + 5):
+            _, qc, m = default_sizes(t, b, n)
+            assert (qc, m) == (n - t - b, max(1, n - t - b - t))
+            assert pasis_rule(n, t, b, qc, m) is None
+            assert "eq. 3.1" in str(pasis_rule(n, t, b, qc + 1, m))
+            assert "eq. 3.5" in str(pasis_rule(n, t, b, qc, m + 1))
 
 
 @pytest.mark.parametrize(
