@@ -298,6 +298,10 @@ def test_bftfs_quorums_refuses_too_few_servers_with_exit_3(
     assert "Q/U (metadata)  NO" in out and "Q/U needs n >= 3t + 2b + 1 = 6" in out
     assert main(["quorums", "--t", "1", "--b", "2"]) == 3
     assert "b <= t" in capsys.readouterr().out
+    assert main(["quorums", "--t", "100", "--b", "100"]) == 3
+    assert "n must be in 1..256" in capsys.readouterr().out
+    assert main(["quorums", "--t", "1", "--b", "1", "--n", "0"]) == 3
+    assert "n must be in 1..256" in capsys.readouterr().out
 
 
 def test_bftfs_quorums_runs_as_a_command() -> None:

@@ -21,6 +21,9 @@ from bftfs.quorums import grid
 from bftfs.quorums import threshold as th
 from bftfs.thresholds import fault_rule, pasis_rules, qu_min_servers, qu_quorums, qu_rules
 
+#: The most nodes a cluster may have (``config.validate``: zfec makes at most 256 fragments).
+MAX_NODES = 256
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -140,8 +143,8 @@ def report(t: int, b: int, n: int | None, qc: int | None, m: int | None) -> tupl
     if (why := fault_rule(t, b)) is not None:
         return False, why
     n_ = qu_min_servers(t, b) if n is None else n
-    if n_ < 1:
-        return False, f"n must be at least 1, got {n_}"
+    if not 1 <= n_ <= MAX_NODES:
+        return False, f"n must be in 1..{MAX_NODES} (zfec's fragment limit), got {n_}"
     protocols = [qu_protocol(n_, t, b), pasis_protocol(n_, t, b, qc, m)]
     head = f"n = {n_} servers, up to t = {t} faulty, b = {b} of them Byzantine"
     lines = [head, "", *_protocol_lines(protocols, t, b), "", *_seed_lines(n_, b)]

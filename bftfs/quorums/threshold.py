@@ -66,16 +66,24 @@ def min_servers(kind: Kind, f: int) -> int:
 def _opaque_worst(n: int, q: int, f: int) -> tuple[str, int, int, int] | None:
     """The first (property, meet, faulty in the meet, faulty elsewhere in Q2) breaking O1
     or O2 over every size a pair and a fail-prone set can take: a meet of ``i`` servers
-    (``2q - n <= i <= q``), ``x`` faulty in it and ``y`` faulty in ``Q2 - Q1``."""
-    for i in range(min_intersection(q, q, n), q + 1):
-        for x in range(min(f, i) + 1):
-            for y in range(min(f - x, q - i) + 1):
-                if f - x - y > n - q:
-                    continue  # the rest of B's f servers must fit outside Q2
-                if 2 * (i - x) < q:  # O1: i - x >= x + (q - i)
-                    return "O1", i, x, y
-                if i - x <= x + y:  # O2: i - x > |Q2 & B|
-                    return "O2", i, x, y
+    (``2q - n <= i <= q``), ``x`` faulty in it and ``y`` faulty in ``Q2 - Q1``, the rest of
+    the ``f`` outside ``Q2`` (at most ``n - q`` there).
+
+    O1 (``2(i - x) >= q``) is worst with the most ``x``, O2 (``i - x > x + y``) with the
+    most ``x`` and then ``y``.  Once ``i >= f`` the worst is ``x = f, y = 0`` and both
+    margins grow with ``i``, so meets above ``max(2q - n, f)`` need no look: ``O(f^2)``
+    steps for any ``n``.
+    """
+    low = min_intersection(q, q, n)
+    for i in range(low, min(q, max(low, f)) + 1):
+        for x in range(min(f, i), -1, -1):
+            y = min(f - x, q - i)  # the most in Q2 - Q1
+            if f - x - y > n - q:
+                continue  # the rest of B's f servers do not fit outside Q2
+            if 2 * (i - x) < q:  # O1: i - x >= x + (q - i)
+                return "O1", i, x, y
+            if i - x <= x + y:  # O2: i - x > |Q2 & B|
+                return "O2", i, x, y
     return None
 
 
