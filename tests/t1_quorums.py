@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from fractions import Fraction
+from itertools import combinations
 from math import isqrt
 
 import pytest
@@ -18,7 +19,13 @@ from bftfs.config import ClusterConfig, ConfigError, default_sizes
 from bftfs.quorums import check, measures
 from bftfs.quorums import grid as gr
 from bftfs.quorums import threshold as th
-from bftfs.quorums.systems import SetSystem, all_subsets, fail_prone_threshold, partition
+from bftfs.quorums.systems import (
+    SetSystem,
+    all_subsets,
+    complements,
+    fail_prone_threshold,
+    partition,
+)
 from bftfs.quorums.threshold import Kind
 from bftfs.thresholds import pasis_rule, qu_quorums
 
@@ -183,13 +190,24 @@ def test_a_partition_fail_prone_system_gets_super_element_quorums() -> None:
     ``ceil((m + 3) / 2) = 4`` whole clusters are masking."""
     bs = partition([2, 2, 2, 2, 2])
     blocks = bs.sets
-    from itertools import combinations
-
     qs = SetSystem(10, tuple(a | b | c | d for a, b, c, d in combinations(blocks, 4)), "4 of 5")
     assert check.masking(qs, bs) is None
     three = SetSystem(10, tuple(a | b | c for a, b, c in combinations(blocks, 3)), "3 of 5")
     v = check.masking(three, bs)
     assert v is not None and v.prop == "M1"
+
+
+@pytest.mark.parametrize(("blocks", "masking", "dissemination"), [(5, 1, 1), (4, 0, 1), (3, 0, 0)])
+def test_whether_a_system_exists_for_failure_domains(
+    blocks: int, masking: int, dissemination: int
+) -> None:
+    """Thm. 4.3 / 5.4 (L122, L217): one exists iff the complements of the fail-prone sets
+    are one; for a partition, iff no four (masking) or three (dissemination) blocks cover
+    the servers (Cor. 4.4, 5.5: ``m > 4``, ``m > 3``, L177, L233)."""
+    bs = partition([2] * blocks)
+    qs = complements(bs)
+    assert (check.masking(qs, bs) is None) == bool(masking)
+    assert (check.dissemination(qs, bs) is None) == bool(dissemination)
 
 
 def test_explicit_systems_refuse_what_they_cannot_enumerate() -> None:

@@ -86,3 +86,11 @@ def partition(sizes: Iterable[int]) -> SetSystem:
         blocks.append(mask(range(start, start + size)))
         start += size
     return SetSystem(start, tuple(blocks), f"partition into blocks {list(sizes)}")
+
+
+def complements(bs: SetSystem) -> SetSystem:
+    """``{U - B : B in B}``: the quorum system that exists whenever any masking (Thm. 4.3,
+    L122) or dissemination (Thm. 5.4, L217) system does for ``bs``, so checking it decides
+    whether one exists (no four, resp. three, fail-prone sets cover ``U``: Cor. 4.4, 5.5)."""
+    universe = (1 << bs.n) - 1
+    return SetSystem(bs.n, tuple(universe & ~b for b in bs.sets), f"complements of {bs.name}")
