@@ -4,8 +4,8 @@ Each command group registers its own parsers: :mod:`~bftfs.cli.cluster` (``init`
 ``down``, ``bundle``, ``client``), :mod:`~bftfs.cli.status`, :mod:`~bftfs.cli.mounts`
 (``mount``, ``umount``), :mod:`~bftfs.cli.history` (``log``, ``cat``, ``restore``,
 ``diff``, ``changes``, ``revert``, ``snapshot``), :mod:`~bftfs.cli.nodes` (``node``,
-``verify``).  This module assembles them and turns errors into the exit codes of
-:mod:`bftfs.cli.common`.
+``verify``), :mod:`~bftfs.cli.quorums` (``quorums``).  This module assembles them and
+turns errors into the exit codes of :mod:`bftfs.cli.common`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 
 from bftfs import __version__
 from bftfs import local as localmod
-from bftfs.cli import cluster, history, mounts, nodes, status
+from bftfs.cli import cluster, history, mounts, nodes, quorums, status
 from bftfs.cli.common import EXIT_CLUSTER, EXIT_CONFIG, EXIT_HISTORY, EXIT_KEY, QuietError
 from bftfs.config import ConfigError
 from bftfs.crypto import KeyFileError
@@ -36,6 +36,7 @@ _COMMANDS = (
     cluster.add_client,
     mounts.add_umount,
     nodes.add_node,
+    quorums.add_quorums,
 )
 
 #: History commands whose bad arguments (a WHEN, a PATH) are usage errors (exit 2).

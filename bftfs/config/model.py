@@ -34,7 +34,14 @@ from bftfs.policy import (
     RetentionPolicy,
     VerificationPolicy,
 )
-from bftfs.thresholds import fault_rule, pasis_rule, qu_quorums
+from bftfs.thresholds import (
+    fault_rule,
+    pasis_largest_m,
+    pasis_largest_qc,
+    pasis_rule,
+    qu_min_servers,
+    qu_quorums,
+)
 
 #: Defaults of DESIGN.md: t = b = 1 gives n = 6, q = 5, r = 3, QC = 4, m = 3.
 DEFAULT_T = 1
@@ -245,10 +252,12 @@ class ClusterConfig:
         t, b, n, qc, m = self.t, self.b, self.n, self.qc, self.m
         if (why := fault_rule(t, b)) is not None:
             raise ConfigError(why)
-        need = 3 * t + 2 * b + 1
+        need = qu_min_servers(t, b)
         if n < need:
             raise ConfigError(
-                f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need}"
+                f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need}; "
+                "no quorum size gives both availability with t servers down and "
+                "consistency with b lying (see `bftfs quorums`)"
             )
         if qu_quorums(n, t, b) == (0, 0):
             raise ConfigError(f"no Q/U quorum sizes meet the rules for n={n}, t={t}, b={b}")
@@ -359,11 +368,12 @@ def default_sizes(
     ``n = 3t + 2b + 1`` (Q/U's minimum, which also satisfies PASIS); ``qc = n - t - b``
     (the largest allowed, so reads are most often complete on the first round);
     ``m = qc - t`` (the largest allowed, the least storage blow-up).  For t = b = 1 this is
-    DESIGN.md's n=6, QC=4, m=3.
+    DESIGN.md's n=6, QC=4, m=3.  Each comes from the quorum properties in
+    ``bftfs/thresholds.py`` (docs/quorums.md).
     """
-    n = 3 * t + 2 * b + 1 if n is None else n
-    qc = n - t - b if qc is None else qc
-    m = max(1, qc - t) if m is None else m
+    n = qu_min_servers(t, b) if n is None else n
+    qc = pasis_largest_qc(n, t, b) if qc is None else qc
+    m = pasis_largest_m(n, t, qc) if m is None else m
     return n, qc, m
 
 
