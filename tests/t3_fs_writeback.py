@@ -16,6 +16,7 @@ import pytest
 from fs_helpers import Env, run
 from t3_fs_leases import until
 
+from bftfs.fs.errors import NotFound
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fsobjects import ROOT
 
@@ -119,3 +120,38 @@ def test_commit_zero_keeps_every_close_waiting(tmp_path: Path, commit: float) ->
         assert sent(a) == before + 1
 
     run(tmp_path, body, fs_options={**OPTIONS, "commit": commit})
+
+
+def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
+    tmp_path: Path,
+) -> None:
+    """The holder reads the directory's listing once the exclusive lease is granted and
+    keeps it up to date with its own entry updates: a lookup of a name not in it (each
+    create's own lookup first) is answered "not found" without a round, while names it
+    made, and only those it did not remove, are found."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        leases = a.meta.leases
+        assert leases is not None
+        await until("the listing", lambda: d in leases._listing)
+        before = a.meta.methods["fs.lookup"] + a.meta.methods["fs.lookupstat"]
+        for k in range(10):
+            with pytest.raises(NotFound):
+                await a.lookup(d, b"n%d" % k)
+        assert a.meta.methods["fs.lookup"] + a.meta.methods["fs.lookupstat"] == before
+        assert leases.stats["listed_misses"] >= 10
+        await new_file(a, d, b"n1", b"one")
+        await a.write_back()
+        assert (await a.lookup(d, b"n1")).size == 3
+        await a.unlink(d, b"warm0")
+        with pytest.raises(NotFound):
+            await a.lookup(d, b"warm0")
+        assert (await a.lookup(d, b"warm1")).size == 1
+        await a.rename(d, b"warm1", d, b"moved", 0)  # not one entry: the listing goes
+        assert d not in leases._listing
+        assert (await a.lookup(d, b"moved")).size == 1
+
+    run(tmp_path, body, fs_options=OPTIONS)

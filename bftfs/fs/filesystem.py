@@ -155,6 +155,7 @@ class FileSystem:
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
         if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
             self.meta.leases = Leases(self.meta.update, term=lease_term, b=config.b, n=config.n)
+            self.meta.leases.query = self.meta.query_now
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         if self.meta.leases is not None:
             # What this mount answered about an object before its lease is not covered by

@@ -35,6 +35,7 @@ push) or, with the holder cut off, at most the lease's term.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections import Counter
@@ -44,6 +45,7 @@ from typing import Any
 
 import trio
 
+from bftfs.fsobjects import entries
 from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, MAX_RECALLED, SHARED
 from bftfs.qu.canon import canonical
 from bftfs.qu.objects import MethodRefused
@@ -63,6 +65,12 @@ GATHER = 0.002
 BATCH = 8
 
 Update = Callable[[list[int], str, Any], Awaitable[Any]]
+Query = Callable[[int, str, Any], Awaitable[Any]]
+
+#: Entry updates that make their name exist, and those that remove it (a refusal says the
+#: same: a create refused ``exists`` found the name, an unlink refused ``not-found`` did not).
+_MAKES_NAME = frozenset({"fs.create", "fs.createwrite", "fs.mkdir", "fs.link"})
+_REMOVES_NAME = frozenset({"fs.unlink", "fs.rmdir"})
 
 
 @dataclass
@@ -134,6 +142,13 @@ class Leases:
         self._creates: Counter[int] = Counter()
         #: Objects asked for and the kind wanted (an exclusive wish wins).
         self._kinds: dict[int, int] = {}
+        #: Leased directories whose every name this mount knows (a listing answered under
+        #: the lease, kept up to date with its own entry updates): a lookup of any other
+        #: name is answered "not found" without a round (a create's lookup first).
+        self._listing: dict[int, set[bytes]] = {}
+        #: The ungated query of the file system (``Meta.query_now``): a directory's listing
+        #: is read once its exclusive lease is granted.
+        self.query: Query | None = None
         self._quiet_until: dict[int, float] = {}
         self._asking: set[int] = set()
         #: Objects asked for and not yet sent (:meth:`_take_wanted` runs while any are).
@@ -175,6 +190,11 @@ class Leases:
         """``(True, answer)`` when every object of the query is leased here and the same
         query was answered under the leases; else ``(False, None)``."""
         now = trio.current_time()
+        if self._listed_miss(oids, _looked_up_name(method, arg), now):
+            self.stats["hits"] += 1
+            self.stats["listed_misses"] += 1
+            self._renew_if_due(oids[:1], now)
+            return True, MethodRefused("not-found")
         if not all(self._live(o, now) for o in oids):
             return False, None
         key = _key(oids, method, arg)
@@ -187,6 +207,14 @@ class Leases:
         if _refusal(answer):  # a refusal is kept as it was raised
             return True, MethodRefused(answer.code, answer.message)
         return True, copy.deepcopy(answer)
+
+    def _listed_miss(self, oids: Sequence[int], name: bytes | None, now: float) -> bool:
+        """Whether a lookup of ``name`` in directory ``oids[0]`` misses in a listing this
+        mount knows whole under a live lease."""
+        if name is None or not oids:
+            return False
+        names = self._listing.get(oids[0])
+        return names is not None and name not in names and self._live(oids[0], now) is not None
 
     def before_query(self, oids: Sequence[int]) -> tuple[float, list[int]]:
         """What :meth:`answered` needs to tell the answer is one the leases keep good."""
@@ -213,6 +241,8 @@ class Leases:
             key = _key(oids, method, arg)
             if key is not None:
                 self._keep(oids, key, answer, _looked_up_name(method, arg))
+            if method == "fs.readdir" and len(oids) == 1 and not _refusal(answer):
+                self._listing[oids[0]] = set(entries(answer))
             return
         for o, h in zip(oids, leased, strict=True):
             if h is None:
@@ -229,12 +259,28 @@ class Leases:
         other names as they were: only that entry and the directory's own attributes and
         listing change (the other objects of the update are dropped whole)."""
         for o in oids:
+            if not (o == parent and name is not None):
+                self._listing.pop(o, None)  # not one entry: the names may have changed
             self._generation[o] += 1
             self._uses.pop(o, None)  # what this mount itself changes is not worth a lease yet
             if o == parent and name is not None:
                 self._forget_answers(o, but_names_other_than=name)
             else:
                 self._forget_answers(o)
+
+    def entry_done(self, method: str, parent: int, name: bytes, made: bool) -> None:
+        """This mount's update of entry ``name`` of ``parent`` ended (``made``: the servers
+        answered, taken or refused): a known listing follows it; an update whose outcome is
+        unknown (the cluster did not answer) drops the listing."""
+        names = self._listing.get(parent)
+        if names is None:
+            return
+        if not made:
+            del self._listing[parent]
+        elif method in _MAKES_NAME:
+            names.add(name)
+        elif method in _REMOVES_NAME:
+            names.discard(name)
 
     def _keep(self, oids: Sequence[int], key: bytes, answer: Any, name: bytes | None) -> None:
         first = oids[0]
@@ -282,6 +328,7 @@ class Leases:
     def _drop(self, oid: int) -> None:
         self.held.pop(oid, None)
         self._creates.pop(oid, None)
+        self._listing.pop(oid, None)
         self._epoch[oid] += 1
         self._generation[oid] += 1
         self._forget_answers(oid)
@@ -383,10 +430,22 @@ class Leases:
             self.stats["renewed" if old else "taken"] += 1
             if kind == EXCLUSIVE and (old is None or old.kind != EXCLUSIVE):
                 self.stats["exclusive"] += 1
+                if self.query is not None and oid not in self._listing:
+                    self._spawn(functools.partial(self._read_listing, oid))
             if len(self._pushed.get(oid, ())) > self.b:
                 self._revoke([oid])
         if gone:
             self._spawn(lambda: self._release(gone))
+
+    async def _read_listing(self, oid: int) -> None:
+        """Read the listing of a directory just leased exclusively (:meth:`answered` keeps
+        it): the mount creates there, and each create's lookup of its new name is then
+        answered "not found" from it."""
+        assert self.query is not None
+        try:
+            await self.query(oid, "fs.readdir", None)
+        except Exception as e:  # noqa: BLE001 - an optimisation: lookups ask the servers
+            log.debug("listing of %d not read: %s", oid, e)
 
     def _refused(self, oids: list[int], e: Exception, kind: int = SHARED) -> None:
         if len(oids) > 1:  # someone holds or recalls one of them: ask for each alone

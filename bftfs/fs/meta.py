@@ -214,14 +214,22 @@ class Meta:
             self.leases.changed(objects, parent=parent, name=name)
         self.methods[method] += 1
         start = time.perf_counter()
+        answered = False
         try:
-            return await self._recalling(objects, method, arg)
-        except (MethodRefused, *_PROTOCOL_ERRORS) as e:
+            got = await self._recalling(objects, method, arg)
+            answered = True
+            return got
+        except MethodRefused as e:
+            answered = e.code != "busy"  # a holder never released: nothing was decided
+            raise _translate(e) from None
+        except _PROTOCOL_ERRORS as e:
             raise _translate(e) from None
         finally:
             self.method_seconds[method] += time.perf_counter() - start
             if changes and self.leases is not None:
                 self.leases.changed(objects, parent=parent, name=name)
+                if parent is not None and name is not None:
+                    self.leases.entry_done(method, parent, name, answered)
 
     @contextlib.asynccontextmanager
     async def _one_update_per_object(self, objects: list[int]) -> AsyncIterator[None]:
