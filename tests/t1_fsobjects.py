@@ -40,6 +40,7 @@ TABLE = [
     ("fs.removexattr", U, 1, 1, ()),
     ("fs.create", U, 2, 2, CLOCKS),
     ("fs.createwrite", U, 2, 2, CLOCKS),
+    ("fs.createmany", U, 2, 8, CLOCKS),
     ("fs.mkdir", U, 2, 2, ()),
     ("fs.link", U, 2, 2, ()),
     ("fs.unlink", U, 2, 2, ()),

@@ -3,7 +3,8 @@ counts, times, and permission checks by the kernel (``default_permissions``) for
 non-root user.
 
 The same checks run on a local directory first (``reference``), so each expectation is
-what Linux itself does, not what we believe it does.
+what Linux itself does, not what we believe it does; then on a mount, and on a mount with
+leases (``lease=30``: shared and exclusive leases, directory write-back).
 """
 
 from __future__ import annotations
@@ -30,20 +31,28 @@ pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse an
 NOBODY = 65534
 
 
-@pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def _mounted(factory: pytest.TempPathFactory, options: str | None) -> Iterator[Path]:
     where = _open_dir(Path(tempfile.gettempdir()))
     try:
         with (
-            ProcessCluster(
-                tmp_path_factory.mktemp("cluster") / "c", map_size=1 << 29, durable=False
-            ) as pc,
-            Mount(pc.config, where / "m") as m,
+            ProcessCluster(factory.mktemp("cluster") / "c", map_size=1 << 29, durable=False) as pc,
+            Mount(pc.config, where / "m", options=options) as m,
         ):
             os.chmod(m.mountpoint, 0o755)
             yield m.mountpoint
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield from _mounted(tmp_path_factory, None)
+
+
+@pytest.fixture(scope="module")
+def mnt_lease(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A mount with leases (issue 33): shared and exclusive leases, directory write-back."""
+    yield from _mounted(tmp_path_factory, "allow_other,lease=30")
 
 
 def _open_dir(base: Path) -> Path:
@@ -53,15 +62,16 @@ def _open_dir(base: Path) -> Path:
     return d
 
 
-@pytest.fixture(params=["reference", "bftfs"])
+@pytest.fixture(params=["reference", "bftfs", "bftfs-lease"])
 def root(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A fresh directory on the local disk (reference) or in the mount."""
+    """A fresh directory on the local disk (reference) or in the mount (with leases)."""
     if request.param == "reference":
         base = _open_dir(Path(tempfile.gettempdir()))
         d = base / "ref"
     else:
         base = None
-        d = request.getfixturevalue("mnt") / request.node.name.replace("[", "_").replace("]", "")
+        mount = request.getfixturevalue("mnt" if request.param == "bftfs" else "mnt_lease")
+        d = mount / request.node.name.replace("[", "_").replace("]", "")
     d.mkdir()
     os.chmod(d, 0o777)
     try:

@@ -154,13 +154,40 @@ class CreateSender:
     async def _create_with_content(self, p: PendingCreate, f: OpenFile) -> None:
         """``fs.createwrite``: the entry, the attribute object and its content at once
         (the bookkeeping after it is :meth:`FlushEngine._flush_inline`'s)."""
+        arg, sent = self._with_content(p, f)
+        child, pst = await self.meta.update_now([p.parent, p.oid], "fs.createwrite", arg)
+        self._made_with_content(p, f, child, pst, sent)
+
+    async def send_many(self, ps: list[PendingCreate]) -> None:
+        """``fs.createmany``: several small files of one directory, each with its content,
+        in one update (directory write-back, ``fs/writeback.py``); all made, or none (the
+        caller then sends each alone, where every special case is handled)."""
+        parent = ps[0].parent
+        files = [self.cache.files[p.oid] for p in ps]
+        made = [self._with_content(p, f) for p, f in zip(ps, files, strict=True)]
+        items = [{k: v for k, v in arg.items() if k != "p"} for arg, _ in made]
+        arg = {"p": parent, "now": max(item["now"] for item in items), "files": items}
+        stats, pst = await self.meta.update_now(
+            [parent, *(p.oid for p in ps)], "fs.createmany", arg
+        )
+        for p, f, child, (_, sent) in zip(ps, files, stats, made, strict=True):
+            self._made_with_content(p, f, child, pst, sent)
+
+    def _with_content(self, p: PendingCreate, f: OpenFile) -> tuple[dict[str, Any], tuple]:
+        """``fs.createwrite``'s argument for ``p`` with ``f``'s content, and what
+        :meth:`_made_with_content` needs once it is made."""
         logged = len(f.log)
         content = f.assemble(0, f.size).ljust(f.size, b"\0")
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
         mtime = f.mtime if f.mtime is not None else p.arg["now"]
         attrs = dict(f.attrs)
         arg = dict(p.arg, i=content, mtime=mtime, attrs=attrs)
-        child, pst = await self.meta.update_now([p.parent, p.oid], "fs.createwrite", arg)
+        return arg, (logged, content, snapshot, mtime, attrs)
+
+    def _made_with_content(
+        self, p: PendingCreate, f: OpenFile, child: dict[str, Any], pst: dict[str, Any], sent: tuple
+    ) -> None:
+        logged, content, snapshot, mtime, attrs = sent
         self._made(p, child, pst)
         f.base = content_version(child)
         self.engine.flushed(f, snapshot, mtime, attrs)

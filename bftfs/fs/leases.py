@@ -69,7 +69,7 @@ Query = Callable[[int, str, Any], Awaitable[Any]]
 
 #: Entry updates that make their name exist, and those that remove it (a refusal says the
 #: same: a create refused ``exists`` found the name, an unlink refused ``not-found`` did not).
-_MAKES_NAME = frozenset({"fs.create", "fs.createwrite", "fs.mkdir", "fs.link"})
+_MAKES_NAME = frozenset({"fs.create", "fs.createwrite", "fs.createmany", "fs.mkdir", "fs.link"})
 _REMOVES_NAME = frozenset({"fs.unlink", "fs.rmdir"})
 
 
@@ -251,36 +251,38 @@ class Leases:
                     self._ask(o, now)
 
     def changed(
-        self, oids: Sequence[int], *, parent: int | None = None, name: bytes | None = None
+        self,
+        oids: Sequence[int],
+        *,
+        parent: int | None = None,
+        names: frozenset[bytes] = frozenset(),
     ) -> None:
         """This mount is about to change (or changed) ``oids``: what it cached of them is
-        no longer the servers' answer.  An update of one entry ``name`` of directory
+        no longer the servers' answer.  An update of entries ``names`` of directory
         ``parent`` (a create, unlink, mkdir...) leaves the lookups of the directory's
-        other names as they were: only that entry and the directory's own attributes and
-        listing change (the other objects of the update are dropped whole)."""
+        other names as they were: only those entries and the directory's own attributes
+        and listing change (the other objects of the update are dropped whole)."""
         for o in oids:
-            if not (o == parent and name is not None):
-                self._listing.pop(o, None)  # not one entry: the names may have changed
+            entries_only = o == parent and bool(names)
+            if not entries_only:
+                self._listing.pop(o, None)  # not entries: the names may have changed
             self._generation[o] += 1
             self._uses.pop(o, None)  # what this mount itself changes is not worth a lease yet
-            if o == parent and name is not None:
-                self._forget_answers(o, but_names_other_than=name)
-            else:
-                self._forget_answers(o)
+            self._forget_answers(o, but_names_other_than=names if entries_only else None)
 
-    def entry_done(self, method: str, parent: int, name: bytes, made: bool) -> None:
-        """This mount's update of entry ``name`` of ``parent`` ended (``made``: the servers
-        answered, taken or refused): a known listing follows it; an update whose outcome is
-        unknown (the cluster did not answer) drops the listing."""
-        names = self._listing.get(parent)
-        if names is None:
+    def entry_done(self, method: str, parent: int, names: frozenset[bytes], made: bool) -> None:
+        """This mount's update of entries ``names`` of ``parent`` ended (``made``: the
+        servers answered, taken or refused): a known listing follows it; an update whose
+        outcome is unknown (the cluster did not answer) drops the listing."""
+        listing = self._listing.get(parent)
+        if listing is None:
             return
         if not made:
             del self._listing[parent]
         elif method in _MAKES_NAME:
-            names.add(name)
+            listing.update(names)
         elif method in _REMOVES_NAME:
-            names.discard(name)
+            listing.difference_update(names)
 
     def _keep(self, oids: Sequence[int], key: bytes, answer: Any, name: bytes | None) -> None:
         first = oids[0]
@@ -308,7 +310,9 @@ class Leases:
                 if not refs:
                     del self._involving[o]
 
-    def _forget_answers(self, oid: int, but_names_other_than: bytes | None = None) -> None:
+    def _forget_answers(
+        self, oid: int, but_names_other_than: frozenset[bytes] | None = None
+    ) -> None:
         """Drop the kept answers ``oid`` is one of the objects of; with
         ``but_names_other_than``, keep the lookups of ``oid``'s other entry names."""
         for first, key in list(self._involving.get(oid, ())):
@@ -319,7 +323,7 @@ class Leases:
             if (
                 but_names_other_than is not None
                 and name is not None
-                and name != but_names_other_than
+                and name not in but_names_other_than
                 and first == oid
             ):
                 continue

@@ -81,13 +81,20 @@ _ENTRY_METHODS = frozenset(
 )
 
 
-def _entry_of(method: str, arg: Any) -> tuple[int | None, bytes | None]:
-    """The directory and entry name an update changes one entry of, or (None, None)."""
-    if method in _ENTRY_METHODS and isinstance(arg, dict):
-        p, name = arg.get("p"), arg.get("name")
-        if isinstance(p, int) and isinstance(name, bytes):
-            return p, name
-    return None, None
+def _entry_of(method: str, arg: Any) -> tuple[int | None, frozenset[bytes]]:
+    """The directory and the entry names an update changes only those entries of, or
+    (None, no names)."""
+    if isinstance(arg, dict):
+        p = arg.get("p")
+        if method in _ENTRY_METHODS and isinstance(p, int):
+            name = arg.get("name")
+            if isinstance(name, bytes):
+                return p, frozenset((name,))
+        if method == "fs.createmany" and isinstance(p, int) and isinstance(arg.get("files"), list):
+            names = [f.get("name") if isinstance(f, dict) else None for f in arg["files"]]
+            if names and all(isinstance(n, bytes) for n in names):
+                return p, frozenset(n for n in names if isinstance(n, bytes))
+    return None, frozenset()
 
 
 def _translate(e: BaseException) -> BaseException:
@@ -209,9 +216,9 @@ class Meta:
         if isinstance(arg, dict) and "lt" not in arg:
             arg = {**arg, "lt": self.wall_ns()}
         changes = method not in _LEASE_METHODS
-        parent, name = _entry_of(method, arg)
+        parent, names = _entry_of(method, arg)
         if changes and self.leases is not None:
-            self.leases.changed(objects, parent=parent, name=name)
+            self.leases.changed(objects, parent=parent, names=names)
         self.methods[method] += 1
         start = time.perf_counter()
         answered = False
@@ -227,9 +234,9 @@ class Meta:
         finally:
             self.method_seconds[method] += time.perf_counter() - start
             if changes and self.leases is not None:
-                self.leases.changed(objects, parent=parent, name=name)
-                if parent is not None and name is not None:
-                    self.leases.entry_done(method, parent, name, answered)
+                self.leases.changed(objects, parent=parent, names=names)
+                if parent is not None and names:
+                    self.leases.entry_done(method, parent, names, answered)
 
     @contextlib.asynccontextmanager
     async def _one_update_per_object(self, objects: list[int]) -> AsyncIterator[None]:

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 MAX_DEFERRED = 256
 #: Seconds before the lease's end by which a deferred create is sent.
 LEASE_MARGIN = 3.0
+#: Creates of one directory sent in one update (``fs.createmany``: the directory and up
+#: to seven files, Q/U's ``MAX_OBJECTS``).
+BATCH = 7
 
 
 class WriteBack:
@@ -50,10 +53,11 @@ class WriteBack:
         self,
         leases: Leases,
         commit: float,
-        send: Callable[[PendingCreate], Awaitable[None]],
+        send: Callable[[list[PendingCreate]], Awaitable[None]],
     ) -> None:
-        """``commit``: seconds a closed create may wait.  ``send``: sends one pending
-        create (``PendingCreates._send``; a no-op for one made or failed meanwhile)."""
+        """``commit``: seconds a closed create may wait.  ``send``: sends pending creates
+        of one directory, together when it can (``PendingCreates.send_deferred``; a no-op
+        for one made or failed meanwhile)."""
         self.leases = leases
         self.commit = commit
         self._send = send
@@ -96,14 +100,8 @@ class WriteBack:
         while True:
             now = trio.current_time()
             due = [p for p, at in self._due.values() if at <= now]
-            for p in due:
-                self._due.pop(p.oid, None)
-                try:
-                    await self._send(p)
-                    self.stats["written_back"] += 1
-                except Exception as e:  # noqa: BLE001 - a background task must go on
-                    log.warning("write-back of %r: %s", p.name, e)
             if due:
+                await self._send_batches(due)
                 continue
             self._wake = trio.Event()
             nxt = min((at for _, at in self._due.values()), default=None)
@@ -111,10 +109,21 @@ class WriteBack:
                 await self._wake.wait()
 
     async def send_all(self) -> None:
-        """Send every deferred create now (unmount, ``syncfs``)."""
-        for p, _ in list(self._due.values()):
+        """Send every deferred create now (unmount, ``fsync`` of a directory)."""
+        await self._send_batches([p for p, _ in self._due.values()])
+
+    async def _send_batches(self, ps: list[PendingCreate]) -> None:
+        """Send ``ps``, :data:`BATCH` of one directory per update."""
+        by_dir: dict[int, list[PendingCreate]] = {}
+        for p in ps:
             self._due.pop(p.oid, None)
-            try:
-                await self._send(p)
-            except Exception as e:  # noqa: BLE001 - each create says its own error
-                log.warning("write-back of %r: %s", p.name, e)
+            by_dir.setdefault(p.parent, []).append(p)
+        for group in by_dir.values():
+            for i in range(0, len(group), BATCH):
+                batch = group[i : i + BATCH]
+                try:
+                    await self._send(batch)
+                    self.stats["written_back"] += len(batch)
+                    self.stats["write_back_updates"] += 1
+                except Exception as e:  # noqa: BLE001 - a background task must go on
+                    log.warning("write-back of %s: %s", [p.name for p in batch], e)

@@ -63,7 +63,7 @@ from bftfs.fs.filedata import FlushEngine, _spawn
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import Meta
-from bftfs.fs.writeback import WriteBack
+from bftfs.fs.writeback import BATCH, WriteBack
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
@@ -264,13 +264,18 @@ class PendingCreates:
                 raise failed[0]
             if oid in self.cache.unmade:  # reached by a name the kernel cached: look again
                 raise StaleView(f"object {oid} was never made: its create failed")
+            deferred = []
             for p in list(self._pending.get(oid, {}).values()):
                 if p.oid in objects or p.name in names:
                     await self._send(p)
                 elif self._about_another_entry(p, objects, arg):
                     continue  # written back later: a call about another name needs it not
+                elif self.writeback is not None and self.writeback.deferred(p.oid):
+                    deferred.append(p)  # sent together below (a recall's release, a listing)
                 elif trio.current_time() >= p.resend_at:
                     await self._send(p)
+            if deferred:
+                await self.send_deferred(deferred)
 
     async def _send(self, p: PendingCreate, *, quiet: bool = True) -> None:
         """Make ``p`` on the servers, once: a call of another task waits for it, a call
@@ -316,14 +321,59 @@ class PendingCreates:
         elif settled and not self._open_here(p.oid):
             self._abandon(p.oid)  # closed already (a resend): nothing will release it
 
-    async def send_deferred(self, p: PendingCreate) -> None:
-        """Send a create directory write-back deferred past its file's close
-        (``fs/writeback.py``); a closed file made clean is then forgotten, as a close
-        forgets it."""
-        await self._send(p)
-        f = self.cache.files.get(p.oid)
-        if f is not None and f.opens == 0 and not f.dirty:
-            self.cache.files.pop(p.oid, None)
+    async def send_deferred(self, ps: list[PendingCreate]) -> None:
+        """Send creates directory write-back deferred past their files' close
+        (``fs/writeback.py``), all of one directory: together in one ``fs.createmany``
+        when they can be, else (or when that fails) each alone; a closed file made clean
+        is then forgotten, as a close forgets it."""
+        together = [
+            p
+            for p in ps
+            if self._pending_oids.get(p.oid) is p
+            and p.sender is None
+            and p.failures == 0
+            and p.oid not in self._moved
+            and (f := self.cache.files.get(p.oid)) is not None
+            and f.size <= self.inline
+        ]
+        made: set[int] = set()
+        for i in range(0, len(together), BATCH):
+            batch = together[i : i + BATCH]
+            if len(batch) > 1 and await self._send_together(batch):
+                made.update(p.oid for p in batch)
+        for p in ps:
+            if p.oid not in made:
+                await self._send(p)
+            f = self.cache.files.get(p.oid)
+            if f is not None and f.opens == 0 and not f.dirty:
+                self.cache.files.pop(p.oid, None)
+
+    async def _send_together(self, ps: list[PendingCreate]) -> bool:
+        """One ``fs.createmany`` for ``ps``; whether it made them (else none of them is
+        made by it and each is sent alone, with everything :meth:`_send` handles: a name
+        taken meanwhile, space, a send the cluster did not answer)."""
+        me = trio.lowlevel.current_task()
+        for p in ps:
+            p.sender = me
+        self._senders.add(me)
+        made = False
+        try:
+            await self.sender.send_many(ps)
+            made = True
+        except Exception as e:  # noqa: BLE001 - each is then sent alone (it reports)
+            log.debug("creates of %s sent together failed (each goes alone): %s", ps, e)
+        finally:
+            self._senders.discard(me)
+            for p in ps:
+                p.sender = None
+                if made:
+                    self._drop_pending(p)
+                done, p.done = p.done, trio.Event()
+                done.set()
+        if made:
+            for p in ps:
+                await self._write_back_closed(p)
+        return made
 
     async def _resend_later(self, p: PendingCreate) -> None:
         """Send ``p`` again at its resend times until it is made or fails for good (a

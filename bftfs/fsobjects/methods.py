@@ -26,6 +26,7 @@ from bftfs.fsobjects.leases import (
 from bftfs.fsobjects.limits import CLOCKS
 from bftfs.fsobjects.names import (
     _create,
+    _create_many,
     _create_write,
     _link,
     _mkdir,
@@ -119,6 +120,7 @@ FS = ObjectType(
         _update("fs.removexattr", _removexattr),
         _update("fs.create", _create, 2, 2, clocks=CLOCKS),
         _update("fs.createwrite", _create_write, 2, 2, clocks=CLOCKS),
+        _update("fs.createmany", _create_many, 2, MAX_OBJECTS, clocks=CLOCKS),
         _update("fs.mkdir", _mkdir, 2, 2),
         _update("fs.link", _link, 2, 2),
         _update("fs.unlink", _unlink, 2, 2),

@@ -187,6 +187,42 @@ def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return made, [fst, pst]
 
 
+def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Several new regular files with their content in one directory, in one update
+    (directory write-back, ``fs/writeback.py``): exactly what the ``fs.createwrite`` of
+    each, one after another, would leave, or nothing (any one refused refuses them all).
+
+    Objects: the directory ``p`` and each new file once.  Argument: ``p``, ``now`` (the
+    latest time of the files: the one nodes check against their clocks, ``Method.clocks``)
+    and ``files``, each an ``fs.createwrite`` argument without ``p`` whose ``now`` is at
+    most the batch's.  Answers ``[[stat of each new file, in order], stat of the parent]``.
+    """
+    a = _arg(arg)
+    pid = _oid(a, "p", states)
+    latest = _time(a)
+    files = a.get("files")
+    if not isinstance(files, list) or not files:
+        raise MethodRefused("invalid", "fs.createmany needs files")
+    work = dict(states)
+    stats = []
+    named: set[int] = set()
+    pst: Any = None
+    for item in files:
+        f = _arg(item)
+        if "p" in f or _time(f) > latest:
+            raise MethodRefused("invalid", "a file of fs.createmany names its own p or a later now")
+        oid = _oid(f, "o", states)
+        if oid == pid or oid in named:
+            raise MethodRefused("invalid", "fs.createmany names an object twice")
+        named.add(oid)
+        made, (fst, pst) = _create_write({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
+        work.update(made)
+        stats.append(fst)
+    if len(named) != len(states) - 1:
+        raise MethodRefused("invalid", "fs.createmany: every object but p is a new file")
+    return work, [stats, pst]
+
+
 def created_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict[str, Any]:
     """The stat ``fs.create`` with ``arg`` answers for its new object in a directory of
     that mode and group (a client answering a create it has not sent yet: the same code,
