@@ -272,6 +272,10 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
                         rng=random.Random(sched.seed * 1000 + k),
                         attr_ttl=0.0,
                         lease_term=sched.lease_term,
+                        # With leases, creates are written behind and, in a directory
+                        # held exclusively, back (fs/writeback.py).
+                        write_behind=sched.lease_term > 0,
+                        commit=5.0 if sched.lease_term > 0 else 0.0,
                     )
                 )
             if fss[-1].meta.leases is not None:  # recalls are pushed on the client's links
