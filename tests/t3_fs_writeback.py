@@ -18,6 +18,7 @@ from t3_fs_leases import until
 
 from bftfs.fs.errors import NotFound
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.scrub import files_with_blocks
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
@@ -154,5 +155,23 @@ def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
         await a.rename(d, b"warm1", d, b"moved", 0)  # not one entry: the listing goes
         assert d not in leases._listing
         assert (await a.lookup(d, b"moved")).size == 1
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_scrub_walks_a_directory_a_mount_holds_exclusively(tmp_path: Path) -> None:
+    """``bftfs verify`` lists the files with blocks by queries of its own: refused for the
+    exclusive lease, it recalls it (the holder writes back and releases) and goes on."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        big = await new_file(a, d, b"big", b"b" * 100_000)
+        await exclusive(a, d)
+        await new_file(a, d, b"small", b"s")
+        found = [f async for f in files_with_blocks(env.raw, a.bs)]
+        assert [f.path for f in found] == ["/d/big"]
+        assert a.meta.leases is not None and a.meta.leases.exclusive_left(d) == 0
+        assert (await env.fss[1].lookup(d, b"small")).size == 1 and big
 
     run(tmp_path, body, fs_options=OPTIONS)

@@ -13,15 +13,19 @@ which Q/U replicates; they have no blocks to scrub.
 from __future__ import annotations
 
 import stat as st
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from bftfs.fs.files import file_block_size
 from bftfs.fsobjects import ROOT
 from bftfs.fsobjects.dirents import all_entries
+from bftfs.fsobjects.leases import LEASE_SKEW, MAX_TERM
 from bftfs.qu.client import QUClient
+from bftfs.qu.objects import MethodRefused
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import block_id
 from bftfs.rw.scrub import BlockReport, scrub_block, summarize
@@ -30,6 +34,8 @@ __all__ = ["BlockReport", "FileBlocks", "files_with_blocks", "scrub", "summarize
 
 #: Blocks scrubbed at once.
 CONCURRENCY = 8
+#: First wait (seconds) after recalling a lease that refused the walk's query.
+RECALL_BACKOFF = 0.01
 
 
 @dataclass(frozen=True)
@@ -39,20 +45,44 @@ class FileBlocks:
     count: int
 
 
+async def _asked(qu: QUClient, oid: int, method: str) -> Any:
+    """A query of the present, recalling the exclusive lease a mount holds on the object
+    (its queries are refused ``leased`` until the holder wrote back and released:
+    ``fsobjects.leases.guarded``), as a mount's own queries do (``Meta._recalling``);
+    bounded by the longest lease.
+
+    Raises:
+        MethodRefused: ``busy``: the holder never released within the longest term.
+    """
+    deadline = trio.current_time() + (MAX_TERM + 2 * LEASE_SKEW) / 1e9 + 1.0
+    delay = RECALL_BACKOFF
+    while True:
+        try:
+            return await qu.query(oid, method)
+        except MethodRefused as e:
+            if e.code != "leased":
+                raise
+        if trio.current_time() > deadline:
+            raise MethodRefused("busy", f"object {oid}: a lease holder did not release")
+        await qu.update([oid], "fs.recall", {"lt": time.time_ns()})
+        await trio.sleep(delay)
+        delay = min(2 * delay, 1.0)
+
+
 async def files_with_blocks(qu: QUClient, block_size: int) -> AsyncIterator[FileBlocks]:
     """Every regular file reachable from the root whose content is in blocks."""
     todo = [("", ROOT)]
     seen = {ROOT}
     while todo:
         path, oid = todo.pop()
-        listing = await qu.query(oid, "fs.readdir")
+        listing = await _asked(qu, oid, "fs.readdir")
         for name, (child, _kind) in sorted(all_entries(listing["e"]).items()):
             child = int(child)
             if child in seen:
                 continue  # a hard link: its blocks once
             seen.add(child)
             cpath = f"{path}/{name.decode(errors='replace')}"
-            s = await qu.query(child, "fs.stat")
+            s = await _asked(qu, child, "fs.stat")
             if s.get("k") == "d":
                 todo.append((cpath, child))
             elif st.S_ISREG(s["mode"]) and not s.get("inl") and s["size"] > 0:
