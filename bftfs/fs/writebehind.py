@@ -258,7 +258,7 @@ class PendingCreates:
                 raise StaleView(f"object {oid} was never made: its name was taken")
             p = self._pending_oids.get(oid)
             if p is not None:
-                await self._send(p)
+                await self._send_one(p)
             failed = self._failed.get(oid)
             if failed is not None:  # open here: its calls say why
                 raise failed[0]
@@ -267,7 +267,7 @@ class PendingCreates:
             deferred = []
             for p in list(self._pending.get(oid, {}).values()):
                 if p.oid in objects or p.name in names:
-                    await self._send(p)
+                    await self._send_one(p)
                 elif self._about_another_entry(p, objects, arg):
                     continue  # written back later: a call about another name needs it not
                 elif self.writeback is not None and self.writeback.deferred(p.oid):
@@ -276,6 +276,21 @@ class PendingCreates:
                     await self._send(p)
             if deferred:
                 await self.send_deferred(deferred)
+
+    async def _send_one(self, p: PendingCreate) -> None:
+        """Send ``p`` because a call needs it; one directory write-back deferred goes with
+        up to six more deferred creates of its directory (the next calls would need them
+        one by one: a program reopening the files it just wrote)."""
+        wb = self.writeback
+        if wb is None or not wb.deferred(p.oid):
+            await self._send(p)
+            return
+        others = [
+            q
+            for q in self._pending.get(p.parent, {}).values()
+            if q is not p and wb.deferred(q.oid)
+        ]
+        await self.send_deferred([p, *others[: BATCH - 1]])
 
     async def _send(self, p: PendingCreate, *, quiet: bool = True) -> None:
         """Make ``p`` on the servers, once: a call of another task waits for it, a call
