@@ -22,6 +22,7 @@ from typing import Any
 import trio
 from rw_helpers import make_crashed, rw_cluster
 
+from bftfs.net.frames import DEFAULT_MAX_FRAME
 from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw import replica
 from bftfs.rw.batch import MAX_PENDING
@@ -144,3 +145,26 @@ async def test_a_wave_of_writes_is_one_durable_commit_on_each_node(tmp_path: Pat
             node.server.stats["req.rw.batch"] - f for node, f in zip(cl.nodes, got, strict=True)
         ]
         assert commits == frames and min(commits) == 1
+
+
+async def test_a_batch_never_outgrows_the_frame_limit(tmp_path: Path) -> None:
+    """A hundred 256 KiB blocks written in one wave and read back at once: each node's
+    fragments (8.7 MB) do not fit one frame (8 MiB), so the batcher cuts them into
+    batches of at most ``rw.batch.MAX_BATCH_BYTES`` (issue 34).  Before, the wave's request frame
+    was refused by every node and the reads' reply frames by the client: the write
+    failed, and every read with it."""
+    off = VerificationPolicy(mode="off")
+    size = 256 * 1024
+    async with rw_cluster(tmp_path, clients=1, verification=off, big_block_size=size) as (
+        cl,
+        (rw,),
+    ):
+        count = 100
+        rnd = random.Random(34)
+        blocks = {k: rnd.randbytes(size) for k in range(count)}
+        assert count * size // cl.config.m > DEFAULT_MAX_FRAME
+        with trio.fail_after(60):
+            await rw.write_blocks(blocks, concurrency=2 * count)  # one wave
+            st = rw.statistics()
+            assert st["batches"] >= 2 * cl.config.n  # at least two batches per node
+            assert await rw.read_blocks(list(blocks), concurrency=count) == blocks

@@ -13,6 +13,12 @@ concurrent ones share frames.  The node runs the items and answers with one fram
 protocol logic above does not care which one runs.  Resends are the batch call's own
 (``Endpoint.call``), so the engine watches nothing here.
 
+A batch is also bounded in bytes: ``item_bytes`` says what an item adds to the request or
+to the reply frame (a fragment written or read), and a flush starts another batch before
+the items of one pass ``max_bytes``, so neither frame can pass the receiver's frame limit
+(``net/frames.py``): a hundred concurrent reads of 256 KiB blocks made a data node's reply
+frame 8.7 MB, over the client's 8 MiB, and every such read failed (issue 34).
+
 Wire (the batch kind is the protocol's, e.g. ``rw.batch``): request = list of ``[kind,
 payload]`` (at most ``max_batch``); reply = list of the same length, each ``[0, reply]`` or
 ``[1, [code, message]]``.  The reply list is checked here; each item's reply is checked by
@@ -43,6 +49,8 @@ class _Item:
     payload: Any
     done: Callable[[Outcome], None]
     trouble: Callable[[], None]
+    #: What the item adds to its batch's request or reply frame (``Batcher.item_bytes``).
+    size: int = 0
 
 
 @dataclass
@@ -67,6 +75,8 @@ class Batcher:
         max_batch: int,
         timeout: float | None,
         max_pending: int | None = None,
+        max_bytes: int | None = None,
+        item_bytes: Callable[[str, Any], int] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._nursery = nursery
@@ -83,6 +93,10 @@ class Batcher:
         #: file with one node down (issue 34).  A failed item is what a quorum call
         #: expects of a faulty node: it asks another, or completes without it.
         self.max_pending = max_pending
+        #: Bytes of items (``item_bytes(kind, payload)``) one batch carries at most; an item
+        #: larger than that goes alone (None: no limit; see the module docstring).
+        self.max_bytes = max_bytes
+        self.item_bytes = item_bytes
         self.batches = 0
         self.items = 0
         #: Items failed at once because their node had ``max_pending`` unanswered.
@@ -99,7 +113,8 @@ class Batcher:
         """Queue one request; ``done((node, ok, reply_or_reason))`` is called exactly once
         (from the flush task, never from here: the caller's state may be mid-update)."""
         q = self._queues.setdefault(node, _Queue())
-        item = _Item(kind, payload, done, trouble)
+        size = self.item_bytes(kind, payload) if self.item_bytes is not None else 0
+        item = _Item(kind, payload, done, trouble, size)
         if self.max_pending is not None and q.pending >= self.max_pending:
             self.backlogged += 1
             q.refused.append(item)
@@ -119,11 +134,29 @@ class Batcher:
         for item in refused:
             item.done((node, False, f"backlogged: {q.pending} requests unanswered"))
         items, q.items = q.items, []
-        chunks = [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        chunks = self._chunks(items)
         for chunk in chunks[1:]:
             self._nursery.start_soon(self._send, node, chunk)
         if chunks:
             await self._send(node, chunks[0])
+
+    def _chunks(self, items: list[_Item]) -> list[list[_Item]]:
+        """``items`` in order, cut into batches of at most ``max_batch`` items and
+        ``max_bytes`` bytes (an item larger than that alone)."""
+        limit = self.max_bytes
+        chunks: list[list[_Item]] = []
+        chunk: list[_Item] = []
+        size = 0
+        for item in items:
+            full = len(chunk) >= self.max_batch or (limit is not None and size + item.size > limit)
+            if chunk and full:
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += item.size
+        if chunk:
+            chunks.append(chunk)
+        return chunks
 
     async def _send(self, node: NodeId, items: list[_Item]) -> None:
         self.batches += 1
