@@ -59,6 +59,8 @@ class _Queue:
     scheduled: bool = False
     #: Items queued or sent and not yet answered (stragglers of finished calls included).
     pending: int = 0
+    #: Their bytes (``Batcher.item_bytes``).
+    pending_bytes: int = 0
     #: Items refused because ``pending`` was at the limit, answered by the next flush.
     refused: list[_Item] = field(default_factory=list)
 
@@ -77,6 +79,7 @@ class Batcher:
         max_pending: int | None = None,
         max_bytes: int | None = None,
         item_bytes: Callable[[str, Any], int] | None = None,
+        max_pending_bytes: int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._nursery = nursery
@@ -93,6 +96,9 @@ class Batcher:
         #: file with one node down (issue 34).  A failed item is what a quorum call
         #: expects of a faulty node: it asks another, or completes without it.
         self.max_pending = max_pending
+        #: The same limit in bytes of items (None: none): fragments of big blocks are
+        #: larger, and it is their bytes that the limit is for.
+        self.max_pending_bytes = max_pending_bytes
         #: Bytes of items (``item_bytes(kind, payload)``) one batch carries at most; an item
         #: larger than that goes alone (None: no limit; see the module docstring).
         self.max_bytes = max_bytes
@@ -115,15 +121,24 @@ class Batcher:
         q = self._queues.setdefault(node, _Queue())
         size = self.item_bytes(kind, payload) if self.item_bytes is not None else 0
         item = _Item(kind, payload, done, trouble, size)
-        if self.max_pending is not None and q.pending >= self.max_pending:
+        if self._backlogged(q, size):
             self.backlogged += 1
             q.refused.append(item)
         else:
             q.pending += 1
+            q.pending_bytes += size
             q.items.append(item)
         if not q.scheduled:
             q.scheduled = True
             self._nursery.start_soon(self._flush, node)
+
+    def _backlogged(self, q: _Queue, size: int) -> bool:
+        """Whether a node's unanswered items leave no room for one of ``size`` bytes (a
+        node with nothing unanswered always takes one)."""
+        if self.max_pending is not None and q.pending >= self.max_pending:
+            return True
+        limit = self.max_pending_bytes
+        return limit is not None and q.pending > 0 and q.pending_bytes + size > limit
 
     async def _flush(self, node: NodeId) -> None:
         # Everything queued since the flush was scheduled goes now; later submissions
@@ -164,7 +179,9 @@ class Batcher:
         try:
             await self._call(node, items)
         finally:
-            self._queues[node].pending -= len(items)
+            q = self._queues[node]
+            q.pending -= len(items)
+            q.pending_bytes -= sum(item.size for item in items)
 
     async def _call(self, node: NodeId, items: list[_Item]) -> None:
 

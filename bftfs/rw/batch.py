@@ -26,10 +26,11 @@ KIND_BATCH = "rw.batch"
 #: Largest number of items in one batch (a node refuses more).
 MAX_BATCH = 128
 #: Requests one node may have unanswered before new ones to it fail at once (the
-#: batcher's ``max_pending``): 256 items of at most a fragment of a big block (87 KiB at
-#: 256 KiB blocks, m = 3), about 22 MiB held per node at most, eight of
-#: ``write_blocks``' waves behind the others.
+#: batcher's ``max_pending``): 256 items, sixteen of ``write_blocks``' waves behind the
+#: others, and at most :data:`MAX_PENDING_BYTES` of fragments (22 MiB were 256 fragments
+#: of 256 KiB blocks; 1 MiB blocks have four times the fragment).
 MAX_PENDING = 256
+MAX_PENDING_BYTES = 32 * 1024 * 1024
 #: Fragment bytes one batch carries at most, written (request) or read (reply): three
 #: quarters of the frame limit, the rest for the items' timestamps, cross checksums and
 #: histories.  A wave of ``write_blocks`` (16 fragments of 349 KB at 1 MiB blocks, m = 3)
@@ -63,6 +64,7 @@ def rw_batcher(
         max_batch=MAX_BATCH,
         timeout=timeout,
         max_pending=MAX_PENDING,
+        max_pending_bytes=MAX_PENDING_BYTES,
         max_bytes=MAX_BATCH_BYTES,
         item_bytes=lambda kind, payload: fragment_bytes(kind, payload, max_fragment),
     )
