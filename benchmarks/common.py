@@ -63,7 +63,7 @@ BLOCK_KIB = os.environ.get("BFTFS_BENCH_BLOCK_KIB")
 #: ``[cluster] big_block_size`` (per-file block size of sequentially written files,
 #: docs/fs.md) in KiB (the environment's ``BFTFS_BENCH_BIG_BLOCK_KIB``; ``0`` turns the
 #: feature off, so it can be measured against every file having ``block_size``); unset:
-#: the default (256 KiB).
+#: the default (1 MiB).
 BIG_BLOCK_KIB = os.environ.get("BFTFS_BENCH_BIG_BLOCK_KIB")
 #: ``[verification]`` keys for every bftfs cluster the benchmarks start (the environment's
 #: ``BFTFS_BENCH_VERIFICATION``, e.g. ``stream_seconds=0,per_client=2048``), so a policy

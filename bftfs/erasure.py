@@ -210,15 +210,51 @@ def encode(data: bytes, m: int, n: int, algorithm: int = DEFAULT_HASH) -> Encode
         algorithm: the fragment hash the cross checksum names.
     """
     check_params(m, n)
-    size = fragment_size(len(data), m)
-    padded = data.ljust(size * m, b"\0")
-    stripes = tuple(padded[i * size : (i + 1) * size] for i in range(m))
+    stripes = _split(data, m)
     if m == n:
         fragments = stripes
     else:
         code = _encoder(m, n).encode(stripes, tuple(range(m, n)))
         fragments = stripes + tuple(bytes(c) for c in code)
     return Encoded(fragments, make_cross_checksum(len(data), fragments, algorithm))
+
+
+def _split(data: bytes, m: int) -> tuple[bytes, ...]:
+    """The ``m`` stripes of a block, the last zero-padded to the size of the others.
+
+    Each byte of ``data`` is copied once, into its stripe: padding the whole block first
+    and slicing the padded copy copied every byte twice (issue 34: a block's length is
+    rarely a multiple of ``m``, 256 KiB and 1 MiB never are for ``m = 3``)."""
+    size = fragment_size(len(data), m)
+    view = memoryview(data)
+    stripes = []
+    for i in range(m):
+        part = view[i * size : (i + 1) * size]
+        stripes.append(
+            bytes(part) if len(part) == size else b"".join((part, bytes(size - len(part))))
+        )
+    return tuple(stripes)
+
+
+def _join(stripes: Sequence[bytes], length: int) -> bytes:
+    """The first ``length`` bytes of the stripes, in one copy (joining the stripes and then
+    cutting the padding off copied the whole block twice)."""
+    size = len(stripes[0]) if stripes else 0
+    whole, rest = divmod(length, size) if size else (0, 0)
+    parts: list[bytes | memoryview] = list(stripes[:whole])
+    if rest:
+        parts.append(memoryview(stripes[whole])[:rest])
+    return b"".join(parts)
+
+
+def _padding_is_zero(stripes: Sequence[bytes], length: int) -> bool:
+    """Whether every byte of the stripes past ``length`` is zero (the canonical padding)."""
+    size = len(stripes[0]) if stripes else 0
+    for i, stripe in enumerate(stripes):
+        tail = stripe[max(length - i * size, 0) :]  # fewer than m bytes in all
+        if tail.count(0) != len(tail):
+            return False
+    return True
 
 
 def _stripes(fragments: Mapping[int, bytes], m: int, n: int) -> list[bytes]:
@@ -249,7 +285,7 @@ def decode(fragments: Mapping[int, bytes], length: int, m: int, n: int) -> bytes
     stripes = _stripes(fragments, m, n)
     if length > len(stripes[0]) * m:
         raise ErasureError(f"length {length} exceeds {m} stripes of {len(stripes[0])} bytes")
-    return b"".join(stripes)[:length]
+    return _join(stripes, length)
 
 
 @dataclass(frozen=True)
@@ -301,15 +337,13 @@ def regenerate(
         return invalid
     if len(stripes[0]) != fragment_size(length, m):
         return invalid
-    joined = b"".join(stripes)
-    data = joined[:length]
+    data = _join(stripes, length)
     if not checked:
         again = encode(data, m, n, cc_hash(cross_checksum))
         if not hmac.compare_digest(again.cross_checksum, cross_checksum):
             return invalid
         return Regenerated(True, data, again.fragments, again.cross_checksum)
-    padding = joined[length:]
-    if padding.count(0) != len(padding):
+    if not _padding_is_zero(stripes, length):
         return invalid  # not the canonical zero padding encode() writes
     code = _encoder(m, n).encode(stripes, tuple(range(m, n))) if m < n else []
     regenerated = tuple(stripes) + tuple(bytes(c) for c in code)

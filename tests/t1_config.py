@@ -76,11 +76,11 @@ def test_toml_round_trip_and_relative_paths(tmp_path: Path) -> None:
 
 
 def test_big_block_size_defaults_turns_off_and_round_trips(tmp_path: Path) -> None:
-    """Per-file block sizes (docs/fs.md): 256 KiB by default where that is a multiple of
+    """Per-file block sizes (docs/fs.md): 1 MiB by default where that is a multiple of
     ``block_size`` above it, else off; 0 or ``block_size`` turns them off; what nodes and
     clients accept is the biggest block any file may have."""
-    assert ClusterConfig.for_test().big_blocks == 256 * 1024
-    assert ClusterConfig.for_test().max_file_block_size == 256 * 1024
+    assert ClusterConfig.for_test().big_blocks == 1024 * 1024
+    assert ClusterConfig.for_test().max_file_block_size == 1024 * 1024
     assert ClusterConfig.for_test(block_size=1 << 20).big_blocks == 0
     assert ClusterConfig.for_test(block_size=98304).big_blocks == 0
     assert ClusterConfig.for_test(block_size=98304).max_file_block_size == 98304
@@ -94,7 +94,7 @@ def test_big_block_size_defaults_turns_off_and_round_trips(tmp_path: Path) -> No
     assert cfgmod.load(tmp_path / "d" / "cluster.toml").big_blocks == 0 == off.big_blocks
     plain = init_cluster(tmp_path / "e")
     assert "big_block_size" not in (plain.home / "cluster.toml").read_text()
-    assert cfgmod.load(plain.home / "cluster.toml").big_blocks == 256 * 1024
+    assert cfgmod.load(plain.home / "cluster.toml").big_blocks == 1024 * 1024
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -194,6 +197,57 @@ def test_non_canonical_padding_and_bad_sizes_are_poisonous(checked: bool) -> Non
     uneven = {0: b"aaa", 1: b"bb", 2: b"ccc"}
     assert not erasure.regenerate(uneven, enc.cross_checksum, m, n, checked=checked).valid
     assert not erasure.regenerate(first, b"short", m, n, checked=checked).valid
+
+
+@pytest.mark.parametrize("checked", [False, True])
+def test_padding_that_fills_whole_stripes_must_be_zero(checked: bool) -> None:
+    # One byte over three stripes: stripes 1 and 2 are all padding.
+    m, n = 3, 6
+    good = erasure.encode(b"z", m, n)
+    assert erasure.regenerate(dict(enumerate(good.fragments[:3])), good.cross_checksum, m, n)
+    for bad in ((b"z", b"\x00", b"\x07"), (b"z", b"\x07", b"\x00")):
+        code = erasure.encode(b"".join(bad), m, n).fragments[3:]
+        frags = bad + code
+        cc = erasure.make_cross_checksum(1, frags)
+        for subset in itertools.combinations(range(n), m):
+            given = {i: frags[i] for i in subset}
+            assert not erasure.regenerate(given, cc, m, n, checked=checked).valid
+
+
+def _peak_allocated(fn: Callable[[], Any]) -> int:
+    """Bytes allocated at the peak of ``fn()`` beyond what was allocated before it."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        result = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del result
+    return peak - before
+
+
+@pytest.mark.parametrize("size", [256 * 1024, 1024 * 1024])
+def test_coding_copies_a_block_once(size: int) -> None:
+    """Issue 34: encode copies each byte of the block once, into its stripe (plus the
+    code fragments it makes); decode and a checked regeneration join the stripes once.
+    Padding the block and slicing the copy, or joining and cutting the padding off, took
+    twice the memory (and the time of a second copy)."""
+    m, n = 3, 6
+    data = random.Random(34).randbytes(size)  # not a multiple of m: padded
+    enc = erasure.encode(data, m, n)
+    stripes = dict(enumerate(enc.fragments[:m]))
+    # The stripes (size) and the N - m code fragments (size again), no second copy.
+    assert _peak_allocated(lambda: erasure.encode(data, m, n)) < 2.1 * size
+    assert _peak_allocated(lambda: erasure.decode(stripes, size, m, n)) < 1.1 * size
+    regen = erasure.regenerate(stripes, enc.cross_checksum, m, n, checked=True)
+    assert regen.valid and regen.data == data
+    # The joined data (size) and the code fragments it re-makes (size).
+    assert (
+        _peak_allocated(lambda: erasure.regenerate(stripes, enc.cross_checksum, m, n, checked=True))
+        < 2.1 * size
+    )
 
 
 def test_decode_errors() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 from rw_helpers import make_crashed, rw_cluster
 
+from bftfs.net.frames import DEFAULT_MAX_FRAME
 from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw import replica
 from bftfs.rw.batch import MAX_PENDING
@@ -144,3 +145,66 @@ async def test_a_wave_of_writes_is_one_durable_commit_on_each_node(tmp_path: Pat
             node.server.stats["req.rw.batch"] - f for node, f in zip(cl.nodes, got, strict=True)
         ]
         assert commits == frames and min(commits) == 1
+
+
+async def test_a_batch_never_outgrows_the_frame_limit(tmp_path: Path) -> None:
+    """A hundred 256 KiB blocks written in one wave and read back at once: each node's
+    fragments (8.7 MB) do not fit one frame (8 MiB), so the batcher cuts them into
+    batches of at most ``rw.batch.MAX_BATCH_BYTES`` (issue 34).  Before, the wave's request frame
+    was refused by every node and the reads' reply frames by the client: the write
+    failed, and every read with it."""
+    off = VerificationPolicy(mode="off")
+    size = 256 * 1024
+    async with rw_cluster(tmp_path, clients=1, verification=off, big_block_size=size) as (
+        cl,
+        (rw,),
+    ):
+        count = 100
+        rnd = random.Random(34)
+        blocks = {k: rnd.randbytes(size) for k in range(count)}
+        assert count * size // cl.config.m > DEFAULT_MAX_FRAME
+        with trio.fail_after(60):
+            await rw.write_blocks(blocks, concurrency=2 * count)  # one wave
+            st = rw.statistics()
+            assert st["batches"] >= 2 * cl.config.n  # at least two batches per node
+            assert await rw.read_blocks(list(blocks), concurrency=count) == blocks
+
+
+async def test_a_silent_node_holds_at_most_max_pending_bytes(tmp_path: Path) -> None:
+    """The backlog for a node that does not answer is bounded in bytes too: with bigger
+    blocks each unanswered request holds a bigger fragment (issue 34).  Here the limit
+    is lowered to 1 MiB so that 64 KiB blocks (fragments of 21.8 KB) reach it well
+    before the 256 requests of ``MAX_PENDING``."""
+    async with rw_cluster(tmp_path, clients=1, seed=7) as (cluster, (rw,)):
+        make_crashed(cluster, 0)
+        batcher = rw.batcher
+        assert batcher is not None
+        limit = 1024 * 1024
+        batcher.max_pending_bytes = limit
+        held = {"now": 0, "most": 0}
+        submit = batcher.submit
+
+        def counting(node: Any, kind: str, payload: Any, done: Any, trouble: Any) -> None:
+            if node != 0:
+                submit(node, kind, payload, done, trouble)
+                return
+            size = len(payload.get("f", b""))
+            held["now"] += size
+            held["most"] = max(held["most"], held["now"])
+
+            def answered(outcome: Any) -> None:
+                held["now"] -= size
+                done(outcome)
+
+            submit(node, kind, payload, answered, trouble)
+
+        batcher.submit = counting  # type: ignore[method-assign]
+        size = cluster.config.block_size
+        blocks = {k: bytes([k % 251]) * size for k in range(200)}
+        written = await rw.write_blocks(blocks)
+        assert len(written) == len(blocks)  # every write complete without node 0
+        fragment = -(-size // cluster.config.m)
+        # (plus, for one scheduler pass, the refused ones of a wave until their flush)
+        assert held["most"] <= limit + DEFAULT_CONCURRENCY * fragment
+        assert held["most"] < len(blocks) * fragment // 2
+        assert batcher.backlogged > 0

@@ -302,6 +302,7 @@ def run_foreground(
     pf = pid_file(config, mountpoint)
     pf.parent.mkdir(parents=True, exist_ok=True)
     pf.write_text(f"{os.getpid()}\n{mountpoint.resolve()}\n")
+    proc.keep_big_buffers()
     try:
         trio.run(
             functools.partial(

@@ -13,6 +13,12 @@ concurrent ones share frames.  The node runs the items and answers with one fram
 protocol logic above does not care which one runs.  Resends are the batch call's own
 (``Endpoint.call``), so the engine watches nothing here.
 
+A batch is also bounded in bytes: ``item_bytes`` says what an item adds to the request or
+to the reply frame (a fragment written or read), and a flush starts another batch before
+the items of one pass ``max_bytes``, so neither frame can pass the receiver's frame limit
+(``net/frames.py``): a hundred concurrent reads of 256 KiB blocks made a data node's reply
+frame 8.7 MB, over the client's 8 MiB, and every such read failed (issue 34).
+
 Wire (the batch kind is the protocol's, e.g. ``rw.batch``): request = list of ``[kind,
 payload]`` (at most ``max_batch``); reply = list of the same length, each ``[0, reply]`` or
 ``[1, [code, message]]``.  The reply list is checked here; each item's reply is checked by
@@ -43,6 +49,8 @@ class _Item:
     payload: Any
     done: Callable[[Outcome], None]
     trouble: Callable[[], None]
+    #: What the item adds to its batch's request or reply frame (``Batcher.item_bytes``).
+    size: int = 0
 
 
 @dataclass
@@ -51,6 +59,8 @@ class _Queue:
     scheduled: bool = False
     #: Items queued or sent and not yet answered (stragglers of finished calls included).
     pending: int = 0
+    #: Their bytes (``Batcher.item_bytes``).
+    pending_bytes: int = 0
     #: Items refused because ``pending`` was at the limit, answered by the next flush.
     refused: list[_Item] = field(default_factory=list)
 
@@ -67,6 +77,9 @@ class Batcher:
         max_batch: int,
         timeout: float | None,
         max_pending: int | None = None,
+        max_bytes: int | None = None,
+        item_bytes: Callable[[str, Any], int] | None = None,
+        max_pending_bytes: int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._nursery = nursery
@@ -83,6 +96,13 @@ class Batcher:
         #: file with one node down (issue 34).  A failed item is what a quorum call
         #: expects of a faulty node: it asks another, or completes without it.
         self.max_pending = max_pending
+        #: The same limit in bytes of items (None: none): fragments of big blocks are
+        #: larger, and it is their bytes that the limit is for.
+        self.max_pending_bytes = max_pending_bytes
+        #: Bytes of items (``item_bytes(kind, payload)``) one batch carries at most; an item
+        #: larger than that goes alone (None: no limit; see the module docstring).
+        self.max_bytes = max_bytes
+        self.item_bytes = item_bytes
         self.batches = 0
         self.items = 0
         #: Items failed at once because their node had ``max_pending`` unanswered.
@@ -99,16 +119,26 @@ class Batcher:
         """Queue one request; ``done((node, ok, reply_or_reason))`` is called exactly once
         (from the flush task, never from here: the caller's state may be mid-update)."""
         q = self._queues.setdefault(node, _Queue())
-        item = _Item(kind, payload, done, trouble)
-        if self.max_pending is not None and q.pending >= self.max_pending:
+        size = self.item_bytes(kind, payload) if self.item_bytes is not None else 0
+        item = _Item(kind, payload, done, trouble, size)
+        if self._backlogged(q, size):
             self.backlogged += 1
             q.refused.append(item)
         else:
             q.pending += 1
+            q.pending_bytes += size
             q.items.append(item)
         if not q.scheduled:
             q.scheduled = True
             self._nursery.start_soon(self._flush, node)
+
+    def _backlogged(self, q: _Queue, size: int) -> bool:
+        """Whether a node's unanswered items leave no room for one of ``size`` bytes (a
+        node with nothing unanswered always takes one)."""
+        if self.max_pending is not None and q.pending >= self.max_pending:
+            return True
+        limit = self.max_pending_bytes
+        return limit is not None and q.pending > 0 and q.pending_bytes + size > limit
 
     async def _flush(self, node: NodeId) -> None:
         # Everything queued since the flush was scheduled goes now; later submissions
@@ -119,11 +149,29 @@ class Batcher:
         for item in refused:
             item.done((node, False, f"backlogged: {q.pending} requests unanswered"))
         items, q.items = q.items, []
-        chunks = [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+        chunks = self._chunks(items)
         for chunk in chunks[1:]:
             self._nursery.start_soon(self._send, node, chunk)
         if chunks:
             await self._send(node, chunks[0])
+
+    def _chunks(self, items: list[_Item]) -> list[list[_Item]]:
+        """``items`` in order, cut into batches of at most ``max_batch`` items and
+        ``max_bytes`` bytes (an item larger than that alone)."""
+        limit = self.max_bytes
+        chunks: list[list[_Item]] = []
+        chunk: list[_Item] = []
+        size = 0
+        for item in items:
+            full = len(chunk) >= self.max_batch or (limit is not None and size + item.size > limit)
+            if chunk and full:
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += item.size
+        if chunk:
+            chunks.append(chunk)
+        return chunks
 
     async def _send(self, node: NodeId, items: list[_Item]) -> None:
         self.batches += 1
@@ -131,7 +179,9 @@ class Batcher:
         try:
             await self._call(node, items)
         finally:
-            self._queues[node].pending -= len(items)
+            q = self._queues[node]
+            q.pending -= len(items)
+            q.pending_bytes -= sum(item.size for item in items)
 
     async def _call(self, node: NodeId, items: list[_Item]) -> None:
 

@@ -8,8 +8,11 @@ system call and no task switch (see :class:`FrameWriter`, :meth:`FrameReader._re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -36,6 +39,36 @@ STATUS_ERROR = 1
 def pack(obj: Any) -> bytes:
     """The compact binary encoding of a message (msgpack, bytes kept as bytes)."""
     return msgpack.packb(obj, use_bin_type=True)
+
+
+_packers = threading.local()
+
+
+@contextlib.contextmanager
+def packed(obj: Any) -> Iterator[memoryview]:
+    """:func:`pack` of ``obj`` as a view of this thread's packer's buffer, valid inside the
+    ``with`` only: for a message sealed into a frame at once (``Session.seal``).
+
+    ``msgpack.packb`` packs into a fresh buffer that grows as it fills and then copies it
+    into a new bytes object: 4 ms for a batch of sixteen 1 MiB blocks' fragments (5.6 MB),
+    against 0.4 ms packed into a buffer kept from the message before and read in place
+    (issue 34; the sender's CPU per GiB written fell by about a sixth).  The buffer keeps
+    the size of the largest message this thread sent (a few MiB)."""
+    if getattr(_packers, "busy", False):  # a use inside another (none today): a copy
+        with memoryview(pack(obj)) as view:
+            yield view
+        return
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    _packers.busy = True
+    try:
+        packer.pack(obj)
+        with packer.getbuffer() as view:
+            yield view
+    finally:
+        packer.reset()
+        _packers.busy = False
 
 
 def unpack(data: bytes | bytearray | memoryview) -> Any:

@@ -49,6 +49,7 @@ from bftfs.net.frames import (
     FrameReader,
     FrameWriter,
     pack,
+    packed,
 )
 from bftfs.net.session import Session, server_handshake
 
@@ -214,10 +215,10 @@ class Server(Generic[Ctx]):
         conns = self._open.get(principal)
         if not conns:
             return 0
-        packed = pack([PUSH, 0, 0, body])  # sealed once per connection, packed once
+        message = pack([PUSH, 0, 0, body])  # sealed once per connection, packed once
         sent = 0
         for conn in conns:
-            if conn.send_packed(packed):
+            if conn.send_packed(message):
                 sent += 1
         self.stats["pushes"] += sent
         return sent
@@ -446,9 +447,10 @@ class _ServerConnection(Generic[Ctx]):
         self.traffic = traffic
 
     def send(self, msg: list[Any]) -> None:
-        self.send_packed(pack(msg))
+        with packed(msg) as body:
+            self.send_packed(body)
 
-    def send_packed(self, body: bytes) -> bool:
+    def send_packed(self, body: bytes | memoryview) -> bool:
         """Seal and send (or queue) one packed message; False if the connection is gone
         (a reply's client will resend; a push is lost with the connection)."""
         if self.writer.closed:

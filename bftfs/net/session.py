@@ -55,7 +55,7 @@ from bftfs import WIRE_VERSION
 from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok
 from bftfs.ids import PrincipalId
 from bftfs.net.errors import FrameError, TransportError
-from bftfs.net.frames import LENGTH, FrameReader, pack, unpack
+from bftfs.net.frames import LENGTH, FrameReader, pack, packed, unpack
 
 #: Largest hello frame: it is parsed before its MAC can be checked, so it is kept tiny.
 MAX_HELLO = 256
@@ -87,10 +87,12 @@ class Session:
     recv_seq: int = 0
 
     def seal(self, msg: list[Any]) -> bytes | bytearray:
-        """``msg`` (``[type, req_id, x, y]``) as the next frame of this direction."""
-        return self.seal_body(pack(msg))
+        """``msg`` (``[type, req_id, x, y]``) as the next frame of this direction (packed
+        in place, :func:`~bftfs.net.frames.packed`)."""
+        with packed(msg) as body:
+            return self.seal_body(body)
 
-    def seal_body(self, body: bytes) -> bytes | bytearray:
+    def seal_body(self, body: bytes | memoryview) -> bytes | bytearray:
         """Any ``body`` bytes as the next frame (the fuzzer sends nonsense this way).
 
         The ciphertext is written in place into the frame (length, sequence number,
@@ -100,7 +102,7 @@ class Session:
         self.send_seq += 1
         seq = _SEQ.pack(self.send_seq)
         if _lib is None:  # pragma: no cover
-            ct = _aead_encrypt(body, seq, _NONCE_PAD + seq, self.send_key)
+            ct = _aead_encrypt(bytes(body), seq, _NONCE_PAD + seq, self.send_key)
             return LENGTH.pack(len(seq) + len(ct)) + seq + ct
         n = len(body)
         head = LENGTH.size + _SEQ.size
@@ -110,7 +112,15 @@ class Session:
         out = _ffi.from_buffer(frame)
         written = _ffi.new("unsigned long long *")
         rc = _lib.crypto_aead_aegis256_encrypt(
-            out + head, written, body, n, seq, _SEQ.size, _ffi.NULL, _NONCE_PAD + seq, self.send_key
+            out + head,
+            written,
+            _ffi.from_buffer(body),
+            n,
+            seq,
+            _SEQ.size,
+            _ffi.NULL,
+            _NONCE_PAD + seq,
+            self.send_key,
         )
         if rc != 0 or written[0] != n + TAG_SIZE:  # pragma: no cover - libsodium never fails here
             raise FrameError("malformed", "encryption failed")

@@ -94,6 +94,7 @@ def run(
         if metrics is not None:
             metrics.close()
 
+    proc.keep_big_buffers()
     try:
         trio.run(main)
     except (OSError, BaseExceptionGroup) as e:

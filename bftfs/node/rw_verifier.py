@@ -47,7 +47,7 @@ from bftfs.rw import collect, replica
 from bftfs.rw.batch import rw_batcher
 from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
-from bftfs.rw.client import RWClient
+from bftfs.rw.client import RWClient, max_fragment_of
 from bftfs.rw.lazy import (
     POISONOUS,
     VERIFIED,
@@ -240,7 +240,12 @@ class Verifier:
             if self.policy.wave_blocks > 1:
                 timeout = self.client_options.get("timeout")
                 self._wave_client = reader(
-                    batcher=rw_batcher(self.node.endpoint, nursery, timeout=timeout)
+                    batcher=rw_batcher(
+                        self.node.endpoint,
+                        nursery,
+                        timeout=timeout,
+                        max_fragment=max_fragment_of(self.node.config),
+                    )
                 )
             # Faults the reads meet in peers' replies are findings (node/findings.py).
             self._client.faults = self._wave_client.faults = self.node.findings.peer_faults

@@ -133,9 +133,7 @@ class RWClient:
     ) -> None:
         self.endpoint = endpoint
         self.th = RWThresholds.from_config(config)
-        # The largest block this client writes or reads: the cluster's biggest per-file
-        # block size (``[cluster] big_block_size``, docs/fs.md), which the nodes accept.
-        block_size = int(getattr(config, "max_file_block_size", config.block_size))
+        block_size = largest_block(config)
         self.max_fragment = erasure.fragment_size(block_size, self.th.m)
         self.calls = RWCalls(
             endpoint,
@@ -331,6 +329,17 @@ class RWClient:
         return ranked[min(self.th.b, len(ranked) - 1)]
 
 
+def largest_block(config: Any) -> int:
+    """The largest block a client writes or reads: the cluster's biggest per-file block
+    size (``[cluster] big_block_size``, docs/fs.md), which the nodes accept."""
+    return int(getattr(config, "max_file_block_size", config.block_size))
+
+
+def max_fragment_of(config: Any) -> int:
+    """The largest fragment of a block of ``config``'s cluster."""
+    return erasure.fragment_size(largest_block(config), RWThresholds.from_config(config).m)
+
+
 @asynccontextmanager
 async def open_rw_client(
     endpoint: Endpoint, config: Any, *, batch: bool = True, **options: Any
@@ -340,7 +349,12 @@ async def open_rw_client(
     async with trio.open_nursery() as nursery:
         batcher = None
         if batch:
-            batcher = rw_batcher(endpoint, nursery, timeout=options.get("timeout"))
+            batcher = rw_batcher(
+                endpoint,
+                nursery,
+                timeout=options.get("timeout"),
+                max_fragment=max_fragment_of(config),
+            )
         try:
             yield RWClient(endpoint, config, batcher=batcher, **options)
         finally:
