@@ -19,6 +19,7 @@ from fs_helpers import Env, run
 
 from bftfs.fs.errors import NotFound
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.leases import FILE_USES
 from bftfs.fsobjects import ROOT
 from bftfs.fsobjects.leases import LEASE_SKEW, SHARED
 from bftfs.qu.objects import MethodRefused
@@ -212,9 +213,12 @@ def test_leases_are_taken_in_batches_and_one_refused_object_costs_the_others_not
         await env.raw.update(contended[0], "fs.lease", taken)
         for batch, want in ((free, set(free)), (contended, set(contended[1:]))):
             before = a.meta.methods["fs.lease"]
-            async with trio.open_nursery() as nursery:  # one burst: queried at once, twice
-                for ino in batch * 2:
-                    nursery.start_soon(a.getattr, ino)
+            async with trio.open_nursery() as nursery:  # one burst: queried at once, enough
+                for ino in batch * FILE_USES:
+                    if ino == contended[0]:  # its queries would wait for the holder: asked
+                        leases._ask(ino, trio.current_time())  # for as they would ask
+                    else:
+                        nursery.start_soon(a.getattr, ino)
             await until("the leases", lambda w=want: w <= set(leases.held))  # type: ignore[misc]
             sent = a.meta.methods["fs.lease"] - before
             if batch is free:  # batched (as the answers came: at most a few updates)

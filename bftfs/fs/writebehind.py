@@ -286,9 +286,7 @@ class PendingCreates:
             await self._send(p)
             return
         others = [
-            q
-            for q in self._pending.get(p.parent, {}).values()
-            if q is not p and wb.deferred(q.oid)
+            q for q in self._pending.get(p.parent, {}).values() if q is not p and wb.deferred(q.oid)
         ]
         await self.send_deferred([p, *others[: BATCH - 1]])
 
