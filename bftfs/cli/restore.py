@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import stat as st
 import time
@@ -137,6 +138,13 @@ def _put(target: Path, s: dict[str, Any], data: bytes | None) -> str:
         fd = os.open(target, flags, perm)
     except FileNotFoundError:  # one file of a revert, whose directory is gone too
         target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, flags, perm)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        # A link the lstat above did not see (another client made it; this mount's
+        # cache still said file): replace it too.
+        target.unlink()
         fd = os.open(target, flags, perm)
     try:
         view = memoryview(data)
