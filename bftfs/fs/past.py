@@ -55,6 +55,9 @@ _BOOKKEEPING = frozenset({"wl", "alloc", "v", "w", "z", "bt"})
 #: busy while others answer, few enough not to queue a tree's worth of requests on them.
 PARALLEL = 16
 
+#: Objects whose walks' starts one Q/U query reads (the most a request may name).
+STARTS_AT_ONCE = 8
+
 #: ``progress(done, known)``: objects read so far, and objects known to read in all.
 Progress = Callable[[int, int], None]
 
@@ -237,6 +240,9 @@ class Past:
         self.rw = rw
         self.bs = block_size
         self._histories: dict[int, ObjectHistory] = {}
+        #: Established versions read for several objects at once (:meth:`_read_starts`),
+        #: each taken by the first walk of its object.
+        self._starts: dict[int, Timestamp] = {}
 
     async def snapshots(self) -> dict[str, int]:
         """The cluster's snapshots: name -> moment (ns)."""
@@ -266,8 +272,7 @@ class Past:
         got = self._histories.get(oid)
         if got is not None:
             return got
-        _, start = await self.qu.query_at(oid, "fs.peek")
-        walk = await self.reader.walk(oid, start)
+        walk = await self.reader.walk(oid, await self._start(oid))
         states = await self.reader.states(oid, walk.versions)
         hist = ObjectHistory(oid, complete=walk.end is End.INITIAL)
         chain: list[tuple[Agreed, dict[str, Any] | None]] = [
@@ -398,15 +403,28 @@ class Past:
                 seen_dirs[i].add(oid)
                 for name, entry in all_entries(v.state["e"]).items():
                     kids.setdefault((name, int(entry[0])), []).append(i)
-            for (name, child), at in sorted(kids.items()):
-                text = name.decode(errors="surrogateescape")
-                count[1] += 1
-                nursery.start_soon(
-                    visit, f"{rel}/{text}" if rel else text, child, tuple(at), nursery
+            todo = [
+                (
+                    f"{rel}/{name.decode(errors='surrogateescape')}"
+                    if rel
+                    else name.decode(errors="surrogateescape"),
+                    child,
+                    tuple(at),
                 )
+                for (name, child), at in sorted(kids.items())
+            ]
+            count[1] += len(todo)
+            for i in range(0, len(todo), STARTS_AT_ONCE):
+                nursery.start_soon(batch, todo[i : i + STARTS_AT_ONCE], nursery)
             count[0] += 1
             if progress is not None:
                 progress(count[0], count[1])
+
+        async def batch(todo: list[tuple[str, int, tuple[int, ...]]], nursery: Any) -> None:
+            async with limiter:
+                await self._read_starts([oid for _, oid, _ in todo])
+            for rel, oid, at in todo:
+                nursery.start_soon(visit, rel, oid, at, nursery)
 
         by_top: dict[int, list[int]] = {}
         for i, top in enumerate(tops):
@@ -418,6 +436,32 @@ class Past:
         for i, top in enumerate(tops):
             found[i].setdefault("", top)
         return [_parents_first(f) for f in found]
+
+    async def _start(self, oid: int) -> Timestamp:
+        """An established version of ``oid``, where a walk of its chain starts: one read
+        with its siblings (:meth:`_read_starts`), else a query of its own."""
+        start = self._starts.pop(oid, None)
+        if start is None:
+            _, start = await self.qu.query_at(oid, "fs.peek")
+        return start
+
+    async def _read_starts(self, oids: Sequence[int]) -> None:
+        """Established versions of up to :data:`STARTS_AT_ONCE` objects from one Q/U query
+        (``fs.statmany``, which answers for any object), for their walks to start from.
+        Where it is refused or fails, each object's walk asks on its own."""
+        from bftfs.qu.attempt import QUUnavailable
+        from bftfs.qu.objects import MethodRefused
+
+        todo = [
+            o for o in dict.fromkeys(oids) if o not in self._starts and o not in self._histories
+        ]
+        if len(todo) < 2:
+            return
+        try:
+            _, starts = await self.qu.query_many_at(todo, "fs.statmany")
+        except (MethodRefused, QUUnavailable):
+            return
+        self._starts.update(starts)
 
     async def _at_moments(
         self, oid: int, moments: Sequence[int], whole: bool
@@ -438,8 +482,7 @@ class Past:
                     v = None
                 out.append(None if v is None or v.state is None or _gone(v.state) else v)
             return out
-        _, start = await self.qu.query_at(oid, "fs.peek")
-        walk = await self.reader.walk(oid, start, until_ns=min(moments))
+        walk = await self.reader.walk(oid, await self._start(oid), until_ns=min(moments))
         picks: list[Agreed | None] = []
         for t in moments:
             found = current_at([a.time_ns for a in walk.versions], t)
