@@ -15,6 +15,8 @@ Python start-up, connecting, walking the histories, writing; the read-only ones
 - ``bftfs revert MNT/tree --client client0 --since @T0 --dry-run``
 - ``bftfs restore fs:/tree --at @T0 --to MNT/restored`` (into the mount, as a user would),
   then checks the restored tree byte for byte against what was written before T0;
+- ``bftfs revert MNT/tree --client client0 --since @T0`` (every change after T0 was
+  client0's: the tree goes back to T0, checked byte for byte);
 - ``cp -a`` of the restored tree to another directory of the mount, for comparison.
 
 Output is not a terminal, so the commands print no progress.  Usage::
@@ -176,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
                 same = _same_tree(dest, before)
                 print(f"bftfs restore: {took:.1f} s ({out.stdout.decode().strip()})")
                 print(f"restored tree identical to the tree at T0: {same}")
+                if not same:
+                    return 1
+                took, out = _bftfs(
+                    config, "revert", str(tree), "--client", "client0", "--since", at0
+                )
+                same = _same_tree(tree, before)
+                summary = out.stdout.decode().strip().splitlines()[-1]
+                print(f"bftfs revert: {took:.1f} s ({summary})")
+                print(f"reverted tree identical to the tree at T0: {same}")
                 if not same:
                     return 1
                 t0 = time.perf_counter()

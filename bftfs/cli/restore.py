@@ -224,9 +224,7 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         if args.dry_run:
             return plan, lo
         with progress(f"reverting {args.client}'s changes") as update:
-            for done, a in enumerate(plan.actions):
-                await _act(past, root, a)
-                update(done + 1, len(plan.actions))
+            await _carry_out(past, root, plan.actions, update)
         return plan, lo
 
     plan, lo = with_past(cfg, args.as_client, run)
@@ -245,6 +243,38 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         # the window this one showed.
         print(f"to revert this very window: the same command with --since {exact_time(lo)}")
     return 0
+
+
+async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) -> None:
+    """The steps of a revert plan in order, except that a run of ``restore`` steps (the
+    plan puts them last, after the removals, directories and moves they may need) goes
+    :data:`PARALLEL` at a time: each writes a different path (an object's path at the
+    start), and one after the other each waited on its own round trips."""
+    done = [0]
+
+    async def one(a: Any, limiter: trio.CapacityLimiter | None = None) -> None:
+        if limiter is None:
+            await _act(past, root, a)
+        else:
+            async with limiter:
+                await _act(past, root, a)
+        done[0] += 1
+        update(done[0], len(actions))
+
+    i = 0
+    while i < len(actions):
+        j = i
+        while j < len(actions) and actions[j].kind == "restore":
+            j += 1
+        if j - i < 2:
+            await one(actions[i])
+            i += 1
+            continue
+        limiter = trio.CapacityLimiter(PARALLEL)
+        async with trio.open_nursery() as nursery:
+            for a in actions[i:j]:
+                nursery.start_soon(one, a, limiter)
+        i = j
 
 
 async def _act(past: Any, root: Path, a: Any) -> None:
