@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bftfs.cli.when import WhenError, exact_time, fs_path, parse_when
-from bftfs.fs.past import ObjectHistory, Undecided, Version, changes
+from bftfs.cli.when import WhenError, exact_time, first_error, fs_path, parse_when
+from bftfs.fs.past import ObjectHistory, Reclaimed, Undecided, Version, changes
 from bftfs.fs.pastplan import plan_revert
 from bftfs.fsobjects.dirents import Entries
 from bftfs.qu.messages import MessageError
@@ -246,6 +246,20 @@ def test_a_bad_time_is_refused_before_the_configuration_is_read(
         err = capsys.readouterr().err
         assert "not a time" in err and "2 hours ago" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_history_error_from_concurrent_reads_comes_out_as_itself() -> None:
+    """Trees and restores read 16 objects at a time in trio nurseries, whose errors come
+    as exception groups: the command must still end with the history error's message and
+    exit 7, not a traceback of the group (issue 36)."""
+    undecided = Undecided("which version was current cannot be told")
+    group = ExceptionGroup(
+        "nursery", [OSError("a write"), ExceptionGroup("inner", [undecided, Reclaimed("x")])]
+    )
+    assert first_error(group) is undecided
+    plain = OSError("disk full")
+    assert first_error(ExceptionGroup("nursery", [plain])) is plain
+    assert first_error(plain) is plain
 
 
 class _Terminal(io.StringIO):

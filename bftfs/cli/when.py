@@ -342,8 +342,21 @@ def with_past(cfg: ClusterConfig, client: str, fn: Any) -> Any:
 
     ok, got = trio.run(main)
     if not ok:
-        raise got
+        raise first_error(got)
     return got
+
+
+def first_error(e: BaseException) -> BaseException:
+    """The error to report of ``e``: ``e`` itself, or of an exception group (the
+    concurrent reads and writes of the history commands run in nurseries) the first
+    history error it holds (:class:`~bftfs.fs.past.PastError`: exit 7 with its message),
+    else its first error.  A group would end the command with a traceback."""
+    from bftfs.fs.past import PastError
+
+    if not isinstance(e, BaseExceptionGroup):
+        return e
+    leaves = [first_error(x) for x in e.exceptions]
+    return next((x for x in leaves if isinstance(x, PastError)), leaves[0])
 
 
 async def range_trees(
