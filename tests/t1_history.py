@@ -3,13 +3,15 @@ chain-page validation, what changed between two states, WHEN parsing and path ma
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
 
-from bftfs.cli.when import WhenError, fs_path, parse_when
-from bftfs.fs.past import ObjectHistory, Undecided, Version, changes
+from bftfs.cli.when import WhenError, exact_time, first_error, fs_path, parse_when
+from bftfs.fs.past import ObjectHistory, Reclaimed, Undecided, Version, changes
 from bftfs.fs.pastplan import plan_revert
 from bftfs.fsobjects.dirents import Entries
 from bftfs.qu.messages import MessageError
@@ -186,6 +188,96 @@ def test_when_forms() -> None:
     for bad in ("two words", "-10x", "@soon", "a/b"):
         with pytest.raises(WhenError):
             parse_when(bad, now)
+
+
+def _local(ns: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ns / 1e9).astimezone()
+
+
+def _ns_of(dt: datetime.datetime) -> int:
+    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
+
+
+def test_times_in_words_count_from_the_given_now_in_local_time() -> None:
+    """Issue 36: "yesterday 14:00" and "2 hours ago" were refused."""
+    now = 1_795_616_431_219_471_681  # 2026-11-25 around 14:20 UTC
+    here = _local(now)
+    yesterday_2pm = (here - datetime.timedelta(days=1)).replace(
+        hour=14, minute=0, second=0, microsecond=0
+    )
+    assert parse_when("yesterday 14:00", now) == _ns_of(yesterday_2pm)
+    # Counted from ``now`` to the microsecond (dateparser's resolution), not from the clock.
+    assert abs(parse_when("2 hours ago", now) - (now - 7200 * 10**9)) < 1000  # type: ignore[operator]
+    assert abs(parse_when("10 minutes ago", now) - (now - 600 * 10**9)) < 1000  # type: ignore[operator]
+    monday = here - datetime.timedelta(days=(here.weekday() or 7))
+    assert parse_when("last monday 9:30", now) == _ns_of(
+        monday.replace(hour=9, minute=30, second=0, microsecond=0)
+    )
+    # A bare number is no guess at a date: it may be a snapshot's name.
+    assert parse_when("2024", now) == "2024"
+    for bad in ("2 hourz ago", "yesterday 25:00", "the day before"):
+        with pytest.raises(WhenError, match="not a time"):
+            parse_when(bad, now)
+
+
+def test_an_exact_time_names_the_same_moment_in_a_later_run() -> None:
+    """What a dry run prints (issue 36): read back, the very same nanosecond."""
+    for ns in (1_795_616_431_219_471_681, 1_795_616_431_000_000_000, 7):
+        assert parse_when(exact_time(ns), ns + 10**12) == ns
+
+
+def test_a_bad_time_is_refused_before_the_configuration_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 36: a nonsense time took 1.4-2.7 s to be refused, the cluster asked first.  Now
+    argparse refuses it (exit 2, the forms in the message): the directory named here holds
+    no cluster at all, which would be exit 4 had anything looked."""
+    from bftfs.cli.main import main
+
+    for argv in (
+        ["diff", "fs:/", "--from", "2 hourz ago"],
+        ["changes", "fs:/", "--since", "yesterday 25:00"],
+        ["restore", "fs:/", "--at", "a/b", "--to", str(tmp_path / "out")],
+        ["revert", "fs:/", "--client", "c", "--since", "-10x"],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, "--dir", str(tmp_path / "no-cluster")])
+        assert exited.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert "not a time" in err and "2 hours ago" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_history_error_from_concurrent_reads_comes_out_as_itself() -> None:
+    """Trees and restores read 16 objects at a time in trio nurseries, whose errors come
+    as exception groups: the command must still end with the history error's message and
+    exit 7, not a traceback of the group (issue 36)."""
+    undecided = Undecided("which version was current cannot be told")
+    group = ExceptionGroup(
+        "nursery", [OSError("a write"), ExceptionGroup("inner", [undecided, Reclaimed("x")])]
+    )
+    assert first_error(group) is undecided
+    plain = OSError("disk full")
+    assert first_error(ExceptionGroup("nursery", [plain])) is plain
+    assert first_error(plain) is plain
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_drawn_on_a_terminal_only() -> None:
+    """Issue 36: the long history commands printed nothing for a minute; a script reading
+    their output must not get a progress bar either."""
+    from bftfs.cli.progress import progress
+
+    for stream, shown in ((io.StringIO(), False), (_Terminal(), True)):
+        with progress("reading /tree", stream) as update:
+            for done in range(1, 51):
+                update(done, 100)
+        text = stream.getvalue()
+        assert ("reading /tree" in text and "50/100" in text and "left" in text) == shown, text
 
 
 def test_paths_map_from_a_mount_or_stay_inside_the_file_system(tmp_path: Path) -> None:

@@ -132,3 +132,107 @@ async def test_a_time_travel_view_never_shows_a_file_a_liar_dates_too_early(
         found = await now.lookup(ROOT, b"f")
         fh = await now.open(found.ino, os.O_RDONLY)
         assert await now.read(fh, 0, 100) == b"third"
+
+
+async def _reference_tree(past: Past, path: str, time_ns: int) -> dict[str, Any]:
+    """The tree at ``time_ns`` read one object after the other with :meth:`Past.state_at`
+    (the walk :meth:`Past.tree` made before issue 36): the oracle for :meth:`Past.trees`."""
+    from bftfs.fs.past import Reclaimed
+    from bftfs.fsobjects.dirents import all_entries
+
+    top = await past.resolve(path, time_ns)
+    out = {"": top}
+    todo = [("", top)]
+    while todo:
+        rel, v = todo.pop(0)
+        if v.state is None or v.state.get("k") != "d":
+            continue
+        for name, entry in sorted(all_entries(v.state["e"]).items()):
+            try:
+                child = await past.state_at(int(entry[0]), time_ns)
+            except Reclaimed:
+                continue
+            if child is not None:
+                crel = f"{rel}/{name.decode()}" if rel else name.decode()
+                out[crel] = child
+                todo.append((crel, child))
+    return out
+
+
+def _shape(tree: dict[str, Any]) -> list[tuple[str, int, bytes]]:
+    """What a tree says, in its order: paths, objects and the versions' timestamps."""
+    return [(rel, v.oid, v.lt.encode()) for rel, v in tree.items()]
+
+
+async def test_trees_at_several_moments_read_concurrently_match_one_walk_per_moment(
+    tmp_path: Path,
+) -> None:
+    """Issue 36: :meth:`Past.trees` reads each object once for every moment, up to
+    PARALLEL objects at a time; its trees must be exactly the trees read one object at a
+    time at each moment (same paths in the same parents-first order, same versions),
+    through renames, removals, a directory replaced by a file of the same name and
+    rewritten files; and with ``whole`` it leaves each object's history at hand."""
+    from bftfs.fs import past as pastmod
+
+    async with (
+        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
+        AsyncExitStack() as stack,
+    ):
+        cfg = cluster.config
+        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
+        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(3))
+        th = QUThresholds.from_config(cfg)
+
+        def past() -> Past:
+            return Past(qu_client(cluster, 1), PastReader(cluster.client(1), th), rw, BS)
+
+        async def put(parent: int, name: bytes, data: bytes) -> int:
+            fh, a = await fs.create(parent, name, 0o644, 0, 0, os.O_RDWR | os.O_TRUNC)
+            await fs.write(fh, 0, data)
+            await fs.release(fh)
+            return a.ino
+
+        top = (await fs.mkdir(ROOT, b"t", 0o755, 0, 0)).ino
+        subs = [(await fs.mkdir(top, f"d{i}".encode(), 0o755, 0, 0)).ino for i in range(3)]
+        for i, d in enumerate(subs):
+            for j in range(6):
+                await put(d, f"f{j}".encode(), f"{i}.{j} one".encode())
+        moments = [time.time_ns()]
+        await put(subs[0], b"f1", b"0.1 two")
+        await fs.rename(subs[1], b"f2", subs[2], b"moved")
+        await fs.unlink(subs[2], b"f0")
+        moments.append(time.time_ns())
+        for j in (0, 1, 3, 4, 5):  # f2 was moved away
+            await fs.unlink(subs[1], f"f{j}".encode())
+        await fs.rmdir(top, b"d1")
+        await put(top, b"d1", b"a file where a directory was")
+        await put(subs[0], b"f1", b"0.1 three")
+        moments.append(time.time_ns())
+
+        want = [_shape(await _reference_tree(past(), "/t", m)) for m in moments]
+        active, most = [0], [0]
+        at_moments = pastmod.Past._at_moments
+
+        async def counted(self: Past, *args: Any) -> Any:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+            try:
+                return await at_moments(self, *args)
+            finally:
+                active[0] -= 1
+
+        reports: list[tuple[int, int]] = []
+        reader = past()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pastmod.Past, "_at_moments", counted)
+            got = await reader.trees("/t", moments, progress=lambda d, k: reports.append((d, k)))
+        assert [_shape(t) for t in got] == want
+        assert 1 < most[0] <= pastmod.PARALLEL, most
+        # Every object once for all three moments (the top, 3 + 1 entries under it, 18 +
+        # 1 files below them), and the last report says all of them were read.
+        assert reports[-1] == (len(reports), len(reports)) and len(reports) == 24, reports
+
+        whole = past()
+        got = await whole.trees("/t", moments, whole=True)
+        assert [_shape(t) for t in got] == want
+        assert {v.oid for t in got for v in t.values()} <= set(whole._histories)

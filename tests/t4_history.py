@@ -252,6 +252,26 @@ def test_restore_brings_a_deleted_tree_back_identical(
     assert _snapshot(tmp_path / "copy") == then
 
 
+def test_restore_replaces_a_link_planted_where_a_file_was_and_never_writes_through_it(
+    setup: tuple[ProcessCluster, Path, Path, str], tmp_path: Path
+) -> None:
+    """Issue 36: restore wrote a file's old bytes through a symbolic link someone put in its
+    place (``open`` follows links), so a vandal's link to a file outside the tree had that
+    file overwritten by the restore meant to undo the vandalism."""
+    cluster, mine, theirs, _ = setup
+    tree = mine / "linked"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"original\n")
+    moment = time.time_ns()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not the cluster's\n")
+    os.unlink(theirs / "linked" / "f")
+    os.symlink(str(outside), theirs / "linked" / "f")
+    bftfs(cluster, "restore", str(tree), "--at", at(moment))
+    assert outside.read_bytes() == b"not the cluster's\n"
+    assert not (tree / "f").is_symlink() and (tree / "f").read_bytes() == b"original\n"
+
+
 def test_diff_lists_exactly_what_changed(setup: tuple[ProcessCluster, Path, Path, str]) -> None:
     cluster, mine, _, _ = setup
     tree = mine / "changing"
@@ -323,6 +343,41 @@ def test_revert_undoes_one_clients_vandalism_and_keeps_everyone_elses_later_work
     assert (tree / "docs" / "d").read_bytes() == b"draft 2\n"
     assert (tree / "later.txt").read_bytes() == b"new work\n"
     assert (tree / "x").read_bytes() == b"notes, rewritten\n"
+
+
+def test_a_dry_run_names_its_start_exactly_and_the_real_run_given_it_does_those_steps(
+    setup: tuple[ProcessCluster, Path, Path, str],
+) -> None:
+    """Issue 36: ``--since -1m`` (or "1 minute ago") is counted from each run's own now, so
+    a dry run and the real run covered different windows.  The dry run prints its start
+    as @SECONDS.NS; the real run given that does exactly the steps the dry run listed."""
+    cluster, mine, theirs, _ = setup
+    tree = mine / "window"
+    tree.mkdir()
+    made = write(tree / "kept", b"mine\n")
+    # "3 seconds ago" at the dry run must fall after the tree was made and before client1
+    # wrote in it: let the clock pass 4 s (a wait on time itself, not on another process).
+    while time.time_ns() < made + 4 * 10**9:
+        time.sleep(0.05)
+    before = time.time_ns()
+    (theirs / "window" / "planted").write_bytes(b"theirs\n")
+    (theirs / "window" / "kept").write_bytes(b"overwritten\n")
+    dry = bftfs(
+        cluster, "revert", str(tree), "--client", "client1", "--since", "3 seconds ago",
+        "--dry-run",
+    ).stdout.decode().splitlines()  # fmt: skip
+    would = [line.removeprefix("would ") for line in dry if line.startswith("would ")]
+    assert sorted(would) == ["remove planted", "restore kept"], dry
+    start = dry[-1].rpartition("--since ")[2]
+    assert start.startswith("@"), dry
+    start_ns = int(start[1:].replace(".", ""))
+    assert made < start_ns < before, (made, start_ns, before)
+    done = bftfs(cluster, "revert", str(tree), "--client", "client1", "--since", start)
+    did = [line.removeprefix("did ") for line in done.stdout.decode().splitlines()]
+    assert sorted(d for d in did if not d.startswith("client1")) == sorted(would), done
+    assert f"({start})" in did[-1], did
+    assert not (tree / "planted").exists()
+    assert (tree / "kept").read_bytes() == b"mine\n"
 
 
 def test_snapshots_are_named_moments_usable_wherever_a_time_is(

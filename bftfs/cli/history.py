@@ -12,10 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from bftfs.cli.common import cluster_of, with_cluster
+from bftfs.cli.progress import progress
 from bftfs.cli.restore import cmd_restore, cmd_revert
 from bftfs.cli.when import (
     WhenError,
     author_of,
+    checked_when,
     client_ids,
     client_names,
     find_history,
@@ -149,7 +151,8 @@ def cmd_diff(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     async def run(past: Any) -> list[str]:
         lo = await resolve_moment(past, path, start, now_ns)
         hi = await resolve_moment(past, path, end, now_ns)
-        old, new = await past.tree(path, lo), await past.tree(path, hi)
+        with progress(f"reading {path} at both moments") as update:
+            old, new = await past.trees(path, [lo, hi], progress=update)
         lines = []
         for mark, rel, detail in diff_trees(old, new):
             shown = rel or "."
@@ -198,7 +201,9 @@ def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     wanted = client_ids(cfg)
 
     async def run(past: Any) -> list[Any]:
-        lo, hi, before, after, histories = await range_trees(past, path, since, until, now_ns)
+        with progress(f"reading the history of {path}") as update:
+            got = await range_trees(past, path, since, until, now_ns, update)
+        lo, hi, before, after, histories = got
         return changes_in(before, after, histories, since_ns=lo, until_ns=hi)
 
     rows = [
@@ -229,6 +234,11 @@ def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         raise WhenError(
             f"{args.name!r}: snapshot names are 1-64 printable characters without "
             "spaces or /, not starting with - or @, not 'now'"
+        )
+    if args.action == "create" and isinstance(parse_when(args.name, now_ns), int):
+        raise WhenError(
+            f"{args.name!r} reads as a time: --at {args.name} would name that time, never "
+            "this snapshot; choose another name"
         )
 
     async def run(past: Any) -> Any:
@@ -291,34 +301,52 @@ def add_commands(sub: Any) -> None:
     with_cluster(sp)
     sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.add_argument("--since", metavar="WHEN", help="only versions at or after WHEN")
-    sp.add_argument("--until", metavar="WHEN", help="only versions at or before WHEN")
+    sp.add_argument(
+        "--since", metavar="WHEN", type=checked_when, help="only versions at or after WHEN"
+    )
+    sp.add_argument(
+        "--until", metavar="WHEN", type=checked_when, help="only versions at or before WHEN"
+    )
     sp.add_argument("--client", metavar="NAME", help="only versions this client wrote")
     sp.set_defaults(command="log", func=_on_cluster(cmd_log))
 
     sp = sub.add_parser("cat", help="a file's content as it was at a moment")
     sp.add_argument("path", help=_PATH_HELP)
-    sp.add_argument("--at", metavar="WHEN", required=True, help="a time, -10m, or a version id")
+    sp.add_argument(
+        "--at",
+        metavar="WHEN",
+        type=checked_when,
+        required=True,
+        help="a time, -10m, '2 hours ago', a version id or a snapshot",
+    )
     _finish(sp, "cat", cmd_cat)
 
     sp = sub.add_parser("restore", help="bring a file or tree back as it was (new versions)")
     sp.add_argument("path", help=_PATH_HELP)
-    sp.add_argument("--at", metavar="WHEN", required=True, help="a time, -10m, or a version id")
+    sp.add_argument(
+        "--at",
+        metavar="WHEN",
+        type=checked_when,
+        required=True,
+        help="a time, -10m, '2 hours ago', a version id or a snapshot",
+    )
     sp.add_argument("--to", metavar="DEST", help="write here instead of PATH itself")
     sp.add_argument("--delete", action="store_true", help="remove entries that did not exist then")
     _finish(sp, "restore", cmd_restore)
 
     sp = sub.add_parser("diff", help="what changed under a path between two moments")
     sp.add_argument("path", help=_PATH_HELP)
-    sp.add_argument("--from", dest="since", metavar="WHEN", required=True, help="the start")
-    sp.add_argument("--to", metavar="WHEN", help="the end (default: now)")
+    sp.add_argument(
+        "--from", dest="since", metavar="WHEN", type=checked_when, required=True, help="the start"
+    )
+    sp.add_argument("--to", metavar="WHEN", type=checked_when, help="the end (default: now)")
     sp.add_argument("-p", "--patch", action="store_true", help="unified diffs of text files")
     _finish(sp, "diff", cmd_diff)
 
     sp = sub.add_parser("changes", help="every version under a path in a time range")
     sp.add_argument("path", help=_PATH_HELP)
-    sp.add_argument("--since", metavar="WHEN", required=True, help="the start")
-    sp.add_argument("--until", metavar="WHEN", help="the end (default: now)")
+    sp.add_argument("--since", metavar="WHEN", type=checked_when, required=True, help="the start")
+    sp.add_argument("--until", metavar="WHEN", type=checked_when, help="the end (default: now)")
     sp.add_argument("--client", metavar="NAME", help="only what this client changed")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     _finish(sp, "changes", cmd_changes)
@@ -326,7 +354,7 @@ def add_commands(sub: Any) -> None:
     sp = sub.add_parser("revert", help="undo one client's changes since a moment")
     sp.add_argument("path", help="a directory under a mount (what to look under)")
     sp.add_argument("--client", metavar="NAME", required=True, help="whose changes")
-    sp.add_argument("--since", metavar="WHEN", required=True, help="since when")
+    sp.add_argument("--since", metavar="WHEN", type=checked_when, required=True, help="since when")
     sp.add_argument("--dry-run", action="store_true", help="say what would be done")
     _finish(sp, "revert", cmd_revert)
     _add_snapshot(sub)
@@ -347,5 +375,7 @@ def _add_snapshot(sub: Any) -> None:
         else:
             ap.add_argument("--json", action="store_true", help="machine-readable output")
         if action == "create":
-            ap.add_argument("--at", metavar="WHEN", help="a past moment (default: now)")
+            ap.add_argument(
+                "--at", metavar="WHEN", type=checked_when, help="a past moment (default: now)"
+            )
         _finish(ap, "snapshot", cmd_snapshot, as_help="connect as")

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import stat as st
 import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from bftfs.cli.progress import Update, _quiet, progress
 from bftfs.cli.when import (
     client_ids,
+    exact_time,
     fs_path,
     iso_time,
     mountpoints_of,
@@ -36,55 +40,128 @@ def _local_target(arg: str, mountpoints: list[Path], to: str | None) -> Path:
     raise ValueError(f"{arg} is not under a mount of this cluster: say where with --to DEST")
 
 
-async def _restore(past: Any, tree: dict[str, Any], dest: Path, delete: bool) -> dict[str, int]:
+#: Files :func:`_restore` reads and writes at once: each write is a few FUSE requests the
+#: mount turns into Q/U updates, so one at a time leaves the cluster waiting on round trips.
+PARALLEL = 16
+
+
+async def _restore(
+    past: Any, tree: dict[str, Any], dest: Path, delete: bool, update: Update = _quiet
+) -> dict[str, int]:
     """Write ``tree`` (from :meth:`Past.tree`) at ``dest``: new versions, history untouched.
 
     Files get their content, mode and times (owner too when run as root); directories are
-    created as needed and get their mode and times after their entries; symbolic links are
-    made again.  Entries of ``dest`` that did not exist then stay, unless ``delete``.
+    created first (parents first), then :data:`PARALLEL` files are read from the past and
+    written at a time, then directories get their mode and times (after their entries);
+    symbolic links are made again.  Entries of ``dest`` that did not exist then stay,
+    unless ``delete``.  ``update(done, total)`` follows the files.
     """
-    import shutil
-    import stat as st
-
     counts = {"files": 0, "dirs": 0, "links": 0, "bytes": 0, "deleted": 0, "skipped": 0}
     dirs: list[tuple[Path, dict[str, Any]]] = []
+    leaves: list[tuple[Path, Any]] = []
     for rel, v in tree.items():
-        s = v.state
         target = dest / rel if rel else dest
-        mode = int(s["mode"])
-        if s.get("k") == "d":
-            target.mkdir(parents=True, exist_ok=True)
-            dirs.append((target, s))
-            counts["dirs"] += 1
-            if delete:
-                wanted = {name.decode(errors="surrogateescape") for name in all_entries_of(s)}
-                for extra in sorted(set(os.listdir(target)) - wanted):
-                    p = target / extra
-                    if p.is_dir() and not p.is_symlink():
-                        shutil.rmtree(p)
-                    else:
-                        p.unlink()
-                    counts["deleted"] += 1
-            continue
-        replaced = target.is_symlink() or (target.exists() and not target.is_dir())
-        if replaced and (st.S_ISLNK(mode) or not st.S_ISREG(mode)):
-            target.unlink()
-        if st.S_ISLNK(mode):
-            os.symlink(bytes(s.get("t") or b""), target)
-            counts["links"] += 1
-            continue
-        if not st.S_ISREG(mode):
-            counts["skipped"] += 1  # devices, fifos, sockets: not brought back
-            continue
-        data = await past.content(v)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        await trio.Path(target).write_bytes(data)
-        _set_attrs(target, s)
-        counts["files"] += 1
-        counts["bytes"] += len(data)
+        if v.state.get("k") == "d":
+            _make_dir(target, v.state, delete, counts)
+            dirs.append((target, v.state))
+        else:
+            leaves.append((target, v))
+    limiter = trio.CapacityLimiter(PARALLEL)
+    done = [0]
+
+    async def one(target: Path, v: Any) -> None:
+        async with limiter:
+            mode = int(v.state["mode"])
+            data = await past.content(v) if st.S_ISREG(mode) else None
+            kind = await trio.to_thread.run_sync(_put, target, v.state, data)
+        counts[kind] += 1
+        counts["bytes"] += len(data or b"") if kind == "files" else 0
+        done[0] += 1
+        update(done[0], len(leaves))
+
+    async with trio.open_nursery() as nursery:
+        for target, v in leaves:
+            nursery.start_soon(one, target, v)
     for target, s in reversed(dirs):
         _set_attrs(target, s)
     return counts
+
+
+def _make_dir(target: Path, s: dict[str, Any], delete: bool, counts: dict[str, int]) -> None:
+    """A directory of the tree at ``target`` (and, if ``delete``, without what it did not
+    hold then); its attributes come after its entries."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    counts["dirs"] += 1
+    if not delete:
+        return
+    wanted = {name.decode(errors="surrogateescape") for name in all_entries_of(s)}
+    for extra in sorted(set(os.listdir(target)) - wanted):
+        p = target / extra
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        counts["deleted"] += 1
+
+
+def _put(target: Path, s: dict[str, Any], data: bytes | None) -> str:
+    """Write one file (``data``) or symbolic link of the tree at ``target``, with its mode,
+    times and (as root) owner; which count it adds to (``files``, ``links``, ``skipped``).
+
+    Every FUSE request here is a round trip through the cluster, so it asks only what it
+    must: the file is created with its mode (a chmod only where the umask took bits
+    away), chown only as root and only if the owner differs, one utime after the close
+    (the close flushes the written bytes, which would set the times again).  An entry in
+    the way that is a link, or anything but a directory where a link or a special file
+    was, is replaced; a file is never written through a link.
+    """
+    mode = int(s["mode"])
+    try:
+        old = os.lstat(target)
+    except FileNotFoundError:
+        old = None
+    if old is not None and (
+        st.S_ISLNK(old.st_mode)
+        or (not st.S_ISDIR(old.st_mode) and (st.S_ISLNK(mode) or not st.S_ISREG(mode)))
+    ):
+        target.unlink()
+    if st.S_ISLNK(mode):
+        os.symlink(bytes(s.get("t") or b""), target)
+        return "links"
+    if not st.S_ISREG(mode) or data is None:
+        return "skipped"  # devices, fifos, sockets: not brought back
+    perm = mode & 0o7777
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    try:
+        fd = os.open(target, flags, perm)
+    except FileNotFoundError:  # one file of a revert, whose directory is gone too
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, flags, perm)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        # A link the lstat above did not see (another client made it; this mount's
+        # cache still said file): replace it too.
+        target.unlink()
+        fd = os.open(target, flags, perm)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        now = os.fstat(fd)
+        chowned = False
+        if os.geteuid() == 0 and (now.st_uid, now.st_gid) != (int(s["uid"]), int(s["gid"])):
+            with contextlib.suppress(OSError):
+                os.fchown(fd, int(s["uid"]), int(s["gid"]))
+                chowned = True  # and the kernel may have cleared set-id bits
+        if chowned or st.S_IMODE(now.st_mode) != perm:
+            os.fchmod(fd, perm)
+    finally:
+        os.close(fd)
+    os.utime(target, ns=(int(s["at"]), int(s["mt"])))
+    return "files"
 
 
 def all_entries_of(state: dict[str, Any]) -> dict[bytes, Any]:
@@ -111,12 +188,15 @@ def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:
 
     async def run(past: Any) -> tuple[int, dict[str, int]]:
         moment = await resolve_moment(past, path, when, now_ns)
-        tree = await past.tree(path, moment)
-        return moment, await _restore(past, tree, dest, args.delete)
+        with progress(f"reading {path} as of {iso_time(moment)}") as update:
+            (tree,) = await past.trees(path, [moment], progress=update)
+        with progress(f"writing {dest}") as update:
+            return moment, await _restore(past, tree, dest, args.delete, update)
 
     moment, counts = with_past(cfg, args.as_client, run)
     print(
-        f"restored {path} as it was at {iso_time(moment)} into {dest}: {counts['files']} files "
+        f"restored {path} as it was at {iso_time(moment)} ({exact_time(moment)}) into {dest}: "
+        f"{counts['files']} files "
         f"({counts['bytes']} bytes), {counts['dirs']} directories, {counts['links']} links"
         + (f", {counts['deleted']} later entries deleted" if counts["deleted"] else "")
         + (f", {counts['skipped']} special files skipped" if counts["skipped"] else "")
@@ -125,8 +205,6 @@ def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:
 
 
 def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    import shutil
-
     from bftfs.fs.pastplan import plan_revert
 
     now_ns = time.time_ns()
@@ -139,27 +217,14 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         raise ValueError(f"no client {args.client!r} in the configuration")
 
     async def run(past: Any) -> tuple[Any, int]:
-        lo, hi, before, after, histories = await range_trees(past, path, since, None, now_ns)
+        with progress(f"reading the history of {path}") as update:
+            got = await range_trees(past, path, since, None, now_ns, update)
+        lo, hi, before, after, histories = got
         plan = plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi)
         if args.dry_run:
             return plan, lo
-        for a in plan.actions:
-            target = root / a.path if a.path else root
-            if a.kind == "remove":
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target, ignore_errors=True)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-            elif a.kind == "move":
-                dest = root / a.to
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(target, dest)
-            elif a.kind == "mkdir":
-                assert a.version is not None and a.version.state is not None
-                target.mkdir(parents=True, exist_ok=True)
-                _set_attrs(target, a.version.state)
-            else:
-                await _restore(past, {"": a.version}, target, False)
+        with progress(f"reverting {args.client}'s changes") as update:
+            await _carry_out(past, root, plan.actions, update)
         return plan, lo
 
     plan, lo = with_past(cfg, args.as_client, run)
@@ -170,7 +235,66 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     for rel, why in plan.conflicts:
         print(f"conflict: {rel or '.'}: {why} (left as it is)")
     print(
-        f"{args.client}'s changes under {path} since {iso_time(lo)}: {len(plan.actions)} steps, "
-        f"{len(plan.conflicts)} conflicts"
+        f"{args.client}'s changes under {path} since {iso_time(lo)} ({exact_time(lo)}): "
+        f"{len(plan.actions)} steps, {len(plan.conflicts)} conflicts"
     )
+    if args.dry_run and plan.actions:
+        # An age or a word is counted from each run's own now: the real run should cover
+        # the window this one showed.
+        print(f"to revert this very window: the same command with --since {exact_time(lo)}")
     return 0
+
+
+async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) -> None:
+    """The steps of a revert plan in order, except that a run of ``restore`` steps (the
+    plan puts them last, after the removals, directories and moves they may need) goes
+    :data:`PARALLEL` at a time: each writes a different path (an object's path at the
+    start), and one after the other each waited on its own round trips."""
+    done = [0]
+
+    async def one(a: Any, limiter: trio.CapacityLimiter | None = None) -> None:
+        if limiter is None:
+            await _act(past, root, a)
+        else:
+            async with limiter:
+                await _act(past, root, a)
+        done[0] += 1
+        update(done[0], len(actions))
+
+    i = 0
+    while i < len(actions):
+        j = i
+        while j < len(actions) and actions[j].kind == "restore":
+            j += 1
+        if j - i < 2:
+            await one(actions[i])
+            i += 1
+            continue
+        limiter = trio.CapacityLimiter(PARALLEL)
+        async with trio.open_nursery() as nursery:
+            for a in actions[i:j]:
+                nursery.start_soon(one, a, limiter)
+        i = j
+
+
+async def _act(past: Any, root: Path, a: Any) -> None:
+    """Carry out one step of a revert plan (:class:`bftfs.fs.pastplan.Action`) under
+    ``root``."""
+    import shutil
+
+    target = root / a.path if a.path else root
+    if a.kind == "remove":
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    elif a.kind == "move":
+        dest = root / a.to
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(target, dest)
+    elif a.kind == "mkdir":
+        assert a.version is not None and a.version.state is not None
+        target.mkdir(parents=True, exist_ok=True)
+        _set_attrs(target, a.version.state)
+    else:
+        await _restore(past, {"": a.version}, target, False)

@@ -10,10 +10,19 @@ it names this machine's file, not the cluster's).
 WHEN (``--at``, ``--since``, ``--until``) is one of:
 
 - a time: ``2026-11-23 14:05``, ``2026-11-23T14:05:30`` (local time unless it carries an
-  offset), ``@1763900000`` (seconds since the epoch), ``now``;
+  offset), ``@1763900000.123456789`` (seconds since the epoch, to the nanosecond), ``now``;
 - an age: ``-10m``, ``-30s``, ``-2h``, ``-1d``, ``-1w``;
+- a time in words (English, read by dateparser): ``yesterday 14:00``, ``2 hours ago``,
+  ``last monday 9:30``, ``14:00`` (today's, or yesterday's if that is still to come);
 - a version id from ``bftfs log`` (hex, at least 4 digits): the moment that version was
-  stored.
+  stored;
+- a snapshot name (one word that is none of the above: looked up in the cluster).
+
+Everything but a version id and a snapshot name is read here, before the cluster is asked
+anything: text that is no WHEN is refused at once (exit 2).  A time is read once per
+command, so ``--from -1h --to -5m`` measure from the same "now"; commands whose window a
+user may want to repeat (``revert --dry-run``, ``restore``) print it as ``@SECONDS.NS``,
+which names the same moment in every later run.
 
 Times shown are the median of the storing nodes' clocks (not the writing client's), and a
 version's client is the authenticated identity the nodes saw (``bftfs/fs/past.py``).  A
@@ -50,7 +59,10 @@ class WhenError(ValueError):
 
 
 def parse_when(text: str, now_ns: int | None = None) -> int | str:
-    """A moment in ns since the epoch, or a version id (str) to look up.
+    """A moment in ns since the epoch, or a version id or snapshot name (str) to look up.
+
+    Args:
+        now_ns: the moment ages and words are counted from (default: the clock now).
 
     Raises:
         WhenError: none of the forms in the module docstring.
@@ -72,16 +84,95 @@ def parse_when(text: str, now_ns: int | None = None) -> int | str:
     try:
         dt = datetime.datetime.fromisoformat(t)
     except ValueError:
-        if t and t.isprintable() and not any(c in t for c in "/ \t") and t[0] not in "-@":
-            return t  # a snapshot name or a version id, looked up later (resolve_moment)
-        raise WhenError(
-            f"not a time, an age, a version id or a snapshot: {text!r} "
-            "(e.g. '2026-11-23 14:05', -10m, @1763900000, an id from bftfs log, or a "
-            "snapshot name)"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.astimezone()  # local time
-    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
+        pass
+    else:
+        if dt.tzinfo is None:
+            dt = dt.astimezone()  # local time
+        return _ns(dt)
+    words = _in_words(t, now_ns)
+    if words is not None:
+        return words
+    if _could_be_snapshot(t):
+        return t  # a snapshot name, looked up later (resolve_moment)
+    raise WhenError(
+        f"not a time, an age, a version id or a snapshot: {text!r} (e.g. '2026-11-23 14:05', "
+        "'yesterday 14:00', '2 hours ago', -10m, @1763900000, an id from bftfs log, or a "
+        "snapshot name)"
+    )
+
+
+def _ns(dt: datetime.datetime) -> int:
+    """An aware datetime in ns since the epoch, exactly (a float would round)."""
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    delta = dt - epoch
+    return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+
+
+def _could_be_snapshot(t: str) -> bool:
+    """One word that a snapshot could be named (the rule of ``valid_snapshot_name``)."""
+    return bool(t) and t.isprintable() and not any(c in t for c in "/ \t") and t[0] not in "-@"
+
+
+def _in_words(t: str, now_ns: int) -> int | None:
+    """A time in English words (``yesterday 14:00``, ``2 hours ago``) counted from
+    ``now_ns`` in local time; None: not one.
+
+    dateparser (maintained, widely used) reads them; it is imported only here, as it takes
+    ~0.1 s.  Numbers alone (``5``, ``2024``) are not read as dates: they would be guesses
+    (the 5th of this month? the year?), and a snapshot may be named so.  A bare month
+    means its first day, and a weekday or time of day the latest one not to come yet.
+    """
+    if t.isdigit() or not any(c.isalpha() or c == ":" for c in t):
+        return None
+    import dateparser
+
+    base = datetime.datetime.fromtimestamp(now_ns / 1e9)  # naive local, as dateparser wants
+    settings = {
+        "RELATIVE_BASE": base,
+        "PREFER_DATES_FROM": "past",
+        "PREFER_DAY_OF_MONTH": "first",
+        "RETURN_AS_TIMEZONE_AWARE": True,
+        "PARSERS": ["relative-time", "absolute-time"],
+    }
+    dt = dateparser.parse(t, languages=["en"], settings=settings)
+    if dt is None or not _shows_its_clock(t, dt):
+        return None
+    return _ns(dt)
+
+
+#: A time of day written in a WHEN: ``14:00``, ``9:30:15``.
+_CLOCK = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])")
+
+
+def _shows_its_clock(t: str, dt: datetime.datetime) -> bool:
+    """Whether every time of day written in ``t`` is the one ``dt`` has: dateparser skips
+    what it cannot read, so ``yesterday 25:00`` would otherwise be yesterday at this hour
+    (a time nobody asked for, and a revert's window with it)."""
+    for m in _CLOCK.finditer(t):
+        if dt.minute != int(m[2]) or dt.hour % 12 != int(m[1]) % 12:
+            return False
+        if m[3] is not None and dt.second != int(m[3]):
+            return False
+    return True
+
+
+def checked_when(text: str) -> str:
+    """An argparse ``type`` for WHEN options: ``text`` itself if it is a WHEN, else a usage
+    error at once, before the configuration is read or the cluster asked (the command
+    parses it again with the one "now" it uses for every option)."""
+    import argparse
+
+    try:
+        parse_when(text)
+    except WhenError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def exact_time(ns: int) -> str:
+    """A moment as ``@SECONDS.NANOSECONDS``: what to pass to a later command for the very
+    same moment (an age or a word would be counted from that command's own "now")."""
+    return f"@{decimal.Decimal(ns).scaleb(-9)}"
 
 
 #: ``fs:/docs/a.txt``: a path inside the file system, whatever this machine holds.
@@ -251,17 +342,36 @@ def with_past(cfg: ClusterConfig, client: str, fn: Any) -> Any:
 
     ok, got = trio.run(main)
     if not ok:
-        raise got
+        raise first_error(got)
     return got
 
 
+def first_error(e: BaseException) -> BaseException:
+    """The error to report of ``e``: ``e`` itself, or of an exception group (the
+    concurrent reads and writes of the history commands run in nurseries) the first
+    history error it holds (:class:`~bftfs.fs.past.PastError`: exit 7 with its message),
+    else its first error.  A group would end the command with a traceback."""
+    from bftfs.fs.past import PastError
+
+    if not isinstance(e, BaseExceptionGroup):
+        return e
+    leaves = [first_error(x) for x in e.exceptions]
+    return next((x for x in leaves if isinstance(x, PastError)), leaves[0])
+
+
 async def range_trees(
-    past: Any, path: str, since: int | str, until: int | str | None, now_ns: int
+    past: Any,
+    path: str,
+    since: int | str,
+    until: int | str | None,
+    now_ns: int,
+    progress: Any = None,
 ) -> tuple[int, int, dict[str, Any], dict[str, Any], dict[int, Any]]:
-    """The trees at both ends of a range and the histories of every object in them."""
+    """The trees at both ends of a range and the histories of every object in them (one
+    walk of each object's whole history serves both trees)."""
     lo = await resolve_moment(past, path, since, now_ns)
     hi = now_ns if until is None else await resolve_moment(past, path, until, now_ns)
-    before, after = await past.tree(path, lo), await past.tree(path, hi)
+    before, after = await past.trees(path, [lo, hi], whole=True, progress=progress)
     histories = {}
     for v in [*before.values(), *after.values()]:
         if v.oid not in histories:

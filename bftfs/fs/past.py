@@ -27,10 +27,13 @@ Versions retention let go (``[retention]`` in ``cluster.toml``) answer with
 
 from __future__ import annotations
 
+import collections
 import stat as st
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import trio
 
 from bftfs.fs.files import file_block_size
 from bftfs.fsobjects import ROOT, SNAPSHOTS
@@ -46,6 +49,17 @@ from bftfs.rw.messages import block_id
 #: State keys that change without anything a user would call a change (write leases and
 #: reservations, version counters, the record of written ranges and block Times).
 _BOOKKEEPING = frozenset({"wl", "alloc", "v", "w", "z", "bt"})
+
+
+#: Objects whose histories :meth:`Past.trees` reads at once: enough to keep every node
+#: busy while others answer, few enough not to queue a tree's worth of requests on them.
+PARALLEL = 16
+
+#: Objects whose walks' starts one Q/U query reads (the most a request may name).
+STARTS_AT_ONCE = 8
+
+#: ``progress(done, known)``: objects read so far, and objects known to read in all.
+Progress = Callable[[int, int], None]
 
 
 class PastError(Exception):
@@ -226,6 +240,9 @@ class Past:
         self.rw = rw
         self.bs = block_size
         self._histories: dict[int, ObjectHistory] = {}
+        #: Established versions read for several objects at once (:meth:`_read_starts`),
+        #: each taken by the first walk of its object.
+        self._starts: dict[int, Timestamp] = {}
 
     async def snapshots(self) -> dict[str, int]:
         """The cluster's snapshots: name -> moment (ns)."""
@@ -255,8 +272,7 @@ class Past:
         got = self._histories.get(oid)
         if got is not None:
             return got
-        _, start = await self.qu.query_at(oid, "fs.peek")
-        walk = await self.reader.walk(oid, start)
+        walk = await self.reader.walk(oid, await self._start(oid))
         states = await self.reader.states(oid, walk.versions)
         hist = ObjectHistory(oid, complete=walk.end is End.INITIAL)
         chain: list[tuple[Agreed, dict[str, Any] | None]] = [
@@ -342,25 +358,145 @@ class Past:
         Raises:
             NotThen, Reclaimed: as :meth:`resolve` for ``path`` itself.
         """
-        top = await self.resolve(path, time_ns)
-        out = {"": top}
-        todo = [("", top)]
-        while todo:
-            rel, v = todo.pop(0)
-            if v.state is None or v.state.get("k") != "d":
-                continue
-            for name, entry in sorted(all_entries(v.state["e"]).items()):
+        return (await self.trees(path, [time_ns]))[0]
+
+    async def trees(
+        self,
+        path: str,
+        moments: Sequence[int],
+        *,
+        whole: bool = False,
+        progress: Progress | None = None,
+    ) -> list[dict[str, Version]]:
+        """:meth:`tree` at each of ``moments``, reading each object's chain once for all of
+        them (back to the oldest moment; the whole history if ``whole``, then at hand in
+        :meth:`history`), :data:`PARALLEL` objects at a time.
+
+        A tree of a thousand files is a thousand objects to walk; one after the other, each
+        walk's round trips add up to seconds of waiting on the nodes, and ``diff`` walked
+        every object once per moment (issue 36).
+
+        ``progress(done, known)`` is called after each object (``known`` grows as
+        directories are read).
+
+        Raises:
+            NotThen, Reclaimed: as :meth:`resolve` for ``path`` itself.
+            Undecided: a version of unknown time may be the one current at a moment.
+        """
+        tops = [await self.resolve(path, t) for t in moments]
+        found: list[dict[str, Version]] = [{} for _ in moments]
+        seen_dirs: list[set[int]] = [set() for _ in moments]
+        limiter = trio.CapacityLimiter(PARALLEL)
+        count = [0, 0]  # objects done, objects known
+
+        async def visit(rel: str, oid: int, which: tuple[int, ...], nursery: Any) -> None:
+            async with limiter:
+                got = await self._at_moments(oid, [moments[i] for i in which], whole)
+            kids: dict[tuple[bytes, int], list[int]] = {}
+            for i, v in zip(which, got, strict=True):
+                if v is None:
+                    continue
+                found[i][rel] = v
+                assert v.state is not None
+                if v.state.get("k") != "d" or oid in seen_dirs[i]:
+                    continue  # a directory met twice at one moment is not read again
+                seen_dirs[i].add(oid)
+                for name, entry in all_entries(v.state["e"]).items():
+                    kids.setdefault((name, int(entry[0])), []).append(i)
+            todo = [
+                (
+                    f"{rel}/{name.decode(errors='surrogateescape')}"
+                    if rel
+                    else name.decode(errors="surrogateescape"),
+                    child,
+                    tuple(at),
+                )
+                for (name, child), at in sorted(kids.items())
+            ]
+            count[1] += len(todo)
+            for i in range(0, len(todo), STARTS_AT_ONCE):
+                nursery.start_soon(batch, todo[i : i + STARTS_AT_ONCE], nursery)
+            count[0] += 1
+            if progress is not None:
+                progress(count[0], count[1])
+
+        async def batch(todo: list[tuple[str, int, tuple[int, ...]]], nursery: Any) -> None:
+            async with limiter:
+                await self._read_starts([oid for _, oid, _ in todo])
+            for rel, oid, at in todo:
+                nursery.start_soon(visit, rel, oid, at, nursery)
+
+        by_top: dict[int, list[int]] = {}
+        for i, top in enumerate(tops):
+            by_top.setdefault(top.oid, []).append(i)
+        count[1] = len(by_top)
+        async with trio.open_nursery() as nursery:
+            for oid, at in by_top.items():
+                nursery.start_soon(visit, "", oid, tuple(at), nursery)
+        for i, top in enumerate(tops):
+            found[i].setdefault("", top)
+        return [_parents_first(f) for f in found]
+
+    async def _start(self, oid: int) -> Timestamp:
+        """An established version of ``oid``, where a walk of its chain starts: one read
+        with its siblings (:meth:`_read_starts`), else a query of its own."""
+        start = self._starts.pop(oid, None)
+        if start is None:
+            _, start = await self.qu.query_at(oid, "fs.peek")
+        return start
+
+    async def _read_starts(self, oids: Sequence[int]) -> None:
+        """Established versions of up to :data:`STARTS_AT_ONCE` objects from one Q/U query
+        (``fs.statmany``, which answers for any object), for their walks to start from.
+        Where it is refused or fails, each object's walk asks on its own."""
+        from bftfs.qu.attempt import QUUnavailable
+        from bftfs.qu.objects import MethodRefused
+
+        todo = [
+            o for o in dict.fromkeys(oids) if o not in self._starts and o not in self._histories
+        ]
+        if len(todo) < 2:
+            return
+        try:
+            _, starts = await self.qu.query_many_at(todo, "fs.statmany")
+        except (MethodRefused, QUUnavailable):
+            return
+        self._starts.update(starts)
+
+    async def _at_moments(
+        self, oid: int, moments: Sequence[int], whole: bool
+    ) -> list[Version | None]:
+        """What :meth:`state_at` answers for ``oid`` at each of ``moments`` (None also
+        where retention let the version go), from one walk and one request for states.
+
+        Raises:
+            Undecided: a version of unknown time may be the one current at a moment.
+        """
+        if whole or oid in self._histories:
+            hist = await self.history(oid)
+            out: list[Version | None] = []
+            for t in moments:
                 try:
-                    child = await self.state_at(int(entry[0]), time_ns)
+                    v = hist.at(t)
                 except Reclaimed:
-                    continue
-                if child is None:
-                    continue
-                text = name.decode(errors="surrogateescape")
-                crel = f"{rel}/{text}" if rel else text
-                out[crel] = child
-                todo.append((crel, child))
-        return out
+                    v = None
+                out.append(None if v is None or v.state is None or _gone(v.state) else v)
+            return out
+        walk = await self.reader.walk(oid, await self._start(oid), until_ns=min(moments))
+        picks: list[Agreed | None] = []
+        for t in moments:
+            found = current_at([a.time_ns for a in walk.versions], t)
+            if found.undecided:
+                raise _undecided(oid, t)
+            picks.append(None if found.index is None else walk.versions[found.index])
+        wanted = list({a.lt: a for a in picks if a is not None}.values())
+        raw = await self.reader.states(oid, wanted)
+        versions: dict[Timestamp, Version | None] = {}
+        for a in wanted:
+            state = None if raw[a.lt] is None else unpack(raw[a.lt])  # type: ignore[arg-type]
+            gone = state is None or _gone(state)
+            versions[a.lt] = None if gone else Version(oid, a.lt, a.time_ns, a.lt.client, state, ())
+        return [None if a is None else versions[a.lt] for a in picks]
 
     async def content(self, v: Version) -> bytes:
         """A regular file's bytes at version ``v`` (a symlink's target)."""
@@ -387,6 +523,25 @@ class Past:
                 f"retention ({e}); newer versions are kept"
             ) from None
         return bytes(out[:size])
+
+
+def _parents_first(found: dict[str, Version]) -> dict[str, Version]:
+    """``found`` (relative path -> version, in any order) ordered as :meth:`Past.tree`
+    promises: breadth first from ``""``, each directory's entries by name."""
+    out = {"": found[""]}
+    todo = collections.deque([""])
+    while todo:
+        rel = todo.popleft()
+        state = out[rel].state
+        if state is None or state.get("k") != "d":
+            continue
+        for name in sorted(all_entries(state["e"])):
+            text = name.decode(errors="surrogateescape")
+            crel = f"{rel}/{text}" if rel else text
+            if crel in found and crel not in out:
+                out[crel] = found[crel]
+                todo.append(crel)
+    return out
 
 
 def block_cap(v: Version) -> int:

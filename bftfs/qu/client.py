@@ -149,6 +149,19 @@ class QUClient:
         assert out.at is not None and len(out.at) == 1
         return out.answer, out.at[0]
 
+    async def query_many_at(
+        self, objects: Iterable[int], method: str, arg: Any = None
+    ) -> tuple[Any, dict[int, Timestamp]]:
+        """Run query ``method`` on up to 8 objects in one operation; its answer and the
+        established version of each object it was answered at (a history walk's start for
+        each: one quorum round for eight objects instead of eight, :meth:`query_at`).  An
+        object whose version the outcome does not name (a context object took its place)
+        is left out."""
+        objs = _objs(objects)
+        out = await self._invoke(objs, method, arg, True)
+        at = out.at or ()
+        return out.answer, dict(zip(objs, at, strict=True)) if len(at) == len(objs) else {}
+
     async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
         """Run update ``method`` on ``objects`` (1 to 8; atomically); its answer."""
         return (await self._invoke(_objs(objects), method, arg, False)).answer

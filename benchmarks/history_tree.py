@@ -1,0 +1,199 @@
+"""History commands on a whole tree (issue 36): how long ``bftfs diff``, ``changes``,
+``restore`` and ``revert --dry-run`` take on a tree of ``--files`` files.
+
+A fresh 6-node cluster (real ``bftfs node`` processes, no fsync, retention long enough to
+keep everything) and one FUSE mount.  The script writes ``--files`` files (seeded sizes,
+100 B to 20 KiB: inline and block-stored ones) in directories of 50, notes the moment T0,
+then changes a tenth of them (rewrites), removes a twentieth, adds a twentieth and renames
+a fiftieth, notes T1, waits for the nodes to finish the background work the writes left
+(lazy verification: under a fifth of a core), and times each command (the whole command:
+Python start-up, connecting, walking the histories, writing; the read-only ones
+``--runs`` times, the median) with absolute times ``@T0``/``@T1``:
+
+- ``bftfs diff fs:/tree --from @T0 --to @T1``
+- ``bftfs changes fs:/tree --since @T0 --until @T1 --json``
+- ``bftfs revert MNT/tree --client client0 --since @T0 --dry-run``
+- ``bftfs restore fs:/tree --at @T0 --to MNT/restored`` (into the mount, as a user would),
+  then checks the restored tree byte for byte against what was written before T0;
+- ``bftfs revert MNT/tree --client client0 --since @T0`` (every change after T0 was
+  client0's: the tree goes back to T0, checked byte for byte);
+- ``cp -a`` of the restored tree to another directory of the mount, for comparison.
+
+Output is not a terminal, so the commands print no progress.  Usage::
+
+    .venv/bin/python benchmarks/history_tree.py               # 1000 files
+    .venv/bin/python benchmarks/history_tree.py --files 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from profiling import cpu_seconds
+
+from bftfs.policy import RetentionPolicy
+from bftfs.testing.mounts import Mount
+from bftfs.testing.processes import ProcessCluster
+
+PER_DIR = 50
+
+
+def _bftfs(config: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    """Seconds one ``bftfs`` command took, and what it printed."""
+    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(config)]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, timeout=3600)
+    took = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.decode()}")
+    return took, done
+
+
+def _build(root: Path, files: int, rng: random.Random) -> dict[str, bytes]:
+    """``files`` files under ``root`` in directories of :data:`PER_DIR`; their contents."""
+    written: dict[str, bytes] = {}
+    for i in range(files):
+        rel = f"d{i // PER_DIR:03d}/f{i:05d}.txt"
+        data = rng.randbytes(rng.randint(100, 20_000))
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        written[rel] = data
+    return written
+
+
+def _change(root: Path, before: dict[str, bytes], rng: random.Random) -> int:
+    """Rewrite a tenth, remove a twentieth, add a twentieth, rename a fiftieth; how many
+    paths changed."""
+    names = sorted(before)
+    rng.shuffle(names)
+    n = len(names)
+    rewrite, remove = names[: n // 10], names[n // 10 : n // 10 + n // 20]
+    rename = names[n // 10 + n // 20 : n // 10 + n // 20 + n // 50]
+    for rel in rewrite:
+        (root / rel).write_bytes(rng.randbytes(rng.randint(100, 20_000)))
+    for rel in remove:
+        (root / rel).unlink()
+    for rel in rename:
+        (root / rel).rename(root / (rel + ".moved"))
+    for i in range(n // 20):
+        (root / f"d{i % max(1, n // PER_DIR):03d}/new{i:05d}.txt").write_bytes(rng.randbytes(500))
+    return len(rewrite) + len(remove) + len(rename) + n // 20
+
+
+def _nodes_cpu(pc: ProcessCluster) -> float:
+    """CPU seconds the node processes used so far."""
+    pids = [p for p in (pc.pid(i) for i in range(pc.config.n)) if p is not None]
+    return sum(cpu_seconds(p) or 0.0 for p in pids)
+
+
+def _settle(pc: ProcessCluster, deadline_s: float = 180.0) -> float:
+    """Wait until the nodes are done with what the writes left them (lazy verification,
+    sync): less than a fifth of a core over one second, or ``deadline_s``; seconds
+    waited.  The commands are timed on a quiet cluster, so that before and after compare
+    the commands and not how much background work overlapped them."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < deadline_s:
+        used = _nodes_cpu(pc)
+        time.sleep(1.0)
+        if _nodes_cpu(pc) - used < 0.2:
+            break
+    return time.perf_counter() - t0
+
+
+def _timed(config: Path, runs: int, *args: str) -> tuple[float, list[float], bytes]:
+    """Median seconds of ``runs`` runs of a read-only command, all runs, its output."""
+    took, out = [], b""
+    for _ in range(runs):
+        s, done = _bftfs(config, *args)
+        took.append(s)
+        out = done.stdout
+    return statistics.median(took), took, out
+
+
+def _same_tree(root: Path, want: dict[str, bytes]) -> bool:
+    got = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    return got == want
+
+
+def _show(median: float, runs: list[float]) -> str:
+    return f"{median:.1f} s (median of {', '.join(f'{s:.1f}' for s in runs)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=1000, help="files in the tree (1000)")
+    ap.add_argument("--seed", type=int, default=36, help="random seed (36)")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each read-only command (3)")
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory(prefix="bftfs-histtree-", dir="/var/tmp") as tmp:
+        home = Path(tmp) / "c"
+        keep = RetentionPolicy(keep_seconds=86400.0, keep_versions=2)
+        with ProcessCluster(home, durable=False, retention=keep) as pc:
+            config = home / "cluster.toml"
+            with Mount(pc.config, Path(tmp) / "mnt", client="client0") as m:
+                tree = m.mountpoint / "tree"
+                t0 = time.perf_counter()
+                before = _build(tree, args.files, rng)
+                print(f"wrote {args.files} files in {time.perf_counter() - t0:.1f} s")
+                time.sleep(1.0)  # T0 lies clearly between the two phases' versions
+                t0_ns = time.time_ns()
+                time.sleep(1.0)
+                changed = _change(tree, before, rng)
+                time.sleep(1.0)
+                t1_ns = time.time_ns()
+                at0, at1 = f"@{t0_ns / 1e9:.6f}", f"@{t1_ns / 1e9:.6f}"
+                print(f"nodes settled after {_settle(pc):.0f} s")
+                print(f"load average (the machine's): {os.getloadavg()[0]:.1f}")
+                runs = args.runs
+                med, all_s, out = _timed(
+                    config, runs, "diff", "fs:/tree", "--from", at0, "--to", at1
+                )
+                lines = len(out.splitlines())
+                print(f"bftfs diff: {_show(med, all_s)} ({lines} lines; {changed} paths changed)")
+                med, all_s, out = _timed(
+                    config, runs, "changes", "fs:/tree", "--since", at0, "--until", at1, "--json"
+                )
+                rows = len(json.loads(out)["changes"])
+                print(f"bftfs changes: {_show(med, all_s)} ({rows} changes)")
+                med, all_s, out = _timed(
+                    config, runs, "revert", str(tree), "--client", "client0", "--since", at0,
+                    "--dry-run",
+                )  # fmt: skip
+                steps = [x for x in out.decode().splitlines() if x.endswith("conflicts")]
+                print(f"bftfs revert --dry-run: {_show(med, all_s)} ({steps[-1]})")
+                dest = m.mountpoint / "restored"
+                cpu0 = _nodes_cpu(pc)
+                took, out = _bftfs(config, "restore", "fs:/tree", "--at", at0, "--to", str(dest))
+                print(f"nodes' CPU during the restore: {_nodes_cpu(pc) - cpu0:.1f} s")
+                same = _same_tree(dest, before)
+                print(f"bftfs restore: {took:.1f} s ({out.stdout.decode().strip()})")
+                print(f"restored tree identical to the tree at T0: {same}")
+                if not same:
+                    return 1
+                took, out = _bftfs(
+                    config, "revert", str(tree), "--client", "client0", "--since", at0
+                )
+                same = _same_tree(tree, before)
+                summary = out.stdout.decode().strip().splitlines()[-1]
+                print(f"bftfs revert: {took:.1f} s ({summary})")
+                print(f"reverted tree identical to the tree at T0: {same}")
+                if not same:
+                    return 1
+                t0 = time.perf_counter()
+                subprocess.run(["cp", "-a", str(dest), str(m.mountpoint / "copy")], check=True)
+                print(f"cp -a of the restored tree, in the mount: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
