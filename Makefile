@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full \
+.PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full bench-contention \
 	bench-andrew bench-postmark bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
 	bench-scalability clean
 
@@ -82,6 +82,11 @@ bench-postmark: bench-setup
 # Sequential write (with fsync) and cold read of a 200 MiB file, MB/s, on the four targets.
 bench-seqio: bench-setup
 	$(BIN)/python benchmarks/seqio.py $(SEQIO_ARGS)
+
+# Two mounts creating and removing in one directory at once, with and without leases:
+# operations per second and what the leases did (no lease ping-pong; issue 33).
+bench-contention: setup
+	$(BIN)/python benchmarks/contention.py $(BENCH_ARGS)
 
 # Wall time and CPU per file-system operation (create, open, stat, read, unlink) on the
 # three targets: the figure to compare before and after an optimisation.

@@ -42,8 +42,10 @@ MAX_DEFERRED = 256
 #: Seconds before the lease's end by which a deferred create is sent.
 LEASE_MARGIN = 3.0
 #: Creates of one directory sent in one update (``fs.createmany``: the directory and up
-#: to seven files, Q/U's ``MAX_OBJECTS``).
-BATCH = 7
+#: to six files).  Q/U's ``MAX_OBJECTS`` would allow seven; with six, another client's
+#: two-object update (a create in the directory) that meets a batch in flight repairs it
+#: together with its own objects in one request (2 + 6 objects), without splitting.
+BATCH = 6
 
 
 class WriteBack:

@@ -279,7 +279,7 @@ class PendingCreates:
 
     async def _send_one(self, p: PendingCreate) -> None:
         """Send ``p`` because a call needs it; one directory write-back deferred goes with
-        up to six more deferred creates of its directory (the next calls would need them
+        up to five more deferred creates of its directory (the next calls would need them
         one by one: a program reopening the files it just wrote)."""
         wb = self.writeback
         if wb is None or not wb.deferred(p.oid):

@@ -29,6 +29,12 @@ MAX_SHORT_ROUNDS = 3
 #: forgotten before nodes kept the ids they forgot, issue 31), so re-sending at once, as
 #: for other failures, would go on for ever.
 MAX_UNSYNCABLE_ROUNDS = 10
+#: Times one operation repairs its objects one by one because their candidates span more
+#: objects than a request may name.  Once was the rule; but each split repairs what was
+#: there, and another client's multi-object updates (directory write-back's
+#: ``fs.createmany``, one after another) can bring a new such candidate while the
+#: operation asks again.  Bounded, so it cannot loop.
+MAX_SPLITS = 4
 #: The failure servers answer when no ``b + 1`` hosts hand over a version (node/qu_server.py).
 UNSYNCABLE = "object sync failed"
 
@@ -61,8 +67,8 @@ class Attempt:
     #: Servers that answered any of the current run of short rounds.
     heard: set[int] = field(default_factory=set)
     inline_tried: set[tuple] = field(default_factory=set)
-    #: Whether the operation already repaired its objects one by one (once only).
-    split: bool = False
+    #: Times the operation repaired its objects one by one (at most :data:`MAX_SPLITS`).
+    splits: int = 0
 
     def answered(self, replies: Mapping[int, Reply]) -> None:
         """Count a round: one answered by fewer than ``q`` servers (whatever they said:

@@ -30,7 +30,13 @@ from bftfs.net.errors import TransportError
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.outcome import refused_for_space
 from bftfs.qu import core
-from bftfs.qu.attempt import MAX_SHORT_ROUNDS, Attempt, QUUnavailable, TooManyObjects
+from bftfs.qu.attempt import (
+    MAX_SHORT_ROUNDS,
+    MAX_SPLITS,
+    Attempt,
+    QUUnavailable,
+    TooManyObjects,
+)
 from bftfs.qu.classify import OpType, QUThresholds, View
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.linkproofs import LinkProofs
@@ -335,10 +341,10 @@ class QUClient:
             # The objects' candidates span more than one request may name (a batched
             # query of 8 files created in one directory, each create also naming the
             # directory: 9).  Repair each object on its own (its candidates span at most
-            # 8 objects), then ask again; once only, so this cannot loop.
-            if len(objects) == 1 or st.split:
+            # 8 objects), then ask again; at most MAX_SPLITS times, so this cannot loop.
+            if len(objects) == 1 or st.splits >= MAX_SPLITS:
                 raise
-            st.split = True
+            st.splits += 1
             self._n["split_repairs"] += 1
             for oid in objects:
                 await self._repair((oid,), set(), fresh, None, st)
