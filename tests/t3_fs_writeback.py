@@ -16,7 +16,7 @@ import pytest
 from fs_helpers import Env, run
 from t3_fs_leases import until
 
-from bftfs.fs.errors import NotFound
+from bftfs.fs.errors import NotEmpty, NotFound
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.scrub import files_with_blocks
 from bftfs.fsobjects import ROOT
@@ -152,6 +152,11 @@ def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
         with pytest.raises(NotFound):
             await a.lookup(d, b"warm0")
         assert (await a.lookup(d, b"warm1")).size == 1
+        sub = (await a.mkdir(d, b"sub", 0o755, 0, 0)).ino
+        await new_file(a, sub, b"inside", b"i")
+        with pytest.raises(NotEmpty):
+            await a.rmdir(d, b"sub")  # refused: the name stays in the listing
+        assert (await a.lookup(d, b"sub")).ino == sub
         await a.rename(d, b"warm1", d, b"moved", 0)  # not one entry: the listing goes
         assert d not in leases._listing
         assert (await a.lookup(d, b"moved")).size == 1

@@ -281,18 +281,22 @@ class Leases:
             self._uses.pop(o, None)  # what this mount itself changes is not worth a lease yet
             self._forget_answers(o, but_names_other_than=names if entries_only else None)
 
-    def entry_done(self, method: str, parent: int, names: frozenset[bytes], made: bool) -> None:
-        """This mount's update of entries ``names`` of ``parent`` ended (``made``: the
-        servers answered, taken or refused): a known listing follows it; an update whose
-        outcome is unknown (the cluster did not answer) drops the listing."""
+    def entry_done(self, method: str, parent: int, names: frozenset[bytes], outcome: str) -> None:
+        """This mount's update of entries ``names`` of ``parent`` ended: ``outcome`` is
+        ``"taken"``, ``"refused"`` or ``"unknown"`` (the cluster did not answer).  A known
+        listing follows it: a name made, or refused (``exists``: it is there), is added;
+        a name is removed only by a removal taken (an rmdir refused ``not-empty`` leaves
+        the name); an unknown outcome drops the listing.  A name wrongly kept only costs a
+        lookup a round; a name wrongly dropped would answer "not found" for a file that
+        exists."""
         listing = self._listing.get(parent)
         if listing is None:
             return
-        if not made:
+        if outcome == "unknown":
             del self._listing[parent]
         elif method in _MAKES_NAME:
             listing.update(names)
-        elif method in _REMOVES_NAME:
+        elif method in _REMOVES_NAME and outcome == "taken":
             listing.difference_update(names)
 
     def _keep(self, oids: Sequence[int], key: bytes, answer: Any, name: bytes | None) -> None:

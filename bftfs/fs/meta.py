@@ -221,13 +221,14 @@ class Meta:
             self.leases.changed(objects, parent=parent, names=names)
         self.methods[method] += 1
         start = time.perf_counter()
-        answered = False
+        outcome = "unknown"
         try:
             got = await self._recalling(objects, method, arg)
-            answered = True
+            outcome = "taken"
             return got
         except MethodRefused as e:
-            answered = e.code != "busy"  # a holder never released: nothing was decided
+            if e.code != "busy":  # busy: a holder never released, nothing was decided
+                outcome = "refused"
             raise _translate(e) from None
         except _PROTOCOL_ERRORS as e:
             raise _translate(e) from None
@@ -236,7 +237,7 @@ class Meta:
             if changes and self.leases is not None:
                 self.leases.changed(objects, parent=parent, names=names)
                 if parent is not None and names:
-                    self.leases.entry_done(method, parent, names, answered)
+                    self.leases.entry_done(method, parent, names, outcome)
 
     @contextlib.asynccontextmanager
     async def _one_update_per_object(self, objects: list[int]) -> AsyncIterator[None]:
