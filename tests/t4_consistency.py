@@ -20,42 +20,38 @@ from bftfs.testing.mounts import fuse_available
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 
 
+def _checked(
+    tmp_path: Path, mounts: int, seed: int, ops: int, faults: int, options: str | None = None
+) -> None:
+    """A seeded checker run: every operation done, all but 50 (150) or 100 (600) of them
+    counted, two fault events (kill, restart) per cycle."""
+    with consistency.mounted(tmp_path, mounts, options=options) as (cluster, dirs):
+        report = consistency.run(cluster, dirs, seed=seed, ops=ops, faults=faults)
+    print(report.text())
+    assert report.steps == ops and sum(report.ops.values()) > {150: 100, 600: 500}[ops]
+    assert len(report.schedule) == 2 * faults
+
+
 def test_two_mounts_close_to_open_with_a_node_killed_restarted_and_another_killed(
     tmp_path: Path,
 ) -> None:
-    with consistency.mounted(tmp_path, 2) as (cluster, dirs):
-        report = consistency.run(cluster, dirs, seed=1, ops=150, faults=2)
-    print(report.text())
-    assert report.steps == 150 and sum(report.ops.values()) > 100
-    assert len(report.schedule) == 4
+    _checked(tmp_path, 2, seed=1, ops=150, faults=2)
 
 
 def test_two_mounts_with_leases_and_node_kills(tmp_path: Path) -> None:
     """Seed 5 failed one run in three with EIO before two fixes: a stray beside the killed
     node cost a flush its whole patience (``qu/client.py`` settle), and two holders of one
     lease each waited for the other's release behind their own update (``fs/meta.py``)."""
-    with consistency.mounted(tmp_path, 2, options="lease=10") as (cluster, dirs):
-        report = consistency.run(cluster, dirs, seed=5, ops=150, faults=2)
-    print(report.text())
-    assert report.steps == 150 and sum(report.ops.values()) > 100
-    assert len(report.schedule) == 4
+    _checked(tmp_path, 2, seed=5, ops=150, faults=2, options="lease=10")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [6, 7, 8])
 def test_three_mounts_with_leases_longer_runs(tmp_path: Path, seed: int) -> None:
-    with consistency.mounted(tmp_path, 3, options="lease=10") as (cluster, dirs):
-        report = consistency.run(cluster, dirs, seed=seed, ops=600, faults=4)
-    print(report.text())
-    assert report.steps == 600 and sum(report.ops.values()) > 500
-    assert len(report.schedule) == 8
+    _checked(tmp_path, 3, seed=seed, ops=600, faults=4, options="lease=10")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [2, 3, 4])
 def test_three_mounts_longer_runs(tmp_path: Path, seed: int) -> None:
-    with consistency.mounted(tmp_path, 3) as (cluster, dirs):
-        report = consistency.run(cluster, dirs, seed=seed, ops=600, faults=4)
-    print(report.text())
-    assert report.steps == 600 and sum(report.ops.values()) > 500
-    assert len(report.schedule) == 8
+    _checked(tmp_path, 3, seed=seed, ops=600, faults=4)

@@ -281,6 +281,17 @@ def _on_cluster(cmd: Callable[[argparse.Namespace, ClusterConfig], int]) -> Any:
     return run
 
 
+def _at_option(sp: argparse.ArgumentParser) -> None:
+    """The required ``--at WHEN`` of ``cat`` and ``restore``."""
+    sp.add_argument(
+        "--at",
+        metavar="WHEN",
+        type=checked_when,
+        required=True,
+        help="a time, -10m, '2 hours ago', a version id or a snapshot",
+    )
+
+
 def _finish(
     sp: argparse.ArgumentParser,
     command: str,
@@ -312,24 +323,12 @@ def add_commands(sub: Any) -> None:
 
     sp = sub.add_parser("cat", help="a file's content as it was at a moment")
     sp.add_argument("path", help=_PATH_HELP)
-    sp.add_argument(
-        "--at",
-        metavar="WHEN",
-        type=checked_when,
-        required=True,
-        help="a time, -10m, '2 hours ago', a version id or a snapshot",
-    )
+    _at_option(sp)
     _finish(sp, "cat", cmd_cat)
 
     sp = sub.add_parser("restore", help="bring a file or tree back as it was (new versions)")
     sp.add_argument("path", help=_PATH_HELP)
-    sp.add_argument(
-        "--at",
-        metavar="WHEN",
-        type=checked_when,
-        required=True,
-        help="a time, -10m, '2 hours ago', a version id or a snapshot",
-    )
+    _at_option(sp)
     sp.add_argument("--to", metavar="DEST", help="write here instead of PATH itself")
     sp.add_argument("--delete", action="store_true", help="remove entries that did not exist then")
     _finish(sp, "restore", cmd_restore)

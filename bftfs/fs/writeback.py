@@ -115,17 +115,15 @@ class WriteBack:
         await self._send_batches([p for p, _ in self._due.values()])
 
     async def _send_batches(self, ps: list[PendingCreate]) -> None:
-        """Send ``ps``, :data:`BATCH` of one directory per update."""
+        """Send ``ps``, each directory's together (``PendingCreates.send_deferred`` puts
+        :data:`BATCH` in one update)."""
         by_dir: dict[int, list[PendingCreate]] = {}
         for p in ps:
             self._due.pop(p.oid, None)
             by_dir.setdefault(p.parent, []).append(p)
         for group in by_dir.values():
-            for i in range(0, len(group), BATCH):
-                batch = group[i : i + BATCH]
-                try:
-                    await self._send(batch)
-                    self.stats["written_back"] += len(batch)
-                    self.stats["write_back_updates"] += 1
-                except Exception as e:  # noqa: BLE001 - a background task must go on
-                    log.warning("write-back of %s: %s", [p.name for p in batch], e)
+            try:
+                await self._send(group)
+                self.stats["written_back"] += len(group)
+            except Exception as e:  # noqa: BLE001 - a background task must go on
+                log.warning("write-back of %s: %s", [p.name for p in group], e)

@@ -324,11 +324,7 @@ class PendingCreates:
             log.warning("create of %r failed when sent: %s", p.name, e)
         finally:
             self._senders.discard(me)
-            p.sender = None
-            if settled:
-                self._drop_pending(p)
-            done, p.done = p.done, trio.Event()
-            done.set()
+            self._sent(p, settled=settled)
         if made:
             await self._write_back_closed(p)
         elif settled and not self._open_here(p.oid):
@@ -378,15 +374,22 @@ class PendingCreates:
         finally:
             self._senders.discard(me)
             for p in ps:
-                p.sender = None
-                if made:
-                    self._drop_pending(p)
-                done, p.done = p.done, trio.Event()
-                done.set()
+                self._sent(p, settled=made)
         if made:
+            if self.writeback is not None:
+                self.writeback.stats["write_back_updates"] += 1
             for p in ps:
                 await self._write_back_closed(p)
         return made
+
+    def _sent(self, p: PendingCreate, *, settled: bool) -> None:
+        """A send of ``p`` ended: nobody sends it now, it is no longer pending if
+        ``settled`` (made, or failed for good), and the calls waiting for it go on."""
+        p.sender = None
+        if settled:
+            self._drop_pending(p)
+        done, p.done = p.done, trio.Event()
+        done.set()
 
     async def _resend_later(self, p: PendingCreate) -> None:
         """Send ``p`` again at its resend times until it is made or fails for good (a
