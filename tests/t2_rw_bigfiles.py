@@ -208,3 +208,20 @@ async def test_a_silent_node_holds_at_most_max_pending_bytes(tmp_path: Path) -> 
         assert held["most"] <= limit + DEFAULT_CONCURRENCY * fragment
         assert held["most"] < len(blocks) * fragment // 2
         assert batcher.backlogged > 0
+
+
+async def test_requests_over_the_limit_to_an_answering_node_wait_for_room(
+    tmp_path: Path,
+) -> None:
+    """Only a silent node has requests over ``max_pending`` failed at once.  Nodes that
+    answer, only more slowly than they are asked (a small-block file's read-ahead had
+    256 reads unanswered at every node), keep the extra requests waiting for room: failed,
+    they made the read that needed a block fail on every node (CI at stop 42)."""
+    async with rw_cluster(tmp_path, clients=1, seed=9) as (_cluster, (rw,)):
+        batcher = rw.batcher
+        assert batcher is not None
+        blocks = {k: bytes([k % 251]) * 1024 for k in range(64)}
+        assert len(await rw.write_blocks(blocks)) == len(blocks)  # every node has answered
+        batcher.max_pending = 4
+        assert await rw.read_blocks(list(blocks), concurrency=len(blocks)) == blocks
+        assert batcher.backlogged == 0

@@ -19,6 +19,7 @@ import pytest
 from fs_helpers import Env, run, write_file
 
 from bftfs.fs.errors import FsError
+from bftfs.fs.files import PREFETCH_GROUP, READAHEAD_MAX_BLOCKS
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fsobjects import ROOT
 from bftfs.rw.messages import KIND_WRITE
@@ -92,6 +93,38 @@ def test_a_full_window_is_refilled_a_whole_group_at_a_time(tmp_path: Path) -> No
         await b.release(fh)
 
     run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
+def test_a_small_block_file_keeps_a_bounded_number_of_blocks_in_flight(tmp_path: Path) -> None:
+    """The default 8 MiB window is ``READAHEAD_MAX_BLOCKS`` blocks at most: of 4 KiB
+    blocks it put 2 048 reads in flight, more than the batcher lets a node have
+    unanswered, and the read that needed a block was refused by every node (CI, stop 42)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        a.big_bs = 0  # a file of small blocks however big it is
+        data = random.Random(4).randbytes(3 * 1024 * 1024 + 5)
+        ino = await write_file(a, b"many", data)
+        fh = await b.open(ino, os.O_RDONLY)
+        flight = {"now": 0, "most": 0}
+        read_blocks = b.rw.read_blocks
+
+        async def counted(blocks: Any, **kw: Any) -> Any:
+            blocks = list(blocks)
+            flight["now"] += len(blocks)
+            flight["most"] = max(flight["most"], flight["now"])
+            try:
+                return await read_blocks(blocks, **kw)
+            finally:
+                flight["now"] -= len(blocks)
+
+        b.rw.read_blocks = counted  # type: ignore[method-assign]
+        assert await read_all(b, fh, len(data), chunk=128 * 1024) == data
+        assert b.streaming["readahead-failures"] == 0
+        assert PREFETCH_GROUP < flight["most"] <= READAHEAD_MAX_BLOCKS + 128 * 1024 // BS
+        await b.release(fh)
+
+    run(tmp_path, body, **SMALL)
 
 
 def test_prefetched_blocks_are_of_the_version_the_handle_opened(tmp_path: Path) -> None:

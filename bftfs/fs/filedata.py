@@ -24,6 +24,7 @@ from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import (
     BIG_BLOCK_THRESHOLD,
     PREFETCH_GROUP,
+    READAHEAD_MAX_BLOCKS,
     OpenFile,
     reservation,
     sequential_end,
@@ -144,7 +145,8 @@ class FlushEngine:
         if offset != 0 and offset != f.last_read:
             f.ra_window, f.ra_next = 0, 0
             return
-        f.ra_window = min(max(2 * f.ra_window, self.readahead), self.readahead_max)
+        largest = min(self.readahead_max, READAHEAD_MAX_BLOCKS * bs)
+        f.ra_window = min(max(2 * f.ra_window, self.readahead), largest)
         first = max(offset // bs, f.ra_next)
         stop = min(end + f.ra_window, f.valid)
         last = (stop - 1) // bs

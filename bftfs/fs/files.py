@@ -37,6 +37,10 @@ DEFAULT_READAHEAD = 1024 * 1024
 #: background ahead of a sequential reader (issue 19: a 1 MiB window awaited inside each
 #: read kept two blocks in flight; 8 MiB keeps the nodes' batches full).
 DEFAULT_READAHEAD_MAX = 8 * 1024 * 1024
+#: The read-ahead window's largest size in blocks: a file of small blocks fills its 8 MiB
+#: window with thousands of reads, more than the batcher lets one node have unanswered
+#: (``bftfs.rw.batch.MAX_PENDING``); 128 blocks are eight groups, 8 MiB at 64 KiB blocks.
+READAHEAD_MAX_BLOCKS = 128
 #: Blocks of one background fetch (one task, its reads started together, so the batcher
 #: puts them into one frame per node).
 PREFETCH_GROUP = 16

@@ -13,9 +13,9 @@ concurrent ones share frames.  The node runs the items and answers with one fram
 protocol logic above does not care which one runs.  Resends are the batch call's own
 (``Endpoint.call``), so the engine watches nothing here.
 
-A batch is also bounded in bytes: ``item_bytes`` says what an item adds to the request or
+A batch is also bounded in bytes: ``item_bytes`` says what an item adds to the request and
 to the reply frame (a fragment written or read), and a flush starts another batch before
-the items of one pass ``max_bytes``, so neither frame can pass the receiver's frame limit
+the items of one pass ``max_bytes`` in either, so neither frame can pass the receiver's frame limit
 (``net/frames.py``): a hundred concurrent reads of 256 KiB blocks made a data node's reply
 frame 8.7 MB, over the client's 8 MiB, and every such read failed (issue 34).
 
@@ -27,6 +27,7 @@ the caller as usual.  PASIS is the only protocol that batches today (``rw/batch.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,10 @@ from bftfs.outcome import bounded, progressed
 
 Outcome = tuple[NodeId, bool, Any]
 
+#: Seconds without an answered batch after which a node at its ``max_pending`` limit has
+#: new items failed at once rather than kept waiting for room (a dead or stalled node).
+STALLED = 2.0
+
 
 @dataclass
 class _Item:
@@ -49,8 +54,10 @@ class _Item:
     payload: Any
     done: Callable[[Outcome], None]
     trouble: Callable[[], None]
-    #: What the item adds to its batch's request or reply frame (``Batcher.item_bytes``).
+    #: What the item adds to its batch's request frame, and to its reply frame
+    #: (``Batcher.item_bytes``): only the first is held until the node answers.
     size: int = 0
+    reply_size: int = 0
 
 
 @dataclass
@@ -59,10 +66,15 @@ class _Queue:
     scheduled: bool = False
     #: Items queued or sent and not yet answered (stragglers of finished calls included).
     pending: int = 0
-    #: Their bytes (``Batcher.item_bytes``).
+    #: Their request bytes (``Batcher.item_bytes``).
     pending_bytes: int = 0
     #: Items refused because ``pending`` was at the limit, answered by the next flush.
     refused: list[_Item] = field(default_factory=list)
+    #: Items over the limit to a node that is answering: sent as answers make room.
+    waiting: deque[_Item] = field(default_factory=deque)
+    #: When the node last answered a batch (``-inf``: never).
+    answered_at: float = float("-inf")
+    waiting_bytes: int = 0
 
 
 class Batcher:
@@ -78,7 +90,7 @@ class Batcher:
         timeout: float | None,
         max_pending: int | None = None,
         max_bytes: int | None = None,
-        item_bytes: Callable[[str, Any], int] | None = None,
+        item_bytes: Callable[[str, Any], tuple[int, int]] | None = None,
         max_pending_bytes: int | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -94,13 +106,18 @@ class Batcher:
         #: limit a dead node (until the timeout) or one that falls behind holds every
         #: fragment written meanwhile, which grew the mount daemon to 1.4 GB for a 1 GiB
         #: file with one node down (issue 34).  A failed item is what a quorum call
-        #: expects of a faulty node: it asks another, or completes without it.
+        #: expects of a faulty node: it asks another, or completes without it.  Only a
+        #: node silent for ``STALLED`` seconds has items failed so: one that answers keeps
+        #: them waiting for room (up to ``max_pending_bytes`` more), since failing them
+        #: failed reads when every node was busy with a small-block file's read-ahead.
         self.max_pending = max_pending
-        #: The same limit in bytes of items (None: none): fragments of big blocks are
-        #: larger, and it is their bytes that the limit is for.
+        #: The same limit in bytes of requests (None: none): fragments of big blocks are
+        #: larger, and it is their bytes that the limit is for (a read holds nothing: its
+        #: reply's bytes count only towards its batch's ``max_bytes``).
         self.max_pending_bytes = max_pending_bytes
-        #: Bytes of items (``item_bytes(kind, payload)``) one batch carries at most; an item
-        #: larger than that goes alone (None: no limit; see the module docstring).
+        #: Bytes of items one batch carries at most in its request and in its reply
+        #: (``item_bytes(kind, payload)`` is the pair); an item larger than that goes
+        #: alone (None: no limit; see the module docstring).
         self.max_bytes = max_bytes
         self.item_bytes = item_bytes
         self.batches = 0
@@ -119,18 +136,38 @@ class Batcher:
         """Queue one request; ``done((node, ok, reply_or_reason))`` is called exactly once
         (from the flush task, never from here: the caller's state may be mid-update)."""
         q = self._queues.setdefault(node, _Queue())
-        size = self.item_bytes(kind, payload) if self.item_bytes is not None else 0
-        item = _Item(kind, payload, done, trouble, size)
-        if self._backlogged(q, size):
+        size, reply_size = self.item_bytes(kind, payload) if self.item_bytes else (0, 0)
+        item = _Item(kind, payload, done, trouble, size, reply_size)
+        if not self._backlogged(q, size):
+            self._take(q, item)
+        elif self._may_wait(q, size):
+            q.waiting.append(item)
+            q.waiting_bytes += size
+            return  # a send that ends makes room for it (``_send``)
+        else:
             self.backlogged += 1
             q.refused.append(item)
-        else:
-            q.pending += 1
-            q.pending_bytes += size
-            q.items.append(item)
+        self._schedule(node, q)
+
+    def _take(self, q: _Queue, item: _Item) -> None:
+        q.pending += 1
+        q.pending_bytes += item.size
+        q.items.append(item)
+
+    def _schedule(self, node: NodeId, q: _Queue) -> None:
         if not q.scheduled:
             q.scheduled = True
             self._nursery.start_soon(self._flush, node)
+
+    def _may_wait(self, q: _Queue, size: int) -> bool:
+        """Whether an item over the limit waits for room: its node answered a batch
+        within ``STALLED`` seconds and the waiting items' bytes stay within
+        ``max_pending_bytes`` (what they hold is what the limit is for; reads hold none
+        and count their reply)."""
+        if trio.current_time() - q.answered_at >= STALLED:
+            return False
+        limit = self.max_pending_bytes
+        return limit is None or q.waiting_bytes + size <= limit
 
     def _backlogged(self, q: _Queue, size: int) -> bool:
         """Whether a node's unanswered items leave no room for one of ``size`` bytes (a
@@ -157,18 +194,21 @@ class Batcher:
 
     def _chunks(self, items: list[_Item]) -> list[list[_Item]]:
         """``items`` in order, cut into batches of at most ``max_batch`` items and
-        ``max_bytes`` bytes (an item larger than that alone)."""
+        ``max_bytes`` bytes of request and of reply (an item larger than that alone)."""
         limit = self.max_bytes
         chunks: list[list[_Item]] = []
         chunk: list[_Item] = []
-        size = 0
+        sent = answered = 0
         for item in items:
-            full = len(chunk) >= self.max_batch or (limit is not None and size + item.size > limit)
+            full = len(chunk) >= self.max_batch or (
+                limit is not None and max(sent + item.size, answered + item.reply_size) > limit
+            )
             if chunk and full:
                 chunks.append(chunk)
-                chunk, size = [], 0
+                chunk, sent, answered = [], 0, 0
             chunk.append(item)
-            size += item.size
+            sent += item.size
+            answered += item.reply_size
         if chunk:
             chunks.append(chunk)
         return chunks
@@ -182,6 +222,18 @@ class Batcher:
             q = self._queues[node]
             q.pending -= len(items)
             q.pending_bytes -= sum(item.size for item in items)
+            self._admit_waiting(node, q)
+
+    def _admit_waiting(self, node: NodeId, q: _Queue) -> None:
+        """Queue waiting items (oldest first) for which room was made."""
+        admitted = 0
+        while q.waiting and not self._backlogged(q, q.waiting[0].size):
+            item = q.waiting.popleft()
+            q.waiting_bytes -= item.size
+            self._take(q, item)
+            admitted += 1
+        if admitted:
+            self._schedule(node, q)
 
     async def _call(self, node: NodeId, items: list[_Item]) -> None:
 
@@ -202,9 +254,11 @@ class Batcher:
                 item.done((node, False, str(e)))
             return
         except RemoteError as e:
+            self._queues[node].answered_at = trio.current_time()
             for item in items:
                 item.done((node, False, f"refused: {e}"))
             return
+        self._queues[node].answered_at = trio.current_time()
         if not isinstance(raw, list) or len(raw) != len(items):
             for item in items:
                 item.done((node, False, "malformed batch reply"))

@@ -39,17 +39,17 @@ MAX_PENDING_BYTES = 32 * 1024 * 1024
 MAX_BATCH_BYTES = DEFAULT_MAX_FRAME * 3 // 4
 
 
-def fragment_bytes(kind: str, payload: Any, max_fragment: int) -> int:
-    """The fragment bytes an ``rw`` request adds to its batch: a WRITE's fragment, or
-    ``max_fragment`` for a read that asks for data (its reply carries a fragment)."""
+def fragment_bytes(kind: str, payload: Any, max_fragment: int) -> tuple[int, int]:
+    """The fragment bytes an ``rw`` request adds to its batch's request and reply: a
+    WRITE's fragment, or ``max_fragment`` in the reply of a read that asks for data."""
     if not isinstance(payload, dict):
-        return 0
+        return 0, 0
     if kind == KIND_WRITE:
         fragment = payload.get("f")
-        return len(fragment) if isinstance(fragment, bytes | bytearray | memoryview) else 0
+        return (len(fragment) if isinstance(fragment, bytes | bytearray | memoryview) else 0), 0
     if kind in (KIND_READ_LATEST, KIND_READ_PREV) and payload.get("d") is True:
-        return max_fragment
-    return 0
+        return 0, max_fragment
+    return 0, 0
 
 
 def rw_batcher(
