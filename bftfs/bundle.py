@@ -36,7 +36,9 @@ def _relative(cfg: ClusterConfig, home: Path) -> ClusterConfig:
 def members(
     cfg: ClusterConfig, *, node: int | None = None, client: str | None = None
 ) -> dict[str, bytes]:
-    """The files of a bundle by their path inside it: ``cluster.toml`` and one private key.
+    """The files of a bundle by their path inside it: ``cluster.toml`` and one private key;
+    a client's of a sealed cluster also the volume key (docs/confidentiality.md), which a
+    node's never holds.
 
     Raises:
         ConfigError: neither or both of ``node`` and ``client``, or no such node or client.
@@ -59,10 +61,14 @@ def members(
     text = "# bftfs cluster configuration (from `bftfs bundle`; see README.md)\n" + cfgmod.dumps(
         rel
     )
-    return {
+    files = {
         "cluster.toml": text.encode(),
         str(key_dst.relative_to(home)): key_src.read_bytes(),
     }
+    if client is not None and cfg.sealed:
+        volume_dst = rel.volume_key_path.relative_to(home)
+        files[str(volume_dst)] = cfg.volume_key_path.read_bytes()
+    return files
 
 
 def write(out: Path, files: dict[str, bytes]) -> None:
@@ -84,6 +90,6 @@ def write(out: Path, files: dict[str, bytes]) -> None:
                     tar.addfile(info)
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), now
-            info.mode = 0o644 if name == "cluster.toml" else 0o600
+            info.mode = 0o644 if name == "cluster.toml" else 0o600  # keys, the volume key
             tar.addfile(info, io.BytesIO(data))
     tmp.replace(out)

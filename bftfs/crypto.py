@@ -6,6 +6,9 @@ shared secret file exists anywhere.  Frames and Q/U authenticators are MACed wit
 BLAKE2b (16-byte tags): it is in the standard library, runs near memory speed and is a PRF
 when keyed, which is all a MAC needs (the seeds used HMAC-MD5; see spec H.10).
 
+A sealed cluster's file contents are encrypted by the mounts under a volume key no node
+holds (:class:`VolumeKey`, :func:`seal`, :func:`unseal`; docs/confidentiality.md).
+
 This is the only module that imports nacl.
 """
 
@@ -19,7 +22,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nacl.bindings import crypto_scalarmult
+from nacl.bindings import (
+    crypto_aead_aegis256_ABYTES,
+    crypto_aead_aegis256_decrypt,
+    crypto_aead_aegis256_encrypt,
+    crypto_aead_aegis256_NPUBBYTES,
+    crypto_scalarmult,
+)
+from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
 
 from bftfs.ids import PrincipalId
@@ -30,8 +40,19 @@ MAC_SIZE = 16
 KEY_SIZE = 32
 
 
+#: Bytes a sealed value has beyond its plaintext: a random nonce and the AEAD's tag.
+SEAL_OVERHEAD = crypto_aead_aegis256_NPUBBYTES + crypto_aead_aegis256_ABYTES
+#: Length of a volume key's id (``[cluster] volume_key_id``).
+KEY_ID_SIZE = 16
+
+
 class KeyFileError(Exception):
     """A private key file is missing, malformed, or readable by others."""
+
+
+class SealError(Exception):
+    """A sealed value does not open under the key: tampered with, truncated, or sealed
+    under another key."""
 
 
 def mac(key: bytes, data: bytes | memoryview) -> bytes:
@@ -72,13 +93,7 @@ class Identity:
 
     def save(self, path: Path) -> None:
         """Write the private key to ``path`` with mode 0600 (created that way, never widened)."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.private.hex().encode() + b"\n")
-        finally:
-            os.close(fd)
+        save_secret(path, self.private)
 
     @classmethod
     def load(cls, pid: PrincipalId, path: Path) -> Identity:
@@ -88,23 +103,112 @@ class Identity:
             KeyFileError: the file is missing, malformed, or group/other-accessible (a key
                 others can read is no identity, so startup is refused rather than warned).
         """
-        try:
-            st = path.stat()
-            raw = path.read_text().strip()
-        except OSError as e:
-            raise KeyFileError(f"cannot read private key {path}: {e.strerror}") from e
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return cls(pid, load_secret(path))
+
+
+def save_secret(path: Path, secret: bytes) -> None:
+    """Write a 32-byte secret as hex to ``path``, mode 0600 (created that way, never
+    widened), in a directory of mode 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, secret.hex().encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def load_secret(path: Path) -> bytes:
+    """Read a secret written by :func:`save_secret`.
+
+    Raises:
+        KeyFileError: the file is missing, malformed, or group/other-accessible.
+    """
+    try:
+        st = path.stat()
+        raw = path.read_text().strip()
+    except OSError as e:
+        raise KeyFileError(f"cannot read private key {path}: {e.strerror}") from e
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"private key {path} is accessible by others (mode {st.st_mode & 0o777:o}); "
+            "run: chmod 600 " + str(path)
+        )
+    try:
+        secret = bytes.fromhex(raw)
+    except ValueError as e:
+        raise KeyFileError(f"private key {path} is not hex") from e
+    if len(secret) != KEY_SIZE:
+        raise KeyFileError(f"private key {path} has {len(secret)} bytes, expected {KEY_SIZE}")
+    return secret
+
+
+@dataclass(frozen=True)
+class VolumeKey:
+    """A cluster's volume key: what the mounts encrypt file contents under.  Clients hold
+    it (their bundles carry it); nodes never do.  The configuration names it by
+    :attr:`key_id` only, which reveals nothing of it."""
+
+    secret: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> VolumeKey:
+        """A fresh random volume key."""
+        return cls(os.urandom(KEY_SIZE))
+
+    @property
+    def key_id(self) -> bytes:
+        """The key's public name: a keyed hash, so that a mount can tell a wrong key from
+        the right one before it writes anything no other client could read."""
+        return derive(self.secret, b"bftfs-volume-id")[:KEY_ID_SIZE]
+
+    def subkey(self, purpose: bytes) -> bytes:
+        """The key of one use (``b"bftfs-contents"``, ...): one volume key, separate keys."""
+        return derive(self.secret, purpose)
+
+    def save(self, path: Path) -> None:
+        """Write the key to ``path`` with mode 0600."""
+        save_secret(path, self.secret)
+
+    @classmethod
+    def load(cls, path: Path, key_id: bytes) -> VolumeKey:
+        """Read the key at ``path`` and check it is the one ``key_id`` names.
+
+        Raises:
+            KeyFileError: missing, malformed, readable by others, or another key.
+        """
+        key = cls(load_secret(path))
+        if not hmac.compare_digest(key.key_id, key_id):
             raise KeyFileError(
-                f"private key {path} is accessible by others (mode {st.st_mode & 0o777:o}); "
-                "run: chmod 600 " + str(path)
+                f"volume key {path} is not the cluster's (its id {key.key_id.hex()}, the "
+                f"configuration's volume_key_id {key_id.hex()})"
             )
-        try:
-            private = bytes.fromhex(raw)
-        except ValueError as e:
-            raise KeyFileError(f"private key {path} is not hex") from e
-        if len(private) != 32:
-            raise KeyFileError(f"private key {path} has {len(private)} bytes, expected 32")
-        return cls(pid, private)
+        return key
+
+
+def seal(key: bytes, data: bytes | memoryview, aad: bytes) -> bytes:
+    """``data`` encrypted and authenticated under ``key`` with a fresh random nonce, bound
+    to ``aad``: ``nonce || ciphertext || tag`` (:data:`SEAL_OVERHEAD` bytes longer).  The
+    nonce is random and 256 bits long, so no two sealings by any clients repeat one."""
+    nonce = os.urandom(crypto_aead_aegis256_NPUBBYTES)
+    return nonce + crypto_aead_aegis256_encrypt(bytes(data), aad, nonce, key)
+
+
+def unseal(key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
+    """The plaintext of a value :func:`seal` made under ``key`` and ``aad``.
+
+    Raises:
+        SealError: the value was changed, cut, bound to other data, or sealed under
+            another key.
+    """
+    raw = bytes(sealed)
+    if len(raw) < SEAL_OVERHEAD:
+        raise SealError(f"a sealed value has at least {SEAL_OVERHEAD} bytes, got {len(raw)}")
+    nonce, body = raw[:crypto_aead_aegis256_NPUBBYTES], raw[crypto_aead_aegis256_NPUBBYTES:]
+    try:
+        return crypto_aead_aegis256_decrypt(body, aad, nonce, key)
+    except CryptoError:
+        raise SealError("a sealed value does not open: changed, or under another key") from None
 
 
 def pairwise_key(me: Identity, peer_public: bytes) -> bytes:

@@ -43,7 +43,7 @@ from bftfs.config import (
     default_sizes,
 )
 from bftfs.connect import open_client
-from bftfs.crypto import Identity
+from bftfs.crypto import Identity, VolumeKey
 from bftfs.ids import NodeId, client_id
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
@@ -194,8 +194,12 @@ def init_cluster(
     retention: RetentionPolicy | None = None,
     limits: LimitsPolicy | None = None,
     big_block_size: int | None = None,
+    seal: bool = True,
 ) -> ClusterConfig:
     """Create a cluster directory: fresh keys for every node and client, and its config.
+
+    With ``seal`` (the default) also a volume key, under which the mounts encrypt file
+    contents (docs/confidentiality.md); its id goes into the configuration.
 
     ``verification``, ``retention`` and ``limits`` (None: the defaults of
     ``bftfs/policy.py``) go into the saved ``cluster.toml``, so benchmarks and tests can start
@@ -229,6 +233,7 @@ def init_cluster(
         raise ConfigError(f"{len(ports)} ports given for {n_} nodes")
     node_ids = [Identity.generate(NodeId(i)) for i in range(n_)]
     client_ids = [Identity.generate(client_id(k)) for k in range(clients)]
+    volume = VolumeKey.generate() if seal else None
     cfg = ClusterConfig(
         t=t,
         b=b,
@@ -250,8 +255,11 @@ def init_cluster(
         verification=(verification or VerificationPolicy()).validate(),
         retention=(retention or RetentionPolicy()).validate(),
         limits=(limits or LimitsPolicy()).validate(),
+        volume_key_id=None if volume is None else volume.key_id,
     ).validate()
     home.mkdir(parents=True, exist_ok=True)
+    if volume is not None:
+        volume.save(cfg.volume_key_path)
     for spec, ident in zip(cfg.nodes, node_ids, strict=True):
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         ident.save(spec.key_path)
@@ -307,7 +315,7 @@ def remove_cluster(home: Path) -> list[int]:
     stopped = stop_nodes(cfg)
     for spec in cfg.nodes:
         shutil.rmtree(spec.data_dir, ignore_errors=True)
-    for name in ("clients", "mounts"):
+    for name in ("clients", "mounts", "volume"):
         shutil.rmtree(cfg.home / name, ignore_errors=True)
     config_path(cfg.home).unlink(missing_ok=True)
     return stopped

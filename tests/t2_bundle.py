@@ -12,7 +12,7 @@ import pytest
 from bftfs import bundle, config, local
 from bftfs.cli.cluster import parse_addresses
 from bftfs.config import ConfigError
-from bftfs.crypto import Identity
+from bftfs.crypto import Identity, KeyFileError, VolumeKey
 
 ADDRESSES = [(f"10.0.0.{i + 1}", 7000 + i) for i in range(6)]
 
@@ -61,10 +61,54 @@ def test_a_node_bundle_holds_the_configuration_and_that_key_only(tmp_path: Path)
 def test_a_client_bundle_and_refusals(tmp_path: Path) -> None:
     cfg = local.init_cluster(tmp_path / "c", map_size=1 << 26)
     files = bundle.members(cfg, client="client1")
-    assert sorted(files) == ["clients/client1/private/key", "cluster.toml"]
+    assert sorted(files) == ["clients/client1/private/key", "cluster.toml", "volume/private/key"]
     with pytest.raises(ConfigError):
         bundle.members(cfg, client="nobody")
     with pytest.raises(ConfigError, match="no node 6"):
         bundle.members(cfg, node=6)
     with pytest.raises(ConfigError, match="one node"):
         bundle.members(cfg)
+
+
+def test_init_makes_a_volume_key_that_client_bundles_carry_and_node_bundles_do_not(
+    tmp_path: Path,
+) -> None:
+    """Issue 38: ``bftfs init`` seals by default; the key reaches clients only, and the
+    configuration every node reads names it by an id that is not the key."""
+    cfg = local.init_cluster(tmp_path / "c", addresses=ADDRESSES, map_size=1 << 26)
+    assert cfg.sealed and cfg.volume_key_id is not None
+    assert stat.S_IMODE(cfg.volume_key_path.stat().st_mode) == 0o600
+    secret = VolumeKey.load(cfg.volume_key_path, cfg.volume_key_id).secret
+    assert secret.hex() not in (tmp_path / "c" / "cluster.toml").read_text()
+    node_files = bundle.members(cfg, node=2)
+    assert not any(secret.hex().encode() in data for data in node_files.values())
+    out = tmp_path / "client0.tar.gz"
+    bundle.write(out, bundle.members(cfg, client="client0"))
+    host = tmp_path / "laptop"
+    with tarfile.open(out) as tar:
+        tar.extractall(host, filter="data")
+    unpacked = config.load(host / "cluster.toml")
+    assert unpacked.volume_key_id == cfg.volume_key_id
+    assert stat.S_IMODE(unpacked.volume_key_path.stat().st_mode) == 0o600
+    assert VolumeKey.load(unpacked.volume_key_path, cfg.volume_key_id).secret == secret
+
+
+def test_an_unsealed_cluster_has_no_key_and_a_wrong_key_is_refused(tmp_path: Path) -> None:
+    """A cluster without ``volume_key_id`` (made before issue 38, or ``--no-seal``) has no
+    key (its mounts do not encrypt); a sealed one's key loads only as itself."""
+    plain = local.init_cluster(tmp_path / "p", map_size=1 << 26, seal=False)
+    assert not plain.sealed and plain.volume_key_id is None
+    assert "volume_key_id" not in (tmp_path / "p" / "cluster.toml").read_text()
+    assert sorted(bundle.members(plain, client="client0")) == [
+        "clients/client0/private/key",
+        "cluster.toml",
+    ]
+    sealed = local.init_cluster(tmp_path / "s", map_size=1 << 26)
+    other = local.init_cluster(tmp_path / "o", map_size=1 << 26)
+    sealed.volume_key_path.write_bytes(other.volume_key_path.read_bytes())
+    assert sealed.volume_key_id is not None
+    with pytest.raises(KeyFileError, match="not the cluster's"):
+        VolumeKey.load(sealed.volume_key_path, sealed.volume_key_id)
+    sealed.volume_key_path.unlink()
+    with pytest.raises(KeyFileError, match="cannot read"):
+        VolumeKey.load(sealed.volume_key_path, sealed.volume_key_id)

@@ -54,6 +54,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         host=args.host,
         addresses=getattr(args, "nodes", None),
         force=args.force,
+        seal=not args.no_seal,
     )
     print(f"created a cluster of {cfg.n} nodes in {cfg.home}")
     print(
@@ -62,6 +63,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         + (f" (sequential files {human(cfg.big_blocks)})" if cfg.big_blocks else "")
     )
     print(f"  clients: {', '.join(c.name for c in cfg.clients)}")
+    if cfg.sealed:
+        print(f"  contents encrypted under the volume key {cfg.volume_key_path} (clients only)")
+    else:
+        print("  contents NOT encrypted (--no-seal): every node can read them")
     print(f"  configuration: {localmod.config_path(cfg.home)}")
     if getattr(args, "nodes", None):
         print(
@@ -104,7 +109,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     out = args.output or default
     bundle.write(out, files)
     what = f"node {args.node}" if args.node is not None else f"client {args.client}"
-    print(f"wrote {out}: the configuration and {what}'s private key (keep it secret)")
+    keys = "private key" + (" and the volume key" if args.client and cfg.sealed else "")
+    print(f"wrote {out}: the configuration and {what}'s {keys} (keep it secret)")
     print(f"  on its machine: mkdir -p /var/lib/bftfs && tar -xzf {out.name} -C /var/lib/bftfs")
     if args.node is not None:
         print(f"  then: bftfs node --config /var/lib/bftfs/cluster.toml --id {args.node}")
@@ -132,6 +138,7 @@ INIT_DEFAULTS: dict[str, object] = {
     "clients": 2,
     "host": "127.0.0.1",
     "no_durable": False,
+    "no_seal": False,
 }
 
 
@@ -274,6 +281,12 @@ def with_init(sp: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not fsync before acknowledging (faster; a power failure "
         "may lose acknowledged writes)",
+    )
+    sp.add_argument(
+        "--no-seal",
+        action="store_true",
+        help="no volume key: file contents are stored unencrypted, readable by any node "
+        "(default: mounts encrypt them; docs/confidentiality.md)",
     )
 
 

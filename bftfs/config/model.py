@@ -68,6 +68,8 @@ DEFAULT_BIG_BLOCK_SIZE = 1024 * 1024
 DEFAULT_INLINE_LIMIT = 8 * 1024
 #: The servers refuse larger inline content (bftfs.fsobjects.limits.INLINE_MAX).
 MAX_INLINE_LIMIT = 64 * 1024
+#: Bytes of a volume key's id (``[cluster] volume_key_id``; ``bftfs.crypto.KEY_ID_SIZE``).
+VOLUME_KEY_ID_SIZE = 16
 
 
 class ConfigError(Exception):
@@ -155,6 +157,10 @@ class ClusterConfig:
     #: ``[cluster] next_client``: the number the next client added gets (its id is
     #: ``client_id(next_client)``); None: one above every id used (old files have none).
     next_client: int | None = None
+    #: ``[cluster] volume_key_id``: the id of the volume key the mounts encrypt contents
+    #: under (docs/confidentiality.md); None: an unencrypted cluster (every cluster made
+    #: before issue 38, or by ``bftfs init --no-seal``).
+    volume_key_id: bytes | None = field(default=None, repr=False)
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -237,6 +243,16 @@ class ClusterConfig:
     def client_key_path(self, name: str) -> Path:
         return self.home / "clients" / name / "private" / "key"
 
+    @property
+    def sealed(self) -> bool:
+        """Whether mounts encrypt file contents (the cluster has a volume key)."""
+        return self.volume_key_id is not None
+
+    @property
+    def volume_key_path(self) -> Path:
+        """Where clients keep the volume key (in client bundles; never on a node)."""
+        return self.home / "volume" / "private" / "key"
+
     def public_keys(self) -> dict[PrincipalId, bytes]:
         """Every principal's public key, nodes and clients."""
         keys: dict[PrincipalId, bytes] = {s.id: s.public_key for s in self.nodes}
@@ -284,6 +300,11 @@ class ClusterConfig:
         if not 0 <= self.inline_limit <= MAX_INLINE_LIMIT:
             raise ConfigError(
                 f"inline_limit must be in 0..{MAX_INLINE_LIMIT} bytes, got {self.inline_limit}"
+            )
+        if self.volume_key_id is not None and len(self.volume_key_id) != VOLUME_KEY_ID_SIZE:
+            raise ConfigError(
+                f"volume_key_id must be {VOLUME_KEY_ID_SIZE * 2} hex digits, "
+                f"got {len(self.volume_key_id) * 2}"
             )
         if self.map_size < MIN_MAP_SIZE:
             raise ConfigError(

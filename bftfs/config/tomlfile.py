@@ -31,6 +31,7 @@ _CLUSTER_KEYS = {
     *("t", "b", "qc", "m", "block_size", "map_size", "durable", "inline_limit"),
     "big_block_size",
     "next_client",
+    "volume_key_id",
 }
 _NODE_KEYS = {"id", "address", "public_key", "data_dir"}
 _CLIENT_KEYS = {"id", "name", "public_key"}
@@ -44,6 +45,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
     optional = {
         *("durable", "map_size", "block_size", "inline_limit", "big_block_size"),
         *("verification", "retention", "limits", "retired_clients", "next_client"),
+        "volume_key_id",
     }
     missing = allowed - set(table) - optional
     if missing:
@@ -142,7 +144,18 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
             if c.get("next_client") is None
             else _int("[cluster] next_client", c["next_client"])
         ),
+        volume_key_id=_key_id(c.get("volume_key_id")),
     ).validate()
+
+
+def _key_id(v: Any) -> bytes | None:
+    """``[cluster] volume_key_id``: hex, or absent (an unencrypted cluster)."""
+    if v is None:
+        return None
+    try:
+        return bytes.fromhex(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"[cluster] volume_key_id must be hex digits, got {v!r}") from None
 
 
 def _client_number(where: str, v: Any) -> ClientId:
@@ -228,6 +241,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             "inline_limit": cfg.inline_limit,
             **({} if cfg.big_block_size is None else {"big_block_size": cfg.big_block_size}),
             "next_client": cfg.next_client_number,
+            **({} if cfg.volume_key_id is None else {"volume_key_id": cfg.volume_key_id.hex()}),
         },
         "nodes": [
             {
