@@ -18,6 +18,7 @@ import pytest
 import trio
 from fs_helpers import RW_OPTIONS, Env, run, write_file
 
+from bftfs.crypto import SEAL_OVERHEAD
 from bftfs.erasure import fragment_size
 from bftfs.fs.files import BIG_BLOCK_THRESHOLD
 from bftfs.fs.filesystem import FileSystem
@@ -264,18 +265,19 @@ async def test_nodes_take_big_fragments_and_refuse_bigger_ones(tmp_path: Path) -
         open_cluster(tmp_path, clients=1, **OPTS) as cluster,
         open_rw_client(cluster.client(0), cluster.config, **RW_OPTIONS) as rw,
     ):
-        assert rw.block_size == BIG
-        data = random.Random(2).randbytes(BIG)
+        # A big block and a sealed block's overhead (docs/confidentiality.md).
+        assert rw.block_size == BIG + SEAL_OVERHEAD
+        data = random.Random(2).randbytes(BIG + SEAL_OVERHEAD)
         await rw.write_block(block_id(99, 0), data)
         assert (await rw.read_blocks([block_id(99, 0)]))[block_id(99, 0)] == data
         with pytest.raises(ValueError):
             await rw.write_block(block_id(99, 1), data + b"x")
-        # A client that skips its own check: the nodes refuse fragments past the big
-        # block's (``fragment_size(big_block_size, m)``).
+        # A client that skips its own check: the nodes refuse fragments past the sealed
+        # big block's (``fragment_size(big_block_size + SEAL_OVERHEAD, m)``).
         rw.block_size = 4 * BIG
         m = cluster.config.m
         bigger = random.Random(3).randbytes(2 * BIG)
-        assert fragment_size(len(bigger), m) > fragment_size(BIG, m)
+        assert fragment_size(len(bigger), m) > fragment_size(BIG + SEAL_OVERHEAD, m)
         with pytest.raises(WriteFailed):
             with trio.fail_after(30):
                 await rw.write_block(block_id(99, 2), bigger)

@@ -89,6 +89,7 @@ from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.seal import Seal, wrap_clients
 from bftfs.fs.writeback import WriteBack
 from bftfs.fs.writebehind import PendingCreates
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
@@ -213,7 +214,13 @@ class FileSystem:
         **options: Any,
     ) -> FileSystem:
         """A file system on these clients; creates the root directory if the cluster has
-        none (``fs.mkroot`` is refused once it exists, so racing clients are harmless)."""
+        none (``fs.mkroot`` is refused once it exists, so racing clients are harmless).
+
+        In a sealed cluster its parts reach the clients through the encryption boundary
+        (``fs/seal.py``): ``seal`` (default: the cluster's, its volume key read from the
+        cluster directory; None for an unencrypted cluster)."""
+        seal = options.pop("seal") if "seal" in options else Seal.of(config)
+        qu, rw = wrap_clients(qu, rw, seal)
         fs = cls(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
         try:
             fs.cache.observed(ROOT, await fs.meta.query(ROOT, "fs.stat"))

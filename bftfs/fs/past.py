@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from bftfs.fs.files import file_block_size
+from bftfs.fs.seal import Seal, SealedBlocks
 from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.dirents import all_entries
 from bftfs.qu.canon import unpack
@@ -234,10 +235,21 @@ def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tupl
 class Past:
     """History reads of one cluster's file system (any client may read them)."""
 
-    def __init__(self, qu: QUClient, reader: PastReader, rw: Any, block_size: int) -> None:
+    def __init__(
+        self,
+        qu: QUClient,
+        reader: PastReader,
+        rw: Any,
+        block_size: int,
+        *,
+        seal: Seal | None = None,
+    ) -> None:
         self.qu = qu
         self.reader = reader
-        self.rw = rw
+        #: In a sealed cluster old blocks and inline bytes are opened here, so every
+        #: version this hands out holds plaintext (``fs/seal.py``).
+        self.seal = seal
+        self.rw = rw if seal is None else SealedBlocks(rw, seal)
         self.bs = block_size
         self._histories: dict[int, ObjectHistory] = {}
         #: Established versions read for several objects at once (:meth:`_read_starts`),
@@ -263,6 +275,13 @@ class Past:
             what = {"exists": "exists already", "not-found": "does not exist"}.get(e.code, str(e))
             raise PastError(f"snapshot {arg['name']}: {what}") from None
 
+    def _unpack(self, raw: bytes | None) -> dict[str, Any] | None:
+        """A past state as the reader fetched it, its inline content opened."""
+        if raw is None:
+            return None
+        state: dict[str, Any] = unpack(raw)
+        return state if self.seal is None else self.seal.open_state(state)
+
     def statistics(self) -> str:
         """What the history reads cost, for a log at unmount."""
         return f"history: {self.reader.rounds} chain rounds, {len(self._histories)} objects"
@@ -276,8 +295,7 @@ class Past:
         states = await self.reader.states(oid, walk.versions)
         hist = ObjectHistory(oid, complete=walk.end is End.INITIAL)
         chain: list[tuple[Agreed, dict[str, Any] | None]] = [
-            (a, None if states[a.lt] is None else unpack(states[a.lt]))  # type: ignore[arg-type]
-            for a in walk.versions
+            (a, self._unpack(states[a.lt])) for a in walk.versions
         ]
         # Oldest first, folding repeats (repairs' copies, bookkeeping-only updates).
         kept: list[Version] = []
@@ -318,7 +336,7 @@ class Past:
                 raise _reclaimed(oid, [a.time_ns for a in walk.versions])
             last = walk.versions[found.index]
             raw = (await self.reader.states(oid, [last]))[last.lt]
-            state = None if raw is None else unpack(raw)
+            state = self._unpack(raw)
             v = Version(oid, last.lt, last.time_ns, last.lt.client, state, ())
         if v is None or v.state is None or _gone(v.state):
             return None
@@ -493,7 +511,7 @@ class Past:
         raw = await self.reader.states(oid, wanted)
         versions: dict[Timestamp, Version | None] = {}
         for a in wanted:
-            state = None if raw[a.lt] is None else unpack(raw[a.lt])  # type: ignore[arg-type]
+            state = self._unpack(raw[a.lt])
             gone = state is None or _gone(state)
             versions[a.lt] = None if gone else Version(oid, a.lt, a.time_ns, a.lt.client, state, ())
         return [None if a is None else versions[a.lt] for a in picks]

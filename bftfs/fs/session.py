@@ -19,6 +19,7 @@ from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import Past
+from bftfs.fs.seal import Seal
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.pastread import PastReader
@@ -100,7 +101,7 @@ async def open_past(config: ClusterConfig, client: str) -> AsyncIterator[Past]:
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
         th = QUThresholds.from_config(config)
         qu = QUClient(ep, th, client_id=ep.pid)
-        yield Past(qu, PastReader(ep, th), rw, config.block_size)
+        yield Past(qu, PastReader(ep, th), rw, config.block_size, seal=Seal.of(config))
 
 
 @asynccontextmanager

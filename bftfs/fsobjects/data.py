@@ -25,7 +25,8 @@ limit still bounds.
 
 Small files inline (a configurable trade, ``[cluster] inline_limit``, DESIGN "Performance
 notes"): an attribute object may hold the whole content of a small regular file in ``i``
-(bytes, ``len(i) == size``, at most :data:`INLINE_MAX`); its blocks are then ignored.  Such
+(bytes, ``len(i) == size``, or ``size + SEALED_EXTRA`` when a mount sealed it, docs/
+confidentiality.md; the size at most :data:`INLINE_MAX`); its blocks are then ignored.  Such
 a file costs one Q/U update per flush and no PASIS round, and its content is replicated on
 every server instead of erasure-coded (``n`` copies instead of ``n/m`` block equivalents, and
 every version of the object keeps a copy).  ``fs.open`` answers the stat with the content.

@@ -34,6 +34,9 @@ XATTR_TOTAL_MAX = 256 * 1024
 #: Largest content kept inline in an attribute object ("Small files inline",
 #: :mod:`bftfs.fsobjects.data`).
 INLINE_MAX = 64 * 1024
+#: Bytes sealed inline content has beyond the file's size in a cluster whose mounts encrypt
+#: contents (a nonce and a tag: ``bftfs.crypto.SEAL_OVERHEAD``, docs/confidentiality.md).
+SEALED_EXTRA = 64
 #: Largest file size (block indices stay far inside 64 bits for any block size).
 MAX_SIZE = 1 << 50
 #: Most byte ranges a file's record of written data (``w``) keeps (:mod:`bftfs.fsobjects.ranges`).

@@ -160,8 +160,9 @@ def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 
     Argument: ``fs.create``'s for a regular file (no ``tok``/``lease``: the content comes
     with the create, no lease is needed) plus ``i`` (the whole content, at most
-    :data:`INLINE_MAX` bytes), ``mtime`` and optionally ``attrs`` (held-back chmod, chown,
-    atime, as in ``fs.write``).  Answers ``[stat of the new file, stat of the parent]``.
+    :data:`INLINE_MAX` bytes), ``mtime``, optionally ``attrs`` (held-back chmod, chown,
+    atime, as in ``fs.write``) and ``end``, the file's size, when ``i`` is sealed (longer:
+    docs/confidentiality.md).  Answers ``[stat of the new file, stat of the parent]``.
     """
     a = _arg(arg)
     if st.S_IFMT(_int(a, "mode", 0, 0o177777)) != st.S_IFREG:
@@ -176,7 +177,8 @@ def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     written = {
         "d": a["d"],
         "v": made[oid]["v"],
-        "end": len(content),
+        # The size: the content's length, or ``end`` when a mount sealed the content.
+        "end": a.get("end", len(content)),
         "i": content,
         "mtime": a.get("mtime"),
         "attrs": a.get("attrs"),

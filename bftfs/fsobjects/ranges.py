@@ -81,7 +81,7 @@ def _leaving_inline(f: dict[str, Any]) -> list[list[int]] | None:
     """The record of written ranges of a file whose inline content moves to block 0."""
     if f.get("w") is None:
         return None
-    n = len(f["i"])
+    n = int(f["size"])  # not len(i): sealed content is longer than the file
     return [[0, n]] if n else []
 
 

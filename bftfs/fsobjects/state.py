@@ -29,6 +29,7 @@ from bftfs.fsobjects.limits import (
     MAX_TIME,
     MIN_TIME,
     NAME_MAX,
+    SEALED_EXTRA,
     XATTR_NAME_MAX,
 )
 from bftfs.qu.objects import MethodRefused, States
@@ -96,13 +97,17 @@ def check_xattr_name(name: Any) -> bytes:
 
 
 def _inline(a: dict[str, Any], size: int) -> bytes | None:
-    """The inline content an argument carries (``i``), checked against the new ``size``."""
+    """The inline content an argument carries (``i``), checked against the new ``size``:
+    the file's bytes, or those bytes sealed by a mount (``SEALED_EXTRA`` more, which the
+    servers cannot open and need not: docs/confidentiality.md)."""
     i = a.get("i")
     if i is None:
         return None
-    if not isinstance(i, bytes) or len(i) != size or size > INLINE_MAX:
+    if not isinstance(i, bytes) or len(i) not in (size, size + SEALED_EXTRA) or size > INLINE_MAX:
         raise MethodRefused(
-            "invalid", f"inline content must be bytes of the size, at most {INLINE_MAX}"
+            "invalid",
+            f"inline content must be bytes of the size (or sealed: {SEALED_EXTRA} more), "
+            f"at most {INLINE_MAX}",
         )
     return i
 

@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bftfs.erasure import fragment_size
 from bftfs.ids import NodeId
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.node.background import Backoff, sweep
 from bftfs.rw import forget, replica
+from bftfs.rw.client import max_fragment_of
 from bftfs.rw.messages import MessageError, ReadReply, ReadRequest
 from bftfs.rw.timestamp import Timestamp
 
@@ -62,7 +62,7 @@ class Forgetter:
         self.node = node
         kept = node.config.retention
         self.delay_ns = int((kept.keep_seconds + kept.forget_seconds) * 1e9)
-        self.max_fragment = fragment_size(node.config.max_file_block_size, node.config.m)
+        self.max_fragment = max_fragment_of(node.config)
         #: ``(due ns, block)``, a heap; ``_due`` the entry that counts for each block.
         self._queue: list[tuple[int, int]] = []
         self._due: dict[int, int] = {}

@@ -37,7 +37,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bftfs.config import ClusterConfig
-from bftfs.erasure import fragment_size
 from bftfs.ids import NodeId, is_node
 from bftfs.net.admission import Admission
 from bftfs.net.endpoint import Endpoint
@@ -50,6 +49,7 @@ from bftfs.node.rw_verifier import Verifier
 from bftfs.node.store import Store
 from bftfs.rw import quota, repairs, replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
+from bftfs.rw.client import max_fragment_of
 from bftfs.rw.messages import (
     KIND_LIST,
     KIND_NOTIFY,
@@ -165,7 +165,7 @@ class RWServer:
         self.max_ahead_ns = max_ahead_ns
         self.n = config.n
         # Files written sequentially have bigger blocks (``[cluster] big_block_size``).
-        self.max_fragment = fragment_size(config.max_file_block_size, config.m)
+        self.max_fragment = max_fragment_of(config)
         #: Above this many bytes in use new non-empty versions are refused (policy.py).
         self.data_limit = config.verification.data_fraction * config.map_size
 

@@ -440,8 +440,7 @@ class Verifier:
         now = trio.current_time()
         # The scan does not read the fragments: each counts at the largest a fragment can
         # be, so the stream budget (bytes) binds no later than before the restart.
-        cfg = self.node.config
-        size = -(-cfg.max_file_block_size // cfg.m)
+        size = max_fragment_of(self.node.config)
         while True:
             page = self.node.store.read(
                 functools.partial(scan_page, after=after, retention=self.retention)

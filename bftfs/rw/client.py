@@ -37,6 +37,7 @@ from typing import Any
 import trio
 
 from bftfs import erasure
+from bftfs.crypto import SEAL_OVERHEAD
 from bftfs.ids import NodeId
 from bftfs.net.batch import Batcher
 from bftfs.net.endpoint import Endpoint
@@ -330,9 +331,11 @@ class RWClient:
 
 
 def largest_block(config: Any) -> int:
-    """The largest block a client writes or reads: the cluster's biggest per-file block
-    size (``[cluster] big_block_size``, docs/fs.md), which the nodes accept."""
-    return int(getattr(config, "max_file_block_size", config.block_size))
+    """The largest block a client writes or reads, which the nodes accept: the cluster's
+    biggest per-file block size (``[cluster] big_block_size``, docs/fs.md), sealed (a
+    mount of a sealed cluster writes each block ``SEAL_OVERHEAD`` bytes longer than its
+    plaintext, docs/confidentiality.md)."""
+    return int(getattr(config, "max_file_block_size", config.block_size)) + SEAL_OVERHEAD
 
 
 def max_fragment_of(config: Any) -> int:

@@ -1,0 +1,225 @@
+"""The encryption boundary of a mount: file contents sealed before any node sees them.
+
+A sealed cluster (one with a volume key, ``[cluster] volume_key_id``) keeps every file's
+contents encrypted on the nodes (docs/confidentiality.md).  The file system's parts work on
+plaintext; :func:`wrap_clients` puts two thin wrappers between them and the protocol
+clients, so that nothing below (nodes, Q/U, PASIS, lazy verification, scrub, history,
+garbage collection) sees or needs plaintext:
+
+- :class:`SealedBlocks` over the PASIS client: a block is sealed before it is written
+  (and erasure-coded) and opened after it is read (decoded and validated);
+- :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``) are sealed in
+  the update arguments that carry them and opened in every answer that does.
+
+A block or inline content written empty stays empty (an empty block reads as zeros: a
+cleared gap, a given-back block), so the paths that write nothing need no key.  A value
+that does not open (bits flipped by more than ``b`` nodes, a client writing garbage) is
+:class:`SealBroken`, EIO: never returned as plaintext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bftfs.crypto import SealError, VolumeKey, seal, unseal
+from bftfs.fs.errors import FsError
+
+#: The additional data of inline content: a block's (its id) can never be taken for it.
+_INLINE_AAD = b"bftfs-inline"
+#: The update methods whose arguments may carry inline content (``i``), at top level or in
+#: ``files`` (``fs.createmany``).
+_INLINE_METHODS = frozenset({"fs.write", "fs.setattr", "fs.createwrite", "fs.createmany"})
+
+
+class SealBroken(FsError):
+    """Sealed contents that do not open under the volume key (EIO): corrupted, or written
+    under another key."""
+
+
+class Seal:
+    """The volume key's contents key, and the two directions of the boundary."""
+
+    def __init__(self, volume: VolumeKey) -> None:
+        self._key = volume.subkey(b"bftfs-contents")
+
+    @classmethod
+    def of(cls, config: Any) -> Seal | None:
+        """The seal of ``config``'s cluster: None for an unencrypted one (no
+        ``volume_key_id``: made before issue 38, or ``--no-seal``), else the volume key
+        read from the cluster directory, checked against the id.
+
+        Raises:
+            KeyFileError: the cluster is sealed but the key file is missing, readable by
+                others, or not the key the configuration names.
+        """
+        key_id = getattr(config, "volume_key_id", None)
+        if key_id is None:
+            return None
+        return cls(VolumeKey.load(config.volume_key_path, key_id))
+
+    # Blocks ---------------------------------------------------------------------------------
+
+    def seal_block(self, block: int, data: bytes) -> bytes:
+        """Block ``block``'s plaintext sealed, bound to its id (empty stays empty)."""
+        if not data:
+            return b""
+        return seal(self._key, data, _block_aad(block))
+
+    def open_block(self, block: int, data: bytes) -> bytes:
+        """Block ``block``'s plaintext from what the nodes returned.
+
+        Raises:
+            SealBroken: it does not open (or was sealed as another block).
+        """
+        if not data:
+            return b""
+        try:
+            return unseal(self._key, data, _block_aad(block))
+        except SealError as e:
+            raise SealBroken(f"block {block:#x}: {e}") from None
+
+    # Inline content ---------------------------------------------------------------------------
+
+    def seal_inline(self, data: bytes) -> bytes:
+        """An inline file's bytes sealed (empty stays empty)."""
+        if not data:
+            return b""
+        return seal(self._key, data, _INLINE_AAD)
+
+    def open_inline(self, data: bytes) -> bytes:
+        """An inline file's bytes from a state or answer.
+
+        Raises:
+            SealBroken: they do not open.
+        """
+        if not data:
+            return b""
+        try:
+            return unseal(self._key, data, _INLINE_AAD)
+        except SealError as e:
+            raise SealBroken(f"inline content: {e}") from None
+
+    def seal_argument(self, method: str, arg: Any) -> Any:
+        """An update's argument with its inline content sealed (a copy; ``arg`` unchanged).
+        ``fs.createwrite`` (and each file of ``fs.createmany``) then names the file's size
+        as ``end``: the nodes take it from the content's length otherwise."""
+        if method not in _INLINE_METHODS or not isinstance(arg, dict):
+            return arg
+        out = self._seal_one(arg, create=method == "fs.createwrite")
+        files = arg.get("files")
+        if method == "fs.createmany" and isinstance(files, list):
+            out["files"] = [self._seal_one(f, create=True) for f in files]
+        return out
+
+    def _seal_one(self, arg: Any, *, create: bool) -> Any:
+        content = arg.get("i") if isinstance(arg, dict) else None
+        if not isinstance(content, bytes | bytearray) or not content:
+            return dict(arg) if isinstance(arg, dict) else arg
+        out = dict(arg, i=self.seal_inline(bytes(content)))
+        if create:
+            out["end"] = len(content)
+        return out
+
+    def open_answer(self, answer: Any) -> Any:
+        """``answer`` with the inline content of every file state in it opened: a copy of
+        what changed (answers may be kept by the Q/U client), the same object where
+        nothing did (most answers: no walk allocates for them)."""
+        if isinstance(answer, dict):
+            opened = None
+            for key, value in answer.items():
+                new = self.open_answer(value)
+                if new is not value:
+                    opened = opened if opened is not None else dict(answer)
+                    opened[key] = new
+            content = answer.get("i")
+            if answer.get("k") == "f" and isinstance(content, bytes) and content:
+                opened = opened if opened is not None else dict(answer)
+                opened["i"] = self.open_inline(content)
+            return answer if opened is None else opened
+        if isinstance(answer, list):
+            items = [self.open_answer(v) for v in answer]
+            if any(new is not old for new, old in zip(items, answer, strict=True)):
+                return items
+        return answer
+
+    def open_state(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A past object state (history) with its inline content opened."""
+        if state is None:
+            return None
+        return dict(self.open_answer(state))
+
+
+def _block_aad(block: int) -> bytes:
+    """A block's additional data: its id (data id and index), so a sealed block read in
+    another's place does not open."""
+    return b"bftfs-block" + int(block).to_bytes(16, "big")
+
+
+class SealedBlocks:
+    """The PASIS client as the file system sees it in a sealed cluster: the same calls,
+    with contents sealed on the way out and opened on the way in.  Everything else (the
+    client's statistics, faults, space, block size) is the client's own."""
+
+    def __init__(self, rw: Any, seal: Seal) -> None:
+        self._rw = rw
+        self._seal = seal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rw, name)
+
+    async def write_blocks(self, blocks: Mapping[int, bytes], **options: Any) -> Any:
+        """``RWClient.write_blocks`` of the sealed blocks."""
+        sealed = {b: self._seal.seal_block(b, data) for b, data in blocks.items()}
+        return await self._rw.write_blocks(sealed, **options)
+
+    async def write_block(self, block: int, data: bytes, **options: Any) -> Any:
+        """``RWClient.write_block`` of the sealed block."""
+        return await self._rw.write_block(block, self._seal.seal_block(block, data), **options)
+
+    async def read_blocks(self, blocks: Iterable[int], **options: Any) -> dict[int, bytes]:
+        """``RWClient.read_blocks``, opened."""
+        got = await self._rw.read_blocks(blocks, **options)
+        return {b: self._seal.open_block(b, data) for b, data in got.items()}
+
+    async def read_block(self, block: int) -> bytes:
+        """``RWClient.read_block``, opened."""
+        return self._seal.open_block(block, await self._rw.read_block(block))
+
+    async def read_as_of(self, block: int, time_ns: int) -> bytes:
+        """``RWClient.read_as_of`` (history), opened."""
+        return self._seal.open_block(block, await self._rw.read_as_of(block, time_ns))
+
+
+class SealedObjects:
+    """The Q/U client as the file system sees it in a sealed cluster: inline content
+    sealed in updates, opened in answers; everything else is the client's own."""
+
+    def __init__(self, qu: Any, seal: Seal) -> None:
+        self._qu = qu
+        self._seal = seal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._qu, name)
+
+    async def query(self, objects: Any, method: str, arg: Any = None) -> Any:
+        """``QUClient.query``, its answer opened."""
+        return self._seal.open_answer(await self._qu.query(objects, method, arg))
+
+    async def update(self, objects: Any, method: str, arg: Any = None) -> Any:
+        """``QUClient.update`` of the sealed argument, its answer opened."""
+        sealed = self._seal.seal_argument(method, arg)
+        return self._seal.open_answer(await self._qu.update(objects, method, sealed))
+
+    async def query_at(self, oid: int, method: str, arg: Any = None) -> Any:
+        """``QUClient.query_at``, its answer opened (the version stays as it is)."""
+        answer, at = await self._qu.query_at(oid, method, arg)
+        return self._seal.open_answer(answer), at
+
+
+def wrap_clients(qu: Any, rw: Any, seal: Seal | None) -> tuple[Any, Any]:
+    """The Q/U and PASIS clients the file system is to use: themselves for an unencrypted
+    cluster, else behind the seal."""
+    if seal is None:
+        return qu, rw
+    return SealedObjects(qu, seal), SealedBlocks(rw, seal)

@@ -1,0 +1,96 @@
+"""The encryption boundary's pure parts (issue 38, docs/confidentiality.md): sealing and
+opening contents, what a flipped bit or a swapped block gives, and the update arguments and
+answers the Q/U wrapper rewrites."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bftfs import fsobjects as obj
+from bftfs.crypto import SEAL_OVERHEAD, SealError, VolumeKey, seal, unseal
+from bftfs.fs.seal import Seal, SealBroken
+from bftfs.fsobjects.limits import SEALED_EXTRA
+from bftfs.rw.messages import block_id
+
+RNG = random.Random(38)
+
+
+def test_the_nodes_allowance_is_the_seals_overhead() -> None:
+    assert SEALED_EXTRA == SEAL_OVERHEAD == 64
+
+
+def test_sealing_draws_a_fresh_nonce_and_any_flipped_bit_fails_the_open() -> None:
+    key = VolumeKey(RNG.randbytes(32)).subkey(b"bftfs-contents")
+    data = RNG.randbytes(1000)
+    a, b = seal(key, data, b"x"), seal(key, data, b"x")
+    assert a != b and len(a) == len(data) + SEAL_OVERHEAD
+    assert data not in a and unseal(key, a, b"x") == data
+    for at in (0, 31, 32, 500, len(a) - 1):  # the nonce, the ciphertext, the tag
+        bad = bytearray(a)
+        bad[at] ^= 1
+        with pytest.raises(SealError):
+            unseal(key, bytes(bad), b"x")
+    with pytest.raises(SealError):
+        unseal(key, a, b"y")  # bound to other data
+    with pytest.raises(SealError):
+        unseal(key, a[:10], b"x")
+    with pytest.raises(SealError):
+        unseal(VolumeKey(RNG.randbytes(32)).subkey(b"bftfs-contents"), a, b"x")
+
+
+def test_a_block_opens_only_as_itself_and_empty_stays_empty() -> None:
+    s = Seal(VolumeKey(RNG.randbytes(32)))
+    one, two = block_id(7, 0), block_id(7, 1)
+    sealed = s.seal_block(one, b"contents")
+    assert s.open_block(one, sealed) == b"contents"
+    with pytest.raises(SealBroken):
+        s.open_block(two, sealed)  # a node serving block 0 as block 1
+    with pytest.raises(SealBroken):
+        s.open_inline(sealed)  # nor as inline bytes
+    assert s.seal_block(one, b"") == b"" and s.open_block(one, b"") == b""
+    assert SealBroken("x").errno == 5  # EIO
+
+
+def test_update_arguments_carry_sealed_inline_content_and_the_size_for_creates() -> None:
+    s = Seal(VolumeKey(RNG.randbytes(32)))
+    write = {"d": 1, "v": 2, "end": 5, "i": b"hello"}
+    sealed = s.seal_argument("fs.write", write)
+    assert write["i"] == b"hello"  # the caller's argument is left alone
+    assert len(sealed["i"]) == 5 + SEAL_OVERHEAD and s.open_inline(sealed["i"]) == b"hello"
+    created = s.seal_argument("fs.createwrite", {"o": 9, "i": b"abc"})
+    assert created["end"] == 3 and b"abc" not in created["i"]
+    many = s.seal_argument("fs.createmany", {"p": 1, "files": [{"i": b"one"}, {"i": b""}]})
+    assert many["files"][0]["end"] == 3 and s.open_inline(many["files"][0]["i"]) == b"one"
+    assert many["files"][1] == {"i": b""}  # an empty file stays empty
+    assert s.seal_argument("fs.rename", {"i": b"x"}) == {"i": b"x"}  # no content there
+
+
+def test_answers_are_opened_wherever_a_file_state_holds_inline_content() -> None:
+    s = Seal(VolumeKey(RNG.randbytes(32)))
+    sealed = s.seal_inline(b"small file")
+    answer = [{"k": "f", "size": 10, "i": sealed}, {"k": "d", "i": b"not content"}]
+    opened = s.open_answer(answer)
+    assert opened[0]["i"] == b"small file" and opened[1]["i"] == b"not content"
+    assert answer[0]["i"] == sealed  # a copy: the Q/U client's answer is left alone
+    untouched = {"k": "f", "size": 0, "nx": 0}
+    assert s.open_answer(untouched) is untouched
+    bad = bytearray(sealed)
+    bad[40] ^= 4
+    with pytest.raises(SealBroken):
+        s.open_answer({"k": "f", "i": bytes(bad)})
+
+
+def test_nodes_take_inline_content_of_the_size_or_sealed_and_nothing_else() -> None:
+    """The one rule the nodes change: ``i`` is ``size`` bytes, or ``size + 64``."""
+    from bftfs.fsobjects.state import _inline
+    from bftfs.qu.objects import MethodRefused
+
+    assert _inline({"i": b"x" * 5}, 5) == b"x" * 5
+    assert _inline({"i": b"x" * (5 + SEALED_EXTRA)}, 5) is not None
+    for n in (4, 6, 5 + SEALED_EXTRA - 1, 5 + SEALED_EXTRA + 1):
+        with pytest.raises(MethodRefused):
+            _inline({"i": b"x" * n}, 5)
+    with pytest.raises(MethodRefused):
+        _inline({"i": b"x" * (obj.INLINE_MAX + 1)}, obj.INLINE_MAX + 1)

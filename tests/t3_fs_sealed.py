@@ -1,0 +1,148 @@
+"""Tier 3: contents the nodes cannot read (issue 38, docs/confidentiality.md).
+
+Known plaintext written through the file system of a sealed cluster - an inline file made
+by write-behind's ``fs.createwrite``, one rewritten and truncated inline, a file of 64 KiB
+blocks, a big-block file, an old version overwritten since - is found in no node's LMDB
+files, while every read, history read and scrub works.  The same scan over an unsealed
+cluster finds each of them: the scan can fail.  A Byzantine node flipping bits of the
+ciphertext it serves is caught by the cross checksums, never returned.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from fs_helpers import RW_OPTIONS, Env, fs_env, qu_client, write_file
+
+from bftfs import fsobjects as obj
+from bftfs.crypto import VolumeKey
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.past import Past
+from bftfs.fs.scrub import scrub
+from bftfs.fs.seal import Seal
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.pastread import PastReader
+from bftfs.rw.client import open_rw_client
+from bftfs.testing.byzantine.rw import make_byzantine
+
+#: Markers long enough that finding one in a store is no accident; each file repeats its
+#: own, so that whole copies land in every systematic fragment of every block.
+MARKERS = {
+    b"created": b"CREATED-INLINE-4f1c9a-",
+    b"rewritten": b"REWRITTEN-INLINE-77b2e0-",
+    b"blocks": b"BLOCK-FILE-0c3d55-",
+    b"big": b"BIG-BLOCK-FILE-9e8a71-",
+    b"old": b"OLD-VERSION-5a2f0b-",
+}
+NEW = b"NEW-VERSION-d41b93-"
+
+
+def _content(marker: bytes, size: int) -> bytes:
+    return (marker * (size // len(marker) + 1))[:size]
+
+
+def _stores(tmp_path: Path) -> list[Path]:
+    """Every file of every node's data directory (LMDB's data and lock files)."""
+    return [p for d in sorted(tmp_path.glob("node*")) for p in sorted(d.rglob("*")) if p.is_file()]
+
+
+def _found(tmp_path: Path, markers: list[bytes]) -> set[bytes]:
+    found = set()
+    for path in _stores(tmp_path):
+        data = path.read_bytes()
+        found |= {m for m in markers if m in data}
+    return found
+
+
+async def _write_everything(env: Env) -> tuple[dict[bytes, bytes], int, int]:
+    """The files of the scenario: name -> content now; the old version's inode and the
+    moment between its two versions."""
+    fs = env.fs
+    files = {
+        b"created": _content(MARKERS[b"created"], 3000),
+        b"rewritten": _content(MARKERS[b"rewritten"], 1500),
+        b"blocks": _content(MARKERS[b"blocks"], 200_000),
+        b"big": _content(MARKERS[b"big"], 2 * 1024 * 1024 + 5000),
+    }
+    for name in (b"created", b"blocks", b"big"):
+        await write_file(fs, name, files[name])
+    # An inline file written, then rewritten in place and cut short (fs.write, fs.setattr).
+    ino = await write_file(fs, b"rewritten", _content(b"x", 4000))
+    fh = await fs.open(ino, os.O_RDWR)
+    await fs.write(fh, 0, files[b"rewritten"] + b"tail-to-cut")
+    await fs.release(fh)
+    await fs.setattr(ino, size=len(files[b"rewritten"]))
+    # A file of blocks overwritten: its first version is history.
+    old = _content(MARKERS[b"old"], 100_000)
+    old_ino = await write_file(fs, b"versioned", old)
+    between = time.time_ns()  # history's moments are wall-clock times
+    fh = await fs.open(old_ino, os.O_RDWR)
+    await fs.write(fh, 0, _content(NEW, len(old)))
+    await fs.release(fh)
+    files[b"versioned"] = _content(NEW, len(old))
+    await fs.write_back()
+    return files, old_ino, between
+
+
+async def _read_all(fs: FileSystem, files: dict[bytes, bytes]) -> None:
+    for name, data in files.items():
+        fh = await fs.open((await fs.lookup(obj.ROOT, name)).ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, len(data) + 10) == data, name
+        await fs.release(fh)
+
+
+async def test_no_node_stores_the_plaintext_and_everything_reads(tmp_path: Path) -> None:
+    seal = Seal(VolumeKey(random.Random(38).randbytes(32)))
+    options = {"seal": seal, "write_behind": True}
+    async with fs_env(tmp_path, fs_options=options) as env:
+        files, old_ino, between = await _write_everything(env)
+        assert _found(tmp_path, [*MARKERS.values(), NEW]) == set()
+        # Another mount, nothing cached: every read goes to the nodes and is opened.
+        await _read_all(env.fss[1], files)
+        cfg = env.cluster.config
+        th = QUThresholds.from_config(cfg)
+        async with open_rw_client(env.cluster.client(2), cfg, **RW_OPTIONS) as rw:
+            qu = qu_client(env.cluster, 2)
+            past = Past(qu, PastReader(env.cluster.client(2), th), rw, cfg.block_size, seal=seal)
+            then = await past.state_at(old_ino, between)
+            assert then is not None
+            assert await past.content(then) == _content(MARKERS[b"old"], 100_000)
+            history = await past.history(old_ino)
+            assert len(history.versions) >= 2
+            # bftfs verify's scrub works on ciphertext: every fragment intact.
+            reports = await scrub(qu, rw, cfg.block_size)
+            assert reports and all(not r.repaired and not r.unreachable for r in reports)
+    assert _found(tmp_path, [*MARKERS.values(), NEW]) == set()
+
+
+async def test_the_scan_finds_the_plaintext_of_an_unsealed_cluster(tmp_path: Path) -> None:
+    """What the test above rules out, as every cluster stored it before issue 38."""
+    async with fs_env(tmp_path, fs_options={"seal": None, "write_behind": True}) as env:
+        await _write_everything(env)
+    assert _found(tmp_path, [*MARKERS.values(), NEW]) == {*MARKERS.values(), NEW}
+
+
+@pytest.mark.parametrize("node", [0, 2])
+async def test_a_node_flipping_ciphertext_bits_is_caught_not_returned(
+    tmp_path: Path, node: int
+) -> None:
+    """``corrupt-fragment``: the node flips bits of every fragment it serves.  The cross
+    checksums (over what the nodes store: ciphertext) refuse them, the reader counts the
+    node as corrupt, and every read returns the plaintext written.  Nodes 0 and 2 hold
+    systematic fragments, which a read asks for first (a liar it never asks for data is
+    ``bftfs verify``'s, t4_findings.py)."""
+    seal = Seal(VolumeKey(random.Random(node).randbytes(32)))
+    async with fs_env(tmp_path, fs_options={"seal": seal}) as env:
+        data = random.Random(node).randbytes(300_000)
+        await write_file(env.fs, b"f", data)
+        make_byzantine(env.cluster, node, "corrupt-fragment")
+        reader = env.fss[1]
+        with trio.fail_after(30):
+            await _read_all(reader, {b"f": data})
+        faults = reader.meta.rw.faults
+        assert faults[(node, "corrupt")] > 0, dict(faults)
