@@ -61,11 +61,15 @@ def mount_daemon(
 
 
 def _check_client_key(cfg: ClusterConfig, client: str) -> None:
-    """Load the client's key here, before a daemon is forked: a missing or unreadable key
-    is a key error (exit 5, KeyFileError), not a failed mount whose cause is in a log."""
+    """Load the client's key (and a sealed cluster's volume key) here, before a daemon is
+    forked: a missing, unreadable or wrong key is a key error (exit 5, KeyFileError), not
+    a failed mount whose cause is in a log."""
     from bftfs.connect import client_identity
+    from bftfs.crypto import VolumeKey
 
     client_identity(cfg, client)
+    if cfg.volume_key_id is not None:
+        VolumeKey.load(cfg.volume_key_path, cfg.volume_key_id)
 
 
 def mount_module() -> Any:
