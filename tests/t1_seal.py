@@ -94,3 +94,15 @@ def test_nodes_take_inline_content_of_the_size_or_sealed_and_nothing_else() -> N
             _inline({"i": b"x" * n}, 5)
     with pytest.raises(MethodRefused):
         _inline({"i": b"x" * (obj.INLINE_MAX + 1)}, obj.INLINE_MAX + 1)
+
+
+def test_an_extended_attribute_value_opens_only_under_its_name() -> None:
+    s = Seal(VolumeKey(RNG.randbytes(32)))
+    arg = {"name": b"user.a", "value": b"secret value", "flags": 0}
+    sealed = s.seal_argument("fs.setxattr", arg)
+    assert arg["value"] == b"secret value" and b"secret" not in sealed["value"]
+    assert s.open_xattr(b"user.a", sealed["value"]) == b"secret value"
+    with pytest.raises(SealBroken):
+        s.open_xattr(b"user.b", sealed["value"])  # moved to another name
+    state = {"k": "f", "x": {b"user.a": sealed["value"], b"user.e": b""}}
+    assert s.open_state(state) == {"k": "f", "x": {b"user.a": b"secret value", b"user.e": b""}}

@@ -2,10 +2,10 @@
 
 Known plaintext written through the file system of a sealed cluster - an inline file made
 by write-behind's ``fs.createwrite``, one rewritten and truncated inline, a file of 64 KiB
-blocks, a big-block file, an old version overwritten since - is found in no node's LMDB
-files, while every read, history read and scrub works.  The same scan over an unsealed
-cluster finds each of them: the scan can fail.  A Byzantine node flipping bits of the
-ciphertext it serves is caught by the cross checksums, never returned.
+blocks, a big-block file, an old version overwritten since, an extended attribute's value -
+is found in no node's LMDB files, while every read, history read and scrub works.  The same
+scan over an unsealed cluster finds each of them: the scan can fail.  A Byzantine node
+flipping bits of the ciphertext it serves is caught by the cross checksums, never returned.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fs_helpers import RW_OPTIONS, Env, fs_env, qu_client, write_file
 
 from bftfs import fsobjects as obj
 from bftfs.crypto import VolumeKey
+from bftfs.fs.errors import TooBig
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import Past
 from bftfs.fs.scrub import scrub
@@ -38,7 +39,9 @@ MARKERS = {
     b"blocks": b"BLOCK-FILE-0c3d55-",
     b"big": b"BIG-BLOCK-FILE-9e8a71-",
     b"old": b"OLD-VERSION-5a2f0b-",
+    b"xattr": b"XATTR-VALUE-a7e3c2-",
 }
+XATTR = (b"user.secret", MARKERS[b"xattr"] * 50)
 NEW = b"NEW-VERSION-d41b93-"
 
 
@@ -80,6 +83,7 @@ async def _write_everything(env: Env) -> tuple[dict[bytes, bytes], int, int]:
     # A file of blocks overwritten: its first version is history.
     old = _content(MARKERS[b"old"], 100_000)
     old_ino = await write_file(fs, b"versioned", old)
+    await fs.setxattr(old_ino, *XATTR)
     between = time.time_ns()  # history's moments are wall-clock times
     fh = await fs.open(old_ino, os.O_RDWR)
     await fs.write(fh, 0, _content(NEW, len(old)))
@@ -104,6 +108,7 @@ async def test_no_node_stores_the_plaintext_and_everything_reads(tmp_path: Path)
         assert _found(tmp_path, [*MARKERS.values(), NEW]) == set()
         # Another mount, nothing cached: every read goes to the nodes and is opened.
         await _read_all(env.fss[1], files)
+        assert await env.fss[1].getxattr(old_ino, XATTR[0]) == XATTR[1]
         cfg = env.cluster.config
         th = QUThresholds.from_config(cfg)
         async with open_rw_client(env.cluster.client(2), cfg, **RW_OPTIONS) as rw:
@@ -112,6 +117,7 @@ async def test_no_node_stores_the_plaintext_and_everything_reads(tmp_path: Path)
             then = await past.state_at(old_ino, between)
             assert then is not None
             assert await past.content(then) == _content(MARKERS[b"old"], 100_000)
+            assert then.state is not None and then.state["x"] == dict([XATTR])
             history = await past.history(old_ino)
             assert len(history.versions) >= 2
             # bftfs verify's scrub works on ciphertext: every fragment intact.
@@ -146,3 +152,16 @@ async def test_a_node_flipping_ciphertext_bits_is_caught_not_returned(
             await _read_all(reader, {b"f": data})
         faults = reader.meta.rw.faults
         assert faults[(node, "corrupt")] > 0, dict(faults)
+
+
+async def test_an_extended_attribute_of_the_largest_size_fits_sealed(tmp_path: Path) -> None:
+    """A value of ``XATTR_SIZE_MAX`` bytes is taken (the nodes allow the seal's overhead
+    beyond it); one byte more is E2BIG, as in an unsealed cluster."""
+    seal = Seal(VolumeKey(random.Random(1).randbytes(32)))
+    async with fs_env(tmp_path, fs_options={"seal": seal}) as env:
+        ino = await write_file(env.fs, b"f", b"data")
+        value = random.Random(2).randbytes(obj.XATTR_SIZE_MAX)
+        await env.fs.setxattr(ino, b"user.big", value)
+        assert await env.fss[1].getxattr(ino, b"user.big") == value
+        with pytest.raises(TooBig):
+            await env.fs.setxattr(ino, b"user.bigger", value + b"x")

@@ -241,6 +241,8 @@ class Attributes:
         return list(await self.meta.query(ino, "fs.listxattr"))
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if len(value) > obj.XATTR_SIZE_MAX:  # the nodes allow a sealed value's overhead more
+            raise TooBig()
         arg = {"name": name, "value": bytes(value), "flags": flags, "now": self.meta.now()}
         await self.meta.update([ino], "fs.setxattr", arg)
         self.cache.own.pop(ino, None)

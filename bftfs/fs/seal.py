@@ -8,8 +8,9 @@ garbage collection) sees or needs plaintext:
 
 - :class:`SealedBlocks` over the PASIS client: a block is sealed before it is written
   (and erasure-coded) and opened after it is read (decoded and validated);
-- :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``) are sealed in
-  the update arguments that carry them and opened in every answer that does.
+- :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``) and extended
+  attribute values are sealed in the update arguments that carry them and opened in every
+  answer that does.
 
 A block or inline content written empty stays empty (an empty block reads as zeros: a
 cleared gap, a given-back block), so the paths that write nothing need no key.  A value
@@ -27,6 +28,8 @@ from bftfs.fs.errors import FsError
 
 #: The additional data of inline content: a block's (its id) can never be taken for it.
 _INLINE_AAD = b"bftfs-inline"
+#: An extended attribute value's additional data: this label and the attribute's name.
+_XATTR_AAD = b"bftfs-xattr:"
 #: The update methods whose arguments may carry inline content (``i``), at top level or in
 #: ``files`` (``fs.createmany``).
 _INLINE_METHODS = frozenset({"fs.write", "fs.setattr", "fs.createwrite", "fs.createmany"})
@@ -100,10 +103,39 @@ class Seal:
         except SealError as e:
             raise SealBroken(f"inline content: {e}") from None
 
+    # Extended attribute values -----------------------------------------------------------------
+
+    def seal_xattr(self, name: bytes, value: bytes) -> bytes:
+        """An extended attribute's value sealed, bound to its name (empty stays empty)."""
+        if not value:
+            return b""
+        return seal(self._key, value, _XATTR_AAD + name)
+
+    def open_xattr(self, name: bytes, value: bytes) -> bytes:
+        """An extended attribute's value from an answer or a past state.
+
+        Raises:
+            SealBroken: it does not open (or was sealed under another name).
+        """
+        if not value:
+            return b""
+        try:
+            return unseal(self._key, value, _XATTR_AAD + name)
+        except SealError as e:
+            raise SealBroken(f"extended attribute {name!r}: {e}") from None
+
+    # Update arguments and answers ------------------------------------------------------------
+
     def seal_argument(self, method: str, arg: Any) -> Any:
-        """An update's argument with its inline content sealed (a copy; ``arg`` unchanged).
-        ``fs.createwrite`` (and each file of ``fs.createmany``) then names the file's size
-        as ``end``: the nodes take it from the content's length otherwise."""
+        """An update's argument with its inline content or extended attribute value sealed
+        (a copy; ``arg`` unchanged).  ``fs.createwrite`` (and each file of
+        ``fs.createmany``) then names the file's size as ``end``: the nodes take it from
+        the content's length otherwise."""
+        if method == "fs.setxattr" and isinstance(arg, dict):
+            name, value = arg.get("name"), arg.get("value")
+            if isinstance(name, bytes) and isinstance(value, bytes):
+                return dict(arg, value=self.seal_xattr(name, value))
+            return arg
         if method not in _INLINE_METHODS or not isinstance(arg, dict):
             return arg
         out = self._seal_one(arg, create=method == "fs.createwrite")
@@ -144,10 +176,15 @@ class Seal:
         return answer
 
     def open_state(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A past object state (history) with its inline content opened."""
+        """A past object state (history) with its inline content and extended attribute
+        values opened."""
         if state is None:
             return None
-        return dict(self.open_answer(state))
+        opened = dict(self.open_answer(state))
+        xattrs = state.get("x")
+        if isinstance(xattrs, dict):
+            opened["x"] = {n: self.open_xattr(n, v) for n, v in xattrs.items()}
+        return opened
 
 
 def _block_aad(block: int) -> bytes:
@@ -203,8 +240,11 @@ class SealedObjects:
         return getattr(self._qu, name)
 
     async def query(self, objects: Any, method: str, arg: Any = None) -> Any:
-        """``QUClient.query``, its answer opened."""
-        return self._seal.open_answer(await self._qu.query(objects, method, arg))
+        """``QUClient.query``, its answer opened (an extended attribute's value too)."""
+        answer = await self._qu.query(objects, method, arg)
+        if method == "fs.getxattr" and isinstance(answer, bytes) and isinstance(arg, bytes):
+            return self._seal.open_xattr(arg, answer)
+        return self._seal.open_answer(answer)
 
     async def update(self, objects: Any, method: str, arg: Any = None) -> Any:
         """``QUClient.update`` of the sealed argument, its answer opened."""

@@ -18,6 +18,7 @@ from bftfs.fsobjects.limits import (
     MAX_ID,
     MAX_OID,
     MAX_SIZE,
+    SEALED_EXTRA,
     XATTR_CREATE,
     XATTR_REPLACE,
     XATTR_SIZE_MAX,
@@ -146,8 +147,8 @@ def _setxattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     value = a.get("value")
     if not isinstance(value, bytes):
         raise MethodRefused("invalid", "value must be bytes")
-    if len(value) > XATTR_SIZE_MAX:
-        raise MethodRefused("too-big")
+    if len(value) > XATTR_SIZE_MAX + SEALED_EXTRA:  # a mount may seal it (clients check
+        raise MethodRefused("too-big")  # XATTR_SIZE_MAX on the value itself)
     flags = _int(a, "flags", 0, XATTR_CREATE | XATTR_REPLACE)
     x = dict(s["x"])
     if flags & XATTR_CREATE and name in x:
