@@ -106,3 +106,28 @@ def test_an_extended_attribute_value_opens_only_under_its_name() -> None:
         s.open_xattr(b"user.b", sealed["value"])  # moved to another name
     state = {"k": "f", "x": {b"user.a": sealed["value"], b"user.e": b""}}
     assert s.open_state(state) == {"k": "f", "x": {b"user.a": b"secret value", b"user.e": b""}}
+
+
+def test_a_symlink_target_is_sealed_with_its_length_and_a_bad_one_left_to_be_refused() -> None:
+    import stat
+
+    from bftfs.fsobjects.names import _symlink_target
+    from bftfs.qu.objects import MethodRefused
+
+    s = Seal(VolumeKey(RNG.randbytes(32)))
+    arg = {"mode": stat.S_IFLNK | 0o777, "t": b"/etc/secret-place"}
+    sealed = s.seal_argument("fs.create", arg)
+    assert sealed["tl"] == 17 and b"secret" not in sealed["t"]
+    assert s.open_target(sealed["t"]) == b"/etc/secret-place"
+    assert _symlink_target(sealed) == (sealed["t"], 17)  # the nodes' rule
+    assert s.open_state({"k": "f", "mode": arg["mode"], "t": sealed["t"]})["t"] == arg["t"]
+    for bad in (b"", b"a\0b", b"x" * (obj.PATH_MAX + 1)):  # refused by the nodes as before
+        unsealed = s.seal_argument("fs.create", dict(arg, t=bad))
+        assert unsealed["t"] == bad and "tl" not in unsealed
+        with pytest.raises(MethodRefused):
+            _symlink_target(unsealed)
+    regular = {"mode": stat.S_IFREG | 0o644, "t": b"x"}  # only a symlink's t is a target
+    assert s.seal_argument("fs.create", regular) == regular
+    for tl in (16, 18):
+        with pytest.raises(MethodRefused):
+            _symlink_target(dict(sealed, tl=tl))

@@ -8,9 +8,9 @@ garbage collection) sees or needs plaintext:
 
 - :class:`SealedBlocks` over the PASIS client: a block is sealed before it is written
   (and erasure-coded) and opened after it is read (decoded and validated);
-- :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``) and extended
-  attribute values are sealed in the update arguments that carry them and opened in every
-  answer that does.
+- :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``), symbolic
+  link targets and extended attribute values are sealed in the update arguments that
+  carry them and opened in every answer that does.  Names are not sealed yet.
 
 A block or inline content written empty stays empty (an empty block reads as zeros: a
 cleared gap, a given-back block), so the paths that write nothing need no key.  A value
@@ -20,9 +20,11 @@ that does not open (bits flipped by more than ``b`` nodes, a client writing garb
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bftfs import fsobjects as obj
 from bftfs.crypto import SealError, VolumeKey, seal, unseal
 from bftfs.fs.errors import FsError
 
@@ -30,6 +32,8 @@ from bftfs.fs.errors import FsError
 _INLINE_AAD = b"bftfs-inline"
 #: An extended attribute value's additional data: this label and the attribute's name.
 _XATTR_AAD = b"bftfs-xattr:"
+#: A symbolic link target's additional data.
+_TARGET_AAD = b"bftfs-symlink"
 #: The update methods whose arguments may carry inline content (``i``), at top level or in
 #: ``files`` (``fs.createmany``).
 _INLINE_METHODS = frozenset({"fs.write", "fs.setattr", "fs.createwrite", "fs.createmany"})
@@ -124,6 +128,35 @@ class Seal:
         except SealError as e:
             raise SealBroken(f"extended attribute {name!r}: {e}") from None
 
+    # Symbolic link targets ----------------------------------------------------------------------
+
+    def seal_target(self, target: bytes) -> bytes:
+        """A symbolic link's target sealed."""
+        return seal(self._key, target, _TARGET_AAD)
+
+    def open_target(self, target: bytes) -> bytes:
+        """A symbolic link's target from ``fs.readlink`` or a past state.
+
+        Raises:
+            SealBroken: it does not open.
+        """
+        try:
+            return unseal(self._key, target, _TARGET_AAD)
+        except SealError as e:
+            raise SealBroken(f"symbolic link target: {e}") from None
+
+    def _seal_symlink(self, arg: dict[str, Any]) -> dict[str, Any]:
+        """``fs.create``'s argument of a symlink with its target sealed and its length as
+        ``tl``.  A target the nodes would refuse (empty, with a NUL, too long) is sent as
+        it is, to be refused with the usual error: nothing of it is stored."""
+        target = arg.get("t")
+        mode = arg.get("mode")
+        if not isinstance(mode, int) or not stat.S_ISLNK(mode) or not isinstance(target, bytes):
+            return arg
+        if not target or b"\0" in target or len(target) > obj.PATH_MAX:
+            return arg
+        return dict(arg, t=self.seal_target(target), tl=len(target))
+
     # Update arguments and answers ------------------------------------------------------------
 
     def seal_argument(self, method: str, arg: Any) -> Any:
@@ -131,6 +164,8 @@ class Seal:
         (a copy; ``arg`` unchanged).  ``fs.createwrite`` (and each file of
         ``fs.createmany``) then names the file's size as ``end``: the nodes take it from
         the content's length otherwise."""
+        if method == "fs.create" and isinstance(arg, dict):
+            return self._seal_symlink(arg)
         if method == "fs.setxattr" and isinstance(arg, dict):
             name, value = arg.get("name"), arg.get("value")
             if isinstance(name, bytes) and isinstance(value, bytes):
@@ -176,11 +211,14 @@ class Seal:
         return answer
 
     def open_state(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A past object state (history) with its inline content and extended attribute
-        values opened."""
+        """A past object state (history) with its inline content, symbolic link target and
+        extended attribute values opened."""
         if state is None:
             return None
         opened = dict(self.open_answer(state))
+        target = state.get("t")
+        if isinstance(target, bytes) and stat.S_ISLNK(int(state.get("mode", 0))):
+            opened["t"] = self.open_target(target)
         xattrs = state.get("x")
         if isinstance(xattrs, dict):
             opened["x"] = {n: self.open_xattr(n, v) for n, v in xattrs.items()}
@@ -244,6 +282,8 @@ class SealedObjects:
         answer = await self._qu.query(objects, method, arg)
         if method == "fs.getxattr" and isinstance(answer, bytes) and isinstance(arg, bytes):
             return self._seal.open_xattr(arg, answer)
+        if method == "fs.readlink" and isinstance(answer, bytes):
+            return self._seal.open_target(answer)
         return self._seal.open_answer(answer)
 
     async def update(self, objects: Any, method: str, arg: Any = None) -> Any:

@@ -27,6 +27,7 @@ from bftfs.fsobjects.limits import (
     MAX_TIME,
     PATH_MAX,
     ROOT,
+    SEALED_EXTRA,
     SNAPSHOTS,
 )
 from bftfs.fsobjects.state import (
@@ -98,7 +99,8 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     Argument: ``p`` parent, ``o`` new object id, ``name``, ``mode`` (with its type bits),
     ``uid``, ``gid``, ``rdev``, ``now``, and for regular files ``d`` (data id) and ``alloc``
     (and, when the creator opens it to write, ``tok``/``lease``: it starts holding the write
-    lease, so its first flush needs no ``fs.lock``), for symlinks ``t`` (target).  Answers
+    lease, so its first flush needs no ``fs.lock``), for symlinks ``t`` (target; sealed,
+    with its length ``tl``: :func:`_symlink_target`).  Answers
     ``[stat of the new object, stat of the parent]``.
     """
     a = _arg(arg)
@@ -141,16 +143,29 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             # a first flush was refused (t5_limits).
             f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME), []]
     elif ftype == st.S_IFLNK:
-        target = a.get("t")
-        if not isinstance(target, bytes) or not target or b"\0" in target:
-            raise MethodRefused("invalid", "bad symlink target")
-        if len(target) > PATH_MAX:
-            raise MethodRefused("name-too-long")
-        f["t"], f["size"] = target, len(target)
+        f["t"], f["size"] = _symlink_target(a)
     elif ftype in (st.S_IFCHR, st.S_IFBLK):
         f["rdev"] = _int(a, "rdev", 0, (1 << 64) - 1)
     _add_entry(parent, name, oid, ftype >> 12, now)
     return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
+
+
+def _symlink_target(a: dict[str, Any]) -> tuple[bytes, int]:
+    """A new symlink's stored target and its size: the target (non-empty, no NUL, at most
+    ``PATH_MAX`` bytes), or - with ``tl``, the target's length - the target sealed by a
+    mount, ``tl + SEALED_EXTRA`` opaque bytes (docs/confidentiality.md; the mount checked
+    the target itself before sealing it)."""
+    target = a.get("t")
+    if a.get("tl") is not None:
+        size = _int(a, "tl", 1, PATH_MAX)
+        if not isinstance(target, bytes) or len(target) != size + SEALED_EXTRA:
+            raise MethodRefused("invalid", "a sealed symlink target is tl + 64 bytes")
+        return target, size
+    if not isinstance(target, bytes) or not target or b"\0" in target:
+        raise MethodRefused("invalid", "bad symlink target")
+    if len(target) > PATH_MAX:
+        raise MethodRefused("name-too-long")
+    return target, len(target)
 
 
 def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
