@@ -252,6 +252,9 @@ class TargetSpec:
     verification: str = "lazy-coop"
     #: Mount options added to the benchmarks' own (``bftfs-lease``: ``lease=30``).
     mount_options: str = ""
+    #: Whether the cluster has a volume key, so that mounts encrypt contents (issue 38;
+    #: ``bftfs-plain``: none, as every cluster before it).
+    seal: bool = True
 
 
 #: The lease term of the ``bftfs-lease`` target (seconds; mount option ``lease=``).
@@ -322,7 +325,8 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
     """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs, bftfs,
     bftfs-down: ``down`` nodes killed before the mount, bftfs-corrupt: ``down`` nodes (at
     least one) corrupting every fragment they serve, bftfs-noverify: no lazy verification
-    on the nodes, bftfs-lease: the mount takes leases), or None for an unknown name."""
+    on the nodes, bftfs-lease: the mount takes leases, bftfs-plain: no volume key, contents
+    unencrypted as before issue 38), or None for an unknown name."""
     if name == "local":
         return local_spec()
     if name == "bindfs":
@@ -337,6 +341,9 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
         return bftfs_spec(t, b, durable=durable, corrupt=tuple(range(max(down, 1))))
     if name == "bftfs-noverify":
         return bftfs_spec(t, b, durable=durable, verification="off")
+    if name == "bftfs-plain":
+        spec = bftfs_spec(t, b, durable=durable)
+        return replace(spec, name=spec.name + " unencrypted", seal=False)
     if name == "bftfs-lease":
         spec = bftfs_spec(t, b, durable=durable)
         return replace(spec, name=spec.name + " lease", mount_options=f"lease={BENCH_LEASE}")
@@ -458,6 +465,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                         map_size=MAP_SIZE,
                         durable=spec.durable,
                         verification=_verification(spec.verification),
+                        seal=spec.seal,
                         **({"block_size": int(BLOCK_KIB) * 1024} if BLOCK_KIB else {}),
                         **(
                             {"big_block_size": int(BIG_BLOCK_KIB) * 1024}

@@ -587,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-corrupt, bftfs-noverify)"
+                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-corrupt, bftfs-noverify, "
+                "bftfs-plain)"
             )
         specs.append(spec)
     skipped = common.skip_reasons(specs)
