@@ -297,3 +297,18 @@ def test_client_command_adds_removes_and_lists(
         ["0", "client0"],
     ]
     assert "removed" in listed[-1]
+
+
+def test_the_volume_key_id_survives_rewrites_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    """``[cluster] volume_key_id`` (issue 38): kept when a tool rewrites the file (else the
+    cluster's mounts would stop encrypting), refused when it is not 32 hex digits."""
+    cfg = init_cluster(tmp_path / "c")
+    path = cfg.home / "cluster.toml"
+    assert cfg.volume_key_id is not None and cfg.volume_key_id.hex() in path.read_text()
+    add_client(cfg, path, "laptop")
+    assert cfgmod.load(path).volume_key_id == cfg.volume_key_id
+    text = path.read_text()
+    for bad, why in (("zz", "hex digits"), ("abcd", "32 hex digits, got 4")):
+        path.write_text(text.replace(cfg.volume_key_id.hex(), bad))
+        with pytest.raises(ConfigError, match=why):
+            cfgmod.load(path)

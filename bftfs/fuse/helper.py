@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from bftfs.config import ConfigError
-from bftfs.crypto import KeyFileError
+from bftfs.crypto import KeyFileError, VolumeKey
 from bftfs.fuse.options import MountOptions, OptionError
 
 EXIT_USAGE = 1
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         options = MountOptions().with_options(",".join(args.options))
         cfg = cfgmod.load(path.resolve())
         cfg.client(options.client)
+        if cfg.volume_key_id is not None:  # a sealed cluster: its mounts need the volume key
+            VolumeKey.load(cfg.volume_key_path, cfg.volume_key_id)
     except (OptionError, ConfigError, KeyFileError, OSError) as e:
         print(f"mount.fuse.bftfs: {e}", file=sys.stderr)
         return EXIT_USAGE
