@@ -21,12 +21,17 @@ that does not open (bits flipped by more than ``b`` nodes, a client writing garb
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import trio
 
 from bftfs import fsobjects as obj
 from bftfs.crypto import SealError, VolumeKey, seal, unseal
 from bftfs.fs.errors import FsError
+from bftfs.rw.calls import DEFAULT_THREAD_THRESHOLD
+
+T = TypeVar("T")
 
 #: The additional data of inline content: a block's (its id) can never be taken for it.
 _INLINE_AAD = b"bftfs-inline"
@@ -231,6 +236,15 @@ def _block_aad(block: int) -> bytes:
     return b"bftfs-block" + int(block).to_bytes(16, "big")
 
 
+async def _cpu(size: int, fn: Callable[[], T]) -> T:
+    """``fn()``, in a worker thread when ``size`` bytes make the hand-off worth it (as the
+    PASIS client codes big blocks): libsodium releases the GIL, so a big flush's sealing
+    runs beside the mount's loop instead of stalling it."""
+    if size >= DEFAULT_THREAD_THRESHOLD:
+        return await trio.to_thread.run_sync(fn)
+    return fn()
+
+
 class SealedBlocks:
     """The PASIS client as the file system sees it in a sealed cluster: the same calls,
     with contents sealed on the way out and opened on the way in.  Everything else (the
@@ -245,7 +259,10 @@ class SealedBlocks:
 
     async def write_blocks(self, blocks: Mapping[int, bytes], **options: Any) -> Any:
         """``RWClient.write_blocks`` of the sealed blocks."""
-        sealed = {b: self._seal.seal_block(b, data) for b, data in blocks.items()}
+        size = sum(len(data) for data in blocks.values())
+        sealed = await _cpu(
+            size, lambda: {b: self._seal.seal_block(b, data) for b, data in blocks.items()}
+        )
         return await self._rw.write_blocks(sealed, **options)
 
     async def write_block(self, block: int, data: bytes, **options: Any) -> Any:
@@ -255,7 +272,8 @@ class SealedBlocks:
     async def read_blocks(self, blocks: Iterable[int], **options: Any) -> dict[int, bytes]:
         """``RWClient.read_blocks``, opened."""
         got = await self._rw.read_blocks(blocks, **options)
-        return {b: self._seal.open_block(b, data) for b, data in got.items()}
+        size = sum(len(data) for data in got.values())
+        return await _cpu(size, lambda: {b: self._seal.open_block(b, d) for b, d in got.items()})
 
     async def read_block(self, block: int) -> bytes:
         """``RWClient.read_block``, opened."""
