@@ -165,8 +165,8 @@ class Seal:
     # Update arguments and answers ------------------------------------------------------------
 
     def seal_argument(self, method: str, arg: Any) -> Any:
-        """An update's argument with its inline content or extended attribute value sealed
-        (a copy; ``arg`` unchanged).  ``fs.createwrite`` (and each file of
+        """An update's argument with its inline content, symlink target or extended
+        attribute value sealed (a copy; ``arg`` unchanged).  ``fs.createwrite`` (and each file of
         ``fs.createmany``) then names the file's size as ``end``: the nodes take it from
         the content's length otherwise."""
         if method == "fs.create" and isinstance(arg, dict):
@@ -285,8 +285,9 @@ class SealedBlocks:
 
 
 class SealedObjects:
-    """The Q/U client as the file system sees it in a sealed cluster: inline content
-    sealed in updates, opened in answers; everything else is the client's own."""
+    """The Q/U client as the file system sees it in a sealed cluster: inline content,
+    symlink targets and extended attribute values sealed in updates, opened in answers;
+    everything else is the client's own."""
 
     def __init__(self, qu: Any, seal: Seal) -> None:
         self._qu = qu
