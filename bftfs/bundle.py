@@ -37,8 +37,8 @@ def members(
     cfg: ClusterConfig, *, node: int | None = None, client: str | None = None
 ) -> dict[str, bytes]:
     """The files of a bundle by their path inside it: ``cluster.toml`` and one private key;
-    a client's of a sealed cluster also the volume key (docs/confidentiality.md), which a
-    node's never holds.
+    a client's of a sealed cluster also the volume key and those it had before rotations
+    (docs/confidentiality.md), which a node's never holds.
 
     Raises:
         ConfigError: neither or both of ``node`` and ``client``, or no such node or client.
@@ -68,6 +68,9 @@ def members(
     if client is not None and cfg.sealed:
         volume_dst = rel.volume_key_path.relative_to(home)
         files[str(volume_dst)] = cfg.volume_key_path.read_bytes()
+        for key_id in cfg.previous_volume_key_ids:  # what was written before rotations
+            dst = rel.previous_volume_key_path(key_id).relative_to(home)
+            files[str(dst)] = cfg.previous_volume_key_path(key_id).read_bytes()
     return files
 
 

@@ -307,6 +307,31 @@ def remove_client(cfg: ClusterConfig, path: Path, name: str) -> RetiredClient:
     return gone
 
 
+def rotate_volume_key(cfg: ClusterConfig, path: Path) -> VolumeKey:
+    """A new volume key for the sealed cluster at ``path``: what mounts write from now on is
+    sealed under it; the current key becomes a previous one (kept, and carried in client
+    bundles, so that what was written under it stays readable).  A client removed before
+    the rotation holds only the old keys: it can read nothing written after it.
+
+    Raises:
+        ConfigError: the cluster has no volume key (made unencrypted: it stays so).
+        KeyFileError: the current key file is missing or not the configuration's.
+    """
+    if cfg.volume_key_id is None:
+        raise ConfigError("this cluster has no volume key (made with --no-seal): nothing to rotate")
+    old = VolumeKey.load(cfg.volume_key_path, cfg.volume_key_id)
+    new = VolumeKey.generate()
+    old.save(cfg.previous_volume_key_path(old.key_id))
+    rotated = replace(
+        cfg,
+        volume_key_id=new.key_id,
+        previous_volume_key_ids=(old.key_id, *cfg.previous_volume_key_ids),
+    ).validate()
+    new.save(cfg.volume_key_path)
+    cfgmod.save(rotated, path)
+    return new
+
+
 def remove_cluster(home: Path) -> list[int]:
     """Stop the nodes of the cluster in ``home`` and delete its configuration, keys and
     data (``bftfs init --force``: new keys must not meet old databases); the nodes that

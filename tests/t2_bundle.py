@@ -13,6 +13,7 @@ from bftfs import bundle, config, local
 from bftfs.cli.cluster import parse_addresses
 from bftfs.config import ConfigError
 from bftfs.crypto import Identity, KeyFileError, VolumeKey
+from bftfs.fs.seal import Seal
 
 ADDRESSES = [(f"10.0.0.{i + 1}", 7000 + i) for i in range(6)]
 
@@ -112,3 +113,37 @@ def test_an_unsealed_cluster_has_no_key_and_a_wrong_key_is_refused(tmp_path: Pat
     sealed.volume_key_path.unlink()
     with pytest.raises(KeyFileError, match="cannot read"):
         VolumeKey.load(sealed.volume_key_path, sealed.volume_key_id)
+
+
+def test_a_rotated_key_seals_new_writes_and_the_old_ones_travel_with_client_bundles(
+    tmp_path: Path,
+) -> None:
+    """``bftfs rotate-key``: a new current key, the old one kept (0600) under its id and
+    named in the configuration, every key in a client bundle, none in a node bundle."""
+    cfg = local.init_cluster(tmp_path / "c", map_size=1 << 26)
+    path = cfg.home / "cluster.toml"
+    first = cfg.volume_key_id
+    assert first is not None
+    local.rotate_volume_key(cfg, path)
+    second = config.load(path)
+    local.rotate_volume_key(second, path)
+    third = config.load(path)
+    assert third.volume_key_id not in (first, second.volume_key_id)
+    assert third.previous_volume_key_ids == (second.volume_key_id, first)
+    for key_id in third.previous_volume_key_ids:
+        kept = third.previous_volume_key_path(key_id)
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert VolumeKey.load(kept, key_id).key_id == key_id
+    files = bundle.members(third, client="client0")
+    assert sorted(f for f in files if f.startswith("volume/")) == sorted(
+        ["volume/private/key"]
+        + [f"volume/private/previous/{k.hex()}" for k in third.previous_volume_key_ids]
+    )
+    assert not any(f.startswith("volume/") for f in bundle.members(third, node=0))
+    assert Seal.of(third) is not None  # a mount loads every key
+    third.previous_volume_key_path(first).unlink()
+    with pytest.raises(KeyFileError, match="cannot read"):
+        Seal.of(third)
+    plain = local.init_cluster(tmp_path / "p", map_size=1 << 26, seal=False)
+    with pytest.raises(ConfigError, match="no volume key"):
+        local.rotate_volume_key(plain, plain.home / "cluster.toml")

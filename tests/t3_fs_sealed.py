@@ -26,7 +26,7 @@ from bftfs.fs.errors import TooBig
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import Past
 from bftfs.fs.scrub import scrub
-from bftfs.fs.seal import Seal
+from bftfs.fs.seal import Seal, SealBroken
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
@@ -174,3 +174,36 @@ async def test_an_extended_attribute_of_the_largest_size_fits_sealed(tmp_path: P
         assert await env.fss[1].getxattr(ino, b"user.big") == value
         with pytest.raises(TooBig):
             await env.fs.setxattr(ino, b"user.bigger", value + b"x")
+
+
+async def test_after_a_rotation_new_writes_are_unreadable_to_a_client_with_the_old_key_only(
+    tmp_path: Path,
+) -> None:
+    """``bftfs rotate-key`` after a client is removed: current clients (new key and the
+    old one) read what was written before and after; the removed client, which holds the
+    old key alone, reads what was written before and gets EIO for what was written after,
+    inline or in blocks."""
+    old, new = (VolumeKey(random.Random(k).randbytes(32)) for k in (10, 11))
+    before = {b"small": b"before rotation " * 10, b"large": random.Random(3).randbytes(150_000)}
+    after = {b"small2": b"after rotation " * 10, b"large2": random.Random(4).randbytes(150_000)}
+    async with fs_env(tmp_path, clients=1, fs_options={"seal": Seal(old)}) as env:
+        for name, data in before.items():
+            await write_file(env.fs, name, data)
+        cfg = env.cluster.config
+        async with open_rw_client(env.cluster.client(1), cfg, **RW_OPTIONS) as rw:
+            qu = qu_client(env.cluster, 1)
+            seal = Seal(new, [old])
+            current = await FileSystem.open(qu, rw, cfg, rng=random.Random(1), seal=seal)
+            for name, data in after.items():
+                await write_file(current, name, data)
+            await _read_all(current, {**before, **after})
+        removed = env.fs  # the old key alone
+        await _read_all(removed, before)
+        for name in after:  # an inline file fails at open (its content comes with it)
+            ino = (await removed.lookup(obj.ROOT, name)).ino
+            with pytest.raises(SealBroken):
+                fh = await removed.open(ino, os.O_RDONLY)
+                try:
+                    await removed.read(fh, 0, 100)
+                finally:
+                    await removed.release(fh)

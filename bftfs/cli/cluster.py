@@ -239,6 +239,23 @@ def cmd_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """``bftfs rotate-key``: a new volume key for what mounts write from now on; the old
+    one kept for reading what was written under it (docs/confidentiality.md)."""
+    cfg, path = cluster_of(args)
+    new = localmod.rotate_volume_key(cfg, path)
+    print(f"new volume key {new.key_id.hex()}: mounts started from now on seal under it")
+    print(
+        f"  the {len(cfg.previous_volume_key_ids) + 1} previous key(s) stay for reading "
+        "what was written under them"
+    )
+    print(
+        "  give each client a new bundle (bftfs bundle --client NAME) and remount; a client "
+        "removed before now can read nothing written from now on"
+    )
+    return 0
+
+
 def with_init(sp: argparse.ArgumentParser) -> None:
     """The options of a new cluster (``init``, and ``up`` when there is none yet)."""
     sp.add_argument("--t", type=int, default=1, help="faulty nodes tolerated (default 1)")
@@ -318,6 +335,17 @@ def add_bundle(sub: Any) -> None:
     who.add_argument("--client", help="the client the bundle is for (e.g. client0)")
     sp.add_argument("-o", "--output", type=Path, help="file to write (default NAME.tar.gz)")
     sp.set_defaults(func=cmd_bundle)
+
+
+def add_rotate_key(sub: Any) -> None:
+    """``bftfs rotate-key``."""
+    sp = sub.add_parser(
+        "rotate-key",
+        help="a new volume key for new writes (old ones kept for reading; after a client "
+        "remove, so that it reads nothing new)",
+    )
+    with_cluster(sp)
+    sp.set_defaults(func=cmd_rotate_key)
 
 
 def add_up(sub: Any) -> None:

@@ -34,6 +34,7 @@ _COMMANDS = (
     history.add_commands,
     nodes.add_verify,
     cluster.add_client,
+    cluster.add_rotate_key,
     mounts.add_umount,
     nodes.add_node,
     quorums.add_quorums,

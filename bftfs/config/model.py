@@ -161,6 +161,10 @@ class ClusterConfig:
     #: under (docs/confidentiality.md); None: an unencrypted cluster (every cluster made
     #: before issue 38, or by ``bftfs init --no-seal``).
     volume_key_id: bytes | None = field(default=None, repr=False)
+    #: ``[cluster] previous_volume_key_ids``: the volume keys before the last rotations
+    #: (``bftfs rotate-key``), newest first: what is written under them stays readable to
+    #: clients holding them; nothing new is sealed under them.
+    previous_volume_key_ids: tuple[bytes, ...] = field(default=(), repr=False)
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -253,6 +257,10 @@ class ClusterConfig:
         """Where clients keep the volume key (in client bundles; never on a node)."""
         return self.home / "volume" / "private" / "key"
 
+    def previous_volume_key_path(self, key_id: bytes) -> Path:
+        """Where clients keep a volume key from before a rotation."""
+        return self.home / "volume" / "private" / "previous" / key_id.hex()
+
     def public_keys(self) -> dict[PrincipalId, bytes]:
         """Every principal's public key, nodes and clients."""
         keys: dict[PrincipalId, bytes] = {s.id: s.public_key for s in self.nodes}
@@ -301,11 +309,14 @@ class ClusterConfig:
             raise ConfigError(
                 f"inline_limit must be in 0..{MAX_INLINE_LIMIT} bytes, got {self.inline_limit}"
             )
-        if self.volume_key_id is not None and len(self.volume_key_id) != VOLUME_KEY_ID_SIZE:
-            raise ConfigError(
-                f"volume_key_id must be {VOLUME_KEY_ID_SIZE * 2} hex digits, "
-                f"got {len(self.volume_key_id) * 2}"
-            )
+        for key_id in (self.volume_key_id, *self.previous_volume_key_ids):
+            if key_id is not None and len(key_id) != VOLUME_KEY_ID_SIZE:
+                raise ConfigError(
+                    f"volume_key_id must be {VOLUME_KEY_ID_SIZE * 2} hex digits, "
+                    f"got {len(key_id) * 2}"
+                )
+        if self.previous_volume_key_ids and self.volume_key_id is None:
+            raise ConfigError("previous_volume_key_ids without a volume_key_id")
         if self.map_size < MIN_MAP_SIZE:
             raise ConfigError(
                 f"map_size must be at least {MIN_MAP_SIZE} bytes, got {self.map_size}"

@@ -32,6 +32,7 @@ _CLUSTER_KEYS = {
     "big_block_size",
     "next_client",
     "volume_key_id",
+    "previous_volume_key_ids",
 }
 _NODE_KEYS = {"id", "address", "public_key", "data_dir"}
 _CLIENT_KEYS = {"id", "name", "public_key"}
@@ -46,6 +47,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         *("durable", "map_size", "block_size", "inline_limit", "big_block_size"),
         *("verification", "retention", "limits", "retired_clients", "next_client"),
         "volume_key_id",
+        "previous_volume_key_ids",
     }
     missing = allowed - set(table) - optional
     if missing:
@@ -145,7 +147,15 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
             else _int("[cluster] next_client", c["next_client"])
         ),
         volume_key_id=_key_id(c.get("volume_key_id")),
+        previous_volume_key_ids=_key_ids(c.get("previous_volume_key_ids", [])),
     ).validate()
+
+
+def _key_ids(v: Any) -> tuple[bytes, ...]:
+    """``[cluster] previous_volume_key_ids``: a list of hex ids."""
+    if not isinstance(v, list):
+        raise ConfigError(f"[cluster] previous_volume_key_ids must be a list, got {v!r}")
+    return tuple(k for k in (_key_id(x) for x in v) if k is not None)
 
 
 def _key_id(v: Any) -> bytes | None:
@@ -242,6 +252,11 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             **({} if cfg.big_block_size is None else {"big_block_size": cfg.big_block_size}),
             "next_client": cfg.next_client_number,
             **({} if cfg.volume_key_id is None else {"volume_key_id": cfg.volume_key_id.hex()}),
+            **(
+                {"previous_volume_key_ids": [k.hex() for k in cfg.previous_volume_key_ids]}
+                if cfg.previous_volume_key_ids
+                else {}
+            ),
         },
         "nodes": [
             {

@@ -21,7 +21,7 @@ that does not open (bits flipped by more than ``b`` nodes, a client writing garb
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -50,10 +50,27 @@ class SealBroken(FsError):
 
 
 class Seal:
-    """The volume key's contents key, and the two directions of the boundary."""
+    """The volume key's contents key, and the two directions of the boundary.  After key
+    rotations (``bftfs rotate-key``) values are sealed under the current key and opened
+    under whichever of the current and ``previous`` keys they were sealed under."""
 
-    def __init__(self, volume: VolumeKey) -> None:
+    def __init__(self, volume: VolumeKey, previous: Sequence[VolumeKey] = ()) -> None:
         self._key = volume.subkey(b"bftfs-contents")
+        self._keys = [self._key, *(k.subkey(b"bftfs-contents") for k in previous)]
+
+    def _unseal(self, data: bytes, aad: bytes) -> bytes:
+        """``data`` opened under the first key it opens under (the current one first: what
+        is written now; an older one for what was written before a rotation).
+
+        Raises:
+            SealError: under none of them.
+        """
+        for key in self._keys[:-1]:
+            try:
+                return unseal(key, data, aad)
+            except SealError:
+                continue
+        return unseal(self._keys[-1], data, aad)
 
     @classmethod
     def of(cls, config: Any) -> Seal | None:
@@ -62,13 +79,18 @@ class Seal:
         read from the cluster directory, checked against the id.
 
         Raises:
-            KeyFileError: the cluster is sealed but the key file is missing, readable by
-                others, or not the key the configuration names.
+            KeyFileError: the cluster is sealed but a key file (the current one or one from
+                before a rotation) is missing, readable by others, or not the key the
+                configuration names.
         """
         key_id = getattr(config, "volume_key_id", None)
         if key_id is None:
             return None
-        return cls(VolumeKey.load(config.volume_key_path, key_id))
+        previous = [
+            VolumeKey.load(config.previous_volume_key_path(old), old)
+            for old in config.previous_volume_key_ids
+        ]
+        return cls(VolumeKey.load(config.volume_key_path, key_id), previous)
 
     # Blocks ---------------------------------------------------------------------------------
 
@@ -87,7 +109,7 @@ class Seal:
         if not data:
             return b""
         try:
-            return unseal(self._key, data, _block_aad(block))
+            return self._unseal(data, _block_aad(block))
         except SealError as e:
             raise SealBroken(f"block {block:#x}: {e}") from None
 
@@ -108,7 +130,7 @@ class Seal:
         if not data:
             return b""
         try:
-            return unseal(self._key, data, _INLINE_AAD)
+            return self._unseal(data, _INLINE_AAD)
         except SealError as e:
             raise SealBroken(f"inline content: {e}") from None
 
@@ -129,7 +151,7 @@ class Seal:
         if not value:
             return b""
         try:
-            return unseal(self._key, value, _XATTR_AAD + name)
+            return self._unseal(value, _XATTR_AAD + name)
         except SealError as e:
             raise SealBroken(f"extended attribute {name!r}: {e}") from None
 
@@ -146,7 +168,7 @@ class Seal:
             SealBroken: it does not open.
         """
         try:
-            return unseal(self._key, target, _TARGET_AAD)
+            return self._unseal(target, _TARGET_AAD)
         except SealError as e:
             raise SealBroken(f"symbolic link target: {e}") from None
 
