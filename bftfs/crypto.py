@@ -143,6 +143,56 @@ def load_secret(path: Path) -> bytes:
     return secret
 
 
+#: Length of a deterministic sealing's synthetic IV (:func:`siv_seal`).
+SIV_SIZE = 16
+
+
+def _siv_keystream(key: bytes, iv: bytes, length: int) -> bytes:
+    """``length`` bytes of keyed BLAKE2b in counter mode under ``iv``: a PRF's output
+    blocks, a stream cipher whose IV the SIV construction never repeats for two
+    different plaintexts."""
+    blocks = [
+        hashlib.blake2b(iv + counter.to_bytes(8, "big"), key=key, digest_size=64).digest()
+        for counter in range(-(-length // 64))
+    ]
+    return b"".join(blocks)[:length]
+
+
+def _siv(key: bytes, aad: bytes, data: bytes) -> bytes:
+    h = hashlib.blake2b(key=key, digest_size=SIV_SIZE, person=b"bftfs-siv".ljust(16, b"\0"))
+    h.update(len(aad).to_bytes(4, "big"))
+    h.update(aad)
+    h.update(data)
+    return h.digest()
+
+
+def siv_seal(iv_key: bytes, stream_key: bytes, data: bytes, aad: bytes) -> bytes:
+    """``data`` encrypted deterministically (SIV, Rogaway and Shrimpton 2006): the IV a
+    keyed hash (a PRF) of ``aad`` and ``data``, the ciphertext ``data`` XOR a keystream
+    under that IV.  Equal inputs give equal outputs - which lets the nodes refuse a
+    duplicate name they cannot read - and the IV authenticates; ``SIV_SIZE`` bytes longer
+    than ``data``.  Two independent keys (:meth:`VolumeKey.subkey`)."""
+    iv = _siv(iv_key, aad, data)
+    stream = _siv_keystream(stream_key, iv, len(data))
+    return iv + bytes(a ^ b for a, b in zip(data, stream, strict=True))
+
+
+def siv_open(iv_key: bytes, stream_key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """The plaintext of a :func:`siv_seal` output.
+
+    Raises:
+        SealError: changed, bound to other ``aad``, or sealed under other keys.
+    """
+    if len(sealed) < SIV_SIZE:
+        raise SealError(f"a sealed name has at least {SIV_SIZE} bytes, got {len(sealed)}")
+    iv, body = sealed[:SIV_SIZE], sealed[SIV_SIZE:]
+    stream = _siv_keystream(stream_key, iv, len(body))
+    data = bytes(a ^ b for a, b in zip(body, stream, strict=True))
+    if not hmac.compare_digest(_siv(iv_key, aad, data), iv):
+        raise SealError("a sealed name does not open: changed, or under another key")
+    return data
+
+
 @dataclass(frozen=True)
 class VolumeKey:
     """A cluster's volume key: what the mounts encrypt file contents under.  Clients hold

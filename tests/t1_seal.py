@@ -105,7 +105,7 @@ def test_an_extended_attribute_value_opens_only_under_its_name() -> None:
     with pytest.raises(SealBroken):
         s.open_xattr(b"user.b", sealed["value"])  # moved to another name
     state = {"k": "f", "x": {b"user.a": sealed["value"], b"user.e": b""}}
-    assert s.open_state(state) == {"k": "f", "x": {b"user.a": b"secret value", b"user.e": b""}}
+    assert s.open_state(9, state) == {"k": "f", "x": {b"user.a": b"secret value", b"user.e": b""}}
 
 
 def test_a_symlink_target_is_sealed_with_its_length_and_a_bad_one_left_to_be_refused() -> None:
@@ -120,7 +120,7 @@ def test_a_symlink_target_is_sealed_with_its_length_and_a_bad_one_left_to_be_ref
     assert sealed["tl"] == 17 and b"secret" not in sealed["t"]
     assert s.open_target(sealed["t"]) == b"/etc/secret-place"
     assert _symlink_target(sealed) == (sealed["t"], 17)  # the nodes' rule
-    assert s.open_state({"k": "f", "mode": arg["mode"], "t": sealed["t"]})["t"] == arg["t"]
+    assert s.open_state(9, {"k": "f", "mode": arg["mode"], "t": sealed["t"]})["t"] == arg["t"]
     for bad in (b"", b"a\0b", b"x" * (obj.PATH_MAX + 1)):  # refused by the nodes as before
         unsealed = s.seal_argument("fs.create", dict(arg, t=bad))
         assert unsealed["t"] == bad and "tl" not in unsealed
@@ -131,3 +131,54 @@ def test_a_symlink_target_is_sealed_with_its_length_and_a_bad_one_left_to_be_ref
     for tl in (16, 18):
         with pytest.raises(MethodRefused):
             _symlink_target(dict(sealed, tl=tl))
+
+
+def test_names_seal_alike_per_directory_open_only_there_and_stay_legal_names() -> None:
+    from bftfs.crypto import siv_open, siv_seal
+    from bftfs.fs.errors import NameTooLong
+    from bftfs.fs.seal import SEALED_NAME_MAX
+
+    s = Seal(VolumeKey(RNG.randbytes(32)))
+    a = s.seal_name(7, b"report.txt")
+    assert a == s.seal_name(7, b"report.txt") != s.seal_name(8, b"report.txt")
+    assert s.open_name(7, a) == b"report.txt" and b"report" not in a
+    with pytest.raises(SealBroken):
+        s.open_name(8, a)  # moved to another directory
+    for n in (1, 100, SEALED_NAME_MAX):
+        sealed = s.seal_name(1, RNG.randbytes(n).replace(b"/", b"x").replace(b"\0", b"y"))
+        assert obj.check_name(sealed) and len(sealed) <= obj.NAME_MAX
+    with pytest.raises(NameTooLong):
+        s.seal_name(1, b"n" * (SEALED_NAME_MAX + 1))
+    for bad in (b"", b".", b"..", b"a/b", b"a\0b", b"n" * 256):  # left to the nodes' refusal
+        assert s.seal_name(1, bad) == bad
+    k1, k2 = RNG.randbytes(32), RNG.randbytes(32)
+    raw = siv_seal(k1, k2, b"name", b"dir")
+    for at in range(len(raw)):
+        bad = bytearray(raw)
+        bad[at] ^= 0x10
+        with pytest.raises(SealError):
+            siv_open(k1, k2, bytes(bad), b"dir")
+
+
+@pytest.mark.expected_logs("bftfs.fs.seal", match=r"an entry left out: name b'garbage'")
+def test_every_update_and_query_naming_an_entry_seals_the_name_in_its_directory() -> None:
+    s = Seal(VolumeKey(RNG.randbytes(32)))
+    for method in ("fs.create", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir", "fs.createwrite"):
+        assert s.seal_argument(method, {"p": 3, "name": b"x"})["name"] == s.seal_name(3, b"x")
+    moved = s.seal_argument("fs.rename", {"sp": 3, "sn": b"a", "dp": 4, "dn": b"b"})
+    assert (moved["sn"], moved["dn"]) == (s.seal_name(3, b"a"), s.seal_name(4, b"b"))
+    many = s.seal_argument("fs.createmany", {"p": 5, "files": [{"name": b"f", "i": b""}]})
+    assert many["files"] == [{"name": s.seal_name(5, b"f"), "i": b""}]
+    assert s.seal_query(6, "fs.lookup", b"x") == s.seal_name(6, b"x")
+    assert s.seal_query([6, 9], "fs.lookupstat", {"p": 6, "o": 9, "name": b"x"})["name"] == (
+        s.seal_name(6, b"x")
+    )
+    xattr = {"name": b"user.x", "value": b""}
+    assert s.seal_argument("fs.setxattr", xattr)["name"] == b"user.x"  # not an entry
+    entries = {s.seal_name(6, b"one"): [10, 8], b"garbage": [11, 8]}
+    from bftfs.fsobjects.dirents import Entries, all_entries
+
+    packed = Entries({})
+    for name, entry in entries.items():
+        packed[name] = entry
+    assert all_entries(s.open_entries(6, packed.packed())) == {b"one": [10, 8]}

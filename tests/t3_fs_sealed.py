@@ -6,7 +6,7 @@ blocks, a big-block file, an old version overwritten since, an extended attribut
 a symlink's target - is found in no node's LMDB files, while every read, history read and
 scrub works.  The same scan over an unsealed cluster finds each of them: the scan can fail.
 A Byzantine node flipping bits of the ciphertext it serves is caught by the cross
-checksums, never returned.  Names are not sealed yet (docs/confidentiality.md).
+checksums, never returned.  Names seal deterministically: still unique, at most 175 bytes.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from fs_helpers import RW_OPTIONS, Env, fs_env, qu_client, write_file
 
 from bftfs import fsobjects as obj
 from bftfs.crypto import VolumeKey
-from bftfs.fs.errors import TooBig
+from bftfs.fs.errors import Exists, NameTooLong, NotFound, TooBig
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import Past
 from bftfs.fs.scrub import scrub
-from bftfs.fs.seal import Seal, SealBroken
+from bftfs.fs.seal import SEALED_NAME_MAX, Seal, SealBroken
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
@@ -45,6 +45,8 @@ MARKERS = {
 }
 XATTR = (b"user.secret", MARKERS[b"xattr"] * 50)
 TARGET = b"../" + MARKERS[b"symlink"] * 3
+#: A directory and a file in it, their names markers too.
+DIR_NAME, FILE_NAME = b"DIRECTORY-NAME-61c0d8", b"FILE-NAME-e2b7f4"
 NEW = b"NEW-VERSION-d41b93-"
 
 
@@ -88,6 +90,10 @@ async def _write_everything(env: Env) -> tuple[dict[bytes, bytes], int, int]:
     old_ino = await write_file(fs, b"versioned", old)
     await fs.setxattr(old_ino, *XATTR)
     await fs.symlink(obj.ROOT, b"link", TARGET, 0, 0)
+    d = await fs.mkdir(obj.ROOT, DIR_NAME, 0o755, 0, 0)
+    fh, _ = await fs.create(d.ino, FILE_NAME, 0o644, 0, 0, os.O_RDWR)
+    await fs.write(fh, 0, b"in a directory")
+    await fs.release(fh)
     between = time.time_ns()  # history's moments are wall-clock times
     fh = await fs.open(old_ino, os.O_RDWR)
     await fs.write(fh, 0, _content(NEW, len(old)))
@@ -109,10 +115,14 @@ async def test_no_node_stores_the_plaintext_and_everything_reads(tmp_path: Path)
     options = {"seal": seal, "write_behind": True}
     async with fs_env(tmp_path, fs_options=options) as env:
         files, old_ino, between = await _write_everything(env)
-        assert _found(tmp_path, [*MARKERS.values(), NEW]) == set()
+        assert _found(tmp_path, [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME]) == set()
         # Another mount, nothing cached: every read goes to the nodes and is opened.
         await _read_all(env.fss[1], files)
         assert await env.fss[1].getxattr(old_ino, XATTR[0]) == XATTR[1]
+        other = env.fss[1]
+        d = await other.lookup(obj.ROOT, DIR_NAME)
+        assert [name for name, _ in await other.readdir(d.ino)] == [FILE_NAME]
+        assert DIR_NAME in [name for name, _ in await other.readdir(obj.ROOT)]
         link = await env.fss[1].lookup(obj.ROOT, b"link")
         assert link.size == len(TARGET)  # the nodes keep the target's own length
         assert await env.fss[1].readlink(link.ino) == TARGET
@@ -127,19 +137,22 @@ async def test_no_node_stores_the_plaintext_and_everything_reads(tmp_path: Path)
             assert then.state is not None and then.state["x"] == dict([XATTR])
             linked = await past.state_at(link.ino, time.time_ns())
             assert linked is not None and await past.content(linked) == TARGET
+            path = "/" + DIR_NAME.decode() + "/" + FILE_NAME.decode()
+            assert await past.content(await past.resolve(path, time.time_ns())) == b"in a directory"
             history = await past.history(old_ino)
             assert len(history.versions) >= 2
             # bftfs verify's scrub works on ciphertext: every fragment intact.
             reports = await scrub(qu, rw, cfg.block_size)
             assert reports and all(not r.repaired and not r.unreachable for r in reports)
-    assert _found(tmp_path, [*MARKERS.values(), NEW]) == set()
+    assert _found(tmp_path, [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME]) == set()
 
 
 async def test_the_scan_finds_the_plaintext_of_an_unsealed_cluster(tmp_path: Path) -> None:
     """What the test above rules out, as every cluster stored it before issue 38."""
     async with fs_env(tmp_path, fs_options={"seal": None, "write_behind": True}) as env:
         await _write_everything(env)
-    assert _found(tmp_path, [*MARKERS.values(), NEW]) == {*MARKERS.values(), NEW}
+    every = [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME]
+    assert _found(tmp_path, every) == set(every)
 
 
 @pytest.mark.parametrize("node", [0, 2])
@@ -207,3 +220,37 @@ async def test_after_a_rotation_new_writes_are_unreadable_to_a_client_with_the_o
                     await removed.read(fh, 0, 100)
                 finally:
                     await removed.release(fh)
+
+
+async def test_sealed_names_are_still_unique_renamed_and_at_most_175_bytes(
+    tmp_path: Path,
+) -> None:
+    """Names seal deterministically per directory: the nodes refuse a name another mount
+    made (they compare sealed forms), a rename re-seals it in its new directory, and a
+    name whose sealed form would pass 255 bytes is ENAMETOOLONG at once, also with
+    write-behind (statfs says 175)."""
+    seal = Seal(VolumeKey(random.Random(5).randbytes(32)))
+    async with fs_env(tmp_path, fs_options={"seal": seal, "write_behind": True}) as env:
+        a, b = env.fss
+        await write_file(a, b"same", b"first")
+        with pytest.raises(Exists):
+            await b.mkdir(obj.ROOT, b"same", 0o755, 0, 0)
+        sub = await a.mkdir(obj.ROOT, b"sub", 0o755, 0, 0)
+        await a.rename(obj.ROOT, b"same", sub.ino, b"moved")
+        with pytest.raises(NotFound):
+            await b.lookup(obj.ROOT, b"same")
+        got = await b.lookup(sub.ino, b"moved")
+        fh = await b.open(got.ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 10) == b"first"
+        await b.release(fh)
+        longest = b"n" * SEALED_NAME_MAX
+        await write_file(a, longest, b"x")
+        assert (await b.lookup(obj.ROOT, longest)).size == 1
+        for fs in (a, b):
+            with pytest.raises(NameTooLong):
+                await fs.create(obj.ROOT, longest + b"n", 0o644, 0, 0, os.O_RDWR)
+            with pytest.raises(NameTooLong):
+                await fs.lookup(obj.ROOT, longest + b"n")
+        assert (await a.statfs())["f_namemax"] == SEALED_NAME_MAX == 175
+        await a.write_back()
+        assert sorted(n for n, _ in await b.readdir(obj.ROOT)) == sorted([longest, b"sub"])

@@ -1,7 +1,8 @@
 """Tier 4: a sealed cluster as a new user meets it (issue 38): ``bftfs init``'s cluster of
 real node processes, a real FUSE mount, ``echo secret-words > mount/f`` - and then no
-node's store holds the words, while the mount, ``bftfs cat --at``, ``bftfs log`` and
-``bftfs verify`` work as before; a mount without the volume key is refused up front."""
+node's store holds the words (nor a directory's and a file's names), while the mount,
+``bftfs cat --at``, ``bftfs log`` and ``bftfs verify`` work as before; a mount without the
+volume key is refused up front."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse an
 SECRET = b"secret-words-8c0f27\n"
 OLD = b"old-secret-e61d4a-"
 BIG = b"big-secret-3b9d10-"
+DIR, NAME = "secret-directory-5f7a", "secret-name-09c4e1"
 
 
 def bftfs(cluster: ProcessCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -53,16 +55,20 @@ def test_echo_secret_words_to_a_mount_and_no_node_holds_them(tmp_path: Path) -> 
             moment = time.time_ns()
             (m.mountpoint / "f").write_bytes(SECRET)
             (m.mountpoint / "big").write_bytes(big)
+            (m.mountpoint / DIR).mkdir()
+            (m.mountpoint / DIR / NAME).write_bytes(b"named")
             assert (m.mountpoint / "f").read_bytes() == SECRET
-        assert in_stores(pc, [SECRET, OLD, BIG]) == set()
+        assert in_stores(pc, [SECRET, OLD, BIG, DIR.encode(), NAME.encode()]) == set()
         # Another client reads it all: the mount, the history, the scrub.
         with Mount(pc.config, tmp_path / "m1", client="client1") as m:
             assert (m.mountpoint / "f").read_bytes() == SECRET
             assert (m.mountpoint / "big").read_bytes() == big
+            assert [p.name for p in (m.mountpoint / DIR).iterdir()] == [NAME]
         at = f"@{moment // 10**9}.{moment % 10**9:09d}"
         assert bftfs(pc, "cat", "/f", "--at", at).stdout == old
         versions = json.loads(bftfs(pc, "log", "/f", "--json").stdout)["versions"]
         assert len(versions) >= 2
+        assert bftfs(pc, "cat", f"/{DIR}/{NAME}", "--at", "now").stdout == b"named"
         verify = json.loads(bftfs(pc, "verify", "--json").stdout)
         assert verify["checked"] > 0 and verify["fragments_repaired"] == 0
         # Without the volume key a mount is refused before it starts (exit 5: a key error).

@@ -89,7 +89,7 @@ from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
-from bftfs.fs.seal import Seal, wrap_clients
+from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
 from bftfs.fs.writeback import WriteBack
 from bftfs.fs.writebehind import PendingCreates
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
@@ -222,6 +222,8 @@ class FileSystem:
         seal = options.pop("seal") if "seal" in options else Seal.of(config)
         qu, rw = wrap_clients(qu, rw, seal)
         fs = cls(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
+        if seal is not None:  # sealed names are longer: the plaintext ones shorter
+            fs.names.name_max = fs.pending.name_max = SEALED_NAME_MAX
         try:
             fs.cache.observed(ROOT, await fs.meta.query(ROOT, "fs.stat"))
         except NotFound:
@@ -292,7 +294,7 @@ class FileSystem:
         await self.names.rename(parent, name, new_parent, new_name, flags)
 
     async def statfs(self) -> dict[str, int]:
-        return await self.meta.statfs()
+        return {**await self.meta.statfs(), "f_namemax": self.names.name_max}
 
     # Attributes (bftfs.fs.attributes) ------------------------------------------------------
 

@@ -25,6 +25,7 @@ from bftfs.fs.errors import (
     FsError,
     Invalid,
     IsDir,
+    NameTooLong,
     NotDir,
     NotFound,
     StaleView,
@@ -44,11 +45,13 @@ REVALIDATION_WINDOW = 0.1
 READDIR_CONCURRENCY = 16
 
 
-def _check_name(name: bytes) -> None:
+def _check_name(name: bytes, name_max: int = obj.NAME_MAX) -> None:
     try:
         obj.check_name(name)
     except MethodRefused as e:
         raise from_refusal(e.code, e.message) from None
+    if len(name) > name_max:  # a sealed cluster's names are shorter (fs/seal.py)
+        raise NameTooLong()
 
 
 class Names:
@@ -56,6 +59,8 @@ class Names:
     reclaimer (a removed file's blocks are given back)."""
 
     def __init__(self, meta: Meta, cache: MetadataCache, reclaimer: Reclaimer) -> None:
+        #: The longest name (shorter in a sealed cluster: ``fs/seal.py``).
+        self.name_max = obj.NAME_MAX
         self.meta = meta
         self.cache = cache
         self.reclaimer = reclaimer
@@ -168,7 +173,7 @@ class Names:
             if p["k"] != "d":
                 raise NotDir()
             return await self.getattr(p["p"])
-        _check_name(name)
+        _check_name(name, self.name_max)
         guess = self.cache.names.get(parent, {}).get(name)
         if guess is None or self.cache.fresh(guess[0]) is not None:
             try:
@@ -247,7 +252,7 @@ class Names:
 
     async def _make(self, parent: int, name: bytes, method: str, arg: dict[str, Any]) -> Attr:
         """create/mkdir/mknod/symlink: a two-object update with a fresh random object id."""
-        _check_name(name)
+        _check_name(name, self.name_max)
         for _ in range(MAX_ATTEMPTS):
             oid = self.meta.new_oid(near=parent)
             a = dict(arg, p=parent, o=oid, name=name, now=self.meta.now())
@@ -298,7 +303,7 @@ class Names:
         return await self._make(parent, name, "fs.create", arg)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
-        _check_name(new_name)
+        _check_name(new_name, self.name_max)
         f, pst = await self.meta.update(
             [ino, new_parent],
             "fs.link",
@@ -312,7 +317,7 @@ class Names:
     # Namespace: removing and renaming ------------------------------------------------------
 
     async def _remove(self, parent: int, name: bytes, method: str) -> None:
-        _check_name(name)
+        _check_name(name, self.name_max)
         fresh = False
         for _ in range(MAX_ATTEMPTS):
             oid, code = await self.cache.entry(parent, name, fresh)
@@ -380,8 +385,8 @@ class Names:
         changes parent - the ancestors of its new parent up to its old parent or the root.
         When those are more than Q/U's 8 objects per update, EXDEV (``mv`` then copies).
         """
-        _check_name(name)
-        _check_name(new_name)
+        _check_name(name, self.name_max)
+        _check_name(new_name, self.name_max)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
             RENAME_NOREPLACE | RENAME_EXCHANGE
         ):

@@ -275,12 +275,13 @@ class Past:
             what = {"exists": "exists already", "not-found": "does not exist"}.get(e.code, str(e))
             raise PastError(f"snapshot {arg['name']}: {what}") from None
 
-    def _unpack(self, raw: bytes | None) -> dict[str, Any] | None:
-        """A past state as the reader fetched it, its inline content opened."""
+    def _unpack(self, oid: int, raw: bytes | None) -> dict[str, Any] | None:
+        """Object ``oid``'s past state as the reader fetched it, what a mount sealed in it
+        opened."""
         if raw is None:
             return None
         state: dict[str, Any] = unpack(raw)
-        return state if self.seal is None else self.seal.open_state(state)
+        return state if self.seal is None else self.seal.open_state(oid, state)
 
     def statistics(self) -> str:
         """What the history reads cost, for a log at unmount."""
@@ -295,7 +296,7 @@ class Past:
         states = await self.reader.states(oid, walk.versions)
         hist = ObjectHistory(oid, complete=walk.end is End.INITIAL)
         chain: list[tuple[Agreed, dict[str, Any] | None]] = [
-            (a, self._unpack(states[a.lt])) for a in walk.versions
+            (a, self._unpack(oid, states[a.lt])) for a in walk.versions
         ]
         # Oldest first, folding repeats (repairs' copies, bookkeeping-only updates).
         kept: list[Version] = []
@@ -336,7 +337,7 @@ class Past:
                 raise _reclaimed(oid, [a.time_ns for a in walk.versions])
             last = walk.versions[found.index]
             raw = (await self.reader.states(oid, [last]))[last.lt]
-            state = self._unpack(raw)
+            state = self._unpack(oid, raw)
             v = Version(oid, last.lt, last.time_ns, last.lt.client, state, ())
         if v is None or v.state is None or _gone(v.state):
             return None
@@ -511,7 +512,7 @@ class Past:
         raw = await self.reader.states(oid, wanted)
         versions: dict[Timestamp, Version | None] = {}
         for a in wanted:
-            state = self._unpack(raw[a.lt])
+            state = self._unpack(oid, raw[a.lt])
             gone = state is None or _gone(state)
             versions[a.lt] = None if gone else Version(oid, a.lt, a.time_ns, a.lt.client, state, ())
         return [None if a is None else versions[a.lt] for a in picks]

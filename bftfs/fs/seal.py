@@ -8,9 +8,10 @@ garbage collection) sees or needs plaintext:
 
 - :class:`SealedBlocks` over the PASIS client: a block is sealed before it is written
   (and erasure-coded) and opened after it is read (decoded and validated);
-- :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``), symbolic
-  link targets and extended attribute values are sealed in the update arguments that
-  carry them and opened in every answer that does.  Names are not sealed yet.
+- :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``), entry
+  names (deterministically, so the nodes still refuse a duplicate), symbolic link targets
+  and extended attribute values are sealed in the arguments that carry them and opened in
+  every answer that does.  Extended attribute names are not sealed.
 
 A block or inline content written empty stays empty (an empty block reads as zeros: a
 cleared gap, a given-back block), so the paths that write nothing need no key.  A value
@@ -20,6 +21,8 @@ that does not open (bits flipped by more than ``b`` nodes, a client writing garb
 
 from __future__ import annotations
 
+import base64
+import logging
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -27,11 +30,19 @@ from typing import Any, TypeVar
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.crypto import SealError, VolumeKey, seal, unseal
-from bftfs.fs.errors import FsError
+from bftfs.crypto import SIV_SIZE, SealError, VolumeKey, seal, siv_open, siv_seal, unseal
+from bftfs.fs.errors import FsError, NameTooLong
+from bftfs.fsobjects.dirents import Entries, all_entries
+from bftfs.qu.objects import MethodRefused
 from bftfs.rw.calls import DEFAULT_THREAD_THRESHOLD
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: The longest name a sealed cluster takes: its sealed form (a 16-byte synthetic IV and
+#: the name's bytes, in unpadded URL-safe base64: no NUL, no ``/``) must fit the nodes'
+#: 255 bytes.  eCryptfs, sealing names the same way, takes 143.
+SEALED_NAME_MAX = (obj.NAME_MAX * 3) // 4 - SIV_SIZE
 
 #: The additional data of inline content: a block's (its id) can never be taken for it.
 _INLINE_AAD = b"bftfs-inline"
@@ -39,6 +50,13 @@ _INLINE_AAD = b"bftfs-inline"
 _XATTR_AAD = b"bftfs-xattr:"
 #: A symbolic link target's additional data.
 _TARGET_AAD = b"bftfs-symlink"
+#: A name's additional data: this label and its directory's id (equal names in two
+#: directories do not look alike).
+_NAME_AAD = b"bftfs-name:"
+#: The updates naming one entry ``name`` of directory ``p``.
+_ENTRY_METHODS = frozenset(
+    {"fs.create", "fs.createwrite", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir"}
+)
 #: The update methods whose arguments may carry inline content (``i``), at top level or in
 #: ``files`` (``fs.createmany``).
 _INLINE_METHODS = frozenset({"fs.write", "fs.setattr", "fs.createwrite", "fs.createmany"})
@@ -57,6 +75,11 @@ class Seal:
     def __init__(self, volume: VolumeKey, previous: Sequence[VolumeKey] = ()) -> None:
         self._key = volume.subkey(b"bftfs-contents")
         self._keys = [self._key, *(k.subkey(b"bftfs-contents") for k in previous)]
+        # Names under the cluster's first key, which rotations keep: a name must seal the
+        # same whatever key is current, or the nodes could not refuse a duplicate.
+        first = previous[-1] if previous else volume
+        self._name_iv = first.subkey(b"bftfs-names-iv")
+        self._name_stream = first.subkey(b"bftfs-names-stream")
 
     def _unseal(self, data: bytes, aad: bytes) -> bytes:
         """``data`` opened under the first key it opens under (the current one first: what
@@ -184,6 +207,81 @@ class Seal:
             return arg
         return dict(arg, t=self.seal_target(target), tl=len(target))
 
+    # Names ----------------------------------------------------------------------------------------
+
+    def seal_name(self, parent: int, name: bytes) -> bytes:
+        """Entry ``name`` of directory ``parent`` sealed deterministically (the same name
+        in the same directory always seals alike, so the nodes still refuse a duplicate),
+        as unpadded URL-safe base64 (a legal name).  A name the nodes would refuse anyway
+        ('', '.', '..', '/', NUL, over 255 bytes) is left as it is, to be refused as before.
+
+        Raises:
+            NameTooLong: a legal name longer than :data:`SEALED_NAME_MAX`.
+        """
+        try:
+            obj.check_name(name)
+        except MethodRefused:
+            return name
+        if len(name) > SEALED_NAME_MAX:
+            raise NameTooLong()
+        sealed = siv_seal(self._name_iv, self._name_stream, name, _name_aad(parent))
+        return base64.urlsafe_b64encode(sealed).rstrip(b"=")
+
+    def open_name(self, parent: int, sealed: bytes) -> bytes:
+        """An entry's name from its sealed form.
+
+        Raises:
+            SealBroken: not a name sealed in this directory under this cluster's key.
+        """
+        try:
+            raw = base64.urlsafe_b64decode(sealed + b"=" * (-len(sealed) % 4))
+            return siv_open(self._name_iv, self._name_stream, raw, _name_aad(parent))
+        except (ValueError, SealError) as e:
+            raise SealBroken(f"name {sealed[:40]!r} in directory {parent:#x}: {e}") from None
+
+    def open_entries(self, parent: int, e: Any) -> dict[int, bytes]:
+        """A directory's entries (a state's ``e`` or readdir's buckets) with their names
+        opened, packed as a state's ``e``.  An entry whose name does not open (written by
+        a client without the key, or garbage) is left out and logged: one bad name must
+        not hide the rest of the directory."""
+        opened = Entries({})
+        for name, entry in all_entries(e).items():
+            try:
+                opened[self.open_name(parent, name)] = entry
+            except SealBroken as err:
+                log.warning("directory %#x: an entry left out: %s", parent, err)
+        return opened.packed()
+
+    def _seal_entry_names(self, method: str, arg: dict[str, Any]) -> dict[str, Any]:
+        """An update's argument with the entry names it carries sealed (a copy)."""
+        if method in _ENTRY_METHODS:
+            return self._seal_key(arg, arg.get("p"), "name")
+        if method == "fs.rename":
+            arg = self._seal_key(arg, arg.get("sp"), "sn")
+            return self._seal_key(arg, arg.get("dp"), "dn")
+        files = arg.get("files")
+        if method == "fs.createmany" and isinstance(files, list):
+            p = arg.get("p")
+            return dict(arg, files=[self._seal_key(f, p, "name") for f in files])
+        return arg
+
+    def _seal_key(self, arg: Any, parent: Any, name_key: str) -> Any:
+        """``arg`` with its name at ``name_key`` sealed in directory ``parent``."""
+        name = arg.get(name_key) if isinstance(arg, dict) else None
+        if not isinstance(parent, int) or isinstance(parent, bool) or not isinstance(name, bytes):
+            return arg
+        return dict(arg, **{name_key: self.seal_name(parent, name)})
+
+    def seal_query(self, objects: Any, method: str, arg: Any) -> Any:
+        """A query's argument with the name it looks up sealed (``fs.lookup``,
+        ``fs.lookupstat``)."""
+        if method == "fs.lookup" and isinstance(arg, bytes):
+            parent = objects[0] if isinstance(objects, list | tuple) else objects
+            return self.seal_name(parent, arg) if _is_oid(parent) else arg
+        if method == "fs.lookupstat" and isinstance(arg, dict):
+            return self._seal_key(arg, arg.get("p"), "name")
+        return arg
+
     # Update arguments and answers ------------------------------------------------------------
 
     def seal_argument(self, method: str, arg: Any) -> Any:
@@ -191,6 +289,8 @@ class Seal:
         attribute value sealed (a copy; ``arg`` unchanged).  ``fs.createwrite`` (and each file of
         ``fs.createmany``) then names the file's size as ``end``: the nodes take it from
         the content's length otherwise."""
+        if isinstance(arg, dict):
+            arg = self._seal_entry_names(method, arg)
         if method == "fs.create" and isinstance(arg, dict):
             return self._seal_symlink(arg)
         if method == "fs.setxattr" and isinstance(arg, dict):
@@ -237,12 +337,14 @@ class Seal:
                 return items
         return answer
 
-    def open_state(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A past object state (history) with its inline content, symbolic link target and
-        extended attribute values opened."""
+    def open_state(self, oid: int, state: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Object ``oid``'s past state (history) with its inline content, symbolic link
+        target, extended attribute values and (a directory's) entry names opened."""
         if state is None:
             return None
         opened = dict(self.open_answer(state))
+        if state.get("k") == "d" and "e" in state:
+            opened["e"] = self.open_entries(oid, state["e"])
         target = state.get("t")
         if isinstance(target, bytes) and stat.S_ISLNK(int(state.get("mode", 0))):
             opened["t"] = self.open_target(target)
@@ -250,6 +352,14 @@ class Seal:
         if isinstance(xattrs, dict):
             opened["x"] = {n: self.open_xattr(n, v) for n, v in xattrs.items()}
         return opened
+
+
+def _is_oid(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _name_aad(parent: int) -> bytes:
+    return _NAME_AAD + parent.to_bytes(8, "big")
 
 
 def _block_aad(block: int) -> bytes:
@@ -308,8 +418,8 @@ class SealedBlocks:
 
 class SealedObjects:
     """The Q/U client as the file system sees it in a sealed cluster: inline content,
-    symlink targets and extended attribute values sealed in updates, opened in answers;
-    everything else is the client's own."""
+    entry names, symlink targets and extended attribute values sealed in updates and
+    queries, opened in answers; everything else is the client's own."""
 
     def __init__(self, qu: Any, seal: Seal) -> None:
         self._qu = qu
@@ -320,9 +430,12 @@ class SealedObjects:
 
     async def query(self, objects: Any, method: str, arg: Any = None) -> Any:
         """``QUClient.query``, its answer opened (an extended attribute's value too)."""
-        answer = await self._qu.query(objects, method, arg)
+        answer = await self._qu.query(objects, method, self._seal.seal_query(objects, method, arg))
         if method == "fs.getxattr" and isinstance(answer, bytes) and isinstance(arg, bytes):
             return self._seal.open_xattr(arg, answer)
+        if method == "fs.readdir" and isinstance(answer, dict) and _is_oid(objects):
+            packed = self._seal.open_entries(objects, answer.get("e", []))
+            return dict(answer, e=[packed[i] for i in sorted(packed)])
         if method == "fs.readlink" and isinstance(answer, bytes):
             return self._seal.open_target(answer)
         return self._seal.open_answer(answer)

@@ -127,6 +127,9 @@ class PendingCreates:
         self._senders = set()
         #: Directory write-back (``fs/writeback.py``; None: every close sends).
         self.writeback: WriteBack | None = None
+        #: The longest name a create may be held back with (shorter in a sealed cluster,
+        #: ``fs/seal.py``): a longer one is refused by the synchronous create at once.
+        self.name_max = obj.NAME_MAX
         meta.gate = self
 
     def attach(self, handles: Handles) -> None:
@@ -194,7 +197,7 @@ class PendingCreates:
             and name not in (b"", b".", b"..")
             and b"/" not in name
             and b"\0" not in name
-            and len(name) <= obj.NAME_MAX
+            and len(name) <= self.name_max
         )
 
     # Sending -----------------------------------------------------------------------------
