@@ -104,8 +104,18 @@ def test_an_extended_attribute_value_opens_only_under_its_name() -> None:
     assert s.open_xattr(b"user.a", sealed["value"]) == b"secret value"
     with pytest.raises(SealBroken):
         s.open_xattr(b"user.b", sealed["value"])  # moved to another name
-    state = {"k": "f", "x": {b"user.a": sealed["value"], b"user.e": b""}}
+    names = {n: s.seal_xattr_name(9, n) for n in (b"user.a", b"user.e")}
+    state = {"k": "f", "x": {names[b"user.a"]: sealed["value"], names[b"user.e"]: b""}}
     assert s.open_state(9, state) == {"k": "f", "x": {b"user.a": b"secret value", b"user.e": b""}}
+    # The name sealed too, bound to its object; the value bound to the plain name.
+    on_object = s.seal_argument("fs.setxattr", arg, [9])
+    assert on_object["name"] == names[b"user.a"] != s.seal_xattr_name(8, b"user.a")
+    assert s.open_xattr(b"user.a", on_object["value"]) == b"secret value"
+    assert s.seal_argument("fs.removexattr", {"name": b"user.a"}, 9)["name"] == names[b"user.a"]
+    assert s.seal_query(9, "fs.getxattr", b"user.a") == names[b"user.a"]
+    assert s.open_xattr_names(9, [names[b"user.e"], names[b"user.a"]]) == [b"user.a", b"user.e"]
+    with pytest.raises(SealBroken):
+        s.open_xattr_name(8, names[b"user.a"])
 
 
 def test_a_symlink_target_is_sealed_with_its_length_and_a_bad_one_left_to_be_refused() -> None:
@@ -173,8 +183,8 @@ def test_every_update_and_query_naming_an_entry_seals_the_name_in_its_directory(
     assert s.seal_query([6, 9], "fs.lookupstat", {"p": 6, "o": 9, "name": b"x"})["name"] == (
         s.seal_name(6, b"x")
     )
-    xattr = {"name": b"user.x", "value": b""}
-    assert s.seal_argument("fs.setxattr", xattr)["name"] == b"user.x"  # not an entry
+    xattr = {"name": b"user.x", "value": b""}  # an object's name, not a directory's entry
+    assert s.seal_argument("fs.setxattr", xattr, [6])["name"] == s.seal_xattr_name(6, b"user.x")
     entries = {s.seal_name(6, b"one"): [10, 8], b"garbage": [11, 8]}
     from bftfs.fsobjects.dirents import Entries, all_entries
 

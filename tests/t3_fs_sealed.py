@@ -22,7 +22,7 @@ from fs_helpers import RW_OPTIONS, Env, fs_env, qu_client, write_file
 
 from bftfs import fsobjects as obj
 from bftfs.crypto import VolumeKey
-from bftfs.fs.errors import Exists, NameTooLong, NotFound, TooBig
+from bftfs.fs.errors import Exists, NameTooLong, NoAttr, NotFound, TooBig
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import Past
 from bftfs.fs.scrub import scrub
@@ -43,7 +43,7 @@ MARKERS = {
     b"xattr": b"XATTR-VALUE-a7e3c2-",
     b"symlink": b"SYMLINK-TARGET-2d6b8e-",
 }
-XATTR = (b"user.secret", MARKERS[b"xattr"] * 50)
+XATTR = (b"user.XATTR-NAME-b5e1d0", MARKERS[b"xattr"] * 50)
 TARGET = b"../" + MARKERS[b"symlink"] * 3
 #: A directory and a file in it, their names markers too.
 DIR_NAME, FILE_NAME = b"DIRECTORY-NAME-61c0d8", b"FILE-NAME-e2b7f4"
@@ -115,10 +115,11 @@ async def test_no_node_stores_the_plaintext_and_everything_reads(tmp_path: Path)
     options = {"seal": seal, "write_behind": True}
     async with fs_env(tmp_path, fs_options=options) as env:
         files, old_ino, between = await _write_everything(env)
-        assert _found(tmp_path, [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME]) == set()
+        assert _found(tmp_path, [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME, XATTR[0]]) == set()
         # Another mount, nothing cached: every read goes to the nodes and is opened.
         await _read_all(env.fss[1], files)
         assert await env.fss[1].getxattr(old_ino, XATTR[0]) == XATTR[1]
+        assert await env.fss[1].listxattr(old_ino) == [XATTR[0]]
         other = env.fss[1]
         d = await other.lookup(obj.ROOT, DIR_NAME)
         assert [name for name, _ in await other.readdir(d.ino)] == [FILE_NAME]
@@ -144,14 +145,14 @@ async def test_no_node_stores_the_plaintext_and_everything_reads(tmp_path: Path)
             # bftfs verify's scrub works on ciphertext: every fragment intact.
             reports = await scrub(qu, rw, cfg.block_size)
             assert reports and all(not r.repaired and not r.unreachable for r in reports)
-    assert _found(tmp_path, [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME]) == set()
+    assert _found(tmp_path, [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME, XATTR[0]]) == set()
 
 
 async def test_the_scan_finds_the_plaintext_of_an_unsealed_cluster(tmp_path: Path) -> None:
     """What the test above rules out, as every cluster stored it before issue 38."""
     async with fs_env(tmp_path, fs_options={"seal": None, "write_behind": True}) as env:
         await _write_everything(env)
-    every = [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME]
+    every = [*MARKERS.values(), NEW, DIR_NAME, FILE_NAME, XATTR[0]]
     assert _found(tmp_path, every) == set(every)
 
 
@@ -178,7 +179,8 @@ async def test_a_node_flipping_ciphertext_bits_is_caught_not_returned(
 
 async def test_an_extended_attribute_of_the_largest_size_fits_sealed(tmp_path: Path) -> None:
     """A value of ``XATTR_SIZE_MAX`` bytes is taken (the nodes allow the seal's overhead
-    beyond it); one byte more is E2BIG, as in an unsealed cluster."""
+    beyond it); one byte more is E2BIG, as in an unsealed cluster.  Sealed names work by
+    name (replace, remove) and are at most 175 bytes."""
     seal = Seal(VolumeKey(random.Random(1).randbytes(32)))
     async with fs_env(tmp_path, fs_options={"seal": seal}) as env:
         ino = await write_file(env.fs, b"f", b"data")
@@ -187,6 +189,15 @@ async def test_an_extended_attribute_of_the_largest_size_fits_sealed(tmp_path: P
         assert await env.fss[1].getxattr(ino, b"user.big") == value
         with pytest.raises(TooBig):
             await env.fs.setxattr(ino, b"user.bigger", value + b"x")
+        # Names sealed like entries': found, replaced and removed by name; 175 bytes at most.
+        await env.fs.setxattr(ino, b"user.big", b"replaced")
+        assert await env.fss[1].getxattr(ino, b"user.big") == b"replaced"
+        await env.fss[1].removexattr(ino, b"user.big")
+        with pytest.raises(NoAttr):
+            await env.fs.getxattr(ino, b"user.big")
+        with pytest.raises(NameTooLong):
+            await env.fs.setxattr(ino, b"u" * (SEALED_NAME_MAX + 1), b"x")
+        assert await env.fs.listxattr(ino) == []
 
 
 async def test_after_a_rotation_new_writes_are_unreadable_to_a_client_with_the_old_key_only(

@@ -10,8 +10,8 @@ garbage collection) sees or needs plaintext:
   (and erasure-coded) and opened after it is read (decoded and validated);
 - :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``), entry
   names (deterministically, so the nodes still refuse a duplicate), symbolic link targets
-  and extended attribute values are sealed in the arguments that carry them and opened in
-  every answer that does.  Extended attribute names are not sealed.
+  and extended attribute names (likewise) and values are sealed in the arguments that
+  carry them and opened in every answer that does.
 
 A block or inline content written empty stays empty (an empty block reads as zeros: a
 cleared gap, a given-back block), so the paths that write nothing need no key.  A value
@@ -53,6 +53,8 @@ _TARGET_AAD = b"bftfs-symlink"
 #: A name's additional data: this label and its directory's id (equal names in two
 #: directories do not look alike).
 _NAME_AAD = b"bftfs-name:"
+#: An extended attribute name's additional data: this label and its object's id.
+_XATTR_NAME_AAD = b"bftfs-xattr-name:"
 #: The updates naming one entry ``name`` of directory ``p``.
 _ENTRY_METHODS = frozenset(
     {"fs.create", "fs.createwrite", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir"}
@@ -222,10 +224,58 @@ class Seal:
             obj.check_name(name)
         except MethodRefused:
             return name
+        return self._seal_as_name(name, _name_aad(parent))
+
+    def _seal_as_name(self, name: bytes, aad: bytes) -> bytes:
         if len(name) > SEALED_NAME_MAX:
             raise NameTooLong()
-        sealed = siv_seal(self._name_iv, self._name_stream, name, _name_aad(parent))
+        sealed = siv_seal(self._name_iv, self._name_stream, name, aad)
         return base64.urlsafe_b64encode(sealed).rstrip(b"=")
+
+    def _open_as_name(self, sealed: bytes, aad: bytes) -> bytes:
+        raw = base64.urlsafe_b64decode(sealed + b"=" * (-len(sealed) % 4))
+        return siv_open(self._name_iv, self._name_stream, raw, aad)
+
+    def seal_xattr_name(self, oid: int, name: bytes) -> bytes:
+        """Extended attribute ``name`` of object ``oid`` sealed deterministically (found
+        and replaced by name, as entries are); an illegal name is left to the nodes.
+
+        Raises:
+            NameTooLong: a legal name longer than :data:`SEALED_NAME_MAX`.
+        """
+        try:
+            obj.check_xattr_name(name)
+        except MethodRefused:
+            return name
+        return self._seal_as_name(name, _XATTR_NAME_AAD + oid.to_bytes(8, "big"))
+
+    def open_xattr_name(self, oid: int, sealed: bytes) -> bytes:
+        """An extended attribute's name from its sealed form.
+
+        Raises:
+            SealBroken: not a name sealed for this object under this cluster's key.
+        """
+        try:
+            return self._open_as_name(sealed, _XATTR_NAME_AAD + oid.to_bytes(8, "big"))
+        except (ValueError, SealError) as e:
+            raise SealBroken(f"xattr name {sealed[:40]!r} of {oid:#x}: {e}") from None
+
+    def open_xattrs(self, oid: int, x: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """A past state's extended attributes (sealed name -> sealed value), opened; one
+        whose name does not open is left out and logged."""
+        out = {}
+        for sealed, value in x.items():
+            try:
+                name = self.open_xattr_name(oid, sealed)
+            except SealBroken as err:
+                log.warning("object %#x: an extended attribute left out: %s", oid, err)
+                continue
+            out[name] = self.open_xattr(name, value)
+        return out
+
+    def open_xattr_names(self, oid: int, names: Iterable[bytes]) -> list[bytes]:
+        """``fs.listxattr``'s answer opened (sorted; one that does not open left out)."""
+        return sorted(self.open_xattrs(oid, dict.fromkeys(names, b"")))
 
     def open_name(self, parent: int, sealed: bytes) -> bytes:
         """An entry's name from its sealed form.
@@ -234,8 +284,7 @@ class Seal:
             SealBroken: not a name sealed in this directory under this cluster's key.
         """
         try:
-            raw = base64.urlsafe_b64decode(sealed + b"=" * (-len(sealed) % 4))
-            return siv_open(self._name_iv, self._name_stream, raw, _name_aad(parent))
+            return self._open_as_name(sealed, _name_aad(parent))
         except (ValueError, SealError) as e:
             raise SealBroken(f"name {sealed[:40]!r} in directory {parent:#x}: {e}") from None
 
@@ -265,39 +314,44 @@ class Seal:
             return dict(arg, files=[self._seal_key(f, p, "name") for f in files])
         return arg
 
-    def _seal_key(self, arg: Any, parent: Any, name_key: str) -> Any:
-        """``arg`` with its name at ``name_key`` sealed in directory ``parent``."""
+    def _seal_key(self, arg: Any, parent: Any, name_key: str, *, xattr: bool = False) -> Any:
+        """``arg`` with its name at ``name_key`` sealed in directory ``parent`` (with
+        ``xattr``: an extended attribute's name, of object ``parent``)."""
         name = arg.get(name_key) if isinstance(arg, dict) else None
         if not isinstance(parent, int) or isinstance(parent, bool) or not isinstance(name, bytes):
             return arg
-        return dict(arg, **{name_key: self.seal_name(parent, name)})
+        sealed = self.seal_xattr_name(parent, name) if xattr else self.seal_name(parent, name)
+        return dict(arg, **{name_key: sealed})
 
     def seal_query(self, objects: Any, method: str, arg: Any) -> Any:
         """A query's argument with the name it looks up sealed (``fs.lookup``,
-        ``fs.lookupstat``)."""
+        ``fs.lookupstat``), or the extended attribute it reads (``fs.getxattr``)."""
         if method == "fs.lookup" and isinstance(arg, bytes):
             parent = objects[0] if isinstance(objects, list | tuple) else objects
             return self.seal_name(parent, arg) if _is_oid(parent) else arg
         if method == "fs.lookupstat" and isinstance(arg, dict):
             return self._seal_key(arg, arg.get("p"), "name")
+        if method == "fs.getxattr" and isinstance(arg, bytes) and _is_oid(_first(objects)):
+            return self.seal_xattr_name(_first(objects), arg)
         return arg
 
     # Update arguments and answers ------------------------------------------------------------
 
-    def seal_argument(self, method: str, arg: Any) -> Any:
-        """An update's argument with its inline content, symlink target or extended
-        attribute value sealed (a copy; ``arg`` unchanged).  ``fs.createwrite`` (and each file of
-        ``fs.createmany``) then names the file's size as ``end``: the nodes take it from
-        the content's length otherwise."""
+    def seal_argument(self, method: str, arg: Any, objects: Any = None) -> Any:
+        """An update (on ``objects``) with the names, inline content, symlink target or
+        extended attribute name and value its argument carries sealed (a copy; ``arg``
+        unchanged).  ``fs.createwrite`` (and each file of ``fs.createmany``) then names
+        the file's size as ``end``: the nodes take it from the content's length
+        otherwise."""
         if isinstance(arg, dict):
             arg = self._seal_entry_names(method, arg)
         if method == "fs.create" and isinstance(arg, dict):
             return self._seal_symlink(arg)
-        if method == "fs.setxattr" and isinstance(arg, dict):
+        if method in ("fs.setxattr", "fs.removexattr") and isinstance(arg, dict):
             name, value = arg.get("name"), arg.get("value")
-            if isinstance(name, bytes) and isinstance(value, bytes):
-                return dict(arg, value=self.seal_xattr(name, value))
-            return arg
+            if isinstance(value, bytes) and isinstance(name, bytes):
+                arg = dict(arg, value=self.seal_xattr(name, value))  # bound to the plain name
+            return self._seal_key(arg, _first(objects), "name", xattr=True)
         if method not in _INLINE_METHODS or not isinstance(arg, dict):
             return arg
         out = self._seal_one(arg, create=method == "fs.createwrite")
@@ -350,8 +404,13 @@ class Seal:
             opened["t"] = self.open_target(target)
         xattrs = state.get("x")
         if isinstance(xattrs, dict):
-            opened["x"] = {n: self.open_xattr(n, v) for n, v in xattrs.items()}
+            opened["x"] = self.open_xattrs(oid, xattrs)
         return opened
+
+
+def _first(objects: Any) -> Any:
+    """The object a one-object call is about (``objects`` is an id or a list of them)."""
+    return objects[0] if isinstance(objects, list | tuple) and objects else objects
 
 
 def _is_oid(v: Any) -> bool:
@@ -433,6 +492,8 @@ class SealedObjects:
         answer = await self._qu.query(objects, method, self._seal.seal_query(objects, method, arg))
         if method == "fs.getxattr" and isinstance(answer, bytes) and isinstance(arg, bytes):
             return self._seal.open_xattr(arg, answer)
+        if method == "fs.listxattr" and isinstance(answer, list) and _is_oid(_first(objects)):
+            return self._seal.open_xattr_names(_first(objects), answer)
         if method == "fs.readdir" and isinstance(answer, dict) and _is_oid(objects):
             packed = self._seal.open_entries(objects, answer.get("e", []))
             return dict(answer, e=[packed[i] for i in sorted(packed)])
@@ -442,7 +503,7 @@ class SealedObjects:
 
     async def update(self, objects: Any, method: str, arg: Any = None) -> Any:
         """``QUClient.update`` of the sealed argument, its answer opened."""
-        sealed = self._seal.seal_argument(method, arg)
+        sealed = self._seal.seal_argument(method, arg, objects)
         return self._seal.open_answer(await self._qu.update(objects, method, sealed))
 
     async def query_at(self, oid: int, method: str, arg: Any = None) -> Any:
