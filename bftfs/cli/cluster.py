@@ -235,6 +235,11 @@ def cmd_client(args: argparse.Namespace) -> int:
             f"removed client {gone.name} (id {gone.id - CLIENT_ID_BASE}, never reused) and "
             "deleted its key here"
         )
+        if cfg.sealed:
+            print(
+                "it still holds the volume key: `bftfs rotate-key` so that it can read "
+                "nothing written from now on (docs/confidentiality.md)"
+            )
     print("restart the nodes for them to see it (they read the configuration when they start)")
     return 0
 
