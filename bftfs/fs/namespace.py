@@ -122,6 +122,12 @@ class Names:
         }
         raise StaleView(f"object {ino} has no name any more")
 
+    def used_after_lookup(self, ino: int) -> None:
+        """The caller's first use of ``ino`` after the lookup that found it is this one,
+        decided by the caller (an open's ``looked_up``): the lookup's exception of
+        :meth:`check_reached` is spent, so a later call by the cached name is refused."""
+        self._revalidated.pop(ino, None)
+
     async def lookup(self, parent: int, name: bytes) -> Attr:
         """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too);
         see :meth:`_lookup`.  A lookup of the refused name right after a stale name was
