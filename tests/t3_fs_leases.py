@@ -226,3 +226,37 @@ def test_leases_are_taken_in_batches_and_one_refused_object_costs_the_others_not
         assert contended[0] not in leases.held
 
     run(tmp_path, body, **LEASES)
+
+
+@pytest.mark.expected_logs("bftfs.fs.leases", match="clock is too far ahead")
+def test_a_mount_that_slept_past_its_leases_stops_answering_from_them(tmp_path: Path) -> None:
+    """A suspended machine's monotonic clock (trio's) stands still while the wall clock,
+    on which the nodes run leases, goes on: a holder that wakes past its expiry must not
+    answer from its leases, and the kernel must forget what it cached under them (its
+    timeouts do not count the sleep either).  The sleep is this client's wall clock set
+    60 s on (the nodes' is not, so they refuse its release as too far ahead: logged)."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        leases = a.meta.leases
+        assert leases is not None
+        forgotten: list[int] = []
+
+        async def forget(inos: list[int]) -> None:
+            forgotten.extend(inos)
+
+        a.on_lease_recall(forget)
+        for _ in range(3):
+            await a.readdir(ROOT)
+        await leased(a, ROOT)
+        await a.readdir(ROOT)  # kept under the lease
+        listings = a.meta.methods["fs.readdir"]
+        await a.readdir(ROOT)
+        assert a.meta.methods["fs.readdir"] == listings  # answered by the lease
+        leases.wall_ns = lambda: time.time_ns() + 60 * 10**9  # woke a minute later
+        await a.readdir(ROOT)
+        assert a.meta.methods["fs.readdir"] == listings + 1  # asked the servers
+        assert leases.stats["woke_past_expiry"] == 1 and ROOT not in leases.held
+        await until("the kernel told to forget", lambda: ROOT in forgotten)
+
+    run(tmp_path, body, **LEASES)
