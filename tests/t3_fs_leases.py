@@ -123,20 +123,41 @@ def test_two_holders_changing_one_directory_release_to_each_other(tmp_path: Path
     run(tmp_path, body, **LEASES)
 
 
-def test_a_holder_that_never_releases_holds_others_off_until_its_term(tmp_path: Path) -> None:
+@pytest.mark.parametrize("renews", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_holder_that_never_releases_holds_others_off_until_its_term(
+    tmp_path: Path, renews: bool
+) -> None:
     """A lease taken by a client that then ignores recalls (the raw client: it has no
     lease table) blocks the other client's change until the lease's term has passed, no
-    longer; the change is then made."""
+    longer; the change is then made.  Renewing it every second after the recall (a
+    Byzantine holder) changes nothing: the nodes refuse every renewal while the recall
+    stands."""
 
     async def body(env: Env) -> None:
         b = env.fss[1]
         term = 12 * 10**9
         arg = {"kind": SHARED, "lt": time.time_ns(), "term": term}
         await env.raw.update(ROOT, "fs.lease", arg)
+        refused: list[str] = []
+
+        async def renew_forever() -> None:
+            while True:
+                await trio.sleep(1.0)
+                try:
+                    await env.raw.update(ROOT, "fs.lease", {**arg, "lt": time.time_ns()})
+                except MethodRefused as e:
+                    refused.append(e.code)
+
         started = time.monotonic()
-        await b.mkdir(ROOT, b"d", 0o755, 0, 0)
+        async with trio.open_nursery() as nursery:
+            if renews:
+                nursery.start_soon(renew_forever)
+            with trio.fail_after(40):
+                await b.mkdir(ROOT, b"d", 0o755, 0, 0)
+            nursery.cancel_scope.cancel()
         waited = time.monotonic() - started
         assert 12 - LEASE_SKEW / 1e9 - 1 <= waited <= 12 + 10
+        assert not renews or refused.count("recalled") >= 5, refused
 
     run(tmp_path, body, **LEASES)
 
