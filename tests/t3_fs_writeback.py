@@ -10,6 +10,7 @@ deadline (:func:`until`)."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from t3_fs_leases import until
 from bftfs.fs.errors import NotEmpty, NotFound
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.scrub import files_with_blocks
+from bftfs.fs.writeback import MAX_FILE
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
@@ -67,6 +69,35 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(tmp_path: P
         fh = await b.open(ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"data 3"
         await b.release(fh)
+        assert a.meta.leases.exclusive_left(d) == 0  # recalled
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path: Path) -> None:
+    """A new file too big to go inline (a source file, an object file) is deferred too: its
+    close neither creates it nor writes its blocks; at another client's look the holder
+    sends the create, the blocks and the size, and the other client reads every byte.  A
+    file past ``writeback.MAX_FILE`` still closes as before."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        rng = random.Random(12)
+        files = {b"src%d" % k: rng.randbytes(20_000 + 3000 * k) for k in range(3)}
+        before = sent(a), a.rw.statistics()["writes"]
+        for name, data in files.items():
+            await new_file(a, d, name, data)
+        assert (sent(a), a.rw.statistics()["writes"]) == before, "a close waited"
+        assert a.meta.leases is not None and a.meta.leases.stats["deferred"] == 3
+        await new_file(a, d, b"huge", rng.randbytes(MAX_FILE + 1))
+        assert sent(a) == before[0] + 1  # past MAX_FILE: its close sent it
+        for name, data in files.items():
+            ino = (await b.lookup(d, name)).ino
+            fh = await b.open(ino, os.O_RDONLY)
+            assert await b.read(fh, 0, len(data) + 10) == data
+            await b.release(fh)
         assert a.meta.leases.exclusive_left(d) == 0  # recalled
 
     run(tmp_path, body, fs_options=OPTIONS)

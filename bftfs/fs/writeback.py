@@ -4,8 +4,9 @@ A pending create (``fs/writebehind.py``) is sent at its file's first flush or cl
 close waits a round.  While this mount holds an **exclusive lease** on the directory
 (``fs/leases.py``), no other client can read the directory without recalling the lease
 first (``fsobjects.leases.guarded``), and the recall's release sends every pending create
-of the directory before it (the release is a gated update).  So the close of a small new
-file (its content inline in the create) may return at once and leave the create pending:
+of the directory before it (the release is a gated update).  So the close of a new file
+may return at once and leave the create pending, with its content (inline in the create
+when small, else blocks the mount keeps and writes when the create is sent):
 :class:`WriteBack` decides that (:meth:`WriteBack.defer`) and sends each deferred create
 by its *due* time in the background (:meth:`WriteBack.run`).
 
@@ -14,8 +15,9 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   hides it.  ``fsync`` of the file, or of the directory, sends at once, as do the calls
   that must follow a create (a listing, the file's reopen, a rename or an unlink of the
   name: ``PendingCreates._before``).
-- **Bounds**: at most :data:`MAX_DEFERRED` creates wait at once (more close as before),
-  and a close defers only while the lease has more than twice the margin left.
+- **Bounds**: at most :data:`MAX_DEFERRED` creates and :data:`MAX_BYTES` of their content
+  wait at once, files of at most :data:`MAX_FILE` (more close as before), and a close
+  defers only while the lease has more than twice the margin left.
 - **A crash** of the mount loses the deferred creates (at most ``commit`` seconds of
   closes, the promise of a local file system); the servers hold what they held before
   them.  A mount cut off past its lease sends them when it can; a name another client made
@@ -39,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: Most creates deferred past their close at once.
 MAX_DEFERRED = 256
+#: Largest file whose close may be deferred: past the inline limit its blocks wait in the
+#: mount with the create (a source file, an object file), and are written when it is sent.
+MAX_FILE = 1024 * 1024
+#: Most bytes of content the deferred closes hold at once (more close as before).
+MAX_BYTES = 32 * 1024 * 1024
 #: Seconds before the lease's end by which a deferred create is sent.
 LEASE_MARGIN = 3.0
 #: Creates of one directory sent in one update (``fs.createmany``: the directory and up
@@ -65,22 +72,30 @@ class WriteBack:
         self._send = send
         #: Deferred creates by object id: (create, due in trio time).
         self._due: dict[int, tuple[PendingCreate, float]] = {}
+        #: Their files' sizes when deferred (:data:`MAX_BYTES`).
+        self._sizes: dict[int, int] = {}
         self._wake = trio.Event()
         self._running = False
         self.stats = leases.stats
 
-    def defer(self, p: PendingCreate) -> bool:
-        """Whether ``p``'s close may return without sending it (module docstring); asks
-        for the directory's exclusive lease when it is not held (a later close may then
-        defer)."""
+    def defer(self, p: PendingCreate, size: int) -> bool:
+        """Whether the close of ``p``'s file, of ``size`` bytes, may return without sending
+        it (module docstring); asks for the directory's exclusive lease when it is not
+        held (a later close may then defer)."""
         if p.oid in self._due:
             return True
         left = self.leases.exclusive_left(p.parent)
         self.leases.want_exclusive(p.parent)
-        if left <= 2 * LEASE_MARGIN or len(self._due) >= MAX_DEFERRED:
+        if (
+            left <= 2 * LEASE_MARGIN
+            or len(self._due) >= MAX_DEFERRED
+            or size > MAX_FILE
+            or sum(self._sizes.values()) + size > MAX_BYTES
+        ):
             return False
         due = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
         self._due[p.oid] = (p, due)
+        self._sizes[p.oid] = size
         self.stats["deferred"] += 1
         if not self._running:  # a system task: it needs no nursery and ends with the run
             self._running = True
@@ -95,6 +110,7 @@ class WriteBack:
     def sent(self, oid: int) -> None:
         """The create of ``oid`` was made or failed for good (by whatever sent it)."""
         self._due.pop(oid, None)
+        self._sizes.pop(oid, None)
 
     async def run(self) -> None:
         """Send each deferred create when it is due (a background task for the mount's
@@ -120,6 +136,7 @@ class WriteBack:
         by_dir: dict[int, list[PendingCreate]] = {}
         for p in ps:
             self._due.pop(p.oid, None)
+            self._sizes.pop(p.oid, None)
             by_dir.setdefault(p.parent, []).append(p)
         for group in by_dir.values():
             try:

@@ -170,17 +170,18 @@ class PendingCreates:
 
     def defers(self, f: OpenFile) -> bool:
         """Whether the close of ``f`` may leave its create pending (directory write-back,
-        ``fs/writeback.py``): a small file's create, never sent yet, in a directory this
-        mount holds an exclusive lease on."""
+        ``fs/writeback.py``): a new file's create, never sent yet, in a directory this
+        mount holds an exclusive lease on; a file past the inline limit keeps its blocks
+        buffered with it (``writeback.MAX_FILE``), written when the create is sent."""
         p = self._pending_oids.get(f.ino)
         return (
             p is not None
             and self.writeback is not None
             and p.sender is None
             and p.failures == 0
-            and f.size <= self.inline
             and f.ino not in self._moved
-            and self.writeback.defer(p)
+            and f.behind is None
+            and self.writeback.defer(p, f.size)
         )
 
     def may_defer(self, parent: int, name: bytes, flags: int) -> bool:
