@@ -77,8 +77,9 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(tmp_path: P
 def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path: Path) -> None:
     """A new file too big to go inline (a source file, an object file) is deferred too: its
     close neither creates it nor writes its blocks; at another client's look the holder
-    sends the create, the blocks and the size, and the other client reads every byte.  A
-    file past ``writeback.MAX_FILE`` still closes as before."""
+    sends the creates together (each file empty, with its write lease), then the blocks and
+    sizes, and the other client reads every byte.  A file past ``writeback.MAX_FILE``
+    still closes as before."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -93,11 +94,15 @@ def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path
         assert a.meta.leases is not None and a.meta.leases.stats["deferred"] == 3
         await new_file(a, d, b"huge", rng.randbytes(MAX_FILE + 1))
         assert sent(a) == before[0] + 1  # past MAX_FILE: its close sent it
+        locks, many = a.meta.methods["fs.lock"], a.meta.methods["fs.createmany"]
         for name, data in files.items():
             ino = (await b.lookup(d, name)).ino
             fh = await b.open(ino, os.O_RDONLY)
             assert await b.read(fh, 0, len(data) + 10) == data
             await b.release(fh)
+        # Made together, empty and with their write leases: their blocks needed no lock.
+        assert a.meta.methods["fs.createmany"] == many + 1 and sent(a) == before[0] + 1
+        assert a.meta.methods["fs.lock"] == locks
         assert a.meta.leases.exclusive_left(d) == 0  # recalled
 
     run(tmp_path, body, fs_options=OPTIONS)

@@ -343,8 +343,7 @@ class PendingCreates:
             and p.sender is None
             and p.failures == 0
             and p.oid not in self._moved
-            and (f := self.cache.files.get(p.oid)) is not None
-            and f.size <= self.inline
+            and self.cache.files.get(p.oid) is not None
         ]
         made: set[int] = set()
         for i in range(0, len(together), BATCH):
@@ -379,8 +378,11 @@ class PendingCreates:
         if made:
             if self.writeback is not None:
                 self.writeback.stats["write_back_updates"] += 1
-            for p in ps:
-                await self._write_back_closed(p)
+            # The blocks of the files past the inline limit, each file's under its own
+            # write lease: at once (one file's flush does not wait for another's).
+            async with trio.open_nursery() as nursery:
+                for p in ps:
+                    nursery.start_soon(self._write_back_closed, p)
         return made
 
     def _sent(self, p: PendingCreate, *, settled: bool) -> None:

@@ -188,14 +188,17 @@ def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 
 
 def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
-    """Several new regular files with their content in one directory, in one update
-    (directory write-back, ``fs/writeback.py``): exactly what the ``fs.createwrite`` of
-    each, one after another, would leave, or nothing (any one refused refuses them all).
+    """Several new regular files in one directory, in one update (directory write-back,
+    ``fs/writeback.py``): exactly what the ``fs.createwrite`` or, for an item with a write
+    lease ``tok``/``lease``, the ``fs.create`` (a file whose blocks its creator writes next,
+    under that lease) of each, one after another, would leave, or nothing (any one refused
+    refuses them all).
 
     Objects: the directory ``p`` and each new file once.  Argument: ``p``, ``now`` (the
     latest time of the files: the one nodes check against their clocks, ``Method.clocks``)
-    and ``files``, each an ``fs.createwrite`` argument without ``p`` whose ``now`` is at
-    most the batch's.  Answers ``[[stat of each new file, in order], stat of the parent]``.
+    and ``files``, each such an argument of a regular file without ``p`` whose ``now`` is
+    at most the batch's.  Answers ``[[stat of each new file, in order], stat of the
+    parent]``.
     """
     a = _arg(arg)
     pid = _oid(a, "p", states)
@@ -215,7 +218,13 @@ def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if oid == pid or oid in named:
             raise MethodRefused("invalid", "fs.createmany names an object twice")
         named.add(oid)
-        made, (fst, pst) = _create_write({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
+        pair = {pid: work[pid], oid: work[oid]}
+        if f.get("tok") is None:
+            made, (fst, pst) = _create_write(pair, dict(f, p=pid))
+        elif st.S_IFMT(_int(f, "mode", 0, 0o177777)) != st.S_IFREG:
+            raise MethodRefused("invalid", "fs.createmany makes regular files only")
+        else:
+            made, (fst, pst) = _create(pair, dict(f, p=pid))
         work.update(made)
         stats.append(fst)
     if len(named) != len(states) - 1:
