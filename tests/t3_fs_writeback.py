@@ -108,6 +108,25 @@ def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def test_a_stat_of_a_file_left_to_write_back_sends_nothing(tmp_path: Path) -> None:
+    """Only this mount knows a file whose create it left to write-back: a ``stat`` of it
+    (``make`` checking the object file it just wrote) is answered from what the mount
+    knows, without sending the create."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        before = sent(a), a.meta.methods["fs.createmany"], a.meta.methods["fs.stat"]
+        inos = [await new_file(a, d, b"o%d" % k, b"x" * (100 + 20_000 * k)) for k in range(2)]
+        for k, ino in enumerate(inos):
+            got = await a.getattr(ino, reached_by_name=True)
+            assert (got.size, got.nlink) == (100 + 20_000 * k, 1)
+        assert (sent(a), a.meta.methods["fs.createmany"], a.meta.methods["fs.stat"]) == before
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_fsync_and_the_commit_interval_send_what_write_back_holds(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         a = env.fss[0]

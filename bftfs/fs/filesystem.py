@@ -200,6 +200,7 @@ class FileSystem:
             # Directory write-back (fs/writeback.py): closes of new files in a directory
             # this mount holds an exclusive lease on leave their create pending.
             self.pending.writeback = WriteBack(self.meta.leases, commit, self.pending.send_deferred)
+            self.cache.local_stat = self.pending.deferred_stat
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance

@@ -184,6 +184,16 @@ class PendingCreates:
             and self.writeback.defer(p, f.size)
         )
 
+    def deferred_stat(self, ino: int) -> dict[str, Any] | None:
+        """The attributes of ``ino`` when its create is left to write-back and not being
+        sent: no server holds the file yet, so what this mount knows of it is all there is
+        (a ``stat`` of a file just written, as ``make`` does, need not send it)."""
+        p = self._pending_oids.get(ino)
+        if p is None or p.sender is not None or self.writeback is None:
+            return None
+        f = self.cache.files.get(ino)
+        return f.st if f is not None and self.writeback.deferred(ino) else None
+
     def may_defer(self, parent: int, name: bytes, flags: int) -> bool:
         return (
             self.write_behind
