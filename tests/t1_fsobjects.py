@@ -44,6 +44,7 @@ TABLE = [
     ("fs.mkdir", U, 2, 2, ()),
     ("fs.link", U, 2, 2, ()),
     ("fs.unlink", U, 2, 2, ()),
+    ("fs.unlinkmany", U, 2, 8, ()),
     ("fs.rmdir", U, 2, 2, ()),
     ("fs.rename", U, 2, 8, ()),
     ("fs.lease", U, 1, 8, ()),

@@ -127,6 +127,44 @@ def test_a_stat_of_a_file_left_to_write_back_sends_nothing(tmp_path: Path) -> No
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def removals(fs: FileSystem) -> int:
+    """Removal updates sent so far."""
+    return fs.meta.methods["fs.unlink"] + fs.meta.methods["fs.unlinkmany"]
+
+
+def test_unlinks_under_an_exclusive_lease_are_written_back(tmp_path: Path) -> None:
+    """Removals in a directory the mount holds exclusively return at once (the names gone
+    from its view); another client's look at the directory recalls the lease, the holder
+    sends them first, together, and the other client sees exactly the names left.  A name
+    removed and made again is made after its removal."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        for k in range(5):
+            await new_file(a, d, b"old%d" % k, b"old %d" % k)
+        await a.write_back()  # made (a create not sent yet is sent before its unlink)
+        before = removals(a)
+        for k in range(4):
+            await a.unlink(d, b"old%d" % k)
+        assert removals(a) == before, "an unlink waited for the servers"
+        assert a.meta.leases is not None and a.meta.leases.stats["unlinks_deferred"] == 4
+        for k in range(4):
+            with pytest.raises(NotFound):
+                await a.lookup(d, b"old%d" % k)
+        await new_file(a, d, b"old2", b"again")  # made after its removal
+        names = {n for n, _ in await b.readdir(d)}
+        assert names == {b"old2", b"old4", b"warm0", b"warm1", b"warm2"}
+        # old2's removal went alone, before its new create; the other three together.
+        assert (a.meta.methods["fs.unlink"], a.meta.methods["fs.unlinkmany"]) == (1, 1)
+        fh = await b.open((await b.lookup(d, b"old2")).ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"again"
+        await b.release(fh)
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_fsync_and_the_commit_interval_send_what_write_back_holds(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         a = env.fss[0]

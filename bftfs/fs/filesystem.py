@@ -89,6 +89,7 @@ from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fs.writeback import WriteBack
 from bftfs.fs.writebehind import PendingCreates
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
@@ -201,6 +202,13 @@ class FileSystem:
             # this mount holds an exclusive lease on leave their create pending.
             self.pending.writeback = WriteBack(self.meta.leases, commit, self.pending.send_deferred)
             self.cache.local_stat = self.pending.deferred_stat
+            # ... and removals there return before they are sent (fs/unlinkback.py).
+            unlinks = PendingUnlinks(
+                self.meta, self.cache, self.reclaimer, is_pending_create=self.pending.is_pending
+            )
+            unlinks.writeback = self.pending.writeback
+            self.pending.writeback.send_unlinks = unlinks.send
+            self.pending.unlinks = self.names.unlinks = unlinks
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance

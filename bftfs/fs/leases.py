@@ -78,7 +78,7 @@ Query = Callable[[int, str, Any], Awaitable[Any]]
 #: Entry updates that make their name exist, and those that remove it (a refusal says the
 #: same: a create refused ``exists`` found the name, an unlink refused ``not-found`` did not).
 _MAKES_NAME = frozenset({"fs.create", "fs.createwrite", "fs.createmany", "fs.mkdir", "fs.link"})
-_REMOVES_NAME = frozenset({"fs.unlink", "fs.rmdir"})
+_REMOVES_NAME = frozenset({"fs.unlink", "fs.unlinkmany", "fs.rmdir"})
 
 
 @dataclass

@@ -32,6 +32,7 @@ from bftfs.fs.errors import (
 )
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Stale, _Taken
 from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fsobjects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import MAX_OBJECTS
@@ -67,6 +68,8 @@ class Names:
         self._refused_stale_at = -1e9
         self._refused_names: set[tuple[int, bytes]] = set()
         self._revalidated: dict[int, float] = {}
+        #: Removals left to directory write-back (``fs/unlinkback.py``; None: none).
+        self.unlinks: PendingUnlinks | None = None
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -169,6 +172,8 @@ class Names:
         """
         if name == b".":
             return await self.getattr(parent)
+        if self.unlinks is not None and self.unlinks.pending(parent, name) is not None:
+            raise NotFound(f"{name!r} removed (written back later)")
         if name == b"..":
             p = await self.meta.query(parent, "fs.stat")
             if p["k"] != "d":
@@ -319,6 +324,10 @@ class Names:
 
     async def _remove(self, parent: int, name: bytes, method: str) -> None:
         _check_name(name)
+        if method == "fs.unlink" and self.unlinks is not None:
+            known = self.cache.names.get(parent, {}).get(name)
+            if known is not None and self.unlinks.defer(parent, name, *known):
+                return  # written back later (fs/unlinkback.py)
         fresh = False
         for _ in range(MAX_ATTEMPTS):
             oid, code = await self.cache.entry(parent, name, fresh)

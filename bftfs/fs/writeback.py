@@ -36,6 +36,7 @@ import trio
 if TYPE_CHECKING:
     from bftfs.fs.createsend import PendingCreate
     from bftfs.fs.leases import Leases
+    from bftfs.fs.unlinkback import PendingUnlink
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ BATCH = 6
 
 
 class WriteBack:
-    """The deferred creates of one mount and the task that sends them when due."""
+    """The deferred creates and removals (``fs/unlinkback.py``) of one mount and the task
+    that sends them when due."""
 
     def __init__(
         self,
@@ -74,6 +76,10 @@ class WriteBack:
         self._due: dict[int, tuple[PendingCreate, float]] = {}
         #: Their files' sizes when deferred (:data:`MAX_BYTES`).
         self._sizes: dict[int, int] = {}
+        #: Deferred removals by object id: (removal, due in trio time), and how they go
+        #: (``PendingUnlinks.send``; set with them).
+        self._unlinks: dict[int, tuple[PendingUnlink, float]] = {}
+        self.send_unlinks: Callable[[list[PendingUnlink]], Awaitable[None]] | None = None
         self._wake = trio.Event()
         self._running = False
         self.stats = leases.stats
@@ -88,20 +94,51 @@ class WriteBack:
         self.leases.want_exclusive(p.parent)
         if (
             left <= 2 * LEASE_MARGIN
-            or len(self._due) >= MAX_DEFERRED
+            or len(self._due) + len(self._unlinks) >= MAX_DEFERRED
             or size > MAX_FILE
             or sum(self._sizes.values()) + size > MAX_BYTES
         ):
             return False
-        due = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
-        self._due[p.oid] = (p, due)
+        self._due[p.oid] = (p, self._due_time(left))
         self._sizes[p.oid] = size
         self.stats["deferred"] += 1
+        self._started()
+        return True
+
+    def defer_unlink(self, u: PendingUnlink) -> bool:
+        """Whether removal ``u`` may wait: the directory is leased here exclusively for
+        more than twice the margin, and the bound leaves room."""
+        left = self.leases.exclusive_left(u.parent)
+        if (
+            self.send_unlinks is None
+            or left <= 2 * LEASE_MARGIN
+            or len(self._due) + len(self._unlinks) >= MAX_DEFERRED
+        ):
+            return False
+        self._unlinks[u.oid] = (u, self._due_time(left))
+        self.stats["unlinks_deferred"] += 1
+        self._started()
+        return True
+
+    def retry_unlink(self, u: PendingUnlink, after: float) -> None:
+        """Removal ``u`` went unanswered: due again in ``after`` seconds."""
+        self._unlinks[u.oid] = (u, trio.current_time() + after)
+        self._started()
+
+    def unlink_sent(self, oid: int) -> None:
+        """The removal of ``oid`` was taken or dropped for good."""
+        self._unlinks.pop(oid, None)
+
+    def _due_time(self, left: float) -> float:
+        """When something deferred now is sent: ``commit`` from now, or the lease's end
+        less the margin if sooner (nothing deferred outlives the lease that hides it)."""
+        return trio.current_time() + min(self.commit, left - LEASE_MARGIN)
+
+    def _started(self) -> None:
         if not self._running:  # a system task: it needs no nursery and ends with the run
             self._running = True
             trio.lowlevel.spawn_system_task(self.run)
         self._wake.set()
-        return True
 
     def deferred(self, oid: int) -> bool:
         """Whether the create of ``oid`` waits past its close."""
@@ -117,18 +154,36 @@ class WriteBack:
         life; a send's failure is the pending create's, logged and retried there)."""
         while True:
             now = trio.current_time()
+            gone = [u for u, at in self._unlinks.values() if at <= now]
             due = [p for p, at in self._due.values() if at <= now]
-            if due:
+            if gone or due:
+                await self._send_unlinks(gone)
                 await self._send_batches(due)
                 continue
             self._wake = trio.Event()
-            nxt = min((at for _, at in self._due.values()), default=None)
+            times = [at for _, at in self._due.values()] + [at for _, at in self._unlinks.values()]
+            nxt = min(times, default=None)
             with trio.move_on_at(nxt if nxt is not None else float("inf")):
                 await self._wake.wait()
 
     async def send_all(self) -> None:
-        """Send every deferred create now (unmount, ``fsync`` of a directory)."""
+        """Send every deferred removal and create now (unmount, ``fsync`` of a directory)."""
+        await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_batches([p for p, _ in self._due.values()])
+
+    async def _send_unlinks(self, us: list[PendingUnlink]) -> None:
+        if not us or self.send_unlinks is None:
+            return
+        for u in us:  # (one the cluster does not answer is put back: retry_unlink)
+            self._unlinks.pop(u.oid, None)
+        try:
+            await self.send_unlinks(us)
+            self.stats["unlinks_written_back"] += len(us)
+        except Exception as e:  # noqa: BLE001 - a background task must go on
+            log.warning("write-back of removals %s: %s", [u.name for u in us], e)
+            for u in us:
+                if not u.done.is_set():
+                    self.retry_unlink(u, LEASE_MARGIN)
 
     async def _send_batches(self, ps: list[PendingCreate]) -> None:
         """Send ``ps``, each directory's together (``PendingCreates.send_deferred`` puts

@@ -68,6 +68,7 @@ from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
     from bftfs.fs.handles import Handles
+    from bftfs.fs.unlinkback import PendingUnlinks
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class PendingCreates:
         self._senders = set()
         #: Directory write-back (``fs/writeback.py``; None: every close sends).
         self.writeback: WriteBack | None = None
+        #: Removals held back with it (``fs/unlinkback.py``), which calls follow too.
+        self.unlinks: PendingUnlinks | None = None
         meta.gate = self
 
     def attach(self, handles: Handles) -> None:
@@ -143,6 +146,8 @@ class PendingCreates:
     ) -> tuple[int, Attr]:
         """Create and open a regular file, answered now and sent later (module docstring);
         :meth:`Handles.create` calls this when :meth:`may_defer` says so."""
+        if self.unlinks is not None:  # a removal of the name held back goes first
+            await self.unlinks.send_now(parent, name)
         arg: dict[str, Any] = {
             "p": parent,
             "o": self.meta.new_oid(near=parent),
@@ -234,10 +239,24 @@ class PendingCreates:
     # The hook before every call to the servers (meta.CallGate) ---------------------------
 
     def holds_back(self) -> bool:
-        return bool(self._pending_oids or self._moved or self.cache.unmade or self._failed)
+        return bool(
+            self._pending_oids
+            or self._moved
+            or self.cache.unmade
+            or self._failed
+            or (self.unlinks is not None and self.unlinks.holds_back())
+        )
 
     async def before_call(self, objects: list[int], arg: Any) -> None:
-        await self._before(objects, _names_in(arg), arg)
+        names = _names_in(arg)
+        if self.unlinks is not None and self.unlinks.holds_back():
+            await self.unlinks.before(objects, names, arg)
+        await self._before(objects, names, arg)
+
+    def is_pending(self, oid: int) -> bool:
+        """Whether ``oid`` is a create this mount has not sent (or one whose name turned
+        out taken)."""
+        return oid in self._pending_oids or oid in self._moved
 
     def _about_another_entry(self, p: PendingCreate, objects: list[int], arg: Any) -> bool:
         """Whether a call is about one entry of ``p``'s directory other than ``p``'s (a

@@ -33,6 +33,7 @@ from bftfs.fsobjects.names import (
     _mkroot,
     _rmdir,
     _unlink,
+    _unlink_many,
 )
 from bftfs.fsobjects.queries import (
     _getxattr,
@@ -124,6 +125,7 @@ FS = ObjectType(
         _update("fs.mkdir", _mkdir, 2, 2),
         _update("fs.link", _link, 2, 2),
         _update("fs.unlink", _unlink, 2, 2),
+        _update("fs.unlinkmany", _unlink_many, 2, MAX_OBJECTS),
         _update("fs.rmdir", _rmdir, 2, 2),
         _update("fs.rename", _rename, 2, 8),
         _lease_method("fs.lease", _lease, grants=True),

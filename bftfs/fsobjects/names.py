@@ -319,6 +319,41 @@ def _unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
 
 
+def _unlink_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Several names of non-directories removed from one directory in one update (directory
+    write-back of removals, ``fs/writeback.py``): exactly what the ``fs.unlink`` of each, one
+    after another, would leave, or nothing (any one refused refuses them all).
+
+    Objects: the directory ``p`` and each object named once.  Argument: ``p``, ``now`` (the
+    latest of the items') and ``files``, each an ``fs.unlink`` argument without ``p`` (``o``,
+    ``name``, ``now``).  Answers ``[[stat of each object, in order], stat of the parent]``.
+    """
+    a = _arg(arg)
+    pid = _oid(a, "p", states)
+    latest = _time(a)
+    files = a.get("files")
+    if not isinstance(files, list) or not files:
+        raise MethodRefused("invalid", "fs.unlinkmany needs files")
+    work = dict(states)
+    stats = []
+    named: set[int] = set()
+    pst: Any = None
+    for item in files:
+        f = _arg(item)
+        if "p" in f or _time(f) > latest:
+            raise MethodRefused("invalid", "an fs.unlinkmany item names its own p or a later now")
+        oid = _oid(f, "o", states)
+        if oid == pid or oid in named:
+            raise MethodRefused("invalid", "fs.unlinkmany names an object twice")
+        named.add(oid)
+        made, (fst, pst) = _unlink({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
+        work.update(made)
+        stats.append(fst)
+    if len(named) != len(states) - 1:
+        raise MethodRefused("invalid", "fs.unlinkmany: every object but p is one it removes")
+    return work, [stats, pst]
+
+
 def _rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Remove an empty subdirectory: its object becomes a tombstone (``dead``)."""
     a = _arg(arg)
