@@ -387,9 +387,10 @@ class Leases:
         return 0.0 if h is None or h.kind != EXCLUSIVE else h.until - now
 
     def want_exclusive(self, oid: int) -> None:
-        """This mount defers a create in directory ``oid`` (``fs/writebehind.py``): after
-        :data:`USES` of them an exclusive lease is asked for, so that later ones may wait
-        past their close (write-back); a held one is renewed when a third of it is left."""
+        """This mount defers a create or a removal in directory ``oid`` (or would, with an
+        exclusive lease: ``fs/writeback.py``): after :data:`USES` of them an exclusive
+        lease is asked for, so that later ones may wait (write-back); a held one is renewed
+        when a third of it is left."""
         now = trio.current_time()
         h = self._live(oid, now)
         if h is not None and h.kind == EXCLUSIVE:

@@ -107,8 +107,10 @@ class WriteBack:
 
     def defer_unlink(self, u: PendingUnlink) -> bool:
         """Whether removal ``u`` may wait: the directory is leased here exclusively for
-        more than twice the margin, and the bound leaves room."""
+        more than twice the margin, and the bound leaves room.  Asks for (or renews) the
+        directory's exclusive lease, as a deferred create does."""
         left = self.leases.exclusive_left(u.parent)
+        self.leases.want_exclusive(u.parent)
         if (
             self.send_unlinks is None
             or left <= 2 * LEASE_MARGIN
