@@ -43,7 +43,8 @@ def ranges(locks: list[Lock]) -> list[tuple[int, int, int]]:
 
 # The range algebra -------------------------------------------------------------------------
 
-H = (A, POSIX, 7)
+M = 5  # a mount's number
+H = (A, M, POSIX, 7)
 
 
 def test_a_lock_inside_another_of_the_other_kind_splits_it() -> None:
@@ -67,20 +68,22 @@ def test_ranges_of_one_kind_that_touch_or_overlap_merge() -> None:
 
 
 def test_other_holders_are_left_alone_and_conflicts_need_an_exclusive_lock() -> None:
-    other = (B, POSIX, 7)  # same owner number, another client: another holder
+    other = (B, M, POSIX, 7)  # same mount and owner numbers, another client
     locks = apply([], other, READ, 0, 9, 1)
     locks = apply(locks, H, READ, 5, 14, 1)
     assert len(locks) == 2
     assert conflicting(locks, H, READ, 0, 9) is None
     got = conflicting(locks, H, WRITE, 0, 9)
     assert got is not None and got.client == B
-    assert conflicting(locks, (A, FLOCK, 7), WRITE, 0, 9) is None  # flock is another domain
+    assert conflicting(locks, (A, M, FLOCK, 7), WRITE, 0, 9) is None  # flock is another domain
     assert conflicting(locks, H, WRITE, 10, 20) is None  # B's ends at 9
 
 
 _OPS = hs.lists(
     hs.tuples(
-        hs.sampled_from([(A, POSIX, 1), (A, POSIX, 2), (B, POSIX, 1)]),
+        hs.sampled_from(
+            [(A, M, POSIX, 1), (A, M, POSIX, 2), (A, M + 1, POSIX, 1), (B, M, POSIX, 1)]
+        ),
         hs.sampled_from([UNLOCK, READ, WRITE]),
         hs.integers(0, 20),
         hs.integers(0, 8),
@@ -94,7 +97,7 @@ def test_apply_agrees_with_a_byte_by_byte_model(ops: list[Any]) -> None:
     """Per holder, each byte is held with the kind of the last lock covering it (POSIX's
     replace), and the entries are the maximal runs of one kind (merged, none touching)."""
     locks: list[Lock] = []
-    model: dict[tuple[int, int, int], dict[int, int]] = {}
+    model: dict[tuple[int, int, int, int], dict[int, int]] = {}
     for holder, kind, start, length in ops:
         end = start + length
         locks = apply(locks, holder, kind, start, end, 1)
@@ -117,8 +120,8 @@ def test_apply_agrees_with_a_byte_by_byte_model(ops: list[Any]) -> None:
 
 
 def setlk(state: Any, caller: int, *, at: int = T0, **arg: Any) -> tuple[Any, Any]:
-    full = {"d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": OFFSET_MAX, "lt": at, "term": TERM}
-    full.update(arg)
+    full = {"m": M, "d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": OFFSET_MAX, "lt": at}
+    full.update({"term": TERM}, **arg)
     raw, answer = REG.update("fs.setlk", {LK: state}, full, caller)
     return unpack(raw[LK]), answer
 
@@ -147,7 +150,7 @@ def test_a_lapsed_holder_is_released_and_learns_it_at_renewal() -> None:
     later = T0 + TERM + 1
     state, held = setlk(state, B, at=later)  # A's lease ended: B takes the lock
     assert held == [[POSIX, 1, 0, OFFSET_MAX, WRITE]]
-    raw, answer = REG.update("fs.renewlk", {LK: state}, {"lt": later, "term": TERM}, A)
+    raw, answer = REG.update("fs.renewlk", {LK: state}, {"m": M, "lt": later, "term": TERM}, A)
     assert answer == [[]]  # A holds nothing any more
     assert [x.client for x in locks_of(unpack(raw[LK]))] == [B]
 
@@ -159,21 +162,31 @@ def test_any_lock_update_renews_the_callers_other_locks() -> None:
         setlk(state, B, s=0, e=9, at=T0 + TERM + 1)
 
 
+def test_two_mounts_of_one_client_are_two_holders() -> None:
+    state, _ = setlk(None, A, m=M, s=0, e=9)
+    with pytest.raises(MethodRefused):
+        setlk(state, A, m=M + 1, s=0, e=9)
+    state, held = setlk(state, A, m=M + 1, s=10, e=19)
+    assert held == [[POSIX, 1, 10, 19, WRITE]]  # only that mount's
+    raw, _ = REG.update("fs.unlockowner", {LK: state}, {"m": M + 1, "lt": T0}, A)
+    assert [(x.mount, x.start) for x in locks_of(unpack(raw[LK]))] == [(M, 0)]
+
+
 def test_unlock_owner_drops_one_owner_or_all_of_the_callers_locks() -> None:
     state, _ = setlk(None, A, o=1, s=0, e=9)
     state, _ = setlk(state, A, o=2, s=20, e=29)
     state, _ = setlk(state, B, o=1, s=40, e=49)
-    raw, _ = REG.update("fs.unlockowner", {LK: state}, {"o": 1, "lt": T0}, A)
+    raw, _ = REG.update("fs.unlockowner", {LK: state}, {"m": M, "o": 1, "lt": T0}, A)
     left = locks_of(unpack(raw[LK]))
     assert {(x.client, x.owner) for x in left} == {(A, 2), (B, 1)}
-    raw, _ = REG.update("fs.unlockowner", {LK: unpack(raw[LK])}, {"lt": T0}, A)
+    raw, _ = REG.update("fs.unlockowner", {LK: unpack(raw[LK])}, {"m": M, "lt": T0}, A)
     assert {(x.client, x.owner) for x in locks_of(unpack(raw[LK]))} == {(B, 1)}
 
 
 def test_getlk_names_the_conflicting_lock() -> None:
     state, _ = setlk(None, A, t=READ, s=10, e=19)
-    arg = {"d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": 99, "lt": T0}
-    assert REG.query("fs.getlk", {LK: state}, arg, B) == [A, POSIX, 1, 10, 19, READ]
+    arg = {"m": M, "d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": 99, "lt": T0}
+    assert REG.query("fs.getlk", {LK: state}, arg, B) == [A, M, POSIX, 1, 10, 19, READ]
     assert REG.query("fs.getlk", {LK: state}, {**arg, "t": READ}, B) is None
     assert REG.query("fs.getlk", {LK: state}, arg, A) is None  # its own lock
 
@@ -188,6 +201,7 @@ def test_getlk_names_the_conflicting_lock() -> None:
         {"d": 2},
         {"o": -1},
         {"o": True},
+        {"m": None},
         {"term": 10**15},  # beyond the longest term
         {"lt": "now"},
     ],
@@ -199,7 +213,7 @@ def test_bad_arguments_are_refused_invalid(arg: dict[str, Any]) -> None:
 
 
 def test_lock_methods_touch_only_lock_objects_and_file_methods_not_them() -> None:
-    full = {"d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": 9, "lt": T0, "term": TERM}
+    full = {"m": M, "d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": 9, "lt": T0, "term": TERM}
     with pytest.raises(MethodRefused) as e:
         REG.update("fs.setlk", {FILE: None}, full, A)
     assert e.value.code == "invalid"

@@ -72,6 +72,7 @@ class _Meta(Protocol):
     wall_ns: Callable[[], int]
     qu: Any
     rng: random.Random
+    lease_token: int
 
 
 @dataclass
@@ -95,6 +96,9 @@ class LockManager:
             raise ValueError(f"a lock term must exceed {HOLDER_MARGIN / 1e9} s")
         self.meta = meta
         self.term = term
+        #: This mount's number in its lock entries (``Meta.lease_token``, random): two
+        #: mounts of one client identity are two holders.
+        self.mount = meta.lease_token
         self.files: dict[int, _File] = {}
         #: Files whose locks lapsed: their next lock operation answers EIO.
         self.lost: set[int] = set()
@@ -140,7 +144,7 @@ class LockManager:
         conflict is waited out (cancellable); without, it raises
         :class:`~bftfs.fs.errors.WouldBlock`."""
         self._check_lost(oid)
-        arg = {"d": domain, "o": owner, "t": kind, "s": start, "e": end}
+        arg = {"m": self.mount, "d": domain, "o": owner, "t": kind, "s": start, "e": end}
         attempt = 0
         while True:
             try:
@@ -172,7 +176,7 @@ class LockManager:
         self._record(oid, held, asked)
 
     def _lease_arg(self) -> dict[str, int]:
-        return {"lt": self.meta.wall_ns(), "term": int(self.term * 1e9)}
+        return {"m": self.mount, "lt": self.meta.wall_ns(), "term": int(self.term * 1e9)}
 
     def _record(self, oid: int, held: Any, asked: float) -> None:
         """The servers' answer of what this mount holds on ``oid``, trusted for a term
@@ -196,7 +200,8 @@ class LockManager:
         as (kind, start, end, pid: this mount's process for its own owners, else 0), or
         None."""
         self._check_lost(oid)
-        arg = {"d": domain, "o": owner, "t": kind, "s": start, "e": end, "lt": self.meta.wall_ns()}
+        arg = {"m": self.mount, "d": domain, "o": owner, "t": kind, "s": start, "e": end}
+        arg["lt"] = self.meta.wall_ns()
         try:
             got = await self.meta.qu.query(lock_object(oid), "fs.getlk", arg)
         except MethodRefused as e:
@@ -205,10 +210,11 @@ class LockManager:
             raise Unavailable(f"{type(e).__name__}: {e}") from None
         if got is None:
             return None
-        if not (isinstance(got, list) and len(got) == 6 and all(isinstance(x, int) for x in got)):
+        if not (isinstance(got, list) and len(got) == 7 and all(isinstance(x, int) for x in got)):
             raise FsError(f"malformed getlk answer {got!r}")  # b + 1 nodes said it: EIO
-        client, _, other, lo, hi, other_kind = got
-        pid = self.pids.get((oid, other), 0) if client == self.meta.qu.client_id else 0
+        client, mount, _, other, lo, hi, other_kind = got
+        mine = client == self.meta.qu.client_id and mount == self.mount
+        pid = self.pids.get((oid, other), 0) if mine else 0
         return other_kind, lo, hi, pid
 
     async def unlock_owner(self, oid: int, owner: int) -> None:
@@ -219,7 +225,9 @@ class LockManager:
         f.changes += 1
         with trio.CancelScope(shield=True):
             await self.meta.update(
-                [lock_object(oid)], "fs.unlockowner", {"o": owner, "lt": self.meta.wall_ns()}
+                [lock_object(oid)],
+                "fs.unlockowner",
+                {"m": self.mount, "o": owner, "lt": self.meta.wall_ns()},
             )
         f = self.files.get(oid, _File())
         f.held = [x for x in f.held if x[1] != owner]
@@ -291,10 +299,11 @@ class LockManager:
             batch = oids[i : i + RENEW_BATCH]
             try:
                 await self.meta.update(
-                    [lock_object(o) for o in batch], "fs.unlockowner", {"lt": self.meta.wall_ns()}
+                    [lock_object(o) for o in batch],
+                    "fs.unlockowner",
+                    {"m": self.mount, "lt": self.meta.wall_ns()},
                 )
             except FsError as e:
                 log.warning(
                     "locks on %s not dropped at unmount (they end at their term): %s", batch, e
                 )
-

@@ -4,19 +4,22 @@ every mount sees.
 Each file has a **lock object** beside its attribute object, with the id
 :func:`lock_object` (the file's id with the top bit set: no file or directory is ever given
 such an id, ``limits.MAX_OID``).  Its state is ``{"k": "l", "h": [entry, ...]}``, every
-entry ``[client, domain, owner, start, end, kind, expiry]``:
+entry ``[client, mount, domain, owner, start, end, kind, expiry]``:
 
 - ``client``: the principal id of the request that took it (the Q/U timestamp's writer,
   which nodes authenticate), never an argument: no client takes or drops a lock in another
   client's name;
+- ``mount``: a random number of the mount that took it (argument ``m``), so two mounts of
+  one client identity neither share locks nor drop each other's;
 - ``domain``: :data:`POSIX` (``fcntl``, POSIX and open-file-description locks) or
   :data:`FLOCK` (``flock``): on Linux the two kinds never conflict with each other;
 - ``owner``: the kernel's lock owner, a 64-bit number (a process's open files for POSIX
-  locks, the open file for OFD and ``flock`` locks): the holder is (client, owner);
+  locks, the open file for OFD and ``flock`` locks): the holder is (client, mount, domain,
+  owner);
 - ``start``..``end``: the bytes held, both inclusive (``end`` = :data:`OFFSET_MAX`: to the
   end of the file, however long it grows);
 - ``kind``: :data:`READ` (shared) or :data:`WRITE` (exclusive);
-- ``expiry``: the lease the entry lives under (ns).  Every lock update of a client renews
+- ``expiry``: the lease the entry lives under (ns).  Every lock update of a mount renews
   all its entries on the object to ``lt + term``; an entry whose expiry passed is gone
   for everyone (:func:`_tidy`), so a holder that died, is cut off or is Byzantine keeps a
   lock at most one term (:data:`MAX_LOCK_TERM`).  Lease times are checked by the nodes
@@ -60,11 +63,15 @@ MAX_OWNER = (1 << 64) - 1
 #: The argument key of the caller's lease time (as ``fsobjects.leases.LEASE_TIME``).
 LOCK_TIME = "lt"
 
+#: Who holds a lock: (client, mount, domain, owner).
+Holder = tuple[int, int, int, int]
+
 
 class Lock(NamedTuple):
     """One entry of a lock object (module docstring)."""
 
     client: int
+    mount: int
     domain: int
     owner: int
     start: int
@@ -72,9 +79,13 @@ class Lock(NamedTuple):
     kind: int
     expiry: int
 
-    def holder(self) -> tuple[int, int, int]:
-        """Whose lock this is: (client, domain, owner)."""
-        return self.client, self.domain, self.owner
+    def holder(self) -> Holder:
+        """Whose lock this is: (client, mount, domain, owner)."""
+        return self.client, self.mount, self.domain, self.owner
+
+    def of(self, client: int, mount: int) -> bool:
+        """Whether this lock is of that client's mount."""
+        return self.client == client and self.mount == mount
 
 
 def lock_object(oid: int) -> int:
@@ -99,7 +110,7 @@ def overlap(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
 
 def conflicting(
     locks: list[Lock],
-    holder: tuple[int, int, int],
+    holder: Holder,
     kind: int,
     start: int,
     end: int,
@@ -110,7 +121,7 @@ def conflicting(
         return None
     for lock in locks:
         if (
-            lock.domain == holder[1]
+            lock.domain == holder[2]
             and lock.holder() != holder
             and overlap(lock.start, lock.end, start, end)
             and (kind == WRITE or lock.kind == WRITE)
@@ -133,7 +144,7 @@ def _merged(mine: list[Lock]) -> list[Lock]:
 
 def apply(
     locks: list[Lock],
-    holder: tuple[int, int, int],
+    holder: Holder,
     kind: int,
     start: int,
     end: int,
@@ -143,7 +154,7 @@ def apply(
     POSIX says: what the holder held in the range is replaced (a range it covers partly is
     cut, one it lies inside is split in two), then the holder's ranges of one kind that
     overlap or touch are merged.  Conflicts are not checked (:func:`conflicting`)."""
-    client, domain, owner = holder
+    client, mount, domain, owner = holder
     others = [lock for lock in locks if lock.holder() != holder]
     mine: list[Lock] = []
     for lock in locks:
@@ -157,13 +168,13 @@ def apply(
         if lock.end > end:
             mine.append(lock._replace(start=end + 1))
     if kind != UNLOCK:
-        mine.append(Lock(client, domain, owner, start, end, kind, expiry))
+        mine.append(Lock(client, mount, domain, owner, start, end, kind, expiry))
     return sorted(others + _merged(mine))
 
 
-def renewed(locks: list[Lock], client: int, expiry: int) -> list[Lock]:
-    """Every lock of ``client`` now lives until ``expiry``."""
-    return [lock._replace(expiry=expiry) if lock.client == client else lock for lock in locks]
+def renewed(locks: list[Lock], client: int, mount: int, expiry: int) -> list[Lock]:
+    """Every lock of ``client``'s ``mount`` now lives until ``expiry``."""
+    return [lock._replace(expiry=expiry) if lock.of(client, mount) else lock for lock in locks]
 
 
 def live(locks: list[Lock], at: int | None) -> list[Lock]:
@@ -204,8 +215,12 @@ def _range(a: dict[str, Any]) -> tuple[int, int]:
     return start, end
 
 
-def _holder(a: dict[str, Any], client: int) -> tuple[int, int, int]:
-    return client, _int(a, "d", POSIX, FLOCK), _int(a, "o", 0, MAX_OWNER)
+def _mount(a: dict[str, Any]) -> int:
+    return _int(a, "m", 0, MAX_OWNER)
+
+
+def _holder(a: dict[str, Any], client: int) -> Holder:
+    return client, _mount(a), _int(a, "d", POSIX, FLOCK), _int(a, "o", 0, MAX_OWNER)
 
 
 def _lease(a: dict[str, Any]) -> tuple[int, int]:
@@ -214,25 +229,25 @@ def _lease(a: dict[str, Any]) -> tuple[int, int]:
     return at, min(at + _int(a, "term", 1, MAX_LOCK_TERM), MAX_TIME)
 
 
-def held_by(locks: list[Lock], client: int) -> list[list[int]]:
-    """What ``client`` holds, as an answer: ``[[domain, owner, start, end, kind], ...]``."""
-    return [
-        [x.domain, x.owner, x.start, x.end, x.kind] for x in sorted(locks) if x.client == client
-    ]
+def held_by(locks: list[Lock], client: int, mount: int) -> list[list[int]]:
+    """What ``client``'s ``mount`` holds, as an answer: ``[[domain, owner, start, end,
+    kind], ...]``."""
+    mine = [x for x in sorted(locks) if x.of(client, mount)]
+    return [[x.domain, x.owner, x.start, x.end, x.kind] for x in mine]
 
 
 # Methods -----------------------------------------------------------------------------------
 
 
 def _setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-    """Take, change or drop (kind ``t`` = :data:`UNLOCK`) the caller's lock of owner ``o``
-    in domain ``d`` on bytes ``s..e`` of the one lock object, and renew all the caller's
-    entries on it to ``lt + term``.
+    """Take, change or drop (kind ``t`` = :data:`UNLOCK`) the lock of owner ``o`` of the
+    caller's mount ``m`` in domain ``d`` on bytes ``s..e`` of the one lock object, and
+    renew all the mount's entries on it to ``lt + term``.
 
     Refused ``conflict`` when another holder's live lock conflicts (nothing changes: the
     caller may wait and ask again), ``no-locks`` past :data:`MAX_LOCKS` entries.  The
-    answer: what the caller holds on the object afterwards (:func:`held_by`), which the
-    mount compares with what it believes it holds."""
+    answer: what the mount holds on the object afterwards (:func:`held_by`), which it
+    compares with what it believes it holds."""
     _only_lock_objects(states)
     a = _arg(arg)
     holder = _holder(a, caller)
@@ -248,20 +263,21 @@ def _setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
             raise MethodRefused(
                 "conflict", f"bytes {other.start}..{other.end} of {oid} are locked by another"
             )
-        locks = renewed(apply(locks, holder, kind, start, end, expiry), caller, expiry)
+        locks = renewed(apply(locks, holder, kind, start, end, expiry), caller, holder[1], expiry)
         if len(locks) > MAX_LOCKS:
             raise MethodRefused("no-locks", f"object {oid} has {MAX_LOCKS} locks")
         new[oid] = _state(locks)
-        answer = held_by(locks, caller)
+        answer = held_by(locks, caller, holder[1])
     return new, answer
 
 
 def _unlock_owner(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-    """Drop every lock of the caller's owner ``o`` (any domain), or with ``o`` absent every
-    lock of the caller, on each lock object (a close, a release, an unmount).  The
-    answer: None."""
+    """Drop every lock of owner ``o`` (any domain) of the caller's mount ``m``, or with
+    ``o`` absent every lock of the mount, on each lock object (a close, a release, an
+    unmount).  The answer: None."""
     _only_lock_objects(states)
     a = _arg(arg)
+    mount = _mount(a)
     owner = None if a.get("o") is None else _int(a, "o", 0, MAX_OWNER)
     at = _int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
     new: dict[int, Any] = {}
@@ -269,33 +285,35 @@ def _unlock_owner(states: States, arg: Any, caller: int) -> tuple[dict[int, Any]
         locks = [
             lock
             for lock in live(locks_of(state), at)
-            if lock.client != caller or (owner is not None and lock.owner != owner)
+            if not lock.of(caller, mount) or (owner is not None and lock.owner != owner)
         ]
         new[oid] = _state(locks)
     return new, None
 
 
 def _renewlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-    """Renew the caller's live locks on each object to ``lt + term``.  The answer, per
-    object in request order: what the caller holds (:func:`held_by`): a lock whose lease
-    had already ended is not among them, and the mount learns it lost it."""
+    """Renew the live locks of the caller's mount ``m`` on each object to ``lt + term``.
+    The answer, per object in request order: what the mount holds (:func:`held_by`): a
+    lock whose lease had already ended is not among them, and the mount learns it lost
+    it."""
     _only_lock_objects(states)
     a = _arg(arg)
     at, expiry = _lease(a)
+    mount = _mount(a)
     new: dict[int, Any] = {}
     answer = []
     for oid, state in states.items():
-        locks = renewed(live(locks_of(state), at), caller, expiry)
+        locks = renewed(live(locks_of(state), at), caller, mount, expiry)
         new[oid] = _state(locks)
-        answer.append(held_by(locks, caller))
+        answer.append(held_by(locks, caller, mount))
     return new, answer
 
 
 def _getlk(states: States, arg: Any, caller: int) -> Any:
     """The first lock of another holder that a lock of kind ``t`` on ``s..e`` by owner
-    ``o`` in domain ``d`` would conflict with, as ``[client, domain, owner, start, end,
-    kind]``, or None.  Locks whose lease ended by the asker's ``lt`` do not count (the
-    asker's time: a wrong one misleads only the asker)."""
+    ``o`` of mount ``m`` in domain ``d`` would conflict with, as ``[client, mount, domain,
+    owner, start, end, kind]``, or None.  Locks whose lease ended by the asker's ``lt`` do
+    not count (the asker's time: a wrong one misleads only the asker)."""
     _only_lock_objects(states)
     a = _arg(arg)
     holder = _holder(a, caller)
@@ -305,5 +323,5 @@ def _getlk(states: States, arg: Any, caller: int) -> Any:
     for state in states.values():
         other = conflicting(live(locks_of(state), at), holder, kind, start, end)
         if other is not None:
-            return list(other[:6])
+            return list(other[:7])
     return None

@@ -1,0 +1,151 @@
+"""Tier 3: file locks between clients on the in-process cluster (real node services, TCP,
+LMDB, keys; issue 37), through each client's lock manager (``fs/locks.py``): a conflict
+refused by the servers, ranges that do not overlap held at once, a waiter that gets the
+lock once it is free and one a cancellation ends, a holder whose lease lapsed released
+for the others and told (EIO) at its next lock operation, a renewed one kept.
+
+Every wait is a condition under a deadline (:func:`until`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+from fs_helpers import Env, run
+
+from bftfs.fs.errors import LockLost, WouldBlock
+from bftfs.fs.locks import FLOCK, OFFSET_MAX, POSIX, READ, UNLOCK, WRITE, LockManager
+from bftfs.fsobjects import ROOT
+
+#: Seconds a lock lives unless renewed, in the tests of lapse: just over the holder's
+#: margin (5 s), so a lapse takes seconds, not the default half minute.
+SHORT = 5.5
+
+
+async def until(what: str, probe: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = trio.current_time() + timeout
+    while not probe():
+        assert trio.current_time() < deadline, f"{what}: not within {timeout} s"
+        await trio.sleep(0.01)
+
+
+async def a_file(env: Env) -> int:
+    fh, attr = await env.fss[0].create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+    await env.fss[0].write(fh, 0, b"x" * 1000)
+    await env.fss[0].release(fh)
+    return attr.ino
+
+
+def test_a_conflict_is_refused_and_ranges_that_do_not_overlap_are_held_at_once(
+    tmp_path: Path,
+) -> None:
+    async def body(env: Env) -> None:
+        f = await a_file(env)
+        a, b = (LockManager(fs.meta) for fs in env.fss)
+        await a.lock(f, 1, POSIX, 7, WRITE, 0, 99, wait=False, pid=123)
+        with pytest.raises(WouldBlock):
+            await b.lock(f, 1, POSIX, 7, READ, 50, 60, wait=False)
+        await b.lock(f, 1, POSIX, 7, WRITE, 100, OFFSET_MAX, wait=False)  # not overlapping
+        await b.lock(f, 1, FLOCK, 7, WRITE, 0, OFFSET_MAX, wait=False)  # another domain
+        assert await b.test(f, POSIX, 7, READ, 0, 10) == (WRITE, 0, 99, 0)
+        assert await a.test(f, POSIX, 8, READ, 0, 10) == (WRITE, 0, 99, 123)  # its own pid
+        assert await a.test(f, POSIX, 7, WRITE, 0, 99) is None  # its own lock
+        await a.lock(f, 1, POSIX, 7, UNLOCK, 0, 49, wait=False)  # cut: 50..99 still held
+        await b.lock(f, 1, POSIX, 7, WRITE, 0, 49, wait=False)
+        with pytest.raises(WouldBlock):
+            await b.lock(f, 1, POSIX, 7, READ, 99, 99, wait=False)
+        await a.unlock_owner(f, 7)  # a close
+        await b.lock(f, 1, POSIX, 7, WRITE, 0, OFFSET_MAX, wait=False)
+        await b.release(1)  # the open file's last close: everything b took through it
+        assert not b.holds(f)
+        await a.lock(f, 2, POSIX, 9, WRITE, 0, OFFSET_MAX, wait=False)
+        await a.release(2)
+
+    run(tmp_path, body)
+
+
+def test_a_waiter_gets_the_lock_once_it_is_free_and_a_cancelled_one_takes_nothing(
+    tmp_path: Path,
+) -> None:
+    async def body(env: Env) -> None:
+        f = await a_file(env)
+        a, b = (LockManager(fs.meta) for fs in env.fss)
+        await a.lock(f, 1, FLOCK, 1, WRITE, 0, OFFSET_MAX, wait=False)
+        with trio.move_on_after(0.5) as cancelled:  # a signal to the waiting process
+            await b.lock(f, 1, FLOCK, 2, WRITE, 0, OFFSET_MAX, wait=True)
+        assert cancelled.cancelled_caught and not b.holds(f)
+        got = trio.Event()
+
+        async def waiter() -> None:
+            await b.lock(f, 1, FLOCK, 2, READ, 0, OFFSET_MAX, wait=True)
+            got.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            waits = b.stats["waits"]
+            await until("the waiter waits", lambda: b.stats["waits"] > waits)
+            assert not got.is_set()
+            await a.release(1)
+            with trio.fail_after(10):
+                await got.wait()
+        assert b.holds(f, 2)
+        with pytest.raises(WouldBlock):
+            await a.lock(f, 1, FLOCK, 1, WRITE, 0, OFFSET_MAX, wait=False)
+        await b.release(1)
+
+    run(tmp_path, body)
+
+
+@pytest.mark.expected_logs("bftfs.fs.locks", match="lost")
+def test_a_lapsed_holder_is_released_and_told_a_renewed_one_keeps_its_lock(
+    tmp_path: Path,
+) -> None:
+    """Client 0 stops renewing (cut off, dead): its lock ends on the servers one term
+    after it was taken and client 2 gets it; client 0's next lock operation on the file
+    answers EIO, once.  Client 1 renews (``run``): its lock outlives the term."""
+
+    async def body(env: Env) -> None:
+        f = await a_file(env)
+        lapsing, renewing, other = (LockManager(fs.meta, term=SHORT) for fs in env.fss)
+        await lapsing.lock(f, 1, POSIX, 1, WRITE, 0, 9, wait=False)
+        await renewing.lock(f, 1, POSIX, 1, WRITE, 10, 19, wait=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(renewing.run)
+            start = trio.current_time()
+            with trio.fail_after(SHORT + 10):
+                await other.lock(f, 1, POSIX, 1, WRITE, 0, 9, wait=True)
+            assert trio.current_time() - start > SHORT - 3  # not before the lease could end
+            with pytest.raises(WouldBlock):  # renewed past its first term
+                await other.lock(f, 1, POSIX, 1, READ, 10, 19, wait=False)
+            nursery.cancel_scope.cancel()
+        with pytest.raises(LockLost):
+            await lapsing.lock(f, 1, POSIX, 1, READ, 100, 109, wait=False)
+        await lapsing.lock(f, 1, POSIX, 1, READ, 100, 109, wait=False)  # EIO once
+        for m in (lapsing, renewing, other):
+            await m.release_all()
+
+    run(tmp_path, body, clients=3)
+
+
+@pytest.mark.expected_logs("bftfs.fs.locks", match="lost")
+def test_a_renewal_that_finds_the_locks_gone_makes_them_lost(tmp_path: Path) -> None:
+    """The servers no longer hold this mount's lock (here a second lock manager of the same
+    mount dropped every lock of the mount behind the first's back): the renewal answers
+    less than the mount holds, and the next lock operation answers EIO."""
+
+    async def body(env: Env) -> None:
+        f = await a_file(env)
+        mine, same_client = LockManager(env.fss[0].meta), LockManager(env.fss[0].meta)
+        await mine.lock(f, 1, POSIX, 1, WRITE, 0, 9, wait=False)
+        await same_client.lock(f, 1, POSIX, 2, READ, 20, 29, wait=False)
+        await same_client.release_all()  # drops every lock of the client on the file
+        mine.files[f].until = trio.current_time()  # make the renewal due now
+        await mine.renew_due()
+        assert f in mine.lost
+        with pytest.raises(LockLost):
+            await mine.lock(f, 1, POSIX, 1, WRITE, 0, 9, wait=False)
+
+    run(tmp_path, body)
