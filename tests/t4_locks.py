@@ -1,0 +1,219 @@
+"""Tier 4: ``flock`` and ``fcntl`` locks across two real mounts (issue 37): the kernel
+sends them to the daemon (pyfuse3 with ``scripts/pyfuse3-locks.patch``), the daemon to the
+servers' lock objects, so a lock taken through one mount is seen through the other.
+
+Real node processes, two real FUSE mounts (``client0``, ``client1``), the programs people
+use (``flock(1)``, Python's ``fcntl.lockf`` in a subprocess).  Holders report that they
+hold their lock on stdout; every wait is a subprocess with a timeout, never a sleep."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.processes import ProcessCluster
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+#: Seconds any one program of a test may take (a hang fails the test, it does not stall it).
+PATIENCE = 60
+
+#: A holder: locks ``argv[2]`` bytes from ``argv[3]`` (``lockf``, exclusive, not waiting)
+#: of file ``argv[1]``, says "held", and keeps the lock until its stdin closes.
+HOLD = """
+import fcntl, sys
+f = open(sys.argv[1], "r+b")
+fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[2]), int(sys.argv[3]))
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+#: Tries ``lockf`` on ``argv[2]`` bytes from ``argv[3]`` without waiting: prints "got" or
+#: "busy".
+TRY = """
+import fcntl, sys
+f = open(sys.argv[1], "r+b")
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[2]), int(sys.argv[3]))
+except BlockingIOError:
+    print("busy")
+else:
+    print("got")
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    with ProcessCluster(
+        tmp_path_factory.mktemp("cluster") / "c", map_size=1 << 30, durable=False
+    ) as pc:
+        yield pc
+
+
+@pytest.fixture(scope="module")
+def mounts(
+    cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Path]]:
+    base = tmp_path_factory.mktemp("mnt")
+    with (
+        Mount(cluster.config, base / "a", client="client0") as a,
+        Mount(cluster.config, base / "b", client="client1") as b,
+    ):
+        yield a.mountpoint, b.mountpoint
+
+
+@pytest.fixture
+def files(mounts: tuple[Path, Path], request: pytest.FixtureRequest) -> tuple[Path, Path]:
+    """A fresh file of 100 bytes, as seen through each mount."""
+    name = request.node.name.replace("[", "_").replace("]", "_")
+    (mounts[0] / name).write_bytes(b"x" * 100)
+    return mounts[0] / name, mounts[1] / name
+
+
+class Holder:
+    """A process that holds a lock until it is let go (or the test fails)."""
+
+    def __init__(self, argv: list[str], ready: bytes) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # the holder says when it holds the lock
+        assert line.strip() == ready, f"holder did not start: {line!r}"
+
+    def let_go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=PATIENCE) == 0
+
+    def __enter__(self) -> Holder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=PATIENCE)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def flock_holder(path: Path) -> Holder:
+    """``flock -x path`` around a shell that says "held" and waits for its stdin to close."""
+    return Holder(["flock", "-x", str(path), "sh", "-c", "echo held; cat >/dev/null"], b"held")
+
+
+def flock_n(path: Path, *options: str) -> int:
+    return subprocess.run(["flock", *options, str(path), "true"], timeout=PATIENCE).returncode
+
+
+def try_lockf(path: Path, length: int, start: int) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", TRY, str(path), str(length), str(start)],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_flock_held_on_one_mount_makes_flock_n_fail_on_the_other(
+    files: tuple[Path, Path],
+) -> None:
+    mine, theirs = files
+    with flock_holder(mine) as holder:
+        assert flock_n(theirs, "-n") == 1  # refused at once: -n never waits
+        assert flock_n(mine, "-n") == 1  # another open file on the same mount too
+        assert flock_n(theirs, "-s", "-n") == 1  # a shared lock conflicts with it as well
+        holder.let_go()
+    assert flock_n(theirs, "-n") == 0
+
+
+def test_a_waiting_flock_gets_the_lock_when_the_holder_lets_go(files: tuple[Path, Path]) -> None:
+    mine, theirs = files
+    with flock_holder(mine) as holder:
+        waiter = subprocess.Popen(
+            ["flock", "-x", str(theirs), "echo", "got"], stdout=subprocess.PIPE
+        )
+        try:
+            holder.let_go()
+            out, _ = waiter.communicate(timeout=PATIENCE)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.wait()
+        assert waiter.returncode == 0 and out == b"got\n"
+
+
+def test_a_signal_ends_a_waiting_lock(files: tuple[Path, Path]) -> None:
+    """``flock -w 1`` waits with an alarm: the signal interrupts the blocking lock (the
+    daemon answers EINTR to the kernel's interrupt), and flock gives up, status 1."""
+    mine, theirs = files
+    with flock_holder(mine) as holder:
+        assert flock_n(theirs, "-w", "1") == 1
+        holder.let_go()
+
+
+def test_fcntl_byte_ranges_conflict_only_where_they_overlap(files: tuple[Path, Path]) -> None:
+    mine, theirs = files
+    argv = [sys.executable, "-c", HOLD, str(mine), "10", "0"]  # bytes 0..9
+    with Holder(argv, b"held") as holder:
+        assert try_lockf(theirs, 10, 5) == "busy"  # 5..14 overlaps
+        assert try_lockf(theirs, 0, 9) == "busy"  # 9..end overlaps
+        assert try_lockf(theirs, 10, 10) == "got"  # 10..19 does not
+        assert try_lockf(mine, 1, 0) == "busy"  # another process on the same mount
+        holder.let_go()
+    assert try_lockf(theirs, 10, 5) == "got"
+
+
+def test_closing_any_descriptor_drops_the_processs_posix_locks(files: tuple[Path, Path]) -> None:
+    """POSIX: a process's locks on a file go when it closes any descriptor of the file,
+    not only the one it locked through (FUSE's flush carries the lock owner)."""
+    mine, theirs = files
+    program = """
+import fcntl, sys
+locked = open(sys.argv[1], "r+b")
+other = open(sys.argv[1], "rb")
+fcntl.lockf(locked, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+sys.stdin.readline()
+other.close()
+print("closed", flush=True)
+sys.stdin.read()
+"""
+    with Holder([sys.executable, "-c", program, str(mine)], b"held") as holder:
+        assert try_lockf(theirs, 0, 0) == "busy"
+        assert holder.proc.stdin is not None and holder.proc.stdout is not None
+        holder.proc.stdin.write(b"\n")
+        holder.proc.stdin.flush()
+        assert holder.proc.stdout.readline().strip() == b"closed"
+        assert try_lockf(theirs, 0, 0) == "got"
+        holder.let_go()
+
+
+def test_a_counter_incremented_under_flock_from_both_mounts_loses_nothing(
+    files: tuple[Path, Path],
+) -> None:
+    """Two shell loops, one per mount, each add 1 to a number in a file 15 times under
+    ``flock``: what one wrote before it unlocked is what the other reads after it locks
+    (the write reaches the servers before the unlock, the kernel's cached pages go at the
+    lock), so the file ends at 30."""
+    mine, theirs = files
+    mine.write_text("0\n")
+    add_one = 'n=$(cat "$1"); echo $((n+1)) > "$1"'
+    loop = f'for i in $(seq 15); do flock -x "$1" sh -c \'{add_one}\' sh "$1"; done'
+    procs = [subprocess.Popen(["sh", "-c", loop, "sh", str(p)]) for p in (mine, theirs)]
+    try:
+        for p in procs:
+            assert p.wait(timeout=PATIENCE * 3) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert mine.read_text() == "30\n"
+    assert theirs.read_text() == "30\n"
