@@ -76,7 +76,8 @@ async def serve(
         commit=options.commit,
     ) as session:
         session.fs.cache_regular_files(*options.acreg)
-        locks = LockManager(session.fs.meta)  # fcntl and flock locks every mount sees
+        # fcntl and flock locks every mount sees, under a lease this mount renews
+        locks = LockManager(session.fs.meta, term=options.lock_lease)
         ops = Operations(
             session.fs,
             timeout=options.attr_timeout,

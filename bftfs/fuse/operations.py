@@ -604,14 +604,16 @@ class Operations(pyfuse3.Operations):
         *, wait: bool, pid: int,
     ) -> None:  # fmt: skip
         """Take, change or drop a lock.  What this mount wrote to the file reaches the
-        servers before a lock is dropped or changed, and the kernel's cached pages and
-        attributes of the file go once one is taken: a program that locks, reads, writes
-        and unlocks sees what the previous holder on any mount wrote."""
+        servers before a lock is dropped or changed; once one is taken the open file takes
+        the servers' current version and the kernel's cached pages and attributes of the
+        file go: a program that locks, reads, writes and unlocks sees what the previous
+        holder on any mount wrote."""
         locks = self._lock_manager()
         if kind != WRITE:
             await self.fs.fsync(fh)
         await locks.lock(ino, fh, domain, owner, kind, span[0], span[1], wait=wait, pid=pid)
         if kind != UNLOCK:
+            await self.fs.revalidate(fh)
             self._told.pop(ino, None)
             pyfuse3.invalidate_inode(ino, attr_only=False)
 
