@@ -229,3 +229,16 @@ def test_too_many_locks_are_refused_no_locks() -> None:
     with pytest.raises(MethodRefused) as e:
         setlk(state, A, o=999, s=1000, e=1000, t=READ)
     assert e.value.code == "no-locks"
+
+
+def test_nobody_unlocks_or_renews_another_clients_lock() -> None:
+    """The holder is the request's authenticated principal, never an argument: client B
+    naming A's mount and owner unlocks, drops and renews only its own (none)."""
+    state, _ = setlk(None, A, s=0, e=9)
+    state, held = setlk(state, B, t=UNLOCK, s=0, e=9)  # same m and o as A's, another client
+    assert held == [] and [x.client for x in locks_of(state)] == [A]
+    raw, _ = REG.update("fs.unlockowner", {LK: state}, {"m": M, "lt": T0}, B)
+    assert [x.client for x in locks_of(unpack(raw[LK]))] == [A]
+    later = T0 + TERM // 2
+    raw, answer = REG.update("fs.renewlk", {LK: state}, {"m": M, "lt": later, "term": TERM}, B)
+    assert answer == [[]] and locks_of(unpack(raw[LK]))[0].expiry == T0 + TERM  # not renewed

@@ -9,6 +9,7 @@ Every wait is a condition under a deadline (:func:`until`)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from fs_helpers import Env, run
 from bftfs.fs.errors import LockLost, WouldBlock
 from bftfs.fs.locks import FLOCK, OFFSET_MAX, POSIX, READ, UNLOCK, WRITE, LockManager
 from bftfs.fsobjects import ROOT
+from bftfs.fsobjects.locks import lock_object
+from bftfs.qu.objects import MethodRefused
+from bftfs.testing.byzantine.switching import install
 
 #: Seconds a lock lives unless renewed, in the tests of lapse: just over the holder's
 #: margin (5 s), so a lapse takes seconds, not the default half minute.
@@ -147,5 +151,68 @@ def test_a_renewal_that_finds_the_locks_gone_makes_them_lost(tmp_path: Path) -> 
         assert f in mine.lost
         with pytest.raises(LockLost):
             await mine.lock(f, 1, POSIX, 1, WRITE, 0, 9, wait=False)
+
+    run(tmp_path, body)
+
+
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
+def test_a_switching_byzantine_node_cannot_make_two_clients_hold_one_exclusive_lock(
+    tmp_path: Path,
+) -> None:
+    """Node 1 lies anew for every request (the campaign's Byzantine node: forged
+    candidates, equivocation, withheld replies, made-up answers and refusals).  Two clients
+    race for one exclusive range, each holding it for a few checkpoints when it gets it:
+    never both at once, and both get it in turn (the lies cost time, never the lock)."""
+
+    async def body(env: Env) -> None:
+        f = await a_file(env)
+        install(env.cluster, 1, seed=37, byzantine=True)
+        managers = [LockManager(fs.meta) for fs in env.fss]
+        inside: set[int] = set()
+        held = [0, 0]
+
+        async def contend(k: int) -> None:
+            m = managers[k]
+            while min(held) < 3:
+                try:
+                    await m.lock(f, 1, POSIX, 1, WRITE, 0, 99, wait=False)
+                except WouldBlock:
+                    await trio.sleep(0.01)
+                    continue
+                assert not inside, f"client {k} got the lock while {inside} held it"
+                inside.add(k)
+                held[k] += 1
+                for _ in range(3):
+                    await trio.sleep(0.005)
+                inside.discard(k)
+                await m.lock(f, 1, POSIX, 1, UNLOCK, 0, 99, wait=False)
+                await trio.sleep(0.05)  # the other's turn
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for k in range(2):
+                    nursery.start_soon(contend, k)
+
+    run(tmp_path, body)
+
+
+@pytest.mark.parametrize(("offset_s", "refused"), [(3.0, "ahead"), (-3.0, "behind"), (0.0, None)])
+def test_nodes_refuse_a_lock_lease_time_off_their_clock(
+    tmp_path: Path, offset_s: float, refused: str | None
+) -> None:
+    """A lock's lease runs from the time its taker declares: nodes take it only within
+    the lease skew (2 s) of their own clock, both ways, so nobody keeps a lock past its
+    term by a time ahead, nor takes one that ends early on the nodes by a time behind."""
+
+    async def body(env: Env) -> None:
+        f = await a_file(env)
+        arg = {"m": 1, "d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": 9, "term": 10**10}
+        arg["lt"] = time.time_ns() + int(offset_s * 1e9)
+        try:
+            await env.raw.update(lock_object(f), "fs.setlk", arg)
+            got = None
+        except MethodRefused as e:
+            got = e.code
+        assert got == refused or (refused is not None and refused in str(got))
 
     run(tmp_path, body)
