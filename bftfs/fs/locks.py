@@ -56,6 +56,8 @@ WAIT_FIRST = 0.02
 WAIT_MAX = 0.5
 #: Objects one renewal names at most (``MAX_OBJECTS``).
 RENEW_BATCH = 8
+#: Seconds before a renewal the cluster did not answer is tried again.
+RENEW_RETRY = 0.5
 
 Update = Callable[[list[int], str, Any], Awaitable[Any]]
 Query = Callable[[int, str, Any], Awaitable[Any]]
@@ -106,18 +108,32 @@ class LockManager:
         self._by_handle: dict[int, set[tuple[int, int]]] = {}
         #: (file, owner) -> the process id that last locked (F_GETLK names it).
         self.pids: dict[tuple[int, int], int] = {}
+        #: Set when the servers answered a lock operation (the renewal loop looks again).
+        self._recorded = trio.Event()
         self.stats: Counter[str] = Counter()
 
     # Lock operations ---------------------------------------------------------------------
 
-    def _check_lost(self, oid: int) -> None:
-        """Raise EIO once for a file whose locks lapsed (and forget them)."""
+    async def _check_lost(self, oid: int) -> None:
+        """Raise EIO once for a file whose locks lapsed.  What the servers may still hold
+        of this mount's on it is dropped first (best effort: it lapses anyway), so a later
+        lock, which renews all the mount's entries on the file, does not revive them."""
         f = self.files.get(oid)
         if f is not None and f.held and trio.current_time() >= f.until:
             self._lose(oid, "not renewed in time")
-        if oid in self.lost:
-            self.lost.discard(oid)
-            raise LockLost(f"the locks on {oid} lapsed")
+        if oid not in self.lost:
+            return
+        self.lost.discard(oid)
+        try:
+            with trio.CancelScope(shield=True):
+                await self.meta.update(
+                    [lock_object(oid)],
+                    "fs.unlockowner",
+                    {"m": self.mount, "lt": self.meta.wall_ns()},
+                )
+        except FsError as e:
+            log.info("lapsed locks on %d not dropped (they end at their term): %s", oid, e)
+        raise LockLost(f"the locks on {oid} lapsed")
 
     def _lose(self, oid: int, why: str) -> None:
         f = self.files.pop(oid, None)
@@ -143,7 +159,9 @@ class LockManager:
         bytes ``start..end`` of file ``oid`` through handle ``fh``.  With ``wait``, a
         conflict is waited out (cancellable); without, it raises
         :class:`~bftfs.fs.errors.WouldBlock`."""
-        self._check_lost(oid)
+        await self._check_lost(oid)
+        if kind == UNLOCK and not self.holds(oid, owner):
+            return  # nothing of the owner's here to drop (SQLite unlocks what it never took)
         arg = {"m": self.mount, "d": domain, "o": owner, "t": kind, "s": start, "e": end}
         attempt = 0
         while True:
@@ -158,7 +176,7 @@ class LockManager:
             await trio.sleep(delay)
             paused(delay)  # waiting for a holder is not the cluster's silence
             attempt += 1
-            self._check_lost(oid)
+            await self._check_lost(oid)
         if kind != UNLOCK:
             self._by_handle.setdefault(fh, set()).add((oid, owner))
             if pid:
@@ -185,6 +203,7 @@ class LockManager:
         f.held = [list(x) for x in held] if isinstance(held, list) else []
         f.until = asked + self.term - HOLDER_MARGIN / 1e9
         f.changes += 1
+        self._recorded.set()
         if not f.held:
             del self.files[oid]
 
@@ -199,7 +218,7 @@ class LockManager:
         """``F_GETLK``: the lock a lock of ``kind`` on ``start..end`` would conflict with,
         as (kind, start, end, pid: this mount's process for its own owners, else 0), or
         None."""
-        self._check_lost(oid)
+        await self._check_lost(oid)
         arg = {"m": self.mount, "d": domain, "o": owner, "t": kind, "s": start, "e": end}
         arg["lt"] = self.meta.wall_ns()
         try:
@@ -249,8 +268,13 @@ class LockManager:
     async def run(self) -> None:
         """Renew the locks held, each file's a third of the term before it runs out here."""
         while True:
-            await trio.sleep(max(0.05, self._next_due() - trio.current_time()))
+            with trio.move_on_at(max(trio.current_time() + 0.05, self._next_due())):
+                await self._recorded.wait()  # a new lock may be due sooner
+            self._recorded = trio.Event()
+            failed = self.stats["renew_failed"]
             await self.renew_due()
+            if self.stats["renew_failed"] > failed:
+                await trio.sleep(RENEW_RETRY)  # the cluster did not answer: not in a loop
 
     def _next_due(self) -> float:
         due = [f.until - self.term / 3 for f in self.files.values() if f.held]
