@@ -52,6 +52,7 @@ TABLE = [
     ("fs.setlk", U, 1, 1, ()),
     ("fs.renewlk", U, 1, 8, ()),
     ("fs.unlockowner", U, 1, 8, ()),
+    ("fs.lkwait", U, 1, 1, ()),
     ("fs.getlk", Q, 1, 1, ()),
 ]
 

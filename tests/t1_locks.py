@@ -24,6 +24,7 @@ from bftfs.fsobjects.locks import (
     conflicting,
     lock_object,
     locks_of,
+    waiters_of,
 )
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import MethodRefused, Registry
@@ -123,7 +124,7 @@ def setlk(state: Any, caller: int, *, at: int = T0, **arg: Any) -> tuple[Any, An
     full = {"m": M, "d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": OFFSET_MAX, "lt": at}
     full.update({"term": TERM}, **arg)
     raw, answer = REG.update("fs.setlk", {LK: state}, full, caller)
-    return unpack(raw[LK]), answer
+    return unpack(raw[LK]), answer["h"]
 
 
 def test_a_conflicting_lock_is_refused_and_changes_nothing() -> None:
@@ -151,7 +152,7 @@ def test_a_lapsed_holder_is_released_and_learns_it_at_renewal() -> None:
     state, held = setlk(state, B, at=later)  # A's lease ended: B takes the lock
     assert held == [[POSIX, 1, 0, OFFSET_MAX, WRITE]]
     raw, answer = REG.update("fs.renewlk", {LK: state}, {"m": M, "lt": later, "term": TERM}, A)
-    assert answer == [[]]  # A holds nothing any more
+    assert answer["h"] == [[]]  # A holds nothing any more
     assert [x.client for x in locks_of(unpack(raw[LK]))] == [B]
 
 
@@ -241,4 +242,41 @@ def test_nobody_unlocks_or_renews_another_clients_lock() -> None:
     assert [x.client for x in locks_of(unpack(raw[LK]))] == [A]
     later = T0 + TERM // 2
     raw, answer = REG.update("fs.renewlk", {LK: state}, {"m": M, "lt": later, "term": TERM}, B)
-    assert answer == [[]] and locks_of(unpack(raw[LK]))[0].expiry == T0 + TERM  # not renewed
+    assert answer["h"] == [[]]
+    assert locks_of(unpack(raw[LK]))[0].expiry == T0 + TERM  # not renewed
+
+
+def wait(state: Any, caller: int, **arg: Any) -> tuple[Any, bool]:
+    full = {"m": M, "d": POSIX, "o": 1, "t": WRITE, "s": 0, "e": OFFSET_MAX, "lt": T0}
+    full.update(arg)
+    raw, answer = REG.update("fs.lkwait", {LK: state}, full, caller)
+    return (None if raw[LK] is None else unpack(raw[LK])), answer
+
+
+def test_a_waiter_is_recorded_while_the_lock_conflicts_and_woken_when_it_frees() -> None:
+    state, _ = setlk(None, A, s=0, e=9)
+    same, waits = wait(state, B, s=20, e=29)  # free: nothing recorded, ask for it
+    assert waits is False and waiters_of(same) == []
+    state, waits = wait(state, B, s=5, e=5)
+    assert waits is True and [w[0] for w in waiters_of(state)] == [B]
+    raw, answer = REG.update(
+        "fs.setlk", {LK: state}, {"m": M, "d": POSIX, "o": 2, "t": READ, "s": 50, "e": 59,
+                                  "lt": T0, "term": TERM}, A
+    )  # fmt: skip
+    assert answer["w"] == []  # a lock added frees nothing: the waiter keeps waiting
+    state = unpack(raw[LK])
+    assert waiters_of(state) != []
+    raw, answer = REG.update("fs.unlockowner", {LK: state}, {"m": M, "o": 1, "lt": T0}, A)
+    assert answer["w"] == [[LK, [B]]]  # pushed to B by every node that took it
+    assert waiters_of(unpack(raw[LK])) == []  # woken: B asks again
+
+
+def test_a_lapsed_lock_wakes_the_waiters_at_the_next_update() -> None:
+    state, _ = setlk(None, A, s=0, e=9)
+    state, _ = wait(state, B, s=0, e=9)
+    later = T0 + TERM + 1
+    raw, answer = REG.update("fs.renewlk", {LK: state}, {"m": M, "lt": later, "term": TERM}, A)
+    assert answer["w"] == [] and answer["h"] == [[]]  # the waiter's own wait ended too
+    state, _ = wait(state, B, s=0, e=9, lt=T0 + TERM - 1)
+    raw, answer = REG.update("fs.renewlk", {LK: state}, {"m": M, "lt": later, "term": TERM}, A)
+    assert answer["w"] == [[LK, [B]]]

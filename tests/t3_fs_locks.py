@@ -17,6 +17,7 @@ import pytest
 import trio
 from fs_helpers import Env, run
 
+from bftfs.fs import locks as locks_module
 from bftfs.fs.errors import LockLost, WouldBlock
 from bftfs.fs.locks import FLOCK, OFFSET_MAX, POSIX, READ, UNLOCK, WRITE, LockManager
 from bftfs.fsobjects import ROOT
@@ -71,12 +72,19 @@ def test_a_conflict_is_refused_and_ranges_that_do_not_overlap_are_held_at_once(
     run(tmp_path, body)
 
 
-def test_a_waiter_gets_the_lock_once_it_is_free_and_a_cancelled_one_takes_nothing(
-    tmp_path: Path,
+def test_a_waiter_is_woken_when_the_lock_frees_and_a_cancelled_one_takes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The waiter would poll only after a minute here: it gets the lock at once all the
+    same, woken by the nodes' push when the holder's release freed the lock; a false
+    wake-up (a Byzantine node's) costs it one refused retry, garbage pushes nothing."""
+    monkeypatch.setattr(locks_module, "WAIT_FIRST", 60.0)
+    monkeypatch.setattr(locks_module, "WAIT_MAX", 60.0)
+
     async def body(env: Env) -> None:
         f = await a_file(env)
         a, b = (LockManager(fs.meta) for fs in env.fss)
+        b.listen(env.cluster.client(1), list(env.cluster.config.node_ids))
         await a.lock(f, 1, FLOCK, 1, WRITE, 0, OFFSET_MAX, wait=False)
         with trio.move_on_after(0.5) as cancelled:  # a signal to the waiting process
             await b.lock(f, 1, FLOCK, 2, WRITE, 0, OFFSET_MAX, wait=True)
@@ -88,14 +96,19 @@ def test_a_waiter_gets_the_lock_once_it_is_free_and_a_cancelled_one_takes_nothin
             got.set()
 
         async with trio.open_nursery() as nursery:
+            registered = b.stats["registered"]
             nursery.start_soon(waiter)
-            waits = b.stats["waits"]
-            await until("the waiter waits", lambda: b.stats["waits"] > waits)
-            assert not got.is_set()
+            await until("the waiter waits", lambda: b.stats["registered"] > registered)
+            # A Byzantine node's false wake-up costs a retry, refused: the waiter waits again.
+            b.on_push(3, {"unlocked": [lock_object(f)]})
+            await until("it waits again", lambda: b.stats["registered"] > registered + 1)
+            for garbage in ({"unlocked": "x"}, {"unlocked": [True, -1, 5]}, {"unlocked": [0] * 99}):
+                b.on_push(3, garbage)
+            assert b.stats["pushes_malformed"] == 5 and not got.is_set()
             await a.release(1)
-            with trio.fail_after(10):
+            with trio.fail_after(10):  # long before its poll
                 await got.wait()
-        assert b.holds(f, 2)
+        assert b.holds(f, 2) and b.stats["woken"] == 2
         with pytest.raises(WouldBlock):
             await a.lock(f, 1, FLOCK, 1, WRITE, 0, OFFSET_MAX, wait=False)
         await b.release(1)

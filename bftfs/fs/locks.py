@@ -17,12 +17,17 @@ as the servers answered it), for three jobs:
   carries the lock owner), a release the locks taken through that open file (``flock``
   and OFD locks belong to it): :meth:`unlock_owner` costs a round only when the owner holds
   something here.
-- **waiters.**  A blocking lock (``F_SETLKW``, ``flock`` without ``LOCK_NB``) asks again
-  after a conflict, with a randomised backoff from :data:`WAIT_FIRST` doubling to
-  :data:`WAIT_MAX` seconds: polling, bounded (a wake-up pushed by the nodes when the lock
-  is free, as recalls are pushed, is not built yet).  The wait is cancelled by a signal to
-  the waiting process (the FUSE layer cancels this coroutine: EINTR); an update under way
-  is not cut (shielded), so a lock it took is known here and answered.
+- **waiters.**  A blocking lock (``F_SETLKW``, ``flock`` without ``LOCK_NB``) that meets a
+  conflict registers as a waiter on the file's lock object (``fs.lkwait``, which answers
+  at once if the lock is free meanwhile) and waits to be woken: the next update that frees
+  something there names the waiters, and every node that took it pushes
+  ``{"unlocked": [oid]}`` to them (``node/recalls.py``, :meth:`LockManager.on_push`).  A
+  wake-up is a hint to ask again (the servers decide), so any one node's is believed; a
+  waiter also asks again after a randomised backoff from :data:`WAIT_FIRST` doubling to
+  :data:`WAIT_MAX` seconds (a lapsed holder frees its lock with no update, a push may be
+  lost).  The wait is cancelled by a signal to the waiting process (the FUSE layer
+  cancels this coroutine: EINTR); an update under way is not cut (shielded), so a lock it
+  took is known here and answered.
 """
 
 from __future__ import annotations
@@ -37,8 +42,18 @@ from typing import Any, Protocol
 import trio
 
 from bftfs.fs.errors import FsError, LockLost, Unavailable, WouldBlock, from_refusal
-from bftfs.fsobjects.leases import HOLDER_MARGIN
-from bftfs.fsobjects.locks import FLOCK, OFFSET_MAX, POSIX, READ, UNLOCK, WRITE, lock_object
+from bftfs.fsobjects.leases import HOLDER_MARGIN, MAX_RECALLED
+from bftfs.fsobjects.locks import (
+    FLOCK,
+    LOCK_SPACE,
+    OFFSET_MAX,
+    POSIX,
+    READ,
+    UNLOCK,
+    WRITE,
+    is_lock_object,
+    lock_object,
+)
 from bftfs.outcome import ClusterUnavailable, paused
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
@@ -50,10 +65,10 @@ __all__ = ["FLOCK", "OFFSET_MAX", "POSIX", "READ", "UNLOCK", "WRITE", "LockManag
 
 #: Seconds a lock lives on the servers unless renewed (a dead mount's locks end by then).
 DEFAULT_TERM = 30.0
-#: A blocking lock asks again after a conflict this many seconds later at first ...
-WAIT_FIRST = 0.02
-#: ... doubling up to this (a lock freed is taken at most about this late).
-WAIT_MAX = 0.5
+#: A blocking lock not woken asks again this many seconds after a conflict at first ...
+WAIT_FIRST = 0.05
+#: ... doubling up to this (a lock freed with no wake-up is taken at most this late).
+WAIT_MAX = 2.0
 #: Objects one renewal names at most (``MAX_OBJECTS``).
 RENEW_BATCH = 8
 #: Seconds before a renewal the cluster did not answer is tried again.
@@ -110,6 +125,8 @@ class LockManager:
         self.pids: dict[tuple[int, int], int] = {}
         #: Set when the servers answered a lock operation (the renewal loop looks again).
         self._recorded = trio.Event()
+        #: File -> set when a node pushes that its lock object freed something.
+        self._wakeups: dict[int, trio.Event] = {}
         self.stats: Counter[str] = Counter()
 
     # Lock operations ---------------------------------------------------------------------
@@ -172,9 +189,7 @@ class LockManager:
                 if not wait:
                     raise
             self.stats["waits"] += 1
-            delay = backoff_delay(attempt, self.meta.rng, WAIT_FIRST, WAIT_MAX)
-            await trio.sleep(delay)
-            paused(delay)  # waiting for a holder is not the cluster's silence
+            paused(await self._wait(oid, arg, attempt))  # a holder's time, not the cluster's
             attempt += 1
             await self._check_lost(oid)
         if kind != UNLOCK:
@@ -182,10 +197,61 @@ class LockManager:
             if pid:
                 self.pids[(oid, owner)] = pid
 
+    async def _wait(self, oid: int, arg: dict[str, Any], attempt: int) -> float:
+        """Wait to ask for a lock again: register as a waiter, then until woken or the
+        backoff's delay passed.  The seconds waited."""
+        start = trio.current_time()
+        woken = self._wakeups.setdefault(oid, trio.Event())  # before: a push may come soon
+        try:
+            with trio.CancelScope(shield=True):  # a short round; the wait is what is cut
+                waits = await self.meta.update(
+                    [lock_object(oid)], "fs.lkwait", {**arg, "lt": self.meta.wall_ns()}
+                )
+        except FsError as e:  # then poll
+            log.info("wait for the lock on %d not registered: %s", oid, e)
+            waits = True
+        if waits:
+            self.stats["registered"] += 1
+            with trio.move_on_after(backoff_delay(attempt, self.meta.rng, WAIT_FIRST, WAIT_MAX)):
+                await woken.wait()
+            self.stats["woken" if woken.is_set() else "polled"] += 1
+        return trio.current_time() - start
+
+    def listen(self, endpoint: Any, nodes: list[int]) -> None:
+        """Take the wake-ups ``endpoint`` (``net.endpoint.Endpoint``) is pushed, passing
+        every other push to the handler it had (the leases' recalls), and keep a
+        connection to each of ``nodes``: a node pushes only to connected clients."""
+        previous = endpoint.on_push
+
+        def on_push(node: int, body: Any) -> None:
+            if isinstance(body, dict) and "unlocked" in body:
+                self.on_push(node, body)
+            elif previous is not None:
+                previous(node, body)
+
+        endpoint.on_push = on_push
+        endpoint.stay_connected(list(nodes))
+
+    def on_push(self, node: int, body: Any) -> None:
+        """A node's wake-up ``{"unlocked": [lock object, ...]}``: the waiters on those
+        files ask again now."""
+        oids = body.get("unlocked") if isinstance(body, dict) else None
+        if not isinstance(oids, list) or len(oids) > MAX_RECALLED:
+            self.stats["pushes_malformed"] += 1
+            return
+        for oid in oids:
+            if not isinstance(oid, int) or isinstance(oid, bool) or not is_lock_object(oid):
+                self.stats["pushes_malformed"] += 1
+                continue
+            woken = self._wakeups.pop(oid ^ LOCK_SPACE, None)
+            if woken is not None:
+                woken.set()
+
     async def _set(self, oid: int, arg: dict[str, Any]) -> None:
         """One ``fs.setlk`` round, not cut by a cancellation (a lock it took is known)."""
-        f = self.files.setdefault(oid, _File())
-        f.changes += 1
+        f = self.files.get(oid)
+        if f is not None:
+            f.changes += 1
         asked = trio.current_time()
         with trio.CancelScope(shield=True):
             held = await self.meta.update(
@@ -199,6 +265,8 @@ class LockManager:
     def _record(self, oid: int, held: Any, asked: float) -> None:
         """The servers' answer of what this mount holds on ``oid``, trusted for a term
         from ``asked`` less the holder's margin."""
+        if isinstance(held, dict):
+            held = held.get("h")
         f = self.files.setdefault(oid, _File())
         f.held = [list(x) for x in held] if isinstance(held, list) else []
         f.until = asked + self.term - HOLDER_MARGIN / 1e9
@@ -304,7 +372,9 @@ class LockManager:
                     self._lose(oid, "not renewed in time")
             return
         self.stats["renewed"] += len(oids)
-        got = answer if isinstance(answer, list) and len(answer) == len(oids) else []
+        got = answer.get("h") if isinstance(answer, dict) else None
+        if not isinstance(got, list) or len(got) != len(oids):
+            got = []
         for oid, before, held in zip(oids, changes, got, strict=False):
             f = self.files.get(oid)
             if f is None or f.changes != before:

@@ -62,6 +62,11 @@ MAX_LOCKS = 256
 MAX_OWNER = (1 << 64) - 1
 #: The argument key of the caller's lease time (as ``fsobjects.leases.LEASE_TIME``).
 LOCK_TIME = "lt"
+#: How long a waiter's registration (``fs.lkwait``) stands (ns); a waiter asks again well
+#: before (``fs/locks.py``).
+WAIT_TERM = 10 * 10**9
+#: Most waiters one lock object records (more are not recorded: they poll).
+MAX_WAITERS = 32
 
 #: Who holds a lock: (client, mount, domain, owner).
 Holder = tuple[int, int, int, int]
@@ -199,8 +204,38 @@ def locks_of(state: Any) -> list[Lock]:
     return [Lock(*entry) for entry in state["h"]]
 
 
-def _state(locks: list[Lock]) -> dict[str, Any]:
-    return {"k": "l", "h": [list(lock) for lock in sorted(locks)]}
+def waiters_of(state: Any) -> list[list[int]]:
+    """The waiters a lock object records: ``[[client, expiry], ...]`` (``[]`` for none)."""
+    if not isinstance(state, dict):
+        return []
+    got = state.get("w")
+    return [list(w) for w in got] if isinstance(got, list) else []
+
+
+def _state(locks: list[Lock], waiters: list[list[int]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"k": "l", "h": [list(lock) for lock in sorted(locks)]}
+    if waiters:
+        out["w"] = sorted(waiters)
+    return out
+
+
+def _freed(before: list[Lock], after: list[Lock]) -> bool:
+    """Whether an update dropped or changed a lock (so a waiter may get its lock now)."""
+    kept = {lock[:7] for lock in after}
+    return any(lock[:7] not in kept for lock in before)
+
+
+def _settle(
+    oid: int, state: Any, before: list[Lock], after: list[Lock], at: int, wake: list[Any]
+) -> dict[str, Any]:
+    """The new state of a lock object: its waiters are woken (appended to ``wake`` as
+    ``[oid, [client, ...]]``, and forgotten: one still blocked asks again) when the update
+    freed something, else kept (those whose wait ended by ``at`` go)."""
+    waiters = [w for w in waiters_of(state) if at < w[1]]
+    if waiters and _freed(before, after):
+        wake.append([oid, sorted({w[0] for w in waiters})])
+        waiters = []
+    return _state(after, waiters)
 
 
 def _only_lock_objects(states: States) -> None:
@@ -246,8 +281,9 @@ def _setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
 
     Refused ``conflict`` when another holder's live lock conflicts (nothing changes: the
     caller may wait and ask again), ``no-locks`` past :data:`MAX_LOCKS` entries.  The
-    answer: what the mount holds on the object afterwards (:func:`held_by`), which it
-    compares with what it believes it holds."""
+    answer: ``{"h": what the mount holds on the object afterwards (:func:`held_by`), which
+    it compares with what it believes it holds, "w": the waiters to wake}``
+    (:func:`_settle`; every node that took the update pushes them, ``node/recalls.py``)."""
     _only_lock_objects(states)
     a = _arg(arg)
     holder = _holder(a, caller)
@@ -255,9 +291,11 @@ def _setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     start, end = _range(a)
     at, expiry = _lease(a)
     new: dict[int, Any] = {}
-    answer: list[list[int]] = []
+    held: list[list[int]] = []
+    wake: list[Any] = []
     for oid, state in states.items():
-        locks = live(locks_of(state), at)
+        before = locks_of(state)
+        locks = live(before, at)
         other = conflicting(locks, holder, kind, start, end)
         if other is not None:
             raise MethodRefused(
@@ -266,47 +304,77 @@ def _setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
         locks = renewed(apply(locks, holder, kind, start, end, expiry), caller, holder[1], expiry)
         if len(locks) > MAX_LOCKS:
             raise MethodRefused("no-locks", f"object {oid} has {MAX_LOCKS} locks")
-        new[oid] = _state(locks)
-        answer = held_by(locks, caller, holder[1])
-    return new, answer
+        new[oid] = _settle(oid, state, before, locks, at, wake)
+        held = held_by(locks, caller, holder[1])
+    return new, {"h": held, "w": wake}
 
 
 def _unlock_owner(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Drop every lock of owner ``o`` (any domain) of the caller's mount ``m``, or with
     ``o`` absent every lock of the mount, on each lock object (a close, a release, an
-    unmount).  The answer: None."""
+    unmount).  The answer: ``{"w": the waiters to wake}`` (:func:`_settle`)."""
     _only_lock_objects(states)
     a = _arg(arg)
     mount = _mount(a)
     owner = None if a.get("o") is None else _int(a, "o", 0, MAX_OWNER)
     at = _int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
     new: dict[int, Any] = {}
+    wake: list[Any] = []
     for oid, state in states.items():
+        before = locks_of(state)
         locks = [
             lock
-            for lock in live(locks_of(state), at)
+            for lock in live(before, at)
             if not lock.of(caller, mount) or (owner is not None and lock.owner != owner)
         ]
-        new[oid] = _state(locks)
-    return new, None
+        new[oid] = _settle(oid, state, before, locks, at, wake)
+    return new, {"w": wake}
 
 
 def _renewlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Renew the live locks of the caller's mount ``m`` on each object to ``lt + term``.
-    The answer, per object in request order: what the mount holds (:func:`held_by`): a
-    lock whose lease had already ended is not among them, and the mount learns it lost
-    it."""
+    The answer: ``{"h": per object in request order, what the mount holds
+    (:func:`held_by`): a lock whose lease had already ended is not among them, and the
+    mount learns it lost it; "w": the waiters to wake}`` (locks that lapsed free bytes)."""
     _only_lock_objects(states)
     a = _arg(arg)
     at, expiry = _lease(a)
     mount = _mount(a)
     new: dict[int, Any] = {}
-    answer = []
+    held = []
+    wake: list[Any] = []
     for oid, state in states.items():
-        locks = renewed(live(locks_of(state), at), caller, mount, expiry)
-        new[oid] = _state(locks)
-        answer.append(held_by(locks, caller, mount))
-    return new, answer
+        before = locks_of(state)
+        locks = renewed(live(before, at), caller, mount, expiry)
+        new[oid] = _settle(oid, state, before, locks, at, wake)
+        held.append(held_by(locks, caller, mount))
+    return new, {"h": held, "w": wake}
+
+
+def _lkwait(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+    """Wait for a lock: records the caller as a waiter on the one lock object until
+    ``lt +`` :data:`WAIT_TERM`, to be woken by the next update that frees something there
+    (:func:`_settle`), when the lock it wants (``m``, ``d``, ``o``, ``t``, ``s``, ``e`` as
+    for ``fs.setlk``) still conflicts.  The answer: True when it waits, False when the
+    lock is free now (nothing recorded: ask for it).  Past :data:`MAX_WAITERS` nobody
+    more is recorded (True all the same: the waiter polls)."""
+    _only_lock_objects(states)
+    a = _arg(arg)
+    holder = _holder(a, caller)
+    kind = _int(a, "t", READ, WRITE)
+    start, end = _range(a)
+    at = _int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
+    new: dict[int, Any] = {}
+    waits = False
+    for oid, state in states.items():
+        locks = locks_of(state)
+        waiters = [w for w in waiters_of(state) if at < w[1] and w[0] != caller]
+        if conflicting(live(locks, at), holder, kind, start, end) is not None:
+            waits = True
+            if len(waiters) < MAX_WAITERS:
+                waiters.append([caller, min(at + WAIT_TERM, MAX_TIME)])
+        new[oid] = _state(locks, waiters) if state is not None or waiters else None
+    return new, waits
 
 
 def _getlk(states: States, arg: Any, caller: int) -> Any:

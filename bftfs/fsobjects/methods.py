@@ -24,7 +24,7 @@ from bftfs.fsobjects.leases import (
     leased,
 )
 from bftfs.fsobjects.limits import CLOCKS
-from bftfs.fsobjects.locks import _getlk, _renewlk, _setlk, _unlock_owner
+from bftfs.fsobjects.locks import _getlk, _lkwait, _renewlk, _setlk, _unlock_owner
 from bftfs.fsobjects.names import (
     _create,
     _create_many,
@@ -149,6 +149,7 @@ FS = ObjectType(
         _lock_method("fs.setlk", _setlk, grants=True),
         _lock_method("fs.renewlk", _renewlk, grants=True, many=True),
         _lock_method("fs.unlockowner", _unlock_owner, grants=False, many=True),
+        _lock_method("fs.lkwait", _lkwait, grants=False),
         Method("fs.getlk", Class.QUERY, _getlk, caller=True),
     ),
     finished=_finished,

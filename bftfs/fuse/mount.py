@@ -78,6 +78,8 @@ async def serve(
         session.fs.cache_regular_files(*options.acreg)
         # fcntl and flock locks every mount sees, under a lease this mount renews
         locks = LockManager(session.fs.meta, term=options.lock_lease)
+        if session.endpoint is not None:  # waiters are woken by the nodes' pushes
+            locks.listen(session.endpoint, list(config.node_ids))
         ops = Operations(
             session.fs,
             timeout=options.attr_timeout,
