@@ -9,6 +9,8 @@ hold their lock on stdout; every wait is a subprocess with a timeout, never a sl
 from __future__ import annotations
 
 import os
+import select
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -54,7 +56,7 @@ else:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     with ProcessCluster(
-        tmp_path_factory.mktemp("cluster") / "c", map_size=1 << 30, durable=False
+        tmp_path_factory.mktemp("cluster") / "c", map_size=1 << 30, durable=False, clients=3
     ) as pc:
         yield pc
 
@@ -295,3 +297,50 @@ def test_a_kill_9_of_the_holders_mount_frees_its_locks_within_the_lease(
             assert flock_n(theirs, "-w", str(3 * lease)) == 0
             waited = time.monotonic() - start
     assert waited < lease + 5, waited
+
+
+def test_waiters_on_two_other_mounts_get_the_lock_in_turn(
+    cluster: ProcessCluster, mounts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Three mounts: a flock holder on one, a blocking ``flock -x`` on each of the others.
+    When the holder lets go exactly one waiter gets the lock (woken by the nodes' push),
+    and the other once that one lets go."""
+    name = "waiters-in-turn"
+    (mounts[0] / name).write_bytes(b"x")
+    with Mount(cluster.config, tmp_path / "third", client="client2") as third:
+        paths = [mounts[1] / name, third.mountpoint / name]
+        with flock_holder(mounts[0] / name) as holder:
+            argv = "flock -x {} sh -c 'echo held; cat >/dev/null'"
+            waiters = [
+                subprocess.Popen(
+                    ["sh", "-c", argv.format(shlex.quote(str(p)))],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+                for p in paths
+            ]
+            try:
+                holder.let_go()
+                outs = {w.stdout: w for w in waiters if w.stdout is not None}
+                ready, _, _ = select.select(list(outs), [], [], PATIENCE)
+                assert len(ready) == 1, "not exactly one waiter got the lock"
+                first = outs[ready[0]]
+                assert ready[0].readline().strip() == b"held"
+                second = next(w for w in waiters if w is not first)
+                assert second.stdout is not None
+                assert select.select([second.stdout], [], [], 0)[0] == []  # still waiting
+                assert first.stdin is not None
+                first.stdin.close()
+                assert first.wait(timeout=PATIENCE) == 0
+                assert second.stdout.readline().strip() == b"held"
+                assert second.stdin is not None
+                second.stdin.close()
+                assert second.wait(timeout=PATIENCE) == 0
+            finally:
+                for w in waiters:
+                    if w.poll() is None:
+                        w.kill()
+                        w.wait()
+                    for pipe in (w.stdin, w.stdout):
+                        if pipe is not None:
+                            pipe.close()
