@@ -168,7 +168,12 @@ def test_a_renewal_that_finds_the_locks_gone_makes_them_lost(tmp_path: Path) -> 
     run(tmp_path, body)
 
 
+# What the campaign's switching Byzantine node makes the client and the other nodes log
+# (``t5_campaign.py``): a culled history, a node catching up that a liar left incomplete.
 @pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
+@pytest.mark.expected_logs(
+    "bftfs.node.qu_catchup", "WARNING", match=r"^Q/U catch-up: \{'state': 'incomplete'"
+)
 def test_a_switching_byzantine_node_cannot_make_two_clients_hold_one_exclusive_lock(
     tmp_path: Path,
 ) -> None:
