@@ -367,3 +367,50 @@ def test_waiters_on_two_other_mounts_get_the_lock_in_turn(
                     for pipe in (w.stdin, w.stdout):
                         if pipe is not None:
                             pipe.close()
+
+
+#: Takes an open-file-description lock (``F_OFD_SETLK``, exclusive, whole file) on each of
+#: the files ``argv[1:]`` (one open each, in one process), printing "got" or "busy" per file,
+#: then holds them until stdin closes.
+OFD = """
+import fcntl, struct, sys
+files = [open(p, "r+b") for p in sys.argv[1:]]
+for f in files:
+    lock = struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 0, 0, 0)
+    try:
+        fcntl.fcntl(f, fcntl.F_OFD_SETLK, lock)
+    except BlockingIOError:
+        print("busy", flush=True)
+    else:
+        print("got", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_ofd_locks_belong_to_the_open_file_and_go_with_its_last_close(
+    files: tuple[Path, Path],
+) -> None:
+    """OFD locks: a second open in the same process conflicts with the first (the lock is
+    the open file's, not the process's), so does an open on the other mount; once the
+    holder's file is closed (FUSE's release, sent after the close returns) the other mount
+    gets it."""
+    mine, theirs = files
+    argv = [sys.executable, "-c", OFD, str(mine), str(mine)]
+    with Holder(argv, b"got") as holder:
+        assert holder.proc.stdout is not None
+        assert holder.proc.stdout.readline().strip() == b"busy"  # its own second open
+        other = subprocess.run(
+            [sys.executable, "-c", OFD, str(theirs)], input=b"", capture_output=True,
+            timeout=PATIENCE, check=True,
+        )  # fmt: skip
+        assert other.stdout.strip() == b"busy"
+        holder.let_go()
+    deadline = time.monotonic() + PATIENCE  # the release reaches the daemon after the exit
+    while True:
+        other = subprocess.run(
+            [sys.executable, "-c", OFD, str(theirs)], input=b"", capture_output=True,
+            timeout=PATIENCE, check=True,
+        )  # fmt: skip
+        if other.stdout.strip() == b"got":
+            break
+        assert time.monotonic() < deadline, "the OFD lock outlived its file's last close"
