@@ -50,6 +50,11 @@ TABLE = [
     ("fs.lease", U, 1, 8, ()),
     ("fs.release", U, 1, 8, ()),
     ("fs.recall", U, 1, 8, ()),
+    ("fs.setlk", U, 1, 1, ()),
+    ("fs.renewlk", U, 1, 8, ()),
+    ("fs.unlockowner", U, 1, 8, ()),
+    ("fs.lkwait", U, 1, 1, ()),
+    ("fs.getlk", Q, 1, 1, ()),
 ]
 
 

@@ -364,6 +364,9 @@ class FileSystem:
     async def fsync(self, fh: int) -> None:
         await self.handles.fsync(fh)
 
+    async def revalidate(self, fh: int) -> None:
+        await self.handles.revalidate(fh)
+
     async def write_back(self) -> None:
         """Send every create directory write-back holds (``fsync`` of a directory: its
         new names are then on a quorum)."""

@@ -316,6 +316,19 @@ class Handles:
     async def fsync(self, fh: int) -> None:
         await self.flush(fh, durable=True)
 
+    async def revalidate(self, fh: int) -> None:
+        """Adopt the servers' current state of the handle's file, as :meth:`open_file` does
+        (what this mount buffered goes first): called once a lock is taken, so that what
+        another mount wrote before it unlocked is what reads see (POSIX locks coordinate
+        data; NFS revalidates at a lock the same way).  Clean blocks stay if the file did
+        not change."""
+        f, _ = self.table.handle(fh)
+        if f.buffered:
+            await self._flush_file(f)
+        s = await self.meta.query(f.ino, "fs.open")
+        self.cache.observed(f.ino, s)
+        f.reset(s)
+
     async def release(self, fh: int) -> None:
         """Close a handle (flushing); the file's clean blocks stay cached for a re-open,
         which keeps them only if the file did not change meanwhile.  The last close of a
