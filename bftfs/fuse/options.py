@@ -33,10 +33,12 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      without a round until another client's change recalls them
                      (docs/fs.md, "Leases"); 0, the default, takes none.  A directory
                      this mount keeps creating files in is leased exclusively: the
-                     closes of its new files (to 1 MiB) return without waiting for the
-                     servers (directory write-back, sent within ``commit`` seconds)
-``commit=S``         with ``lease=``: the longest a close left to write-back waits before
-                     it is sent (default 5, as ext4; 0: every close waits, as without leases)
+                     closes of its new files (to 1 MiB) and its unlinks return without
+                     waiting for the servers (directory write-back, sent within ``commit``
+                     seconds)
+``commit=S``         with ``lease=``: the longest a close or unlink left to write-back waits
+                     before it is sent (default 5, as ext4; 0: every close and unlink waits,
+                     as without leases)
 ``locklease=S``      how long this mount's ``fcntl`` and ``flock`` locks live on the servers
                      unless renewed (10 to 120, default 30): a mount killed or cut off
                      frees its locks for the others within it (docs/fs.md, "Locks")
