@@ -17,6 +17,8 @@ shape of PostMark's working set), after the attributes the kernel cached have go
   fresh attributes, then the open revalidates: close-to-open);
 * ``stat``: ``stat`` of an existing file;
 * ``read``: open, read it all, close;
+* ``lock``: open, ``lockf`` it whole exclusively, unlock, close (the ``fcntl`` lock and
+  unlock rounds, issue 37: this minus ``open`` is their cost);
 * ``unlink``: remove it.
 
 Targets: the local disk, bindfs (FUSE pass-through) and bftfs on a fresh cluster, in that
@@ -26,6 +28,7 @@ order, ``--runs`` times interleaved; medians are printed with ratios to the loca
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import sys
 import tempfile
@@ -38,7 +41,7 @@ import common
 from common import Progress, Site, TargetSpec
 from profiling import cpu_seconds
 
-OPERATIONS = ("create", "open", "stat", "read", "unlink")
+OPERATIONS = ("create", "open", "stat", "read", "lock", "unlink")
 #: Longer than the mount's default attribute timeout (1 s), so each phase starts with the
 #: attributes stale in the kernel, as they are when PostMark comes back to a file.
 STALE_WAIT = 1.2
@@ -73,11 +76,25 @@ def _workloads(d: Path, files: int, data: bytes) -> dict[str, Callable[[], None]
                 pass
             os.close(fd)
 
+    def lock() -> None:
+        for p in names:
+            fd = os.open(p, os.O_RDWR)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def unlink() -> None:
         for p in names:
             os.unlink(p)
 
-    return {"create": create, "open": open_close, "stat": stat, "read": read, "unlink": unlink}
+    return {
+        "create": create,
+        "open": open_close,
+        "stat": stat,
+        "read": read,
+        "lock": lock,
+        "unlink": unlink,
+    }
 
 
 def run_once(site: Site, files: int, size: int) -> dict[str, dict[str, float]]:

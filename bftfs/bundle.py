@@ -10,7 +10,7 @@ private key) laid out as a cluster directory, so on the host
     bftfs node --config /var/lib/bftfs/cluster.toml --id 3
 
 runs node 3 with its data in ``/var/lib/bftfs/node3`` (paths in ``cluster.toml`` are
-relative to the file).  The systemd units in ``contrib/systemd`` expect that layout.
+relative to the file).  The systemd units in ``bftfs/systemd`` (``bftfs unit``) expect that layout.
 """
 
 from __future__ import annotations

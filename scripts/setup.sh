@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Install everything bftfs needs on a fresh Debian-like machine, idempotently:
-#   - Debian packages: fuse3 (fusermount3), libfuse3-dev and pkg-config (to build pyfuse3),
-#     when missing; with --tests also the programs the mount tests run in the mount
-#     (gcc with the C library headers, git);
+#   - Debian packages: fuse3 (fusermount3), libfuse3-dev, pkg-config, gcc, the C library's
+#     and Python's headers and patch (to build pyfuse3 with the lock patch), when missing;
+#     with --tests also git, which the mount tests run in the mount;
 #   - python3-venv when the interpreter cannot make a virtualenv;
-#   - a virtualenv in .venv with bftfs installed in editable mode with its fuse and test
+#   - a virtualenv in .venv with pyfuse3 built with bftfs's lock patch
+#     (scripts/pyfuse3-locks.sh) and bftfs installed in editable mode with its fuse and test
 #     extras.  Any failing step stops the script with its error (nothing is masked).
 # Called by `make up` / `make test` (benchmark tools: scripts/setup-bench.sh); safe to run
 # again (a stamp file skips the pip step when pyproject.toml has not changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(fuse3 libfuse3-dev pkg-config)
+pkgs=(fuse3 libfuse3-dev pkg-config gcc libc6-dev patch)
 if [ "${1:-}" = "--tests" ]; then
-    pkgs+=(gcc libc6-dev git)
+    pkgs+=(git)
 fi
 PY="${PYTHON:-python3}"
+if ! "$PY" -c "import os, sysconfig; assert os.path.exists(sysconfig.get_paths()['include'] + '/Python.h')" 2>/dev/null; then
+    pkgs+=(python3-dev)
+fi
 if ! "$PY" -c "import venv, ensurepip" 2>/dev/null; then
     pkgs+=(python3-venv)
 fi
@@ -37,11 +41,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.bftfs-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyfuse3-locks.patch -nt "$stamp" ]; then
     echo "setup: installing bftfs and its fuse and test extras into .venv"
     # (pip's exit status is the pipeline's: pipefail; the filter only drops a known warning)
     .venv/bin/pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+    scripts/pyfuse3-locks.sh
     .venv/bin/pip install -q -e '.[fuse,test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
-    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3"
+    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3; assert pyfuse3.LOCKS_PATCH"
     touch "$stamp"
 fi

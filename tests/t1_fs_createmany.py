@@ -88,3 +88,46 @@ def test_every_object_of_a_batch_but_the_directory_is_one_of_its_files() -> None
     arg = {"p": DIR, "now": T0, "files": [FILES[0]]}
     with pytest.raises(MethodRefused, match="every object"):
         REG.update("fs.createmany", states(FILES[0]["o"], 99), arg, 7)
+
+
+def test_a_file_without_content_is_made_as_its_create_would_with_its_write_lease() -> None:
+    """An item with a write lease (``tok``) is a plain ``fs.create`` of a regular file (its
+    creator writes its blocks next): the same state as that create, the lease included;
+    another type of file is refused."""
+    plain = {k: v for k, v in item(40, b"big", b"", T0).items() if k not in ("mtime", "attrs")}
+    plain.update(tok=99, lease=30 * S)
+    got, (stats, pst) = createmany([FILES[0], plain])
+    work = states(FILES[0]["o"], 40)
+    raw, _ = REG.update(
+        "fs.createwrite", {DIR: work[DIR], FILES[0]["o"]: None}, {**FILES[0], "p": DIR}, 7
+    )
+    work.update({oid: unpack(b) for oid, b in raw.items()})
+    raw, (alone, _) = REG.update("fs.create", {DIR: work[DIR], 40: None}, {**plain, "p": DIR}, 7)
+    work.update({oid: unpack(b) for oid, b in raw.items()})
+    assert got == work and stats[1] == alone
+    assert got[40]["wl"][0] == 99 and got[40]["size"] == 0
+    fifo = dict(plain, o=41, name=b"fifo", mode=st.S_IFIFO | 0o644)
+    with pytest.raises(MethodRefused) as e:
+        createmany([FILES[0], fifo])
+    assert e.value.code == "invalid"
+
+
+def test_unlinkmany_leaves_what_its_unlinks_one_after_another_leave() -> None:
+    """``fs.unlinkmany`` (write-back of removals): the names go as their ``fs.unlink`` one
+    after another would take them; one refused (a name that names another object) refuses
+    them all."""
+    made, _ = createmany(FILES)
+    gone = [{"o": f["o"], "name": f["name"], "now": T0 + 9 * S} for f in FILES[:2]]
+    arg = {"p": DIR, "now": T0 + 9 * S, "files": gone}
+    states_ = {DIR: made[DIR], **{f["o"]: made[f["o"]] for f in FILES[:2]}}
+    raw, (stats, _) = REG.update("fs.unlinkmany", states_, arg, 7)
+    got = {oid: unpack(b) for oid, b in raw.items()}
+    work = dict(states_)
+    for g in gone:
+        raw, _ = REG.update("fs.unlink", {DIR: work[DIR], g["o"]: work[g["o"]]}, {**g, "p": DIR}, 7)
+        work.update({oid: unpack(b) for oid, b in raw.items()})
+    assert got == work and [s["nl"] for s in stats] == [0, 0]
+    wrong = [gone[0], {**gone[1], "o": FILES[2]["o"]}]  # f1's name does not name f2
+    bad = {DIR: made[DIR], FILES[0]["o"]: made[FILES[0]["o"]], FILES[2]["o"]: made[FILES[2]["o"]]}
+    with pytest.raises(MethodRefused):
+        REG.update("fs.unlinkmany", bad, {**arg, "files": wrong}, 7)

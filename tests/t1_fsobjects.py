@@ -44,11 +44,17 @@ TABLE = [
     ("fs.mkdir", U, 2, 2, ()),
     ("fs.link", U, 2, 2, ()),
     ("fs.unlink", U, 2, 2, ()),
+    ("fs.unlinkmany", U, 2, 8, ()),
     ("fs.rmdir", U, 2, 2, ()),
     ("fs.rename", U, 2, 8, ()),
     ("fs.lease", U, 1, 8, ()),
     ("fs.release", U, 1, 8, ()),
     ("fs.recall", U, 1, 8, ()),
+    ("fs.setlk", U, 1, 1, ()),
+    ("fs.renewlk", U, 1, 8, ()),
+    ("fs.unlockowner", U, 1, 8, ()),
+    ("fs.lkwait", U, 1, 1, ()),
+    ("fs.getlk", Q, 1, 1, ()),
 ]
 
 

@@ -123,20 +123,41 @@ def test_two_holders_changing_one_directory_release_to_each_other(tmp_path: Path
     run(tmp_path, body, **LEASES)
 
 
-def test_a_holder_that_never_releases_holds_others_off_until_its_term(tmp_path: Path) -> None:
+@pytest.mark.parametrize("renews", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_holder_that_never_releases_holds_others_off_until_its_term(
+    tmp_path: Path, renews: bool
+) -> None:
     """A lease taken by a client that then ignores recalls (the raw client: it has no
     lease table) blocks the other client's change until the lease's term has passed, no
-    longer; the change is then made."""
+    longer; the change is then made.  Renewing it every second after the recall (a
+    Byzantine holder) changes nothing: the nodes refuse every renewal while the recall
+    stands."""
 
     async def body(env: Env) -> None:
         b = env.fss[1]
         term = 12 * 10**9
         arg = {"kind": SHARED, "lt": time.time_ns(), "term": term}
         await env.raw.update(ROOT, "fs.lease", arg)
+        refused: list[str] = []
+
+        async def renew_forever() -> None:
+            while True:
+                await trio.sleep(1.0)
+                try:
+                    await env.raw.update(ROOT, "fs.lease", {**arg, "lt": time.time_ns()})
+                except MethodRefused as e:
+                    refused.append(e.code)
+
         started = time.monotonic()
-        await b.mkdir(ROOT, b"d", 0o755, 0, 0)
+        async with trio.open_nursery() as nursery:
+            if renews:
+                nursery.start_soon(renew_forever)
+            with trio.fail_after(40):
+                await b.mkdir(ROOT, b"d", 0o755, 0, 0)
+            nursery.cancel_scope.cancel()
         waited = time.monotonic() - started
         assert 12 - LEASE_SKEW / 1e9 - 1 <= waited <= 12 + 10
+        assert not renews or refused.count("recalled") >= 5, refused
 
     run(tmp_path, body, **LEASES)
 
@@ -224,5 +245,39 @@ def test_leases_are_taken_in_batches_and_one_refused_object_costs_the_others_not
             if batch is free:  # batched (as the answers came: at most a few updates)
                 assert sent <= len(free) // 2, sent
         assert contended[0] not in leases.held
+
+    run(tmp_path, body, **LEASES)
+
+
+@pytest.mark.expected_logs("bftfs.fs.leases", match="clock is too far ahead")
+def test_a_mount_that_slept_past_its_leases_stops_answering_from_them(tmp_path: Path) -> None:
+    """A suspended machine's monotonic clock (trio's) stands still while the wall clock,
+    on which the nodes run leases, goes on: a holder that wakes past its expiry must not
+    answer from its leases, and the kernel must forget what it cached under them (its
+    timeouts do not count the sleep either).  The sleep is this client's wall clock set
+    60 s on (the nodes' is not, so they refuse its release as too far ahead: logged)."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        leases = a.meta.leases
+        assert leases is not None
+        forgotten: list[int] = []
+
+        async def forget(inos: list[int]) -> None:
+            forgotten.extend(inos)
+
+        a.on_lease_recall(forget)
+        for _ in range(3):
+            await a.readdir(ROOT)
+        await leased(a, ROOT)
+        await a.readdir(ROOT)  # kept under the lease
+        listings = a.meta.methods["fs.readdir"]
+        await a.readdir(ROOT)
+        assert a.meta.methods["fs.readdir"] == listings  # answered by the lease
+        leases.wall_ns = lambda: time.time_ns() + 60 * 10**9  # woke a minute later
+        await a.readdir(ROOT)
+        assert a.meta.methods["fs.readdir"] == listings + 1  # asked the servers
+        assert leases.stats["woke_past_expiry"] == 1 and ROOT not in leases.held
+        await until("the kernel told to forget", lambda: ROOT in forgotten)
 
     run(tmp_path, body, **LEASES)

@@ -17,6 +17,7 @@ import pytest
 import trio
 from fs_helpers import Env, run
 
+from bftfs.fs import namespace
 from bftfs.fs.errors import (
     CrossDevice,
     Exists,
@@ -194,6 +195,37 @@ def test_objects_no_name_reaches_are_stale_to_callers_that_came_by_name(tmp_path
         fh = await a.open(f.ino, os.O_RDONLY)
         assert await a.read(fh, 0, 100) == b"data"
         await a.release(fh)
+
+    run(tmp_path, body)
+
+
+def test_the_walk_again_after_a_stale_name_may_use_the_object_it_found_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ESTALE the kernel walks the path again and opens what its lookup found: that
+    first use may follow a removal by another client (``looked_up``).  A later open of the
+    same object by the then cached name is refused like any stale name, also when the
+    first use came through the open's own ``looked_up`` (it used to leave the lookup's
+    exception armed: the three-mount checker with leases read a file renamed over)."""
+    monkeypatch.setattr(namespace, "REVALIDATION_WINDOW", 60.0)  # timing out of the way
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        for name, data in ((b"f", b"old"), (b"g", b"new"), (b"h", b"newest")):
+            fh, _ = await b.create(ROOT, name, 0o644, 0, 0, os.O_RDWR)
+            await b.write(fh, 0, data)
+            await b.release(fh)
+        old = await a.lookup(ROOT, b"f")
+        await b.rename(ROOT, b"g", ROOT, b"f", 0)
+        with pytest.raises(StaleView):  # the kernel's cached name leads to a removed file
+            await a.open(old.ino, os.O_RDONLY, reached_by_name=True)
+        found = await a.lookup(ROOT, b"f")  # the walk again
+        fh = await a.open(found.ino, os.O_RDONLY, reached_by_name=True, looked_up=True)
+        assert await a.read(fh, 0, 100) == b"new"
+        await a.release(fh)
+        await b.rename(ROOT, b"h", ROOT, b"f", 0)
+        with pytest.raises(StaleView):  # by the cached name, not a walk again: refused
+            await a.open(found.ino, os.O_RDONLY, reached_by_name=True)
 
     run(tmp_path, body)
 

@@ -265,3 +265,31 @@ async def test_sealed_names_are_still_unique_renamed_and_at_most_175_bytes(
         assert (await a.statfs())["f_namemax"] == SEALED_NAME_MAX == 175
         await a.write_back()
         assert sorted(n for n, _ in await b.readdir(obj.ROOT)) == sorted([longest, b"sub"])
+
+
+async def test_write_back_of_creates_and_removals_seals_the_names_it_batches(
+    tmp_path: Path,
+) -> None:
+    """Directory write-back sends names in batches (``fs.createmany``, ``fs.unlinkmany``,
+    issue 33): sealed there too, so the batches work (the nodes find the sealed names)
+    and no node stores or is sent a name in the clear."""
+    from t3_fs_writeback import exclusive, new_file
+
+    seal = Seal(VolumeKey(random.Random(33).randbytes(32)))
+    options = {"seal": seal, "write_behind": True, "lease_term": 30.0, "commit": 60.0}
+    async with fs_env(tmp_path, fs_options=options) as env:
+        a, b = env.fss
+        d = (await a.mkdir(obj.ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        names = [b"BATCHED-NAME-%d-3c9e" % k for k in range(4)]
+        for name in names:
+            await new_file(a, d, name, b"x")
+        await a.write_back()
+        for name in names[:3]:
+            await a.unlink(d, name)
+        assert [n for n, _ in await b.readdir(d)] == sorted(
+            [names[3], b"warm0", b"warm1", b"warm2"]
+        )
+        assert a.meta.methods["fs.createmany"] >= 1 and a.meta.methods["fs.unlinkmany"] == 1
+        assert a.meta.methods["fs.unlink"] == 0  # the batch was taken, not sent again alone
+    assert _found(tmp_path, names) == set()

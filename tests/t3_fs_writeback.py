@@ -10,6 +10,7 @@ deadline (:func:`until`)."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from t3_fs_leases import until
 from bftfs.fs.errors import NotEmpty, NotFound
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.scrub import files_with_blocks
+from bftfs.fs.writeback import MAX_FILE
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
@@ -68,6 +70,97 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(tmp_path: P
         assert await b.read(fh, 0, 100) == b"data 3"
         await b.release(fh)
         assert a.meta.leases.exclusive_left(d) == 0  # recalled
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path: Path) -> None:
+    """A new file too big to go inline (a source file, an object file) is deferred too: its
+    close neither creates it nor writes its blocks; at another client's look the holder
+    sends the creates together (each file empty, with its write lease), then the blocks and
+    sizes, and the other client reads every byte.  A file past ``writeback.MAX_FILE``
+    still closes as before."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        rng = random.Random(12)
+        files = {b"src%d" % k: rng.randbytes(20_000 + 3000 * k) for k in range(3)}
+        before = sent(a), a.rw.statistics()["writes"]
+        for name, data in files.items():
+            await new_file(a, d, name, data)
+        assert (sent(a), a.rw.statistics()["writes"]) == before, "a close waited"
+        assert a.meta.leases is not None and a.meta.leases.stats["deferred"] == 3
+        await new_file(a, d, b"huge", rng.randbytes(MAX_FILE + 1))
+        assert sent(a) == before[0] + 1  # past MAX_FILE: its close sent it
+        locks, many = a.meta.methods["fs.lock"], a.meta.methods["fs.createmany"]
+        for name, data in files.items():
+            ino = (await b.lookup(d, name)).ino
+            fh = await b.open(ino, os.O_RDONLY)
+            assert await b.read(fh, 0, len(data) + 10) == data
+            await b.release(fh)
+        # Made together, empty and with their write leases: their blocks needed no lock.
+        assert a.meta.methods["fs.createmany"] == many + 1 and sent(a) == before[0] + 1
+        assert a.meta.methods["fs.lock"] == locks
+        assert a.meta.leases.exclusive_left(d) == 0  # recalled
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_stat_of_a_file_left_to_write_back_sends_nothing(tmp_path: Path) -> None:
+    """Only this mount knows a file whose create it left to write-back: a ``stat`` of it
+    (``make`` checking the object file it just wrote) is answered from what the mount
+    knows, without sending the create."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        before = sent(a), a.meta.methods["fs.createmany"], a.meta.methods["fs.stat"]
+        inos = [await new_file(a, d, b"o%d" % k, b"x" * (100 + 20_000 * k)) for k in range(2)]
+        for k, ino in enumerate(inos):
+            got = await a.getattr(ino, reached_by_name=True)
+            assert (got.size, got.nlink) == (100 + 20_000 * k, 1)
+        assert (sent(a), a.meta.methods["fs.createmany"], a.meta.methods["fs.stat"]) == before
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def removals(fs: FileSystem) -> int:
+    """Removal updates sent so far."""
+    return fs.meta.methods["fs.unlink"] + fs.meta.methods["fs.unlinkmany"]
+
+
+def test_unlinks_under_an_exclusive_lease_are_written_back(tmp_path: Path) -> None:
+    """Removals in a directory the mount holds exclusively return at once (the names gone
+    from its view); another client's look at the directory recalls the lease, the holder
+    sends them first, together, and the other client sees exactly the names left.  A name
+    removed and made again is made after its removal."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        for k in range(5):
+            await new_file(a, d, b"old%d" % k, b"old %d" % k)
+        await a.write_back()  # made (a create not sent yet is sent before its unlink)
+        before = removals(a)
+        for k in range(4):
+            await a.unlink(d, b"old%d" % k)
+        assert removals(a) == before, "an unlink waited for the servers"
+        assert a.meta.leases is not None and a.meta.leases.stats["unlinks_deferred"] == 4
+        for k in range(4):
+            with pytest.raises(NotFound):
+                await a.lookup(d, b"old%d" % k)
+        await new_file(a, d, b"old2", b"again")  # made after its removal
+        names = {n for n, _ in await b.readdir(d)}
+        assert names == {b"old2", b"old4", b"warm0", b"warm1", b"warm2"}
+        # old2's removal went alone, before its new create; the other three together.
+        assert (a.meta.methods["fs.unlink"], a.meta.methods["fs.unlinkmany"]) == (1, 1)
+        fh = await b.open((await b.lookup(d, b"old2")).ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"again"
+        await b.release(fh)
 
     run(tmp_path, body, fs_options=OPTIONS)
 

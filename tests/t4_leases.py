@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -175,3 +176,53 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
             assert (b.mountpoint / "d" / "synced").read_bytes() == b"fsynced"
             for i, name in enumerate(sent):
                 assert (b.mountpoint / "d" / name).read_bytes() == b"s" * i
+
+
+@pytest.mark.slow
+def test_a_holder_paused_past_its_term_comes_back_without_its_leases(tmp_path: Path) -> None:
+    """A holder whose machine pauses (``SIGSTOP`` of its daemon) with creates left to
+    write back: the other mount waits at most the lease's term, then works without them;
+    resumed (``SIGCONT``), the holder answers nothing from the leases that ended meanwhile
+    (it lists the other mount's file at once) and sends the creates it kept, which the other
+    mount then sees (a mount cut off past its lease sends them when it can)."""
+    term = 30
+    with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
+        opts = f"allow_other,lease={term},commit=60"
+        with (
+            Mount(pc.config, tmp_path / "a", client="client0", options=opts) as a,
+            Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b,
+        ):
+            d = a.mountpoint / "d"
+            d.mkdir()
+            made = []
+            for i in range(6):  # creates until the directory is leased exclusively
+                (d / f"sent{i}").write_bytes(b"s" * i)
+                made.append(f"sent{i}")
+                if _leases(pc, a).get("exclusive"):
+                    break
+            _wait("an exclusive lease", 30, lambda: _leases(pc, a).get("exclusive"))
+            for i in range(3):
+                (d / f"kept{i}").write_bytes(b"k" * 100)
+                made.append(f"kept{i}")
+            _wait("closes left to write-back", 10, lambda: _leases(pc, a).get("deferred"))
+            assert a.proc is not None
+            os.kill(a.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                (b.mountpoint / "d" / "after").write_bytes(b"b")
+                took = time.monotonic() - started
+                assert took <= term + 6, f"waited {took:.1f} s for a {term} s lease"
+            finally:
+                os.kill(a.proc.pid, signal.SIGCONT)
+            assert "after" in os.listdir(d)  # not the listing of its ended lease
+            assert (d / "after").read_bytes() == b"b"
+            everything = sorted([*made, "after"])
+            _wait(
+                "the paused mount's creates on the other mount",
+                30,
+                lambda: sorted(os.listdir(b.mountpoint / "d")) == everything,
+            )
+            for name in made:
+                assert (b.mountpoint / "d" / name).read_bytes() == (
+                    a.mountpoint / "d" / name
+                ).read_bytes()

@@ -3,7 +3,7 @@
 The cluster is made as an operator would: ``bftfs init --nodes HOST:PORT,...`` on an admin
 machine, one ``bftfs bundle`` per node unpacked on its host (the configuration and that
 node's private key only), each node started with the command line of
-``contrib/systemd/bftfs-node@.service``, and a mount on the root namespace from a client
+``bftfs/systemd/bftfs-node@.service``, and a mount on the root namespace from a client
 bundle.  Then one host drops off the network while files are written, comes back, and
 another host drops off: every file reads back byte for byte throughout.
 
@@ -33,8 +33,8 @@ from bftfs.testing import netns
 from bftfs.testing.mounts import fuse_available
 
 REPO = Path(__file__).resolve().parent.parent
-NODE_UNIT = REPO / "contrib" / "systemd" / "bftfs-node@.service"
-MOUNT_UNIT = REPO / "contrib" / "systemd" / "mnt-bftfs.mount"
+NODE_UNIT = REPO / "bftfs" / "systemd" / "bftfs-node@.service"
+MOUNT_UNIT = REPO / "bftfs" / "systemd" / "mnt-bftfs.mount"
 PORT = 7000
 HOSTS = 6
 

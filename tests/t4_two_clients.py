@@ -325,7 +325,7 @@ def test_a_truncation_by_a_name_renamed_over_elsewhere_changes_the_new_file(
 
 def test_sqlite_used_in_turn_from_two_mounts(dirs: tuple[Path, Path]) -> None:
     """A SQLite database written by one mount, then the other, in turns (each closes the
-    database before the other opens it: locks are per mount, docs/fs.md): every row of
+    database before the other opens it; at once: ``t4_locks.py``): every row of
     both is there and ``PRAGMA integrity_check`` says ok on both mounts."""
     mine, theirs = dirs
     for turn in range(6):

@@ -114,7 +114,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     print(f"  on its machine: mkdir -p /var/lib/bftfs && tar -xzf {out.name} -C /var/lib/bftfs")
     if args.node is not None:
         print(f"  then: bftfs node --config /var/lib/bftfs/cluster.toml --id {args.node}")
-        print(f"  or:   systemctl enable --now bftfs-node@{args.node} (contrib/systemd)")
+        print(f"  or:   systemctl enable --now bftfs-node@{args.node} (bftfs unit node)")
     else:
         print(
             "  then: bftfs mount --config /var/lib/bftfs/cluster.toml "

@@ -18,7 +18,7 @@ import sys
 
 from bftfs import __version__
 from bftfs import local as localmod
-from bftfs.cli import cluster, history, mounts, nodes, quorums, status
+from bftfs.cli import cluster, history, mounts, nodes, quorums, status, units
 from bftfs.cli.common import EXIT_CLUSTER, EXIT_CONFIG, EXIT_HISTORY, EXIT_KEY, QuietError
 from bftfs.config import ConfigError
 from bftfs.crypto import KeyFileError
@@ -38,6 +38,7 @@ _COMMANDS = (
     mounts.add_umount,
     nodes.add_node,
     quorums.add_quorums,
+    units.add_unit,
 )
 
 #: History commands whose bad arguments (a WHEN, a PATH) are usage errors (exit 2).

@@ -70,6 +70,9 @@ class MetadataCache:
         #: Objects whose create failed for good (:mod:`bftfs.fs.writebehind`): their
         #: inode answers ESTALE until a name is found to lead to one after all.
         self.unmade: set[int] = set()
+        #: The attributes of an object only this mount knows yet (a create left to
+        #: directory write-back: ``PendingCreates.deferred_stat``), else None.
+        self.local_stat: Callable[[int], dict[str, Any] | None] = lambda _oid: None
 
     def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
         """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
@@ -241,7 +244,11 @@ class MetadataCache:
 
     async def stat(self, oid: int, within: float | None = None) -> dict[str, Any]:
         """Fresh attributes of ``oid`` (a query), unless known fresh within their timeout
-        (``within``: at most that many seconds old, whatever their timeout)."""
+        (``within``: at most that many seconds old, whatever their timeout); those of an
+        object no server holds yet (:attr:`local_stat`) always."""
+        local = self.local_stat(oid)
+        if local is not None:
+            return local
         own = self.own.get(oid)
         if (
             own is not None

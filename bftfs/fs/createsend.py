@@ -159,19 +159,32 @@ class CreateSender:
         self._made_with_content(p, f, child, pst, sent)
 
     async def send_many(self, ps: list[PendingCreate]) -> None:
-        """``fs.createmany``: several small files of one directory, each with its content,
-        in one update (directory write-back, ``fs/writeback.py``); all made, or none (the
+        """``fs.createmany``: several files of one directory in one update (directory
+        write-back, ``fs/writeback.py``), a small one with its content, a bigger one
+        empty and with the write lease, so that its blocks (written next, by the caller:
+        ``PendingCreates._write_back_closed``) need no ``fs.lock``; all made, or none (the
         caller then sends each alone, where every special case is handled)."""
         parent = ps[0].parent
         files = [self.cache.files[p.oid] for p in ps]
-        made = [self._with_content(p, f) for p, f in zip(ps, files, strict=True)]
+        made = [self._item(p, f) for p, f in zip(ps, files, strict=True)]
         items = [{k: v for k, v in arg.items() if k != "p"} for arg, _ in made]
         arg = {"p": parent, "now": max(item["now"] for item in items), "files": items}
         stats, pst = await self.meta.update_now(
             [parent, *(p.oid for p in ps)], "fs.createmany", arg
         )
         for p, f, child, (_, sent) in zip(ps, files, stats, made, strict=True):
-            self._made_with_content(p, f, child, pst, sent)
+            if sent is None:
+                self._made(p, child, pst)
+                f.lease_until = p.arg["now"] + LEASE_NS
+            else:
+                self._made_with_content(p, f, child, pst, sent)
+
+    def _item(self, p: PendingCreate, f: OpenFile) -> tuple[dict[str, Any], tuple | None]:
+        """``p``'s item of an ``fs.createmany``, and what :meth:`_made_with_content` needs
+        once it is made (None: a file past the inline limit, made empty with the lease)."""
+        if f.size <= self.inline:
+            return self._with_content(p, f)
+        return dict(p.arg, tok=self.lease_token, lease=LEASE_NS), None
 
     def _with_content(self, p: PendingCreate, f: OpenFile) -> tuple[dict[str, Any], tuple]:
         """``fs.createwrite``'s argument for ``p`` with ``f``'s content, and what

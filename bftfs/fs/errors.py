@@ -129,6 +129,26 @@ class BadHandle(FsError):
     errno = _errno.EBADF
 
 
+class WouldBlock(FsError):
+    """Another holder's lock conflicts (``fcntl`` ``F_SETLK``, ``flock`` with ``LOCK_NB``)."""
+
+    errno = _errno.EAGAIN
+
+
+class NoLocks(FsError):
+    """A file's lock object is full (``fsobjects.locks.MAX_LOCKS``)."""
+
+    errno = _errno.ENOLCK
+
+
+class LockLost(FsError):
+    """This mount's locks on a file lapsed (its lease was not renewed in time: cut off from
+    the cluster): the application is told at its next lock operation on the file, as NFS
+    does after a lost lock, instead of believing it still holds them."""
+
+    errno = _errno.EIO
+
+
 #: Refusal codes of :mod:`bftfs.fsobjects` -> error class.
 _BY_CODE: dict[str, type[FsError]] = {
     "not-found": NotFound,
@@ -146,6 +166,8 @@ _BY_CODE: dict[str, type[FsError]] = {
     "no-space": NoSpace,
     "permission": Permission,
     "forgotten": Forgotten,
+    "conflict": WouldBlock,
+    "no-locks": NoLocks,
 }
 
 

@@ -90,6 +90,7 @@ from bftfs.fs.meta import Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
+from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fs.writeback import WriteBack
 from bftfs.fs.writebehind import PendingCreates
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
@@ -201,6 +202,14 @@ class FileSystem:
             # Directory write-back (fs/writeback.py): closes of new files in a directory
             # this mount holds an exclusive lease on leave their create pending.
             self.pending.writeback = WriteBack(self.meta.leases, commit, self.pending.send_deferred)
+            self.cache.local_stat = self.pending.deferred_stat
+            # ... and removals there return before they are sent (fs/unlinkback.py).
+            unlinks = PendingUnlinks(
+                self.meta, self.cache, self.reclaimer, is_pending_create=self.pending.is_pending
+            )
+            unlinks.writeback = self.pending.writeback
+            self.pending.writeback.send_unlinks = unlinks.send
+            self.pending.unlinks = self.names.unlinks = unlinks
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance
@@ -363,6 +372,9 @@ class FileSystem:
 
     async def fsync(self, fh: int) -> None:
         await self.handles.fsync(fh)
+
+    async def revalidate(self, fh: int) -> None:
+        await self.handles.revalidate(fh)
 
     async def write_back(self) -> None:
         """Send every create directory write-back holds (``fsync`` of a directory: its

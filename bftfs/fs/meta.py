@@ -90,7 +90,8 @@ def _entry_of(method: str, arg: Any) -> tuple[int | None, frozenset[bytes]]:
             name = arg.get("name")
             if isinstance(name, bytes):
                 return p, frozenset((name,))
-        if method == "fs.createmany" and isinstance(p, int) and isinstance(arg.get("files"), list):
+        many = method in ("fs.createmany", "fs.unlinkmany")
+        if many and isinstance(p, int) and isinstance(arg.get("files"), list):
             names = [f.get("name") if isinstance(f, dict) else None for f in arg["files"]]
             if names and all(isinstance(n, bytes) for n in names):
                 return p, frozenset(n for n in names if isinstance(n, bytes))

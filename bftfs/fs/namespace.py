@@ -33,6 +33,7 @@ from bftfs.fs.errors import (
 )
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Stale, _Taken
 from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fsobjects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import MAX_OBJECTS
@@ -72,6 +73,8 @@ class Names:
         self._refused_stale_at = -1e9
         self._refused_names: set[tuple[int, bytes]] = set()
         self._revalidated: dict[int, float] = {}
+        #: Removals left to directory write-back (``fs/unlinkback.py``; None: none).
+        self.unlinks: PendingUnlinks | None = None
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -127,6 +130,12 @@ class Names:
         }
         raise StaleView(f"object {ino} has no name any more")
 
+    def used_after_lookup(self, ino: int) -> None:
+        """The caller's first use of ``ino`` after the lookup that found it is this one,
+        decided by the caller (an open's ``looked_up``): the lookup's exception of
+        :meth:`check_reached` is spent, so a later call by the cached name is refused."""
+        self._revalidated.pop(ino, None)
+
     async def lookup(self, parent: int, name: bytes) -> Attr:
         """The attributes of entry ``name`` of directory ``parent`` (``.``, ``..`` too);
         see :meth:`_lookup`.  A lookup of the refused name right after a stale name was
@@ -168,6 +177,8 @@ class Names:
         """
         if name == b".":
             return await self.getattr(parent)
+        if self.unlinks is not None and self.unlinks.pending(parent, name) is not None:
+            raise NotFound(f"{name!r} removed (written back later)")
         if name == b"..":
             p = await self.meta.query(parent, "fs.stat")
             if p["k"] != "d":
@@ -318,6 +329,10 @@ class Names:
 
     async def _remove(self, parent: int, name: bytes, method: str) -> None:
         _check_name(name, self.name_max)
+        if method == "fs.unlink" and self.unlinks is not None:
+            known = self.cache.names.get(parent, {}).get(name)
+            if known is not None and self.unlinks.defer(parent, name, *known):
+                return  # written back later (fs/unlinkback.py)
         fresh = False
         for _ in range(MAX_ATTEMPTS):
             oid, code = await self.cache.entry(parent, name, fresh)

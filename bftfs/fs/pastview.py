@@ -156,6 +156,9 @@ class PastView:
     async def fsync(self, fh: int) -> None:
         self._handle(fh)
 
+    async def revalidate(self, fh: int) -> None:
+        self._handle(fh)  # the past does not change
+
     async def write_back(self) -> None:
         return None  # the past holds nothing back
 

@@ -4,8 +4,9 @@ A pending create (``fs/writebehind.py``) is sent at its file's first flush or cl
 close waits a round.  While this mount holds an **exclusive lease** on the directory
 (``fs/leases.py``), no other client can read the directory without recalling the lease
 first (``fsobjects.leases.guarded``), and the recall's release sends every pending create
-of the directory before it (the release is a gated update).  So the close of a small new
-file (its content inline in the create) may return at once and leave the create pending:
+of the directory before it (the release is a gated update).  So the close of a new file
+may return at once and leave the create pending, with its content (inline in the create
+when small, else blocks the mount keeps and writes when the create is sent):
 :class:`WriteBack` decides that (:meth:`WriteBack.defer`) and sends each deferred create
 by its *due* time in the background (:meth:`WriteBack.run`).
 
@@ -14,8 +15,9 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   hides it.  ``fsync`` of the file, or of the directory, sends at once, as do the calls
   that must follow a create (a listing, the file's reopen, a rename or an unlink of the
   name: ``PendingCreates._before``).
-- **Bounds**: at most :data:`MAX_DEFERRED` creates wait at once (more close as before),
-  and a close defers only while the lease has more than twice the margin left.
+- **Bounds**: at most :data:`MAX_DEFERRED` creates and :data:`MAX_BYTES` of their content
+  wait at once, files of at most :data:`MAX_FILE` (more close as before), and a close
+  defers only while the lease has more than twice the margin left.
 - **A crash** of the mount loses the deferred creates (at most ``commit`` seconds of
   closes, the promise of a local file system); the servers hold what they held before
   them.  A mount cut off past its lease sends them when it can; a name another client made
@@ -34,11 +36,17 @@ import trio
 if TYPE_CHECKING:
     from bftfs.fs.createsend import PendingCreate
     from bftfs.fs.leases import Leases
+    from bftfs.fs.unlinkback import PendingUnlink
 
 log = logging.getLogger(__name__)
 
 #: Most creates deferred past their close at once.
 MAX_DEFERRED = 256
+#: Largest file whose close may be deferred: past the inline limit its blocks wait in the
+#: mount with the create (a source file, an object file), and are written when it is sent.
+MAX_FILE = 1024 * 1024
+#: Most bytes of content the deferred closes hold at once (more close as before).
+MAX_BYTES = 32 * 1024 * 1024
 #: Seconds before the lease's end by which a deferred create is sent.
 LEASE_MARGIN = 3.0
 #: Creates of one directory sent in one update (``fs.createmany``: the directory and up
@@ -49,7 +57,8 @@ BATCH = 6
 
 
 class WriteBack:
-    """The deferred creates of one mount and the task that sends them when due."""
+    """The deferred creates and removals (``fs/unlinkback.py``) of one mount and the task
+    that sends them when due."""
 
     def __init__(
         self,
@@ -65,28 +74,73 @@ class WriteBack:
         self._send = send
         #: Deferred creates by object id: (create, due in trio time).
         self._due: dict[int, tuple[PendingCreate, float]] = {}
+        #: Their files' sizes when deferred (:data:`MAX_BYTES`).
+        self._sizes: dict[int, int] = {}
+        #: Deferred removals by object id: (removal, due in trio time), and how they go
+        #: (``PendingUnlinks.send``; set with them).
+        self._unlinks: dict[int, tuple[PendingUnlink, float]] = {}
+        self.send_unlinks: Callable[[list[PendingUnlink]], Awaitable[None]] | None = None
         self._wake = trio.Event()
         self._running = False
         self.stats = leases.stats
 
-    def defer(self, p: PendingCreate) -> bool:
-        """Whether ``p``'s close may return without sending it (module docstring); asks
-        for the directory's exclusive lease when it is not held (a later close may then
-        defer)."""
+    def defer(self, p: PendingCreate, size: int) -> bool:
+        """Whether the close of ``p``'s file, of ``size`` bytes, may return without sending
+        it (module docstring); asks for the directory's exclusive lease when it is not
+        held (a later close may then defer)."""
         if p.oid in self._due:
             return True
         left = self.leases.exclusive_left(p.parent)
         self.leases.want_exclusive(p.parent)
-        if left <= 2 * LEASE_MARGIN or len(self._due) >= MAX_DEFERRED:
+        if (
+            left <= 2 * LEASE_MARGIN
+            or len(self._due) + len(self._unlinks) >= MAX_DEFERRED
+            or size > MAX_FILE
+            or sum(self._sizes.values()) + size > MAX_BYTES
+        ):
             return False
-        due = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
-        self._due[p.oid] = (p, due)
+        self._due[p.oid] = (p, self._due_time(left))
+        self._sizes[p.oid] = size
         self.stats["deferred"] += 1
+        self._started()
+        return True
+
+    def defer_unlink(self, u: PendingUnlink) -> bool:
+        """Whether removal ``u`` may wait: the directory is leased here exclusively for
+        more than twice the margin, and the bound leaves room.  Asks for (or renews) the
+        directory's exclusive lease, as a deferred create does."""
+        left = self.leases.exclusive_left(u.parent)
+        self.leases.want_exclusive(u.parent)
+        if (
+            self.send_unlinks is None
+            or left <= 2 * LEASE_MARGIN
+            or len(self._due) + len(self._unlinks) >= MAX_DEFERRED
+        ):
+            return False
+        self._unlinks[u.oid] = (u, self._due_time(left))
+        self.stats["unlinks_deferred"] += 1
+        self._started()
+        return True
+
+    def retry_unlink(self, u: PendingUnlink, after: float) -> None:
+        """Removal ``u`` went unanswered: due again in ``after`` seconds."""
+        self._unlinks[u.oid] = (u, trio.current_time() + after)
+        self._started()
+
+    def unlink_sent(self, oid: int) -> None:
+        """The removal of ``oid`` was taken or dropped for good."""
+        self._unlinks.pop(oid, None)
+
+    def _due_time(self, left: float) -> float:
+        """When something deferred now is sent: ``commit`` from now, or the lease's end
+        less the margin if sooner (nothing deferred outlives the lease that hides it)."""
+        return trio.current_time() + min(self.commit, left - LEASE_MARGIN)
+
+    def _started(self) -> None:
         if not self._running:  # a system task: it needs no nursery and ends with the run
             self._running = True
             trio.lowlevel.spawn_system_task(self.run)
         self._wake.set()
-        return True
 
     def deferred(self, oid: int) -> bool:
         """Whether the create of ``oid`` waits past its close."""
@@ -95,24 +149,43 @@ class WriteBack:
     def sent(self, oid: int) -> None:
         """The create of ``oid`` was made or failed for good (by whatever sent it)."""
         self._due.pop(oid, None)
+        self._sizes.pop(oid, None)
 
     async def run(self) -> None:
         """Send each deferred create when it is due (a background task for the mount's
         life; a send's failure is the pending create's, logged and retried there)."""
         while True:
             now = trio.current_time()
+            gone = [u for u, at in self._unlinks.values() if at <= now]
             due = [p for p, at in self._due.values() if at <= now]
-            if due:
+            if gone or due:
+                await self._send_unlinks(gone)
                 await self._send_batches(due)
                 continue
             self._wake = trio.Event()
-            nxt = min((at for _, at in self._due.values()), default=None)
+            times = [at for _, at in self._due.values()] + [at for _, at in self._unlinks.values()]
+            nxt = min(times, default=None)
             with trio.move_on_at(nxt if nxt is not None else float("inf")):
                 await self._wake.wait()
 
     async def send_all(self) -> None:
-        """Send every deferred create now (unmount, ``fsync`` of a directory)."""
+        """Send every deferred removal and create now (unmount, ``fsync`` of a directory)."""
+        await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_batches([p for p, _ in self._due.values()])
+
+    async def _send_unlinks(self, us: list[PendingUnlink]) -> None:
+        if not us or self.send_unlinks is None:
+            return
+        for u in us:  # (one the cluster does not answer is put back: retry_unlink)
+            self._unlinks.pop(u.oid, None)
+        try:
+            await self.send_unlinks(us)
+            self.stats["unlinks_written_back"] += len(us)
+        except Exception as e:  # noqa: BLE001 - a background task must go on
+            log.warning("write-back of removals %s: %s", [u.name for u in us], e)
+            for u in us:
+                if not u.done.is_set():
+                    self.retry_unlink(u, LEASE_MARGIN)
 
     async def _send_batches(self, ps: list[PendingCreate]) -> None:
         """Send ``ps``, each directory's together (``PendingCreates.send_deferred`` puts
@@ -120,6 +193,7 @@ class WriteBack:
         by_dir: dict[int, list[PendingCreate]] = {}
         for p in ps:
             self._due.pop(p.oid, None)
+            self._sizes.pop(p.oid, None)
             by_dir.setdefault(p.parent, []).append(p)
         for group in by_dir.values():
             try:

@@ -68,6 +68,7 @@ from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
     from bftfs.fs.handles import Handles
+    from bftfs.fs.unlinkback import PendingUnlinks
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class PendingCreates:
         #: The longest name a create may be held back with (shorter in a sealed cluster,
         #: ``fs/seal.py``): a longer one is refused by the synchronous create at once.
         self.name_max = obj.NAME_MAX
+        #: Removals held back with it (``fs/unlinkback.py``), which calls follow too.
+        self.unlinks: PendingUnlinks | None = None
         meta.gate = self
 
     def attach(self, handles: Handles) -> None:
@@ -146,6 +149,8 @@ class PendingCreates:
     ) -> tuple[int, Attr]:
         """Create and open a regular file, answered now and sent later (module docstring);
         :meth:`Handles.create` calls this when :meth:`may_defer` says so."""
+        if self.unlinks is not None:  # a removal of the name held back goes first
+            await self.unlinks.send_now(parent, name)
         arg: dict[str, Any] = {
             "p": parent,
             "o": self.meta.new_oid(near=parent),
@@ -173,18 +178,29 @@ class PendingCreates:
 
     def defers(self, f: OpenFile) -> bool:
         """Whether the close of ``f`` may leave its create pending (directory write-back,
-        ``fs/writeback.py``): a small file's create, never sent yet, in a directory this
-        mount holds an exclusive lease on."""
+        ``fs/writeback.py``): a new file's create, never sent yet, in a directory this
+        mount holds an exclusive lease on; a file past the inline limit keeps its blocks
+        buffered with it (``writeback.MAX_FILE``), written when the create is sent."""
         p = self._pending_oids.get(f.ino)
         return (
             p is not None
             and self.writeback is not None
             and p.sender is None
             and p.failures == 0
-            and f.size <= self.inline
             and f.ino not in self._moved
-            and self.writeback.defer(p)
+            and f.behind is None
+            and self.writeback.defer(p, f.size)
         )
+
+    def deferred_stat(self, ino: int) -> dict[str, Any] | None:
+        """The attributes of ``ino`` when its create is left to write-back and not being
+        sent: no server holds the file yet, so what this mount knows of it is all there is
+        (a ``stat`` of a file just written, as ``make`` does, need not send it)."""
+        p = self._pending_oids.get(ino)
+        if p is None or p.sender is not None or self.writeback is None:
+            return None
+        f = self.cache.files.get(ino)
+        return f.st if f is not None and self.writeback.deferred(ino) else None
 
     def may_defer(self, parent: int, name: bytes, flags: int) -> bool:
         return (
@@ -226,10 +242,24 @@ class PendingCreates:
     # The hook before every call to the servers (meta.CallGate) ---------------------------
 
     def holds_back(self) -> bool:
-        return bool(self._pending_oids or self._moved or self.cache.unmade or self._failed)
+        return bool(
+            self._pending_oids
+            or self._moved
+            or self.cache.unmade
+            or self._failed
+            or (self.unlinks is not None and self.unlinks.holds_back())
+        )
 
     async def before_call(self, objects: list[int], arg: Any) -> None:
-        await self._before(objects, _names_in(arg), arg)
+        names = _names_in(arg)
+        if self.unlinks is not None and self.unlinks.holds_back():
+            await self.unlinks.before(objects, names, arg)
+        await self._before(objects, names, arg)
+
+    def is_pending(self, oid: int) -> bool:
+        """Whether ``oid`` is a create this mount has not sent (or one whose name turned
+        out taken)."""
+        return oid in self._pending_oids or oid in self._moved
 
     def _about_another_entry(self, p: PendingCreate, objects: list[int], arg: Any) -> bool:
         """Whether a call is about one entry of ``p``'s directory other than ``p``'s (a
@@ -345,8 +375,7 @@ class PendingCreates:
             and p.sender is None
             and p.failures == 0
             and p.oid not in self._moved
-            and (f := self.cache.files.get(p.oid)) is not None
-            and f.size <= self.inline
+            and self.cache.files.get(p.oid) is not None
         ]
         made: set[int] = set()
         for i in range(0, len(together), BATCH):
@@ -381,8 +410,11 @@ class PendingCreates:
         if made:
             if self.writeback is not None:
                 self.writeback.stats["write_back_updates"] += 1
-            for p in ps:
-                await self._write_back_closed(p)
+            # The blocks of the files past the inline limit, each file's under its own
+            # write lease: at once (one file's flush does not wait for another's).
+            async with trio.open_nursery() as nursery:
+                for p in ps:
+                    nursery.start_soon(self._write_back_closed, p)
         return made
 
     def _sent(self, p: PendingCreate, *, settled: bool) -> None:

@@ -58,6 +58,8 @@ Modules, bottom up (each imports only those above it):
   ``rmdir``;
 - ``rename``: ``rename`` (with ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``);
 - ``snapshots``: the snapshot list and the collection predicate ``finished``;
+- ``leases``: leases (who may cache an object, until when) and their recall;
+- ``locks``: file locks (``fcntl``, ``flock``) in lock objects, their range algebra;
 - ``queries``: ``stat``, ``open``, ``peek``, ``lookup``, ``lookupstat``, ``statmany``,
   ``readdir``, ``readlink``, ``getxattr``, ``listxattr``;
 - ``methods``: the method table, :data:`FS` and :data:`OBJECT_TYPES`.

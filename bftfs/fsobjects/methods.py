@@ -3,8 +3,8 @@
 clocks, and the object types a node serves (:data:`OBJECT_TYPES`).
 
 A new method is written in the module of its job (:mod:`bftfs.fsobjects.queries`,
-``attributes``, ``data``, ``names``, ``snapshots``) and listed here; its name and argument
-keys are wire format, kept in histories, so they never change.
+``attributes``, ``data``, ``names``, ``snapshots``, ``locks``) and listed here; its name
+and argument keys are wire format, kept in histories, so they never change.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from bftfs.fsobjects.leases import (
     leased,
 )
 from bftfs.fsobjects.limits import CLOCKS
+from bftfs.fsobjects.locks import _getlk, _lkwait, _renewlk, _setlk, _unlock_owner
 from bftfs.fsobjects.names import (
     _create,
     _create_many,
@@ -33,6 +34,7 @@ from bftfs.fsobjects.names import (
     _mkroot,
     _rmdir,
     _unlink,
+    _unlink_many,
 )
 from bftfs.fsobjects.queries import (
     _getxattr,
@@ -96,6 +98,22 @@ def _lease_method(name: str, fn: Callable[..., Any], *, grants: bool = False) ->
     )
 
 
+def _lock_method(name: str, fn: Callable[..., Any], *, grants: bool, many: bool = False) -> Method:
+    """A file-lock update (:mod:`bftfs.fsobjects.locks`): told its caller, its lease time
+    checked by nodes (``grants``: behind too, for what takes or renews a lock)."""
+    return Method(
+        name,
+        Class.UPDATE,
+        fn,
+        1,
+        MAX_OBJECTS if many else 1,
+        caller=True,
+        lease_clock=LEASE_TIME,
+        lease_skew=LEASE_SKEW,
+        grants=grants,
+    )
+
+
 FS = ObjectType(
     "fs",
     (
@@ -124,11 +142,17 @@ FS = ObjectType(
         _update("fs.mkdir", _mkdir, 2, 2),
         _update("fs.link", _link, 2, 2),
         _update("fs.unlink", _unlink, 2, 2),
+        _update("fs.unlinkmany", _unlink_many, 2, MAX_OBJECTS),
         _update("fs.rmdir", _rmdir, 2, 2),
         _update("fs.rename", _rename, 2, 8),
         _lease_method("fs.lease", _lease, grants=True),
         _lease_method("fs.release", _release),
         _lease_method("fs.recall", _recall),
+        _lock_method("fs.setlk", _setlk, grants=True),
+        _lock_method("fs.renewlk", _renewlk, grants=True, many=True),
+        _lock_method("fs.unlockowner", _unlock_owner, grants=False, many=True),
+        _lock_method("fs.lkwait", _lkwait, grants=False),
+        Method("fs.getlk", Class.QUERY, _getlk, caller=True),
     ),
     finished=_finished,
 )

@@ -205,14 +205,17 @@ def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 
 
 def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
-    """Several new regular files with their content in one directory, in one update
-    (directory write-back, ``fs/writeback.py``): exactly what the ``fs.createwrite`` of
-    each, one after another, would leave, or nothing (any one refused refuses them all).
+    """Several new regular files in one directory, in one update (directory write-back,
+    ``fs/writeback.py``): exactly what the ``fs.createwrite`` or, for an item with a write
+    lease ``tok``/``lease``, the ``fs.create`` (a file whose blocks its creator writes next,
+    under that lease) of each, one after another, would leave, or nothing (any one refused
+    refuses them all).
 
     Objects: the directory ``p`` and each new file once.  Argument: ``p``, ``now`` (the
     latest time of the files: the one nodes check against their clocks, ``Method.clocks``)
-    and ``files``, each an ``fs.createwrite`` argument without ``p`` whose ``now`` is at
-    most the batch's.  Answers ``[[stat of each new file, in order], stat of the parent]``.
+    and ``files``, each such an argument of a regular file without ``p`` whose ``now`` is
+    at most the batch's.  Answers ``[[stat of each new file, in order], stat of the
+    parent]``.
     """
     a = _arg(arg)
     pid = _oid(a, "p", states)
@@ -232,7 +235,13 @@ def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if oid == pid or oid in named:
             raise MethodRefused("invalid", "fs.createmany names an object twice")
         named.add(oid)
-        made, (fst, pst) = _create_write({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
+        pair = {pid: work[pid], oid: work[oid]}
+        if f.get("tok") is None:
+            made, (fst, pst) = _create_write(pair, dict(f, p=pid))
+        elif st.S_IFMT(_int(f, "mode", 0, 0o177777)) != st.S_IFREG:
+            raise MethodRefused("invalid", "fs.createmany makes regular files only")
+        else:
+            made, (fst, pst) = _create(pair, dict(f, p=pid))
         work.update(made)
         stats.append(fst)
     if len(named) != len(states) - 1:
@@ -325,6 +334,41 @@ def _unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     f["nl"] -= 1
     _touch(f, now, modify=False)
     return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
+
+
+def _unlink_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Several names of non-directories removed from one directory in one update (directory
+    write-back of removals, ``fs/writeback.py``): exactly what the ``fs.unlink`` of each, one
+    after another, would leave, or nothing (any one refused refuses them all).
+
+    Objects: the directory ``p`` and each object named once.  Argument: ``p``, ``now`` (the
+    latest of the items') and ``files``, each an ``fs.unlink`` argument without ``p`` (``o``,
+    ``name``, ``now``).  Answers ``[[stat of each object, in order], stat of the parent]``.
+    """
+    a = _arg(arg)
+    pid = _oid(a, "p", states)
+    latest = _time(a)
+    files = a.get("files")
+    if not isinstance(files, list) or not files:
+        raise MethodRefused("invalid", "fs.unlinkmany needs files")
+    work = dict(states)
+    stats = []
+    named: set[int] = set()
+    pst: Any = None
+    for item in files:
+        f = _arg(item)
+        if "p" in f or _time(f) > latest:
+            raise MethodRefused("invalid", "an fs.unlinkmany item names its own p or a later now")
+        oid = _oid(f, "o", states)
+        if oid == pid or oid in named:
+            raise MethodRefused("invalid", "fs.unlinkmany names an object twice")
+        named.add(oid)
+        made, (fst, pst) = _unlink({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
+        work.update(made)
+        stats.append(fst)
+    if len(named) != len(states) - 1:
+        raise MethodRefused("invalid", "fs.unlinkmany: every object but p is one it removes")
+    return work, [stats, pst]
 
 
 def _rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:

@@ -28,6 +28,7 @@ import trio
 
 from bftfs import proc
 from bftfs.config import ClusterConfig
+from bftfs.fs.locks import LockManager
 from bftfs.fs.pastview import PastView
 from bftfs.fs.session import Session, open_past, open_session
 from bftfs.fuse.control import (
@@ -75,6 +76,10 @@ async def serve(
         commit=options.commit,
     ) as session:
         session.fs.cache_regular_files(*options.acreg)
+        # fcntl and flock locks every mount sees, under a lease this mount renews
+        locks = LockManager(session.fs.meta, term=options.lock_lease)
+        if session.endpoint is not None:  # waiters are woken by the nodes' pushes
+            locks.listen(session.endpoint, list(config.node_ids))
         ops = Operations(
             session.fs,
             timeout=options.attr_timeout,
@@ -82,6 +87,7 @@ async def serve(
             read_only=options.read_only,
             timeo=options.timeo,
             hard=options.hard,
+            locks=locks,
         )
         # default_permissions: the kernel checks modes.  The source mount(8) and df show
         # is the configuration (libfuse splits options at unescaped commas).
@@ -116,10 +122,13 @@ async def serve(
 
                     nursery.start_soon(on_signal)
                     nursery.start_soon(book.run)
+                    nursery.start_soon(locks.run)
                     await pyfuse3.main()
                     nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
+            with trio.move_on_after(5):
+                await locks.release_all()
             if metrics is not None:
                 metrics.close()
             book.remove()

@@ -59,6 +59,7 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import logging
 import os
@@ -73,6 +74,7 @@ import trio
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import FsError, NotFound, Removed, Unavailable
+from bftfs.fs.locks import FLOCK, OFFSET_MAX, POSIX, READ, UNLOCK, WRITE, LockManager
 from bftfs.fuse.leasecache import STARTED, LeaseCache
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
 from bftfs.outcome import patience
@@ -217,6 +219,30 @@ def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
     return wrapper
 
 
+#: ``fcntl`` lock types and ``flock`` operations -> lock kinds (``fsobjects.locks``).
+_KINDS = {fcntl.F_RDLCK: READ, fcntl.F_WRLCK: WRITE, fcntl.F_UNLCK: UNLOCK}
+_FLOCK_KINDS = {fcntl.LOCK_SH: READ, fcntl.LOCK_EX: WRITE, fcntl.LOCK_UN: UNLOCK}
+
+
+def _lock_kind(table: dict[int, int], value: int) -> int:
+    kind = table.get(value)
+    if kind is None:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    return kind
+
+
+def _byte_range(start: int, length: int) -> tuple[int, int]:
+    """``l_start``/``l_len`` as libfuse passes them (``l_len`` 0: to the end of the
+    file) as an inclusive byte range."""
+    if start < 0 or length < 0 or start > OFFSET_MAX:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    if length == 0:
+        return start, OFFSET_MAX
+    if start + length - 1 > OFFSET_MAX:
+        raise pyfuse3.FUSEError(errno.EOVERFLOW)
+    return start, start + length - 1
+
+
 class Operations(pyfuse3.Operations):
     """The bftfs mount: inode numbers are Q/U object ids, the root is object 1."""
 
@@ -232,11 +258,16 @@ class Operations(pyfuse3.Operations):
         read_only: bool = False,
         timeo: float | None = DEFAULT_TIMEO,
         hard: bool = False,
+        locks: LockManager | None = None,
     ) -> None:
         """``timeo``: seconds a call waits for an unavailable cluster (None: the
-        transport's own timeouts); ``hard``: then try again instead of answering EIO."""
+        transport's own timeouts); ``hard``: then try again instead of answering EIO.
+        ``locks``: the mount's lock manager; with it the kernel sends ``fcntl`` and
+        ``flock`` locks here (every mount sees them), without it it keeps them itself."""
         super().__init__()
         self.fs = fs
+        self.locks = locks
+        self.supports_locks = locks is not None
         self.timeout = timeout
         #: The kernel may hold a regular file's mode longer than ``timeout`` (the file
         #: system's ``cache_regular_files``, mount options ``acregmin``/``acregmax``):
@@ -555,7 +586,77 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def release(self, fh: int) -> None:
-        await self.fs.release(fh)
+        try:
+            await self.fs.release(fh)
+        finally:
+            if self.locks is not None:  # its flock and OFD locks go with the open file
+                await self.locks.release(fh)
+
+    # Locks (issue 37; the handlers of scripts/pyfuse3-locks.patch) --------------------------
+
+    def _lock_manager(self) -> LockManager:
+        if self.locks is None:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        return self.locks
+
+    async def _lock(
+        self, ino: int, fh: int, domain: int, owner: int, kind: int, span: tuple[int, int],
+        *, wait: bool, pid: int,
+    ) -> None:  # fmt: skip
+        """Take, change or drop a lock.  What this mount wrote to the file reaches the
+        servers before a lock is dropped or changed; once one is taken the open file takes
+        the servers' current version and the kernel's cached pages and attributes of the
+        file go: a program that locks, reads, writes and unlocks sees what the previous
+        holder on any mount wrote."""
+        locks = self._lock_manager()
+        if kind != WRITE:
+            await self.fs.fsync(fh)
+        await locks.lock(ino, fh, domain, owner, kind, span[0], span[1], wait=wait, pid=pid)
+        if kind != UNLOCK:
+            await self.fs.revalidate(fh)
+            self._told.pop(ino, None)
+            pyfuse3.invalidate_inode(ino, attr_only=False)
+
+    @_handler
+    async def getlk(
+        self, inode: int, fh: int, owner: int, lock: tuple[int, int, int, int]
+    ) -> tuple[int, int, int, int]:
+        kind, start, length, pid = lock
+        lo, hi = _byte_range(start, length)
+        got = await self._lock_manager().test(inode, POSIX, owner, _lock_kind(_KINDS, kind), lo, hi)
+        if got is None:
+            return fcntl.F_UNLCK, start, length, pid
+        other, a, b, holder = got
+        return (
+            fcntl.F_RDLCK if other == READ else fcntl.F_WRLCK,
+            a,
+            0 if b == OFFSET_MAX else b - a + 1,
+            holder,
+        )
+
+    @_handler
+    async def setlk(
+        self, inode: int, fh: int, owner: int, lock: tuple[int, int, int, int], sleep: bool
+    ) -> None:
+        kind, start, length, pid = lock
+        span = _byte_range(start, length)
+        await self._lock(
+            inode, fh, POSIX, owner, _lock_kind(_KINDS, kind), span, wait=sleep, pid=pid
+        )
+
+    @_handler
+    async def flock(self, inode: int, fh: int, owner: int, op: int) -> None:
+        kind = _lock_kind(_FLOCK_KINDS, op & ~fcntl.LOCK_NB)
+        wait = not op & fcntl.LOCK_NB
+        await self._lock(inode, fh, FLOCK, owner, kind, (0, OFFSET_MAX), wait=wait, pid=0)
+
+    @_handler
+    async def unlock_owner(self, inode: int, fh: int, owner: int) -> None:
+        """A close: the closing process's POSIX locks on the file go, after what it wrote
+        reached the servers (pyfuse3 calls ``flush`` next; it then has nothing to send)."""
+        if self.locks is not None and self.locks.holds(inode, owner):
+            await self.fs.flush(fh)
+            await self.locks.unlock_owner(inode, owner)
 
     # Everything else -----------------------------------------------------------------------
 

@@ -33,10 +33,15 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      without a round until another client's change recalls them
                      (docs/fs.md, "Leases"); 0, the default, takes none.  A directory
                      this mount keeps creating files in is leased exclusively: the
-                     closes of its new small files return without waiting for the
-                     servers (directory write-back, sent within ``commit`` seconds)
-``commit=S``         with ``lease=``: the longest a close left to write-back waits before
-                     it is sent (default 5, as ext4; 0: every close waits, as without leases)
+                     closes of its new files (to 1 MiB) and its unlinks return without
+                     waiting for the servers (directory write-back, sent within ``commit``
+                     seconds)
+``commit=S``         with ``lease=``: the longest a close or unlink left to write-back waits
+                     before it is sent (default 5, as ext4; 0: every close and unlink waits,
+                     as without leases)
+``locklease=S``      how long this mount's ``fcntl`` and ``flock`` locks live on the servers
+                     unless renewed (10 to 120, default 30): a mount killed or cut off
+                     frees its locks for the others within it (docs/fs.md, "Locks")
 ``metrics_port=P``   serve Prometheus metrics on this port (0: any free one; off by default)
 ``metrics_addr=A``   the address they listen on (default 127.0.0.1)
 ==================  ==========================================================================
@@ -66,6 +71,8 @@ MIN_LEASE = 10.0
 MAX_LEASE_TERM = 120.0
 #: Seconds a close left to directory write-back may wait (``commit=``, ext4's default).
 DEFAULT_COMMIT = 5.0
+#: Seconds a lock lives on the servers unless renewed (``locklease=``; bounds as ``lease=``).
+DEFAULT_LOCK_LEASE = 30.0
 
 #: Options mount(8), fstab and systemd pass along that mean nothing to bftfs.
 _IGNORED = frozenset(
@@ -130,6 +137,8 @@ class MountOptions:
     lease: float = 0.0
     #: Seconds directory write-back keeps a closed create (``commit=``; 0: closes wait).
     commit: float = DEFAULT_COMMIT
+    #: Seconds this mount's locks live on the servers unless renewed (``locklease=``).
+    lock_lease: float = DEFAULT_LOCK_LEASE
 
     @property
     def acreg(self) -> tuple[float, float]:
@@ -164,6 +173,8 @@ class MountOptions:
             out.append(f"lease={self.lease:g}")
         if self.commit != DEFAULT_COMMIT:
             out.append(f"commit={self.commit:g}")
+        if self.lock_lease != DEFAULT_LOCK_LEASE:
+            out.append(f"locklease={self.lock_lease:g}")
         if self.metrics_port is not None:
             out += [f"metrics_port={self.metrics_port}", f"metrics_addr={self.metrics_addr}"]
         return ",".join(out)
@@ -223,6 +234,13 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             changes["lease"] = term
         elif name == "commit" and eq:
             changes["commit"] = _seconds(name, value)
+        elif name == "locklease" and eq:
+            term = _seconds(name, value)
+            if not MIN_LEASE <= term <= MAX_LEASE_TERM:
+                raise OptionError(
+                    f"mount option locklease={value!r}: {MIN_LEASE:g} to {MAX_LEASE_TERM:g} seconds"
+                )
+            changes["lock_lease"] = term
         elif name == "metrics_port" and eq:
             try:
                 port = int(value)
@@ -239,6 +257,6 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
                 "attr_timeout=, entry_timeout=, acregmin=, acregmax=, timeo=, hard, wsync, "
-                "nowsync, lease=, commit=, metrics_port=, metrics_addr=)"
+                "nowsync, lease=, commit=, locklease=, metrics_port=, metrics_addr=)"
             )
     return dataclasses.replace(opts, **changes)  # type: ignore[arg-type]

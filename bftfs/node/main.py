@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import trio
 
 from bftfs import metrics as metricsmod
-from bftfs import proc
+from bftfs import proc, sdnotify
 from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.net.server import FaultHooks
@@ -85,10 +85,13 @@ def run(
                 await nursery.start(node.run)
                 if metrics_port is not None:
                     metrics = _metrics_server(node, metrics_addr, metrics_port)
+                # Listening: a Type=notify unit (bftfs-node@.service) counts as started now.
+                sdnotify.notify(f"READY=1\nSTATUS=node {spec.id} serving {spec.address}")
                 async for sig in signals:
                     log.info(
                         "node %s: %s received, shutting down", spec.id, signal.Signals(sig).name
                     )
+                    sdnotify.notify("STOPPING=1")
                     nursery.cancel_scope.cancel()
                     break
         if metrics is not None:

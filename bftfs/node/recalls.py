@@ -1,4 +1,5 @@
-"""Pushing lease recalls to their holders (issue 33; ``bftfs/fsobjects/leases.py``).
+"""Pushing lease recalls to their holders (issue 33; ``bftfs/fsobjects/leases.py``), and
+lock wake-ups to the clients waiting for a file lock (issue 37; ``fsobjects/locks.py``).
 
 When this node takes a client's ``fs.recall`` (the update that records that a client wants
 an object other clients hold leases on), its answer names the holders of each object; the
@@ -11,6 +12,11 @@ node of the update's quorum pushes.
 The answer pushed is the one the update stored (the applied table answers a retried
 recall the same), so a recall sent again pushes again: a holder that lost a push is told
 at the requester's next try.
+
+A lock update that frees something answers the waiters of each lock object it woke
+(``{"w": [[oid, [client, ...]], ...]}``); the node pushes ``{"unlocked": [oid, ...]}`` to
+each.  A wake-up is only a hint to ask for the lock again (the servers decide), so a
+waiter believes any one node; one withheld costs the waiter its polling interval.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from bftfs.qu.request import Request
 
 #: The method whose answer names the holders to push to.
 RECALL = "fs.recall"
+#: The lock updates whose answers name waiters to wake (``fsobjects/locks.py``).
+LOCK_WAKES = frozenset({"fs.setlk", "fs.unlockowner", "fs.renewlk"})
 
 
 class Recalls:
@@ -39,22 +47,37 @@ class Recalls:
         self.enabled = True
 
     def accepted(self, req: Request, reply: Reply) -> None:
-        """An update this node took: push the recalls its answer names."""
+        """An update this node took: push the recalls (or lock wake-ups) its answer names."""
         op = req.op
+        if op is not None and op.method in LOCK_WAKES and isinstance(reply.answer, dict):
+            self._wake(reply.answer.get("w"))
+            return
         if op is None or op.method != RECALL or not isinstance(reply.answer, list):
             return
         if not self.enabled:
             self.stats["qu.recalls.withheld"] += 1
             return
-        per_holder: dict[int, list[int]] = {}
-        for item in reply.answer:
-            if not (isinstance(item, list) and len(item) == 2):
-                continue
-            oid, holders = item
-            if isinstance(oid, int) and isinstance(holders, list):
-                for h in holders:
-                    if isinstance(h, int) and not isinstance(h, bool):
-                        per_holder.setdefault(h, []).append(oid)
-        for holder, oids in per_holder.items():
+        for holder, oids in _per_client(reply.answer).items():
             sent = self._push(PrincipalId(holder), {"recall": oids[:MAX_RECALLED]})
             self.stats["qu.recalls.pushed" if sent else "qu.recalls.unconnected"] += 1
+
+    def _wake(self, wake: Any) -> None:
+        if not self.enabled:
+            return
+        for client, oids in _per_client(wake).items():
+            sent = self._push(PrincipalId(client), {"unlocked": oids[:MAX_RECALLED]})
+            self.stats["qu.lockwakes.pushed" if sent else "qu.lockwakes.unconnected"] += 1
+
+
+def _per_client(items: Any) -> dict[int, list[int]]:
+    """``[[oid, [client, ...]], ...]`` (a method's answer) as client -> objects."""
+    out: dict[int, list[int]] = {}
+    for item in items if isinstance(items, list) else ():
+        if not (isinstance(item, list) and len(item) == 2):
+            continue
+        oid, clients = item
+        if isinstance(oid, int) and isinstance(clients, list):
+            for c in clients:
+                if isinstance(c, int) and not isinstance(c, bool):
+                    out.setdefault(c, []).append(oid)
+    return out

@@ -1,0 +1,228 @@
+"""Directory write-back of removals (issue 33): unlinks that return before the servers
+take them.
+
+While this mount holds an **exclusive lease** on a directory (``fs/leases.py``), no other
+client reads the directory without recalling the lease first, and the recall's release is a
+gated update: whatever the mount holds back for the directory goes before it.  So an
+``unlink`` there may return at once, the name gone from this mount's view (its names,
+its leased listing), and the removal sent later (:class:`PendingUnlinks`), several of one
+directory in one ``fs.unlinkmany`` update:
+
+- **When**: by its *due* time (``commit`` seconds, or the lease's end less a margin:
+  :class:`~bftfs.fs.writeback.WriteBack` keeps both), at ``fsync`` of the directory, at
+  unmount, and before any call that must follow it (:meth:`PendingUnlinks.before`): one on
+  the removed object, one about the removed name, and any other call on the directory but
+  a lookup or an update of another name (a listing, the directory's attributes, the
+  recall's release).
+- **Which**: a name of a non-directory whose object this mount has neither open nor
+  buffered writes for, and that is not itself a create this mount has not sent (that one
+  is sent first, as before: the unlink then follows it).
+- **A refusal** when sent (the name gone, or naming another object: possible only once the
+  lease lapsed and another client changed the directory) drops the removal, as a removal
+  that lost a race; no answer from the cluster keeps it pending and tries again.
+- **A crash** of the mount loses the removals of the last ``commit`` seconds (the files are
+  there again), the promise a local file system makes for what was not ``fsync``ed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from bftfs import fsobjects as obj
+from bftfs.fs.caches import MetadataCache
+from bftfs.fs.errors import FsError, Unavailable
+from bftfs.fs.meta import Meta, _Stale
+from bftfs.fs.reclaim import Reclaimer
+
+if TYPE_CHECKING:
+    from bftfs.fs.writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+#: Removals of one directory in one ``fs.unlinkmany`` (the directory and up to six
+#: objects, as ``fs.createmany``: ``writeback.BATCH``).
+BATCH = 6
+#: Seconds before a removal the cluster did not answer is sent again.
+RESEND = 1.0
+
+
+@dataclass(eq=False)
+class PendingUnlink:
+    """A removal answered to the kernel but not sent yet."""
+
+    parent: int
+    name: bytes
+    oid: int
+    #: The time of the unlink (ns, client clock): the directory's and the object's ctime.
+    now: int
+    #: Set while a task sends it; the calls that need it wait for it.
+    sending: trio.Event | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def about_another_entry(parent: int, name: bytes, objects: list[int], arg: Any) -> bool:
+    """Whether a call on ``objects`` with ``arg`` is a lookup of, or an update of, another
+    entry of ``parent`` than ``name`` (such a call needs nothing held back for ``name``)."""
+    if isinstance(arg, bytes):  # fs.lookup(directory, name)
+        return objects == [parent] and arg != name
+    if isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
+        directory = arg.get("p", objects[0] if objects else None)
+        return directory == parent and arg["name"] != name and "sn" not in arg
+    return False
+
+
+class PendingUnlinks:
+    """The removals this mount holds back, and their sending (module docstring)."""
+
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        reclaimer: Reclaimer,
+        *,
+        is_pending_create: Callable[[int], bool],
+    ) -> None:
+        self.meta = meta
+        self.cache = cache
+        self.reclaimer = reclaimer
+        self._is_pending_create = is_pending_create
+        self._by_dir: dict[int, dict[bytes, PendingUnlink]] = {}
+        self._by_oid: dict[int, PendingUnlink] = {}
+        #: Due times and the background sender (set by ``FileSystem`` with write-back).
+        self.writeback: WriteBack | None = None
+
+    def holds_back(self) -> bool:
+        return bool(self._by_oid)
+
+    def pending(self, parent: int, name: bytes) -> PendingUnlink | None:
+        return self._by_dir.get(parent, {}).get(name)
+
+    def defer(self, parent: int, name: bytes, oid: int, code: int) -> bool:
+        """Whether ``unlink(parent, name)`` of ``oid`` (type ``code``) is left to write-back:
+        then it is done in this mount's view now and sent later (module docstring)."""
+        wb = self.writeback
+        if wb is None or code == obj.DIR_TYPE or oid in self._by_oid or parent == oid:
+            return False
+        f = self.cache.files.get(oid)
+        if (f is not None and (f.opens or f.buffered)) or self._is_pending_create(oid):
+            return False
+        u = PendingUnlink(parent, name, oid, self.meta.now())
+        if not wb.defer_unlink(u):
+            return False
+        self._by_dir.setdefault(parent, {})[name] = u
+        self._by_oid[oid] = u
+        self.cache.forget(parent, name)
+        # Its link count is the servers' to tell (another name may still lead to it): a
+        # stat of it asks them, and so sends this removal first.
+        self.cache.forget_own([oid])
+        leases = self.meta.leases
+        if leases is not None:  # as a removal taken: the name leaves the leased listing
+            leases.changed([parent, oid], parent=parent, names=frozenset((name,)))
+            leases.entry_done("fs.unlink", parent, frozenset((name,)), "taken")
+        return True
+
+    # Sending -----------------------------------------------------------------------------
+
+    async def before(self, objects: list[int], names: set[bytes] | frozenset, arg: Any) -> None:
+        """Send the removals a call on ``objects`` (about ``names``) must follow."""
+        need: list[PendingUnlink] = []
+        for oid in objects:
+            u = self._by_oid.get(oid)
+            if u is not None:
+                need.append(u)
+            for u in self._by_dir.get(oid, {}).values():
+                if u.name in names or not about_another_entry(oid, u.name, objects, arg):
+                    need.append(u)
+        if need:
+            await self.send(need)
+
+    async def send_now(self, parent: int, name: bytes) -> None:
+        """Send the removal of ``name`` in ``parent`` if one is held back (a create of the
+        name follows it)."""
+        u = self.pending(parent, name)
+        if u is not None:
+            await self.send([u])
+
+    async def send(self, us: list[PendingUnlink]) -> None:
+        """Send ``us`` (and wait for those another task sends), each directory's together,
+        :data:`BATCH` per update."""
+        mine: dict[int, list[PendingUnlink]] = {}
+        theirs: list[trio.Event] = []
+        for u in dict.fromkeys(us):
+            if self._by_oid.get(u.oid) is not u:
+                continue  # sent meanwhile
+            if u.sending is not None:
+                theirs.append(u.sending)
+                continue
+            u.sending = trio.Event()
+            mine.setdefault(u.parent, []).append(u)
+        try:
+            for group in mine.values():
+                for i in range(0, len(group), BATCH):
+                    await self._send_batch(group[i : i + BATCH])
+        finally:
+            for group in mine.values():
+                for u in group:
+                    event, u.sending = u.sending, None
+                    if event is not None:
+                        event.set()
+        for event in theirs:
+            await event.wait()
+
+    async def _send_batch(self, us: list[PendingUnlink]) -> None:
+        if len(us) > 1:
+            parent = us[0].parent
+            items = [{"o": u.oid, "name": u.name, "now": u.now} for u in us]
+            arg = {"p": parent, "now": max(u.now for u in us), "files": items}
+            try:
+                stats, pst = await self.meta.update_now(
+                    [parent, *(u.oid for u in us)], "fs.unlinkmany", arg
+                )
+            except Exception as e:  # noqa: BLE001 - each alone says why
+                log.debug("removals of %s together failed (each goes alone): %s", us, e)
+            else:
+                for u, s in zip(us, stats, strict=True):
+                    await self._taken(u, s, pst)
+                if self.writeback is not None:
+                    self.writeback.stats["unlink_write_back_updates"] += 1
+                return
+        for u in us:
+            await self._send_one(u)
+
+    async def _send_one(self, u: PendingUnlink) -> None:
+        arg = {"p": u.parent, "o": u.oid, "name": u.name, "now": u.now}
+        try:
+            s, pst = await self.meta.update_now([u.parent, u.oid], "fs.unlink", arg)
+        except Unavailable as e:
+            log.warning("removal of %r not sent yet (again in %g s): %s", u.name, RESEND, e)
+            if self.writeback is not None:
+                self.writeback.retry_unlink(u, RESEND)
+            return
+        except (FsError, _Stale) as e:  # the name is gone or names another object: lost race
+            log.info("removal of %r dropped: %s", u.name, e)
+            self._forget(u)
+            return
+        await self._taken(u, s, pst)
+
+    async def _taken(self, u: PendingUnlink, s: dict[str, Any], pst: dict[str, Any]) -> None:
+        self._forget(u)
+        self.cache.own_stat(u.oid, s)
+        self.cache.own_stat(u.parent, pst)
+        await self.reclaimer.unlinked(u.oid, s)
+
+    def _forget(self, u: PendingUnlink) -> None:
+        if self._by_oid.get(u.oid) is u:
+            del self._by_oid[u.oid]
+        names = self._by_dir.get(u.parent)
+        if names is not None and names.get(u.name) is u:
+            del names[u.name]
+            if not names:
+                del self._by_dir[u.parent]
+        if self.writeback is not None:
+            self.writeback.unlink_sent(u.oid)
+        u.done.set()
