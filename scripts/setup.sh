@@ -45,8 +45,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyfuse3-loc
     echo "setup: installing bftfs and its fuse and test extras into .venv"
     # (pip's exit status is the pipeline's: pipefail; the filter only drops a known warning)
     .venv/bin/pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
-    scripts/pyfuse3-locks.sh
     .venv/bin/pip install -q -e '.[fuse,test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+    # After bftfs and its dependencies (pyfuse3 imports trio): replaces the released
+    # pyfuse3 the line above installed with the patched build of the same version.
+    scripts/pyfuse3-locks.sh
     .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3; assert pyfuse3.LOCKS_PATCH"
     touch "$stamp"
 fi
