@@ -38,6 +38,7 @@ from bftfs.config import (
     ClientSpec,
     ClusterConfig,
     ConfigError,
+    MetricsConfig,
     NodeSpec,
     RetiredClient,
     default_sizes,
@@ -195,6 +196,7 @@ def init_cluster(
     limits: LimitsPolicy | None = None,
     big_block_size: int | None = None,
     seal: bool = True,
+    metrics: MetricsConfig | None = None,
 ) -> ClusterConfig:
     """Create a cluster directory: fresh keys for every node and client, and its config.
 
@@ -203,7 +205,7 @@ def init_cluster(
 
     ``verification``, ``retention`` and ``limits`` (None: the defaults of
     ``bftfs/policy.py``) go into the saved ``cluster.toml``, so benchmarks and tests can start
-    nodes under any policy.
+    nodes under any policy; so does ``metrics`` (``[metrics]``: None, off).
 
     Ports are chosen outside the ephemeral range (:func:`cluster_ports`) unless given.
     ``addresses`` (one ``(host, port)`` per node, for nodes on several machines) replaces
@@ -256,6 +258,7 @@ def init_cluster(
         retention=(retention or RetentionPolicy()).validate(),
         limits=(limits or LimitsPolicy()).validate(),
         volume_key_id=None if volume is None else volume.key_id,
+        metrics=metrics or MetricsConfig(),
     ).validate()
     home.mkdir(parents=True, exist_ok=True)
     if volume is not None:
@@ -359,6 +362,24 @@ def pid_path(spec: NodeSpec) -> Path:
 
 def log_path(spec: NodeSpec) -> Path:
     return spec.data_dir / "node.log"
+
+
+def metrics_port_path(spec: NodeSpec) -> Path:
+    """Where a node serving metrics writes their ``host:port`` (``bftfs/node/main.py``)."""
+    return spec.data_dir / "metrics.port"
+
+
+def metrics_address(spec: NodeSpec) -> str | None:
+    """``host:port`` of the metrics node ``spec`` serves, if it runs and serves some (the
+    file its process wrote at start; a stale one of an earlier run is not believed)."""
+    path = metrics_port_path(spec)
+    pid = running_pid(spec)
+    try:
+        if pid is None or path.stat().st_mtime < pid_path(spec).stat().st_mtime:
+            return None
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def running_pid(spec: NodeSpec) -> int | None:

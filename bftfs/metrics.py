@@ -4,18 +4,25 @@ its own thread; each scrape asks the trio loop for a snapshot (``trio.from_threa
 figures are read where they are kept, with no lock and no copy kept up to date in between.
 
 The program gives a function returning the snapshot as :class:`Family` values (plain data,
-built in the trio thread); this module turns them into the library's metric families.
+built in the trio thread); this module turns them into the library's metric families, and
+adds what every bftfs program exports alike: ``bftfs_build_info`` (the version and wire
+version, to tell which machines still run an old one) and the library's own process and
+platform collectors (``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+``process_start_time_seconds``, ``python_info``), which read ``/proc`` at each scrape.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
+from bftfs import WIRE_VERSION, __version__
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ class _Collector:
             families = list(trio.from_thread.run_sync(self.snapshot, trio_token=self.token))
         except trio.RunFinishedError:
             return
+        families.insert(0, build_info())
         for f in families:
             labels = list(f.labels)
             m: Any
@@ -71,6 +79,17 @@ class _Collector:
 
     def describe(self) -> list[Any]:
         return []  # no describe at registration: collect() needs the trio loop running
+
+
+def build_info() -> Family:
+    """``bftfs_build_info{version,wire,python} 1``: which bftfs a process runs."""
+    python = ".".join(str(x) for x in sys.version_info[:3])
+    return Family(
+        "bftfs_build_info",
+        "The bftfs version, wire version and Python version this process runs (always 1)",
+        "gauge",
+        ("version", "wire", "python"),
+    ).add(1, __version__, WIRE_VERSION, python)
 
 
 class MetricsServer:
@@ -96,10 +115,17 @@ def serve(addr: str, port: int, snapshot: Callable[[], Iterable[Family]]) -> Met
     Raises:
         OSError: the port cannot be bound.
     """
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import (
+        CollectorRegistry,
+        PlatformCollector,
+        ProcessCollector,
+        start_http_server,
+    )
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(snapshot, trio.lowlevel.current_trio_token()))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     httpd, thread = start_http_server(port, addr=addr, registry=registry)
     server = MetricsServer(httpd, thread)
     log.info("Prometheus metrics on http://%s:%d/metrics", server.address, server.port)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bftfs import local as localmod
 from bftfs.cli.common import QuietError, cluster_of, human, parse_size, with_cluster, with_dir
 from bftfs.cli.mounts import mount_daemon, mount_module, with_client
+from bftfs.cli.nodes import port_number
 from bftfs.cli.status import _print_status
 from bftfs.config import (
     DEFAULT_BLOCK_SIZE,
@@ -18,6 +20,8 @@ from bftfs.config import (
     DEFAULT_MAP_SIZE,
     ClusterConfig,
     ConfigError,
+    MetricsConfig,
+    default_sizes,
 )
 from bftfs.ids import CLIENT_ID_BASE
 
@@ -55,6 +59,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         addresses=getattr(args, "nodes", None),
         force=args.force,
         seal=not args.no_seal,
+        metrics=_metrics_config(args),
     )
     print(f"created a cluster of {cfg.n} nodes in {cfg.home}")
     print(
@@ -68,12 +73,44 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         print("  contents NOT encrypted (--no-seal): every node can read them")
     print(f"  configuration: {localmod.config_path(cfg.home)}")
+    if cfg.metrics.node_port is not None:
+        print(f"  metrics: {_describe_metrics(cfg.metrics, cfg.n)} ([metrics] in cluster.toml)")
     if getattr(args, "nodes", None):
         print(
             "  nodes on other machines: copy each its bundle "
             f"(bftfs bundle --dir {args.dir} --node I -o nodeI.tar.gz; README 'Several machines')"
         )
     return 0
+
+
+def _metrics_config(args: argparse.Namespace) -> MetricsConfig | None:
+    """``[metrics]`` for a new cluster from ``--metrics-port P`` (and ``--metrics-addr``):
+    node ``I`` on ``P + I``, mounts on ``P + n`` (``0``: every one a free port)."""
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        return None
+    n = args.n if args.n is not None else len(getattr(args, "nodes", None) or []) or None
+    if n is None:
+        n = default_sizes(args.t, args.b)[0]
+    return MetricsConfig(
+        address=getattr(args, "metrics_addr", None) or "127.0.0.1",
+        node_port=port,
+        mount_port=port + n if port else 0,
+    )
+
+
+def _describe_metrics(m: MetricsConfig, n: int) -> str:
+    """``nodes on 127.0.0.1:9250-9255, mounts on :9256`` for messages."""
+    if m.node_port is None:
+        nodes = "nodes serve none"
+    elif m.node_port == 0:
+        nodes = f"nodes on {m.address}, free ports (node<I>/metrics.port)"
+    else:
+        nodes = f"nodes on {m.address}:{m.node_port}-{m.node_port + n - 1}"
+    mounts = {None: "mounts serve none", 0: "mounts on free ports (bftfs status)"}.get(
+        m.mount_port, f"mounts on {m.address}:{m.mount_port}"
+    )
+    return f"{nodes}, {mounts}"
 
 
 def parse_addresses(text: str) -> list[tuple[str, int]]:
@@ -139,6 +176,7 @@ INIT_DEFAULTS: dict[str, object] = {
     "host": "127.0.0.1",
     "no_durable": False,
     "no_seal": False,
+    # not --metrics-port / --metrics-addr: `up` applies them to this start (_up_metrics)
 }
 
 
@@ -158,13 +196,26 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
     cfg = localmod.load_cluster(home)
     _warn_ephemeral_ports(cfg)
-    localmod.start_nodes(cfg)
+    metrics = _up_metrics(cfg, args)
+    running = [s.id for s in cfg.nodes if localmod.running_pid(s) is not None]
+    localmod.start_nodes(cfg, _node_metrics_args(cfg, metrics))
+    if running and args.metrics_port is not None:
+        print(
+            f"bftfs up: node(s) {', '.join(map(str, running))} were running already and keep "
+            "their metrics (`bftfs node restart I --metrics-port P` changes them)",
+            file=sys.stderr,
+        )
     statuses = localmod.wait_ready(
         cfg, timeout=args.timeout, progress=lambda m: print(m, file=sys.stderr, flush=True)
     )
     print(f"bftfs cluster up: {cfg.n} nodes (t={cfg.t}, b={cfg.b}) from {cfg.home}")
     _print_status(statuses)
+    if metrics.node_port is not None or metrics.mount_port is not None:
+        print(f"metrics: {_describe_metrics(metrics, cfg.n)}")
     if not args.no_mount:
+        args = argparse.Namespace(
+            **{**vars(args), "metrics_port": metrics.mount_port, "metrics_addr": metrics.address}
+        )
         mountmod = mount_module()
 
         mnt: Path = args.mount
@@ -182,6 +233,38 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         print(f"stop it with `bftfs down --dir {home}`; see `bftfs status --dir {home}`.")
     return 0
+
+
+def _up_metrics(cfg: ClusterConfig, args: argparse.Namespace) -> MetricsConfig:
+    """Where ``bftfs up`` has the nodes and its mount serve metrics: ``--metrics-port P``
+    (node ``I`` on ``P + I``, the mount on ``P + n``; ``0``: free ports) for this start,
+    else the configuration's ``[metrics]``."""
+    if args.metrics_port is None:
+        if args.metrics_addr is None:
+            return cfg.metrics
+        return replace(cfg.metrics, address=args.metrics_addr)
+    port = args.metrics_port
+    return MetricsConfig(
+        address=args.metrics_addr or cfg.metrics.address,
+        node_port=port,
+        mount_port=port + cfg.n if port else 0,
+    ).validate(cfg.n)
+
+
+def _node_metrics_args(cfg: ClusterConfig, metrics: MetricsConfig) -> dict[int, list[str]]:
+    """``bftfs node`` options giving each node the metrics of ``metrics`` (none when they
+    are the configuration's: the node reads ``[metrics]`` itself)."""
+    if metrics == cfg.metrics:
+        return {}
+    out: dict[int, list[str]] = {}
+    for spec in cfg.nodes:
+        port = metrics.node_port_of(spec.id)
+        out[spec.id] = (
+            ["--no-metrics"]
+            if port is None
+            else ["--metrics-port", str(port), "--metrics-addr", metrics.address]
+        )
+    return out
 
 
 def _warn_ephemeral_ports(cfg: ClusterConfig) -> None:
@@ -309,6 +392,16 @@ def with_init(sp: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no volume key: file contents are stored unencrypted, readable by any node "
         "(default: mounts encrypt them; docs/confidentiality.md)",
+    )
+    sp.add_argument(
+        "--metrics-port",
+        type=port_number,
+        help="Prometheus metrics: node I on this port + I, mounts on this port + n (0: free "
+        "ports); init writes it as [metrics] in cluster.toml, up also applies it to this start",
+    )
+    sp.add_argument(
+        "--metrics-addr",
+        help="the address metrics listen on (default 127.0.0.1; 0.0.0.0: every interface)",
     )
 
 

@@ -18,14 +18,20 @@ from bftfs.logsetup import setup_logging
 log = logging.getLogger(__name__)
 
 
-def _mount_options(args: argparse.Namespace) -> MountOptions:
+def _mount_options(args: argparse.Namespace, cfg: ClusterConfig | None = None) -> MountOptions:
     """The mount options of ``--client``, ``--attr-timeout``, ``--entry-timeout`` and
-    ``--metrics-port``, with ``-o`` applied over them."""
+    ``--metrics-port`` (else the configuration's ``[metrics] mount_port``), with ``-o``
+    applied over them."""
+    port = getattr(args, "metrics_port", None)
+    addr = getattr(args, "metrics_addr", None)
+    if port is None and cfg is not None and cfg.metrics.mount_port is not None:
+        port = cfg.metrics.mount_port
     base = MountOptions(
         client=args.client,
         attr_timeout=args.attr_timeout,
         entry_timeout=args.entry_timeout,
-        metrics_port=getattr(args, "metrics_port", None),
+        metrics_port=port,
+        metrics_addr=addr or (cfg.metrics.address if cfg is not None else "127.0.0.1"),
     )
     try:
         return base.with_options(getattr(args, "options", None))
@@ -44,12 +50,13 @@ def mount_daemon(
     """Start a background mount daemon (``args``: the client, cache timeouts, ``-o`` and,
     for ``bftfs mount``, logging options)."""
     mountmod = mount_module()
-    _check_client_key(cfg, _mount_options(args).client)
+    options = _mount_options(args, cfg)
+    _check_client_key(cfg, options.client)
     try:
         return mountmod.mount_background(
             cfg,
             mnt,
-            _mount_options(args),
+            options,
             config_path=config_path,
             log_path=getattr(args, "log", None),
             debug_modules=getattr(args, "debug_modules", None) or (),
@@ -92,7 +99,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mountmod = mount_module()
 
     cfg, path = cluster_of(args)
-    options = _mount_options(args)
+    options = _mount_options(args, cfg)
     cfg.client(options.client)  # a clear error for an unknown client, before forking
     _check_client_key(cfg, options.client)
     at_ns = _mount_moment(args)

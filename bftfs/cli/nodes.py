@@ -114,6 +114,13 @@ def cmd_node_control(args: argparse.Namespace) -> int:
     if args.byzantine:
         _check_byzantine_profile(args.byzantine)  # a typo must not stop the node first
     extra = ["--byzantine", args.byzantine] if args.byzantine else []
+    extra += metrics_args(args)
+    if extra and args.action == "stop":
+        raise QuietError(
+            "bftfs node stop: --byzantine, --metrics-port, --metrics-addr and --no-metrics "
+            "apply to start and restart",
+            2,
+        )
     if args.action in ("stop", "restart"):
         was = localmod.stop_node(cfg, args.index)
         print(f"node {args.index} {'stopped' if was else 'was not running'}")
@@ -125,7 +132,36 @@ def cmd_node_control(args: argparse.Namespace) -> int:
         localmod.wait_ready(cfg, nodes=[args.index])
         how = f" as Byzantine profile {args.byzantine!r}" if args.byzantine else ""
         print(f"node {args.index} started{how} (pid {pid})")
+        where = localmod.metrics_address(cfg.node(args.index))
+        if where is not None:
+            print(f"  metrics: http://{where}/metrics")
     return 0
+
+
+def metrics_args(args: argparse.Namespace) -> list[str]:
+    """The metrics options of ``bftfs node stop|start|restart``, passed on to the node
+    process it starts (which otherwise takes them from ``[metrics]``)."""
+    out = []
+    if getattr(args, "no_metrics", False):
+        out.append("--no-metrics")
+    if getattr(args, "metrics_port", None) is not None:
+        out += ["--metrics-port", str(args.metrics_port)]
+    if getattr(args, "metrics_addr", None) is not None:
+        out += ["--metrics-addr", args.metrics_addr]
+    return out
+
+
+def node_metrics_endpoint(cfg: ClusterConfig, node_id: int, args: Any) -> tuple[str, int] | None:
+    """Where node ``node_id`` serves metrics: ``--metrics-port``/``--metrics-addr`` over the
+    configuration's ``[metrics]`` (``node_port + id``); ``--no-metrics``: nowhere."""
+    if getattr(args, "no_metrics", False):
+        return None
+    port = args.metrics_port
+    if port is None:
+        port = cfg.metrics.node_port_of(node_id)
+    if port is None:
+        return None
+    return (args.metrics_addr or cfg.metrics.address), port
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -159,19 +195,33 @@ def cmd_node(args: argparse.Namespace) -> int:
         from bftfs.testing.testobjects import OBJECT_TYPES
 
         extra = tuple(OBJECT_TYPES)
+    if args.no_metrics and args.metrics_port is not None:
+        raise QuietError("bftfs node: --no-metrics and --metrics-port contradict each other", 2)
+    endpoint = node_metrics_endpoint(cfg, spec.id, args)
     try:
         nodemain.run(
             cfg,
             spec.id,
             faults=faults,
             extra_object_types=extra,
-            metrics_addr=args.metrics_addr,
-            metrics_port=args.metrics_port,
+            metrics_addr=endpoint[0] if endpoint else "127.0.0.1",
+            metrics_port=endpoint[1] if endpoint else None,
             batch_sched=args.batch_sched,
         )
     except nodemain.StartError as e:
         raise QuietError(str(e), EXIT_CLUSTER) from None
     return 0
+
+
+def port_number(text: str) -> int:
+    """A port number for ``--metrics-port`` (0: any free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0: any free one)")
+    return port
 
 
 def add_verify(sub: Any) -> None:
@@ -220,14 +270,20 @@ def add_node(sub: Any) -> None:
     )
     sp.add_argument(
         "--metrics-port",
-        type=int,
-        help="serve Prometheus metrics on this port (0: any free one, written to "
-        "node<I>/metrics.port); off by default",
+        type=port_number,
+        help="serve Prometheus metrics on this port (0: any free one; written to "
+        "node<I>/metrics.port), over [metrics] in cluster.toml (node_port + id; off without it); "
+        "with stop|start|restart, passed on to the node started",
     )
     sp.add_argument(
         "--metrics-addr",
-        default="127.0.0.1",
-        help="address the metrics listen on (default 127.0.0.1)",
+        default=None,
+        help="address the metrics listen on (default: [metrics] address, else 127.0.0.1)",
+    )
+    sp.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="serve no metrics, whatever [metrics] in cluster.toml says",
     )
     sp.add_argument(
         "--batch-sched",

@@ -121,6 +121,52 @@ class RetiredClient:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus metrics of the nodes and mounts started with this
+    configuration (docs/guide.md, "Health and metrics").  Off unless a port is given.
+
+    One table serves a local cluster (six nodes on one host) and nodes on several machines
+    alike: node ``I`` listens on ``node_port + I``, so six local nodes never collide and a
+    scrape configuration can name every node; ``node_port = 0`` lets each node take a free
+    port (written to ``node<I>/metrics.port`` and shown by ``bftfs status --json``).
+    ``mount_port`` applies to mounts started by ``bftfs mount`` and ``bftfs up`` (``0``: a
+    free port, which ``bftfs status`` shows); mount(8) takes ``-o metrics_port=`` instead.
+    """
+
+    #: The address nodes and mounts listen on (``0.0.0.0``: every interface).
+    address: str = "127.0.0.1"
+    #: Node ``I`` serves on ``node_port + I`` (0: any free port); None: nodes serve none.
+    node_port: int | None = None
+    #: Mounts serve on this port (0: any free port); None: mounts serve none.
+    mount_port: int | None = None
+
+    def node_port_of(self, node_id: int) -> int | None:
+        """The port node ``node_id`` serves metrics on (0: a free one), or None."""
+        if self.node_port is None:
+            return None
+        return 0 if self.node_port == 0 else self.node_port + node_id
+
+    def validate(self, n: int) -> MetricsConfig:
+        """Check the ports (``n``: the number of nodes); return self.
+
+        Raises:
+            ConfigError: a port out of range, or an empty address.
+        """
+        if not self.address:
+            raise ConfigError("[metrics] address must not be empty")
+        for key in ("node_port", "mount_port"):
+            port = getattr(self, key)
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError(f"[metrics] {key} must be in 0..65535, got {port}")
+        if self.node_port and self.node_port + n - 1 > 65535:
+            raise ConfigError(
+                f"[metrics] node_port + node id must be at most 65535: node {n - 1} would "
+                f"serve on {self.node_port + n - 1}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """The whole cluster. Construct through :func:`load`, :func:`build` or :meth:`for_test`."""
 
@@ -165,6 +211,8 @@ class ClusterConfig:
     #: (``bftfs rotate-key``), newest first: what is written under them stays readable to
     #: clients holding them; nothing new is sealed under them.
     previous_volume_key_ids: tuple[bytes, ...] = field(default=(), repr=False)
+    #: ``[metrics]``: where nodes and mounts serve Prometheus metrics (off by default).
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -317,6 +365,7 @@ class ClusterConfig:
                 )
         if self.previous_volume_key_ids and self.volume_key_id is None:
             raise ConfigError("previous_volume_key_ids without a volume_key_id")
+        self.metrics.validate(n)
         if self.map_size < MIN_MAP_SIZE:
             raise ConfigError(
                 f"map_size must be at least {MIN_MAP_SIZE} bytes, got {self.map_size}"

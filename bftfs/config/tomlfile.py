@@ -21,6 +21,7 @@ from bftfs.config.model import (
     ClientSpec,
     ClusterConfig,
     ConfigError,
+    MetricsConfig,
     NodeSpec,
     RetiredClient,
 )
@@ -37,6 +38,7 @@ _CLUSTER_KEYS = {
 _NODE_KEYS = {"id", "address", "public_key", "data_dir"}
 _CLIENT_KEYS = {"id", "name", "public_key"}
 _RETIRED_KEYS = {"id", "name"}
+_METRICS_KEYS = {"address", "node_port", "mount_port"}
 
 
 def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
@@ -48,6 +50,8 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         *("verification", "retention", "limits", "retired_clients", "next_client"),
         "volume_key_id",
         "previous_volume_key_ids",
+        "metrics",
+        *_METRICS_KEYS,
     }
     missing = allowed - set(table) - optional
     if missing:
@@ -86,7 +90,10 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
     _check_keys(
         "top level",
         doc,
-        {"cluster", "nodes", "clients", "retired_clients", "verification", "retention", "limits"},
+        {
+            *("cluster", "nodes", "clients", "retired_clients"),
+            *("verification", "retention", "limits", "metrics"),
+        },
     )
     c = doc["cluster"]
     if not isinstance(c, dict):
@@ -148,7 +155,25 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         ),
         volume_key_id=_key_id(c.get("volume_key_id")),
         previous_volume_key_ids=_key_ids(c.get("previous_volume_key_ids", [])),
+        metrics=_metrics_from(doc.get("metrics")),
     ).validate()
+
+
+def _metrics_from(table: Any) -> MetricsConfig:
+    """``[metrics]`` (absent: metrics off); the ports are checked by ``validate``."""
+    if table is None:
+        return MetricsConfig()
+    if not isinstance(table, dict):
+        raise ConfigError("[metrics] must be a table")
+    _check_keys("[metrics]", table, _METRICS_KEYS)
+    address = table.get("address", MetricsConfig.address)
+    if not isinstance(address, str):
+        raise ConfigError(f"[metrics] address must be a string, got {address!r}")
+    ports = {
+        key: None if table.get(key) is None else _int(f"[metrics] {key}", table[key])
+        for key in ("node_port", "mount_port")
+    }
+    return MetricsConfig(address=address, **ports)
 
 
 def _key_ids(v: Any) -> tuple[bytes, ...]:
@@ -283,7 +308,21 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
         "verification": to_table(cfg.verification),
         "retention": to_table(cfg.retention),
         "limits": to_table(cfg.limits),
+        **({"metrics": _metrics_table(cfg.metrics)} if cfg.metrics != MetricsConfig() else {}),
     }
+
+
+def _metrics_table(m: MetricsConfig) -> dict[str, Any]:
+    """``[metrics]`` as written: the address and the ports that are set."""
+    out: dict[str, Any] = {"address": m.address}
+    out.update(
+        {
+            k: v
+            for k, v in (("node_port", m.node_port), ("mount_port", m.mount_port))
+            if v is not None
+        }
+    )
+    return out
 
 
 def dumps(cfg: ClusterConfig) -> str:

@@ -23,7 +23,8 @@ from bftfs import proc, sdnotify
 from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.net.server import FaultHooks
-from bftfs.node.service import Node, node_metrics
+from bftfs.node.nodemetrics import node_metrics
+from bftfs.node.service import Node
 from bftfs.qu.objects import ObjectType
 
 log = logging.getLogger(__name__)
@@ -80,22 +81,29 @@ def run(
     async def main() -> None:
         node = Node(cfg, ident, faults=faults, extra_object_types=extra_object_types)
         metrics = None
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                await nursery.start(node.run)
-                if metrics_port is not None:
-                    metrics = _metrics_server(node, metrics_addr, metrics_port)
-                # Listening: a Type=notify unit (bftfs-node@.service) counts as started now.
-                sdnotify.notify(f"READY=1\nSTATUS=node {spec.id} serving {spec.address}")
-                async for sig in signals:
-                    log.info(
-                        "node %s: %s received, shutting down", spec.id, signal.Signals(sig).name
-                    )
-                    sdnotify.notify("STOPPING=1")
-                    nursery.cancel_scope.cancel()
-                    break
-        if metrics is not None:
-            metrics.close()
+        port_file = spec.data_dir / "metrics.port"
+        port_file.unlink(missing_ok=True)  # an earlier run's: not this one's address
+        if metrics_port is not None:
+            # Before the node listens: whoever sees it answer finds its metrics.port.
+            metrics = _metrics_server(node, metrics_addr, metrics_port)
+            node.metrics_address = f"{metrics.address}:{metrics.port}"
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    await nursery.start(node.run)
+                    # Listening: a Type=notify unit (bftfs-node@.service) counts as started now.
+                    sdnotify.notify(f"READY=1\nSTATUS=node {spec.id} serving {spec.address}")
+                    async for sig in signals:
+                        log.info(
+                            "node %s: %s received, shutting down", spec.id, signal.Signals(sig).name
+                        )
+                        sdnotify.notify("STOPPING=1")
+                        nursery.cancel_scope.cancel()
+                        break
+        finally:
+            if metrics is not None:
+                metrics.close()
+                port_file.unlink(missing_ok=True)
 
     proc.keep_big_buffers()
     try:

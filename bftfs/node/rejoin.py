@@ -13,14 +13,16 @@ one already running is not started twice).  A single peer down, or ``t`` of them
 normal degraded state and triggers nothing.
 
 The decision is :class:`Reachability` (pure); :func:`run` is the thin trio driver.
-``node.progress["rejoin"]`` shows what it sees (``bftfs status``).
+``node.progress["rejoin"]`` shows what it sees (``bftfs status``), with ``peers``: for each
+peer whether the last heartbeat reached it and when one last did (the node's metrics).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -83,6 +85,12 @@ async def run(
     peers = [PrincipalId(s.id) for s in cfg.nodes if s.id != node.id]
     seen = Reachability(needed=max(1, len(peers) - cfg.t))
     progress = node.progress["rejoin"] = {"state": "connected", "reachable": len(peers)}
+    #: Per peer, for ``bftfs status`` and the metrics: whether the last heartbeat reached
+    #: it and when one last did (wall-clock seconds; None: never since this node started).
+    heard: dict[str, dict[str, Any]] = {
+        str(p): {"reached": False, "last_heard": None} for p in peers
+    }
+    progress["peers"] = heard
     running: set[str] = set()
 
     async def again(name: str, fn: Callable[[], Awaitable[None]]) -> None:
@@ -103,6 +111,11 @@ async def run(
                 for peer in peers:
                     pings.start_soon(ping, peer)
             reachable = sum(answers.values())
+            now = time.time()
+            for peer, reached in answers.items():
+                heard[str(peer)]["reached"] = reached
+                if reached:
+                    heard[str(peer)]["last_heard"] = round(now, 3)
             back = seen.observe(reachable)
             progress.update(
                 state="cut off" if seen.cut_off else "connected",

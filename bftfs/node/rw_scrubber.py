@@ -20,7 +20,8 @@ restarted more often than the period still scrubs and one down longer scrubs whe
 back (never within a short test); each page of versions waits for the node to be idle
 (no client request for ``idle_seconds``) and pages are spaced so that at most
 ``scrub_rate`` versions are checked per second.  Progress is
-``node.progress["rw.scrub"]`` (``bftfs status``, ``stats``).
+``node.progress["rw.scrub"]`` (``bftfs status``, ``stats``, the metrics): ``state``, the
+counts of the current or last pass, ``passes``, ``seconds`` and ``last_ns``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import BlockId, WriteRequest
+from bftfs.rw.schema import DB_SCRUB
 from bftfs.rw.timestamp import Timestamp
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ class Scrubber:
             await self.node.store.write(
                 functools.partial(scrubstep.scrub_noted, key=b"since", now_ns=now, keep=True)
             )
+            self._note_last()
             due = self.node.store.read(
                 functools.partial(scrubstep.scrub_due, period_ns=period_ns, now_ns=now)
             )
@@ -83,6 +86,12 @@ class Scrubber:
             await self.node.store.write(
                 functools.partial(scrubstep.scrub_noted, key=b"last", now_ns=self.node.now_ns())
             )
+            self._note_last()
+
+    def _note_last(self) -> None:
+        """``last_ns``: when the last pass ended, as the store keeps it (it survives restarts;
+        ``bftfs status`` and the metrics show it), None if none ever did."""
+        self.progress["last_ns"] = self.node.store.read(_last_ns)
 
     async def one_pass(self) -> None:
         """Check every stored version once; repair what can be repaired."""
@@ -164,6 +173,12 @@ class Scrubber:
     def _left(self) -> None:
         self.progress["left"] += 1
         self.node.stats["rw.scrub.left"] += 1
+
+
+def _last_ns(kv: Any) -> int | None:
+    """When the node's last scrub pass ended (``scrubstep.scrub_noted``'s ``last``)."""
+    raw = kv.get(DB_SCRUB, b"last")
+    return int.from_bytes(bytes(raw), "big") if raw is not None and len(raw) == 8 else None
 
 
 async def run(node: Node, *, max_ahead_ns: int) -> None:

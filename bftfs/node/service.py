@@ -25,7 +25,6 @@ from bftfs import WIRE_VERSION, __version__
 from bftfs.config import ClusterConfig
 from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import PrincipalId
-from bftfs.metrics import Family
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.frames import DEFAULT_MAX_FRAME
 from bftfs.net.server import FastHandler, FaultHooks, HandlerError, Server
@@ -108,6 +107,8 @@ class Node:
         #: What verification and scrub found, kept in the store (node/findings.py).
         self.findings = Findings(self)
         self.protocols: list[str] = []
+        #: ``host:port`` of the node's Prometheus metrics, when it serves them (node/main.py).
+        self.metrics_address: str | None = None
         #: Progress of background work by name (``qu.catchup``, ``rw.catchup``): plain
         #: values a protocol module keeps current, shown by ``bftfs status``.
         self.progress: dict[str, dict[str, Any]] = {}
@@ -211,70 +212,8 @@ class Node:
             "protocols": self.protocols,
             "progress": {k: dict(v) for k, v in self.progress.items()},
             "limits": limits.statistics(self),
+            "metrics": self.metrics_address,
         }
-
-
-def node_metrics(node: Node) -> list[Family]:
-    """The node's Prometheus metrics (``bftfs node --metrics-port``; called in its trio
-    loop at each scrape)."""
-    requests = Family(
-        "bftfs_node_requests",
-        "Requests answered, and the seconds they took, by kind",
-        "summary",
-        ("kind",),
-    )
-    for key, n in sorted(node.stats.items()):
-        if key.startswith("req."):
-            kind = key[4:]
-            requests.add((n, node.server.seconds.get(kind, 0.0)), kind)
-    other = Family("bftfs_node_events_total", "Other request counters", "counter", ("event",))
-    for key, n in sorted(node.stats.items()):
-        if not key.startswith("req."):
-            other.add(n, key)
-    rejected = Family(
-        "bftfs_node_rejected_frames_total",
-        "Frames and connections refused, by reason",
-        "counter",
-        ("reason",),
-    )
-    for reason, n in sorted(node.rejected.items()):
-        rejected.add(n, reason)
-    out = [requests, other, rejected]
-    if node.store is not None:
-        out.append(
-            Family("bftfs_node_lmdb_bytes", "Size of the node's LMDB database", "gauge").add(
-                node.store.size_bytes()
-            )
-        )
-    verify = node.progress.get("rw.verify")
-    if verify:
-        gauges = {
-            "used_bytes": "Bytes in use in the node's store (the verifier's figure)",
-            "backlog_versions": "Unverified block versions (lazy verification backlog)",
-            "backlog_blocks": "Blocks with unverified versions",
-        }
-        for key, doc in gauges.items():
-            out.append(Family(f"bftfs_node_{key}", doc, "gauge").add(verify.get(key, 0)))
-        counters = (
-            "verified",
-            "repaired",
-            "poisonous",
-            "discarded",
-            "collected",
-            "failed",
-            "notify_bad",
-        )
-        work = Family(
-            "bftfs_node_verifier_total",
-            "Lazy verification: versions verified, repaired, found poisonous, ...; "
-            "notify_bad: NOTIFY messages from other nodes that did not check",
-            "counter",
-            ("outcome",),
-        )
-        for key in counters:
-            work.add(verify.get(key, 0), key)
-        out.append(work)
-    return out
 
 
 def _full_is_refused(handler: Handler) -> Handler:
