@@ -13,7 +13,7 @@ from bftfs import local as localmod
 from bftfs.cli.common import QuietError, cluster_of, human, parse_size, with_cluster, with_dir
 from bftfs.cli.mounts import mount_daemon, mount_module, with_client
 from bftfs.cli.nodes import port_number
-from bftfs.cli.status import _print_status
+from bftfs.cli.statustables import print_nodes as _print_status
 from bftfs.config import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_INLINE_LIMIT,

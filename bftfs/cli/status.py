@@ -1,9 +1,13 @@
 """``bftfs status``: the cluster's health (the exit code), each node and mount, the faults
-the mounts detected per node and what scrub and verification found against each."""
+the mounts detected per node and what scrub and verification found against each; once, or
+again and again with ``--watch`` (a catch-up's rate and time left, as it goes).  The tables
+themselves are ``cli/statustables.py``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -12,29 +16,21 @@ from typing import Any
 import trio
 
 from bftfs import local as localmod
-from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, human, with_cluster
+from bftfs.cli import statustables as tables
+from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
+from bftfs.cli.statustables import (  # noqa: F401  (re-exported: tests, cli/cluster.py)
+    FAULT_COLUMNS,
+    _progress,
+)
+from bftfs.cli.statustables import print_limits as _print_limits  # noqa: F401
+from bftfs.cli.statustables import print_nodes as _print_status  # noqa: F401
 from bftfs.config import ClusterConfig
-from bftfs.ids import CLIENT_ID_BASE, is_node
+from bftfs.node.pace import catch_ups
 
 #: ``bftfs status`` exit codes: every node up and no fault seen; degraded (a node down or
 #: caught misbehaving, at most ``t`` down: the file system still serves); unavailable
 #: (more than ``t`` nodes down: operations fail).
 STATUS_HEALTHY, STATUS_DEGRADED, STATUS_UNAVAILABLE = 0, 1, 2
-
-
-#: Fault kinds (``Session.faults``) that are evidence against a node, as ``bftfs status``
-#: shows them: (column, kinds).  Timeouts and unreachable nodes are shown but are no
-#: evidence (a crashed or restarted node causes them), nor are Q/U servers reported as
-#: culled by others (a Byzantine server could report a correct one: more than ``b`` reports
-#: prove it, ``malevolent``); everything else is.
-FAULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("corrupt", ("corrupt", "refuted")),
-    ("culled", ("culled",)),
-    ("malevolent", ("malevolent",)),
-    ("malformed", ("malformed", "time_ahead")),
-    ("bad frames", ("frame_*",)),
-    ("timeouts", ("timeout", "unreachable")),
-)
 
 
 _NO_EVIDENCE = frozenset({"timeout", "unreachable", "culled"})
@@ -70,12 +66,8 @@ def cluster_health(
             problems.append(f"node {node} caught misbehaving by the mounts ({what})")
     for node, standing in (findings or {}).items():
         problems.append(health.describe(node, standing))
-    for m in mounts:
-        if m["state"] == "dead":
-            still = " (still mounted: bftfs umount it)" if m.get("mounted") else ""
-            problems.append(f"mount {m['mountpoint']}: its daemon is gone{still}")
-        elif m["state"] == "unresponsive":
-            problems.append(f"mount {m['mountpoint']}: its daemon does not update its status")
+    broken_mounts = _broken_mounts(mounts)
+    problems += broken_mounts
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
     node_problems = (
@@ -84,9 +76,24 @@ def cluster_health(
         or bool(findings)
         or any(v for kinds in faults.values() for k, v in kinds.items() if k not in _NO_EVIDENCE)
     )
-    if node_problems:
+    # A mount whose daemon died answers "Transport endpoint is not connected" to every
+    # program using it: the file system is not served there (issue 36: it did not count).
+    if node_problems or broken_mounts:
         return STATUS_DEGRADED, "degraded", problems, faults
     return STATUS_HEALTHY, "healthy", problems, faults
+
+
+def _broken_mounts(mounts: list[dict]) -> list[str]:
+    """A problem line for each mount that no longer serves: its daemon is gone (``dead``)
+    or stopped publishing its status (``unresponsive``: hung)."""
+    out = []
+    for m in mounts:
+        if m["state"] == "dead":
+            still = "still mounted: " if m.get("mounted") else ""
+            out.append(f"mount {m['mountpoint']}: its daemon is gone ({still}bftfs umount it)")
+        elif m["state"] == "unresponsive":
+            out.append(f"mount {m['mountpoint']}: its daemon does not update its status")
+    return out
 
 
 def _not_caught_up(statuses: list[localmod.NodeStatus]) -> list[str]:
@@ -111,22 +118,42 @@ def _not_caught_up(statuses: list[localmod.NodeStatus]) -> list[str]:
     return out
 
 
-def _fault_sum(kinds: dict[str, int], wanted: tuple[str, ...]) -> int:
-    """The counts of ``kinds`` named in ``wanted`` (``prefix*`` matches a prefix)."""
-    return sum(
-        v
-        for k, v in kinds.items()
-        if any(k == w or (w.endswith("*") and k.startswith(w[:-1])) for w in wanted)
-    )
-
-
 def cmd_status(args: argparse.Namespace) -> int:
+    """Print the cluster's health once, or with ``--watch`` again and again until
+    interrupted (or ``--count`` times); the exit code is the last report's."""
+    cfg, _ = cluster_of(args)
+    if args.watch is None:
+        return _report(cfg, args, clear=args.clear)
+    if args.watch <= 0:
+        raise QuietError("bftfs status --watch: the interval must be above 0 seconds", 2)
+    screen = sys.stdout.isatty() and not args.json
+    code, shown = 0, 0
+    try:
+        while True:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = _report(cfg, args, clear=args.clear and shown == 0)
+            shown += 1
+            if screen:  # redraw in place, like watch(1)
+                sys.stdout.write("\x1b[H\x1b[2J")
+                stamp = time.strftime("%H:%M:%S")
+                sys.stdout.write(f"every {args.watch:g} s, {stamp} (Ctrl-C stops)\n")
+            sys.stdout.write(out.getvalue())
+            sys.stdout.flush()
+            if args.count is not None and shown >= args.count:
+                return code
+            time.sleep(args.watch)  # the refresh interval itself, not a synchronisation
+    except KeyboardInterrupt:
+        return code
+
+
+def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int:
+    """Ask the nodes, read the mounts' book-keeping, print; the health's exit code."""
     from bftfs.fuse import control
 
-    cfg, _ = cluster_of(args)
     statuses = trio.run(localmod.query_status, cfg)
     mounts = control.mount_statuses(cfg)
-    record, findings = _findings(cfg, statuses, clear=args.clear)
+    record, findings = _findings(cfg, statuses, clear=clear)
     code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings)
     if args.json:
         doc = {
@@ -134,6 +161,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "home": str(cfg.home),
                 **{k: getattr(cfg, k) for k in ("t", "b", "n", "qc", "m")},
             },
+            "time": round(time.time(), 3),
             "health": word,
             "exit_code": code,
             "problems": problems,
@@ -142,22 +170,28 @@ def cmd_status(args: argparse.Namespace) -> int:
                     **s.__dict__,
                     "faults": faults.get(s.id, {}),
                     "findings": findings[s.id].to_json() if s.id in findings else None,
+                    "catch_up": {
+                        name: pace.to_json()
+                        for name, pace in catch_ups(
+                            ((s.stats or {}).get("progress") or {}) if s.up else {}
+                        ).items()
+                    },
                 }
                 for s in statuses
             ],
             "findings_cleared_at": record.cleared_at,
             "mounts": mounts,
         }
-        print(json.dumps(doc, indent=2, default=str))
+        print(json.dumps(doc, indent=None if args.watch else 2, default=str))
         return code
     print(f"cluster {cfg.home}: t={cfg.t} b={cfg.b} n={cfg.n} QC={cfg.qc} m={cfg.m}")
     print(f"health: {word.upper()}")
     for p in problems:
-        print(f"  - {p}")
-    _print_status(statuses)
-    _print_limits(statuses, cfg.client_names())
-    _print_mounts(mounts, faults, cfg)
-    _print_findings(cfg, record, findings)
+        print(tables._fit(f"  - {p}", 4))
+    tables.print_nodes(statuses)
+    tables.print_limits(statuses, cfg.client_names())
+    tables.print_mounts(mounts, faults, cfg)
+    tables.print_findings(cfg, record, findings, statuses)
     return code
 
 
@@ -185,187 +219,6 @@ def _findings(
     return record, health.standing(record, totals)
 
 
-def _print_findings(cfg: ClusterConfig, record: Any, findings: dict[int, Any]) -> None:
-    """Per node, like zpool's CKSUM column: what ``bftfs verify`` rewrote on it, the bad
-    replies other nodes' verification met from it, what its own scrub found damaged."""
-    since = (
-        f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.cleared_at))}"
-        if record.cleared_at
-        else "since the cluster began"
-    )
-    print(f"findings of scrub and verification, per node ({since}; `bftfs status --clear`):")
-    print(f"  {'node':>4}  {'verify':>8}  {'reported':>8}  {'scrub':>8}  reported by")
-    for spec in cfg.nodes:
-        st = findings.get(spec.id)
-        if st is None:
-            print(f"  {spec.id:>4}  {0:>8}  {0:>8}  {0:>8}  -")
-            continue
-        by = ", ".join(f"node {r}" for r in sorted(st.reporters)) or "-"
-        print(
-            f"  {spec.id:>4}  {st.verify:>8}  {sum(st.reported.values()):>8}  "
-            f"{st.scrub.get('damaged', 0):>8}  {by}"
-        )
-    if record.verify_runs:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.last_verify or 0))
-        total = sum(record.verify.values())
-        print(
-            f"  bftfs verify: {record.verify_runs} run(s), last {stamp}; rewrote {total} "
-            "fragment(s) since cleared"
-        )
-
-
-def _print_mounts(
-    mounts: list[dict], faults: dict[int, dict[str, int]], cfg: ClusterConfig
-) -> None:
-    if not mounts:
-        print("mounts: none known (mounts started from this cluster directory are listed)")
-    else:
-        wide = max(len("mount point"), *(len(m["mountpoint"]) for m in mounts))
-        print(
-            f"  {'mount point':{wide}}  {'client':8}  {'state':12}  {'pid':>7}  "
-            f"{'requests':>8}  {'EIO':>5}  metrics              options"
-        )
-        for m in mounts:
-            eio = sum((m.get("eio") or {}).values())
-            print(
-                f"  {m['mountpoint']:{wide}}  {m.get('client', '?'):8}  {m['state']:12}  "
-                f"{m['pid']:>7}  {m.get('requests', '-')!s:>8}  {eio:>5}  "
-                f"{m.get('metrics') or '-':20} {m.get('options', '-')}"
-            )
-            if m.get("last_eio"):
-                when, op, cause = m["last_eio"]
-                stamp = time.strftime("%H:%M:%S", time.localtime(when))
-                print(f"  {'':{wide}}  last EIO {stamp} {op}: {cause[:100]}")
-    print("faults the mounts detected, per node (since each mount started):")
-    head = "  ".join(f"{name:>10}" for name, _ in FAULT_COLUMNS)
-    print(f"  {'node':>4}  {head}")
-    for spec in cfg.nodes:
-        kinds = faults.get(spec.id, {})
-        cells = "  ".join(f"{_fault_sum(kinds, ks):>10}" for _, ks in FAULT_COLUMNS)
-        print(f"  {spec.id:>4}  {cells}")
-
-
-def _print_status(statuses: list[localmod.NodeStatus]) -> None:
-    progress = {
-        s.id: _progress((s.stats or {}).get("progress", {})) if s.up else "-" for s in statuses
-    }
-    wide = max([len("catch-up"), *(len(p) for p in progress.values())])
-    print(
-        f"  {'node':>4}  {'state':5}  {'address':21}  {'pid':>7}  {'lmdb':>10}  "
-        f"{'requests':>9}  {'catch-up':{wide}}  rejected frames"
-    )
-    _print_rows(statuses, progress, wide)
-    print(
-        f"  {'node':>4}  {'in use':>10}  {'unverified':>10}  {'verified':>8}  "
-        f"{'repaired':>8}  {'collected':>9}  {'forgotten':>9}  {'poisonous':>9}  "
-        f"{'NOTIFY in/out':>13}  faults"
-    )
-    for s in statuses:
-        v = ((s.stats or {}).get("progress") or {}).get("rw.verify") if s.up else None
-        if not v:
-            print(f"  {s.id:>4}  {'-':>10}  verification {'off' if s.up else '-'}")
-            continue
-        notify = f"{v['notify_received']}/{v['notify_sent']}"
-        faults = "; ".join(v["faults"][-2:]) or "none"
-        counters = (s.stats or {}).get("requests") or {}
-        # Removed files' last records dropped: given-back blocks and Q/U objects.
-        forgotten = counters.get("rw.forgotten", 0) + counters.get("qu.forgotten", 0)
-        used = (s.stats or {}).get("used_bytes", v["used_bytes"])
-        print(
-            f"  {s.id:>4}  {human(used):>10}  {v['backlog_versions']:>10}  "
-            f"{v['verified']:>8}  {v['repaired']:>8}  {v['collected']:>9}  {forgotten:>9}  "
-            f"{v['poisonous'] + v['discarded']:>9}  {notify:>13}  "
-            f"{'(history pool short) ' if v['pressure'] else ''}{faults}"
-        )
-
-
-#: Principals ``bftfs status`` names per node, the largest first.
-TOP_PRINCIPALS = 3
-
-
-def _principal(pid: int, names: dict[int, str] | None = None) -> str:
-    """``node2``, a client's configured name, ``client#N`` for an id the configuration no
-    longer has (``clientN`` when no names are known)."""
-    if is_node(pid):
-        return f"node{pid}"
-    if names is None:
-        return f"client{pid - CLIENT_ID_BASE}"
-    return names.get(pid) or f"client#{pid - CLIENT_ID_BASE}"
-
-
-def _print_limits(statuses: list[localmod.NodeStatus], names: dict[int, str] | None = None) -> None:
-    """``[limits]`` per node in one line: throttling, quota refusals and the principals
-    storing most there, as ``blocks+metadata`` (one quota counts both)."""
-    print("limits per client (the quota counts blocks+metadata):")
-    print(
-        f"  {'node':>4}  {'quota':>10}  {'throttled':>9}  {'waits':>7}  {'refused':>7}  stored most"
-    )
-    for s in statuses:
-        lim = (s.stats or {}).get("limits") if s.up else None
-        if not lim:
-            print(f"  {s.id:>4}  {'-':>10}  {'-':>9}  {'-':>7}  {'-':>7}  -")
-            continue
-        print(
-            f"  {s.id:>4}  {human(lim['quota_bytes']):>10}  {lim['throttled']:>9}  "
-            f"{lim['inflight_waits']:>7}  {lim['quota_refused']:>7}  "
-            f"{_top_stored(lim['principals'], names) or 'nothing'}"
-        )
-
-
-def _top_stored(principals: dict[str, dict[str, int]], names: dict[int, str] | None = None) -> str:
-    """``client0 1.2 MiB+40.0 KiB (3 refused), ...`` for the largest few."""
-    rows = sorted(
-        principals.items(),
-        key=lambda kv: -(kv[1].get("stored_bytes", 0) + kv[1].get("meta_bytes", 0)),
-    )
-    parts = []
-    for pid, p in rows[:TOP_PRINCIPALS]:
-        blocks, meta = p.get("stored_bytes", 0), p.get("meta_bytes", 0)
-        if not blocks + meta:
-            break
-        refused = p.get("quota_refused", 0)
-        note = f" ({refused} refused)" if refused else ""
-        parts.append(f"{_principal(int(pid), names)} {human(blocks)}+{human(meta)}{note}")
-    more = sum(1 for _, p in rows[TOP_PRINCIPALS:] if p.get("stored_bytes") or p.get("meta_bytes"))
-    return ", ".join(parts) + (f", +{more} more" if more else "")
-
-
-def _print_rows(statuses: list[localmod.NodeStatus], progress: dict[int, str], wide: int) -> None:
-    for s in statuses:
-        st = s.stats or {}
-        reqs = sum(v for k, v in st.get("requests", {}).items() if k.startswith("req."))
-        rejected = ", ".join(f"{k}={v}" for k, v in sorted(st.get("rejected", {}).items()))
-        print(
-            f"  {s.id:>4}  {'up' if s.up else 'down':5}  {s.address:21}  "
-            f"{s.pid if s.pid else '-':>7}  "
-            f"{human(st['lmdb_bytes']) if s.up else '-':>10}  "
-            f"{reqs if s.up else '-':>9}  {progress[s.id]:{wide}}  "
-            f"{rejected or ('none' if s.up else '-')}"
-        )
-
-
-def _progress(progress: dict[str, dict]) -> str:
-    """Background catch-up of a node, short: ``qu done 12/12, rw 3/40`` (objects or blocks
-    it found behind and brought up to date), with what it could not bring up to date
-    (``qu incomplete 8/197 (189 failed)``: the node is still behind on those, and one more
-    failure elsewhere costs readers repairs), ``-`` when none runs."""
-    parts = []
-    for name, p in sorted(progress.items()):
-        if not name.endswith(".catchup"):
-            continue
-        state = p.get("state", "?")
-        word = "" if state == "running" else f" {state}"
-        left = [f"{p[k]} {k}" for k in ("failed", "skipped", "abandoned") if p.get(k)]
-        note = f" ({', '.join(left)})" if left else ""
-        parts.append(f"{name.split('.')[0]}{word} {p.get('done', 0)}/{p.get('behind', 0)}{note}")
-    rejoin = progress.get("rejoin") or {}  # node/rejoin.py: cut off from its peers, or back
-    if rejoin.get("state") == "cut off":
-        parts.insert(0, f"cut off (reaches {rejoin.get('reachable', 0)} peers)")
-    elif rejoin.get("rejoins"):
-        parts.insert(0, f"rejoined {rejoin['rejoins']}x")
-    return ", ".join(parts) or "-"
-
-
 def add_status(sub: Any) -> None:
     """``bftfs status``."""
     sp = sub.add_parser(
@@ -380,4 +233,14 @@ def add_status(sub: Any) -> None:
         action="store_true",
         help="clear what scrub and verification found against the nodes (once dealt with)",
     )
+    sp.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        metavar="SECONDS",
+        help="report again every SECONDS (default 2) until Ctrl-C, redrawn in place on a "
+        "terminal (with --json: one document per line)",
+    )
+    sp.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N reports")
     sp.set_defaults(func=cmd_status)
