@@ -22,8 +22,9 @@ setup-tests:
 install-helper: setup
 	ln -sf $(CURDIR)/$(BIN)/mount.fuse.bftfs /sbin/mount.fuse.bftfs
 
+# make up METRICS_PORT=9250: Prometheus metrics, node I on 9250 + I, the mount on 9256
 up: setup
-	$(BIN)/bftfs up --dir nodes
+	$(BIN)/bftfs up --dir nodes $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 
 down: setup
 	@if [ -f nodes/cluster.toml ]; then $(BIN)/bftfs down --dir nodes; else echo "no cluster in nodes/"; fi
