@@ -101,6 +101,8 @@ def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -
         assert all(addresses) and len(set(addresses)) == cfg.n, addresses
         _, doc = status(home)
         assert [n["stats"]["metrics"] for n in doc["nodes"]] == addresses
+        text = run("status", "--dir", str(home)).stdout
+        assert f"metrics (node address): 0 {addresses[0]}, 1 {addresses[1]}," in text
 
         with Mount(cfg, tmp_path / "m") as m:
             # mount_port = 0: the mount serves too (bftfs status shows where).
@@ -133,6 +135,10 @@ def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -
                 assert got[f'bftfs_node_catchup_eta_seconds{{protocol="{proto}"}}'] == 0
                 assert got[f'bftfs_node_catchup_rate{{protocol="{proto}"}}'] > 0
             assert got['bftfs_node_catchup_items{count="failed",protocol="qu"}'] == 0
+            # bftfs status --json: the same figures, per protocol.
+            qu = status(home)[1]["nodes"][1]["catch_up"]["qu"]
+            assert qu["state"] == "done" and qu["checked"] == qu["total"] > 0
+            assert qu["rate_per_s"] > 0 and qu["eta_s"] is None
 
         node0 = addresses[0]
         assert node0 is not None
@@ -140,7 +146,13 @@ def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -
         def peers_and_scrub() -> dict[str, float] | None:
             got = scrape(node0)
             every_peer = all(got[f'bftfs_node_peer_up{{peer="{p}"}}'] == 1 for p in range(1, 6))
-            scrubbed = got["bftfs_node_scrub_passes_total"] >= 1
+            # A pass over the data written finished and the next has not begun (its
+            # counts start again from 0; a pass before the writes checked nothing).
+            scrubbed = (
+                got["bftfs_node_scrub_passes_total"] >= 1
+                and got['bftfs_node_scrub_state{state="done"}'] == 1
+                and got['bftfs_node_scrub_versions{count="checked"}'] > 0
+            )
             return got if every_peer and scrubbed else None
 
         got = wait_for("node 0 to reach node 1 again and to scrub", peers_and_scrub, 60)
@@ -184,6 +196,8 @@ def test_node_restart_and_up_take_a_metrics_port(tmp_path: Path) -> None:
         refused = run("node", "stop", "2", "--dir", str(home), "--metrics-port", "0", check=False)
         assert refused.returncode == 2 and "apply to start and restart" in refused.stderr
         assert local.running_pid(cfg.node(2)) is not None  # not stopped by a refused command
+        running = run("node", "start", "2", "--dir", str(home), "--metrics-port", "0", check=False)
+        assert running.returncode == 1 and "not applied" in running.stderr
 
         run("node", "restart", "2", "--dir", str(home))
         assert local.metrics_address(cfg.node(2)) is None
@@ -195,6 +209,14 @@ def test_node_restart_and_up_take_a_metrics_port(tmp_path: Path) -> None:
         addresses = [local.metrics_address(s) for s in cfg.nodes]
         assert all(addresses), addresses
         assert all(scrape(a)["bftfs_node_peers_reachable"] >= 0 for a in addresses if a)
+
+        # status --watch: a report per interval; with --json one document per line.
+        watched = run("status", "--dir", str(home), "--watch", "0.1", "--count", "2", "--json")
+        docs = [json.loads(line) for line in watched.stdout.splitlines()]
+        assert len(docs) == 2 and docs[0]["time"] < docs[1]["time"]
+        assert all(d["health"] == "healthy" for d in docs)
+        text = run("status", "--dir", str(home), "--watch", "0.1", "--count", "2").stdout
+        assert text.count("health: HEALTHY") == 2
     finally:
         local.stop_nodes(local.load_cluster(home), kill=True)
 

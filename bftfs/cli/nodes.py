@@ -127,6 +127,13 @@ def cmd_node_control(args: argparse.Namespace) -> int:
     if args.action in ("start", "restart"):
         if args.action == "start" and localmod.running_pid(cfg.node(args.index)) is not None:
             print(f"node {args.index} is running already")
+            if extra:  # they apply to a node started now: say so rather than drop them
+                print(
+                    f"bftfs node start: {' '.join(extra)} not applied "
+                    f"(`bftfs node restart {args.index} ...` applies them)",
+                    file=sys.stderr,
+                )
+                return 1
             return 0
         pid = localmod.start_node(cfg, args.index, extra)
         localmod.wait_ready(cfg, nodes=[args.index])

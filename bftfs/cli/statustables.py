@@ -160,6 +160,10 @@ def print_nodes(statuses: list[localmod.NodeStatus]) -> None:
     if details:
         for line in details:
             print(_fit(line, 8))
+    where = {s.id: (s.stats or {}).get("metrics") for s in statuses if s.up}
+    serving = [f"{i} {address}" for i, address in where.items() if address]
+    if serving:
+        print(_wrap_items("  metrics (node address): ", serving, ", ", 4))
     _print_verification(statuses)
 
 
