@@ -23,11 +23,11 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem
+from bftfs.ids import client_id
 from bftfs.outcome import patience
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
-from bftfs.ids import client_id
-from bftfs.qu.classify import QUThresholds
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 
 #: Client options for tests: probe quickly, give up within seconds.
