@@ -23,7 +23,9 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem
+from bftfs.ids import client_id
 from bftfs.outcome import patience
+from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
@@ -65,13 +67,15 @@ async def fs_env(
     attr_ttl: float = 0.0,
     fs_options: dict[str, Any] | None = None,
     qu_options: dict[str, Any] | None = None,
+    twins: bool = False,
     **cluster_options: Any,
 ) -> AsyncIterator[Env]:
     """A cluster with ``clients`` file systems (plus a raw Q/U client for the checks).
 
     Each file system gets a seeded RNG (object ids) and a shared fake clock that advances
     by 1 ms per reading, so times are deterministic and strictly increasing; ``qu_options``
-    go to each file system's Q/U client.
+    go to each file system's Q/U client.  ``twins``: every file system is client 0 (one
+    identity, as two mounts with the same bundle), each with its own connections.
     """
     clock = [1_700_000_000_000_000_000]
 
@@ -85,12 +89,24 @@ async def fs_env(
     ):
         fss = []
         for k in range(clients):
+            endpoint = cluster.twin(0) if twins and k else cluster.client(0 if twins else k)
             rw = await stack.enter_async_context(
-                open_rw_client(cluster.client(k), cluster.config, **RW_OPTIONS)
+                open_rw_client(endpoint, cluster.config, **RW_OPTIONS)
             )
+            if twins:
+                qu = QUClient(
+                    endpoint,
+                    QUThresholds.from_config(cluster.config),
+                    client_id=int(client_id(0)),
+                    rng=random.Random(seed * 31 + k),
+                    seq_start=1_000_000 * (k + 1),
+                    **(qu_options or {}),
+                )
+            else:
+                qu = qu_client(cluster, k, seed, **(qu_options or {}))
             fss.append(
                 await FileSystem.open(
-                    qu_client(cluster, k, seed, **(qu_options or {})),
+                    qu,
                     rw,
                     cluster.config,
                     clock_ns=clock_ns,
@@ -100,7 +116,7 @@ async def fs_env(
                 )
             )
             if fss[-1].meta.leases is not None:
-                fss[-1].meta.leases.listen(cluster.client(k), cluster.config.node_ids)
+                fss[-1].meta.leases.listen(endpoint, cluster.config.node_ids)
         yield Env(cluster, fss, qu_client(cluster, clients, seed), clock)
 
 

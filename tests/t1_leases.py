@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from bftfs.fsobjects import FS, new_dir
-from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders
+from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
+from bftfs.fsobjects.leases import who as holder_of
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import MethodRefused, Registry
 
@@ -137,3 +138,41 @@ def test_queries_of_another_clients_exclusive_lease_are_refused_its_own_are_not(
     shared = lease(directory(), A, SHARED, T0)
     assert REG.query("fs.stat", {DIR: shared}, None, B)["mode"] & st.S_IFDIR
     assert REG.query("fs.peek", {DIR: ex}, None, B) is not None
+
+
+def test_a_lease_is_one_mounts_and_the_clients_other_mounts_are_held_off_as_others() -> None:
+    """Two mounts of one client identity (argument ``lm``) are two holders: the other
+    mount's update is refused and recalls the lease, its query is refused under an
+    exclusive lease (its argument in the mount's envelope), and releasing or renewing
+    touches only the mount's own record.  A record without a mount (older) is mount 0."""
+    d = update("fs.lease", {DIR: directory()}, A, kind=SHARED, lt=T0, term=30 * S, lm=7)[0][DIR]
+    assert [holder_of(h) for h in holders(d)] == [(A, 7)]
+    arg: dict[str, Any] = {"name": b"sub", "p": DIR, "o": FILE, "mode": 0o755, "uid": 0}
+    arg.update(gid=0, now=T0 + 5 * S, lt=T0 + S)
+    with pytest.raises(MethodRefused) as e:
+        update("fs.mkdir", {DIR: d, FILE: None}, A, **arg, lm=8)
+    assert e.value.code == "leased"
+    made, _ = update("fs.mkdir", {DIR: d, FILE: None}, A, **arg, lm=7)  # its own: passes
+    assert made[FILE]["k"] == "d"
+    _, out = update("fs.recall", {DIR: d}, A, lt=T0 + S, lm=8)
+    assert out == [[DIR, [A]]]  # pushed to the client: each mount checks its leases
+    both = update("fs.lease", {DIR: d}, A, kind=SHARED, lt=T0, term=30 * S, lm=8)[0][DIR]
+    assert sorted(holder_of(h) for h in holders(both)) == [(A, 7), (A, 8)]
+    left = update("fs.release", {DIR: both}, A, lt=T0 + S, lm=8)[0][DIR]
+    assert [holder_of(h) for h in holders(left)] == [(A, 7)]
+    x = update("fs.lease", {DIR: directory()}, A, kind=EXCLUSIVE, lt=T0, term=30 * S, lm=7)
+    xd = x[0][DIR]
+    with pytest.raises(MethodRefused) as e:
+        REG.query("fs.stat", {DIR: xd}, tag_query(None, 8), A)
+    assert e.value.code == "leased"
+    REG.query("fs.stat", {DIR: xd}, tag_query(None, 7), A)
+    with pytest.raises(MethodRefused):
+        REG.query("fs.stat", {DIR: xd}, None, A)  # untagged: mount 0, another holder
+    old = directory()
+    old["ls"] = [[A, SHARED, T0 + 30 * S]]  # a record from before mounts were told apart
+    assert holder_of(holders(old)[0]) == (A, 0)
+    with pytest.raises(MethodRefused):
+        update("fs.mkdir", {DIR: old, FILE: None}, A, **arg, lm=8)
+    with pytest.raises(MethodRefused) as e:
+        update("fs.lease", {DIR: directory()}, A, kind=SHARED, lt=T0, term=S, lm=-1)
+    assert e.value.code == "invalid"

@@ -48,9 +48,14 @@ async def exclusive(fs: FileSystem, directory: int) -> None:
     await until("an exclusive lease", lambda: leases.exclusive_left(directory) > 0)
 
 
-def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("twins", [False, True], ids=["two-clients", "one-client-two-mounts"])
+def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
+    tmp_path: Path, twins: bool
+) -> None:
     """The closes send nothing; another client's listing recalls the lease, the holder
-    sends its creates first, and the listing shows every file with its contents."""
+    sends its creates first, and the listing shows every file with its contents.  The
+    same for another mount of the same client identity (``twins``; before, its listing
+    was not refused and missed the files)."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -71,7 +76,7 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(tmp_path: P
         await b.release(fh)
         assert a.meta.leases.exclusive_left(d) == 0  # recalled
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    run(tmp_path, body, twins=twins, fs_options=OPTIONS)
 
 
 def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path: Path) -> None:

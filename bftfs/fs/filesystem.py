@@ -87,6 +87,7 @@ from bftfs.fs.handles import Handles
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
+from bftfs.fs.mounttag import MountTagged
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
@@ -225,12 +226,15 @@ class FileSystem:
         """A file system on these clients; creates the root directory if the cluster has
         none (``fs.mkroot`` is refused once it exists, so racing clients are harmless).
 
-        In a sealed cluster its parts reach the clients through the encryption boundary
+        Its requests name this mount (``fs/mounttag.py``: leases are per mount).  In a
+        sealed cluster its parts reach the clients through the encryption boundary
         (``fs/seal.py``): ``seal`` (default: the cluster's, its volume key read from the
         cluster directory; None for an unencrypted cluster)."""
         seal = options.pop("seal") if "seal" in options else Seal.of(config)
-        qu, rw = wrap_clients(qu, rw, seal)
+        tagged = MountTagged(qu)
+        qu, rw = wrap_clients(tagged, rw, seal)
         fs = cls(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
+        tagged.mount = fs.meta.lease_token
         if seal is not None:  # sealed names are longer: the plaintext ones shorter
             fs.names.name_max = fs.pending.name_max = SEALED_NAME_MAX
         try:

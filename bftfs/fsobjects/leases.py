@@ -5,10 +5,14 @@ without asking the servers: a *shared* lease (:data:`SHARED`, many holders) cove
 *exclusive* one (:data:`EXCLUSIVE`, one holder) also the holder's buffered changes.  The
 record lives in the object's state, so it is as Byzantine-tolerant as the object:
 
-- ``ls``: the holders, ``[[client, kind, expiry], ...]`` in client order.  ``client`` is the
-  principal id of the request that took the lease (the Q/U timestamp's writer, which nodes
-  authenticate or prove by b + 1 hosts for a repair), never an argument: nobody can take or
-  give up a lease in another client's name.
+- ``ls``: the holders, ``[[client, kind, expiry, mount], ...]`` in client order.  ``client``
+  is the principal id of the request that took the lease (the Q/U timestamp's writer, which
+  nodes authenticate or prove by b + 1 hosts for a repair), never an argument: nobody can
+  take or give up a lease in another client's name.  ``mount`` (argument ``lm``, 0 when
+  absent, as in records older than it) tells apart the mounts of one client identity: two
+  laptops with the same bundle are two holders, each recalled by the other's update and
+  refused its queries under the other's exclusive lease.  It is the client's own claim,
+  so it can only mislead that client's other mounts.
 - ``lr``: a pending recall, ``[requester, time]``, or absent.  While it stands no lease is
   granted or renewed (a holder asked to release cannot renew); it goes with the last live
   holder.
@@ -56,13 +60,45 @@ LEASE_SKEW = 2 * 10**9
 HOLDER_MARGIN = 2 * LEASE_SKEW + 10**9
 #: The argument key of the caller's lease time.
 LEASE_TIME = "lt"
+#: The argument key of the calling mount's number (``Meta.lease_token``) in an update; a
+#: query carries it in an envelope, ``{MOUNT: m, QUERY_ARG: arg}`` (:func:`tag_query`).
+MOUNT = "lm"
+QUERY_ARG = "q"
+#: Mount numbers are below this (``fsobjects.limits.MAX_OID``'s range, as lease tokens).
+MAX_MOUNT = 2**63 - 1
 #: Most holders one object records; a further client is refused ``busy`` (it runs uncached).
 MAX_HOLDERS = 32
 #: Most objects one recall push names (nodes send no more; a holder takes more as
 #: malformed).
 MAX_RECALLED = 64
 
-Holder = list[int]  # [client, kind, expiry]
+Holder = list[int]  # [client, kind, expiry, mount]
+#: Who holds a lease: the client's principal id and its mount's number.
+Who = tuple[int, int]
+
+
+def _mount(a: Any) -> int:
+    """The calling mount's number in an argument map (0: none given)."""
+    if not isinstance(a, Mapping) or a.get(MOUNT) is None:
+        return 0
+    return _int(dict(a), MOUNT, 0, MAX_MOUNT)
+
+
+def who(h: Holder) -> Who:
+    """A holder record's client and mount (records without a mount are mount 0)."""
+    return h[0], (h[3] if len(h) > 3 else 0)
+
+
+def tag_query(arg: Any, mount: int) -> dict[str, Any]:
+    """A query's argument with the asking mount's number, for :func:`guarded`."""
+    return {MOUNT: mount, QUERY_ARG: arg}
+
+
+def untag_query(arg: Any) -> tuple[Any, int]:
+    """The argument a query's method takes and the asking mount (0 for an untagged one)."""
+    if isinstance(arg, dict) and len(arg) == 2 and MOUNT in arg and QUERY_ARG in arg:
+        return arg[QUERY_ARG], _mount(arg)
+    return arg, 0
 
 
 def _lease_time(a: Mapping[str, Any]) -> int | None:
@@ -80,9 +116,9 @@ def holders(state: Any) -> list[Holder]:
     return [list(h) for h in got] if isinstance(got, list) else []
 
 
-def live(state: Any, at: int | None, *, other_than: int | None = None) -> list[Holder]:
+def live(state: Any, at: int | None, *, other_than: Who | None = None) -> list[Holder]:
     """The holders whose lease runs at ``at`` (all of them for None), but ``other_than``."""
-    return [h for h in holders(state) if h[0] != other_than and (at is None or h[2] > at)]
+    return [h for h in holders(state) if who(h) != other_than and (at is None or h[2] > at)]
 
 
 def _tidy(state: dict[str, Any], at: int | None) -> None:
@@ -110,6 +146,7 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
 
     def update(states: States, arg: Any, caller: int = 0) -> tuple[dict[int, Any], Any]:
         at = _lease_time(arg) if isinstance(arg, Mapping) else None
+        me = (caller, _mount(arg))
         made, answer = fn(states, arg)
         new = dict(made)
         for oid, state in made.items():
@@ -117,7 +154,7 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
             if _without_leases(state) == _without_leases(old):
                 new[oid] = old
                 continue
-            if live(old, at, other_than=caller):
+            if live(old, at, other_than=me):
                 raise MethodRefused("leased", f"object {oid} is leased to another client")
             if isinstance(state, dict) and isinstance(old, dict):
                 state = dict(state)
@@ -148,10 +185,11 @@ def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:
     not wait for a holder."""
 
     def query(states: States, arg: Any, caller: int = 0) -> Any:
+        inner, mount = untag_query(arg)
         for oid, state in states.items():
-            if any(h[1] == EXCLUSIVE and h[0] != caller for h in holders(state)):
+            if any(h[1] == EXCLUSIVE and who(h) != (caller, mount) for h in holders(state)):
                 raise MethodRefused("leased", f"object {oid} is leased to another client")
-        return fn(states, arg)
+        return fn(states, inner)
 
     query.__doc__ = fn.__doc__
     return query
@@ -163,9 +201,10 @@ def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     Refused ``recalled`` while a recall stands (nobody takes or renews a lease then, the
     holders asked to release first), ``leased`` when another client holds a live lease the
     kind conflicts with (an exclusive lease conflicts with every other), ``busy`` past
-    :data:`MAX_HOLDERS`.  The caller's own earlier lease is replaced.  The answer: the
-    expiry granted."""
+    :data:`MAX_HOLDERS`.  The caller's own earlier lease (of this mount) is replaced.  The
+    answer: the expiry granted."""
     a = _arg(arg)
+    me = (caller, _mount(a))
     kind = _int(a, "kind", SHARED, EXCLUSIVE)
     at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
     expiry = min(at + _int(a, "term", 1, MAX_TERM), MAX_TIME)
@@ -175,12 +214,12 @@ def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
         _tidy(s, at)
         if s.get("lr") is not None:
             raise MethodRefused("recalled", f"object {oid} is being recalled")
-        others = live(s, at, other_than=caller)
+        others = live(s, at, other_than=me)
         if others and (kind == EXCLUSIVE or any(h[1] == EXCLUSIVE for h in others)):
             raise MethodRefused("leased", f"object {oid} is leased to another client")
         if len(others) >= MAX_HOLDERS:
             raise MethodRefused("busy", f"object {oid} has {len(others)} lease holders")
-        s["ls"] = sorted([*others, [caller, kind, expiry]])
+        s["ls"] = sorted([*others, [caller, kind, expiry, me[1]]])
         new[oid] = s
     return new, expiry
 
@@ -190,13 +229,14 @@ def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
     last live holder the recall goes too.  The answer: None."""
     a = _arg(arg)
     at = _lease_time(a)
+    me = (caller, _mount(a))
     new: dict[int, Any] = {}
     for oid, state in states.items():
         if state is None:
             new[oid] = None
             continue
         s = _node(state)
-        s["ls"] = [h for h in holders(s) if h[0] != caller]
+        s["ls"] = [h for h in holders(s) if who(h) != me]
         _tidy(s, at)  # no holder left: the records and the recall go
         new[oid] = s
     return new, None
@@ -206,10 +246,12 @@ def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
     """Ask the other holders of live leases on each object to release: records ``lr`` (no
     lease is granted or renewed from now on) and answers ``[[oid, [holder ids]], ...]``
     (no map: wire maps have string keys) for the objects that have any, which every node
-    that took the update pushes a recall to (``node/recalls.py``).  An object nobody else
-    holds is left as it is."""
+    that took the update pushes a recall to (``node/recalls.py``: to every connection of
+    each holder's client, so each of its mounts checks whether it is the one).  An object
+    nobody else holds is left as it is."""
     a = _arg(arg)
     at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
+    me = (caller, _mount(a))
     new: dict[int, Any] = {}
     out = []
     for oid, state in states.items():
@@ -218,10 +260,10 @@ def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
             continue
         s = _node(state)
         _tidy(s, at)
-        others = live(s, at, other_than=caller)
+        others = live(s, at, other_than=me)
         if others:
             if s.get("lr") is None:
                 s["lr"] = [caller, at]
-            out.append([oid, sorted(h[0] for h in others)])
+            out.append([oid, sorted({h[0] for h in others})])
         new[oid] = s
     return new, out

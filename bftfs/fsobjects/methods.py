@@ -77,9 +77,15 @@ def _update(
     )
 
 
+#: The queries under :func:`bftfs.fsobjects.leases.guarded` (their argument may come in the
+#: asking mount's envelope, ``leases.tag_query``).
+_GUARDED: set[str] = set()
+
+
 def _query(name: str, fn: Callable[..., Any], min_objects: int = 1, max_objects: int = 1) -> Method:
     """A query of the present state, refused while another client holds an exclusive lease
     on one of its objects (:func:`bftfs.fsobjects.leases.guarded`): told its caller."""
+    _GUARDED.add(name)
     return Method(name, Class.QUERY, guarded(fn), min_objects, max_objects, caller=True)
 
 
@@ -157,6 +163,8 @@ FS = ObjectType(
     finished=_finished,
 )
 
+
+GUARDED_QUERIES = frozenset(_GUARDED)
 
 #: The object types of the file system: what a node serves (``bftfs.node.protocols``).
 OBJECT_TYPES = (FS,)

@@ -4,10 +4,9 @@ This layer is deliberately thin: every handler translates arguments, calls the f
 model, and translates the answer into pyfuse3's types.  All protocol work (Q/U metadata,
 PASIS blocks, the write-back cache, close-to-open consistency) lives in :mod:`bftfs.fs`.
 
-Errors (STYLE.md section 3): one decorator wraps every handler.  ``FsError`` becomes
-``FUSEError(its errno)``; any other ``Exception`` is logged once per handler and error type,
-counted, and answered EIO, because pyfuse3 lets nothing but ``FUSEError`` out of a handler
-without ending the mount.  ``BaseException`` (trio's ``Cancelled``) is never caught.
+Errors (STYLE.md section 3): one decorator wraps every handler (:mod:`bftfs.fuse.handler`);
+the kernel's lock requests are translated by :mod:`bftfs.fuse.kernellocks`, its permission
+check redone by :mod:`bftfs.fuse.permissions`.
 
 Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
 
@@ -60,86 +59,31 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import logging
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import pyfuse3
-import trio
 
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attrs import Attr
-from bftfs.fs.errors import FsError, NotFound, Removed, Unavailable
-from bftfs.fs.locks import FLOCK, OFFSET_MAX, POSIX, READ, UNLOCK, WRITE, LockManager
-from bftfs.fuse.leasecache import STARTED, LeaseCache
+from bftfs.fs.errors import NotFound, Removed
+from bftfs.fs.locks import FLOCK, OFFSET_MAX, POSIX, UNLOCK, WRITE, LockManager
+from bftfs.fuse.handler import handler as _handler
+from bftfs.fuse.kernellocks import FLOCK_KINDS, KINDS, byte_range, conflict_answer, lock_kind
+from bftfs.fuse.leasecache import LeaseCache
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
-from bftfs.outcome import patience
+from bftfs.fuse.permissions import permits
 
 log = logging.getLogger(__name__)
 
-
-#: ESTALE answers logged per handler (then only counted: the kernel retries them).
-ESTALE_LOGGED = 20
-#: Seconds between attempts of a system call on a ``hard`` mount while the cluster is
-#: unavailable (each attempt waits up to ``timeo`` for it first).
-HARD_RETRY = 1.0
 #: Seconds between the kernel's lookup that found a name missing and its create of the
 #: name in the same call, within which the create may be answered before it is sent
 #: (create write-behind, docs/fs.md); the two normally follow within a millisecond.
 FRESH_MISS = 0.05
-
-#: Handlers that change the file system: a read-only mount refuses them with EROFS.
-_WRITES = frozenset(
-    {
-        "setattr",
-        "mknod",
-        "mkdir",
-        "unlink",
-        "rmdir",
-        "symlink",
-        "rename",
-        "link",
-        "create",
-        "write",
-        "setxattr",
-        "removexattr",
-    }
-)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-#: The open-flags bit of ``execve``'s open (Linux ``__FMODE_EXEC``; FUSE passes it on).
-FMODE_EXEC = 0x20
-
-
-def _permits(a: Attr, ctx: Any, flags: int) -> bool:
-    """Whether the mode bits of ``a`` let the caller of ``ctx`` open it with ``flags``, as
-    the kernel's own check (``default_permissions``): owner, group (supplementary groups
-    too) or others, root always."""
-    if ctx.uid == 0:
-        return True
-    acc = flags & os.O_ACCMODE
-    need = (4 if acc != os.O_WRONLY else 0) | (2 if acc != os.O_RDONLY or flags & os.O_TRUNC else 0)
-    if flags & FMODE_EXEC:  # execve's open: the kernel asks for execute permission only
-        need = 1
-    if a.uid == ctx.uid:
-        bits = a.mode >> 6
-    else:
-        in_group = a.gid == ctx.gid
-        if not in_group and ((a.mode >> 3) ^ a.mode) & need:  # group and others differ
-            try:
-                in_group = a.gid in pyfuse3.get_sup_groups(ctx.pid)
-            except OSError:  # the process is gone: nothing to protect
-                return True
-        bits = a.mode >> 3 if in_group else a.mode
-    return bits & need == need
-
 
 #: Inodes whose attributes the kernel was last answered that are remembered (then
 #: forgotten all at once: an open of one of them drops the kernel's attributes, as before).
@@ -150,97 +94,6 @@ def _told_key(a: Attr) -> tuple[int, ...]:
     """Everything of ``a`` the kernel caches as attributes."""
     return (a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns,
             a.mtime_ns, a.ctime_ns)  # fmt: skip
-
-
-def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Turn domain errors into their errno and anything unexpected into a logged EIO.
-
-    Each call waits for an unavailable cluster at most the mount's ``timeo`` (its
-    patience, :func:`bftfs.outcome.patience`); on a ``hard`` mount it then tries again,
-    for as long as it takes.  Every EIO is logged at WARNING with the operation, how long
-    it took and why."""
-
-    name = fn.__name__
-    writes = name in _WRITES
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        self = args[0]
-        assert isinstance(self, Operations)
-        start = time.perf_counter()
-        STARTED.set(trio.current_time())
-        if name not in ("lookup", "open") and self._looked_up:
-            ctx = kwargs.get("ctx", args[-1] if args else None)
-            pid = getattr(ctx, "pid", 0)
-            if pid:
-                self._looked_up.pop(pid, None)
-        if name not in ("lookup", "create") and self._missed:
-            ctx = kwargs.get("ctx", args[-1] if args else None)
-            pid = getattr(ctx, "pid", 0)
-            if pid:
-                self._missed.pop(pid, None)
-        try:
-            if writes and self.read_only:
-                raise pyfuse3.FUSEError(errno.EROFS)
-            while True:
-                try:
-                    with patience(self.timeo, trio.current_time()):
-                        result = await fn(*args, **kwargs)
-                except Unavailable as e:
-                    if not self.hard:
-                        raise
-                    self._unavailable(name, e, time.perf_counter() - start)
-                    await trio.sleep(HARD_RETRY)
-                    continue
-                if self.unavailable_since is not None:
-                    self._available_again()
-                return result
-        except pyfuse3.FUSEError:
-            raise
-        except FsError as e:
-            if e.errno == errno.EIO:
-                self._eio(name, args[1:3], f"{type(e).__name__}: {e}", start)
-            elif e.errno == errno.ESTALE:  # usually retried by the kernel (its walk again)
-                key = f"{name}:{type(e).__name__}"
-                self.errors[key] += 1
-                if self.errors[key] <= ESTALE_LOGGED:
-                    log.info("%s answered ESTALE (args %r): %s", name, args[1:3], e)
-            raise pyfuse3.FUSEError(e.errno) from None
-        except Exception as e:
-            key = f"{name}:{type(e).__name__}"
-            if self.errors[key] == 0:  # the traceback once per handler and error type
-                log.exception("%s failed (args %r)", fn.__name__, args[1:3])
-            self._eio(name, args[1:3], f"unexpected {type(e).__name__}: {e}", start)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        finally:
-            self.calls[name] += 1
-            self.seconds[name] += time.perf_counter() - start
-
-    return wrapper
-
-
-#: ``fcntl`` lock types and ``flock`` operations -> lock kinds (``fsobjects.locks``).
-_KINDS = {fcntl.F_RDLCK: READ, fcntl.F_WRLCK: WRITE, fcntl.F_UNLCK: UNLOCK}
-_FLOCK_KINDS = {fcntl.LOCK_SH: READ, fcntl.LOCK_EX: WRITE, fcntl.LOCK_UN: UNLOCK}
-
-
-def _lock_kind(table: dict[int, int], value: int) -> int:
-    kind = table.get(value)
-    if kind is None:
-        raise pyfuse3.FUSEError(errno.EINVAL)
-    return kind
-
-
-def _byte_range(start: int, length: int) -> tuple[int, int]:
-    """``l_start``/``l_len`` as libfuse passes them (``l_len`` 0: to the end of the
-    file) as an inclusive byte range."""
-    if start < 0 or length < 0 or start > OFFSET_MAX:
-        raise pyfuse3.FUSEError(errno.EINVAL)
-    if length == 0:
-        return start, OFFSET_MAX
-    if start + length - 1 > OFFSET_MAX:
-        raise pyfuse3.FUSEError(errno.EOVERFLOW)
-    return start, start + length - 1
 
 
 class Operations(pyfuse3.Operations):
@@ -531,11 +384,11 @@ class Operations(pyfuse3.Operations):
         if long_attrs and trunc:
             # decided before the truncation, on a mode at most ``timeout`` old
             a = await self.fs.getattr(inode, within=self.timeout)
-            if not _permits(a, ctx, flags):
+            if not permits(a, ctx, flags):
                 raise pyfuse3.FUSEError(errno.EACCES)
         fh = await self.fs.open(inode, flags, reached_by_name=True, looked_up=looked_up)
         self._looked_up.pop(ctx.pid, None)
-        if long_attrs and not trunc and not _permits(await self.fs.getattr(inode), ctx, flags):
+        if long_attrs and not trunc and not permits(await self.fs.getattr(inode), ctx, flags):
             await self.fs.release(fh)  # (the mode this open read: no round)
             raise pyfuse3.FUSEError(errno.EACCES)
         # Close-to-open for sizes: the kernel's attributes may be of an older version
@@ -621,32 +474,22 @@ class Operations(pyfuse3.Operations):
     async def getlk(
         self, inode: int, fh: int, owner: int, lock: tuple[int, int, int, int]
     ) -> tuple[int, int, int, int]:
-        kind, start, length, pid = lock
-        lo, hi = _byte_range(start, length)
-        got = await self._lock_manager().test(inode, POSIX, owner, _lock_kind(_KINDS, kind), lo, hi)
-        if got is None:
-            return fcntl.F_UNLCK, start, length, pid
-        other, a, b, holder = got
-        return (
-            fcntl.F_RDLCK if other == READ else fcntl.F_WRLCK,
-            a,
-            0 if b == OFFSET_MAX else b - a + 1,
-            holder,
-        )
+        kind, start, length, _ = lock
+        lo, hi = byte_range(start, length)
+        got = await self._lock_manager().test(inode, POSIX, owner, lock_kind(KINDS, kind), lo, hi)
+        return conflict_answer(got, lock)
 
     @_handler
     async def setlk(
         self, inode: int, fh: int, owner: int, lock: tuple[int, int, int, int], sleep: bool
     ) -> None:
         kind, start, length, pid = lock
-        span = _byte_range(start, length)
-        await self._lock(
-            inode, fh, POSIX, owner, _lock_kind(_KINDS, kind), span, wait=sleep, pid=pid
-        )
+        span = byte_range(start, length)
+        await self._lock(inode, fh, POSIX, owner, lock_kind(KINDS, kind), span, wait=sleep, pid=pid)
 
     @_handler
     async def flock(self, inode: int, fh: int, owner: int, op: int) -> None:
-        kind = _lock_kind(_FLOCK_KINDS, op & ~fcntl.LOCK_NB)
+        kind = lock_kind(FLOCK_KINDS, op & ~fcntl.LOCK_NB)
         wait = not op & fcntl.LOCK_NB
         await self._lock(inode, fh, FLOCK, owner, kind, (0, OFFSET_MAX), wait=wait, pid=0)
 

@@ -83,6 +83,12 @@ class Cluster:
             )
         return self._clients[k]
 
+    def twin(self, k: int = 0) -> Endpoint:
+        """Another endpoint of the ``k``-th configured client: a second mount of one client
+        identity (two machines with the same bundle), with connections of its own."""
+        ring = KeyRing(self._client_identities[k], self.config.node_public_keys())
+        return Endpoint(ring, self.addresses, self._nursery, **self._endpoint_options)
+
     def client_identity(self, k: int = 0) -> Identity:
         """The private identity of the ``k``-th configured client (for raw-protocol tests)."""
         return self._client_identities[k]

@@ -1,0 +1,141 @@
+"""The one decorator around every FUSE handler (STYLE.md section 3).
+
+``FsError`` becomes ``FUSEError(its errno)``; any other ``Exception`` is logged once per
+handler and error type, counted, and answered EIO, because pyfuse3 lets nothing but
+``FUSEError`` out of a handler without ending the mount.  ``BaseException`` (trio's
+``Cancelled``) is never caught.  A ``hard`` mount retries a call the cluster could not
+answer instead of answering EIO; a read-only mount refuses every handler that writes."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
+
+import pyfuse3
+import trio
+
+from bftfs.fs.errors import FsError, Unavailable
+from bftfs.fuse.leasecache import STARTED
+from bftfs.outcome import patience
+
+log = logging.getLogger("bftfs.fuse.operations")
+
+#: ESTALE answers logged per handler (then only counted: the kernel retries them).
+ESTALE_LOGGED = 20
+#: Seconds between attempts of a system call on a ``hard`` mount while the cluster is
+#: unavailable (each attempt waits up to ``timeo`` for it first).
+HARD_RETRY = 1.0
+
+#: Handlers that change the file system: a read-only mount refuses them with EROFS.
+_WRITES = frozenset(
+    {
+        "setattr",
+        "mknod",
+        "mkdir",
+        "unlink",
+        "rmdir",
+        "symlink",
+        "rename",
+        "link",
+        "create",
+        "write",
+        "setxattr",
+        "removexattr",
+    }
+)
+
+
+class HandlerHost(Protocol):
+    """What :func:`handler` reads and counts on the object whose handlers it wraps
+    (``Operations``)."""
+
+    read_only: bool
+    timeo: float | None
+    hard: bool
+    unavailable_since: float | None
+    errors: Counter[str]
+    calls: Counter[str]
+    seconds: Any
+    _looked_up: dict[int, int]
+    _missed: dict[int, tuple[int, bytes, float]]
+
+    def _eio(self, name: str, args: Any, cause: str, start: float) -> None: ...
+
+    def _unavailable(self, name: str, e: Exception, waited: float) -> None: ...
+
+    def _available_again(self) -> None: ...
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Turn domain errors into their errno and anything unexpected into a logged EIO.
+
+    Each call waits for an unavailable cluster at most the mount's ``timeo`` (its
+    patience, :func:`bftfs.outcome.patience`); on a ``hard`` mount it then tries again,
+    for as long as it takes.  Every EIO is logged at WARNING with the operation, how long
+    it took and why."""
+
+    name = fn.__name__
+    writes = name in _WRITES
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self = cast(HandlerHost, args[0])
+        start = time.perf_counter()
+        STARTED.set(trio.current_time())
+        if name not in ("lookup", "open") and self._looked_up:
+            ctx = kwargs.get("ctx", args[-1] if args else None)
+            pid = getattr(ctx, "pid", 0)
+            if pid:
+                self._looked_up.pop(pid, None)
+        if name not in ("lookup", "create") and self._missed:
+            ctx = kwargs.get("ctx", args[-1] if args else None)
+            pid = getattr(ctx, "pid", 0)
+            if pid:
+                self._missed.pop(pid, None)
+        try:
+            if writes and self.read_only:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            while True:
+                try:
+                    with patience(self.timeo, trio.current_time()):
+                        result = await fn(*args, **kwargs)
+                except Unavailable as e:
+                    if not self.hard:
+                        raise
+                    self._unavailable(name, e, time.perf_counter() - start)
+                    await trio.sleep(HARD_RETRY)
+                    continue
+                if self.unavailable_since is not None:
+                    self._available_again()
+                return result
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as e:
+            if e.errno == errno.EIO:
+                self._eio(name, args[1:3], f"{type(e).__name__}: {e}", start)
+            elif e.errno == errno.ESTALE:  # usually retried by the kernel (its walk again)
+                key = f"{name}:{type(e).__name__}"
+                self.errors[key] += 1
+                if self.errors[key] <= ESTALE_LOGGED:
+                    log.info("%s answered ESTALE (args %r): %s", name, args[1:3], e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception as e:
+            key = f"{name}:{type(e).__name__}"
+            if self.errors[key] == 0:  # the traceback once per handler and error type
+                log.exception("%s failed (args %r)", fn.__name__, args[1:3])
+            self._eio(name, args[1:3], f"unexpected {type(e).__name__}: {e}", start)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.calls[name] += 1
+            self.seconds[name] += time.perf_counter() - start
+
+    return wrapper
