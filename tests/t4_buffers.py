@@ -1,0 +1,188 @@
+"""Bounded buffers, shown with real node processes and real TCP (issue 39; seed 002
+L14-35, L40-70; docs/buffers.md has every bound's arithmetic).
+
+A client floods a node: it asks for big replies as fast as the node's admission lets it
+and never reads them.  The node must stop reading that connection once its reply backlog
+passes ``REPLY_BACKLOG`` (TCP then pushes back on the flooder), keep its anonymous memory
+under the bound computed below from the code's constants, answer everything once the
+flooder reads, and serve another client meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs.connect import open_client
+from bftfs.erasure import fragment_size
+from bftfs.net.frames import DEFAULT_MAX_FRAME, STATUS_OK
+from bftfs.net.server import REPLY_BACKLOG
+from bftfs.policy import LimitsPolicy
+from bftfs.rw.batch import MAX_BATCH
+from bftfs.rw.client import open_rw_client
+from bftfs.rw.messages import RW_WIRE_VERSION, block_id, encode_block_id
+from bftfs.testing.flood import anon_rss, raw_session
+from bftfs.testing.processes import ProcessCluster
+
+MiB = 1 << 20
+#: The flooded node and the test cluster's block size (a batch of data reads answers 128
+#: fragments of a third of it).
+NODE = 0
+BLOCK = 256 * 1024
+#: Requests of one client a node works on at once (``[limits] max_inflight``), small so
+#: that the bound below is tight enough to mean something.
+INFLIGHT = 4
+#: The node has stopped reading a connection when a send waits this long.
+PUSHED_BACK = 1.5
+#: What a Python process's heap moves by on its own over a test (logging, counters, the
+#: allocator's arenas): the bounds' allowance for it.
+SLACK = 24 * MiB
+
+
+def reply_bound(cluster_n: int, m: int) -> int:
+    """The largest reply to one flooding request: an ``rw.batch`` of ``MAX_BATCH`` data
+    reads, each a fragment of a ``BLOCK`` block with its cross checksum, a history of one
+    version and the fields' framing (256 bytes is generous)."""
+    per_item = fragment_size(BLOCK, m) + 8 + 32 * cluster_n + 44 * 2 + 256
+    return MAX_BATCH * per_item
+
+
+def node_bound(reply: int) -> int:
+    """Growth of a flooded node's anonymous memory, at most (docs/buffers.md, "a client
+    that never reads"):
+
+    * unsent replies: the read loop reads no request while more than ``REPLY_BACKLOG``
+      bytes are pending, so at most ``REPLY_BACKLOG`` plus the replies of the requests
+      admitted when it stopped, ``INFLIGHT * reply``; twice that while the writer joins
+      its backlog into the chunk it sends;
+    * the requests in flight: each holds its reply's objects, ``INFLIGHT * reply``;
+    * the packer's buffer, kept at the largest reply: ``reply``;
+    * the frame reader: its stream buffer (a frame and a 256 KiB chunk) and the frame being
+      opened, ``2 * DEFAULT_MAX_FRAME + 256 KiB``;
+    * ``SLACK``.
+    """
+    pending = REPLY_BACKLOG + INFLIGHT * reply
+    reader = 2 * DEFAULT_MAX_FRAME + 256 * 1024
+    return 2 * pending + INFLIGHT * reply + reply + reader + SLACK
+
+
+#: glibc's allocator keeps freed multi-MiB buffers for reuse when its mmap threshold has
+#: grown past them, so that a process's resident memory is the most it ever held plus
+#: what fragmentation wastes; with the threshold fixed at 128 KiB every big buffer is
+#: mapped and unmapped on its own, and resident memory is what the process holds.  The
+#: bound is on what it holds (docs/buffers.md gives the figure without this too).
+EXACT_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
+async def _write_block(pc: ProcessCluster) -> bytes:
+    block = encode_block_id(block_id(7, 0))
+    async with open_client(pc.config) as ep, open_rw_client(ep, pc.config) as rw:
+        await rw.write_block(block_id(7, 0), os.urandom(BLOCK))
+    return block
+
+
+class _Peak:
+    """The largest anonymous memory of a process over a test, polled (:meth:`watch`)."""
+
+    def __init__(self, pid: int, bound: int) -> None:
+        self.pid = pid
+        self.bound = bound
+        self.base = anon_rss(pid)
+        self.peak = self.base
+        #: Set when the process grew past ``bound``: the flood stops.
+        self.over = trio.Event()
+
+    @property
+    def grew(self) -> int:
+        return self.peak - self.base
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, anon_rss(self.pid))
+        if self.grew > self.bound:
+            self.over.set()
+
+    async def watch(self) -> None:
+        """Sample every 20 ms until cancelled (memory is read, not waited for)."""
+        while True:
+            self.sample()
+            await trio.sleep(0.02)
+
+
+async def _flood_until_pushed_back(pc: ProcessCluster, block: bytes, peak: _Peak) -> Any:
+    """Send batches of data reads without reading any reply, until a send waits
+    ``PUSHED_BACK`` seconds (the node stopped reading: the raw session's
+    ``pushed_back``) or the node grew past its bound."""
+    raw = await raw_session(pc.config, pc.config.node_ids[NODE])
+    raw.pushed_back = False
+    item = ["rw.read_latest", {"v": RW_WIRE_VERSION, "b": block, "d": True}]
+    batch = [item] * MAX_BATCH
+    with trio.move_on_after(60):
+        while not peak.over.is_set():
+            with trio.move_on_after(PUSHED_BACK) as waited:
+                await raw.send("rw.batch", batch)
+            if waited.cancelled_caught:
+                raw.pushed_back = True
+                break
+    return raw
+
+
+async def _another_client_is_served(pc: ProcessCluster) -> None:
+    async with open_client(pc.config, "client1") as ep, open_rw_client(ep, pc.config) as rw:
+        data = os.urandom(BLOCK)
+        await rw.write_block(block_id(8, 0), data)
+        assert await rw.read_block(block_id(8, 0)) == data
+
+
+async def _read_every_reply(raw: Any, sent: int) -> None:
+    with trio.fail_after(60):
+        for _ in range(sent):
+            msg = await raw.read_reply()
+            assert msg is not None, "the node closed the flooder's connection"
+            assert msg[3] == STATUS_OK
+
+
+def test_a_client_that_never_reads_its_replies_cannot_grow_a_node(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    for name, value in EXACT_ALLOCATOR.items():
+        monkeypatch.setenv(name, value)
+    limits = LimitsPolicy(max_inflight=INFLIGHT)
+    with ProcessCluster(tmp_path / "c", block_size=BLOCK, limits=limits) as pc:
+        block = trio.run(_write_block, pc)
+        pid = pc.pid(NODE)
+        assert pid is not None
+        cfg = pc.config
+        reply = reply_bound(cfg.n, cfg.m)
+        bound = node_bound(reply)
+
+        async def scenario() -> tuple[_Peak, int]:
+            # The node's own memory for serving a client (its threads' arenas, LMDB's
+            # write pages) is there before the flood, not counted as the flood's.
+            await _another_client_is_served(pc)
+            peak = _Peak(pid, bound)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peak.watch)
+                raw = await _flood_until_pushed_back(pc, block, peak)
+                try:
+                    assert not peak.over.is_set(), (
+                        f"node grew {peak.grew / MiB:.0f} MiB > bound {bound / MiB:.0f} MiB"
+                    )
+                    assert raw.pushed_back, "the node never stopped reading the flooder"
+                    await _another_client_is_served(pc)  # while the flooder still waits
+                    await _read_every_reply(raw, raw.sent)  # nothing was dropped
+                finally:
+                    await raw.aclose()
+                    nursery.cancel_scope.cancel()
+            return peak, raw.sent
+
+        peak, sent = trio.run(scenario)
+        print(
+            f"flooder sent {sent} batches ({sent * reply / MiB:.0f} MiB of replies asked); "
+            f"node grew {peak.grew / MiB:.1f} MiB, bound {bound / MiB:.1f} MiB "
+            f"(reply {reply / MiB:.1f} MiB)"
+        )
+        assert peak.grew <= bound
+        assert pc.pid(NODE) == pid, "the flooded node restarted or died"
