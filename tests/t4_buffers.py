@@ -11,19 +11,23 @@ flooder reads, and serve another client meanwhile.
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from bftfs import fsobjects as obj
 from bftfs.connect import open_client
 from bftfs.erasure import fragment_size
+from bftfs.fs.session import open_session
 from bftfs.net.frames import DEFAULT_MAX_FRAME, STATUS_OK
 from bftfs.net.server import REPLY_BACKLOG
 from bftfs.policy import LimitsPolicy
 from bftfs.rw.batch import MAX_BATCH
 from bftfs.rw.client import open_rw_client
 from bftfs.rw.messages import RW_WIRE_VERSION, block_id, encode_block_id
+from bftfs.testing.byzantine.flood import FLOOD_PUSHES
 from bftfs.testing.flood import anon_rss, raw_session
 from bftfs.testing.processes import ProcessCluster
 
@@ -186,3 +190,77 @@ def test_a_client_that_never_reads_its_replies_cannot_grow_a_node(
         )
         assert peak.grew <= bound
         assert pc.pid(NODE) == pid, "the flooded node restarted or died"
+
+
+# A node floods a client ---------------------------------------------------------------------
+
+#: The Byzantine node and the rounds of the client's work (each: a directory made, a block
+#: written and read back).
+LIAR = 0
+ROUNDS = 12
+
+
+async def _client_work(pc: ProcessCluster, tag: str) -> tuple[int, dict[str, int]]:
+    """``ROUNDS`` rounds of Q/U updates and PASIS writes and reads through a real file
+    system session, every result checked; the peak of this process's traced memory
+    (tracemalloc) above what it held when the work began, and the faults the client
+    counted against ``LIAR``."""
+    tracemalloc.reset_peak()
+    start = tracemalloc.get_traced_memory()[0]
+    made = []
+    first = 1000 + 100 * len(tag)  # block ids apart per tag
+    async with open_session(pc.config, "client0") as s:
+        for k in range(ROUNDS):
+            name = f"{tag}{k}".encode()
+            await s.fs.mkdir(obj.ROOT, name, 0o755, 0, 0)
+            made.append(name)
+            data = bytes([k]) * BLOCK
+            await s.rw.write_block(block_id(first + k, 0), data)
+            assert await s.rw.read_block(block_id(first + k, 0)) == data
+        names = {n for n, _ in await s.fs.readdir(obj.ROOT)}
+        assert set(made) <= names
+        faults = s.faults().get(int(pc.config.node_ids[LIAR]), {})
+    return tracemalloc.get_traced_memory()[1] - start, faults
+
+
+async def _node_stats(pc: ProcessCluster, node: int) -> Any:
+    async with open_client(pc.config) as ep:
+        return await ep.call(pc.config.node_ids[node], "stats", None)
+
+
+def client_allowance() -> int:
+    """What a Byzantine node can add to a client's memory, at most (docs/buffers.md, "a
+    node that floods its clients"): the client handles one frame of a connection at a
+    time, and the endpoint has one connection per node:
+
+    * the frame being read: the stream buffer (a quarter of the frame and a 256 KiB chunk)
+      and the frame's own buffer, ``1.25 * DEFAULT_MAX_FRAME + 256 KiB``; its plaintext and
+      the value decoded from it, ``2 * DEFAULT_MAX_FRAME``; an oversized frame is refused
+      at its length prefix, before anything is allocated;
+    * replies kept by the calls in progress until they return (a Q/U round's replies, a
+      PASIS batch's): one nonsense reply each, ``2 * DEFAULT_MAX_FRAME``;
+    * pushes keep nothing (a push that is no recall or wake-up is counted and dropped).
+    """
+    return int(5.25 * DEFAULT_MAX_FRAME) + 256 * 1024
+
+
+def test_a_node_flooding_its_clients_cannot_grow_them(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path / "c", block_size=BLOCK) as pc:
+        tracemalloc.start(1)
+        try:
+            honest, _ = trio.run(_client_work, pc, "h")
+            pc.node_args[LIAR] = ["--byzantine", "flood-client"]
+            pc.stop(LIAR)
+            pc.start(LIAR)
+            flooded, faults = trio.run(_client_work, pc, "ff")
+        finally:
+            tracemalloc.stop()
+        stats = trio.run(_node_stats, pc, LIAR)["requests"]
+        bound = honest + client_allowance()
+        print(
+            f"client peak: honest {honest / MiB:.1f} MiB, flooded {flooded / MiB:.1f} MiB, "
+            f"bound {bound / MiB:.1f} MiB; the liar pushed {stats.get('pushes', 0)} MiB over "
+            f"{stats['connections']} connections; client faults {faults}"
+        )
+        assert stats.get("pushes", 0) >= ROUNDS * FLOOD_PUSHES, "the node hardly flooded"
+        assert flooded <= bound
