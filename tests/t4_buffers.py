@@ -24,7 +24,7 @@ from bftfs.fs.session import open_session
 from bftfs.net.frames import DEFAULT_MAX_FRAME, STATUS_OK
 from bftfs.net.server import REPLY_BACKLOG
 from bftfs.policy import LimitsPolicy
-from bftfs.rw.batch import MAX_BATCH
+from bftfs.rw.batch import MAX_BATCH, MAX_BATCH_BYTES, MAX_PENDING_BYTES
 from bftfs.rw.client import open_rw_client
 from bftfs.rw.messages import RW_WIRE_VERSION, block_id, encode_block_id
 from bftfs.testing.byzantine.flood import FLOOD_PUSHES
@@ -264,3 +264,98 @@ def test_a_node_flooding_its_clients_cannot_grow_them(tmp_path: Path) -> None:
         )
         assert stats.get("pushes", 0) >= ROUNDS * FLOOD_PUSHES, "the node hardly flooded"
         assert flooded <= bound
+
+
+# A node that reads nothing -----------------------------------------------------------------
+
+#: Blocks of the writing stream (``WAVES`` waves of ``WAVE``, 1 MiB blocks: every node's
+#: fragment is a third of one) and the directories made around it.
+BIG = 1 << 20
+WAVE = 16
+WAVES = 6
+
+
+class _Backlog:
+    """The most bytes a client's connection to one node held unsent, polled."""
+
+    def __init__(self, endpoint: Any, node: int) -> None:
+        self.endpoint = endpoint
+        self.node = node
+        self.most = 0
+
+    async def watch(self) -> None:
+        while True:
+            conn = self.endpoint._conns.get(self.node)
+            if conn is not None:
+                self.most = max(self.most, conn._writer.pending)
+            await trio.sleep(0.005)
+
+
+async def _stream_work(pc: ProcessCluster, tag: str) -> tuple[int, int, float]:
+    """A stream of ``WAVES * WAVE`` 1 MiB block writes (``write_blocks`` waves, as a
+    flush writes), a directory made before and after, a few blocks read back; the peak of
+    the traced memory above the start, the most the connection to ``LIAR`` held unsent,
+    and the seconds the slowest wave took."""
+    tracemalloc.reset_peak()
+    start = tracemalloc.get_traced_memory()[0]
+    first = 5000 + 1000 * len(tag)
+    slowest = 0.0
+    async with open_session(pc.config, "client0") as s, trio.open_nursery() as nursery:
+        backlog = _Backlog(s.endpoint, pc.config.node_ids[LIAR])
+        nursery.start_soon(backlog.watch)
+        await s.fs.mkdir(obj.ROOT, f"{tag}-before".encode(), 0o755, 0, 0)
+        for w in range(WAVES):
+            wave = {block_id(first + w * WAVE + k, 0): bytes([k]) * BIG for k in range(WAVE)}
+            began = trio.current_time()
+            await s.rw.write_blocks(wave)
+            slowest = max(slowest, trio.current_time() - began)
+            del wave
+        # The requests left with a silent node are resent until their calls time out:
+        # keep the session open until none is left (with an honest node: at once).
+        queue = s.rw.batcher._queues.get(pc.config.node_ids[LIAR])
+        with trio.fail_after(60):
+            while True:
+                if queue is None or not queue.pending:
+                    break
+                await trio.sleep(0.05)  # polling the client's own state, with a deadline
+        for k in (0, WAVE * WAVES - 1):
+            data = await s.rw.read_block(block_id(first + k, 0))
+            assert data == bytes([k % WAVE]) * BIG
+        await s.fs.mkdir(obj.ROOT, f"{tag}-after".encode(), 0o755, 0, 0)
+        names = {n for n, _ in await s.fs.readdir(obj.ROOT)}
+        assert {f"{tag}-before".encode(), f"{tag}-after".encode()} <= names
+        nursery.cancel_scope.cancel()
+    return tracemalloc.get_traced_memory()[1] - start, backlog.most, slowest
+
+
+def silent_allowance() -> int:
+    """What a node that reads nothing can add to a writing client's memory, at most
+    (docs/buffers.md, "a node that reads nothing"): the PASIS batcher keeps at most
+    ``MAX_PENDING_BYTES`` of fragments unanswered per node (the rest fail to it at once
+    after ``STALLED``), each sent once (a resend waits while the connection still holds
+    unsent bytes: the node has not even received the first copy), and one batch of at most
+    ``MAX_BATCH_BYTES`` is being sealed; the Q/U requests to it are a few KiB, 1 MiB."""
+    return MAX_PENDING_BYTES + MAX_BATCH_BYTES + MiB
+
+
+def test_a_node_that_reads_nothing_cannot_grow_a_writing_client(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path / "c", block_size=BIG) as pc:
+        tracemalloc.start(1)
+        try:
+            honest, _, _ = trio.run(_stream_work, pc, "h")
+            pc.node_args[LIAR] = ["--byzantine", "stop-reading"]
+            pc.stop(LIAR)
+            pc.start(LIAR)
+            silent, unsent, slowest = trio.run(_stream_work, pc, "ss")
+        finally:
+            tracemalloc.stop()
+            pc.kill(LIAR)  # it stands still for minutes: SIGTERM would wait on it
+        bound = honest + silent_allowance()
+        print(
+            f"client peak: honest {honest / MiB:.1f} MiB, node {LIAR} silent "
+            f"{silent / MiB:.1f} MiB, bound {bound / MiB:.1f} MiB; unsent to it at most "
+            f"{unsent / MiB:.1f} MiB, bound {silent_allowance() / MiB:.1f} MiB; slowest wave "
+            f"{slowest:.1f} s"
+        )
+        assert unsent <= silent_allowance()
+        assert silent <= bound
