@@ -200,7 +200,7 @@ LIAR = 0
 ROUNDS = 12
 
 
-async def _client_work(pc: ProcessCluster, tag: str) -> tuple[int, dict[str, int]]:
+async def _client_work(config: Any, tag: str) -> tuple[int, dict[str, int]]:
     """``ROUNDS`` rounds of Q/U updates and PASIS writes and reads through a real file
     system session, every result checked; the peak of this process's traced memory
     (tracemalloc) above what it held when the work began, and the faults the client
@@ -209,7 +209,7 @@ async def _client_work(pc: ProcessCluster, tag: str) -> tuple[int, dict[str, int
     start = tracemalloc.get_traced_memory()[0]
     made = []
     first = 1000 + 100 * len(tag)  # block ids apart per tag
-    async with open_session(pc.config, "client0") as s:
+    async with open_session(config, "client0") as s:
         for k in range(ROUNDS):
             name = f"{tag}{k}".encode()
             await s.fs.mkdir(obj.ROOT, name, 0o755, 0, 0)
@@ -219,7 +219,7 @@ async def _client_work(pc: ProcessCluster, tag: str) -> tuple[int, dict[str, int
             assert await s.rw.read_block(block_id(first + k, 0)) == data
         names = {n for n, _ in await s.fs.readdir(obj.ROOT)}
         assert set(made) <= names
-        faults = s.faults().get(int(pc.config.node_ids[LIAR]), {})
+        faults = s.faults().get(int(config.node_ids[LIAR]), {})
     return tracemalloc.get_traced_memory()[1] - start, faults
 
 
@@ -248,11 +248,11 @@ def test_a_node_flooding_its_clients_cannot_grow_them(tmp_path: Path) -> None:
     with ProcessCluster(tmp_path / "c", block_size=BLOCK) as pc:
         tracemalloc.start(1)
         try:
-            honest, _ = trio.run(_client_work, pc, "h")
+            honest, _ = trio.run(_client_work, pc.config, "h")
             pc.node_args[LIAR] = ["--byzantine", "flood-client"]
             pc.stop(LIAR)
             pc.start(LIAR)
-            flooded, faults = trio.run(_client_work, pc, "ff")
+            flooded, faults = trio.run(_client_work, pc.config, "ff")
         finally:
             tracemalloc.stop()
         stats = trio.run(_node_stats, pc, LIAR)["requests"]
