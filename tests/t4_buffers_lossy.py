@@ -170,6 +170,5 @@ def test_a_lossy_duplicating_link_completes_every_operation_within_the_bounds(
             assert all(p.poll() is None for p in procs), "a node process died"
 
 
-
 async def _client_work_of(config: Any, tag: str) -> int:
     return (await _client_work(config, tag))[0]
