@@ -26,7 +26,7 @@ from bftfs.net.frames import DEFAULT_MAX_FRAME, STATUS_OK
 from bftfs.net.server import REPLY_BACKLOG
 from bftfs.policy import LimitsPolicy
 from bftfs.rw.batch import MAX_BATCH, MAX_BATCH_BYTES, MAX_PENDING_BYTES
-from bftfs.rw.client import open_rw_client
+from bftfs.rw.client import max_fragment_of, open_rw_client
 from bftfs.rw.messages import RW_WIRE_VERSION, block_id, encode_block_id
 from bftfs.testing.byzantine.flood import FLOOD_PUSHES
 from bftfs.testing.flood import anon_rss, raw_session
@@ -47,12 +47,20 @@ PUSHED_BACK = 1.5
 SLACK = 24 * MiB
 
 
-def reply_bound(cluster_n: int, m: int) -> int:
-    """The largest reply to one flooding request: an ``rw.batch`` of ``MAX_BATCH`` data
-    reads, each a fragment of a ``BLOCK`` block with its cross checksum, a history of one
-    version and the fields' framing (256 bytes is generous)."""
-    per_item = fragment_size(BLOCK, m) + 8 + 32 * cluster_n + 44 * 2 + 256
-    return MAX_BATCH * per_item
+def reads_per_batch(config: Any) -> int:
+    """Data reads one batch may carry: the node refuses a batch asking for more than
+    ``MAX_BATCH_BYTES`` of fragments (``node/batching.py``), each read counting the
+    cluster's largest fragment."""
+    return max(1, min(MAX_BATCH, MAX_BATCH_BYTES // max_fragment_of(config)))
+
+
+def reply_bound(config: Any) -> int:
+    """The largest reply to one flooding request: an ``rw.batch`` of
+    :func:`reads_per_batch` data reads, each a fragment of a ``BLOCK`` block with its
+    cross checksum, a history of one version and the fields' framing (256 bytes is
+    generous)."""
+    per_item = fragment_size(BLOCK, config.m) + 8 + 32 * config.n + 44 * 2 + 256
+    return reads_per_batch(config) * per_item
 
 
 def node_bound(reply: int) -> int:
@@ -123,7 +131,7 @@ async def _flood_until_pushed_back(pc: ProcessCluster, block: bytes, peak: _Peak
     raw = await raw_session(pc.config, pc.config.node_ids[NODE])
     raw.pushed_back = False
     item = ["rw.read_latest", {"v": RW_WIRE_VERSION, "b": block, "d": True}]
-    batch = [item] * MAX_BATCH
+    batch = [item] * reads_per_batch(pc.config)
     with trio.move_on_after(60):
         while not peak.over.is_set():
             with trio.move_on_after(PUSHED_BACK) as waited:
@@ -160,7 +168,7 @@ def test_a_client_that_never_reads_its_replies_cannot_grow_a_node(
         pid = pc.pid(NODE)
         assert pid is not None
         cfg = pc.config
-        reply = reply_bound(cfg.n, cfg.m)
+        reply = reply_bound(cfg)
         bound = node_bound(reply)
 
         async def scenario() -> tuple[_Peak, int]:

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 import trio.lowlevel
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId
+from bftfs.net.errors import RemoteError
 from bftfs.net.frames import DEFAULT_MAX_FRAME, FrameReader
 from bftfs.net.server import REPLY_BACKLOG
 from bftfs.net.session import client_handshake
+from bftfs.rw.batch import MAX_BATCH_BYTES
+from bftfs.rw.client import max_fragment_of
+from bftfs.rw.messages import RW_WIRE_VERSION
 from bftfs.testing.cluster import open_cluster
 
 PUSH = 1 << 20
@@ -51,3 +56,22 @@ async def test_pushes_to_a_principal_that_never_reads_stop_at_the_backlog_mark(
             assert most <= REPLY_BACKLOG + PUSH + 1024, f"{most} bytes held for a non-reader"
         finally:
             await stream.aclose()
+
+
+async def test_a_batch_asking_for_more_than_max_batch_bytes_of_fragments_is_refused(
+    tmp_path: Path,
+) -> None:
+    """An honest client cuts its batches at ``MAX_BATCH_BYTES`` of fragments asked for
+    (``net/batch.py``); a node refuses a batch asking for more, whose reply it would hold
+    whole (128 data reads of 1 MiB blocks: 43 MiB), and answers one within the limit."""
+    async with open_cluster(tmp_path, t=0, b=0, n=2, clients=1) as cluster:
+        ep = cluster.client(0)
+        node = NodeId(cluster.nodes[0].id)
+        most = MAX_BATCH_BYTES // max_fragment_of(cluster.config)
+        read = ["rw.read_latest", {"v": RW_WIRE_VERSION, "b": bytes(16), "d": True}]
+        witness = ["rw.read_latest", {"v": RW_WIRE_VERSION, "b": bytes(16), "d": False}]
+        answered = await ep.call(node, "rw.batch", [read] * most + [witness] * 8)
+        assert len(answered) == most + 8
+        with pytest.raises(RemoteError) as refused:
+            await ep.call(node, "rw.batch", [read] * (most + 1))
+        assert refused.value.code == "malformed"
