@@ -27,7 +27,7 @@ from bftfs.net.server import REPLY_BACKLOG
 from bftfs.policy import LimitsPolicy
 from bftfs.rw.batch import MAX_BATCH, MAX_BATCH_BYTES, MAX_PENDING_BYTES
 from bftfs.rw.client import max_fragment_of, open_rw_client
-from bftfs.rw.messages import RW_WIRE_VERSION, block_id, encode_block_id
+from bftfs.rw.messages import MAX_HISTORY, RW_WIRE_VERSION, block_id, encode_block_id
 from bftfs.testing.byzantine.flood import FLOOD_PUSHES
 from bftfs.testing.flood import anon_rss, raw_session
 from bftfs.testing.processes import ProcessCluster
@@ -61,6 +61,14 @@ def reply_bound(config: Any) -> int:
     generous)."""
     per_item = fragment_size(BLOCK, config.m) + 8 + 32 * config.n + 44 * 2 + 256
     return reads_per_batch(config) * per_item
+
+
+def rw_reply_bound(config: Any) -> int:
+    """The largest ``rw.batch`` reply a node sends a correct client: ``MAX_BATCH_BYTES``
+    of fragments and, for each of ``MAX_BATCH`` items, a history of at most
+    ``MAX_HISTORY`` timestamps (46 bytes each with their framing), a cross checksum and
+    256 bytes of fields."""
+    return MAX_BATCH_BYTES + MAX_BATCH * (MAX_HISTORY * 46 + 8 + 32 * config.n + 256)
 
 
 def node_bound(reply: int) -> int:
