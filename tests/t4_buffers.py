@@ -279,6 +279,7 @@ def test_a_node_flooding_its_clients_cannot_grow_them(tmp_path: Path) -> None:
             f"bound {bound / MiB:.1f} MiB; the liar pushed {stats.get('pushes', 0)} MiB over "
             f"{stats['connections']} connections; client faults {faults}"
         )
+        assert faults.get("frame_oversized", 0) > 0, "no frame past the limit was refused"
         assert stats.get("pushes", 0) >= ROUNDS * FLOOD_PUSHES, "the node hardly flooded"
         assert flooded <= bound
 

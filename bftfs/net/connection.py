@@ -147,7 +147,12 @@ class Connection:
                     self._pushed(body)
                 else:
                     self.faults[(int(self.node), "frame_unexpected")] += 1
-        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except FrameError as e:  # oversized or truncated: the stream cannot be trusted
+            # (the reason only: a record holding ``e`` would keep its frames' buffers alive)
+            log.info("node %s: connection closed (frame %s)", self.node, e.reason)
+            self.faults[(int(self.node), f"frame_{e.reason}")] += 1
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
 
     def _pushed(self, body: Any) -> None:
