@@ -388,3 +388,64 @@ def test_a_node_that_reads_nothing_cannot_grow_a_writing_client(tmp_path: Path) 
         # MAX_PENDING_BYTES unanswered, and as much again waiting for room while the node
         # still counts as answering (less than STALLED since its last answer).
         assert kept.kept <= 2 * MAX_PENDING_BYTES
+
+
+# A client sending the biggest frames it may ---------------------------------------------
+
+#: Frames of the flood: 64 go at once (the 512 MiB burst of the default 256 MiB/s bucket),
+#: the rest at its rate.
+BIG_FRAMES = 96
+
+
+def big_frames_bound() -> int:
+    """Growth of a node flooded with frames at the limit, at most (docs/buffers.md): the
+    frame reader (stream buffer and frame, ``2F + 256 KiB``), the request the read loop
+    holds while it waits for admission (its frame and its decoded payload, ``2F``), the
+    ``INFLIGHT`` requests being answered (their payloads, ``INFLIGHT * F``), their refusals'
+    backlog (``REPLY_BACKLOG``) and ``SLACK``."""
+    frame = DEFAULT_MAX_FRAME
+    return 2 * frame + 256 * 1024 + 2 * frame + INFLIGHT * frame + REPLY_BACKLOG + SLACK
+
+
+def test_a_client_sending_frames_at_the_limit_cannot_grow_a_node(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    for name, value in EXACT_ALLOCATOR.items():
+        monkeypatch.setenv(name, value)
+    limits = LimitsPolicy(max_inflight=INFLIGHT)
+    with ProcessCluster(tmp_path / "c", limits=limits) as pc:
+        pid = pc.pid(NODE)
+        assert pid is not None
+        bound = big_frames_bound()
+        # A payload that fills the frame: the request's own framing and the seal take
+        # less than 1 KiB.
+        junk = b"\x00" * (DEFAULT_MAX_FRAME - 1024)
+
+        async def scenario() -> tuple[_Peak, int]:
+            await _another_client_is_served(pc)
+            peak = _Peak(pid, bound)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peak.watch)
+                raw = await raw_session(pc.config, pc.config.node_ids[NODE])
+                try:
+                    with trio.fail_after(60):
+                        for _ in range(BIG_FRAMES):
+                            if peak.over.is_set():
+                                break
+                            await raw.send("nonsense.kind", junk)
+                        await _another_client_is_served(pc)
+                        for _ in range(raw.sent):  # each refused, none dropped
+                            msg = await raw.read_reply()
+                            assert msg is not None and msg[3] != STATUS_OK
+                finally:
+                    await raw.aclose()
+                    nursery.cancel_scope.cancel()
+            return peak, raw.sent
+
+        peak, sent = trio.run(scenario)
+        print(
+            f"{sent} frames of {DEFAULT_MAX_FRAME / MiB:.0f} MiB sent; node grew "
+            f"{peak.grew / MiB:.1f} MiB, bound {bound / MiB:.1f} MiB"
+        )
+        assert peak.grew <= bound
+        assert pc.pid(NODE) == pid, "the flooded node restarted or died"
