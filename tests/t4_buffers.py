@@ -90,14 +90,6 @@ def node_bound(reply: int) -> int:
     return 2 * pending + INFLIGHT * reply + reply + reader + SLACK
 
 
-#: glibc's allocator keeps freed multi-MiB buffers for reuse when its mmap threshold has
-#: grown past them, so that a process's resident memory is the most it ever held plus
-#: what fragmentation wastes; with the threshold fixed at 128 KiB every big buffer is
-#: mapped and unmapped on its own, and resident memory is what the process holds.  The
-#: bound is on what it holds (docs/buffers.md gives the figure without this too).
-EXACT_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-
-
 async def _write_block(pc: ProcessCluster) -> bytes:
     block = encode_block_id(block_id(7, 0))
     async with open_client(pc.config) as ep, open_rw_client(ep, pc.config) as rw:
@@ -165,11 +157,7 @@ async def _read_every_reply(raw: Any, sent: int) -> None:
             assert msg[3] == STATUS_OK
 
 
-def test_a_client_that_never_reads_its_replies_cannot_grow_a_node(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
-    for name, value in EXACT_ALLOCATOR.items():
-        monkeypatch.setenv(name, value)
+def test_a_client_that_never_reads_its_replies_cannot_grow_a_node(tmp_path: Path) -> None:
     limits = LimitsPolicy(max_inflight=INFLIGHT)
     with ProcessCluster(tmp_path / "c", block_size=BLOCK, limits=limits) as pc:
         block = trio.run(_write_block, pc)
@@ -407,11 +395,7 @@ def big_frames_bound() -> int:
     return 2 * frame + 256 * 1024 + 2 * frame + INFLIGHT * frame + REPLY_BACKLOG + SLACK
 
 
-def test_a_client_sending_frames_at_the_limit_cannot_grow_a_node(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
-    for name, value in EXACT_ALLOCATOR.items():
-        monkeypatch.setenv(name, value)
+def test_a_client_sending_frames_at_the_limit_cannot_grow_a_node(tmp_path: Path) -> None:
     limits = LimitsPolicy(max_inflight=INFLIGHT)
     with ProcessCluster(tmp_path / "c", limits=limits) as pc:
         pid = pc.pid(NODE)
