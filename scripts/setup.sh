@@ -2,7 +2,8 @@
 # Install everything bftfs needs on a fresh Debian-like machine, idempotently:
 #   - Debian packages: fuse3 (fusermount3), libfuse3-dev, pkg-config, gcc, the C library's
 #     and Python's headers and patch (to build pyfuse3 with the lock patch), when missing;
-#     with --tests also git, which the mount tests run in the mount;
+#     with --tests also git, which the mount tests run in the mount, and iproute2 (ip and
+#     tc: the network-namespace tests, t4_machines.py and t4_buffers_lossy.py);
 #   - python3-venv when the interpreter cannot make a virtualenv;
 #   - a virtualenv in .venv with pyfuse3 built with bftfs's lock patch
 #     (scripts/pyfuse3-locks.sh) and bftfs installed in editable mode with its fuse and test
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(fuse3 libfuse3-dev pkg-config gcc libc6-dev patch)
 if [ "${1:-}" = "--tests" ]; then
-    pkgs+=(git)
+    pkgs+=(git iproute2)
 fi
 PY="${PYTHON:-python3}"
 if ! "$PY" -c "import os, sysconfig; assert os.path.exists(sysconfig.get_paths()['include'] + '/Python.h')" 2>/dev/null; then

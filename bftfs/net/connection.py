@@ -99,6 +99,23 @@ class Connection:
             self._close()
             raise
 
+    def resend_nowait(self, msg: list[Any]) -> bool:
+        """Send ``msg`` again, unless this connection still holds unsent bytes: whether it
+        was sent.
+
+        Over TCP a copy the kernel took arrives unless the connection breaks (and then
+        the waiter resolves as lost and the caller sends on a new one), and a copy still in
+        our backlog has not even left: a resend helps only a node that dropped the
+        request itself.  A node that stops reading (its window closed: seed 002 L14-19, a
+        Byzantine network stack withholding acknowledgements) would otherwise get a new
+        copy of every unanswered request in our backlog at each resend interval, and the
+        backlog would grow with time instead of being bounded by the requests
+        outstanding (docs/buffers.md)."""
+        if self._writer.pending:
+            return False
+        self.send_nowait(msg)
+        return True
+
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
@@ -130,7 +147,12 @@ class Connection:
                     self._pushed(body)
                 else:
                     self.faults[(int(self.node), "frame_unexpected")] += 1
-        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except FrameError as e:  # oversized or truncated: the stream cannot be trusted
+            # (the reason only: a record holding ``e`` would keep its frames' buffers alive)
+            log.info("node %s: connection closed (frame %s)", self.node, e.reason)
+            self.faults[(int(self.node), f"frame_{e.reason}")] += 1
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
 
     def _pushed(self, body: Any) -> None:

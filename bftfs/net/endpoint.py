@@ -103,6 +103,9 @@ class Endpoint:
         self._ids = itertools.count(1)
         self.sent = 0
         self.resent = 0
+        #: Resends not made because the connection still held unsent bytes
+        #: (``Connection.resend_nowait``).
+        self.resends_held = 0
         #: The outboxes of coalesced first transmissions and their flusher (coalesce.py).
         self.coalescer = Coalescer(nursery, self._ids, coalesce_window)
         #: Faults seen per node: ``(node, kind)`` -> count, kind ``timeout`` (a request not
@@ -205,6 +208,7 @@ class Endpoint:
         last_error = "no reply"
         first = True
         conn: Connection | None = None
+        sent_on: Connection | None = None  # the connection the request last went out on
         waiter = Waiter()
         try:
             while True:
@@ -221,7 +225,14 @@ class Endpoint:
                     if waiter.event.is_set():  # lost with the previous connection
                         waiter = Waiter()
                     conn.pending[req_id] = waiter
-                    conn.send_nowait([REQUEST, req_id, kind, payload])
+                    msg = [REQUEST, req_id, kind, payload]
+                    went = True
+                    if conn is not sent_on:
+                        conn.send_nowait(msg)
+                        sent_on = conn
+                    elif not conn.resend_nowait(msg):
+                        went = False
+                        self.resends_held += 1
                 except (TransportError, trio.ClosedResourceError) as e:
                     last_error = str(e) if isinstance(e, TransportError) else "connection closed"
                     first = False
@@ -231,7 +242,9 @@ class Endpoint:
                     await trio.sleep(min(interval, max(0.0, deadline - now)))
                     interval = min(interval * 2, 5.0)
                     continue
-                if first:
+                if not went:
+                    pass
+                elif first:
                     self.sent += 1
                 else:
                     self.resent += 1
@@ -350,8 +363,10 @@ class Endpoint:
                 if waiter.event.is_set() or conn.closed:
                     break
                 with contextlib.suppress(trio.ClosedResourceError):
-                    conn.send_nowait([REQUEST, req_id, kind, value])
-                    self.resent += 1
+                    if conn.resend_nowait([REQUEST, req_id, kind, value]):
+                        self.resent += 1
+                    else:
+                        self.resends_held += 1
                 interval = min(interval * 2, 5.0)
             if waiter.lost and trio.current_time() < deadline:
                 with contextlib.suppress(TransportError, RemoteError):
@@ -479,7 +494,9 @@ class _Fanout:
         if waiter.event.is_set() or conn.closed:
             return
         try:
-            conn.send_nowait([REQUEST, req_id, self.kind, value])
+            if not conn.resend_nowait([REQUEST, req_id, self.kind, value]):
+                self.ep.resends_held += 1
+                return
         except trio.ClosedResourceError:
             return
         self.ep.resent += 1

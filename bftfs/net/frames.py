@@ -195,6 +195,11 @@ class FrameWriter:
     most of the latency of a small request on loopback.  Whatever the kernel does not take
     goes to a backlog that :meth:`run` (a background task) drains with ``send_all``; while
     anything is queued or being sent, new frames queue behind it, so order is kept.
+
+    :meth:`write` never blocks, so the backlog is as large as what the peer leaves unread:
+    :attr:`pending` counts it and :meth:`wait_below` lets a caller that produces frames
+    for the peer (a server answering requests it reads) wait until the peer has taken
+    enough (docs/buffers.md: a peer that never reads must not grow us).
     """
 
     def __init__(self, stream: trio.SocketStream) -> None:
@@ -203,6 +208,10 @@ class FrameWriter:
         self._backlog: list[bytes | bytearray | memoryview] = []
         self._busy = False
         self._wake = trio.Event()
+        #: Set (and replaced) each time the backlog shrinks: :meth:`wait_below` waits on it.
+        self._drained = trio.Event()
+        #: Bytes written to this writer that the kernel has not taken yet.
+        self.pending = 0
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -225,7 +234,13 @@ class FrameWriter:
                 return
             data = memoryview(data)[n:]  # the rest, without copying it
         self._backlog.append(data)
+        self.pending += len(data)
         self._wake.set()
+
+    async def wait_below(self, limit: int) -> None:
+        """Return once at most ``limit`` bytes are pending (or the writer closed)."""
+        while self.pending > limit and not self.closed:
+            await self._drained.wait()
 
     async def run(self) -> None:
         """Drain the backlog until the connection closes."""
@@ -237,15 +252,21 @@ class FrameWriter:
                     backlog = self._backlog
                     chunk = backlog[0] if len(backlog) == 1 else b"".join(backlog)
                     self._backlog = []
+                    del backlog  # the frames joined into ``chunk`` go now, not after it
                     self._busy = True
                     try:
                         await self._stream.send_all(chunk)
                     finally:
                         self._busy = False
+                    self.pending = max(0, self.pending - len(chunk))
+                    self._drained.set()
+                    self._drained = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.close()
 
     def close(self) -> None:
         self.closed = True
         self._backlog.clear()
+        self.pending = 0
         self._wake.set()
+        self._drained.set()

@@ -20,6 +20,14 @@ Admission (``net/admission.py``): a server given an :class:`~bftfs.net.admission
 makes each limited principal's request wait, unread further, for its rate tokens and an
 in-flight slot before it is dispatched; the slot is given back when the reply is sent.
 
+Replies and pushes wait in a connection's :class:`~bftfs.net.frames.FrameWriter` until the
+peer's TCP window takes them.  A peer that never reads (seed 002 L14-19: a Byzantine
+principal's network stack may withhold its acknowledgements) must not make that backlog
+grow: once it holds more than :data:`REPLY_BACKLOG` bytes the read loop stops reading that
+connection's requests until the peer has taken enough (TCP then pushes back on the
+sender), and :meth:`Server.push` drops pushes to it (a push is never confirmed anyway).
+docs/buffers.md has the bound this gives.
+
 Fault injection (tests only) hooks in at three points (:class:`FaultHooks`): the raw frame
 (corruption), the authenticated request (drop, duplicate, delay, reorder), and the reply
 (drop).
@@ -55,6 +63,9 @@ from bftfs.net.session import Session, server_handshake
 
 #: How long a new connection may take to say hello before it is closed.
 HANDSHAKE_TIMEOUT = 5.0
+#: Bytes of replies and pushes a connection may hold unsent before its requests are no
+#: longer read (and pushes to it are dropped): one largest frame.
+REPLY_BACKLOG = DEFAULT_MAX_FRAME
 
 #: What handlers are given with each request (the node's ``RequestContext``).
 Ctx = TypeVar("Ctx")
@@ -205,7 +216,9 @@ class Server(Generic[Ctx]):
         connections; how many that was (0: it has none open).
 
         Never waits (the frames are written or queued, as replies are) and never raises for
-        a connection that is gone, so request handlers may call it.  Delivery is not
+        a connection that is gone, so request handlers may call it.  A connection holding
+        more than :data:`REPLY_BACKLOG` bytes unsent gets none (counted ``pushes_dropped``):
+        its principal does not read, and queueing for it would grow without bound.  Delivery is not
         confirmed: a connection that breaks now loses the push, so a caller must not
         depend on its arrival (a lease recall is also a lease's expiry, issue 33).
 
@@ -218,6 +231,9 @@ class Server(Generic[Ctx]):
         message = pack([PUSH, 0, 0, body])  # sealed once per connection, packed once
         sent = 0
         for conn in conns:
+            if conn.writer.pending > REPLY_BACKLOG:  # the principal does not read
+                self.stats["pushes_dropped"] += 1
+                continue
             if conn.send_packed(message):
                 sent += 1
         self.stats["pushes"] += sent
@@ -270,7 +286,13 @@ class Server(Generic[Ctx]):
         sender = conn.sender
         faults = self.faults
         traffic = self.traffic
+        writer = conn.writer
         while True:
+            if writer.pending > REPLY_BACKLOG:
+                # The sender does not take its replies: read nothing more from it until it
+                # does (module docstring), so that its requests wait in its own socket.
+                self.stats["backlog_waits"] += 1
+                await writer.wait_below(REPLY_BACKLOG)
             try:
                 frame = await reader.read()
             except FrameError as e:  # oversized or truncated: the stream cannot be trusted

@@ -52,11 +52,20 @@ class BatchHandler:
         protocol: str,
         max_items: int,
         fast: Mapping[str, FastHandler] | None = None,
+        reply_bytes: Callable[[str, Any], int] | None = None,
+        max_reply_bytes: int | None = None,
     ) -> None:
         self.node = node
         self.handlers = dict(handlers)
         self.protocol = protocol
         self.max_items = max_items
+        #: What an item's reply may carry at most (``reply_bytes(kind, payload)``), and
+        #: the most a batch of several items may ask for in all: the calling side cuts its
+        #: batches so (``net/batch.py``, ``max_bytes``), and a batch asking for more is
+        #: refused, since its reply would be held whole in the node's memory until sent
+        #: (docs/buffers.md: 128 data reads of 1 MiB blocks were a 43 MiB reply).
+        self.reply_bytes = reply_bytes
+        self.max_reply_bytes = max_reply_bytes
         self.fast_handlers = dict(fast or {})
         self._handed_on: dict[int, tuple[Any, list[Any]]] = {}
 
@@ -77,6 +86,14 @@ class BatchHandler:
             raise HandlerError(
                 "malformed", f"batch is not a bounded list of [{self.protocol} kind, payload]"
             )
+        size, limit = self.reply_bytes, self.max_reply_bytes
+        if size is not None and limit is not None and len(payload) > 1:
+            asked = sum(size(kind, item) for kind, item in payload)
+            if asked > limit:
+                self.node.stats[f"{self.protocol}.refused.malformed"] += 1
+                raise HandlerError(
+                    "malformed", f"batch asks for {asked} bytes of replies, over {limit}"
+                )
 
     def _failed(self, kind: str, e: Exception) -> list[Any]:
         """The item answer for an exception other than a refusal (logged, counted)."""

@@ -48,7 +48,7 @@ from bftfs.node.batching import BatchHandler
 from bftfs.node.rw_verifier import Verifier
 from bftfs.node.store import Store
 from bftfs.rw import quota, repairs, replica
-from bftfs.rw.batch import KIND_BATCH, MAX_BATCH
+from bftfs.rw.batch import KIND_BATCH, MAX_BATCH, MAX_BATCH_BYTES, fragment_bytes
 from bftfs.rw.client import max_fragment_of
 from bftfs.rw.messages import (
     KIND_LIST,
@@ -179,7 +179,16 @@ class RWServer:
         }
         for kind, handler in handlers.items():
             node.register(kind, handler)
-        node.register(KIND_BATCH, BatchHandler(node, handlers, protocol="rw", max_items=MAX_BATCH))
+        max_fragment = max_fragment_of(self.config)
+        batch = BatchHandler(
+            node,
+            handlers,
+            protocol="rw",
+            max_items=MAX_BATCH,
+            reply_bytes=lambda kind, item: fragment_bytes(kind, item, max_fragment)[1],
+            max_reply_bytes=MAX_BATCH_BYTES,
+        )
+        node.register(KIND_BATCH, batch)
         # Not part of a batch: only catch-up asks, a page at a time.
         node.register(KIND_LIST, self.on_list)
         node.register(KIND_NOTIFY, self.on_notify)

@@ -8,7 +8,8 @@ pulled cable or a partitioned machine looks like to everyone else (connections h
 time out; nothing is refused), and :meth:`Hosts.restore` brings it back.
 
 Needs root and ``ip`` (iproute2) with bridge and veth support; :func:`available` says
-whether this machine has them.  Everything made is removed on exit, even when the body
+whether this machine has them, :func:`netem_available` whether ``tc`` can also impair a
+link (:meth:`Hosts.impair`).  Everything made is removed on exit, even when the body
 failed; names carry a random tag so that concurrent runs do not meet.
 """
 
@@ -41,6 +42,41 @@ def available() -> bool:
         if ns:
             _ip("netns", "del", tag, check=False)
         return made and ns
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _tc(*args: str) -> None:
+    subprocess.run(["tc", *args], capture_output=True, text=True, check=True, timeout=30)
+
+
+def _below(fraction: float) -> str:
+    """A classic BPF program (tc's ``bytecode``) that matches a packet with probability
+    ``fraction``: ``ld rand`` (the ancillary load SKF_AD_RANDOM, -4096 + 56), ``jge T``
+    past the match, ``ret -1`` (match), ``ret 0``."""
+    threshold = min(2**32 - 1, int(fraction * 2**32))
+    return f"4,32 0 0 {2**32 - 4096 + 56},53 1 0 {threshold},6 0 0 {2**32 - 1},6 0 0 0,"
+
+
+def netem_available() -> bool:
+    """Whether :func:`available` holds and ``tc`` can put a netem qdisc on a veth."""
+    if not available() or shutil.which("tc") is None:
+        return False
+    tag = f"bfq{os.getpid() % 100000}"
+    try:
+        if _ip(
+            "link", "add", tag, "type", "veth", "peer", "name", tag + "p", check=False
+        ).returncode:
+            return False
+        try:
+            r = subprocess.run(
+                ["tc", "qdisc", "add", "dev", tag, "root", "netem", "delay", "1ms"],
+                capture_output=True,
+                timeout=30,
+            )
+            return r.returncode == 0
+        finally:
+            _ip("link", "del", tag, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -133,3 +169,78 @@ class Hosts:
     def restore(self, i: int) -> None:
         """Host ``i``'s link comes back."""
         _ip("link", "set", self._link(i), "up")
+
+    def impair(self, i: int, *, loss: float, duplicate: float, reorder: float = 0.0) -> str:
+        """Both directions of host ``i``'s cable lose a fraction ``loss`` of the packets
+        and send a fraction ``duplicate`` twice (and, with netem, reorder ``reorder`` of
+        them behind a 10 ms delay); which packets is the kernel's random choice, not
+        reproducible.  The root-namespace end impairs what goes to the host, the host's
+        end what leaves it (to the root namespace and to the other hosts).
+
+        With tc's netem (:func:`netem_available`) the qdisc does it all.  A kernel without
+        netem (``CONFIG_NET_SCH_NETEM`` unset) gets loss and duplication from a clsact
+        qdisc's egress filters: a classic BPF program that matches when the kernel's random
+        number (``ld rand``) falls below the fraction, and a mirred action that redirects
+        the packet to a sink (a veth whose peer is down: lost) or mirrors it to the same
+        cable (sent twice); no reordering then.  Returns which: ``"netem"`` or ``"bpf"``.
+        """
+        ends = [([], self._link(i)), (["-n", self.name(i)], f"bfp{self.tag}{i}")]
+        if netem_available():
+            spec = ["loss", f"{loss:.2%}", "duplicate", f"{duplicate:.2%}"]
+            if reorder:
+                spec += ["delay", "10ms", "reorder", f"{1 - reorder:.2%}", "50%"]
+            for ns, dev in ends:
+                _tc(*ns, "qdisc", "replace", "dev", dev, "root", "netem", *spec)
+            return "netem"
+        for ns, dev in ends:
+            sink = f"bfk{self.tag}{i}{'n' if ns else 'r'}"
+            _ip(*ns, "link", "add", sink, "type", "veth", "peer", "name", sink + "p")
+            if not ns:
+                self._made.append(("link", "del", sink))
+            _ip(*ns, "link", "set", sink, "up")  # its peer stays down: a sink
+            _tc(*ns, "qdisc", "add", "dev", dev, "clsact")
+            for pref, fraction, action in (
+                (1, loss, ["redirect", "dev", sink]),
+                (2, duplicate, ["mirror", "dev", dev]),
+            ):
+                if fraction > 0:
+                    _tc(
+                        *ns,
+                        "filter",
+                        "add",
+                        "dev",
+                        dev,
+                        "egress",
+                        "pref",
+                        str(pref),
+                        "bpf",
+                        "bytecode",
+                        _below(fraction),
+                        "action",
+                        "mirred",
+                        "egress",
+                        *action,
+                    )
+        return "bpf"
+
+    def impaired(self, i: int) -> dict[str, int]:
+        """Packets host ``i``'s cable dropped and sent twice so far, both directions
+        (``bpf`` impairment only; ``{}`` otherwise): the test's evidence that it did."""
+        out: dict[str, int] = {}
+        for ns, dev in ([], self._link(i)), (["-n", self.name(i)], f"bfp{self.tag}{i}"):
+            r = subprocess.run(
+                ["tc", *ns, "-s", "filter", "show", "dev", dev, "egress"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            kind = None
+            for line in r.stdout.splitlines():
+                if "Egress Redirect" in line:
+                    kind = "lost"
+                elif "Egress Mirror" in line:
+                    kind = "duplicated"
+                elif kind and line.strip().startswith("Sent"):
+                    out[kind] = out.get(kind, 0) + int(line.split()[3])
+                    kind = None
+        return out

@@ -40,6 +40,14 @@ profile                   behaviour
                           verification's garbage collection), right after its first
                           delete, the process ends at once; restarted, nothing a reader
                           needs may be missing
+``flood-client``          buffers (issue 39): before answering a client it pushes it 8 MiB
+                          of nonsense as fast as the client reads, then answers with
+                          nonsense of almost the frame limit or just past it, alternately
+                          (``byzantine/flood.py``): the client's memory must stay bounded
+``stop-reading``          buffers (issue 39): at the first frame from a client the node
+                          process stands still for two minutes, so that the TCP window
+                          closes on every client (a network stack withholding its
+                          acknowledgements, seed 002 L14-19)
 ========================  ===============================================================
 """
 
@@ -56,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, is_node
 from bftfs.qu.request import Request
 from bftfs.rw.schema import DB_VERSIONS
-from bftfs.testing.byzantine import history, qu, rw
+from bftfs.testing.byzantine import flood, history, qu, rw
 
 if TYPE_CHECKING:
     from bftfs.config import ClusterConfig
@@ -71,8 +79,12 @@ class ByzantineProfile:
     ) -> None:
         self.overrides = overrides
         self.default = default
+        #: Sees every raw frame first (``stop-reading``); None: frames pass as they are.
+        self.frame_hook: Callable[[PrincipalId | None, bytes], bytes] | None = None
 
     def on_frame(self, sender: PrincipalId | None, frame: bytes) -> bytes:
+        if self.frame_hook is not None:
+            return self.frame_hook(sender, frame)
         return frame
 
     def plan(self, sender: PrincipalId) -> list[float]:
@@ -260,6 +272,16 @@ def objects_of(payload: Any, n: int) -> list[int]:
     return list(req.objects)
 
 
+def _flood_client(config: ClusterConfig, node: int) -> ByzantineProfile:
+    return ByzantineProfile({}, default=flood.flood_wrapper())
+
+
+def _stop_reading(config: ClusterConfig, node: int) -> ByzantineProfile:
+    prof = ByzantineProfile({})
+    prof.frame_hook = flood.FreezeOnClientFrame()
+    return prof
+
+
 #: Profile builders by name: ``builder(config, node id)``.
 PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "corrupt-fragments": _corrupt_fragments,
@@ -271,6 +293,8 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "forge-recalls": _forge_recalls,
     "power-cut-in-update": _power_cut_in_update,
     "power-cut-in-gc": _power_cut_in_gc,
+    "flood-client": _flood_client,
+    "stop-reading": _stop_reading,
 }
 
 
