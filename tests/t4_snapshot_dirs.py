@@ -132,9 +132,16 @@ def test_the_snapshots_directory_is_hidden_from_the_roots_listing(
     with pytest.raises(OSError) as e:
         (mnt / ".snapshots").mkdir()
     assert e.value.errno == errno.EEXIST
-    with pytest.raises(OSError) as e:
-        os.rmdir(mnt / ".snapshots")
-    assert e.value.errno == errno.EROFS
+    (mnt / "would-be").mkdir()
+    for refused in (
+        lambda: os.rmdir(mnt / ".snapshots"),
+        lambda: os.rename(mnt / "would-be", mnt / ".snapshots"),
+        lambda: os.utime(mnt / ".snapshots", (0, 0)),
+    ):
+        with pytest.raises(OSError) as e:
+            refused()
+        assert e.value.errno == errno.EROFS
+    assert (mnt / "would-be").is_dir()
 
 
 def test_every_change_under_snapshots_is_refused_with_erofs(

@@ -315,7 +315,7 @@ def _print_snapshots(
         size = sizes.get(name)
         files = "?" if size is None else str(size.files)
         amount = "?" if size is None else human(size.bytes)
-        print(f"{iso_time(t):25}  {files:>7} files  {amount:>8}  {name}")
+        print(f"{iso_time(t):25}  {files:>7} files  {amount:>10}  {name}")
 
 
 _PATH_HELP = "a path under a mount, or fs:/path inside the file system"
