@@ -104,6 +104,15 @@ def test_a_snapshot_directory_shows_the_tree_as_it_was(
     assert (shown / "gone").read_bytes() == files["gone"]
     assert not (shown / "new").exists()
     assert (top / "changed").read_bytes() == b"x" * 1000  # the live tree is the live one
+    # One file in two snapshots is two versions: two inodes, the kernel mixes up neither
+    bftfs(cluster, "snapshot", "create", "after-edits")
+    later = mnt / ".snapshots" / "after-edits" / "proj"
+    assert (later / "changed").read_bytes() == b"x" * 1000
+    assert (shown / "changed").read_bytes() == files["changed"]  # both cached now
+    assert (later / "small").read_bytes() == b"now" and not (later / "gone").exists()
+    assert os.stat(later / "changed").st_ino != os.stat(shown / "changed").st_ino
+    assert os.stat(later / "changed").st_size == 1000
+    assert os.stat(shown / "changed").st_size == len(files["changed"])
     # Inode numbers: above every live one, and not the live file's
     past, live = os.stat(shown / "keep"), os.stat(top / "keep")
     assert past.st_ino > SNAPDIR and live.st_ino < SNAPDIR
