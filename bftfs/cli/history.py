@@ -9,9 +9,9 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bftfs.cli.common import cluster_of, with_cluster
+from bftfs.cli.common import cluster_of, human, with_cluster
 from bftfs.cli.progress import progress
 from bftfs.cli.restore import cmd_restore, cmd_revert
 from bftfs.cli.when import (
@@ -30,6 +30,9 @@ from bftfs.cli.when import (
     with_past,
 )
 from bftfs.config import ClusterConfig
+
+if TYPE_CHECKING:  # (the fs layer is imported only by the commands that use it)
+    from bftfs.fs.pastplan import TreeSize
 
 
 def _row(v: Any, names: dict[int, str]) -> dict[str, Any]:
@@ -253,20 +256,66 @@ def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         if args.action == "delete":
             await past.snapshot_delete(args.name)
             return None
-        return await past.snapshots()
+        snaps = await past.snapshots()
+        return snaps, (await _sizes(past, snaps) if args.sizes else {})
 
     got = with_past(cfg, args.as_client, run)
     if args.action == "create":
         print(f"snapshot {args.name} at {iso_time(got)}: retention keeps what was current then")
     elif args.action == "delete":
         print(f"snapshot {args.name} deleted: retention may reclaim what only it kept")
-    elif getattr(args, "json", False):
-        json.dump({k: {"time_ns": v, "time": iso_time(v)} for k, v in got.items()}, sys.stdout)
-        print()
     else:
-        for name, t in sorted(got.items(), key=lambda kv: kv[1]):
-            print(f"{iso_time(t):25}  {name}")
+        _print_snapshots(*got, as_json=args.json, sizes_asked=args.sizes)
     return 0
+
+
+async def _sizes(past: Any, snaps: dict[str, int]) -> dict[str, TreeSize | None]:
+    """Each snapshot's files and their bytes (:func:`~bftfs.fs.pastplan.tree_size`): every
+    object read once for all the moments (``Past.trees``); a moment whose tree cannot be
+    read (reclaimed, or a version of unknown time) is None, the others are still counted."""
+    from bftfs.fs.past import PastError
+    from bftfs.fs.pastplan import tree_size
+
+    names = sorted(snaps, key=lambda n: snaps[n])
+    moments = [snaps[n] for n in names]
+    with progress("reading the snapshots' trees") as update:
+        try:
+            trees = await past.trees("/", moments, progress=update)
+            return {n: tree_size(t) for n, t in zip(names, trees, strict=True)}
+        except PastError:
+            pass
+        out: dict[str, TreeSize | None] = {}
+        for n, t in zip(names, moments, strict=True):
+            try:
+                out[n] = tree_size(await past.tree("/", t))
+            except PastError:
+                out[n] = None
+        return out
+
+
+def _print_snapshots(
+    snaps: dict[str, int], sizes: dict[str, TreeSize | None], *, as_json: bool, sizes_asked: bool
+) -> None:
+    """``snapshot list``: oldest first; files and bytes when asked (unknown: ``?``, null)."""
+    if as_json:
+        out: dict[str, dict[str, Any]] = {}
+        for name, t in snaps.items():
+            out[name] = {"time_ns": t, "time": iso_time(t)}
+            if sizes_asked:
+                size = sizes.get(name)
+                out[name]["files"] = None if size is None else size.files
+                out[name]["bytes"] = None if size is None else size.bytes
+        json.dump(out, sys.stdout)
+        print()
+        return
+    for name, t in sorted(snaps.items(), key=lambda kv: kv[1]):
+        if not sizes_asked:
+            print(f"{iso_time(t):25}  {name}")
+            continue
+        size = sizes.get(name)
+        files = "?" if size is None else str(size.files)
+        amount = "?" if size is None else human(size.bytes)
+        print(f"{iso_time(t):25}  {files:>7} files  {amount:>10}  {name}")
 
 
 _PATH_HELP = "a path under a mount, or fs:/path inside the file system"
@@ -366,13 +415,19 @@ def _add_snapshot(sub: Any) -> None:
     for action, text in (
         ("create", "pin the tree as it is now (or --at WHEN)"),
         ("delete", "let retention reclaim what only this snapshot kept"),
-        ("list", "the snapshots, oldest first"),
+        ("list", "the snapshots, oldest first, with their files and bytes"),
     ):
         ap = snap.add_parser(action, help=text)
         if action != "list":
             ap.add_argument("name")
         else:
             ap.add_argument("--json", action="store_true", help="machine-readable output")
+            ap.add_argument(
+                "--no-sizes",
+                dest="sizes",
+                action="store_false",
+                help="leave out each snapshot's files and bytes (no walk of its tree)",
+            )
         if action == "create":
             ap.add_argument(
                 "--at", metavar="WHEN", type=checked_when, help="a past moment (default: now)"

@@ -1,12 +1,14 @@
 """The file-system interface the FUSE layer calls (:mod:`bftfs.fuse.operations`).
 
-Two classes implement it: :class:`~bftfs.fs.filesystem.FileSystem` (the live tree, one
-mount's client) and :class:`~bftfs.fs.pastview.PastView` (the tree as it was at one moment,
-read-only: ``bftfs mount --at``).  The FUSE layer knows only this protocol, so it asks the
-file system what it needs to know (:attr:`FileSystemAPI.long_attrs`,
-:attr:`FileSystemAPI.close_to_open`, :meth:`FileSystemAPI.kernel_timeout`) instead of
-testing which class it holds.  mypy checks both classes against it (the assignments at the
-end of :mod:`bftfs.fs.pastview` and :mod:`bftfs.fs.filesystem`).
+Three classes implement it: :class:`~bftfs.fs.filesystem.FileSystem` (the live tree, one
+mount's client), :class:`~bftfs.fs.pastview.PastView` (the tree as it was at one moment,
+read-only: ``bftfs mount --at``) and :class:`~bftfs.fs.snapshotdir.SnapshotBrowser` (what
+a live mount serves: the first, with each snapshot as a second under ``/.snapshots``).
+The FUSE layer knows only this protocol, so it asks the file system what it needs to know
+(:attr:`FileSystemAPI.long_attrs`, :attr:`FileSystemAPI.close_to_open`,
+:meth:`FileSystemAPI.kernel_timeout`) instead of testing which class it holds.  mypy
+checks each class against it (the assignments at the end of :mod:`bftfs.fs.pastview`,
+:mod:`bftfs.fs.filesystem` and :mod:`bftfs.fs.snapshotdir`).
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ class WouldBlock(FsError):
 
 
 class NoLocks(FsError):
-    """A file's lock object is full (``fsobjects.locks.MAX_LOCKS``)."""
+    """A file's lock object is full (``fsobjects.locks.MAX_LOCKS``), or the file takes no
+    locks: a file of a snapshot under a live mount's ``.snapshots`` (``fs/snapinodes.py``)."""
 
     errno = _errno.ENOLCK
 

@@ -41,7 +41,8 @@ from typing import Any, Protocol
 
 import trio
 
-from bftfs.fs.errors import FsError, LockLost, Unavailable, WouldBlock, from_refusal
+from bftfs.fs.errors import FsError, LockLost, NoLocks, Unavailable, WouldBlock, from_refusal
+from bftfs.fsobjects import MAX_OID
 from bftfs.fsobjects.leases import HOLDER_MARGIN, MAX_RECALLED
 from bftfs.fsobjects.locks import (
     FLOCK,
@@ -176,6 +177,7 @@ class LockManager:
         bytes ``start..end`` of file ``oid`` through handle ``fh``.  With ``wait``, a
         conflict is waited out (cancellable); without, it raises
         :class:`~bftfs.fs.errors.WouldBlock`."""
+        _lockable(oid)
         await self._check_lost(oid)
         if kind == UNLOCK and not self.holds(oid, owner):
             return  # nothing of the owner's here to drop (SQLite unlocks what it never took)
@@ -286,6 +288,7 @@ class LockManager:
         """``F_GETLK``: the lock a lock of ``kind`` on ``start..end`` would conflict with,
         as (kind, start, end, pid: this mount's process for its own owners, else 0), or
         None."""
+        _lockable(oid)
         await self._check_lost(oid)
         arg = {"m": self.mount, "d": domain, "o": owner, "t": kind, "s": start, "e": end}
         arg["lt"] = self.meta.wall_ns()
@@ -401,3 +404,10 @@ class LockManager:
                 log.warning(
                     "locks on %s not dropped at unmount (they end at their term): %s", batch, e
                 )
+
+
+def _lockable(oid: int) -> None:
+    """Only objects lock: a snapshot's file under ``.snapshots`` has an inode number above
+    every object id, and a lock there would name an object nobody means (ENOLCK)."""
+    if not 0 < oid <= MAX_OID:
+        raise NoLocks(f"inode {oid} is no object: files of snapshots take no locks")

@@ -19,6 +19,7 @@ it holds nothing of others).
 
 from __future__ import annotations
 
+import stat as st
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -175,3 +176,29 @@ def plan_revert(
     order = {"remove": 0, "mkdir": 1, "move": 2, "restore": 3}
     actions.sort(key=lambda a: (order[a.kind], a.path.count("/"), a.path))
     return RevertPlan(actions, conflicts)
+
+
+@dataclass(frozen=True)
+class TreeSize:
+    """What a past tree holds: its regular files and the bytes of their contents."""
+
+    files: int
+    bytes: int
+
+
+def tree_size(tree: Mapping[str, Version]) -> TreeSize:
+    """The files of ``tree`` (:meth:`Past.tree`) and their bytes, each file once however
+    many names it has (hard links).  This is the apparent size, what ``du -b`` of the tree
+    would say: what the moment's files read back, not what the nodes store for it
+    (fragments, versions shared with other moments), which no client can count honestly."""
+    seen: set[int] = set()
+    total = 0
+    for v in tree.values():
+        s = v.state
+        if s is None or s.get("k") != "f" or v.oid in seen:
+            continue
+        if not st.S_ISREG(int(s.get("mode", 0))):
+            continue  # symbolic links, devices, fifos: no contents counted
+        seen.add(v.oid)
+        total += int(s.get("size", 0))
+    return TreeSize(len(seen), total)

@@ -55,6 +55,13 @@ class Session:
                 per[kind] = per.get(kind, 0) + count
         return out
 
+    def past(self, config: ClusterConfig) -> Past:
+        """History reads over this session's clients (the snapshots a live mount shows
+        under ``.snapshots``, ``fs/snapshotdir.py``): no connection of their own."""
+        th = QUThresholds.from_config(config)
+        return Past(self.qu, PastReader(self.endpoint, th), self.rw, config.block_size,
+                    seal=Seal.of(config))  # fmt: skip
+
     def statistics(self) -> str:
         """What the protocol clients did, for a log at unmount."""
         return (

@@ -31,6 +31,7 @@ from bftfs.config import ClusterConfig
 from bftfs.fs.locks import LockManager
 from bftfs.fs.pastview import PastView
 from bftfs.fs.session import Session, open_past, open_session
+from bftfs.fs.snapshotdir import SnapshotBrowser
 from bftfs.fuse.control import (
     PUBLISH_INTERVAL,
     MountError,
@@ -80,8 +81,10 @@ async def serve(
         locks = LockManager(session.fs.meta, term=options.lock_lease)
         if session.endpoint is not None:  # waiters are woken by the nodes' pushes
             locks.listen(session.endpoint, list(config.node_ids))
+        # the live tree, and the snapshots read-only under its hidden /.snapshots
+        browser = SnapshotBrowser(session.fs, session.past(config), config.block_size)
         ops = Operations(
-            session.fs,
+            browser,
             timeout=options.attr_timeout,
             entry_timeout=options.entry_timeout,
             read_only=options.read_only,
