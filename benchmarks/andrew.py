@@ -335,7 +335,8 @@ def targets_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, bftfs, bftfs-lease, bftfs-down, bftfs-noverify, "
+                "(local, bindfs, glusterfs, bftfs, bftfs-lease, bftfs-nolease, bftfs-down, "
+                "bftfs-noverify, "
                 "bftfs-plain)"
             )
         specs.append(spec)

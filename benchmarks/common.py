@@ -325,8 +325,10 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
     """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs, bftfs,
     bftfs-down: ``down`` nodes killed before the mount, bftfs-corrupt: ``down`` nodes (at
     least one) corrupting every fragment they serve, bftfs-noverify: no lazy verification
-    on the nodes, bftfs-lease: the mount takes leases, bftfs-plain: no volume key, contents
-    unencrypted as before issue 38), or None for an unknown name."""
+    on the nodes, bftfs-lease: the mount takes leases (the default since issue 33, so the
+    same as bftfs but for its name), bftfs-nolease: it takes none (``lease=0``, as before),
+    bftfs-plain: no volume key, contents unencrypted as before issue 38), or None for an
+    unknown name."""
     if name == "local":
         return local_spec()
     if name == "bindfs":
@@ -347,6 +349,9 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
     if name == "bftfs-lease":
         spec = bftfs_spec(t, b, durable=durable)
         return replace(spec, name=spec.name + " lease", mount_options=f"lease={BENCH_LEASE}")
+    if name == "bftfs-nolease":
+        spec = bftfs_spec(t, b, durable=durable)
+        return replace(spec, name=spec.name + " no lease", mount_options="lease=0")
     return None
 
 

@@ -37,7 +37,7 @@ from bftfs.fuse import control
 from bftfs.testing.mounts import Mount
 from bftfs.testing.processes import ProcessCluster
 
-TARGETS = {"bftfs": "allow_other", "bftfs-lease": "allow_other,lease=30"}
+TARGETS = {"bftfs-nolease": "allow_other,lease=0", "bftfs-lease": "allow_other,lease=30"}
 DATA = b"x" * 3000
 
 

@@ -200,7 +200,7 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
             if not args.no_durable:  # like for like with the in-memory Q/U prototype
                 for b in args.no_fsync_bs:
                     specs.append(common.bftfs_spec(b, b, durable=False))
-        elif w in ("bftfs-lease", "bftfs-plain"):  # leases (issue 33); unencrypted (38)
+        elif w in ("bftfs-lease", "bftfs-nolease", "bftfs-plain"):  # issue 33; 38
             for b in args.bs:
                 spec = common.spec_named(w, b, b, not args.no_durable)
                 assert spec is not None
@@ -213,7 +213,8 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         else:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, bftfs, bftfs-lease, bftfs-noverify, bftfs-plain)"
+                "(local, bindfs, glusterfs, bftfs, bftfs-lease, bftfs-nolease, bftfs-noverify, "
+                "bftfs-plain)"
             )
     return specs
 

@@ -40,7 +40,9 @@ def methods(m: Mount, pc: ProcessCluster) -> dict[str, float]:
 def test_create_write_close_is_one_update_and_the_other_mount_sees_it(tmp_path: Path) -> None:
     with (
         ProcessCluster(tmp_path / "c", map_size=1 << 28, durable=False) as pc,
-        Mount(pc.config, tmp_path / "a", options="metrics_port=0") as a,
+        # lease=0: write-behind alone, each close one update (under a directory's
+        # exclusive lease the closes send nothing: t4_leases, t3_fs_writeback)
+        Mount(pc.config, tmp_path / "a", options="metrics_port=0,lease=0") as a,
         Mount(pc.config, tmp_path / "b", client="client1") as b,
     ):
         d = a.mountpoint / "d"

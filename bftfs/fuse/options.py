@@ -28,14 +28,14 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      answered at once and sent with the file's first flush or close as one
                      update; other clients see the name from then on (docs/fs.md)
 ``wsync``            every create is sent before it returns (as before; CephFS's names)
-``lease=S``          take shared leases of S seconds (10 to 120) on objects this mount keeps
-                     asking about, and answer their lookups, stats, opens and listings
-                     without a round until another client's change recalls them
-                     (docs/fs.md, "Leases"); 0, the default, takes none.  A directory
-                     this mount keeps creating files in is leased exclusively: the
-                     closes of its new files (to 1 MiB) and its unlinks return without
-                     waiting for the servers (directory write-back, sent within ``commit``
-                     seconds)
+``lease=S``          take shared leases of S seconds (10 to 120, default 30) on objects
+                     this mount keeps asking about, and answer their lookups, stats,
+                     opens and listings without a round until another client's change
+                     recalls them (docs/fs.md, "Leases"); 0 takes none (every query a
+                     round, as before leases).  A directory this mount keeps creating
+                     files in is leased exclusively: the closes of its new files (to
+                     1 MiB) and its unlinks return without waiting for the servers
+                     (directory write-back, sent within ``commit`` seconds)
 ``commit=S``         with ``lease=``: the longest a close or unlink left to write-back waits
                      before it is sent (default 5, as ext4; 0: every close and unlink waits,
                      as without leases)
@@ -69,6 +69,9 @@ DEFAULT_TIMEO = 10.0
 #: clocks; longer than the nodes grant (``fsobjects.leases.MAX_TERM``).
 MIN_LEASE = 10.0
 MAX_LEASE_TERM = 120.0
+#: Seconds a lease is asked for (``lease=``): half CephFS's 60 s cap on what a dead holder
+#: costs the others, and a renewal round per object in use every 20 s (docs/fs.md).
+DEFAULT_LEASE = 30.0
 #: Seconds a close left to directory write-back may wait (``commit=``, ext4's default).
 DEFAULT_COMMIT = 5.0
 #: Seconds a lock lives on the servers unless renewed (``locklease=``; bounds as ``lease=``).
@@ -134,7 +137,7 @@ class MountOptions:
     acregmin: float | None = None
     acregmax: float | None = None
     #: Seconds a lease is asked for (``lease=``; 0: no leases, every query a round).
-    lease: float = 0.0
+    lease: float = DEFAULT_LEASE
     #: Seconds directory write-back keeps a closed create (``commit=``; 0: closes wait).
     commit: float = DEFAULT_COMMIT
     #: Seconds this mount's locks live on the servers unless renewed (``locklease=``).
@@ -169,7 +172,7 @@ class MountOptions:
             value = getattr(self, name)
             if value is not None:
                 out.append(f"{name}={value:g}")
-        if self.lease:
+        if self.lease != DEFAULT_LEASE:
             out.append(f"lease={self.lease:g}")
         if self.commit != DEFAULT_COMMIT:
             out.append(f"commit={self.commit:g}")
