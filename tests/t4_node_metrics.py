@@ -114,6 +114,12 @@ def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -
             for i in range(20):
                 (m.mountpoint / f"small{i}").write_bytes(b"x" * 100)  # Q/U objects
             (m.mountpoint / "big").write_bytes(os.urandom(300_000))  # PASIS blocks
+            # on the nodes before node 1 is back, not held back by directory write-back
+            fd = os.open(m.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             pc.start(1)
             node1 = local.metrics_address(cfg.node(1))
             assert node1 is not None and node1 != addresses[1]  # a new process, a new port

@@ -66,6 +66,16 @@ def files_and_bytes(root: Path) -> tuple[int, int]:
     return len(seen), sum(seen.values())
 
 
+def fsync_dirs(*dirs: Path) -> None:
+    """``fsync`` each directory: what write-back holds of it goes to the nodes."""
+    for d in dirs:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessCluster, Path]]:
     """A cluster of real node processes and one live mount of it."""
@@ -93,6 +103,9 @@ def test_a_snapshot_directory_shows_the_tree_as_it_was(
         (top / rel).write_bytes(data)
     (top / "twin").hardlink_to(top / "keep")  # one file, two names: counted once
     then = tree_of(top)
+    # What directory write-back holds (leases, on by default) reaches the nodes, and so a
+    # snapshot, at an fsync of its directory (docs/history.md), as before a ZFS snapshot.
+    fsync_dirs(top, top / "sub")
     bftfs(cluster, "snapshot", "create", "before-edits")
     (top / "changed").write_bytes(b"x" * 1000)
     (top / "small").write_bytes(b"now")
@@ -105,6 +118,7 @@ def test_a_snapshot_directory_shows_the_tree_as_it_was(
     assert not (shown / "new").exists()
     assert (top / "changed").read_bytes() == b"x" * 1000  # the live tree is the live one
     # One file in two snapshots is two versions: two inodes, the kernel mixes up neither
+    fsync_dirs(top)
     bftfs(cluster, "snapshot", "create", "after-edits")
     later = mnt / ".snapshots" / "after-edits" / "proj"
     assert (later / "changed").read_bytes() == b"x" * 1000
