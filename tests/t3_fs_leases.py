@@ -147,7 +147,10 @@ def test_a_holder_that_never_releases_holds_others_off_until_its_term(
         refused: list[str] = []
 
         async def renew_forever() -> None:
-            while True:
+            # Within the lease's term: once it ran out the holder may take a fresh lease,
+            # racing the other client's retry (it won about one time in ten, holding the
+            # other off a second term: a known limit, docs/fs.md "Leases").
+            while time.monotonic() - started < term / 1e9 - 1:
                 await trio.sleep(1.0)
                 try:
                     await env.raw.update(ROOT, "fs.lease", {**arg, "lt": time.time_ns()})
