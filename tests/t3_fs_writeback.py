@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -276,5 +277,70 @@ def test_a_scrub_walks_a_directory_a_mount_holds_exclusively(tmp_path: Path) -> 
         assert [f.path for f in found] == ["/d/big"]
         assert a.meta.leases is not None and a.meta.leases.exclusive_left(d) == 0
         assert (await env.fss[1].lookup(d, b"small")).size == 1 and big
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_what_comes_due_one_at_a_time_goes_in_full_batches(tmp_path: Path) -> None:
+    """Removals and creates deferred one after another come due one after another: the
+    update that must go when the first is due carries the directory's next ones, up to
+    six, so twelve removals cost two updates and twelve creates two (before, each went
+    alone as it came due)."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        wb = a.pending.writeback
+        assert wb is not None
+        await a.write_back()
+        alone, made = sent(a), a.meta.methods["fs.createmany"]
+        inos = []
+        for k in range(12):  # due 50 ms apart, as if closed 50 ms apart
+            wb.commit = 0.3 + 0.05 * k
+            inos.append(await new_file(a, d, b"f%02d" % k, b"x" * (k + 1)))
+        assert sent(a) == alone and all(wb.deferred(i) for i in inos)
+        await until("the creates sent", lambda: not any(a.pending.not_made(i) for i in inos))
+        assert (sent(a) - alone, a.meta.methods["fs.createmany"] - made) == (0, 2)
+        before = removals(a)
+        for k in range(12):
+            wb.commit = 0.3 + 0.05 * k
+            await a.unlink(d, b"f%02d" % k)
+        await until("the removals sent", lambda: removals(a) - before >= 2 and not wb._unlinks)
+        assert (a.meta.methods["fs.unlink"], removals(a) - before) == (0, 2)
+        assert {n for n, _ in await env.fss[1].readdir(d)} == {b"warm0", b"warm1", b"warm2"}
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_opening_a_file_whose_create_waits_needs_no_round(tmp_path: Path) -> None:
+    """A file this mount made and closed, its create still in write-back, is opened and
+    appended to without a round: the open is answered here and the create, sent later,
+    carries the appended content (before, the open sent the create and asked the servers
+    for the file).  Its due time stands: the reopened create still goes within
+    ``commit``."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        wb = a.pending.writeback
+        assert wb is not None
+        await a.write_back()
+        ino = await new_file(a, d, b"log", b"first\n")
+        assert wb.deferred(ino)
+        before = Counter(a.meta.methods)
+        fh = await a.open(ino, os.O_WRONLY | os.O_APPEND)
+        await a.write(fh, 0, b"second\n")
+        await a.flush(fh)
+        await a.release(fh)
+        fh = await a.open(ino, os.O_RDONLY)
+        assert await a.read(fh, 0, 100) == b"first\nsecond\n"  # the read sends the create
+        await a.release(fh)
+        assert Counter(a.meta.methods) - before == Counter({"fs.createwrite": 1})
+        assert not a.pending.not_made(ino)
+        fh = await b.open((await b.lookup(d, b"log")).ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"first\nsecond\n"
+        await b.release(fh)
 
     run(tmp_path, body, fs_options=OPTIONS)

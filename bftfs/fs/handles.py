@@ -202,10 +202,13 @@ class Handles:
         if looked_up:
             self.names.used_after_lookup(ino)
         reached_by_name = reached_by_name and not looked_up
+        truncating = bool(flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR))
         f = self.cache.files.get(ino)
+        if f is not None and not truncating and self.pending.reopen_deferred(ino):
+            return self.table.new_handle(f, flags)  # a new file not sent yet: all is here
         if f is not None and f.buffered:
             await self._flush_file(f)
-        if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
+        if truncating:
             s = await self.attributes.truncate(ino, 0, None, reached_by_name=reached_by_name)
         else:
             s = await self.meta.query(ino, "fs.open")

@@ -28,8 +28,8 @@ by its *due* time in the background (:meth:`WriteBack.run`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
@@ -39,6 +39,14 @@ if TYPE_CHECKING:
     from bftfs.fs.unlinkback import PendingUnlink
 
 log = logging.getLogger(__name__)
+
+
+class _InDirectory(Protocol):
+    @property
+    def parent(self) -> int: ...
+
+
+Deferred = TypeVar("Deferred", bound=_InDirectory)
 
 #: Most creates deferred past their close at once.
 MAX_DEFERRED = 256
@@ -54,6 +62,26 @@ LEASE_MARGIN = 3.0
 #: two-object update (a create in the directory) that meets a batch in flight repairs it
 #: together with its own objects in one request (2 + 6 objects), without splitting.
 BATCH = 6
+
+
+def _with_their_batches(waiting: Iterable[tuple[Deferred, float]], now: float) -> list[Deferred]:
+    """What is due at ``now``, each directory's filled up to whole updates of
+    :data:`BATCH` with that directory's next ones (soonest due first).
+
+    Items come due one at a time, as they were deferred (a removal every few milliseconds
+    under PostMark): sent only when due, each would go alone, a round apiece.  Sending one
+    early is always allowed (it would go anyway, and nothing waits for it), so the update
+    that must go now carries the ones that would follow it."""
+    by_dir: dict[int, list[tuple[float, Deferred]]] = {}
+    for item, at in waiting:
+        by_dir.setdefault(item.parent, []).append((at, item))
+    out: list[Deferred] = []
+    for items in by_dir.values():
+        due = sum(1 for at, _ in items if at <= now)
+        if due:
+            items.sort(key=lambda e: e[0])
+            out.extend(item for _, item in items[: -(-due // BATCH) * BATCH])
+    return out
 
 
 class WriteBack:
@@ -80,6 +108,9 @@ class WriteBack:
         #: (``PendingUnlinks.send``; set with them).
         self._unlinks: dict[int, tuple[PendingUnlink, float]] = {}
         self.send_unlinks: Callable[[list[PendingUnlink]], Awaitable[None]] | None = None
+        #: Deferred creates whose file was opened again (:meth:`reopened`): when they
+        #: were due, which their next deferral keeps.
+        self._reopened: dict[int, float] = {}
         self._wake = trio.Event()
         self._running = False
         self.stats = leases.stats
@@ -99,7 +130,8 @@ class WriteBack:
             or sum(self._sizes.values()) + size > MAX_BYTES
         ):
             return False
-        self._due[p.oid] = (p, self._due_time(left))
+        due = self._due_time(left)
+        self._due[p.oid] = (p, min(due, self._reopened.pop(p.oid, due)))
         self._sizes[p.oid] = size
         self.stats["deferred"] += 1
         self._started()
@@ -150,14 +182,25 @@ class WriteBack:
         """The create of ``oid`` was made or failed for good (by whatever sent it)."""
         self._due.pop(oid, None)
         self._sizes.pop(oid, None)
+        self._reopened.pop(oid, None)
+
+    def reopened(self, oid: int) -> None:
+        """The deferred create of ``oid`` has its file open again: it waits no longer
+        for its due time but for its close, as a new file's create does (a write goes into
+        its buffered content, not after a round).  Its next deferral keeps the due time it
+        had, so reopening a file again and again does not hold its create back."""
+        entry = self._due.pop(oid, None)
+        self._sizes.pop(oid, None)
+        if entry is not None:
+            self._reopened[oid] = entry[1]
 
     async def run(self) -> None:
         """Send each deferred create when it is due (a background task for the mount's
         life; a send's failure is the pending create's, logged and retried there)."""
         while True:
             now = trio.current_time()
-            gone = [u for u, at in self._unlinks.values() if at <= now]
-            due = [p for p, at in self._due.values() if at <= now]
+            gone = _with_their_batches(self._unlinks.values(), now)
+            due = _with_their_batches(self._due.values(), now)
             if gone or due:
                 await self._send_unlinks(gone)
                 await self._send_batches(due)

@@ -202,6 +202,17 @@ class PendingCreates:
         f = self.cache.files.get(ino)
         return f.st if f is not None and self.writeback.deferred(ino) else None
 
+    def reopen_deferred(self, ino: int) -> bool:
+        """Whether an open of ``ino`` is answered by this mount: its create waits in
+        directory write-back (:meth:`deferred_stat`), so the file is this mount's alone
+        and no server could say more of it.  Its create then waits for the new handle's
+        close, as when the file was made (``WriteBack.reopened``)."""
+        if self.deferred_stat(ino) is None:
+            return False
+        assert self.writeback is not None
+        self.writeback.reopened(ino)
+        return True
+
     def may_defer(self, parent: int, name: bytes, flags: int) -> bool:
         return (
             self.write_behind
