@@ -204,6 +204,37 @@ def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return made, [fst, pst]
 
 
+def _batch(
+    states: States, arg: Any, method: str, each: str
+) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+    """The directory ``p`` and the items of a many-files update (``fs.createmany``,
+    ``fs.unlinkmany``), each with its object, checked as both need: a non-empty ``files``,
+    no item naming its own ``p`` or a time past the batch's ``now`` (the one nodes check
+    against their clocks), each object once and not ``p``, and no object of the update
+    but ``p`` that no item names (``each``: what every other object must be, for the
+    refusal)."""
+    a = _arg(arg)
+    pid = _oid(a, "p", states)
+    latest = _time(a)
+    files = a.get("files")
+    if not isinstance(files, list) or not files:
+        raise MethodRefused("invalid", f"{method} needs files")
+    items: list[tuple[int, dict[str, Any]]] = []
+    named: set[int] = set()
+    for item in files:
+        f = _arg(item)
+        if "p" in f or _time(f) > latest:
+            raise MethodRefused("invalid", f"an item of {method} names its own p or a later now")
+        oid = _oid(f, "o", states)
+        if oid == pid or oid in named:
+            raise MethodRefused("invalid", f"{method} names an object twice")
+        named.add(oid)
+        items.append((oid, f))
+    if len(named) != len(states) - 1:
+        raise MethodRefused("invalid", f"{method}: every object but p {each}")
+    return pid, items
+
+
 def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Several new regular files in one directory, in one update (directory write-back,
     ``fs/writeback.py``): exactly what the ``fs.createwrite`` or, for an item with a write
@@ -217,24 +248,11 @@ def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     at most the batch's.  Answers ``[[stat of each new file, in order], stat of the
     parent]``.
     """
-    a = _arg(arg)
-    pid = _oid(a, "p", states)
-    latest = _time(a)
-    files = a.get("files")
-    if not isinstance(files, list) or not files:
-        raise MethodRefused("invalid", "fs.createmany needs files")
+    pid, items = _batch(states, arg, "fs.createmany", "is a new file")
     work = dict(states)
     stats = []
-    named: set[int] = set()
     pst: Any = None
-    for item in files:
-        f = _arg(item)
-        if "p" in f or _time(f) > latest:
-            raise MethodRefused("invalid", "a file of fs.createmany names its own p or a later now")
-        oid = _oid(f, "o", states)
-        if oid == pid or oid in named:
-            raise MethodRefused("invalid", "fs.createmany names an object twice")
-        named.add(oid)
+    for oid, f in items:
         pair = {pid: work[pid], oid: work[oid]}
         if f.get("tok") is None:
             made, (fst, pst) = _create_write(pair, dict(f, p=pid))
@@ -244,8 +262,6 @@ def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             made, (fst, pst) = _create(pair, dict(f, p=pid))
         work.update(made)
         stats.append(fst)
-    if len(named) != len(states) - 1:
-        raise MethodRefused("invalid", "fs.createmany: every object but p is a new file")
     return work, [stats, pst]
 
 
@@ -345,29 +361,14 @@ def _unlink_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     latest of the items') and ``files``, each an ``fs.unlink`` argument without ``p`` (``o``,
     ``name``, ``now``).  Answers ``[[stat of each object, in order], stat of the parent]``.
     """
-    a = _arg(arg)
-    pid = _oid(a, "p", states)
-    latest = _time(a)
-    files = a.get("files")
-    if not isinstance(files, list) or not files:
-        raise MethodRefused("invalid", "fs.unlinkmany needs files")
+    pid, items = _batch(states, arg, "fs.unlinkmany", "is one it removes")
     work = dict(states)
     stats = []
-    named: set[int] = set()
     pst: Any = None
-    for item in files:
-        f = _arg(item)
-        if "p" in f or _time(f) > latest:
-            raise MethodRefused("invalid", "an fs.unlinkmany item names its own p or a later now")
-        oid = _oid(f, "o", states)
-        if oid == pid or oid in named:
-            raise MethodRefused("invalid", "fs.unlinkmany names an object twice")
-        named.add(oid)
+    for oid, f in items:
         made, (fst, pst) = _unlink({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
         work.update(made)
         stats.append(fst)
-    if len(named) != len(states) - 1:
-        raise MethodRefused("invalid", "fs.unlinkmany: every object but p is one it removes")
     return work, [stats, pst]
 
 
