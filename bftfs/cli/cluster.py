@@ -362,7 +362,7 @@ def with_init(sp: argparse.ArgumentParser) -> None:
         type=parse_size,
         default=None,
         help="block size of files written sequentially, a multiple of --block-size "
-        "(default 256K; 0 = every file has --block-size; docs/fs.md)",
+        "(default 1M; 0 = every file has --block-size; docs/fs.md)",
     )
     sp.add_argument(
         "--inline-limit",
