@@ -206,7 +206,12 @@ class FileSystem:
             self.cache.local_stat = self.pending.deferred_stat
             # ... and removals there return before they are sent (fs/unlinkback.py).
             unlinks = PendingUnlinks(
-                self.meta, self.cache, self.reclaimer, is_pending_create=self.pending.is_pending
+                self.meta,
+                self.cache,
+                self.reclaimer,
+                is_pending_create=self.pending.is_pending,
+                is_deferred_create=self.pending.is_deferred,
+                make_creates=self.pending.make,
             )
             unlinks.writeback = self.pending.writeback
             self.pending.writeback.send_unlinks = unlinks.send

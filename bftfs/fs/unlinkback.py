@@ -16,7 +16,9 @@ directory in one ``fs.unlinkmany`` update:
   recall's release).
 - **Which**: a name of a non-directory whose object this mount has neither open nor
   buffered writes for, and that is not itself a create this mount has not sent (that one
-  is sent first, as before: the unlink then follows it).
+  is sent first, as before: the unlink then follows it) unless that create waits in
+  write-back too: then the removal waits with it, and its create is sent first when the
+  removal goes (both batched: PostMark deletes files it made seconds before).
 - **A refusal** when sent (the name gone, or naming another object: possible only once the
   lease lapsed and another client changed the directory) drops the removal, as a removal
   that lost a race; no answer from the cluster keeps it pending and tries again.
@@ -27,7 +29,7 @@ directory in one ``fs.unlinkmany`` update:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,11 +88,20 @@ class PendingUnlinks:
         reclaimer: Reclaimer,
         *,
         is_pending_create: Callable[[int], bool],
+        is_deferred_create: Callable[[int], bool],
+        make_creates: Callable[[list[int]], Awaitable[None]],
     ) -> None:
+        """``is_pending_create``: whether an object's create is not sent yet;
+        ``is_deferred_create``: whether it waits in directory write-back, closed (its
+        removal may then wait too); ``make_creates``: sends the creates of objects
+        whose removals go now (a removal reaching the servers before its create would
+        be refused, and the file made after it)."""
         self.meta = meta
         self.cache = cache
         self.reclaimer = reclaimer
         self._is_pending_create = is_pending_create
+        self._is_deferred_create = is_deferred_create
+        self._make_creates = make_creates
         self._by_dir: dict[int, dict[bytes, PendingUnlink]] = {}
         self._by_oid: dict[int, PendingUnlink] = {}
         #: Due times and the background sender (set by ``FileSystem`` with write-back).
@@ -109,7 +120,14 @@ class PendingUnlinks:
         if wb is None or code == obj.DIR_TYPE or oid in self._by_oid or parent == oid:
             return False
         f = self.cache.files.get(oid)
-        if (f is not None and (f.opens or f.buffered)) or self._is_pending_create(oid):
+        if f is not None and f.opens:
+            return False
+        # A file whose create waits in write-back may go with its create: it is sent
+        # first (:meth:`send`), its content with it.  Any other unsent create or buffered
+        # write goes before a removal that waits for nothing.
+        if not self._is_deferred_create(oid) and (
+            (f is not None and f.buffered) or self._is_pending_create(oid)
+        ):
             return False
         u = PendingUnlink(parent, name, oid, self.meta.now())
         if not wb.defer_unlink(u):
@@ -150,7 +168,8 @@ class PendingUnlinks:
 
     async def send(self, us: list[PendingUnlink]) -> None:
         """Send ``us`` (and wait for those another task sends), each directory's together,
-        :data:`BATCH` per update."""
+        :data:`BATCH` per update, filled with the directory's next removals (a program
+        that removes files one by one would need them next)."""
         mine: dict[int, list[PendingUnlink]] = {}
         theirs: list[trio.Event] = []
         for u in dict.fromkeys(us):
@@ -161,8 +180,16 @@ class PendingUnlinks:
                 continue
             u.sending = trio.Event()
             mine.setdefault(u.parent, []).append(u)
+        for parent, group in mine.items():  # with the directory's next ones, as creates go
+            for u in self._by_dir.get(parent, {}).values():
+                if len(group) % BATCH == 0:
+                    break
+                if u.sending is None and u not in group:
+                    u.sending = trio.Event()
+                    group.append(u)
         try:
             for group in mine.values():
+                await self._make_creates([u.oid for u in group])
                 for i in range(0, len(group), BATCH):
                     await self._send_batch(group[i : i + BATCH])
         finally:

@@ -241,6 +241,9 @@ class PendingCreates:
         if failed is not None:
             raise failed[0]
         p = self._pending_oids.get(f.ino)
+        if p is not None and self.writeback is not None and self.writeback.deferred(p.oid):
+            await self._send_one(p)  # with the directory's next five (a read of it)
+            p = self._pending_oids.get(f.ino)
         if p is not None:
             await self._send(p, quiet=False)
             failed = self._failed.get(f.ino)
@@ -266,6 +269,28 @@ class PendingCreates:
         if self.unlinks is not None and self.unlinks.holds_back():
             await self.unlinks.before(objects, names, arg)
         await self._before(objects, names, arg)
+
+    def is_deferred(self, oid: int) -> bool:
+        """Whether ``oid``'s create waits in directory write-back, its file closed and
+        the create not being sent, and carries the whole file: an inline one, made with
+        its content in one update that nothing else follows.  (A file with blocks writes
+        them after its create through gated calls on the file, which would wait for a
+        removal waiting for that create.)"""
+        f = self.cache.files.get(oid)
+        return (
+            f is not None
+            and f.opens == 0
+            and f.size <= self.inline
+            and self.deferred_stat(oid) is not None
+        )
+
+    async def make(self, oids: list[int]) -> None:
+        """Send the pending creates of ``oids`` (a deferred one with up to five more of
+        its directory), as a call on them would."""
+        for oid in oids:
+            p = self._pending_oids.get(oid)
+            if p is not None:
+                await self._send_one(p)
 
     def is_pending(self, oid: int) -> bool:
         """Whether ``oid`` is a create this mount has not sent (or one whose name turned
