@@ -39,9 +39,10 @@ class Checkpoints:
 
     def state(self, seq: int, digest: bytes) -> Signed:
         """My statement for the state after ``seq``; recorded as my own vote."""
-        self.mine = sign(self.me, self.key, checkpoint_body(seq, digest), self.nodes)
-        self._vote(self.me, seq, digest, self.mine)
-        return self.mine
+        statement = sign(self.me, self.key, checkpoint_body(seq, digest), self.nodes)
+        self.mine = statement
+        self._vote(self.me, seq, digest, statement)  # may already make it stable
+        return statement
 
     def on_checkpoint(self, statement: Signed) -> bool | str:
         """Record a statement: whether it made a new checkpoint stable, or why refused."""

@@ -120,7 +120,12 @@ class Replica:
         self.execution = Execution(self.registry)
         self.snapshots: dict[int, bytes] = {}
         self.held: dict[int, _Held] = {}  # client -> its latest request not yet executed
+        self.missing_since: dict[int, int] = {}  # slot -> tick it was first seen missing
         self.now = 0
+        #: Ticks a held request may wait: doubles with each suspicion that brought no
+        #: progress (eventual synchrony: some regency lasts long enough), back to
+        #: ``settings.timeout`` when a slot executes.
+        self.patience = self.settings.timeout
         self.rejected = 0
         self._out: list[Send] = []
         self._begin_regency()
@@ -285,6 +290,7 @@ class Replica:
     def _execute(self) -> None:
         ex = self.execution
         while (pv := self.learner.learned.get(ex.executed + 1)) is not None:
+            self.patience = self.settings.timeout
             reply = ex.apply(ex.executed + 1, pv[1])
             if reply is not None:
                 held = self.held.get(reply.client)
@@ -383,11 +389,12 @@ class Replica:
         return None
 
     def _maybe_suspect(self) -> None:
-        late = [h for h in self.held.values() if self.now - h.since >= self.settings.timeout]
+        late = [h for h in self.held.values() if self.now - h.since >= self.patience]
         if not late:
             return
         for h in self.held.values():
             h.since = self.now
+        self.patience = min(2 * self.patience, 64 * self.settings.timeout)
         statement = self.election.suspect(self.election.regency)
         if statement is not None:
             self._send(None, Suspect(statement))
@@ -420,6 +427,10 @@ class Replica:
             self._send(None, Fetch(self.checkpoints.stable))
 
     def _pull(self) -> None:
+        """PULL slots missing for a whole tick (Fig. 6.6 lines 32-34: after a timeout, so
+        a slot still being learned the usual way costs no pull)."""
         missing = self.learner.missing(self.execution.executed)
-        for slot in missing[: self.settings.pulls_per_tick]:
+        self.missing_since = {s: self.missing_since.get(s, self.now) for s in missing}
+        late = [s for s in missing if self.now - self.missing_since[s] >= 1]
+        for slot in late[: self.settings.pulls_per_tick]:
             self._send(None, Pull(slot))
