@@ -109,7 +109,9 @@ class Network:
     seed: int = 0
     drop: float = 0.0
     duplicate: float = 0.0
-    tick_every: int = 200
+    #: Deliveries per tick; 0: ``6 n^2``, a few slots' worth of messages (each slot costs
+    #: ``n^2`` ACCEPTED), so a correct leader finishes well inside a timeout.
+    tick_every: int = 0
     settings: Settings = field(default_factory=Settings)
     byzantine: dict[int, Behaviour] = field(default_factory=dict)
     #: ``(src, dst, message) -> bool``: a scripted adversary may drop specific messages.
@@ -117,6 +119,7 @@ class Network:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self.tick_every = self.tick_every or 6 * self.n * self.n
         self.learned: dict[int, dict[int, bytes]] = {i: {} for i in range(self.n)}
         self.replicas = [self._replica(i) for i in range(self.n)]
         self.flight: list[tuple[int, int, bytes]] = []
@@ -170,7 +173,9 @@ class Network:
                 self._send_request(c)
 
     def deliver_one(self) -> None:
-        k = self.rng.randrange(len(self.flight))
+        self._deliver(self.rng.randrange(len(self.flight)))
+
+    def _deliver(self, k: int) -> None:
         src, dst, data = self.flight.pop(k)
         if self.rng.random() < self.duplicate:
             self.flight.append((src, dst, data))
@@ -197,6 +202,16 @@ class Network:
         if result is not None and c.op is not None:
             c.done.append((c.rid, result[0], result[1], c.started, self.deliveries, c.tag))
             c.op, c.collector = None, None
+
+    def round(self) -> None:
+        """Deliver every message now in flight, and nothing they cause: one message delay
+        of a synchronous network (what is sent meanwhile waits for the next round)."""
+        batch, produced = self.flight, []
+        for item in batch:
+            self.flight = [item]
+            self._deliver(0)
+            produced.extend(self.flight)
+        self.flight = produced
 
     def run(self, until: Callable[[], bool], limit: int = 200_000) -> bool:
         """Deliver until ``until()`` holds (True) or ``limit`` deliveries passed (False)."""
