@@ -30,6 +30,10 @@ class Leader:
         self.reps: dict[int, Rep] = {}
         self.new_view: NewView | None = None
         self.proposals: dict[int, bytes] = {}  # slot -> value, this regency
+        #: slot -> learners that said they learned the proposed value: the leader resends
+        #: a proposal until ``ceil((l + f + 1) / 2)`` did (Fig. 6.6 lines 4 and 8, folded
+        #: into the leader: f + 1 of them are correct and answer the others' PULLs).
+        self.acks: dict[int, set[int]] = {}
         self.proposed: set[bytes] = set()  # values proposed this regency
         self.next_slot = 1
         self.low = 0
@@ -43,14 +47,24 @@ class Leader:
         self.regency, self.proof, self.low = regency, proof, low
         self.low_certificate = low_certificate
         self.reps, self.new_view = {}, None
-        self.proposals, self.proposed = {}, set()
+        self.proposals, self.proposed, self.acks = {}, set(), {}
         self.next_slot = low + 1
         self.recovering = regency > 0
         return Query(regency, proof) if self.recovering else None
 
     def stop(self) -> None:
         self.regency, self.recovering = -1, False
-        self.proposals, self.proposed = {}, set()
+        self.proposals, self.proposed, self.acks = {}, set(), {}
+
+    def on_learned(self, learner: int, slot: int, value: bytes) -> None:
+        """Learner ``learner`` says it learned ``value`` at ``slot``."""
+        if self.proposals.get(slot) == value and learner < self.q.l:
+            self.acks.setdefault(slot, set()).add(learner)
+
+    def unsatisfied(self) -> list[int]:
+        """Slots whose proposal too few learners have acknowledged: resend them."""
+        need = -(-(self.q.l + self.q.f + 1) // 2)
+        return [s for s in self.proposals if len(self.acks.get(s, ())) < need]
 
     def query(self) -> Query | None:
         return Query(self.regency, self.proof) if self.recovering else None
@@ -112,4 +126,5 @@ class Leader:
 
     def collect(self, low: int) -> None:
         self.proposals = {s: v for s, v in self.proposals.items() if s > low}
+        self.acks = {s: a for s, a in self.acks.items() if s > low}
         self.next_slot = max(self.next_slot, low + 1)

@@ -88,6 +88,7 @@ class Statistics:
     stable: int
     rejected: int
     log_entries: int  # accepted + learned slots held: bounded by the window after GC
+    installed: int  # snapshots installed to catch up past a collected log
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Replica:
         #: ``settings.timeout`` when a slot executes.
         self.patience = self.settings.timeout
         self.rejected = 0
+        self.installed = 0
         self._out: list[Send] = []
         self._begin_regency()
 
@@ -156,7 +158,7 @@ class Replica:
     def statistics(self) -> Statistics:
         entries = len(self.acceptor.accepted) + len(self.learner.learned)
         return Statistics(self.election.regency, self.execution.executed,
-                          self.checkpoints.stable, self.rejected, entries)
+                          self.checkpoints.stable, self.rejected, entries, self.installed)
 
     # -- routing --------------------------------------------------------------------
 
@@ -211,6 +213,9 @@ class Replica:
     def _on_propose(self, sender: int, m: Propose) -> str | None:
         if sender != self.election.leader(m.pn):
             return f"PROPOSE for {m.pn} from {sender}, not its leader"
+        learned = self.learner.learned.get(m.slot)
+        if learned is not None and learned[1] == m.value:  # tell the leader it can stop
+            self._send(sender, Learned(m.slot, learned[0], learned[1]))
         answer = self.acceptor.on_propose(self.election.regency, m)
         if isinstance(answer, str):
             return answer
@@ -275,6 +280,7 @@ class Replica:
         return None
 
     def _on_learned(self, sender: int, m: Learned) -> str | None:
+        self.leader.on_learned(sender, m.slot, m.value)
         learned = self.learner.on_learned(sender, m)
         if isinstance(learned, str):
             return learned
@@ -285,6 +291,8 @@ class Replica:
     def _learned(self, slot: int, value: bytes) -> None:
         if self.on_learn is not None:
             self.on_learn(slot, value)
+        pn = self.learner.learned[slot][0]
+        self._send(self.election.leader(), Learned(slot, pn, value))  # LEARNED, line 30
         self._execute()
 
     def _execute(self) -> None:
@@ -340,6 +348,7 @@ class Replica:
         if not self.execution.install(m.state) or self.execution.executed != m.seq:
             return f"snapshot {m.seq} from {sender} is malformed"
         self.snapshots[m.seq] = m.state
+        self.installed += 1
         self.learner.collect(m.seq, m.seq)
         self._execute()
         return None
@@ -409,8 +418,7 @@ class Replica:
         if leader.recovering and (query := leader.query()) is not None:
             self._send(None, query)
         elif leader.regency >= 0:
-            pending = [s for s in leader.proposals if s not in self.learner.learned
-                       and s > self.execution.executed]
+            pending = leader.unsatisfied()
             if pending and leader.new_view is not None:
                 self._send(None, leader.new_view)
             for s in pending:
@@ -430,6 +438,10 @@ class Replica:
         """PULL slots missing for a whole tick (Fig. 6.6 lines 32-34: after a timeout, so
         a slot still being learned the usual way costs no pull)."""
         missing = self.learner.missing(self.execution.executed)
+        if not missing and self.held:
+            # Holding a request and hearing of no slot to learn: perhaps behind a log the
+            # others collected; a PULL of the next slot is answered with the checkpoint.
+            missing = [max(self.execution.executed, self.learner.low) + 1]
         self.missing_since = {s: self.missing_since.get(s, self.now) for s in missing}
         late = [s for s in missing if self.now - self.missing_since[s] >= 1]
         for slot in late[: self.settings.pulls_per_tick]:
