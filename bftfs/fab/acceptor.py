@@ -7,7 +7,7 @@ stable checkpoint ``low`` (slots at or below it are decided; :mod:`bftfs.fab.che
 which bounds what a Byzantine leader can make an acceptor remember.
 
 Each refusal is a reason string, so a replica can count and report it; a proposal the
-acceptor already took is answered again (the callee answers every retransmission, L6541).
+acceptor already took is answered again (the callee answers every retransmission, L6569-6572).
 """
 
 from __future__ import annotations

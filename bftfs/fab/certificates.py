@@ -1,16 +1,16 @@
 """The three certificates of FaB Paxos and the statements they are made of.
 
-- **Leader-election proof** (Fig. 6.7, L6640-6660): ``election`` suspicions of regency
+- **Leader-election proof** (Fig. 6.7, L6632-6665): ``election`` suspicions of regency
   ``r - 1`` from distinct proposers prove that regency ``r`` began.  Regency 0 needs none.
-- **Checkpoint certificate** (L5914-5925): ``f + 1`` matching ``CHECKPOINT(seq, digest)``
+- **Checkpoint certificate** (L5904-5925): ``f + 1`` matching ``CHECKPOINT(seq, digest)``
   statements; one comes from a correct node that executed every slot up to ``seq``, so
   every slot up to ``seq`` was learned, hence chosen, and needs no new proposal.
-- **Progress certificate** (L6694-6706, Definition 15 at L6817): ``a - f`` REP statements
+- **Progress certificate** (L6705-6720, Definition 15 at L6865): ``a - f`` REP statements
   for proposal number ``pn``, each listing what one acceptor accepted above ``low``.  It
   *vouches* for ``value`` at ``slot`` unless another value appears ``vouch`` times at that
-  slot; a slot with no value appearing ``vouch`` times is free (L6820-6826).  An acceptor
+  slot; a slot with no value appearing ``vouch`` times is free (L6870-6880).  An acceptor
   that accepted nothing at a slot contributes no value there, so a poisoned or empty slot
-  never binds the certificate (Lemma 50's first case, L7479).
+  never binds the certificate (Lemma 50's first case, L7460).
 
 Every check here counts only statements whose MAC entry verifies at the checking node
 (:mod:`bftfs.fab.auth`) and only one statement per signer, so a Byzantine leader cannot

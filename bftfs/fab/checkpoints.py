@@ -1,8 +1,8 @@
-"""Stable checkpoints and the log they let go of (seed 003 L5871-5933).
+"""Stable checkpoints and the log they let go of (seed 003 L5896-5933).
 
 After executing a slot that is a multiple of ``interval``, a node states
 ``CHECKPOINT(seq, digest)`` of its execution state to every node.  ``f + 1`` matching
-statements make the checkpoint stable (the seed's ``g + 1`` with ``g = f``, L5916-5925):
+statements make the checkpoint stable (the seed's ``g + 1`` with ``g = f``, L5923):
 one of them is correct, so every slot up to ``seq`` was learned (hence chosen), and the
 digest is the state a correct node reached.  The statements themselves are the
 certificate: a node forwards them in a REP and a new leader in its NEWVIEW, so others can

@@ -6,12 +6,12 @@ leader proposes into a free slot.  Slots are applied strictly in order to the ob
 states with the same :class:`bftfs.qu.objects.Registry` methods Q/U runs, so the file
 system's methods (``bftfs.fsobjects``) are ordered by FaB unchanged.
 
-Exactly once (L5536-5594): each client's last request id and reply are kept; a request
+Exactly once (L5829-5870): each client's last request id and reply are kept; a request
 with an id not above the last one is not run again (the equal one gets the cached reply).
 A malformed value, an unknown method or a method's refusal are deterministic outcomes
 (``ok`` false with a code), the same on every correct node, never an exception.
 
-Checkpoints (L5871-5933): the state (objects, last replies, last slot) has one canonical
+Checkpoints (L5896-5933): the state (objects, last replies, last slot) has one canonical
 encoding, :meth:`Execution.snapshot`; its digest is what nodes certify, and a node that
 fell behind a stable checkpoint installs a snapshot whose digest matches the certificate.
 

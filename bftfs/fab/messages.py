@@ -11,7 +11,7 @@ Layout (``slot``, ``pn``, ``seq`` non-negative ints; ``value`` bytes; ``Signed``
 ======  ============  ======================================================  ==========
 kind    class         fields                                                  seed
 ======  ============  ======================================================  ==========
-1       Request       op (bytes: a canonical client operation)                L7515
+1       Request       op (bytes: a canonical client operation)                L7517
 2       Propose       pn, slot, value                                         Fig 6.8 118
 3       Accepted      pn, slot, value                                         Fig 6.8 127
 4       Pull          slot                                                    Fig 6.6 34
@@ -21,10 +21,10 @@ kind    class         fields                                                  se
 8       Rep           Signed ``["rep", pn, low, [[slot, value]...]]``,        Fig 6.8 117
                       low certificate (Signed checkpoints)
 9       NewView       pn, proof, low, low certificate, reps (list of Rep)     Fig 6.8 111
-10      Checkpoint    Signed ``["checkpoint", seq, digest]``                  L5914
-11      Reply         client, rid, slot, ok, result                           L5536
-12      Fetch         seq (a lagging node asks for the stable state)          L7664
-13      Snapshot      seq, state (canonical bytes; checked against a digest)  L7664
+10      Checkpoint    Signed ``["checkpoint", seq, digest]``                  L5904
+11      Reply         client, rid, slot, ok, result                           L5829
+12      Fetch         seq (a lagging node asks for the stable state)          L7640
+13      Snapshot      seq, state (canonical bytes; checked against a digest)  L7640
 ======  ============  ======================================================  ==========
 """
 

@@ -1,6 +1,6 @@
 """One FaB Paxos node as a pure step function: bytes in, messages out (like raft's ``Step``).
 
-Every node of ``5f + 1`` plays the seed's three roles (L6425: "each process can play one or
+Every node of ``5f + 1`` plays the seed's three roles (L6439: "each process can play one or
 more"): acceptor (:mod:`~bftfs.fab.acceptor`), proposer (:mod:`~bftfs.fab.election`,
 :mod:`~bftfs.fab.leader`) and learner (:mod:`~bftfs.fab.learner`), and executes what it
 learns (:mod:`~bftfs.fab.execution`) with checkpoints (:mod:`~bftfs.fab.checkpoints`).
@@ -9,7 +9,7 @@ role, and collects what to send.
 
 No I/O, no clock, no randomness.  Time is :meth:`Replica.tick`, called by the driver at a
 fixed period: it drives the seed's retransmissions (the leader resends until it hears
-back, L6541-6560; learners pull, Fig. 6.6 line 34) and the proposer's suspicion timeout
+back, L6569-6600; learners pull, Fig. 6.6 line 34) and the proposer's suspicion timeout
 (line 12).  Who sent a message is the transport's to say (MACs on every frame,
 ``bftfs/net``): ``step(sender, data)`` trusts ``sender``.
 

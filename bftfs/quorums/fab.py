@@ -5,17 +5,18 @@ Byzantine.  Its thresholds, each a ceiling of half a sum so that two such sets m
 enough correct processes:
 
 - ``learn = ceil((a + 3f + 1) / 2)`` matching ACCEPTED messages make a learner learn
-  (Fig. 6.6 line 27, L6460);
+  (Fig. 6.6 line 27, L6494);
 - ``chosen = ceil((a + f + 1) / 2)`` *correct* acceptors accepting one value for one
-  proposal number make it chosen (L6495, L6858);
-- a progress certificate holds ``a - f`` replies (L6697) and vouches only for a value
-  that appears ``vouch = ceil((a - f + 1) / 2)`` times in it (Definition 15, L6817);
-- ``satisfied = ceil((p + f + 1) / 2)`` proposers elect a new regent (L6557, L6640) and
-  ``ceil((l + f + 1) / 2)`` learners make a proposer satisfied (Fig. 6.6 line 8);
+  proposal number make it chosen (L6540-6545, L6842);
+- a progress certificate holds ``a - f`` replies (L6705) and vouches only for a value
+  that appears ``vouch = ceil((a - f + 1) / 2)`` times in it (Definition 15, L6865);
+- ``election = ceil((p + f + 1) / 2)`` suspicious proposers replace the regent (L6650;
+  the same count satisfies the leader, Fig. 6.6 line 4, L6471) and
+  ``ceil((l + f + 1) / 2)`` learners make a proposer satisfied (Fig. 6.6 line 8, L6475);
 - ``f + 1`` matching pull answers make a lagging learner learn (Fig. 6.6 line 42).
 
 :func:`broken` names the first property a configuration breaks, from the sizes alone (the
-proofs of Theorem 13, Lemma 44, Lemma 45 and Lemma 46, L6895-6960); :func:`exhaustive`
+proofs of Theorem 13, Lemma 44, Lemma 45 and Lemma 46, L6935-7040); :func:`exhaustive`
 checks the same properties by enumerating every set for small ``a``, so a wrong formula
 cannot hide behind a wrong proof.  A configuration may pass its own sizes (``learn``,
 ``vouch``) to show what breaks when one is weakened; ``FabQuorums.checked`` refuses it.
@@ -34,23 +35,23 @@ def _ceil_half(x: int) -> int:
 
 
 def learn_size(a: int, f: int) -> int:
-    """``ceil((a + 3f + 1) / 2)``: ACCEPTED messages a learner needs (L6460)."""
+    """``ceil((a + 3f + 1) / 2)``: ACCEPTED messages a learner needs (L6494)."""
     return _ceil_half(a + 3 * f + 1)
 
 
 def chosen_size(a: int, f: int) -> int:
-    """``ceil((a + f + 1) / 2)``: correct acceptors that make a value chosen (L6858)."""
+    """``ceil((a + f + 1) / 2)``: correct acceptors that make a value chosen (L6842)."""
     return _ceil_half(a + f + 1)
 
 
 def vouch_size(a: int, f: int) -> int:
     """``ceil((a - f + 1) / 2)``: appearances in a progress certificate that bind it to one
-    value (Definition 15, L6817)."""
+    value (Definition 15, L6865)."""
     return _ceil_half(a - f + 1)
 
 
 def election_size(p: int, f: int) -> int:
-    """``ceil((p + f + 1) / 2)``: proposers whose suspicion replaces a regent (L6640)."""
+    """``ceil((p + f + 1) / 2)``: proposers whose suspicion replaces a regent (L6650)."""
     return _ceil_half(p + f + 1)
 
 
@@ -76,7 +77,7 @@ class FabQuorums:
 
     @property
     def certificate(self) -> int:
-        """``a - f``: replies in a progress certificate (L6697)."""
+        """``a - f``: replies in a progress certificate (L6705)."""
         return self.a - self.f
 
     @property
@@ -116,24 +117,24 @@ class FabQuorums:
 def broken(q: FabQuorums) -> str | None:
     """The first FaB property ``q`` breaks, by proof from the sizes; None when it is sound.
 
-    - F0: ``0 <= f``, ``p >= 3f + 1``, ``l >= 3f + 1`` (L6425; leader election and pull need
+    - F0: ``0 <= f``, ``p >= 3f + 1``, ``l >= 3f + 1`` (L6439; leader election and pull need
       a correct majority of suspicions and ``f + 1`` correct learners).
-    - F1 (Theorem 13, L6911): a learn quorum holds ``learn - f >= chosen`` correct acceptors,
+    - F1 (Theorem 13, L6982): a learn quorum holds ``learn - f >= chosen`` correct acceptors,
       so a learned value was chosen.
-    - F2 (Lemma 44, L6876): ``chosen`` correct acceptors are a majority of the ``a - f``
+    - F2 (Lemma 44, L6935): ``chosen`` correct acceptors are a majority of the ``a - f``
       correct ones, so one proposal number chooses one value.
-    - F3 (Lemma 45, L6889): a progress certificate of ``a - f`` replies keeps
+    - F3 (Lemma 45, L6945): a progress certificate of ``a - f`` replies keeps
       ``(a - f) - (a - chosen) = chosen - f >= vouch`` replies from the acceptors that chose
       ``v``, and ``vouch`` is a strict majority of the certificate (one value binds it;
-      Lemma 50, L7479).
-    - F4 (two steps despite ``f`` silent acceptors, L6425, Theorem 10): ``learn <= a - f``.
+      Lemma 50, L7460).
+    - F4 (two steps despite ``f`` silent acceptors, L6439; Theorem 10, L6299): ``learn <= a - f``.
     """
     a, f = q.a, q.f
     chosen = chosen_size(a, f)
     if f < 0 or a <= 0:
         return f"F0: no FaB cluster with a={a}, f={f}"
     if q.p < 3 * f + 1 or q.l < 3 * f + 1:
-        return f"F0: p={q.p} and l={q.l} must be at least 3f + 1 = {3 * f + 1} (L6425)"
+        return f"F0: p={q.p} and l={q.l} must be at least 3f + 1 = {3 * f + 1} (L6439)"
     if q.learn - f < chosen:
         return (
             f"F1: a learner learns on {q.learn} ACCEPTED, {f} of them may lie, leaving "
