@@ -21,10 +21,11 @@ from typing import Any
 from bftfs.crypto import derive
 from bftfs.fab.auth import KeyLookup, sign
 from bftfs.fab.certificates import rep_body
-from bftfs.fab.client import ReplyCollector
-from bftfs.fab.execution import operation
+from bftfs.fab.client import ReplyCollector, request
+from bftfs.fab.execution import NOOP, operation
 from bftfs.fab.messages import Accepted, Message, Propose, Rep, Reply, Request, decode, encode
 from bftfs.fab.replica import Replica, Send, Settings
+from bftfs.qu.canon import canonical
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
 
@@ -58,12 +59,19 @@ def _fan(net: Network, send: Send) -> list[int]:
 
 
 def equivocating_leader(net: Network, node: int, send: Send) -> list[tuple[int, Message]]:
-    """As leader, proposes a different value to each half of the acceptors; otherwise
-    behaves (so it also accepts, reports and votes like a correct node)."""
+    """As leader, proposes a client's request to half of the acceptors and the no-op to the
+    other half (both acceptable values), and a request it made up for a client to one
+    acceptor instead; otherwise behaves (it accepts, reports and votes like a correct
+    node)."""
     to, m = send
     if isinstance(m, Propose) and to is None:
-        forged = operation(CLIENT_BASE + 999, m.slot, "fab.forged", [m.slot], m.slot)
-        return [(j, m if j % 2 == 0 else Propose(m.pn, m.slot, forged)) for j in range(net.n)]
+        made_up = operation(CLIENT_BASE, 10**6 + m.slot, "counter.increment", [1], 100)
+        forged = Propose(m.pn, m.slot, canonical([made_up, [b"\0" * 16] * net.n]))
+        out: list[tuple[int, Message]] = []
+        for j in range(net.n):
+            other = forged if j == net.n - 1 else Propose(m.pn, m.slot, NOOP)
+            out.append((j, m if j % 2 == 0 else other))
+        return out
     return [(j, m) for j in _fan(net, send)]
 
 
@@ -153,7 +161,7 @@ class Network:
         c = self.clients.setdefault(cid, Client(cid))
         assert c.op is None, "one operation at a time per client"
         c.rid += 1
-        c.op = operation(cid, c.rid, method, oids, arg)
+        c.op = request(cid, keys_for(cid), self.n, c.rid, method, oids, arg)
         c.collector = ReplyCollector(c.rid, self.q.f)
         c.started, c.tag = self.deliveries, tag
         self._send_request(c)

@@ -11,7 +11,8 @@ from fab_sim import CLIENT_BASE, keys_for
 
 from bftfs.fab.auth import sign, verify
 from bftfs.fab.certificates import checkpoint_body, rep_body, suspect_body
-from bftfs.fab.execution import NOOP, operation
+from bftfs.fab.client import request
+from bftfs.fab.execution import NOOP, operation, request_value
 from bftfs.fab.messages import (
     Accepted,
     Checkpoint,
@@ -46,7 +47,7 @@ def _signed(signer: int, body: bytes) -> Signed:
 
 
 EXAMPLES: list[Message] = [
-    Request(operation(CLIENT_BASE, 1, "counter.increment", [1], 1)),
+    Request(request(CLIENT_BASE, keys_for(CLIENT_BASE), N, 1, "counter.increment", [1], 1)),
     Propose(0, 1, b"v"),
     Accepted(3, 7, b""),
     Pull(9),
@@ -127,21 +128,50 @@ def test_a_replica_rejects_garbage_and_changes_nothing() -> None:
     assert (after.regency, after.executed, after.log_entries) == (0, 0, 0)
 
 
+def _value(rid: int = 1, client: int = CLIENT_BASE) -> bytes:
+    return request(client, keys_for(client), N, rid, "counter.increment", [1], 1)
+
+
 def test_a_proposal_from_a_node_that_does_not_lead_is_rejected() -> None:
     r = _replica(2)
-    step = r.step(3, encode(Propose(0, 1, b"v")))
+    step = r.step(3, encode(Propose(0, 1, _value())))
     assert step.rejection is not None and "not its leader" in step.rejection
     assert r.acceptor.accepted == {}
-    assert r.step(0, encode(Propose(0, 1, b"v"))).rejection is None  # node 0 leads regency 0
-    assert r.acceptor.accepted == {1: (0, b"v")}
+    assert r.step(0, encode(Propose(0, 1, _value()))).rejection is None  # 0 leads regency 0
+    assert r.acceptor.accepted == {1: (0, _value())}
 
 
 def test_an_equivocating_second_proposal_is_rejected() -> None:
     r = _replica(2)
-    r.step(0, encode(Propose(0, 1, b"v")))
-    step = r.step(0, encode(Propose(0, 1, b"w")))
+    r.step(0, encode(Propose(0, 1, _value(1))))
+    step = r.step(0, encode(Propose(0, 1, _value(2))))
     assert step.rejection is not None and "equivocation" in step.rejection
-    assert r.acceptor.accepted[1] == (0, b"v")
+    assert r.acceptor.accepted[1] == (0, _value(1))
+
+
+def test_a_leader_cannot_make_up_a_clients_request() -> None:
+    """The leader knows its own keys, not the key client and acceptor share: a request it
+    writes for the client fails the acceptor's entry of the authenticator."""
+    op = operation(CLIENT_BASE, 1, "counter.increment", [1], 1000)
+    made_up = request_value(op, sign(0, keys_for(0), op, N).macs)  # MACs under 0's keys
+    r = _replica(2)
+    step = r.step(0, encode(Propose(0, 1, made_up)))
+    assert step.rejection is not None and "authenticated" in step.rejection
+    assert r.acceptor.accepted == {}
+    assert r.step(0, encode(Propose(0, 1, NOOP))).rejection is None
+
+
+def test_a_request_must_come_from_its_client() -> None:
+    r = _replica(2)
+    step = r.step(CLIENT_BASE + 1, encode(Request(_value())))
+    assert step.rejection is not None and "sent by" in step.rejection
+    op = operation(CLIENT_BASE, 1, "counter.increment", [1], 1)
+    forged = request_value(op, [b"\0" * 16] * N)
+    step = r.step(CLIENT_BASE, encode(Request(forged)))
+    assert step.rejection is not None and "authenticator" in step.rejection
+    assert r.held == {}
+    assert r.step(CLIENT_BASE, encode(Request(_value()))).rejection is None
+    assert set(r.held) == {CLIENT_BASE}
 
 
 def test_a_message_from_outside_the_cluster_is_rejected() -> None:
@@ -177,16 +207,16 @@ def test_a_new_view_with_forged_reps_is_rejected() -> None:
     writes for others do not verify, so no progress certificate forms and the acceptor
     keeps what it accepted."""
     r = _replica(2)
-    r.step(0, encode(Propose(0, 1, b"chosen")))
+    r.step(0, encode(Propose(0, 1, _value())))
     made_up = [
         Rep(Signed(i, rep_body(1, 0, {}), sign(1, keys_for(1), rep_body(1, 0, {}), N).macs), ())
         for i in range(N)
     ]
     step = r.step(1, encode(NewView(1, _proof(1), 0, (), tuple(made_up))))
     assert step.rejection is not None and "progress certificate" in step.rejection
-    step = r.step(1, encode(Propose(1, 1, b"other")))
+    step = r.step(1, encode(Propose(1, 1, NOOP)))
     assert step.rejection is not None and "certificate" in step.rejection
-    assert r.acceptor.accepted[1] == (0, b"chosen")
+    assert r.acceptor.accepted[1] == (0, _value())
 
 
 def test_a_new_view_with_a_forged_checkpoint_is_rejected() -> None:
@@ -207,3 +237,12 @@ def test_a_snapshot_that_does_not_match_the_certificate_is_rejected() -> None:
     step = r.step(3, encode(Snapshot(16, canonical([16, {}, {}]))))
     assert step.rejection is not None and "certified digest" in step.rejection
     assert r.execution.executed == 0
+
+
+def test_a_byzantine_proposer_cannot_grow_the_election_state() -> None:
+    """Suspicions of ever larger regencies from one proposer keep one entry, and f of them
+    never move the regency."""
+    r = _replica(2)
+    for regency in range(1000):
+        assert r.step(3, encode(Suspect(_signed(3, suspect_body(regency))))).rejection is None
+    assert len(r.election.latest) == 1 and r.election.regency == 0

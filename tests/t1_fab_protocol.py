@@ -101,6 +101,8 @@ def test_an_equivocating_leader_is_replaced_and_never_splits_learners() -> None:
     net = Network(6, Q1, registry(), seed=5, byzantine={0: equivocating_leader})
     assert _increments(net, 10, clients=2)
     assert net.conflicts() == []
+    # the request it made up for a client was refused by the acceptor it went to
+    assert any(dst == 5 and "authenticated" in why for src, dst, why in net.rejections)
     assert _results(net) == list(range(1, 21))
     assert min(net.replicas[i].election.regency for i in net.correct()) >= 1
 

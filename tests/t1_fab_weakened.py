@@ -20,7 +20,8 @@ from fab_sim import CLIENT_BASE, Network, keys_for
 
 from bftfs.fab.auth import sign
 from bftfs.fab.certificates import rep_body
-from bftfs.fab.execution import NOOP, operation
+from bftfs.fab.client import request
+from bftfs.fab.execution import NOOP
 from bftfs.fab.messages import Accepted, Message, Propose, Rep
 from bftfs.fab.replica import Send
 from bftfs.quorums.fab import FabQuorums, broken, vouch_size
@@ -28,7 +29,7 @@ from bftfs.testing.testobjects import registry
 
 
 def _v(net: Network) -> bytes:
-    return operation(CLIENT_BASE, 1, "counter.increment", [1], 1)
+    return request(CLIENT_BASE, keys_for(CLIENT_BASE), net.n, 1, "counter.increment", [1], 1)
 
 
 def _run(q: FabQuorums) -> Network:

@@ -10,13 +10,14 @@ Modules, one job each, bottom up: ``messages`` (wire format), ``auth`` (MAC auth
 for forwarded statements), ``certificates`` (election proof, checkpoint and progress
 certificates), ``acceptor``, ``learner``, ``election``, ``leader`` (the roles),
 ``execution`` (applying learned operations), ``checkpoints`` (stable checkpoints, log
-collection), ``client`` (a client's reply certificate) and ``replica`` (one node's step).
+collection), ``client`` (a client's request and reply certificates) and ``replica``
+(one node's step).
 """
 
 from __future__ import annotations
 
-from bftfs.fab.client import ReplyCollector
-from bftfs.fab.execution import NOOP, operation
+from bftfs.fab.client import ReplyCollector, request
+from bftfs.fab.execution import NOOP
 from bftfs.fab.replica import Replica, Settings, Step
 
-__all__ = ["NOOP", "Replica", "ReplyCollector", "Settings", "Step", "operation"]
+__all__ = ["NOOP", "Replica", "ReplyCollector", "Settings", "Step", "request"]

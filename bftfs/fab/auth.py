@@ -40,8 +40,13 @@ def sign(me: int, key: KeyLookup, body: bytes, nodes: int) -> Signed:
 
 
 def verify(me: int, key: KeyLookup, statement: Signed, nodes: int) -> bool:
-    """Whether this node's entry of ``statement`` verifies (the signer made it)."""
-    if not 0 <= statement.signer < nodes or len(statement.macs) != nodes:
+    """Whether this node's entry of ``statement`` verifies (the node ``signer`` made it)."""
+    return 0 <= statement.signer < nodes and verify_any(me, key, statement, nodes)
+
+
+def verify_any(me: int, key: KeyLookup, statement: Signed, nodes: int) -> bool:
+    """Whether this node's entry verifies, whoever signed (a client's request, L5379-5385)."""
+    if len(statement.macs) != nodes or not 0 <= me < nodes:
         return False
     k = key(statement.signer)
     return k is not None and mac_ok(k, statement.body, statement.macs[me])

@@ -1,16 +1,29 @@
-"""A client's side of a FaB operation: its reply certificate (seed 003 L5379-5467).
+"""A client's side of a FaB operation: its request and reply certificates (seed 003
+L5379-5467).
 
-A request is sent to every node; each node answers after executing it.  ``f + 1``
-matching replies (same slot, outcome and result) include a correct node's, and correct
-nodes execute the same sequence deterministically, so that answer is the operation's.
+A request carries the client's authenticator; it is sent to every node, and each node
+answers after executing it.  ``f + 1`` matching replies (same slot, outcome and result)
+include a correct node's, and correct nodes execute the same sequence deterministically,
+so that answer is the operation's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from bftfs.fab.auth import KeyLookup, sign
+from bftfs.fab.execution import operation, request_value
 from bftfs.fab.messages import Reply
 from bftfs.qu.canon import canonical
+
+
+def request(
+    client: int, key: KeyLookup, nodes: int, rid: int, method: str, oids: list[int], arg: Any
+) -> bytes:
+    """Client ``client``'s request ``rid``, authenticated for each of the ``nodes`` nodes
+    (the seed's request certificate, L5379-5385); ``key`` is the client's key ring."""
+    op = operation(client, rid, method, oids, arg)
+    return request_value(op, sign(client, key, op, nodes).macs)
 
 
 class ReplyCollector:

@@ -33,7 +33,17 @@ class Election:
         self.regency = 0
         self.proof: tuple[Signed, ...] = ()
         self.suspected: Signed | None = None  # my latest suspicion, resent until it ends
-        self.suspicions: dict[int, dict[int, Signed]] = {}  # regency -> proposer -> statement
+        #: proposer -> (regency, statement): only each proposer's highest suspicion, so a
+        #: Byzantine one naming ever larger regencies holds one entry, not one per number.
+        self.latest: dict[int, tuple[int, Signed]] = {}
+
+    @property
+    def suspicions(self) -> dict[int, dict[int, Signed]]:
+        """regency -> proposer -> statement, from the latest suspicions."""
+        out: dict[int, dict[int, Signed]] = {}
+        for signer, (regency, statement) in self.latest.items():
+            out.setdefault(regency, {})[signer] = statement
+        return out
 
     def leader(self, regency: int | None = None) -> int:
         """``getLeader``: proposer ``regency mod p``."""
@@ -50,7 +60,9 @@ class Election:
         return self.suspected
 
     def _record(self, statement: Signed, regency: int) -> None:
-        self.suspicions.setdefault(regency, {})[statement.signer] = statement
+        have = self.latest.get(statement.signer)
+        if have is None or have[0] < regency:
+            self.latest[statement.signer] = (regency, statement)
 
     def on_suspect(self, statement: Signed) -> tuple[bool, Signed | None] | str:
         """Record a suspicion: (whether the regency changed, my suspicion to send if it made
@@ -64,7 +76,7 @@ class Election:
             return False, None
         self._record(statement, regency)
         joined = None
-        if len(self.suspicions[regency]) >= self.q.f + 1:
+        if len(self.suspicions.get(regency, {})) >= self.q.f + 1:
             mine = None if self.suspected is None else parse_suspect(self.suspected.body)
             if mine is None or mine < regency:
                 joined = self.suspect(regency)
@@ -81,7 +93,7 @@ class Election:
 
     def _enter(self, regency: int, proof: tuple[Signed, ...]) -> None:
         self.regency, self.proof = regency, proof
-        self.suspicions = {r: s for r, s in self.suspicions.items() if r >= regency}
+        self.latest = {p: rs for p, rs in self.latest.items() if rs[0] >= regency}
 
     def consider(self, regency: int, proof: Iterable[Signed]) -> bool | str:
         """Adopt ``regency`` if ``proof`` shows it began; whether it moved, or why not."""

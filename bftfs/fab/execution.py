@@ -1,8 +1,11 @@
 """Deterministic execution of the learned sequence (seed 003 section 6.3, L5308-5350).
 
-Agreement orders opaque values; this module gives them meaning.  A value is a client
-operation ``[client, rid, method, [oid...], arg]`` (:func:`operation`) or the no-op a new
-leader proposes into a free slot.  Slots are applied strictly in order to the object
+Agreement orders opaque values; this module gives them meaning.  A value is a client's
+request ``[op, [mac...]]`` (:func:`request_value`): the operation
+``[client, rid, method, [oid...], arg]`` (:func:`operation`) with the client's
+authenticator, one MAC per node, which acceptors check before accepting it (so a leader
+cannot make up a client's operation, L5379-5385); or the no-op a new leader proposes into
+a free slot.  Slots are applied strictly in order to the object
 states with the same :class:`bftfs.qu.objects.Registry` methods Q/U runs, so the file
 system's methods (``bftfs.fsobjects``) are ordered by FaB unchanged.
 
@@ -23,10 +26,11 @@ when execution is costly or confidential (L5344-5350); it is not built here.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bftfs.fab.messages import Reply
+from bftfs.fab.messages import Reply, Signed
 from bftfs.qu.canon import CanonicalError, canonical, unpack
 from bftfs.qu.objects import Class, MethodRefused, Registry
 
@@ -51,10 +55,33 @@ def _nat(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def parse_operation(value: bytes) -> Operation | None:
-    """The operation a value carries; None for the no-op or a malformed value."""
+def request_value(op: bytes, macs: Iterable[bytes]) -> bytes:
+    """The value a client's request is ordered as: its operation and authenticator."""
+    return canonical([op, list(macs)])
+
+
+def parse_request(value: bytes) -> tuple[Operation, Signed] | None:
+    """The operation a value carries and the client's statement of it (to verify); None
+    for the no-op or a malformed value."""
     try:
         raw = unpack(value)
+    except Exception:  # noqa: BLE001 - hostile bytes
+        return None
+    if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], bytes)):
+        return None
+    op_bytes, macs = raw
+    if not isinstance(macs, list) or not all(isinstance(t, bytes) for t in macs):
+        return None
+    op = parse_operation(op_bytes)
+    if op is None:
+        return None
+    return op, Signed(op.client, op_bytes, tuple(macs))
+
+
+def parse_operation(op_bytes: bytes) -> Operation | None:
+    """The operation of :func:`operation`'s bytes, or None."""
+    try:
+        raw = unpack(op_bytes)
     except Exception:  # noqa: BLE001 - hostile bytes
         return None
     if not (isinstance(raw, list) and len(raw) == 5):
@@ -82,9 +109,10 @@ class Execution:
         if slot != self.executed + 1:
             raise ValueError(f"slot {slot} applied after {self.executed}")
         self.executed = slot
-        op = parse_operation(value)
-        if op is None:
+        request = parse_request(value)
+        if request is None:
             return None
+        op = request[0]
         last = self.replies.get(op.client)
         if last is not None and op.rid <= last[0]:
             if op.rid == last[0]:

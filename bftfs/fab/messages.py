@@ -11,7 +11,7 @@ Layout (``slot``, ``pn``, ``seq`` non-negative ints; ``value`` bytes; ``Signed``
 ======  ============  ======================================================  ==========
 kind    class         fields                                                  seed
 ======  ============  ======================================================  ==========
-1       Request       op (bytes: a canonical client operation)                L7517
+1       Request       value (a client's operation with its authenticator)     L5379
 2       Propose       pn, slot, value                                         Fig 6.8 118
 3       Accepted      pn, slot, value                                         Fig 6.8 127
 4       Pull          slot                                                    Fig 6.6 34
@@ -60,7 +60,7 @@ class Signed:
 
 @dataclass(frozen=True)
 class Request:
-    op: bytes
+    value: bytes
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def _rep_out(r: Rep) -> list[Any]:
 
 def _fields_out(m: Message) -> list[Any]:
     if isinstance(m, Request):
-        return [m.op]
+        return [m.value]
     if isinstance(m, Propose | Accepted):
         return [m.pn, m.slot, m.value]
     if isinstance(m, Pull | Fetch):
@@ -229,7 +229,7 @@ def _rep(x: Any) -> Rep:
 
 def _parse(kind: int, f: list[Any]) -> Message:
     if kind == 1 and len(f) == 1:
-        return Request(_bytes(f[0], "op"))
+        return Request(_bytes(f[0], "value"))
     if kind in (2, 3) and len(f) == 3:
         cls = Propose if kind == 2 else Accepted
         return cls(_int(f[0], "pn"), _int(f[1], "slot"), _bytes(f[2], "value"))

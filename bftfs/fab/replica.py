@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftfs.fab.acceptor import Acceptor
-from bftfs.fab.auth import KeyLookup, sign
+from bftfs.fab.auth import KeyLookup, sign, verify_any
 from bftfs.fab.certificates import check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
 from bftfs.fab.election import Election
-from bftfs.fab.execution import Execution, digest_of, parse_operation
+from bftfs.fab.execution import NOOP, Execution, digest_of, parse_request
 from bftfs.fab.leader import Leader
 from bftfs.fab.learner import Learner
 from bftfs.fab.messages import (
@@ -171,7 +171,7 @@ class Replica:
 
     def _dispatch(self, sender: int, m: Message) -> str | None:
         if isinstance(m, Request):
-            return self._on_request(m)
+            return self._on_request(sender, m)
         if not 0 <= sender < self.nodes:
             return f"{type(m).__name__} from {sender}, not a node"
         handler: dict[type, Callable[[int, Any], str | None]] = {
@@ -187,10 +187,15 @@ class Replica:
 
     # -- requests and proposing -----------------------------------------------------
 
-    def _on_request(self, m: Request) -> str | None:
-        op = parse_operation(m.op)
-        if op is None:
+    def _on_request(self, sender: int, m: Request) -> str | None:
+        request = parse_request(m.value)
+        if request is None:
             return "request: not an operation"
+        op, statement = request
+        if op.client != sender:
+            return f"request for client {op.client} sent by {sender}"
+        if not verify_any(self.me, self.key, statement, self.nodes):
+            return f"request of client {op.client}: authenticator does not verify"
         last = self.execution.replies.get(op.client)
         if last is not None and op.rid <= last[0]:
             if op.rid == last[0]:  # a retransmission: the reply again (exactly once)
@@ -198,7 +203,7 @@ class Replica:
             return None
         held = self.held.get(op.client)
         if held is None or held.rid < op.rid:
-            self.held[op.client] = _Held(op.rid, m.op, self.now)
+            self.held[op.client] = _Held(op.rid, m.value, self.now)
         self._propose_held()
         return None
 
@@ -216,11 +221,25 @@ class Replica:
         learned = self.learner.learned.get(m.slot)
         if learned is not None and learned[1] == m.value:  # tell the leader it can stop
             self._send(sender, Learned(m.slot, learned[0], learned[1]))
+        if not self._authentic(m):
+            return f"slot {m.slot}: the value is not a request its client authenticated"
         answer = self.acceptor.on_propose(self.election.regency, m)
         if isinstance(answer, str):
             return answer
         self._send(None, answer)
         return None
+
+    def _authentic(self, m: Propose) -> bool:
+        """Whether an acceptor may take ``m.value`` as a client's: the no-op, a value the
+        regency's progress certificate is bound to (it may have been chosen, so it must be
+        taken whoever wrote it), or a request whose client's MAC for me verifies."""
+        if m.value == NOOP:
+            return True
+        cert = self.acceptor.certificate
+        if cert is not None and cert.pn == m.pn and cert.bound(m.slot) == m.value:
+            return True
+        request = parse_request(m.value)
+        return request is not None and verify_any(self.me, self.key, request[1], self.nodes)
 
     def _on_query(self, sender: int, m: Query) -> str | None:
         if sender != self.election.leader(m.pn):
@@ -425,9 +444,9 @@ class Replica:
                 self._send(None, Propose(leader.regency, s, leader.proposals[s]))
             self._propose_held()
         mine = self.election.suspected
-        if mine is not None and self.held and self.election.suspicions.get(
-            self.election.regency, {}
-        ).get(self.me) is mine:
+        if mine is not None and self.held and self.election.latest.get(self.me) == (
+            self.election.regency, mine
+        ):
             self._send(None, Suspect(mine))
         if self.checkpoints.mine is not None:
             self._send(None, Checkpoint(self.checkpoints.mine))
