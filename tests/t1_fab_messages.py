@@ -165,6 +165,8 @@ def test_a_request_must_come_from_its_client() -> None:
     r = _replica(2)
     step = r.step(CLIENT_BASE + 1, encode(Request(_value())))
     assert step.rejection is not None and "sent by" in step.rejection
+    step = r.step(0, encode(Request(_value(client=0))))
+    assert step.rejection is not None and "come from clients" in step.rejection
     op = operation(CLIENT_BASE, 1, "counter.increment", [1], 1)
     forged = request_value(op, [b"\0" * 16] * N)
     step = r.step(CLIENT_BASE, encode(Request(forged)))

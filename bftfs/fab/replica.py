@@ -188,6 +188,8 @@ class Replica:
     # -- requests and proposing -----------------------------------------------------
 
     def _on_request(self, sender: int, m: Request) -> str | None:
+        if 0 <= sender < self.nodes:
+            return f"REQUEST from node {sender}: requests come from clients"
         request = parse_request(m.value)
         if request is None:
             return "request: not an operation"
