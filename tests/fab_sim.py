@@ -96,6 +96,14 @@ def lying_acceptor(net: Network, node: int, send: Send) -> list[tuple[int, Messa
     return [(j, m) for j in _fan(net, send)]
 
 
+def lying_leader(net: Network, node: int, send: Send) -> list[tuple[int, Message]]:
+    """Both at once: an equivocating leader that is also a lying acceptor."""
+    out: list[tuple[int, Message]] = []
+    for dst, m in equivocating_leader(net, node, send):
+        out.extend(lying_acceptor(net, node, (dst, m)))
+    return out
+
+
 @dataclass
 class Client:
     """A client issuing one operation at a time, resending it on ticks until answered."""
@@ -222,14 +230,19 @@ class Network:
         self.flight = produced
 
     def run(self, until: Callable[[], bool], limit: int = 200_000) -> bool:
-        """Deliver until ``until()`` holds (True) or ``limit`` deliveries passed (False)."""
-        since_tick = 0
+        """Deliver until ``until()`` holds (True) or ``limit`` deliveries passed (False).
+
+        A tick comes after ``tick_every`` deliveries, or after as many as were in flight at
+        the last tick if that is more: the network is slow but not overloaded (eventual
+        synchrony; with a fixed rate, retransmissions could outgrow delivery for good).
+        """
+        since_tick, period = 0, self.tick_every
         for _ in range(limit):
             if until():
                 return True
-            if not self.flight or since_tick >= self.tick_every:
+            if not self.flight or since_tick >= period:
                 self.tick()
-                since_tick = 0
+                since_tick, period = 0, max(self.tick_every, len(self.flight))
                 if not self.flight:
                     continue
             self.deliver_one()

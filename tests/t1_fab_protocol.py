@@ -18,6 +18,7 @@ from fab_sim import (
     Network,
     equivocating_leader,
     lying_acceptor,
+    lying_leader,
     silent,
 )
 
@@ -143,19 +144,23 @@ def test_a_leader_that_goes_silent_mid_run_has_its_slots_recovered() -> None:
     assert min(r.election.regency for r in net.replicas) >= 1  # node 0 was replaced
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(100))
 def test_random_schedules_keep_learners_agreed(seed: int) -> None:
-    """Seeded property test: reordering, 10% drops, 10% duplicates, and one Byzantine node
-    (random role and behaviour); every run ends with all operations answered once and no
-    two correct nodes learning different values for a slot."""
+    """Seeded property test: reordering, 0-30% drops, 0-20% duplicates, small windows and
+    frequent checkpoints, and one Byzantine node of random role and behaviour; every run
+    ends with all operations answered once and no two correct nodes learning different
+    values for a slot.  (1000 seeds of this passed by hand; 100 stay in the suite.)"""
     rng = random.Random(seed)
-    behaviour = rng.choice([silent, equivocating_leader, lying_acceptor, None])
-    byzantine = {} if behaviour is None else {rng.choice([0, 0, 1, rng.randrange(6)]): behaviour}
-    net = Network(6, Q1, registry(), seed=seed, drop=0.1, duplicate=0.1, byzantine=byzantine,
-                  settings=Settings(window=16, interval=4))
-    assert _increments(net, 6, clients=2)
+    behaviours = [silent, equivocating_leader, lying_acceptor, lying_leader, None]
+    behaviour = rng.choice(behaviours)
+    node = rng.choice([0, 0, 1, 2, rng.randrange(6)])
+    byzantine = {} if behaviour is None else {node: behaviour}
+    settings = Settings(window=rng.choice([8, 16]), interval=rng.choice([2, 4]))
+    net = Network(6, Q1, registry(), seed=seed, drop=rng.choice([0, 0.1, 0.3]),
+                  duplicate=rng.choice([0, 0.2]), byzantine=byzantine, settings=settings)
+    assert _increments(net, 8, clients=3)
     assert net.conflicts() == []
-    assert _results(net) == list(range(1, 13))
+    assert _results(net) == list(range(1, 25))
 
 
 def test_f2_with_two_byzantine_nodes() -> None:
@@ -168,6 +173,12 @@ def test_f2_with_two_byzantine_nodes() -> None:
 
 
 # -- checkpoints and garbage collection -----------------------------------------------
+
+
+def test_a_window_that_would_fill_before_a_checkpoint_is_refused() -> None:
+    with pytest.raises(ValueError, match="fill before a checkpoint"):
+        Settings(window=8, interval=8)
+    assert Settings(window=16, interval=8).window == 16
 
 
 def test_checkpoints_become_stable_and_the_log_is_collected() -> None:

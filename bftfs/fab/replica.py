@@ -72,6 +72,18 @@ class Settings:
     timeout: int = 8  # ticks a held request may wait before the regent is suspected
     pulls_per_tick: int = 8
 
+    def __post_init__(self) -> None:
+        # The window only moves at a stable checkpoint: one smaller than two intervals
+        # fills before the next checkpoint can become stable, and proposing stops for good
+        # (PBFT's log size L >= 2K for the same reason).
+        if min(self.window, self.interval, self.timeout, self.pulls_per_tick) < 1:
+            raise ValueError(f"FaB settings must be positive: {self}")
+        if self.window < 2 * self.interval:
+            raise ValueError(
+                f"window {self.window} < 2 x checkpoint interval {self.interval}: the log "
+                f"would fill before a checkpoint could collect it"
+            )
+
 
 @dataclass(frozen=True)
 class Step:
