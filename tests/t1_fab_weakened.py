@@ -12,6 +12,8 @@ silent except for an empty REP.  The network delays the other ACCEPTED messages 
   learners learn two different values for one slot.
 - With the seed's ``a = 5f + 1``, learning ``v`` took one more correct acceptor, which
   the certificate cannot leave out (Lemma 45): the new leader re-proposes ``v``.
+- With ``a = 5f + 1`` but a certificate that binds only on ``vouch + 1`` copies (F3), the
+  ``vouch`` copies it is sure to hold do not bind it, and learners split again.
 """
 
 from __future__ import annotations
@@ -63,6 +65,17 @@ def test_the_schedule_splits_learners_with_5f_acceptors() -> None:
     net = _run(weak)  # ...and this is why
     assert net.learned[1][1] == _v(net)  # learner 1 learned v in regency 0...
     assert net.learned[2][1] == NOOP  # ...the others a no-op for the same slot
+    assert net.conflicts() != []
+
+
+def test_the_schedule_splits_learners_when_a_certificate_needs_too_many_copies() -> None:
+    """Six acceptors, but a certificate binds only on 4 copies instead of 3: the 3 copies
+    Lemma 45 guarantees no longer bind it, and the new leader may replace ``v``."""
+    q = FabQuorums.standard(1)
+    weak = FabQuorums(q.a, q.p, q.l, q.f, learn=q.learn, vouch=q.vouch + 1)
+    assert (broken(weak) or "").startswith("F3")
+    net = _run(weak)
+    assert net.learned[1][1] == _v(net)
     assert net.conflicts() != []
 
 
