@@ -88,8 +88,11 @@ def lying_acceptor(net: Network, node: int, send: Send) -> list[tuple[int, Messa
     if isinstance(m, Rep) and to is not None:
         replica = net.replicas[node]
         slots = set(replica.acceptor.accepted) | set(replica.learner.learned)
-        made_up = {s: operation(CLIENT_BASE + 997, s, "fab.lie", [s], 0) for s in slots
-                   if s > replica.acceptor.low}
+        made_up = {
+            s: operation(CLIENT_BASE + 997, s, "fab.lie", [s], 0)
+            for s in slots
+            if s > replica.acceptor.low
+        }
         body = rep_body(replica.election.regency, replica.acceptor.low, made_up)
         statement = sign(node, replica.key, body, net.n)
         return [(to, Rep(statement, m.low_certificate))]
@@ -154,9 +157,11 @@ class Network:
     def _emit(self, src: int, sends: Iterable[Send]) -> None:
         for send in sends:
             behaviour = self.byzantine.get(src)
-            pairs = behaviour(self, src, send) if behaviour else [
-                (j, send[1]) for j in _fan(self, send)
-            ]
+            pairs = (
+                behaviour(self, src, send)
+                if behaviour
+                else [(j, send[1]) for j in _fan(self, send)]
+            )
             for dst, m in pairs:
                 self.flight.append((src, dst, encode(m)))
 

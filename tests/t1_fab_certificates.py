@@ -64,13 +64,25 @@ def test_a_chosen_value_binds_every_later_certificate(f: int, data: st.DataObjec
     certificate of any ``a - f`` of them is bound to ``v``."""
     q = FabQuorums.standard(f)
     acceptors = list(range(q.a))
-    faulty = set(data.draw(st.lists(st.sampled_from(acceptors), min_size=f, max_size=f,
-                                     unique=True)))
+    faulty = set(
+        data.draw(st.lists(st.sampled_from(acceptors), min_size=f, max_size=f, unique=True))
+    )
     correct = [j for j in acceptors if j not in faulty]
-    chose = set(data.draw(st.lists(st.sampled_from(correct), min_size=chosen_size(q.a, f),
-                                   max_size=chosen_size(q.a, f), unique=True)))
-    members = data.draw(st.lists(st.sampled_from(acceptors), min_size=q.certificate,
-                                 max_size=q.certificate, unique=True))
+    chose = set(
+        data.draw(
+            st.lists(
+                st.sampled_from(correct),
+                min_size=chosen_size(q.a, f),
+                max_size=chosen_size(q.a, f),
+                unique=True,
+            )
+        )
+    )
+    members = data.draw(
+        st.lists(
+            st.sampled_from(acceptors), min_size=q.certificate, max_size=q.certificate, unique=True
+        )
+    )
     reports = {}
     for j in members:
         if j in chose:

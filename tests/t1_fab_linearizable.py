@@ -35,10 +35,10 @@ KEYS = [b"user.k0", b"user.k1"]
 
 
 def _network(seed: int, byzantine: dict[int, Behaviour]) -> Network:
-    net = Network(6, Q1, Registry(OBJECT_TYPES), seed=seed, drop=0.05, duplicate=0.05,
-                  byzantine=byzantine)
-    net.submit(CLIENT_BASE, "fs.mkroot", [ROOT], {"mode": 0o755, "uid": 0, "gid": 0,
-                                                  "now": NOW})
+    net = Network(
+        6, Q1, Registry(OBJECT_TYPES), seed=seed, drop=0.05, duplicate=0.05, byzantine=byzantine
+    )
+    net.submit(CLIENT_BASE, "fs.mkroot", [ROOT], {"mode": 0o755, "uid": 0, "gid": 0, "now": NOW})
     assert net.run(net.idle)
     assert net.clients[CLIENT_BASE].done[-1][1] is True
     return net
@@ -46,6 +46,7 @@ def _network(seed: int, byzantine: dict[int, Behaviour]) -> Network:
 
 def _drive(net: Network, plans: dict[int, list[Callable[[], None]]]) -> bool:
     """Run each client's operations one after another, all clients at once."""
+
     def until() -> bool:
         for cid, plan in plans.items():
             c = net.clients.get(cid)
@@ -78,11 +79,17 @@ def test_xattr_registers_are_linearizable(scenario: str, seed: int) -> None:
             if rng.random() < 0.5:
                 value = f"{cid}-{k}".encode()
                 arg = {"name": key, "value": value, "flags": 0, "now": NOW + 1}
-                plan.append(lambda c=cid, a=arg, kv=(key, value): net.submit(
-                    c, "fs.setxattr", [ROOT], a, tag=(WRITE, *kv)))
+                plan.append(
+                    lambda c=cid, a=arg, kv=(key, value): net.submit(
+                        c, "fs.setxattr", [ROOT], a, tag=(WRITE, *kv)
+                    )
+                )
             else:
-                plan.append(lambda c=cid, k=key: net.submit(
-                    c, "fs.getxattr", [ROOT], k, tag=(READ, k, None)))
+                plan.append(
+                    lambda c=cid, k=key: net.submit(
+                        c, "fs.getxattr", [ROOT], k, tag=(READ, k, None)
+                    )
+                )
         plans[cid] = plan
     assert _drive(net, plans)
     history = []
@@ -112,11 +119,19 @@ def test_racing_mkdirs_on_one_name_have_one_winner(scenario: str) -> None:
     net = _network(7, dict(SCENARIOS[scenario]))
     clients = [CLIENT_BASE + 1 + i for i in range(4)]
     for i, cid in enumerate(clients):
-        arg = {"p": ROOT, "o": 100 + i, "name": b"d", "mode": 0o755, "uid": 0, "gid": 0,
-               "now": NOW + 1}
+        arg = {
+            "p": ROOT,
+            "o": 100 + i,
+            "name": b"d",
+            "mode": 0o755,
+            "uid": 0,
+            "gid": 0,
+            "now": NOW + 1,
+        }
         net.submit(cid, "fs.mkdir", [ROOT, 100 + i], arg)
     assert net.run(net.idle, 400_000)
-    outcomes = sorted((net.clients[c].done[-1][1], str(net.clients[c].done[-1][2])[:6])
-                      for c in clients)
+    outcomes = sorted(
+        (net.clients[c].done[-1][1], str(net.clients[c].done[-1][2])[:6]) for c in clients
+    )
     assert [ok for ok, _ in outcomes] == [False, False, False, True]
     assert {why for ok, why in outcomes if not ok} == {"exists"}

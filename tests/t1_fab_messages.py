@@ -102,9 +102,9 @@ def test_random_mutations_raise_only_malformed() -> None:
             if op == 0 and data:
                 data[rng.randrange(len(data))] = rng.randrange(256)
             elif op == 1 and data:
-                del data[rng.randrange(len(data)):]
+                del data[rng.randrange(len(data)) :]
             else:
-                data[rng.randrange(len(data) + 1):0] = rng.randbytes(rng.randint(1, 8))
+                data[rng.randrange(len(data) + 1) : 0] = rng.randbytes(rng.randint(1, 8))
         try:
             decode(bytes(data))
         except MalformedMessage:
@@ -253,13 +253,22 @@ def test_a_byzantine_proposer_cannot_grow_the_election_state() -> None:
 def _random_message(rng: random.Random) -> Message:
     """A well-formed message with hostile contents: random numbers, bodies and MACs, or
     pieces of real statements in the wrong places."""
+
     def nat() -> int:
         return rng.choice([0, 1, 2, 3, 16, 17, 64, 2**62, rng.randrange(100)])
 
     def blob() -> bytes:
-        return rng.choice([b"", NOOP, _value(), rng.randbytes(rng.randint(0, 40)),
-                           canonical(["rep", nat(), nat(), [[nat(), b"x"]]]),
-                           canonical(["suspect", nat()]), canonical(["checkpoint", nat(), b"d"])])
+        return rng.choice(
+            [
+                b"",
+                NOOP,
+                _value(),
+                rng.randbytes(rng.randint(0, 40)),
+                canonical(["rep", nat(), nat(), [[nat(), b"x"]]]),
+                canonical(["suspect", nat()]),
+                canonical(["checkpoint", nat(), b"d"]),
+            ]
+        )
 
     def signed() -> Signed:
         if rng.random() < 0.5:
@@ -273,21 +282,23 @@ def _random_message(rng: random.Random) -> Message:
     def rep() -> Rep:
         return Rep(signed(), signeds())
 
-    return rng.choice([
-        lambda: Request(blob()),
-        lambda: Propose(nat(), nat(), blob()),
-        lambda: Accepted(nat(), nat(), blob()),
-        lambda: Pull(nat()),
-        lambda: Learned(nat(), nat(), blob()),
-        lambda: Suspect(signed()),
-        lambda: Query(nat(), signeds()),
-        lambda: rep(),
-        lambda: NewView(nat(), signeds(), nat(), signeds(), tuple(rep() for _ in range(6))),
-        lambda: Checkpoint(signed()),
-        lambda: Reply(nat(), nat(), nat(), rng.random() < 0.5, blob()),
-        lambda: Fetch(nat()),
-        lambda: Snapshot(nat(), blob()),
-    ])()
+    return rng.choice(
+        [
+            lambda: Request(blob()),
+            lambda: Propose(nat(), nat(), blob()),
+            lambda: Accepted(nat(), nat(), blob()),
+            lambda: Pull(nat()),
+            lambda: Learned(nat(), nat(), blob()),
+            lambda: Suspect(signed()),
+            lambda: Query(nat(), signeds()),
+            lambda: rep(),
+            lambda: NewView(nat(), signeds(), nat(), signeds(), tuple(rep() for _ in range(6))),
+            lambda: Checkpoint(signed()),
+            lambda: Reply(nat(), nat(), nat(), rng.random() < 0.5, blob()),
+            lambda: Fetch(nat()),
+            lambda: Snapshot(nat(), blob()),
+        ]
+    )()
 
 
 def test_well_formed_hostile_messages_never_crash_a_replica() -> None:

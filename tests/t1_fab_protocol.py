@@ -49,8 +49,9 @@ def _settle(net: Network) -> bool:
     """Run until every correct node executed as far as the furthest (pulls and ticks
     bring the stragglers along)."""
     top = max(net.replicas[i].execution.executed for i in net.correct())
-    return net.run(lambda: all(net.replicas[i].execution.executed >= top
-                               for i in net.correct()), 50_000)
+    return net.run(
+        lambda: all(net.replicas[i].execution.executed >= top for i in net.correct()), 50_000
+    )
 
 
 def _results(net: Network) -> list[int]:
@@ -156,8 +157,16 @@ def test_random_schedules_keep_learners_agreed(seed: int) -> None:
     node = rng.choice([0, 0, 1, 2, rng.randrange(6)])
     byzantine = {} if behaviour is None else {node: behaviour}
     settings = Settings(window=rng.choice([8, 16]), interval=rng.choice([2, 4]))
-    net = Network(6, Q1, registry(), seed=seed, drop=rng.choice([0, 0.1, 0.3]),
-                  duplicate=rng.choice([0, 0.2]), byzantine=byzantine, settings=settings)
+    net = Network(
+        6,
+        Q1,
+        registry(),
+        seed=seed,
+        drop=rng.choice([0, 0.1, 0.3]),
+        duplicate=rng.choice([0, 0.2]),
+        byzantine=byzantine,
+        settings=settings,
+    )
     assert _increments(net, 8, clients=3)
     assert net.conflicts() == []
     assert _results(net) == list(range(1, 25))
@@ -165,8 +174,9 @@ def test_random_schedules_keep_learners_agreed(seed: int) -> None:
 
 def test_f2_with_two_byzantine_nodes() -> None:
     q = FabQuorums.standard(2)
-    net = Network(11, q, registry(), seed=11, drop=0.05,
-                  byzantine={0: equivocating_leader, 5: lying_acceptor})
+    net = Network(
+        11, q, registry(), seed=11, drop=0.05, byzantine={0: equivocating_leader, 5: lying_acceptor}
+    )
     assert _increments(net, 6, clients=2)
     assert net.conflicts() == []
     assert _results(net) == list(range(1, 13))

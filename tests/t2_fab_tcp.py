@@ -49,16 +49,23 @@ async def open_fab_cluster() -> AsyncIterator[tuple[Cluster, dict[NodeId, tuple[
     async with trio.open_nursery() as nursery:
         for i, ident in enumerate(cluster.nodes):
             ring = cluster.ring(ident)
-            replica = Replica(i, Q, lambda p, r=ring: r.key(PrincipalId(p)), registry(),
-                              Settings(window=32, interval=8, timeout=10))
-            service = FabService(replica, ring, addresses, tick=TICK,
-                                 endpoint_options=TEST_ENDPOINT)
+            replica = Replica(
+                i,
+                Q,
+                lambda p, r=ring: r.key(PrincipalId(p)),
+                registry(),
+                Settings(window=32, interval=8, timeout=10),
+            )
+            service = FabService(
+                replica, ring, addresses, tick=TICK, endpoint_options=TEST_ENDPOINT
+            )
             scope = trio.CancelScope()
             cluster.services.append(service)
             cluster.scopes.append(scope)
 
-            async def run(s: FabService = service, ls: list = listeners[i],
-                          sc: trio.CancelScope = scope) -> None:
+            async def run(
+                s: FabService = service, ls: list = listeners[i], sc: trio.CancelScope = scope
+            ) -> None:
                 with sc:
                     await s.serve(ls)
 
@@ -72,8 +79,9 @@ async def test_operations_are_ordered_over_tcp_and_survive_the_leader_stopping()
         async with open_fab_cluster() as (cluster, addresses):
             ring = cluster.ring(cluster.client)
             client = FabClient(ring, Q.a, Q.f, resend=0.2)
-            async with open_endpoint(ring, addresses, on_push=client.on_push,
-                                     **TEST_ENDPOINT) as ep:
+            async with open_endpoint(
+                ring, addresses, on_push=client.on_push, **TEST_ENDPOINT
+            ) as ep:
                 for k in range(1, 11):
                     assert await client.call(ep, "counter.increment", [1], 1) == (True, k)
                 cluster.scopes[0].cancel()  # node 0, the leader of regency 0, stops
@@ -92,8 +100,9 @@ async def test_garbage_over_tcp_is_refused_and_the_cluster_goes_on() -> None:
         async with open_fab_cluster() as (cluster, addresses):
             ring = cluster.ring(cluster.client)
             client = FabClient(ring, Q.a, Q.f)
-            async with open_endpoint(ring, addresses, on_push=client.on_push,
-                                     **TEST_ENDPOINT) as ep:
+            async with open_endpoint(
+                ring, addresses, on_push=client.on_push, **TEST_ENDPOINT
+            ) as ep:
                 with pytest.raises(RemoteError, match="malformed"):
                     await ep.call(NodeId(1), "fab", {"not": "bytes"})
                 assert await ep.call(NodeId(1), "fab", b"\x93garbage") is None

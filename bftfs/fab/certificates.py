@@ -113,7 +113,8 @@ def check_proof(
     if regency == 0:
         return None
     signers = {
-        s.signer for s in proof
+        s.signer
+        for s in proof
         if s.signer < q.p and parse_suspect(s.body) == regency - 1 and verify(me, key, s, nodes)
     }
     if len(signers) < q.election:

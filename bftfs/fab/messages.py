@@ -141,13 +141,35 @@ class Snapshot:
 
 
 Message = (
-    Request | Propose | Accepted | Pull | Learned | Suspect | Query | Rep | NewView | Checkpoint
-    | Reply | Fetch | Snapshot
+    Request
+    | Propose
+    | Accepted
+    | Pull
+    | Learned
+    | Suspect
+    | Query
+    | Rep
+    | NewView
+    | Checkpoint
+    | Reply
+    | Fetch
+    | Snapshot
 )
 
 _KINDS: dict[type, int] = {
-    Request: 1, Propose: 2, Accepted: 3, Pull: 4, Learned: 5, Suspect: 6, Query: 7, Rep: 8,
-    NewView: 9, Checkpoint: 10, Reply: 11, Fetch: 12, Snapshot: 13,
+    Request: 1,
+    Propose: 2,
+    Accepted: 3,
+    Pull: 4,
+    Learned: 5,
+    Suspect: 6,
+    Query: 7,
+    Rep: 8,
+    NewView: 9,
+    Checkpoint: 10,
+    Reply: 11,
+    Fetch: 12,
+    Snapshot: 13,
 }
 
 
@@ -178,8 +200,11 @@ def _fields_out(m: Message) -> list[Any]:
         return _rep_out(m)
     if isinstance(m, NewView):
         return [
-            m.pn, [_signed_out(s) for s in m.proof], m.low,
-            [_signed_out(s) for s in m.low_certificate], [_rep_out(r) for r in m.reps],
+            m.pn,
+            [_signed_out(s) for s in m.proof],
+            m.low,
+            [_signed_out(s) for s in m.low_certificate],
+            [_rep_out(r) for r in m.reps],
         ]
     return [m.client, m.rid, m.slot, m.ok, m.result]
 
@@ -245,8 +270,11 @@ def _parse(kind: int, f: list[Any]) -> Message:
         return _rep(f)
     if kind == 9 and len(f) == 5:
         return NewView(
-            _int(f[0], "pn"), _signeds(f[1], "proof"), _int(f[2], "low"),
-            _signeds(f[3], "low certificate"), tuple(_rep(r) for r in _list(f[4], "reps")),
+            _int(f[0], "pn"),
+            _signeds(f[1], "proof"),
+            _int(f[2], "low"),
+            _signeds(f[3], "low certificate"),
+            tuple(_rep(r) for r in _list(f[4], "reps")),
         )
     if kind == 10 and len(f) == 1:
         return Checkpoint(_signed(f[0], "checkpoint"))

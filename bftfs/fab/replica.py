@@ -169,8 +169,14 @@ class Replica:
 
     def statistics(self) -> Statistics:
         entries = len(self.acceptor.accepted) + len(self.learner.learned)
-        return Statistics(self.election.regency, self.execution.executed,
-                          self.checkpoints.stable, self.rejected, entries, self.installed)
+        return Statistics(
+            self.election.regency,
+            self.execution.executed,
+            self.checkpoints.stable,
+            self.rejected,
+            entries,
+            self.installed,
+        )
 
     # -- routing --------------------------------------------------------------------
 
@@ -187,10 +193,17 @@ class Replica:
         if not 0 <= sender < self.nodes:
             return f"{type(m).__name__} from {sender}, not a node"
         handler: dict[type, Callable[[int, Any], str | None]] = {
-            Propose: self._on_propose, Accepted: self._on_accepted, Pull: self._on_pull,
-            Learned: self._on_learned, Suspect: self._on_suspect, Query: self._on_query,
-            Rep: self._on_rep, NewView: self._on_new_view, Checkpoint: self._on_checkpoint,
-            Fetch: self._on_fetch, Snapshot: self._on_snapshot,
+            Propose: self._on_propose,
+            Accepted: self._on_accepted,
+            Pull: self._on_pull,
+            Learned: self._on_learned,
+            Suspect: self._on_suspect,
+            Query: self._on_query,
+            Rep: self._on_rep,
+            NewView: self._on_new_view,
+            Checkpoint: self._on_checkpoint,
+            Fetch: self._on_fetch,
+            Snapshot: self._on_snapshot,
         }
         h = handler.get(type(m))
         if h is None:
@@ -411,8 +424,9 @@ class Replica:
             self.leader.stop()
             return
         cp = self.checkpoints
-        query = self.leader.begin(self.election.regency, self.election.proof, cp.stable,
-                                  cp.certificate)
+        query = self.leader.begin(
+            self.election.regency, self.election.proof, cp.stable, cp.certificate
+        )
         if query is not None:
             self._send(None, query)
         else:
@@ -458,8 +472,10 @@ class Replica:
                 self._send(None, Propose(leader.regency, s, leader.proposals[s]))
             self._propose_held()
         mine = self.election.suspected
-        if mine is not None and self.held and self.election.latest.get(self.me) == (
-            self.election.regency, mine
+        if (
+            mine is not None
+            and self.held
+            and self.election.latest.get(self.me) == (self.election.regency, mine)
         ):
             self._send(None, Suspect(mine))
         if self.checkpoints.mine is not None:

@@ -88,9 +88,7 @@ class FabService:
             keyring, context=lambda pid: pid, log=log, name=f"fab{replica.me}"
         )
         self.server.register(KIND, self._handle, inline=True)
-        self._queues = {
-            j: trio.open_memory_channel[bytes](queue) for j in range(replica.nodes)
-        }
+        self._queues = {j: trio.open_memory_channel[bytes](queue) for j in range(replica.nodes)}
         self._sent = self._dropped = self._failed = self._received = 0
 
     def statistics(self) -> ServiceStatistics:
@@ -199,8 +197,15 @@ class FabClient:
         """
         self.rid += 1
         key = self.keyring.key
-        value = request(int(self.keyring.me.pid), lambda p: key(PrincipalId(p)), self.nodes,
-                        self.rid, method, oids, arg)
+        value = request(
+            int(self.keyring.me.pid),
+            lambda p: key(PrincipalId(p)),
+            self.nodes,
+            self.rid,
+            method,
+            oids,
+            arg,
+        )
         data = encode(Request(value))
         self._collector, self._done = ReplyCollector(self.rid, self.f), trio.Event()
         with trio.move_on_after(timeout):

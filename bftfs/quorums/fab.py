@@ -93,8 +93,9 @@ class FabQuorums:
     @classmethod
     def of(cls, a: int, f: int, p: int | None = None, l: int | None = None) -> FabQuorums:  # noqa: E741
         """The seed's sizes for ``a`` acceptors (``p`` and ``l`` default to ``a``), unchecked."""
-        return cls(a, a if p is None else p, a if l is None else l, f, learn_size(a, f),
-                   vouch_size(a, f))
+        return cls(
+            a, a if p is None else p, a if l is None else l, f, learn_size(a, f), vouch_size(a, f)
+        )
 
     @classmethod
     def checked(cls, a: int, f: int, p: int | None = None, l: int | None = None) -> FabQuorums:  # noqa: E741
