@@ -433,14 +433,16 @@ class Replica:
             self._propose_held()
 
     def _on_rep(self, sender: int, m: Rep) -> str | None:
+        recovering = self.leader.recovering
         proposals = self.leader.on_rep(sender, m)
         if isinstance(proposals, str):
             return proposals
-        if self.leader.new_view is not None and proposals:
-            self._send(None, self.leader.new_view)
-        for p in proposals:
-            self._send(None, p)
-        if self.leader.new_view is not None and not self.leader.recovering:
+        new_view = self.leader.new_view
+        if recovering and not self.leader.recovering and new_view is not None:
+            self._send(None, new_view)  # the certificate is complete: even with no slot
+            # to recover, acceptors need it to change what they accepted beyond it
+            for p in proposals:
+                self._send(None, p)
             self._propose_held()
         return None
 
