@@ -17,12 +17,15 @@ from fab_sim import (
     Behaviour,
     Network,
     equivocating_leader,
+    keys_for,
     lying_acceptor,
     lying_leader,
     silent,
 )
 
-from bftfs.fab.messages import Accepted, Message, Propose
+from bftfs.fab.auth import sign
+from bftfs.fab.execution import operation, request_value
+from bftfs.fab.messages import Accepted, Message, Propose, Request, encode
 from bftfs.fab.replica import Settings
 from bftfs.quorums.fab import FabQuorums
 from bftfs.testing.testobjects import registry
@@ -180,6 +183,24 @@ def test_f2_with_two_byzantine_nodes() -> None:
     assert _increments(net, 6, clients=2)
     assert net.conflicts() == []
     assert _results(net) == list(range(1, 13))
+
+
+def test_a_request_authenticated_for_some_nodes_only_costs_view_changes_not_safety() -> None:
+    """A Byzantine client makes its MACs verify at nodes 0-2 only (docs/fab.md, "Not
+    yet"): acceptors 3-5 refuse it, its slot gathers no learn quorum and the regent is
+    replaced until a progress certificate binds the value (then everyone takes it) or
+    frees the slot.  The other clients' operations all complete, once each."""
+    net = Network(6, Q1, registry(), seed=1)
+    bad = CLIENT_BASE + 50
+    op = operation(bad, 1, "counter.increment", [2], 1)
+    macs = list(sign(bad, keys_for(bad), op, 6).macs)
+    macs[3:] = [bytes(16)] * 3
+    for j in range(6):
+        net.inject(bad, j, encode(Request(request_value(op, macs))))
+    assert _increments(net, 30, clients=2)
+    assert _results(net) == list(range(1, 61))
+    assert net.conflicts() == []
+    assert 1 <= max(r.election.regency for r in net.replicas) <= 3
 
 
 # -- checkpoints and garbage collection -----------------------------------------------
