@@ -216,7 +216,12 @@ def test_checkpoints_become_stable_and_the_log_is_collected() -> None:
     settings = Settings(window=16, interval=8)
     net = Network(6, Q1, registry(), seed=12, settings=settings)
     assert _increments(net, 50)
-    net.run(lambda: all(r.checkpoints.stable >= 48 for r in net.replicas), 20_000)
+    assert net.run(
+        lambda: all(
+            r.checkpoints.stable >= 48 and r.execution.executed == 50 for r in net.replicas
+        ),
+        20_000,
+    )
     for r in net.replicas:
         assert r.checkpoints.stable == 48
         assert len(r.checkpoints.certificate) >= Q1.f + 1

@@ -134,6 +134,7 @@ class Replica:
         self.snapshots: dict[int, bytes] = {}
         self.held: dict[int, _Held] = {}  # client -> its latest request not yet executed
         self.missing_since: dict[int, int] = {}  # slot -> tick it was first seen missing
+        self.behind_since: int | None = None  # tick execution was first behind `stable`
         self.now = 0
         #: Ticks a held request may wait: doubles with each suspicion that brought no
         #: progress (eventual synchrony: some regency lasts long enough), back to
@@ -482,8 +483,20 @@ class Replica:
             self._send(None, Suspect(mine))
         if self.checkpoints.mine is not None:
             self._send(None, Checkpoint(self.checkpoints.mine))
-        if self.checkpoints.stable > self.execution.executed:
-            self._send(None, Fetch(self.checkpoints.stable))
+        self._maybe_fetch()
+
+    def _maybe_fetch(self) -> None:
+        """FETCH the stable state when execution has been behind it for a whole tick, from
+        one other node per tick in turn: a node just behind usually learns the slots a
+        moment later, and a snapshot is the whole state (its digest, not its sender, makes
+        it trusted, so one answer is enough)."""
+        if self.checkpoints.stable <= self.execution.executed:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = self.now
+        elif self.now - self.behind_since >= 1:
+            peer = (self.me + 1 + self.now % (self.nodes - 1)) % self.nodes
+            self._send(peer, Fetch(self.checkpoints.stable))
 
     def _pull(self) -> None:
         """PULL slots missing for a whole tick (Fig. 6.6 lines 32-34: after a timeout, so
