@@ -5,9 +5,8 @@ acceptors report accepting it (line 27), or when ``f + 1`` learners answer its P
 (line 42).  Only each acceptor's latest report per slot is kept (``accepted[j]`` is
 overwritten, Fig. 6.5), and only for slots in the window above the stable checkpoint.
 
-Learning a second, different value for a slot would be a safety violation; the learner
-keeps the first and records the conflict (``conflicts``), which the tests assert stays
-empty for every correct node.
+A slot is learned once: later reports for it are not counted (a second, different value
+would be a safety violation, which the tests look for across nodes, tests/fab_sim.py).
 """
 
 from __future__ import annotations
@@ -26,17 +25,12 @@ class Learner:
         self.reports: dict[int, dict[int, tuple[int, bytes]]] = {}  # slot -> acceptor -> pv
         self.pulled: dict[int, dict[int, tuple[int, bytes]]] = {}  # slot -> learner -> pv
         self.learned: dict[int, tuple[int, bytes]] = {}  # slot -> (pn, value)
-        self.conflicts: list[tuple[int, bytes, bytes]] = []
 
     def _in_window(self, slot: int) -> bool:
         return self.low < slot <= self.low + self.window
 
     def _learn(self, slot: int, pv: tuple[int, bytes]) -> bool:
-        have = self.learned.get(slot)
-        if have is not None:
-            if have[1] != pv[1]:
-                self.conflicts.append((slot, have[1], pv[1]))
-            return False
+        # callers check first that the slot is not learned yet
         self.learned[slot] = pv
         self.reports.pop(slot, None)
         self.pulled.pop(slot, None)
