@@ -7,7 +7,8 @@ and 5.8, built explicitly, and their formulas), ``systems`` (explicit set system
 ``n <= 16`` servers: quorum systems and fail-prone systems as bit masks, partitions, the
 complements that decide whether a system exists), ``check`` (the
 exhaustive checkers of M1/M2, D1/D2 and O1-O3, each finding the violating pair) and
-``measures`` (load, fault tolerance and failure probability of an explicit system).  The
+``measures`` (load, fault tolerance and failure probability of an explicit system),
+``fab`` (FaB Paxos's sizes and properties, seed 003 section 6.6).  The
 protocols' rules (``bftfs/thresholds.py``) are written with ``threshold``; importing this
 package imports nothing else of bftfs.
 """

@@ -1,0 +1,64 @@
+"""The acceptor of FaB Paxos, one instance per slot (seed 003 Fig. 6.8 lines 113-127).
+
+An acceptor accepts a value for a slot only from the current regent (line 119), once per
+proposal number (line 121), and changes an accepted value only when the regency's progress
+certificate vouches for the new one (lines 123-125).  Slots live in a window above the
+stable checkpoint ``low`` (slots at or below it are decided; :mod:`bftfs.fab.checkpoints`),
+which bounds what a Byzantine leader can make an acceptor remember.
+
+Each refusal is a reason string, so a replica can count and report it; a proposal the
+acceptor already took is answered again (the callee answers every retransmission, L6569-6572).
+"""
+
+from __future__ import annotations
+
+from bftfs.fab.certificates import ProgressCertificate, rep_body
+from bftfs.fab.messages import Accepted, Propose
+
+
+class Acceptor:
+    """What one acceptor accepted, slot by slot."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.low = 0
+        self.accepted: dict[int, tuple[int, bytes]] = {}  # slot -> (pn, value)
+        self.certificate: ProgressCertificate | None = None  # of the current regency
+
+    def adopt_certificate(self, certificate: ProgressCertificate) -> None:
+        """The current regency's verified progress certificate (from its NEWVIEW)."""
+        self.certificate = certificate
+
+    def on_propose(self, regency: int, m: Propose) -> Accepted | str:
+        """ACCEPTED for a proposal of the current regent, or why it is refused."""
+        if m.pn != regency:
+            return f"proposal number {m.pn} is not the current regency {regency}"
+        floor = self.low
+        if self.certificate is not None and self.certificate.pn == m.pn:
+            floor = max(floor, self.certificate.low)
+        if not floor < m.slot <= self.low + self.window:
+            return f"slot {m.slot} outside the window ({floor}, {self.low + self.window}]"
+        prev = self.accepted.get(m.slot)
+        if prev is not None and prev[0] == m.pn:
+            if prev[1] == m.value:
+                return Accepted(m.pn, m.slot, m.value)  # a retransmission: answer again
+            return f"slot {m.slot}: another value already accepted for {m.pn} (equivocation)"
+        if prev is not None and prev[1] != m.value:
+            cert = self.certificate
+            if cert is None or cert.pn != m.pn:
+                return f"slot {m.slot}: changing a value needs the progress certificate"
+            if not cert.vouches(m.slot, m.value):
+                return f"slot {m.slot}: the progress certificate does not vouch for the value"
+        self.accepted[m.slot] = (m.pn, m.value)
+        return Accepted(m.pn, m.slot, m.value)
+
+    def rep(self, pn: int) -> bytes:
+        """The body of this acceptor's REP for ``pn``: what it accepted above ``low``."""
+        return rep_body(pn, self.low, {s: v for s, (_, v) in self.accepted.items()})
+
+    def collect(self, low: int) -> None:
+        """Forget every slot at or below the stable checkpoint ``low``."""
+        if low <= self.low:
+            return
+        self.low = low
+        self.accepted = {s: pv for s, pv in self.accepted.items() if s > low}

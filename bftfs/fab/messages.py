@@ -1,0 +1,314 @@
+"""FaB Paxos wire messages: one frozen dataclass per message, one parse-error family.
+
+Every message is the canonical msgpack list ``[VERSION, kind, field...]``
+(:mod:`bftfs.qu.canon`).  ``decode`` checks the version, the kind and every field's type
+and bound, so the cores only ever see well-formed values; anything else raises
+:class:`MalformedMessage` with a reason, which the replica turns into a rejection.
+
+Layout (``slot``, ``pn``, ``seq`` non-negative ints; ``value`` bytes; ``Signed`` is
+``[signer, body, [mac...]]``, a statement with one MAC per node, :mod:`bftfs.fab.auth`):
+
+======  ============  ======================================================  ==========
+kind    class         fields                                                  seed
+======  ============  ======================================================  ==========
+1       Request       value (a client's operation with its authenticator)     L5379
+2       Propose       pn, slot, value                                         Fig 6.8 118
+3       Accepted      pn, slot, value                                         Fig 6.8 127
+4       Pull          slot                                                    Fig 6.6 34
+5       Learned       slot, pn, value                                         Fig 6.6 38
+6       Suspect       Signed ``["suspect", regency]``                         Fig 6.7 8
+7       Query         pn, proof (Signed suspicions)                           Fig 6.8 107
+8       Rep           Signed ``["rep", pn, low, [[slot, value]...]]``,        Fig 6.8 117
+                      low certificate (Signed checkpoints)
+9       NewView       pn, proof, low, low certificate, reps (list of Rep)     Fig 6.8 111
+10      Checkpoint    Signed ``["checkpoint", seq, digest]``                  L5904
+11      Reply         client, rid, slot, ok, result                           L5829
+12      Fetch         seq (a lagging node asks for the stable state)          L7640
+13      Snapshot      seq, state (canonical bytes; checked against a digest)  L7640
+======  ============  ======================================================  ==========
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bftfs.qu.canon import CanonicalError, canonical, unpack
+
+#: Wire version of FaB messages; a message of another version is refused.
+VERSION = 1
+#: Bounds a Byzantine sender cannot exceed (a value is one client operation).
+MAX_VALUE = 256 * 1024
+MAX_INT = 2**63 - 1
+MAX_LIST = 4096
+MAX_SNAPSHOT = 64 * 1024 * 1024
+
+
+class MalformedMessage(ValueError):
+    """A message that does not parse; ``reason`` says why."""
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A statement ``body`` (canonical bytes) by ``signer``, with one MAC per node (an
+    authenticator, :mod:`bftfs.fab.auth`): verifiable by every node, forwardable by any."""
+
+    signer: int
+    body: bytes
+    macs: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Request:
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Propose:
+    pn: int
+    slot: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Accepted:
+    pn: int
+    slot: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Pull:
+    slot: int
+
+
+@dataclass(frozen=True)
+class Learned:
+    slot: int
+    pn: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Suspect:
+    statement: Signed
+
+
+@dataclass(frozen=True)
+class Query:
+    pn: int
+    proof: tuple[Signed, ...]
+
+
+@dataclass(frozen=True)
+class Rep:
+    statement: Signed
+    low_certificate: tuple[Signed, ...]
+
+
+@dataclass(frozen=True)
+class NewView:
+    pn: int
+    proof: tuple[Signed, ...]
+    low: int
+    low_certificate: tuple[Signed, ...]
+    reps: tuple[Rep, ...]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    statement: Signed
+
+
+@dataclass(frozen=True)
+class Reply:
+    client: int
+    rid: int
+    slot: int
+    ok: bool
+    result: Any
+
+
+@dataclass(frozen=True)
+class Fetch:
+    seq: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    seq: int
+    state: bytes
+
+
+Message = (
+    Request
+    | Propose
+    | Accepted
+    | Pull
+    | Learned
+    | Suspect
+    | Query
+    | Rep
+    | NewView
+    | Checkpoint
+    | Reply
+    | Fetch
+    | Snapshot
+)
+
+_KINDS: dict[type, int] = {
+    Request: 1,
+    Propose: 2,
+    Accepted: 3,
+    Pull: 4,
+    Learned: 5,
+    Suspect: 6,
+    Query: 7,
+    Rep: 8,
+    NewView: 9,
+    Checkpoint: 10,
+    Reply: 11,
+    Fetch: 12,
+    Snapshot: 13,
+}
+
+
+def _signed_out(s: Signed) -> list[Any]:
+    return [s.signer, s.body, list(s.macs)]
+
+
+def _rep_out(r: Rep) -> list[Any]:
+    return [_signed_out(r.statement), [_signed_out(s) for s in r.low_certificate]]
+
+
+def _fields_out(m: Message) -> list[Any]:
+    if isinstance(m, Request):
+        return [m.value]
+    if isinstance(m, Propose | Accepted):
+        return [m.pn, m.slot, m.value]
+    if isinstance(m, Pull | Fetch):
+        return [m.slot] if isinstance(m, Pull) else [m.seq]
+    if isinstance(m, Snapshot):
+        return [m.seq, m.state]
+    if isinstance(m, Learned):
+        return [m.slot, m.pn, m.value]
+    if isinstance(m, Suspect | Checkpoint):
+        return [_signed_out(m.statement)]
+    if isinstance(m, Query):
+        return [m.pn, [_signed_out(s) for s in m.proof]]
+    if isinstance(m, Rep):
+        return _rep_out(m)
+    if isinstance(m, NewView):
+        return [
+            m.pn,
+            [_signed_out(s) for s in m.proof],
+            m.low,
+            [_signed_out(s) for s in m.low_certificate],
+            [_rep_out(r) for r in m.reps],
+        ]
+    return [m.client, m.rid, m.slot, m.ok, m.result]
+
+
+def encode(m: Message) -> bytes:
+    """The message's wire bytes."""
+    return canonical([VERSION, _KINDS[type(m)], *_fields_out(m)])
+
+
+def _int(x: Any, what: str) -> int:
+    if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= MAX_INT:
+        raise MalformedMessage(f"{what} must be a non-negative integer")
+    return x
+
+
+def _bytes(x: Any, what: str, limit: int = MAX_VALUE) -> bytes:
+    if not isinstance(x, bytes) or len(x) > limit:
+        raise MalformedMessage(f"{what} must be at most {limit} bytes")
+    return x
+
+
+def _list(x: Any, what: str, size: int | None = None) -> list[Any]:
+    if not isinstance(x, list) or len(x) > MAX_LIST:
+        raise MalformedMessage(f"{what} must be a list of at most {MAX_LIST}")
+    if size is not None and len(x) != size:
+        raise MalformedMessage(f"{what} must have {size} elements")
+    return x
+
+
+def _signed(x: Any, what: str) -> Signed:
+    signer, body, macs = _list(x, what, 3)
+    return Signed(
+        _int(signer, f"{what} signer"),
+        _bytes(body, f"{what} body"),
+        tuple(_bytes(t, f"{what} mac", 64) for t in _list(macs, f"{what} macs")),
+    )
+
+
+def _signeds(x: Any, what: str) -> tuple[Signed, ...]:
+    return tuple(_signed(s, what) for s in _list(x, what))
+
+
+def _rep(x: Any) -> Rep:
+    statement, certificate = _list(x, "rep", 2)
+    return Rep(_signed(statement, "rep"), _signeds(certificate, "rep low certificate"))
+
+
+def _parse(kind: int, f: list[Any]) -> Message:
+    if kind == 1 and len(f) == 1:
+        return Request(_bytes(f[0], "value"))
+    if kind in (2, 3) and len(f) == 3:
+        cls = Propose if kind == 2 else Accepted
+        return cls(_int(f[0], "pn"), _int(f[1], "slot"), _bytes(f[2], "value"))
+    if kind == 4 and len(f) == 1:
+        return Pull(_int(f[0], "slot"))
+    if kind == 5 and len(f) == 3:
+        return Learned(_int(f[0], "slot"), _int(f[1], "pn"), _bytes(f[2], "value"))
+    if kind == 6 and len(f) == 1:
+        return Suspect(_signed(f[0], "suspicion"))
+    if kind == 7 and len(f) == 2:
+        return Query(_int(f[0], "pn"), _signeds(f[1], "proof"))
+    if kind == 8 and len(f) == 2:
+        return _rep(f)
+    if kind == 9 and len(f) == 5:
+        return NewView(
+            _int(f[0], "pn"),
+            _signeds(f[1], "proof"),
+            _int(f[2], "low"),
+            _signeds(f[3], "low certificate"),
+            tuple(_rep(r) for r in _list(f[4], "reps")),
+        )
+    if kind == 10 and len(f) == 1:
+        return Checkpoint(_signed(f[0], "checkpoint"))
+    if kind == 11 and len(f) == 5:
+        if not isinstance(f[3], bool):
+            raise MalformedMessage("ok must be a boolean")
+        return Reply(_int(f[0], "client"), _int(f[1], "rid"), _int(f[2], "slot"), f[3], f[4])
+    if kind == 12 and len(f) == 1:
+        return Fetch(_int(f[0], "seq"))
+    if kind == 13 and len(f) == 2:
+        return Snapshot(_int(f[0], "seq"), _bytes(f[1], "state", MAX_SNAPSHOT))
+    raise MalformedMessage(f"unknown kind {kind!r} or wrong number of fields ({len(f)})")
+
+
+def decode(data: bytes) -> Message:
+    """Parse wire bytes.
+
+    Raises:
+        MalformedMessage: not msgpack, another version, unknown kind, a field of the wrong
+            type or out of bounds.
+    """
+    try:
+        raw = unpack(data)
+    except (CanonicalError, ValueError, TypeError) as e:
+        raise MalformedMessage(f"not a message: {type(e).__name__}") from e
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types on hostile input
+        raise MalformedMessage(f"not a message: {type(e).__name__}") from e
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise MalformedMessage("a message is a list [version, kind, ...]")
+    if raw[0] != VERSION:
+        raise MalformedMessage(f"version {raw[0]!r}, expected {VERSION}")
+    try:
+        return _parse(raw[1], raw[2:])
+    except MalformedMessage:
+        raise
+    except (ValueError, TypeError) as e:  # unpacking a list of the wrong length
+        raise MalformedMessage(f"malformed fields: {e}") from e

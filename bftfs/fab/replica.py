@@ -1,0 +1,512 @@
+"""One FaB Paxos node as a pure step function: bytes in, messages out (like raft's ``Step``).
+
+Every node of ``5f + 1`` plays the seed's three roles (L6439: "each process can play one or
+more"): acceptor (:mod:`~bftfs.fab.acceptor`), proposer (:mod:`~bftfs.fab.election`,
+:mod:`~bftfs.fab.leader`) and learner (:mod:`~bftfs.fab.learner`), and executes what it
+learns (:mod:`~bftfs.fab.execution`) with checkpoints (:mod:`~bftfs.fab.checkpoints`).
+This module only routes: it decodes, checks who may send what, hands the message to the
+role, and collects what to send.
+
+No I/O, no clock, no randomness.  Time is :meth:`Replica.tick`, called by the driver at a
+fixed period: it drives the seed's retransmissions (the leader resends until it hears
+back, L6569-6600; learners pull, Fig. 6.6 line 34) and the proposer's suspicion timeout
+(line 12).  Who sent a message is the transport's to say (MACs on every frame,
+``bftfs/net``): ``step(sender, data)`` trusts ``sender``.
+
+A proposer suspects the regent when a request it holds is not executed ``timeout`` ticks
+after it arrived.  The seed's proposers count LEARNED notifications from
+``ceil((l + f + 1) / 2)`` learners instead (Fig. 6.6 lines 6-15); with every role on each
+node, the node's own learner is the witness it trusts, and the ``f + 1`` rule of the
+election (:mod:`~bftfs.fab.election`) brings the others along.
+
+A malformed message, one from a node that may not send it, or one that fails a check is
+*rejected*: nothing changes, :attr:`Step.rejection` says why, and :meth:`statistics` counts
+it.  No input raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bftfs.fab.acceptor import Acceptor
+from bftfs.fab.auth import KeyLookup, sign, verify_any
+from bftfs.fab.certificates import check_low, progress_certificate
+from bftfs.fab.checkpoints import Checkpoints
+from bftfs.fab.election import Election
+from bftfs.fab.execution import NOOP, Execution, digest_of, parse_request
+from bftfs.fab.leader import Leader
+from bftfs.fab.learner import Learner
+from bftfs.fab.messages import (
+    Accepted,
+    Checkpoint,
+    Fetch,
+    Learned,
+    MalformedMessage,
+    Message,
+    NewView,
+    Propose,
+    Pull,
+    Query,
+    Rep,
+    Reply,
+    Request,
+    Snapshot,
+    Suspect,
+    decode,
+)
+from bftfs.qu.objects import Registry
+from bftfs.quorums.fab import FabQuorums
+
+#: ``(destination, message)``: a node id, a client id (a :class:`Reply`), or None: every node.
+Send = tuple[int | None, Message]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one cluster's FaB engine (all in slots or ticks)."""
+
+    window: int = 64  # slots an acceptor takes above the stable checkpoint
+    interval: int = 16  # a checkpoint every `interval` slots (the seed's CP_FREQ)
+    timeout: int = 8  # ticks a held request may wait before the regent is suspected
+    pulls_per_tick: int = 8
+
+    def __post_init__(self) -> None:
+        # The window only moves at a stable checkpoint: one smaller than two intervals
+        # fills before the next checkpoint can become stable, and proposing stops for good
+        # (PBFT's log size L >= 2K for the same reason).
+        if min(self.window, self.interval, self.timeout, self.pulls_per_tick) < 1:
+            raise ValueError(f"FaB settings must be positive: {self}")
+        if self.window < 2 * self.interval:
+            raise ValueError(
+                f"window {self.window} < 2 x checkpoint interval {self.interval}: the log "
+                f"would fill before a checkpoint could collect it"
+            )
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one input produced: messages to send, and why it was refused (or None)."""
+
+    sends: tuple[Send, ...]
+    rejection: str | None = None
+
+
+@dataclass(frozen=True)
+class Statistics:
+    regency: int
+    executed: int
+    stable: int
+    rejected: int
+    log_entries: int  # accepted + learned slots held: bounded by the window after GC
+    installed: int  # snapshots installed to catch up past a collected log
+
+
+@dataclass
+class _Held:
+    rid: int
+    op: bytes
+    since: int
+
+
+@dataclass
+class Replica:
+    """One node: ``me`` in ``0 .. q.a - 1``."""
+
+    me: int
+    q: FabQuorums
+    key: KeyLookup
+    registry: Registry
+    settings: Settings = field(default_factory=Settings)
+    #: Called with ``(slot, value)`` whenever this node learns a slot (tests record these).
+    on_learn: Callable[[int, bytes], None] | None = None
+
+    def __post_init__(self) -> None:
+        n, s = self.q.a, self.settings
+        self.nodes = n
+        self.acceptor = Acceptor(s.window)
+        self.learner = Learner(self.q, s.window)
+        self.election = Election(self.me, self.key, self.q, n)
+        self.leader = Leader(self.me, self.key, self.q, n, s.window)
+        self.checkpoints = Checkpoints(self.me, self.key, self.q, n, s.interval, 4 * s.window)
+        self.execution = Execution(self.registry)
+        self.snapshots: dict[int, bytes] = {}
+        self.held: dict[int, _Held] = {}  # client -> its latest request not yet executed
+        self.missing_since: dict[int, int] = {}  # slot -> tick it was first seen missing
+        self.behind_since: int | None = None  # tick execution was first behind `stable`
+        self.now = 0
+        #: Ticks a held request may wait: doubles with each suspicion that brought no
+        #: progress (eventual synchrony: some regency lasts long enough), back to
+        #: ``settings.timeout`` when a slot executes.
+        self.patience = self.settings.timeout
+        self.rejected = 0
+        self.installed = 0
+        self._out: list[Send] = []
+        self._begin_regency()
+
+    # -- the driver's interface -----------------------------------------------------
+
+    def step(self, sender: int, data: bytes) -> Step:
+        """Handle one message ``sender`` sent (already authenticated by the transport)."""
+        self._out = []
+        try:
+            m = decode(data)
+        except MalformedMessage as e:
+            return self._reject(f"malformed: {e}")
+        why = self._dispatch(sender, m)
+        if why is not None:
+            return self._reject(why)
+        return Step(tuple(self._out))
+
+    def tick(self) -> Step:
+        """One period of time passed: retransmit, pull, suspect."""
+        self._out = []
+        self.now += 1
+        self._retransmit()
+        self._pull()
+        self._maybe_suspect()
+        return Step(tuple(self._out))
+
+    def statistics(self) -> Statistics:
+        entries = len(self.acceptor.accepted) + len(self.learner.learned)
+        return Statistics(
+            self.election.regency,
+            self.execution.executed,
+            self.checkpoints.stable,
+            self.rejected,
+            entries,
+            self.installed,
+        )
+
+    # -- routing --------------------------------------------------------------------
+
+    def _reject(self, why: str) -> Step:
+        self.rejected += 1
+        return Step(tuple(self._out), why)
+
+    def _send(self, to: int | None, m: Message) -> None:
+        self._out.append((to, m))
+
+    def _dispatch(self, sender: int, m: Message) -> str | None:
+        if isinstance(m, Request):
+            return self._on_request(sender, m)
+        if not 0 <= sender < self.nodes:
+            return f"{type(m).__name__} from {sender}, not a node"
+        handler: dict[type, Callable[[int, Any], str | None]] = {
+            Propose: self._on_propose,
+            Accepted: self._on_accepted,
+            Pull: self._on_pull,
+            Learned: self._on_learned,
+            Suspect: self._on_suspect,
+            Query: self._on_query,
+            Rep: self._on_rep,
+            NewView: self._on_new_view,
+            Checkpoint: self._on_checkpoint,
+            Fetch: self._on_fetch,
+            Snapshot: self._on_snapshot,
+        }
+        h = handler.get(type(m))
+        if h is None:
+            return f"{type(m).__name__} is not for nodes"
+        return h(sender, m)
+
+    # -- requests and proposing -----------------------------------------------------
+
+    def _on_request(self, sender: int, m: Request) -> str | None:
+        if 0 <= sender < self.nodes:
+            return f"REQUEST from node {sender}: requests come from clients"
+        request = parse_request(m.value)
+        if request is None:
+            return "request: not an operation"
+        op, statement = request
+        if op.client != sender:
+            return f"request for client {op.client} sent by {sender}"
+        if not verify_any(self.me, self.key, statement, self.nodes):
+            return f"request of client {op.client}: authenticator does not verify"
+        last = self.execution.replies.get(op.client)
+        if last is not None and op.rid <= last[0]:
+            if op.rid == last[0]:  # a retransmission: the reply again (exactly once)
+                self._send(op.client, Reply(op.client, last[0], last[1], last[2], last[3]))
+            return None
+        held = self.held.get(op.client)
+        if held is None or held.rid < op.rid:
+            self.held[op.client] = _Held(op.rid, m.value, self.now)
+        self._propose_held()
+        return None
+
+    def _propose_held(self) -> None:
+        for held in list(self.held.values()):
+            p = self.leader.propose(held.op, self.acceptor.low)
+            if p is not None:
+                self._send(None, p)
+
+    # -- acceptor -------------------------------------------------------------------
+
+    def _on_propose(self, sender: int, m: Propose) -> str | None:
+        if sender != self.election.leader(m.pn):
+            return f"PROPOSE for {m.pn} from {sender}, not its leader"
+        learned = self.learner.learned.get(m.slot)
+        if learned is not None and learned[1] == m.value:  # tell the leader it can stop
+            self._send(sender, Learned(m.slot, learned[0], learned[1]))
+        if not self._authentic(m):
+            return f"slot {m.slot}: the value is not a request its client authenticated"
+        answer = self.acceptor.on_propose(self.election.regency, m)
+        if isinstance(answer, str):
+            return answer
+        self._send(None, answer)
+        return None
+
+    def _authentic(self, m: Propose) -> bool:
+        """Whether an acceptor may take ``m.value`` as a client's: the no-op, a value the
+        regency's progress certificate is bound to (it may have been chosen, so it must be
+        taken whoever wrote it), or a request whose client's MAC for me verifies."""
+        if m.value == NOOP:
+            return True
+        cert = self.acceptor.certificate
+        if cert is not None and cert.pn == m.pn and cert.bound(m.slot) == m.value:
+            return True
+        request = parse_request(m.value)
+        return request is not None and verify_any(self.me, self.key, request[1], self.nodes)
+
+    def _on_query(self, sender: int, m: Query) -> str | None:
+        if sender != self.election.leader(m.pn):
+            return f"QUERY for {m.pn} from {sender}, not its leader"
+        moved = self.election.consider(m.pn, m.proof)
+        if isinstance(moved, str):
+            return moved
+        if moved:
+            self._begin_regency()
+        if self.election.regency != m.pn:
+            return f"QUERY for {m.pn} in regency {self.election.regency}"
+        body = self.acceptor.rep(m.pn)
+        statement = sign(self.me, self.key, body, self.nodes)
+        self._send(sender, Rep(statement, self.checkpoints.certificate))
+        return None
+
+    def _on_new_view(self, sender: int, m: NewView) -> str | None:
+        if sender != self.election.leader(m.pn):
+            return f"NEWVIEW for {m.pn} from {sender}, not its leader"
+        moved = self.election.consider(m.pn, m.proof)
+        if isinstance(moved, str):
+            return moved
+        if moved:
+            self._begin_regency()
+        if self.election.regency != m.pn:
+            return f"NEWVIEW for {m.pn} in regency {self.election.regency}"
+        digest = check_low(self.me, self.key, self.q, self.nodes, m.low, m.low_certificate)
+        if isinstance(digest, str):
+            return f"NEWVIEW: {digest}"
+        pc = progress_certificate(self.me, self.key, self.q, self.nodes, m.pn, m.low, m.reps)
+        if isinstance(pc, str):
+            return f"NEWVIEW: {pc}"
+        self.acceptor.adopt_certificate(pc)
+        if m.low > self.checkpoints.stable:
+            self.checkpoints.stable, self.checkpoints.digest = m.low, digest
+            self.checkpoints.certificate = m.low_certificate
+            self._collect()
+        return None
+
+    # -- learner and execution ------------------------------------------------------
+
+    def _on_accepted(self, sender: int, m: Accepted) -> str | None:
+        learned = self.learner.on_accepted(sender, m)
+        if isinstance(learned, str):
+            return learned
+        if learned:
+            self._learned(m.slot, m.value)
+        return None
+
+    def _on_pull(self, sender: int, m: Pull) -> str | None:
+        answer = self.learner.answer(m.slot)
+        if answer is not None:
+            self._send(sender, answer)
+        elif m.slot <= self.checkpoints.stable:  # collected: point the puller at the state
+            for statement in self.checkpoints.certificate:
+                self._send(sender, Checkpoint(statement))
+        return None
+
+    def _on_learned(self, sender: int, m: Learned) -> str | None:
+        self.leader.on_learned(sender, m.slot, m.value)
+        learned = self.learner.on_learned(sender, m)
+        if isinstance(learned, str):
+            return learned
+        if learned:
+            self._learned(m.slot, m.value)
+        return None
+
+    def _learned(self, slot: int, value: bytes) -> None:
+        if self.on_learn is not None:
+            self.on_learn(slot, value)
+        pn = self.learner.learned[slot][0]
+        self._send(self.election.leader(), Learned(slot, pn, value))  # LEARNED, line 30
+        self._execute()
+
+    def _execute(self) -> None:
+        ex = self.execution
+        while (pv := self.learner.learned.get(ex.executed + 1)) is not None:
+            self.patience = self.settings.timeout
+            reply = ex.apply(ex.executed + 1, pv[1])
+            if reply is not None:
+                held = self.held.get(reply.client)
+                if held is not None and held.rid <= reply.rid:
+                    del self.held[reply.client]
+                self._send(reply.client, reply)
+            if self.checkpoints.due(ex.executed):
+                snapshot = ex.snapshot()
+                self.snapshots[ex.executed] = snapshot
+                statement = self.checkpoints.state(ex.executed, digest_of(snapshot))
+                self._send(None, Checkpoint(statement))
+                if self.checkpoints.stable == ex.executed:
+                    self._collect()
+
+    # -- checkpoints and state transfer ---------------------------------------------
+
+    def _on_checkpoint(self, sender: int, m: Checkpoint) -> str | None:
+        # Statements may be forwarded (a certificate sent to a lagging puller): each is
+        # checked on its own authenticator, whoever relays it.
+        stable = self.checkpoints.on_checkpoint(m.statement)
+        if isinstance(stable, str):
+            return stable
+        if stable:
+            self._collect()
+        return None
+
+    def _collect(self) -> None:
+        """Garbage-collect every role's log at or below the stable checkpoint."""
+        low = self.checkpoints.stable
+        self.acceptor.collect(low)
+        self.learner.collect(low, self.execution.executed)
+        self.leader.collect(low)
+        self.snapshots = {s: v for s, v in self.snapshots.items() if s >= low}
+
+    def _on_fetch(self, sender: int, m: Fetch) -> str | None:
+        snapshot = self.snapshots.get(m.seq)
+        if snapshot is not None:
+            self._send(sender, Snapshot(m.seq, snapshot))
+        return None
+
+    def _on_snapshot(self, sender: int, m: Snapshot) -> str | None:
+        cp = self.checkpoints
+        if m.seq != cp.stable or m.seq <= self.execution.executed:
+            return None  # not needed (any longer)
+        if digest_of(m.state) != cp.digest:
+            return f"snapshot {m.seq} from {sender} does not match the certified digest"
+        if not self.execution.install(m.state) or self.execution.executed != m.seq:
+            return f"snapshot {m.seq} from {sender} is malformed"
+        self.snapshots[m.seq] = m.state
+        self.installed += 1
+        self.learner.collect(m.seq, m.seq)
+        self._execute()
+        return None
+
+    # -- election -------------------------------------------------------------------
+
+    def _on_suspect(self, sender: int, m: Suspect) -> str | None:
+        if m.statement.signer != sender:
+            return "SUSPECT: not the sender's own statement"
+        result = self.election.on_suspect(m.statement)
+        if isinstance(result, str):
+            return result
+        moved, joined = result
+        if joined is not None:
+            self._send(None, Suspect(joined))
+        if moved:
+            self._begin_regency()
+        return None
+
+    def _begin_regency(self) -> None:
+        """A new regency started here: forget the old certificate, restart the timers,
+        and lead it if it is mine."""
+        self.acceptor.certificate = None
+        for held in self.held.values():
+            held.since = self.now
+        if self.election.leader() != self.me:
+            self.leader.stop()
+            return
+        cp = self.checkpoints
+        query = self.leader.begin(
+            self.election.regency, self.election.proof, cp.stable, cp.certificate
+        )
+        if query is not None:
+            self._send(None, query)
+        else:
+            self._propose_held()
+
+    def _on_rep(self, sender: int, m: Rep) -> str | None:
+        recovering = self.leader.recovering
+        proposals = self.leader.on_rep(sender, m)
+        if isinstance(proposals, str):
+            return proposals
+        new_view = self.leader.new_view
+        if recovering and not self.leader.recovering and new_view is not None:
+            self._send(None, new_view)  # the certificate is complete: even with no slot
+            # to recover, acceptors need it to change what they accepted beyond it
+            for p in proposals:
+                self._send(None, p)
+            self._propose_held()
+        return None
+
+    def _maybe_suspect(self) -> None:
+        late = [h for h in self.held.values() if self.now - h.since >= self.patience]
+        if not late:
+            return
+        for h in self.held.values():
+            h.since = self.now
+        self.patience = min(2 * self.patience, 64 * self.settings.timeout)
+        statement = self.election.suspect(self.election.regency)
+        if statement is not None:
+            self._send(None, Suspect(statement))
+            result = self.election.on_suspect(statement)
+            if not isinstance(result, str) and result[0]:
+                self._begin_regency()
+
+    # -- retransmission -------------------------------------------------------------
+
+    def _retransmit(self) -> None:
+        leader = self.leader
+        if leader.recovering and (query := leader.query()) is not None:
+            self._send(None, query)
+        elif leader.regency >= 0:
+            pending = leader.unsatisfied()
+            if pending and leader.new_view is not None:
+                self._send(None, leader.new_view)
+            for s in pending:
+                self._send(None, Propose(leader.regency, s, leader.proposals[s]))
+            self._propose_held()
+        mine = self.election.suspected
+        if (
+            mine is not None
+            and self.held
+            and self.election.latest.get(self.me) == (self.election.regency, mine)
+        ):
+            self._send(None, Suspect(mine))
+        if self.checkpoints.mine is not None:
+            self._send(None, Checkpoint(self.checkpoints.mine))
+        self._maybe_fetch()
+
+    def _maybe_fetch(self) -> None:
+        """FETCH the stable state when execution has been behind it for a whole tick, from
+        one other node per tick in turn: a node just behind usually learns the slots a
+        moment later, and a snapshot is the whole state (its digest, not its sender, makes
+        it trusted, so one answer is enough)."""
+        if self.checkpoints.stable <= self.execution.executed:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = self.now
+        elif self.now - self.behind_since >= 1:
+            peer = (self.me + 1 + self.now % (self.nodes - 1)) % self.nodes
+            self._send(peer, Fetch(self.checkpoints.stable))
+
+    def _pull(self) -> None:
+        """PULL slots missing for a whole tick (Fig. 6.6 lines 32-34: after a timeout, so
+        a slot still being learned the usual way costs no pull)."""
+        missing = self.learner.missing(self.execution.executed)
+        if not missing and self.held:
+            # Holding a request and hearing of no slot to learn: perhaps behind a log the
+            # others collected; a PULL of the next slot is answered with the checkpoint.
+            missing = [max(self.execution.executed, self.learner.low) + 1]
+        self.missing_since = {s: self.missing_since.get(s, self.now) for s in missing}
+        late = [s for s in missing if self.now - self.missing_since[s] >= 1]
+        for slot in late[: self.settings.pulls_per_tick]:
+            self._send(None, Pull(slot))

@@ -1,0 +1,227 @@
+"""A FaB replica on the network: the trio shell around :class:`~bftfs.fab.replica.Replica`.
+
+The core decides; this module only moves bytes and time (STYLE.md section 1, raft's
+``Ready`` loop).  Each node serves the request kind ``fab`` on a :class:`bftfs.net.server.
+Server`: the payload is one encoded FaB message, handed to ``replica.step`` with the
+sender the transport authenticated, and the handler answers at once with nothing (FaB's
+own retransmissions, not the transport's replies, carry the protocol).  What the core sends
+goes out through the node's :class:`bftfs.net.endpoint.Endpoint` to other nodes, straight
+into its own core for itself, and as a push to a client (its REPLY).  A ticker calls
+``replica.tick()`` every ``tick`` seconds.
+
+Sends are fire-and-forget: a queue per destination of bounded size (a full queue drops,
+counted in ``statistics``) and a bounded number of calls in flight per node.  Losing a
+message is a case the core handles by retransmitting, so a slow or dead node costs a
+bounded amount of memory here and nothing else.
+
+:class:`FabClient` is the calling side of one client: it sends its authenticated request to
+every node, resends it every ``resend`` seconds, and returns once ``f + 1`` nodes pushed
+matching replies (:class:`bftfs.fab.client.ReplyCollector`).
+
+This is the first network step: no engine selection, no persistence (docs/fab.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from bftfs.crypto import KeyRing
+from bftfs.fab.client import ReplyCollector, request
+from bftfs.fab.messages import MalformedMessage, Reply, Request, decode, encode
+from bftfs.fab.replica import Replica, Step
+from bftfs.ids import NodeId, PrincipalId
+from bftfs.net.endpoint import Endpoint, open_endpoint
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.server import HandlerError, Server
+
+log = logging.getLogger(__name__)
+
+#: The request kind FaB messages travel as, and the tag of a pushed REPLY.
+KIND = "fab"
+REPLY_TAG = "fab-reply"
+
+
+@dataclass(frozen=True)
+class ServiceStatistics:
+    sent: int
+    dropped: int  # sends dropped because a destination's queue was full
+    failed: int  # calls the transport gave up on (the core resends what matters)
+    received: int
+
+
+class FabService:
+    """One node: its replica, a server for its peers and clients, an endpoint to its peers.
+
+    Args:
+        replica: the core; its ``me`` is this node's id.
+        keyring: this node's identity and the keys of every node and client.
+        addresses: every node's ``(host, port)``.
+        tick: seconds between ``replica.tick()`` calls.
+        queue: messages queued per destination before new ones are dropped.
+        in_flight: calls in flight per destination.
+    """
+
+    def __init__(
+        self,
+        replica: Replica,
+        keyring: KeyRing,
+        addresses: Mapping[NodeId, tuple[str, int]],
+        *,
+        tick: float = 0.05,
+        queue: int = 1024,
+        in_flight: int = 8,
+        endpoint_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.replica = replica
+        self.keyring = keyring
+        self.addresses = dict(addresses)
+        self.tick = tick
+        self.in_flight = in_flight
+        self.endpoint_options = dict(endpoint_options or {})
+        self.server: Server[PrincipalId] = Server(
+            keyring, context=lambda pid: pid, log=log, name=f"fab{replica.me}"
+        )
+        self.server.register(KIND, self._handle, inline=True)
+        self._queues = {j: trio.open_memory_channel[bytes](queue) for j in range(replica.nodes)}
+        self._sent = self._dropped = self._failed = self._received = 0
+
+    def statistics(self) -> ServiceStatistics:
+        return ServiceStatistics(self._sent, self._dropped, self._failed, self._received)
+
+    async def _handle(self, sender: PrincipalId, payload: Any) -> None:
+        if not isinstance(payload, bytes):
+            raise HandlerError("malformed", "a FaB message is bytes")
+        self._received += 1
+        self._apply(self.replica.step(int(sender), payload))
+
+    def _apply(self, step: Step) -> None:
+        if step.rejection is not None:
+            log.debug("fab%d: rejected: %s", self.replica.me, step.rejection)
+        for to, message in step.sends:
+            data = encode(message)
+            if to is None:
+                for j in range(self.replica.nodes):
+                    self._enqueue(j, data)
+            elif 0 <= to < self.replica.nodes:
+                self._enqueue(to, data)
+            else:
+                self.server.push(PrincipalId(to), [REPLY_TAG, data])
+
+    def _enqueue(self, node: int, data: bytes) -> None:
+        try:
+            self._queues[node][0].send_nowait(data)
+        except trio.WouldBlock:
+            self._dropped += 1
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled on ``listeners`` (already bound)."""
+        async with (
+            open_endpoint(self.keyring, self.addresses, **self.endpoint_options) as ep,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(trio.serve_listeners, self.server.serve, listeners)
+            for j in range(self.replica.nodes):
+                nursery.start_soon(self._drain, ep, j)
+            nursery.start_soon(self._ticker)
+            task_status.started()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.tick)
+            self._apply(self.replica.tick())
+
+    async def _drain(self, ep: Endpoint, node: int) -> None:
+        receive = self._queues[node][1]
+        if node == self.replica.me:  # to myself: straight into the core, in order
+            async for data in receive:
+                self._apply(self.replica.step(node, data))
+            return
+        slots = trio.Semaphore(self.in_flight)  # released by the call's own task
+        async with trio.open_nursery() as nursery:
+            async for data in receive:
+                await slots.acquire()
+                nursery.start_soon(self._call, ep, node, data, slots)
+
+    async def _call(self, ep: Endpoint, node: int, data: bytes, slots: trio.Semaphore) -> None:
+        try:
+            await ep.call(NodeId(node), KIND, data, timeout=max(1.0, 20 * self.tick))
+            self._sent += 1
+        except (TransportError, RemoteError) as e:
+            self._failed += 1
+            log.debug("fab%d -> %d: %s", self.replica.me, node, e)
+        finally:
+            slots.release()
+
+
+class FabClient:
+    """One client's calls through FaB: authenticated requests, ``f + 1`` matching replies."""
+
+    def __init__(self, keyring: KeyRing, nodes: int, f: int, *, resend: float = 0.2) -> None:
+        self.keyring, self.nodes, self.f, self.resend = keyring, nodes, f, resend
+        self.rid = 0
+        self._collector: ReplyCollector | None = None
+        self._done = trio.Event()
+
+    def on_push(self, node: NodeId, body: Any) -> None:
+        """The endpoint's push handler: count a node's REPLY."""
+        if not (isinstance(body, list) and len(body) == 2 and body[0] == REPLY_TAG):
+            return
+        try:
+            reply = decode(body[1])
+        except MalformedMessage:
+            return
+        collector = self._collector
+        if not isinstance(reply, Reply) or collector is None:
+            return
+        if collector.add(int(node), reply) is not None:
+            self._done.set()
+
+    async def call(
+        self, ep: Endpoint, method: str, oids: list[int], arg: Any, *, timeout: float = 10.0
+    ) -> tuple[bool, Any]:
+        """Order and run one operation; ``(ok, result)`` as ``f + 1`` nodes answered.
+
+        Raises:
+            TransportError: no ``f + 1`` matching replies within ``timeout``.
+        """
+        self.rid += 1
+        key = self.keyring.key
+        value = request(
+            int(self.keyring.me.pid),
+            lambda p: key(PrincipalId(p)),
+            self.nodes,
+            self.rid,
+            method,
+            oids,
+            arg,
+        )
+        data = encode(Request(value))
+        self._collector, self._done = ReplyCollector(self.rid, self.f), trio.Event()
+        with trio.move_on_after(timeout):
+            while not self._done.is_set():
+                async with trio.open_nursery() as nursery:
+                    for j in range(self.nodes):
+                        nursery.start_soon(self._send, ep, j, data)
+                with trio.move_on_after(self.resend):
+                    await self._done.wait()
+        result = self._collector.result
+        self._collector = None
+        if result is None:
+            raise TransportError(f"request {self.rid}: no f + 1 matching replies in {timeout}s")
+        return result
+
+    async def _send(self, ep: Endpoint, node: int, data: bytes) -> None:
+        # A lost call is resent by the next round; f + 1 correct nodes are enough.
+        with contextlib.suppress(TransportError, RemoteError):
+            await ep.call(NodeId(node), KIND, data, timeout=self.resend)
