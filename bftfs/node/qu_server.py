@@ -133,7 +133,9 @@ def register(
         kept = node.config.retention
         retention = Retention(
             keep_last=kept.keep_versions,
-            keep_seconds=kept.keep_seconds,
+            # Q/U versions are kept whole up to history's horizon (docs/history.md): the
+            # chain walk of a history read cannot step over a hole.
+            keep_seconds=kept.horizon_seconds,
             forget_seconds=kept.forget_seconds,
             pins=pinned_moments,
         )
