@@ -21,7 +21,6 @@ from bftfs.ids import client_id
 from bftfs.kv import MemoryKV
 from bftfs.node.qu_server import replica_retention
 from bftfs.policy import RetentionPolicy
-from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import Class, Method, MethodRefused, ObjectType, Registry
 from bftfs.qu.reads import versions

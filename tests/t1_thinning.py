@@ -51,9 +51,9 @@ def oracle(times: list[int], now: int, s: Schedule, solid: list[bool]) -> set[in
                 j for j, u in enumerate(times) if solid[j] and _period(u, unit) == _period(t, unit)
             ]
             newest = max(times[j] for j in same)
-            if t == newest and max(j for j in same if times[j] == newest) == i:
-                if now - t < count * length:
-                    out.add(i)
+            last = max(j for j in same if times[j] == newest)
+            if t == newest and last == i and now - t < count * length:
+                out.add(i)
     return out
 
 
