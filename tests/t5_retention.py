@@ -20,6 +20,7 @@ from rw_helpers import rw_cluster
 from t5_rw_lazy import EAGER, hosted, settled
 
 from bftfs.policy import RetentionPolicy
+from bftfs.rw import collect
 from bftfs.rw.client import HistoryReclaimed
 from bftfs.thinning import DAY_NS, HOUR_NS, kept
 
@@ -58,8 +59,12 @@ async def test_nodes_keep_what_the_schedule_says_and_reads_of_thinned_moments_fa
         assert times == [start - age for age in ages]  # the writer used the injected clock
         want = kept(times, time.time_ns(), policy.schedule())
         assert 0 < len(want) < len(times)
+        # bftfs status's history figure: the kept versions below the newest, in bytes.
+        old = [stamps[k] for k in want if k != len(ages) - 1]
         for i in range(cl.config.n):
             assert hosted(cl, i, 3) == [stamps[k] for k in sorted(want, reverse=True)], i
+            size = cl.nodes[i].store.read(lambda kv: collect._bytes_of(kv, 3, old))
+            assert cl.nodes[i].progress["rw.verify"]["history_bytes"] == size > 0
         # The newest (verified complete) version reads as always.
         assert await writer.read_block(3) == f"save {len(ages) - 1}".encode()
         for k in range(len(ages) - 1):

@@ -109,6 +109,8 @@ def new_progress() -> dict[str, Any]:
         "pressure": False,
         "streaming": False,
         "used_bytes": 0,
+        #: Bytes of block versions kept below their verified mark: history (issue 36).
+        "history_bytes": 0,
         "faults": [],
     }
 
@@ -141,6 +143,8 @@ class Verifier:
         self._wave_client: RWClient | None = None
         #: ``(node clock ns, block)``: blocks whose versions kept for their age may go then.
         self._revisits: list[tuple[int, int]] = []
+        #: Bytes of history per block (versions below the verified mark), where any.
+        self._history: dict[int, tuple[int, tuple[Timestamp, Timestamp] | None]] = {}
         #: Blocks down to their verified empty version are forgotten (node/rw_forgetter.py).
         self.forgetter = Forgetter(node)
         #: A client using this much here (``pool_fraction`` of its quota) is short of
@@ -449,6 +453,8 @@ class Verifier:
                 self.backlog.wrote(block, ts, ts.writer, now, size=size)
             for block, due in page.revisits:
                 heapq.heappush(self._revisits, (due, block))
+            for block, size in page.history:
+                self._set_history(block, size)
             if page.after is None:
                 break
             after = page.after
@@ -482,7 +488,27 @@ class Verifier:
         self.progress["pressure"] = pressure
         return pressure
 
+    def _set_history(
+        self, block: int, size: int, order: tuple[Timestamp, Timestamp] | None = None
+    ) -> None:
+        """Record what ``block``'s history takes here; the total is in the progress.
+
+        ``order``: the step's ``(mark, floor)``.  Steps of one block may be accounted in
+        another order than they committed in (group commit), so a step's figure replaces
+        the recorded one only if it is not older: the mark and the floor only rise, and at
+        the same ones history only shrinks."""
+        old, old_order = self._history.get(block, (0, None))
+        stale = order is not None and old_order is not None and order < old_order
+        if stale or (order is not None and order == old_order and size > old):
+            return
+        if size:
+            self._history[block] = (size, order)
+        else:
+            self._history.pop(block, None)
+        self.progress["history_bytes"] += size - old
+
     def _account(self, res: collect.Verified, block: int) -> None:
+        self._set_history(block, res.history_bytes, (res.mark, res.floor))
         if res.revisit_ns:
             heapq.heappush(self._revisits, (res.revisit_ns, block))
         if res.given_back:

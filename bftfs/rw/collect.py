@@ -114,6 +114,10 @@ class Verified:
     #: The block is down to one empty version (given back), verified or not: it may be
     #: forgotten once the other nodes agree (rw/forget.py).
     given_back: bool = False
+    #: Bytes of the versions kept below the verified mark (history: ``bftfs status``).
+    history_bytes: int = 0
+    #: The block's verified mark after the step.
+    mark: Timestamp = ZERO
 
 
 def verified_step(
@@ -189,7 +193,20 @@ def verified_step(
         # Verified or not: a version caught up as the others forgot the block is never
         # verified here (nothing left to read), and is forgotten all the same (forget.py).
         given_back=left == 1 and _empty_at(kv, block, hosted[0]),
+        history_bytes=_bytes_of(kv, block, below),
+        mark=mark,
     )
+
+
+def _bytes_of(kv: KV, block: int, versions: Iterable[Timestamp]) -> int:
+    """What ``versions`` of ``block`` take in the store (keys and values)."""
+    total = 0
+    for ts in versions:
+        key = version_key(block, ts)
+        raw = kv.get(DB_VERSIONS, key)
+        if raw is not None:
+            total += len(key) + len(raw)
+    return total
 
 
 def _owner_pressed(kv: KV, block: int, versions: Iterable[Timestamp], limit: int) -> bool:
@@ -242,6 +259,8 @@ class Unverified:
     versions: tuple[tuple[BlockId, Timestamp], ...]
     after: BlockId | None
     revisits: tuple[tuple[BlockId, int], ...] = ()
+    #: Bytes of each block's versions below its verified mark (history), where any.
+    history: tuple[tuple[BlockId, int], ...] = ()
 
 
 def unverified_step(
@@ -260,6 +279,7 @@ def unverified_step(
     a restarted verifier's revisits, which live in memory (issue 31 item 14)."""
     out: list[tuple[BlockId, Timestamp]] = []
     revisits: list[tuple[BlockId, int]] = []
+    history: list[tuple[BlockId, int]] = []
     start = 0 if after is None else after + 1
     last: BlockId | None = None
     for _ in range(limit):
@@ -271,11 +291,16 @@ def unverified_step(
         block = split_key(first[0])[0]
         mark = verified_of(kv, block)
         hosted: list[Timestamp] = []
+        below = 0
         for key, value in kv.scan(DB_VERSIONS, block_prefix(block), block_end(block)):
             ts = split_key(key)[1]
             hosted.append(ts)
+            if ts < mark:
+                below += len(key) + len(value)
             if ts > mark and not flagged(kv, key, value):
                 out.append((BlockId(block), ts))
+        if below:
+            history.append((BlockId(block), below))
         if retention is not None and mark > ZERO and len(hosted) > 1:
             hosted.reverse()
             kept = _retention_below(retention, _empty_at(kv, block, mark))
@@ -286,4 +311,4 @@ def unverified_step(
                 revisits.append((BlockId(block), due))
         last = BlockId(block)
         start = block + 1
-    return Unverified(tuple(out), last, tuple(revisits))
+    return Unverified(tuple(out), last, tuple(revisits), tuple(history))
