@@ -20,7 +20,7 @@ from bftfs import erasure
 from bftfs.ids import client_id
 from bftfs.kv import MemoryKV
 from bftfs.node.qu_server import replica_retention
-from bftfs.policy import RetentionPolicy
+from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import Class, Method, MethodRefused, ObjectType, Registry
 from bftfs.qu.reads import versions
@@ -28,6 +28,7 @@ from bftfs.qu.request import Operation, Request
 from bftfs.qu.retention import prune_step
 from bftfs.qu.tombstones import tombstone_target
 from bftfs.rw import collect, replica
+from bftfs.rw.lazy import gc_plan, squeezed
 from bftfs.rw.messages import BlockId, ReadRequest, WriteRequest
 from bftfs.rw.timestamp import MAX_WRITER, Timestamp
 from bftfs.thinning import DAY_NS, HOUR_NS
@@ -182,3 +183,23 @@ def test_a_version_kept_by_the_schedule_is_looked_at_again_when_its_period_ends(
     assert res.revisit_ns == stamps[1].time + 2 * HOUR_NS
     page = collect.unverified_step(kv, None, 10, retention=policy)
     assert page.revisits == ((BlockId(1), stamps[1].time + 2 * HOUR_NS),)
+
+
+def test_a_node_short_of_space_thins_the_oldest_history_first() -> None:
+    """Between pool_fraction and data_fraction of the map in use, every tier of the
+    schedule shortens in proportion: versions from 6 and 3 days ago go before yesterday's;
+    at data_fraction only the newest stays.  The newest is never at stake."""
+    policy, v, size = RetentionPolicy(), VerificationPolicy(), 1000
+    now = DAY0 + 10 * DAY_NS + 12 * HOUR_NS  # noon: each older version is its day's last
+    hosted = [ts(now - age) for age in (0, HOUR_NS, DAY_NS, 3 * DAY_NS, 6 * DAY_NS)]
+
+    def kept_at(used: int) -> list[Timestamp]:
+        plan = gc_plan(hosted[0], hosted, now, squeezed(policy, used, size, v))
+        return [t for t in hosted if t >= plan.floor and t not in plan.thinned]
+
+    assert squeezed(policy, 700, size, v) is policy  # below pool_fraction (0.75)
+    assert kept_at(700) == hosted
+    assert kept_at(800) == hosted[:4]  # a third of the way: 6 days ago goes first
+    assert kept_at(850) == hosted[:3]  # two thirds: 3 days ago too
+    assert kept_at(900) == hosted[:2]  # at data_fraction: keep_versions (2) only
+    assert kept_at(10**6) == hosted[:2]

@@ -55,6 +55,7 @@ from bftfs.rw.lazy import (
     NotifyBook,
     Pick,
     StreamState,
+    squeezed,
     stream_state,
 )
 from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify, WriteRequest
@@ -123,6 +124,9 @@ class Verifier:
         cfg = node.config
         self.policy = cfg.verification
         self.retention = cfg.retention
+        #: What collection keeps now: ``retention``, shortened when the node is short of
+        #: space (``rw.lazy.squeezed``, set with the pressure before each step).
+        self._kept = cfg.retention
         self.me = int(node.id)
         self.peers = [NodeId(i) for i in cfg.node_ids if i != node.id]
         self.backlog = Backlog(self.policy, me=self.me, n=cfg.n, b=cfg.b)
@@ -185,7 +189,7 @@ class Verifier:
             self.book.record(int(sender), block, ts, status)
             blocks.append(block)
         now_ns = self.node.now_ns()
-        pressure = self._pressure()
+        self._pressure()  # sets what retention keeps now
         todo = []
         for block in dict.fromkeys(blocks):
             flag = self.book.flagged(block)
@@ -207,8 +211,7 @@ class Verifier:
                     flag=flag,
                     poisonous=poison,
                     now_ns=now_ns,
-                    retention=self.retention,
-                    pressure=pressure,
+                    retention=self._kept,  # shortened when short of space
                     pins=pinned_moments(kv),
                     owner_limit=self.owner_limit,
                 )
@@ -274,10 +277,11 @@ class Verifier:
             if due > now_ns:
                 return (due - now_ns) / 1e9
             heapq.heappop(self._revisits)
-            pressure = self._pressure()
+            self._pressure()  # sets what retention keeps now
+            kept = self._kept
 
             def step(
-                kv: Any, block: int = block, now_ns: int = now_ns, pressure: bool = pressure
+                kv: Any, block: int = block, now_ns: int = now_ns, kept: Any = kept
             ) -> collect.Verified:
                 return collect.verified_step(
                     kv,
@@ -286,8 +290,7 @@ class Verifier:
                     flag=None,
                     poisonous=(),
                     now_ns=now_ns,
-                    retention=self.retention,
-                    pressure=pressure,
+                    retention=kept,  # shortened when short of space
                     pins=pinned_moments(kv),
                     owner_limit=self.owner_limit,
                 )
@@ -338,7 +341,7 @@ class Verifier:
         if not read:
             return
         now_ns = self.node.now_ns()
-        pressure = self._pressure()
+        self._pressure()  # sets what retention keeps now
 
         def step(kv: Any) -> list[collect.Verified]:
             return [
@@ -349,8 +352,7 @@ class Verifier:
                     flag=outcome.ts if outcome.ts != ZERO else None,
                     poisonous=poison,
                     now_ns=now_ns,
-                    retention=self.retention,
-                    pressure=pressure,
+                    retention=self._kept,  # shortened when short of space
                     pins=pinned_moments(kv),
                     owner_limit=self.owner_limit,
                 )
@@ -482,10 +484,13 @@ class Verifier:
             self.node.log.debug("node %s: NOTIFY to %s lost: %s", self.node.id, peer, e)
 
     def _pressure(self) -> bool:
+        """Whether the node is short of space (verify without waiting for idle time); sets
+        what retention keeps meanwhile (history thinned oldest first, ``squeezed``)."""
         used = self.node.store.used_recently()
         self.progress["used_bytes"] = used
         pressure = used >= self.policy.pool_fraction * self.node.config.map_size
         self.progress["pressure"] = pressure
+        self._kept = squeezed(self.retention, used, self.node.config.map_size, self.policy)
         return pressure
 
     def _set_history(

@@ -32,7 +32,7 @@ import heapq
 import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw.timestamp import ZERO, Timestamp
@@ -541,6 +541,31 @@ def gc_plan(
     thinned = tuple(hosted[i] for i in below if hosted[i] > floor and i not in keep | scheduled)
     revisit = min((untils[i] for i in kept_below if i not in keep), default=0)
     return GcPlan(floor if floor > ZERO else ZERO, thinned, revisit)
+
+
+def squeezed(
+    retention: RetentionPolicy, used: int, map_size: int, v: VerificationPolicy
+) -> RetentionPolicy:
+    """The retention a node short of space applies (pure): history thinned oldest first.
+
+    Below ``pool_fraction`` of the map in use, ``retention`` itself.  From there to
+    ``data_fraction`` (where new block versions are refused) every part of the schedule -
+    the window of every version, the hours, days and weeks - is shortened in proportion,
+    so what goes first is the oldest history on the whole node, whatever block it is of;
+    at ``data_fraction`` only the newest ``keep_versions`` (and snapshots' versions) stay.
+    The newest complete version is never at stake: collection keeps it whatever this
+    says (:func:`gc_plan`)."""
+    low, high = v.pool_fraction * map_size, v.data_fraction * map_size
+    if used < low:
+        return retention
+    share = 0.0 if used >= high or high <= low else 1.0 - (used - low) / (high - low)
+    return replace(
+        retention,
+        keep_seconds=retention.keep_seconds * share,
+        keep_hourly=int(retention.keep_hourly * share),
+        keep_daily=int(retention.keep_daily * share),
+        keep_weekly=int(retention.keep_weekly * share),
+    )
 
 
 def gc_floor(
