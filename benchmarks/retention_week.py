@@ -8,7 +8,7 @@ Andrew and PostMark runs make: sizes 0 .. 48 KiB, 16 KiB blocks) is written on d
 then, for seven simulated days, every working hour (08:00-18:00 UTC) a few files are
 saved twice (at :10 and :40), a few "hot" files of 32 KiB every 10 minutes (an editor's
 autosave),
-and each day one file is removed and a new one made.  The
+and each day one other file is removed and a new one made.  The
 writer's clock is injected (the block versions' Times are the simulated moments, ending
 at the real now), so when the nodes verify and collect at the end they see a week of
 history exactly as the schedule would have left it: what the schedule keeps depends only
@@ -175,13 +175,12 @@ async def week(
                     for minute in range(0, 60, 10):
                         clock.now_ns = start + day * DAY_NS + hour * HOUR_NS + minute * MIN_NS
                         for name in hot_names:
-                            if name in inos:
-                                await save(name)  # an editor's autosave
+                            await save(name)  # an editor's autosave
                         if minute in (10, 40):
                             for name in rng.sample(sorted(inos), edits):
                                 await save(name)
                 clock.now_ns = start + day * DAY_NS + 18 * HOUR_NS + 30 * MIN_NS
-                gone = rng.choice(sorted(inos))
+                gone = rng.choice(sorted(set(inos) - set(hot_names)))  # hot files stay
                 await fs.unlink(ROOT, gone)
                 del inos[gone], sizes[gone]
                 await make(f"f{made:04d}".encode())
