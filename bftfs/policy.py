@@ -40,8 +40,10 @@ key                 default     meaning
                                 and share one frame per peer, their records one commit
                                 and their NOTIFYs one frame per peer; 1: one at a time
 ``pool_fraction``   0.75        above this share of the LMDB map in use the node verifies
-                                and collects without waiting for idle time and retention
-                                keeps only ``keep_versions`` (the history pool is short)
+                                and collects without waiting for idle time, and history
+                                is thinned oldest first: every tier of ``[retention]``
+                                shortens in proportion until, at ``data_fraction``, only
+                                ``keep_versions`` stay (``rw/lazy.squeezed``)
 ``data_fraction``   0.9         above this share a node refuses new non-empty block
                                 versions (``full``: ENOSPC), keeping the rest for metadata
                                 updates, so that files can still be removed and their
