@@ -147,8 +147,9 @@ def verified_step(
     this node's verified flag on, if it hosts it (own verification, or ``b + 1`` identical
     NOTIFYs).  ``poisonous``: versions proven poisonous (deleted if hosted; none of them can
     be at or below a verified mark, which only ever names valid versions).  Then everything
-    below :func:`bftfs.rw.lazy.gc_floor` of the mark is deleted (:func:`collect_step`);
-    ``pins``: snapshot moments whose versions stay (``gc_floor``).
+    below the floor :func:`bftfs.rw.lazy.gc_plan` gives is deleted (:func:`collect_step`),
+    and the versions above it the thinning schedule lets go (:func:`thin_step`); ``pins``:
+    snapshot moments whose versions stay.
     """
     old = verified_of(kv, block)
     if mark > old:
@@ -275,7 +276,7 @@ def unverified_step(
     ``limit`` blocks above ``after`` (the backlog a restarted verifier starts from).
 
     With ``retention``, also when each block's versions kept below its mark for their age
-    may go (:func:`age_revisit`, as :func:`verified_step` computed it before the restart):
+    may go (``GcPlan.revisit_ns``, as :func:`verified_step` computed it before the restart):
     a restarted verifier's revisits, which live in memory (issue 31 item 14)."""
     out: list[tuple[BlockId, Timestamp]] = []
     revisits: list[tuple[BlockId, int]] = []
