@@ -40,8 +40,10 @@ key                 default     meaning
                                 and share one frame per peer, their records one commit
                                 and their NOTIFYs one frame per peer; 1: one at a time
 ``pool_fraction``   0.75        above this share of the LMDB map in use the node verifies
-                                and collects without waiting for idle time and retention
-                                keeps only ``keep_versions`` (the history pool is short)
+                                and collects without waiting for idle time, and history
+                                is thinned oldest first: every tier of ``[retention]``
+                                shortens in proportion until, at ``data_fraction``, only
+                                ``keep_versions`` stay (``rw/lazy.squeezed``)
 ``data_fraction``   0.9         above this share a node refuses new non-empty block
                                 versions (``full``: ENOSPC), keeping the rest for metadata
                                 updates, so that files can still be removed and their
@@ -55,19 +57,33 @@ key                 default     meaning
 ``scrub_rate``      2000        versions a scrub checks per second at most
 ==================  ==========  ==========================================================
 
-Retention (what garbage collection keeps below a version verified complete):
+Retention (what garbage collection keeps below a version verified complete; the thinning
+schedule is ``bftfs/thinning.py``):
 
 ==================  ==========  ==========================================================
 ``keep_seconds``    900         every version younger than this is kept (15 minutes of
                                 history, for ``bftfs log``/restore and for readers racing
                                 with a collection)
+``keep_hourly``     48          beyond that, the newest version of each hour is kept for
+                                this many hours (two days)
+``keep_daily``      7           the newest of each day (UTC) for this many days
+``keep_weekly``     0           the newest of each week (from Monday, UTC) for this many
+                                weeks (0: none)
 ``keep_versions``   2           the newest versions of every block kept whatever their age
 ``forget_seconds``  900         a removed file's or directory's last Q/U version (its
-                                tombstone) stays this long after ``keep_seconds``, then
-                                the nodes forget the object altogether once all of them
-                                agree (docs/qu.md): a handle another mount still holds on
-                                it then answers ESTALE, as on NFS
+                                tombstone) stays this long after its history's horizon,
+                                then the nodes forget the object altogether once all of
+                                them agree (docs/qu.md): a handle another mount still
+                                holds on it then answers ESTALE, as on NFS
 ==================  ==========  ==========================================================
+
+History's *horizon* is the longest of ``keep_seconds``, ``keep_hourly`` hours,
+``keep_daily`` days and ``keep_weekly`` weeks: 7 days by default.  Block contents are
+thinned to the schedule; Q/U versions (metadata, directories, inline files) are kept whole
+up to the horizon (docs/history.md says why).  A ``[retention]`` table written before the
+schedule existed (only ``keep_seconds``, ``keep_versions``, ``forget_seconds``) loads
+unchanged: its ``keep_seconds`` keeps its meaning and the schedule's defaults are added
+above it; ``keep_hourly = 0`` and ``keep_daily = 0`` give the old behaviour back.
 
 Limits (per client principal, on each node; nodes talking to nodes are never limited, see
 ``bftfs/node/limits.py``; a ``0`` rate turns that bucket off):
@@ -108,6 +124,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from bftfs.thinning import Schedule
 
 MODES = ("lazy-coop", "lazy", "write-time", "off")
 #: Largest verification wave: a wave's READs to a peer share one ``rw.batch`` frame, which
@@ -185,15 +203,34 @@ class RetentionPolicy:
     keep_seconds: float = 900.0
     keep_versions: int = 2
     forget_seconds: float = 900.0
+    # The schedule's keys come last, so that positional construction keeps its meaning.
+    keep_hourly: int = 48
+    keep_daily: int = 7
+    keep_weekly: int = 0
 
     def validate(self) -> RetentionPolicy:
         if not 0 <= self.keep_seconds <= 10 * 365 * 86400:
             raise PolicyError("[retention] keep_seconds must be in 0 .. 10 years")
+        for name, most in (("keep_hourly", 24 * 3650), ("keep_daily", 3650), ("keep_weekly", 520)):
+            if not 0 <= getattr(self, name) <= most:
+                raise PolicyError(f"[retention] {name} must be in 0..{most} (0: none)")
         if not 1 <= self.keep_versions <= 1_000_000:
             raise PolicyError("[retention] keep_versions must be at least 1")
         if not 0 <= self.forget_seconds <= 10 * 365 * 86400:
             raise PolicyError("[retention] forget_seconds must be in 0 .. 10 years")
         return self
+
+    def schedule(self) -> Schedule:
+        """The thinning schedule these keys describe (bftfs/thinning.py)."""
+        return Schedule(
+            int(self.keep_seconds * 1e9), self.keep_hourly, self.keep_daily, self.keep_weekly
+        )
+
+    @property
+    def horizon_seconds(self) -> float:
+        """How long a version may be kept as history (the longest tier): what replaces a
+        lone ``keep_seconds`` wherever age alone decides (Q/U versions, tombstones)."""
+        return self.schedule().horizon_ns / 1e9
 
 
 @dataclass(frozen=True)

@@ -312,3 +312,28 @@ def test_the_volume_key_id_survives_rewrites_and_a_bad_one_is_refused(tmp_path: 
         path.write_text(text.replace(cfg.volume_key_id.hex(), bad))
         with pytest.raises(ConfigError, match=why):
             cfgmod.load(path)
+
+
+def test_a_retention_table_from_before_the_schedule_loads(tmp_path: Path) -> None:
+    """Issue 36: a cluster.toml written before the thinning schedule (only keep_seconds,
+    keep_versions, forget_seconds) loads, with the schedule's defaults on top; a wrong
+    schedule value is refused by name."""
+    cfg = init_cluster(tmp_path / "c")
+    path = tmp_path / "c" / "cluster.toml"
+    text = path.read_text()
+    for key in ("keep_hourly", "keep_daily", "keep_weekly"):
+        assert f"{key} = " in text
+    old = "\n".join(
+        line
+        for line in text.splitlines()
+        if not line.startswith("keep_") or line.startswith(("keep_seconds", "keep_versions"))
+    )
+    assert "keep_hourly" not in old and "keep_seconds = 900.0" in old
+    path.write_text(old.replace("keep_seconds = 900.0", "keep_seconds = 1800.0") + "\n")
+    again = cfgmod.load(path)
+    assert again.retention.keep_seconds == 1800.0
+    assert (again.retention.keep_hourly, again.retention.keep_daily) == (48, 7)
+    assert again.retention.horizon_seconds == 7 * 86400 and cfg.retention.keep_seconds == 900.0
+    path.write_text(old.replace("keep_seconds = 900.0", "keep_seconds = 900.0\nkeep_daily = -3"))
+    with pytest.raises(ConfigError, match="keep_daily"):
+        cfgmod.load(path)

@@ -201,7 +201,7 @@ def test_collection_and_discards_give_charges_back() -> None:
         flag=reqs[2].ts,
         poisonous=[reqs[3].ts],
         now_ns=10**18,
-        retention=RetentionPolicy(keep_seconds=0, keep_versions=1),
+        retention=RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0, keep_versions=1),
     )
     assert done.discarded == 1
     assert _consistent(kv) == {ALICE: sizes[2]}

@@ -293,7 +293,9 @@ def test_gc_floor_follows_the_retention_policy(
         hosted[0],
         hosted,
         100 * SEC,
-        RetentionPolicy(keep_seconds=keep_seconds, keep_versions=keep_versions),
+        RetentionPolicy(
+            keep_hourly=0, keep_daily=0, keep_seconds=keep_seconds, keep_versions=keep_versions
+        ),
         pressure=pressure,
     )
     assert floor == hosted[floor_index]
@@ -340,7 +342,7 @@ def test_verified_step_flags_discards_and_collects_in_one_step() -> None:
         flag=stamps[2],
         poisonous=[stamps[3]],
         now_ns=40 * SEC,
-        retention=RetentionPolicy(keep_seconds=0.0, keep_versions=1),
+        retention=RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=1),
     )
     assert (res.flagged, res.discarded, res.collected) == (True, 1, 2)
     assert collect.hosted_step(kv, 1) == [stamps[2]]
@@ -415,7 +417,7 @@ def test_full_refusals_from_more_than_b_nodes_mean_the_storage_is_full() -> None
 
 def test_gc_floor_keeps_the_version_current_at_each_snapshot() -> None:
     hosted = [ts(t * SEC) for t in (100, 90, 75, 60, 50)]
-    policy = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+    policy = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=1)
     # A snapshot at 80 s pins the version of 75 s (the newest at or before it), even under
     # pressure; one before every hosted version pins nothing.
     for pressure in (False, True):

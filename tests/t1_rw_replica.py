@@ -280,7 +280,7 @@ def test_a_given_back_block_of_a_client_short_of_room_keeps_no_history() -> None
     bytes or more here: then they go at once (issue 31).  A live block keeps them."""
     from bftfs.policy import RetentionPolicy
 
-    keep = RetentionPolicy(keep_seconds=900.0, keep_versions=2)
+    keep = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=900.0, keep_versions=2)
     owner = 70000
     for limit, left in ((10**9, 2), (1, 1), (None, 2)):
         kv = MemoryKV()

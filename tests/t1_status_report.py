@@ -249,3 +249,14 @@ def test_catch_up_scrub_and_peer_families_come_from_the_progress_records() -> No
     assert got[("bftfs_node_peer_up", ("1",))] == 0
     assert got[("bftfs_node_peer_last_heard_timestamp_seconds", ("1",))] == 0
     assert got[("bftfs_node_peer_last_heard_timestamp_seconds", ("2",))] == 7.5
+
+
+def test_the_history_each_node_keeps_is_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 36: the bytes of old block versions the thinning schedule keeps, per node."""
+    statuses = [
+        NodeStatus(i, f"127.0.0.1:{7000 + i}", 100 + i, True, node_stats(i), None) for i in range(3)
+    ]
+    statuses[1].stats["progress"]["rw.verify"]["history_bytes"] = 3 * 1024 * 1024  # type: ignore[index]
+    tables.print_nodes(statuses)
+    out = capsys.readouterr().out
+    assert "history (old block versions kept): 0 0 B, 1 3.0 MiB, 2 0 B" in out

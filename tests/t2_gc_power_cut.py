@@ -46,7 +46,7 @@ FILES = 6
 EAGER = VerificationPolicy(
     settle_seconds=0.0, idle_seconds=0.0, fallback_seconds=0.5, stream_seconds=0.0
 )
-KEEP_NEWEST = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+KEEP_NEWEST = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=1)
 
 #: Per block: versions hosted (newest first), collection floor, verified mark.
 Blocks = dict[int, tuple[list[Timestamp], Timestamp, Timestamp]]

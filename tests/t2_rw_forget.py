@@ -51,7 +51,9 @@ def _hosted(cl: Cluster, i: int) -> list:
 async def test_an_empty_version_caught_up_as_the_others_forget_it_is_forgotten(
     tmp_path: Path,
 ) -> None:
-    retention = RetentionPolicy(keep_seconds=0.0, forget_seconds=FORGET_AFTER)
+    retention = RetentionPolicy(
+        keep_hourly=0, keep_daily=0, keep_seconds=0.0, forget_seconds=FORGET_AFTER
+    )
     async with rw_cluster(tmp_path, clients=1, verification=BY_HAND, retention=retention) as (
         cl,
         (writer,),

@@ -22,7 +22,9 @@ from bftfs.qu import schema
 from bftfs.qu.objects import MethodRefused
 
 #: Retention that forgets a removed object within about a second.
-FORGET_SOON = RetentionPolicy(keep_seconds=0.2, keep_versions=1, forget_seconds=0.2)
+FORGET_SOON = RetentionPolicy(
+    keep_hourly=0, keep_daily=0, keep_seconds=0.2, keep_versions=1, forget_seconds=0.2
+)
 
 
 def forgotten(env: Env) -> list[int]:

@@ -37,7 +37,7 @@ OPTIONS: dict[str, Any] = {
     "block_size": BS,
     "inline_limit": 0,
     "verification": EAGER,
-    "retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2),
+    "retention": RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=2),
 }
 
 
@@ -307,7 +307,9 @@ def test_a_dead_flush_s_blocks_past_the_size_are_given_back(tmp_path: Path) -> N
 
 FORGET: dict[str, Any] = {
     **OPTIONS,
-    "retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2, forget_seconds=0.0),
+    "retention": RetentionPolicy(
+        keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=2, forget_seconds=0.0
+    ),
 }
 
 

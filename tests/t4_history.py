@@ -436,7 +436,9 @@ def test_a_node_misdating_old_versions_cannot_date_them_where_others_pruned(
     from bftfs.config import save
     from bftfs.policy import RetentionPolicy
 
-    prune = RetentionPolicy(keep_seconds=0.0, keep_versions=1, forget_seconds=3600.0)
+    prune = RetentionPolicy(
+        keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=1, forget_seconds=3600.0
+    )
     home = tmp_path / "c"
     keep = home / "keep.toml"
     liar = ["--byzantine", "misdate-history"]

@@ -102,7 +102,9 @@ def test_a_restart_inside_the_retention_window_collects_and_forgets_a_removed_fi
         map_size=256 * MIB,
         durable=False,
         verification=FAST_VERIFY,
-        retention=RetentionPolicy(keep_seconds=keep, keep_versions=2, forget_seconds=keep),
+        retention=RetentionPolicy(
+            keep_hourly=0, keep_daily=0, keep_seconds=keep, keep_versions=2, forget_seconds=keep
+        ),
     ) as pc:
         empty = [s["used_bytes"] for s in _stats(pc)]
         with Mount(pc.config, tmp_path / "m", client="client0") as mnt:
@@ -170,7 +172,9 @@ def test_a_node_away_past_the_retention_window_catches_up_and_a_second_failure_r
         map_size=256 * MIB,
         durable=False,
         verification=FAST_VERIFY,
-        retention=RetentionPolicy(keep_seconds=keep, keep_versions=2, forget_seconds=keep),
+        retention=RetentionPolicy(
+            keep_hourly=0, keep_daily=0, keep_seconds=keep, keep_versions=2, forget_seconds=keep
+        ),
     ) as pc:
         # lease=0: every create and removal its own update, so that the history the node
         # would replay is long (directory write-back sends six per update)

@@ -112,7 +112,7 @@ async def test_a_metadata_flooder_gets_edquot_another_client_still_creates(
     async with fs_env(
         tmp_path,
         map_size=MAP,
-        retention=RetentionPolicy(keep_seconds=0.5, keep_versions=1),
+        retention=RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.5, keep_versions=1),
         limits=SMALL_QUOTA,
     ) as env:
         fs, other, cl = env.fss[0], env.fss[1], env.cluster
@@ -188,7 +188,7 @@ async def test_a_client_over_quota_removes_files_and_writes_again(tmp_path: Path
         inline_limit=0,
         map_size=MAP,
         verification=EAGER,
-        retention=RetentionPolicy(keep_seconds=0.0, keep_versions=1),
+        retention=RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=1),
         limits=SMALL_QUOTA,
     ) as env:
         fs, cl = env.fs, env.cluster

@@ -25,7 +25,9 @@ from bftfs.qu import schema
 from bftfs.qu.objects import MethodRefused
 from bftfs.testing.byzantine.qu import make_byzantine
 
-OPTIONS: dict[str, Any] = {"retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2)}
+OPTIONS: dict[str, Any] = {
+    "retention": RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=2)
+}
 SIZES = (0, 100, 3000, 20_000, 70_000)
 #: What a removed object may keep on a node: its history (with the authenticator) and one
 #: version (state with any inline content, applied table, answer).
@@ -154,7 +156,9 @@ def test_a_byzantine_histories_stop_tombstones_and_revive_nothing(tmp_path: Path
 
 
 FORGET: dict[str, Any] = {
-    "retention": RetentionPolicy(keep_seconds=0.0, keep_versions=2, forget_seconds=0.0)
+    "retention": RetentionPolicy(
+        keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=2, forget_seconds=0.0
+    )
 }
 
 
@@ -264,5 +268,7 @@ def test_a_node_restarted_with_tombstones_to_forget_finds_them_by_its_sweep(
     run(
         tmp_path,
         body,
-        retention=RetentionPolicy(keep_seconds=0.0, keep_versions=2, forget_seconds=2.0),
+        retention=RetentionPolicy(
+            keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=2, forget_seconds=2.0
+        ),
     )

@@ -213,7 +213,7 @@ async def drop_notify(ctx: Any, payload: Any, honest: Any) -> Any:
 
 
 async def test_retention_keeps_exactly_what_the_policy_says(tmp_path: Path) -> None:
-    short = RetentionPolicy(keep_seconds=0.0, keep_versions=2)
+    short = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=2)
     async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=short) as (
         cl,
         (writer,),
@@ -240,7 +240,7 @@ async def test_young_versions_are_kept_whatever_their_number(tmp_path: Path) -> 
 
 
 async def test_readers_racing_garbage_collection_see_only_written_values(tmp_path: Path) -> None:
-    short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+    short = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=1)
     async with rw_cluster(tmp_path, clients=2, verification=EAGER, retention=short) as (
         cl,
         (writer, reader),
@@ -284,7 +284,7 @@ async def test_a_budget_forces_verification_without_idle_time(tmp_path: Path) ->
         per_client=4,
         stream_seconds=0.0,  # the budget outside streams (streams: the next test)
     )
-    short = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+    short = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=1)
     async with rw_cluster(tmp_path, clients=1, verification=never_idle, retention=short) as (
         cl,
         (writer,),
@@ -367,7 +367,7 @@ async def test_a_restarted_node_finds_its_unverified_versions_again(tmp_path: Pa
 async def test_versions_kept_for_their_age_go_once_old_without_another_write(
     tmp_path: Path,
 ) -> None:
-    a_second = RetentionPolicy(keep_seconds=1.0, keep_versions=1)
+    a_second = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=1.0, keep_versions=1)
     async with rw_cluster(tmp_path, clients=1, verification=EAGER, retention=a_second) as (
         cl,
         (writer,),

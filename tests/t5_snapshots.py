@@ -28,7 +28,7 @@ from bftfs.rw.client import open_rw_client
 from bftfs.testing.cluster import open_cluster
 
 BS = 4096
-NOTHING_OLD = RetentionPolicy(keep_seconds=0.0, keep_versions=1)
+NOTHING_OLD = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, keep_versions=1)
 
 
 async def save(fs: FileSystem, ino: int, data: bytes) -> int:

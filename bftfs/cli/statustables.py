@@ -193,6 +193,14 @@ def _print_verification(statuses: list[localmod.NodeStatus]) -> None:
         if faults or v["pressure"]:
             pool = "(history pool short) " if v["pressure"] else ""
             faults_seen.append(f"    node {s.id}: {pool}{faults}")
+    # Issue 36: what the thinning schedule keeps of old block versions, per node.
+    history = [
+        f"{s.id} {human(v.get('history_bytes', 0))}"
+        for s in statuses
+        if s.up and (v := ((s.stats or {}).get("progress") or {}).get("rw.verify"))
+    ]
+    if history:
+        print(_wrap_items("  history (old block versions kept): ", history, ", ", 4))
     if faults_seen:
         print("  lazy verification's latest faults:")
         for line in faults_seen:

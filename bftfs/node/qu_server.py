@@ -64,6 +64,7 @@ from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
 from bftfs.node.store import Store
+from bftfs.policy import RetentionPolicy
 from bftfs.qu import past
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import (
@@ -130,13 +131,7 @@ def register(
         return k
 
     if retention is None:  # the cluster's [retention] (policy.py)
-        kept = node.config.retention
-        retention = Retention(
-            keep_last=kept.keep_versions,
-            keep_seconds=kept.keep_seconds,
-            forget_seconds=kept.forget_seconds,
-            pins=pinned_moments,
-        )
+        retention = replica_retention(node.config.retention)
     cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention)
     pruner = Pruner(node, cfg)
     server = QUServer(
@@ -438,3 +433,17 @@ class QUServer:
         except QuorumUnavailable:
             return None
         return votes.result()
+
+
+def replica_retention(kept: RetentionPolicy) -> Retention:
+    """What a node's Q/U replicas keep under the cluster's ``[retention]``: the newest
+    ``keep_versions``, every version up to history's horizon (``horizon_seconds``: Q/U
+    versions are not thinned, since a history read walks the conditioned-on chain and
+    cannot step over a hole; docs/history.md), the snapshots' versions, and a removed
+    object's tombstone ``forget_seconds`` beyond the horizon."""
+    return Retention(
+        keep_last=kept.keep_versions,
+        keep_seconds=kept.horizon_seconds,
+        forget_seconds=kept.forget_seconds,
+        pins=pinned_moments,
+    )

@@ -5,8 +5,8 @@ verification then collects everything below it (node/rw_verifier.py), but the em
 version itself stayed, with the block's floor and verified mark: a few hundred bytes per
 block per node that grew with every file ever removed.  Once such a block is down to its
 verified empty version (``Verified.given_back``) and the version is older than
-``keep_seconds + forget_seconds`` ([retention], policy.py), this task asks every other
-node for its versions of the block (a READ_LATEST witness: history only) and, when all
+history's horizon plus ``forget_seconds`` ([retention], policy.py), this task asks every
+other node for its versions of the block (a READ_LATEST witness: history only) and, when all
 ``n`` list that version alone or nothing (``forget.forget_agreed``), deletes it with the
 floor and the mark in one store transaction (``forget.forget_step``).  The block then
 reads as never written here, which is the same value: the empty block.
@@ -61,7 +61,7 @@ class Forgetter:
     def __init__(self, node: NodeParts) -> None:
         self.node = node
         kept = node.config.retention
-        self.delay_ns = int((kept.keep_seconds + kept.forget_seconds) * 1e9)
+        self.delay_ns = int((kept.horizon_seconds + kept.forget_seconds) * 1e9)
         self.max_fragment = max_fragment_of(node.config)
         #: ``(due ns, block)``, a heap; ``_due`` the entry that counts for each block.
         self._queue: list[tuple[int, int]] = []

@@ -55,6 +55,7 @@ from bftfs.rw.lazy import (
     NotifyBook,
     Pick,
     StreamState,
+    squeezed,
     stream_state,
 )
 from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify, WriteRequest
@@ -109,6 +110,8 @@ def new_progress() -> dict[str, Any]:
         "pressure": False,
         "streaming": False,
         "used_bytes": 0,
+        #: Bytes of block versions kept below their verified mark: history (issue 36).
+        "history_bytes": 0,
         "faults": [],
     }
 
@@ -121,6 +124,9 @@ class Verifier:
         cfg = node.config
         self.policy = cfg.verification
         self.retention = cfg.retention
+        #: What collection keeps now: ``retention``, shortened when the node is short of
+        #: space (``rw.lazy.squeezed``, set with the pressure before each step).
+        self._kept = cfg.retention
         self.me = int(node.id)
         self.peers = [NodeId(i) for i in cfg.node_ids if i != node.id]
         self.backlog = Backlog(self.policy, me=self.me, n=cfg.n, b=cfg.b)
@@ -141,6 +147,8 @@ class Verifier:
         self._wave_client: RWClient | None = None
         #: ``(node clock ns, block)``: blocks whose versions kept for their age may go then.
         self._revisits: list[tuple[int, int]] = []
+        #: Bytes of history per block (versions below the verified mark), where any.
+        self._history: dict[int, tuple[int, tuple[Timestamp, Timestamp] | None]] = {}
         #: Blocks down to their verified empty version are forgotten (node/rw_forgetter.py).
         self.forgetter = Forgetter(node)
         #: A client using this much here (``pool_fraction`` of its quota) is short of
@@ -181,7 +189,7 @@ class Verifier:
             self.book.record(int(sender), block, ts, status)
             blocks.append(block)
         now_ns = self.node.now_ns()
-        pressure = self._pressure()
+        self._pressure()  # sets what retention keeps now
         todo = []
         for block in dict.fromkeys(blocks):
             flag = self.book.flagged(block)
@@ -203,8 +211,7 @@ class Verifier:
                     flag=flag,
                     poisonous=poison,
                     now_ns=now_ns,
-                    retention=self.retention,
-                    pressure=pressure,
+                    retention=self._kept,  # shortened when short of space
                     pins=pinned_moments(kv),
                     owner_limit=self.owner_limit,
                 )
@@ -270,10 +277,11 @@ class Verifier:
             if due > now_ns:
                 return (due - now_ns) / 1e9
             heapq.heappop(self._revisits)
-            pressure = self._pressure()
+            self._pressure()  # sets what retention keeps now
+            kept = self._kept
 
             def step(
-                kv: Any, block: int = block, now_ns: int = now_ns, pressure: bool = pressure
+                kv: Any, block: int = block, now_ns: int = now_ns, kept: Any = kept
             ) -> collect.Verified:
                 return collect.verified_step(
                     kv,
@@ -282,8 +290,7 @@ class Verifier:
                     flag=None,
                     poisonous=(),
                     now_ns=now_ns,
-                    retention=self.retention,
-                    pressure=pressure,
+                    retention=kept,  # shortened when short of space
                     pins=pinned_moments(kv),
                     owner_limit=self.owner_limit,
                 )
@@ -334,7 +341,7 @@ class Verifier:
         if not read:
             return
         now_ns = self.node.now_ns()
-        pressure = self._pressure()
+        self._pressure()  # sets what retention keeps now
 
         def step(kv: Any) -> list[collect.Verified]:
             return [
@@ -345,8 +352,7 @@ class Verifier:
                     flag=outcome.ts if outcome.ts != ZERO else None,
                     poisonous=poison,
                     now_ns=now_ns,
-                    retention=self.retention,
-                    pressure=pressure,
+                    retention=self._kept,  # shortened when short of space
                     pins=pinned_moments(kv),
                     owner_limit=self.owner_limit,
                 )
@@ -449,6 +455,8 @@ class Verifier:
                 self.backlog.wrote(block, ts, ts.writer, now, size=size)
             for block, due in page.revisits:
                 heapq.heappush(self._revisits, (due, block))
+            for block, size in page.history:
+                self._set_history(block, size)
             if page.after is None:
                 break
             after = page.after
@@ -476,13 +484,36 @@ class Verifier:
             self.node.log.debug("node %s: NOTIFY to %s lost: %s", self.node.id, peer, e)
 
     def _pressure(self) -> bool:
+        """Whether the node is short of space (verify without waiting for idle time); sets
+        what retention keeps meanwhile (history thinned oldest first, ``squeezed``)."""
         used = self.node.store.used_recently()
         self.progress["used_bytes"] = used
         pressure = used >= self.policy.pool_fraction * self.node.config.map_size
         self.progress["pressure"] = pressure
+        self._kept = squeezed(self.retention, used, self.node.config.map_size, self.policy)
         return pressure
 
+    def _set_history(
+        self, block: int, size: int, order: tuple[Timestamp, Timestamp] | None = None
+    ) -> None:
+        """Record what ``block``'s history takes here; the total is in the progress.
+
+        ``order``: the step's ``(mark, floor)``.  Steps of one block may be accounted in
+        another order than they committed in (group commit), so a step's figure replaces
+        the recorded one only if it is not older: the mark and the floor only rise, and at
+        the same ones history only shrinks."""
+        old, old_order = self._history.get(block, (0, None))
+        stale = order is not None and old_order is not None and order < old_order
+        if stale or (order is not None and order == old_order and size > old):
+            return
+        if size:
+            self._history[block] = (size, order)
+        else:
+            self._history.pop(block, None)
+        self.progress["history_bytes"] += size - old
+
     def _account(self, res: collect.Verified, block: int) -> None:
+        self._set_history(block, res.history_bytes, (res.mark, res.floor))
         if res.revisit_ns:
             heapq.heappush(self._revisits, (res.revisit_ns, block))
         if res.given_back:

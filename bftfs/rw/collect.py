@@ -4,8 +4,9 @@
   complete, L1540-1542).
 * Lazy verification (node/rw_verifier.py, rw/lazy.py): :func:`verified_step` records a
   version verified complete (and flags it when this node hosts it), discards poisonous
-  versions and collects what the retention policy lets go (:func:`age_revisit`: when what
-  is kept for its age may go); :func:`hosted_step` lists a block's versions;
+  versions and collects what the retention policy and its thinning schedule let go
+  (:func:`thin_step` leaves a record of each hole; ``GcPlan.revisit_ns``: when what is
+  kept for its age may go); :func:`hosted_step` lists a block's versions;
   :func:`unverified_step` pages through the versions not yet verified (the verifier's
   backlog after a restart).
 
@@ -22,12 +23,13 @@ from bftfs import erasure
 from bftfs.kv import KV
 from bftfs.policy import RetentionPolicy
 from bftfs.rw import quota
-from bftfs.rw.lazy import gc_floor
+from bftfs.rw.lazy import GcPlan, gc_plan
 from bftfs.rw.messages import BLOCK_ID_LIMIT, BlockId
 from bftfs.rw.replica import VERSIONS_END, drop_version, flagged, floor_of
 from bftfs.rw.schema import (
     DB_FLAGS,
     DB_FLOOR,
+    DB_THINNED,
     DB_VERIFIED,
     DB_VERSIONS,
     FLAG_VERIFIED,
@@ -60,8 +62,25 @@ def collect_step(kv: KV, block: int, floor: Timestamp) -> Collected:
     doomed = [k for k, _ in kv.scan(DB_VERSIONS, block_prefix(block), version_key(block, floor))]
     for key in doomed:
         drop_version(kv, key)
+    # Holes below the floor need no record any more: the floor says more.
+    for key in [k for k, _ in kv.scan(DB_THINNED, block_prefix(block), version_key(block, floor))]:
+        kv.delete(DB_THINNED, key)
     kv.put(DB_FLOOR, block_prefix(block), floor.encode())
     return Collected(len(doomed), floor)
+
+
+def thin_step(kv: KV, block: int, versions: Iterable[Timestamp]) -> int:
+    """Delete ``versions`` of ``block`` (thinned by the retention schedule, all above the
+    floor and below a version verified complete) and remember each in ``rw.thinned``, so
+    that a read of the past at one of them learns it is gone (``rw.replica.read_step``)
+    instead of taking an older version for it; how many were deleted."""
+    deleted = 0
+    for ts in versions:
+        key = version_key(block, ts)
+        if drop_version(kv, key):
+            kv.put(DB_THINNED, key, b"")
+            deleted += 1
+    return deleted
 
 
 def verified_of(kv: KV, block: int) -> Timestamp:
@@ -95,6 +114,10 @@ class Verified:
     #: The block is down to one empty version (given back), verified or not: it may be
     #: forgotten once the other nodes agree (rw/forget.py).
     given_back: bool = False
+    #: Bytes of the versions kept below the verified mark (history: ``bftfs status``).
+    history_bytes: int = 0
+    #: The block's verified mark after the step.
+    mark: Timestamp = ZERO
 
 
 def verified_step(
@@ -124,8 +147,9 @@ def verified_step(
     this node's verified flag on, if it hosts it (own verification, or ``b + 1`` identical
     NOTIFYs).  ``poisonous``: versions proven poisonous (deleted if hosted; none of them can
     be at or below a verified mark, which only ever names valid versions).  Then everything
-    below :func:`bftfs.rw.lazy.gc_floor` of the mark is deleted (:func:`collect_step`);
-    ``pins``: snapshot moments whose versions stay (``gc_floor``).
+    below the floor :func:`bftfs.rw.lazy.gc_plan` gives is deleted (:func:`collect_step`),
+    and the versions above it the thinning schedule lets go (:func:`thin_step`); ``pins``:
+    snapshot moments whose versions stay.
     """
     old = verified_of(kv, block)
     if mark > old:
@@ -149,14 +173,16 @@ def verified_step(
     if empty and not pressure and owner_limit is not None:
         pressure = _owner_pressed(kv, block, [ts for ts in hosted if ts < mark], owner_limit)
     collected = Collected(0, floor_of(kv, block))
+    plan = GcPlan(ZERO)
     if mark > ZERO:
-        floor = gc_floor(mark, hosted, now_ns, retention, pressure=pressure, pins=pins)
-        collected = collect_step(kv, block, floor)
+        plan = _plan(kv, block, mark, hosted, now_ns, retention, pressure, pins)
+        collected = collect_step(kv, block, plan.floor)
+        collected = Collected(
+            collected.deleted + thin_step(kv, block, plan.thinned), collected.floor
+        )
     left = len(hosted) - collected.deleted
-    below = [ts for ts in hosted if collected.floor <= ts < mark]
-    revisit = 0
-    if not pressure:
-        revisit = age_revisit(hosted, collected.floor, mark, retention, pins)
+    below = [ts for ts in hosted if collected.floor <= ts < mark and ts not in plan.thinned]
+    revisit = 0 if pressure else plan.revisit_ns
     return Verified(
         newly,
         discarded,
@@ -168,7 +194,20 @@ def verified_step(
         # Verified or not: a version caught up as the others forgot the block is never
         # verified here (nothing left to read), and is forgotten all the same (forget.py).
         given_back=left == 1 and _empty_at(kv, block, hosted[0]),
+        history_bytes=_bytes_of(kv, block, below),
+        mark=mark,
     )
+
+
+def _bytes_of(kv: KV, block: int, versions: Iterable[Timestamp]) -> int:
+    """What ``versions`` of ``block`` take in the store (keys and values)."""
+    total = 0
+    for ts in versions:
+        key = version_key(block, ts)
+        raw = kv.get(DB_VERSIONS, key)
+        if raw is not None:
+            total += len(key) + len(raw)
+    return total
 
 
 def _owner_pressed(kv: KV, block: int, versions: Iterable[Timestamp], limit: int) -> bool:
@@ -192,30 +231,25 @@ def _empty_at(kv: KV, block: int, mark: Timestamp) -> bool:
 
 def _retention_below(retention: RetentionPolicy, empty: bool) -> RetentionPolicy:
     """The retention of what lies below a verified version: an empty one on top is a
-    file's contents given back, and nothing below it is kept for its own sake once older
-    than ``keep_seconds``."""
+    file's contents given back, and only one version is kept whatever its age; what the
+    schedule keeps of the contents before stays (a removed file is restored from it)."""
     return replace(retention, keep_versions=1) if empty else retention
 
 
-def age_revisit(
-    hosted: Sequence[Timestamp],
-    floor: Timestamp,
+def _plan(
+    kv: KV,
+    block: int,
     mark: Timestamp,
+    hosted: Sequence[Timestamp],
+    now_ns: int,
     retention: RetentionPolicy,
+    pressure: bool,
     pins: Sequence[int],
-) -> int:
-    """When the versions of a block kept below its verified ``mark`` only for their age
-    (beyond the newest ``keep_versions`` of ``hosted``, descending) may go: node clock ns,
-    0 when none is kept for its age (pure).
-
-    Versions above a snapshot's pinned version stay for it, not for their age: looking
-    again when they age would find them still pinned (a block left alone after the
-    snapshot is deleted is collected at its next verification)."""
-    aged = [ts for ts in hosted[retention.keep_versions :] if floor <= ts < mark]
-    pinned = {next((ts for ts in hosted if ts.time <= t), None) for t in pins}
-    if not aged or floor in pinned:
-        return 0
-    return min(ts.time for ts in aged) + int(retention.keep_seconds * 1e9) + 1
+) -> GcPlan:
+    """:func:`gc_plan` of ``block`` with each hosted version's emptiness read from the store
+    (an empty version never stands for its period: ``thinning.kept_until``)."""
+    solid = [not _empty_at(kv, block, ts) for ts in hosted]
+    return gc_plan(mark, hosted, now_ns, retention, pressure=pressure, pins=pins, solid=solid)
 
 
 @dataclass(frozen=True)
@@ -226,6 +260,8 @@ class Unverified:
     versions: tuple[tuple[BlockId, Timestamp], ...]
     after: BlockId | None
     revisits: tuple[tuple[BlockId, int], ...] = ()
+    #: Bytes of each block's versions below its verified mark (history), where any.
+    history: tuple[tuple[BlockId, int], ...] = ()
 
 
 def unverified_step(
@@ -240,10 +276,11 @@ def unverified_step(
     ``limit`` blocks above ``after`` (the backlog a restarted verifier starts from).
 
     With ``retention``, also when each block's versions kept below its mark for their age
-    may go (:func:`age_revisit`, as :func:`verified_step` computed it before the restart):
+    may go (``GcPlan.revisit_ns``, as :func:`verified_step` computed it before the restart):
     a restarted verifier's revisits, which live in memory (issue 31 item 14)."""
     out: list[tuple[BlockId, Timestamp]] = []
     revisits: list[tuple[BlockId, int]] = []
+    history: list[tuple[BlockId, int]] = []
     start = 0 if after is None else after + 1
     last: BlockId | None = None
     for _ in range(limit):
@@ -255,17 +292,24 @@ def unverified_step(
         block = split_key(first[0])[0]
         mark = verified_of(kv, block)
         hosted: list[Timestamp] = []
+        below = 0
         for key, value in kv.scan(DB_VERSIONS, block_prefix(block), block_end(block)):
             ts = split_key(key)[1]
             hosted.append(ts)
+            if ts < mark:
+                below += len(key) + len(value)
             if ts > mark and not flagged(kv, key, value):
                 out.append((BlockId(block), ts))
+        if below:
+            history.append((BlockId(block), below))
         if retention is not None and mark > ZERO and len(hosted) > 1:
             hosted.reverse()
             kept = _retention_below(retention, _empty_at(kv, block, mark))
-            due = age_revisit(hosted, floor_of(kv, block), mark, kept, pins)
+            # now 0: every revisit the versions' own times call for; a past one is done
+            # at once.
+            due = _plan(kv, block, mark, hosted, 0, kept, False, pins).revisit_ns
             if due:
                 revisits.append((BlockId(block), due))
         last = BlockId(block)
         start = block + 1
-    return Unverified(tuple(out), last, tuple(revisits))
+    return Unverified(tuple(out), last, tuple(revisits), tuple(history))

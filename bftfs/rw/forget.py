@@ -28,9 +28,11 @@ from bftfs.rw.messages import BLOCK_ID_LIMIT, ReadReply
 from bftfs.rw.replica import VERSIONS_END, drop_version
 from bftfs.rw.schema import (
     DB_FLOOR,
+    DB_THINNED,
     DB_VERIFIED,
     DB_VERSIONS,
     StoredVersion,
+    block_end,
     block_prefix,
     split_key,
     version_key,
@@ -99,6 +101,8 @@ def forget_step(kv: KV, block: int, ts: Timestamp) -> int:
     deleted = int(drop_version(kv, version_key(block, ts)))
     deleted += int(kv.delete(DB_FLOOR, block_prefix(block)))
     deleted += int(kv.delete(DB_VERIFIED, block_prefix(block)))
+    for key in [k for k, _ in kv.scan(DB_THINNED, block_prefix(block), block_end(block))]:
+        deleted += int(kv.delete(DB_THINNED, key))
     return deleted
 
 

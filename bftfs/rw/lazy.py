@@ -21,8 +21,9 @@ spec ``pasis-qu-lazy.md`` part B).  The trio driver is ``bftfs/node/rw_verifier.
   which blocks are verified: forced ones first (a budget reached), then the node's own
   blocks with the most unverified versions once their writes settled (high yield first,
   let bursts settle: L1599-1621), then anyone's block whose NOTIFYs are overdue.
-* :func:`gc_floor` - the garbage-collection floor of one block: below a version verified
-  complete (L1540-1542), keeping what the retention policy keeps (spec A.11's "For our FS").
+* :func:`gc_plan` - what garbage collection of one block deletes: below a version verified
+  complete (L1540-1542), keeping what the retention policy and its thinning schedule keep
+  (spec A.11's "For our FS"; issue 36).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import heapq
 import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw.timestamp import ZERO, Timestamp
+from bftfs.thinning import kept_until
 
 VERIFIED = "verified"
 POISONOUS = "poisonous"
@@ -486,6 +488,86 @@ def stream_state(
     return StreamState(streaming, stream_idle if streaming else policy.idle_seconds)
 
 
+@dataclass(frozen=True)
+class GcPlan:
+    """What garbage collection of one block may delete (:func:`gc_plan`)."""
+
+    #: Every version strictly below it may go (rw.floor).
+    floor: Timestamp
+    #: Versions at or above the floor and below the verified version that the thinning
+    #: schedule lets go (holes in history, remembered in rw.thinned), descending.
+    thinned: tuple[Timestamp, ...] = ()
+    #: When the next of the versions kept only by the schedule may go (ns; 0: none).
+    revisit_ns: int = 0
+
+
+def gc_plan(
+    verified: Timestamp,
+    hosted: Sequence[Timestamp],
+    now_ns: int,
+    retention: RetentionPolicy,
+    *,
+    pressure: bool = False,
+    pins: Sequence[int] = (),
+    solid: Sequence[bool] | None = None,
+) -> GcPlan:
+    """What to collect of ``hosted`` (descending), given a verified-complete version.
+
+    Only versions below ``verified`` are ever garbage (L1540-1542): it and everything above
+    stay, so reads of the present never miss what they need.  Below it the block keeps
+    its newest ``keep_versions`` versions, the version current at each snapshot moment in
+    ``pins`` (the newest with Time at or before it: a file's version at the moment reads
+    its blocks as of its ``bt``, at most that Time) and, unless the node is short of space
+    (``pressure``), what the thinning schedule keeps (:func:`bftfs.thinning.kept_until`
+    over the versions' Times, which every node sees alike; ``solid``: per version,
+    whether it is not empty).  The oldest kept version is the floor; versions above it
+    that nothing keeps are ``thinned``.
+    """
+    keep: set[int] = set(range(min(retention.keep_versions, len(hosted))))
+    for t in pins:
+        i = next((i for i, ts in enumerate(hosted) if ts.time <= t), None)
+        if i is not None:
+            keep.add(i)
+    scheduled: set[int] = set()
+    untils: list[int] = []
+    if not pressure:
+        untils = kept_until([ts.time for ts in hosted], retention.schedule(), solid=solid)
+        scheduled = {i for i, u in enumerate(untils) if now_ns < u}
+    below = [i for i, ts in enumerate(hosted) if ts < verified]
+    kept_below = [i for i in below if i in keep or i in scheduled]
+    if not kept_below:
+        return GcPlan(verified if verified > ZERO else ZERO)
+    floor = min(verified, hosted[max(kept_below)])
+    thinned = tuple(hosted[i] for i in below if hosted[i] > floor and i not in keep | scheduled)
+    revisit = min((untils[i] for i in kept_below if i not in keep), default=0)
+    return GcPlan(floor if floor > ZERO else ZERO, thinned, revisit)
+
+
+def squeezed(
+    retention: RetentionPolicy, used: int, map_size: int, v: VerificationPolicy
+) -> RetentionPolicy:
+    """The retention a node short of space applies (pure): history thinned oldest first.
+
+    Below ``pool_fraction`` of the map in use, ``retention`` itself.  From there to
+    ``data_fraction`` (where new block versions are refused) every part of the schedule -
+    the window of every version, the hours, days and weeks - is shortened in proportion,
+    so what goes first is the oldest history on the whole node, whatever block it is of;
+    at ``data_fraction`` only the newest ``keep_versions`` (and snapshots' versions) stay.
+    The newest complete version is never at stake: collection keeps it whatever this
+    says (:func:`gc_plan`)."""
+    low, high = v.pool_fraction * map_size, v.data_fraction * map_size
+    if used < low:
+        return retention
+    share = 0.0 if used >= high or high <= low else 1.0 - (used - low) / (high - low)
+    return replace(
+        retention,
+        keep_seconds=retention.keep_seconds * share,
+        keep_hourly=int(retention.keep_hourly * share),
+        keep_daily=int(retention.keep_daily * share),
+        keep_weekly=int(retention.keep_weekly * share),
+    )
+
+
 def gc_floor(
     verified: Timestamp,
     hosted: Sequence[Timestamp],
@@ -495,27 +577,6 @@ def gc_floor(
     pressure: bool = False,
     pins: Sequence[int] = (),
 ) -> Timestamp:
-    """The floor to collect ``hosted`` (descending) below, given a verified-complete version.
-
-    ``pins``: snapshot moments (ns); the newest version with Time at or before each is kept
-    whatever the pressure (a file's version at the moment reads its blocks as of its ``bt``,
-    which is at most that version or a newer one, all above the floor then).
-
-    Everything strictly below the floor may be deleted.  The floor never exceeds
-    ``verified`` (only versions below a version verified complete are garbage, L1540-1542)
-    and keeps the newest ``keep_versions`` versions and, unless the history pool is short
-    (``pressure``), every version younger than ``keep_seconds``.  :data:`ZERO` means: keep
-    everything.
-    """
-    floor = verified
-    kept = list(hosted[: retention.keep_versions])
-    if not pressure:
-        young_ns = now_ns - int(retention.keep_seconds * 1e9)
-        kept += [ts for ts in hosted if ts.time >= young_ns]
-    for t in pins:
-        pinned = next((ts for ts in hosted if ts.time <= t), None)
-        if pinned is not None:
-            kept.append(pinned)
-    if kept:
-        floor = min(floor, *kept)
-    return floor if floor > ZERO else ZERO
+    """The floor of :func:`gc_plan`: everything strictly below it may be deleted; never
+    above ``verified``; :data:`ZERO` means keep everything."""
+    return gc_plan(verified, hosted, now_ns, retention, pressure=pressure, pins=pins).floor

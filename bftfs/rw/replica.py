@@ -53,6 +53,7 @@ from bftfs.rw.messages import (
 from bftfs.rw.schema import (
     DB_FLAGS,
     DB_FLOOR,
+    DB_THINNED,
     DB_VERSIONS,
     FLAG_VERIFIED,
     SchemaError,
@@ -248,11 +249,31 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
         if first_value is None:
             first_value = value
             verified = flagged(kv, key, value)
+    floor = floor_of(kv, req.block)
+    hole = kv.lower(DB_THINNED, stop)
+    if hole is not None and hole[0].startswith(block_prefix(req.block)):
+        # A thinned version lies in range: what it was cannot be told any more, so this
+        # node answers as if collected up to the next version it hosts above the hole.
+        above = _hosted_above(kv, req.block, bytes(hole[0]))
+        if above is not None and above > floor:
+            floor = above
+            keep = [ts for ts in hist if ts >= floor]
+            if len(keep) < len(hist):
+                hist, more = keep, False
+                if not hist:
+                    first_value, verified = None, False
     cc = frag = None
     if req.data and first_value is not None:
         stored = StoredVersion.decode(first_value)
         cc, frag = stored.cross_checksum, stored.fragment
-    return ReadReply(tuple(hist), more, floor_of(kv, req.block), cc, frag, verified)
+    return ReadReply(tuple(hist), more, floor, cc, frag, verified)
+
+
+def _hosted_above(kv: KV, block: int, key: bytes) -> Timestamp | None:
+    """The oldest version of ``block`` this node hosts above version key ``key``."""
+    for k, _ in kv.scan(DB_VERSIONS, key + b"\x00", block_end(block)):
+        return split_key(k)[1]
+    return None
 
 
 #: Above every version key.

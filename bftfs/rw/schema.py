@@ -38,6 +38,13 @@ when either its value's bit 0 (stores flagged before) or its entry here says so;
 is deleted with the version.  (Added in schema 1 without a version change: a store
 without it has its flags in the values.)
 
+``rw.thinned`` - key: a version key (as in ``rw.versions``); value: empty.  A version the
+retention schedule thinned away (rw/collect.py ``thin_step``): a hole above the floor.
+READ_PREV reports a floor just above the newest hole at or below what it asks for
+(``rw.replica.read_step``), so a read of the past at a thinned version learns that it is
+gone instead of taking an older version for it.  Entries below the floor are deleted
+with it.  (Added in schema 1 without a version change: a store without it has no holes.)
+
 ``rw.charge`` - key: a version key (as in ``rw.versions``); value: 8 bytes owner (the
 principal id the version's bytes are charged to: the client that wrote it, or a node for
 what catch-up and verification stored), 8 bytes size (key plus stored value), both
@@ -64,6 +71,7 @@ DB_VERIFIED = "rw.verified"
 DB_CHARGE = "rw.charge"
 DB_USAGE = "rw.usage"
 DB_FLAGS = "rw.flags"
+DB_THINNED = "rw.thinned"
 #: The in-node scrub's clock (node/rw_scrubber.py): ``since`` (when the node first waited
 #: for a pass) and ``last`` (when its last pass ended), node clock ns, 8 bytes big-endian.
 DB_SCRUB = "rw.scrub"
