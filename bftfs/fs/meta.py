@@ -31,7 +31,7 @@ from bftfs import fsobjects as obj
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
 from bftfs.fs.leases import Leases
-from bftfs.fsobjects.leases import LEASE_SKEW, MAX_TERM
+from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, MAX_TERM
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
@@ -46,6 +46,8 @@ FLUSH_ATTEMPTS = 64
 #: while writing blocks.  A flush takes well under a second; the lease only matters when
 #: its holder died.
 LEASE_NS = 30 * 10**9
+#: Sends of one update whose lease time went stale on the way (:meth:`Meta._with_fresh_lease_time`).
+STALE_LEASE_TIME_TRIES = 3
 #: Backoff between attempts of a contended flush (``qu.core.backoff_delay``): first and
 #: largest delay, seconds.
 BACKOFF_FIRST = 0.002
@@ -224,7 +226,7 @@ class Meta:
         start = time.perf_counter()
         outcome = "unknown"
         try:
-            got = await self._recalling(objects, method, arg)
+            got = await self._with_fresh_lease_time(objects, method, arg)
             outcome = "taken"
             return got
         except MethodRefused as e:
@@ -260,6 +262,26 @@ class Meta:
                 lock.release()
                 if not lock.locked() and not lock.statistics().tasks_waiting:
                     self._object_locks.pop(oid, None)
+
+    async def _with_fresh_lease_time(self, objects: list[int], method: str, arg: Any) -> Any:
+        """:meth:`_recalling`, sent again with a new lease time ``lt`` when more than b
+        nodes refused the one it carried as too far behind their clocks although this
+        mount's clock is not: the time went stale while the update waited (back-offs and
+        repairs under contention on a loaded machine, `t3_fs_locks`' switching Byzantine
+        node).  A refusal changed nothing, and a lease counted from a later time only ends
+        later on the nodes than its holder counts.  A clock truly behind is refused again
+        at once and reported."""
+        for _ in range(STALE_LEASE_TIME_TRIES - 1):
+            try:
+                return await self._recalling(objects, method, arg)
+            except MethodRefused as e:
+                lt = arg.get(LEASE_TIME) if isinstance(arg, dict) else None
+                if e.code != "behind" or not isinstance(lt, int):
+                    raise
+                if self.wall_ns() - lt <= LEASE_SKEW // 2:
+                    raise  # refused while still fresh: this clock is behind theirs
+                arg = {**arg, LEASE_TIME: self.wall_ns()}
+        return await self._recalling(objects, method, arg)
 
     async def _recalling(
         self, objects: list[int], method: str, arg: Any, *, query: int | list[int] | None = None
