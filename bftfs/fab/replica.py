@@ -52,6 +52,7 @@ from bftfs.fab.messages import (
     Rep,
     Reply,
     Request,
+    Signed,
     Snapshot,
     Suspect,
     decode,
@@ -269,31 +270,36 @@ class Replica:
         request = parse_request(m.value)
         return request is not None and verify_any(self.me, self.key, request[1], self.nodes)
 
-    def _on_query(self, sender: int, m: Query) -> str | None:
-        if sender != self.election.leader(m.pn):
-            return f"QUERY for {m.pn} from {sender}, not its leader"
-        moved = self.election.consider(m.pn, m.proof)
+    def _from_regent(
+        self, kind: str, sender: int, pn: int, proof: tuple[Signed, ...]
+    ) -> str | None:
+        """Why a ``kind`` message of regency ``pn`` from ``sender`` is refused (None: it
+        comes from that regency's leader, whose ``proof`` moved this node to ``pn`` if it
+        was behind)."""
+        if sender != self.election.leader(pn):
+            return f"{kind} for {pn} from {sender}, not its leader"
+        moved = self.election.consider(pn, proof)
         if isinstance(moved, str):
             return moved
         if moved:
             self._begin_regency()
-        if self.election.regency != m.pn:
-            return f"QUERY for {m.pn} in regency {self.election.regency}"
+        if self.election.regency != pn:
+            return f"{kind} for {pn} in regency {self.election.regency}"
+        return None
+
+    def _on_query(self, sender: int, m: Query) -> str | None:
+        refused = self._from_regent("QUERY", sender, m.pn, m.proof)
+        if refused is not None:
+            return refused
         body = self.acceptor.rep(m.pn)
         statement = sign(self.me, self.key, body, self.nodes)
         self._send(sender, Rep(statement, self.checkpoints.certificate))
         return None
 
     def _on_new_view(self, sender: int, m: NewView) -> str | None:
-        if sender != self.election.leader(m.pn):
-            return f"NEWVIEW for {m.pn} from {sender}, not its leader"
-        moved = self.election.consider(m.pn, m.proof)
-        if isinstance(moved, str):
-            return moved
-        if moved:
-            self._begin_regency()
-        if self.election.regency != m.pn:
-            return f"NEWVIEW for {m.pn} in regency {self.election.regency}"
+        refused = self._from_regent("NEWVIEW", sender, m.pn, m.proof)
+        if refused is not None:
+            return refused
         digest = check_low(self.me, self.key, self.q, self.nodes, m.low, m.low_certificate)
         if isinstance(digest, str):
             return f"NEWVIEW: {digest}"
