@@ -14,7 +14,7 @@ from bftfs import erasure
 from bftfs.kv import MemoryKV
 from bftfs.policy import PolicyError, RetentionPolicy, VerificationPolicy, verification_from
 from bftfs.rw import collect, replica
-from bftfs.rw.lazy import POISONOUS, VERIFIED, Backlog, NotifyBook, gc_floor, responsible
+from bftfs.rw.lazy import POISONOUS, VERIFIED, Backlog, NotifyBook, gc_plan, responsible
 from bftfs.rw.messages import BlockId, MessageError, Notify, ReadReply, ReadRequest, WriteRequest
 from bftfs.rw.timestamp import ZERO, Timestamp
 
@@ -289,7 +289,7 @@ def test_gc_floor_follows_the_retention_policy(
     keep_seconds: float, keep_versions: int, pressure: bool, floor_index: int
 ) -> None:
     hosted = [ts(t * SEC) for t in (100, 90, 75, 60, 50)]
-    floor = gc_floor(
+    floor = gc_plan(
         hosted[0],
         hosted,
         100 * SEC,
@@ -297,16 +297,16 @@ def test_gc_floor_follows_the_retention_policy(
             keep_hourly=0, keep_daily=0, keep_seconds=keep_seconds, keep_versions=keep_versions
         ),
         pressure=pressure,
-    )
+    ).floor
     assert floor == hosted[floor_index]
 
 
 def test_gc_floor_never_rises_above_the_verified_version() -> None:
     hosted = [ts(t * SEC) for t in (100, 90, 80)]  # 100 and 90 are unverified, newer
     for k, d in itertools.product((1, 2, 3), (0.0, 5.0)):
-        floor = gc_floor(hosted[2], hosted, 100 * SEC, RetentionPolicy(d, k))
+        floor = gc_plan(hosted[2], hosted, 100 * SEC, RetentionPolicy(d, k)).floor
         assert floor <= hosted[2]
-    assert gc_floor(ZERO, [], 0, RetentionPolicy()) == ZERO
+    assert gc_plan(ZERO, [], 0, RetentionPolicy()).floor == ZERO
 
 
 def test_policy_tables_are_checked() -> None:
@@ -421,9 +421,11 @@ def test_gc_floor_keeps_the_version_current_at_each_snapshot() -> None:
     # A snapshot at 80 s pins the version of 75 s (the newest at or before it), even under
     # pressure; one before every hosted version pins nothing.
     for pressure in (False, True):
-        got = gc_floor(hosted[0], hosted, 100 * SEC, policy, pressure=pressure, pins=[80 * SEC])
+        got = gc_plan(
+            hosted[0], hosted, 100 * SEC, policy, pressure=pressure, pins=[80 * SEC]
+        ).floor
         assert got == hosted[2]
-    assert gc_floor(hosted[0], hosted, 100 * SEC, policy, pins=[10 * SEC]) == hosted[0]
+    assert gc_plan(hosted[0], hosted, 100 * SEC, policy, pins=[10 * SEC]).floor == hosted[0]
 
 
 def _due_by_scan(bl: Backlog, now: float) -> tuple[str, set[int]] | None:

@@ -567,16 +567,3 @@ def squeezed(
         keep_weekly=int(retention.keep_weekly * share),
     )
 
-
-def gc_floor(
-    verified: Timestamp,
-    hosted: Sequence[Timestamp],
-    now_ns: int,
-    retention: RetentionPolicy,
-    *,
-    pressure: bool = False,
-    pins: Sequence[int] = (),
-) -> Timestamp:
-    """The floor of :func:`gc_plan`: everything strictly below it may be deleted; never
-    above ``verified``; :data:`ZERO` means keep everything."""
-    return gc_plan(verified, hosted, now_ns, retention, pressure=pressure, pins=pins).floor
