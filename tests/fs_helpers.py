@@ -166,8 +166,11 @@ async def names(fs: FileSystem, ino: int) -> list[bytes]:
 
 # Contention amplified (issue 31, item 11) ---------------------------------------------------
 
-#: The patience each "system call" of :func:`journal_until_contended` gets (a mount's timeo).
-CALL_PATIENCE = 0.2
+#: The patience each "system call" of :func:`journal_until_contended` gets (a mount's timeo,
+#: 10 s by default): short enough that the backoffs below outlast it, long enough that a
+#: loaded machine's fsyncs do not (at 0.2 s, three of six nodes stayed silent through it on
+#: CI, and the create was refused as unavailable).
+CALL_PATIENCE = 1.0
 
 
 async def backoff_past_the_patience(_delay: float) -> None:

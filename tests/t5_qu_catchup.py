@@ -151,17 +151,19 @@ async def test_a_server_cut_off_and_back_catches_up_without_a_restart(tmp_path: 
         # the quorum calls): once they have given up, node 2 has really missed the updates.
         ep = cl.client(0)
         await _until("the stragglers' timeouts", lambda: ep.faults[(2, "timeout")] >= len(changed))
+        at_start = node.progress["qu.catchup"]
         _reconnect(cl, 2)
-        await _until("node 2 rejoins", lambda: node.stats["rejoin.catch_ups"] == 1)
-        await _until(
-            "the second catch-up to finish",
-            lambda: (
-                node.progress["qu.catchup"].get("behind") == len(changed)
-                and node.progress["qu.catchup"]["state"] == "done"
-            ),
-        )
-        assert node.progress["qu.catchup"]["done"] == len(changed)
-        assert node.progress["rejoin"]["state"] == "connected"
+        await _until("node 2 rejoins", lambda: node.stats["rejoin.catch_ups"] >= 1)
+
+        def rejoin_catch_up_done() -> bool:
+            """A catch-up started by the rejoin (a new progress record) has finished.
+            Its count of objects behind is not asserted: on a loaded machine a pass can
+            leave an object failed and retry from a new, shorter scan, and a slow
+            heartbeat can make the node count as cut off once more and start another."""
+            p = node.progress["qu.catchup"]
+            return p is not at_start and p["state"] == "done"
+
+        await _until("a catch-up after the rejoin", rejoin_catch_up_done)
         for o in changed:  # node 2's own store, read directly
             newest = max(e.rh[0].lt for e in c.cached(o).values())
             assert node.store.read(lambda kv, o=o, lt=newest: read_version(kv, o, lt)) == 6
