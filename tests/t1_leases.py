@@ -176,3 +176,28 @@ def test_a_lease_is_one_mounts_and_the_clients_other_mounts_are_held_off_as_othe
     with pytest.raises(MethodRefused) as e:
         update("fs.lease", {DIR: directory()}, A, kind=SHARED, lt=T0, term=S, lm=-1)
     assert e.value.code == "invalid"
+
+
+def _create_in(state: Any, caller: int, at: int, *, inherit: bool, mode: int = 0o644) -> Any:
+    arg: dict[str, Any] = {"name": b"f", "p": DIR, "o": FILE, "mode": st.S_IFREG | mode}
+    arg.update(uid=0, gid=0, rdev=0, d=7, alloc=0, i=b"content", attrs={})
+    arg.update(now=T0 + 5 * S, mtime=T0 + 5 * S, lt=at)
+    if inherit:
+        arg["lx"] = 1
+    new, _ = update("fs.createwrite", {DIR: state, FILE: None}, caller, **arg)
+    return new[FILE]
+
+
+def test_a_file_made_under_the_callers_exclusive_lease_comes_leased_to_it_until_its_end() -> None:
+    """``lx`` (``fs/heldfiles.py``): the new file is leased to the caller exclusively until
+    its lease on the directory ends, never longer; without that lease (none, a shared one,
+    another client's expired one, or one being recalled) the file comes unleased."""
+    x = lease(directory(), A, EXCLUSIVE, T0, term=30 * S)
+    f = _create_in(x, A, T0 + S, inherit=True)
+    assert holders(f) == [[A, EXCLUSIVE, T0 + 30 * S, 0]]
+    assert holders(_create_in(x, A, T0 + S, inherit=False)) == []
+    assert holders(_create_in(lease(directory(), A, SHARED, T0), A, T0 + S, inherit=True)) == []
+    # Another client, once A's lease ended: it made the file, but holds no lease to pass on.
+    assert holders(_create_in(x, B, T0 + 31 * S, inherit=True)) == []
+    recalled, _ = update("fs.recall", {DIR: x}, B, lt=T0 + S)
+    assert holders(_create_in(recalled[DIR], A, T0 + 2 * S, inherit=True)) == []

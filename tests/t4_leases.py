@@ -178,6 +178,43 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
                 assert (b.mountpoint / "d" / name).read_bytes() == b"s" * i
 
 
+def test_a_holder_killed_with_appends_left_to_write_back_loses_only_those(
+    tmp_path: Path,
+) -> None:
+    """Files leased with their create (``fs/heldfiles.py``): the mount holds the file it
+    made, so the close of an append returns before the write is sent.  Killed with
+    ``kill -9`` then, it loses that append, and only that: the other mount waits at most
+    the lease's term and reads what was ``fsync``ed, byte for byte."""
+    term = 20  # (a held close needs more than twice the 3 s margin left of the lease)
+    with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
+        opts = f"allow_other,lease={term},commit=60"
+        with Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b:
+            a = Mount(pc.config, tmp_path / "a", client="client0", options=opts)
+            with a:
+                d = a.mountpoint / "d"
+                d.mkdir()
+                for i in range(6):  # creates until the directory is leased exclusively
+                    (d / f"warm{i}").write_bytes(b"w")
+                    if _leases(pc, a).get("exclusive"):
+                        break
+                _wait("an exclusive lease", 30, lambda: _leases(pc, a).get("exclusive"))
+                for data, sync in ((b"created\n", True), (b"synced\n", True), (b"lost\n", False)):
+                    fd = os.open(d / "log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+                    os.write(fd, data)
+                    if sync:
+                        os.fsync(fd)
+                    os.close(fd)
+                _wait("a close left to write-back", 10, lambda: _leases(pc, a).get("held_closes"))
+                assert a.proc is not None
+                a.proc.kill()  # kill -9 of the daemon: no write-back, no release
+                a.proc.wait()
+            started = time.monotonic()
+            got = (b.mountpoint / "d" / "log").read_bytes()
+            took = time.monotonic() - started
+            assert took <= term + 6, f"waited {took:.1f} s for a {term} s lease"
+            assert got == b"created\nsynced\n", got
+
+
 @pytest.mark.slow
 def test_a_holder_paused_past_its_term_comes_back_without_its_leases(tmp_path: Path) -> None:
     """A holder whose machine pauses (``SIGSTOP`` of its daemon) with creates left to

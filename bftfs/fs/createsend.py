@@ -22,6 +22,7 @@ from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Taken
+from bftfs.fsobjects.leases import INHERIT
 from bftfs.outcome import ClusterUnavailable
 
 if TYPE_CHECKING:
@@ -155,8 +156,23 @@ class CreateSender:
         """``fs.createwrite``: the entry, the attribute object and its content at once
         (the bookkeeping after it is :meth:`FlushEngine._flush_inline`'s)."""
         arg, sent = self._with_content(p, f)
+        inherit = self._inherit(p.parent, arg)
         child, pst = await self.meta.update_now([p.parent, p.oid], "fs.createwrite", arg)
+        self._inherited(inherit, p.parent, [p.oid])
         self._made_with_content(p, f, child, pst, sent)
+
+    def _inherit(self, parent: int, arg: dict[str, Any]) -> bool:
+        """Ask, in a create's ``arg``, that its new files come leased to this mount, when it
+        holds ``parent`` exclusively (``fs/heldfiles.py``); whether it asked."""
+        leases = self.meta.leases
+        if leases is None or leases.exclusive_left(parent) <= 0:
+            return False
+        arg[INHERIT] = 1
+        return True
+
+    def _inherited(self, asked: bool, parent: int, oids: list[int]) -> None:
+        if asked and self.meta.leases is not None:
+            self.meta.leases.inherit(parent, oids)
 
     async def send_many(self, ps: list[PendingCreate]) -> None:
         """``fs.createmany``: several files of one directory in one update (directory
@@ -169,9 +185,11 @@ class CreateSender:
         made = [self._item(p, f) for p, f in zip(ps, files, strict=True)]
         items = [{k: v for k, v in arg.items() if k != "p"} for arg, _ in made]
         arg = {"p": parent, "now": max(item["now"] for item in items), "files": items}
+        inherit = self._inherit(parent, arg)
         stats, pst = await self.meta.update_now(
             [parent, *(p.oid for p in ps)], "fs.createmany", arg
         )
+        self._inherited(inherit, parent, [p.oid for p in ps])
         for p, f, child, (_, sent) in zip(ps, files, stats, made, strict=True):
             if sent is None:
                 self._made(p, child, pst)
@@ -215,7 +233,9 @@ class CreateSender:
         writable = f is not None and p.flags & os.O_ACCMODE != os.O_RDONLY
         if writable:
             arg.update(tok=self.lease_token, lease=LEASE_NS)
+        inherit = self._inherit(p.parent, arg)
         child, pst = await self.meta.update_now([p.parent, p.oid], "fs.create", arg)
+        self._inherited(inherit, p.parent, [p.oid])
         self._made(p, child, pst)
         if f is not None and writable:
             f.lease_until = p.arg["now"] + LEASE_NS

@@ -85,6 +85,7 @@ from bftfs.fs.files import (
 )
 from bftfs.fs.handles import Handles
 from bftfs.fs.handletable import HandleTable
+from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.mounttag import MountTagged
@@ -216,6 +217,11 @@ class FileSystem:
             unlinks.writeback = self.pending.writeback
             self.pending.writeback.send_unlinks = unlinks.send
             self.pending.unlinks = self.names.unlinks = unlinks
+            # ... and the files made there are leased here too: their opens, attributes
+            # and written closes stay in the mount (fs/heldfiles.py).
+            held = HeldFiles(self.meta.leases, commit, self.cache.files, self.handles._flush_file)
+            self.pending.held = self.handles.held = held
+            unlinks.discard_held = held.discard
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance
@@ -387,9 +393,12 @@ class FileSystem:
 
     async def write_back(self) -> None:
         """Send every create directory write-back holds (``fsync`` of a directory: its
-        new names are then on a quorum)."""
+        new names are then on a quorum), and the writes held files' closes left
+        (``fs/heldfiles.py``)."""
         if self.pending.writeback is not None:
             await self.pending.writeback.send_all()
+        if self.handles.held is not None:
+            await self.handles.held.send_all()
 
     async def release(self, fh: int) -> None:
         await self.handles.release(fh)

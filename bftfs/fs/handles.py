@@ -28,6 +28,7 @@ from bftfs.fs.errors import (
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
+from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
@@ -82,6 +83,9 @@ class Handles:
         #: Buffered bytes of a sequentially written file at which a write waits for the
         #: background flush; 0: no write-behind of big files (every flush in the write).
         self.behind_limit = behind_limit
+        #: The files this mount holds exclusively (``fs/heldfiles.py``; None: leases or
+        #: write-back are off).
+        self.held: HeldFiles | None = None
 
     def keep_cache(self, fh: int) -> bool:
         """Whether the kernel may keep its cached pages of this handle's file (FUSE
@@ -206,6 +210,9 @@ class Handles:
         f = self.cache.files.get(ino)
         if f is not None and not truncating and self.pending.reopen_deferred(ino):
             return self.table.new_handle(f, flags)  # a new file not sent yet: all is here
+        kept = self.held.reopen(ino) if self.held is not None and not truncating else None
+        if kept is not None:
+            return self.table.new_handle(kept, flags)  # leased here alone: all is here
         if f is not None and f.buffered:
             await self._flush_file(f)
         if truncating:
@@ -232,9 +239,11 @@ class Handles:
 
         A read through a pending file's handle sends its create first: if another client
         made the name meanwhile (the kernel decided to create on a name it had cached as
-        missing), the read must see that file, as after a synchronous create."""
+        missing), the read must see that file, as after a synchronous create.  Unless the
+        create cannot meet such a name (:meth:`PendingCreates.sure_to_be_made`): then what
+        the mount holds is the file."""
         f, _ = self.table.handle(fh)
-        if self.pending.not_made(f.ino):
+        if self.pending.not_made(f.ino) and not self.pending.sure_to_be_made(f.ino):
             await self.pending.made_file(f)
         f, _ = self.table.handle(fh)
         if offset < 0 or size < 0:
@@ -305,10 +314,22 @@ class Handles:
         await self.engine.behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
-        if failed is not None or durable or not self.pending.defers(f):
+        if failed is not None or durable or not self._may_defer(f):
             await self._flush_file(f)
         if failed is not None:
             raise failed
+
+    def _may_defer(self, f: OpenFile) -> bool:
+        """Whether a close may leave ``f``'s buffered writes for later: its create waits in
+        directory write-back, or the file is leased here exclusively (``fs/heldfiles.py``)."""
+        if self.pending.defers(f):
+            return True
+        return (
+            self.held is not None
+            and f.buffered
+            and not self.pending.not_made(f.ino)
+            and (self.held.defer(f))
+        )
 
     async def _flush_file(self, f: OpenFile) -> None:
         """Flush ``f``: its pending create first, if it has one (with the content, when
@@ -351,7 +372,8 @@ class Handles:
         f, _ = self.table.handle(fh)
         try:
             await self._sync(f, durable=False)
-            if f.lease_until is not None and f.opens == 1:  # created, never written
+            if f.lease_until is not None and f.opens == 1 and not f.buffered:
+                # Created, never written (a held file's writes left for later use it).
                 f.lease_until = None
                 await self.engine.unlock(f)
         except NoSpace:
@@ -362,7 +384,7 @@ class Handles:
             del self.table.handles[fh]
             self.table.cache_current.discard(fh)
             f.opens -= 1
-            if f.opens == 0 and not f.dirty:
+            if f.opens == 0 and not f.dirty and not (self.held and self.held.keep(f)):
                 self.cache.files.pop(f.ino, None)
         if f.opens == 0:
             await self.reclaimer.released(f.ino)

@@ -71,6 +71,9 @@ MAX_ANSWERS = 4096
 GATHER = 0.002
 #: Objects one ``fs.lease`` update asks for at most (``MAX_OBJECTS``).
 BATCH = 8
+#: Files inherited under one directory (:meth:`Leases.inherit`) past which those no longer
+#: held are forgotten.
+MAX_CHILDREN = 4096
 
 Update = Callable[[list[int], str, Any], Awaitable[Any]]
 Query = Callable[[int, str, Any], Awaitable[Any]]
@@ -178,6 +181,9 @@ class Leases:
         self.on_grant: Callable[[list[int]], None] | None = None
         #: What the leases did (``bftfs status``, the benchmarks).
         self.stats: Counter[str] = Counter()
+        #: Files leased with their create under a directory's exclusive lease
+        #: (:meth:`inherit`), by directory: given up with it at its recall.
+        self._children: dict[int, set[int]] = {}
 
     # Answers -------------------------------------------------------------------------
 
@@ -223,6 +229,11 @@ class Leases:
         if _refusal(answer):  # a refusal is kept as it was raised
             return True, MethodRefused(answer.code, answer.message)
         return True, copy.deepcopy(answer)
+
+    def known_absent(self, parent: int, name: bytes) -> bool:
+        """Whether directory ``parent`` has no entry ``name`` on the servers as far as a
+        listing known whole under a live lease tells (``PendingCreates.sure_to_be_made``)."""
+        return self._listed_miss([parent], name, trio.current_time())
 
     def _listed_miss(self, oids: Sequence[int], name: bytes | None, now: float) -> bool:
         """Whether a lookup of ``name`` in directory ``oids[0]`` misses in a listing this
@@ -386,6 +397,29 @@ class Leases:
         h = self._live(oid, now)
         return 0.0 if h is None or h.kind != EXCLUSIVE else h.until - now
 
+    def inherit(self, parent: int, oids: Sequence[int]) -> None:
+        """The servers made ``oids`` leased to this mount exclusively until the end of its
+        exclusive lease on ``parent`` (an update with ``lx``: ``fsobjects.leases``), which
+        is still held: they are held here until the same moment, and given up with it."""
+        h = self._live(parent, trio.current_time())
+        if h is None or h.kind != EXCLUSIVE:
+            # Recalled or ended while the create was on its way: the grants (if the nodes
+            # made them before the recall) are given back, or another client's look at a
+            # file would wait for their term (a recall of a lease not held is ignored).
+            self._spawn(lambda: self._release(list(oids)))
+            return
+        children = self._children.setdefault(parent, set())
+        if len(children) > MAX_CHILDREN:  # those whose lease ended are gone already
+            children.intersection_update(self.held)
+        for oid in oids:
+            self.held[oid] = _Held(trio.current_time(), h.until, EXCLUSIVE, h.wall_until)
+            children.add(oid)
+            self.stats["inherited"] += 1
+
+    def keep_alive(self, oid: int) -> None:
+        """``oid`` is used under its lease without a query: renew it when a third is left."""
+        self._renew_if_due([oid], trio.current_time())
+
     def want_exclusive(self, oid: int) -> None:
         """This mount defers a create or a removal in directory ``oid`` (or would, with an
         exclusive lease: ``fs/writeback.py``): after :data:`USES` of them an exclusive
@@ -526,6 +560,8 @@ class Leases:
         """Stop answering from the leases on ``oids`` now; the kernel forgets what it cached
         under them, then they are released (after what the mount buffered for them)."""
         now = trio.current_time()
+        for parent in list(oids):  # a directory's files leased with their creates go too
+            oids.extend(c for c in self._children.pop(parent, ()) if c in self.held)
         for oid in oids:
             self._drop(oid)
             self._quiet_until[oid] = now + COOLDOWN
@@ -540,6 +576,10 @@ class Leases:
         await self._release(oids)
 
     async def _release(self, oids: list[int]) -> None:
+        if len(oids) > BATCH:
+            for i in range(0, len(oids), BATCH):
+                await self._release(oids[i : i + BATCH])
+            return
         try:
             await self._update(oids, "fs.release", {"lt": self.wall_ns()})
         except Exception as e:  # noqa: BLE001 - the lease then ends at its term

@@ -90,12 +90,18 @@ class Names:
         check that must not rest on a long regular-file timeout).
         """
         f = self.cache.files.get(ino)
-        if f is not None and f.opens:
+        if f is not None and (f.opens or self._held_here(ino)):
             return self.cache.attr(ino, f.st)
         s = await self.cache.stat(ino, within)
         if reached_by_name:  # (not open here: the kernel asks the same for an fstat)
             self.check_reached(ino, s)
         return self.cache.attr(ino, s)
+
+    def _held_here(self, ino: int) -> bool:
+        """Whether this mount holds ``ino`` exclusively: its kept state is the file's
+        (``fs/heldfiles.py``)."""
+        leases = self.meta.leases
+        return leases is not None and leases.exclusive_left(ino) > 0
 
     def check_reached(self, ino: int, s: dict[str, Any]) -> None:
         """Refuse an object that no name reaches (link count 0: unlinked, or a removed
@@ -186,7 +192,11 @@ class Names:
             return await self.getattr(p["p"])
         _check_name(name, self.name_max)
         guess = self.cache.names.get(parent, {}).get(name)
-        if guess is None or self.cache.fresh(guess[0]) is not None:
+        if (
+            guess is None
+            or self.cache.fresh(guess[0]) is not None
+            or (guess[0] in self.cache.files and self._held_here(guess[0]))
+        ):  # the name alone (its answer often leased), then attributes known or fresh
             try:
                 oid, code = await self.meta.query(parent, "fs.lookup", name)
             except NotFound:

@@ -90,10 +90,9 @@ async def open_session(
         try:
             yield Session(fs, qu, rw, ep)
         finally:
-            writeback = fs.pending.writeback
-            if writeback is not None:  # what closes left for write-back goes now
+            if fs.pending.writeback is not None:  # what closes left for write-back goes now
                 with trio.move_on_after(WRITE_BACK_AT_END):
-                    await writeback.send_all()
+                    await fs.write_back()
             if leases is not None:
                 with trio.move_on_after(5):
                     await leases.release_all()

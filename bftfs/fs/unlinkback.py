@@ -106,6 +106,9 @@ class PendingUnlinks:
         self._by_oid: dict[int, PendingUnlink] = {}
         #: Due times and the background sender (set by ``FileSystem`` with write-back).
         self.writeback: WriteBack | None = None
+        #: Drops a closed file this mount holds exclusively, its buffered writes with it,
+        #: when this removal is its last name (``HeldFiles.discard``).
+        self.discard_held: Callable[[int], bool] | None = None
 
     def holds_back(self) -> bool:
         return bool(self._by_oid)
@@ -122,6 +125,8 @@ class PendingUnlinks:
         f = self.cache.files.get(oid)
         if f is not None and f.opens:
             return False
+        if f is not None and self.discard_held is not None and self.discard_held(oid):
+            f = None  # its buffered writes went with it (fs/heldfiles.py)
         # A file whose create waits in write-back may go with its create: it is sent
         # first (:meth:`send`), its content with it.  Any other unsent create or buffered
         # write goes before a removal that waits for nothing.

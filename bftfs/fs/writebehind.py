@@ -68,6 +68,7 @@ from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
     from bftfs.fs.handles import Handles
+    from bftfs.fs.heldfiles import HeldFiles
     from bftfs.fs.unlinkback import PendingUnlinks
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ class PendingCreates:
         self.name_max = obj.NAME_MAX
         #: Removals held back with it (``fs/unlinkback.py``), which calls follow too.
         self.unlinks: PendingUnlinks | None = None
+        #: The files this mount holds exclusively (``fs/heldfiles.py``): their buffered
+        #: writes go before any call on them.
+        self.held: HeldFiles | None = None
         meta.gate = self
 
     def attach(self, handles: Handles) -> None:
@@ -262,10 +266,13 @@ class PendingCreates:
             or self.cache.unmade
             or self._failed
             or (self.unlinks is not None and self.unlinks.holds_back())
+            or (self.held is not None and self.held.holds_back())
         )
 
     async def before_call(self, objects: list[int], arg: Any) -> None:
         names = _names_in(arg)
+        if self.held is not None and self.held.holds_back():
+            await self.held.before(objects)
         if self.unlinks is not None and self.unlinks.holds_back():
             await self.unlinks.before(objects, names, arg)
         await self._before(objects, names, arg)
@@ -422,7 +429,8 @@ class PendingCreates:
             if p.oid not in made:
                 await self._send(p)
             f = self.cache.files.get(p.oid)
-            if f is not None and f.opens == 0 and not f.dirty:
+            kept = f is not None and self.held is not None and self.held.keep(f)
+            if f is not None and f.opens == 0 and not f.dirty and not kept:
                 self.cache.files.pop(p.oid, None)
 
     async def _send_together(self, ps: list[PendingCreate]) -> bool:
@@ -507,6 +515,22 @@ class PendingCreates:
     def not_made(self, ino: int) -> bool:
         """Whether ``ino``'s create is pending or failed (a read sends it first)."""
         return ino in self._pending_oids or ino in self._failed
+
+    def sure_to_be_made(self, ino: int) -> bool:
+        """Whether ``ino``'s pending create cannot find its name taken: this mount holds a
+        lease on the directory and knows its whole listing under it, which lacks the name,
+        and nobody else can add one while the lease runs.  A read of the file may then be
+        answered from what the mount holds, without sending the create first."""
+        p = self._pending_oids.get(ino)
+        leases = self.meta.leases
+        return (
+            p is not None
+            and leases is not None
+            and p.failures == 0
+            and ino not in self._failed
+            and ino not in self._moved
+            and leases.known_absent(p.parent, p.name)
+        )
 
     def aliases_of(self, f: OpenFile) -> list[int]:
         """The object ids of creates whose writes moved to ``f`` (:meth:`CreateSender.collided`)."""

@@ -64,6 +64,10 @@ LEASE_TIME = "lt"
 #: query carries it in an envelope, ``{MOUNT: m, QUERY_ARG: arg}`` (:func:`tag_query`).
 MOUNT = "lm"
 QUERY_ARG = "q"
+#: The argument key of an update asking that the new regular files it makes be leased to
+#: the caller exclusively, until the end of its exclusive lease on another object of the
+#: update (their directory): :func:`_inherited`.
+INHERIT = "lx"
 #: Mount numbers are below this (``fsobjects.limits.MAX_OID``'s range, as lease tokens).
 MAX_MOUNT = 2**63 - 1
 #: Most holders one object records; a further client is refused ``busy`` (it runs uncached).
@@ -149,8 +153,12 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
         me = (caller, _mount(arg))
         made, answer = fn(states, arg)
         new = dict(made)
+        inherit = isinstance(arg, Mapping) and bool(arg.get(INHERIT))
         for oid, state in made.items():
             old = states.get(oid)
+            if inherit and not isinstance(old, dict):
+                new[oid] = _inherited(states, state, me, at)
+                continue
             if _without_leases(state) == _without_leases(old):
                 new[oid] = old
                 continue
@@ -169,6 +177,28 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
 
     update.__doc__ = fn.__doc__
     return update
+
+
+def _inherited(states: States, state: Any, me: Who, at: int | None) -> Any:
+    """A new object ``state`` with the caller's exclusive lease (``INHERIT``), if it is a
+    regular file and the caller holds a live exclusive lease, not being recalled, on an
+    object of the update (its directory, under which it made the file): until that
+    lease's end.  Nobody else can hold a lease on an object that did not exist, and the
+    grant ends no later than one the caller already had, so it takes nothing from anyone;
+    the holder's writes to the file then stay in its mount as its creates did
+    (``fs/heldfiles.py``).  Otherwise the state as made."""
+    if at is None or not isinstance(state, dict) or state.get("k") != "f":
+        return state
+    ends = [
+        h[2]
+        for parent in states.values()
+        if isinstance(parent, dict) and parent.get("lr") is None
+        for h in holders(parent)
+        if who(h) == me and h[1] == EXCLUSIVE and h[2] > at
+    ]
+    if not ends:
+        return state
+    return {**state, "ls": [[me[0], EXCLUSIVE, min(ends), me[1]]]}
 
 
 def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:

@@ -1,0 +1,215 @@
+"""Files this mount holds an exclusive lease on: opens, attributes and closes without a round.
+
+A regular file created by directory write-back under the directory's exclusive lease comes
+leased to this mount exclusively too, until the same end (``fsobjects.leases.INHERIT``,
+:meth:`Leases.inherit`; renewed on use).  While that lease runs no other client can read
+or change the file without recalling it first (``fsobjects.leases.guarded`` and
+``leased``), so what the mount knows of it is the file:
+
+- **Kept**: at its last close the file's state (:class:`OpenFile`: attributes, content of
+  a small file, clean blocks) stays in the mount (at most :data:`MAX_KEPT` files and
+  :data:`MAX_KEPT_BYTES`, the least recently closed go first), so a later ``open`` is
+  answered without the ``fs.open`` round (close-to-open holds: nobody else can have
+  changed it) and ``stat`` from it (``Names.getattr``).
+- **Written back**: the close of a file with buffered writes returns at once; they are sent
+  ``commit`` seconds later (the mount option of directory write-back), or before the
+  lease's end less a margin if sooner, at ``fsync``, before any other call of this mount
+  on the file (the gate: ``PendingCreates.before_call``), before the lease is released (a
+  recall: the release is a gated update on the file) and at unmount.  A reopen writes
+  into the same buffered state.  Bounds as for deferred creates: files of at most
+  :data:`bftfs.fs.writeback.MAX_FILE`, at most :data:`bftfs.fs.writeback.MAX_BYTES`
+  buffered at once.
+- **A crash** of the mount loses the writes of the last ``commit`` seconds that no
+  ``fsync`` covered, as a local file system's crash does; the servers keep the file as
+  it was before them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from bftfs.fs.files import OpenFile
+from bftfs.fs.leases import Leases
+from bftfs.fs.writeback import LEASE_MARGIN, MAX_BYTES, MAX_FILE
+
+log = logging.getLogger(__name__)
+
+#: Closed files whose state the mount keeps while it holds them.
+MAX_KEPT = 1024
+#: Bytes of content and clean blocks the kept files hold at most (the least recently
+#: closed go first).
+MAX_KEPT_BYTES = 64 * 1024 * 1024
+#: Failed sends of one file's writes after which write-back stops trying (they stay
+#: buffered for its next close, ``fsync`` or the unmount).
+MAX_FAILURES = 3
+
+
+class HeldFiles:
+    """The exclusively leased files of one mount: kept when closed, their writes sent when
+    due by a background task (module docstring)."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        commit: float,
+        files: dict[int, OpenFile],
+        flush: Callable[[OpenFile], Awaitable[None]],
+    ) -> None:
+        """``files``: the mount's open and cached files (``MetadataCache.files``), where a
+        kept file stays; ``flush``: sends a file's buffered writes (``Handles._flush_file``)."""
+        self.leases = leases
+        self.commit = commit
+        self.files = files
+        self._flush = flush
+        #: Closed files kept, least recently closed first, with the bytes each keeps.
+        self._kept: OrderedDict[int, int] = OrderedDict()
+        self._kept_bytes = 0
+        #: Files whose buffered writes wait past their close: due time (trio).
+        self._due: dict[int, float] = {}
+        #: Files being sent (their own calls pass the gate).
+        self._sending: set[int] = set()
+        #: Sends of a file that failed in a row.
+        self._failures: dict[int, int] = {}
+        self._wake = trio.Event()
+        self._running = False
+        self.stats = leases.stats
+
+    def holds(self, ino: int) -> bool:
+        """Whether this mount holds ``ino`` exclusively for more than twice the margin."""
+        return self.leases.exclusive_left(ino) > 2 * LEASE_MARGIN
+
+    def reopen(self, ino: int) -> OpenFile | None:
+        """The kept state of ``ino`` for an ``open`` answered without a round, or None."""
+        f = self.files.get(ino)
+        if f is None or f.behind_error is not None or not self.holds(ino):
+            return None
+        self._unkeep(ino)
+        self.leases.keep_alive(ino)
+        self.stats["held_opens"] += 1
+        return f
+
+    def _unkeep(self, ino: int) -> None:
+        self._kept_bytes -= self._kept.pop(ino, 0)
+
+    def keep(self, f: OpenFile) -> bool:
+        """Whether the closed ``f`` stays in the mount (it is held); the least recently
+        closed clean file beyond :data:`MAX_KEPT`, or no longer held, is forgotten."""
+        if f.size > MAX_FILE or not self.holds(f.ino):
+            return False
+        self._unkeep(f.ino)
+        self._kept[f.ino] = f.clean_bytes
+        self._kept_bytes += f.clean_bytes
+        while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+            self._forget(next(iter(self._kept)))
+        return f.ino in self._kept
+
+    def _forget(self, ino: int) -> None:
+        self._unkeep(ino)
+        f = self.files.get(ino)
+        if f is not None and f.opens == 0 and not f.dirty and ino not in self._due:
+            del self.files[ino]
+
+    def defer(self, f: OpenFile) -> bool:
+        """Whether the close of ``f`` may leave its buffered writes to write-back."""
+        if f.ino in self._due:
+            return True
+        left = self.leases.exclusive_left(f.ino)
+        if (
+            left <= 2 * LEASE_MARGIN
+            or f.size > MAX_FILE
+            or f.behind is not None
+            or sum(self.files[i].dirty_bytes for i in self._due if i in self.files) + f.dirty_bytes
+            > MAX_BYTES
+        ):
+            return False
+        self.leases.keep_alive(f.ino)
+        self._due[f.ino] = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
+        self.stats["held_closes"] += 1
+        if not self._running:  # a system task: it needs no nursery and ends with the run
+            self._running = True
+            trio.lowlevel.spawn_system_task(self.run)
+        self._wake.set()
+        return True
+
+    def discard(self, ino: int) -> bool:
+        """A removal of the last name of held, closed ``ino`` is about to be deferred: its
+        buffered writes are dropped with its kept state, as a local file system drops
+        dirty pages of a file deleted before they were written (nobody can read them: no
+        name leads to the file, no handle has it open).  Whether it did."""
+        f = self.files.get(ino)
+        if (
+            f is None
+            or f.opens
+            or ino in self._sending
+            or f.st.get("nl") != 1
+            or not self.holds(ino)
+        ):
+            return False
+        self._due.pop(ino, None)
+        self._unkeep(ino)
+        del self.files[ino]
+        self.stats["held_discarded"] += 1
+        return True
+
+    # The gate ----------------------------------------------------------------------------
+
+    def holds_back(self) -> bool:
+        return bool(self._due)
+
+    async def before(self, objects: list[int]) -> None:
+        """Send the buffered writes of the held files among ``objects`` (a call of this
+        mount on them, or their lease's release, must follow them)."""
+        for ino in objects:
+            if ino in self._due and ino not in self._sending:
+                await self._send(ino)
+
+    # Sending -----------------------------------------------------------------------------
+
+    async def _send(self, ino: int) -> None:
+        self._due.pop(ino, None)
+        f = self.files.get(ino)
+        if f is None:
+            return
+        self._sending.add(ino)
+        try:
+            await self._flush(f)
+            self.stats["held_written_back"] += 1
+            self._failures.pop(ino, None)
+        except BaseException:
+            # Kept buffered and due again shortly, a few times (a file removed meanwhile
+            # may refuse them for good: its writes are then dropped with the warning).
+            self._failures[ino] = self._failures.get(ino, 0) + 1
+            if f.dirty and self._failures[ino] < MAX_FAILURES:
+                self._due[ino] = trio.current_time() + LEASE_MARGIN
+            raise
+        finally:
+            self._sending.discard(ino)
+        if f.opens == 0 and not f.dirty and ino not in self._kept:
+            self._forget(ino)
+
+    async def run(self) -> None:
+        """Send each file's writes when due (a background task for the mount's life; a
+        failure is logged and the file tried again a margin later, its writes kept)."""
+        while True:
+            now = trio.current_time()
+            due = [ino for ino, at in self._due.items() if at <= now]
+            for ino in due:
+                try:
+                    await self._send(ino)
+                except Exception as e:  # noqa: BLE001 - a background task must go on
+                    log.warning("write-back of file %d: %s", ino, e)
+            if due:
+                continue
+            self._wake = trio.Event()
+            nxt = min(self._due.values(), default=float("inf"))
+            with trio.move_on_at(nxt):
+                await self._wake.wait()
+
+    async def send_all(self) -> None:
+        """Send every held file's writes now (unmount, ``fsync`` of a directory)."""
+        for ino in list(self._due):
+            await self._send(ino)

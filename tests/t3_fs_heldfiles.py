@@ -1,0 +1,135 @@
+"""Tier 3: files leased with their create (issue 33, ``fs/heldfiles.py``) on the in-process
+cluster (real node services, TCP, LMDB, keys).
+
+A file that directory write-back made under the directory's exclusive lease comes leased
+to the mount exclusively: its reopens, ``stat`` and written closes need no round, and what
+the closes left goes at ``fsync``, within ``commit`` seconds, or when another client's look
+recalls the lease; another client then reads every byte.  Every wait for a background step
+is a condition polled under a deadline (:func:`until`)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from fs_helpers import Env, run
+from t3_fs_leases import until
+from t3_fs_writeback import exclusive, new_file
+
+from bftfs.fs.errors import NotFound
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fsobjects import ROOT
+
+OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
+
+
+def rounds(fs: FileSystem) -> Counter[str]:
+    """Q/U calls sent to the servers so far, by method (answers from leases left out)."""
+    return Counter({m: k for m, k in fs.meta.methods.items() if not m.startswith("leased ")})
+
+
+async def held_file(fs: FileSystem, directory: int, name: bytes, data: bytes) -> int:
+    """A file made by write-back under ``fs``'s exclusive lease on ``directory``: leased to
+    ``fs`` with its create."""
+    ino = await new_file(fs, directory, name, data)
+    await fs.write_back()
+    leases = fs.meta.leases
+    assert leases is not None and leases.exclusive_left(ino) > 0, "the file came unleased"
+    return ino
+
+
+async def append(fs: FileSystem, ino: int, data: bytes, *, fsync: bool = False) -> None:
+    fh = await fs.open(ino, os.O_WRONLY | os.O_APPEND)
+    await fs.write(fh, 0, data)
+    if fsync:
+        await fs.fsync(fh)
+    await fs.flush(fh)
+    await fs.release(fh)
+
+
+async def read_all(fs: FileSystem, ino: int) -> bytes:
+    fh = await fs.open(ino, os.O_RDONLY)
+    try:
+        return await fs.read(fh, 0, 1 << 20)
+    finally:
+        await fs.release(fh)
+
+
+def test_a_held_file_is_reopened_appended_and_read_without_a_round_then_seen_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """Appends, reads and ``stat`` of a file the mount holds cost no round; another
+    client's open recalls the lease (the directory's, then the file's, given up together),
+    the holder sends the appends first, and the other client reads every byte."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        ino = await held_file(a, d, b"log", b"first\n")
+        before = rounds(a)
+        for k in range(3):
+            await append(a, ino, b"line %d\n" % k)
+        assert await read_all(a, ino) == b"first\nline 0\nline 1\nline 2\n"
+        assert (await a.getattr(ino)).size == 27
+        assert rounds(a) == before, f"rounds: {rounds(a) - before}"
+        ino_b = (await b.lookup(d, b"log")).ino
+        assert await read_all(b, ino_b) == b"first\nline 0\nline 1\nline 2\n"
+        assert (await b.getattr(ino_b)).size == 27
+        leases = a.meta.leases
+        assert leases is not None
+        assert leases.exclusive_left(ino) == 0 and leases.exclusive_left(d) == 0
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_fsync_sends_a_held_files_writes_and_a_later_change_elsewhere_is_seen(
+    tmp_path: Path,
+) -> None:
+    """``fsync`` returns only once the writes are on the servers (one ``fs.write``); after
+    another client changed the file (recalling the lease), the former holder's open asks
+    the servers and sees the change: close-to-open holds both ways."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        ino = await held_file(a, d, b"db", b"v1")
+        writes = a.meta.methods["fs.write"]
+        await append(a, ino, b"+fsynced", fsync=True)
+        assert a.meta.methods["fs.write"] == writes + 1
+        ino_b = (await b.lookup(d, b"db")).ino
+        await append(b, ino_b, b"+b")
+        leases = a.meta.leases
+        assert leases is not None
+        await until("the recall", lambda: leases.exclusive_left(ino) == 0)
+        assert await read_all(a, ino) == b"v1+fsynced+b"
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_held_file_removed_before_its_writes_went_drops_them(tmp_path: Path) -> None:
+    """Removing the only name of a held, closed file whose appends wait drops them with
+    it (no ``fs.write`` ever goes): a local file system's dirty pages of a deleted file.
+    The name is gone for another client too."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        ino = await held_file(a, d, b"tmp", b"scratch")
+        writes = a.meta.methods["fs.write"]
+        await append(a, ino, b" more")
+        await a.unlink(d, b"tmp")
+        leases = a.meta.leases
+        assert leases is not None and leases.stats["held_discarded"] == 1
+        try:
+            await b.lookup(d, b"tmp")
+        except NotFound:
+            pass
+        else:
+            raise AssertionError("the removed name is still there")
+        assert a.meta.methods["fs.write"] == writes
+
+    run(tmp_path, body, fs_options=OPTIONS)
