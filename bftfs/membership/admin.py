@@ -180,9 +180,9 @@ async def push(
     from bftfs.crypto import KeyRing
     from bftfs.net.endpoint import open_endpoint
 
-    spec = cfg.client(as_client)
-    me = Identity.load(spec.id, cfg.client_key_path(as_client))
-    if me.public != spec.public_key:
+    who = cfg.client(as_client)
+    me = Identity.load(who.id, cfg.client_key_path(as_client))
+    if me.public != who.public_key:
         raise KeyFileError(f"{cfg.client_key_path(as_client)} is not client {as_client!r}'s key")
     result = PushResult(number, cfg.q)
     ring = KeyRing(me, cfg.node_public_keys())
@@ -211,13 +211,13 @@ async def push(
     async with open_endpoint(ring, addresses, timeout=timeout, resend_after=0.5) as ep:
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
-                for spec in cfg.nodes:
-                    nursery.start_soon(one, ep, nursery, spec.id)
+                for node in cfg.node_ids:
+                    nursery.start_soon(one, ep, nursery, node)
                 await settled.wait()
                 nursery.cancel_scope.cancel()
-    for spec in cfg.nodes:
-        if spec.id not in result.acked and spec.id not in result.refused:
-            result.unreachable.setdefault(spec.id, "no answer in time")
+    for node in cfg.node_ids:
+        if node not in result.acked and node not in result.refused:
+            result.unreachable.setdefault(node, "no answer in time")
     result.acked.sort()
     return result
 

@@ -566,4 +566,3 @@ def squeezed(
         keep_daily=int(retention.keep_daily * share),
         keep_weekly=int(retention.keep_weekly * share),
     )
-
