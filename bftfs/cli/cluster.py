@@ -492,7 +492,15 @@ def add_client(sub: Any) -> None:
         "name", nargs="?", help="the client's name (add, revoke, rotate; remove = revoke)"
     )
     sp.add_argument(
-        "-o", "--output", type=Path, help="add, rotate: the client's bundle (default NAME.tar.gz)"
+        "-o",
+        "--output",
+        type=Path,
+        help="add, rotate: the client's bundle (default DIR/bundles/NAME.tar.gz)",
+    )
+    sp.add_argument(
+        "--offline",
+        action="store_true",
+        help="issue the view without pushing it (nodes started from this directory take it)",
     )
     sp.add_argument("--as", dest="as_client", help="the client to push the view as")
     with_cluster(sp)

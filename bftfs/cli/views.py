@@ -69,11 +69,18 @@ def client_online(args: argparse.Namespace, cfg: ClusterConfig, path: Path) -> i
         avoid = name
         print(f"view {view.number}: client {name} has a new key; sessions under the old one end")
         _write_bundle(cfg, name, args.output)
+    if getattr(args, "offline", False):
+        print(
+            f"  not pushed (--offline): nodes started from {cfg.home} take view {view.number} "
+            "when they start; `bftfs view push` sends it to running ones"
+        )
+        return 0
     return _push(cfg, blob, view, getattr(args, "as_client", None), avoid)
 
 
 def _write_bundle(cfg: ClusterConfig, name: str, output: Path | None) -> None:
-    out = output or Path(f"{name}.tar.gz")
+    out = output or cfg.home / "bundles" / f"{name}.tar.gz"
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     bundle.write(out, bundle.members(cfg, client=name))
     print(f"  wrote {out}: the configuration, the view and {name}'s private key (keep it secret)")
 
