@@ -183,3 +183,16 @@ def test_a_node_starts_from_the_highest_signed_view_it_has(tmp_path: Path) -> No
         starting_view(cfg, data)
     legacy = replace(cfg, admin_key=None)
     assert starting_view(legacy, data) == (view_of(legacy), None)
+
+
+def test_status_says_which_view_the_nodes_hold() -> None:
+    from bftfs.cli.statustables import view_line
+    from bftfs.local import NodeStatus
+
+    def up(i: int, view: int) -> NodeStatus:
+        return NodeStatus(i, f"h:{i}", None, True, {"view": view}, None)
+
+    assert view_line([up(0, 3), up(1, 3)]) == "  view 3 on every node that is up"
+    behind = view_line([up(0, 3), up(1, 2), NodeStatus(2, "h:2", None, False, None, "down")])
+    assert "views differ" in behind and "node 0 3, node 1 2" in behind
+    assert view_line([]) == "  view: - (no node up)"
