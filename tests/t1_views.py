@@ -196,3 +196,35 @@ def test_status_says_which_view_the_nodes_hold() -> None:
     behind = view_line([up(0, 3), up(1, 2), NodeStatus(2, "h:2", None, False, None, "down")])
     assert "views differ" in behind and "node 0 3, node 1 2" in behind
     assert view_line([]) == "  view: - (no node up)"
+
+
+def test_a_cluster_from_before_views_keeps_working_and_adopts_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Migration (docs/membership.md): a cluster.toml without admin_key is view 1 of its own
+    file; client changes edit it as before; `bftfs view adopt` signs it as view 1."""
+    from bftfs import config as cfgmod
+    from bftfs.cli import main
+    from bftfs.local import init_cluster
+
+    home = tmp_path / "c"
+    cfg = init_cluster(home, clients=2)
+    path = home / "cluster.toml"
+    cfgmod.save(replace(cfg, admin_key=None), path)  # as written before issue 35
+    cfg.view_path.unlink()
+    old = cfgmod.load(path)
+    assert old.admin_key is None and starting_view(old, None) == (view_of(old), None)
+    assert main(["view", "--dir", str(home)]) == 3
+    assert "bftfs view adopt" in capsys.readouterr().err
+    assert main(["client", "add", "laptop", "--dir", str(home)]) == 0
+    assert "restart the nodes" in capsys.readouterr().out
+    assert main(["client", "rotate", "laptop", "--dir", str(home)]) == 2
+    assert main(["view", "adopt", "--dir", str(home)]) == 0
+    adopted = cfgmod.load(path)
+    assert adopted.admin_key is not None
+    view, _ = admin.current(adopted)
+    assert view.number == 1 and [c.name for c in view.clients] == ["client0", "client1", "laptop"]
+    assert main(["view", "adopt", "--dir", str(home)]) == 3  # once
+    capsys.readouterr()
+    assert main(["view", "--json", "--dir", str(home)]) == 0
+    assert '"view": 1' in capsys.readouterr().out
