@@ -19,7 +19,7 @@ import trio
 from bftfs import bundle, local
 from bftfs import config as cfgmod
 from bftfs.config import ClusterConfig
-from bftfs.connect import IdentityRefused, check_identity
+from bftfs.connect import IdentityRefused, check_identity, open_client
 from bftfs.crypto import AdminKey, Identity, KeyRing
 from bftfs.ids import NodeId
 from bftfs.membership import admin
@@ -264,3 +264,28 @@ async def _wait_view(cfg: ClusterConfig, ring: KeyRing, node: NodeId, number: in
                     if (await ep.call(node, "stats", None))["view"] == number:
                         return
                 await trio.sleep(0.2)
+
+
+def test_nodes_that_missed_a_view_learn_it_from_a_client_that_holds_it(tmp_path: Path) -> None:
+    """The view is issued without a push (as if the administrator's machine lost the network
+    right after writing it): no node has it.  A client started from the new configuration
+    meets nodes behind it at its handshakes and hands them its view."""
+    home = tmp_path / "c"
+    with ProcessCluster(home, **OPTIONS):
+        bftfs(home, "client", "add", "erin", "--offline", "-o", str(tmp_path / "erin.tar.gz"))
+        cfg = cfgmod.load(home / "cluster.toml")
+        assert views_held(cfg) == dict.fromkeys(range(6), 1)
+
+        async def as_a_client_of_view_2() -> None:
+            async with open_client(cfg, "client0", timeout=5.0) as ep:
+                for node in cfg.node_ids:  # a handshake with every node
+                    await ep.call(node, "ping", b"")
+                me = Identity.load(cfg.client("client0").id, cfg.client_key_path("client0"))
+                for node in cfg.node_ids:
+                    await _wait_view(cfg, ring_of(cfg, me), node, 2)
+
+        trio.run(as_a_client_of_view_2)
+        assert views_held(cfg) == dict.fromkeys(range(6), 2)
+        erin = Identity.load(cfg.client("erin").id, cfg.client_key_path("erin"))
+        replies = trio.run(ask_each, cfg, ring_of(cfg, erin), "ping", b"")
+        assert sorted(n for n, r in replies.items() if isinstance(r, dict)) == list(range(6))
