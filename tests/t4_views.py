@@ -130,13 +130,21 @@ def test_a_client_added_online_mounts_and_a_revoked_one_is_refused_by_every_node
         bob_cfg = cfgmod.load(bob_host / "cluster.toml")
         with pytest.raises(IdentityRefused, match="revoked in view 3"):
             trio.run(check_identity, bob_cfg, ring_of(bob_cfg, bob))
+        # A node restarted since still holds view 3 and still tells bob why.
+        pc.stop(0)
+        pc.start(0)
+        assert views_held(pc.config, [0]) == {0: 3}
+        after_restart = trio.run(ask_each, cfg, ring_of(cfg, bob), "ping", b"", [0])
+        assert "revoked (not a client of view 3)" in str(after_restart[0])
+        assert isinstance(after_restart[0], SessionRefused)
         # Another client keeps working; what bob wrote is still bob's.
         cfg = cfgmod.load(home / "cluster.toml")
         with Mount(cfg, tmp_path / "m0", client="client0") as m0:
             (m0.mountpoint / "after").write_bytes(b"after the revocation")
             assert (m0.mountpoint / "by-bob").read_bytes() == b"written by a client added online"
         assert set(authors(home, "fs:/by-bob")) == {"bob (removed)"}
-        assert [pc.pid(i) for i in pc.config.node_ids] == pids  # no node restarted
+        # No node restarted for a change (node 0 only when the test restarted it).
+        assert [pc.pid(i) for i in pc.config.node_ids][1:] == pids[1:]
 
 
 def test_a_rotated_key_replaces_the_old_one_online(tmp_path: Path) -> None:

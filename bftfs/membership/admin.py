@@ -115,7 +115,7 @@ def without_client(view: View, name: str) -> View:
         view,
         number=view.number + 1,
         clients=tuple(c for c in view.clients if c.name != name),
-        retired=(*view.retired, Retired(spec.id, spec.name)),
+        retired=(*view.retired, Retired(spec.id, spec.name, spec.public_key)),
     )
 
 

@@ -13,7 +13,9 @@ Signed view format (version :data:`FORMAT`), msgpack throughout::
     body      = [number, t, b, qc, m, nodes, clients, retired]
     nodes     = [[id, host, port, public_key: bin(32)], ...]   ids 0..n-1 in order
     clients   = [[id, name, public_key: bin(32)], ...]         principal ids >= CLIENT_ID_BASE
-    retired   = [[id, name], ...]                              revoked clients (never reused)
+    retired   = [[id, name, public_key: bin(32) | b""], ...]  revoked clients (ids never
+                                                               reused; the key they had, so
+                                                               nodes can tell them why)
     signature = Ed25519(admin, DOMAIN || body)
 
 Every parse problem is one :class:`ViewError`: what a peer sends never raises anything else.
@@ -67,10 +69,13 @@ class ViewClient:
 
 @dataclass(frozen=True)
 class Retired:
-    """A revoked client: its id is never reused and history keeps its name."""
+    """A revoked client: its id is never reused and history keeps its name.  ``public_key``
+    is the key it had (empty for a client revoked before views): a node that restarted can
+    still answer that key's handshake with the reason."""
 
     id: ClientId
     name: str
+    public_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ def encode_body(view: View) -> bytes:
         view.m,
         [[int(n.id), n.host, n.port, n.public_key] for n in view.nodes],
         [[int(c.id), c.name, c.public_key] for c in view.clients],
-        [[int(r.id), r.name] for r in view.retired],
+        [[int(r.id), r.name, r.public_key] for r in view.retired],
     ]
     return msgpack.packb(body, use_bin_type=True)
 
@@ -178,6 +183,10 @@ def _key(v: Any, what: str) -> bytes:
     return v
 
 
+def _old_key(v: Any) -> bytes:
+    return b"" if v == b"" else _key(v, "retired key")
+
+
 def _rows(v: Any, width: int, what: str) -> list[list[Any]]:
     if not isinstance(v, list) or not all(isinstance(r, list) and len(r) == width for r in v):
         raise ViewError(f"view: {what} must be a list of {width}-item lists")
@@ -199,8 +208,8 @@ def _view_of(body: Any) -> View:
         for i, nm, k in _rows(body[6], 3, "clients")
     )
     retired = tuple(
-        Retired(ClientId(_int(i, "retired id")), _str(nm, "retired name"))
-        for i, nm in _rows(body[7], 2, "retired")
+        Retired(ClientId(_int(i, "retired id")), _str(nm, "retired name"), _old_key(k))
+        for i, nm, k in _rows(body[7], 3, "retired")
     )
     return View(number, t, b, qc, m, nodes, clients, retired)
 

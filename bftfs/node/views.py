@@ -82,6 +82,12 @@ class NodeViews:
         """Serve ``view.get``/``view.install`` and hear callers' view numbers."""
         self._node = node
         node.server.view_number = self.number
+        for r in self.view.retired:  # revoked before this start: still told why
+            if r.public_key:
+                node.server.refused[r.id] = (
+                    pairwise_key(node.keyring.me, r.public_key),
+                    f"revoked (not a client of view {self.number})",
+                )
         node.server.on_peer_view = self._heard
         node.register("view.get", self._get, inline=True)
         node.register("view.install", self._install)
