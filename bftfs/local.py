@@ -349,7 +349,7 @@ def remove_cluster(home: Path) -> list[int]:
     stopped = stop_nodes(cfg)
     for spec in cfg.nodes:
         shutil.rmtree(spec.data_dir, ignore_errors=True)
-    for name in ("clients", "mounts", "volume", "admin"):
+    for name in ("clients", "mounts", "volume", "admin", "bundles"):
         shutil.rmtree(cfg.home / name, ignore_errors=True)
     cfg.view_path.unlink(missing_ok=True)
     config_path(cfg.home).unlink(missing_ok=True)
