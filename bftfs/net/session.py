@@ -288,11 +288,13 @@ async def server_handshake(
     if len(frame) > MAX_HELLO or len(frame) <= MAC_SIZE:
         raise FrameError("malformed", "hello of wrong size")
     msg = unpack(frame[:-MAC_SIZE])
-    if not isinstance(msg, list) or len(msg) != 6 or msg[1] != "hello":
+    if not isinstance(msg, list) or len(msg) not in (5, 6) or msg[1] != "hello":
         raise FrameError("malformed", "not a hello")
-    ver, _, c_pid, s_pid, nonce_c, peer_view = msg
-    if ver != WIRE_VERSION:
-        raise FrameError("version", f"wire version {ver!r}, we speak {WIRE_VERSION}")
+    if msg[0] != WIRE_VERSION:  # (a version-3 hello has 5 items: counted as a version)
+        raise FrameError("version", f"wire version {msg[0]!r}, we speak {WIRE_VERSION}")
+    if len(msg) != 6:
+        raise FrameError("malformed", "not a hello")
+    _, _, c_pid, s_pid, nonce_c, peer_view = msg
     if not isinstance(c_pid, int) or isinstance(c_pid, bool):
         raise FrameError("malformed", "client id")
     if not isinstance(nonce_c, bytes) or len(nonce_c) != NONCE_SIZE:
