@@ -36,7 +36,8 @@ def _relative(cfg: ClusterConfig, home: Path) -> ClusterConfig:
 def members(
     cfg: ClusterConfig, *, node: int | None = None, client: str | None = None
 ) -> dict[str, bytes]:
-    """The files of a bundle by their path inside it: ``cluster.toml`` and one private key;
+    """The files of a bundle by their path inside it: ``cluster.toml``, the signed view
+    (``view.signed``, when the cluster has views) and one private key;
     a client's of a sealed cluster also the volume key and those it had before rotations
     (docs/confidentiality.md), which a node's never holds.
 
@@ -65,6 +66,8 @@ def members(
         "cluster.toml": text.encode(),
         str(key_dst.relative_to(home)): key_src.read_bytes(),
     }
+    if cfg.view_path.exists():  # public, believed for its signature; never the admin key
+        files[cfg.view_path.name] = cfg.view_path.read_bytes()
     if client is not None and cfg.sealed:
         volume_dst = rel.volume_key_path.relative_to(home)
         files[str(volume_dst)] = cfg.volume_key_path.read_bytes()
@@ -93,6 +96,7 @@ def write(out: Path, files: dict[str, bytes]) -> None:
                     tar.addfile(info)
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), now
-            info.mode = 0o644 if name == "cluster.toml" else 0o600  # keys, the volume key
+            public = name in ("cluster.toml", "view.signed")
+            info.mode = 0o644 if public else 0o600  # keys, the volume key
             tar.addfile(info, io.BytesIO(data))
     tmp.replace(out)

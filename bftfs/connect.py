@@ -13,7 +13,7 @@ from bftfs.crypto import Identity, KeyRing
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.errors import TransportError
 from bftfs.net.frames import DEFAULT_MAX_FRAME, FrameReader
-from bftfs.net.session import client_handshake
+from bftfs.net.session import SessionRefused, client_handshake
 
 
 class IdentityRefused(TransportError):
@@ -45,10 +45,15 @@ def client_identity(config: ClusterConfig, name: str) -> Identity:
 async def open_client(
     config: ClusterConfig, name: str = "client0", **endpoint_options: Any
 ) -> AsyncIterator[Endpoint]:
-    """An :class:`Endpoint` speaking to every node as client ``name``."""
+    """An :class:`Endpoint` speaking to every node as client ``name``, tracking views
+    (``membership/client.py``: it learns newer views from nodes, tells nodes behind)."""
+    from bftfs.membership.client import ClientViews
+
+    views = ClientViews(config)
     ring = KeyRing(client_identity(config, name), config.node_public_keys())
     addresses = {s.id: (s.host, s.port) for s in config.nodes}
     async with open_endpoint(ring, addresses, **endpoint_options) as ep:
+        views.attach(ep)
         yield ep
 
 
@@ -63,6 +68,7 @@ async def check_identity(config: ClusterConfig, ring: KeyRing, timeout: float = 
     """
     refused: list[int] = []
     accepted: list[int] = []
+    reasons: list[str] = []  # what nodes that refuse by a view said
 
     async def one(spec: NodeSpec) -> None:
         node = spec.id
@@ -76,6 +82,9 @@ async def check_identity(config: ClusterConfig, ring: KeyRing, timeout: float = 
                     accepted.append(node)
                 finally:
                     await stream.aclose()
+        except SessionRefused as e:
+            refused.append(node)
+            reasons.append(str(e))
         except TransportError:
             refused.append(node)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError):
@@ -84,6 +93,8 @@ async def check_identity(config: ClusterConfig, ring: KeyRing, timeout: float = 
     async with trio.open_nursery() as nursery:
         for spec in config.nodes:
             nursery.start_soon(one, spec)
+    if refused and not accepted and reasons:
+        raise IdentityRefused(f"client {ring.me.pid} is refused: {min(reasons)}")
     if refused and not accepted:
         raise IdentityRefused(
             f"nodes {sorted(refused)} refused the identity of client {ring.me.pid}: its key is "

@@ -29,8 +29,9 @@ from nacl.bindings import (
     crypto_aead_aegis256_NPUBBYTES,
     crypto_scalarmult,
 )
-from nacl.exceptions import CryptoError
+from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PrivateKey
+from nacl.signing import SigningKey, VerifyKey
 
 from bftfs.ids import PrincipalId
 
@@ -261,6 +262,58 @@ def unseal(key: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
         raise SealError("a sealed value does not open: changed, or under another key") from None
 
 
+#: Length of an Ed25519 signature (an administrator's, over a view: bftfs/membership).
+SIGNATURE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class AdminKey:
+    """The administrator's Ed25519 signing key: what makes a view believable (seed 000's
+    administrator; docs/membership.md).  ``bftfs init`` makes it in the operator's
+    directory; no node or client bundle ever carries it, so no node can sign a view."""
+
+    seed: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> AdminKey:
+        """A fresh random administrator key."""
+        return cls(bytes(SigningKey.generate()))
+
+    @property
+    def public(self) -> bytes:
+        """The 32-byte verifying key that goes into ``[cluster] admin_key``."""
+        return bytes(SigningKey(self.seed).verify_key)
+
+    def sign(self, data: bytes) -> bytes:
+        """The detached 64-byte signature of ``data``."""
+        return SigningKey(self.seed).sign(data).signature
+
+    def save(self, path: Path) -> None:
+        """Write the key to ``path`` with mode 0600."""
+        save_secret(path, self.seed)
+
+    @classmethod
+    def load(cls, path: Path) -> AdminKey:
+        """Read a key written by :meth:`save`.
+
+        Raises:
+            KeyFileError: missing, malformed or readable by others.
+        """
+        return cls(load_secret(path))
+
+
+def signature_ok(public: bytes, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``public``'s Ed25519 signature of ``data``; any malformed
+    key or signature is simply not a valid one (what a peer sends must not raise)."""
+    if len(public) != KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        VerifyKey(public).verify(data, signature)
+    except (BadSignatureError, ValueError, TypeError, CryptoError):
+        return False
+    return True
+
+
 def pairwise_key(me: Identity, peer_public: bytes) -> bytes:
     """The symmetric key ``me`` shares with the owner of ``peer_public``.
 
@@ -287,6 +340,14 @@ class KeyRing:
         # A principal also "shares" a key with itself (used for a node's own authenticator
         # entry in Q/U, where the seed's vector has one MAC per server including itself).
         self._keys[me.pid] = derive(me.private, b"bftfs-self")
+
+    def replace_peers(self, peers: Mapping[PrincipalId, bytes]) -> None:
+        """Take ``peers`` as the principals this ring talks to from now on (a new view:
+        bftfs/membership), in place, so every holder of the ring sees the change at once:
+        a principal no longer among them has no key, whatever its connections did before."""
+        keys = {pid: pairwise_key(self.me, pub) for pid, pub in peers.items() if pid != self.me.pid}
+        keys[self.me.pid] = self._keys[self.me.pid]
+        self._keys = keys
 
     def key(self, peer: PrincipalId) -> bytes | None:
         """The key shared with ``peer``, or None when ``peer`` is unknown."""

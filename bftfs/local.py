@@ -44,8 +44,9 @@ from bftfs.config import (
     default_sizes,
 )
 from bftfs.connect import open_client
-from bftfs.crypto import Identity, VolumeKey
+from bftfs.crypto import AdminKey, Identity, VolumeKey
 from bftfs.ids import NodeId, client_id
+from bftfs.membership.admin import init_view
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
 
@@ -236,6 +237,7 @@ def init_cluster(
     node_ids = [Identity.generate(NodeId(i)) for i in range(n_)]
     client_ids = [Identity.generate(client_id(k)) for k in range(clients)]
     volume = VolumeKey.generate() if seal else None
+    admin = AdminKey.generate()
     cfg = ClusterConfig(
         t=t,
         b=b,
@@ -259,8 +261,12 @@ def init_cluster(
         limits=(limits or LimitsPolicy()).validate(),
         volume_key_id=None if volume is None else volume.key_id,
         metrics=metrics or MetricsConfig(),
+        admin_key=admin.public,
     ).validate()
     home.mkdir(parents=True, exist_ok=True)
+    # The administrator key stays here, in the operator's directory: no bundle carries it.
+    admin.save(cfg.admin_key_path)
+    init_view(cfg, admin)
     if volume is not None:
         volume.save(cfg.volume_key_path)
     for spec, ident in zip(cfg.nodes, node_ids, strict=True):
@@ -343,8 +349,9 @@ def remove_cluster(home: Path) -> list[int]:
     stopped = stop_nodes(cfg)
     for spec in cfg.nodes:
         shutil.rmtree(spec.data_dir, ignore_errors=True)
-    for name in ("clients", "mounts", "volume"):
+    for name in ("clients", "mounts", "volume", "admin", "bundles"):
         shutil.rmtree(cfg.home / name, ignore_errors=True)
+    cfg.view_path.unlink(missing_ok=True)
     config_path(cfg.home).unlink(missing_ok=True)
     return stopped
 

@@ -49,6 +49,7 @@ def test_a_node_bundle_holds_the_configuration_and_that_key_only(tmp_path: Path)
         assert sorted(m.name for m in tar.getmembers() if m.isfile()) == [
             "cluster.toml",
             "node4/private/key",
+            "view.signed",  # public: believed for the administrator's signature
         ]
         tar.extractall(host, filter="data")
     unpacked = config.load(host / "cluster.toml")
@@ -62,7 +63,12 @@ def test_a_node_bundle_holds_the_configuration_and_that_key_only(tmp_path: Path)
 def test_a_client_bundle_and_refusals(tmp_path: Path) -> None:
     cfg = local.init_cluster(tmp_path / "c", map_size=1 << 26)
     files = bundle.members(cfg, client="client1")
-    assert sorted(files) == ["clients/client1/private/key", "cluster.toml", "volume/private/key"]
+    assert sorted(files) == [
+        "clients/client1/private/key",
+        "cluster.toml",
+        "view.signed",
+        "volume/private/key",
+    ]
     with pytest.raises(ConfigError):
         bundle.members(cfg, client="nobody")
     with pytest.raises(ConfigError, match="no node 6"):
@@ -103,6 +109,7 @@ def test_an_unsealed_cluster_has_no_key_and_a_wrong_key_is_refused(tmp_path: Pat
     assert sorted(bundle.members(plain, client="client0")) == [
         "clients/client0/private/key",
         "cluster.toml",
+        "view.signed",
     ]
     sealed = local.init_cluster(tmp_path / "s", map_size=1 << 26)
     other = local.init_cluster(tmp_path / "o", map_size=1 << 26)

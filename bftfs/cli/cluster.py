@@ -294,8 +294,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    """``bftfs client add|remove|list``: client identities, each id given once for the life
-    of the cluster (a removed client's id is retired, never handed to the next one)."""
+    """``bftfs client add|revoke|rotate|remove|list``: client identities, each id given once
+    for the life of the cluster (a removed client's id is retired, never handed to the next
+    one).  A cluster with views changes them online (``cli/views.py``); one from before
+    views edits ``cluster.toml`` for the nodes' next start."""
     cfg, path = cluster_of(args)
     if args.action == "list":
         print(f"{'ID':>4}  NAME")
@@ -306,13 +308,21 @@ def cmd_client(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise QuietError(f"bftfs client {args.action}: which client? (a NAME)", 2)
+    if cfg.admin_key is not None:
+        from bftfs.cli.views import client_online
+
+        return client_online(args, cfg, path)
+    if args.action == "rotate":
+        raise QuietError(
+            "bftfs client rotate needs views: `bftfs view adopt` first (docs/membership.md)", 2
+        )
     if args.action == "add":
         spec = localmod.add_client(cfg, path, args.name)
         print(
             f"added client {spec.name} (id {spec.id - CLIENT_ID_BASE}); its key: "
             f"{cfg.client_key_path(spec.name)}"
         )
-    else:
+    else:  # remove, revoke
         gone = localmod.remove_client(cfg, path, args.name)
         print(
             f"removed client {gone.name} (id {gone.id - CLIENT_ID_BASE}, never reused) and "
@@ -474,9 +484,24 @@ def add_client(sub: Any) -> None:
     """``bftfs client add|remove|list``."""
     sp = sub.add_parser(
         "client",
-        help="add, remove (revoke) or list client identities; ids are never reused",
+        help="add, revoke, rotate the key of, or list clients, online (a new view); "
+        "ids are never reused",
     )
-    sp.add_argument("action", choices=("add", "remove", "list"))
-    sp.add_argument("name", nargs="?", help="the client's name (add, remove)")
+    sp.add_argument("action", choices=("add", "revoke", "rotate", "remove", "list"))
+    sp.add_argument(
+        "name", nargs="?", help="the client's name (add, revoke, rotate; remove = revoke)"
+    )
+    sp.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="add, rotate: the client's bundle (default DIR/bundles/NAME.tar.gz)",
+    )
+    sp.add_argument(
+        "--offline",
+        action="store_true",
+        help="issue the view without pushing it (nodes started from this directory take it)",
+    )
+    sp.add_argument("--as", dest="as_client", help="the client to push the view as")
     with_cluster(sp)
     sp.set_defaults(func=cmd_client)

@@ -160,11 +160,24 @@ def print_nodes(statuses: list[localmod.NodeStatus]) -> None:
     if details:
         for line in details:
             print(_fit(line, 8))
+    print(view_line(statuses))
     where = {s.id: (s.stats or {}).get("metrics") for s in statuses if s.up}
     serving = [f"{i} {address}" for i, address in where.items() if address]
     if serving:
         print(_wrap_items("  metrics (node address): ", serving, ", ", 4))
     _print_verification(statuses)
+
+
+def view_line(statuses: list[localmod.NodeStatus]) -> str:
+    """The views the nodes that are up hold (docs/membership.md): one number when they
+    agree, each node's when a node is behind (it fetches the newer one from a peer)."""
+    held = {s.id: (s.stats or {}).get("view", 1) for s in statuses if s.up}
+    if not held:
+        return "  view: - (no node up)"
+    if len(set(held.values())) == 1:
+        return f"  view {next(iter(held.values()))} on every node that is up"
+    each = ", ".join(f"node {i} {v}" for i, v in sorted(held.items()))
+    return f"  views differ (a node behind fetches the newest from a peer): {each}"
 
 
 def _print_verification(statuses: list[localmod.NodeStatus]) -> None:

@@ -213,6 +213,10 @@ class ClusterConfig:
     previous_volume_key_ids: tuple[bytes, ...] = field(default=(), repr=False)
     #: ``[metrics]``: where nodes and mounts serve Prometheus metrics (off by default).
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: ``[cluster] admin_key``: the administrator's public (Ed25519) key, which signs every
+    #: view (docs/membership.md); None: a cluster made before views, whose membership is
+    #: this file's until ``bftfs view adopt`` gives it one.
+    admin_key: bytes | None = field(default=None, repr=False)
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -305,6 +309,17 @@ class ClusterConfig:
         """Where clients keep the volume key (in client bundles; never on a node)."""
         return self.home / "volume" / "private" / "key"
 
+    @property
+    def admin_key_path(self) -> Path:
+        """Where the operator keeps the administrator's private key (never in a bundle)."""
+        return self.home / "admin" / "private" / "key"
+
+    @property
+    def view_path(self) -> Path:
+        """The newest signed view the operator issued, beside ``cluster.toml`` (bundles
+        carry it: it is public, and believed for its signature)."""
+        return self.home / "view.signed"
+
     def previous_volume_key_path(self, key_id: bytes) -> Path:
         """Where clients keep a volume key from before a rotation."""
         return self.home / "volume" / "private" / "previous" / key_id.hex()
@@ -363,6 +378,8 @@ class ClusterConfig:
                     f"volume_key_id must be {VOLUME_KEY_ID_SIZE * 2} hex digits, "
                     f"got {len(key_id) * 2}"
                 )
+        if self.admin_key is not None and len(self.admin_key) != 32:
+            raise ConfigError("admin_key must be 64 hex digits")
         if self.previous_volume_key_ids and self.volume_key_id is None:
             raise ConfigError("previous_volume_key_ids without a volume_key_id")
         self.metrics.validate(n)

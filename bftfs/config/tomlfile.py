@@ -34,6 +34,7 @@ _CLUSTER_KEYS = {
     "next_client",
     "volume_key_id",
     "previous_volume_key_ids",
+    "admin_key",
 }
 _NODE_KEYS = {"id", "address", "public_key", "data_dir"}
 _CLIENT_KEYS = {"id", "name", "public_key"}
@@ -50,6 +51,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         *("verification", "retention", "limits", "retired_clients", "next_client"),
         "volume_key_id",
         "previous_volume_key_ids",
+        "admin_key",
         "metrics",
         *_METRICS_KEYS,
     }
@@ -156,6 +158,9 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         volume_key_id=_key_id(c.get("volume_key_id")),
         previous_volume_key_ids=_key_ids(c.get("previous_volume_key_ids", [])),
         metrics=_metrics_from(doc.get("metrics")),
+        admin_key=(
+            None if c.get("admin_key") is None else _hexkey("[cluster] admin_key", c["admin_key"])
+        ),
     ).validate()
 
 
@@ -282,6 +287,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
                 if cfg.previous_volume_key_ids
                 else {}
             ),
+            **({} if cfg.admin_key is None else {"admin_key": cfg.admin_key.hex()}),
         },
         "nodes": [
             {

@@ -30,7 +30,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,7 +49,7 @@ from bftfs.net.frames import (
     FrameReader,
 )
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
-from bftfs.net.session import client_handshake
+from bftfs.net.session import SessionRefused, client_handshake
 from bftfs.outcome import bounded, progressed
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,10 @@ class Endpoint:
         #: Receives each authenticated push with the node that sent it (connection.py); may
         #: be set or replaced later, and then applies to the open connections too.
         self.on_push = on_push
+        #: The number of the view this principal holds, sent in every handshake, and who
+        #: hears of each node's (docs/membership.md; 0 and None: no views).
+        self.view_number = 0
+        self.on_peer_view: Callable[[NodeId, int], None] | None = None
         #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`aclose` ran.
         self._kept: set[NodeId] = set()
         self._closing = False
@@ -119,6 +123,11 @@ class Endpoint:
     @property
     def pid(self) -> PrincipalId:
         return self.keyring.me.pid
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the background for the endpoint's lifetime (a view
+        tracker's fetch, started from a synchronous callback)."""
+        self._nursery.start_soon(fn, *args)
 
     @property
     def coalesce_window(self) -> float:
@@ -159,7 +168,9 @@ class Endpoint:
                     stream = await trio.open_tcp_stream(host, port)
                     try:
                         reader = FrameReader(stream, self.max_frame)
-                        session = await client_handshake(stream, reader, self.keyring, node)
+                        session = await client_handshake(
+                            stream, reader, self.keyring, node, self.view_number
+                        )
                     except BaseException:
                         stream.socket.close()
                         raise
@@ -178,6 +189,8 @@ class Endpoint:
             conn = Connection(node, stream, reader, session, self.faults, self._pushed)
             self._conns[node] = conn
             self._nursery.start_soon(conn.run)
+            if self.on_peer_view is not None and session.peer_view != self.view_number:
+                self.on_peer_view(node, session.peer_view)
             return conn
 
     async def call(
@@ -233,6 +246,9 @@ class Endpoint:
                     elif not conn.resend_nowait(msg):
                         went = False
                         self.resends_held += 1
+                except SessionRefused:
+                    self.faults[(int(node), "refused")] += 1
+                    raise  # revoked by a view: resending cannot help, and the caller is told why
                 except (TransportError, trio.ClosedResourceError) as e:
                     last_error = str(e) if isinstance(e, TransportError) else "connection closed"
                     first = False

@@ -167,6 +167,15 @@ class Server(Generic[Ctx]):
         self.monitoring: set[str] = set()
         #: The open connections of each authenticated principal (what :meth:`push` reaches).
         self._open: dict[PrincipalId, list[_ServerConnection[Ctx]]] = {}
+        #: The number of the view this server holds, told to every caller in the
+        #: handshake (docs/membership.md; 0: no views).
+        self.view_number = 0
+        #: Principals refused with a reason, each with the pairwise key of its old key
+        #: (``session.server_handshake``); the node's view keeps it (node/views.py).
+        self.refused: dict[PrincipalId, tuple[bytes, str]] = {}
+        #: Called with each caller and the view number its hello carried, after the
+        #: handshake (a node behind fetches the newer view; one ahead sends its own).
+        self.on_peer_view: Callable[[PrincipalId, int], None] | None = None
 
     def register(
         self,
@@ -239,6 +248,18 @@ class Server(Generic[Ctx]):
         self.stats["pushes"] += sent
         return sent
 
+    def end_sessions(self, principals: set[int]) -> int:
+        """End every open connection of ``principals`` now (a view revoked them or replaced
+        their keys): requests in flight on them are cancelled unanswered, and a new
+        connection must pass the handshake under the current keys.  How many ended."""
+        ended = 0
+        for pid in principals:
+            for conn in list(self._open.get(PrincipalId(pid), ())):
+                conn.scope.cancel()
+                ended += 1
+        self.stats["sessions_ended"] += ended
+        return ended
+
     def connected(self, principal: PrincipalId) -> int:
         """How many connections of ``principal`` are open (those :meth:`push` would use)."""
         return len(self._open.get(principal, ()))
@@ -250,7 +271,9 @@ class Server(Generic[Ctx]):
         reader = FrameReader(stream, self.max_frame)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
-                sender, session = await server_handshake(stream, reader, self.keyring)
+                sender, session = await server_handshake(
+                    stream, reader, self.keyring, self.view_number, self.refused
+                )
         except FrameError as e:
             self.rejected[e.reason] += 1
             await stream.aclose()
@@ -261,11 +284,14 @@ class Server(Generic[Ctx]):
             return
         conn = _ServerConnection(stream, session, sender, self._context(sender), self.traffic)
         self._open.setdefault(sender, []).append(conn)
+        if self.on_peer_view is not None and session.peer_view != self.view_number:
+            self.on_peer_view(sender, session.peer_view)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.writer.run)
-                await self._read_loop(conn, reader, nursery)
-                nursery.cancel_scope.cancel()
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.writer.run)
+                    await self._read_loop(conn, reader, nursery)
+                    nursery.cancel_scope.cancel()
         finally:
             self._forget(conn)
             conn.close()
@@ -450,7 +476,7 @@ def _countdown(done: Callable[[], None], copies: int) -> Callable[[], None]:
 class _ServerConnection(Generic[Ctx]):
     """The sending half of one accepted connection, and who is on the other end."""
 
-    __slots__ = ("session", "sender", "context", "writer", "traffic")
+    __slots__ = ("session", "sender", "context", "writer", "traffic", "scope")
 
     def __init__(
         self,
@@ -467,6 +493,8 @@ class _ServerConnection(Generic[Ctx]):
         self.writer = FrameWriter(stream)
         #: The server's frame and byte counters (``Server.traffic``).
         self.traffic = traffic
+        #: Cancelled to end the session (``Server.end_sessions``).
+        self.scope = trio.CancelScope()
 
     def send(self, msg: list[Any]) -> None:
         with packed(msg) as body:

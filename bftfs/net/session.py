@@ -4,8 +4,11 @@ Wire format (version :data:`bftfs.WIRE_VERSION`)::
 
     handshake frame = u32 big-endian length || body || tag    (length = len(body) + 16)
     tag             = MAC(K_pair, body)                       (keyed BLAKE2b, 16 bytes)
-    hello     body = msgpack [version, "hello", client_pid, server_pid, nonce_c]
-    hello-ack body = msgpack [version, "hello-ack", server_pid, client_pid, nonce_c, nonce_s]
+    hello     body = msgpack [version, "hello", client_pid, server_pid, nonce_c, view_c]
+    hello-ack body = msgpack [version, "hello-ack", server_pid, client_pid, nonce_c, nonce_s,
+                              view_s]
+    refusal   body = msgpack [version, "hello-refused", server_pid, client_pid, nonce_c,
+                              reason]     (tag under the key the caller had: see below)
 
     session frame   = u32 length || u64 seq || AEAD(K_dir, nonce = 0^24 || seq, ad = seq, m)
     request   m = msgpack [0, req_id, kind, payload]                             K_dir = K_c2s
@@ -29,12 +32,22 @@ Why AEGIS-256 (libsodium through pynacl; 32-byte key, 32-byte nonce, 32-byte tag
 machine it encrypts at about 1.3 GB/s against ChaCha20-Poly1305's 0.7 GB/s, which was 15%
 of the mount daemon's and of a node's CPU while a big file streamed (docs/performance.md,
 "Sixth pass").  Wire version 3; version 2 was ChaCha20-Poly1305 with a 16-byte tag.
+
+Views (docs/membership.md): both hellos carry the number of the view their sender holds
+(``view_c``, ``view_s``; 0 for a party without views), so whichever side is behind learns at
+once that a newer view exists, and fetches it (the administrator's signature, not the
+sender, makes it believable).  A principal revoked (or whose key was replaced) by a view is
+answered with a refusal instead of silence when the server still knows the key it had: the
+refusal is MACed under that old pairwise key, so the caller can believe it and say why
+(:class:`SessionRefused`) instead of waiting out its timeouts.  Wire version 4 added the
+view numbers and the refusal.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +77,11 @@ _SEQ = struct.Struct(">Q")
 _NONCE_PAD = bytes(_NONCE_BYTES - _SEQ.size)
 
 
+class SessionRefused(TransportError):
+    """The node refuses this principal (revoked, or its key replaced, by a view); the
+    message says which node, which principal and why.  Retrying does not help."""
+
+
 def frame_bytes(body: bytes, key: bytes) -> bytes:
     """Length prefix, body and MAC: one frame ready for the wire."""
     return LENGTH.pack(len(body) + MAC_SIZE) + body + mac(key, body)
@@ -85,6 +103,8 @@ class Session:
     recv_key: bytes
     send_seq: int = 0
     recv_seq: int = 0
+    #: The view number the other side said it holds in its hello (0: none).
+    peer_view: int = 0
 
     def seal(self, msg: list[Any]) -> bytes | bytearray:
         """``msg`` (``[type, req_id, x, y]``) as the next frame of this direction (packed
@@ -192,11 +212,17 @@ def _session_keys(pair: bytes, nonce_c: bytes, nonce_s: bytes) -> tuple[bytes, b
 
 
 async def client_handshake(
-    stream: trio.abc.Stream, reader: FrameReader, keyring: KeyRing, server: PrincipalId
+    stream: trio.abc.Stream,
+    reader: FrameReader,
+    keyring: KeyRing,
+    server: PrincipalId,
+    view: int = 0,
 ) -> Session:
-    """Run the client half of the handshake; the returned session is ready for requests.
+    """Run the client half of the handshake; the returned session is ready for requests
+    (``Session.peer_view``: the view number the server holds; ``view``: ours).
 
     Raises:
+        SessionRefused: the server refuses us (revoked, or our key replaced, by a view).
         TransportError: the server is unknown to us, closed the connection (it does that to
             principals it does not know), or answered with a bad acknowledgement.
     """
@@ -204,7 +230,7 @@ async def client_handshake(
     if pair is None:
         raise TransportError(f"no key for node {server}")
     nonce_c = os.urandom(NONCE_SIZE)
-    hello = pack([WIRE_VERSION, "hello", keyring.me.pid, server, nonce_c])
+    hello = pack([WIRE_VERSION, "hello", keyring.me.pid, server, nonce_c, view])
     await stream.send_all(frame_bytes(hello, pair))
     try:
         frame = await reader.read()
@@ -216,31 +242,44 @@ async def client_handshake(
     if len(frame) > MAX_HELLO or not mac_ok(pair, frame[:-MAC_SIZE], frame[-MAC_SIZE:]):
         raise TransportError(f"node {server}: handshake reply failed authentication")
     try:
-        ver, tag, s_pid, c_pid, echo, nonce_s = unpack(frame[:-MAC_SIZE])
-    except (FrameError, ValueError, TypeError):
-        raise TransportError(f"node {server}: malformed handshake reply") from None
-    if (ver, tag, s_pid, c_pid, echo) != (
-        WIRE_VERSION,
-        "hello-ack",
-        server,
-        keyring.me.pid,
-        nonce_c,
-    ):
+        msg = unpack(frame[:-MAC_SIZE])
+    except FrameError:
+        msg = None
+    if not isinstance(msg, list) or len(msg) not in (6, 7):
+        raise TransportError(f"node {server}: malformed handshake reply")
+    if msg[:5] == [WIRE_VERSION, "hello-refused", server, keyring.me.pid, nonce_c]:
+        raise SessionRefused(
+            f"node {server} refuses principal {keyring.me.pid}: {str(msg[5])[:200]}"
+        )
+    if len(msg) != 7 or msg[:5] != [WIRE_VERSION, "hello-ack", server, keyring.me.pid, nonce_c]:
         raise TransportError(f"node {server}: handshake reply does not match our hello")
+    nonce_s, peer_view = msg[5], msg[6]
     if not isinstance(nonce_s, bytes) or len(nonce_s) != NONCE_SIZE:
         raise TransportError(f"node {server}: bad server nonce")
+    if not isinstance(peer_view, int) or isinstance(peer_view, bool) or peer_view < 0:
+        raise TransportError(f"node {server}: bad view number in the handshake")
     c2s, s2c = _session_keys(pair, nonce_c, nonce_s)
-    return Session(send_key=c2s, recv_key=s2c)
+    return Session(send_key=c2s, recv_key=s2c, peer_view=peer_view)
 
 
 async def server_handshake(
-    stream: trio.abc.Stream, reader: FrameReader, keyring: KeyRing
+    stream: trio.abc.Stream,
+    reader: FrameReader,
+    keyring: KeyRing,
+    view: int = 0,
+    refused: Mapping[PrincipalId, tuple[bytes, str]] | None = None,
 ) -> tuple[PrincipalId, Session]:
     """Run the server half: authenticate the caller, answer, derive the session.
 
+    Args:
+        view: the number of the view this server holds (sent in the acknowledgement).
+        refused: principals this server refuses, each with the pairwise key of the key it
+            had and the reason: one whose hello authenticates under that key is told the
+            reason (module docstring) instead of meeting a closed connection.
+
     Raises:
-        FrameError: ``unknown_peer``, ``bad_mac``, ``malformed``, ``version`` or
-            ``misdirected``; the caller closes the connection without answering.
+        FrameError: ``unknown_peer``, ``bad_mac``, ``malformed``, ``version``,
+            ``misdirected`` or ``refused``; the caller closes the connection.
     """
     frame = await reader.read()
     if frame is None:
@@ -249,24 +288,35 @@ async def server_handshake(
     if len(frame) > MAX_HELLO or len(frame) <= MAC_SIZE:
         raise FrameError("malformed", "hello of wrong size")
     msg = unpack(frame[:-MAC_SIZE])
-    if not isinstance(msg, list) or len(msg) != 5 or msg[1] != "hello":
+    if not isinstance(msg, list) or len(msg) not in (5, 6) or msg[1] != "hello":
         raise FrameError("malformed", "not a hello")
-    ver, _, c_pid, s_pid, nonce_c = msg
-    if ver != WIRE_VERSION:
-        raise FrameError("version", f"wire version {ver!r}, we speak {WIRE_VERSION}")
+    if msg[0] != WIRE_VERSION:  # (a version-3 hello has 5 items: counted as a version)
+        raise FrameError("version", f"wire version {msg[0]!r}, we speak {WIRE_VERSION}")
+    if len(msg) != 6:
+        raise FrameError("malformed", "not a hello")
+    _, _, c_pid, s_pid, nonce_c, peer_view = msg
     if not isinstance(c_pid, int) or isinstance(c_pid, bool):
         raise FrameError("malformed", "client id")
-    pair = keyring.key(PrincipalId(c_pid))
-    if pair is None or c_pid == keyring.me.pid:
-        raise FrameError("unknown_peer", f"principal {c_pid!r}")
-    if not mac_ok(pair, frame[:-MAC_SIZE], frame[-MAC_SIZE:]):
+    if not isinstance(nonce_c, bytes) or len(nonce_c) != NONCE_SIZE:
+        raise FrameError("malformed", "client nonce")
+    if not isinstance(peer_view, int) or isinstance(peer_view, bool) or peer_view < 0:
+        raise FrameError("malformed", "view number")
+    pid = PrincipalId(c_pid)
+    pair = keyring.key(pid)
+    body, tag = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
+    if pair is None or c_pid == keyring.me.pid or not mac_ok(pair, body, tag):
+        old = None if refused is None else refused.get(pid)
+        if old is not None and s_pid == keyring.me.pid and mac_ok(old[0], body, tag):
+            no = pack([WIRE_VERSION, "hello-refused", keyring.me.pid, c_pid, nonce_c, old[1]])
+            await stream.send_all(frame_bytes(no, old[0]))
+            raise FrameError("refused", f"principal {c_pid}: {old[1]}")
+        if pair is None or c_pid == keyring.me.pid:
+            raise FrameError("unknown_peer", f"principal {c_pid!r}")
         raise FrameError("bad_mac", "hello")
     if s_pid != keyring.me.pid:
         raise FrameError("misdirected", f"hello for node {s_pid!r}")
-    if not isinstance(nonce_c, bytes) or len(nonce_c) != NONCE_SIZE:
-        raise FrameError("malformed", "client nonce")
     nonce_s = os.urandom(NONCE_SIZE)
-    ack = pack([WIRE_VERSION, "hello-ack", keyring.me.pid, c_pid, nonce_c, nonce_s])
+    ack = pack([WIRE_VERSION, "hello-ack", keyring.me.pid, c_pid, nonce_c, nonce_s, view])
     await stream.send_all(frame_bytes(ack, pair))
     c2s, s2c = _session_keys(pair, nonce_c, nonce_s)
-    return PrincipalId(c_pid), Session(send_key=s2c, recv_key=c2s)
+    return pid, Session(send_key=s2c, recv_key=c2s, peer_view=peer_view)

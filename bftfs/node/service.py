@@ -33,6 +33,7 @@ from bftfs.node.findings import Findings
 from bftfs.node.protocols import register_all
 from bftfs.node.recalls import Recalls
 from bftfs.node.store import Store, StoreFull
+from bftfs.node.views import NodeViews
 from bftfs.qu.objects import ObjectType
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class Node:
         extra_object_types: Sequence[ObjectType] = (),
         rejoin_heartbeat: float | None = rejoin.DEFAULT_HEARTBEAT,
     ) -> None:
+        #: The view the node holds (node/views.py): it decides who may connect.
+        self.views = NodeViews(config, config.node(identity.pid).data_dir)
+        config = self.views.config
         self.config = config
         self.id = identity.pid
         self.spec = config.node(self.id)
@@ -120,6 +124,7 @@ class Node:
         self.rejoin_heartbeat = rejoin_heartbeat
         self.register("ping", _ping, inline=True)
         self.register("stats", _stats, inline=True)
+        self.views.attach(self)
         # A status poll is not foreground work: it must not hold up lazy verification.
         self.server.monitoring.update(("ping", "stats"))
 
@@ -169,6 +174,7 @@ class Node:
             addresses = {s.id: (s.host, s.port) for s in self.config.nodes}
             async with open_endpoint(self.keyring, addresses, **self._endpoint_options) as ep:
                 self.endpoint = ep
+                self.views.started(self)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self.store.committer)
@@ -201,6 +207,7 @@ class Node:
             "version": __version__,
             "wire": WIRE_VERSION,
             "address": self.spec.address,
+            "view": self.views.number,
             "uptime_s": round(time.time() - self.started, 1),
             "lmdb_bytes": self.store.size_bytes() if self.store is not None else 0,
             # Pages in use now (the verifier's figure in "progress" is from its last step).

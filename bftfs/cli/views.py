@@ -1,0 +1,173 @@
+"""Membership while the cluster runs (docs/membership.md): ``bftfs view`` and the online
+``bftfs client add|revoke|rotate`` of a cluster with views.
+
+Each change issues the next view (signed with the administrator key, which only the
+operator's directory holds), writes it and ``cluster.toml``, then pushes it to the nodes and
+succeeds once a quorum acknowledged.  Every command can be run again after being killed:
+a change already in the view is pushed again, not made twice (``rotate`` makes a new key
+each time it runs; ``bftfs view push`` finishes one that was cut short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs import bundle
+from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
+from bftfs.config import ClusterConfig
+from bftfs.ids import CLIENT_ID_BASE
+from bftfs.membership import admin
+from bftfs.membership.view import View
+
+
+def client_online(args: argparse.Namespace, cfg: ClusterConfig, path: Path) -> int:
+    """``bftfs client add|revoke|remove|rotate NAME`` on a cluster with views."""
+    key = admin.admin_key(cfg)
+    view, blob = admin.current(cfg)
+    name: str = args.name
+    action = "revoke" if args.action == "remove" else args.action
+    avoid = None
+    if action == "add":
+        if view.client(name) is not None:
+            print(f"client {name} is in view {view.number} already: pushing that view again")
+        else:
+            number = cfg.next_client_number
+            ident = admin.new_client_key(cfg, name, number)
+            view = admin.with_client(view, name, ident.public, number)
+            cfg, blob = admin.issue(cfg, path, view, key)
+            print(f"view {view.number}: added client {name} (id {number})")
+        _write_bundle(cfg, name, args.output)
+    elif action == "revoke":
+        if view.client(name) is None and any(r.name == name for r in view.retired):
+            print(f"client {name} is revoked in view {view.number} already: pushing it again")
+        else:
+            view = admin.without_client(view, name)
+            cfg, blob = admin.issue(cfg, path, view, key)
+            cfg.client_key_path(name).unlink(missing_ok=True)
+            print(
+                f"view {view.number}: revoked client {name}; its sessions end and its requests "
+                "are refused; what it wrote stays attributed to it"
+            )
+            if cfg.sealed:
+                print(
+                    "  it still holds the volume key: `bftfs rotate-key` so that it can read "
+                    "nothing written from now on (docs/confidentiality.md)"
+                )
+    else:  # rotate
+        spec = view.client(name)
+        if spec is None:
+            raise QuietError(f"no client {name!r} in view {view.number}", 2)
+        ident = admin.new_client_key(cfg, name, int(spec.id) - CLIENT_ID_BASE)
+        view = admin.rekeyed(view, name, ident.public)
+        cfg, blob = admin.issue(cfg, path, view, key)
+        avoid = name
+        print(f"view {view.number}: client {name} has a new key; sessions under the old one end")
+        _write_bundle(cfg, name, args.output)
+    if getattr(args, "offline", False):
+        print(
+            f"  not pushed (--offline): nodes started from {cfg.home} take view {view.number} "
+            "when they start; `bftfs view push` sends it to running ones"
+        )
+        return 0
+    return _push(cfg, blob, view, getattr(args, "as_client", None), avoid)
+
+
+def _write_bundle(cfg: ClusterConfig, name: str, output: Path | None) -> None:
+    out = output or cfg.home / "bundles" / f"{name}.tar.gz"
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bundle.write(out, bundle.members(cfg, client=name))
+    print(f"  wrote {out}: the configuration, the view and {name}'s private key (keep it secret)")
+
+
+def _push(
+    cfg: ClusterConfig, blob: bytes, view: View, as_client: str | None, avoid: str | None
+) -> int:
+    """Push ``blob`` to the nodes; 0 once a quorum acknowledged, else ``EXIT_CLUSTER``."""
+    who = as_client or admin.pusher(cfg, avoid=avoid)
+    result = trio.run(lambda: admin.push(cfg, blob, view.number, as_client=who))
+    for node, why in sorted(result.refused.items()):
+        print(f"  node {node} refused view {view.number}: {why}", file=sys.stderr)
+    for node, why in sorted(result.unreachable.items()):
+        print(f"  node {node} did not answer: {why}", file=sys.stderr)
+    if not result.ok:
+        raise QuietError(
+            f"view {view.number} acknowledged by {len(result.acked)} node(s) "
+            f"{result.acked}, fewer than the quorum of {result.quorum}: run `bftfs view push` "
+            "again once the nodes are up",
+            EXIT_CLUSTER,
+        )
+    print(
+        f"  view {view.number} acknowledged by {len(result.acked)} of {cfg.n} nodes "
+        f"(quorum {result.quorum}); the others learn it from their peers"
+    )
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """``bftfs view [show|push|adopt]``."""
+    cfg, path = cluster_of(args)
+    if args.action == "adopt":
+        cfg, _ = admin.adopt(cfg, path)
+        print(
+            f"view 1 signed with a new administrator key ({cfg.admin_key_path}; keep it off "
+            "the nodes). Restart each node once, with this cluster.toml, for it to take views."
+        )
+        return 0
+    view, blob = admin.current(cfg)
+    if args.action == "push":
+        return _push(cfg, blob, view, args.as_client, None)
+    if args.json:
+        print(json.dumps(_as_json(view), indent=2))
+        return 0
+    print(
+        f"view {view.number}  t={view.t} b={view.b}  n={len(view.nodes)}  "
+        f"PASIS QC={view.qc} m={view.m}"
+    )
+    print("  nodes:")
+    for n in view.nodes:
+        print(f"    {n.id:>3}  {n.host}:{n.port}  {n.public_key.hex()[:16]}")
+    print("  clients:")
+    for c in view.clients:
+        print(f"    {c.id - CLIENT_ID_BASE:>3}  {c.name}  {c.public_key.hex()[:16]}")
+    for r in view.retired:
+        print(f"    {r.id - CLIENT_ID_BASE:>3}  {r.name} (revoked)")
+    return 0
+
+
+def _as_json(view: View) -> dict[str, Any]:
+    return {
+        "view": view.number,
+        "t": view.t,
+        "b": view.b,
+        "qc": view.qc,
+        "m": view.m,
+        "nodes": [
+            {"id": n.id, "address": f"{n.host}:{n.port}", "public_key": n.public_key.hex()}
+            for n in view.nodes
+        ],
+        "clients": [
+            {"id": c.id - CLIENT_ID_BASE, "name": c.name, "public_key": c.public_key.hex()}
+            for c in view.clients
+        ],
+        "revoked": [{"id": r.id - CLIENT_ID_BASE, "name": r.name} for r in view.retired],
+    }
+
+
+def add_view(sub: Any) -> None:
+    """``bftfs view``."""
+    sp = sub.add_parser(
+        "view",
+        help="the cluster's current view (nodes, thresholds, clients); push it again; "
+        "adopt views in a cluster made before them",
+    )
+    sp.add_argument("action", nargs="?", default="show", choices=("show", "push", "adopt"))
+    sp.add_argument("--json", action="store_true", help="show: as JSON")
+    sp.add_argument("--as", dest="as_client", help="push: the client to speak to nodes as")
+    with_cluster(sp)
+    sp.set_defaults(func=cmd_view)

@@ -1,0 +1,12 @@
+"""Membership that changes while the file system runs (issue 35; seed 000): views.
+
+- ``view.py``: the numbered, administrator-signed view; its codec, signature and ordering
+  (pure);
+- ``configview.py``: a configuration's view, a view applied to a configuration, and the
+  signed view files;
+- ``client.py``: a client's view tracker (fetch from nodes ahead, send to nodes behind);
+- ``admin.py``: issuing the next view and pushing it to the nodes (``bftfs client``,
+  ``bftfs view``).
+
+The node's side is ``bftfs/node/views.py``; docs/membership.md says what is built.
+"""

@@ -1,0 +1,238 @@
+"""The administrator's side of views: issue the next view, write it where the operator keeps
+the cluster, and push it to the nodes (seed 000's ``newView``, [003 L4376-4402]).
+
+Issuing is local and ordered so that a command killed at any point can be run again: the
+client's key file first, then the signed view (``view.signed``, the commit point), then
+``cluster.toml`` rewritten to match.  Pushing sends the signed view to every node over the
+ordinary authenticated transport (``view.install``) as one of the cluster's clients, and
+succeeds once a quorum ``q`` acknowledged (a node that already holds it acknowledges too);
+nodes forward it to each other and nodes down meanwhile learn it when they come back, so
+the rest follow.  ``bftfs view push`` pushes the current view again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import trio
+
+from bftfs import config as cfgmod
+from bftfs.config import ClusterConfig, ConfigError
+from bftfs.crypto import AdminKey, Identity, KeyFileError
+from bftfs.ids import NodeId, client_id
+from bftfs.membership.configview import apply, read_signed, view_of, write_signed
+from bftfs.membership.view import Retired, View, ViewClient, ViewError, sign
+from bftfs.net.endpoint import Endpoint
+from bftfs.net.errors import RemoteError, TransportError
+
+#: Seconds the push waits for the nodes beyond a quorum once a quorum acknowledged.
+GRACE = 1.0
+
+
+def admin_key(cfg: ClusterConfig) -> AdminKey:
+    """The administrator key, checked against ``[cluster] admin_key``.
+
+    Raises:
+        ConfigError: the cluster has no admin key (made before views: ``bftfs view adopt``).
+        KeyFileError: the key file is missing here (not the operator's directory?) or is
+            another key.
+    """
+    if cfg.admin_key is None:
+        raise ConfigError(
+            "this cluster has no administrator key (made before views): `bftfs view adopt` "
+            "gives it one (docs/membership.md, Migration)"
+        )
+    key = AdminKey.load(cfg.admin_key_path)
+    if key.public != cfg.admin_key:
+        raise KeyFileError(f"{cfg.admin_key_path} is not the key [cluster] admin_key names")
+    return key
+
+
+def current(cfg: ClusterConfig) -> tuple[View, bytes]:
+    """The newest view the operator issued (``view.signed`` beside the configuration).
+
+    Raises:
+        ConfigError: no admin key, or no signed view (``bftfs view adopt``).
+        ViewError: the file is not a view the administrator signed.
+    """
+    if cfg.admin_key is None:
+        admin_key(cfg)  # raises, naming the way out
+    assert cfg.admin_key is not None
+    found = read_signed(cfg.view_path, cfg.admin_key)
+    if found is None:
+        raise ConfigError(f"no signed view at {cfg.view_path} (`bftfs view adopt` makes one)")
+    return found
+
+
+def issue(cfg: ClusterConfig, path: Path, view: View, key: AdminKey) -> tuple[ClusterConfig, bytes]:
+    """Sign ``view``, write it (the commit point) and ``cluster.toml`` to match; the new
+    configuration and the signed bytes."""
+    new = apply(cfg, view)
+    blob = sign(view, key)
+    write_signed(cfg.view_path, blob)
+    cfgmod.save(new, path)
+    return new, blob
+
+
+def adopt(cfg: ClusterConfig, path: Path) -> tuple[ClusterConfig, bytes]:
+    """Give a cluster made before views an administrator key and view 1 (its current
+    membership).  Nodes read the admin key from ``cluster.toml`` when they start: they take
+    views after their next restart (docs/membership.md, Migration).
+
+    Raises:
+        ConfigError: the cluster has an admin key already.
+    """
+    if cfg.admin_key is not None:
+        raise ConfigError("this cluster has an administrator key already")
+    key = AdminKey.generate()
+    key.save(cfg.admin_key_path)
+    with_key = replace(cfg, admin_key=key.public).validate()
+    return issue(with_key, path, view_of(with_key, 1), key)
+
+
+def init_view(cfg: ClusterConfig, key: AdminKey) -> bytes:
+    """View 1 of a cluster ``bftfs init`` just made, written beside its configuration."""
+    blob = sign(view_of(cfg, 1), key)
+    write_signed(cfg.view_path, blob)
+    return blob
+
+
+def with_client(view: View, name: str, public_key: bytes, next_number: int) -> View:
+    """``view`` + client ``name`` (a new id: ``next_number``), numbered one higher."""
+    if view.client(name) is not None:
+        raise ConfigError(f"client {name!r} is in view {view.number} already")
+    added = ViewClient(client_id(next_number), name, public_key)
+    return replace(view, number=view.number + 1, clients=(*view.clients, added))
+
+
+def without_client(view: View, name: str) -> View:
+    """``view`` without client ``name`` (its id retired for good), numbered one higher."""
+    spec = view.client(name)
+    if spec is None:
+        raise ConfigError(f"no client {name!r} in view {view.number}")
+    return replace(
+        view,
+        number=view.number + 1,
+        clients=tuple(c for c in view.clients if c.name != name),
+        retired=(*view.retired, Retired(spec.id, spec.name, spec.public_key)),
+    )
+
+
+def rekeyed(view: View, name: str, public_key: bytes) -> View:
+    """``view`` with client ``name``'s key replaced (same id: history stays its own)."""
+    spec = view.client(name)
+    if spec is None:
+        raise ConfigError(f"no client {name!r} in view {view.number}")
+    return replace(
+        view,
+        number=view.number + 1,
+        clients=tuple(
+            replace(c, public_key=public_key) if c.name == name else c for c in view.clients
+        ),
+    )
+
+
+def new_client_key(cfg: ClusterConfig, name: str, number: int) -> Identity:
+    """A fresh key pair for client ``name`` (id ``number``), written where the operator
+    keeps client keys (bundles are made from there)."""
+    ident = Identity.generate(client_id(number))
+    ident.save(cfg.client_key_path(name))
+    return ident
+
+
+@dataclass
+class PushResult:
+    """What the nodes answered to one push."""
+
+    number: int
+    quorum: int
+    acked: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)
+    unreachable: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return len(self.acked) >= self.quorum
+
+
+def pusher(cfg: ClusterConfig, avoid: str | None = None) -> str:
+    """The client the push speaks as: the oldest whose key is here (not ``avoid``, the one
+    being revoked or rekeyed: nodes may already refuse it).
+
+    Raises:
+        ConfigError: no client key here to speak with.
+    """
+    for c in sorted(cfg.clients, key=lambda c: c.id):
+        if c.name != avoid and cfg.client_key_path(c.name).exists():
+            return c.name
+    raise ConfigError(
+        f"no client key under {cfg.home / 'clients'} to push the view with (the nodes take a "
+        "view from any client; `bftfs view push --as NAME`)"
+    )
+
+
+async def push(
+    cfg: ClusterConfig, blob: bytes, number: int, *, as_client: str, timeout: float = 10.0
+) -> PushResult:
+    """Send the signed view to every node; return once every node answered, or a quorum
+    acknowledged and :data:`GRACE` more seconds passed, or ``timeout`` passed."""
+    from bftfs.crypto import KeyRing
+    from bftfs.net.endpoint import open_endpoint
+
+    who = cfg.client(as_client)
+    me = Identity.load(who.id, cfg.client_key_path(as_client))
+    if me.public != who.public_key:
+        raise KeyFileError(f"{cfg.client_key_path(as_client)} is not client {as_client!r}'s key")
+    result = PushResult(number, cfg.q)
+    ring = KeyRing(me, cfg.node_public_keys())
+    addresses = {s.id: (s.host, s.port) for s in cfg.nodes}
+    settled = trio.Event()  # every node answered, or a quorum did and the grace passed
+    answered = [0]
+
+    async def grace() -> None:
+        await trio.sleep(GRACE)
+        settled.set()
+
+    async def one(ep: Endpoint, nursery: trio.Nursery, node: NodeId) -> None:
+        try:
+            await ep.call(node, "view.install", blob)
+            result.acked.append(node)
+            if len(result.acked) == result.quorum:
+                nursery.start_soon(grace)
+        except RemoteError as e:
+            result.refused[node] = str(e)
+        except TransportError as e:
+            result.unreachable[node] = str(e)
+        answered[0] += 1
+        if answered[0] == len(cfg.nodes):
+            settled.set()
+
+    async with open_endpoint(ring, addresses, timeout=timeout, resend_after=0.5) as ep:
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for node in cfg.node_ids:
+                    nursery.start_soon(one, ep, nursery, node)
+                await settled.wait()
+                nursery.cancel_scope.cancel()
+    for node in cfg.node_ids:
+        if node not in result.acked and node not in result.refused:
+            result.unreachable.setdefault(node, "no answer in time")
+    result.acked.sort()
+    return result
+
+
+__all__ = [
+    "PushResult",
+    "ViewError",
+    "adopt",
+    "admin_key",
+    "current",
+    "init_view",
+    "issue",
+    "push",
+    "pusher",
+    "rekeyed",
+    "with_client",
+    "without_client",
+]

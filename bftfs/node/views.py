@@ -1,0 +1,231 @@
+"""A node's view (docs/membership.md): the one it starts with, the ones it is offered, and
+what taking a newer one changes while the node runs.
+
+Requests (any authenticated principal may send them: the administrator's signature, not the
+sender, makes a view believable, seed 000 [003 L3984-4031]):
+
+- ``view.get`` -> the signed view the node holds (bytes), or None when it holds none;
+- ``view.install`` (a signed view) -> ``{"view": N, "installed": bool}``; refused with
+  ``no_views`` (the cluster has no admin key), ``bad_view`` (malformed, not signed by the
+  administrator, breaking a rule), ``stale_view`` (older than the node's),
+  ``conflicting_view`` (another view with the node's number) or ``unsupported_view`` (a
+  change this version cannot make online: nodes or thresholds).  The same view again is
+  acknowledged, so an administrator's push can be rerun.
+
+Taking a newer view, in this order: the signed bytes are written durably to
+``node<I>/view.signed`` (a restarted node never falls back), then the key ring holds exactly
+the view's principals, the sessions of every principal revoked or rekeyed end, those
+principals are told why when they call again (``Server.refused``), and the view is
+forwarded once to the other nodes.  Whoever is behind learns from the handshake's view
+number (``net/session.py``): a node behind fetches from the node ahead, a node ahead sends
+its view to the node behind; clients do the same with nodes (``membership/client.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from bftfs.config import ClusterConfig
+from bftfs.crypto import pairwise_key
+from bftfs.ids import NodeId, PrincipalId, is_node
+from bftfs.membership.configview import NODE_VIEW_FILE, apply, starting_view, write_signed
+from bftfs.membership.view import (
+    Verdict,
+    View,
+    ViewError,
+    decode,
+    ended_principals,
+    judge,
+    unsupported_change,
+)
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.server import HandlerError
+
+if TYPE_CHECKING:
+    from bftfs.node.service import Node, RequestContext
+
+log = logging.getLogger(__name__)
+
+#: Longest a forward, fetch or send of a view to one peer may take (it is retried by the
+#: next handshake with that peer anyway).
+PEER_TIMEOUT = 10.0
+
+
+class NodeViews:
+    """The view one node holds and the changes taking a newer one makes.
+
+    Built before the node's key ring (the view decides who may connect); :meth:`attach`
+    then hooks it into the node's server and :meth:`started` into its endpoint.
+    """
+
+    def __init__(self, config: ClusterConfig, data_dir: Path) -> None:
+        self.base = config
+        self.path = data_dir / NODE_VIEW_FILE
+        self.view: View
+        self.blob: bytes | None
+        self.view, self.blob = starting_view(config, data_dir)
+        #: The configuration as the held view has it (what the node runs on).
+        self.config = config if self.blob is None else apply(config, self.view)
+        self._node: Node | None = None
+        self._lock = trio.Lock()
+        self._busy: set[int] = set()  # peers a fetch or send is under way with
+
+    @property
+    def number(self) -> int:
+        return self.view.number
+
+    def attach(self, node: Node) -> None:
+        """Serve ``view.get``/``view.install`` and hear callers' view numbers."""
+        self._node = node
+        node.server.view_number = self.number
+        for r in self.view.retired:  # revoked before this start: still told why
+            if r.public_key:
+                node.server.refused[r.id] = (
+                    pairwise_key(node.keyring.me, r.public_key),
+                    f"revoked (not a client of view {self.number})",
+                )
+        node.server.on_peer_view = self._heard
+        node.register("view.get", self._get, inline=True)
+        node.register("view.install", self._install)
+
+    def started(self, node: Node) -> None:
+        """The node's endpoint is open: tell peers our number, hear theirs."""
+        node.endpoint.view_number = self.number
+        node.endpoint.on_peer_view = self._heard
+
+    async def _get(self, ctx: RequestContext, payload: Any) -> Any:
+        return self.blob
+
+    async def _install(self, ctx: RequestContext, payload: Any) -> Any:
+        installed = await self.offer(payload, source=f"principal {ctx.sender}")
+        return {"view": self.number, "installed": installed}
+
+    async def offer(self, blob: Any, *, source: str) -> bool:
+        """Take the view in ``blob`` if it is newer; whether it was taken (False: the same
+        view, already held).
+
+        Raises:
+            HandlerError: refused (module docstring), the reason in the message.
+        """
+        admin = self.base.admin_key
+        if admin is None:
+            raise HandlerError("no_views", "this cluster has no administrator key")
+        try:
+            view = decode(blob, admin)
+        except ViewError as e:
+            raise HandlerError("bad_view", str(e)) from None
+        async with self._lock:
+            verdict = judge(self.view, view)
+            if verdict is Verdict.SAME:
+                return False
+            if verdict is Verdict.OLDER:
+                raise HandlerError(
+                    "stale_view",
+                    f"view {view.number} is older than view {self.number}, which this node holds",
+                )
+            if verdict is Verdict.CONFLICT:
+                raise HandlerError(
+                    "conflicting_view",
+                    f"another view numbered {view.number} is held here: the administrator "
+                    "key signed two different views with one number",
+                )
+            why = unsupported_change(self.view, view)
+            if why is not None:
+                raise HandlerError("unsupported_view", f"view {view.number}: {why}")
+            try:
+                config = apply(self.base, view)
+            except ViewError as e:
+                raise HandlerError("bad_view", str(e)) from None
+            assert isinstance(blob, bytes)  # decode checked it
+            await trio.to_thread.run_sync(write_signed, self.path, blob)
+            self._switch(view, blob, config, source)
+        self._forward(blob)
+        return True
+
+    def _switch(self, view: View, blob: bytes, config: ClusterConfig, source: str) -> None:
+        """Run on ``view`` from now on (the file is written): keys, sessions, refusals."""
+        node = self._node
+        assert node is not None
+        old = self.view
+        ended = ended_principals(old, view)
+        old_keys = old.public_keys()
+        for pid in ended:
+            key = old_keys[pid]
+            reason = (
+                f"its key was replaced in view {view.number}"
+                if view.public_keys().get(pid) is not None
+                else f"revoked in view {view.number}"
+            )
+            node.server.refused[PrincipalId(pid)] = (pairwise_key(node.keyring.me, key), reason)
+        for pid in view.public_keys():  # re-admitted or rekeyed back: no longer refused
+            if pid not in ended:
+                node.server.refused.pop(PrincipalId(pid), None)
+        node.keyring.replace_peers({PrincipalId(p): k for p, k in view.public_keys().items()})
+        self.view, self.blob, self.config = view, blob, config
+        node.config = config
+        node.server.view_number = view.number
+        if node.endpoint is not None:
+            node.endpoint.view_number = view.number
+        closed = node.server.end_sessions(ended)
+        node.stats["views_taken"] += 1
+        node.log.info(
+            "node %s: took %s from %s; ended %d session(s) of %s",
+            node.id,
+            view.describe(),
+            source,
+            closed,
+            sorted(ended) or "nobody",
+        )
+
+    def _forward(self, blob: bytes) -> None:
+        """Send a view just taken to every other node once (those that have it answer at
+        once): a push that reached only a quorum still reaches every node that is up."""
+        node = self._node
+        if node is None or node._nursery is None or node.endpoint is None:
+            return
+        for spec in self.config.nodes:
+            if spec.id != node.id:
+                node.spawn(self._send, spec.id, blob)
+
+    def _heard(self, peer: PrincipalId, number: int) -> None:
+        """A handshake told us ``peer`` holds view ``number``: fetch it from a node ahead,
+        send ours to a node behind (clients fetch and send themselves)."""
+        node = self._node
+        if node is None or node._nursery is None or not is_node(peer) or peer == node.id:
+            return
+        if peer in self._busy or self.base.admin_key is None:
+            return
+        if number > self.number:
+            node.spawn(self._fetch, peer)
+        elif number < self.number and self.blob is not None:
+            node.spawn(self._send, peer, self.blob)
+
+    async def _fetch(self, peer: NodeId) -> None:
+        node = self._node
+        assert node is not None
+        self._busy.add(peer)
+        try:
+            with trio.move_on_after(PEER_TIMEOUT):
+                blob = await node.endpoint.call(peer, "view.get", None)
+                await self.offer(blob, source=f"node {peer}")
+        except (TransportError, RemoteError, HandlerError) as e:
+            node.stats["view_fetch_failed"] += 1
+            log.debug("node %s: no view from node %s: %s", node.id, peer, e)
+        finally:
+            self._busy.discard(peer)
+
+    async def _send(self, peer: NodeId, blob: bytes) -> None:
+        node = self._node
+        assert node is not None
+        self._busy.add(peer)
+        try:
+            with trio.move_on_after(PEER_TIMEOUT):
+                await node.endpoint.call(peer, "view.install", blob)
+        except (TransportError, RemoteError) as e:
+            log.debug("node %s: node %s did not take our view: %s", node.id, peer, e)
+        finally:
+            self._busy.discard(peer)
