@@ -139,14 +139,15 @@ class HeldFiles:
         """A removal of the last name of held, closed ``ino`` is about to be deferred: its
         buffered writes are dropped with its kept state, as a local file system drops
         dirty pages of a file deleted before they were written (nobody can read them: no
-        name leads to the file, no handle has it open).  Whether it did."""
+        name leads to the file, no handle has it open, and while the lease lives nobody
+        else has the file).  Whether it did."""
         f = self.files.get(ino)
         if (
             f is None
             or f.opens
             or ino in self._sending
             or f.st.get("nl") != 1
-            or not self.holds(ino)
+            or self.leases.exclusive_left(ino) <= 0
         ):
             return False
         self._due.pop(ino, None)
