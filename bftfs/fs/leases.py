@@ -416,9 +416,14 @@ class Leases:
             children.add(oid)
             self.stats["inherited"] += 1
 
-    def keep_alive(self, oid: int) -> None:
-        """``oid`` is used under its lease without a query: renew it when a third is left."""
-        self._renew_if_due([oid], trio.current_time())
+    def renew(self, oids: Sequence[int]) -> None:
+        """Renew the leases held on ``oids`` now, in as few updates as :meth:`_take_wanted`
+        groups them (``HeldFiles.renew_used``)."""
+        now = trio.current_time()
+        for oid in oids:
+            h = self.held.get(oid)
+            if h is not None:
+                self._ask(oid, now, h.kind)
 
     def want_exclusive(self, oid: int) -> None:
         """This mount defers a create or a removal in directory ``oid`` (or would, with an
