@@ -40,6 +40,10 @@ corrupt-fragments`` (every fragment they serve fails its check); the table then 
 their cold reads with the healthy bftfs target's.  ``--profile`` adds one untimed bftfs
 run under py-spy: CPU seconds per GiB of each part of the data path (erasure code, hash,
 AEAD, LMDB, msgpack, socket I/O, copies, trio's loop, the rest), daemon and nodes.
+``--settled`` times a second cold read of each run once the bftfs nodes' lazy
+verification of the file finished (polled, untimed): reading a big file written earlier,
+where the first read shares the CPU with that verification and regenerates the blocks not
+yet flagged verified (issue 34, third pass).
 
 Results: ``benchmarks/results/seqio.{json,md,png}`` (``--name`` for another stem).
 """
@@ -189,6 +193,40 @@ def drop_caches() -> str | None:
     return None
 
 
+def wait_verified(site: Site, limit: float = 120.0) -> float | None:
+    """Seconds until every bftfs node's lazy verifier has nothing left to verify (its
+    backlog of versions empty), polled from the nodes' statistics; 0 for other targets
+    (nothing to wait for), None if ``limit`` passed first.  Untimed: what the ``--settled``
+    read then measures is a cold read of a file the nodes have verified, as reading a big
+    file written earlier is (issue 34, third pass: the read right after the write shares
+    the CPU with the nodes' verification of it and regenerates what they have not flagged)."""
+    if site.config is None:
+        return 0.0
+    import trio
+
+    from bftfs.local import query_status
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        try:
+            statuses = trio.run(lambda: query_status(site.config, timeout=2.0, client="client1"))
+        except Exception:  # a diagnostic poll: a failed one is tried again
+            statuses = []
+        left = [
+            int(
+                ((st.stats or {}).get("progress") or {})
+                .get("rw.verify", {})
+                .get("backlog_versions", 1)
+            )
+            for st in statuses
+            if st.up
+        ]
+        if left and not any(left):
+            return time.perf_counter() - t0
+        time.sleep(0.2)  # a benchmark's poll of another process, not a test's synchronisation
+    return None
+
+
 def make_cold(site: Site) -> str | None:
     """Everything a cold read needs (see the module docstring); None, or why it is warm."""
     if site.remount is not None:
@@ -229,6 +267,8 @@ def one_run(
     if rss["write"] is not None:
         rec["daemon_peak_rss_mib"] = rss
     rcpu = rhooks[0]
+    if args.settled:
+        rec.update(_settled_read(site, args, block, path))
     if profile is not None:
         rec["node_counters"] = {**hooks[3].phases, **rhooks[3].phases}
         rec["parts"] = {
@@ -241,6 +281,24 @@ def one_run(
     if args.verify:
         verify_file(path, args.size_bytes, block)
         rec["verified"] = True
+    return rec
+
+
+def _settled_read(site: Site, args: argparse.Namespace, block: bytes, path: Path) -> dict[str, Any]:
+    """The ``--settled`` phase: once the nodes verified the file (:func:`wait_verified`),
+    cold again, the same timed read."""
+    rec: dict[str, Any] = {"settle_wait_s": wait_verified(site)}
+    make_cold(site)
+    hooks = _hooks(site, None)
+    for h in hooks:
+        h("settled", "start")
+    try:
+        rec["settled_s"] = read_file(path, args.size_bytes, len(block))
+    finally:
+        for h in reversed(hooks):
+            h("settled", "end")
+    rec["settled_cpu"] = hooks[0].phases.get("settled", {})
+    rec["settled_MBps"] = args.size_bytes / MB / rec["settled_s"]
     return rec
 
 
@@ -342,7 +400,12 @@ def measure(
                 warm = "" if rec["cold"] else f" (WARM: {rec['warm_reason']})"
                 progress.more(
                     f" write {rec['write_MBps']:.1f} MB/s ({common.fmt_s(rec['write_s'])}), "
-                    f"read {rec['read_MBps']:.1f} MB/s ({common.fmt_s(rec['read_s'])}){warm}",
+                    f"read {rec['read_MBps']:.1f} MB/s ({common.fmt_s(rec['read_s'])}){warm}"
+                    + (
+                        f", settled read {rec['settled_MBps']:.1f} MB/s"
+                        if "settled_MBps" in rec
+                        else ""
+                    ),
                     end="\n",
                 )
             runs.append(rec)
@@ -377,6 +440,18 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
                 for k in ("wall", "workload", "mount", "bindfs", "nodes")
                 if any(k in r["cpu"].get(ph, {}) for r in ok)
             }
+        settled = [r for r in ok if "settled_MBps" in r]
+        if settled:
+            rates = [r["settled_MBps"] for r in settled]
+            entry["settled_MBps_median"] = common.median(rates)
+            entry["settled_MBps_min_max"] = common.spread(rates)
+            entry["settled_cpu_median"] = {
+                k: common.median([r["settled_cpu"][k] for r in settled if k in r["settled_cpu"]])
+                for k in ("wall", "workload", "mount", "bindfs", "nodes")
+                if any(k in r["settled_cpu"] for r in settled)
+            }
+            waits = [r["settle_wait_s"] for r in settled if r.get("settle_wait_s") is not None]
+            entry["settle_wait_s_max"] = max(waits) if waits else None
         out[spec.name] = entry
     return out
 
@@ -389,6 +464,37 @@ def _rss_cell(s: dict[str, Any]) -> str:
 def _cpu_cell(c: dict[str, Any]) -> str:
     daemon = c.get("mount", c.get("bindfs"))
     return " / ".join(common.fmt_s(x) for x in (c.get("workload"), daemon, c.get("nodes")))
+
+
+def _settled_markdown(summary: dict[str, Any]) -> list[str]:
+    """The ``--settled`` table: the cold read once the nodes verified the file."""
+    have = {n: s for n, s in summary.items() if s.get("settled_MBps_median") is not None}
+    if not have:
+        return []
+    lines = [
+        "",
+        "Cold read again once the bftfs nodes' lazy verification of the file finished "
+        "(`--settled`; untimed wait, then remount and drop caches as before; the other "
+        "targets have nothing to wait for):",
+        "",
+        "| target | settled cold read MB/s | min-max | CPU s: workload / daemon / servers "
+        "| wait s (max) |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for name, s in have.items():
+        lo, hi = s["settled_MBps_min_max"]
+        wait = s.get("settle_wait_s_max")
+        lines.append(
+            f"| {name} | {s['settled_MBps_median']:.1f} | {lo:.1f}-{hi:.1f} "
+            f"| {_cpu_cell(s['settled_cpu_median'])} | {'-' if wait is None else f'{wait:.1f}'} |"
+        )
+    ref = have.get("glusterfs")
+    if ref is not None:
+        for name, s in have.items():
+            if s["kind"] == "bftfs":
+                r = common.ratio(s["settled_MBps_median"], ref["settled_MBps_median"])
+                lines.append(f"| {name} / glusterfs | {common.fmt_ratio(r)} | | | |")
+    return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -437,6 +543,7 @@ def markdown(result: dict[str, Any]) -> str:
                 w = common.ratio(summary[b]["write_MBps_median"], summary[r]["write_MBps_median"])
                 rd = common.ratio(summary[b]["read_MBps_median"], summary[r]["read_MBps_median"])
                 lines.append(f"| {b} / {r} | {common.fmt_ratio(w)} | {common.fmt_ratio(rd)} |")
+    lines += _settled_markdown(summary)
     healthy = next((n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]), None)
     faulty = [n for n in bft if n != healthy and ("down)" in n or "corrupting)" in n) and healthy]
     if healthy and faulty:
@@ -565,6 +672,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="one more bftfs run, untimed, under py-spy: CPU seconds per GiB of each part "
         "of the data path, daemon and nodes (results/<name>-profile/)",
     )
+    ap.add_argument(
+        "--settled",
+        action="store_true",
+        help="after each cold read, wait (untimed) until the bftfs nodes verified the file, "
+        "then time a second cold read: reading a big file written earlier",
+    )
     ap.add_argument("--note", help="a sentence added under the table (e.g. the conditions)")
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
     ap.add_argument("--name", default="seqio", help="results file stem (default seqio)")
@@ -639,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
             "b": args.b,
             "no_durable": args.no_durable,
             "verify": args.verify,
+            "settled": args.settled,
             "seed": args.seed,
             "note": args.note,
             "bftfs_cluster": next(

@@ -30,6 +30,12 @@ from nacl.bindings import (
     crypto_scalarmult,
 )
 from nacl.exceptions import BadSignatureError, CryptoError
+
+try:  # libsodium through pynacl's own cffi module: sealing a block in place (seal_buffer)
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - pynacl always ships it today
+    _ffi = _lib = None
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
@@ -237,7 +243,7 @@ class VolumeKey:
         return key
 
 
-def seal(key: bytes, data: bytes | memoryview, aad: bytes) -> bytes:
+def seal(key: bytes, data: bytes | bytearray | memoryview, aad: bytes) -> bytes:
     """``data`` encrypted and authenticated under ``key`` with a fresh random nonce, bound
     to ``aad``: ``nonce || ciphertext || tag`` (:data:`SEAL_OVERHEAD` bytes longer).  The
     nonce is random and 256 bits long, so no two sealings by any clients repeat one."""
@@ -312,6 +318,70 @@ def signature_ok(public: bytes, data: bytes, signature: bytes) -> bool:
     except (BadSignatureError, ValueError, TypeError, CryptoError):
         return False
     return True
+
+
+def seal_buffer(key: bytes, data: bytes | bytearray | memoryview, aad: bytes) -> bytearray:
+    """:func:`seal` of a big value (a file's block), written in place: the same
+    ``nonce || ciphertext || tag``, encrypted straight into the buffer it is returned in.
+
+    pynacl's binding zeroes a buffer, copies the ciphertext out of it, and the nonce is
+    joined on again: 1.18 ms for 1 MiB here against 0.10 in place, most of it copies made
+    with the GIL held (issue 34, third pass).  libsodium is called through cffi, which
+    releases the GIL, so a worker thread sealing a flush leaves the mount's loop running.
+    """
+    if _lib is None:  # pragma: no cover - pynacl always ships its cffi module today
+        return bytearray(seal(key, data, aad))
+    nonce = os.urandom(crypto_aead_aegis256_NPUBBYTES)
+    n = len(data)
+    out = bytearray(SEAL_OVERHEAD + n)
+    out[:crypto_aead_aegis256_NPUBBYTES] = nonce
+    written = _ffi.new("unsigned long long *")
+    rc = _lib.crypto_aead_aegis256_encrypt(
+        _ffi.from_buffer(out) + crypto_aead_aegis256_NPUBBYTES,
+        written,
+        _ffi.from_buffer(data),
+        n,
+        aad,
+        len(aad),
+        _ffi.NULL,
+        nonce,
+        key,
+    )
+    if rc != 0 or written[0] != n + crypto_aead_aegis256_ABYTES:  # pragma: no cover
+        raise SealError("encryption failed")
+    return out
+
+
+def unseal_buffer(key: bytes, sealed: bytes | bytearray | memoryview, aad: bytes) -> bytearray:
+    """:func:`unseal` of a big value, read in place and written once (pynacl's binding
+    copies the ciphertext out, zeroes a buffer and copies the plaintext out of it).
+
+    Raises:
+        SealError: as :func:`unseal`.
+    """
+    if _lib is None:  # pragma: no cover - pynacl always ships its cffi module today
+        return bytearray(unseal(key, bytes(sealed), aad))
+    if len(sealed) < SEAL_OVERHEAD:
+        raise SealError(f"a sealed value has at least {SEAL_OVERHEAD} bytes, got {len(sealed)}")
+    view = memoryview(sealed)
+    nonce = bytes(view[:crypto_aead_aegis256_NPUBBYTES])
+    clen = len(view) - crypto_aead_aegis256_NPUBBYTES
+    out = bytearray(clen - crypto_aead_aegis256_ABYTES)
+    written = _ffi.new("unsigned long long *")
+    rc = _lib.crypto_aead_aegis256_decrypt(
+        _ffi.from_buffer(out),
+        written,
+        _ffi.NULL,
+        _ffi.from_buffer(view[crypto_aead_aegis256_NPUBBYTES:]),
+        clen,
+        aad,
+        len(aad),
+        nonce,
+        key,
+    )
+    if rc != 0:
+        raise SealError("a sealed value does not open: changed, or under another key")
+    return out
 
 
 def pairwise_key(me: Identity, peer_public: bytes) -> bytes:

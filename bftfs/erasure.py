@@ -200,11 +200,15 @@ class Encoded:
         return verifier_of(self.cross_checksum)
 
 
-def encode(data: bytes, m: int, n: int, algorithm: int = DEFAULT_HASH) -> Encoded:
+def encode(
+    data: bytes | bytearray | memoryview, m: int, n: int, algorithm: int = DEFAULT_HASH
+) -> Encoded:
     """ENCODE + MAKE_CROSS_CHECKSUM for one block.
 
     Args:
-        data: the block contents (any length, including 0).
+        data: the block contents (any length, including 0); read once, into the stripes,
+            which are copies: the fragments and their cross checksum agree even if the
+            caller's buffer changes afterwards.
         m: fragments needed to decode (zfec's ``k``).
         n: fragments produced, one per node (zfec's ``m``).
         algorithm: the fragment hash the cross checksum names.
@@ -219,7 +223,7 @@ def encode(data: bytes, m: int, n: int, algorithm: int = DEFAULT_HASH) -> Encode
     return Encoded(fragments, make_cross_checksum(len(data), fragments, algorithm))
 
 
-def _split(data: bytes, m: int) -> tuple[bytes, ...]:
+def _split(data: bytes | bytearray | memoryview, m: int) -> tuple[bytes, ...]:
     """The ``m`` stripes of a block, the last zero-padded to the size of the others.
 
     Each byte of ``data`` is copied once, into its stripe: padding the whole block first

@@ -381,7 +381,9 @@ class OpenFile:
             if src is None:
                 src = self._base(first) or b""
             lo = offset - first * bs
-            piece = bytes(src[lo : lo + end - offset])
+            # Through a view: a block opened in place is a bytearray, whose slice would be
+            # copied once more by bytes().
+            piece = bytes(memoryview(src)[lo : lo + end - offset])
             return piece + bytes(end - offset - len(piece))
         # The pieces as views, joined once: the answer is copied once (slicing each
         # block, filling a bytearray and turning it into bytes was three copies).

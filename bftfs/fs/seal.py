@@ -22,6 +22,7 @@ that does not open (bits flipped by more than ``b`` nodes, a client writing garb
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +31,17 @@ from typing import Any, TypeVar
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.crypto import SIV_SIZE, SealError, VolumeKey, seal, siv_open, siv_seal, unseal
+from bftfs.crypto import (
+    SIV_SIZE,
+    SealError,
+    VolumeKey,
+    seal,
+    seal_buffer,
+    siv_open,
+    siv_seal,
+    unseal,
+    unseal_buffer,
+)
 from bftfs.fs.errors import FsError, NameTooLong
 from bftfs.fsobjects.dirents import Entries, all_entries
 from bftfs.qu.objects import MethodRefused
@@ -119,13 +130,14 @@ class Seal:
 
     # Blocks ---------------------------------------------------------------------------------
 
-    def seal_block(self, block: int, data: bytes) -> bytes:
-        """Block ``block``'s plaintext sealed, bound to its id (empty stays empty)."""
+    def seal_block(self, block: int, data: bytes | bytearray) -> bytes | bytearray:
+        """Block ``block``'s plaintext sealed, bound to its id (empty stays empty); in
+        place (:func:`~bftfs.crypto.seal_buffer`: a block is large)."""
         if not data:
             return b""
-        return seal(self._key, data, _block_aad(block))
+        return seal_buffer(self._key, data, _block_aad(block))
 
-    def open_block(self, block: int, data: bytes) -> bytes:
+    def open_block(self, block: int, data: bytes) -> bytes | bytearray:
         """Block ``block``'s plaintext from what the nodes returned.
 
         Raises:
@@ -133,8 +145,13 @@ class Seal:
         """
         if not data:
             return b""
+        aad = _block_aad(block)
         try:
-            return self._unseal(data, _block_aad(block))
+            for key in self._keys[:-1]:
+                # The current key first (what is written now), then older ones.
+                with contextlib.suppress(SealError):
+                    return unseal_buffer(key, data, aad)
+            return unseal_buffer(self._keys[-1], data, aad)
         except SealError as e:
             raise SealBroken(f"block {block:#x}: {e}") from None
 
@@ -460,17 +477,19 @@ class SealedBlocks:
         """``RWClient.write_block`` of the sealed block."""
         return await self._rw.write_block(block, self._seal.seal_block(block, data), **options)
 
-    async def read_blocks(self, blocks: Iterable[int], **options: Any) -> dict[int, bytes]:
-        """``RWClient.read_blocks``, opened."""
+    async def read_blocks(
+        self, blocks: Iterable[int], **options: Any
+    ) -> dict[int, bytes | bytearray]:
+        """``RWClient.read_blocks``, opened (in place: bytearrays, which nothing changes)."""
         got = await self._rw.read_blocks(blocks, **options)
         size = sum(len(data) for data in got.values())
         return await _cpu(size, lambda: {b: self._seal.open_block(b, d) for b, d in got.items()})
 
-    async def read_block(self, block: int) -> bytes:
+    async def read_block(self, block: int) -> bytes | bytearray:
         """``RWClient.read_block``, opened."""
         return self._seal.open_block(block, await self._rw.read_block(block))
 
-    async def read_as_of(self, block: int, time_ns: int) -> bytes:
+    async def read_as_of(self, block: int, time_ns: int) -> bytes | bytearray:
         """``RWClient.read_as_of`` (history), opened."""
         return self._seal.open_block(block, await self._rw.read_as_of(block, time_ns))
 

@@ -40,8 +40,10 @@ from bftfs.rw.timestamp import Timestamp, make_timestamp
 
 def _encode_wave(blocks: Sequence[bytes], m: int, n: int) -> list[erasure.Encoded]:
     """ENCODE + MAKE_CROSS_CHECKSUM for several blocks in one call (one worker-thread
-    hand-off for a whole wave of :meth:`Writer.write_blocks`)."""
-    return [erasure.encode(bytes(data), m, n) for data in blocks]
+    hand-off for a whole wave of :meth:`Writer.write_blocks`).  Each block is read once,
+    into its stripes (``erasure.encode``): a sealed block is a bytearray, which ``bytes()``
+    would copy first."""
+    return [erasure.encode(data, m, n) for data in blocks]
 
 
 class Writer:
@@ -93,7 +95,7 @@ class Writer:
         """
         self._check_size(data)
         encoded: erasure.Encoded = await self.calls.cpu(
-            len(data), erasure.encode, bytes(data), self.th.m, self.th.n
+            len(data), erasure.encode, data, self.th.m, self.th.n
         )
         return await self._write_encoded(BlockId(block), encoded, after=after)
 
