@@ -335,6 +335,7 @@ def test_workload_with_every_byzantine_behaviour(
     run(tmp_path, body, **SMALL)
 
 
+@pytest.mark.slow  # 45 s: every call waits out its patience
 def test_too_many_crashed_nodes_is_eio_not_a_hang(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         await env.fs.mkdir(ROOT, b"before", 0o755, 0, 0)

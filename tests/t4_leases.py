@@ -74,8 +74,8 @@ def _lease_directory(pc: ProcessCluster, m: Mount, d: Path) -> None:
 
 @pytest.mark.parametrize(
     "profile",
-    [
-        "healthy",
+    [  # 36 s each (cool-downs between recalls): the slow suite; tier 3 covers the recall
+        pytest.param("healthy", marks=pytest.mark.slow),
         pytest.param("withhold-recalls", marks=pytest.mark.slow),
         pytest.param("forge-recalls", marks=pytest.mark.slow),
     ],
@@ -178,6 +178,7 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
                 assert (b.mountpoint / "d" / name).read_bytes() == b"s" * i
 
 
+@pytest.mark.slow  # 23 s: it waits out the dead holder's lease
 def test_a_holder_killed_with_appends_left_to_write_back_loses_only_those(
     tmp_path: Path,
 ) -> None:
