@@ -421,6 +421,40 @@ def test_snapshots_are_named_moments_usable_wherever_a_time_is(
     assert unknown.returncode == 2 and b"snapshot" in unknown.stderr
 
 
+def test_scheduled_snapshots_are_taken_and_thinned_and_hand_named_ones_stay(
+    setup: tuple[ProcessCluster, Path, Path, str],
+) -> None:
+    """``bftfs snapshot auto`` (what the shipped timer runs) at injected times: each run
+    takes ``auto-TIME``; with nothing to keep but the newest, the next run deletes the
+    earlier ones; a snapshot named by hand stays, and a dry run changes nothing."""
+    cluster, mine, _, _ = setup
+    (mine / "scheduled").write_bytes(b"kept by the schedule")
+    bftfs(cluster, "snapshot", "create", "by-hand")
+    now = time.time_ns()
+    first, second = now - 2 * 3600 * 10**9, now - 3600 * 10**9
+    for t in (first, second):
+        bftfs(cluster, "snapshot", "auto", "--now", at(t))
+
+    def listed() -> set[str]:
+        return set(json.loads(bftfs(cluster, "snapshot", "list", "--json").stdout))
+
+    autos = {n for n in listed() if n.startswith("auto-")}
+    assert len(autos) == 2 and "by-hand" in listed()
+    none = ("--keep-hourly", "0", "--keep-daily", "0", "--keep-weekly", "0")
+    dry = bftfs(cluster, "snapshot", "auto", "--now", at(now), *none, "--dry-run").stdout
+    assert dry.count(b"would delete") == 2 and listed() >= autos
+    out = bftfs(cluster, "snapshot", "auto", "--now", at(now), *none).stdout
+    assert out.count(b"deleted") == 2
+    left = listed()
+    assert "by-hand" in left and not autos & left
+    newest = [n for n in left if n.startswith("auto-")]
+    assert len(newest) == 1
+    got = bftfs(cluster, "cat", str(mine / "scheduled"), "--at", newest[0]).stdout
+    assert got == b"kept by the schedule"
+    for n in left:
+        bftfs(cluster, "snapshot", "delete", n)
+
+
 def test_a_node_misdating_old_versions_cannot_date_them_where_others_pruned(
     tmp_path: Path,
 ) -> None:

@@ -233,6 +233,13 @@ def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     from bftfs.fsobjects import valid_snapshot_name
 
     now_ns = time.time_ns()
+    if args.action == "auto":
+        if args.now is not None:  # (tests: the schedule at an injected time)
+            injected = parse_when(args.now, now_ns)
+            if not isinstance(injected, int):
+                raise WhenError(f"--now {args.now!r}: a time, not a version or snapshot")
+            now_ns = injected
+        return _snapshot_auto(args, cfg, now_ns)
     if args.action in ("create", "delete") and not valid_snapshot_name(args.name):
         raise WhenError(
             f"{args.name!r}: snapshot names are 1-64 printable characters without "
@@ -266,6 +273,36 @@ def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         print(f"snapshot {args.name} deleted: retention may reclaim what only it kept")
     else:
         _print_snapshots(*got, as_json=args.json, sizes_asked=args.sizes)
+    return 0
+
+
+def _snapshot_auto(args: argparse.Namespace, cfg: ClusterConfig, now_ns: int) -> int:
+    """``snapshot auto``: a scheduled snapshot now, then the earlier scheduled ones the
+    schedule no longer keeps deleted (``bftfs/autosnap.py``); ``--dry-run`` says which."""
+    from bftfs.autosnap import auto_name, to_delete
+
+    name = auto_name(now_ns)
+
+    async def run(past: Any) -> tuple[dict[str, int], list[str]]:
+        snaps = dict(await past.snapshots())
+        if not args.dry_run and name not in snaps:  # (a second run within the second)
+            await past.snapshot_create(name, now_ns)
+        snaps[name] = snaps.get(name, now_ns)
+        gone = to_delete(
+            snaps, now_ns, hourly=args.keep_hourly, daily=args.keep_daily, weekly=args.keep_weekly
+        )
+        if not args.dry_run:
+            for old in gone:
+                await past.snapshot_delete(old)
+        return snaps, gone
+
+    snaps, gone = with_past(cfg, args.as_client, run)
+    verb = "would take" if args.dry_run else "took"
+    print(f"{verb} snapshot {name} at {iso_time(now_ns)}")
+    for old in gone:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {old} ({iso_time(snaps[old])})")
+    left = sum(1 for n in snaps if n.startswith("auto-")) - len(gone)
+    print(f"{left} scheduled snapshot(s) kept")
     return 0
 
 
@@ -416,9 +453,28 @@ def _add_snapshot(sub: Any) -> None:
         ("create", "pin the tree as it is now (or --at WHEN)"),
         ("delete", "let retention reclaim what only this snapshot kept"),
         ("list", "the snapshots, oldest first, with their files and bytes"),
+        ("auto", "a scheduled snapshot (auto-TIME), the older scheduled ones thinned"),
     ):
         ap = snap.add_parser(action, help=text)
-        if action != "list":
+        if action == "auto":
+            from bftfs.autosnap import DEFAULT_DAILY, DEFAULT_HOURLY, DEFAULT_WEEKLY
+
+            for tier, default in (
+                ("hourly", DEFAULT_HOURLY),
+                ("daily", DEFAULT_DAILY),
+                ("weekly", DEFAULT_WEEKLY),
+            ):
+                ap.add_argument(
+                    f"--keep-{tier}",
+                    type=int,
+                    default=default,
+                    metavar="N",
+                    help=f"keep the newest scheduled snapshot of each of the last N "
+                    f"{tier.removesuffix('ly').replace('dai', 'day')}s (default {default})",
+                )
+            ap.add_argument("--dry-run", action="store_true", help="say what would be done")
+            ap.add_argument("--now", metavar="WHEN", type=checked_when, help=argparse.SUPPRESS)
+        elif action != "list":
             ap.add_argument("name")
         else:
             ap.add_argument("--json", action="store_true", help="machine-readable output")

@@ -1,6 +1,7 @@
-"""``bftfs unit node|mount``: print a systemd unit shipped with the package, for an operator
-to put in ``/etc/systemd/system/`` on a node's or a client's machine (``bftfs/systemd/``:
-a hardened ``Type=notify`` node unit, and a mount unit)."""
+"""``bftfs unit node|mount|snapshot|snapshot-timer``: print a systemd unit shipped with the
+package, for an operator to put in ``/etc/systemd/system/`` on a node's or a client's
+machine (``bftfs/systemd/``: a hardened ``Type=notify`` node unit, a mount unit, and the
+service and hourly timer of scheduled snapshots, ``bftfs snapshot auto``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from importlib import resources
 from typing import Any
 
 #: The unit each name prints, and the file name it is installed under.
-UNITS = {"node": "bftfs-node@.service", "mount": "mnt-bftfs.mount"}
+UNITS = {
+    "node": "bftfs-node@.service",
+    "mount": "mnt-bftfs.mount",
+    "snapshot": "bftfs-snapshot.service",
+    "snapshot-timer": "bftfs-snapshot.timer",
+}
 
 
 def unit_text(name: str) -> str:
@@ -21,7 +27,8 @@ def add_unit(sub: Any) -> None:
     """``bftfs unit``."""
     sp = sub.add_parser(
         "unit",
-        help="print a systemd unit: node (bftfs-node@.service) or mount (mnt-bftfs.mount)",
+        help="print a systemd unit: node (bftfs-node@.service), mount (mnt-bftfs.mount), "
+        "snapshot and snapshot-timer (scheduled snapshots, hourly)",
     )
     sp.add_argument("which", choices=sorted(UNITS), help="which unit")
     sp.set_defaults(func=cmd_unit)
