@@ -25,7 +25,8 @@ from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import Class, Method, MethodRefused, ObjectType, Registry
 from bftfs.qu.reads import versions
 from bftfs.qu.request import Operation, Request
-from bftfs.qu.retention import prune_step
+from bftfs.qu.retention import drop_requests, prune_step
+from bftfs.qu.schema import load_request, load_rh
 from bftfs.qu.tombstones import tombstone_target
 from bftfs.rw import collect, replica
 from bftfs.rw.lazy import gc_plan, squeezed
@@ -125,6 +126,38 @@ def test_with_the_schedule_off_the_same_removal_is_gone_after_keep_seconds() -> 
         kv, 1, mark=stamps[2], flag=None, poisonous=(), now_ns=DAY0 + DAY_NS, retention=policy
     )
     assert collect.hosted_step(kv, 1) == [stamps[2]]
+
+
+def test_stored_requests_go_after_keep_seconds_while_their_versions_stay() -> None:
+    """History keeps Q/U versions to its horizon; the request each one stored (what
+    inline repair and link proofs fetch) goes after ``keep_seconds``, but for those of the
+    replica history's candidates and the versions they were conditioned on."""
+    policy = RetentionPolicy()
+    cl = MemCluster(reg=Registry([FILE]), retention=replica_retention(policy))
+    hours = (9, 10, 11, 12, 13)
+    for seq, hour in enumerate(hours, start=1):
+        _qu_put(cl, seq, f"v{seq}", DAY0 + hour * HOUR_NS)
+    soon = DAY0 + 9 * HOUR_NS + 10 * 60 * SEC  # the first is 10 minutes old: nothing goes
+    assert drop_requests(cl.kvs[0], cl.cfgs[0], OID, soon) == 0
+    later = DAY0 + 13 * HOUR_NS + 16 * 60 * SEC
+    for s in range(cl.th.n):
+        kv = cl.kvs[s]
+        lts = [v.lt for v in versions(kv, OID)]
+        assert all(load_request(kv, lt) is not None for lt in lts)
+        rh, _ = load_rh(kv, OID)
+        floor = min(min(c.lt, c.lt_co) if c.lt_co is not None else c.lt for c in rh)
+        below = [lt < floor for lt in lts]
+        assert any(below) and not all(below)
+        assert drop_requests(kv, cl.cfgs[s], OID, later) == sum(below)
+        assert drop_requests(kv, cl.cfgs[s], OID, later) == 0  # gone already
+        assert [load_request(kv, lt) is None for lt in lts] == below
+        assert len(versions(kv, OID)) == len(hours)  # the versions stay
+    # The old rule (no request_seconds): a request lives as long as its version.
+    keep_all = MemCluster(reg=Registry([FILE]), retention=replica_retention(policy))
+    object.__setattr__(keep_all.cfgs[0].retention, "request_seconds", None)
+    for seq, hour in enumerate(hours, start=1):
+        _qu_put(keep_all, seq, f"v{seq}", DAY0 + hour * HOUR_NS)
+    assert drop_requests(keep_all.kvs[0], keep_all.cfgs[0], OID, DAY0 + DAY_NS) == 0
 
 
 def test_a_snapshot_keeps_its_moment_and_not_everything_after_it() -> None:

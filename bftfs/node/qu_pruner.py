@@ -55,7 +55,7 @@ from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError
 from bftfs.qu.reads import handle_history
 from bftfs.qu.replica import cull
 from bftfs.qu.reply import Reply
-from bftfs.qu.retention import prune_step
+from bftfs.qu.retention import drop_requests, prune_step
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import MAX_OBJECTS
 from bftfs.qu.tombstones import (
@@ -92,6 +92,15 @@ class Pruner:
         #: ``(due ns, oid)`` of tombstones to forget later (not work: see ``idle``).
         self._later: list[tuple[int, int]] = []
         self._backoff = Backoff()
+        #: Stored requests to drop (``Retention.request_seconds``): ``(due ns, oid)``, a
+        #: heap, each object's latest entry in ``_requests_latest`` (:meth:`drop_requests`).
+        secs = cfg.retention.request_seconds
+        self.request_delay_ns = (
+            int(secs * 1e9) + 1 if secs is not None and secs < cfg.retention.keep_seconds else None
+        )
+        self._requests: list[tuple[int, int]] = []
+        self._requests_latest: dict[int, int] = {}
+        self._requests_wake = trio.Event()
         self._wake = trio.Event()
         #: Set while nothing is queued or being done (tests wait on it).
         self.idle = node.finished["qu.prune"] = trio.Event()
@@ -106,12 +115,45 @@ class Pruner:
         if not self.enabled:
             return
         due = self.node.now_ns() + self.delay_ns
+        objects = list(objects)
         for oid in objects:
             heapq.heappush(self._queue, (due, oid))
             self._latest[oid] = due
             self._backoff.reset(oid)
         self._busy()
         self._wake.set()
+        if self.request_delay_ns is not None:
+            soon = self.node.now_ns() + self.request_delay_ns
+            for oid in objects:
+                heapq.heappush(self._requests, (soon, oid))
+                self._requests_latest[oid] = soon
+            self._requests_wake.set()
+
+    async def drop_requests(self) -> None:
+        """Drop the stored requests of versions past ``request_seconds``, each object looked
+        at once after its latest update (:func:`bftfs.qu.retention.drop_requests`); never
+        returns while the node runs.  Memory: one entry per object updated within
+        ``request_seconds``."""
+        while True:
+            now = self.node.now_ns()
+            if not self._requests or self._requests[0][0] > now:
+                wait = (self._requests[0][0] - now) / 1e9 if self._requests else float("inf")
+                self._requests_wake = trio.Event()
+                with trio.move_on_after(wait):
+                    await self._requests_wake.wait()
+                continue
+            due, oid = heapq.heappop(self._requests)
+            if self._requests_latest.get(oid) != due:
+                continue  # updated again since: its own entry comes later
+            del self._requests_latest[oid]
+            step = functools.partial(drop_requests, cfg=self.cfg, oid=oid, now_ns=now)
+            try:
+                self.node.stats["qu.requests_dropped"] += await self.node.store.write(
+                    step, background=True
+                )
+            except Exception:
+                self.node.stats["internal_errors"] += 1
+                self.node.log.exception("node %s: dropping requests of %d", self.node.id, oid)
 
     def _busy(self) -> None:
         if self.idle.is_set():

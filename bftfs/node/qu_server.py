@@ -156,6 +156,8 @@ def register(
         if pruner.enabled:
             node.spawn(pruner.run)
             node.spawn(pruner.sweep)
+            if pruner.request_delay_ns is not None:
+                node.spawn(pruner.drop_requests)
     return server
 
 
@@ -440,10 +442,12 @@ def replica_retention(kept: RetentionPolicy) -> Retention:
     ``keep_versions``, every version up to history's horizon (``horizon_seconds``: Q/U
     versions are not thinned, since a history read walks the conditioned-on chain and
     cannot step over a hole; docs/history.md), the snapshots' versions, and a removed
-    object's tombstone ``forget_seconds`` beyond the horizon."""
+    object's tombstone ``forget_seconds`` beyond the horizon; a version's stored request
+    only ``keep_seconds`` (``Retention.request_seconds``)."""
     return Retention(
         keep_last=kept.keep_versions,
         keep_seconds=kept.horizon_seconds,
         forget_seconds=kept.forget_seconds,
         pins=pinned_moments,
+        request_seconds=kept.keep_seconds,
     )

@@ -77,3 +77,42 @@ def prune_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
         v = schema.load_version(kv, oid, latest[0])
         finished = v is not None and v.state is not None and cfg.registry.finished(unpack(v.state))
     return retain(kv, cfg, oid, rh, now_ns, finished=finished)
+
+
+#: Versions in a row found without a stored request after which
+#: :func:`drop_requests` stops (older ones lost theirs at an earlier look; a version
+#: obtained by object sync never had one here).
+MAX_MISSES = 8
+
+
+def drop_requests(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
+    """Delete the stored requests of ``oid``'s versions older than ``request_seconds`` and
+    below every candidate of its replica history and their conditioned-on versions (what
+    repair and link proofs may still fetch, as :func:`retain` keeps), newest first until
+    :data:`MAX_MISSES` in a row are gone already; how many it deleted.
+
+    History keeps Q/U versions to its horizon (days), but a version's request, about 2.4 KB
+    of its 3, only serves inline repair and link proofs, which ask within ``keep_seconds``:
+    kept as long as the version, requests were three quarters of a week's Q/U history
+    (docs/history.md).  A request belongs to its first object (:func:`schema.delete_version`
+    deletes it with that object's version), so only that object's look drops it."""
+    secs = cfg.retention.request_seconds
+    if secs is None:
+        return 0
+    rh, _auth = schema.load_rh(kv, oid)
+    if is_initial(rh):
+        return 0
+    floor = min(min(c.lt, c.lt_co) if c.lt_co is not None else c.lt for c in rh)
+    old_ns = now_ns - int(secs * 1e9)
+    dropped = misses = 0
+    for lt, stored_ns, first in schema.versions_newest_first(kv, oid):
+        if lt >= floor or stored_ns > old_ns or first != oid:
+            continue
+        if schema.delete_request(kv, lt):
+            dropped += 1
+            misses = 0
+        else:
+            misses += 1
+            if misses >= MAX_MISSES:
+                break
+    return dropped

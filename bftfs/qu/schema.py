@@ -42,6 +42,7 @@ one transaction the caller gives it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -391,6 +392,26 @@ def oldest_versions(kv: KV, oid: int, k: int) -> list[tuple[Timestamp, int]]:
             raise SchemaError(f"bad stored version: {e}") from e
         out.append((Timestamp.decode(key[8:]), stored_ns))
     return out
+
+
+def versions_newest_first(kv: KV, oid: int) -> Iterator[tuple[Timestamp, int, int | None]]:
+    """``(lt, stored_ns, first object)`` of each stored version of ``oid``, newest first,
+    read lazily (a caller that stops early reads no further)."""
+    start = oid_key(oid)
+    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    for key, value in kv.scan(DB_VER, start, stop, reverse=True):
+        if len(key) != 8 + TIMESTAMP_SIZE:
+            continue
+        try:
+            d = unpack(value)
+            objects = d.get("o") or ()
+            yield (
+                Timestamp.decode(key[8:]),
+                int(d.get("w", 0)),
+                (int(objects[0]) if objects else None),
+            )
+        except (TypeError, ValueError, AttributeError) as e:
+            raise SchemaError(f"bad stored version: {e}") from e
 
 
 def store_request(kv: KV, lt: Timestamp, body: bytes, owner: int | None = None) -> None:

@@ -37,6 +37,11 @@ class Retention:
     #: How long a tombstone stays before the servers forget the object altogether (after
     #: ``keep_seconds``): see :func:`bftfs.qu.tombstones.forget_target`.  None: never.
     forget_seconds: float | None = None
+    #: Seconds after which a version's stored request goes although the version stays
+    #: (:func:`bftfs.qu.retention.drop_requests`): past ``keep_seconds`` of ``[retention]``
+    #: no repair or link proof asks for it, while history keeps versions to its horizon.
+    #: None: a request goes with its version.
+    request_seconds: float | None = None
     #: The moments whose versions are never deleted (snapshots), read from the store when
     #: something would be: the version current at each (the newest stored at or before it
     #: by this server's clock) stays, and with it every newer one.
