@@ -19,10 +19,13 @@ from bftfs.thinning import Schedule, kept
 
 #: The name every scheduled snapshot starts with.
 PREFIX = "auto-"
-#: Default counts: a day of hours, a week of days, a month of weeks.
+#: Default counts: a day of hours, a week of days, no weeks.  A snapshot older than
+#: history's horizon (7 days by default) keeps every Q/U version after its moment, which
+#: retention does not thin (docs/history.md), so weekly ones cost metadata history for as
+#: many weeks; ``--keep-weekly`` asks for them.
 DEFAULT_HOURLY = 24
 DEFAULT_DAILY = 7
-DEFAULT_WEEKLY = 4
+DEFAULT_WEEKLY = 0
 
 
 def auto_name(now_ns: int) -> str:
