@@ -171,6 +171,9 @@ async def names(fs: FileSystem, ino: int) -> list[bytes]:
 #: loaded machine's fsyncs do not (at 0.2 s, three of six nodes stayed silent through it on
 #: CI, and the create was refused as unavailable).
 CALL_PATIENCE = 1.0
+#: Rounds of the journal each client runs at most before contention must have shown: 300
+#: left node processes one backoff short (5 of 6) once; the loop stops as soon as it shows.
+JOURNAL_ROUNDS = 600
 
 
 async def backoff_past_the_patience(_delay: float) -> None:
@@ -184,7 +187,8 @@ async def journal_until_contended(
     """SQLite's journal from each of ``fss`` at once on one name in ``parent``: create (or
     open and truncate), write, fsync, close, unlink, each call under ``call_patience`` as
     the FUSE layer runs it, until the clients' Q/U clients have backed off for contention
-    ``backoffs`` times each on average (at most 300 rounds each: then it fails)."""
+    ``backoffs`` times each on average (at most :data:`JOURNAL_ROUNDS` rounds each: then it
+    fails)."""
 
     def contended() -> bool:
         return sum(fs.qu.statistics().backoffs for fs in fss) >= backoffs * len(fss)
@@ -194,7 +198,7 @@ async def journal_until_contended(
             return await fn(*args)
 
     async def loop(k: int, fs: FileSystem) -> None:
-        for _ in range(300):
+        for _ in range(JOURNAL_ROUNDS):
             if contended():
                 return
             fh = await call(open_creat_trunc, fs, parent, b"j")
