@@ -72,6 +72,19 @@ def _lease_directory(pc: ProcessCluster, m: Mount, d: Path) -> None:
     _wait("a lease on the directory", 30, listed_from_lease)
 
 
+def _lease_exclusively(pc: ProcessCluster, m: Mount, d: Path, prefix: str) -> list[str]:
+    """Create files ``PREFIX<i>`` (``i`` bytes ``PREFIX[0]``) in ``d`` until mount ``m``
+    holds an exclusive lease on it (at most six); the names created."""
+    made = []
+    for i in range(6):
+        (d / f"{prefix}{i}").write_bytes(prefix[:1].encode() * i)
+        made.append(f"{prefix}{i}")
+        if _leases(pc, m).get("exclusive"):
+            break
+    _wait("an exclusive lease", 30, lambda: _leases(pc, m).get("exclusive"))
+    return made
+
+
 @pytest.mark.parametrize(
     "profile",
     [  # 36 s each (cool-downs between recalls): the slow suite; tier 3 covers the recall
@@ -151,13 +164,7 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
             with a:
                 d = a.mountpoint / "d"
                 d.mkdir()
-                sent = []
-                for i in range(6):  # creates until the directory is leased exclusively
-                    (d / f"sent{i}").write_bytes(b"s" * i)
-                    sent.append(f"sent{i}")
-                    if _leases(pc, a).get("exclusive"):
-                        break
-                _wait("an exclusive lease", 30, lambda: _leases(pc, a).get("exclusive"))
+                sent = _lease_exclusively(pc, a, d, "sent")
                 for i in range(3):
                     (d / f"lost{i}").write_bytes(b"l" * 100)
                 fd = os.open(d / "synced", os.O_CREAT | os.O_WRONLY, 0o644)
@@ -194,11 +201,7 @@ def test_a_holder_killed_with_appends_left_to_write_back_loses_only_those(
             with a:
                 d = a.mountpoint / "d"
                 d.mkdir()
-                for i in range(6):  # creates until the directory is leased exclusively
-                    (d / f"warm{i}").write_bytes(b"w")
-                    if _leases(pc, a).get("exclusive"):
-                        break
-                _wait("an exclusive lease", 30, lambda: _leases(pc, a).get("exclusive"))
+                _lease_exclusively(pc, a, d, "warm")
                 for data, sync in ((b"created\n", True), (b"synced\n", True), (b"lost\n", False)):
                     fd = os.open(d / "log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
                     os.write(fd, data)
@@ -232,13 +235,7 @@ def test_a_holder_paused_past_its_term_comes_back_without_its_leases(tmp_path: P
         ):
             d = a.mountpoint / "d"
             d.mkdir()
-            made = []
-            for i in range(6):  # creates until the directory is leased exclusively
-                (d / f"sent{i}").write_bytes(b"s" * i)
-                made.append(f"sent{i}")
-                if _leases(pc, a).get("exclusive"):
-                    break
-            _wait("an exclusive lease", 30, lambda: _leases(pc, a).get("exclusive"))
+            made = _lease_exclusively(pc, a, d, "sent")
             for i in range(3):
                 (d / f"kept{i}").write_bytes(b"k" * 100)
                 made.append(f"kept{i}")

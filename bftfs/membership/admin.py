@@ -106,11 +106,21 @@ def with_client(view: View, name: str, public_key: bytes, next_number: int) -> V
     return replace(view, number=view.number + 1, clients=(*view.clients, added))
 
 
-def without_client(view: View, name: str) -> View:
-    """``view`` without client ``name`` (its id retired for good), numbered one higher."""
+def _named(view: View, name: str) -> ViewClient:
+    """Client ``name`` of ``view``.
+
+    Raises:
+        ConfigError: ``view`` has no such client.
+    """
     spec = view.client(name)
     if spec is None:
         raise ConfigError(f"no client {name!r} in view {view.number}")
+    return spec
+
+
+def without_client(view: View, name: str) -> View:
+    """``view`` without client ``name`` (its id retired for good), numbered one higher."""
+    spec = _named(view, name)
     return replace(
         view,
         number=view.number + 1,
@@ -121,9 +131,7 @@ def without_client(view: View, name: str) -> View:
 
 def rekeyed(view: View, name: str, public_key: bytes) -> View:
     """``view`` with client ``name``'s key replaced (same id: history stays its own)."""
-    spec = view.client(name)
-    if spec is None:
-        raise ConfigError(f"no client {name!r} in view {view.number}")
+    _named(view, name)
     return replace(
         view,
         number=view.number + 1,

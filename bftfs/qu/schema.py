@@ -345,10 +345,15 @@ def _release(kv: KV, raw: bytes) -> None:
             kv.put(DB_BREF, h, count.to_bytes(4, "big"))
 
 
+def _version_range(oid: int) -> tuple[bytes, bytes]:
+    """The ``qu.ver`` keys of ``oid``'s versions: ``start <= key < stop``."""
+    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    return oid_key(oid), stop
+
+
 def iter_versions(kv: KV, oid: int, *, reverse: bool = False) -> list[Version]:
     """Every stored version of ``oid`` in logical-time order (newest first if ``reverse``)."""
-    start = oid_key(oid)
-    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    start, stop = _version_range(oid)
     out = []
     for k, v in kv.scan(DB_VER, start, stop, reverse=reverse):
         if len(k) == 8 + TIMESTAMP_SIZE:
@@ -359,8 +364,7 @@ def iter_versions(kv: KV, oid: int, *, reverse: bool = False) -> list[Version]:
 def newest_times(kv: KV, oid: int, k: int) -> list[Timestamp]:
     """The timestamps of the ``k`` newest stored versions of ``oid``, newest first (keys
     only)."""
-    start = oid_key(oid)
-    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    start, stop = _version_range(oid)
     out: list[Timestamp] = []
     for key, _ in kv.scan(DB_VER, start, stop, reverse=True):
         if len(out) == k:
@@ -378,8 +382,7 @@ def oldest_version(kv: KV, oid: int) -> tuple[Timestamp, int] | None:
 
 def oldest_versions(kv: KV, oid: int, k: int) -> list[tuple[Timestamp, int]]:
     """``(lt, stored_ns)`` of the ``k`` oldest stored versions of ``oid``, oldest first."""
-    start = oid_key(oid)
-    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    start, stop = _version_range(oid)
     out: list[tuple[Timestamp, int]] = []
     for key, value in kv.scan(DB_VER, start, stop):
         if len(out) >= k:
@@ -397,8 +400,7 @@ def oldest_versions(kv: KV, oid: int, k: int) -> list[tuple[Timestamp, int]]:
 def versions_newest_first(kv: KV, oid: int) -> Iterator[tuple[Timestamp, int, int | None]]:
     """``(lt, stored_ns, first object)`` of each stored version of ``oid``, newest first,
     read lazily (a caller that stops early reads no further)."""
-    start = oid_key(oid)
-    stop = (oid + 1).to_bytes(8, "big") if oid + 1 < (1 << 64) else b"\xff" * 9
+    start, stop = _version_range(oid)
     for key, value in kv.scan(DB_VER, start, stop, reverse=True):
         if len(key) != 8 + TIMESTAMP_SIZE:
             continue
