@@ -242,7 +242,7 @@ def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
         await exclusive(a, d)
         leases = a.meta.leases
         assert leases is not None
-        await until("the listing", lambda: d in leases._listing)
+        await until("the listing", lambda: d in leases.answers.listings)
         before = a.meta.methods["fs.lookup"] + a.meta.methods["fs.lookupstat"]
         for k in range(10):
             with pytest.raises(NotFound):
@@ -262,7 +262,7 @@ def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
             await a.rmdir(d, b"sub")  # refused: the name stays in the listing
         assert (await a.lookup(d, b"sub")).ino == sub
         await a.rename(d, b"warm1", d, b"moved", 0)  # not one entry: the listing goes
-        assert d not in leases._listing
+        assert d not in leases.answers.listings
         assert (await a.lookup(d, b"moved")).size == 1
 
     run(tmp_path, body, fs_options=OPTIONS)

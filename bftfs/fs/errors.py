@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import errno as _errno
 
+from bftfs import fsobjects
+from bftfs.qu.objects import MethodRefused
+
 
 class FsError(Exception):
     """A file-system operation failed; ``errno`` says how (EIO unless a subclass says)."""
@@ -177,3 +180,14 @@ def from_refusal(code: str, message: str = "") -> FsError:
     request - are EIO: they mean a bug or a misbehaving peer, not a POSIX condition)."""
     cls = _BY_CODE.get(code, FsError)
     return cls(f"{code}: {message}" if message else code)
+
+
+def check_name(name: bytes, name_max: int) -> None:
+    """Refuse an entry name the servers would refuse (``fsobjects.check_name``), or one
+    longer than ``name_max`` (shorter in a sealed cluster, ``fs/seal.py``), as FsError."""
+    try:
+        fsobjects.check_name(name)
+    except MethodRefused as e:
+        raise from_refusal(e.code, e.message) from None
+    if len(name) > name_max:
+        raise NameTooLong()

@@ -74,6 +74,7 @@ from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.callorder import CallOrder
 from bftfs.fs.errors import Exists, NotFound
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import (
@@ -178,6 +179,7 @@ class FileSystem:
         self.pending = PendingCreates(
             self.meta, self.cache, self.table, self.engine, enabled=write_behind
         )
+        self.order = CallOrder(self.meta, self.pending)
         self.attributes = Attributes(
             self.meta,
             self.cache,
@@ -203,7 +205,9 @@ class FileSystem:
         if self.meta.leases is not None and commit > 0 and write_behind:
             # Directory write-back (fs/writeback.py): closes of new files in a directory
             # this mount holds an exclusive lease on leave their create pending.
-            self.pending.writeback = WriteBack(self.meta.leases, commit, self.pending.send_deferred)
+            self.pending.writeback = WriteBack(
+                self.meta.leases, commit, self.pending.sends.send_deferred
+            )
             self.cache.local_stat = self.pending.deferred_stat
             # ... and removals there return before they are sent (fs/unlinkback.py).
             unlinks = PendingUnlinks(

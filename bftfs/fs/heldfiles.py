@@ -14,7 +14,7 @@ or change the file without recalling it first (``fsobjects.leases.guarded`` and
 - **Written back**: the close of a file with buffered writes returns at once; they are sent
   ``commit`` seconds later (the mount option of directory write-back), or before the
   lease's end less a margin if sooner, at ``fsync``, before any other call of this mount
-  on the file (the gate: ``PendingCreates.before_call``), before the lease is released (a
+  on the file (the gate: ``CallOrder.before_call``), before the lease is released (a
   recall: the release is a gated update on the file) and at unmount.  A reopen writes
   into the same buffered state.  Bounds as for deferred creates: files of at most
   :data:`bftfs.fs.writeback.MAX_FILE`, at most :data:`bftfs.fs.writeback.MAX_BYTES`

@@ -39,7 +39,6 @@ push) or, with the holder cut off, at most the lease's term.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import time
@@ -50,9 +49,8 @@ from typing import Any
 
 import trio
 
-from bftfs.fsobjects import entries
+from bftfs.fs.leasedanswers import MAX_ANSWERS, LeasedAnswers, looked_up_name, passing
 from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, MAX_RECALLED, SHARED
-from bftfs.qu.canon import canonical
 from bftfs.qu.objects import MethodRefused
 
 log = logging.getLogger(__name__)
@@ -64,8 +62,6 @@ USES = 2
 FILE_USES = 4
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
 COOLDOWN = 5.0
-#: Most answers kept per object (a directory's lookups); past it the oldest half goes.
-MAX_ANSWERS = 4096
 #: Seconds the leases asked for are gathered before they are sent (a lease is an
 #: optimisation: taking it a moment later costs nothing, a round per object would).
 GATHER = 0.002
@@ -78,11 +74,6 @@ MAX_CHILDREN = 4096
 Update = Callable[[list[int], str, Any], Awaitable[Any]]
 Query = Callable[[int, str, Any], Awaitable[Any]]
 
-#: Entry updates that make their name exist, and those that remove it (a refusal says the
-#: same: a create refused ``exists`` found the name, an unlink refused ``not-found`` did not).
-_MAKES_NAME = frozenset({"fs.create", "fs.createwrite", "fs.createmany", "fs.mkdir", "fs.link"})
-_REMOVES_NAME = frozenset({"fs.unlink", "fs.unlinkmany", "fs.rmdir"})
-
 
 @dataclass
 class _Held:
@@ -94,30 +85,6 @@ class _Held:
     until: float
     kind: int = SHARED
     wall_until: int = 0
-
-
-def _looked_up_name(method: str, arg: Any) -> bytes | None:
-    """The entry name a lookup of a directory asks for (None for any other query)."""
-    if method == "fs.lookup" and isinstance(arg, bytes):
-        return arg
-    if method == "fs.lookupstat" and isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
-        return arg["name"]
-    return None
-
-
-def _refusal(answer: Any) -> bool:
-    return isinstance(answer, MethodRefused)
-
-
-#: Refusals that say who holds what now, not what the object is: never kept.
-_PASSING = frozenset({"leased", "busy", "recalled"})
-
-
-def _key(oids: Sequence[int], method: str, arg: Any) -> bytes | None:
-    try:
-        return canonical([list(oids), method, arg])
-    except Exception:  # noqa: BLE001 - an argument that has no canonical form is not cached
-        return None
 
 
 class Leases:
@@ -143,12 +110,8 @@ class Leases:
         self.wall_ns = wall_ns
         self._spawn = spawn or trio.lowlevel.spawn_system_task
         self.held: dict[int, _Held] = {}
-        #: Kept answers, filed under the query's first object: key -> (objects, answer,
-        #: the entry name a lookup asked for, or None).
-        self._answers: dict[int, dict[bytes, tuple[list[int], Any, bytes | None]]] = {}
-        #: Object -> the kept answers it is one of the objects of: (first object, key).
-        self._involving: dict[int, set[tuple[int, bytes]]] = {}
-        self._generation: Counter[int] = Counter()
+        #: The answers, listings and generations the leases keep good.
+        self.answers = LeasedAnswers()
         self._uses: Counter[int] = Counter()
         #: Objects an answer showed to be regular files (:data:`FILE_USES`).
         self._files: set[int] = set()
@@ -156,10 +119,6 @@ class Leases:
         self._creates: Counter[int] = Counter()
         #: Objects asked for and the kind wanted (an exclusive wish wins).
         self._kinds: dict[int, int] = {}
-        #: Leased directories whose every name this mount knows (a listing answered under
-        #: the lease, kept up to date with its own entry updates): a lookup of any other
-        #: name is answered "not found" without a round (a create's lookup first).
-        self._listing: dict[int, set[bytes]] = {}
         #: The ungated query of the file system (``Meta.query_now``): a directory's listing
         #: is read once its exclusive lease is granted.
         self.query: Query | None = None
@@ -173,7 +132,7 @@ class Leases:
         #: Moves when a lease is dropped (ended, recalled): a grant that arrives after
         #: its lease was recalled is given back, not used.
         self._epoch: Counter[int] = Counter()
-        self._pushed: dict[int, set[int]] = {}
+        self._recalls = RecallVotes(b)
         #: Awaited with the objects whose lease was recalled, before they are released
         #: (the FUSE layer drops what the kernel cached under them).
         self.before_release: Callable[[list[int]], Awaitable[None]] | None = None
@@ -212,23 +171,18 @@ class Leases:
         """``(True, answer)`` when every object of the query is leased here and the same
         query was answered under the leases; else ``(False, None)``."""
         now = trio.current_time()
-        if self._listed_miss(oids, _looked_up_name(method, arg), now):
+        if self._listed_miss(oids, looked_up_name(method, arg), now):
             self.stats["hits"] += 1
             self.stats["listed_misses"] += 1
             self._renew_if_due(oids[:1], now)
             return True, MethodRefused("not-found")
         if not all(self._live(o, now) for o in oids):
             return False, None
-        key = _key(oids, method, arg)
-        got = None if key is None else self._answers.get(oids[0], {}).get(key)
-        if got is None:
-            return False, None
-        self.stats["hits"] += 1
-        self._renew_if_due(oids, now)
-        answer = got[1]
-        if _refusal(answer):  # a refusal is kept as it was raised
-            return True, MethodRefused(answer.code, answer.message)
-        return True, copy.deepcopy(answer)
+        hit, answer = self.answers.get(oids, method, arg)
+        if hit:
+            self.stats["hits"] += 1
+            self._renew_if_due(oids, now)
+        return hit, answer
 
     def known_absent(self, parent: int, name: bytes) -> bool:
         """Whether directory ``parent`` has no entry ``name`` on the servers as far as a
@@ -238,14 +192,13 @@ class Leases:
     def _listed_miss(self, oids: Sequence[int], name: bytes | None, now: float) -> bool:
         """Whether a lookup of ``name`` in directory ``oids[0]`` misses in a listing this
         mount knows whole under a live lease."""
-        if name is None or not oids:
+        if not oids or not self.answers.listed_miss(oids[0], name):
             return False
-        names = self._listing.get(oids[0])
-        return names is not None and name not in names and self._live(oids[0], now) is not None
+        return self._live(oids[0], now) is not None
 
     def before_query(self, oids: Sequence[int]) -> tuple[float, list[int]]:
         """What :meth:`answered` needs to tell the answer is one the leases keep good."""
-        return trio.current_time(), [self._generation[o] for o in oids]
+        return trio.current_time(), self.answers.generations(oids)
 
     def answered(
         self,
@@ -258,18 +211,14 @@ class Leases:
         """A query's answer from the servers: kept when every object was leased since
         before it was sent and none changed meanwhile; counts a use of each object."""
         at, generations = sent
-        if _refusal(answer) and answer.code in _PASSING:
+        if passing(answer):
             return
         now = trio.current_time()
         leased = [self._live(o, now) for o in oids]
-        if all(h is not None and h.granted <= at for h in leased) and generations == [
-            self._generation[o] for o in oids
-        ]:
-            key = _key(oids, method, arg)
-            if key is not None:
-                self._keep(oids, key, answer, _looked_up_name(method, arg))
-            if method == "fs.readdir" and len(oids) == 1 and not _refusal(answer):
-                self._listing[oids[0]] = set(entries(answer))
+        if all(
+            h is not None and h.granted <= at for h in leased
+        ) and generations == self.answers.generations(oids):
+            self.answers.keep(oids, method, arg, answer)
             return
         if len(oids) == 1 and isinstance(answer, dict) and answer.get("k") == "f":
             if len(self._files) >= MAX_ANSWERS * 16:  # a bound, not a cache worth keeping
@@ -293,13 +242,9 @@ class Leases:
         ``parent`` (a create, unlink, mkdir...) leaves the lookups of the directory's
         other names as they were: only those entries and the directory's own attributes
         and listing change (the other objects of the update are dropped whole)."""
+        self.answers.changed(oids, parent, names)
         for o in oids:
-            entries_only = o == parent and bool(names)
-            if not entries_only:
-                self._listing.pop(o, None)  # not entries: the names may have changed
-            self._generation[o] += 1
             self._uses.pop(o, None)  # what this mount itself changes is not worth a lease yet
-            self._forget_answers(o, but_names_other_than=names if entries_only else None)
 
     def entry_done(self, method: str, parent: int, names: frozenset[bytes], outcome: str) -> None:
         """This mount's update of entries ``names`` of ``parent`` ended: ``outcome`` is
@@ -309,69 +254,14 @@ class Leases:
         the name); an unknown outcome drops the listing.  A name wrongly kept only costs a
         lookup a round; a name wrongly dropped would answer "not found" for a file that
         exists."""
-        listing = self._listing.get(parent)
-        if listing is None:
-            return
-        if outcome == "unknown":
-            del self._listing[parent]
-        elif method in _MAKES_NAME:
-            listing.update(names)
-        elif method in _REMOVES_NAME and outcome == "taken":
-            listing.difference_update(names)
-
-    def _keep(self, oids: Sequence[int], key: bytes, answer: Any, name: bytes | None) -> None:
-        first = oids[0]
-        kept = self._answers.setdefault(first, {})
-        if len(kept) >= MAX_ANSWERS:
-            for k in list(kept)[: MAX_ANSWERS // 2]:
-                self._discard(first, k)
-            kept = self._answers.setdefault(first, {})
-        kept[key] = (list(oids), answer if _refusal(answer) else copy.deepcopy(answer), name)
-        for o in oids:
-            self._involving.setdefault(o, set()).add((first, key))
-
-    def _discard(self, first: int, key: bytes) -> None:
-        """Drop one kept answer and its entries in the index."""
-        kept = self._answers.get(first)
-        entry = None if kept is None else kept.pop(key, None)
-        if entry is None:
-            return
-        if not kept:
-            del self._answers[first]
-        for o in entry[0]:
-            refs = self._involving.get(o)
-            if refs is not None:
-                refs.discard((first, key))
-                if not refs:
-                    del self._involving[o]
-
-    def _forget_answers(
-        self, oid: int, but_names_other_than: frozenset[bytes] | None = None
-    ) -> None:
-        """Drop the kept answers ``oid`` is one of the objects of; with
-        ``but_names_other_than``, keep the lookups of ``oid``'s other entry names."""
-        for first, key in list(self._involving.get(oid, ())):
-            entry = self._answers.get(first, {}).get(key)
-            if entry is None:
-                continue
-            name = entry[2]
-            if (
-                but_names_other_than is not None
-                and name is not None
-                and name not in but_names_other_than
-                and first == oid
-            ):
-                continue
-            self._discard(first, key)
+        self.answers.entry_done(method, parent, names, outcome)
 
     def _drop(self, oid: int) -> None:
         self.held.pop(oid, None)
         self._creates.pop(oid, None)
-        self._listing.pop(oid, None)
+        self.answers.drop(oid)
         self._epoch[oid] += 1
-        self._generation[oid] += 1
-        self._forget_answers(oid)
-        self._pushed.pop(oid, None)
+        self._recalls.forget(oid)
 
     # Taking and renewing -------------------------------------------------------------
 
@@ -500,9 +390,9 @@ class Leases:
             self.stats["renewed" if old else "taken"] += 1
             if kind == EXCLUSIVE and (old is None or old.kind != EXCLUSIVE):
                 self.stats["exclusive"] += 1
-                if self.query is not None and oid not in self._listing:
+                if self.query is not None and oid not in self.answers.listings:
                     self._spawn(functools.partial(self._read_listing, oid))
-            if len(self._pushed.get(oid, ())) > self.b:
+            if self._recalls.believed(oid):
                 self._revoke([oid])
         if gone:
             self._spawn(lambda: self._release(gone))
@@ -537,24 +427,12 @@ class Leases:
 
     def on_push(self, node: int, body: Any) -> None:
         """A node's push (``Endpoint.on_push``): a recall is believed from ``b + 1`` nodes."""
-        oids = body.get("recall") if isinstance(body, dict) else None
-        if not isinstance(oids, list) or len(oids) > MAX_RECALLED:
-            self.stats["pushes_malformed"] += 1
-            return
-        believed = []
-        for oid in oids:
-            if not isinstance(oid, int) or isinstance(oid, bool):
-                self.stats["pushes_malformed"] += 1
-                continue
-            if oid not in self.held and oid not in self._asking:
-                self.stats["pushes_unheld"] += 1
-                continue
-            nodes = self._pushed.setdefault(oid, set())
-            nodes.add(int(node))
-            if len(nodes) > self.b and oid in self.held:
-                believed.append(oid)
+        believed = self._recalls.count(
+            node, body, lambda oid: oid in self.held or oid in self._asking
+        )
+        self.stats.update(self._recalls.take_stats())
         if believed:
-            self._revoke(believed)
+            self._revoke([oid for oid in believed if oid in self.held])
 
     def _revoke(self, oids: list[int]) -> None:
         """Give up leases the nodes recalled."""
@@ -598,3 +476,48 @@ class Leases:
             self._drop(oid)
         for i in range(0, len(oids), BATCH):
             await self._release(oids[i : i + BATCH])
+
+
+class RecallVotes:
+    """Which nodes pushed a recall of each object: a recall is believed once ``b + 1``
+    distinct nodes pushed it (one of them correct), so a Byzantine node's false pushes
+    alone take nothing from the holder."""
+
+    def __init__(self, b: int) -> None:
+        self.b = b
+        self._pushed: dict[int, set[int]] = {}
+        self._stats: Counter[str] = Counter()
+
+    def count(self, node: int, body: Any, wanted: Callable[[int], bool]) -> list[int]:
+        """Count node ``node``'s push ``body``: the objects of it now believed recalled.
+        Pushes for objects not ``wanted`` (neither held nor asked for) are not counted."""
+        oids = body.get("recall") if isinstance(body, dict) else None
+        if not isinstance(oids, list) or len(oids) > MAX_RECALLED:
+            self._stats["pushes_malformed"] += 1
+            return []
+        believed = []
+        for oid in oids:
+            if not isinstance(oid, int) or isinstance(oid, bool):
+                self._stats["pushes_malformed"] += 1
+                continue
+            if not wanted(oid):
+                self._stats["pushes_unheld"] += 1
+                continue
+            nodes = self._pushed.setdefault(oid, set())
+            nodes.add(int(node))
+            if len(nodes) > self.b:
+                believed.append(oid)
+        return believed
+
+    def believed(self, oid: int) -> bool:
+        """Whether ``b + 1`` nodes pushed a recall of ``oid`` (a grant that raced it)."""
+        return len(self._pushed.get(oid, ())) > self.b
+
+    def forget(self, oid: int) -> None:
+        """The lease on ``oid`` ended: its pushes were for that lease."""
+        self._pushed.pop(oid, None)
+
+    def take_stats(self) -> Counter[str]:
+        """What was counted since the last call (merged into ``Leases.stats``)."""
+        stats, self._stats = self._stats, Counter()
+        return stats

@@ -20,22 +20,18 @@ from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import (
-    CrossDevice,
     Forgotten,
     FsError,
-    Invalid,
     IsDir,
-    NameTooLong,
     NotDir,
     NotFound,
     StaleView,
-    from_refusal,
+    check_name,
 )
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Stale, _Taken
 from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.rename import Rename
 from bftfs.fs.unlinkback import PendingUnlinks
-from bftfs.fsobjects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
-from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Seconds after a stale name was refused (ESTALE) during which a lookup counts as the
@@ -44,15 +40,6 @@ from bftfs.qu.timestamp import MAX_OBJECTS
 REVALIDATION_WINDOW = 0.1
 #: Attribute queries (of up to 8 objects each) in flight at once for one readdir.
 READDIR_CONCURRENCY = 16
-
-
-def _check_name(name: bytes, name_max: int = obj.NAME_MAX) -> None:
-    try:
-        obj.check_name(name)
-    except MethodRefused as e:
-        raise from_refusal(e.code, e.message) from None
-    if len(name) > name_max:  # a sealed cluster's names are shorter (fs/seal.py)
-        raise NameTooLong()
 
 
 class Names:
@@ -190,7 +177,7 @@ class Names:
             if p["k"] != "d":
                 raise NotDir()
             return await self.getattr(p["p"])
-        _check_name(name, self.name_max)
+        check_name(name, self.name_max)
         guess = self.cache.names.get(parent, {}).get(name)
         if (
             guess is None
@@ -273,7 +260,7 @@ class Names:
 
     async def _make(self, parent: int, name: bytes, method: str, arg: dict[str, Any]) -> Attr:
         """create/mkdir/mknod/symlink: a two-object update with a fresh random object id."""
-        _check_name(name, self.name_max)
+        check_name(name, self.name_max)
         for _ in range(MAX_ATTEMPTS):
             oid = self.meta.new_oid(near=parent)
             a = dict(arg, p=parent, o=oid, name=name, now=self.meta.now())
@@ -324,7 +311,7 @@ class Names:
         return await self._make(parent, name, "fs.create", arg)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
-        _check_name(new_name, self.name_max)
+        check_name(new_name, self.name_max)
         f, pst = await self.meta.update(
             [ino, new_parent],
             "fs.link",
@@ -338,7 +325,7 @@ class Names:
     # Namespace: removing and renaming ------------------------------------------------------
 
     async def _remove(self, parent: int, name: bytes, method: str) -> None:
-        _check_name(name, self.name_max)
+        check_name(name, self.name_max)
         if method == "fs.unlink" and self.unlinks is not None:
             known = self.cache.names.get(parent, {}).get(name)
             if known is not None and self.unlinks.defer(parent, name, *known):
@@ -372,97 +359,16 @@ class Names:
             return
         raise FsError(f"{method}: directory kept changing")
 
+    async def rename(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None:
+        """rename(2) (``fs/rename.py``): names this mount checks the length of."""
+        await Rename(self.meta, self.cache, self.reclaimer, self.name_max).run(
+            parent, name, new_parent, new_name, flags
+        )
+
     async def unlink(self, parent: int, name: bytes) -> None:
         await self._remove(parent, name, "fs.unlink")
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         await self._remove(parent, name, "fs.rmdir")
-
-    async def _parent_of(self, d: int, fresh: bool) -> int:
-        if not fresh and d in self.cache.parents:
-            return self.cache.parents[d]
-        s = await self.meta.query(d, "fs.stat")
-        if s["k"] != "d":
-            raise NotDir()
-        self.cache.parents[d] = s["p"]
-        return int(s["p"])
-
-    async def _chain(self, start: int, moving: int, stop: int, fresh: bool) -> list[int]:
-        """The directories from ``start`` up to (not including) ``stop`` or the root: the
-        objects the servers walk to prove ``moving`` is not an ancestor of ``start``."""
-        out: list[int] = []
-        cur = start
-        while cur not in (stop, ROOT):
-            if cur == moving:
-                raise Invalid("a directory cannot move under itself")
-            out.append(cur)
-            if len(out) > MAX_OBJECTS:
-                break
-            cur = await self._parent_of(cur, fresh)
-        return out
-
-    async def rename(
-        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
-    ) -> None:
-        """rename(2): one atomic multi-object update (replacing an existing target).
-
-        Objects: both directories, the moved object, the replaced one, and - when a directory
-        changes parent - the ancestors of its new parent up to its old parent or the root.
-        When those are more than Q/U's 8 objects per update, EXDEV (``mv`` then copies).
-        """
-        _check_name(name, self.name_max)
-        _check_name(new_name, self.name_max)
-        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
-            RENAME_NOREPLACE | RENAME_EXCHANGE
-        ):
-            raise Invalid("rename flags")
-        fresh = False
-        for _ in range(MAX_ATTEMPTS):
-            o, ocode = await self.cache.entry(parent, name, fresh)
-            if o in (parent, new_parent):
-                raise Invalid("a directory cannot move under itself")
-            try:
-                t, tcode = await self.cache.entry(new_parent, new_name, fresh)
-            except NotFound:
-                t, tcode = None, 0
-            objs = {parent, new_parent, o}
-            if t is not None:
-                objs.add(t)
-            if parent != new_parent:
-                if ocode == obj.DIR_TYPE:
-                    objs.update(await self._chain(new_parent, o, parent, fresh))
-                if t is not None and tcode == obj.DIR_TYPE and flags & RENAME_EXCHANGE:
-                    objs.update(await self._chain(parent, t, new_parent, fresh))
-            if len(objs) > MAX_OBJECTS:
-                raise CrossDevice("rename spans more objects than one Q/U update may")
-            arg = {
-                "sp": parent,
-                "sn": name,
-                "dp": new_parent,
-                "dn": new_name,
-                "o": o,
-                "t": t,
-                "flags": flags,
-                "now": self.meta.now(),
-            }
-            try:
-                stats = await self.meta.update(sorted(objs), "fs.rename", arg)
-            except (_Stale, NotFound) as e:
-                self.cache.forget(parent)
-                self.cache.forget(new_parent)
-                if isinstance(e, NotFound) and fresh:
-                    raise
-                fresh = True
-                continue
-            for key, s in stats.items():
-                self.cache.own_stat(int(key), s)
-            if stats:
-                self.cache.forget(parent, name)
-                self.cache.forget(new_parent, new_name)
-                if flags & RENAME_EXCHANGE and t is not None:
-                    self.cache.learn(parent, name, t, tcode)
-                self.cache.learn(new_parent, new_name, o, ocode)
-            if t is not None and str(t) in stats:  # a file renamed over loses a name
-                await self.reclaimer.unlinked(t, stats[str(t)])
-            return
-        raise FsError("rename: directories kept changing")

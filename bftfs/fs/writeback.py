@@ -100,7 +100,7 @@ class WriteBack:
         send: Callable[[list[PendingCreate]], Awaitable[None]],
     ) -> None:
         """``commit``: seconds a closed create may wait.  ``send``: sends pending creates
-        of one directory, together when it can (``PendingCreates.send_deferred``; a no-op
+        of one directory, together when it can (``CreateSends.send_deferred``; a no-op
         for one made or failed meanwhile)."""
         self.leases = leases
         self.commit = commit
@@ -236,7 +236,7 @@ class WriteBack:
                     self.retry_unlink(u, LEASE_MARGIN)
 
     async def _send_batches(self, ps: list[PendingCreate]) -> None:
-        """Send ``ps``, each directory's together (``PendingCreates.send_deferred`` puts
+        """Send ``ps``, each directory's together (``CreateSends.send_deferred`` puts
         :data:`BATCH` in one update)."""
         by_dir: dict[int, list[PendingCreate]] = {}
         for p in ps:

@@ -11,7 +11,7 @@ for a small file, ``fs.create`` with the write lease and then the ordinary flush
 file grown past the inline limit.  The rules (docs/fs.md, "Create write-behind"):
 
 - **Order**: every call to the servers that names a directory with pending creates, or a
-  pending file itself, sends those creates first (:meth:`PendingCreates.before_call`,
+  pending file itself, sends those creates first (:meth:`~bftfs.fs.callorder.CallOrder.before_call`,
   the hook of :class:`~bftfs.fs.meta.Meta`): lookups of other names, readdir, unlink, rename, mkdir,
   link, symlink, a synchronous create, an open or truncation of the pending file.  So
   whatever this mount does in the directory sees the name, in the order it was made.
@@ -46,24 +46,22 @@ file grown past the inline limit.  The rules (docs/fs.md, "Create write-behind")
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import stat as st
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.createsend import MOVED_LIMIT, CreateSender, PendingCreate
-from bftfs.fs.errors import FsError, NoSpace, StaleView, Unavailable, from_refusal
-from bftfs.fs.filedata import FlushEngine, _spawn
+from bftfs.fs.createsends import CreateSends
+from bftfs.fs.errors import FsError, StaleView, from_refusal
+from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import Meta
-from bftfs.fs.writeback import BATCH, WriteBack
+from bftfs.fs.writeback import WriteBack
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
@@ -72,12 +70,6 @@ if TYPE_CHECKING:
     from bftfs.fs.unlinkback import PendingUnlinks
 
 log = logging.getLogger(__name__)
-
-#: After a send of a pending create fails for want of a quorum, other calls on its
-#: directory go on without sending it again for this long (seconds), doubling per failure
-#: up to :data:`RESEND_MAX`; the file's own flush, fsync and close always send it.
-RESEND_FIRST = 1.0
-RESEND_MAX = 30.0
 
 
 class PendingCreates:
@@ -99,8 +91,6 @@ class PendingCreates:
     #: Object id -> why its create could not be made (its flush and close say so), and
     #: the create itself (forgotten at the file's last close).
     _failed: dict[int, tuple[FsError, PendingCreate]]
-    #: Tasks sending a pending create now (they never wait for another one: no deadlock).
-    _senders: set[trio.lowlevel.Task]
     # (The object ids of creates that failed for good, ``cache.unmade``, and the
     # directories' modes, ``cache.dir_modes``, are kept by the cache.)
     handles: Handles
@@ -126,7 +116,7 @@ class PendingCreates:
         self._pending_oids = {}
         self._moved = {}
         self._failed = {}
-        self._senders = set()
+        self.sends = CreateSends(self, cache, engine)
         #: Directory write-back (``fs/writeback.py``; None: every close sends).
         self.writeback: WriteBack | None = None
         #: The longest name a create may be held back with (shorter in a sealed cluster,
@@ -137,7 +127,6 @@ class PendingCreates:
         #: The files this mount holds exclusively (``fs/heldfiles.py``): their buffered
         #: writes go before any call on them.
         self.held: HeldFiles | None = None
-        meta.gate = self
 
     def attach(self, handles: Handles) -> None:
         """The handles above (a collided create opens the existing file through them)."""
@@ -246,36 +235,16 @@ class PendingCreates:
             raise failed[0]
         p = self._pending_oids.get(f.ino)
         if p is not None and self.writeback is not None and self.writeback.deferred(p.oid):
-            await self._send_one(p)  # with the directory's next five (a read of it)
+            await self.sends.send_one(p)  # with the directory's next five (a read of it)
             p = self._pending_oids.get(f.ino)
         if p is not None:
-            await self._send(p, quiet=False)
+            await self.sends.send(p, quiet=False)
             failed = self._failed.get(f.ino)
             if failed is not None:
                 raise failed[0]
         if f.ino in self.cache.unmade:  # failed for good while closed: the name leads elsewhere
             raise StaleView(f"object {f.ino} was never made: its create failed")
         return self._moved.get(f.ino, f)
-
-    # The hook before every call to the servers (meta.CallGate) ---------------------------
-
-    def holds_back(self) -> bool:
-        return bool(
-            self._pending_oids
-            or self._moved
-            or self.cache.unmade
-            or self._failed
-            or (self.unlinks is not None and self.unlinks.holds_back())
-            or (self.held is not None and self.held.holds_back())
-        )
-
-    async def before_call(self, objects: list[int], arg: Any) -> None:
-        names = _names_in(arg)
-        if self.held is not None and self.held.holds_back():
-            await self.held.before(objects)
-        if self.unlinks is not None and self.unlinks.holds_back():
-            await self.unlinks.before(objects, names, arg)
-        await self._before(objects, names, arg)
 
     def is_deferred(self, oid: int) -> bool:
         """Whether ``oid``'s create waits in directory write-back, its file closed and
@@ -297,210 +266,43 @@ class PendingCreates:
         for oid in oids:
             p = self._pending_oids.get(oid)
             if p is not None:
-                await self._send_one(p)
+                await self.sends.send_one(p)
+
+    def pending_in(self, parent: int) -> list[PendingCreate]:
+        """The pending creates of directory ``parent``."""
+        return list(self._pending.get(parent, {}).values())
+
+    def pending_of(self, oid: int) -> PendingCreate | None:
+        """``oid``'s pending create, if it was not sent yet."""
+        return self._pending_oids.get(oid)
+
+    def failure_of(self, oid: int) -> FsError | None:
+        """Why ``oid``'s create could not be made, if it failed for good."""
+        failed = self._failed.get(oid)
+        return None if failed is None else failed[0]
+
+    def moved_only(self, oid: int) -> bool:
+        """Whether ``oid``'s create met another client's file and is no longer pending."""
+        return oid in self._moved and oid not in self._pending_oids
+
+    def fail(self, p: PendingCreate, e: FsError) -> None:
+        """``p`` failed for good: its file's flush and close raise ``e``."""
+        self._failed[p.oid] = (e, p)
+
+    def moved(self, oid: int) -> bool:
+        """Whether ``oid``'s create met another client's file under its name."""
+        return oid in self._moved
+
+    def holds_back_creates(self) -> bool:
+        """Whether any create is pending, moved or failed (the gate's cheap test)."""
+        return bool(self._pending_oids or self._moved or self.cache.unmade or self._failed)
 
     def is_pending(self, oid: int) -> bool:
         """Whether ``oid`` is a create this mount has not sent (or one whose name turned
         out taken)."""
         return oid in self._pending_oids or oid in self._moved
 
-    def _about_another_entry(self, p: PendingCreate, objects: list[int], arg: Any) -> bool:
-        """Whether a call is about one entry of ``p``'s directory other than ``p``'s (a
-        lookup, create, unlink or mkdir of another name) while ``p`` waits for write-back:
-        such calls commute with ``p``'s create, and only this mount can see the directory
-        (its exclusive lease), so ``p`` stays deferred."""
-        if self.writeback is None or not self.writeback.deferred(p.oid):
-            return False
-        if isinstance(arg, bytes):  # fs.lookup(directory, name)
-            return objects == [p.parent] and arg != p.name
-        if isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
-            directory = arg.get("p", objects[0] if objects else None)
-            return directory == p.parent and arg["name"] != p.name and "sn" not in arg
-        return False
-
-    async def _before(
-        self, objects: list[int], names: set[bytes] | frozenset = frozenset(), arg: Any = None
-    ) -> None:
-        """Send the pending creates a call on ``objects`` (about ``names`` in them) must
-        follow: those of a directory among them, and a pending file among them.  A create
-        whose last send failed for want of a quorum is not sent again ahead of calls on
-        its directory that name neither its file nor its name until its
-        :attr:`PendingCreate.resend_at` (issue 31, item 11: one such create was re-sent
-        ahead of every call on the directory for minutes, each waiting out its patience
-        and failing; its flush and close said EIO already, and the directory does not hold
-        the name meanwhile, so no call about another name depends on it)."""
-        for oid in objects:
-            if oid in self._moved and oid not in self._pending_oids:
-                raise StaleView(f"object {oid} was never made: its name was taken")
-            p = self._pending_oids.get(oid)
-            if p is not None:
-                await self._send_one(p)
-            failed = self._failed.get(oid)
-            if failed is not None:  # open here: its calls say why
-                raise failed[0]
-            if oid in self.cache.unmade:  # reached by a name the kernel cached: look again
-                raise StaleView(f"object {oid} was never made: its create failed")
-            deferred = []
-            for p in list(self._pending.get(oid, {}).values()):
-                if p.oid in objects or p.name in names:
-                    await self._send_one(p)
-                elif self._about_another_entry(p, objects, arg):
-                    continue  # written back later: a call about another name needs it not
-                elif self.writeback is not None and self.writeback.deferred(p.oid):
-                    deferred.append(p)  # sent together below (a recall's release, a listing)
-                elif trio.current_time() >= p.resend_at:
-                    await self._send(p)
-            if deferred:
-                await self.send_deferred(deferred)
-
-    async def _send_one(self, p: PendingCreate) -> None:
-        """Send ``p`` because a call needs it; one directory write-back deferred goes with
-        up to five more deferred creates of its directory (the next calls would need them
-        one by one: a program reopening the files it just wrote)."""
-        wb = self.writeback
-        if wb is None or not wb.deferred(p.oid):
-            await self._send(p)
-            return
-        others = [
-            q for q in self._pending.get(p.parent, {}).values() if q is not p and wb.deferred(q.oid)
-        ]
-        await self.send_deferred([p, *others[: BATCH - 1]])
-
-    async def _send(self, p: PendingCreate, *, quiet: bool = True) -> None:
-        """Make ``p`` on the servers, once: a call of another task waits for it, a call
-        made while sending it (or another one: no circular wait) goes on.  Failures reach
-        the file's flush and close (``_failed``, or pending again if the cluster was
-        unavailable); ``quiet``: a call on the directory goes on after logging them."""
-        me = trio.lowlevel.current_task()
-        if p.sender is not None:
-            if p.sender is not me and me not in self._senders:
-                await p.done.wait()
-            return
-        if self._pending_oids.get(p.oid) is not p:
-            return
-        p.sender = me
-        self._senders.add(me)
-        settled = False  # made, or failed for good (else pending again)
-        made = False
-        try:
-            await self.sender.send_now(p)
-            settled = made = True
-        except Unavailable as e:  # the cluster did not answer: try again at the next flush
-            p.failures += 1
-            wait = min(RESEND_MAX, RESEND_FIRST * 2 ** min(p.failures - 1, 16))
-            p.resend_at = trio.current_time() + wait
-            if p.failures == 1:
-                _spawn(functools.partial(self._resend_later, p))
-            if not quiet:
-                raise
-            log.warning("pending create of %r not sent yet (again in %g s): %s", p.name, wait, e)
-        except FsError as e:
-            settled = True
-            self._failed[p.oid] = (e, p)
-            log.warning("create of %r failed when sent: %s", p.name, e)
-        finally:
-            self._senders.discard(me)
-            self._sent(p, settled=settled)
-        if made:
-            await self._write_back_closed(p)
-        elif settled and not self._open_here(p.oid):
-            self._abandon(p.oid)  # closed already (a resend): nothing will release it
-
-    async def send_deferred(self, ps: list[PendingCreate]) -> None:
-        """Send creates directory write-back deferred past their files' close
-        (``fs/writeback.py``), all of one directory: together in one ``fs.createmany``
-        when they can be, else (or when that fails) each alone; a closed file made clean
-        is then forgotten, as a close forgets it."""
-        together = [
-            p
-            for p in ps
-            if self._pending_oids.get(p.oid) is p
-            and p.sender is None
-            and p.failures == 0
-            and p.oid not in self._moved
-            and self.cache.files.get(p.oid) is not None
-        ]
-        made: set[int] = set()
-        for i in range(0, len(together), BATCH):
-            batch = together[i : i + BATCH]
-            if len(batch) > 1 and await self._send_together(batch):
-                made.update(p.oid for p in batch)
-        for p in ps:
-            if p.oid not in made:
-                await self._send(p)
-            f = self.cache.files.get(p.oid)
-            kept = f is not None and self.held is not None and self.held.keep(f)
-            if f is not None and f.opens == 0 and not f.dirty and not kept:
-                self.cache.files.pop(p.oid, None)
-
-    async def _send_together(self, ps: list[PendingCreate]) -> bool:
-        """One ``fs.createmany`` for ``ps``; whether it made them (else none of them is
-        made by it and each is sent alone, with everything :meth:`_send` handles: a name
-        taken meanwhile, space, a send the cluster did not answer)."""
-        me = trio.lowlevel.current_task()
-        for p in ps:
-            p.sender = me
-        self._senders.add(me)
-        made = False
-        try:
-            await self.sender.send_many(ps)
-            made = True
-        except Exception as e:  # noqa: BLE001 - each is then sent alone (it reports)
-            log.debug("creates of %s sent together failed (each goes alone): %s", ps, e)
-        finally:
-            self._senders.discard(me)
-            for p in ps:
-                self._sent(p, settled=made)
-        if made:
-            if self.writeback is not None:
-                self.writeback.stats["write_back_updates"] += 1
-            # The blocks of the files past the inline limit, each file's under its own
-            # write lease: at once (one file's flush does not wait for another's).
-            async with trio.open_nursery() as nursery:
-                for p in ps:
-                    nursery.start_soon(self._write_back_closed, p)
-        return made
-
-    def _sent(self, p: PendingCreate, *, settled: bool) -> None:
-        """A send of ``p`` ended: nobody sends it now, it is no longer pending if
-        ``settled`` (made, or failed for good), and the calls waiting for it go on."""
-        p.sender = None
-        if settled:
-            self._drop_pending(p)
-        done, p.done = p.done, trio.Event()
-        done.set()
-
-    async def _resend_later(self, p: PendingCreate) -> None:
-        """Send ``p`` again at its resend times until it is made or fails for good (a
-        background task, started by its first failed send): once the cluster is back,
-        every mount sees the file and its data without this mount doing anything more
-        (issue 31, item 5).  Errors are logged by :meth:`_send`; nothing escapes."""
-        while self._pending_oids.get(p.oid) is p:
-            await trio.sleep_until(p.resend_at)
-            if self._pending_oids.get(p.oid) is not p or trio.current_time() < p.resend_at:
-                continue  # made meanwhile, or failed again and rescheduled
-            try:
-                await self._send(p)
-            except Exception as e:  # a system task must not raise (filedata._spawn)
-                log.warning("resending the create of %r failed: %s", p.name, e)
-                return
-
-    async def _write_back_closed(self, p: PendingCreate) -> None:
-        """After ``p`` was made: a file already closed with writes still buffered (its
-        close failed, the cluster unavailable) has them sent now, so that this mount and
-        the others read the same file (issue 31, item 5: 2 bytes here, 0 elsewhere)."""
-        f = self.cache.files.get(p.oid)
-        if f is None or f.opens or not f.buffered:
-            return
-        try:
-            await self.engine.flush(f)
-        except NoSpace as e:  # refused for good: the file keeps what was stored
-            log.warning("writes of closed %r refused, dropped: %s", p.name, e)
-            self.cache.drop_refused_writes(f)
-        except FsError as e:
-            log.warning("writes of closed %r not sent yet: %s", p.name, e)
-
-    def _drop_pending(self, p: PendingCreate) -> None:
+    def drop_pending(self, p: PendingCreate) -> None:
         if self.writeback is not None:
             self.writeback.sent(p.oid)
         names = self._pending.get(p.parent, {})
@@ -543,13 +345,13 @@ class PendingCreates:
             if self.cache.files.get(oid) is f:
                 del self.cache.files[oid]
         if ino in self._failed:
-            self._abandon(ino)
+            self.abandon(ino)
 
-    def _open_here(self, ino: int) -> bool:
+    def open_here(self, ino: int) -> bool:
         f = self.cache.files.get(ino)
         return f is not None and f.opens > 0
 
-    def _abandon(self, ino: int) -> None:
+    def abandon(self, ino: int) -> None:
         """Forget a file whose create failed for good, with its data (never sent again),
         and make its inode answer ESTALE: the name the kernel cached for it leads nowhere,
         so the kernel looks it up again and finds what the servers hold - nothing, and
@@ -564,13 +366,3 @@ class PendingCreates:
             self.cache.unmade.clear()
         if ino not in self._moved:
             self.cache.unmade.add(ino)
-
-
-def _names_in(arg: Any) -> set[bytes]:
-    """The entry names a file-system method's argument is about (``fs.lookup``'s name,
-    ``name``, a rename's ``sn`` and ``dn``; an xattr's name too: one send too many)."""
-    if isinstance(arg, bytes):
-        return {arg}
-    if isinstance(arg, dict):
-        return {v for k in ("name", "sn", "dn") if isinstance(v := arg.get(k), bytes)}
-    return set()

@@ -1,0 +1,114 @@
+"""The gate before every call to the servers (``meta.CallGate``): what a call must follow
+goes first, so whatever this mount does is seen by the servers in the order it did it.
+
+Three kinds of work are held back in the mount, each by its own part, and this gate asks
+each in turn before a gated query or update on ``objects``:
+
+1. the buffered writes of the files held exclusively here (``fs/heldfiles.py``) named
+   by the call;
+2. the removals held back in a directory (``fs/unlinkback.py``) the call is about;
+3. the pending creates (``fs/writebehind.py``): those of a directory among the objects,
+   and a pending file among them.  A call about another entry of a directory whose
+   creates wait for write-back commutes with them (only this mount sees the directory,
+   by its exclusive lease), so they stay deferred.
+
+A create whose last send failed for want of a quorum is not sent again ahead of calls on
+its directory that name neither its file nor its name until its
+:attr:`~bftfs.fs.createsend.PendingCreate.resend_at` (issue 31, item 11: one such create
+was re-sent ahead of every call on the directory for minutes, each waiting out its
+patience and failing; its flush and close said EIO already, and the directory does not
+hold the name meanwhile, so no call about another name depends on it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from bftfs.fs.createsend import PendingCreate
+from bftfs.fs.errors import StaleView
+from bftfs.fs.meta import Meta
+from bftfs.fs.writebehind import PendingCreates
+
+
+class CallOrder:
+    """``meta.CallGate`` over the parts that hold work back (module docstring); the held
+    files and removals are found through ``pending.held`` and ``pending.unlinks``."""
+
+    def __init__(self, meta: Meta, pending: PendingCreates) -> None:
+        self.pending = pending
+        self.cache = pending.cache
+        meta.gate = self
+
+    def holds_back(self) -> bool:
+        """Whether anything may have to go first (asked before every call)."""
+        unlinks, held = self.pending.unlinks, self.pending.held
+        return (
+            self.pending.holds_back_creates()
+            or (unlinks is not None and unlinks.holds_back())
+            or (held is not None and held.holds_back())
+        )
+
+    async def before_call(self, objects: list[int], arg: Any) -> None:
+        """Send what a call on ``objects`` with argument ``arg`` must follow."""
+        names = _names_in(arg)
+        unlinks, held = self.pending.unlinks, self.pending.held
+        if held is not None and held.holds_back():
+            await held.before(objects)
+        if unlinks is not None and unlinks.holds_back():
+            await unlinks.before(objects, names, arg)
+        await self._creates_before(objects, names, arg)
+
+    async def _creates_before(self, objects: list[int], names: set[bytes], arg: Any) -> None:
+        """Send the pending creates a call on ``objects`` (about ``names`` in them) must
+        follow: those of a directory among them, and a pending file among them."""
+        pending = self.pending
+        writeback = pending.writeback
+        for oid in objects:
+            if pending.moved_only(oid):
+                raise StaleView(f"object {oid} was never made: its name was taken")
+            p = pending.pending_of(oid)
+            if p is not None:
+                await pending.sends.send_one(p)
+            failed = pending.failure_of(oid)
+            if failed is not None:  # open here: its calls say why
+                raise failed
+            if oid in self.cache.unmade:  # reached by a name the kernel cached: look again
+                raise StaleView(f"object {oid} was never made: its create failed")
+            deferred = []
+            for p in pending.pending_in(oid):
+                if p.oid in objects or p.name in names:
+                    await pending.sends.send_one(p)
+                elif self._about_another_entry(p, objects, arg):
+                    continue  # written back later: a call about another name needs it not
+                elif writeback is not None and writeback.deferred(p.oid):
+                    deferred.append(p)  # sent together below (a recall's release, a listing)
+                elif trio.current_time() >= p.resend_at:
+                    await pending.sends.send(p)
+            if deferred:
+                await pending.sends.send_deferred(deferred)
+
+    def _about_another_entry(self, p: PendingCreate, objects: list[int], arg: Any) -> bool:
+        """Whether a call is about one entry of ``p``'s directory other than ``p``'s (a
+        lookup, create, unlink or mkdir of another name) while ``p`` waits for write-back:
+        such calls commute with ``p``'s create, so ``p`` stays deferred."""
+        writeback = self.pending.writeback
+        if writeback is None or not writeback.deferred(p.oid):
+            return False
+        if isinstance(arg, bytes):  # fs.lookup(directory, name)
+            return objects == [p.parent] and arg != p.name
+        if isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
+            directory = arg.get("p", objects[0] if objects else None)
+            return directory == p.parent and arg["name"] != p.name and "sn" not in arg
+        return False
+
+
+def _names_in(arg: Any) -> set[bytes]:
+    """The entry names a file-system method's argument is about (``fs.lookup``'s name,
+    ``name``, a rename's ``sn`` and ``dn``; an xattr's name too: one send too many)."""
+    if isinstance(arg, bytes):
+        return {arg}
+    if isinstance(arg, dict):
+        return {v for k in ("name", "sn", "dn") if isinstance(v := arg.get(k), bytes)}
+    return set()

@@ -1,0 +1,174 @@
+"""The answers this mount's leases keep good (issue 33): a query's answer, kept while the
+leases on all of its objects live, answers the same query again without a round.
+
+:class:`LeasedAnswers` knows nothing of leases' terms: :class:`bftfs.fs.leases.Leases`
+decides whether the objects are leased and asks it for the answer.  It keeps the answers
+filed under each query's first object, an index from each object to the answers it is
+part of (so an update drops what it touches in proportion to that, not to all that is
+kept), a generation per object (a query in flight across an update is not kept) and, per
+directory, the listing known whole under the lease (a lookup of any other name is a miss).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from bftfs.fsobjects import entries
+from bftfs.qu.canon import canonical
+from bftfs.qu.objects import MethodRefused
+
+#: Most answers kept per object (a directory's lookups); past it the oldest half goes.
+MAX_ANSWERS = 4096
+
+#: Entry updates that make their name exist, and those that remove it (a refusal says the
+#: same: a create refused ``exists`` found the name, an unlink refused ``not-found`` did not).
+_MAKES_NAME = frozenset({"fs.create", "fs.createwrite", "fs.createmany", "fs.mkdir", "fs.link"})
+_REMOVES_NAME = frozenset({"fs.unlink", "fs.unlinkmany", "fs.rmdir"})
+
+#: Refusals that say who holds what now, not what the object is: never kept.
+_PASSING = frozenset({"leased", "busy", "recalled"})
+
+
+def looked_up_name(method: str, arg: Any) -> bytes | None:
+    """The entry name a lookup of a directory asks for (None for any other query)."""
+    if method == "fs.lookup" and isinstance(arg, bytes):
+        return arg
+    if method == "fs.lookupstat" and isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
+        return arg["name"]
+    return None
+
+
+def is_refusal(answer: Any) -> bool:
+    """Whether ``answer`` is a refusal (kept as it was raised, not copied)."""
+    return isinstance(answer, MethodRefused)
+
+
+def passing(answer: Any) -> bool:
+    """Whether ``answer`` says who holds what now rather than what the object is."""
+    return is_refusal(answer) and answer.code in _PASSING
+
+
+def _key(oids: Sequence[int], method: str, arg: Any) -> bytes | None:
+    try:
+        return canonical([list(oids), method, arg])
+    except Exception:  # noqa: BLE001 - an argument that has no canonical form is not cached
+        return None
+
+
+class LeasedAnswers:
+    """Answers to queries, listings and generations of the objects (module docstring)."""
+
+    def __init__(self) -> None:
+        #: Kept answers, filed under the query's first object: key -> (objects, answer,
+        #: the entry name a lookup asked for, or None).
+        self._answers: dict[int, dict[bytes, tuple[list[int], Any, bytes | None]]] = {}
+        #: Object -> the kept answers it is one of the objects of: (first object, key).
+        self._involving: dict[int, set[tuple[int, bytes]]] = {}
+        self._generation: Counter[int] = Counter()
+        #: Leased directories whose every name this mount knows (a listing answered under
+        #: the lease, kept up to date with its own entry updates): a lookup of any other
+        #: name is answered "not found" without a round (a create's lookup first).
+        self.listings: dict[int, set[bytes]] = {}
+
+    def get(self, oids: Sequence[int], method: str, arg: Any) -> tuple[bool, Any]:
+        """``(True, answer)`` for a query answered before (a copy, or the refusal anew)."""
+        key = _key(oids, method, arg)
+        got = None if key is None else self._answers.get(oids[0], {}).get(key)
+        if got is None:
+            return False, None
+        answer = got[1]
+        if is_refusal(answer):
+            return True, MethodRefused(answer.code, answer.message)
+        return True, copy.deepcopy(answer)
+
+    def listed_miss(self, parent: int, name: bytes | None) -> bool:
+        """Whether ``name`` is missing from ``parent``'s listing known whole here."""
+        if name is None:
+            return False
+        names = self.listings.get(parent)
+        return names is not None and name not in names
+
+    def generations(self, oids: Sequence[int]) -> list[int]:
+        """The objects' generations: an answer is kept only if none moved meanwhile."""
+        return [self._generation[o] for o in oids]
+
+    def keep(self, oids: Sequence[int], method: str, arg: Any, answer: Any) -> None:
+        """Keep a query's answer (and a directory's listing, from its ``fs.readdir``)."""
+        key = _key(oids, method, arg)
+        if key is not None:
+            self._keep(oids, key, answer, looked_up_name(method, arg))
+        if method == "fs.readdir" and len(oids) == 1 and not is_refusal(answer):
+            self.listings[oids[0]] = set(entries(answer))
+
+    def changed(self, oids: Sequence[int], parent: int | None, names: frozenset[bytes]) -> None:
+        """``Leases.changed``: drop what the mount's update of ``oids`` makes stale."""
+        for o in oids:
+            entries_only = o == parent and bool(names)
+            if not entries_only:
+                self.listings.pop(o, None)  # not entries: the names may have changed
+            self._generation[o] += 1
+            self._forget(o, but_names_other_than=names if entries_only else None)
+
+    def entry_done(self, method: str, parent: int, names: frozenset[bytes], outcome: str) -> None:
+        """``Leases.entry_done``: a known listing follows the mount's entry update."""
+        listing = self.listings.get(parent)
+        if listing is None:
+            return
+        if outcome == "unknown":
+            del self.listings[parent]
+        elif method in _MAKES_NAME:
+            listing.update(names)
+        elif method in _REMOVES_NAME and outcome == "taken":
+            listing.difference_update(names)
+
+    def drop(self, oid: int) -> None:
+        """The lease on ``oid`` ended: nothing kept of it answers any more."""
+        self.listings.pop(oid, None)
+        self._generation[oid] += 1
+        self._forget(oid)
+
+    def _keep(self, oids: Sequence[int], key: bytes, answer: Any, name: bytes | None) -> None:
+        first = oids[0]
+        kept = self._answers.setdefault(first, {})
+        if len(kept) >= MAX_ANSWERS:
+            for k in list(kept)[: MAX_ANSWERS // 2]:
+                self._discard(first, k)
+            kept = self._answers.setdefault(first, {})
+        kept[key] = (list(oids), answer if is_refusal(answer) else copy.deepcopy(answer), name)
+        for o in oids:
+            self._involving.setdefault(o, set()).add((first, key))
+
+    def _discard(self, first: int, key: bytes) -> None:
+        """Drop one kept answer and its entries in the index."""
+        kept = self._answers.get(first)
+        entry = None if kept is None else kept.pop(key, None)
+        if entry is None:
+            return
+        if not kept:
+            del self._answers[first]
+        for o in entry[0]:
+            refs = self._involving.get(o)
+            if refs is not None:
+                refs.discard((first, key))
+                if not refs:
+                    del self._involving[o]
+
+    def _forget(self, oid: int, but_names_other_than: frozenset[bytes] | None = None) -> None:
+        """Drop the kept answers ``oid`` is one of the objects of; with
+        ``but_names_other_than``, keep the lookups of ``oid``'s other entry names."""
+        for first, key in list(self._involving.get(oid, ())):
+            entry = self._answers.get(first, {}).get(key)
+            if entry is None:
+                continue
+            name = entry[2]
+            if (
+                but_names_other_than is not None
+                and name is not None
+                and name not in but_names_other_than
+                and first == oid
+            ):
+                continue
+            self._discard(first, key)
