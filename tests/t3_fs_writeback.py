@@ -19,7 +19,7 @@ import trio
 from fs_helpers import Env, run
 from t3_fs_leases import until
 
-from bftfs.fs.errors import NotEmpty, NotFound
+from bftfs.fs.errors import Exists, NotEmpty, NotFound
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.scrub import files_with_blocks
 from bftfs.fs.writeback import MAX_FILE
@@ -414,3 +414,70 @@ def test_a_removal_sent_with_a_files_create_does_not_wait_for_itself(tmp_path: P
                 await b.lookup(d, name)
 
     run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_listing_under_the_exclusive_lease_is_answered_in_the_mount(tmp_path: Path) -> None:
+    """The holder lists its directory without a round and without sending what it holds
+    back: the listing read under the lease, plus its creates not sent, minus its removals
+    not sent, each with its attributes.  Another client's listing (a recall) then shows
+    the same names.  Without the local listing, the holder's listing sent the creates."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        leases = a.meta.leases
+        assert leases is not None
+        await until("the listing", lambda: leases.listing(d) is not None)
+        for k in range(4):
+            await new_file(a, d, b"f%d" % k, b"x" * (k + 1))
+        await a.unlink(d, b"warm1")
+        before = Counter(a.meta.methods)
+        heads = a.listing_heads(d)
+        listed = dict(await a.readdir(d))
+        asked = Counter(a.meta.methods) - before
+        # Only the attributes of the two files made before the lease (not leased here).
+        assert asked == Counter({"fs.statmany": 1}), asked
+        assert heads is not None and [h.ino for h in heads] == [d, ROOT]
+        want = {b"warm0", b"warm2", b"f0", b"f1", b"f2", b"f3"}
+        assert set(listed) == want
+        assert [listed[b"f%d" % k].size for k in range(4)] == [1, 2, 3, 4]
+        assert leases.stats["local_listings"] >= 1
+        assert {n for n, _ in await b.readdir(d)} == want
+
+    run(tmp_path, body, clients=2, fs_options=OPTIONS)
+
+
+def test_an_exclusive_create_waits_when_the_leased_listing_lacks_the_name(tmp_path: Path) -> None:
+    """``O_EXCL`` (``cp -r``'s creates) is decided in the mount when the directory's
+    listing, known whole under its exclusive lease, lacks the name: the create waits for
+    write-back like any other.  A name the listing has is still refused EEXIST, and such
+    creates count towards the directory's exclusive lease."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        leases = a.meta.leases
+        assert leases is not None
+        excl = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        for k in range(3):  # synchronous (no lease yet), and asking for one
+            fh, _ = await a.create(d, b"s%d" % k, 0o644, 0, 0, excl)
+            await a.release(fh)
+        await until("an exclusive lease", lambda: leases.exclusive_left(d) > 0)
+        fh, _ = await a.create(d, b"s3", 0o644, 0, 0, excl)  # reads the listing if it
+        await a.release(fh)  # crossed the creates above and was not kept
+        await until("the listing", lambda: leases.listing(d) is not None)
+        before = sent(a)
+        fh, _ = await a.create(d, b"new", 0o644, 0, 0, excl)
+        await a.write(fh, 0, b"cp")
+        await a.flush(fh)
+        await a.release(fh)
+        assert sent(a) == before, "the exclusive create went at once"
+        with pytest.raises(Exists):
+            await a.create(d, b"s0", 0o644, 0, 0, excl)
+        ino = (await b.lookup(d, b"new")).ino
+        fh = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 10) == b"cp"
+        await b.release(fh)
+
+    run(tmp_path, body, clients=2, fs_options=OPTIONS)

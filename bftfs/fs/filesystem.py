@@ -180,6 +180,7 @@ class FileSystem:
             self.meta, self.cache, self.table, self.engine, enabled=write_behind
         )
         self.order = CallOrder(self.meta, self.pending)
+        self.names.pending_names = lambda ino: [p.name for p in self.pending.pending_in(ino)]
         self.attributes = Attributes(
             self.meta,
             self.cache,
@@ -284,6 +285,9 @@ class FileSystem:
 
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         return await self.names.readdir(ino)
+
+    def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
+        return self.names.listing_heads(ino)
 
     async def readlink(self, ino: int) -> bytes:
         return await self.names.readlink(ino)

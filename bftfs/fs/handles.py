@@ -121,6 +121,7 @@ class Handles:
         read that file (the kernel reads nothing past the size a create answered)."""
         if known_missing and self.pending.may_defer(parent, name, flags):
             return await self.pending.create(parent, name, mode, uid, gid, flags)
+        self.pending.created_now(parent)
         return await self._create_now(parent, name, mode, uid, gid, flags)
 
     async def _create_now(

@@ -122,6 +122,8 @@ class Leases:
         #: The ungated query of the file system (``Meta.query_now``): a directory's listing
         #: is read once its exclusive lease is granted.
         self.query: Query | None = None
+        #: Directories whose listing is being read (:meth:`_ensure_listing`).
+        self._reading: set[int] = set()
         self._quiet_until: dict[int, float] = {}
         self._asking: set[int] = set()
         #: Objects asked for and not yet sent (:meth:`_take_wanted` runs while any are).
@@ -281,6 +283,14 @@ class Leases:
             if h is not None and h.until - now < self.term / 3:
                 self._ask(o, now, h.kind)
 
+    def listing(self, oid: int) -> set[bytes] | None:
+        """The names of directory ``oid`` as its listing known whole under a live lease
+        here says (with this mount's own entry updates taken), or None."""
+        names = self.answers.listings.get(oid)
+        if names is None or self._live(oid, trio.current_time()) is None:
+            return None
+        return names
+
     def exclusive_left(self, oid: int) -> float:
         """Seconds left on this mount's exclusive lease on ``oid`` (0: it holds none)."""
         now = trio.current_time()
@@ -324,6 +334,7 @@ class Leases:
         h = self._live(oid, now)
         if h is not None and h.kind == EXCLUSIVE:
             self._renew_if_due([oid], now)
+            self._ensure_listing(oid)
             return
         self._creates[oid] += 1
         if self._creates[oid] >= USES:
@@ -390,22 +401,31 @@ class Leases:
             self.stats["renewed" if old else "taken"] += 1
             if kind == EXCLUSIVE and (old is None or old.kind != EXCLUSIVE):
                 self.stats["exclusive"] += 1
-                if self.query is not None and oid not in self.answers.listings:
-                    self._spawn(functools.partial(self._read_listing, oid))
+                self._ensure_listing(oid)
             if self._recalls.believed(oid):
                 self._revoke([oid])
         if gone:
             self._spawn(lambda: self._release(gone))
 
+    def _ensure_listing(self, oid: int) -> None:
+        """Read the listing of a directory leased exclusively here unless it is known or
+        being read: the mount creates there, and each create's lookup of its new name is
+        then answered "not found" from it, and the listing itself in the mount.  A read
+        whose answer was not kept (one of this mount's updates of the directory crossed
+        it) is read again at the next create there (:meth:`want_exclusive`)."""
+        if self.query is None or oid in self.answers.listings or oid in self._reading:
+            return
+        self._reading.add(oid)
+        self._spawn(functools.partial(self._read_listing, oid))
+
     async def _read_listing(self, oid: int) -> None:
-        """Read the listing of a directory just leased exclusively (:meth:`answered` keeps
-        it): the mount creates there, and each create's lookup of its new name is then
-        answered "not found" from it."""
         assert self.query is not None
         try:
             await self.query(oid, "fs.readdir", None)
         except Exception as e:  # noqa: BLE001 - an optimisation: lookups ask the servers
             log.debug("listing of %d not read: %s", oid, e)
+        finally:
+            self._reading.discard(oid)
 
     def _refused(self, oids: list[int], e: Exception, kind: int = SHARED) -> None:
         if len(oids) > 1:  # someone holds or recalls one of them: ask for each alone

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import stat as st
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -32,6 +33,7 @@ from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Stale, _Taken
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
 from bftfs.fs.unlinkback import PendingUnlinks
+from bftfs.fsobjects import ROOT
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Seconds after a stale name was refused (ESTALE) during which a lookup counts as the
@@ -40,6 +42,12 @@ from bftfs.qu.timestamp import MAX_OBJECTS
 REVALIDATION_WINDOW = 0.1
 #: Attribute queries (of up to 8 objects each) in flight at once for one readdir.
 READDIR_CONCURRENCY = 16
+
+
+def _listed_dir(ino: int) -> Attr:
+    """A directory as a listing's ``.`` or ``..`` entry: its number and type are all the
+    kernel reads of it there (``Names.listing_heads``)."""
+    return Attr(ino, st.S_IFDIR, 2, 0, 0, 0, 0, 0, 0, 0, 4096, 0)
 
 
 class Names:
@@ -58,6 +66,10 @@ class Names:
         #: Last ESTALE for a stale name (monotonic s), and objects a lookup found right
         #: after one, with until when (:meth:`check_reached`).
         self._refused_stale_at = -1e9
+        #: The names of the creates this mount has not sent in a directory
+        #: (``PendingCreates.pending_in``, wired by ``FileSystem``).
+        self.pending_names: Callable[[int], list[bytes]] = lambda _ino: []
+
         self._refused_names: set[tuple[int, bytes]] = set()
         self._revalidated: dict[int, float] = {}
         #: Removals left to directory write-back (``fs/unlinkback.py``; None: none).
@@ -215,16 +227,22 @@ class Names:
         case for every entry created in this directory (see :meth:`Meta.new_oid`); entries whose
         attributes are fresh here cost nothing.  ``ls -l`` of 500 names: 63 rounds, not 500.
         """
-        d = await self.meta.query(ino, "fs.readdir")
-        ents = obj.entries(d)
-        self.cache.parents[ino] = d["p"]
-        self.cache.names[ino] = {name: (oid, code) for name, (oid, code) in ents.items()}
+        local = self._local_entries(ino)
+        if local is not None:
+            ents = local
+            assert self.meta.leases is not None
+            self.meta.leases.stats["local_listings"] += 1
+        else:
+            d = await self.meta.query(ino, "fs.readdir")
+            ents = obj.entries(d)
+            self.cache.parents[ino] = d["p"]
+            self.cache.names[ino] = {name: (oid, code) for name, (oid, code) in ents.items()}
         stats: dict[int, dict[str, Any] | None] = {}
         groups: dict[int, list[int]] = {}
         for oid, _ in ents.values():
             if oid in stats or oid in groups.get(oid % self.config.n, ()):
                 continue
-            fresh = self.cache.fresh(oid)
+            fresh = self._known_stat(oid)
             if fresh is not None:
                 stats[oid] = fresh
             else:
@@ -252,6 +270,48 @@ class Names:
             for name, (oid, _) in ents.items()
             if stats.get(oid) is not None
         ]
+
+    def _local_entries(self, ino: int) -> dict[bytes, Any] | None:
+        """Directory ``ino``'s entries without a round, when this mount holds a lease on
+        it and knows its listing whole under it: nobody else changes the directory while
+        the lease lives, so the listing, with the creates this mount has not sent yet
+        (``pending_names``; its held-back removals left the listing already), is what the
+        servers will hold.  None when a name's object is not in the cache (the round then
+        answers)."""
+        leases = self.meta.leases
+        listed = None if leases is None else leases.listing(ino)
+        if listed is None:
+            return None
+        known = self.cache.names.get(ino, {})
+        out: dict[bytes, Any] = {}
+        for name in listed.union(self.pending_names(ino)):
+            entry = known.get(name)
+            if entry is None:
+                return None
+            out[name] = entry
+        return out
+
+    def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
+        """``.`` and ``..`` of a directory whose listing is answered in the mount
+        (:meth:`_local_entries`): the kernel takes only their inode numbers and types from
+        a listing (readdirplus links no dentry for them), so their other attributes are
+        not asked for: asking would send the creates held back in the directory, as a
+        ``stat`` of it must (its times change with them).  The directory is leased here,
+        so no other client removed it."""
+        leases = self.meta.leases
+        parent = ROOT if ino == ROOT else self.cache.parents.get(ino)
+        if leases is None or parent is None or leases.listing(ino) is None:
+            return None
+        return _listed_dir(ino), _listed_dir(parent)
+
+    def _known_stat(self, oid: int) -> dict[str, Any] | None:
+        """Attributes of ``oid`` known without a round: an open or held file's, a create's
+        this mount has not sent, or its own update's within their timeout."""
+        f = self.cache.files.get(oid)
+        if f is not None and (f.opens or self._held_here(oid)):
+            return f.st
+        local = self.cache.local_stat(oid)
+        return local if local is not None else self.cache.fresh(oid)
 
     async def readlink(self, ino: int) -> bytes:
         return await self.meta.query(ino, "fs.readlink")

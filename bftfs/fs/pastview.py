@@ -89,6 +89,9 @@ class PastView:
             raise NotFound()
         return await self.getattr(int(entry[0]))
 
+    def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
+        return None  # a past directory's own attributes are read with it
+
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         s = await self._state(ino)
         if s.get("k") != "d":

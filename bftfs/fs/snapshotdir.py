@@ -166,6 +166,9 @@ class SnapshotBrowser:
         key, view, oid = self._past(ino)
         return self._outer(key, await view.getattr(oid))
 
+    def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
+        return self.live.listing_heads(ino) if is_live(ino) else None
+
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         if is_live(ino):
             entries = await self.live.readdir(ino)

@@ -207,10 +207,14 @@ class PendingCreates:
         return True
 
     def may_defer(self, parent: int, name: bytes, flags: int) -> bool:
+        """Whether a create may be answered now and sent later (module docstring).  An
+        ``O_EXCL`` create may too when the directory's listing, known whole under this
+        mount's exclusive lease, lacks the name: nobody else can make it meanwhile, so the
+        servers cannot answer EEXIST (``cp -r`` creates so)."""
         return (
             self.write_behind
             and self.inline > 0
-            and not flags & os.O_EXCL
+            and (not flags & os.O_EXCL or self._surely_new(parent, name))
             and parent in self.cache.dir_modes
             and name not in self._pending.get(parent, {})
             and isinstance(name, bytes)
@@ -219,6 +223,21 @@ class PendingCreates:
             and b"\0" not in name
             and len(name) <= self.name_max
         )
+
+    def _surely_new(self, parent: int, name: bytes) -> bool:
+        leases = self.meta.leases
+        return (
+            leases is not None
+            and leases.exclusive_left(parent) > 0
+            and leases.known_absent(parent, name)
+        )
+
+    def created_now(self, parent: int) -> None:
+        """A create in ``parent`` went to the servers at once (``O_EXCL``, ...): with
+        directory write-back, it counts towards the directory's exclusive lease as a
+        deferred one does, so that later creates there may wait."""
+        if self.writeback is not None:
+            self.writeback.leases.want_exclusive(parent)
 
     # Sending -----------------------------------------------------------------------------
 

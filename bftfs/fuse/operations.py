@@ -334,8 +334,13 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def opendir(self, inode: int, ctx: Any) -> int:
         # POSIX readdir returns "." and ".." too (the kernel does not add them).
-        here = await self.fs.getattr(inode, reached_by_name=True)
-        parent = await self.fs.lookup(inode, b"..")
+        heads = self.fs.listing_heads(inode)
+        if heads is None:
+            heads = (
+                await self.fs.getattr(inode, reached_by_name=True),
+                await self.fs.lookup(inode, b".."),
+            )
+        here, parent = heads
         entries = [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
         fh = self._next_dir_fh
         self._next_dir_fh += 1
