@@ -12,7 +12,6 @@ import errno
 import functools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
@@ -20,7 +19,9 @@ import pyfuse3
 import trio
 
 from bftfs.fs.errors import FsError, Unavailable
+from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.leasecache import STARTED
+from bftfs.fuse.recentlookups import RecentLookups
 from bftfs.outcome import patience
 
 log = logging.getLogger("bftfs.fuse.operations")
@@ -57,18 +58,8 @@ class HandlerHost(Protocol):
     read_only: bool
     timeo: float | None
     hard: bool
-    unavailable_since: float | None
-    errors: Counter[str]
-    calls: Counter[str]
-    seconds: Any
-    _looked_up: dict[int, int]
-    _missed: dict[int, tuple[int, bytes, float]]
-
-    def _eio(self, name: str, args: Any, cause: str, start: float) -> None: ...
-
-    def _unavailable(self, name: str, e: Exception, waited: float) -> None: ...
-
-    def _available_again(self) -> None: ...
+    record: CallRecord
+    lookups: RecentLookups
 
 
 P = ParamSpec("P")
@@ -91,16 +82,12 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
         self = cast(HandlerHost, args[0])
         start = time.perf_counter()
         STARTED.set(trio.current_time())
-        if name not in ("lookup", "open") and self._looked_up:
+        record = self.record
+        if self.lookups.remembers_for(name):
             ctx = kwargs.get("ctx", args[-1] if args else None)
             pid = getattr(ctx, "pid", 0)
             if pid:
-                self._looked_up.pop(pid, None)
-        if name not in ("lookup", "create") and self._missed:
-            ctx = kwargs.get("ctx", args[-1] if args else None)
-            pid = getattr(ctx, "pid", 0)
-            if pid:
-                self._missed.pop(pid, None)
+                self.lookups.other_request(name, pid)
         try:
             if writes and self.read_only:
                 raise pyfuse3.FUSEError(errno.EROFS)
@@ -111,31 +98,31 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
                 except Unavailable as e:
                     if not self.hard:
                         raise
-                    self._unavailable(name, e, time.perf_counter() - start)
+                    record.unavailable(name, e, time.perf_counter() - start)
                     await trio.sleep(HARD_RETRY)
                     continue
-                if self.unavailable_since is not None:
-                    self._available_again()
+                if record.unavailable_since is not None:
+                    record.available_again()
                 return result
         except pyfuse3.FUSEError:
             raise
         except FsError as e:
             if e.errno == errno.EIO:
-                self._eio(name, args[1:3], f"{type(e).__name__}: {e}", start)
+                record.answered_eio(name, args[1:3], f"{type(e).__name__}: {e}", start)
             elif e.errno == errno.ESTALE:  # usually retried by the kernel (its walk again)
                 key = f"{name}:{type(e).__name__}"
-                self.errors[key] += 1
-                if self.errors[key] <= ESTALE_LOGGED:
+                record.errors[key] += 1
+                if record.errors[key] <= ESTALE_LOGGED:
                     log.info("%s answered ESTALE (args %r): %s", name, args[1:3], e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception as e:
             key = f"{name}:{type(e).__name__}"
-            if self.errors[key] == 0:  # the traceback once per handler and error type
+            if record.errors[key] == 0:  # the traceback once per handler and error type
                 log.exception("%s failed (args %r)", fn.__name__, args[1:3])
-            self._eio(name, args[1:3], f"unexpected {type(e).__name__}: {e}", start)
+            record.answered_eio(name, args[1:3], f"unexpected {type(e).__name__}: {e}", start)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            self.calls[name] += 1
-            self.seconds[name] += time.perf_counter() - start
+            record.calls[name] += 1
+            record.seconds[name] += time.perf_counter() - start
 
     return wrapper

@@ -217,10 +217,10 @@ class _Book:
             "options": self.options.to_string(),
             "started": self.started,
             "updated": time.time(),
-            "requests": sum(ops.calls.values()),
-            "eio": dict(ops.eio),
-            "last_eio": list(ops.last_eio) if ops.last_eio else None,
-            "unavailable_since": ops.unavailable_since,
+            "requests": sum(ops.record.calls.values()),
+            "eio": dict(ops.record.eio),
+            "last_eio": list(ops.record.last_eio) if ops.record.last_eio else None,
+            "unavailable_since": ops.record.unavailable_since,
             "faults": {str(k): v for k, v in sorted(self.session.faults().items())},
             "metrics": (
                 f"{self.metrics.address}:{self.metrics.port}" if self.metrics is not None else None
@@ -265,10 +265,10 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
         "summary",
         ("op",),
     )
-    for name, n in sorted(ops.calls.items()):
-        requests.add((n, ops.seconds[name]), name)
+    for name, n in sorted(ops.record.calls.items()):
+        requests.add((n, ops.record.seconds[name]), name)
     eio = Family("bftfs_mount_eio_total", "EIO answers by operation", "counter", ("op",))
-    for name, n in sorted(ops.eio.items()):
+    for name, n in sorted(ops.record.eio.items()):
         eio.add(n, name)
     faults = Family(
         "bftfs_mount_node_faults_total",
@@ -297,7 +297,7 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
             qu.add(value, name)
     waiting = Family(
         "bftfs_mount_unavailable", "1 while a hard mount waits for its cluster", "gauge"
-    ).add(1 if ops.unavailable_since is not None else 0)
+    ).add(1 if ops.record.unavailable_since is not None else 0)
     return [requests, eio, faults, methods, rw, qu, waiting]
 
 

@@ -58,11 +58,8 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
-import time
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,29 +68,16 @@ import pyfuse3
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import NotFound, Removed
-from bftfs.fs.locks import FLOCK, OFFSET_MAX, POSIX, UNLOCK, WRITE, LockManager
+from bftfs.fs.locks import LockManager
+from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.handler import handler as _handler
-from bftfs.fuse.kernellocks import FLOCK_KINDS, KINDS, byte_range, conflict_answer, lock_kind
-from bftfs.fuse.leasecache import LeaseCache
+from bftfs.fuse.kernelattrs import KernelAttrs
+from bftfs.fuse.lockrequests import LockRequests
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
 from bftfs.fuse.permissions import permits
+from bftfs.fuse.recentlookups import RecentLookups
 
 log = logging.getLogger(__name__)
-
-#: Seconds between the kernel's lookup that found a name missing and its create of the
-#: name in the same call, within which the create may be answered before it is sent
-#: (create write-behind, docs/fs.md); the two normally follow within a millisecond.
-FRESH_MISS = 0.05
-
-#: Inodes whose attributes the kernel was last answered that are remembered (then
-#: forgotten all at once: an open of one of them drops the kernel's attributes, as before).
-TOLD_LIMIT = 100_000
-
-
-def _told_key(a: Attr) -> tuple[int, ...]:
-    """Everything of ``a`` the kernel caches as attributes."""
-    return (a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.blocks, a.atime_ns,
-            a.mtime_ns, a.ctime_ns)  # fmt: skip
 
 
 class Operations(pyfuse3.Operations):
@@ -126,116 +110,26 @@ class Operations(pyfuse3.Operations):
         #: system's ``cache_regular_files``, mount options ``acregmin``/``acregmax``):
         #: ``open`` then checks the caller's permission itself.
         self.long_attrs = fs.long_attrs
-        #: The attributes the kernel was last answered per inode (:func:`_told_key`), or
-        #: None when it was shown others it may not have taken (a listing): an open that
-        #: reads the same leaves the kernel's cache alone (its timer too).
-        self._told: dict[int, tuple[int, ...] | None] = {}
-        self.entry_timeout = entry_timeout
-        #: What the kernel may cache under leases, and forgets at a recall.
-        self.leased = LeaseCache(fs, self._forget_told)
+        #: The entries the kernel is answered, their timeouts (leases' too), and what it
+        #: was last told per inode.
+        self.attrs = KernelAttrs(fs, timeout=timeout, entry_timeout=entry_timeout)
         self.read_only = read_only
         self.timeo = timeo
         self.hard = hard
-        #: Answers other than success by handler and error type (EIO, ESTALE).
-        self.errors: Counter[str] = Counter()
-        #: EIO answers by handler, and the latest: (wall time, handler, cause).
-        self.eio: Counter[str] = Counter()
-        self.last_eio: tuple[float, str, str] | None = None
-        #: Since when (wall time) a hard mount has been waiting for the cluster, if it is.
-        self.unavailable_since: float | None = None
-        #: Requests served and seconds spent per handler (logged at unmount: where a
-        #: workload's time goes, see :meth:`statistics`).
-        self.calls: Counter[str] = Counter()
-        self.seconds: defaultdict[str, float] = defaultdict(float)
-        #: The inode each process's latest request, a lookup, found (``open``).
-        self._looked_up: dict[int, int] = {}
-        #: The name each process's latest request, a lookup, found missing, and when
-        #: (``create``: write-behind only for a create of a name the servers just said
-        #: is missing, not one the kernel cached as missing).
-        self._missed: dict[int, tuple[int, bytes, float]] = {}
+        #: Calls, seconds, EIO answers per handler; a hard mount's wait (``bftfs status``).
+        self.record = CallRecord()
+        #: What each process's latest request, a lookup, found (``open``, ``create``).
+        self.lookups = RecentLookups()
+        #: The kernel's lock requests, over ``locks``.
+        self.lock_requests = LockRequests(fs, locks, self.attrs)
         # Directory listings are snapshots per opendir, so readdir offsets stay stable while
         # entries are created and removed (pyfuse3 requires stable ``next_id``).
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
         self._next_dir_fh = 1
 
-    def _eio(self, name: str, args: Any, cause: str, start: float) -> None:
-        """Count and log one EIO answer (every one: a program just saw an I/O error)."""
-        self.eio[name] += 1
-        self.last_eio = (time.time(), name, cause)
-        log.warning(
-            "%s answered EIO after %.1fs (args %r): %s",
-            name,
-            time.perf_counter() - start,
-            args,
-            cause,
-        )
-
-    def _unavailable(self, name: str, e: Exception, waited: float) -> None:
-        """A hard mount's call found the cluster unavailable and will try again."""
-        if self.unavailable_since is None:
-            self.unavailable_since = time.time()
-            log.warning(
-                "%s: cluster unavailable (%s); hard mount: waiting for it (%.1fs so far)",
-                name,
-                e,
-                waited,
-            )
-
-    def _available_again(self) -> None:
-        since = self.unavailable_since
-        self.unavailable_since = None
-        if since is not None:
-            log.warning("the cluster answers again after %.1fs", time.time() - since)
-
     def statistics(self) -> str:
         """One line per handler: requests, total and mean milliseconds, busiest first."""
-        lines = ["handler         calls    total ms   mean ms"]
-        for name, secs in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
-            n = self.calls[name]
-            lines.append(f"{name:<14} {n:>6} {secs * 1e3:>11.1f} {secs * 1e3 / n:>9.2f}")
-        return "\n".join(lines)
-
-    # Conversions ---------------------------------------------------------------------------
-
-    def _entry(self, a: Attr, *, taken: bool = True) -> pyfuse3.EntryAttributes:
-        """``a`` as the kernel's ``EntryAttributes``.  ``taken``: the kernel takes these
-        attributes into its cache (a lookup, getattr, setattr or create answer), as far as
-        this mount knows; an answer it may not take (readdirplus) makes what it holds
-        unknown."""
-        if len(self._told) > TOLD_LIMIT:
-            self._told.clear()
-        key = _told_key(a)
-        if taken:
-            # The kernel replaces its attributes with each answer, except one to a request
-            # older than an attribute change it has applied since (its attr_version): it
-            # keeps that newer state then, never one older than ours, so an open that reads
-            # exactly ``key`` can trust the kernel to hold it.
-            self._told[a.ino] = key
-        elif self._told.get(a.ino) != key:
-            self._told[a.ino] = None  # it may or may not have taken these
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = a.ino
-        e.generation = a.generation
-        e.entry_timeout = self.entry_timeout
-        timeout = self.fs.kernel_timeout(a)
-        e.attr_timeout = self.timeout if timeout is None else timeout
-        e.attr_timeout = self.leased.attr_timeout(a.ino, e.attr_timeout)
-        e.st_mode = a.mode
-        e.st_nlink = a.nlink
-        e.st_uid = a.uid
-        e.st_gid = a.gid
-        e.st_rdev = a.rdev
-        e.st_size = a.size
-        e.st_blksize = a.blksize
-        e.st_blocks = a.blocks
-        e.st_atime_ns = a.atime_ns
-        e.st_mtime_ns = a.mtime_ns
-        e.st_ctime_ns = a.ctime_ns
-        return e
-
-    def _forget_told(self, inos: list[int]) -> None:
-        for ino in inos:
-            self._told.pop(ino, None)
+        return self.record.statistics()
 
     # Namespace -----------------------------------------------------------------------------
 
@@ -245,22 +139,18 @@ class Operations(pyfuse3.Operations):
         try:
             a = await self.fs.lookup(parent_inode, name)
             if ctx is not None and ctx.pid:
-                self._looked_up[ctx.pid] = a.ino
-                if len(self._looked_up) > 4096:  # processes that never opened what they found
-                    self._looked_up.clear()
-            return self._entry(a)
+                self.lookups.found(ctx.pid, a.ino)
+            return self.attrs.entry(a)
         except Removed:  # the kernel reached a removed directory by a stale name
             raise pyfuse3.FUSEError(errno.ESTALE) from None
         except NotFound:
             if ctx is not None and ctx.pid:
-                self._missed[ctx.pid] = (parent_inode, name, time.monotonic())
-                if len(self._missed) > 4096:
-                    self._missed.clear()
+                self.lookups.missing(ctx.pid, parent_inode, name)
             # A negative entry (inode 0), which the kernel caches for ``entry_timeout``:
             # while this mount's lease on the directory runs, until the lease is recalled.
             e = pyfuse3.EntryAttributes()
             e.st_ino = 0
-            e.entry_timeout = self.leased.negative_timeout(parent_inode, name, self.timeout)
+            e.entry_timeout = self.attrs.leased.negative_timeout(parent_inode, name, self.timeout)
             return e
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -269,7 +159,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
-        return self._entry(await self.fs.getattr(inode, reached_by_name=True))
+        return self.attrs.entry(await self.fs.getattr(inode, reached_by_name=True))
 
     @_handler
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
@@ -287,7 +177,7 @@ class Operations(pyfuse3.Operations):
             fh=fh,
             reached_by_name=True,
         )
-        return self._entry(a)
+        return self.attrs.entry(a)
 
     @_handler
     async def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -295,11 +185,13 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
-        return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+        return self.attrs.entry(
+            await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        )
 
     @_handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
-        return self._entry(await self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+        return self.attrs.entry(await self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
 
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -311,7 +203,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        return self._entry(await self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+        return self.attrs.entry(await self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
 
     @_handler
     async def rename(
@@ -327,7 +219,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
-        return self._entry(await self.fs.link(inode, new_parent_inode, new_name))
+        return self.attrs.entry(await self.fs.link(inode, new_parent_inode, new_name))
 
     # Directories ---------------------------------------------------------------------------
 
@@ -355,7 +247,7 @@ class Operations(pyfuse3.Operations):
         # Offsets are positions in the opendir snapshot, plus one (0 means "from the start").
         for i in range(start_id, len(entries)):
             name, attr = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._entry(attr, taken=False), i + 1):
+            if not pyfuse3.readdir_reply(token, name, self.attrs.entry(attr, taken=False), i + 1):
                 return
 
     async def releasedir(self, fh: int) -> None:
@@ -383,7 +275,7 @@ class Operations(pyfuse3.Operations):
         # found in this very call (``looked_up``), not by a name cached earlier.
         if self.read_only and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
-        looked_up = self._looked_up.get(ctx.pid) == inode
+        looked_up = self.lookups.opened(ctx.pid, inode)
         trunc = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
         long_attrs = self.long_attrs
         if long_attrs and trunc:
@@ -392,7 +284,7 @@ class Operations(pyfuse3.Operations):
             if not permits(a, ctx, flags):
                 raise pyfuse3.FUSEError(errno.EACCES)
         fh = await self.fs.open(inode, flags, reached_by_name=True, looked_up=looked_up)
-        self._looked_up.pop(ctx.pid, None)
+        self.lookups.forget_found(ctx.pid)
         if long_attrs and not trunc and not permits(await self.fs.getattr(inode), ctx, flags):
             await self.fs.release(fh)  # (the mode this open read: no round)
             raise pyfuse3.FUSEError(errno.EACCES)
@@ -403,10 +295,11 @@ class Operations(pyfuse3.Operations):
         # but the permission check of the next open after the file's close asked the
         # servers again (an open-and-close loop cost two rounds).  When the kernel was
         # last answered exactly what this open read, what it holds is current: kept.
-        if not self.fs.close_to_open or self._told.get(inode) != _told_key(
-            await self.fs.getattr(inode)  # the open file's: no round
+        if not self.fs.close_to_open or not self.attrs.holds(
+            inode,
+            await self.fs.getattr(inode),  # the open file's: no round
         ):
-            self._told.pop(inode, None)
+            self.attrs.forget([inode])
             pyfuse3.invalidate_inode(inode, attr_only=True)
         return self._file_info(fh, flags)
 
@@ -415,16 +308,11 @@ class Operations(pyfuse3.Operations):
         # Write-behind only when this very call's lookup found the name missing (the
         # calling process's previous request, just now): on a name the kernel cached as
         # missing, another client may have made the file, and open(O_CREAT) must read it.
-        missed = self._missed.pop(ctx.pid, None) if ctx.pid else None
-        fresh = (
-            missed is not None
-            and missed[:2] == (parent_inode, name)
-            and time.monotonic() - missed[2] < FRESH_MISS
-        )
+        fresh = self.lookups.fresh_miss(ctx.pid, parent_inode, name)
         fh, attr = await self.fs.create(
             parent_inode, name, mode, ctx.uid, ctx.gid, flags, known_missing=fresh
         )
-        return self._file_info(fh, flags, new=True), self._entry(attr)
+        return self._file_info(fh, flags, new=True), self.attrs.entry(attr)
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -447,64 +335,30 @@ class Operations(pyfuse3.Operations):
         try:
             await self.fs.release(fh)
         finally:
-            if self.locks is not None:  # its flock and OFD locks go with the open file
-                await self.locks.release(fh)
+            await self.lock_requests.release(fh)  # its flock and OFD locks go with it
 
     # Locks (issue 37; the handlers of scripts/pyfuse3-locks.patch) --------------------------
-
-    def _lock_manager(self) -> LockManager:
-        if self.locks is None:
-            raise pyfuse3.FUSEError(errno.ENOSYS)
-        return self.locks
-
-    async def _lock(
-        self, ino: int, fh: int, domain: int, owner: int, kind: int, span: tuple[int, int],
-        *, wait: bool, pid: int,
-    ) -> None:  # fmt: skip
-        """Take, change or drop a lock.  What this mount wrote to the file reaches the
-        servers before a lock is dropped or changed; once one is taken the open file takes
-        the servers' current version and the kernel's cached pages and attributes of the
-        file go: a program that locks, reads, writes and unlocks sees what the previous
-        holder on any mount wrote."""
-        locks = self._lock_manager()
-        if kind != WRITE:
-            await self.fs.fsync(fh)
-        await locks.lock(ino, fh, domain, owner, kind, span[0], span[1], wait=wait, pid=pid)
-        if kind != UNLOCK:
-            await self.fs.revalidate(fh)
-            self._told.pop(ino, None)
-            pyfuse3.invalidate_inode(ino, attr_only=False)
 
     @_handler
     async def getlk(
         self, inode: int, fh: int, owner: int, lock: tuple[int, int, int, int]
     ) -> tuple[int, int, int, int]:
-        kind, start, length, _ = lock
-        lo, hi = byte_range(start, length)
-        got = await self._lock_manager().test(inode, POSIX, owner, lock_kind(KINDS, kind), lo, hi)
-        return conflict_answer(got, lock)
+        return await self.lock_requests.getlk(inode, owner, lock)
 
     @_handler
     async def setlk(
         self, inode: int, fh: int, owner: int, lock: tuple[int, int, int, int], sleep: bool
     ) -> None:
-        kind, start, length, pid = lock
-        span = byte_range(start, length)
-        await self._lock(inode, fh, POSIX, owner, lock_kind(KINDS, kind), span, wait=sleep, pid=pid)
+        await self.lock_requests.setlk(inode, fh, owner, lock, sleep)
 
     @_handler
     async def flock(self, inode: int, fh: int, owner: int, op: int) -> None:
-        kind = lock_kind(FLOCK_KINDS, op & ~fcntl.LOCK_NB)
-        wait = not op & fcntl.LOCK_NB
-        await self._lock(inode, fh, FLOCK, owner, kind, (0, OFFSET_MAX), wait=wait, pid=0)
+        await self.lock_requests.flock(inode, fh, owner, op)
 
     @_handler
     async def unlock_owner(self, inode: int, fh: int, owner: int) -> None:
-        """A close: the closing process's POSIX locks on the file go, after what it wrote
-        reached the servers (pyfuse3 calls ``flush`` next; it then has nothing to send)."""
-        if self.locks is not None and self.locks.holds(inode, owner):
-            await self.fs.flush(fh)
-            await self.locks.unlock_owner(inode, owner)
+        """A close: the closing process's POSIX locks on the file go (``LockRequests``)."""
+        await self.lock_requests.unlock_owner(inode, fh, owner)
 
     # Everything else -----------------------------------------------------------------------
 

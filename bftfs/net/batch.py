@@ -22,7 +22,15 @@ frame 8.7 MB, over the client's 8 MiB, and every such read failed (issue 34).
 Wire (the batch kind is the protocol's, e.g. ``rw.batch``): request = list of ``[kind,
 payload]`` (at most ``max_batch``); reply = list of the same length, each ``[0, reply]`` or
 ``[1, [code, message]]``.  The reply list is checked here; each item's reply is checked by
-the caller as usual.  PASIS is the only protocol that batches today (``rw/batch.py``).
+the caller as usual.  The PASIS client and the nodes' lazy verifiers batch so
+(``rw/batch.py``).
+
+The Q/U client's rounds share frames another way, ``coalesce.py`` (``Endpoint.quorum_call``
+with a batch kind): each request keeps its own id, waiter and the engine's resends, and
+only its first copy shares a frame.  That is not this job: here the batch call owns its
+items (their resends and timeout are its own) and holds a node's unanswered items to
+``max_pending`` and ``max_pending_bytes``, what a client writing large fragments needs
+(issue 34) and the coalescer, which holds nothing, does not do.
 """
 
 from __future__ import annotations

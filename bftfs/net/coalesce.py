@@ -9,6 +9,16 @@ as one frame: a lone request as itself, several as one request of the batch kind
 is split back onto the requests' own waiters.  Each request keeps its own id and waiter, so
 resends (of the request alone, under its own id), stragglers and lost connections are
 handled exactly as without coalescing; only the first transmission shares a frame.
+
+Not the same job as ``batch.py``'s :class:`~bftfs.net.batch.Batcher`, though both put
+concurrent requests to a node in one frame of the same wire format (``node/batching.py``
+answers both): the coalescer changes only how a request's first copy is written and
+leaves the request itself (id, waiter, resends by the quorum engine, stragglers) to
+``Endpoint.quorum_call``, and it holds nothing back (a request waits at most ``window``).
+The batcher replaces the request: its items have no id of their own, the batch call
+resends and times out for them, and it holds a node's unanswered items to a count and
+byte limit (the PASIS client's fragments, issue 34), which the Q/U client's small
+requests do not need and its engine-driven resends could not keep.
 """
 
 from __future__ import annotations

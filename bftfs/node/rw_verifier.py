@@ -21,6 +21,10 @@ What the task does, in a loop:
    per peer, not to those that already told this node the same (L1536).  A node that holds
    ``b + 1`` NOTIFYs applies the rules of :class:`~bftfs.rw.lazy.NotifyBook`.
 
+The record and collection steps are :class:`~bftfs.node.rw_collection.Collection`'s
+(``node/rw_collection.py``), the NOTIFYs :class:`~bftfs.node.rw_notify.Notifier`'s
+(``node/rw_notify.py``); this module picks, reads and keeps the backlog.
+
 Progress is in ``node.progress["rw.verify"]`` (``bftfs status``).  ``settled`` is set
 whenever the backlog is empty (tests wait on it; it is cleared by the next write).
 """
@@ -28,18 +32,15 @@ whenever the backlog is empty (tests wait on it; it is cleared by the next write
 from __future__ import annotations
 
 import functools
-import heapq
 import math
 import time
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from bftfs.ids import NodeId, PrincipalId
-from bftfs.net.errors import RemoteError, TransportError
-from bftfs.node import limits
-from bftfs.node.rw_forgetter import Forgetter
+from bftfs.node.rw_collection import Collection
+from bftfs.node.rw_notify import Notifier
 from bftfs.node.snapshots import pinned_moments
 from bftfs.outcome import ClusterUnavailable
 from bftfs.policy import RetentionPolicy
@@ -48,17 +49,8 @@ from bftfs.rw.batch import rw_batcher
 from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient, max_fragment_of
-from bftfs.rw.lazy import (
-    POISONOUS,
-    VERIFIED,
-    Backlog,
-    NotifyBook,
-    Pick,
-    StreamState,
-    squeezed,
-    stream_state,
-)
-from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify, WriteRequest
+from bftfs.rw.lazy import Backlog, Pick, StreamState, stream_state
+from bftfs.rw.messages import BlockId, Notify, WriteRequest
 from bftfs.rw.timestamp import ZERO, Timestamp
 from bftfs.rw.verify import ReadOutcome
 
@@ -68,8 +60,6 @@ if TYPE_CHECKING:
 PROGRESS_KEY = "rw.verify"
 #: Blocks per page of the start-up scan of unverified versions.
 SCAN_PAGE = 256
-#: How long NOTIFYs wait to be sent together (they never hold anything up).
-NOTIFY_LINGER = 0.02
 #: Failed verifications of a block after which its undecided versions are given up (an
 #: incomplete write whose writer died is not garbage until a newer write completes).
 MAX_FAILURES = 4
@@ -124,13 +114,9 @@ class Verifier:
         cfg = node.config
         self.policy = cfg.verification
         self.retention = cfg.retention
-        #: What collection keeps now: ``retention``, shortened when the node is short of
-        #: space (``rw.lazy.squeezed``, set with the pressure before each step).
-        self._kept = cfg.retention
         self.me = int(node.id)
         self.peers = [NodeId(i) for i in cfg.node_ids if i != node.id]
         self.backlog = Backlog(self.policy, me=self.me, n=cfg.n, b=cfg.b)
-        self.book = NotifyBook(cfg.b)
         self.client_options = READ_OPTIONS if client_options is None else client_options
         self.progress = node.progress[PROGRESS_KEY] = new_progress()
         self.progress["mode"] = self.policy.mode
@@ -139,22 +125,14 @@ class Verifier:
         #: Set (and replaced) whenever the progress changes: tests wait on it.
         self.changed = trio.Event()
         self._wake = trio.Event()
-        self._outbox: dict[NodeId, list[tuple[BlockId, Timestamp, str]]] = defaultdict(list)
-        self._flush = trio.Event()
+        #: Records, collection, history bytes, revisits, forgetting.
+        self.collection = Collection(node, self.progress)
+        #: NOTIFYs sent and taken.
+        self.notifier = Notifier(node, self.peers, self.progress)
         self._client: RWClient | None = None
         #: The same READs through a batcher, for waves of more than one block (the direct
         #: client when waves are off).
         self._wave_client: RWClient | None = None
-        #: ``(node clock ns, block)``: blocks whose versions kept for their age may go then.
-        self._revisits: list[tuple[int, int]] = []
-        #: Bytes of history per block (versions below the verified mark), where any.
-        self._history: dict[int, tuple[int, tuple[Timestamp, Timestamp] | None]] = {}
-        #: Blocks down to their verified empty version are forgotten (node/rw_forgetter.py).
-        self.forgetter = Forgetter(node)
-        #: A client using this much here (``pool_fraction`` of its quota) is short of
-        #: room: the old versions of blocks given back under it go without waiting for
-        #: their age (``collect.verified_step``).
-        self.owner_limit = int(self.policy.pool_fraction * limits.quota_bytes(node))
 
     # Hooks the rw server calls ------------------------------------------------------------
 
@@ -183,45 +161,23 @@ class Verifier:
 
     async def notified(self, sender: PrincipalId, msg: Notify) -> None:
         """NOTIFYs from another node: apply what ``b + 1`` of them agree on."""
-        self.progress["notify_received"] += len(msg.entries)
-        blocks = []
-        for block, ts, status in msg.entries:
-            self.book.record(int(sender), block, ts, status)
-            blocks.append(block)
+        todo = self.notifier.received(sender, msg)
         now_ns = self.node.now_ns()
-        self._pressure()  # sets what retention keeps now
-        todo = []
-        for block in dict.fromkeys(blocks):
-            flag = self.book.flagged(block)
-            floor = self.book.floor(block)
-            poison = self.book.poisonous(block)
-            if flag is None and floor is None and not poison:
-                continue
-            mark = max(flag or ZERO, floor or ZERO)
-            todo.append((block, mark, flag, poison))
+        self.collection.pressure()  # sets what retention keeps now
         if not todo:
             return
+        record = self.collection.record
 
         def step(kv: Any) -> list[collect.Verified]:
             return [
-                collect.verified_step(
-                    kv,
-                    block,
-                    mark=mark,
-                    flag=flag,
-                    poisonous=poison,
-                    now_ns=now_ns,
-                    retention=self._kept,  # shortened when short of space
-                    pins=pinned_moments(kv),
-                    owner_limit=self.owner_limit,
-                )
+                record(kv, block, mark=mark, flag=flag, poisonous=poison, now_ns=now_ns)
                 for block, mark, flag, poison in todo
             ]
 
         results = await self.node.store.write(step, background=True)
         for (block, mark, _flag, poison), res in zip(todo, results, strict=True):
             self.backlog.settled(block, mark, also=poison)
-            self._account(res, block)
+            self.collection.account(res, block)
             self.progress["notify_applied"] += 1
         self._publish()
         self._wake.set()
@@ -257,9 +213,9 @@ class Verifier:
             # Faults the reads meet in peers' replies are findings (node/findings.py).
             self._client.faults = self._wave_client.faults = self.node.findings.peer_faults
             if self.policy.cooperative:
-                nursery.start_soon(self._flusher)
-            nursery.start_soon(self.forgetter.run)
-            nursery.start_soon(self.forgetter.sweep)
+                nursery.start_soon(self.notifier.run)
+            nursery.start_soon(self.collection.forgetter.run)
+            nursery.start_soon(self.collection.forgetter.sweep)
             while True:
                 try:
                     await self._step()
@@ -268,44 +224,13 @@ class Verifier:
                     self.node.log.exception("node %s: lazy verification step", self.node.id)
                     await trio.sleep(1)
 
-    async def _collect_due(self) -> float | None:
-        """Collect the blocks whose age-retained versions may go now; seconds until the
-        next one is due (None: none waits)."""
-        while self._revisits:
-            due, block = self._revisits[0]
-            now_ns = self.node.now_ns()
-            if due > now_ns:
-                return (due - now_ns) / 1e9
-            heapq.heappop(self._revisits)
-            self._pressure()  # sets what retention keeps now
-            kept = self._kept
-
-            def step(
-                kv: Any, block: int = block, now_ns: int = now_ns, kept: Any = kept
-            ) -> collect.Verified:
-                return collect.verified_step(
-                    kv,
-                    block,
-                    mark=ZERO,
-                    flag=None,
-                    poisonous=(),
-                    now_ns=now_ns,
-                    retention=kept,  # shortened when short of space
-                    pins=pinned_moments(kv),
-                    owner_limit=self.owner_limit,
-                )
-
-            res = await self.node.store.write(step, background=True)
-            self._account(res, block)
-        return None
-
     async def _step(self) -> None:
-        revisit_in = await self._collect_due()
+        revisit_in = await self.collection.collect_due()
         now = trio.current_time()
         idle_for = now - self.node.last_client_request
         idle_after = self.stream(now).idle_after
         idle = idle_for >= idle_after
-        pressure = self._pressure()
+        pressure = self.collection.pressure()
         picks = self.backlog.pick_many(
             now, idle=idle, pressure=pressure, limit=self.policy.wave_blocks
         )
@@ -330,7 +255,7 @@ class Verifier:
 
         The blocks are read concurrently, so the batcher sends a wave's READs to a peer as
         one frame; their records go in one store commit; their NOTIFYs leave together (one
-        frame per peer, :meth:`_flusher`).  Per block it is what one verification was: the
+        frame per peer, :meth:`Notifier.run`).  Per block it is what one verification was: the
         same READ, the same store step, the same bookkeeping."""
         client = self._client if len(picks) == 1 else self._wave_client
         assert client is not None
@@ -341,20 +266,18 @@ class Verifier:
         if not read:
             return
         now_ns = self.node.now_ns()
-        self._pressure()  # sets what retention keeps now
+        self.collection.pressure()  # sets what retention keeps now
+        record = self.collection.record
 
         def step(kv: Any) -> list[collect.Verified]:
             return [
-                collect.verified_step(
+                record(
                     kv,
                     block,
                     mark=outcome.ts,
                     flag=outcome.ts if outcome.ts != ZERO else None,
                     poisonous=poison,
                     now_ns=now_ns,
-                    retention=self._kept,  # shortened when short of space
-                    pins=pinned_moments(kv),
-                    owner_limit=self.owner_limit,
                 )
                 for block, _hosted, outcome, poison in read
             ]
@@ -363,7 +286,7 @@ class Verifier:
         for found, res in zip(read, results, strict=True):
             self._settle(*found, res)
         if self.policy.cooperative:
-            self._flush.set()
+            self.notifier.flush()
         self._publish()
 
     async def _read(self, client: RWClient, block: BlockId, out: list[_Read]) -> None:
@@ -396,7 +319,7 @@ class Verifier:
         res: collect.Verified,
     ) -> None:
         """The backlog and the NOTIFY outbox after ``block``'s record was committed."""
-        self._account(res, block)
+        self.collection.account(res, block)
         self.progress["verified"] += 1
         self.backlog.settled(block, outcome.ts, also=poison)
         # Versions above what was found complete were incomplete when read: they are
@@ -407,14 +330,8 @@ class Verifier:
             self.backlog.failed(block, trio.current_time())
             if self.backlog.failures(block) >= MAX_FAILURES:
                 self.backlog.settled(block, max(undecided))
-        if self.policy.cooperative and outcome.ts != ZERO:
-            told = self.book.told_by(block, outcome.ts)
-            for peer in self.peers:
-                if int(peer) not in told:
-                    self._outbox[peer].append((block, outcome.ts, VERIFIED))
-            for ts in poison:
-                for peer in self.peers:
-                    self._outbox[peer].append((block, ts, POISONOUS))
+        if self.policy.cooperative:
+            self.notifier.queue(block, outcome.ts, poison)
 
     # Helpers -------------------------------------------------------------------------------
 
@@ -454,74 +371,14 @@ class Verifier:
             for block, ts in page.versions:
                 self.backlog.wrote(block, ts, ts.writer, now, size=size)
             for block, due in page.revisits:
-                heapq.heappush(self._revisits, (due, block))
+                self.collection.revisit(due, block)
             for block, size in page.history:
-                self._set_history(block, size)
+                self.collection.set_history(block, size)
             if page.after is None:
                 break
             after = page.after
             await trio.lowlevel.checkpoint()
         self._publish()
-
-    async def _flusher(self) -> None:
-        """Send queued NOTIFYs, one request per peer, in the background."""
-        while True:
-            await self._flush.wait()
-            await trio.sleep(NOTIFY_LINGER)
-            self._flush = trio.Event()
-            outbox, self._outbox = self._outbox, defaultdict(list)
-            async with trio.open_nursery() as nursery:
-                for peer, entries in outbox.items():
-                    for i in range(0, len(entries), MAX_NOTIFY):
-                        nursery.start_soon(self._send, peer, entries[i : i + MAX_NOTIFY])
-
-    async def _send(self, peer: NodeId, entries: list[tuple[BlockId, Timestamp, str]]) -> None:
-        try:
-            await self.node.endpoint.call(peer, KIND_NOTIFY, Notify(tuple(entries)).to_wire())
-            self.progress["notify_sent"] += len(entries)
-        except (TransportError, RemoteError) as e:
-            # A lost NOTIFY costs the peer a verification of its own, never safety.
-            self.node.log.debug("node %s: NOTIFY to %s lost: %s", self.node.id, peer, e)
-
-    def _pressure(self) -> bool:
-        """Whether the node is short of space (verify without waiting for idle time); sets
-        what retention keeps meanwhile (history thinned oldest first, ``squeezed``)."""
-        used = self.node.store.used_recently()
-        self.progress["used_bytes"] = used
-        pressure = used >= self.policy.pool_fraction * self.node.config.map_size
-        self.progress["pressure"] = pressure
-        self._kept = squeezed(self.retention, used, self.node.config.map_size, self.policy)
-        return pressure
-
-    def _set_history(
-        self, block: int, size: int, order: tuple[Timestamp, Timestamp] | None = None
-    ) -> None:
-        """Record what ``block``'s history takes here; the total is in the progress.
-
-        ``order``: the step's ``(mark, floor)``.  Steps of one block may be accounted in
-        another order than they committed in (group commit), so a step's figure replaces
-        the recorded one only if it is not older: the mark and the floor only rise, and at
-        the same ones history only shrinks."""
-        old, old_order = self._history.get(block, (0, None))
-        stale = order is not None and old_order is not None and order < old_order
-        if stale or (order is not None and order == old_order and size > old):
-            return
-        if size:
-            self._history[block] = (size, order)
-        else:
-            self._history.pop(block, None)
-        self.progress["history_bytes"] += size - old
-
-    def _account(self, res: collect.Verified, block: int) -> None:
-        self._set_history(block, res.history_bytes, (res.mark, res.floor))
-        if res.revisit_ns:
-            heapq.heappush(self._revisits, (res.revisit_ns, block))
-        if res.given_back:
-            self.forgetter.given_back(block)
-        self.progress["discarded"] += res.discarded
-        self.progress["collected"] += res.collected
-        self.node.stats["rw.gc.collected"] += res.collected
-        self.node.stats["rw.verify.flagged"] += res.flagged
 
     def _fault(self, what: str) -> None:
         faults = self.progress["faults"]

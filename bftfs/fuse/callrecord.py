@@ -1,0 +1,68 @@
+"""What a mount's handlers answered and how long they took (``bftfs status``, the mount's
+metrics, the statistics logged at unmount), and whether a hard mount is waiting for its
+cluster.  The handler wrapper (``fuse/handler.py``) counts every call here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+# The handlers' own logger: an operator greps a mount's log for "bftfs.fuse.operations".
+log = logging.getLogger("bftfs.fuse.operations")
+
+
+class CallRecord:
+    """Calls, seconds, EIO and ESTALE answers per handler; a hard mount's wait."""
+
+    def __init__(self) -> None:
+        #: Answers other than success by handler and error type (EIO, ESTALE).
+        self.errors: Counter[str] = Counter()
+        #: EIO answers by handler, and the latest: (wall time, handler, cause).
+        self.eio: Counter[str] = Counter()
+        self.last_eio: tuple[float, str, str] | None = None
+        #: Since when (wall time) a hard mount has been waiting for the cluster, if it is.
+        self.unavailable_since: float | None = None
+        #: Requests served and seconds spent per handler (logged at unmount: where a
+        #: workload's time goes, see :meth:`statistics`).
+        self.calls: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+
+    def answered_eio(self, name: str, args: Any, cause: str, start: float) -> None:
+        """Count and log one EIO answer (every one: a program just saw an I/O error)."""
+        self.eio[name] += 1
+        self.last_eio = (time.time(), name, cause)
+        log.warning(
+            "%s answered EIO after %.1fs (args %r): %s",
+            name,
+            time.perf_counter() - start,
+            args,
+            cause,
+        )
+
+    def unavailable(self, name: str, e: Exception, waited: float) -> None:
+        """A hard mount's call found the cluster unavailable and will try again."""
+        if self.unavailable_since is None:
+            self.unavailable_since = time.time()
+            log.warning(
+                "%s: cluster unavailable (%s); hard mount: waiting for it (%.1fs so far)",
+                name,
+                e,
+                waited,
+            )
+
+    def available_again(self) -> None:
+        """A call succeeded: a hard mount's wait, if any, is over."""
+        since = self.unavailable_since
+        self.unavailable_since = None
+        if since is not None:
+            log.warning("the cluster answers again after %.1fs", time.time() - since)
+
+    def statistics(self) -> str:
+        """One line per handler: requests, total and mean milliseconds, busiest first."""
+        lines = ["handler         calls    total ms   mean ms"]
+        for name, secs in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
+            n = self.calls[name]
+            lines.append(f"{name:<14} {n:>6} {secs * 1e3:>11.1f} {secs * 1e3 / n:>9.2f}")
+        return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""Repair of Q/U objects by a client (seed Figure 4.3 lines 500-506, 4.3.5): the object
+history set it presents, barriers and copies, inline repair, proving links, and splitting
+a repair that would name too many objects.
+
+:class:`Repairer` is the part of :class:`~bftfs.qu.client.QUClient` that its operation
+loop (``client.py``) calls between rounds; every decision comes from :mod:`bftfs.qu.core`,
+the calls go through ``rounds.py``, the histories live in ``ohscache.py``.  It shares the
+client's cache, rounds and proven links, and counts what it did in :attr:`Repairer.counts`
+(part of ``QUClient.statistics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bftfs.qu import core
+from bftfs.qu.attempt import MAX_SHORT_ROUNDS, MAX_SPLITS, Attempt, QUUnavailable, TooManyObjects
+from bftfs.qu.classify import OpType, QUThresholds, View
+from bftfs.qu.linkproofs import LinkProofs
+from bftfs.qu.ohscache import HistoryCache
+from bftfs.qu.request import Operation, Request
+from bftfs.qu.rounds import QuorumRounds
+from bftfs.qu.timestamp import MAX_OBJECTS, Candidate, Timestamp
+
+
+class Repairer:
+    """A client's repair (see the module docstring).
+
+    Args:
+        th: the cluster's thresholds.
+        client_id: the client's principal id (a barrier or copy is its request).
+        cache: the client's cached object history sets.
+        rounds: the client's calls to the servers.
+        links: the links the client has proven.
+    """
+
+    def __init__(
+        self,
+        th: QUThresholds,
+        client_id: int,
+        cache: HistoryCache,
+        rounds: QuorumRounds,
+        links: LinkProofs,
+    ) -> None:
+        self.th = th
+        self.client_id = client_id
+        self._cache = cache
+        self._rounds = rounds
+        self._links = links
+        #: What repair did, in ``QUClient.statistics``.
+        self.counts = dict.fromkeys(
+            ("barriers", "copies", "backoffs", "inline_repairs", "split_repairs"), 0
+        )
+
+    # What the client presents --------------------------------------------------------------
+
+    def present_view(self, objects: Iterable[int], fresh: dict[int, set[int]]) -> tuple:
+        """:meth:`HistoryCache.present_view` with the links this client proved."""
+        return self._cache.present_view(objects, fresh, self._links.facts)
+
+    async def present_filled(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> tuple:
+        """:meth:`present_view`, after asking the servers not heard from yet when stray
+        histories cannot be left out for want of ``q`` fresh others
+        (:func:`core.present_view`); the OHS and its View."""
+        shown, view, short = self.present_view(objects, fresh)
+        if short:
+            todo = tuple(sorted(short))
+            targets = sorted(set().union(*short.values()))
+            # Up to t of them may be down, and a dead server's call only fails at its
+            # timeout: once all but t answered, the rest get two probe intervals (as in
+            # ``QuorumRounds.request``).  Waiting for all of them cost every operation the
+            # full timeout while a server whose stray history this client cached was down
+            # (found by the campaign, bftfs/testing/campaign.py).  With ``t`` or fewer to
+            # ask (a stray beside one crashed server), they all get just the two intervals.
+            settle = max(0, len(targets) - self.th.t)
+            got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
+            self._cache.absorb(todo, got, fresh)
+            shown, view, _ = self.present_view(objects, fresh)
+        return shown, view
+
+    async def _fetch_missing(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
+        """Histories of objects added for deduction, read from a quorum (``qu.history``)."""
+        todo = tuple(o for o in objects if len(fresh.get(o, ())) < self.th.q)
+        if todo:
+            targets = self._cache.targets(todo)
+            got = await self._rounds.histories(todo, targets, self.th.q, self.th.q)
+            self._cache.absorb(todo, got, fresh)
+
+    # Repair (lines 500-506) ----------------------------------------------------------------
+
+    async def repair_or_split(
+        self,
+        objects: tuple[int, ...],
+        context: set[int],
+        fresh: dict[int, set[int]],
+        op: Operation,
+        st: Attempt,
+    ) -> set[int]:
+        """:meth:`repair` ``objects``; the context to ask again with."""
+        try:
+            await self.repair(objects, context, fresh, op, st)
+        except TooManyObjects:
+            # The objects' candidates span more than one request may name (a batched
+            # query of 8 files created in one directory, each create also naming the
+            # directory: 9).  Repair each object on its own (its candidates span at most
+            # 8 objects), then ask again; at most MAX_SPLITS times, so this cannot loop.
+            if st.splits >= MAX_SPLITS:
+                raise
+            st.splits += 1
+            self.counts["split_repairs"] += 1
+            if len(objects) == 1:
+                # One object whose last updates each named many objects (a directory's
+                # batched creates, 7 each) and look incomplete to the servers that
+                # answered: one that missed them stood in for a slow one, so deducing
+                # them would name two batches (13).  Ask again after a back-off: the
+                # others' answers show them complete (found under load by
+                # t4_node_failures, a lookup EIO right after a directory's write-back).
+                await st.back_off()
+                return set()
+            for oid in objects:
+                await self.repair((oid,), set(), fresh, None, st)
+            return set()
+        return context
+
+    async def repair(
+        self,
+        objects: tuple[int, ...],
+        context: set[int],
+        fresh: dict[int, set[int]],
+        op: Operation | None,
+        st: Attempt,
+    ) -> None:
+        """``c_repair`` (lines 500-506): repair until classification allows the operation
+        on ``objects`` (or, for a query of objects that moved on, until it is worth asking
+        again).  Adds the objects deduction needs to ``context``.
+
+        Raises:
+            TooManyObjects: ``objects`` and the context deduction needs are more than one
+                request may name.
+            QUUnavailable: repeatedly fewer than q replies.
+        """
+        query = op is not None and op.query
+        while True:
+            allobjs = tuple(sorted(set(objects) | context))
+            if len(allobjs) > MAX_OBJECTS:
+                raise TooManyObjects(f"objects {allobjs}: more than {MAX_OBJECTS} to repair")
+            await self._fetch_missing(allobjs, fresh)
+            view = (await self.present_filled(allobjs, fresh))[1]
+            nxt = core.next_step(view)
+            if nxt.step is core.Step.NEED:
+                context |= set(nxt.objects)
+                continue
+            if nxt.step is core.Step.LINKS:
+                await self._prove_or_back_off(allobjs, nxt.links, st)
+                continue
+            if nxt.step is core.Step.METHOD:
+                return
+            target = nxt.target if nxt.step is core.Step.INLINE else None
+            if target is not None and await self._inline_once(target, view, fresh, st):
+                continue
+            if query and not context:
+                latest = self._cache.latest(objects)
+                if latest > st.seen_latest:  # moved on since the query: ask again
+                    st.seen_latest = latest
+                    return
+            await self._barrier_or_copy(allobjs, view, nxt.type, fresh, st)
+
+    async def _prove_or_back_off(
+        self, objects: tuple[int, ...], wanted: Iterable[tuple[int, Timestamp]], st: Attempt
+    ) -> None:
+        """Prove the links deduction wants; a pass that proves none counts as a short round.
+
+        Raises:
+            QUUnavailable: :data:`MAX_SHORT_ROUNDS` passes in a row proved nothing.
+        """
+        if await self._links.prove(wanted):
+            return
+        st.short += 1
+        if st.short >= MAX_SHORT_ROUNDS:
+            raise QUUnavailable(f"objects {objects}: no server proves a link")
+        await st.back_off()
+
+    async def _barrier_or_copy(
+        self,
+        objects: tuple[int, ...],
+        view: View,
+        typ: OpType | None,
+        fresh: dict[int, set[int]],
+        st: Attempt,
+    ) -> None:
+        """Back off, then send a repair request (no operation, line 504): a barrier, or a
+        copy of the latest candidate, as ``view`` classifies.
+
+        Raises:
+            QUUnavailable: :data:`MAX_SHORT_ROUNDS` short rounds in a row.
+        """
+        self.counts["backoffs"] += 1
+        await st.back_off()
+        typ = typ or OpType.BARRIER
+        self.counts["barriers" if typ is OpType.BARRIER else "copies"] += 1
+        links = self._links.links_for(view)
+        mohs = {oid: dict(ohs) for oid, ohs in view.mohs.items()}
+        req = Request(self.client_id, objects, mohs, None, None, links)
+        replies = await self._rounds.request(objects, req, self._cache.targets(objects))
+        self._cache.absorb(objects, replies, fresh)
+        # Rounds in a row: a barrier or copy that q servers answered (whatever they said:
+        # contention is not absence) ends a run of short ones.
+        st.answered(replies)
+        st.check_short(objects)
+
+    async def _inline_once(
+        self, target: Candidate, view: View, fresh: dict[int, set[int]], st: Attempt
+    ) -> bool:
+        """:meth:`_inline` ``target``, unless this operation tried it already with as many
+        servers listing it; whether it was sent."""
+        key = (target.key, _digest(view, target))
+        if key in st.inline_tried:
+            return False
+        st.inline_tried.add(key)
+        return await self._inline(target, view, fresh)
+
+    async def _inline(self, target: Candidate, view: View, fresh: dict[int, set[int]]) -> bool:
+        """Inline repair (L2561-2570): fetch the request that made ``target`` from a server
+        that lists it, check it sets up exactly ``target``'s timestamp, and re-send it on
+        its original client's behalf with our OHS as evidence.  Whether it was sent."""
+        hosts = sorted(
+            s
+            for oid in target.objects
+            for s, e in view.mohs.get(oid, {}).items()
+            if any(c.key == target.key for c in e.rh)
+        )
+        original = await self._rounds.original(hosts, target)
+        if original is None:
+            return False
+        links = original.links
+        if links:  # stored without proofs: the servers need them again
+            await self._links.prove({(lk.oid, lk.lt) for lk in links})
+            proven = self._links.with_proofs(links)
+            if proven is None:
+                return False
+            links = proven
+        self.counts["inline_repairs"] += 1
+        evidence = {oid: dict(view.mohs.get(oid, {})) for oid in target.objects}
+        req = Request(
+            original.client, original.objects, original.mohs, original.op, evidence, links
+        )
+        targets = self._cache.targets(original.objects)
+        replies = await self._rounds.request(original.objects, req, targets)
+        self._cache.absorb(original.objects, replies, fresh)
+        return True
+
+
+def _digest(view: View, target: Candidate) -> int:
+    """How many servers list ``target`` now: a retry is worth it only if that changed."""
+    return max(view.order(o, target) for o in target.objects if o in view.mohs)
