@@ -293,3 +293,27 @@ async def test_write_back_of_creates_and_removals_seals_the_names_it_batches(
         assert a.meta.methods["fs.createmany"] >= 1 and a.meta.methods["fs.unlinkmany"] == 1
         assert a.meta.methods["fs.unlink"] == 0  # the batch was taken, not sent again alone
     assert _found(tmp_path, names) == set()
+
+
+async def test_held_files_written_back_together_are_sealed(tmp_path: Path) -> None:
+    """The appends of held files go back several per update (``fs.writemany``, issue 33):
+    each file's content sealed there too, so no node stores it in the clear, and another
+    client reads every file."""
+    from t3_fs_heldfiles import append, held_file, read_all
+    from t3_fs_writeback import exclusive
+
+    seal = Seal(VolumeKey(random.Random(34).randbytes(32)))
+    options = {"seal": seal, "write_behind": True, "lease_term": 30.0, "commit": 60.0}
+    markers = [b"HELD-CONTENT-%d-7a1f" % k for k in range(4)]
+    async with fs_env(tmp_path, fs_options=options) as env:
+        a, b = env.fss
+        d = (await a.mkdir(obj.ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        inos = [await held_file(a, d, b"h%d" % k, b"-") for k in range(4)]
+        for ino, marker in zip(inos, markers, strict=True):
+            await append(a, ino, marker)
+        await a.write_back()
+        assert a.meta.methods["fs.writemany"] >= 1
+        for k, marker in enumerate(markers):
+            assert await read_all(b, (await b.lookup(d, b"h%d" % k)).ino) == b"-" + marker
+    assert _found(tmp_path, markers) == set()

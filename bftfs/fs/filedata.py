@@ -95,7 +95,10 @@ class FlushEngine:
         """A flush's update of ``f`` (``fs.reserve``/``fs.write``), which the servers take
         only on the version ``arg`` names (``d``, ``v``).  The kernel's pages, which hold
         what was written, then follow to the new version if they were of that one."""
-        s = await self.meta.update([f.ino], method, arg)
+        self.took(f, arg, await self.meta.update([f.ino], method, arg))
+
+    def took(self, f: OpenFile, arg: dict[str, Any], s: dict[str, Any]) -> None:
+        """The servers took ``f``'s data update ``arg`` and answered its new state ``s``."""
         if self.cache.kernel_content.get(f.ino) == (arg["d"], arg["v"]):
             self.cache.kernel_content[f.ino] = content_version(s)
         if f.base == (arg["d"], arg["v"]):  # taken on our base: the new state is ours

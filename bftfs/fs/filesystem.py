@@ -61,6 +61,7 @@ public call to one of them.  From the bottom:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -87,6 +88,7 @@ from bftfs.fs.files import (
 from bftfs.fs.handles import Handles
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.heldfiles import HeldFiles
+from bftfs.fs.inlinebatch import write_inline_many
 from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.mounttag import MountTagged
@@ -224,7 +226,13 @@ class FileSystem:
             self.pending.unlinks = self.names.unlinks = unlinks
             # ... and the files made there are leased here too: their opens, attributes
             # and written closes stay in the mount (fs/heldfiles.py).
-            held = HeldFiles(self.meta.leases, commit, self.cache.files, self.handles._flush_file)
+            held = HeldFiles(
+                self.meta.leases,
+                commit,
+                self.cache.files,
+                self.handles._flush_file,
+                functools.partial(write_inline_many, self.meta, self.engine),
+            )
             self.pending.held = self.handles.held = held
             unlinks.discard_held = held.discard
 

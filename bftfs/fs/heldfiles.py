@@ -58,13 +58,17 @@ class HeldFiles:
         commit: float,
         files: dict[int, OpenFile],
         flush: Callable[[OpenFile], Awaitable[None]],
+        flush_many: Callable[[list[OpenFile]], Awaitable[set[int]]] | None = None,
     ) -> None:
         """``files``: the mount's open and cached files (``MetadataCache.files``), where a
-        kept file stays; ``flush``: sends a file's buffered writes (``Handles._flush_file``)."""
+        kept file stays; ``flush``: sends a file's buffered writes (``Handles._flush_file``);
+        ``flush_many``: sends several small files' at once, answering those it sent
+        (``fs/inlinebatch.py``)."""
         self.leases = leases
         self.commit = commit
         self.files = files
         self._flush = flush
+        self._flush_many = flush_many
         #: Closed files kept, least recently closed first, with the bytes each keeps.
         self._kept: OrderedDict[int, int] = OrderedDict()
         self._kept_bytes = 0
@@ -176,8 +180,16 @@ class HeldFiles:
         """Send the buffered writes of the held files among ``objects`` (a call of this
         mount on them, or their lease's release, must follow them)."""
         for ino in objects:
-            if ino in self._due and ino not in self._sending:
+            if ino in self._due and ino not in self._sending and not self._flushing_here(ino):
                 await self._send(ino)
+
+    def _flushing_here(self, ino: int) -> bool:
+        """Whether the calling task is inside a flush of ``ino`` (it holds the file's
+        lock): its update is how the writes go, not a call that must follow them (an open
+        of a file whose lease ended flushes it first; sending it again from the gate
+        would take the lock twice)."""
+        f = self.files.get(ino)
+        return f is not None and f.lock.statistics().owner is trio.lowlevel.current_task()
 
     # Sending -----------------------------------------------------------------------------
 
@@ -209,7 +221,10 @@ class HeldFiles:
         while True:
             now = trio.current_time()
             due = [ino for ino, at in self._due.items() if at <= now]
+            await self._send_together(due)
             for ino in due:
+                if ino not in self._due:
+                    continue  # sent together
                 try:
                     await self._send(ino)
                 except Exception as e:  # noqa: BLE001 - a background task must go on
@@ -235,5 +250,27 @@ class HeldFiles:
 
     async def send_all(self) -> None:
         """Send every held file's writes now (unmount, ``fsync`` of a directory)."""
+        await self._send_together(list(self._due))
         for ino in list(self._due):
             await self._send(ino)
+
+    async def _send_together(self, due: list[int]) -> None:
+        """Send the small ones of ``due`` several per update (``flush_many``); the others,
+        and any it could not send, stay due for :meth:`_send`."""
+        files = [self.files[i] for i in due if i in self.files and i not in self._sending]
+        if self._flush_many is None or len(files) < 2:
+            return
+        inos = [f.ino for f in files]
+        self._sending.update(inos)
+        try:
+            written = await self._flush_many(files)
+        finally:
+            self._sending.difference_update(inos)
+        for ino in written:
+            self._due.pop(ino, None)
+            self._failures.pop(ino, None)
+            self.stats["held_written_back"] += 1
+            self.stats["held_written_together"] += 1
+            f = self.files.get(ino)
+            if f is not None and f.opens == 0 and not f.dirty and ino not in self._kept:
+                self._forget(ino)

@@ -71,8 +71,10 @@ _ENTRY_METHODS = frozenset(
     {"fs.create", "fs.createwrite", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir"}
 )
 #: The update methods whose arguments may carry inline content (``i``), at top level or in
-#: ``files`` (``fs.createmany``).
-_INLINE_METHODS = frozenset({"fs.write", "fs.setattr", "fs.createwrite", "fs.createmany"})
+#: ``files`` (``fs.createmany``, ``fs.writemany``).
+_INLINE_METHODS = frozenset(
+    {"fs.write", "fs.writemany", "fs.setattr", "fs.createwrite", "fs.createmany"}
+)
 
 
 class SealBroken(FsError):
@@ -373,8 +375,9 @@ class Seal:
             return arg
         out = self._seal_one(arg, create=method == "fs.createwrite")
         files = arg.get("files")
-        if method == "fs.createmany" and isinstance(files, list):
-            out["files"] = [self._seal_one(f, create=True) for f in files]
+        if method in ("fs.createmany", "fs.writemany") and isinstance(files, list):
+            create = method == "fs.createmany"
+            out["files"] = [self._seal_one(f, create=create) for f in files]
         return out
 
     def _seal_one(self, arg: Any, *, create: bool) -> Any:

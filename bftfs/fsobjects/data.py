@@ -125,6 +125,40 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return {oid: f}, stat_of(f)
 
 
+def _write_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """The inline contents of several small files in one update (write-back of the files a
+    mount holds, ``fs/heldfiles.py``): exactly what each one's ``fs.write`` with ``i``, one
+    after another, would leave, or nothing (any one refused refuses them all).
+
+    Objects: each file once.  Argument: ``now`` (the latest time of the items: the one
+    nodes check against their clocks) and ``files``, each an inline ``fs.write`` argument
+    with its object ``o`` and a ``now`` no later than the batch's (no blocks: ``bt`` and
+    ``blocks`` are refused).  Answer: the files' stats in the order of ``files``.
+    """
+    a = _arg(arg)
+    latest = _time(a)
+    files = a.get("files")
+    if not isinstance(files, list) or not files:
+        raise MethodRefused("invalid", "fs.writemany needs files")
+    work = dict(states)
+    named: set[int] = set()
+    stats = []
+    for item in files:
+        f = _arg(item)
+        oid = _int(f, "o", 1, MAX_OID)
+        if oid not in states or oid in named:
+            raise MethodRefused("invalid", "fs.writemany names an object twice or not at all")
+        if _time(f) > latest or "bt" in f or f.get("blocks") or not isinstance(f.get("i"), bytes):
+            raise MethodRefused("invalid", "an item of fs.writemany is not an inline write")
+        named.add(oid)
+        made, fst = _write({oid: work[oid]}, f)
+        work.update(made)
+        stats.append(fst)
+    if len(named) != len(states):
+        raise MethodRefused("invalid", "fs.writemany: every object is one it writes")
+    return work, stats
+
+
 def _written_back_attrs(f: dict[str, Any], attrs: Any) -> None:
     """chmod/chown/atime changes a client held back while writing (sent with the write)."""
     if attrs is None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bftfs.fsobjects.attributes import _removexattr, _setattr, _setxattr
-from bftfs.fsobjects.data import _lock, _unlock, _write
+from bftfs.fsobjects.data import _lock, _unlock, _write, _write_many
 from bftfs.fsobjects.leases import (
     LEASE_SKEW,
     LEASE_TIME,
@@ -138,6 +138,7 @@ FS = ObjectType(
         _update("fs.mkroot", _mkroot),
         _update("fs.setattr", _setattr, clocks=CLOCKS),
         _update("fs.write", _write, clocks=CLOCKS),
+        _update("fs.writemany", _write_many, 1, MAX_OBJECTS, clocks=CLOCKS),
         _update("fs.lock", _lock, clocks=CLOCKS),
         _update("fs.unlock", _unlock),
         _update("fs.setxattr", _setxattr),
