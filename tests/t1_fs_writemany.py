@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from t1_fs_createmany import DIR, FILES, REG, S, T0, states
+from t1_fs_createmany import DIR, FILES, REG, T0, S, states
 
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import MethodRefused
