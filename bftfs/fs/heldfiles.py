@@ -46,6 +46,12 @@ MAX_KEPT_BYTES = 64 * 1024 * 1024
 #: Failed sends of one file's writes after which write-back stops trying (they stay
 #: buffered for its next close, ``fsync`` or the unmount).
 MAX_FAILURES = 3
+#: Files not yet due that may fill an update of files due now (``fs.writemany`` takes
+#: eight objects).
+FILL = 7
+#: Files written back alone at once (each a round or three: one file's wait does not
+#: hold the others back past their lease).
+SENDERS = 4
 
 
 class HeldFiles:
@@ -221,20 +227,29 @@ class HeldFiles:
         while True:
             now = trio.current_time()
             due = [ino for ino, at in self._due.items() if at <= now]
-            await self._send_together(due)
-            for ino in due:
-                if ino not in self._due:
-                    continue  # sent together
-                try:
-                    await self._send(ino)
-                except Exception as e:  # noqa: BLE001 - a background task must go on
-                    log.warning("write-back of file %d: %s", ino, e)
+            if due:
+                # The files come due one at a time, as they were closed: the next ones
+                # fill the update that must go (sent a little early, never late).
+                later = sorted((at, ino) for ino, at in self._due.items() if at > now)
+                await self._send_together(due + [ino for _, ino in later[:FILL]])
+            async with trio.open_nursery() as nursery:
+                limit = trio.Semaphore(SENDERS)
+                for ino in due:
+                    if ino in self._due:  # not sent together
+                        nursery.start_soon(self._send_logged, ino, limit)
             if due:
                 continue
             self._wake = trio.Event()
             nxt = min(self._due.values(), default=float("inf"))
             with trio.move_on_at(nxt):
                 await self._wake.wait()
+
+    async def _send_logged(self, ino: int, limit: trio.Semaphore) -> None:
+        async with limit:
+            try:
+                await self._send(ino)
+            except Exception as e:  # noqa: BLE001 - a background task must go on
+                log.warning("write-back of file %d: %s", ino, e)
 
     async def renew_used(self) -> None:
         """Every third of a lease's term, renew the leases of the held files used since
