@@ -22,7 +22,10 @@ report the version) and on PASIS reads of the past
   the version's own time.
 
 Versions retention let go (``[retention]`` in ``cluster.toml``) answer with
-:class:`Reclaimed`, which says how far back the history still reaches.
+:class:`Reclaimed`, which says how far back the history still reaches; so does a moment
+whose version the schedule thinned (the walk steps over it to older kept versions, which
+still answer for their own moments, but a thinned version's moment never gets an older
+state, as a thinned block's never does).
 """
 
 from __future__ import annotations
@@ -110,22 +113,33 @@ class ObjectHistory:
     oid: int
     versions: list[Version] = field(default_factory=list)
     complete: bool = False
+    #: The chain as walked, newest first: each link's time, the version standing for it
+    #: (None: none, the object absent) and whether retention thinned it.  Empty: the
+    #: same as ``versions``.
+    links: list[tuple[int | None, Version | None, bool]] = field(default_factory=list)
+    #: Versions retention's schedule thinned (in ``links``, not in ``versions``).
+    thinned: int = 0
 
     def at(self, time_ns: int) -> Version | None:
         """The version current at ``time_ns`` (None: the object did not exist yet).
 
         Raises:
-            Reclaimed: the moment is older than the oldest version kept.
+            Reclaimed: the moment is older than the oldest version kept, or its version
+                was thinned.
             Undecided: a version of unknown time may be the one current then.
         """
-        found = current_at([v.time_ns for v in self.versions], time_ns)
+        links = self.links or [(v.time_ns, v, False) for v in self.versions]
+        found = current_at([t for t, _, _ in links], time_ns)
         if found.undecided:
             raise _undecided(self.oid, time_ns)
         if found.index is not None:
-            return self.versions[found.index]
+            _, v, thinned = links[found.index]
+            if thinned:
+                raise _thinned(self.oid, time_ns)
+            return v
         if self.complete:
             return None
-        raise _reclaimed(self.oid, [v.time_ns for v in self.versions])
+        raise _reclaimed(self.oid, [t for t, _, _ in links])
 
     def by_id(self, prefix: str) -> Version | None:
         return next((v for v in self.versions if v.id.startswith(prefix.lower())), None)
@@ -135,6 +149,13 @@ def _undecided(oid: int, time_ns: int) -> Undecided:
     return Undecided(
         f"object {oid:#x}: which version was current at {_iso(time_ns)} cannot be told: "
         "the time of an older version is unknown (fewer than 2b+1 nodes still report it)"
+    )
+
+
+def _thinned(oid: int, time_ns: int) -> Reclaimed:
+    return Reclaimed(
+        f"object {oid:#x}: the version current at {_iso(time_ns)} was thinned by "
+        "retention's schedule ([retention] keep_hourly/keep_daily)"
     )
 
 
@@ -295,21 +316,29 @@ class Past:
         walk = await self.reader.walk(oid, await self._start(oid))
         states = await self.reader.states(oid, walk.versions)
         hist = ObjectHistory(oid, complete=walk.end is End.INITIAL)
-        chain: list[tuple[Agreed, dict[str, Any] | None]] = [
-            (a, self._unpack(oid, states[a.lt])) for a in walk.versions
-        ]
-        # Oldest first, folding repeats (repairs' copies, bookkeeping-only updates).
+        # Oldest first, folding repeats (repairs' copies, bookkeeping-only updates); a
+        # thinned version is a gap: the kept one after it is always shown.
         kept: list[Version] = []
+        links: list[tuple[int | None, Version | None, bool]] = []
         prev: dict[str, Any] | None = None
-        for i, (a, state) in enumerate(reversed(chain)):
-            if i == 0 and not hist.complete:
-                kinds: tuple[str, ...] = ("oldest kept",)
+        gap = False
+        for i, a in enumerate(reversed(walk.versions)):
+            if a.thinned:
+                links.append((a.time_ns, None, True))
+                hist.thinned += 1
+                gap = True
+                continue
+            state = self._unpack(oid, states[a.lt])
+            if i == hist.thinned and (gap or not hist.complete):
+                kinds: tuple[str, ...] = ("oldest kept",)  # what came before is not known
             else:
-                kinds = changes(prev, state)
-            prev = state
+                kinds = changes(prev, state) or (("kept",) if gap else ())
+            prev, gap = state, False
             if kinds:
                 kept.append(Version(oid, a.lt, a.time_ns, a.lt.client, state, kinds))
+            links.append((a.time_ns, kept[-1] if kept else None, False))
         hist.versions = list(reversed(kept))
+        hist.links = list(reversed(links))
         self._histories[oid] = hist
         return hist
 
@@ -336,6 +365,8 @@ class Past:
                     return None
                 raise _reclaimed(oid, [a.time_ns for a in walk.versions])
             last = walk.versions[found.index]
+            if last.thinned:
+                raise _thinned(oid, time_ns)
             raw = (await self.reader.states(oid, [last]))[last.lt]
             state = self._unpack(oid, raw)
             v = Version(oid, last.lt, last.time_ns, last.lt.client, state, ())
@@ -507,7 +538,8 @@ class Past:
             found = current_at([a.time_ns for a in walk.versions], t)
             if found.undecided:
                 raise _undecided(oid, t)
-            picks.append(None if found.index is None else walk.versions[found.index])
+            pick = None if found.index is None else walk.versions[found.index]
+            picks.append(None if pick is None or pick.thinned else pick)
         wanted = list({a.lt: a for a in picks if a is not None}.values())
         raw = await self.reader.states(oid, wanted)
         versions: dict[Timestamp, Version | None] = {}
