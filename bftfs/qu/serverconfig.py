@@ -45,7 +45,8 @@ class Retention:
     request_seconds: float | None = None
     #: The moments whose versions are never deleted (snapshots), read from the store when
     #: something would be: the version current at each (the newest stored at or before it
-    #: by this server's clock) stays, and with it every newer one.
+    #: by this server's clock) stays; :func:`~bftfs.qu.retention.retain` deletes oldest
+    #: first and stops there, :func:`~bftfs.qu.retention.thin_step` thins what follows.
     pins: Callable[[KV], Sequence[int]] | None = None
     #: History's thinning schedule inside ``keep_seconds`` (the horizon): what
     #: :func:`bftfs.qu.retention.thin_step` keeps of the versions there.  None: all.

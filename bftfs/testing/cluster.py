@@ -10,6 +10,7 @@ under the test's temporary directory, so crash-recover reopens the same data.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -119,7 +120,7 @@ class Cluster:
                     endpoint_options=self._endpoint_options,
                     extra_object_types=TEST_TYPES,
                     rejoin_heartbeat=self._rejoin_heartbeat,
-                    **({} if self.node_clock_ns is None else {"clock_ns": self.node_clock_ns}),
+                    clock_ns=self.node_clock_ns or time.time_ns,
                 )
                 self.nodes[i] = node
                 await node.run(task_status=task_status)
