@@ -12,9 +12,13 @@ and each day one other file is removed and a new one made.  The
 writer's clock is injected (the block versions' Times are the simulated moments, ending
 at the real now), so when the nodes verify and collect at the end they see a week of
 history exactly as the schedule would have left it: what the schedule keeps depends only
-on the versions' times and the moment it looks (``bftfs/thinning.py``).  Q/U versions are
-stored at the nodes' real clock, all inside the week's horizon: they are kept whole, as
-they would be after a real week under every policy measured here but the old window.
+on the versions' times and the moment it looks (``bftfs/thinning.py``).
+
+``--qu-thinning`` runs the default policy twice, with the nodes' clock simulated too (the
+week then lies ahead of the real now, so Q/U versions are stored at the simulated moments
+and the nodes' pruners look at them as the week goes), and measures the Q/U store at the
+end after one last look at every object: once with the pruners' thinning step off (the
+versions kept whole to the horizon, old requests dropped: before Q/U thinning), once on.
 
 Reported per policy, summed over the nodes: live block bytes (each block's newest
 version), history block bytes (versions below it), thinned-version records, and the Q/U
@@ -24,17 +28,20 @@ Q/U versions older than 15 minutes would go; here they are all minutes old.  Usa
 
     .venv/bin/python benchmarks/retention_week.py               # --files 120 --edits 4
     .venv/bin/python benchmarks/retention_week.py --json out.json
+    .venv/bin/python benchmarks/retention_week.py --qu-thinning
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -44,7 +51,14 @@ import trio
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fsobjects import ROOT
 from bftfs.kv import KV
+from bftfs.node import qu_pruner
+from bftfs.node.qu_server import replica_retention
 from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.qu import schema
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.objects import Registry
+from bftfs.qu.retention import Thinned, drop_requests, thin_step
+from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.rw.client import open_rw_client
 from bftfs.rw.schema import DB_THINNED, DB_VERSIONS, split_key
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
@@ -117,7 +131,10 @@ def measure(kv: KV) -> dict[str, int]:
         else:
             qu_older += size
     qu_other = sum(len(k) + len(v) for db in QU_OTHER for k, v in kv.scan(db, b"", b"\xff" * 80))
+    qu_thin = [len(k) + len(v) for k, v in kv.scan(schema.DB_THIN, b"", b"\xff" * 80)]
     return {
+        "qu_thinned_records": len(qu_thin),
+        "qu_thinned_bytes": sum(qu_thin),
         "block_live": live,
         "block_history": history,
         "block_versions": versions,
@@ -128,18 +145,46 @@ def measure(kv: KV) -> dict[str, int]:
     }
 
 
+def qu_look(cluster: Cluster, now_ns: int, *, thin: bool) -> int:
+    """Each node's pruner look over every Q/U object at ``now_ns``: old requests dropped
+    and, if ``thin``, the history thinned to the schedule; versions thinned."""
+    retention = replica_retention(cluster.config.retention)
+    cfg = ReplicaConfig(0, QUThresholds.from_config(cluster.config), bytes, Registry([]), retention)
+
+    def step(kv: KV) -> int:
+        oids = [int.from_bytes(k, "big") for k, _ in kv.scan(schema.DB_RH, b"", schema.OID_END)]
+        for oid in oids:
+            drop_requests(kv, cfg, oid, now_ns)
+        return sum(thin_step(kv, cfg, oid, now_ns).thinned for oid in oids) if thin else 0
+
+    return sum(n.store.write_now(step) for n in cluster.nodes)
+
+
 async def week(
-    policy: RetentionPolicy, files: int, edits: int, hot: int, seed: int
+    policy: RetentionPolicy,
+    files: int,
+    edits: int,
+    hot: int,
+    seed: int,
+    qu_thinning: bool = False,
+    thin: bool = True,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
-    end = time.time_ns()
-    start = end - 7 * DAY_NS
+    # With the nodes' clock simulated too, the week lies ahead of the wall clock, which the
+    # file system's first lease time reads (a node refuses lease times ahead of its clock;
+    # the mount's later ones are set to the week below).
+    start = time.time_ns() + (MIN_NS if qu_thinning else -7 * DAY_NS)
     clock = SimClock(start)
     saves = 0
     with tempfile.TemporaryDirectory() as tmp:
         async with (
             open_cluster(
-                Path(tmp), clients=1, block_size=BLOCK, verification=EAGER, retention=policy
+                Path(tmp),
+                clients=1,
+                block_size=BLOCK,
+                verification=EAGER,
+                retention=policy,
+                node_clock_ns=clock if qu_thinning else None,
             ) as cluster,
             AsyncExitStack() as stack,
         ):
@@ -147,7 +192,10 @@ async def week(
             rw = await stack.enter_async_context(
                 open_rw_client(cluster.client(0), cfg, clock_ns=clock)
             )
-            fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(seed))
+            fs = await FileSystem.open(
+                qu_client(cluster, 0), rw, cfg, rng=random.Random(seed), clock_ns=clock
+            )
+            fs.meta.wall_ns = clock
             inos: dict[bytes, int] = {}
             sizes: dict[bytes, int] = {}
 
@@ -187,9 +235,31 @@ async def week(
                 made += 1
             await fs.write_back()
             await settled(cluster)
-            per_node = [n.store.read(measure) for n in cluster.nodes]
-    total = {k: sum(p[k] for p in per_node) for k in per_node[0]}
-    return {"saves": saves, "nodes": len(per_node), **total}
+            out: dict[str, Any] = {"saves": saves, "nodes": len(cluster.nodes)}
+            if qu_thinning:
+                look = clock.now_ns + 16 * MIN_NS  # each object's look after keep_seconds
+                out["thinned_at_end"] = qu_look(cluster, look, thin=thin)
+            out.update(_total(cluster))
+    return out
+
+
+@contextlib.contextmanager
+def _qu_thinning(on: bool) -> Iterator[None]:
+    """The nodes' pruners thin Q/U history (``qu.retention.thin_step``), or, for the
+    "before" run, do not (the code before Q/U thinning: requests dropped, versions kept to
+    the horizon)."""
+    saved = qu_pruner.thin_step
+    if not on:
+        qu_pruner.thin_step = lambda *_a, **_k: Thinned()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        qu_pruner.thin_step = saved  # type: ignore[assignment]
+
+
+def _total(cluster: Cluster) -> dict[str, int]:
+    per_node = [n.store.read(measure) for n in cluster.nodes]
+    return {k: sum(p[k] for p in per_node) for k in per_node[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,11 +269,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hot", type=int, default=4, help="files saved every 10 minutes of work")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--qu-thinning", action="store_true", help="Q/U before/after thinning")
     args = ap.parse_args(argv)
     results: dict[str, Any] = {}
-    for label, policy in POLICIES.items():
+    runs: list[tuple[str, RetentionPolicy, bool]] = [(k, p, True) for k, p in POLICIES.items()]
+    if args.qu_thinning:
+        default = next(iter(POLICIES.values()))
+        runs = [("Q/U kept whole (before)", default, False), ("Q/U thinned (after)", default, True)]
+    for label, policy, thin in runs:
         t0 = time.monotonic()
-        got = trio.run(week, policy, args.files, args.edits, args.hot, args.seed)
+        with _qu_thinning(thin):
+            got = trio.run(
+                week, policy, args.files, args.edits, args.hot, args.seed, args.qu_thinning, thin
+            )
         got["seconds"] = round(time.monotonic() - t0, 1)
         results[label] = got
         mib = 1024 * 1024
@@ -213,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             f" ({got['block_history'] / max(got['block_live'], 1):6.1%})"
             f"  thinned {got['thinned_records']:5}  Q/U newest {got['qu_newest'] / mib:5.2f}"
             f" older {got['qu_older'] / mib:5.2f} req+blobs {got['qu_requests_blobs'] / mib:5.2f}"
-            f" MiB  [{got['seconds']} s]",
+            f" MiB  Q/U thinned records {got['qu_thinned_records']}"
+            f" ({got['qu_thinned_bytes'] / mib:.2f} MiB)  [{got['seconds']} s]",
             flush=True,
         )
     if args.json:

@@ -19,10 +19,10 @@ from bftfs.thinning import Schedule, kept
 
 #: The name every scheduled snapshot starts with.
 PREFIX = "auto-"
-#: Default counts: a day of hours, a week of days, no weeks.  A snapshot older than
-#: history's horizon (7 days by default) keeps every Q/U version after its moment, which
-#: retention does not thin (docs/history.md), so weekly ones cost metadata history for as
-#: many weeks; ``--keep-weekly`` asks for them.
+#: Default counts: a day of hours, a week of days, no weeks (``--keep-weekly`` asks for
+#: them).  A snapshot older than history's horizon keeps the versions current at its
+#: moment and, of every Q/U version after it, a thinned record of about 120 bytes that
+#: bridges the chain walk to it (docs/history.md).
 DEFAULT_HOURLY = 24
 DEFAULT_DAILY = 7
 DEFAULT_WEEKLY = 0

@@ -79,8 +79,8 @@ schedule is ``bftfs/thinning.py``):
 
 History's *horizon* is the longest of ``keep_seconds``, ``keep_hourly`` hours,
 ``keep_daily`` days and ``keep_weekly`` weeks: 7 days by default.  Block contents are
-thinned to the schedule; Q/U versions (metadata, directories, inline files) are kept whole
-up to the horizon (docs/history.md says why).  A ``[retention]`` table written before the
+thinned to the schedule, and so are Q/U versions (metadata, directories, inline files;
+docs/history.md).  A ``[retention]`` table written before the
 schedule existed (only ``keep_seconds``, ``keep_versions``, ``forget_seconds``) loads
 unchanged: its ``keep_seconds`` keeps its meaning and the schedule's defaults are added
 above it; ``keep_hourly = 0`` and ``keep_daily = 0`` give the old behaviour back.

@@ -29,6 +29,7 @@ from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Verdict
+from bftfs.qu import past
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.history import OHSEntry
@@ -150,6 +151,10 @@ class MemCluster:
             return handle_history(kv, cfg, parse_history_request(payload)).wire()
         if kind == KIND_FETCH:
             return {"r": handle_fetch(kv, parse_fetch(payload))}
+        if kind == past.KIND_VERSIONS:  # history reads (qu/past.py), as node/qu_server.py
+            return past.versions_step(kv, *past.parse_versions_request(payload))
+        if kind == past.KIND_STATES:
+            return past.states_step(kv, *past.parse_states_request(payload))
         raise RemoteError("unknown_kind", kind)
 
     def sync(

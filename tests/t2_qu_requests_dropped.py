@@ -1,5 +1,6 @@
-"""Tier 2: a node drops the stored requests of Q/U versions past ``keep_seconds`` while
-history keeps the versions (``Retention.request_seconds``, ``node/qu_pruner.py``), on the
+"""Tier 2: a node drops the stored requests of Q/U versions past ``keep_seconds`` and thins
+the versions to the schedule, leaving a record of each thinned one
+(``Retention.request_seconds``, ``qu.retention.thin_step``, ``node/qu_pruner.py``), on the
 in-process cluster (real node services, TCP, LMDB).  Waits are conditions polled under a
 deadline."""
 
@@ -21,8 +22,10 @@ OID = 13
 UPDATES = 6
 
 
-async def test_a_node_drops_old_requests_and_keeps_every_version(tmp_path: Path) -> None:
-    # Every version for an hour (the hourly tier), requests for 0.2 s.
+async def test_a_node_drops_old_requests_and_thins_the_hours_older_versions(
+    tmp_path: Path,
+) -> None:
+    # Every version for 0.2 s, then the hour's newest for an hour; requests for 0.2 s.
     retention = RetentionPolicy(keep_seconds=0.2, keep_hourly=1, keep_daily=0)
     async with open_cluster(tmp_path, clients=1, seed=9, retention=retention) as cl:
         c = QUClient(
@@ -38,18 +41,23 @@ async def test_a_node_drops_old_requests_and_keeps_every_version(tmp_path: Path)
         def requests_left() -> int:
             def count(kv):  # noqa: ANN001, ANN202
                 lts = [v.lt for v in schema.iter_versions(kv, OID)]
-                return len(lts), sum(schema.load_request(kv, lt) is not None for lt in lts)
+                thin = len(schema.thinned_records(kv, OID))
+                return len(lts), sum(schema.load_request(kv, lt) is not None for lt in lts), thin
 
             return node.store.read(count)
 
-        versions, stored = requests_left()
-        assert versions == stored == UPDATES
+        versions, stored, thinned = requests_left()
+        assert versions == stored == UPDATES and thinned == 0
         with trio.fail_after(20):  # the node's background step (no event to wait on)
             while True:
                 if node.stats["qu.requests_dropped"]:
                     break
                 await trio.sleep(0.05)
-        versions, stored = requests_left()
-        assert versions == UPDATES  # history keeps them all
+        versions, stored, thinned = requests_left()
+        # The candidates, what they condition on and the newest keep_versions stay; the
+        # older versions of the hour are thinned (one record each): the hour's newest
+        # stands for it.
+        assert versions + thinned == UPDATES and 0 < thinned < UPDATES - 1
+        assert node.stats["qu.thinned"] == thinned
         assert stored < UPDATES  # the old ones' requests went (the candidates' stay)
         assert await c.query(OID, "counter.fetch") == UPDATES

@@ -56,7 +56,7 @@ def cmd_log(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     names = client_names(cfg)
     wanted = client_ids(cfg)
 
-    async def run(past: Any) -> tuple[list[dict[str, Any]], bool]:
+    async def run(past: Any) -> tuple[list[dict[str, Any]], bool, int]:
         hist = await find_history(past, path, now_ns)
         lo = None if since is None else await resolve_moment(past, path, since, now_ns)
         hi = None if until is None else await resolve_moment(past, path, until, now_ns)
@@ -69,11 +69,12 @@ def cmd_log(args: argparse.Namespace, cfg: ClusterConfig) -> int:
             if args.client is not None and v.client != wanted.get(args.client, -1):
                 continue
             rows.append(_row(v, names))
-        return rows, hist.complete
+        return rows, hist.complete, hist.thinned
 
-    rows, complete = with_past(cfg, args.as_client, run)
+    rows, complete, thinned = with_past(cfg, args.as_client, run)
     if args.json:
-        json.dump({"path": path, "versions": rows, "complete": complete}, sys.stdout, indent=1)
+        out = {"path": path, "versions": rows, "complete": complete, "thinned": thinned}
+        json.dump(out, sys.stdout, indent=1)
         print()
         return 0
     print(f"{'ID':12}  {'TIME':25}  {'CLIENT':10}  {'SIZE':>10}  CHANGES")
@@ -82,6 +83,8 @@ def cmd_log(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         print(
             f"{r['id']:12}  {r['time']:25}  {r['client']:10}  {size:>10}  {', '.join(r['changes'])}"
         )
+    if thinned:
+        print(f"({thinned} versions between these were thinned by retention's schedule)")
     if not complete:
         print("(older versions were reclaimed by retention: see [retention] in cluster.toml)")
     return 0

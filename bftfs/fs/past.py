@@ -22,20 +22,25 @@ report the version) and on PASIS reads of the past
   the version's own time.
 
 Versions retention let go (``[retention]`` in ``cluster.toml``) answer with
-:class:`Reclaimed`, which says how far back the history still reaches.
+:class:`Reclaimed`, which says how far back the history still reaches; so does a moment
+whose version the schedule thinned (the walk steps over it to older kept versions, which
+still answer for their own moments, but a thinned version's moment never gets an older
+state, as a thinned block's never does).
 """
 
 from __future__ import annotations
 
 import collections
 import stat as st
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from bftfs.fs.files import file_block_size
+from bftfs.fs.pastchanges import changes
+from bftfs.fs.pastchanges import gone as _gone
 from bftfs.fs.seal import Seal, SealedBlocks
 from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.dirents import all_entries
@@ -46,11 +51,6 @@ from bftfs.qu.pastread import End, PastReader
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.client import HistoryReclaimed
 from bftfs.rw.messages import block_id
-
-#: State keys that change without anything a user would call a change (write leases and
-#: reservations, version counters, the record of written ranges and block Times).
-_BOOKKEEPING = frozenset({"wl", "alloc", "v", "w", "z", "bt"})
-
 
 #: Objects whose histories :meth:`Past.trees` reads at once: enough to keep every node
 #: busy while others answer, few enough not to queue a tree's worth of requests on them.
@@ -110,22 +110,33 @@ class ObjectHistory:
     oid: int
     versions: list[Version] = field(default_factory=list)
     complete: bool = False
+    #: The chain as walked, newest first: each link's time, the version standing for it
+    #: (None: none, the object absent) and whether retention thinned it.  Empty: the
+    #: same as ``versions``.
+    links: list[tuple[int | None, Version | None, bool]] = field(default_factory=list)
+    #: Versions retention's schedule thinned (in ``links``, not in ``versions``).
+    thinned: int = 0
 
     def at(self, time_ns: int) -> Version | None:
         """The version current at ``time_ns`` (None: the object did not exist yet).
 
         Raises:
-            Reclaimed: the moment is older than the oldest version kept.
+            Reclaimed: the moment is older than the oldest version kept, or its version
+                was thinned.
             Undecided: a version of unknown time may be the one current then.
         """
-        found = current_at([v.time_ns for v in self.versions], time_ns)
+        links = self.links or [(v.time_ns, v, False) for v in self.versions]
+        found = current_at([t for t, _, _ in links], time_ns)
         if found.undecided:
             raise _undecided(self.oid, time_ns)
         if found.index is not None:
-            return self.versions[found.index]
+            _, v, thinned = links[found.index]
+            if thinned:
+                raise _thinned(self.oid, time_ns)
+            return v
         if self.complete:
             return None
-        raise _reclaimed(self.oid, [v.time_ns for v in self.versions])
+        raise _reclaimed(self.oid, [t for t, _, _ in links])
 
     def by_id(self, prefix: str) -> Version | None:
         return next((v for v in self.versions if v.id.startswith(prefix.lower())), None)
@@ -135,6 +146,13 @@ def _undecided(oid: int, time_ns: int) -> Undecided:
     return Undecided(
         f"object {oid:#x}: which version was current at {_iso(time_ns)} cannot be told: "
         "the time of an older version is unknown (fewer than 2b+1 nodes still report it)"
+    )
+
+
+def _thinned(oid: int, time_ns: int) -> Reclaimed:
+    return Reclaimed(
+        f"object {oid:#x}: the version current at {_iso(time_ns)} was thinned by "
+        "retention's schedule ([retention] keep_hourly/keep_daily)"
     )
 
 
@@ -153,83 +171,6 @@ def _iso(ns: int | None) -> str:
     if ns is None:
         return "an unknown time"
     return datetime.datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
-
-
-def _differs(a: dict[str, Any], b: dict[str, Any], keys: Iterable[str]) -> bool:
-    return any(a.get(k) != b.get(k) for k in keys)
-
-
-def _gone(state: dict[str, Any]) -> bool:
-    """A removed directory or a file no name reaches."""
-    if state.get("k") == "d":
-        return bool(state.get("dead"))
-    return state.get("k") == "f" and state.get("nl") == 0
-
-
-def changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[str, ...]:
-    """What a user would say changed from ``before`` to ``after`` (either None: absent).
-
-    Kinds: ``created``, ``removed``, ``written``, ``truncated``, ``chmod``, ``chown``,
-    ``xattr``, ``linked``, ``unlinked``, ``touched`` (times only), ``renamed`` (the change
-    time alone moved: a rename or a link elsewhere), and for directories ``added NAME``,
-    ``removed NAME``, ``renamed OLD -> NEW``.  Empty: bookkeeping only.
-    """
-    if before is None and after is None:
-        return ()
-    if before is None:
-        return ("created",)
-    if after is None:
-        return ("removed",)
-    out: list[str] = []
-    if _gone(after) and not _gone(before):
-        return ("removed",)
-    if after.get("k") == "d":
-        old, new = all_entries(before["e"]), all_entries(after["e"])
-        by_oid_old = {tuple(v)[0]: k for k, v in old.items() if k not in new}
-        for name in sorted(set(new) - set(old)):
-            src = by_oid_old.pop(new[name][0], None)
-            if src is not None:
-                out.append(
-                    f"renamed {src.decode(errors='replace')} -> {name.decode(errors='replace')}"
-                )
-            else:
-                out.append(f"added {name.decode(errors='replace')}")
-        for name in sorted(by_oid_old.values()):
-            out.append(f"removed {name.decode(errors='replace')}")
-        for name in sorted(set(old) & set(new)):
-            if old[name] != new[name]:
-                out.append(f"replaced {name.decode(errors='replace')}")
-    else:
-        old_size, new_size = before.get("size", 0), after.get("size", 0)
-        truncated = new_size < old_size or after.get("d") != before.get("d")
-        if truncated:
-            out.append("truncated")
-        old_i, new_i = before.get("i"), after.get("i")
-        # A truncation that keeps a prefix (or nothing) of the old content writes nothing.
-        cut_inline = truncated and (new_i or b"") == (old_i or b"")[:new_size]
-        if (
-            after.get("bt") != before.get("bt")
-            or (old_i != new_i and not cut_inline)
-            or (new_size > old_size and not truncated)
-        ):
-            out.append("written")
-        if after.get("nl", 1) > before.get("nl", 1):
-            out.append("linked")
-        elif after.get("nl", 1) < before.get("nl", 1):
-            out.append("unlinked")
-    if (after.get("mode", 0) & 0o7777) != (before.get("mode", 0) & 0o7777):
-        out.append("chmod")
-    if _differs(before, after, ("uid", "gid")):
-        out.append("chown")
-    if before.get("x") != after.get("x"):
-        out.append("xattr")
-    if not out and after.get("t") != before.get("t"):
-        out.append("symlink")
-    if not out and _differs(before, after, ("mt", "at")):
-        out.append("touched")
-    if not out and _differs(before, after, ("ct",)):
-        out.append("renamed")
-    return tuple(out)
 
 
 class Past:
@@ -295,21 +236,29 @@ class Past:
         walk = await self.reader.walk(oid, await self._start(oid))
         states = await self.reader.states(oid, walk.versions)
         hist = ObjectHistory(oid, complete=walk.end is End.INITIAL)
-        chain: list[tuple[Agreed, dict[str, Any] | None]] = [
-            (a, self._unpack(oid, states[a.lt])) for a in walk.versions
-        ]
-        # Oldest first, folding repeats (repairs' copies, bookkeeping-only updates).
+        # Oldest first, folding repeats (repairs' copies, bookkeeping-only updates); a
+        # thinned version is a gap: the kept one after it is always shown.
         kept: list[Version] = []
+        links: list[tuple[int | None, Version | None, bool]] = []
         prev: dict[str, Any] | None = None
-        for i, (a, state) in enumerate(reversed(chain)):
-            if i == 0 and not hist.complete:
-                kinds: tuple[str, ...] = ("oldest kept",)
+        gap = False
+        for i, a in enumerate(reversed(walk.versions)):
+            if a.thinned:
+                links.append((a.time_ns, None, True))
+                hist.thinned += 1
+                gap = True
+                continue
+            state = self._unpack(oid, states[a.lt])
+            if i == hist.thinned and (gap or not hist.complete):
+                kinds: tuple[str, ...] = ("oldest kept",)  # what came before is not known
             else:
-                kinds = changes(prev, state)
-            prev = state
+                kinds = changes(prev, state) or (("kept",) if gap else ())
+            prev, gap = state, False
             if kinds:
                 kept.append(Version(oid, a.lt, a.time_ns, a.lt.client, state, kinds))
+            links.append((a.time_ns, kept[-1] if kept else None, False))
         hist.versions = list(reversed(kept))
+        hist.links = list(reversed(links))
         self._histories[oid] = hist
         return hist
 
@@ -336,6 +285,8 @@ class Past:
                     return None
                 raise _reclaimed(oid, [a.time_ns for a in walk.versions])
             last = walk.versions[found.index]
+            if last.thinned:
+                raise _thinned(oid, time_ns)
             raw = (await self.reader.states(oid, [last]))[last.lt]
             state = self._unpack(oid, raw)
             v = Version(oid, last.lt, last.time_ns, last.lt.client, state, ())
@@ -507,7 +458,8 @@ class Past:
             found = current_at([a.time_ns for a in walk.versions], t)
             if found.undecided:
                 raise _undecided(oid, t)
-            picks.append(None if found.index is None else walk.versions[found.index])
+            pick = None if found.index is None else walk.versions[found.index]
+            picks.append(None if pick is None or pick.thinned else pick)
         wanted = list({a.lt: a for a in picks if a is not None}.values())
         raw = await self.reader.states(oid, wanted)
         versions: dict[Timestamp, Version | None] = {}

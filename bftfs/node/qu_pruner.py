@@ -55,7 +55,7 @@ from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError
 from bftfs.qu.reads import handle_history
 from bftfs.qu.replica import cull
 from bftfs.qu.reply import Reply
-from bftfs.qu.retention import drop_requests, prune_step
+from bftfs.qu.retention import Thinned, drop_requests, prune_step, thin_step
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import MAX_OBJECTS
 from bftfs.qu.tombstones import (
@@ -77,6 +77,12 @@ ASK_TIMEOUT = 5.0
 #: A server's histories of some objects: ``oid -> (histories culled with this server's
 #: key, how many servers answered with no history of it)``.
 Histories = dict[int, tuple[dict[int, ReplicaHistory], int]]
+
+
+def _look(kv: Any, cfg: ReplicaConfig, oid: int, now_ns: int) -> tuple[int, Thinned]:
+    """One object's look after ``request_seconds``: its old requests dropped and its
+    history thinned, in one store transaction."""
+    return drop_requests(kv, cfg, oid, now_ns), thin_step(kv, cfg, oid, now_ns)
 
 
 class Pruner:
@@ -130,10 +136,13 @@ class Pruner:
             self._requests_wake.set()
 
     async def drop_requests(self) -> None:
-        """Drop the stored requests of versions past ``request_seconds``, each object looked
-        at once after its latest update (:func:`bftfs.qu.retention.drop_requests`); never
-        returns while the node runs.  Memory: one entry per object updated within
-        ``request_seconds``."""
+        """Drop the stored requests of versions past ``request_seconds`` and thin the
+        history to the schedule, each object looked at once after its latest update
+        (:func:`bftfs.qu.retention.drop_requests`, :func:`~bftfs.qu.retention.thin_step`)
+        and again when a version the schedule keeps may go; never returns while the node
+        runs.  Memory: one entry per object updated within ``request_seconds`` or holding
+        a version the schedule keeps for now (a restart forgets those revisits: such an
+        object is thinned at its next update)."""
         while True:
             now = self.node.now_ns()
             if not self._requests or self._requests[0][0] > now:
@@ -146,14 +155,18 @@ class Pruner:
             if self._requests_latest.get(oid) != due:
                 continue  # updated again since: its own entry comes later
             del self._requests_latest[oid]
-            step = functools.partial(drop_requests, cfg=self.cfg, oid=oid, now_ns=now)
+            step = functools.partial(_look, cfg=self.cfg, oid=oid, now_ns=now)
             try:
-                self.node.stats["qu.requests_dropped"] += await self.node.store.write(
-                    step, background=True
-                )
+                dropped, thinned = await self.node.store.write(step, background=True)
             except Exception:
                 self.node.stats["internal_errors"] += 1
                 self.node.log.exception("node %s: dropping requests of %d", self.node.id, oid)
+                continue
+            self.node.stats["qu.requests_dropped"] += dropped
+            self.node.stats["qu.thinned"] += thinned.thinned
+            if thinned.revisit_ns is not None and oid not in self._requests_latest:
+                heapq.heappush(self._requests, (thinned.revisit_ns, oid))
+                self._requests_latest[oid] = thinned.revisit_ns
 
     def _busy(self) -> None:
         if self.idle.is_set():

@@ -439,15 +439,16 @@ class QUServer:
 
 def replica_retention(kept: RetentionPolicy) -> Retention:
     """What a node's Q/U replicas keep under the cluster's ``[retention]``: the newest
-    ``keep_versions``, every version up to history's horizon (``horizon_seconds``: Q/U
-    versions are not thinned, since a history read walks the conditioned-on chain and
-    cannot step over a hole; docs/history.md), the snapshots' versions, and a removed
-    object's tombstone ``forget_seconds`` beyond the horizon; a version's stored request
-    only ``keep_seconds`` (``Retention.request_seconds``)."""
+    ``keep_versions``, versions up to history's horizon (``horizon_seconds``) thinned
+    inside it by the schedule (``qu.retention.thin_step``, run by the pruner), the
+    snapshots' moments, and a removed object's tombstone ``forget_seconds`` beyond the
+    horizon; a version's stored request only ``keep_seconds``
+    (``Retention.request_seconds``)."""
     return Retention(
         keep_last=kept.keep_versions,
         keep_seconds=kept.horizon_seconds,
         forget_seconds=kept.forget_seconds,
         pins=pinned_moments,
         request_seconds=kept.keep_seconds,
+        schedule=kept.schedule(),
     )

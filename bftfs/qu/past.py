@@ -14,9 +14,11 @@ Two request kinds, answered by any server to any authenticated principal:
 - ``qu.versions`` ``{"o": oid, "lt": start, "n": limit}``: this server's chain of ``oid``
   from ``start`` backwards, at most ``n`` entries (:data:`MAX_CHAIN`), each
   ``[lt, lt_co or nil, digest or nil, stored_ns]``; ``digest`` is BLAKE2b-256 of the
-  version's canonical state (nil: the object did not exist then).  The chain stops early
-  where this server lacks a version (never had it, or let it go) or does not know its
-  ``lt_co`` (a version it got by object sync).
+  version's canonical state (nil: the object did not exist then; empty, :data:`THINNED`:
+  retention's schedule thinned the version here, and its ``lt_co`` and ``stored_ns`` are
+  from the record it left).  The chain stops early where this server lacks a version
+  (never had it, or let it go past the horizon) or does not know its ``lt_co`` (a version
+  it got by object sync).
 - ``qu.states`` ``{"o": oid, "lts": [lt, ...]}`` (at most :data:`MAX_STATES`): the states
   themselves (bytes or nil each; nil also when absent).
 
@@ -54,6 +56,8 @@ MAX_CHAIN = 256
 #: Most states one ``qu.states`` request asks for.
 MAX_STATES = 64
 DIGEST_SIZE = 32
+#: The digest a server reports for a version it thinned (``qu.retention.thin_step``).
+THINNED = b""
 
 
 def state_digest(state: bytes | None) -> bytes | None:
@@ -88,8 +92,10 @@ class ChainEntry:
             co = None if co_raw is None else Timestamp.decode(co_raw)
         except TimestampError as e:
             raise MessageError(str(e)) from e
-        if digest is not None and (not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE):
-            raise MessageError("digest must be 32 bytes or nil")
+        if digest is not None and (
+            not isinstance(digest, bytes) or len(digest) not in (DIGEST_SIZE, len(THINNED))
+        ):
+            raise MessageError("digest must be 32 bytes, empty or nil")
         if not isinstance(stored, int) or isinstance(stored, bool) or not 0 <= stored < 1 << 64:
             raise MessageError("stored time must be an unsigned 64-bit integer")
         return cls(lt, co, digest, stored)
@@ -169,13 +175,21 @@ def versions_step(kv: KV, oid: int, start: Timestamp, limit: int) -> list[list[A
     """This server's conditioned-on chain of ``oid`` from ``start``, as wire entries.
 
     Barrier versions are never on a chain (an update conditions on a version with a state);
-    a barrier at ``start`` answers an empty chain.
+    a barrier at ``start`` answers an empty chain.  A thinned version is reported from its
+    record, digest :data:`THINNED`.
     """
     out: list[list[Any]] = []
     lt: Timestamp | None = start
     while lt is not None and lt != ZERO and len(out) < limit:
         v = schema.load_version(kv, oid, lt)
-        if v is None or v.kind == schema.BARRIER:
+        if v is None:
+            thinned = schema.load_thinned(kv, oid, lt)
+            if thinned is None:
+                break
+            out.append(ChainEntry(lt, thinned[0], THINNED, thinned[1]).to_wire())
+            lt = thinned[0]
+            continue
+        if v.kind == schema.BARRIER:
             break
         out.append(ChainEntry(lt, v.lt_co, state_digest(v.state), v.stored_ns).to_wire())
         lt = v.lt_co
@@ -196,11 +210,12 @@ def states_step(kv: KV, oid: int, lts: Sequence[Timestamp]) -> list[bytes | None
 
 @dataclass(frozen=True)
 class Agreed:
-    """One version ``b + 1`` servers vouch for."""
+    """One version ``b + 1`` servers vouch for (its state, or that it was thinned)."""
 
     lt: Timestamp
     #: The version it was conditioned on (None: not agreed yet by ``b + 1``).
     co: Timestamp | None
+    #: :data:`THINNED`: its state is not held by ``b + 1`` servers agreeing on it.
     digest: bytes | None
     #: Median of the reporting servers' clocks when they stored it (ns); None: unknown
     #: (fewer than ``2b + 1`` servers gave a time, see :func:`agreed_time`).
@@ -208,23 +223,49 @@ class Agreed:
     #: Servers that reported the agreed digest (where its state can be fetched).
     hosts: tuple[int, ...]
 
+    @property
+    def thinned(self) -> bool:
+        """Retention thinned this version: the walk steps over it, its state is gone."""
+        return self.digest == THINNED
 
-def agree(lt: Timestamp, reports: Mapping[int, ChainEntry], b: int) -> Agreed | None:
+
+def agree(
+    lt: Timestamp, reports: Mapping[int, ChainEntry], b: int, *, settled: bool = False
+) -> Agreed | None:
     """What ``b + 1`` of ``reports`` (one server's entry for ``lt`` each) agree on, or None.
 
-    The digest needs ``b + 1`` identical reports; so does ``lt_co`` (servers that got the
-    version by object sync report none and do not count for it).  The time is
-    :func:`agreed_time` of the stored times of the servers that reported the agreed digest.
+    The digest needs ``b + 1`` identical reports; so does ``lt_co``, counted over every
+    report (a version's ``lt_co`` is the same whether a server still holds it or thinned
+    it; servers that got the version by object sync report none and do not count).  The
+    time is :func:`agreed_time` of the stored times of the servers that reported the
+    agreed digest or :data:`THINNED`.  Without an agreed digest, a version whose ``lt_co``
+    ``b + 1`` report and :data:`THINNED` ``b + 1`` report is agreed as thinned: its state
+    is not to be had, and the walk may step over it (a read of its moment is then told
+    the version was reclaimed, never given an older state).  ``settled``: every server
+    was asked; a version whose ``lt_co`` is agreed but neither its digest nor
+    :data:`THINNED` (servers thinned it at different moments, each by its own clock) is
+    taken as thinned too, its time from every report.
     """
-    digests = Counter(e.digest for e in reports.values())
+    cos = Counter(e.co for e in reports.values() if e.co is not None)
+    co = next((c for c, k in cos.items() if k >= b + 1), None)
+    thin = sorted(s for s, e in reports.items() if e.digest == THINNED)
+    digests = Counter(e.digest for e in reports.values() if e.digest != THINNED)
     agreed = [d for d, k in digests.items() if k >= b + 1]
-    if len(agreed) != 1:
-        return None  # none, or two (more than b liars: not a case to guess in)
+    if len(agreed) > 1:
+        return None  # two (more than b liars: not a case to guess in)
+    if not agreed:
+        if co is None or len(thin) < b + 1 and not settled:
+            return None
+        time_ns = agreed_time(
+            [e.stored_ns for e in reports.values()]
+            if settled
+            else [reports[s].stored_ns for s in thin],
+            b,
+        )
+        return Agreed(lt, co, THINNED, time_ns, ())
     digest = agreed[0]
     hosts = sorted(s for s, e in reports.items() if e.digest == digest)
-    cos = Counter(reports[s].co for s in hosts if reports[s].co is not None)
-    co = next((c for c, k in cos.items() if k >= b + 1), None)
-    time_ns = agreed_time([reports[s].stored_ns for s in hosts], b)
+    time_ns = agreed_time([reports[s].stored_ns for s in hosts + thin], b)
     return Agreed(lt, co, digest, time_ns, tuple(hosts))
 
 

@@ -4,8 +4,10 @@
 knows is established (the ``at`` of a query, :meth:`QUClient.query_at`) back to the
 initial version, believing an entry only when ``b + 1`` servers agree on it (and its time
 only when ``2b + 1`` give one), and fetches states on demand, each checked against its
-agreed digest.  The walk stops where fewer than
-``b + 1`` servers still hold the next version: retention let it go (``end`` says so).
+agreed digest.  It steps over versions retention's schedule thinned (``Agreed.thinned``:
+their ``lt_co`` agreed, their state not), which stay in the walk, without a state, so
+that a read of their moment says "reclaimed".  The walk stops where fewer than
+``b + 1`` servers still know the next version: retention let it go (``end`` says so).
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class PastReader:
                 return out
             if limit is not None and len(out.versions) >= limit:
                 return out
-            got = agree(want, reports.get(want, {}), self.th.b)
+            got = agree(want, reports.get(want, {}), self.th.b, settled=asked_all == want)
             if got is None or got.co is None:
                 if asked_all == want:
                     out.end = End.RECLAIMED
@@ -173,9 +175,10 @@ class PastReader:
             timed_all.add(start)
 
     async def states(self, oid: int, versions: Sequence[Agreed]) -> dict[Timestamp, bytes | None]:
-        """The states of ``versions`` (agreed entries), each checked against its digest."""
+        """The states of ``versions`` (agreed entries), each checked against its digest;
+        thinned ones are left out (they have none)."""
         out: dict[Timestamp, bytes | None] = {}
-        todo = [v for v in versions if v.digest is not None]
+        todo = [v for v in versions if v.digest is not None and not v.thinned]
         for v in versions:
             if v.digest is None:
                 out[v.lt] = None

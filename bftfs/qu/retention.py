@@ -2,18 +2,22 @@
 stored versions :class:`bftfs.qu.serverconfig.Retention` lets go, deleted after each
 accepted update (:func:`retain`, from ``replica.py`` and ``adoption.py``) and, for versions
 kept only for their age, later by the node's pruner (:func:`prune_step`,
-``node/qu_pruner.py``).
+``node/qu_pruner.py``); and, inside history's horizon, what the thinning schedule lets go
+(:func:`thin_step`, issue 36), each thinned version leaving a record a chain walk steps over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from bftfs import thinning
 from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import unpack
 from bftfs.qu.history import ReplicaHistory, is_initial
 from bftfs.qu.serverconfig import ReplicaConfig
+from bftfs.qu.timestamp import ZERO, Timestamp
 
 
 def retain(
@@ -76,7 +80,10 @@ def prune_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
     if latest:
         v = schema.load_version(kv, oid, latest[0])
         finished = v is not None and v.state is not None and cfg.registry.finished(unpack(v.state))
-    return retain(kv, cfg, oid, rh, now_ns, finished=finished)
+    deleted = retain(kv, cfg, oid, rh, now_ns, finished=finished)
+    if deleted:
+        schema.delete_thinned_below(kv, oid, now_ns - int(cfg.retention.keep_seconds * 1e9))
+    return deleted
 
 
 #: Versions in a row found without a stored request after which
@@ -116,3 +123,120 @@ def drop_requests(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> int:
             if misses >= MAX_MISSES:
                 break
     return dropped
+
+
+@dataclass(frozen=True)
+class Thinned:
+    """What :func:`thin_step` did to one object."""
+
+    #: Versions thinned (deleted, a record of each left in ``qu.thin``).
+    thinned: int = 0
+    #: Versions deleted without a record: barriers and candidates off the chain.
+    dropped: int = 0
+    #: Thinned records deleted (older than every version still stored).
+    records: int = 0
+    #: When a version kept now may go (node clock ns; None: only at a later update).
+    revisit_ns: int | None = None
+
+
+def _chain(
+    heads: Sequence[tuple[Timestamp, str, Timestamp | None, int]],
+    records: dict[Timestamp, tuple[Timestamp, int]],
+    floor: Timestamp,
+) -> tuple[set[Timestamp], Timestamp]:
+    """The stored versions on the conditioned-on chains of the versions at or above
+    ``floor`` (the replica history's candidates and their conditioned-on versions), and
+    the highest timestamp where a chain could not be followed here (a version synced
+    without its ``lt_co``, or one this server lacks): below it, any version may be on the
+    chain."""
+    stored = {lt: (kind, co) for lt, kind, co, _ in heads}
+    reached: set[Timestamp] = set()
+    broken = ZERO
+    todo = [lt for lt, kind, _, _ in heads if lt >= floor and kind != schema.BARRIER]
+    while todo:
+        lt = todo.pop()
+        if lt in reached or lt == ZERO:
+            continue
+        co: Timestamp | None
+        if lt in stored:
+            kind, co = stored[lt]
+            if kind == schema.BARRIER:
+                continue
+        elif lt in records:
+            co = records[lt][0]
+        else:
+            broken = max(broken, lt)
+            continue
+        reached.add(lt)
+        if co is None:
+            broken = max(broken, lt)
+        else:
+            todo.append(co)
+    return reached, broken
+
+
+def thin_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> Thinned:
+    """Thin ``oid``'s history to :attr:`Retention.schedule` (``bftfs/thinning.py``, by this
+    server's ``stored_ns``), in the caller's one transaction.
+
+    Kept whatever the schedule says: versions at or above the replica history's floor
+    (candidates and what they condition on, which classification, repair and object sync
+    need), the newest ``keep_last``, versions younger than the schedule's ``keep_seconds``
+    (what in-flight repair and link proofs fetch), versions synced without their
+    ``lt_co``, and of each snapshot moment the chain version current at it (a snapshot
+    pins its moment only).  A chain version the schedule lets go is **thinned**: deleted,
+    with a record of its ``lt_co`` and ``stored_ns`` that ``qu.versions`` reports (the
+    digest :data:`bftfs.qu.past.THINNED`), so a history read steps over it to older kept
+    versions and answers "reclaimed" for the moments it stood for.  Barriers and candidates
+    off the chain below the floor are deleted as they age past ``keep_seconds`` (no read
+    reaches them); records older than every version still stored go at the horizon.
+    """
+    schedule = cfg.retention.schedule
+    keep = cfg.retention.keep_last
+    if schedule is None or keep is None:
+        return Thinned()
+    rh, _auth = schema.load_rh(kv, oid)
+    if is_initial(rh):
+        return Thinned()
+    floor = min(min(c.lt, c.lt_co) if c.lt_co is not None else c.lt for c in rh)
+    heads = schema.version_heads(kv, oid)
+    records = {lt: (co, t) for lt, co, t in schema.thinned_records(kv, oid)}
+    reached, broken = _chain(heads, records, floor)
+    newest = {lt for lt, _, _, _ in heads[-keep:]}
+    young_ns = now_ns - schedule.keep_ns
+    history = [
+        (lt, co, t)
+        for lt, kind, co, t in heads
+        if kind != schema.BARRIER and (lt in reached or lt < broken)
+    ]
+    until = thinning.kept_until([t for _, _, t in history], schedule)
+    pinned: set[Timestamp] = set()
+    for moment in cfg.retention.pinned(kv) if history else ():
+        current = [lt for lt, _, t in history if 0 < t <= moment]
+        if current:
+            pinned.add(current[-1])
+    on_history = {lt for lt, _, _ in history}
+    thinned = dropped = 0
+    revisit: int | None = None
+    for (lt, co, t), kept_until in zip(history, until, strict=True):
+        if lt >= floor or lt in newest or lt in pinned or t == 0 or co is None:
+            continue
+        if now_ns < kept_until:
+            revisit = kept_until if revisit is None else min(revisit, kept_until)
+            continue
+        v = schema.load_version(kv, oid, lt)
+        if v is None:
+            continue
+        schema.delete_version(kv, oid, v)
+        schema.store_thinned(kv, oid, lt, co, t)
+        thinned += 1
+    for lt, _kind, _co, t in heads:
+        if lt >= floor or lt in newest or lt in on_history or t > young_ns:
+            continue
+        v = schema.load_version(kv, oid, lt)
+        if v is not None:
+            schema.delete_version(kv, oid, v)
+            dropped += 1
+    horizon = now_ns - int(cfg.retention.keep_seconds * 1e9)
+    gone = schema.delete_thinned_below(kv, oid, horizon) if records else 0
+    return Thinned(thinned, dropped, gone, revisit)

@@ -16,6 +16,9 @@ Named databases (LMDB creates them on demand; :class:`bftfs.kv.MemoryKV` in test
     qu.usage  owner (8)                total (8)              the sum of an owner's charges
     qu.gone   oid (8, BE)              empty                  an object forgotten here: its
                                                               id is refused for good
+    qu.thin   oid (8) || lt (49)       [lt_co, stored_ns]     a version thinned by the
+                                                              schedule (``retention.thin_step``):
+                                                              the chain steps over it
 
 Every record is charged (``qu.charge``, :data:`bftfs.accounting.QU`) to the principal whose
 request wrote it last, with its size as stored (key plus value), in the transaction that
@@ -70,6 +73,9 @@ DB_USAGE = QU.totals
 #: Ids of the objects this server forgot (``tombstones.forget_step``): never charged (the
 #: object's records were given back; 8 bytes of key per removed object stay).
 DB_GONE = "qu.gone"
+#: Versions thinned by history's schedule (``retention.thin_step``): what a chain needs to
+#: step over them, never charged (about 120 bytes each, gone with the history they bridge).
+DB_THIN = "qu.thin"
 
 #: The tag of each table's records in ``qu.charge``.
 _TAGS = {DB_RH: b"h", DB_VER: b"v", DB_REQ: b"q", DB_BLOB: b"b", DB_BREF: b"c"}
@@ -416,6 +422,23 @@ def versions_newest_first(kv: KV, oid: int) -> Iterator[tuple[Timestamp, int, in
             raise SchemaError(f"bad stored version: {e}") from e
 
 
+def version_heads(kv: KV, oid: int) -> list[tuple[Timestamp, str, Timestamp | None, int]]:
+    """``(lt, kind, lt_co, stored_ns)`` of each stored version of ``oid``, oldest first
+    (states are not joined)."""
+    start, stop = _version_range(oid)
+    out = []
+    for key, value in kv.scan(DB_VER, start, stop):
+        if len(key) != 8 + TIMESTAMP_SIZE:
+            continue
+        try:
+            d = unpack(value)
+            co = Timestamp.decode(d["co"]) if d["co"] is not None else None
+            out.append((Timestamp.decode(key[8:]), str(d["k"]), co, int(d.get("w", 0))))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise SchemaError(f"bad stored version: {e}") from e
+    return out
+
+
 def store_request(kv: KV, lt: Timestamp, body: bytes, owner: int | None = None) -> None:
     """Remember the (culled) request that made candidate ``lt``, charged to ``owner``."""
     _put(kv, DB_REQ, lt.encode(), body, owner)
@@ -441,3 +464,51 @@ def delete_version(kv: KV, oid: int, v: Version) -> None:
     _delete(kv, DB_VER, ver_key(oid, v.lt))
     if v.objects and v.objects[0] == oid:
         delete_request(kv, v.lt)
+
+
+def store_thinned(kv: KV, oid: int, lt: Timestamp, lt_co: Timestamp, stored_ns: int) -> None:
+    """Record that ``oid``'s version at ``lt`` (conditioned on ``lt_co``, stored at
+    ``stored_ns``) was thinned: a chain walk steps over it (``qu.past.versions_step``)."""
+    kv.put(DB_THIN, ver_key(oid, lt), pack([lt_co.encode(), stored_ns]))
+
+
+def load_thinned(kv: KV, oid: int, lt: Timestamp) -> tuple[Timestamp, int] | None:
+    """``(lt_co, stored_ns)`` of a thinned version of ``oid`` at ``lt``, or None."""
+    raw = kv.get(DB_THIN, ver_key(oid, lt))
+    if raw is None:
+        return None
+    try:
+        co, stored_ns = unpack(raw)
+        return Timestamp.decode(co), int(stored_ns)
+    except (TypeError, ValueError) as e:
+        raise SchemaError(f"bad thinned record: {e}") from e
+
+
+def thinned_records(kv: KV, oid: int) -> list[tuple[Timestamp, Timestamp, int]]:
+    """``(lt, lt_co, stored_ns)`` of every thinned record of ``oid``, oldest first."""
+    start, stop = _version_range(oid)
+    out = []
+    for key, value in kv.scan(DB_THIN, start, stop):
+        if len(key) == 8 + TIMESTAMP_SIZE:
+            try:
+                co, stored_ns = unpack(value)
+                out.append((Timestamp.decode(key[8:]), Timestamp.decode(co), int(stored_ns)))
+            except (TypeError, ValueError) as e:
+                raise SchemaError(f"bad thinned record: {e}") from e
+    return out
+
+
+def delete_thinned_below(kv: KV, oid: int, before_ns: int | None = None) -> int:
+    """Delete the thinned records of ``oid`` older than every version still stored (all,
+    if none is) and stored before ``before_ns`` (None: whenever).  Records between stored
+    versions bridge a chain walk and stay; below the oldest they only let a walk reach
+    the initial version (the moments before it then read as "did not exist" rather than
+    "reclaimed"), which is history until its horizon.  How many went."""
+    oldest = oldest_version(kv, oid)
+    gone = 0
+    for lt, _co, t in thinned_records(kv, oid):
+        if oldest is not None and lt >= oldest[0]:
+            break
+        if before_ns is None or t < before_ns:
+            gone += int(kv.delete(DB_THIN, ver_key(oid, lt)))
+    return gone

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from bftfs.kv import KV
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.objects import Registry
+from bftfs.thinning import Schedule
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,12 @@ class Retention:
     request_seconds: float | None = None
     #: The moments whose versions are never deleted (snapshots), read from the store when
     #: something would be: the version current at each (the newest stored at or before it
-    #: by this server's clock) stays, and with it every newer one.
+    #: by this server's clock) stays; :func:`~bftfs.qu.retention.retain` deletes oldest
+    #: first and stops there, :func:`~bftfs.qu.retention.thin_step` thins what follows.
     pins: Callable[[KV], Sequence[int]] | None = None
+    #: History's thinning schedule inside ``keep_seconds`` (the horizon): what
+    #: :func:`bftfs.qu.retention.thin_step` keeps of the versions there.  None: all.
+    schedule: Schedule | None = None
 
     def pinned(self, kv: KV) -> Sequence[int]:
         """The snapshot moments stored in ``kv`` (none without ``pins``)."""

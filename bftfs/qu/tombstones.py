@@ -143,6 +143,7 @@ def tombstone_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_n
     v = schema.load_version(kv, oid, final)
     if v is not None and v.objects and v.objects[0] == oid:
         deleted += int(schema.delete_request(kv, final))
+    schema.delete_thinned_below(kv, oid, young_ns)
     return deleted
 
 
@@ -192,5 +193,6 @@ def forget_step(kv: KV, cfg: ReplicaConfig, oid: int, final: Timestamp, now_ns: 
     if v is None:
         return 0
     schema.delete_version(kv, oid, v)
+    schema.delete_thinned_below(kv, oid)
     schema.mark_forgotten(kv, oid)
     return 1 + int(schema.delete_rh(kv, oid))

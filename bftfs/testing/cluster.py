@@ -10,7 +10,8 @@ under the test's temporary directory, so crash-recover reopens the same data.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ class Cluster:
     ) -> None:
         self.config = config
         self._rejoin_heartbeat = rejoin_heartbeat
+        #: The nodes' clock (tests of history move it days ahead); None: the real one.
+        self.node_clock_ns: Callable[[], int] | None = None
         self.rng = random.Random(seed)
         self.nodes: list[Node] = [None] * config.n  # type: ignore[list-item]
         self.faults = [
@@ -117,6 +120,7 @@ class Cluster:
                     endpoint_options=self._endpoint_options,
                     extra_object_types=TEST_TYPES,
                     rejoin_heartbeat=self._rejoin_heartbeat,
+                    clock_ns=self.node_clock_ns or time.time_ns,
                 )
                 self.nodes[i] = node
                 await node.run(task_status=task_status)
@@ -180,6 +184,7 @@ async def open_cluster(
     retention: RetentionPolicy | None = None,
     limits: LimitsPolicy | None = None,
     rejoin_heartbeat: float | None = None,
+    node_clock_ns: Callable[[], int] | None = None,
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
@@ -189,7 +194,8 @@ async def open_cluster(
     is given: its timing-driven background reads would make the other tests' counters
     (rounds, repairs) depend on the scheduler; the tests of t5_rw_lazy.py turn it on.  For
     the same reason nodes send no heartbeats (``node/rejoin.py``) unless
-    ``rejoin_heartbeat`` is given.
+    ``rejoin_heartbeat`` is given.  ``node_clock_ns``: the nodes' clock (history tests
+    move it days ahead instead of waiting).
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
     rng = random.Random(seed)
@@ -240,6 +246,7 @@ async def open_cluster(
                 opts,
                 rejoin_heartbeat=rejoin_heartbeat,
             )
+            cluster.node_clock_ns = node_clock_ns
             for i in range(n_):
                 await cluster.start(i, listeners[i])
             try:
