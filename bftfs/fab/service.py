@@ -18,14 +18,17 @@ bounded amount of memory here and nothing else.
 every node, resends it every ``resend`` seconds, and returns once ``f + 1`` nodes pushed
 matching replies (:class:`bftfs.fab.client.ReplyCollector`).
 
-This is the first network step: no engine selection, no persistence (docs/fab.md).
+:class:`FabShell` is the driver of one replica over a transport it is given: a ``bftfs
+node`` of an ``engine = "fab"`` cluster runs one over its own server, endpoint and store
+(``bftfs/node/fab_server.py``, with persistence); :class:`FabService` runs one over a
+server and endpoint of its own (the loopback test).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,52 +58,58 @@ class ServiceStatistics:
     received: int
 
 
-class FabService:
-    """One node: its replica, a server for its peers and clients, an endpoint to its peers.
+class FabShell:
+    """One node's replica driven over a transport it is given: the handler of the request
+    kind ``fab`` (:meth:`handle`), the sends through an endpoint (:meth:`run`), the
+    client replies through ``push``.  Used by :class:`FabService` (a server of its own)
+    and by a ``bftfs node`` of an ``engine = "fab"`` cluster (``node/fab_server.py``: the
+    node's own server, endpoint and store).
 
     Args:
         replica: the core; its ``me`` is this node's id.
-        keyring: this node's identity and the keys of every node and client.
-        addresses: every node's ``(host, port)``.
+        push: ``Server.push``: a REPLY to a client's open connections.
         tick: seconds between ``replica.tick()`` calls.
         queue: messages queued per destination before new ones are dropped.
         in_flight: calls in flight per destination.
+        persist: called after every step, before its messages go out: what the step
+            changed is written (``fab/durable.py``); an awaitable to wait for, or None
+            when nothing is left to wait for.
     """
 
     def __init__(
         self,
         replica: Replica,
-        keyring: KeyRing,
-        addresses: Mapping[NodeId, tuple[str, int]],
+        push: Callable[[PrincipalId, Any], int],
         *,
         tick: float = 0.05,
         queue: int = 1024,
         in_flight: int = 8,
-        endpoint_options: Mapping[str, Any] | None = None,
+        persist: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
         self.replica = replica
-        self.keyring = keyring
-        self.addresses = dict(addresses)
+        self.push = push
         self.tick = tick
         self.in_flight = in_flight
-        self.endpoint_options = dict(endpoint_options or {})
-        self.server: Server[PrincipalId] = Server(
-            keyring, context=lambda pid: pid, log=log, name=f"fab{replica.me}"
-        )
-        self.server.register(KIND, self._handle, inline=True)
+        self.persist = persist
         self._queues = {j: trio.open_memory_channel[bytes](queue) for j in range(replica.nodes)}
         self._sent = self._dropped = self._failed = self._received = 0
 
     def statistics(self) -> ServiceStatistics:
         return ServiceStatistics(self._sent, self._dropped, self._failed, self._received)
 
-    async def _handle(self, sender: PrincipalId, payload: Any) -> None:
+    async def handle(self, sender: int, payload: Any) -> None:
+        """One FaB message from ``sender`` (authenticated by the transport)."""
         if not isinstance(payload, bytes):
             raise HandlerError("malformed", "a FaB message is bytes")
         self._received += 1
-        self._apply(self.replica.step(int(sender), payload))
+        await self.apply(self.replica.step(sender, payload))
 
-    def _apply(self, step: Step) -> None:
+    async def apply(self, step: Step) -> None:
+        """Make what ``step`` changed durable, then send what it produced."""
+        if self.persist is not None:
+            wait = self.persist()
+            if wait is not None:
+                await wait
         if step.rejection is not None:
             log.debug("fab%d: rejected: %s", self.replica.me, step.rejection)
         for to, message in step.sends:
@@ -111,7 +120,7 @@ class FabService:
             elif 0 <= to < self.replica.nodes:
                 self._enqueue(to, data)
             else:
-                self.server.push(PrincipalId(to), [REPLY_TAG, data])
+                self.push(PrincipalId(to), [REPLY_TAG, data])
 
     def _enqueue(self, node: int, data: bytes) -> None:
         try:
@@ -119,18 +128,11 @@ class FabService:
         except trio.WouldBlock:
             self._dropped += 1
 
-    async def serve(
-        self,
-        listeners: list[trio.SocketListener],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    async def run(
+        self, ep: Endpoint, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve until cancelled on ``listeners`` (already bound)."""
-        async with (
-            open_endpoint(self.keyring, self.addresses, **self.endpoint_options) as ep,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(trio.serve_listeners, self.server.serve, listeners)
+        """Send through ``ep`` and tick, until cancelled."""
+        async with trio.open_nursery() as nursery:
             for j in range(self.replica.nodes):
                 nursery.start_soon(self._drain, ep, j)
             nursery.start_soon(self._ticker)
@@ -139,13 +141,13 @@ class FabService:
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.tick)
-            self._apply(self.replica.tick())
+            await self.apply(self.replica.tick())
 
     async def _drain(self, ep: Endpoint, node: int) -> None:
         receive = self._queues[node][1]
         if node == self.replica.me:  # to myself: straight into the core, in order
             async for data in receive:
-                self._apply(self.replica.step(node, data))
+                await self.apply(self.replica.step(node, data))
             return
         slots = trio.Semaphore(self.in_flight)  # released by the call's own task
         async with trio.open_nursery() as nursery:
@@ -162,6 +164,62 @@ class FabService:
             log.debug("fab%d -> %d: %s", self.replica.me, node, e)
         finally:
             slots.release()
+
+
+class FabService:
+    """One node with a server of its own: a :class:`FabShell` answering on its own
+    listeners and sending through its own endpoint (the loopback test, t2_fab_tcp).
+
+    Args:
+        replica: the core; its ``me`` is this node's id.
+        keyring: this node's identity and the keys of every node and client.
+        addresses: every node's ``(host, port)``.
+        tick, queue, in_flight: as :class:`FabShell`'s.
+    """
+
+    def __init__(
+        self,
+        replica: Replica,
+        keyring: KeyRing,
+        addresses: Mapping[NodeId, tuple[str, int]],
+        *,
+        tick: float = 0.05,
+        queue: int = 1024,
+        in_flight: int = 8,
+        endpoint_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.replica = replica
+        self.keyring = keyring
+        self.addresses = dict(addresses)
+        self.endpoint_options = dict(endpoint_options or {})
+        self.server: Server[PrincipalId] = Server(
+            keyring, context=lambda pid: pid, log=log, name=f"fab{replica.me}"
+        )
+        self.shell = FabShell(
+            replica, self.server.push, tick=tick, queue=queue, in_flight=in_flight
+        )
+        self.server.register(KIND, self._handle, inline=True)
+
+    def statistics(self) -> ServiceStatistics:
+        return self.shell.statistics()
+
+    async def _handle(self, sender: PrincipalId, payload: Any) -> None:
+        await self.shell.handle(int(sender), payload)
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled on ``listeners`` (already bound)."""
+        async with (
+            open_endpoint(self.keyring, self.addresses, **self.endpoint_options) as ep,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(trio.serve_listeners, self.server.serve, listeners)
+            await nursery.start(self.shell.run, ep)
+            task_status.started()
 
 
 class FabClient:
