@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from bftfs.fab import durable
 from bftfs.fab.replica import Replica, Settings, Step
 from bftfs.fab.service import KIND, FabShell
@@ -30,6 +32,8 @@ from bftfs.quorums.fab import FabQuorums
 if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
 
+#: Seconds between updates of the node's ``progress["fab"]``.
+REPORT = 0.25
 #: Seconds between the replica's ticks (its retransmissions and timers).
 TICK = 0.05
 #: Ticks a request may wait to be executed before its node suspects the leader: 1 s (the
@@ -73,10 +77,12 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
 
     async def run() -> None:
         await shell.apply(restored)  # also writes the first image
-        await shell.run(node.endpoint)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_report, node, shell)
+            await shell.run(node.endpoint)
 
     node.register(KIND, on_fab, inline=True)
-    node.progress["fab"] = {}
+    node.progress["fab"] = _progress(shell)
     node.spawn(run)
     if image is not None:
         node.log.info(
@@ -86,3 +92,27 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
             replica.execution.executed,
         )
     return shell
+
+
+def _progress(shell: FabShell) -> dict[str, int]:
+    """The replica's figures for ``bftfs status`` (``progress.fab``) and the tests."""
+    r, st, io = shell.replica, shell.replica.statistics(), shell.statistics()
+    return {
+        "regency": st.regency,
+        "leader": r.election.leader(),
+        "executed": st.executed,
+        "stable": st.stable,
+        "rejected": st.rejected,
+        "log_entries": st.log_entries,
+        "installed": st.installed,
+        "sent": io.sent,
+        "dropped": io.dropped,
+        "failed": io.failed,
+        "received": io.received,
+    }
+
+
+async def _report(node: Node, shell: FabShell) -> None:
+    while True:
+        node.progress["fab"] = _progress(shell)
+        await trio.sleep(REPORT)
