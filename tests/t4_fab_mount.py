@@ -109,8 +109,10 @@ def test_namespace_and_contents_are_ordered_by_fab_and_seen_by_a_second_mount(
     after = _wait(
         "every node executed the new slots",
         30,
-        lambda: all(f.get("executed", 0) > x for f, x in zip(_fab(cluster), before, strict=True))
-        and _fab(cluster),
+        lambda: (
+            all(f.get("executed", 0) > x for f, x in zip(_fab(cluster), before, strict=True))
+            and _fab(cluster)
+        ),
     )
     assert len({f["regency"] for f in after}) == 1
 

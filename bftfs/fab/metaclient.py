@@ -17,7 +17,8 @@ reuses one (a reused id would be answered with the old reply).
 
 A refusal (``ok`` false) is :class:`~bftfs.qu.objects.MethodRefused` with the method's
 code, as the Q/U client raises it; no ``f + 1`` matching replies within ``timeout`` is
-:class:`FabUnavailable` (a :class:`~bftfs.outcome.ClusterUnavailable`).
+:class:`FabUnavailable` (a :class:`~bftfs.outcome.ClusterUnavailable`); under a mount's
+patience (``timeo``, :mod:`bftfs.outcome`) ``timeout`` is cut to it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from bftfs.fab.service import KIND, REPLY_TAG
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
-from bftfs.outcome import ClusterUnavailable
+from bftfs.outcome import ClusterUnavailable, current_patience
 from bftfs.qu.objects import MethodRefused
 
 
@@ -145,8 +146,14 @@ class FabMetaClient:
             )
             data = encode(Request(value))
             self._collector, self._done = ReplyCollector(self.rid, self.f), trio.Event()
+            limit = self.timeout
+            patience = current_patience()  # a mount's timeo (bftfs.outcome)
+            if patience is not None:
+                # Not the transport's renewals: nodes that are up answer every send at
+                # once, ordered or not, so only replies count as progress here.
+                limit = min(limit, patience.seconds)
             try:
-                with trio.move_on_after(self.timeout):
+                with trio.move_on_after(limit):
                     async with trio.open_nursery() as nursery:
                         # Sends are not waited for: a node that does not answer must
                         # not hold up the f + 1 that do.

@@ -180,6 +180,7 @@ async def open_cluster(
     retention: RetentionPolicy | None = None,
     limits: LimitsPolicy | None = None,
     rejoin_heartbeat: float | None = None,
+    engine: str = "qu",
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
@@ -189,7 +190,8 @@ async def open_cluster(
     is given: its timing-driven background reads would make the other tests' counters
     (rounds, repairs) depend on the scheduler; the tests of t5_rw_lazy.py turn it on.  For
     the same reason nodes send no heartbeats (``node/rejoin.py``) unless
-    ``rejoin_heartbeat`` is given.
+    ``rejoin_heartbeat`` is given.  ``engine``: the metadata engine (``[cluster] engine``,
+    docs/fab.md).
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
     rng = random.Random(seed)
@@ -220,6 +222,7 @@ async def open_cluster(
             block_size=block_size,
             map_size=map_size,
             durable=durable,
+            engine=engine,
             nodes=nodes,
             clients=clients_,
             home=tmp_path,
