@@ -1,7 +1,8 @@
 """What a FaB replica keeps across a restart (``bftfs/fab/durable.py``,
 ``Replica.restore``): written as changes after every step of a simulated run with a view
 change, checkpoints and log collection, then read back into a new replica, it is the state
-the running one had; the accepted values it brings back make it refuse a second value at
+the running one had; a step whose changes the store refused sends nothing, and the next
+write is whole; the accepted values it brings back make it refuse a second value at
 a proposal number it voted in (the seed's acceptor rejoin, L7655-7661); a damaged store is
 refused, not half read."""
 
@@ -10,13 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fab_sim import Network, silent
+from fab_sim import CLIENT_BASE, Network, keys_for, silent
 from t1_fab_protocol import _increments
 
 from bftfs.fab import durable
+from bftfs.fab.client import request
 from bftfs.fab.execution import NOOP
-from bftfs.fab.messages import Propose, encode
+from bftfs.fab.messages import Propose, Request, encode
 from bftfs.fab.replica import Replica, Settings
+from bftfs.fab.service import FabShell
 from bftfs.kv import MemoryKV
 from bftfs.quorums.fab import FabQuorums
 from bftfs.testing.testobjects import registry
@@ -102,3 +105,33 @@ def test_a_fresh_store_has_no_image_and_a_damaged_one_is_refused() -> None:
     kv.put(durable.DB, b"r", b"\xc1 not msgpack")
     with pytest.raises(ValueError, match="does not parse"):
         durable.load(kv)
+
+
+async def test_a_step_the_store_could_not_write_sends_nothing_and_the_next_write_is_whole(
+    expect_log: Any,
+) -> None:
+    net = Network(6, Q1, registry(), seed=3)
+    leader = net.replicas[0]  # the leader of regency 0: a request makes it propose
+    kv = MemoryKV()
+    changes = durable.Durable(leader)
+    full = [True]
+
+    def persist() -> None:
+        out = changes.changes()
+        if full[0]:
+            changes.forget()
+            raise OSError("map full")
+        durable.write(kv, out)
+
+    shell = FabShell(leader, lambda client, body: 1, persist=persist)
+    queued = lambda: sum(q[1].statistics().current_buffer_used for q in shell._queues.values())  # noqa: E731
+    value = request(CLIENT_BASE, keys_for(CLIENT_BASE), 6, 1, "counter.increment", [1], 1)
+    with expect_log("bftfs.fab.service", "ERROR", match="not written", count=1):
+        await shell.handle(CLIENT_BASE, encode(Request(value)))
+    assert (shell.statistics().unsaved, queued()) == (1, 0)
+    assert durable.load(kv) is None
+
+    full[0] = False
+    await shell.apply(leader.tick())  # the proposal is resent, after a whole write
+    assert queued() > 0
+    assert durable.load(kv) is not None

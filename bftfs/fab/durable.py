@@ -70,6 +70,10 @@ class Durable:
     def __init__(self, replica: Any) -> None:
         """``replica``: a :class:`bftfs.fab.replica.Replica` (already restored, if it was)."""
         self.replica = replica
+        self.forget()
+
+    def forget(self) -> None:
+        """The last changes were not written: the next call returns everything."""
         self._accepted: dict[int, tuple[int, bytes]] = {}
         self._learned: dict[int, tuple[int, bytes]] = {}
         self._regency = -1

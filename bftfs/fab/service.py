@@ -14,9 +14,7 @@ counted in ``statistics``) and a bounded number of calls in flight per node.  Lo
 message is a case the core handles by retransmitting, so a slow or dead node costs a
 bounded amount of memory here and nothing else.
 
-:class:`FabClient` is the calling side of one client: it sends its authenticated request to
-every node, resends it every ``resend`` seconds, and returns once ``f + 1`` nodes pushed
-matching replies (:class:`bftfs.fab.client.ReplyCollector`).
+The calling side of a client is :class:`bftfs.fab.metaclient.FabMetaClient`.
 
 :class:`FabShell` is the driver of one replica over a transport it is given: a ``bftfs
 node`` of an ``engine = "fab"`` cluster runs one over its own server, endpoint and store
@@ -26,7 +24,6 @@ server and endpoint of its own (the loopback test).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -35,8 +32,7 @@ from typing import Any
 import trio
 
 from bftfs.crypto import KeyRing
-from bftfs.fab.client import ReplyCollector, request
-from bftfs.fab.messages import MalformedMessage, Reply, Request, decode, encode
+from bftfs.fab.messages import encode
 from bftfs.fab.replica import Replica, Step
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.endpoint import Endpoint, open_endpoint
@@ -56,6 +52,7 @@ class ServiceStatistics:
     dropped: int  # sends dropped because a destination's queue was full
     failed: int  # calls the transport gave up on (the core resends what matters)
     received: int
+    unsaved: int = 0  # steps whose messages were held back: the store refused their changes
 
 
 class FabShell:
@@ -93,9 +90,12 @@ class FabShell:
         self.persist = persist
         self._queues = {j: trio.open_memory_channel[bytes](queue) for j in range(replica.nodes)}
         self._sent = self._dropped = self._failed = self._received = 0
+        self._unsaved = 0  # steps whose changes the store refused
 
     def statistics(self) -> ServiceStatistics:
-        return ServiceStatistics(self._sent, self._dropped, self._failed, self._received)
+        return ServiceStatistics(
+            self._sent, self._dropped, self._failed, self._received, self._unsaved
+        )
 
     async def handle(self, sender: int, payload: Any) -> None:
         """One FaB message from ``sender`` (authenticated by the transport)."""
@@ -107,9 +107,16 @@ class FabShell:
     async def apply(self, step: Step) -> None:
         """Make what ``step`` changed durable, then send what it produced."""
         if self.persist is not None:
-            wait = self.persist()
-            if wait is not None:
-                await wait
+            try:
+                wait = self.persist()
+                if wait is not None:
+                    await wait
+            except Exception as e:  # noqa: BLE001 - the store refused (full, I/O error)
+                # Nothing the store does not hold may be said: the step's messages are
+                # dropped, as a lossy network would (the core resends, the peers pull).
+                self._unsaved += 1
+                log.error("fab%d: state not written, messages held back: %s", self.replica.me, e)
+                return
         if step.rejection is not None:
             log.debug("fab%d: rejected: %s", self.replica.me, step.rejection)
         for to, message in step.sends:
@@ -220,66 +227,3 @@ class FabService:
             nursery.start_soon(trio.serve_listeners, self.server.serve, listeners)
             await nursery.start(self.shell.run, ep)
             task_status.started()
-
-
-class FabClient:
-    """One client's calls through FaB: authenticated requests, ``f + 1`` matching replies."""
-
-    def __init__(self, keyring: KeyRing, nodes: int, f: int, *, resend: float = 0.2) -> None:
-        self.keyring, self.nodes, self.f, self.resend = keyring, nodes, f, resend
-        self.rid = 0
-        self._collector: ReplyCollector | None = None
-        self._done = trio.Event()
-
-    def on_push(self, node: NodeId, body: Any) -> None:
-        """The endpoint's push handler: count a node's REPLY."""
-        if not (isinstance(body, list) and len(body) == 2 and body[0] == REPLY_TAG):
-            return
-        try:
-            reply = decode(body[1])
-        except MalformedMessage:
-            return
-        collector = self._collector
-        if not isinstance(reply, Reply) or collector is None:
-            return
-        if collector.add(int(node), reply) is not None:
-            self._done.set()
-
-    async def call(
-        self, ep: Endpoint, method: str, oids: list[int], arg: Any, *, timeout: float = 10.0
-    ) -> tuple[bool, Any]:
-        """Order and run one operation; ``(ok, result)`` as ``f + 1`` nodes answered.
-
-        Raises:
-            TransportError: no ``f + 1`` matching replies within ``timeout``.
-        """
-        self.rid += 1
-        key = self.keyring.key
-        value = request(
-            int(self.keyring.me.pid),
-            lambda p: key(PrincipalId(p)),
-            self.nodes,
-            self.rid,
-            method,
-            oids,
-            arg,
-        )
-        data = encode(Request(value))
-        self._collector, self._done = ReplyCollector(self.rid, self.f), trio.Event()
-        with trio.move_on_after(timeout):
-            while not self._done.is_set():
-                async with trio.open_nursery() as nursery:
-                    for j in range(self.nodes):
-                        nursery.start_soon(self._send, ep, j, data)
-                with trio.move_on_after(self.resend):
-                    await self._done.wait()
-        result = self._collector.result
-        self._collector = None
-        if result is None:
-            raise TransportError(f"request {self.rid}: no f + 1 matching replies in {timeout}s")
-        return result
-
-    async def _send(self, ep: Endpoint, node: int, data: bytes) -> None:
-        # A lost call is resent by the next round; f + 1 correct nodes are enough.
-        with contextlib.suppress(TransportError, RemoteError):
-            await ep.call(NodeId(node), KIND, data, timeout=self.resend)

@@ -66,9 +66,20 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
         if not out:
             return None
         if not node.store.durable:  # no sync to share: commit now, on this thread
-            node.store.write_now(lambda kv: durable.write(kv, out))
+            try:
+                node.store.write_now(lambda kv: durable.write(kv, out))
+            except Exception:
+                changes.forget()  # written next time, whole
+                raise
             return None
-        return node.store.write(lambda kv: durable.write(kv, out))
+        return written(out)
+
+    async def written(out: list[durable.Change]) -> None:
+        try:
+            await node.store.write(lambda kv: durable.write(kv, out))
+        except Exception:
+            changes.forget()
+            raise
 
     shell = FabShell(replica, node.server.push, tick=TICK, persist=persist)
 
@@ -109,6 +120,7 @@ def _progress(shell: FabShell) -> dict[str, int]:
         "dropped": io.dropped,
         "failed": io.failed,
         "received": io.received,
+        "unsaved": io.unsaved,
     }
 
 
