@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import trio
+from mount_helpers import two_mounts
 
 from bftfs.local import query_status
 from bftfs.testing.mounts import Mount, fuse_available
@@ -47,12 +48,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
 def mounts(
     cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, Path]]:
-    base = tmp_path_factory.mktemp("mnt")
-    with (
-        Mount(cluster.config, base / "a", client="client0") as a,
-        Mount(cluster.config, base / "b", client="client1") as b,
-    ):
-        yield a.mountpoint, b.mountpoint
+    with two_mounts(cluster, tmp_path_factory.mktemp("mnt")) as both:
+        yield both
 
 
 def _fab(pc: ProcessCluster) -> list[dict[str, Any]]:
