@@ -40,7 +40,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     home = tmp_path_factory.mktemp("fab") / "c"
-    with ProcessCluster(home, engine="fab", map_size=1 << 30, durable=False, clients=3) as pc:
+    # durable (the default): the persistence test covers the group-committed writes
+    with ProcessCluster(home, engine="fab", map_size=1 << 30, clients=3) as pc:
         yield pc
 
 
