@@ -186,6 +186,7 @@ def init_cluster(
     block_size: int = DEFAULT_BLOCK_SIZE,
     map_size: int = DEFAULT_MAP_SIZE,
     durable: bool = True,
+    engine: str = "qu",
     clients: int = 2,
     host: str = "127.0.0.1",
     ports: list[int] | None = None,
@@ -246,6 +247,7 @@ def init_cluster(
         block_size=block_size,
         map_size=map_size,
         durable=durable,
+        engine=engine,
         nodes=tuple(
             NodeSpec(NodeId(i), hosts[i], ports[i], node_ids[i].public, home / f"node{i}")
             for i in range(n_)

@@ -26,6 +26,7 @@ paper's equation and the property it breaks (docs/quorums.md):
 
 from __future__ import annotations
 
+from bftfs.quorums.fab import FabQuorums, broken
 from bftfs.quorums.threshold import available, min_intersection
 
 
@@ -39,6 +40,13 @@ QU_MEET = "consistency (D1): a quorum must meet any r servers in a correct one"
 PASIS_AVAILABILITY = "availability (D2): a write must finish on n - t replies, b of them lying"
 PASIS_MEET = "consistency (D1): a read must meet a complete write in more than b nodes"
 PASIS_DECODE = "decoding: the nodes a read shares with a complete write must hold m fragments"
+
+
+def fab_rule(n: int, b: int) -> str | None:
+    """Why FaB Paxos cannot run on ``n`` nodes with ``b`` Byzantine (every node acceptor,
+    proposer and learner; ``bftfs.quorums.fab``: F0-F4, ``n >= 5b + 1``), or None."""
+    why = broken(FabQuorums.of(n, b))
+    return None if why is None else f"FaB engine: {why}"
 
 
 def fault_rule(t: int, b: int) -> str | None:

@@ -12,8 +12,8 @@ import os
 import random
 import stat
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from bftfs import fsobjects as obj
+from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem
 from bftfs.ids import client_id
@@ -29,6 +30,35 @@ from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
+
+#: The metadata engine of the clusters ``fs_env`` starts (:func:`engine` changes it).
+_ENGINE = ["qu"]
+
+
+@contextmanager
+def engine(name: str) -> Iterator[None]:
+    """Run the file-system tests inside on clusters of metadata engine ``name``
+    (``t3_fab_fs.py`` runs t3 suites under ``"fab"``)."""
+    _ENGINE.append(name)
+    try:
+        yield
+    finally:
+        _ENGINE.pop()
+
+
+#: Seconds a FaB operation waits for ``f + 1`` replies in these tests (a view change on
+#: the in-process cluster takes about two).
+FAB_TIMEOUT = 10.0
+
+
+def _metadata_client(cluster: Cluster, k: int, seed: int, **options: Any) -> Any:
+    """Client ``k``'s Q/U client, or its FaB client on a FaB cluster."""
+    if cluster.config.engine == "fab":
+        config = cluster.config
+        nodes = [int(i) for i in config.node_ids]
+        return FabMetaClient(cluster.client(k), nodes, config.b, timeout=FAB_TIMEOUT)
+    return qu_client(cluster, k, seed, **options)
+
 
 #: Client options for tests: probe quickly, give up within seconds.
 RW_OPTIONS = {"probe_after": 0.05, "timeout": 5.0}
@@ -84,7 +114,9 @@ async def fs_env(
         return clock[0]
 
     async with (
-        open_cluster(tmp_path, clients=clients + 1, seed=seed, **cluster_options) as cluster,
+        open_cluster(
+            tmp_path, clients=clients + 1, seed=seed, engine=_ENGINE[-1], **cluster_options
+        ) as cluster,
         AsyncExitStack() as stack,
     ):
         fss = []
@@ -103,7 +135,7 @@ async def fs_env(
                     **(qu_options or {}),
                 )
             else:
-                qu = qu_client(cluster, k, seed, **(qu_options or {}))
+                qu = _metadata_client(cluster, k, seed, **(qu_options or {}))
             fss.append(
                 await FileSystem.open(
                     qu,
@@ -117,7 +149,7 @@ async def fs_env(
             )
             if fss[-1].meta.leases is not None:
                 fss[-1].meta.leases.listen(endpoint, cluster.config.node_ids)
-        yield Env(cluster, fss, qu_client(cluster, clients, seed), clock)
+        yield Env(cluster, fss, _metadata_client(cluster, clients, seed), clock)
 
 
 def run(tmp_path: Path, body: Callable[[Env], Any], **options: Any) -> None:

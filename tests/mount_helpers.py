@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from bftfs.testing.mounts import Mount
 from bftfs.testing.processes import ProcessCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,3 +58,14 @@ def suite_cluster(home: Path) -> ProcessCluster:
     """The node processes a real-mount suite shares (``with`` it): 1 GiB maps, not durable
     (a test's data need not survive a power cut, and fsyncs only slow the suite)."""
     return ProcessCluster(home, map_size=1 << 30, durable=False)
+
+
+@contextmanager
+def two_mounts(pc: ProcessCluster, base: Path) -> Iterator[tuple[Path, Path]]:
+    """Mounts of ``client0`` and ``client1`` under ``base`` (``a``, ``b``): their
+    mountpoints, unmounted on exit."""
+    with (
+        Mount(pc.config, base / "a", client="client0") as a,
+        Mount(pc.config, base / "b", client="client1") as b,
+    ):
+        yield a.mountpoint, b.mountpoint

@@ -14,8 +14,9 @@ import pytest
 import trio
 
 from bftfs.crypto import Identity, KeyRing
+from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fab.replica import Replica, Settings
-from bftfs.fab.service import FabClient, FabService
+from bftfs.fab.service import FabService
 from bftfs.ids import NodeId, PrincipalId, client_id
 from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError
@@ -87,15 +88,13 @@ async def test_operations_are_ordered_over_tcp_and_survive_the_leader_stopping()
     with trio.fail_after(60):
         async with open_fab_cluster() as (cluster, addresses):
             ring = cluster.ring(cluster.client)
-            client = FabClient(ring, Q.a, Q.f, resend=0.2)
-            async with open_endpoint(
-                ring, addresses, on_push=client.on_push, **TEST_ENDPOINT
-            ) as ep:
+            async with open_endpoint(ring, addresses, **TEST_ENDPOINT) as ep:
+                client = FabMetaClient(ep, range(Q.a), Q.f, resend=0.2)
                 for k in range(1, 11):
-                    assert await client.call(ep, "counter.increment", [1], 1) == (True, k)
+                    assert await client.update([1], "counter.increment", 1) == k
                 cluster.scopes[0].cancel()  # node 0, the leader of regency 0, stops
                 for k in range(11, 21):
-                    assert await client.call(ep, "counter.increment", [1], 1) == (True, k)
+                    assert await client.update([1], "counter.increment", 1) == k
                 # every live node (not only the f + 1 that answered) moves on: a new
                 # regency, and a stable checkpoint, while the cluster is still up
                 live = cluster.services[1:]
@@ -113,12 +112,10 @@ async def test_garbage_over_tcp_is_refused_and_the_cluster_goes_on() -> None:
     with trio.fail_after(30):
         async with open_fab_cluster() as (cluster, addresses):
             ring = cluster.ring(cluster.client)
-            client = FabClient(ring, Q.a, Q.f)
-            async with open_endpoint(
-                ring, addresses, on_push=client.on_push, **TEST_ENDPOINT
-            ) as ep:
+            async with open_endpoint(ring, addresses, **TEST_ENDPOINT) as ep:
+                client = FabMetaClient(ep, range(Q.a), Q.f)
                 with pytest.raises(RemoteError, match="malformed"):
                     await ep.call(NodeId(1), "fab", {"not": "bytes"})
                 assert await ep.call(NodeId(1), "fab", b"\x93garbage") is None
                 await until(lambda: cluster.services[1].replica.statistics().rejected >= 1)
-                assert await client.call(ep, "counter.increment", [1], 5) == (True, 5)
+                assert await client.update([1], "counter.increment", 5) == 5

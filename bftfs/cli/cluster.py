@@ -54,6 +54,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         inline_limit=args.inline_limit,
         map_size=args.map_size,
         durable=not args.no_durable,
+        engine=args.engine,
         clients=args.clients,
         host=args.host,
         addresses=getattr(args, "nodes", None),
@@ -175,6 +176,7 @@ INIT_DEFAULTS: dict[str, object] = {
     "clients": 2,
     "host": "127.0.0.1",
     "no_durable": False,
+    "engine": "qu",
     "no_seal": False,
     # not --metrics-port / --metrics-addr: `up` applies them to this start (_up_metrics)
 }
@@ -391,6 +393,11 @@ def with_init(sp: argparse.ArgumentParser) -> None:
         "--clients", type=int, default=2, help="client identities to create (default 2)"
     )
     sp.add_argument("--host", default="127.0.0.1", help="address the nodes listen on")
+    sp.add_argument(
+        "--engine",
+        default="qu",
+        help='the metadata engine: "qu" (Q/U, the default) or "fab" (FaB Paxos, docs/fab.md)',
+    )
     sp.add_argument(
         "--no-durable",
         action="store_true",

@@ -35,6 +35,7 @@ from bftfs.policy import (
     VerificationPolicy,
 )
 from bftfs.thresholds import (
+    fab_rule,
     fault_rule,
     pasis_largest_m,
     pasis_largest_qc,
@@ -66,6 +67,9 @@ DEFAULT_BIG_BLOCK_SIZE = 1024 * 1024
 #: (replicated on every node, one round per flush) instead of PASIS blocks; 0 turns it off.
 #: Files are inline up to ``min(inline_limit, block_size)``.  See docs/fs.md.
 DEFAULT_INLINE_LIMIT = 8 * 1024
+#: ``[cluster] engine``: what orders the file system's metadata methods (``bftfs.fsobjects``)
+#: - ``qu`` (Q/U, seed 004) or ``fab`` (FaB Paxos, seed 003; docs/fab.md).
+ENGINES = ("qu", "fab")
 #: The servers refuse larger inline content (bftfs.fsobjects.limits.INLINE_MAX).
 MAX_INLINE_LIMIT = 64 * 1024
 #: Bytes of a volume key's id (``[cluster] volume_key_id``; ``bftfs.crypto.KEY_ID_SIZE``).
@@ -217,6 +221,8 @@ class ClusterConfig:
     #: view (docs/membership.md); None: a cluster made before views, whose membership is
     #: this file's until ``bftfs view adopt`` gives it one.
     admin_key: bytes | None = field(default=None, repr=False)
+    #: ``[cluster] engine``: the metadata engine, one of :data:`ENGINES` (docs/fab.md).
+    engine: str = "qu"
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -340,6 +346,13 @@ class ClusterConfig:
             ConfigError: naming the first rule broken and the numbers that break it.
         """
         t, b, n, qc, m = self.t, self.b, self.n, self.qc, self.m
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                f"[cluster] engine must be one of {', '.join(map(repr, ENGINES))}, "
+                f"got {self.engine!r}"
+            )
+        if self.engine == "fab" and (why := fab_rule(n, b)) is not None:
+            raise ConfigError(why)
         if (why := fault_rule(t, b)) is not None:
             raise ConfigError(why)
         need = qu_min_servers(t, b)

@@ -35,6 +35,7 @@ _CLUSTER_KEYS = {
     "volume_key_id",
     "previous_volume_key_ids",
     "admin_key",
+    "engine",
 }
 _NODE_KEYS = {"id", "address", "public_key", "data_dir"}
 _CLIENT_KEYS = {"id", "name", "public_key"}
@@ -52,6 +53,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         "volume_key_id",
         "previous_volume_key_ids",
         "admin_key",
+        "engine",
         "metrics",
         *_METRICS_KEYS,
     }
@@ -104,6 +106,9 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
     durable = c.get("durable", True)
     if not isinstance(durable, bool):
         raise ConfigError(f"[cluster] durable must be true or false, got {durable!r}")
+    engine = c.get("engine", "qu")
+    if not isinstance(engine, str):
+        raise ConfigError(f"[cluster] engine must be a string, got {engine!r}")
     nodes = []
     for i, nd in enumerate(doc["nodes"]):
         where = f"[[nodes]] #{i}"
@@ -137,6 +142,7 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         block_size=_int("[cluster] block_size", c.get("block_size", DEFAULT_BLOCK_SIZE)),
         map_size=_int("[cluster] map_size", c.get("map_size", DEFAULT_MAP_SIZE)),
         durable=durable,
+        engine=engine,
         nodes=tuple(nodes),
         clients=tuple(clients),
         home=home,
@@ -278,6 +284,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             "block_size": cfg.block_size,
             "map_size": cfg.map_size,
             "durable": cfg.durable,
+            **({} if cfg.engine == "qu" else {"engine": cfg.engine}),
             "inline_limit": cfg.inline_limit,
             **({} if cfg.big_block_size is None else {"big_block_size": cfg.big_block_size}),
             "next_client": cfg.next_client_number,

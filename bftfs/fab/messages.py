@@ -312,3 +312,18 @@ def decode(data: bytes) -> Message:
         raise
     except (ValueError, TypeError) as e:  # unpacking a list of the wrong length
         raise MalformedMessage(f"malformed fields: {e}") from e
+
+
+def statements_out(statements: tuple[Signed, ...]) -> list[Any]:
+    """Statements as plain values (what :func:`statements_in` reads back): a node keeps its
+    election proof and checkpoint certificate across a restart (:mod:`bftfs.fab.durable`)."""
+    return [_signed_out(s) for s in statements]
+
+
+def statements_in(x: Any) -> tuple[Signed, ...]:
+    """The statements :func:`statements_out` wrote.
+
+    Raises:
+        MalformedMessage: not such a list.
+    """
+    return _signeds(x, "statements")

@@ -34,6 +34,7 @@ from bftfs.fab.acceptor import Acceptor
 from bftfs.fab.auth import KeyLookup, sign, verify_any
 from bftfs.fab.certificates import check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
+from bftfs.fab.durable import Image
 from bftfs.fab.election import Election
 from bftfs.fab.execution import NOOP, Execution, digest_of, parse_request
 from bftfs.fab.leader import Leader
@@ -167,6 +168,31 @@ class Replica:
         self._retransmit()
         self._pull()
         self._maybe_suspect()
+        return Step(tuple(self._out))
+
+    def restore(self, image: Image) -> Step:
+        """Continue from what an earlier run of this node kept (:mod:`bftfs.fab.durable`):
+        its snapshot at the stable checkpoint, that checkpoint, what it accepted and
+        learned above it, and its regency.  The slots learned above the snapshot run
+        again; what this node missed it pulls or fetches as any lagging node does."""
+        self._out = []
+        if image.snapshot is not None and self.execution.install(image.snapshot[1]):
+            self.snapshots[self.execution.executed] = image.snapshot[1]
+        cp = self.checkpoints
+        cp.stable, cp.digest, cp.certificate = image.stable, image.digest, image.certificate
+        self.acceptor.accepted = dict(image.accepted)
+        self.acceptor.collect(cp.stable)
+        self.learner.learned = dict(image.learned)
+        self.learner.collect(cp.stable, self.execution.executed)
+        self.leader.collect(cp.stable)
+        if image.regency > 0:
+            self.election.consider(image.regency, image.proof)
+        self._begin_regency()
+        # Leading again a regency it led before: never propose again at a slot it may
+        # have proposed at (acceptors would refuse a second value at one proposal number).
+        used = [*self.acceptor.accepted, *self.learner.learned, self.execution.executed]
+        self.leader.next_slot = max(self.leader.next_slot, max(used) + 1)
+        self._execute()
         return Step(tuple(self._out))
 
     def statistics(self) -> Statistics:

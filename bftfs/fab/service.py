@@ -14,26 +14,25 @@ counted in ``statistics``) and a bounded number of calls in flight per node.  Lo
 message is a case the core handles by retransmitting, so a slow or dead node costs a
 bounded amount of memory here and nothing else.
 
-:class:`FabClient` is the calling side of one client: it sends its authenticated request to
-every node, resends it every ``resend`` seconds, and returns once ``f + 1`` nodes pushed
-matching replies (:class:`bftfs.fab.client.ReplyCollector`).
+The calling side of a client is :class:`bftfs.fab.metaclient.FabMetaClient`.
 
-This is the first network step: no engine selection, no persistence (docs/fab.md).
+:class:`FabShell` is the driver of one replica over a transport it is given: a ``bftfs
+node`` of an ``engine = "fab"`` cluster runs one over its own server, endpoint and store
+(``bftfs/node/fab_server.py``, with persistence); :class:`FabService` runs one over a
+server and endpoint of its own (the loopback test).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from bftfs.crypto import KeyRing
-from bftfs.fab.client import ReplyCollector, request
-from bftfs.fab.messages import MalformedMessage, Reply, Request, decode, encode
+from bftfs.fab.messages import encode
 from bftfs.fab.replica import Replica, Step
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.endpoint import Endpoint, open_endpoint
@@ -53,54 +52,71 @@ class ServiceStatistics:
     dropped: int  # sends dropped because a destination's queue was full
     failed: int  # calls the transport gave up on (the core resends what matters)
     received: int
+    unsaved: int = 0  # steps whose messages were held back: the store refused their changes
 
 
-class FabService:
-    """One node: its replica, a server for its peers and clients, an endpoint to its peers.
+class FabShell:
+    """One node's replica driven over a transport it is given: the handler of the request
+    kind ``fab`` (:meth:`handle`), the sends through an endpoint (:meth:`run`), the
+    client replies through ``push``.  Used by :class:`FabService` (a server of its own)
+    and by a ``bftfs node`` of an ``engine = "fab"`` cluster (``node/fab_server.py``: the
+    node's own server, endpoint and store).
 
     Args:
         replica: the core; its ``me`` is this node's id.
-        keyring: this node's identity and the keys of every node and client.
-        addresses: every node's ``(host, port)``.
+        push: ``Server.push``: a REPLY to a client's open connections.
         tick: seconds between ``replica.tick()`` calls.
         queue: messages queued per destination before new ones are dropped.
         in_flight: calls in flight per destination.
+        persist: called after every step, before its messages go out: what the step
+            changed is written (``fab/durable.py``); an awaitable to wait for, or None
+            when nothing is left to wait for.
     """
 
     def __init__(
         self,
         replica: Replica,
-        keyring: KeyRing,
-        addresses: Mapping[NodeId, tuple[str, int]],
+        push: Callable[[PrincipalId, Any], int],
         *,
         tick: float = 0.05,
         queue: int = 1024,
         in_flight: int = 8,
-        endpoint_options: Mapping[str, Any] | None = None,
+        persist: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
         self.replica = replica
-        self.keyring = keyring
-        self.addresses = dict(addresses)
+        self.push = push
         self.tick = tick
         self.in_flight = in_flight
-        self.endpoint_options = dict(endpoint_options or {})
-        self.server: Server[PrincipalId] = Server(
-            keyring, context=lambda pid: pid, log=log, name=f"fab{replica.me}"
-        )
-        self.server.register(KIND, self._handle, inline=True)
+        self.persist = persist
         self._queues = {j: trio.open_memory_channel[bytes](queue) for j in range(replica.nodes)}
         self._sent = self._dropped = self._failed = self._received = 0
+        self._unsaved = 0  # steps whose changes the store refused
 
     def statistics(self) -> ServiceStatistics:
-        return ServiceStatistics(self._sent, self._dropped, self._failed, self._received)
+        return ServiceStatistics(
+            self._sent, self._dropped, self._failed, self._received, self._unsaved
+        )
 
-    async def _handle(self, sender: PrincipalId, payload: Any) -> None:
+    async def handle(self, sender: int, payload: Any) -> None:
+        """One FaB message from ``sender`` (authenticated by the transport)."""
         if not isinstance(payload, bytes):
             raise HandlerError("malformed", "a FaB message is bytes")
         self._received += 1
-        self._apply(self.replica.step(int(sender), payload))
+        await self.apply(self.replica.step(sender, payload))
 
-    def _apply(self, step: Step) -> None:
+    async def apply(self, step: Step) -> None:
+        """Make what ``step`` changed durable, then send what it produced."""
+        if self.persist is not None:
+            try:
+                wait = self.persist()
+                if wait is not None:
+                    await wait
+            except Exception as e:  # noqa: BLE001 - the store refused (full, I/O error)
+                # Nothing the store does not hold may be said: the step's messages are
+                # dropped, as a lossy network would (the core resends, the peers pull).
+                self._unsaved += 1
+                log.error("fab%d: state not written, messages held back: %s", self.replica.me, e)
+                return
         if step.rejection is not None:
             log.debug("fab%d: rejected: %s", self.replica.me, step.rejection)
         for to, message in step.sends:
@@ -111,7 +127,7 @@ class FabService:
             elif 0 <= to < self.replica.nodes:
                 self._enqueue(to, data)
             else:
-                self.server.push(PrincipalId(to), [REPLY_TAG, data])
+                self.push(PrincipalId(to), [REPLY_TAG, data])
 
     def _enqueue(self, node: int, data: bytes) -> None:
         try:
@@ -119,18 +135,11 @@ class FabService:
         except trio.WouldBlock:
             self._dropped += 1
 
-    async def serve(
-        self,
-        listeners: list[trio.SocketListener],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    async def run(
+        self, ep: Endpoint, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve until cancelled on ``listeners`` (already bound)."""
-        async with (
-            open_endpoint(self.keyring, self.addresses, **self.endpoint_options) as ep,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(trio.serve_listeners, self.server.serve, listeners)
+        """Send through ``ep`` and tick, until cancelled."""
+        async with trio.open_nursery() as nursery:
             for j in range(self.replica.nodes):
                 nursery.start_soon(self._drain, ep, j)
             nursery.start_soon(self._ticker)
@@ -139,13 +148,13 @@ class FabService:
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.tick)
-            self._apply(self.replica.tick())
+            await self.apply(self.replica.tick())
 
     async def _drain(self, ep: Endpoint, node: int) -> None:
         receive = self._queues[node][1]
         if node == self.replica.me:  # to myself: straight into the core, in order
             async for data in receive:
-                self._apply(self.replica.step(node, data))
+                await self.apply(self.replica.step(node, data))
             return
         slots = trio.Semaphore(self.in_flight)  # released by the call's own task
         async with trio.open_nursery() as nursery:
@@ -164,64 +173,57 @@ class FabService:
             slots.release()
 
 
-class FabClient:
-    """One client's calls through FaB: authenticated requests, ``f + 1`` matching replies."""
+class FabService:
+    """One node with a server of its own: a :class:`FabShell` answering on its own
+    listeners and sending through its own endpoint (the loopback test, t2_fab_tcp).
 
-    def __init__(self, keyring: KeyRing, nodes: int, f: int, *, resend: float = 0.2) -> None:
-        self.keyring, self.nodes, self.f, self.resend = keyring, nodes, f, resend
-        self.rid = 0
-        self._collector: ReplyCollector | None = None
-        self._done = trio.Event()
+    Args:
+        replica: the core; its ``me`` is this node's id.
+        keyring: this node's identity and the keys of every node and client.
+        addresses: every node's ``(host, port)``.
+        tick, queue, in_flight: as :class:`FabShell`'s.
+    """
 
-    def on_push(self, node: NodeId, body: Any) -> None:
-        """The endpoint's push handler: count a node's REPLY."""
-        if not (isinstance(body, list) and len(body) == 2 and body[0] == REPLY_TAG):
-            return
-        try:
-            reply = decode(body[1])
-        except MalformedMessage:
-            return
-        collector = self._collector
-        if not isinstance(reply, Reply) or collector is None:
-            return
-        if collector.add(int(node), reply) is not None:
-            self._done.set()
-
-    async def call(
-        self, ep: Endpoint, method: str, oids: list[int], arg: Any, *, timeout: float = 10.0
-    ) -> tuple[bool, Any]:
-        """Order and run one operation; ``(ok, result)`` as ``f + 1`` nodes answered.
-
-        Raises:
-            TransportError: no ``f + 1`` matching replies within ``timeout``.
-        """
-        self.rid += 1
-        key = self.keyring.key
-        value = request(
-            int(self.keyring.me.pid),
-            lambda p: key(PrincipalId(p)),
-            self.nodes,
-            self.rid,
-            method,
-            oids,
-            arg,
+    def __init__(
+        self,
+        replica: Replica,
+        keyring: KeyRing,
+        addresses: Mapping[NodeId, tuple[str, int]],
+        *,
+        tick: float = 0.05,
+        queue: int = 1024,
+        in_flight: int = 8,
+        endpoint_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.replica = replica
+        self.keyring = keyring
+        self.addresses = dict(addresses)
+        self.endpoint_options = dict(endpoint_options or {})
+        self.server: Server[PrincipalId] = Server(
+            keyring, context=lambda pid: pid, log=log, name=f"fab{replica.me}"
         )
-        data = encode(Request(value))
-        self._collector, self._done = ReplyCollector(self.rid, self.f), trio.Event()
-        with trio.move_on_after(timeout):
-            while not self._done.is_set():
-                async with trio.open_nursery() as nursery:
-                    for j in range(self.nodes):
-                        nursery.start_soon(self._send, ep, j, data)
-                with trio.move_on_after(self.resend):
-                    await self._done.wait()
-        result = self._collector.result
-        self._collector = None
-        if result is None:
-            raise TransportError(f"request {self.rid}: no f + 1 matching replies in {timeout}s")
-        return result
+        self.shell = FabShell(
+            replica, self.server.push, tick=tick, queue=queue, in_flight=in_flight
+        )
+        self.server.register(KIND, self._handle, inline=True)
 
-    async def _send(self, ep: Endpoint, node: int, data: bytes) -> None:
-        # A lost call is resent by the next round; f + 1 correct nodes are enough.
-        with contextlib.suppress(TransportError, RemoteError):
-            await ep.call(NodeId(node), KIND, data, timeout=self.resend)
+    def statistics(self) -> ServiceStatistics:
+        return self.shell.statistics()
+
+    async def _handle(self, sender: PrincipalId, payload: Any) -> None:
+        await self.shell.handle(int(sender), payload)
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled on ``listeners`` (already bound)."""
+        async with (
+            open_endpoint(self.keyring, self.addresses, **self.endpoint_options) as ep,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(trio.serve_listeners, self.server.serve, listeners)
+            await nursery.start(self.shell.run, ep)
+            task_status.started()

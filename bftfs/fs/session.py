@@ -17,6 +17,7 @@ import trio
 from bftfs.config import ClusterConfig
 from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
+from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import Past
 from bftfs.fs.seal import Seal
@@ -34,7 +35,7 @@ class Session:
     """An open file system and the protocol clients under it (for their statistics)."""
 
     fs: FileSystem
-    qu: QUClient
+    qu: Any  # QUClient, or FabMetaClient for an engine = "fab" cluster
     rw: Any
     #: The endpoint under both (``bftfs.net.endpoint.Endpoint``: its transport faults).
     endpoint: Any = None
@@ -70,6 +71,14 @@ class Session:
         )
 
 
+def metadata_client(config: ClusterConfig, ep: Any) -> Any:
+    """The client of the cluster's metadata engine (``[cluster] engine``): the Q/U client,
+    or the FaB client with the same calls (docs/fab.md)."""
+    if config.engine == "fab":
+        return FabMetaClient(ep, [int(s.id) for s in config.nodes], config.b)
+    return QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid)
+
+
 @asynccontextmanager
 async def open_session(
     config: ClusterConfig, client: str, **options: Any
@@ -79,8 +88,10 @@ async def open_session(
     directory if the cluster has none."""
     ring = KeyRing(client_identity(config, client), config.node_public_keys())
     await check_identity(config, ring)  # an unknown key fails now, not after every timeout
+    if config.engine == "fab":  # recalls are pushed by the Q/U server only: no leases
+        options = {**options, "lease_term": 0.0}
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
-        qu = QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid)
+        qu = metadata_client(config, ep)
         fs = await FileSystem.open(qu, rw, config, **options)
         leases = fs.meta.leases
         if leases is not None:
@@ -113,10 +124,10 @@ async def open_past(config: ClusterConfig, client: str) -> AsyncIterator[Past]:
 @asynccontextmanager
 async def open_protocol_clients(
     config: ClusterConfig, client: str, **rw_options: Any
-) -> AsyncIterator[tuple[QUClient, Any]]:
+) -> AsyncIterator[tuple[Any, Any]]:
     """The Q/U and PASIS clients of ``config``'s cluster as client ``client``, without a
     file system (``bftfs verify``); ``rw_options`` go to the PASIS client."""
     ring = KeyRing(client_identity(config, client), config.node_public_keys())
     await check_identity(config, ring)
     async with open_client(config, client) as ep, open_rw_client(ep, config, **rw_options) as rw:
-        yield QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid), rw
+        yield metadata_client(config, ep), rw

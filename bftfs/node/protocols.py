@@ -1,6 +1,7 @@
 """The protocol servers a node runs, registered explicitly, with the object types it
 serves: the PASIS block store (``rw_server``) and Q/U objects (``qu_server``) for the file
-system's object types.  Other object types (the test types ``counter`` and ``kv`` of
+system's object types, or FaB Paxos (``fab_server``) in their place when the cluster's
+``engine`` is ``"fab"``.  Other object types (the test types ``counter`` and ``kv`` of
 ``bftfs/testing/testobjects.py``) are served only when whoever starts the node passes them
 in (``bftfs node --test-objects``, the in-process test cluster): production nodes run
 exactly the file system's methods, and the node never imports the test harness."""
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
-from bftfs.node import qu_server, rw_server
+from bftfs.node import fab_server, qu_server, rw_server
 from bftfs.qu.objects import ObjectType
 
 if TYPE_CHECKING:
@@ -25,5 +26,9 @@ def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> l
     """Register both protocols' handlers with ``node``, serving the file system's object
     types and ``extra_object_types``; the servers' names."""
     rw_server.register(node)
-    qu_server.register(node, object_types=(*extra_object_types, *PRODUCTION_TYPES))
+    types = (*extra_object_types, *PRODUCTION_TYPES)
+    if node.config.engine == "fab":  # the metadata methods ordered by FaB (docs/fab.md)
+        fab_server.register(node, object_types=types)
+        return ["rw", "fab"]
+    qu_server.register(node, object_types=types)
     return ["rw", "qu"]

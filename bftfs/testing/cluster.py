@@ -185,6 +185,7 @@ async def open_cluster(
     limits: LimitsPolicy | None = None,
     rejoin_heartbeat: float | None = None,
     node_clock_ns: Callable[[], int] | None = None,
+    engine: str = "qu",
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
@@ -195,7 +196,8 @@ async def open_cluster(
     (rounds, repairs) depend on the scheduler; the tests of t5_rw_lazy.py turn it on.  For
     the same reason nodes send no heartbeats (``node/rejoin.py``) unless
     ``rejoin_heartbeat`` is given.  ``node_clock_ns``: the nodes' clock (history tests
-    move it days ahead instead of waiting).
+    move it days ahead instead of waiting).  ``engine``: the metadata engine
+    (``[cluster] engine``, docs/fab.md).
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
     rng = random.Random(seed)
@@ -226,6 +228,7 @@ async def open_cluster(
             block_size=block_size,
             map_size=map_size,
             durable=durable,
+            engine=engine,
             nodes=nodes,
             clients=clients_,
             home=tmp_path,

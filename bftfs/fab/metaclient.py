@@ -1,0 +1,181 @@
+"""The file system's metadata calls ordered by FaB Paxos: the interface of the Q/U client
+(``bftfs.qu.client.QUClient``) that ``bftfs/fs`` calls - ``query``, ``update``,
+``settle``, ``faults``, ``statistics`` - over the nodes of an ``engine = "fab"`` cluster
+(docs/fab.md).
+
+An operation is one authenticated request (:func:`bftfs.fab.client.request`) sent to every
+node as the request kind ``fab`` and resent every ``resend`` seconds; each node pushes its
+REPLY after executing the slot, and ``f + 1`` matching replies are the answer
+(:class:`~bftfs.fab.client.ReplyCollector`).  Queries are ordered like updates (the seed's
+read-only optimisation, L7517-7558, is not built).
+
+One request of a client is outstanding at a time: a node holds and proposes only a
+client's latest request, and executes request ids in increasing order only (exactly once,
+``fab/execution.py``), so concurrent calls of one mount wait for each other here.  Request
+ids start at the wall clock in ns, so a mount started again under the same identity never
+reuses one (a reused id would be answered with the old reply).
+
+A refusal (``ok`` false) is :class:`~bftfs.qu.objects.MethodRefused` with the method's
+code, as the Q/U client raises it; no ``f + 1`` matching replies within ``timeout`` is
+:class:`FabUnavailable` (a :class:`~bftfs.outcome.ClusterUnavailable`); under a mount's
+patience (``timeo``, :mod:`bftfs.outcome`) ``timeout`` is cut to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import trio
+
+from bftfs.fab.client import ReplyCollector, request
+from bftfs.fab.messages import MalformedMessage, Reply, Request, decode, encode
+from bftfs.fab.service import KIND, REPLY_TAG
+from bftfs.ids import NodeId, PrincipalId
+from bftfs.net.endpoint import Endpoint
+from bftfs.net.errors import RemoteError, TransportError
+from bftfs.outcome import ClusterUnavailable, current_patience
+from bftfs.qu.objects import MethodRefused
+
+
+class FabUnavailable(ClusterUnavailable):
+    """No ``f + 1`` nodes answered an operation alike in time."""
+
+
+@dataclass(frozen=True)
+class FabClientStatistics:
+    operations: int
+    sends: int  # rounds of sends to every node (the first and each resend)
+    unavailable: int
+
+
+class FabMetaClient:
+    """A client's ordered calls of object methods (module docstring).
+
+    Args:
+        endpoint: the client's connections to every node; its pushes are taken here
+            (a handler already set is called for the pushes that are not FaB replies).
+        nodes: the node ids.
+        f: Byzantine nodes tolerated (``b``).
+        resend: seconds between sends of a request not yet answered.
+        timeout: seconds an operation waits for ``f + 1`` matching replies.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        nodes: Sequence[int],
+        f: int,
+        *,
+        resend: float = 0.5,
+        timeout: float = 60.0,
+    ) -> None:
+        self.ep = endpoint
+        self.nodes = list(nodes)
+        self.f, self.resend, self.timeout = f, resend, timeout
+        self.me = int(endpoint.pid)
+        self.rid = time.time_ns()
+        #: Faults per ``(node, kind)``, as the Q/U client counts them (``malformed``:
+        #: a push that is not a FaB reply).
+        self.faults: Counter[tuple[int, str]] = Counter()
+        self._collector: ReplyCollector | None = None
+        self._done = trio.Event()
+        self._one = trio.Lock()
+        self._n = Counter[str]()
+        self._other = endpoint.on_push
+        endpoint.on_push = self.on_push
+        endpoint.stay_connected([NodeId(j) for j in self.nodes])
+
+    def statistics(self) -> FabClientStatistics:
+        return FabClientStatistics(self._n["operations"], self._n["sends"], self._n["unavailable"])
+
+    def on_push(self, node: NodeId, body: Any) -> None:
+        """The endpoint's push handler: count a node's REPLY."""
+        if not (isinstance(body, list) and len(body) == 2 and body[0] == REPLY_TAG):
+            if self._other is not None:
+                self._other(node, body)
+            return
+        try:
+            reply = decode(body[1]) if isinstance(body[1], bytes) else None
+        except MalformedMessage:
+            reply = None
+        if not isinstance(reply, Reply):
+            self.faults[(int(node), "malformed")] += 1
+            return
+        collector = self._collector
+        if collector is not None and collector.add(int(node), reply) is not None:
+            self._done.set()
+
+    async def query(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+        """Run query ``method`` on ``objects``, ordered; its answer.
+
+        Raises:
+            MethodRefused: the method refused.
+            FabUnavailable: no ``f + 1`` nodes answered alike in time.
+        """
+        return await self._call(objects, method, arg)
+
+    async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+        """Run update ``method`` on ``objects`` (atomically), ordered; its answer."""
+        return await self._call(objects, method, arg)
+
+    async def settle(self, objects: int | Iterable[int]) -> None:
+        """Nothing to do: an ordered operation is final once answered, and one that was
+        not answered is either executed by every correct node or by none (the Q/U client
+        repairs a partial update here)."""
+
+    async def query_at(self, oid: int, method: str, arg: Any = None) -> NoReturn:
+        """Object histories are Q/U's: the FaB engine keeps only the current state."""
+        raise MethodRefused("unsupported", "history is not kept by the FaB engine")
+
+    async def query_many_at(self, objects: Iterable[int], method: str, arg: Any = None) -> NoReturn:
+        raise MethodRefused("unsupported", "history is not kept by the FaB engine")
+
+    async def _call(self, objects: int | Iterable[int], method: str, arg: Any) -> Any:
+        oids = [objects] if isinstance(objects, int) else list(objects)
+        async with self._one:
+            self.rid += 1
+            self._n["operations"] += 1
+            key = self.ep.keyring.key
+            value = request(
+                self.me, lambda p: key(PrincipalId(p)), len(self.nodes), self.rid, method, oids, arg
+            )
+            data = encode(Request(value))
+            self._collector, self._done = ReplyCollector(self.rid, self.f), trio.Event()
+            limit = self.timeout
+            patience = current_patience()  # a mount's timeo (bftfs.outcome)
+            if patience is not None:
+                # Not the transport's renewals: nodes that are up answer every send at
+                # once, ordered or not, so only replies count as progress here.
+                limit = min(limit, patience.seconds)
+            try:
+                with trio.move_on_after(limit):
+                    async with trio.open_nursery() as nursery:
+                        # Sends are not waited for: a node that does not answer must
+                        # not hold up the f + 1 that do.
+                        while not self._done.is_set():
+                            self._n["sends"] += 1
+                            for j in self.nodes:
+                                nursery.start_soon(self._send, j, data)
+                            with trio.move_on_after(self.resend):
+                                await self._done.wait()
+                        nursery.cancel_scope.cancel()
+                result = self._collector.result
+            finally:
+                self._collector = None
+        if result is None:
+            self._n["unavailable"] += 1
+            raise FabUnavailable(f"{method} on {oids}: no {self.f + 1} matching replies")
+        ok, answer = result
+        if not ok:
+            raise MethodRefused(str(answer), f"{method} refused")
+        return answer
+
+    async def _send(self, node: int, data: bytes) -> None:
+        # A lost send is made again by the next round; f + 1 correct nodes are enough.
+        with contextlib.suppress(TransportError, RemoteError):
+            await self.ep.call(NodeId(node), KIND, data, timeout=self.resend)

@@ -1,0 +1,130 @@
+"""The FaB engine in a node process (``[cluster] engine = "fab"``, docs/fab.md).
+
+The node runs one :class:`~bftfs.fab.replica.Replica` over what it already has: its
+server answers the request kind ``fab`` from peers and clients alike (the frames are the
+node's authenticated sessions, so the sender the core trusts is the one the session
+authenticated), its endpoint carries the replica's messages to the other nodes, and its
+``Server.push`` carries each REPLY to the client's open connections.  The driver is
+:class:`~bftfs.fab.service.FabShell`; this module adds the store.
+
+Persistence (``fab/durable.py``): after every step the replica's changes (what it accepted
+and learned, its regency, its stable checkpoint and the snapshot there) are written to
+the node's LMDB environment before the step's messages go out, so a node killed at any
+moment comes back without having told anyone something its store does not hold, and a
+restarted node continues from what it kept (:meth:`Replica.restore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from bftfs.fab import durable
+from bftfs.fab.replica import Replica, Settings, Step
+from bftfs.fab.service import KIND, FabShell
+from bftfs.ids import PrincipalId
+from bftfs.node.qu_server import registry_of
+from bftfs.qu.objects import ObjectType
+from bftfs.quorums.fab import FabQuorums
+
+if TYPE_CHECKING:
+    from bftfs.node.service import Node, RequestContext
+
+#: Seconds between updates of the node's ``progress["fab"]``.
+REPORT = 0.25
+#: Seconds between the replica's ticks (its retransmissions and timers).
+TICK = 0.05
+#: Ticks a request may wait to be executed before its node suspects the leader: 1 s (the
+#: core doubles it at each suspicion that brings no progress).  A node on a loaded machine
+#: answers in tens of milliseconds; well below that costs view changes for nothing.
+SETTINGS = Settings(timeout=20)
+
+
+def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
+    """Run the FaB engine on ``node`` for ``object_types``; the shell (tests read its
+    replica).  The replica continues from what the node's store kept.
+
+    Raises:
+        ValueError: the stored FaB state does not parse.
+    """
+    keyring = node.keyring
+    replica = Replica(
+        int(node.id),
+        FabQuorums.checked(node.config.n, node.config.b),
+        lambda p: keyring.key(PrincipalId(p)),
+        registry_of(object_types),
+        SETTINGS,
+    )
+    image = node.store.read(durable.load)
+    restored = replica.restore(image) if image is not None else Step(())
+    changes = durable.Durable(replica)
+
+    def persist() -> Awaitable[None] | None:
+        out = changes.changes()
+        if not out:
+            return None
+        if not node.store.durable:  # no sync to share: commit now, on this thread
+            try:
+                node.store.write_now(lambda kv: durable.write(kv, out))
+            except Exception:
+                changes.forget()  # written next time, whole
+                raise
+            return None
+        return written(out)
+
+    async def written(out: list[durable.Change]) -> None:
+        try:
+            await node.store.write(lambda kv: durable.write(kv, out))
+        except Exception:
+            changes.forget()
+            raise
+
+    shell = FabShell(replica, node.server.push, tick=TICK, persist=persist)
+
+    async def on_fab(ctx: RequestContext, payload: Any) -> None:
+        await shell.handle(int(ctx.sender), payload)
+
+    async def run() -> None:
+        await shell.apply(restored)  # also writes the first image
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_report, node, shell)
+            await shell.run(node.endpoint)
+
+    node.register(KIND, on_fab, inline=True)
+    node.progress["fab"] = _progress(shell)
+    node.spawn(run)
+    if image is not None:
+        node.log.info(
+            "FaB: restored regency %d, stable checkpoint %d, executed %d",
+            replica.election.regency,
+            replica.checkpoints.stable,
+            replica.execution.executed,
+        )
+    return shell
+
+
+def _progress(shell: FabShell) -> dict[str, int]:
+    """The replica's figures for ``bftfs status`` (``progress.fab``) and the tests."""
+    r, st, io = shell.replica, shell.replica.statistics(), shell.statistics()
+    return {
+        "regency": st.regency,
+        "leader": r.election.leader(),
+        "executed": st.executed,
+        "stable": st.stable,
+        "rejected": st.rejected,
+        "log_entries": st.log_entries,
+        "installed": st.installed,
+        "sent": io.sent,
+        "dropped": io.dropped,
+        "failed": io.failed,
+        "received": io.received,
+        "unsaved": io.unsaved,
+    }
+
+
+async def _report(node: Node, shell: FabShell) -> None:
+    while True:
+        node.progress["fab"] = _progress(shell)
+        await trio.sleep(REPORT)
