@@ -34,6 +34,7 @@ TABLE = [
     ("fs.mkroot", U, 1, 1, ()),
     ("fs.setattr", U, 1, 1, CLOCKS),
     ("fs.write", U, 1, 1, CLOCKS),
+    ("fs.writemany", U, 1, 8, CLOCKS),
     ("fs.lock", U, 1, 1, CLOCKS),
     ("fs.unlock", U, 1, 1, ()),
     ("fs.setxattr", U, 1, 1, ()),
