@@ -228,7 +228,7 @@ def test_checkpoints_become_stable_and_the_log_is_collected() -> None:
         assert all(s > 48 for s in r.acceptor.accepted)
         assert all(s > 48 for s in r.learner.learned)
         assert r.statistics().log_entries <= 2 * (50 - 48)
-        assert set(r.snapshots) == {48}
+        assert set(r.transfer.snapshots) == {48}
 
 
 def test_a_node_behind_a_collected_log_catches_up_from_a_certified_snapshot() -> None:

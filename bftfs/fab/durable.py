@@ -94,7 +94,7 @@ class Durable:
         if cp.stable != self._stable:
             out.append((b"c", canonical([cp.stable, cp.digest, statements_out(cp.certificate)])))
             self._stable = cp.stable
-        snapshot = r.snapshots.get(cp.stable)
+        snapshot = r.transfer.snapshots.get(cp.stable)
         if snapshot is not None and cp.stable != self._snapshot:
             out.append((b"s", canonical([cp.stable, snapshot])))
             self._snapshot = cp.stable

@@ -58,6 +58,7 @@ from bftfs.fab.messages import (
     Suspect,
     decode,
 )
+from bftfs.fab.statetransfer import StateTransfer
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
 
@@ -133,17 +134,14 @@ class Replica:
         self.leader = Leader(self.me, self.key, self.q, n, s.window)
         self.checkpoints = Checkpoints(self.me, self.key, self.q, n, s.interval, 4 * s.window)
         self.execution = Execution(self.registry)
-        self.snapshots: dict[int, bytes] = {}
         self.held: dict[int, _Held] = {}  # client -> its latest request not yet executed
-        self.missing_since: dict[int, int] = {}  # slot -> tick it was first seen missing
-        self.behind_since: int | None = None  # tick execution was first behind `stable`
         self.now = 0
         #: Ticks a held request may wait: doubles with each suspicion that brought no
         #: progress (eventual synchrony: some regency lasts long enough), back to
         #: ``settings.timeout`` when a slot executes.
         self.patience = self.settings.timeout
         self.rejected = 0
-        self.installed = 0
+        self.transfer = StateTransfer(self.me, n, self.checkpoints, self.execution, self._send)
         self._out: list[Send] = []
         self._begin_regency()
 
@@ -166,7 +164,7 @@ class Replica:
         self._out = []
         self.now += 1
         self._retransmit()
-        self._pull()
+        self.transfer.pull(self.now, self.learner, bool(self.held), self.settings.pulls_per_tick)
         self._maybe_suspect()
         return Step(tuple(self._out))
 
@@ -177,7 +175,7 @@ class Replica:
         again; what this node missed it pulls or fetches as any lagging node does."""
         self._out = []
         if image.snapshot is not None and self.execution.install(image.snapshot[1]):
-            self.snapshots[self.execution.executed] = image.snapshot[1]
+            self.transfer.keep(self.execution.executed, image.snapshot[1])
         cp = self.checkpoints
         cp.stable, cp.digest, cp.certificate = image.stable, image.digest, image.certificate
         self.acceptor.accepted = dict(image.accepted)
@@ -203,7 +201,7 @@ class Replica:
             self.checkpoints.stable,
             self.rejected,
             entries,
-            self.installed,
+            self.transfer.installed,
         )
 
     # -- routing --------------------------------------------------------------------
@@ -230,7 +228,7 @@ class Replica:
             Rep: self._on_rep,
             NewView: self._on_new_view,
             Checkpoint: self._on_checkpoint,
-            Fetch: self._on_fetch,
+            Fetch: self.transfer.on_fetch,
             Snapshot: self._on_snapshot,
         }
         h = handler.get(type(m))
@@ -386,7 +384,7 @@ class Replica:
                 self._send(reply.client, reply)
             if self.checkpoints.due(ex.executed):
                 snapshot = ex.snapshot()
-                self.snapshots[ex.executed] = snapshot
+                self.transfer.keep(ex.executed, snapshot)
                 statement = self.checkpoints.state(ex.executed, digest_of(snapshot))
                 self._send(None, Checkpoint(statement))
                 if self.checkpoints.stable == ex.executed:
@@ -410,26 +408,15 @@ class Replica:
         self.acceptor.collect(low)
         self.learner.collect(low, self.execution.executed)
         self.leader.collect(low)
-        self.snapshots = {s: v for s, v in self.snapshots.items() if s >= low}
-
-    def _on_fetch(self, sender: int, m: Fetch) -> str | None:
-        snapshot = self.snapshots.get(m.seq)
-        if snapshot is not None:
-            self._send(sender, Snapshot(m.seq, snapshot))
-        return None
+        self.transfer.collect(low)
 
     def _on_snapshot(self, sender: int, m: Snapshot) -> str | None:
-        cp = self.checkpoints
-        if m.seq != cp.stable or m.seq <= self.execution.executed:
-            return None  # not needed (any longer)
-        if digest_of(m.state) != cp.digest:
-            return f"snapshot {m.seq} from {sender} does not match the certified digest"
-        if not self.execution.install(m.state) or self.execution.executed != m.seq:
-            return f"snapshot {m.seq} from {sender} is malformed"
-        self.snapshots[m.seq] = m.state
-        self.installed += 1
-        self.learner.collect(m.seq, m.seq)
-        self._execute()
+        installed = self.transfer.on_snapshot(sender, m)
+        if isinstance(installed, str):
+            return installed
+        if installed:
+            self.learner.collect(m.seq, m.seq)
+            self._execute()
         return None
 
     # -- election -------------------------------------------------------------------
@@ -515,30 +502,4 @@ class Replica:
             self._send(None, Suspect(mine))
         if self.checkpoints.mine is not None:
             self._send(None, Checkpoint(self.checkpoints.mine))
-        self._maybe_fetch()
-
-    def _maybe_fetch(self) -> None:
-        """FETCH the stable state when execution has been behind it for a whole tick, from
-        one other node per tick in turn: a node just behind usually learns the slots a
-        moment later, and a snapshot is the whole state (its digest, not its sender, makes
-        it trusted, so one answer is enough)."""
-        if self.checkpoints.stable <= self.execution.executed:
-            self.behind_since = None
-        elif self.behind_since is None:
-            self.behind_since = self.now
-        elif self.now - self.behind_since >= 1:
-            peer = (self.me + 1 + self.now % (self.nodes - 1)) % self.nodes
-            self._send(peer, Fetch(self.checkpoints.stable))
-
-    def _pull(self) -> None:
-        """PULL slots missing for a whole tick (Fig. 6.6 lines 32-34: after a timeout, so
-        a slot still being learned the usual way costs no pull)."""
-        missing = self.learner.missing(self.execution.executed)
-        if not missing and self.held:
-            # Holding a request and hearing of no slot to learn: perhaps behind a log the
-            # others collected; a PULL of the next slot is answered with the checkpoint.
-            missing = [max(self.execution.executed, self.learner.low) + 1]
-        self.missing_since = {s: self.missing_since.get(s, self.now) for s in missing}
-        late = [s for s in missing if self.now - self.missing_since[s] >= 1]
-        for slot in late[: self.settings.pulls_per_tick]:
-            self._send(None, Pull(slot))
+        self.transfer.maybe_fetch(self.now)

@@ -12,13 +12,17 @@ directory, the listing known whole under the lease (a lookup of any other name i
 from __future__ import annotations
 
 import copy
+import functools
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from bftfs.fsobjects import entries
 from bftfs.qu.canon import canonical
 from bftfs.qu.objects import MethodRefused
+
+log = logging.getLogger(__name__)
 
 #: Most answers kept per object (a directory's lookups); past it the oldest half goes.
 MAX_ANSWERS = 4096
@@ -72,6 +76,35 @@ class LeasedAnswers:
         #: the lease, kept up to date with its own entry updates): a lookup of any other
         #: name is answered "not found" without a round (a create's lookup first).
         self.listings: dict[int, set[bytes]] = {}
+        #: Directories whose listing is being read (:meth:`read_listing`).
+        self._reading: set[int] = set()
+
+    def read_listing(
+        self,
+        oid: int,
+        query: Callable[[int, str, Any], Awaitable[Any]],
+        spawn: Callable[[Callable[[], Awaitable[None]]], Any],
+    ) -> None:
+        """Read directory ``oid``'s listing in the background (``query``: the ungated
+        query of the file system, whose answer comes back through ``Leases.answered``),
+        unless it is known or being read.  The mount creates there: each create's lookup
+        of its new name is then answered "not found" from it, and the listing itself in
+        the mount.  A read that one of the mount's updates of the directory crossed is not
+        kept; the caller asks again."""
+        if oid in self.listings or oid in self._reading:
+            return
+        self._reading.add(oid)
+        spawn(functools.partial(self._read_listing, oid, query))
+
+    async def _read_listing(
+        self, oid: int, query: Callable[[int, str, Any], Awaitable[Any]]
+    ) -> None:
+        try:
+            await query(oid, "fs.readdir", None)
+        except Exception as e:  # noqa: BLE001 - an optimisation: lookups ask the servers
+            log.debug("listing of %d not read: %s", oid, e)
+        finally:
+            self._reading.discard(oid)
 
     def get(self, oids: Sequence[int], method: str, arg: Any) -> tuple[bool, Any]:
         """``(True, answer)`` for a query answered before (a copy, or the refusal anew)."""

@@ -39,7 +39,6 @@ push) or, with the holder cut off, at most the lease's term.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections import Counter
@@ -122,8 +121,6 @@ class Leases:
         #: The ungated query of the file system (``Meta.query_now``): a directory's listing
         #: is read once its exclusive lease is granted.
         self.query: Query | None = None
-        #: Directories whose listing is being read (:meth:`_ensure_listing`).
-        self._reading: set[int] = set()
         self._quiet_until: dict[int, float] = {}
         self._asking: set[int] = set()
         #: Objects asked for and not yet sent (:meth:`_take_wanted` runs while any are).
@@ -409,23 +406,10 @@ class Leases:
 
     def _ensure_listing(self, oid: int) -> None:
         """Read the listing of a directory leased exclusively here unless it is known or
-        being read: the mount creates there, and each create's lookup of its new name is
-        then answered "not found" from it, and the listing itself in the mount.  A read
-        whose answer was not kept (one of this mount's updates of the directory crossed
-        it) is read again at the next create there (:meth:`want_exclusive`)."""
-        if self.query is None or oid in self.answers.listings or oid in self._reading:
-            return
-        self._reading.add(oid)
-        self._spawn(functools.partial(self._read_listing, oid))
-
-    async def _read_listing(self, oid: int) -> None:
-        assert self.query is not None
-        try:
-            await self.query(oid, "fs.readdir", None)
-        except Exception as e:  # noqa: BLE001 - an optimisation: lookups ask the servers
-            log.debug("listing of %d not read: %s", oid, e)
-        finally:
-            self._reading.discard(oid)
+        being read (:meth:`LeasedAnswers.read_listing`); a read a create crossed is read
+        again at the next create there (:meth:`want_exclusive`)."""
+        if self.query is not None:
+            self.answers.read_listing(oid, self.query, self._spawn)
 
     def _refused(self, oids: list[int], e: Exception, kind: int = SHARED) -> None:
         if len(oids) > 1:  # someone holds or recalls one of them: ask for each alone
