@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -261,3 +262,46 @@ def test_a_holder_paused_past_its_term_comes_back_without_its_leases(tmp_path: P
                 assert (b.mountpoint / "d" / name).read_bytes() == (
                     a.mountpoint / "d" / name
                 ).read_bytes()
+
+
+def test_cp_r_into_a_leased_directory_waits_for_write_back_and_is_listed_locally(
+    tmp_path: Path,
+) -> None:
+    """``cp -r`` creates each file with ``O_EXCL``: in a directory the mount holds
+    exclusively, whose listing it knows, those creates wait for write-back like any other
+    (no server can answer EEXIST while the lease lives), and the mount's own ``ls -l`` of
+    the copy is answered from that listing without sending them.  Another mount's listing
+    recalls the lease and finds every file, byte for byte."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    want = {f"f{i}": bytes([65 + i]) * (100 + 50 * i) for i in range(12)}
+    for name, data in want.items():
+        (src / name).write_bytes(data)
+        (src / "sub" / name).write_bytes(data[::-1])
+    with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
+        opts = "allow_other,lease=30,commit=60"
+        with (
+            Mount(pc.config, tmp_path / "a", client="client0", options=opts) as a,
+            Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b,
+        ):
+            d = a.mountpoint / "d"
+            d.mkdir()
+            warm = _lease_exclusively(pc, a, d, "warm")
+            _wait("the status file", 10, lambda: _leases(pc, a).get("exclusive"))
+            before = _leases(pc, a)
+            subprocess.run(["cp", "-r", str(src), str(d / "copy")], check=True)
+            listed = {e.name: e.stat().st_size for e in os.scandir(d / "copy")}
+            assert listed == {"sub": listed["sub"], **{n: len(v) for n, v in want.items()}}
+
+            def grown(key: str, by: int) -> bool:
+                return _leases(pc, a).get(key, 0) >= before.get(key, 0) + by
+
+            # The copy's creates in d/copy waited (its own exclusive lease came after
+            # a few), and its listing was answered in the mount.
+            _wait("creates left to write-back", 10, lambda: grown("deferred", len(want)))
+            _wait("a listing in the mount", 10, lambda: grown("local_listings", 1))
+            got = b.mountpoint / "d"
+            assert sorted(os.listdir(got)) == sorted([*warm, "copy"])
+            for name, data in want.items():
+                assert (got / "copy" / name).read_bytes() == data
+                assert (got / "copy" / "sub" / name).read_bytes() == data[::-1]
