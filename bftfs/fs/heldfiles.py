@@ -49,6 +49,8 @@ MAX_FAILURES = 3
 #: Files not yet due that may fill an update of files due now (``fs.writemany`` takes
 #: eight objects).
 FILL = 7
+#: Terms since its last use during which a held file's lease is renewed.
+RENEW_TERMS = 3
 #: Files written back alone at once (each a round or three: one file's wait does not
 #: hold the others back past their lease).
 SENDERS = 4
@@ -86,8 +88,8 @@ class HeldFiles:
         self._failures: dict[int, int] = {}
         self._wake = trio.Event()
         self._running = False
-        #: Files used (opened, closed) since the last renewal sweep (:meth:`renew_used`).
-        self._used: set[int] = set()
+        #: Files used (opened, closed): when last (trio), for the sweep (:meth:`renew_used`).
+        self._used: dict[int, float] = {}
         self._renewing = False
         self.stats = leases.stats
 
@@ -106,8 +108,8 @@ class HeldFiles:
         return f
 
     def _use(self, ino: int) -> None:
-        """``ino`` is in use: its lease is renewed at the next sweep (:meth:`renew_used`)."""
-        self._used.add(ino)
+        """``ino`` is in use: its lease is renewed by the sweeps (:meth:`renew_used`)."""
+        self._used[ino] = trio.current_time()
         if not self._renewing:
             self._renewing = True
             trio.lowlevel.spawn_system_task(self.renew_used)
@@ -172,6 +174,7 @@ class HeldFiles:
         ):
             return False
         self._due.pop(ino, None)
+        self._used.pop(ino, None)
         self._unkeep(ino)
         del self.files[ino]
         self.stats["held_discarded"] += 1
@@ -252,16 +255,20 @@ class HeldFiles:
                 log.warning("write-back of file %d: %s", ino, e)
 
     async def renew_used(self) -> None:
-        """Every third of a lease's term, renew the leases of the held files used since
-        the last sweep, together (eight per update: a directory's files share a quorum).
-        Renewed one at a time on use, a file used less often than its term (PostMark's
-        1 000 files over a minute) lost its lease between two uses and every later use
-        cost its rounds again; files left unused just let their lease end."""
+        """Every third of a lease's term, renew the leases of the held files this mount
+        still has and used within the last :data:`RENEW_TERMS` terms, together (eight per
+        update: a directory's files share a quorum).  Renewed one at a time on use, a file
+        used less often than its term (PostMark's 1 000 files over a minute) lost its
+        lease between two uses, and every later use cost its rounds again: without an
+        exclusive lease its opens, closes and lookups go to the servers.  A file left
+        unused that long lets its lease end (an idle mount stops renewing)."""
         while True:
             await trio.sleep(self.leases.term / 3)
-            used = [ino for ino in self._used if self.leases.exclusive_left(ino) > 0]
-            self._used.clear()
-            self.leases.renew(used)
+            since = trio.current_time() - RENEW_TERMS * self.leases.term
+            for ino, at in list(self._used.items()):
+                if at < since or ino not in self.files or self.leases.exclusive_left(ino) <= 0:
+                    del self._used[ino]
+            self.leases.renew(list(self._used))
 
     async def send_all(self) -> None:
         """Send every held file's writes now (unmount, ``fsync`` of a directory)."""
