@@ -31,6 +31,8 @@ from bftfs.membership.view import (
     encode_body,
     ended_principals,
     judge,
+    moved_nodes,
+    rekeyed_nodes,
     sign,
     unsupported_change,
 )
@@ -149,8 +151,26 @@ def test_changes_this_version_cannot_make_online_are_named() -> None:
     v1 = base_view(1)
     assert unsupported_change(v1, admin.without_client(v1, "client0")) is None
     assert "thresholds" in (unsupported_change(v1, replace(v1, number=2, b=0, t=1)) or "")
+    fewer = replace(v1, number=2, nodes=v1.nodes[:-1])
+    assert "adds or removes nodes" in (unsupported_change(v1, fewer) or "")
+    two = admin.with_node(admin.with_node(v1, 0, "h", 9, b"\x0c" * 32), 1, "h", 10, b"\x0d" * 32)
+    assert "replaces 2 nodes at once" in (unsupported_change(v1, two) or "")
+
+
+def test_a_node_replaced_has_a_new_address_and_key_and_its_old_key_ends() -> None:
+    v1 = base_view(1)
     moved = replace(v1, number=2, nodes=(replace(v1.nodes[0], port=9), *v1.nodes[1:]))
-    assert "nodes" in (unsupported_change(v1, moved) or "")
+    assert unsupported_change(v1, moved) is None  # a machine moved: same key
+    assert (moved_nodes(v1, moved), rekeyed_nodes(v1, moved)) == ([0], [])
+    v2 = admin.with_node(v1, 5, "10.0.0.9", 7005, b"\x0e" * 32)
+    assert v2.number == 2 and unsupported_change(v1, v2) is None
+    assert (moved_nodes(v1, v2), rekeyed_nodes(v1, v2)) == ([5], [5])
+    assert ended_principals(v1, v2) == {5}  # the old machine's sessions end
+    assert decode(sign(v2, KEY), KEY.public) == v2
+    with pytest.raises(ConfigError, match=r"is node \d's address in view 1"):
+        admin.with_node(v1, 5, v1.nodes[1].host, v1.nodes[1].port, b"\x0e" * 32)
+    with pytest.raises(ConfigError, match="no node 6"):
+        admin.with_node(v1, 6, "h", 1, b"\x0e" * 32)
 
 
 def test_a_view_applied_to_a_configuration_keeps_ids_and_retires_names() -> None:

@@ -14,6 +14,7 @@ import trio
 
 from bftfs import local as localmod
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster, with_dir
+from bftfs.cli.views import add_replace_options
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.logsetup import setup_logging
 
@@ -104,6 +105,10 @@ def _check_byzantine_profile(name: str) -> None:
 
 def cmd_node_control(args: argparse.Namespace) -> int:
     """``bftfs node stop|start|restart I``: one node of the local cluster (``--dir``)."""
+    if args.action == "replace":
+        from bftfs.cli.views import node_replace
+
+        return node_replace(args)
     if args.index is None:
         raise QuietError(f"bftfs node {args.action}: which node? (e.g. bftfs node stop 2)", 2)
     cfg, _ = cluster_of(args)
@@ -254,8 +259,9 @@ def add_node(sub: Any) -> None:
     sp.add_argument(
         "action",
         nargs="?",
-        choices=("stop", "start", "restart"),
-        help="control node INDEX of the local cluster (--dir) instead of running one",
+        choices=("stop", "start", "restart", "replace"),
+        help="control node INDEX of the local cluster (--dir) instead of running one; "
+        "replace: a new machine (new key, --address) for node INDEX, online",
     )
     sp.add_argument("index", nargs="?", type=int, metavar="INDEX", help="the node's id")
     with_dir(sp)
@@ -292,6 +298,7 @@ def add_node(sub: Any) -> None:
         action="store_true",
         help="serve no metrics, whatever [metrics] in cluster.toml says",
     )
+    add_replace_options(sp)
     sp.add_argument(
         "--batch-sched",
         action="store_true",

@@ -1,5 +1,5 @@
-"""Membership while the cluster runs (docs/membership.md): ``bftfs view`` and the online
-``bftfs client add|revoke|rotate`` of a cluster with views.
+"""Membership while the cluster runs (docs/membership.md): ``bftfs view``, the online
+``bftfs client add|revoke|rotate`` of a cluster with views, and ``bftfs node replace``.
 
 Each change issues the next view (signed with the administrator key, which only the
 operator's directory holds), writes it and ``cluster.toml``, then pushes it to the nodes and
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import trio
 
 from bftfs import bundle
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
-from bftfs.config import ClusterConfig
-from bftfs.ids import CLIENT_ID_BASE
+from bftfs.config import ClusterConfig, ConfigError
+from bftfs.crypto import Identity, KeyFileError
+from bftfs.ids import CLIENT_ID_BASE, NodeId
 from bftfs.membership import admin
 from bftfs.membership.view import View
 
@@ -76,6 +78,84 @@ def client_online(args: argparse.Namespace, cfg: ClusterConfig, path: Path) -> i
         )
         return 0
     return _push(cfg, blob, view, getattr(args, "as_client", None), avoid)
+
+
+def node_replace(args: argparse.Namespace) -> int:
+    """``bftfs node replace I --address HOST:PORT [--data-dir NEWDIR]``: a new machine for
+    node ``I`` (docs/membership.md, "Replacing a node").
+
+    Makes a new key in the newcomer's (empty) data directory, issues view ``n + 1`` with node
+    ``I`` at its new address under that key, writes ``cluster.toml`` to match (node ``I``'s
+    ``data_dir`` is the new one) and pushes the view; from then on every node and client
+    refuses the old key.  The newcomer, once started, catches up from the others.  Run again
+    after being killed: a replacement already in the view is pushed again.
+    """
+    if args.index is None or not args.address:
+        raise QuietError(
+            "bftfs node replace: which node, and where? (bftfs node replace I --address HOST:PORT)",
+            2,
+        )
+    cfg, path = cluster_of(args)
+    key = admin.admin_key(cfg)
+    view, blob = admin.current(cfg)
+    host, port = _address(args.address)
+    node = int(args.index)
+    if not 0 <= node < len(view.nodes):
+        last = len(view.nodes) - 1
+        raise QuietError(f"no node {node} in view {view.number} (nodes 0..{last})", 2)
+    held = view.nodes[node]
+    if (held.host, held.port) == (host, port) and _key_of(cfg, node) == held.public_key:
+        print(f"node {node} is at {host}:{port} in view {view.number} already: pushing it again")
+    else:
+        new_dir = (args.data_dir or cfg.home / f"node{node}.v{view.number + 1}").resolve()
+        if (new_dir / "lmdb").exists():
+            raise QuietError(
+                f"{new_dir} holds a node's store: the newcomer starts from an empty data "
+                "directory (give another --data-dir)",
+                2,
+            )
+        ident = Identity.generate(NodeId(node))
+        ident.save(new_dir / "private" / "key")
+        view = admin.with_node(view, node, host, port, ident.public)
+        moved = replace(
+            cfg,
+            nodes=tuple(replace(s, data_dir=new_dir) if s.id == node else s for s in cfg.nodes),
+        )
+        cfg, blob = admin.issue(moved, path, view, key)
+        print(
+            f"view {view.number}: node {node} is a new machine at {host}:{port} with a new key; "
+            f"every node and client refuses the old key ({held.host}:{held.port})"
+        )
+        print(f"  its data directory: {new_dir} (empty; its key in private/key)")
+    if args.offline:
+        print(f"  not pushed (--offline): `bftfs view push` sends view {view.number} to the nodes")
+    else:
+        _push(cfg, blob, view, getattr(args, "as_client", None), None)
+    print(
+        f"  start it: `bftfs node start {node}` here, or `bftfs bundle --node {node}` for its "
+        "machine; it catches up from the others (`bftfs status` shows how far); stop the old "
+        "machine's process"
+    )
+    return 0
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not host or not 0 < number <= 65535:
+        raise QuietError(f"--address {text!r}: expected HOST:PORT", 2)
+    return host, number
+
+
+def _key_of(cfg: ClusterConfig, node: int) -> bytes | None:
+    """The public half of the key in node ``node``'s data directory here, if one is."""
+    try:
+        return Identity.load(NodeId(node), cfg.node(node).key_path).public
+    except (ConfigError, KeyFileError):
+        return None
 
 
 def _write_bundle(cfg: ClusterConfig, name: str, output: Path | None) -> None:
@@ -171,3 +251,17 @@ def add_view(sub: Any) -> None:
     sp.add_argument("--as", dest="as_client", help="push: the client to speak to nodes as")
     with_cluster(sp)
     sp.set_defaults(func=cmd_view)
+
+
+def add_replace_options(sp: Any) -> None:
+    """The options of ``bftfs node replace`` (on ``bftfs node``'s parser)."""
+    sp.add_argument("--address", metavar="HOST:PORT", help="replace: the new machine's address")
+    sp.add_argument(
+        "--data-dir",
+        type=Path,
+        help="replace: the new machine's data directory (default DIR/node<I>.v<VIEW>)",
+    )
+    sp.add_argument(
+        "--offline", action="store_true", help="replace: issue the view without pushing it"
+    )
+    sp.add_argument("--as", dest="as_client", help="replace: the client to push the view as")

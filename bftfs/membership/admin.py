@@ -141,6 +141,26 @@ def rekeyed(view: View, name: str, public_key: bytes) -> View:
     )
 
 
+def with_node(view: View, node: int, host: str, port: int, public_key: bytes) -> View:
+    """``view`` with node ``node`` at ``host:port`` under ``public_key`` (a new machine
+    replacing it: same id, so same place in every quorum and erasure code), numbered one
+    higher.
+
+    Raises:
+        ConfigError: ``view`` has no such node, or another node has that address.
+    """
+    if not 0 <= node < len(view.nodes):
+        raise ConfigError(f"no node {node} in view {view.number} (nodes 0..{len(view.nodes) - 1})")
+    for n in view.nodes:
+        if n.id != node and (n.host, n.port) == (host, port):
+            raise ConfigError(f"{host}:{port} is node {n.id}'s address in view {view.number}")
+    nodes = tuple(
+        replace(n, host=host, port=port, public_key=public_key) if n.id == node else n
+        for n in view.nodes
+    )
+    return replace(view, number=view.number + 1, nodes=nodes)
+
+
 def new_client_key(cfg: ClusterConfig, name: str, number: int) -> Identity:
     """A fresh key pair for client ``name`` (id ``number``), written where the operator
     keeps client keys (bundles are made from there)."""
@@ -242,5 +262,6 @@ __all__ = [
     "pusher",
     "rekeyed",
     "with_client",
+    "with_node",
     "without_client",
 ]

@@ -7,6 +7,11 @@ administrator signed it and it is newer (only in memory: the operator's files ar
 operator's).  A node behind (it was down while the view changed): the client sends it the
 view it holds, which is how a node can learn a view from a client.  A forged or older view
 is dropped: the node that sent it cannot make the client take it.
+
+A view that replaces a node (docs/membership.md, "Replacing a node") changes the client's
+key ring and the node's address at once: the connection to the old machine ends, and the
+old key is refused from then on (a handshake under it cannot authenticate), whatever the
+old machine still runs.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import logging
 import trio
 
 from bftfs.config import ClusterConfig
-from bftfs.ids import NodeId
+from bftfs.ids import NodeId, PrincipalId
 from bftfs.membership.configview import starting_view
-from bftfs.membership.view import Verdict, View, ViewError, decode, judge
+from bftfs.membership.view import Verdict, View, ViewError, decode, judge, moved_nodes
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
 
@@ -46,9 +51,21 @@ class ClientViews:
         return self.view.number
 
     def attach(self, ep: Endpoint) -> None:
+        """Hook into ``ep`` (opened from the configuration): hear nodes' view numbers, and
+        reach the nodes as the held view names them (a configuration older than its view
+        file names a replaced node's old machine)."""
         self._ep = ep
         ep.view_number = self.number
         ep.on_peer_view = self._heard
+        if self.blob is not None:
+            self._follow(ep, self.view)
+
+    @staticmethod
+    def _follow(ep: Endpoint, view: View) -> None:
+        ep.keyring.replace_peers({PrincipalId(int(n.id)): n.public_key for n in view.nodes})
+        for n in view.nodes:
+            if ep.addresses.get(n.id) != (n.host, n.port):
+                ep.moved(n.id, (n.host, n.port))
 
     def _heard(self, node: NodeId, number: int) -> None:
         ep = self._ep
@@ -74,9 +91,14 @@ class ClientViews:
             self.dropped += judge(self.view, view) is not Verdict.SAME
             return False
         assert isinstance(blob, bytes)
-        self.view, self.blob = view, blob
+        old, self.view, self.blob = self.view, view, blob
         if self._ep is not None:
             self._ep.view_number = view.number
+            if moved_nodes(old, view):  # a node replaced: its new key, its new address
+                self._ep.keyring.replace_peers(
+                    {PrincipalId(int(n.id)): n.public_key for n in view.nodes}
+                )
+                reconnect_moved(self._ep, old, view)
         log.info("client: now in %s", view.describe())
         return True
 
@@ -103,3 +125,14 @@ class ClientViews:
             log.debug("node %s did not take our view: %s", node, e)
         finally:
             self._busy.discard(node)
+
+
+def reconnect_moved(ep: Endpoint, old: View, new: View) -> list[int]:
+    """Reconnect ``ep`` to each node ``new`` gives another address or key than ``old``
+    (its key ring already holds ``new``'s keys): the connection to the old machine ends and
+    the next goes to the new address.  Nodes and clients both call it; the ids moved."""
+    moved = moved_nodes(old, new)
+    for n in new.nodes:
+        if int(n.id) in moved:
+            ep.moved(n.id, (n.host, n.port))
+    return moved

@@ -264,12 +264,34 @@ def ended_principals(old: View, new: View) -> set[int]:
     return {pid for pid, key in old.public_keys().items() if keep.get(pid) != key}
 
 
+def rekeyed_nodes(old: View, new: View) -> list[int]:
+    """The nodes ``new`` gives another key than ``old`` (replaced by a new machine: they
+    start empty and catch up)."""
+    keys = {int(n.id): n.public_key for n in old.nodes}
+    return [int(n.id) for n in new.nodes if keys.get(int(n.id)) not in (None, n.public_key)]
+
+
+def moved_nodes(old: View, new: View) -> list[int]:
+    """The nodes of ``new`` with another address or key than in ``old`` (whoever talks to
+    them connects anew, to the new address, under the new key)."""
+    before = {int(n.id): n for n in old.nodes}
+    return [int(n.id) for n in new.nodes if before.get(int(n.id)) != n]
+
+
 def unsupported_change(old: View, new: View) -> str | None:
-    """Why ``new`` cannot be taken up yet, or None.  This tranche changes clients only:
-    nodes, addresses and thresholds must stay (node replacement and re-encoding are not
-    built; docs/membership.md)."""
+    """Why ``new`` cannot be taken up yet, or None.  This version changes clients, and
+    nodes' addresses and keys (node replacement): the thresholds and the number of nodes
+    must stay (adding and removing nodes and re-encoding are not built; docs/membership.md),
+    and at most ``t`` nodes get a new key in one view (each starts empty: more at once would
+    be more nodes short of data than the thresholds tolerate)."""
     if (old.t, old.b, old.qc, old.m) != (new.t, new.b, new.qc, new.m):
         return "it changes the thresholds (t, b, qc, m), which this version cannot do online"
-    if old.nodes != new.nodes:
-        return "it changes the nodes, which this version cannot do online"
+    if len(old.nodes) != len(new.nodes):
+        return "it adds or removes nodes, which this version cannot do online"
+    replaced = rekeyed_nodes(old, new)
+    if len(replaced) > max(old.t, 1):
+        return (
+            f"it replaces {len(replaced)} nodes at once (nodes {replaced}); at most t = "
+            f"{old.t} in one view, each catching up before the next"
+        )
     return None

@@ -48,6 +48,7 @@ from bftfs.net.frames import (
     STATUS_OK,
     FrameReader,
 )
+from bftfs.net.moved import announce as announce_moved
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
 from bftfs.net.session import SessionRefused, client_handshake
 from bftfs.outcome import bounded, progressed
@@ -393,7 +394,15 @@ class Endpoint:
             conn.pending.pop(req_id, None)
 
     def _pushed(self, node: NodeId, body: Any) -> None:
-        """A connection's push, to :attr:`on_push` as it is now (none: ignored)."""
+        """A connection's push, to :attr:`on_push` as it is now (none: ignored); a node's
+        ``{"view": N}`` (it took view ``N``: a node of the view was replaced) goes to
+        :attr:`on_peer_view` instead, as a handshake's number would."""
+        if isinstance(body, dict) and len(body) == 1 and "view" in body:
+            number = body["view"]
+            valid = isinstance(number, int) and not isinstance(number, bool) and number >= 0
+            if valid and self.on_peer_view is not None and number != self.view_number:
+                self.on_peer_view(node, number)
+            return
         on_push = self.on_push
         if on_push is not None:
             on_push(node, body)
@@ -441,6 +450,17 @@ class Endpoint:
                 max(trio.current_time() + delay, self._down_until.get(node, 0.0))
             )
             delay = min(delay * 2, KEEP_BACKOFF_MAX)
+
+    def moved(self, node: NodeId, address: tuple[str, int]) -> None:
+        """Node ``node`` is at ``address`` now, or has a new key (a new view replaced it):
+        the connection to the old one ends (its waiting calls go on as after any lost
+        connection) and the next one is made there, under the key ring's key."""
+        self.addresses[node] = address
+        self._down_until.pop(node, None)
+        conn = self._conns.pop(node, None)
+        if conn is not None:
+            conn._close()
+        announce_moved(int(node))
 
     async def aclose(self) -> None:
         self._closing = True

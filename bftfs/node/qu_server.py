@@ -132,7 +132,12 @@ def register(
 
     if retention is None:  # the cluster's [retention] (policy.py)
         retention = replica_retention(node.config.retention)
-    cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention)
+
+    def ended_key_for(s: int) -> bytes | None:
+        ended = node.server.refused.get(PrincipalId(s)) if is_node(PrincipalId(s)) else None
+        return None if ended is None else ended[0]
+
+    cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention, ended_key_for)
     pruner = Pruner(node, cfg)
     server = QUServer(
         replica=cfg,

@@ -32,6 +32,7 @@ import trio
 from bftfs.config import ClusterConfig
 from bftfs.crypto import pairwise_key
 from bftfs.ids import NodeId, PrincipalId, is_node
+from bftfs.membership.client import reconnect_moved
 from bftfs.membership.configview import NODE_VIEW_FILE, apply, starting_view, write_signed
 from bftfs.membership.view import (
     Verdict,
@@ -44,6 +45,7 @@ from bftfs.membership.view import (
 )
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import HandlerError
+from bftfs.node.rekey import Rekey
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
@@ -71,6 +73,8 @@ class NodeViews:
         #: The configuration as the held view has it (what the node runs on).
         self.config = config if self.blob is None else apply(config, self.view)
         self._node: Node | None = None
+        self._rekey: Rekey | None = None
+        self._data_dir = data_dir
         self._lock = trio.Lock()
         self._busy: set[int] = set()  # peers a fetch or send is under way with
 
@@ -96,6 +100,9 @@ class NodeViews:
         """The node's endpoint is open: tell peers our number, hear theirs."""
         node.endpoint.view_number = self.number
         node.endpoint.on_peer_view = self._heard
+        self._rekey = Rekey(node, self._data_dir)
+        self._rekey.start(self.view)
+        self._check_replaced(self.view)
 
     async def _get(self, ctx: RequestContext, payload: Any) -> Any:
         return self.blob
@@ -171,6 +178,15 @@ class NodeViews:
         if node.endpoint is not None:
             node.endpoint.view_number = view.number
         closed = node.server.end_sessions(ended)
+        if node.endpoint is not None and reconnect_moved(node.endpoint, old, view):
+            # A node replaced: its new machine from now on.  Clients connected here may
+            # stay connected for long (a mount) and would hear of the view at their next
+            # handshake only: tell them now, so they stop talking to the old machine.
+            for c in view.clients:
+                node.server.push(c.id, {"view": view.number})
+            if self._rekey is not None:
+                self._rekey.start(view)
+        self._check_replaced(view)
         node.stats["views_taken"] += 1
         node.log.info(
             "node %s: took %s from %s; ended %d session(s) of %s",
@@ -180,6 +196,22 @@ class NodeViews:
             closed,
             sorted(ended) or "nobody",
         )
+
+    def _check_replaced(self, view: View) -> None:
+        """Say so when ``view`` gives this node's id another key: this process runs on a
+        machine that was replaced, every correct node and client refuses it, and the
+        operator should stop it (it keeps running, refused, until then)."""
+        node = self._node
+        assert node is not None
+        if view.nodes[int(node.id)].public_key != node.keyring.me.public:
+            node.progress["view"] = {"state": "replaced", "view": view.number}
+            node.log.warning(
+                "node %s: view %d gives node %s another key (a new machine replaced this "
+                "one): every node and client refuses this process; stop it",
+                node.id,
+                view.number,
+                node.id,
+            )
 
     def _forward(self, blob: bytes) -> None:
         """Send a view just taken to every other node once (those that have it answer at

@@ -11,9 +11,11 @@ no I/O, no clock.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from bftfs.net import moved
 from bftfs.qu import core
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.history import OHSEntry
@@ -40,6 +42,16 @@ class HistoryCache:
         self.excluded: set[int] = set()
         #: Stray-history servers of the running operation.
         self.suspects: set[int] = set()
+        _CACHES.add(self)
+
+    def forget_server(self, server: int) -> None:
+        """A view replaced ``server`` by a new machine (``net/moved.py``): its cached
+        histories came from the old one, under a key the servers no longer accept, so they
+        go, and the new machine starts with a clean record."""
+        for ohs in self._cache.values():
+            ohs.pop(server, None)
+        self.excluded.discard(server)
+        self.suspects.discard(server)
 
     def cached(self, oid: int) -> dict[int, OHSEntry]:
         """The cached OHS of ``oid`` (a copy)."""
@@ -99,3 +111,15 @@ class HistoryCache:
             self.faults[(int(s), "malevolent")] += 1
             log.warning("Q/U server %s is malevolent (its history culled by more than b)", s)
         self.excluded |= proven
+
+
+#: Every live cache of this process: each forgets a replaced server (``net/moved.py``).
+_CACHES: weakref.WeakSet[HistoryCache] = weakref.WeakSet()
+
+
+def _forget_everywhere(server: int) -> None:
+    for cache in list(_CACHES):
+        cache.forget_server(server)
+
+
+moved.listen(_forget_everywhere)

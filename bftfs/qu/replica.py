@@ -155,10 +155,21 @@ def _over_quota(
 Synced = Mapping[tuple[int, Timestamp], tuple[bytes | None, bytes]]
 
 
+def _stale(cfg: ReplicaConfig, oid: int, s: int, e: OHSEntry) -> bool:
+    """Whether server ``s``'s history ``e`` is authenticated under its ended key."""
+    old = cfg.ended_key_for(s)
+    return old is not None and auth_entry_ok(oid, e.rh, e.auth, cfg.me, old)
+
+
 def cull(
     cfg: ReplicaConfig, mohs: Mapping[int, Mapping[int, OHSEntry]]
 ) -> tuple[dict[int, dict[int, OHSEntry]], tuple[tuple[int, ...], ...]]:
     """Lines 1001-1002: the multi-OHS without the histories this server cannot validate.
+
+    A history authenticated under the ended key of a replaced server
+    (``ReplicaConfig.ended_key_for``: a client's cached copy of what the old machine
+    served) is left out too, but not reported: it is stale, not forged, and the client
+    must not take the server's new machine for a malevolent one.
 
     Returns:
         The culled multi-OHS and, per object (sorted), the servers whose history was culled.
@@ -172,7 +183,7 @@ def cull(
             if auth_entry_ok(oid, e.rh, e.auth, cfg.me, cfg.key_for(s)):
                 if not is_initial(e.rh):
                     kept[s] = e
-            else:
+            elif not _stale(cfg, oid, s, e):
                 bad.append(s)
         out[oid] = kept
         culled.append(tuple(bad))

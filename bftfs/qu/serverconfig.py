@@ -66,3 +66,6 @@ class ReplicaConfig:
     key_for: Callable[[int], bytes]  # pairwise key with server s (itself included)
     registry: Registry
     retention: Retention = field(default_factory=Retention)
+    #: The pairwise key with server ``s``'s ended key, once a view replaced ``s`` (a new
+    #: machine, a new key: docs/membership.md), else None; see ``replica.cull``.
+    ended_key_for: Callable[[int], bytes | None] = field(default=lambda _s: None)
