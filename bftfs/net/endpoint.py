@@ -27,6 +27,7 @@ from nodes it has not called lately keeps connections to them with
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 from collections import Counter
@@ -48,17 +49,13 @@ from bftfs.net.frames import (
     STATUS_OK,
     FrameReader,
 )
+from bftfs.net.keepalive import keep_connected
 from bftfs.net.moved import announce as announce_moved
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
 from bftfs.net.session import SessionRefused, client_handshake
 from bftfs.outcome import bounded, progressed
 
 log = logging.getLogger(__name__)
-
-#: First and longest wait of :meth:`Endpoint.stay_connected` between attempts to reach a
-#: node; the longest is also how long a connection must have lived to reset the wait.
-KEEP_BACKOFF_MIN = 0.02
-KEEP_BACKOFF_MAX = 1.0
 
 
 class Endpoint:
@@ -412,13 +409,8 @@ class Endpoint:
         their pushes reach us even when we have not called them lately.
 
         A method, not a task for the caller: one task per node runs in the endpoint's own
-        nursery (it ends with the endpoint).  A lost connection is opened again through
-        :meth:`_connection` (the same handshake and the same record of unreachable nodes
-        as calls), after a wait that doubles from ``KEEP_BACKOFF_MIN`` to
-        ``KEEP_BACKOFF_MAX`` while the node stays down, and is never shorter than what
-        ``_connection`` asks after a refusal: a node that is down costs a connection
-        attempt a second, not a busy loop.  Calling it again for a node already kept
-        does nothing.
+        nursery (it ends with the endpoint), reconnecting as ``net/keepalive.py`` says.
+        Calling it again for a node already kept does nothing.
 
         Raises:
             TransportError: a node is not in the endpoint's addresses.
@@ -432,24 +424,12 @@ class Endpoint:
                 self._nursery.start_soon(self._keep_connected, node)
 
     async def _keep_connected(self, node: NodeId) -> None:
-        """:meth:`stay_connected`'s task for one node."""
-        delay = KEEP_BACKOFF_MIN
-        while not self._closing:
-            started = trio.current_time()
-            try:
-                conn = await self._connection(node)
-            except TransportError:
-                pass
-            else:
-                await conn.gone.wait()
-                if trio.current_time() - started >= KEEP_BACKOFF_MAX:
-                    delay = KEEP_BACKOFF_MIN  # it lived: a fresh loss, try again soon
-            if self._closing:
-                return
-            await trio.sleep_until(
-                max(trio.current_time() + delay, self._down_until.get(node, 0.0))
-            )
-            delay = min(delay * 2, KEEP_BACKOFF_MAX)
+        """:meth:`stay_connected`'s task for one node (``net/keepalive.py``)."""
+        await keep_connected(
+            functools.partial(self._connection, node),
+            lambda: self._closing,
+            lambda: self._down_until.get(node, 0.0),
+        )
 
     def moved(self, node: NodeId, address: tuple[str, int]) -> None:
         """Node ``node`` is at ``address`` now, or has a new key (a new view replaced it):
