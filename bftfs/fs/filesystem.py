@@ -163,7 +163,6 @@ class FileSystem:
         if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
             self.meta.leases = Leases(self.meta.update, term=lease_term, b=config.b, n=config.n)
             self.meta.leases.query = self.meta.query_now
-            self.meta.leases.take = self.meta.update_now
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         if self.meta.leases is not None:
             # What this mount answered about an object before its lease is not covered by

@@ -103,12 +103,6 @@ class Leases:
         release must follow what the mount buffered.  ``term``: seconds a lease is asked
         for.  ``b``: pushes from ``b + 1`` nodes make a recall believed."""
         self._update = update
-        #: The ungated update (``Meta.update_now``) a lease is taken or renewed with: it
-        #: changes no content, so nothing the mount holds back must go before it (gated,
-        #: each renewal of a directory's lease sent its deferred creates, and each held
-        #: file's renewal its writes, one by one).  Releases stay gated (a recall's
-        #: contract: what the mount buffered goes first).
-        self.take: Update | None = None
         self.term = term
         self.b = b
         self.n = n
@@ -380,7 +374,7 @@ class Leases:
         try:
             lt = self.wall_ns()
             arg = {"kind": kind, "lt": lt, "term": int(self.term * 1e9)}
-            await (self.take or self._update)(list(oids), "fs.lease", arg)
+            await self._update(list(oids), "fs.lease", arg)
         except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
             self._asking.difference_update(oids)
             self._refused(oids, e, kind)
