@@ -402,17 +402,28 @@ class FlushEngine:
         f.lease_until = None  # the write ends a lease taken at create
         if f.missing(0):
             await self.fetch(f, [0])
+        arg, done = self.inline_write(f, logged)
+        await self._update_data(f, "fs.write", arg)
+        done()
+
+    def inline_write(self, f: OpenFile, logged: int) -> tuple[dict[str, Any], Callable[[], None]]:
+        """``f``'s whole content as an inline ``fs.write`` argument (its content known
+        here), and what to do once the servers took it: its buffered writes up to log
+        entry ``logged`` are then clean (``fs/inlinebatch.py`` sends several at once)."""
         content = f.assemble(0, f.size).ljust(f.size, b"\0")
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
         mtime = f.mtime if f.mtime is not None else self.meta.now()
         arg = self.lease_arg(*f.base)
         arg.update(end=len(content), mtime=mtime, i=content)
         attrs = arg["attrs"] = dict(f.attrs)
-        await self._update_data(f, "fs.write", arg)
-        self.flushed(f, snapshot, mtime, attrs)
-        f.sent(logged)
-        if 0 not in f.dirty:
-            f.remember(0, content)
+
+        def done() -> None:
+            self.flushed(f, snapshot, mtime, attrs)
+            f.sent(logged)
+            if 0 not in f.dirty:
+                f.remember(0, content)
+
+        return arg, done
 
     def flushed(
         self,

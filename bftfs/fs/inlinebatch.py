@@ -94,21 +94,13 @@ async def _write_chunk(
 
 
 def _item(engine: FlushEngine, f: OpenFile) -> tuple[dict[str, Any], Any]:
-    """``f``'s inline ``fs.write`` (as ``FlushEngine._flush_inline`` builds it) with its
-    object, and what to do once it was taken."""
-    logged = len(f.log)
-    content = f.assemble(0, f.size).ljust(f.size, b"\0")
-    snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
-    mtime = f.mtime if f.mtime is not None else engine.meta.now()
-    item = engine.lease_arg(*f.base)
-    attrs = dict(f.attrs)
-    item.update(o=f.ino, end=len(content), mtime=mtime, i=content, attrs=attrs)
+    """``f``'s inline ``fs.write`` (``FlushEngine.inline_write``) with its object, and
+    what to do once it was taken."""
+    arg, flushed = engine.inline_write(f, len(f.log))
+    arg["o"] = f.ino
 
     def done() -> None:
         f.lease_until = None  # the write ends a lease taken at create
-        engine.flushed(f, snapshot, mtime, attrs)
-        f.sent(logged)
-        if 0 not in f.dirty:
-            f.remember(0, content)
+        flushed()
 
-    return item, done
+    return arg, done
