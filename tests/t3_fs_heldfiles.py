@@ -84,6 +84,33 @@ def test_a_held_file_is_reopened_appended_and_read_without_a_round_then_seen_els
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def test_a_held_file_whose_writes_went_back_is_still_reopened_without_a_round(
+    tmp_path: Path,
+) -> None:
+    """A held file closed with writes is not kept at that close (its writes are due);
+    once they went back it is kept as a file closed clean is, so its next open, read and
+    ``stat`` cost no round (it was forgotten there, and each later use of a file
+    PostMark appended to cost an ``fs.open``)."""
+
+    async def body(env: Env) -> None:
+        (a, _) = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        inos = [await held_file(a, d, b"f%d" % k, b"start\n") for k in range(3)]
+        for ino in inos:
+            await append(a, ino, b"more\n")
+        await a.write_back()  # the appends go; the files stay held
+        held = a.handles.held
+        assert held is not None and not held.holds_back()
+        before = rounds(a)
+        for ino in inos:
+            assert await read_all(a, ino) == b"start\nmore\n"
+            assert (await a.getattr(ino)).size == 11
+        assert rounds(a) == before, f"rounds: {rounds(a) - before}"
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_fsync_sends_a_held_files_writes_and_a_later_change_elsewhere_is_seen(
     tmp_path: Path,
 ) -> None:

@@ -117,18 +117,27 @@ class HeldFiles:
     def _unkeep(self, ino: int) -> None:
         self._kept_bytes -= self._kept.pop(ino, 0)
 
-    def keep(self, f: OpenFile) -> bool:
+    def keep(self, f: OpenFile, *, used: bool = True) -> bool:
         """Whether the closed ``f`` stays in the mount (it is held); the least recently
-        closed clean file beyond :data:`MAX_KEPT`, or no longer held, is forgotten."""
+        closed clean file beyond :data:`MAX_KEPT`, or no longer held, is forgotten.
+        ``used``: its close is a use of the file (its write-back is not)."""
         if f.size > MAX_FILE or not self.holds(f.ino):
             return False
         self._unkeep(f.ino)
-        self._use(f.ino)
+        if used:
+            self._use(f.ino)
         self._kept[f.ino] = f.clean_bytes
         self._kept_bytes += f.clean_bytes
         while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
             self._forget(next(iter(self._kept)))
         return f.ino in self._kept
+
+    def _sent(self, f: OpenFile) -> None:
+        """``f``'s buffered writes went: closed and clean, it is kept as a file closed
+        clean is (one closed with writes is not kept at its close; forgotten here, its
+        next open cost a round while the mount still held it), or else forgotten."""
+        if f.opens == 0 and not f.dirty and not self.keep(f, used=False):
+            self._forget(f.ino)
 
     def _forget(self, ino: int) -> None:
         self._unkeep(ino)
@@ -221,8 +230,7 @@ class HeldFiles:
             raise
         finally:
             self._sending.discard(ino)
-        if f.opens == 0 and not f.dirty and ino not in self._kept:
-            self._forget(ino)
+        self._sent(f)
 
     async def run(self) -> None:
         """Send each file's writes when due (a background task for the mount's life; a
@@ -294,5 +302,5 @@ class HeldFiles:
             self.stats["held_written_back"] += 1
             self.stats["held_written_together"] += 1
             f = self.files.get(ino)
-            if f is not None and f.opens == 0 and not f.dirty and ino not in self._kept:
-                self._forget(ino)
+            if f is not None:
+                self._sent(f)
