@@ -88,7 +88,7 @@ def test_a_recall_stops_renewal_and_new_leases_and_goes_with_the_last_holder() -
     new, answer = update("fs.recall", {DIR: d}, C, lt=T0 + S)
     assert answer == [[DIR, [A, B]]]
     r = new[DIR]
-    assert r["lr"] == [C, T0 + S]
+    assert r["lr"] == [C, T0 + S, 0]
     for who in (A, C):
         with pytest.raises(MethodRefused) as e:
             lease(r, who, SHARED, T0 + 2 * S)
@@ -98,6 +98,32 @@ def test_a_recall_stops_renewal_and_new_leases_and_goes_with_the_last_holder() -
     both, _ = update("fs.release", {DIR: once[DIR]}, B, lt=T0 + 2 * S)
     assert "lr" not in both[DIR] and "ls" not in both[DIR]
     assert mkdir_in(both[DIR], C, T0 + 2 * S)[FILE]["k"] == "d"
+
+
+def test_a_recall_goes_when_only_the_requesting_mounts_own_lease_is_left() -> None:
+    """A recaller that holds a lease itself (a shared one, beside another client's) asks
+    only the others to release: once they did, its own lease stands alone and the recall
+    goes, so it renews and others take leases again (the record stayed until the
+    requester's own lease ended, and every take and renewal was refused ``recalled``).
+    Another mount of the requester's client is another holder: the recall stays for it.
+    A record from before the mount was recorded goes with the last holder, as before."""
+    d = lease(lease(directory(), A, SHARED, T0), B, SHARED, T0)
+    r = update("fs.recall", {DIR: d}, A, lt=T0 + S)[0][DIR]
+    assert r["lr"] == [A, T0 + S, 0]
+    left = update("fs.release", {DIR: r}, B, lt=T0 + 2 * S)[0][DIR]
+    assert "lr" not in left and [h[0] for h in holders(left)] == [A]
+    assert holders(lease(left, A, SHARED, T0 + 3 * S))[0][2] == T0 + 33 * S
+    assert [h[0] for h in holders(lease(left, C, SHARED, T0 + 3 * S))] == [A, C]
+    two = update("fs.lease", {DIR: d}, A, kind=SHARED, lt=T0, term=30 * S, lm=8)[0][DIR]
+    r8 = update("fs.recall", {DIR: two}, A, lt=T0 + S)[0][DIR]
+    still = update("fs.release", {DIR: r8}, B, lt=T0 + 2 * S)[0][DIR]
+    assert still["lr"] == [A, T0 + S, 0]  # mount 8 of client A was asked too
+    with pytest.raises(MethodRefused) as e:
+        lease(still, A, SHARED, T0 + 3 * S)
+    assert e.value.code == "recalled"
+    old = dict(r, lr=[A, T0 + S])
+    kept = update("fs.release", {DIR: old}, B, lt=T0 + 2 * S)[0][DIR]
+    assert kept["lr"] == [A, T0 + S]
 
 
 def test_a_recall_of_an_object_nobody_else_holds_changes_nothing() -> None:

@@ -13,9 +13,12 @@ record lives in the object's state, so it is as Byzantine-tolerant as the object
   laptops with the same bundle are two holders, each recalled by the other's update and
   refused its queries under the other's exclusive lease.  It is the client's own claim,
   so it can only mislead that client's other mounts.
-- ``lr``: a pending recall, ``[requester, time]``, or absent.  While it stands no lease is
-  granted or renewed (a holder asked to release cannot renew); it goes with the last live
-  holder.
+- ``lr``: a pending recall, ``[requester, time, mount]`` (``[requester, time]`` in records
+  older than the mount), or absent.  While it stands no lease is granted or renewed (a
+  holder asked to release cannot renew); it goes with the last live holder other than the
+  requesting mount (a requester's own lease asked nobody to release; while the record
+  outlived the others, every take and renewal, the requester's too, was refused
+  ``recalled`` until that lease ended).
 
 Methods read no clock (``bftfs.qu.objects``).  Every lease-aware update carries the
 caller's time ``lt`` (ns); nodes refuse an ``lt`` more than :data:`LEASE_SKEW` ahead of
@@ -126,13 +129,22 @@ def live(state: Any, at: int | None, *, other_than: Who | None = None) -> list[H
 
 
 def _tidy(state: dict[str, Any], at: int | None) -> None:
-    """Drop the leases that ended by ``at``, and the recall once no holder is left."""
+    """Drop the leases that ended by ``at``, and the recall once no holder but the
+    requesting mount is left."""
     kept = holders(state) if at is None else [h for h in holders(state) if h[2] > at]
     if kept:
         state["ls"] = kept
     else:
         state.pop("ls", None)
-        state.pop("lr", None)
+    lr = state.get("lr")
+    if lr is not None and all(_requested(h, lr) for h in kept):
+        state.pop("lr")
+
+
+def _requested(h: Holder, lr: list[int]) -> bool:
+    """Whether ``h`` is the lease of the mount that asked for the recall ``lr`` (an older
+    record, without the mount, names no holder)."""
+    return len(lr) >= 3 and who(h) == (lr[0], lr[2])
 
 
 def _without_leases(state: Any) -> Any:
@@ -293,7 +305,7 @@ def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
         others = live(s, at, other_than=me)
         if others:
             if s.get("lr") is None:
-                s["lr"] = [caller, at]
+                s["lr"] = [caller, at, me[1]]
             out.append([oid, sorted({h[0] for h in others})])
         new[oid] = s
     return new, out
