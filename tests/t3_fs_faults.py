@@ -134,7 +134,7 @@ def test_a_write_lease_keeps_other_writers_out_until_released_or_expired(
         fs = env.fs
         now = env.clock[0]
         fh, f = await fs.create(ROOT, b"f", 0o644, 0, 0, 0)
-        await fs.write(fh, 0, b"x" * 10_000)
+        await fs.write(fh, 0, b"x" * 40_000)
         await fs.release(fh)
         s = await env.raw.query(f.ino, "fs.stat")
         lease = {"d": s["d"], "v": s["v"], "tok": 1, "now": now, "lease": 10**9}

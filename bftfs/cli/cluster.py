@@ -381,7 +381,7 @@ def with_init(sp: argparse.ArgumentParser) -> None:
         type=parse_size,
         default=DEFAULT_INLINE_LIMIT,
         help="files up to this size live in their metadata object, replicated "
-        "(default 8K; 0 = always erasure-coded blocks)",
+        "(default 32K; 0 = always erasure-coded blocks)",
     )
     sp.add_argument(
         "--map-size",
