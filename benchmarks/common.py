@@ -54,7 +54,7 @@ CACHE_DIR = BENCH_DIR / ".cache"
 # The local cluster is started with a small sparse LMDB map per node: 26 nodes (b = 5)
 # times the 16 GiB default would still be sparse, but 1 GiB is plenty for these workloads.
 #: Mount options of every bftfs mount the benchmarks make (``-o``; the environment's
-#: ``BFTFS_BENCH_OPTIONS``, e.g. ``allow_other,acregmin=3,acregmax=60``); unset: the
+#: ``BFTFS_BENCH_OPTIONS``, e.g. ``allow_other,lease=0``); unset: the
 #: defaults (``allow_other`` as root).
 MOUNT_OPTIONS = os.environ.get("BFTFS_BENCH_OPTIONS")
 #: ``[cluster] block_size`` of every bftfs cluster the benchmarks start, in KiB (the

@@ -45,39 +45,9 @@ def test_bad_options_are_named(bad: str) -> None:
         parse(bad)
 
 
-def test_acreg_defaults_to_the_attribute_timeout_and_round_trips() -> None:
-    assert MountOptions().acreg == (1.0, 1.0)  # the fixed timeout, as before
-    assert parse("attr_timeout=2").acreg == (2.0, 2.0)
-    assert parse("acregmin=3,acregmax=60").acreg == (3.0, 60.0)
-    assert parse("acregmax=60").acreg == (1.0, 60.0)
-    assert parse("acregmin=30,acregmax=10").acreg == (30.0, 30.0)  # clamped, as NFS does
-    o = parse("acregmin=3,acregmax=60")
-    assert parse(o.to_string()) == o
-    with pytest.raises(OptionError, match="acregmax"):
-        parse("acregmax=-1")
-
-
-class _Clock:
-    """Just what :meth:`MetadataCache.attr_timeout` reads of a file system."""
-
-    attr_ttl = 1.0
-    acregmin: float | None = None
-    acregmax: float | None = None
-
-    def clock_ns(self) -> int:
-        return 1000 * 10**9
-
-
-def test_a_regular_files_timeout_grows_with_the_time_since_it_changed() -> None:
-    from bftfs.fs.caches import MetadataCache
-
-    c = _Clock()
-    timeout = MetadataCache.attr_timeout
-    file = {"k": "f", "mode": 0o100644, "mt": 900 * 10**9, "ct": 990 * 10**9}
-    folder = {"k": "d", "mode": 0o40755, "mt": 0, "ct": 0}
-    assert timeout(c, file) == timeout(c, folder) == 1.0
-    c.acregmin, c.acregmax = 3.0, 60.0
-    assert timeout(c, file) == 3.0  # changed 10 s ago: 1 s, clamped
-    assert timeout(c, dict(file, ct=500 * 10**9, mt=500 * 10**9)) == 50.0  # 500 s unchanged
-    assert timeout(c, dict(file, ct=0, mt=0)) == 60.0
-    assert timeout(c, folder) == 1.0  # directories: as before
+@pytest.mark.parametrize("gone", ["acregmin=3", "acregmax=60"])
+def test_nfs_attribute_cache_options_are_refused_naming_leases(gone: str) -> None:
+    """``acregmin``/``acregmax`` were folded into leases (issue 33): a mount asking for
+    them is told what replaced them, not left with a silently shorter cache."""
+    with pytest.raises(OptionError, match=r"removed: leases \(lease="):
+        parse(gone)

@@ -3,10 +3,10 @@ another client still sees, through real mounts of one cluster of node processes.
 
 * An open's answer serves the kernel's permission check before the next open within the
   attribute timeout (no ``fs.stat`` round), at the default options.
-* ``acregmin``/``acregmax`` (opt-in): a regular file's attributes are cached longer, and
-  still an open sees the last close's size and contents on another mount, and a
-  permission another mount took away is refused at the next open (also before an
-  ``O_TRUNC`` truncates).
+* Under leases a file's attributes are cached past the attribute timeout, and still an
+  open sees the last close's size and contents on another mount, and a permission
+  another mount took away is refused at the next open (also before an ``O_TRUNC``
+  truncates).
 * The lookup before a create keeps asking the servers: a name another mount created and
   closed opens here at once, even right after this mount's own update of the directory.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from mount_helpers import suite_cluster
+from t4_leases import _lease_exclusively
 
 from bftfs.fuse import control
 from bftfs.testing.mounts import Mount, fuse_available
@@ -83,38 +84,6 @@ def test_open_close_within_the_attribute_timeout_costs_the_open_round_only(
         assert _rounds(cluster, m.mountpoint, "fs.stat") - stats <= 1
 
 
-def test_acreg_caches_a_regular_files_attributes_past_the_attribute_timeout(
-    cluster: ProcessCluster, tmp_path: Path
-) -> None:
-    # A short attribute timeout, so the test passes it quickly; files' attributes 30 s.
-    short = "allow_other,metrics_port=0,attr_timeout=0.2"
-    with (
-        Mount(cluster.config, tmp_path / "a", options=short) as plain,
-        Mount(
-            cluster.config,
-            tmp_path / "b",
-            client="client1",
-            options=short + ",acregmin=30,acregmax=60",
-        ) as ac,
-    ):
-        (plain.mountpoint / "f").write_bytes(b"y" * 100)
-        counts: dict[str, int] = {}
-        for m in (plain, ac):
-            f = m.mountpoint / "f"
-            _open_close(f, 1)
-            before = _rounds(cluster, m.mountpoint, "fs.stat")
-            for _ in range(3):
-                time.sleep(0.3)  # past the attribute timeout (time passing, not waiting)
-                os.stat(f)
-                _open_close(f, 1)
-            counts[m.client] = _rounds(cluster, m.mountpoint, "fs.stat") - before
-        # The mount's root directory keeps the 0.2 s timeout: one fs.stat per walk both
-        # ways (the kernel's search permission check).  The file: one per stale stat
-        # without acreg, none with it (the opens' answers keep its 30 s cache fresh).
-        assert counts["client1"] <= 3
-        assert counts["client0"] - counts["client1"] >= 3
-
-
 def _open_as_nobody(cwd: Path, name: str, flags: int, *, run: bool = False) -> int:
     """Open ``name`` as user nobody in ``cwd`` (a forked child: chdir first as root, since
     the test's temporary directories above the mount are closed to others), or with
@@ -140,24 +109,49 @@ def _open_as_nobody(cwd: Path, name: str, flags: int, *, run: bool = False) -> i
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
-def test_acreg_open_sees_another_mounts_close_and_permission_changes(
+def test_a_leased_files_mode_changed_elsewhere_is_checked_at_once_and_its_close_seen(
     cluster: ProcessCluster, tmp_path: Path
 ) -> None:
-    opts = "allow_other,acregmin=30,acregmax=60"
+    """Files a mount made under its exclusive lease on their directory are leased to it,
+    and its kernel keeps their attributes for the lease's term, past the 1 s attribute
+    timeout.  Another mount's ``chmod`` recalls the leases; the holder's kernel forgets
+    the attributes (and the holder its own recent updates') before it releases, so the
+    kernel's own permission check (``default_permissions``) refuses the next open on the
+    new mode at once, an ``O_TRUNC`` one before anything is truncated, and a permission
+    granted elsewhere works at once.  (This was the daemon's own check under NFS's
+    ``acregmin``/``acregmax``, folded into leases.)  Then close-to-open: another mount's
+    new size and contents show at the next open."""
     with (
-        Mount(cluster.config, tmp_path / "a", options=opts, client="client0") as a,
+        Mount(cluster.config, tmp_path / "a", options="allow_other", client="client0") as a,
         Mount(cluster.config, tmp_path / "b", client="client1") as b,
     ):
         d = a.mountpoint / "d"
         d.mkdir(mode=0o777)
         os.chmod(d, 0o777)
         other = b.mountpoint / "d"
+        _lease_exclusively(cluster, a, d, "warm")
         (d / "f").write_bytes(b"old")
         (d / "g").write_bytes(b"keep me")
         os.chmod(d / "f", 0o644)
         os.chmod(d / "g", 0o666)
-        # This mount caches both files' attributes for 30 s.
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the creates go now, the files leased to this mount with them
+        finally:
+            os.close(fd)
         assert os.stat(d / "f").st_size == 3 and os.stat(d / "g").st_mode & 0o777 == 0o666
+        assert _open_as_nobody(d, "f", os.O_RDONLY) == 0  # the kernel holds 0o644
+
+        # A permission taken away elsewhere: refused at once, though the kernel had
+        # cached the old mode for the lease's term.
+        os.chmod(other / "f", 0o600)
+        os.chmod(other / "g", 0o644)
+        assert _open_as_nobody(d, "f", os.O_RDONLY) == errno.EACCES
+        assert _open_as_nobody(d, "g", os.O_WRONLY | os.O_TRUNC) == errno.EACCES
+        assert (other / "g").read_bytes() == b"keep me"  # not truncated
+        # A permission granted elsewhere: at once (the kernel asks again after refusing).
+        os.chmod(other / "f", 0o604)
+        assert _open_as_nobody(d, "f", os.O_RDONLY) == 0
 
         # Close-to-open: the other mount's new size and contents show at the next open.
         (other / "f").write_bytes(b"new and longer")
@@ -165,20 +159,6 @@ def test_acreg_open_sees_another_mounts_close_and_permission_changes(
             assert os.fstat(fh.fileno()).st_size == 14
             assert fh.read() == b"new and longer"
         assert os.stat(d / "f").st_size == 14  # and the kernel's cache took it
-
-        # A permission taken away elsewhere: refused at the next open, though the
-        # kernel's cached mode still allows it.
-        os.chmod(other / "f", 0o600)
-        os.chmod(other / "g", 0o644)
-        assert _open_as_nobody(d, "f", os.O_RDONLY) == errno.EACCES
-        # O_TRUNC is checked before the truncation on a mode at most the attribute timeout
-        # (1 s) old, as without acreg; the kernel still holds 0o666 for 30 s.
-        time.sleep(1.2)  # time passing, not waiting for anything
-        assert _open_as_nobody(d, "g", os.O_WRONLY | os.O_TRUNC) == errno.EACCES
-        assert (other / "g").read_bytes() == b"keep me"  # not truncated
-        # A permission granted elsewhere: at once (the kernel asks again after refusing).
-        os.chmod(other / "f", 0o604)
-        assert _open_as_nobody(d, "f", os.O_RDONLY) == 0
         # execve asks for execute permission only: a program others may run, not read.
         shutil.copyfile("/bin/true", d / "true")
         os.chmod(d / "true", 0o711)

@@ -5,8 +5,8 @@ mount's client), :class:`~bftfs.fs.pastview.PastView` (the tree as it was at one
 read-only: ``bftfs mount --at``) and :class:`~bftfs.fs.snapshotdir.SnapshotBrowser` (what
 a live mount serves: the first, with each snapshot as a second under ``/.snapshots``).
 The FUSE layer knows only this protocol, so it asks the file system what it needs to know
-(:attr:`FileSystemAPI.long_attrs`, :attr:`FileSystemAPI.close_to_open`,
-:meth:`FileSystemAPI.kernel_timeout`) instead of testing which class it holds.  mypy
+(:attr:`FileSystemAPI.close_to_open`, :meth:`FileSystemAPI.lease_remaining`) instead of
+testing which class it holds.  mypy
 checks each class against it (the assignments at the end of :mod:`bftfs.fs.pastview`,
 :mod:`bftfs.fs.filesystem` and :mod:`bftfs.fs.snapshotdir`).
 """
@@ -23,22 +23,11 @@ class FileSystemAPI(Protocol):
     """What a mount serves: inode-level calls, inode numbers being object ids."""
 
     @property
-    def long_attrs(self) -> bool:
-        """Whether a regular file's attributes may be cached longer than the mount's
-        attribute timeout (``acregmin``/``acregmax``): ``open`` then checks the caller's
-        permission itself."""
-        ...
-
-    @property
     def close_to_open(self) -> bool:
         """Whether ``open`` re-reads the file's attributes and ``getattr`` of the open file
         answers them from memory (no round): the FUSE layer then compares them with what
         the kernel was told and keeps the kernel's attributes when they agree.  False: an
         open always invalidates the kernel's attributes."""
-        ...
-
-    def kernel_timeout(self, a: Attr) -> float | None:
-        """The attribute timeout to give the kernel with ``a`` (None: the mount's)."""
         ...
 
     def lease_remaining(self, ino: int, since: float) -> float:

@@ -1,21 +1,17 @@
 """What this client caches of the servers' state, and the reads that go through it.
 
 Directory entries and parents name the objects of an update; attributes this client's own
-updates produced answer ``getattr`` for their timeout (:meth:`MetadataCache.attr_timeout`:
-``attr_ttl``, or for a regular file between ``acregmin`` and ``acregmax``); with those
-longer than ``attr_ttl`` a regular file's attributes the servers answered do too, and the
-kernel is given only what is left of the timeout (:meth:`MetadataCache.kernel_timeout`), so an
-attribute is never shown longer than its timeout after the servers last said it; an open
-file's attributes are fresh by close-to-open.  Why each is safe is the subject of the docstring of
-:mod:`bftfs.fs.filesystem`.  The methods here keep the caches' rules in one place: an own
-update's stat yields to a newer one the servers answer (``observed``), the name cache is
-bounded, and an open file with buffered writes answers its buffered size and times
-(``_attr``).
+updates produced answer ``getattr`` for ``attr_ttl``; an open file's attributes are fresh by
+close-to-open.  Longer caching is what leases give (``fs/leases.py``; NFS's ``acregmin``/
+``acregmax``, once mount options here, were folded into them).  Why each is safe is the
+subject of the docstring of :mod:`bftfs.fs.filesystem`.  The methods here keep the caches'
+rules in one place: an own update's stat yields to a newer one the servers answer
+(``observed``), the name cache is bounded, and an open file with buffered writes answers
+its buffered size and times (``_attr``).
 """
 
 from __future__ import annotations
 
-import stat as st
 from collections.abc import Callable
 from typing import Any
 
@@ -39,12 +35,6 @@ class MetadataCache:
     """The attribute, name and parent caches, the open files, and the reads that consult
     them.  Given the protocol calls (:class:`~bftfs.fs.meta.Meta`) for its reads; every
     other part is given this cache."""
-
-    #: Seconds a regular file's attributes stay fresh at least and at most (NFS's
-    #: ``acregmin``/``acregmax``); None: ``attr_ttl``, today's fixed timeout.  Set by
-    #: :meth:`cache_regular_files` (mount options ``acregmin=``/``acregmax=``).
-    acregmin: float | None = None
-    acregmax: float | None = None
 
     def __init__(self, meta: Meta, *, attr_ttl: float, inline: int) -> None:
         self.meta = meta
@@ -95,54 +85,14 @@ class MetadataCache:
             del self.files[f.ino]
         self.kernel_content.pop(f.ino, None)
 
-    def cache_regular_files(self, acregmin: float | None, acregmax: float | None) -> None:
-        """Give regular files NFS's adaptive attribute timeout: a tenth of the time since
-        the file last changed, clamped to ``[acregmin, acregmax]`` (None: ``attr_ttl``).
-        Longer than ``attr_ttl``, another client's change of size, times or mode shows in
-        ``stat`` only after the file's timeout; an open still sees it (close-to-open)."""
-        self.acregmin, self.acregmax = acregmin, acregmax
-
-    def attr_timeout(self, s: dict[str, Any], known_ns: int | None = None) -> float:
-        """Seconds the attributes ``s`` stay fresh after they were known fresh (at
-        ``known_ns``, client clock; default now): ``attr_ttl``, or for a regular file a
-        tenth of how long it had been unchanged then, within ``[acregmin, acregmax]``."""
-        if s.get("k") != "f" or not st.S_ISREG(s["mode"]):
-            return self.attr_ttl
-        lo = self.attr_ttl if self.acregmin is None else self.acregmin
-        hi = self.attr_ttl if self.acregmax is None else self.acregmax
-        if hi <= lo:
-            return lo
-        at = self.clock_ns() if known_ns is None else known_ns
-        unchanged = (at - max(s["mt"], s["ct"])) / 1e9
-        return min(hi, max(lo, unchanged / 10))
-
     def known_for(self, oid: int) -> float | None:
         """Seconds the cached attributes of ``oid`` (own update or servers' answer) stay
         fresh from now, or None when there are none or they are stale."""
         own = self.own.get(oid)
         if own is None:
             return None
-        age = trio.current_time() - own[1]
-        left = self.attr_timeout(own[0], self.clock_ns() - int(age * 1e9)) - age
+        left = self.attr_ttl - (trio.current_time() - own[1])
         return left if left > 0 else None
-
-    def kernel_timeout(self, a: Attr) -> float:
-        """The attribute timeout to give the kernel with attributes ``a`` answered now:
-        ``attr_ttl`` at the default timeouts and for all but regular files (as before);
-        with ``acregmin``/``acregmax``, the file's full timeout for attributes just read
-        or of a file open here (close-to-open keeps those fresh), else what is left of the
-        cached ones', so the kernel's cache and ours together never outlast one timeout."""
-        if not (self.long_attrs and st.S_ISREG(a.mode)):
-            return self.attr_ttl  # as before: the kernel's own fixed timeout
-        f = self.files.get(a.ino)
-        if f is not None and f.opens:
-            return self.attr_timeout(f.st)
-        if a.ino not in self.own:
-            kind = "d" if st.S_ISDIR(a.mode) else "f"
-            return self.attr_timeout(
-                {"k": kind, "mode": a.mode, "mt": a.mtime_ns, "ct": a.ctime_ns}
-            )
-        return self.known_for(a.ino) or 0.0
 
     def forget_own(self, oids: list[int]) -> None:
         """Drop the attributes kept of ``oids`` (a lease on them begins: only what was read
@@ -205,32 +155,13 @@ class MetadataCache:
         Attributes our own update produced earlier are no longer the freshest, so they stop
         answering ``getattr`` and ``lookup`` (a lookup of another name for the object, after
         another client changed it, answered our older size, and the kernel cut its pages to
-        it).  With a regular-file timeout longer than ``attr_ttl`` (:meth:`long_attrs`),
-        a regular file's answer itself answers ``getattr`` for its timeout from now, as the
-        kernel caches it: an open's answer then refreshes the kernel's cache (NFS's
-        revalidation at open) and serves the permission check before the next open.  At
-        the default timeouts only our own updates' attributes are answered so, as before:
-        an open invalidates the kernel's attributes when they changed, and the stat after
-        it asks the servers (``t4_two_clients``: a chmod elsewhere shows at once then)."""
+        it).  Only our own updates' attributes are answered so: an open invalidates the
+        kernel's attributes when they changed, and the stat after it asks the servers
+        (``t4_two_clients``: a chmod elsewhere shows at once then)."""
         own = self.own.get(oid)
-        if self._long_regular(s):
-            if own is None or s["v"] >= own[0]["v"]:
-                if "i" in s:  # an inline file's content is the open file's, not an attribute
-                    s = {k: v for k, v in s.items() if k != "i"}
-                if len(self.own) > NAME_CACHE_LIMIT:
-                    self.own.clear()
-                self.own[oid] = (s, trio.current_time())
-        elif own is not None and s["v"] > own[0]["v"]:
+        if own is not None and s["v"] > own[0]["v"]:
             del self.own[oid]
         self._dir_mode(oid, s)
-
-    @property
-    def long_attrs(self) -> bool:
-        """Whether a regular file's attributes may be cached longer than ``attr_ttl``."""
-        return any(x is not None and x > self.attr_ttl for x in (self.acregmin, self.acregmax))
-
-    def _long_regular(self, s: dict[str, Any]) -> bool:
-        return self.long_attrs and s.get("k") == "f" and st.S_ISREG(s["mode"])
 
     def fresh(self, oid: int) -> dict[str, Any] | None:
         """Attributes known fresh without a query: an open file's (close-to-open) or those

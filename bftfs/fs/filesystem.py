@@ -424,26 +424,22 @@ class FileSystem:
 
     # Attribute timeouts (bftfs.fs.caches; bftfs.fs.api) ------------------------------------
 
-    def cache_regular_files(self, acregmin: float | None, acregmax: float | None) -> None:
-        self.cache.cache_regular_files(acregmin, acregmax)
-
-    def attr_timeout(self, s: dict[str, Any], known_ns: int | None = None) -> float:
-        return self.cache.attr_timeout(s, known_ns)
-
-    def kernel_timeout(self, a: Attr) -> float:
-        return self.cache.kernel_timeout(a)
-
     def lease_remaining(self, ino: int, since: float) -> float:
         leases = self.meta.leases
         return 0.0 if leases is None else leases.remaining(ino, since)
 
     def on_lease_recall(self, forget: Callable[[list[int]], Awaitable[None]]) -> None:
         if self.meta.leases is not None:
-            self.meta.leases.before_release = forget
 
-    @property
-    def long_attrs(self) -> bool:
-        return self.cache.long_attrs
+            async def forget_all(inos: list[int]) -> None:
+                # The attributes of this mount's own recent updates go too: within
+                # ``attr_ttl`` they would answer the kernel's fresh ``getattr`` with a
+                # mode or size older than the change the recaller makes once released
+                # (another mount's chmod was not refused to this mount's next open).
+                self.cache.forget_own(inos)
+                await forget(inos)
+
+            self.meta.leases.before_release = forget_all
 
     @property
     def close_to_open(self) -> bool:

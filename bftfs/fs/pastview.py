@@ -54,15 +54,8 @@ class PastView:
     # What the FUSE layer asks of any file system (bftfs.fs.api) ---------------------------
 
     @property
-    def long_attrs(self) -> bool:
-        return False  # the mount's attribute timeout for everything
-
-    @property
     def close_to_open(self) -> bool:
         return False  # an open invalidates the kernel's attributes, as it always did here
-
-    def kernel_timeout(self, a: Attr) -> float | None:
-        return None  # the mount's
 
     def lease_remaining(self, ino: int, since: float) -> float:
         return 0.0  # the past takes no leases

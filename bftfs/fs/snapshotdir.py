@@ -116,15 +116,8 @@ class SnapshotBrowser:
     # What the FUSE layer asks of any file system --------------------------------------------
 
     @property
-    def long_attrs(self) -> bool:
-        return self.live.long_attrs
-
-    @property
     def close_to_open(self) -> bool:
         return self.live.close_to_open
-
-    def kernel_timeout(self, a: Attr) -> float | None:
-        return self.live.kernel_timeout(a) if is_live(a.ino) else None
 
     def lease_remaining(self, ino: int, since: float) -> float:
         return self.live.lease_remaining(ino, since) if is_live(ino) else 0.0

@@ -1,10 +1,10 @@
 """The attributes the kernel is answered and what the mount knows it holds.
 
 :meth:`KernelAttrs.entry` builds pyfuse3's ``EntryAttributes`` with the timeouts the kernel
-may cache them for (the mount's, a regular file's longer one, ``FileSystem.kernel_timeout``,
-or a lease's, ``fuse/leasecache.py``) and remembers per inode the attributes the kernel was
-last answered: an ``open`` that reads exactly those leaves the kernel's cache (and its
-timer) alone instead of dropping it (``Operations.open``, close-to-open for sizes)."""
+may cache them for (the mount's, or a lease's, ``fuse/leasecache.py``) and remembers per
+inode the attributes the kernel was last answered: an ``open`` that reads exactly those
+leaves the kernel's cache (and its timer) alone instead of dropping it
+(``Operations.open``, close-to-open for sizes)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class KernelAttrs:
     """Entries for the kernel, their timeouts, and what it was last told per inode.
 
     Args:
-        fs: the file system (its ``kernel_timeout`` per file).
+        fs: the file system.
         timeout: the mount's attribute timeout.
         entry_timeout: how long the kernel caches a name it found.
     """
@@ -65,9 +65,7 @@ class KernelAttrs:
         e.st_ino = a.ino
         e.generation = a.generation
         e.entry_timeout = self.entry_timeout
-        timeout = self.fs.kernel_timeout(a)
-        e.attr_timeout = self.timeout if timeout is None else timeout
-        e.attr_timeout = self.leased.attr_timeout(a.ino, e.attr_timeout)
+        e.attr_timeout = self.leased.attr_timeout(a.ino, self.timeout)
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid

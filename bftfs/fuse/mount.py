@@ -76,7 +76,6 @@ async def serve(
         lease_term=options.lease,
         commit=options.commit,
     ) as session:
-        session.fs.cache_regular_files(*options.acreg)
         # fcntl and flock locks every mount sees, under a lease this mount renews
         locks = LockManager(session.fs.meta, term=options.lock_lease)
         if session.endpoint is not None:  # waiters are woken by the nodes' pushes

@@ -5,8 +5,7 @@ model, and translates the answer into pyfuse3's types.  All protocol work (Q/U m
 PASIS blocks, the write-back cache, close-to-open consistency) lives in :mod:`bftfs.fs`.
 
 Errors (STYLE.md section 3): one decorator wraps every handler (:mod:`bftfs.fuse.handler`);
-the kernel's lock requests are translated by :mod:`bftfs.fuse.kernellocks`, its permission
-check redone by :mod:`bftfs.fuse.permissions`.
+the kernel's lock requests are translated by :mod:`bftfs.fuse.kernellocks`.
 
 Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
 
@@ -28,15 +27,12 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
   contents at the latest on open (close-to-open: ``open`` always asks the cluster, and the
   kernel keeps its cached pages of the file only if they are of the version the cluster
   holds, as NFS clients do; see ``FileSystem.keep_cache``).
-* a regular file's attribute timeout may be longer (mount options ``acregmin``/``acregmax``,
-  NFS's: a tenth of the time since the file last changed, within the two; by default both
-  equal the attribute timeout).  The kernel is given what is left of the timeout of the
-  attributes it is answered (``FileSystem.kernel_timeout``), so its cache and the daemon's
-  together never outlast one timeout.  The kernel's permission check before an open then
-  rests on a mode up to ``acregmax`` old: ``open`` checks the caller again on the mode it
-  has just read (before a truncation, on one at most the attribute timeout old), so a
-  permission another client took away is refused at the next open, as before; one it
-  granted is seen at once (the kernel asks again after refusing on its cached mode).
+* under a lease the kernel keeps attributes (and missing names) for what is left of the
+  lease (``fuse/leasecache.py``), and forgets them when the lease is recalled, before the
+  mount releases it: a change another client makes (a ``chmod`` too) waits for that, so the
+  kernel's permission check never rests on a mode older than the change.  NFS's
+  ``acregmin``/``acregmax`` longer timeouts, once mount options here, were folded into
+  leases.
 * names the kernel found are cached for :data:`DEFAULT_ENTRY_TIMEOUT` seconds (``bftfs
   mount --entry-timeout``), as NFS clients cache them (``acdirmin``): a path walk through
   a cached name costs no round, so reopening, stat-ing or removing a file named a while
@@ -74,7 +70,6 @@ from bftfs.fuse.handler import handler as _handler
 from bftfs.fuse.kernelattrs import KernelAttrs
 from bftfs.fuse.lockrequests import LockRequests
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
-from bftfs.fuse.permissions import permits
 from bftfs.fuse.recentlookups import RecentLookups
 
 log = logging.getLogger(__name__)
@@ -106,10 +101,6 @@ class Operations(pyfuse3.Operations):
         self.locks = locks
         self.supports_locks = locks is not None
         self.timeout = timeout
-        #: The kernel may hold a regular file's mode longer than ``timeout`` (the file
-        #: system's ``cache_regular_files``, mount options ``acregmin``/``acregmax``):
-        #: ``open`` then checks the caller's permission itself.
-        self.long_attrs = fs.long_attrs
         #: The entries the kernel is answered, their timeouts (leases' too), and what it
         #: was last told per inode.
         self.attrs = KernelAttrs(fs, timeout=timeout, entry_timeout=entry_timeout)
@@ -276,18 +267,8 @@ class Operations(pyfuse3.Operations):
         if self.read_only and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
         looked_up = self.lookups.opened(ctx.pid, inode)
-        trunc = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
-        long_attrs = self.long_attrs
-        if long_attrs and trunc:
-            # decided before the truncation, on a mode at most ``timeout`` old
-            a = await self.fs.getattr(inode, within=self.timeout)
-            if not permits(a, ctx, flags):
-                raise pyfuse3.FUSEError(errno.EACCES)
         fh = await self.fs.open(inode, flags, reached_by_name=True, looked_up=looked_up)
         self.lookups.forget_found(ctx.pid)
-        if long_attrs and not trunc and not permits(await self.fs.getattr(inode), ctx, flags):
-            await self.fs.release(fh)  # (the mode this open read: no round)
-            raise pyfuse3.FUSEError(errno.EACCES)
         # Close-to-open for sizes: the kernel's attributes may be of an older version
         # (another client's close since, or a lookup answered before it); dropping them
         # makes its next stat or read past the cached size ask us, and we answer the

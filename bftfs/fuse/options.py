@@ -11,14 +11,6 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      asked; an unprivileged user needs ``user_allow_other`` in /etc/fuse.conf)
 ``attr_timeout=S``   seconds the kernel caches attributes and missing names (default 1)
 ``entry_timeout=S``  seconds the kernel caches names it found (default 30)
-``acregmin=S``       NFS's adaptive attribute cache for regular files: a file's attributes
-``acregmax=S``       are cached a tenth of the time since it last changed, at least
-                     ``acregmin`` and at most ``acregmax`` seconds (both default to
-                     ``attr_timeout``: the fixed timeout, and its promise that another
-                     client's change shows within it).  Longer, a change made elsewhere
-                     shows in ``stat`` only after the file's timeout; an open still sees
-                     the last close's size and contents and checks the caller's
-                     permission on the fresh mode (docs/fs.md)
 ``timeo=S``          how long a request of the kernel waits for an unavailable cluster (more
                      than ``t`` nodes down, or none reachable) before it fails with EIO
                      (default 10; the wait starts again whenever the cluster answers)
@@ -133,23 +125,12 @@ class MountOptions:
     metrics_addr: str = "127.0.0.1"
     #: Create write-behind (``nowsync``); ``wsync`` turns it off.
     write_behind: bool = True
-    #: Bounds of a regular file's attribute timeout (None: ``attr_timeout``).
-    acregmin: float | None = None
-    acregmax: float | None = None
     #: Seconds a lease is asked for (``lease=``; 0: no leases, every query a round).
     lease: float = DEFAULT_LEASE
     #: Seconds directory write-back keeps a closed create (``commit=``; 0: closes wait).
     commit: float = DEFAULT_COMMIT
     #: Seconds this mount's locks live on the servers unless renewed (``locklease=``).
     lock_lease: float = DEFAULT_LOCK_LEASE
-
-    @property
-    def acreg(self) -> tuple[float, float]:
-        """(acregmin, acregmax) in seconds, ``attr_timeout`` where not given; a maximum
-        below the minimum is raised to it (as NFS clamps)."""
-        lo = self.attr_timeout if self.acregmin is None else self.acregmin
-        hi = self.attr_timeout if self.acregmax is None else self.acregmax
-        return lo, max(lo, hi)
 
     @property
     def deadline(self) -> float | None:
@@ -168,10 +149,6 @@ class MountOptions:
         out += [f"attr_timeout={self.attr_timeout:g}", f"entry_timeout={self.entry_timeout:g}"]
         out.append(f"{'hard' if self.hard else 'soft'},timeo={self.timeo:g}")
         out.append("nowsync" if self.write_behind else "wsync")
-        for name in ("acregmin", "acregmax"):
-            value = getattr(self, name)
-            if value is not None:
-                out.append(f"{name}={value:g}")
         if self.lease != DEFAULT_LEASE:
             out.append(f"lease={self.lease:g}")
         if self.commit != DEFAULT_COMMIT:
@@ -223,7 +200,13 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             if not value:
                 raise OptionError("mount option client= needs a client name")
             changes["client"] = value
-        elif name in ("attr_timeout", "entry_timeout", "acregmin", "acregmax") and eq:
+        elif name in ("acregmin", "acregmax"):
+            raise OptionError(
+                f"mount option {name}= was removed: leases (lease=, default "
+                f"{DEFAULT_LEASE:g} s) let the kernel keep a file's attributes until another "
+                'client\'s change recalls them (docs/fs.md, "Leases")'
+            )
+        elif name in ("attr_timeout", "entry_timeout") and eq:
             changes[name] = _seconds(name, value)
         elif name == "timeo" and eq:
             changes["timeo"] = _seconds(name, value)
@@ -259,7 +242,7 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
         else:
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
-                "attr_timeout=, entry_timeout=, acregmin=, acregmax=, timeo=, hard, wsync, "
+                "attr_timeout=, entry_timeout=, timeo=, hard, wsync, "
                 "nowsync, lease=, commit=, locklease=, metrics_port=, metrics_addr=)"
             )
     return dataclasses.replace(opts, **changes)  # type: ignore[arg-type]
