@@ -161,7 +161,7 @@ class FileSystem:
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
         if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
-            self.meta.leases = Leases(self.meta.update, term=lease_term, b=config.b, n=config.n)
+            self.meta.leases = Leases(self._lease_update, term=lease_term, b=config.b, n=config.n)
             self.meta.leases.query = self.meta.query_now
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         if self.meta.leases is not None:
@@ -406,6 +406,16 @@ class FileSystem:
 
     async def revalidate(self, fh: int) -> None:
         await self.handles.revalidate(fh)
+
+    async def _lease_update(self, objects: list[int], method: str, arg: Any) -> Any:
+        """The update leases are taken, renewed and released with.  A take or renewal
+        (``fs.lease``) changes no content, so it is not gated: gated, each renewal of a
+        directory's lease sent its deferred creates, and each sweep renewing held files
+        sent their buffered writes one file per update (PostMark: a sixth of its rounds),
+        where write-back sends them eight per update.  A release stays gated: a recall's
+        contract is that what the mount buffered goes first."""
+        send = self.meta.update_now if method == "fs.lease" else self.meta.update
+        return await send(objects, method, arg)
 
     async def write_back(self) -> None:
         """Send every create directory write-back holds (``fsync`` of a directory: its
