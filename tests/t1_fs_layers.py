@@ -14,6 +14,8 @@ import ast
 import re
 from pathlib import Path
 
+from importscan import runtime_imports
+
 ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 DOC = ROOT.parent / "docs" / "architecture.md"
 
@@ -45,15 +47,8 @@ def layer_order(text: str) -> list[str]:
 
 def fs_imports(source: str) -> set[str]:
     """The ``bftfs.fs`` modules ``source`` imports outside ``TYPE_CHECKING`` blocks."""
-    tree = ast.parse(source)
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for n in ast.walk(node))
     out: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in runtime_imports(source):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
