@@ -187,7 +187,7 @@ class FileSystem:
             enabled=write_behind,
             open_existing=lambda *a: self.handles.open_existing(*a),
         )
-        self.order = self.meta.gate = CallOrder(self.pending.table, self.pending.sends)
+        self.order = self.meta.gate = CallOrder(self.pending.creates, self.pending.sends)
         self.names.pending_names = lambda ino: [p.name for p in self.pending.pending_in(ino)]
         self.attributes = Attributes(
             self.meta,

@@ -78,7 +78,7 @@ class PendingCreates:
     protocol calls, the cache, the handle table, the flush engine and how to open another
     client's file (``open_existing``: :data:`~bftfs.fs.createsend.OpenExisting`, given at
     construction, ``Handles.open_existing``); the creates themselves are kept below it
-    (:class:`~bftfs.fs.createtable.CreateTable`, ``table``) and sent below it
+    (:class:`~bftfs.fs.createtable.CreateTable`, ``creates``) and sent below it
     (:class:`~bftfs.fs.createsends.CreateSends`, ``sends``).  Called by :class:`Handles`
     at create, read, flush (:meth:`made_file`) and release, and by :class:`Attributes`
     before a truncation's flush."""
@@ -99,11 +99,11 @@ class PendingCreates:
         self.bs = meta.bs
         self.inline = cache.inline
         self.write_behind = enabled
-        self.table = CreateTable(cache)
+        self.creates = CreateTable(cache)
         self.sender = CreateSender(
-            meta, cache, table, engine, open_existing, self.table.moved_files
+            meta, cache, table, engine, open_existing, self.creates.moved_files
         )
-        self.sends = CreateSends(self.table, self.sender, cache, engine)
+        self.sends = CreateSends(self.creates, self.sender, cache, engine)
         #: The longest name a create may be held back with (shorter in a sealed cluster,
         #: ``fs/seal.py``): a longer one is refused by the synchronous create at once.
         self.name_max = obj.NAME_MAX
@@ -114,29 +114,29 @@ class PendingCreates:
     @property
     def writeback(self) -> WriteBack | None:
         """Directory write-back (``fs/writeback.py``; None: every close sends)."""
-        return self.table.writeback
+        return self.creates.writeback
 
     @writeback.setter
     def writeback(self, writeback: WriteBack | None) -> None:
-        self.table.writeback = writeback
+        self.creates.writeback = writeback
 
     @property
     def unlinks(self) -> PendingUnlinks | None:
         """Removals held back (``fs/unlinkback.py``), which calls follow too."""
-        return self.table.unlinks
+        return self.creates.unlinks
 
     @unlinks.setter
     def unlinks(self, unlinks: PendingUnlinks | None) -> None:
-        self.table.unlinks = unlinks
+        self.creates.unlinks = unlinks
 
     @property
     def held(self) -> HeldFiles | None:
         """The files this mount holds exclusively (``fs/heldfiles.py``)."""
-        return self.table.held
+        return self.creates.held
 
     @held.setter
     def held(self, held: HeldFiles | None) -> None:
-        self.table.held = held
+        self.creates.held = held
 
     # Creating ----------------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class PendingCreates:
         except MethodRefused as e:
             raise from_refusal(e.code, e.message) from None
         p = PendingCreate(parent, name, arg["o"], arg, uid, gid, flags)
-        self.table.add(p)
+        self.creates.add(p)
         self.cache.learn(parent, name, p.oid, st.S_IFREG >> 12)
         self.cache.kernel_saw(p.oid, s)  # a new inode: the kernel holds no pages of it
         f = self.cache.files[p.oid] = OpenFile.from_stat(p.oid, s, self.bs)
@@ -176,13 +176,13 @@ class PendingCreates:
         ``fs/writeback.py``): a new file's create, never sent yet, in a directory this
         mount holds an exclusive lease on; a file past the inline limit keeps its blocks
         buffered with it (``writeback.MAX_FILE``), written when the create is sent."""
-        p = self.table.pending_of(f.ino)
+        p = self.creates.pending_of(f.ino)
         return (
             p is not None
             and self.writeback is not None
             and p.sender is None
             and p.failures == 0
-            and not self.table.moved(f.ino)
+            and not self.creates.moved(f.ino)
             and f.behind is None
             and self.writeback.defer(p, f.size)
         )
@@ -191,7 +191,7 @@ class PendingCreates:
         """The attributes of ``ino`` when its create is left to write-back and not being
         sent: no server holds the file yet, so what this mount knows of it is all there is
         (a ``stat`` of a file just written, as ``make`` does, need not send it)."""
-        p = self.table.pending_of(ino)
+        p = self.creates.pending_of(ino)
         if p is None or p.sender is not None or self.writeback is None:
             return None
         f = self.cache.files.get(ino)
@@ -218,7 +218,7 @@ class PendingCreates:
             and self.inline > 0
             and (not flags & os.O_EXCL or self._surely_new(parent, name))
             and parent in self.cache.dir_modes
-            and not self.table.named(parent, name)
+            and not self.creates.named(parent, name)
             and isinstance(name, bytes)
             and name not in (b"", b".", b"..")
             and b"/" not in name
@@ -251,21 +251,21 @@ class PendingCreates:
             FsError: the create could not be made (EEXIST, ...; ``Unavailable``: it stays
                 pending).
         """
-        failed = self.table.failure_of(f.ino)
+        failed = self.creates.failure_of(f.ino)
         if failed is not None:
             raise failed
-        p = self.table.pending_of(f.ino)
+        p = self.creates.pending_of(f.ino)
         if p is not None and self.writeback is not None and self.writeback.deferred(p.oid):
             await self.sends.send_one(p)  # with the directory's next five (a read of it)
-            p = self.table.pending_of(f.ino)
+            p = self.creates.pending_of(f.ino)
         if p is not None:
             await self.sends.send(p, quiet=False)
-            failed = self.table.failure_of(f.ino)
+            failed = self.creates.failure_of(f.ino)
             if failed is not None:
                 raise failed
         if f.ino in self.cache.unmade:  # failed for good while closed: the name leads elsewhere
             raise StaleView(f"object {f.ino} was never made: its create failed")
-        return self.table.moved_files.get(f.ino, f)
+        return self.creates.moved_files.get(f.ino, f)
 
     def is_deferred(self, oid: int) -> bool:
         """Whether ``oid``'s create waits in directory write-back, its file closed and
@@ -285,44 +285,44 @@ class PendingCreates:
         """Send the pending creates of ``oids`` (a deferred one with up to five more of
         its directory), as a call on them would."""
         for oid in oids:
-            p = self.table.pending_of(oid)
+            p = self.creates.pending_of(oid)
             if p is not None:
                 await self.sends.send_one(p)
 
     def pending_in(self, parent: int) -> list[PendingCreate]:
         """The pending creates of directory ``parent``."""
-        return self.table.pending_in(parent)
+        return self.creates.pending_in(parent)
 
     def is_pending(self, oid: int) -> bool:
         """Whether ``oid`` is a create this mount has not sent (or one whose name turned
         out taken)."""
-        return self.table.is_pending(oid)
+        return self.creates.is_pending(oid)
 
     # The hooks of Handles.read and Handles.release --------------------------------------
 
     def not_made(self, ino: int) -> bool:
         """Whether ``ino``'s create is pending or failed (a read sends it first)."""
-        return self.table.not_made(ino)
+        return self.creates.not_made(ino)
 
     def sure_to_be_made(self, ino: int) -> bool:
         """Whether ``ino``'s pending create cannot find its name taken: this mount holds a
         lease on the directory and knows its whole listing under it, which lacks the name,
         and nobody else can add one while the lease runs.  A read of the file may then be
         answered from what the mount holds, without sending the create first."""
-        p = self.table.pending_of(ino)
+        p = self.creates.pending_of(ino)
         leases = self.meta.leases
         return (
             p is not None
             and leases is not None
             and p.failures == 0
-            and self.table.failure_of(ino) is None
-            and not self.table.moved(ino)
+            and self.creates.failure_of(ino) is None
+            and not self.creates.moved(ino)
             and leases.known_absent(p.parent, p.name)
         )
 
     def aliases_of(self, f: OpenFile) -> list[int]:
         """The object ids of creates whose writes moved to ``f`` (:meth:`CreateSender.collided`)."""
-        return self.table.aliases_of(f)
+        return self.creates.aliases_of(f)
 
     def closed(self, f: OpenFile, ino: int, alias: list[int]) -> None:
         """The last handle of ``f`` (file ``ino``) was released: a file whose create
@@ -330,5 +330,5 @@ class PendingCreates:
         for oid in alias:
             if self.cache.files.get(oid) is f:
                 del self.cache.files[oid]
-        if self.table.failure_of(ino) is not None:
-            self.table.abandon(ino)
+        if self.creates.failure_of(ino) is not None:
+            self.creates.abandon(ino)
