@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
+from importscan import runtime_imports
 
 ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 DOC = ROOT.parent / "docs" / "architecture.md"
@@ -88,15 +89,8 @@ def _is_module(name: str) -> bool:
 
 def _imports(path: Path) -> set[str]:
     """Top-level bftfs packages ``path`` imports anywhere outside TYPE_CHECKING blocks."""
-    tree = ast.parse(path.read_text())
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for n in ast.walk(node))
     out: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in runtime_imports(path.read_text()):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]

@@ -7,7 +7,7 @@ each in turn before a gated query or update on ``objects``:
 1. the buffered writes of the files held exclusively here (``fs/heldfiles.py``) named
    by the call;
 2. the removals held back in a directory (``fs/unlinkback.py``) the call is about;
-3. the pending creates (``fs/writebehind.py``): those of a directory among the objects,
+3. the pending creates (``fs/createtable.py``): those of a directory among the objects,
    and a pending file among them.  A call about another entry of a directory whose
    creates wait for write-back commutes with them (only this mount sees the directory,
    by its exclusive lease), so they stay deferred.
@@ -27,25 +27,28 @@ from typing import Any
 import trio
 
 from bftfs.fs.createsend import PendingCreate
+from bftfs.fs.createsends import CreateSends
+from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import StaleView
-from bftfs.fs.meta import Meta
-from bftfs.fs.writebehind import PendingCreates
 
 
 class CallOrder:
-    """``meta.CallGate`` over the parts that hold work back (module docstring); the held
-    files and removals are found through ``pending.held`` and ``pending.unlinks``."""
+    """``meta.CallGate`` over the parts that hold work back (module docstring): the creates
+    (``creates``, sent through ``sends``), and the held files and removals found with them
+    (``creates.held``, ``creates.unlinks``).  The file system gives it to ``Meta`` as its
+    gate (``Meta.gate``): ``Meta`` knows only the interface it declares, and this part,
+    above it, calls down from there."""
 
-    def __init__(self, meta: Meta, pending: PendingCreates) -> None:
-        self.pending = pending
-        self.cache = pending.cache
-        meta.gate = self
+    def __init__(self, creates: CreateTable, sends: CreateSends) -> None:
+        self.creates = creates
+        self.sends = sends
+        self.cache = creates.cache
 
     def holds_back(self) -> bool:
         """Whether anything may have to go first (asked before every call)."""
-        unlinks, held = self.pending.unlinks, self.pending.held
+        unlinks, held = self.creates.unlinks, self.creates.held
         return (
-            self.pending.holds_back_creates()
+            self.creates.holds_back_creates()
             or (unlinks is not None and unlinks.holds_back())
             or (held is not None and held.holds_back())
         )
@@ -53,7 +56,7 @@ class CallOrder:
     async def before_call(self, objects: list[int], arg: Any) -> None:
         """Send what a call on ``objects`` with argument ``arg`` must follow."""
         names = _names_in(arg)
-        unlinks, held = self.pending.unlinks, self.pending.held
+        unlinks, held = self.creates.unlinks, self.creates.held
         if held is not None and held.holds_back():
             await held.before(objects)
         if unlinks is not None and unlinks.holds_back():
@@ -63,37 +66,37 @@ class CallOrder:
     async def _creates_before(self, objects: list[int], names: set[bytes], arg: Any) -> None:
         """Send the pending creates a call on ``objects`` (about ``names`` in them) must
         follow: those of a directory among them, and a pending file among them."""
-        pending = self.pending
-        writeback = pending.writeback
+        creates = self.creates
+        writeback = creates.writeback
         for oid in objects:
-            if pending.moved_only(oid):
+            if creates.moved_only(oid):
                 raise StaleView(f"object {oid} was never made: its name was taken")
-            p = pending.pending_of(oid)
+            p = creates.pending_of(oid)
             if p is not None:
-                await pending.sends.send_one(p)
-            failed = pending.failure_of(oid)
+                await self.sends.send_one(p)
+            failed = creates.failure_of(oid)
             if failed is not None:  # open here: its calls say why
                 raise failed
             if oid in self.cache.unmade:  # reached by a name the kernel cached: look again
                 raise StaleView(f"object {oid} was never made: its create failed")
             deferred = []
-            for p in pending.pending_in(oid):
+            for p in creates.pending_in(oid):
                 if p.oid in objects or p.name in names:
-                    await pending.sends.send_one(p)
+                    await self.sends.send_one(p)
                 elif self._about_another_entry(p, objects, arg):
                     continue  # written back later: a call about another name needs it not
                 elif writeback is not None and writeback.deferred(p.oid):
                     deferred.append(p)  # sent together below (a recall's release, a listing)
                 elif trio.current_time() >= p.resend_at:
-                    await pending.sends.send(p)
+                    await self.sends.send(p)
             if deferred:
-                await pending.sends.send_deferred(deferred)
+                await self.sends.send_deferred(deferred)
 
     def _about_another_entry(self, p: PendingCreate, objects: list[int], arg: Any) -> bool:
         """Whether a call is about one entry of ``p``'s directory other than ``p``'s (a
         lookup, create, unlink or mkdir of another name) while ``p`` waits for write-back:
         such calls commute with ``p``'s create, so ``p`` stays deferred."""
-        writeback = self.pending.writeback
+        writeback = self.creates.writeback
         if writeback is None or not writeback.deferred(p.oid):
             return False
         if isinstance(arg, bytes):  # fs.lookup(directory, name)

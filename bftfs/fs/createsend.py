@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import stat as st
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
+from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache, content_version
 from bftfs.fs.errors import Exists, FsError, NoSpace, NotFound, Unavailable
 from bftfs.fs.filedata import FlushEngine
@@ -25,15 +27,19 @@ from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Taken
 from bftfs.fsobjects.leases import INHERIT
 from bftfs.outcome import ClusterUnavailable
 
-if TYPE_CHECKING:
-    from bftfs.fs.handles import Handles
-
 log = logging.getLogger(__name__)
 
 #: Object ids of created files that turned out to collide, or whose create failed for
 #: good, kept to answer ESTALE (the kernel then looks the name up again); forgetting one
 #: only turns that into ENOENT.
 MOVED_LIMIT = 10_000
+
+#: Opening another client's file found under a pending create's name, as a synchronous
+#: create would (``Handles.open_existing``, given by the file system): ``(parent, name,
+#: uid, gid, flags)`` -> its handle and attributes, or None when it may not be opened so;
+#: raises ``NotFound`` when the name is gone again.  The one thing a send needs from a
+#: part above it, so it is declared here and given, not imported.
+OpenExisting = Callable[[int, bytes, int, int, int], Awaitable[tuple[int, Attr] | None]]
 
 
 @dataclass(eq=False)
@@ -59,8 +65,9 @@ class PendingCreate:
 
 class CreateSender:
     """Makes a pending create on the servers (:meth:`send_now`).  Given the protocol calls,
-    the cache, the handle table, the flush engine, the handles (to open another client's
-    file as a synchronous create would) and the pending creates' record of moved files."""
+    the cache, the handle table, the flush engine, how to open another client's file as a
+    synchronous create would (:data:`OpenExisting`) and the pending creates' record of
+    moved files."""
 
     def __init__(
         self,
@@ -68,17 +75,17 @@ class CreateSender:
         cache: MetadataCache,
         table: HandleTable,
         engine: FlushEngine,
-        handles: Handles,
+        open_existing: OpenExisting,
         moved: dict[int, OpenFile],
     ) -> None:
         self.meta = meta
         self.cache = cache
         self.table = table
         self.engine = engine
-        self.handles = handles
+        self._open_existing = open_existing
         self.inline = cache.inline
         self.lease_token = meta.lease_token
-        #: (the dict of :class:`~bftfs.fs.writebehind.PendingCreates`)
+        #: (``CreateTable.moved_files``: a create that met another client's file -> that file)
         self._moved = moved
 
     async def send_now(self, p: PendingCreate) -> None:
@@ -178,7 +185,7 @@ class CreateSender:
         """``fs.createmany``: several files of one directory in one update (directory
         write-back, ``fs/writeback.py``), a small one with its content, a bigger one
         empty and with the write lease, so that its blocks (written next, by the caller:
-        ``PendingCreates._write_back_closed``) need no ``fs.lock``; all made, or none (the
+        ``CreateSends._write_back_closed``) need no ``fs.lock``; all made, or none (the
         caller then sends each alone, where every special case is handled)."""
         parent = ps[0].parent
         files = [self.cache.files[p.oid] for p in ps]
@@ -250,7 +257,7 @@ class CreateSender:
 
     async def collided(self, p: PendingCreate, f: OpenFile | None) -> bool:
         """Another client made ``p``'s name before it was sent: open that file as a
-        synchronous create would (:meth:`Handles.open_existing`) and move this file's
+        synchronous create would (:data:`OpenExisting`) and move this file's
         buffered writes and handles onto it.  False: the name is gone again (retry).
 
         Raises:
@@ -258,7 +265,7 @@ class CreateSender:
                 checked it, not this mount): the flush and close fail with EEXIST.
         """
         try:
-            opened = await self.handles.open_existing(p.parent, p.name, p.uid, p.gid, p.flags)
+            opened = await self._open_existing(p.parent, p.name, p.uid, p.gid, p.flags)
         except NotFound:
             return False
         if opened is None:

@@ -5,28 +5,25 @@ meanwhile.
 
 A call of another task waits for a create being sent; a call made while sending it (or
 another one) goes on, so two sends never wait for each other.  What a send found out
-goes back to :class:`~bftfs.fs.writebehind.PendingCreates`, which keeps the pending,
-failed and moved creates: made (no longer pending), failed for good (its flush and close
-say why), or pending again with a resend time (``RESEND_FIRST`` doubling up to
-``RESEND_MAX``).
+goes to the table of creates below it (:class:`~bftfs.fs.createtable.CreateTable`):
+made (no longer pending), failed for good (its flush and close say why), or pending again
+with a resend time (``RESEND_FIRST`` doubling up to ``RESEND_MAX``).  Each create is made
+by :class:`~bftfs.fs.createsend.CreateSender`, below that.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 
 from bftfs.fs.caches import MetadataCache
-from bftfs.fs.createsend import PendingCreate
+from bftfs.fs.createsend import CreateSender, PendingCreate
+from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import FsError, NoSpace, Unavailable
 from bftfs.fs.filedata import FlushEngine, _spawn
 from bftfs.fs.writeback import BATCH
-
-if TYPE_CHECKING:
-    from bftfs.fs.writebehind import PendingCreates
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +36,17 @@ RESEND_MAX = 30.0
 
 class CreateSends:
     """How pending creates are sent (module docstring); the creates themselves are
-    ``creates``' (the pending, failed and moved ones), the sending is done here."""
+    ``creates``' (the pending, failed and moved ones), each made by ``sender``."""
 
-    def __init__(self, creates: PendingCreates, cache: MetadataCache, engine: FlushEngine) -> None:
+    def __init__(
+        self,
+        creates: CreateTable,
+        sender: CreateSender,
+        cache: MetadataCache,
+        engine: FlushEngine,
+    ) -> None:
         self.creates = creates
+        self.sender = sender
         self.cache = cache
         self.engine = engine
         #: Tasks sending a pending create now (they never wait for another one: no deadlock).
@@ -76,7 +80,7 @@ class CreateSends:
         settled = False  # made, or failed for good (else pending again)
         made = False
         try:
-            await self.creates.sender.send_now(p)
+            await self.sender.send_now(p)
             settled = made = True
         except Unavailable as e:  # the cluster did not answer: try again at the next flush
             p.failures += 1
@@ -136,7 +140,7 @@ class CreateSends:
         self._senders.add(me)
         made = False
         try:
-            await self.creates.sender.send_many(ps)
+            await self.sender.send_many(ps)
             made = True
         except Exception as e:  # noqa: BLE001 - each is then sent alone (it reports)
             log.debug("creates of %s sent together failed (each goes alone): %s", ps, e)

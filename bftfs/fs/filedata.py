@@ -83,7 +83,8 @@ class FlushEngine:
         #: docs/fs.md).
         self.big_bs = big_bs
         #: Read-ahead and write-behind of big files: blocks prefetched, prefetched blocks
-        #: a read used or waited for, background flushes and their failures.
+        #: a read used or waited for, background flushes and their failures (counted by
+        #: ``fs/flushbehind.py``).
         self.streaming: Counter[str] = Counter()
 
     @property
@@ -207,45 +208,6 @@ class FlushEngine:
                 done.set()
 
         _spawn(fetch)
-
-    # Write-behind ------------------------------------------------------------------------
-
-    def flush_behind(self, f: OpenFile, flush: Callable[[OpenFile], Awaitable[None]]) -> None:
-        """Start flushing ``f`` in the background (a sequential writer passed
-        ``dirty_limit``), unless a background flush runs already.  It is the ordinary
-        flush (:meth:`flush`: lease, blocks, then size and mtime), so whatever it sent is
-        complete on a quorum when it ends; writes made meanwhile stay buffered (the flush
-        sends what it snapshotted and keeps blocks changed since dirty).  Its error is
-        kept in ``behind_error`` for the next write, flush, fsync or close
-        (:meth:`behind_done`)."""
-        if f.behind is not None:
-            return
-        done = f.behind = trio.Event()
-        self.streaming["behind-flushes"] += 1
-
-        async def flush_in_background() -> None:
-            try:
-                await flush(f)
-            except Exception as e:
-                self.streaming["behind-failures"] += 1
-                log.info("background flush of file %d failed: %s", f.ino, e)
-                if f.behind_error is None:
-                    f.behind_error = e
-            finally:
-                f.behind = None
-                done.set()
-
-        _spawn(flush_in_background)
-
-    async def behind_done(self, f: OpenFile, *, report: bool) -> None:
-        """Wait for ``f``'s background flush; with ``report``, raise the error a background
-        flush failed with (once: it was reported then; the data it did not send is still
-        buffered, and the next flush sends it again)."""
-        while f.behind is not None:
-            await f.behind.wait()
-        if report and f.behind_error is not None:
-            e, f.behind_error = f.behind_error, None
-            raise e
 
     async def adopt(self, f: OpenFile, s: dict[str, Any]) -> None:
         """Take ``s`` (fresh from the servers) as ``f``'s state.  If another client changed

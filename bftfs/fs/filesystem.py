@@ -48,9 +48,12 @@ public call to one of them.  From the bottom:
 - :class:`~bftfs.fs.namespace.Names` (``namespace.py``): lookup, getattr, readdir, create,
   link, unlink, rename, ...;
 - :class:`~bftfs.fs.handletable.HandleTable` (``handletable.py``): handle -> open file;
-- :class:`~bftfs.fs.writebehind.PendingCreates` (``writebehind.py``, sending in
-  ``createsend.py``): creates sent with their first flush (``write_behind``).  ``Meta``
-  has one hook it fills (a ``CallGate``): what a call must send first;
+- :class:`~bftfs.fs.writebehind.PendingCreates` (``writebehind.py``, their table in
+  ``createtable.py``, sending in ``createsends.py``/``createsend.py``): creates sent with
+  their first flush (``write_behind``);
+- :class:`~bftfs.fs.callorder.CallOrder` (``callorder.py``): what a call must send first
+  (held files, removals, creates); this facade plugs it into ``Meta``'s one hook, a
+  ``CallGate`` that ``meta.py`` declares;
 - :class:`~bftfs.fs.attributes.Attributes` (``attributes.py``): setattr, truncation, xattrs;
 - :class:`~bftfs.fs.handles.Handles` (``handles.py``): create/open, read, write, flush,
   release; it asks the pending creates at create, read, flush and release;
@@ -161,8 +164,9 @@ class FileSystem:
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
         if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
-            self.meta.leases = Leases(self._lease_update, term=lease_term, b=config.b, n=config.n)
-            self.meta.leases.query = self.meta.query_now
+            self.meta.leases = Leases(
+                self._lease_update, self.meta.query_now, term=lease_term, b=config.b, n=config.n
+            )
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         if self.meta.leases is not None:
             # What this mount answered about an object before its lease is not covered by
@@ -179,9 +183,14 @@ class FileSystem:
         self.names = Names(self.meta, self.cache, self.reclaimer)
         self.table = HandleTable()
         self.pending = PendingCreates(
-            self.meta, self.cache, self.table, self.engine, enabled=write_behind
+            self.meta,
+            self.cache,
+            self.table,
+            self.engine,
+            enabled=write_behind,
+            open_existing=lambda *a: self.handles.open_existing(*a),
         )
-        self.order = CallOrder(self.meta, self.pending)
+        self.order = self.meta.gate = CallOrder(self.pending.creates, self.pending.sends)
         self.names.pending_names = lambda ino: [p.name for p in self.pending.pending_in(ino)]
         self.attributes = Attributes(
             self.meta,
@@ -204,7 +213,6 @@ class FileSystem:
             dirty_limit=dirty_limit,
             behind_limit=behind_limit,
         )
-        self.pending.attach(self.handles)
         if self.meta.leases is not None and commit > 0 and write_behind:
             # Directory write-back (fs/writeback.py): closes of new files in a directory
             # this mount holds an exclusive lease on leave their create pending.

@@ -27,6 +27,7 @@ from bftfs.fs.errors import (
 )
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
+from bftfs.fs.flushbehind import behind_done, flush_behind
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
@@ -266,7 +267,7 @@ class Handles:
         background flush is raised here (the data it did not send stays buffered)."""
         f, flags = self.table.handle(fh)
         if f.behind_error is not None:
-            await self.engine.behind_done(f, report=True)
+            await behind_done(f, report=True)
         if flags & os.O_APPEND:
             offset = f.size
         if offset < 0:
@@ -288,15 +289,15 @@ class Handles:
         f.record(offset, data, bool(flags & os.O_APPEND))
         if f.dirty_bytes > self.dirty_limit:
             if self.behind_limit and sequential:
-                self.engine.flush_behind(f, self._flush_file)
+                flush_behind(f, self._flush_file, self.engine.streaming)
                 while f.behind is not None and f.dirty_bytes > self.behind_limit:
                     await f.behind.wait()  # backpressure
                     if f.behind_error is not None:
                         break  # buffered; the error is reported at the next call
                     if f.dirty_bytes > self.dirty_limit:
-                        self.engine.flush_behind(f, self._flush_file)
+                        flush_behind(f, self._flush_file, self.engine.streaming)
             else:
-                await self.engine.behind_done(f, report=False)
+                await behind_done(f, report=False)
                 await self._flush_file(f)
         return len(data)
 
@@ -312,7 +313,7 @@ class Handles:
     async def _sync(self, f: OpenFile, *, durable: bool = True) -> None:
         """Wait for the background flush, flush what is buffered, then raise the
         background flush's error if it failed (never lost silently)."""
-        await self.engine.behind_done(f, report=False)
+        await behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
         if failed is not None or durable or not self._may_defer(f):

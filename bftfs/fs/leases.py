@@ -92,6 +92,7 @@ class Leases:
     def __init__(
         self,
         update: Update,
+        query: Query | None = None,
         *,
         term: float,
         b: int,
@@ -100,8 +101,16 @@ class Leases:
         spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
     ) -> None:
         """``update``: the gated Q/U update of the file system (``Meta.update``): a
-        release must follow what the mount buffered.  ``term``: seconds a lease is asked
-        for.  ``b``: pushes from ``b + 1`` nodes make a recall believed."""
+        release must follow what the mount buffered.  ``query``: the ungated query
+        (``Meta.query_now``): a directory's listing is read once its exclusive lease is
+        granted (None: never).  ``term``: seconds a lease is asked for.  ``b``: pushes from
+        ``b + 1`` nodes make a recall believed.
+
+        The two calls are the only way this part reaches the servers, and ``Meta`` (above
+        it: it asks the leases before each query and tells them of each update) gives them
+        here: the leases import nothing of it, and call it only from their own background
+        tasks (taking, renewing, releasing a lease, reading a listing) and at unmount
+        (:meth:`release_all`), never inside one of ``Meta``'s calls."""
         self._update = update
         self.term = term
         self.b = b
@@ -118,9 +127,7 @@ class Leases:
         self._creates: Counter[int] = Counter()
         #: Objects asked for and the kind wanted (an exclusive wish wins).
         self._kinds: dict[int, int] = {}
-        #: The ungated query of the file system (``Meta.query_now``): a directory's listing
-        #: is read once its exclusive lease is granted.
-        self.query: Query | None = None
+        self.query = query
         self._quiet_until: dict[int, float] = {}
         self._asking: set[int] = set()
         #: Objects asked for and not yet sent (:meth:`_take_wanted` runs while any are).

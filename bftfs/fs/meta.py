@@ -8,11 +8,13 @@ client's write lease, a taken object id) become the private exceptions below, ev
 else an :mod:`bftfs.fs.errors` error.  Object-id placement (:meth:`Meta.new_oid`) lives
 here too because it decides which servers an operation meets.
 
-This is the lowest part of :class:`~bftfs.fs.filesystem.FileSystem`: every other part is
-given this one and calls it; it calls none of them.  One hook runs before a call: the
-pending creates of write-behind (:class:`CallGate`, :mod:`bftfs.fs.writebehind`) send
-what a call must follow (:meth:`Meta.query`, :meth:`Meta.update`); their own sends go
-around it (:meth:`Meta.query_now`, :meth:`Meta.update_now`).
+This is the lowest part of :class:`~bftfs.fs.filesystem.FileSystem` but the leases: every
+other part is given this one and calls it; it imports none of them.  Two interfaces it
+declares are filled from above by the file system: the gate (:class:`CallGate`, filled by
+``fs/callorder.py``), which sends what the mount holds back that a call must follow, before
+:meth:`Meta.query` and :meth:`Meta.update` (the sends themselves go around it:
+:meth:`Meta.query_now`, :meth:`Meta.update_now`); and the leases (``fs/leases.py``, below
+this part), which answer queries they keep good and are told of each update.
 """
 
 from __future__ import annotations
@@ -158,7 +160,8 @@ class Meta:
         self.method_seconds: defaultdict[str, float] = defaultdict(float)
         #: (trio time, bytes used on a node) of the last ``statfs`` answer from the nodes.
         self._space: tuple[float, int] | None = None
-        #: Runs before every query and update but its own (None: nothing to wait for).
+        #: Runs before every query and update but its own (None: nothing to wait for;
+        #: ``fs/callorder.py``'s ``CallOrder``, given by the file system).
         self.gate: CallGate | None = None
         #: This mount's leases (``fs/leases.py``; None: it takes none).  Queries they
         #: keep good are answered from them; every update tells them what it changes.

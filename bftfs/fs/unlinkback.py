@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -40,9 +39,7 @@ from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.meta import Meta, _Stale
 from bftfs.fs.reclaim import Reclaimer
-
-if TYPE_CHECKING:
-    from bftfs.fs.writeback import WriteBack
+from bftfs.fs.writeback import PendingUnlink, WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +48,6 @@ log = logging.getLogger(__name__)
 BATCH = 6
 #: Seconds before a removal the cluster did not answer is sent again.
 RESEND = 1.0
-
-
-@dataclass(eq=False)
-class PendingUnlink:
-    """A removal answered to the kernel but not sent yet."""
-
-    parent: int
-    name: bytes
-    oid: int
-    #: The time of the unlink (ns, client clock): the directory's and the object's ctime.
-    now: int
-    #: Set while a task sends it; the calls that need it wait for it.
-    sending: trio.Event | None = None
-    done: trio.Event = field(default_factory=trio.Event)
 
 
 def about_another_entry(parent: int, name: bytes, objects: list[int], arg: Any) -> bool:

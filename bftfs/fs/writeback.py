@@ -14,7 +14,7 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   the lease's end less a margin if sooner, so nothing deferred outlives the lease that
   hides it.  ``fsync`` of the file, or of the directory, sends at once, as do the calls
   that must follow a create (a listing, a read of the file, a rename of the name:
-  ``PendingCreates._before``).  A reopen of the file is answered by the mount, and an
+  ``CallOrder.before_call``).  A reopen of the file is answered by the mount, and an
   unlink of the name waits with the create (``fs/unlinkback.py``).
 - **Bounds**: at most :data:`MAX_DEFERRED` creates and removals, and :data:`MAX_BYTES`
   of content, wait at once, files of at most :data:`MAX_FILE` (more close as before), and
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
@@ -37,9 +38,23 @@ import trio
 if TYPE_CHECKING:
     from bftfs.fs.createsend import PendingCreate
     from bftfs.fs.leases import Leases
-    from bftfs.fs.unlinkback import PendingUnlink
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class PendingUnlink:
+    """A removal answered to the kernel but not sent yet (``fs/unlinkback.py`` makes and
+    sends it; kept here, where it waits until due)."""
+
+    parent: int
+    name: bytes
+    oid: int
+    #: The time of the unlink (ns, client clock): the directory's and the object's ctime.
+    now: int
+    #: Set while a task sends it; the calls that need it wait for it.
+    sending: trio.Event | None = None
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 class _InDirectory(Protocol):

@@ -54,9 +54,10 @@ from typing import TYPE_CHECKING, Any
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
-from bftfs.fs.createsend import MOVED_LIMIT, CreateSender, PendingCreate
+from bftfs.fs.createsend import CreateSender, OpenExisting, PendingCreate
 from bftfs.fs.createsends import CreateSends
-from bftfs.fs.errors import FsError, StaleView, from_refusal
+from bftfs.fs.createtable import CreateTable
+from bftfs.fs.errors import StaleView, from_refusal
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
@@ -65,7 +66,6 @@ from bftfs.fs.writeback import WriteBack
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
-    from bftfs.fs.handles import Handles
     from bftfs.fs.heldfiles import HeldFiles
     from bftfs.fs.unlinkback import PendingUnlinks
 
@@ -73,28 +73,15 @@ log = logging.getLogger(__name__)
 
 
 class PendingCreates:
-    """Pending creates, and the calls that must send them first.  Given the protocol
-    calls, the cache, the handle table and the flush engine; it hooks itself in before
-    every gated call to the servers (:class:`~bftfs.fs.meta.CallGate`), and is called by
-    :class:`Handles` at create, read, flush (:meth:`made_file`) and release, and by
-    :class:`Attributes` before a truncation's flush.  One call goes back up, to the
-    handles (given by :meth:`attach`): a create that meets another client's file under
-    its name opens that file as a synchronous create would (:meth:`Handles.open_existing`,
-    through :class:`CreateSender`)."""
-
-    #: Directory id -> {name: pending create}.
-    _pending: dict[int, dict[bytes, PendingCreate]]
-    #: New object id -> its pending create.
-    _pending_oids: dict[int, PendingCreate]
-    #: Object id of a create that met an existing name -> the existing file's state.
-    _moved: dict[int, OpenFile]
-    #: Object id -> why its create could not be made (its flush and close say so), and
-    #: the create itself (forgotten at the file's last close).
-    _failed: dict[int, tuple[FsError, PendingCreate]]
-    # (The object ids of creates that failed for good, ``cache.unmade``, and the
-    # directories' modes, ``cache.dir_modes``, are kept by the cache.)
-    handles: Handles
-    sender: CreateSender
+    """The rules of write-behind: whether a create may be answered now, answering it, and
+    what a close, open, read or flush of its file does while it is pending.  Given the
+    protocol calls, the cache, the handle table, the flush engine and how to open another
+    client's file (``open_existing``: :data:`~bftfs.fs.createsend.OpenExisting`, given at
+    construction, ``Handles.open_existing``); the creates themselves are kept below it
+    (:class:`~bftfs.fs.createtable.CreateTable`, ``creates``) and sent below it
+    (:class:`~bftfs.fs.createsends.CreateSends`, ``sends``).  Called by :class:`Handles`
+    at create, read, flush (:meth:`made_file`) and release, and by :class:`Attributes`
+    before a truncation's flush."""
 
     def __init__(
         self,
@@ -104,36 +91,52 @@ class PendingCreates:
         engine: FlushEngine,
         *,
         enabled: bool,
+        open_existing: OpenExisting,
     ) -> None:
         self.meta = meta
         self.cache = cache
-        self.table = table
-        self.engine = engine
+        self.handle_table = table
         self.bs = meta.bs
         self.inline = cache.inline
         self.write_behind = enabled
-        self._pending = {}
-        self._pending_oids = {}
-        self._moved = {}
-        self._failed = {}
-        self.sends = CreateSends(self, cache, engine)
-        #: Directory write-back (``fs/writeback.py``; None: every close sends).
-        self.writeback: WriteBack | None = None
+        self.creates = CreateTable(cache)
+        self.sender = CreateSender(
+            meta, cache, table, engine, open_existing, self.creates.moved_files
+        )
+        self.sends = CreateSends(self.creates, self.sender, cache, engine)
         #: The longest name a create may be held back with (shorter in a sealed cluster,
         #: ``fs/seal.py``): a longer one is refused by the synchronous create at once.
         self.name_max = obj.NAME_MAX
-        #: Removals held back with it (``fs/unlinkback.py``), which calls follow too.
-        self.unlinks: PendingUnlinks | None = None
-        #: The files this mount holds exclusively (``fs/heldfiles.py``): their buffered
-        #: writes go before any call on them.
-        self.held: HeldFiles | None = None
 
-    def attach(self, handles: Handles) -> None:
-        """The handles above (a collided create opens the existing file through them)."""
-        self.handles = handles
-        self.sender = CreateSender(
-            self.meta, self.cache, self.table, self.engine, handles, self._moved
-        )
+    # What holds work back with the creates (the file system sets them; kept in the table,
+    # where the gate and the sends find them).
+
+    @property
+    def writeback(self) -> WriteBack | None:
+        """Directory write-back (``fs/writeback.py``; None: every close sends)."""
+        return self.creates.writeback
+
+    @writeback.setter
+    def writeback(self, writeback: WriteBack | None) -> None:
+        self.creates.writeback = writeback
+
+    @property
+    def unlinks(self) -> PendingUnlinks | None:
+        """Removals held back (``fs/unlinkback.py``), which calls follow too."""
+        return self.creates.unlinks
+
+    @unlinks.setter
+    def unlinks(self, unlinks: PendingUnlinks | None) -> None:
+        self.creates.unlinks = unlinks
+
+    @property
+    def held(self) -> HeldFiles | None:
+        """The files this mount holds exclusively (``fs/heldfiles.py``)."""
+        return self.creates.held
+
+    @held.setter
+    def held(self, held: HeldFiles | None) -> None:
+        self.creates.held = held
 
     # Creating ----------------------------------------------------------------------------
 
@@ -162,25 +165,24 @@ class PendingCreates:
         except MethodRefused as e:
             raise from_refusal(e.code, e.message) from None
         p = PendingCreate(parent, name, arg["o"], arg, uid, gid, flags)
-        self._pending.setdefault(parent, {})[name] = p
-        self._pending_oids[p.oid] = p
+        self.creates.add(p)
         self.cache.learn(parent, name, p.oid, st.S_IFREG >> 12)
         self.cache.kernel_saw(p.oid, s)  # a new inode: the kernel holds no pages of it
         f = self.cache.files[p.oid] = OpenFile.from_stat(p.oid, s, self.bs)
-        return self.table.new_handle(f, flags), self.cache.attr(p.oid, s)
+        return self.handle_table.new_handle(f, flags), self.cache.attr(p.oid, s)
 
     def defers(self, f: OpenFile) -> bool:
         """Whether the close of ``f`` may leave its create pending (directory write-back,
         ``fs/writeback.py``): a new file's create, never sent yet, in a directory this
         mount holds an exclusive lease on; a file past the inline limit keeps its blocks
         buffered with it (``writeback.MAX_FILE``), written when the create is sent."""
-        p = self._pending_oids.get(f.ino)
+        p = self.creates.pending_of(f.ino)
         return (
             p is not None
             and self.writeback is not None
             and p.sender is None
             and p.failures == 0
-            and f.ino not in self._moved
+            and not self.creates.moved(f.ino)
             and f.behind is None
             and self.writeback.defer(p, f.size)
         )
@@ -189,7 +191,7 @@ class PendingCreates:
         """The attributes of ``ino`` when its create is left to write-back and not being
         sent: no server holds the file yet, so what this mount knows of it is all there is
         (a ``stat`` of a file just written, as ``make`` does, need not send it)."""
-        p = self._pending_oids.get(ino)
+        p = self.creates.pending_of(ino)
         if p is None or p.sender is not None or self.writeback is None:
             return None
         f = self.cache.files.get(ino)
@@ -216,7 +218,7 @@ class PendingCreates:
             and self.inline > 0
             and (not flags & os.O_EXCL or self._surely_new(parent, name))
             and parent in self.cache.dir_modes
-            and name not in self._pending.get(parent, {})
+            and not self.creates.named(parent, name)
             and isinstance(name, bytes)
             and name not in (b"", b".", b"..")
             and b"/" not in name
@@ -249,21 +251,21 @@ class PendingCreates:
             FsError: the create could not be made (EEXIST, ...; ``Unavailable``: it stays
                 pending).
         """
-        failed = self._failed.get(f.ino)
+        failed = self.creates.failure_of(f.ino)
         if failed is not None:
-            raise failed[0]
-        p = self._pending_oids.get(f.ino)
+            raise failed
+        p = self.creates.pending_of(f.ino)
         if p is not None and self.writeback is not None and self.writeback.deferred(p.oid):
             await self.sends.send_one(p)  # with the directory's next five (a read of it)
-            p = self._pending_oids.get(f.ino)
+            p = self.creates.pending_of(f.ino)
         if p is not None:
             await self.sends.send(p, quiet=False)
-            failed = self._failed.get(f.ino)
+            failed = self.creates.failure_of(f.ino)
             if failed is not None:
-                raise failed[0]
+                raise failed
         if f.ino in self.cache.unmade:  # failed for good while closed: the name leads elsewhere
             raise StaleView(f"object {f.ino} was never made: its create failed")
-        return self._moved.get(f.ino, f)
+        return self.creates.moved_files.get(f.ino, f)
 
     def is_deferred(self, oid: int) -> bool:
         """Whether ``oid``'s create waits in directory write-back, its file closed and
@@ -283,79 +285,44 @@ class PendingCreates:
         """Send the pending creates of ``oids`` (a deferred one with up to five more of
         its directory), as a call on them would."""
         for oid in oids:
-            p = self._pending_oids.get(oid)
+            p = self.creates.pending_of(oid)
             if p is not None:
                 await self.sends.send_one(p)
 
     def pending_in(self, parent: int) -> list[PendingCreate]:
         """The pending creates of directory ``parent``."""
-        return list(self._pending.get(parent, {}).values())
-
-    def pending_of(self, oid: int) -> PendingCreate | None:
-        """``oid``'s pending create, if it was not sent yet."""
-        return self._pending_oids.get(oid)
-
-    def failure_of(self, oid: int) -> FsError | None:
-        """Why ``oid``'s create could not be made, if it failed for good."""
-        failed = self._failed.get(oid)
-        return None if failed is None else failed[0]
-
-    def moved_only(self, oid: int) -> bool:
-        """Whether ``oid``'s create met another client's file and is no longer pending."""
-        return oid in self._moved and oid not in self._pending_oids
-
-    def fail(self, p: PendingCreate, e: FsError) -> None:
-        """``p`` failed for good: its file's flush and close raise ``e``."""
-        self._failed[p.oid] = (e, p)
-
-    def moved(self, oid: int) -> bool:
-        """Whether ``oid``'s create met another client's file under its name."""
-        return oid in self._moved
-
-    def holds_back_creates(self) -> bool:
-        """Whether any create is pending, moved or failed (the gate's cheap test)."""
-        return bool(self._pending_oids or self._moved or self.cache.unmade or self._failed)
+        return self.creates.pending_in(parent)
 
     def is_pending(self, oid: int) -> bool:
         """Whether ``oid`` is a create this mount has not sent (or one whose name turned
         out taken)."""
-        return oid in self._pending_oids or oid in self._moved
-
-    def drop_pending(self, p: PendingCreate) -> None:
-        if self.writeback is not None:
-            self.writeback.sent(p.oid)
-        names = self._pending.get(p.parent, {})
-        if names.get(p.name) is p:
-            del names[p.name]
-            if not names:
-                del self._pending[p.parent]
-        self._pending_oids.pop(p.oid, None)
+        return self.creates.is_pending(oid)
 
     # The hooks of Handles.read and Handles.release --------------------------------------
 
     def not_made(self, ino: int) -> bool:
         """Whether ``ino``'s create is pending or failed (a read sends it first)."""
-        return ino in self._pending_oids or ino in self._failed
+        return self.creates.not_made(ino)
 
     def sure_to_be_made(self, ino: int) -> bool:
         """Whether ``ino``'s pending create cannot find its name taken: this mount holds a
         lease on the directory and knows its whole listing under it, which lacks the name,
         and nobody else can add one while the lease runs.  A read of the file may then be
         answered from what the mount holds, without sending the create first."""
-        p = self._pending_oids.get(ino)
+        p = self.creates.pending_of(ino)
         leases = self.meta.leases
         return (
             p is not None
             and leases is not None
             and p.failures == 0
-            and ino not in self._failed
-            and ino not in self._moved
+            and self.creates.failure_of(ino) is None
+            and not self.creates.moved(ino)
             and leases.known_absent(p.parent, p.name)
         )
 
     def aliases_of(self, f: OpenFile) -> list[int]:
         """The object ids of creates whose writes moved to ``f`` (:meth:`CreateSender.collided`)."""
-        return [oid for oid, g in self._moved.items() if g is f]
+        return self.creates.aliases_of(f)
 
     def closed(self, f: OpenFile, ino: int, alias: list[int]) -> None:
         """The last handle of ``f`` (file ``ino``) was released: a file whose create
@@ -363,25 +330,5 @@ class PendingCreates:
         for oid in alias:
             if self.cache.files.get(oid) is f:
                 del self.cache.files[oid]
-        if ino in self._failed:
-            self.abandon(ino)
-
-    def open_here(self, ino: int) -> bool:
-        f = self.cache.files.get(ino)
-        return f is not None and f.opens > 0
-
-    def abandon(self, ino: int) -> None:
-        """Forget a file whose create failed for good, with its data (never sent again),
-        and make its inode answer ESTALE: the name the kernel cached for it leads nowhere,
-        so the kernel looks it up again and finds what the servers hold - nothing, and
-        ``open(O_CREAT)`` creates the name anew (it answered ENOENT), or another client's
-        file."""
-        _, p = self._failed.pop(ino)
-        self.cache.files.pop(ino, None)
-        self.cache.kernel_content.pop(ino, None)
-        if self.cache.names.get(p.parent, {}).get(p.name, (None,))[0] == ino:
-            self.cache.forget(p.parent, p.name)
-        if len(self.cache.unmade) > MOVED_LIMIT:
-            self.cache.unmade.clear()
-        if ino not in self._moved:
-            self.cache.unmade.add(ino)
+        if self.creates.failure_of(ino) is not None:
+            self.creates.abandon(ino)

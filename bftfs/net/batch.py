@@ -1,4 +1,4 @@
-"""Request batching: many concurrent requests to a node, one frame.
+"""The request batcher: many concurrent requests to a node, one frame.
 
 A client with many operations in flight sends a request to (nearly) every node for each.
 Sent one by one, every request costs a system call and a wake-up on both sides, which on a
@@ -25,12 +25,20 @@ payload]`` (at most ``max_batch``); reply = list of the same length, each ``[0, 
 the caller as usual.  The PASIS client and the nodes' lazy verifiers batch so
 (``rw/batch.py``).
 
-The Q/U client's rounds share frames another way, ``coalesce.py`` (``Endpoint.quorum_call``
-with a batch kind): each request keeps its own id, waiter and the engine's resends, and
-only its first copy shares a frame.  That is not this job: here the batch call owns its
-items (their resends and timeout are its own) and holds a node's unanswered items to
-``max_pending`` and ``max_pending_bytes``, what a client writing large fragments needs
-(issue 34) and the coalescer, which holds nothing, does not do.
+**One batcher, two senders.**  What a batch is - its kind and bounds (:class:`BatchKind`),
+a node's queued requests cut into batches (:func:`cut`), the reply split back onto them
+(:func:`split_reply`) - is this module's, and both ways of filling one use it:
+
+- :class:`Batcher` (here) *owns* its requests: an item has no id of its own, the batch
+  call resends and times out for it, and a node's unanswered items are held to
+  ``max_pending`` and ``max_pending_bytes`` (the PASIS client's fragments, issue 34);
+- the endpoint's :class:`~bftfs.net.coalesce.Coalescer` (``Endpoint.quorum_call`` with a
+  batch kind: the Q/U client's rounds) *carries* only the first copy of requests that keep
+  their own id, waiter and the quorum engine's resends, and holds nothing back.
+
+They stay two senders because those differences are behaviour: the coalescer under PASIS
+would drop the limit on a node's unanswered fragments, this batcher under Q/U would take
+each request's resends from its quorum engine.
 """
 
 from __future__ import annotations
@@ -38,18 +46,105 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from bftfs.ids import NodeId
 from bftfs.net.driver import QuorumDriver
-from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
 from bftfs.outcome import bounded, progressed
 
 Outcome = tuple[NodeId, bool, Any]
+T = TypeVar("T")
+
+
+# The batch ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchKind:
+    """How requests to one node may share a frame: the request kind that carries them
+    (the node runs its items, ``node/batching.py``) and the most items one may hold."""
+
+    kind: str
+    max_items: int
+    #: A request of more (payload bytes, when the payload is bytes) goes in a frame of its
+    #: own, and a batch is closed before it would pass this: frames stay far below the
+    #: frame limit however large single requests are.
+    max_bytes: int = 1 << 20
+
+
+def cut(
+    items: Sequence[T],
+    max_items: int,
+    max_bytes: int | None,
+    sizes: Callable[[T], tuple[int, int]],
+) -> list[list[T]]:
+    """``items`` in order, cut into batches of at most ``max_items`` items and ``max_bytes``
+    bytes of request and of reply each (``sizes(item)`` is the pair; an item larger than
+    that goes alone; None: no limit in bytes)."""
+    chunks: list[list[T]] = []
+    chunk: list[T] = []
+    sent = answered = 0
+    for item in items:
+        size, reply_size = sizes(item)
+        full = len(chunk) >= max_items or (
+            max_bytes is not None and max(sent + size, answered + reply_size) > max_bytes
+        )
+        if chunk and full:
+            chunks.append(chunk)
+            chunk, sent, answered = [], 0, 0
+        chunk.append(item)
+        sent += size
+        answered += reply_size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+#: How :func:`split_reply` found an item: answered, refused by the node, of unknown shape.
+ITEM_OK, ITEM_REFUSED, ITEM_MALFORMED = 0, 1, 2
+
+
+def split_reply(raw: Any, n: int) -> list[tuple[int, Any]] | None:
+    """The ``n`` items of batch reply ``raw`` (a list of ``[0, reply]`` or ``[1, error]``),
+    each ``(ITEM_OK, reply)``, ``(ITEM_REFUSED, error)`` or ``(ITEM_MALFORMED, None)``;
+    None when ``raw`` is not a list of ``n``."""
+    if not isinstance(raw, list) or len(raw) != n:
+        return None
+    out: list[tuple[int, Any]] = []
+    for res in raw:
+        if isinstance(res, list) and len(res) == 2 and res[0] == 0:
+            out.append((ITEM_OK, res[1]))
+        elif isinstance(res, list) and len(res) == 2 and res[0] == 1:
+            out.append((ITEM_REFUSED, res[1]))
+        else:
+            out.append((ITEM_MALFORMED, None))
+    return out
+
+
+# The batcher that owns its requests --------------------------------------------------
+
+
+class Caller(Protocol):
+    """What :class:`Batcher` needs of the endpoint (``net.endpoint.Endpoint``)."""
+
+    resend_after: float
+
+    async def call(
+        self,
+        node: NodeId,
+        kind: str,
+        payload: Any,
+        *,
+        timeout: float | None = None,
+        on_trouble: Callable[[], None] | None = None,
+    ) -> Any: ...
+
+    def unreachable(self, targets: Sequence[NodeId]) -> set[NodeId]: ...
+
 
 #: Seconds without an answered batch after which a node at its ``max_pending`` limit has
 #: new items failed at once rather than kept waiting for room (a dead or stalled node).
@@ -90,7 +185,7 @@ class Batcher:
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        endpoint: Caller,
         nursery: trio.Nursery,
         *,
         kind: str,
@@ -203,23 +298,7 @@ class Batcher:
     def _chunks(self, items: list[_Item]) -> list[list[_Item]]:
         """``items`` in order, cut into batches of at most ``max_batch`` items and
         ``max_bytes`` bytes of request and of reply (an item larger than that alone)."""
-        limit = self.max_bytes
-        chunks: list[list[_Item]] = []
-        chunk: list[_Item] = []
-        sent = answered = 0
-        for item in items:
-            full = len(chunk) >= self.max_batch or (
-                limit is not None and max(sent + item.size, answered + item.reply_size) > limit
-            )
-            if chunk and full:
-                chunks.append(chunk)
-                chunk, sent, answered = [], 0, 0
-            chunk.append(item)
-            sent += item.size
-            answered += item.reply_size
-        if chunk:
-            chunks.append(chunk)
-        return chunks
+        return cut(items, self.max_batch, self.max_bytes, lambda it: (it.size, it.reply_size))
 
     async def _send(self, node: NodeId, items: list[_Item]) -> None:
         self.batches += 1
@@ -267,19 +346,19 @@ class Batcher:
                 item.done((node, False, f"refused: {e}"))
             return
         self._queues[node].answered_at = trio.current_time()
-        if not isinstance(raw, list) or len(raw) != len(items):
+        parts = split_reply(raw, len(items))
+        if parts is None:
             for item in items:
                 item.done((node, False, "malformed batch reply"))
             return
-        for item, res in zip(items, raw, strict=True):
-            if isinstance(res, list) and len(res) == 2 and res[0] == 0:
-                item.done((node, True, res[1]))
-            elif isinstance(res, list) and len(res) == 2 and res[0] == 1:
-                err = res[1]
-                if isinstance(err, list) and len(err) == 2:
-                    item.done((node, False, f"refused: {err[0]}: {err[1]}"))
+        for item, (how, value) in zip(items, parts, strict=True):
+            if how == ITEM_OK:
+                item.done((node, True, value))
+            elif how == ITEM_REFUSED:
+                if isinstance(value, list) and len(value) == 2:
+                    item.done((node, False, f"refused: {value[0]}: {value[1]}"))
                 else:
-                    item.done((node, False, f"refused: {err!r}"))
+                    item.done((node, False, f"refused: {value!r}"))
             else:
                 item.done((node, False, "malformed batch item"))
 

@@ -1,4 +1,5 @@
-"""Coalescing of the first transmissions of concurrent quorum calls (the Q/U client's rounds).
+"""The batcher's second sender: the first transmissions of concurrent quorum calls (the Q/U
+client's rounds) carried in batches of ``batch.py``.
 
 ``Endpoint.quorum_call(..., batch=BatchKind(...))``: while another such call runs, a direct
 request is not written at once but put in the node's outbox (a call running alone writes at
@@ -10,15 +11,13 @@ is split back onto the requests' own waiters.  Each request keeps its own id and
 resends (of the request alone, under its own id), stragglers and lost connections are
 handled exactly as without coalescing; only the first transmission shares a frame.
 
-Not the same job as ``batch.py``'s :class:`~bftfs.net.batch.Batcher`, though both put
-concurrent requests to a node in one frame of the same wire format (``node/batching.py``
-answers both): the coalescer changes only how a request's first copy is written and
-leaves the request itself (id, waiter, resends by the quorum engine, stragglers) to
-``Endpoint.quorum_call``, and it holds nothing back (a request waits at most ``window``).
-The batcher replaces the request: its items have no id of their own, the batch call
-resends and times out for them, and it holds a node's unanswered items to a count and
-byte limit (the PASIS client's fragments, issue 34), which the Q/U client's small
-requests do not need and its engine-driven resends could not keep.
+The batch itself - its kind and bounds (:class:`~bftfs.net.batch.BatchKind`), the cut of a
+node's queue into batches, the reply split back onto the items - is ``batch.py``'s, shared
+with its :class:`~bftfs.net.batch.Batcher` (``node/batching.py`` answers both).  What this
+sender does differently is behaviour, named there: it changes only how a request's first
+copy is written, leaving the request (id, waiter, the quorum engine's resends, stragglers)
+to ``Endpoint.quorum_call``, and holds nothing back (a request waits at most ``window``);
+the ``Batcher`` owns its items and limits what a node may have unanswered.
 """
 
 from __future__ import annotations
@@ -26,32 +25,27 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from bftfs.ids import NodeId
+from bftfs.net.batch import ITEM_OK, ITEM_REFUSED, BatchKind, cut, split_reply
 from bftfs.net.connection import Connection, Waiter
 from bftfs.net.frames import REQUEST, STATUS_ERROR, STATUS_OK
 from bftfs.net.idle import wait_all_tasks_blocked
 
-
-@dataclass(frozen=True, slots=True)
-class BatchKind:
-    """How requests to one node may share a frame: the request kind that carries them
-    (the node runs its items, ``node/batching.py``) and the most items one may hold."""
-
-    kind: str
-    max_items: int
-    #: A request of more (payload bytes, when the payload is bytes) goes in a frame of its
-    #: own, and a batch is closed before it would pass this: frames stay far below the
-    #: frame limit however large single requests are.
-    max_bytes: int = 1 << 20
-
+__all__ = ["BatchKind", "Coalescer"]
 
 #: A coalesced request: connection, batch kind, request id, waiter, kind, payload.
 _Queued = tuple[Connection, BatchKind, int, Waiter, str, Any]
+
+
+def _cost(q: _Queued) -> tuple[int, int]:
+    """What a coalesced request adds to its batch's request frame (its payload's bytes, or
+    a small request's guess), and to its reply (not counted: the answers are small)."""
+    value = q[5]
+    return (len(value) if isinstance(value, bytes | bytearray) else 256), 0
 
 
 class Coalescer:
@@ -157,17 +151,7 @@ class Coalescer:
                 by_kind.setdefault((id(q[0]), q[1].kind), []).append(q)
             for group in by_kind.values():
                 batch = group[0][1]
-                chunk: list[_Queued] = []
-                size = 0
-                for q in group:
-                    value = q[5]
-                    cost = len(value) if isinstance(value, bytes | bytearray) else 256
-                    if chunk and (len(chunk) >= batch.max_items or size + cost > batch.max_bytes):
-                        self._send_batch(chunk)
-                        chunk, size = [], 0
-                    chunk.append(q)
-                    size += cost
-                if chunk:
+                for chunk in cut(group, batch.max_items, batch.max_bytes, _cost):
                     self._send_batch(chunk)
 
     def _send_batch(self, items: list[_Queued]) -> None:
@@ -199,7 +183,8 @@ def _split(conn: Connection, carrier: Waiter, items: list[_Queued]) -> None:
         return
     pending = conn.pending
     raw = carrier.body
-    if carrier.status != STATUS_OK or not isinstance(raw, list) or len(raw) != len(items):
+    parts = split_reply(raw, len(items)) if carrier.status == STATUS_OK else None
+    if parts is None:
         if carrier.status != STATUS_OK and isinstance(raw, list) and len(raw) == 2:
             err: Any = raw
         else:
@@ -209,12 +194,12 @@ def _split(conn: Connection, carrier: Waiter, items: list[_Queued]) -> None:
                 del pending[q[2]]
             q[3].resolve(STATUS_ERROR, err)
         return
-    for q, res in zip(items, raw, strict=True):
+    for q, (how, value) in zip(items, parts, strict=True):
         if pending.get(q[2]) is q[3]:
             del pending[q[2]]
-        if isinstance(res, list) and len(res) == 2 and res[0] == 0:
-            q[3].resolve(STATUS_OK, res[1])
-        elif isinstance(res, list) and len(res) == 2 and res[0] == 1:
-            q[3].resolve(STATUS_ERROR, res[1])
+        if how == ITEM_OK:
+            q[3].resolve(STATUS_OK, value)
+        elif how == ITEM_REFUSED:
+            q[3].resolve(STATUS_ERROR, value)
         else:
             q[3].resolve(STATUS_ERROR, ["malformed", "batch item of unknown shape"])

@@ -13,8 +13,9 @@ reader task reports the reply (no task per target); otherwise a task runs :meth:
 which connects and resends.  Requests still in flight when a call returns finish in the
 background (:meth:`Endpoint._finish`).
 
-**Coalescing** (``quorum_call(..., batch=BatchKind(...))``, the Q/U client's rounds): the
-first transmissions of concurrent quorum calls to a node share a frame (coalesce.py).  The
+**Batching** (``quorum_call(..., batch=BatchKind(...))``, the Q/U client's rounds): the
+first transmissions of concurrent quorum calls to a node share a frame, a batch of the
+request batcher (batch.py) written by the endpoint's coalescer (coalesce.py).  The
 connections themselves are connection.py's.
 
 **Pushes** (issue 33): a node may send a connected principal a message unasked
@@ -39,7 +40,8 @@ import trio
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId, PrincipalId
-from bftfs.net.coalesce import BatchKind, Coalescer
+from bftfs.net.batch import BatchKind
+from bftfs.net.coalesce import Coalescer
 from bftfs.net.connection import Connection, PushHandler, Waiter
 from bftfs.net.driver import QuorumDriver
 from bftfs.net.errors import RemoteError, TransportError
