@@ -58,7 +58,7 @@ from bftfs.net.admission import Admission
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.net.server import DEFER, HandlerError
-from bftfs.node import limits
+from bftfs.node import limits, qu_space
 from bftfs.node.batching import BatchHandler
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
@@ -158,11 +158,13 @@ def register(
 
         node.catch_ups["qu"] = catch_up_objects  # run again after a partition (rejoin.py)
         node.spawn(catch_up_objects)
+        node.spawn(qu_space.run, node)  # what Q/U history takes, for bftfs status
         if pruner.enabled:
             node.spawn(pruner.run)
             node.spawn(pruner.sweep)
             if pruner.request_delay_ns is not None:
                 node.spawn(pruner.drop_requests)
+                node.spawn(pruner.save_looks)
     return server
 
 
@@ -228,6 +230,7 @@ class QUServer:
             KIND_REQUEST: self.on_request,
             KIND_HISTORY: self.on_history,
             KIND_FETCH: self.on_fetch,
+            past.KIND_VERSIONS: self.on_versions,
         }
         assert tuple(batched) == BATCHED_KINDS
         batch = BatchHandler(
@@ -239,6 +242,7 @@ class QUServer:
                 KIND_REQUEST: self.fast_request,
                 KIND_HISTORY: self.history_now,
                 KIND_FETCH: self.fetch_now,
+                past.KIND_VERSIONS: self.versions_now,
             },
         )
         node.register(KIND_BATCH, batch, fast=batch.fast)
@@ -395,12 +399,15 @@ class QUServer:
             raise HandlerError("bad-request", str(e)) from None
         return self.store.read(lambda kv: handle_latest(kv, after, limit))
 
-    async def on_versions(self, ctx: RequestContext, payload: Any) -> Any:
+    def versions_now(self, ctx: RequestContext, payload: Any) -> Any:
         try:
             oid, start, limit = past.parse_versions_request(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
         return self.store.read(lambda kv: past.versions_step(kv, oid, start, limit))
+
+    async def on_versions(self, ctx: RequestContext, payload: Any) -> Any:
+        return self.versions_now(ctx, payload)
 
     async def on_states(self, ctx: RequestContext, payload: Any) -> Any:
         try:
