@@ -230,7 +230,6 @@ class QUServer:
             KIND_REQUEST: self.on_request,
             KIND_HISTORY: self.on_history,
             KIND_FETCH: self.on_fetch,
-            past.KIND_VERSIONS: self.on_versions,
         }
         assert tuple(batched) == BATCHED_KINDS
         batch = BatchHandler(
@@ -242,7 +241,6 @@ class QUServer:
                 KIND_REQUEST: self.fast_request,
                 KIND_HISTORY: self.history_now,
                 KIND_FETCH: self.fetch_now,
-                past.KIND_VERSIONS: self.versions_now,
             },
         )
         node.register(KIND_BATCH, batch, fast=batch.fast)
@@ -399,15 +397,12 @@ class QUServer:
             raise HandlerError("bad-request", str(e)) from None
         return self.store.read(lambda kv: handle_latest(kv, after, limit))
 
-    def versions_now(self, ctx: RequestContext, payload: Any) -> Any:
+    async def on_versions(self, ctx: RequestContext, payload: Any) -> Any:
         try:
             oid, start, limit = past.parse_versions_request(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
         return self.store.read(lambda kv: past.versions_step(kv, oid, start, limit))
-
-    async def on_versions(self, ctx: RequestContext, payload: Any) -> Any:
-        return self.versions_now(ctx, payload)
 
     async def on_states(self, ctx: RequestContext, payload: Any) -> Any:
         try:

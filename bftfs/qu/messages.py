@@ -60,13 +60,11 @@ KIND_HISTORY = "qu.history"
 KIND_FETCH = "qu.fetch"
 KIND_SYNC = "qu.sync"
 KIND_LATEST = "qu.latest"
-#: A server's conditioned-on chain of an object, for history reads (``qu/past.py``).
-KIND_VERSIONS = "qu.versions"
-#: Several ``qu.request``/``qu.history``/``qu.fetch``/``qu.versions`` requests to one node
-#: in one frame (``bftfs/node/batching.py``; docs/qu.md, "Request batching").
+#: Several ``qu.request``/``qu.history``/``qu.fetch`` requests to one node in one frame
+#: (``bftfs/node/batching.py``; docs/qu.md, "Request batching").
 KIND_BATCH = "qu.batch"
 #: The kinds a ``qu.batch`` may carry, and at most how many items (a node refuses more).
-BATCHED_KINDS = (KIND_REQUEST, KIND_HISTORY, KIND_FETCH, KIND_VERSIONS)
+BATCHED_KINDS = (KIND_REQUEST, KIND_HISTORY, KIND_FETCH)
 MAX_BATCH = 64
 #: Objects one ``qu.latest`` answer lists at most.
 MAX_LATEST = 1024

@@ -46,10 +46,10 @@ from typing import Any
 
 from bftfs.kv import KV
 from bftfs.qu import schema
-from bftfs.qu.messages import KIND_VERSIONS as KIND_VERSIONS  # re-exported
 from bftfs.qu.messages import MessageError
 from bftfs.qu.timestamp import ZERO, Timestamp, TimestampError
 
+KIND_VERSIONS = "qu.versions"
 KIND_STATES = "qu.states"
 #: Most chain entries one ``qu.versions`` reply carries.
 MAX_CHAIN = 256

@@ -37,7 +37,6 @@ from bftfs.qu.past import (
     states_request,
     versions_request,
 )
-from bftfs.qu.rounds import QU_BATCH
 from bftfs.qu.timestamp import ZERO, Timestamp
 
 #: Seconds a history round waits for servers beyond a quorum.
@@ -101,8 +100,6 @@ class PastReader:
                 enough=lambda r: len(r) >= need,
                 accept=accept,
                 timeout=ROUND_TIMEOUT,
-                # The walks of a tree's objects run side by side: their pages share frames.
-                batch=QU_BATCH,
             )
         except QuorumUnavailable:
             if len(pages) < self.th.b + 1:
