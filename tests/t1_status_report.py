@@ -274,3 +274,14 @@ def test_the_q_u_history_each_node_keeps_is_shown(capsys: pytest.CaptureFixture[
     tables.print_nodes(statuses)
     out = capsys.readouterr().out
     assert "history (older Q/U versions kept): 0 2.0 KiB, 2 5.0 MiB\n" in out
+
+
+def test_history_bytes_family_comes_from_the_verifier_and_the_q_u_measure() -> None:
+    """Issue 36: ``bftfs_node_history_bytes{kind}``, the figures ``bftfs status`` shows."""
+    progress = {"rw.verify": {"history_bytes": 3 << 20}, "qu.history": {"bytes": 5 << 10}}
+    got = samples(nodemetrics._history(progress))
+    assert got == {
+        ("bftfs_node_history_bytes", ("blocks",)): 3 << 20,
+        ("bftfs_node_history_bytes", ("qu",)): 5 << 10,
+    }
+    assert nodemetrics._history({}) == []  # nothing measured yet: no family
