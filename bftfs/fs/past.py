@@ -497,11 +497,16 @@ class Past:
             async with trio.open_nursery() as nursery:
                 for k in range(count):
                     nursery.start_soon(one, k)
-        except* HistoryReclaimed as group:
-            raise Reclaimed(
-                f"the content of object {v.oid:#x} as of {_iso(v.time_ns)} was reclaimed by "
-                f"retention ({group.exceptions[0]}); newer versions are kept"
-            ) from None
+        except ExceptionGroup as group:  # the first failure, as a read one by one raised
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            if isinstance(first, HistoryReclaimed):
+                raise Reclaimed(
+                    f"the content of object {v.oid:#x} as of {_iso(v.time_ns)} was reclaimed "
+                    f"by retention ({first}); newer versions are kept"
+                ) from None
+            raise first from None
         return b"".join(blocks)[:size]
 
 
