@@ -189,10 +189,11 @@ def _cluster_target(cfg: ClusterConfig, path: str, arg: str, to: str | None) -> 
     cluster's: written through the mount, as any directory."""
     from bftfs.fuse.control import known_mounts
 
-    if to is None:
-        if not arg.startswith(FS_PREFIX):
-            _local_target(arg, mountpoints_of(cfg), None)  # PATH under a mount, or refused
+    if to is None and arg.startswith(FS_PREFIX):
         return path
+    if to is None:
+        _local_target(arg, mountpoints_of(cfg), None)  # PATH under a mount, or refused
+        to = arg
     if to.startswith(FS_PREFIX):
         return fs_path(to, [])
     absolute = Path(os.path.abspath(to))
