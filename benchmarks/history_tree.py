@@ -3,12 +3,14 @@
 
 A fresh 6-node cluster (real ``bftfs node`` processes, no fsync, retention long enough to
 keep everything) and one FUSE mount.  The script writes ``--files`` files (seeded sizes,
-100 B to 20 KiB: inline and block-stored ones) in directories of 50, notes the moment T0,
-then changes a tenth of them (rewrites), removes a twentieth, adds a twentieth and renames
-a fiftieth, notes T1, waits for the nodes to finish the background work the writes left
-(lazy verification: under a fifth of a core), and times each command (the whole command:
-Python start-up, connecting, walking the histories, writing; the read-only ones
-``--runs`` times, the median) with absolute times ``@T0``/``@T1``:
+100 B to 20 KiB: inline under the default 32 KiB limit) in directories of 50, notes the
+moment T0, then changes a tenth of them (rewrites), removes a twentieth, adds a twentieth
+and renames a fiftieth, notes T1 (each phase ends with an ``fsync`` of every directory and
+each rewritten file, so what directory write-back holds for up to ``commit=`` seconds is
+on the nodes before the moment is noted), waits for the nodes to finish the background
+work the writes left (lazy verification: under a fifth of a core), and times each command
+(the whole command: Python start-up, connecting, walking the histories, writing; the
+read-only ones ``--runs`` times, the median) with absolute times ``@T0``/``@T1``:
 
 - ``bftfs diff fs:/tree --from @T0 --to @T1``
 - ``bftfs changes fs:/tree --since @T0 --until @T1 --json``
@@ -19,7 +21,9 @@ Python start-up, connecting, walking the histories, writing; the read-only ones
   client0's: the tree goes back to T0, checked byte for byte);
 - ``cp -a`` of the restored tree to another directory of the mount, for comparison.
 
-Output is not a terminal, so the commands print no progress.  Usage::
+``--profile DIR`` runs each command's first run under cProfile (``DIR/COMMAND.prof``);
+``--json FILE`` writes the figures.  Output is not a terminal, so the commands print no
+progress.  Usage::
 
     .venv/bin/python benchmarks/history_tree.py               # 1000 files
     .venv/bin/python benchmarks/history_tree.py --files 300
@@ -47,9 +51,18 @@ from bftfs.testing.processes import ProcessCluster
 PER_DIR = 50
 
 
+#: Where each command's first run writes its cProfile statistics (``--profile DIR``).
+PROFILE: list[Path] = []
+
+
 def _bftfs(config: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[bytes]]:
-    """Seconds one ``bftfs`` command took, and what it printed."""
+    """Seconds one ``bftfs`` command took, and what it printed (profiled, the first run of
+    each command, with ``--profile``)."""
     cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(config)]
+    if PROFILE:
+        out = PROFILE[0] / f"{args[0]}{'-dry' if '--dry-run' in args else ''}.prof"
+        if not out.exists():
+            cmd[1:3] = ["-m", "cProfile", "-o", str(out), "-m", "bftfs"]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, timeout=3600)
     took = time.perf_counter() - t0
@@ -67,7 +80,35 @@ def _build(root: Path, files: int, rng: random.Random) -> dict[str, bytes]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
         written[rel] = data
+    _reach_the_nodes(root)
     return written
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _reach_the_nodes(root: Path) -> None:
+    """``fsync`` every directory under ``root`` and ``root``'s own: the creates, removals
+    and renames directory write-back holds (up to ``commit=`` seconds, docs/fs.md) reach
+    the nodes, and so the history, before the moment the script notes next."""
+    for d in sorted({p for p in root.rglob("*") if p.is_dir()}, reverse=True):
+        _fsync(d)
+    _fsync(root)
+    _fsync(root.parent)
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """A file written again and ``fsync``ed (a held file's writes wait for ``commit=``)."""
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _change(root: Path, before: dict[str, bytes], rng: random.Random) -> int:
@@ -79,13 +120,14 @@ def _change(root: Path, before: dict[str, bytes], rng: random.Random) -> int:
     rewrite, remove = names[: n // 10], names[n // 10 : n // 10 + n // 20]
     rename = names[n // 10 + n // 20 : n // 10 + n // 20 + n // 50]
     for rel in rewrite:
-        (root / rel).write_bytes(rng.randbytes(rng.randint(100, 20_000)))
+        _rewrite(root / rel, rng.randbytes(rng.randint(100, 20_000)))
     for rel in remove:
         (root / rel).unlink()
     for rel in rename:
         (root / rel).rename(root / (rel + ".moved"))
     for i in range(n // 20):
         (root / f"d{i % max(1, n // PER_DIR):03d}/new{i:05d}.txt").write_bytes(rng.randbytes(500))
+    _reach_the_nodes(root)
     return len(rewrite) + len(remove) + len(rename) + n // 20
 
 
@@ -133,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=1000, help="files in the tree (1000)")
     ap.add_argument("--seed", type=int, default=36, help="random seed (36)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each read-only command (3)")
+    ap.add_argument("--profile", metavar="DIR", help="cProfile each command's first run here")
+    ap.add_argument("--json", metavar="FILE", help="write the figures here")
     args = ap.parse_args(argv)
+    if args.profile:
+        PROFILE.append(Path(args.profile))
+        PROFILE[0].mkdir(parents=True, exist_ok=True)
+    figures: dict[str, object] = {"files": args.files, "seed": args.seed, "runs": args.runs}
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bftfs-histtree-", dir="/var/tmp") as tmp:
         home = Path(tmp) / "c"
@@ -153,30 +201,49 @@ def main(argv: list[str] | None = None) -> int:
                 t1_ns = time.time_ns()
                 at0, at1 = f"@{t0_ns / 1e9:.6f}", f"@{t1_ns / 1e9:.6f}"
                 print(f"nodes settled after {_settle(pc):.0f} s")
-                print(f"load average (the machine's): {os.getloadavg()[0]:.1f}")
+                figures["load_average"] = os.getloadavg()[0]
+                print(f"load average (the machine's): {figures['load_average']:.1f}")
                 runs = args.runs
-                med, all_s, out = _timed(
-                    config, runs, "diff", "fs:/tree", "--from", at0, "--to", at1
-                )
-                lines = len(out.splitlines())
-                print(f"bftfs diff: {_show(med, all_s)} ({lines} lines; {changed} paths changed)")
-                med, all_s, out = _timed(
-                    config, runs, "changes", "fs:/tree", "--since", at0, "--until", at1, "--json"
-                )
-                rows = len(json.loads(out)["changes"])
-                print(f"bftfs changes: {_show(med, all_s)} ({rows} changes)")
-                med, all_s, out = _timed(
-                    config, runs, "revert", str(tree), "--client", "client0", "--since", at0,
-                    "--dry-run",
-                )  # fmt: skip
-                steps = [x for x in out.decode().splitlines() if x.endswith("conflicts")]
-                print(f"bftfs revert --dry-run: {_show(med, all_s)} ({steps[-1]})")
+                try:
+                    med, all_s, out = _timed(
+                        config, runs, "diff", "fs:/tree", "--from", at0, "--to", at1
+                    )
+                    lines = len(out.splitlines())
+                    print(f"bftfs diff: {_show(med, all_s)} ({lines} lines; {changed} changed)")
+                    figures["diff_s"] = all_s
+                except SystemExit as e:
+                    print(f"bftfs diff: {e}")
+                    figures["diff_failed"] = str(e)
+                try:
+                    med, all_s, out = _timed(
+                        config, runs, "changes", "fs:/tree", "--since", at0, "--until", at1,
+                        "--json",
+                    )  # fmt: skip
+                    rows = len(json.loads(out)["changes"])
+                    print(f"bftfs changes: {_show(med, all_s)} ({rows} changes)")
+                    figures["changes_s"] = all_s
+                except SystemExit as e:
+                    print(f"bftfs changes: {e}")
+                    figures["changes_failed"] = str(e)
+                try:  # (under load, a history round may miss nodes: exit 7, "cannot be told")
+                    med, all_s, out = _timed(
+                        config, runs, "revert", str(tree), "--client", "client0", "--since",
+                        at0, "--dry-run",
+                    )  # fmt: skip
+                    steps = [x for x in out.decode().splitlines() if x.endswith("conflicts")]
+                    print(f"bftfs revert --dry-run: {_show(med, all_s)} ({steps[-1]})")
+                    figures["revert_dry_run_s"] = all_s
+                except SystemExit as e:
+                    print(f"bftfs revert --dry-run: {e}")
+                    figures["revert_dry_run_failed"] = str(e)
                 dest = m.mountpoint / "restored"
                 cpu0 = _nodes_cpu(pc)
                 took, out = _bftfs(config, "restore", "fs:/tree", "--at", at0, "--to", str(dest))
-                print(f"nodes' CPU during the restore: {_nodes_cpu(pc) - cpu0:.1f} s")
+                figures["restore_nodes_cpu_s"] = round(_nodes_cpu(pc) - cpu0, 2)
+                print(f"nodes' CPU during the restore: {figures['restore_nodes_cpu_s']} s")
                 same = _same_tree(dest, before)
                 print(f"bftfs restore: {took:.1f} s ({out.stdout.decode().strip()})")
+                figures["restore_s"] = took
                 print(f"restored tree identical to the tree at T0: {same}")
                 if not same:
                     return 1
@@ -186,12 +253,16 @@ def main(argv: list[str] | None = None) -> int:
                 same = _same_tree(tree, before)
                 summary = out.stdout.decode().strip().splitlines()[-1]
                 print(f"bftfs revert: {took:.1f} s ({summary})")
+                figures["revert_s"] = took
                 print(f"reverted tree identical to the tree at T0: {same}")
                 if not same:
                     return 1
                 t0 = time.perf_counter()
                 subprocess.run(["cp", "-a", str(dest), str(m.mountpoint / "copy")], check=True)
-                print(f"cp -a of the restored tree, in the mount: {time.perf_counter() - t0:.1f} s")
+                figures["cp_a_s"] = time.perf_counter() - t0
+                print(f"cp -a of the restored tree, in the mount: {figures['cp_a_s']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0
 
 

@@ -180,3 +180,45 @@ def test_nodes_that_thinned_at_different_moments_still_agree() -> None:
     for s in late:
         thin_step(cl.kvs[s], cl.cfgs[s], OID, now)
     assert any(thin for _, thin, _ in _walk(cl, start))
+
+
+def test_history_space_counts_older_versions_the_strings_only_they_use_and_records() -> None:
+    """``bftfs status``'s Q/U history figure (``qu.retention.history_space``): states of
+    10 kB are stored split (``qu.blob``); an object written A, B, B: every version but
+    the newest counts, and A's string, which only an older version uses, but not B's,
+    which the newest uses too; a thinned record counts; a second object's versions do not
+    mix with the first's; pages of one object each give the same sum."""
+    from bftfs.kv import MemoryKV
+    from bftfs.qu.blobs import HASH_SIZE
+    from bftfs.qu.canon import pack
+    from bftfs.qu.retention import HistorySpace, history_space
+
+    kv = MemoryKV()
+    a, b = random.Random(1).randbytes(10_000), random.Random(2).randbytes(10_000)
+    co = ZERO_TS = Timestamp(0, False, 0, bytes(32))
+    for oid, values in ((OID, [a, b, b]), (OID + 1, [a])):
+        kv.put(schema.DB_RH, schema.oid_key(oid), b"")
+        co = ZERO_TS
+        for k, value in enumerate(values, 1):
+            lt = Timestamp(k, False, 1, bytes([k]) * 32)
+            state = pack({"k": "f", "i": value})  # a small file, its content inline
+            v = schema.Version(lt, schema.METHOD, state, pack({}), co, None, True, (oid,), k)
+            schema.store_version(kv, oid, v)
+            co = lt
+    records = [len(k) + len(v) for k, v in kv.scan(schema.DB_VER, b"", b"\xff" * 64)]
+    assert len(records) == 4 and all(r < 1_000 for r in records)  # split: strings apart
+    got, more = history_space(kv, None, 100)
+    assert more is None
+    older = records[0] + records[1] + HASH_SIZE + len(a)
+    assert (got.older_versions, got.older_bytes, got.thinned) == (2, older, 0)
+    schema.store_thinned(kv, OID, Timestamp(9, False, 1, bytes(32)), co, 9)
+    after, _ = history_space(kv, None, 100)
+    assert after.thinned == 1 and after.bytes == older + after.thinned_bytes > older
+    paged = HistorySpace()
+    start: int | None = None
+    while True:
+        page, start = history_space(kv, start, 1)
+        paged.add(page)
+        if start is None:
+            break
+    assert paged == after

@@ -260,3 +260,28 @@ def test_the_history_each_node_keeps_is_shown(capsys: pytest.CaptureFixture[str]
     tables.print_nodes(statuses)
     out = capsys.readouterr().out
     assert "history (old block versions kept): 0 0 B, 1 3.0 MiB, 2 0 B" in out
+
+
+def test_the_q_u_history_each_node_keeps_is_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 36: the bytes of older Q/U versions and thinned records per node, as the
+    node last measured them (``node/qu_space.py``); a node that has not measured yet is
+    left out of the line."""
+    statuses = [
+        NodeStatus(i, f"127.0.0.1:{7000 + i}", 100 + i, True, node_stats(i), None) for i in range(3)
+    ]
+    for i, size in ((0, 2048), (2, 5 * 1024 * 1024)):
+        statuses[i].stats["progress"]["qu.history"] = {"bytes": size}  # type: ignore[index]
+    tables.print_nodes(statuses)
+    out = capsys.readouterr().out
+    assert "history (older Q/U versions kept): 0 2.0 KiB, 2 5.0 MiB\n" in out
+
+
+def test_history_bytes_family_comes_from_the_verifier_and_the_q_u_measure() -> None:
+    """Issue 36: ``bftfs_node_history_bytes{kind}``, the figures ``bftfs status`` shows."""
+    progress = {"rw.verify": {"history_bytes": 3 << 20}, "qu.history": {"bytes": 5 << 10}}
+    got = samples(nodemetrics._history(progress))
+    assert got == {
+        ("bftfs_node_history_bytes", ("blocks",)): 3 << 20,
+        ("bftfs_node_history_bytes", ("qu",)): 5 << 10,
+    }
+    assert nodemetrics._history({}) == []  # nothing measured yet: no family

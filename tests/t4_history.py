@@ -252,6 +252,34 @@ def test_restore_brings_a_deleted_tree_back_identical(
     assert _snapshot(tmp_path / "copy") == then
 
 
+def test_restore_into_the_cluster_by_path_inside_it_and_in_place_with_delete(
+    setup: tuple[ProcessCluster, Path, Path, str],
+) -> None:
+    """Issue 36: ``restore fs:/... --to fs:/...`` writes inside the file system with no
+    mount named (``fs/pastrestore.py``), and in place with ``--delete`` brings back what
+    changed, removes what was made since and leaves the rest: the other mount sees it all."""
+    cluster, mine, theirs, _ = setup
+    tree = mine / "inside"
+    (tree / "sub").mkdir(parents=True)
+    for name in ("a", "b", "sub/c"):
+        (tree / name).write_bytes(f"{name} first\n".encode())
+    fsync_dirs(tree, tree / "sub")
+    then, moment = _snapshot(tree), time.time_ns()
+    with open(tree / "a", "wb") as f:  # (a held file's writes wait for commit= otherwise)
+        f.write(b"a second\n")
+        f.flush()
+        os.fsync(f.fileno())
+    (tree / "late").write_bytes(b"made after\n")
+    fsync_dirs(tree)
+    inside = "fs:/" + str(tree.relative_to(mine))
+    out = bftfs(cluster, "restore", inside, "--at", at(moment), "--to", inside + "-copy")
+    assert "3 files" in out.stdout.decode(), out.stdout
+    assert _snapshot(theirs / "inside-copy") == then
+    out = bftfs(cluster, "restore", inside, "--at", at(moment), "--delete").stdout.decode()
+    assert "1 files" in out and "2 files unchanged" in out and "1 later entries deleted" in out
+    assert _snapshot(theirs / "inside") == then
+
+
 def test_restore_replaces_a_link_planted_where_a_file_was_and_never_writes_through_it(
     setup: tuple[ProcessCluster, Path, Path, str], tmp_path: Path
 ) -> None:

@@ -17,8 +17,10 @@ import trio
 
 from bftfs.cli.progress import Update, _quiet, progress
 from bftfs.cli.when import (
+    FS_PREFIX,
     client_ids,
     exact_time,
+    first_error,
     fs_path,
     iso_time,
     mountpoints_of,
@@ -179,12 +181,86 @@ def _set_attrs(target: Path, s: dict[str, Any]) -> None:
     os.utime(target, ns=(int(s["at"]), int(s["mt"])))
 
 
+def _cluster_target(cfg: ClusterConfig, path: str, arg: str, to: str | None) -> str | None:
+    """The path inside the file system ``restore`` writes to, or None where it writes to
+    this machine's files: ``--to fs:/DEST``, ``--to`` a path under a mount of this
+    cluster, or (no ``--to``) PATH itself (its path in the file system, ``path``).
+    A ``fuse.bftfs`` mount this cluster's directory does not know of may be another
+    cluster's: written through the mount, as any directory."""
+    from bftfs.fuse.control import known_mounts
+
+    if to is None and arg.startswith(FS_PREFIX):
+        return path
+    if to is None:
+        _local_target(arg, mountpoints_of(cfg), None)  # PATH under a mount, or refused
+        to = arg
+    if to.startswith(FS_PREFIX):
+        return fs_path(to, [])
+    absolute = Path(os.path.abspath(to))
+    for _pid, mp in known_mounts(cfg):
+        mp = Path(os.path.abspath(mp))
+        if absolute == mp or mp in absolute.parents:
+            return "/" + str(absolute.relative_to(mp)).removeprefix(".")
+    return None
+
+
+def with_session(cfg: ClusterConfig, client: str, fn: Any) -> Any:
+    """Run ``await fn(session, past)`` on a file system of the cluster opened as a mount
+    opens it (create write-behind, leases, directory write-back: ``fs/pastrestore.py``
+    writes through them); its result.  Everything held is sent and every lease given
+    back before this returns."""
+    from bftfs.fs.session import open_session
+    from bftfs.fuse.options import DEFAULT_COMMIT, DEFAULT_LEASE
+
+    async def main() -> tuple[bool, Any]:
+        async with open_session(
+            cfg,
+            client,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            write_behind=True,
+            lease_term=DEFAULT_LEASE,
+            commit=DEFAULT_COMMIT,
+        ) as session:
+            try:
+                return True, await fn(session, session.past(cfg))
+            except Exception as e:
+                return False, e
+
+    ok, got = trio.run(main)
+    if not ok:
+        raise first_error(got)
+    return got
+
+
 def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     now_ns = time.time_ns()
     mounts = mountpoints_of(cfg)
     path = fs_path(args.path, mounts)
-    dest = _local_target(args.path, mounts, args.to)
     when = parse_when(args.at, now_ns)
+    into = _cluster_target(cfg, path, args.path, args.to)
+    if into is None:
+        dest = _local_target(args.path, mounts, args.to)
+        moment, counts = with_past(cfg, args.as_client, _to_local(path, when, now_ns, dest, args))
+        shown = str(dest)
+    else:
+        got = with_session(cfg, args.as_client, _into_cluster(path, when, now_ns, into, args))
+        moment, counts = got
+        shown = args.to or args.path
+    print(
+        f"restored {path} as it was at {iso_time(moment)} ({exact_time(moment)}) into {shown}: "
+        f"{counts['files']} files "
+        f"({counts['bytes']} bytes), {counts['dirs']} directories, {counts['links']} links"
+        + (f", {counts['unchanged']} files unchanged" if counts.get("unchanged") else "")
+        + (f", {counts['deleted']} later entries deleted" if counts["deleted"] else "")
+        + (f", {counts['skipped']} special files skipped" if counts["skipped"] else "")
+    )
+    return 0
+
+
+def _to_local(path: str, when: Any, now_ns: int, dest: Path, args: argparse.Namespace) -> Any:
+    """``restore``'s work where it writes to this machine's files (``--to`` outside the
+    cluster's mounts)."""
 
     async def run(past: Any) -> tuple[int, dict[str, int]]:
         moment = await resolve_moment(past, path, when, now_ns)
@@ -193,15 +269,41 @@ def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         with progress(f"writing {dest}") as update:
             return moment, await _restore(past, tree, dest, args.delete, update)
 
-    moment, counts = with_past(cfg, args.as_client, run)
-    print(
-        f"restored {path} as it was at {iso_time(moment)} ({exact_time(moment)}) into {dest}: "
-        f"{counts['files']} files "
-        f"({counts['bytes']} bytes), {counts['dirs']} directories, {counts['links']} links"
-        + (f", {counts['deleted']} later entries deleted" if counts["deleted"] else "")
-        + (f", {counts['skipped']} special files skipped" if counts["skipped"] else "")
-    )
-    return 0
+    return run
+
+
+def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.Namespace) -> Any:
+    """``restore``'s work where it writes into the file system (``fs/pastrestore.py``):
+    over PATH itself, the tree as it is now comes with the same walk, and what is
+    unchanged is left."""
+    from bftfs.fs.past import NotThen
+    from bftfs.fs.pastrestore import TreeWriter
+
+    async def run(session: Any, past: Any) -> tuple[int, dict[str, int]]:
+        moment = await resolve_moment(past, path, when, now_ns)
+        moments = [moment]
+        if into == path:
+            try:
+                await past.resolve(path, now_ns)
+                moments.append(now_ns)
+            except NotThen:
+                pass  # nothing there now: all of it is written
+        with progress(f"reading {path} as of {iso_time(moment)}") as update:
+            trees = await past.trees(path, moments, progress=update)
+        writer = TreeWriter(
+            session.fs, past.content, uid=os.getuid(), gid=os.getgid(), as_root=os.geteuid() == 0
+        )
+        with progress(f"writing {into}") as update:
+            counts = await writer.write(
+                trees[0],
+                into,
+                delete=args.delete,
+                current=trees[1] if len(trees) > 1 else None,
+                update=update,
+            )
+        return moment, counts.as_dict()
+
+    return run
 
 
 def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:

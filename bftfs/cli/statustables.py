@@ -214,6 +214,14 @@ def _print_verification(statuses: list[localmod.NodeStatus]) -> None:
     ]
     if history:
         print(_wrap_items("  history (old block versions kept): ", history, ", ", 4))
+    # ... and of Q/U objects (older versions and thinned records), as last measured.
+    qu_history = [
+        f"{s.id} {human(h['bytes'])}"
+        for s in statuses
+        if s.up and (h := ((s.stats or {}).get("progress") or {}).get("qu.history"))
+    ]
+    if qu_history:
+        print(_wrap_items("  history (older Q/U versions kept): ", qu_history, ", ", 4))
     if faults_seen:
         print("  lazy verification's latest faults:")
         for line in faults_seen:

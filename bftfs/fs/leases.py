@@ -344,6 +344,13 @@ class Leases:
         if self._creates[oid] >= USES:
             self._ask(oid, now, EXCLUSIVE)
 
+    async def take_exclusive(self, oid: int) -> None:
+        """Take an exclusive lease on directory ``oid`` now, not after :data:`USES` creates:
+        a program about to make many entries there at once (``bftfs restore``,
+        ``fs/pastrestore.py``) has its closes deferred from the first (``fs/writeback.py``)."""
+        if self.exclusive_left(oid) <= 0:
+            await self._take([oid], EXCLUSIVE)
+
     async def _take_wanted(self) -> None:
         """Take the leases asked for, :data:`BATCH` objects of one quorum per update
         (objects congruent mod ``n`` share their preferred quorum, ``Meta.new_oid``: a

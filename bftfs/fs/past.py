@@ -59,6 +59,9 @@ PARALLEL = 16
 #: Objects whose walks' starts one Q/U query reads (the most a request may name).
 STARTS_AT_ONCE = 8
 
+#: Blocks of one file's past content read at once (each a PASIS read round of its own).
+BLOCKS_AT_ONCE = 8
+
 #: ``progress(done, known)``: objects read so far, and objects known to read in all.
 Progress = Callable[[int, int], None]
 
@@ -483,17 +486,28 @@ class Past:
         bs = file_block_size(s, self.bs)  # that version's block size (it never changes)
         count = -(-size // bs)
         cap = block_cap(v)
-        out = bytearray()
+        blocks: list[bytes | bytearray] = [b""] * count
+        limiter = trio.CapacityLimiter(BLOCKS_AT_ONCE)
+
+        async def one(k: int) -> None:
+            async with limiter:
+                blocks[k] = (await self.rw.read_as_of(block_id(s["d"], k), cap)).ljust(bs, b"\0")
+
         try:
-            for k in range(count):
-                data = await self.rw.read_as_of(block_id(s["d"], k), cap)
-                out += data.ljust(bs, b"\0")
-        except HistoryReclaimed as e:
-            raise Reclaimed(
-                f"the content of object {v.oid:#x} as of {_iso(v.time_ns)} was reclaimed by "
-                f"retention ({e}); newer versions are kept"
-            ) from None
-        return bytes(out[:size])
+            async with trio.open_nursery() as nursery:
+                for k in range(count):
+                    nursery.start_soon(one, k)
+        except ExceptionGroup as group:  # the first failure, as a read one by one raised
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            if isinstance(first, HistoryReclaimed):
+                raise Reclaimed(
+                    f"the content of object {v.oid:#x} as of {_iso(v.time_ns)} was reclaimed "
+                    f"by retention ({first}); newer versions are kept"
+                ) from None
+            raise first from None
+        return b"".join(blocks)[:size]
 
 
 def _parents_first(found: dict[str, Version]) -> dict[str, Version]:

@@ -59,7 +59,29 @@ def node_metrics(node: Node) -> list[Family]:
     if node.store is not None:
         out += _quota(node)
     out += _peers(node.progress.get("rejoin"))
+    out += _history(node.progress)
     return out
+
+
+def _history(progress: dict[str, Any]) -> list[Family]:
+    """What history takes on the node (issue 36), as ``bftfs status`` shows it: old block
+    versions retention keeps (the verifier's figure) and older Q/U versions with their
+    thinned records (``node/qu_space.py``, as last measured); a kind not known yet is
+    left out."""
+    history = Family(
+        "bftfs_node_history_bytes",
+        "Bytes of history kept: old block versions (blocks), older Q/U versions and "
+        "thinned records (qu, measured every 5 minutes)",
+        "gauge",
+        ("kind",),
+    )
+    blocks = (progress.get("rw.verify") or {}).get("history_bytes")
+    if blocks is not None:
+        history.add(blocks, "blocks")
+    qu = (progress.get("qu.history") or {}).get("bytes")
+    if qu is not None:
+        history.add(qu, "qu")
+    return [history] if history.samples else []
 
 
 def _requests(node: Node) -> list[Family]:

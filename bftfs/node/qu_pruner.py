@@ -55,7 +55,14 @@ from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError
 from bftfs.qu.reads import handle_history
 from bftfs.qu.replica import cull
 from bftfs.qu.reply import Reply
-from bftfs.qu.retention import Thinned, drop_requests, prune_step, thin_step
+from bftfs.qu.retention import (
+    Thinned,
+    drop_requests,
+    load_revisits,
+    prune_step,
+    set_revisit,
+    thin_step,
+)
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import MAX_OBJECTS
 from bftfs.qu.tombstones import (
@@ -79,10 +86,22 @@ ASK_TIMEOUT = 5.0
 Histories = dict[int, tuple[dict[int, ReplicaHistory], int]]
 
 
+#: Seconds between writes of the looks updates scheduled (``qu.revisit``): what a node
+#: restarted within this long after an update forgets to look at (until its next update).
+SAVE_EVERY = 5.0
+
+
 def _look(kv: Any, cfg: ReplicaConfig, oid: int, now_ns: int) -> tuple[int, Thinned]:
     """One object's look after ``request_seconds``: its old requests dropped and its
-    history thinned, in one store transaction."""
-    return drop_requests(kv, cfg, oid, now_ns), thin_step(kv, cfg, oid, now_ns)
+    history thinned, and when to look again recorded, in one store transaction."""
+    dropped, thinned = drop_requests(kv, cfg, oid, now_ns), thin_step(kv, cfg, oid, now_ns)
+    set_revisit(kv, oid, thinned.revisit_ns)
+    return dropped, thinned
+
+
+def _save(kv: Any, due: dict[int, int]) -> None:
+    for oid, ns in due.items():
+        set_revisit(kv, oid, ns)
 
 
 class Pruner:
@@ -106,6 +125,9 @@ class Pruner:
         )
         self._requests: list[tuple[int, int]] = []
         self._requests_latest: dict[int, int] = {}
+        #: Looks scheduled by updates and not written to ``qu.revisit`` yet (each
+        #: object's latest; :meth:`save_looks`).
+        self._unsaved: dict[int, int] = {}
         self._requests_wake = trio.Event()
         self._wake = trio.Event()
         #: Set while nothing is queued or being done (tests wait on it).
@@ -133,6 +155,7 @@ class Pruner:
             for oid in objects:
                 heapq.heappush(self._requests, (soon, oid))
                 self._requests_latest[oid] = soon
+                self._unsaved[oid] = soon
             self._requests_wake.set()
 
     async def drop_requests(self) -> None:
@@ -141,8 +164,16 @@ class Pruner:
         (:func:`bftfs.qu.retention.drop_requests`, :func:`~bftfs.qu.retention.thin_step`)
         and again when a version the schedule keeps may go; never returns while the node
         runs.  Memory: one entry per object updated within ``request_seconds`` or holding
-        a version the schedule keeps for now (a restart forgets those revisits: such an
-        object is thinned at its next update)."""
+        a version the schedule keeps for now.  The looks pending are kept in the store
+        too (``qu.revisit``: each look records the next, :meth:`save_looks` those updates
+        scheduled), and a restarted node takes them up again, those come due while it was
+        down at once."""
+        loaded = self.node.store.read(load_revisits)
+        for due, oid in loaded:
+            if due < self._requests_latest.get(oid, due + 1):
+                heapq.heappush(self._requests, (due, oid))
+                self._requests_latest[oid] = due
+        self.node.stats["qu.revisits_loaded"] += len(loaded)
         while True:
             now = self.node.now_ns()
             if not self._requests or self._requests[0][0] > now:
@@ -155,6 +186,7 @@ class Pruner:
             if self._requests_latest.get(oid) != due:
                 continue  # updated again since: its own entry comes later
             del self._requests_latest[oid]
+            self._unsaved.pop(oid, None)  # the look records the next one itself
             step = functools.partial(_look, cfg=self.cfg, oid=oid, now_ns=now)
             try:
                 dropped, thinned = await self.node.store.write(step, background=True)
@@ -167,6 +199,20 @@ class Pruner:
             if thinned.revisit_ns is not None and oid not in self._requests_latest:
                 heapq.heappush(self._requests, (thinned.revisit_ns, oid))
                 self._requests_latest[oid] = thinned.revisit_ns
+
+    async def save_looks(self) -> None:
+        """Write the looks updates scheduled to ``qu.revisit`` every :data:`SAVE_EVERY`
+        seconds, in one background transaction (never returns while the node runs)."""
+        while True:
+            await trio.sleep(SAVE_EVERY)
+            if not self._unsaved:
+                continue
+            due, self._unsaved = self._unsaved, {}
+            try:
+                await self.node.store.write(functools.partial(_save, due=due), background=True)
+            except Exception:
+                self.node.stats["internal_errors"] += 1
+                self.node.log.exception("node %s: saving %d looks", self.node.id, len(due))
 
     def _busy(self) -> None:
         if self.idle.is_set():

@@ -58,7 +58,7 @@ from bftfs.net.admission import Admission
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.net.server import DEFER, HandlerError
-from bftfs.node import limits
+from bftfs.node import limits, qu_space
 from bftfs.node.batching import BatchHandler
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_pruner import Pruner
@@ -158,11 +158,13 @@ def register(
 
         node.catch_ups["qu"] = catch_up_objects  # run again after a partition (rejoin.py)
         node.spawn(catch_up_objects)
+        node.spawn(qu_space.run, node)  # what Q/U history takes, for bftfs status
         if pruner.enabled:
             node.spawn(pruner.run)
             node.spawn(pruner.sweep)
             if pruner.request_delay_ns is not None:
                 node.spawn(pruner.drop_requests)
+                node.spawn(pruner.save_looks)
     return server
 
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from bftfs import thinning
 from bftfs.kv import KV
-from bftfs.qu import schema
+from bftfs.qu import blobs, schema
 from bftfs.qu.canon import unpack
 from bftfs.qu.history import ReplicaHistory, is_initial
 from bftfs.qu.serverconfig import ReplicaConfig
-from bftfs.qu.timestamp import ZERO, Timestamp
+from bftfs.qu.timestamp import TIMESTAMP_SIZE, ZERO, Timestamp
 
 
 def retain(
@@ -240,3 +240,109 @@ def thin_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> Thinned:
     horizon = now_ns - int(cfg.retention.keep_seconds * 1e9)
     gone = schema.delete_thinned_below(kv, oid, horizon) if records else 0
     return Thinned(thinned, dropped, gone, revisit)
+
+
+#: When the pruner looks at each object's history next (``node/qu_pruner.py``: dropping
+#: old requests, thinning): 8 bytes of node-clock ns by object id.  Kept in the store so
+#: that a restarted node still thins what the schedule lets go later (a version kept for
+#: its hour or day), not only at the object's next update, which a removed file's or an
+#: idle directory's never gets.  Never charged (16 bytes per object with a look pending).
+DB_REVISIT = "qu.revisit"
+
+
+def set_revisit(kv: KV, oid: int, due_ns: int | None) -> None:
+    """Record when ``oid`` is looked at next (None: no look pending)."""
+    if due_ns is None:
+        kv.delete(DB_REVISIT, schema.oid_key(oid))
+    else:
+        kv.put(DB_REVISIT, schema.oid_key(oid), due_ns.to_bytes(8, "big"))
+
+
+def load_revisits(kv: KV) -> list[tuple[int, int]]:
+    """``(due ns, oid)`` of every look pending (a malformed record is skipped)."""
+    out = []
+    for key, value in kv.scan(DB_REVISIT, schema.oid_key(0), schema.OID_END):
+        if len(key) == 8 and len(value) == 8:
+            out.append((int.from_bytes(value, "big"), int.from_bytes(key, "big")))
+    return out
+
+
+@dataclass
+class HistorySpace:
+    """What one server's store holds of Q/U history (``bftfs status``): every stored
+    version but each object's newest (key and record), the large strings of their states
+    that only they use (``qu.blob``: an older version of a rewritten small file), and the
+    records thinned versions left."""
+
+    older_versions: int = 0
+    older_bytes: int = 0
+    thinned: int = 0
+    thinned_bytes: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.older_bytes + self.thinned_bytes
+
+    def add(self, other: HistorySpace) -> None:
+        self.older_versions += other.older_versions
+        self.older_bytes += other.older_bytes
+        self.thinned += other.thinned
+        self.thinned_bytes += other.thinned_bytes
+
+
+def _blob_refs(value: bytes) -> set[bytes]:
+    """The ``qu.blob`` hashes a stored version record references (none if unreadable)."""
+    try:
+        d = unpack(value)
+        return set(blobs.references(d["s"])) if d.get("sk") else set()
+    except (KeyError, TypeError, ValueError, blobs.BlobError):
+        return set()
+
+
+def history_space(kv: KV, after: int | None, limit: int) -> tuple[HistorySpace, int | None]:
+    """:class:`HistorySpace` of up to ``limit`` objects with id above ``after`` (in the
+    order of ``qu.rh``), and the id to go on after (None: that was the last page).  A
+    large string an older version shares with another object's newest is counted as
+    history (content copied between files: rare)."""
+    start = schema.oid_key(0 if after is None else after + 1)
+    oids: list[int] = []
+    more = False
+    for key, _ in kv.scan(schema.DB_RH, start, schema.OID_END):
+        if len(oids) >= limit:
+            more = True
+            break
+        oids.append(int.from_bytes(key, "big"))
+    out = HistorySpace()
+    if not oids:
+        return out, None
+    lo = schema.oid_key(oids[0])
+    hi = oids[-1].to_bytes(8, "big") + b"\xff" * (TIMESTAMP_SIZE + 1)
+    counted: set[bytes] = set()
+
+    def one_object(group: list[tuple[int, bytes]]) -> None:
+        """An object's versions (size, record), oldest first: all but the newest count."""
+        live = _blob_refs(group[-1][1])
+        for size, value in group[:-1]:
+            out.older_versions += 1
+            out.older_bytes += size
+            for h in _blob_refs(value) - live - counted:
+                counted.add(h)
+                blob = kv.get(schema.DB_BLOB, h)
+                out.older_bytes += len(h) + (len(blob) if blob is not None else 0)
+
+    last: bytes | None = None
+    group: list[tuple[int, bytes]] = []
+    for key, value in kv.scan(schema.DB_VER, lo, hi):  # oldest first: the last is newest
+        if len(key) != 8 + TIMESTAMP_SIZE:
+            continue
+        if key[:8] != last and group:
+            one_object(group)
+            group = []
+        last = bytes(key[:8])
+        group.append((len(key) + len(value), value))
+    if group:
+        one_object(group)
+    for key, value in kv.scan(schema.DB_THIN, lo, hi):
+        out.thinned += 1
+        out.thinned_bytes += len(key) + len(value)
+    return out, oids[-1] if more else None
