@@ -453,7 +453,10 @@ class Leases:
             self._revoke([oid for oid in believed if oid in self.held])
 
     def _revoke(self, oids: list[int]) -> None:
-        """Give up leases the nodes recalled."""
+        """Give up leases the nodes recalled (none: the recall was of a lease still being
+        asked for, which its grant gives back at once, ``_recalls.believed``)."""
+        if not oids:
+            return
         self.stats["recalled"] += len(oids)
         self._let_go(oids)
 
@@ -477,6 +480,8 @@ class Leases:
         await self._release(oids)
 
     async def _release(self, oids: list[int]) -> None:
+        if not oids:  # nothing to give back (an update names at least one object)
+            return
         if len(oids) > BATCH:
             for i in range(0, len(oids), BATCH):
                 await self._release(oids[i : i + BATCH])
