@@ -456,7 +456,11 @@ def test_scheduled_snapshots_are_taken_and_thinned_and_hand_named_ones_stay(
     takes ``auto-TIME``; with nothing to keep but the newest, the next run deletes the
     earlier ones; a snapshot named by hand stays, and a dry run changes nothing."""
     cluster, mine, _, _ = setup
-    (mine / "scheduled").write_bytes(b"kept by the schedule")
+    with open(mine / "scheduled", "wb") as f:
+        f.write(b"kept by the schedule")
+        # On the nodes before the snapshots are taken: a close under the mount's
+        # exclusive lease on the directory returns before the create is sent (``commit``).
+        os.fsync(f.fileno())
     bftfs(cluster, "snapshot", "create", "by-hand")
     now = time.time_ns()
     first, second = now - 2 * 3600 * 10**9, now - 3600 * 10**9
