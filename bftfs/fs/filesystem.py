@@ -165,7 +165,7 @@ class FileSystem:
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
         if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
             self.meta.leases = Leases(
-                self._lease_update, self.meta.query_now, term=lease_term, b=config.b, n=config.n
+                self.meta.lease_update, self.meta.query_now, term=lease_term, b=config.b, n=config.n
             )
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         if self.meta.leases is not None:
@@ -415,16 +415,6 @@ class FileSystem:
     async def revalidate(self, fh: int) -> None:
         await self.handles.revalidate(fh)
 
-    async def _lease_update(self, objects: list[int], method: str, arg: Any) -> Any:
-        """The update leases are taken, renewed and released with.  A take or renewal
-        (``fs.lease``) changes no content, so it is not gated: gated, each renewal of a
-        directory's lease sent its deferred creates, and each sweep renewing held files
-        sent their buffered writes one file per update (PostMark: a sixth of its rounds),
-        where write-back sends them eight per update.  A release stays gated: a recall's
-        contract is that what the mount buffered goes first."""
-        send = self.meta.update_now if method == "fs.lease" else self.meta.update
-        return await send(objects, method, arg)
-
     async def write_back(self) -> None:
         """Send every create directory write-back holds (``fsync`` of a directory: its
         new names are then on a quorum), and the writes held files' closes left
@@ -450,10 +440,8 @@ class FileSystem:
         if self.meta.leases is not None:
 
             async def forget_all(inos: list[int]) -> None:
-                # The attributes of this mount's own recent updates go too: within
-                # ``attr_ttl`` they would answer the kernel's fresh ``getattr`` with a
-                # mode or size older than the change the recaller makes once released
-                # (another mount's chmod was not refused to this mount's next open).
+                # Own updates' attributes too: within ``attr_ttl`` they would answer the
+                # kernel's fresh getattr with a mode older than the recaller's change.
                 self.cache.forget_own(inos)
                 await forget(inos)
 

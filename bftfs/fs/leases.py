@@ -112,6 +112,10 @@ class Leases:
         tasks (taking, renewing, releasing a lease, reading a listing) and at unmount
         (:meth:`release_all`), never inside one of ``Meta``'s calls."""
         self._update = update
+        #: What the leases did (``bftfs status``, the benchmarks).
+        self.stats: Counter[str] = Counter()
+        #: Giving leases back, with the gated update.
+        self.releases = Releases(update, wall_ns, self.stats)
         self.term = term
         self.b = b
         self.n = n
@@ -144,8 +148,6 @@ class Leases:
         self.before_release: Callable[[list[int]], Awaitable[None]] | None = None
         #: Told the objects a new lease was granted on (before any answer is kept).
         self.on_grant: Callable[[list[int]], None] | None = None
-        #: What the leases did (``bftfs status``, the benchmarks).
-        self.stats: Counter[str] = Counter()
         #: Files leased with their create under a directory's exclusive lease
         #: (:meth:`inherit`), by directory: given up with it at its recall.
         self._children: dict[int, set[int]] = {}
@@ -310,7 +312,7 @@ class Leases:
             # Recalled or ended while the create was on its way: the grants (if the nodes
             # made them before the recall) are given back, or another client's look at a
             # file would wait for their term (a recall of a lease not held is ignored).
-            self._spawn(lambda: self._release(list(oids)))
+            self._spawn(lambda: self.releases.release(list(oids)))
             return
         children = self._children.setdefault(parent, set())
         if len(children) > MAX_CHILDREN:  # those whose lease ended are gone already
@@ -416,7 +418,7 @@ class Leases:
             if self._recalls.believed(oid):
                 self._revoke([oid])
         if gone:
-            self._spawn(lambda: self._release(gone))
+            self._spawn(lambda: self.releases.release(gone))
 
     def _ensure_listing(self, oid: int) -> None:
         """Read the listing of a directory leased exclusively here unless it is known or
@@ -469,28 +471,7 @@ class Leases:
         for oid in oids:
             self._drop(oid)
             self._quiet_until[oid] = now + COOLDOWN
-        self._spawn(lambda: self._forget_then_release(oids))
-
-    async def _forget_then_release(self, oids: list[int]) -> None:
-        if self.before_release is not None:
-            try:
-                await self.before_release(oids)
-            except Exception:  # noqa: BLE001 - the release must go on
-                log.exception("dropping the kernel's cache of %s", oids)
-        await self._release(oids)
-
-    async def _release(self, oids: list[int]) -> None:
-        if not oids:  # nothing to give back (an update names at least one object)
-            return
-        if len(oids) > BATCH:
-            for i in range(0, len(oids), BATCH):
-                await self._release(oids[i : i + BATCH])
-            return
-        try:
-            await self._update(oids, "fs.release", {"lt": self.wall_ns()})
-        except Exception as e:  # noqa: BLE001 - the lease then ends at its term
-            self.stats["release_failed"] += 1
-            log.warning("release of leases on %s failed (they end at their term): %s", oids, e)
+        self._spawn(lambda: self.releases.after(self.before_release, oids))
 
     async def release_all(self) -> None:
         """Give every lease back (an unmount): other clients need not recall them."""
@@ -498,7 +479,43 @@ class Leases:
         for oid in oids:
             self._drop(oid)
         for i in range(0, len(oids), BATCH):
-            await self._release(oids[i : i + BATCH])
+            await self.releases.release(oids[i : i + BATCH])
+
+
+class Releases:
+    """Giving leases back: what the kernel cached under them is forgotten first, then one
+    ``fs.release`` per :data:`BATCH` objects with the gated update (what the mount
+    buffered for them goes before it: a recall's contract); a release that fails leaves
+    the leases to end at their term."""
+
+    def __init__(self, update: Update, wall_ns: Callable[[], int], stats: Counter[str]) -> None:
+        self._update = update
+        self.wall_ns = wall_ns
+        self.stats = stats
+
+    async def after(
+        self, forget: Callable[[list[int]], Awaitable[None]] | None, oids: list[int]
+    ) -> None:
+        """Release ``oids`` once ``forget`` (``Leases.before_release``) has run on them."""
+        if forget is not None:
+            try:
+                await forget(oids)
+            except Exception:  # noqa: BLE001 - the release must go on
+                log.exception("dropping the kernel's cache of %s", oids)
+        await self.release(oids)
+
+    async def release(self, oids: list[int]) -> None:
+        if not oids:  # nothing to give back (an update names at least one object)
+            return
+        if len(oids) > BATCH:
+            for i in range(0, len(oids), BATCH):
+                await self.release(oids[i : i + BATCH])
+            return
+        try:
+            await self._update(oids, "fs.release", {"lt": self.wall_ns()})
+        except Exception as e:  # noqa: BLE001 - the lease then ends at its term
+            self.stats["release_failed"] += 1
+            log.warning("release of leases on %s failed (they end at their term): %s", oids, e)
 
 
 class RecallVotes:

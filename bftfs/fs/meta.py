@@ -213,6 +213,16 @@ class Meta:
             leases.answered(oids, method, arg, answer, sent)
         return answer
 
+    async def lease_update(self, objects: list[int], method: str, arg: Any) -> Any:
+        """The update leases are taken, renewed and released with (``fs/leases.py``).  A
+        take or renewal (``fs.lease``) changes no content, so it is not gated: gated, each
+        renewal of a directory's lease sent its deferred creates, and each sweep renewing
+        held files sent their buffered writes one file per update (PostMark: a sixth of
+        its rounds), where write-back sends them eight per update.  A release stays
+        gated: a recall's contract is that what the mount buffered goes first."""
+        send = self.update_now if method == "fs.lease" else self.update
+        return await send(objects, method, arg)
+
     async def update_now(self, objects: Iterable[int], method: str, arg: Any) -> Any:
         """A Q/U update, not gated (the gate's own calls).  It carries the lease time
         ``lt``; one refused because another client holds a lease on an object it would
