@@ -20,13 +20,13 @@ from bftfs.cli.when import (
     FS_PREFIX,
     client_ids,
     exact_time,
-    first_error,
     fs_path,
     iso_time,
     mountpoints_of,
     parse_when,
     range_trees,
     resolve_moment,
+    run_within,
     with_past,
 )
 from bftfs.config import ClusterConfig
@@ -212,8 +212,8 @@ def with_session(cfg: ClusterConfig, client: str, fn: Any) -> Any:
     from bftfs.fs.session import open_session
     from bftfs.fuse.options import DEFAULT_COMMIT, DEFAULT_LEASE
 
-    async def main() -> tuple[bool, Any]:
-        async with open_session(
+    return run_within(
+        lambda: open_session(
             cfg,
             client,
             uid=os.getuid(),
@@ -221,16 +221,9 @@ def with_session(cfg: ClusterConfig, client: str, fn: Any) -> Any:
             write_behind=True,
             lease_term=DEFAULT_LEASE,
             commit=DEFAULT_COMMIT,
-        ) as session:
-            try:
-                return True, await fn(session, session.past(cfg))
-            except Exception as e:
-                return False, e
-
-    ok, got = trio.run(main)
-    if not ok:
-        raise first_error(got)
-    return got
+        ),
+        lambda session: fn(session, session.past(cfg)),
+    )
 
 
 def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:

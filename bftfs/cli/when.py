@@ -329,14 +329,21 @@ def moment_of(cfg: ClusterConfig, client: str, when: int | str) -> int:
 
 
 def with_past(cfg: ClusterConfig, client: str, fn: Any) -> Any:
-    """Run ``await fn(past)`` against the cluster; its result.  An error ``fn`` raises comes
-    out as itself (not wrapped in the exception group of the clients' nurseries)."""
+    """Run ``await fn(past)`` against the cluster; its result (:func:`run_within`)."""
     from bftfs.fs.session import open_past
 
+    return run_within(lambda: open_past(cfg, client), fn)
+
+
+def run_within(opening: Any, fn: Any) -> Any:
+    """Run ``await fn(opened)`` inside ``async with opening() as opened`` (a client of the
+    cluster); its result.  An error ``fn`` raises comes out as itself (not wrapped in the
+    exception group of the clients' nurseries)."""
+
     async def main() -> tuple[bool, Any]:
-        async with open_past(cfg, client) as past:
+        async with opening() as opened:
             try:
-                return True, await fn(past)
+                return True, await fn(opened)
             except Exception as e:
                 return False, e
 
