@@ -224,13 +224,21 @@ def test_forged_replayed_and_byzantine_views_are_refused(tmp_path: Path) -> None
                 await nursery.start(trio.serve_listeners, fake.serve, listeners)
                 with trio.fail_after(30):  # the nodes' heartbeats reach node 5 every 2 s
                     await asked.wait()
+                    # Serve on until the asker has judged the answer (refusing it counts
+                    # as a failed fetch), so that the reply is not cut off in flight.
+                    while True:
+                        if await fetches_failed() >= 1:
+                            break
+                        await trio.sleep(0.2)
                 nursery.cancel_scope.cancel()
             return fake.stats["req.view.get"]
 
+        async def fetches_failed() -> int:
+            statuses = await local.query_status(cfg)
+            return sum(s.stats["requests"].get("view_fetch_failed", 0) for s in statuses if s.up)
+
         assert trio.run(impostor) >= 1
         assert views_held(cfg, list(range(5))) == dict.fromkeys(range(5), 2)
-        statuses = trio.run(local.query_status, cfg)
-        assert sum(s.stats["requests"].get("view_fetch_failed", 0) for s in statuses if s.up) >= 1
 
 
 def test_a_node_down_during_the_change_learns_the_view_from_its_peers(tmp_path: Path) -> None:

@@ -241,9 +241,11 @@ class NodeViews:
         assert node is not None
         self._busy.add(peer)
         try:
-            with trio.move_on_after(PEER_TIMEOUT):
+            with trio.move_on_after(PEER_TIMEOUT) as waited:
                 blob = await node.endpoint.call(peer, "view.get", None)
                 await self.offer(blob, source=f"node {peer}")
+            if waited.cancelled_caught:
+                raise TransportError(f"no answer in {PEER_TIMEOUT:.0f} s")
         except (TransportError, RemoteError, HandlerError) as e:
             node.stats["view_fetch_failed"] += 1
             log.debug("node %s: no view from node %s: %s", node.id, peer, e)
