@@ -11,6 +11,7 @@ from __future__ import annotations
 import pkgutil
 
 import bftfs.fsobjects as fsobjects
+from bftfs.fsobjects.state import new_dir
 from bftfs.qu.objects import Class
 
 Q, U = Class.QUERY, Class.UPDATE
@@ -73,3 +74,15 @@ def test_no_export_of_the_package_shadows_one_of_its_modules() -> None:
     modules = {m.name for m in pkgutil.iter_modules(fsobjects.__path__)}
     assert modules & set(fsobjects.__all__) == set()
     assert all(hasattr(fsobjects, name) for name in fsobjects.__all__)
+
+
+def test_a_touch_moves_a_directorys_times_only_forward() -> None:
+    """``fs.setattr`` with ``touch`` (a directory's times sent late by write-back, when a
+    create and its removal cancelled): an update of the directory taken meanwhile with a
+    later time keeps it."""
+    setattr_ = {m.name: m.fn for m in fsobjects.FS.methods}["fs.setattr"]
+    d = new_dir(1, 0o755, 0, 0, 100)
+    states, _ = setattr_({2: d}, {"touch": 500, "now": 500})
+    assert (states[2]["mt"], states[2]["ct"]) == (500, 500)
+    states, _ = setattr_({2: states[2]}, {"touch": 300, "now": 300})
+    assert (states[2]["mt"], states[2]["ct"]) == (500, 500)

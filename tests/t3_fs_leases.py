@@ -315,3 +315,36 @@ def test_a_lease_time_gone_stale_on_the_way_is_sent_again_fresh(tmp_path: Path) 
             await a.meta.update_now([ROOT], "fs.lease", {"kind": SHARED, "term": 10**10})
 
     run(tmp_path, body, **LEASES)
+
+
+def test_a_lease_in_use_is_renewed_once_a_third_of_its_term_is_left_and_never_lapses(
+    tmp_path: Path,
+) -> None:
+    """Uses of a held lease ask for no renewal while more than a third of its term is
+    left (each would be a round), and the first use after that renews it in the
+    background: the lease then runs on without a gap, every use answered by it."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        leases = a.meta.leases
+        assert leases is not None
+        for _ in range(3):
+            await a.readdir(ROOT)
+        await leased(a, ROOT)
+        first = leases.held[ROOT].until
+        renewed = leases.stats["renewed"]
+        await a.readdir(ROOT)
+        assert leases.stats["renewed"] == renewed and leases.held[ROOT].until == first
+        await until(
+            "a third of the term left",
+            lambda: first - trio.current_time() < leases.term / 3,
+            timeout=leases.term,
+        )
+        listings = a.meta.methods["fs.readdir"]
+        await a.readdir(ROOT)  # answered by the lease, and renews it
+        await until("the renewal", lambda: leases.held[ROOT].until > first)
+        assert leases.stats["renewed"] == renewed + 1
+        await a.readdir(ROOT)
+        assert a.meta.methods["fs.readdir"] == listings, "a use went to the servers"
+
+    run(tmp_path, body, fs_options={"lease_term": 12.0})

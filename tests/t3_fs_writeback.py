@@ -134,6 +134,12 @@ def test_a_stat_of_a_file_left_to_write_back_sends_nothing(tmp_path: Path) -> No
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def rounds_since(fs: FileSystem, before: Counter[str]) -> Counter[str]:
+    """The Q/U calls ``fs`` sent since ``before`` (answers from its leases are no round)."""
+    now = +(Counter(fs.meta.methods) - before)
+    return Counter({m: n for m, n in now.items() if not m.startswith("leased ")})
+
+
 def removals(fs: FileSystem) -> int:
     """Removal updates sent so far."""
     return fs.meta.methods["fs.unlink"] + fs.meta.methods["fs.unlinkmany"]
@@ -352,37 +358,77 @@ def test_opening_a_file_whose_create_waits_needs_no_round(tmp_path: Path) -> Non
     run(tmp_path, body, fs_options=OPTIONS)
 
 
-def test_removing_files_whose_creates_wait_waits_with_them(tmp_path: Path) -> None:
+def test_files_made_and_removed_within_commit_never_reach_the_servers(tmp_path: Path) -> None:
     """Files made and removed within ``commit`` (PostMark's deletes, a compiler's
-    temporaries): the removals wait too, and go after their creates, each kind batched
-    (before, each removal sent its create alone, then went alone: two rounds a file).  A
-    name removed this way and made again ends with the new file."""
+    temporaries) in a directory whose listing the mount knows whole: each create and its
+    removal cancel in the mount, and neither is sent; the directory's times still move to
+    the last removal's, in one times-only update that keeps the leased listing.  A name
+    removed this way and made again ends with the new file."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
         await a.write_back()
+        await a.readdir(d)  # the listing, known whole under the lease
+        leases = a.meta.leases
+        assert leases is not None
         before = Counter(a.meta.methods)
         for k in range(6):
             await new_file(a, d, b"t%d" % k, b"temporary %d" % k)
+        removed_at = 0
         for k in range(6):
+            removed_at = a.meta.now()
             await a.unlink(d, b"t%d" % k)
             with pytest.raises(NotFound):
                 await a.lookup(d, b"t%d" % k)
-        assert +(Counter(a.meta.methods) - before) == Counter(), "a removal waited"
-        await new_file(a, d, b"t0", b"made again")  # t0's create and removal go first
+        assert rounds_since(a, before) == Counter(), "a removal waited"
+        assert leases.stats["creates_cancelled"] == 6
+        # A stat of the directory sends its times first.
+        assert (await a.getattr(d)).mtime_ns >= removed_at
+        assert rounds_since(a, before)["fs.setattr"] == 1
+        assert leases.known_absent(d, b"t1"), "the touch dropped the leased listing"
+        await new_file(a, d, b"t0", b"made again")
         await a.write_back()
-        # The old t0 went with its directory's other five, creates and removals each in
-        # one update; the new t0 alone (it was made while the old one was pending).
-        sent_now = +(Counter(a.meta.methods) - before)
-        assert sent_now == Counter(
-            {"fs.createmany": 1, "fs.unlinkmany": 1, "fs.create": 1, "fs.write": 1}
+        sent_now = rounds_since(a, before)
+        assert sent_now - Counter({"fs.stat": 1}) == Counter(
+            {"fs.createwrite": 1, "fs.setattr": 1}
         ), sent_now
         assert {n for n, _ in await b.readdir(d)} == {b"t0", b"warm0", b"warm1", b"warm2"}
         fh = await b.open((await b.lookup(d, b"t0")).ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"made again"
         await b.release(fh)
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_removal_of_a_waiting_create_whose_name_may_exist_waits_with_it(
+    tmp_path: Path,
+) -> None:
+    """Without the directory's listing known whole, a waiting create may meet a file of
+    that name on the servers (it then opens it): its removal must reach them, so the two
+    go after each other, each kind batched (two updates for six files, not twelve)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        await a.write_back()
+        leases = a.meta.leases
+        assert leases is not None
+        leases.answers.listings.pop(d, None)
+        leases.query = None  # (nor read again at the next create: this mount cannot list)
+        before = Counter(a.meta.methods)
+        for k in range(6):
+            await new_file(a, d, b"t%d" % k, b"temporary %d" % k)
+        for k in range(6):
+            await a.unlink(d, b"t%d" % k)
+        assert rounds_since(a, before) == Counter(), "a removal waited"
+        await a.write_back()
+        sent_now = rounds_since(a, before)
+        assert sent_now == Counter({"fs.createmany": 1, "fs.unlinkmany": 1}), sent_now
+        assert leases.stats["creates_cancelled"] == 0
+        assert {n for n, _ in await b.readdir(d)} == {b"warm0", b"warm1", b"warm2"}
 
     run(tmp_path, body, fs_options=OPTIONS)
 

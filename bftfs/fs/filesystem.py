@@ -228,9 +228,12 @@ class FileSystem:
                 is_pending_create=self.pending.is_pending,
                 is_deferred_create=self.pending.is_deferred,
                 make_creates=self.pending.make,
+                cancellable=self.pending.cancellable,
+                cancel=self.pending.cancel,
             )
             unlinks.writeback = self.pending.writeback
             self.pending.writeback.send_unlinks = unlinks.send
+            self.pending.writeback.send_touches = unlinks.send_touches
             self.pending.unlinks = self.names.unlinks = unlinks
             # ... and the files made there are leased here too: their opens, attributes
             # and written closes stay in the mount (fs/heldfiles.py).

@@ -139,7 +139,7 @@ class LeasedAnswers:
     def changed(self, oids: Sequence[int], parent: int | None, names: frozenset[bytes]) -> None:
         """``Leases.changed``: drop what the mount's update of ``oids`` makes stale."""
         for o in oids:
-            entries_only = o == parent and bool(names)
+            entries_only = o == parent  # (no names: only the directory's times changed)
             if not entries_only:
                 self.listings.pop(o, None)  # not entries: the names may have changed
             self._generation[o] += 1

@@ -291,10 +291,13 @@ class Leases:
 
     def listing(self, oid: int) -> set[bytes] | None:
         """The names of directory ``oid`` as its listing known whole under a live lease
-        here says (with this mount's own entry updates taken), or None."""
+        here says (with this mount's own entry updates taken), or None.  A use of the
+        lease, as a cached answer is: it renews the lease when due."""
         names = self.answers.listings.get(oid)
-        if names is None or self._live(oid, trio.current_time()) is None:
+        now = trio.current_time()
+        if names is None or self._live(oid, now) is None:
             return None
+        self._renew_if_due([oid], now)
         return names
 
     def exclusive_left(self, oid: int) -> float:

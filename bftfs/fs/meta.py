@@ -24,7 +24,7 @@ import itertools
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -83,12 +83,19 @@ class _Taken(Exception):
 _ENTRY_METHODS = frozenset(
     {"fs.create", "fs.createwrite", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir"}
 )
+#: The keys of an ``fs.setattr`` that only moves a directory's times forward (a touch).
+_TOUCH_KEYS = frozenset({"touch", "now", "lt"})
 
 
-def _entry_of(method: str, arg: Any) -> tuple[int | None, frozenset[bytes]]:
-    """The directory and the entry names an update changes only those entries of, or
-    (None, no names)."""
+def _entry_of(
+    method: str, arg: Any, objects: Sequence[int] = ()
+) -> tuple[int | None, frozenset[bytes]]:
+    """The directory and the entry names an update changes only those entries of (and
+    the directory's attributes), or (None, no names).  A late touch of a directory's
+    times (``fs/unlinkback.py``) changes its attributes only: no names."""
     if isinstance(arg, dict):
+        if method == "fs.setattr" and len(objects) == 1 and arg.keys() <= _TOUCH_KEYS:
+            return objects[0], frozenset()
         p = arg.get("p")
         if method in _ENTRY_METHODS and isinstance(p, int):
             name = arg.get("name")
@@ -232,7 +239,7 @@ class Meta:
         if isinstance(arg, dict) and "lt" not in arg:
             arg = {**arg, "lt": self.wall_ns()}
         changes = method not in _LEASE_METHODS
-        parent, names = _entry_of(method, arg)
+        parent, names = _entry_of(method, arg, objects)
         if changes and self.leases is not None:
             self.leases.changed(objects, parent=parent, names=names)
         self.methods[method] += 1

@@ -19,6 +19,12 @@ directory in one ``fs.unlinkmany`` update:
   is sent first, as before: the unlink then follows it) unless that create waits in
   write-back too: then the removal waits with it, and its create is sent first when the
   removal goes (both batched: PostMark deletes files it made seconds before).
+- **Cancelling**: a removal whose create still waits in write-back with all its content
+  inline, in a directory whose listing the mount knows whole under the lease (so the
+  servers surely lack the name), drops the create and is not sent either
+  (``PendingCreates.cancellable``).  The directory's times still move to the removal's:
+  a times-only ``fs.setattr`` (``touch``) goes when due or before a call on the
+  directory's attributes, unless a removal there sent later carries a later time.
 - **A refusal** when sent (the name gone, or naming another object: possible only once the
   lease lapsed and another client changed the directory) drops the removal, as a removal
   that lost a race; no answer from the cluster keeps it pending and tries again.
@@ -61,6 +67,14 @@ def about_another_entry(parent: int, name: bytes, objects: list[int], arg: Any) 
     return False
 
 
+def _about_an_entry(parent: int, arg: Any) -> bool:
+    """Whether a call on ``parent`` with ``arg`` is a lookup in it or an update of one of
+    its entries (such a call needs no held-back times of the directory first)."""
+    if isinstance(arg, bytes):
+        return True
+    return isinstance(arg, dict) and arg.get("p") == parent and isinstance(arg.get("name"), bytes)
+
+
 class PendingUnlinks:
     """The removals this mount holds back, and their sending (module docstring)."""
 
@@ -73,18 +87,28 @@ class PendingUnlinks:
         is_pending_create: Callable[[int], bool],
         is_deferred_create: Callable[[int], bool],
         make_creates: Callable[[list[int]], Awaitable[None]],
+        cancellable: Callable[[int], bool] = lambda _oid: False,
+        cancel: Callable[[int], None] = lambda _oid: None,
     ) -> None:
         """``is_pending_create``: whether an object's create is not sent yet;
         ``is_deferred_create``: whether it waits in directory write-back, closed (its
         removal may then wait too); ``make_creates``: sends the creates of objects
         whose removals go now (a removal reaching the servers before its create would
-        be refused, and the file made after it)."""
+        be refused, and the file made after it); ``cancellable`` and ``cancel``: whether
+        an object's create may be dropped with its file, and drop it (a create and its
+        removal that cancel, ``PendingCreates.cancellable``)."""
         self.meta = meta
         self.cache = cache
         self.reclaimer = reclaimer
         self._is_pending_create = is_pending_create
         self._is_deferred_create = is_deferred_create
         self._make_creates = make_creates
+        self._cancellable = cancellable
+        self._cancel = cancel
+        #: Directories where a create and its removal cancelled -> the time (ns, client
+        #: clock) their mtime and ctime must reach: sent by write-back, unless a removal
+        #: there taken later carries a time at least as late (:meth:`_taken`).
+        self._touches: dict[int, int] = {}
         self._by_dir: dict[int, dict[bytes, PendingUnlink]] = {}
         self._by_oid: dict[int, PendingUnlink] = {}
         #: Due times and the background sender (set by ``FileSystem`` with write-back).
@@ -94,7 +118,7 @@ class PendingUnlinks:
         self.discard_held: Callable[[int], bool] | None = None
 
     def holds_back(self) -> bool:
-        return bool(self._by_oid)
+        return bool(self._by_oid or self._touches)
 
     def pending(self, parent: int, name: bytes) -> PendingUnlink | None:
         return self._by_dir.get(parent, {}).get(name)
@@ -108,6 +132,14 @@ class PendingUnlinks:
         f = self.cache.files.get(oid)
         if f is not None and f.opens:
             return False
+        if self._cancellable(oid) and wb.defer_touch(parent):
+            if self.discard_held is not None:
+                self.discard_held(oid)
+            self._cancel(oid)
+            self._touches[parent] = max(self.meta.now(), self._touches.get(parent, 0))
+            self._gone_here(parent, name, oid)
+            wb.stats["creates_cancelled"] += 1
+            return True
         if f is not None and self.discard_held is not None and self.discard_held(oid):
             f = None  # its buffered writes went with it (fs/heldfiles.py)
         # A file whose create waits in write-back may go with its create: it is sent
@@ -122,6 +154,11 @@ class PendingUnlinks:
             return False
         self._by_dir.setdefault(parent, {})[name] = u
         self._by_oid[oid] = u
+        self._gone_here(parent, name, oid)
+        return True
+
+    def _gone_here(self, parent: int, name: bytes, oid: int) -> None:
+        """The name is gone in this mount's view: its names, attributes, leased listing."""
         self.cache.forget(parent, name)
         # Its link count is the servers' to tell (another name may still lead to it): a
         # stat of it asks them, and so sends this removal first.
@@ -130,7 +167,6 @@ class PendingUnlinks:
         if leases is not None:  # as a removal taken: the name leaves the leased listing
             leases.changed([parent, oid], parent=parent, names=frozenset((name,)))
             leases.entry_done("fs.unlink", parent, frozenset((name,)), "taken")
-        return True
 
     # Sending -----------------------------------------------------------------------------
 
@@ -146,6 +182,9 @@ class PendingUnlinks:
                     need.append(u)
         if need:
             await self.send(need)
+        touched = [o for o in objects if o in self._touches and not _about_an_entry(o, arg)]
+        if touched:
+            await self.send_touches(touched)
 
     async def send_now(self, parent: int, name: bytes) -> None:
         """Send the removal of ``name`` in ``parent`` if one is held back (a create of the
@@ -224,7 +263,34 @@ class PendingUnlinks:
             return
         await self._taken(u, s, pst)
 
+    async def send_touches(self, parents: list[int]) -> None:
+        """Send the times of directories where a create and its removal cancelled (one
+        ``fs.setattr`` of mtime and ctime each; a times-only update keeps the mount's
+        leased listing).  Unanswered, one raises :class:`Unavailable` and write-back
+        sends it again; a directory gone meanwhile has no times to set."""
+        for parent in parents:
+            t = self._touches.get(parent)
+            if t is None:
+                continue  # a removal carried it meanwhile
+            try:
+                s = await self.meta.update_now([parent], "fs.setattr", {"touch": t, "now": t})
+            except Unavailable:
+                raise
+            except (FsError, _Stale) as e:
+                log.info("times of directory %d not set: %s", parent, e)
+            else:
+                self.cache.own_stat(parent, s)
+            if self._touches.get(parent) == t:
+                del self._touches[parent]
+                if self.writeback is not None:
+                    self.writeback.touch_sent(parent)
+
     async def _taken(self, u: PendingUnlink, s: dict[str, Any], pst: dict[str, Any]) -> None:
+        t = self._touches.get(u.parent)
+        if t is not None and u.now >= t:  # the directory's times are at least as late
+            del self._touches[u.parent]
+            if self.writeback is not None:
+                self.writeback.touch_sent(u.parent)
         self._forget(u)
         self.cache.own_stat(u.oid, s)
         self.cache.own_stat(u.parent, pst)

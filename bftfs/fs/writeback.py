@@ -128,6 +128,10 @@ class WriteBack:
         #: (``PendingUnlinks.send``; set with them).
         self._unlinks: dict[int, tuple[PendingUnlink, float]] = {}
         self.send_unlinks: Callable[[list[PendingUnlink]], Awaitable[None]] | None = None
+        #: Directories whose times wait for a create and removal that cancelled each other
+        #: (``fs/unlinkback.py``): directory -> due in trio time, and how they go.
+        self._touches: dict[int, float] = {}
+        self.send_touches: Callable[[list[int]], Awaitable[None]] | None = None
         #: Deferred creates whose file was opened again (:meth:`reopened`): when they
         #: were due, which their next deferral keeps.
         self._reopened: dict[int, float] = {}
@@ -145,7 +149,7 @@ class WriteBack:
         self.leases.want_exclusive(p.parent)
         if (
             left <= 2 * LEASE_MARGIN
-            or len(self._due) + len(self._unlinks) >= MAX_DEFERRED
+            or len(self._due) + len(self._unlinks) + len(self._touches) >= MAX_DEFERRED
             or size > MAX_FILE
             or sum(self._sizes.values()) + size > MAX_BYTES
         ):
@@ -166,13 +170,28 @@ class WriteBack:
         if (
             self.send_unlinks is None
             or left <= 2 * LEASE_MARGIN
-            or len(self._due) + len(self._unlinks) >= MAX_DEFERRED
+            or len(self._due) + len(self._unlinks) + len(self._touches) >= MAX_DEFERRED
         ):
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
         self.stats["unlinks_deferred"] += 1
         self._started()
         return True
+
+    def defer_touch(self, parent: int) -> bool:
+        """Whether directory ``parent``'s times may wait for write-back (a create and its
+        removal cancelled there): as for a removal, the directory is leased here
+        exclusively for more than twice the margin."""
+        left = self.leases.exclusive_left(parent)
+        if self.send_touches is None or left <= 2 * LEASE_MARGIN:
+            return False
+        self._touches.setdefault(parent, self._due_time(left))
+        self._started()
+        return True
+
+    def touch_sent(self, parent: int) -> None:
+        """Directory ``parent``'s times were sent, or went with a removal."""
+        self._touches.pop(parent, None)
 
     def retry_unlink(self, u: PendingUnlink, after: float) -> None:
         """Removal ``u`` went unanswered: due again in ``after`` seconds."""
@@ -221,12 +240,15 @@ class WriteBack:
             now = trio.current_time()
             gone = _with_their_batches(self._unlinks.values(), now)
             due = _with_their_batches(self._due.values(), now)
-            if gone or due:  # creates first: a removal may be of a file they make
+            touched = [parent for parent, at in self._touches.items() if at <= now]
+            if gone or due or touched:  # creates first: a removal may be of a file they make
                 await self._send_batches(due)
                 await self._send_unlinks(gone)
+                await self._send_touches(touched)  # last: a removal sent may carry them
                 continue
             self._wake = trio.Event()
             times = [at for _, at in self._due.values()] + [at for _, at in self._unlinks.values()]
+            times += self._touches.values()
             nxt = min(times, default=None)
             with trio.move_on_at(nxt if nxt is not None else float("inf")):
                 await self._wake.wait()
@@ -235,6 +257,19 @@ class WriteBack:
         """Send every deferred removal and create now (unmount, ``fsync`` of a directory)."""
         await self._send_batches([p for p, _ in self._due.values()])
         await self._send_unlinks([u for u, _ in self._unlinks.values()])
+        await self._send_touches(list(self._touches))
+
+    async def _send_touches(self, parents: list[int]) -> None:
+        if not parents or self.send_touches is None:
+            return
+        for parent in parents:  # (one the cluster does not answer is put back)
+            self._touches.pop(parent, None)
+        try:
+            await self.send_touches(parents)
+        except Exception as e:  # noqa: BLE001 - a background task must go on
+            log.warning("write-back of directory times %s: %s", parents, e)
+            for parent in parents:
+                self._touches.setdefault(parent, trio.current_time() + LEASE_MARGIN)
 
     async def _send_unlinks(self, us: list[PendingUnlink]) -> None:
         if not us or self.send_unlinks is None:

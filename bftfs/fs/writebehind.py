@@ -281,6 +281,30 @@ class PendingCreates:
             and self.deferred_stat(oid) is not None
         )
 
+    def cancellable(self, oid: int) -> bool:
+        """Whether ``oid``'s create may be dropped with its file when the file's only name
+        is removed (``fs/unlinkback.py``): it waits in write-back carrying the whole file
+        (:meth:`is_deferred`), nobody is sending it, and the servers surely lack its name
+        (:meth:`sure_to_be_made`: else the create would open another client's file, which
+        the removal must then remove)."""
+        p = self.creates.pending_of(oid)
+        return (
+            p is not None
+            and p.sender is None
+            and self.is_deferred(oid)
+            and self.sure_to_be_made(oid)
+        )
+
+    def cancel(self, oid: int) -> None:
+        """Drop ``oid``'s create and its file (:meth:`cancellable`): neither the create nor
+        its removal reaches the servers.  It holds no blocks (an inline file) and its
+        object and data ids were never used, so nothing is left to reclaim."""
+        p = self.creates.pending_of(oid)
+        assert p is not None
+        self.creates.drop_pending(p)
+        self.cache.files.pop(oid, None)
+        self.cache.kernel_content.pop(oid, None)
+
     async def make(self, oids: list[int]) -> None:
         """Send the pending creates of ``oids`` (a deferred one with up to five more of
         its directory), as a call on them would."""

@@ -52,7 +52,8 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     A size change is a truncation: to zero it must bring a new data id (so no old block is
     ever seen again); down, the written ranges it cuts off become stale (``z``); to a larger
     size it only moves ``size`` (the stale ranges up to there the client cleared beforehand,
-    beyond ``alloc`` blocks were never written).
+    beyond ``alloc`` blocks were never written).  ``touch``: a time the mtime and ctime
+    only move forward to (a directory's times sent late by a mount's write-back).
     """
     a = _arg(arg)
     ((oid, state),) = states.items()
@@ -73,6 +74,13 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         s["at"] = atime
     if mtime is not None:
         s["mt"] = mtime
+    touch = _opt_time(a, "touch")
+    if touch is not None:
+        # Times a directory's entries changed at, sent late (a create and its removal
+        # that cancelled in a mount's write-back, fs/unlinkback.py): they only move
+        # forward, so an update of the directory taken meanwhile keeps its later times.
+        s["mt"] = max(s["mt"], touch)
+        now = max(now, s["ct"])
     size = _opt_int(a, "size", 0, MAX_SIZE)
     if size is not None:
         if s["k"] == "d":
