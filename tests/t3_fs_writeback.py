@@ -274,6 +274,41 @@ def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def test_lookups_of_listed_names_are_answered_by_the_listing(tmp_path: Path) -> None:
+    """Under the lease, a listed name whose object the listing (or the mount's own create
+    or mkdir) named is found without a round: the kernel's lookups of the files it made,
+    once its cached names time out (PostMark's reads and appends).  Another client's
+    rename over a listed name recalls the lease first, and the holder then finds the new
+    object."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        leases = a.meta.leases
+        assert leases is not None
+        await new_file(a, d, b"made", b"here")
+        sub = (await a.mkdir(d, b"sub", 0o755, 0, 0)).ino
+        await a.write_back()
+        await until("the listing", lambda: d in leases.answers.listings)
+        warm = (await a.lookup(d, b"warm0")).ino
+        before = rounds_since(a, Counter())
+        for name, ino in ((b"warm0", warm), (b"sub", sub)):
+            a.cache.forget(d, name)  # (the mount's own name cache timed out)
+            assert (await a.lookup(d, name)).ino == ino
+        a.cache.forget(d, b"made")
+        assert (await a.lookup(d, b"made")).size == 4
+        looked = rounds_since(a, before)
+        assert looked["fs.lookup"] == looked["fs.lookupstat"] == 0, looked
+        assert leases.stats["listed_hits"] >= 3
+        await new_file(b, ROOT, b"other", b"from b")
+        await b.rename(ROOT, b"other", d, b"warm0", 0)  # recalls a's lease first
+        got = await a.lookup(d, b"warm0")
+        assert got.ino != warm and got.size == 6
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_a_scrub_walks_a_directory_a_mount_holds_exclusively(tmp_path: Path) -> None:
     """``bftfs verify`` lists the files with blocks by queries of its own: refused for the
     exclusive lease, it recalls it (the holder writes back and releases) and goes on."""

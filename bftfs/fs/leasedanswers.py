@@ -6,7 +6,9 @@ decides whether the objects are leased and asks it for the answer.  It keeps the
 filed under each query's first object, an index from each object to the answers it is
 part of (so an update drops what it touches in proportion to that, not to all that is
 kept), a generation per object (a query in flight across an update is not kept) and, per
-directory, the listing known whole under the lease (a lookup of any other name is a miss).
+directory, the listing known whole under the lease: a lookup of any other name is a miss,
+and a lookup of a listed name whose object the listing or the mount's own update named is
+answered from it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import stat as st
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bftfs.fsobjects import entries
+from bftfs.fsobjects import DIR_TYPE, entries
 from bftfs.qu.canon import canonical
 from bftfs.qu.objects import MethodRefused
 
@@ -43,6 +46,27 @@ def looked_up_name(method: str, arg: Any) -> bytes | None:
     if method == "fs.lookupstat" and isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
         return arg["name"]
     return None
+
+
+def made_entries(method: str, arg: Any) -> dict[bytes, list[int]]:
+    """The entries an update that makes names makes, from its argument: name -> [object
+    id, type code] (a link's type is not in it: left out, as is anything malformed)."""
+    if not isinstance(arg, dict):
+        return {}
+    if method == "fs.createmany":
+        items = arg.get("files")
+    elif method in ("fs.create", "fs.createwrite", "fs.mkdir"):
+        items = [arg]
+    else:
+        return {}
+    out: dict[bytes, list[int]] = {}
+    for f in items if isinstance(items, list) else []:
+        if not isinstance(f, dict):
+            continue
+        name, oid, mode = f.get("name"), f.get("o"), f.get("mode")
+        if isinstance(name, bytes) and isinstance(oid, int) and isinstance(mode, int):
+            out[name] = [oid, DIR_TYPE if method == "fs.mkdir" else st.S_IFMT(mode) >> 12]
+    return out
 
 
 def is_refusal(answer: Any) -> bool:
@@ -74,8 +98,9 @@ class LeasedAnswers:
         self._generation: Counter[int] = Counter()
         #: Leased directories whose every name this mount knows (a listing answered under
         #: the lease, kept up to date with its own entry updates): a lookup of any other
-        #: name is answered "not found" without a round (a create's lookup first).
-        self.listings: dict[int, set[bytes]] = {}
+        #: name is answered "not found" without a round (a create's lookup first), and one
+        #: of a listed name by its [object id, type code] when known (None: not known).
+        self.listings: dict[int, dict[bytes, list[int] | None]] = {}
         #: Directories whose listing is being read (:meth:`read_listing`).
         self._reading: set[int] = set()
 
@@ -124,6 +149,13 @@ class LeasedAnswers:
         names = self.listings.get(parent)
         return names is not None and name not in names
 
+    def listed_entry(self, parent: int, name: bytes | None) -> list[int] | None:
+        """``name``'s [object id, type code] in ``parent``'s listing known whole here, if
+        the listing knows its object."""
+        names = self.listings.get(parent)
+        got = None if names is None or name is None else names.get(name)
+        return None if got is None else list(got)
+
     def generations(self, oids: Sequence[int]) -> list[int]:
         """The objects' generations: an answer is kept only if none moved meanwhile."""
         return [self._generation[o] for o in oids]
@@ -134,7 +166,7 @@ class LeasedAnswers:
         if key is not None:
             self._keep(oids, key, answer, looked_up_name(method, arg))
         if method == "fs.readdir" and len(oids) == 1 and not is_refusal(answer):
-            self.listings[oids[0]] = set(entries(answer))
+            self.listings[oids[0]] = {n: list(e) for n, e in entries(answer).items()}
 
     def changed(self, oids: Sequence[int], parent: int | None, names: frozenset[bytes]) -> None:
         """``Leases.changed``: drop what the mount's update of ``oids`` makes stale."""
@@ -145,17 +177,30 @@ class LeasedAnswers:
             self._generation[o] += 1
             self._forget(o, but_names_other_than=names if entries_only else None)
 
-    def entry_done(self, method: str, parent: int, names: frozenset[bytes], outcome: str) -> None:
-        """``Leases.entry_done``: a known listing follows the mount's entry update."""
+    def entry_done(
+        self,
+        method: str,
+        parent: int,
+        names: frozenset[bytes],
+        outcome: str,
+        made: dict[bytes, list[int]] | None = None,
+    ) -> None:
+        """``Leases.entry_done``: a known listing follows the mount's entry update
+        (``made``: the entries a taken one made, :func:`made_entries`)."""
         listing = self.listings.get(parent)
         if listing is None:
             return
         if outcome == "unknown":
             del self.listings[parent]
         elif method in _MAKES_NAME:
-            listing.update(names)
+            for name in names:
+                if outcome == "taken":  # the name leads to the new object (if named)
+                    listing[name] = (made or {}).get(name)
+                else:  # refused ``exists``: there, leading to what it led to
+                    listing.setdefault(name, None)
         elif method in _REMOVES_NAME and outcome == "taken":
-            listing.difference_update(names)
+            for name in names:
+                listing.pop(name, None)
 
     def drop(self, oid: int) -> None:
         """The lease on ``oid`` ended: nothing kept of it answers any more."""

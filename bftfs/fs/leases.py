@@ -184,6 +184,13 @@ class Leases:
             self.stats["listed_misses"] += 1
             self._renew_if_due(oids[:1], now)
             return True, MethodRefused("not-found")
+        if method == "fs.lookup" and len(oids) == 1 and self._live(oids[0], now) is not None:
+            entry = self.answers.listed_entry(oids[0], looked_up_name(method, arg))
+            if entry is not None:
+                self.stats["hits"] += 1
+                self.stats["listed_hits"] += 1
+                self._renew_if_due(oids, now)
+                return True, entry
         if not all(self._live(o, now) for o in oids):
             return False, None
         hit, answer = self.answers.get(oids, method, arg)
@@ -254,7 +261,14 @@ class Leases:
         for o in oids:
             self._uses.pop(o, None)  # what this mount itself changes is not worth a lease yet
 
-    def entry_done(self, method: str, parent: int, names: frozenset[bytes], outcome: str) -> None:
+    def entry_done(
+        self,
+        method: str,
+        parent: int,
+        names: frozenset[bytes],
+        outcome: str,
+        made: dict[bytes, list[int]] | None = None,
+    ) -> None:
         """This mount's update of entries ``names`` of ``parent`` ended: ``outcome`` is
         ``"taken"``, ``"refused"`` or ``"unknown"`` (the cluster did not answer).  A known
         listing follows it: a name made, or refused (``exists``: it is there), is added;
@@ -262,7 +276,7 @@ class Leases:
         the name); an unknown outcome drops the listing.  A name wrongly kept only costs a
         lookup a round; a name wrongly dropped would answer "not found" for a file that
         exists."""
-        self.answers.entry_done(method, parent, names, outcome)
+        self.answers.entry_done(method, parent, names, outcome, made)
 
     def _drop(self, oid: int) -> None:
         self.held.pop(oid, None)
@@ -298,7 +312,7 @@ class Leases:
         if names is None or self._live(oid, now) is None:
             return None
         self._renew_if_due([oid], now)
-        return names
+        return set(names)
 
     def exclusive_left(self, oid: int) -> float:
         """Seconds left on this mount's exclusive lease on ``oid`` (0: it holds none)."""

@@ -32,6 +32,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
+from bftfs.fs.leasedanswers import made_entries
 from bftfs.fs.leases import Leases
 from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, MAX_TERM
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
@@ -260,7 +261,8 @@ class Meta:
             if changes and self.leases is not None:
                 self.leases.changed(objects, parent=parent, names=names)
                 if parent is not None and names:
-                    self.leases.entry_done(method, parent, names, outcome)
+                    made = made_entries(method, arg) if outcome == "taken" else None
+                    self.leases.entry_done(method, parent, names, outcome, made)
 
     @contextlib.asynccontextmanager
     async def _one_update_per_object(self, objects: list[int]) -> AsyncIterator[None]:
