@@ -16,9 +16,11 @@ import trio.lowlevel
 from qu_helpers import MemCluster, Recorder, check_serializable, send
 
 from bftfs.ids import client_id
+from bftfs.net.errors import RemoteError
+from bftfs.outcome import StorageFull
 from bftfs.qu.client import QUClient
 from bftfs.qu.core import backoff_delay
-from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.messages import KIND_REQUEST, ReplyStatus
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.reads import read_version
 from bftfs.qu.request import Operation, Request
@@ -338,3 +340,34 @@ async def test_a_forged_largest_time_under_a_valid_authenticator_does_not_stop_a
     assert got[:8] == [1, 2, 3, 3, 1, 2, 3, 3]
     assert got[-2:] == [1, 5]
     assert c.statistics().refused == 0
+
+
+@pytest.mark.parametrize("full", [1, 6])
+async def test_a_repair_refused_for_space_by_more_than_b_nodes_ends_the_operation(
+    full: int,
+) -> None:
+    """Nodes out of space still answer queries (they write nothing) but refuse the
+    repairs a query needs first, barriers, copies and inline repairs, which write: refused
+    so by more than ``b`` nodes, the query ends at once with ``StorageFull`` (the mount's
+    ENOSPC), where it repaired again and again until its time was up and answered EIO
+    (``t4_full_disk``); refused by ``b`` nodes, the others repair it."""
+    cl = MemCluster(seed=3)
+    op = Operation("counter.add_all", False, 5, 1)
+    send(cl, [0, 1, 2, 3], Request(int(client_id(3)), (1, 2), {1: {}, 2: {}}, op))
+
+    def out_of_space(server: int, sender: int, kind: str, payload: Any, honest: Any) -> Any:
+        if kind == KIND_REQUEST:
+            parse = Request.from_bytes if isinstance(payload, bytes) else Request.from_wire
+            req = parse(payload, cl.th.n)
+            if req.op is None or not req.op.query:
+                raise RemoteError("full", "store full")
+        return honest()
+
+    for s in range(full):
+        cl.byzantine[s] = out_of_space
+    reader = make_client(cl, 0)
+    if full > cl.th.b:
+        with pytest.raises(StorageFull, match="a repair was refused"):
+            await reader.query(1, "counter.fetch")
+    else:
+        assert await reader.query(1, "counter.fetch") in (0, 5)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from bftfs.outcome import refused_for_space
 from bftfs.qu import core
 from bftfs.qu.attempt import MAX_SHORT_ROUNDS, MAX_SPLITS, Attempt, QUUnavailable, TooManyObjects
 from bftfs.qu.classify import OpType, QUThresholds, View
 from bftfs.qu.linkproofs import LinkProofs
 from bftfs.qu.ohscache import HistoryCache
+from bftfs.qu.reply import Reply
 from bftfs.qu.request import Operation, Request
 from bftfs.qu.rounds import QuorumRounds
 from bftfs.qu.timestamp import MAX_OBJECTS, Candidate, Timestamp
@@ -202,6 +204,7 @@ class Repairer:
         mohs = {oid: dict(ohs) for oid, ohs in view.mohs.items()}
         req = Request(self.client_id, objects, mohs, None, None, links)
         replies = await self._rounds.request(objects, req, self._cache.targets(objects))
+        self._check_space(objects, replies)
         self._cache.absorb(objects, replies, fresh)
         # Rounds in a row: a barrier or copy that q servers answered (whatever they said:
         # contention is not absence) ends a run of short ones.
@@ -246,8 +249,24 @@ class Repairer:
         )
         targets = self._cache.targets(original.objects)
         replies = await self._rounds.request(original.objects, req, targets)
+        self._check_space(original.objects, replies)
         self._cache.absorb(original.objects, replies, fresh)
         return True
+
+    def _check_space(self, objects: tuple[int, ...], replies: dict[int, Reply]) -> None:
+        """A repair that more than ``b`` nodes refused for space (one correct node at
+        least) cannot be made until space is given back: the operation ends with ENOSPC
+        (or EDQUOT) now, as its own round would, instead of repairing again and again
+        until its time is up and answering EIO (``t4_full_disk``).
+
+        Raises:
+            bftfs.outcome.StorageFull: (or QuotaExceeded) servers out of space.
+        """
+        if len(replies) >= self.th.q:
+            return
+        space = refused_for_space(self._rounds.space, self.th.b)
+        if space is not None:
+            raise type(space)(f"objects {objects}: a repair was refused: {space}")
 
 
 def _digest(view: View, target: Candidate) -> int:
