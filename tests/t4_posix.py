@@ -155,6 +155,11 @@ def test_times(root: Path) -> None:
     d_before = os.stat(root).st_mtime_ns
     (root / "new").write_bytes(b"")
     assert os.stat(root).st_mtime_ns >= d_before  # creating a name updates the directory
+    os.utime(root, ns=(1_000_000_000, 1_000_000_000))
+    for k in range(6):  # (with leases, the later ones are made and removed in the mount)
+        (root / f"tmp{k}").write_bytes(b"x")
+        os.unlink(root / f"tmp{k}")
+    assert os.stat(root).st_mtime_ns > 1_000_000_000  # so does removing one
 
 
 def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
