@@ -87,7 +87,8 @@ def spawn(cmd: Sequence[str], *, log: Path | None = None) -> subprocess.Popen[by
 
 
 def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (reaping it if it is our child; a zombie counts as gone)."""
+    """Whether ``pid`` runs (reaping it if it is our child; a zombie counts as gone once
+    all its threads have exited)."""
     child = _children.get(pid)
     if child is not None:
         if child.poll() is None:
@@ -110,7 +111,14 @@ def process_alive(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:
         return False
-    return state != "Z"
+    if state != "Z":
+        return True
+    # A zombie leader whose other threads are still exiting: until the last one has, the
+    # process holds its files (a FUSE daemon's connection answers on; t4_operators).
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def reap_exited() -> None:

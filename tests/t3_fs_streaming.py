@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from fs_helpers import Env, run, write_file
 
 from bftfs.fs.errors import FsError
@@ -89,6 +90,46 @@ def test_a_full_window_is_refilled_a_whole_group_at_a_time(tmp_path: Path) -> No
         assert b.streaming["readahead-failures"] == 0
         # 176 blocks: a few small fetches while the window grows, then groups of 16 (one
         # fetch per read was 150 fetches of one block).
+        assert len(groups) <= blocks // 8, groups
+        await b.release(fh)
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
+def test_concurrent_sequential_reads_keep_the_window(tmp_path: Path) -> None:
+    """The kernel's read-ahead sends a sequential reader's reads several at a time (four
+    1 MiB reads in flight with the mount's 2 MiB read-ahead): a read that arrives before
+    the one ahead of it has ended is still sequential, and the window is refilled in
+    groups.  Taken as a seek, each such read dropped the window and fetched its own
+    blocks: one fetch per read (issue 34)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(5).randbytes(700 * 1024 + 123)
+        ino = await write_file(a, b"big", data)
+        fh = await b.open(ino, os.O_RDONLY)
+        groups: list[int] = []
+        read_blocks = b.rw.read_blocks
+
+        async def counted(blocks: Any, **kw: Any) -> Any:
+            blocks = list(blocks)
+            groups.append(len(blocks))
+            return await read_blocks(blocks, **kw)
+
+        b.rw.read_blocks = counted  # type: ignore[method-assign]
+        chunk = 2 * BS
+        got: dict[int, bytes] = {}
+
+        async def one(off: int) -> None:
+            got[off] = await b.read(fh, off, chunk)
+
+        for at in range(0, len(data), 4 * chunk):
+            async with trio.open_nursery() as nursery:
+                for off in range(at, min(at + 4 * chunk, len(data)), chunk):
+                    nursery.start_soon(one, off)
+        assert b"".join(got[off] for off in sorted(got)) == data
+        blocks = -(-len(data) // BS)
+        assert b.streaming["readahead-failures"] == 0
         assert len(groups) <= blocks // 8, groups
         await b.release(fh)
 

@@ -137,7 +137,12 @@ class FlushEngine:
         ``readahead`` up to ``readahead_max``, and every block in it neither cached, dirty
         nor in flight yet is fetched in the background in groups of ``PREFETCH_GROUP``
         (one task each; their reads start together, so each node gets them in one batch).
-        Any other read drops the window (what is in flight still lands).  The fetches are
+        A read ahead of the last one by at most the largest window counts as sequential
+        too: the kernel's own read-ahead sends its reads concurrently (two or more 1 MiB
+        reads of a 2 MiB window, fuse/mount.py), so the next ones arrive before the
+        first has ended, and taken as seeks they dropped the window: every read fetched
+        its own block, one frame per node each (issue 34).  Any other read drops the
+        window (what is in flight still lands).  The fetches are
         ordinary PASIS reads (validated, repaired: :meth:`RWClient.read_blocks`); what
         they read is kept only if the file is still at the content they were started on
         (``ra_epoch``, :meth:`OpenFile.invalidate_prefetch`).  The caller then fetches
@@ -146,10 +151,10 @@ class FlushEngine:
         if offset >= end or not self.readahead_max or f.st.get("inl"):
             return
         bs = f.bs
-        if offset != 0 and offset != f.last_read:
+        largest = min(self.readahead_max, READAHEAD_MAX_BLOCKS * bs)
+        if offset != 0 and not 0 <= offset - f.last_read <= largest:
             f.ra_window, f.ra_next = 0, 0
             return
-        largest = min(self.readahead_max, READAHEAD_MAX_BLOCKS * bs)
         f.ra_window = min(max(2 * f.ra_window, self.readahead), largest)
         first = max(offset // bs, f.ra_next)
         stop = min(end + f.ra_window, f.valid)

@@ -60,6 +60,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyfuse3
+import trio
 
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attrs import Attr
@@ -117,6 +118,13 @@ class Operations(pyfuse3.Operations):
         # entries are created and removed (pyfuse3 requires stable ``next_id``).
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
         self._next_dir_fh = 1
+        #: Set once the kernel's INIT is answered (what it negotiated, e.g. the read-ahead,
+        #: may be raised only after: fuse/mount.py).
+        self.initialised = trio.Event()
+
+    def init(self) -> None:
+        """The kernel's INIT: libfuse sends the answer right after this returns."""
+        self.initialised.set()
 
     def statistics(self) -> str:
         """One line per handler: requests, total and mean milliseconds, busiest first."""
