@@ -35,11 +35,15 @@ import argparse
 import json
 import os
 import random
+import resource
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from profiling import cpu_seconds
@@ -55,19 +59,75 @@ PER_DIR = 50
 PROFILE: list[Path] = []
 
 
-def _bftfs(config: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+#: py-spy recordings of each command's first run and of node 0 meanwhile (``--pyspy DIR``).
+PYSPY: list[Path] = []
+
+#: Runs a ``bftfs`` command with its history reads' statistics logged (``cli/when.py``
+#: logs them at INFO; the command's own logging stays at WARNING otherwise).
+_RUNNER = (
+    "import logging, sys; from bftfs.cli.main import main; "
+    "logging.basicConfig(level=logging.WARNING, format='%(name)s: %(message)s'); "
+    "logging.getLogger('bftfs.cli.when').setLevel(logging.INFO); sys.argv[0] = 'bftfs'; "
+    "sys.exit(main())"
+)
+
+
+@dataclass
+class Cost:
+    """What one command cost: wall seconds, CPU seconds of the command and of the nodes,
+    and its history reads' statistics (``Past.statistics``)."""
+
+    wall_s: float
+    cpu_s: float
+    nodes_cpu_s: float
+    stats: str
+    #: Requests the nodes served meanwhile, by kind (all nodes; ``req.KIND`` counters,
+    #: batch items counted as their own kind too).
+    node_requests: dict[str, int]
+
+
+#: The cost of every command run, in order.
+COSTS: list[tuple[str, Cost]] = []
+
+
+def _bftfs(
+    config: Path, *args: str, pc: ProcessCluster | None = None
+) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     """Seconds one ``bftfs`` command took, and what it printed (profiled, the first run of
-    each command, with ``--profile``)."""
-    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(config)]
+    each command, with ``--profile`` or ``--pyspy``); its :class:`Cost` goes to COSTS."""
+    name = f"{args[0]}{'-dry' if '--dry-run' in args else ''}"
+    cmd = [sys.executable, "-c", _RUNNER, *args, "--config", str(config)]
+    spies: list[subprocess.Popen[bytes]] = []
     if PROFILE:
-        out = PROFILE[0] / f"{args[0]}{'-dry' if '--dry-run' in args else ''}.prof"
+        out = PROFILE[0] / f"{name}.prof"
         if not out.exists():
-            cmd[1:3] = ["-m", "cProfile", "-o", str(out), "-m", "bftfs"]
+            cmd[1:3] = ["-m", "cProfile", "-o", str(out), "-c", _RUNNER]
+    elif PYSPY and not (PYSPY[0] / f"{name}-client.txt").exists():
+        spy = str(Path(sys.executable).parent / "py-spy")
+        rec = [spy, "record", "-r", "200", "--format", "raw", "--nonblocking"]
+        if pc is not None and pc.pid(0) is not None:
+            node_out = str(PYSPY[0] / f"{name}-node0.txt")
+            spies.append(subprocess.Popen([*rec, "-o", node_out, "--pid", str(pc.pid(0))]))
+        cmd = [*rec, "-o", str(PYSPY[0] / f"{name}-client.txt"), "--", *cmd]
+    reqs0 = _node_requests(pc) if pc is not None else Counter()
+    nodes0 = _nodes_cpu(pc) if pc is not None else 0.0
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, timeout=3600)
     took = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    nodes = _nodes_cpu(pc) - nodes0 if pc is not None else 0.0
+    reqs = _node_requests(pc) - reqs0 if pc is not None else Counter()
+    for s in spies:
+        s.send_signal(signal.SIGINT)
+        s.wait(timeout=60)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.decode()}")
+    cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+    stats = [x for x in done.stderr.decode().splitlines() if "history:" in x]
+    cost = Cost(round(took, 2), round(cpu, 2), round(nodes, 2), " ".join(stats), dict(reqs))
+    COSTS.append((name, cost))
+    print(f"  {name}: {COSTS[-1][1]}", flush=True)
     return took, done
 
 
@@ -137,6 +197,20 @@ def _nodes_cpu(pc: ProcessCluster) -> float:
     return sum(cpu_seconds(p) or 0.0 for p in pids)
 
 
+def _node_requests(pc: ProcessCluster) -> Counter[str]:
+    """Requests the nodes served so far, by kind, summed over the nodes (their status)."""
+    import trio
+
+    from bftfs import local
+
+    got: Counter[str] = Counter()
+    for s in trio.run(local.query_status, pc.config):
+        for k, v in ((s.stats or {}).get("requests") or {}).items():
+            if k.startswith("req."):
+                got[k[4:]] += int(v)
+    return got
+
+
 def _settle(pc: ProcessCluster, deadline_s: float = 180.0) -> float:
     """Wait until the nodes are done with what the writes left them (lazy verification,
     sync): less than a fifth of a core over one second, or ``deadline_s``; seconds
@@ -151,11 +225,13 @@ def _settle(pc: ProcessCluster, deadline_s: float = 180.0) -> float:
     return time.perf_counter() - t0
 
 
-def _timed(config: Path, runs: int, *args: str) -> tuple[float, list[float], bytes]:
+def _timed(
+    config: Path, pc: ProcessCluster, runs: int, *args: str
+) -> tuple[float, list[float], bytes]:
     """Median seconds of ``runs`` runs of a read-only command, all runs, its output."""
     took, out = [], b""
     for _ in range(runs):
-        s, done = _bftfs(config, *args)
+        s, done = _bftfs(config, *args, pc=pc)
         took.append(s)
         out = done.stdout
     return statistics.median(took), took, out
@@ -177,10 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs of each read-only command (3)")
     ap.add_argument("--profile", metavar="DIR", help="cProfile each command's first run here")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
+    ap.add_argument("--pyspy", metavar="DIR", help="py-spy each command's first run here")
     args = ap.parse_args(argv)
     if args.profile:
         PROFILE.append(Path(args.profile))
         PROFILE[0].mkdir(parents=True, exist_ok=True)
+    if args.pyspy:
+        PYSPY.append(Path(args.pyspy))
+        PYSPY[0].mkdir(parents=True, exist_ok=True)
     figures: dict[str, object] = {"files": args.files, "seed": args.seed, "runs": args.runs}
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bftfs-histtree-", dir="/var/tmp") as tmp:
@@ -206,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs = args.runs
                 try:
                     med, all_s, out = _timed(
-                        config, runs, "diff", "fs:/tree", "--from", at0, "--to", at1
+                        config, pc, runs, "diff", "fs:/tree", "--from", at0, "--to", at1
                     )
                     lines = len(out.splitlines())
                     print(f"bftfs diff: {_show(med, all_s)} ({lines} lines; {changed} changed)")
@@ -216,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures["diff_failed"] = str(e)
                 try:
                     med, all_s, out = _timed(
-                        config, runs, "changes", "fs:/tree", "--since", at0, "--until", at1,
+                        config, pc, runs, "changes", "fs:/tree", "--since", at0, "--until", at1,
                         "--json",
                     )  # fmt: skip
                     rows = len(json.loads(out)["changes"])
@@ -227,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures["changes_failed"] = str(e)
                 try:  # (under load, a history round may miss nodes: exit 7, "cannot be told")
                     med, all_s, out = _timed(
-                        config, runs, "revert", str(tree), "--client", "client0", "--since",
+                        config, pc, runs, "revert", str(tree), "--client", "client0", "--since",
                         at0, "--dry-run",
                     )  # fmt: skip
                     steps = [x for x in out.decode().splitlines() if x.endswith("conflicts")]
@@ -238,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                     figures["revert_dry_run_failed"] = str(e)
                 dest = m.mountpoint / "restored"
                 cpu0 = _nodes_cpu(pc)
-                took, out = _bftfs(config, "restore", "fs:/tree", "--at", at0, "--to", str(dest))
+                took, out = _bftfs(
+                    config, "restore", "fs:/tree", "--at", at0, "--to", str(dest), pc=pc
+                )
                 figures["restore_nodes_cpu_s"] = round(_nodes_cpu(pc) - cpu0, 2)
                 print(f"nodes' CPU during the restore: {figures['restore_nodes_cpu_s']} s")
                 same = _same_tree(dest, before)
@@ -248,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not same:
                     return 1
                 took, out = _bftfs(
-                    config, "revert", str(tree), "--client", "client0", "--since", at0
+                    config, "revert", str(tree), "--client", "client0", "--since", at0, pc=pc
                 )
                 same = _same_tree(tree, before)
                 summary = out.stdout.decode().strip().splitlines()[-1]
@@ -261,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["cp", "-a", str(dest), str(m.mountpoint / "copy")], check=True)
                 figures["cp_a_s"] = time.perf_counter() - t0
                 print(f"cp -a of the restored tree, in the mount: {figures['cp_a_s']:.1f} s")
+    figures["costs"] = [[name, asdict(c)] for name, c in COSTS]
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0
