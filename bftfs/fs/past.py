@@ -237,13 +237,13 @@ class Past:
         return state if self.seal is None else self.seal.open_state(oid, state)
 
     def statistics(self) -> str:
-        """What the history reads cost, for a log at unmount."""
-        sent = getattr(self.reader.endpoint, "sent", 0)
+        """What the history reads cost, for a log at unmount (and the history commands')."""
+        r = self.reader
         return (
-            f"history: {self.reader.rounds} chain rounds, {self.qu.statistics().rounds} Q/U "
-            f"rounds, {self.reader.fetches} state requests, {self.reader.offered_taken} "
-            f"states offered and taken, {sent} requests sent, {len(self._histories)} objects; "
-            + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+            f"history: {r.rounds} chain rounds, {self.qu.statistics().rounds} Q/U rounds, "
+            f"{r.fetches} state requests, {r.offered_taken} states offered and taken, "
+            f"{getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} "
+            "objects; " + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
         )
 
     async def history(self, oid: int) -> ObjectHistory:
@@ -444,10 +444,9 @@ class Past:
         from bftfs.qu.attempt import QUUnavailable
         from bftfs.qu.objects import MethodRefused
 
-        todo = [
-            o for o in dict.fromkeys(oids) if o not in self._starts and o not in self._histories
-        ]
-        if len(todo) < 2:
+        known = self._starts.keys() | self._histories.keys()
+        todo = [o for o in dict.fromkeys(oids) if o not in known]
+        if not todo:
             return
         try:
             _, starts = await self.qu.query_many_at(todo, "fs.peekmany")
