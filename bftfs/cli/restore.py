@@ -320,22 +320,18 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     if client is None:
         raise ValueError(f"no client {args.client!r} in the configuration")
 
-    async def planned_at(past: Any) -> tuple[Any, int]:
+    async def run(past: Any) -> tuple[Any, int]:
         with progress(f"reading the history of {path}") as update:
             got = await range_trees(past, path, since, None, now_ns, update)
         lo, hi, before, after, histories = got
-        return plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi), lo
-
-    async def run(session: Any, past: Any) -> tuple[Any, int]:
-        planned, lo = await planned_at(past)
+        plan = plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi)
+        if args.dry_run:
+            return plan, lo
         with progress(f"reverting {args.client}'s changes") as update:
-            await _carry_out(session, past, path, root, planned.actions, update)
-        return planned, lo
+            await _carry_out(past, root, plan.actions, update)
+        return plan, lo
 
-    if args.dry_run:
-        plan, lo = with_past(cfg, args.as_client, planned_at)
-    else:
-        plan, lo = with_session(cfg, args.as_client, run)
+    plan, lo = with_past(cfg, args.as_client, run)
     verb = "would" if args.dry_run else "did"
     for a in plan.actions:
         what = f"{a.path} -> {a.to}" if a.kind == "move" else a.path
@@ -353,28 +349,36 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     return 0
 
 
-async def _carry_out(
-    session: Any, past: Any, path: str, root: Path, actions: list[Any], update: Update
-) -> None:
-    """The steps of a revert plan in order: removals, directories and moves through the
-    mount (``root`` is ``path`` there), one after the other; then the ``restore`` steps
-    (the plan puts them last, after the steps they may need) through the file system of
-    ``session`` as ``restore`` writes a tree (``fs/pastrestore.py``: leased directories,
-    small files six to an update), not as one mount write per file."""
-    from bftfs.fs.pastrestore import TreeWriter
+async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) -> None:
+    """The steps of a revert plan in order, except that a run of ``restore`` steps (the
+    plan puts them last, after the removals, directories and moves they may need) goes
+    :data:`PARALLEL` at a time: each writes a different path (an object's path at the
+    start), and one after the other each waited on its own round trips."""
+    done = [0]
 
-    steps = [a for a in actions if a.kind != "restore"]
-    for i, a in enumerate(steps):
-        await _act(past, root, a)
-        update(i + 1, len(actions))
-    files = [(f"{path.rstrip('/')}/{a.path}" if a.path else path, a.version)
-             for a in actions if a.kind == "restore"]  # fmt: skip
-    if not files:
-        return
-    writer = TreeWriter(
-        session.fs, past.content, uid=os.getuid(), gid=os.getgid(), as_root=os.geteuid() == 0
-    )
-    await writer.write_files(files, update=lambda done, _: update(len(steps) + done, len(actions)))
+    async def one(a: Any, limiter: trio.CapacityLimiter | None = None) -> None:
+        if limiter is None:
+            await _act(past, root, a)
+        else:
+            async with limiter:
+                await _act(past, root, a)
+        done[0] += 1
+        update(done[0], len(actions))
+
+    i = 0
+    while i < len(actions):
+        j = i
+        while j < len(actions) and actions[j].kind == "restore":
+            j += 1
+        if j - i < 2:
+            await one(actions[i])
+            i += 1
+            continue
+        limiter = trio.CapacityLimiter(PARALLEL)
+        async with trio.open_nursery() as nursery:
+            for a in actions[i:j]:
+                nursery.start_soon(one, a, limiter)
+        i = j
 
 
 async def _act(past: Any, root: Path, a: Any) -> None:
@@ -392,7 +396,9 @@ async def _act(past: Any, root: Path, a: Any) -> None:
         dest = root / a.to
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(target, dest)
-    else:
-        assert a.kind == "mkdir" and a.version is not None and a.version.state is not None
+    elif a.kind == "mkdir":
+        assert a.version is not None and a.version.state is not None
         target.mkdir(parents=True, exist_ok=True)
         _set_attrs(target, a.version.state)
+    else:
+        await _restore(past, {"": a.version}, target, False)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import stat as st
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,38 +180,6 @@ class TreeWriter:
         await self.fs.write_back()  # the creates write-back holds: directories' mtimes next
         for rel in reversed(list(dirs)):
             await self._dir_attrs(dirs[rel][0], tree[rel].state or {})
-        return counts
-
-    async def write_files(
-        self, files: Sequence[tuple[str, Version]], *, update: Update = _quiet
-    ) -> Counts:
-        """Files and links each at a path of its own (``bftfs revert``'s restore steps,
-        whose paths are scattered over a tree): their directories made where missing and
-        leased, then written :data:`PARALLEL` at a time as :meth:`write` writes a tree's,
-        and sent together.  Whatever is at a path is replaced as :meth:`write` replaces
-        it; directories' own times are left as they are."""
-        counts = Counts()
-        parents: dict[str, int] = {}
-        for dest, _ in files:
-            head = dest.rstrip("/").rpartition("/")[0]
-            if head not in parents:
-                parents[head] = await self.make_dirs(head)
-        await self._lease(list(parents.values()))
-        limiter = trio.CapacityLimiter(PARALLEL)
-        done = [0]
-
-        async def one(dest: str, v: Version) -> None:
-            head, _, last = dest.rstrip("/").rpartition("/")
-            async with limiter:
-                name = last.encode(errors="surrogateescape")
-                await self._leaf(parents[head], name, v, False, counts)
-            done[0] += 1
-            update(done[0], len(files))
-
-        async with trio.open_nursery() as nursery:
-            for dest, v in files:
-                nursery.start_soon(one, dest, v)
-        await self.fs.write_back()
         return counts
 
     async def _lease(self, dirs: list[int]) -> None:
