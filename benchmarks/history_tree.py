@@ -91,7 +91,7 @@ COSTS: list[tuple[str, Cost]] = []
 
 
 def _bftfs(
-    config: Path, *args: str, pc: ProcessCluster | None = None
+    config: Path, *args: str, pc: ProcessCluster | None = None, code: str | None = None
 ) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     """Seconds one ``bftfs`` command took, and what it printed (profiled, the first run of
     each command, with ``--profile`` or ``--pyspy``); its :class:`Cost` goes to COSTS."""
@@ -113,7 +113,8 @@ def _bftfs(
     nodes0 = _nodes_cpu(pc) if pc is not None else 0.0
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, timeout=3600)
+    env = None if code is None else {**os.environ, "PYTHONPATH": code}
+    done = subprocess.run(cmd, capture_output=True, timeout=3600, env=env, cwd=code)
     took = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     nodes = _nodes_cpu(pc) - nodes0 if pc is not None else 0.0
@@ -237,6 +238,23 @@ def _timed(
     return statistics.median(took), took, out
 
 
+def _compare(
+    config: Path, pc: ProcessCluster, at0: str, at1: str, args: argparse.Namespace
+) -> bool:
+    """Whether ``diff`` and ``changes`` print the same with this package and with the one
+    in ``--compare`` (same cluster, same moments)."""
+    same = True
+    for cmd in (
+        ("diff", "fs:/tree", "--from", at0, "--to", at1),
+        ("changes", "fs:/tree", "--since", at0, "--until", at1, "--json"),
+    ):
+        mine = _bftfs(config, *cmd, pc=pc)[1].stdout
+        theirs = _bftfs(config, *cmd, pc=pc, code=str(Path(args.compare).resolve()))[1].stdout
+        print(f"{cmd[0]}: the same output as {args.compare}'s: {mine == theirs}")
+        same = same and mine == theirs
+    return same
+
+
 def _same_tree(root: Path, want: dict[str, bytes]) -> bool:
     got = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     return got == want
@@ -254,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="DIR", help="cProfile each command's first run here")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
     ap.add_argument("--pyspy", metavar="DIR", help="py-spy each command's first run here")
+    ap.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also run diff and changes with the bftfs package in DIR (another version's "
+        "client, e.g. a git archive of main) and check that they print the same",
+    )
     args = ap.parse_args(argv)
     if args.profile:
         PROFILE.append(Path(args.profile))
@@ -316,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                 except SystemExit as e:
                     print(f"bftfs revert --dry-run: {e}")
                     figures["revert_dry_run_failed"] = str(e)
+                if args.compare:
+                    figures["same_output_as_compared"] = _compare(config, pc, at0, at1, args)
                 dest = m.mountpoint / "restored"
                 cpu0 = _nodes_cpu(pc)
                 took, out = _bftfs(
