@@ -175,9 +175,10 @@ class PastReader:
                 ) from None
         seeds = {oid: Seed(lt) for oid, lt in objs}
         for node, reply in got.items():
-            for (oid, _), page, offered in zip(objs, reply.pages, reply.offered, strict=True):
+            for i, ((oid, _), page) in enumerate(zip(objs, reply.pages, strict=True)):
                 seeds[oid].pages[node] = page
-                seeds[oid].offered.update(offered)
+                if i % self.th.n == node:  # states only from the node asked for them
+                    seeds[oid].offered.update(reply.offered[i])
         return seeds
 
     async def walk(
