@@ -485,8 +485,7 @@ class Past:
 
     async def _walk(self, oid: int, until_ns: int | None = None) -> tuple[Walk, Seed | None]:
         """The walk of ``oid``'s chain (back to ``until_ns``), from what :meth:`_prefetch`
-        brought for it if anything (the seed, whose offered states go to
-        :meth:`PastReader.states`)."""
+        brought for it if anything (the seed: its offered states go to ``states``)."""
         seed = self._seeds.pop(oid, None)
         start = seed.start if seed is not None else await self._start(oid)
         self._counts["walks seeded" if seed is not None else "walks alone"] += 1
