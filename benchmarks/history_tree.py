@@ -21,9 +21,13 @@ read-only ones ``--runs`` times, the median) with absolute times ``@T0``/``@T1``
   client0's: the tree goes back to T0, checked byte for byte);
 - ``cp -a`` of the restored tree to another directory of the mount, for comparison.
 
-``--profile DIR`` runs each command's first run under cProfile (``DIR/COMMAND.prof``);
-``--json FILE`` writes the figures.  Output is not a terminal, so the commands print no
-progress.  Usage::
+Each command run is reported with its CPU seconds, the nodes' CPU seconds, the requests
+the nodes served by kind and the history reads' statistics (the commands log them at
+INFO).  ``--profile DIR`` runs each command's first run under cProfile
+(``DIR/COMMAND.prof``), ``--pyspy DIR`` under py-spy with node 0 recorded too;
+``--compare DIR`` runs ``diff`` and ``changes`` also with the package in DIR (another
+version's client) and checks they print the same; ``--json FILE`` writes the figures.
+Output is not a terminal, so the commands print no progress.  Usage::
 
     .venv/bin/python benchmarks/history_tree.py               # 1000 files
     .venv/bin/python benchmarks/history_tree.py --files 300
