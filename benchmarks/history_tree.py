@@ -21,9 +21,13 @@ read-only ones ``--runs`` times, the median) with absolute times ``@T0``/``@T1``
   client0's: the tree goes back to T0, checked byte for byte);
 - ``cp -a`` of the restored tree to another directory of the mount, for comparison.
 
-``--profile DIR`` runs each command's first run under cProfile (``DIR/COMMAND.prof``);
-``--json FILE`` writes the figures.  Output is not a terminal, so the commands print no
-progress.  Usage::
+Each command run is reported with its CPU seconds, the nodes' CPU seconds, the requests
+the nodes served by kind and the history reads' statistics (the commands log them at
+INFO).  ``--profile DIR`` runs each command's first run under cProfile
+(``DIR/COMMAND.prof``), ``--pyspy DIR`` under py-spy with node 0 recorded too;
+``--compare DIR`` runs ``diff`` and ``changes`` also with the package in DIR (another
+version's client) and checks they print the same; ``--json FILE`` writes the figures.
+Output is not a terminal, so the commands print no progress.  Usage::
 
     .venv/bin/python benchmarks/history_tree.py               # 1000 files
     .venv/bin/python benchmarks/history_tree.py --files 300
@@ -35,11 +39,15 @@ import argparse
 import json
 import os
 import random
+import resource
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from profiling import cpu_seconds
@@ -55,19 +63,76 @@ PER_DIR = 50
 PROFILE: list[Path] = []
 
 
-def _bftfs(config: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+#: py-spy recordings of each command's first run and of node 0 meanwhile (``--pyspy DIR``).
+PYSPY: list[Path] = []
+
+#: Runs a ``bftfs`` command with its history reads' statistics logged (``cli/when.py``
+#: logs them at INFO; the command's own logging stays at WARNING otherwise).
+_RUNNER = (
+    "import logging, sys; from bftfs.cli.main import main; "
+    "logging.basicConfig(level=logging.WARNING, format='%(name)s: %(message)s'); "
+    "logging.getLogger('bftfs.cli.when').setLevel(logging.INFO); sys.argv[0] = 'bftfs'; "
+    "sys.exit(main())"
+)
+
+
+@dataclass
+class Cost:
+    """What one command cost: wall seconds, CPU seconds of the command and of the nodes,
+    and its history reads' statistics (``Past.statistics``)."""
+
+    wall_s: float
+    cpu_s: float
+    nodes_cpu_s: float
+    stats: str
+    #: Requests the nodes served meanwhile, by kind (all nodes; ``req.KIND`` counters,
+    #: batch items counted as their own kind too).
+    node_requests: dict[str, int]
+
+
+#: The cost of every command run, in order.
+COSTS: list[tuple[str, Cost]] = []
+
+
+def _bftfs(
+    config: Path, *args: str, pc: ProcessCluster | None = None, code: str | None = None
+) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     """Seconds one ``bftfs`` command took, and what it printed (profiled, the first run of
-    each command, with ``--profile``)."""
-    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(config)]
+    each command, with ``--profile`` or ``--pyspy``); its :class:`Cost` goes to COSTS."""
+    name = f"{args[0]}{'-dry' if '--dry-run' in args else ''}"
+    cmd = [sys.executable, "-c", _RUNNER, *args, "--config", str(config)]
+    spies: list[subprocess.Popen[bytes]] = []
     if PROFILE:
-        out = PROFILE[0] / f"{args[0]}{'-dry' if '--dry-run' in args else ''}.prof"
+        out = PROFILE[0] / f"{name}.prof"
         if not out.exists():
-            cmd[1:3] = ["-m", "cProfile", "-o", str(out), "-m", "bftfs"]
+            cmd[1:3] = ["-m", "cProfile", "-o", str(out), "-c", _RUNNER]
+    elif PYSPY and not (PYSPY[0] / f"{name}-client.txt").exists():
+        spy = str(Path(sys.executable).parent / "py-spy")
+        rec = [spy, "record", "-r", "200", "--format", "raw", "--nonblocking"]
+        if pc is not None and pc.pid(0) is not None:
+            node_out = str(PYSPY[0] / f"{name}-node0.txt")
+            spies.append(subprocess.Popen([*rec, "-o", node_out, "--pid", str(pc.pid(0))]))
+        cmd = [*rec, "-o", str(PYSPY[0] / f"{name}-client.txt"), "--", *cmd]
+    reqs0 = _node_requests(pc) if pc is not None else Counter()
+    nodes0 = _nodes_cpu(pc) if pc is not None else 0.0
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, timeout=3600)
+    env = None if code is None else {**os.environ, "PYTHONPATH": code}
+    done = subprocess.run(cmd, capture_output=True, timeout=3600, env=env, cwd=code)
     took = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    nodes = _nodes_cpu(pc) - nodes0 if pc is not None else 0.0
+    reqs = _node_requests(pc) - reqs0 if pc is not None else Counter()
+    for s in spies:
+        s.send_signal(signal.SIGINT)
+        s.wait(timeout=60)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.decode()}")
+    cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+    stats = [x for x in done.stderr.decode().splitlines() if "history:" in x]
+    cost = Cost(round(took, 2), round(cpu, 2), round(nodes, 2), " ".join(stats), dict(reqs))
+    COSTS.append((name, cost))
+    print(f"  {name}: {COSTS[-1][1]}", flush=True)
     return took, done
 
 
@@ -137,6 +202,20 @@ def _nodes_cpu(pc: ProcessCluster) -> float:
     return sum(cpu_seconds(p) or 0.0 for p in pids)
 
 
+def _node_requests(pc: ProcessCluster) -> Counter[str]:
+    """Requests the nodes served so far, by kind, summed over the nodes (their status)."""
+    import trio
+
+    from bftfs import local
+
+    got: Counter[str] = Counter()
+    for s in trio.run(local.query_status, pc.config):
+        for k, v in ((s.stats or {}).get("requests") or {}).items():
+            if k.startswith("req."):
+                got[k[4:]] += int(v)
+    return got
+
+
 def _settle(pc: ProcessCluster, deadline_s: float = 180.0) -> float:
     """Wait until the nodes are done with what the writes left them (lazy verification,
     sync): less than a fifth of a core over one second, or ``deadline_s``; seconds
@@ -151,14 +230,46 @@ def _settle(pc: ProcessCluster, deadline_s: float = 180.0) -> float:
     return time.perf_counter() - t0
 
 
-def _timed(config: Path, runs: int, *args: str) -> tuple[float, list[float], bytes]:
+def _timed(
+    config: Path, pc: ProcessCluster, runs: int, *args: str
+) -> tuple[float, list[float], bytes]:
     """Median seconds of ``runs`` runs of a read-only command, all runs, its output."""
     took, out = [], b""
     for _ in range(runs):
-        s, done = _bftfs(config, *args)
+        s, done = _bftfs(config, *args, pc=pc)
         took.append(s)
         out = done.stdout
     return statistics.median(took), took, out
+
+
+def _compare(
+    config: Path, pc: ProcessCluster, at0: str, at1: str, args: argparse.Namespace
+) -> bool:
+    """Whether ``diff`` and ``changes`` print the same with this package and with the one
+    in ``--compare`` (same cluster, same moments; ``changes`` without its times, which
+    are medians over the nodes that answered first and so vary between any two runs)."""
+    same = True
+    for cmd in (
+        ("diff", "fs:/tree", "--from", at0, "--to", at1),
+        ("changes", "fs:/tree", "--since", at0, "--until", at1, "--json"),
+    ):
+        mine = _bftfs(config, *cmd, pc=pc)[1].stdout
+        theirs = _bftfs(config, *cmd, pc=pc, code=str(Path(args.compare).resolve()))[1].stdout
+        if cmd[0] == "changes":  # a version's time is the median of the nodes that
+            mine, theirs = _untimed(mine), _untimed(theirs)  # answered: it varies by run
+        print(f"{cmd[0]}: the same output as {args.compare}'s: {mine == theirs}")
+        if mine != theirs and args.json:
+            for who, out in (("mine", mine), ("theirs", theirs)):
+                Path(f"{args.json}.{cmd[0]}.{who}").write_bytes(out)
+        same = same and mine == theirs
+    return same
+
+
+def _untimed(out: bytes) -> bytes:
+    """``changes --json`` output without the times: each change's path, client and what
+    changed, sorted (changes close in time may come in either order)."""
+    rows = json.loads(out)["changes"]
+    return json.dumps(sorted([r["path"], r["client"], r["changes"]] for r in rows)).encode()
 
 
 def _same_tree(root: Path, want: dict[str, bytes]) -> bool:
@@ -177,10 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs of each read-only command (3)")
     ap.add_argument("--profile", metavar="DIR", help="cProfile each command's first run here")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
+    ap.add_argument("--pyspy", metavar="DIR", help="py-spy each command's first run here")
+    ap.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also run diff and changes with the bftfs package in DIR (another version's "
+        "client, e.g. a git archive of main) and check that they print the same",
+    )
     args = ap.parse_args(argv)
     if args.profile:
         PROFILE.append(Path(args.profile))
         PROFILE[0].mkdir(parents=True, exist_ok=True)
+    if args.pyspy:
+        PYSPY.append(Path(args.pyspy))
+        PYSPY[0].mkdir(parents=True, exist_ok=True)
     figures: dict[str, object] = {"files": args.files, "seed": args.seed, "runs": args.runs}
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bftfs-histtree-", dir="/var/tmp") as tmp:
@@ -206,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs = args.runs
                 try:
                     med, all_s, out = _timed(
-                        config, runs, "diff", "fs:/tree", "--from", at0, "--to", at1
+                        config, pc, runs, "diff", "fs:/tree", "--from", at0, "--to", at1
                     )
                     lines = len(out.splitlines())
                     print(f"bftfs diff: {_show(med, all_s)} ({lines} lines; {changed} changed)")
@@ -216,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures["diff_failed"] = str(e)
                 try:
                     med, all_s, out = _timed(
-                        config, runs, "changes", "fs:/tree", "--since", at0, "--until", at1,
+                        config, pc, runs, "changes", "fs:/tree", "--since", at0, "--until", at1,
                         "--json",
                     )  # fmt: skip
                     rows = len(json.loads(out)["changes"])
@@ -227,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures["changes_failed"] = str(e)
                 try:  # (under load, a history round may miss nodes: exit 7, "cannot be told")
                     med, all_s, out = _timed(
-                        config, runs, "revert", str(tree), "--client", "client0", "--since",
+                        config, pc, runs, "revert", str(tree), "--client", "client0", "--since",
                         at0, "--dry-run",
                     )  # fmt: skip
                     steps = [x for x in out.decode().splitlines() if x.endswith("conflicts")]
@@ -236,9 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                 except SystemExit as e:
                     print(f"bftfs revert --dry-run: {e}")
                     figures["revert_dry_run_failed"] = str(e)
+                if args.compare:
+                    figures["same_output_as_compared"] = _compare(config, pc, at0, at1, args)
                 dest = m.mountpoint / "restored"
                 cpu0 = _nodes_cpu(pc)
-                took, out = _bftfs(config, "restore", "fs:/tree", "--at", at0, "--to", str(dest))
+                took, out = _bftfs(
+                    config, "restore", "fs:/tree", "--at", at0, "--to", str(dest), pc=pc
+                )
                 figures["restore_nodes_cpu_s"] = round(_nodes_cpu(pc) - cpu0, 2)
                 print(f"nodes' CPU during the restore: {figures['restore_nodes_cpu_s']} s")
                 same = _same_tree(dest, before)
@@ -248,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not same:
                     return 1
                 took, out = _bftfs(
-                    config, "revert", str(tree), "--client", "client0", "--since", at0
+                    config, "revert", str(tree), "--client", "client0", "--since", at0, pc=pc
                 )
                 same = _same_tree(tree, before)
                 summary = out.stdout.decode().strip().splitlines()[-1]
@@ -261,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["cp", "-a", str(dest), str(m.mountpoint / "copy")], check=True)
                 figures["cp_a_s"] = time.perf_counter() - t0
                 print(f"cp -a of the restored tree, in the mount: {figures['cp_a_s']:.1f} s")
+    figures["costs"] = [[name, asdict(c)] for name, c in COSTS]
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0

@@ -23,6 +23,7 @@ TABLE = [
     ("fs.stat", Q, 1, 1, ()),
     ("fs.open", Q, 1, 1, ()),
     ("fs.peek", Q, 1, 1, ()),
+    ("fs.peekmany", Q, 1, 8, ()),
     ("fs.snapshots", Q, 1, 1, ()),
     ("fs.snapshot", U, 1, 1, ()),
     ("fs.lookup", Q, 1, 1, ()),

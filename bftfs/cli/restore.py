@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import os
 import stat as st
 import time
@@ -222,8 +223,16 @@ def with_session(cfg: ClusterConfig, client: str, fn: Any) -> Any:
             lease_term=DEFAULT_LEASE,
             commit=DEFAULT_COMMIT,
         ),
-        lambda session: fn(session, session.past(cfg)),
+        lambda session: _logged(session, session.past(cfg), fn),
     )
+
+
+async def _logged(session: Any, past: Any, fn: Any) -> Any:
+    """``await fn(session, past)``, what its history reads cost logged (INFO)."""
+    try:
+        return await fn(session, past)
+    finally:
+        logging.getLogger("bftfs.cli.when").info("%s", past.statistics())
 
 
 def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:

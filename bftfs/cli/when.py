@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import logging
 import os
 import re
 import time
@@ -46,6 +47,8 @@ import trio
 from bftfs.config import ClusterConfig
 
 _AGE = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
+
+log = logging.getLogger(__name__)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -332,7 +335,13 @@ def with_past(cfg: ClusterConfig, client: str, fn: Any) -> Any:
     """Run ``await fn(past)`` against the cluster; its result (:func:`run_within`)."""
     from bftfs.fs.session import open_past
 
-    return run_within(lambda: open_past(cfg, client), fn)
+    async def logged(past: Any) -> Any:
+        try:
+            return await fn(past)
+        finally:
+            log.info("%s", past.statistics())
+
+    return run_within(lambda: open_past(cfg, client), logged)
 
 
 def run_within(opening: Any, fn: Any) -> Any:

@@ -47,7 +47,8 @@ from bftfs.fsobjects.dirents import all_entries
 from bftfs.qu.canon import unpack
 from bftfs.qu.client import QUClient
 from bftfs.qu.past import Agreed, current_at
-from bftfs.qu.pastread import End, PastReader
+from bftfs.qu.pastmany import MAX_OBJECTS
+from bftfs.qu.pastread import End, HistoryUnavailable, PastReader, Seed, Walk
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.client import HistoryReclaimed
 from bftfs.rw.messages import block_id
@@ -58,6 +59,10 @@ PARALLEL = 16
 
 #: Objects whose walks' starts one Q/U query reads (the most a request may name).
 STARTS_AT_ONCE = 8
+
+#: Objects whose chains one ``qu.chains`` round reads (the most a request may name): a
+#: directory of 50 files is one round, where each file was two requests of its own.
+CHAINS_AT_ONCE = MAX_OBJECTS
 
 #: Blocks of one file's past content read at once (each a PASIS read round of its own).
 BLOCKS_AT_ONCE = 8
@@ -199,6 +204,10 @@ class Past:
         #: Established versions read for several objects at once (:meth:`_read_starts`),
         #: each taken by the first walk of its object.
         self._starts: dict[int, Timestamp] = {}
+        #: What :meth:`_prefetch` brought for walks not yet begun (object -> seed).
+        self._seeds: dict[int, Seed] = {}
+        #: How the reads went (starts with siblings or alone, rounds), for statistics().
+        self._counts: collections.Counter[str] = collections.Counter()
 
     async def snapshots(self) -> dict[str, int]:
         """The cluster's snapshots: name -> moment (ns)."""
@@ -228,16 +237,24 @@ class Past:
         return state if self.seal is None else self.seal.open_state(oid, state)
 
     def statistics(self) -> str:
-        """What the history reads cost, for a log at unmount."""
-        return f"history: {self.reader.rounds} chain rounds, {len(self._histories)} objects"
+        """What the history reads cost, for a log at unmount (and the history commands')."""
+        r = self.reader
+        return (
+            f"history: {r.rounds} chain rounds, {self.qu.statistics().rounds} Q/U rounds, "
+            f"{r.fetches} state requests, {r.offered_taken} states offered and taken, "
+            f"{getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} "
+            "objects; " + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+        )
 
     async def history(self, oid: int) -> ObjectHistory:
         """Every kept version of ``oid`` (cached for this object's lifetime)."""
         got = self._histories.get(oid)
         if got is not None:
             return got
-        walk = await self.reader.walk(oid, await self._start(oid))
-        states = await self.reader.states(oid, walk.versions)
+        walk, seed = await self._walk(oid)
+        states = await self.reader.states(
+            oid, walk.versions, None if seed is None else seed.offered
+        )
         hist = ObjectHistory(oid, complete=walk.end is End.INITIAL)
         # Oldest first, folding repeats (repairs' copies, bookkeeping-only updates); a
         # thinned version is a gap: the kept one after it is always shown.
@@ -387,15 +404,15 @@ class Past:
                 for (name, child), at in sorted(kids.items())
             ]
             count[1] += len(todo)
-            for i in range(0, len(todo), STARTS_AT_ONCE):
-                nursery.start_soon(batch, todo[i : i + STARTS_AT_ONCE], nursery)
+            for i in range(0, len(todo), CHAINS_AT_ONCE):
+                nursery.start_soon(batch, todo[i : i + CHAINS_AT_ONCE], nursery)
             count[0] += 1
             if progress is not None:
                 progress(count[0], count[1])
 
         async def batch(todo: list[tuple[str, int, tuple[int, ...]]], nursery: Any) -> None:
             async with limiter:
-                await self._read_starts([oid for _, oid, _ in todo])
+                await self._prefetch([oid for _, oid, _ in todo], moments, whole)
             for rel, oid, at in todo:
                 nursery.start_soon(visit, rel, oid, at, nursery)
 
@@ -414,27 +431,65 @@ class Past:
         """An established version of ``oid``, where a walk of its chain starts: one read
         with its siblings (:meth:`_read_starts`), else a query of its own."""
         start = self._starts.pop(oid, None)
+        self._counts["starts alone" if start is None else "starts with siblings"] += 1
         if start is None:
             _, start = await self.qu.query_at(oid, "fs.peek")
         return start
 
     async def _read_starts(self, oids: Sequence[int]) -> None:
         """Established versions of up to :data:`STARTS_AT_ONCE` objects from one Q/U query
-        (``fs.statmany``, which answers for any object), for their walks to start from.
-        Where it is refused or fails, each object's walk asks on its own."""
+        (``fs.peekmany``, which answers for any object, leased to another client or not),
+        for their walks to start from.  Where it is refused or fails, each object's walk
+        asks on its own."""
         from bftfs.qu.attempt import QUUnavailable
         from bftfs.qu.objects import MethodRefused
 
-        todo = [
-            o for o in dict.fromkeys(oids) if o not in self._starts and o not in self._histories
-        ]
-        if len(todo) < 2:
+        known = self._starts.keys() | self._histories.keys()
+        todo = [o for o in dict.fromkeys(oids) if o not in known]
+        if not todo:
             return
         try:
-            _, starts = await self.qu.query_many_at(todo, "fs.statmany")
-        except (MethodRefused, QUUnavailable):
+            _, starts = await self.qu.query_many_at(todo, "fs.peekmany")
+        except (MethodRefused, QUUnavailable) as e:
+            self._counts[f"start queries failed ({type(e).__name__})"] += 1
             return
+        self._counts["start queries"] += 1
         self._starts.update(starts)
+
+    async def _prefetch(self, oids: Sequence[int], moments: Sequence[int], whole: bool) -> None:
+        """The walks of up to :data:`CHAINS_AT_ONCE` objects begun together: their starts
+        (:meth:`_read_starts`, :data:`STARTS_AT_ONCE` a query, the queries at once) and
+        one ``qu.chains`` round for all of them, with the states wanted at ``moments``
+        (all of them if ``whole``), kept for :meth:`_walk`.  Where the round fails each
+        walk asks on its own."""
+        todo = [o for o in dict.fromkeys(oids) if o not in self._histories and o not in self._seeds]
+        async with trio.open_nursery() as nursery:
+            for i in range(0, len(todo), STARTS_AT_ONCE):
+                nursery.start_soon(self._read_starts, todo[i : i + STARTS_AT_ONCE])
+        objs = [(o, self._starts.pop(o)) for o in todo if o in self._starts]
+        if not objs:
+            return
+        try:
+            seeds = await self.reader.chains(
+                objs,
+                until_ns=None if whole else min(moments),
+                moments=() if whole else moments,
+                all_states=whole,
+            )
+        except HistoryUnavailable:
+            self._counts["chains rounds failed"] += 1
+            self._starts.update(objs)
+            return
+        self._counts["chains rounds"] += 1
+        self._seeds.update(seeds)
+
+    async def _walk(self, oid: int, until_ns: int | None = None) -> tuple[Walk, Seed | None]:
+        """The walk of ``oid``'s chain (back to ``until_ns``), from what :meth:`_prefetch`
+        brought for it if anything (the seed: its offered states go to ``states``)."""
+        seed = self._seeds.pop(oid, None)
+        start = seed.start if seed is not None else await self._start(oid)
+        self._counts["walks seeded" if seed is not None else "walks alone"] += 1
+        return await self.reader.walk(oid, start, until_ns=until_ns, seed=seed), seed
 
     async def _at_moments(
         self, oid: int, moments: Sequence[int], whole: bool
@@ -455,7 +510,7 @@ class Past:
                     v = None
                 out.append(None if v is None or v.state is None or _gone(v.state) else v)
             return out
-        walk = await self.reader.walk(oid, await self._start(oid), until_ns=min(moments))
+        walk, seed = await self._walk(oid, min(moments))
         picks: list[Agreed | None] = []
         for t in moments:
             found = current_at([a.time_ns for a in walk.versions], t)
@@ -464,7 +519,7 @@ class Past:
             pick = None if found.index is None else walk.versions[found.index]
             picks.append(None if pick is None or pick.thinned else pick)
         wanted = list({a.lt: a for a in picks if a is not None}.values())
-        raw = await self.reader.states(oid, wanted)
+        raw = await self.reader.states(oid, wanted, None if seed is None else seed.offered)
         versions: dict[Timestamp, Version | None] = {}
         for a in wanted:
             state = self._unpack(oid, raw[a.lt])

@@ -23,7 +23,8 @@ it from a node's parts, registers its methods and starts the background work
 - ``qu.fetch``: the stored request of a candidate, for inline repair by other clients.
 - ``qu.sync``: object sync, host side; only other nodes may ask (L2240-2244).
 - ``qu.versions``, ``qu.states``: an object's past (its conditioned-on chain, states by
-  timestamp) for history reads by any client (:mod:`bftfs.qu.past`).
+  timestamp) for history reads by any client (:mod:`bftfs.qu.past`); ``qu.chains``, the
+  same for many objects at once with states (:mod:`bftfs.qu.pastmany`).
 - ``qu.latest``: the newest timestamp of each object this node holds, a page at a time, in
   object-id order; only other nodes may ask (what a restarted node's catch-up compares).
 
@@ -65,7 +66,7 @@ from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
 from bftfs.node.store import Store
 from bftfs.policy import RetentionPolicy
-from bftfs.qu import past
+from bftfs.qu import past, pastmany
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import (
     BATCHED_KINDS,
@@ -226,6 +227,7 @@ class QUServer:
         node.register(KIND_LATEST, self.on_latest, inline=True)
         node.register(past.KIND_VERSIONS, self.on_versions, inline=True)
         node.register(past.KIND_STATES, self.on_states, inline=True)
+        node.register(pastmany.KIND_CHAINS, self.on_chains, inline=True)
         batched = {
             KIND_REQUEST: self.on_request,
             KIND_HISTORY: self.on_history,
@@ -410,6 +412,13 @@ class QUServer:
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
         return self.store.read(lambda kv: past.states_step(kv, oid, lts))
+
+    async def on_chains(self, ctx: RequestContext, payload: Any) -> Any:
+        try:
+            ask = pastmany.parse_chains_request(payload)
+        except MessageError as e:
+            raise HandlerError("bad-request", str(e)) from None
+        return self.store.read(lambda kv: pastmany.chains_step(kv, ask))
 
     def _fail(self, req: Request, why: str) -> Reply:
         rep = self.store.read(lambda kv: handle_history(kv, self.replica, req.objects))

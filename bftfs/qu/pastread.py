@@ -37,6 +37,7 @@ from bftfs.qu.past import (
     states_request,
     versions_request,
 )
+from bftfs.qu.pastmany import KIND_CHAINS, ChainsAsk, ChainsReply, parse_chains_reply
 from bftfs.qu.timestamp import ZERO, Timestamp
 
 #: Seconds a history round waits for servers beyond a quorum.
@@ -60,6 +61,17 @@ class HistoryUnavailable(QUUnavailable):
 
 
 @dataclass
+class Seed:
+    """What a ``qu.chains`` round brought for one object: each answering server's page
+    from ``start`` (as a ``qu.versions`` round from it would) and the states servers
+    offered, unchecked."""
+
+    start: Timestamp
+    pages: dict[int, list[ChainEntry]] = field(default_factory=dict)
+    offered: dict[Timestamp, bytes] = field(default_factory=dict)
+
+
+@dataclass
 class Walk:
     """The versions found so far, newest first, and why the walk ended."""
 
@@ -75,6 +87,9 @@ class PastReader:
         self.th = th
         self.nodes = [NodeId(s) for s in range(th.n)]
         self.rounds = 0
+        #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
+        self.fetches = 0
+        self.offered_taken = 0
 
     async def _pages(
         self, oid: int, start: Timestamp, *, everyone: bool
@@ -108,8 +123,72 @@ class PastReader:
                 ) from None
         return pages
 
+    async def chains(
+        self,
+        objs: Sequence[tuple[int, Timestamp]],
+        *,
+        until_ns: int | None = None,
+        moments: Sequence[int] = (),
+        all_states: bool = False,
+    ) -> dict[int, Seed]:
+        """One ``qu.chains`` round for ``objs`` (object, established version; at most
+        :data:`~bftfs.qu.pastmany.MAX_OBJECTS`): each object's pages from a quorum of
+        servers, and the states of the versions current at ``moments`` (every version's if
+        ``all_states``) offered by one server each (the ``i``-th object's by server ``i mod
+        n``: object ids need not spread evenly).
+        Walks take them up with :meth:`walk`'s ``seed``.
+
+        Raises:
+            HistoryUnavailable: fewer than ``b + 1`` servers answered.
+        """
+        self.rounds += 1
+        starts = [lt for _, lt in objs]
+        got: dict[int, ChainsReply] = {}
+
+        def payload(node: NodeId) -> Any:
+            serve = tuple(i for i in range(len(objs)) if i % self.th.n == node)
+            ask = ChainsAsk(tuple(objs), until_ns=until_ns, moments=tuple(moments),
+                            all_states=all_states, serve=serve)  # fmt: skip
+            return ask.to_wire()
+
+        def accept(node: NodeId, raw: Any) -> bool:
+            try:
+                got[node] = parse_chains_reply(raw, starts)
+            except MessageError:
+                return False
+            return True
+
+        try:
+            await self.endpoint.quorum_call(
+                self.nodes,
+                KIND_CHAINS,
+                payload,
+                enough=lambda r: len(r) >= self.th.q,
+                accept=accept,
+                timeout=ROUND_TIMEOUT,
+            )
+        except QuorumUnavailable:
+            if len(got) < self.th.b + 1:
+                raise HistoryUnavailable(
+                    f"histories of {len(objs)} objects from {len(got)} servers, "
+                    f"need {self.th.b + 1}"
+                ) from None
+        seeds = {oid: Seed(lt) for oid, lt in objs}
+        for node, reply in got.items():
+            for i, ((oid, _), page) in enumerate(zip(objs, reply.pages, strict=True)):
+                seeds[oid].pages[node] = page
+                if i % self.th.n == node:  # states only from the node asked for them
+                    seeds[oid].offered.update(reply.offered[i])
+        return seeds
+
     async def walk(
-        self, oid: int, start: Timestamp, *, limit: int | None = None, until_ns: int | None = None
+        self,
+        oid: int,
+        start: Timestamp,
+        *,
+        limit: int | None = None,
+        until_ns: int | None = None,
+        seed: Seed | None = None,
     ) -> Walk:
         """The chain of ``oid`` from ``start`` (established), newest first.
 
@@ -122,6 +201,8 @@ class PastReader:
             until_ns: stop after the first version whose time is known to be at or before
                 this time (the version current at that time, :func:`current_at`; a version
                 of unknown time never stops the walk).
+            seed: a ``qu.chains`` round's pages from ``start`` (:meth:`chains`), taken as
+                this walk's first round.
         """
         out = Walk()
         reports: dict[Timestamp, dict[int, ChainEntry]] = {}
@@ -130,6 +211,9 @@ class PastReader:
         #: Versions every answering server was asked about (in a page from everyone).
         timed_all: set[Timestamp] = set()
         pages_from: Timestamp | None = None
+        if seed is not None and seed.start == start:
+            self._add(seed.pages, reports)
+            pages_from = start  # as if a quorum round from ``start`` was asked
         while True:
             if want == ZERO:
                 out.end = End.INITIAL
@@ -166,22 +250,42 @@ class PastReader:
     ) -> None:
         """One round of pages from ``start`` added to ``reports`` (and, from everyone, the
         versions they cover to ``timed_all``)."""
-        for node, page in (await self._pages(oid, start, everyone=everyone)).items():
-            for e in page:
-                reports.setdefault(e.lt, {})[node] = e
-                if everyone:
-                    timed_all.add(e.lt)
+        pages = await self._pages(oid, start, everyone=everyone)
+        self._add(pages, reports)
         if everyone:
+            timed_all.update(e.lt for page in pages.values() for e in page)
             timed_all.add(start)
 
-    async def states(self, oid: int, versions: Sequence[Agreed]) -> dict[Timestamp, bytes | None]:
+    @staticmethod
+    def _add(
+        pages: Mapping[int, list[ChainEntry]], reports: dict[Timestamp, dict[int, ChainEntry]]
+    ) -> None:
+        """Each server's page entries into ``reports`` (version -> server -> entry)."""
+        for node, page in pages.items():
+            for e in page:
+                reports.setdefault(e.lt, {})[node] = e
+
+    async def states(
+        self,
+        oid: int,
+        versions: Sequence[Agreed],
+        offered: Mapping[Timestamp, bytes] | None = None,
+    ) -> dict[Timestamp, bytes | None]:
         """The states of ``versions`` (agreed entries), each checked against its digest;
-        thinned ones are left out (they have none)."""
+        thinned ones are left out (they have none).  ``offered``: states a ``qu.chains``
+        round brought (:class:`Seed`), taken where they match; the others are asked for."""
         out: dict[Timestamp, bytes | None] = {}
-        todo = [v for v in versions if v.digest is not None and not v.thinned]
+        todo = []
         for v in versions:
             if v.digest is None:
                 out[v.lt] = None
+            elif not v.thinned:
+                state = None if offered is None else offered.get(v.lt)
+                if state is not None and state_digest(state) == v.digest:
+                    out[v.lt] = state
+                    self.offered_taken += 1
+                else:
+                    todo.append(v)
         tried: dict[Timestamp, set[int]] = {}
         while todo:
             by_host: dict[int, list[Agreed]] = {}
@@ -207,6 +311,7 @@ class PastReader:
     async def _fetch(
         self, host: int, oid: int, wanted: Sequence[Agreed]
     ) -> Mapping[Timestamp, bytes | None]:
+        self.fetches += 1
         try:
             raw = await self.endpoint.call(
                 NodeId(host),

@@ -112,15 +112,16 @@ def _lie_about_history(config: ClusterConfig, node: int) -> ByzantineProfile:
     overrides = dict(rw.corrupt_fragment(config, node, random.Random(node)))
     overrides[history.KIND_VERSIONS] = history.forge_chain
     overrides[history.KIND_STATES] = history.forge_states
+    overrides[history.KIND_CHAINS] = history.chains_forge_chain
     return ByzantineProfile(overrides)
 
 
 def _withhold_history(config: ClusterConfig, node: int) -> ByzantineProfile:
-    return ByzantineProfile({history.KIND_VERSIONS: history.empty_chain})
+    return ByzantineProfile(dict(history.BEHAVIOURS["empty-chain"]))
 
 
 def _misdate_history(config: ClusterConfig, node: int) -> ByzantineProfile:
-    return ByzantineProfile({history.KIND_VERSIONS: history.misdate})
+    return ByzantineProfile(dict(history.BEHAVIOURS["misdate"]))
 
 
 def _withhold_recalls(config: ClusterConfig, node: int) -> ByzantineProfile:
