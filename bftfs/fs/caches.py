@@ -100,6 +100,17 @@ class MetadataCache:
         for oid in oids:
             self.own.pop(oid, None)
 
+    def own_touch(self, oid: int, now: int) -> None:
+        """A change of directory ``oid``'s entries this mount holds back (a create or
+        removal left to write-back) moves its times to ``now`` in the attributes its own
+        last update answered, for as long as they answer (they are the servers' once it
+        is sent; a ``stat`` must not show the times from before it, nor send it)."""
+        kept = self.own.get(oid)
+        if kept is not None:
+            s = dict(kept[0])
+            s["mt"], s["ct"] = max(s["mt"], now), max(s["ct"], now)
+            self.own[oid] = (s, kept[1])
+
     def own_stat(self, oid: int, s: dict[str, Any]) -> None:
         self.own[oid] = (s, trio.current_time())
         if s["k"] == "d":

@@ -160,10 +160,11 @@ class PendingUnlinks:
     def _gone_here(self, parent: int, name: bytes, oid: int) -> None:
         """The name is gone in this mount's view: its names, attributes, leased listing."""
         self.cache.forget(parent, name)
-        # Its link count is the servers' to tell (another name may still lead to it), and
-        # the directory's times move when the removal is sent: a stat of either asks the
-        # servers, and so sends this removal (or the directory's touch) first.
-        self.cache.forget_own([oid, parent])
+        # Its link count is the servers' to tell (another name may still lead to it): a
+        # stat of it asks them, and so sends this removal first.  The directory's times
+        # are the removal's from now on.
+        self.cache.forget_own([oid])
+        self.cache.own_touch(parent, self.meta.now())
         leases = self.meta.leases
         if leases is not None:  # as a removal taken: the name leaves the leased listing
             leases.changed([parent, oid], parent=parent, names=frozenset((name,)))

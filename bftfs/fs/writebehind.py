@@ -166,10 +166,7 @@ class PendingCreates:
             raise from_refusal(e.code, e.message) from None
         p = PendingCreate(parent, name, arg["o"], arg, uid, gid, flags)
         self.creates.add(p)
-        # The directory's times move when the create is sent: what this mount's own last
-        # update of it answered is no longer its state, and a stat must ask (and so send
-        # the create first), not answer it.
-        self.cache.forget_own([parent])
+        self.cache.own_touch(parent, arg["now"])  # its times, as the create will leave them
         self.cache.learn(parent, name, p.oid, st.S_IFREG >> 12)
         self.cache.kernel_saw(p.oid, s)  # a new inode: the kernel holds no pages of it
         f = self.cache.files[p.oid] = OpenFile.from_stat(p.oid, s, self.bs)
