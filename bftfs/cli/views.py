@@ -116,6 +116,7 @@ def node_replace(args: argparse.Namespace) -> int:
             )
         ident = Identity.generate(NodeId(node))
         ident.save(new_dir / "private" / "key")
+        admin.new_chain(cfg, new_dir, ident.public, view.number + 1)
         view = admin.with_node(view, node, host, port, ident.public)
         moved = replace(
             cfg,

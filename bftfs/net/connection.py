@@ -167,6 +167,10 @@ class Connection:
             self.faults[(int(self.node), "push_handler_failed")] += 1
             log.exception("node %s: push handler failed", self.node)
 
+    def close(self) -> None:
+        """Close the connection now: requests waiting on it resolve as lost."""
+        self._close()
+
     def _close(self) -> None:
         if self.closed:
             return

@@ -19,6 +19,12 @@ principals are told why when they call again (``Server.refused``), and the view 
 forwarded once to the other nodes.  Whoever is behind learns from the handshake's view
 number (``net/session.py``): a node behind fetches from the node ahead, a node ahead sends
 its view to the node behind; clients do the same with nodes (``membership/client.py``).
+
+Per-view keys (``membership/viewkeys.py``): the node signs every handshake's proof with its
+key for the view it holds.  Taking a newer view, right after writing the view file and
+before anything else, it moves its chain to that view on disk (``node<I>/private/
+view-chain``, fsync'd): the older view's key can no longer be computed from anything it
+keeps.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+from nacl.signing import SigningKey
 
 from bftfs.config import ClusterConfig
 from bftfs.crypto import pairwise_key
@@ -43,6 +50,7 @@ from bftfs.membership.view import (
     judge,
     unsupported_change,
 )
+from bftfs.membership.viewkeys import Chain, ChainError, load_node_chain, save_node_chain
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import HandlerError
 from bftfs.node.rekey import Rekey
@@ -75,6 +83,10 @@ class NodeViews:
         self._node: Node | None = None
         self._rekey: Rekey | None = None
         self._data_dir = data_dir
+        #: This machine's chain at the held view (None: no per-view keys), and the view's
+        #: private key derived from it (in memory only).
+        self.chain: Chain | None = None
+        self._key: SigningKey | None = None
         self._lock = trio.Lock()
         self._busy: set[int] = set()  # peers a fetch or send is under way with
 
@@ -93,6 +105,8 @@ class NodeViews:
                     f"revoked (not a client of view {self.number})",
                 )
         node.server.on_peer_view = self._heard
+        node.server.prove = self._prove
+        self._take_key(self.view, self._ratchet(self.view))
         node.register("view.get", self._get, inline=True)
         node.register("view.install", self._install)
 
@@ -149,7 +163,9 @@ class NodeViews:
                 raise HandlerError("bad_view", str(e)) from None
             assert isinstance(blob, bytes)  # decode checked it
             await trio.to_thread.run_sync(write_signed, self.path, blob)
+            chain = await trio.to_thread.run_sync(self._ratchet, view)
             self._switch(view, blob, config, source)
+            self._take_key(view, chain)
         self._forward(blob)
         return True
 
@@ -196,6 +212,57 @@ class NodeViews:
             closed,
             sorted(ended) or "nobody",
         )
+
+    def _ratchet(self, view: View) -> Chain | None:
+        """This machine's chain moved to ``view`` and written over the older one (the
+        forgetting: seed 000 [003 L3931-3946]; after a crash between the view file and this,
+        the next start moves it); None without per-view keys.  Runs before the view is
+        acknowledged, in a worker thread (it fsyncs)."""
+        held = self.chain
+        if held is None:  # at start, or a cluster given per-view keys while we ran
+            try:
+                held = load_node_chain(self._data_dir)
+            except ChainError as e:
+                log.error("node: %s: this node cannot prove any view", e)
+                return None
+        if held is None or not view.has_view_keys:
+            return held
+        if held.number > view.number:  # written past the view held: never, unless tampered
+            log.error(
+                "node: its view chain is at view %d, past view %d which it holds: it cannot "
+                "prove view %d (and never can again)",
+                held.number,
+                view.number,
+                view.number,
+            )
+            return held
+        if held.number < view.number:
+            held = held.at(view.number)
+            save_node_chain(self._data_dir, held)
+        return held
+
+    def _take_key(self, view: View, chain: Chain | None) -> None:
+        """Sign handshakes with ``view``'s key from now on (none: no proofs, which clients
+        of a view with per-view keys refuse)."""
+        self.chain = chain
+        self._key = None
+        node = self._node
+        assert node is not None
+        if chain is None or not view.has_view_keys or chain.number != view.number:
+            return
+        key = chain.signing_key()
+        if bytes(key.verify_key) != view.nodes[int(node.id)].view_key:
+            if view.nodes[int(node.id)].public_key == node.keyring.me.public:
+                log.error("node %s: its chain gives no key of view %d", node.id, view.number)
+            return  # (a replaced machine: the view names the newcomer's key)
+        self._key = key
+
+    def _prove(self, number: int, message: bytes) -> bytes:
+        """The handshake's proof that this node holds view ``number`` (``Server.prove``)."""
+        key = self._key
+        if key is None or number != self.number:
+            return b""
+        return bytes(key.sign(message).signature)
 
     def _check_replaced(self, view: View) -> None:
         """Say so when ``view`` gives this node's id another key: this process runs on a
