@@ -48,9 +48,12 @@ def client_machine(cfg: ClusterConfig, name: str, where: Path) -> ClusterConfig:
     return cfgmod.load(where / "cluster.toml")
 
 
-async def ping_as_client(cfg: ClusterConfig, name: str) -> tuple[dict[int, Any], int]:
-    """``ping`` to every node as client ``name`` with a view tracker (what a mount runs):
-    each reply or exception, and the view the client holds afterwards."""
+async def ping_as_client(
+    cfg: ClusterConfig, name: str, only: list[int] | None = None
+) -> tuple[dict[int, Any], int]:
+    """``ping`` to every node (or those ``only`` names) as client ``name`` with a view
+    tracker (what a mount runs): each reply or exception, and the view the client holds
+    afterwards."""
     views = ClientViews(cfg)
     ring = KeyRing(client_identity(cfg, name), cfg.node_public_keys())
     addresses = {s.id: (s.host, s.port) for s in cfg.nodes}
@@ -66,7 +69,8 @@ async def ping_as_client(cfg: ClusterConfig, name: str) -> tuple[dict[int, Any],
 
         async with trio.open_nursery() as nursery:
             for node in cfg.node_ids:
-                nursery.start_soon(one, node)
+                if node in (only or [node]):
+                    nursery.start_soon(one, node)
     return out, views.number
 
 
@@ -80,14 +84,14 @@ def files_holding(root: Path, secrets: list[bytes]) -> list[str]:
     ]
 
 
-async def answering(cfg: ClusterConfig) -> None:
+async def answering(cfg: ClusterConfig, only: list[int] | None = None) -> None:
     """Wait (at most 60 s) until every node answers a bare endpoint: one that checks no
     view proof (``local.wait_ready`` asks through a client that does)."""
     me = Identity.load(cfg.client("client1").id, cfg.client_key_path("client1"))
     addresses = {s.id: (s.host, s.port) for s in cfg.nodes}
     async with open_endpoint(KeyRing(me, cfg.node_public_keys()), addresses, timeout=2.0) as ep:
         with trio.fail_after(60):
-            for node in cfg.node_ids:
+            for node in only or cfg.node_ids:
                 while True:
                     try:
                         await ep.call(node, "ping", b"")
@@ -96,12 +100,17 @@ async def answering(cfg: ClusterConfig) -> None:
                         await trio.sleep(0.2)
 
 
-def old_machines(cfg: ClusterConfig, view1: bytes, where: Path) -> ClusterConfig:
-    """Copies of every node's data directory as it is now, each run as a node holding view 1
-    (its view files put back to view 1: what the machines of an ended view, all Byzantine,
-    can do with everything they kept), at the nodes' addresses."""
+def old_machines(
+    cfg: ClusterConfig, view1: bytes, where: Path, only: list[int] | None = None
+) -> ClusterConfig:
+    """Copies of every node's data directory (or those ``only`` names) as it is now, each
+    run as a node holding view 1 (its view files put back to view 1: what the machines of an
+    ended view, all Byzantine, can do with everything they kept), at ``cfg``'s addresses."""
     nodes = []
     for spec in cfg.nodes:
+        if spec.id not in (only or [spec.id]):
+            nodes.append(spec)
+            continue
         copy = where / f"node{spec.id}"
         shutil.copytree(spec.data_dir, copy, ignore=shutil.ignore_patterns("*.pid", "*.sock"))
         (copy / "view.signed").write_bytes(view1)
@@ -192,3 +201,46 @@ async def impostor_of_node_0(old: ClusterConfig, laptop: ClusterConfig) -> dict[
                 out = {0: e}
         nursery.cancel_scope.cancel()
     return out
+
+
+def test_a_replaced_machine_forgets_the_view_it_was_replaced_in_and_cannot_replay_it(
+    tmp_path: Path,
+) -> None:
+    """Node 5 is replaced by a new machine; the old machine, still running, is sent the view
+    by the nodes that took it and forgets its key of view 1.  Later, replaying view 1 from
+    all it kept, it gets no session from a client that reaches only it."""
+    home = tmp_path / "c"
+    with ProcessCluster(home, **OPTIONS) as pc:
+        view1_cfg = pc.config
+        view1 = view1_cfg.view_path.read_bytes()
+        laptop = client_machine(view1_cfg, "client0", tmp_path / "laptop")
+        old_dir = view1_cfg.node(5).data_dir
+        chain1 = load_node_chain(old_dir)
+        assert chain1 is not None and chain1.number == 1
+        (port,) = local.cluster_ports(tmp_path / "newcomer", 1)
+        got = bftfs(home, "node", "replace", "5", "--address", f"127.0.0.1:{port}")
+        assert "view 2 acknowledged by 5 of 6" in got.stdout, got.stdout
+        trio.run(chain_reaches, old_dir, 2)  # the old machine took view 2 from its peers
+        assert files_holding(old_dir, [chain1.secret]) == []
+        assert (old_dir / "view.signed").read_bytes() == pc.config.view_path.read_bytes()
+        local.stop_node(view1_cfg, 5)  # (the old machine's process, started from view 1)
+        old = old_machines(view1_cfg, view1, tmp_path / "decommissioned", only=[5])
+        try:
+            local.start_node(old, 5)
+            trio.run(answering, old, [5])
+            replies, held = trio.run(ping_as_client, laptop, "client0", [5])
+            assert held == 1
+            assert isinstance(replies[5], TransportError), replies
+            assert "node 5 does not prove it holds view 1" in str(replies[5])
+        finally:
+            local.stop_node(old, 5)
+
+
+async def chain_reaches(data_dir: Path, number: int) -> None:
+    """Wait (at most 30 s) until the chain in ``data_dir`` is at view ``number``."""
+    with trio.fail_after(30):
+        while True:
+            chain = load_node_chain(data_dir)
+            if chain is not None and chain.number >= number:
+                return
+            await trio.sleep(0.1)

@@ -37,7 +37,7 @@ import trio
 from nacl.signing import SigningKey
 
 from bftfs.config import ClusterConfig
-from bftfs.crypto import pairwise_key
+from bftfs.crypto import KeyRing, pairwise_key
 from bftfs.ids import NodeId, PrincipalId, is_node
 from bftfs.membership.client import reconnect_moved
 from bftfs.membership.configview import NODE_VIEW_FILE, apply, starting_view, write_signed
@@ -45,12 +45,15 @@ from bftfs.membership.view import (
     Verdict,
     View,
     ViewError,
+    ViewNode,
     decode,
     ended_principals,
     judge,
+    rekeyed_nodes,
     unsupported_change,
 )
 from bftfs.membership.viewkeys import Chain, ChainError, load_node_chain, save_node_chain
+from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import HandlerError
 from bftfs.node.rekey import Rekey
@@ -203,6 +206,7 @@ class NodeViews:
             if self._rekey is not None:
                 self._rekey.start(view)
         self._check_replaced(view)
+        self._tell_old_machines(old, view, blob)
         node.stats["views_taken"] += 1
         node.log.info(
             "node %s: took %s from %s; ended %d session(s) of %s",
@@ -289,6 +293,29 @@ class NodeViews:
         for spec in self.config.nodes:
             if spec.id != node.id:
                 node.spawn(self._send, spec.id, blob)
+
+    def _tell_old_machines(self, old: View, view: View, blob: bytes) -> None:
+        """Send ``view`` once to the old machine of each node it replaced, at its old address
+        under its old key, so that, correct, it forgets ``old``'s key too (the seed's new
+        servers forwarding the view to the old ones, [003 L11341-11395]); it is refused
+        everything else from now on."""
+        node = self._node
+        if node is None or node._nursery is None:
+            return
+        for i in rekeyed_nodes(old, view):
+            if i != node.id:
+                node.spawn(self._send_old, old.nodes[i], blob)
+
+    async def _send_old(self, machine: ViewNode, blob: bytes) -> None:
+        node = self._node
+        assert node is not None
+        ring = KeyRing(node.keyring.me, {machine.id: machine.public_key})
+        try:
+            with trio.move_on_after(PEER_TIMEOUT):
+                async with open_endpoint(ring, {machine.id: (machine.host, machine.port)}) as ep:
+                    await ep.call(machine.id, "view.install", blob, timeout=PEER_TIMEOUT)
+        except (TransportError, RemoteError) as e:
+            log.debug("node %s: the old machine of node %s: %s", node.id, machine.id, e)
 
     def _heard(self, peer: PrincipalId, number: int) -> None:
         """A handshake told us ``peer`` holds view ``number``: fetch it from a node ahead,
