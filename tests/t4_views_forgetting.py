@@ -20,10 +20,13 @@ from bftfs import bundle, local
 from bftfs import config as cfgmod
 from bftfs.config import ClusterConfig
 from bftfs.connect import client_identity, open_client
-from bftfs.crypto import Identity, KeyRing, derive
+from bftfs.crypto import AdminKey, Identity, KeyRing, derive
 from bftfs.ids import NodeId
+from bftfs.membership import admin
 from bftfs.membership.client import ClientViews, ViewUnproven
-from bftfs.membership.viewkeys import Chain, load_node_chain
+from bftfs.membership.configview import view_of, write_signed
+from bftfs.membership.view import sign
+from bftfs.membership.viewkeys import ADMIN_CHAINS, NODE_CHAIN, Chain, load_node_chain
 from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import Server
@@ -244,3 +247,41 @@ async def chain_reaches(data_dir: Path, number: int) -> None:
             if chain is not None and chain.number >= number:
                 return
             await trio.sleep(0.1)
+
+
+def made_before_per_view_keys(cfg: ClusterConfig) -> None:
+    """Make ``cfg``'s cluster (its nodes not started yet) what one made before per-view keys
+    is: view 1 without node keys (format 1), no chain anywhere."""
+    (cfg.admin_key_path.parent / ADMIN_CHAINS).unlink()
+    for spec in cfg.nodes:
+        (spec.data_dir / NODE_CHAIN).unlink()
+    write_signed(cfg.view_path, sign(view_of(cfg, 1), AdminKey.load(cfg.admin_key_path)))
+
+
+def test_a_cluster_made_before_per_view_keys_works_as_before_and_gets_them_online(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "c"
+    pc = ProcessCluster(home, **OPTIONS)
+    made_before_per_view_keys(pc.config)
+    with pc:
+        pids = [pc.pid(i) for i in pc.config.node_ids]
+        laptop = client_machine(pc.config, "client0", tmp_path / "laptop")
+        replies, held = trio.run(ping_as_client, laptop, "client0")
+        assert held == 1 and all(isinstance(r, dict) for r in replies.values()), replies
+        got = bftfs(home, "view", "keys")
+        assert "view 2: every node has a key for this view only" in got.stdout, got.stdout
+        assert "view 2 acknowledged by 6 of 6" in got.stdout, got.stdout
+        cfg = cfgmod.load(home / "cluster.toml")
+        view, _ = admin.current(cfg)
+        assert view.has_view_keys
+        for spec, node in zip(cfg.nodes, view.nodes, strict=True):
+            chain = load_node_chain(spec.data_dir)
+            assert chain is not None and chain.number == 2 and chain.public() == node.view_key
+        # The client of view 1 (no keys) meets nodes of view 2: it takes the view, and from
+        # then on each node proves it holds view 2 (running nodes loaded their chains).
+        replies, held = trio.run(ping_as_client, laptop, "client0")
+        assert held == 2 and all(isinstance(r, dict) for r in replies.values()), replies
+        again = bftfs(home, "view", "keys")
+        assert "view 2 has per-view node keys already: pushing it again" in again.stdout
+        assert [pc.pid(i) for i in pc.config.node_ids] == pids  # no node restarted

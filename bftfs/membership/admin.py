@@ -123,6 +123,30 @@ def adopt(cfg: ClusterConfig, path: Path) -> tuple[ClusterConfig, bytes]:
     return issue(with_key, path, view_of(with_key, 1), key)
 
 
+def give_view_keys(cfg: ClusterConfig, path: Path) -> tuple[ClusterConfig, bytes, View, bool]:
+    """Give a cluster with views but without per-view keys (made before them) a chain per
+    node and issue the next view with its keys (docs/membership.md, "Migration"); the new
+    configuration, the signed view, the view, and whether it was issued now (False: the
+    current view has keys already, pushed again).  Each node's chain is written in its data
+    directory here: a node on another machine needs that file before it takes the view.
+    Running nodes load it when they take the view: no restart.
+
+    Raises:
+        ConfigError: no admin key or no signed view.
+    """
+    key = admin_key(cfg)
+    view, blob = current(cfg)
+    if view.has_view_keys:
+        return cfg, blob, view, False
+    number = view.number + 1
+    chains = {s.public_key: Chain.generate(number) for s in cfg.nodes}
+    for spec in cfg.nodes:  # (a rerun after a kill before the view: new chains, all again)
+        save_node_chain(spec.data_dir, chains[spec.public_key])
+    AdminChains(cfg.admin_key_path).save(chains)
+    new, blob = issue(cfg, path, replace(view, number=number), key)
+    return new, blob, current(new)[0], True
+
+
 def _new_chains(cfg: ClusterConfig) -> None:
     """Every node's chain, anchored at view 1, in its data directory and the
     administrator's (a cluster being made, or given views)."""
@@ -302,6 +326,7 @@ __all__ = [
     "current",
     "init_view",
     "issue",
+    "give_view_keys",
     "new_chain",
     "push",
     "pusher",
