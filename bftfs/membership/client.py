@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -92,43 +92,12 @@ class ClientViews:
     async def admit(
         self, node: NodeId, session: Session, ask: Callable[[str, Any], Awaitable[Any]]
     ) -> bool:
-        """Whether the new ``session`` with ``node`` may carry requests (seed 000's
-        ``ViewTracker.receive``, [003 L4403-4440]): True when the node holds the view this
-        client holds and, if that view has per-view keys, proves it; False to handshake
-        again once the views are level: a node ahead gave us its (newer, validly signed)
-        view, or a node behind took ours.
+        """:func:`admit_session` for this client (``Endpoint.admit``)."""
+        return await admit_session(self, node, session, ask)
 
-        Raises:
-            ViewUnproven: the node claims our view but cannot prove it holds it (a node of
-                an ended view that forgot its key, or a forger), or claims a newer one it
-                cannot show.
-        """
-        theirs = session.peer_view
-        if theirs > self.number:
-            try:
-                self.offer(await ask("view.get", None))
-            except (TransportError, RemoteError) as e:
-                raise ViewUnproven(f"node {node} claims view {theirs}; fetching it: {e}") from e
-            if self.number < theirs:
-                self.unproven += 1
-                raise ViewUnproven(f"node {node} claims view {theirs} but shows no such view")
-            return False
-        if theirs < self.number and self.blob is not None:
-            try:
-                await ask("view.install", self.blob)
-            except RemoteError as e:
-                log.debug("node %s did not take our view: %s", node, e)
-            return not self.view.has_view_keys  # a node that took it proves it at once
-        if not self.view.has_view_keys:
-            return True
-        if proof_ok(self.view.nodes[int(node)].view_key, session.proof_message, session.peer_proof):
-            return True
-        self.unproven += 1
-        raise ViewUnproven(
-            f"node {node} does not prove it holds view {self.number} (its key for that view "
-            "is not the one the view names: a node of an ended view, which forgot the key, "
-            "or an impostor)"
-        )
+    async def take(self, blob: Any) -> None:
+        """:meth:`offer`, as :func:`admit_session` calls it."""
+        self.offer(blob)
 
     def _heard(self, node: NodeId, number: int) -> None:
         ep = self._ep
@@ -188,6 +157,66 @@ class ClientViews:
             log.debug("node %s did not take our view: %s", node, e)
         finally:
             self._busy.discard(node)
+
+
+class ViewHolder(Protocol):
+    """Who holds a view and checks sessions against it: a client (:class:`ClientViews`) or
+    a node (``node/views.py``)."""
+
+    view: View
+    blob: bytes | None
+    #: Sessions refused because the node could not prove it holds the view held here.
+    unproven: int
+
+    async def take(self, blob: Any) -> None:
+        """Take the view in ``blob`` if validly signed and newer; never raises."""
+
+
+async def admit_session(
+    holder: ViewHolder,
+    node: NodeId,
+    session: Session,
+    ask: Callable[[str, Any], Awaitable[Any]],
+) -> bool:
+    """Whether the new ``session`` with ``node`` may carry requests (seed 000's
+    ``ViewTracker.receive``, [003 L4403-4440]): True when the node holds the view
+    ``holder`` holds and, if that view has per-view keys, proves it; False to handshake
+    again once the views are level: a node ahead gave us its (newer, validly signed) view,
+    or a node behind took ours.
+
+    Raises:
+        ViewUnproven: the node claims our view but cannot prove it holds it (a node of an
+            ended view, which forgot its key, or an impostor), or claims a newer one it
+            cannot show.
+        TransportError: the connection failed while views were exchanged.
+    """
+    theirs, ours = session.peer_view, holder.view.number
+    if theirs > ours:
+        try:
+            await holder.take(await ask("view.get", None))
+        except RemoteError as e:
+            raise ViewUnproven(f"node {node} claims view {theirs} but refuses it: {e}") from e
+        if holder.view.number < theirs:
+            holder.unproven += 1
+            raise ViewUnproven(f"node {node} claims view {theirs} but shows no such view")
+        return False
+    if theirs < ours and holder.blob is not None:
+        try:
+            await ask("view.install", holder.blob)
+        except RemoteError as e:
+            log.debug("node %s did not take our view: %s", node, e)
+        return not holder.view.has_view_keys  # a node that took it proves it at once
+    if not holder.view.has_view_keys:
+        return True
+    nodes = holder.view.nodes
+    key = nodes[int(node)].view_key if 0 <= int(node) < len(nodes) else b""
+    if proof_ok(key, session.proof_message, session.peer_proof):
+        return True
+    holder.unproven += 1
+    raise ViewUnproven(
+        f"node {node} does not prove it holds view {ours} (its key for that view is not the "
+        "one the view names: a node of an ended view, which forgot the key, or an impostor)"
+    )
 
 
 def reconnect_moved(ep: Endpoint, old: View, new: View) -> list[int]:

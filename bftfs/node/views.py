@@ -30,6 +30,7 @@ keeps.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ from nacl.signing import SigningKey
 from bftfs.config import ClusterConfig
 from bftfs.crypto import KeyRing, pairwise_key
 from bftfs.ids import NodeId, PrincipalId, is_node
-from bftfs.membership.client import reconnect_moved
+from bftfs.membership.client import admit_session, reconnect_moved
 from bftfs.membership.configview import NODE_VIEW_FILE, apply, starting_view, write_signed
 from bftfs.membership.view import (
     Verdict,
@@ -56,6 +57,7 @@ from bftfs.membership.viewkeys import Chain, ChainError, load_node_chain, save_n
 from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import HandlerError
+from bftfs.net.session import Session
 from bftfs.node.rekey import Rekey
 
 if TYPE_CHECKING:
@@ -91,6 +93,8 @@ class NodeViews:
         self.chain: Chain | None = None
         self._key: SigningKey | None = None
         self._lock = trio.Lock()
+        #: Sessions with peers refused: they could not prove they hold our view.
+        self.unproven = 0
         self._busy: set[int] = set()  # peers a fetch or send is under way with
 
     @property
@@ -117,9 +121,31 @@ class NodeViews:
         """The node's endpoint is open: tell peers our number, hear theirs."""
         node.endpoint.view_number = self.number
         node.endpoint.on_peer_view = self._heard
+        node.endpoint.admit = self.admit
         self._rekey = Rekey(node, self._data_dir)
         self._rekey.start(self.view)
         self._check_replaced(self.view)
+
+    async def admit(
+        self, peer: NodeId, session: Session, ask: Callable[[str, Any], Awaitable[Any]]
+    ) -> bool:
+        """Whether a new session with ``peer`` may carry this node's requests
+        (``Endpoint.admit``): as a client's, only once the peer proved it holds our view
+        (``membership.client.admit_session``), so that nodes of an ended view feed a node
+        that missed the change no catch-up either."""
+        if self.base.admin_key is None:
+            return True
+        return await admit_session(self, peer, session, ask)
+
+    async def take(self, blob: Any) -> None:
+        """:meth:`offer` as a peer's handshake calls it (the peer claimed a newer view): a
+        view refused is counted as a failed fetch and logged."""
+        try:
+            await self.offer(blob, source="a peer's handshake")
+        except HandlerError as e:
+            if self._node is not None:
+                self._node.stats["view_fetch_failed"] += 1
+            log.debug("node: a peer's view refused: %s", e)
 
     async def _get(self, ctx: RequestContext, payload: Any) -> Any:
         return self.blob
