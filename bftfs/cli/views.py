@@ -210,6 +210,9 @@ def cmd_view(args: argparse.Namespace) -> int:
                 "chain is in its data directory (private/view-chain: copy it to a node on "
                 "another machine before it takes the view)"
             )
+        if args.offline:
+            print(f"  not pushed (--offline): `bftfs view push` sends view {view.number}")
+            return 0
         return _push(cfg, blob, view, args.as_client, None)
     view, blob = admin.current(cfg)
     if args.action == "push":
@@ -262,6 +265,7 @@ def add_view(sub: Any) -> None:
     sp.add_argument("action", nargs="?", default="show", choices=("show", "push", "adopt", "keys"))
     sp.add_argument("--json", action="store_true", help="show: as JSON")
     sp.add_argument("--as", dest="as_client", help="push: the client to speak to nodes as")
+    sp.add_argument("--offline", action="store_true", help="keys: issue the view, do not push")
     with_cluster(sp)
     sp.set_defaults(func=cmd_view)
 
