@@ -191,8 +191,12 @@ class NodeViews:
             except ViewError as e:
                 raise HandlerError("bad_view", str(e)) from None
             assert isinstance(blob, bytes)  # decode checked it
-            await trio.to_thread.run_sync(write_signed, self.path, blob)
-            chain = await trio.to_thread.run_sync(self._ratchet, view)
+            try:
+                await trio.to_thread.run_sync(write_signed, self.path, blob)
+                chain = await trio.to_thread.run_sync(self._ratchet, view)
+            except OSError as e:  # not acknowledged: offered again, it is written again
+                log.error("node: cannot write view %d or its chain: %s", view.number, e)
+                raise HandlerError("io_error", f"cannot write view {view.number}: {e}") from None
             self._switch(view, blob, config, source)
             self._take_key(view, chain)
         self._forward(blob)
@@ -267,7 +271,11 @@ class NodeViews:
             )
             return held
         if held.number < view.number:
-            held = held.at(view.number)
+            try:
+                held = held.at(view.number)
+            except ChainError as e:  # (views are numbered one by one: never)
+                log.error("node: %s", e)
+                return None
             save_node_chain(self._data_dir, held)
         return held
 
