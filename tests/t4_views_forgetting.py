@@ -6,6 +6,7 @@ nodes of view 2 takes their view and works."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,9 @@ from bftfs import config as cfgmod
 from bftfs.config import ClusterConfig
 from bftfs.connect import client_identity, open_client
 from bftfs.crypto import AdminKey, Identity, KeyRing, derive
+from bftfs.fs.attrs import Attr
+from bftfs.fs.session import open_session
+from bftfs.fsobjects.limits import ROOT
 from bftfs.ids import NodeId
 from bftfs.membership import admin
 from bftfs.membership.client import ClientViews, ViewUnproven
@@ -30,6 +34,7 @@ from bftfs.membership.viewkeys import ADMIN_CHAINS, NODE_CHAIN, Chain, load_node
 from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import Server
+from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 OPTIONS: dict[str, Any] = {"clients": 2, "durable": False, "map_size": 1 << 28}
@@ -75,6 +80,27 @@ async def ping_as_client(
                 if node in (only or [node]):
                     nursery.start_soon(one, node)
     return out, views.number
+
+
+async def look_up_f(cfg: ClusterConfig) -> object:
+    """``/f`` looked up in the file system as ``cfg``'s client0 sees it: its attributes,
+    the error, or a note that nothing came within 10 s."""
+    with trio.move_on_after(10):
+        try:
+            async with open_session(cfg, "client0") as s:
+                return await s.fs.lookup(ROOT, b"f")
+        except Exception as e:  # ClusterUnavailable, or a group of them
+            return e
+    return "nothing within 10 s"
+
+
+def fsync(path: Path) -> None:
+    """Through to the nodes: nothing left in the mount's write-behind."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def files_holding(root: Path, secrets: list[bytes]) -> list[str]:
@@ -140,6 +166,10 @@ def test_the_nodes_of_an_ended_view_cannot_prove_it_to_a_client_that_knows_no_ne
             chains1[spec.id] = chain
         replies, held = trio.run(ping_as_client, laptop, "client0")
         assert held == 1 and all(isinstance(r, dict) for r in replies.values()), replies
+        if fuse_available():
+            with Mount(laptop, tmp_path / "m1", client="client0") as m:
+                (m.mountpoint / "f").write_bytes(b"written in view 1")
+                fsync(m.mountpoint / "f")
 
         got = bftfs(home, "client", "add", "frank", "-o", str(tmp_path / "frank.tar.gz"))
         assert "view 2 acknowledged by 6 of 6" in got.stdout, got.stdout
@@ -169,6 +199,9 @@ def test_the_nodes_of_an_ended_view_cannot_prove_it_to_a_client_that_knows_no_ne
             isinstance(r, TransportError) and "does not prove it holds view 1" in str(r)
             for r in replies.values()
         ), replies
+        # The file system of view 1, opened on them, finds nothing, not even the root.
+        found = trio.run(look_up_f, laptop)
+        assert not isinstance(found, Attr), found
         # The best an impostor can do with node 0's disk: its long-term key and the chain
         # at view 2, signing for view 1 with the only view key it can compute.
         local.stop_node(old, 0)
