@@ -54,16 +54,11 @@ from bftfs.net.frames import (
 from bftfs.net.keepalive import keep_connected
 from bftfs.net.moved import announce as announce_moved
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
-from bftfs.net.session import Session, SessionRefused, client_handshake
+from bftfs.net.session import SessionRefused, client_handshake
+from bftfs.net.viewcheck import Admit, admitted
 from bftfs.outcome import bounded, progressed
 
 log = logging.getLogger(__name__)
-
-#: What :attr:`Endpoint.admit` is: a view tracker's check of a new session.
-Admit = Callable[[NodeId, Session, Callable[[str, Any], Awaitable[Any]]], Awaitable[bool]]
-#: Handshakes with one node per connection when :attr:`Endpoint.admit` asks for another
-#: (the view changed: fetched from the node, or sent to it).
-ADMIT_ATTEMPTS = 3
 
 
 class Endpoint:
@@ -94,11 +89,8 @@ class Endpoint:
         #: hears of each node's (docs/membership.md; 0 and None: no views).
         self.view_number = 0
         self.on_peer_view: Callable[[NodeId, int], None] | None = None
-        #: Checks each new session before any request uses it (a view tracker,
-        #: membership/client.py): ``admit(node, session, ask)`` is True to use it, False to
-        #: close it and handshake again (the view just changed), or raises TransportError
-        #: to refuse the node; ``ask(kind, payload)`` is one request on that session alone.
-        #: With it set, a handshake's view number goes to it, not to ``on_peer_view``.
+        #: Checks each new session before any request uses it (``net/viewcheck.py``); with
+        #: it set, a handshake's view number goes to it, not to ``on_peer_view``.
         self.admit: Admit | None = None
         #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`aclose` ran.
         self._kept: set[NodeId] = set()
@@ -174,32 +166,13 @@ class Endpoint:
             conn = self._conns.get(node)
             if conn is not None and not conn.closed:
                 return conn
-            for _ in range(ADMIT_ATTEMPTS):
-                conn = await self._open(node)
-                if self.admit is None:
-                    break
-                try:
-                    ask = functools.partial(self._ask, conn)
-                    admitted = await self.admit(node, conn.session, ask)
-                except TransportError:
-                    conn.close()
-                    self._down_until[node] = trio.current_time() + 0.05
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
-                if admitted:
-                    break
-                conn.close()
+            if self.admit is not None:
+                conn = await admitted(self._open, node, self.admit, self._ids, self.timeout)
             else:
-                raise TransportError(f"node {node}: its view changed at every handshake")
+                conn = await self._open(node)
+                if self.on_peer_view is not None and conn.session.peer_view != self.view_number:
+                    self.on_peer_view(node, conn.session.peer_view)
             self._conns[node] = conn
-            if (
-                self.admit is None
-                and self.on_peer_view is not None
-                and conn.session.peer_view != self.view_number
-            ):
-                self.on_peer_view(node, conn.session.peer_view)
             return conn
 
     async def _open(self, node: NodeId) -> Connection:
@@ -231,32 +204,6 @@ class Endpoint:
         conn = Connection(node, stream, reader, session, self.faults, self._pushed)
         self._nursery.start_soon(conn.run)
         return conn
-
-    async def _ask(self, conn: Connection, kind: str, payload: Any) -> Any:
-        """One request on ``conn`` alone, before anyone else may use it (:attr:`admit`).
-
-        Raises:
-            TransportError: no answer within the endpoint's timeout, or the connection lost.
-            RemoteError: the node refused the request.
-        """
-        req_id = next(self._ids)
-        waiter = Waiter()
-        conn.pending[req_id] = waiter
-        try:
-            conn.send_nowait([REQUEST, req_id, kind, payload])
-            with trio.move_on_after(self.timeout):
-                await waiter.event.wait()
-        except trio.ClosedResourceError:
-            raise TransportError(f"node {conn.node}: connection closed") from None
-        finally:
-            conn.pending.pop(req_id, None)
-        ok, body = waiter.outcome()
-        if waiter.event.is_set() and not ok and not waiter.lost:
-            code, message = body if isinstance(body, list) and len(body) == 2 else ("?", "?")
-            raise RemoteError(str(code), str(message))
-        if not ok or not waiter.event.is_set():
-            raise TransportError(f"node {conn.node}: no answer to {kind}")
-        return body
 
     async def call(
         self,
