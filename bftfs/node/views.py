@@ -93,8 +93,6 @@ class NodeViews:
         self.chain: Chain | None = None
         self._key: SigningKey | None = None
         self._lock = trio.Lock()
-        #: Sessions with peers refused: they could not prove they hold our view.
-        self.unproven = 0
         self._busy: set[int] = set()  # peers a fetch or send is under way with
 
     @property
@@ -136,6 +134,17 @@ class NodeViews:
         if self.base.admin_key is None:
             return True
         return await admit_session(self, peer, session, ask)
+
+    @property
+    def unproven(self) -> int:
+        """Sessions with peers refused: they could not prove they hold our view (the node's
+        ``view_unproven`` count, in ``bftfs status``'s statistics)."""
+        return 0 if self._node is None else self._node.stats["view_unproven"]
+
+    @unproven.setter
+    def unproven(self, count: int) -> None:
+        if self._node is not None:
+            self._node.stats["view_unproven"] = count
 
     async def take(self, blob: Any) -> None:
         """:meth:`offer` as a peer's handshake calls it (the peer claimed a newer view): a
