@@ -5,4 +5,4 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 #: Version of the wire format; a frame with another version is rejected.
-WIRE_VERSION = 4
+WIRE_VERSION = 5

@@ -66,6 +66,12 @@ def members(
         "cluster.toml": text.encode(),
         str(key_dst.relative_to(home)): key_src.read_bytes(),
     }
+    if node is not None:  # its view chain (docs/membership.md, "Per-view keys"), if any
+        chain = cfg.node(node).data_dir / "private" / "view-chain"
+        if chain.exists():
+            files[str((rel.node(node).data_dir / "private" / "view-chain").relative_to(home))] = (
+                chain.read_bytes()
+            )
     if cfg.view_path.exists():  # public, believed for its signature; never the admin key
         files[cfg.view_path.name] = cfg.view_path.read_bytes()
     if client is not None and cfg.sealed:

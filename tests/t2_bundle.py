@@ -49,6 +49,7 @@ def test_a_node_bundle_holds_the_configuration_and_that_key_only(tmp_path: Path)
         assert sorted(m.name for m in tar.getmembers() if m.isfile()) == [
             "cluster.toml",
             "node4/private/key",
+            "node4/private/view-chain",  # its per-view keys' chain (docs/membership.md)
             "view.signed",  # public: believed for the administrator's signature
         ]
         tar.extractall(host, filter="data")

@@ -15,6 +15,7 @@ import trio.testing
 
 from bftfs.crypto import Identity, KeyRing, pairwise_key
 from bftfs.ids import NodeId, PrincipalId, client_id
+from bftfs.membership.viewkeys import Chain, proof_ok
 from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import TransportError
 from bftfs.net.frames import DEFAULT_MAX_FRAME, FrameReader
@@ -98,3 +99,21 @@ async def test_ending_a_principals_sessions_closes_them_and_others_stay() -> Non
             # Alice is still in the view: she reconnects and is answered.
             assert await ep.call(NODE.pid, "ping", b"b") == b"b"
     assert server.stats["sessions_ended"] == 1
+
+
+async def test_the_acknowledgement_proves_the_view_under_its_key_for_this_caller_only() -> None:
+    """Wire version 5: the node signs its view number, both ids and both nonces with its key
+    for the view; without a key (``prove`` None or empty) the proof is empty."""
+    key = Chain(1, bytes(range(32))).at(7)
+    server, _ = node_server()
+    async with serving(server) as port:
+        unproven = await handshake(port, ALICE, view=7)
+        assert unproven.peer_proof == b""
+        server.prove = lambda number, message: bytes(key.signing_key().sign(message).signature)
+        first = await handshake(port, ALICE, view=7)
+        second = await handshake(port, ALICE, view=7)
+    assert proof_ok(key.public(), first.proof_message, first.peer_proof)
+    assert first.proof_message != second.proof_message  # fresh nonces: no replay
+    assert not proof_ok(key.public(), second.proof_message, first.peer_proof)
+    view6 = Chain(1, bytes(range(32))).at(6).public()  # the key of another view
+    assert not proof_ok(view6, first.proof_message, first.peer_proof)

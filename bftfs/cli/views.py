@@ -116,6 +116,7 @@ def node_replace(args: argparse.Namespace) -> int:
             )
         ident = Identity.generate(NodeId(node))
         ident.save(new_dir / "private" / "key")
+        admin.new_chain(cfg, new_dir, ident.public, view.number + 1)
         view = admin.with_node(view, node, host, port, ident.public)
         moved = replace(
             cfg,
@@ -190,7 +191,7 @@ def _push(
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    """``bftfs view [show|push|adopt]``."""
+    """``bftfs view [show|push|adopt|keys]``."""
     cfg, path = cluster_of(args)
     if args.action == "adopt":
         cfg, _ = admin.adopt(cfg, path)
@@ -199,6 +200,20 @@ def cmd_view(args: argparse.Namespace) -> int:
             "the nodes). Restart each node once, with this cluster.toml, for it to take views."
         )
         return 0
+    if args.action == "keys":
+        cfg, blob, view, issued = admin.give_view_keys(cfg, path)
+        if not issued:
+            print(f"view {view.number} has per-view node keys already: pushing it again")
+        else:
+            print(
+                f"view {view.number}: every node has a key for this view only; each node's "
+                "chain is in its data directory (private/view-chain: copy it to a node on "
+                "another machine before it takes the view)"
+            )
+        if args.offline:
+            print(f"  not pushed (--offline): `bftfs view push` sends view {view.number}")
+            return 0
+        return _push(cfg, blob, view, args.as_client, None)
     view, blob = admin.current(cfg)
     if args.action == "push":
         return _push(cfg, blob, view, args.as_client, None)
@@ -244,11 +259,13 @@ def add_view(sub: Any) -> None:
     sp = sub.add_parser(
         "view",
         help="the cluster's current view (nodes, thresholds, clients); push it again; "
-        "adopt views in a cluster made before them",
+        "adopt views in a cluster made before them; give per-view node keys to one made "
+        "before those (keys)",
     )
-    sp.add_argument("action", nargs="?", default="show", choices=("show", "push", "adopt"))
+    sp.add_argument("action", nargs="?", default="show", choices=("show", "push", "adopt", "keys"))
     sp.add_argument("--json", action="store_true", help="show: as JSON")
     sp.add_argument("--as", dest="as_client", help="push: the client to speak to nodes as")
+    sp.add_argument("--offline", action="store_true", help="keys: issue the view, do not push")
     with_cluster(sp)
     sp.set_defaults(func=cmd_view)
 

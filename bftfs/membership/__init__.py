@@ -4,7 +4,9 @@
   (pure);
 - ``configview.py``: a configuration's view, a view applied to a configuration, and the
   signed view files;
-- ``client.py``: a client's view tracker (fetch from nodes ahead, send to nodes behind);
+- ``client.py``: a client's view tracker (fetch from nodes ahead, send to nodes behind)
+  and the check of a node's proof that it holds the view (``admit_session``, nodes too);
+- ``viewkeys.py``: per-view node keys, their hash chains and their forgetting;
 - ``admin.py``: issuing the next view and pushing it to the nodes (``bftfs client``,
   ``bftfs view``).
 

@@ -23,6 +23,7 @@ from bftfs.crypto import AdminKey, Identity, KeyFileError
 from bftfs.ids import NodeId, client_id
 from bftfs.membership.configview import apply, read_signed, view_of, write_signed
 from bftfs.membership.view import Retired, View, ViewClient, ViewError, sign
+from bftfs.membership.viewkeys import AdminChains, Chain, save_node_chain
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
 
@@ -66,13 +67,43 @@ def current(cfg: ClusterConfig) -> tuple[View, bytes]:
 
 
 def issue(cfg: ClusterConfig, path: Path, view: View, key: AdminKey) -> tuple[ClusterConfig, bytes]:
-    """Sign ``view``, write it (the commit point) and ``cluster.toml`` to match; the new
-    configuration and the signed bytes."""
+    """Sign ``view`` (with each node's key for it, when the cluster has per-view keys),
+    write it (the commit point) and ``cluster.toml`` to match; the new configuration and the
+    signed bytes.  Then the administrator's chains move to the view (it forgets the older
+    views' keys as the nodes do: membership/viewkeys.py)."""
     new = apply(cfg, view)
+    chains = AdminChains(cfg.admin_key_path)
+    view = with_view_keys(chains, view)
     blob = sign(view, key)
     write_signed(cfg.view_path, blob)
     cfgmod.save(new, path)
+    if chains.exists():
+        chains.forget_before([n.public_key for n in view.nodes], view.number)
     return new, blob
+
+
+def with_view_keys(chains: AdminChains, view: View) -> View:
+    """``view`` naming each node's key for it (derived from that machine's chain); as it is
+    when the cluster has no per-view keys (made before them: docs/membership.md)."""
+    if not chains.exists():
+        return replace(view, nodes=tuple(replace(n, view_key=b"") for n in view.nodes))
+    keys = chains.view_keys([n.public_key for n in view.nodes], view.number)
+    return replace(
+        view, nodes=tuple(replace(n, view_key=k) for n, k in zip(view.nodes, keys, strict=True))
+    )
+
+
+def new_chain(cfg: ClusterConfig, data_dir: Path, node_public: bytes, number: int) -> None:
+    """A chain for the node machine whose data directory is ``data_dir`` (its long-term key
+    ``node_public``), anchored at view ``number``: written in its data directory (bundles
+    carry it) and kept by the administrator.  Nothing when the cluster has no per-view keys,
+    unless it is being made (``number`` 1)."""
+    chains = AdminChains(cfg.admin_key_path)
+    if not chains.exists() and number != 1:
+        return
+    chain = Chain.generate(number)
+    save_node_chain(data_dir, chain)
+    chains.add(node_public, chain)
 
 
 def adopt(cfg: ClusterConfig, path: Path) -> tuple[ClusterConfig, bytes]:
@@ -88,13 +119,50 @@ def adopt(cfg: ClusterConfig, path: Path) -> tuple[ClusterConfig, bytes]:
     key = AdminKey.generate()
     key.save(cfg.admin_key_path)
     with_key = replace(cfg, admin_key=key.public).validate()
+    _new_chains(with_key)
     return issue(with_key, path, view_of(with_key, 1), key)
 
 
+def give_view_keys(cfg: ClusterConfig, path: Path) -> tuple[ClusterConfig, bytes, View, bool]:
+    """Give a cluster with views but without per-view keys (made before them) a chain per
+    node and issue the next view with its keys (docs/membership.md, "Migration"); the new
+    configuration, the signed view, the view, and whether it was issued now (False: the
+    current view has keys already, pushed again).  Each node's chain is written in its data
+    directory here: a node on another machine needs that file before it takes the view.
+    Running nodes load it when they take the view: no restart.
+
+    Raises:
+        ConfigError: no admin key or no signed view.
+    """
+    key = admin_key(cfg)
+    view, blob = current(cfg)
+    if view.has_view_keys:
+        return cfg, blob, view, False
+    number = view.number + 1
+    chains = {s.public_key: Chain.generate(number) for s in cfg.nodes}
+    for spec in cfg.nodes:  # (a rerun after a kill before the view: new chains, all again)
+        save_node_chain(spec.data_dir, chains[spec.public_key])
+    AdminChains(cfg.admin_key_path).save(chains)
+    new, blob = issue(cfg, path, replace(view, number=number), key)
+    return new, blob, current(new)[0], True
+
+
+def _new_chains(cfg: ClusterConfig) -> None:
+    """Every node's chain, anchored at view 1, in its data directory and the
+    administrator's (a cluster being made, or given views)."""
+    for spec in cfg.nodes:
+        new_chain(cfg, spec.data_dir, spec.public_key, 1)
+
+
 def init_view(cfg: ClusterConfig, key: AdminKey) -> bytes:
-    """View 1 of a cluster ``bftfs init`` just made, written beside its configuration."""
-    blob = sign(view_of(cfg, 1), key)
+    """View 1 of a cluster ``bftfs init`` just made, with per-view node keys, written
+    beside its configuration (each node's chain in its data directory)."""
+    _new_chains(cfg)
+    chains = AdminChains(cfg.admin_key_path)
+    view = with_view_keys(chains, view_of(cfg, 1))
+    blob = sign(view, key)
     write_signed(cfg.view_path, blob)
+    chains.forget_before([n.public_key for n in view.nodes], 1)
     return blob
 
 
@@ -258,6 +326,8 @@ __all__ = [
     "current",
     "init_view",
     "issue",
+    "give_view_keys",
+    "new_chain",
     "push",
     "pusher",
     "rekeyed",

@@ -8,6 +8,13 @@ operator's).  A node behind (it was down while the view changed): the client sen
 view it holds, which is how a node can learn a view from a client.  A forged or older view
 is dropped: the node that sent it cannot make the client take it.
 
+Per-view keys (seed 000's forgetting protocol, docs/membership.md): when the held view
+names each node's key for it, a session carries requests only once the node proved, in its
+handshake, that it holds that very view (:meth:`admit`).  A node ahead gives its view first
+(the client takes it and handshakes again), a node behind is given ours first (it takes it
+and proves it at the next handshake).  Nodes of an ended view have forgotten its keys: a
+client that has heard of nothing newer gets no session from them.
+
 A view that replaces a node (docs/membership.md, "Replacing a node") changes the client's
 key ring and the node's address at once: the connection to the old machine ends, and the
 old key is refused from then on (a handshake under it cannot authenticate), whatever the
@@ -17,6 +24,8 @@ old machine still runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 
@@ -24,10 +33,18 @@ from bftfs.config import ClusterConfig
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.membership.configview import starting_view
 from bftfs.membership.view import Verdict, View, ViewError, decode, judge, moved_nodes
+from bftfs.membership.viewkeys import proof_ok
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
+from bftfs.net.session import Session
 
 log = logging.getLogger(__name__)
+
+
+class ViewUnproven(TransportError):
+    """A node cannot prove it holds the view it claims (docs/membership.md, "Per-view
+    keys"): no request goes to it until it can."""
+
 
 #: Longest a fetch or send of a view to one node may take.
 NODE_TIMEOUT = 10.0
@@ -43,6 +60,8 @@ class ClientViews:
         self.view, self.blob = starting_view(config, None)
         #: Views fetched and dropped (not signed by the administrator, or not newer).
         self.dropped = 0
+        #: Sessions refused because the node could not prove it holds our view.
+        self.unproven = 0
         self._ep: Endpoint | None = None
         self._busy: set[NodeId] = set()
 
@@ -51,12 +70,15 @@ class ClientViews:
         return self.view.number
 
     def attach(self, ep: Endpoint) -> None:
-        """Hook into ``ep`` (opened from the configuration): hear nodes' view numbers, and
-        reach the nodes as the held view names them (a configuration older than its view
-        file names a replaced node's old machine)."""
+        """Hook into ``ep`` (opened from the configuration): check every new session
+        (:meth:`admit`), hear the view numbers nodes push, and reach the nodes as the held
+        view names them (a configuration older than its view file names a replaced node's
+        old machine)."""
         self._ep = ep
         ep.view_number = self.number
         ep.on_peer_view = self._heard
+        if self.admin is not None:
+            ep.admit = self.admit
         if self.blob is not None:
             self._follow(ep, self.view)
 
@@ -66,6 +88,16 @@ class ClientViews:
         for n in view.nodes:
             if ep.addresses.get(n.id) != (n.host, n.port):
                 ep.moved(n.id, (n.host, n.port))
+
+    async def admit(
+        self, node: NodeId, session: Session, ask: Callable[[str, Any], Awaitable[Any]]
+    ) -> bool:
+        """:func:`admit_session` for this client (``Endpoint.admit``)."""
+        return await admit_session(self, node, session, ask)
+
+    async def take(self, blob: Any) -> None:
+        """:meth:`offer`, as :func:`admit_session` calls it."""
+        self.offer(blob)
 
     def _heard(self, node: NodeId, number: int) -> None:
         ep = self._ep
@@ -125,6 +157,66 @@ class ClientViews:
             log.debug("node %s did not take our view: %s", node, e)
         finally:
             self._busy.discard(node)
+
+
+class ViewHolder(Protocol):
+    """Who holds a view and checks sessions against it: a client (:class:`ClientViews`) or
+    a node (``node/views.py``)."""
+
+    view: View
+    blob: bytes | None
+    #: Sessions refused because the node could not prove it holds the view held here.
+    unproven: int
+
+    async def take(self, blob: Any) -> None:
+        """Take the view in ``blob`` if validly signed and newer; never raises."""
+
+
+async def admit_session(
+    holder: ViewHolder,
+    node: NodeId,
+    session: Session,
+    ask: Callable[[str, Any], Awaitable[Any]],
+) -> bool:
+    """Whether the new ``session`` with ``node`` may carry requests (seed 000's
+    ``ViewTracker.receive``, [003 L4403-4440]): True when the node holds the view
+    ``holder`` holds and, if that view has per-view keys, proves it; False to handshake
+    again once the views are level: a node ahead gave us its (newer, validly signed) view,
+    or a node behind took ours.
+
+    Raises:
+        ViewUnproven: the node claims our view but cannot prove it holds it (a node of an
+            ended view, which forgot its key, or an impostor), or claims a newer one it
+            cannot show.
+        TransportError: the connection failed while views were exchanged.
+    """
+    theirs, ours = session.peer_view, holder.view.number
+    if theirs > ours:
+        try:
+            await holder.take(await ask("view.get", None))
+        except RemoteError as e:
+            raise ViewUnproven(f"node {node} claims view {theirs} but refuses it: {e}") from e
+        if holder.view.number < theirs:
+            holder.unproven += 1
+            raise ViewUnproven(f"node {node} claims view {theirs} but shows no such view")
+        return False
+    if theirs < ours and holder.blob is not None:
+        try:
+            await ask("view.install", holder.blob)
+        except RemoteError as e:
+            log.debug("node %s did not take our view: %s", node, e)
+        return not holder.view.has_view_keys  # a node that took it proves it at once
+    if not holder.view.has_view_keys:
+        return True
+    nodes = holder.view.nodes
+    key = nodes[int(node)].view_key if 0 <= int(node) < len(nodes) else b""
+    if proof_ok(key, session.proof_message, session.peer_proof):
+        return True
+    holder.unproven += 1
+    raise ViewUnproven(
+        f"node {node} does not prove it holds view {ours} (its key for that view is not the "
+        "one the view names: a node of an ended view, which forgot the key, or an impostor)"
+    )
 
 
 def reconnect_moved(ep: Endpoint, old: View, new: View) -> list[int]:

@@ -9,14 +9,19 @@ a view only if its number is above the one it holds (:func:`judge`).
 
 Signed view format (version :data:`FORMAT`), msgpack throughout::
 
-    signed    = [MAGIC, FORMAT, body: bin, signature: bin(64)]
+    signed    = [MAGIC, format, body: bin, signature: bin(64)]
     body      = [number, t, b, qc, m, nodes, clients, retired]
-    nodes     = [[id, host, port, public_key: bin(32)], ...]   ids 0..n-1 in order
+    nodes     = [[id, host, port, public_key: bin(32)], ...]   ids 0..n-1 in order (format 1)
+              | [[id, host, port, public_key: bin(32),         (format 2: each node's
+                  view_key: bin(32)], ...]                      key for this view only)
     clients   = [[id, name, public_key: bin(32)], ...]         principal ids >= CLIENT_ID_BASE
     retired   = [[id, name, public_key: bin(32) | b""], ...]  revoked clients (ids never
                                                                reused; the key they had, so
                                                                nodes can tell them why)
-    signature = Ed25519(admin, DOMAIN || body)
+    signature = Ed25519(admin, DOMAINS[format] || body)
+
+Format 2 (:data:`FORMAT`) adds per-view node keys (``membership/viewkeys.py``); a view
+without them is written in format 1, byte for byte as before, and both are read.
 
 Every parse problem is one :class:`ViewError`: what a peer sends never raises anything else.
 This module is pure: no I/O, no clock, no trio.
@@ -35,10 +40,11 @@ from bftfs.crypto import AdminKey, signature_ok
 from bftfs.ids import CLIENT_ID_BASE, ClientId, NodeId
 
 MAGIC = "bftfs-view"
-FORMAT = 1
+FORMAT = 2
 #: Signed bytes start with this, so an admin signature over a view is never one over
-#: anything else the key might sign later.
+#: anything else the key might sign later (nor a view of one format one of the other).
 DOMAIN = b"bftfs-view-v1\0"
+DOMAINS = {1: DOMAIN, 2: b"bftfs-view-v2\0"}
 #: Largest signed view accepted (a peer's blob is parsed before its signature is checked).
 MAX_VIEW_BYTES = 1 << 20
 
@@ -56,6 +62,9 @@ class ViewNode:
     host: str
     port: int
     public_key: bytes
+    #: The node's key for this view only (format 2; empty in a view without per-view
+    #: keys): it proves the node holds this view, until it forgets it.
+    view_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,11 @@ class View:
         keys.update({int(c.id): c.public_key for c in self.clients})
         return keys
 
+    @property
+    def has_view_keys(self) -> bool:
+        """Whether nodes must prove they hold this view (every node has a view key)."""
+        return bool(self.nodes) and bool(self.nodes[0].view_key)
+
     def client(self, name: str) -> ViewClient | None:
         for c in self.clients:
             if c.name == name:
@@ -112,15 +126,24 @@ class View:
         )
 
 
+def format_of(view: View) -> int:
+    """The format ``view`` is written in: 2 with per-view keys, 1 without."""
+    return 2 if view.has_view_keys else 1
+
+
 def encode_body(view: View) -> bytes:
     """The canonical bytes of ``view`` (what the administrator signs)."""
+    keyed = view.has_view_keys
     body = [
         view.number,
         view.t,
         view.b,
         view.qc,
         view.m,
-        [[int(n.id), n.host, n.port, n.public_key] for n in view.nodes],
+        [
+            [int(n.id), n.host, n.port, n.public_key, *([n.view_key] if keyed else [])]
+            for n in view.nodes
+        ],
         [[int(c.id), c.name, c.public_key] for c in view.clients],
         [[int(r.id), r.name, r.public_key] for r in view.retired],
     ]
@@ -131,7 +154,8 @@ def sign(view: View, key: AdminKey) -> bytes:
     """``view`` signed by the administrator: the bytes nodes and clients exchange."""
     check(view)
     body = encode_body(view)
-    return msgpack.packb([MAGIC, FORMAT, body, key.sign(DOMAIN + body)], use_bin_type=True)
+    fmt = format_of(view)
+    return msgpack.packb([MAGIC, fmt, body, key.sign(DOMAINS[fmt] + body)], use_bin_type=True)
 
 
 def decode(blob: Any, admin_public: bytes) -> View:
@@ -148,14 +172,18 @@ def decode(blob: Any, admin_public: bytes) -> View:
     outer = _unpack(blob)
     if not isinstance(outer, list) or len(outer) != 4 or outer[0] != MAGIC:
         raise ViewError("not a signed view")
-    if outer[1] != FORMAT:
-        raise ViewError(f"signed view format {outer[1]!r}, this version reads {FORMAT}")
+    fmt = outer[1]
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt not in DOMAINS:
+        raise ViewError(f"signed view format {fmt!r}, this version reads 1 and {FORMAT}")
     body, signature = outer[2], outer[3]
     if not isinstance(body, bytes) or not isinstance(signature, bytes):
         raise ViewError("signed view: body and signature must be bytes")
-    if not signature_ok(admin_public, DOMAIN + body, signature):
+    if not signature_ok(admin_public, DOMAINS[fmt] + body, signature):
         raise ViewError("the view is not signed by this cluster's administrator key")
-    return check(_view_of(_unpack(body)))
+    view = check(_view_of(_unpack(body), fmt))
+    if format_of(view) != fmt:
+        raise ViewError(f"a view of format {fmt} must have per-view keys only in format 2")
+    return view
 
 
 def _unpack(data: bytes) -> Any:
@@ -193,15 +221,21 @@ def _rows(v: Any, width: int, what: str) -> list[list[Any]]:
     return v
 
 
-def _view_of(body: Any) -> View:
+def _view_of(body: Any, fmt: int) -> View:
     if not isinstance(body, list) or len(body) != 8:
         raise ViewError("view body must be an 8-item list")
     number, t, b, qc, m = (
         _int(x, w) for x, w in zip(body[:5], ("number", "t", "b", "qc", "m"), strict=True)
     )
     nodes = tuple(
-        ViewNode(NodeId(_int(i, "node id")), _str(h, "host"), _int(p, "port"), _key(k, "node key"))
-        for i, h, p, k in _rows(body[5], 4, "nodes")
+        ViewNode(
+            NodeId(_int(row[0], "node id")),
+            _str(row[1], "host"),
+            _int(row[2], "port"),
+            _key(row[3], "node key"),
+            _key(row[4], "node view key") if fmt == 2 else b"",
+        )
+        for row in _rows(body[5], 3 + fmt, "nodes")
     )
     clients = tuple(
         ViewClient(ClientId(_int(i, "client id")), _str(nm, "name"), _key(k, "client key"))
@@ -236,6 +270,9 @@ def check(view: View) -> View:
     names = [c.name for c in view.clients]
     if len(set(names)) != len(names):
         raise ViewError("view: client names must be unique")
+    keyed = [bool(n.view_key) for n in view.nodes]
+    if any(keyed) and not all(keyed):
+        raise ViewError("view: either every node has a view key or none has")
     return view
 
 
@@ -273,9 +310,10 @@ def rekeyed_nodes(old: View, new: View) -> list[int]:
 
 def moved_nodes(old: View, new: View) -> list[int]:
     """The nodes of ``new`` with another address or key than in ``old`` (whoever talks to
-    them connects anew, to the new address, under the new key)."""
-    before = {int(n.id): n for n in old.nodes}
-    return [int(n.id) for n in new.nodes if before.get(int(n.id)) != n]
+    them connects anew, to the new address, under the new key).  View keys change with
+    every view and move nobody."""
+    before = {int(n.id): (n.host, n.port, n.public_key) for n in old.nodes}
+    return [int(n.id) for n in new.nodes if before.get(int(n.id)) != (n.host, n.port, n.public_key)]
 
 
 def unsupported_change(old: View, new: View) -> str | None:

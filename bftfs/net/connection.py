@@ -22,8 +22,8 @@ from typing import Any
 import trio
 
 from bftfs.ids import NodeId
-from bftfs.net.errors import FrameError
-from bftfs.net.frames import PUSH, REPLY, STATUS_OK, FrameReader, FrameWriter
+from bftfs.net.errors import FrameError, RemoteError, TransportError
+from bftfs.net.frames import PUSH, REPLY, REQUEST, STATUS_OK, FrameReader, FrameWriter
 from bftfs.net.session import Session
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,37 @@ class Connection:
         except Exception:
             self.faults[(int(self.node), "push_handler_failed")] += 1
             log.exception("node %s: push handler failed", self.node)
+
+    async def ask(self, req_id: int, kind: str, payload: Any, timeout: float) -> Any:
+        """One request on this connection alone, sent once (before anyone else may use the
+        connection: ``net/viewcheck.py``); its reply.
+
+        Raises:
+            TransportError: no answer within ``timeout``, or the connection lost.
+            RemoteError: the node refused the request.
+        """
+        waiter = Waiter()
+        self.pending[req_id] = waiter
+        try:
+            self.send_nowait([REQUEST, req_id, kind, payload])
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        except trio.ClosedResourceError:
+            raise TransportError(f"node {self.node}: connection closed") from None
+        finally:
+            self.pending.pop(req_id, None)
+        if not waiter.event.is_set() or waiter.lost:
+            raise TransportError(f"node {self.node}: no answer to {kind}")
+        if waiter.status == STATUS_OK:
+            return waiter.body
+        body = waiter.body
+        if isinstance(body, list) and len(body) == 2:
+            raise RemoteError(str(body[0]), str(body[1]))
+        raise RemoteError("malformed", "error reply of unknown shape")
+
+    def close(self) -> None:
+        """Close the connection now: requests waiting on it resolve as lost."""
+        self._close()
 
     def _close(self) -> None:
         if self.closed:

@@ -55,6 +55,7 @@ from bftfs.net.keepalive import keep_connected
 from bftfs.net.moved import announce as announce_moved
 from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
 from bftfs.net.session import SessionRefused, client_handshake
+from bftfs.net.viewcheck import Admit, admitted
 from bftfs.outcome import bounded, progressed
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ class Endpoint:
         #: hears of each node's (docs/membership.md; 0 and None: no views).
         self.view_number = 0
         self.on_peer_view: Callable[[NodeId, int], None] | None = None
+        #: Checks each new session before any request uses it (``net/viewcheck.py``); with
+        #: it set, a handshake's view number goes to it, not to ``on_peer_view``.
+        self.admit: Admit | None = None
         #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`aclose` ran.
         self._kept: set[NodeId] = set()
         self._closing = False
@@ -162,36 +166,44 @@ class Endpoint:
             conn = self._conns.get(node)
             if conn is not None and not conn.closed:
                 return conn
-            host, port = self.addresses[node]
-            try:
-                with trio.fail_after(self.connect_timeout):
-                    stream = await trio.open_tcp_stream(host, port)
-                    try:
-                        reader = FrameReader(stream, self.max_frame)
-                        session = await client_handshake(
-                            stream, reader, self.keyring, node, self.view_number
-                        )
-                    except BaseException:
-                        stream.socket.close()
-                        raise
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
-                backoff = min(1.0, self._down_backoff.get(node, 0.01) * 2)
-                self._down_backoff[node] = backoff
-                self._down_until[node] = trio.current_time() + backoff
-                self._dead.add(node)
-                raise TransportError(f"node {node} at {host}:{port} unreachable: {e}") from None
-            except TransportError:
-                self._down_until[node] = trio.current_time() + 0.05
-                raise
-            self._down_backoff.pop(node, None)
-            self._down_until.pop(node, None)
-            self._dead.discard(node)
-            conn = Connection(node, stream, reader, session, self.faults, self._pushed)
+            if self.admit is not None:
+                conn = await admitted(self._open, node, self.admit, self._ids, self.timeout)
+            else:
+                conn = await self._open(node)
+                if self.on_peer_view is not None and conn.session.peer_view != self.view_number:
+                    self.on_peer_view(node, conn.session.peer_view)
             self._conns[node] = conn
-            self._nursery.start_soon(conn.run)
-            if self.on_peer_view is not None and session.peer_view != self.view_number:
-                self.on_peer_view(node, session.peer_view)
             return conn
+
+    async def _open(self, node: NodeId) -> Connection:
+        """A new connection to ``node``, its handshake done and its tasks running."""
+        host, port = self.addresses[node]
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+                try:
+                    reader = FrameReader(stream, self.max_frame)
+                    session = await client_handshake(
+                        stream, reader, self.keyring, node, self.view_number
+                    )
+                except BaseException:
+                    stream.socket.close()
+                    raise
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
+            backoff = min(1.0, self._down_backoff.get(node, 0.01) * 2)
+            self._down_backoff[node] = backoff
+            self._down_until[node] = trio.current_time() + backoff
+            self._dead.add(node)
+            raise TransportError(f"node {node} at {host}:{port} unreachable: {e}") from None
+        except TransportError:
+            self._down_until[node] = trio.current_time() + 0.05
+            raise
+        self._down_backoff.pop(node, None)
+        self._down_until.pop(node, None)
+        self._dead.discard(node)
+        conn = Connection(node, stream, reader, session, self.faults, self._pushed)
+        self._nursery.start_soon(conn.run)
+        return conn
 
     async def call(
         self,

@@ -59,7 +59,7 @@ from bftfs.net.frames import (
     pack,
     packed,
 )
-from bftfs.net.session import Session, server_handshake
+from bftfs.net.session import Prover, Session, server_handshake
 
 #: How long a new connection may take to say hello before it is closed.
 HANDSHAKE_TIMEOUT = 5.0
@@ -173,6 +173,9 @@ class Server(Generic[Ctx]):
         #: Principals refused with a reason, each with the pairwise key of its old key
         #: (``session.server_handshake``); the node's view keeps it (node/views.py).
         self.refused: dict[PrincipalId, tuple[bytes, str]] = {}
+        #: Signs the handshake's proof that this server holds its view (its key for that
+        #: view: ``node/views.py``); None: no per-view keys.
+        self.prove: Prover | None = None
         #: Called with each caller and the view number its hello carried, after the
         #: handshake (a node behind fetches the newer view; one ahead sends its own).
         self.on_peer_view: Callable[[PrincipalId, int], None] | None = None
@@ -272,7 +275,7 @@ class Server(Generic[Ctx]):
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 sender, session = await server_handshake(
-                    stream, reader, self.keyring, self.view_number, self.refused
+                    stream, reader, self.keyring, self.view_number, self.refused, self.prove
                 )
         except FrameError as e:
             self.rejected[e.reason] += 1

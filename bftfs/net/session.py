@@ -6,9 +6,12 @@ Wire format (version :data:`bftfs.WIRE_VERSION`)::
     tag             = MAC(K_pair, body)                       (keyed BLAKE2b, 16 bytes)
     hello     body = msgpack [version, "hello", client_pid, server_pid, nonce_c, view_c]
     hello-ack body = msgpack [version, "hello-ack", server_pid, client_pid, nonce_c, nonce_s,
-                              view_s]
+                              view_s, proof]
     refusal   body = msgpack [version, "hello-refused", server_pid, client_pid, nonce_c,
                               reason]     (tag under the key the caller had: see below)
+    proof          = Ed25519(view_s's key of server_pid, PROOF_DOMAIN ||
+                             msgpack [server_pid, client_pid, nonce_c, nonce_s, view_s])
+                     | b""    (the server holds no key for view_s)
 
     session frame   = u32 length || u64 seq || AEAD(K_dir, nonce = 0^24 || seq, ad = seq, m)
     request   m = msgpack [0, req_id, kind, payload]                             K_dir = K_c2s
@@ -41,13 +44,20 @@ answered with a refusal instead of silence when the server still knows the key i
 refusal is MACed under that old pairwise key, so the caller can believe it and say why
 (:class:`SessionRefused`) instead of waiting out its timeouts.  Wire version 4 added the
 view numbers and the refusal.
+
+Per-view keys (wire version 5; seed 000's forgetting protocol, docs/membership.md): the
+acknowledgement carries a *proof* that the server holds view ``view_s``: the caller's nonce
+(with both nonces, both ids and the number) signed with the server's key for that view,
+which the server forgets when it takes a later view.  The handshake only carries it
+(``Session.peer_proof``, ``Session.proof_message``); whoever holds views checks it
+(``membership/client.py``), since only it knows the view keys.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +115,9 @@ class Session:
     recv_seq: int = 0
     #: The view number the other side said it holds in its hello (0: none).
     peer_view: int = 0
+    #: The server's proof that it holds ``peer_view`` and the bytes it signs (client side).
+    peer_proof: bytes = b""
+    proof_message: bytes = b""
 
     def seal(self, msg: list[Any]) -> bytes | bytearray:
         """``msg`` (``[type, req_id, x, y]``) as the next frame of this direction (packed
@@ -205,6 +218,18 @@ class Session:
         return [seq, *msg]
 
 
+#: A view proof signs bytes starting with this (the view key signs nothing else).
+PROOF_DOMAIN = b"bftfs-view-proof-v1\0"
+#: Signs a handshake's proof message for the view numbered ``view``: the signature, or
+#: ``b""`` when the server holds no key for that view (``Server.prove``).
+Prover = Callable[[int, bytes], bytes]
+
+
+def proof_message(server: int, client: int, nonce_c: bytes, nonce_s: bytes, view: int) -> bytes:
+    """What a server signs with its view key to prove it holds ``view`` (module docstring)."""
+    return PROOF_DOMAIN + pack([server, client, nonce_c, nonce_s, view])
+
+
 def _session_keys(pair: bytes, nonce_c: bytes, nonce_s: bytes) -> tuple[bytes, bytes]:
     return derive(pair, b"bftfs-c2s", nonce_c, nonce_s), derive(
         pair, b"bftfs-s2c", nonce_c, nonce_s
@@ -245,21 +270,24 @@ async def client_handshake(
         msg = unpack(frame[:-MAC_SIZE])
     except FrameError:
         msg = None
-    if not isinstance(msg, list) or len(msg) not in (6, 7):
+    if not isinstance(msg, list) or len(msg) not in (6, 8):
         raise TransportError(f"node {server}: malformed handshake reply")
     if msg[:5] == [WIRE_VERSION, "hello-refused", server, keyring.me.pid, nonce_c]:
         raise SessionRefused(
             f"node {server} refuses principal {keyring.me.pid}: {str(msg[5])[:200]}"
         )
-    if len(msg) != 7 or msg[:5] != [WIRE_VERSION, "hello-ack", server, keyring.me.pid, nonce_c]:
+    if len(msg) != 8 or msg[:5] != [WIRE_VERSION, "hello-ack", server, keyring.me.pid, nonce_c]:
         raise TransportError(f"node {server}: handshake reply does not match our hello")
-    nonce_s, peer_view = msg[5], msg[6]
+    nonce_s, peer_view, proof = msg[5], msg[6], msg[7]
     if not isinstance(nonce_s, bytes) or len(nonce_s) != NONCE_SIZE:
         raise TransportError(f"node {server}: bad server nonce")
     if not isinstance(peer_view, int) or isinstance(peer_view, bool) or peer_view < 0:
         raise TransportError(f"node {server}: bad view number in the handshake")
+    if not isinstance(proof, bytes):
+        raise TransportError(f"node {server}: bad view proof in the handshake")
     c2s, s2c = _session_keys(pair, nonce_c, nonce_s)
-    return Session(send_key=c2s, recv_key=s2c, peer_view=peer_view)
+    signed = proof_message(server, keyring.me.pid, nonce_c, nonce_s, peer_view)
+    return Session(c2s, s2c, peer_view=peer_view, peer_proof=proof, proof_message=signed)
 
 
 async def server_handshake(
@@ -268,6 +296,7 @@ async def server_handshake(
     keyring: KeyRing,
     view: int = 0,
     refused: Mapping[PrincipalId, tuple[bytes, str]] | None = None,
+    prove: Prover | None = None,
 ) -> tuple[PrincipalId, Session]:
     """Run the server half: authenticate the caller, answer, derive the session.
 
@@ -276,6 +305,7 @@ async def server_handshake(
         refused: principals this server refuses, each with the pairwise key of the key it
             had and the reason: one whose hello authenticates under that key is told the
             reason (module docstring) instead of meeting a closed connection.
+        prove: signs the proof that this server holds ``view`` (None: no per-view keys).
 
     Raises:
         FrameError: ``unknown_peer``, ``bad_mac``, ``malformed``, ``version``,
@@ -316,7 +346,9 @@ async def server_handshake(
     if s_pid != keyring.me.pid:
         raise FrameError("misdirected", f"hello for node {s_pid!r}")
     nonce_s = os.urandom(NONCE_SIZE)
-    ack = pack([WIRE_VERSION, "hello-ack", keyring.me.pid, c_pid, nonce_c, nonce_s, view])
+    me = keyring.me.pid
+    proof = b"" if prove is None else prove(view, proof_message(me, c_pid, nonce_c, nonce_s, view))
+    ack = pack([WIRE_VERSION, "hello-ack", me, c_pid, nonce_c, nonce_s, view, proof])
     await stream.send_all(frame_bytes(ack, pair))
     c2s, s2c = _session_keys(pair, nonce_c, nonce_s)
     return pid, Session(send_key=s2c, recv_key=c2s, peer_view=peer_view)

@@ -19,32 +19,45 @@ principals are told why when they call again (``Server.refused``), and the view 
 forwarded once to the other nodes.  Whoever is behind learns from the handshake's view
 number (``net/session.py``): a node behind fetches from the node ahead, a node ahead sends
 its view to the node behind; clients do the same with nodes (``membership/client.py``).
+
+Per-view keys (``membership/viewkeys.py``): the node signs every handshake's proof with its
+key for the view it holds.  Taking a newer view, right after writing the view file and
+before anything else, it moves its chain to that view on disk (``node<I>/private/
+view-chain``, fsync'd): the older view's key can no longer be computed from anything it
+keeps.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+from nacl.signing import SigningKey
 
 from bftfs.config import ClusterConfig
-from bftfs.crypto import pairwise_key
+from bftfs.crypto import KeyRing, pairwise_key
 from bftfs.ids import NodeId, PrincipalId, is_node
-from bftfs.membership.client import reconnect_moved
+from bftfs.membership.client import admit_session, reconnect_moved
 from bftfs.membership.configview import NODE_VIEW_FILE, apply, starting_view, write_signed
 from bftfs.membership.view import (
     Verdict,
     View,
     ViewError,
+    ViewNode,
     decode,
     ended_principals,
     judge,
+    rekeyed_nodes,
     unsupported_change,
 )
+from bftfs.membership.viewkeys import Chain, ChainError, load_node_chain, save_node_chain
+from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import HandlerError
+from bftfs.net.session import Session
 from bftfs.node.rekey import Rekey
 
 if TYPE_CHECKING:
@@ -75,6 +88,10 @@ class NodeViews:
         self._node: Node | None = None
         self._rekey: Rekey | None = None
         self._data_dir = data_dir
+        #: This machine's chain at the held view (None: no per-view keys), and the view's
+        #: private key derived from it (in memory only).
+        self.chain: Chain | None = None
+        self._key: SigningKey | None = None
         self._lock = trio.Lock()
         self._busy: set[int] = set()  # peers a fetch or send is under way with
 
@@ -93,6 +110,8 @@ class NodeViews:
                     f"revoked (not a client of view {self.number})",
                 )
         node.server.on_peer_view = self._heard
+        node.server.prove = self._prove
+        self._take_key(self.view, self._ratchet(self.view))
         node.register("view.get", self._get, inline=True)
         node.register("view.install", self._install)
 
@@ -100,9 +119,42 @@ class NodeViews:
         """The node's endpoint is open: tell peers our number, hear theirs."""
         node.endpoint.view_number = self.number
         node.endpoint.on_peer_view = self._heard
+        node.endpoint.admit = self.admit
         self._rekey = Rekey(node, self._data_dir)
         self._rekey.start(self.view)
         self._check_replaced(self.view)
+
+    async def admit(
+        self, peer: NodeId, session: Session, ask: Callable[[str, Any], Awaitable[Any]]
+    ) -> bool:
+        """Whether a new session with ``peer`` may carry this node's requests
+        (``Endpoint.admit``): as a client's, only once the peer proved it holds our view
+        (``membership.client.admit_session``), so that nodes of an ended view feed a node
+        that missed the change no catch-up either."""
+        if self.base.admin_key is None:
+            return True
+        return await admit_session(self, peer, session, ask)
+
+    @property
+    def unproven(self) -> int:
+        """Sessions with peers refused: they could not prove they hold our view (the node's
+        ``view_unproven`` count, in ``bftfs status``'s statistics)."""
+        return 0 if self._node is None else self._node.stats["view_unproven"]
+
+    @unproven.setter
+    def unproven(self, count: int) -> None:
+        if self._node is not None:
+            self._node.stats["view_unproven"] = count
+
+    async def take(self, blob: Any) -> None:
+        """:meth:`offer` as a peer's handshake calls it (the peer claimed a newer view): a
+        view refused is counted as a failed fetch and logged."""
+        try:
+            await self.offer(blob, source="a peer's handshake")
+        except HandlerError as e:
+            if self._node is not None:
+                self._node.stats["view_fetch_failed"] += 1
+            log.debug("node: a peer's view refused: %s", e)
 
     async def _get(self, ctx: RequestContext, payload: Any) -> Any:
         return self.blob
@@ -148,8 +200,14 @@ class NodeViews:
             except ViewError as e:
                 raise HandlerError("bad_view", str(e)) from None
             assert isinstance(blob, bytes)  # decode checked it
-            await trio.to_thread.run_sync(write_signed, self.path, blob)
+            try:
+                await trio.to_thread.run_sync(write_signed, self.path, blob)
+                chain = await trio.to_thread.run_sync(self._ratchet, view)
+            except OSError as e:  # not acknowledged: offered again, it is written again
+                log.error("node: cannot write view %d or its chain: %s", view.number, e)
+                raise HandlerError("io_error", f"cannot write view {view.number}: {e}") from None
             self._switch(view, blob, config, source)
+            self._take_key(view, chain)
         self._forward(blob)
         return True
 
@@ -187,6 +245,7 @@ class NodeViews:
             if self._rekey is not None:
                 self._rekey.start(view)
         self._check_replaced(view)
+        self._tell_old_machines(old, view, blob)
         node.stats["views_taken"] += 1
         node.log.info(
             "node %s: took %s from %s; ended %d session(s) of %s",
@@ -196,6 +255,61 @@ class NodeViews:
             closed,
             sorted(ended) or "nobody",
         )
+
+    def _ratchet(self, view: View) -> Chain | None:
+        """This machine's chain moved to ``view`` and written over the older one (the
+        forgetting: seed 000 [003 L3931-3946]; after a crash between the view file and this,
+        the next start moves it); None without per-view keys.  Runs before the view is
+        acknowledged, in a worker thread (it fsyncs)."""
+        held = self.chain
+        if held is None:  # at start, or a cluster given per-view keys while we ran
+            try:
+                held = load_node_chain(self._data_dir)
+            except ChainError as e:
+                log.error("node: %s: this node cannot prove any view", e)
+                return None
+        if held is None or not view.has_view_keys:
+            return held
+        if held.number > view.number:  # written past the view held: never, unless tampered
+            log.error(
+                "node: its view chain is at view %d, past view %d which it holds: it cannot "
+                "prove view %d (and never can again)",
+                held.number,
+                view.number,
+                view.number,
+            )
+            return held
+        if held.number < view.number:
+            try:
+                held = held.at(view.number)
+            except ChainError as e:  # (views are numbered one by one: never)
+                log.error("node: %s", e)
+                return None
+            save_node_chain(self._data_dir, held)
+        return held
+
+    def _take_key(self, view: View, chain: Chain | None) -> None:
+        """Sign handshakes with ``view``'s key from now on (none: no proofs, which clients
+        of a view with per-view keys refuse)."""
+        self.chain = chain
+        self._key = None
+        node = self._node
+        assert node is not None
+        if chain is None or not view.has_view_keys or chain.number != view.number:
+            return
+        key = chain.signing_key()
+        if bytes(key.verify_key) != view.nodes[int(node.id)].view_key:
+            if view.nodes[int(node.id)].public_key == node.keyring.me.public:
+                log.error("node %s: its chain gives no key of view %d", node.id, view.number)
+            return  # (a replaced machine: the view names the newcomer's key)
+        self._key = key
+
+    def _prove(self, number: int, message: bytes) -> bytes:
+        """The handshake's proof that this node holds view ``number`` (``Server.prove``)."""
+        key = self._key
+        if key is None or number != self.number:
+            return b""
+        return bytes(key.sign(message).signature)
 
     def _check_replaced(self, view: View) -> None:
         """Say so when ``view`` gives this node's id another key: this process runs on a
@@ -222,6 +336,29 @@ class NodeViews:
         for spec in self.config.nodes:
             if spec.id != node.id:
                 node.spawn(self._send, spec.id, blob)
+
+    def _tell_old_machines(self, old: View, view: View, blob: bytes) -> None:
+        """Send ``view`` once to the old machine of each node it replaced, at its old address
+        under its old key, so that, correct, it forgets ``old``'s key too (the seed's new
+        servers forwarding the view to the old ones, [003 L11341-11395]); it is refused
+        everything else from now on."""
+        node = self._node
+        if node is None or node._nursery is None:
+            return
+        for i in rekeyed_nodes(old, view):
+            if i != node.id:
+                node.spawn(self._send_old, old.nodes[i], blob)
+
+    async def _send_old(self, machine: ViewNode, blob: bytes) -> None:
+        node = self._node
+        assert node is not None
+        ring = KeyRing(node.keyring.me, {machine.id: machine.public_key})
+        try:
+            with trio.move_on_after(PEER_TIMEOUT):
+                async with open_endpoint(ring, {machine.id: (machine.host, machine.port)}) as ep:
+                    await ep.call(machine.id, "view.install", blob, timeout=PEER_TIMEOUT)
+        except (TransportError, RemoteError) as e:
+            log.debug("node %s: the old machine of node %s: %s", node.id, machine.id, e)
 
     def _heard(self, peer: PrincipalId, number: int) -> None:
         """A handshake told us ``peer`` holds view ``number``: fetch it from a node ahead,
