@@ -8,13 +8,13 @@ Everything else (paths, policies, sizes) stays the file's.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from bftfs.config import ClientSpec, ClusterConfig, ConfigError, RetiredClient
 from bftfs.ids import CLIENT_ID_BASE
 from bftfs.membership.view import Retired, View, ViewClient, ViewError, ViewNode, decode
+from bftfs.membership.viewkeys import replace_durably
 
 #: A node's own copy of the newest view it took, in its data directory.
 NODE_VIEW_FILE = "view.signed"
@@ -92,19 +92,7 @@ def write_signed(path: Path, blob: bytes) -> None:
     """Write a signed view to ``path`` durably and atomically: after a crash the file holds
     the old view or the new one, whole (a node must never forget a view it acknowledged:
     it would take an older one again)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, blob)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_durably(path, blob, 0o644)
 
 
 def starting_view(cfg: ClusterConfig, data_dir: Path | None) -> tuple[View, bytes | None]:

@@ -103,10 +103,17 @@ def _write_private(path: Path, data: bytes) -> None:
     the old contents or the new, whole; once this returns the old contents are no longer
     in the file system's name space (their blocks are freed, not scrubbed)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    replace_durably(path, data, 0o600)
+
+
+def replace_durably(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` by ``data`` (file mode ``mode``) through a temporary file, fsynced,
+    renamed over it, and the directory fsynced: after a crash it holds the old contents or
+    the new, whole (view files and key chains)."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -53,6 +53,19 @@ class Waiter:
         if self.notify is not None:
             self.notify()
 
+    def answer(self) -> Any:
+        """The reply of a waiter resolved with one (not lost).
+
+        Raises:
+            RemoteError: the node answered with an error (its code and message).
+        """
+        if self.status == STATUS_OK:
+            return self.body
+        body = self.body
+        if isinstance(body, list) and len(body) == 2:
+            raise RemoteError(str(body[0]), str(body[1]))
+        raise RemoteError("malformed", "error reply of unknown shape")
+
     def outcome(self) -> tuple[bool, Any]:
         """``(True, reply)`` or ``(False, reason)`` once resolved."""
         if self.lost:
@@ -187,12 +200,7 @@ class Connection:
             self.pending.pop(req_id, None)
         if not waiter.event.is_set() or waiter.lost:
             raise TransportError(f"node {self.node}: no answer to {kind}")
-        if waiter.status == STATUS_OK:
-            return waiter.body
-        body = waiter.body
-        if isinstance(body, list) and len(body) == 2:
-            raise RemoteError(str(body[0]), str(body[1]))
-        raise RemoteError("malformed", "error reply of unknown shape")
+        return waiter.answer()
 
     def close(self) -> None:
         """Close the connection now: requests waiting on it resolve as lost."""

@@ -281,12 +281,7 @@ class Endpoint:
                     await waiter.event.wait()
                 if waiter.event.is_set() and not waiter.lost:
                     progressed(trio.current_time())  # an answer, even a refusal
-                    if waiter.status == STATUS_OK:
-                        return waiter.body
-                    body = waiter.body
-                    if isinstance(body, list) and len(body) == 2:
-                        raise RemoteError(str(body[0]), str(body[1]))
-                    raise RemoteError("malformed", "error reply of unknown shape")
+                    return waiter.answer()
                 last_error = "connection lost" if waiter.lost else "no reply"
                 interval = min(interval * 2, 5.0)
         finally:
