@@ -30,6 +30,7 @@ from bftfs.fs.createsend import PendingCreate
 from bftfs.fs.createsends import CreateSends
 from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import StaleView
+from bftfs.fs.unlinkback import about_another_entry
 
 
 class CallOrder:
@@ -99,12 +100,7 @@ class CallOrder:
         writeback = self.creates.writeback
         if writeback is None or not writeback.deferred(p.oid):
             return False
-        if isinstance(arg, bytes):  # fs.lookup(directory, name)
-            return objects == [p.parent] and arg != p.name
-        if isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
-            directory = arg.get("p", objects[0] if objects else None)
-            return directory == p.parent and arg["name"] != p.name and "sn" not in arg
-        return False
+        return about_another_entry(p.parent, p.name, objects, arg)
 
 
 def _names_in(arg: Any) -> set[bytes]:

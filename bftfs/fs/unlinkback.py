@@ -56,23 +56,18 @@ BATCH = 6
 RESEND = 1.0
 
 
-def about_another_entry(parent: int, name: bytes, objects: list[int], arg: Any) -> bool:
+def about_another_entry(parent: int, name: bytes | None, objects: list[int], arg: Any) -> bool:
     """Whether a call on ``objects`` with ``arg`` is a lookup of, or an update of, another
-    entry of ``parent`` than ``name`` (such a call needs nothing held back for ``name``)."""
+    entry of ``parent`` than ``name`` (any entry: ``name`` None).  Such a call needs
+    nothing held back for ``name`` (removals, creates: ``fs/callorder.py``), nor the
+    directory's held-back times (a later entry update moves them on, and touches only
+    move them forward)."""
     if isinstance(arg, bytes):  # fs.lookup(directory, name)
         return objects == [parent] and arg != name
     if isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
         directory = arg.get("p", objects[0] if objects else None)
         return directory == parent and arg["name"] != name and "sn" not in arg
     return False
-
-
-def _about_an_entry(parent: int, arg: Any) -> bool:
-    """Whether a call on ``parent`` with ``arg`` is a lookup in it or an update of one of
-    its entries (such a call needs no held-back times of the directory first)."""
-    if isinstance(arg, bytes):
-        return True
-    return isinstance(arg, dict) and arg.get("p") == parent and isinstance(arg.get("name"), bytes)
 
 
 class PendingUnlinks:
@@ -184,7 +179,11 @@ class PendingUnlinks:
                     need.append(u)
         if need:
             await self.send(need)
-        touched = [o for o in objects if o in self._touches and not _about_an_entry(o, arg)]
+        touched = [
+            o
+            for o in objects
+            if o in self._touches and not about_another_entry(o, None, objects, arg)
+        ]
         if touched:
             await self.send_touches(touched)
 
