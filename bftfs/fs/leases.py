@@ -43,6 +43,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,7 +304,7 @@ class Leases:
             if h is not None and h.until - now < self.term / 3:
                 self._ask(o, now, h.kind)
 
-    def listing(self, oid: int) -> set[bytes] | None:
+    def listing(self, oid: int) -> AbstractSet[bytes] | None:
         """The names of directory ``oid`` as its listing known whole under a live lease
         here says (with this mount's own entry updates taken), or None.  A use of the
         lease, as a cached answer is: it renews the lease when due."""
@@ -312,7 +313,7 @@ class Leases:
         if names is None or self._live(oid, now) is None:
             return None
         self._renew_if_due([oid], now)
-        return set(names)
+        return names.keys()
 
     def exclusive_left(self, oid: int) -> float:
         """Seconds left on this mount's exclusive lease on ``oid`` (0: it holds none)."""

@@ -284,7 +284,7 @@ class Names:
             return None
         known = self.cache.names.get(ino, {})
         out: dict[bytes, Any] = {}
-        for name in listed.union(self.pending_names(ino)):
+        for name in listed | set(self.pending_names(ino)):
             entry = known.get(name)
             if entry is None:
                 return None
