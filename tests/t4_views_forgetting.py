@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import trio
+from t4_views import OPTIONS, bftfs
 
 from bftfs import bundle, local
 from bftfs import config as cfgmod
@@ -36,15 +35,6 @@ from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import Server
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
-
-OPTIONS: dict[str, Any] = {"clients": 2, "durable": False, "map_size": 1 << 28}
-
-
-def bftfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(home / "cluster.toml")]
-    got = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert got.returncode == 0, (cmd, got.stdout, got.stderr)
-    return got
 
 
 def client_machine(cfg: ClusterConfig, name: str, where: Path) -> ClusterConfig:
