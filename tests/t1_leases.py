@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bftfs.fsobjects import FS, new_dir
-from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
+from bftfs.fsobjects.leases import EXCLUSIVE, RECALL_GRACE, SHARED, holders, tag_query
 from bftfs.fsobjects.leases import who as holder_of
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import MethodRefused, Registry
@@ -88,7 +88,7 @@ def test_a_recall_stops_renewal_and_new_leases_and_goes_with_the_last_holder() -
     new, answer = update("fs.recall", {DIR: d}, C, lt=T0 + S)
     assert answer == [[DIR, [A, B]]]
     r = new[DIR]
-    assert r["lr"] == [C, T0 + S, 0]
+    assert r["lr"] == [C, T0 + S, 0, T0 + 30 * S]
     for who in (A, C):
         with pytest.raises(MethodRefused) as e:
             lease(r, who, SHARED, T0 + 2 * S)
@@ -109,7 +109,7 @@ def test_a_recall_goes_when_only_the_requesting_mounts_own_lease_is_left() -> No
     A record from before the mount was recorded goes with the last holder, as before."""
     d = lease(lease(directory(), A, SHARED, T0), B, SHARED, T0)
     r = update("fs.recall", {DIR: d}, A, lt=T0 + S)[0][DIR]
-    assert r["lr"] == [A, T0 + S, 0]
+    assert r["lr"] == [A, T0 + S, 0, T0 + 30 * S]
     left = update("fs.release", {DIR: r}, B, lt=T0 + 2 * S)[0][DIR]
     assert "lr" not in left and [h[0] for h in holders(left)] == [A]
     assert holders(lease(left, A, SHARED, T0 + 3 * S))[0][2] == T0 + 33 * S
@@ -117,13 +117,31 @@ def test_a_recall_goes_when_only_the_requesting_mounts_own_lease_is_left() -> No
     two = update("fs.lease", {DIR: d}, A, kind=SHARED, lt=T0, term=30 * S, lm=8)[0][DIR]
     r8 = update("fs.recall", {DIR: two}, A, lt=T0 + S)[0][DIR]
     still = update("fs.release", {DIR: r8}, B, lt=T0 + 2 * S)[0][DIR]
-    assert still["lr"] == [A, T0 + S, 0]  # mount 8 of client A was asked too
+    assert still["lr"] == [A, T0 + S, 0, T0 + 30 * S]  # mount 8 of client A was asked too
     with pytest.raises(MethodRefused) as e:
         lease(still, A, SHARED, T0 + 3 * S)
     assert e.value.code == "recalled"
     old = dict(r, lr=[A, T0 + S])
     kept = update("fs.release", {DIR: old}, B, lt=T0 + 2 * S)[0][DIR]
     assert kept["lr"] == [A, T0 + S]
+
+
+def test_a_holder_that_ignored_a_recall_cannot_take_a_fresh_lease_as_its_term_ends() -> None:
+    """A holder that neither releases nor stops renewing (Byzantine) and lets its lease run
+    out must not take a fresh one the moment it ends, ahead of the requester's retry: the
+    recall outlives the recalled lease by ``RECALL_GRACE``, and goes at once when the
+    requester's change lands (or after the grace, if the requester never comes back)."""
+    d = lease(directory(), A, SHARED, T0)
+    r = update("fs.recall", {DIR: d}, C, lt=T0 + S)[0][DIR]
+    ended = T0 + 30 * S  # A's lease ends; A asks again at once, and again later
+    for at in (ended, ended + RECALL_GRACE - S):
+        with pytest.raises(MethodRefused) as e:
+            lease(r, A, SHARED, at)
+        assert e.value.code == "recalled"
+    made = mkdir_in(r, C, ended + S)  # the requester's retry lands: the recall goes
+    assert "lr" not in made[DIR]
+    assert holders(lease(made[DIR], A, SHARED, ended + 2 * S))[0][0] == A
+    assert holders(lease(r, A, SHARED, ended + RECALL_GRACE))[0][0] == A  # never came back
 
 
 def test_a_recall_of_an_object_nobody_else_holds_changes_nothing() -> None:

@@ -13,12 +13,15 @@ record lives in the object's state, so it is as Byzantine-tolerant as the object
   laptops with the same bundle are two holders, each recalled by the other's update and
   refused its queries under the other's exclusive lease.  It is the client's own claim,
   so it can only mislead that client's other mounts.
-- ``lr``: a pending recall, ``[requester, time, mount]`` (``[requester, time]`` in records
-  older than the mount), or absent.  While it stands no lease is granted or renewed (a
-  holder asked to release cannot renew); it goes with the last live holder other than the
-  requesting mount (a requester's own lease asked nobody to release; while the record
-  outlived the others, every take and renewal, the requester's too, was refused
-  ``recalled`` until that lease ended).
+- ``lr``: a pending recall, ``[requester, time, mount, until]`` (``until``: the last expiry
+  of the leases it recalled; older records lack it, or also the mount), or absent.  While
+  it stands no lease is granted or renewed (a holder asked to release cannot renew).  It
+  goes when the last recalled holder *releases* (it cooperated: the requester's retry is
+  due), when the requester's own change lands (:func:`leased`), and otherwise only
+  :data:`RECALL_GRACE` after ``until``: a holder that ignored the recall and let its lease
+  run out cannot take a fresh one the moment it ends, ahead of the requester's retry, and
+  so hold the requester off term after term.  A requester that never comes back costs
+  everyone else's leases that grace, no more.
 
 Methods read no clock (``bftfs.qu.objects``).  Every lease-aware update carries the
 caller's time ``lt`` (ns); nodes refuse an ``lt`` more than :data:`LEASE_SKEW` ahead of
@@ -73,6 +76,9 @@ QUERY_ARG = "q"
 INHERIT = "lx"
 #: Mount numbers are below this (``fsobjects.limits.MAX_OID``'s range, as lease tokens).
 MAX_MOUNT = 2**63 - 1
+#: How long a recall outlives the leases it recalled when their holders did not release
+#: (ns): time for the requester's retry, which backs off at most 0.5 s, to land first.
+RECALL_GRACE = 10 * 10**9
 #: Most holders one object records; a further client is refused ``busy`` (it runs uncached).
 MAX_HOLDERS = 32
 #: Most objects one recall push names (nodes send no more; a holder takes more as
@@ -130,21 +136,44 @@ def live(state: Any, at: int | None, *, other_than: Who | None = None) -> list[H
 
 def _tidy(state: dict[str, Any], at: int | None) -> None:
     """Drop the leases that ended by ``at``, and the recall once no holder but the
-    requesting mount is left."""
+    requesting mount is left and its grace after the recalled leases' end has passed."""
     kept = holders(state) if at is None else [h for h in holders(state) if h[2] > at]
     if kept:
         state["ls"] = kept
     else:
         state.pop("ls", None)
     lr = state.get("lr")
-    if lr is not None and all(_requested(h, lr) for h in kept):
+    if lr is not None and all(_requested(h, lr) for h in kept) and _graced(lr, at):
+        state.pop("lr")
+
+
+def _graced(lr: list[int], at: int | None) -> bool:
+    """Whether the recall ``lr`` has outlived the leases it recalled by its grace at ``at``
+    (a record without ``until``, older than the grace, counts as outlived at once)."""
+    if len(lr) < 4:
+        return True
+    return at is not None and at >= lr[3] + RECALL_GRACE
+
+
+def _recalled_released(state: dict[str, Any], me: Who, at: int | None) -> None:
+    """Drop the recall when ``me``, one of the holders it asked, has just released and no
+    live holder but the requester is left: the holders cooperated, nothing to wait for."""
+    lr = state.get("lr")
+    if lr is None or _is_requester(me, lr):
+        return
+    if all(_requested(h, lr) for h in live(state, at)):
         state.pop("lr")
 
 
 def _requested(h: Holder, lr: list[int]) -> bool:
-    """Whether ``h`` is the lease of the mount that asked for the recall ``lr`` (an older
-    record, without the mount, names no holder)."""
-    return len(lr) >= 3 and who(h) == (lr[0], lr[2])
+    """Whether ``h`` is the lease of the mount that asked for the recall ``lr``."""
+    return _is_requester(who(h), lr)
+
+
+def _is_requester(me: Who, lr: list[int] | None) -> bool:
+    """Whether ``me`` is the mount that asked for the recall ``lr`` (an older record,
+    without the mount, names nobody)."""
+    return lr is not None and len(lr) >= 3 and me == (lr[0], lr[2])
 
 
 def _without_leases(state: Any) -> Any:
@@ -184,6 +213,8 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
                     else:
                         state.pop(key, None)
                 _tidy(state, at)
+                if _is_requester(me, state.get("lr")):
+                    state.pop("lr")  # the change the recall was for has landed
                 new[oid] = state
         return new, answer
 
@@ -279,7 +310,8 @@ def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
             continue
         s = _node(state)
         s["ls"] = [h for h in holders(s) if who(h) != me]
-        _tidy(s, at)  # no holder left: the records and the recall go
+        _recalled_released(s, me, at)
+        _tidy(s, at)  # no holder left: the records go
         new[oid] = s
     return new, None
 
@@ -304,8 +336,12 @@ def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
         _tidy(s, at)
         others = live(s, at, other_than=me)
         if others:
-            if s.get("lr") is None:
-                s["lr"] = [caller, at, me[1]]
+            until = max(h[2] for h in others)
+            lr = s.get("lr")
+            if lr is None:
+                s["lr"] = [caller, at, me[1], until]
+            elif len(lr) >= 4 and lr[3] < until:
+                s["lr"] = [*lr[:3], until]
             out.append([oid, sorted({h[0] for h in others})])
         new[oid] = s
     return new, out
