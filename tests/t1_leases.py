@@ -245,3 +245,18 @@ def test_a_file_made_under_the_callers_exclusive_lease_comes_leased_to_it_until_
     assert holders(_create_in(x, B, T0 + 31 * S, inherit=True)) == []
     recalled, _ = update("fs.recall", {DIR: x}, B, lt=T0 + S)
     assert holders(_create_in(recalled[DIR], A, T0 + 2 * S, inherit=True)) == []
+
+
+def test_a_directory_made_under_the_callers_exclusive_lease_comes_leased_to_it() -> None:
+    """``lx`` on ``fs.mkdir`` (``fs/namespace.py``): the new directory is leased as a new
+    file is, so another client's change in it is refused until the holder releases."""
+    x = lease(directory(), A, EXCLUSIVE, T0, term=30 * S)
+    arg = {"name": b"sub", "p": DIR, "o": FILE, "mode": 0o755, "uid": 0, "gid": 0}
+    made, _ = update("fs.mkdir", {DIR: x, FILE: None}, A, **arg, now=T0 + S, lt=T0 + S, lx=1)
+    assert made[FILE]["k"] == "d" and holders(made[FILE]) == [[A, EXCLUSIVE, T0 + 30 * S, 0]]
+    inner = {"name": b"f", "p": FILE, "o": 30, "mode": 0o755, "uid": 0, "gid": 0}
+    with pytest.raises(MethodRefused) as e:
+        update("fs.mkdir", {FILE: made[FILE], 30: None}, B, **inner, now=T0 + S, lt=T0 + 2 * S)
+    assert e.value.code == "leased"
+    plain, _ = update("fs.mkdir", {DIR: x, FILE: None}, A, **arg, now=T0 + S, lt=T0 + S)
+    assert holders(plain[FILE]) == []

@@ -274,6 +274,43 @@ def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def test_a_directory_made_under_an_exclusive_lease_comes_leased_with_its_empty_listing(
+    tmp_path: Path,
+) -> None:
+    """A mkdir in a directory the mount holds exclusively makes the new directory leased
+    to it too, its listing known (empty): the lookups of new names in it and their closes
+    cost no round (no lease or listing round on the new directory either).  Another
+    client's listing of the outer directory recalls it, and the new directory and the
+    file leased with it are given up with it: the other client then reads them without
+    recalling each."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        leases = a.meta.leases
+        assert leases is not None
+        sub = (await a.mkdir(d, b"sub", 0o755, 0, 0)).ino
+        assert leases.exclusive_left(sub) > 0 and leases.answers.listings[sub] == {}
+        before = Counter(a.meta.methods)
+        for k in range(4):
+            with pytest.raises(NotFound):
+                await a.lookup(sub, b"f%d" % k)
+            await new_file(a, sub, b"f%d" % k, b"in sub %d" % k)
+        assert not rounds_since(a, before), rounds_since(a, before)
+        assert {n for n, _ in await b.readdir(d)} >= {b"sub", b"warm0"}
+        assert leases.exclusive_left(sub) == 0  # given up with d
+        recalls = b.meta.methods["fs.recall"]
+        assert {n for n, _ in await b.readdir(sub)} == {b"f%d" % k for k in range(4)}
+        ino = (await b.lookup(sub, b"f2")).ino
+        fh = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"in sub 2"
+        await b.release(fh)
+        assert b.meta.methods["fs.recall"] == recalls  # nothing left to recall
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_lookups_of_listed_names_are_answered_by_the_listing(tmp_path: Path) -> None:
     """Under the lease, a listed name whose object the listing (or the mount's own create
     or mkdir) named is found without a round: the kernel's lookups of the files it made,

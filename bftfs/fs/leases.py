@@ -321,10 +321,11 @@ class Leases:
         h = self._live(oid, now)
         return 0.0 if h is None or h.kind != EXCLUSIVE else h.until - now
 
-    def inherit(self, parent: int, oids: Sequence[int]) -> None:
+    def inherit(self, parent: int, oids: Sequence[int], *, empty_dirs: bool = False) -> None:
         """The servers made ``oids`` leased to this mount exclusively until the end of its
         exclusive lease on ``parent`` (an update with ``lx``: ``fsobjects.leases``), which
-        is still held: they are held here until the same moment, and given up with it."""
+        is still held: they are held here until the same moment, and given up with it.
+        ``empty_dirs``: they are directories just made, whose listing is known whole."""
         h = self._live(parent, trio.current_time())
         if h is None or h.kind != EXCLUSIVE:
             # Recalled or ended while the create was on its way: the grants (if the nodes
@@ -339,6 +340,8 @@ class Leases:
             self.held[oid] = _Held(trio.current_time(), h.until, EXCLUSIVE, h.wall_until)
             children.add(oid)
             self.stats["inherited"] += 1
+            if empty_dirs:
+                self.answers.listings[oid] = {}
 
     def renew(self, oids: Sequence[int]) -> None:
         """Renew the leases held on ``oids`` now, in as few updates as :meth:`_take_wanted`
@@ -484,8 +487,10 @@ class Leases:
         """Stop answering from the leases on ``oids`` now; the kernel forgets what it cached
         under them, then they are released (after what the mount buffered for them)."""
         now = trio.current_time()
-        for parent in list(oids):  # a directory's files leased with their creates go too
-            oids.extend(c for c in self._children.pop(parent, ()) if c in self.held)
+        i = 0
+        while i < len(oids):  # what was leased with its create in a directory goes too
+            oids.extend(c for c in self._children.pop(oids[i], ()) if c in self.held)
+            i += 1
         for oid in oids:
             self._drop(oid)
             self._quiet_until[oid] = now + COOLDOWN

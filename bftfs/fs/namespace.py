@@ -34,6 +34,7 @@ from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
 from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fsobjects import ROOT
+from bftfs.fsobjects.leases import INHERIT
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Seconds after a stale name was refused (ESTALE) during which a lookup counts as the
@@ -340,7 +341,19 @@ class Names:
         raise FsError("could not draw a free object id")
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
-        return await self._make(parent, name, "fs.mkdir", {"mode": mode, "uid": uid, "gid": gid})
+        """A two-object update; in a directory this mount holds exclusively, the new
+        directory comes leased to it too (``fsobjects.leases.INHERIT``), its listing known
+        whole (empty): what is then made in it goes to write-back at once, and the lookups
+        of the new names are answered "not found" here, with no lease or listing round."""
+        arg: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
+        leases = self.meta.leases
+        inherit = leases is not None and leases.exclusive_left(parent) > 0
+        if inherit:
+            arg[INHERIT] = 1
+        made = await self._make(parent, name, "fs.mkdir", arg)
+        if inherit and leases is not None:
+            leases.inherit(parent, [made.ino], empty_dirs=True)
+        return made
 
     async def mknod(
         self,

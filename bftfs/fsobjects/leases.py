@@ -70,8 +70,8 @@ LEASE_TIME = "lt"
 #: query carries it in an envelope, ``{MOUNT: m, QUERY_ARG: arg}`` (:func:`tag_query`).
 MOUNT = "lm"
 QUERY_ARG = "q"
-#: The argument key of an update asking that the new regular files it makes be leased to
-#: the caller exclusively, until the end of its exclusive lease on another object of the
+#: The argument key of an update asking that the new files and directories it makes be
+#: leased to the caller exclusively, until the end of its exclusive lease on another object of the
 #: update (their directory): :func:`_inherited`.
 INHERIT = "lx"
 #: Mount numbers are below this (``fsobjects.limits.MAX_OID``'s range, as lease tokens).
@@ -224,13 +224,14 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
 
 def _inherited(states: States, state: Any, me: Who, at: int | None) -> Any:
     """A new object ``state`` with the caller's exclusive lease (``INHERIT``), if it is a
-    regular file and the caller holds a live exclusive lease, not being recalled, on an
+    file or a directory and the caller holds a live exclusive lease, not being recalled, on an
     object of the update (its directory, under which it made the file): until that
     lease's end.  Nobody else can hold a lease on an object that did not exist, and the
     grant ends no later than one the caller already had, so it takes nothing from anyone;
     the holder's writes to the file then stay in its mount as its creates did
-    (``fs/heldfiles.py``).  Otherwise the state as made."""
-    if at is None or not isinstance(state, dict) or state.get("k") != "f":
+    (``fs/heldfiles.py``), and its creates in the directory go to write-back at once
+    (``fs/namespace.py``, ``mkdir``).  Otherwise the state as made."""
+    if at is None or not isinstance(state, dict) or state.get("k") not in ("f", "d"):
         return state
     ends = [
         h[2]
