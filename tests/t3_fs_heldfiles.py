@@ -213,3 +213,42 @@ def test_a_file_whose_lease_ended_with_writes_due_opens_and_sends_them(tmp_path:
         await a.meta.update([ino], "fs.release", {"lt": leases.wall_ns()})
 
     run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_file_another_client_made_is_leased_after_a_few_written_closes(
+    tmp_path: Path,
+) -> None:
+    """A file this mount did not make, appended to and closed again and again (a log): the
+    first closes send their writes at once and ask for an exclusive lease on the file
+    alone; once it is granted, the opens, appends and closes cost no round.  Another
+    client's open then recalls it and reads every byte, and what the holder knew before
+    the grant never answers an open (its state is read again under the lease)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, attr = await b.create(ROOT, b"log", 0o644, 0, 0, os.O_WRONLY)
+        await b.write(fh, 0, b"from b\n")
+        await b.fsync(fh)
+        await b.release(fh)
+        ino = (await a.lookup(ROOT, b"log")).ino
+        leases = a.meta.leases
+        assert leases is not None
+        expected = b"from b\n"
+        k = 0
+        while leases.exclusive_left(ino) <= 0:
+            assert k < 50, "no exclusive lease after 50 closes"
+            await append(a, ino, b"a %d\n" % k)
+            expected += b"a %d\n" % k
+            k += 1
+        await append(a, ino, b"after the grant\n")  # reads the file again, under the lease
+        expected += b"after the grant\n"
+        before = rounds(a)
+        for j in range(5):
+            await append(a, ino, b"held %d\n" % j)
+            expected += b"held %d\n" % j
+        assert await read_all(a, ino) == expected
+        assert rounds(a) == before, f"rounds: {rounds(a) - before}"
+        assert await read_all(b, attr.ino) == expected  # recalled: written back first
+        assert leases.exclusive_left(ino) == 0
+
+    run(tmp_path, body, fs_options=OPTIONS)

@@ -170,6 +170,10 @@ class OpenFile:
     #: Until when (client clock, ns) this client holds the file's write lease without
     #: another round: set by a create that took it, cleared by the flush that ends it.
     lease_until: int | None = None
+    #: When (trio time) the query whose answer this state last adopted was asked (an open,
+    #: a revalidation): an exclusive lease held without a break since then makes it the
+    #: file's state (``fs/heldfiles.py``).
+    adopted: float = float("-inf")
     lock: trio.Lock = field(default_factory=trio.Lock)
     #: Read-ahead (``bftfs.fs.filedata``): the window's current size in bytes, the next
     #: block index not yet asked for, block index -> the event its background fetch sets,

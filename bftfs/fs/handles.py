@@ -12,6 +12,8 @@ import os
 import stat as st
 from typing import Any
 
+import trio
+
 from bftfs import fsobjects as obj
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
@@ -217,6 +219,7 @@ class Handles:
             return self.table.new_handle(kept, flags)  # leased here alone: all is here
         if f is not None and f.buffered:
             await self._flush_file(f)
+        asked = trio.current_time()
         if truncating:
             s = await self.attributes.truncate(ino, 0, None, reached_by_name=reached_by_name)
         else:
@@ -231,6 +234,7 @@ class Handles:
             f = self.cache.files[ino] = OpenFile.from_stat(ino, s, self.bs)
         else:
             f.reset(s)
+        f.adopted = asked
         fh = self.table.new_handle(f, flags)
         if self.cache.kernel_saw(ino, s):
             self.table.cache_current.add(fh)
@@ -326,12 +330,12 @@ class Handles:
         directory write-back, or the file is leased here exclusively (``fs/heldfiles.py``)."""
         if self.pending.defers(f):
             return True
-        return (
-            self.held is not None
-            and f.buffered
-            and not self.pending.not_made(f.ino)
-            and (self.held.defer(f))
-        )
+        if self.held is None or not f.buffered or self.pending.not_made(f.ino):
+            return False
+        if self.held.defer(f):
+            return True
+        self.held.want(f.ino)  # closes that send at once: after a few, lease it alone
+        return False
 
     async def _flush_file(self, f: OpenFile) -> None:
         """Flush ``f``: its pending create first, if it has one (with the content, when
@@ -351,9 +355,11 @@ class Handles:
         f, _ = self.table.handle(fh)
         if f.buffered:
             await self._flush_file(f)
+        asked = trio.current_time()
         s = await self.meta.query(f.ino, "fs.open")
         self.cache.observed(f.ino, s)
         f.reset(s)
+        f.adopted = asked
 
     async def release(self, fh: int) -> None:
         """Close a handle (flushing); the file's clean blocks stay cached for a re-open,

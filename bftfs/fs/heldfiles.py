@@ -97,10 +97,23 @@ class HeldFiles:
         """Whether this mount holds ``ino`` exclusively for more than twice the margin."""
         return self.leases.exclusive_left(ino) > 2 * LEASE_MARGIN
 
+    def holds_current(self, f: OpenFile) -> bool:
+        """Whether this mount holds ``f`` (:meth:`holds`) and ``f``'s state is the file's:
+        it made the file under the lease, or read its state since the holding began
+        (another client may have written it before: its open here must not answer from
+        what the mount knew then, close-to-open)."""
+        since = self.leases.exclusive_from(f.ino)
+        return since is not None and f.adopted >= since and self.holds(f.ino)
+
+    def want(self, ino: int) -> None:
+        """A close of ``ino`` sent its writes at once, as the mount does not hold it: ask
+        for an exclusive lease after a few (:meth:`Leases.want_exclusive_file`)."""
+        self.leases.want_exclusive_file(ino)
+
     def reopen(self, ino: int) -> OpenFile | None:
         """The kept state of ``ino`` for an ``open`` answered without a round, or None."""
         f = self.files.get(ino)
-        if f is None or f.behind_error is not None or not self.holds(ino):
+        if f is None or f.behind_error is not None or not self.holds_current(f):
             return None
         self._unkeep(ino)
         self._use(ino)
@@ -121,7 +134,7 @@ class HeldFiles:
         """Whether the closed ``f`` stays in the mount (it is held); the least recently
         closed clean file beyond :data:`MAX_KEPT`, or no longer held, is forgotten.
         ``used``: its close is a use of the file (its write-back is not)."""
-        if f.size > MAX_FILE or not self.holds(f.ino):
+        if f.size > MAX_FILE or not self.holds_current(f):
             return False
         self._unkeep(f.ino)
         if used:
@@ -151,7 +164,7 @@ class HeldFiles:
             return True
         left = self.leases.exclusive_left(f.ino)
         if (
-            left <= 2 * LEASE_MARGIN
+            not self.holds_current(f)
             or f.size > MAX_FILE
             or f.behind is not None
             or sum(self.files[i].dirty_bytes for i in self._due if i in self.files) + f.dirty_bytes

@@ -85,6 +85,9 @@ class _Held:
     until: float
     kind: int = SHARED
     wall_until: int = 0
+    #: Leased with the object's create (:meth:`Leases.inherit`): the mount made it, so what
+    #: it knows of it is the object from the start.
+    inherited: bool = False
 
 
 class Leases:
@@ -321,6 +324,24 @@ class Leases:
         h = self._live(oid, now)
         return 0.0 if h is None or h.kind != EXCLUSIVE else h.until - now
 
+    def exclusive_from(self, oid: int) -> float | None:
+        """When this mount's holding of ``oid``, exclusive now, began (trio time; held
+        without a break since, so nobody else changed the object meanwhile and state read
+        from then on is its state); ``-inf`` when it came with the object's create here;
+        None when the mount holds no exclusive lease on it."""
+        h = self._live(oid, trio.current_time())
+        if h is None or h.kind != EXCLUSIVE:
+            return None
+        return float("-inf") if h.inherited else h.granted
+
+    def want_exclusive_file(self, oid: int) -> None:
+        """This mount closed regular file ``oid`` with writes it had to send at once (not
+        held here): after :data:`USES` such closes an exclusive lease is asked for, so that
+        later ones leave their writes in the mount (``fs/heldfiles.py``).  No listing is
+        read for it (:meth:`_ensure_listing`)."""
+        self._files.add(oid)
+        self.want_exclusive(oid)
+
     def inherit(self, parent: int, oids: Sequence[int], *, empty_dirs: bool = False) -> None:
         """The servers made ``oids`` leased to this mount exclusively until the end of its
         exclusive lease on ``parent`` (an update with ``lx``: ``fsobjects.leases``), which
@@ -337,7 +358,7 @@ class Leases:
         if len(children) > MAX_CHILDREN:  # those whose lease ended are gone already
             children.intersection_update(self.held)
         for oid in oids:
-            self.held[oid] = _Held(trio.current_time(), h.until, EXCLUSIVE, h.wall_until)
+            self.held[oid] = _Held(trio.current_time(), h.until, EXCLUSIVE, h.wall_until, True)
             children.add(oid)
             self.stats["inherited"] += 1
             if empty_dirs:
@@ -429,7 +450,8 @@ class Leases:
                 continue
             until = asked + self.term - HOLDER_MARGIN / 1e9
             wall_until = lt + int(self.term * 1e9) - HOLDER_MARGIN
-            self.held[oid] = _Held(old.granted if old else now, until, kind, wall_until)
+            granted, inherited = (old.granted, old.inherited) if old else (now, False)
+            self.held[oid] = _Held(granted, until, kind, wall_until, inherited)
             self._uses.pop(oid, None)
             self._creates.pop(oid, None)
             self.stats["renewed" if old else "taken"] += 1
@@ -445,7 +467,7 @@ class Leases:
         """Read the listing of a directory leased exclusively here unless it is known or
         being read (:meth:`LeasedAnswers.read_listing`); a read a create crossed is read
         again at the next create there (:meth:`want_exclusive`)."""
-        if self.query is not None:
+        if self.query is not None and oid not in self._files:
             self.answers.read_listing(oid, self.query, self._spawn)
 
     def _refused(self, oids: list[int], e: Exception, kind: int = SHARED) -> None:
