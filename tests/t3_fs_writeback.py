@@ -311,6 +311,47 @@ def test_a_directory_made_under_an_exclusive_lease_comes_leased_with_its_empty_l
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def test_a_rename_of_a_waiting_create_to_a_new_name_is_applied_in_the_mount(
+    tmp_path: Path,
+) -> None:
+    """A file whose create waits in write-back, renamed to a name the leased listing lacks
+    (a download's ``.part``), is renamed in the mount: no round, and its create goes under
+    the new name.  Another client then sees the new name with the content, not the old
+    one, and the directory's times at least the rename's.  A rename over an existing name
+    still goes to the servers."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        leases = a.meta.leases
+        assert leases is not None
+        await until("the listing", lambda: d in leases.answers.listings)
+        ino = await new_file(a, d, b"x.part", b"downloaded")
+        before = Counter(a.meta.methods)
+        renamed_at = a.meta.now()
+        await a.rename(d, b"x.part", d, b"x", 0)
+        listed = {n for n, _ in await a.readdir(d)}
+        assert b"x" in listed and b"x.part" not in listed
+        with pytest.raises(NotFound):
+            await a.lookup(d, b"x.part")
+        # (The listing reads the other files' attributes, as without the rename.)
+        assert set(rounds_since(a, before)) <= {"fs.statmany"}, rounds_since(a, before)
+        assert (await a.lookup(d, b"x")).ino == ino  # (a lookup of it sends its create)
+        assert rounds_since(a, before)["fs.createwrite"] == 1
+        await a.rename(d, b"x", d, b"warm0", 0)  # over an existing name: the servers'
+        assert rounds_since(a, before)["fs.rename"] == 1
+        names = {n for n, _ in await b.readdir(d)}
+        assert b"warm0" in names and not {b"x", b"x.part"} & names
+        got = await b.lookup(d, b"warm0")
+        fh = await b.open(got.ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"downloaded"
+        await b.release(fh)
+        assert (await b.getattr(d)).mtime_ns >= renamed_at
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_lookups_of_listed_names_are_answered_by_the_listing(tmp_path: Path) -> None:
     """Under the lease, a listed name whose object the listing (or the mount's own create
     or mkdir) named is found without a round: the kernel's lookups of the files it made,

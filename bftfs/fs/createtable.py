@@ -54,6 +54,13 @@ class CreateTable:
         self._pending.setdefault(p.parent, {})[p.name] = p
         self._pending_oids[p.oid] = p
 
+    def rename(self, p: PendingCreate, name: bytes) -> None:
+        """Pending ``p`` is to be made under ``name`` instead (a rename in the mount)."""
+        del self._pending[p.parent][p.name]
+        p.name = name
+        p.arg["name"] = name
+        self._pending[p.parent][name] = p
+
     def named(self, parent: int, name: bytes) -> bool:
         """Whether a create of ``name`` in ``parent`` is pending."""
         return name in self._pending.get(parent, {})

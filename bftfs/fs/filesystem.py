@@ -235,6 +235,7 @@ class FileSystem:
             self.pending.writeback.send_unlinks = unlinks.send
             self.pending.writeback.send_touches = unlinks.send_touches
             self.pending.unlinks = self.names.unlinks = unlinks
+            self.names.rename_here = self.pending.rename_deferred
             # ... and the files made there are leased here too: their opens, attributes
             # and written closes stay in the mount (fs/heldfiles.py).
             held = HeldFiles(

@@ -4,10 +4,10 @@ A regular file created by directory write-back under the directory's exclusive l
 leased to this mount exclusively too, until the same end (``fsobjects.leases.INHERIT``,
 :meth:`Leases.inherit`; renewed on use).  While that lease runs no other client can read
 or change the file without recalling it first (``fsobjects.leases.guarded`` and
-``leased``), so what the mount knows of it is the file.  A file the mount did not make is held the same
-way once it asked for an exclusive lease on it (after a few closes that sent their writes
-at once: :meth:`HeldFiles.want`), but only from a state read since the holding began
-(:meth:`HeldFiles.holds_current`):
+``leased``), so what the mount knows of it is the file.  A file the mount did not make
+is held the same way once it asked for an exclusive lease on it (after a few closes that
+sent their writes at once: :meth:`HeldFiles.want`), but only from a state read since the
+holding began (:meth:`HeldFiles.holds_current`):
 
 - **Kept**: at its last close the file's state (:class:`OpenFile`: attributes, content of
   a small file, clean blocks) stays in the mount (at most :data:`MAX_KEPT` files and

@@ -75,6 +75,9 @@ class Names:
         self._revalidated: dict[int, float] = {}
         #: Removals left to directory write-back (``fs/unlinkback.py``; None: none).
         self.unlinks: PendingUnlinks | None = None
+        #: Applies a rename in the mount when it may be (``PendingCreates.rename_deferred``,
+        #: wired by ``FileSystem`` with write-back): whether it did.
+        self.rename_here: Callable[[int, bytes, int, bytes, int], bool] = lambda *_a: False
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -435,7 +438,12 @@ class Names:
     async def rename(
         self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
     ) -> None:
-        """rename(2) (``fs/rename.py``): names this mount checks the length of."""
+        """rename(2) (``fs/rename.py``): names this mount checks the length of.  A file
+        whose create still waits in write-back is renamed in the mount when it may be
+        (:attr:`rename_here`): the create then goes under its new name."""
+        check_name(new_name, self.name_max)
+        if self.rename_here(parent, name, new_parent, new_name, flags):
+            return
         await Rename(self.meta, self.cache, self.reclaimer, self.name_max).run(
             parent, name, new_parent, new_name, flags
         )

@@ -152,6 +152,19 @@ class PendingUnlinks:
         self._gone_here(parent, name, oid)
         return True
 
+    def touch(self, parent: int) -> bool:
+        """Move directory ``parent``'s times to now, in the mount at once and on the
+        servers by write-back (a change of it that no update sends: a rename of a create
+        that waits, ``PendingCreates.rename_deferred``); False when write-back cannot
+        hold one more."""
+        wb = self.writeback
+        if wb is None or not wb.defer_touch(parent):
+            return False
+        now = self.meta.now()
+        self._touches[parent] = max(now, self._touches.get(parent, 0))
+        self.cache.own_touch(parent, now)
+        return True
+
     def _gone_here(self, parent: int, name: bytes, oid: int) -> None:
         """The name is gone in this mount's view: its names, attributes, leased listing."""
         self.cache.forget(parent, name)

@@ -63,6 +63,7 @@ from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import Meta
 from bftfs.fs.writeback import WriteBack
+from bftfs.fsobjects import RENAME_NOREPLACE
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
@@ -295,6 +296,40 @@ class PendingCreates:
             and self.is_deferred(oid)
             and self.sure_to_be_made(oid)
         )
+
+    def rename_deferred(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int
+    ) -> bool:
+        """Rename in the mount a file whose create waits in write-back (:meth:`cancellable`:
+        closed, inline, its old name surely absent on the servers) to a name of the same
+        directory the servers surely lack and no create of this mount waits on (the
+        leased listing lacks it): no other client can see either name meanwhile, so the
+        create going under the new name later is the rename's outcome, with no round for
+        the rename (a download's ``.part``, a tool's temporary file).  Whether it did; any
+        other rename goes to the servers (``fs/rename.py``)."""
+        if (
+            parent != new_parent
+            or name == new_name
+            or flags & ~RENAME_NOREPLACE
+            or self.unlinks is None
+        ):
+            return False
+        known = self.cache.names.get(parent, {}).get(name)
+        p = None if known is None else self.creates.pending_of(known[0])
+        if (
+            p is None
+            or (p.parent, p.name) != (parent, name)
+            or not self.cancellable(p.oid)
+            or self.creates.named(parent, new_name)
+            or not self._surely_new(parent, new_name)
+            or not self.unlinks.touch(parent)
+        ):
+            return False
+        assert known is not None
+        self.creates.rename(p, new_name)
+        self.cache.forget(parent, name)
+        self.cache.learn(parent, new_name, p.oid, known[1])
+        return True
 
     def cancel(self, oid: int) -> None:
         """Drop ``oid``'s create and its file (:meth:`cancellable`): neither the create nor
