@@ -76,7 +76,9 @@ def test_two_clients_create_truncate_unlink_one_name(tmp_path: Path, seed: int) 
     run(tmp_path, body, seed=seed)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+)
 def test_two_clients_creating_and_removing_their_own_names_lose_nothing(
     tmp_path: Path, seed: int
 ) -> None:

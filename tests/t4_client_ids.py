@@ -40,6 +40,7 @@ def remove_entry_by_hand(config: Path, name: str) -> None:
     config.write_text(text.replace(mine[0] + "\n\n", "", 1))
 
 
+@pytest.mark.slow
 def test_removing_a_client_keeps_every_other_identity(tmp_path: Path) -> None:
     home = tmp_path / "c"
     with ProcessCluster(home, clients=3, durable=False, map_size=1 << 28) as pc:

@@ -89,6 +89,7 @@ def unmount_and_wait(config: Any, mnt: Path, cmd: list[str]) -> None:
     assert control.mounted_fuse(mnt.resolve()) is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.getuid() != 0, reason="mount(8) with a helper in /sbin needs root")
 def test_mount8_fstab_and_read_only(tmp_path: Path) -> None:
     with ProcessCluster(tmp_path / "c", map_size=1 << 28, durable=False) as pc:
