@@ -12,6 +12,7 @@ that a read of their moment says "reclaimed".  The walk stops where fewer than
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from bftfs.net.errors import TransportError
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.classify import QUThresholds
+from bftfs.qu.history import ReplicaHistory
 from bftfs.qu.messages import MessageError
 from bftfs.qu.past import (
     KIND_STATES,
@@ -37,7 +39,16 @@ from bftfs.qu.past import (
     states_request,
     versions_request,
 )
-from bftfs.qu.pastmany import KIND_CHAINS, ChainsAsk, ChainsReply, parse_chains_reply
+from bftfs.qu.pastmany import (
+    KIND_CHAINS,
+    KIND_STARTS,
+    ChainsAsk,
+    ChainsReply,
+    established_start,
+    parse_chains_reply,
+    parse_starts_reply,
+    starts_request,
+)
 from bftfs.qu.timestamp import ZERO, Timestamp
 
 #: Seconds a history round waits for servers beyond a quorum.
@@ -87,6 +98,9 @@ class PastReader:
         self.th = th
         self.nodes = [NodeId(s) for s in range(th.n)]
         self.rounds = 0
+        #: ``qu.starts`` rounds, and the objects they settled.
+        self.start_rounds = 0
+        self.started = 0
         #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
         self.fetches = 0
         self.offered_taken = 0
@@ -122,6 +136,39 @@ class PastReader:
                     f"object {oid}: history from {len(pages)} servers, need {self.th.b + 1}"
                 ) from None
         return pages
+
+    async def starts(self, oids: Sequence[int]) -> dict[int, Timestamp]:
+        """One ``qu.starts`` round for ``oids`` (distinct; at most
+        :data:`~bftfs.qu.pastmany.MAX_OBJECTS`): the established version of each object a
+        quorum's replica histories show (:func:`~bftfs.qu.pastmany.established_start`),
+        for the objects they settle; the others are left out (also all of them when fewer
+        than a quorum answer in time)."""
+        self.start_rounds += 1
+        got: dict[int, list[ReplicaHistory]] = {}
+
+        def accept(node: NodeId, raw: Any) -> bool:
+            try:
+                got[node] = parse_starts_reply(raw, len(oids))
+            except MessageError:
+                return False
+            return True
+
+        with contextlib.suppress(QuorumUnavailable):  # then nothing settles: asked alone
+            await self.endpoint.quorum_call(
+                self.nodes,
+                KIND_STARTS,
+                starts_request(oids),
+                enough=lambda r: len(r) >= self.th.q,
+                accept=accept,
+                timeout=ROUND_TIMEOUT,
+            )
+        out: dict[int, Timestamp] = {}
+        for i, oid in enumerate(oids):
+            lt = established_start(oid, {node: rhs[i] for node, rhs in got.items()}, self.th)
+            if lt is not None:
+                out[oid] = lt
+        self.started += len(out)
+        return out
 
     async def chains(
         self,
