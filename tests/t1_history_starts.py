@@ -125,8 +125,16 @@ def test_the_server_answers_its_stored_history_of_each_object() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [None, {}, {"o": []}, {"o": [1] * 2}, {"o": [0]}, {"o": [-1]}, {"o": "1"},
-     {"o": list(range(1, MAX_OBJECTS + 2))}],  # fmt: skip
+    [
+        None,
+        {},
+        {"o": []},
+        {"o": [1] * 2},
+        {"o": [0]},
+        {"o": [-1]},
+        {"o": "1"},
+        {"o": list(range(1, MAX_OBJECTS + 2))},
+    ],  # fmt: skip
 )
 def test_a_malformed_request_is_refused(body: object) -> None:
     with pytest.raises(MessageError):
