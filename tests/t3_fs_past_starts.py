@@ -116,3 +116,48 @@ async def test_a_liar_about_its_histories_never_moves_where_a_walk_starts(
             below = {v.oid for tree in want for rel, v in tree.items() if rel}
             assert reader.reader.started == counts["walks seeded"] >= len(below) > 16, counts
             assert counts["start queries"] == 0 and counts["starts alone"] == 1, counts
+
+
+async def test_a_history_round_waits_longer_for_slow_nodes_instead_of_giving_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 36: on a loaded machine a round that asks every node for a version's time
+    heard from fewer than ``2b + 1`` in :data:`ROUND_TIMEOUT` and the command ended "cannot
+    be told".  Here four of six nodes answer the reader only after 1.5 timeouts: the
+    version current at the moment is still found (the slow nodes asked again, more
+    patiently, and the reader told of it); with one try it is :class:`Undecided`."""
+    from bftfs.fs.past import Undecided
+    from bftfs.ids import client_id
+    from bftfs.qu import pastread
+    from bftfs.qu.pastread import HistoryUnavailable
+
+    monkeypatch.setattr(pastread, "ROUND_TIMEOUT", 1.0)
+    async with (
+        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
+        AsyncExitStack() as stack,
+    ):
+        cfg = cluster.config
+        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
+        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(6))
+        th = QUThresholds.from_config(cfg)
+        fh, attrs = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
+        await fs.write(fh, 0, b"first")
+        await fs.release(fh)
+        moment = time.time_ns()
+        fh, _ = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR | os.O_TRUNC)
+        await fs.write(fh, 0, b"second")
+        await fs.release(fh)
+        for k in range(2, 6):
+            cluster.faults[k].link(int(client_id(1))).delay(1.5)
+        told: list[str] = []
+        reader = PastReader(cluster.client(1), th)
+        reader.on_wait = told.append
+        past = Past(qu_client(cluster, 1), reader, rw, BS)
+        got = await past.state_at(attrs.ino, moment)
+        assert got is not None and got.state is not None and got.state.get("i") == b"first"
+        assert reader.waits >= 1 and told and "waiting up to" in told[0], told
+        monkeypatch.setattr(pastread, "TRIES", 1)
+        with pytest.raises((Undecided, HistoryUnavailable)):  # "cannot be told" (or worse)
+            await Past(qu_client(cluster, 1), PastReader(cluster.client(1), th), rw, BS).state_at(
+                attrs.ino, moment
+            )

@@ -243,9 +243,10 @@ class Past:
         return (
             f"history: {r.rounds} chain rounds, {r.start_rounds} start rounds settling "
             f"{r.started} objects, {self.qu.statistics().rounds} Q/U rounds, "
-            f"{r.fetches} state requests, {r.offered_taken} states offered and taken, "
-            f"{getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} "
-            "objects; " + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+            f"{r.fetches} state requests, {r.offered_taken} states offered and taken, {r.waits} "
+            f"longer waits for slow nodes, "
+            f"{getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} objects; "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
         )
 
     async def history(self, oid: int) -> ObjectHistory:
@@ -484,8 +485,7 @@ class Past:
         self._seeds.update(seeds)
 
     async def _walk(self, oid: int, until_ns: int | None = None) -> tuple[Walk, Seed | None]:
-        """The walk of ``oid``'s chain (back to ``until_ns``), from what :meth:`_prefetch`
-        brought for it if anything (the seed: its offered states go to ``states``)."""
+        """The walk of ``oid`` (back to ``until_ns``) from what :meth:`_prefetch` brought."""
         seed = self._seeds.pop(oid, None)
         start = seed.start if seed is not None else await self._start(oid)
         self._counts["walks seeded" if seed is not None else "walks alone"] += 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,9 @@ from bftfs.qu.timestamp import ZERO, Timestamp
 
 #: Seconds a history round waits for servers beyond a quorum.
 ROUND_TIMEOUT = 5.0
+#: Tries of a ``qu.versions`` round for servers that are slow to answer, each twice as
+#: patient as the one before (5, 10, 20 s).
+TRIES = 3
 
 
 class End(enum.Enum):
@@ -101,6 +104,11 @@ class PastReader:
         #: ``qu.starts`` rounds, and the objects they settled.
         self.start_rounds = 0
         self.started = 0
+        #: Tries of a round that waited longer for slow servers; servers that never
+        #: answered a round's tries (not waited for again); told of each wait.
+        self.waits = 0
+        self.silent: set[int] = set()
+        self.on_wait: Callable[[str], None] | None = None
         #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
         self.fetches = 0
         self.offered_taken = 0
@@ -109,7 +117,13 @@ class PastReader:
         self, oid: int, start: Timestamp, *, everyone: bool
     ) -> dict[int, list[ChainEntry]]:
         """One ``qu.versions`` round: each answering server's chain page from ``start``
-        (a quorum of them, or every server that answers in time if ``everyone``)."""
+        (a quorum of them, or every server if ``everyone``).
+
+        Servers that did not answer in :data:`ROUND_TIMEOUT` (neither replied nor failed:
+        slow, on a loaded machine) are asked again, each try twice as patient, up to
+        :data:`TRIES` tries (``on_wait`` is told): with too few reports a version's time
+        is unknown and the command ends "cannot be told" (issue 36).  A server that never
+        answered a whole round's tries is not waited for again by this reader."""
         self.rounds += 1
         pages: dict[int, list[ChainEntry]] = {}
 
@@ -121,20 +135,38 @@ class PastReader:
             return True
 
         need = self.th.n if everyone else self.th.q
-        try:
-            await self.endpoint.quorum_call(
-                self.nodes,
-                KIND_VERSIONS,
-                versions_request(oid, start),
-                enough=lambda r: len(r) >= need,
-                accept=accept,
-                timeout=ROUND_TIMEOUT,
+        ask, timeout = self.nodes, ROUND_TIMEOUT
+        for attempt in range(TRIES):
+            try:
+                await self.endpoint.quorum_call(
+                    ask,
+                    KIND_VERSIONS,
+                    versions_request(oid, start),
+                    enough=lambda r: len(pages) >= need,
+                    accept=accept,
+                    timeout=timeout,
+                )
+                break
+            except QuorumUnavailable as e:
+                slow = [s for s in ask if s not in pages and s not in e.result.errors]
+                if attempt == TRIES - 1:
+                    self.silent.update(slow)
+                slow = [s for s in slow if s not in self.silent]
+                if not slow:
+                    break
+                self.waits += 1
+                timeout *= 2
+                if self.on_wait is not None:
+                    self.on_wait(
+                        f"object {oid:#x}: {len(pages)} of {self.th.n} nodes answered a "
+                        f"history round; waiting up to {timeout:.0f} s more for nodes "
+                        + ", ".join(map(str, slow))
+                    )
+                ask = slow
+        if len(pages) < self.th.b + 1:
+            raise HistoryUnavailable(
+                f"object {oid}: history from {len(pages)} servers, need {self.th.b + 1}"
             )
-        except QuorumUnavailable:
-            if len(pages) < self.th.b + 1:
-                raise HistoryUnavailable(
-                    f"object {oid}: history from {len(pages)} servers, need {self.th.b + 1}"
-                ) from None
         return pages
 
     async def starts(self, oids: Sequence[int]) -> dict[int, Timestamp]:
