@@ -12,7 +12,6 @@ that a read of their moment says "reclaimed".  The walk stops where fewer than
 
 from __future__ import annotations
 
-import contextlib
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +108,8 @@ class PastReader:
         self.waits = 0
         self.silent: set[int] = set()
         self.on_wait: Callable[[str], None] | None = None
+        #: Nodes that let a ``qu.starts`` round time out: later rounds do not wait for them.
+        self._unanswered: set[int] = set()
         #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
         self.fetches = 0
         self.offered_taken = 0
@@ -171,12 +172,17 @@ class PastReader:
 
     async def starts(self, oids: Sequence[int]) -> dict[int, Timestamp]:
         """One ``qu.starts`` round for ``oids`` (distinct; at most
-        :data:`~bftfs.qu.pastmany.MAX_OBJECTS`): the established version of each object a
-        quorum's replica histories show (:func:`~bftfs.qu.pastmany.established_start`),
-        for the objects they settle; the others are left out (also all of them when fewer
-        than a quorum answer in time)."""
+        :data:`~bftfs.qu.pastmany.MAX_OBJECTS`): the established version of each object
+        the replica histories of a quorum show (:func:`~bftfs.qu.pastmany.established_start`),
+        for the objects they settle; the others are left out (all of them when fewer than
+        a quorum answer in time).
+
+        An update returns once a quorum took it, so the node left out of the quorum that
+        answered first may be the one holding it: objects still unsettled wait for the
+        other nodes (not for one that once let a round time out)."""
         self.start_rounds += 1
         got: dict[int, list[ReplicaHistory]] = {}
+        settled: dict[int, Timestamp] = {}
 
         def accept(node: NodeId, raw: Any) -> bool:
             try:
@@ -185,22 +191,32 @@ class PastReader:
                 return False
             return True
 
-        with contextlib.suppress(QuorumUnavailable):  # then nothing settles: asked alone
+        def decide() -> bool:
+            """Settle what the replies so far settle; whether to stop waiting."""
+            if len(got) < self.th.q:
+                return False
+            for i, oid in enumerate(oids):  # a decision on a quorum's reports stands
+                if oid not in settled:
+                    lt = established_start(oid, {s: rhs[i] for s, rhs in got.items()}, self.th)
+                    if lt is not None:
+                        settled[oid] = lt
+            waiting = set(self.nodes) - got.keys() - self._unanswered
+            return len(settled) == len(oids) or not waiting
+
+        try:
             await self.endpoint.quorum_call(
                 self.nodes,
                 KIND_STARTS,
                 starts_request(oids),
-                enough=lambda r: len(r) >= self.th.q,
+                enough=lambda r: decide(),
                 accept=accept,
                 timeout=ROUND_TIMEOUT,
             )
-        out: dict[int, Timestamp] = {}
-        for i, oid in enumerate(oids):
-            lt = established_start(oid, {node: rhs[i] for node, rhs in got.items()}, self.th)
-            if lt is not None:
-                out[oid] = lt
-        self.started += len(out)
-        return out
+        except QuorumUnavailable as e:  # (fewer than a quorum: nothing settles)
+            self._unanswered |= set(self.nodes) - got.keys() - e.result.errors.keys()
+            decide()
+        self.started += len(settled)
+        return settled
 
     async def chains(
         self,
