@@ -207,7 +207,7 @@ class Past:
         #: Established versions read for several objects at once (:meth:`_read_starts`),
         #: each taken by the first walk of its object.
         self._starts: dict[int, Timestamp] = {}
-        #: What :meth:`_prefetch` brought for walks not yet begun (object -> seed).
+        #: What :meth:`_prefetch` brought for the walks of one :meth:`trees` (object -> seed).
         self._seeds: dict[int, Seed] = {}
         #: How the reads went (starts with siblings or alone, rounds), for statistics().
         self._counts: collections.Counter[str] = collections.Counter()
@@ -244,9 +244,8 @@ class Past:
             f"history: {r.rounds} chain rounds, {r.start_rounds} start rounds settling "
             f"{r.started} objects, {self.qu.statistics().rounds} Q/U rounds, "
             f"{r.fetches} state requests, {r.offered_taken} states offered and taken, {r.waits} "
-            f"longer waits for slow nodes, "
-            f"{getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} objects; "
-            + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+            f"longer waits, {getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} "
+            "objects; " + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
         )
 
     async def history(self, oid: int) -> ObjectHistory:
@@ -428,6 +427,7 @@ class Past:
                 nursery.start_soon(visit, "", oid, tuple(at), nursery)
         for i, top in enumerate(tops):
             found[i].setdefault("", top)
+        self._seeds.clear()
         return [_parents_first(f) for f in found]
 
     async def _start(self, oid: int) -> Timestamp:
@@ -486,7 +486,7 @@ class Past:
 
     async def _walk(self, oid: int, until_ns: int | None = None) -> tuple[Walk, Seed | None]:
         """The walk of ``oid`` (back to ``until_ns``) from what :meth:`_prefetch` brought."""
-        seed = self._seeds.pop(oid, None)
+        seed = self._seeds.get(oid)  # (kept: an object renamed is visited under each name)
         start = seed.start if seed is not None else await self._start(oid)
         self._counts["walks seeded" if seed is not None else "walks alone"] += 1
         return await self.reader.walk(oid, start, until_ns=until_ns, seed=seed), seed

@@ -108,7 +108,8 @@ class PastReader:
         self.waits = 0
         self.silent: set[int] = set()
         self.on_wait: Callable[[str], None] | None = None
-        #: Nodes that let a ``qu.starts`` round time out: later rounds do not wait for them.
+        #: Nodes that let a ``qu.starts`` or ``qu.chains`` round time out: later rounds do
+        #: not wait for them beyond a quorum.
         self._unanswered: set[int] = set()
         #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
         self.fetches = 0
@@ -230,8 +231,10 @@ class PastReader:
         :data:`~bftfs.qu.pastmany.MAX_OBJECTS`): each object's pages from a quorum of
         servers, and the states of the versions current at ``moments`` (every version's if
         ``all_states``) offered by one server each (the ``i``-th object's by server ``i mod
-        n``: object ids need not spread evenly).
-        Walks take them up with :meth:`walk`'s ``seed``.
+        n``: object ids need not spread evenly).  Walks take them up with :meth:`walk`'s
+        ``seed``.  The round waits past a quorum for every server but those that once let
+        a round time out: each offers a sixth of the states (a state not taken costs a
+        ``qu.states`` request), and a sixth page settles more walks.
 
         Raises:
             HistoryUnavailable: fewer than ``b + 1`` servers answered.
@@ -253,16 +256,20 @@ class PastReader:
                 return False
             return True
 
+        def enough() -> bool:
+            return len(got) >= self.th.q and not set(self.nodes) - got.keys() - self._unanswered
+
         try:
             await self.endpoint.quorum_call(
                 self.nodes,
                 KIND_CHAINS,
                 payload,
-                enough=lambda r: len(r) >= self.th.q,
+                enough=lambda r: enough(),
                 accept=accept,
                 timeout=ROUND_TIMEOUT,
             )
-        except QuorumUnavailable:
+        except QuorumUnavailable as e:
+            self._unanswered |= set(self.nodes) - got.keys() - e.result.errors.keys()
             if len(got) < self.th.b + 1:
                 raise HistoryUnavailable(
                     f"histories of {len(objs)} objects from {len(got)} servers, "
