@@ -18,8 +18,12 @@ read-only ones ``--runs`` times, the median) with absolute times ``@T0``/``@T1``
 - ``bftfs restore fs:/tree --at @T0 --to MNT/restored`` (into the mount, as a user would),
   then checks the restored tree byte for byte against what was written before T0;
 - ``bftfs revert MNT/tree --client client0 --since @T0`` (every change after T0 was
-  client0's: the tree goes back to T0, checked byte for byte);
-- ``cp -a`` of the restored tree to another directory of the mount, for comparison.
+  client0's: the tree goes back to T0, checked byte for byte).
+
+``--before DIR`` times every command also with the package in DIR (another version's
+client, e.g. ``git archive`` of main), on the same cluster in the same run: the read-only
+commands alternate between the two, each restores to a directory of its own, and each
+reverts a tree of its own (a second tree, ``tree-before``, is written and changed alike).
 
 Each command run is reported with its CPU seconds, the nodes' CPU seconds, the requests
 the nodes served by kind and the history reads' statistics (the commands log them at
@@ -31,6 +35,7 @@ Output is not a terminal, so the commands print no progress.  Usage::
 
     .venv/bin/python benchmarks/history_tree.py               # 1000 files
     .venv/bin/python benchmarks/history_tree.py --files 300
+    .venv/bin/python benchmarks/history_tree.py --before /tmp/main --json FILE
 """
 
 from __future__ import annotations
@@ -98,8 +103,9 @@ def _bftfs(
     config: Path, *args: str, pc: ProcessCluster | None = None, code: str | None = None
 ) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     """Seconds one ``bftfs`` command took, and what it printed (profiled, the first run of
-    each command, with ``--profile`` or ``--pyspy``); its :class:`Cost` goes to COSTS."""
-    name = f"{args[0]}{'-dry' if '--dry-run' in args else ''}"
+    each command, with ``--profile`` or ``--pyspy``); its :class:`Cost` goes to COSTS
+    (named ``COMMAND@before`` when run with the package in ``code``)."""
+    name = f"{args[0]}{'-dry' if '--dry-run' in args else ''}{'' if code is None else '@before'}"
     cmd = [sys.executable, "-c", _RUNNER, *args, "--config", str(config)]
     spies: list[subprocess.Popen[bytes]] = []
     if PROFILE:
@@ -231,15 +237,25 @@ def _settle(pc: ProcessCluster, deadline_s: float = 180.0) -> float:
 
 
 def _timed(
-    config: Path, pc: ProcessCluster, runs: int, *args: str
-) -> tuple[float, list[float], bytes]:
-    """Median seconds of ``runs`` runs of a read-only command, all runs, its output."""
-    took, out = [], b""
-    for _ in range(runs):
-        s, done = _bftfs(config, *args, pc=pc)
-        took.append(s)
-        out = done.stdout
-    return statistics.median(took), took, out
+    config: Path, pc: ProcessCluster, runs: int, codes: list[str | None], *args: str
+) -> dict[str | None, tuple[list[float], bytes, list[str]]]:
+    """Per code (None: this package; a directory: ``--before``'s), the seconds of each of
+    ``runs`` runs of a read-only command that succeeded, its output and why the others
+    failed.  With two codes the runs alternate, the first of each pair changing from run
+    to run, so that both meet the same machine."""
+    took: dict[str | None, list[float]] = {c: [] for c in codes}
+    out: dict[str | None, bytes] = dict.fromkeys(codes, b"")
+    failed: dict[str | None, list[str]] = {c: [] for c in codes}
+    for i in range(runs):
+        for code in codes if i % 2 == 0 else codes[::-1]:
+            try:
+                s, done = _bftfs(config, *args, pc=pc, code=code)
+            except SystemExit as e:  # (under load, a history round may miss nodes: exit 7)
+                failed[code].append(str(e).strip().splitlines()[-1])
+                continue
+            took[code].append(s)
+            out[code] = done.stdout
+    return {c: (took[c], out[c], failed[c]) for c in codes}
 
 
 def _compare(
@@ -277,6 +293,21 @@ def _same_tree(root: Path, want: dict[str, bytes]) -> bool:
     return got == want
 
 
+def _build_draws(rng: random.Random, files: int) -> None:
+    """Draw what :func:`_build` draws, so that a second tree's changes are the first's."""
+    for _ in range(files):
+        rng.randbytes(rng.randint(100, 20_000))
+
+
+def _what(key: str, out: bytes) -> str:
+    """What a read-only command's output says, in a few words."""
+    if key == "changes":
+        return f"{len(json.loads(out)['changes'])} changes"
+    if key == "diff":
+        return f"{len(out.splitlines())} lines"
+    return [x for x in out.decode().splitlines() if x.endswith("conflicts")][-1]
+
+
 def _show(median: float, runs: list[float]) -> str:
     return f"{median:.1f} s (median of {', '.join(f'{s:.1f}' for s in runs)})"
 
@@ -295,97 +326,105 @@ def main(argv: list[str] | None = None) -> int:
         help="also run diff and changes with the bftfs package in DIR (another version's "
         "client, e.g. a git archive of main) and check that they print the same",
     )
+    ap.add_argument(
+        "--before",
+        metavar="DIR",
+        help="time every command also with the bftfs package in DIR (e.g. a git archive of "
+        "main), alternating with this package's on the same cluster; a second tree is "
+        "written for the second revert",
+    )
     args = ap.parse_args(argv)
+    # Stopped (a background job ignores SIGINT): the cluster and mount are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     if args.profile:
         PROFILE.append(Path(args.profile))
         PROFILE[0].mkdir(parents=True, exist_ok=True)
     if args.pyspy:
         PYSPY.append(Path(args.pyspy))
         PYSPY[0].mkdir(parents=True, exist_ok=True)
+    before_code = str(Path(args.before).resolve()) if args.before else None
+    codes: list[str | None] = [before_code, None] if before_code else [None]
     figures: dict[str, object] = {"files": args.files, "seed": args.seed, "runs": args.runs}
-    rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bftfs-histtree-", dir="/var/tmp") as tmp:
         home = Path(tmp) / "c"
         keep = RetentionPolicy(keep_seconds=86400.0, keep_versions=2)
         with ProcessCluster(home, durable=False, retention=keep) as pc:
             config = home / "cluster.toml"
             with Mount(pc.config, Path(tmp) / "mnt", client="client0") as m:
-                tree = m.mountpoint / "tree"
+                # One tree per code for the reverts (each reverts its own), written and
+                # changed alike (the same seed).
+                trees = {c: m.mountpoint / ("tree" if c is None else "tree-before") for c in codes}
                 t0 = time.perf_counter()
-                before = _build(tree, args.files, rng)
-                print(f"wrote {args.files} files in {time.perf_counter() - t0:.1f} s")
+                before = {c: _build(trees[c], args.files, random.Random(args.seed)) for c in codes}
+                print(
+                    f"wrote {args.files} files x {len(codes)} in {time.perf_counter() - t0:.1f} s"
+                )
                 time.sleep(1.0)  # T0 lies clearly between the two phases' versions
                 t0_ns = time.time_ns()
                 time.sleep(1.0)
-                changed = _change(tree, before, rng)
+                for c in codes:
+                    rng = random.Random(args.seed)
+                    _build_draws(rng, args.files)
+                    changed = _change(trees[c], before[c], rng)
                 time.sleep(1.0)
                 t1_ns = time.time_ns()
                 at0, at1 = f"@{t0_ns / 1e9:.6f}", f"@{t1_ns / 1e9:.6f}"
                 print(f"nodes settled after {_settle(pc):.0f} s")
                 figures["load_average"] = os.getloadavg()[0]
                 print(f"load average (the machine's): {figures['load_average']:.1f}")
-                runs = args.runs
-                try:
-                    med, all_s, out = _timed(
-                        config, pc, runs, "diff", "fs:/tree", "--from", at0, "--to", at1
-                    )
-                    lines = len(out.splitlines())
-                    print(f"bftfs diff: {_show(med, all_s)} ({lines} lines; {changed} changed)")
-                    figures["diff_s"] = all_s
-                except SystemExit as e:
-                    print(f"bftfs diff: {e}")
-                    figures["diff_failed"] = str(e)
-                try:
-                    med, all_s, out = _timed(
-                        config, pc, runs, "changes", "fs:/tree", "--since", at0, "--until", at1,
-                        "--json",
-                    )  # fmt: skip
-                    rows = len(json.loads(out)["changes"])
-                    print(f"bftfs changes: {_show(med, all_s)} ({rows} changes)")
-                    figures["changes_s"] = all_s
-                except SystemExit as e:
-                    print(f"bftfs changes: {e}")
-                    figures["changes_failed"] = str(e)
-                try:  # (under load, a history round may miss nodes: exit 7, "cannot be told")
-                    med, all_s, out = _timed(
-                        config, pc, runs, "revert", str(tree), "--client", "client0", "--since",
-                        at0, "--dry-run",
-                    )  # fmt: skip
-                    steps = [x for x in out.decode().splitlines() if x.endswith("conflicts")]
-                    print(f"bftfs revert --dry-run: {_show(med, all_s)} ({steps[-1]})")
-                    figures["revert_dry_run_s"] = all_s
-                except SystemExit as e:
-                    print(f"bftfs revert --dry-run: {e}")
-                    figures["revert_dry_run_failed"] = str(e)
+                tree, want = trees[None], before[None]
+                reads = {
+                    "diff": ("diff", "fs:/tree", "--from", at0, "--to", at1),
+                    "changes": ("changes", "fs:/tree", "--since", at0, "--until", at1, "--json"),
+                    "revert_dry_run": (
+                        "revert", str(tree), "--client", "client0", "--since", at0, "--dry-run",
+                    ),
+                }  # fmt: skip
+                for key, cmd in reads.items():
+                    got = _timed(config, pc, args.runs, codes, *cmd)
+                    for code, (all_s, out, failed) in got.items():
+                        label = "" if code is None else "_before"
+                        figures[f"{key}{label}_s"] = all_s
+                        if failed:
+                            figures[f"{key}{label}_failed"] = failed
+                            print(f"bftfs {key}{label}: {len(failed)} runs failed: {failed[-1]}")
+                        if all_s:
+                            med = statistics.median(all_s)
+                            print(f"bftfs {key}{label}: {_show(med, all_s)} ({_what(key, out)})")
+                    if key == "diff":
+                        print(f"({changed} paths changed)")
                 if args.compare:
                     figures["same_output_as_compared"] = _compare(config, pc, at0, at1, args)
-                dest = m.mountpoint / "restored"
-                cpu0 = _nodes_cpu(pc)
-                took, out = _bftfs(
-                    config, "restore", "fs:/tree", "--at", at0, "--to", str(dest), pc=pc
-                )
-                figures["restore_nodes_cpu_s"] = round(_nodes_cpu(pc) - cpu0, 2)
-                print(f"nodes' CPU during the restore: {figures['restore_nodes_cpu_s']} s")
-                same = _same_tree(dest, before)
-                print(f"bftfs restore: {took:.1f} s ({out.stdout.decode().strip()})")
-                figures["restore_s"] = took
-                print(f"restored tree identical to the tree at T0: {same}")
-                if not same:
-                    return 1
-                took, out = _bftfs(
-                    config, "revert", str(tree), "--client", "client0", "--since", at0, pc=pc
-                )
-                same = _same_tree(tree, before)
-                summary = out.stdout.decode().strip().splitlines()[-1]
-                print(f"bftfs revert: {took:.1f} s ({summary})")
-                figures["revert_s"] = took
-                print(f"reverted tree identical to the tree at T0: {same}")
-                if not same:
-                    return 1
-                t0 = time.perf_counter()
-                subprocess.run(["cp", "-a", str(dest), str(m.mountpoint / "copy")], check=True)
-                figures["cp_a_s"] = time.perf_counter() - t0
-                print(f"cp -a of the restored tree, in the mount: {figures['cp_a_s']:.1f} s")
+                for code in codes:
+                    label = "" if code is None else "_before"
+                    dest = m.mountpoint / f"restored{label}"
+                    cpu0 = _nodes_cpu(pc)
+                    took, done = _bftfs(
+                        config, "restore", "fs:/tree", "--at", at0, "--to", str(dest), pc=pc,
+                        code=code,
+                    )  # fmt: skip
+                    figures[f"restore{label}_nodes_cpu_s"] = round(_nodes_cpu(pc) - cpu0, 2)
+                    same = _same_tree(dest, want)
+                    print(f"bftfs restore{label}: {took:.1f} s ({done.stdout.decode().strip()})")
+                    figures[f"restore{label}_s"] = took
+                    print(f"restored tree identical to the tree at T0: {same}")
+                    if not same:
+                        return 1
+                for code in codes[::-1]:
+                    label = "" if code is None else "_before"
+                    took, done = _bftfs(
+                        config, "revert", str(trees[code]), "--client", "client0", "--since",
+                        at0, pc=pc, code=code,
+                    )  # fmt: skip
+                    same = _same_tree(trees[code], before[code])
+                    summary = done.stdout.decode().strip().splitlines()[-1]
+                    print(f"bftfs revert{label}: {took:.1f} s ({summary})")
+                    figures[f"revert{label}_s"] = took
+                    print(f"reverted tree identical to the tree at T0: {same}")
+                    if not same:
+                        return 1
+                figures["load_average_end"] = os.getloadavg()[0]
+                print(f"load average at the end: {figures['load_average_end']:.1f}")
     figures["costs"] = [[name, asdict(c)] for name, c in COSTS]
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")

@@ -167,11 +167,11 @@ def _shape(tree: dict[str, Any]) -> list[tuple[str, int, bytes]]:
 async def test_trees_at_several_moments_read_concurrently_match_one_walk_per_moment(
     tmp_path: Path,
 ) -> None:
-    """Issue 36: :meth:`Past.trees` reads each object once for every moment, up to
-    PARALLEL objects at a time; its trees must be exactly the trees read one object at a
-    time at each moment (same paths in the same parents-first order, same versions),
-    through renames, removals, a directory replaced by a file of the same name and
-    rewritten files; and with ``whole`` it leaves each object's history at hand."""
+    """Issue 36: :meth:`Past.trees` reads each object once for every moment, its batches
+    (a directory's entries) up to PARALLEL at a time; its trees must be exactly the trees
+    read one object at a time at each moment (same paths in the same parents-first order,
+    same versions), through renames, removals, a directory replaced by a file of the same
+    name and rewritten files; and with ``whole`` it leaves each object's history at hand."""
     from bftfs.fs import past as pastmod
 
     async with (
@@ -211,20 +211,20 @@ async def test_trees_at_several_moments_read_concurrently_match_one_walk_per_mom
 
         want = [_shape(await _reference_tree(past(), "/t", m)) for m in moments]
         active, most = [0], [0]
-        at_moments = pastmod.Past._at_moments
+        prefetch = pastmod.Past._prefetch
 
         async def counted(self: Past, *args: Any) -> Any:
             active[0] += 1
             most[0] = max(most[0], active[0])
             try:
-                return await at_moments(self, *args)
+                return await prefetch(self, *args)
             finally:
                 active[0] -= 1
 
         reports: list[tuple[int, int]] = []
         reader = past()
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(pastmod.Past, "_at_moments", counted)
+            mp.setattr(pastmod.Past, "_prefetch", counted)
             got = await reader.trees("/t", moments, progress=lambda d, k: reports.append((d, k)))
         assert [_shape(t) for t in got] == want
         assert 1 < most[0] <= pastmod.PARALLEL, most

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bftfs.cli.common import cluster_of, human, with_cluster
 from bftfs.cli.progress import progress
-from bftfs.cli.restore import cmd_restore, cmd_revert
+from bftfs.cli.restore import cmd_restore, cmd_revert, patient
 from bftfs.cli.when import (
     WhenError,
     author_of,
@@ -155,7 +155,7 @@ def cmd_diff(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     end = parse_when(args.to, now_ns) if args.to is not None else now_ns
 
     async def run(past: Any) -> list[str]:
-        lo = await resolve_moment(past, path, start, now_ns)
+        lo = await resolve_moment(patient(past), path, start, now_ns)
         hi = await resolve_moment(past, path, end, now_ns)
         with progress(f"reading {path} at both moments") as update:
             old, new = await past.trees(path, [lo, hi], progress=update)
@@ -208,7 +208,7 @@ def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
 
     async def run(past: Any) -> list[Any]:
         with progress(f"reading the history of {path}") as update:
-            got = await range_trees(past, path, since, until, now_ns, update)
+            got = await range_trees(patient(past), path, since, until, now_ns, update)
         lo, hi, before, after, histories = got
         return changes_in(before, after, histories, since_ns=lo, until_ns=hi)
 

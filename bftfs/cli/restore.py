@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import stat as st
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,17 @@ from bftfs.cli.when import (
     with_past,
 )
 from bftfs.config import ClusterConfig
+
+
+def patient(past: Any) -> Any:
+    """``past`` with each longer wait of its history reads for slow nodes told on
+    standard error (a loaded cluster: the command is waiting, not stuck); returned."""
+
+    def tell(msg: str) -> None:
+        print(f"bftfs: {msg}", file=sys.stderr, flush=True)
+
+    past.reader.on_wait = tell
+    return past
 
 
 def _local_target(arg: str, mountpoints: list[Path], to: str | None) -> Path:
@@ -265,7 +277,7 @@ def _to_local(path: str, when: Any, now_ns: int, dest: Path, args: argparse.Name
     cluster's mounts)."""
 
     async def run(past: Any) -> tuple[int, dict[str, int]]:
-        moment = await resolve_moment(past, path, when, now_ns)
+        moment = await resolve_moment(patient(past), path, when, now_ns)
         with progress(f"reading {path} as of {iso_time(moment)}") as update:
             (tree,) = await past.trees(path, [moment], progress=update)
         with progress(f"writing {dest}") as update:
@@ -282,7 +294,7 @@ def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.N
     from bftfs.fs.pastrestore import TreeWriter
 
     async def run(session: Any, past: Any) -> tuple[int, dict[str, int]]:
-        moment = await resolve_moment(past, path, when, now_ns)
+        moment = await resolve_moment(patient(past), path, when, now_ns)
         moments = [moment]
         if into == path:
             try:
@@ -322,7 +334,7 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
 
     async def run(past: Any) -> tuple[Any, int]:
         with progress(f"reading the history of {path}") as update:
-            got = await range_trees(past, path, since, None, now_ns, update)
+            got = await range_trees(patient(past), path, since, None, now_ns, update)
         lo, hi, before, after, histories = got
         plan = plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi)
         if args.dry_run:

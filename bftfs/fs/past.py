@@ -44,8 +44,10 @@ from bftfs.fs.pastchanges import gone as _gone
 from bftfs.fs.seal import Seal, SealedBlocks
 from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.dirents import all_entries
+from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.canon import unpack
 from bftfs.qu.client import QUClient
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.past import Agreed, current_at
 from bftfs.qu.pastmany import MAX_OBJECTS
 from bftfs.qu.pastread import End, HistoryUnavailable, PastReader, Seed, Walk
@@ -57,7 +59,8 @@ from bftfs.rw.messages import block_id
 #: busy while others answer, few enough not to queue a tree's worth of requests on them.
 PARALLEL = 16
 
-#: Objects whose walks' starts one Q/U query reads (the most a request may name).
+#: Objects whose walks' starts one Q/U query reads (the most a request may name), where
+#: a ``qu.starts`` round did not settle them.
 STARTS_AT_ONCE = 8
 
 #: Objects whose chains one ``qu.chains`` round reads (the most a request may name): a
@@ -204,7 +207,7 @@ class Past:
         #: Established versions read for several objects at once (:meth:`_read_starts`),
         #: each taken by the first walk of its object.
         self._starts: dict[int, Timestamp] = {}
-        #: What :meth:`_prefetch` brought for walks not yet begun (object -> seed).
+        #: What :meth:`_prefetch` brought for the walks of one :meth:`trees` (object -> seed).
         self._seeds: dict[int, Seed] = {}
         #: How the reads went (starts with siblings or alone, rounds), for statistics().
         self._counts: collections.Counter[str] = collections.Counter()
@@ -220,8 +223,6 @@ class Past:
         await self._snapshot({"op": "delete", "name": name})
 
     async def _snapshot(self, arg: dict[str, Any]) -> None:
-        from bftfs.qu.objects import MethodRefused
-
         try:
             await self.qu.update(SNAPSHOTS, "fs.snapshot", arg)
         except MethodRefused as e:
@@ -240,9 +241,10 @@ class Past:
         """What the history reads cost, for a log at unmount (and the history commands')."""
         r = self.reader
         return (
-            f"history: {r.rounds} chain rounds, {self.qu.statistics().rounds} Q/U rounds, "
-            f"{r.fetches} state requests, {r.offered_taken} states offered and taken, "
-            f"{getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} "
+            f"history: {r.rounds} chain rounds, {r.start_rounds} start rounds settling "
+            f"{r.started} objects, {self.qu.statistics().rounds} Q/U rounds, "
+            f"{r.fetches} state requests, {r.offered_taken} states offered and taken, {r.waits} "
+            f"longer waits, {getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} "
             "objects; " + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
         )
 
@@ -425,11 +427,11 @@ class Past:
                 nursery.start_soon(visit, "", oid, tuple(at), nursery)
         for i, top in enumerate(tops):
             found[i].setdefault("", top)
+        self._seeds.clear()
         return [_parents_first(f) for f in found]
 
     async def _start(self, oid: int) -> Timestamp:
-        """An established version of ``oid``, where a walk of its chain starts: one read
-        with its siblings (:meth:`_read_starts`), else a query of its own."""
+        """Where a walk of ``oid`` starts: as read with its siblings, else a query alone."""
         start = self._starts.pop(oid, None)
         self._counts["starts alone" if start is None else "starts with siblings"] += 1
         if start is None:
@@ -437,19 +439,22 @@ class Past:
         return start
 
     async def _read_starts(self, oids: Sequence[int]) -> None:
-        """Established versions of up to :data:`STARTS_AT_ONCE` objects from one Q/U query
-        (``fs.peekmany``, which answers for any object, leased to another client or not),
-        for their walks to start from.  Where it is refused or fails, each object's walk
-        asks on its own."""
-        from bftfs.qu.attempt import QUUnavailable
-        from bftfs.qu.objects import MethodRefused
-
+        """Where the walks of up to :data:`CHAINS_AT_ONCE` objects start: one ``qu.starts``
+        round (:meth:`PastReader.starts`), then Q/U queries of :data:`STARTS_AT_ONCE` of the
+        objects it did not settle (``fs.peekmany``: never refused, leased or not).  Where
+        one fails, each of its objects' walks asks on its own."""
         known = self._starts.keys() | self._histories.keys()
         todo = [o for o in dict.fromkeys(oids) if o not in known]
-        if not todo:
-            return
+        if todo:
+            self._starts.update(await self.reader.starts(todo))
+        rest = [o for o in todo if o not in self._starts]
+        async with trio.open_nursery() as nursery:
+            for i in range(0, len(rest), STARTS_AT_ONCE):
+                nursery.start_soon(self._peek_starts, rest[i : i + STARTS_AT_ONCE])
+
+    async def _peek_starts(self, oids: Sequence[int]) -> None:
         try:
-            _, starts = await self.qu.query_many_at(todo, "fs.peekmany")
+            _, starts = await self.qu.query_many_at(oids, "fs.peekmany")
         except (MethodRefused, QUUnavailable) as e:
             self._counts[f"start queries failed ({type(e).__name__})"] += 1
             return
@@ -458,14 +463,10 @@ class Past:
 
     async def _prefetch(self, oids: Sequence[int], moments: Sequence[int], whole: bool) -> None:
         """The walks of up to :data:`CHAINS_AT_ONCE` objects begun together: their starts
-        (:meth:`_read_starts`, :data:`STARTS_AT_ONCE` a query, the queries at once) and
-        one ``qu.chains`` round for all of them, with the states wanted at ``moments``
-        (all of them if ``whole``), kept for :meth:`_walk`.  Where the round fails each
-        walk asks on its own."""
+        and one ``qu.chains`` round, with the states wanted at ``moments`` (all if
+        ``whole``), kept for :meth:`_walk`.  Where the round fails each asks alone."""
         todo = [o for o in dict.fromkeys(oids) if o not in self._histories and o not in self._seeds]
-        async with trio.open_nursery() as nursery:
-            for i in range(0, len(todo), STARTS_AT_ONCE):
-                nursery.start_soon(self._read_starts, todo[i : i + STARTS_AT_ONCE])
+        await self._read_starts(todo)
         objs = [(o, self._starts.pop(o)) for o in todo if o in self._starts]
         if not objs:
             return
@@ -484,9 +485,8 @@ class Past:
         self._seeds.update(seeds)
 
     async def _walk(self, oid: int, until_ns: int | None = None) -> tuple[Walk, Seed | None]:
-        """The walk of ``oid``'s chain (back to ``until_ns``), from what :meth:`_prefetch`
-        brought for it if anything (the seed: its offered states go to ``states``)."""
-        seed = self._seeds.pop(oid, None)
+        """The walk of ``oid`` (back to ``until_ns``) from what :meth:`_prefetch` brought."""
+        seed = self._seeds.get(oid)  # (kept: an object renamed is visited under each name)
         start = seed.start if seed is not None else await self._start(oid)
         self._counts["walks seeded" if seed is not None else "walks alone"] += 1
         return await self.reader.walk(oid, start, until_ns=until_ns, seed=seed), seed

@@ -24,7 +24,8 @@ it from a node's parts, registers its methods and starts the background work
 - ``qu.sync``: object sync, host side; only other nodes may ask (L2240-2244).
 - ``qu.versions``, ``qu.states``: an object's past (its conditioned-on chain, states by
   timestamp) for history reads by any client (:mod:`bftfs.qu.past`); ``qu.chains``, the
-  same for many objects at once with states (:mod:`bftfs.qu.pastmany`).
+  same for many objects at once with states, and ``qu.starts``, many objects' histories for
+  where their walks start (:mod:`bftfs.qu.pastmany`).
 - ``qu.latest``: the newest timestamp of each object this node holds, a page at a time, in
   object-id order; only other nodes may ask (what a restarted node's catch-up compares).
 
@@ -228,6 +229,7 @@ class QUServer:
         node.register(past.KIND_VERSIONS, self.on_versions, inline=True)
         node.register(past.KIND_STATES, self.on_states, inline=True)
         node.register(pastmany.KIND_CHAINS, self.on_chains, inline=True)
+        node.register(pastmany.KIND_STARTS, self.on_starts, inline=True)
         batched = {
             KIND_REQUEST: self.on_request,
             KIND_HISTORY: self.on_history,
@@ -419,6 +421,13 @@ class QUServer:
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
         return self.store.read(lambda kv: pastmany.chains_step(kv, ask))
+
+    async def on_starts(self, ctx: RequestContext, payload: Any) -> Any:
+        try:
+            oids = pastmany.parse_starts_request(payload)
+        except MessageError as e:
+            raise HandlerError("bad-request", str(e)) from None
+        return self.store.read(lambda kv: pastmany.starts_step(kv, oids))
 
     def _fail(self, req: Request, why: str) -> Reply:
         rep = self.store.read(lambda kv: handle_history(kv, self.replica, req.objects))

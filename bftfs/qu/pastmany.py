@@ -36,16 +36,35 @@ enough (a page cut short, a time that needs every server).  A state is taken onl
 its hash is the agreed digest, as a ``qu.states`` answer is; a server that offers a wrong
 or no state costs a ``qu.states`` request to another holder, nothing else.  Batching
 changes how many reports travel per message, not which reports are believed.
+
+**Where the walks start: ``qu.starts``.**  A walk starts from an established version of
+its object.  One object's is the answer point of a Q/U query (``fs.peek``): two rounds for
+a client that has not seen the object, eight objects per query (``fs.peekmany``), so the
+starts of a thousand files were ~1 800 of the ~2 300 requests of a ``bftfs diff``.
+``qu.starts`` ``{"o": [oid, ...]}`` (up to :data:`MAX_OBJECTS`) answers this server's
+replica history of each object (``[rh, ...]``, as :func:`~bftfs.qu.history.rh_wire`), and
+the client classifies them itself (:func:`established_start`) by the rule a Q/U client
+applies to a query's replies (:func:`~bftfs.qu.classify.established_answer_point`, seed
+L2588-2595): the newest non-barrier candidate listed by ``q`` of a quorum of servers,
+with no newer candidate listed by ``r``.  Each server speaks only for its own history (an
+authenticated session; the authenticators that stop a client forging a server's history
+are not needed), ``b`` liars can list a candidate at most ``b < r`` times, and two quorums
+share ``r`` benign servers, so a liar can neither make an incomplete or invented version
+the start nor an established version older than the newest one: it can only keep an
+object from settling, which then starts with a query of its own.  The walk still believes
+each version only on ``b + 1`` digests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bftfs.kv import KV
 from bftfs.qu import schema
+from bftfs.qu.classify import QUThresholds, View, established_answer_point
+from bftfs.qu.history import HistoryError, OHSEntry, ReplicaHistory, rh_from_wire, rh_wire
 from bftfs.qu.messages import MessageError
 from bftfs.qu.past import (
     MAX_CHAIN,
@@ -57,6 +76,7 @@ from bftfs.qu.past import (
 from bftfs.qu.timestamp import Timestamp, TimestampError
 
 KIND_CHAINS = "qu.chains"
+KIND_STARTS = "qu.starts"
 #: Most objects one ``qu.chains`` request names.
 MAX_OBJECTS = 64
 #: Most moments one request names.
@@ -209,3 +229,58 @@ def parse_chains_reply(v: Any, starts: Sequence[Timestamp]) -> ChainsReply:
         out.pages.append(page)
         out.offered.append(offered)
     return out
+
+
+# Starts (``qu.starts``) ---------------------------------------------------------------------
+
+
+def starts_request(oids: Sequence[int]) -> dict[str, Any]:
+    return {"o": list(oids)}
+
+
+def parse_starts_request(v: Any) -> tuple[int, ...]:
+    """The objects of a ``qu.starts`` body: 1 to :data:`MAX_OBJECTS` distinct positive ids.
+
+    Raises:
+        MessageError: malformed.
+    """
+    raw = v.get("o") if isinstance(v, dict) else None
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_OBJECTS:
+        raise MessageError(f"o must be a list of 1..{MAX_OBJECTS} object ids")
+    oids = tuple(_uint(o, "object id") for o in raw)
+    if 0 in oids or len(set(oids)) != len(oids):
+        raise MessageError("object ids must be positive and distinct")
+    return oids
+
+
+def starts_step(kv: KV, oids: Sequence[int]) -> list[list[Any]]:
+    """This server's replica history of each of ``oids`` (read-only)."""
+    return [rh_wire(schema.load_rh(kv, oid)[0]) for oid in oids]
+
+
+def parse_starts_reply(v: Any, count: int) -> list[ReplicaHistory]:
+    """A server's ``qu.starts`` reply to a request for ``count`` objects.
+
+    Raises:
+        MessageError: malformed, or not one replica history per object.
+    """
+    if not isinstance(v, list) or len(v) != count:
+        raise MessageError("starts reply must be a list, one history per asked object")
+    try:
+        return [rh_from_wire(rh) for rh in v]
+    except HistoryError as e:
+        raise MessageError(str(e)) from e
+
+
+def established_start(
+    oid: int, histories: Mapping[int, ReplicaHistory], th: QUThresholds
+) -> Timestamp | None:
+    """The established version of ``oid`` that servers' replica histories (server ->
+    history, one report per server) show, by a Q/U query's client rule; None: they show
+    none (fewer than ``q`` reports, a newer candidate of order ``r`` or more not yet
+    complete, or nothing complete): the object's start is to be asked with a query."""
+    if len(histories) < th.q:
+        return None
+    view = View({oid: {s: OHSEntry(rh, None) for s, rh in histories.items()}}, th)
+    cand = established_answer_point(view, oid)
+    return None if cand is None else cand.lt

@@ -13,7 +13,7 @@ that a read of their moment says "reclaimed".  The walk stops where fewer than
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from bftfs.net.errors import TransportError
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.classify import QUThresholds
+from bftfs.qu.history import ReplicaHistory
 from bftfs.qu.messages import MessageError
 from bftfs.qu.past import (
     KIND_STATES,
@@ -37,11 +38,23 @@ from bftfs.qu.past import (
     states_request,
     versions_request,
 )
-from bftfs.qu.pastmany import KIND_CHAINS, ChainsAsk, ChainsReply, parse_chains_reply
+from bftfs.qu.pastmany import (
+    KIND_CHAINS,
+    KIND_STARTS,
+    ChainsAsk,
+    ChainsReply,
+    established_start,
+    parse_chains_reply,
+    parse_starts_reply,
+    starts_request,
+)
 from bftfs.qu.timestamp import ZERO, Timestamp
 
 #: Seconds a history round waits for servers beyond a quorum.
 ROUND_TIMEOUT = 5.0
+#: Tries of a ``qu.versions`` round for servers that are slow to answer, each twice as
+#: patient as the one before (5, 10, 20 s).
+TRIES = 3
 
 
 class End(enum.Enum):
@@ -87,6 +100,17 @@ class PastReader:
         self.th = th
         self.nodes = [NodeId(s) for s in range(th.n)]
         self.rounds = 0
+        #: ``qu.starts`` rounds, and the objects they settled.
+        self.start_rounds = 0
+        self.started = 0
+        #: Tries of a round that waited longer for slow servers; servers that never
+        #: answered a round's tries (not waited for again); told of each wait.
+        self.waits = 0
+        self.silent: set[int] = set()
+        self.on_wait: Callable[[str], None] | None = None
+        #: Nodes that let a ``qu.starts`` or ``qu.chains`` round time out: later rounds do
+        #: not wait for them beyond a quorum.
+        self._unanswered: set[int] = set()
         #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
         self.fetches = 0
         self.offered_taken = 0
@@ -95,7 +119,13 @@ class PastReader:
         self, oid: int, start: Timestamp, *, everyone: bool
     ) -> dict[int, list[ChainEntry]]:
         """One ``qu.versions`` round: each answering server's chain page from ``start``
-        (a quorum of them, or every server that answers in time if ``everyone``)."""
+        (a quorum of them, or every server if ``everyone``).
+
+        Servers that did not answer in :data:`ROUND_TIMEOUT` (neither replied nor failed:
+        slow, on a loaded machine) are asked again, each try twice as patient, up to
+        :data:`TRIES` tries (``on_wait`` is told): with too few reports a version's time
+        is unknown and the command ends "cannot be told" (issue 36).  A server that never
+        answered a whole round's tries is not waited for again by this reader."""
         self.rounds += 1
         pages: dict[int, list[ChainEntry]] = {}
 
@@ -107,21 +137,87 @@ class PastReader:
             return True
 
         need = self.th.n if everyone else self.th.q
+        ask, timeout = self.nodes, ROUND_TIMEOUT
+        for attempt in range(TRIES):
+            try:
+                await self.endpoint.quorum_call(
+                    ask,
+                    KIND_VERSIONS,
+                    versions_request(oid, start),
+                    enough=lambda r: len(pages) >= need,
+                    accept=accept,
+                    timeout=timeout,
+                )
+                break
+            except QuorumUnavailable as e:
+                slow = [s for s in ask if s not in pages and s not in e.result.errors]
+                if attempt == TRIES - 1:
+                    self.silent.update(slow)
+                slow = [s for s in slow if s not in self.silent]
+                if not slow:
+                    break
+                self.waits += 1
+                timeout *= 2
+                if self.on_wait is not None:
+                    self.on_wait(
+                        f"object {oid:#x}: {len(pages)} of {self.th.n} nodes answered a "
+                        f"history round; waiting up to {timeout:.0f} s more for nodes "
+                        + ", ".join(map(str, slow))
+                    )
+                ask = slow
+        if len(pages) < self.th.b + 1:
+            raise HistoryUnavailable(
+                f"object {oid}: history from {len(pages)} servers, need {self.th.b + 1}"
+            )
+        return pages
+
+    async def starts(self, oids: Sequence[int]) -> dict[int, Timestamp]:
+        """One ``qu.starts`` round for ``oids`` (distinct; at most
+        :data:`~bftfs.qu.pastmany.MAX_OBJECTS`): the established version of each object
+        the replica histories of a quorum show (:func:`~bftfs.qu.pastmany.established_start`),
+        for the objects they settle; the others are left out (all of them when fewer than
+        a quorum answer in time).
+
+        An update returns once a quorum took it, so the node left out of the quorum that
+        answered first may be the one holding it: objects still unsettled wait for the
+        other nodes (not for one that once let a round time out)."""
+        self.start_rounds += 1
+        got: dict[int, list[ReplicaHistory]] = {}
+        settled: dict[int, Timestamp] = {}
+
+        def accept(node: NodeId, raw: Any) -> bool:
+            try:
+                got[node] = parse_starts_reply(raw, len(oids))
+            except MessageError:
+                return False
+            return True
+
+        def decide() -> bool:
+            """Settle what the replies so far settle; whether to stop waiting."""
+            if len(got) < self.th.q:
+                return False
+            for i, oid in enumerate(oids):  # a decision on a quorum's reports stands
+                if oid not in settled:
+                    lt = established_start(oid, {s: rhs[i] for s, rhs in got.items()}, self.th)
+                    if lt is not None:
+                        settled[oid] = lt
+            waiting = set(self.nodes) - got.keys() - self._unanswered
+            return len(settled) == len(oids) or not waiting
+
         try:
             await self.endpoint.quorum_call(
                 self.nodes,
-                KIND_VERSIONS,
-                versions_request(oid, start),
-                enough=lambda r: len(r) >= need,
+                KIND_STARTS,
+                starts_request(oids),
+                enough=lambda r: decide(),
                 accept=accept,
                 timeout=ROUND_TIMEOUT,
             )
-        except QuorumUnavailable:
-            if len(pages) < self.th.b + 1:
-                raise HistoryUnavailable(
-                    f"object {oid}: history from {len(pages)} servers, need {self.th.b + 1}"
-                ) from None
-        return pages
+        except QuorumUnavailable as e:  # (fewer than a quorum: nothing settles)
+            self._unanswered |= set(self.nodes) - got.keys() - e.result.errors.keys()
+            decide()
+        self.started += len(settled)
+        return settled
 
     async def chains(
         self,
@@ -135,8 +231,10 @@ class PastReader:
         :data:`~bftfs.qu.pastmany.MAX_OBJECTS`): each object's pages from a quorum of
         servers, and the states of the versions current at ``moments`` (every version's if
         ``all_states``) offered by one server each (the ``i``-th object's by server ``i mod
-        n``: object ids need not spread evenly).
-        Walks take them up with :meth:`walk`'s ``seed``.
+        n``: object ids need not spread evenly).  Walks take them up with :meth:`walk`'s
+        ``seed``.  The round waits past a quorum for every server but those that once let
+        a round time out: each offers a sixth of the states (a state not taken costs a
+        ``qu.states`` request), and a sixth page settles more walks.
 
         Raises:
             HistoryUnavailable: fewer than ``b + 1`` servers answered.
@@ -158,16 +256,20 @@ class PastReader:
                 return False
             return True
 
+        def enough() -> bool:
+            return len(got) >= self.th.q and not set(self.nodes) - got.keys() - self._unanswered
+
         try:
             await self.endpoint.quorum_call(
                 self.nodes,
                 KIND_CHAINS,
                 payload,
-                enough=lambda r: len(r) >= self.th.q,
+                enough=lambda r: enough(),
                 accept=accept,
                 timeout=ROUND_TIMEOUT,
             )
-        except QuorumUnavailable:
+        except QuorumUnavailable as e:
+            self._unanswered |= set(self.nodes) - got.keys() - e.result.errors.keys()
             if len(got) < self.th.b + 1:
                 raise HistoryUnavailable(
                     f"histories of {len(objs)} objects from {len(got)} servers, "
