@@ -194,6 +194,7 @@ def test_a_time_travel_mount_shows_the_tree_as_it_was_and_refuses_writes(
     (tree / "sub" / "deeper").mkdir(parents=True)
     for i, rel in enumerate(["a", "sub/b", "sub/deeper/c", "big"]):
         (tree / rel).write_bytes(rng.randbytes(300_000 if rel == "big" else 50 + i))
+    fsync_dirs(tree, tree / "sub", tree / "sub" / "deeper")  # (write-back holds the files)
     then = _snapshot(tree)
     moment = time.time_ns()
     (tree / "a").write_bytes(b"changed")
@@ -239,6 +240,7 @@ def test_restore_brings_a_deleted_tree_back_identical(
     (tree / "secret").write_bytes(b"s")
     os.chmod(tree / "secret", 0o600)
     os.symlink("docs/a.txt", tree / "link")
+    fsync_dirs(tree, tree / "docs", tree / "docs" / "old")  # (write-back holds the files)
     then, modes = _snapshot(tree), _modes(tree)
     moment = time.time_ns()
     shutil.rmtree(tree)
