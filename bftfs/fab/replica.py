@@ -58,6 +58,7 @@ from bftfs.fab.messages import (
     Suspect,
     decode,
 )
+from bftfs.fab.pacing import Backoff
 from bftfs.fab.statetransfer import StateTransfer
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
@@ -74,13 +75,19 @@ class Settings:
     interval: int = 16  # a checkpoint every `interval` slots (the seed's CP_FREQ)
     timeout: int = 8  # ticks a held request may wait before the regent is suspected
     pulls_per_tick: int = 8
+    #: Ticks before a retransmission (of a proposal, a PULL, a FETCH, a checkpoint or a
+    #: suspicion), doubling after each one up to ``resend_cap`` (:mod:`bftfs.fab.pacing`).
+    resend: int = 1
+    resend_cap: int = 8
 
     def __post_init__(self) -> None:
         # The window only moves at a stable checkpoint: one smaller than two intervals
         # fills before the next checkpoint can become stable, and proposing stops for good
         # (PBFT's log size L >= 2K for the same reason).
-        if min(self.window, self.interval, self.timeout, self.pulls_per_tick) < 1:
+        if min(self.window, self.interval, self.timeout, self.pulls_per_tick, self.resend) < 1:
             raise ValueError(f"FaB settings must be positive: {self}")
+        if self.resend_cap < self.resend:
+            raise ValueError(f"resend_cap {self.resend_cap} < resend {self.resend}")
         if self.window < 2 * self.interval:
             raise ValueError(
                 f"window {self.window} < 2 x checkpoint interval {self.interval}: the log "
@@ -141,7 +148,15 @@ class Replica:
         #: ``settings.timeout`` when a slot executes.
         self.patience = self.settings.timeout
         self.rejected = 0
-        self.transfer = StateTransfer(self.me, n, self.checkpoints, self.execution, self._send)
+        pacing = (s.resend, s.resend_cap)
+        self.transfer = StateTransfer(
+            self.me, n, self.checkpoints, self.execution, self._send, pacing
+        )
+        #: When to resend each unacknowledged proposal (by slot), my pending checkpoint
+        #: statement (by its body) and my suspicion (by regency).
+        self.proposals: Backoff[int] = Backoff(*pacing)
+        self.checkpoint_resends: Backoff[bytes] = Backoff(*pacing)
+        self.suspicion_resends: Backoff[int] = Backoff(*pacing)
         self._out: list[Send] = []
         self._begin_regency()
 
@@ -264,6 +279,7 @@ class Replica:
         for held in list(self.held.values()):
             p = self.leader.propose(held.op, self.acceptor.low)
             if p is not None:
+                self.proposals.sent(p.slot, self.now)
                 self._send(None, p)
 
     # -- acceptor -------------------------------------------------------------------
@@ -462,6 +478,7 @@ class Replica:
             self._send(None, new_view)  # the certificate is complete: even with no slot
             # to recover, acceptors need it to change what they accepted beyond it
             for p in proposals:
+                self.proposals.sent(p.slot, self.now)
                 self._send(None, p)
             self._propose_held()
         return None
@@ -487,19 +504,23 @@ class Replica:
         if leader.recovering and (query := leader.query()) is not None:
             self._send(None, query)
         elif leader.regency >= 0:
-            pending = leader.unsatisfied()
+            pending = self.proposals.due(leader.unsatisfied(), self.now)
             if pending and leader.new_view is not None:
                 self._send(None, leader.new_view)
             for s in pending:
                 self._send(None, Propose(leader.regency, s, leader.proposals[s]))
             self._propose_held()
         mine = self.election.suspected
-        if (
+        suspecting = (
             mine is not None
-            and self.held
+            and bool(self.held)
             and self.election.latest.get(self.me) == (self.election.regency, mine)
-        ):
+        )
+        if self.suspicion_resends.due([self.election.regency] if suspecting else [], self.now):
+            assert mine is not None
             self._send(None, Suspect(mine))
-        if self.checkpoints.mine is not None:
-            self._send(None, Checkpoint(self.checkpoints.mine))
+        cp = self.checkpoints.mine
+        if self.checkpoint_resends.due([] if cp is None else [cp.body], self.now):
+            assert cp is not None
+            self._send(None, Checkpoint(cp))
         self.transfer.maybe_fetch(self.now)
