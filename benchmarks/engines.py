@@ -20,7 +20,8 @@ Both engines run with ``lease=0`` (a FaB mount takes no leases), so every metada
 goes through the engine.  One cluster per (engine, b), the phases in order on it; the
 machine's load average is recorded with each phase.
 
-Results: ``--out`` + ``--name`` ``.{json,md}``.
+Results: ``benchmarks/results/<date>-fault-scalability-engines.{json,md}`` (``--out``,
+``--name``); ``make bench-engines``.
 """
 
 from __future__ import annotations
@@ -348,7 +349,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clients", default="2,4", help="mounts in one directory after one alone")
     ap.add_argument("--files", type=int, default=30, help="files per client per phase")
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
-    ap.add_argument("--name", default="fault-scalability-engines")
+    ap.add_argument(
+        "--name",
+        default=f"{common.now_utc()[:10]}-fault-scalability-engines",
+        help="results file name, without .json/.md (default: today's date, then the name)",
+    )
     ap.add_argument("--work", type=Path, default=Path("/var/tmp"))
     args = ap.parse_args(argv)
     try:
