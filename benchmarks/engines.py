@@ -27,6 +27,7 @@ Results: ``benchmarks/results/<date>-fault-scalability-engines.{json,md}`` (``--
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -79,20 +80,21 @@ def parse_ints(text: str) -> list[int]:
 
 
 def protocol_frames(engine: str, n: int) -> float:
-    """Frames one node handles (received + sent) per metadata call, from the protocol,
-    common case, no retransmission; every message is a call and its empty answer (two
-    frames), as on bftfs's transport.
+    """Frames one node's server handles per metadata call, from the protocol (common case,
+    no retransmission), as the nodes count them (``traffic``: requests received, answers
+    and pushes sent; a node's own outgoing calls are counted by their callee).
 
-    * Q/U: the client's request to each of the ``n`` nodes and its reply: 2 per node.
-    * FaB, summed over all nodes: REQUEST n, PROPOSE n, ACCEPTED n^2, LEARNED n, each a call
-      and an answer, plus the REPLY push (n frames); a CHECKPOINT from every node to every
-      node every 16 slots (n^2 / 16 calls).  Per node: (2 (4n + n^2 + n^2/16) + n) / n.
+    * Q/U: the client's request to each of the ``n`` nodes and its answer: 2 per node.
+    * FaB: node-to-node calls (a request and its empty answer at the callee) PROPOSE
+      ``n - 1``, ACCEPTED ``n (n - 1)``, LEARNED ``n - 1``, CHECKPOINT ``n (n - 1) / 16``
+      (one every 16 slots); the client's REQUEST to each node (2 frames) and each node's
+      REPLY push (1).  Per node: ``(2 (n - 1) (n + 2 + n / 16) + 3 n) / n``, about
+      ``2n + 7``: it grows with ``n`` where Q/U's does not.
     """
     if engine == "qu":
         return 2.0
     if engine == "fab":
-        calls = 4 * n + n * n + n * n / 16
-        return (2 * calls + n) / n
+        return (2 * (n - 1) * (n + 2 + n / 16) + 3 * n) / n
     raise ValueError(f"unknown engine {engine!r}")
 
 
@@ -288,7 +290,23 @@ def run_engine_b(engine: str, b: int, args: argparse.Namespace, work: Path) -> d
 
 
 #: The table's columns after b and n: each engine's figure, in ``markdown``'s order.
+def calls_per_operation(phase: Mapping[str, Any]) -> float:
+    """Metadata calls per file-system operation: Q/U requests per node (each reaches every
+    node), or FaB REPLYs over the ``n`` nodes (each node answers each call once)."""
+    if "fab_sent" in phase:
+        return float(phase["fab_sent"].get("REPLY", 0.0)) / phase["n"]
+    return float(phase["qu_requests"])
+
+
+def _per_call(p: Mapping[str, Any]) -> str:
+    calls = calls_per_operation(p)
+    measured = f"{p['frames'] / calls:.1f}" if calls else "?"
+    return f"{measured} ({protocol_frames(p['engine'], p['n']):.0f})"
+
+
 COLUMNS: tuple[Callable[[Mapping[str, Any]], str], ...] = (
+    lambda p: f"{calls_per_operation(p):.2f}",
+    _per_call,
     lambda p: f"{p['frames']:.1f}",
     lambda p: f"{p['bytes'] / 1024:.2f}",
     lambda p: f"{p['cpu_s'] * 1000:.2f}",
@@ -312,11 +330,12 @@ def markdown(result: Mapping[str, Any]) -> str:
     for r in runs:
         ns[r["b"]] = r["n"]
         for p in r["phases"]:
-            by.setdefault((p["clients"], r["b"]), {})[r["engine"]] = p
+            row = {**p, "n": r["n"], "engine": r["engine"]}
+            by.setdefault((p["clients"], r["b"]), {})[r["engine"]] = row
     head = " / ".join(engines)
     lines = [
         f"# Fault scalability of the metadata engines ({head}): {result['files']} files "
-        "per client, per operation",
+        "per client, per file-system operation",
         "",
         f"Commit {result['commit'].get('commit', '?')}, {result['machine'].get('cpu', '?')}, "
         f"{result['when']}; durable nodes, t = b, mounts with lease=0; one run each.",
@@ -327,9 +346,10 @@ def markdown(result: Mapping[str, Any]) -> str:
         lines += [
             f"## {what}",
             "",
-            f"| b | n | frames per node ({head}) | KiB per node | node CPU ms, mean "
-            f"| busiest node CPU ms | mounts' CPU ms | ops/s | load |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+            f"| b | n | metadata calls ({head}) | frames per node per call (protocol) "
+            "| frames per node | KiB per node | node CPU ms, mean | busiest node CPU ms "
+            "| mounts' CPU ms | ops/s | load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for b in sorted(b for kk, b in by if kk == k):
             rows = by[(k, b)]
@@ -355,6 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="results file name, without .json/.md (default: today's date, then the name)",
     )
     ap.add_argument("--work", type=Path, default=Path("/var/tmp"))
+    ap.add_argument("--from-json", type=Path, help="print the tables of an earlier run")
     args = ap.parse_args(argv)
     try:
         args.engines = parse_list(args.engines, ENGINES)
@@ -367,6 +388,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:  # the tables again, from a run's results
+        print(markdown(json.loads(args.from_json.read_text())))
+        return 0
     common.install_sigterm_handler()
     why = common.check_fuse()
     if why:

@@ -38,9 +38,10 @@ def test_command_line_defaults_and_refusals() -> None:
 
 def test_protocol_frames_per_node_per_call() -> None:
     assert engines.protocol_frames("qu", 6) == engines.protocol_frames("qu", 16) == 2.0
-    # n = 6: calls 4n + n^2 + n^2/16 = 24 + 36 + 2.25; two frames each, plus n pushes
-    assert engines.protocol_frames("fab", 6) == pytest.approx((2 * 62.25 + 6) / 6)
-    assert engines.protocol_frames("fab", 16) == pytest.approx(43.0)  # grows with n
+    # n = 6: 5 PROPOSE, 30 ACCEPTED, 5 LEARNED, 1.875 CHECKPOINT calls (2 frames each at
+    # the callee), 6 client requests (2 frames each), 6 replies (1 frame each)
+    assert engines.protocol_frames("fab", 6) == pytest.approx((2 * 41.875 + 18) / 6)
+    assert engines.protocol_frames("fab", 16) == pytest.approx((2 * 285 + 48) / 16)
     with pytest.raises(ValueError):
         engines.protocol_frames("pbft", 4)
 
@@ -83,6 +84,8 @@ def test_fab_kinds_are_summed_over_nodes_per_operation() -> None:
 def _phase(clients: int, frames: float, ops_per_s: float) -> dict[str, Any]:
     return {
         "clients": clients,
+        "qu_requests": 1.5,
+        **({"fab_sent": {"REPLY": 9.0}} if frames > 10 else {}),
         "frames": frames,
         "bytes": 2048.0,
         "cpu_s": 0.002,
@@ -109,7 +112,9 @@ def test_markdown_puts_the_engines_side_by_side_per_b_and_client_count() -> None
     }
     md = engines.markdown(result)
     assert "## 1 client, own directory" in md and "## 2 clients, one directory" in md
-    assert "| 1 | 6 | 3.0 / 29.0 | 2.00 / 2.00 | 2.00 / 2.00 | 3.00 / 3.00 |" in md
+    # 1.5 calls per operation each (FaB: 9 REPLY over 6 nodes): 2 and 19.3 frames per call
+    assert "| 1 | 6 | 1.50 / 1.50 | 2.0 (2) / 19.3 (17) | 3.0 / 29.0 | 2.00 / 2.00 |" in md
+    assert "| 2.00 / 2.00 | 3.00 / 3.00 |" in md
     assert "| 40.0 / 60.0 | 1.0-1.5 / 1.0-1.5 |" in md
-    assert "| 2 | 11 | 3.2 / - |" in md  # FaB at b = 2 failed: a dash, and the reason
+    assert "| 2 | 11 | 1.50 / - | 2.1 (2) / - | 3.2 / - |" in md  # FaB at b = 2 failed
     assert "- fab b=2 FAILED: [Errno 5] Input/output error" in md and "more" not in md
