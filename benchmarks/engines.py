@@ -237,10 +237,13 @@ def cluster(engine: str, b: int, home: Path, clients: int) -> Iterator[tuple[Any
         yield pc, mounts
 
 
-def run_engine_b(engine: str, b: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Every phase on one fresh cluster of ``engine`` at ``b``."""
+def run_engine_b(
+    engine: str, b: int, args: argparse.Namespace, work: Path, rec: dict[str, Any]
+) -> None:
+    """Every phase on one fresh cluster of ``engine`` at ``b``, into ``rec`` (so the
+    phases done are kept when a later one fails)."""
     most = max([1, *args.clients])
-    rec: dict[str, Any] = {"engine": engine, "b": b, "phases": []}
+    rec.update(engine=engine, b=b, phases=[])
     with (
         tempfile.TemporaryDirectory(dir=work) as tmp,
         cluster(engine, b, Path(tmp), most) as (pc, mounts),
@@ -283,7 +286,6 @@ def run_engine_b(engine: str, b: int, args: argparse.Namespace, work: Path) -> d
             )
         if engine == "fab":
             rec["fab"] = fab_progress(pc.config)
-    return rec
 
 
 # Reporting ----------------------------------------------------------------------------------
@@ -323,7 +325,7 @@ def _cell(rows: Mapping[str, Mapping[str, Any]], engine: str, fmt: Callable[[Any
 
 def markdown(result: Mapping[str, Any]) -> str:
     """The two tables (one client; k clients in one directory), engines side by side."""
-    runs = [r for r in result["runs"] if "error" not in r]
+    runs = [r for r in result["runs"] if r.get("phases")]  # a failed run: its phases done
     engines = list(result["engines"])
     by: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
     ns: dict[int, int] = {}
@@ -389,7 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json is not None:  # the tables again, from a run's results
-        print(markdown(json.loads(args.from_json.read_text())))
+        saved = json.loads(args.from_json.read_text())
+        for one in saved.get("results", [saved]):  # one run, or several kept together
+            print(markdown(one))
         return 0
     common.install_sigterm_handler()
     why = common.check_fuse()
@@ -400,11 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     for b in args.bs:
         for engine in args.engines:
             print(f"{engine} b={b}", flush=True)
+            rec: dict[str, Any] = {}
+            runs.append(rec)
             try:
-                runs.append(run_engine_b(engine, b, args, args.work))
+                run_engine_b(engine, b, args, args.work, rec)
             except (OSError, RuntimeError) as e:
                 print(f"  FAILED: {str(e).splitlines()[0][:300]}", flush=True)
-                runs.append({"engine": engine, "b": b, "error": str(e)})
+                rec["error"] = str(e)
     result = {
         "machine": common.machine_info(),
         "commit": common.commit_info(),

@@ -107,7 +107,13 @@ def test_markdown_puts_the_engines_side_by_side_per_b_and_client_count() -> None
             {"engine": "qu", "b": 1, "n": 6, "phases": [_phase(1, 3.0, 40), _phase(2, 4, 30)]},
             {"engine": "fab", "b": 1, "n": 6, "phases": [_phase(1, 29, 60), _phase(2, 35, 50)]},
             {"engine": "qu", "b": 2, "n": 11, "phases": [_phase(1, 3.2, 20)]},
-            {"engine": "fab", "b": 2, "error": "[Errno 5] Input/output error\nmore"},
+            {
+                "engine": "fab",
+                "b": 2,
+                "n": 11,
+                "phases": [_phase(1, 60, 7)],  # the phases before the failure are kept
+                "error": "[Errno 5] Input/output error\nmore",
+            },
         ],
     }
     md = engines.markdown(result)
@@ -116,5 +122,6 @@ def test_markdown_puts_the_engines_side_by_side_per_b_and_client_count() -> None
     assert "| 1 | 6 | 1.50 / 1.50 | 2.0 (2) / 19.3 (17) | 3.0 / 29.0 | 2.00 / 2.00 |" in md
     assert "| 2.00 / 2.00 | 3.00 / 3.00 |" in md
     assert "| 40.0 / 60.0 | 1.0-1.5 / 1.0-1.5 |" in md
-    assert "| 2 | 11 | 1.50 / - | 2.1 (2) / - | 3.2 / - |" in md  # FaB at b = 2 failed
+    assert "| 2 | 11 | 1.50 / 0.82 | 2.1 (2) / 73.3 (28) | 3.2 / 60.0 |" in md  # one client
+    assert "| 40.0 / 60.0 |" in md and "| 2 | 11 | 1.50 / - |" not in md
     assert "- fab b=2 FAILED: [Errno 5] Input/output error" in md and "more" not in md
