@@ -251,41 +251,68 @@ def run_engine_b(
         rec["n"] = pc.config.n
         pids = {i: pid for i in range(pc.config.n) if (pid := pc.pid(i)) is not None}
         mount_pids = [m.proc.pid for m in mounts if m.proc is not None]
-        for k in [1, *args.clients]:
-            shared = "solo" if k == 1 else f"shared{k}"
-            (mounts[0].mountpoint / shared).mkdir()
-            dirs = [m.mountpoint / shared for m in mounts[:k]]
-            before = snapshot(pc.config, pids)
-            fab0 = fab_progress(pc.config) if engine == "fab" else {}
-            m0 = sum(profiling.cpu_seconds(p) or 0.0 for p in mount_pids)
-            load0 = os.getloadavg()[0]
-            ops, took = run_threads(dirs, lambda d, me: files_work(d, me, args.files))
-            load1 = os.getloadavg()[0]
-            m1 = sum(profiling.cpu_seconds(p) or 0.0 for p in mount_pids)
-            after = snapshot(pc.config, pids)
-            fab1 = fab_progress(pc.config) if engine == "fab" else {}
-            phase = {
-                "clients": k,
-                "ops": ops,
-                "seconds": took,
-                "ops_per_s": ops / took,
-                "load": [load0, load1],
-                "mounts_cpu_s": (m1 - m0) / ops,
-                **per_operation(before, after, ops),
-            }
-            if engine == "fab":
-                phase["fab_sent"] = kinds_per_operation(fab0, fab1, ops)
-                phase["regencies"] = max(int(p.get("regency", 0)) for p in fab1.values())
-            rec["phases"].append(phase)
-            print(
-                f"  {engine} b={b} clients={k}: {phase['ops_per_s']:.1f} ops/s, per node per "
-                f"op {phase['frames']:.1f} frames, {phase['bytes'] / 1024:.2f} KiB, "
-                f"{phase['cpu_s'] * 1000:.2f} ms CPU (load {load0:.1f}-{load1:.1f}) "
-                f"{phase.get('fab_sent', '')} regency {phase.get('regencies', '-')}",
-                flush=True,
-            )
+        try:
+            _phases(engine, args, pc, mounts, pids, mount_pids, rec)
+        except OSError:
+            rec["logs"] = str(keep_logs(pc.config.home, work / f"engines-failed-{engine}-b{b}"))
+            print(f"  the mounts' logs are in {rec['logs']}", flush=True)
+            raise
         if engine == "fab":
             rec["fab"] = fab_progress(pc.config)
+
+
+def keep_logs(home: Path, kept: Path) -> Path:
+    """Copy the mounts' logs of the cluster in ``home`` to ``kept`` (the cluster's
+    directory goes when the run ends)."""
+    kept.mkdir(parents=True, exist_ok=True)
+    for log in home.glob("mount-*.log"):
+        (kept / log.name).write_bytes(log.read_bytes())
+    return kept
+
+
+def _phases(
+    engine: str,
+    args: argparse.Namespace,
+    pc: Any,
+    mounts: Sequence[Any],
+    pids: Mapping[int, int],
+    mount_pids: Sequence[int],
+    rec: dict[str, Any],
+) -> None:
+    """One mount alone, then each of ``args.clients`` mounts in one directory."""
+    for k in [1, *args.clients]:
+        shared = "solo" if k == 1 else f"shared{k}"
+        (mounts[0].mountpoint / shared).mkdir()
+        dirs = [m.mountpoint / shared for m in mounts[:k]]
+        before = snapshot(pc.config, pids)
+        fab0 = fab_progress(pc.config) if engine == "fab" else {}
+        m0 = sum(profiling.cpu_seconds(p) or 0.0 for p in mount_pids)
+        load0 = os.getloadavg()[0]
+        ops, took = run_threads(dirs, lambda d, me: files_work(d, me, args.files))
+        load1 = os.getloadavg()[0]
+        m1 = sum(profiling.cpu_seconds(p) or 0.0 for p in mount_pids)
+        after = snapshot(pc.config, pids)
+        fab1 = fab_progress(pc.config) if engine == "fab" else {}
+        phase = {
+            "clients": k,
+            "ops": ops,
+            "seconds": took,
+            "ops_per_s": ops / took,
+            "load": [load0, load1],
+            "mounts_cpu_s": (m1 - m0) / ops,
+            **per_operation(before, after, ops),
+        }
+        if engine == "fab":
+            phase["fab_sent"] = kinds_per_operation(fab0, fab1, ops)
+            phase["regencies"] = max(int(p.get("regency", 0)) for p in fab1.values())
+        rec["phases"].append(phase)
+        print(
+            f"  {engine} b={rec['b']} clients={k}: {phase['ops_per_s']:.1f} ops/s, per node per "
+            f"op {phase['frames']:.1f} frames, {phase['bytes'] / 1024:.2f} KiB, "
+            f"{phase['cpu_s'] * 1000:.2f} ms CPU (load {load0:.1f}-{load1:.1f}) "
+            f"{phase.get('fab_sent', '')} regency {phase.get('regencies', '-')}",
+            flush=True,
+        )
 
 
 # Reporting ----------------------------------------------------------------------------------

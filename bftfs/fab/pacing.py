@@ -8,7 +8,7 @@ loaded machine every slot's PROPOSE went out again each 50 ms tick, each one ans
 handled ten times the frames the protocol needs, and mounts got EIO).  So each key (a
 slot, a checkpoint, a regency) is sent again ``first`` ticks after it is first seen
 waiting, then after twice as long each time, up to ``cap`` ticks: a message lost on an
-idle network costs a tick or two, and a slow network gets a bounded multiple of the
+idle network costs ``first`` ticks, and a slow network gets a bounded multiple of the
 protocol's own messages.
 """
 
