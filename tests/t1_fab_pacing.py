@@ -13,8 +13,8 @@ import pytest
 from fab_sim import CLIENT_BASE, keys_for
 
 from bftfs.fab.client import request
-from bftfs.fab.messages import Checkpoint, Propose, Pull, Request, encode
-from bftfs.fab.pacing import Backoff
+from bftfs.fab.messages import Checkpoint, Learned, Propose, Pull, Request, encode
+from bftfs.fab.pacing import Backoff, RoundTimer
 from bftfs.fab.replica import Replica, Settings
 from bftfs.quorums.fab import FabQuorums
 from bftfs.testing.testobjects import registry
@@ -36,16 +36,17 @@ def test_backoff_doubles_up_to_its_cap_and_forgets_what_is_answered() -> None:
         Settings(resend=4, resend_cap=2)
 
 
-def _replica(me: int) -> Replica:
-    return Replica(me, Q2, keys_for(me), registry(), Settings(timeout=10**6))
+def _replica(me: int, cap: int = 8) -> Replica:
+    settings = Settings(timeout=10**6, resend=1, resend_cap=cap)
+    return Replica(me, Q2, keys_for(me), registry(), settings)
 
 
 def _sent(replica: Replica, kind: type, ticks: int) -> int:
     return sum(1 for _ in range(ticks) for _, m in replica.tick().sends if isinstance(m, kind))
 
 
-def _request() -> bytes:
-    value = request(CLIENT_BASE, keys_for(CLIENT_BASE), Q2.a, 1, "counter.increment", [1], 1)
+def _request(rid: int = 1) -> bytes:
+    value = request(CLIENT_BASE, keys_for(CLIENT_BASE), Q2.a, rid, "counter.increment", [1], 1)
     return encode(Request(value))
 
 
@@ -69,3 +70,41 @@ def test_a_checkpoint_statement_is_resent_with_backoff_until_stable() -> None:
     node.checkpoints.state(16, b"d" * 32)  # my statement; nobody else's arrives
     resent = _sent(node, Checkpoint, TICKS)
     assert 4 <= resent <= 7, resent
+
+
+def test_the_round_timer_waits_about_two_rounds_within_its_bounds() -> None:
+    t: RoundTimer[int] = RoundTimer(2, 16)
+    assert t.first() == 2  # no round seen
+    for slot in range(40):
+        t.start(slot, 10 * slot)
+        t.done(slot, 10 * slot + 5)
+    assert t.first() == 10  # rounds of 5 ticks
+    t.start(99, 0)
+    t.keep({1, 2})
+    t.done(99, 1000)  # forgotten: no sample
+    assert t.first() == 10
+    for slot in range(40):
+        t.start(slot, 0)
+        t.done(slot, 100)
+    assert t.first() == 16
+
+
+def test_a_leader_whose_rounds_are_slow_waits_longer_before_resending() -> None:
+    """Acknowledgements that come 8 ticks after each proposal (a loaded machine, not a
+    lost message): after a few such rounds the leader no longer resends a proposal
+    before its answers can have come."""
+    leader = _replica(0, cap=32)
+    need = -(-(Q2.l + Q2.f + 1) // 2)
+    for rid in range(1, 13):
+        (_, p), *_ = leader.step(CLIENT_BASE, _request(rid)).sends
+        assert isinstance(p, Propose)
+        for _ in range(8):
+            leader.tick()
+        for learner in range(1, need + 1):
+            leader.step(learner, encode(Learned(p.slot, p.pn, p.value)))
+        assert leader.leader.satisfied(p.slot)
+    leader.step(CLIENT_BASE, _request(13))
+    quiet = 0
+    while not any(isinstance(m, Propose) for _, m in leader.tick().sends):
+        quiet += 1
+    assert 10 <= quiet <= 16, quiet  # about two rounds; with a fixed first wait: 0

@@ -10,11 +10,16 @@ slot, a checkpoint, a regency) is sent again ``first`` ticks after it is first s
 waiting, then after twice as long each time, up to ``cap`` ticks: a message lost on an
 idle network costs ``first`` ticks, and a slow network gets a bounded multiple of the
 protocol's own messages.
+
+How long to wait before the first resend of a proposal is learned from the rounds
+themselves (:class:`RoundTimer`, TCP's retransmission timer in ticks): about two rounds,
+so a proposal whose answers are merely slow is not resent (with its ``n^2`` ACCEPTED).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+import math
+from collections.abc import Container, Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -34,10 +39,11 @@ class Backoff(Generic[K]):
         self.first, self.cap = first, cap
         self._due: dict[K, tuple[int, int]] = {}  # key -> (tick due, interval)
 
-    def sent(self, key: K, now: int) -> None:
+    def sent(self, key: K, now: int, first: int | None = None) -> None:
         """``key`` was sent for the first time at tick ``now``: resend it ``first`` ticks
-        later (if it is still waited for then)."""
-        self._due[key] = (now + self.first, self.first)
+        later (default: the constructor's), if it is still waited for then."""
+        wait = self.first if first is None else first
+        self._due[key] = (now + wait, wait)
 
     def due(self, waiting: Iterable[K], now: int) -> list[K]:
         """Of the keys still ``waiting`` at tick ``now`` (in their order), those to send
@@ -57,3 +63,38 @@ class Backoff(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._due)
+
+
+class RoundTimer(Generic[K]):
+    """The ticks a round takes, averaged over the recent ones, and the wait before a first
+    resend that follows from it: twice the average, within ``[floor, cap]``.
+
+    Args:
+        floor: the shortest first wait, in ticks (the wait before any round ended).
+        cap: the longest.
+    """
+
+    #: Weight of the newest round in the average (TCP's 1/8).
+    GAIN = 1 / 8
+
+    def __init__(self, floor: int, cap: int) -> None:
+        self.floor, self.cap = floor, cap
+        self.average = floor / 2  # no round seen yet: the first wait is ``floor``
+        self._started: dict[K, int] = {}
+
+    def start(self, key: K, now: int) -> None:
+        self._started[key] = now
+
+    def done(self, key: K, now: int) -> None:
+        """The round of ``key`` ended at tick ``now`` (a key not started is ignored)."""
+        began = self._started.pop(key, None)
+        if began is not None:
+            self.average += (max(now - began, 0) - self.average) * self.GAIN
+
+    def keep(self, keys: Container[K]) -> None:
+        """Forget the rounds not in ``keys`` (they will not end: collected, or another
+        regency)."""
+        self._started = {k: t for k, t in self._started.items() if k in keys}
+
+    def first(self) -> int:
+        return min(max(self.floor, math.ceil(2 * self.average)), self.cap)

@@ -58,7 +58,7 @@ from bftfs.fab.messages import (
     Suspect,
     decode,
 )
-from bftfs.fab.pacing import Backoff
+from bftfs.fab.pacing import Backoff, RoundTimer
 from bftfs.fab.statetransfer import StateTransfer
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
@@ -155,6 +155,8 @@ class Replica:
         #: When to resend each unacknowledged proposal (by slot), my pending checkpoint
         #: statement (by its body) and my suspicion (by regency).
         self.proposals: Backoff[int] = Backoff(*pacing)
+        #: How long proposals take to be acknowledged: the first resend waits two rounds.
+        self.rounds: RoundTimer[int] = RoundTimer(*pacing)
         self.checkpoint_resends: Backoff[bytes] = Backoff(*pacing)
         self.suspicion_resends: Backoff[int] = Backoff(*pacing)
         self._out: list[Send] = []
@@ -279,8 +281,13 @@ class Replica:
         for held in list(self.held.values()):
             p = self.leader.propose(held.op, self.acceptor.low)
             if p is not None:
-                self.proposals.sent(p.slot, self.now)
-                self._send(None, p)
+                self._propose(p)
+
+    def _propose(self, p: Propose) -> None:
+        """Send a new proposal, and start its round and its resend clock."""
+        self.rounds.start(p.slot, self.now)
+        self.proposals.sent(p.slot, self.now, self.rounds.first())
+        self._send(None, p)
 
     # -- acceptor -------------------------------------------------------------------
 
@@ -374,6 +381,8 @@ class Replica:
 
     def _on_learned(self, sender: int, m: Learned) -> str | None:
         self.leader.on_learned(sender, m.slot, m.value)
+        if self.leader.satisfied(m.slot):
+            self.rounds.done(m.slot, self.now)
         learned = self.learner.on_learned(sender, m)
         if isinstance(learned, str):
             return learned
@@ -478,8 +487,7 @@ class Replica:
             self._send(None, new_view)  # the certificate is complete: even with no slot
             # to recover, acceptors need it to change what they accepted beyond it
             for p in proposals:
-                self.proposals.sent(p.slot, self.now)
-                self._send(None, p)
+                self._propose(p)
             self._propose_held()
         return None
 
@@ -504,6 +512,7 @@ class Replica:
         if leader.recovering and (query := leader.query()) is not None:
             self._send(None, query)
         elif leader.regency >= 0:
+            self.rounds.keep(leader.proposals)
             pending = self.proposals.due(leader.unsatisfied(), self.now)
             if pending and leader.new_view is not None:
                 self._send(None, leader.new_view)
