@@ -98,3 +98,14 @@ class RoundTimer(Generic[K]):
 
     def first(self) -> int:
         return min(max(self.floor, math.ceil(2 * self.average)), self.cap)
+
+
+class Resends:
+    """A replica's clocks: its proposals (by slot) with their rounds, its pending
+    checkpoint statement (by body) and its suspicion (by regency)."""
+
+    def __init__(self, first: int, cap: int) -> None:
+        self.proposals: Backoff[int] = Backoff(first, cap)
+        self.rounds: RoundTimer[int] = RoundTimer(first, cap)
+        self.checkpoints: Backoff[bytes] = Backoff(first, cap)
+        self.suspicions: Backoff[int] = Backoff(first, cap)

@@ -58,7 +58,7 @@ from bftfs.fab.messages import (
     Suspect,
     decode,
 )
-from bftfs.fab.pacing import Backoff, RoundTimer
+from bftfs.fab.pacing import Resends
 from bftfs.fab.statetransfer import StateTransfer
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
@@ -152,13 +152,7 @@ class Replica:
         self.transfer = StateTransfer(
             self.me, n, self.checkpoints, self.execution, self._send, pacing
         )
-        #: When to resend each unacknowledged proposal (by slot), my pending checkpoint
-        #: statement (by its body) and my suspicion (by regency).
-        self.proposals: Backoff[int] = Backoff(*pacing)
-        #: How long proposals take to be acknowledged: the first resend waits two rounds.
-        self.rounds: RoundTimer[int] = RoundTimer(*pacing)
-        self.checkpoint_resends: Backoff[bytes] = Backoff(*pacing)
-        self.suspicion_resends: Backoff[int] = Backoff(*pacing)
+        self.resends = Resends(*pacing)  # when to send again what is not answered
         self._out: list[Send] = []
         self._begin_regency()
 
@@ -285,8 +279,8 @@ class Replica:
 
     def _propose(self, p: Propose) -> None:
         """Send a new proposal, and start its round and its resend clock."""
-        self.rounds.start(p.slot, self.now)
-        self.proposals.sent(p.slot, self.now, self.rounds.first())
+        self.resends.rounds.start(p.slot, self.now)
+        self.resends.proposals.sent(p.slot, self.now, self.resends.rounds.first())
         self._send(None, p)
 
     # -- acceptor -------------------------------------------------------------------
@@ -382,7 +376,7 @@ class Replica:
     def _on_learned(self, sender: int, m: Learned) -> str | None:
         self.leader.on_learned(sender, m.slot, m.value)
         if self.leader.satisfied(m.slot):
-            self.rounds.done(m.slot, self.now)
+            self.resends.rounds.done(m.slot, self.now)
         learned = self.learner.on_learned(sender, m)
         if isinstance(learned, str):
             return learned
@@ -508,28 +502,22 @@ class Replica:
     # -- retransmission -------------------------------------------------------------
 
     def _retransmit(self) -> None:
-        leader = self.leader
+        leader, again, now = self.leader, self.resends, self.now
         if leader.recovering and (query := leader.query()) is not None:
             self._send(None, query)
         elif leader.regency >= 0:
-            self.rounds.keep(leader.proposals)
-            pending = self.proposals.due(leader.unsatisfied(), self.now)
+            again.rounds.keep(leader.proposals)
+            pending = again.proposals.due(leader.unsatisfied(), now)
             if pending and leader.new_view is not None:
                 self._send(None, leader.new_view)
             for s in pending:
                 self._send(None, Propose(leader.regency, s, leader.proposals[s]))
             self._propose_held()
-        mine = self.election.suspected
-        suspecting = (
-            mine is not None
-            and bool(self.held)
-            and self.election.latest.get(self.me) == (self.election.regency, mine)
-        )
-        if self.suspicion_resends.due([self.election.regency] if suspecting else [], self.now):
-            assert mine is not None
+        mine, regency = self.election.suspected, self.election.regency
+        suspecting = self.held and self.election.latest.get(self.me) == (regency, mine)
+        if again.suspicions.due([regency] if suspecting and mine else [], now) and mine:
             self._send(None, Suspect(mine))
         cp = self.checkpoints.mine
-        if self.checkpoint_resends.due([] if cp is None else [cp.body], self.now):
-            assert cp is not None
+        if again.checkpoints.due([cp.body] if cp else [], now) and cp:
             self._send(None, Checkpoint(cp))
-        self.transfer.maybe_fetch(self.now)
+        self.transfer.maybe_fetch(now)
