@@ -112,5 +112,10 @@ bench-transport: setup
 bench-scalability: bench-setup
 	$(BIN)/python benchmarks/scalability.py $(BENCH_ARGS)
 
+# Fault scalability of both metadata engines (Q/U and FaB) for b = 1..3: per-node frames,
+# bytes and CPU per operation, one mount alone and 2 and 4 in one directory (issue 39).
+bench-engines: setup
+	$(BIN)/python benchmarks/engines.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

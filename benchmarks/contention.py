@@ -27,11 +27,12 @@ import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+import engines  # benchmarks/engines.py: the threads of mounts working at once
 
 from bftfs.fuse import control
 from bftfs.testing.mounts import Mount
@@ -63,25 +64,8 @@ def _journal(d: Path, me: str, loops: int) -> int:
 
 def _both(dirs: list[Path], work: Callable[[Path, str], int]) -> float:
     """Operations per second of both mounts running ``work`` at once."""
-    done: list[int] = []
-    errors: list[BaseException] = []
-
-    def one(d: Path, me: str) -> None:
-        try:
-            done.append(work(d, me))
-        except BaseException as e:  # noqa: BLE001 - reported after the join
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(d, f"m{k}")) for k, d in enumerate(dirs)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.perf_counter() - start
-    if errors:
-        raise errors[0]
-    return sum(done) / took
+    ops, took = engines.run_threads(dirs, work)
+    return ops / took
 
 
 def _leases(pc: ProcessCluster, m: Mount) -> Counter[str]:

@@ -61,10 +61,13 @@ class Leader:
         if self.proposals.get(slot) == value and learner < self.q.l:
             self.acks.setdefault(slot, set()).add(learner)
 
+    def satisfied(self, slot: int) -> bool:
+        """Whether enough learners acknowledged the proposal at ``slot`` to stop resending."""
+        return len(self.acks.get(slot, ())) >= -(-(self.q.l + self.q.f + 1) // 2)
+
     def unsatisfied(self) -> list[int]:
         """Slots whose proposal too few learners have acknowledged: resend them."""
-        need = -(-(self.q.l + self.q.f + 1) // 2)
-        return [s for s in self.proposals if len(self.acks.get(s, ())) < need]
+        return [s for s in self.proposals if not self.satisfied(s)]
 
     def query(self) -> Query | None:
         return Query(self.regency, self.proof) if self.recovering else None

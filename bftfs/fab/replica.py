@@ -58,6 +58,7 @@ from bftfs.fab.messages import (
     Suspect,
     decode,
 )
+from bftfs.fab.pacing import Resends
 from bftfs.fab.statetransfer import StateTransfer
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
@@ -74,13 +75,19 @@ class Settings:
     interval: int = 16  # a checkpoint every `interval` slots (the seed's CP_FREQ)
     timeout: int = 8  # ticks a held request may wait before the regent is suspected
     pulls_per_tick: int = 8
+    #: Ticks before a retransmission (of a proposal, a PULL, a FETCH, a checkpoint or a
+    #: suspicion), doubling after each one up to ``resend_cap`` (:mod:`bftfs.fab.pacing`).
+    resend: int = 1
+    resend_cap: int = 8
 
     def __post_init__(self) -> None:
         # The window only moves at a stable checkpoint: one smaller than two intervals
         # fills before the next checkpoint can become stable, and proposing stops for good
         # (PBFT's log size L >= 2K for the same reason).
-        if min(self.window, self.interval, self.timeout, self.pulls_per_tick) < 1:
+        if min(self.window, self.interval, self.timeout, self.pulls_per_tick, self.resend) < 1:
             raise ValueError(f"FaB settings must be positive: {self}")
+        if self.resend_cap < self.resend:
+            raise ValueError(f"resend_cap {self.resend_cap} < resend {self.resend}")
         if self.window < 2 * self.interval:
             raise ValueError(
                 f"window {self.window} < 2 x checkpoint interval {self.interval}: the log "
@@ -141,7 +148,11 @@ class Replica:
         #: ``settings.timeout`` when a slot executes.
         self.patience = self.settings.timeout
         self.rejected = 0
-        self.transfer = StateTransfer(self.me, n, self.checkpoints, self.execution, self._send)
+        pacing = (s.resend, s.resend_cap)
+        self.transfer = StateTransfer(
+            self.me, n, self.checkpoints, self.execution, self._send, pacing
+        )
+        self.resends = Resends(*pacing)  # when to send again what is not answered
         self._out: list[Send] = []
         self._begin_regency()
 
@@ -264,7 +275,13 @@ class Replica:
         for held in list(self.held.values()):
             p = self.leader.propose(held.op, self.acceptor.low)
             if p is not None:
-                self._send(None, p)
+                self._propose(p)
+
+    def _propose(self, p: Propose) -> None:
+        """Send a new proposal, and start its round and its resend clock."""
+        self.resends.rounds.start(p.slot, self.now)
+        self.resends.proposals.sent(p.slot, self.now, self.resends.rounds.first())
+        self._send(None, p)
 
     # -- acceptor -------------------------------------------------------------------
 
@@ -358,6 +375,8 @@ class Replica:
 
     def _on_learned(self, sender: int, m: Learned) -> str | None:
         self.leader.on_learned(sender, m.slot, m.value)
+        if self.leader.satisfied(m.slot):
+            self.resends.rounds.done(m.slot, self.now)
         learned = self.learner.on_learned(sender, m)
         if isinstance(learned, str):
             return learned
@@ -462,7 +481,7 @@ class Replica:
             self._send(None, new_view)  # the certificate is complete: even with no slot
             # to recover, acceptors need it to change what they accepted beyond it
             for p in proposals:
-                self._send(None, p)
+                self._propose(p)
             self._propose_held()
         return None
 
@@ -483,23 +502,22 @@ class Replica:
     # -- retransmission -------------------------------------------------------------
 
     def _retransmit(self) -> None:
-        leader = self.leader
+        leader, again, now = self.leader, self.resends, self.now
         if leader.recovering and (query := leader.query()) is not None:
             self._send(None, query)
         elif leader.regency >= 0:
-            pending = leader.unsatisfied()
+            again.rounds.keep(leader.proposals)
+            pending = again.proposals.due(leader.unsatisfied(), now)
             if pending and leader.new_view is not None:
                 self._send(None, leader.new_view)
             for s in pending:
                 self._send(None, Propose(leader.regency, s, leader.proposals[s]))
             self._propose_held()
-        mine = self.election.suspected
-        if (
-            mine is not None
-            and self.held
-            and self.election.latest.get(self.me) == (self.election.regency, mine)
-        ):
+        mine, regency = self.election.suspected, self.election.regency
+        suspecting = self.held and self.election.latest.get(self.me) == (regency, mine)
+        if again.suspicions.due([regency] if suspecting and mine else [], now) and mine:
             self._send(None, Suspect(mine))
-        if self.checkpoints.mine is not None:
-            self._send(None, Checkpoint(self.checkpoints.mine))
-        self.transfer.maybe_fetch(self.now)
+        cp = self.checkpoints.mine
+        if again.checkpoints.due([cp.body] if cp else [], now) and cp:
+            self._send(None, Checkpoint(cp))
+        self.transfer.maybe_fetch(now)

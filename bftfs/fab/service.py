@@ -25,6 +25,7 @@ server and endpoint of its own (the loopback test).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,8 @@ class FabShell:
         self._queues = {j: trio.open_memory_channel[bytes](queue) for j in range(replica.nodes)}
         self._sent = self._dropped = self._failed = self._received = 0
         self._unsaved = 0  # steps whose changes the store refused
+        #: Messages handed to the transport, by kind (``PROPOSE``: one per destination).
+        self.kinds: Counter[str] = Counter()
 
     def statistics(self) -> ServiceStatistics:
         return ServiceStatistics(
@@ -121,6 +124,7 @@ class FabShell:
             log.debug("fab%d: rejected: %s", self.replica.me, step.rejection)
         for to, message in step.sends:
             data = encode(message)
+            self.kinds[type(message).__name__.upper()] += self.replica.nodes if to is None else 1
             if to is None:
                 for j in range(self.replica.nodes):
                     self._enqueue(j, data)

@@ -1,6 +1,7 @@
-"""Catching up, for one FaB replica (seed 003, chapter 6): the ``PULL`` of slots missing
-for a tick, and state transfer at checkpoints: the snapshots it keeps, the ``FETCH`` it
-sends when execution stays behind the stable checkpoint, and the ``SNAPSHOT`` it installs.
+"""Catching up, for one FaB replica (seed 003, chapter 6): the ``PULL`` of missing slots
+(paced by :mod:`bftfs.fab.pacing`), and state transfer at checkpoints: the snapshots it
+keeps, the ``FETCH`` it sends when execution stays behind the stable checkpoint, and the
+``SNAPSHOT`` it installs.
 
 A snapshot is trusted by its digest, which the stable checkpoint's certificate (``f + 1``
 matching statements) names, never by its sender: one answer is enough, and a wrong one
@@ -16,6 +17,7 @@ from bftfs.fab.checkpoints import Checkpoints
 from bftfs.fab.execution import Execution, digest_of
 from bftfs.fab.learner import Learner
 from bftfs.fab.messages import Fetch, Message, Pull, Snapshot
+from bftfs.fab.pacing import Backoff
 
 
 class StateTransfer:
@@ -28,6 +30,7 @@ class StateTransfer:
         checkpoints: Checkpoints,
         execution: Execution,
         send: Callable[[int | None, Message], None],
+        pacing: tuple[int, int] = (1, 1),
     ) -> None:
         self.me = me
         self.nodes = nodes
@@ -38,21 +41,27 @@ class StateTransfer:
         self.snapshots: dict[int, bytes] = {}
         #: Snapshots installed to catch up past a collected log.
         self.installed = 0
-        #: Tick execution was first behind the stable checkpoint.
-        self.behind_since: int | None = None
-        #: Slot -> tick it was first seen missing.
-        self.missing_since: dict[int, int] = {}
+        #: When to PULL each missing slot, and FETCH the stable state, again
+        #: (``pacing``: ticks before the first send, longest interval).
+        self.pulls: Backoff[int] = Backoff(*pacing)
+        #: Slots above the highest learned one are usually still being learned the usual
+        #: way (under load, every slot in flight): they are pulled only after the
+        #: longest interval.
+        self.tail_pulls: Backoff[int] = Backoff(pacing[1], pacing[1])
+        self.fetches: Backoff[int] = Backoff(*pacing)
 
     def pull(self, now: int, learner: Learner, holding: bool, per_tick: int) -> None:
-        """PULL slots missing for a whole tick (Fig. 6.6 lines 32-34: after a timeout, so
-        a slot still being learned the usual way costs no pull)."""
+        """PULL slots missing for a while (Fig. 6.6 lines 32-34: after a timeout, so a slot
+        still being learned the usual way costs no pull): a gap below a learned slot
+        after ``pacing[0]`` ticks, a slot above every learned one after ``pacing[1]``."""
         missing = learner.missing(self.execution.executed)
         if not missing and holding:
             # Holding a request and hearing of no slot to learn: perhaps behind a log the
             # others collected; a PULL of the next slot is answered with the checkpoint.
             missing = [max(self.execution.executed, learner.low) + 1]
-        self.missing_since = {s: self.missing_since.get(s, now) for s in missing}
-        late = [s for s in missing if now - self.missing_since[s] >= 1]
+        top = max(learner.learned, default=0)
+        gaps, tail = [s for s in missing if s < top], [s for s in missing if s > top]
+        late = self.pulls.due(gaps, now) + self.tail_pulls.due(tail, now)
         for slot in late[:per_tick]:
             self._send(None, Pull(slot))
 
@@ -84,14 +93,12 @@ class StateTransfer:
         return True
 
     def maybe_fetch(self, now: int) -> None:
-        """FETCH the stable state when execution has been behind it for a whole tick, from
-        one other node per tick in turn: a node just behind usually learns the slots a
-        moment later, and a snapshot is the whole state (its digest, not its sender, makes
-        it trusted, so one answer is enough)."""
-        if self.checkpoints.stable <= self.execution.executed:
-            self.behind_since = None
-        elif self.behind_since is None:
-            self.behind_since = now
-        elif now - self.behind_since >= 1:
+        """FETCH the stable state when execution has been behind it for a while, from one
+        other node per try in turn (tries paced as PULLs are): a node just behind usually
+        learns the slots a moment later, and a snapshot is the whole state (its digest, not
+        its sender, makes it trusted, so one answer is enough)."""
+        stable = self.checkpoints.stable
+        behind = [stable] if stable > self.execution.executed else []
+        if self.fetches.due(behind, now):
             peer = (self.me + 1 + now % (self.nodes - 1)) % self.nodes
             self._send(peer, Fetch(self.checkpoints.stable))
