@@ -19,11 +19,13 @@ import pytest
 import trio
 from fs_helpers import Env, run, write_file
 
-from bftfs.fs.errors import FsError
+from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.files import PREFETCH_GROUP, READAHEAD_MAX_BLOCKS
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.flushbehind import behind_done
+from bftfs.fs.meta import LEASE_NS
 from bftfs.fsobjects import ROOT
-from bftfs.rw.messages import KIND_WRITE
+from bftfs.rw.messages import KIND_WRITE, block_id
 
 BS = 4096
 SMALL = {"block_size": BS}
@@ -274,3 +276,102 @@ def test_a_background_write_failure_surfaces_at_fsync_or_close(tmp_path: Path, a
         await b.release(fb)
 
     run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
+async def _stream(fs: FileSystem, fh: int, data: bytes, start: int, stop: int) -> int:
+    """Write ``data[start:stop]`` sequentially in 16 KiB writes; where it ended."""
+    for off in range(start, stop, 16 * 1024):
+        await fs.write(fh, off, data[off : min(off + 16 * 1024, stop)])
+    return stop
+
+
+def test_a_sequential_writer_keeps_its_write_lease_across_flushes(tmp_path: Path) -> None:
+    """A background flush's ``fs.write`` keeps the write lease (declaring where the next
+    blocks go), so a sequential writer's later flushes need no ``fs.lock`` round; the
+    close's flush ends the lease, and another client writes at once (issue 34)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(5).randbytes(1024 * 1024 + 77)
+        fh, attr = await a.create(ROOT, b"kept", 0o644, 0, 0, os.O_WRONLY)
+        ino = attr.ino
+        await _stream(a, fh, data, 0, len(data))
+        await a.release(fh)
+        assert a.streaming["behind-flushes"] >= 6
+        # One lock at most (a flush that outgrew its declaration); one per flush before.
+        assert a.methods["fs.lock"] <= 1, a.methods
+        s = await env.raw.query(ino, "fs.stat")
+        assert s["size"] == len(data) and not s.get("zl") and s["z"] == []
+        fb = await b.open(ino, os.O_RDWR)
+        assert await read_all(b, fb, len(data)) == data
+        await b.write(fb, 10, b"second writer")
+        await b.fsync(fb)
+        assert b.methods["flush-retries"] == 0  # the lease ended with the close
+        await b.release(fb)
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
+def test_a_writer_dying_under_a_kept_lease_leaves_nothing_readable(tmp_path: Path) -> None:
+    """The writer dies after its next flush's blocks are written past the size, before
+    that flush's ``fs.write``.  Its kept lease runs out; another client growing the file
+    past those blocks reads zeros there, never the dead flush's bytes: the lease declared
+    them, and the declaration became the file's stale ranges (issue 34)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(6).randbytes(512 * 1024)
+        fh, attr = await a.create(ROOT, b"dies", 0o644, 0, 0, os.O_WRONLY)
+        ino = attr.ino
+        end = await _stream(a, fh, data, 0, 128 * 1024)
+        await behind_done(a.open_files()[ino], report=True)
+        first = await env.raw.query(ino, "fs.stat")
+        assert first["size"] > 0 and first.get("zl")  # the kept lease's declaration
+        blocks_written, gone = trio.Event(), trio.Event()
+        update, unlock = a.meta.update, a.engine.unlock
+
+        async def dies_before_its_size_update(objects: Any, method: str, arg: Any) -> Any:
+            if method == "fs.write":
+                blocks_written.set()
+                await gone.wait()  # the process is gone: nothing more is sent
+                raise Unavailable("the writer is gone")
+            return await update(objects, method, arg)
+
+        async def sends_nothing(f: Any) -> None:
+            pass
+
+        a.meta.update = dies_before_its_size_update  # type: ignore[method-assign]
+        a.engine.unlock = sends_nothing  # type: ignore[method-assign]
+        try:
+            end = await _stream(a, fh, data, end, end + 80 * 1024)  # past dirty_limit
+            await blocks_written.wait()
+            await _a_dead_writers_blocks_stay_unread(env, ino, data, first["size"], 2 * end)
+        finally:
+            gone.set()  # (teardown: client A's buffered writes go out at its close)
+            a.meta.update, a.engine.unlock = update, unlock  # type: ignore[method-assign]
+        assert a.methods["fs.lock"] == 0  # the dead flush wrote under the kept lease
+        with pytest.raises(FsError):
+            await a.release(fh)  # reports the background flush's failure
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
+async def _a_dead_writers_blocks_stay_unread(
+    env: Env, ino: int, data: bytes, size: int, grown: int
+) -> None:
+    """The dead writer's next blocks are there past ``size``; once its lease ran out,
+    client B grows the file to ``grown`` and reads zeros past ``size``."""
+    a, b = env.fss
+    s = await env.raw.query(ino, "fs.stat")
+    assert s["size"] == size
+    d, bs = s["d"], s.get("bs", BS)
+    past = size // bs + 1
+    got = await a.rw.read_blocks([block_id(d, past)])
+    assert got[block_id(d, past)] == data[past * bs : (past + 1) * bs]  # left there
+    env.clock[0] += LEASE_NS + 10**9  # its lease runs out
+    await b.setattr(ino, size=grown)
+    fb = await b.open(ino, os.O_RDONLY)
+    got_back = await read_all(b, fb, grown)
+    await b.release(fb)
+    assert got_back[:size] == data[:size]
+    assert got_back[size:] == bytes(grown - size)

@@ -57,6 +57,20 @@ def _defer_refill(todo: list[int], end: int, bs: int, last: int, file_last: int)
     return bool(todo) and len(todo) < PREFETCH_GROUP and todo[0] * bs >= end and last < file_last
 
 
+def _declared(st: dict[str, Any], written: list[list[int]]) -> bool:
+    """Whether a lease the client holds covers a flush that writes ``written``: a lease
+    kept from the last flush (``fs.write`` with ``keep``) covers only the ranges past the
+    size it declared (``zl``); a create's lease declares nothing and covers any (a dead
+    first flush's blocks past the size stay, docs/fs-api.md); a file without the stale
+    record (``z``) is cleared up to ``alloc`` whenever it grows."""
+    declared = st.get("zl")
+    if not declared or st.get("z") is None:
+        return True
+    size = int(st["size"])
+    todo = [(max(lo, size), hi) for lo, hi in written if hi > size]
+    return all(any(dlo <= lo and hi <= dhi for dlo, dhi in declared) for lo, hi in todo)
+
+
 class FlushEngine:
     """Reading blocks into an open file's cache and flushing its buffered writes.  Given
     the protocol calls and the cache.  A file with a pending create is flushed only once
@@ -288,7 +302,10 @@ class FlushEngine:
         # refuse ``stale`` if anyone changed the file since, ``locked`` while another
         # client writes its blocks), with a larger reservation when the blocks need one.
         held = f.lease_until is not None and self.meta.now() + LEASE_MARGIN_NS < f.lease_until
+        held = held and _declared(f.st, written)
         f.lease_until = None  # used once: a failed attempt takes the lease again
+        # A background flush (the writer goes on) keeps the lease for the next one.
+        keep = f.behind is not None
         # A big block size is recorded with the lock, before any block is written under
         # it; the cluster's own size may wait for this flush's fs.write (below) when the
         # create's lease spares the lock round (a round per new block file otherwise:
@@ -323,12 +340,29 @@ class FlushEngine:
                 arg["blocks"] = True
             arg["w"] = written
             attrs = arg["attrs"] = dict(f.attrs)
+            if keep:
+                self._keep_lease(f, arg, new_size, new_size - f.st["size"])
             await self._update_data(f, "fs.write", arg)
         except Exception:
             await self.unlock(f)
             raise
+        if keep:
+            f.lease_until = arg["now"] + LEASE_NS
         self.flushed(f, snapshot, mtime, attrs)
         f.sent(logged)
+
+    def _keep_lease(self, f: OpenFile, arg: dict[str, Any], end: int, grown: int) -> None:
+        """Ask the flush's ``fs.write`` to keep the write lease (``keep``), declaring the
+        next ``2 * max(grown, bs)`` bytes past ``end`` (where a sequential writer's next
+        flush lands: within it, that flush needs no ``fs.lock``; :func:`_declared`) and
+        reserving them.  Declared, because a writer that dies after writing its next
+        blocks leaves them past the size: the declaration then becomes the file's stale
+        ranges, which whoever grows the file clears (``fsobjects/ranges.py``)."""
+        ahead = end + 2 * max(grown, f.bs)
+        arg["keep"] = LEASE_NS
+        arg["z"] = [[end, ahead]]
+        if ahead > f.st["alloc"]:
+            arg["alloc"] = reservation(ahead, f.st["alloc"], f.bs)
 
     def _decide_block_size(self, f: OpenFile) -> int:
         """The block size to record for ``f`` at this flush (0: none to record), with its
