@@ -312,6 +312,31 @@ def test_a_sequential_writer_keeps_its_write_lease_across_flushes(tmp_path: Path
     run(tmp_path, body, fs_options=STREAM, **SMALL)
 
 
+def test_a_close_with_nothing_buffered_ends_a_kept_lease_completed(tmp_path: Path) -> None:
+    """The background flush took every buffered byte and kept the lease; the close finds
+    nothing to send and ends the lease as a completed write: its declaration does not
+    become stale ranges (which an extender would clear and a remover give back)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(7).randbytes(80 * 1024)
+        fh, attr = await a.create(ROOT, b"even", 0o644, 0, 0, os.O_WRONLY)
+        ino = attr.ino
+        await _stream(a, fh, data, 0, len(data))  # its last write starts the flush
+        f = a.open_files()[ino]
+        await behind_done(f, report=True)
+        assert not f.buffered and (await env.raw.query(ino, "fs.stat")).get("zl")
+        await a.release(fh)
+        s = await env.raw.query(ino, "fs.stat")
+        assert s["size"] == len(data) and s["z"] == [] and not s.get("zl")
+        fb = await b.open(ino, os.O_WRONLY)
+        await b.write(fb, len(data), b"appended at once")
+        await b.release(fb)
+        assert b.methods["flush-retries"] == 0
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
 def test_a_writer_dying_under_a_kept_lease_leaves_nothing_readable(tmp_path: Path) -> None:
     """The writer dies after its next flush's blocks are written past the size, before
     that flush's ``fs.write``.  Its kept lease runs out; another client growing the file
@@ -328,7 +353,7 @@ def test_a_writer_dying_under_a_kept_lease_leaves_nothing_readable(tmp_path: Pat
         first = await env.raw.query(ino, "fs.stat")
         assert first["size"] > 0 and first.get("zl")  # the kept lease's declaration
         blocks_written, gone = trio.Event(), trio.Event()
-        update, unlock = a.meta.update, a.engine.unlock
+        update, give_up = a.meta.update, a.engine.give_up
 
         async def dies_before_its_size_update(objects: Any, method: str, arg: Any) -> Any:
             if method == "fs.write":
@@ -341,14 +366,14 @@ def test_a_writer_dying_under_a_kept_lease_leaves_nothing_readable(tmp_path: Pat
             pass
 
         a.meta.update = dies_before_its_size_update  # type: ignore[method-assign]
-        a.engine.unlock = sends_nothing  # type: ignore[method-assign]
+        a.engine.give_up = sends_nothing  # type: ignore[method-assign]
         try:
             end = await _stream(a, fh, data, end, end + 80 * 1024)  # past dirty_limit
             await blocks_written.wait()
             await _a_dead_writers_blocks_stay_unread(env, ino, data, first["size"], 2 * end)
         finally:
             gone.set()  # (teardown: client A's buffered writes go out at its close)
-            a.meta.update, a.engine.unlock = update, unlock  # type: ignore[method-assign]
+            a.meta.update, a.engine.give_up = update, give_up  # type: ignore[method-assign]
         assert a.methods["fs.lock"] == 0  # the dead flush wrote under the kept lease
         with pytest.raises(FsError):
             await a.release(fh)  # reports the background flush's failure

@@ -344,7 +344,7 @@ class FlushEngine:
                 self._keep_lease(f, arg, new_size, new_size - f.st["size"])
             await self._update_data(f, "fs.write", arg)
         except Exception:
-            await self.unlock(f)
+            await self.give_up(f)
             raise
         if keep:
             f.lease_until = arg["now"] + LEASE_NS
@@ -390,8 +390,23 @@ class FlushEngine:
         return target
 
     async def unlock(self, f: OpenFile) -> None:
+        """End the write lease ``f`` holds with nothing buffered (its last close).  A
+        lease kept from the last flush (its declaration ``zl``) ends completed, by an
+        ``fs.write`` of the size the servers hold: nothing was written under it since, so
+        its declaration is dropped instead of becoming stale ranges, which an extender
+        would clear and a remover give back.  A create's lease is given up."""
+        if not f.st.get("zl"):
+            await self.give_up(f)
+            return
+        with contextlib.suppress(Exception):
+            arg = self.lease_arg(*f.base)
+            arg.update(end=f.st["size"], mtime=f.st["mt"], w=[])
+            await self._update_data(f, "fs.write", arg)
+
+    async def give_up(self, f: OpenFile) -> None:
         """Give the write lease up after a failed flush, so other clients need not wait
-        for it to expire (best effort: if this fails too, it expires)."""
+        for it to expire (best effort: if this fails too, it expires); what it declared
+        becomes stale, as the flush may have written some of it."""
         with contextlib.suppress(Exception):
             s = await self.meta.update([f.ino], "fs.unlock", {"tok": self.lease_token})
             self.cache.own_stat(f.ino, s)
