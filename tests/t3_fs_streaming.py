@@ -400,3 +400,38 @@ async def _a_dead_writers_blocks_stay_unread(
     await b.release(fb)
     assert got_back[:size] == data[:size]
     assert got_back[size:] == bytes(grown - size)
+
+
+def test_a_write_during_a_flush_leaves_the_flushed_blocks_as_they_were(tmp_path: Path) -> None:
+    """A flush sends the dirty blocks without copying them; the writer appends to the
+    last, partly written block while the flush is on its way: the block the flush holds
+    stays as it was (the write changes a copy), and the file ends with every byte."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(8).randbytes(80 * 1024 + 150)
+        fh, attr = await a.create(ROOT, b"cow", 0o644, 0, 0, os.O_WRONLY)
+        sent, go = trio.Event(), trio.Event()
+        write_blocks, changed = a.rw.write_blocks, []
+
+        async def paused(blocks: dict[bytes, bytes], **kw: Any) -> Any:
+            if not sent.is_set():
+                before = {k: bytes(v) for k, v in blocks.items()}
+                sent.set()
+                await go.wait()
+                changed.extend(k for k, v in blocks.items() if bytes(v) != before[k])
+            return await write_blocks(blocks, **kw)
+
+        a.rw.write_blocks = paused  # type: ignore[method-assign]
+        await _stream(a, fh, data, 0, 80 * 1024 + 100)  # the last write starts a flush
+        with trio.fail_after(30):
+            await sent.wait()
+        await a.write(fh, 80 * 1024 + 100, data[80 * 1024 + 100 :])  # into a block sent
+        go.set()
+        await a.release(fh)
+        assert not changed
+        fb = await b.open(attr.ino, os.O_RDONLY)
+        assert await read_all(b, fb, len(data)) == data
+        await b.release(fb)
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
