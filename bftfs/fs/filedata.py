@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 #: A lease taken at create is used for a flush only with this much of it left.
 LEASE_MARGIN_NS = 10 * 10**9
+#: How long a background flush keeps the write lease (``fs.write``'s ``keep``): a
+#: sequential writer's next flush, within ``KEPT_LEASE_NS - LEASE_MARGIN_NS``, needs no
+#: ``fs.lock``; a writer that stops with the file open holds it no longer than this, less
+#: than another client's flush retries for (``FLUSH_ATTEMPTS`` back-offs, about 20 s).
+KEPT_LEASE_NS = 15 * 10**9
 
 
 def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
@@ -360,7 +365,7 @@ class FlushEngine:
             await self.give_up(f)
             raise
         if keep:
-            f.lease_until = arg["now"] + LEASE_NS
+            f.lease_until = arg["now"] + KEPT_LEASE_NS
         self.flushed(f, snapshot, mtime, attrs)
         f.sent(logged)
 
@@ -372,7 +377,7 @@ class FlushEngine:
         blocks leaves them past the size: the declaration then becomes the file's stale
         ranges, which whoever grows the file clears (``fsobjects/ranges.py``)."""
         ahead = end + 2 * max(grown, f.bs)
-        arg["keep"] = LEASE_NS
+        arg["keep"] = KEPT_LEASE_NS
         arg["z"] = [[end, ahead]]
         if ahead > f.st["alloc"]:
             arg["alloc"] = reservation(ahead, f.st["alloc"], f.bs)
