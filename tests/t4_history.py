@@ -45,9 +45,13 @@ def log_of(cluster: ProcessCluster, path: Path | str, *extra: str) -> list[dict[
 
 
 def write(path: Path, data: bytes) -> int:
-    """Write ``data`` as the whole content of ``path``; the moment after close returned."""
+    """Write ``data`` as the whole content of ``path`` and ``fsync`` it; the moment after
+    close returned.  (A file a mount keeps writing comes leased to it, and its closes
+    leave the writes to write-back: history holds what reached the nodes.)"""
     with open(path, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return time.time_ns()
 
 
