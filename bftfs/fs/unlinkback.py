@@ -127,11 +127,10 @@ class PendingUnlinks:
         f = self.cache.files.get(oid)
         if f is not None and f.opens:
             return False
-        if self._cancellable(oid) and wb.defer_touch(parent):
+        if self._cancellable(oid) and self.touch(parent):
             if self.discard_held is not None:
                 self.discard_held(oid)
             self._cancel(oid)
-            self._touches[parent] = max(self.meta.now(), self._touches.get(parent, 0))
             self._gone_here(parent, name, oid)
             wb.stats["creates_cancelled"] += 1
             return True
@@ -154,9 +153,9 @@ class PendingUnlinks:
 
     def touch(self, parent: int) -> bool:
         """Move directory ``parent``'s times to now, in the mount at once and on the
-        servers by write-back (a change of it that no update sends: a rename of a create
-        that waits, ``PendingCreates.rename_deferred``); False when write-back cannot
-        hold one more."""
+        servers by write-back (a change of it that no update sends: a create and its
+        removal that cancelled, a rename of a create that waits,
+        ``PendingCreates.rename_deferred``); False when write-back cannot hold one more."""
         wb = self.writeback
         if wb is None or not wb.defer_touch(parent):
             return False
