@@ -6,8 +6,8 @@ unlink) answered EIO with all six nodes up, "fewer than q servers answer": conte
 backoffs and rounds cut short used up each system call's patience.  Here two
 :class:`~bftfs.fs.filesystem.FileSystem` clients (write-behind on, as a mount runs) in this
 process loop on one name against six real node processes over real TCP, every call under
-a short patience as the FUSE layer gives it, and every Q/U backoff longer than that
-patience (contention amplified: on the code before the fix the first contended repair
+a short patience as the FUSE layer gives it (3 s: all six durable nodes once stayed silent
+through 1 s on CI), and every Q/U backoff longer than that patience (contention amplified: on the code before the fix the first contended repair
 failed the call).  The loop runs until both clients backed off for contention several
 times; no call may fail, and both clients then list the same empty directory.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 from fs_helpers import (
-    CALL_PATIENCE,
+    PROCESS_CALL_PATIENCE,
     RW_OPTIONS,
-    backoff_past_the_patience,
+    backoff_past,
     journal_until_contended,
     names,
 )
@@ -52,14 +52,14 @@ def test_journal_pattern_from_two_clients_on_node_processes_never_fails(tmp_path
                     QUThresholds.from_config(cfg),
                     client_id=ep.pid,
                     rng=random.Random(k),
-                    sleep=backoff_past_the_patience,
+                    sleep=backoff_past(PROCESS_CALL_PATIENCE),
                 )
                 fs = await FileSystem.open(
                     qu, rw, cfg, rng=random.Random(100 + k), write_behind=True
                 )
                 fss.append(fs)
             d = await fss[0].mkdir(ROOT, b"journal", 0o755, 0, 0)
-            await journal_until_contended(fss, d.ino, CALL_PATIENCE)
+            await journal_until_contended(fss, d.ino, PROCESS_CALL_PATIENCE)
             for fs in fss:
                 assert await names(fs, d.ino) == []
 
