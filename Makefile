@@ -35,10 +35,10 @@ status: setup
 test: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-slow: setup-tests
-	$(BIN)/pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no slow tests collected
+	$(BIN)/pytest -q -m slow --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no slow tests collected
 
 test-all: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks

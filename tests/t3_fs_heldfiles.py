@@ -19,6 +19,7 @@ from t3_fs_writeback import exclusive, new_file
 
 from bftfs.fs.errors import NotFound
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.writeback import MAX_FILE
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
@@ -249,6 +250,30 @@ def test_a_file_another_client_made_is_leased_after_a_few_written_closes(
         assert await read_all(a, ino) == expected
         assert rounds(a) == before, f"rounds: {rounds(a) - before}"
         assert await read_all(b, attr.ino) == expected  # recalled: written back first
+        assert leases.exclusive_left(ino) == 0
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_file_past_max_file_is_not_leased_for_its_written_closes(tmp_path: Path) -> None:
+    """A file larger than write-back keeps (``writeback.MAX_FILE``), appended to and closed
+    again and again: its closes send their writes at once, as the mount would even holding
+    it, so no exclusive lease is asked for (one would only cost a round and hold other
+    clients' looks off until recalled)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, _ = await b.create(ROOT, b"big", 0o644, 0, 0, os.O_WRONLY)
+        await b.write(fh, 0, bytes(MAX_FILE + 1))
+        await b.fsync(fh)
+        await b.release(fh)
+        ino = (await a.lookup(ROOT, b"big")).ino
+        leases = a.meta.leases
+        assert leases is not None
+        asked = rounds(a)["fs.lease"]
+        for k in range(6):
+            await append(a, ino, b"a %d\n" % k)
+        assert rounds(a)["fs.lease"] == asked
         assert leases.exclusive_left(ino) == 0
 
     run(tmp_path, body, fs_options=OPTIONS)

@@ -334,7 +334,7 @@ class Handles:
             return False
         if self.held.defer(f):
             return True
-        self.held.want(f.ino)  # closes that send at once: after a few, lease it alone
+        self.held.want(f)  # closes that send at once: after a few, lease it alone
         return False
 
     async def _flush_file(self, f: OpenFile) -> None:

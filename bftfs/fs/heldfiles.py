@@ -108,10 +108,13 @@ class HeldFiles:
         since = self.leases.exclusive_from(f.ino)
         return since is not None and f.adopted >= since and self.holds(f.ino)
 
-    def want(self, ino: int) -> None:
-        """A close of ``ino`` sent its writes at once, as the mount does not hold it: ask
-        for an exclusive lease after a few (:meth:`Leases.want_exclusive_file`)."""
-        self.leases.want_exclusive_file(ino)
+    def want(self, f: OpenFile) -> None:
+        """A close of ``f`` sent its writes at once, as the mount does not hold it: ask
+        for an exclusive lease after a few (:meth:`Leases.want_exclusive_file`), unless
+        ``f`` is past :data:`MAX_FILE`, which the mount would not keep even then (such a
+        lease would only cost its round and hold other clients' looks off until recalled)."""
+        if f.size <= MAX_FILE:
+            self.leases.want_exclusive_file(f.ino)
 
     def reopen(self, ino: int) -> OpenFile | None:
         """The kept state of ``ino`` for an ``open`` answered without a round, or None."""
