@@ -55,6 +55,11 @@ key                 default     meaning
                                 period after the last one ended (kept in the store,
                                 so restarts do not postpone it)
 ``scrub_rate``      2000        versions a scrub checks per second at most
+``catchup_bytes_per_second`` 67108864  the block data a node catching up (restarted, or
+                                a new machine replacing one) reads from the others per
+                                second at most (64 MiB; 0: no limit): what it takes from
+                                the foreground (node/rw_catchup.py)
+``catchup_parallel`` 8          blocks a catch-up reads at once
 ==================  ==========  ==========================================================
 
 Retention (what garbage collection keeps below a version verified complete; the thinning
@@ -155,6 +160,8 @@ class VerificationPolicy:
     data_fraction: float = 0.9
     scrub_seconds: float = 604800.0
     scrub_rate: int = 2000
+    catchup_bytes_per_second: int = 64 * 1024 * 1024
+    catchup_parallel: int = 8
 
     @property
     def enabled(self) -> bool:
@@ -193,6 +200,12 @@ class VerificationPolicy:
             raise PolicyError("[verification] scrub_seconds must be in 0 .. 10 years (0: off)")
         if not 1 <= self.scrub_rate <= 1_000_000:
             raise PolicyError("[verification] scrub_rate must be in 1..1000000 versions/s")
+        if not 0 <= self.catchup_bytes_per_second <= 1 << 40:
+            raise PolicyError(
+                "[verification] catchup_bytes_per_second must be in 0..2**40 (0: no limit)"
+            )
+        if not 1 <= self.catchup_parallel <= 64:
+            raise PolicyError("[verification] catchup_parallel must be in 1..64 blocks")
         return self
 
 

@@ -246,11 +246,10 @@ def test_pass_gives_up_when_another_node_is_down_too(
             assert prog["state"] == "failed", prog
             assert prog["bad_peers"] == 1  # node 0 did not list
             assert prog["candidates"] == 8
-            assert (prog["failed"], prog["abandoned"], prog["done"]) == (
-                catchup.MAX_FAILED_IN_A_ROW,
-                8 - catchup.MAX_FAILED_IN_A_ROW,
-                0,
-            ), prog
+            # Read ``catchup_parallel`` (8) at once, they fail together: the pass ends at
+            # the third failure, the others cut short or never started are abandoned.
+            assert prog["failed"] >= catchup.MAX_FAILED_IN_A_ROW, prog
+            assert (prog["failed"] + prog["abandoned"], prog["done"]) == (8, 0), prog
 
     trio.run(main)
 

@@ -34,9 +34,16 @@ Progress is kept in ``node.progress["rw.catchup"]`` (``bftfs status``, the ``sta
 ``state`` (scanning, running, done, failed), ``candidates``, ``behind``, ``done``,
 ``skipped``, ``failed``, ``current`` (read and found up to date), ``bad_peers`` (listings
 dropped as malformed or unanswered), ``abandoned`` (candidates not tried after
-:data:`MAX_FAILED_IN_A_ROW` reads failed in a row) and ``seconds``.  Blocks are handled
-one at a time with a checkpoint in between, so foreground requests are never held up;
-nothing a peer sends can stop the task or the node.
+:data:`MAX_FAILED_IN_A_ROW` reads failed in a row), ``bytes_read`` (block data read from
+the others), ``bytes_stored`` (this node's fragments stored) and ``seconds``.
+
+**Throttle.**  ``[verification] catchup_parallel`` candidates are read at once (a new
+machine replacing one holding a GiB reads thousands of blocks; one at a time, each waits a
+round trip and the others' CPU sits idle), and the block data read is paced to
+``catchup_bytes_per_second`` (:class:`ByteRate`): the others serve a catch-up's reads
+beside their clients', so the operator bounds what a replacement takes from the foreground
+(Ceph's recovery throttles, GlusterFS's heal).  Nothing a peer sends can stop the task or
+the node.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ from bftfs.rw.messages import (
     WriteRequest,
 )
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, Timestamp
+from bftfs.rw.verify import ReadOutcome
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node
@@ -107,8 +115,28 @@ def new_progress() -> dict[str, Any]:
         "bad_peers": 0,
         "abandoned": 0,
         "passes": 1,
+        "bytes_read": 0,
+        "bytes_stored": 0,
         "seconds": 0.0,
     }
+
+
+class ByteRate:
+    """Paces what a catch-up reads to ``per_second`` bytes (0: no limit): each read's
+    bytes are spent after it, and the next read waits until the total fits the rate
+    since the first (a token bucket with one second of burst)."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._free_at = 0.0  # trio time at which everything spent so far fits the rate
+
+    async def spend(self, nbytes: int) -> None:
+        if self.per_second <= 0 or nbytes <= 0:
+            return
+        now = trio.current_time()
+        self._free_at = max(self._free_at, now - 1.0) + nbytes / self.per_second
+        if self._free_at > now:
+            await trio.sleep_until(self._free_at)
 
 
 class CatchUp:
@@ -137,6 +165,9 @@ class CatchUp:
         self.client_options = READ_OPTIONS if client_options is None else client_options
         self.progress = node.progress[PROGRESS_KEY] = new_progress()
         self._t0 = time.monotonic()
+        policy = node.config.verification
+        self.parallel = policy.catchup_parallel
+        self.rate = ByteRate(policy.catchup_bytes_per_second)
 
     def _count(self, key: str, by: int = 1) -> None:
         self.progress[key] += by
@@ -161,22 +192,9 @@ class CatchUp:
                 trust_verified=False,  # it stores its own regenerated fragment
                 **self.client_options,
             )
-            in_a_row = 0
-            for i, block in enumerate(candidates):
-                failed = self.progress["failed"]
-                await self.catch_up_block(client, block)
-                in_a_row = in_a_row + 1 if self.progress["failed"] > failed else 0
-                if in_a_row >= MAX_FAILED_IN_A_ROW:
-                    self.progress["abandoned"] = len(candidates) - i - 1
-                    self.node.log.warning(
-                        "node %s: rw catch-up gives up after %d failed reads in a row: %s",
-                        self.node.id,
-                        in_a_row,
-                        self.progress,
-                    )
-                    self._state("failed")
-                    return
-                await trio.lowlevel.checkpoint()
+            if not await self._read_all(client, candidates):
+                self._state("failed")
+                return
             self._state("done")
             if self.progress["behind"]:
                 self.node.log.info("node %s: rw catch-up %s", self.node.id, self.progress)
@@ -184,6 +202,38 @@ class CatchUp:
             self.node.log.exception("node %s: rw catch-up failed", self.node.id)
             self.node.stats["internal_errors"] += 1
             self._state("failed")
+
+    async def _read_all(self, client: RWClient, candidates: list[BlockId]) -> bool:
+        """Catch up ``candidates``, :attr:`parallel` at a time; False when
+        :data:`MAX_FAILED_IN_A_ROW` reads failed in a row (in the order they ended), and
+        the rest were abandoned."""
+        todo = iter(candidates)
+        in_a_row = 0
+
+        async def worker(cancel: trio.CancelScope) -> None:
+            nonlocal in_a_row
+            for block in todo:
+                failed = await self.catch_up_block(client, block)
+                in_a_row = in_a_row + 1 if failed else 0
+                if in_a_row >= MAX_FAILED_IN_A_ROW:
+                    cancel.cancel()
+                    return
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.parallel):
+                nursery.start_soon(worker, nursery.cancel_scope)
+        if in_a_row < MAX_FAILED_IN_A_ROW:
+            return True
+        ended = sum(self.progress[k] for k in ("current", "done", "skipped", "failed"))
+        self.progress["abandoned"] = len(candidates) - ended  # cut short or never started
+        self.node.log.warning(
+            "node %s: rw catch-up gives up after %d failed reads in a row: %s",
+            self.node.id,
+            in_a_row,
+            self.progress,
+        )
+        return False
 
     # Scan ----------------------------------------------------------------------------------
 
@@ -260,23 +310,30 @@ class CatchUp:
 
     # Repair --------------------------------------------------------------------------------
 
-    async def catch_up_block(self, client: RWClient, block: BlockId) -> None:
-        """Read one candidate and store this node's fragment if it proves behind."""
+    async def catch_up_block(self, client: RWClient, block: BlockId) -> bool:
+        """Read one candidate and store this node's fragment if it proves behind; whether
+        the read or the store failed."""
         node = self.node
         try:
             outcome = await client.read_version(block, repair=False)
         except Exception as e:  # ReadFailed, ReadAborted, transport trouble, a bug
             node.log.info("node %s: rw catch-up: block %s not read: %r", node.id, block, e)
             self._count("failed")
-            return
+            return True
+        self._count("bytes_read", len(outcome.data))
+        await self.rate.spend(len(outcome.data))
+        return await self._store_if_behind(block, outcome)
+
+    async def _store_if_behind(self, block: BlockId, outcome: ReadOutcome) -> bool:
+        node = self.node
         floor = node.store.read(lambda kv: replica.floor_of(kv, block))
         verdict = judge(outcome, self._hosts(block), floor)
         if verdict is Verdict.CURRENT:
             self._count("current")
-            return
+            return False
         if verdict is Verdict.INCOMPLETE:
             self._count("skipped")
-            return
+            return False
         self._count("behind")
         try:
             cc, frag = own_fragment(outcome, node.id, self.th.n)
@@ -291,7 +348,7 @@ class CatchUp:
         except (NotValidated, replica.WriteRefused) as e:
             node.log.warning("node %s: rw catch-up: block %s skipped: %s", node.id, block, e)
             self._count("skipped")
-            return
+            return False
         try:
             # Charged to the version's writer: the read proved it complete (docs/rw.md).
             reply = await node.store.write(
@@ -300,7 +357,7 @@ class CatchUp:
         except Exception:  # the store refused (e.g. full): count it, go on with the next
             node.log.exception("node %s: rw catch-up: block %s not stored", node.id, block)
             self._count("failed")
-            return
+            return True
         node.stats["rw.catchup.stored"] += 1
         verifier = node.verifier
         if reply.new and verifier is not None:
@@ -309,7 +366,9 @@ class CatchUp:
             # was away (an empty version), forgotten with the others.  Its backlog was
             # rebuilt at start, before this version was here (issue 31 item 12).
             verifier.wrote(block, outcome.ts, outcome.ts.writer, len(frag) + len(cc))
+        self._count("bytes_stored", len(frag) + len(cc))
         self._count("done")
+        return False
 
 
 async def run(node: Node, **options: Any) -> None:
