@@ -25,6 +25,7 @@ from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.errors import RemoteError
 from bftfs.node import rw_catchup as catchup
 from bftfs.node.rw_catchup import PROGRESS_KEY
+from bftfs.policy import VerificationPolicy
 from bftfs.rw import replica
 from bftfs.rw.client import RWClient, open_rw_client
 from bftfs.rw.messages import (
@@ -135,6 +136,25 @@ async def test_restarted_node_catches_up_and_no_read_needs_repair(tmp_path: Path
         async with open_rw_client(cluster.client(1), cluster.config, **TEST_CLIENT) as rw:
             assert await rw.read_blocks(data) == data
             assert rw.statistics()["repairs"] == 0
+
+
+async def test_catch_up_reads_no_faster_than_its_byte_rate(tmp_path: Path) -> None:
+    """``[verification] catchup_bytes_per_second`` paces what a catching-up node reads
+    from the others: the pass reads every block it stores, and takes at least what the
+    rate allows for those bytes (less one second of burst).  A lower bound on time, which
+    a slow machine only lengthens; unpaced, this pass takes a fraction of it."""
+    rate = 4000  # bytes/s; the 20 blocks below hold about 11 KB
+    policy = VerificationPolicy(mode="off", catchup_bytes_per_second=rate)
+    async with rw_cluster(tmp_path, verification=policy) as (cluster, (a, _b)):
+        stamps, data = await _down_write_up(cluster, a, 10)
+        prog = await wait_catchup(cluster.client(0), K)
+        assert prog["state"] == "done", prog
+        assert prog["done"] == len(stamps) == 20, prog
+        assert prog["bytes_read"] == sum(len(data[b]) for b in stamps), prog
+        assert prog["bytes_stored"] > 0, prog
+        least = prog["bytes_read"] / rate - catchup.BURST_SECONDS
+        assert least > 1.0  # the bound below means something
+        assert prog["seconds"] >= least, prog
 
 
 def _bogus_lister(cluster: Cluster, i: int, garbage: bool) -> None:
