@@ -55,6 +55,11 @@ def test_a_running_catch_up_has_a_rate_and_a_time_left() -> None:
         "seconds": 4.0,
     }
     assert tables._progress({"rw.catchup": rw}) == "rw 112/400, 12 behind (28/s, 10 s left)"
+    # With the data it read (a node that counts it): the MiB/s the throttle bounds.
+    rw_bytes = {**rw, "bytes_read": 42 << 20}
+    assert tables._progress({"rw.catchup": rw_bytes}) == (
+        "rw 112/400, 12 behind (28/s, 10.5 MiB/s, 10 s left)"
+    )
     # Nothing checked yet (still reading the first object): no rate, no guess.
     fresh = running_qu(done=0, skipped=0, failed=0, seconds=0.4)
     assert pace("qu.catchup", fresh).eta is None
@@ -69,6 +74,7 @@ def test_a_running_catch_up_has_a_rate_and_a_time_left() -> None:
         "total": 3,
         "rate_per_s": 6.0,
         "eta_s": None,
+        "bytes_per_s": None,
     }
 
 

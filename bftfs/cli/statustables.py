@@ -59,7 +59,8 @@ def _pace_note(p: Pace) -> str:
     if p.state != "running" or p.rate is None:
         return ""
     left = f", {duration(p.eta)} left" if p.eta is not None else ""
-    return f" ({_rate(p.rate)}{left})"
+    data = f", {p.bytes_rate / (1 << 20):.1f} MiB/s" if p.bytes_rate else ""
+    return f" ({_rate(p.rate)}{data}{left})"
 
 
 def _progress(progress: dict[str, dict]) -> str:
@@ -67,7 +68,8 @@ def _progress(progress: dict[str, dict]) -> str:
     blocks it found behind and brought up to date), with what it could not bring up to
     date (``qu incomplete 8/197 (189 failed)``: the node is still behind on those, and one
     more failure elsewhere costs readers repairs); while one runs, how far it is through
-    what it checks, its rate and the time left (``qu 38/130 (12/s, 8 s left)``), ``-``
+    what it checks, its rate (blocks: and the data read) and the time left (``qu 38/130
+    (12/s, 8 s left)``, ``rw 40/900, 40 behind (30/s, 12.5 MiB/s, 29 s left)``), ``-``
     when none runs."""
     parts = []
     paces = catch_ups(progress)

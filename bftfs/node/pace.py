@@ -40,6 +40,8 @@ class Pace:
     total: int
     rate: float | None
     eta: float | None
+    #: Block data read per second (``rw.catchup``'s ``bytes_read``; None for the others).
+    bytes_rate: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class Pace:
             "total": self.total,
             "rate_per_s": None if self.rate is None else round(self.rate, 3),
             "eta_s": None if self.eta is None else round(self.eta, 1),
+            "bytes_per_s": None if self.bytes_rate is None else round(self.bytes_rate),
         }
 
 
@@ -62,7 +65,9 @@ def pace(name: str, progress: Mapping[str, Any]) -> Pace:
     eta = None
     if state == "running" and rate:
         eta = (total - checked) / rate
-    return Pace(state, checked, total, rate, eta)
+    read = progress.get("bytes_read")
+    bytes_rate = read / seconds if isinstance(read, int) and seconds > 0 else None
+    return Pace(state, checked, total, rate, eta, bytes_rate)
 
 
 def catch_ups(progress: Mapping[str, Any]) -> dict[str, Pace]:
