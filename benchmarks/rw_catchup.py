@@ -6,16 +6,19 @@ written, node 2 is restarted, and its ``rw.catchup`` progress is polled (``stats
 done.  Prints the node's own figure (``seconds`` from the start of its pass, listing
 included) and blocks per second; with ``--foreground`` a client also reads blocks during
 the catch-up (of 100 blocks every node holds) and reports its read rate, against the same
-reads once catch-up is over.
+reads once catch-up is over.  ``--rate`` and ``--parallel`` set ``[verification]
+catchup_bytes_per_second`` and ``catchup_parallel`` (the throttle; 0: no limit); the node
+reports the block data it read (``bytes_read``) and its fragments stored (``bytes_stored``).
 
 Usage::
 
-    .venv/bin/python benchmarks/rw_catchup.py --blocks 2000 --size 16384
+    .venv/bin/python benchmarks/rw_catchup.py --blocks 2000 --size 65536 --rate 0 --foreground
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ import trio
 
 from bftfs.connect import open_client
 from bftfs.node.rw_catchup import PROGRESS_KEY
+from bftfs.policy import VerificationPolicy
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.processes import ProcessCluster
 
@@ -85,12 +89,24 @@ async def follow(pc: ProcessCluster, blocks: int, foreground: bool) -> dict[str,
         return prog
 
 
+def throttle(rate: int | None, parallel: int | None) -> VerificationPolicy:
+    """The default policy with the catch-up throttle given on the command line."""
+    given: dict[str, int] = {}
+    if rate is not None:
+        given["catchup_bytes_per_second"] = rate
+    if parallel is not None:
+        given["catchup_parallel"] = parallel
+    return dataclasses.replace(VerificationPolicy(), **given).validate()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=1000)
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--no-durable", action="store_true")
     ap.add_argument("--foreground", action="store_true")
+    ap.add_argument("--rate", type=int, default=None, help="catchup_bytes_per_second")
+    ap.add_argument("--parallel", type=int, default=None, help="catchup_parallel")
     ap.add_argument(
         "--nothing-missed",
         action="store_true",
@@ -99,7 +115,12 @@ def main() -> None:
     args = ap.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        ProcessCluster(Path(tmp) / "c", map_size=1 << 32, durable=not args.no_durable) as pc,
+        ProcessCluster(
+            Path(tmp) / "c",
+            map_size=1 << 32,
+            durable=not args.no_durable,
+            verification=throttle(args.rate, args.parallel),
+        ) as pc,
     ):
         if args.foreground:
             trio.run(write, pc, 100, args.size, OLD)
@@ -114,7 +135,8 @@ def main() -> None:
     secs = prog.get("seconds") or float("nan")
     print(
         f"{args.blocks} blocks of {args.size} B written in {wrote:.1f} s; node {K} caught up: "
-        f"{prog}; {prog.get('done', 0) / secs:.0f} blocks/s, {args.blocks / secs:.0f} listed/s"
+        f"{prog}; {prog.get('done', 0) / secs:.0f} blocks/s, {args.blocks / secs:.0f} listed/s, "
+        f"{prog.get('bytes_read', 0) / secs / (1 << 20):.1f} MiB/s read"
     )
 
 
