@@ -97,9 +97,14 @@ def replace_and_follow(home: Path, tree: andrew.Tree, build: str, mnt: Path) -> 
     subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     cfg = cfgmod.load(home / "cluster.toml")
     during: dict[str, float] = {}
+    errors: list[str] = []
 
     def run_during() -> None:
-        during["andrew_s"] = andrew_run(tree, build, mnt / "during")
+        try:
+            during["andrew_s"] = andrew_run(tree, build, mnt / "during")
+        except andrew.PhaseError as e:  # a wrong answer is a finding, not a crash
+            during["andrew_s"] = float("nan")
+            errors.append(str(e))
         during["ended"] = time.monotonic()
 
     t0 = time.monotonic()
@@ -127,6 +132,7 @@ def replace_and_follow(home: Path, tree: andrew.Tree, build: str, mnt: Path) -> 
         "rw_state": rw.get("state"),
         "qu_state": qu.get("state"),
         "pass_s": rw.get("seconds"),
+        "andrew_errors": errors,
     }
 
 

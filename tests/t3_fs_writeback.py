@@ -352,6 +352,48 @@ def test_a_rename_of_a_waiting_create_to_a_new_name_is_applied_in_the_mount(
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def test_an_atomic_save_over_a_file_is_renamed_in_the_mount(tmp_path: Path) -> None:
+    """An editor's atomic save, twice, in a directory the mount holds exclusively: the new
+    content goes to a temporary file (its create waits in write-back), renamed over the
+    file it replaces.  The first save replaces a file the servers hold: it is unlinked at
+    once (one removal round) and the rename costs nothing more; the second replaces the
+    first's waiting create, which cancels (no round at all).  No ``fs.rename`` is sent, the
+    last create goes under the file's name, and another client reads the last content under
+    it, the temporary name gone, the old file unlinked."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        leases = a.meta.leases
+        assert leases is not None
+        await a.write_back()
+        await until("the listing", lambda: d in leases.answers.listings)
+        old = (await a.lookup(d, b"warm1")).ino
+        before = Counter(a.meta.methods)
+        unlinks = removals(a)
+        first = await new_file(a, d, b".warm1.swp", b"second version")
+        await a.rename(d, b".warm1.swp", d, b"warm1", 0)
+        assert removals(a) == unlinks + 1  # the old file, at once
+        last = await new_file(a, d, b".warm1.swp", b"third version")
+        await a.rename(d, b".warm1.swp", d, b"warm1", 0)
+        assert removals(a) == unlinks + 1  # the first save's create cancelled
+        assert first != last
+        sent = rounds_since(a, before)
+        assert not {"fs.rename", "fs.createwrite", "fs.create"} & set(sent), sent
+        assert (await a.lookup(d, b"warm1")).ino == last
+        names = {n for n, _ in await b.readdir(d)}
+        assert b"warm1" in names and b".warm1.swp" not in names
+        got = await b.lookup(d, b"warm1")
+        assert got.ino == last
+        fh = await b.open(got.ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"third version"
+        await b.release(fh)
+        assert (await b.meta.query_now(old, "fs.stat", None))["nl"] == 0  # unlinked
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_lookups_of_listed_names_are_answered_by_the_listing(tmp_path: Path) -> None:
     """Under the lease, a listed name whose object the listing (or the mount's own create
     or mkdir) named is found without a round: the kernel's lookups of the files it made,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import stat as st
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -51,6 +51,11 @@ def _listed_dir(ino: int) -> Attr:
     return Attr(ino, st.S_IFDIR, 2, 0, 0, 0, 0, 0, 0, 0, 4096, 0)
 
 
+
+async def _never(*_args: object) -> bool:
+    """No rename is applied in the mount (no write-back)."""
+    return False
+
 class Names:
     """Names and the objects they lead to.  Given the protocol calls, the cache, and the
     reclaimer (a removed file's blocks are given back)."""
@@ -77,7 +82,7 @@ class Names:
         self.unlinks: PendingUnlinks | None = None
         #: Applies a rename in the mount when it may be (``PendingCreates.rename_deferred``,
         #: wired by ``FileSystem`` with write-back): whether it did.
-        self.rename_here: Callable[[int, bytes, int, bytes, int], bool] = lambda *_a: False
+        self.rename_here: Callable[[int, bytes, int, bytes, int], Awaitable[bool]] = _never
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -442,7 +447,7 @@ class Names:
         whose create still waits in write-back is renamed in the mount when it may be
         (:attr:`rename_here`): the create then goes under its new name."""
         check_name(new_name, self.name_max)
-        if self.rename_here(parent, name, new_parent, new_name, flags):
+        if await self.rename_here(parent, name, new_parent, new_name, flags):
             return
         await Rename(self.meta, self.cache, self.reclaimer, self.name_max).run(
             parent, name, new_parent, new_name, flags

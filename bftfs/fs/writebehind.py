@@ -297,16 +297,17 @@ class PendingCreates:
             and self.sure_to_be_made(oid)
         )
 
-    def rename_deferred(
+    async def rename_deferred(
         self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int
     ) -> bool:
         """Rename in the mount a file whose create waits in write-back (:meth:`cancellable`:
-        closed, inline, its old name surely absent on the servers) to a name of the same
-        directory the servers surely lack and no create of this mount waits on (the
-        leased listing lacks it): no other client can see either name meanwhile, so the
-        create going under the new name later is the rename's outcome, with no round for
-        the rename (a download's ``.part``, a tool's temporary file).  Whether it did; any
-        other rename goes to the servers (``fs/rename.py``)."""
+        closed, inline, its old name surely absent on the servers) to another name of the
+        same directory: no other client can see either name meanwhile, so the create going
+        under the new name later is the rename's outcome, with no round for the rename (a
+        download's ``.part``, a tool's temporary file).  A name the leased listing holds
+        is cleared first (:meth:`_clear_target`: an editor's atomic save over the file it
+        replaces), and must then be surely absent.  Whether it did; any other rename goes
+        to the servers (``fs/rename.py``)."""
         if (
             parent != new_parent
             or name == new_name
@@ -316,9 +317,13 @@ class PendingCreates:
             return False
         known = self.cache.names.get(parent, {}).get(name)
         p = None if known is None else self.creates.pending_of(known[0])
+        if p is None or (p.parent, p.name) != (parent, name) or not self.cancellable(p.oid):
+            return False
+        taken = self.creates.named(parent, new_name) or not self._surely_new(parent, new_name)
+        if taken and (flags & RENAME_NOREPLACE or not await self._clear_target(parent, new_name)):
+            return False
         if (
-            p is None
-            or (p.parent, p.name) != (parent, name)
+            self.creates.pending_of(p.oid) is not p  # sent while the target was cleared
             or not self.cancellable(p.oid)
             or self.creates.named(parent, new_name)
             or not self._surely_new(parent, new_name)
@@ -330,6 +335,28 @@ class PendingCreates:
         self.cache.forget(parent, name)
         self.cache.learn(parent, new_name, p.oid, known[1])
         return True
+
+    async def _clear_target(self, parent: int, name: bytes) -> bool:
+        """Remove what ``name`` in ``parent`` names, for a rename in the mount over it: a
+        create that waits in write-back with it cancels (no round); a file the servers
+        hold is unlinked now, one round (its create must not wait beside a removal of its
+        name: the removal would reach the servers after the create and take it).  Only a
+        non-directory that the unlink would leave to write-back (``PendingUnlinks.defer``:
+        not open here, no buffered writes); whether the name is now surely absent."""
+        target = self.cache.names.get(parent, {}).get(name)
+        unlinks = self.unlinks
+        if (
+            target is None
+            or target[1] == obj.DIR_TYPE
+            or unlinks is None
+            or self.creates.named(parent, name)
+            and not self.cancellable(target[0])
+        ):
+            return False
+        if not unlinks.defer(parent, name, *target):
+            return False
+        await unlinks.send_now(parent, name)
+        return self._surely_new(parent, name) and unlinks.pending(parent, name) is None
 
     def cancel(self, oid: int) -> None:
         """Drop ``oid``'s create and its file (:meth:`cancellable`): neither the create nor
