@@ -10,6 +10,7 @@ a name the kernel cached.
 
 from __future__ import annotations
 
+import logging
 import stat as st
 import time
 from collections.abc import Awaitable, Callable
@@ -51,10 +52,13 @@ def _listed_dir(ino: int) -> Attr:
     return Attr(ino, st.S_IFDIR, 2, 0, 0, 0, 0, 0, 0, 0, 4096, 0)
 
 
+log = logging.getLogger(__name__)
+
 
 async def _never(*_args: object) -> bool:
     """No rename is applied in the mount (no write-back)."""
     return False
+
 
 class Names:
     """Names and the objects they lead to.  Given the protocol calls, the cache, and the
@@ -273,7 +277,16 @@ class Names:
             for oids in groups.values():
                 for i in range(0, len(oids), MAX_OBJECTS):
                     n.start_soon(some, oids[i : i + MAX_OBJECTS])
-        # An entry whose object is gone raced with a removal: it is left out.
+        # An entry whose object is gone raced with a removal: it is left out (and said in
+        # the mount log: a listing that lacks a name the mount made is what a user reports).
+        gone = [name for name, (oid, _) in ents.items() if stats.get(oid) is None]
+        if gone:
+            log.info(
+                "listing of %d: %d entries left out, their objects gone: %r",
+                ino,
+                len(gone),
+                gone[:4],
+            )
         return [
             (name, self.cache.attr(oid, stats[oid]))  # type: ignore[arg-type]
             for name, (oid, _) in ents.items()
