@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full bench-contention \
 	bench-andrew bench-postmark bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
-	bench-scalability clean
+	bench-scalability bench-engines bench-replace clean
 
 setup:
 	@scripts/setup.sh
@@ -116,6 +116,11 @@ bench-scalability: bench-setup
 # bytes and CPU per operation, one mount alone and 2 and 4 in one directory (issue 39).
 bench-engines: setup
 	$(BIN)/python benchmarks/engines.py $(BENCH_ARGS)
+
+# Replacing a node that holds data, online (issue 35): time, bytes moved, an Andrew run on
+# a mount during it, per catch-up throttle.
+bench-replace: bench-setup
+	$(BIN)/python benchmarks/replace.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
