@@ -152,18 +152,24 @@ class FlushEngine:
         """Keep a window of blocks in flight ahead of a sequential reader, and wait for the
         ones this read needs.
 
-        A read at 0 or where the last one ended is sequential: the window doubles, from
-        ``readahead`` up to ``readahead_max``, and every block in it neither cached, dirty
-        nor in flight yet is fetched in the background in groups of ``PREFETCH_GROUP``
-        (one task each; their reads start together, so each node gets them in one batch).
-        A read ahead of the last one by at most the largest window counts as sequential
-        too: the kernel's own read-ahead sends its reads concurrently (two or more 1 MiB
-        reads of a 2 MiB window, fuse/mount.py), so the next ones arrive before the
-        first has ended, and taken as seeks they dropped the window: every read fetched
-        its own block, one frame per node each (issue 34).  Any other read drops the
-        window (what is in flight still lands).  The fetches are
-        ordinary PASIS reads (validated, repaired: :meth:`RWClient.read_blocks`); what
-        they read is kept only if the file is still at the content they were started on
+        A read at 0 (the window starts afresh) or where the last one ended is sequential:
+        the window doubles, from ``readahead`` up to ``readahead_max``, and every block in
+        it neither cached, dirty nor in flight yet is fetched in the background in groups of
+        ``PREFETCH_GROUP`` (one task each; their reads start together, so each node gets
+        them in one batch).  A read ahead of the last one by at most the largest window
+        counts as sequential too: the kernel's own read-ahead sends its reads concurrently
+        (two or more 1 MiB reads of a 2 MiB window, fuse/mount.py), so the next ones arrive
+        before the first has ended, and taken as seeks they dropped the window: every read
+        fetched its own block, one frame per node each (issue 34).  Those concurrent reads
+        are served in any order (each FUSE request is a task, run in the event loop's
+        order), so a read behind the last one by at most the largest window while a window
+        is open is one of them that came late: it keeps the window as it is, neither
+        dropping nor growing it, and waits for its blocks.  Taken as a seek, it dropped the
+        window, which then grew again from ``readahead`` in small fetches (four reads in
+        flight, each four served last first: 27 fetches of 176 blocks instead of 16).
+        Any other read drops the window (what is in flight still lands).  The fetches are
+        ordinary PASIS reads (validated, repaired: :meth:`RWClient.read_blocks`); what they
+        read is kept only if the file is still at the content they were started on
         (``ra_epoch``, :meth:`OpenFile.invalidate_prefetch`).  The caller then fetches
         whatever the read needs that did not arrive (a failed or invalidated fetch)."""
         end = min(offset + size, f.size)
@@ -171,9 +177,30 @@ class FlushEngine:
             return
         bs = f.bs
         largest = min(self.readahead_max, READAHEAD_MAX_BLOCKS * bs)
-        if offset != 0 and not 0 <= offset - f.last_read <= largest:
+        ahead = offset - f.last_read
+        late = -largest <= ahead < 0 and f.ra_window > 0
+        if not (late or 0 <= ahead <= largest):
             f.ra_window, f.ra_next = 0, 0
-            return
+            if offset != 0:
+                return  # a seek; a read at 0 starts the window afresh
+        if not late:
+            self._extend_window(f, offset, end, largest)
+        waited = False
+        for k in range(offset // bs, (end - 1) // bs + 1):
+            ev = f.inflight.get(k)
+            if ev is not None:
+                if not ev.is_set():
+                    waited = True
+                await ev.wait()
+            if k in f.clean:
+                self.streaming["readahead-hits"] += 1
+        if waited:
+            self.streaming["readahead-waits"] += 1
+
+    def _extend_window(self, f: OpenFile, offset: int, end: int, largest: int) -> None:
+        """Double ``f``'s read-ahead window (up to ``largest``) past a sequential read of
+        ``[offset, end)`` and fetch what of it is neither cached, dirty nor in flight."""
+        bs = f.bs
         f.ra_window = min(max(2 * f.ra_window, self.readahead), largest)
         first = max(offset // bs, f.ra_next)
         stop = min(end + f.ra_window, f.valid)
@@ -189,17 +216,6 @@ class FlushEngine:
             f.ra_next = max(f.ra_next, last + 1)
         for at in range(0, len(todo), PREFETCH_GROUP):
             self._prefetch(f, todo[at : at + PREFETCH_GROUP])
-        waited = False
-        for k in range(offset // bs, (end - 1) // bs + 1):
-            ev = f.inflight.get(k)
-            if ev is not None:
-                if not ev.is_set():
-                    waited = True
-                await ev.wait()
-            if k in f.clean:
-                self.streaming["readahead-hits"] += 1
-        if waited:
-            self.streaming["readahead-waits"] += 1
 
     def _prefetch(self, f: OpenFile, indices: list[int]) -> None:
         """Fetch ``indices`` of ``f``'s current content in the background (see
