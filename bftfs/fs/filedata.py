@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 #: A lease taken at create is used for a flush only with this much of it left.
 LEASE_MARGIN_NS = 10 * 10**9
+#: How long a background flush keeps the write lease (``fs.write``'s ``keep``): a
+#: sequential writer's next flush, within ``KEPT_LEASE_NS - LEASE_MARGIN_NS``, needs no
+#: ``fs.lock``; a writer that stops with the file open holds it no longer than this, less
+#: than another client's flush retries for (``FLUSH_ATTEMPTS`` back-offs, about 20 s).
+KEPT_LEASE_NS = 15 * 10**9
 
 
 def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
@@ -55,6 +60,20 @@ def _defer_refill(todo: list[int], end: int, bs: int, last: int, file_last: int)
     once fetched one block per task: one frame per node per block, about 5 000 frames
     for a 200 MiB cold read instead of about 300 (issue 34)."""
     return bool(todo) and len(todo) < PREFETCH_GROUP and todo[0] * bs >= end and last < file_last
+
+
+def _declared(st: dict[str, Any], written: list[list[int]]) -> bool:
+    """Whether a lease the client holds covers a flush that writes ``written``: a lease
+    kept from the last flush (``fs.write`` with ``keep``) covers only the ranges past the
+    size it declared (``zl``); a create's lease declares nothing and covers any (a dead
+    first flush's blocks past the size stay, docs/fs-api.md); a file without the stale
+    record (``z``) is cleared up to ``alloc`` whenever it grows."""
+    declared = st.get("zl")
+    if not declared or st.get("z") is None:
+        return True
+    size = int(st["size"])
+    todo = [(max(lo, size), hi) for lo, hi in written if hi > size]
+    return all(any(dlo <= lo and hi <= dhi for dlo, dhi in declared) for lo, hi in todo)
 
 
 class FlushEngine:
@@ -133,18 +152,24 @@ class FlushEngine:
         """Keep a window of blocks in flight ahead of a sequential reader, and wait for the
         ones this read needs.
 
-        A read at 0 or where the last one ended is sequential: the window doubles, from
-        ``readahead`` up to ``readahead_max``, and every block in it neither cached, dirty
-        nor in flight yet is fetched in the background in groups of ``PREFETCH_GROUP``
-        (one task each; their reads start together, so each node gets them in one batch).
-        A read ahead of the last one by at most the largest window counts as sequential
-        too: the kernel's own read-ahead sends its reads concurrently (two or more 1 MiB
-        reads of a 2 MiB window, fuse/mount.py), so the next ones arrive before the
-        first has ended, and taken as seeks they dropped the window: every read fetched
-        its own block, one frame per node each (issue 34).  Any other read drops the
-        window (what is in flight still lands).  The fetches are
-        ordinary PASIS reads (validated, repaired: :meth:`RWClient.read_blocks`); what
-        they read is kept only if the file is still at the content they were started on
+        A read at 0 (the window starts afresh) or where the last one ended is sequential:
+        the window doubles, from ``readahead`` up to ``readahead_max``, and every block in
+        it neither cached, dirty nor in flight yet is fetched in the background in groups of
+        ``PREFETCH_GROUP`` (one task each; their reads start together, so each node gets
+        them in one batch).  A read ahead of the last one by at most the largest window
+        counts as sequential too: the kernel's own read-ahead sends its reads concurrently
+        (two or more 1 MiB reads of a 2 MiB window, fuse/mount.py), so the next ones arrive
+        before the first has ended, and taken as seeks they dropped the window: every read
+        fetched its own block, one frame per node each (issue 34).  Those concurrent reads
+        are served in any order (each FUSE request is a task, run in the event loop's
+        order), so a read behind the last one by at most the largest window while a window
+        is open is one of them that came late: it keeps the window as it is, neither
+        dropping nor growing it, and waits for its blocks.  Taken as a seek, it dropped the
+        window, which then grew again from ``readahead`` in small fetches (four reads in
+        flight, each four served last first: 27 fetches of 176 blocks instead of 16).
+        Any other read drops the window (what is in flight still lands).  The fetches are
+        ordinary PASIS reads (validated, repaired: :meth:`RWClient.read_blocks`); what they
+        read is kept only if the file is still at the content they were started on
         (``ra_epoch``, :meth:`OpenFile.invalidate_prefetch`).  The caller then fetches
         whatever the read needs that did not arrive (a failed or invalidated fetch)."""
         end = min(offset + size, f.size)
@@ -152,9 +177,30 @@ class FlushEngine:
             return
         bs = f.bs
         largest = min(self.readahead_max, READAHEAD_MAX_BLOCKS * bs)
-        if offset != 0 and not 0 <= offset - f.last_read <= largest:
+        ahead = offset - f.last_read
+        late = -largest <= ahead < 0 and f.ra_window > 0
+        if not (late or 0 <= ahead <= largest):
             f.ra_window, f.ra_next = 0, 0
-            return
+            if offset != 0:
+                return  # a seek; a read at 0 starts the window afresh
+        if not late:
+            self._extend_window(f, offset, end, largest)
+        waited = False
+        for k in range(offset // bs, (end - 1) // bs + 1):
+            ev = f.inflight.get(k)
+            if ev is not None:
+                if not ev.is_set():
+                    waited = True
+                await ev.wait()
+            if k in f.clean:
+                self.streaming["readahead-hits"] += 1
+        if waited:
+            self.streaming["readahead-waits"] += 1
+
+    def _extend_window(self, f: OpenFile, offset: int, end: int, largest: int) -> None:
+        """Double ``f``'s read-ahead window (up to ``largest``) past a sequential read of
+        ``[offset, end)`` and fetch what of it is neither cached, dirty nor in flight."""
+        bs = f.bs
         f.ra_window = min(max(2 * f.ra_window, self.readahead), largest)
         first = max(offset // bs, f.ra_next)
         stop = min(end + f.ra_window, f.valid)
@@ -170,17 +216,6 @@ class FlushEngine:
             f.ra_next = max(f.ra_next, last + 1)
         for at in range(0, len(todo), PREFETCH_GROUP):
             self._prefetch(f, todo[at : at + PREFETCH_GROUP])
-        waited = False
-        for k in range(offset // bs, (end - 1) // bs + 1):
-            ev = f.inflight.get(k)
-            if ev is not None:
-                if not ev.is_set():
-                    waited = True
-                await ev.wait()
-            if k in f.clean:
-                self.streaming["readahead-hits"] += 1
-        if waited:
-            self.streaming["readahead-waits"] += 1
 
     def _prefetch(self, f: OpenFile, indices: list[int]) -> None:
         """Fetch ``indices`` of ``f``'s current content in the background (see
@@ -265,12 +300,25 @@ class FlushEngine:
                 f.dirty[0] = bytearray(f.clean.get(0, b""))
                 f.gen[0] = f.gen.get(0, 0) + 1
         decided = self._decide_block_size(f)
-        bs = f.bs
-        d = f.data_id
         # The log entries this flush sends are those its snapshot holds: counted here, as
         # writes may arrive during the awaits above (write-behind: the writer goes on).
         logged = len(f.log)
-        snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
+        # The dirty blocks as they are, shared with the file until the flush ends: a write
+        # meanwhile copies the block it changes first (``OpenFile.private``), so the
+        # snapshot costs no copy of a sequential writer's bytes (issue 34).
+        # (Typed as bytes: nothing changes them in place from here; see ``private``.)
+        snapshot = {k: (cast(bytes, buf), f.gen[k]) for k, buf in f.dirty.items()}
+        f.shared.update(snapshot)
+        try:
+            await self._send_snapshot(f, snapshot, decided, logged)
+        finally:
+            f.shared.difference_update(snapshot)
+
+    async def _send_snapshot(
+        self, f: OpenFile, snapshot: dict[int, tuple[bytes, int]], decided: int, logged: int
+    ) -> None:
+        """The blocks of ``snapshot`` under the write lease, then the size update."""
+        bs, d = f.bs, f.data_id
         new_size, mtime = f.size, f.mtime if f.mtime is not None else self.meta.now()
         blocks = {k: v for k, (v, _) in snapshot.items()}
         # The gap's stale blocks (below ``alloc``: no reservation needed for them) are
@@ -288,7 +336,10 @@ class FlushEngine:
         # refuse ``stale`` if anyone changed the file since, ``locked`` while another
         # client writes its blocks), with a larger reservation when the blocks need one.
         held = f.lease_until is not None and self.meta.now() + LEASE_MARGIN_NS < f.lease_until
+        held = held and _declared(f.st, written)
         f.lease_until = None  # used once: a failed attempt takes the lease again
+        # A background flush (the writer goes on) keeps the lease for the next one.
+        keep = f.behind is not None
         # A big block size is recorded with the lock, before any block is written under
         # it; the cluster's own size may wait for this flush's fs.write (below) when the
         # create's lease spares the lock round (a round per new block file otherwise:
@@ -323,12 +374,29 @@ class FlushEngine:
                 arg["blocks"] = True
             arg["w"] = written
             attrs = arg["attrs"] = dict(f.attrs)
+            if keep:
+                self._keep_lease(f, arg, new_size, new_size - f.st["size"])
             await self._update_data(f, "fs.write", arg)
         except Exception:
-            await self.unlock(f)
+            await self.give_up(f)
             raise
+        if keep:
+            f.lease_until = arg["now"] + KEPT_LEASE_NS
         self.flushed(f, snapshot, mtime, attrs)
         f.sent(logged)
+
+    def _keep_lease(self, f: OpenFile, arg: dict[str, Any], end: int, grown: int) -> None:
+        """Ask the flush's ``fs.write`` to keep the write lease (``keep``), declaring the
+        next ``2 * max(grown, bs)`` bytes past ``end`` (where a sequential writer's next
+        flush lands: within it, that flush needs no ``fs.lock``; :func:`_declared`) and
+        reserving them.  Declared, because a writer that dies after writing its next
+        blocks leaves them past the size: the declaration then becomes the file's stale
+        ranges, which whoever grows the file clears (``fsobjects/ranges.py``)."""
+        ahead = end + 2 * max(grown, f.bs)
+        arg["keep"] = KEPT_LEASE_NS
+        arg["z"] = [[end, ahead]]
+        if ahead > f.st["alloc"]:
+            arg["alloc"] = reservation(ahead, f.st["alloc"], f.bs)
 
     def _decide_block_size(self, f: OpenFile) -> int:
         """The block size to record for ``f`` at this flush (0: none to record), with its
@@ -356,8 +424,23 @@ class FlushEngine:
         return target
 
     async def unlock(self, f: OpenFile) -> None:
+        """End the write lease ``f`` holds with nothing buffered (its last close).  A
+        lease kept from the last flush (its declaration ``zl``) ends completed, by an
+        ``fs.write`` of the size the servers hold: nothing was written under it since, so
+        its declaration is dropped instead of becoming stale ranges, which an extender
+        would clear and a remover give back.  A create's lease is given up."""
+        if not f.st.get("zl"):
+            await self.give_up(f)
+            return
+        with contextlib.suppress(Exception):
+            arg = self.lease_arg(*f.base)
+            arg.update(end=f.st["size"], mtime=f.st["mt"], w=[])
+            await self._update_data(f, "fs.write", arg)
+
+    async def give_up(self, f: OpenFile) -> None:
         """Give the write lease up after a failed flush, so other clients need not wait
-        for it to expire (best effort: if this fails too, it expires)."""
+        for it to expire (best effort: if this fails too, it expires); what it declared
+        becomes stale, as the flush may have written some of it."""
         with contextlib.suppress(Exception):
             s = await self.meta.update([f.ino], "fs.unlock", {"tok": self.lease_token})
             self.cache.own_stat(f.ino, s)

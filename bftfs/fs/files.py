@@ -145,6 +145,9 @@ class OpenFile:
     dirty: dict[int, bytearray] = field(default_factory=dict)
     #: Block index -> modification count (a flush removes only blocks it wrote unchanged).
     gen: dict[int, int] = field(default_factory=dict)
+    #: Dirty blocks a running flush is sending as they are (no copy): the next change to
+    #: one copies it first (:meth:`private`).
+    shared: set[int] = field(default_factory=set)
     #: Block index -> content read from the servers, clamped at ``valid``.
     clean: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     clean_bytes: int = 0
@@ -419,6 +422,15 @@ class OpenFile:
                 out.append(k)
         return sorted(out)
 
+    def private(self, k: int) -> bytearray | None:
+        """Dirty block ``k`` to change in place: copied first if a flush is sending it
+        (``shared``), so what the flush sends stays what it snapshotted."""
+        buf = self.dirty.get(k)
+        if buf is not None and k in self.shared:
+            buf = self.dirty[k] = bytearray(buf)
+            self.shared.discard(k)
+        return buf
+
     def apply_write(self, offset: int, data: bytes | memoryview, now: int) -> None:
         """Buffer a write (its partial blocks' old content must be cached already)."""
         bs = self.bs
@@ -429,7 +441,7 @@ class OpenFile:
             lo = max(offset, start) - start
             hi = min(end, start + bs) - start
             chunk = view[start + lo - offset : start + hi - offset]
-            buf = self.dirty.get(k)
+            buf = self.private(k)
             if buf is None:
                 if lo == 0 and hi == bs:
                     buf = bytearray(chunk)
@@ -484,8 +496,9 @@ class OpenFile:
             self.clean_bytes -= len(self.clean.pop(k))
         k = size // bs
         if size % bs:
-            if k in self.dirty:
-                del self.dirty[k][size - k * bs :]
+            buf = self.private(k)
+            if buf is not None:
+                del buf[size - k * bs :]
             if k in self.clean:
                 old = self.clean[k]
                 self.clean[k] = old[: size - k * bs]

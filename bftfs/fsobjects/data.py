@@ -121,8 +121,25 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     _written_back_attrs(f, a.get("attrs"))
     if f.get("wl") is not None and f["wl"][0] == _opt_int(a, "tok", 1, MAX_OID):
         f["wl"] = None  # the writer's blocks are complete: its lease ends with its size update
+    if "keep" in a:
+        _keep_lease(f, a, inline)
     f["v"] += 1
     return {oid: f}, stat_of(f)
+
+
+def _keep_lease(f: dict[str, Any], a: dict[str, Any], inline: Any) -> None:
+    """A block write's ``keep``: its writer goes on holding the lease for ``keep`` ns,
+    declaring (``z``) where its next blocks will lie, so a sequential writer's next flush
+    needs no ``fs.lock`` round (issue 34).  What the lease lets it do is what ``fs.lock``
+    taken right after this write would: the write's ``v`` was checked, nobody else holds
+    the lease (:func:`_not_locked_by_other`), and the declaration becomes stale if the
+    holder never completes (:func:`_settle_lease`), as a locked flush's does."""
+    if inline is not None or a.get("v") is None:
+        raise MethodRefused("invalid", "only a block write of a known version keeps a lease")
+    now = _time(a)
+    f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + _int(a, "keep", 1, MAX_LEASE), MAX_TIME)]
+    if f.get("z") is not None:
+        f["wl"].append(_lease_declaration(f, a))
 
 
 def _write_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
