@@ -73,6 +73,8 @@ class QuorumRounds:
         #: Servers that refused the latest round for space: ``full`` (out of it) or
         #: ``quota`` (this client is at its quota there), or its clock (``ahead``), by server.
         self.space: dict[int, str] = {}
+        #: Servers that refused the latest round as malformed (``bad-request``): the reason.
+        self.malformed: dict[int, str] = {}
 
     def _parsed(self, node: int, raw: Any, objects: tuple[int, ...]) -> Reply | None:
         """``raw`` parsed as a reply over ``objects``, or None (counted as malformed)."""
@@ -126,6 +128,7 @@ class QuorumRounds:
             return rep.status in (ReplyStatus.OK, ReplyStatus.REFUSED)
 
         self.space = {}
+        self.malformed = {}
         try:
             with scope:
                 await self.ep.quorum_call(
@@ -147,6 +150,11 @@ class QuorumRounds:
                 int(n): code
                 for n, why in e.result.errors.items()
                 if (code := refusal_code(why)) in ("full", "quota", "ahead", "behind")
+            }
+            self.malformed = {
+                int(n): why
+                for n, why in e.result.errors.items()
+                if refusal_code(why) == "bad-request"
             }
         return dict(stash)
 
