@@ -311,15 +311,25 @@ class ObjectLock:
         self.lock = trio.Lock()
         self.last: Patience | None = None
 
-    async def __aenter__(self) -> None:
+    def busy(self) -> bool:
+        """Whether an operation has the object or waits for it."""
+        return self.lock.locked() or bool(self.lock.statistics().tasks_waiting)
+
+    async def acquire(self) -> None:
         waited = self.lock.locked()
         await self.lock.acquire()
         if waited:
             caught_up(self.last, trio.current_time())
 
-    async def __aexit__(self, *exc: object) -> None:
+    def release(self) -> None:
         self.last = current_patience()
         self.lock.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _objs(objects: int | Iterable[int]) -> tuple[int, ...]:
