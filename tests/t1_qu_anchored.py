@@ -1,5 +1,5 @@
 """Tier 1: a file created in a busy directory stays usable however far the directory moves
-on (``View.anchored``, issue 39).
+on (``View.settled``, issue 39).
 
 With four mounts renaming files in one directory (``benchmarks/engines.py``, lease=0), Q/U
 answered EIO for a rename with all six nodes up: every node refused the request as
@@ -25,6 +25,7 @@ from bftfs.ids import client_id
 from bftfs.qu.classify import View
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.request import MAX_LINKS, Operation, Request
+from bftfs.qu.timestamp import Timestamp
 
 C1 = int(client_id(1))
 D, F = 1, 2  # a "directory" and a "file" counter
@@ -68,7 +69,7 @@ def test_a_complete_version_conditioned_on_the_create_anchors_it() -> None:
     assert v.wanted_links() == frozenset()
     assert v.used_links() == frozenset()
     assert v.excluded() == frozenset()
-    assert v.anchored(m)
+    assert v.settled(m) is True
 
 
 async def test_an_update_of_the_file_after_the_directory_moved_far_on_completes() -> None:
@@ -81,5 +82,47 @@ async def test_an_update_of_the_file_after_the_directory_moved_far_on_completes(
     assert (await c.query(D, "counter.fetch"), await c.query(F, "counter.fetch")) == (
         5 + MAX_LINKS + 20 + 1,
         5 + 1 + 1,  # the increment server 0 alone took was abandoned
+    )
+    assert c.statistics().link_proofs == 0
+
+
+def abandoned_then_file_copied_past_it() -> tuple[MemCluster, Timestamp]:
+    """A dead client's add_all M over D and F reaches servers 0-2 (order r: repairable).  A
+    client that saw M at only 2 servers of F barriers and copies F past it (a complete
+    copy whose listed chain skips M; copies prune nothing, so F keeps listing M at order
+    r).  Returns the cluster and M's timestamp."""
+    cl = MemCluster()
+    m_req = Request(
+        int(client_id(3)), (D, F), {D: {}, F: {}}, Operation("counter.add_all", False, 5, 1)
+    )
+    m = send(cl, [0, 1, 2], m_req)[0].lt
+    five = [0, 2, 3, 4, 5]
+    for kind in ("barrier", "copy"):
+        reps = send(cl, five, Request(C1, (F,), {F: ohs_of(cl, F, five)}, None))
+        assert {r.type for r in reps.values()} == {kind}
+    return cl, m
+
+
+async def test_an_update_abandoned_at_a_complete_copy_is_excluded_without_the_directory_chain() -> (
+    None
+):
+    """M is decided at F, where a complete copy's listed chain passes it by.  Before, the
+    client walked D's chain first (objects in id order): after D moved far on, one proven
+    link per version of D, more than a request may carry."""
+    cl, m_lt = abandoned_then_file_copied_past_it()
+    c = make_client(cl, 0)
+    round_budget(c, 4 * MAX_LINKS)
+    for _ in range(MAX_LINKS + 20):  # the first one repairs D past M, deciding at F
+        await c.update(D, "counter.increment", 1)
+    v = View({D: ohs_of(cl, D, ALL), F: ohs_of(cl, F, ALL)}, cl.th)
+    m = next(c for c in v.candidates(F) if c.lt == m_lt)
+    assert cl.th.r <= v.order(F, m) < cl.th.q
+    assert v.wanted_links() == frozenset() and v.used_links() == frozenset()
+    assert v.excluded() == frozenset({m.key})
+    assert v.settled(m) is False
+    await c.update((D, F), "counter.add_all", 1)
+    assert (await c.query(D, "counter.fetch"), await c.query(F, "counter.fetch")) == (
+        MAX_LINKS + 20 + 1,
+        1,
     )
     assert c.statistics().link_proofs == 0
