@@ -10,15 +10,13 @@ such a request (its proven links replaced by too many).
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
+from qu_helpers import counting_client
 
-from bftfs.ids import client_id
 from bftfs.qu.attempt import QUUnavailable
-from bftfs.qu.classify import QUThresholds, View
-from bftfs.qu.client import QUClient
+from bftfs.qu.classify import View
 from bftfs.qu.request import MAX_LINKS, Link
 from bftfs.qu.timestamp import ZERO, Timestamp
 from bftfs.testing.cluster import open_cluster
@@ -30,13 +28,7 @@ async def test_a_request_the_nodes_refuse_as_malformed_fails_at_once_with_their_
     tmp_path: Path,
 ) -> None:
     async with open_cluster(tmp_path, clients=1, seed=3) as cl:
-        c = QUClient(
-            cl.client(0),
-            QUThresholds.from_config(cl.config),
-            client_id=int(client_id(0)),
-            rng=random.Random(0),
-        )
-        await c.update(OID, "counter.increment", 1)
+        c = await counting_client(cl, OID)
         too_many = tuple(
             Link(OID, Timestamp(k + 1, False, 1, bytes(32)), ZERO, None)
             for k in range(MAX_LINKS + 1)

@@ -15,77 +15,66 @@ here is what a contended operation does between rounds: it holds the object and 
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
+from qu_helpers import counting_client
 
-from bftfs.ids import client_id
 from bftfs.outcome import patience
 from bftfs.qu.attempt import Attempt
-from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.testing.cluster import open_cluster
 
 OID = 17
-#: Each operation's patience (a mount's timeo, short); the holder backs off 1.5 times it.
+#: Each operation's patience (a mount's timeo, short); the holder waits 1.5 times it.
 PATIENCE = 0.5
 
 
-async def test_waiting_behind_an_own_backoff_uses_up_no_patience(tmp_path: Path) -> None:
+async def update_behind(
+    tmp_path: Path, hold: Callable[[QUClient], Awaitable[None]]
+) -> tuple[Exception | None, int]:
+    """Increment ``OID`` under ``PATIENCE`` while another task of the same client holds it
+    (under a patience of its own) for ``hold``: the update's failure (None: it completed)
+    and the counter's value after."""
     async with open_cluster(tmp_path, clients=1, seed=5) as cl:
-        c = QUClient(
-            cl.client(0),
-            QUThresholds.from_config(cl.config),
-            client_id=int(client_id(0)),
-            rng=random.Random(0),
-        )
-        await c.update(OID, "counter.increment", 1)
+        c = await counting_client(cl, OID)
         holding = trio.Event()
 
-        async def long_backoff(_delay: float) -> None:
-            await trio.sleep(1.5 * PATIENCE)
-
-        async def contended_holder() -> None:
+        async def holder() -> None:
             with patience(PATIENCE, trio.current_time()):
                 async with c._locked((OID,)):
                     holding.set()
-                    await Attempt(c.th, random.Random(1), long_backoff, ()).back_off()
+                    await hold(c)
 
+        failed: Exception | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(contended_holder)
+            nursery.start_soon(holder)
             await holding.wait()
             with patience(PATIENCE, trio.current_time()):
-                await c.update(OID, "counter.increment", 1)
-        assert await c.query(OID, "counter.fetch") == 2
+                try:
+                    await c.update(OID, "counter.increment", 1)
+                except Exception as e:  # noqa: BLE001 - the caller asserts on it
+                    failed = e
+        return failed, await c.query(OID, "counter.fetch")
+
+
+async def test_waiting_behind_an_own_backoff_uses_up_no_patience(tmp_path: Path) -> None:
+    async def long_backoff(_delay: float) -> None:
+        await trio.sleep(1.5 * PATIENCE)
+
+    async def contended(c: QUClient) -> None:
+        await Attempt(c.th, random.Random(1), long_backoff, ()).back_off()
+
+    assert await update_behind(tmp_path, contended) == (None, 2)
 
 
 async def test_waiting_behind_a_silent_cluster_still_fails(tmp_path: Path) -> None:
     """The contract kept: the holder's rounds got no answer for its whole patience, so the
     waiter gets no patience of its own back and fails as soon as its own is gone."""
-    async with open_cluster(tmp_path, clients=1, seed=6) as cl:
-        c = QUClient(
-            cl.client(0),
-            QUThresholds.from_config(cl.config),
-            client_id=int(client_id(0)),
-            rng=random.Random(0),
-        )
-        await c.update(OID, "counter.increment", 1)
-        holding = trio.Event()
 
-        async def silent_holder() -> None:
-            with patience(PATIENCE, trio.current_time()):
-                async with c._locked((OID,)):
-                    holding.set()
-                    await trio.sleep(1.5 * PATIENCE)  # waiting on nodes that never answer
+    async def unanswered(_c: QUClient) -> None:
+        await trio.sleep(1.5 * PATIENCE)  # waiting on nodes that never answer
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(silent_holder)
-            await holding.wait()
-            with patience(PATIENCE, trio.current_time()):
-                try:
-                    await c.update(OID, "counter.increment", 1)
-                except Exception as e:  # noqa: BLE001 - asserted below
-                    failed: Exception | None = e
-                else:
-                    failed = None
-        assert failed is not None and "fewer than q" in str(failed)
+    failed, _ = await update_behind(tmp_path, unanswered)  # it may or may not have applied
+    assert failed is not None and "fewer than q" in str(failed)
