@@ -272,10 +272,7 @@ class QUClient:
         refusals of this client's clock with ``ahead`` (or, for a lease time, ``behind``); b
         or fewer are probed past like any failure.
 
-        More than b refusals as malformed end it too: a correct node said so, and the same
-        request would be refused again; the nodes' reason is what the mount log needs (it
-        said "fewer than q servers answer; 0 answered" for requests carrying more links
-        than one may, issue 39).
+        More than b refusals as malformed end it too (``QuorumRounds.check_malformed``).
 
         Raises:
             bftfs.outcome.StorageFull: (or QuotaExceeded) servers out of space.
@@ -285,12 +282,7 @@ class QUClient:
         space = refused_for_space(self._rounds.space, self.th.b)
         if space is not None:
             raise type(space)(f"objects {objects}: {space}")
-        bad = self._rounds.malformed
-        if len(bad) > self.th.b:
-            raise QUUnavailable(
-                f"objects {objects}: nodes {sorted(bad)} refused the request as malformed "
-                f"({bad[min(bad)]})"
-            )
+        self._rounds.check_malformed(objects)
         for way in ("ahead", "behind"):  # a lease time is checked both ways (leases.py)
             nodes = sorted(n for n, code in self._rounds.space.items() if code == way)
             if len(nodes) > self.th.b:  # one correct node at least: this client's clock

@@ -20,6 +20,7 @@ from bftfs.net.coalesce import BatchKind
 from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.qu import core
+from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.links import prove
@@ -157,6 +158,22 @@ class QuorumRounds:
                 if refusal_code(why) == "bad-request"
             }
         return dict(stash)
+
+    def check_malformed(self, objects: tuple[int, ...]) -> None:
+        """After a short round: more than ``b`` nodes refused it as malformed (one correct
+        node at least), so the same request would be refused again; the nodes' reason is
+        what the mount log needs (it said "fewer than q servers answer; 0 answered" for
+        requests carrying more links than one may, issue 39).
+
+        Raises:
+            QUUnavailable: the request refused as malformed.
+        """
+        bad = self.malformed
+        if len(bad) > self.th.b:
+            raise QUUnavailable(
+                f"objects {objects}: nodes {sorted(bad)} refused the request as malformed "
+                f"({bad[min(bad)]})"
+            )
 
     async def histories(
         self,
