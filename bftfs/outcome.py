@@ -130,6 +130,22 @@ def paused(seconds: float) -> None:
         p.deadline += seconds
 
 
+def caught_up(holder: Patience | None, now: float) -> None:
+    """The current operation waited for another operation of this client to be done with
+    an object (``holder``: that one's patience, None if it had none).  The wait was the
+    other's time - its rounds, its backoffs - not the cluster's silence towards this one:
+    this one's patience starts again from when the holder last progressed (or paused), no
+    later than ``now``.  A holder the cluster left unanswered for its whole patience
+    gives its waiters nothing, so an operation still fails once the cluster made no
+    progress for its patience.  Without this, a call waiting behind a task of its own
+    mount that backed off for contention found its patience gone and failed with every
+    node answering ("0 answered", issue 39)."""
+    p = _patience.get()
+    if p is None or holder is None or holder is p:
+        return
+    p.renew(min(now, holder.deadline - holder.seconds))
+
+
 def current_patience() -> Patience | None:
     return _patience.get()
 

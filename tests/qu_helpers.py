@@ -32,6 +32,7 @@ from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Verd
 from bftfs.qu import past
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
+from bftfs.qu.client import QUClient
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import (
     KIND_FETCH,
@@ -55,6 +56,20 @@ from bftfs.testing.testobjects import registry
 def wire(value: Any) -> Any:
     """``value`` after a trip through the transport's msgpack encoding."""
     return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
+
+
+async def counting_client(cluster: Any, oid: int) -> QUClient:
+    """Client 0's :class:`~bftfs.qu.client.QUClient` on an in-process ``cluster``
+    (``bftfs.testing.cluster``), after it incremented counter ``oid`` once (the object
+    exists, the client's cache holds its history)."""
+    c = QUClient(
+        cluster.client(0),
+        QUThresholds.from_config(cluster.config),
+        client_id=int(client_id(0)),
+        rng=random.Random(0),
+    )
+    await c.update(oid, "counter.increment", 1)
+    return c
 
 
 def keyrings(n: int, clients: int, seed: int = 0) -> tuple[list[KeyRing], list[KeyRing]]:

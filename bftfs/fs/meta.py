@@ -36,6 +36,7 @@ from bftfs.fs.leasedanswers import made_entries
 from bftfs.fs.leases import Leases
 from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, MAX_TERM
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
+from bftfs.qu.client import ObjectLock
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
 from bftfs.rw.messages import block_id
@@ -175,7 +176,7 @@ class Meta:
         #: keep good are answered from them; every update tells them what it changes.
         self.leases: Leases | None = None
         #: The objects an update is under way on (:meth:`_one_update_per_object`).
-        self._object_locks: dict[int, trio.Lock] = {}
+        self._object_locks: dict[int, ObjectLock] = {}
         #: The wall clock of lease times (``lt``): the nodes check it against theirs.
         self.wall_ns: Callable[[], int] = time.time_ns
 
@@ -269,20 +270,23 @@ class Meta:
         """Hold ``objects`` for one update: a Q/U client issues one update per object at a
         time (its answers are kept per client and object, ``qu/replica.py``), and the
         leases' background updates (``fs/leases.py``) must not overlap a flush's.  Taken
-        in object order, so two updates never wait for each other."""
+        in object order, so two updates never wait for each other.  Waiting for another
+        task's update is that task's time (its rounds and backoffs), not the cluster's
+        silence: the wait uses up patience only as far as that task's own ran out
+        (:class:`~bftfs.qu.client.ObjectLock`)."""
         held = []
         try:
             for oid in sorted(set(objects)):
                 lock = self._object_locks.get(oid)
                 if lock is None:
-                    lock = self._object_locks[oid] = trio.Lock()
-                await lock.acquire()
+                    lock = self._object_locks[oid] = ObjectLock()
+                await lock.acquire()  # waiting for another task's update: its time, not ours
                 held.append((oid, lock))
             yield
         finally:
             for oid, lock in reversed(held):
                 lock.release()
-                if not lock.locked() and not lock.statistics().tasks_waiting:
+                if not lock.busy():
                     self._object_locks.pop(oid, None)
 
     async def _with_fresh_lease_time(self, objects: list[int], method: str, arg: Any) -> Any:

@@ -271,6 +271,42 @@ class View:
         self.excluded()
         return frozenset(self._used)
 
+    def settled(self, cand: Candidate) -> bool | None:
+        """Whether ``cand`` is in the established history of its objects as far as complete
+        candidates show it, by links ``b + 1`` servers list (no proof, nothing wanted):
+        True when, at one of its objects, a complete candidate's conditioned-on chain
+        meets ``cand``; False when one's chain passes it by; None when none decides.
+
+        A complete candidate is established, and so is every version its chain passes
+        through (a METHOD is conditioned on a complete version, a copy establishes the one
+        it carries).  So True means ``cand`` is established, and no candidate anywhere can
+        skip it; False means it was never established, and every object must abandon it
+        (:meth:`excluded`).  Either way, walking another object's chain to decide would
+        only cost proofs, and it did: the version a newly created file's next update is
+        conditioned on is its create, a two-object candidate that histories keep listing
+        (pruning stops at the conditioned-on version) with fewer than ``q`` servers once
+        the directory's histories pruned it.  Every later request naming that file walked
+        the directory's chain back to the create, one proven link per directory version
+        since; under four mounts renaming in one directory that passed the 256 links a
+        request may carry (``request.MAX_LINKS``), and every node refused the request, for
+        good (issue 39).  (Both at once would mean an update already split; True wins,
+        keeping ``cand``, as :meth:`excluded` keeps what it cannot decide.)"""
+        passed = False
+        for o2 in cand.objects:
+            if o2 not in self._idx:
+                continue
+            chain = self._chain(o2)
+            for z in self.candidates(o2):
+                if z.lt.barrier or z.lt <= cand.lt or self.order(o2, z) < self.th.q:
+                    continue
+                lt: Timestamp | None = z.lt
+                while lt is not None and lt > cand.lt:
+                    lt = chain.get(lt)
+                if lt == cand.lt:
+                    return True
+                passed = passed or lt is not None
+        return False if passed else None
+
     def excluded(self) -> frozenset:
         """Multi-object candidates a copy must not carry forward (deduction, L2747-2754).
 
@@ -281,7 +317,8 @@ class View:
         must be abandoned at all its objects: it is excluded everywhere, and the choice is
         recomputed until it is stable.  (M cannot be established then: an established M
         and a potential candidate that skips it would share a benign server, which would
-        have refused the later of the two.)  Complete candidates are never excluded.  A
+        have refused the later of the two.)  Complete candidates are never excluded; what
+        complete candidates' listed chains decide is taken first (:meth:`settled`).  A
         skip that neither the listed nor the proven links decide leaves M in and the
         missing link in :meth:`wanted_links`; clients and servers act on such a view only
         once the link is proven (a copy could otherwise carry M at some objects only).
@@ -289,9 +326,16 @@ class View:
         if self._excluded is not None:
             return self._excluded
         skip: set = set()
-        multi = [
-            (o, c) for o in self.objects for c in self.candidates(o) if c.multi and not c.lt.barrier
-        ]
+        multi = []
+        for o in self.objects:
+            for c in self.candidates(o):
+                if not c.multi or c.lt.barrier or not self.th.r <= self.order(o, c) < self.th.q:
+                    continue
+                settled = self.settled(c)
+                if settled is None:
+                    multi.append((o, c))
+                elif not settled:
+                    skip.add(c.key)
         changed = bool(multi)
         while changed:
             changed = False

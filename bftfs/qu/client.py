@@ -29,7 +29,7 @@ import trio
 
 from bftfs.net.errors import TransportError
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import refused_for_space
+from bftfs.outcome import Patience, caught_up, current_patience, refused_for_space
 from bftfs.qu import core
 from bftfs.qu.attempt import (
     Attempt,
@@ -102,7 +102,7 @@ class QUClient:
         self.rng = rng or random.Random()
         self._seq = seq_start if seq_start is not None else time.time_ns()
         self._sleep = sleep
-        self._locks: dict[int, trio.Lock] = {}
+        self._locks: dict[int, ObjectLock] = {}
         #: Faults detected per server: ``(server, kind)`` -> count, kind one of ``culled``
         #: (another server reported its history's authenticator bad), ``malevolent``
         #: (more than b servers did: proven, left out from then on) and ``malformed``
@@ -195,7 +195,10 @@ class QUClient:
     async def _locked(self, objects: tuple[int, ...]) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             for oid in objects:  # sorted: no deadlock between our own operations
-                await stack.enter_async_context(self._locks.setdefault(oid, trio.Lock()))
+                held = self._locks.get(oid)
+                if held is None:
+                    held = self._locks[oid] = ObjectLock()
+                await stack.enter_async_context(held)
             yield
 
     async def _invoke(
@@ -209,10 +212,10 @@ class QUClient:
             op = Operation(method, False, arg, self._seq)
         try:
             if len(objects) == 1:  # the common case, without an exit stack
-                lock = self._locks.get(objects[0])
-                if lock is None:
-                    lock = self._locks[objects[0]] = trio.Lock()
-                async with lock:
+                held = self._locks.get(objects[0])
+                if held is None:
+                    held = self._locks[objects[0]] = ObjectLock()
+                async with held:
                     return await self._run(objects, op)
             async with self._locked(objects):
                 return await self._run(objects, op)
@@ -269,19 +272,56 @@ class QUClient:
         refusals of this client's clock with ``ahead`` (or, for a lease time, ``behind``); b
         or fewer are probed past like any failure.
 
+        More than b refusals as malformed end it too (``QuorumRounds.check_malformed``).
+
         Raises:
             bftfs.outcome.StorageFull: (or QuotaExceeded) servers out of space.
             MethodRefused: ``ahead``, this client's clock.
+            QUUnavailable: the request refused as malformed.
         """
         space = refused_for_space(self._rounds.space, self.th.b)
         if space is not None:
             raise type(space)(f"objects {objects}: {space}")
+        self._rounds.check_malformed(objects)
         for way in ("ahead", "behind"):  # a lease time is checked both ways (leases.py)
             nodes = sorted(n for n, code in self._rounds.space.items() if code == way)
             if len(nodes) > self.th.b:  # one correct node at least: this client's clock
                 raise MethodRefused(
                     way, f"nodes {nodes}: this client's clock is too far {way} of theirs"
                 )
+
+
+class ObjectLock:
+    """One object's turn among this client's operations, and the patience of the last
+    operation that had it: an operation that waited for its turn gets that one's progress
+    as its own (:func:`bftfs.outcome.caught_up`), so waiting behind a task of this client
+    that backs off for contention does not use up its patience."""
+
+    __slots__ = ("lock", "last")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.last: Patience | None = None
+
+    def busy(self) -> bool:
+        """Whether an operation has the object or waits for it."""
+        return self.lock.locked() or bool(self.lock.statistics().tasks_waiting)
+
+    async def acquire(self) -> None:
+        waited = self.lock.locked()
+        await self.lock.acquire()
+        if waited:
+            caught_up(self.last, trio.current_time())
+
+    def release(self) -> None:
+        self.last = current_patience()
+        self.lock.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _objs(objects: int | Iterable[int]) -> tuple[int, ...]:

@@ -205,6 +205,8 @@ class Repairer:
         req = Request(self.client_id, objects, mohs, None, None, links)
         replies = await self._rounds.request(objects, req, self._cache.targets(objects))
         self._check_space(objects, replies)
+        if len(replies) < self.th.q:
+            self._rounds.check_malformed(objects)
         self._cache.absorb(objects, replies, fresh)
         # Rounds in a row: a barrier or copy that q servers answered (whatever they said:
         # contention is not absence) ends a run of short ones.

@@ -20,6 +20,7 @@ from bftfs.net.coalesce import BatchKind
 from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.qu import core
+from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.links import prove
@@ -73,6 +74,8 @@ class QuorumRounds:
         #: Servers that refused the latest round for space: ``full`` (out of it) or
         #: ``quota`` (this client is at its quota there), or its clock (``ahead``), by server.
         self.space: dict[int, str] = {}
+        #: Servers that refused the latest round as malformed (``bad-request``): the reason.
+        self.malformed: dict[int, str] = {}
 
     def _parsed(self, node: int, raw: Any, objects: tuple[int, ...]) -> Reply | None:
         """``raw`` parsed as a reply over ``objects``, or None (counted as malformed)."""
@@ -126,6 +129,7 @@ class QuorumRounds:
             return rep.status in (ReplyStatus.OK, ReplyStatus.REFUSED)
 
         self.space = {}
+        self.malformed = {}
         try:
             with scope:
                 await self.ep.quorum_call(
@@ -148,7 +152,28 @@ class QuorumRounds:
                 for n, why in e.result.errors.items()
                 if (code := refusal_code(why)) in ("full", "quota", "ahead", "behind")
             }
+            self.malformed = {
+                int(n): why
+                for n, why in e.result.errors.items()
+                if refusal_code(why) == "bad-request"
+            }
         return dict(stash)
+
+    def check_malformed(self, objects: tuple[int, ...]) -> None:
+        """After a short round: more than ``b`` nodes refused it as malformed (one correct
+        node at least), so the same request would be refused again; the nodes' reason is
+        what the mount log needs (it said "fewer than q servers answer; 0 answered" for
+        requests carrying more links than one may, issue 39).
+
+        Raises:
+            QUUnavailable: the request refused as malformed.
+        """
+        bad = self.malformed
+        if len(bad) > self.th.b:
+            raise QUUnavailable(
+                f"objects {objects}: nodes {sorted(bad)} refused the request as malformed "
+                f"({bad[min(bad)]})"
+            )
 
     async def histories(
         self,
