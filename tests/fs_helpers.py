@@ -203,8 +203,9 @@ async def names(fs: FileSystem, ino: int) -> list[bytes]:
 #: long enough that a loaded machine's fsyncs do not (at 0.2 s, three of six nodes stayed
 #: silent through it on CI, and the create was refused as unavailable).
 CALL_PATIENCE = 1.0
-#: The same with durable node processes: all six stayed silent through a 1 s patience once
-#: in CI's slow suite (t5_fs_contention; not reproduced here under CPU or disk load).
+#: The same with durable node processes (t5_fs_contention): at 1 s a call once failed in
+#: CI's slow suite with "0 answered", its patience gone while it queued behind its own
+#: client's backoff (since fixed, ``qu.client.ObjectLock``); 3 s leaves a loaded CI room.
 PROCESS_CALL_PATIENCE = 3.0
 #: Rounds of the journal each client runs at most before contention must have shown: 300
 #: left node processes one backoff short (5 of 6) once; the loop stops as soon as it shows.

@@ -6,11 +6,11 @@ unlink) answered EIO with all six nodes up, "fewer than q servers answer": conte
 backoffs and rounds cut short used up each system call's patience. Here two
 :class:`~bftfs.fs.filesystem.FileSystem` clients (write-behind on, as a mount runs) in this
 process loop on one name against six real node processes over real TCP, every call under a
-short patience as the FUSE layer gives it (3 s: all six durable nodes once stayed silent
-through 1 s on CI), and every Q/U backoff longer than that patience (contention amplified:
-on the code before the fix the first contended repair failed the call). The loop runs until
-both clients backed off for contention several times; no call may fail, and both clients
-then list the same empty directory.
+short patience as the FUSE layer gives it (3 s, ``fs_helpers.PROCESS_CALL_PATIENCE``), and
+every Q/U backoff longer than that patience (contention amplified: on the code before the
+fix the first contended repair failed the call). The loop runs until both clients backed off
+for contention several times; no call may fail, and both clients then list the same empty
+directory.
 """
 
 from __future__ import annotations
