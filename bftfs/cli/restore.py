@@ -17,11 +17,13 @@ from typing import Any
 
 import trio
 
+from bftfs.cli.common import EXIT_HISTORY, QuietError
 from bftfs.cli.progress import Update, _quiet, progress
 from bftfs.cli.when import (
     FS_PREFIX,
     client_ids,
     exact_time,
+    first_error,
     fs_path,
     iso_time,
     mountpoints_of,
@@ -240,11 +242,16 @@ def with_session(cfg: ClusterConfig, client: str, fn: Any) -> Any:
 
 
 async def _logged(session: Any, past: Any, fn: Any) -> Any:
-    """``await fn(session, past)``, what its history reads cost logged (INFO)."""
+    """``await fn(session, past)``, what its history reads and its writes cost logged
+    (INFO: the Q/U calls by method)."""
     try:
         return await fn(session, past)
     finally:
-        logging.getLogger("bftfs.cli.when").info("%s", past.statistics())
+        log = logging.getLogger("bftfs.cli.when")
+        log.info("%s", past.statistics())
+        methods = getattr(getattr(session.fs, "meta", None), "methods", None)
+        if methods:
+            log.info("writes: %s", ", ".join(f"{k} {v}" for k, v in sorted(methods.items())))
 
 
 def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:
@@ -290,6 +297,7 @@ def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.N
     """``restore``'s work where it writes into the file system (``fs/pastrestore.py``):
     over PATH itself, the tree as it is now comes with the same walk, and what is
     unchanged is left."""
+    from bftfs.fs.errors import FsError
     from bftfs.fs.past import NotThen
     from bftfs.fs.pastrestore import TreeWriter
 
@@ -308,13 +316,22 @@ def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.N
             session.fs, past.content, uid=os.getuid(), gid=os.getgid(), as_root=os.geteuid() == 0
         )
         with progress(f"writing {into}") as update:
-            counts = await writer.write(
-                trees[0],
-                into,
-                delete=args.delete,
-                current=trees[1] if len(trees) > 1 else None,
-                update=update,
-            )
+            try:
+                counts = await writer.write(
+                    trees[0],
+                    into,
+                    delete=args.delete,
+                    current=trees[1] if len(trees) > 1 else None,
+                    update=update,
+                )
+            except* FsError as group:
+                why = first_error(group)
+                raise QuietError(
+                    f"restore of {path} into {into} stopped: {why}; what was written stays "
+                    f"(new versions), the rest is not: the same command with --at "
+                    f"{exact_time(moment)} writes it",
+                    EXIT_HISTORY,
+                ) from None
         return moment, counts.as_dict()
 
     return run
@@ -326,91 +343,49 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     now_ns = time.time_ns()
     mounts = mountpoints_of(cfg)
     path = fs_path(args.path, mounts)
-    root = _local_target(args.path, mounts, None)
+    _local_target(args.path, mounts, None)  # under a mount of this cluster, or refused
     since = parse_when(args.since, now_ns)
     client = client_ids(cfg).get(args.client)
     if client is None:
         raise ValueError(f"no client {args.client!r} in the configuration")
 
-    async def run(past: Any) -> tuple[Any, int]:
+    async def plan(past: Any) -> tuple[Any, int]:
         with progress(f"reading the history of {path}") as update:
             got = await range_trees(patient(past), path, since, None, now_ns, update)
         lo, hi, before, after, histories = got
-        plan = plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi)
-        if args.dry_run:
-            return plan, lo
-        with progress(f"reverting {args.client}'s changes") as update:
-            await _carry_out(past, root, plan.actions, update)
-        return plan, lo
+        return plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi), lo
 
-    plan, lo = with_past(cfg, args.as_client, run)
+    async def run(session: Any, past: Any) -> tuple[Any, int]:
+        from bftfs.fs.pastrestore import TreeWriter
+        from bftfs.fs.pastrevert import RevertStopped, RevertWriter
+
+        planned, lo = await plan(past)
+        writer = TreeWriter(
+            session.fs, past.content, uid=os.getuid(), gid=os.getgid(), as_root=os.geteuid() == 0
+        )
+        with progress(f"reverting {args.client}'s changes") as update:
+            try:
+                await RevertWriter(writer, path).carry_out(planned.actions, update)
+            except RevertStopped as e:
+                raise QuietError(f"{e} (with --since {exact_time(lo)})", EXIT_HISTORY) from None
+        return planned, lo
+
+    if args.dry_run:
+        plan_, lo = with_past(cfg, args.as_client, plan)
+    else:
+        plan_, lo = with_session(cfg, args.as_client, run)
     verb = "would" if args.dry_run else "did"
-    for a in plan.actions:
+    for a in plan_.actions:
         what = f"{a.path} -> {a.to}" if a.kind == "move" else a.path
         print(f"{verb} {a.kind} {what}")
-    for rel, why in plan.conflicts:
+    for rel, why in plan_.conflicts:
         print(f"conflict: {rel or '.'}: {why} (left as it is)")
     print(
         f"{args.client}'s changes under {path} since {iso_time(lo)} ({exact_time(lo)}): "
-        f"{len(plan.actions)} steps, {len(plan.conflicts)} conflicts"
+        f"{len(plan_.actions)} steps, {len(plan_.conflicts)} conflicts"
     )
-    if args.dry_run and plan.actions:
+    if args.dry_run and plan_.actions:
         # An age or a word is counted from each run's own now: the real run should cover
         # the window this one showed.
         print(f"to revert this very window: the same command with --since {exact_time(lo)}")
     return 0
-
-
-async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) -> None:
-    """The steps of a revert plan in order, except that a run of ``restore`` steps (the
-    plan puts them last, after the removals, directories and moves they may need) goes
-    :data:`PARALLEL` at a time: each writes a different path (an object's path at the
-    start), and one after the other each waited on its own round trips."""
-    done = [0]
-
-    async def one(a: Any, limiter: trio.CapacityLimiter | None = None) -> None:
-        if limiter is None:
-            await _act(past, root, a)
-        else:
-            async with limiter:
-                await _act(past, root, a)
-        done[0] += 1
-        update(done[0], len(actions))
-
-    i = 0
-    while i < len(actions):
-        j = i
-        while j < len(actions) and actions[j].kind == "restore":
-            j += 1
-        if j - i < 2:
-            await one(actions[i])
-            i += 1
-            continue
-        limiter = trio.CapacityLimiter(PARALLEL)
-        async with trio.open_nursery() as nursery:
-            for a in actions[i:j]:
-                nursery.start_soon(one, a, limiter)
-        i = j
-
-
-async def _act(past: Any, root: Path, a: Any) -> None:
-    """Carry out one step of a revert plan (:class:`bftfs.fs.pastplan.Action`) under
-    ``root``."""
-    import shutil
-
-    target = root / a.path if a.path else root
-    if a.kind == "remove":
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target, ignore_errors=True)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-    elif a.kind == "move":
-        dest = root / a.to
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(target, dest)
-    elif a.kind == "mkdir":
-        assert a.version is not None and a.version.state is not None
-        target.mkdir(parents=True, exist_ok=True)
-        _set_attrs(target, a.version.state)
-    else:
-        await _restore(past, {"": a.version}, target, False)
