@@ -343,49 +343,91 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     now_ns = time.time_ns()
     mounts = mountpoints_of(cfg)
     path = fs_path(args.path, mounts)
-    _local_target(args.path, mounts, None)  # under a mount of this cluster, or refused
+    root = _local_target(args.path, mounts, None)
     since = parse_when(args.since, now_ns)
     client = client_ids(cfg).get(args.client)
     if client is None:
         raise ValueError(f"no client {args.client!r} in the configuration")
 
-    async def plan(past: Any) -> tuple[Any, int]:
+    async def run(past: Any) -> tuple[Any, int]:
         with progress(f"reading the history of {path}") as update:
             got = await range_trees(patient(past), path, since, None, now_ns, update)
         lo, hi, before, after, histories = got
-        return plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi), lo
-
-    async def run(session: Any, past: Any) -> tuple[Any, int]:
-        from bftfs.fs.pastrestore import TreeWriter
-        from bftfs.fs.pastrevert import RevertStopped, RevertWriter
-
-        planned, lo = await plan(past)
-        writer = TreeWriter(
-            session.fs, past.content, uid=os.getuid(), gid=os.getgid(), as_root=os.geteuid() == 0
-        )
+        plan = plan_revert(client, before, after, histories, since_ns=lo, until_ns=hi)
+        if args.dry_run:
+            return plan, lo
         with progress(f"reverting {args.client}'s changes") as update:
-            try:
-                await RevertWriter(writer, path).carry_out(planned.actions, update)
-            except RevertStopped as e:
-                raise QuietError(f"{e} (with --since {exact_time(lo)})", EXIT_HISTORY) from None
-        return planned, lo
+            await _carry_out(past, root, plan.actions, update)
+        return plan, lo
 
-    if args.dry_run:
-        plan_, lo = with_past(cfg, args.as_client, plan)
-    else:
-        plan_, lo = with_session(cfg, args.as_client, run)
+    plan, lo = with_past(cfg, args.as_client, run)
     verb = "would" if args.dry_run else "did"
-    for a in plan_.actions:
+    for a in plan.actions:
         what = f"{a.path} -> {a.to}" if a.kind == "move" else a.path
         print(f"{verb} {a.kind} {what}")
-    for rel, why in plan_.conflicts:
+    for rel, why in plan.conflicts:
         print(f"conflict: {rel or '.'}: {why} (left as it is)")
     print(
         f"{args.client}'s changes under {path} since {iso_time(lo)} ({exact_time(lo)}): "
-        f"{len(plan_.actions)} steps, {len(plan_.conflicts)} conflicts"
+        f"{len(plan.actions)} steps, {len(plan.conflicts)} conflicts"
     )
-    if args.dry_run and plan_.actions:
+    if args.dry_run and plan.actions:
         # An age or a word is counted from each run's own now: the real run should cover
         # the window this one showed.
         print(f"to revert this very window: the same command with --since {exact_time(lo)}")
     return 0
+
+
+async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) -> None:
+    """The steps of a revert plan in order, except that a run of ``restore`` steps (the
+    plan puts them last, after the removals, directories and moves they may need) goes
+    :data:`PARALLEL` at a time: each writes a different path (an object's path at the
+    start), and one after the other each waited on its own round trips."""
+    done = [0]
+
+    async def one(a: Any, limiter: trio.CapacityLimiter | None = None) -> None:
+        if limiter is None:
+            await _act(past, root, a)
+        else:
+            async with limiter:
+                await _act(past, root, a)
+        done[0] += 1
+        update(done[0], len(actions))
+
+    i = 0
+    while i < len(actions):
+        j = i
+        while j < len(actions) and actions[j].kind == "restore":
+            j += 1
+        if j - i < 2:
+            await one(actions[i])
+            i += 1
+            continue
+        limiter = trio.CapacityLimiter(PARALLEL)
+        async with trio.open_nursery() as nursery:
+            for a in actions[i:j]:
+                nursery.start_soon(one, a, limiter)
+        i = j
+
+
+async def _act(past: Any, root: Path, a: Any) -> None:
+    """Carry out one step of a revert plan (:class:`bftfs.fs.pastplan.Action`) under
+    ``root``."""
+    import shutil
+
+    target = root / a.path if a.path else root
+    if a.kind == "remove":
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    elif a.kind == "move":
+        dest = root / a.to
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(target, dest)
+    elif a.kind == "mkdir":
+        assert a.version is not None and a.version.state is not None
+        target.mkdir(parents=True, exist_ok=True)
+        _set_attrs(target, a.version.state)
+    else:
+        await _restore(past, {"": a.version}, target, False)

@@ -110,7 +110,7 @@ class TreeWriter:
         self.gid = gid
         self.as_root = as_root
 
-    def owner(self, s: Mapping[str, Any]) -> tuple[int, int]:
+    def _owner(self, s: Mapping[str, Any]) -> tuple[int, int]:
         return (int(s["uid"]), int(s["gid"])) if self.as_root else (self.uid, self.gid)
 
     async def _lookup(self, parent: int, name: bytes) -> Any | None:
@@ -175,7 +175,7 @@ class TreeWriter:
             async with trio.open_nursery() as nursery:
                 for rel, s in levels[depth]:
                     nursery.start_soon(make, rel, s)
-        await self.lease([ino for ino, _ in dirs.values()])
+        await self._lease([ino for ino, _ in dirs.values()])
         limiter = trio.CapacityLimiter(PARALLEL)
         done = [0]
 
@@ -187,7 +187,7 @@ class TreeWriter:
                 if now is not None and now.oid == v.oid and same_content(v.state, now.state):
                     counts.unchanged += 1
                 else:
-                    await self.leaf(parent, name, v, fresh, counts)
+                    await self._leaf(parent, name, v, fresh, counts)
             done[0] += 1
             update(done[0], len(leaves))
 
@@ -199,14 +199,14 @@ class TreeWriter:
 
         async def attrs(rel: str) -> None:
             async with limiter:
-                await self.dir_attrs(dirs[rel][0], tree[rel].state or {})
+                await self._dir_attrs(dirs[rel][0], tree[rel].state or {})
 
         async with trio.open_nursery() as nursery:  # (a directory's times move no other's)
             for rel in dirs:
                 nursery.start_soon(attrs, rel)
         return counts
 
-    async def lease(self, dirs: list[int]) -> None:
+    async def _lease(self, dirs: list[int]) -> None:
         """Exclusive leases on the tree's directories before their files are written, so
         that directory write-back holds every close there from the first (it asks for
         one only after a few closes, by when a restore has sent them all alone)."""
@@ -246,7 +246,7 @@ class TreeWriter:
             counts.deleted += 1
             found = None
         if found is None:
-            uid, gid = self.owner(s)
+            uid, gid = self._owner(s)
             made = await self.fs.mkdir(parent, name, int(s["mode"]) & 0o7777, uid, gid)
             return made.ino, True
         await self._clean(found.ino, s, delete, counts)
@@ -259,19 +259,21 @@ class TreeWriter:
         wanted = set(all_entries(s["e"]))
         for entry, attr in await self.fs.readdir(ino):
             if entry not in wanted:
-                await self.remove(ino, entry, attr)
+                await self._remove(ino, entry, attr)
                 counts.deleted += 1
 
-    async def remove(self, parent: int, name: bytes, attr: Any) -> None:
+    async def _remove(self, parent: int, name: bytes, attr: Any) -> None:
         """Remove the entry ``name`` (a directory with everything in it)."""
         if st.S_ISDIR(attr.mode):
             for entry, inner in await self.fs.readdir(attr.ino):
-                await self.remove(attr.ino, entry, inner)
+                await self._remove(attr.ino, entry, inner)
             await self.fs.rmdir(parent, name)
         else:
             await self.fs.unlink(parent, name)
 
-    async def leaf(self, parent: int, name: bytes, v: Version, fresh: bool, counts: Counts) -> None:
+    async def _leaf(
+        self, parent: int, name: bytes, v: Version, fresh: bool, counts: Counts
+    ) -> None:
         """One file, link or special file of the tree (special files are not made);
         ``fresh``: its directory was made here, so nothing is at its name."""
         s = v.state
@@ -285,7 +287,7 @@ class TreeWriter:
                 raise FsError(f"a directory is where the file {name!r} was: left as it is")
             await self.fs.unlink(parent, name)
             found = None
-        uid, gid = self.owner(s)
+        uid, gid = self._owner(s)
         if st.S_ISLNK(mode):
             await self.fs.symlink(parent, name, bytes(s.get("t") or b""), uid, gid)
             counts.links += 1
@@ -319,14 +321,14 @@ class TreeWriter:
         counts.files += 1
         counts.bytes += len(data)
 
-    async def dir_attrs(self, ino: int, s: Mapping[str, Any]) -> None:
+    async def _dir_attrs(self, ino: int, s: Mapping[str, Any]) -> None:
         """A directory's mode, owner (as root) and times as they were, where they differ."""
         now = await self.fs.getattr(ino)
         changes: dict[str, int] = {}
         perm = int(s["mode"]) & 0o7777
         if st.S_IMODE(now.mode) != perm:
             changes["mode"] = perm
-        uid, gid = self.owner(s)
+        uid, gid = self._owner(s)
         if self.as_root and (now.uid, now.gid) != (uid, gid):
             changes["uid"], changes["gid"] = uid, gid
         if (now.atime_ns, now.mtime_ns) != (int(s["at"]), int(s["mt"])):
