@@ -342,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time only restore and revert (not diff, changes and revert --dry-run)",
     )
+    ap.add_argument(
+        "--after-first",
+        action="store_true",
+        help="with --before: restore with this package first (and revert second)",
+    )
     args = ap.parse_args(argv)
     # Stopped (a background job ignores SIGINT): the cluster and mount are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
@@ -404,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"({changed} paths changed)")
                 if args.compare:
                     figures["same_output_as_compared"] = _compare(config, pc, at0, at1, args)
-                for code in codes:
+                for code in codes[::-1] if args.after_first else codes:
                     label = "" if code is None else "_before"
                     dest = m.mountpoint / f"restored{label}"
+                    print(f"nodes settled after {_settle(pc):.0f} s")  # (the last one's work)
                     cpu0 = _nodes_cpu(pc)
                     took, done = _bftfs(
                         config, "restore", "fs:/tree", "--at", at0, "--to", str(dest), pc=pc,
@@ -419,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"restored tree identical to the tree at T0: {same}")
                     if not same:
                         return 1
-                for code in codes[::-1]:
+                for code in codes if args.after_first else codes[::-1]:
                     label = "" if code is None else "_before"
+                    print(f"nodes settled after {_settle(pc):.0f} s")
                     took, done = _bftfs(
                         config, "revert", str(trees[code]), "--client", "client0", "--since",
                         at0, pc=pc, code=code,
