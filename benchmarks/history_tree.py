@@ -126,6 +126,9 @@ def _bftfs(
     env = None if code is None else {**os.environ, "PYTHONPATH": code}
     done = subprocess.run(cmd, capture_output=True, timeout=3600, env=env, cwd=code)
     took = time.perf_counter() - t0
+    if spies or PYSPY:  # py-spy's own messages go to the same standard output
+        kept = [x for x in done.stdout.splitlines(keepends=True) if not x.startswith(b"py-spy>")]
+        done.stdout = b"".join(kept)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     nodes = _nodes_cpu(pc) - nodes0 if pc is not None else 0.0
     reqs = _node_requests(pc) - reqs0 if pc is not None else Counter()
@@ -135,7 +138,8 @@ def _bftfs(
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.decode()}")
     cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
-    stats = [x for x in done.stderr.decode().splitlines() if "history:" in x]
+    logged = ("history:", "writes:", "phase:")
+    stats = [x for x in done.stderr.decode().splitlines() if any(w in x for w in logged)]
     cost = Cost(round(took, 2), round(cpu, 2), round(nodes, 2), " ".join(stats), dict(reqs))
     COSTS.append((name, cost))
     print(f"  {name}: {COSTS[-1][1]}", flush=True)
@@ -333,6 +337,16 @@ def main(argv: list[str] | None = None) -> int:
         "main), alternating with this package's on the same cluster; a second tree is "
         "written for the second revert",
     )
+    ap.add_argument(
+        "--writes-only",
+        action="store_true",
+        help="time only restore and revert (not diff, changes and revert --dry-run)",
+    )
+    ap.add_argument(
+        "--after-first",
+        action="store_true",
+        help="with --before: restore with this package first (and revert second)",
+    )
     args = ap.parse_args(argv)
     # Stopped (a background job ignores SIGINT): the cluster and mount are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
@@ -380,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                         "revert", str(tree), "--client", "client0", "--since", at0, "--dry-run",
                     ),
                 }  # fmt: skip
-                for key, cmd in reads.items():
+                for key, cmd in () if args.writes_only else reads.items():
                     got = _timed(config, pc, args.runs, codes, *cmd)
                     for code, (all_s, out, failed) in got.items():
                         label = "" if code is None else "_before"
@@ -395,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"({changed} paths changed)")
                 if args.compare:
                     figures["same_output_as_compared"] = _compare(config, pc, at0, at1, args)
-                for code in codes:
+                for code in codes[::-1] if args.after_first else codes:
                     label = "" if code is None else "_before"
                     dest = m.mountpoint / f"restored{label}"
+                    print(f"nodes settled after {_settle(pc):.0f} s")  # (the last one's work)
                     cpu0 = _nodes_cpu(pc)
                     took, done = _bftfs(
                         config, "restore", "fs:/tree", "--at", at0, "--to", str(dest), pc=pc,
@@ -410,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"restored tree identical to the tree at T0: {same}")
                     if not same:
                         return 1
-                for code in codes[::-1]:
+                for code in codes if args.after_first else codes[::-1]:
                     label = "" if code is None else "_before"
+                    print(f"nodes settled after {_settle(pc):.0f} s")
                     took, done = _bftfs(
                         config, "revert", str(trees[code]), "--client", "client0", "--since",
                         at0, pc=pc, code=code,

@@ -286,6 +286,38 @@ def test_restore_into_the_cluster_by_path_inside_it_and_in_place_with_delete(
     assert _snapshot(theirs / "inside") == then
 
 
+def test_a_restore_stopped_by_a_directory_in_the_way_says_so_and_runs_again(
+    setup: tuple[ProcessCluster, Path, Path, str],
+) -> None:
+    """Issue 36: a write that fails midway (a directory where the file was, which a
+    restore never removes) ends ``restore`` with exit 7 and a message naming the exact
+    moment to run it with again, what it wrote staying; once the way is clear, that
+    command brings the rest back."""
+    cluster, mine, _, _ = setup
+    tree = mine / "blocked"
+    tree.mkdir()
+    write(tree / "a", b"a then\n")
+    moment = write(tree / "f", b"f then\n")
+    os.unlink(tree / "f")
+    (tree / "f").mkdir()
+    write(tree / "f" / "inner", b"in the way\n")
+    write(tree / "a", b"a later\n")
+    fsync_dirs(tree)
+    inside = "fs:/" + str(tree.relative_to(mine))
+    got = bftfs(cluster, "restore", inside, "--at", at(moment), check=False)
+    err = got.stderr.decode()
+    assert got.returncode == 7, err
+    assert "stopped" in err and "a directory is where the file" in err, err
+    again = err.rpartition("--at ")[2].split()[0]
+    assert again == at(moment), err
+    assert (tree / "f" / "inner").read_bytes() == b"in the way\n"
+    os.unlink(tree / "f" / "inner")
+    os.rmdir(tree / "f")
+    bftfs(cluster, "restore", inside, "--at", again)
+    assert (tree / "f").read_bytes() == b"f then\n"
+    assert (tree / "a").read_bytes() == b"a then\n"
+
+
 def test_restore_replaces_a_link_planted_where_a_file_was_and_never_writes_through_it(
     setup: tuple[ProcessCluster, Path, Path, str], tmp_path: Path
 ) -> None:

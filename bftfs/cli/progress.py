@@ -8,7 +8,9 @@ from the recent rate); it is imported only when a bar is shown.
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -27,9 +29,21 @@ def progress(what: str, stream: IO[str] | None = None) -> Iterator[Update]:
     a terminal; what to call with the counts.  The bar is wiped at the end, so what the
     command prints afterwards stands alone."""
     out = sys.stderr if stream is None else stream
-    if not out.isatty():
-        yield _quiet
-        return
+    start = time.perf_counter()
+    try:
+        if not out.isatty():
+            yield _quiet
+        else:
+            with _bar(what, out) as update:
+                yield update
+    finally:  # (the benchmarks read each phase's time from the INFO log)
+        took = time.perf_counter() - start
+        logging.getLogger("bftfs.cli.when").info("phase: %s: %.2f s", what, took)
+
+
+@contextmanager
+def _bar(what: str, out: IO[str]) -> Iterator[Update]:
+    """The bar itself (rich), on the terminal ``out``."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,

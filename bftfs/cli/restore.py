@@ -17,11 +17,13 @@ from typing import Any
 
 import trio
 
+from bftfs.cli.common import EXIT_HISTORY, QuietError
 from bftfs.cli.progress import Update, _quiet, progress
 from bftfs.cli.when import (
     FS_PREFIX,
     client_ids,
     exact_time,
+    first_error,
     fs_path,
     iso_time,
     mountpoints_of,
@@ -240,11 +242,16 @@ def with_session(cfg: ClusterConfig, client: str, fn: Any) -> Any:
 
 
 async def _logged(session: Any, past: Any, fn: Any) -> Any:
-    """``await fn(session, past)``, what its history reads cost logged (INFO)."""
+    """``await fn(session, past)``, what its history reads and its writes cost logged
+    (INFO: the Q/U calls by method)."""
     try:
         return await fn(session, past)
     finally:
-        logging.getLogger("bftfs.cli.when").info("%s", past.statistics())
+        log = logging.getLogger("bftfs.cli.when")
+        log.info("%s", past.statistics())
+        methods = getattr(getattr(session.fs, "meta", None), "methods", None)
+        if methods:
+            log.info("writes: %s", ", ".join(f"{k} {v}" for k, v in sorted(methods.items())))
 
 
 def cmd_restore(args: argparse.Namespace, cfg: ClusterConfig) -> int:
@@ -290,6 +297,7 @@ def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.N
     """``restore``'s work where it writes into the file system (``fs/pastrestore.py``):
     over PATH itself, the tree as it is now comes with the same walk, and what is
     unchanged is left."""
+    from bftfs.fs.errors import FsError
     from bftfs.fs.past import NotThen
     from bftfs.fs.pastrestore import TreeWriter
 
@@ -308,13 +316,22 @@ def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.N
             session.fs, past.content, uid=os.getuid(), gid=os.getgid(), as_root=os.geteuid() == 0
         )
         with progress(f"writing {into}") as update:
-            counts = await writer.write(
-                trees[0],
-                into,
-                delete=args.delete,
-                current=trees[1] if len(trees) > 1 else None,
-                update=update,
-            )
+            try:
+                counts = await writer.write(
+                    trees[0],
+                    into,
+                    delete=args.delete,
+                    current=trees[1] if len(trees) > 1 else None,
+                    update=update,
+                )
+            except* FsError as group:
+                why = first_error(group)
+                raise QuietError(
+                    f"restore of {path} into {into} stopped: {why}; what was written stays "
+                    f"(new versions), the rest is not: the same command with --at "
+                    f"{exact_time(moment)} writes it",
+                    EXIT_HISTORY,
+                ) from None
         return moment, counts.as_dict()
 
     return run

@@ -419,12 +419,12 @@ class FileSystem:
     async def revalidate(self, fh: int) -> None:
         await self.handles.revalidate(fh)
 
-    async def write_back(self) -> None:
+    async def write_back(self, parallel: int = 1) -> None:
         """Send every create directory write-back holds (``fsync`` of a directory: its
         new names are then on a quorum), and the writes held files' closes left
-        (``fs/heldfiles.py``)."""
+        (``fs/heldfiles.py``); ``parallel``: directories sent at once."""
         if self.pending.writeback is not None:
-            await self.pending.writeback.send_all()
+            await self.pending.writeback.send_all(parallel)
         if self.handles.held is not None:
             await self.handles.held.send_all()
 

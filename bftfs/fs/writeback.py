@@ -253,9 +253,11 @@ class WriteBack:
             with trio.move_on_at(nxt if nxt is not None else float("inf")):
                 await self._wake.wait()
 
-    async def send_all(self) -> None:
-        """Send every deferred removal and create now (unmount, ``fsync`` of a directory)."""
-        await self._send_batches([p for p, _ in self._due.values()])
+    async def send_all(self, parallel: int = 1) -> None:
+        """Send every deferred removal and create now (unmount, ``fsync`` of a directory);
+        ``parallel``: directories whose creates are sent at once (each directory's
+        updates follow one another, as they change it; a tree's restore uses many)."""
+        await self._send_batches([p for p, _ in self._due.values()], parallel)
         await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_touches(list(self._touches))
 
@@ -285,17 +287,28 @@ class WriteBack:
                 if not u.done.is_set():
                     self.retry_unlink(u, LEASE_MARGIN)
 
-    async def _send_batches(self, ps: list[PendingCreate]) -> None:
+    async def _send_batches(self, ps: list[PendingCreate], parallel: int = 1) -> None:
         """Send ``ps``, each directory's together (``CreateSends.send_deferred`` puts
-        :data:`BATCH` in one update)."""
+        :data:`BATCH` in one update), ``parallel`` directories at a time."""
         by_dir: dict[int, list[PendingCreate]] = {}
         for p in ps:
             self._due.pop(p.oid, None)
             self._sizes.pop(p.oid, None)
             by_dir.setdefault(p.parent, []).append(p)
-        for group in by_dir.values():
-            try:
-                await self._send(group)
-                self.stats["written_back"] += len(group)
-            except Exception as e:  # noqa: BLE001 - a background task must go on
-                log.warning("write-back of %s: %s", [p.name for p in group], e)
+
+        async def one(group: list[PendingCreate], limiter: trio.CapacityLimiter) -> None:
+            async with limiter:
+                try:
+                    await self._send(group)
+                    self.stats["written_back"] += len(group)
+                except Exception as e:  # noqa: BLE001 - a background task must go on
+                    log.warning("write-back of %s: %s", [p.name for p in group], e)
+
+        if parallel <= 1 or len(by_dir) <= 1:
+            for group in by_dir.values():
+                await one(group, trio.CapacityLimiter(1))
+            return
+        limiter = trio.CapacityLimiter(parallel)
+        async with trio.open_nursery() as nursery:
+            for group in by_dir.values():
+                nursery.start_soon(one, group, limiter)
