@@ -319,16 +319,17 @@ class PendingCreates:
         p = None if known is None else self.creates.pending_of(known[0])
         if p is None or (p.parent, p.name) != (parent, name) or not self.cancellable(p.oid):
             return False
-        taken = self.creates.named(parent, new_name) or not self._surely_new(parent, new_name)
-        if taken and (flags & RENAME_NOREPLACE or not await self._clear_target(parent, new_name)):
-            return False
-        if (
-            self.creates.pending_of(p.oid) is not p  # sent while the target was cleared
-            or not self.cancellable(p.oid)
-            or self.creates.named(parent, new_name)
-            or not self._surely_new(parent, new_name)
-            or not self.unlinks.touch(parent)
-        ):
+        if self.creates.named(parent, new_name) or not self._surely_new(parent, new_name):
+            if flags & RENAME_NOREPLACE or not await self._clear_target(parent, new_name):
+                return False
+            if (  # the wait for the target's removal let other calls run meanwhile
+                self.creates.pending_of(p.oid) is not p
+                or not self.cancellable(p.oid)
+                or self.creates.named(parent, new_name)
+                or not self._surely_new(parent, new_name)
+            ):
+                return False
+        if not self.unlinks.touch(parent):
             return False
         assert known is not None
         self.creates.rename(p, new_name)
@@ -349,8 +350,7 @@ class PendingCreates:
             target is None
             or target[1] == obj.DIR_TYPE
             or unlinks is None
-            or self.creates.named(parent, name)
-            and not self.cancellable(target[0])
+            or (self.creates.named(parent, name) and not self.cancellable(target[0]))
         ):
             return False
         if not unlinks.defer(parent, name, *target):
