@@ -21,6 +21,7 @@ from t3_fs_leases import until
 
 from bftfs.fs.errors import Exists, NotEmpty, NotFound
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.leases import Leases
 from bftfs.fs.scrub import files_with_blocks
 from bftfs.fs.writeback import MAX_FILE
 from bftfs.fsobjects import ROOT
@@ -134,6 +135,17 @@ def test_a_stat_of_a_file_left_to_write_back_sends_nothing(tmp_path: Path) -> No
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+async def leased_listing(fs: FileSystem) -> tuple[int, Leases]:
+    """A directory ``d`` that ``fs`` made and holds exclusively, its listing known whole
+    under the lease; ``fs``'s leases."""
+    d = (await fs.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+    await exclusive(fs, d)
+    leases = fs.meta.leases
+    assert leases is not None
+    await until("the listing", lambda: d in leases.answers.listings)
+    return d, leases
+
+
 def rounds_since(fs: FileSystem, before: Counter[str]) -> Counter[str]:
     """The Q/U calls ``fs`` sent since ``before`` (answers from its leases are no round)."""
     now = +(Counter(fs.meta.methods) - before)
@@ -244,11 +256,7 @@ def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
 
     async def body(env: Env) -> None:
         a = env.fss[0]
-        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
-        await exclusive(a, d)
-        leases = a.meta.leases
-        assert leases is not None
-        await until("the listing", lambda: d in leases.answers.listings)
+        d, leases = await leased_listing(a)
         before = a.meta.methods["fs.lookup"] + a.meta.methods["fs.lookupstat"]
         for k in range(10):
             with pytest.raises(NotFound):
@@ -322,11 +330,7 @@ def test_a_rename_of_a_waiting_create_to_a_new_name_is_applied_in_the_mount(
 
     async def body(env: Env) -> None:
         a, b = env.fss
-        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
-        await exclusive(a, d)
-        leases = a.meta.leases
-        assert leases is not None
-        await until("the listing", lambda: d in leases.answers.listings)
+        d, leases = await leased_listing(a)
         ino = await new_file(a, d, b"x.part", b"downloaded")
         before = Counter(a.meta.methods)
         renamed_at = a.meta.now()
@@ -363,12 +367,8 @@ def test_an_atomic_save_over_a_file_is_renamed_in_the_mount(tmp_path: Path) -> N
 
     async def body(env: Env) -> None:
         a, b = env.fss
-        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
-        await exclusive(a, d)
-        leases = a.meta.leases
-        assert leases is not None
+        d, leases = await leased_listing(a)
         await a.write_back()
-        await until("the listing", lambda: d in leases.answers.listings)
         old = (await a.lookup(d, b"warm1")).ino
         before = Counter(a.meta.methods)
         unlinks = removals(a)
