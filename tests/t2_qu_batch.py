@@ -62,20 +62,23 @@ async def test_concurrent_rounds_share_a_frame_per_node(tmp_path: Path) -> None:
         await create(c, oids)
         ep = cl.client(0)
 
-        # A lone query: q plain requests, no batch frame.
-        # (Resends - after 50 ms here, so only on a loaded machine - are frames too.)
-        before, batches, resent = frames_in(cl), ep.batches, ep.resent
+        # A lone query: q plain requests, no batch frame.  On a loaded machine a slow node
+        # costs more frames, each counted by the endpoint: a resend (after 50 ms here) or a
+        # spare node probed (a first send beyond the q asked).
+        before, batches, resent, sent = frames_in(cl), ep.batches, ep.resent, ep.sent
         assert await c.query(1, "counter.fetch") == 1
-        assert frames_in(cl) - before - (ep.resent - resent) == th.q
+        assert frames_in(cl) - before >= th.q
+        assert frames_in(cl) - before - (ep.resent - resent) <= ep.sent - sent
         assert ep.batches == batches
         assert node_stat(cl, f"req.{KIND_BATCH}") == 0
 
         # Eight concurrent queries of eight objects: the first starts alone and writes at
         # once, the seven others share one frame per node.
-        before, resent = frames_in(cl), ep.resent
+        before, resent, sent = frames_in(cl), ep.resent, ep.sent
         got = await concurrently(c, oids)
         assert got == {oid: oid for oid in oids}
-        assert frames_in(cl) - before - (ep.resent - resent) <= th.q + th.n
+        probed = ep.sent - sent - len(oids) * th.q
+        assert frames_in(cl) - before - (ep.resent - resent) - probed <= th.q + th.n
         assert ep.batched >= len(oids)
         assert node_stat(cl, "qu.batch.items") >= (len(oids) - 1) * th.q
 
