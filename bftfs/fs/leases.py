@@ -50,7 +50,8 @@ from typing import Any
 import trio
 
 from bftfs.fs.leasedanswers import MAX_ANSWERS, LeasedAnswers, looked_up_name, passing
-from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, MAX_RECALLED, SHARED
+from bftfs.fs.recallvotes import RecallVotes
+from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, SHARED
 from bftfs.qu.objects import MethodRefused
 
 log = logging.getLogger(__name__)
@@ -562,48 +563,3 @@ class Releases:
         except Exception as e:  # noqa: BLE001 - the lease then ends at its term
             self.stats["release_failed"] += 1
             log.warning("release of leases on %s failed (they end at their term): %s", oids, e)
-
-
-class RecallVotes:
-    """Which nodes pushed a recall of each object: a recall is believed once ``b + 1``
-    distinct nodes pushed it (one of them correct), so a Byzantine node's false pushes
-    alone take nothing from the holder."""
-
-    def __init__(self, b: int) -> None:
-        self.b = b
-        self._pushed: dict[int, set[int]] = {}
-        self._stats: Counter[str] = Counter()
-
-    def count(self, node: int, body: Any, wanted: Callable[[int], bool]) -> list[int]:
-        """Count node ``node``'s push ``body``: the objects of it now believed recalled.
-        Pushes for objects not ``wanted`` (neither held nor asked for) are not counted."""
-        oids = body.get("recall") if isinstance(body, dict) else None
-        if not isinstance(oids, list) or len(oids) > MAX_RECALLED:
-            self._stats["pushes_malformed"] += 1
-            return []
-        believed = []
-        for oid in oids:
-            if not isinstance(oid, int) or isinstance(oid, bool):
-                self._stats["pushes_malformed"] += 1
-                continue
-            if not wanted(oid):
-                self._stats["pushes_unheld"] += 1
-                continue
-            nodes = self._pushed.setdefault(oid, set())
-            nodes.add(int(node))
-            if len(nodes) > self.b:
-                believed.append(oid)
-        return believed
-
-    def believed(self, oid: int) -> bool:
-        """Whether ``b + 1`` nodes pushed a recall of ``oid`` (a grant that raced it)."""
-        return len(self._pushed.get(oid, ())) > self.b
-
-    def forget(self, oid: int) -> None:
-        """The lease on ``oid`` ended: its pushes were for that lease."""
-        self._pushed.pop(oid, None)
-
-    def take_stats(self) -> Counter[str]:
-        """What was counted since the last call (merged into ``Leases.stats``)."""
-        stats, self._stats = self._stats, Counter()
-        return stats
