@@ -3,8 +3,9 @@
 Deterministic: one ``random.Random(seed)`` picks which in-flight message is delivered next
 (reordering), drops and duplicates them, and drives Byzantine behaviours.  Time is a count
 of deliveries: every ``tick_every`` deliveries (or when nothing is in flight) every replica
-ticks.  A Byzantine node runs the correct code and rewrites what it sends (``Behaviour``),
-so it can sign as itself but cannot forge others' authenticators.
+ticks.  A Byzantine node runs the correct code and rewrites what it sends (a
+:data:`~bftfs.testing.byzantine.fab.Behaviour`, the same ones a real node runs), so it
+can sign as itself but cannot forge others' authenticators.
 
 Safety is recorded as it happens: every slot every correct node learns goes to
 ``learned[node][slot]``; :meth:`Network.conflicts` lists slots where two correct nodes
@@ -19,15 +20,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftfs.crypto import derive
-from bftfs.fab.auth import KeyLookup, sign
-from bftfs.fab.certificates import rep_body
+from bftfs.fab.auth import KeyLookup
 from bftfs.fab.client import ReplyCollector, request
-from bftfs.fab.execution import NOOP, operation
-from bftfs.fab.messages import Accepted, Message, Propose, Rep, Reply, Request, decode, encode
+from bftfs.fab.messages import Message, Reply, Request, decode, encode
 from bftfs.fab.replica import Replica, Send, Settings
-from bftfs.qu.canon import canonical
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
+from bftfs.testing.byzantine.fab import (
+    Behaviour,
+    Liar,
+    equivocating_leader,
+    honest,
+    lying_acceptor,
+    lying_leader,
+    silent,
+)
+
+__all__ = [
+    "CLIENT_BASE",
+    "Behaviour",
+    "Network",
+    "equivocating_leader",
+    "keys_for",
+    "lying_acceptor",
+    "lying_leader",
+    "silent",
+]
 
 CLIENT_BASE = 1000
 MASTER = b"fab-simulation-master-key-000000"
@@ -41,70 +59,6 @@ def keys_for(me: int) -> KeyLookup:
         return derive(MASTER, b"fab-sim-pair", a.to_bytes(4, "big"), b.to_bytes(4, "big"))
 
     return key
-
-
-#: A Byzantine node's rewriting of one outgoing send into explicit (destination, message)
-#: pairs: ``behaviour(network, node, send)``.
-Behaviour = Callable[["Network", int, Send], list[tuple[int, Message]]]
-
-
-def silent(net: Network, node: int, send: Send) -> list[tuple[int, Message]]:
-    """A crashed (or mute) node."""
-    return []
-
-
-def _fan(net: Network, send: Send) -> list[int]:
-    to, _ = send
-    return list(range(net.n)) if to is None else [to]
-
-
-def equivocating_leader(net: Network, node: int, send: Send) -> list[tuple[int, Message]]:
-    """As leader, proposes a client's request to half of the acceptors and the no-op to the
-    other half (both acceptable values), and a request it made up for a client to one
-    acceptor instead; otherwise behaves (it accepts, reports and votes like a correct
-    node)."""
-    to, m = send
-    if isinstance(m, Propose) and to is None:
-        made_up = operation(CLIENT_BASE, 10**6 + m.slot, "counter.increment", [1], 100)
-        forged = Propose(m.pn, m.slot, canonical([made_up, [b"\0" * 16] * net.n]))
-        out: list[tuple[int, Message]] = []
-        for j in range(net.n):
-            other = forged if j == net.n - 1 else Propose(m.pn, m.slot, NOOP)
-            out.append((j, m if j % 2 == 0 else other))
-        return out
-    return [(j, m) for j in _fan(net, send)]
-
-
-def lying_acceptor(net: Network, node: int, send: Send) -> list[tuple[int, Message]]:
-    """Reports accepting values it never accepted (a different lie to each learner) and
-    answers a QUERY with a REP claiming a made-up value at every slot it knows."""
-    to, m = send
-    if isinstance(m, Accepted):
-        out: list[tuple[int, Message]] = []
-        for j in _fan(net, send):
-            lie = net.rng.choice([m.value, operation(CLIENT_BASE + 998, j, "fab.lie", [j], 0)])
-            out.append((j, Accepted(m.pn + net.rng.randrange(2), m.slot, lie)))
-        return out
-    if isinstance(m, Rep) and to is not None:
-        replica = net.replicas[node]
-        slots = set(replica.acceptor.accepted) | set(replica.learner.learned)
-        made_up = {
-            s: operation(CLIENT_BASE + 997, s, "fab.lie", [s], 0)
-            for s in slots
-            if s > replica.acceptor.low
-        }
-        body = rep_body(replica.election.regency, replica.acceptor.low, made_up)
-        statement = sign(node, replica.key, body, net.n)
-        return [(to, Rep(statement, m.low_certificate))]
-    return [(j, m) for j in _fan(net, send)]
-
-
-def lying_leader(net: Network, node: int, send: Send) -> list[tuple[int, Message]]:
-    """Both at once: an equivocating leader that is also a lying acceptor."""
-    out: list[tuple[int, Message]] = []
-    for dst, m in equivocating_leader(net, node, send):
-        out.extend(lying_acceptor(net, node, (dst, m)))
-    return out
 
 
 @dataclass
@@ -156,12 +110,8 @@ class Network:
 
     def _emit(self, src: int, sends: Iterable[Send]) -> None:
         for send in sends:
-            behaviour = self.byzantine.get(src)
-            pairs = (
-                behaviour(self, src, send)
-                if behaviour
-                else [(j, send[1]) for j in _fan(self, send)]
-            )
+            behaviour = self.byzantine.get(src, honest)
+            pairs = behaviour(Liar(self.replicas[src], self.rng, CLIENT_BASE), send)
             for dst, m in pairs:
                 self.flight.append((src, dst, encode(m)))
 

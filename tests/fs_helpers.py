@@ -29,6 +29,7 @@ from bftfs.outcome import patience
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
+from bftfs.testing.byzantine.fab import Behaviour as FabBehaviour
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 
 #: The metadata engine of the clusters ``fs_env`` starts (:func:`engine` changes it).
@@ -44,6 +45,44 @@ def engine(name: str) -> Iterator[None]:
         yield
     finally:
         _ENGINE.pop()
+
+
+#: The Byzantine FaB nodes of the clusters ``fs_env`` starts (:func:`fab_byzantine`).
+_FAB_BYZANTINE: list[dict[int, FabBehaviour]] = [{}]
+
+
+@contextmanager
+def fab_byzantine(nodes: dict[int, FabBehaviour]) -> Iterator[None]:
+    """Run the file-system tests inside with node ``i``'s FaB engine Byzantine as
+    ``nodes[i]`` (``t3_fab_byzantine.py``); :func:`run` then also checks that the
+    correct nodes executed the same state."""
+    _FAB_BYZANTINE.append(nodes)
+    try:
+        yield
+    finally:
+        _FAB_BYZANTINE.pop()
+
+
+async def fab_agreement(cluster: Cluster, within: float = 10.0) -> int:
+    """Wait until the correct nodes of a FaB cluster (those not made Byzantine) have
+    executed the same slots, as far as the furthest of them at the call; fail unless
+    their states are then the same (a split decision shows here even when every client
+    got ``f + 1`` matching answers).  The slot they agree on."""
+    correct = [f.fab_replica for f in cluster.faults if f.fab_behaviour is None]
+    replicas = [r for r in correct if r is not None]
+    assert len(replicas) == len(correct)
+    target = max(r.execution.executed for r in replicas)
+
+    def settled() -> bool:
+        executed = {r.execution.executed for r in replicas}
+        return len(executed) == 1 and min(executed) >= target
+
+    with trio.fail_after(within):
+        while not settled():  # noqa: ASYNC110 (the replicas have no event to wait on)
+            await trio.sleep(0.02)
+    digests = {r.me: r.execution.digest().hex()[:16] for r in replicas}
+    assert len(set(digests.values())) == 1, f"correct nodes' states differ: {digests}"
+    return replicas[0].execution.executed
 
 
 #: Seconds a FaB operation waits for ``f + 1`` replies in these tests (a view change on
@@ -119,6 +158,8 @@ async def fs_env(
         ) as cluster,
         AsyncExitStack() as stack,
     ):
+        for i, behaviour in _FAB_BYZANTINE[-1].items():
+            cluster.faults[i].fab(behaviour)
         fss = []
         for k in range(clients):
             endpoint = cluster.twin(0) if twins and k else cluster.client(0 if twins else k)
@@ -164,6 +205,8 @@ def run(tmp_path: Path, body: Callable[[Env], Any], **options: Any) -> None:
                     await fs.meta.leases.release_all()
                 assert not any(f.dirty for f in fs.open_files().values()), "unflushed data"
             await check_all(env.raw)
+            if _FAB_BYZANTINE[-1]:
+                await fab_agreement(env.cluster)
 
     trio.run(main)
 

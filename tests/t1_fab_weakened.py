@@ -27,6 +27,7 @@ from bftfs.fab.execution import NOOP
 from bftfs.fab.messages import Accepted, Message, Propose, Rep
 from bftfs.fab.replica import Send
 from bftfs.quorums.fab import FabQuorums, broken, vouch_size
+from bftfs.testing.byzantine.fab import Liar
 from bftfs.testing.testobjects import registry
 
 
@@ -37,15 +38,16 @@ def _v(net: Network) -> bytes:
 def _run(q: FabQuorums) -> Network:
     helpers = list(range(1, q.learn))  # correct acceptors 0 lets in on v: learn - 1 of them
 
-    def leader(net: Network, node: int, send: Send) -> list[tuple[int, Message]]:
+    def leader(liar: Liar, send: Send) -> list[tuple[int, Message]]:
         to, m = send
+        node = liar.me
         if isinstance(m, Propose) and m.pn == 0:
             return [(j, m) for j in [node, *helpers]]  # it accepts v itself, too
         if isinstance(m, Accepted) and m.pn == 0:
             return [(1, m)]  # only learner 1 hears node 0 accept
         if isinstance(m, Rep) and to is not None:
-            pn = net.replicas[node].election.regency
-            empty = sign(node, keys_for(node), rep_body(pn, 0, {}), net.n)
+            pn = liar.replica.election.regency
+            empty = sign(node, keys_for(node), rep_body(pn, 0, {}), liar.n)
             return [(to, Rep(empty, ()))]
         return []  # otherwise silent
 

@@ -28,13 +28,13 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
 from bftfs.crypto import KeyRing
-from bftfs.fab.messages import encode
-from bftfs.fab.replica import Replica, Step
+from bftfs.fab.messages import Message, encode
+from bftfs.fab.replica import Replica, Send, Step
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
@@ -45,6 +45,19 @@ log = logging.getLogger(__name__)
 #: The request kind FaB messages travel as, and the tag of a pushed REPLY.
 KIND = "fab"
 REPLY_TAG = "fab-reply"
+
+#: A Byzantine node's rewriting of one send (tests only): the pairs sent instead, or
+#: None to send it as the core said.
+Rewrite = Callable[[Send], "list[tuple[int, Message]] | None"]
+
+
+@runtime_checkable
+class FabFaults(Protocol):
+    """Fault hooks that can make a node's FaB engine Byzantine (tests only,
+    :meth:`bftfs.testing.faults.FaultInjector.fab`): asked once for the node's core,
+    they give the rewriting of its sends."""
+
+    def fab_rewrite(self, replica: Replica) -> Rewrite: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,9 @@ class FabShell:
         persist: called after every step, before its messages go out: what the step
             changed is written (``fab/durable.py``); an awaitable to wait for, or None
             when nothing is left to wait for.
+        rewrite: tests only: a Byzantine node's rewriting of each send into the
+            ``(destination, message)`` pairs that go out instead, or None for the honest
+            sends (:mod:`bftfs.testing.byzantine.fab`).
     """
 
     def __init__(
@@ -83,8 +99,10 @@ class FabShell:
         queue: int = 1024,
         in_flight: int = 8,
         persist: Callable[[], Awaitable[None] | None] | None = None,
+        rewrite: Rewrite | None = None,
     ) -> None:
         self.replica = replica
+        self.rewrite = rewrite
         self.push = push
         self.tick = tick
         self.in_flight = in_flight
@@ -122,16 +140,24 @@ class FabShell:
                 return
         if step.rejection is not None:
             log.debug("fab%d: rejected: %s", self.replica.me, step.rejection)
-        for to, message in step.sends:
-            data = encode(message)
-            self.kinds[type(message).__name__.upper()] += self.replica.nodes if to is None else 1
-            if to is None:
-                for j in range(self.replica.nodes):
-                    self._enqueue(j, data)
-            elif 0 <= to < self.replica.nodes:
-                self._enqueue(to, data)
+        for send in step.sends:
+            pairs = self.rewrite(send) if self.rewrite is not None else None
+            if pairs is None:
+                self._send(*send)
             else:
-                self.push(PrincipalId(to), [REPLY_TAG, data])
+                for to, message in pairs:
+                    self._send(to, message)
+
+    def _send(self, to: int | None, message: Message) -> None:
+        data = encode(message)
+        self.kinds[type(message).__name__.upper()] += self.replica.nodes if to is None else 1
+        if to is None:
+            for j in range(self.replica.nodes):
+                self._enqueue(j, data)
+        elif 0 <= to < self.replica.nodes:
+            self._enqueue(to, data)
+        else:
+            self.push(PrincipalId(to), [REPLY_TAG, data])
 
     def _enqueue(self, node: int, data: bytes) -> None:
         try:

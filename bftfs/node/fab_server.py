@@ -23,7 +23,7 @@ import trio
 
 from bftfs.fab import durable
 from bftfs.fab.replica import Replica, Settings, Step
-from bftfs.fab.service import KIND, FabShell
+from bftfs.fab.service import KIND, FabFaults, FabShell
 from bftfs.ids import PrincipalId
 from bftfs.node.qu_server import registry_of
 from bftfs.qu.objects import ObjectType
@@ -83,7 +83,9 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
             changes.forget()
             raise
 
-    shell = FabShell(replica, node.server.push, tick=TICK, persist=persist)
+    faults = node.faults  # a Byzantine node of a test (testing/byzantine/fab.py)
+    rewrite = faults.fab_rewrite(replica) if isinstance(faults, FabFaults) else None
+    shell = FabShell(replica, node.server.push, tick=TICK, persist=persist, rewrite=rewrite)
 
     async def on_fab(ctx: RequestContext, payload: Any) -> None:
         await shell.handle(int(ctx.sender), payload)

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
 from bftfs.testing.mounts import Mount
@@ -425,14 +426,17 @@ def run(
 
 @contextlib.contextmanager
 def mounted(
-    home: Path, mounts: int, options: str | None = None
+    home: Path, mounts: int, options: str | None = None, **cluster: Any
 ) -> Iterator[tuple[ProcessCluster, list[Path]]]:
     """A fresh cluster of node processes in ``home`` and ``mounts`` mounts of it, one client
     identity each, with one shared directory made; stopped and unmounted on exit.
     ``options``: mount options added to the defaults (``lease=10``: the mounts take
-    leases, and every read is still checked against close-to-open)."""
+    leases, and every read is still checked against close-to-open); ``cluster``: more
+    options of :class:`ProcessCluster` (``engine``, ``node_args``)."""
     with (
-        ProcessCluster(home / "cluster", map_size=1 << 30, durable=False, clients=mounts) as pc,
+        ProcessCluster(
+            home / "cluster", map_size=1 << 30, durable=False, clients=mounts, **cluster
+        ) as pc,
         contextlib.ExitStack() as stack,
     ):
         if True:

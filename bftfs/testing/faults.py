@@ -6,7 +6,9 @@ reorder it, and whether to drop the reply.  Faults can be set for all senders or
 link (``injector.link(peer)``).  Every random choice comes from the injector's seeded
 ``random.Random``, so a failing schedule can be replayed.  ``byzantine(kind, wrapper)`` swaps
 the node's handler for one request kind: ``wrapper(ctx, payload, honest)`` may call the real
-handler and lie about its answer, or never call it.
+handler and lie about its answer, or never call it.  ``fab(behaviour)`` makes the node's
+FaB engine Byzantine: the behaviour rewrites what its core sends (``node/fab_server.py``
+takes the rewriting from :meth:`FaultInjector.fab_rewrite`).
 
 Crash and crash-recover act on the whole node and are driven by the cluster
 (``bftfs.testing.cluster``); the injector only forwards them.
@@ -19,9 +21,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bftfs.ids import PrincipalId
+from bftfs.ids import PrincipalId, client_id
+from bftfs.testing.byzantine.fab import Behaviour as FabBehaviour
+from bftfs.testing.byzantine.fab import Liar
 
 if TYPE_CHECKING:
+    from bftfs.fab.messages import Message
+    from bftfs.fab.replica import Replica, Send
     from bftfs.node.service import Handler, RequestContext
     from bftfs.testing.cluster import Cluster
 
@@ -76,6 +82,11 @@ class FaultInjector:
         self.all = LinkFaults()
         self.links: dict[PrincipalId, LinkFaults] = {}
         self.overrides: dict[str, Wrapper] = {}
+        #: The FaB engine's Byzantine behaviour (:meth:`fab`); None: honest.
+        self.fab_behaviour: FabBehaviour | None = None
+        #: The node's FaB core, once its engine started (:meth:`fab_rewrite`).
+        self.fab_replica: Replica | None = None
+        self._victim = int(client_id(0))
         self._cluster = cluster
         self._index = index
         self.corrupted = 0
@@ -102,6 +113,13 @@ class FaultInjector:
     def corrupt(self, p: float) -> LinkFaults:
         return self.all.corrupt(p)
 
+    def fab(self, behaviour: FabBehaviour | None, victim: int = int(client_id(0))) -> None:
+        """Make this node's FaB engine Byzantine: ``behaviour`` rewrites what its core
+        sends (:mod:`bftfs.testing.byzantine.fab`; None: honest again).  ``victim``: the
+        client a made-up request claims to come from."""
+        self.fab_behaviour = behaviour
+        self._victim = victim
+
     def byzantine(self, kind: str, wrapper: Wrapper) -> None:
         """Replace this node's handler for ``kind`` by ``wrapper(ctx, payload, honest)``."""
         self.overrides[kind] = wrapper
@@ -118,6 +136,7 @@ class FaultInjector:
         self.all.clear()
         self.links.clear()
         self.overrides.clear()
+        self.fab_behaviour = None
 
     def crash(self) -> None:
         """Stop the node abruptly (see ``Cluster.crash``)."""
@@ -162,6 +181,18 @@ class FaultInjector:
     def drop_reply(self, sender: PrincipalId) -> bool:
         lf = self._faults(sender)
         return bool(lf.drop_p) and self.rng.random() < lf.drop_p
+
+    def fab_rewrite(self, replica: Replica) -> Callable[[Send], list[tuple[int, Message]] | None]:
+        """The node's FaB core is ``replica`` (kept in :attr:`fab_replica` for the tests to
+        read); its sends go through :attr:`fab_behaviour`, honest while it is None."""
+        self.fab_replica = replica
+
+        def rewrite(send: Send) -> list[tuple[int, Message]] | None:
+            if self.fab_behaviour is None:
+                return None
+            return self.fab_behaviour(Liar(replica, self.rng, self._victim), send)
+
+        return rewrite
 
     def handler(self, kind: str) -> Wrapper | None:
         return self.overrides.get(kind) if self.overrides else None

@@ -48,6 +48,12 @@ profile                   behaviour
                           process stands still for two minutes, so that the TCP window
                           closes on every client (a network stack withholding its
                           acknowledgements, seed 002 L14-19)
+``fab-silent``            an ``engine = "fab"`` node whose FaB engine sends nothing
+                          (``byzantine/fab.py``; node 0 leads regency 0)
+``fab-lying-leader``      FaB ``lying_leader`` and ``lying_replies``: equivocates as
+                          leader, claims accepts and REPs it never made, answers clients
+                          with made-up results
+``fab-lying-acceptor``    FaB ``lying_acceptor`` and ``lying_replies``
 ========================  ===============================================================
 """
 
@@ -61,13 +67,15 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bftfs.ids import PrincipalId, is_node
+from bftfs.ids import PrincipalId, client_id, is_node
 from bftfs.qu.request import Request
 from bftfs.rw.schema import DB_VERSIONS
-from bftfs.testing.byzantine import flood, history, qu, rw
+from bftfs.testing.byzantine import fab, flood, history, qu, rw
 
 if TYPE_CHECKING:
     from bftfs.config import ClusterConfig
+    from bftfs.fab.messages import Message
+    from bftfs.fab.replica import Replica, Send
     from bftfs.testing.byzantine import NodeWrapper
 
 
@@ -283,6 +291,24 @@ def _stop_reading(config: ClusterConfig, node: int) -> ByzantineProfile:
     return prof
 
 
+class FabProfile(ByzantineProfile):
+    """A node whose FaB engine rewrites what its core sends (``fab_rewrite``, the hook
+    ``node/fab_server.py`` asks for) with ``behaviour``; its other answers are honest."""
+
+    def __init__(self, behaviour: fab.Behaviour, node: int) -> None:
+        super().__init__({})
+        self.behaviour = behaviour
+        self.rng = random.Random(node)
+
+    def fab_rewrite(self, replica: Replica) -> Callable[[Send], list[tuple[int, Message]]]:
+        liar = fab.Liar(replica, self.rng, int(client_id(0)))
+        return functools.partial(self.behaviour, liar)
+
+
+def _fab(behaviour: fab.Behaviour) -> Callable[[ClusterConfig, int], ByzantineProfile]:
+    return lambda config, node: FabProfile(behaviour, node)
+
+
 #: Profile builders by name: ``builder(config, node id)``.
 PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "corrupt-fragments": _corrupt_fragments,
@@ -296,6 +322,9 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "power-cut-in-gc": _power_cut_in_gc,
     "flood-client": _flood_client,
     "stop-reading": _stop_reading,
+    "fab-silent": _fab(fab.silent),
+    "fab-lying-leader": _fab(fab.compose(fab.lying_leader, fab.lying_replies)),
+    "fab-lying-acceptor": _fab(fab.compose(fab.lying_acceptor, fab.lying_replies)),
 }
 
 
