@@ -13,10 +13,16 @@ import random
 import stat
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
+from contextlib import (
+    AbstractContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+    suppress,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -35,32 +41,34 @@ from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 #: The metadata engine of the clusters ``fs_env`` starts (:func:`engine` changes it).
 _ENGINE = ["qu"]
 
+T = TypeVar("T")
+
 
 @contextmanager
-def engine(name: str) -> Iterator[None]:
-    """Run the file-system tests inside on clusters of metadata engine ``name``
-    (``t3_fab_fs.py`` runs t3 suites under ``"fab"``)."""
-    _ENGINE.append(name)
+def _scoped(stack: list[T], value: T) -> Iterator[None]:
+    """``value`` on top of ``stack`` (the setting ``fs_env`` reads) inside the block."""
+    stack.append(value)
     try:
         yield
     finally:
-        _ENGINE.pop()
+        stack.pop()
+
+
+def engine(name: str) -> AbstractContextManager[None]:
+    """Run the file-system tests inside on clusters of metadata engine ``name``
+    (``t3_fab_fs.py`` runs t3 suites under ``"fab"``)."""
+    return _scoped(_ENGINE, name)
 
 
 #: The Byzantine FaB nodes of the clusters ``fs_env`` starts (:func:`fab_byzantine`).
 _FAB_BYZANTINE: list[dict[int, FabBehaviour]] = [{}]
 
 
-@contextmanager
-def fab_byzantine(nodes: dict[int, FabBehaviour]) -> Iterator[None]:
+def fab_byzantine(nodes: dict[int, FabBehaviour]) -> AbstractContextManager[None]:
     """Run the file-system tests inside with node ``i``'s FaB engine Byzantine as
     ``nodes[i]`` (``t3_fab_byzantine.py``); :func:`run` then also checks that the
     correct nodes executed the same state."""
-    _FAB_BYZANTINE.append(nodes)
-    try:
-        yield
-    finally:
-        _FAB_BYZANTINE.pop()
+    return _scoped(_FAB_BYZANTINE, nodes)
 
 
 async def fab_agreement(cluster: Cluster, within: float = 10.0) -> int:
