@@ -195,6 +195,28 @@ def test_unlinks_under_an_exclusive_lease_are_written_back(tmp_path: Path) -> No
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def test_a_removal_of_one_of_a_held_files_names_drops_its_link_count(tmp_path: Path) -> None:
+    """A file this mount holds, with a second name in another directory: removing the
+    first name is not left to write-back (the kept attributes that answer the file's
+    stat would keep the old link count), and the other name's stat says one link."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        e = (await a.mkdir(ROOT, b"e", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        ino = await new_file(a, d, b"f", b"1")
+        await a.write_back()
+        assert (await a.link(ino, e, b"h")).nlink == 2
+        await a.unlink(d, b"f")
+        assert (await a.getattr(ino)).nlink == 1
+        assert (await a.lookup(e, b"h")).nlink == 1
+        with pytest.raises(NotFound):
+            await a.lookup(d, b"f")
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_fsync_and_the_commit_interval_send_what_write_back_holds(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         a = env.fss[0]
