@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from bftfs.fsobjects import FS, new_dir
-from bftfs.fsobjects.leases import EXCLUSIVE, RECALL_GRACE, SHARED, holders, tag_query
+from bftfs.fsobjects.leases import (
+    EXCLUSIVE,
+    LEASE_SKEW,
+    MAX_TERM,
+    RECALL_GRACE,
+    SHARED,
+    holders,
+    tag_query,
+)
 from bftfs.fsobjects.leases import who as holder_of
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import MethodRefused, Registry
@@ -260,3 +268,33 @@ def test_a_directory_made_under_the_callers_exclusive_lease_comes_leased_to_it()
     assert e.value.code == "leased"
     plain, _ = update("fs.mkdir", {DIR: x, FILE: None}, A, **arg, now=T0 + S, lt=T0 + S)
     assert holders(plain[FILE]) == []
+
+
+def test_a_directory_made_with_ln_comes_leased_to_its_maker_for_that_term() -> None:
+    """``ln`` on ``fs.mkdir`` (``fs/namespace.py``, a directory made where the caller holds
+    nothing): the new directory is leased to the caller exclusively until ``lt + ln``,
+    without any lease on the parent, and another client's change in it is refused until
+    then; the term is bounded by ``MAX_TERM``; the parent is left unleased."""
+    arg = {"name": b"sub", "p": DIR, "o": FILE, "mode": 0o755, "uid": 0, "gid": 0, "now": T0}
+    made, _ = update("fs.mkdir", {DIR: directory(), FILE: None}, A, **arg, lt=T0, ln=20 * S)
+    assert holders(made[FILE]) == [[A, EXCLUSIVE, T0 + 20 * S, 0]]
+    assert holders(made[DIR]) == []
+    inner = {"name": b"f", "p": FILE, "o": 30, "mode": 0o755, "uid": 0, "gid": 0, "now": T0}
+    with pytest.raises(MethodRefused) as e:
+        update("fs.mkdir", {FILE: made[FILE], 30: None}, B, **inner, lt=T0 + 19 * S)
+    assert e.value.code == "leased"
+    later, _ = update("fs.mkdir", {FILE: made[FILE], 30: None}, B, **inner, lt=T0 + 21 * S)
+    assert later[30]["k"] == "d"
+    for bad in (0, MAX_TERM + 1, True):
+        with pytest.raises(MethodRefused) as e:
+            update("fs.mkdir", {DIR: directory(), FILE: None}, A, **arg, lt=T0, ln=bad)
+        assert e.value.code == "invalid"
+
+
+def test_nodes_check_a_granting_mkdirs_lease_time_behind_too() -> None:
+    """A node refuses a client's ``lt`` more than the skew behind its clock only for an
+    update that grants a lease: ``fs.mkdir`` with ``ln`` does, without it does not."""
+    arg = {"lt": T0, "ln": 30 * S}
+    assert REG.lease_time("fs.mkdir", arg) == (T0, LEASE_SKEW, True)
+    assert REG.lease_time("fs.mkdir", {"lt": T0}) == (T0, LEASE_SKEW, False)
+    assert REG.lease_time("fs.mkdir", {"lt": T0, "lx": 1}) == (T0, LEASE_SKEW, False)

@@ -43,12 +43,14 @@ async def new_file(fs: FileSystem, parent: int, name: bytes, data: bytes) -> int
 
 
 async def exclusive(fs: FileSystem, directory: int) -> None:
-    """Creates in ``directory`` until this mount holds an exclusive lease on it."""
+    """Creates in ``directory`` until this mount holds an exclusive lease on it, and sends
+    them (a directory the mount made holds its first creates back already)."""
     leases = fs.meta.leases
     assert leases is not None
     for k in range(3):
         await new_file(fs, directory, b"warm%d" % k, b"w")
     await until("an exclusive lease", lambda: leases.exclusive_left(directory) > 0)
+    await fs.write_back()
 
 
 @pytest.mark.parametrize("twins", [False, True], ids=["two-clients", "one-client-two-mounts"])
@@ -64,15 +66,17 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
         a, b = env.fss
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
-        before = sent(a)
+        assert a.meta.leases is not None
+        before, deferred = sent(a), a.meta.leases.stats["deferred"]
+        createmany = a.meta.methods["fs.createmany"]
         for k in range(5):
             await new_file(a, d, b"f%d" % k, b"data %d" % k)
         assert sent(a) == before, "a close waited for the servers"
-        assert a.meta.leases is not None and a.meta.leases.stats["deferred"] == 5
+        assert a.meta.leases.stats["deferred"] == deferred + 5
         names = {n for n, _ in await b.readdir(d)}
         assert {b"f%d" % k for k in range(5)} <= names
         # Sent at the recall, before the release: together, in one update.
-        assert a.meta.methods["fs.createmany"] == 1 and sent(a) == before
+        assert a.meta.methods["fs.createmany"] == createmany + 1 and sent(a) == before
         ino = (await b.lookup(d, b"f3")).ino
         fh = await b.open(ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"data 3"
@@ -95,11 +99,12 @@ def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path
         await exclusive(a, d)
         rng = random.Random(12)
         files = {b"src%d" % k: rng.randbytes(20_000 + 3000 * k) for k in range(3)}
-        before = sent(a), a.rw.statistics()["writes"]
+        assert a.meta.leases is not None
+        before, deferred = (sent(a), a.rw.statistics()["writes"]), a.meta.leases.stats["deferred"]
         for name, data in files.items():
             await new_file(a, d, name, data)
         assert (sent(a), a.rw.statistics()["writes"]) == before, "a close waited"
-        assert a.meta.leases is not None and a.meta.leases.stats["deferred"] == 3
+        assert a.meta.leases.stats["deferred"] == deferred + 3
         await new_file(a, d, b"huge", rng.randbytes(MAX_FILE + 1))
         assert sent(a) == before[0] + 1  # past MAX_FILE: its close sent it
         locks, many = a.meta.methods["fs.lock"], a.meta.methods["fs.createmany"]
@@ -186,6 +191,28 @@ def test_unlinks_under_an_exclusive_lease_are_written_back(tmp_path: Path) -> No
         fh = await b.open((await b.lookup(d, b"old2")).ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"again"
         await b.release(fh)
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_removal_of_one_of_a_held_files_names_drops_its_link_count(tmp_path: Path) -> None:
+    """A file this mount holds, with a second name in another directory: removing the
+    first name is not left to write-back (the kept attributes that answer the file's
+    stat would keep the old link count), and the other name's stat says one link."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        e = (await a.mkdir(ROOT, b"e", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        ino = await new_file(a, d, b"f", b"1")
+        await a.write_back()
+        assert (await a.link(ino, e, b"h")).nlink == 2
+        await a.unlink(d, b"f")
+        assert (await a.getattr(ino)).nlink == 1
+        assert (await a.lookup(e, b"h")).nlink == 1
+        with pytest.raises(NotFound):
+            await a.lookup(d, b"f")
 
     run(tmp_path, body, fs_options=OPTIONS)
 
@@ -315,6 +342,42 @@ def test_a_directory_made_under_an_exclusive_lease_comes_leased_with_its_empty_l
         assert await b.read(fh, 0, 100) == b"in sub 2"
         await b.release(fh)
         assert b.meta.methods["fs.recall"] == recalls  # nothing left to recall
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_directory_made_where_the_mount_holds_nothing_comes_leased_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """A mkdir in a directory the mount holds no lease on (a copy's top directory) makes
+    the new directory leased to it exclusively in the same update (``ln``): no lease or
+    listing round follows, and what is made in it, looked up and listed there costs no
+    round.  Another client's listing recalls it and shows every file.  A directory made
+    in one the mount was just recalled from comes unleased (others work there)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        leases = a.meta.leases
+        assert leases is not None
+        top = (await a.mkdir(ROOT, b"top", 0o755, 0, 0)).ino
+        assert leases.exclusive_left(top) > 0 and leases.answers.listings[top] == {}
+        assert a.meta.methods["fs.lease"] == 0
+        before = Counter(a.meta.methods)
+        for k in range(3):
+            with pytest.raises(NotFound):
+                await a.lookup(top, b"f%d" % k)
+            await new_file(a, top, b"f%d" % k, b"top %d" % k)
+        sub = (await a.mkdir(top, b"sub", 0o755, 0, 0)).ino  # inherited: one round
+        assert {n for n, _ in await a.readdir(top)} == {b"f0", b"f1", b"f2", b"sub"}
+        assert rounds_since(a, before) == Counter({"fs.mkdir": 1}), rounds_since(a, before)
+        assert {n for n, _ in await b.readdir(top)} == {b"f0", b"f1", b"f2", b"sub"}
+        assert leases.exclusive_left(top) == 0 and leases.exclusive_left(sub) == 0
+        ino = (await b.lookup(top, b"f1")).ino
+        fh = await b.open(ino, os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"top 1"
+        await b.release(fh)
+        again = (await a.mkdir(top, b"again", 0o755, 0, 0)).ino
+        assert leases.exclusive_left(again) == 0
 
     run(tmp_path, body, fs_options=OPTIONS)
 
@@ -641,8 +704,9 @@ def test_a_listing_under_the_exclusive_lease_is_answered_in_the_mount(tmp_path: 
         heads = a.listing_heads(d)
         listed = dict(await a.readdir(d))
         asked = Counter(a.meta.methods) - before
-        # Only the attributes of the two files made before the lease (not leased here).
-        assert asked == Counter({"fs.statmany": 1}), asked
+        # No round: the warm-up files too were made under the lease (the directory came
+        # leased with its mkdir), so their attributes are this mount's.
+        assert asked == Counter(), asked
         assert heads is not None and [h.ino for h in heads] == [d, ROOT]
         want = {b"warm0", b"warm2", b"f0", b"f1", b"f2", b"f3"}
         assert set(listed) == want

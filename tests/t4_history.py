@@ -140,10 +140,14 @@ def test_each_version_is_listed_and_read_back_byte_for_byte(
 def test_directory_log_names_what_changed(setup: tuple[ProcessCluster, Path, Path, str]) -> None:
     cluster, mine, _, _ = setup
     d = mine / "dirlog"
-    d.mkdir()
+    d.mkdir()  # (leased to the mount: each change is sent by an fsync, else write-back
+    # folds a create and its rename into one, and a create and its removal into nothing)
     (d / "a").write_bytes(b"1")
+    fsync_dirs(d)
     os.rename(d / "a", d / "b")
+    fsync_dirs(d)
     (d / "c").write_bytes(b"2")
+    fsync_dirs(d)
     os.unlink(d / "c")
     changes = [c for r in reversed(log_of(cluster, d)) for c in r["changes"]]
     assert changes == ["created", "added a", "renamed a -> b", "added c", "removed c"], changes
@@ -392,6 +396,7 @@ def test_revert_undoes_one_clients_vandalism_and_keeps_everyone_elses_later_work
     for name, data in original.items():
         (tree / name).write_bytes(data)
     (tree / "docs" / "d").write_bytes(b"draft 1\n")
+    fsync_dirs(tree, tree / "docs")  # on the nodes before `since` (write-back holds them)
     since = time.time_ns()
     vandal = theirs / "shared"
     (vandal / "a").write_bytes(b"PWNED")

@@ -73,16 +73,25 @@ def _lease_directory(pc: ProcessCluster, m: Mount, d: Path) -> None:
     _wait("a lease on the directory", 30, listed_from_lease)
 
 
+def _holds_exclusively(pc: ProcessCluster, m: Mount) -> bool:
+    """Whether mount ``m``'s status shows an exclusive lease taken, or a directory that
+    came leased with its mkdir."""
+    got = _leases(pc, m)
+    return bool(got.get("exclusive") or got.get("made_leased"))
+
+
 def _lease_exclusively(pc: ProcessCluster, m: Mount, d: Path, prefix: str) -> list[str]:
     """Create files ``PREFIX<i>`` (``i`` bytes ``PREFIX[0]``) in ``d`` until mount ``m``
-    holds an exclusive lease on it (at most six); the names created."""
+    holds an exclusive lease on it (at most six; a directory the mount made came leased
+    with its mkdir); the names created."""
+
     made = []
     for i in range(6):
         (d / f"{prefix}{i}").write_bytes(prefix[:1].encode() * i)
         made.append(f"{prefix}{i}")
-        if _leases(pc, m).get("exclusive"):
+        if _holds_exclusively(pc, m):
             break
-    _wait("an exclusive lease", 30, lambda: _leases(pc, m).get("exclusive"))
+    _wait("an exclusive lease", 30, lambda: _holds_exclusively(pc, m))
     return made
 
 
@@ -287,7 +296,7 @@ def test_cp_r_into_a_leased_directory_waits_for_write_back_and_is_listed_locally
             d = a.mountpoint / "d"
             d.mkdir()
             warm = _lease_exclusively(pc, a, d, "warm")
-            _wait("the status file", 10, lambda: _leases(pc, a).get("exclusive"))
+            _wait("the status file", 10, lambda: _holds_exclusively(pc, a))
             before = _leases(pc, a)
             subprocess.run(["cp", "-r", str(src), str(d / "copy")], check=True)
             listed = {e.name: e.stat().st_size for e in os.scandir(d / "copy")}

@@ -307,7 +307,10 @@ def test_process_node_killed_restarted_catches_up(tmp_path: Path) -> None:
                 return prog
 
         prog = trio.run(check)
-        assert prog["state"] == "done" and prog["done"] >= count, prog
+        # Each block was stored by the catch-up, or already current when it came to it
+        # (the other nodes' lazy verification may repair K first: 8 of 40 under load).
+        assert prog["state"] == "done" and prog["done"] == prog["behind"], prog
+        assert prog["done"] + prog["current"] >= count, prog
         assert prog["failed"] == prog["skipped"] == 0
         pc.kill(0)
 

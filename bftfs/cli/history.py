@@ -362,10 +362,17 @@ _PATH_HELP = "a path under a mount, or fs:/path inside the file system"
 
 
 def _on_cluster(cmd: Callable[[argparse.Namespace, ClusterConfig], int]) -> Any:
-    """``cmd(args, cfg)`` as a command taking ``args``: ``cfg`` from ``--dir``/``--config``."""
+    """``cmd(args, cfg)`` as a command taking ``args``: ``cfg`` from ``--dir``/``--config``,
+    after this machine's mounts of the cluster sent what they hold back (their changes of
+    the last ``commit`` seconds are then in the history the command reads or changes)."""
 
     def run(args: argparse.Namespace) -> int:
-        return cmd(args, cluster_of(args)[0])
+        from bftfs.fuse.control import write_back_mounts
+
+        cfg = cluster_of(args)[0]
+        for problem in write_back_mounts(cfg):
+            print(f"warning: mount not written back: {problem}", file=sys.stderr)
+        return cmd(args, cfg)
 
     return run
 

@@ -51,6 +51,7 @@ import trio
 
 from bftfs.fs.leasedanswers import MAX_ANSWERS, LeasedAnswers, looked_up_name, passing
 from bftfs.fs.recallvotes import RecallVotes
+from bftfs.fs.releases import BATCH, Releases, Update
 from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, SHARED
 from bftfs.qu.objects import MethodRefused
 
@@ -66,13 +67,10 @@ COOLDOWN = 5.0
 #: Seconds the leases asked for are gathered before they are sent (a lease is an
 #: optimisation: taking it a moment later costs nothing, a round per object would).
 GATHER = 0.002
-#: Objects one ``fs.lease`` update asks for at most (``MAX_OBJECTS``).
-BATCH = 8
 #: Files inherited under one directory (:meth:`Leases.inherit`) past which those no longer
 #: held are forgotten.
 MAX_CHILDREN = 4096
 
-Update = Callable[[list[int], str, Any], Awaitable[Any]]
 Query = Callable[[int, str, Any], Awaitable[Any]]
 
 
@@ -156,6 +154,8 @@ class Leases:
         #: Files leased with their create under a directory's exclusive lease
         #: (:meth:`inherit`), by directory: given up with it at its recall.
         self._children: dict[int, set[int]] = {}
+        #: Directories leased with their mkdir (:meth:`made_leased`): where each was made.
+        self._made_in: dict[int, int] = {}
 
     # Answers -------------------------------------------------------------------------
 
@@ -285,6 +285,7 @@ class Leases:
 
     def _drop(self, oid: int) -> None:
         self.held.pop(oid, None)
+        self._made_in.pop(oid, None)
         self._creates.pop(oid, None)
         self.answers.drop(oid)
         self._epoch[oid] += 1
@@ -364,6 +365,35 @@ class Leases:
             self.stats["inherited"] += 1
             if empty_dirs:
                 self.answers.listings[oid] = {}
+
+    def new_lease_term(self, parent: int) -> int | None:
+        """The term (ns) to ask with a ``mkdir`` in ``parent`` that this mount holds no
+        exclusive lease on, for the new directory (``fsobjects.leases.NEW_LEASE``), or None
+        while ``parent`` is quiet after a recall or refusal here (others work there: a
+        directory made in it is likely theirs to use too)."""
+        if trio.current_time() < self._quiet_until.get(parent, 0.0):
+            return None
+        return int(self.term * 1e9)
+
+    def made_leased(self, oid: int, parent: int, asked: float, lt: int) -> None:
+        """The servers made directory ``oid`` in ``parent`` leased to this mount
+        exclusively from ``lt`` (its ``mkdir``, asked at trio time ``asked``, carried
+        ``NEW_LEASE``): held here like a lease taken then, with the object from its start
+        and its listing known whole (empty), so what is made in it goes to write-back at
+        once.  A recall of it quiets ``parent`` as a recall of ``parent`` would."""
+        if self._recalls.believed(oid):  # recalled before the answer came: given back
+            self._spawn(lambda: self.releases.release([oid]))
+            return
+        self.held[oid] = _Held(
+            trio.current_time(),
+            asked + self.term - HOLDER_MARGIN / 1e9,
+            EXCLUSIVE,
+            lt + int(self.term * 1e9) - HOLDER_MARGIN,
+            True,
+        )
+        self.answers.listings[oid] = {}
+        self._made_in[oid] = parent
+        self.stats["made_leased"] += 1
 
     def renew(self, oids: Sequence[int]) -> None:
         """Renew the leases held on ``oids`` now, in as few updates as :meth:`_take_wanted`
@@ -504,6 +534,11 @@ class Leases:
         if not oids:
             return
         self.stats["recalled"] += len(oids)
+        until = trio.current_time() + COOLDOWN
+        for oid in oids:  # others work where it was made: the next mkdir there asks none
+            parent = self._made_in.get(oid)
+            if parent is not None:
+                self._quiet_until[parent] = until
         self._let_go(oids)
 
     def _let_go(self, oids: list[int]) -> None:
@@ -525,41 +560,3 @@ class Leases:
         for oid in oids:
             self._drop(oid)
         await self.releases.release(oids)
-
-
-class Releases:
-    """Giving leases back: what the kernel cached under them is forgotten first, then one
-    ``fs.release`` per :data:`BATCH` objects with the gated update (what the mount
-    buffered for them goes before it: a recall's contract); a release that fails leaves
-    the leases to end at their term."""
-
-    def __init__(self, update: Update, wall_ns: Callable[[], int], stats: Counter[str]) -> None:
-        self._update = update
-        self.wall_ns = wall_ns
-        self.stats = stats
-
-    async def after(
-        self, forget: Callable[[list[int]], Awaitable[None]] | None, oids: list[int]
-    ) -> None:
-        """Release ``oids`` once ``forget`` (``Leases.before_release``) has run on them."""
-        if forget is not None:
-            try:
-                await forget(oids)
-            except Exception:  # noqa: BLE001 - the release must go on
-                log.exception("dropping the kernel's cache of %s", oids)
-        await self.release(oids)
-
-    async def release(self, oids: list[int]) -> None:
-        if not oids:  # nothing to give back (an update names at least one object)
-            return
-        if len(oids) > BATCH:  # 8 at once (a restore's session leases every file it made)
-            for j in range(0, len(oids), 8 * BATCH):
-                async with trio.open_nursery() as nursery:
-                    for i in range(j, min(j + 8 * BATCH, len(oids)), BATCH):
-                        nursery.start_soon(self.release, oids[i : i + BATCH])
-            return
-        try:
-            await self._update(oids, "fs.release", {"lt": self.wall_ns()})
-        except Exception as e:  # noqa: BLE001 - the lease then ends at its term
-            self.stats["release_failed"] += 1
-            log.warning("release of leases on %s failed (they end at their term): %s", oids, e)

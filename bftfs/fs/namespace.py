@@ -35,7 +35,7 @@ from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
 from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fsobjects import ROOT
-from bftfs.fsobjects.leases import INHERIT
+from bftfs.fsobjects.leases import INHERIT, LEASE_TIME, NEW_LEASE
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Seconds after a stale name was refused (ESTALE) during which a lookup counts as the
@@ -333,7 +333,24 @@ class Names:
         if f is not None and (f.opens or self._held_here(oid)):
             return f.st
         local = self.cache.local_stat(oid)
-        return local if local is not None else self.cache.fresh(oid)
+        if local is not None:
+            return local
+        fresh = self.cache.fresh(oid)
+        if fresh is None:
+            own = self.cache.own.get(oid)
+            if own is not None and own[0]["k"] == "d" and self._made_and_held_here(oid):
+                fresh = own[0]
+        return fresh
+
+    def _made_and_held_here(self, oid: int) -> bool:
+        """Whether ``oid`` came leased to this mount exclusively with its create and is
+        held still.  For a directory, the attributes its own updates answered (and its
+        held-back changes touched, ``Caches.own_touch``) are then the directory's however
+        old they are, since only this mount changed it (one made by a copy, listed by its
+        walk).  Not for a file: a removal of one of its names held back elsewhere changes
+        its link count."""
+        leases = self.meta.leases
+        return leases is not None and leases.exclusive_from(oid) == float("-inf")
 
     async def readlink(self, ino: int) -> bytes:
         return await self.meta.query(ino, "fs.readlink")
@@ -362,18 +379,29 @@ class Names:
         raise FsError("could not draw a free object id")
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
-        """A two-object update; in a directory this mount holds exclusively, the new
-        directory comes leased to it too (``fsobjects.leases.INHERIT``), its listing known
-        whole (empty): what is then made in it goes to write-back at once, and the lookups
-        of the new names are answered "not found" here, with no lease or listing round."""
+        """A two-object update; the new directory comes leased to this mount exclusively,
+        its listing known whole (empty): what is then made in it goes to write-back at
+        once, and the lookups of the new names are answered "not found" here, with no
+        lease or listing round.  In a directory this mount holds exclusively the lease is
+        inherited (``fsobjects.leases.INHERIT``), elsewhere granted on its own
+        (``NEW_LEASE``)."""
         arg: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
         leases = self.meta.leases
-        inherit = leases is not None and leases.exclusive_left(parent) > 0
-        if inherit:
-            arg[INHERIT] = 1
-        made = await self._make(parent, name, "fs.mkdir", arg)
-        if inherit and leases is not None:
+        if leases is None:
+            return await self._make(parent, name, "fs.mkdir", arg)
+        if leases.exclusive_left(parent) > 0:
+            made = await self._make(parent, name, "fs.mkdir", {**arg, INHERIT: 1})
             leases.inherit(parent, [made.ino], empty_dirs=True)
+            return made
+        # Elsewhere the new directory is leased to this mount on its own, for a lease's
+        # term from before it was asked (a copy's top directory: its tree is made, listed
+        # and stat'ed here without a round).
+        term = leases.new_lease_term(parent)
+        if term is None:
+            return await self._make(parent, name, "fs.mkdir", arg)
+        asked, lt = trio.current_time(), self.meta.wall_ns()
+        made = await self._make(parent, name, "fs.mkdir", {**arg, NEW_LEASE: term, LEASE_TIME: lt})
+        leases.made_leased(made.ino, parent, asked, lt)
         return made
 
     async def mknod(

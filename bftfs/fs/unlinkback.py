@@ -15,8 +15,9 @@ directory in one ``fs.unlinkmany`` update:
   a lookup or an update of another name (a listing, the directory's attributes, the
   recall's release).
 - **Which**: a name of a non-directory whose object this mount has neither open nor
-  buffered writes for, and that is not itself a create this mount has not sent (that one
-  is sent first, as before: the unlink then follows it) unless that create waits in
+  buffered writes for, nor knows to have other names (hard links), and that is not
+  itself a create this mount has not sent (that one is sent first, as before: the
+  unlink then follows it) unless that create waits in
   write-back too: then the removal waits with it, and its create is sent first when the
   removal goes (both batched: PostMark deletes files it made seconds before).
 - **Cancelling**: a removal whose create still waits in write-back with all its content
@@ -136,6 +137,11 @@ class PendingUnlinks:
             return True
         if f is not None and self.discard_held is not None and self.discard_held(oid):
             f = None  # its buffered writes went with it (fs/heldfiles.py)
+        if f is not None and f.st.get("nl", 1) > 1:
+            # Another name still leads to the file: its link count drops, and a held
+            # file's kept attributes (which answer its stat) would keep the old one.
+            # Removing one of several hard links is rare: it goes at once.
+            return False
         # A file whose create waits in write-back may go with its create: it is sent
         # first (:meth:`send`), its content with it.  Any other unsent create or buffered
         # write goes before a removal that waits for nothing.

@@ -74,6 +74,11 @@ QUERY_ARG = "q"
 #: leased to the caller exclusively, until the end of its exclusive lease on another object of the
 #: update (their directory): :func:`_inherited`.
 INHERIT = "lx"
+#: The argument key of an update asking that the new directory it makes be leased to the
+#: caller exclusively for this many ns from its ``lt`` (at most :data:`MAX_TERM`), when it
+#: holds no lease it could inherit (:func:`_granted_new`).  Such an update's ``lt`` is
+#: checked behind too (``Method.grants_with``).
+NEW_LEASE = "ln"
 #: Mount numbers are below this (``fsobjects.limits.MAX_OID``'s range, as lease tokens).
 MAX_MOUNT = 2**63 - 1
 #: How long a recall outlives the leases it recalled when their holders did not release
@@ -195,10 +200,14 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
         made, answer = fn(states, arg)
         new = dict(made)
         inherit = isinstance(arg, Mapping) and bool(arg.get(INHERIT))
+        fresh = _new_lease_term(arg)
         for oid, state in made.items():
             old = states.get(oid)
             if inherit and not isinstance(old, dict):
                 new[oid] = _inherited(states, state, me, at)
+                continue
+            if fresh is not None and not isinstance(old, dict):
+                new[oid] = _granted_new(state, me, at, fresh)
                 continue
             if _without_leases(state) == _without_leases(old):
                 new[oid] = old
@@ -243,6 +252,25 @@ def _inherited(states: States, state: Any, me: Who, at: int | None) -> Any:
     if not ends:
         return state
     return {**state, "ls": [[me[0], EXCLUSIVE, min(ends), me[1]]]}
+
+
+def _new_lease_term(arg: Any) -> int | None:
+    """The term (ns) of the lease an update asks on what it makes (:data:`NEW_LEASE`), or
+    None when it asks none."""
+    if not isinstance(arg, Mapping) or arg.get(NEW_LEASE) is None:
+        return None
+    return _int(dict(arg), NEW_LEASE, 1, MAX_TERM)
+
+
+def _granted_new(state: Any, me: Who, at: int | None, term: int) -> Any:
+    """A new directory ``state`` leased to the caller exclusively until ``at + term``
+    (:data:`NEW_LEASE`).  Nobody else can hold a lease on an object that did not exist,
+    so the grant takes nothing from anyone, as :func:`_inherited`'s; unlike that one it
+    needs no lease on the parent, so its ``lt`` is checked against every node's clock
+    both ways, as a lease's is.  Other states are left as made."""
+    if at is None or not isinstance(state, dict) or state.get("k") != "d":
+        return state
+    return {**state, "ls": [[me[0], EXCLUSIVE, min(at + term, MAX_TIME), me[1]]]}
 
 
 def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:

@@ -17,6 +17,7 @@ from bftfs.fsobjects.data import _lock, _unlock, _write, _write_many
 from bftfs.fsobjects.leases import (
     LEASE_SKEW,
     LEASE_TIME,
+    NEW_LEASE,
     _lease,
     _recall,
     _release,
@@ -62,9 +63,11 @@ def _update(
     max_objects: int = 1,
     *,
     clocks: tuple[str, ...] = (),
+    grants_with: str | None = None,
 ) -> Method:
     """An update under the lease rule (:func:`bftfs.fsobjects.leases.leased`): told its
-    caller, its lease time ``lt`` checked by nodes against their clocks."""
+    caller, its lease time ``lt`` checked by nodes against their clocks (behind too when
+    the argument has ``grants_with``: the update then leases what it makes)."""
     return Method(
         name,
         Class.UPDATE,
@@ -75,6 +78,7 @@ def _update(
         caller=True,
         lease_clock=LEASE_TIME,
         lease_skew=LEASE_SKEW,
+        grants_with=grants_with,
     )
 
 
@@ -148,7 +152,7 @@ FS = ObjectType(
         _update("fs.create", _create, 2, 2, clocks=CLOCKS),
         _update("fs.createwrite", _create_write, 2, 2, clocks=CLOCKS),
         _update("fs.createmany", _create_many, 2, MAX_OBJECTS, clocks=CLOCKS),
-        _update("fs.mkdir", _mkdir, 2, 2),
+        _update("fs.mkdir", _mkdir, 2, 2, grants_with=NEW_LEASE),
         _update("fs.link", _link, 2, 2),
         _update("fs.unlink", _unlink, 2, 2),
         _update("fs.unlinkmany", _unlink_many, 2, MAX_OBJECTS),

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,6 +109,47 @@ def known_mounts(config: ClusterConfig) -> list[tuple[int, Path]]:
         except (OSError, ValueError):
             continue
     return out
+
+
+#: Seconds a history command waits for one mount to send what it holds back.
+WRITE_BACK_WAIT = 60.0
+
+
+def write_back_mounts(config: ClusterConfig, wait: float = WRITE_BACK_WAIT) -> list[str]:
+    """Make this cluster's mounts on this machine send what they hold back (creates,
+    removals, held files' writes: ``fs/writeback.py``) before a command reads or changes
+    the file system's state on the nodes, so that it sees what was done in them (``bftfs
+    log`` right after an edit lists the edit).  An ``fsync`` of the mount point does it
+    (``fsyncdir``).  Mounts on other machines are not reached: what they hold back
+    reaches the nodes within their ``commit`` interval.
+
+    Returns what went wrong, one line per mount (a dead mount, one that did not answer
+    within ``wait`` seconds: a stopped daemon must not hang the command)."""
+    problems: list[str] = []
+    for _pid, mountpoint in known_mounts(config):
+        if mounted_fuse(mountpoint) is None:
+            continue
+        outcome: list[BaseException | None] = []
+
+        def fsync(mp: Path = mountpoint, out: list[BaseException | None] = outcome) -> None:
+            try:
+                fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                out.append(None)
+            except OSError as e:
+                out.append(e)
+
+        worker = threading.Thread(target=fsync, daemon=True)
+        worker.start()
+        worker.join(wait)
+        if not outcome:
+            problems.append(f"{mountpoint}: no answer within {wait:g} s")
+        elif outcome[0] is not None:
+            problems.append(f"{mountpoint}: {outcome[0]}")
+    return problems
 
 
 is_mounted = proc.is_mounted

@@ -80,6 +80,9 @@ class Method:
     lease_clock: str | None = None
     lease_skew: int = 0
     grants: bool = False
+    #: An argument key whose presence makes an update of this method grant a lease
+    #: (checked behind too, as ``grants``): a create that leases what it makes.
+    grants_with: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,8 @@ class Registry:
         v = arg.get(m.lease_clock)
         if not isinstance(v, int) or isinstance(v, bool):
             return None
-        return v, m.lease_skew, m.grants
+        grants = m.grants or (m.grants_with is not None and arg.get(m.grants_with) is not None)
+        return v, m.lease_skew, grants
 
     def names(self) -> list[str]:
         """Every registered method name, sorted."""
