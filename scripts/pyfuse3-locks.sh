@@ -14,7 +14,7 @@ PATCH=scripts/pyfuse3-locks.patch
 stamp=.venv/.pyfuse3-locks
 want="$VERSION $(sha256sum "$PATCH" | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-    && .venv/bin/python -c "import pyfuse3; assert pyfuse3.LOCKS_PATCH >= 1" 2>/dev/null; then
+    && .venv/bin/python -c "import pyfuse3; assert pyfuse3.LOCKS_PATCH >= 2" 2>/dev/null; then
     exit 0
 fi
 echo "setup: building pyfuse3 $VERSION with the lock patch"
@@ -26,5 +26,5 @@ tar xzf "$work/pyfuse3-$VERSION.tar.gz" -C "$work"
 patch -d "$work/pyfuse3-$VERSION" -p1 --forward --quiet < "$PATCH"
 .venv/bin/pip install -q --force-reinstall --no-deps "$work/pyfuse3-$VERSION" 2>&1 \
     | { grep -v "^WARNING: Location" || true; }
-.venv/bin/python -c "import pyfuse3; assert pyfuse3.LOCKS_PATCH >= 1"
+.venv/bin/python -c "import pyfuse3; assert pyfuse3.LOCKS_PATCH >= 2"
 echo "$want" > "$stamp"

@@ -95,6 +95,48 @@ def _lease_exclusively(pc: ProcessCluster, m: Mount, d: Path, prefix: str) -> li
     return made
 
 
+def _calls_after(pc: ProcessCluster, m: Mount, moment: float) -> dict[str, int]:
+    """Mount ``m``'s kernel requests per operation, from a status written after
+    ``moment`` (``time.time()``)."""
+    status = control.status_file(pc.config, m.mountpoint)
+
+    def fresh() -> dict[str, int] | None:
+        try:
+            got = json.loads(status.read_text())
+        except (OSError, ValueError):
+            return None
+        return got["calls"] if got["updated"] > moment else None
+
+    return _wait("a fresh status file", 10, fresh)
+
+
+def test_the_kernel_keeps_a_leased_directorys_listing_until_a_recall(tmp_path: Path) -> None:
+    """A directory the mount made (leased with its mkdir) is listed once; the kernel keeps
+    the listing, and lists it again with no ``readdir`` request; another mount's create
+    in it recalls the lease, and the holder's next listing shows the new name."""
+    with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
+        opts = f"allow_other,lease={TERM * 3}"
+        with (
+            Mount(pc.config, tmp_path / "a", client="client0", options=opts) as a,
+            Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b,
+        ):
+            d = a.mountpoint / "d"
+            d.mkdir()
+            names = [f"f{i}" for i in range(3)]
+            for name in names:
+                (d / name).write_bytes(b"x")
+            assert sorted(os.listdir(d)) == names  # read once, kept
+            before = _calls_after(pc, a, time.time())
+            for _ in range(5):
+                assert sorted(os.listdir(d)) == names
+            after = _calls_after(pc, a, time.time())
+            assert after["opendir"] == before["opendir"] + 5, (before, after)
+            assert after.get("readdir", 0) == before.get("readdir", 0), (before, after)
+            (b.mountpoint / "d" / "new").write_bytes(b"y")  # recalls a's lease
+            assert sorted(os.listdir(d)) == [*names, "new"]
+            assert sorted(os.listdir(b.mountpoint / "d")) == [*names, "new"]
+
+
 @pytest.mark.parametrize(
     "profile",
     [  # 36 s each (cool-downs between recalls): the slow suite; tier 3 covers the recall

@@ -173,10 +173,11 @@ class Leases:
         return h
 
     def remaining(self, oid: int, since: float) -> float:
-        """Seconds left on the lease on ``oid`` if it was granted by ``since``, else 0."""
+        """Seconds left on the lease on ``oid`` if it was granted by ``since`` (or came
+        with the object's create here: held from its start), else 0."""
         now = trio.current_time()
         h = self._live(oid, now)
-        if h is None or h.granted > since:
+        if h is None or (h.granted > since and not h.inherited):
             return 0.0
         return max(0.0, min(h.until - now, (h.wall_until - self.wall_ns()) / 1e9))
 

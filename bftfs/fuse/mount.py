@@ -261,6 +261,7 @@ class _Book:
             "started": self.started,
             "updated": time.time(),
             "requests": sum(ops.record.calls.values()),
+            "calls": dict(ops.record.calls),
             "eio": dict(ops.record.eio),
             "last_eio": list(ops.record.last_eio) if ops.record.last_eio else None,
             "unavailable_since": ops.record.unavailable_since,

@@ -116,7 +116,8 @@ class Operations(pyfuse3.Operations):
         self.lock_requests = LockRequests(fs, locks, self.attrs)
         # Directory listings are snapshots per opendir, so readdir offsets stay stable while
         # entries are created and removed (pyfuse3 requires stable ``next_id``).
-        self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
+        #: Open directories: their inode, and the listing read at their first readdir.
+        self._dirs: dict[int, tuple[int, list[tuple[bytes, Attr]] | None]] = {}
         self._next_dir_fh = 1
         #: Set once the kernel's INIT is answered (what it negotiated, e.g. the read-ahead,
         #: may be raised only after: fuse/mount.py).
@@ -223,8 +224,21 @@ class Operations(pyfuse3.Operations):
     # Directories ---------------------------------------------------------------------------
 
     @_handler
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: Any) -> tuple[int, bool]:
+        """A handle and its listing, read now (a directory gone is refused at its open,
+        which the kernel's walk retries: ``Namespace.check_reached``) unless the kernel
+        keeps the last one under this mount's lease (``fuse/leasecache.py``): it then
+        sends no ``readdir``, and one it sends (its kept pages dropped) reads it then."""
+        keep = self.attrs.leased.keeps_listing(inode)
+        entries = None if keep else await self._listing(inode)
+        fh = self._next_dir_fh
+        self._next_dir_fh += 1
+        self._dirs[fh] = (inode, entries)
+        return fh, keep
+
+    async def _listing(self, inode: int) -> list[tuple[bytes, Attr]]:
         # POSIX readdir returns "." and ".." too (the kernel does not add them).
+        self.attrs.leased.listed(inode)
         heads = self.fs.listing_heads(inode)
         if heads is None:
             heads = (
@@ -232,18 +246,18 @@ class Operations(pyfuse3.Operations):
                 await self.fs.lookup(inode, b".."),
             )
         here, parent = heads
-        entries = [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
-        fh = self._next_dir_fh
-        self._next_dir_fh += 1
-        self._dirs[fh] = entries
-        return fh
+        return [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        entries = self._dirs.get(fh)
-        if entries is None:
+        handle = self._dirs.get(fh)
+        if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        # Offsets are positions in the opendir snapshot, plus one (0 means "from the start").
+        inode, entries = handle
+        if entries is None:
+            entries = await self._listing(inode)
+            self._dirs[fh] = (inode, entries)
+        # Offsets are positions in the handle's listing, plus one (0 means "from the start").
         for i in range(start_id, len(entries)):
             name, attr = entries[i]
             if not pyfuse3.readdir_reply(token, name, self.attrs.entry(attr, taken=False), i + 1):
