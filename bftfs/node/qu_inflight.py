@@ -1,0 +1,144 @@
+"""A node's object syncs in flight, and the candidates its waiting requests are about to
+make: what keeps a node that fell behind during a burst from syncing the same version
+again and again (``node/qu_server.py``, docs/qu.md "Object sync during a burst").
+
+A node that lacks a request's conditioned-on version hands the request to a task that
+object-syncs it (seed L2599-2607).  Meanwhile the client, answered by the ``q`` others,
+sends its next update of the object, conditioned on the candidate the waiting request is
+about to make here; before this module the node synced that one from its peers too, and
+the next, and the next, for as long as a sync took longer than the client's next update
+(a node that lagged once stayed behind the whole burst), and every resend of a waiting
+request started one more sync of the same version.  In ``bftfs restore`` of a 1 000-file
+tree this was 2 600-5 700 ``qu.sync`` requests, each node spending ~16 s of CPU (issue 36,
+benchmarks/results/2026-11-26-qu-sync-storm.md).  Now:
+
+- **Made here**: a request waiting for a sync claims the candidate it sets up
+  (``NeedSync.lt``) at each of its objects; a later request conditioned on a claimed
+  candidate waits for that request to end (at most :data:`WAIT_SECONDS`) and then runs
+  again on what this node stored, syncing only if the version still is not here (the
+  earlier request failed).  The version it gets is the one this node made by running the
+  method itself, not one believed from anybody.  A claim lasts until its request ends, or
+  at most :data:`CLAIM_SECONDS`; a timestamp is always later than the one it is
+  conditioned on, so no two requests can wait for each other.
+- **One sync per version**: concurrent wants of one ``(object, timestamp)`` (a resent
+  request, two requests conditioned on one version) share one sync and its ``b + 1``
+  matching answers.
+
+Neither changes what a node accepts: a version still comes from ``b + 1`` hosts agreeing
+byte for byte, or from this node's own method run.  Both tables hold only what the
+node's waiting requests put there (each at most its 8 objects), and each wait is bounded,
+so neither a client nor a peer can make a node wait or sync without bound.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+
+import trio
+
+from bftfs.qu.timestamp import Timestamp
+
+#: What a sync yields: the version's ``(state, applied)``, or None when it failed.
+Synced = tuple[bytes | None, bytes] | None
+
+#: ``(object id, timestamp)`` of a version.
+Key = tuple[int, Timestamp]
+
+#: Longest a request waits for another request of this node to make the version it needs.
+WAIT_SECONDS = 2.0
+
+#: Longest a claim stands (a request retries its syncs three times, each bounded by the
+#: sync timeout): past it nobody waits for the claimant.
+CLAIM_SECONDS = 8.0
+
+#: Claims kept at most before the expired ones are dropped.
+MAX_CLAIMS = 4096
+
+
+class _Shared:
+    """One sync in flight: its waiters, and its result once ``finished``."""
+
+    __slots__ = ("done", "finished", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.finished = False
+        self.result: Synced = None
+
+
+class InFlight:
+    """The claims and shared syncs of one node's Q/U server (module docstring)."""
+
+    def __init__(self, stats: Counter[str]) -> None:
+        """``stats``: the node's counters (``qu.sync_waited``, ``qu.sync_wait_expired``,
+        ``qu.sync_shared``)."""
+        self.stats = stats
+        self._claims: dict[Key, tuple[trio.Event, float]] = {}
+        self._syncing: dict[Key, _Shared] = {}
+
+    def claim(self, objects: Iterable[int], lt: Timestamp | None, now: float) -> tuple[Key, ...]:
+        """Claim candidate ``lt`` at each of ``objects`` nobody claimed yet (a resent
+        request finds its first copy's claims); the keys claimed, for :meth:`release`.
+        ``now``: the trio clock.  Called inside store steps, which a durable store runs
+        in a worker thread: it only adds to the table (expired claims go in
+        :meth:`wait_made`)."""
+        if lt is None:
+            return ()
+        claims = self._claims
+        mine = []
+        for oid in objects:
+            key = (oid, lt)
+            if key not in claims:
+                claims[key] = (trio.Event(), now + CLAIM_SECONDS)
+                mine.append(key)
+        return tuple(mine)
+
+    def release(self, keys: Iterable[Key]) -> None:
+        """The claimant ended (its version stored, or not): wake who waits for it."""
+        for key in keys:
+            got = self._claims.pop(key, None)
+            if got is not None:
+                got[0].set()
+
+    def _expire(self, now: float) -> None:
+        for key, (_event, until) in list(self._claims.items()):
+            if until <= now:
+                self.release((key,))
+
+    async def wait_made(self, keys: Iterable[Key]) -> bool:
+        """Wait until the requests of this node that claimed any of ``keys`` ended (each
+        at most :data:`WAIT_SECONDS`, never past its claim); whether any was claimed."""
+        if len(self._claims) >= MAX_CLAIMS:
+            self._expire(trio.current_time())
+        waited = False
+        for key in keys:
+            got = self._claims.get(key)
+            if got is None:
+                continue
+            event, until = got
+            waited = True
+            self.stats["qu.sync_waited"] += 1
+            with trio.move_on_at(min(until, trio.current_time() + WAIT_SECONDS)) as scope:
+                await event.wait()
+            if scope.cancelled_caught:
+                self.stats["qu.sync_wait_expired"] += 1
+        return waited
+
+    async def fetch(self, key: Key, sync: Callable[[], Awaitable[Synced]]) -> Synced:
+        """``sync()``'s result for the version ``key``, sharing a sync of it in flight."""
+        while (shared := self._syncing.get(key)) is not None:
+            self.stats["qu.sync_shared"] += 1
+            await shared.done.wait()  # the sync is bounded by its own timeout
+            if shared.finished:
+                return shared.result
+            # Its asker was cancelled before the answer: ask again.
+        shared = self._syncing[key] = _Shared()
+        try:
+            shared.result = await sync()
+            shared.finished = True
+        finally:
+            if self._syncing.get(key) is shared:
+                del self._syncing[key]
+            shared.done.set()
+        return shared.result

@@ -1,0 +1,97 @@
+"""Tier 1: a node's shared object syncs and claimed candidates (``node/qu_inflight.py``),
+on trio's virtual clock: who waits for whom, for how long at most, and when a sync is
+shared."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import trio
+import trio.testing
+
+from bftfs.node.qu_inflight import WAIT_SECONDS, InFlight
+from bftfs.qu.timestamp import Timestamp
+
+LT = Timestamp(5, False, 65536, b"\x01" * 16)
+OLDER = Timestamp(4, False, 65536, b"\x02" * 16)
+
+
+def run(fn: object) -> None:
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))  # type: ignore[arg-type]
+
+
+def test_a_request_waits_for_the_claimant_of_the_version_it_needs_until_it_ends() -> None:
+    async def main() -> None:
+        stats: Counter[str] = Counter()
+        inflight = InFlight(stats)
+        mine = inflight.claim([7, 9], LT, trio.current_time())
+        assert mine == ((7, LT), (9, LT))
+        assert inflight.claim([7], LT, trio.current_time()) == ()  # a resent copy claims nothing
+        assert not await inflight.wait_made([(7, OLDER), (8, LT)])  # nobody makes these
+        ended = []
+
+        async def claimant() -> None:
+            await trio.sleep(0.3)
+            ended.append(trio.current_time())
+            inflight.release(mine)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claimant)
+            assert await inflight.wait_made([(9, LT)])
+            assert ended == [trio.current_time()]  # woken when it ended, not later
+        assert stats["qu.sync_waited"] == 1
+        assert not await inflight.wait_made([(9, LT)])  # released: nothing to wait for
+
+    run(main)
+
+
+def test_a_claimant_that_never_ends_holds_a_waiter_at_most_wait_seconds() -> None:
+    async def main() -> None:
+        inflight = InFlight(Counter())
+        inflight.claim([7], LT, trio.current_time())
+        t0 = trio.current_time()
+        assert await inflight.wait_made([(7, LT)])
+        assert trio.current_time() - t0 == WAIT_SECONDS
+
+    run(main)
+
+
+def test_wants_of_one_version_share_a_sync_and_a_cancelled_asker_is_replaced() -> None:
+    async def main() -> None:
+        stats: Counter[str] = Counter()
+        inflight = InFlight(stats)
+        runs = []
+
+        async def sync() -> tuple[bytes | None, bytes]:
+            runs.append(trio.current_time())
+            await trio.sleep(0.1)
+            return b"state", b"ap"
+
+        got = []
+
+        async def want() -> None:
+            got.append(await inflight.fetch((7, LT), sync))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(want)
+        assert len(runs) == 1 and got == [(b"state", b"ap")] * 3
+        assert stats["qu.sync_shared"] == 2
+        await want()  # over: the next want syncs again (the version is stored by then)
+        assert len(runs) == 2
+
+        first = trio.CancelScope()
+
+        async def cancelled_want() -> None:
+            with first:
+                await want()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancelled_want)
+            await trio.sleep(0.01)
+            nursery.start_soon(want)  # shares the first asker's sync ...
+            await trio.sleep(0.01)
+            first.cancel()  # ... which ends without an answer: it asks itself
+        assert len(runs) == 4 and got[-1] == (b"state", b"ap")
+
+    run(main)
