@@ -9,7 +9,7 @@ from collections import Counter
 import trio
 import trio.testing
 
-from bftfs.node.qu_inflight import WAIT_SECONDS, InFlight
+from bftfs.node.qu_inflight import FAILED_SECONDS, WAIT_SECONDS, InFlight
 from bftfs.qu.timestamp import Timestamp
 
 LT = Timestamp(5, False, 65536, b"\x01" * 16)
@@ -93,5 +93,27 @@ def test_wants_of_one_version_share_a_sync_and_a_cancelled_asker_is_replaced() -
             await trio.sleep(0.01)
             first.cancel()  # ... which ends without an answer: it asks itself
         assert len(runs) == 4 and got[-1] == (b"state", b"ap")
+
+    run(main)
+
+
+def test_a_version_whose_sync_failed_is_not_asked_for_again_for_a_while() -> None:
+    async def main() -> None:
+        stats: Counter[str] = Counter()
+        inflight = InFlight(stats)
+        runs = []
+
+        async def gone() -> None:
+            runs.append(trio.current_time())
+            await trio.sleep(0.5)  # every host answers that it holds no such version
+
+        assert await inflight.fetch((7, LT), gone) is None
+        await trio.sleep(FAILED_SECONDS - 1.0)
+        assert await inflight.fetch((7, LT), gone) is None  # at once, without a sync
+        assert len(runs) == 1 and stats["qu.sync_skipped"] == 1
+        assert await inflight.fetch((8, LT), gone) is None  # another version is asked for
+        await trio.sleep(1.0)
+        assert await inflight.fetch((7, LT), gone) is None
+        assert len(runs) == 3
 
     run(main)

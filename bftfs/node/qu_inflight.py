@@ -23,6 +23,13 @@ benchmarks/results/2026-11-26-qu-sync-storm.md).  Now:
 - **One sync per version**: concurrent wants of one ``(object, timestamp)`` (a resent
   request, two requests conditioned on one version) share one sync and its ``b + 1``
   matching answers.
+- **A failed version is not asked for again at once**: for :data:`FAILED_SECONDS` after a
+  sync of it failed, a request that needs it fails here without a sync.  Under load a
+  node that fell behind on objects that change quickly (lease renewals of 1 000 files,
+  eight a request) was sent resends of requests conditioned on versions the others had
+  since pruned (``keep_versions``): each resend asked all five hosts and failed (node 4 of
+  a real-process restore and revert: 12 405 syncs, 1 038 failed, 107 000 ``qu.sync``
+  requests in two minutes).  The request would fail anyway; the client has the others.
 
 Neither changes what a node accepts: a version still comes from ``b + 1`` hosts agreeing
 byte for byte, or from this node's own method run.  Both tables hold only what the
@@ -55,6 +62,14 @@ CLAIM_SECONDS = 8.0
 #: Claims kept at most before the expired ones are dropped.
 MAX_CLAIMS = 4096
 
+#: How long a version whose sync failed is not asked for again: a request that needs it
+#: fails at once meanwhile (a client's resends of an old request, conditioned on a version
+#: the others have since pruned, each cost a sync that asks every host and fails).
+FAILED_SECONDS = 10.0
+
+#: Failed versions remembered at most (the oldest are forgotten first).
+MAX_FAILED = 4096
+
 
 class _Shared:
     """One sync in flight: its waiters, and its result once ``finished``."""
@@ -76,6 +91,8 @@ class InFlight:
         self.stats = stats
         self._claims: dict[Key, tuple[trio.Event, float]] = {}
         self._syncing: dict[Key, _Shared] = {}
+        #: Versions whose sync failed, and until when they are not asked for again.
+        self._failed: dict[Key, float] = {}
 
     def claim(self, objects: Iterable[int], lt: Timestamp | None, now: float) -> tuple[Key, ...]:
         """Claim candidate ``lt`` at each of ``objects`` nobody claimed yet (a resent
@@ -126,7 +143,15 @@ class InFlight:
         return waited
 
     async def fetch(self, key: Key, sync: Callable[[], Awaitable[Synced]]) -> Synced:
-        """``sync()``'s result for the version ``key``, sharing a sync of it in flight."""
+        """``sync()``'s result for the version ``key``, sharing a sync of it in flight;
+        None at once while a sync of it failed less than :data:`FAILED_SECONDS` ago."""
+        failed = self._failed
+        until = failed.get(key)
+        if until is not None:
+            if trio.current_time() < until:
+                self.stats["qu.sync_skipped"] += 1
+                return None
+            del failed[key]
         while (shared := self._syncing.get(key)) is not None:
             self.stats["qu.sync_shared"] += 1
             await shared.done.wait()  # the sync is bounded by its own timeout
@@ -137,6 +162,10 @@ class InFlight:
         try:
             shared.result = await sync()
             shared.finished = True
+            if shared.result is None:
+                if len(failed) >= MAX_FAILED:
+                    del failed[next(iter(failed))]
+                failed[key] = trio.current_time() + FAILED_SECONDS
         finally:
             if self._syncing.get(key) is shared:
                 del self._syncing[key]
