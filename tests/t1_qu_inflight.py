@@ -9,7 +9,7 @@ from collections import Counter
 import trio
 import trio.testing
 
-from bftfs.node.qu_inflight import FAILED_SECONDS, WAIT_SECONDS, InFlight
+from bftfs.node.qu_inflight import FAILED_SECONDS, KEPT_SECONDS, WAIT_SECONDS, InFlight
 from bftfs.qu.timestamp import Timestamp
 
 LT = Timestamp(5, False, 65536, b"\x01" * 16)
@@ -77,19 +77,25 @@ def test_wants_of_one_version_share_a_sync_and_a_cancelled_asker_is_replaced() -
                 nursery.start_soon(want)
         assert len(runs) == 1 and got == [(b"state", b"ap")] * 3
         assert stats["qu.sync_shared"] == 2
-        await want()  # over: the next want syncs again (the version is stored by then)
+        await want()  # over, and kept a while for the next want of it
+        assert len(runs) == 1 and stats["qu.sync_reused"] == 1
+        await trio.sleep(KEPT_SECONDS)
+        await want()  # no longer kept: synced again
         assert len(runs) == 2
 
         first = trio.CancelScope()
 
         async def cancelled_want() -> None:
             with first:
-                await want()
+                await inflight.fetch((9, LT), sync)
+
+        async def other_want() -> None:
+            got.append(await inflight.fetch((9, LT), sync))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cancelled_want)
             await trio.sleep(0.01)
-            nursery.start_soon(want)  # shares the first asker's sync ...
+            nursery.start_soon(other_want)  # shares the first asker's sync ...
             await trio.sleep(0.01)
             first.cancel()  # ... which ends without an answer: it asks itself
         assert len(runs) == 4 and got[-1] == (b"state", b"ap")
@@ -115,5 +121,30 @@ def test_a_version_whose_sync_failed_is_not_asked_for_again_for_a_while() -> Non
         await trio.sleep(1.0)
         assert await inflight.fetch((7, LT), gone) is None
         assert len(runs) == 3
+
+    run(main)
+
+
+def test_kept_versions_are_bounded_in_number_and_bytes() -> None:
+    async def main() -> None:
+        from bftfs.node import qu_inflight
+
+        inflight = InFlight(Counter())
+        big = b"x" * (qu_inflight.MAX_KEPT_BYTES // 8)
+
+        async def sync() -> tuple[bytes | None, bytes]:
+            return big, b""
+
+        for oid in range(10):
+            await inflight.fetch((oid, LT), sync)
+        assert inflight._kept_bytes <= qu_inflight.MAX_KEPT_BYTES
+        assert (0, LT) not in inflight._kept and (9, LT) in inflight._kept  # oldest went
+
+        async def small() -> tuple[bytes | None, bytes]:
+            return None, b"ap"
+
+        for oid in range(100, 100 + qu_inflight.MAX_KEPT + 5):
+            await inflight.fetch((oid, LT), small)
+        assert len(inflight._kept) == qu_inflight.MAX_KEPT
 
     run(main)
