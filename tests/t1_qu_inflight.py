@@ -112,12 +112,26 @@ def test_a_version_whose_sync_failed_is_not_asked_for_again_for_a_while() -> Non
         async def gone() -> None:
             runs.append(trio.current_time())
             await trio.sleep(0.5)  # every host answers that it holds no such version
+            inflight.gone(current[0])
+
+        async def timed_out() -> None:
+            runs.append(trio.current_time())
+            await trio.sleep(2.0)  # no answer in time: not remembered
+
+        current = [(6, LT)]
+        assert await inflight.fetch((6, LT), timed_out) is None
+        assert await inflight.fetch((6, LT), timed_out) is None
+        assert len(runs) == 2
+        runs.clear()
+        current[0] = (7, LT)
 
         assert await inflight.fetch((7, LT), gone) is None
         await trio.sleep(FAILED_SECONDS - 1.0)
         assert await inflight.fetch((7, LT), gone) is None  # at once, without a sync
         assert len(runs) == 1 and stats["qu.sync_skipped"] == 1
+        current[0] = (8, LT)
         assert await inflight.fetch((8, LT), gone) is None  # another version is asked for
+        current[0] = (7, LT)
         await trio.sleep(1.0)
         assert await inflight.fetch((7, LT), gone) is None
         assert len(runs) == 3

@@ -29,8 +29,10 @@ benchmarks/results/2026-11-26-qu-sync-storm.md).  Now:
   of one of its eight objects), and its resends wanted the same version again; on real
   processes at load 5 the same version was synced again within 2 s 4 981 times in one
   run.  It is the version ``b + 1`` hosts gave byte for byte (a version never changes).
-- **A failed version is not asked for again at once**: for :data:`FAILED_SECONDS` after a
-  sync of it failed, a request that needs it fails here without a sync.  Under load a
+- **A version the hosts no longer hold is not asked for again at once**: for
+  :data:`FAILED_SECONDS` after a sync that every host answered without ``b + 1`` giving
+  it, a request that needs it fails here without a sync (one that timed out is tried
+  again).  Under load a
   node that fell behind on objects that change quickly (lease renewals of 1 000 files,
   eight a request) was sent resends of requests conditioned on versions the others had
   since pruned (``keep_versions``): each resend asked all five hosts and failed (node 4 of
@@ -157,6 +159,14 @@ class InFlight:
                 self.stats["qu.sync_wait_expired"] += 1
         return waited
 
+    def gone(self, key: Key) -> None:
+        """Every host answered and no ``b + 1`` gave the version ``key``: do not ask for
+        it again for :data:`FAILED_SECONDS` (a sync that timed out is not remembered)."""
+        failed = self._failed
+        if len(failed) >= MAX_FAILED:
+            del failed[next(iter(failed))]
+        failed[key] = trio.current_time() + FAILED_SECONDS
+
     def _keep(self, key: Key, version: tuple[bytes | None, bytes]) -> None:
         """Keep a synced version for :data:`KEPT_SECONDS` (within the bounds)."""
         self._forget(key)
@@ -176,7 +186,8 @@ class InFlight:
 
     async def fetch(self, key: Key, sync: Callable[[], Awaitable[Synced]]) -> Synced:
         """``sync()``'s result for the version ``key``, sharing a sync of it in flight;
-        None at once while a sync of it failed less than :data:`FAILED_SECONDS` ago."""
+        None at once while every host answered without it less than
+        :data:`FAILED_SECONDS` ago (:meth:`gone`)."""
         now = trio.current_time()
         kept = self._kept.get(key)
         if kept is not None:
@@ -201,11 +212,7 @@ class InFlight:
         try:
             shared.result = await sync()
             shared.finished = True
-            if shared.result is None:
-                if len(failed) >= MAX_FAILED:
-                    del failed[next(iter(failed))]
-                failed[key] = trio.current_time() + FAILED_SECONDS
-            else:
+            if shared.result is not None:
                 self._keep(key, shared.result)
         finally:
             if self._syncing.get(key) is shared:

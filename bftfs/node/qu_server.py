@@ -524,7 +524,9 @@ class QUServer:
                 probe_after=0.05,
                 timeout=SYNC_TIMEOUT,
             )
-        except QuorumUnavailable:
+        except QuorumUnavailable as e:
+            if len(e.result.replies) + len(e.result.errors) >= len(targets):
+                self.inflight.gone((want.oid, want.lt))  # every host answered: not there
             return None
         return votes.result()
 
