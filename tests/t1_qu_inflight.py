@@ -5,11 +5,23 @@ shared."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import trio
 import trio.testing
 
-from bftfs.node.qu_inflight import FAILED_SECONDS, KEPT_SECONDS, WAIT_SECONDS, InFlight
+from bftfs.ids import NodeId
+from bftfs.net.quorum import INVALID_REPLY, QuorumResult
+from bftfs.node.qu_inflight import (
+    CLAIM_SECONDS,
+    FAILED_SECONDS,
+    KEPT_SECONDS,
+    WAIT_SECONDS,
+    Held,
+    InFlight,
+)
+from bftfs.node.qu_server import every_host_answered
+from bftfs.node.store import Store
 from bftfs.qu.timestamp import Timestamp
 
 LT = Timestamp(5, False, 65536, b"\x01" * 16)
@@ -162,3 +174,90 @@ def test_kept_versions_are_bounded_in_number_and_bytes() -> None:
         assert len(inflight._kept) == qu_inflight.MAX_KEPT
 
     run(main)
+
+
+def test_a_claim_its_request_never_released_stops_counting_when_it_expires() -> None:
+    """A claim whose request never released it (the request died without ending) holds
+    waiters at most until it expires; from then on it is no claim at all: a request that
+    needs the version syncs it, and a new request may claim it.  (Before, an expired
+    claim stayed in the table and each wait for it returned at once as "waited", so
+    every request that needed the version stepped again four times without syncing it
+    and failed, "object sync did not settle", until 4 096 claims had piled up.)"""
+
+    async def main() -> None:
+        stats: Counter[str] = Counter()
+        inflight = InFlight(stats)
+        assert inflight.claim([7, 8], LT, trio.current_time())
+        t0 = trio.current_time()
+        assert await inflight.wait_made([(7, LT), (8, LT)])
+        assert trio.current_time() - t0 == WAIT_SECONDS  # in all, not for each claim
+        await trio.sleep(CLAIM_SECONDS)
+        t0 = trio.current_time()
+        assert not await inflight.wait_made([(7, LT)])  # expired: sync it
+        assert stats["qu.sync_waited"] == 2 and trio.current_time() == t0
+        assert inflight.claim([8], LT, trio.current_time()) == ((8, LT),)  # taken over
+        assert await inflight.wait_made([(8, LT)])
+
+    run(main)
+
+
+def test_a_store_step_that_runs_after_its_request_ended_claims_nothing(tmp_path: Path) -> None:
+    """A durable store runs a queued step even when the task that queued it was cancelled
+    (its client went away): the step's claim must not outlive the request, which has
+    released its claims already and will release nothing more."""
+
+    async def main() -> None:
+        store = Store(tmp_path / "store", map_size=1 << 22, durable=True)
+        inflight = InFlight(Counter())
+        held = Held()
+        now = trio.current_time()  # the step runs in the committer's worker thread
+
+        def step(_kv: object) -> None:
+            inflight.claim_for(held, [7], LT, now)
+
+        async def request(scope: trio.CancelScope) -> None:
+            with scope:
+                try:
+                    await store.write(step)  # queued; its task is cancelled before it runs
+                finally:
+                    inflight.end(held)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+                nursery.start_soon(request, scope)
+                await trio.testing.wait_all_tasks_blocked()
+                assert store.queued == (1, 0)
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(store.committer)
+                await store.write(lambda _kv: None)  # after the cancelled request's step
+                assert store.commits >= 1  # it ran (jobs run in order)
+                assert not await inflight.wait_made([(7, LT)])
+                assert held.keys == []
+                nursery.cancel_scope.cancel()
+        finally:
+            store.close()
+
+    trio.run(main)
+
+
+def test_a_version_is_skipped_only_when_every_host_answered_without_it() -> None:
+    """The evidence for :meth:`InFlight.gone`: every host asked answered (with the
+    version, without it, or a reply that did not count, as a liar's); a host that refused
+    or never answered may hold the version, so a sync that ended so is not remembered."""
+    hosts = [NodeId(i) for i in range(1, 6)]
+    liar, holder = hosts[0], hosts[1]
+    answered = QuorumResult(
+        replies={holder: {"s": b"state", "ap": b"ap"}},
+        errors={h: INVALID_REPLY for h in hosts if h != holder},
+    )
+    assert every_host_answered(answered, hosts)
+    refused = QuorumResult(
+        replies={liar: {"s": b"forged", "ap": b"ap"}},
+        errors={h: INVALID_REPLY for h in hosts[2:]} | {holder: "refused: internal: X"},
+    )
+    assert not every_host_answered(refused, hosts)
+    assert not every_host_answered(
+        QuorumResult(errors={h: INVALID_REPLY for h in hosts[1:]}), hosts
+    )

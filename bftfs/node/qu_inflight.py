@@ -47,6 +47,7 @@ so neither a client nor a peer can make a node wait or sync without bound.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -96,6 +97,18 @@ class _Shared:
         self.result: Synced = None
 
 
+class Held:
+    """The claims of one request being served (:meth:`InFlight.claim_for`,
+    :meth:`InFlight.end`); the lock orders a late store step's claim against the end."""
+
+    __slots__ = ("ended", "keys", "lock")
+
+    def __init__(self, keys: Iterable[Key] = ()) -> None:
+        self.keys = list(keys)
+        self.ended = False
+        self.lock = threading.Lock()
+
+
 class InFlight:
     """The claims and shared syncs of one node's Q/U server (module docstring)."""
 
@@ -113,20 +126,38 @@ class InFlight:
 
     def claim(self, objects: Iterable[int], lt: Timestamp | None, now: float) -> tuple[Key, ...]:
         """Claim candidate ``lt`` at each of ``objects`` nobody claimed yet (a resent
-        request finds its first copy's claims); the keys claimed, for :meth:`release`.
-        ``now``: the trio clock.  Called inside store steps, which a durable store runs
-        in a worker thread: it only adds to the table (expired claims go in
-        :meth:`wait_made`)."""
+        request finds its first copy's claims; an expired claim is taken over); the keys
+        claimed, for :meth:`release`.  ``now``: the trio clock.  Called inside store
+        steps, which a durable store runs in a worker thread: it only adds to the table
+        (an expired claim's waiters have stopped waiting, so its event needs no set)."""
         if lt is None:
             return ()
         claims = self._claims
         mine = []
         for oid in objects:
             key = (oid, lt)
-            if key not in claims:
+            got = claims.get(key)
+            if got is None or got[1] <= now:
                 claims[key] = (trio.Event(), now + CLAIM_SECONDS)
                 mine.append(key)
         return tuple(mine)
+
+    def claim_for(
+        self, held: Held, objects: Iterable[int], lt: Timestamp | None, now: float
+    ) -> None:
+        """:meth:`claim` on behalf of ``held``'s request, unless it ended already: a
+        store step runs even when the task that queued it was cancelled meanwhile, and
+        a claim made after its request's :meth:`end` would never be released."""
+        with held.lock:
+            if not held.ended:
+                held.keys.extend(self.claim(objects, lt, now))
+
+    def end(self, held: Held) -> None:
+        """``held``'s request ended: release its claims, and claim nothing more for it."""
+        with held.lock:
+            held.ended = True
+            keys, held.keys = held.keys, []
+        self.release(keys)
 
     def release(self, keys: Iterable[Key]) -> None:
         """The claimant ended (its version stored, or not): wake who waits for it."""
@@ -141,19 +172,28 @@ class InFlight:
                 self.release((key,))
 
     async def wait_made(self, keys: Iterable[Key]) -> bool:
-        """Wait until the requests of this node that claimed any of ``keys`` ended (each
-        at most :data:`WAIT_SECONDS`, never past its claim); whether any was claimed."""
+        """Wait until the requests of this node that claimed any of ``keys`` ended (at
+        most :data:`WAIT_SECONDS` in all, never past a claim's end); whether any live
+        claim was found.  An expired claim (its request never released it) is dropped
+        and does not count: else every request needing its version would step again and
+        again without syncing it, and fail ("did not settle") until the claim went."""
+        now = trio.current_time()
         if len(self._claims) >= MAX_CLAIMS:
-            self._expire(trio.current_time())
+            self._expire(now)
+        deadline = now + WAIT_SECONDS
         waited = False
         for key in keys:
             got = self._claims.get(key)
             if got is None:
                 continue
             event, until = got
+            if until <= trio.current_time():
+                if self._claims.get(key) is got:  # not a new claim made meanwhile
+                    self.release((key,))
+                continue
             waited = True
             self.stats["qu.sync_waited"] += 1
-            with trio.move_on_at(min(until, trio.current_time() + WAIT_SECONDS)) as scope:
+            with trio.move_on_at(min(until, deadline)) as scope:
                 await event.wait()
             if scope.cancelled_caught:
                 self.stats["qu.sync_wait_expired"] += 1

@@ -63,12 +63,12 @@ import trio
 from bftfs.ids import NodeId, PrincipalId, is_node
 from bftfs.net.admission import Admission
 from bftfs.net.endpoint import Endpoint
-from bftfs.net.quorum import QuorumUnavailable
+from bftfs.net.quorum import INVALID_REPLY, QuorumResult, QuorumUnavailable
 from bftfs.net.server import DEFER, HandlerError
 from bftfs.node import limits, qu_space
 from bftfs.node.batching import BatchHandler
 from bftfs.node.qu_catchup import CatchUp
-from bftfs.node.qu_inflight import InFlight, Key
+from bftfs.node.qu_inflight import Held, InFlight, Key
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
 from bftfs.node.store import Store
@@ -338,13 +338,13 @@ class QUServer:
         """One ``s_request`` with object sync as needed (also how catch-up applies a
         request on this node itself); ``claimed``: the candidates it claimed already
         (``fast_request``), released when it ends."""
-        mine = list(claimed)
+        held = Held(claimed)
         try:
-            return await self._serve(req, sender, mine)
+            return await self._serve(req, sender, held)
         finally:
-            self.inflight.release(mine)
+            self.inflight.end(held)
 
-    async def _serve(self, req: Request, sender: int, mine: list[Key]) -> Reply:
+    async def _serve(self, req: Request, sender: int, held: Held) -> Reply:
         cfg = self.replica
         synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
         # A node's own requests are its catch-up: client steps go ahead of them (store.py).
@@ -366,7 +366,7 @@ class QUServer:
                     quota=self._quota_of(sender),
                     max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
                 )
-                claiming = functools.partial(self._claiming, step, req, mine, trio.current_time())
+                claiming = functools.partial(self._claiming, step, req, held, trio.current_time())
                 res = await write(claiming)
             if isinstance(res, OverQuota | ClockAhead):
                 raise self._refuse(sender, res)
@@ -378,7 +378,7 @@ class QUServer:
             # candidate when a copy of this request (a resend) is making it already.
             made = [(w.oid, w.lt) for w in res.wants]
             if res.lt is not None:
-                made += [k for k in ((o, res.lt) for o in req.objects) if k not in mine]
+                made += [k for k in ((o, res.lt) for o in req.objects) if k not in held.keys]
             if await self.inflight.wait_made(made):
                 continue  # made here meanwhile (or its maker failed): step again
             fetched = await self._sync_all(res.wants)
@@ -390,14 +390,15 @@ class QUServer:
         return self._fail(req, "object sync did not settle")
 
     def _claiming(
-        self, step: Callable[[Any], Any], req: Request, mine: list[Key], now: float, kv: Any
+        self, step: Callable[[Any], Any], req: Request, held: Held, now: float, kv: Any
     ) -> Any:
         """``step(kv)``, claiming the candidate of an update that needs a sync in the
         step itself: the store runs the steps of one batch in order, so the next update,
-        conditioned on this one, finds the claim however their tasks resume."""
+        conditioned on this one, finds the claim however their tasks resume.  (The step
+        may run after its request was cancelled: ``claim_for`` then claims nothing.)"""
         res = step(kv)
         if isinstance(res, NeedSync):
-            mine.extend(self.inflight.claim(req.objects, res.lt, now))
+            self.inflight.claim_for(held, req.objects, res.lt, now)
         return res
 
     async def on_request(self, ctx: RequestContext, payload: Any) -> Any:
@@ -525,10 +526,23 @@ class QUServer:
                 timeout=SYNC_TIMEOUT,
             )
         except QuorumUnavailable as e:
-            if len(e.result.replies) + len(e.result.errors) >= len(targets):
-                self.inflight.gone((want.oid, want.lt))  # every host answered: not there
+            if every_host_answered(e.result, targets):
+                self.inflight.gone((want.oid, want.lt))  # not at b + 1 benign hosts
             return None
         return votes.result()
+
+
+def every_host_answered(result: QuorumResult, targets: Iterable[PrincipalId]) -> bool:
+    """Whether every one of ``targets`` answered a sync (with the version, without it,
+    or with a reply that did not count), not refused it or failed: only then does a
+    sync without ``b + 1`` matching answers show the version is at no ``b + 1`` benign
+    servers now, so that skipping it a while (``InFlight.gone``) skips nothing a sync
+    could get.  A host that refused (its handler failed, its session was revoked) may
+    hold the version; counting its refusal as an answer would let one liar's answer
+    and one benign holder's refusal under load make the node skip a version two benign
+    hosts hold."""
+    errors = result.errors
+    return all(t in result.replies or errors.get(t) == INVALID_REPLY for t in targets)
 
 
 def replica_retention(kept: RetentionPolicy) -> Retention:
