@@ -18,7 +18,9 @@ benchmarks/results/2026-11-26-qu-sync-storm.md).  Now:
   again on what this node stored, syncing only if the version still is not here (the
   earlier request failed).  The version it gets is the one this node made by running the
   method itself, not one believed from anybody.  A claim lasts until its request ends, or
-  at most :data:`CLAIM_SECONDS`; a timestamp is always later than the one it is
+  at most :data:`CLAIM_SECONDS` (an expired claim is no claim: waits skip it, a new
+  request may take it over; and a store step that runs after its request was cancelled
+  claims nothing, :class:`Held`); a timestamp is always later than the one it is
   conditioned on, so no two requests can wait for each other.
 - **One sync per version**: concurrent wants of one ``(object, timestamp)`` (a resent
   request, two requests conditioned on one version) share one sync and its ``b + 1``
@@ -31,8 +33,12 @@ benchmarks/results/2026-11-26-qu-sync-storm.md).  Now:
   run.  It is the version ``b + 1`` hosts gave byte for byte (a version never changes).
 - **A version the hosts no longer hold is not asked for again at once**: for
   :data:`FAILED_SECONDS` after a sync that every host answered without ``b + 1`` giving
-  it, a request that needs it fails here without a sync (one that timed out is tried
-  again).  Under load a
+  it, a request that needs it fails here without a sync (one that timed out, or that a
+  host refused, is tried again: ``qu_server.every_host_answered``).  The benign hosts
+  holding a version all answer it byte for byte, so when every host answered and no
+  ``b + 1`` agreed, at most ``b`` benign hosts hold it: no sync could get it, whatever
+  the liars said; and a request is conditioned only on a version its OHS shows at
+  authenticated servers, so a liar cannot have a node skip a version before it exists.  Under load a
   node that fell behind on objects that change quickly (lease renewals of 1 000 files,
   eight a request) was sent resends of requests conditioned on versions the others had
   since pruned (``keep_versions``): each resend asked all five hosts and failed (node 4 of
