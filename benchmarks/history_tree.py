@@ -93,6 +93,9 @@ class Cost:
     #: Requests the nodes served meanwhile, by kind (all nodes; ``req.KIND`` counters,
     #: batch items counted as their own kind too).
     node_requests: dict[str, int]
+    #: The nodes' object-sync counters meanwhile (``qu.syncs@NODE``,
+    #: ``qu.sync_shared@NODE``, ...: node/qu_inflight.py).
+    node_syncs: dict[str, int]
 
 
 #: The cost of every command run, in order.
@@ -140,7 +143,9 @@ def _bftfs(
     cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
     logged = ("history:", "writes:", "phase:")
     stats = [x for x in done.stderr.decode().splitlines() if any(w in x for w in logged)]
-    cost = Cost(round(took, 2), round(cpu, 2), round(nodes, 2), " ".join(stats), dict(reqs))
+    served = {k: v for k, v in reqs.items() if not k.startswith("stat:")}
+    syncs = {k[5:]: v for k, v in reqs.items() if k.startswith("stat:") and v}
+    cost = Cost(round(took, 2), round(cpu, 2), round(nodes, 2), " ".join(stats), served, syncs)
     COSTS.append((name, cost))
     print(f"  {name}: {COSTS[-1][1]}", flush=True)
     return took, done
@@ -213,7 +218,8 @@ def _nodes_cpu(pc: ProcessCluster) -> float:
 
 
 def _node_requests(pc: ProcessCluster) -> Counter[str]:
-    """Requests the nodes served so far, by kind, summed over the nodes (their status)."""
+    """Requests the nodes served so far, by kind, summed over the nodes (their status),
+    and each node's ``qu.sync*`` and ``rejoin.*`` counters (as ``stat:NAME@NODE``)."""
     import trio
 
     from bftfs import local
@@ -223,6 +229,8 @@ def _node_requests(pc: ProcessCluster) -> Counter[str]:
         for k, v in ((s.stats or {}).get("requests") or {}).items():
             if k.startswith("req."):
                 got[k[4:]] += int(v)
+            elif k.startswith(("qu.sync", "rejoin.")):  # object syncs, catch-ups after a cut-off
+                got[f"stat:{k}@{s.id}"] += int(v)
     return got
 
 

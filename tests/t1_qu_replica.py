@@ -382,3 +382,21 @@ def test_object_sync_needs_b_plus_1_identical_answers() -> None:
     assert not votes.decided() and votes.result() is None
     assert votes.add(good) and votes.decided()
     assert votes.result() == (b"state", b"ap")
+
+
+def test_object_sync_asks_one_more_host_only_for_a_disagreeing_or_bad_answer() -> None:
+    """``SyncVotes.promising``: an answer that agrees with all before it waits for the
+    other hosts asked (``b + 1`` hosts suffice when they agree); a malformed or
+    disagreeing one has the transport probe another at once."""
+    from bftfs.qu.objsync import SyncVotes
+
+    good, bad = {"s": b"state", "ap": b"ap"}, {"s": b"forged", "ap": b"ap"}
+    votes = SyncVotes(b=1)
+    assert votes.promising(good) and votes.promising(good) and votes.decided()
+    votes = SyncVotes(b=1)
+    assert not votes.promising({"s": 7, "ap": b"x"})  # malformed
+    assert votes.promising(good)
+    assert not votes.promising(bad)  # disagrees: probe at once
+    assert votes.promising(good) and votes.result() == (b"state", b"ap")
+    votes = SyncVotes(b=2)
+    assert votes.promising(bad) and not votes.promising(good) and not votes.promising(None)

@@ -35,6 +35,9 @@ from typing import Any
 
 from bftfs.ids import NodeId
 
+#: The error recorded for a target whose reply ``accept`` rejected (it did answer).
+INVALID_REPLY = "invalid reply"
+
 
 @dataclass
 class QuorumResult:
@@ -201,7 +204,7 @@ class QuorumEngine:
             if self._enough(self.result.replies):
                 return self._finish(ENOUGH)
             return self._after(WAIT)
-        self.result.errors[node] = "invalid reply"
+        self.result.errors[node] = INVALID_REPLY
         return self._after(self._probe_one(now))
 
     def on_failure(self, node: NodeId, reason: str, now: float) -> Step:

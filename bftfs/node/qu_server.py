@@ -32,7 +32,10 @@ it from a node's parts, registers its methods and starts the background work
 When a step needs a conditioned-on version this node lacks, the handler performs **object
 sync** (L2599-2607): it asks the host servers named by the OHS (then any other server) for
 that version through the node's endpoint and needs b+1 identical answers, so at least one
-comes from a benign host; then it re-runs the step with the version.
+comes from a benign host; then it re-runs the step with the version.  A version another
+request waiting here is about to make is waited for instead, and concurrent wants of one
+version share one sync (:mod:`bftfs.node.qu_inflight`): a node that fell behind during a
+burst syncs each version it lacks once, not every update of the burst.
 
 Every record an update stores is charged to its authenticated sender, in the update's own
 transaction (``qu/schema.py``, :mod:`bftfs.accounting`); a client's update whose new
@@ -55,14 +58,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from bftfs.ids import NodeId, PrincipalId, is_node
 from bftfs.net.admission import Admission
 from bftfs.net.endpoint import Endpoint
-from bftfs.net.quorum import QuorumUnavailable
+from bftfs.net.quorum import INVALID_REPLY, QuorumResult, QuorumUnavailable
 from bftfs.net.server import DEFER, HandlerError
 from bftfs.node import limits, qu_space
 from bftfs.node.batching import BatchHandler
 from bftfs.node.qu_catchup import CatchUp
+from bftfs.node.qu_inflight import Held, InFlight, Key
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
 from bftfs.node.store import Store
@@ -214,9 +220,12 @@ class QUServer:
         self.on_accepted = on_accepted
         #: Requests ``fast_request`` parsed and handed on (payload id -> (payload,
         #: request)): ``on_request`` takes them from here instead of parsing again (a
-        #: durable update's parse was 4% of a node's time).  Bounded: a handed-on request
-        #: that never arrives (a Byzantine-profile override) must not pile up.
-        self._parsed: dict[int, tuple[Any, Request]] = {}
+        #: durable update's parse was 4% of a node's time), with the candidates it
+        #: claimed.  Bounded: a handed-on request that never arrives (a Byzantine-profile
+        #: override) must not pile up.
+        self._parsed: dict[int, tuple[Any, Request, tuple[Key, ...]]] = {}
+        #: Syncs in flight and candidates being made, shared by the requests waiting here.
+        self.inflight = InFlight(stats)
 
     def register_with(self, node: Node) -> None:
         """Route the ``qu.*`` kinds of ``node`` to this server's methods."""
@@ -286,10 +295,12 @@ class QUServer:
             self.stats["qu.bad_request"] += 1
             raise HandlerError("bad-request", str(e)) from None
 
-    def _defer(self, payload: Any, req: Request) -> Any:
+    def _defer(self, payload: Any, req: Request, claimed: tuple[Key, ...] = ()) -> Any:
         if len(self._parsed) >= _MAX_PARSED:
+            for _p, _r, keys in self._parsed.values():
+                self.inflight.release(keys)
             self._parsed.clear()
-        self._parsed[id(payload)] = (payload, req)
+        self._parsed[id(payload)] = (payload, req, claimed)
         return DEFER
 
     def fast_request(self, ctx: RequestContext, payload: Any) -> Any:
@@ -312,56 +323,91 @@ class QUServer:
         else:
             res = self.store.write_now(step)  # NeedSync wrote nothing
         if isinstance(res, NeedSync):
-            return self._defer(payload, req)
+            # Claimed now, before the read loop takes the client's next update, which may
+            # be conditioned on this one's candidate (node/qu_inflight.py).
+            lt = None if req.op is not None and req.op.query else res.lt
+            claimed = self.inflight.claim(req.objects, lt, trio.current_time())
+            return self._defer(payload, req, claimed)
         if isinstance(res, OverQuota | ClockAhead):
             raise self._refuse(sender, res)
         self.stats[f"qu.{res.status.value}"] += 1
         self._accepted(req, res)
         return res.wire()
 
-    async def serve(self, req: Request, sender: int) -> Reply:
+    async def serve(self, req: Request, sender: int, claimed: tuple[Key, ...] = ()) -> Reply:
         """One ``s_request`` with object sync as needed (also how catch-up applies a
-        request on this node itself)."""
+        request on this node itself); ``claimed``: the candidates it claimed already
+        (``fast_request``), released when it ends."""
+        held = Held(claimed)
+        try:
+            return await self._serve(req, sender, held)
+        finally:
+            self.inflight.end(held)
+
+    async def _serve(self, req: Request, sender: int, held: Held) -> Reply:
         cfg = self.replica
         synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
         # A node's own requests are its catch-up: client steps go ahead of them (store.py).
         write = functools.partial(self.store.write, background=is_node(sender))
-        for _ in range(3):  # a version synced once may be needed again after a race
+        # A version synced once may be needed again after a race; waiting for a version
+        # this node is making takes one more round.
+        for _ in range(4):
             now_ns = self.clock_ns()
             if req.op is not None and req.op.query:
                 res = self.store.read(lambda kv: handle_request(kv, cfg, sender, req, synced))
             else:
-                res = await write(
-                    functools.partial(
-                        handle_request,
-                        cfg=cfg,
-                        sender=sender,
-                        req=req,
-                        synced=synced,
-                        now_ns=now_ns,
-                        quota=self._quota_of(sender),
-                        max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
-                    )
+                step = functools.partial(
+                    handle_request,
+                    cfg=cfg,
+                    sender=sender,
+                    req=req,
+                    synced=synced,
+                    now_ns=now_ns,
+                    quota=self._quota_of(sender),
+                    max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
                 )
+                claiming = functools.partial(self._claiming, step, req, held, trio.current_time())
+                res = await write(claiming)
             if isinstance(res, OverQuota | ClockAhead):
                 raise self._refuse(sender, res)
             if not isinstance(res, NeedSync):
                 self.stats[f"qu.{res.status.value}"] += 1
                 self._accepted(req, res)
                 return res
-            for want in res.wants:
-                fetched = await self._sync(want)
-                if fetched is None:
-                    self.stats["qu.sync_failed"] += 1
-                    return self._fail(req, "object sync failed")
-                synced[(want.oid, want.lt)] = fetched
+            # Versions another request here is making: the ones wanted, and this very
+            # candidate when a copy of this request (a resend) is making it already.
+            made = [(w.oid, w.lt) for w in res.wants]
+            if res.lt is not None:
+                made += [k for k in ((o, res.lt) for o in req.objects) if k not in held.keys]
+            if await self.inflight.wait_made(made):
+                continue  # made here meanwhile (or its maker failed): step again
+            fetched = await self._sync_all(res.wants)
+            if fetched is None:
+                self.stats["qu.sync_failed"] += 1
+                return self._fail(req, "object sync failed")
+            synced.update(fetched)
             self.stats["qu.synced"] += 1
         return self._fail(req, "object sync did not settle")
 
+    def _claiming(
+        self, step: Callable[[Any], Any], req: Request, held: Held, now: float, kv: Any
+    ) -> Any:
+        """``step(kv)``, claiming the candidate of an update that needs a sync in the
+        step itself: the store runs the steps of one batch in order, so the next update,
+        conditioned on this one, finds the claim however their tasks resume.  (The step
+        may run after its request was cancelled: ``claim_for`` then claims nothing.)"""
+        res = step(kv)
+        if isinstance(res, NeedSync):
+            self.inflight.claim_for(held, req.objects, res.lt, now)
+        return res
+
     async def on_request(self, ctx: RequestContext, payload: Any) -> Any:
         got = self._parsed.pop(id(payload), None)
-        req = got[1] if got is not None and got[0] is payload else self._parse(payload)
-        return (await self.serve(req, ctx.sender)).wire()
+        if got is not None and got[0] is payload:
+            return (await self.serve(got[1], ctx.sender, got[2])).wire()
+        if got is not None:
+            self.inflight.release(got[2])
+        return (await self.serve(self._parse(payload), ctx.sender)).wire()
 
     def history_now(self, ctx: RequestContext, payload: Any) -> Any:
         try:
@@ -433,18 +479,40 @@ class QUServer:
         rep = self.store.read(lambda kv: handle_history(kv, self.replica, req.objects))
         return type(rep)(ReplyStatus.FAIL, hist=rep.hist, why=why)
 
+    async def _sync_all(
+        self, wants: tuple[SyncWant, ...]
+    ) -> dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] | None:
+        """Every version of ``wants`` (at most a request's 8 objects) synced at once,
+        each shared with the other requests here that want it; None if one failed."""
+        got: dict[tuple[int, Timestamp], tuple[bytes | None, bytes] | None] = {}
+
+        async def one(want: SyncWant) -> None:
+            key = (want.oid, want.lt)
+            got[key] = await self.inflight.fetch(key, functools.partial(self._sync, want))
+
+        async with trio.open_nursery() as nursery:
+            for want in wants:
+                nursery.start_soon(one, want)
+        if any(v is None for v in got.values()):
+            return None
+        return {k: v for k, v in got.items() if v is not None}
+
     async def _sync(self, want: SyncWant) -> tuple[bytes | None, bytes] | None:
         """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604; the rules
         are :mod:`bftfs.qu.objsync`)."""
+        self.stats["qu.syncs"] += 1
         th = self.th
         targets = [PrincipalId(s) for s in sync_order(int(self.node_id), want.hosts, th.n)]
         body = {"v": VERSION, "oid": want.oid, "lt": want.lt.encode()}
         votes = SyncVotes(th.b)
 
         def accept(_node: int, raw: Any) -> bool:
-            # Not yet b+1 in agreement: count it as "invalid" so the transport probes the
-            # next host at once instead of after the probe interval.
-            return votes.add(raw)
+            # An answer that agrees with all before it waits for the other hosts asked
+            # (b + 1 in all: when they agree, nobody else is asked); one that is malformed
+            # or disagrees counts as "invalid", so the transport probes the next host at
+            # once instead of after the probe interval.  (Every first answer probed a
+            # third host: 3 requests per sync where 2 do.)
+            return votes.promising(raw)
 
         try:
             await self.endpoint.quorum_call(
@@ -457,9 +525,24 @@ class QUServer:
                 probe_after=0.05,
                 timeout=SYNC_TIMEOUT,
             )
-        except QuorumUnavailable:
+        except QuorumUnavailable as e:
+            if every_host_answered(e.result, targets):
+                self.inflight.gone((want.oid, want.lt))  # not at b + 1 benign hosts
             return None
         return votes.result()
+
+
+def every_host_answered(result: QuorumResult, targets: Iterable[PrincipalId]) -> bool:
+    """Whether every one of ``targets`` answered a sync (with the version, without it,
+    or with a reply that did not count), not refused it or failed: only then does a
+    sync without ``b + 1`` matching answers show the version is at no ``b + 1`` benign
+    servers now, so that skipping it a while (``InFlight.gone``) skips nothing a sync
+    could get.  A host that refused (its handler failed, its session was revoked) may
+    hold the version; counting its refusal as an answer would let one liar's answer
+    and one benign holder's refusal under load make the node skip a version two benign
+    hosts hold."""
+    errors = result.errors
+    return all(t in result.replies or errors.get(t) == INVALID_REPLY for t in targets)
 
 
 def replica_retention(kept: RetentionPolicy) -> Retention:

@@ -76,6 +76,17 @@ class SyncVotes:
         self._votes[key] += 1
         return self._votes[key] >= self.needed
 
+    def promising(self, raw: Any) -> bool:
+        """Count ``raw`` (:meth:`add`); whether its answer has ``b + 1`` votes now, or is
+        the same as every answer counted before it: worth waiting for the other hosts
+        asked to confirm it, rather than asking one more at once (a malformed answer, or
+        one that disagrees, is not)."""
+        before = sum(self._votes.values())
+        if self.add(raw):
+            return True
+        votes = self._votes
+        return sum(votes.values()) > before and max(votes.values()) == before + 1
+
     def decided(self) -> bool:
         return any(v >= self.needed for v in self._votes.values())
 

@@ -98,6 +98,10 @@ class NeedSync:
     """Result of a step that cannot proceed without object sync (line 1014)."""
 
     wants: tuple[SyncWant, ...]
+    #: The candidate the request sets up (at each of its objects), once it has the
+    #: versions: a later request conditioned on it waits for it here rather than syncing
+    #: it (``node/qu_server.py``).
+    lt: Timestamp | None = None
 
 
 @dataclass(frozen=True)
@@ -439,7 +443,7 @@ def _conditioned_on(
         else:
             got[oid] = x
     if wants:
-        return NeedSync(tuple(wants))
+        return NeedSync(tuple(wants), su.lt)
     return got
 
 
