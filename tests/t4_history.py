@@ -332,6 +332,7 @@ def test_restore_replaces_a_link_planted_where_a_file_was_and_never_writes_throu
     tree = mine / "linked"
     tree.mkdir()
     (tree / "f").write_bytes(b"original\n")
+    fsync_dirs(tree)  # (write-back holds the create: on the nodes before `moment`)
     moment = time.time_ns()
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"not the cluster's\n")
