@@ -385,16 +385,19 @@ class Leases:
         if self._recalls.believed(oid):  # recalled before the answer came: given back
             self._spawn(lambda: self.releases.release([oid]))
             return
-        self.held[oid] = _Held(
-            trio.current_time(),
-            asked + self.term - HOLDER_MARGIN / 1e9,
-            EXCLUSIVE,
-            lt + int(self.term * 1e9) - HOLDER_MARGIN,
-            True,
-        )
+        self.held[oid] = self._held_from(asked, lt, EXCLUSIVE, trio.current_time(), True)
         self.answers.listings[oid] = {}
         self._made_in[oid] = parent
         self.stats["made_leased"] += 1
+
+    def _held_from(
+        self, asked: float, lt: int, kind: int, granted: float, inherited: bool
+    ) -> _Held:
+        """A lease of one term asked at trio time ``asked`` with lease time ``lt`` (ns),
+        used until that term ends less the holder's margin, on both clocks."""
+        until = asked + self.term - HOLDER_MARGIN / 1e9
+        wall_until = lt + int(self.term * 1e9) - HOLDER_MARGIN
+        return _Held(granted, until, kind, wall_until, inherited)
 
     def renew(self, oids: Sequence[int]) -> None:
         """Renew the leases held on ``oids`` now, in as few updates as :meth:`_take_wanted`
@@ -480,10 +483,8 @@ class Leases:
             if self._epoch[oid] != epoch and old is None:
                 gone.append(oid)  # recalled while asked for
                 continue
-            until = asked + self.term - HOLDER_MARGIN / 1e9
-            wall_until = lt + int(self.term * 1e9) - HOLDER_MARGIN
             granted, inherited = (old.granted, old.inherited) if old else (now, False)
-            self.held[oid] = _Held(granted, until, kind, wall_until, inherited)
+            self.held[oid] = self._held_from(asked, lt, kind, granted, inherited)
             self._uses.pop(oid, None)
             self._creates.pop(oid, None)
             self.stats["renewed" if old else "taken"] += 1
