@@ -10,12 +10,13 @@ recalled), rewritten every two seconds; waits are conditions under deadlines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,17 @@ MIB = 1024 * 1024
 CREATES = 2
 #: The shortest lease a mount takes (``lease=``): the kill test waits it out.
 TERM = 10
+
+
+@contextlib.contextmanager
+def _two_mounts(pc: ProcessCluster, tmp_path: Path, opts: str) -> Iterator[tuple[Mount, Mount]]:
+    """Mount ``a`` as client0 and ``b`` as client1, both with ``opts``; both unmounted
+    after, whatever happened."""
+    with (
+        Mount(pc.config, tmp_path / "a", client="client0", options=opts) as a,
+        Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b,
+    ):
+        yield a, b
 
 
 def _wait(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
@@ -116,10 +128,7 @@ def test_the_kernel_keeps_a_leased_directorys_listing_until_a_recall(tmp_path: P
     in it recalls the lease, and the holder's next listing shows the new name."""
     with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
         opts = f"allow_other,lease={TERM * 3}"
-        with (
-            Mount(pc.config, tmp_path / "a", client="client0", options=opts) as a,
-            Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b,
-        ):
+        with _two_mounts(pc, tmp_path, opts) as (a, b):
             d = a.mountpoint / "d"
             d.mkdir()
             names = [f"f{i}" for i in range(3)]
@@ -153,10 +162,7 @@ def test_a_create_on_another_mount_recalls_the_lease_and_is_seen_at_once(
         tmp_path / "c", map_size=64 * MIB, durable=False, node_args=node_args
     ) as pc:
         opts = f"allow_other,lease={TERM * 3}"
-        with (
-            Mount(pc.config, tmp_path / "a", client="client0", options=opts) as a,
-            Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b,
-        ):
+        with _two_mounts(pc, tmp_path, opts) as (a, b):
             (a.mountpoint / "d").mkdir()
             _lease_directory(pc, a, a.mountpoint / "d")
             for i in range(CREATES):
@@ -281,10 +287,7 @@ def test_a_holder_paused_past_its_term_comes_back_without_its_leases(tmp_path: P
     term = 30
     with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
         opts = f"allow_other,lease={term},commit=60"
-        with (
-            Mount(pc.config, tmp_path / "a", client="client0", options=opts) as a,
-            Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b,
-        ):
+        with _two_mounts(pc, tmp_path, opts) as (a, b):
             d = a.mountpoint / "d"
             d.mkdir()
             made = _lease_exclusively(pc, a, d, "sent")
@@ -331,10 +334,7 @@ def test_cp_r_into_a_leased_directory_waits_for_write_back_and_is_listed_locally
         (src / "sub" / name).write_bytes(data[::-1])
     with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
         opts = "allow_other,lease=30,commit=60"
-        with (
-            Mount(pc.config, tmp_path / "a", client="client0", options=opts) as a,
-            Mount(pc.config, tmp_path / "b", client="client1", options=opts) as b,
-        ):
+        with _two_mounts(pc, tmp_path, opts) as (a, b):
             d = a.mountpoint / "d"
             d.mkdir()
             warm = _lease_exclusively(pc, a, d, "warm")
