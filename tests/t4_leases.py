@@ -107,6 +107,15 @@ def _lease_exclusively(pc: ProcessCluster, m: Mount, d: Path, prefix: str) -> li
     return made
 
 
+def _fsync(path: Path) -> None:
+    """``fsync`` of a file or directory (a directory's sends what write-back holds)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _calls_after(pc: ProcessCluster, m: Mount, moment: float) -> dict[str, int]:
     """Mount ``m``'s kernel requests per operation, from a status written after
     ``moment`` (``time.time()``)."""
@@ -212,8 +221,9 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
     """Directory write-back (``fs/writeback.py``): the mount holds the directory's
     exclusive lease, so its closes of new files return before the creates are sent.  Killed
     with ``kill -9`` then, it loses those creates, and only those: the other mount waits
-    at most the lease's term and lists what was sent before the lease and what was
-    ``fsync``ed under it, byte for byte."""
+    at most the lease's term and lists what was ``fsync``ed (the directory, then a
+    file), byte for byte: a directory whose mkdir waited is lost with what
+    was made in it, one made before a file in it was ``fsync``ed is there."""
     term = 30
     with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
         opts = f"allow_other,lease={term},commit=60"
@@ -223,13 +233,28 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
                 d = a.mountpoint / "d"
                 d.mkdir()
                 sent = _lease_exclusively(pc, a, d, "sent")
+                _fsync(d)  # (they wait in write-back too: d came leased with its mkdir)
                 for i in range(3):
                     (d / f"lost{i}").write_bytes(b"l" * 100)
                 fd = os.open(d / "synced", os.O_CREAT | os.O_WRONLY, 0o644)
                 os.write(fd, b"fsynced")
                 os.fsync(fd)
                 os.close(fd)
+                # mkdirs left to write-back too (fs/mkdirback.py): one lost with its
+                # file, one sent by the fsync of the file made in it.
+                (d / "lostdir").mkdir()
+                (d / "lostdir" / "f").write_bytes(b"lost")
+                (d / "keptdir").mkdir()
+                fd = os.open(d / "keptdir" / "f", os.O_CREAT | os.O_WRONLY, 0o644)
+                os.write(fd, b"kept")
+                os.fsync(fd)
+                os.close(fd)
                 _wait("closes left to write-back", 10, lambda: _leases(pc, a).get("deferred"))
+                _wait(
+                    "mkdirs left to write-back",
+                    10,
+                    lambda: _leases(pc, a).get("mkdirs_deferred") == 2,
+                )
                 assert a.proc is not None
                 a.proc.kill()  # kill -9 of the daemon: no write-back, no release
                 a.proc.wait()
@@ -237,8 +262,10 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
             names = sorted(os.listdir(b.mountpoint / "d"))
             took = time.monotonic() - started
             assert took <= term + 6, f"waited {took:.1f} s for a {term} s lease"
-            assert names == sorted([*sent, "synced"]), names
+            assert names == sorted([*sent, "synced", "keptdir"]), names
             assert (b.mountpoint / "d" / "synced").read_bytes() == b"fsynced"
+            assert os.listdir(b.mountpoint / "d" / "keptdir") == ["f"]
+            assert (b.mountpoint / "d" / "keptdir" / "f").read_bytes() == b"kept"
             for i, name in enumerate(sent):
                 assert (b.mountpoint / "d" / name).read_bytes() == b"s" * i
 

@@ -63,6 +63,10 @@ class MetadataCache:
         #: The attributes of an object only this mount knows yet (a create left to
         #: directory write-back: ``PendingCreates.deferred_stat``), else None.
         self.local_stat: Callable[[int], dict[str, Any] | None] = lambda _oid: None
+        #: The links a directory gains from mkdirs in it this mount answered and has not
+        #: sent (``PendingMkdirs.links_in``): an update of the directory answers the
+        #: servers' count, without them.
+        self.pending_links: Callable[[int], int] = lambda _oid: 0
 
     def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
         """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
@@ -112,6 +116,10 @@ class MetadataCache:
             self.own[oid] = (s, kept[1])
 
     def own_stat(self, oid: int, s: dict[str, Any]) -> None:
+        if s["k"] == "d":
+            links = self.pending_links(oid)
+            if links:
+                s = dict(s, nl=s["nl"] + links)
         self.own[oid] = (s, trio.current_time())
         if s["k"] == "d":
             self.parents[oid] = s["p"]

@@ -63,6 +63,10 @@ class PendingCreate:
     resend_at: float = 0.0
 
 
+async def _nothing(_oid: int) -> None:
+    return None
+
+
 class CreateSender:
     """Makes a pending create on the servers (:meth:`send_now`).  Given the protocol calls,
     the cache, the handle table, the flush engine, how to open another client's file as a
@@ -87,10 +91,14 @@ class CreateSender:
         self.lease_token = meta.lease_token
         #: (``CreateTable.moved_files``: a create that met another client's file -> that file)
         self._moved = moved
+        #: Sends the mkdir of a directory if it waits in write-back (``fs/mkdirback.py``,
+        #: set with it): a create in it goes after it, and is not gated.
+        self.made_parent: Callable[[int], Awaitable[None]] = _nothing
 
     async def send_now(self, p: PendingCreate) -> None:
         """One update making ``p``; on a name another client made meanwhile, open that
         file instead (:meth:`collided`)."""
+        await self.made_parent(p.parent)
         for _ in range(MAX_ATTEMPTS):
             f = self.cache.files.get(p.oid)
             try:
@@ -188,6 +196,7 @@ class CreateSender:
         ``CreateSends._write_back_closed``) need no ``fs.lock``; all made, or none (the
         caller then sends each alone, where every special case is handled)."""
         parent = ps[0].parent
+        await self.made_parent(parent)
         files = [self.cache.files[p.oid] for p in ps]
         made = [self._item(p, f) for p, f in zip(ps, files, strict=True)]
         items = [{k: v for k, v in arg.items() if k != "p"} for arg, _ in made]

@@ -94,6 +94,7 @@ from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.inlinebatch import write_inline_many
 from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
+from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.mounttag import MountTagged
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
@@ -219,7 +220,6 @@ class FileSystem:
             self.pending.writeback = WriteBack(
                 self.meta.leases, commit, self.pending.sends.send_deferred
             )
-            self.cache.local_stat = self.pending.deferred_stat
             # ... and removals there return before they are sent (fs/unlinkback.py).
             unlinks = PendingUnlinks(
                 self.meta,
@@ -247,6 +247,23 @@ class FileSystem:
             )
             self.pending.held = self.handles.held = held
             unlinks.discard_held = held.discard
+            # ... and mkdirs there return before they are sent (fs/mkdirback.py).
+            mkdirs = PendingMkdirs(
+                self.meta,
+                self.cache,
+                self.pending.writeback,
+                held_name=lambda parent, name: (
+                    self.pending.creates.named(parent, name)
+                    or unlinks.pending(parent, name) is not None
+                ),
+            )
+            self.pending.writeback.send_mkdirs = mkdirs.send_due
+            self.order.mkdirs = self.names.mkdirs = mkdirs
+            self.pending.sender.made_parent = unlinks.made_dir = mkdirs.made
+            self.cache.pending_links = mkdirs.links_in
+            self.cache.local_stat = lambda oid: (
+                mkdirs.stat_of(oid) or self.pending.deferred_stat(oid)
+            )
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance

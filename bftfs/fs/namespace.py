@@ -31,6 +31,7 @@ from bftfs.fs.errors import (
     check_name,
 )
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Stale, _Taken
+from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
 from bftfs.fs.unlinkback import PendingUnlinks
@@ -87,6 +88,8 @@ class Names:
         #: Applies a rename in the mount when it may be (``PendingCreates.rename_deferred``,
         #: wired by ``FileSystem`` with write-back): whether it did.
         self.rename_here: Callable[[int, bytes, int, bytes, int], Awaitable[bool]] = _never
+        #: Mkdirs left to directory write-back (``fs/mkdirback.py``; None: none).
+        self.mkdirs: PendingMkdirs | None = None
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -104,6 +107,9 @@ class Names:
         f = self.cache.files.get(ino)
         if f is not None and (f.opens or self._held_here(ino)):
             return self.cache.attr(ino, f.st)
+        own = self.cache.own.get(ino)
+        if own is not None and own[0]["k"] == "d" and self._made_and_held_here(ino):
+            return self.cache.attr(ino, own[0])  # only this mount changed it (a copy's tree)
         s = await self.cache.stat(ino, within)
         if reached_by_name:  # (not open here: the kernel asks the same for an fstat)
             self.check_reached(ino, s)
@@ -208,6 +214,7 @@ class Names:
             guess is None
             or self.cache.fresh(guess[0]) is not None
             or (guess[0] in self.cache.files and self._held_here(guess[0]))
+            or (guess[1] == obj.DIR_TYPE and self._made_and_held_here(guess[0]))
         ):  # the name alone (its answer often leased), then attributes known or fresh
             try:
                 oid, code = await self.meta.query(parent, "fs.lookup", name)
@@ -383,13 +390,19 @@ class Names:
         its listing known whole (empty): what is then made in it goes to write-back at
         once, and the lookups of the new names are answered "not found" here, with no
         lease or listing round.  In a directory this mount holds exclusively the lease is
-        inherited (``fsobjects.leases.INHERIT``), elsewhere granted on its own
-        (``NEW_LEASE``)."""
+        inherited (``fsobjects.leases.INHERIT``), and the mkdir itself waits in
+        write-back when it may (:attr:`mkdirs`); elsewhere the lease is granted on its
+        own (``NEW_LEASE``)."""
         arg: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
         leases = self.meta.leases
         if leases is None:
             return await self._make(parent, name, "fs.mkdir", arg)
         if leases.exclusive_left(parent) > 0:
+            if self.mkdirs is not None:  # answered here, sent later (fs/mkdirback.py)
+                check_name(name, self.name_max)
+                answered = self.mkdirs.defer(parent, name, mode, uid, gid)
+                if answered is not None:
+                    return answered
             made = await self._make(parent, name, "fs.mkdir", {**arg, INHERIT: 1})
             leases.inherit(parent, [made.ino], empty_dirs=True)
             return made

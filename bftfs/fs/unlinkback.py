@@ -112,6 +112,9 @@ class PendingUnlinks:
         #: Drops a closed file this mount holds exclusively, its buffered writes with it,
         #: when this removal is its last name (``HeldFiles.discard``).
         self.discard_held: Callable[[int], bool] | None = None
+        #: Sends the mkdir of a directory if it waits in write-back (``fs/mkdirback.py``,
+        #: set with it): a directory's times go after it, and are not gated.
+        self.made_dir: Callable[[int], Awaitable[None]] | None = None
 
     def holds_back(self) -> bool:
         return bool(self._by_oid or self._touches)
@@ -291,6 +294,8 @@ class PendingUnlinks:
             t = self._touches.get(parent)
             if t is None:
                 continue  # a removal carried it meanwhile
+            if self.made_dir is not None:
+                await self.made_dir(parent)
             try:
                 s = await self.meta.update_now([parent], "fs.setattr", {"touch": t, "now": t})
             except Unavailable:

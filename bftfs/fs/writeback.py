@@ -38,6 +38,7 @@ import trio
 if TYPE_CHECKING:
     from bftfs.fs.createsend import PendingCreate
     from bftfs.fs.leases import Leases
+    from bftfs.fs.mkdirback import PendingMkdir
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ class WriteBack:
         #: (``fs/unlinkback.py``): directory -> due in trio time, and how they go.
         self._touches: dict[int, float] = {}
         self.send_touches: Callable[[list[int]], Awaitable[None]] | None = None
+        #: Deferred mkdirs (``fs/mkdirback.py``) by object id: (mkdir, due in trio time),
+        #: and how they go (``PendingMkdirs.send_due``; set with them).
+        self._mkdirs: dict[int, tuple[PendingMkdir, float]] = {}
+        self.send_mkdirs: Callable[[list[PendingMkdir]], Awaitable[None]] | None = None
         #: Deferred creates whose file was opened again (:meth:`reopened`): when they
         #: were due, which their next deferral keeps.
         self._reopened: dict[int, float] = {}
@@ -149,7 +154,7 @@ class WriteBack:
         self.leases.want_exclusive(p.parent)
         if (
             left <= 2 * LEASE_MARGIN
-            or len(self._due) + len(self._unlinks) + len(self._touches) >= MAX_DEFERRED
+            or self._count() >= MAX_DEFERRED
             or size > MAX_FILE
             or sum(self._sizes.values()) + size > MAX_BYTES
         ):
@@ -167,16 +172,37 @@ class WriteBack:
         directory's exclusive lease, as a deferred create does."""
         left = self.leases.exclusive_left(u.parent)
         self.leases.want_exclusive(u.parent)
-        if (
-            self.send_unlinks is None
-            or left <= 2 * LEASE_MARGIN
-            or len(self._due) + len(self._unlinks) + len(self._touches) >= MAX_DEFERRED
-        ):
+        if self.send_unlinks is None or left <= 2 * LEASE_MARGIN or self._count() >= MAX_DEFERRED:
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
         self.stats["unlinks_deferred"] += 1
         self._started()
         return True
+
+    def _count(self) -> int:
+        return len(self._due) + len(self._unlinks) + len(self._touches) + len(self._mkdirs)
+
+    def defer_mkdir(self, m: PendingMkdir) -> bool:
+        """Whether mkdir ``m`` may wait: its parent is leased here exclusively for more
+        than twice the margin, and the bound leaves room (``fs/mkdirback.py``)."""
+        left = self.leases.exclusive_left(m.parent)
+        self.leases.want_exclusive(m.parent)
+        if self.send_mkdirs is None or left <= 2 * LEASE_MARGIN:
+            return False
+        if self._count() >= MAX_DEFERRED:
+            return False
+        self._mkdirs[m.oid] = (m, self._due_time(left))
+        self._started()
+        return True
+
+    def retry_mkdir(self, m: PendingMkdir, after: float) -> None:
+        """Mkdir ``m`` went unanswered: due again in ``after`` seconds."""
+        self._mkdirs[m.oid] = (m, trio.current_time() + after)
+        self._started()
+
+    def mkdir_sent(self, oid: int) -> None:
+        """The mkdir of ``oid`` was made or failed for good."""
+        self._mkdirs.pop(oid, None)
 
     def defer_touch(self, parent: int) -> bool:
         """Whether directory ``parent``'s times may wait for write-back (a create and its
@@ -241,6 +267,10 @@ class WriteBack:
             gone = _with_their_batches(self._unlinks.values(), now)
             due = _with_their_batches(self._due.values(), now)
             touched = [parent for parent, at in self._touches.items() if at <= now]
+            made = [m for m, at in self._mkdirs.values() if at <= now]
+            if made and self.send_mkdirs is not None:  # first: what is made in them follows
+                await self.send_mkdirs(made)
+                continue
             if gone or due or touched:  # creates first: a removal may be of a file they make
                 await self._send_batches(due)
                 await self._send_unlinks(gone)
@@ -249,6 +279,7 @@ class WriteBack:
             self._wake = trio.Event()
             times = [at for _, at in self._due.values()] + [at for _, at in self._unlinks.values()]
             times += self._touches.values()
+            times += [at for _, at in self._mkdirs.values()]
             nxt = min(times, default=None)
             with trio.move_on_at(nxt if nxt is not None else float("inf")):
                 await self._wake.wait()
@@ -257,6 +288,8 @@ class WriteBack:
         """Send every deferred removal and create now (unmount, ``fsync`` of a directory);
         ``parallel``: directories whose creates are sent at once (each directory's
         updates follow one another, as they change it; a tree's restore uses many)."""
+        if self._mkdirs and self.send_mkdirs is not None:
+            await self.send_mkdirs([m for m, _ in self._mkdirs.values()])
         await self._send_batches([p for p, _ in self._due.values()], parallel)
         await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_touches(list(self._touches))

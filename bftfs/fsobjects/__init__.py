@@ -101,7 +101,7 @@ from bftfs.fsobjects.limits import (
     XATTR_TOTAL_MAX,
 )
 from bftfs.fsobjects.methods import FS, OBJECT_TYPES
-from bftfs.fsobjects.names import created_stat
+from bftfs.fsobjects.names import created_stat, made_dir_stat
 from bftfs.fsobjects.ranges import merge_extents
 from bftfs.fsobjects.snapshots import snapshot_name, snapshot_times, valid_snapshot_name
 from bftfs.fsobjects.state import check_name, check_xattr_name, entries, new_dir, stat_of
@@ -140,6 +140,7 @@ __all__ = [
     "check_name",
     "check_xattr_name",
     "created_stat",
+    "made_dir_stat",
     "entries",
     "merge_extents",
     "new_dir",

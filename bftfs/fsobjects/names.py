@@ -278,6 +278,19 @@ def created_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict
     return dict(child)
 
 
+def made_dir_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict[str, Any]:
+    """The stat ``fs.mkdir`` with ``arg`` answers for its new directory in a directory of
+    that mode and group (a mkdir a client answers before sending it, ``fs/mkdirback.py``:
+    the same code as :func:`created_stat`, set-group-ID inheritance included).
+
+    Raises:
+        MethodRefused: as ``fs.mkdir`` would for ``arg``.
+    """
+    stand_in = new_dir(ROOT, parent_mode, 0, parent_gid, int(arg.get("now") or 0))
+    _, (child, _) = _mkdir({ROOT: stand_in, int(arg["o"]): None}, dict(arg, p=ROOT))
+    return dict(child, p=arg["p"])
+
+
 def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """A new directory object and its entry; the parent gains a link (the child's ``..``)."""
     a = _arg(arg)
