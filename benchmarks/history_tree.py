@@ -58,7 +58,7 @@ from pathlib import Path
 from profiling import cpu_seconds
 
 from bftfs.policy import RetentionPolicy
-from bftfs.testing.mounts import Mount
+from bftfs.testing.mounts import Mount, fsync_paths
 from bftfs.testing.processes import ProcessCluster
 
 PER_DIR = 50
@@ -164,22 +164,14 @@ def _build(root: Path, files: int, rng: random.Random) -> dict[str, bytes]:
     return written
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _reach_the_nodes(root: Path) -> None:
     """``fsync`` every directory under ``root`` and ``root``'s own: the creates, removals
     and renames directory write-back holds (up to ``commit=`` seconds, docs/fs.md) reach
     the nodes, and so the history, before the moment the script notes next."""
     for d in sorted({p for p in root.rglob("*") if p.is_dir()}, reverse=True):
-        _fsync(d)
-    _fsync(root)
-    _fsync(root.parent)
+        fsync_paths(d)
+    fsync_paths(root)
+    fsync_paths(root.parent)
 
 
 def _rewrite(path: Path, data: bytes) -> None:

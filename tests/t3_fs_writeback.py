@@ -302,9 +302,11 @@ def test_lookups_of_new_names_in_an_exclusively_leased_directory_need_no_round(
         with pytest.raises(NotEmpty):
             await a.rmdir(d, b"sub")  # refused: the name stays in the listing
         assert (await a.lookup(d, b"sub")).ino == sub
-        await a.rename(d, b"warm1", d, b"moved", 0)  # not one entry: the listing goes
-        assert d not in leases.answers.listings
+        await a.rename(d, b"warm1", d, b"moved", 0)  # within d: the listing follows it
+        assert b"warm1" not in leases.answers.listings[d]
         assert (await a.lookup(d, b"moved")).size == 1
+        await a.rename(d, b"moved", ROOT, b"out", 0)  # out of d: the listing goes
+        assert d not in leases.answers.listings
 
     run(tmp_path, body, fs_options=OPTIONS)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
@@ -143,11 +143,11 @@ def test_directory_log_names_what_changed(setup: tuple[ProcessCluster, Path, Pat
     d.mkdir()  # (leased to the mount: each change is sent by an fsync, else write-back
     # folds a create and its rename into one, and a create and its removal into nothing)
     (d / "a").write_bytes(b"1")
-    fsync_dirs(d)
+    fsync_paths(d)
     os.rename(d / "a", d / "b")
-    fsync_dirs(d)
+    fsync_paths(d)
     (d / "c").write_bytes(b"2")
-    fsync_dirs(d)
+    fsync_paths(d)
     os.unlink(d / "c")
     changes = [c for r in reversed(log_of(cluster, d)) for c in r["changes"]]
     assert changes == ["created", "added a", "renamed a -> b", "added c", "removed c"], changes
@@ -202,7 +202,7 @@ def test_a_time_travel_mount_shows_the_tree_as_it_was_and_refuses_writes(
     (tree / "sub" / "deeper").mkdir(parents=True)
     for i, rel in enumerate(["a", "sub/b", "sub/deeper/c", "big"]):
         (tree / rel).write_bytes(rng.randbytes(300_000 if rel == "big" else 50 + i))
-    fsync_dirs(tree, tree / "sub", tree / "sub" / "deeper")  # (write-back holds the files)
+    fsync_paths(tree, tree / "sub", tree / "sub" / "deeper")  # (write-back holds the files)
     then = _snapshot(tree)
     moment = time.time_ns()
     (tree / "a").write_bytes(b"changed")
@@ -248,7 +248,7 @@ def test_restore_brings_a_deleted_tree_back_identical(
     (tree / "secret").write_bytes(b"s")
     os.chmod(tree / "secret", 0o600)
     os.symlink("docs/a.txt", tree / "link")
-    fsync_dirs(tree, tree / "docs", tree / "docs" / "old")  # (write-back holds the files)
+    fsync_paths(tree, tree / "docs", tree / "docs" / "old")  # (write-back holds the files)
     then, modes = _snapshot(tree), _modes(tree)
     moment = time.time_ns()
     shutil.rmtree(tree)
@@ -273,14 +273,14 @@ def test_restore_into_the_cluster_by_path_inside_it_and_in_place_with_delete(
     (tree / "sub").mkdir(parents=True)
     for name in ("a", "b", "sub/c"):
         (tree / name).write_bytes(f"{name} first\n".encode())
-    fsync_dirs(tree, tree / "sub")
+    fsync_paths(tree, tree / "sub")
     then, moment = _snapshot(tree), time.time_ns()
     with open(tree / "a", "wb") as f:  # (a held file's writes wait for commit= otherwise)
         f.write(b"a second\n")
         f.flush()
         os.fsync(f.fileno())
     (tree / "late").write_bytes(b"made after\n")
-    fsync_dirs(tree)
+    fsync_paths(tree)
     inside = "fs:/" + str(tree.relative_to(mine))
     out = bftfs(cluster, "restore", inside, "--at", at(moment), "--to", inside + "-copy")
     assert "3 files" in out.stdout.decode(), out.stdout
@@ -306,7 +306,7 @@ def test_a_restore_stopped_by_a_directory_in_the_way_says_so_and_runs_again(
     (tree / "f").mkdir()
     write(tree / "f" / "inner", b"in the way\n")
     write(tree / "a", b"a later\n")
-    fsync_dirs(tree)
+    fsync_paths(tree)
     inside = "fs:/" + str(tree.relative_to(mine))
     got = bftfs(cluster, "restore", inside, "--at", at(moment), check=False)
     err = got.stderr.decode()
@@ -332,7 +332,7 @@ def test_restore_replaces_a_link_planted_where_a_file_was_and_never_writes_throu
     tree = mine / "linked"
     tree.mkdir()
     (tree / "f").write_bytes(b"original\n")
-    fsync_dirs(tree)  # (write-back holds the create: on the nodes before `moment`)
+    fsync_paths(tree)  # (write-back holds the create: on the nodes before `moment`)
     moment = time.time_ns()
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"not the cluster's\n")
@@ -343,16 +343,6 @@ def test_restore_replaces_a_link_planted_where_a_file_was_and_never_writes_throu
     assert not (tree / "f").is_symlink() and (tree / "f").read_bytes() == b"original\n"
 
 
-def fsync_dirs(*dirs: Path) -> None:
-    """``fsync`` each directory: what write-back holds of it goes to the nodes."""
-    for d in dirs:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def test_diff_lists_exactly_what_changed(setup: tuple[ProcessCluster, Path, Path, str]) -> None:
     cluster, mine, _, _ = setup
     tree = mine / "changing"
@@ -361,17 +351,17 @@ def test_diff_lists_exactly_what_changed(setup: tuple[ProcessCluster, Path, Path
         (tree / name).write_bytes(f"{name} one\n".encode())
     # Creates and removals a mount holds back (directory write-back, on by default) reach
     # the nodes, and so the history, at an fsync of their directory, as on a local disk.
-    fsync_dirs(tree, tree / "sub")
+    fsync_paths(tree, tree / "sub")
     first = time.time_ns()
     (tree / "a").write_bytes(b"a two\n")
     os.unlink(tree / "b")
     os.rename(tree / "c", tree / "c2")
     (tree / "e").write_bytes(b"new\n")
     os.chmod(tree / "sub" / "d", 0o600)
-    fsync_dirs(tree, tree / "sub")
+    fsync_paths(tree, tree / "sub")
     second = time.time_ns()
     (tree / "after").write_bytes(b"not in the range\n")
-    fsync_dirs(tree)
+    fsync_paths(tree)
     got = bftfs(cluster, "diff", str(tree), "--from", at(first), "--to", at(second))
     assert got.stdout.decode().splitlines() == [
         "M a (content)",
@@ -397,7 +387,7 @@ def test_revert_undoes_one_clients_vandalism_and_keeps_everyone_elses_later_work
     for name, data in original.items():
         (tree / name).write_bytes(data)
     (tree / "docs" / "d").write_bytes(b"draft 1\n")
-    fsync_dirs(tree, tree / "docs")  # on the nodes before `since` (write-back holds them)
+    fsync_paths(tree, tree / "docs")  # on the nodes before `since` (write-back holds them)
     since = time.time_ns()
     vandal = theirs / "shared"
     (vandal / "a").write_bytes(b"PWNED")

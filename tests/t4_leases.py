@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from bftfs.fuse import control
-from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 pytestmark = [
@@ -105,15 +105,6 @@ def _lease_exclusively(pc: ProcessCluster, m: Mount, d: Path, prefix: str) -> li
             break
     _wait("an exclusive lease", 30, lambda: _holds_exclusively(pc, m))
     return made
-
-
-def _fsync(path: Path) -> None:
-    """``fsync`` of a file or directory (a directory's sends what write-back holds)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _calls_after(pc: ProcessCluster, m: Mount, moment: float) -> dict[str, int]:
@@ -233,7 +224,7 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
                 d = a.mountpoint / "d"
                 d.mkdir()
                 sent = _lease_exclusively(pc, a, d, "sent")
-                _fsync(d)  # (they wait in write-back too: d came leased with its mkdir)
+                fsync_paths(d)  # (they wait in write-back too: d came leased with its mkdir)
                 for i in range(3):
                     (d / f"lost{i}").write_bytes(b"l" * 100)
                 fd = os.open(d / "synced", os.O_CREAT | os.O_WRONLY, 0o644)

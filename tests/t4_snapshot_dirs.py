@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from bftfs.fs.snapinodes import SNAPDIR
-from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
@@ -66,16 +66,6 @@ def files_and_bytes(root: Path) -> tuple[int, int]:
     return len(seen), sum(seen.values())
 
 
-def fsync_dirs(*dirs: Path) -> None:
-    """``fsync`` each directory: what write-back holds of it goes to the nodes."""
-    for d in dirs:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessCluster, Path]]:
     """A cluster of real node processes and one live mount of it."""
@@ -105,7 +95,7 @@ def test_a_snapshot_directory_shows_the_tree_as_it_was(
     then = tree_of(top)
     # What directory write-back holds (leases, on by default) reaches the nodes, and so a
     # snapshot, at an fsync of its directory (docs/history.md), as before a ZFS snapshot.
-    fsync_dirs(top, top / "sub")
+    fsync_paths(top, top / "sub")
     bftfs(cluster, "snapshot", "create", "before-edits")
     (top / "changed").write_bytes(b"x" * 1000)
     (top / "small").write_bytes(b"now")
@@ -118,7 +108,7 @@ def test_a_snapshot_directory_shows_the_tree_as_it_was(
     assert not (shown / "new").exists()
     assert (top / "changed").read_bytes() == b"x" * 1000  # the live tree is the live one
     # One file in two snapshots is two versions: two inodes, the kernel mixes up neither
-    fsync_dirs(top)
+    fsync_paths(top)
     bftfs(cluster, "snapshot", "create", "after-edits")
     later = mnt / ".snapshots" / "after-edits" / "proj"
     assert (later / "changed").read_bytes() == b"x" * 1000

@@ -6,7 +6,6 @@ nodes of view 2 takes their view and works."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tarfile
 from dataclasses import replace
@@ -33,7 +32,7 @@ from bftfs.membership.viewkeys import ADMIN_CHAINS, NODE_CHAIN, Chain, load_node
 from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import Server
-from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 
@@ -82,15 +81,6 @@ async def look_up_f(cfg: ClusterConfig) -> object:
         except Exception as e:  # ClusterUnavailable, or a group of them
             return e
     return "nothing within 10 s"
-
-
-def fsync(path: Path) -> None:
-    """Through to the nodes: nothing left in the mount's write-behind."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def files_holding(root: Path, secrets: list[bytes]) -> list[str]:
@@ -159,7 +149,7 @@ def test_the_nodes_of_an_ended_view_cannot_prove_it_to_a_client_that_knows_no_ne
         if fuse_available():
             with Mount(laptop, tmp_path / "m1", client="client0") as m:
                 (m.mountpoint / "f").write_bytes(b"written in view 1")
-                fsync(m.mountpoint / "f")
+                fsync_paths(m.mountpoint / "f")
 
         got = bftfs(home, "client", "add", "frank", "-o", str(tmp_path / "frank.tar.gz"))
         assert "view 2 acknowledged by 6 of 6" in got.stdout, got.stdout

@@ -4,8 +4,9 @@ goes first, so whatever this mount does is seen by the servers in the order it d
 Four kinds of work are held back in the mount, each by its own part, and this gate asks
 each in turn before a gated query or update on ``objects``:
 
-0. the mkdirs held back (``fs/mkdirback.py``): of a directory among the objects, and
-   those in one of them that the call is not merely about another entry of;
+0. the mkdirs and renames held back (``fs/mkdirback.py``, ``fs/renameback.py``): of a
+   directory or moved object among the objects, and those in one of them that the call
+   is not merely about another entry of;
 1. the buffered writes of the files held exclusively here (``fs/heldfiles.py``) named
    by the call;
 2. the removals held back in a directory (``fs/unlinkback.py``) the call is about;
@@ -33,6 +34,7 @@ from bftfs.fs.createsends import CreateSends
 from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import StaleView
 from bftfs.fs.mkdirback import PendingMkdirs
+from bftfs.fs.renameback import PendingRenames
 from bftfs.fs.unlinkback import about_another_entry
 
 
@@ -50,12 +52,16 @@ class CallOrder:
         #: Mkdirs held back (``fs/mkdirback.py``; None: none): first, since what is made
         #: in a directory follows its mkdir.
         self.mkdirs: PendingMkdirs | None = None
+        #: Renames held back (``fs/renameback.py``; None: none): next, since a create,
+        #: removal or mkdir of a name they moved follows them.
+        self.renames: PendingRenames | None = None
 
     def holds_back(self) -> bool:
         """Whether anything may have to go first (asked before every call)."""
         unlinks, held = self.creates.unlinks, self.creates.held
         return (
             (self.mkdirs is not None and self.mkdirs.holds_back())
+            or (self.renames is not None and self.renames.holds_back())
             or self.creates.holds_back_creates()
             or (unlinks is not None and unlinks.holds_back())
             or (held is not None and held.holds_back())
@@ -67,6 +73,8 @@ class CallOrder:
         unlinks, held = self.creates.unlinks, self.creates.held
         if self.mkdirs is not None and self.mkdirs.holds_back():
             await self.mkdirs.before(objects, names, arg)
+        if self.renames is not None and self.renames.holds_back():
+            await self.renames.before(objects, names, arg)
         if held is not None and held.holds_back():
             await held.before(objects)
         if unlinks is not None and unlinks.holds_back():

@@ -91,8 +91,9 @@ class CreateSender:
         self.lease_token = meta.lease_token
         #: (``CreateTable.moved_files``: a create that met another client's file -> that file)
         self._moved = moved
-        #: Sends the mkdir of a directory if it waits in write-back (``fs/mkdirback.py``,
-        #: set with it): a create in it goes after it, and is not gated.
+        #: Sends the mkdir of a directory and the renames in it if they wait in write-back
+        #: (``fs/mkdirback.py``, ``fs/renameback.py``; set with them): a create in it goes
+        #: after them, and is not gated.
         self.made_parent: Callable[[int], Awaitable[None]] = _nothing
 
     async def send_now(self, p: PendingCreate) -> None:

@@ -98,6 +98,7 @@ from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.mounttag import MountTagged
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.renameback import PendingRenames
 from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
 from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fs.writeback import WriteBack
@@ -255,11 +256,34 @@ class FileSystem:
                 held_name=lambda parent, name: (
                     self.pending.creates.named(parent, name)
                     or unlinks.pending(parent, name) is not None
+                    or renames.names_held(parent, name)
                 ),
             )
-            self.pending.writeback.send_mkdirs = mkdirs.send_due
+            # ... and so do renames within such a directory (fs/renameback.py).
+            renames = PendingRenames(
+                self.meta,
+                self.cache,
+                self.pending.writeback,
+                held_name=lambda parent, name: (
+                    self.pending.creates.named(parent, name)
+                    or unlinks.pending(parent, name) is not None
+                    or mkdirs.named(parent, name)
+                ),
+                is_pending_create=self.pending.is_pending,
+            )
+            self.pending.writeback.entry_senders["mkdir"] = mkdirs.send_due
+            self.pending.writeback.entry_senders["rename"] = renames.send_due
             self.order.mkdirs = self.names.mkdirs = mkdirs
-            self.pending.sender.made_parent = unlinks.made_dir = mkdirs.made
+            self.order.renames = self.names.renames = renames
+            mkdirs.renames_in = renames.made_in
+            renames.made_dir = mkdirs.made
+
+            async def entries_first(directory: int) -> None:
+                """What an ungated update of ``directory``'s entries must follow."""
+                await mkdirs.made(directory)
+                await renames.made_in(directory)
+
+            self.pending.sender.made_parent = unlinks.made_dir = entries_first
             self.cache.pending_links = mkdirs.links_in
             self.cache.local_stat = lambda oid: (
                 mkdirs.stat_of(oid) or self.pending.deferred_stat(oid)

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bftfs.fsobjects import DIR_TYPE, entries
+from bftfs.fsobjects import DIR_TYPE, RENAME_EXCHANGE, entries
 from bftfs.qu.canon import canonical
 from bftfs.qu.objects import MethodRefused
 
@@ -53,6 +53,9 @@ def made_entries(method: str, arg: Any) -> dict[bytes, list[int]]:
     id, type code] (a link's type is not in it: left out, as is anything malformed)."""
     if not isinstance(arg, dict):
         return {}
+    if method == "fs.rename":  # (same directory: ``Meta._entry_of``) there, object not said
+        names = (arg.get("sn"), arg.get("dn")) if arg.get("flags", 0) & RENAME_EXCHANGE else ()
+        return {n: [] for n in (*names, arg.get("dn")) if isinstance(n, bytes)}
     if method == "fs.createmany":
         items = arg.get("files")
     elif method in ("fs.create", "fs.createwrite", "fs.mkdir"):
@@ -201,6 +204,12 @@ class LeasedAnswers:
         elif method in _REMOVES_NAME and outcome == "taken":
             for name in names:
                 listing.pop(name, None)
+        elif method == "fs.rename" and outcome == "taken":  # within the directory
+            for name in names:  # the destination (both, exchanged) is there; the source not
+                if name in (made or {}):
+                    listing[name] = (made or {})[name] or None
+                else:
+                    listing.pop(name, None)
 
     def drop(self, oid: int) -> None:
         """The lease on ``oid`` ended: nothing kept of it answers any more."""

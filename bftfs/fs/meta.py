@@ -103,6 +103,10 @@ def _entry_of(
             name = arg.get("name")
             if isinstance(name, bytes):
                 return p, frozenset((name,))
+        sp, sn, dn = arg.get("sp"), arg.get("sn"), arg.get("dn")
+        within = method == "fs.rename" and isinstance(sp, int) and sp == arg.get("dp")
+        if within and isinstance(sp, int) and isinstance(sn, bytes) and isinstance(dn, bytes):
+            return sp, frozenset((sn, dn))  # a rename within one directory
         many = method in ("fs.createmany", "fs.unlinkmany")
         if many and isinstance(p, int) and isinstance(arg.get("files"), list):
             names = [f.get("name") if isinstance(f, dict) else None for f in arg["files"]]

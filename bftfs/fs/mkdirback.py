@@ -37,7 +37,7 @@ The ``fs.mkdir`` itself (with the lease inherited, while the parent is held) is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +54,15 @@ from bftfs.fsobjects.leases import INHERIT
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
+    from bftfs.fs.leases import Leases
     from bftfs.fs.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
 #: Seconds before a mkdir the cluster did not answer is sent again.
 RESEND = 1.0
+#: Its kind among write-back's entry updates.
+KIND = "mkdir"
 
 
 @dataclass(eq=False)
@@ -78,6 +81,18 @@ class PendingMkdir:
     sending: trio.Event | None = None
     sender: trio.lowlevel.Task | None = None
     done: trio.Event = field(default_factory=trio.Event)
+
+
+def answered_by_listing(leases: Leases | None, objects: list[int], arg: Any) -> bool:
+    """Whether a call is a lookup that the directory's leased listing answers (a miss, or
+    a name made or moved there, a waiting mkdir's or rename's too): it never reaches the
+    servers, so nothing held back need go first (``Leases.cached`` answers it next)."""
+    if leases is None or not isinstance(arg, bytes) or len(objects) != 1:
+        return False
+    d = objects[0]
+    return leases.known_absent(d, arg) or (
+        leases.exclusive_left(d) > 0 and leases.answers.listed_entry(d, arg) is not None
+    )
 
 
 class PendingMkdirs:
@@ -100,9 +115,16 @@ class PendingMkdirs:
         self._held_name = held_name
         self._by_oid: dict[int, PendingMkdir] = {}
         self._by_dir: dict[int, dict[bytes, PendingMkdir]] = {}
+        #: Sends the renames held back in a directory (``PendingRenames.made_in``, set
+        #: with them): a mkdir of a name a rename moved away goes after it.
+        self.renames_in: Callable[[int], Awaitable[None]] | None = None
 
     def holds_back(self) -> bool:
         return bool(self._by_oid)
+
+    def named(self, parent: int, name: bytes) -> bool:
+        """Whether a mkdir of ``name`` in ``parent`` is held back."""
+        return name in self._by_dir.get(parent, {})
 
     def pending_of(self, oid: int) -> PendingMkdir | None:
         return self._by_oid.get(oid)
@@ -151,7 +173,7 @@ class PendingMkdirs:
         except MethodRefused as e:
             raise from_refusal(e.code, e.message) from None
         m = PendingMkdir(parent, name, arg["o"], arg, child)
-        if not self.writeback.defer_mkdir(m):
+        if not self.writeback.defer_entry(KIND, m.oid, parent, m):
             return None
         self._by_oid[m.oid] = m
         self._by_dir.setdefault(parent, {})[name] = m
@@ -172,7 +194,7 @@ class PendingMkdirs:
 
     async def before(self, objects: list[int], names: set[bytes] | frozenset, arg: Any) -> None:
         """Send the mkdirs a call on ``objects`` (about ``names``) must follow."""
-        if self._listed_lookup(objects, arg):
+        if answered_by_listing(self.meta.leases, objects, arg):
             return
         for oid in objects:
             m = self._by_oid.get(oid)
@@ -181,18 +203,6 @@ class PendingMkdirs:
             for m in list(self._by_dir.get(oid, {}).values()):
                 if m.name in names or not about_another_entry(oid, m.name, objects, arg):
                     await self.send(m)
-
-    def _listed_lookup(self, objects: list[int], arg: Any) -> bool:
-        """Whether a call is a lookup that the directory's leased listing answers (a miss,
-        or a name made there, a waiting mkdir's too): it never reaches the servers, so no
-        mkdir need go first (``Leases.cached`` answers it next)."""
-        leases = self.meta.leases
-        if leases is None or not isinstance(arg, bytes) or len(objects) != 1:
-            return False
-        d = objects[0]
-        return leases.known_absent(d, arg) or (
-            leases.exclusive_left(d) > 0 and leases.answers.listed_entry(d, arg) is not None
-        )
 
     async def made(self, oid: int) -> None:
         """Send the mkdir of directory ``oid`` if it waits (an update of what was made in
@@ -215,7 +225,7 @@ class PendingMkdirs:
             except Exception as e:  # noqa: BLE001 - a background task must go on
                 log.warning("mkdir of %r not sent yet (again in %g s): %s", m.name, RESEND, e)
                 if self._by_oid.get(m.oid) is m:
-                    self.writeback.retry_mkdir(m, RESEND)
+                    self.writeback.retry_entry(KIND, m.oid, m, RESEND)
 
     async def send(self, m: PendingMkdir) -> None:
         """Make ``m`` on the servers, once: a call of another task waits for it; a call
@@ -233,6 +243,8 @@ class PendingMkdirs:
         m.sending, m.sender = trio.Event(), trio.lowlevel.current_task()
         try:
             await self.made(m.parent)  # a pending directory's own mkdir first
+            if self.renames_in is not None:
+                await self.renames_in(m.parent)
             await self._send_now(m)
         finally:
             event, m.sending, m.sender = m.sending, None, None
@@ -309,5 +321,5 @@ class PendingMkdirs:
             del names[m.name]
             if not names:
                 del self._by_dir[m.parent]
-        self.writeback.mkdir_sent(m.oid)
+        self.writeback.entry_sent(KIND, m.oid)
         m.done.set()

@@ -34,6 +34,7 @@ from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Stale, _Taken
 from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
+from bftfs.fs.renameback import PendingRenames
 from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fsobjects import ROOT
 from bftfs.fsobjects.leases import INHERIT, LEASE_TIME, NEW_LEASE
@@ -90,6 +91,8 @@ class Names:
         self.rename_here: Callable[[int, bytes, int, bytes, int], Awaitable[bool]] = _never
         #: Mkdirs left to directory write-back (``fs/mkdirback.py``; None: none).
         self.mkdirs: PendingMkdirs | None = None
+        #: Renames left to directory write-back (``fs/renameback.py``; None: none).
+        self.renames: PendingRenames | None = None
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -114,6 +117,15 @@ class Names:
         if reached_by_name:  # (not open here: the kernel asks the same for an fstat)
             self.check_reached(ino, s)
         return self.cache.attr(ino, s)
+
+    def _listed_as(self, parent: int, name: bytes, oid: int) -> bool:
+        """Whether the leased listing of ``parent`` names ``oid`` for ``name``: the name
+        alone is then answered in the mount (no round, nothing held back sent first)."""
+        leases = self.meta.leases
+        if leases is None or leases.exclusive_left(parent) <= 0:
+            return False
+        entry = leases.answers.listed_entry(parent, name)
+        return entry is not None and entry[0] == oid
 
     def _held_here(self, ino: int) -> bool:
         """Whether this mount holds ``ino`` exclusively: its kept state is the file's
@@ -215,6 +227,7 @@ class Names:
             or self.cache.fresh(guess[0]) is not None
             or (guess[0] in self.cache.files and self._held_here(guess[0]))
             or (guess[1] == obj.DIR_TYPE and self._made_and_held_here(guess[0]))
+            or self._listed_as(parent, name, guess[0])
         ):  # the name alone (its answer often leased), then attributes known or fresh
             try:
                 oid, code = await self.meta.query(parent, "fs.lookup", name)
@@ -499,10 +512,15 @@ class Names:
     ) -> None:
         """rename(2) (``fs/rename.py``): names this mount checks the length of.  A file
         whose create still waits in write-back is renamed in the mount when it may be
-        (:attr:`rename_here`): the create then goes under its new name."""
+        (:attr:`rename_here`): the create then goes under its new name; a file the
+        servers hold, renamed within a directory held here, too (:attr:`renames`)."""
         check_name(new_name, self.name_max)
         if await self.rename_here(parent, name, new_parent, new_name, flags):
             return
+        if self.renames is not None and self.renames.defer(
+            parent, name, new_parent, new_name, flags
+        ):
+            return  # written back later (fs/renameback.py)
         await Rename(self.meta, self.cache, self.reclaimer, self.name_max).run(
             parent, name, new_parent, new_name, flags
         )

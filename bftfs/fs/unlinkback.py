@@ -112,8 +112,9 @@ class PendingUnlinks:
         #: Drops a closed file this mount holds exclusively, its buffered writes with it,
         #: when this removal is its last name (``HeldFiles.discard``).
         self.discard_held: Callable[[int], bool] | None = None
-        #: Sends the mkdir of a directory if it waits in write-back (``fs/mkdirback.py``,
-        #: set with it): a directory's times go after it, and are not gated.
+        #: Sends the mkdir of a directory and the renames in it if they wait in write-back
+        #: (``fs/mkdirback.py``, ``fs/renameback.py``; set with them): a directory's
+        #: removals and times go after them, and are not gated.
         self.made_dir: Callable[[int], Awaitable[None]] | None = None
 
     def holds_back(self) -> bool:
@@ -251,6 +252,8 @@ class PendingUnlinks:
             await event.wait()
 
     async def _send_batch(self, us: list[PendingUnlink]) -> None:
+        if self.made_dir is not None:
+            await self.made_dir(us[0].parent)
         if len(us) > 1:
             parent = us[0].parent
             items = [{"o": u.oid, "name": u.name, "now": u.now} for u in us]

@@ -31,14 +31,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
 if TYPE_CHECKING:
     from bftfs.fs.createsend import PendingCreate
     from bftfs.fs.leases import Leases
-    from bftfs.fs.mkdirback import PendingMkdir
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +132,11 @@ class WriteBack:
         #: (``fs/unlinkback.py``): directory -> due in trio time, and how they go.
         self._touches: dict[int, float] = {}
         self.send_touches: Callable[[list[int]], Awaitable[None]] | None = None
-        #: Deferred mkdirs (``fs/mkdirback.py``) by object id: (mkdir, due in trio time),
-        #: and how they go (``PendingMkdirs.send_due``; set with them).
-        self._mkdirs: dict[int, tuple[PendingMkdir, float]] = {}
-        self.send_mkdirs: Callable[[list[PendingMkdir]], Awaitable[None]] | None = None
+        #: Other deferred entry updates by (kind, key): (update, due in trio time), and
+        #: how each kind goes, in the order kinds are sent: ``mkdir`` first
+        #: (``fs/mkdirback.py``), then ``rename`` (``fs/renameback.py``); set with them.
+        self._entries: dict[tuple[str, int], tuple[Any, float]] = {}
+        self.entry_senders: dict[str, Callable[[list[Any]], Awaitable[None]]] = {}
         #: Deferred creates whose file was opened again (:meth:`reopened`): when they
         #: were due, which their next deferral keeps.
         self._reopened: dict[int, float] = {}
@@ -180,29 +180,40 @@ class WriteBack:
         return True
 
     def _count(self) -> int:
-        return len(self._due) + len(self._unlinks) + len(self._touches) + len(self._mkdirs)
+        return len(self._due) + len(self._unlinks) + len(self._touches) + len(self._entries)
 
-    def defer_mkdir(self, m: PendingMkdir) -> bool:
-        """Whether mkdir ``m`` may wait: its parent is leased here exclusively for more
-        than twice the margin, and the bound leaves room (``fs/mkdirback.py``)."""
-        left = self.leases.exclusive_left(m.parent)
-        self.leases.want_exclusive(m.parent)
-        if self.send_mkdirs is None or left <= 2 * LEASE_MARGIN:
+    def defer_entry(self, kind: str, key: int, parent: int, update: Any) -> bool:
+        """Whether entry update ``update`` of ``kind`` (a mkdir, a rename) in directory
+        ``parent`` may wait: the directory is leased here exclusively for more than twice
+        the margin, and the bound leaves room."""
+        left = self.leases.exclusive_left(parent)
+        self.leases.want_exclusive(parent)
+        if kind not in self.entry_senders or left <= 2 * LEASE_MARGIN:
             return False
         if self._count() >= MAX_DEFERRED:
             return False
-        self._mkdirs[m.oid] = (m, self._due_time(left))
+        self._entries[kind, key] = (update, self._due_time(left))
         self._started()
         return True
 
-    def retry_mkdir(self, m: PendingMkdir, after: float) -> None:
-        """Mkdir ``m`` went unanswered: due again in ``after`` seconds."""
-        self._mkdirs[m.oid] = (m, trio.current_time() + after)
+    def retry_entry(self, kind: str, key: int, update: Any, after: float) -> None:
+        """Entry update ``update`` went unanswered: due again in ``after`` seconds."""
+        self._entries[kind, key] = (update, trio.current_time() + after)
         self._started()
 
-    def mkdir_sent(self, oid: int) -> None:
-        """The mkdir of ``oid`` was made or failed for good."""
-        self._mkdirs.pop(oid, None)
+    def entry_sent(self, kind: str, key: int) -> None:
+        """The entry update ``(kind, key)`` was taken or failed for good."""
+        self._entries.pop((kind, key), None)
+
+    async def _send_entries(self, due_by: float) -> bool:
+        """Send the entry updates due by ``due_by``, kind by kind; whether any was."""
+        sent = False
+        for kind, send in self.entry_senders.items():
+            due = [u for (k, _), (u, at) in self._entries.items() if k == kind and at <= due_by]
+            if due:
+                await send(due)
+                sent = True
+        return sent
 
     def defer_touch(self, parent: int) -> bool:
         """Whether directory ``parent``'s times may wait for write-back (a create and its
@@ -267,9 +278,7 @@ class WriteBack:
             gone = _with_their_batches(self._unlinks.values(), now)
             due = _with_their_batches(self._due.values(), now)
             touched = [parent for parent, at in self._touches.items() if at <= now]
-            made = [m for m, at in self._mkdirs.values() if at <= now]
-            if made and self.send_mkdirs is not None:  # first: what is made in them follows
-                await self.send_mkdirs(made)
+            if await self._send_entries(now):  # first: what is made in them follows
                 continue
             if gone or due or touched:  # creates first: a removal may be of a file they make
                 await self._send_batches(due)
@@ -279,7 +288,7 @@ class WriteBack:
             self._wake = trio.Event()
             times = [at for _, at in self._due.values()] + [at for _, at in self._unlinks.values()]
             times += self._touches.values()
-            times += [at for _, at in self._mkdirs.values()]
+            times += [at for _, at in self._entries.values()]
             nxt = min(times, default=None)
             with trio.move_on_at(nxt if nxt is not None else float("inf")):
                 await self._wake.wait()
@@ -288,8 +297,7 @@ class WriteBack:
         """Send every deferred removal and create now (unmount, ``fsync`` of a directory);
         ``parallel``: directories whose creates are sent at once (each directory's
         updates follow one another, as they change it; a tree's restore uses many)."""
-        if self._mkdirs and self.send_mkdirs is not None:
-            await self.send_mkdirs([m for m, _ in self._mkdirs.values()])
+        await self._send_entries(float("inf"))
         await self._send_batches([p for p, _ in self._due.values()], parallel)
         await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_touches(list(self._touches))

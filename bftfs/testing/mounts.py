@@ -3,7 +3,8 @@
 ``with Mount(config, mountpoint, client="client0") as m:`` spawns ``bftfs mount --fg``,
 waits until the directory is a mount point while checking the daemon is alive, and on exit
 always unmounts (``fusermount3 -u``, lazily if busy) and stops the daemon, even when the
-body failed.  :func:`fuse_available` tells tests to skip where there is no ``/dev/fuse``.
+body failed.  :func:`fuse_available` tells tests to skip where there is no ``/dev/fuse``;
+:func:`fsync_paths` sends what a mount holds back for a file or directory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from bftfs import proc
 from bftfs.config import ClusterConfig
 from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, daemon_command
 from bftfs.local import config_path
+
+
+def fsync_paths(*paths: Path) -> None:
+    """``fsync`` each file or directory in a mount: what its write-back holds goes to the
+    nodes (a directory's sends every create, removal and mkdir held back)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def fuse_available() -> bool:

@@ -1,9 +1,9 @@
-"""Tier 3: mkdirs left to directory write-back (issue 33, ``fs/mkdirback.py``) on the
-in-process cluster (real node services, TCP, LMDB, keys).
+"""Tier 3: mkdirs and renames left to directory write-back (issue 33, ``fs/mkdirback.py``,
+``fs/renameback.py``) on the in-process cluster (real node services, TCP, LMDB, keys).
 
-A mount that holds a directory exclusively answers a mkdir in it without a round; the
-``fs.mkdir`` goes when due, at ``fsync``, before a call that needs it, or when another
-client recalls the lease."""
+A mount that holds a directory exclusively answers a mkdir or a rename in it without a
+round; the update goes when due, at ``fsync``, before a call that needs it, or when
+another client recalls the lease."""
 
 from __future__ import annotations
 
@@ -125,5 +125,79 @@ def test_calls_that_need_a_waiting_mkdir_send_it_first(tmp_path: Path) -> None:
         assert {n for n, _ in await b.readdir(top)} == {b"full", b"mode"}
         assert await read_all(b, full, b"f") == b"kept"
         assert (await b.getattr(mode)).mode & 0o7777 == 0o700
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+async def sent_file(fs: FileSystem, parent: int, name: bytes, data: bytes) -> int:
+    """A file the servers hold (made, then its directory fsynced)."""
+    ino = await new_file(fs, parent, name, data)
+    await fs.write_back()
+    return ino
+
+
+def test_a_rename_within_a_held_directory_is_applied_in_the_mount(tmp_path: Path) -> None:
+    """``mv a b`` of a file the servers hold, in a directory held exclusively: no round;
+    the old name is "not found" and the new one answered from the leased listing; a new
+    file under the old name (``mv a b; touch a``) and a removal of the new name wait
+    too, and all reach the servers in order: the other client, recalling the lease,
+    sees exactly the result."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        leases = a.meta.leases
+        assert leases is not None
+        top = (await a.mkdir(ROOT, b"top", 0o755, 0, 0)).ino
+        one = await sent_file(a, top, b"one", b"first")
+        two = await sent_file(a, top, b"two", b"second")
+        await sent_file(a, top, b"three", b"third")
+        before = Counter(a.meta.methods)
+        await a.rename(top, b"one", top, b"uno", 0)
+        with pytest.raises(NotFound):
+            await a.lookup(top, b"one")
+        assert (await a.lookup(top, b"uno")).ino == one
+        await new_file(a, top, b"one", b"again")  # a new file under the old name
+        await a.rename(top, b"two", top, b"dos", 0)
+        await a.unlink(top, b"dos")
+        await a.rename(top, b"three", top, b"tres", 0)
+        assert not rounds_since(a, before), rounds_since(a, before)
+        assert leases.stats["renames_deferred"] == 3
+        # A listing stats the moved files: their renames go first (they move ctime).
+        listed = {n for n, _ in await a.readdir(top)}
+        assert listed == {b"uno", b"one", b"tres"}, listed
+
+        assert {n for n, _ in await b.readdir(top)} == listed  # recalls: all sent first
+        assert rounds_since(a, before)["fs.rename"] == 3
+        assert leases.stats["renames_deferred"] == 3
+        assert await read_all(b, top, b"uno") == b"first"
+        assert await read_all(b, top, b"one") == b"again"
+        assert await read_all(b, top, b"tres") == b"third"
+        assert (await b.lookup(top, b"uno")).ino == one
+        with pytest.raises(NotFound):
+            await b.lookup(top, b"dos")
+        assert (await b.getattr(two)).nlink == 0  # removed (its object is kept a while)
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_renames_that_cannot_wait_go_at_once(tmp_path: Path) -> None:
+    """A rename over an existing name, of a directory, or out of the directory goes to
+    the servers at once, after the renames held back there."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        top = (await a.mkdir(ROOT, b"top", 0o755, 0, 0)).ino
+        await sent_file(a, top, b"f", b"f")
+        await sent_file(a, top, b"g", b"g")
+        other = (await b.mkdir(ROOT, b"other", 0o755, 0, 0)).ino
+        renames = a.meta.methods["fs.rename"]
+        await a.rename(top, b"f", top, b"h", 0)  # waits
+        assert a.meta.methods["fs.rename"] == renames
+        await a.rename(top, b"g", top, b"h", 0)  # over h: the first goes, then this one
+        assert a.meta.methods["fs.rename"] == renames + 2
+        await a.rename(top, b"h", other, b"moved", 0)  # out of the directory
+        assert a.meta.methods["fs.rename"] == renames + 3
+        assert await read_all(b, other, b"moved") == b"g"
+        assert {n for n, _ in await b.readdir(top)} == set()
 
     run(tmp_path, body, fs_options=OPTIONS)
