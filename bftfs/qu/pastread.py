@@ -350,12 +350,21 @@ class PastReader:
         *,
         everyone: bool,
     ) -> None:
-        """One round of pages from ``start`` added to ``reports`` (and, from everyone, the
-        versions they cover to ``timed_all``)."""
+        """One round of pages from ``start`` added to ``reports`` (and, from everyone,
+        ``start`` and the versions every answering server's page reached to ``timed_all``).
+
+        A page says nothing of the versions past where it stops: its server holds the
+        version there only by object sync (no ``lt_co``) or lacks the one before it, and
+        may still hold older ones (it made them before it lagged).  Counting a version as
+        asked of everyone because *some* server's page covered it left its time unknown
+        when the servers that stopped above it were the ones needed for ``2b + 1``
+        reports: ``revert`` exited 7 under lease contention (the issue 36 follow-up,
+        ``benchmarks/results/2026-11-27-revert-exit7.md``)."""
         pages = await self._pages(oid, start, everyone=everyone)
         self._add(pages, reports)
         if everyone:
-            timed_all.update(e.lt for page in pages.values() for e in page)
+            covered = [{e.lt for e in page} for page in pages.values()]
+            timed_all.update(set.intersection(*covered) if covered else ())
             timed_all.add(start)
 
     @staticmethod
