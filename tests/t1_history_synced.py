@@ -49,9 +49,9 @@ def _chain(cl: MemCluster, synced_at: dict[int, int], *, lacking: bool = False) 
             co = ts(t)
 
 
-def _walk(cl: MemCluster) -> Walk:
+def _walk(cl: MemCluster) -> tuple[Walk, PastReader]:
     reader = PastReader(MemEndpoint(cl, int(client_id(0))), cl.th)  # type: ignore[arg-type]
-    return trio.run(reader.walk, OID, ts(4))
+    return trio.run(reader.walk, OID, ts(4)), reader
 
 
 def test_versions_before_one_synced_get_their_time_from_the_nodes_that_synced_it() -> None:
@@ -60,13 +60,14 @@ def test_versions_before_one_synced_get_their_time_from_the_nodes_that_synced_it
     cl = MemCluster()
     cl.slow.add(0)
     _chain(cl, {s: 350 for s in range(2, 6)})
-    walk = _walk(cl)
+    walk, reader = _walk(cl)
     assert walk.end is End.INITIAL
     assert [a.lt for a in walk.versions] == [ts(4), ts(3), ts(2), ts(1)]
     # Without the fix versions 2 and 1 were of unknown time (reported by nodes 0 and 1).
     assert [a.time_ns for a in walk.versions] == [400, 350, 200, 100]
     at = current_at([a.time_ns for a in walk.versions], 250)
     assert not at.undecided and at.index == 2
+    assert reader.timed_on_second_ask == 1  # version 2 (its round brought version 1 too)
 
 
 def test_a_version_only_b_plus_1_nodes_hold_stays_of_unknown_time() -> None:
@@ -75,6 +76,7 @@ def test_a_version_only_b_plus_1_nodes_hold_stays_of_unknown_time() -> None:
     cl = MemCluster()
     cl.slow.add(0)
     _chain(cl, {s: 350 for s in range(2, 6)}, lacking=True)
-    walk = _walk(cl)
+    walk, reader = _walk(cl)
     assert [a.time_ns for a in walk.versions] == [400, 350, None, None]
+    assert reader.timed_on_second_ask == 0
     assert current_at([a.time_ns for a in walk.versions], 250).undecided
