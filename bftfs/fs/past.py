@@ -31,6 +31,7 @@ state, as a thinned block's never does).
 from __future__ import annotations
 
 import collections
+import datetime
 import stat as st
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -177,8 +178,6 @@ def _reclaimed(oid: int, times: list[int | None]) -> Reclaimed:
 
 
 def _iso(ns: int | None) -> str:
-    import datetime
-
     if ns is None:
         return "an unknown time"
     return datetime.datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
@@ -243,9 +242,10 @@ class Past:
         return (
             f"history: {r.rounds} chain rounds, {r.start_rounds} start rounds settling "
             f"{r.started} objects, {self.qu.statistics().rounds} Q/U rounds, "
-            f"{r.fetches} state requests, {r.offered_taken} states offered and taken, {r.waits} "
-            f"longer waits, {getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} "
-            "objects; " + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+            f"{r.fetches} state requests, {r.offered_taken} states offered and taken, "
+            f"{r.timed_on_second_ask} times known on a second ask, {r.waits} longer waits, "
+            f"{getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} objects; "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
         )
 
     async def history(self, oid: int) -> ObjectHistory:

@@ -114,6 +114,9 @@ class PastReader:
         #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
         self.fetches = 0
         self.offered_taken = 0
+        #: Versions whose time became known only by asking every node from the version
+        #: itself after some node's page in an everyone-round had reached it (:meth:`_gather`).
+        self.timed_on_second_ask = 0
 
     async def _pages(
         self, oid: int, start: Timestamp, *, everyone: bool
@@ -312,6 +315,9 @@ class PastReader:
         asked_all: Timestamp | None = None
         #: Versions every answering server was asked about (in a page from everyone).
         timed_all: set[Timestamp] = set()
+        #: The versions each everyone-round's pages reached, and those asked again.
+        reached: list[set[Timestamp]] = []
+        asked_again: set[Timestamp] = set()
         pages_from: Timestamp | None = None
         if seed is not None and seed.start == start:
             self._add(seed.pages, reports)
@@ -328,14 +334,18 @@ class PastReader:
                     out.end = End.RECLAIMED
                     return out
                 everyone = pages_from == want  # a quorum was not enough: ask everyone
-                await self._gather(oid, want, reports, timed_all, everyone=everyone)
+                await self._gather(oid, want, reports, timed_all, reached, everyone=everyone)
                 if everyone:
                     asked_all = want
                 pages_from = want
                 continue
             if got.time_ns is None and want not in timed_all:
-                await self._gather(oid, want, reports, timed_all, everyone=True)
+                if any(want in page for page in reached):
+                    asked_again.add(want)
+                await self._gather(oid, want, reports, timed_all, reached, everyone=True)
                 continue
+            if got.time_ns is not None and want in asked_again:
+                self.timed_on_second_ask += 1
             out.versions.append(got)
             if until_ns is not None and got.time_ns is not None and got.time_ns <= until_ns:
                 return out
@@ -347,16 +357,27 @@ class PastReader:
         start: Timestamp,
         reports: dict[Timestamp, dict[int, ChainEntry]],
         timed_all: set[Timestamp],
+        reached: list[set[Timestamp]],
         *,
         everyone: bool,
     ) -> None:
-        """One round of pages from ``start`` added to ``reports`` (and, from everyone, the
-        versions they cover to ``timed_all``)."""
+        """One round of pages from ``start`` added to ``reports`` (and, from everyone,
+        ``start`` and the versions every answering server's page reached to ``timed_all``).
+
+        A page says nothing of the versions past where it stops: its server holds the
+        version there only by object sync (no ``lt_co``) or lacks the one before it, and
+        may still hold older ones (it made them before it lagged).  Counting a version as
+        asked of everyone because *some* server's page covered it left its time unknown
+        when the servers that stopped above it were the ones needed for ``2b + 1``
+        reports: ``revert`` exited 7 under lease contention (the issue 36 follow-up,
+        ``benchmarks/results/2026-11-27-revert-exit7.md``)."""
         pages = await self._pages(oid, start, everyone=everyone)
         self._add(pages, reports)
         if everyone:
-            timed_all.update(e.lt for page in pages.values() for e in page)
+            covered = [{e.lt for e in page} for page in pages.values()]
+            timed_all.update(set.intersection(*covered) if covered else ())
             timed_all.add(start)
+            reached.append(set.union(*covered) if covered else set())
 
     @staticmethod
     def _add(
