@@ -186,7 +186,7 @@ def markdown(result: dict[str, Any]) -> str:
             "counted). "
         )
         + "GlusterFS replica 3 and bftfs (t = b = 1, durable) each with "
-        "two mounts, one process on each; local: both in one directory. Median of "
+        "two mounts, one process on each; local: one mount, the disk. Median of "
         f"{cfg['runs']} interleaved run(s); time cap {cfg['cap']:.0f} s per process.",
         "",
         "| target | tx/s both (sum) | min-max | tx/s per process | vs local | vs GlusterFS "
