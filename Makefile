@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full bench-contention \
-	bench-andrew bench-postmark bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
+	bench-andrew bench-postmark bench-two-postmarks bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
 	bench-scalability bench-engines bench-replace clean
 
 setup:
@@ -88,6 +88,11 @@ bench-seqio: bench-setup
 # operations per second and what the leases did (no lease ping-pong; issue 33).
 bench-contention: setup
 	$(BIN)/python benchmarks/contention.py $(BENCH_ARGS)
+
+# Two real PostMark processes at once in one shared directory (two mounts each for bftfs,
+# with and without leases, and GlusterFS; one directory on the local disk): tx/s (issue 33).
+bench-two-postmarks: bench-setup
+	$(BIN)/python benchmarks/two_postmarks.py $(BENCH_ARGS)
 
 # Wall time and CPU per file-system operation (create, open, stat, read, unlink) on the
 # three targets: the figure to compare before and after an optimisation.

@@ -69,16 +69,27 @@ def postmark_config(
 
 
 def run_postmark(
-    site: Site, work: Path, args: argparse.Namespace, progress: Progress
+    site: Site | None,
+    work: Path,
+    args: argparse.Namespace,
+    progress: Progress,
+    location: Path | None = None,
+    keep_text: bool = False,
 ) -> dict[str, Any]:
-    """One PostMark run in ``site``; the phase times and the transaction rate.
+    """One PostMark run in ``site`` (in ``location``, an existing directory, if given: two
+    PostMarks sharing one directory, ``two_postmarks.py``); the phase times and the
+    transaction rate, and PostMark's whole output as ``text`` if ``keep_text``.
 
     Raises:
         PostMarkError: PostMark exited with an error, or was stopped at the time cap before
             completing a tenth of its transactions.
     """
-    loc = site.path / "postmark"
-    os.mkdir(loc)
+    if location is None:
+        assert site is not None
+        loc = site.path / "postmark"
+        os.mkdir(loc)
+    else:
+        loc = location
     cfg = work / f"postmark-{os.getpid()}-{time.monotonic_ns()}.cfg"
     cfg.write_text(
         postmark_config(loc, args.files, args.transactions, args.seed, args.size_min, args.size_max)
@@ -137,6 +148,8 @@ def run_postmark(
     if "delete_end" in marks:
         res["delete_s"] = marks["delete_end"] - marks["delete_start"]
     res["postmark_report"] = _report(text)
+    if keep_text:
+        res["text"] = text
     if capped and "tps" not in res:
         phase = "transactions" if "tx_start" in marks else "file creation"
         raise PostMarkError(

@@ -1,0 +1,330 @@
+"""Two real PostMarks at once in one directory, with and without leases (issue 33).
+
+Issue 33's contention bar: two clients working in one directory stay as fast with leases as
+without, shown "with two PostMarks in one directory".  ``contention.py``'s ``distinct``
+pattern imitates that; this runs the real program (``postmark.py``'s configuration and
+output parsing): per target, two PostMark processes start at once, each with its own
+configuration file and seed (``--seed`` and ``--seed + 1``) but the same ``set location``
+and no subdirectories, so both create, read, append and delete their files side by side in
+one directory.  PostMark names its files from its random numbers; different seeds give
+different names, and each process deletes only the files it made (a name both pick, or a
+file of the other's removed, would show as an error PostMark prints: those are reported).
+
+Targets, interleaved per repetition:
+
+* ``local``: both processes in one directory of the local disk;
+* ``glusterfs``: a GlusterFS replica-3 volume (``gluster.py``) mounted twice, one process
+  on each mount (two clients, as bftfs);
+* ``bftfs-nolease`` / ``bftfs-lease``: a fresh cluster (t = b = 1, durable) with two mounts
+  (client0, client1, as ``contention.py``), mount option ``lease=0`` / ``lease=30``; the
+  leases' counters (recalls, refusals, exclusive, deferred) from both mounts' status files.
+
+Reported: transactions per second of both processes together (the sum of their rates) and
+of each, medians over ``--runs`` interleaved runs, and the ratios to local and GlusterFS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import contention  # noqa: E402
+import gluster  # noqa: E402
+import postmark  # noqa: E402
+from common import Progress  # noqa: E402
+
+TARGETS = ("local", "glusterfs", "bftfs-nolease", "bftfs-lease")
+LEASE_KEYS = ("recalled", "refused", "exclusive", "deferred", "taken")
+
+
+def _error_lines(text: str) -> list[str]:
+    """PostMark's complaints (``Error: ...``), e.g. a file the other process removed."""
+    return [ln.strip() for ln in text.splitlines() if re.match(r"\s*Error", ln)]
+
+
+def run_pair(loc: Path, locs: list[Path], work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Two PostMarks at once, the i-th working in ``locs[i]`` (one path per mount of the
+    shared directory ``loc``); each one's result, and the sum of their rates."""
+    loc.mkdir()
+    if args.apart:  # the last resort: one directory each, side by side in ``loc``
+        locs = [p / f"p{i}" for i, p in enumerate(locs)]
+        locs[0].mkdir()
+        locs[1].mkdir()
+    results: list[dict[str, Any]] = [{}, {}]
+    quiet = Progress("two-postmarks", quiet=True)
+
+    def one(i: int) -> None:
+        mine = argparse.Namespace(**vars(args))
+        mine.seed = args.seed + i
+        try:
+            results[i] = postmark.run_postmark(
+                None, work, mine, quiet, location=locs[i], keep_text=True
+            )
+        except (postmark.PostMarkError, OSError) as e:
+            results[i]["error"] = str(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out: dict[str, Any] = {"procs": []}
+    for r in results:
+        text = r.pop("text", "")
+        errs = _error_lines(text)
+        r["postmark_errors_n"] = len(errs)
+        r["postmark_errors"] = errs[:10]
+        out["procs"].append(r)
+    if all("tps" in r for r in results):
+        out["tps"] = sum(r["tps"] for r in results)
+    out["left_in_dir"] = len(os.listdir(locs[0])) if locs[0].exists() else None
+    return out
+
+
+@contextlib.contextmanager
+def _gluster_two(base: Path) -> Iterator[tuple[Path, Path, dict[str, Any]]]:
+    """A replica-3 volume mounted twice (two FUSE clients)."""
+    with gluster.volume(base) as vol:
+        second = base / "mnt2"
+        second.mkdir()
+        gluster._mount(vol.name, second, base / "client2.log")
+        try:
+            yield vol.mountpoint, second, vol.info
+        finally:
+            with contextlib.suppress(OSError):
+                gluster._unmount(second)
+
+
+def run_target(name: str, work: Path, args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    """One run of both PostMarks on a fresh ``name`` target."""
+    base = work / f"{name}-{tag}"
+    base.mkdir()
+    try:
+        if name == "local":
+            d = base / "shared"
+            return run_pair(d, [d, d], work, args)
+        if name == "glusterfs":
+            with _gluster_two(base) as (a, b, _info):
+                return run_pair(a / "shared", [a / "shared", b / "shared"], work, args)
+        from bftfs.testing.mounts import Mount
+        from bftfs.testing.processes import ProcessCluster
+
+        options = contention.TARGETS[name]
+        with (
+            ProcessCluster(base / "c", map_size=1 << 30, durable=True, clients=2) as pc,
+            Mount(pc.config, base / "a", client="client0", options=options) as ma,
+            Mount(pc.config, base / "b", client="client1", options=options) as mb,
+        ):
+            a, b = ma.mountpoint, mb.mountpoint
+            out = run_pair(a / "shared", [a / "shared", b / "shared"], work, args)
+            leases = contention._leases(pc, ma) + contention._leases(pc, mb)
+            out["leases"] = {k: leases[k] for k in LEASE_KEYS}
+            return out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in TARGETS:
+        mine = [r for r in runs if r["target"] == name]
+        ok = [r for r in mine if "tps" in r]
+        leases: Counter[str] = Counter()
+        for r in ok:
+            leases.update(r.get("leases") or {})
+        out[name] = {
+            "runs": len(ok),
+            "tps_median": common.median([r["tps"] for r in ok]),
+            "tps_min_max": common.spread([r["tps"] for r in ok]),
+            "per_process_median": [
+                common.median([r["procs"][i]["tps"] for r in ok]) for i in (0, 1)
+            ],
+            "leases": dict(leases) if any(r.get("leases") for r in ok) else None,
+            "errors": [r["error"] for r in mine if "error" in r]
+            + [e for r in mine for p in r.get("procs", []) for e in [p.get("error")] if e],
+            "postmark_errors_median": common.median(
+                [sum(p.get("postmark_errors_n", 0) for p in r["procs"]) for r in ok]
+            ),
+            "postmark_errors": [
+                e for r in mine for p in r.get("procs", []) for e in p.get("postmark_errors", [])
+            ][:10],
+        }
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cfg, s = result["config"], result["summary"]
+    local = (s.get("local") or {}).get("tps_median")
+    gl = (s.get("glusterfs") or {}).get("tps_median")
+    lines = [
+        f"### Two PostMarks in one directory ({result['date']})",
+        "",
+        f"Two PostMark processes at once per target, each {cfg['files']} files and "
+        f"{cfg['transactions']} transactions (sizes {cfg['size_min']}-{cfg['size_max']} B, "
+        f"seeds {cfg['seed']} and {cfg['seed'] + 1}), "
+        + (
+            "each in its own subdirectory (p0, p1) of one shared directory (`--apart`: "
+            "PostMark names its files 1, 2, 3 ... in every process, so in one directory "
+            "the two would share every name). "
+            if cfg.get("apart")
+            else "both with the same `set location` (no subdirectories), so on the same "
+            "names: PostMark names its files 1, 2, 3 ... in every process, and each reads, "
+            "appends to and deletes files the other also made or removed (its errors are "
+            "counted). "
+        )
+        + "GlusterFS replica 3 and bftfs (t = b = 1, durable) each with "
+        "two mounts, one process on each; local: one mount, the disk. Median of "
+        f"{cfg['runs']} interleaved run(s); time cap {cfg['cap']:.0f} s per process.",
+        "",
+        "| target | tx/s both (sum) | min-max | tx/s per process | vs local | vs GlusterFS "
+        "| PostMark errors | leases (all runs) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, v in s.items():
+        tps = v["tps_median"]
+        mm = v["tps_min_max"]
+        per = " / ".join("-" if x is None else f"{x:.0f}" for x in v["per_process_median"])
+        lz = v["leases"]
+        shown = ", ".join(f"{k} {n}" for k, n in lz.items() if n) or "none" if lz else "-"
+        lines.append(
+            f"| {name} | {'-' if tps is None else f'{tps:.0f}'} | "
+            f"{'-' if mm is None else f'{mm[0]:.0f}-{mm[1]:.0f}'} | {per} | "
+            f"{common.fmt_ratio(common.ratio(tps, local))} | "
+            f"{common.fmt_ratio(common.ratio(tps, gl))} | "
+            f"{'-' if v['postmark_errors_median'] is None else v['postmark_errors_median']:.0f} | "
+            f"{shown} |"
+        )
+    partial = [
+        n
+        for r in result["runs"]
+        for n in [r["target"]]
+        if any("partial" in p for p in r.get("procs", []))
+    ]
+    if partial:
+        lines += ["", f"Stopped at the time cap (rate over the tenths done): {', '.join(partial)}."]
+    errs = {n: v for n, v in s.items() if v["errors"] or v["postmark_errors"]}
+    if errs:
+        lines += [
+            "",
+            "PostMark errors (median per run of both processes' in the table); first few:",
+        ]
+        for n, v in errs.items():
+            for e in (v["errors"] + v["postmark_errors"])[:5]:
+                lines.append(f"- {n}: `{e.splitlines()[0][:300]}`")
+    else:
+        lines += ["", "Neither PostMark printed an error on any target (no name collisions)."]
+    m, c = result["machine"], result["commit"]
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, Python {m['python']}; "
+        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
+        f"Commit {str(c['commit'])[:10]}{' (with uncommitted changes)' if c['dirty'] else ''}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=500, help="PostMark 'set number' per process")
+    ap.add_argument("--transactions", type=int, default=2000, help="per process")
+    ap.add_argument("--size-min", type=int, default=500)
+    ap.add_argument("--size-max", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=42, help="the first process's; the second +1")
+    ap.add_argument("--runs", type=int, default=3, help="interleaved runs per target")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="subset of " + ",".join(TARGETS))
+    ap.add_argument("--cap", type=float, default=240.0, help="seconds per PostMark process")
+    ap.add_argument(
+        "--apart",
+        action="store_true",
+        help="each process in its own subdirectory (p0, p1) of the shared one: no shared "
+        "names (PostMark names its files 1, 2, 3 ... in every process)",
+    )
+    ap.add_argument("--work", type=Path, default=Path("/var/tmp"))
+    ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
+    ap.add_argument("--name", default="two-postmarks", help="results file stem")
+    args = ap.parse_args(argv)
+    args.targets = [t for t in args.targets.split(",") if t]
+    for t in args.targets:
+        if t not in TARGETS:
+            ap.error(f"unknown target {t!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.install_sigterm_handler()
+    progress = Progress("two-postmarks")
+    if shutil.which("postmark") is None:
+        progress("postmark is not installed: run scripts/setup-bench.sh")
+        return 2
+    targets = list(args.targets)
+    if "glusterfs" in targets and gluster.why_not():
+        progress(f"glusterfs skipped: {gluster.why_not()}")
+        targets.remove("glusterfs")
+    machine = common.machine_info()
+    date = common.now_utc()
+    work = Path(tempfile.mkdtemp(prefix="bftfs-2pm-", dir=args.work))
+    runs: list[dict[str, Any]] = []
+    try:
+        for rep in range(args.runs):
+            for name in targets:
+                progress(f"run {rep + 1}/{args.runs} {name:<14}", end="")
+                rec: dict[str, Any] = {"target": name, "rep": rep}
+                try:
+                    rec.update(run_target(name, work, args, f"r{rep}"))
+                except Exception as e:  # a failed set-up is recorded, the others go on
+                    rec["error"] = f"{type(e).__name__}: {e}"
+                per = " + ".join(f"{p.get('tps', 0):.0f}" for p in rec.get("procs", []))
+                progress.more(
+                    f" -> {rec.get('tps', 0):.0f} tx/s ({per}) {rec.get('leases', '')}"
+                    f" {rec.get('error', '')[:200]}",
+                    end="\n",
+                )
+                runs.append(rec)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    machine["loadavg_end"] = list(os.getloadavg())
+    result = {
+        "benchmark": "two-postmarks",
+        "date": date,
+        "machine": machine,
+        "commit": common.commit_info(),
+        "config": {
+            k: getattr(args, k)
+            for k in (
+                "files",
+                "transactions",
+                "size_min",
+                "size_max",
+                "seed",
+                "runs",
+                "cap",
+                "apart",
+            )
+        }
+        | {"targets": targets},
+        "runs": runs,
+        "summary": {k: v for k, v in summarise(runs).items() if k in targets},
+    }
+    md = common.write_results(
+        args.out, args.name, result, markdown, None, progress, with_plot=False
+    )
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
