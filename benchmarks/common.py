@@ -565,6 +565,18 @@ def glusterfs_note(result: dict[str, Any]) -> str:
     )
 
 
+def machine_markdown(result: dict[str, Any]) -> list[str]:
+    """The closing lines of a results file: the machine, its load at the start and the end
+    of the run, and the commit measured (``machine_info``, ``commit_info``)."""
+    m, c = result["machine"], result["commit"]
+    return [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, Python {m['python']}; "
+        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
+        f"Commit {str(c['commit'])[:10]}{' (with uncommitted changes)' if c['dirty'] else ''}.",
+    ]
+
+
 def skipped_markdown(skipped: dict[str, str]) -> list[str]:
     if not skipped:
         return []

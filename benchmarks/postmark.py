@@ -435,13 +435,7 @@ def markdown(result: dict[str, Any]) -> str:
             )
     elif prof.get("error"):
         lines += ["", f"Profile run failed: `{prof['error'].splitlines()[0][:300]}`"]
-    m, c = result["machine"], result["commit"]
-    lines += [
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, Python {m['python']}; "
-        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
-        f"Commit {str(c['commit'])[:10]}{' (with uncommitted changes)' if c['dirty'] else ''}.",
-    ]
+    lines += common.machine_markdown(result)
     return "\n".join(lines) + "\n"
 
 

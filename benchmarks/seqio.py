@@ -563,13 +563,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "Failed runs:"]
         for n, es in errs.items():
             lines.append(f"- {n}: {len(es)} failed; first: `{es[0].splitlines()[0][:300]}`")
-    m, c = result["machine"], result["commit"]
-    lines += [
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, Python {m['python']}; "
-        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
-        f"Commit {str(c['commit'])[:10]}{' (with uncommitted changes)' if c['dirty'] else ''}.",
-    ]
+    lines += common.machine_markdown(result)
     if cfg.get("note"):
         lines += ["", cfg["note"]]
     return "\n".join(lines) + "\n"
