@@ -248,31 +248,31 @@ class FileSystem:
             )
             self.pending.held = self.handles.held = held
             unlinks.discard_held = held.discard
-            # ... and mkdirs there return before they are sent (fs/mkdirback.py).
-            mkdirs = PendingMkdirs(
-                self.meta,
-                self.cache,
-                self.pending.writeback,
-                held_name=lambda parent, name: (
+
+            def held_back(parent: int, name: bytes) -> bool:
+                """Whether a create, removal, mkdir or rename of ``name`` in ``parent``
+                waits in write-back (a mkdir or rename of that name then goes at once)."""
+                return (
                     self.pending.creates.named(parent, name)
                     or unlinks.pending(parent, name) is not None
+                    or mkdirs.named(parent, name)
                     or renames.names_held(parent, name)
-                ),
+                )
+
+            # ... and mkdirs there return before they are sent (fs/mkdirback.py).
+            mkdirs = PendingMkdirs(
+                self.meta, self.cache, self.pending.writeback, held_name=held_back
             )
             # ... and so do renames within such a directory (fs/renameback.py).
             renames = PendingRenames(
                 self.meta,
                 self.cache,
                 self.pending.writeback,
-                held_name=lambda parent, name: (
-                    self.pending.creates.named(parent, name)
-                    or unlinks.pending(parent, name) is not None
-                    or mkdirs.named(parent, name)
-                ),
+                held_name=held_back,
                 is_pending_create=self.pending.is_pending,
             )
-            self.pending.writeback.entry_senders["mkdir"] = mkdirs.send_due
-            self.pending.writeback.entry_senders["rename"] = renames.send_due
+            self.pending.writeback.entry_senders["mkdir"] = mkdirs.send
+            self.pending.writeback.entry_senders["rename"] = renames.send
             self.order.mkdirs = self.names.mkdirs = mkdirs
             self.order.renames = self.names.renames = renames
             mkdirs.renames_in = renames.made_in

@@ -59,8 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds before a mkdir the cluster did not answer is sent again.
-RESEND = 1.0
 #: Its kind among write-back's entry updates.
 KIND = "mkdir"
 
@@ -98,8 +96,8 @@ def answered_by_listing(leases: Leases | None, objects: list[int], arg: Any) -> 
 class PendingMkdirs:
     """The mkdirs this mount holds back, and their sending (module docstring).  Given the
     protocol calls, the cache, the write-back that keeps their due times, and whether a
-    name of a directory is one this mount has a create or removal of held back
-    (``held_name``: such a name is sent at once, as before)."""
+    name of a directory has anything held back (``held_name``: a create, removal, mkdir
+    or rename of it; a mkdir of such a name is sent at once, as before)."""
 
     def __init__(
         self,
@@ -210,22 +208,6 @@ class PendingMkdirs:
         m = self._by_oid.get(oid)
         if m is not None:
             await self.send(m)
-
-    async def send_all(self) -> None:
-        """Send every mkdir held back (``fsync`` of a directory, unmount), outer first."""
-        for m in list(self._by_oid.values()):
-            await self.send(m)
-
-    async def send_due(self, ms: list[PendingMkdir]) -> None:
-        """Send ``ms`` (write-back's due ones, and all of them at ``fsync`` and unmount); one
-        the cluster did not answer is due again in :data:`RESEND` seconds."""
-        for m in ms:
-            try:
-                await self.send(m)
-            except Exception as e:  # noqa: BLE001 - a background task must go on
-                log.warning("mkdir of %r not sent yet (again in %g s): %s", m.name, RESEND, e)
-                if self._by_oid.get(m.oid) is m:
-                    self.writeback.retry_entry(KIND, m.oid, m, RESEND)
 
     async def send(self, m: PendingMkdir) -> None:
         """Make ``m`` on the servers, once: a call of another task waits for it; a call

@@ -110,9 +110,9 @@ class Names:
         f = self.cache.files.get(ino)
         if f is not None and (f.opens or self._held_here(ino)):
             return self.cache.attr(ino, f.st)
-        own = self.cache.own.get(ino)
-        if own is not None and own[0]["k"] == "d" and self._made_and_held_here(ino):
-            return self.cache.attr(ino, own[0])  # only this mount changed it (a copy's tree)
+        own = self._own_made_dir(ino)
+        if own is not None:
+            return self.cache.attr(ino, own)  # only this mount changed it (a copy's tree)
         s = await self.cache.stat(ino, within)
         if reached_by_name:  # (not open here: the kernel asks the same for an fstat)
             self.check_reached(ino, s)
@@ -356,11 +356,16 @@ class Names:
         if local is not None:
             return local
         fresh = self.cache.fresh(oid)
-        if fresh is None:
-            own = self.cache.own.get(oid)
-            if own is not None and own[0]["k"] == "d" and self._made_and_held_here(oid):
-                fresh = own[0]
-        return fresh
+        return fresh if fresh is not None else self._own_made_dir(oid)
+
+    def _own_made_dir(self, oid: int) -> dict[str, Any] | None:
+        """The attributes of directory ``oid`` its own updates answered, when it was made
+        and is held here (:meth:`_made_and_held_here`): they are its attributes however
+        old they are."""
+        own = self.cache.own.get(oid)
+        if own is not None and own[0]["k"] == "d" and self._made_and_held_here(oid):
+            return own[0]
+        return None
 
     def _made_and_held_here(self, oid: int) -> bool:
         """Whether ``oid`` came leased to this mount exclusively with its create and is

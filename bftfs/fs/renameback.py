@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds before a rename the cluster did not answer is sent again.
-RESEND = 1.0
 #: Its kind among write-back's entry updates (sent after the mkdirs).
 KIND = "rename"
 
@@ -83,8 +81,8 @@ async def _nothing(_oid: int) -> None:
 class PendingRenames:
     """The renames this mount holds back, and their sending (module docstring).  Given the
     protocol calls, the cache, the write-back that keeps their due times, and whether a
-    name of a directory has something else held back (``held_name``: a create, removal or
-    mkdir of it; such a rename goes at once)."""
+    name of a directory has anything held back (``held_name``: a create, removal, mkdir or
+    rename of it; such a rename goes at once)."""
 
     def __init__(
         self,
@@ -130,8 +128,6 @@ class PendingRenames:
             or self._is_pending_create(known[0])
             or self._held_name(parent, name)
             or self._held_name(parent, new_name)
-            or self.names_held(parent, name)
-            or self.names_held(parent, new_name)
             or listed is None
             or listed[0] != known[0]
             or not leases.known_absent(parent, new_name)
@@ -175,17 +171,6 @@ class PendingRenames:
         not gated: a create, a removal, a mkdir)."""
         for r in list(self._by_dir.get(parent, ())):
             await self.send(r)
-
-    async def send_due(self, rs: list[PendingRename]) -> None:
-        """Send ``rs`` (write-back's due ones, and all of them at ``fsync`` and unmount);
-        one the cluster did not answer is due again in :data:`RESEND` seconds."""
-        for r in rs:
-            try:
-                await self.send(r)
-            except Exception as e:  # noqa: BLE001 - a background task must go on
-                log.warning("rename of %r not sent yet (again in %g s): %s", r.name, RESEND, e)
-                if self._by_oid.get(r.oid) is r:
-                    self.writeback.retry_entry(KIND, r.oid, r, RESEND)
 
     async def send(self, r: PendingRename) -> None:
         """Take ``r`` to the servers, once: a call of another task waits for it; a call

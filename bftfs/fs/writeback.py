@@ -75,6 +75,8 @@ MAX_DEFERRED = 1024
 MAX_FILE = 1024 * 1024
 #: Most bytes of content the deferred closes hold at once (more close as before).
 MAX_BYTES = 32 * 1024 * 1024
+#: Seconds before a mkdir or rename the cluster did not answer is sent again.
+ENTRY_RESEND = 1.0
 #: Seconds before the lease's end by which a deferred create is sent.
 LEASE_MARGIN = 3.0
 #: Creates of one directory sent in one update (``fs.createmany``: the directory and up
@@ -136,7 +138,7 @@ class WriteBack:
         #: how each kind goes, in the order kinds are sent: ``mkdir`` first
         #: (``fs/mkdirback.py``), then ``rename`` (``fs/renameback.py``); set with them.
         self._entries: dict[tuple[str, int], tuple[Any, float]] = {}
-        self.entry_senders: dict[str, Callable[[list[Any]], Awaitable[None]]] = {}
+        self.entry_senders: dict[str, Callable[[Any], Awaitable[None]]] = {}
         #: Deferred creates whose file was opened again (:meth:`reopened`): when they
         #: were due, which their next deferral keeps.
         self._reopened: dict[int, float] = {}
@@ -196,23 +198,36 @@ class WriteBack:
         self._started()
         return True
 
-    def retry_entry(self, kind: str, key: int, update: Any, after: float) -> None:
-        """Entry update ``update`` went unanswered: due again in ``after`` seconds."""
-        self._entries[kind, key] = (update, trio.current_time() + after)
-        self._started()
-
     def entry_sent(self, kind: str, key: int) -> None:
         """The entry update ``(kind, key)`` was taken or failed for good."""
         self._entries.pop((kind, key), None)
 
     async def _send_entries(self, due_by: float) -> bool:
-        """Send the entry updates due by ``due_by``, kind by kind; whether any was."""
+        """Send the entry updates due by ``due_by``, kind by kind, each by its kind's
+        sender (which calls :meth:`entry_sent` once it was taken or failed for good); one
+        that is still here after its send failed (no answer) is due again in
+        :data:`ENTRY_RESEND` seconds.  Whether any was due."""
         sent = False
         for kind, send in self.entry_senders.items():
-            due = [u for (k, _), (u, at) in self._entries.items() if k == kind and at <= due_by]
-            if due:
-                await send(due)
+            due = [
+                (key, u)
+                for (k, key), (u, at) in self._entries.items()
+                if k == kind and at <= due_by
+            ]
+            for key, u in due:
                 sent = True
+                try:
+                    await send(u)
+                except Exception as e:  # noqa: BLE001 - a background task must go on
+                    log.warning(
+                        "%s of %r not sent yet (again in %g s): %s",
+                        kind,
+                        getattr(u, "name", u),
+                        ENTRY_RESEND,
+                        e,
+                    )
+                    if self._entries.get((kind, key), (None,))[0] is u:
+                        self._entries[kind, key] = (u, trio.current_time() + ENTRY_RESEND)
         return sent
 
     def defer_touch(self, parent: int) -> bool:
