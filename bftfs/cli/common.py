@@ -28,6 +28,8 @@ EXIT_CLUSTER = 4
 EXIT_KEY = 5
 EXIT_MOUNT = 6
 EXIT_HISTORY = 7
+#: ``restore`` or ``revert`` stopped part way: a write failed (what was written stays).
+EXIT_WRITE = 8
 
 
 class QuietError(Exception):

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from bftfs.cli.common import EXIT_HISTORY, QuietError
+from bftfs.cli.common import EXIT_WRITE, QuietError
 from bftfs.cli.progress import Update, _quiet, progress
 from bftfs.cli.when import (
     FS_PREFIX,
@@ -79,18 +79,26 @@ async def _restore(
     for rel, v in tree.items():
         target = dest / rel if rel else dest
         if v.state.get("k") == "d":
-            _make_dir(target, v.state, delete, counts)
+            try:
+                _make_dir(target, v.state, delete, counts)
+            except OSError as e:
+                raise WriteFailed([f"directory {target}: {_why(e)}"], 0, len(tree)) from None
             dirs.append((target, v.state))
         else:
             leaves.append((target, v))
     limiter = trio.CapacityLimiter(PARALLEL)
     done = [0]
+    failed: list[str] = []
 
     async def one(target: Path, v: Any) -> None:
         async with limiter:
             mode = int(v.state["mode"])
             data = await past.content(v) if st.S_ISREG(mode) else None
-            kind = await trio.to_thread.run_sync(_put, target, v.state, data)
+            try:
+                kind = await trio.to_thread.run_sync(_put, target, v.state, data)
+            except OSError as e:
+                failed.append(f"{target}: {_why(e)}")
+                return
         counts[kind] += 1
         counts["bytes"] += len(data or b"") if kind == "files" else 0
         done[0] += 1
@@ -99,9 +107,34 @@ async def _restore(
     async with trio.open_nursery() as nursery:
         for target, v in leaves:
             nursery.start_soon(one, target, v)
+    if failed:
+        raise WriteFailed(failed, done[0], len(leaves))
     for target, s in reversed(dirs):
         _set_attrs(target, s)
     return counts
+
+
+class WriteFailed(QuietError):
+    """Some writes of a ``restore`` or ``revert`` failed (an ``OSError`` through the mount:
+    EIO from a soft mount under load, a full disk, a quota): each named, with how far the
+    command got, so that the user sees what is missing rather than a traceback."""
+
+    def __init__(self, failures: list[str], done: int, total: int, what: str = "writes") -> None:
+        more = len(failures) - 3
+        shown = "; ".join(failures[:3]) + (f"; and {more} more" if more > 0 else "")
+        left = total - done - len(failures)
+        super().__init__(
+            f"{len(failures)} of {total} {what} failed ({shown}); {done} done"
+            + (f", {left} not tried" if left > 0 else "")
+            + "; what was written stays",
+            EXIT_WRITE,
+        )
+        self.failures = failures
+
+
+def _why(e: OSError) -> str:
+    """An ``OSError`` as a user reads it: the system's words, not the exception's repr."""
+    return e.strerror or str(e)
 
 
 def _make_dir(target: Path, s: dict[str, Any], delete: bool, counts: dict[str, int]) -> None:
@@ -330,7 +363,7 @@ def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.N
                     f"restore of {path} into {into} stopped: {why}; what was written stays "
                     f"(new versions), the rest is not: the same command with --at "
                     f"{exact_time(moment)} writes it",
-                    EXIT_HISTORY,
+                    EXIT_WRITE,
                 ) from None
         return moment, counts.as_dict()
 
@@ -382,20 +415,27 @@ async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) 
     """The steps of a revert plan in order, except that a run of ``restore`` steps (the
     plan puts them last, after the removals, directories and moves they may need) goes
     :data:`PARALLEL` at a time: each writes a different path (an object's path at the
-    start), and one after the other each waited on its own round trips."""
+    start), and one after the other each waited on its own round trips.
+
+    A step that fails stops the revert after the steps running beside it (later steps
+    may need it: a move before the restores into its place), with :class:`WriteFailed`
+    naming every failed step."""
     done = [0]
+    failed: list[str] = []
 
     async def one(a: Any, limiter: trio.CapacityLimiter | None = None) -> None:
-        if limiter is None:
-            await _act(past, root, a)
-        else:
-            async with limiter:
+        async with limiter or contextlib.nullcontext():
+            try:
                 await _act(past, root, a)
+            except (OSError, WriteFailed) as e:
+                what = f"{a.path} -> {a.to}" if a.kind == "move" else a.path or "."
+                failed.append(f"{a.kind} {what}: {_why(e) if isinstance(e, OSError) else e}")
+                return
         done[0] += 1
         update(done[0], len(actions))
 
     i = 0
-    while i < len(actions):
+    while i < len(actions) and not failed:
         j = i
         while j < len(actions) and actions[j].kind == "restore":
             j += 1
@@ -408,6 +448,8 @@ async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) 
             for a in actions[i:j]:
                 nursery.start_soon(one, a, limiter)
         i = j
+    if failed:
+        raise WriteFailed(failed, done[0], len(actions), "steps")
 
 
 async def _act(past: Any, root: Path, a: Any) -> None:
