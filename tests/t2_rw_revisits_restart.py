@@ -68,3 +68,24 @@ async def test_a_restarted_node_still_thins_a_block_version_kept_for_its_hour(
                 if hosted(cl, 0, BLOCK) == [stamps[2]]:
                     break
                 await changed.wait()
+
+
+async def test_a_block_verified_again_and_again_waits_for_one_revisit(tmp_path: Path) -> None:
+    """Twenty writes of one block, each verified (and NOTIFYed) before the next: every
+    node holds one revisit of the block, when its oldest version ages out.  Before, each
+    verification and applied NOTIFY pushed another (up to 37 for these 20 writes), each a
+    collection step in the store when it came due."""
+    retention = RetentionPolicy(keep_seconds=3600, keep_versions=1, keep_hourly=0, keep_daily=0)
+    async with rw_cluster(tmp_path, clients=1, seed=7, verification=EAGER, retention=retention) as (
+        cl,
+        (writer,),
+    ):
+        stamps = []
+        for k in range(20):
+            stamps.append(await writer.write_block(BLOCK, f"v{k}".encode()))
+            await settled(cl)
+        for i in range(cl.config.n):
+            assert len(hosted(cl, i, BLOCK)) == 20, i  # every version kept for its age
+            revisits = cl.nodes[i].verifier.collection.revisits
+            due = stamps[0].time + 3600 * 10**9 + 1  # its kept_until (bftfs/thinning.py)
+            assert revisits == [(due, BLOCK)], (i, len(revisits))

@@ -9,7 +9,12 @@ what to verify, this part records what was learned and collects).
   retention, the snapshots' pins and the owner's limit (a verification, an applied NOTIFY
   and a revisit all run the same step).
 * **Revisits**: versions kept only for their age may go once it passes; the step says when
-  (``revisit_ns``) and :meth:`Collection.collect_due` collects them then.
+  (``revisit_ns``) and :meth:`Collection.collect_due` collects them then.  One live entry
+  per block, its earliest: that step recomputes every later one, so a block verified again
+  and again (each verification and applied NOTIFY says when) is collected once when its
+  oldest kept version ages out, not once per verification.  The revisits live in memory;
+  a restarted node finds them again in the scan that rebuilds its backlog
+  (``collect.unverified_step(retention=...)``, ``Verifier._rebuild``).
 * **History bytes** per block (versions below the verified mark), summed in the progress.
 * **Given-back blocks** go to the :class:`~bftfs.node.rw_forgetter.Forgetter`.
 """
@@ -51,6 +56,9 @@ class Collection:
         self.kept = cfg.retention
         #: ``(node clock ns, block)``: blocks whose versions kept for their age may go then.
         self.revisits: list[tuple[int, int]] = []
+        #: Each block's pending revisit, the earliest (:meth:`revisit`); an entry of
+        #: ``revisits`` that differs is stale and skipped.
+        self._due: dict[int, int] = {}
         #: Bytes of history per block (versions below the verified mark), where any.
         self._history: dict[int, tuple[int, tuple[Timestamp, Timestamp] | None]] = {}
         #: Blocks down to their verified empty version are forgotten (node/rw_forgetter.py).
@@ -101,10 +109,14 @@ class Collection:
         next one is due (None: none waits)."""
         while self.revisits:
             due, block = self.revisits[0]
+            if self._due.get(block) != due:
+                heapq.heappop(self.revisits)  # stale: an earlier one was scheduled after it
+                continue
             now_ns = self.node.now_ns()
             if due > now_ns:
                 return (due - now_ns) / 1e9
             heapq.heappop(self.revisits)
+            del self._due[block]  # the step says when next (``account``)
             self.pressure()  # sets what retention keeps now
 
             kept = self.kept
@@ -121,7 +133,15 @@ class Collection:
         return None
 
     def revisit(self, due: int, block: int) -> None:
-        """Collect ``block`` again at node clock ``due`` (ns)."""
+        """Collect ``block`` again at node clock ``due`` (ns), unless it is collected no
+        later already: that step recomputes when the block's kept versions may go and
+        schedules the next revisit itself.  Before, every verification of a block pushed
+        one more entry, most of them for the same moment (20 writes of one block left up
+        to 37 entries, each a store transaction when it came due)."""
+        pending = self._due.get(block)
+        if pending is not None and pending <= due:
+            return
+        self._due[block] = due
         heapq.heappush(self.revisits, (due, block))
 
     def set_history(
