@@ -310,7 +310,7 @@ def test_a_restore_stopped_by_a_directory_in_the_way_says_so_and_runs_again(
     inside = "fs:/" + str(tree.relative_to(mine))
     got = bftfs(cluster, "restore", inside, "--at", at(moment), check=False)
     err = got.stderr.decode()
-    assert got.returncode == 7, err
+    assert got.returncode == 8, err
     assert "stopped" in err and "a directory is where the file" in err, err
     again = err.rpartition("--at ")[2].split()[0]
     assert again == at(moment), err
