@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse an
 
 
 def bftfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(home / "cluster.toml")]
-    got = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert got.returncode == 0, (cmd, got.stderr)
-    return got
+    return bftfs_cli(home, *args)
 
 
 def authors(home: Path, path: str) -> list[str]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
@@ -28,8 +28,7 @@ LIAR = 0
 
 
 def bftfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(home / "cluster.toml")]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    return bftfs_cli(home, *args, check=False)
 
 
 def status(home: Path, *extra: str) -> tuple[int, dict[str, Any]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,9 @@ from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.session import SessionRefused
 from bftfs.qu.messages import KIND_LATEST, VERSION
 from bftfs.rw.messages import KIND_LIST, MAX_LIST, ListRequest
+from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fuse_available
-from bftfs.testing.processes import ProcessCluster
+from bftfs.testing.processes import ProcessCluster, wait_caught_up
 
 OPTIONS: dict[str, Any] = {"clients": 2, "durable": False, "map_size": 1 << 28}
 
@@ -38,10 +38,7 @@ pytestmark = [
 
 
 def bftfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(home / "cluster.toml")]
-    got = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert got.returncode == 0, (cmd, got.stdout, got.stderr)
-    return got
+    return bftfs_cli(home, *args)
 
 
 def tree(block_size: int) -> dict[str, bytes]:
@@ -111,31 +108,6 @@ async def same_listings(cfg: ClusterConfig, seconds: float = 60.0) -> dict[int, 
                 return held
             await trio.sleep(0.5)
     return await listings(cfg, [2, 5])
-
-
-def caught_up(cfg: ClusterConfig, node: int) -> dict[str, Any] | None:
-    """Node ``node``'s catch-up records once both are done, else None."""
-    statuses = trio.run(local.query_status, cfg)
-    st = statuses[node]
-    if not st.up or st.stats is None:
-        return None
-    progress = st.stats.get("progress") or {}
-    records = {k: progress.get(k) or {} for k in ("qu.catchup", "rw.catchup")}
-    if all(r.get("state") == "done" for r in records.values()):
-        return records
-    return None
-
-
-def wait_caught_up(cfg: ClusterConfig, node: int, seconds: float = 60.0) -> dict[str, Any]:
-    async def wait() -> dict[str, Any]:
-        with trio.fail_after(seconds):
-            while True:
-                got = await trio.to_thread.run_sync(caught_up, cfg, node)
-                if got is not None:
-                    return got
-                await trio.sleep(0.3)
-
-    return trio.run(wait)
 
 
 def test_a_node_replaced_online_catches_up_and_its_old_key_is_refused(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import Server
 from bftfs.net.session import SessionRefused
+from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
@@ -35,10 +36,7 @@ OPTIONS: dict[str, Any] = {"clients": 2, "durable": False, "map_size": 1 << 28}
 
 
 def bftfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(home / "cluster.toml")]
-    got = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert got.returncode == 0, (cmd, got.stdout, got.stderr)
-    return got
+    return bftfs_cli(home, *args)
 
 
 def views_held(cfg: ClusterConfig, nodes: list[int] | None = None) -> dict[int, int]:

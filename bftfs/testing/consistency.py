@@ -30,9 +30,10 @@ import errno
 import os
 import random
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ class Report:
         return (
             f"seed {self.seed}, {self.mounts} mounts, {self.steps} steps, "
             f"{sum(self.ops.values())} operations in {self.seconds:.1f} s: {ops}\n"
-            f"faults: {'; '.join(self.schedule) or 'none'}\n"
+            f"faults and changes: {'; '.join(self.schedule) or 'none'}\n"
             f"cache allowances used: {allowed}"
         )
 
@@ -377,6 +378,47 @@ def fault_schedule(rng: random.Random, ops: int, nodes: int, faults: int) -> dic
     return out
 
 
+#: An administrator's change run beside the operations (issue 35): its label, and what
+#: runs it (in a thread of its own, so the operations go on while it does).
+Change = tuple[str, Callable[[], object]]
+
+
+class Changes:
+    """The :data:`Change` s of a run, one at a time: each starts at its operation index,
+    after the one before it ended (the checker waits for that between two operations);
+    whatever a change raised is raised again when the next starts or the run ends."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self._running: tuple[str, threading.Thread, list[BaseException]] | None = None
+
+    def start(self, i: int, change: Change) -> None:
+        self.finish(i)
+        label, fn = change
+        errors: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                fn()
+            except BaseException as e:  # raised in the checker's thread by finish()
+                errors.append(e)
+
+        thread = threading.Thread(target=body, name=f"change {label}", daemon=True)
+        self.report.schedule.append(f"op {i}: {label} begins")
+        thread.start()
+        self._running = (label, thread, errors)
+
+    def finish(self, i: int | None) -> None:
+        if self._running is None:
+            return
+        label, thread, errors = self._running
+        thread.join()
+        self._running = None
+        self.report.schedule.append(f"{'end' if i is None else f'op {i}'}: {label} done")
+        if errors:
+            raise errors[0]
+
+
 def run(
     cluster: ProcessCluster,
     dirs: Sequence[Path],
@@ -386,17 +428,22 @@ def run(
     faults: int,
     attr_timeout: float = DEFAULT_TIMEOUT,
     entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
+    changes: Mapping[int, Change] | None = None,
 ) -> Report:
-    """``ops`` operations on ``dirs`` with ``faults`` kill/restart cycles; raises
-    :class:`Inconsistent` (or the unexpected ``OSError``) on the first wrong answer."""
+    """``ops`` operations on ``dirs`` with ``faults`` kill/restart cycles and ``changes``
+    (operation index: :data:`Change`) run beside them; raises :class:`Inconsistent` (or
+    the unexpected ``OSError``, or what a change raised) on the first wrong answer."""
     rng = random.Random(seed)
     report = Report(seed, len(dirs))
     checker = Checker(dirs, rng, report, attr_timeout=attr_timeout, entry_timeout=entry_timeout)
     schedule = fault_schedule(random.Random(seed ^ 0x5EED), ops, len(cluster.config.nodes), faults)
+    running = Changes(report)
     down: set[int] = set()
     start = time.monotonic()
     try:
         for i in range(ops):
+            if changes and i in changes:
+                running.start(i, changes[i])
             action = schedule.get(i)
             if action is not None:
                 verb, node = action
@@ -411,12 +458,15 @@ def run(
                 checker.step()
             except OSError as e:
                 raise checker._fail(-1, f"operation {i} failed: {e!r}") from e
+        running.finish(None)
         for node in sorted(down):
             cluster.start(node)
             report.schedule.append(f"end: start node {node}")
         down.clear()
         checker.check_all()
     finally:
+        with contextlib.suppress(BaseException):
+            running.finish(None)  # a change still running is waited for, not left behind
         for node in sorted(down):
             with contextlib.suppress(Exception):
                 cluster.start(node)

@@ -12,6 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import trio
+
 from bftfs import local
 from bftfs.config import ClusterConfig
 
@@ -56,3 +58,32 @@ class ProcessCluster:
 
     def pid(self, i: int) -> int | None:
         return local.running_pid(self.config.node(i))
+
+
+def caught_up(cfg: ClusterConfig, node: int) -> dict[str, Any] | None:
+    """Node ``node``'s catch-up records (Q/U objects and PASIS blocks) once both are done,
+    else None: a node started empty (a replacement) holds what it must from then on."""
+    statuses = trio.run(local.query_status, cfg)
+    st = statuses[node]
+    if not st.up or st.stats is None:
+        return None
+    progress = st.stats.get("progress") or {}
+    records = {k: progress.get(k) or {} for k in ("qu.catchup", "rw.catchup")}
+    if all(r.get("state") == "done" for r in records.values()):
+        return records
+    return None
+
+
+def wait_caught_up(cfg: ClusterConfig, node: int, seconds: float = 60.0) -> dict[str, Any]:
+    """:func:`caught_up`'s records, polled until both are done (``trio.TooSlowError``
+    after ``seconds``)."""
+
+    async def wait() -> dict[str, Any]:
+        with trio.fail_after(seconds):
+            while True:
+                got = await trio.to_thread.run_sync(caught_up, cfg, node)
+                if got is not None:
+                    return got
+                await trio.sleep(0.3)
+
+    return trio.run(wait)
