@@ -49,6 +49,7 @@ from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable, from_refusal
 from bftfs.fs.leasedanswers import made_entries
 from bftfs.fs.meta import Meta, _Stale, _Taken
+from bftfs.fs.sendonce import SendOnce
 from bftfs.fs.unlinkback import about_another_entry
 from bftfs.fsobjects.leases import INHERIT
 from bftfs.qu.objects import MethodRefused
@@ -75,9 +76,8 @@ class PendingMkdir:
     arg: dict[str, Any]
     #: The attributes the servers will make (answered until it is sent).
     stat: dict[str, Any]
-    #: Set while a task sends it; the calls that need it wait for it.
-    sending: trio.Event | None = None
-    sender: trio.lowlevel.Task | None = None
+    #: Who sends it; the calls that need it wait for that.
+    once: SendOnce = field(default_factory=SendOnce)
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -130,7 +130,7 @@ class PendingMkdirs:
     def links_in(self, parent: int) -> int:
         """The links directory ``parent`` gains from mkdirs in it held back and not being
         sent (an update's answer about it lacks them: ``Caches.pending_links``)."""
-        return sum(1 for m in self._by_dir.get(parent, {}).values() if m.sending is None)
+        return sum(1 for m in self._by_dir.get(parent, {}).values() if not m.once.busy)
 
     def stat_of(self, oid: int) -> dict[str, Any] | None:
         """The attributes of a directory whose mkdir waits (no server holds it yet): those
@@ -218,19 +218,13 @@ class PendingMkdirs:
         """
         if self._by_oid.get(m.oid) is not m:
             return
-        if m.sending is not None:
-            if m.sender is not trio.lowlevel.current_task():
-                await m.sending.wait()
-            return
-        m.sending, m.sender = trio.Event(), trio.lowlevel.current_task()
-        try:
+        async with m.once.turn() as mine:
+            if not mine:
+                return
             await self.made(m.parent)  # a pending directory's own mkdir first
             if self.renames_in is not None:
                 await self.renames_in(m.parent)
             await self._send_now(m)
-        finally:
-            event, m.sending, m.sender = m.sending, None, None
-            event.set()
 
     async def _send_now(self, m: PendingMkdir) -> None:
         leases = self.meta.leases

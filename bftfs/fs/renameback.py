@@ -36,16 +36,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.meta import Meta, _Stale
 from bftfs.fs.mkdirback import answered_by_listing
+from bftfs.fs.sendonce import SendOnce
 from bftfs.fs.unlinkback import about_another_entry
 from bftfs.fsobjects import RENAME_NOREPLACE
 
@@ -69,9 +68,8 @@ class PendingRename:
     code: int
     #: The time of the rename (ns, client clock).
     now: int
-    #: Set while a task sends it; the calls that need it wait for it.
-    sending: trio.Event | None = None
-    sender: trio.lowlevel.Task | None = None
+    #: Who sends it; the calls that need it wait for that.
+    once: SendOnce = field(default_factory=SendOnce)
 
 
 async def _nothing(_oid: int) -> None:
@@ -181,12 +179,9 @@ class PendingRenames:
         """
         if self._by_oid.get(r.oid) is not r:
             return
-        if r.sending is not None:
-            if r.sender is not trio.lowlevel.current_task():
-                await r.sending.wait()
-            return
-        r.sending, r.sender = trio.Event(), trio.lowlevel.current_task()
-        try:
+        async with r.once.turn() as mine:
+            if not mine:
+                return
             await self.made_dir(r.parent)
             # Earlier renames of the directory first (``mv a b; mv c a`` is not one).
             for earlier in list(self._by_dir.get(r.parent, ())):
@@ -194,9 +189,6 @@ class PendingRenames:
                     break
                 await self.send(earlier)
             await self._send_now(r)
-        finally:
-            event, r.sending, r.sender = r.sending, None, None
-            event.set()
 
     async def _send_now(self, r: PendingRename) -> None:
         arg = {
