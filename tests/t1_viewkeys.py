@@ -4,6 +4,7 @@ carries.  Pure, or local files only."""
 
 from __future__ import annotations
 
+import os
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -70,6 +71,24 @@ def test_a_node_chain_file_is_private_and_replaced_whole(tmp_path: Path) -> None
         path.write_text(junk)
         with pytest.raises(ChainError, match="view number"):
             load_node_chain(tmp_path)
+
+
+def test_a_forgotten_chain_is_overwritten_before_its_blocks_are_freed(tmp_path: Path) -> None:
+    """The old chain file's inode, still open here (as a process reading it, or the blocks
+    the file system is about to free), holds zeros once the new chain replaced it; a file
+    with another hard link (an operator's copy) is left as it is."""
+    save_node_chain(tmp_path, CHAIN)
+    path = tmp_path / NODE_CHAIN
+    with path.open("rb") as old:
+        save_node_chain(tmp_path, CHAIN.at(2))
+        left = old.read()
+    assert left and left == bytes(len(left))
+    assert load_node_chain(tmp_path) == CHAIN.at(2)
+    copy = tmp_path / "operator-copy"
+    os.link(path, copy)
+    before = copy.read_bytes()
+    save_node_chain(tmp_path, CHAIN.at(3))
+    assert copy.read_bytes() == before and load_node_chain(tmp_path) == CHAIN.at(3)
 
 
 def test_the_administrator_derives_view_keys_and_forgets_machines_and_views(

@@ -100,10 +100,37 @@ def proof_ok(view_key: bytes, message: bytes, proof: bytes) -> bool:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Replace ``path`` by ``data`` durably and atomically, mode 0600: after a crash it holds
-    the old contents or the new, whole; once this returns the old contents are no longer
-    in the file system's name space (their blocks are freed, not scrubbed)."""
+    the old contents or the new, whole.  Once this returns the old contents are out of the
+    file system's name space and overwritten with zeros (:func:`_scrub_replaced`)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    replace_durably(path, data, 0o600)
+    try:
+        old = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        replace_durably(path, data, 0o600)
+        return
+    try:
+        replace_durably(path, data, 0o600)
+        _scrub_replaced(old)
+    finally:
+        os.close(old)
+
+
+def _scrub_replaced(fd: int) -> None:
+    """Overwrite the file open as ``fd``, replaced by a rename a moment ago, with zeros and
+    sync it, before its last descriptor closes and its blocks are freed: a forgotten chain
+    secret (or the administrator's copy of the chains) does not stay readable in free
+    blocks.  On file systems that write in place (ext4, XFS) this reaches the blocks that
+    held it; copy-on-write and log-structured ones, journals and SSDs may keep other copies
+    (docs/membership.md).  A file with another hard link is left alone: those bytes are
+    still someone's file."""
+    st = os.fstat(fd)
+    if st.st_nlink > 0 or st.st_size == 0:
+        return
+    zeros = bytes(min(st.st_size, 1 << 16))
+    done = 0
+    while done < st.st_size:
+        done += os.pwrite(fd, zeros[: st.st_size - done], done)
+    os.fsync(fd)
 
 
 def replace_durably(path: Path, data: bytes, mode: int) -> None:
