@@ -40,6 +40,8 @@ def test_the_checker_runs_through_a_client_added_and_revoked_and_a_node_replaced
     with consistency.mounted(tmp_path, 2, node_args={REPLACED: LIAR}) as (pc, dirs):
         home = pc.home
         started: list[int] = []
+        # A laptop's bundle made now, in view 1: it mounts only after every change below.
+        bftfs_cli(home, "bundle", "--client", "client1", "-o", str(tmp_path / "laptop.tgz"))
 
         def add_and_use_carol() -> None:
             out = bftfs_cli(home, "client", "add", "carol", "-o", str(tmp_path / "carol.tgz"))
@@ -90,9 +92,23 @@ def test_the_checker_runs_through_a_client_added_and_revoked_and_a_node_replaced
                 f"end: node {REPLACED} replaced done",
             ], report.schedule
             assert report.steps == 150 and sum(report.ops.values()) > 100
-            # What carol wrote stays, and stays hers; the view is the fourth.
+            # What carol wrote stays, and stays hers.
             rows = bftfs_cli(home, "log", "fs:/by-carol", "--json").stdout
             assert '"carol (removed)"' in rows, rows
+            # The laptop's configuration is three views behind and names node 3's old
+            # address and key: its mount learns view 4 from the nodes it reaches and
+            # reads what the others wrote, the checker's directory included.
+            with tarfile.open(tmp_path / "laptop.tgz") as tar:
+                tar.extractall(tmp_path / "laptop", filter="data")
+            stale = cfgmod.load(tmp_path / "laptop" / "cluster.toml")
+            assert stale.node(REPLACED).port != cfgmod.load(home / "cluster.toml").node(3).port
+            names = sorted(p.name for p in dirs[0].iterdir())
+            with Mount(stale, tmp_path / "laptop-mnt", client="client1") as laptop:
+                assert (laptop.mountpoint / "by-carol").read_bytes() == b"carol was here"
+                work = laptop.mountpoint / dirs[0].name
+                assert sorted(p.name for p in work.iterdir()) == names
+                for name in names:
+                    assert (work / name).read_bytes() == (dirs[0] / name).read_bytes()
         finally:
             cfg = cfgmod.load(home / "cluster.toml")
             for node in started:
