@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import trio
 
 from bftfs import config as cfgmod
 from bftfs import local
@@ -35,8 +36,6 @@ REPLACED = 3
 def test_the_checker_runs_through_a_client_added_and_revoked_and_a_node_replaced(
     tmp_path: Path,
 ) -> None:
-    import trio
-
     with consistency.mounted(tmp_path, 2, node_args={REPLACED: LIAR}) as (pc, dirs):
         home = pc.home
         started: list[int] = []
