@@ -36,7 +36,7 @@ from bftfs.fab.certificates import check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
 from bftfs.fab.durable import Image
 from bftfs.fab.election import Election
-from bftfs.fab.execution import NOOP, Execution, digest_of, parse_request
+from bftfs.fab.execution import NOOP, Execution, Operation, digest_of, parse_request
 from bftfs.fab.leader import Leader
 from bftfs.fab.learner import Learner
 from bftfs.fab.messages import (
@@ -131,6 +131,10 @@ class Replica:
     settings: Settings = field(default_factory=Settings)
     #: Called with ``(slot, value)`` whenever this node learns a slot (tests record these).
     on_learn: Callable[[int, bytes], None] | None = None
+    #: Called with each operation this node runs and its reply, once per request, in slot
+    #: order (the node pushes the lease recalls and lock wake-ups a reply names, as a Q/U
+    #: node does for an update it accepts: ``node/recalls.py``).
+    on_execute: Callable[[Operation, Reply], None] | None = None
 
     def __post_init__(self) -> None:
         n, s = self.q.a, self.settings
@@ -396,6 +400,8 @@ class Replica:
         while (pv := self.learner.learned.get(ex.executed + 1)) is not None:
             self.patience = self.settings.timeout
             reply = ex.apply(ex.executed + 1, pv[1])
+            if reply is not None and ex.ran is not None and self.on_execute is not None:
+                self.on_execute(ex.ran, reply)
             if reply is not None:
                 held = self.held.get(reply.client)
                 if held is not None and held.rid <= reply.rid:

@@ -61,6 +61,11 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
     )
     image = node.store.read(durable.load)
     restored = replica.restore(image) if image is not None else Step(())
+    # From here on (not for the slots a restart executes again, told long ago): the lease
+    # recalls and lock wake-ups a slot's answer names, pushed as a Q/U node does on accept.
+    replica.on_execute = lambda op, reply: (
+        node.recalls.executed(op.method, reply.result) if reply.ok else None
+    )
     changes = durable.Durable(replica)
 
     def persist() -> Awaitable[None] | None:
