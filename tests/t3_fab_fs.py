@@ -17,6 +17,7 @@ from typing import Any
 
 import fs_helpers
 import pytest
+import t3_fs_attacks
 import t3_fs_contention
 import t3_fs_entryback
 import t3_fs_faults
@@ -58,6 +59,7 @@ REPRESENTATIVE = {
         "test_lookups_stats_and_listings_under_a_lease_need_no_round",
         "test_two_holders_changing_one_directory_release_to_each_other",
         "test_a_mount_that_slept_past_its_leases_stops_answering_from_them",
+        "test_a_lease_time_gone_stale_on_the_way_is_sent_again_fresh",
     },
     t3_fs_locks: {
         "test_a_conflict_is_refused_and_ranges_that_do_not_overlap_are_held_at_once",
@@ -92,13 +94,6 @@ NOT_UNDER_FAB = {
     ),
     "test_a_file_created_to_be_written_is_leased_to_its_creator_until_it_closes": (
         "runs its own trio loop"
-    ),
-    # Q/U refuses a client's update whose declared time (``Method.clocks``, a lease's
-    # ``lt``) lies off the node's clock before it runs the method; a FaB node executes
-    # what was ordered, reading no clock (docs/fab.md, "Not yet").  So do t3_fs_attacks
-    # and the parametrized clock tests of t3_fs_leases and t3_fs_locks.
-    "test_a_lease_time_gone_stale_on_the_way_is_sent_again_fresh": (
-        "a FaB node does not judge a lease time against its clock"
     ),
     "test_a_switching_byzantine_node_cannot_make_two_clients_hold_one_exclusive_lock": (
         "installs Q/U's Byzantine behaviours, which a FaB node does not run"
@@ -154,3 +149,29 @@ def test_a_waiter_is_woken_when_the_lock_frees_under_fab(
         t3_fs_locks.test_a_waiter_is_woken_when_the_lock_frees_and_a_cancelled_one_takes_nothing(
             tmp_path, monkeypatch
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["bt ahead", "lease from ahead"])
+def test_a_client_claiming_a_time_years_ahead_is_refused_under_fab(
+    tmp_path: Path, attack: str
+) -> None:
+    """A Byzantine client's update declaring a time ten years ahead is refused ``ahead`` by
+    every correct node before it is held or accepted (``qu/clocks.py``, ``Replica.admit``),
+    and another writer still writes the file (t3_fs_attacks; its third case, ``bt`` and
+    ``now`` both ahead, is the first's check again)."""
+    with fs_helpers.engine("fab"):
+        t3_fs_attacks.test_a_client_claiming_a_time_years_ahead_locks_no_writer_out(
+            tmp_path, attack
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("offset_s", "refused"), [(3.0, "ahead"), (-3.0, "behind")])
+def test_nodes_refuse_a_lock_lease_time_off_their_clock_under_fab(
+    tmp_path: Path, offset_s: float, refused: str
+) -> None:
+    """A lock's lease time off the nodes' clocks by more than the lease skew, either way,
+    is refused by FaB nodes as by Q/U ones."""
+    with fs_helpers.engine("fab"):
+        t3_fs_locks.test_nodes_refuse_a_lock_lease_time_off_their_clock(tmp_path, offset_s, refused)
