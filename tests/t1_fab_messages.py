@@ -176,6 +176,21 @@ def test_a_request_must_come_from_its_client() -> None:
     assert set(r.held) == {CLIENT_BASE}
 
 
+def test_a_request_the_node_does_not_admit_is_refused_and_never_accepted() -> None:
+    """A node's clock check (``Replica.admit``, ``node/fab_server.py``): the request is
+    answered with a refusal and not held, and a Byzantine leader's proposal of it is not
+    accepted (it was accepted before the check); a certificate-free no-op still is."""
+    r = _replica(2)
+    r.admit = lambda op: "ahead" if op.rid == 1 else None
+    step = r.step(CLIENT_BASE, encode(Request(_value())))
+    assert step.rejection is not None and "ahead" in step.rejection and r.held == {}
+    assert step.sends == ((CLIENT_BASE, Reply(CLIENT_BASE, 1, 0, False, "ahead")),)
+    step = r.step(0, encode(Propose(0, 1, _value())))
+    assert step.rejection is not None and r.acceptor.accepted == {}
+    assert r.step(0, encode(Propose(0, 1, _value(rid=2)))).rejection is None
+    assert r.acceptor.accepted[1] == (0, _value(rid=2))
+
+
 def test_a_message_from_outside_the_cluster_is_rejected() -> None:
     r = _replica(2)
     step = r.step(CLIENT_BASE, encode(Propose(0, 1, b"v")))

@@ -17,14 +17,19 @@ from typing import Any
 
 import fs_helpers
 import pytest
+import t3_fs_attacks
 import t3_fs_contention
+import t3_fs_entryback
 import t3_fs_faults
 import t3_fs_fileblocks
 import t3_fs_files
+import t3_fs_leases
+import t3_fs_locks
 import t3_fs_namespace
 import t3_fs_reclaim
 import t3_fs_sealed
 import t3_fs_streaming
+import t3_fs_writeback
 import t3_fs_writebehind
 
 SUITES = [
@@ -37,10 +42,39 @@ SUITES = [
     t3_fs_writebehind,
     t3_fs_contention,
     t3_fs_faults,
+    t3_fs_leases,
+    t3_fs_locks,
+    t3_fs_writeback,
+    t3_fs_entryback,
 ]
 
 #: The suites ``make test`` runs under FaB (8 s); the others (50 s more) with the slow ones.
 FAST = [t3_fs_namespace, t3_fs_files]
+
+#: Of these suites only the tests named run under FaB (slow, 20 s; the whole suites take
+#: 100 s and pass but for what ``NOT_UNDER_FAB`` names): leases kept and recalled by the
+#: pushes of executing nodes, write-back under a lease, lock wake-ups.
+REPRESENTATIVE = {
+    t3_fs_leases: {
+        "test_lookups_stats_and_listings_under_a_lease_need_no_round",
+        "test_two_holders_changing_one_directory_release_to_each_other",
+        "test_a_mount_that_slept_past_its_leases_stops_answering_from_them",
+        "test_a_lease_time_gone_stale_on_the_way_is_sent_again_fresh",
+    },
+    t3_fs_locks: {
+        "test_a_conflict_is_refused_and_ranges_that_do_not_overlap_are_held_at_once",
+        "test_a_renewal_that_finds_the_locks_gone_makes_them_lost",
+    },
+    t3_fs_writeback: {
+        "test_a_stat_of_a_file_left_to_write_back_sends_nothing",
+        "test_a_query_refused_for_an_exclusive_lease_recalls_it",
+        "test_fsync_and_the_commit_interval_send_what_write_back_holds",
+    },
+    t3_fs_entryback: {
+        "test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back",
+        "test_a_recall_sends_the_waiting_mkdirs_before_the_release",
+    },
+}
 
 NOT_UNDER_FAB = {
     "test_a_create_refused_for_quota_at_close_can_be_created_again": (
@@ -61,6 +95,9 @@ NOT_UNDER_FAB = {
     "test_a_file_created_to_be_written_is_leased_to_its_creator_until_it_closes": (
         "runs its own trio loop"
     ),
+    "test_a_switching_byzantine_node_cannot_make_two_clients_hold_one_exclusive_lock": (
+        "installs Q/U's Byzantine behaviours, which a FaB node does not run"
+    ),
 }
 
 
@@ -74,8 +111,12 @@ def _cases() -> list[Any]:
                 continue
             if inspect.iscoroutinefunction(fn):  # (history tests: Q/U's version history)
                 continue
+            if suite in REPRESENTATIVE and name not in REPRESENTATIVE[suite]:
+                continue
             why = NOT_UNDER_FAB.get(name)
-            marks = [pytest.mark.skip(reason=f"not under FaB: {why}")] if why else []
+            marks = list(getattr(fn, "pytestmark", []))  # (the logs it expects)
+            if why:
+                marks.append(pytest.mark.skip(reason=f"not under FaB: {why}"))
             if suite not in FAST:
                 marks.append(pytest.mark.slow)
             out.append(pytest.param(fn, id=f"{suite.__name__[3:]}.{name[5:]}", marks=marks))
@@ -86,3 +127,51 @@ def _cases() -> list[Any]:
 def test_under_fab(case: Callable[[Path], None], tmp_path: Path) -> None:
     with fs_helpers.engine("fab"):
         case(tmp_path)
+
+
+@pytest.mark.slow
+def test_another_clients_change_recalls_the_lease_under_fab(tmp_path: Path) -> None:
+    """The holder's lease recalled by the pushes of ``b + 1`` nodes that executed the other
+    client's ``fs.recall`` (``node/recalls.py``), well within the lease's term."""
+    with fs_helpers.engine("fab"):
+        t3_fs_leases.test_another_clients_change_recalls_the_lease_and_is_seen_at_once(
+            tmp_path, twins=False
+        )
+
+
+@pytest.mark.slow
+def test_a_waiter_is_woken_when_the_lock_frees_under_fab(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock waiter that would poll only after a minute is woken by the nodes that
+    executed the holder's release."""
+    with fs_helpers.engine("fab"):
+        t3_fs_locks.test_a_waiter_is_woken_when_the_lock_frees_and_a_cancelled_one_takes_nothing(
+            tmp_path, monkeypatch
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["bt ahead", "lease from ahead"])
+def test_a_client_claiming_a_time_years_ahead_is_refused_under_fab(
+    tmp_path: Path, attack: str
+) -> None:
+    """A Byzantine client's update declaring a time ten years ahead is refused ``ahead`` by
+    every correct node before it is held or accepted (``qu/clocks.py``, ``Replica.admit``),
+    and another writer still writes the file (t3_fs_attacks; its third case, ``bt`` and
+    ``now`` both ahead, is the first's check again)."""
+    with fs_helpers.engine("fab"):
+        t3_fs_attacks.test_a_client_claiming_a_time_years_ahead_locks_no_writer_out(
+            tmp_path, attack
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("offset_s", "refused"), [(3.0, "ahead"), (-3.0, "behind")])
+def test_nodes_refuse_a_lock_lease_time_off_their_clock_under_fab(
+    tmp_path: Path, offset_s: float, refused: str
+) -> None:
+    """A lock's lease time off the nodes' clocks by more than the lease skew, either way,
+    is refused by FaB nodes as by Q/U ones."""
+    with fs_helpers.engine("fab"):
+        t3_fs_locks.test_nodes_refuse_a_lock_lease_time_off_their_clock(tmp_path, offset_s, refused)

@@ -102,6 +102,10 @@ class Execution:
         self.objects: dict[int, Any] = {}
         self.replies: dict[int, list[Any]] = {}  # client -> [rid, slot, ok, result]
         self.executed = 0  # the last slot applied; slots start at 1
+        #: The operation the last :meth:`apply` ran (None: a no-op, a malformed value or a
+        #: request id already run): what the node tells of it beyond the reply (the lease
+        #: recalls and lock wake-ups it pushes, ``node/recalls.py``).
+        self.ran: Operation | None = None
 
     def apply(self, slot: int, value: bytes) -> Reply | None:
         """Apply the value learned at ``slot`` (which must be ``executed + 1``); the reply
@@ -109,6 +113,7 @@ class Execution:
         if slot != self.executed + 1:
             raise ValueError(f"slot {slot} applied after {self.executed}")
         self.executed = slot
+        self.ran = None
         request = parse_request(value)
         if request is None:
             return None
@@ -119,6 +124,7 @@ class Execution:
                 return Reply(op.client, last[0], last[1], last[2], last[3])
             return None
         ok, result = self._run(op)
+        self.ran = op
         self.replies[op.client] = [op.rid, slot, ok, result]
         return Reply(op.client, op.rid, slot, ok, result)
 

@@ -78,6 +78,9 @@ class FabMetaClient:
         self.nodes = list(nodes)
         self.f, self.resend, self.timeout = f, resend, timeout
         self.me = int(endpoint.pid)
+        #: This client's principal id, by the Q/U client's name (a lock's test tells the
+        #: caller's own locks by it, ``fs/locks.py``).
+        self.client_id = self.me
         self.rid = time.time_ns()
         #: Faults per ``(node, kind)``, as the Q/U client counts them (``malformed``:
         #: a push that is not a FaB reply).

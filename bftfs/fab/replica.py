@@ -36,7 +36,7 @@ from bftfs.fab.certificates import check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
 from bftfs.fab.durable import Image
 from bftfs.fab.election import Election
-from bftfs.fab.execution import NOOP, Execution, digest_of, parse_request
+from bftfs.fab.execution import NOOP, Execution, Operation, digest_of, parse_request
 from bftfs.fab.leader import Leader
 from bftfs.fab.learner import Learner
 from bftfs.fab.messages import (
@@ -131,6 +131,15 @@ class Replica:
     settings: Settings = field(default_factory=Settings)
     #: Called with ``(slot, value)`` whenever this node learns a slot (tests record these).
     on_learn: Callable[[int, bytes], None] | None = None
+    #: Called with each operation this node runs and its reply, once per request, in slot
+    #: order (the node pushes the lease recalls and lock wake-ups a reply names, as a Q/U
+    #: node does for an update it accepts: ``node/recalls.py``).
+    on_execute: Callable[[Operation, Reply], None] | None = None
+    #: Why this node does not take a client's operation now (None: it does): the node's
+    #: check of the times it declares against its clock (``qu/clocks.py``), outside the
+    #: pure core.  Such a request is answered with a refusal (slot 0) and not held, and an
+    #: acceptor does not accept it unless the regency's certificate binds it.
+    admit: Callable[[Operation], str | None] | None = None
 
     def __post_init__(self) -> None:
         n, s = self.q.a, self.settings
@@ -265,6 +274,10 @@ class Replica:
             if op.rid == last[0]:  # a retransmission: the reply again (exactly once)
                 self._send(op.client, Reply(op.client, last[0], last[1], last[2], last[3]))
             return None
+        why = self.admit(op) if self.admit is not None else None
+        if why is not None:  # refused alike by every correct node: f + 1 make the answer
+            self._send(op.client, Reply(op.client, op.rid, 0, False, why))
+            return f"request of client {op.client}: {why}"
         held = self.held.get(op.client)
         if held is None or held.rid < op.rid:
             self.held[op.client] = _Held(op.rid, m.value, self.now)
@@ -302,14 +315,17 @@ class Replica:
     def _authentic(self, m: Propose) -> bool:
         """Whether an acceptor may take ``m.value`` as a client's: the no-op, a value the
         regency's progress certificate is bound to (it may have been chosen, so it must be
-        taken whoever wrote it), or a request whose client's MAC for me verifies."""
+        taken whoever wrote it), or a request whose client's MAC for me verifies and that
+        this node admits (its clock check)."""
         if m.value == NOOP:
             return True
         cert = self.acceptor.certificate
         if cert is not None and cert.pn == m.pn and cert.bound(m.slot) == m.value:
             return True
         request = parse_request(m.value)
-        return request is not None and verify_any(self.me, self.key, request[1], self.nodes)
+        if request is None or not verify_any(self.me, self.key, request[1], self.nodes):
+            return False
+        return self.admit is None or self.admit(request[0]) is None
 
     def _from_regent(
         self, kind: str, sender: int, pn: int, proof: tuple[Signed, ...]
@@ -396,6 +412,8 @@ class Replica:
         while (pv := self.learner.learned.get(ex.executed + 1)) is not None:
             self.patience = self.settings.timeout
             reply = ex.apply(ex.executed + 1, pv[1])
+            if reply is not None and ex.ran is not None and self.on_execute is not None:
+                self.on_execute(ex.ran, reply)
             if reply is not None:
                 held = self.held.get(reply.client)
                 if held is not None and held.rid <= reply.rid:

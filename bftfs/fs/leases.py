@@ -516,9 +516,22 @@ class Leases:
     # Recall ------------------------------------------------------------------------------
 
     def listen(self, endpoint: Any, nodes: Sequence[int]) -> None:
-        """Take the recalls ``endpoint`` (``net.endpoint.Endpoint``) is pushed, and keep a
-        connection open to each of ``nodes``: a node pushes only to connected clients."""
-        endpoint.on_push = self.on_push
+        """Take the recalls ``endpoint`` (``net.endpoint.Endpoint``) is pushed, passing
+        every other push to the handler it had (a FaB mount's replies, ``FabMetaClient``),
+        and keep a connection open to each of ``nodes``: a node pushes only to connected
+        clients.  With no handler before, every push is counted here (a malformed one too)."""
+        previous = endpoint.on_push
+        if previous is None:
+            endpoint.on_push = self.on_push
+        else:
+
+            def on_push(node: int, body: Any) -> None:
+                if isinstance(body, dict) and "recall" in body:
+                    self.on_push(node, body)
+                else:
+                    previous(node, body)
+
+            endpoint.on_push = on_push
         endpoint.stay_connected(list(nodes))
 
     def on_push(self, node: int, body: Any) -> None:

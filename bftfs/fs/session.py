@@ -88,8 +88,6 @@ async def open_session(
     directory if the cluster has none."""
     ring = KeyRing(client_identity(config, client), config.node_public_keys())
     await check_identity(config, ring)  # an unknown key fails now, not after every timeout
-    if config.engine == "fab":  # recalls are pushed by the Q/U server only: no leases
-        options = {**options, "lease_term": 0.0}
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
         qu = metadata_client(config, ep)
         fs = await FileSystem.open(qu, rw, config, **options)

@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bftfs.fab import durable
+from bftfs.fab.execution import Operation
 from bftfs.fab.replica import Replica, Settings, Step
 from bftfs.fab.service import KIND, FabFaults, FabShell
 from bftfs.ids import PrincipalId
 from bftfs.node.qu_server import registry_of
-from bftfs.qu.objects import ObjectType
+from bftfs.qu.clocks import clock_off
+from bftfs.qu.objects import Class, ObjectType
 from bftfs.quorums.fab import FabQuorums
+from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
@@ -61,6 +64,26 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
     )
     image = node.store.read(durable.load)
     restored = replica.restore(image) if image is not None else Step(())
+    # From here on (not for the slots a restart executes again, told long ago): the lease
+    # recalls and lock wake-ups a slot's answer names, pushed as a Q/U node does on accept.
+    replica.on_execute = lambda op, reply: (
+        node.recalls.executed(op.method, reply.result) if reply.ok else None
+    )
+    registry = replica.registry
+
+    def admit(op: Operation) -> str | None:
+        """A client's update declaring times off this node's clock is refused, as a Q/U
+        node refuses it (``qu/clocks.py``); queries declare none."""
+        method = registry.get(op.method)
+        if method is None or method.cls is not Class.UPDATE:
+            return None
+        off = clock_off(registry, op.method, op.arg, node.now_ns(), DEFAULT_MAX_AHEAD_NS)
+        if off is None:
+            return None
+        node.stats["fab.refused.ahead"] += 1
+        return off.code
+
+    replica.admit = admit
     changes = durable.Durable(replica)
 
     def persist() -> Awaitable[None] | None:

@@ -75,6 +75,7 @@ from bftfs.node.store import Store
 from bftfs.policy import RetentionPolicy
 from bftfs.qu import past, pastmany
 from bftfs.qu.classify import QUThresholds
+from bftfs.qu.clocks import ClockAhead
 from bftfs.qu.messages import (
     BATCHED_KINDS,
     KIND_BATCH,
@@ -95,7 +96,7 @@ from bftfs.qu.messages import (
 from bftfs.qu.objects import ObjectType, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.reads import handle_fetch, handle_history, handle_latest, handle_sync
-from bftfs.qu.replica import ClockAhead, NeedSync, OverQuota, SyncWant, handle_request
+from bftfs.qu.replica import NeedSync, OverQuota, SyncWant, handle_request
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Request
 from bftfs.qu.serverconfig import ReplicaConfig, Retention

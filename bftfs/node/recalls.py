@@ -7,7 +7,8 @@ node then pushes ``{"recall": [oid, ...]}`` to each holder over the holder's own
 authenticated connections (``Server.push``).  The holder believes a recall only once
 ``b + 1`` nodes pushed it (``fs/leases.py``), so a Byzantine node can neither make a holder
 give a lease up nor, by withholding its push, keep a recall from arriving: every correct
-node of the update's quorum pushes.
+node of the update's quorum pushes.  Under FaB (``node/fab_server.py``) a node pushes when
+it *executes* the recall: every correct node executes every slot, once.
 
 The answer pushed is the one the update stored (the applied table answers a retried
 recall the same), so a recall sent again pushes again: a holder that lost a push is told
@@ -37,7 +38,8 @@ LOCK_WAKES = frozenset({"fs.setlk", "fs.unlockowner", "fs.renewlk"})
 
 
 class Recalls:
-    """Pushes a recall to each holder an accepted ``fs.recall`` names."""
+    """Pushes a recall to each holder an accepted ``fs.recall`` names (one per node, which
+    both metadata engines call: Q/U on accept, FaB on execution)."""
 
     def __init__(self, push: Callable[[PrincipalId, Any], int], stats: Counter[str]) -> None:
         """``push``: the node server's ``Server.push``."""
@@ -47,17 +49,23 @@ class Recalls:
         self.enabled = True
 
     def accepted(self, req: Request, reply: Reply) -> None:
-        """An update this node took: push the recalls (or lock wake-ups) its answer names."""
-        op = req.op
-        if op is not None and op.method in LOCK_WAKES and isinstance(reply.answer, dict):
-            self._wake(reply.answer.get("w"))
+        """An update this Q/U node took: push the recalls (or lock wake-ups) its answer
+        names."""
+        if req.op is not None:
+            self.executed(req.op.method, reply.answer)
+
+    def executed(self, method: str, answer: Any) -> None:
+        """A method this node ran and its answer (a Q/U update it accepted, or a FaB slot
+        it executed, ``node/fab_server.py``): push the recalls or wake-ups it names."""
+        if method in LOCK_WAKES and isinstance(answer, dict):
+            self._wake(answer.get("w"))
             return
-        if op is None or op.method != RECALL or not isinstance(reply.answer, list):
+        if method != RECALL or not isinstance(answer, list):
             return
         if not self.enabled:
             self.stats["qu.recalls.withheld"] += 1
             return
-        for holder, oids in _per_client(reply.answer).items():
+        for holder, oids in _per_client(answer).items():
             sent = self._push(PrincipalId(holder), {"recall": oids[:MAX_RECALLED]})
             self.stats["qu.recalls.pushed" if sent else "qu.recalls.unconnected"] += 1
 

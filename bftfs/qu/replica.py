@@ -64,6 +64,7 @@ from bftfs.qu.classify import (
     missing_objects,
     setup_from_classes,
 )
+from bftfs.qu.clocks import ClockAhead, clock_off
 from bftfs.qu.history import (
     OHSEntry,
     ReplicaHistory,
@@ -113,18 +114,6 @@ class OverQuota:
     used: int
     grows: int
     quota: int
-
-
-@dataclass(frozen=True)
-class ClockAhead:
-    """Result of a client's own update refused because the clock it declares
-    (``Registry.declared_time``) lies ``ahead_ns`` past this server's, more than the skew
-    allowed (nothing was written)."""
-
-    ahead_ns: int
-    #: The skew allowed (0: the PASIS write skew); a negative ``ahead_ns`` is a lease time
-    #: too far behind (``Registry.lease_time``).
-    skew_ns: int = 0
 
 
 def _size(state: bytes | None) -> int:
@@ -455,15 +444,7 @@ def _clock_ahead(
     accepted is not refused when it is re-run later."""
     if step.req.client != step.sender or max_ahead_ns is None or op.query:
         return None
-    declared = step.cfg.registry.declared_time(op.method, op.arg)
-    if declared is not None and declared > now_ns + max_ahead_ns:
-        return ClockAhead(declared - now_ns)
-    lease = step.cfg.registry.lease_time(op.method, op.arg)
-    if lease is not None:
-        at, skew, grants = lease
-        if at > now_ns + skew or (grants and at < now_ns - skew):
-            return ClockAhead(at - now_ns, skew)
-    return None
+    return clock_off(step.cfg.registry, op.method, op.arg, now_ns, max_ahead_ns)
 
 
 def _query(
