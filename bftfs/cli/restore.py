@@ -396,7 +396,7 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     plan, lo = with_past(cfg, args.as_client, run)
     verb = "would" if args.dry_run else "did"
     for a in plan.actions:
-        what = f"{a.path} -> {a.to}" if a.kind == "move" else a.path
+        what = _step_paths(a)
         print(f"{verb} {a.kind} {what}")
     for rel, why in plan.conflicts:
         print(f"conflict: {rel or '.'}: {why} (left as it is)")
@@ -409,6 +409,11 @@ def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         # the window this one showed.
         print(f"to revert this very window: the same command with --since {exact_time(lo)}")
     return 0
+
+
+def _step_paths(a: Any) -> str:
+    """The path a revert step acts on, as printed (a move: ``from -> to``)."""
+    return f"{a.path} -> {a.to}" if a.kind == "move" else a.path
 
 
 async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) -> None:
@@ -428,8 +433,8 @@ async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) 
             try:
                 await _act(past, root, a)
             except (OSError, WriteFailed) as e:
-                what = f"{a.path} -> {a.to}" if a.kind == "move" else a.path or "."
-                failed.append(f"{a.kind} {what}: {_why(e) if isinstance(e, OSError) else e}")
+                why = _why(e) if isinstance(e, OSError) else e
+                failed.append(f"{a.kind} {_step_paths(a) or '.'}: {why}")
                 return
         done[0] += 1
         update(done[0], len(actions))
