@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse an
 
 
 def bftfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return bftfs_cli(home, *args)
+    return bftfs_cli(home, *args, timeout=120.0)
 
 
 def authors(home: Path, path: str) -> list[str]:

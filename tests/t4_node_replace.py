@@ -38,7 +38,7 @@ pytestmark = [
 
 
 def bftfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return bftfs_cli(home, *args)
+    return bftfs_cli(home, *args, timeout=120.0)
 
 
 def tree(block_size: int) -> dict[str, bytes]:

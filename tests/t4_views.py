@@ -36,7 +36,7 @@ OPTIONS: dict[str, Any] = {"clients": 2, "durable": False, "map_size": 1 << 28}
 
 
 def bftfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return bftfs_cli(home, *args)
+    return bftfs_cli(home, *args, timeout=120.0)
 
 
 def views_held(cfg: ClusterConfig, nodes: list[int] | None = None) -> dict[int, int]:
