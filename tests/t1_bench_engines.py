@@ -32,6 +32,7 @@ def test_command_line_defaults_and_refusals() -> None:
     args = engines.parse_args([])
     assert (args.engines, args.bs, args.clients) == (["qu", "fab"], [1, 2, 3], [2, 4])
     assert args.name.endswith("-fault-scalability-engines")
+    assert not args.leases and engines.parse_args(["--leases"]).leases
     with pytest.raises(SystemExit):
         engines.parse_args(["--engines", "raft"])
 
@@ -125,3 +126,5 @@ def test_markdown_puts_the_engines_side_by_side_per_b_and_client_count() -> None
     assert "| 2 | 11 | 1.50 / 0.82 | 2.1 (2) / 73.3 (28) | 3.2 / 60.0 |" in md  # one client
     assert "| 40.0 / 60.0 |" in md and "| 2 | 11 | 1.50 / - |" not in md
     assert "- fab b=2 FAILED: [Errno 5] Input/output error" in md and "more" not in md
+    assert "mounts with lease=0" in md
+    assert "mounts with leases" in engines.markdown({**result, "leases": True})
