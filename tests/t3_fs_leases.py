@@ -196,6 +196,10 @@ def test_nodes_refuse_a_lease_time_off_their_clock(
         except MethodRefused as e:
             got = e.code
         assert got == refused or (refused is not None and refused in str(got))
+        servers = [n.server for n in env.cluster.nodes if n.server is not None]
+        counted = {w: sum(s.stats[f"qu.refused.{w}"] for s in servers) for w in ("ahead", "behind")}
+        # each way is counted under its own name ("behind" was counted as "ahead")
+        assert {w for w, c in counted.items() if c} == ({refused} if refused else set())
         await env.raw.update(ROOT, "fs.release", {"lt": time.time_ns()})
         years_behind = time.time_ns() - 3 * 365 * 86400 * 10**9
         mk = {"name": b"d", "p": ROOT, "o": 7 * 10**9, "mode": 0o755, "uid": 0, "gid": 0}

@@ -80,7 +80,7 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
         off = clock_off(registry, op.method, op.arg, node.now_ns(), DEFAULT_MAX_AHEAD_NS)
         if off is None:
             return None
-        node.stats["fab.refused.ahead"] += 1
+        node.stats[f"fab.refused.{off.code}"] += 1
         return off.code
 
     replica.admit = admit

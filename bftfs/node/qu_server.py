@@ -264,11 +264,11 @@ class QUServer:
 
     def _refuse(self, sender: int, res: OverQuota | ClockAhead) -> HandlerError:
         if isinstance(res, ClockAhead):
-            self.stats["qu.refused.ahead"] += 1
+            self.stats[f"qu.refused.{res.code}"] += 1
             allowed = res.skew_ns or DEFAULT_MAX_AHEAD_NS
             way = "ahead of" if res.ahead_ns > 0 else "behind"
             return HandlerError(
-                "ahead" if res.ahead_ns > 0 else "behind",
+                res.code,
                 f"client {sender}'s clock is {abs(res.ahead_ns) / 1e9:.1f} s {way} this "
                 f"node's (at most {allowed / 1e9:.0f} s)",
             )
