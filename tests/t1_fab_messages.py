@@ -269,6 +269,10 @@ def test_a_byzantine_proposer_cannot_grow_the_election_state() -> None:
     assert len(r.election.latest) == 1 and r.election.regency == 0
 
 
+#: Requests on streams other than 0 (one mount's, another's, the largest), made once.
+_STREAMED = [_value(rid, stream=s) for rid, s in ((1, 1), (2, 2**62), (3, 2**63 - 1))]
+
+
 def _random_message(rng: random.Random) -> Message:
     """A well-formed message with hostile contents: random numbers, bodies and MACs, or
     pieces of real statements in the wrong places."""
@@ -282,7 +286,7 @@ def _random_message(rng: random.Random) -> Message:
                 b"",
                 NOOP,
                 _value(),
-                _value(rng.randrange(4), stream=nat()),  # another mount's stream
+                rng.choice(_STREAMED),  # requests of other mounts' streams
                 rng.randbytes(rng.randint(0, 40)),
                 canonical(["rep", nat(), nat(), [[nat(), b"x"]]]),
                 canonical(["suspect", nat()]),

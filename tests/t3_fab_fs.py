@@ -252,3 +252,19 @@ def test_a_client_over_its_quota_gets_edquot_and_another_client_does_not(
 
     with fs_helpers.engine(engine):
         fs_helpers.run(tmp_path, body, limits=LimitsPolicy(quota_fraction=0.001))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        t3_fs_leases.test_another_clients_change_recalls_the_lease_and_is_seen_at_once,
+        t3_fs_writeback.test_closes_under_an_exclusive_lease_leave_creates_to_write_back,
+    ],
+    ids=["leases", "writeback"],
+)
+def test_one_client_two_mounts_under_fab(case: Callable[..., None], tmp_path: Path) -> None:
+    """The lease and write-back suites' ``one-client-two-mounts`` cases under FaB: a lease
+    is a mount's, and the other mount of the same identity recalls it and sees what the
+    holder wrote (before streams, its calls were dropped by the nodes)."""
+    with fs_helpers.engine("fab"):
+        case(tmp_path, twins=True)
