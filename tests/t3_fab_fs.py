@@ -35,7 +35,8 @@ import t3_fs_writeback
 import t3_fs_writebehind
 import trio
 
-from bftfs.fab.metaclient import FabMetaClient
+from bftfs.fab.metaclient import FabMetaClient, FabUnavailable
+from bftfs.fab.sessions import STREAMS
 from bftfs.fs.errors import FsError
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fsobjects import ROOT
@@ -268,3 +269,36 @@ def test_one_client_two_mounts_under_fab(case: Callable[..., None], tmp_path: Pa
     holder wrote (before streams, its calls were dropped by the nodes)."""
     with fs_helpers.engine("fab"):
         case(tmp_path, twins=True)
+
+
+def test_a_mount_whose_stream_was_evicted_goes_on_and_an_expired_call_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    """Five more FaB clients of one identity (``STREAMS`` is 4) push the first one's stream
+    out of the nodes' table while it is idle: its next call runs (no error).  A call whose
+    id is not above its evicted stream's last one (as a request that ran and whose reply
+    was lost) is refused ``expired`` by ``f + 1`` nodes: the client raises unavailable,
+    not a made-up answer, and its ids move past the bar, so the call after runs."""
+
+    async def body(env: fs_helpers.Env) -> None:
+        nodes = [int(i) for i in env.cluster.config.node_ids]
+
+        def fab() -> FabMetaClient:
+            ep = env.cluster.twin(0)
+            return FabMetaClient(ep, nodes, env.cluster.config.b, timeout=fs_helpers.FAB_TIMEOUT)
+
+        first = fab()
+        assert (await first.query(ROOT, "fs.peek"))["k"] is not None
+        for _ in range(STREAMS + 1):
+            await fab().query(ROOT, "fs.peek")
+        await first.query(ROOT, "fs.peek")  # evicted while idle: goes on
+        for _ in range(STREAMS + 1):
+            await fab().query(ROOT, "fs.peek")
+        first.rid -= 1  # its next id is its last one again
+        with pytest.raises(FabUnavailable, match="expired"):
+            await first.query(ROOT, "fs.peek")
+        assert (await first.query(ROOT, "fs.peek"))["k"] is not None
+        assert first.statistics().unavailable == 1
+
+    with fs_helpers.engine("fab"):
+        fs_helpers.run(tmp_path, body)

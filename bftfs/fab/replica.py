@@ -59,7 +59,7 @@ from bftfs.fab.messages import (
     decode,
 )
 from bftfs.fab.pacing import Resends
-from bftfs.fab.sessions import AGAIN, OLD, STREAMS
+from bftfs.fab.sessions import AGAIN, EXPIRED, OLD, RUN, STREAMS
 from bftfs.fab.statetransfer import StateTransfer
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
@@ -281,6 +281,11 @@ class Replica:
             self._send(op.client, Reply(op.client, rid, slot, ok, result, op.stream))
             return None
         if verdict == OLD:
+            return None
+        if verdict == EXPIRED:  # may have run, is never run: refused, not held (a leader
+            # does not propose a value twice, so a held copy would wait for a view change)
+            bar = self.execution.sessions.bar(op.client, op.stream)
+            self._send(op.client, Reply(op.client, op.rid, 0, False, [EXPIRED, bar], op.stream))
             return None
         why = self.admit(op) if self.admit is not None else None
         if why is not None:  # refused alike by every correct node: f + 1 make the answer
@@ -522,6 +527,9 @@ class Replica:
         return None
 
     def _maybe_suspect(self) -> None:
+        sessions = self.execution.sessions
+        for key in [k for k, h in self.held.items() if sessions.verdict(*k, h.rid)[0] != RUN]:
+            del self.held[key]  # ran, or expired, since it came (this node was behind)
         late = [h for h in self.held.values() if self.now - h.since >= self.patience]
         if not late:
             return
