@@ -226,7 +226,7 @@ def test_two_mounts_of_one_client_identity_write_and_read_each_others_files(
         fs_helpers.run(tmp_path, body, twins=True)
 
 
-@pytest.mark.parametrize("engine", ["qu", "fab"])
+@pytest.mark.parametrize("engine", [pytest.param("qu", marks=pytest.mark.slow), "fab"])
 def test_a_client_over_its_quota_gets_edquot_and_another_client_does_not(
     tmp_path: Path, engine: str
 ) -> None:
@@ -255,6 +255,7 @@ def test_a_client_over_its_quota_gets_edquot_and_another_client_does_not(
         fs_helpers.run(tmp_path, body, limits=LimitsPolicy(quota_fraction=0.001))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [
@@ -271,6 +272,7 @@ def test_one_client_two_mounts_under_fab(case: Callable[..., None], tmp_path: Pa
         case(tmp_path, twins=True)
 
 
+@pytest.mark.slow
 def test_a_mount_whose_stream_was_evicted_goes_on_and_an_expired_call_is_unavailable(
     tmp_path: Path,
 ) -> None:
