@@ -63,9 +63,11 @@ def keys_for(me: int) -> KeyLookup:
 
 @dataclass
 class Client:
-    """A client issuing one operation at a time, resending it on ticks until answered."""
+    """A client (a mount) issuing one operation at a time, resending it on ticks until
+    answered.  Several mounts of one identity ``cid`` have streams of their own."""
 
     cid: int
+    stream: int = 0
     rid: int = 0
     op: bytes | None = None
     collector: ReplyCollector | None = None
@@ -89,6 +91,8 @@ class Network:
     byzantine: dict[int, Behaviour] = field(default_factory=dict)
     #: ``(src, dst, message) -> bool``: a scripted adversary may drop specific messages.
     cut: Callable[[int, int, Message], bool] | None = None
+    #: Bytes of object states each client may be charged (``Replica.quota``).
+    quota: int | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -104,7 +108,9 @@ class Network:
         def record(slot: int, value: bytes) -> None:
             self.learned[i][slot] = value
 
-        return Replica(i, self.q, keys_for(i), self.registry, self.settings, record)
+        return Replica(
+            i, self.q, keys_for(i), self.registry, self.settings, record, quota=self.quota
+        )
 
     # -- sending --------------------------------------------------------------------
 
@@ -119,13 +125,25 @@ class Network:
         """Put raw bytes on the wire as if ``src`` sent them."""
         self.flight.append((src, dst, data))
 
-    def submit(self, cid: int, method: str, oids: list[int], arg: Any, tag: Any = None) -> None:
-        """Client ``cid`` starts its next operation (the previous one must be done)."""
-        c = self.clients.setdefault(cid, Client(cid))
+    def submit(
+        self,
+        cid: int,
+        method: str,
+        oids: list[int],
+        arg: Any,
+        tag: Any = None,
+        *,
+        mount: int | None = None,
+    ) -> None:
+        """Client ``cid`` starts its next operation (the previous one must be done).  With
+        ``mount``, a mount of identity ``cid`` of its own (``clients[mount]``, stream
+        ``mount``, request ids from 1 as any other mount's)."""
+        handle = cid if mount is None else mount
+        c = self.clients.setdefault(handle, Client(cid, 0 if mount is None else mount))
         assert c.op is None, "one operation at a time per client"
         c.rid += 1
-        c.op = request(cid, keys_for(cid), self.n, c.rid, method, oids, arg)
-        c.collector = ReplyCollector(c.rid, self.q.f)
+        c.op = request(cid, keys_for(cid), self.n, c.rid, method, oids, arg, c.stream)
+        c.collector = ReplyCollector(c.rid, self.q.f, c.stream)
         c.started, c.tag = self.deliveries, tag
         self._send_request(c)
 
@@ -165,14 +183,18 @@ class Network:
         self._emit(dst, step.sends)
 
     def _to_client(self, src: int, dst: int, data: bytes) -> None:
-        c = self.clients.get(dst)
+        """A reply goes to every mount of its client identity (as a node's push goes to
+        each of the client's connections); each counts its own."""
         m = decode(data)
-        if c is None or c.collector is None or not isinstance(m, Reply):
+        if not isinstance(m, Reply):
             return
-        result = c.collector.add(src, m)
-        if result is not None and c.op is not None:
-            c.done.append((c.rid, result[0], result[1], c.started, self.deliveries, c.tag))
-            c.op, c.collector = None, None
+        for c in self.clients.values():
+            if c.cid != dst or c.collector is None:
+                continue
+            result = c.collector.add(src, m)
+            if result is not None and c.op is not None:
+                c.done.append((c.rid, result[0], result[1], c.started, self.deliveries, c.tag))
+                c.op, c.collector = None, None
 
     def round(self) -> None:
         """Deliver every message now in flight, and nothing they cause: one message delay

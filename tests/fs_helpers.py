@@ -152,7 +152,8 @@ async def fs_env(
     Each file system gets a seeded RNG (object ids) and a shared fake clock that advances
     by 1 ms per reading, so times are deterministic and strictly increasing; ``qu_options``
     go to each file system's Q/U client.  ``twins``: every file system is client 0 (one
-    identity, as two mounts with the same bundle), each with its own connections.
+    identity, as two mounts with the same bundle), each with its own connections (and, on a
+    FaB cluster, its own stream).
     """
     clock = [1_700_000_000_000_000_000]
 
@@ -174,7 +175,10 @@ async def fs_env(
             rw = await stack.enter_async_context(
                 open_rw_client(endpoint, cluster.config, **RW_OPTIONS)
             )
-            if twins:
+            if twins and cluster.config.engine == "fab":  # its own stream (fab/sessions.py)
+                nodes = [int(i) for i in cluster.config.node_ids]
+                qu = FabMetaClient(endpoint, nodes, cluster.config.b, timeout=FAB_TIMEOUT)
+            elif twins:
                 qu = QUClient(
                     endpoint,
                     QUThresholds.from_config(cluster.config),

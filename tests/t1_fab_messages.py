@@ -57,7 +57,7 @@ EXAMPLES: list[Message] = [
     Rep(_signed(3, rep_body(1, 0, {1: b"x"})), (_signed(3, checkpoint_body(16, b"d")),)),
     NewView(1, (), 0, (), (Rep(_signed(3, rep_body(1, 0, {})), ()),)),
     Checkpoint(_signed(4, checkpoint_body(16, b"d" * 32))),
-    Reply(CLIENT_BASE, 1, 1, True, {"a": [1, b"2"]}),
+    Reply(CLIENT_BASE, 1, 1, True, {"a": [1, b"2"]}, 2**63 - 1),
     Fetch(16),
     Snapshot(16, b"state"),
 ]
@@ -74,14 +74,18 @@ def test_every_kind_round_trips(m: Message) -> None:
         b"",
         b"\xc1",
         canonical(7),
-        canonical([2, 2, 0, 1, b"v"]),  # another version
-        canonical([1, 99]),  # unknown kind
-        canonical([1, 2, 0, 1]),  # a field short
-        canonical([1, 2, -1, 1, b"v"]),  # negative proposal number
-        canonical([1, 2, 0, True, b"v"]),  # a boolean is not a slot
-        canonical([1, 2, 0, 1, "v"]),  # a value is bytes
-        canonical([1, 6, [0, b"b"]]),  # a statement of two fields
-        canonical([1, 11, 1, 1, 1, 1, None]),  # ok must be a boolean
+        canonical([1, 2, 0, 1, b"v"]),  # another version
+        canonical([2, 99]),  # unknown kind
+        canonical([2, 2, 0, 1]),  # a field short
+        canonical([2, 2, -1, 1, b"v"]),  # negative proposal number
+        canonical([2, 2, 0, True, b"v"]),  # a boolean is not a slot
+        canonical([2, 2, 0, 1, "v"]),  # a value is bytes
+        canonical([2, 6, [0, b"b"]]),  # a statement of two fields
+        canonical([2, 11, 1, 1, 1, 1, None, 0]),  # ok must be a boolean
+        canonical([2, 11, 1, 1, 1, True, None]),  # a reply without its stream
+        canonical([2, 11, 1, 1, 1, True, None, -1]),  # a negative stream
+        canonical([2, 11, 1, 1, 1, True, None, False]),  # a boolean is not a stream
+        canonical([2, 11, 1, 1, 1, True, None, 2**64 - 1]),  # beyond MAX_INT
     ],
 )
 def test_malformed_bytes_are_refused_with_a_reason(raw: bytes) -> None:
@@ -128,8 +132,8 @@ def test_a_replica_rejects_garbage_and_changes_nothing() -> None:
     assert (after.regency, after.executed, after.log_entries) == (0, 0, 0)
 
 
-def _value(rid: int = 1, client: int = CLIENT_BASE) -> bytes:
-    return request(client, keys_for(client), N, rid, "counter.increment", [1], 1)
+def _value(rid: int = 1, client: int = CLIENT_BASE, stream: int = 0) -> bytes:
+    return request(client, keys_for(client), N, rid, "counter.increment", [1], 1, stream)
 
 
 def test_a_proposal_from_a_node_that_does_not_lead_is_rejected() -> None:
@@ -173,7 +177,7 @@ def test_a_request_must_come_from_its_client() -> None:
     assert step.rejection is not None and "authenticator" in step.rejection
     assert r.held == {}
     assert r.step(CLIENT_BASE, encode(Request(_value()))).rejection is None
-    assert set(r.held) == {CLIENT_BASE}
+    assert set(r.held) == {(CLIENT_BASE, 0)}
 
 
 def test_a_request_the_node_does_not_admit_is_refused_and_never_accepted() -> None:
@@ -265,6 +269,10 @@ def test_a_byzantine_proposer_cannot_grow_the_election_state() -> None:
     assert len(r.election.latest) == 1 and r.election.regency == 0
 
 
+#: Requests on streams other than 0 (one mount's, another's, the largest), made once.
+_STREAMED = [_value(rid, stream=s) for rid, s in ((1, 1), (2, 2**62), (3, 2**63 - 1))]
+
+
 def _random_message(rng: random.Random) -> Message:
     """A well-formed message with hostile contents: random numbers, bodies and MACs, or
     pieces of real statements in the wrong places."""
@@ -278,6 +286,7 @@ def _random_message(rng: random.Random) -> Message:
                 b"",
                 NOOP,
                 _value(),
+                rng.choice(_STREAMED),  # requests of other mounts' streams
                 rng.randbytes(rng.randint(0, 40)),
                 canonical(["rep", nat(), nat(), [[nat(), b"x"]]]),
                 canonical(["suspect", nat()]),
@@ -309,7 +318,7 @@ def _random_message(rng: random.Random) -> Message:
             lambda: rep(),
             lambda: NewView(nat(), signeds(), nat(), signeds(), tuple(rep() for _ in range(6))),
             lambda: Checkpoint(signed()),
-            lambda: Reply(nat(), nat(), nat(), rng.random() < 0.5, blob()),
+            lambda: Reply(nat(), nat(), nat(), rng.random() < 0.5, blob(), nat()),
             lambda: Fetch(nat()),
             lambda: Snapshot(nat(), blob()),
         ]

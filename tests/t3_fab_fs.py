@@ -10,7 +10,9 @@ Q/U or about what FaB does not do yet (docs/fab.md, "Not yet"), each named with 
 
 from __future__ import annotations
 
+import errno
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,14 @@ import t3_fs_sealed
 import t3_fs_streaming
 import t3_fs_writeback
 import t3_fs_writebehind
+import trio
+
+from bftfs.fab.metaclient import FabMetaClient, FabUnavailable
+from bftfs.fab.sessions import STREAMS
+from bftfs.fs.errors import FsError
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fsobjects import ROOT
+from bftfs.policy import LimitsPolicy
 
 SUITES = [
     t3_fs_namespace,
@@ -77,9 +87,6 @@ REPRESENTATIVE = {
 }
 
 NOT_UNDER_FAB = {
-    "test_a_create_refused_for_quota_at_close_can_be_created_again": (
-        "the quota of metadata records is charged by the Q/U server"
-    ),
     "test_a_create_that_cannot_be_sent_does_not_hold_up_its_directory": (
         "waits out the FaB client's timeout, not Q/U's per-round one"
     ),
@@ -175,3 +182,125 @@ def test_nodes_refuse_a_lock_lease_time_off_their_clock_under_fab(
     is refused by FaB nodes as by Q/U ones."""
     with fs_helpers.engine("fab"):
         t3_fs_locks.test_nodes_refuse_a_lock_lease_time_off_their_clock(tmp_path, offset_s, refused)
+
+
+async def _read(fs: FileSystem, name: bytes) -> bytes:
+    fh = await fs.open((await fs.lookup(ROOT, name)).ino, os.O_RDONLY)
+    try:
+        return await fs.read(fh, 0, 1 << 20)
+    finally:
+        await fs.release(fh)
+
+
+FILES = 5
+
+
+def test_two_mounts_of_one_client_identity_write_and_read_each_others_files(
+    tmp_path: Path,
+) -> None:
+    """Two mounts of one client identity (one bundle on two machines: ``twins``) create and
+    write five files each at once, then each reads every file of both.  Their requests
+    interleave on the nodes with ids of their own (each mount's stream,
+    ``fab/sessions.py``); with one last request id per client, the nodes dropped the
+    slower mount's calls and its writes failed (EIO after the client's timeout)."""
+
+    async def body(env: fs_helpers.Env) -> None:
+        a, b = env.fss
+        fab = [fs.meta.qu._qu for fs in (a, b)]  # under the mount tag
+        assert all(isinstance(c, FabMetaClient) for c in fab)
+        assert fab[0].me == fab[1].me and fab[0].stream != fab[1].stream
+
+        async def writes(fs: FileSystem, tag: bytes) -> None:
+            for i in range(FILES):
+                await fs_helpers.write_file(fs, b"%s%d" % (tag, i), tag * 50 + bytes([i]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writes, a, b"a")
+            nursery.start_soon(writes, b, b"b")
+        for fs in (a, b):
+            for tag in (b"a", b"b"):
+                for i in range(FILES):
+                    assert await _read(fs, b"%s%d" % (tag, i)) == tag * 50 + bytes([i])
+
+    with fs_helpers.engine("fab"):
+        fs_helpers.run(tmp_path, body, twins=True)
+
+
+@pytest.mark.parametrize("engine", [pytest.param("qu", marks=pytest.mark.slow), "fab"])
+def test_a_client_over_its_quota_gets_edquot_and_another_client_does_not(
+    tmp_path: Path, engine: str
+) -> None:
+    """``[limits] quota_fraction`` small: client a creates 4000-byte files until one fails,
+    and it fails with EDQUOT under both engines (FaB: every correct node refuses the
+    execution ``quota``, ``fab/execution.py``; without a FaB quota a's files all went in).
+    Client b still creates and writes, a can still remove a file, and both read b's."""
+
+    async def body(env: fs_helpers.Env) -> None:
+        a, b = env.fss
+        refused = None
+        for i in range(60):
+            try:
+                await fs_helpers.write_file(a, b"a%d" % i, b"q" * 4000)
+            except FsError as e:
+                refused = e
+                break
+        assert refused is not None and refused.errno == errno.EDQUOT, refused
+        assert i > 2  # a's quota held some files first
+        await fs_helpers.write_file(b, b"b", b"other client")
+        await a.unlink(ROOT, b"a0")
+        for fs in (a, b):
+            assert await _read(fs, b"b") == b"other client"
+
+    with fs_helpers.engine(engine):
+        fs_helpers.run(tmp_path, body, limits=LimitsPolicy(quota_fraction=0.001))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    [
+        t3_fs_leases.test_another_clients_change_recalls_the_lease_and_is_seen_at_once,
+        t3_fs_writeback.test_closes_under_an_exclusive_lease_leave_creates_to_write_back,
+    ],
+    ids=["leases", "writeback"],
+)
+def test_one_client_two_mounts_under_fab(case: Callable[..., None], tmp_path: Path) -> None:
+    """The lease and write-back suites' ``one-client-two-mounts`` cases under FaB: a lease
+    is a mount's, and the other mount of the same identity recalls it and sees what the
+    holder wrote (before streams, its calls were dropped by the nodes)."""
+    with fs_helpers.engine("fab"):
+        case(tmp_path, twins=True)
+
+
+@pytest.mark.slow
+def test_a_mount_whose_stream_was_evicted_goes_on_and_an_expired_call_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    """Five more FaB clients of one identity (``STREAMS`` is 4) push the first one's stream
+    out of the nodes' table while it is idle: its next call runs (no error).  A call whose
+    id is not above its evicted stream's last one (as a request that ran and whose reply
+    was lost) is refused ``expired`` by ``f + 1`` nodes: the client raises unavailable,
+    not a made-up answer, and its ids move past the bar, so the call after runs."""
+
+    async def body(env: fs_helpers.Env) -> None:
+        nodes = [int(i) for i in env.cluster.config.node_ids]
+
+        def fab() -> FabMetaClient:
+            ep = env.cluster.twin(0)
+            return FabMetaClient(ep, nodes, env.cluster.config.b, timeout=fs_helpers.FAB_TIMEOUT)
+
+        first = fab()
+        assert (await first.query(ROOT, "fs.peek"))["k"] is not None
+        for _ in range(STREAMS + 1):
+            await fab().query(ROOT, "fs.peek")
+        await first.query(ROOT, "fs.peek")  # evicted while idle: goes on
+        for _ in range(STREAMS + 1):
+            await fab().query(ROOT, "fs.peek")
+        first.rid -= 1  # its next id is its last one again
+        with pytest.raises(FabUnavailable, match="expired"):
+            await first.query(ROOT, "fs.peek")
+        assert (await first.query(ROOT, "fs.peek"))["k"] is not None
+        assert first.statistics().unavailable == 1
+
+    with fs_helpers.engine("fab"):
+        fs_helpers.run(tmp_path, body)

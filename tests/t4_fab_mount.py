@@ -115,6 +115,39 @@ def test_namespace_and_contents_are_ordered_by_fab_and_seen_by_a_second_mount(
     assert len({f["regency"] for f in after}) == 1
 
 
+def test_a_second_mount_of_the_same_client_writes_and_reads_beside_the_first(
+    cluster: ProcessCluster, mounts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``client0`` mounted a second time (one bundle on two machines): both mounts write
+    five files at once, each in its own thread, and each reads all ten.  Each mount's
+    requests run on its own stream (``fab/sessions.py``); with one last request id per
+    client the nodes dropped the slower mount's calls and its writes failed with EIO."""
+    a, _ = mounts
+    (a / "twins").mkdir()
+    with Mount(cluster.config, tmp_path / "twin", client="client0") as twin:
+        roots = {"a": a, "t": twin.mountpoint}
+        failed: list[OSError] = []
+
+        def writes(tag: str) -> None:
+            try:
+                for i in range(5):
+                    (roots[tag] / "twins" / f"{tag}{i}").write_bytes(tag.encode() * 99 + b"%d" % i)
+            except OSError as e:
+                failed.append(e)
+
+        threads = [threading.Thread(target=writes, args=(tag,)) for tag in roots]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failed
+        for root in roots.values():
+            for tag in roots:
+                for i in range(5):
+                    got = (root / "twins" / f"{tag}{i}").read_bytes()
+                    assert got == tag.encode() * 99 + b"%d" % i
+
+
 def test_the_leader_killed_while_a_mount_writes_then_restarted_rejoins(
     cluster: ProcessCluster, mounts: tuple[Path, Path]
 ) -> None:

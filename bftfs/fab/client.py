@@ -18,25 +18,34 @@ from bftfs.qu.canon import canonical
 
 
 def request(
-    client: int, key: KeyLookup, nodes: int, rid: int, method: str, oids: list[int], arg: Any
+    client: int,
+    key: KeyLookup,
+    nodes: int,
+    rid: int,
+    method: str,
+    oids: list[int],
+    arg: Any,
+    stream: int = 0,
 ) -> bytes:
-    """Client ``client``'s request ``rid``, authenticated for each of the ``nodes`` nodes
-    (the seed's request certificate, L5379-5385); ``key`` is the client's key ring."""
-    op = operation(client, rid, method, oids, arg)
+    """Client ``client``'s request ``rid`` on its ``stream`` (its mount's,
+    ``fab/sessions.py``), authenticated for each of the ``nodes`` nodes (the seed's request
+    certificate, L5379-5385); ``key`` is the client's key ring."""
+    op = operation(client, rid, method, oids, arg, stream)
     return request_value(op, sign(client, key, op, nodes).macs)
 
 
 class ReplyCollector:
-    """Replies to one request ``rid`` until ``f + 1`` match."""
+    """Replies to one request ``rid`` of ``stream`` until ``f + 1`` match (the replies to
+    another mount of the same client, pushed here too, do not count)."""
 
-    def __init__(self, rid: int, f: int) -> None:
-        self.rid, self.f = rid, f
+    def __init__(self, rid: int, f: int, stream: int = 0) -> None:
+        self.rid, self.f, self.stream = rid, f, stream
         self.votes: dict[bytes, set[int]] = {}
         self.result: tuple[bool, Any] | None = None
 
     def add(self, node: int, reply: Reply) -> tuple[bool, Any] | None:
         """Count ``node``'s reply; ``(ok, result)`` once ``f + 1`` nodes agree."""
-        if reply.rid != self.rid or self.result is not None:
+        if reply.rid != self.rid or reply.stream != self.stream or self.result is not None:
             return self.result
         key = canonical([reply.slot, reply.ok, reply.result])
         for voters in self.votes.values():

@@ -2,15 +2,25 @@
 
 Agreement orders opaque values; this module gives them meaning.  A value is a client's
 request ``[op, [mac...]]`` (:func:`request_value`): the operation
-``[client, rid, method, [oid...], arg]`` (:func:`operation`) with the client's
+``[client, rid, method, [oid...], arg, stream]`` (:func:`operation`) with the client's
 authenticator, one MAC per node, which acceptors check before accepting it (so a leader
 cannot make up a client's operation, L5379-5385); or the no-op a new leader proposes into
 a free slot.  Slots are applied strictly in order to the object
 states with the same :class:`bftfs.qu.objects.Registry` methods Q/U runs, so the file
 system's methods (``bftfs.fsobjects``) are ordered by FaB unchanged.
 
-Exactly once (L5829-5870): each client's last request id and reply are kept; a request
-with an id not above the last one is not run again (the equal one gets the cached reply).
+Exactly once (L5829-5870): the last request id and reply are kept per client *stream*
+(one per mount, :mod:`bftfs.fab.sessions`); a request with an id not above its stream's
+last one is not run again (the equal one gets the cached reply), and one whose stream was
+evicted past its id is refused ``expired``.
+
+The quota (``[limits] quota_fraction``, node/limits.py): every object state is charged to
+the client whose request last wrote it, by its canonical size (``owners``, part of the
+state).  A client's update whose new states are larger than those they replace, and that
+would take its charge past ``quota``, is refused ``quota``, the rule and code of the Q/U
+server (``qu/replica.py`` ``_over_quota``).  ``quota`` is one figure for the whole cluster
+(``quota_fraction * map_size`` of ``cluster.toml``), never a node's own measure, so every
+correct node decides alike; nodes are never refused.
 A malformed value, an unknown method or a method's refusal are deterministic outcomes
 (``ok`` false with a code), the same on every correct node, never an exception.
 
@@ -31,15 +41,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from bftfs.fab.messages import Reply, Signed
+from bftfs.fab.sessions import AGAIN, EXPIRED, RUN, Sessions
+from bftfs.ids import is_node
 from bftfs.qu.canon import CanonicalError, canonical, unpack
 from bftfs.qu.objects import Class, MethodRefused, Registry
 
 NOOP = canonical(["noop"])
 
 
-def operation(client: int, rid: int, method: str, oids: list[int], arg: Any) -> bytes:
-    """The value a client's request is ordered as."""
-    return canonical([client, rid, method, list(oids), arg])
+def operation(
+    client: int, rid: int, method: str, oids: list[int], arg: Any, stream: int = 0
+) -> bytes:
+    """The value a client's request is ordered as (``stream``: its mount's, sessions.py)."""
+    return canonical([client, rid, method, list(oids), arg, stream])
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Operation:
     method: str
     oids: tuple[int, ...]
     arg: Any
+    stream: int = 0
 
 
 def _nat(x: Any) -> bool:
@@ -84,23 +99,31 @@ def parse_operation(op_bytes: bytes) -> Operation | None:
         raw = unpack(op_bytes)
     except Exception:  # noqa: BLE001 - hostile bytes
         return None
-    if not (isinstance(raw, list) and len(raw) == 5):
+    if not (isinstance(raw, list) and len(raw) == 6):
         return None
-    client, rid, method, oids, arg = raw
+    client, rid, method, oids, arg, stream = raw
     if not (_nat(client) and _nat(rid) and isinstance(method, str) and isinstance(oids, list)):
         return None
     if not oids or not all(_nat(o) for o in oids) or len(set(oids)) != len(oids):
         return None
-    return Operation(client, rid, method, tuple(oids), arg)
+    if not _nat(stream):
+        return None
+    return Operation(client, rid, method, tuple(oids), arg, stream)
 
 
 class Execution:
     """Object states and per-client replies, advanced one learned slot at a time."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, quota: int | None = None) -> None:
         self.registry = registry
+        #: Bytes of object states one client may be charged (None: no quota).
+        self.quota = quota
         self.objects: dict[int, Any] = {}
-        self.replies: dict[int, list[Any]] = {}  # client -> [rid, slot, ok, result]
+        self.sessions = Sessions()  # (client, stream) -> last request id and reply
+        #: oid -> [client, bytes]: who last wrote the object's state, and its size.
+        self.owners: dict[int, list[int]] = {}
+        #: client -> bytes charged (from ``owners``; not in the snapshot).
+        self.usage: dict[int, int] = {}
         self.executed = 0  # the last slot applied; slots start at 1
         #: The operation the last :meth:`apply` ran (None: a no-op, a malformed value or a
         #: request id already run): what the node tells of it beyond the reply (the lease
@@ -118,15 +141,18 @@ class Execution:
         if request is None:
             return None
         op = request[0]
-        last = self.replies.get(op.client)
-        if last is not None and op.rid <= last[0]:
-            if op.rid == last[0]:
-                return Reply(op.client, last[0], last[1], last[2], last[3])
+        verdict, last = self.sessions.verdict(op.client, op.stream, op.rid)
+        if verdict == AGAIN and last is not None:
+            return Reply(op.client, last[0], last[1], last[2], last[3], op.stream)
+        if verdict == EXPIRED:  # may have run, its reply is gone: never again
+            bar = self.sessions.bar(op.client, op.stream)
+            return Reply(op.client, op.rid, slot, False, [EXPIRED, bar], op.stream)
+        if verdict != RUN:
             return None
         ok, result = self._run(op)
         self.ran = op
-        self.replies[op.client] = [op.rid, slot, ok, result]
-        return Reply(op.client, op.rid, slot, ok, result)
+        self.sessions.record(op.client, op.stream, op.rid, slot, ok, result)
+        return Reply(op.client, op.rid, slot, ok, result, op.stream)
 
     def _run(self, op: Operation) -> tuple[bool, Any]:
         method = self.registry.get(op.method)
@@ -137,13 +163,41 @@ class Execution:
             new, answer = self.registry.update(op.method, states, op.arg, op.client)
         except MethodRefused as e:
             return False, e.code
+        grows = sum(len(s) for s in new.values()) - sum(self._size(oid) for oid in new)
+        if self._over(op.client, grows):
+            return False, "quota"
         for oid, state in new.items():
+            self._charge(oid, op.client, len(state))
             self.objects[oid] = unpack(state)
         return True, answer
 
+    def _size(self, oid: int) -> int:
+        owner = self.owners.get(oid)
+        if owner is not None:
+            return owner[1]
+        return 0 if self.objects.get(oid) is None else len(canonical(self.objects[oid]))
+
+    def _over(self, client: int, grows: int) -> bool:
+        """The Q/U server's rule (``qu/replica.py``): only growth past the quota is refused,
+        so a client over it can still remove and shrink; nodes are never refused."""
+        if self.quota is None or grows <= 0 or is_node(client):
+            return False
+        return self.usage.get(client, 0) + grows > self.quota
+
+    def _charge(self, oid: int, client: int, size: int) -> None:
+        owner = self.owners.get(oid)
+        if owner is not None:
+            left = self.usage.get(owner[0], 0) - owner[1]
+            if left > 0:
+                self.usage[owner[0]] = left
+            else:
+                self.usage.pop(owner[0], None)
+        self.owners[oid] = [client, size]
+        self.usage[client] = self.usage.get(client, 0) + size
+
     def snapshot(self) -> bytes:
         """The canonical encoding of the whole state at ``executed``."""
-        return canonical([self.executed, self.objects, self.replies])
+        return canonical([self.executed, self.objects, self.sessions.table, self.owners])
 
     def digest(self) -> bytes:
         return hashlib.blake2b(self.snapshot(), digest_size=32).digest()
@@ -151,15 +205,26 @@ class Execution:
     def install(self, snapshot: bytes) -> bool:
         """Replace the state by a snapshot (its digest already checked); False if malformed."""
         try:
-            executed, objects, replies = unpack(snapshot)
+            executed, objects, table, owners = unpack(snapshot)
             canonical(objects)
         except (CanonicalError, ValueError, TypeError):
             return False
         except Exception:  # noqa: BLE001 - hostile bytes
             return False
-        if not (_nat(executed) and isinstance(objects, dict) and isinstance(replies, dict)):
+        if not (_nat(executed) and isinstance(objects, dict) and isinstance(owners, dict)):
             return False
-        self.executed, self.objects, self.replies = executed, objects, replies
+        usage: dict[int, int] = {}
+        for oid, owner in owners.items():
+            if not (_nat(oid) and isinstance(owner, list) and len(owner) == 2):
+                return False
+            if not (_nat(owner[0]) and _nat(owner[1])):
+                return False
+            usage[owner[0]] = usage.get(owner[0], 0) + owner[1]
+        sessions = Sessions()
+        if not sessions.install(table):
+            return False
+        self.executed, self.objects, self.sessions = executed, objects, sessions
+        self.owners, self.usage = owners, {c: n for c, n in usage.items() if n > 0}
         return True
 
 

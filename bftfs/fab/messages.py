@@ -22,7 +22,7 @@ kind    class         fields                                                  se
                       low certificate (Signed checkpoints)
 9       NewView       pn, proof, low, low certificate, reps (list of Rep)     Fig 6.8 111
 10      Checkpoint    Signed ``["checkpoint", seq, digest]``                  L5904
-11      Reply         client, rid, slot, ok, result                           L5829
+11      Reply         client, rid, slot, ok, result, stream                   L5829
 12      Fetch         seq (a lagging node asks for the stable state)          L7640
 13      Snapshot      seq, state (canonical bytes; checked against a digest)  L7640
 ======  ============  ======================================================  ==========
@@ -35,8 +35,9 @@ from typing import Any
 
 from bftfs.qu.canon import CanonicalError, canonical, unpack
 
-#: Wire version of FaB messages; a message of another version is refused.
-VERSION = 1
+#: Wire version of FaB messages; a message of another version is refused.  2: a client's
+#: operation and its reply name the client's stream (``fab/sessions.py``).
+VERSION = 2
 #: Bounds a Byzantine sender cannot exceed (a value is one client operation).
 MAX_VALUE = 256 * 1024
 MAX_INT = 2**63 - 1
@@ -127,6 +128,8 @@ class Reply:
     slot: int
     ok: bool
     result: Any
+    #: The client's stream (one per mount, ``fab/sessions.py``) the request came on.
+    stream: int = 0
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ def _fields_out(m: Message) -> list[Any]:
             [_signed_out(s) for s in m.low_certificate],
             [_rep_out(r) for r in m.reps],
         ]
-    return [m.client, m.rid, m.slot, m.ok, m.result]
+    return [m.client, m.rid, m.slot, m.ok, m.result, m.stream]
 
 
 def encode(m: Message) -> bytes:
@@ -278,10 +281,11 @@ def _parse(kind: int, f: list[Any]) -> Message:
         )
     if kind == 10 and len(f) == 1:
         return Checkpoint(_signed(f[0], "checkpoint"))
-    if kind == 11 and len(f) == 5:
+    if kind == 11 and len(f) == 6:
         if not isinstance(f[3], bool):
             raise MalformedMessage("ok must be a boolean")
-        return Reply(_int(f[0], "client"), _int(f[1], "rid"), _int(f[2], "slot"), f[3], f[4])
+        client, rid, slot = _int(f[0], "client"), _int(f[1], "rid"), _int(f[2], "slot")
+        return Reply(client, rid, slot, f[3], f[4], _int(f[5], "stream"))
     if kind == 12 and len(f) == 1:
         return Fetch(_int(f[0], "seq"))
     if kind == 13 and len(f) == 2:

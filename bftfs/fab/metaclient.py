@@ -9,21 +9,28 @@ REPLY after executing the slot, and ``f + 1`` matching replies are the answer
 (:class:`~bftfs.fab.client.ReplyCollector`).  Queries are ordered like updates (the seed's
 read-only optimisation, L7517-7558, is not built).
 
-One request of a client is outstanding at a time: a node holds and proposes only a
-client's latest request, and executes request ids in increasing order only (exactly once,
-``fab/execution.py``), so concurrent calls of one mount wait for each other here.  Request
-ids start at the wall clock in ns, so a mount started again under the same identity never
-reuses one (a reused id would be answered with the old reply).
+One request of a mount is outstanding at a time: a node holds and proposes only a
+stream's latest request, and executes its request ids in increasing order only (exactly
+once per ``(client, stream)``, ``fab/sessions.py``), so concurrent calls of one mount wait
+for each other here.  Each client object picks a random 63-bit stream, so two mounts of
+one client identity (one bundle on two machines, a mount restarted while the old one's
+requests are in flight) do not drop each other's calls.  Request ids start at the wall
+clock in ns.  A request the nodes refuse ``expired`` (its stream was evicted from their
+table after the request may have run) fails as an unknown outcome, as when nobody
+answers, and the ids move past the bar the refusal names, so the mount's next calls run.
 
 A refusal (``ok`` false) is :class:`~bftfs.qu.objects.MethodRefused` with the method's
-code, as the Q/U client raises it; no ``f + 1`` matching replies within ``timeout`` is
-:class:`FabUnavailable` (a :class:`~bftfs.outcome.ClusterUnavailable`); under a mount's
-patience (``timeo``, :mod:`bftfs.outcome`) ``timeout`` is cut to it.
+code, as the Q/U client raises it, but ``quota`` is :class:`~bftfs.outcome.QuotaExceeded`
+(EDQUOT), as the Q/U client raises it for more than ``b`` nodes' ``quota`` refusals: here
+``f + 1`` matching replies include a correct node's.  No ``f + 1`` matching replies within
+``timeout`` is :class:`FabUnavailable` (a :class:`~bftfs.outcome.ClusterUnavailable`);
+under a mount's patience (``timeo``, :mod:`bftfs.outcome`) ``timeout`` is cut to it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -35,10 +42,11 @@ import trio
 from bftfs.fab.client import ReplyCollector, request
 from bftfs.fab.messages import MalformedMessage, Reply, Request, decode, encode
 from bftfs.fab.service import KIND, REPLY_TAG
+from bftfs.fab.sessions import EXPIRED
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
-from bftfs.outcome import ClusterUnavailable, current_patience
+from bftfs.outcome import ClusterUnavailable, QuotaExceeded, current_patience
 from bftfs.qu.objects import MethodRefused
 
 
@@ -82,6 +90,9 @@ class FabMetaClient:
         #: caller's own locks by it, ``fs/locks.py``).
         self.client_id = self.me
         self.rid = time.time_ns()
+        #: This mount's stream (``fab/sessions.py``): random, so that two mounts of one
+        #: client identity keep their request ids apart.
+        self.stream = secrets.randbits(63)
         #: Faults per ``(node, kind)``, as the Q/U client counts them (``malformed``:
         #: a push that is not a FaB reply).
         self.faults: Counter[tuple[int, str]] = Counter()
@@ -145,10 +156,18 @@ class FabMetaClient:
             self._n["operations"] += 1
             key = self.ep.keyring.key
             value = request(
-                self.me, lambda p: key(PrincipalId(p)), len(self.nodes), self.rid, method, oids, arg
+                self.me,
+                lambda p: key(PrincipalId(p)),
+                len(self.nodes),
+                self.rid,
+                method,
+                oids,
+                arg,
+                self.stream,
             )
             data = encode(Request(value))
-            self._collector, self._done = ReplyCollector(self.rid, self.f), trio.Event()
+            collector = ReplyCollector(self.rid, self.f, self.stream)
+            self._collector, self._done = collector, trio.Event()
             limit = self.timeout
             patience = current_patience()  # a mount's timeo (bftfs.outcome)
             if patience is not None:
@@ -174,9 +193,16 @@ class FabMetaClient:
             self._n["unavailable"] += 1
             raise FabUnavailable(f"{method} on {oids}: no {self.f + 1} matching replies")
         ok, answer = result
-        if not ok:
-            raise MethodRefused(str(answer), f"{method} refused")
-        return answer
+        if ok:
+            return answer
+        if isinstance(answer, list) and len(answer) == 2 and answer[0] == EXPIRED:
+            if isinstance(answer[1], int):
+                self.rid = max(self.rid, answer[1])  # the next call runs
+            self._n["unavailable"] += 1
+            raise FabUnavailable(f"{method} on {oids}: expired, its outcome is unknown")
+        if answer == "quota":
+            raise QuotaExceeded(f"{method} on {oids}: this client is at its quota")
+        raise MethodRefused(str(answer), f"{method} refused")
 
     async def _send(self, node: int, data: bytes) -> None:
         # A lost send is made again by the next round; f + 1 correct nodes are enough.

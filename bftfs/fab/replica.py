@@ -59,6 +59,7 @@ from bftfs.fab.messages import (
     decode,
 )
 from bftfs.fab.pacing import Resends
+from bftfs.fab.sessions import AGAIN, EXPIRED, OLD, RUN, STREAMS
 from bftfs.fab.statetransfer import StateTransfer
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
@@ -140,6 +141,9 @@ class Replica:
     #: pure core.  Such a request is answered with a refusal (slot 0) and not held, and an
     #: acceptor does not accept it unless the regency's certificate binds it.
     admit: Callable[[Operation], str | None] | None = None
+    #: Bytes of object states one client may be charged (``[limits]``, the same figure on
+    #: every node; None: no quota), :class:`~bftfs.fab.execution.Execution`.
+    quota: int | None = None
 
     def __post_init__(self) -> None:
         n, s = self.q.a, self.settings
@@ -149,8 +153,10 @@ class Replica:
         self.election = Election(self.me, self.key, self.q, n)
         self.leader = Leader(self.me, self.key, self.q, n, s.window)
         self.checkpoints = Checkpoints(self.me, self.key, self.q, n, s.interval, 4 * s.window)
-        self.execution = Execution(self.registry)
-        self.held: dict[int, _Held] = {}  # client -> its latest request not yet executed
+        self.execution = Execution(self.registry, self.quota)
+        #: (client, stream) -> its latest request not yet executed; at most ``STREAMS``
+        #: per client (a client's further streams push out its own oldest, no other's).
+        self.held: dict[tuple[int, int], _Held] = {}
         self.now = 0
         #: Ticks a held request may wait: doubles with each suspicion that brought no
         #: progress (eventual synchrony: some regency lasts long enough), back to
@@ -269,20 +275,37 @@ class Replica:
             return f"request for client {op.client} sent by {sender}"
         if not verify_any(self.me, self.key, statement, self.nodes):
             return f"request of client {op.client}: authenticator does not verify"
-        last = self.execution.replies.get(op.client)
-        if last is not None and op.rid <= last[0]:
-            if op.rid == last[0]:  # a retransmission: the reply again (exactly once)
-                self._send(op.client, Reply(op.client, last[0], last[1], last[2], last[3]))
+        verdict, last = self.execution.sessions.verdict(op.client, op.stream, op.rid)
+        if verdict == AGAIN and last is not None:  # a retransmission: the reply again
+            rid, slot, ok, result = last
+            self._send(op.client, Reply(op.client, rid, slot, ok, result, op.stream))
+            return None
+        if verdict == OLD:
+            return None
+        if verdict == EXPIRED:  # may have run, is never run: refused, not held (a leader
+            # does not propose a value twice, so a held copy would wait for a view change)
+            bar = self.execution.sessions.bar(op.client, op.stream)
+            self._send(op.client, Reply(op.client, op.rid, 0, False, [EXPIRED, bar], op.stream))
             return None
         why = self.admit(op) if self.admit is not None else None
         if why is not None:  # refused alike by every correct node: f + 1 make the answer
-            self._send(op.client, Reply(op.client, op.rid, 0, False, why))
+            self._send(op.client, Reply(op.client, op.rid, 0, False, why, op.stream))
             return f"request of client {op.client}: {why}"
-        held = self.held.get(op.client)
-        if held is None or held.rid < op.rid:
-            self.held[op.client] = _Held(op.rid, m.value, self.now)
+        self._hold(op, m.value)
         self._propose_held()
         return None
+
+    def _hold(self, op: Operation, value: bytes) -> None:
+        """Hold the latest request of ``op``'s stream; a client holds at most ``STREAMS``
+        (its oldest held goes), so one key's streams cannot grow this node's memory."""
+        key = (op.client, op.stream)
+        held = self.held.get(key)
+        if held is not None and held.rid >= op.rid:
+            return
+        mine = [k for k in self.held if k[0] == op.client and k != key]
+        if held is None and len(mine) >= STREAMS:
+            del self.held[min(mine, key=lambda k: self.held[k].since)]
+        self.held[key] = _Held(op.rid, value, self.now)
 
     def _propose_held(self) -> None:
         for held in list(self.held.values()):
@@ -415,9 +438,9 @@ class Replica:
             if reply is not None and ex.ran is not None and self.on_execute is not None:
                 self.on_execute(ex.ran, reply)
             if reply is not None:
-                held = self.held.get(reply.client)
+                held = self.held.get((reply.client, reply.stream))
                 if held is not None and held.rid <= reply.rid:
-                    del self.held[reply.client]
+                    del self.held[(reply.client, reply.stream)]
                 self._send(reply.client, reply)
             if self.checkpoints.due(ex.executed):
                 snapshot = ex.snapshot()
@@ -504,6 +527,9 @@ class Replica:
         return None
 
     def _maybe_suspect(self) -> None:
+        sessions = self.execution.sessions
+        for key in [k for k, h in self.held.items() if sessions.verdict(*k, h.rid)[0] != RUN]:
+            del self.held[key]  # ran, or expired, since it came (this node was behind)
         late = [h for h in self.held.values() if self.now - h.since >= self.patience]
         if not late:
             return

@@ -12,6 +12,12 @@ and learned, its regency, its stable checkpoint and the snapshot there) are writ
 the node's LMDB environment before the step's messages go out, so a node killed at any
 moment comes back without having told anyone something its store does not hold, and a
 restarted node continues from what it kept (:meth:`Replica.restore`).
+
+The quota (``[limits]``): the replica charges each client the object states it wrote,
+against ``quota_fraction * map_size`` of ``cluster.toml`` (the figure the Q/U server uses,
+one for the whole cluster, so every correct node executes alike), and refuses ``quota``;
+a refusal this node executes counts in ``fab.refused.quota`` and the client's admission
+statistics, as ``qu.refused.quota`` does on a Q/U node.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import trio
 
 from bftfs.fab import durable
 from bftfs.fab.execution import Operation
+from bftfs.fab.messages import Reply
 from bftfs.fab.replica import Replica, Settings, Step
 from bftfs.fab.service import KIND, FabFaults, FabShell
 from bftfs.ids import PrincipalId
+from bftfs.node import limits
 from bftfs.node.qu_server import registry_of
 from bftfs.qu.clocks import clock_off
 from bftfs.qu.objects import Class, ObjectType
@@ -61,14 +69,22 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
         lambda p: keyring.key(PrincipalId(p)),
         registry_of(object_types),
         SETTINGS,
+        quota=limits.quota_bytes(node),
     )
     image = node.store.read(durable.load)
     restored = replica.restore(image) if image is not None else Step(())
+
     # From here on (not for the slots a restart executes again, told long ago): the lease
     # recalls and lock wake-ups a slot's answer names, pushed as a Q/U node does on accept.
-    replica.on_execute = lambda op, reply: (
-        node.recalls.executed(op.method, reply.result) if reply.ok else None
-    )
+    def executed(op: Operation, reply: Reply) -> None:
+        if reply.ok:
+            node.recalls.executed(op.method, reply.result)
+        elif reply.result == "quota":
+            node.stats["fab.refused.quota"] += 1
+            if node.server.admission is not None:
+                node.server.admission.note(PrincipalId(op.client), "quota_refused")
+
+    replica.on_execute = executed
     registry = replica.registry
 
     def admit(op: Operation) -> str | None:

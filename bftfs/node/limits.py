@@ -84,6 +84,8 @@ def statistics(node: Node) -> dict[str, Any]:
         "quota_bytes": quota_bytes(node),
         "throttled": node.stats["limits.throttled"],
         "inflight_waits": node.stats["limits.inflight_waits"],
-        "quota_refused": node.stats["rw.refused.quota"] + node.stats["qu.refused.quota"],
+        "quota_refused": node.stats["rw.refused.quota"]
+        + node.stats["qu.refused.quota"]
+        + node.stats["fab.refused.quota"],
         "principals": principals,
     }

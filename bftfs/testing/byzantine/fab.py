@@ -133,9 +133,9 @@ def lying_replies(liar: Liar, send: Send) -> list[tuple[int, Message]]:
     to, m = send
     if isinstance(m, Reply) and (m.result is not None or not m.ok):
         if isinstance(m.result, bytes) or not m.ok:
-            lie = Reply(m.client, m.rid, m.slot, True, MADE_UP_VALUE)
+            lie = Reply(m.client, m.rid, m.slot, True, MADE_UP_VALUE, m.stream)
         else:
-            lie = Reply(m.client, m.rid, m.slot, False, MADE_UP_REFUSAL)
+            lie = Reply(m.client, m.rid, m.slot, False, MADE_UP_REFUSAL, m.stream)
         return [(m.client, lie)]
     return honest(liar, send)
 
