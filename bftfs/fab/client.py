@@ -33,6 +33,7 @@ class ReplyCollector:
         self.rid, self.f = rid, f
         self.votes: dict[bytes, set[int]] = {}
         self.result: tuple[bool, Any] | None = None
+        self.slot = 0  # the slot of the matching replies
 
     def add(self, node: int, reply: Reply) -> tuple[bool, Any] | None:
         """Count ``node``'s reply; ``(ok, result)`` once ``f + 1`` nodes agree."""
@@ -43,5 +44,5 @@ class ReplyCollector:
             voters.discard(node)  # a node's latest reply counts, once
         self.votes.setdefault(key, set()).add(node)
         if len(self.votes[key]) >= self.f + 1:
-            self.result = (reply.ok, reply.result)
+            self.result, self.slot = (reply.ok, reply.result), reply.slot
         return self.result

@@ -14,9 +14,10 @@ with an id not above the last one is not run again (the equal one gets the cache
 A malformed value, an unknown method or a method's refusal are deterministic outcomes
 (``ok`` false with a code), the same on every correct node, never an exception.
 
-Checkpoints (L5896-5933): the state (objects, last replies, last slot) has one canonical
-encoding, :meth:`Execution.snapshot`; its digest is what nodes certify, and a node that
-fell behind a stable checkpoint installs a snapshot whose digest matches the certificate.
+Checkpoints (L5896-5933): the state (objects, last replies, last slot, what the versions
+kept beside it need, ``fab/versions.py``) has one canonical encoding,
+:meth:`Execution.snapshot`; its digest is what nodes certify, and a node that fell behind a
+stable checkpoint installs a snapshot whose digest matches the certificate.
 
 Agreement and execution run on the same nodes in this step (every node is acceptor,
 proposer and learner and executes): the seed's separate 2g+1 execution cluster pays off
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bftfs.fab.messages import Reply, Signed
+from bftfs.fab.versions import Versions
 from bftfs.qu.canon import CanonicalError, canonical, unpack
 from bftfs.qu.objects import Class, MethodRefused, Registry
 
@@ -106,6 +108,9 @@ class Execution:
         #: request id already run): what the node tells of it beyond the reply (the lease
         #: recalls and lock wake-ups it pushes, ``node/recalls.py``).
         self.ran: Operation | None = None
+        #: Every object's versions (``fab/versions.py``: kept beside the snapshot, which
+        #: holds only their clock and each object's last changed slot).
+        self.versions = Versions()
 
     def apply(self, slot: int, value: bytes) -> Reply | None:
         """Apply the value learned at ``slot`` (which must be ``executed + 1``); the reply
@@ -137,13 +142,14 @@ class Execution:
             new, answer = self.registry.update(op.method, states, op.arg, op.client)
         except MethodRefused as e:
             return False, e.code
+        self.versions.executed(self.executed, op.client, op.rid, new, self.objects)
         for oid, state in new.items():
             self.objects[oid] = unpack(state)
         return True, answer
 
     def snapshot(self) -> bytes:
         """The canonical encoding of the whole state at ``executed``."""
-        return canonical([self.executed, self.objects, self.replies])
+        return canonical([self.executed, self.objects, self.replies, self.versions.summary()])
 
     def digest(self) -> bytes:
         return hashlib.blake2b(self.snapshot(), digest_size=32).digest()
@@ -151,13 +157,17 @@ class Execution:
     def install(self, snapshot: bytes) -> bool:
         """Replace the state by a snapshot (its digest already checked); False if malformed."""
         try:
-            executed, objects, replies = unpack(snapshot)
+            executed, objects, replies, *history = unpack(snapshot)
             canonical(objects)
         except (CanonicalError, ValueError, TypeError):
             return False
         except Exception:  # noqa: BLE001 - hostile bytes
             return False
         if not (_nat(executed) and isinstance(objects, dict) and isinstance(replies, dict)):
+            return False
+        try:  # (a snapshot of the format before versions has no summary)
+            self.versions.installed(history[0] if history else None, objects, self.executed)
+        except (ValueError, TypeError):
             return False
         self.executed, self.objects, self.replies = executed, objects, replies
         return True
