@@ -117,6 +117,7 @@ class Versions:
         #: A restart restores this node's own snapshot: that install clears nothing.
         self.restoring = False
         self._due: list[tuple[int, int]] = []
+        self._next: dict[int, int] = {}  # object -> the due moment it is in _due for
         self._changes: dict[bytes, bytes | None] = {}
 
     # -- recording (execution's hooks) ------------------------------------------------
@@ -150,9 +151,19 @@ class Versions:
 
     def _due_now(self) -> None:
         while self._due and self._due[0][0] <= self.clock:
-            _, oid = heapq.heappop(self._due)
-            if oid in self.objects:
+            due, oid = heapq.heappop(self._due)
+            if self._next.get(oid) == due and oid in self.objects:
+                del self._next[oid]
                 self._thin(oid)
+
+    def _schedule(self, oid: int, due: int | None) -> None:
+        """Look at ``oid`` again once the clock reaches ``due`` (one entry per object: an
+        entry whose moment is not the object's latest is passed over)."""
+        if due is None:
+            self._next.pop(oid, None)
+        elif self._next.get(oid) != due:
+            self._next[oid] = due
+            heapq.heappush(self._due, (due, oid))
 
     def summary(self) -> list[Any]:
         """What the certified snapshot holds of history: ``[clock, changed]``."""
@@ -220,8 +231,7 @@ class Versions:
         if not h.complete:
             self._put_flag(oid, h)
         h.entries = out
-        if due is not None:
-            heapq.heappush(self._due, (due, oid))
+        self._schedule(oid, due)
 
     # -- answers -----------------------------------------------------------------------
 
@@ -270,4 +280,4 @@ class Versions:
         except (ValueError, TypeError) as e:
             raise ValueError(f"the stored FaB versions do not parse: {e}") from e
         for oid in self.objects:
-            heapq.heappush(self._due, (0, oid))  # looked at again at the next version
+            self._schedule(oid, 0)  # looked at again at the next version
