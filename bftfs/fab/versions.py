@@ -127,11 +127,7 @@ class Versions:
     ) -> None:
         """An update at ``slot`` by ``client`` (request ``rid``) is about to set ``new``
         (canonical states) over ``objects`` (the states before): record what changed."""
-        changed = [
-            oid
-            for oid, state in new.items()
-            if oid not in objects or canonical(objects[oid]) != state
-        ]
+        changed = [oid for oid, state in new.items() if self._differs(oid, state, objects)]
         if not changed:
             return
         self.clock = max(self.clock + 1, rid)
@@ -146,8 +142,38 @@ class Versions:
             e = Entry(slot, self.clock, client, new[oid])
             h.entries.append(e)
             self._put(oid, e)
-            self._thin(oid)
+            self._appended(oid, h)
         self._due_now()
+
+    def _differs(self, oid: int, state: bytes, objects: dict[int, Any]) -> bool:
+        """Whether ``state`` changes ``oid``: compared with its newest version (always
+        kept) where there is one, else with the state encoded."""
+        if oid not in objects:
+            return True
+        h = self.objects.get(oid)
+        last = h.entries[-1] if h is not None and h.entries else None
+        if last is not None and not last.thinned and last.slot == self.changed.get(oid):
+            return last.state != state
+        return canonical(objects[oid]) != state
+
+    def _appended(self, oid: int, h: History) -> None:
+        """A version was added: the one it pushes out of the newest ``keep_versions`` may
+        be due (its own period's newest no longer), no sooner than ``keep_seconds`` after
+        it was written; the object is looked at then (a whole thinning per update cost
+        more than executing it)."""
+        r = self.retention
+        if r is None:
+            return
+        seen = 0
+        for e in reversed(h.entries):
+            if e.thinned:
+                continue
+            seen += 1
+            if seen > r.keep_last:
+                due = e.time + r.schedule.keep_ns + 1
+                if self._next.get(oid, due) >= due:
+                    self._schedule(oid, due)
+                return
 
     def _due_now(self) -> None:
         while self._due and self._due[0][0] <= self.clock:
@@ -159,6 +185,8 @@ class Versions:
     def _schedule(self, oid: int, due: int | None) -> None:
         """Look at ``oid`` again once the clock reaches ``due`` (one entry per object: an
         entry whose moment is not the object's latest is passed over)."""
+        if due is not None:
+            due = max(due, self.clock + 1)  # (never now: _due_now would go round forever)
         if due is None:
             self._next.pop(oid, None)
         elif self._next.get(oid) != due:
@@ -207,15 +235,19 @@ class Versions:
         now, horizon = self.clock, r.schedule.horizon_ns
         until = thinning.kept_until([e.time for e in h.entries], r.schedule)
         real = [i for i, e in enumerate(h.entries) if not e.thinned]
-        keep = set(real[-r.keep_last :])
+        newest = set(real[-r.keep_last :])
+        pinned = set()
         for moment in self.pins() if self.pins is not None else ():
             current = [i for i in real if h.entries[i].time <= moment]
             if current:
-                keep.add(current[-1])
+                pinned.add(current[-1])
         out: list[Entry] = []
         due: int | None = None
+        complete = h.complete
         for i, e in enumerate(h.entries):
-            if i in keep:
+            if i in newest or i in pinned:
+                if i not in newest and until[i] > now:  # again when the schedule would
+                    due = until[i] if due is None else min(due, until[i])
                 out.append(e)
                 continue
             if e.time + horizon <= now:
@@ -228,7 +260,7 @@ class Versions:
             nxt = e.time + horizon if e.thinned else until[i]
             due = nxt if due is None else min(due, nxt)
             out.append(e)
-        if not h.complete:
+        if h.complete != complete:
             self._put_flag(oid, h)
         h.entries = out
         self._schedule(oid, due)
