@@ -17,9 +17,13 @@ every correct node thins alike at the same slot: the newest ``keep_versions`` an
 version current at each snapshot moment are always kept; a version the schedule no longer
 keeps becomes a **thinned** record (its time only, a gap the history read steps over);
 versions and records older than the horizon are dropped, and the object's history is then
-no longer **complete** (it does not reach the object's creation).  An object is looked at
-again when it is updated and when the clock passes the moment its next version is due
-(a heap of due moments, driven by the clock, not by a timer).
+no longer **complete** (it does not reach the object's creation).  An object is thinned
+when the clock passes the moment one of its versions comes due (a heap of due moments,
+one per object, driven by the clock, not by a timer); a version pushed out of the newest
+``keep_versions`` is due no sooner than ``keep_seconds`` after it was written.  Thinning
+at a later clock gives what thinning on the way would have, so a restarted node, which
+looks at every object at its first version, keeps what the others keep.  A version
+pinned by a snapshot that is then deleted goes at its object's next due moment.
 
 **Beside the snapshot.**  Versions are not in the certified checkpoint snapshot (a
 snapshot travels in one frame; with every version of every object it would grow with
