@@ -21,6 +21,7 @@ from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import NotThen, Past
 from bftfs.fs.session import past_of
 from bftfs.fsobjects import ROOT
+from bftfs.qu.objects import MethodRefused
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.cluster import open_cluster
 
@@ -90,3 +91,24 @@ async def test_paths_and_contents_as_they_were_on_a_fab_cluster(tmp_path: Path) 
         await past.snapshot_create("before-rename", t2)
         assert await past.snapshots() == {"before-rename": t2}
         assert "syncs" in past.statistics()
+
+
+async def test_a_request_time_years_ahead_is_refused_and_moves_no_versions_clock(
+    tmp_path: Path,
+) -> None:
+    """A FaB request id is its client's declared time, the time of the versions it makes
+    (``fab/versions.py``): one ten years ahead is refused ``ahead`` by every correct node
+    (``node/fab_server.py`` admit), or it would date every later version of every object
+    after it.  Fails without the check (the update is executed)."""
+    async with open_cluster(tmp_path, clients=1, engine="fab") as cluster:
+        meta = _metadata_client(cluster, 0, 0)
+        arg = {"mode": 0o755, "uid": 0, "gid": 0, "now": time.time_ns()}
+        meta.rid = time.time_ns() + 10 * 365 * 86400 * 10**9
+        with pytest.raises(MethodRefused) as refused:
+            await meta.update([ROOT], "fs.mkroot", arg)
+        assert str(refused.value).startswith("ahead")
+        replicas = [f.fab_replica for f in cluster.faults if f.fab_replica is not None]
+        assert len(replicas) == 6
+        assert all(r.execution.versions.clock < time.time_ns() for r in replicas)
+        meta.rid = time.time_ns()  # the same request at a true time is made
+        await meta.update([ROOT], "fs.mkroot", arg)
