@@ -152,3 +152,18 @@ def test_operations_without_a_stream_or_with_a_hostile_one_do_not_parse() -> Non
         [CLIENT_BASE, 1, "counter.increment", [1], 1, 2, 3],
     ):
         assert parse_operation(canonical(raw)) is None
+
+
+def test_a_snapshot_of_the_first_format_installs_and_old_ids_never_run_again() -> None:
+    """A node upgraded from the format with one last reply per client restores its own
+    snapshot: that client's ids up to its last one are expired on every stream (none runs
+    twice), a mount's next id runs, and nothing is charged until it is written again."""
+    ex = Execution(registry())
+    first_format = canonical([3, {1: 7}, {CLIENT_BASE: [40, 3, True, 7]}])
+    assert ex.install(first_format)
+    assert (ex.executed, ex.objects, ex.owners) == (3, {1: 7}, {})
+    old = ex.apply(4, _value(40, 99))
+    assert old is not None and not old.ok and old.result[0] == EXPIRED
+    new = ex.apply(5, _value(41, 99))
+    assert new is not None and new.ok and ex.objects[1] == 8
+    assert not Execution(registry()).install(canonical([3, {1: 7}, {CLIENT_BASE: 5}]))

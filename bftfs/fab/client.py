@@ -42,6 +42,7 @@ class ReplyCollector:
         self.rid, self.f, self.stream = rid, f, stream
         self.votes: dict[bytes, set[int]] = {}
         self.result: tuple[bool, Any] | None = None
+        self.slot = 0  # the slot of the matching replies
 
     def add(self, node: int, reply: Reply) -> tuple[bool, Any] | None:
         """Count ``node``'s reply; ``(ok, result)`` once ``f + 1`` nodes agree."""
@@ -52,5 +53,5 @@ class ReplyCollector:
             voters.discard(node)  # a node's latest reply counts, once
         self.votes.setdefault(key, set()).add(node)
         if len(self.votes[key]) >= self.f + 1:
-            self.result = (reply.ok, reply.result)
+            self.result, self.slot = (reply.ok, reply.result), reply.slot
         return self.result

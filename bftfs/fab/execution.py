@@ -24,9 +24,10 @@ correct node decides alike; nodes are never refused.
 A malformed value, an unknown method or a method's refusal are deterministic outcomes
 (``ok`` false with a code), the same on every correct node, never an exception.
 
-Checkpoints (L5896-5933): the state (objects, last replies, last slot) has one canonical
-encoding, :meth:`Execution.snapshot`; its digest is what nodes certify, and a node that
-fell behind a stable checkpoint installs a snapshot whose digest matches the certificate.
+Checkpoints (L5896-5933): the state (objects, last replies, last slot, what the versions
+kept beside it need, ``fab/versions.py``) has one canonical encoding,
+:meth:`Execution.snapshot`; its digest is what nodes certify, and a node that fell behind a
+stable checkpoint installs a snapshot whose digest matches the certificate.
 
 Agreement and execution run on the same nodes in this step (every node is acceptor,
 proposer and learner and executes): the seed's separate 2g+1 execution cluster pays off
@@ -42,6 +43,7 @@ from typing import Any
 
 from bftfs.fab.messages import Reply, Signed
 from bftfs.fab.sessions import AGAIN, EXPIRED, RUN, Sessions
+from bftfs.fab.versions import Versions
 from bftfs.ids import is_node
 from bftfs.qu.canon import CanonicalError, canonical, unpack
 from bftfs.qu.objects import Class, MethodRefused, Registry
@@ -129,6 +131,9 @@ class Execution:
         #: request id already run): what the node tells of it beyond the reply (the lease
         #: recalls and lock wake-ups it pushes, ``node/recalls.py``).
         self.ran: Operation | None = None
+        #: Every object's versions (``fab/versions.py``: kept beside the snapshot, which
+        #: holds only their clock and each object's last changed slot).
+        self.versions = Versions()
 
     def apply(self, slot: int, value: bytes) -> Reply | None:
         """Apply the value learned at ``slot`` (which must be ``executed + 1``); the reply
@@ -166,6 +171,7 @@ class Execution:
         grows = sum(len(s) for s in new.values()) - sum(self._size(oid) for oid in new)
         if self._over(op.client, grows):
             return False, "quota"
+        self.versions.executed(self.executed, op.client, op.rid, new, self.objects)
         for oid, state in new.items():
             self._charge(oid, op.client, len(state))
             self.objects[oid] = unpack(state)
@@ -197,7 +203,15 @@ class Execution:
 
     def snapshot(self) -> bytes:
         """The canonical encoding of the whole state at ``executed``."""
-        return canonical([self.executed, self.objects, self.sessions.table, self.owners])
+        return canonical(
+            [
+                self.executed,
+                self.objects,
+                self.sessions.table,
+                self.owners,
+                self.versions.summary(),
+            ]
+        )
 
     def digest(self) -> bytes:
         return hashlib.blake2b(self.snapshot(), digest_size=32).digest()
@@ -205,9 +219,12 @@ class Execution:
     def install(self, snapshot: bytes) -> bool:
         """Replace the state by a snapshot (its digest already checked); False if malformed."""
         try:
-            executed, objects, table, owners = unpack(snapshot)
+            raw = unpack(snapshot)
+            if isinstance(raw, list) and len(raw) == 3:  # written before streams and quota
+                raw = _from_per_client(*raw)
+            executed, objects, table, owners, *history = raw
             canonical(objects)
-        except (CanonicalError, ValueError, TypeError):
+        except (CanonicalError, ValueError, TypeError, AttributeError):
             return False
         except Exception:  # noqa: BLE001 - hostile bytes
             return False
@@ -223,9 +240,23 @@ class Execution:
         sessions = Sessions()
         if not sessions.install(table):
             return False
+        try:  # (a snapshot of the format before versions has no summary)
+            self.versions.installed(history[0] if history else None, objects, self.executed)
+        except (ValueError, TypeError):
+            return False
         self.executed, self.objects, self.sessions = executed, objects, sessions
         self.owners, self.usage = owners, {c: n for c, n in usage.items() if n > 0}
         return True
+
+
+def _from_per_client(executed: Any, objects: Any, replies: Any) -> list[Any]:
+    """A snapshot of the first format (one last reply per client, no charges) in today's:
+    each client's last request id becomes its streams' floor (every request not above it
+    is expired, none runs twice; mounts' ids are times, far above), and nothing is charged
+    until a client writes an object again.  A node upgraded from that format restores its
+    own snapshot this way."""
+    table = {c: [r[0], {}, {}] for c, r in replies.items()}
+    return [executed, objects, table, {}]
 
 
 def digest_of(snapshot: bytes) -> bytes:

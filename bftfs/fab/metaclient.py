@@ -33,12 +33,13 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import trio
 
+from bftfs.fab import pastclient
 from bftfs.fab.client import ReplyCollector, request
 from bftfs.fab.messages import MalformedMessage, Reply, Request, decode, encode
 from bftfs.fab.service import KIND, REPLY_TAG
@@ -48,6 +49,9 @@ from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, current_patience
 from bftfs.qu.objects import MethodRefused
+
+#: The method of :meth:`FabMetaClient.sync` (no object type has it).
+SYNC = "fab.sync"
 
 
 class FabUnavailable(ClusterUnavailable):
@@ -89,10 +93,14 @@ class FabMetaClient:
         #: This client's principal id, by the Q/U client's name (a lock's test tells the
         #: caller's own locks by it, ``fs/locks.py``).
         self.client_id = self.me
-        self.rid = time.time_ns()
+        #: The clock request ids follow (a test sets one behind to send an id again).
+        self.clock_ns: Callable[[], int] = time.time_ns
+        self.rid = self.clock_ns()
         #: This mount's stream (``fab/sessions.py``): random, so that two mounts of one
         #: client identity keep their request ids apart.
         self.stream = secrets.randbits(63)
+        #: The last slot a reply of this client's named (versions are read up to it).
+        self.slot = 0
         #: Faults per ``(node, kind)``, as the Q/U client counts them (``malformed``:
         #: a push that is not a FaB reply).
         self.faults: Counter[tuple[int, str]] = Counter()
@@ -143,16 +151,35 @@ class FabMetaClient:
         repairs a partial update here)."""
 
     async def query_at(self, oid: int, method: str, arg: Any = None) -> NoReturn:
-        """Object histories are Q/U's: the FaB engine keeps only the current state."""
-        raise MethodRefused("unsupported", "history is not kept by the FaB engine")
+        """Q/U's version reads: FaB nodes answer :meth:`versions` instead (``fs/fabpast.py``)."""
+        raise MethodRefused("unsupported", "FaB nodes serve versions, not Q/U's history reads")
 
     async def query_many_at(self, objects: Iterable[int], method: str, arg: Any = None) -> NoReturn:
-        raise MethodRefused("unsupported", "history is not kept by the FaB engine")
+        raise MethodRefused("unsupported", "FaB nodes serve versions, not Q/U's history reads")
+
+    async def sync(self) -> int:
+        """A slot executed now: an ordered request of no method (every node refuses it
+        alike, ``unknown``), whose reply names its slot."""
+        with contextlib.suppress(MethodRefused):
+            await self._call([0], SYNC, None)
+        return self.slot
+
+    async def versions(self, oids: Iterable[int]) -> dict[int, list[Any]]:
+        """The versions of ``oids`` up to the last slot this client saw executed
+        (:func:`bftfs.fab.pastclient.fetch`; call :meth:`sync` first for "now")."""
+        if self.slot == 0:
+            await self.sync()
+        return await pastclient.fetch(
+            self.ep, self.nodes, self.f, list(oids), self.slot, resend=self.resend,
+            timeout=self.timeout,
+        )  # fmt: skip
 
     async def _call(self, objects: int | Iterable[int], method: str, arg: Any) -> Any:
         oids = [objects] if isinstance(objects, int) else list(objects)
         async with self._one:
-            self.rid += 1
+            # Request ids are the client's declared times: FaB versions' times
+            # (``fab/versions.py``), increasing, and nodes refuse one ahead of their clock.
+            self.rid = max(self.rid + 1, self.clock_ns())
             self._n["operations"] += 1
             key = self.ep.keyring.key
             value = request(
@@ -187,6 +214,7 @@ class FabMetaClient:
                                 await self._done.wait()
                         nursery.cancel_scope.cancel()
                 result = self._collector.result
+                self.slot = max(self.slot, self._collector.slot)
             finally:
                 self._collector = None
         if result is None:

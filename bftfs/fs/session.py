@@ -18,6 +18,7 @@ from bftfs.config import ClusterConfig
 from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
+from bftfs.fs.fabpast import FabPast
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import Past
 from bftfs.fs.seal import Seal
@@ -59,9 +60,7 @@ class Session:
     def past(self, config: ClusterConfig) -> Past:
         """History reads over this session's clients (the snapshots a live mount shows
         under ``.snapshots``, ``fs/snapshotdir.py``): no connection of their own."""
-        th = QUThresholds.from_config(config)
-        return Past(self.qu, PastReader(self.endpoint, th), self.rw, config.block_size,
-                    seal=Seal.of(config))  # fmt: skip
+        return past_of(config, self.qu, self.endpoint, self.rw)
 
     def statistics(self) -> str:
         """What the protocol clients did, for a log at unmount."""
@@ -77,6 +76,15 @@ def metadata_client(config: ClusterConfig, ep: Any) -> Any:
     if config.engine == "fab":
         return FabMetaClient(ep, [int(s.id) for s in config.nodes], config.b)
     return QUClient(ep, QUThresholds.from_config(config), client_id=ep.pid)
+
+
+def past_of(config: ClusterConfig, meta: Any, ep: Any, rw: Any) -> Past:
+    """History reads over the clients given: Q/U's chains walked, or a FaB cluster's
+    versions read (``fs/fabpast.py``)."""
+    if config.engine == "fab":
+        return FabPast(meta, rw, config.block_size, seal=Seal.of(config))
+    th = QUThresholds.from_config(config)
+    return Past(meta, PastReader(ep, th), rw, config.block_size, seal=Seal.of(config))
 
 
 @asynccontextmanager
@@ -114,9 +122,7 @@ async def open_past(config: ClusterConfig, client: str) -> AsyncIterator[Past]:
     ring = KeyRing(client_identity(config, client), config.node_public_keys())
     await check_identity(config, ring)
     async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
-        th = QUThresholds.from_config(config)
-        qu = QUClient(ep, th, client_id=ep.pid)
-        yield Past(qu, PastReader(ep, th), rw, config.block_size, seal=Seal.of(config))
+        yield past_of(config, metadata_client(config, ep), ep, rw)
 
 
 @asynccontextmanager

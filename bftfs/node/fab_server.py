@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bftfs.fab import durable
+from bftfs.fab import durable, pastclient
 from bftfs.fab.execution import Operation
 from bftfs.fab.messages import Reply
 from bftfs.fab.replica import Replica, Settings, Step
 from bftfs.fab.service import KIND, FabFaults, FabShell
+from bftfs.fab.versions import Retention, Versions
+from bftfs.fsobjects import SNAPSHOTS, snapshot_times
 from bftfs.ids import PrincipalId
 from bftfs.node import limits
 from bftfs.node.qu_server import registry_of
@@ -72,7 +74,14 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
         quota=limits.quota_bytes(node),
     )
     image = node.store.read(durable.load)
+    ex = replica.execution
+    versions = ex.versions = Versions(
+        Retention.of(node.config.retention), lambda: snapshot_times(ex.objects.get(SNAPSHOTS))
+    )
+    node.store.read(versions.load)
+    versions.restoring = True  # its own snapshot: the versions before it are kept
     restored = replica.restore(image) if image is not None else Step(())
+    versions.restoring = False
 
     # From here on (not for the slots a restart executes again, told long ago): the lease
     # recalls and lock wake-ups a slot's answer names, pushed as a Q/U node does on accept.
@@ -93,7 +102,11 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
         method = registry.get(op.method)
         if method is None or method.cls is not Class.UPDATE:
             return None
-        off = clock_off(registry, op.method, op.arg, node.now_ns(), DEFAULT_MAX_AHEAD_NS)
+        now = node.now_ns()
+        if op.rid > now + DEFAULT_MAX_AHEAD_NS:  # its versions' time (fab/versions.py)
+            node.stats["fab.refused.ahead"] += 1
+            return "ahead"
+        off = clock_off(registry, op.method, op.arg, now, DEFAULT_MAX_AHEAD_NS)
         if off is None:
             return None
         node.stats[f"fab.refused.{off.code}"] += 1
@@ -103,7 +116,8 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
     changes = durable.Durable(replica)
 
     def persist() -> Awaitable[None] | None:
-        out = changes.changes()
+        kept = versions.changes()
+        out = changes.changes() + kept
         if not out:
             return None
         if not node.store.durable:  # no sync to share: commit now, on this thread
@@ -111,15 +125,17 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
                 node.store.write_now(lambda kv: durable.write(kv, out))
             except Exception:
                 changes.forget()  # written next time, whole
+                versions.forget(kept)
                 raise
             return None
-        return written(out)
+        return written(out, kept)
 
-    async def written(out: list[durable.Change]) -> None:
+    async def written(out: list[durable.Change], kept: list[durable.Change]) -> None:
         try:
             await node.store.write(lambda kv: durable.write(kv, out))
         except Exception:
             changes.forget()
+            versions.forget(kept)
             raise
 
     faults = node.faults  # a Byzantine node of a test (testing/byzantine/fab.py)
@@ -135,7 +151,11 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
             nursery.start_soon(_report, node, shell)
             await shell.run(node.endpoint)
 
+    async def on_versions(ctx: RequestContext, payload: Any) -> Any:
+        return pastclient.serve(versions, ex.executed, payload)
+
     node.register(KIND, on_fab, inline=True)
+    node.register(pastclient.KIND, on_versions)
     node.progress["fab"] = _progress(shell)
     node.spawn(run)
     if image is not None:

@@ -1,0 +1,178 @@
+"""Object versions under FaB (``bftfs/fab/versions.py``, issue 39): every correct node of a
+simulated run with a view change, checkpoints and log collection keeps the same versions
+with the same times; a restarted node keeps them (its store, ``fab_server``'s persist);
+a node that installs a fetched snapshot knows only what came after it; retention thins by
+the versions' own clock, deterministically, keeping the newest and the snapshots' versions;
+nodes answer only a cut they executed (``fab/pastclient.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fab_sim import CLIENT_BASE, Network, silent
+from t1_fab_durable import _persisted
+from t1_fab_protocol import _increments, _settle
+
+from bftfs import thinning
+from bftfs.fab import durable, pastclient
+from bftfs.fab.execution import Execution
+from bftfs.fab.replica import Replica, Settings
+from bftfs.fab.versions import Retention, Versions
+from bftfs.kv import MemoryKV
+from bftfs.qu.canon import canonical, unpack
+from bftfs.quorums.fab import FabQuorums
+from bftfs.testing.testobjects import registry
+
+Q1 = FabQuorums.standard(1)
+NODE = 2
+S = 10**9
+HOUR = thinning.HOUR_NS
+
+
+def _kept_versions(r: Replica, kv: MemoryKV) -> None:
+    """Also write the versions' changes after each step, as ``fab_server`` does."""
+    step = r.step
+
+    def stepped(sender: int, data: bytes) -> Any:
+        out = step(sender, data)
+        durable.write(kv, r.execution.versions.changes())
+        return out
+
+    setattr(r, "step", stepped)  # noqa: B010 - an instance's method, wrapped
+
+
+def test_correct_nodes_keep_the_same_versions_and_a_restart_keeps_them() -> None:
+    net = Network(6, Q1, registry(), seed=21, settings=Settings(window=16, interval=8),
+                  byzantine={0: silent})  # fmt: skip
+    kvs = {i: MemoryKV() for i in net.correct()}
+    for i, kv in kvs.items():
+        _persisted(net.replicas[i], kv)
+        _kept_versions(net.replicas[i], kv)
+    net.submit(CLIENT_BASE + 1, "counter.increment", [2], 5)  # object 2: one version
+    assert net.run(net.idle)
+    assert _increments(net, 30) and _settle(net)
+    top = max(net.replicas[i].execution.executed for i in net.correct())
+    assert net.replicas[1].election.regency >= 1  # a view change on the way
+    whole = [i for i in net.correct() if net.replicas[i].statistics().installed == 0]
+    fetched = [i for i in net.correct() if i not in whole]
+    assert whole and fetched  # (seed 21: nodes 1-4 caught up by a snapshot)
+    answers = {canonical(net.replicas[i].execution.versions.answer(1, top)) for i in whole}
+    assert len(answers) == 1
+    r = net.replicas[whole[0]]
+    complete, entries = r.execution.versions.answer(1, top)
+    assert complete and [unpack(e[3]) for e in entries] == list(range(1, 31))
+    times = [e[1] for e in entries]
+    assert times == sorted(set(times))  # strictly increasing, from the clients' rids
+    # the cut: a node answers only up to the slot asked for
+    assert len(r.execution.versions.answer(1, entries[9][0])[1]) == 10
+    for i in fetched:  # a node that caught up by a snapshot lacks the versions before it
+        complete, tail = net.replicas[i].execution.versions.answer(1, top)
+        assert not complete and len(tail) < 30
+    # ... but not of an object that did not change in what it skipped: every node agrees
+    two = {canonical(net.replicas[i].execution.versions.answer(2, top)) for i in net.correct()}
+    assert len(two) == 1 and net.replicas[1].execution.versions.answer(2, top)[0] is True
+
+    for i in net.correct():  # a restart: its store's versions, its own snapshot
+        image = durable.load(kvs[i])
+        assert image is not None and image.snapshot is not None and image.snapshot[0] >= 24
+        back = net._replica(i)
+        back.execution.versions.load(kvs[i])
+        back.execution.versions.restoring = True  # its own snapshot clears nothing
+        back.restore(image)
+        mine = net.replicas[i].execution.versions
+        for oid in (1, 2):
+            assert back.execution.versions.answer(oid, top) == mine.answer(oid, top)
+        assert back.execution.versions.clock == mine.clock
+
+
+def test_a_fetched_snapshot_carries_the_clock_but_not_the_versions_before_it() -> None:
+    ex = Execution(registry())
+    ex.apply(1, b"")  # (malformed: a slot with nothing)
+    ex.versions.executed(1, 7, 5 * S, {1: canonical(1)}, {})
+    ex.objects[1] = 1
+    other = Execution(registry())
+    assert other.install(ex.snapshot())
+    assert other.versions.clock == 5 * S
+    assert other.versions.answer(1, 1) == [False, []]  # it existed before: incomplete
+    other.versions.executed(2, 7, 1, {1: canonical(2), 9: canonical(1)}, other.objects)
+    assert other.versions.answer(1, 2)[1][0][1] == 5 * S + 1  # monotonic over the clock
+    assert other.versions.answer(9, 2)[0] is True  # created after the install: complete
+    # a snapshot of the format before versions (no clock) still installs
+    assert Execution(registry()).install(canonical([1, {1: 1}, {}]))
+
+
+class _Writer:
+    """Updates of objects at chosen times, as execution hands them to :class:`Versions`."""
+
+    def __init__(self, versions: Versions) -> None:
+        self.v, self.slot, self.objects = versions, 0, dict[int, Any]()
+
+    def write(self, oid: int, time: int, value: Any) -> None:
+        self.slot += 1
+        self.v.executed(self.slot, 7, time, {oid: canonical(value)}, self.objects)
+        self.objects[oid] = value
+
+    def times(self, oid: int) -> list[tuple[int, bool]]:
+        return [(e[1], e[4]) for e in self.v.answer(oid, self.slot)[1]]
+
+
+def test_retention_thins_by_the_versions_clock_keeping_newest_and_snapshots() -> None:
+    pins: list[int] = []
+    keep = Retention(thinning.Schedule(keep_ns=60 * S, hourly=2), keep_last=1)
+    w = _Writer(Versions(keep, lambda: pins))
+    base = 1000 * HOUR
+    w.write(1, base + 10 * S, "a")
+    w.write(1, base + 20 * S, "b")  # newest of hour 1000
+    pins.append(base + 15 * S)  # a snapshot: "a" was current then
+    w.write(1, base + HOUR + 5 * S, "c")
+    w.write(1, base + HOUR + 10 * S, "d")
+    # younger than 60 s all but the first three; nothing thinned yet
+    assert [t for t, thinned in w.times(1) if thinned] == []
+    # other objects move the clock on: object 1 is looked at when its versions are due
+    w.write(2, base + HOUR + 100 * S, "x")
+    assert w.times(1) == [
+        (base + 10 * S, False),  # pinned by the snapshot
+        (base + 20 * S, False),  # the newest of its hour, kept 2 h
+        (base + HOUR + 5 * S, True),  # neither: thinned, a gap
+        (base + HOUR + 10 * S, False),  # the newest (keep_versions)
+    ]
+    pins.clear()
+    w.write(2, base + 3 * HOUR + 30 * S, "y")  # past the 2 h horizon of hour 1000
+    assert w.times(1) == [(base + HOUR + 10 * S, False)]
+    assert w.v.answer(1, w.slot)[0] is False  # no longer reaches the object's start
+    assert w.v.answer(2, w.slot)[0] is True
+
+
+def test_the_same_updates_thin_alike_whenever_a_node_looks() -> None:
+    """A restarted node looks at every object at its next version, not when it was due:
+    thinning at a later clock gives what thinning on the way gave."""
+    keep = Retention(thinning.Schedule(keep_ns=60 * S, hourly=1), keep_last=1)
+    a, b = _Writer(Versions(keep)), _Writer(Versions(keep))
+    t = 500 * HOUR
+    for k in range(20):
+        a.write(1, t + k * 600 * S, k)
+    kv = MemoryKV()
+    durable.write(kv, a.v.changes())
+    b.v.load(kv)
+    b.slot, b.objects, b.v.clock = a.slot, dict(a.objects), a.v.clock
+    for w in (a, b):
+        for k in range(5):
+            w.write(2, t + 3 * HOUR + 1800 * S + k * S, k)
+    assert a.v.answer(1, a.slot) == b.v.answer(1, b.slot)
+    assert sum(thinned for _, thinned in a.times(1)) > 0
+
+
+def test_a_node_answers_a_cut_it_executed_and_refuses_nonsense() -> None:
+    w = _Writer(Versions())
+    w.write(5, 3 * S, "v")
+    assert pastclient.serve(w.v, 0, [[5], 1]) == ["behind", 0]
+    assert pastclient.serve(w.v, 1, [[5, 6], 1]) == [
+        "ok",
+        [[True, [[1, 3 * S, 7, canonical("v"), False]]], [True, []]],
+    ]
+    for bad in ([[], 1], [[5] * 65, 1], [["x"], 1], [5, 1], "x"):
+        try:
+            pastclient.serve(w.v, 1, bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was answered")

@@ -1,0 +1,114 @@
+"""Tier 3: the file system's past on a FaB cluster (issue 39; ``fs/fabpast.py`` over the
+versions FaB nodes keep, ``fab/versions.py``), on the in-process cluster with real
+protocol clients: paths and contents as they were at earlier moments, after writes, a
+rename and a remove, read by a client that did nothing else (its first read syncs);
+histories, trees at several moments, snapshots.  Under Q/U the same :class:`Past` calls
+walk Q/U's chains (``t3_fs_past.py``)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from fs_helpers import RW_OPTIONS, _metadata_client
+
+from bftfs.fs.fabpast import FabPast
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.past import NotThen, Past
+from bftfs.fs.session import past_of
+from bftfs.fsobjects import ROOT
+from bftfs.qu.objects import MethodRefused
+from bftfs.rw.client import open_rw_client
+from bftfs.testing.cluster import open_cluster
+
+BS = 4096
+
+
+async def _write(fs: FileSystem, parent: int, name: bytes, data: bytes) -> int:
+    fh, a = await fs.create(parent, name, 0o644, 0, 0, os.O_RDWR | os.O_TRUNC)
+    await fs.write(fh, 0, data)
+    await fs.release(fh)
+    return a.ino
+
+
+async def _content(past: Past, path: str, t: int) -> bytes:
+    return await past.content(await past.resolve(path, t))
+
+
+async def test_paths_and_contents_as_they_were_on_a_fab_cluster(tmp_path: Path) -> None:
+    async with (
+        open_cluster(tmp_path, clients=2, block_size=BS, inline_limit=0, engine="fab") as cluster,
+        AsyncExitStack() as stack,
+    ):
+        cfg = cluster.config
+        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
+        fs = await FileSystem.open(_metadata_client(cluster, 0, 0), rw, cfg, rng=random.Random(1))
+        t0 = time.time_ns()
+        d = (await fs.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        f = await _write(fs, d, b"f", b"one" * 2000)  # two blocks
+        t1 = time.time_ns()
+        await _write(fs, d, b"f", b"two")
+        t2 = time.time_ns()
+        await fs.rename(d, b"f", ROOT, b"g")
+        t3 = time.time_ns()
+        await fs.unlink(ROOT, b"g")
+        await _write(fs, d, b"h", b"three")
+        t4 = time.time_ns()
+
+        reader = await stack.enter_async_context(
+            open_rw_client(cluster.client(1), cfg, **RW_OPTIONS)
+        )
+        past = past_of(cfg, _metadata_client(cluster, 1, 0), cluster.client(1), reader)
+        assert isinstance(past, FabPast)
+        assert await _content(past, "/d/f", t1) == b"one" * 2000
+        assert await _content(past, "/d/f", t2) == b"two"
+        assert await _content(past, "/g", t3) == b"two"
+        assert await _content(past, "/d/h", t4) == b"three"
+        for path, t in (("/d", t0), ("/d/f", t3), ("/g", t2), ("/g", t4), ("/d/h", t3)):
+            with pytest.raises(NotThen):
+                await past.resolve(path, t)
+
+        trees = await past.trees("/", [t1, t3, t4])
+        assert [sorted(t) for t in trees] == [
+            ["", "d", "d/f"],
+            ["", "d", "g"],
+            ["", "d", "d/h"],
+        ]
+        assert trees[1]["g"].oid == f
+
+        hist = await past.history(f)
+        assert hist.complete and hist.versions[-1].changes == ("created",)
+        assert hist.versions[-1].time_ns is not None and t0 < hist.versions[-1].time_ns < t1
+        times = [v.time_ns for v in hist.versions]
+        assert times == sorted(times, reverse=True) and len(set(times)) == len(times)
+        assert any("written" in v.changes for v in hist.versions)
+        assert hist.at(t0) is None  # before it was created
+
+        await past.snapshot_create("before-rename", t2)
+        assert await past.snapshots() == {"before-rename": t2}
+        assert "syncs" in past.statistics()
+
+
+async def test_a_request_time_years_ahead_is_refused_and_moves_no_versions_clock(
+    tmp_path: Path,
+) -> None:
+    """A FaB request id is its client's declared time, the time of the versions it makes
+    (``fab/versions.py``): one ten years ahead is refused ``ahead`` by every correct node
+    (``node/fab_server.py`` admit), or it would date every later version of every object
+    after it.  Fails without the check (the update is executed)."""
+    async with open_cluster(tmp_path, clients=1, engine="fab") as cluster:
+        meta = _metadata_client(cluster, 0, 0)
+        arg = {"mode": 0o755, "uid": 0, "gid": 0, "now": time.time_ns()}
+        meta.rid = time.time_ns() + 10 * 365 * 86400 * 10**9
+        with pytest.raises(MethodRefused) as refused:
+            await meta.update([ROOT], "fs.mkroot", arg)
+        assert str(refused.value).startswith("ahead")
+        replicas = [f.fab_replica for f in cluster.faults if f.fab_replica is not None]
+        assert len(replicas) == 6
+        assert all(r.execution.versions.clock < time.time_ns() for r in replicas)
+        meta.rid = time.time_ns()  # the same request at a true time is made
+        await meta.update([ROOT], "fs.mkroot", arg)
