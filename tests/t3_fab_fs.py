@@ -305,3 +305,24 @@ def test_a_mount_whose_stream_was_evicted_goes_on_and_an_expired_call_is_unavail
 
     with fs_helpers.engine("fab"):
         fs_helpers.run(tmp_path, body)
+
+
+def test_a_second_fab_client_on_one_endpoint_leaves_the_first_its_replies(
+    tmp_path: Path,
+) -> None:
+    """A FaB client made on an endpoint that already has one (a history reader beside a
+    mount's client) takes the pushes first: the replies on the first one's stream go on
+    to it, so both complete (the first timed out, unavailable, when the second kept every
+    reply)."""
+
+    async def body(env: fs_helpers.Env) -> None:
+        config = env.cluster.config
+        nodes = [int(i) for i in config.node_ids]
+        second = FabMetaClient(env.cluster.client(0), nodes, config.b, timeout=4.0)
+        first = env.fs.meta.qu  # the mount's FaB client (tagged with its mount)
+        assert (await second.query(ROOT, "fs.peek"))["k"] is not None
+        with trio.fail_after(4.0):
+            assert (await first.query(ROOT, "fs.peek"))["k"] is not None
+
+    with fs_helpers.engine("fab"):
+        fs_helpers.run(tmp_path, body)

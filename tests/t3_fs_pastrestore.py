@@ -14,15 +14,15 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
-from fs_helpers import RW_OPTIONS, qu_client
+from fs_helpers import RW_OPTIONS, _metadata_client
 
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import Past
 from bftfs.fs.pastrestore import TreeWriter
+from bftfs.fs.session import past_of
 from bftfs.fsobjects import ROOT
-from bftfs.qu.classify import QUThresholds
-from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.cluster import open_cluster
 
@@ -33,22 +33,28 @@ FILES = 20
 
 @asynccontextmanager
 async def cluster_fs(
-    tmp_path: Path,
+    tmp_path: Path, engine: str = "qu"
 ) -> AsyncIterator[tuple[FileSystem, FileSystem, Any, Any]]:
     """A writer (as a mount opens it: write-behind, leases, write-back), a plain second
     client, a maker of history readers (each reads histories afresh) and one of plain
-    clients (nothing cached: what the servers hold now)."""
+    clients (nothing cached: what the servers hold now), on a cluster of metadata
+    ``engine``."""
     async with (
-        open_cluster(tmp_path, clients=3, block_size=BS, inline_limit=1024) as cl,
+        open_cluster(tmp_path, clients=3, block_size=BS, inline_limit=1024, engine=engine) as cl,
         AsyncExitStack() as stack,
     ):
+
+        def meta(k: int) -> Any:
+            """Client ``k``'s Q/U client, or its FaB client on a FaB cluster."""
+            return _metadata_client(cl, k, 0)
+
         cfg = cl.config
         rws = [
             await stack.enter_async_context(open_rw_client(cl.client(k), cfg, **RW_OPTIONS))
             for k in range(3)
         ]
         writer = await FileSystem.open(
-            qu_client(cl, 0),
+            meta(0),
             rws[0],
             cfg,
             rng=random.Random(1),
@@ -58,14 +64,13 @@ async def cluster_fs(
         )
         assert writer.meta.leases is not None  # recalls are pushed to it, as to a mount
         writer.meta.leases.listen(cl.client(0), cfg.node_ids)
-        other = await FileSystem.open(qu_client(cl, 1), rws[1], cfg, rng=random.Random(2))
-        th = QUThresholds.from_config(cfg)
+        other = await FileSystem.open(meta(1), rws[1], cfg, rng=random.Random(2))
 
         def past() -> Past:
-            return Past(qu_client(cl, 2), PastReader(cl.client(2), th), rws[2], BS)
+            return past_of(cfg, meta(2), cl.client(2), rws[2])
 
         async def fresh() -> FileSystem:
-            return await FileSystem.open(qu_client(cl, 1), rws[1], cfg, rng=random.Random(3))
+            return await FileSystem.open(meta(1), rws[1], cfg, rng=random.Random(3))
 
         yield writer, other, past, fresh
 
@@ -118,13 +123,15 @@ async def rewrite(fs: FileSystem, ino: int, data: bytes) -> None:
     await fs.release(fh)
 
 
+@pytest.mark.parametrize("engine", ["qu", "fab"])
 async def test_a_restored_tree_reads_back_as_it_was_its_small_files_batched(
-    tmp_path: Path,
+    tmp_path: Path, engine: str
 ) -> None:
     """Restored elsewhere (``/copy/of/tree``, its parents made): the tree as it was, the
     small files' creates sent several to an update with their content, and each file's
-    times and mode sent with its content, not in an update of their own."""
-    async with cluster_fs(tmp_path) as (writer, other, new_past, fresh):
+    times and mode sent with its content, not in an update of their own (both engines:
+    FaB's versions, ``fs/fabpast.py``)."""
+    async with cluster_fs(tmp_path, engine) as (writer, other, new_past, fresh):
         tree, ids = await build(other)
         then = await read_tree(other, tree)
         moment = writer.clock_ns()
@@ -143,10 +150,14 @@ async def test_a_restored_tree_reads_back_as_it_was_its_small_files_batched(
         assert sent["fs.setattr"] <= 2, sent  # the two directories' times, no file's
 
 
-async def test_restored_in_place_only_what_changed_gets_a_new_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["qu", "fab"])
+async def test_restored_in_place_only_what_changed_gets_a_new_version(
+    tmp_path: Path, engine: str
+) -> None:
     """Restored over itself with the tree as it is now: the rewritten, removed and
-    chmod-ed files come back, the others get no new version (nor are their blocks read)."""
-    async with cluster_fs(tmp_path) as (writer, other, new_past, fresh):
+    chmod-ed files come back, the others get no new version (nor are their blocks read);
+    on both engines."""
+    async with cluster_fs(tmp_path, engine) as (writer, other, new_past, fresh):
         tree, ids = await build(other)
         then = await read_tree(other, tree)
         moment = writer.clock_ns()

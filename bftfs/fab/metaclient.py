@@ -116,7 +116,9 @@ class FabMetaClient:
         return FabClientStatistics(self._n["operations"], self._n["sends"], self._n["unavailable"])
 
     def on_push(self, node: NodeId, body: Any) -> None:
-        """The endpoint's push handler: count a node's REPLY."""
+        """The endpoint's push handler: count a node's REPLY.  Pushes that are not FaB
+        replies, and replies on another stream, go to the handler the endpoint had before
+        (a FaB client made earlier on the same endpoint gets its own replies)."""
         if not (isinstance(body, list) and len(body) == 2 and body[0] == REPLY_TAG):
             if self._other is not None:
                 self._other(node, body)
@@ -127,6 +129,9 @@ class FabMetaClient:
             reply = None
         if not isinstance(reply, Reply):
             self.faults[(int(node), "malformed")] += 1
+            return
+        if reply.stream != self.stream and self._other is not None:
+            self._other(node, body)  # another FaB client on this endpoint (its own stream)
             return
         collector = self._collector
         if collector is not None and collector.add(int(node), reply) is not None:
