@@ -16,6 +16,7 @@ from t1_fab_protocol import _increments, _settle
 from bftfs import thinning
 from bftfs.fab import durable, pastclient
 from bftfs.fab.execution import Execution
+from bftfs.fab.pastclient import best
 from bftfs.fab.replica import Replica, Settings
 from bftfs.fab.versions import Retention, Versions
 from bftfs.kv import MemoryKV
@@ -176,3 +177,25 @@ def test_a_node_answers_a_cut_it_executed_and_refuses_nonsense() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was answered")
+
+
+def test_a_history_two_nodes_know_only_since_a_snapshot_does_not_hide_the_full_one() -> None:
+    """Two correct nodes that installed the same snapshot answer an object's versions alike,
+    incomplete (``f + 1`` of them); the client waits for ``n - f`` answers and takes the
+    complete history the others vouch for, or, with none complete, the one reaching
+    furthest back (CI once read a file's past as reclaimed this way)."""
+    full = [True, [[3, 30, 1, None, True], [9, 90, 1, b"s", False]]]
+    since = [False, [[9, 90, 1, b"s", False]]]
+    answers = {canonical(a): a for a in (full, since)}
+
+    def votes(**by: set[int]) -> dict[bytes, set[int]]:
+        return {canonical(full): by.get("full", set()), canonical(since): by.get("since", set())}
+
+    assert best(answers, votes(since={4, 5}), 1, 6) is None  # only two answered: wait
+    assert best(answers, votes(since={4, 5}, full={0}), 1, 6) is None
+    assert best(answers, votes(since={4, 5}, full={0, 1}), 1, 6) == full  # at once
+    older = [False, [[5, 50, 1, b"r", False], [9, 90, 1, b"s", False]]]
+    answers[canonical(older)] = older
+    v = {canonical(since): {4, 5}, canonical(older): {0, 1}, canonical(full): {2}}
+    assert best(answers, v, 1, 6) == older  # five answered, none complete vouched for
+    assert best(answers, {canonical(since): {4, 5, 0, 1, 2}}, 1, 6) == since

@@ -8,7 +8,13 @@ says ``behind`` and is asked again after ``resend`` seconds.  An object's answer
 believed on ``f + 1`` identical answers (one of them is a correct node's, and correct
 nodes that executed every slot themselves hold the same versions, ``fab/versions.py``),
 as ``FabMetaClient`` believes a reply.  Answers of nodes at the same cut can still differ
-by a thinning at a slot beyond it; such an object is asked again.
+by a thinning at a slot beyond it; such an object is asked again.  Correct nodes can also
+answer truthfully but differently: one that installed a snapshot knows the object's
+versions only since then and says so (``complete`` false).  So an incomplete answer is
+taken only once ``n - f`` nodes answered (a complete one ``f + 1`` nodes vouch for wins
+at once), and of the answers ``f + 1`` nodes vouch for, the one reaching furthest back
+(:func:`best`): two nodes that installed the same snapshot do not hide the history the
+others hold.
 """
 
 from __future__ import annotations
@@ -64,6 +70,21 @@ def _well_formed(answer: Any) -> bool:
     )
 
 
+def best(
+    answers: dict[bytes, list[Any]], votes: dict[bytes, set[int]], f: int, n: int
+) -> list[Any] | None:
+    """The answer to take for one object, or None to wait for more: a complete one that
+    ``f + 1`` nodes gave alike; else, once ``n - f`` nodes answered, of those ``f + 1``
+    nodes gave alike the one whose versions reach furthest back (its first slot lowest)."""
+    vouched = [answers[k] for k, voters in votes.items() if len(voters) >= f + 1]
+    complete = [a for a in vouched if a[0]]
+    if complete:
+        return complete[0]
+    if not vouched or sum(len(v) for v in votes.values()) < n - f:
+        return None
+    return min(vouched, key=lambda a: a[1][0][0] if a[1] else float("inf"))
+
+
 async def fetch(
     ep: Endpoint,
     nodes: Sequence[int],
@@ -97,6 +118,7 @@ async def _batch(
     timeout: float,
 ) -> dict[int, list[Any]]:
     votes: dict[int, dict[bytes, set[int]]] = {oid: {} for oid in oids}
+    answers_of: dict[int, dict[bytes, list[Any]]] = {oid: {} for oid in oids}
     out: dict[int, list[Any]] = {}
     done = trio.Event()
 
@@ -116,10 +138,11 @@ async def _batch(
             key = canonical(answer)
             for voters in votes[oid].values():
                 voters.discard(node)  # a node's latest answer counts, once
-            voters = votes[oid].setdefault(key, set())
-            voters.add(node)
-            if len(voters) >= f + 1:
-                out[oid] = answer
+            votes[oid].setdefault(key, set()).add(node)
+            answers_of[oid][key] = answer
+            chosen = best(answers_of[oid], votes[oid], f, len(nodes))
+            if chosen is not None:
+                out[oid] = chosen
         if len(out) == len(oids):
             done.set()
 
