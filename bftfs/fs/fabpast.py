@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bftfs.fab.metaclient import FabMetaClient
-from bftfs.fs.past import ObjectHistory, Past, Progress, Reclaimed, Version
+from bftfs.fs.past import ObjectHistory, Past, Progress, Version, present
 from bftfs.fs.pastchanges import changes
-from bftfs.fs.pastchanges import gone as _gone
 from bftfs.fs.seal import Seal
 from bftfs.qu.canon import canonical
 from bftfs.qu.timestamp import DIGEST_SIZE, Timestamp
@@ -114,10 +113,7 @@ class FabPast(Past):
         """As :meth:`Past.state_at`, from the object's versions."""
         found = self._histories.get(oid) or self._read.get(oid)
         hist = found or (await self._histories_of([oid], time_ns))[oid]
-        v = hist.at(time_ns)
-        if v is None or v.state is None or _gone(v.state):
-            return None
-        return v
+        return present(hist.at(time_ns))
 
     async def _prefetch(self, oids: Sequence[int], moments: Sequence[int], whole: bool) -> None:
         """The versions of a batch of objects a tree is to visit, read at once."""
@@ -134,14 +130,7 @@ class FabPast(Past):
         else:
             found = self._histories.get(oid) or self._read.get(oid)
             hist = found or (await self._histories_of([oid], max(moments)))[oid]
-        out: list[Version | None] = []
-        for t in moments:
-            try:
-                v = hist.at(t)
-            except Reclaimed:
-                v = None
-            out.append(None if v is None or v.state is None or _gone(v.state) else v)
-        return out
+        return hist.present_at(moments)
 
     async def trees(
         self,

@@ -150,8 +150,28 @@ class ObjectHistory:
             return None
         raise _reclaimed(self.oid, [t for t, _, _ in links])
 
+    def present_at(self, moments: Sequence[int]) -> list[Version | None]:
+        """For each of ``moments``, the version current then if the object existed with a
+        state (:func:`present`); None where it did not, or retention let the version go.
+
+        Raises:
+            Undecided: a version of unknown time may be the one current at a moment.
+        """
+        out: list[Version | None] = []
+        for t in moments:
+            try:
+                out.append(present(self.at(t)))
+            except Reclaimed:
+                out.append(None)
+        return out
+
     def by_id(self, prefix: str) -> Version | None:
         return next((v for v in self.versions if v.id.startswith(prefix.lower())), None)
+
+
+def present(v: Version | None) -> Version | None:
+    """``v`` if it holds the object (not absent, not a removal's last state), else None."""
+    return None if v is None or v.state is None or _gone(v.state) else v
 
 
 def _undecided(oid: int, time_ns: int) -> Undecided:
@@ -312,9 +332,7 @@ class Past:
             raw = (await self.reader.states(oid, [last]))[last.lt]
             state = self._unpack(oid, raw)
             v = Version(oid, last.lt, last.time_ns, last.lt.client, state, ())
-        if v is None or v.state is None or _gone(v.state):
-            return None
-        return v
+        return present(v)
 
     async def resolve(self, path: str, time_ns: int) -> Version:
         """The version of the object ``path`` named at ``time_ns``.
@@ -501,15 +519,7 @@ class Past:
             Undecided: a version of unknown time may be the one current at a moment.
         """
         if whole or oid in self._histories:
-            hist = await self.history(oid)
-            out: list[Version | None] = []
-            for t in moments:
-                try:
-                    v = hist.at(t)
-                except Reclaimed:
-                    v = None
-                out.append(None if v is None or v.state is None or _gone(v.state) else v)
-            return out
+            return (await self.history(oid)).present_at(moments)
         walk, seed = await self._walk(oid, min(moments))
         picks: list[Agreed | None] = []
         for t in moments:

@@ -37,7 +37,7 @@ from bftfs.fsobjects import SNAPSHOTS, snapshot_times
 from bftfs.ids import PrincipalId
 from bftfs.node import limits
 from bftfs.node.qu_server import registry_of
-from bftfs.qu.clocks import clock_off
+from bftfs.qu.clocks import ClockAhead, clock_off
 from bftfs.qu.objects import Class, ObjectType
 from bftfs.quorums.fab import FabQuorums
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
@@ -103,10 +103,11 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
         if method is None or method.cls is not Class.UPDATE:
             return None
         now = node.now_ns()
-        if op.rid > now + DEFAULT_MAX_AHEAD_NS:  # its versions' time (fab/versions.py)
-            node.stats["fab.refused.ahead"] += 1
-            return "ahead"
-        off = clock_off(registry, op.method, op.arg, now, DEFAULT_MAX_AHEAD_NS)
+        off = (  # the request id is the time of its versions (fab/versions.py)
+            ClockAhead(op.rid - now)
+            if op.rid > now + DEFAULT_MAX_AHEAD_NS
+            else clock_off(registry, op.method, op.arg, now, DEFAULT_MAX_AHEAD_NS)
+        )
         if off is None:
             return None
         node.stats[f"fab.refused.{off.code}"] += 1
