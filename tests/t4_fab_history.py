@@ -7,8 +7,9 @@ file blocks from PASIS as under Q/U.
 ``bftfs log`` lists each write with its client and a directory's changes, ``cat --at``
 gives each version's bytes (by moment, by version id, also after the file was removed),
 ``mount --at`` shows a tree as it was and refuses writes, and ``.snapshots/NAME`` in a
-live mount shows the tree as it was (``snapshot create``/``list``).  (37 s; the other
-t4_history tests, about restore, diff and revert, run on :class:`Past` as these do.)
+live mount shows the tree as it was (``snapshot create``/``list``), ``diff`` lists what
+changed between two moments, ``changes`` and ``revert`` find and undo one client's
+changes since a moment, keeping another's later work.
 """
 
 from __future__ import annotations
@@ -59,3 +60,11 @@ def test_a_time_travel_mount_under_fab(setup: Setup, tmp_path: Path) -> None:
 def test_a_snapshot_directory_under_fab(setup: Setup) -> None:
     cluster, mine, _, _ = setup
     t4_snapshot_dirs.test_a_snapshot_directory_shows_the_tree_as_it_was((cluster, mine))
+
+
+def test_diff_under_fab(setup: Setup) -> None:
+    t4_history.test_diff_lists_exactly_what_changed(setup)
+
+
+def test_changes_and_revert_under_fab(setup: Setup) -> None:
+    t4_history.test_revert_undoes_one_clients_vandalism_and_keeps_everyone_elses_later_work(setup)
