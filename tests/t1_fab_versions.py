@@ -18,7 +18,7 @@ from bftfs.fab import durable, pastclient
 from bftfs.fab.execution import Execution
 from bftfs.fab.pastclient import best
 from bftfs.fab.replica import Replica, Settings
-from bftfs.fab.versions import Retention, Versions
+from bftfs.fab.versions import Entry, History, Retention, Versions
 from bftfs.kv import MemoryKV
 from bftfs.qu.canon import canonical, unpack
 from bftfs.quorums.fab import FabQuorums
@@ -169,9 +169,9 @@ def test_a_node_answers_a_cut_it_executed_and_refuses_nonsense() -> None:
     assert pastclient.serve(w.v, 0, [[5], 1]) == ["behind", 0]
     assert pastclient.serve(w.v, 1, [[5, 6], 1]) == [
         "ok",
-        [[True, [[1, 3 * S, 7, canonical("v"), False]]], [True, []]],
+        [[True, [[1, 3 * S, 7, canonical("v"), False]], False], [True, [], False]],
     ]
-    for bad in ([[], 1], [[5] * 65, 1], [["x"], 1], [5, 1], "x"):
+    for bad in ([[], 1], [[5] * 65, 1], [["x"], 1], [5, 1], "x", [[5], 1, [None, 1]], [[5], 1, 0]):
         try:
             pastclient.serve(w.v, 1, bad)
         except ValueError:
@@ -198,4 +198,59 @@ def test_a_history_two_nodes_know_only_since_a_snapshot_does_not_hide_the_full_o
     answers[canonical(older)] = older
     v = {canonical(since): {4, 5}, canonical(older): {0, 1}, canonical(full): {2}}
     assert best(answers, v, 1, 6) == older  # five answered, none complete vouched for
+    # A liar's page (b = 1) is one vote: neither a made-up older start nor a truncated
+    # history claimed complete is taken, however far back it reaches.
+    made_up = [False, [[1, 10, 1, b"x", False], *since[1]]]
+    cut = [True, since[1]]
+    answers.update({canonical(made_up): made_up, canonical(cut): cut})
+    v = {canonical(since): {0, 1}, canonical(made_up): {2}, canonical(cut): {3}}
+    v[canonical(older)] = {4}
+    assert best(answers, v, 1, 6) == since
     assert best(answers, {canonical(since): {4, 5, 0, 1, 2}}, 1, 6) == since
+
+
+def test_long_histories_come_in_pages_every_node_cuts_alike() -> None:
+    """An object's versions come a page at a time (``fab/pastclient.py``): bounded in
+    versions and in bytes of states, the same pages on every node holding the same
+    versions, a continuation only from a node whose history reaches the cursor, and an
+    answer of many objects stops short of ``ANSWER_BYTES`` (the rest asked again)."""
+    w = _Writer(Versions())
+    for k in range(2 * pastclient.PAGE_VERSIONS + 5):  # small states: bound by count
+        w.write(1, (k + 1) * S, k)
+    first = pastclient.serve(w.v, w.slot, [[1], w.slot])[1][0]
+    complete, entries, more = first
+    assert complete and more and len(entries) == pastclient.PAGE_VERSIONS
+    cursor, got = entries[-1][0], list(entries)
+    while more:
+        page = pastclient.serve(w.v, w.slot, [[1], w.slot, [cursor]])[1][0]
+        entries, more = page
+        got += entries
+        cursor = entries[-1][0] if entries else cursor
+    assert got == w.v.answer(1, w.slot)[1]  # every version once, in order
+    big = bytes(pastclient.PAGE_BYTES // 3)  # large states: bound by bytes, one at least
+    for k in range(7):
+        w.write(2, (5000 + k) * S, big + bytes([k]))
+    _, entries, more = pastclient.serve(w.v, w.slot, [[2], w.slot])[1][0]
+    assert more and len(entries) == 2
+    huge = bytes(pastclient.PAGE_BYTES * 2)
+    w.write(3, 9000 * S, huge)
+    assert pastclient.serve(w.v, w.slot, [[3], w.slot])[1][0][1][0][3] == canonical(huge)
+    # many objects: the answer stops at ANSWER_BYTES, the first object always in it
+    many = list(range(10, 20))
+    for oid in many:
+        for k in range(3):
+            w.write(oid, (10_000 + 3 * oid + k) * S, big + bytes([k]))
+    pages = pastclient.serve(w.v, w.slot, [many, w.slot])[1]
+    assert pages[0] is not None and None in pages
+    weight = sum(
+        pastclient.page(w.v, o, w.slot, None)[1] for o, p in zip(many, pages, strict=True) if p
+    )
+    assert weight <= pastclient.ANSWER_BYTES
+    # a node whose history starts after the cursor (it installed a snapshot) says nothing
+    late = Versions()
+    late.objects[1] = History([Entry(*e) for e in w.v.answer(1, w.slot)[1][500:]], False)
+    assert pastclient.serve(late, w.slot, [[1], w.slot, [10]])[1] == [None]
+    assert (
+        pastclient.serve(late, w.slot, [[1], w.slot, [600]])[1][0]
+        == pastclient.page(w.v, 1, w.slot, 600)[0]
+    )

@@ -21,6 +21,8 @@ from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import NotThen, Past
 from bftfs.fs.session import past_of
 from bftfs.fsobjects import ROOT
+from bftfs.net.frames import DEFAULT_MAX_FRAME
+from bftfs.qu.canon import canonical
 from bftfs.qu.objects import MethodRefused
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.cluster import open_cluster
@@ -112,3 +114,42 @@ async def test_a_request_time_years_ahead_is_refused_and_moves_no_versions_clock
         assert all(r.execution.versions.clock < time.time_ns() for r in replicas)
         meta.rid = time.time_ns()  # the same request at a true time is made
         await meta.update([ROOT], "fs.mkroot", arg)
+
+
+async def test_a_history_larger_than_a_frame_is_read_in_pages(tmp_path: Path) -> None:
+    """One object whose versions together exceed the 8 MiB frame limit (40 versions of a
+    file with ~240 KiB of extended attributes): its history reads back whole, each version
+    with its own value, in pages (``fab/pastclient.py``).  Without pages a node's answer is
+    one oversized frame and the read fails (``VersionsUnavailable``)."""
+    async with (
+        open_cluster(tmp_path, clients=2, block_size=BS, engine="fab") as cluster,
+        AsyncExitStack() as stack,
+    ):
+        cfg = cluster.config
+        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
+        fs = await FileSystem.open(_metadata_client(cluster, 0, 0), rw, cfg, rng=random.Random(1))
+        f = await _write(fs, ROOT, b"f", b"x")
+        rng = random.Random(40)
+        for name in (b"user.a", b"user.b", b"user.c"):
+            await fs.setxattr(f, name, rng.randbytes(60_000))
+        values = [rng.randbytes(60_000) for _ in range(40)]
+        moments = []
+        for v in values:
+            await fs.setxattr(f, b"user.v", v)
+            moments.append(time.time_ns())
+        reader = await stack.enter_async_context(
+            open_rw_client(cluster.client(1), cfg, **RW_OPTIONS)
+        )
+        meta = _metadata_client(cluster, 1, 0)
+        past = past_of(cfg, meta, cluster.client(1), reader)
+        hist = await past.history(f)
+        assert hist.complete
+        sizes = sum(len(canonical(v.state)) for v in hist.versions)
+        assert sizes > DEFAULT_MAX_FRAME  # (it could not come in one frame)
+        xattrs = [
+            v.state["x"][b"user.v"] for v in reversed(hist.versions) if b"user.v" in v.state["x"]
+        ]
+        assert xattrs == values
+        for moment, v in zip(moments, values, strict=True):
+            state = (await past.state_at(f, moment)).state
+            assert state is not None and state["x"][b"user.v"] == v

@@ -54,6 +54,11 @@ profile                   behaviour
                           leader, claims accepts and REPs it never made, answers clients
                           with made-up results
 ``fab-lying-acceptor``    FaB ``lying_acceptor`` and ``lying_replies``
+``fab-forge-history``     FaB history reads (``byzantine/fabhistory.py``): every version
+                          it reports has its state altered or is dated an hour early
+``fab-truncate-history``  FaB history reads: histories cut short and claimed whole
+``fab-older-history``     FaB history reads: incomplete histories with made-up versions
+                          before the true first one
 ========================  ===============================================================
 """
 
@@ -70,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, client_id, is_node
 from bftfs.qu.request import Request
 from bftfs.rw.schema import DB_VERSIONS
-from bftfs.testing.byzantine import fab, flood, history, qu, rw
+from bftfs.testing.byzantine import fab, fabhistory, flood, history, qu, rw
 
 if TYPE_CHECKING:
     from bftfs.config import ClusterConfig
@@ -309,6 +314,10 @@ def _fab(behaviour: fab.Behaviour) -> Callable[[ClusterConfig, int], ByzantinePr
     return lambda config, node: FabProfile(behaviour, node)
 
 
+def _fab_history(name: str) -> Callable[[ClusterConfig, int], ByzantineProfile]:
+    return lambda config, node: ByzantineProfile({fabhistory.KIND: fabhistory.BEHAVIOURS[name]})
+
+
 #: Profile builders by name: ``builder(config, node id)``.
 PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "corrupt-fragments": _corrupt_fragments,
@@ -325,6 +334,9 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "fab-silent": _fab(fab.silent),
     "fab-lying-leader": _fab(fab.compose(fab.lying_leader, fab.lying_replies)),
     "fab-lying-acceptor": _fab(fab.compose(fab.lying_acceptor, fab.lying_replies)),
+    "fab-forge-history": _fab_history("forge"),
+    "fab-truncate-history": _fab_history("truncate"),
+    "fab-older-history": _fab_history("older-start"),
 }
 
 
