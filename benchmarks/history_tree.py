@@ -1,16 +1,17 @@
 """History commands on a whole tree (issue 36): how long ``bftfs diff``, ``changes``,
 ``restore`` and ``revert --dry-run`` take on a tree of ``--files`` files.
 
-A fresh 6-node cluster (real ``bftfs node`` processes, no fsync, retention long enough to
-keep everything) and one FUSE mount.  The script writes ``--files`` files (seeded sizes,
-100 B to 20 KiB: inline under the default 32 KiB limit) in directories of 50, notes the
-moment T0, then changes a tenth of them (rewrites), removes a twentieth, adds a twentieth
-and renames a fiftieth, notes T1 (each phase ends with an ``fsync`` of every directory and
-each rewritten file, so what directory write-back holds for up to ``commit=`` seconds is
-on the nodes before the moment is noted), waits for the nodes to finish the background
-work the writes left (lazy verification: under a fifth of a core), and times each command
-(the whole command: Python start-up, connecting, walking the histories, writing; the
-read-only ones ``--runs`` times, the median) with absolute times ``@T0``/``@T1``:
+A fresh 6-node cluster (``--engine``: Q/U or FaB metadata; real ``bftfs node`` processes,
+no fsync, retention long enough to keep everything) and one FUSE mount. The script writes
+``--files`` files (seeded sizes, 100 B to 20 KiB: inline under the default 32 KiB limit)
+in directories of 50, notes the moment T0, then changes a tenth of them (rewrites),
+removes a twentieth, adds a twentieth and renames a fiftieth, notes T1 (each phase ends
+with an ``fsync`` of every directory and each rewritten file, so what directory write-back
+holds for up to ``commit=`` seconds is on the nodes before the moment is noted), waits for
+the nodes to finish the background work the writes left (lazy verification: under a fifth
+of a core), and times each command (the whole command: Python start-up, connecting,
+walking the histories, writing; the read-only ones ``--runs`` times, the median) with
+absolute times ``@T0``/``@T1``:
 
 - ``bftfs diff fs:/tree --from @T0 --to @T1``
 - ``bftfs changes fs:/tree --since @T0 --until @T1 --json``
@@ -35,6 +36,7 @@ Output is not a terminal, so the commands print no progress.  Usage::
 
     .venv/bin/python benchmarks/history_tree.py               # 1000 files
     .venv/bin/python benchmarks/history_tree.py --files 300
+    .venv/bin/python benchmarks/history_tree.py --files 300 --engine fab
     .venv/bin/python benchmarks/history_tree.py --before /tmp/main --json FILE
 """
 
@@ -320,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=1000, help="files in the tree (1000)")
     ap.add_argument("--seed", type=int, default=36, help="random seed (36)")
+    ap.add_argument(
+        "--engine", choices=("qu", "fab"), default="qu", help="the metadata engine (qu)"
+    )
     ap.add_argument("--runs", type=int, default=3, help="runs of each read-only command (3)")
     ap.add_argument("--profile", metavar="DIR", help="cProfile each command's first run here")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
@@ -358,11 +363,16 @@ def main(argv: list[str] | None = None) -> int:
         PYSPY[0].mkdir(parents=True, exist_ok=True)
     before_code = str(Path(args.before).resolve()) if args.before else None
     codes: list[str | None] = [before_code, None] if before_code else [None]
-    figures: dict[str, object] = {"files": args.files, "seed": args.seed, "runs": args.runs}
+    figures: dict[str, object] = {
+        "files": args.files,
+        "seed": args.seed,
+        "runs": args.runs,
+        "engine": args.engine,
+    }
     with tempfile.TemporaryDirectory(prefix="bftfs-histtree-", dir="/var/tmp") as tmp:
         home = Path(tmp) / "c"
         keep = RetentionPolicy(keep_seconds=86400.0, keep_versions=2)
-        with ProcessCluster(home, durable=False, retention=keep) as pc:
+        with ProcessCluster(home, durable=False, retention=keep, engine=args.engine) as pc:
             config = home / "cluster.toml"
             with Mount(pc.config, Path(tmp) / "mnt", client="client0") as m:
                 # One tree per code for the reverts (each reverts its own), written and

@@ -14,11 +14,14 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+import trio
 from fs_helpers import RW_OPTIONS, _metadata_client
+from t3_fs_pastrestore import cluster_fs, put, rewrite
 
 from bftfs.fs.fabpast import FabPast
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.past import NotThen, Past
+from bftfs.fs.pastrestore import TreeWriter
 from bftfs.fs.session import past_of
 from bftfs.fsobjects import ROOT
 from bftfs.net.frames import DEFAULT_MAX_FRAME
@@ -153,3 +156,52 @@ async def test_a_history_larger_than_a_frame_is_read_in_pages(tmp_path: Path) ->
         for moment, v in zip(moments, values, strict=True):
             state = (await past.state_at(f, moment)).state
             assert state is not None and state["x"][b"user.v"] == v
+
+
+@pytest.mark.slow
+async def test_a_tree_of_300_files_logs_and_restores_as_it_was(tmp_path: Path) -> None:
+    """Hundreds of files under FaB history: three directories of 100 files (one in ten in
+    PASIS blocks), then a tenth of them rewritten, removed and added.  A directory's log
+    names every file added and removed; the tree restored elsewhere as it was before the
+    changes holds every file with its bytes, as the nodes' versions and a fresh client
+    read them (``benchmarks/results/2026-11-27-fab-history-scale.md``: the same on node
+    processes, timed).  About 15 s, most of it the FaB rounds of writing 300 files twice;
+    reading them back one by one through a file system would take 20 s more."""
+    async with cluster_fs(tmp_path, "fab") as (writer, _, new_past, fresh):
+        rng = random.Random(300)
+        top = (await writer.mkdir(ROOT, b"scale", 0o755, 0, 0)).ino
+        subs = [(await writer.mkdir(top, f"d{d}".encode(), 0o755, 0, 0)).ino for d in range(3)]
+        files, then = {}, {}
+        for d, sub in enumerate(subs):
+            for i in range(100):
+                then[f"d{d}/f{i}"] = rng.randbytes(5000 if i % 10 == 0 else 300)
+                files[d, i] = await put(writer, sub, f"f{i}".encode(), then[f"d{d}/f{i}"])
+        await writer.write_back()
+        moment = writer.clock_ns()
+        await trio.sleep(0.01)  # (versions after it are dated after it)
+        for i in range(0, 100, 10):
+            await rewrite(writer, files[0, i + 1], b"rewritten")
+            await writer.unlink(subs[0], f"f{i + 2}".encode())
+            await put(writer, subs[0], f"new{i}".encode(), b"new")
+        await writer.write_back()
+        past = new_past()
+        changes = {c for v in (await past.history(subs[0])).versions for c in v.changes}
+        assert {f"added f{i}" for i in range(100)} <= changes
+        assert {f"added new{i}" for i in range(0, 100, 10)} <= changes
+        assert {f"removed f{i + 2}" for i in range(0, 100, 10)} <= changes
+        (tree_then,) = await past.trees("/scale", [moment])
+        tw = TreeWriter(writer, past.content, uid=0, gid=0, as_root=True)
+        counts = await tw.write(tree_then, "/copy")
+        await writer.write_back()
+        assert counts.files == 300
+        (copy,) = await new_past().trees("/copy", [writer.clock_ns()])
+        assert sorted(copy) == sorted(["", "d0", "d1", "d2", *then])
+        assert {rel: await past.content(copy[rel]) for rel in then} == then
+        reader = await fresh()
+        for rel in ("d0/f1", "d0/f2", "d2/f90"):  # (a rewritten, a removed, a block file)
+            ino = (await reader.lookup(ROOT, b"copy")).ino
+            for name in rel.split("/"):
+                ino = (await reader.lookup(ino, name.encode())).ino
+            fh = await reader.open(ino, os.O_RDONLY)
+            assert await reader.read(fh, 0, 10_000) == then[rel]
+            await reader.release(fh)

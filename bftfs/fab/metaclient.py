@@ -108,6 +108,9 @@ class FabMetaClient:
         self._done = trio.Event()
         self._one = trio.Lock()
         self._n = Counter[str]()
+        #: What history reads cost: ``version requests`` and ``version pages``
+        #: (:func:`bftfs.fab.pastclient.fetch`).
+        self.history = Counter[str]()
         self._other = endpoint.on_push
         endpoint.on_push = self.on_push
         endpoint.stay_connected([NodeId(j) for j in self.nodes])
@@ -176,7 +179,7 @@ class FabMetaClient:
             await self.sync()
         return await pastclient.fetch(
             self.ep, self.nodes, self.f, list(oids), self.slot, resend=self.resend,
-            timeout=self.timeout,
+            timeout=self.timeout, counts=self.history,
         )  # fmt: skip
 
     async def _call(self, objects: int | Iterable[int], method: str, arg: Any) -> Any:

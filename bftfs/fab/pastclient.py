@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -258,18 +259,22 @@ async def fetch(
     *,
     resend: float = 0.5,
     timeout: float = 30.0,
+    counts: Counter[str] | None = None,
 ) -> dict[int, list[Any]]:
     """Each object's versions up to slot ``upto``, page by page as ``f + 1`` nodes answer
     them alike: ``oid -> [complete, [[slot, time, client, state, thinned], ...]]`` oldest
-    first.
+    first.  ``counts`` (if given) gains ``version requests`` (each one request frame and
+    its answer) and ``version pages`` (pages believed).
 
     Raises:
         VersionsUnavailable: some object's page had no ``f + 1`` matching answers in time.
     """
     todo = list(dict.fromkeys(oids))
     out: dict[int, list[Any]] = {}
+    n = Counter[str]() if counts is None else counts
     for i in range(0, len(todo), MAX_OBJECTS):
-        out.update(await _batch(ep, nodes, f, todo[i : i + MAX_OBJECTS], upto, resend, timeout))
+        batch = todo[i : i + MAX_OBJECTS]
+        out.update(await _batch(ep, nodes, f, batch, upto, resend, timeout, n))
     return out
 
 
@@ -281,6 +286,7 @@ async def _batch(
     upto: int,
     resend: float,
     timeout: float,
+    counts: Counter[str],
 ) -> dict[int, list[Any]]:
     reads = {oid: _Object() for oid in oids}
     moved = _Moved()
@@ -292,6 +298,7 @@ async def _batch(
         want = [o for o in oids if not reads[o].done]
         afters = [reads[o].after for o in want]
         got: Any = None
+        counts["version requests"] += 1
         with contextlib.suppress(TransportError, RemoteError):
             got = await ep.call(NodeId(node), KIND, [want, upto, afters], timeout=resend * 4)
         if not (isinstance(got, list) and len(got) == 2 and got[0] == "ok"):
@@ -306,6 +313,7 @@ async def _batch(
             pages = r.pages
             r.vote(node, answer, f, len(nodes))
             if r.pages != pages:
+                counts["version pages"] += 1
                 moved.tell()
 
     async def keep_asking(node: int, finished: trio.CancelScope) -> None:

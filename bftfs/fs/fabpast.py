@@ -151,5 +151,7 @@ class FabPast(Past):
         return (
             f"history: {self.meta.statistics().operations} FaB operations, "
             f"{len(self._histories)} objects; "
-            + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+            + ", ".join(
+                f"{k} {v}" for k, v in sorted({**self._counts, **self.meta.history}.items())
+            )
         )
