@@ -250,6 +250,11 @@ def test_long_histories_come_in_pages_every_node_cuts_alike() -> None:
     late = Versions()
     late.objects[1] = History([Entry(*e) for e in w.v.answer(1, w.slot)[1][500:]], False)
     assert pastclient.serve(late, w.slot, [[1], w.slot, [10]])[1] == [None]
+    # an object larger than an answer's budget still goes when nothing precedes it
+    w.write(4, 9001 * S, bytes(pastclient.ANSWER_BYTES + 1))
+    late.objects[4] = w.v.objects[4]
+    none, alone = pastclient.serve(late, w.slot, [[1, 4], w.slot, [10, None]])[1]
+    assert none is None and alone is not None and alone[1][0][0] == w.slot
     assert (
         pastclient.serve(late, w.slot, [[1], w.slot, [600]])[1][0]
         == pastclient.page(w.v, 1, w.slot, 600)[0]

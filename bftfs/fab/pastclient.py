@@ -131,7 +131,7 @@ def serve(versions: Versions, executed: int, payload: Any) -> list[Any]:
     total = 0
     for oid, after in zip(oids, afters, strict=True):
         got, size = page(versions, oid, upto, after)
-        if not got or (out and total + size > ANSWER_BYTES):
+        if not got or (total and total + size > ANSWER_BYTES):  # (the first always goes)
             out.append(None)
             continue
         out.append(got)
