@@ -165,7 +165,7 @@ async def test_a_tree_of_300_files_logs_and_restores_as_it_was(tmp_path: Path) -
     names every file added and removed; the tree restored elsewhere as it was before the
     changes holds every file with its bytes, as the nodes' versions and a fresh client
     read them (``benchmarks/results/2026-11-27-fab-history-scale.md``: the same on node
-    processes, timed).  About 15 s, most of it the FaB rounds of writing 300 files twice;
+    processes, timed).  18 to 30 s here, most of it the FaB rounds of writing 300 files twice;
     reading them back one by one through a file system would take 20 s more."""
     async with cluster_fs(tmp_path, "fab") as (writer, _, new_past, fresh):
         rng = random.Random(300)
