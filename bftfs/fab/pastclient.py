@@ -28,10 +28,11 @@ large states).
   object's versions only since then and says so (``complete`` false); its page is a true
   suffix of the history, so any page ``f + 1`` nodes vouch for is true, and the
   furthest-reaching one loses least.  Waiting for ``n - f`` answers means: if at least
-  ``2f + 1`` correct nodes hold the complete history, any ``n - f`` answers include
-  ``f + 1`` of them (``n - f`` leaves out only ``f`` nodes), so the complete history is
-  taken; ``f`` liars answering first cannot hide it, only make a read settle for a true
-  but shorter history when fewer correct nodes hold it all.
+  ``2f + 1`` correct nodes give the same complete first page, any ``n - f`` answers
+  include ``f + 1`` of them (``n - f`` leaves out only ``f`` nodes), so the complete
+  history is taken; ``f`` liars answering first cannot hide it, only make a read settle
+  for a true but shorter history when fewer correct nodes give it (fewer hold it all, or
+  those that do differ by a thinning beyond the cut).
 
 A *continuation* page (the versions after the cursor) ``[versions, more]`` is believed on
 ``f + 1`` identical answers, by the same argument.  A node answers one only if its
