@@ -272,8 +272,9 @@ class Versions:
     # -- answers -----------------------------------------------------------------------
 
     def answer(self, oid: int, upto: int) -> list[Any]:
-        """``oid``'s versions at slots up to ``upto``: ``[complete, [[slot, time, client,
-        state, thinned], ...]]`` oldest first (what ``f + 1`` nodes must answer alike)."""
+        """``oid``'s versions at slots up to ``upto``, whole: ``[complete, [[slot, time,
+        client, state, thinned], ...]]`` oldest first (nodes answer it in pages,
+        ``fab/pastclient.py``; what a reader assembles from ``f + 1`` alike)."""
         h = self.objects.get(oid)
         if h is None:
             return [True, []]
