@@ -114,7 +114,7 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
         return off.code
 
     replica.admit = admit
-    changes = durable.Durable(replica)
+    changes = durable.Durable(replica, image)  # its pieces are in the store already
 
     def persist() -> Awaitable[None] | None:
         kept = versions.changes()
