@@ -3,12 +3,16 @@ the checkpoint digest is the same on nodes that reached one state by different h
 a checkpoint re-encodes and a node writes only the buckets that changed; a piece that
 fails its digest is refused and asked of another node; a Byzantine sender of garbage or
 oversized pieces makes the receiver keep nothing; a store of the format before chunks
-(one blob under ``s``) restores and is converted at the next write."""
+(one blob under ``s``) restores and is converted at the next write; a write cut short
+leaves the old checkpoint whole in LMDB."""
 
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
+from typing import Any
 
+import pytest
 from fab_sim import CLIENT_BASE, Network, keys_for
 from t1_fab_durable import _persisted
 from t1_fab_protocol import _increments, _settle
@@ -22,6 +26,7 @@ from bftfs.fab.messages import Checkpoint, Fetch, Message, Snapshot, encode, sta
 from bftfs.fab.replica import Replica, Settings
 from bftfs.fab.statetransfer import IN_FLIGHT
 from bftfs.kv import MemoryKV
+from bftfs.node.store import Store
 from bftfs.qu.canon import canonical
 from bftfs.quorums.fab import FabQuorums
 from bftfs.testing.testobjects import registry
@@ -219,3 +224,43 @@ def test_a_store_of_the_format_before_chunks_restores_and_is_converted() -> None
     back.restore(image)
     assert back.execution.objects == ex.objects
     assert back.execution.digest() == ex.digest() == image.state.root
+
+
+def test_a_write_cut_short_leaves_the_old_checkpoint_whole_in_lmdb(tmp_path: Path) -> None:
+    """A node killed while it writes a new stable checkpoint: the transaction never
+    commits, so its LMDB store holds the old checkpoint's manifest and every piece of it
+    (new pieces, deletions and the manifest go in one transaction)."""
+    ex = _large(400, 1000)
+    while ex.executed % 8:
+        _put(ex, 1, b"x", 10_000 + ex.executed)
+    r = Replica(0, Q, keys_for(0), registry())
+    r.execution = ex
+    old = ex.image()
+    r.checkpoints.stable = old.seq
+    r.transfer.keep(old.seq, old)
+    changes = durable.Durable(r)
+    store = Store(tmp_path / "lmdb", map_size=1 << 26, durable=False)
+    store.write_now(lambda kv: durable.write(kv, changes.changes()))
+    for k in range(8):  # the next checkpoint: 8 objects changed
+        _put(ex, 1 + 37 * k, b"new", 20_000 + k)
+    new = ex.image()
+    r.checkpoints.stable = new.seq
+    r.transfer.keep(new.seq, new)
+    out = changes.changes()
+    assert sum(1 for k, v in out if v is None) >= 8  # old pieces deleted ...
+
+    def killed(kv: Any) -> None:
+        durable.write(kv, out[: len(out) // 2])  # ... but the node dies halfway
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.write_now(killed)
+    changes.forget()
+    image = store.read(durable.load)
+    assert image is not None and image.state is not None and image.state.root == old.root
+    store.write_now(lambda kv: durable.write(kv, changes.changes()))  # whole, next time
+    image = store.read(durable.load)
+    assert image is not None and image.state is not None and image.state.root == new.root
+    stored = store.read(lambda kv: list(kv.scan(durable.DB, b"p", b"q")))
+    assert len(stored) == len(set(new.piece_digests))  # no piece of the old one is left
+    store.close()
