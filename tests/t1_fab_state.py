@@ -86,6 +86,9 @@ def test_a_checkpoint_after_one_change_re_encodes_and_writes_one_bucket() -> Non
     _put(ex, 777, b"changed", 9999)
     second = ex.image()
     assert ex.encodings == used + 1  # one bucket, not the 2000 objects
+    # the first image did not change with the state (copy-on-write: a node serves it)
+    assert first.piece_digests == tuple(digest_of(p) for p in first.pieces)
+    assert first.root == digest_of(first.manifest)
     changed = [b for b in range(1, BUCKETS + 1) if first.chunks[b] != second.chunks[b]]
     assert changed == [bucket_of(777) + 1]
     assert second.chunks[1:] != first.chunks[1:] and second.root != first.root
@@ -130,9 +133,13 @@ def _behind(state: Execution) -> tuple[Replica, list[tuple[int | None, Message]]
 
 def test_a_piece_that_fails_its_digest_is_refused_and_asked_of_another_node() -> None:
     ex = _large(600, 1000)
+    for k in range(3):  # one object of 600 KB: its bucket is cut in three pieces
+        op = operation(CLIENT_BASE, 5000 + k, "kv.put", [1], [f"big{k}", b"b" * 200_000])
+        ex.apply(ex.executed + 1, request_value(op, []))
     while ex.executed % 8:
-        _put(ex, 1, b"x", 10_000 + ex.executed)
+        _put(ex, 2, b"x", 10_000 + ex.executed)
     image = ex.image()
+    assert len(image.chunks[bucket_of(1) + 1]) == 3
     r, sends = _behind(ex)
     [(peer, fetch)] = sends
     assert isinstance(fetch, Fetch) and fetch.index == 0 and peer is not None
