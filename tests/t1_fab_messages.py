@@ -59,7 +59,9 @@ EXAMPLES: list[Message] = [
     Checkpoint(_signed(4, checkpoint_body(16, b"d" * 32))),
     Reply(CLIENT_BASE, 1, 1, True, {"a": [1, b"2"]}, 2**63 - 1),
     Fetch(16),
-    Snapshot(16, b"state"),
+    Fetch(16, 257),
+    Snapshot(16, 0, b"manifest"),
+    Snapshot(16, 3, b"piece"),
 ]
 
 
@@ -255,7 +257,11 @@ def test_a_snapshot_that_does_not_match_the_certificate_is_rejected() -> None:
     for i in (0, 1):
         r.step(i, encode(Checkpoint(_signed(i, checkpoint_body(16, digest)))))
     assert r.checkpoints.stable == 16
-    step = r.step(3, encode(Snapshot(16, canonical([16, {}, {}]))))
+    unasked = r.step(3, encode(Snapshot(16, 0, canonical([16, {}, {}]))))
+    assert unasked.rejection is None and r.transfer.fetching is None  # not asked: not kept
+    while not any(isinstance(m, Fetch) for _, m in r.tick().sends):
+        pass  # behind the stable checkpoint for a while: it asks for the manifest
+    step = r.step(3, encode(Snapshot(16, 0, canonical([16, {}, {}]))))
     assert step.rejection is not None and "certified digest" in step.rejection
     assert r.execution.executed == 0
 
@@ -319,8 +325,8 @@ def _random_message(rng: random.Random) -> Message:
             lambda: NewView(nat(), signeds(), nat(), signeds(), tuple(rep() for _ in range(6))),
             lambda: Checkpoint(signed()),
             lambda: Reply(nat(), nat(), nat(), rng.random() < 0.5, blob(), nat()),
-            lambda: Fetch(nat()),
-            lambda: Snapshot(nat(), blob()),
+            lambda: Fetch(nat(), nat()),
+            lambda: Snapshot(nat(), nat(), blob()),
         ]
     )()
 

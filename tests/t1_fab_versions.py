@@ -75,7 +75,7 @@ def test_correct_nodes_keep_the_same_versions_and_a_restart_keeps_them() -> None
 
     for i in net.correct():  # a restart: its store's versions, its own snapshot
         image = durable.load(kvs[i])
-        assert image is not None and image.snapshot is not None and image.snapshot[0] >= 24
+        assert image is not None and image.state is not None and image.state.seq >= 24
         back = net._replica(i)
         back.execution.versions.load(kvs[i])
         back.execution.versions.restoring = True  # its own snapshot clears nothing

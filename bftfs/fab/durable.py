@@ -16,8 +16,13 @@ messages only once it committed.  Pure: no I/O but the :class:`bftfs.kv.KV` it i
 
 Keys of the database ``fab``: ``a`` + slot (accepted ``[pn, value]``), ``l`` + slot
 (learned ``[pn, value]``), ``r`` (``[regency, proof]``), ``c`` (``[stable, digest,
-certificate]``), ``s`` (``[seq, snapshot]``: the state at the latest stable checkpoint this
-node holds).  Slots are 8 bytes big-endian.
+certificate]``), and the state at the latest stable checkpoint this node holds, in
+pieces (:mod:`bftfs.fab.chunks`): ``m`` (``[seq, manifest]``) and ``p`` + digest (a
+piece, 32 bytes of digest).  A new stable checkpoint writes only the pieces the stored
+manifest lacks and deletes those it no longer lists, in the same transaction as ``m``,
+so a node killed mid-write finds the old checkpoint or the new one, whole.  Slots are 8
+bytes big-endian.  A store of the format before chunks holds ``s`` (``[seq,
+snapshot]``, one blob): it is read, and replaced by pieces at the first write.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bftfs.fab.chunks import StateImage, assemble, parse_manifest
 from bftfs.fab.messages import MalformedMessage, Signed, statements_in, statements_out
 from bftfs.kv import KV
 from bftfs.qu.canon import canonical, unpack
@@ -45,6 +51,8 @@ class Image:
     stable: int = 0
     digest: bytes = b""
     certificate: tuple[Signed, ...] = ()
+    #: The stable state in pieces; or, in a store written before chunks, one blob.
+    state: StateImage | None = None
     snapshot: tuple[int, bytes] | None = None
 
 
@@ -67,10 +75,20 @@ def _diff(
 class Durable:
     """The changes of one replica since the last call (the first call: everything)."""
 
-    def __init__(self, replica: Any) -> None:
-        """``replica``: a :class:`bftfs.fab.replica.Replica` (already restored, if it was)."""
+    def __init__(self, replica: Any, stored: Image | None = None) -> None:
+        """``replica``: a :class:`bftfs.fab.replica.Replica` (already restored, if it was)
+        from ``stored``, whose pieces are not written again."""
         self.replica = replica
+        #: Bytes of pieces and manifests written (a checkpoint's cost, the benchmark's).
+        self.state_bytes = 0
+        held = set() if stored is None or stored.state is None else stored.state.piece_digests
+        #: Digests of the pieces the store may hold if the last write failed.
+        self._before: set[bytes] = set(held)
+        #: Digests of the pieces the store may hold, and of those it surely holds.
+        self._may_hold: set[bytes] = set(held)
+        self._holds: set[bytes] = set(held)
         self.forget()
+        self._holds = set(held)  # read from the store just now
 
     def forget(self) -> None:
         """The last changes were not written: the next call returns everything."""
@@ -79,6 +97,8 @@ class Durable:
         self._regency = -1
         self._stable = -1
         self._snapshot = -1
+        self._may_hold = set(self._before)
+        self._holds = set()
 
     def changes(self) -> list[Change]:
         """What changed since the last call; the caller must write all of it."""
@@ -94,11 +114,27 @@ class Durable:
         if cp.stable != self._stable:
             out.append((b"c", canonical([cp.stable, cp.digest, statements_out(cp.certificate)])))
             self._stable = cp.stable
-        snapshot = r.transfer.snapshots.get(cp.stable)
-        if snapshot is not None and cp.stable != self._snapshot:
-            out.append((b"s", canonical([cp.stable, snapshot])))
-            self._snapshot = cp.stable
+        image = r.transfer.snapshots.get(cp.stable)
+        if image is not None and cp.stable != self._snapshot:
+            self._state(image, out)
         return out
+
+    def _state(self, image: StateImage, out: list[Change]) -> None:
+        """The pieces of ``image`` the store lacks, the deletion of those it no longer
+        needs, and its manifest."""
+        keep = dict(zip(image.piece_digests, image.pieces, strict=True))
+        for d, piece in keep.items():
+            if d not in self._holds:
+                out.append((b"p" + d, piece))
+                self.state_bytes += len(piece)
+        out.extend((b"p" + d, None) for d in sorted(self._may_hold - keep.keys()))
+        out.append((b"m", canonical([image.seq, image.manifest])))
+        self.state_bytes += len(image.manifest)
+        if self._snapshot == -1:
+            out.append((b"s", None))  # the one blob of a store written before chunks
+        self._before = self._may_hold | keep.keys()  # if this write fails
+        self._may_hold, self._holds = set(keep), set(keep)
+        self._snapshot = image.seq
 
 
 def write(kv: KV, changes: list[Change]) -> None:
@@ -136,10 +172,31 @@ def load(kv: KV) -> Image | None:
             stable, digest, certificate = unpack(stored)
             image.stable, image.digest = stable, digest
             image.certificate = statements_in(certificate)
+        image.state = _state(kv)
         stored = kv.get(DB, b"s")
-        if stored is not None:
+        if stored is not None and image.state is None:
             seq, snapshot = unpack(stored)
             image.snapshot = (seq, snapshot)
     except (MalformedMessage, ValueError, TypeError) as e:
         raise ValueError(f"the stored FaB state does not parse: {e}") from e
     return image
+
+
+def _state(kv: KV) -> StateImage | None:
+    """The stored stable state in pieces (None: none stored).
+
+    Raises:
+        ValueError: a manifest that does not parse, a piece missing or damaged.
+    """
+    stored = kv.get(DB, b"m")
+    if stored is None:
+        return None
+    seq, manifest = unpack(stored)
+    digests = parse_manifest(manifest) if isinstance(manifest, bytes) else None
+    if digests is None or not isinstance(seq, int):
+        raise ValueError("the stored manifest is not one")
+    pieces = [kv.get(DB, b"p" + d) for chunk in digests for d in chunk]
+    state = None if None in pieces else assemble(seq, digests, [p or b"" for p in pieces])
+    if state is None:
+        raise ValueError(f"a piece of the stored state {seq} is missing or damaged")
+    return state

@@ -25,9 +25,12 @@ A malformed value, an unknown method or a method's refusal are deterministic out
 (``ok`` false with a code), the same on every correct node, never an exception.
 
 Checkpoints (L5896-5933): the state (objects, last replies, last slot, what the versions
-kept beside it need, ``fab/versions.py``) has one canonical encoding,
-:meth:`Execution.snapshot`; its digest is what nodes certify, and a node that fell behind a
-stable checkpoint installs a snapshot whose digest matches the certificate.
+kept beside it need, ``fab/versions.py``) is kept in chunks (:mod:`bftfs.fab.chunks`):
+:meth:`Execution.image` re-encodes only the buckets of objects changed since its last call
+and gives the checkpoint's :class:`~bftfs.fab.chunks.StateImage`, whose root is what nodes
+certify; a node that fell behind a stable checkpoint installs an image whose root matches
+the certificate (:meth:`Execution.install_image`).  :meth:`Execution.snapshot` is the
+whole state in one encoding (the format a node's store held before chunks, still read).
 
 Agreement and execution run on the same nodes in this step (every node is acceptor,
 proposer and learner and executes): the seed's separate 2g+1 execution cluster pays off
@@ -37,10 +40,23 @@ when execution is costly or confidential (L5344-5350); it is not built here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bftfs.fab.chunks import (
+    BUCKETS,
+    EMPTY,
+    EMPTY_DIGESTS,
+    EMPTY_ENTRY,
+    Pieces,
+    StateImage,
+    bucket_of,
+    cut,
+    encode_bucket,
+    entry,
+)
+from bftfs.fab.chunks import digest_of as piece_digest
 from bftfs.fab.messages import Reply, Signed
 from bftfs.fab.sessions import AGAIN, EXPIRED, RUN, Sessions
 from bftfs.fab.versions import Versions
@@ -134,6 +150,15 @@ class Execution:
         #: Every object's versions (``fab/versions.py``: kept beside the snapshot, which
         #: holds only their clock and each object's last changed slot).
         self.versions = Versions()
+        #: Object ids per bucket, each chunk's pieces and their digests as last encoded,
+        #: and the buckets changed since (:mod:`bftfs.fab.chunks`).
+        self._members: list[set[int]] = [set() for _ in range(BUCKETS)]
+        self._chunks: list[Pieces] = [EMPTY] * (BUCKETS + 1)
+        self._digests: list[tuple[bytes, ...]] = [EMPTY_DIGESTS] * (BUCKETS + 1)
+        self._entries: list[bytes] = [EMPTY_ENTRY] * (BUCKETS + 1)  # manifest parts
+        self._dirty: set[int] = set()
+        #: Buckets encoded so far: a checkpoint re-encodes only the ones that changed.
+        self.encodings = 0
 
     def apply(self, slot: int, value: bytes) -> Reply | None:
         """Apply the value learned at ``slot`` (which must be ``executed + 1``); the reply
@@ -175,6 +200,9 @@ class Execution:
         for oid, state in new.items():
             self._charge(oid, op.client, len(state))
             self.objects[oid] = unpack(state)
+            b = bucket_of(oid)
+            self._members[b].add(oid)
+            self._dirty.add(b)
         return True, answer
 
     def _size(self, oid: int) -> int:
@@ -202,7 +230,9 @@ class Execution:
         self.usage[client] = self.usage.get(client, 0) + size
 
     def snapshot(self) -> bytes:
-        """The canonical encoding of the whole state at ``executed``."""
+        """The whole state at ``executed`` in one canonical encoding (the snapshot format
+        before chunks: tests compare states with it, and a store of that format converts
+        through :meth:`install`)."""
         return canonical(
             [
                 self.executed,
@@ -213,11 +243,41 @@ class Execution:
             ]
         )
 
+    def image(self) -> StateImage:
+        """The state's chunks at ``executed``: re-encodes the buckets changed since the last
+        call and the head, O(changed objects + buckets)."""
+        clock, changed = self.versions.summary()
+        for b in sorted(self._dirty):
+            entries = [self._entry(oid, changed) for oid in self._members[b]]
+            self._set_chunk(b + 1, cut(encode_bucket(entries)))
+            self.encodings += 1
+        self._dirty.clear()
+        self._set_chunk(0, cut(canonical([self.executed, self.sessions.table, clock])))
+        return StateImage.of(self.executed, self._chunks, self._digests, self._entries)
+
+    def _entry(self, oid: int, changed: dict[int, int]) -> list[Any]:
+        state = [self.objects[oid]] if oid in self.objects else []
+        return [oid, state, self.owners.get(oid), changed.get(oid)]
+
+    def _set_chunk(self, i: int, pieces: Pieces) -> None:
+        if pieces != self._chunks[i]:
+            self._chunks[i] = pieces
+            self._digests[i] = tuple(piece_digest(p) for p in pieces)
+            self._entries[i] = entry(self._digests[i])
+
     def digest(self) -> bytes:
-        return hashlib.blake2b(self.snapshot(), digest_size=32).digest()
+        """The root certified for the state at ``executed`` (:mod:`bftfs.fab.chunks`)."""
+        return self.image().root
+
+    def pieces(self) -> dict[bytes, bytes]:
+        """The pieces of the state as it is now, by digest: a node catching up does not
+        fetch those it holds already."""
+        image = self.image()
+        return dict(zip(image.piece_digests, image.pieces, strict=True))
 
     def install(self, snapshot: bytes) -> bool:
-        """Replace the state by a snapshot (its digest already checked); False if malformed."""
+        """Replace the state by a whole-state snapshot (:meth:`snapshot`'s format or the
+        older ones, a store written before chunks); False if malformed."""
         try:
             raw = unpack(snapshot)
             if isinstance(raw, list) and len(raw) == 3:  # written before streams and quota
@@ -228,6 +288,37 @@ class Execution:
             return False
         except Exception:  # noqa: BLE001 - hostile bytes
             return False
+        if not self._adopt(executed, objects, table, owners, history[0] if history else None):
+            return False
+        self._members = [set() for _ in range(BUCKETS)]
+        for oid in {*self.objects, *self.owners, *self.versions.summary()[1]}:
+            self._members[bucket_of(oid)].add(oid)
+        self._chunks = [EMPTY] * (BUCKETS + 1)
+        self._digests = [EMPTY_DIGESTS] * (BUCKETS + 1)
+        self._entries = [EMPTY_ENTRY] * (BUCKETS + 1)
+        self._dirty = {b for b in range(BUCKETS) if self._members[b]}
+        return True
+
+    def install_image(self, image: StateImage) -> bool:
+        """Replace the state by a chunked one (its root already checked); False if it does
+        not decode (a correct node's image always does)."""
+        try:
+            executed, table, clock = unpack(b"".join(image.chunks[0]))
+            objects: dict[int, Any] = {}
+            owners: dict[int, Any] = {}
+            changed: dict[int, int] = {}
+            members = _decode_buckets(image.chunks[1:], objects, owners, changed)
+        except Exception:  # noqa: BLE001 - malformed chunks
+            return False
+        if members is None or not self._adopt(executed, objects, table, owners, [clock, changed]):
+            return False
+        self._members, self._dirty = members, set()
+        self._chunks, self._digests = list(image.chunks), list(image.digests)
+        self._entries = [entry(d) for d in image.digests]
+        return True
+
+    def _adopt(self, executed: Any, objects: Any, table: Any, owners: Any, summary: Any) -> bool:
+        """Take a decoded state after checking it (False: malformed, nothing changed)."""
         if not (_nat(executed) and isinstance(objects, dict) and isinstance(owners, dict)):
             return False
         usage: dict[int, int] = {}
@@ -241,12 +332,47 @@ class Execution:
         if not sessions.install(table):
             return False
         try:  # (a snapshot of the format before versions has no summary)
-            self.versions.installed(history[0] if history else None, objects, self.executed)
+            self.versions.installed(summary, objects, self.executed)
         except (ValueError, TypeError):
             return False
         self.executed, self.objects, self.sessions = executed, objects, sessions
         self.owners, self.usage = owners, {c: n for c, n in usage.items() if n > 0}
         return True
+
+
+def _decode_buckets(
+    chunks: Sequence[Pieces],
+    objects: dict[int, Any],
+    owners: dict[int, Any],
+    changed: dict[int, int],
+) -> list[set[int]] | None:
+    """Fill ``objects``, ``owners`` and ``changed`` from bucket chunks; the ids per
+    bucket, or None if an entry is malformed or in the wrong bucket or order."""
+    members: list[set[int]] = []
+    for b, pieces in enumerate(chunks):
+        entries = unpack(b"".join(pieces))
+        if not isinstance(entries, list):
+            return None
+        ids: list[int] = []
+        for e in entries:
+            if not (isinstance(e, list) and len(e) == 4):
+                return None
+            oid, state, owner, slot = e
+            if not (_nat(oid) and bucket_of(oid) == b and isinstance(state, list)):
+                return None
+            if len(state) > 1 or (ids and oid <= ids[-1]):
+                return None
+            ids.append(oid)
+            if state:
+                objects[oid] = state[0]
+            if owner is not None:
+                owners[oid] = owner
+            if slot is not None:
+                if not _nat(slot):
+                    return None
+                changed[oid] = slot
+        members.append(set(ids))
+    return members if len(members) == BUCKETS else None
 
 
 def _from_per_client(executed: Any, objects: Any, replies: Any) -> list[Any]:
@@ -260,5 +386,5 @@ def _from_per_client(executed: Any, objects: Any, replies: Any) -> list[Any]:
 
 
 def digest_of(snapshot: bytes) -> bytes:
-    """The digest :meth:`Execution.digest` gives for ``snapshot``."""
+    """The digest of a whole-state snapshot (what checkpoints certified before chunks)."""
     return hashlib.blake2b(snapshot, digest_size=32).digest()

@@ -79,10 +79,9 @@ class Learner:
     def collect(self, low: int, executed: int) -> None:
         """Forget reports at or below the stable checkpoint ``low`` and learned values that
         are both executed and at or below it."""
-        if low <= self.low:
-            return
-        self.low = low
-        self.reports = {s: r for s, r in self.reports.items() if s > low}
-        self.pulled = {s: r for s, r in self.pulled.items() if s > low}
-        keep = min(low, executed)
+        if low > self.low:
+            self.low = low
+            self.reports = {s: r for s, r in self.reports.items() if s > low}
+            self.pulled = {s: r for s, r in self.pulled.items() if s > low}
+        keep = min(self.low, executed)  # (an installed state: executed moved, low did not)
         self.learned = {s: pv for s, pv in self.learned.items() if s > keep}

@@ -23,8 +23,10 @@ kind    class         fields                                                  se
 9       NewView       pn, proof, low, low certificate, reps (list of Rep)     Fig 6.8 111
 10      Checkpoint    Signed ``["checkpoint", seq, digest]``                  L5904
 11      Reply         client, rid, slot, ok, result, stream                   L5829
-12      Fetch         seq (a lagging node asks for the stable state)          L7640
-13      Snapshot      seq, state (canonical bytes; checked against a digest)  L7640
+12      Fetch         seq, index (a lagging node asks for a piece of the       L7640
+                      stable state: 0 its manifest, i its i-th piece)
+13      Snapshot      seq, index, data (the manifest or a piece, checked      L7640
+                      against the certified root or the manifest's digest)
 ======  ============  ======================================================  ==========
 """
 
@@ -33,16 +35,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bftfs.fab.chunks import PIECE
 from bftfs.qu.canon import CanonicalError, canonical, unpack
 
 #: Wire version of FaB messages; a message of another version is refused.  2: a client's
-#: operation and its reply name the client's stream (``fab/sessions.py``).
-VERSION = 2
+#: operation and its reply name the client's stream (``fab/sessions.py``).  3: state
+#: transfer by pieces (``FETCH``/``SNAPSHOT`` name a piece, ``fab/chunks.py``).
+VERSION = 3
 #: Bounds a Byzantine sender cannot exceed (a value is one client operation).
 MAX_VALUE = 256 * 1024
 MAX_INT = 2**63 - 1
 MAX_LIST = 4096
-MAX_SNAPSHOT = 64 * 1024 * 1024
+#: A piece of state (or a manifest) in one ``SNAPSHOT``.
+MAX_PIECE = PIECE
 
 
 class MalformedMessage(ValueError):
@@ -135,12 +140,14 @@ class Reply:
 @dataclass(frozen=True)
 class Fetch:
     seq: int
+    index: int = 0  # 0: the manifest; i: the i-th piece (fab/chunks.py)
 
 
 @dataclass(frozen=True)
 class Snapshot:
     seq: int
-    state: bytes
+    index: int
+    data: bytes
 
 
 Message = (
@@ -189,10 +196,12 @@ def _fields_out(m: Message) -> list[Any]:
         return [m.value]
     if isinstance(m, Propose | Accepted):
         return [m.pn, m.slot, m.value]
-    if isinstance(m, Pull | Fetch):
-        return [m.slot] if isinstance(m, Pull) else [m.seq]
+    if isinstance(m, Pull):
+        return [m.slot]
+    if isinstance(m, Fetch):
+        return [m.seq, m.index]
     if isinstance(m, Snapshot):
-        return [m.seq, m.state]
+        return [m.seq, m.index, m.data]
     if isinstance(m, Learned):
         return [m.slot, m.pn, m.value]
     if isinstance(m, Suspect | Checkpoint):
@@ -286,10 +295,10 @@ def _parse(kind: int, f: list[Any]) -> Message:
             raise MalformedMessage("ok must be a boolean")
         client, rid, slot = _int(f[0], "client"), _int(f[1], "rid"), _int(f[2], "slot")
         return Reply(client, rid, slot, f[3], f[4], _int(f[5], "stream"))
-    if kind == 12 and len(f) == 1:
-        return Fetch(_int(f[0], "seq"))
-    if kind == 13 and len(f) == 2:
-        return Snapshot(_int(f[0], "seq"), _bytes(f[1], "state", MAX_SNAPSHOT))
+    if kind == 12 and len(f) == 2:
+        return Fetch(_int(f[0], "seq"), _int(f[1], "index"))
+    if kind == 13 and len(f) == 3:
+        return Snapshot(_int(f[0], "seq"), _int(f[1], "index"), _bytes(f[2], "data", MAX_PIECE))
     raise MalformedMessage(f"unknown kind {kind!r} or wrong number of fields ({len(f)})")
 
 

@@ -36,7 +36,7 @@ from bftfs.fab.certificates import check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
 from bftfs.fab.durable import Image
 from bftfs.fab.election import Election
-from bftfs.fab.execution import NOOP, Execution, Operation, digest_of, parse_request
+from bftfs.fab.execution import NOOP, Execution, Operation, parse_request
 from bftfs.fab.leader import Leader
 from bftfs.fab.learner import Learner
 from bftfs.fab.messages import (
@@ -200,8 +200,11 @@ class Replica:
         learned above it, and its regency.  The slots learned above the snapshot run
         again; what this node missed it pulls or fetches as any lagging node does."""
         self._out = []
-        if image.snapshot is not None and self.execution.install(image.snapshot[1]):
-            self.transfer.keep(self.execution.executed, image.snapshot[1])
+        ex = self.execution
+        if image.state is not None and ex.install_image(image.state):
+            self.transfer.keep(image.state.seq, image.state)
+        elif image.snapshot is not None and ex.install(image.snapshot[1]):
+            self.transfer.keep(ex.executed, ex.image())  # a store written before chunks
         cp = self.checkpoints
         cp.stable, cp.digest, cp.certificate = image.stable, image.digest, image.certificate
         self.acceptor.accepted = dict(image.accepted)
@@ -443,9 +446,9 @@ class Replica:
                     del self.held[(reply.client, reply.stream)]
                 self._send(reply.client, reply)
             if self.checkpoints.due(ex.executed):
-                snapshot = ex.snapshot()
-                self.transfer.keep(ex.executed, snapshot)
-                statement = self.checkpoints.state(ex.executed, digest_of(snapshot))
+                image = ex.image()  # re-encodes only what changed since the last one
+                self.transfer.keep(ex.executed, image)
+                statement = self.checkpoints.state(ex.executed, image.root)
                 self._send(None, Checkpoint(statement))
                 if self.checkpoints.stable == ex.executed:
                     self._collect()

@@ -8,8 +8,9 @@ authenticated), its endpoint carries the replica's messages to the other nodes, 
 :class:`~bftfs.fab.service.FabShell`; this module adds the store.
 
 Persistence (``fab/durable.py``): after every step the replica's changes (what it accepted
-and learned, its regency, its stable checkpoint and the snapshot there) are written to
-the node's LMDB environment before the step's messages go out, so a node killed at any
+and learned, its regency, its stable checkpoint and the pieces of the state there that the
+store lacks) are written to the node's LMDB environment before the step's messages go
+out, in one transaction, so a node killed at any
 moment comes back without having told anyone something its store does not hold, and a
 restarted node continues from what it kept (:meth:`Replica.restore`).
 
@@ -114,7 +115,7 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
         return off.code
 
     replica.admit = admit
-    changes = durable.Durable(replica)
+    changes = durable.Durable(replica, image)  # its pieces are in the store already
 
     def persist() -> Awaitable[None] | None:
         kept = versions.changes()
