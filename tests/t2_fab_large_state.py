@@ -13,17 +13,14 @@ Waits are on conditions under deadlines; the only time that passes is the ticker
 from __future__ import annotations
 
 import trio
-from t2_fab_tcp import TICK, Cluster, until
+from t2_fab_tcp import Cluster, until
 
 from bftfs.fab.metaclient import FabMetaClient
-from bftfs.fab.replica import Replica, Settings
-from bftfs.fab.service import FabService
-from bftfs.ids import NodeId, PrincipalId
+from bftfs.fab.replica import Settings
 from bftfs.net.endpoint import open_endpoint
 from bftfs.net.frames import DEFAULT_MAX_FRAME
 from bftfs.quorums.fab import FabQuorums
 from bftfs.testing.cluster import TEST_ENDPOINT
-from bftfs.testing.testobjects import registry
 
 Q = FabQuorums.standard(1)
 #: Objects of VALUE bytes each: more than a frame in all.
@@ -32,43 +29,16 @@ OBJECTS, VALUE = 48, 200_000
 
 async def test_a_node_down_while_the_state_outgrew_a_frame_catches_up_and_serves() -> None:
     cluster = Cluster()
-    listeners = [await trio.open_tcp_listeners(0, host="127.0.0.1") for _ in cluster.nodes]
-    addresses = {
-        NodeId(i): ("127.0.0.1", ls[0].socket.getsockname()[1]) for i, ls in enumerate(listeners)
-    }
-    services: list[FabService] = []
-    scopes: list[trio.CancelScope] = []
+    await cluster.listen()
+    # a second of patience, as a node's (timeout 10 made needless view changes under load)
+    settings = Settings(window=16, interval=8, timeout=50)
+    services, scopes = cluster.services, cluster.scopes
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-
-            def start(i: int) -> None:
-                ring = cluster.ring(cluster.nodes[i])
-                replica = Replica(
-                    i,
-                    Q,
-                    lambda p, r=ring: r.key(PrincipalId(p)),
-                    registry(),
-                    # a second of patience, as a node's (timeout 10 made view changes
-                    # under load, and node 5, started empty, learns a regency only then)
-                    Settings(window=16, interval=8, timeout=50),
-                )
-                service = FabService(
-                    replica, ring, addresses, tick=TICK, endpoint_options=TEST_ENDPOINT
-                )
-                scope = trio.CancelScope()
-                services.append(service)
-                scopes.append(scope)
-
-                async def run() -> None:
-                    with scope:
-                        await service.serve(listeners[i])
-
-                nursery.start_soon(run)
-
             for i in range(5):  # node 5 is down
-                start(i)
+                cluster.start(nursery, i, settings)
             ring = cluster.ring(cluster.client)
-            async with open_endpoint(ring, addresses, **TEST_ENDPOINT) as ep:
+            async with open_endpoint(ring, cluster.addresses, **TEST_ENDPOINT) as ep:
                 client = FabMetaClient(ep, range(Q.a), Q.f, resend=0.5)
                 for oid in range(1, OBJECTS + 1):
                     await client.update([oid], "kv.put", ["v", bytes([oid]) * VALUE])
@@ -78,7 +48,9 @@ async def test_a_node_down_while_the_state_outgrew_a_frame_catches_up_and_serves
                 assert whole > DEFAULT_MAX_FRAME  # one SNAPSHOT could not carry it
                 assert all(s > 8 for r in live for s in r.learner.learned)  # log collected
 
-                start(5)  # starts empty: the slots it missed are gone, only a state helps
+                cluster.start(
+                    nursery, 5, settings
+                )  # starts empty: the slots it missed are gone, only a state helps
                 late = services[5].replica
                 assert await client.update([1], "kv.get", "v") == bytes([1]) * VALUE
                 await until(lambda: late.statistics().installed >= 1, 30)

@@ -48,39 +48,40 @@ class Cluster:
     def ring(self, ident: Identity) -> KeyRing:
         return KeyRing(ident, self.public)
 
+    async def listen(self) -> None:
+        """A loopback listener per node, and the addresses they make."""
+        self.listeners = [await trio.open_tcp_listeners(0, host="127.0.0.1") for _ in self.nodes]
+        self.addresses = {
+            NodeId(i): ("127.0.0.1", ls[0].socket.getsockname()[1])
+            for i, ls in enumerate(self.listeners)
+        }
+
+    def start(self, nursery: trio.Nursery, i: int, settings: Settings) -> None:
+        """Serve node ``i`` in ``nursery``; cancelling ``scopes[-1]`` stops it."""
+        ring = self.ring(self.nodes[i])
+        replica = Replica(i, Q, lambda p: ring.key(PrincipalId(p)), registry(), settings)
+        service = FabService(
+            replica, ring, self.addresses, tick=TICK, endpoint_options=TEST_ENDPOINT
+        )
+        scope = trio.CancelScope()
+        self.services.append(service)
+        self.scopes.append(scope)
+
+        async def run() -> None:
+            with scope:
+                await service.serve(self.listeners[i])
+
+        nursery.start_soon(run)
+
 
 @asynccontextmanager
 async def open_fab_cluster() -> AsyncIterator[tuple[Cluster, dict[NodeId, tuple[str, int]]]]:
     cluster = Cluster()
-    listeners = [await trio.open_tcp_listeners(0, host="127.0.0.1") for _ in cluster.nodes]
-    addresses = {
-        NodeId(i): ("127.0.0.1", ls[0].socket.getsockname()[1]) for i, ls in enumerate(listeners)
-    }
+    await cluster.listen()
     async with trio.open_nursery() as nursery:
-        for i, ident in enumerate(cluster.nodes):
-            ring = cluster.ring(ident)
-            replica = Replica(
-                i,
-                Q,
-                lambda p, r=ring: r.key(PrincipalId(p)),
-                registry(),
-                Settings(window=32, interval=8, timeout=10),
-            )
-            service = FabService(
-                replica, ring, addresses, tick=TICK, endpoint_options=TEST_ENDPOINT
-            )
-            scope = trio.CancelScope()
-            cluster.services.append(service)
-            cluster.scopes.append(scope)
-
-            async def run(
-                s: FabService = service, ls: list = listeners[i], sc: trio.CancelScope = scope
-            ) -> None:
-                with sc:
-                    await s.serve(ls)
-
-            nursery.start_soon(run)
-        yield cluster, addresses
+        for i in range(len(cluster.nodes)):
+            cluster.start(nursery, i, Settings(window=32, interval=8, timeout=10))
+        yield cluster, cluster.addresses
         nursery.cancel_scope.cancel()
 
 
