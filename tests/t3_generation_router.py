@@ -233,6 +233,7 @@ def test_two_routers_moving_one_object_end_consistent(tmp_path: Path) -> None:
             x = await write(fs, ROOT, b"x", b"x")
             y = await write(fs, ROOT, b"y", b"y")
             z = await write(fs, ROOT, b"z", b"z")
+            w = await write(fs, ROOT, b"w", b"w")
             await unmount(fs)
             raw_g = qu_client(gens.g, 3, seed=3)
             moved_by_2 = trio.Event()
@@ -286,6 +287,14 @@ def test_two_routers_moving_one_object_end_consistent(tmp_path: Path) -> None:
             assert mine.moves["moved"] == 2
             assert unpack_state(await mine.new.query(lk, "fs.state"))["h"] == []
             assert unpack_state(await raw_g.query(lk, "fs.state"))["h"] != []
+
+            # A lease given back on an object not moved is given back in g; nothing moves.
+            await raw_g.update([w], "fs.lease", dict(lease, lt=time.time_ns(), lm=9))
+            giver = GenerationalQU(qu_client(gens.g1, 3), qu_client(gens.g, 3), sleep=no_sleep)
+            await giver.update([w], "fs.release", {"lt": time.time_ns(), "lm": 9})
+            assert "ls" not in unpack_state(await raw_g.query(w, "fs.state"))
+            assert await giver.new.query(w, "fs.state") is None and not giver.moved(w)
+            assert giver.mount == 9  # learnt from the call
 
     trio.run(main)
 

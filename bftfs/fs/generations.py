@@ -13,7 +13,9 @@ the two routers here, which the file system takes in place of its Q/U and PASIS 
   through its own router, which moves the object: the wait ends at the latest with the
   lease term), then installs it in g + 1 (``fs.movein``, leases stripped; refused
   ``exists`` when another client moved it first, which is as good).  Moved ids are
-  remembered, so an object costs two queries and an update once per mount.
+  remembered, so an object costs two queries and an update once per mount.  A lease is
+  given back (``fs.release``) where it is recorded: in g for an object not moved, which
+  lets the other holders' moves go on.
 - :class:`GenerationalRW`: blocks are not moved.  Every writer writes a file's blocks
   above the file's block Time, so any version g + 1 holds is newer than every version of
   g the file names: writes go to g + 1; a read of a block (as of a moment) goes to g + 1
@@ -44,6 +46,8 @@ from bftfs.rw.calls import DEFAULT_CONCURRENCY
 
 log = logging.getLogger(__name__)
 
+#: The update that gives a lease back (``fsobjects/leases.py``): frozen nodes take it.
+RELEASE = "fs.release"
 #: First and longest pause between two looks at a leased object or at g's nodes (s).
 FIRST_POLL = 0.05
 MAX_POLL = 1.0
@@ -130,7 +134,8 @@ class GenerationalQU:
         ready: awaited once before the first read of g (the session passes
             :func:`wait_frozen` over g's nodes); None when g is known to be frozen.
         mount: this mount's number (``Meta.lease_token``), whose own leases do not hold a
-            move up; an update's or a tagged query's argument naming one overrides it.
+            move up; an update's or a tagged query's argument naming one overrides it,
+            and the first such call sets it when it is 0.
         clock_ns: the clock leases' expiries are compared with (the file system's).
         lease_wait: longest wait for another mount's lease (s): a lease's longest term
             and the skew both ways; past it the object moves (no lease is live by then).
@@ -179,10 +184,33 @@ class GenerationalQU:
         return await self.new.query(objects if isinstance(objects, int) else objs, method, arg)
 
     async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
-        """``QUClient.update`` on ``new``, its objects moved first."""
+        """``QUClient.update`` on ``new``, its objects moved first; ``fs.release`` of an
+        object g + 1 does not hold yet goes to g instead (below)."""
         objs = _objs(objects)
+        if method == RELEASE:
+            return await self._release(objs, arg)
         await self._move_all(objs, _update_mount(arg))
         return await self.new.update(objects if isinstance(objects, int) else objs, method, arg)
+
+    async def _release(self, objs: tuple[int, ...], arg: Any) -> None:
+        """Give a lease back where it is recorded: in g + 1 for a moved object, in g
+        (frozen nodes take ``fs.release``) for one g + 1 does not hold, which is not moved
+        for it.  Moving it first would wait for every other mount's lease on it, while
+        those mounts' moves wait for this one's: holders recalled by the freeze would hold
+        each other up until their leases ended."""
+        self._learn_mount(_update_mount(arg))
+        here: list[int] = []
+        there: list[int] = []
+        for oid in objs:
+            if oid in self._moved or await self.new.query(oid, "fs.state") is not None:
+                self._moved.add(oid)
+                here.append(oid)
+            else:
+                there.append(oid)
+        if there:
+            await self.old.update(there, RELEASE, arg)
+        if here:
+            await self.new.update(here, RELEASE, arg)
 
     async def settle(self, objects: int | Iterable[int]) -> None:
         """``QUClient.settle`` on ``new``, its objects moved first."""
@@ -209,9 +237,21 @@ class GenerationalQU:
         return oid in self._moved
 
     async def _move_all(self, objs: tuple[int, ...], mount: int | None) -> None:
-        for oid in sorted(set(objs)):
-            if oid not in self._moved:
-                await self.move(oid, mount)
+        self._learn_mount(mount)
+        todo = sorted({oid for oid in objs if oid not in self._moved})
+        if len(todo) == 1:
+            await self.move(todo[0], mount)
+        elif todo:
+            async with trio.open_nursery() as nursery:
+                for oid in todo:
+                    nursery.start_soon(self.move, oid, mount)
+
+    def _learn_mount(self, mount: int | None) -> None:
+        """Take the mount number the first call naming one gives (``fs/mounttag.py`` tags
+        every update and guarded query), so the calls that name none (history queries,
+        ``settle``) do not take this mount's own leases for another's."""
+        if not self.mount and mount:
+            self.mount = mount
 
     async def move(self, oid: int, mount: int | None = None) -> None:
         """Bring ``oid`` to g + 1 if it is in g only (module docstring); ``mount``: the
