@@ -281,10 +281,14 @@ def test_two_routers_moving_one_object_end_consistent(tmp_path: Path) -> None:
             async def no_sleep(pause: float) -> None:
                 raise AssertionError("waited for its own lease")
 
-            mine = GenerationalQU(*own, mount=5, clock_ns=time.time_ns, sleep=no_sleep)
+            let_go: list[int] = []
+            mine = GenerationalQU(
+                *own, mount=5, clock_ns=time.time_ns, sleep=no_sleep, own_lease_moved=let_go.extend
+            )
             await mine.update([lk], "fs.unlockowner", {"m": 5, "lt": time.time_ns()})
             assert (await mine.query(z, "fs.open"))["i"] == b"z"
             assert mine.moves["moved"] == 2
+            assert let_go == [z]  # the mount is told its lease did not move with it
             assert unpack_state(await mine.new.query(lk, "fs.state"))["h"] == []
             assert unpack_state(await raw_g.query(lk, "fs.state"))["h"] != []
 

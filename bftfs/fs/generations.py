@@ -128,6 +128,7 @@ class GenerationalQU:
         clock_ns: Callable[[], int] = time.time_ns,
         lease_wait: float = (MAX_TERM + 2 * LEASE_SKEW) / 1e9,
         sleep: Callable[[float], Awaitable[Any]] = trio.sleep,
+        own_lease_moved: Callable[[list[int]], Any] | None = None,
     ) -> None:
         """Args:
         new, old: the Q/U clients of generations g + 1 and g (one client identity).
@@ -140,6 +141,9 @@ class GenerationalQU:
         lease_wait: longest wait for another mount's lease (s): a lease's longest term
             and the skew both ways; past it the object moves (no lease is live by then).
         sleep: how to pause between looks at a leased object.
+        own_lease_moved: told the objects this router moved that held a live lease of
+            this mount in g: ``fs.movein`` strips it, so the mount must stop answering
+            from it (``fs/leases.py``: as for a recall, write back and let go).
         """
         self.new = new
         self.old = old
@@ -150,6 +154,7 @@ class GenerationalQU:
         self._clock_ns = clock_ns
         self._lease_wait = lease_wait
         self._sleep = sleep
+        self._own_lease_moved = own_lease_moved
         self._moved: set[int] = set()
         self._moving: dict[int, trio.Lock] = {}
         #: ``moved`` (installed by this router), ``absent`` (in neither generation),
@@ -278,7 +283,8 @@ class GenerationalQU:
             if packed is None:
                 self.moves["absent"] += 1
                 return
-            if trio.current_time() >= deadline or not self._leased(packed, mount):
+            others, mine = self._leases(packed, mount)
+            if not others or trio.current_time() >= deadline:
                 break
             self.moves["waited"] += 1
             await self._sleep(pause)
@@ -288,12 +294,13 @@ class GenerationalQU:
                 return
         try:
             await self.new.update(oid, "fs.movein", {"s": packed})
+            self.moves["moved"] += 1
         except MethodRefused as e:
             if e.code != "exists":
                 raise
             self.moves["raced"] += 1
-            return
-        self.moves["moved"] += 1
+        if mine and self._own_lease_moved is not None:
+            self._own_lease_moved([oid])
 
     async def _until_ready(self) -> None:
         """Await ``ready`` once, before the first read of g (concurrent moves wait for the
@@ -305,17 +312,19 @@ class GenerationalQU:
                 await self._ready()
             self._is_ready = True
 
-    def _leased(self, packed: bytes, mount: int) -> bool:
-        """Whether the packed state holds a lease of another mount live now: a holder
-        record (``ls``) or a file's write lease (``wl``, whose token is its mount's
-        number)."""
+    def _leases(self, packed: bytes, mount: int) -> tuple[bool, bool]:
+        """Whether the packed state holds a lease live now of another mount, and one of
+        this mount: a holder record (``ls``) or a file's write lease (``wl``, whose token
+        is its mount's number)."""
         state = unpack_state(packed)
         now = self._clock_ns()
         me = (self.client_id, mount)
-        if any(who(h) != me and h[2] > now for h in holders(state)):
-            return True
+        live = [who(h) for h in holders(state) if h[2] > now]
+        others, mine = any(w != me for w in live), me in live
         wl = state.get("wl") if isinstance(state, dict) else None
-        return isinstance(wl, list) and len(wl) >= 2 and wl[0] != mount and wl[1] > now
+        if isinstance(wl, list) and len(wl) >= 2 and wl[1] > now:
+            others, mine = others or wl[0] != mount, mine or wl[0] == mount
+        return others, mine
 
 
 def _objs(objects: int | Iterable[int]) -> tuple[int, ...]:
