@@ -32,7 +32,7 @@ from bftfs.fs.generations import (
     frozen_needed,
     wait_frozen,
 )
-from bftfs.fsobjects import ROOT
+from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.leases import EXCLUSIVE
 from bftfs.fsobjects.locks import lock_object
 from bftfs.fsobjects.methods import FS
@@ -335,6 +335,13 @@ def test_movein_installs_a_well_formed_state_without_leases_and_refuses_the_rest
     lk = lock_object(5)
     locks = {"k": "l", "h": [[1, 5, 0, 1, 0, 9, 2, 10**18]], "w": [[2, 10**18]]}
     assert movein(lk, None, locks)[0] == {lk: {"k": "l", "h": locks["h"]}}
+    # The snapshot list moves at its own id only.
+    snaps = {"k": "s", "snaps": {"daily": 5}}
+    assert movein(SNAPSHOTS, None, snaps)[0] == {SNAPSHOTS: snaps}
+    with pytest.raises(MethodRefused, match="invalid"):
+        movein(SNAPSHOTS, None, {"k": "s", "snaps": {"no/slash": 5}})
+    with pytest.raises(MethodRefused, match="invalid"):
+        movein(9, None, snaps)
     bad = [
         b"\xc1 not msgpack",
         "not bytes",
