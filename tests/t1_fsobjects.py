@@ -58,6 +58,8 @@ TABLE = [
     ("fs.unlockowner", U, 1, 8, ()),
     ("fs.lkwait", U, 1, 1, ()),
     ("fs.getlk", Q, 1, 1, ()),
+    ("fs.state", Q, 1, 1, ()),
+    ("fs.movein", U, 1, 1, ()),
 ]
 
 

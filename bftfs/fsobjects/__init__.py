@@ -60,6 +60,7 @@ Modules, bottom up (each imports only those above it):
 - ``snapshots``: the snapshot list and the collection predicate ``finished``;
 - ``leases``: leases (who may cache an object, until when) and their recall;
 - ``locks``: file locks (``fcntl``, ``flock``) in lock objects, their range algebra;
+- ``moves``: ``state`` and ``movein``, an object's move from one generation to the next;
 - ``queries``: ``stat``, ``open``, ``peek``, ``lookup``, ``lookupstat``, ``statmany``,
   ``readdir``, ``readlink``, ``getxattr``, ``listxattr``;
 - ``methods``: the method table, :data:`FS` and :data:`OBJECT_TYPES`.

@@ -3,7 +3,7 @@
 clocks, and the object types a node serves (:data:`OBJECT_TYPES`).
 
 A new method is written in the module of its job (:mod:`bftfs.fsobjects.queries`,
-``attributes``, ``data``, ``names``, ``snapshots``, ``locks``) and listed here; its name
+``attributes``, ``data``, ``names``, ``snapshots``, ``locks``, ``moves``) and listed here; its name
 and argument keys are wire format, kept in histories, so they never change.
 """
 
@@ -26,6 +26,7 @@ from bftfs.fsobjects.leases import (
 )
 from bftfs.fsobjects.limits import CLOCKS
 from bftfs.fsobjects.locks import _getlk, _lkwait, _renewlk, _setlk, _unlock_owner
+from bftfs.fsobjects.moves import _movein, _state
 from bftfs.fsobjects.names import (
     _create,
     _create_many,
@@ -166,6 +167,8 @@ FS = ObjectType(
         _lock_method("fs.unlockowner", _unlock_owner, grants=False, many=True),
         _lock_method("fs.lkwait", _lkwait, grants=False),
         Method("fs.getlk", Class.QUERY, _getlk, caller=True),
+        Method("fs.state", Class.QUERY, _state),
+        Method("fs.movein", Class.UPDATE, _movein),
     ),
     finished=_finished,
 )

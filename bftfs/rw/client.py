@@ -301,6 +301,11 @@ class RWClient:
         """READ as of a past moment: :meth:`Reader.read_as_of`."""
         return await self.reader.read_as_of(block, time_ns)
 
+    async def read_version_as_of(self, block: BlockId | int, time_ns: int) -> ReadOutcome:
+        """READ as of a past moment, with what it found: :meth:`Reader.read_version_as_of`
+        (``absent``: no version up to then)."""
+        return await self.reader.read_version_as_of(block, time_ns)
+
     # Space --------------------------------------------------------------------------------
 
     @outcomes(ReadFailed)

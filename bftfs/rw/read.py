@@ -129,6 +129,16 @@ class Reader:
             HistoryReclaimed: more than ``b`` nodes collected below that time.
             ReadAborted, ReadFailed: as :meth:`read_block`.
         """
+        return (await self.read_version_as_of(block, time_ns)).data
+
+    @outcomes(ReadFailed)
+    async def read_version_as_of(self, block: BlockId | int, time_ns: int) -> ReadOutcome:
+        """:meth:`read_as_of`, with what it found: ``outcome.absent`` when no version's Time
+        is at most ``time_ns`` (not the same as a version that is empty).
+
+        Raises:
+            HistoryReclaimed, ReadAborted, ReadFailed: as :meth:`read_as_of`.
+        """
         block = BlockId(block)
         cap = Timestamp(min(time_ns, MAX_TIME), MAX_WRITER, b"\xff" * len(ZERO.verifier))
         for attempt in range(self.max_restarts + 1):
@@ -138,7 +148,7 @@ class Reader:
             )
             if got is not None:
                 self.calls.stats["past_reads"] += 1
-                return got.data
+                return got
             self.calls.stats["restarts"] += 1
         raise ReadAborted(f"block {block}: {self.max_restarts} restarts, giving up")
 

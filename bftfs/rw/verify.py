@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from bftfs import erasure
 from bftfs.rw.classify import Kind, RWThresholds
 from bftfs.rw.messages import ReadReply, ReadRequest
-from bftfs.rw.timestamp import Timestamp, next_time, plausible
+from bftfs.rw.timestamp import ZERO, Timestamp, next_time, plausible
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,11 @@ class ReadOutcome:
     #: Newer candidates this read found poisonous on the way (lazy verification discards
     #: them, node/rw_verifier.py).
     poisonous: tuple[Timestamp, ...] = ()
+
+    @property
+    def absent(self) -> bool:
+        """Whether the read found no version at all (up to its moment, for a read of the
+        past): the block's initial empty value, told apart from a written empty or zero
+        block, which has a timestamp.  A file system spanning two generations reads such a
+        block from the older one (``fs/generations.py``)."""
+        return self.ts == ZERO
