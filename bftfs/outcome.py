@@ -43,6 +43,22 @@ class QuotaExceeded(StorageFull):
     reports EDQUOT, and deleting this client's files gives the space back."""
 
 
+class GenerationMoved(ClusterUnavailable):
+    """More than ``b`` nodes refused a write because their generation is frozen or retired
+    (``moved``, ``retired``: docs/membership.md, "Generations"): the client must take the
+    newer view and write in the new generation."""
+
+
+def refused_as_moved(codes: Mapping[int, str | None], b: int) -> GenerationMoved | None:
+    """:class:`GenerationMoved` once more than ``b`` nodes in ``codes`` (node -> refusal
+    code) refused as ``moved`` or ``retired`` (so at least one correct node did), else
+    None."""
+    moved = sorted(n for n, code in codes.items() if code in ("moved", "retired"))
+    if len(moved) <= b:
+        return None
+    return GenerationMoved(f"nodes {moved} refused: their generation is frozen or retired")
+
+
 def refused_for_space(codes: Mapping[int, str | None], b: int) -> StorageFull | None:
     """What refusals for space by the nodes in ``codes`` (node -> refusal code) mean, for
     either protocol's client: :class:`StorageFull` once more than ``b`` nodes refused as

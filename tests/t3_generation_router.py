@@ -33,7 +33,7 @@ from bftfs.fs.generations import (
     wait_frozen,
 )
 from bftfs.fsobjects import ROOT, SNAPSHOTS
-from bftfs.fsobjects.leases import EXCLUSIVE
+from bftfs.fsobjects.leases import EXCLUSIVE, holders, tag_query, who
 from bftfs.fsobjects.locks import lock_object
 from bftfs.fsobjects.methods import FS
 from bftfs.fsobjects.moves import pack_state, unpack_state
@@ -286,9 +286,13 @@ def test_two_routers_moving_one_object_end_consistent(tmp_path: Path) -> None:
                 *own, mount=5, clock_ns=time.time_ns, sleep=no_sleep, own_lease_moved=let_go.extend
             )
             await mine.update([lk], "fs.unlockowner", {"m": 5, "lt": time.time_ns()})
-            assert (await mine.query(z, "fs.open"))["i"] == b"z"
+            # (as mount 5, which holds it: the lease moved with it)
+            assert (await mine.query(z, "fs.open", tag_query(None, 5)))["i"] == b"z"
             assert mine.moves["moved"] == 2
-            assert let_go == [z]  # the mount is told its lease did not move with it
+            assert let_go == []  # its lease moved with it: it answers from it on
+            assert [who(h) for h in holders(unpack_state(await mine.new.query(z, "fs.state")))] == [
+                (int(client_id(3)), 5)
+            ]
             assert unpack_state(await mine.new.query(lk, "fs.state"))["h"] == []
             assert unpack_state(await raw_g.query(lk, "fs.state"))["h"] != []
 
@@ -310,7 +314,7 @@ _METHODS = {m.name: m for m in FS.methods}
 
 def movein(oid: int, present: Any, state: Any) -> Any:
     s = pack_state(state) if isinstance(state, dict) else state
-    return _METHODS["fs.movein"].fn({oid: present}, {"s": s})
+    return _METHODS["fs.movein"].fn({oid: present}, {"s": s}, 1)
 
 
 def a_file(**extra: Any) -> dict[str, Any]:

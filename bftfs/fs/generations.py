@@ -292,14 +292,21 @@ class GenerationalQU:
             if await self.new.query(oid, "fs.state") is not None:  # its holder moved it
                 self.moves["here"] += 1
                 return
+        # fs.movein keeps this mount's own live lease (fsobjects/moves.py), so it goes on
+        # answering from it and others recall it in g + 1.
+        kept = mine and bool(mount)
+        arg: dict[str, Any] = {"s": packed}
+        if kept:
+            arg.update({MOUNT: mount, "lt": self._clock_ns()})
         try:
-            await self.new.update(oid, "fs.movein", {"s": packed})
+            await self.new.update(oid, "fs.movein", arg)
             self.moves["moved"] += 1
         except MethodRefused as e:
             if e.code != "exists":
                 raise
             self.moves["raced"] += 1
-        if mine and self._own_lease_moved is not None:
+            kept = False  # another client's move: its state holds no lease of ours
+        if mine and not kept and self._own_lease_moved is not None:
             self._own_lease_moved([oid])
 
     async def _until_ready(self) -> None:

@@ -168,7 +168,15 @@ FS = ObjectType(
         _lock_method("fs.lkwait", _lkwait, grants=False),
         Method("fs.getlk", Class.QUERY, _getlk, caller=True),
         Method("fs.state", Class.QUERY, _state),
-        Method("fs.movein", Class.UPDATE, _movein),
+        Method(
+            "fs.movein",
+            Class.UPDATE,
+            _movein,
+            caller=True,
+            lease_clock="lt",
+            lease_skew=LEASE_SKEW,
+            grants=True,
+        ),
     ),
     finished=_finished,
 )

@@ -1,36 +1,38 @@
-"""Moving an object from one generation to the next (issue 35, docs/membership.md
-"Generations: moving objects"): ``fs.state``, the object's raw state, and ``fs.movein``,
-which installs such a state where the object has none.
+"""Moving an object from one generation to the next (issue 35, docs/membership.md "Generations:
+moving objects"): ``fs.state``, the object's raw state, and ``fs.movein``, which installs
+such a state where the object has none.
 
-A change of the node count or the thresholds starts a new generation on new nodes; a
-client moves each object on first touch (``bftfs/fs/generations.py``): it reads the
-object's state from the old generation with ``fs.state`` and installs it in the new one
-with ``fs.movein``.  The state travels as its canonical msgpack bytes (:func:`pack_state`):
-a directory's entry buckets are keyed by integers, and wire maps take string keys only.
+A change of the node count or the thresholds starts a new generation on new nodes; a client
+moves each object on first touch (``bftfs/fs/generations.py``): it reads the object's state
+from the old generation with ``fs.state`` and installs it in the new one with ``fs.movein``.
+The state travels as its canonical msgpack bytes (:func:`pack_state`): a directory's entry
+buckets are keyed by integers, and wire maps take string keys only.
 
 ``fs.movein`` installs only what ordinary methods could have made, one object at a time:
 
 - the object must have no state (else ``exists``: another client moved it first);
-- the state must be well formed for the object's id (:func:`checked_state`): a directory
-  or attribute object for a file id, a lock object for a lock id, the snapshot list for
-  :data:`~bftfs.fsobjects.limits.SNAPSHOTS`, every field of the type and range the
-  methods keep, no other field (else ``invalid``);
-- it carries no lease: the holders ``ls``, a recall ``lr`` and a file's write lease ``wl``
-  go (what the write lease declared it would write is kept as stale ranges ``z``, as when
-  a holder dies: :func:`~bftfs.fsobjects.ranges._settle_lease`), and a lock object's
-  waiters go (they poll).  File locks live in the lock object beside the file
-  (:mod:`bftfs.fsobjects.locks`) and move with it, each under its own expiry.
+- the state must be well formed for the object's id (:func:`checked_state`): a directory or
+  attribute object for a file id, a lock object for a lock id, the snapshot list for
+  :data:`~bftfs.fsobjects.limits.SNAPSHOTS`, every field of the type and range the methods
+  keep, no other field (else ``invalid``);
+- it carries no lease but the mover's own (the holder records of the calling client's mount,
+  bounded by the longest term from a lease time the nodes check): other holders ``ls``, a
+  recall ``lr`` and a file's write lease ``wl`` go (what the write lease declared it would
+  write is kept as stale ranges ``z``, as when a holder dies:
+  :func:`~bftfs.fsobjects.ranges._settle_lease`), and a lock object's waiters go (they
+  poll). File locks live in the lock object beside the file (:mod:`bftfs.fsobjects.locks`)
+  and move with it, each under its own expiry.
 
-What it adds for a Byzantine client (docs/threat-model.md): through ordinary updates such
-a client can already give any object it may write any legal content.  ``fs.movein`` lets
-it, while objects move, also install a well-formed state of its choosing in an object the
-new generation does not hold yet, one the old generation may hold differently - another
-client's file, a directory whose entries or link counts disagree with the objects they
-name, which ordinary updates keep consistent across objects.  It cannot overwrite an
-object the new generation holds, install a malformed state, take or keep a lease, or
-touch the old generation.  Nodes checking a moved state against the old generation's
-(the background mover's step) would close that; until then generations are changed with
-trusted clients mounted only.
+What it adds for a Byzantine client (docs/threat-model.md): through ordinary updates such a
+client can already give any object it may write any legal content. ``fs.movein`` lets it,
+while objects move, also install a well-formed state of its choosing in an object the new
+generation does not hold yet, one the old generation may hold differently - another client's
+file, a directory whose entries or link counts disagree with the objects they name, which
+ordinary updates keep consistent across objects. It cannot overwrite an object the new
+generation holds, install a malformed state, keep another's lease or give itself one longer
+than a term, or touch the old generation. Nodes checking a moved state against the old
+generation's (the background mover's step) would close that; until then generations are
+changed with trusted clients mounted only.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 import msgpack
 
 from bftfs.fsobjects.dirents import BUCKETS, bucket_of
+from bftfs.fsobjects.leases import EXCLUSIVE, MAX_MOUNT, MAX_TERM, MOUNT, SHARED, holders, who
 from bftfs.fsobjects.limits import (
     DIR_TYPE,
     FILE_TYPES,
@@ -311,17 +314,37 @@ def _state(states: States, arg: Any) -> Any:
     return None if state is None else pack_state(state)
 
 
-def _movein(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def _movein(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Install the packed state ``s`` as the one object, which must have none (refused
     ``exists`` otherwise: another client moved it first), checked and without leases
-    (:func:`checked_state`).  The answer: None."""
+    (:func:`checked_state`), but the mover's own: the holder records of the calling
+    client's mount (``lm``) that end within :data:`MAX_TERM` of the lease time ``lt``
+    (which nodes check against their clocks, ``Method.lease_clock``).  A holder that moves
+    an object it leases (its write-back after the freeze's recall, or any call) keeps
+    answering from its lease, and the others' updates in the new generation recall it
+    there, so nothing it buffered is passed by.  The answer: None."""
     a = _arg(arg)
     ((oid, state),) = states.items()
     if state is not None:
         raise MethodRefused("exists", f"object {oid} is here already")
+    raw = unpack_state(a.get("s"))
     try:
-        return {oid: checked_state(oid, unpack_state(a.get("s")))}, None
+        moved = checked_state(oid, raw)
     except MethodRefused as e:  # a name check's own code (name-too-long): still malformed
         if e.code == "invalid":
             raise
         raise MethodRefused("invalid", f"state: {e.code}") from None
+    if a.get(MOUNT) is not None and a.get("lt") is not None and moved.get("k") in ("d", "f"):
+        me = (caller, _int(a, MOUNT, 0, MAX_MOUNT))
+        until = _int(a, "lt", MIN_TIME, MAX_TIME) + MAX_TERM
+        own = [
+            h
+            for h in holders(raw)
+            if len(h) >= 3
+            and who(h) == me
+            and h[1] in (SHARED, EXCLUSIVE)
+            and _is_int(h[2], 0, until)
+        ]
+        if own:
+            moved["ls"] = own
+    return {oid: moved}, None

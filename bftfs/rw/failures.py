@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 from bftfs.net.errors import TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.outcome import ClusterUnavailable, StorageFull, collapse, refused_for_space
+from bftfs.outcome import (
+    ClusterUnavailable,
+    GenerationMoved,
+    StorageFull,
+    collapse,
+    refused_as_moved,
+    refused_for_space,
+)
 
 
 class ReadAborted(ClusterUnavailable):
@@ -40,21 +47,26 @@ class WriteFailed(ClusterUnavailable):
 TRANSPORT = (QuorumUnavailable, TransportError)
 
 
-def storage_full(e: BaseException, b: int) -> StorageFull | None:
+def storage_full(e: BaseException, b: int) -> StorageFull | GenerationMoved | None:
     """:class:`StorageFull` when a failed quorum call (or any in a group) was refused as
     ``full`` or ``quota`` by more than ``b`` nodes - one of them correct - else None
-    (:class:`QuotaExceeded` when ``quota`` refusals are at least as many as ``full``)."""
+    (:class:`QuotaExceeded` when ``quota`` refusals are at least as many as ``full``);
+    :class:`GenerationMoved` when it was refused ``moved`` or ``retired`` so (the nodes'
+    generation is frozen: docs/membership.md, "Generations")."""
     if isinstance(e, BaseExceptionGroup):
         for sub in e.exceptions:
             got = storage_full(sub, b)
             if got is not None:
                 return got
         return None
-    if isinstance(e, StorageFull):
+    if isinstance(e, StorageFull | GenerationMoved):
         return e
     if not isinstance(e, QuorumUnavailable):
         return None
-    return refused_for_space({n: refusal_code(why) for n, why in e.result.errors.items()}, b)
+    codes: dict[int, str | None] = {
+        int(n): refusal_code(why) for n, why in e.result.errors.items()
+    }
+    return refused_for_space(codes, b) or refused_as_moved(codes, b)
 
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])

@@ -1,0 +1,180 @@
+"""The protocol clients a mount holds across generation changes (issue 35; docs/membership.md,
+"Generations").
+
+A mount runs for days; the cluster under it may start a new generation meanwhile.  The
+file system is given one :class:`SwitchingQU` and one :class:`SwitchingRW` for its whole
+life, each forwarding to a *target*: the plain clients of one generation, or the routers of
+``fs/generations.py`` while objects move from one generation to the next.  The session
+(``fs/session.py``) calls :meth:`Switch.switch` when the mount takes a view that changes
+the generation, with the new targets.
+
+A call the old generation's nodes refused because they are frozen or retired (Q/U:
+``MethodRefused("moved" | "retired")`` once ``b + 1`` agree; PASIS: ``GenerationMoved``)
+was not applied by a quorum: the mount waits for the switch (the nodes push the view they
+took to their clients, which fetch it: seconds) and runs the call again on the new
+targets, which move its objects first.  A call that was refused and never sees a switch
+within :data:`SWITCH_WAIT` fails as it was refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import trio
+
+from bftfs.outcome import GenerationMoved
+from bftfs.qu.objects import MethodRefused
+
+log = logging.getLogger(__name__)
+
+#: The refusal codes of a frozen or retired generation's nodes.
+MOVED_CODES = frozenset({"moved", "retired"})
+#: Longest a refused call waits for the mount to take the newer view (s).
+SWITCH_WAIT = 60.0
+
+T = TypeVar("T")
+
+
+class Switch:
+    """The generation a mount's calls go to, and the event of its change."""
+
+    def __init__(self) -> None:
+        #: How many times the targets changed (a refused call retries once it grew).
+        self.epoch = 0
+        self._changed = trio.Event()
+        #: Calls run again on the new targets after a refusal.
+        self.retried = 0
+
+    def switched(self) -> None:
+        """The targets changed: wake every call waiting for it."""
+        self.epoch += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def after_refusal(self, epoch: int, error: BaseException) -> None:
+        """Wait until the targets change after ``epoch`` (the one the refused call ran
+        in); re-raise ``error`` if they do not within :data:`SWITCH_WAIT`."""
+        with trio.move_on_after(SWITCH_WAIT):
+            while self.epoch == epoch:
+                await self._changed.wait()
+        if self.epoch == epoch:
+            raise error
+        self.retried += 1
+
+    async def run(
+        self, call: Callable[[], Awaitable[T]], refused: Callable[[BaseException], bool]
+    ) -> T:
+        """``call()`` on the current targets; again on the next ones while it is refused
+        as by a frozen generation."""
+        while True:
+            epoch = self.epoch
+            try:
+                return await call()
+            except Exception as e:
+                if not refused(e):
+                    raise
+                log.info("refused by a frozen generation (%s): waiting for the new one", e)
+                await self.after_refusal(epoch, e)
+
+
+def _qu_moved(e: BaseException) -> bool:
+    return isinstance(e, MethodRefused) and e.code in MOVED_CODES
+
+
+def _rw_moved(e: BaseException) -> bool:
+    return isinstance(e, GenerationMoved)
+
+
+class SwitchingQU:
+    """The Q/U client the file system holds: the calls of ``QUClient`` it makes, on the
+    current target (``QUClient``, ``FabMetaClient`` or ``GenerationalQU``)."""
+
+    def __init__(self, target: Any, switch: Switch) -> None:
+        self.target = target
+        self._switch = switch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+    @property
+    def client_id(self) -> int:
+        return int(self.target.client_id)
+
+    @property
+    def faults(self) -> Any:
+        return self.target.faults
+
+    def statistics(self) -> Any:
+        return self.target.statistics()
+
+    async def query(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+        objs = objects if isinstance(objects, int) else tuple(objects)
+        return await self._switch.run(lambda: self.target.query(objs, method, arg), _qu_moved)
+
+    async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+        objs = objects if isinstance(objects, int) else tuple(objects)
+        return await self._switch.run(lambda: self.target.update(objs, method, arg), _qu_moved)
+
+    async def settle(self, objects: int | Iterable[int]) -> None:
+        objs = objects if isinstance(objects, int) else tuple(objects)
+        await self._switch.run(lambda: self.target.settle(objs), _qu_moved)
+
+    async def query_at(self, oid: int, method: str, arg: Any = None) -> Any:
+        return await self._switch.run(lambda: self.target.query_at(oid, method, arg), _qu_moved)
+
+    async def query_many_at(self, objects: Iterable[int], method: str, arg: Any = None) -> Any:
+        objs = tuple(objects)
+        return await self._switch.run(
+            lambda: self.target.query_many_at(objs, method, arg), _qu_moved
+        )
+
+
+class SwitchingRW:
+    """The PASIS client the file system holds: the calls of ``RWClient`` it makes, on the
+    current target (``RWClient`` or ``GenerationalRW``)."""
+
+    def __init__(self, target: Any, switch: Switch) -> None:
+        self.target = target
+        self._switch = switch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+    @property
+    def block_size(self) -> int:
+        return int(self.target.block_size)
+
+    @block_size.setter
+    def block_size(self, size: int) -> None:
+        self.target.block_size = size
+
+    @property
+    def faults(self) -> Any:
+        return self.target.faults
+
+    def statistics(self) -> Any:
+        return self.target.statistics()
+
+    async def write_block(self, block: Any, data: bytes, **options: Any) -> Any:
+        return await self._switch.run(
+            lambda: self.target.write_block(block, data, **options), _rw_moved
+        )
+
+    async def write_blocks(self, blocks: Any, **options: Any) -> Any:
+        return await self._switch.run(
+            lambda: self.target.write_blocks(blocks, **options), _rw_moved
+        )
+
+    async def read_block(self, block: Any) -> bytes:
+        return bytes(await self.target.read_block(block))
+
+    async def read_blocks(self, blocks: Iterable[Any], **options: Any) -> Any:
+        return await self.target.read_blocks(blocks, **options)
+
+    async def read_as_of(self, block: Any, time_ns: int) -> bytes:
+        return bytes(await self.target.read_as_of(block, time_ns))
+
+    async def space_used(self) -> int:
+        return int(await self.target.space_used())
