@@ -7,7 +7,7 @@ until the administrator finishes the move.  A node is, in the view it holds:
 
 - **active**: its id and long-term key are in the view's own generation;
 - **frozen**: they are in ``previous``.  It refuses a client's own *new* operations with
-  code ``moved`` ("moved: generation G (view V)"): a Q/U update the client runs for itself
+  code ``moved`` (message "generation G (view V)"): a Q/U update the client runs for itself
   but ``fs.release`` (``qu/replica.py``) and a PASIS write of a version naming the sender
   as its writer (``node/rw_server.py``).  Everything a client needs to read, repair or
   give back goes on: queries, barriers, copies, inline repairs, PASIS repairs, reads,
@@ -118,7 +118,7 @@ class NodeGeneration:
         """The refusal a frozen node gives a client's own new operation, or None."""
         if not self.frozen:
             return None
-        return f"moved: generation {self.view.generation} (view {self.view.number})"
+        return f"generation {self.view.generation} (view {self.view.number})"
 
     def in_view(self, view: View) -> int | None:
         """The generation number this node has in ``view`` (None: in neither)."""
