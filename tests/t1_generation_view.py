@@ -1,18 +1,22 @@
 """Views with generations (issue 35; docs/membership.md, "Generations"): format 3's codec,
 older formats unchanged, the rules a generation change must obey (named when broken), and
-which views a party holding one takes (cases a-d) or refuses.  Pure: no network."""
+which views a party holding one takes (cases a-d) or refuses, and the leases a freezing
+node recalls.  Pure: no network."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.crypto import AdminKey
+from bftfs.fsobjects.leases import SHARED
+from bftfs.kv import MemoryKV
 from bftfs.membership import admin
 from bftfs.membership.configview import config_of_generation, view_of
 from bftfs.membership.view import (
@@ -27,6 +31,10 @@ from bftfs.membership.view import (
     sign,
     unsupported_change,
 )
+from bftfs.node.generation import leased_objects
+from bftfs.qu import schema
+from bftfs.qu.canon import canonical
+from bftfs.qu.timestamp import DIGEST_SIZE, ZERO, Timestamp
 
 KEY = AdminKey(bytes(range(32)))
 RNG = random.Random(35)
@@ -176,3 +184,32 @@ def test_generation_helpers_and_the_configuration_of_each_generation(tmp_path: P
     assert [c.name for c in after.clients] == [c.name for c in v2.clients]
     with pytest.raises(ViewError, match="no previous generation"):
         config_of_generation(cfg, v1, PREVIOUS)
+
+
+def test_the_leases_a_freezing_node_recalls_are_found_page_by_page() -> None:
+    """``node/generation.leased_objects``: each holder of a lease live now, on objects in
+    their newest stored state (a barrier above is skipped, an absent object has none),
+    a page at a time."""
+    kv = MemoryKV()
+    now = 10**18
+
+    def version(oid: int, time: int, kind: str, state: Any) -> None:
+        kv.put(schema.DB_RH, schema.oid_key(oid), b"rh")
+        lt = Timestamp(time, False, 0, bytes(DIGEST_SIZE))
+        raw = None if state is None else canonical(state)
+        schema.store_version(
+            kv, oid, schema.Version(lt, kind, raw, canonical({}), ZERO, None, True, (oid,))
+        )
+
+    def leased(*holders: tuple[int, int]) -> dict[str, Any]:
+        return {"ls": [[c, SHARED, expiry, 0] for c, expiry in holders]}
+
+    version(1, 1, schema.METHOD, leased((7, now + 1), (8, now - 1)))  # 8's lease ended
+    version(2, 1, schema.METHOD, leased((7, now + 5)))
+    version(2, 2, schema.BARRIER, None)  # a barrier above: the state below counts
+    version(3, 1, schema.METHOD, leased((9, now + 5)))
+    version(3, 2, schema.METHOD, None)  # then removed: nothing to recall
+    version(4, 1, schema.METHOD, leased((8, now + 5), (9, now + 5)))
+    assert leased_objects(kv, now) == ({7: [1, 2], 8: [4], 9: [4]}, None)
+    assert leased_objects(kv, now, 0, 2) == ({7: [1, 2]}, 2)
+    assert leased_objects(kv, now, 3, 2) == ({8: [4], 9: [4]}, None)

@@ -30,10 +30,13 @@ generation, "frozen": bool, "retired": bool, "view": the number held}``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import trio.lowlevel
 
 from bftfs.fsobjects.leases import MAX_RECALLED, live
 from bftfs.ids import PrincipalId
@@ -55,6 +58,8 @@ GENERATION_FILE = "generation"
 RETIRED_ANSWERS = frozenset({"view.get", "gen.status"})
 #: The request asking a node where it stands.
 KIND_STATUS = "gen.status"
+#: Objects looked at per read transaction for the recall at the freeze.
+PAGE = 256
 
 ACTIVE = "active"
 FROZEN = "frozen"
@@ -213,22 +218,35 @@ class NodeGeneration:
 
     async def recall_leases(self) -> None:
         """Push a recall of every object on which a lease stored here is live to its
-        holders (the freeze: module docstring)."""
+        holders (the freeze: module docstring), a page of objects per read transaction."""
         node = self._node
         assert node is not None
         now = node.now_ns()
-        held = node.store.read(lambda kv: leased_objects(kv, now))
+        held: dict[int, list[int]] = defaultdict(list)
+        after: int | None = -1
+        while after is not None:
+            step = functools.partial(leased_objects, now_ns=now, start=after + 1, limit=PAGE)
+            page, after = node.store.read(step)
+            for holder, oids in page.items():
+                held[holder] += oids
+            await trio.lowlevel.checkpoint()
         for holder, oids in sorted(held.items()):
             for i in range(0, len(oids), MAX_RECALLED):
                 sent = node.server.push(PrincipalId(holder), {"recall": oids[i : i + MAX_RECALLED]})
                 node.stats["gen.recalls.pushed" if sent else "gen.recalls.unconnected"] += 1
 
 
-def leased_objects(kv: KV, now_ns: int) -> dict[int, list[int]]:
-    """Each client holding a lease live at ``now_ns`` on an object stored here (its newest
-    stored state), and those objects in id order."""
+def leased_objects(
+    kv: KV, now_ns: int, start: int = 0, limit: int = PAGE
+) -> tuple[dict[int, list[int]], int | None]:
+    """Each client holding a lease live at ``now_ns`` on one of the first ``limit`` objects
+    stored here from id ``start`` on (in its newest stored state), and those objects in id
+    order; and the last object id looked at (None: no more)."""
     out: dict[int, list[int]] = defaultdict(list)
-    for key, _raw in kv.scan(schema.DB_RH, schema.oid_key(0), schema.OID_END):
+    oid: int | None = None
+    for n, (key, _raw) in enumerate(kv.scan(schema.DB_RH, schema.oid_key(start), schema.OID_END)):
+        if n == limit:
+            return dict(out), oid
         oid = int.from_bytes(bytes(key), "big")
         for v in schema.iter_versions(kv, oid, reverse=True):
             if v.kind == schema.BARRIER:
@@ -237,4 +255,4 @@ def leased_objects(kv: KV, now_ns: int) -> dict[int, list[int]]:
                 for holder in {h[0] for h in live(unpack(v.state), now_ns)}:
                     out[holder].append(oid)
             break
-    return dict(out)
+    return dict(out), None
