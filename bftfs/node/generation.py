@@ -75,7 +75,9 @@ def read_own(data_dir: Path) -> int | None:
 
 
 def write_own(data_dir: Path, number: int) -> None:
-    """Record the node's own generation durably (a worker thread: it fsyncs)."""
+    """Record the node's own generation durably (it fsyncs; the data directory is made if
+    the node has not started in it yet)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     replace_durably(data_dir / GENERATION_FILE, f"{number}\n".encode(), 0o644)
 
 
