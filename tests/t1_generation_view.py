@@ -31,6 +31,7 @@ from bftfs.membership.view import (
     sign,
     unsupported_change,
 )
+from bftfs.membership.viewkeys import AdminChains, load_node_chain
 from bftfs.node.generation import leased_objects
 from bftfs.qu import schema
 from bftfs.qu.canon import canonical
@@ -213,3 +214,35 @@ def test_the_leases_a_freezing_node_recalls_are_found_page_by_page() -> None:
     assert leased_objects(kv, now) == ({7: [1, 2], 8: [4], 9: [4]}, None)
     assert leased_objects(kv, now, 0, 2) == ({7: [1, 2]}, 2)
     assert leased_objects(kv, now, 3, 2) == ({8: [4], 9: [4]}, None)
+
+
+def test_a_generation_view_is_issued_with_both_generations_keys(tmp_path: Path) -> None:
+    """``admin.issue`` of a move's view: refused with the old generation's configuration
+    (it would give the new nodes the old ones' data directories); with the new one's, the
+    previous rows carry the old nodes' keys for the view, as their own chains derive them,
+    and the administrator keeps both generations' chains."""
+    key = AdminKey.generate()
+    cfg = replace(ClusterConfig.for_test(clients=2), home=tmp_path, admin_key=key.public)
+    cfg = replace(
+        cfg,
+        nodes=tuple(
+            replace(s, port=6000 + s.id, data_dir=tmp_path / f"node{s.id}") for s in cfg.nodes
+        ),
+    )
+    key.save(cfg.admin_key_path)
+    admin.init_view(cfg, key)
+    v1, _ = admin.current(cfg)
+    rows = new_nodes(7)
+    for n in rows:
+        admin.new_chain(cfg, tmp_path / "g2" / f"node{n.id}", n.public_key, 2)
+    v2 = admin.with_generation(v1, rows, 1, 1, 5, 4)
+    with pytest.raises(ConfigError, match=r"names nodes \[0, 1, 2, 3, 4, 5, 6\]"):
+        admin.issue(cfg, tmp_path / "cluster.toml", v2, key)
+    new, blob = admin.issue(config_of_generation(cfg, v2), tmp_path / "cluster.toml", v2, key)
+    got = decode(blob, key.public)
+    assert new.n == 7 and got.previous is not None and got.generation == 2
+    for n in got.previous.nodes:
+        chain = load_node_chain(cfg.node(n.id).data_dir)
+        assert chain is not None and chain.at(2).public() == n.view_key
+    kept = AdminChains(cfg.admin_key_path).load()
+    assert {n.public_key for n in (*got.nodes, *got.previous.nodes)} <= set(kept)

@@ -79,7 +79,23 @@ def issue(cfg: ClusterConfig, path: Path, view: View, key: AdminKey) -> tuple[Cl
     """Sign ``view`` (with each node's key for it, when the cluster has per-view keys),
     write it (the commit point) and ``cluster.toml`` to match; the new configuration and the
     signed bytes.  Then the administrator's chains move to the view (it forgets the older
-    views' keys as the nodes do: membership/viewkeys.py)."""
+    views' keys as the nodes do: membership/viewkeys.py).
+
+    A view of a new generation is issued with that generation's configuration (its nodes'
+    data directories; ``configview.config_of_generation`` makes one): ``cfg`` must name
+    every node of a view with a previous generation, and all but at most ``t`` (replaced)
+    of any other's.
+
+    Raises:
+        ConfigError: ``cfg`` is another generation's configuration.
+    """
+    known = {(int(s.id), s.public_key) for s in cfg.nodes}
+    unknown = [int(n.id) for n in view.nodes if (int(n.id), n.public_key) not in known]
+    if (view.previous is not None and unknown) or len(unknown) > max(view.t, 1):
+        raise ConfigError(
+            f"view {view.number} names nodes {unknown} this configuration does not (a new "
+            "generation's): issue it with that generation's configuration"
+        )
     new = apply(cfg, view)
     chains = AdminChains(cfg.admin_key_path)
     view = with_view_keys(chains, view)
