@@ -167,9 +167,11 @@ class NodeGeneration:
 
     def _announce(self, before: str | None) -> None:
         node = self._node
-        if node is None or self.state == before:
+        if node is None:
             return
         node.progress["generation"] = self.status()
+        if self.state == before:
+            return
         if self.frozen:
             node.log.warning(
                 "node %s: frozen (view %d moves to generation %d): clients' own new "

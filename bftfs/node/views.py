@@ -9,7 +9,8 @@ sender, makes a view believable, seed 000 [003 L3984-4031]):
   ``no_views`` (the cluster has no admin key), ``bad_view`` (malformed, not signed by the
   administrator, breaking a rule), ``stale_view`` (older than the node's),
   ``conflicting_view`` (another view with the node's number) or ``unsupported_view`` (a
-  change this version cannot make online: nodes or thresholds).  The same view again is
+  change ``view.unsupported_change`` refuses: nodes or thresholds within one generation, a
+  generation change out of order, any on the FaB engine).  The same view again is
   acknowledged, so an administrator's push can be rerun.
 
 Taking a newer view, in this order: the signed bytes are written durably to
@@ -25,6 +26,13 @@ key for the view it holds.  Taking a newer view, right after writing the view fi
 before anything else, it moves its chain to that view on disk (``node<I>/private/
 view-chain``, fsync'd): the older view's key can no longer be computed from anything it
 keeps.
+
+Generations (docs/membership.md, "Generations: the nodes"; ``node/generation.py``): the node
+runs on its own generation of the view it holds (:attr:`NodeViews.flat`): a node of the
+``previous`` generation keeps that generation's peers, keys and thresholds, proves the view
+with its ``previous`` row's key and forwards views to its own generation's nodes only (node
+ids repeat across generations: the key ring tells them apart); a retired node keeps the
+peers it had and proves nothing.
 """
 
 from __future__ import annotations
