@@ -146,9 +146,9 @@ def test_old_generation_nodes_freeze_serve_repairs_and_retire(
                 await rw.write_block(BLOCK, b"after the freeze")
             assert all(node.stats["rw.refused.moved"] >= 1 for node in cluster.nodes)
             # The increment left on nodes 0-2 (r of them: repairable) is completed by a
-            # repair the frozen nodes 3-5 take.
+            # repair the frozen nodes 3-5 take, its own client's settle.
             ok = [node.stats["qu.ok"] for node in cluster.nodes]
-            await other.settle(COUNTER)
+            await mover.settle(COUNTER)
             assert all(cluster.nodes[i].stats["qu.ok"] > ok[i] for i in (3, 4, 5))
             assert await other.query(COUNTER, "counter.fetch") == 6
             # A client's own new operations are refused `moved`...
