@@ -162,6 +162,7 @@ def test_old_generation_nodes_freeze_serve_repairs_and_retire(
             cluster.crash(4)
             await cluster.recover(4)
             assert (await statuses(cluster))[4]["frozen"] is True
+            assert set(cluster.nodes[4].catch_ups) == {"qu", "rw"}  # catch-up goes on
             # Frozen nodes still reach each other (object sync, catch-up): new sessions are
             # admitted on the previous rows' proofs.
             for i in (0, 1, 2, 3, 5):
@@ -183,6 +184,7 @@ def test_old_generation_nodes_freeze_serve_repairs_and_retire(
             with expect_log("bftfs.node", match="retired .* may be powered off", count=1):
                 await cluster.recover(2)
             assert (await statuses(cluster))[2]["retired"] is True
+            assert cluster.nodes[2].catch_ups == {}  # nothing to catch up from retired peers
             with pytest.raises(RemoteError, match="retired"):
                 await cluster.client(1).call(NodeId(2), "stats", None)
             for ls in listeners:

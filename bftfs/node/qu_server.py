@@ -129,7 +129,9 @@ def register(
     catch_up: bool = True,
 ) -> QUServer:
     """Register the Q/U handlers with ``node`` for ``object_types``, and start its
-    catch-up (``qu_catchup.py``) and pruner (``qu_pruner.py``); the server."""
+    catch-up (``qu_catchup.py``) and pruner (``qu_pruner.py``); the server.  A retired node
+    (``node/generation.py``) runs neither: it serves nothing, and its peers are retired too."""
+    catch_up = catch_up and not node.views.generation.retired
     th = QUThresholds.from_config(node.config)
     keyring = node.keyring
 

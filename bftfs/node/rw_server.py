@@ -87,8 +87,11 @@ def register(
     Args:
         history: versions listed in each read reply's history (seed L1155-1157).
         max_ahead_ns: how far past this node's clock a write's time may be.
-        catch_up: spawn the catch-up task (catchup.py); the node must be running.
+        catch_up: spawn the catch-up task (catchup.py); the node must be running.  A
+            retired node (``node/generation.py``) runs no background task: it serves
+            nothing, and its peers are retired too.
     """
+    catch_up = catch_up and not node.views.generation.retired
     verifier = Verifier(node) if node.config.verification.enabled and catch_up else None
     node.verifier = verifier
     server = RWServer(
