@@ -84,7 +84,7 @@ def test_the_signature_covers_the_domain_prefix() -> None:
         (None, "is bytes"),
         (b"", "malformed"),
         (b"\xc1", "malformed"),
-        (msgpack.packb([MAGIC, 3, b"", b""]), "format 3"),
+        (msgpack.packb([MAGIC, 4, b"", b""]), "format 4"),
         (msgpack.packb(["other", 1, b"", b""]), "not a signed view"),
         (msgpack.packb([MAGIC, 1, "body", b""]), "must be bytes"),
         (msgpack.packb({"a": 1}), "not a signed view"),

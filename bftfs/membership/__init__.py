@@ -7,8 +7,9 @@
 - ``client.py``: a client's view tracker (fetch from nodes ahead, send to nodes behind)
   and the check of a node's proof that it holds the view (``admit_session``, nodes too);
 - ``viewkeys.py``: per-view node keys, their hash chains and their forgetting;
-- ``admin.py``: issuing the next view and pushing it to the nodes (``bftfs client``,
-  ``bftfs view``).
+- ``admin.py``: issuing the next view (a new generation's too) and pushing it to the
+  nodes (``bftfs client``, ``bftfs view``).
 
-The node's side is ``bftfs/node/views.py``; docs/membership.md says what is built.
+The node's side is ``bftfs/node/views.py`` and ``bftfs/node/generation.py``;
+docs/membership.md says what is built.
 """

@@ -22,7 +22,16 @@ from bftfs.config import ClusterConfig, ConfigError
 from bftfs.crypto import AdminKey, Identity, KeyFileError
 from bftfs.ids import NodeId, client_id
 from bftfs.membership.configview import apply, read_signed, view_of, write_signed
-from bftfs.membership.view import Retired, View, ViewClient, ViewError, sign
+from bftfs.membership.view import (
+    Retired,
+    View,
+    ViewClient,
+    ViewError,
+    ViewNode,
+    check_generations,
+    generation_rule,
+    sign,
+)
 from bftfs.membership.viewkeys import AdminChains, Chain, save_node_chain
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
@@ -70,7 +79,23 @@ def issue(cfg: ClusterConfig, path: Path, view: View, key: AdminKey) -> tuple[Cl
     """Sign ``view`` (with each node's key for it, when the cluster has per-view keys),
     write it (the commit point) and ``cluster.toml`` to match; the new configuration and the
     signed bytes.  Then the administrator's chains move to the view (it forgets the older
-    views' keys as the nodes do: membership/viewkeys.py)."""
+    views' keys as the nodes do: membership/viewkeys.py).
+
+    A view of a new generation is issued with that generation's configuration (its nodes'
+    data directories; ``configview.config_of_generation`` makes one): ``cfg`` must name
+    every node of a view with a previous generation, and all but at most ``t`` (replaced)
+    of any other's.
+
+    Raises:
+        ConfigError: ``cfg`` is another generation's configuration.
+    """
+    known = {(int(s.id), s.public_key) for s in cfg.nodes}
+    unknown = [int(n.id) for n in view.nodes if (int(n.id), n.public_key) not in known]
+    if (view.previous is not None and unknown) or len(unknown) > max(view.t, 1):
+        raise ConfigError(
+            f"view {view.number} names nodes {unknown} this configuration does not (a new "
+            "generation's): issue it with that generation's configuration"
+        )
     new = apply(cfg, view)
     chains = AdminChains(cfg.admin_key_path)
     view = with_view_keys(chains, view)
@@ -78,19 +103,106 @@ def issue(cfg: ClusterConfig, path: Path, view: View, key: AdminKey) -> tuple[Cl
     write_signed(cfg.view_path, blob)
     cfgmod.save(new, path)
     if chains.exists():
-        chains.forget_before([n.public_key for n in view.nodes], view.number)
+        chains.forget_before(_machines(view), view.number)
     return new, blob
 
 
+def _machines(view: View) -> list[bytes]:
+    """The long-term keys of every node machine ``view`` names, both generations' while a
+    move runs (the administrator keeps their chains: the previous generation's nodes
+    prove the view too)."""
+    previous = [] if view.previous is None else [n.public_key for n in view.previous.nodes]
+    return [n.public_key for n in view.nodes] + previous
+
+
 def with_view_keys(chains: AdminChains, view: View) -> View:
-    """``view`` naming each node's key for it (derived from that machine's chain); as it is
-    when the cluster has no per-view keys (made before them: docs/membership.md)."""
+    """``view`` naming each node's key for it (derived from that machine's chain), in both
+    generations while a move runs; as it is when the cluster has no per-view keys (made
+    before them: docs/membership.md).
+
+    Raises:
+        ChainError: a machine without a chain here (a new generation's node must have one:
+            :func:`new_chain` when it is made).
+    """
     if not chains.exists():
         return replace(view, nodes=tuple(replace(n, view_key=b"") for n in view.nodes))
-    keys = chains.view_keys([n.public_key for n in view.nodes], view.number)
-    return replace(
-        view, nodes=tuple(replace(n, view_key=k) for n, k in zip(view.nodes, keys, strict=True))
+
+    def keyed(nodes: tuple[ViewNode, ...]) -> tuple[ViewNode, ...]:
+        keys = chains.view_keys([n.public_key for n in nodes], view.number)
+        return tuple(replace(n, view_key=k) for n, k in zip(nodes, keys, strict=True))
+
+    previous = view.previous
+    if previous is not None:
+        previous = replace(previous, nodes=keyed(previous.nodes))
+    return replace(view, nodes=keyed(view.nodes), previous=previous)
+
+
+def with_generation(
+    view: View,
+    nodes: list[ViewNode] | tuple[ViewNode, ...],
+    t: int,
+    b: int,
+    qc: int,
+    m: int,
+    *,
+    engine: str = "qu",
+) -> View:
+    """The view starting a move to a new generation (docs/membership.md, "Generations"):
+    numbered one higher, generation one higher, ``nodes`` (new machines, ids 0..n-1) with
+    thresholds ``t``, ``b``, ``qc``, ``m``, and ``view``'s own generation as the previous
+    one (its rows as they are; their view keys are given when the view is issued).
+
+    Raises:
+        ConfigError: the FaB engine (``engine``), a move still running, or a rule broken
+            (the message names it).
+    """
+    if engine == "fab":
+        raise ConfigError("the FaB engine cannot change generation yet (docs/fab.md)")
+    if view.previous is not None:
+        raise ConfigError(
+            f"view {view.number} still moves from generation {view.previous.number} to "
+            f"{view.generation}: finish that move first (finished_generation)"
+        )
+    rows = tuple(ViewNode(n.id, n.host, n.port, n.public_key) for n in nodes)
+    why = generation_rule(len(rows), t, b, qc, m)
+    if why is not None:
+        raise ConfigError(
+            f"{len(view.nodes)} -> {len(rows)} nodes with t = {t}, b = {b}, qc = {qc}, m = {m} "
+            f"breaks {why}"
+        )
+    new = replace(
+        view,
+        number=view.number + 1,
+        t=t,
+        b=b,
+        qc=qc,
+        m=m,
+        nodes=rows,
+        generation=view.generation + 1,
+        previous=replace(view.current, nodes=tuple(replace(n, view_key=b"") for n in view.nodes)),
     )
+    if [int(n.id) for n in rows] != list(range(len(rows))):
+        raise ConfigError("the new generation's node ids must be 0..n-1 in order")
+    try:
+        check_generations(new)
+    except ViewError as e:
+        raise ConfigError(str(e)) from None
+    return new
+
+
+def finished_generation(view: View) -> View:
+    """The view that ends a move (docs/membership.md, "Generations"): numbered one higher,
+    the same generation, no previous one: the previous generation's nodes are retired.
+
+    Raises:
+        ConfigError: ``view`` is not moving from a previous generation.
+    """
+    if view.previous is None:
+        raise ConfigError(
+            f"view {view.number} (generation {view.generation}) moves from no previous "
+            "generation: nothing to finish"
+        )
+    return replace(view, number=view.number + 1, previous=None)
 
 
 def new_chain(cfg: ClusterConfig, data_dir: Path, node_public: bytes, number: int) -> None:
@@ -324,6 +436,7 @@ __all__ = [
     "adopt",
     "admin_key",
     "current",
+    "finished_generation",
     "init_view",
     "issue",
     "give_view_keys",
@@ -332,6 +445,8 @@ __all__ = [
     "pusher",
     "rekeyed",
     "with_client",
+    "with_generation",
     "with_node",
+    "with_view_keys",
     "without_client",
 ]

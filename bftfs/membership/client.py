@@ -19,6 +19,16 @@ A view that replaces a node (docs/membership.md, "Replacing a node") changes the
 key ring and the node's address at once: the connection to the old machine ends, and the
 old key is refused from then on (a handshake under it cannot authenticate), whatever the
 old machine still runs.
+
+Generations (docs/membership.md, "Generations"): node ids repeat across generations, so a
+client holding a view with a ``previous`` generation talks to each generation through an
+endpoint of its own.  One :class:`ClientViews` serves both: ``attach(ep)`` for the view's
+own generation, ``attach(ep2, generation="previous")`` for the previous one; each endpoint's
+key ring and addresses follow its generation's nodes, and its sessions are admitted on the
+proofs of that generation's rows (:func:`admit_session`'s ``which``).  A view that changes
+the generation calls :attr:`ClientViews.on_generation` (the session rewires its Q/U and
+PASIS clients: their thresholds change too); until then the current endpoint follows the
+new generation's nodes.
 """
 
 from __future__ import annotations
@@ -32,7 +42,16 @@ import trio
 from bftfs.config import ClusterConfig
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.membership.configview import starting_view
-from bftfs.membership.view import Verdict, View, ViewError, decode, judge, moved_nodes
+from bftfs.membership.view import (
+    CURRENT,
+    PREVIOUS,
+    Verdict,
+    View,
+    ViewError,
+    decode,
+    judge,
+    moved_nodes,
+)
 from bftfs.membership.viewkeys import proof_ok
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
@@ -62,25 +81,39 @@ class ClientViews:
         self.dropped = 0
         #: Sessions refused because the node could not prove it holds our view.
         self.unproven = 0
-        self._ep: Endpoint | None = None
-        self._busy: set[NodeId] = set()
+        #: The endpoint of each generation attached (``"current"``, ``"previous"``).
+        self._eps: dict[str, Endpoint] = {}
+        self._busy: set[tuple[str, NodeId]] = set()
+        #: Called with (old, new) when a view taken changes the generation or ends a move.
+        self.on_generation: Callable[[View, View], None] | None = None
 
     @property
     def number(self) -> int:
         return self.view.number
 
-    def attach(self, ep: Endpoint) -> None:
-        """Hook into ``ep`` (opened from the configuration): check every new session
-        (:meth:`admit`), hear the view numbers nodes push, and reach the nodes as the held
+    @property
+    def _ep(self) -> Endpoint | None:
+        return self._eps.get(CURRENT)
+
+    def attach(self, ep: Endpoint, generation: str = CURRENT) -> None:
+        """Hook into ``ep`` (opened from the configuration, or for the previous generation
+        from ``configview.config_of_generation``): check every new session (:meth:`admit`),
+        hear the view numbers nodes push, and reach the nodes of ``generation`` as the held
         view names them (a configuration older than its view file names a replaced node's
-        old machine)."""
-        self._ep = ep
+        old machine).
+
+        Raises:
+            ViewError: ``generation`` is ``"previous"`` and the held view has none.
+        """
+        if generation == PREVIOUS and self.view.previous is None:
+            raise ViewError(f"view {self.number} has no previous generation")
+        self._eps[generation] = ep
         ep.view_number = self.number
-        ep.on_peer_view = self._heard
+        ep.on_peer_view = lambda node, number: self._heard(generation, node, number)
         if self.admin is not None:
-            ep.admit = self.admit
+            ep.admit = self.admit if generation == CURRENT else self.admit_previous
         if self.blob is not None:
-            self._follow(ep, self.view)
+            self._follow(ep, self.view.as_generation(generation))
 
     @staticmethod
     def _follow(ep: Endpoint, view: View) -> None:
@@ -95,18 +128,24 @@ class ClientViews:
         """:func:`admit_session` for this client (``Endpoint.admit``)."""
         return await admit_session(self, node, session, ask)
 
+    async def admit_previous(
+        self, node: NodeId, session: Session, ask: Callable[[str, Any], Awaitable[Any]]
+    ) -> bool:
+        """:func:`admit_session` with a node of the previous generation."""
+        return await admit_session(self, node, session, ask, PREVIOUS)
+
     async def take(self, blob: Any) -> None:
         """:meth:`offer`, as :func:`admit_session` calls it."""
         self.offer(blob)
 
-    def _heard(self, node: NodeId, number: int) -> None:
-        ep = self._ep
-        if ep is None or self.admin is None or node in self._busy:
+    def _heard(self, generation: str, node: NodeId, number: int) -> None:
+        ep = self._eps.get(generation)
+        if ep is None or self.admin is None or (generation, node) in self._busy:
             return
         if number > self.number:
-            ep.spawn(self._fetch, node)
+            ep.spawn(self._fetch, generation, node)
         elif number < self.number and self.blob is not None:
-            ep.spawn(self._send, node, self.blob)
+            ep.spawn(self._send, generation, node, self.blob)
 
     def offer(self, blob: object) -> bool:
         """Take the view in ``blob`` if the administrator signed it and it is newer;
@@ -124,39 +163,44 @@ class ClientViews:
             return False
         assert isinstance(blob, bytes)
         old, self.view, self.blob = self.view, view, blob
-        if self._ep is not None:
-            self._ep.view_number = view.number
-            if moved_nodes(old, view):  # a node replaced: its new key, its new address
-                self._ep.keyring.replace_peers(
-                    {PrincipalId(int(n.id)): n.public_key for n in view.nodes}
+        for generation, ep in self._eps.items():
+            ep.view_number = view.number
+            if generation == PREVIOUS and view.previous is None:
+                continue  # the move is finished: nothing more to reach there
+            before, after = old.as_generation(generation), view.as_generation(generation)
+            if moved_nodes(before, after):  # a node replaced: its new key, its new address
+                ep.keyring.replace_peers(
+                    {PrincipalId(int(n.id)): n.public_key for n in after.nodes}
                 )
-                reconnect_moved(self._ep, old, view)
+                reconnect_moved(ep, before, after)
         log.info("client: now in %s", view.describe())
+        if (old.generation, old.previous) != (view.generation, view.previous) and (
+            self.on_generation is not None
+        ):
+            self.on_generation(old, view)
         return True
 
-    async def _fetch(self, node: NodeId) -> None:
-        ep = self._ep
-        assert ep is not None
-        self._busy.add(node)
+    async def _fetch(self, generation: str, node: NodeId) -> None:
+        ep = self._eps[generation]
+        self._busy.add((generation, node))
         try:
             with trio.move_on_after(NODE_TIMEOUT):
                 self.offer(await ep.call(node, "view.get", None))
         except (TransportError, RemoteError) as e:
             log.debug("no view from node %s: %s", node, e)
         finally:
-            self._busy.discard(node)
+            self._busy.discard((generation, node))
 
-    async def _send(self, node: NodeId, blob: bytes) -> None:
-        ep = self._ep
-        assert ep is not None
-        self._busy.add(node)
+    async def _send(self, generation: str, node: NodeId, blob: bytes) -> None:
+        ep = self._eps[generation]
+        self._busy.add((generation, node))
         try:
             with trio.move_on_after(NODE_TIMEOUT):
                 await ep.call(node, "view.install", blob)
         except (TransportError, RemoteError) as e:
             log.debug("node %s did not take our view: %s", node, e)
         finally:
-            self._busy.discard(node)
+            self._busy.discard((generation, node))
 
 
 class ViewHolder(Protocol):
@@ -177,12 +221,14 @@ async def admit_session(
     node: NodeId,
     session: Session,
     ask: Callable[[str, Any], Awaitable[Any]],
+    which: str = CURRENT,
 ) -> bool:
     """Whether the new ``session`` with ``node`` may carry requests (seed 000's
     ``ViewTracker.receive``, [003 L4403-4440]): True when the node holds the view
     ``holder`` holds and, if that view has per-view keys, proves it; False to handshake
     again once the views are level: a node ahead gave us its (newer, validly signed) view,
-    or a node behind took ours.
+    or a node behind took ours.  ``which``: the generation of the view ``node`` is of
+    (``"previous"``: its proof is checked against the previous generation's rows).
 
     Raises:
         ViewUnproven: the node claims our view but cannot prove it holds it (a node of an
@@ -206,9 +252,13 @@ async def admit_session(
         except RemoteError as e:
             log.debug("node %s did not take our view: %s", node, e)
         return not holder.view.has_view_keys  # a node that took it proves it at once
-    if not holder.view.has_view_keys:
+    if which == PREVIOUS and holder.view.previous is None:
+        holder.unproven += 1
+        raise ViewUnproven(f"view {ours} has no previous generation: node {node} is retired")
+    ring = holder.view.as_generation(which)
+    if not ring.has_view_keys:
         return True
-    nodes = holder.view.nodes
+    nodes = ring.nodes
     key = nodes[int(node)].view_key if 0 <= int(node) < len(nodes) else b""
     if proof_ok(key, session.proof_message, session.peer_proof):
         return True
@@ -217,6 +267,27 @@ async def admit_session(
         f"node {node} does not prove it holds view {ours} (its key for that view is not the "
         "one the view names: a node of an ended view, which forgot the key, or an impostor)"
     )
+
+
+async def generation_status(ep: Endpoint, node_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Each of ``node_ids``'s answer to ``gen.status`` through ``ep`` (an endpoint of their
+    generation): ``{"g", "frozen", "retired", "view"}``; a node that did not answer, or
+    answered something else, is left out (node/generation.py)."""
+    out: dict[int, dict[str, Any]] = {}
+
+    async def one(node: int) -> None:
+        try:
+            got = await ep.call(NodeId(node), "gen.status", None)
+        except (TransportError, RemoteError) as e:
+            log.debug("node %s: no generation status: %s", node, e)
+            return
+        if isinstance(got, dict) and {"g", "frozen", "retired", "view"} <= set(got):
+            out[node] = got
+
+    async with trio.open_nursery() as nursery:
+        for node in node_ids:
+            nursery.start_soon(one, node)
+    return out
 
 
 def reconnect_moved(ep: Endpoint, old: View, new: View) -> list[int]:

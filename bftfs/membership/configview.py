@@ -11,9 +11,17 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from bftfs.config import ClientSpec, ClusterConfig, ConfigError, RetiredClient
+from bftfs.config import ClientSpec, ClusterConfig, ConfigError, NodeSpec, RetiredClient
 from bftfs.ids import CLIENT_ID_BASE
-from bftfs.membership.view import Retired, View, ViewClient, ViewError, ViewNode, decode
+from bftfs.membership.view import (
+    CURRENT,
+    Retired,
+    View,
+    ViewClient,
+    ViewError,
+    ViewNode,
+    decode,
+)
 from bftfs.membership.viewkeys import replace_durably
 
 #: A node's own copy of the newest view it took, in its data directory.
@@ -68,6 +76,34 @@ def apply(cfg: ClusterConfig, view: View) -> ClusterConfig:
         ).validate()
     except ConfigError as e:
         raise ViewError(f"view {view.number} breaks a rule: {e}") from None
+
+
+def config_of_generation(cfg: ClusterConfig, view: View, which: str = CURRENT) -> ClusterConfig:
+    """The cluster configuration a Q/U or PASIS client (or a node) of generation ``which``
+    (``"current"`` or ``"previous"``) of ``view`` runs on: that generation's nodes and
+    thresholds, the view's clients; everything else ``cfg``'s.  A node keeps the data
+    directory ``cfg`` gives the same machine (same id and key); one ``cfg`` does not name
+    gets ``<home>/generation<G>/node<I>`` (only a node started from it would use it).
+
+    Raises:
+        ViewError: ``view`` has no such generation, or the result breaks a configuration
+            rule (the message names it).
+    """
+    flat = view.as_generation(which)
+    dirs = {(int(s.id), s.public_key): s.data_dir for s in cfg.nodes}
+    nodes = tuple(
+        NodeSpec(
+            n.id,
+            n.host,
+            n.port,
+            n.public_key,
+            dirs.get(
+                (int(n.id), n.public_key), cfg.home / f"generation{flat.generation}" / f"node{n.id}"
+            ),
+        )
+        for n in flat.nodes
+    )
+    return apply(replace(cfg, nodes=nodes), flat)
 
 
 def read_signed(path: Path, admin_public: bytes) -> tuple[View, bytes] | None:

@@ -20,8 +20,16 @@ Signed view format (version :data:`FORMAT`), msgpack throughout::
                                                                nodes can tell them why)
     signature = Ed25519(admin, DOMAINS[format] || body)
 
-Format 2 (:data:`FORMAT`) adds per-view node keys (``membership/viewkeys.py``); a view
-without them is written in format 1, byte for byte as before, and both are read.
+Format 2 adds per-view node keys (``membership/viewkeys.py``); a view without them is
+written in format 1, byte for byte as before, and both are read.  Format 3
+(:data:`FORMAT`) is a view of a **generation** above 1 or one naming the generation it
+moves from (docs/membership.md, "Generations")::
+
+    body      = [number, t, b, qc, m, nodes, clients, retired, generation, previous]
+    previous  = None | [number, t, b, qc, m, nodes]            node rows as format 2
+
+Every view of formats 1 and 2 is generation 1 without a previous one, and is written in
+its own format as before.  A view of format 3 has per-view keys in both generations.
 
 Every parse problem is one :class:`ViewError`: what a peer sends never raises anything else.
 This module is pure: no I/O, no clock, no trio.
@@ -30,7 +38,7 @@ This module is pure: no I/O, no clock, no trio.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -38,13 +46,17 @@ import msgpack
 from bftfs.config.model import ConfigError
 from bftfs.crypto import AdminKey, signature_ok
 from bftfs.ids import CLIENT_ID_BASE, ClientId, NodeId
+from bftfs.thresholds import fault_rule, pasis_rule, qu_min_servers, qu_quorums
 
 MAGIC = "bftfs-view"
-FORMAT = 2
+FORMAT = 3
 #: Signed bytes start with this, so an admin signature over a view is never one over
 #: anything else the key might sign later (nor a view of one format one of the other).
 DOMAIN = b"bftfs-view-v1\0"
-DOMAINS = {1: DOMAIN, 2: b"bftfs-view-v2\0"}
+DOMAINS = {1: DOMAIN, 2: b"bftfs-view-v2\0", 3: b"bftfs-view-v3\0"}
+#: Which generation of a view a node belongs to (:meth:`View.generation_of`).
+CURRENT = "current"
+PREVIOUS = "previous"
 #: Largest signed view accepted (a peer's blob is parsed before its signature is checked).
 MAX_VIEW_BYTES = 1 << 20
 
@@ -88,9 +100,40 @@ class Retired:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """One generation's nodes and thresholds as a view names them: what a view moving
+    from it keeps of it (``View.previous``), so its nodes and clients can still reach and
+    check one another while everything moves (docs/membership.md, "Generations")."""
+
+    number: int
+    t: int
+    b: int
+    qc: int
+    m: int
+    nodes: tuple[ViewNode, ...]
+
+    def rows(self) -> tuple[tuple[int, str, int, bytes], ...]:
+        """The node rows without their view keys (which change with every view)."""
+        return tuple((int(n.id), n.host, n.port, n.public_key) for n in self.nodes)
+
+    def same_as(self, other: Generation) -> bool:
+        """Whether ``other`` is this generation (view keys aside)."""
+        return (self.number, self.t, self.b, self.qc, self.m, self.rows()) == (
+            other.number,
+            other.t,
+            other.b,
+            other.qc,
+            other.m,
+            other.rows(),
+        )
+
+
+@dataclass(frozen=True)
 class View:
     """One numbered membership.  ``number`` only grows: 1 is the cluster ``bftfs init``
-    made (or an older cluster's configuration, docs/membership.md "Migration")."""
+    made (or an older cluster's configuration, docs/membership.md "Migration").
+    ``generation`` counts the changes of the nodes' number or thresholds; ``previous`` is
+    the generation being moved from while a move runs (None otherwise)."""
 
     number: int
     t: int
@@ -100,6 +143,59 @@ class View:
     nodes: tuple[ViewNode, ...]
     clients: tuple[ViewClient, ...]
     retired: tuple[Retired, ...] = ()
+    generation: int = 1
+    previous: Generation | None = None
+
+    @property
+    def current(self) -> Generation:
+        """The view's own generation (its nodes and thresholds)."""
+        return Generation(self.generation, self.t, self.b, self.qc, self.m, self.nodes)
+
+    def generation_of(self, node_id: int, public_key: bytes) -> str | None:
+        """Which generation of this view node ``node_id`` with long-term key
+        ``public_key`` belongs to: :data:`CURRENT`, :data:`PREVIOUS` or None (neither: a
+        retired node, or a replaced machine).  Ids repeat across generations: the key
+        tells them apart."""
+        for which, gen in ((CURRENT, self.current), (PREVIOUS, self.previous)):
+            if gen is None:
+                continue
+            for n in gen.nodes:
+                if int(n.id) == int(node_id) and n.public_key == public_key:
+                    return which
+        return None
+
+    def as_generation(self, which: str = CURRENT) -> View:
+        """This view as a party of generation ``which`` sees it: that generation's nodes
+        and thresholds, the view's number and clients, no previous one.  Key rings,
+        proofs and the comparisons between views (:func:`ended_principals`,
+        :func:`moved_nodes`) run on it, one generation at a time.
+
+        Raises:
+            ViewError: ``which`` is :data:`PREVIOUS` and the view has none.
+        """
+        if which == CURRENT:
+            gen = self.current
+        elif which == PREVIOUS and self.previous is not None:
+            gen = self.previous
+        else:
+            raise ViewError(f"view {self.number} has no {which} generation")
+        return replace(
+            self,
+            t=gen.t,
+            b=gen.b,
+            qc=gen.qc,
+            m=gen.m,
+            nodes=gen.nodes,
+            generation=gen.number,
+            previous=None,
+        )
+
+    def previous_public_keys(self) -> dict[int, bytes]:
+        """Every principal's public key as the previous generation's nodes and their
+        clients see it (its nodes and the view's clients; empty without a previous)."""
+        if self.previous is None:
+            return {}
+        return self.as_generation(PREVIOUS).public_keys()
 
     def public_keys(self) -> dict[int, bytes]:
         """Every principal's public key: who may open a session in this view."""
@@ -120,33 +216,54 @@ class View:
 
     def describe(self) -> str:
         """One line for logs and messages."""
+        p = self.previous
+        moving = (
+            ""
+            if p is None
+            else f" (moving from generation {p.number}: {len(p.nodes)} nodes, t={p.t} "
+            f"b={p.b} qc={p.qc} m={p.m})"
+        )
         return (
-            f"view {self.number}: {len(self.nodes)} nodes, t={self.t} b={self.b} "
-            f"qc={self.qc} m={self.m}, clients {', '.join(c.name for c in self.clients)}"
+            f"view {self.number}: generation {self.generation}, {len(self.nodes)} nodes, "
+            f"t={self.t} b={self.b} qc={self.qc} m={self.m}{moving}, "
+            f"clients {', '.join(c.name for c in self.clients)}"
         )
 
 
 def format_of(view: View) -> int:
-    """The format ``view`` is written in: 2 with per-view keys, 1 without."""
+    """The format ``view`` is written in: 3 for a generation above 1 or a move, else 2
+    with per-view keys, 1 without."""
+    if view.generation != 1 or view.previous is not None:
+        return 3
     return 2 if view.has_view_keys else 1
+
+
+def _node_rows(nodes: tuple[ViewNode, ...], keyed: bool) -> list[list[Any]]:
+    return [
+        [int(n.id), n.host, n.port, n.public_key, *([n.view_key] if keyed else [])] for n in nodes
+    ]
 
 
 def encode_body(view: View) -> bytes:
     """The canonical bytes of ``view`` (what the administrator signs)."""
-    keyed = view.has_view_keys
-    body = [
+    fmt = format_of(view)
+    keyed = fmt == 3 or view.has_view_keys
+    body: list[Any] = [
         view.number,
         view.t,
         view.b,
         view.qc,
         view.m,
-        [
-            [int(n.id), n.host, n.port, n.public_key, *([n.view_key] if keyed else [])]
-            for n in view.nodes
-        ],
+        _node_rows(view.nodes, keyed),
         [[int(c.id), c.name, c.public_key] for c in view.clients],
         [[int(r.id), r.name, r.public_key] for r in view.retired],
     ]
+    if fmt == 3:
+        p = view.previous
+        body += [
+            view.generation,
+            None if p is None else [p.number, p.t, p.b, p.qc, p.m, _node_rows(p.nodes, True)],
+        ]
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -174,7 +291,7 @@ def decode(blob: Any, admin_public: bytes) -> View:
         raise ViewError("not a signed view")
     fmt = outer[1]
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt not in DOMAINS:
-        raise ViewError(f"signed view format {fmt!r}, this version reads 1 and {FORMAT}")
+        raise ViewError(f"signed view format {fmt!r}, this version reads 1 to {FORMAT}")
     body, signature = outer[2], outer[3]
     if not isinstance(body, bytes) or not isinstance(signature, bytes):
         raise ViewError("signed view: body and signature must be bytes")
@@ -182,7 +299,10 @@ def decode(blob: Any, admin_public: bytes) -> View:
         raise ViewError("the view is not signed by this cluster's administrator key")
     view = check(_view_of(_unpack(body), fmt))
     if format_of(view) != fmt:
-        raise ViewError(f"a view of format {fmt} must have per-view keys only in format 2")
+        raise ViewError(
+            f"a view of format {fmt} must have per-view keys only in format 2 and a "
+            "generation above 1 or a previous one only in format 3"
+        )
     return view
 
 
@@ -221,22 +341,40 @@ def _rows(v: Any, width: int, what: str) -> list[list[Any]]:
     return v
 
 
-def _view_of(body: Any, fmt: int) -> View:
-    if not isinstance(body, list) or len(body) != 8:
-        raise ViewError("view body must be an 8-item list")
+def _sizes(items: list[Any]) -> tuple[int, int, int, int, int]:
     number, t, b, qc, m = (
-        _int(x, w) for x, w in zip(body[:5], ("number", "t", "b", "qc", "m"), strict=True)
+        _int(x, w) for x, w in zip(items, ("number", "t", "b", "qc", "m"), strict=True)
     )
-    nodes = tuple(
+    return number, t, b, qc, m
+
+
+def _nodes_of(rows: Any, keyed: bool) -> tuple[ViewNode, ...]:
+    return tuple(
         ViewNode(
             NodeId(_int(row[0], "node id")),
             _str(row[1], "host"),
             _int(row[2], "port"),
             _key(row[3], "node key"),
-            _key(row[4], "node view key") if fmt == 2 else b"",
+            _key(row[4], "node view key") if keyed else b"",
         )
-        for row in _rows(body[5], 3 + fmt, "nodes")
+        for row in _rows(rows, 5 if keyed else 4, "nodes")
     )
+
+
+def _previous_of(p: Any) -> Generation | None:
+    if p is None:
+        return None
+    if not isinstance(p, list) or len(p) != 6:
+        raise ViewError("view: previous must be None or a 6-item list")
+    return Generation(*_sizes(p[:5]), _nodes_of(p[5], True))
+
+
+def _view_of(body: Any, fmt: int) -> View:
+    width = 10 if fmt == 3 else 8
+    if not isinstance(body, list) or len(body) != width:
+        raise ViewError(f"view body of format {fmt} must be a {width}-item list")
+    number, t, b, qc, m = _sizes(body[:5])
+    nodes = _nodes_of(body[5], fmt >= 2)
     clients = tuple(
         ViewClient(ClientId(_int(i, "client id")), _str(nm, "name"), _key(k, "client key"))
         for i, nm, k in _rows(body[6], 3, "clients")
@@ -245,23 +383,88 @@ def _view_of(body: Any, fmt: int) -> View:
         Retired(ClientId(_int(i, "retired id")), _str(nm, "retired name"), _old_key(k))
         for i, nm, k in _rows(body[7], 3, "retired")
     )
-    return View(number, t, b, qc, m, nodes, clients, retired)
+    if fmt != 3:
+        return View(number, t, b, qc, m, nodes, clients, retired)
+    generation = _int(body[8], "generation")
+    return View(number, t, b, qc, m, nodes, clients, retired, generation, _previous_of(body[9]))
+
+
+def generation_rule(n: int, t: int, b: int, qc: int, m: int) -> str | None:
+    """The first rule of ``bftfs/thresholds.py`` (and the configuration's, ``config.model``)
+    a generation of ``n`` nodes with these thresholds breaks, or None."""
+    if (why := fault_rule(t, b)) is not None:
+        return why
+    need = qu_min_servers(t, b)
+    if n < need:
+        return (
+            f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need} (no quorum "
+            "size gives both availability with t servers down and consistency with b lying)"
+        )
+    if qu_quorums(n, t, b) == (0, 0):
+        return f"no Q/U quorum sizes meet the rules for n={n}, t={t}, b={b}"
+    if (why := pasis_rule(n, t, b, qc, m)) is not None:
+        return why
+    if m > 256 or n > 256:
+        return f"zfec supports at most 256 fragments (n={n}, m={m})"
+    return None
+
+
+def _check_nodes(nodes: tuple[ViewNode, ...], what: str) -> None:
+    if [int(n.id) for n in nodes] != list(range(len(nodes))) or not nodes:
+        raise ViewError(f"view: {what}node ids must be 0..n-1 in order")
+    for n in nodes:
+        if not 0 <= n.port <= 65535 or not n.host:
+            raise ViewError(f"view: {what}node {n.id} has a bad address {n.host}:{n.port}")
+
+
+def check_generations(view: View) -> None:
+    """The rules of a format-3 view but its keys (:func:`check` adds them): both
+    generations' thresholds, the previous one numbered one below, no machine in both.
+
+    Raises:
+        ViewError: naming the rule (for thresholds, the rule of ``bftfs/thresholds.py``).
+    """
+    if view.generation < 1:
+        raise ViewError(f"view: generation must be at least 1, got {view.generation}")
+    p = view.previous
+    if p is not None:
+        _check_nodes(p.nodes, "previous generation's ")
+    for gen in [view.current] if p is None else [view.current, p]:
+        why = generation_rule(len(gen.nodes), gen.t, gen.b, gen.qc, gen.m)
+        if why is not None:
+            raise ViewError(f"view: generation {gen.number} ({len(gen.nodes)} nodes): {why}")
+    if p is None:
+        return
+    if p.number != view.generation - 1:
+        raise ViewError(
+            f"view: the previous generation must be number {view.generation - 1}, got {p.number}"
+        )
+    here = {(n.host, n.port) for n in view.nodes if n.port}  # (0: not bound yet, tests)
+    keys = {n.public_key for n in view.nodes}
+    for n in p.nodes:
+        if (n.host, n.port) in here:
+            raise ViewError(
+                f"view: {n.host}:{n.port} is a node's address in both generations (generation "
+                f"{view.generation}'s nodes are new processes)"
+            )
+        if n.public_key in keys:
+            raise ViewError(
+                f"view: node {n.id} of generation {p.number} has a key of generation "
+                f"{view.generation} (new generations' nodes have new keys)"
+            )
 
 
 def check(view: View) -> View:
     """``view`` if it obeys the rules every view must (the thresholds' own rules are the
-    configuration's, checked where a view becomes one: ``membership.configview``).
+    configuration's, checked where a view becomes one: ``membership.configview``; a view
+    of format 3 has them checked here, for both generations).
 
     Raises:
         ViewError: naming the rule.
     """
     if view.number < 1:
         raise ViewError(f"view number must be at least 1, got {view.number}")
-    if [int(n.id) for n in view.nodes] != list(range(len(view.nodes))) or not view.nodes:
-        raise ViewError("view: node ids must be 0..n-1 in order")
-    for n in view.nodes:
-        if not 0 <= n.port <= 65535 or not n.host:
-            raise ViewError(f"view: node {n.id} has a bad address {n.host}:{n.port}")
+    _check_nodes(view.nodes, "")
     ids = [int(c.id) for c in view.clients] + [int(r.id) for r in view.retired]
     if any(i < CLIENT_ID_BASE for i in ids):
         raise ViewError("view: client ids start at CLIENT_ID_BASE")
@@ -273,6 +476,11 @@ def check(view: View) -> View:
     keyed = [bool(n.view_key) for n in view.nodes]
     if any(keyed) and not all(keyed):
         raise ViewError("view: either every node has a view key or none has")
+    if format_of(view) == 3:
+        check_generations(view)
+        for gen in [view.current] if view.previous is None else [view.current, view.previous]:
+            if not all(n.view_key for n in gen.nodes):
+                raise ViewError(f"view: generation {gen.number}'s nodes must all have view keys")
     return view
 
 
@@ -316,16 +524,68 @@ def moved_nodes(old: View, new: View) -> list[int]:
     return [int(n.id) for n in new.nodes if before.get(int(n.id)) != (n.host, n.port, n.public_key)]
 
 
-def unsupported_change(old: View, new: View) -> str | None:
-    """Why ``new`` cannot be taken up yet, or None.  This version changes clients, and
-    nodes' addresses and keys (node replacement): the thresholds and the number of nodes
-    must stay (adding and removing nodes and re-encoding are not built; docs/membership.md),
-    and at most ``t`` nodes get a new key in one view (each starts empty: more at once would
-    be more nodes short of data than the thresholds tolerate)."""
+def unsupported_change(old: View, new: View, engine: str = "qu") -> str | None:
+    """Why ``new`` cannot be taken up by a party holding ``old``, or None
+    (docs/membership.md, "Generations").  Accepted:
+
+    (a) the same generation and the same previous one (or none in either): clients, and
+        nodes' addresses and keys (node replacement) change; the thresholds and number of
+        nodes stay, and at most ``t`` nodes get a new key in one view (each starts empty);
+    (b) the next generation, whose ``previous`` is exactly ``old``'s own generation (same
+        node rows by id, address and key, same thresholds): a move starts;
+    (c) the same generation without the previous one ``old`` named: the move is finished
+        (how a node of the previous generation holding the move's view takes the
+        finishing one, which retires it);
+    (d) the next generation without a previous one while ``old`` names none: a party that
+        missed the whole move (down meanwhile) takes its end.
+
+    Refused: anything else, and every generation change on the FaB engine (``engine``
+    ``"fab"``: not built for it yet).
+    """
+    if new.generation == old.generation:
+        if new.previous is not None and (
+            old.previous is None or not old.previous.same_as(new.previous)
+        ):
+            return (
+                f"it names generation {new.previous.number} as the previous one, which view "
+                f"{old.number} does not"
+            )
+        return _same_generation(old, new)
+    if engine == "fab":
+        return "it changes the generation, which the FaB engine cannot do yet (docs/fab.md)"
+    if new.generation != old.generation + 1:
+        return (
+            f"it goes from generation {old.generation} to {new.generation} (one generation "
+            "at a time)"
+        )
+    if new.previous is None:
+        if old.previous is not None:
+            return (
+                f"it skips the move from generation {old.generation} (view {old.number} "
+                f"still moves from generation {old.previous.number})"
+            )
+        return None
+    if not new.previous.same_as(old.current):
+        return (
+            f"its previous generation is not generation {old.generation} as view "
+            f"{old.number} has it (same nodes, addresses, keys and thresholds)"
+        )
+    return None
+
+
+def _same_generation(old: View, new: View) -> str | None:
+    """Case (a) and (c) of :func:`unsupported_change`: the current generation's nodes and
+    thresholds stay, at most ``t`` nodes replaced."""
     if (old.t, old.b, old.qc, old.m) != (new.t, new.b, new.qc, new.m):
-        return "it changes the thresholds (t, b, qc, m), which this version cannot do online"
+        return (
+            f"it changes the thresholds (t, b, qc, m) within generation {old.generation}: "
+            "only a new generation can (docs/membership.md, Generations)"
+        )
     if len(old.nodes) != len(new.nodes):
-        return "it adds or removes nodes, which this version cannot do online"
+        return (
+            f"it adds or removes nodes within generation {old.generation}: only a new "
+            "generation can (docs/membership.md, Generations)"
+        )
     replaced = rekeyed_nodes(old, new)
     if len(replaced) > max(old.t, 1):
         return (

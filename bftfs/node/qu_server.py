@@ -129,7 +129,9 @@ def register(
     catch_up: bool = True,
 ) -> QUServer:
     """Register the Q/U handlers with ``node`` for ``object_types``, and start its
-    catch-up (``qu_catchup.py``) and pruner (``qu_pruner.py``); the server."""
+    catch-up (``qu_catchup.py``) and pruner (``qu_pruner.py``); the server.  A retired node
+    (``node/generation.py``) runs neither: it serves nothing, and its peers are retired too."""
+    catch_up = catch_up and not node.views.generation.retired
     th = QUThresholds.from_config(node.config)
     keyring = node.keyring
 
@@ -159,6 +161,7 @@ def register(
         on_update=pruner.updated,
         on_accepted=node.recalls.accepted,
     )
+    server.frozen = lambda: node.views.generation.frozen
     server.register_with(node)
     if catch_up:
 
@@ -227,6 +230,9 @@ class QUServer:
         self._parsed: dict[int, tuple[Any, Request, tuple[Key, ...]]] = {}
         #: Syncs in flight and candidates being made, shared by the requests waiting here.
         self.inflight = InFlight(stats)
+        #: Whether this node's generation is frozen (``node/generation.py``): clients' own
+        #: updates but ``fs.release`` are refused ``moved``.
+        self.frozen: Callable[[], bool] = lambda: False
 
     def register_with(self, node: Node) -> None:
         """Route the ``qu.*`` kinds of ``node`` to this server's methods."""
@@ -258,6 +264,10 @@ class QUServer:
             },
         )
         node.register(KIND_BATCH, batch, fast=batch.fast)
+
+    def _moved(self, sender: int) -> bool:
+        """Whether ``sender``'s own updates are refused ``moved`` (a client, while frozen)."""
+        return not is_node(sender) and self.frozen()
 
     def _quota_of(self, sender: int) -> int | None:
         return None if is_node(sender) else self.client_quota
@@ -312,9 +322,11 @@ class QUServer:
         now_ns = self.clock_ns()
         quota = self._quota_of(sender)
 
+        moved = self._moved(sender)
+
         def step(kv: Any) -> Any:
             return handle_request(
-                kv, self.replica, sender, req, {}, now_ns, quota, DEFAULT_MAX_AHEAD_NS
+                kv, self.replica, sender, req, {}, now_ns, quota, DEFAULT_MAX_AHEAD_NS, moved
             )
 
         if req.op is not None and req.op.query:
@@ -366,6 +378,7 @@ class QUServer:
                     now_ns=now_ns,
                     quota=self._quota_of(sender),
                     max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
+                    moved=self._moved(sender),
                 )
                 claiming = functools.partial(self._claiming, step, req, held, trio.current_time())
                 res = await write(claiming)

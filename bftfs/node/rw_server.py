@@ -87,8 +87,11 @@ def register(
     Args:
         history: versions listed in each read reply's history (seed L1155-1157).
         max_ahead_ns: how far past this node's clock a write's time may be.
-        catch_up: spawn the catch-up task (catchup.py); the node must be running.
+        catch_up: spawn the catch-up task (catchup.py); the node must be running.  A
+            retired node (``node/generation.py``) runs no background task: it serves
+            nothing, and its peers are retired too.
     """
+    catch_up = catch_up and not node.views.generation.retired
     verifier = Verifier(node) if node.config.verification.enabled and catch_up else None
     node.verifier = verifier
     server = RWServer(
@@ -105,6 +108,7 @@ def register(
         history=history,
         max_ahead_ns=max_ahead_ns,
     )
+    server.moved = node.views.generation.moved
     server.register_with(node)
     if catch_up:
         catch_up_blocks = functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns)
@@ -168,6 +172,9 @@ class RWServer:
         self.max_fragment = max_fragment_of(config)
         #: Above this many bytes in use new non-empty versions are refused (policy.py).
         self.data_limit = config.verification.data_fraction * config.map_size
+        #: Why a client's own new version is refused ``moved`` (its generation frozen,
+        #: ``node/generation.py``), or None.
+        self.moved: Callable[[], str | None] = lambda: None
 
     def register_with(self, node: Node) -> None:
         """Route the ``rw.*`` kinds of ``node`` to this server's methods."""
@@ -251,6 +258,10 @@ class RWServer:
         if here is True:
             self.stats["rw.write.duplicate"] += 1
             return replica.WriteReply(new=False).to_wire()
+        moved = self.moved()
+        if moved is not None and not is_node(ctx.sender) and req.ts.writer == int(ctx.sender):
+            self.stats["rw.refused.moved"] += 1
+            raise HandlerError("moved", moved)
         owner, limit = await self._payer(ctx, req, here)
         if (
             limit is not None

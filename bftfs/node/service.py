@@ -70,7 +70,9 @@ class Node:
         rejoin_heartbeat: float | None = rejoin.DEFAULT_HEARTBEAT,
     ) -> None:
         #: The view the node holds (node/views.py): it decides who may connect.
-        self.views = NodeViews(config, config.node(identity.pid).data_dir)
+        self.views = NodeViews(
+            config, config.node(identity.pid).data_dir, identity.pid, identity.public
+        )
         config = self.views.config
         self.config = config
         self.id = identity.pid
@@ -140,11 +142,12 @@ class Node:
         ``ping`` and ``stats`` may be replaced).  See :meth:`bftfs.net.server.Server.register`
         for ``inline`` and ``fast``.
         """
+        gate = self.views.generation.check  # a retired node answers almost nothing
         self.server.register(
             kind,
-            _full_is_refused(handler),
+            _full_is_refused(handler, kind, gate),
             inline=inline,
-            fast=None if fast is None else _full_is_refused_now(fast),
+            fast=None if fast is None else _full_is_refused_now(fast, kind, gate),
             replace=kind in ("ping", "stats"),
         )
 
@@ -223,12 +226,13 @@ class Node:
         }
 
 
-def _full_is_refused(handler: Handler) -> Handler:
+def _full_is_refused(handler: Handler, kind: str, gate: Callable[[str], None]) -> Handler:
     """A handler whose store write ran out of space answers ``full`` (the client reports
-    ENOSPC), not ``internal``."""
+    ENOSPC), not ``internal``; ``gate(kind)`` first (a retired node refuses ``kind``)."""
 
     @functools.wraps(handler)
     async def wrapper(ctx: RequestContext, payload: Any) -> Any:
+        gate(kind)
         try:
             return await handler(ctx, payload)
         except StoreFull as e:
@@ -238,9 +242,10 @@ def _full_is_refused(handler: Handler) -> Handler:
     return wrapper
 
 
-def _full_is_refused_now(fast: FastHandler) -> FastHandler:
+def _full_is_refused_now(fast: FastHandler, kind: str, gate: Callable[[str], None]) -> FastHandler:
     @functools.wraps(fast)
     def wrapper(ctx: Any, payload: Any) -> Any:
+        gate(kind)
         try:
             return fast(ctx, payload)
         except StoreFull as e:

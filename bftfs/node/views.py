@@ -9,7 +9,8 @@ sender, makes a view believable, seed 000 [003 L3984-4031]):
   ``no_views`` (the cluster has no admin key), ``bad_view`` (malformed, not signed by the
   administrator, breaking a rule), ``stale_view`` (older than the node's),
   ``conflicting_view`` (another view with the node's number) or ``unsupported_view`` (a
-  change this version cannot make online: nodes or thresholds).  The same view again is
+  change ``view.unsupported_change`` refuses: nodes or thresholds within one generation, a
+  generation change out of order, any on the FaB engine).  The same view again is
   acknowledged, so an administrator's push can be rerun.
 
 Taking a newer view, in this order: the signed bytes are written durably to
@@ -25,12 +26,20 @@ key for the view it holds.  Taking a newer view, right after writing the view fi
 before anything else, it moves its chain to that view on disk (``node<I>/private/
 view-chain``, fsync'd): the older view's key can no longer be computed from anything it
 keeps.
+
+Generations (docs/membership.md, "Generations: the nodes"; ``node/generation.py``): the node
+runs on its own generation of the view it holds (:attr:`NodeViews.flat`): a node of the
+``previous`` generation keeps that generation's peers, keys and thresholds, proves the view
+with its ``previous`` row's key and forwards views to its own generation's nodes only (node
+ids repeat across generations: the key ring tells them apart); a retired node keeps the
+peers it had and proves nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +50,15 @@ from bftfs.config import ClusterConfig
 from bftfs.crypto import KeyRing, pairwise_key
 from bftfs.ids import NodeId, PrincipalId, is_node
 from bftfs.membership.client import admit_session, reconnect_moved
-from bftfs.membership.configview import NODE_VIEW_FILE, apply, starting_view, write_signed
+from bftfs.membership.configview import (
+    NODE_VIEW_FILE,
+    apply,
+    starting_view,
+    view_of,
+    write_signed,
+)
 from bftfs.membership.view import (
+    CURRENT,
     Verdict,
     View,
     ViewError,
@@ -58,6 +74,7 @@ from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import HandlerError
 from bftfs.net.session import Session
+from bftfs.node.generation import NodeGeneration
 from bftfs.node.rekey import Rekey
 
 if TYPE_CHECKING:
@@ -77,14 +94,21 @@ class NodeViews:
     then hooks it into the node's server and :meth:`started` into its endpoint.
     """
 
-    def __init__(self, config: ClusterConfig, data_dir: Path) -> None:
+    def __init__(
+        self, config: ClusterConfig, data_dir: Path, node_id: int, public_key: bytes
+    ) -> None:
         self.base = config
         self.path = data_dir / NODE_VIEW_FILE
         self.view: View
         self.blob: bytes | None
         self.view, self.blob = starting_view(config, data_dir)
+        #: Where this node stands in the held view's generations (node/generation.py).
+        self.generation = NodeGeneration(self.view, node_id, public_key, data_dir)
+        #: The held view as this node's generation sees it (``View.as_generation``): its
+        #: peers, their keys and proofs, its thresholds.
+        self.flat = self._flat(self.view, view_of(config), self.generation.which)
         #: The configuration as the held view has it (what the node runs on).
-        self.config = config if self.blob is None else apply(config, self.view)
+        self.config = config if self.blob is None else apply(config, self.flat)
         self._node: Node | None = None
         self._rekey: Rekey | None = None
         self._data_dir = data_dir
@@ -99,9 +123,25 @@ class NodeViews:
     def number(self) -> int:
         return self.view.number
 
+    @staticmethod
+    def _flat(view: View, last: View, which: str | None) -> View:
+        """``view`` as generation ``which`` of it sees it; for a retired node (None),
+        ``last`` (the generation it ran in) with ``view``'s number and clients, and no view
+        keys: it proves no view any more."""
+        if which is not None:
+            return view.as_generation(which)
+        return replace(
+            last,
+            number=view.number,
+            clients=view.clients,
+            retired=view.retired,
+            nodes=tuple(replace(n, view_key=b"") for n in last.nodes),
+        )
+
     def attach(self, node: Node) -> None:
         """Serve ``view.get``/``view.install`` and hear callers' view numbers."""
         self._node = node
+        self.generation.attach(node)
         node.server.view_number = self.number
         for r in self.view.retired:  # revoked before this start: still told why
             if r.public_key:
@@ -111,7 +151,7 @@ class NodeViews:
                 )
         node.server.on_peer_view = self._heard
         node.server.prove = self._prove
-        self._take_key(self.view, self._ratchet(self.view))
+        self._take_key(self.flat, self._ratchet(self.view))
         node.register("view.get", self._get, inline=True)
         node.register("view.install", self._install)
 
@@ -121,8 +161,9 @@ class NodeViews:
         node.endpoint.on_peer_view = self._heard
         node.endpoint.admit = self.admit
         self._rekey = Rekey(node, self._data_dir)
-        self._rekey.start(self.view)
-        self._check_replaced(self.view)
+        self._rekey.start(self.flat)
+        self._check_replaced(self.flat)
+        self.generation.started()
 
     async def admit(
         self, peer: NodeId, session: Session, ask: Callable[[str, Any], Awaitable[Any]]
@@ -133,7 +174,7 @@ class NodeViews:
         that missed the change no catch-up either."""
         if self.base.admin_key is None:
             return True
-        return await admit_session(self, peer, session, ask)
+        return await admit_session(self, peer, session, ask, self.generation.which or CURRENT)
 
     @property
     def unproven(self) -> int:
@@ -192,60 +233,70 @@ class NodeViews:
                     f"another view numbered {view.number} is held here: the administrator "
                     "key signed two different views with one number",
                 )
-            why = unsupported_change(self.view, view)
+            why = unsupported_change(self.view, view, self.base.engine)
             if why is not None:
                 raise HandlerError("unsupported_view", f"view {view.number}: {why}")
+            gen = self.generation
+            which = gen.placed(view)[1]
+            flat = self._flat(view, self.flat, which)
             try:
-                config = apply(self.base, view)
+                config = self.config if which is None else apply(self.base, flat)
             except ViewError as e:
                 raise HandlerError("bad_view", str(e)) from None
             assert isinstance(blob, bytes)  # decode checked it
             try:
                 await trio.to_thread.run_sync(write_signed, self.path, blob)
+                await trio.to_thread.run_sync(gen.save_own, view)
                 chain = await trio.to_thread.run_sync(self._ratchet, view)
             except OSError as e:  # not acknowledged: offered again, it is written again
                 log.error("node: cannot write view %d or its chain: %s", view.number, e)
                 raise HandlerError("io_error", f"cannot write view {view.number}: {e}") from None
-            self._switch(view, blob, config, source)
-            self._take_key(view, chain)
+            self._switch(view, flat, blob, config, source)
+            self._take_key(flat, chain)
+            gen.take(view)
         self._forward(blob)
         return True
 
-    def _switch(self, view: View, blob: bytes, config: ClusterConfig, source: str) -> None:
-        """Run on ``view`` from now on (the file is written): keys, sessions, refusals."""
+    def _switch(
+        self, view: View, flat: View, blob: bytes, config: ClusterConfig, source: str
+    ) -> None:
+        """Run on ``view`` from now on (the file is written): keys, sessions, refusals.
+        ``flat``: ``view`` as this node's generation sees it (its peers and their keys:
+        node ids repeat across generations, so a node of the previous generation never
+        takes the new generation's nodes for its peers)."""
         node = self._node
         assert node is not None
-        old = self.view
-        ended = ended_principals(old, view)
+        old = self.flat
+        ended = ended_principals(old, flat)
         old_keys = old.public_keys()
         for pid in ended:
             key = old_keys[pid]
             reason = (
                 f"its key was replaced in view {view.number}"
-                if view.public_keys().get(pid) is not None
+                if flat.public_keys().get(pid) is not None
                 else f"revoked in view {view.number}"
             )
             node.server.refused[PrincipalId(pid)] = (pairwise_key(node.keyring.me, key), reason)
-        for pid in view.public_keys():  # re-admitted or rekeyed back: no longer refused
+        for pid in flat.public_keys():  # re-admitted or rekeyed back: no longer refused
             if pid not in ended:
                 node.server.refused.pop(PrincipalId(pid), None)
-        node.keyring.replace_peers({PrincipalId(p): k for p, k in view.public_keys().items()})
-        self.view, self.blob, self.config = view, blob, config
+        node.keyring.replace_peers({PrincipalId(p): k for p, k in flat.public_keys().items()})
+        self.view, self.flat, self.blob, self.config = view, flat, blob, config
         node.config = config
         node.server.view_number = view.number
         if node.endpoint is not None:
             node.endpoint.view_number = view.number
         closed = node.server.end_sessions(ended)
-        if node.endpoint is not None and reconnect_moved(node.endpoint, old, view):
+        if node.endpoint is not None and reconnect_moved(node.endpoint, old, flat):
             # A node replaced: its new machine from now on.  Clients connected here may
             # stay connected for long (a mount) and would hear of the view at their next
             # handshake only: tell them now, so they stop talking to the old machine.
             for c in view.clients:
                 node.server.push(c.id, {"view": view.number})
             if self._rekey is not None:
-                self._rekey.start(view)
-        self._check_replaced(view)
-        self._tell_old_machines(old, view, blob)
+                self._rekey.start(flat)
+        self._check_replaced(flat)
+        self._tell_old_machines(old, flat, blob)
         node.stats["views_taken"] += 1
         node.log.info(
             "node %s: took %s from %s; ended %d session(s) of %s",
@@ -298,6 +349,8 @@ class NodeViews:
         if chain is None or not view.has_view_keys or chain.number != view.number:
             return
         key = chain.signing_key()
+        if int(node.id) >= len(view.nodes):
+            return  # (a node of no generation of the view)
         if bytes(key.verify_key) != view.nodes[int(node.id)].view_key:
             if view.nodes[int(node.id)].public_key == node.keyring.me.public:
                 log.error("node %s: its chain gives no key of view %d", node.id, view.number)
@@ -317,7 +370,8 @@ class NodeViews:
         operator should stop it (it keeps running, refused, until then)."""
         node = self._node
         assert node is not None
-        if view.nodes[int(node.id)].public_key != node.keyring.me.public:
+        mine = view.nodes[int(node.id)] if int(node.id) < len(view.nodes) else None
+        if mine is None or mine.public_key != node.keyring.me.public:
             node.progress["view"] = {"state": "replaced", "view": view.number}
             node.log.warning(
                 "node %s: view %d gives node %s another key (a new machine replaced this "

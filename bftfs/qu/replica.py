@@ -250,6 +250,7 @@ def handle_request(
     now_ns: int = 0,
     quota: int | None = None,
     max_ahead_ns: int | None = None,
+    moved: bool = False,
 ) -> Reply | NeedSync | OverQuota | ClockAhead:
     """One ``s_request`` inside the caller's write transaction.
 
@@ -264,6 +265,8 @@ def handle_request(
         quota: bytes ``sender`` may keep here (None: no quota; nodes have none).
         max_ahead_ns: how far past ``now_ns`` the clock a client's own update declares
             may be (None: not checked).
+        moved: this server's generation is frozen (``node/generation.py``): a client's
+            own update but ``fs.release`` is refused ``moved``; repairs run.
 
     Returns:
         The reply, or :class:`NeedSync`, :class:`OverQuota` or :class:`ClockAhead`
@@ -278,6 +281,7 @@ def handle_request(
         return set_up
     su, links = set_up
     early = _refused_repair(step, su) or _not_method(step, su) or _repeated(step, su)
+    early = early or (_moved(step, su) if moved else None)
     if early is not None:
         return early
     # Step 6, currency (line 1007): nothing here newer than the set-up's LTcurrent.
@@ -381,6 +385,19 @@ def _refused_repair(step: _Step, su: Setup) -> Reply | None:
     if View(ev, th).order(req.objects[0], target) < th.b + 1:
         return step.reply(ReplyStatus.REFUSED, why="inline repair without evidence")
     return None
+
+
+#: The updates a frozen server still takes from a client for itself: giving a lease back.
+MOVED_EXEMPT = frozenset({"fs.release"})
+
+
+def _moved(step: _Step, su: Setup) -> Reply | None:
+    """A frozen server's refusal of an update its sender runs for itself (not a query, a
+    barrier, a copy or an inline repair), on the latest version (b + 1 agree: refused)."""
+    op = step.req.op
+    if op is None or op.query or step.req.client != step.sender or op.method in MOVED_EXEMPT:
+        return None
+    return step.reply(ReplyStatus.REFUSED, why="moved", at=_at(su))
 
 
 def _not_method(step: _Step, su: Setup) -> Reply | None:

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from bftfs.config import (
     NodeSpec,
     default_sizes,
 )
-from bftfs.crypto import Identity, KeyRing
+from bftfs.crypto import AdminKey, Identity, KeyRing
 from bftfs.ids import NodeId, client_id
+from bftfs.membership.admin import init_view
 from bftfs.net.endpoint import Endpoint
 from bftfs.node.service import Node
 from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
@@ -58,6 +60,8 @@ class Cluster:
         self._rejoin_heartbeat = rejoin_heartbeat
         #: The nodes' clock (tests of history move it days ahead); None: the real one.
         self.node_clock_ns: Callable[[], int] | None = None
+        #: The administrator key, when the cluster was opened with ``views``.
+        self.admin_key: AdminKey | None = None
         self.rng = random.Random(seed)
         self.nodes: list[Node] = [None] * config.n  # type: ignore[list-item]
         self.faults = [
@@ -186,6 +190,7 @@ async def open_cluster(
     rejoin_heartbeat: float | None = None,
     node_clock_ns: Callable[[], int] | None = None,
     engine: str = "qu",
+    views: bool = False,
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
@@ -238,6 +243,12 @@ async def open_cluster(
             retention=retention or RetentionPolicy(),
             limits=limits or LimitsPolicy(),
         ).validate()
+        admin_key = None
+        if views:
+            admin_key = AdminKey.generate()
+            config = replace(config, admin_key=admin_key.public).validate()
+            admin_key.save(config.admin_key_path)
+            init_view(config, admin_key)
         opts = dict(TEST_ENDPOINT, **(endpoint_options or {}))
         async with trio.open_nursery() as nursery:
             cluster = Cluster(
@@ -250,6 +261,7 @@ async def open_cluster(
                 rejoin_heartbeat=rejoin_heartbeat,
             )
             cluster.node_clock_ns = node_clock_ns
+            cluster.admin_key = admin_key
             for i in range(n_):
                 await cluster.start(i, listeners[i])
             try:
