@@ -43,17 +43,32 @@ def client_identity(config: ClusterConfig, name: str) -> Identity:
 
 @asynccontextmanager
 async def open_client(
-    config: ClusterConfig, name: str = "client0", **endpoint_options: Any
+    config: ClusterConfig, name: str = "client0", *, views: Any = None, **endpoint_options: Any
 ) -> AsyncIterator[Endpoint]:
     """An :class:`Endpoint` speaking to every node as client ``name``, tracking views
-    (``membership/client.py``: it learns newer views from nodes, tells nodes behind)."""
+    (``membership/client.py``: it learns newer views from nodes, tells nodes behind);
+    ``views``: the tracker to attach (a session keeps it to follow generation changes),
+    else a new one."""
     from bftfs.membership.client import ClientViews
 
-    views = ClientViews(config)
+    views = ClientViews(config) if views is None else views
     ring = KeyRing(client_identity(config, name), config.node_public_keys())
     addresses = {s.id: (s.host, s.port) for s in config.nodes}
     async with open_endpoint(ring, addresses, **endpoint_options) as ep:
         views.attach(ep)
+        yield ep
+
+
+@asynccontextmanager
+async def open_nodes(
+    identity: Identity, config: ClusterConfig, **endpoint_options: Any
+) -> AsyncIterator[Endpoint]:
+    """An :class:`Endpoint` speaking to ``config``'s nodes as ``identity``, tracking no
+    view (the caller attaches its tracker: a session's endpoint to another generation,
+    ``fs/generationclients.py``)."""
+    ring = KeyRing(identity, config.node_public_keys())
+    addresses = {s.id: (s.host, s.port) for s in config.nodes}
+    async with open_endpoint(ring, addresses, **endpoint_options) as ep:
         yield ep
 
 

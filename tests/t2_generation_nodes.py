@@ -26,10 +26,10 @@ from bftfs.membership.configview import write_signed
 from bftfs.membership.view import PREVIOUS, ViewNode, sign
 from bftfs.membership.viewkeys import AdminChains
 from bftfs.net.errors import RemoteError
+from bftfs.outcome import GenerationMoved
 from bftfs.qu.messages import KIND_REQUEST
 from bftfs.qu.objects import MethodRefused
 from bftfs.rw.client import RWClient
-from bftfs.rw.failures import WriteFailed
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 
 COUNTER = 77
@@ -142,7 +142,7 @@ def test_old_generation_nodes_freeze_serve_repairs_and_retire(
             # Every node pushed a recall of the leased root to its holder.
             with trio.fail_after(5):
                 await all_recalled.wait()
-            with pytest.raises(WriteFailed, match=r"moved: generation 2 \(view 2\)"):
+            with pytest.raises(GenerationMoved, match=r"nodes \[0, 1, 2, 3, 4, 5\] refused"):
                 await rw.write_block(BLOCK, b"after the freeze")
             assert all(node.stats["rw.refused.moved"] >= 1 for node in cluster.nodes)
             # The increment left on nodes 0-2 (r of them: repairable) is completed by a

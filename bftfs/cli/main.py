@@ -18,7 +18,7 @@ import sys
 
 from bftfs import __version__
 from bftfs import local as localmod
-from bftfs.cli import cluster, history, mounts, nodes, quorums, status, units, views
+from bftfs.cli import cluster, generations, history, mounts, nodes, quorums, status, units, views
 from bftfs.cli.common import EXIT_CLUSTER, EXIT_CONFIG, EXIT_HISTORY, EXIT_KEY, QuietError
 from bftfs.config import ConfigError
 from bftfs.crypto import KeyFileError
@@ -35,6 +35,7 @@ _COMMANDS = (
     nodes.add_verify,
     cluster.add_client,
     views.add_view,
+    generations.add_generation,
     cluster.add_rotate_key,
     mounts.add_umount,
     nodes.add_node,

@@ -556,6 +556,11 @@ class Leases:
                 self._quiet_until[parent] = until
         self._let_go(oids)
 
+    def let_go(self, oids: list[int]) -> None:
+        """Stop answering from the leases on ``oids`` (those held): a move to a new
+        generation did not take them along (``fs/generations.py``)."""
+        self._let_go([oid for oid in oids if oid in self.held])
+
     def _let_go(self, oids: list[int]) -> None:
         """Stop answering from the leases on ``oids`` now; the kernel forgets what it cached
         under them, then they are released (after what the mount buffered for them)."""

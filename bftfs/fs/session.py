@@ -8,7 +8,7 @@ the PASIS client - from the cluster configuration, so the FUSE layer sees only
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +20,10 @@ from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.fabpast import FabPast
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.generationclients import Generations
 from bftfs.fs.past import Past
 from bftfs.fs.seal import Seal
+from bftfs.membership.client import ClientViews
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.pastread import PastReader
@@ -40,6 +42,8 @@ class Session:
     rw: Any
     #: The endpoint under both (``bftfs.net.endpoint.Endpoint``: its transport faults).
     endpoint: Any = None
+    #: The clients of each generation the session spans (``fs/generationclients.py``).
+    generations: Any = None
 
     def faults(self) -> dict[int, dict[str, int]]:
         """The faults this client detected, per node and kind: the PASIS client's
@@ -64,10 +68,13 @@ class Session:
 
     def statistics(self) -> str:
         """What the protocol clients did, for a log at unmount."""
-        return (
+        out = (
             f"Q/U operations:\n{self.fs.method_statistics()}\n"
             f"Q/U client: {self.qu.statistics()}\nPASIS client: {self.rw.statistics()}"
         )
+        if self.generations is not None:
+            out += f"\ngenerations: {self.generations.statistics()}"
+        return out
 
 
 def metadata_client(config: ClusterConfig, ep: Any) -> Any:
@@ -93,19 +100,28 @@ async def open_session(
 ) -> AsyncIterator[Session]:
     """The file system of ``config``'s cluster as client ``client`` (its key from the
     cluster directory); ``options`` go to :meth:`FileSystem.open`.  Creates the root
-    directory if the cluster has none."""
-    ring = KeyRing(client_identity(config, client), config.node_public_keys())
+    directory if the cluster has none.  The session follows the view: a change of
+    generation while it runs opens the new generation's clients, and the file system
+    goes on over both while objects move (``fs/generationclients.py``)."""
+    ident = client_identity(config, client)
+    ring = KeyRing(ident, config.node_public_keys())
     await check_identity(config, ring)  # an unknown key fails now, not after every timeout
-    async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
-        qu = metadata_client(config, ep)
-        fs = await FileSystem.open(qu, rw, config, **options)
+    views = ClientViews(config)
+    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        ep = await stack.enter_async_context(open_client(config, client, views=views))
+        gens = Generations(config, ident, views, stack, nursery, metadata_client)
+        await gens.start(ep)
+        fs = await FileSystem.open(gens.qu, gens.rw, gens.config, **options)
+        gens.mount = fs.meta.lease_token
         leases = fs.meta.leases
         if leases is not None:
             # Recalls are pushed by the nodes over this client's connections: keep one
             # open to each node, and give every lease back at the end.
-            leases.listen(ep, config.node_ids)
+            leases.listen(ep, gens.config.node_ids)
+            gens.on_current = leases.listen
+            gens.let_go = leases.let_go
         try:
-            yield Session(fs, qu, rw, ep)
+            yield Session(fs, gens.qu, gens.rw, ep, gens)
         finally:
             if fs.pending.writeback is not None:  # what closes left for write-back goes now
                 with trio.move_on_after(WRITE_BACK_AT_END):
@@ -113,6 +129,7 @@ async def open_session(
             if leases is not None:
                 with trio.move_on_after(5):
                     await leases.release_all()
+            nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

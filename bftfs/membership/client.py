@@ -163,11 +163,15 @@ class ClientViews:
             return False
         assert isinstance(blob, bytes)
         old, self.view, self.blob = self.view, view, blob
+        was = {CURRENT: CURRENT, PREVIOUS: PREVIOUS}  # each endpoint's generation in ``old``
+        if view.generation > old.generation:
+            was[PREVIOUS] = CURRENT
+            self._advance(old, view)
         for generation, ep in self._eps.items():
             ep.view_number = view.number
             if generation == PREVIOUS and view.previous is None:
                 continue  # the move is finished: nothing more to reach there
-            before, after = old.as_generation(generation), view.as_generation(generation)
+            before, after = old.as_generation(was[generation]), view.as_generation(generation)
             if moved_nodes(before, after):  # a node replaced: its new key, its new address
                 ep.keyring.replace_peers(
                     {PrincipalId(int(n.id)): n.public_key for n in after.nodes}
@@ -179,6 +183,23 @@ class ClientViews:
         ):
             self.on_generation(old, view)
         return True
+
+    def _advance(self, old: View, view: View) -> None:
+        """A view of a later generation: the endpoint of the generation held so far keeps
+        its nodes (it does not follow the new generation's, whose ids repeat): it becomes
+        the previous generation's when ``view`` moves from it, and is let go otherwise (the
+        move already finished: its nodes are retired).  The session (``on_generation``)
+        attaches an endpoint for the new generation."""
+        ep = self._eps.pop(CURRENT, None)
+        self._eps.pop(PREVIOUS, None)
+        if ep is None:
+            return
+        prev = view.previous
+        if prev is not None and prev.same_as(old.current):
+            self._eps[PREVIOUS] = ep
+            ep.on_peer_view = lambda node, number: self._heard(PREVIOUS, node, number)
+            if self.admin is not None:
+                ep.admit = self.admit_previous
 
     async def _fetch(self, generation: str, node: NodeId) -> None:
         ep = self._eps[generation]

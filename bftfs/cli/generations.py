@@ -1,0 +1,216 @@
+"""``bftfs generation``: change the number of nodes or the thresholds while the file system
+runs (docs/membership.md, "Generations").
+
+``bftfs generation new --nodes N --t T --b B`` makes generation ``g + 1``: ``N`` new nodes
+(each a new key and chain in an empty data directory, ``<dir>/generation<G>/node<I>``, on
+the addresses given or on free local ports), issues the view that starts the move and
+pushes it to generation ``g``'s nodes, which freeze: they serve reads and repairs and
+take no new update.  The new nodes are then started (``bftfs node start I`` for a local
+cluster, a node bundle for another machine) and every client moves what it touches.
+``bftfs generation show`` prints both generations and what each node says of itself.
+
+Run again after being killed: keys already made are kept, a view already issued is pushed
+again.  The configuration of generation ``g`` is kept as
+``<dir>/generation<g>/cluster.toml``, from which its nodes are restarted while they serve
+reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs import config as cfgmod
+from bftfs import local
+from bftfs.cli.common import QuietError, cluster_of, with_cluster
+from bftfs.config import ClusterConfig, ConfigError, default_sizes
+from bftfs.crypto import Identity, KeyFileError
+from bftfs.ids import NodeId
+from bftfs.membership import admin
+from bftfs.membership.configview import config_of_generation
+from bftfs.membership.view import View, ViewNode
+
+
+def generation_config_path(home: Path, generation: int) -> Path:
+    """Where the configuration of an earlier generation is kept (its nodes restart from
+    it while they serve reads)."""
+    return home / f"generation{generation}" / "cluster.toml"
+
+
+def _addresses(args: argparse.Namespace, home: Path, n: int) -> list[tuple[str, int]]:
+    given: list[str] = args.address or []
+    if given and len(given) != n:
+        raise QuietError(f"--address given {len(given)} times for {n} nodes", 2)
+    if given:
+        return [_address(text) for text in given]
+    ports = local.cluster_ports(home, n)
+    return [("127.0.0.1", p) for p in ports]
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not host or not 0 < number <= 65535:
+        raise QuietError(f"--address {text!r}: expected HOST:PORT", 2)
+    return host, number
+
+
+def _node_key(data_dir: Path, node: int) -> Identity:
+    """The new node's key pair in its data directory: made once, kept on a rerun."""
+    path = data_dir / "private" / "key"
+    if path.exists():
+        try:
+            return Identity.load(NodeId(node), path)
+        except KeyFileError as e:
+            raise QuietError(f"{path}: {e}", 2) from None
+    if (data_dir / "lmdb").exists():
+        raise QuietError(f"{data_dir} holds a node's store: a new node starts empty", 2)
+    ident = Identity.generate(NodeId(node))
+    ident.save(path)
+    return ident
+
+
+def cmd_generation_new(args: argparse.Namespace) -> int:
+    cfg, path = cluster_of(args)
+    key = admin.admin_key(cfg)
+    view, blob = admin.current(cfg)
+    if view.previous is not None:
+        old_cfg = cfgmod.load(generation_config_path(cfg.home, view.previous.number))
+        print(
+            f"view {view.number} starts generation {view.generation} already: pushing it to "
+            f"generation {view.previous.number}'s nodes again"
+        )
+        return _push_to_old(old_cfg, blob, view, args.as_client)
+    n, qc, m = default_sizes(args.t, args.b, args.nodes, args.qc, args.m)
+    generation = view.generation + 1
+    home = cfg.home
+    rows: list[ViewNode] = []
+    for i, (host, port) in enumerate(_addresses(args, home / f"generation{generation}", n)):
+        data_dir = home / f"generation{generation}" / f"node{i}"
+        ident = _node_key(data_dir, i)
+        if not (data_dir / "private" / "view-chain").exists():
+            admin.new_chain(cfg, data_dir, ident.public, view.number + 1)
+        rows.append(ViewNode(NodeId(i), host, port, ident.public))
+    try:
+        new_view = admin.with_generation(view, rows, args.t, args.b, qc, m, engine=cfg.engine)
+    except ConfigError as e:
+        raise QuietError(f"refused: {e}", 2) from None
+    # The old generation's configuration first (its nodes restart from it), then the view
+    # (the commit point), then cluster.toml for the new generation (admin.issue).
+    kept = generation_config_path(home, view.generation)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    cfgmod.save(cfg, kept)
+    new_cfg = config_of_generation(cfg, new_view)
+    new_cfg, blob = admin.issue(new_cfg, path, new_view, key)
+    print(
+        f"view {new_view.number}: generation {generation} of {n} nodes (t={args.t} b={args.b} "
+        f"qc={qc} m={m}); generation {view.generation}'s {len(view.nodes)} nodes freeze"
+    )
+    for s in new_cfg.nodes:
+        print(f"  node {s.id}: {s.host}:{s.port}, data directory {s.data_dir}")
+    print(f"  generation {view.generation}'s configuration is kept in {kept}")
+    if args.offline:
+        print(
+            f"  not pushed (--offline): `bftfs generation new` again pushes view {new_view.number}"
+        )
+        return 0
+    return _push_to_old(cfgmod.load(kept), blob, new_view, args.as_client)
+
+
+def _push_to_old(old_cfg: ClusterConfig, blob: bytes, view: View, as_client: str | None) -> int:
+    """Push the view to the previous generation's nodes: once a quorum of them took it, no
+    update of that generation can complete any more."""
+    from bftfs.cli.common import EXIT_CLUSTER
+
+    who = as_client or admin.pusher(old_cfg)
+    result = trio.run(lambda: admin.push(old_cfg, blob, view.number, as_client=who))
+    for node, why in sorted(result.refused.items()):
+        print(f"  node {node} of the old generation refused: {why}")
+    for node, why in sorted(result.unreachable.items()):
+        print(f"  node {node} of the old generation did not answer: {why}")
+    if not result.ok:
+        raise QuietError(
+            f"view {view.number} acknowledged by {len(result.acked)} of the old generation's "
+            f"nodes, fewer than its quorum of {result.quorum}: run `bftfs generation new` "
+            "again once they are up",
+            EXIT_CLUSTER,
+        )
+    print(
+        f"  view {view.number} acknowledged by {len(result.acked)} of {old_cfg.n} nodes of the "
+        "old generation: frozen.  Start the new nodes (`bftfs node start I`, or a bundle per "
+        "machine); clients move what they touch"
+    )
+    return 0
+
+
+async def _status(cfg: ClusterConfig, who: str) -> dict[int, Any]:
+    """Each node's ``gen.status`` answer (a node that did not answer is left out)."""
+    from bftfs.connect import open_nodes
+    from bftfs.membership.client import generation_status
+
+    spec = cfg.client(who)
+    me = Identity.load(spec.id, cfg.client_key_path(who))
+    async with open_nodes(me, cfg, timeout=3.0, resend_after=0.5) as ep:
+        return await generation_status(ep, [int(n) for n in cfg.node_ids])
+
+
+def cmd_generation_show(args: argparse.Namespace) -> int:
+    cfg, _ = cluster_of(args)
+    view, _ = admin.current(cfg)
+    who = args.as_client or admin.pusher(cfg)
+    print(view.describe())
+    shown = [(f"generation {view.generation}", cfg)]
+    if view.previous is not None:
+        kept = generation_config_path(cfg.home, view.previous.number)
+        shown.append((f"generation {view.previous.number} (frozen)", cfgmod.load(kept)))
+    for title, gcfg in shown:
+        print(f"{title}: {gcfg.n} nodes, t={gcfg.t} b={gcfg.b} qc={gcfg.qc} m={gcfg.m}")
+        answers = trio.run(_status, gcfg, who)
+        for spec in gcfg.nodes:
+            got = answers.get(int(spec.id))
+            state = "no answer" if got is None else _state_of(got)
+            print(f"  node {spec.id} {spec.host}:{spec.port}: {state}")
+    return 0
+
+
+def _state_of(answer: dict[str, Any]) -> str:
+    if answer.get("retired"):
+        return f"retired (generation {answer['g']}, view {answer['view']}): may be powered off"
+    if answer.get("frozen"):
+        return f"frozen (generation {answer['g']}, view {answer['view']}): serves reads"
+    return f"active (generation {answer['g']}, view {answer['view']})"
+
+
+def cmd_generation(args: argparse.Namespace) -> int:
+    if args.action == "new":
+        return cmd_generation_new(args)
+    return cmd_generation_show(args)
+
+
+def add_generation(sub: Any) -> None:
+    """``bftfs generation``."""
+    sp = sub.add_parser(
+        "generation",
+        help="change the number of nodes or the thresholds online (a new generation)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sp.add_argument("action", choices=("new", "show"))
+    sp.add_argument("--nodes", type=int, help="the new generation's node count")
+    sp.add_argument("--t", type=int, default=1, help="faults tolerated (default 1)")
+    sp.add_argument("--b", type=int, default=1, help="Byzantine faults tolerated (default 1)")
+    sp.add_argument("--qc", type=int, help="PASIS write quorum (default: the largest allowed)")
+    sp.add_argument("--m", type=int, help="PASIS fragments to decode (default: the largest)")
+    sp.add_argument(
+        "--address", action="append", metavar="HOST:PORT", help="each new node's (in id order)"
+    )
+    sp.add_argument("--offline", action="store_true", help="issue the view, push nothing")
+    sp.add_argument("--as", dest="as_client", help="the client the push speaks as")
+    with_cluster(sp)
+    sp.set_defaults(func=cmd_generation)
