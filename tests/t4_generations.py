@@ -19,6 +19,8 @@ import pytest
 
 from bftfs import config as cfgmod
 from bftfs import local
+from bftfs.config import ClusterConfig
+from bftfs.testing import consistency
 from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
@@ -120,3 +122,38 @@ def test_six_nodes_grow_to_eleven_with_b_two_under_a_running_mount(tmp_path: Pat
         finally:
             if new is not None:
                 local.stop_nodes(new)
+
+
+LIAR = ["--byzantine", "corrupt-fragments"]
+
+
+def test_the_checker_runs_through_a_generation_change_with_a_liar_in_each(
+    tmp_path: Path,
+) -> None:
+    """Two mounts take turns on one directory, every read checked against close-to-open
+    (``bftfs.testing.consistency``), while six nodes (``t = b = 1``, node 3 corrupting
+    every fragment it serves) grow to eleven (``t = b = 2``, node 7 a liar too)."""
+    with consistency.mounted(tmp_path, 2, node_args={3: LIAR}) as (pc, dirs):
+        home = pc.home
+        started: list[ClusterConfig] = []
+
+        def grow() -> None:
+            got = bftfs(home, "generation", "new", "--nodes", "11", "--t", "2", "--b", "2")
+            assert "of the old generation: frozen" in got.stdout, got.stdout
+            new = cfgmod.load(home / "cluster.toml")
+            local.start_nodes(new, {7: LIAR})
+            started.append(new)
+            local.wait_ready(new)
+
+        try:
+            report = consistency.run(
+                pc, dirs, seed=12, ops=120, faults=0, changes={30: ("grown to 11 nodes", grow)}
+            )
+            print(report.text())
+            assert any(e.endswith("grown to 11 nodes done") for e in report.schedule), (
+                report.schedule
+            )
+            assert report.steps == 120 and sum(report.ops.values()) > 80
+        finally:
+            for cfg in started:
+                local.stop_nodes(cfg)
