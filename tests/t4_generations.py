@@ -80,9 +80,14 @@ def test_six_nodes_grow_to_eleven_with_b_two_under_a_running_mount(tmp_path: Pat
                 root = through.mountpoint
                 for rel, data in files.items():
                     write_synced(root, rel, data)
-                got = bftfs(home, "generation", "new", "--nodes", "11", "--t", "2", "--b", "2")
-                assert got.returncode == 0, got.stdout + got.stderr
+                # Cut short after the view was issued (--offline: as a kill before the push),
+                # then run again: the same view is pushed, nothing is made twice.
+                grow = ("generation", "new", "--nodes", "11", "--t", "2", "--b", "2")
+                got = bftfs(home, *grow, "--offline")
                 assert "generation 2 of 11 nodes (t=2 b=2" in got.stdout, got.stdout
+                assert "not pushed" in got.stdout, got.stdout
+                got = bftfs(home, *grow)
+                assert "view 2 starts generation 2 already" in got.stdout, got.stdout
                 assert "of the old generation: frozen" in got.stdout, got.stdout
                 new = cfgmod.load(home / "cluster.toml")
                 assert (new.n, new.t, new.b) == (11, 2, 2)
@@ -145,15 +150,24 @@ def test_the_checker_runs_through_a_generation_change_with_a_liar_in_each(
             started.append(new)
             local.wait_ready(new)
 
+        def serving() -> None:
+            shown = bftfs(home, "generation", "show").stdout
+            assert shown.count("frozen (generation 1") == 6, shown
+            assert shown.count("active (generation 2") == 11, shown
+
         try:
             report = consistency.run(
-                pc, dirs, seed=12, ops=120, faults=0, changes={30: ("grown to 11 nodes", grow)}
+                pc,
+                dirs,
+                seed=12,
+                ops=260,
+                faults=0,
+                changes={20: ("grown to 11 nodes", grow), 140: ("generation 2 serving", serving)},
             )
             print(report.text())
-            assert any(e.endswith("grown to 11 nodes done") for e in report.schedule), (
-                report.schedule
-            )
-            assert report.steps == 120 and sum(report.ops.values()) > 80
+            # (a change starts once the one before it ended: ops 140-260 ran on generation 2)
+            assert "op 140: grown to 11 nodes done" in report.schedule, report.schedule
+            assert report.steps == 260 and sum(report.ops.values()) > 180
         finally:
             for cfg in started:
                 local.stop_nodes(cfg)

@@ -143,9 +143,9 @@ class ClientViews:
         if ep is None or self.admin is None or (generation, node) in self._busy:
             return
         if number > self.number:
-            ep.spawn(self._fetch, generation, node)
+            ep.spawn(self._fetch, ep, generation, node)
         elif number < self.number and self.blob is not None:
-            ep.spawn(self._send, generation, node, self.blob)
+            ep.spawn(self._send, ep, generation, node, self.blob)
 
     def offer(self, blob: object) -> bool:
         """Take the view in ``blob`` if the administrator signed it and it is newer;
@@ -201,8 +201,9 @@ class ClientViews:
             if self.admin is not None:
                 ep.admit = self.admit_previous
 
-    async def _fetch(self, generation: str, node: NodeId) -> None:
-        ep = self._eps[generation]
+    async def _fetch(self, ep: Endpoint, generation: str, node: NodeId) -> None:
+        """Fetch ``node``'s view through ``ep`` (the endpoint it was heard on, whatever
+        slot it holds by now: another fetch may have moved it to the previous one)."""
         self._busy.add((generation, node))
         try:
             with trio.move_on_after(NODE_TIMEOUT):
@@ -212,8 +213,7 @@ class ClientViews:
         finally:
             self._busy.discard((generation, node))
 
-    async def _send(self, generation: str, node: NodeId, blob: bytes) -> None:
-        ep = self._eps[generation]
+    async def _send(self, ep: Endpoint, generation: str, node: NodeId, blob: bytes) -> None:
         self._busy.add((generation, node))
         try:
             with trio.move_on_after(NODE_TIMEOUT):

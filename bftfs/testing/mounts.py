@@ -73,7 +73,8 @@ class Mount:
             log_path=self.log,
             options=self.options,
         )
-        self.proc = proc.spawn(cmd)  # it logs to self.log itself
+        # It logs to self.log itself; what it prints (an uncaught error) goes there too.
+        self.proc = proc.spawn(cmd, log=self.log)
         try:
             proc.wait_mounted(
                 self.mountpoint, self.proc, timeout=self.wait, detail=lambda: "\n" + self.log_text()
