@@ -97,6 +97,8 @@ def test_six_nodes_grow_to_eleven_with_b_two_under_a_running_mount(tmp_path: Pat
                 shown = bftfs(home, "generation", "show")
                 assert shown.stdout.count("frozen (generation 1") == 6, shown.stdout
                 assert shown.stdout.count("active (generation 2") == 11, shown.stdout
+                status = bftfs_cli(home, "status", check=False, timeout=120.0).stdout
+                assert "view 2, generation 2, moving from generation 1 (6 nodes" in status
                 # The mount opened in generation 1 goes on: reads, then changes.
                 assert differing(root, files) == []
                 write_synced(root, "after.txt", b"written in generation 2\n")

@@ -150,7 +150,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int:
     """Ask the nodes, read the mounts' book-keeping, print; the health's exit code."""
     from bftfs.fuse import control
+    from bftfs.membership.configview import starting_view
 
+    view, _ = starting_view(cfg, None)
     statuses = trio.run(localmod.query_status, cfg)
     mounts = control.mount_statuses(cfg)
     record, findings = _findings(cfg, statuses, clear=clear)
@@ -160,6 +162,9 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
             "cluster": {
                 "home": str(cfg.home),
                 **{k: getattr(cfg, k) for k in ("t", "b", "n", "qc", "m")},
+                "view": view.number,
+                "generation": view.generation,
+                "moving_from": None if view.previous is None else view.previous.number,
             },
             "time": round(time.time(), 3),
             "health": word,
@@ -185,6 +190,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
         print(json.dumps(doc, indent=None if args.watch else 2, default=str))
         return code
     print(f"cluster {cfg.home}: t={cfg.t} b={cfg.b} n={cfg.n} QC={cfg.qc} m={cfg.m}")
+    print(f"view {view.number}, generation {view.generation}{_moving(view)}")
     print(f"health: {word.upper()}")
     for p in problems:
         print(tables._fit(f"  - {p}", 4))
@@ -193,6 +199,17 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     tables.print_mounts(mounts, faults, cfg)
     tables.print_findings(cfg, record, findings, statuses)
     return code
+
+
+def _moving(view: Any) -> str:
+    """What the status header says of a move between generations (docs/membership.md)."""
+    if view.previous is None:
+        return ""
+    prev = view.previous
+    return (
+        f", moving from generation {prev.number} ({len(prev.nodes)} nodes, frozen: "
+        "`bftfs generation show`)"
+    )
 
 
 def _findings(
