@@ -63,9 +63,7 @@ def storage_full(e: BaseException, b: int) -> StorageFull | GenerationMoved | No
         return e
     if not isinstance(e, QuorumUnavailable):
         return None
-    codes: dict[int, str | None] = {
-        int(n): refusal_code(why) for n, why in e.result.errors.items()
-    }
+    codes: dict[int, str | None] = {int(n): refusal_code(why) for n, why in e.result.errors.items()}
     return refused_for_space(codes, b) or refused_as_moved(codes, b)
 
 
