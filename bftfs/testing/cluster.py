@@ -93,6 +93,12 @@ class Cluster:
             )
         return self._clients[k]
 
+    def as_node(self, i: int) -> Endpoint:
+        """A new endpoint speaking to the other nodes as node ``i`` (what only nodes may
+        ask: listings, catch-up), with connections of its own."""
+        ring = KeyRing(self._node_identities[i], self.config.node_public_keys())
+        return Endpoint(ring, self.addresses, self._nursery, **self._endpoint_options)
+
     def twin(self, k: int = 0) -> Endpoint:
         """Another endpoint of the ``k``-th configured client: a second mount of one client
         identity (two machines with the same bundle), with connections of its own."""
