@@ -45,7 +45,7 @@ def test_a_moved_write_is_taken_only_by_a_generation_with_a_previous_one(tmp_pat
                             BLOCK, ts, enc.fragments, enc.cross_checksum, moved=True
                         )
                     refused = sum(node.stats["rw.refused.unproven"] for node in cluster.nodes)
-                    assert refused >= cfg.n - cfg.t, refused
+                    assert refused >= cfg.t + 1, refused  # (the write fails on t + 1)
                     assert (await mover.read_version(BLOCK)).absent
                     continue
                 # A bad fragment is refused as for any write (node 0's, sent to it alone).
@@ -54,7 +54,7 @@ def test_a_moved_write_is_taken_only_by_a_generation_with_a_previous_one(tmp_pat
                     await mover.do_write(
                         BLOCK, ts, bad, enc.cross_checksum, targets=[0], moved=True
                     )
-                assert cluster.nodes[0].stats["rw.refused.bad-fragment"] == 1
+                assert cluster.nodes[0].stats["rw.refused.bad-fragment"] >= 1
                 await mover.do_write(BLOCK, ts, enc.fragments, enc.cross_checksum, moved=True)
                 got = await RWClient(cluster.client(1), cfg).read_version(BLOCK)
                 assert (got.ts, got.data) == (ts, DATA)
