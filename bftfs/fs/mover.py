@@ -84,7 +84,7 @@ def cursor_path(home: Path, generation: int) -> Path:
 class MoveState:
     """The cursor of a move and its counts (saved as JSON after every page)."""
 
-    #: The view whose move this is (a cursor of another view is not resumed).
+    #: The view the move started under.
     view: int
     #: The generation moved from.
     source: int
@@ -134,9 +134,10 @@ class MoveState:
 
 
 def start_state(path: Path | None, view: int, source: int) -> MoveState:
-    """The saved cursor of the move of ``view`` from ``source``, else a new one."""
+    """The saved cursor of the move from generation ``source``, else a new one for the
+    move of ``view`` (views that only change clients during the move keep the cursor)."""
     got = MoveState.load(path) if path is not None else None
-    if got is not None and (got.view, got.source) == (view, source):
+    if got is not None and got.source == source:
         return got
     return MoveState(view, source)
 
