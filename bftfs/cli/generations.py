@@ -18,8 +18,8 @@ and pushes it to the new nodes and the old ones, which retire: they may be power
 
 Run again after being killed: keys already made are kept, a view already issued is pushed
 again.  The configuration of generation ``g`` is kept as
-``<dir>/generation<g>/cluster.toml``, from which its nodes are restarted while they serve
-reads.
+``<dir>/cluster.generation<g>.toml``, from which its nodes are restarted while they serve
+reads (``bftfs node --config <dir>/cluster.generation<g>.toml --id I``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from bftfs.membership.view import View, ViewNode
 def generation_config_path(home: Path, generation: int) -> Path:
     """Where the configuration of an earlier generation is kept (its nodes restart from
     it while they serve reads)."""
-    return home / f"generation{generation}" / "cluster.toml"
+    return home / f"cluster.generation{generation}.toml"
 
 
 def _addresses(args: argparse.Namespace, home: Path, n: int) -> list[tuple[str, int]]:
@@ -112,7 +112,6 @@ def cmd_generation_new(args: argparse.Namespace) -> int:
     # The old generation's configuration first (its nodes restart from it), then the view
     # (the commit point), then cluster.toml for the new generation (admin.issue).
     kept = generation_config_path(home, view.generation)
-    kept.parent.mkdir(parents=True, exist_ok=True)
     cfgmod.save(cfg, kept)
     new_cfg = config_of_generation(cfg, new_view)
     new_cfg, blob = admin.issue(new_cfg, path, new_view, key)

@@ -119,12 +119,22 @@ class Generations:
 
     async def _open(self, view: View, which: str) -> GenerationStack:
         """A new endpoint to generation ``which`` of ``view`` (attached to the view
-        tracker) and its clients."""
+        tracker) and its clients, held open by a task of the session's nursery until the
+        session ends (trio: a context that opens a nursery is left by the task that
+        entered it)."""
+        got: GenerationStack = await self._nursery.start(self._hold, view, which)
+        return got
+
+    async def _hold(
+        self, view: View, which: str, *, task_status: trio.TaskStatus[GenerationStack]
+    ) -> None:
         cfg = self._config_of(view, which)
-        ep = await self._stack.enter_async_context(open_nodes(self._identity, cfg))
-        self.views.attach(ep, which)
         number = view.generation if which == CURRENT else view.generation - 1
-        return await self._stack_on(ep, cfg, number)
+        async with open_nodes(self._identity, cfg) as ep:
+            self.views.attach(ep, which)
+            async with open_rw_client(ep, cfg, **self._rw_options) as rw:
+                task_status.started(GenerationStack(number, cfg, ep, self._make_qu(cfg, ep), rw))
+                await trio.sleep_forever()
 
     async def _stack_on(self, ep: Endpoint, cfg: ClusterConfig, number: int) -> GenerationStack:
         rw = await self._stack.enter_async_context(open_rw_client(ep, cfg, **self._rw_options))

@@ -107,7 +107,7 @@ async def open_session(
     ring = KeyRing(ident, config.node_public_keys())
     await check_identity(config, ring)  # an unknown key fails now, not after every timeout
     views = ClientViews(config)
-    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         ep = await stack.enter_async_context(open_client(config, client, views=views))
         gens = Generations(config, ident, views, stack, nursery, metadata_client)
         await gens.start(ep)

@@ -287,14 +287,14 @@ class NodeViews:
         if node.endpoint is not None:
             node.endpoint.view_number = view.number
         closed = node.server.end_sessions(ended)
-        if node.endpoint is not None and reconnect_moved(node.endpoint, old, flat):
-            # A node replaced: its new machine from now on.  Clients connected here may
-            # stay connected for long (a mount) and would hear of the view at their next
-            # handshake only: tell them now, so they stop talking to the old machine.
-            for c in view.clients:
-                node.server.push(c.id, {"view": view.number})
-            if self._rekey is not None:
-                self._rekey.start(flat)
+        # Clients connected here may stay connected for long (a mount) and would hear of
+        # the view at their next handshake only: tell them now, so they stop talking to a
+        # replaced node's old machine, or to a generation now frozen.
+        for c in view.clients:
+            node.server.push(c.id, {"view": view.number})
+        moved = node.endpoint is not None and reconnect_moved(node.endpoint, old, flat)
+        if moved and self._rekey is not None:  # a node replaced: its new machine from now on
+            self._rekey.start(flat)
         self._check_replaced(flat)
         self._tell_old_machines(old, flat, blob)
         node.stats["views_taken"] += 1
