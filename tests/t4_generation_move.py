@@ -25,13 +25,13 @@ import trio
 from bftfs import config as cfgmod
 from bftfs import local
 from bftfs.cli.generations import generation_config_path
-from bftfs.crypto import Identity
 from bftfs.connect import open_client
+from bftfs.crypto import Identity
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.client import open_rw_client
-from bftfs.fsobjects import ROOT
 from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.processes import ProcessCluster
 
