@@ -3,7 +3,7 @@ and finishing"), with in-process clusters of real nodes (TCP, LMDB): a PASIS wri
 *moved*, at another writer's timestamp that no node hosts yet, is taken by the nodes of a
 generation whose view names a previous one (a move runs), charged to the sender, and
 refused ``unproven`` by nodes without a previous generation; its fragment is checked as
-any write's."""
+any write's.  Such nodes forget no given-back block while the move runs."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import trio
 
 from bftfs import erasure
 from bftfs.ids import client_id
-from bftfs.rw import quota
+from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.rw import collect, quota
 from bftfs.rw.client import RWClient
 from bftfs.rw.failures import WriteFailed
+from bftfs.rw.lazy import Pick
 from bftfs.rw.messages import BlockId
 from bftfs.rw.timestamp import make_timestamp
 from bftfs.testing.cluster import open_cluster
@@ -66,5 +68,37 @@ def test_a_moved_write_is_taken_only_by_a_generation_with_a_previous_one(tmp_pat
                         used = node.store.read(lambda kv: (quota.used(kv, int(client_id(0))),
                                                            quota.used(kv, writer)))  # fmt: skip
                         assert used[0] > 0 and used[1] == 0, used
+
+    trio.run(main)
+
+
+def test_a_generation_with_a_previous_one_forgets_no_given_back_block(tmp_path: Path) -> None:
+    """A block given back in g + 1 (its lone empty version, verified everywhere, due) is
+    not forgotten while the move runs: a reader finding nothing in g + 1 would read g's
+    older contents (``node/rw_forgetter.py``)."""
+    by_hand = VerificationPolicy(
+        mode="lazy", settle_seconds=3600.0, fallback_seconds=3600.0, stream_seconds=0.0
+    )
+    retention = RetentionPolicy(keep_hourly=0, keep_daily=0, keep_seconds=0.0, forget_seconds=0)
+
+    async def main() -> None:
+        async with (
+            open_cluster(tmp_path / "g", clients=1) as g,
+            open_cluster(
+                tmp_path / "g1", clients=1, views=True, previous=g.config, seed=1,
+                verification=by_hand, retention=retention,
+            ) as g1,
+        ):  # fmt: skip
+            ts = await RWClient(g1.client(0), g1.config).write_block(BLOCK, b"")
+            async with trio.open_nursery() as nursery:
+                for node in g1.nodes:
+                    nursery.start_soon(node.verifier.verify_wave, [Pick(BLOCK, "own")])
+            stats = [node.stats for node in g1.nodes]
+            with trio.fail_after(20):
+                while not all(s["rw.forget.held"] or s["rw.forgotten"] for s in stats):  # noqa: ASYNC110 (counters have no event)
+                    await trio.sleep(0.05)
+            assert not any(s["rw.forgotten"] for s in stats)
+            for node in g1.nodes:
+                assert node.store.read(lambda kv: collect.hosted_step(kv, BLOCK)) == [ts]
 
     trio.run(main)
