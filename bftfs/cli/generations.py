@@ -278,9 +278,10 @@ async def _move(
         router = GenerationalQU(
             QUClient(ep_new, QUThresholds.from_config(cfg), client_id=ep_new.pid),
             QUClient(ep_old, th_old, client_id=ep_old.pid),
-            ready=ready,
         )
-        await ready()  # the old generation lists its objects to clients once frozen
+        # The old generation's states are final, and its nodes list their objects to
+        # clients, once enough of them are frozen.
+        await ready()
         listing = functools.partial(list_page, ep_old, old_nodes, old_cfg.n - old_cfg.t)
         await move_generation(
             router,
