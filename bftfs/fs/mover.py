@@ -63,8 +63,9 @@ log = logging.getLogger(__name__)
 CURSOR = "move.json"
 #: Objects listed per page (and per saved cursor).
 DEFAULT_PAGE = 256
-#: Objects (and blocks of one file) moved at once.
-DEFAULT_CONCURRENCY = 8
+#: Objects and blocks moved at once (8: 46 objects/s, 32: 77, on two cores:
+#: benchmarks/results/2026-11-27-genmover.md).
+DEFAULT_CONCURRENCY = 32
 #: How long one node's listing is waited for (s).
 LIST_TIMEOUT = 10.0
 #: How much of the rate a burst may run ahead (s).
