@@ -230,11 +230,23 @@ def cmd_generation_move(args: argparse.Namespace) -> int:
         try:
             trio.run(lambda: _move(cfg, old_cfg, who, state, path, args.bytes_per_second, update))
         except MoveError as e:
-            state.save(path)
             raise QuietError(f"{e}: run `bftfs generation move` again", EXIT_CLUSTER) from None
+        except Exception as e:  # a quorum lost, a read or write failed: resumable
+            raise QuietError(
+                f"the move stopped ({_first(e)}): run `bftfs generation move` again, it "
+                "resumes from its last page",
+                EXIT_CLUSTER,
+            ) from None
     print(f"  {state.summary()}")
     print(f"  complete: `bftfs generation finish` retires generation {view.previous.number}")
     return 0
+
+
+def _first(e: BaseException) -> str:
+    """What went wrong, from the first leaf of a group (the mover's nurseries)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
 
 
 async def _move(
