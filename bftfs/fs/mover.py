@@ -8,9 +8,9 @@ and leaves g + 1 holding everything a reader needs:
 - *the walk*: the union of g's nodes' object listings (``qu.latest``, which a frozen node
   answers to clients too), a page of ids at a time in id order (:func:`union_page`).  A
   page counts only with the listings of ``n - t`` nodes: an object whose update completed
-  is at a quorum of g's nodes, more than ``t + b`` of which are among them and correct, so
-  no Byzantine node can hide it; one listing ids that do not exist costs a look each
-  (moving an absent object is a no-op).
+  is at a quorum ``q = n - t`` of g's nodes, at least ``q - t > b`` of which are among
+  them, so at least one correct node lists it and no Byzantine node can hide it; one
+  listing ids that do not exist costs a look each (moving an absent object is a no-op).
 - *objects*: each moves through the mount's own :class:`~bftfs.fs.generations.GenerationalQU`
   (``move``), so leases, races with other clients and objects already there are handled as
   for any client.
