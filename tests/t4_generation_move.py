@@ -118,6 +118,8 @@ def test_generation_move_and_finish_bring_everything_over(tmp_path: Path) -> Non
             again = bftfs(home, "generation", "move")
             assert "is complete" in again.stdout, again.stdout
 
+            shown = bftfs(home, "generation", "show").stdout
+            assert "move: complete; " in shown and "(frozen)" in shown, shown
             done = bftfs(home, "generation", "finish")
             assert "retire" in done.stdout and "may be powered off" in done.stdout, done.stdout
             got = trio.run(statuses, old)

@@ -183,7 +183,21 @@ def cmd_generation_show(args: argparse.Namespace) -> int:
             got = answers.get(int(spec.id))
             state = "no answer" if got is None else _state_of(got)
             print(f"  node {spec.id} {spec.host}:{spec.port}: {state}")
+    if view.previous is not None:
+        print(_move_progress(cfg, view))
     return 0
+
+
+def _move_progress(cfg: ClusterConfig, view: View) -> str:
+    """Where the background mover stands, from its cursor."""
+    from bftfs.fs.mover import MoveState, cursor_path
+
+    assert view.previous is not None
+    state = MoveState.load(cursor_path(cfg.home, view.generation))
+    if state is None or state.source != view.previous.number:
+        return "move: not run yet (`bftfs generation move`)"
+    where = "complete" if state.complete else f"stopped after object {state.after}"
+    return f"move: {where}; {state.summary()}"
 
 
 def _state_of(answer: dict[str, Any]) -> str:
