@@ -181,8 +181,13 @@ def test_union_page_and_file_blocks() -> None:
     assert (page, cut) == ([1, 3, 4, 9], 9)
     assert union_page({0: ([], False), 1: ([5], False)}) == ([5], None)
     f = {"k": "f", "d": 7, "size": 10 * BS, "alloc": 3 * BS + 1, "w": [[0, 1], [2 * BS, 4 * BS]]}
-    assert file_blocks(f, BS) == [block_id(7, 0), block_id(7, 2), block_id(7, 3)]
-    assert file_blocks({**f, "w": None}, BS) == [block_id(7, k) for k in range(4)]
-    assert file_blocks({**f, "i": b"x"}, BS) == []
-    assert file_blocks({**f, "bs": 2 * BS, "w": None}, BS) == [block_id(7, 0), block_id(7, 1)]
-    assert file_blocks({"k": "d"}, BS) == []
+    assert list(file_blocks(f, BS)) == [block_id(7, 0), block_id(7, 2), block_id(7, 3)]
+    assert list(file_blocks({**f, "w": None}, BS)) == [block_id(7, k) for k in range(4)]
+    assert list(file_blocks({**f, "i": b"x"}, BS)) == []
+    two = [block_id(7, 0), block_id(7, 1)]
+    assert list(file_blocks({**f, "bs": 2 * BS, "w": None}, BS)) == two
+    # Ranges sharing a block name it once.
+    assert list(file_blocks({**f, "w": [[0, 10], [20, 30], [BS, BS + 1]]}, BS)) == two[:1] + [
+        block_id(7, 1)
+    ]
+    assert list(file_blocks({"k": "d"}, BS)) == []

@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,27 +219,30 @@ async def list_page(
     return union_page(got)
 
 
-def file_blocks(state: Any, default_bs: int) -> list[int]:
-    """The blocks a reader of the file whose raw state is ``state`` may read: the written
-    ranges (``w``) below ``min(size, alloc)`` of data id ``d`` at its block size, or every
-    block below that for a file without the record; none for an inline file, a file
-    without a data id, or an object that is not a file."""
+def file_blocks(state: Any, default_bs: int) -> Iterator[int]:
+    """The blocks a reader of the file whose raw state is ``state`` may read, in order: the
+    written ranges (``w``) below ``min(size, alloc)`` of data id ``d`` at its block size, or
+    every block below that for a file without the record; none for an inline file, a file
+    without a data id, or an object that is not a file.  Lazily: a sparse file made
+    before the record may name very many."""
     if not isinstance(state, dict) or state.get("k") != "f" or state.get("i") is not None:
-        return []
+        return
     d = int(state.get("d") or 0)
     end = int(state.get("size") or 0)
     if state.get("alloc") is not None:
         end = min(end, int(state["alloc"]))
     if d == 0 or end <= 0:
-        return []
+        return
     w = state.get("w")
-    ranges = [(0, end)] if w is None else [(int(lo), min(int(hi), end)) for lo, hi in w]
+    ranges = [(0, end)] if w is None else sorted((int(lo), min(int(hi), end)) for lo, hi in w)
     bs = file_block_size(state, default_bs)
-    out: dict[int, None] = {}
+    last = -1
     for lo, hi in ranges:
-        for k in range(lo // bs, (hi - 1) // bs + 1) if lo < hi else ():
-            out[block_id(d, k)] = None
-    return list(out)
+        if lo >= hi:
+            continue
+        for k in range(max(lo // bs, last + 1), (hi - 1) // bs + 1):
+            yield block_id(d, k)
+            last = k
 
 
 #: ``on_progress(state, walked_this_run, listed_this_run)``.
@@ -291,15 +294,19 @@ class Mover:
             if n:
                 state.count("objects", "here" if key == "raced" else key, n)
 
-    async def blocks(self, state: MoveState, blocks: list[int]) -> None:
-        """Copy those of ``blocks`` g + 1 holds no version of from g (module docstring)."""
+    async def blocks(self, state: MoveState, blocks: Iterable[int]) -> None:
+        """Copy those of ``blocks`` g + 1 holds no version of from g (module docstring);
+        at most ``concurrency`` at once, taken from ``blocks`` as slots free."""
 
         async def one(block: int) -> None:
-            async with self.limit:
+            try:
                 await self.block(state, block)
+            finally:
+                self.limit.release()
 
         async with trio.open_nursery() as nursery:
             for block in blocks:
+                await self.limit.acquire()
                 nursery.start_soon(one, block)
 
     async def block(self, state: MoveState, block: int) -> None:
