@@ -27,7 +27,7 @@ from bftfs.membership.view import PREVIOUS, ViewNode, sign
 from bftfs.membership.viewkeys import AdminChains
 from bftfs.net.errors import RemoteError
 from bftfs.outcome import GenerationMoved
-from bftfs.qu.messages import KIND_REQUEST
+from bftfs.qu.messages import KIND_LATEST, KIND_REQUEST, VERSION, parse_latest_reply
 from bftfs.qu.objects import MethodRefused
 from bftfs.rw.client import RWClient
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
@@ -87,6 +87,8 @@ def test_old_generation_nodes_freeze_serve_repairs_and_retire(
             lease = {"kind": SHARED, "lt": time.time_ns(), "term": 60 * 10**9}
             await other.update(ROOT, "fs.lease", lease)
             assert {s["frozen"] for s in (await statuses(cluster)).values()} == {False}
+            with pytest.raises(RemoteError, match="forbidden"):  # listings are between nodes
+                await cluster.client(1).call(NodeId(0), KIND_LATEST, {"v": VERSION})
 
             # An increment that reaches nodes 0-2 only: 3-5 hold it until after the freeze.
             gate, reached = trio.Event(), trio.Event()
@@ -157,6 +159,9 @@ def test_old_generation_nodes_freeze_serve_repairs_and_retire(
             assert refused.value.code == "moved"
             assert await other.update(ROOT, "fs.release", {"lt": time.time_ns()}) is None
             assert await rw.read_block(BLOCK) == b"before the move"
+            # ...and they list their objects to clients (the background mover walks them).
+            listed = await other.ep.call(NodeId(2), KIND_LATEST, {"v": VERSION})
+            assert {COUNTER, ROOT} <= {oid for oid, _ in parse_latest_reply(listed)[0]}
 
             # A restart keeps the freeze.
             cluster.crash(4)

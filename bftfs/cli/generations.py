@@ -9,6 +9,13 @@ take no new update.  The new nodes are then started (``bftfs node start I`` for 
 cluster, a node bundle for another machine) and every client moves what it touches.
 ``bftfs generation show`` prints both generations and what each node says of itself.
 
+``bftfs generation move [--bytes-per-second N]`` moves everything the clients did not touch
+(``fs/mover.py``): every object of generation ``g``, and the blocks of its files that
+``g + 1`` lacks, paced, with a progress bar; killed, it resumes from its cursor
+(``<dir>/generation<G>/move.json``).  ``bftfs generation finish`` then issues the view
+that ends the move (refused until the cursor says the move completed, unless ``--force``)
+and pushes it to the new nodes and the old ones, which retire: they may be powered off.
+
 Run again after being killed: keys already made are kept, a view already issued is pushed
 again.  The configuration of generation ``g`` is kept as
 ``<dir>/cluster.generation<g>.toml``, from which its nodes are restarted while they serve
@@ -18,6 +25,7 @@ reads (``bftfs node --config <dir>/cluster.generation<g>.toml --id I``).
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +183,21 @@ def cmd_generation_show(args: argparse.Namespace) -> int:
             got = answers.get(int(spec.id))
             state = "no answer" if got is None else _state_of(got)
             print(f"  node {spec.id} {spec.host}:{spec.port}: {state}")
+    if view.previous is not None:
+        print(_move_progress(cfg, view))
     return 0
+
+
+def _move_progress(cfg: ClusterConfig, view: View) -> str:
+    """Where the background mover stands, from its cursor."""
+    from bftfs.fs.mover import MoveState, cursor_path
+
+    assert view.previous is not None
+    state = MoveState.load(cursor_path(cfg.home, view.generation))
+    if state is None or state.source != view.previous.number:
+        return "move: not run yet (`bftfs generation move`)"
+    where = "complete" if state.complete else f"stopped after object {state.after}"
+    return f"move: {where}; {state.summary()}"
 
 
 def _state_of(answer: dict[str, Any]) -> str:
@@ -186,9 +208,186 @@ def _state_of(answer: dict[str, Any]) -> str:
     return f"active (generation {answer['g']}, view {answer['view']})"
 
 
+def _moving(cfg: ClusterConfig) -> tuple[View, ClusterConfig]:
+    """The held view and the previous generation's configuration.
+
+    Raises:
+        QuietError: no move runs.
+    """
+    view, _ = admin.current(cfg)
+    if view.previous is None:
+        raise QuietError(
+            f"view {view.number} (generation {view.generation}) moves from no previous "
+            "generation: nothing to move (`bftfs generation new` starts a move)",
+            2,
+        )
+    return view, cfgmod.load(generation_config_path(cfg.home, view.previous.number))
+
+
+def cmd_generation_move(args: argparse.Namespace) -> int:
+    from bftfs.cli.common import EXIT_CLUSTER
+    from bftfs.cli.progress import progress
+    from bftfs.fs.mover import MoveError, cursor_path, start_state
+
+    cfg, _ = cluster_of(args)
+    view, old_cfg = _moving(cfg)
+    assert view.previous is not None
+    path = cursor_path(cfg.home, view.generation)
+    state = start_state(path, view.number, view.previous.number)
+    if state.complete:
+        print(f"the move to generation {view.generation} is complete: {state.summary()}")
+        return 0
+    who = args.as_client or admin.pusher(cfg)
+    resumed = " (resumed)" if state.after is not None else ""
+    print(f"moving generation {view.previous.number} to {view.generation}{resumed}")
+    with progress(f"moving to generation {view.generation}") as update:
+        try:
+            trio.run(lambda: _move(cfg, old_cfg, who, state, path, args.bytes_per_second, update))
+        except MoveError as e:
+            raise QuietError(f"{e}: run `bftfs generation move` again", EXIT_CLUSTER) from None
+        except Exception as e:  # a quorum lost, a read or write failed: resumable
+            raise QuietError(
+                f"the move stopped ({_first(e)}): run `bftfs generation move` again, it "
+                "resumes from its last page",
+                EXIT_CLUSTER,
+            ) from None
+    print(f"  {state.summary()}")
+    print(f"  complete: `bftfs generation finish` retires generation {view.previous.number}")
+    return 0
+
+
+def _first(e: BaseException) -> str:
+    """What went wrong, from the first leaf of a group (the mover's nurseries)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
+
+
+async def _move(
+    cfg: ClusterConfig,
+    old_cfg: ClusterConfig,
+    who: str,
+    state: Any,
+    path: Path,
+    rate: int,
+    update: Any,
+) -> None:
+    """Open both generations' clients as client ``who`` and run the mover."""
+    from bftfs.connect import open_nodes
+    from bftfs.fs.generations import GenerationalQU, frozen_needed, wait_frozen
+    from bftfs.fs.mover import list_page, move_generation
+    from bftfs.qu.classify import QUThresholds
+    from bftfs.qu.client import QUClient
+    from bftfs.rw.client import open_rw_client
+
+    spec = cfg.client(who)
+    me = Identity.load(spec.id, cfg.client_key_path(who))
+    old_nodes = [int(n) for n in old_cfg.node_ids]
+    async with (
+        open_nodes(me, cfg) as ep_new,
+        open_nodes(me, old_cfg) as ep_old,
+        open_rw_client(ep_new, cfg) as rw_new,
+        open_rw_client(ep_old, old_cfg) as rw_old,
+    ):
+        th_old = QUThresholds.from_config(old_cfg)
+
+        async def status(node: int) -> Any:
+            return await ep_old.call(NodeId(node), "gen.status", None)
+
+        ready = functools.partial(
+            wait_frozen,
+            status,
+            old_nodes,
+            frozen_needed(th_old.n, th_old.q, th_old.b),
+            generation=state.source,
+        )
+        router = GenerationalQU(
+            QUClient(ep_new, QUThresholds.from_config(cfg), client_id=ep_new.pid),
+            QUClient(ep_old, th_old, client_id=ep_old.pid),
+        )
+        # The old generation's states are final, and its nodes list their objects to
+        # clients, once enough of them are frozen.
+        await ready()
+        listing = functools.partial(list_page, ep_old, old_nodes, old_cfg.n - old_cfg.t)
+        await move_generation(
+            router,
+            rw_new,
+            rw_old,
+            listing,
+            state,
+            path=path,
+            default_bs=cfg.block_size,
+            bytes_per_second=rate,
+            on_progress=lambda _state, walked, listed: update(walked, listed),
+        )
+
+
+def cmd_generation_finish(args: argparse.Namespace) -> int:
+    from bftfs.fs.mover import MoveState, cursor_path
+
+    cfg, path = cluster_of(args)
+    who = args.as_client or admin.pusher(cfg)
+    held, blob = admin.current(cfg)
+    kept = generation_config_path(cfg.home, held.generation - 1)
+    if held.previous is None and held.generation > 1 and kept.exists():
+        print(f"view {held.number} finished the move already: pushing it again")
+        return _push_finished(held.number, blob, [("new", cfg), ("old", cfgmod.load(kept))], who)
+    view, old_cfg = _moving(cfg)
+    assert view.previous is not None
+    state = MoveState.load(cursor_path(cfg.home, view.generation))
+    if state is None or state.source != view.previous.number or not state.complete:
+        left = (
+            "no move was run"
+            if state is None or state.source != view.previous.number
+            else f"the walk stopped after object {state.after} ({state.summary()})"
+        )
+        if not args.force:
+            raise QuietError(
+                f"the move from generation {view.previous.number} is not complete: {left}; "
+                "run `bftfs generation move` (or finish with --force: what was not moved "
+                "is lost with the old nodes)",
+                2,
+            )
+        print(f"finishing anyway (--force): {left}")
+    done = admin.finished_generation(view)
+    new_cfg, blob = admin.issue(cfg, path, done, admin.admin_key(cfg))
+    print(
+        f"view {done.number}: generation {done.generation} alone; generation "
+        f"{view.previous.number}'s {len(view.previous.nodes)} nodes retire"
+    )
+    return _push_finished(done.number, blob, [("new", new_cfg), ("old", old_cfg)], who)
+
+
+def _push_finished(
+    number: int, blob: bytes, gens: list[tuple[str, ClusterConfig]], who: str
+) -> int:
+    """Push the view ending a move to the new generation's nodes, then to the old one's
+    (which take it and retire; one retired already answers ``retired``: done too)."""
+    for title, gcfg in gens:
+        push = functools.partial(admin.push, gcfg, blob, number, as_client=who)
+        result = trio.run(push)
+        retired = {n for n, why in result.refused.items() if why.startswith("retired")}
+        for node, why in sorted(result.refused.items()):
+            if node not in retired:
+                print(f"  node {node} of the {title} generation refused: {why}")
+        for node, why in sorted(result.unreachable.items()):
+            print(f"  node {node} of the {title} generation did not answer: {why}")
+        took = len(result.acked) + len(retired)
+        print(f"  view {number} taken by {took} of {gcfg.n} nodes of the {title} generation")
+    print(
+        "  the old generation's nodes may be powered off (`bftfs generation show` lists them "
+        "retired); a node that did not answer learns the view from its peers"
+    )
+    return 0
+
+
 def cmd_generation(args: argparse.Namespace) -> int:
     if args.action == "new":
         return cmd_generation_new(args)
+    if args.action == "move":
+        return cmd_generation_move(args)
+    if args.action == "finish":
+        return cmd_generation_finish(args)
     return cmd_generation_show(args)
 
 
@@ -200,7 +399,7 @@ def add_generation(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sp.add_argument("action", choices=("new", "show"))
+    sp.add_argument("action", choices=("new", "show", "move", "finish"))
     sp.add_argument("--nodes", type=int, help="the new generation's node count")
     sp.add_argument("--t", type=int, default=1, help="faults tolerated (default 1)")
     sp.add_argument("--b", type=int, default=1, help="Byzantine faults tolerated (default 1)")
@@ -210,6 +409,16 @@ def add_generation(sub: Any) -> None:
         "--address", action="append", metavar="HOST:PORT", help="each new node's (in id order)"
     )
     sp.add_argument("--offline", action="store_true", help="issue the view, push nothing")
-    sp.add_argument("--as", dest="as_client", help="the client the push speaks as")
+    sp.add_argument(
+        "--bytes-per-second",
+        type=int,
+        default=0,
+        metavar="N",
+        help="move: pace of the block data copied (default 0: no limit)",
+    )
+    sp.add_argument(
+        "--force", action="store_true", help="finish: even if the move did not complete"
+    )
+    sp.add_argument("--as", dest="as_client", help="the client the push or the move speaks as")
     with_cluster(sp)
     sp.set_defaults(func=cmd_generation)

@@ -121,6 +121,13 @@ class NodeGeneration:
     def retired(self) -> bool:
         return self.state == RETIRED
 
+    def moving(self) -> bool:
+        """Whether this node belongs to the generation objects move *to*: active in a view
+        that has a previous generation.  It then takes the background mover's copies of
+        other writers' versions (``node/rw_server.py``) and forgets no given-back block
+        (``node/rw_forgetter.py``)."""
+        return self.state == ACTIVE and self.view.previous is not None
+
     def moved(self) -> str | None:
         """The refusal a frozen node gives a client's own new operation, or None."""
         if not self.frozen:

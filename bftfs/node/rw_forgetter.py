@@ -25,6 +25,13 @@ verified.  Nobody holds anything else of the block, so the value stays the empty
 before, that node kept the version for good.  ``Verified.given_back`` (rw/collect.py)
 and the sweep name such blocks too; ``rw.forgotten.unverified`` counts them.
 
+While a move between generations runs (issue 35), a node of the new generation forgets
+nothing (``held``, ``NodeGeneration.moving``): a reader finding no version of a block in
+g + 1 reads it in g (``fs/generations.py``), so forgetting a block given back in g + 1 would
+bring back the contents g held before.  The blocks due meanwhile are counted
+(``rw.forget.held``) and dropped from the queue; the hourly sweep finds them again once
+the move is finished.
+
 The queue is in memory; a sweep walks every block the store holds at start and then every
 hour (node/background.py), so a restart loses nothing for long.
 """
@@ -34,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -68,6 +76,8 @@ class Forgetter:
         self._due: dict[int, int] = {}
         self._backoff = Backoff()
         self._wake = trio.Event()
+        #: Whether forgetting is held (a move to this node's generation runs).
+        self.held: Callable[[], bool] = lambda: False
 
     def given_back(self, block: int, ts: Timestamp | None = None) -> None:
         """Verification left ``block`` at its empty version (``ts``, else read from the
@@ -109,7 +119,11 @@ class Forgetter:
 
     async def _forget(self, blocks: list[int]) -> None:
         """Ask every node about ``blocks`` (all at once: a node that hangs costs one
-        timeout per batch, not per block) and forget those they all agree on."""
+        timeout per batch, not per block) and forget those they all agree on; nothing
+        while :attr:`held` (the module docstring)."""
+        if self.held():
+            self.node.stats["rw.forget.held"] += len(blocks)
+            return
         targets = {
             b: t
             for b in blocks

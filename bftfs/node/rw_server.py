@@ -25,6 +25,14 @@ another writer: a reader's or a node's write-back, a scrub's rewrite) is taken o
 ``b + 1`` other nodes host that very version, asked before storing it, and is then charged
 to the version's writer and never refused for quota (``unproven`` otherwise; docs/rw.md,
 "Repairs are charged to the version's writer").
+
+A *moved* version (``mv``, issue 35; ``bftfs/fs/mover.py``): the background mover copies
+a block's latest version from generation g into g + 1 at its own Time and writer, which
+g + 1's nodes do not host yet, so no proof is possible.  A node takes it while its view
+has a previous generation and it belongs to the current one (``NodeGeneration.moving``),
+charged to the sender (the mover) and never refused for quota; a node that is not moving
+treats it as the repair it looks like (``unproven``).  The fragment is checked against the
+cross checksum as for every write (docs/threat-model.md says what this lets a client do).
 """
 
 from __future__ import annotations
@@ -94,6 +102,8 @@ def register(
     catch_up = catch_up and not node.views.generation.retired
     verifier = Verifier(node) if node.config.verification.enabled and catch_up else None
     node.verifier = verifier
+    if verifier is not None:  # nothing given back is forgotten while objects move here
+        verifier.collection.forgetter.held = node.views.generation.moving
     server = RWServer(
         node_id=node.id,
         config=node.config,
@@ -109,6 +119,7 @@ def register(
         max_ahead_ns=max_ahead_ns,
     )
     server.moved = node.views.generation.moved
+    server.moving = node.views.generation.moving
     server.register_with(node)
     if catch_up:
         catch_up_blocks = functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns)
@@ -175,6 +186,8 @@ class RWServer:
         #: Why a client's own new version is refused ``moved`` (its generation frozen,
         #: ``node/generation.py``), or None.
         self.moved: Callable[[], str | None] = lambda: None
+        #: Whether this node takes moved versions (``NodeGeneration.moving``).
+        self.moving: Callable[[], bool] = lambda: False
 
     def register_with(self, node: Node) -> None:
         """Route the ``rw.*`` kinds of ``node`` to this server's methods."""
@@ -312,6 +325,11 @@ class RWServer:
         """Who a new version is charged to, and their quota (None: never refused)."""
         owner = int(ctx.sender)
         limit: int | None = self.client_quota
+        if req.moved and self.moving():
+            # The mover's copy of a version of the previous generation: its sender pays,
+            # never refused (the move must finish), and no peer can prove it yet.
+            self.stats["rw.write.moved"] += 1
+            return owner, None
         if here is None and repairs.is_repair(req, owner):
             if not await self._proven(req):
                 self.stats["rw.refused.unproven"] += 1

@@ -271,9 +271,12 @@ class RWClient:
         cross_checksum: bytes,
         *,
         targets: Iterable[int] | None = None,
+        moved: bool = False,
     ) -> None:
         """DO_WRITE at a given timestamp: :meth:`Writer.do_write`."""
-        await self.writer.do_write(block, ts, fragments, cross_checksum, targets=targets)
+        await self.writer.do_write(
+            block, ts, fragments, cross_checksum, targets=targets, moved=moved
+        )
 
     async def repair_block(
         self, block: BlockId, candidate: Timestamp, regen: erasure.Regenerated

@@ -11,7 +11,7 @@ Wire version: :data:`RW_WIRE_VERSION` (a request carrying another ``v`` is refus
 kind                    request fields                          reply fields
 ======================  ======================================  ===========================
 ``rw.time``             ``v, b``                                ``ts``
-``rw.write``            ``v, b, ts, cc, f`` [, ``fr``]          ``ok``, ``new`` | ``stale``
+``rw.write``            ``v, b, ts, cc, f`` [, ``fr``, ``mv``]  ``ok``, ``new`` | ``stale``
 ``rw.read_latest``      ``v, b, d``                             ReadReply
 ``rw.read_prev``        ``v, b, d, lt, incl``                   ReadReply
 ``rw.list``             ``v, a, n``                             ``e, more``
@@ -29,6 +29,11 @@ Field meanings:
   H.2) or, with ``incl``, at or below ``lt`` (used to fetch one exact version's fragment).
 - ``fr``: bool, optional: a *fresh* (one-round) write, executed only if ``ts`` is above every
   version the node hosts.
+- ``mv``: bool, optional: a *moved* version (issue 35, ``bftfs/fs/mover.py``): the background
+  mover copies a version generation g holds into g + 1 at its own Time and writer.  A node
+  takes it from a sender that is not the writer only while its view has a previous
+  generation (a move runs), charged to the sender; elsewhere it is a repair like any other
+  (``node/rw_server.py``).  Optional, so nodes and clients without it are unchanged.
 - ``ok``: True when the write was executed; then ``new``: bool, whether it created the
   version (False: it was already stored).  ``ok`` False only answers a fresh write the node
   refused; then ``stale``: bytes(44), the node's latest timestamp.
@@ -181,6 +186,8 @@ class WriteRequest:
     cross_checksum: bytes
     fragment: bytes
     fresh: bool = False
+    #: A version the background mover copies from the previous generation (``mv``).
+    moved: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         msg = {
@@ -192,6 +199,8 @@ class WriteRequest:
         }
         if self.fresh:
             msg["fr"] = True
+        if self.moved:
+            msg["mv"] = True
         return msg
 
     @classmethod
@@ -199,12 +208,14 @@ class WriteRequest:
         """Parse and size-check a write for a cluster of ``n`` nodes."""
         block = _block(msg)
         fresh = _bool(msg, "fr") if "fr" in msg else False
+        moved = _bool(msg, "mv") if "mv" in msg else False
         return cls(
             block,
             _ts(msg, "ts"),
             _bytes(msg, "cc", size=cross_checksum_size(n)),
             _bytes(msg, "f", max_size=max_fragment),
             fresh,
+            moved,
         )
 
 

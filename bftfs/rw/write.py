@@ -214,17 +214,20 @@ class Writer:
         cross_checksum: bytes,
         *,
         targets: Iterable[int] | None = None,
+        moved: bool = False,
     ) -> None:
         """DO_WRITE: send fragment ``i`` to node ``i``; return after ``N - t`` valid acks.
 
         ``targets`` restricts which nodes are written (only Byzantine-client tests use it;
         then fewer than ``N - t`` acknowledgements are awaited: all of the targets').
+        ``moved``: a version the background mover copies from the previous generation
+        (``WriteRequest.moved``, ``fs/mover.py``).
         """
         nodes = self.calls.nodes if targets is None else [NodeId(t) for t in targets]
         need = min(self.th.quorum, len(nodes))
 
         def payload(node: NodeId) -> Any:
-            return WriteRequest(block, ts, cross_checksum, fragments[node]).to_wire()
+            return WriteRequest(block, ts, cross_checksum, fragments[node], moved=moved).to_wire()
 
         def accept(node: NodeId, reply: Any) -> bool:
             try:

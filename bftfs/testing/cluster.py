@@ -30,7 +30,10 @@ from bftfs.config import (
 )
 from bftfs.crypto import AdminKey, Identity, KeyRing
 from bftfs.ids import NodeId, client_id
-from bftfs.membership.admin import init_view
+from bftfs.membership.admin import current, init_view, new_chain, with_view_keys
+from bftfs.membership.configview import write_signed
+from bftfs.membership.view import Generation, ViewNode, sign
+from bftfs.membership.viewkeys import AdminChains
 from bftfs.net.endpoint import Endpoint
 from bftfs.node.service import Node
 from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
@@ -89,6 +92,12 @@ class Cluster:
                 ring, self.addresses, self._nursery, **self._endpoint_options
             )
         return self._clients[k]
+
+    def as_node(self, i: int) -> Endpoint:
+        """A new endpoint speaking to the other nodes as node ``i`` (what only nodes may
+        ask: listings, catch-up), with connections of its own."""
+        ring = KeyRing(self._node_identities[i], self.config.node_public_keys())
+        return Endpoint(ring, self.addresses, self._nursery, **self._endpoint_options)
 
     def twin(self, k: int = 0) -> Endpoint:
         """Another endpoint of the ``k``-th configured client: a second mount of one client
@@ -191,6 +200,7 @@ async def open_cluster(
     node_clock_ns: Callable[[], int] | None = None,
     engine: str = "qu",
     views: bool = False,
+    previous: ClusterConfig | None = None,
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
@@ -202,7 +212,10 @@ async def open_cluster(
     the same reason nodes send no heartbeats (``node/rejoin.py``) unless
     ``rejoin_heartbeat`` is given.  ``node_clock_ns``: the nodes' clock (history tests
     move it days ahead instead of waiting).  ``engine``: the metadata engine
-    (``[cluster] engine``, docs/fab.md).
+    (``[cluster] engine``, docs/fab.md).  ``previous`` (with ``views``): another
+    cluster's configuration, named as the previous generation of this cluster's first
+    view (generation 2): its nodes then take the background mover's copies and forget no
+    given-back block (issue 35, ``fs/mover.py``); the other cluster is not told.
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
     rng = random.Random(seed)
@@ -249,6 +262,8 @@ async def open_cluster(
             config = replace(config, admin_key=admin_key.public).validate()
             admin_key.save(config.admin_key_path)
             init_view(config, admin_key)
+            if previous is not None:
+                moving_from(config, admin_key, previous)
         opts = dict(TEST_ENDPOINT, **(endpoint_options or {}))
         async with trio.open_nursery() as nursery:
             cluster = Cluster(
@@ -272,3 +287,18 @@ async def open_cluster(
         for ls in listeners:
             for lst in ls:
                 lst.socket.close()
+
+
+def moving_from(config: ClusterConfig, admin_key: AdminKey, previous: ClusterConfig) -> None:
+    """Replace ``config``'s view 1 (not taken yet) with one of generation 2 whose previous
+    generation is ``previous``'s nodes (each given a chain here, kept under
+    ``<home>/previous``, so the view can name their keys for it)."""
+    view, _ = current(config)
+    for s in previous.nodes:
+        new_chain(config, config.home / "previous" / f"node{s.id}", s.public_key, view.number)
+    rows = tuple(ViewNode(s.id, s.host, s.port, s.public_key) for s in previous.nodes)
+    gen = Generation(1, previous.t, previous.b, previous.qc, previous.m, rows)
+    moved = replace(view, generation=2, previous=gen)
+    write_signed(
+        config.view_path, sign(with_view_keys(AdminChains(config.admin_key_path), moved), admin_key)
+    )
