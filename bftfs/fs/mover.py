@@ -19,7 +19,7 @@ and leaves g + 1 holding everything a reader needs:
   its block size ``bs``).  A block g + 1 holds no version of (``ReadOutcome.absent``) gets
   g's latest version, re-encoded for g + 1's thresholds, written at its own Time and
   writer as a *moved* version (``WriteRequest.moved``, taken by nodes while a move runs and
-  charged to the mover; ``node/rw_server.py``).  Every later write of the file's blocks is
+  charged to the writer it names; ``node/rw_server.py``).  Every later write of the file's blocks is
   above that Time (writers write above the file's block Time, ``bt``), and a read as of
   any moment from the version's Time on finds it in g + 1; earlier moments are g's history,
   readable until g retires.

@@ -30,7 +30,8 @@ A *moved* version (``mv``, issue 35; ``bftfs/fs/mover.py``): the background move
 a block's latest version from generation g into g + 1 at its own Time and writer, which
 g + 1's nodes do not host yet, so no proof is possible.  A node takes it while its view
 has a previous generation and it belongs to the current one (``NodeGeneration.moving``),
-charged to the sender (the mover) and never refused for quota; a node that is not moving
+charged to the writer it names (as it was in g, and as a repair is) and never refused for
+quota; a node that is not moving
 treats it as the repair it looks like (``unproven``).  The fragment is checked against the
 cross checksum as for every write (docs/threat-model.md says what this lets a client do).
 """
@@ -326,10 +327,11 @@ class RWServer:
         owner = int(ctx.sender)
         limit: int | None = self.client_quota
         if req.moved and self.moving():
-            # The mover's copy of a version of the previous generation: its sender pays,
-            # never refused (the move must finish), and no peer can prove it yet.
+            # The mover's copy of a version of the previous generation: its writer pays, as
+            # there and as for a repair (the mover's own writes stay its own), never
+            # refused (the move must finish); no peer can prove it yet.
             self.stats["rw.write.moved"] += 1
-            return owner, None
+            return req.ts.writer, None
         if here is None and repairs.is_repair(req, owner):
             if not await self._proven(req):
                 self.stats["rw.refused.unproven"] += 1

@@ -32,7 +32,7 @@ Field meanings:
 - ``mv``: bool, optional: a *moved* version (issue 35, ``bftfs/fs/mover.py``): the background
   mover copies a version generation g holds into g + 1 at its own Time and writer.  A node
   takes it from a sender that is not the writer only while its view has a previous
-  generation (a move runs), charged to the sender; elsewhere it is a repair like any other
+  generation (a move runs), charged to the writer it names; elsewhere it is a repair like any other
   (``node/rw_server.py``).  Optional, so nodes and clients without it are unchanged.
 - ``ok``: True when the write was executed; then ``new``: bool, whether it created the
   version (False: it was already stored).  ``ok`` False only answers a fresh write the node
