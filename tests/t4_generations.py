@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,42 +136,71 @@ def test_six_nodes_grow_to_eleven_with_b_two_under_a_running_mount(tmp_path: Pat
 LIAR = ["--byzantine", "corrupt-fragments"]
 
 
-def test_the_checker_runs_through_a_generation_change_with_a_liar_in_each(
+def test_the_checker_runs_through_growth_to_eleven_and_back_with_a_liar_in_each(
     tmp_path: Path,
 ) -> None:
     """Two mounts take turns on one directory, every read checked against close-to-open
-    (``bftfs.testing.consistency``), while six nodes (``t = b = 1``, node 3 corrupting
-    every fragment it serves) grow to eleven (``t = b = 2``, node 7 a liar too)."""
+    (``bftfs.testing.consistency``), while six nodes (``t = b = 1``, node 3 corrupting every
+    fragment it serves) grow to eleven (``t = b = 2``, node 7 a liar), everything moves
+    and the six retire, then the eleven shrink back to six (``t = b = 1``, node 2 a liar),
+    everything moves again and the eleven retire.  The retired nodes keep running; a mount
+    from a bundle made in the first view then learns the newest view through them and
+    reads what the checker wrote."""
     with consistency.mounted(tmp_path, 2, node_args={3: LIAR}) as (pc, dirs):
         home = pc.home
+        bftfs_cli(home, "bundle", "--client", "client1", "-o", str(tmp_path / "laptop.tgz"))
         started: list[ClusterConfig] = []
 
-        def grow() -> None:
-            got = bftfs(home, "generation", "new", "--nodes", "11", "--t", "2", "--b", "2")
-            assert "of the old generation: frozen" in got.stdout, got.stdout
-            new = cfgmod.load(home / "cluster.toml")
-            local.start_nodes(new, {7: LIAR})
-            started.append(new)
-            local.wait_ready(new)
+        def new_generation(n: int, t: int, liar: int) -> Callable[[], None]:
+            def change() -> None:
+                got = bftfs(
+                    home, "generation", "new", "--nodes", str(n), "--t", str(t), "--b", str(t)
+                )
+                assert "of the old generation: frozen" in got.stdout, got.stdout
+                cfg = cfgmod.load(home / "cluster.toml")
+                local.start_nodes(cfg, {liar: LIAR})
+                started.append(cfg)
+                local.wait_ready(cfg)
 
-        def serving() -> None:
+            return change
+
+        def move_and_finish() -> None:
+            moved = bftfs(home, "generation", "move")
+            assert "complete" in moved.stdout, moved.stdout
+            done = bftfs(home, "generation", "finish")
+            assert "may be powered off" in done.stdout, done.stdout
+
+        def alone() -> None:
             shown = bftfs(home, "generation", "show").stdout
-            assert shown.count("frozen (generation 1") == 6, shown
-            assert shown.count("active (generation 2") == 11, shown
+            assert "moving" not in shown and shown.count("active (generation 3") == 6, shown
 
+        changes: dict[int, consistency.Change] = {
+            20: ("grown to 11 nodes, t = b = 2", new_generation(11, 2, 7)),
+            60: ("moved, 6 retired", move_and_finish),
+            100: ("shrunk to 6 nodes, t = b = 1", new_generation(6, 1, 2)),
+            140: ("moved, 11 retired", move_and_finish),
+            180: ("generation 3 alone", alone),
+        }
         try:
-            report = consistency.run(
-                pc,
-                dirs,
-                seed=12,
-                ops=260,
-                faults=0,
-                changes={20: ("grown to 11 nodes", grow), 140: ("generation 2 serving", serving)},
-            )
+            report = consistency.run(pc, dirs, seed=12, ops=240, faults=0, changes=changes)
             print(report.text())
-            # (a change starts once the one before it ended: ops 140-260 ran on generation 2)
-            assert "op 140: grown to 11 nodes done" in report.schedule, report.schedule
-            assert report.steps == 260 and sum(report.ops.values()) > 180
+            done = [e for e in report.schedule if e.endswith("done")]
+            # (a change starts once the one before it ended: the last ops ran on generation 3)
+            assert len(done) == 5 and done[-2].startswith("op 180"), report.schedule
+            assert report.steps == 240 and sum(report.ops.values()) > 160
+            shown = bftfs(home, "generation", "show").stdout
+            assert "generation 3" in shown and shown.count("active (generation 3") == 6, shown
+            # A laptop's bundle from view 1 names the first six nodes (retired): it learns
+            # the newest view through them and the eleven, and reads what the others wrote.
+            with tarfile.open(tmp_path / "laptop.tgz") as tar:
+                tar.extractall(tmp_path / "laptop", filter="data")
+            stale = cfgmod.load(tmp_path / "laptop" / "cluster.toml")
+            names = sorted(p.name for p in dirs[0].iterdir())
+            with Mount(stale, tmp_path / "laptop-mnt", client="client1") as laptop:
+                work = laptop.mountpoint / dirs[0].name
+                assert sorted(p.name for p in work.iterdir()) == names
+                for name in names:
+                    assert (work / name).read_bytes() == (dirs[0] / name).read_bytes()
         finally:
             for cfg in started:
                 local.stop_nodes(cfg)

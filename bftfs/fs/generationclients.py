@@ -172,9 +172,15 @@ class Generations:
 
     async def _advance(self, old: View, new: View) -> None:
         async with self._lock:
+            # Whether the generation the targets used is gone for this mount (it slept through
+            # a move: its nodes are retired and no longer prove the view): calls in flight
+            # there, which no node can take, are cut short and run again on the new targets.
+            # (A finished move abandons nothing: calls in flight run on the new generation.)
+            abandon = False
             if new.generation > old.generation:
                 held = self.current
                 moving = new.previous is not None and held.generation == new.generation - 1
+                abandon = not moving
                 self.previous = held if moving else None
                 self.current = await self._open(new, CURRENT)
                 if self.on_current is not None:
@@ -183,7 +189,7 @@ class Generations:
                 self.previous = None  # the move finished: the previous generation retired
             qu, rw = self._targets(new)
             self.qu.target, self.rw.target = qu, rw
-            self.switch.switched()
+            self.switch.switched(abandon=abandon)
             log.info(
                 "session: generation %s%s", new.generation,
                 "" if self.previous is None else f", moving from {self.previous.generation}",

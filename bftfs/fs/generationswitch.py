@@ -9,11 +9,14 @@ life, each forwarding to a *target*: the plain clients of one generation, or the
 the generation, with the new targets.
 
 A call the old generation's nodes refused because they are frozen or retired (Q/U:
-``MethodRefused("moved" | "retired")`` once ``b + 1`` agree; PASIS: ``GenerationMoved``)
+``MethodRefused("moved" | "retired")`` once ``b + 1`` agree; PASIS: ``GenerationMoved``,
+for a write refused ``moved`` or any call refused ``retired``)
 was not applied by a quorum: the mount waits for the switch (the nodes push the view they
 took to their clients, which fetch it: seconds) and runs the call again on the new
-targets, which move its objects first.  A call that was refused and never sees a switch
-within :data:`SWITCH_WAIT` fails as it was refused.
+targets, which move its objects first; so does a call that failed for want of nodes while
+the targets switched under it (a mount that slept through a whole move finds its old
+nodes retired, and no longer proving the view it took from them).  A call that was
+refused and never sees a switch within :data:`SWITCH_WAIT` fails as it was refused.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from bftfs.outcome import GenerationMoved
+from bftfs.outcome import ClusterUnavailable, GenerationMoved
 from bftfs.qu.objects import MethodRefused
 
 log = logging.getLogger(__name__)
@@ -46,12 +49,20 @@ class Switch:
         self._changed = trio.Event()
         #: Calls run again on the new targets after a refusal.
         self.retried = 0
+        #: The cancel scopes of the calls in flight.
+        self._running: set[trio.CancelScope] = set()
 
-    def switched(self) -> None:
-        """The targets changed: wake every call waiting for it."""
+    def switched(self, *, abandon: bool = False) -> None:
+        """The targets changed: wake every call waiting for it; with ``abandon`` (a
+        generation the old targets used is gone: retired, or skipped by a mount that slept
+        through a move), cut the calls in flight short and run them again on the new
+        targets, instead of letting them wait out their patience on nodes that refuse."""
         self.epoch += 1
         self._changed.set()
         self._changed = trio.Event()
+        if abandon:
+            for scope in self._running:
+                scope.cancel()
 
     async def after_refusal(self, epoch: int, error: BaseException) -> None:
         """Wait until the targets change after ``epoch`` (the one the refused call ran
@@ -70,13 +81,26 @@ class Switch:
         as by a frozen generation."""
         while True:
             epoch = self.epoch
+            scope = trio.CancelScope()
+            self._running.add(scope)
             try:
-                return await call()
+                with scope:
+                    return await call()
+                self.retried += 1  # abandoned by a switch (only it cancels this scope)
+                continue
             except Exception as e:
+                if isinstance(e, ClusterUnavailable) and self.epoch != epoch:
+                    # The generation changed under the call: its nodes are frozen or
+                    # retired, or no longer prove the view (a client that slept through
+                    # a whole move); the new targets are where it belongs.
+                    self.retried += 1
+                    continue
                 if not refused(e):
                     raise
                 log.info("refused by a frozen generation (%s): waiting for the new one", e)
                 await self.after_refusal(epoch, e)
+            finally:
+                self._running.discard(scope)
 
 
 def _qu_moved(e: BaseException) -> bool:
@@ -168,13 +192,16 @@ class SwitchingRW:
         )
 
     async def read_block(self, block: Any) -> bytes:
-        return bytes(await self.target.read_block(block))
+        return bytes(await self._switch.run(lambda: self.target.read_block(block), _rw_moved))
 
     async def read_blocks(self, blocks: Iterable[Any], **options: Any) -> Any:
-        return await self.target.read_blocks(blocks, **options)
+        todo = list(blocks)
+        return await self._switch.run(lambda: self.target.read_blocks(todo, **options), _rw_moved)
 
     async def read_as_of(self, block: Any, time_ns: int) -> bytes:
-        return bytes(await self.target.read_as_of(block, time_ns))
+        return bytes(
+            await self._switch.run(lambda: self.target.read_as_of(block, time_ns), _rw_moved)
+        )
 
     async def space_used(self) -> int:
         return int(await self.target.space_used())

@@ -283,12 +283,17 @@ class QUClient:
         if space is not None:
             raise type(space)(f"objects {objects}: {space}")
         self._rounds.check_malformed(objects)
-        for way in ("ahead", "behind"):  # a lease time is checked both ways (leases.py)
+        for way in ("ahead", "behind", "moved", "retired"):
+            # A lease time is checked both ways (leases.py); ``moved``/``retired``: the
+            # nodes' generation is frozen or retired (docs/membership.md, "Generations").
             nodes = sorted(n for n, code in self._rounds.space.items() if code == way)
             if len(nodes) > self.th.b:  # one correct node at least: this client's clock
-                raise MethodRefused(
-                    way, f"nodes {nodes}: this client's clock is too far {way} of theirs"
+                why = (
+                    f"nodes {nodes}: their generation is {way}"
+                    if way in ("moved", "retired")
+                    else f"nodes {nodes}: this client's clock is too far {way} of theirs"
                 )
+                raise MethodRefused(way, why)
 
 
 class ObjectLock:

@@ -42,6 +42,11 @@ from bftfs.qu.timestamp import Candidate, Timestamp
 QU_BATCH = BatchKind(KIND_BATCH, MAX_BATCH)
 
 
+#: The refusal codes a short round keeps for the operation loop to judge
+#: (``QUClient._check_refusals``).
+REFUSALS = frozenset({"full", "quota", "ahead", "behind", "moved", "retired"})
+
+
 class QuorumRounds:
     """The calls one Q/U client makes, and how many."""
 
@@ -146,11 +151,12 @@ class QuorumRounds:
                 )
         except QuorumUnavailable as e:
             # Servers out of space answer ``full`` (node/service.py), a client's update past
-            # its quota ``quota`` (node/qu_server.py); judged by the client's operation loop.
+            # its quota ``quota`` (node/qu_server.py), a retired generation's nodes
+            # ``retired`` (node/generation.py); judged by the client's operation loop.
             self.space = {
                 int(n): code
                 for n, why in e.result.errors.items()
-                if (code := refusal_code(why)) in ("full", "quota", "ahead", "behind")
+                if (code := refusal_code(why)) in REFUSALS
             }
             self.malformed = {
                 int(n): why
