@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ from bftfs.cli.generations import generation_config_path
 from bftfs.connect import open_client
 from bftfs.crypto import Identity
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.mover import MoveState, cursor_path
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
@@ -124,6 +127,50 @@ def test_generation_move_and_finish_bring_everything_over(tmp_path: Path) -> Non
             assert "retire" in done.stdout and "may be powered off" in done.stdout, done.stdout
             got = trio.run(statuses, old)
             assert got and all(s["retired"] for s in got.values()), got
+            assert trio.run(read_tree, cfgmod.load(home / "cluster.toml"), files) == []
+        finally:
+            local.stop_nodes(new)
+
+
+def test_a_move_killed_between_pages_resumes_and_finishes(tmp_path: Path) -> None:
+    """``bftfs generation move`` killed (SIGKILL) once its cursor holds a page, then run
+    again: it resumes there, every object of the tree is moved or found there once, and
+    the tree reads back through the new generation alone after ``finish``."""
+    home = tmp_path / "c"
+    with ProcessCluster(home, **OPTIONS) as pc:
+        files = {f"f{i:03}".encode(): f"file {i}\n".encode() for i in range(600)}
+        trio.run(write_tree, pc.config, files)
+        bftfs(home, "generation", "new", "--nodes", "7", "--t", "1", "--b", "1")
+        new = cfgmod.load(home / "cluster.toml")
+        cursor = cursor_path(home, 2)
+        try:
+            local.start_nodes(new)
+            local.wait_ready(new)
+            cmd = [sys.executable, "-m", "bftfs", "generation", "move"]
+            mover = subprocess.Popen(
+                [*cmd, "--config", str(home / "cluster.toml")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                deadline = time.monotonic() + 120
+                while (MoveState.load(cursor) or MoveState(0, 0)).after is None:
+                    assert mover.poll() is None, "the move ended before a page was done"
+                    assert time.monotonic() < deadline, "no page done in 120 s"
+                    time.sleep(0.02)  # polling the cursor file, not waiting blindly
+                mover.kill()
+            finally:
+                mover.wait()
+            cut = MoveState.load(cursor)
+            assert cut is not None and not cut.complete, cut
+            moved = bftfs(home, "generation", "move")
+            assert "complete" in moved.stdout, moved.stdout
+            done = MoveState.load(cursor)
+            assert done is not None and done.complete
+            # Every object once: the tree's 600 files, its directory and the root.
+            o = done.objects
+            assert o["moved"] + o.get("here", 0) >= len(files) + 2, o
+            bftfs(home, "generation", "finish")
             assert trio.run(read_tree, cfgmod.load(home / "cluster.toml"), files) == []
         finally:
             local.stop_nodes(new)

@@ -184,12 +184,13 @@ def cmd_generation_show(args: argparse.Namespace) -> int:
             state = "no answer" if got is None else _state_of(got)
             print(f"  node {spec.id} {spec.host}:{spec.port}: {state}")
     if view.previous is not None:
-        print(_move_progress(cfg, view))
+        print(move_progress(cfg, view))
     return 0
 
 
-def _move_progress(cfg: ClusterConfig, view: View) -> str:
-    """Where the background mover stands, from its cursor."""
+def move_progress(cfg: ClusterConfig, view: View) -> str:
+    """Where the background mover stands, from its cursor (``bftfs generation show`` and
+    ``bftfs status``)."""
     from bftfs.fs.mover import MoveState, cursor_path
 
     assert view.previous is not None

@@ -191,6 +191,10 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
         return code
     print(f"cluster {cfg.home}: t={cfg.t} b={cfg.b} n={cfg.n} QC={cfg.qc} m={cfg.m}")
     print(f"view {view.number}, generation {view.generation}{_moving(view)}")
+    if view.previous is not None:
+        from bftfs.cli.generations import move_progress
+
+        print(f"  {move_progress(cfg, view)}")
     print(f"health: {word.upper()}")
     for p in problems:
         print(tables._fit(f"  - {p}", 4))
