@@ -9,7 +9,8 @@ PASIS histories recorded under the file system must be linearizable.  ``make tes
 short seeded campaign (3 schedules of 25 operations, 10 to 20 s) and a shorter one with
 shared leases (their recalls withheld and forged by the Byzantine nodes too); the slow suite
 runs 40 schedules of 80 operations, with ``t = 2, b = 1`` on nine nodes among them, and 20
-with leases.
+with leases, each on two worker processes (``campaign_workers.py``; the report is a serial
+run's).
 
 A failure's message starts with the schedule (seed, thresholds, Byzantine and crash-prone
 nodes) and the command that replays it, followed by the last operations and faults.
