@@ -63,6 +63,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ from bftfs.rw.client import open_rw_client
 from bftfs.testing.byzantine.switching import Switching
 from bftfs.testing.campaign_model import Finding, Planner, Step
 from bftfs.testing.campaign_steps import check_name, check_past, run_step
-from bftfs.testing.campaign_workers import default_workers, in_workers
+from bftfs.testing.campaign_workers import Carried, default_workers, in_workers
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 from bftfs.testing.consistency import NAMES, TRACE, Inconsistent
 from bftfs.testing.recording import (
@@ -482,9 +483,22 @@ def campaign(
         _merge(report, results, stop_at_first)
     else:
         with in_workers(count_schedule, jobs, workers) as futures:
-            _merge(report, (f.result().replay() for f in futures), stop_at_first)
+            _merge(report, _replayed(scheds, futures), stop_at_first)
     report.seconds = time.monotonic() - start
     return report
+
+
+def _replayed(
+    scheds: list[Schedule], futures: Iterator[Future[Carried[Counts | str]]]
+) -> Iterator[Counts | str]:
+    """The workers' results in seed order, their logs re-emitted here; a schedule whose
+    worker failed (an exception other than a finding, a dead process) raises, named."""
+    for sched, future in zip(scheds, futures, strict=True):
+        try:
+            carried = future.result()
+        except Exception as e:
+            raise RuntimeError(f"{sched.text()}: its worker failed: {e!r}") from e
+        yield carried.replay()
 
 
 def _merge(report: Report, results: Iterator[Counts | str], stop_at_first: bool) -> None:

@@ -37,7 +37,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 #: Environment variable: how many worker processes the long campaigns and matrices use
-#: (1: run in the test process, as before).
+#: (1: run in the test process, as before; unset: each test's own number).
 WORKERS_ENV = "BFTFS_TEST_WORKERS"
 
 log = logging.getLogger(__name__)
