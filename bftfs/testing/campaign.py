@@ -36,7 +36,8 @@ under it and checked for linearizability (:mod:`bftfs.testing.recording`).
 schedule and the last operations, and ``--seed <that seed> --schedules 1`` replays it (the
 schedule, placement, operations and per-request lies are functions of the seed; the
 interleaving of concurrent requests over real sockets is not, so a replay is the same
-adversary, not always the same run).
+adversary, not always the same run).  ``--workers W`` runs the schedules on ``W`` spawned
+processes (``campaign_workers.py``); the report is the same, added up in seed order.
 
 **It can fail.**  Checked by hand (not committed), seed 1, schedules of 40 operations:
 with ``b + 1`` Byzantine nodes (``Schedule.byzantine`` given one more node while the
@@ -49,7 +50,9 @@ decoded from a corrupt fragment.
 
 Modules: this one runs schedules (clusters, clients, faults, rounds, the linearizability
 check, the report); the model and the planner of each round's operations are
-``campaign_model.py``; running one operation and checking its answer is ``campaign_steps.py``.
+``campaign_model.py``; running one operation and checking its answer is ``campaign_steps.py``;
+running schedules on worker processes, with what they log carried back, is
+``campaign_workers.py``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ import random
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +82,7 @@ from bftfs.rw.client import open_rw_client
 from bftfs.testing.byzantine.switching import Switching
 from bftfs.testing.campaign_model import Finding, Planner, Step
 from bftfs.testing.campaign_steps import check_name, check_past, run_step
+from bftfs.testing.campaign_workers import Carried, default_workers, in_workers
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 from bftfs.testing.consistency import NAMES, TRACE, Inconsistent
 from bftfs.testing.recording import (
@@ -408,6 +414,45 @@ def run_schedule(home: Path, sched: Schedule) -> Outcome:
     return out
 
 
+@dataclass
+class Counts:
+    """What one schedule adds to the report (picklable and small: no histories)."""
+
+    ops: Counter[str]
+    rounds: int
+    behaviours: Counter[str]
+    crashes: int
+    leases: Counter[str]
+    qu_ops: int
+    qu_objects: int
+    rw_ops: int
+    rw_blocks: int
+
+    def add_to(self, report: Report) -> None:
+        report.ops.update(self.ops)
+        report.rounds += self.rounds
+        report.behaviours.update(self.behaviours)
+        report.crashes += self.crashes
+        report.leases.update(self.leases)
+        report.qu_ops += self.qu_ops
+        report.qu_objects += self.qu_objects
+        report.rw_ops += self.rw_ops
+        report.rw_blocks += self.rw_blocks
+
+
+def count_schedule(home: Path, sched: Schedule) -> Counts | str:
+    """Run one schedule: its counts, or its finding's text (with the replay line)."""
+    try:
+        out = run_schedule(home, sched)
+    except Finding as e:
+        return str(e)
+    qu, rw = out.checked["Q/U"], out.checked["PASIS"]
+    return Counts(
+        out.ops, out.rounds, out.behaviours, out.crashes, out.leases,
+        qu.operations, qu.registers, rw.operations, rw.registers,
+    )  # fmt: skip
+
+
 def campaign(
     home: Path,
     *,
@@ -417,33 +462,55 @@ def campaign(
     thresholds: tuple[tuple[int, int], ...] = FAST_THRESHOLDS,
     stop_at_first: bool = True,
     lease_term: float = 0.0,
+    workers: int | None = None,
 ) -> Report:
     """Schedules ``seed`` .. ``seed + schedules - 1`` of ``ops`` operations each; with
-    ``lease_term``, the clients take shared leases of that term (``fs/leases.py``)."""
+    ``lease_term``, the clients take shared leases of that term (``fs/leases.py``).
+
+    ``workers`` processes run the schedules (default: ``$BFTFS_TEST_WORKERS``, else 1: in
+    this process); the report is the serial run's whatever their number: counts added in
+    seed order, each finding with its schedule's replay line.  With ``stop_at_first`` the
+    report ends at the lowest-seeded finding, as a serial run's does: schedules above it
+    that a worker had already started are stopped and left out of it (their findings too).
+    """
+    workers = default_workers(1) if workers is None else workers
     report = Report()
     start = time.monotonic()
-    for s in range(seed, seed + schedules):
-        sched = Schedule.draw(s, ops, thresholds, lease_term)
-        report.schedules += 1
-        try:
-            out = run_schedule(home / f"schedule{s}", sched)
-        except Finding as e:
-            report.findings.append(str(e))
-            if stop_at_first:
-                break
-            continue
-        report.ops.update(out.ops)
-        report.rounds += out.rounds
-        report.behaviours.update(out.behaviours)
-        report.crashes += out.crashes
-        report.leases.update(out.leases)
-        qu, rw = out.checked["Q/U"], out.checked["PASIS"]
-        report.qu_ops += qu.operations
-        report.qu_objects += qu.registers
-        report.rw_ops += rw.operations
-        report.rw_blocks += rw.registers
+    scheds = [Schedule.draw(s, ops, thresholds, lease_term) for s in range(seed, seed + schedules)]
+    jobs = [(home / f"schedule{sched.seed}", sched) for sched in scheds]
+    if workers <= 1:
+        results: Iterator[Counts | str] = (count_schedule(*job) for job in jobs)
+        _merge(report, results, stop_at_first)
+    else:
+        with in_workers(count_schedule, jobs, workers) as futures:
+            _merge(report, _replayed(scheds, futures), stop_at_first)
     report.seconds = time.monotonic() - start
     return report
+
+
+def _replayed(
+    scheds: list[Schedule], futures: Iterator[Future[Carried[Counts | str]]]
+) -> Iterator[Counts | str]:
+    """The workers' results in seed order, their logs re-emitted here; a schedule whose
+    worker failed (an exception other than a finding, a dead process) raises, named."""
+    for sched, future in zip(scheds, futures, strict=True):
+        try:
+            carried = future.result()
+        except Exception as e:
+            raise RuntimeError(f"{sched.text()}: its worker failed: {e!r}") from e
+        yield carried.replay()
+
+
+def _merge(report: Report, results: Iterator[Counts | str], stop_at_first: bool) -> None:
+    """Add the schedules' results, in seed order, to ``report``."""
+    for result in results:
+        report.schedules += 1
+        if isinstance(result, str):
+            report.findings.append(result)
+            if stop_at_first:
+                return
+        else:
+            result.add_to(report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow", action="store_true", help="also draw t=2, b=1 on nine nodes")
     parser.add_argument("--keep-going", action="store_true", help="run on after a finding")
     parser.add_argument("--lease", type=float, default=0.0, help="clients' lease term, s")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes running schedules (default 1)"
+    )
     args = parser.parse_args(argv)
     thresholds = SLOW_THRESHOLDS if args.slow else FAST_THRESHOLDS
     with tempfile.TemporaryDirectory() as tmp:
@@ -465,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             thresholds=thresholds,
             stop_at_first=not args.keep_going,
             lease_term=args.lease,
+            workers=args.workers,
         )
     print(report.text())
     return 1 if report.findings else 0
