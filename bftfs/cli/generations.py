@@ -34,6 +34,7 @@ import trio
 from bftfs import config as cfgmod
 from bftfs import local
 from bftfs.cli.common import QuietError, cluster_of, with_cluster
+from bftfs.cli.views import parse_address
 from bftfs.config import ClusterConfig, ConfigError, default_sizes
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.ids import NodeId
@@ -53,20 +54,9 @@ def _addresses(args: argparse.Namespace, home: Path, n: int) -> list[tuple[str, 
     if given and len(given) != n:
         raise QuietError(f"--address given {len(given)} times for {n} nodes", 2)
     if given:
-        return [_address(text) for text in given]
+        return [parse_address(text) for text in given]
     ports = local.cluster_ports(home, n)
     return [("127.0.0.1", p) for p in ports]
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not host or not 0 < number <= 65535:
-        raise QuietError(f"--address {text!r}: expected HOST:PORT", 2)
-    return host, number
 
 
 def _node_key(data_dir: Path, node: int) -> Identity:

@@ -98,7 +98,7 @@ def node_replace(args: argparse.Namespace) -> int:
     cfg, path = cluster_of(args)
     key = admin.admin_key(cfg)
     view, blob = admin.current(cfg)
-    host, port = _address(args.address)
+    host, port = parse_address(args.address)
     node = int(args.index)
     if not 0 <= node < len(view.nodes):
         last = len(view.nodes) - 1
@@ -140,7 +140,8 @@ def node_replace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _address(text: str) -> tuple[str, int]:
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of an ``--address`` (exit 2 with the reason otherwise)."""
     host, _, port = text.rpartition(":")
     try:
         number = int(port)
