@@ -54,6 +54,7 @@ from bftfs.fs.generations import GenerationalQU
 from bftfs.fsobjects.moves import unpack_state
 from bftfs.ids import NodeId
 from bftfs.qu.messages import KIND_LATEST, VERSION, MessageError, parse_latest_reply
+from bftfs.rate import ByteRate
 from bftfs.rw.messages import block_id
 from bftfs.rw.timestamp import make_timestamp
 
@@ -68,8 +69,6 @@ DEFAULT_PAGE = 256
 DEFAULT_CONCURRENCY = 32
 #: How long one node's listing is waited for (s).
 LIST_TIMEOUT = 10.0
-#: How much of the rate a burst may run ahead (s).
-BURST_SECONDS = 1.0
 
 
 class MoveError(Exception):
@@ -141,24 +140,6 @@ def start_state(path: Path | None, view: int, source: int) -> MoveState:
     if got is not None and got.source == source:
         return got
     return MoveState(view, source)
-
-
-class ByteRate:
-    """Paces bytes to ``per_second`` (0: no limit): a token bucket, each copy's bytes
-    spent before it, a spender waiting while more than :data:`BURST_SECONDS` of the rate is
-    owed (as ``node/rw_catchup.py`` paces a catch-up)."""
-
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
-        self._paid_until = 0.0
-
-    async def spend(self, nbytes: int) -> None:
-        if self.per_second <= 0 or nbytes <= 0:
-            return
-        now = trio.current_time()
-        self._paid_until = max(self._paid_until, now) + nbytes / self.per_second
-        if self._paid_until - BURST_SECONDS > now:
-            await trio.sleep_until(self._paid_until - BURST_SECONDS)
 
 
 def union_page(

@@ -58,6 +58,7 @@ import trio
 from bftfs.ids import NodeId
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumUnavailable
+from bftfs.rate import ByteRate
 from bftfs.rw import replica
 from bftfs.rw.behind import (
     ListingMerge,
@@ -96,8 +97,6 @@ MAX_FAILED_IN_A_ROW = 3
 #: first listing round (None: the endpoint's); tests shorten them.
 READ_OPTIONS: dict[str, Any] = {}
 LIST_TIMEOUT: float | None = None
-#: Seconds of ``catchup_bytes_per_second`` a catch-up may read ahead of its pace.
-BURST_SECONDS = 1.0
 #: The wait before another pass while blocks are left behind: doubled each time, up to the
 #: second figure, for as long as the node runs (a peer it needs may be down for long).
 RETRY_SECONDS = 10.0
@@ -121,25 +120,6 @@ def new_progress() -> dict[str, Any]:
         "bytes_stored": 0,
         "seconds": 0.0,
     }
-
-
-class ByteRate:
-    """Paces what a catch-up reads to ``per_second`` bytes (0: no limit): each read's
-    bytes are spent after it, and a spender waits while more than :data:`BURST_SECONDS`
-    of the rate is owed (a token bucket), so a pass reading ``B`` bytes lasts at least
-    ``B / per_second - BURST_SECONDS``."""
-
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
-        self._paid_until = 0.0  # trio time by which everything spent so far is paid for
-
-    async def spend(self, nbytes: int) -> None:
-        if self.per_second <= 0 or nbytes <= 0:
-            return
-        now = trio.current_time()
-        self._paid_until = max(self._paid_until, now) + nbytes / self.per_second
-        if self._paid_until - BURST_SECONDS > now:
-            await trio.sleep_until(self._paid_until - BURST_SECONDS)
 
 
 class CatchUp:
