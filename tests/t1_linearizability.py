@@ -60,6 +60,27 @@ def test_two_readers_seeing_concurrent_writes_in_opposite_orders_is_rejected() -
     assert not check_register(ops, None)
 
 
+def test_a_long_history_is_checked_in_segments_between_quiet_moments() -> None:
+    # 20 000 operations in one search would be 20 000 frames deep; cut where nothing is in
+    # flight, each segment is two operations.
+    ops = []
+    for k in range(10_000):
+        ops += [w(k, 4 * k, 4 * k + 1), r(k, 4 * k + 2, 4 * k + 3)]
+    assert check_register(ops, None)
+    ops[-1] = r(0, ops[-1].start, ops[-1].end)
+    assert not check_register(ops, None)
+
+
+def test_every_value_a_segment_can_end_with_carries_into_the_next() -> None:
+    # Two concurrent writes end the first segment: either may be the register's value after
+    # it, so a later read of either is legal, but both orders cannot hold at once.
+    first = [w(1, 0, 3), w(2, 1, 4)]
+    assert check_register([*first, r(1, 5, 6)], None)
+    assert check_register([*first, r(2, 5, 6)], None)
+    assert not check_register([*first, r(2, 5, 6), r(1, 7, 8)], None)
+    assert not check_register([*first, r(None, 5, 6)], None)
+
+
 def test_pending_write_may_take_effect_late_or_never() -> None:
     assert check_register([w(1, 0, 1), w(2, 2, None), r(1, 3, 4)], None)
     assert check_register([w(1, 0, 1), w(2, 2, None), r(2, 3, 4), r(2, 5, 6)], None)

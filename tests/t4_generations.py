@@ -22,10 +22,10 @@ import pytest
 from bftfs import config as cfgmod
 from bftfs import local
 from bftfs.config import ClusterConfig
-from bftfs.testing import consistency
+from bftfs.testing import consistency, registers
 from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fuse_available
-from bftfs.testing.processes import ProcessCluster
+from bftfs.testing.processes import ProcessCluster, wait_caught_up
 
 OPTIONS: dict[str, Any] = {"clients": 2, "durable": False, "map_size": 1 << 28}
 
@@ -146,7 +146,15 @@ def test_the_checker_runs_through_growth_to_eleven_and_back_with_a_liar_in_each(
     and the six retire, then the eleven shrink back to six (``t = b = 1``, node 2 a liar),
     everything moves again and the eleven retire.  The retired nodes keep running; a mount
     from a bundle made in the first view then learns the newest view through them and
-    reads what the checker wrote."""
+    reads what the checker wrote.
+
+    Throughout, two more threads (one per mount) read and rewrite two fixed-size files at
+    once, and their history is checked for linearizability (``bftfs.testing.registers``).
+    Nodes are killed during both moves, one fault beside each generation's liar where the
+    thresholds allow two (``t = 2``): node 9 of the eleven (the new generation) is killed
+    before the first move and restarted after it, node 5 of the eleven (now the old
+    generation) before the second move and restarted after it; each then catches up and the
+    generation is finished."""
     with consistency.mounted(tmp_path, 2, node_args={3: LIAR}) as (pc, dirs):
         home = pc.home
         bftfs_cli(home, "bundle", "--client", "client1", "-o", str(tmp_path / "laptop.tgz"))
@@ -165,11 +173,21 @@ def test_the_checker_runs_through_growth_to_eleven_and_back_with_a_liar_in_each(
 
             return change
 
-        def move_and_finish() -> None:
-            moved = bftfs(home, "generation", "move")
-            assert "complete" in moved.stdout, moved.stdout
-            done = bftfs(home, "generation", "finish")
-            assert "may be powered off" in done.stdout, done.stdout
+        def move_and_finish(down: int) -> Callable[[], None]:
+            """Move with node ``down`` of the eleven killed, restart it, finish."""
+
+            def change() -> None:
+                cfg = started[0]
+                local.stop_node(cfg, down, kill=True)
+                moved = bftfs(home, "generation", "move")
+                assert "complete" in moved.stdout, moved.stdout
+                local.start_node(cfg, down)
+                local.wait_ready(cfg, nodes=[down])
+                wait_caught_up(cfg, down, seconds=120.0)
+                done = bftfs(home, "generation", "finish")
+                assert "may be powered off" in done.stdout, done.stdout
+
+            return change
 
         def alone() -> None:
             shown = bftfs(home, "generation", "show").stdout
@@ -177,14 +195,18 @@ def test_the_checker_runs_through_growth_to_eleven_and_back_with_a_liar_in_each(
 
         changes: dict[int, consistency.Change] = {
             20: ("grown to 11 nodes, t = b = 2", new_generation(11, 2, 7)),
-            60: ("moved, 6 retired", move_and_finish),
+            60: ("moved with node 9 of the eleven down, 6 retired", move_and_finish(9)),
             100: ("shrunk to 6 nodes, t = b = 1", new_generation(6, 1, 2)),
-            140: ("moved, 11 retired", move_and_finish),
+            140: ("moved with node 5 of the eleven down, 11 retired", move_and_finish(5)),
             180: ("generation 3 alone", alone),
         }
         try:
-            report = consistency.run(pc, dirs, seed=12, ops=240, faults=0, changes=changes)
+            with registers.running(dirs, seed=12) as concurrent:
+                report = consistency.run(pc, dirs, seed=12, ops=240, faults=0, changes=changes)
             print(report.text())
+            print(concurrent.history.text())
+            # Each mount read the other's writes, through every generation.
+            assert concurrent.own_and_others()["other"] > 20, concurrent.own_and_others()
             done = [e for e in report.schedule if e.endswith("done")]
             # (a change starts once the one before it ended: the last ops ran on generation 3)
             assert len(done) == 5 and done[-2].startswith("op 180"), report.schedule

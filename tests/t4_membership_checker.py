@@ -5,7 +5,9 @@ directory, every read checked against close-to-open semantics on a model
 writes, revokes it, and replaces node 3 by a new process with a new key, address and empty
 data directory, which catches up while the checker goes on.  Node 3 is Byzantine in the
 old view (it corrupts every fragment it serves: the machine replaced for an intrusion) and
-its replacement is Byzantine in the new one, so each view has one liar."""
+its replacement is Byzantine in the new one, so each view has one liar.  Beside the
+checker, one thread per mount reads and rewrites two fixed-size files at the same time as
+the other, and that history is checked for linearizability (``bftfs.testing.registers``)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from bftfs import config as cfgmod
 from bftfs import local
 from bftfs.connect import IdentityRefused, check_identity
 from bftfs.crypto import Identity, KeyRing
-from bftfs.testing import consistency
+from bftfs.testing import consistency, registers
 from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import wait_caught_up
@@ -83,8 +85,11 @@ def test_the_checker_runs_through_a_client_added_and_revoked_and_a_node_replaced
             60: (f"node {REPLACED} replaced", replace_node),
         }
         try:
-            report = consistency.run(pc, dirs, seed=11, ops=150, faults=0, changes=changes)
+            with registers.running(dirs, seed=11) as concurrent:
+                report = consistency.run(pc, dirs, seed=11, ops=150, faults=0, changes=changes)
             print(report.text())
+            print(concurrent.history.text())
+            assert concurrent.own_and_others()["other"] > 20, concurrent.own_and_others()
             assert [e for e in report.schedule if e.endswith("done")] == [
                 "op 40: client carol added, mounted, written done",
                 "op 60: client carol revoked done",

@@ -69,40 +69,73 @@ class Verdict:
 def check_register(ops: Iterable[Op], initial: Any = None, *, max_states: int = 2_000_000) -> bool:
     """Whether the operations on one register are linearizable.
 
+    The history is cut where no operation is in flight (every operation before the cut
+    ended before any after it started): the segments are searched one after another, each
+    from every value the one before can end with.  A long run of a few clients is many
+    short segments, so neither the search's states nor its depth grow with its length.
+
     Raises:
-        RuntimeError: the search explored more than ``max_states`` states (history too big).
+        RuntimeError: a segment's search explored more than ``max_states`` states.
     """
-    todo = [op for op in ops if op.kind == WRITE or op.end is not None]
+    values: set[Any] = {initial}
+    for segment in _segments([op for op in ops if op.kind == WRITE or op.end is not None]):
+        values = _final_values(segment, values, max_states)
+        if not values:
+            return False
+    return True
+
+
+def _segments(ops: list[Op]) -> Iterator[list[Op]]:
+    """``ops`` in runs, cut where every operation so far ended before the next started."""
+    ops = sorted(ops, key=lambda op: op.start)
+    run: list[Op] = []
+    latest_end = -math.inf
+    for op in ops:
+        if run and op.start > latest_end:
+            yield run
+            run = []
+        run.append(op)
+        latest_end = max(latest_end, math.inf if op.end is None else op.end)
+    if run:
+        yield run
+
+
+def _final_values(todo: list[Op], initials: set[Any], max_states: int) -> set[Any]:
+    """Every value the register can hold after a legal order of ``todo`` starting from one
+    of ``initials``; empty if there is none."""
     ends = [math.inf if op.end is None else op.end for op in todo]
     must = 0  # operations that must be placed: everything except pending writes
     for i, op in enumerate(todo):
         if op.end is not None:
             must |= 1 << i
     seen: set[tuple[int, Any]] = set()
+    finals: set[Any] = set()
 
-    def search(placed: int, value: Any) -> bool:
-        if placed & must == must:
-            return True
+    def search(placed: int, value: Any) -> None:
         state = (placed, value)
         if state in seen:
-            return False
+            return
         if len(seen) >= max_states:
             raise RuntimeError(f"linearizability search exceeded {max_states} states")
         seen.add(state)
+        if placed & must == must:
+            finals.add(value)  # (pending writes left may still be placed after it)
         remaining = [i for i in range(len(todo)) if not placed >> i & 1]
+        if not remaining:
+            return
         horizon = min(ends[i] for i in remaining)
         for i in remaining:
             op = todo[i]
             if op.start > horizon:
                 continue  # some unplaced operation ended before this one started
             if op.kind == WRITE:
-                if search(placed | 1 << i, op.value):
-                    return True
-            elif op.value == value and search(placed | 1 << i, value):
-                return True
-        return False
+                search(placed | 1 << i, op.value)
+            elif op.value == value:
+                search(placed | 1 << i, value)
 
-    return search(0, initial)
+    for value in initials:
+        search(0, value)
+    return finals
 
 
 def check(ops: Iterable[Op], initial: Any = None) -> Verdict:
