@@ -232,7 +232,8 @@ class QUServer:
         #: Syncs in flight and candidates being made, shared by the requests waiting here.
         self.inflight = InFlight(stats)
         #: Whether this node's generation is frozen (``node/generation.py``): clients' own
-        #: updates but ``fs.release`` are refused ``moved``.
+        #: updates but ``fs.release``, and their queries but ``fs.state``, are refused
+        #: ``moved``.
         self.frozen: Callable[[], bool] = lambda: False
 
     def register_with(self, node: Node) -> None:
@@ -368,7 +369,16 @@ class QUServer:
         for _ in range(4):
             now_ns = self.clock_ns()
             if req.op is not None and req.op.query:
-                res = self.store.read(lambda kv: handle_request(kv, cfg, sender, req, synced))
+                res = self.store.read(
+                    functools.partial(
+                        handle_request,
+                        cfg=cfg,
+                        sender=sender,
+                        req=req,
+                        synced=synced,
+                        moved=self._moved(sender),
+                    )
+                )
             else:
                 step = functools.partial(
                     handle_request,

@@ -266,7 +266,8 @@ def handle_request(
         max_ahead_ns: how far past ``now_ns`` the clock a client's own update declares
             may be (None: not checked).
         moved: this server's generation is frozen (``node/generation.py``): a client's
-            own update but ``fs.release`` is refused ``moved``; repairs run.
+            own update but ``fs.release``, and its own query but ``fs.state``, are refused
+            ``moved``; repairs run.
 
     Returns:
         The reply, or :class:`NeedSync`, :class:`OverQuota` or :class:`ClockAhead`
@@ -389,13 +390,21 @@ def _refused_repair(step: _Step, su: Setup) -> Reply | None:
 
 #: The updates a frozen server still takes from a client for itself: giving a lease back.
 MOVED_EXEMPT = frozenset({"fs.release"})
+#: The one query a frozen server answers a client: the move's read of an object's state
+#: (``fs/generations.py``).  A client that knows of the move asks its old generation
+#: nothing else; any other query comes from a mount that has not taken the view yet, which
+#: would read a state the new generation may have changed since.
+MOVED_QUERIES = frozenset({"fs.state"})
 
 
 def _moved(step: _Step, su: Setup) -> Reply | None:
-    """A frozen server's refusal of an update its sender runs for itself (not a query, a
-    barrier, a copy or an inline repair), on the latest version (b + 1 agree: refused)."""
+    """A frozen server's refusal of an operation its sender runs for itself (not a barrier,
+    a copy or an inline repair): an update but ``fs.release``, or a query but the move's
+    read, on the latest version (b + 1 agree: refused)."""
     op = step.req.op
-    if op is None or op.query or step.req.client != step.sender or op.method in MOVED_EXEMPT:
+    if op is None or step.req.client != step.sender:
+        return None
+    if op.method in (MOVED_QUERIES if op.query else MOVED_EXEMPT):
         return None
     return step.reply(ReplyStatus.REFUSED, why="moved", at=_at(su))
 
