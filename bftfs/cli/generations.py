@@ -120,6 +120,41 @@ def cmd_generation_new(args: argparse.Namespace) -> int:
     return _push_to_old(cfgmod.load(kept), blob, new_view, args.as_client)
 
 
+def cmd_node_count(args: argparse.Namespace) -> int:
+    """``bftfs node add`` / ``bftfs node remove``: a new generation of one node more or
+    one fewer, at the cluster's ``t`` and ``b`` (PASIS ``qc`` and ``m`` the largest the new
+    size allows), on free local ports.  Every node of a generation is a new process (its
+    own key, port and data directory: a node's id and the thresholds' arithmetic change
+    together), so a node is added or removed by moving to the new generation: start its
+    nodes, ``bftfs generation move``, ``bftfs generation finish``, as for any generation.
+    On several machines, ``bftfs generation new --nodes N --address ...`` places them."""
+    cfg, _ = cluster_of(args)
+    view, _ = admin.current(cfg)
+    if view.previous is not None:
+        raise QuietError(
+            f"generation {view.generation} is being moved to: finish that move first "
+            "(`bftfs generation move`, `bftfs generation finish`)",
+            2,
+        )
+    if args.index is not None:
+        raise QuietError(
+            f"bftfs node {args.action} takes no node id: every node of the new generation is "
+            "a new process (see `bftfs generation --help`)",
+            2,
+        )
+    if args.address:
+        raise QuietError(
+            f"bftfs node {args.action} places the new generation on free local ports; on "
+            "other machines: bftfs generation new --nodes N --address HOST:PORT (N times)",
+            2,
+        )
+    n = cfg.n + 1 if args.action == "add" else cfg.n - 1
+    print(f"node {args.action}: generation {view.generation + 1} of {n} nodes, t={cfg.t} b={cfg.b}")
+    new = argparse.Namespace(**vars(args))
+    new.nodes, new.t, new.b, new.qc, new.m, new.address = n, cfg.t, cfg.b, None, None, None
+    return cmd_generation_new(new)
+
+
 def _push_to_old(old_cfg: ClusterConfig, blob: bytes, view: View, as_client: str | None) -> int:
     """Push the view to the previous generation's nodes: once a quorum of them took it, no
     update of that generation can complete any more."""

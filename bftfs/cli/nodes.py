@@ -109,6 +109,10 @@ def cmd_node_control(args: argparse.Namespace) -> int:
         from bftfs.cli.views import node_replace
 
         return node_replace(args)
+    if args.action in ("add", "remove"):
+        from bftfs.cli.generations import cmd_node_count
+
+        return cmd_node_count(args)
     if args.index is None:
         raise QuietError(f"bftfs node {args.action}: which node? (e.g. bftfs node stop 2)", 2)
     cfg, _ = cluster_of(args)
@@ -259,9 +263,11 @@ def add_node(sub: Any) -> None:
     sp.add_argument(
         "action",
         nargs="?",
-        choices=("stop", "start", "restart", "replace"),
+        choices=("stop", "start", "restart", "replace", "add", "remove"),
         help="control node INDEX of the local cluster (--dir) instead of running one; "
-        "replace: a new machine (new key, --address) for node INDEX, online",
+        "replace: a new machine (new key, --address) for node INDEX, online; add, remove: "
+        "a new generation of one node more or fewer (then `bftfs generation move`, "
+        "`finish`)",
     )
     sp.add_argument("index", nargs="?", type=int, metavar="INDEX", help="the node's id")
     with_dir(sp)
