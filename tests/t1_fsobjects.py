@@ -59,6 +59,7 @@ TABLE = [
     ("fs.lkwait", U, 1, 1, ()),
     ("fs.getlk", Q, 1, 1, ()),
     ("fs.state", Q, 1, 1, ()),
+    ("fs.export", Q, 1, 1, ()),
     ("fs.movein", U, 1, 1, ()),
 ]
 

@@ -32,6 +32,7 @@ from bftfs.fs.generations import (
     frozen_needed,
     wait_frozen,
 )
+from bftfs.fs.generationswitch import Switch, SwitchingQU
 from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.leases import EXCLUSIVE, holders, tag_query, who
 from bftfs.fsobjects.locks import lock_object
@@ -39,6 +40,7 @@ from bftfs.fsobjects.methods import FS
 from bftfs.fsobjects.moves import pack_state, unpack_state
 from bftfs.fsobjects.state import new_dir
 from bftfs.ids import client_id
+from bftfs.qu.canon import canonical, unpack
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.objects import MethodRefused
@@ -303,6 +305,83 @@ def test_two_routers_moving_one_object_end_consistent(tmp_path: Path) -> None:
             assert "ls" not in unpack_state(await raw_g.query(w, "fs.state"))
             assert await giver.new.query(w, "fs.state") is None and not giver.moved(w)
             assert giver.mount == 9  # learnt from the call
+
+    trio.run(main)
+
+
+class CutOffAfterTaking:
+    """Generation g's client as a freeze arriving right after an update took effect meets
+    it: the update runs (on g's real nodes), then its answer is lost to a ``moved``
+    refusal, as when the old nodes froze between taking it and answering."""
+
+    def __init__(self, client: QUClient) -> None:
+        self.client = client
+        self.cut = 0
+        self.was_cut = trio.Event()
+
+    def next_seq(self) -> int:
+        return self.client.next_seq()
+
+    async def update(self, objects: Any, method: str, arg: Any = None, *, seq: int) -> Any:
+        await self.client.update(objects, method, arg, seq=seq)
+        self.cut += 1
+        self.was_cut.set()
+        raise MethodRefused("moved", "nodes [0, 1]: their generation is moved")
+
+
+def test_an_update_that_took_effect_in_g_runs_once_when_retried_in_g_plus_1(
+    tmp_path: Path,
+) -> None:
+    """A hard link made in g whose answer the mount never saw (the freeze refused it right
+    after g took it) runs again in g + 1 under its first request id (``SwitchingQU``): the
+    moved objects' applied tables show it took effect, and g + 1 answers it without
+    running it again: one new name, a link count of 2, the first answer.  Under a new id
+    the same link is refused ``exists``, which is what the retry answered before the
+    tables moved."""
+
+    async def main() -> None:
+        async with generations(tmp_path) as gens:
+            fs = await gens.plain_fs(0)
+            f = await write(fs, ROOT, b"f", b"data")
+            d = (await fs.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+            e = await write(fs, ROOT, b"e", b"not moved yet")
+            await unmount(fs)
+            g_client = qu_client(gens.g, 1, seed=1)
+            cut = CutOffAfterTaking(g_client)
+            switch = Switch()
+            qu = SwitchingQU(cut, switch)
+            arg = {"p": d, "o": f, "name": b"hard", "now": gens.clock_ns()}
+            router = GenerationalQU(qu_client(gens.g1, 1, seed=1), g_client, clock_ns=gens.clock_ns)
+            async with trio.open_nursery() as nursery:
+                answered: list[Any] = []
+
+                async def link() -> None:
+                    answered.append(await qu.update([f, d], "fs.link", arg))
+
+                nursery.start_soon(link)
+                await cut.was_cut.wait()
+                qu.target = router  # the mount takes the view: the router's generation
+                switch.switched()
+            assert (cut.cut, switch.retried, router.moves["moved"]) == (1, 1, 2)
+            (answer,) = answered
+            assert answer[0]["nl"] == 2
+            state = unpack_state(await router.query(f, "fs.state"))
+            assert state["nl"] == 2  # linked once, not twice
+            other, _, _ = await gens.routed_fs(2)
+            assert [n for n, _ in await other.readdir(d)].count(b"hard") == 1
+            with pytest.raises(MethodRefused) as refused:
+                await router.update([f, d], "fs.link", dict(arg, now=gens.clock_ns()))
+            assert refused.value.code == "exists"
+
+            # The table a move installs is checked for form by the replica: refused
+            # ``invalid``, nothing installed.
+            packed, table = await g_client.query(e, "fs.export")
+            assert unpack(table)[int(client_id(0))][0] > 0  # client 0 made it
+            for bad in (b"\xc1", canonical({"x": [1, None]}), canonical({5: [1]}), 7):
+                with pytest.raises(MethodRefused) as refused:
+                    await router.new.update(e, "fs.movein", {"s": packed, "a": bad})
+                assert refused.value.code == "invalid", bad
+            assert await router.new.query(e, "fs.state") is None
 
     trio.run(main)
 

@@ -188,14 +188,22 @@ class GenerationalQU:
         await self._move_all(objs, _query_mount(arg))
         return await self.new.query(objects if isinstance(objects, int) else objs, method, arg)
 
-    async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+    async def update(
+        self, objects: int | Iterable[int], method: str, arg: Any = None, *, seq: int | None = None
+    ) -> Any:
         """``QUClient.update`` on ``new``, its objects moved first; ``fs.release`` of an
-        object g + 1 does not hold yet goes to g instead (below)."""
+        object g + 1 does not hold yet goes to g instead (below).  ``seq``: the id the
+        update ran under before (``QUClient.update``)."""
         objs = _objs(objects)
         if method == RELEASE:
             return await self._release(objs, arg)
         await self._move_all(objs, _update_mount(arg))
-        return await self.new.update(objects if isinstance(objects, int) else objs, method, arg)
+        target = objects if isinstance(objects, int) else objs
+        return await self.new.update(target, method, arg, seq=seq)
+
+    def next_seq(self) -> int:
+        """A request id for an update (``QUClient.next_seq``, g + 1's client)."""
+        return int(self.new.next_seq())
 
     async def _release(self, objs: tuple[int, ...], arg: Any) -> None:
         """Give a lease back where it is recorded: in g + 1 for a moved object, in g
@@ -279,10 +287,11 @@ class GenerationalQU:
         deadline = trio.current_time() + self._lease_wait
         pause = FIRST_POLL
         while True:
-            packed = await self.old.query(oid, "fs.state")
-            if packed is None:
+            exported = await self.old.query(oid, "fs.export")
+            if exported is None:
                 self.moves["absent"] += 1
                 return
+            packed, applied = exported
             others, mine = self._leases(packed, mount)
             if not others or trio.current_time() >= deadline:
                 break
@@ -295,7 +304,7 @@ class GenerationalQU:
         # fs.movein keeps this mount's own live lease (fsobjects/moves.py), so it goes on
         # answering from it and others recall it in g + 1.
         kept = mine and bool(mount)
-        arg: dict[str, Any] = {"s": packed}
+        arg: dict[str, Any] = {"s": packed, "a": applied}
         if kept:
             arg.update({MOUNT: mount, "lt": self._clock_ns()})
         try:

@@ -138,8 +138,19 @@ class SwitchingQU:
         return await self._switch.run(lambda: self.target.query(objs, method, arg), _qu_moved)
 
     async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+        """The update on the current target; run again on the next under the same request
+        id (``seq``): if the first run took effect in the old generation before its freeze
+        cut the answer off, the moved objects' applied tables show it, and the new
+        generation answers from them instead of running it twice (a create answering
+        EEXIST for the file it made)."""
         objs = objects if isinstance(objects, int) else tuple(objects)
-        return await self._switch.run(lambda: self.target.update(objs, method, arg), _qu_moved)
+        next_seq = getattr(self.target, "next_seq", None)
+        if next_seq is None:  # FaB's client: ordered, never cut short by a generation
+            return await self._switch.run(lambda: self.target.update(objs, method, arg), _qu_moved)
+        seq = next_seq()
+        return await self._switch.run(
+            lambda: self.target.update(objs, method, arg, seq=seq), _qu_moved
+        )
 
     async def settle(self, objects: int | Iterable[int]) -> None:
         objs = objects if isinstance(objects, int) else tuple(objects)

@@ -26,7 +26,7 @@ from bftfs.fsobjects.leases import (
 )
 from bftfs.fsobjects.limits import CLOCKS
 from bftfs.fsobjects.locks import _getlk, _lkwait, _renewlk, _setlk, _unlock_owner
-from bftfs.fsobjects.moves import _movein, _state
+from bftfs.fsobjects.moves import _export, _movein, _state
 from bftfs.fsobjects.names import (
     _create,
     _create_many,
@@ -168,6 +168,7 @@ FS = ObjectType(
         _lock_method("fs.lkwait", _lkwait, grants=False),
         Method("fs.getlk", Class.QUERY, _getlk, caller=True),
         Method("fs.state", Class.QUERY, _state),
+        Method("fs.export", Class.QUERY, _export, applied=True),
         Method(
             "fs.movein",
             Class.UPDATE,
@@ -176,6 +177,7 @@ FS = ObjectType(
             lease_clock="lt",
             lease_skew=LEASE_SKEW,
             grants=True,
+            installs_applied="a",
         ),
     ),
     finished=_finished,

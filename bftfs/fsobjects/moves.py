@@ -1,10 +1,11 @@
 """Moving an object from one generation to the next (issue 35, docs/membership.md "Generations:
-moving objects"): ``fs.state``, the object's raw state, and ``fs.movein``, which installs
-such a state where the object has none.
+moving objects"): ``fs.state``, the object's raw state, ``fs.export``, the state and its
+applied table, and ``fs.movein``, which installs them where the object has none.
 
 A change of the node count or the thresholds starts a new generation on new nodes; a client
 moves each object on first touch (``bftfs/fs/generations.py``): it reads the object's state
-from the old generation with ``fs.state`` and installs it in the new one with ``fs.movein``.
+and applied table from the old generation with ``fs.export`` and installs them in the new
+one with ``fs.movein``.
 The state travels as its canonical msgpack bytes (:func:`pack_state`): a directory's entry
 buckets are keyed by integers, and wire maps take string keys only.
 
@@ -314,12 +315,25 @@ def _state(states: States, arg: Any) -> Any:
     return None if state is None else pack_state(state)
 
 
+def _export(states: States, arg: Any, applied: Any) -> Any:
+    """What a move reads from the old generation: ``[state, table]``, the object's raw
+    state packed (:func:`pack_state`) and its applied table's canonical bytes (who last
+    updated it, with which ``seq`` and answer: ``qu/replica.py``), or None when it has no
+    state.  ``fs.movein`` installs both, so an update that took effect in the old
+    generation while its client saw the freeze refuse it answers from the table when the
+    client runs it again in the new one, instead of running twice."""
+    ((oid, state),) = states.items()
+    return None if state is None else [pack_state(state), applied[oid]]
+
+
 def _movein(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Install the packed state ``s`` as the one object, which must have none (refused
     ``exists`` otherwise: another client moved it first), checked and without leases
     (:func:`checked_state`), but the mover's own: the holder records of the calling
     client's mount (``lm``) that end within :data:`MAX_TERM` of the lease time ``lt``
-    (which nodes check against their clocks, ``Method.lease_clock``).  A holder that moves
+    (which nodes check against their clocks, ``Method.lease_clock``).  ``a``, the applied
+    table :func:`_export` read, becomes the new version's (``Method.installs_applied``;
+    the replica checks its form).  A holder that moves
     an object it leases (its write-back after the freeze's recall, or any call) keeps
     answering from its lease, and the others' updates in the new generation recall it
     there, so nothing it buffered is passed by.  The answer: None."""

@@ -159,9 +159,19 @@ class QUClient:
         at = out.at or ()
         return out.answer, dict(zip(objs, at, strict=True)) if len(at) == len(objs) else {}
 
-    async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
-        """Run update ``method`` on ``objects`` (1 to 8; atomically); its answer."""
-        return (await self._invoke(_objs(objects), method, arg, False)).answer
+    async def update(
+        self, objects: int | Iterable[int], method: str, arg: Any = None, *, seq: int | None = None
+    ) -> Any:
+        """Run update ``method`` on ``objects`` (1 to 8; atomically); its answer.  ``seq``:
+        the request id of an update run before (:meth:`next_seq`), which a version's applied
+        table shows if it took effect (``qu/replica.py``): an update a generation's freeze
+        cut short runs again in the next under its first id (``fs/generationswitch.py``)."""
+        return (await self._invoke(_objs(objects), method, arg, False, seq)).answer
+
+    def next_seq(self) -> int:
+        """A request id for an update (:meth:`update`'s ``seq``), this client's next."""
+        self._seq += 1
+        return self._seq
 
     async def settle(self, objects: int | Iterable[int]) -> None:
         """Repair ``objects`` until classification would let an operation run on them: a
@@ -202,14 +212,13 @@ class QUClient:
             yield
 
     async def _invoke(
-        self, objects: tuple[int, ...], method: str, arg: Any, query: bool
+        self, objects: tuple[int, ...], method: str, arg: Any, query: bool, seq: int | None = None
     ) -> core.Outcome:
         self._n["operations"] += 1
         if query:
             op = Operation(method, True, arg, 0)
         else:
-            self._seq += 1
-            op = Operation(method, False, arg, self._seq)
+            op = Operation(method, False, arg, self.next_seq() if seq is None else seq)
         try:
             if len(objects) == 1:  # the common case, without an exit stack
                 held = self._locks.get(objects[0])

@@ -83,6 +83,15 @@ class Method:
     #: An argument key whose presence makes an update of this method grant a lease
     #: (checked behind too, as ``grants``): a create that leases what it makes.
     grants_with: str | None = None
+    #: A query told the object's applied table too (``qu/replica.py``: who last updated it
+    #: with which ``seq`` and answer), as ``fn(states, arg, applied)`` with the canonical
+    #: bytes of each object's table: a move reads it with the state (issue 35).
+    applied: bool = False
+    #: An update whose new version takes its applied table from the argument's key of
+    #: this name (canonical bytes; absent: as any update) instead of the conditioned-on
+    #: version's: a move installs the old generation's table with the state, so an update
+    #: that took effect there is known as done when its client retries it here.
+    installs_applied: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,14 @@ class Registry:
         grants = m.grants or (m.grants_with is not None and arg.get(m.grants_with) is not None)
         return v, m.lease_skew, grants
 
+    def installed_applied(self, name: str, arg: Any) -> Any:
+        """The applied table an update ``name`` installs from ``arg``
+        (:attr:`Method.installs_applied`), or None: the update records itself as usual."""
+        m = self._methods.get(name)
+        if m is None or m.installs_applied is None or not isinstance(arg, Mapping):
+            return None
+        return arg.get(m.installs_applied)
+
     def names(self) -> list[str]:
         """Every registered method name, sorted."""
         return sorted(self._methods)
@@ -171,9 +188,17 @@ class Registry:
             raise MethodRefused("wrong-objects", f"{name} takes {m.min_objects}..{m.max_objects}")
         return m
 
-    def query(self, name: str, states: States, arg: Any, caller: int = 0) -> Any:
+    def query(
+        self,
+        name: str,
+        states: States,
+        arg: Any,
+        caller: int = 0,
+        applied: Mapping[int, bytes] | None = None,
+    ) -> Any:
         """Run query ``name``; the answer in canonical form.  ``caller``: the client asking
-        (:attr:`Method.caller`).
+        (:attr:`Method.caller`); ``applied``: each object's applied table
+        (:attr:`Method.applied`).
 
         Raises:
             MethodRefused: unknown method, an update, wrong number of objects, or the method
@@ -182,6 +207,8 @@ class Registry:
         """
         m = self._checked(name, Class.QUERY, len(states))
         try:
+            if m.applied:
+                return normalise(m.fn(states, arg, applied or {}))
             return normalise(m.fn(states, arg, caller) if m.caller else m.fn(states, arg))
         except MethodRefused:
             raise

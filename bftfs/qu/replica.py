@@ -235,7 +235,9 @@ def _optimistic_query(kv: KV, cfg: ReplicaConfig, req: Request) -> tuple[Any, tu
     if got is None:
         return None, None
     try:
-        answer = cfg.registry.query(req.op.method, _states({oid: got[0]}), req.op.arg, req.client)
+        answer = cfg.registry.query(
+            req.op.method, _states({oid: got[0]}), req.op.arg, req.client, {oid: got[1]}
+        )
     except MethodRefused:
         return None, None
     return answer, (latest.lt,)
@@ -390,11 +392,11 @@ def _refused_repair(step: _Step, su: Setup) -> Reply | None:
 
 #: The updates a frozen server still takes from a client for itself: giving a lease back.
 MOVED_EXEMPT = frozenset({"fs.release"})
-#: The one query a frozen server answers a client: the move's read of an object's state
+#: The queries a frozen server answers a client: the move's reads of an object's state
 #: (``fs/generations.py``).  A client that knows of the move asks its old generation
 #: nothing else; any other query comes from a mount that has not taken the view yet, which
 #: would read a state the new generation may have changed since.
-MOVED_QUERIES = frozenset({"fs.state"})
+MOVED_QUERIES = frozenset({"fs.state", "fs.export"})
 
 
 def _moved(step: _Step, su: Setup) -> Reply | None:
@@ -479,7 +481,8 @@ def _query(
     """Step 8 for a query: its answer on the conditioned-on versions (nothing is written)."""
     states = _states({oid: got[oid][0] for oid in step.req.objects})
     try:
-        answer = step.cfg.registry.query(op.method, states, op.arg, step.req.client)
+        applied = {oid: got[oid][1] for oid in step.req.objects}
+        answer = step.cfg.registry.query(op.method, states, op.arg, step.req.client, applied)
     except MethodRefused as e:
         return step.reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
     return step.reply(ReplyStatus.OK, type=OpType.METHOD.value, answer=answer, at=_at(su))
@@ -512,14 +515,51 @@ def _update(
             refused = _over_quota(step.kv, step.sender, quota, old, new_states)
             if refused is not None:
                 return refused
+    installed = step.cfg.registry.installed_applied(op.method, op.arg)
+    if installed is not None:
+        table = _installed_table(installed)
+        if table is None:
+            return step.reply(ReplyStatus.REFUSED, why="invalid", at=_at(su))
+        tables = dict.fromkeys(objects, table)
     applied = {}
     for oid in objects:
         t = dict(tables[oid])
-        t[req.client] = [op.seq, answer]
+        if installed is None or req.client not in t:
+            t[req.client] = [op.seq, answer]
         # Normal values: read back from canonical bytes, and ``answer`` normalised by the
         # registry (or read back from a table).
         applied[oid] = canonical_map(t)
     return {oid: (new_states[oid], applied[oid]) for oid in objects}, answer
+
+
+#: Most entries an installed applied table may hold (one per client that ever updated the
+#: object; a client id is at most 2^32).
+MAX_INSTALLED_CLIENTS = 1 << 16
+
+
+def _installed_table(blob: Any) -> dict[int, Any] | None:
+    """The applied table a move installs (``Method.installs_applied``): the canonical bytes
+    of ``{client: [seq, answer]}`` as the old generation's version held it; None if it is
+    not one.  (Whoever moves an object could also write its state: the table adds the
+    power to make one of a client's future updates, of that exact ``seq``, answer without
+    running; docs/threat-model.md.)"""
+    if not isinstance(blob, bytes):
+        return None
+    try:
+        table = unpack(blob)
+    except Exception:  # noqa: BLE001 - garbage from a client: refused, never raised
+        return None
+    if not isinstance(table, dict) or len(table) > MAX_INSTALLED_CLIENTS:
+        return None
+    for client, entry in table.items():
+        if not isinstance(client, int) or isinstance(client, bool) or not 0 <= client < 1 << 32:
+            return None
+        if not isinstance(entry, list) or len(entry) != 2:
+            return None
+        seq = entry[0]
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1 << 64:
+            return None
+    return table
 
 
 def _at(su: Setup) -> tuple[Timestamp, ...]:
