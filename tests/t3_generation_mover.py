@@ -167,8 +167,12 @@ def test_the_mover_moves_a_tree_so_g1_alone_reads_it_and_resumes_after_a_cut(
 
             await check_g1_alone(gens, want)
 
-            again = await run(router(), state=MoveState(1, 1), path=None)
+            second = router()
+            again = await run(second, state=MoveState(1, 1), path=None)
             assert again.complete and again.objects.get("moved", 0) == 0, again
+            # One Q/U operation in g + 1 per object already there: the state the router
+            # found is the one the mover reads the file's blocks from (no second query).
+            assert second.new.statistics().operations == again.objects["walked"] == 9
             assert again.blocks.get("copied", 0) == 0 and again.bytes == 0, again
             assert again.blocks["present"] == 8, again
             done = await run(router(), state=start_state(path, 1, 1))

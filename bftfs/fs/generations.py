@@ -51,6 +51,8 @@ RELEASE = "fs.release"
 #: First and longest pause between two looks at a leased object or at g's nodes (s).
 FIRST_POLL = 0.05
 MAX_POLL = 1.0
+#: What :meth:`GenerationalQU.move` answers when it did not see the object's state itself.
+NOT_SEEN = object()
 
 
 def frozen_needed(n: int, q: int, b: int) -> int:
@@ -266,23 +268,29 @@ class GenerationalQU:
         if not self.mount and mount:
             self.mount = mount
 
-    async def move(self, oid: int, mount: int | None = None) -> None:
+    async def move(self, oid: int, mount: int | None = None) -> Any:
         """Bring ``oid`` to g + 1 if it is in g only (module docstring); ``mount``: the
         calling mount (None: :attr:`mount`).  Concurrent calls of this router for one
-        object move it once."""
+        object move it once.  The packed state this call found (in g + 1, or the one it
+        moved; its leases aside, what g + 1 holds), None for an object in neither, or
+        :data:`NOT_SEEN` (moved before, or by another client meanwhile): the background
+        mover needs a file's state for its blocks, and asks g + 1 only then."""
         if oid in self._moved:
-            return
+            return NOT_SEEN
+        seen: Any = NOT_SEEN
         lock = self._moving.setdefault(oid, trio.Lock())
         async with lock:
             if oid not in self._moved:
-                await self._move(oid, self.mount if mount is None else mount)
+                seen = await self._move(oid, self.mount if mount is None else mount)
                 self._moved.add(oid)
         self._moving.pop(oid, None)
+        return seen
 
-    async def _move(self, oid: int, mount: int) -> None:
-        if await self.new.query(oid, "fs.state") is not None:
+    async def _move(self, oid: int, mount: int) -> Any:
+        here = await self.new.query(oid, "fs.state")
+        if here is not None:
             self.moves["here"] += 1
-            return
+            return here
         await self._until_ready()  # g's states are final from here on
         deadline = trio.current_time() + self._lease_wait
         pause = FIRST_POLL
@@ -290,7 +298,7 @@ class GenerationalQU:
             exported = await self.old.query(oid, "fs.export")
             if exported is None:
                 self.moves["absent"] += 1
-                return
+                return None
             packed, applied = exported
             others, mine = self._leases(packed, mount)
             if not others or trio.current_time() >= deadline:
@@ -300,13 +308,14 @@ class GenerationalQU:
             pause = min(2 * pause, MAX_POLL)
             if await self.new.query(oid, "fs.state") is not None:  # its holder moved it
                 self.moves["here"] += 1
-                return
+                return NOT_SEEN
         # fs.movein keeps this mount's own live lease (fsobjects/moves.py), so it goes on
         # answering from it and others recall it in g + 1.
         kept = mine and bool(mount)
         arg: dict[str, Any] = {"s": packed, "a": applied}
         if kept:
             arg.update({MOUNT: mount, "lt": self._clock_ns()})
+        seen: Any = packed
         try:
             await self.new.update(oid, "fs.movein", arg)
             self.moves["moved"] += 1
@@ -315,8 +324,10 @@ class GenerationalQU:
                 raise
             self.moves["raced"] += 1
             kept = False  # another client's move: its state holds no lease of ours
+            seen = NOT_SEEN
         if mine and not kept and self._own_lease_moved is not None:
             self._own_lease_moved([oid])
+        return seen
 
     async def _until_ready(self) -> None:
         """Await ``ready`` once, before the first read of g (concurrent moves wait for the

@@ -50,7 +50,7 @@ import trio
 
 from bftfs import erasure
 from bftfs.fs.files import file_block_size
-from bftfs.fs.generations import GenerationalQU
+from bftfs.fs.generations import NOT_SEEN, GenerationalQU
 from bftfs.fsobjects.moves import unpack_state
 from bftfs.ids import NodeId
 from bftfs.qu.messages import KIND_LATEST, VERSION, MessageError, parse_latest_reply
@@ -261,8 +261,9 @@ class Mover:
 
         async def one(oid: int) -> None:
             async with self.limit:
-                await self.router.move(oid)
-                packed = await self.router.new.query(oid, "fs.state")
+                packed = await self.router.move(oid)
+                if packed is NOT_SEEN:
+                    packed = await self.router.new.query(oid, "fs.state")
             if packed is not None:
                 await self.blocks(state, file_blocks(unpack_state(packed), self.default_bs))
             done()
