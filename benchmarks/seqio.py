@@ -251,11 +251,21 @@ def one_run(
             h("write", "end")
     rss = {"write": peak_rss_mib(site)}
     wcpu = hooks[0]
+    gap = profiling.NodeCounter(site)  # what the nodes did between the write and the read
+    gap("gap", "start")
     why_warm = make_cold(site)
+    gap("gap", "end")
+    if site.config is not None:
+        rec["verified_before_read"] = gap.phases.get("gap", {}).get("verified", 0)
     rec["cold"] = why_warm is None
     if why_warm:
         rec["warm_reason"] = why_warm
     rhooks = _hooks(site, profile)  # made after the remount: the new daemon's pid
+    # Blocks the nodes verified during the read: their verification of the file just
+    # written and the read share the cores, and the reader checks what is not yet flagged.
+    counter = rhooks[3] if profile is not None else profiling.NodeCounter(site)
+    if profile is None and site.config is not None:
+        rhooks.append(counter)
     for h in rhooks:
         h("read", "start")
     try:
@@ -267,6 +277,9 @@ def one_run(
     if rss["write"] is not None:
         rec["daemon_peak_rss_mib"] = rss
     rcpu = rhooks[0]
+    if site.config is not None:
+        rec["verified_during_read"] = counter.phases.get("read", {}).get("verified", 0)
+        rec["read_node_counters"] = counter.phases.get("read", {})
     if args.settled:
         rec.update(_settled_read(site, args, block, path))
     if profile is not None:
@@ -401,6 +414,7 @@ def measure(
                 progress.more(
                     f" write {rec['write_MBps']:.1f} MB/s ({common.fmt_s(rec['write_s'])}), "
                     f"read {rec['read_MBps']:.1f} MB/s ({common.fmt_s(rec['read_s'])}){warm}"
+                    + _read_detail(rec)
                     + (
                         f", settled read {rec['settled_MBps']:.1f} MB/s"
                         if "settled_MBps" in rec
@@ -415,6 +429,18 @@ def measure(
 # Results ----------------------------------------------------------------------------------
 
 PHASES = ("write", "read")
+
+
+def _read_detail(rec: dict[str, Any]) -> str:
+    """The read's CPU seconds (daemon / nodes) and blocks the nodes verified meanwhile."""
+    cpu = rec.get("cpu", {}).get("read", {})
+    if "verified_during_read" not in rec:
+        return ""
+    return (
+        f" [CPU {cpu.get('mount', 0):.2f} / {cpu.get('nodes', 0):.2f} s,"
+        f" verified {rec.get('verified_before_read', 0):.0f} before,"
+        f" {rec['verified_during_read']:.0f} during]"
+    )
 
 
 def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from bftfs.rw.batch import rw_batcher
 from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient, max_fragment_of
-from bftfs.rw.lazy import Backlog, Pick, StreamState, stream_state
+from bftfs.rw.lazy import BIG_OBJECT_BLOCKS, Backlog, Pick, StreamState, stream_state
 from bftfs.rw.messages import BlockId, Notify, WriteRequest
 from bftfs.rw.timestamp import ZERO, Timestamp
 from bftfs.rw.verify import ReadOutcome
@@ -129,6 +129,8 @@ class Verifier:
         self.collection = Collection(node, self.progress)
         #: NOTIFYs sent and taken.
         self.notifier = Notifier(node, self.peers, self.progress)
+        #: trio time a client last read a block of the backlog (``rw/lazy.stream_state``).
+        self.backlog_read = -math.inf
         self._client: RWClient | None = None
         #: The same READs through a batcher, for waves of more than one block (the direct
         #: client when waves are off).
@@ -140,7 +142,11 @@ class Verifier:
         """Whether a client stream is in progress (``rw/lazy.stream_state``)."""
         server = self.node.server
         state = stream_state(
-            self.policy, now, self.node.last_client_request, server.client_busy_since
+            self.policy,
+            now,
+            self.node.last_client_request,
+            server.client_busy_since,
+            self.backlog_read,
         )
         self.progress["streaming"] = state.streaming
         return state
@@ -154,6 +160,14 @@ class Verifier:
             self.progress["forced"] += 1
         self.settled = trio.Event() if self.settled.is_set() else self.settled
         self._wake.set()
+
+    def client_read(self, block: int) -> None:
+        """A client read ``block``: if its object is a big one with blocks left to verify
+        here (a big file read right after it was written), idle-time verification waits
+        until the reads pause.  The reader checks the blocks itself; verifying them in the
+        read's gaps would pay the check twice during the read (``rw/lazy.stream_state``)."""
+        if self.backlog.object_backlog(block) >= BIG_OBJECT_BLOCKS:
+            self.backlog_read = trio.current_time()
 
     def wake(self) -> None:
         """Look at the backlog now (the store is short of space)."""
