@@ -257,6 +257,7 @@ def one_run(
     gap("gap", "end")
     if site.config is not None:
         rec["verified_before_read"] = gap.phases.get("gap", {}).get("verified", 0)
+        rec["gap_node_counters"] = gap.phases.get("gap", {})
     rec["cold"] = why_warm is None
     if why_warm:
         rec["warm_reason"] = why_warm

@@ -123,3 +123,54 @@ async def test_a_read_of_a_big_unverified_object_defers_verification_until_it_pa
                         lambda kv, blk=blk, ts=ts: replica.is_verified(kv, blk, ts)
                     ):
                         await node.verifier.changed.wait()
+
+
+#: Verify at once once idle for 50 ms; 1 s of quiet after a client read of a big object.
+YIELD_POLICY = VerificationPolicy(
+    settle_seconds=0.0,
+    idle_seconds=0.05,
+    fallback_seconds=3600.0,
+    stream_seconds=3600.0,
+    stream_idle_seconds=1.0,
+)
+
+
+async def test_a_read_of_a_big_unverified_object_cancels_the_idle_waves_reading_it(
+    tmp_path: Path,
+) -> None:
+    """The nodes picked a wave of a big object's blocks in idle time just before a client
+    began reading it (the file read right after it was written): the wave's READs still
+    running are cancelled and their blocks picked again once the reads pause; before,
+    every such wave ran to its end inside the client's read (issue 34, sixth pass)."""
+    async with rw_cluster(tmp_path, clients=2, verification=YIELD_POLICY, retention=KEEP_ALL) as (
+        cl,
+        (writer, reader),
+    ):
+        rng = random.Random(12)
+        big = [block_id(7, k) for k in range(BIG_OBJECT_BLOCKS)]
+        data = [rng.randbytes(2000) for _ in big]
+        # The nodes' READs of each other hang, so the waves stay in progress.
+        n = cl.config.n
+        for j in range(n):
+            for i in range(n):
+                if i != j:
+                    cl.faults[j].link(i).delay(30.0)
+        stamps = await writer.write_blocks(dict(zip(big, data, strict=True)))
+        with trio.fail_after(30):
+            for node in cl.nodes:  # every node has own blocks among 16 consecutive ones
+                while node.verifier._idle_reads is None:
+                    await node.verifier.changed.wait()
+        assert await reader.read_block(big[0]) == data[0]
+        yielded = sum(node.progress["rw.verify"]["yielded"] for node in cl.nodes)
+        assert yielded >= 1  # before: the waves waited for their READs
+        assert all(node.progress["rw.verify"]["verified"] == 0 for node in cl.nodes)
+        for f in cl.faults:
+            f.clear()
+        with trio.fail_after(60):
+            for node in cl.nodes:
+                for blk in big:
+                    ts = stamps[blk]
+                    while not node.store.read(
+                        lambda kv, blk=blk, ts=ts: replica.is_verified(kv, blk, ts)
+                    ):
+                        await node.verifier.changed.wait()
