@@ -356,6 +356,10 @@ def node_counters(config: Any) -> dict[str, float] | None:
             total["commits"] += int(st.stats.get("commits", 0))
             for kind, n in (st.stats.get("requests") or {}).items():
                 total[str(kind)] += int(n)  # "req.<kind>" requests, and protocol counters
+            # Blocks the nodes' lazy verifiers verified (a read right after a write races it).
+            verify = (st.stats.get("progress") or {}).get("rw.verify") or {}
+            total["verified"] += int(verify.get("verified", 0))
+            total["verify_forced"] += int(verify.get("forced", 0))
     return dict(total)
 
 

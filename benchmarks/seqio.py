@@ -401,6 +401,7 @@ def measure(
                 progress.more(
                     f" write {rec['write_MBps']:.1f} MB/s ({common.fmt_s(rec['write_s'])}), "
                     f"read {rec['read_MBps']:.1f} MB/s ({common.fmt_s(rec['read_s'])}){warm}"
+                    + _read_detail(rec)
                     + (
                         f", settled read {rec['settled_MBps']:.1f} MB/s"
                         if "settled_MBps" in rec
@@ -415,6 +416,15 @@ def measure(
 # Results ----------------------------------------------------------------------------------
 
 PHASES = ("write", "read")
+
+
+def _read_detail(rec: dict[str, Any]) -> str:
+    """The read's CPU seconds, daemon / nodes (a status query around the read would
+    delay its start while the nodes verify, and change what it measures)."""
+    cpu = rec.get("cpu", {}).get("read", {})
+    if "nodes" not in cpu:
+        return ""
+    return f" [read CPU {cpu.get('mount', 0):.2f} / {cpu['nodes']:.2f} s]"
 
 
 def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, Any]:
