@@ -16,8 +16,11 @@ limit), on a fresh cluster of six real node processes (``t = b = 1``, durable co
 3. the move's time (the command's whole run), its counts (the cursor, ``move.json``), the
    Andrew run's time against the quiet one, and CPU seconds over the busy window (from the
    start to the later of the move's and Andrew's ends) of the old nodes, the new nodes, the
-   mount daemon and the mover; then ``bftfs generation finish``, the old nodes are stopped
-   and the written tree is read back through the mount, every file against its CRC.
+   mount daemon and the mover; then ``bftfs generation finish``, the old nodes are stopped,
+   a third Andrew run measures the new generation alone (the slowdown is the run during
+   the move against the mean of the runs before and after: the load of a shared machine
+   drifts), and the written tree is read back through the mount, every file against its
+   CRC.
 
 Prints one line per throttle and writes ``--out`` (``.json`` and ``.md``).  Thirteen node
 processes, a mount, the mover and the compiler share the machine: compare rows of one run
@@ -196,10 +199,14 @@ def one(rate: int, args: argparse.Namespace, tree: andrew.Tree, build: str) -> d
         got["finish_out"] = run_cmd(home, "generation", "finish")
         for i in range(pc.config.n):  # retired: the tree must read from the new ones alone
             pc.stop(i)
+        got["andrew_after_s"] = round(andrew.run_once(tree, build, m.mountpoint / "after"), 2)
         got["checked_files"], check_s = check_tree(m.mountpoint / "tree", crcs)
         got["check_s"] = round(check_s, 1)
     got["load_end"] = round(os.getloadavg()[0], 1)
-    got["slowdown"] = round(got["andrew_during_s"] / got["andrew_quiet_s"], 2)
+    # Against both quiet runs, one before and one after: the load of a shared machine
+    # drifts over a row's minutes, and they bracket the run during the move.
+    quiet = (got["andrew_quiet_s"] + got["andrew_after_s"]) / 2
+    got["slowdown"] = round(got["andrew_during_s"] / quiet, 2)
     got["move_mib_s"] = round(got["bytes_moved"] / (1 << 20) / max(got["move_s"], 1e-3), 1)
     return got
 
@@ -215,8 +222,8 @@ def line(r: dict[str, Any]) -> str:
         f"{r['objects'].get('moved', 0)} objects moved "
         f"({r['objects'].get('here', 0)} already there), "
         f"{r['blocks'].get('copied', 0)} blocks ({r['bytes_moved'] / (1 << 20):.0f} MiB), "
-        f"Andrew {r['andrew_quiet_s']} s quiet, {r['andrew_during_s']} s during "
-        f"({r['slowdown']}x), load {r['load_start']}-{r['load_end']}"
+        f"Andrew {r['andrew_quiet_s']} s quiet, {r['andrew_during_s']} s during, "
+        f"{r['andrew_after_s']} s after ({r['slowdown']}x), load {r['load_start']}-{r['load_end']}"
     )
 
 
@@ -231,9 +238,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{args.big} of {args.mib} MiB ({size / (1 << 20):.0f} MiB) written through a file "
         f"system; {m['cores']} cores; commit {common.commit_info()['commit'][:10]}.",
         "",
-        "| throttle | move | objects moved | blocks copied | move MiB/s | Andrew quiet "
-        "| Andrew during | slowdown | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| throttle | move | objects moved | blocks copied | move MiB/s | Andrew before "
+        "| Andrew during | Andrew after | slowdown | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         within = "" if r["andrew_within_move"] else " (move ended first)"
@@ -241,9 +248,13 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {fmt_rate(r['rate'])} | {r['move_s']} s | {r['objects'].get('moved', 0)} "
             f"| {r['blocks'].get('copied', 0)} ({r['bytes_moved'] / (1 << 20):.0f} MiB) "
             f"| {r['move_mib_s']} | {r['andrew_quiet_s']} s | {r['andrew_during_s']} s "
-            f"| {r['slowdown']}x{within} | {r['load_start']}-{r['load_end']} |"
+            f"| {r['andrew_after_s']} s | {r['slowdown']}x{within} | {r['load_start']}-{r['load_end']} |"
         )
     lines += [
+        "",
+        "Andrew before: on the settled cluster before `generation new`; after: once "
+        "`generation finish` ran and the old nodes were stopped (the new generation "
+        "alone); slowdown: during against the mean of the two.",
         "",
         "CPU seconds over the busy window (move start to the later of its end and Andrew's):",
         "",
