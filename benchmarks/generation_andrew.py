@@ -248,7 +248,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {fmt_rate(r['rate'])} | {r['move_s']} s | {r['objects'].get('moved', 0)} "
             f"| {r['blocks'].get('copied', 0)} ({r['bytes_moved'] / (1 << 20):.0f} MiB) "
             f"| {r['move_mib_s']} | {r['andrew_quiet_s']} s | {r['andrew_during_s']} s "
-            f"| {r['andrew_after_s']} s | {r['slowdown']}x{within} | {r['load_start']}-{r['load_end']} |"
+            f"| {r['andrew_after_s']} s | {r['slowdown']}x{within} "
+            f"| {r['load_start']}-{r['load_end']} |"
         )
     lines += [
         "",
