@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full bench-contention \
 	bench-andrew bench-postmark bench-two-postmarks bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
-	bench-scalability bench-engines bench-replace clean
+	bench-scalability bench-engines bench-replace bench-generation clean
 
 setup:
 	@scripts/setup.sh
@@ -130,6 +130,11 @@ bench-engines: setup
 # a mount during it, per catch-up throttle.
 bench-replace: bench-setup
 	$(BIN)/python benchmarks/replace.py $(BENCH_ARGS)
+
+# A generation move (issue 35): 6 -> 7 nodes with a tree written first, an Andrew run on a
+# mount during `bftfs generation move`, per mover throttle; then finish and read back.
+bench-generation: bench-setup
+	$(BIN)/python benchmarks/generation_andrew.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

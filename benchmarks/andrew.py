@@ -324,6 +324,26 @@ def run_andrew(
     return times
 
 
+def run_once(tree: Tree, build: str, where: Path, timeout: float = 600.0) -> float:
+    """One short run in ``where`` (a new directory on a mount the caller holds); its total
+    seconds.  For the benchmarks that time Andrew beside something else (a node replaced,
+    a generation moved: ``replace.py``, ``generation_andrew.py``), where no site is
+    opened and no daemon is the benchmark's to kill on a timeout.
+
+    Raises:
+        PhaseError: a phase failed, found wrong data, or ran past ``timeout``.
+    """
+    where.mkdir()
+    site = Site(common.bftfs_spec(1, 1), where)
+    return run_andrew(tree, site, build, timeout=timeout)["total"]
+
+
+def lua54_build() -> str:
+    """The compile phase's command for a copy of the Lua 5.4 directory alone (the tree
+    ``run_once`` callers copy: ``default_tree(...) / LUA54``)."""
+    return BUILD_TEMPLATE.replace("@LUA@", ".")
+
+
 # The run ----------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import trio
@@ -39,27 +40,35 @@ from bftfs.rw.client import open_rw_client
 from bftfs.testing.processes import ProcessCluster
 
 
-async def fill(cfg: ClusterConfig, small: int, big: int, mib: int) -> int:
-    """Write the tree; its bytes."""
+async def fill(cfg: ClusterConfig, small: int, big: int, mib: int) -> dict[str, int]:
+    """Write the tree (``/tree``: ``s<i>`` small files, ``b<i>`` big ones, seeded); each
+    file's CRC-32 by name, so that a reader of the moved tree can check it
+    (``generation_andrew.py``)."""
     rng = random.Random(35)
-    total = 0
+    crcs: dict[str, int] = {}
     async with open_client(cfg) as ep, open_rw_client(ep, cfg) as rw:
         qu = QUClient(ep, QUThresholds.from_config(cfg), client_id=ep.pid)
         fs = await FileSystem.open(qu, rw, cfg)
         d = (await fs.mkdir(ROOT, b"tree", 0o755, 0, 0)).ino
-        files = [(f"s{i}".encode(), rng.randrange(1024, 4096)) for i in range(small)]
-        files += [(f"b{i}".encode(), mib << 20) for i in range(big)]
+        files = [(f"s{i}", rng.randrange(1024, 4096)) for i in range(small)]
+        files += [(f"b{i}", mib << 20) for i in range(big)]
         for name, size in files:
-            fh, _ = await fs.create(d, name, 0o644, 0, 0, os.O_RDWR)
+            fh, _ = await fs.create(d, name.encode(), 0o644, 0, 0, os.O_RDWR)
             data = rng.randbytes(size)
             for off in range(0, size, 1 << 20):
                 await fs.write(fh, off, data[off : off + (1 << 20)])
             await fs.release(fh)
-            total += size
+            crcs[name] = zlib.crc32(data)
         await fs.write_back()
         if fs.meta.leases is not None:
             await fs.meta.leases.release_all()
-    return total
+    return crcs
+
+
+def tree_bytes(small: int, big: int, mib: int) -> int:
+    """The bytes ``fill`` writes (the same seed, without writing)."""
+    rng = random.Random(35)
+    return sum(rng.randrange(1024, 4096) for _ in range(small)) + big * (mib << 20)
 
 
 def bftfs(home: Path, *args: str) -> str:
@@ -79,7 +88,8 @@ def main() -> None:
         home = Path(tmp) / "c"
         with ProcessCluster(home, clients=2, durable=True) as pc:
             t0 = time.monotonic()
-            size = trio.run(fill, pc.config, args.small, args.big, args.mib)
+            trio.run(fill, pc.config, args.small, args.big, args.mib)
+            size = tree_bytes(args.small, args.big, args.mib)
             print(f"filled {size / 2**20:.1f} MiB in {time.monotonic() - t0:.1f} s")
             bftfs(home, "generation", "new", "--nodes", "7", "--t", "1", "--b", "1")
             new = cfgmod.load(home / "cluster.toml")

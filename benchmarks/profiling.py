@@ -297,6 +297,25 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def settle(pids: list[int], deadline_s: float = 600.0, idle_cores: float = 0.2) -> float:
+    """Wait until the processes ``pids`` are done with what was left them (a fill leaves
+    the nodes verifying every block lazily): together less than ``idle_cores`` of a core
+    over one second, or ``deadline_s``; seconds waited.  A quiet run measured afterwards
+    is then the cluster's, not the verification's (``replace.py``,
+    ``generation_andrew.py``)."""
+
+    def used() -> float:
+        return sum(cpu_seconds(p) or 0.0 for p in pids)
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline_s:
+        before = used()
+        time.sleep(1.0)
+        if used() - before < idle_cores:
+            break
+    return time.monotonic() - t0
+
+
 class CpuMeter:
     """CPU seconds each side spends per phase: the workload, the FUSE daemon, the nodes.
 

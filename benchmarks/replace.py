@@ -41,7 +41,7 @@ from typing import Any
 import andrew
 import common
 import trio
-from profiling import cpu_seconds
+from profiling import settle
 
 from bftfs import config as cfgmod
 from bftfs import local
@@ -72,24 +72,6 @@ async def fill(cfg: ClusterConfig, total: int, block: int) -> float:
     return time.monotonic() - t0
 
 
-def settle(pc: ProcessCluster, deadline_s: float = 600.0) -> float:
-    """Wait until the nodes are done with what the fill left them (lazy verification of
-    every block): less than a fifth of a core over one second, or ``deadline_s``; seconds
-    waited.  The quiet Andrew run is then the cluster's, not the verification's."""
-    pids = [p for p in (pc.pid(i) for i in range(pc.config.n)) if p is not None]
-
-    def used() -> float:
-        return sum(cpu_seconds(p) or 0.0 for p in pids)
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < deadline_s:
-        before = used()
-        time.sleep(1.0)
-        if used() - before < 0.2:
-            break
-    return time.monotonic() - t0
-
-
 def catch_ups(cfg: ClusterConfig, node: int) -> dict[str, Any] | None:
     """Node ``node``'s catch-up records once both are done, else None."""
     st = trio.run(local.query_status, cfg)[node]
@@ -100,13 +82,6 @@ def catch_ups(cfg: ClusterConfig, node: int) -> dict[str, Any] | None:
     if all(r.get("state") in ("done", "failed") for r in records.values()):
         return records
     return None
-
-
-def andrew_run(tree: andrew.Tree, build: str, where: Path) -> float:
-    """One Andrew run in ``where`` (a new directory); its total seconds."""
-    where.mkdir()
-    site = common.Site(common.bftfs_spec(1, 1), where)
-    return sum(andrew.run_andrew(tree, site, build, timeout=600.0).values())
 
 
 def replace_and_follow(home: Path, tree: andrew.Tree, build: str, mnt: Path) -> dict[str, Any]:
@@ -121,7 +96,7 @@ def replace_and_follow(home: Path, tree: andrew.Tree, build: str, mnt: Path) -> 
 
     def run_during() -> None:
         try:
-            during["andrew_s"] = andrew_run(tree, build, mnt / "during")
+            during["andrew_s"] = andrew.run_once(tree, build, mnt / "during")
         except andrew.PhaseError as e:  # a wrong answer is a finding, not a crash
             during["andrew_s"] = float("nan")
             errors.append(str(e))
@@ -168,9 +143,9 @@ def one(rate: int, args: argparse.Namespace, tree: andrew.Tree, build: str) -> d
     ):
         home = Path(tmp) / "c"
         fill_s = trio.run(fill, pc.config, total, args.block)
-        settle_s = settle(pc)
+        settle_s = settle([p for p in (pc.pid(i) for i in range(pc.config.n)) if p is not None])
         with Mount(pc.config, Path(tmp) / "mnt", client="client1") as m:
-            quiet = andrew_run(tree, build, m.mountpoint / "quiet")
+            quiet = andrew.run_once(tree, build, m.mountpoint / "quiet")
             got = replace_and_follow(home, tree, build, m.mountpoint)
     got.update(
         rate=rate,
@@ -218,7 +193,7 @@ def main() -> None:
     progress = common.Progress("replace", False)
     root = andrew.default_tree(progress) / andrew.LUA54
     tree = andrew.scan_tree(root)
-    build = andrew.BUILD_TEMPLATE.replace("@LUA@", ".")
+    build = andrew.lua54_build()
     rows = []
     for rate in (int(x) for x in args.rates.split(",")):
         progress(f"throttle {rate} B/s: filling {args.gib:g} GiB, then replacing node {NODE}")
