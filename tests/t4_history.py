@@ -432,23 +432,32 @@ def test_a_dry_run_names_its_start_exactly_and_the_real_run_given_it_does_those_
     tree = mine / "window"
     tree.mkdir()
     made = write(tree / "kept", b"mine\n")
-    # "3 seconds ago" at the dry run must fall after the tree was made and before client1
-    # wrote in it: let the clock pass 4 s (a wait on time itself, not on another process).
-    while time.time_ns() < made + 4 * 10**9:
+    # "N seconds ago" at the dry run must fall after the tree was made and before client1
+    # wrote in it: let the clock pass 6 s (a wait on time itself, not on another process).
+    while time.time_ns() < made + 6 * 10**9:
         time.sleep(0.05)
     before = time.time_ns()
     (theirs / "window" / "planted").write_bytes(b"theirs\n")
     (theirs / "window" / "kept").write_bytes(b"overwritten\n")
-    dry = bftfs(
-        cluster, "revert", str(tree), "--client", "client1", "--since", "3 seconds ago",
-        "--dry-run",
-    ).stdout.decode().splitlines()  # fmt: skip
+    # N aims at the window's middle from the moment of the call; the dry run's own now comes
+    # after its start-up, which a loaded machine stretches: a run whose printed start missed
+    # the window asks again with N grown by what it overshot.
+    middle, late = (made + before) // 2, 0
+    for _ in range(5):
+        ago = max(1, round((time.time_ns() - middle + late) / 10**9))
+        dry = bftfs(
+            cluster, "revert", str(tree), "--client", "client1", "--since",
+            f"{ago} seconds ago", "--dry-run",
+        ).stdout.decode().splitlines()  # fmt: skip
+        start = dry[-1].rpartition("--since ")[2]
+        assert start.startswith("@"), dry
+        start_ns = int(start[1:].replace(".", ""))
+        if made < start_ns < before:
+            break
+        late += start_ns - middle
+    assert made < start_ns < before, (made, start_ns, before)
     would = [line.removeprefix("would ") for line in dry if line.startswith("would ")]
     assert sorted(would) == ["remove planted", "restore kept"], dry
-    start = dry[-1].rpartition("--since ")[2]
-    assert start.startswith("@"), dry
-    start_ns = int(start[1:].replace(".", ""))
-    assert made < start_ns < before, (made, start_ns, before)
     done = bftfs(cluster, "revert", str(tree), "--client", "client1", "--since", start)
     did = [line.removeprefix("did ") for line in done.stdout.decode().splitlines()]
     assert sorted(d for d in did if not d.startswith("client1")) == sorted(would), done
