@@ -41,9 +41,9 @@ test: setup-tests
 	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
-# make test-slow: two workers too (whole files each).  Serially the slow suite took 37-45
-# min on CI's 2 cores (its tests mostly wait on node processes, mounts and timeouts); on
-# two workers 32 min on this machine with two other jobs beside it (load 6-10).
+# make test-slow: two workers too (whole files each).  Serially the slow suite took 37-50
+# min on 2 cores (its tests mostly wait on node processes, mounts and timeouts); on two
+# workers 24 min on 2 quiet cores (benchmarks/results/2026-11-27-slow-suite-two-workers.md).
 test-slow: setup-tests
 	$(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no slow tests collected
 
