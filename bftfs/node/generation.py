@@ -8,14 +8,14 @@ until the administrator finishes the move.  A node is, in the view it holds:
 - **active**: its id and long-term key are in the view's own generation;
 - **frozen**: they are in ``previous``.  It refuses a client's own *new* operations with
   code ``moved`` (message "generation G (view V)"): a Q/U update the client runs for itself
-  but ``fs.release``, a Q/U query but the move's read ``fs.state`` (``qu/replica.py``: any
-  other query comes from a mount that has not taken the view yet), and a PASIS write of a
-  version naming the sender as its writer (``node/rw_server.py``).  Everything a move
-  needs to read, repair or give back goes on: ``fs.state``, barriers, copies, inline
-  repairs, PASIS repairs, block reads, listings and catch-up between the generation's
-  nodes.  At the freeze it pushes
-  a recall of every object on which a lease it stores is live (``node/recalls.py``'s
-  push), so holders write back what they buffered (to the new generation) and release;
+  but ``fs.release``, a Q/U query but the move's reads ``fs.state`` and ``fs.export``
+  (``qu/replica.py``: any other query comes from a mount that has not taken the view yet),
+  and a PASIS write of a version naming the sender as its writer (``node/rw_server.py``).
+  Everything a move needs to read, repair or give back goes on: those two reads,
+  barriers, copies, inline repairs, PASIS repairs, block reads, listings and catch-up
+  between the generation's nodes.  At the freeze it pushes a recall of every object on
+  which a lease it stores is live (``node/recalls.py``'s push), so holders write back
+  what they buffered (to the new generation) and release;
 - **retired**: in neither generation of a view of a later generation than its own (the
   move is finished).  It refuses every request but ``view.get`` and ``gen.status``
   (code ``retired``) and says once, in its log, that it may be powered off.

@@ -232,7 +232,7 @@ class QUServer:
         #: Syncs in flight and candidates being made, shared by the requests waiting here.
         self.inflight = InFlight(stats)
         #: Whether this node's generation is frozen (``node/generation.py``): clients' own
-        #: updates but ``fs.release``, and their queries but ``fs.state``, are refused
+        #: updates but ``fs.release``, and their queries but the move's reads, are refused
         #: ``moved``.
         self.frozen: Callable[[], bool] = lambda: False
 

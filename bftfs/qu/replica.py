@@ -268,7 +268,7 @@ def handle_request(
         max_ahead_ns: how far past ``now_ns`` the clock a client's own update declares
             may be (None: not checked).
         moved: this server's generation is frozen (``node/generation.py``): a client's
-            own update but ``fs.release``, and its own query but ``fs.state``, are refused
+            own update but ``fs.release``, and its own query but the move's reads, are refused
             ``moved``; repairs run.
 
     Returns:
