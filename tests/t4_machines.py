@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from bftfs.testing import netns
-from bftfs.testing.mounts import fuse_available
+from bftfs.testing.mounts import fsync_paths, fuse_available
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_UNIT = REPO / "bftfs" / "systemd" / "bftfs-node@.service"
@@ -208,3 +208,74 @@ def test_nodes_on_six_hosts_serve_a_mount_through_a_host_outage(tmp_path: Path) 
             after = write_tree(mnt2 / "after", rng, 6)
             check_tree(after)
         hosts.restore(0)
+
+
+def test_node_3_replaced_by_a_new_host_with_a_new_key_while_a_mount_runs(tmp_path: Path) -> None:
+    """Issue 35 on machines: seven network namespaces, six nodes on hosts 0-5, host 6 a new
+    machine.  ``bftfs node replace 3 --address HOST6:PORT`` on the admin machine makes a
+    new key and issues the view; the newcomer's bundle is unpacked on host 6 and its node
+    started; host 3's node is switched off.  The running mount follows to the new address,
+    the newcomer catches up, what was written before and after reads back, and a fresh
+    mount from the client bundle of view 1 (naming host 3 and the old key) learns the new
+    view from the others and reads everything with host 0 off the network too, so that
+    the newcomer is part of every quorum."""
+    from bftfs import config as cfgmod
+    from bftfs.testing.processes import wait_caught_up
+
+    rng = random.Random(35)
+    with ExitStack() as stack:
+        hosts = stack.enter_context(netns.Hosts(HOSTS + 1, seed=35))
+        admin = tmp_path / "admin"
+        addresses = ",".join(f"{hosts.address(i)}:{PORT}" for i in range(HOSTS))
+        bftfs(
+            "init", "--dir", str(admin), "--nodes", addresses, "--map-size", "256M", "--no-durable"
+        )
+        homes = []
+        for i in range(HOSTS):
+            bundle = tmp_path / f"node{i}.tar.gz"
+            bftfs("bundle", "--dir", str(admin), "--node", str(i), "-o", str(bundle))
+            homes.append(tmp_path / f"host{i}" / "var-lib-bftfs")
+            unpack(bundle, homes[-1])
+        bftfs("bundle", "--dir", str(admin), "--client", "client0", "-o", str(tmp_path / "c.tgz"))
+        unpack(tmp_path / "c.tgz", tmp_path / "laptop")
+        config = tmp_path / "laptop" / "cluster.toml"
+
+        old = stack.enter_context(nodes_on_hosts(hosts, homes))
+        wait_for(
+            "every node to answer",
+            lambda: bftfs("status", "--config", str(config), check=False).returncode == 0,
+        )
+        options = unit(MOUNT_UNIT)["Mount"]["Options"] + ",timeo=30"
+        with mounted(config, tmp_path / "m", options) as mnt:
+            before = write_tree(mnt / "before", rng, 9)
+            new_address = f"{hosts.address(HOSTS)}:{PORT}"
+            out = bftfs("node", "replace", "3", "--address", new_address, "--dir", str(admin))
+            assert "view 2 acknowledged" in out.stdout, out.stdout
+            # The new machine gets its bundle: the configuration of view 2 and its new key.
+            bundle = tmp_path / "node3-new.tar.gz"
+            bftfs("bundle", "--dir", str(admin), "--node", "3", "-o", str(bundle))
+            home = tmp_path / f"host{HOSTS}" / "var-lib-bftfs"
+            unpack(bundle, home)
+            (key,) = list(home.rglob("key"))
+            assert key.read_bytes() != next(homes[3].rglob("key")).read_bytes()
+            newcomer = hosts.spawn(HOSTS, node_command(home, 3), home / "node.log", env=ENV)
+            stack.callback(newcomer.wait, 20)
+            stack.callback(newcomer.terminate)
+            old[3].terminate()  # the old machine is switched off
+            old[3].wait(timeout=20)
+            done = wait_caught_up(cfgmod.load(admin / "cluster.toml"), 3, seconds=180.0)
+            assert not done["qu.catchup"].get("failed"), done
+            after = write_tree(mnt / "after", rng, 6)
+            check_tree(before)
+            check_tree(after)
+            # Everything sent before this mount goes (its write-back of names and data).
+            fsync_paths(*before, *after)
+        # The laptop's bundle is of view 1: host 3's old address and key.  With host 0 off
+        # the network too, a quorum needs the newcomer on host 6: the mount reaches it.
+        hosts.cut(0)
+        try:
+            with mounted(config, tmp_path / "m2", options) as mnt2:
+                for tree in (before, after):
+                    check_tree({mnt2 / p.relative_to(tmp_path / "m"): d for p, d in tree.items()})
+        finally:
+            hosts.restore(0)
