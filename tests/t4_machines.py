@@ -24,6 +24,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,38 +147,53 @@ def check_tree(tree: dict[Path, bytes]) -> None:
         assert path.read_bytes() == data, path
 
 
+@dataclass
+class Cluster:
+    """Six nodes on hosts 0-5 as an operator makes them (:func:`cluster_on_hosts`)."""
+
+    admin: Path
+    homes: list[Path]
+    #: The client bundle's configuration (the laptop's).
+    config: Path
+    procs: list[subprocess.Popen]
+
+
+def cluster_on_hosts(stack: ExitStack, hosts: netns.Hosts, tmp_path: Path) -> Cluster:
+    """``bftfs init --nodes`` on an admin machine, one bundle per host unpacked there (the
+    configuration and that node's key, nothing else), a client bundle on a laptop, and
+    the nodes started with the unit's command line and answering."""
+    admin = tmp_path / "admin"
+    addresses = ",".join(f"{hosts.address(i)}:{PORT}" for i in range(HOSTS))
+    out = bftfs(
+        "init", "--dir", str(admin), "--nodes", addresses, "--map-size", "256M", "--no-durable"
+    ).stdout
+    assert f"created a cluster of {HOSTS} nodes" in out
+    homes = []
+    for i in range(HOSTS):
+        bundle = tmp_path / f"node{i}.tar.gz"
+        bftfs("bundle", "--dir", str(admin), "--node", str(i), "-o", str(bundle))
+        assert bundle.stat().st_mode & 0o077 == 0
+        home = tmp_path / f"host{i}" / "var-lib-bftfs"
+        unpack(bundle, home)
+        keys = sorted(p.relative_to(home) for p in home.rglob("key"))
+        assert keys == [Path(f"node{i}/private/key")]
+        homes.append(home)
+    bftfs("bundle", "--dir", str(admin), "--client", "client0", "-o", str(tmp_path / "c.tgz"))
+    unpack(tmp_path / "c.tgz", tmp_path / "laptop")
+    config = tmp_path / "laptop" / "cluster.toml"
+    procs = stack.enter_context(nodes_on_hosts(hosts, homes))
+    wait_for(
+        "every node to answer",
+        lambda: bftfs("status", "--config", str(config), check=False).returncode == 0,
+    )
+    return Cluster(admin, homes, config, procs)
+
+
 def test_nodes_on_six_hosts_serve_a_mount_through_a_host_outage(tmp_path: Path) -> None:
     rng = random.Random(21)
     with ExitStack() as stack:
         hosts = stack.enter_context(netns.Hosts(HOSTS, seed=21))
-        admin = tmp_path / "admin"
-        addresses = ",".join(f"{hosts.address(i)}:{PORT}" for i in range(HOSTS))
-        out = bftfs(
-            "init", "--dir", str(admin), "--nodes", addresses, "--map-size", "256M", "--no-durable"
-        ).stdout
-        assert f"created a cluster of {HOSTS} nodes" in out
-
-        # One bundle per host: the configuration and that node's key, nothing else.
-        homes = []
-        for i in range(HOSTS):
-            bundle = tmp_path / f"node{i}.tar.gz"
-            bftfs("bundle", "--dir", str(admin), "--node", str(i), "-o", str(bundle))
-            assert bundle.stat().st_mode & 0o077 == 0
-            home = tmp_path / f"host{i}" / "var-lib-bftfs"
-            unpack(bundle, home)
-            keys = sorted(p.relative_to(home) for p in home.rglob("key"))
-            assert keys == [Path(f"node{i}/private/key")]
-            homes.append(home)
-        bftfs("bundle", "--dir", str(admin), "--client", "client0", "-o", str(tmp_path / "c.tgz"))
-        client = tmp_path / "laptop"
-        unpack(tmp_path / "c.tgz", client)
-        config = client / "cluster.toml"
-
-        stack.enter_context(nodes_on_hosts(hosts, homes))
-        wait_for(
-            "every node to answer",
-            lambda: bftfs("status", "--config", str(config), check=False).returncode == 0,
-        )
+        config = cluster_on_hosts(stack, hosts, tmp_path).config
         # Mounted with the mount unit's options (plus a short patience for the outage).
         options = unit(MOUNT_UNIT)["Mount"]["Options"] + ",timeo=30"
         with mounted(config, tmp_path / "m", options) as mnt:
@@ -225,26 +241,8 @@ def test_node_3_replaced_by_a_new_host_with_a_new_key_while_a_mount_runs(tmp_pat
     rng = random.Random(35)
     with ExitStack() as stack:
         hosts = stack.enter_context(netns.Hosts(HOSTS + 1, seed=35))
-        admin = tmp_path / "admin"
-        addresses = ",".join(f"{hosts.address(i)}:{PORT}" for i in range(HOSTS))
-        bftfs(
-            "init", "--dir", str(admin), "--nodes", addresses, "--map-size", "256M", "--no-durable"
-        )
-        homes = []
-        for i in range(HOSTS):
-            bundle = tmp_path / f"node{i}.tar.gz"
-            bftfs("bundle", "--dir", str(admin), "--node", str(i), "-o", str(bundle))
-            homes.append(tmp_path / f"host{i}" / "var-lib-bftfs")
-            unpack(bundle, homes[-1])
-        bftfs("bundle", "--dir", str(admin), "--client", "client0", "-o", str(tmp_path / "c.tgz"))
-        unpack(tmp_path / "c.tgz", tmp_path / "laptop")
-        config = tmp_path / "laptop" / "cluster.toml"
-
-        old = stack.enter_context(nodes_on_hosts(hosts, homes))
-        wait_for(
-            "every node to answer",
-            lambda: bftfs("status", "--config", str(config), check=False).returncode == 0,
-        )
+        cluster = cluster_on_hosts(stack, hosts, tmp_path)
+        admin, homes, config, old = cluster.admin, cluster.homes, cluster.config, cluster.procs
         options = unit(MOUNT_UNIT)["Mount"]["Options"] + ",timeo=30"
         with mounted(config, tmp_path / "m", options) as mnt:
             before = write_tree(mnt / "before", rng, 9)
