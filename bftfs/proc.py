@@ -136,15 +136,19 @@ def stop(pid: int, *, kill: bool = False, timeout: float = 10.0) -> None:
     wait_gone(pid, timeout)
 
 
-def wait_gone(pid: int, timeout: float) -> None:
-    """Wait until ``pid`` exits; SIGKILL it after ``timeout`` seconds."""
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` exits; SIGKILL it after ``timeout`` seconds.  Whether it had to
+    be killed."""
     deadline = time.monotonic() + timeout
+    killed = False
     while process_alive(pid):
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            killed = True
             deadline = time.monotonic() + 5
         time.sleep(POLL)
+    return killed
 
 
 def read_pid(path: Path, *, marks: Sequence[bytes]) -> int | None:

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from bftfs import local as localmod
-from bftfs.cli.common import QuietError, cluster_of, human, parse_size, with_cluster, with_dir
+from bftfs.cli.common import (
+    QuietError,
+    cluster_of,
+    human,
+    parse_size,
+    waiting_for_daemon,
+    with_cluster,
+    with_dir,
+)
 from bftfs.cli.mounts import mount_daemon, mount_module, with_client
 from bftfs.cli.nodes import port_number
 from bftfs.cli.statustables import print_nodes as _print_status
@@ -288,8 +296,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     cfg = localmod.load_cluster(args.dir)
     for pid, mnt in mountmod.known_mounts(cfg):  # unmount first: flush while nodes are up
-        mountmod.unmount(mnt, pid=pid)
-        print(f"unmounted {mnt}")
+        killed = mountmod.unmount(mnt, pid=pid, notice=waiting_for_daemon)
+        print(
+            f"unmounted {mnt}"
+            + (" (its daemon killed: what it held back is lost)" if killed else "")
+        )
     stopped = localmod.stop_nodes(cfg)
     print(f"stopped {len(stopped)} node(s)" + (f": {stopped}" if stopped else ""))
     return 0

@@ -18,6 +18,7 @@ Exit codes (shared by every subcommand):
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bftfs import local as localmod
@@ -67,6 +68,16 @@ def cluster_of(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
     if args.config is not None:
         return cfgmod.load(args.config), args.config
     return localmod.load_cluster(args.dir), localmod.config_path(args.dir)
+
+
+def waiting_for_daemon(pid: int) -> None:
+    """What an unmount prints while the mount daemon still sends what it held back (a
+    silent wait of up to a minute looks like a hang)."""
+    print(
+        f"waiting for the mount daemon (pid {pid}) to send what it holds back...",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def with_dir(sp: argparse.ArgumentParser) -> None:

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from bftfs import local as localmod
-from bftfs.cli.common import EXIT_MOUNT, QuietError, cluster_of, with_cluster
+from bftfs.cli.common import (
+    EXIT_MOUNT,
+    QuietError,
+    cluster_of,
+    waiting_for_daemon,
+    with_cluster,
+)
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, MountOptions, OptionError
 from bftfs.logsetup import setup_logging
@@ -146,10 +152,18 @@ def cmd_umount(args: argparse.Namespace) -> int:
     with contextlib.suppress(localmod.ClusterError, ConfigError):
         cfg, _ = cluster_of(args)
         pid = next((p for p, m in mountmod.known_mounts(cfg) if m == target), None)
+    if pid is None:  # mounted with another --config than this command's (or none found)
+        pid = mountmod.daemon_serving(target)
     if not mountmod.is_mounted(target) and pid is None:
         raise QuietError(f"{target} is not mounted", EXIT_MOUNT)
     dead = proc.is_dead_mount(target) or (pid is not None and not proc.process_alive(pid))
-    mountmod.unmount(target, pid=pid if not dead else None)
+    if mountmod.unmount(target, pid=pid if not dead else None, notice=waiting_for_daemon):
+        raise QuietError(
+            f"unmounted {target}, but its mount daemon (pid {pid}) had to be killed after"
+            f" {mountmod.DAEMON_EXIT_WAIT:g} s: what it had not sent to the nodes yet is lost"
+            " (its log names it)",
+            EXIT_MOUNT,
+        )
     if cfg is not None:  # the book-keeping of a daemon that could not remove its own
         for stale in (mountmod.pid_file(cfg, target), mountmod.status_file(cfg, target)):
             with contextlib.suppress(OSError):

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +155,26 @@ def write_back_mounts(config: ClusterConfig, wait: float = WRITE_BACK_WAIT) -> l
 is_mounted = proc.is_mounted
 
 
-def unmount(mountpoint: Path, *, pid: int | None = None, wait: float = 30.0) -> None:
-    """Unmount ``mountpoint`` and wait for its daemon (``pid``, if known) to exit."""
+#: Seconds an unmount waits for the daemon to exit before killing it.  After the kernel
+#: lets go, the daemon still sends what it held back (``fs/session.py``: up to
+#: ``WRITE_BACK_AT_END`` = 60 s for write-back, then 5 s each to give back leases and
+#: locks), and killing it sooner loses those creates and writes.
+DAEMON_EXIT_WAIT = 90.0
+#: Seconds after which an unmount still waiting says so (``notice``).
+NOTICE_AFTER = 2.0
+
+
+def unmount(
+    mountpoint: Path,
+    *,
+    pid: int | None = None,
+    wait: float = DAEMON_EXIT_WAIT,
+    notice: Callable[[int], None] | None = None,
+) -> bool:
+    """Unmount ``mountpoint`` and wait for its daemon (``pid``, if known) to exit: only
+    then is what it held back on the nodes.  ``notice(pid)`` is called once if that takes
+    longer than :data:`NOTICE_AFTER` seconds.  Whether the daemon had to be killed after
+    ``wait`` seconds (what it still held back is lost; its log names it)."""
     mountpoint = mountpoint.resolve()
     why = proc.unmount(mountpoint)
     if why is not None:
@@ -164,8 +182,38 @@ def unmount(mountpoint: Path, *, pid: int | None = None, wait: float = 30.0) -> 
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-    if pid is not None:
-        proc.wait_gone(pid, wait)
+    if pid is None:
+        return False
+    if notice is not None and wait > NOTICE_AFTER:
+        deadline = time.monotonic() + NOTICE_AFTER
+        while proc.process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(proc.POLL)
+        if not proc.process_alive(pid):
+            return False
+        notice(pid)
+        wait -= NOTICE_AFTER
+    return proc.wait_gone(pid, wait)
+
+
+def daemon_serving(mountpoint: Path) -> int | None:
+    """The pid of the mount daemon serving ``mountpoint``, found by its command line
+    (:func:`daemon_command`).  For ``bftfs umount`` without the cluster's configuration,
+    whose pid files it cannot find: without the pid it would return while the daemon
+    still sends what it held back, and a laptop shut then loses it."""
+    want = [b"-m", b"bftfs", b"mount", os.fsencode(os.path.abspath(mountpoint)), b"--fg"]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        starts = (i for i, arg in enumerate(argv) if arg == want[0])
+        if any(argv[i : i + len(want)] == want for i in starts):
+            pid = int(entry.name)
+            if proc.process_alive(pid):
+                return pid
+    return None
 
 
 def daemon_command(

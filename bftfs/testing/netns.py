@@ -24,6 +24,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+#: Run before a host's command.  ``ip netns exec`` gives the command its own mount namespace,
+#: a copy of this machine's mounts (with private propagation, as here, a copy that does not
+#: follow later unmounts), FUSE mounts included.  A copy keeps its mount's connection alive
+#: after ``fusermount -u`` in the root namespace: the mount daemon is never told, and an
+#: unmount waiting for it waits until the host's process ends.  Another machine holds none
+#: of this one's mounts, so the copies are detached in the host's namespace.
+WITHOUT_FUSE_MOUNTS = (
+    "awk '$3 ~ /^fuse(\\.|$)/ {print $2}' /proc/self/mounts"
+    ' | while read -r m; do umount -l "$m"; done; exec "$@"'
+)
+
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
@@ -152,8 +163,9 @@ class Hosts:
                 _ip(*self._made.pop(), check=False)
 
     def command(self, i: int, cmd: list[str]) -> list[str]:
-        """``cmd`` as run on host ``i``."""
-        return ["ip", "netns", "exec", self.name(i), *cmd]
+        """``cmd`` as run on host ``i``, without this machine's FUSE mounts
+        (:data:`WITHOUT_FUSE_MOUNTS`)."""
+        return ["ip", "netns", "exec", self.name(i), "sh", "-c", WITHOUT_FUSE_MOUNTS, "sh", *cmd]
 
     def spawn(self, i: int, cmd: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start ``cmd`` on host ``i`` in the background, output appended to ``log``."""
