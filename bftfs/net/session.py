@@ -161,9 +161,18 @@ class Session:
 
     def _decrypt(
         self, frame: bytes | bytearray | memoryview, seq_bytes: bytes
-    ) -> bytes | bytearray:
+    ) -> bytes | bytearray | memoryview:
         """The plaintext of ``frame`` (after its sequence number), read in place and
         written once (pynacl's binding would slice, zero and copy out).
+
+        A writable view (a big frame in :class:`FrameReader`'s buffer, which it hands out
+        for one :meth:`open` only) is decrypted in place: the
+        plaintext overwrites the ciphertext it comes from and is returned as a view of the
+        frame.  libsodium's AEGIS-256 reads each 16-byte block of ciphertext before it
+        writes that block of plaintext (``decrypt_detached``, the tag after both), so the
+        output may be the input; no zeroed buffer of the frame's size is allocated and
+        written once more (issue 34).  A frame that fails authentication is zeroed by
+        libsodium, which is dropped anyway.
 
         Raises:
             FrameError: ``bad_mac``.
@@ -176,13 +185,20 @@ class Session:
             except CryptoError:
                 raise FrameError("bad_mac") from None
         clen = len(frame) - _SEQ.size
-        body = bytearray(clen - TAG_SIZE)
         written = _ffi.new("unsigned long long *")
+        source = _ffi.from_buffer(frame) + _SEQ.size
+        body: bytearray | memoryview
+        if isinstance(frame, memoryview) and not frame.readonly:
+            body = memoryview(frame)[_SEQ.size : _SEQ.size + clen - TAG_SIZE]
+            into = source
+        else:
+            body = bytearray(clen - TAG_SIZE)
+            into = _ffi.from_buffer(body)
         rc = _lib.crypto_aead_aegis256_decrypt(
-            _ffi.from_buffer(body),
+            into,
             written,
             _ffi.NULL,
-            _ffi.from_buffer(frame) + _SEQ.size,
+            source,
             clen,
             seq_bytes,
             _SEQ.size,
@@ -195,6 +211,10 @@ class Session:
 
     def open(self, frame: bytes | bytearray | memoryview) -> list[Any]:
         """Authenticate, decrypt and decode one frame: ``[seq, type, req_id, x, y]``.
+
+        A writable memoryview is decrypted in place (:meth:`_decrypt`): its bytes are the
+        plaintext afterwards.  Nothing returned refers to the frame (msgpack copies what
+        it decodes), so its buffer may be reused at once.
 
         Raises:
             FrameError: ``bad_mac`` (tampered, or under another key), ``malformed`` or
