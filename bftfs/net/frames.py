@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import trio
 
+from bftfs.crypto import unfilled
 from bftfs.net.errors import FrameError
 
 #: Largest frame accepted by default (a 4 MiB block plus headroom).
@@ -94,13 +95,16 @@ class FrameReader:
     async def read(self) -> bytes | memoryview | None:
         """The next frame, or None at a clean end of stream.
 
-        A big frame (a batch of fragments) is read straight into a buffer of its own once a
-        quarter of it has arrived (so a peer's length prefix alone never makes us allocate
-        more than four times what it sent): no appending to the stream buffer, no copy of
-        the frame out of it, no shifting of what follows (issue 34).  That buffer is the
-        reader's, kept for the next big frame: such a frame is a writable view, valid
-        until the next :meth:`read` (the callers open it, which decrypts it in place and
-        copies what they keep out of it, before reading again).
+        A big frame (a batch of fragments) is read straight into a buffer of its own: no
+        appending to the stream buffer, no copy of the frame out of it, no shifting of what
+        follows (issue 34).  That buffer is the reader's, kept for the next big frame, so
+        such a frame is a writable view, valid until the next :meth:`read` (the callers
+        open it, which decrypts it in place and copies what they keep out of it, before
+        reading again).  A frame the kept buffer holds goes there as soon as its length
+        is known; one that needs a larger buffer only once a quarter of it has arrived (so
+        a peer's length prefix alone never makes us allocate more than four times what it
+        sent; until then its bytes were appended to the stream buffer and copied over,
+        a quarter of every batch when each had a buffer of its own).
 
         Raises:
             FrameError: ``oversized`` (the length prefix exceeds the limit: the stream cannot
@@ -117,7 +121,11 @@ class FrameReader:
                         frame = bytes(view[4 : 4 + n])
                     del buf[: 4 + n]
                     return frame
-                if n >= DIRECT_FRAME and self._fd is not None and len(buf) - 4 >= n // 4:
+                if (
+                    n >= DIRECT_FRAME
+                    and self._fd is not None
+                    and (len(self._big) >= n or len(buf) - 4 >= n // 4)
+                ):
                     return await self._read_rest(n)
             data = await self._receive()
             if not data:
@@ -136,7 +144,7 @@ class FrameReader:
         larger frame comes: a view of the old one that is still alive stays valid."""
         big = self._big
         if len(big) < n:
-            big = self._big = bytearray(n)
+            big = self._big = unfilled(n)  # written whole before the frame is used
         frame = memoryview(big)[:n]
         buf = self._buf
         have = len(buf) - 4

@@ -75,7 +75,7 @@ except ImportError:  # pragma: no cover - pynacl always ships it today
     _ffi = _lib = None
 
 from bftfs import WIRE_VERSION
-from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok
+from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok, unfilled
 from bftfs.ids import PrincipalId
 from bftfs.net.errors import FrameError, TransportError
 from bftfs.net.frames import LENGTH, FrameReader, pack, packed, unpack
@@ -139,7 +139,7 @@ class Session:
             return LENGTH.pack(len(seq) + len(ct)) + seq + ct
         n = len(body)
         head = LENGTH.size + _SEQ.size
-        frame = bytearray(head + n + TAG_SIZE)
+        frame = unfilled(head + n + TAG_SIZE)  # written whole below (crypto.unfilled)
         LENGTH.pack_into(frame, 0, _SEQ.size + n + TAG_SIZE)
         frame[LENGTH.size : head] = seq
         out = _ffi.from_buffer(frame)
@@ -192,7 +192,7 @@ class Session:
             body = memoryview(frame)[_SEQ.size : _SEQ.size + clen - TAG_SIZE]
             into = source
         else:
-            body = bytearray(clen - TAG_SIZE)
+            body = unfilled(clen - TAG_SIZE)  # written whole (or the frame is dropped)
             into = _ffi.from_buffer(body)
         rc = _lib.crypto_aead_aegis256_decrypt(
             into,
