@@ -22,6 +22,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nacl.bindings import (
     crypto_aead_aegis256_ABYTES,
@@ -321,6 +322,7 @@ def signature_ok(public: bytes, data: bytes, signature: bytes) -> bool:
     return True
 
 
+_bytearray_of_size: Any = None
 try:  # CPython's constructor: with no source bytes it allocates and does not fill
     _bytearray_of_size = ctypes.pythonapi.PyByteArray_FromStringAndSize
     _bytearray_of_size.restype = ctypes.py_object
