@@ -14,6 +14,7 @@ This is the only module that imports nacl.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 import os
@@ -21,6 +22,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nacl.bindings import (
     crypto_aead_aegis256_ABYTES,
@@ -320,6 +322,31 @@ def signature_ok(public: bytes, data: bytes, signature: bytes) -> bool:
     return True
 
 
+_bytearray_of_size: Any = None
+try:  # CPython's constructor: with no source bytes it allocates and does not fill
+    _bytearray_of_size = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    _bytearray_of_size.restype = ctypes.py_object
+    _bytearray_of_size.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+except (AttributeError, OSError):  # pragma: no cover - another interpreter
+    _bytearray_of_size = None
+
+
+def unfilled(n: int) -> bytearray:
+    """A bytearray of ``n`` bytes not zeroed first: only for a buffer that is written whole
+    before anything reads it (a sealed or opened block, a sealed frame, a frame read
+    from a socket into it).
+
+    ``bytearray(n)`` writes ``n`` zeros that the next step overwrites: for a 1 MiB block
+    0.08 ms of the 0.27 an opened block cost here (the pages are new: the block goes to
+    the mount's cache, another is freed), about 2% of a cold read's daemon CPU
+    (issue 34).  ``PyByteArray_FromStringAndSize(NULL, n)`` allocates without filling."""
+    if _bytearray_of_size is None or n <= 0:  # pragma: no cover - another interpreter
+        return bytearray(n)
+    out = _bytearray_of_size(None, n)
+    assert type(out) is bytearray and len(out) == n
+    return out
+
+
 def seal_buffer(key: bytes, data: bytes | bytearray | memoryview, aad: bytes) -> bytearray:
     """:func:`seal` of a big value (a file's block), written in place: the same
     ``nonce || ciphertext || tag``, encrypted straight into the buffer it is returned in.
@@ -333,7 +360,7 @@ def seal_buffer(key: bytes, data: bytes | bytearray | memoryview, aad: bytes) ->
         return bytearray(seal(key, data, aad))
     nonce = os.urandom(crypto_aead_aegis256_NPUBBYTES)
     n = len(data)
-    out = bytearray(SEAL_OVERHEAD + n)
+    out = unfilled(SEAL_OVERHEAD + n)
     out[:crypto_aead_aegis256_NPUBBYTES] = nonce
     written = _ffi.new("unsigned long long *")
     rc = _lib.crypto_aead_aegis256_encrypt(
@@ -366,7 +393,7 @@ def unseal_buffer(key: bytes, sealed: bytes | bytearray | memoryview, aad: bytes
     view = memoryview(sealed)
     nonce = bytes(view[:crypto_aead_aegis256_NPUBBYTES])
     clen = len(view) - crypto_aead_aegis256_NPUBBYTES
-    out = bytearray(clen - crypto_aead_aegis256_ABYTES)
+    out = unfilled(clen - crypto_aead_aegis256_ABYTES)
     written = _ffi.new("unsigned long long *")
     rc = _lib.crypto_aead_aegis256_decrypt(
         _ffi.from_buffer(out),

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 
-from bftfs.crypto import Identity, KeyFileError, KeyRing, mac, mac_ok, pairwise_key
+from bftfs.crypto import (
+    Identity,
+    KeyFileError,
+    KeyRing,
+    SealError,
+    mac,
+    mac_ok,
+    pairwise_key,
+    seal_buffer,
+    unfilled,
+    unseal_buffer,
+)
 from bftfs.ids import PrincipalId
 
 
@@ -51,3 +63,18 @@ def test_malformed_key_file_is_refused(tmp_path: Path, content: str) -> None:
     os.chmod(path, 0o600)
     with pytest.raises(KeyFileError):
         Identity.load(PrincipalId(1), path)
+
+
+def test_unfilled_buffers_are_bytearrays_of_their_size_and_seal_and_open_whole() -> None:
+    """``crypto.unfilled`` skips the zeros ``bytearray(n)`` writes (issue 34); a block
+    sealed and opened through such buffers is the block, and a tampered one is refused."""
+    for n in (1, 15, 4096, 1 << 20):
+        buf = unfilled(n)
+        assert type(buf) is bytearray and len(buf) == n
+    key = bytes(range(32))
+    data = bytes(random.Random(7).randbytes((1 << 20) + 3))
+    sealed = seal_buffer(key, data, b"block 1")
+    assert unseal_buffer(key, sealed, b"block 1") == data
+    sealed[-1] ^= 1
+    with pytest.raises(SealError):
+        unseal_buffer(key, sealed, b"block 1")

@@ -47,3 +47,32 @@ def test_sealing_a_big_message_allocates_only_its_frame() -> None:
         tracemalloc.stop()
     assert len(frame) > size
     assert peak - before < 1.2 * size
+
+
+def test_a_writable_frame_is_opened_in_place_and_others_are_left_alone() -> None:
+    """A big frame reaches ``Session.open`` as a writable view of the reader's buffer and
+    is decrypted there (issue 34: no zeroed buffer of its size per frame): afterwards the
+    buffer holds the packed message.  Frames as bytes are not written to; a tampered
+    writable frame is refused like any other."""
+    from bftfs.net.errors import FrameError
+    from bftfs.net.frames import pack
+
+    rnd = random.Random(3434)
+    msg = [1, 5, 0, [{"f": rnd.randbytes(100_000 + k)} for k in range(3)]]
+    sender, receiver = _pair()
+    frame = bytearray(sender.seal(msg))
+    view = memoryview(frame)[4:]
+    seq, *got = receiver.open(view)
+    assert got == msg and seq == 1
+    assert bytes(frame[12 : 12 + len(pack(msg))]) == pack(msg)  # plaintext in place
+    sealed = bytes(sender.seal(msg))
+    assert receiver.open(sealed[4:])[1:] == msg
+    assert sealed == bytes(sealed)  # (immutable: decrypted into a buffer of its own)
+    bad = bytearray(sender.seal(msg))
+    bad[-1] ^= 1
+    try:
+        receiver.open(memoryview(bad)[4:])
+    except FrameError as e:
+        assert e.reason == "bad_mac"
+    else:
+        raise AssertionError("a tampered frame opened")

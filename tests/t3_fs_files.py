@@ -539,3 +539,47 @@ def test_open_keeps_kernel_pages_only_of_the_version_the_servers_hold(
         assert await reopen(fs) == (False, b"bc" + b"b" * (size - 3))
 
     run(tmp_path, body, clients=2, **SMALL)
+
+
+def test_a_read_reply_inside_a_clean_block_is_a_view_that_later_writes_leave_alone(
+    tmp_path: Path,
+) -> None:
+    """FUSE read replies are views of clean blocks when they lie inside one (issue 34:
+    no copy of each byte a reader gets).  The view must stay what it was read as while the
+    mount goes on: a write into the same block, a truncation through it and a rebuilt
+    block leave it alone and do not fail (a clean block is never changed in place, and an
+    export of it would make resizing it raise).  Reads over two blocks, into a dirty
+    block or past the end are bytes, and every reply equals :meth:`read`'s bytes."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        fh, ino = await new_file(fs)
+        data = bytes(random.Random(34).randbytes(3 * BS + 100))
+        await fs.write(fh, 0, data)
+        await fs.release(fh)
+        other = env.fss[1]  # another client: its blocks come from the servers, clean
+        fh = await other.open(ino, os.O_RDWR)
+        reply = await other.read_reply(fh, BS + 10, 100)
+        assert isinstance(reply, memoryview) and reply.readonly
+        assert reply == data[BS + 10 : BS + 110] == await other.read(fh, BS + 10, 100)
+        whole = await other.read_reply(fh, 2 * BS, BS)  # a whole block, 1 MiB reads' case
+        assert isinstance(whole, memoryview) and whole == data[2 * BS : 3 * BS]
+        # A write into the same block, right after the reply: the reply keeps its bytes.
+        assert await other.write(fh, BS + 20, b"X" * 50) == 50
+        assert bytes(reply) == data[BS + 10 : BS + 110]
+        after = await other.read_reply(fh, BS + 10, 100)  # now a dirty block: bytes
+        assert isinstance(after, bytes)
+        assert after == data[BS + 10 : BS + 20] + b"X" * 50 + data[BS + 70 : BS + 110]
+        spanning = await other.read_reply(fh, 2 * BS - 5, 10)
+        assert isinstance(spanning, bytes) and spanning == data[2 * BS - 5 : 2 * BS + 5]
+        assert await other.read_reply(fh, len(data) + 1, 10) == b""
+        # A truncation through the viewed block (a slice replaces it), then growth.
+        await other.flush(fh)
+        await other.setattr(ino, size=2 * BS + 50)
+        await other.setattr(ino, size=3 * BS)
+        assert bytes(whole) == data[2 * BS : 3 * BS]
+        tail = await other.read_reply(fh, 2 * BS, BS)
+        assert tail == data[2 * BS : 2 * BS + 50] + bytes(BS - 50)
+        await other.release(fh)
+
+    run(tmp_path, body, **SMALL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import filecmp
+import mmap
 import os
 import random
 import shutil
@@ -279,6 +280,48 @@ def test_two_mounts_see_each_others_files(
             os.utime(mine, ns=(old.st_atime_ns, old.st_mtime_ns))
             assert (theirs / name).read_bytes() == content.upper()
             assert (theirs / name).stat().st_mtime_ns == old.st_mtime_ns
+
+
+def _direct_pread(fd: int, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` through an O_DIRECT descriptor (a page-aligned buffer):
+    every such read is a FUSE read the daemon answers, never the kernel's pages."""
+    with mmap.mmap(-1, max(size, mmap.PAGESIZE)) as buf:
+        got = os.preadv(fd, [memoryview(buf)[:size]], offset)
+        return bytes(buf[:got])
+
+
+def test_read_replies_handed_over_as_views_stay_right_when_the_block_is_written_after(
+    cluster: ProcessCluster, work: Path, tmp_path: Path
+) -> None:
+    """A FUSE read inside one clean block is answered with a view of the block (issue 34,
+    ``OpenFile.reply``): pyfuse3 replies from it before the daemon runs anything else.
+    Through O_DIRECT on another client (its blocks come from the servers, clean), each
+    read is followed at once by a write into the same block and a read of it: every
+    reply is the bytes of its moment, the write's neighbours included, and the file the
+    first client reads afterwards is the model's."""
+    rng = random.Random(3434)
+    size = 3 * 1024 * 1024 + 4096
+    model = bytearray(rng.randbytes(size))
+    (work / "viewed").write_bytes(bytes(model))
+    with Mount(cluster.config, tmp_path / "second", client="client1") as other:
+        fd = os.open(other.mountpoint / work.name / "viewed", os.O_RDWR | os.O_DIRECT)
+        try:
+            for _ in range(24):
+                off = rng.randrange(0, size - 65536) // 4096 * 4096
+                n = rng.choice((4096, 65536, 131072))
+                assert _direct_pread(fd, off, n) == model[off : off + n]
+                at = off + rng.randrange(0, n) // 4096 * 4096
+                patch = rng.randbytes(4096)
+                with mmap.mmap(-1, 4096) as buf:
+                    buf[:] = patch
+                    assert os.pwritev(fd, [buf], at) == 4096
+                model[at : at + 4096] = patch
+                assert _direct_pread(fd, off, n) == model[off : off + n]
+            os.fsync(fd)
+            assert _direct_pread(fd, 0, size) == model
+        finally:
+            os.close(fd)
+    assert (work / "viewed").read_bytes() == model
 
 
 def test_negative_entries_are_cached_and_create_over_them_opens(

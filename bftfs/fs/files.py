@@ -372,6 +372,29 @@ class OpenFile:
             if k not in self.dirty and k * bs < self.valid and k not in self.clean
         ]
 
+    def reply(self, offset: int, size: int) -> bytes | memoryview:
+        """:meth:`assemble` for a FUSE read reply: a read-only view of a clean block when
+        the read lies inside it, else the assembled bytes.
+
+        pyfuse3 takes the reply through the buffer protocol and writes it to the kernel in
+        the same step that :meth:`Operations.read` returns in (``fuse_reply_buf`` right
+        after the handler's coroutine ends, no ``await`` between), so the view is used
+        before any other task runs, and a clean block is never changed in place anyway (a
+        write copies it into a dirty block first, :meth:`apply_write`; a truncation
+        replaces it by a slice).  That saves the copy of every byte a big file's reader
+        gets (issue 34).  Dirty blocks are copied: they are changed in place, and an
+        export alive by mistake would make their resizing fail."""
+        end = min(offset + size, self.size)
+        bs = self.bs
+        if offset < end and offset // bs == (end - 1) // bs:
+            k = offset // bs
+            src = None if k in self.dirty else self._base(k)
+            lo = offset - k * bs
+            if src is not None and len(src) >= lo + end - offset:
+                self.last_read = end
+                return memoryview(src).toreadonly()[lo : lo + end - offset]
+        return self.assemble(offset, size)
+
     def assemble(self, offset: int, size: int) -> bytes:
         """The bytes of ``[offset, offset + size)`` (short at end of file), from dirty and
         clean blocks; blocks neither dirty nor clean below ``valid`` must have been

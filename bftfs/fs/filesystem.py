@@ -448,6 +448,9 @@ class FileSystem:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         return await self.handles.read(fh, offset, size)
 
+    async def read_reply(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        return await self.handles.read_reply(fh, offset, size)
+
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         return await self.handles.write(fh, offset, data)
 

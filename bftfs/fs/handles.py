@@ -248,6 +248,15 @@ class Handles:
         missing), the read must see that file, as after a synchronous create.  Unless the
         create cannot meet such a name (:meth:`PendingCreates.sure_to_be_made`): then what
         the mount holds is the file."""
+        return (await self._fetched(fh, offset, size)).assemble(offset, size)
+
+    async def read_reply(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        """:meth:`read` for a FUSE reply: a read inside one clean block is answered with a
+        view of it (:meth:`OpenFile.reply`; valid until the caller's next ``await``)."""
+        return (await self._fetched(fh, offset, size)).reply(offset, size)
+
+    async def _fetched(self, fh: int, offset: int, size: int) -> OpenFile:
+        """The file of ``fh`` with the blocks of ``[offset, offset + size)`` cached."""
         f, _ = self.table.handle(fh)
         if self.pending.not_made(f.ino) and not self.pending.sure_to_be_made(f.ino):
             await self.pending.made_file(f)
@@ -261,7 +270,7 @@ class Handles:
             need = f.blocks_to_fetch(offset, size, self.readahead)
         if need:
             await self.engine.fetch(f, need)
-        return f.assemble(offset, size)
+        return f
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         """Buffer ``data`` at ``offset`` (at the end for O_APPEND handles); flushes when the

@@ -121,6 +121,9 @@ class PastView:
             raise BadHandle()
         return v
 
+    async def read_reply(self, fh: int, offset: int, size: int) -> bytes:
+        return await self.read(fh, offset, size)
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         v = self._handle(fh)
         s = v.state

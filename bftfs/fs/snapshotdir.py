@@ -238,6 +238,11 @@ class SnapshotBrowser:
         view, inner = self._handle(fh)
         return await view.read(inner, offset, size)
 
+    async def read_reply(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        if fh < PAST_FH:
+            return await self.live.read_reply(fh, offset, size)
+        return await self.read(fh, offset, size)
+
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         if fh < PAST_FH:
             return await self.live.write(fh, offset, data)

@@ -318,8 +318,11 @@ class Operations(pyfuse3.Operations):
         return self._file_info(fh, flags, new=True), self.attrs.entry(attr)
 
     @_handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.fs.read(fh, off, size)
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        # A view (``OpenFile.reply``) is fine: pyfuse3 takes any contiguous buffer
+        # (``fuse_read_async``: PyObject_GetBuffer, then ``fuse_reply_buf``, which writes
+        # it to /dev/fuse) and replies from it before any other task runs.
+        return await self.fs.read_reply(fh, off, size)
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -75,7 +75,7 @@ except ImportError:  # pragma: no cover - pynacl always ships it today
     _ffi = _lib = None
 
 from bftfs import WIRE_VERSION
-from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok
+from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok, unfilled
 from bftfs.ids import PrincipalId
 from bftfs.net.errors import FrameError, TransportError
 from bftfs.net.frames import LENGTH, FrameReader, pack, packed, unpack
@@ -139,7 +139,7 @@ class Session:
             return LENGTH.pack(len(seq) + len(ct)) + seq + ct
         n = len(body)
         head = LENGTH.size + _SEQ.size
-        frame = bytearray(head + n + TAG_SIZE)
+        frame = unfilled(head + n + TAG_SIZE)  # written whole below (crypto.unfilled)
         LENGTH.pack_into(frame, 0, _SEQ.size + n + TAG_SIZE)
         frame[LENGTH.size : head] = seq
         out = _ffi.from_buffer(frame)
@@ -161,9 +161,18 @@ class Session:
 
     def _decrypt(
         self, frame: bytes | bytearray | memoryview, seq_bytes: bytes
-    ) -> bytes | bytearray:
+    ) -> bytes | bytearray | memoryview:
         """The plaintext of ``frame`` (after its sequence number), read in place and
         written once (pynacl's binding would slice, zero and copy out).
+
+        A writable view (a big frame in :class:`FrameReader`'s buffer, which it hands out
+        for one :meth:`open` only) is decrypted in place: the
+        plaintext overwrites the ciphertext it comes from and is returned as a view of the
+        frame.  libsodium's AEGIS-256 reads each 16-byte block of ciphertext before it
+        writes that block of plaintext (``decrypt_detached``, the tag after both), so the
+        output may be the input; no zeroed buffer of the frame's size is allocated and
+        written once more (issue 34).  A frame that fails authentication is zeroed by
+        libsodium, which is dropped anyway.
 
         Raises:
             FrameError: ``bad_mac``.
@@ -176,13 +185,20 @@ class Session:
             except CryptoError:
                 raise FrameError("bad_mac") from None
         clen = len(frame) - _SEQ.size
-        body = bytearray(clen - TAG_SIZE)
         written = _ffi.new("unsigned long long *")
+        source = _ffi.from_buffer(frame) + _SEQ.size
+        body: bytearray | memoryview
+        if isinstance(frame, memoryview) and not frame.readonly:
+            body = memoryview(frame)[_SEQ.size : _SEQ.size + clen - TAG_SIZE]
+            into = source
+        else:
+            body = unfilled(clen - TAG_SIZE)  # written whole (or the frame is dropped)
+            into = _ffi.from_buffer(body)
         rc = _lib.crypto_aead_aegis256_decrypt(
-            _ffi.from_buffer(body),
+            into,
             written,
             _ffi.NULL,
-            _ffi.from_buffer(frame) + _SEQ.size,
+            source,
             clen,
             seq_bytes,
             _SEQ.size,
@@ -195,6 +211,10 @@ class Session:
 
     def open(self, frame: bytes | bytearray | memoryview) -> list[Any]:
         """Authenticate, decrypt and decode one frame: ``[seq, type, req_id, x, y]``.
+
+        A writable memoryview is decrypted in place (:meth:`_decrypt`): its bytes are the
+        plaintext afterwards.  Nothing returned refers to the frame (msgpack copies what
+        it decodes), so its buffer may be reused at once.
 
         Raises:
             FrameError: ``bad_mac`` (tampered, or under another key), ``malformed`` or
