@@ -14,18 +14,29 @@ Waiting is on the verifiers' ``settled`` events, never on sleeps.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from rw_helpers import rw_cluster
 
 from bftfs import erasure
 from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw import collect, replica
-from bftfs.rw.lazy import POISONOUS, VERIFIED, responsible
-from bftfs.rw.messages import KIND_NOTIFY, BlockId, Notify
+from bftfs.rw.lazy import POISONOUS, VERIFIED, Pick, responsible
+from bftfs.rw.messages import (
+    KIND_NOTIFY,
+    KIND_READ_LATEST,
+    KIND_READ_PREV,
+    BlockId,
+    Notify,
+    ReadRequest,
+)
+from bftfs.rw.schema import DB_VERSIONS, version_key
 from bftfs.rw.timestamp import Timestamp, make_timestamp
+from bftfs.rw.verify import validate_fragment
 
 #: Verify at once, never by fallback: every node that is not responsible for a block must
 #: learn about it from NOTIFYs (cooperation is what the tests see).  No streams: a test's
@@ -378,3 +389,127 @@ async def test_versions_kept_for_their_age_go_once_old_without_another_write(
         for i in range(cl.config.n):  # no write comes: the verifier looks again by itself
             await until(cl, i, lambda i=i: hosted(cl, i, 4) == [stamps[-1]], within=10)
         assert await writer.read_block(4) == b"v2"
+
+
+#: Verify only when a test says so (``Verifier.verify_wave``): no idle time, no fallback.
+ON_DEMAND = VerificationPolicy(
+    settle_seconds=0.0, idle_seconds=3600.0, fallback_seconds=3600.0, stream_seconds=0.0
+)
+
+
+def count_data_reads(cl: Any) -> Counter[tuple[int, int]]:
+    """READ_LATEST / READ_PREV requests asking for a fragment, by ``(sender, block)``, as
+    the nodes serve them (batched or not)."""
+    served: Counter[tuple[int, int]] = Counter()
+
+    async def counting(ctx: Any, payload: Any, honest: Any) -> Any:
+        if payload.get("d"):
+            served[(int(ctx.sender), int.from_bytes(payload["b"], "big"))] += 1
+        return await honest(ctx, payload)
+
+    for f in cl.faults:
+        f.byzantine(KIND_READ_LATEST, counting)
+        f.byzantine(KIND_READ_PREV, counting)
+    return served
+
+
+async def on_every_node(cl: Any, block: int, stamp: Timestamp) -> None:
+    """Until every node stored ``stamp`` (a write returns at ``N - t`` acknowledgements)."""
+    for i in range(cl.config.n):
+        await until(cl, i, lambda i=i: stamp in hosted(cl, i, block))
+
+
+async def test_a_node_holding_a_data_fragment_reads_its_own_and_m_minus_1_from_peers(
+    tmp_path: Path,
+) -> None:
+    """The local path (issue 34): a verifying node whose fragment is a systematic one takes
+    it from its own store and asks its peers for ``m - 1``; a parity node asks for ``m``."""
+    async with rw_cluster(tmp_path, clients=1, verification=ON_DEMAND, retention=KEEP_ALL) as (
+        cl,
+        (writer,),
+    ):
+        cfg = cl.config
+        assert cfg.m >= 2 and cfg.m + 1 < cfg.n  # block 0: data nodes, block m: parity
+        served = count_data_reads(cl)
+        data = bytes(range(256)) * 12
+        for block in (0, cfg.m):
+            stamp = await writer.write_block(block, data)
+            await on_every_node(cl, block, stamp)
+            for i in responsible(block, cfg.n, cfg.b):
+                await cl.nodes[i].verifier.verify_wave([Pick(block, "own")])
+                assert flagged(cl, i, block, stamp), f"node {i}: block {block} not flagged"
+        for i in responsible(0, cfg.n, cfg.b):
+            assert i < cfg.m
+            assert cl.nodes[i].stats["rw.verify.local_fragments"] == 1
+            assert served[(i, 0)] == cfg.m - 1, (i, served)
+        for i in responsible(cfg.m, cfg.n, cfg.b):
+            assert i >= cfg.m
+            assert cl.nodes[i].stats["rw.verify.local_fragments"] == 0
+            assert served[(i, cfg.m)] == cfg.m, (i, served)
+        assert not any(cl.nodes[i].stats["rw.verify.local_rejected"] for i in range(cfg.n))
+        assert await writer.read_block(0) == data
+
+
+@pytest.mark.expected_logs("bftfs.rw.read", match="own reply failed its checks")
+@pytest.mark.expected_logs("bftfs.node", match="was damaged here; replaced")
+async def test_a_damaged_own_fragment_is_caught_not_used_and_healed(tmp_path: Path) -> None:
+    """Bit rot in the verifying node's own store: its fragment fails its check like a
+    peer's corrupt one, so the version is verified from the peers' fragments (not judged
+    poisonous from a damaged one, nor flagged on the strength of it) and the copy is
+    replaced by the regenerated fragment."""
+    async with rw_cluster(tmp_path, clients=1, verification=ON_DEMAND, retention=KEEP_ALL) as (
+        cl,
+        (writer,),
+    ):
+        cfg = cl.config
+        block, me = 0, 0  # node 0 holds data fragment 0 and is responsible for block 0
+        served = count_data_reads(cl)
+        data = bytes(range(256)) * 12
+        stamp = await writer.write_block(block, data)
+        await on_every_node(cl, block, stamp)
+        key = version_key(block, stamp)
+        node = cl.nodes[me]
+        good = node.store.read(lambda kv: bytes(kv.get(DB_VERSIONS, key)))
+
+        def rot(kv: Any) -> None:
+            kv.put(DB_VERSIONS, key, good[:-1] + bytes([good[-1] ^ 0x01]))
+
+        await node.store.write(rot)
+        await node.verifier.verify_wave([Pick(block, "own")])
+        assert node.stats["rw.verify.local_rejected"] == 1
+        assert node.stats["rw.verify.local_fragments"] == 0
+        assert node.findings.peer_faults[(me, "corrupt")] == 1
+        # Verified from m fragments of the peers, not from the damaged one: a damaged
+        # fragment taken for good would have made the version look poisonous.
+        assert served[(me, block)] == cfg.m, served
+        assert node.progress["rw.verify"]["poisonous"] == 0
+        assert hosted(cl, me, block) == [stamp]
+        assert flagged(cl, me, block, stamp)
+        # And the copy was healed from the regenerated fragment.
+        assert node.stats["rw.verify.local_healed"] == 1
+        healed = node.store.read(lambda kv: bytes(kv.get(DB_VERSIONS, key)))
+        assert healed[1:] == good[1:]  # the flags byte aside (verified since)
+        again = node.store.read(
+            lambda kv: replica.read_step(kv, ReadRequest(BlockId(block), data=True))
+        )
+        assert again.fragment is not None and again.cross_checksum is not None
+        assert validate_fragment(stamp, again.cross_checksum, again.fragment, me, cfg.n)
+        assert await writer.read_block(block) == data
+
+
+async def test_a_poisonous_first_write_is_discarded_too(tmp_path: Path) -> None:
+    """A block whose only version is poisonous reads as never written, and the verifiers
+    discard that version (before, a read reaching the initial value dropped the poisonous
+    versions it had met, and the version stayed until retention gave it up)."""
+    async with rw_cluster(tmp_path, clients=2, verification=EAGER, retention=KEEP_ALL) as (
+        cl,
+        (evil, reader),
+    ):
+        cfg = cl.config
+        poison = await write_poison(evil, cfg, 24)
+        await settled(cl)
+        for i in range(cfg.n):
+            assert poison not in hosted(cl, i, 24), f"node {i} kept the poisonous version"
+        found = sum(cl.nodes[i].progress["rw.verify"]["poisonous"] for i in range(cfg.n))
+        assert found == cfg.b + 1
+        assert await reader.read_block(24) == b""

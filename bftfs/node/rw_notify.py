@@ -74,9 +74,11 @@ class Notifier:
             for peer in self.peers:
                 if int(peer) not in told:
                     self._outbox[peer].append((block, ts, VERIFIED))
-            for bad in poison:
-                for peer in self.peers:
-                    self._outbox[peer].append((block, bad, POISONOUS))
+        # Poison found above the initial value (a block whose only writes were poisonous)
+        # is told too, so the others discard it without verifying it themselves.
+        for bad in poison:
+            for peer in self.peers:
+                self._outbox[peer].append((block, bad, POISONOUS))
 
     def flush(self) -> None:
         """Send what is queued (after :data:`NOTIFY_LINGER`)."""

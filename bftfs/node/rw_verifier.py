@@ -8,12 +8,17 @@ What the task does, in a loop:
    client request for ``idle_seconds``), one of its own blocks (``k mod N`` .. ``(k + b) mod
    N``) with the most unverified versions whose writes settled, else anyone's block whose
    NOTIFYs are overdue (``fallback_seconds``).
-2. **Verify** it like a reader (seed L1474-1481): a READ of the other nodes through an
-   :class:`~bftfs.rw.client.RWClient` (the node leaves itself out), which finds the latest
-   complete write, regenerates the cross checksum from ``m`` fragments, steps back past
-   poisonous versions and repairs a repairable candidate at its own timestamp.  Nothing of
-   this blocks a foreground request: it is one more client of the other nodes, and here
-   only a short group-committed store step.
+2. **Verify** it like a reader (seed L1474-1481): a READ through an
+   :class:`~bftfs.rw.client.RWClient`, which finds the latest complete write, regenerates
+   the cross checksum from ``m`` fragments, steps back past poisonous versions and repairs
+   a repairable candidate at its own timestamp.  The node's own reply comes from its own
+   store (:class:`~bftfs.rw.read.LocalReplica`; its endpoint cannot call itself), judged
+   like a peer's: its fragment is VALIDATEd against the version's cross checksum, so bit
+   rot here is caught as a peer's corrupt fragment would be.  A node holding a data
+   fragment (index below ``m``) takes it from its store and asks ``m - 1`` peers for
+   theirs (issue 34: one fragment transfer less per block).  Nothing of this blocks a
+   foreground request: it is one more client of the other nodes, and here only a short
+   group-committed store step.
 3. **Record and collect** (:func:`bftfs.rw.collect.verified_step`): flag the version
    verified, delete poisonous versions, and delete what lies below the verified version
    and outside the retention policy.
@@ -26,7 +31,11 @@ The record and collection steps are :class:`~bftfs.node.rw_collection.Collection
 (``node/rw_notify.py``); this module picks, reads and keeps the backlog.
 
 Progress is in ``node.progress["rw.verify"]`` (``bftfs status``).  ``settled`` is set
-whenever the backlog is empty (tests wait on it; it is cleared by the next write).
+whenever the backlog is empty (tests wait on it; it is cleared by the next write).  The
+own replica's use is in ``node.stats``: ``rw.verify.local_fragments`` (own fragments read
+from the store and found valid), ``rw.verify.local_rejected`` (own replies that failed
+their checks: a damaged stored version), ``rw.verify.local_healed`` (damaged own copies
+replaced by the regenerated fragment).
 """
 
 from __future__ import annotations
@@ -50,7 +59,8 @@ from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient, max_fragment_of
 from bftfs.rw.lazy import Backlog, Pick, StreamState, stream_state
-from bftfs.rw.messages import BlockId, Notify, WriteRequest
+from bftfs.rw.messages import BlockId, Notify, ReadReply, ReadRequest, WriteRequest
+from bftfs.rw.read import LocalReplica
 from bftfs.rw.timestamp import ZERO, Timestamp
 from bftfs.rw.verify import ReadOutcome
 
@@ -65,6 +75,9 @@ SCAN_PAGE = 256
 MAX_FAILURES = 4
 #: Options of the reading :class:`RWClient` (tests shorten timeouts).
 READ_OPTIONS: dict[str, Any] = {}
+#: The reading clients' counters of the node's own replica, published in ``node.stats``
+#: as ``rw.verify.<name>``.
+LOCAL_COUNTERS = ("local_fragments", "local_rejected")
 
 
 #: What a wave's READ found of one block: the block, the versions this node hosted before
@@ -212,6 +225,9 @@ class Verifier:
                 )
             # Faults the reads meet in peers' replies are findings (node/findings.py).
             self._client.faults = self._wave_client.faults = self.node.findings.peer_faults
+            # The node's own reply from its own store, its fragment too when systematic.
+            local = LocalReplica(self.me, self._own_reply, data=self.me < self.node.config.m)
+            self._client.reader.local = self._wave_client.reader.local = local
             if self.policy.cooperative:
                 nursery.start_soon(self.notifier.run)
             nursery.start_soon(self.collection.forgetter.run)
@@ -285,6 +301,7 @@ class Verifier:
         results = await self.node.store.write(step, background=True)
         for found, res in zip(read, results, strict=True):
             self._settle(*found, res)
+        self._count_local()
         if self.policy.cooperative:
             self.notifier.flush()
         self._publish()
@@ -304,6 +321,8 @@ class Verifier:
         if outcome.kind is Kind.REPAIR:
             self.progress["repaired"] += 1
             await self._store_own(block, outcome, hosted)
+        elif self.me in outcome.bad and outcome.fragments:
+            await self._heal_own(block, outcome)
         if poison:
             self.progress["poisonous"] += len(poison)
             writers = sorted({ts.writer for ts in poison})
@@ -335,6 +354,17 @@ class Verifier:
 
     # Helpers -------------------------------------------------------------------------------
 
+    def _own_reply(self, req: ReadRequest) -> ReadReply:
+        """This node's answer to ``req``, as its rw server gives a peer (``read_step``)."""
+        return self.node.store.read(lambda kv: replica.read_step(kv, req))
+
+    def _count_local(self) -> None:
+        """Publish the reading clients' own-replica counters in ``node.stats``."""
+        clients = {id(c): c for c in (self._client, self._wave_client) if c is not None}
+        for name in LOCAL_COUNTERS:
+            total = sum(c.calls.stats[name] for c in clients.values())
+            self.node.stats[f"rw.verify.{name}"] = total
+
     async def _store_own(
         self, block: BlockId, outcome: ReadOutcome, hosted: list[Timestamp]
     ) -> None:
@@ -352,6 +382,33 @@ class Verifier:
         await self.node.store.write(
             lambda kv: replica.store_write(kv, req, owner=req.ts.writer), background=True
         )
+
+    async def _heal_own(self, block: BlockId, outcome: ReadOutcome) -> None:
+        """This node's own reply failed its checks in the READ that verified ``outcome``:
+        if its stored copy of the version is damaged (bit rot), replace it with the
+        regenerated fragment (checked like a WRITE), as the in-node scrub would later
+        (``node/rw_scrubber.py``); counted as ``rw.verify.local_healed``."""
+        try:
+            cc, frag = own_fragment(outcome, self.me, self.node.config.n)
+        except NotValidated as e:
+            self.node.log.warning("node %s: block %s: %s", self.node.id, block, e)
+            return
+        req = WriteRequest(block, outcome.ts, cc, frag)
+
+        def step(kv: Any) -> bool:
+            if replica.stored_state(kv, req) is not False:
+                return False  # absent (collected meanwhile) or intact: nothing to heal
+            replica.store_write(kv, req, owner=req.ts.writer)  # keeps flags and charge
+            return True
+
+        if await self.node.store.write(step, background=True):
+            self.node.stats["rw.verify.local_healed"] += 1
+            self.node.log.warning(
+                "node %s: block %s version %s was damaged here; replaced",
+                self.node.id,
+                block,
+                outcome.ts,
+            )
 
     async def _rebuild(self) -> None:
         """The backlog after a restart: versions above their block's mark, unflagged; and

@@ -12,12 +12,22 @@ repair a repairable candidate at its own timestamp (``Writer.repair_block``, wai
 READ_LATEST when garbage collection removed what the read looked for (bounded by
 ``max_restarts``: obstruction-freedom, L1566-1574).  The rounds and what they learn are
 ``rw/readround.py``; this module decides which to run and when the read is done.
+
+A storage node reading as a client (lazy verification, ``node/rw_verifier.py``) gives its
+reader a :class:`LocalReplica`: its own reply is then read from its own store instead of
+left out (its endpoint cannot call itself), and taken through the same checks as a peer's
+reply (``ReadRounds`` parses it, VALIDATEs its fragment against the version's cross
+checksum, merges its view), so its store's bit rot is caught like a peer's corrupt
+fragment.  When its fragment is a systematic one (index below ``m``) the first round asks
+one peer fewer and ``m - 1`` peers for data: one fragment transfer, its AEAD and copies
+saved per block (issue 34).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -26,16 +36,34 @@ from bftfs.net.errors import refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw import verify
 from bftfs.rw.calls import DEFAULT_CONCURRENCY, RWCalls
-from bftfs.rw.classify import Decision, Kind
+from bftfs.rw.classify import Decision, HostStatus, Kind
 from bftfs.rw.failures import HistoryReclaimed, ReadAborted, ReadFailed, outcomes
 from bftfs.rw.health import NodeHealth
-from bftfs.rw.messages import BlockId
+from bftfs.rw.messages import BlockId, ReadReply, ReadRequest
 from bftfs.rw.readround import ReadRounds, ReadState
+from bftfs.rw.schema import SchemaError
 from bftfs.rw.timestamp import MAX_TIME, MAX_WRITER, ZERO, Timestamp
 from bftfs.rw.verify import ReadOutcome
 from bftfs.rw.write import Writer
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalReplica:
+    """The reading node's own replica, answered in process (see the module docstring).
+
+    ``answer`` runs the node's READ_LATEST / READ_PREV step (``rw/replica.read_step``) on its
+    own store.  Its replies are judged exactly like a peer's: a stored fragment that no
+    longer matches its cross checksum marks the node bad for the attempt, and the read goes
+    on with the peers alone, as before this path existed.
+    """
+
+    node: int
+    answer: Callable[[ReadRequest], ReadReply]
+    #: Whether to take the node's own fragment in the first round: only when it is a
+    #: systematic one (index below ``m``), so that decoding stays joining data fragments.
+    data: bool
 
 
 class Reader:
@@ -68,6 +96,10 @@ class Reader:
         self.writer = writer
         self.max_restarts = max_restarts
         self.trust_verified = trust_verified
+        #: This node's own replica when a storage node reads (set by the verifier); its
+        #: replies count as the other nodes' do (``local_replies``, ``local_fragments``
+        #: used, ``local_rejected`` that failed their checks, in the client's counters).
+        self.local: LocalReplica | None = None
 
     @outcomes(ReadFailed)
     async def read_block(self, block: BlockId | int) -> bytes:
@@ -165,9 +197,17 @@ class Reader:
         st = ReadState(restart_at=restart_at)
         rounds = self.rounds
         order = self.health.read_order(self.calls.nodes)
+        initial, with_data = self.th.first_round, self.th.m
+        if self.local is not None:
+            req = ReadRequest(block, self.local.data, below=cap, inclusive=cap is not None)
+            reply = self._ask_local(st, req, fetched=False)
+            if reply is not None:
+                initial -= 1  # the node's own view is one of the round's replies
+                if req.data and reply.latest is not None:
+                    with_data -= 1  # and its fragment one of the m asked for
         # Systematic fragments first: decoding from nodes 0..m-1 costs no arithmetic.
-        data_nodes = set(order[: self.th.m])
-        await rounds.read_latest(st, block, order, data_nodes, initial=self.th.first_round, cap=cap)
+        data_nodes = set(order[:with_data])
+        await rounds.read_latest(st, block, order, data_nodes, initial=initial, cap=cap)
         while True:
             if cap is not None:
                 self._check_not_reclaimed(st, block, cap)
@@ -186,11 +226,14 @@ class Reader:
                 await rounds.read_latest(st, block, rest, set(), initial=None, cap=cap)
                 continue
             if d.kind is Kind.FETCH:
-                await rounds.fetch_history(st, block, d)
+                await self._fetch_history(st, block, d)
                 continue
             assert d.candidate is not None
             if d.candidate == ZERO:
-                return ReadOutcome(ZERO, Kind.COMPLETE, b"", None, ())
+                # Poisonous versions met on the way are reported here too: a block whose
+                # only writes were poisonous has them discarded (node/rw_verifier.py).
+                rejected = tuple(sorted(st.rejected, reverse=True))
+                return ReadOutcome(ZERO, Kind.COMPLETE, b"", None, (), rejected)
             try:
                 regen = await self._validate(st, block, d, repair=repair)
             except _Gone:
@@ -206,7 +249,60 @@ class Reader:
                 regen.cross_checksum,
                 regen.fragments,
                 tuple(sorted(st.rejected, reverse=True)),
+                tuple(sorted(st.bad)),
             )
+
+    def _ask_local(self, st: ReadState, req: ReadRequest, *, fetched: bool) -> ReadReply | None:
+        """This node's own reply to ``req``, merged into ``st`` through the checks a peer's
+        reply goes through (``ReadRounds._absorb``: parsed, its fragment VALIDATEd); None
+        when it failed them (the node is then bad for the attempt, as a peer would be)."""
+        local = self.local
+        assert local is not None
+        stats = self.calls.stats
+        stats["local_replies"] += 1
+        try:
+            reply = local.answer(req)
+        except SchemaError as e:  # an undecodable stored record: like a malformed reply
+            why = f"unreadable own replica: {e}"
+        else:
+            why = "own reply failed its checks"
+            if self.rounds._absorb(st, local.node, req, reply.to_wire(), fetched=fetched):
+                if req.data and reply.latest is not None:
+                    stats["local_fragments"] += 1
+                return reply
+        if local.node not in st.bad:
+            st.mark_bad(local.node, why)
+        stats["local_rejected"] += 1
+        log.warning("block %s: %s on this node (%s)", req.block, why, local.node)
+        return None
+
+    def _local_fragment(self, st: ReadState, block: BlockId, cand: Timestamp) -> None:
+        """This node's own fragment of ``cand`` (READ_PREV at or below it), as
+        ``ReadRounds.fetch_fragments`` takes a holder's."""
+        local = self.local
+        assert local is not None
+        req = ReadRequest(block, data=True, below=cand, inclusive=True)
+        if self._ask_local(st, req, fetched=False) is None:
+            return
+        if local.node not in st.frags.get(cand, {}):
+            view = st.views.get(local.node)
+            if view is None or view.status(cand) is not HostStatus.COLLECTED:
+                # Listed before, gone now without a collection: not a fragment to use.
+                st.mark_bad(local.node, f"own store no longer holds {cand!r}")
+
+    async def _fetch_history(self, st: ReadState, block: BlockId, d: Decision) -> None:
+        """READ_PREV (history only) to the nodes ``d`` names; this node's own from its
+        store."""
+        local = self.local
+        rest = d.fetch
+        if local is not None:
+            for f in d.fetch:
+                if f.node == local.node:
+                    req = ReadRequest(block, data=False, below=f.below, inclusive=f.inclusive)
+                    self._ask_local(st, req, fetched=True)
+            rest = tuple(f for f in d.fetch if f.node != local.node)
+        if rest:
+            await self.rounds.fetch_history(st, block, dataclasses.replace(d, fetch=rest))
 
     def _check_not_reclaimed(self, st: ReadState, block: BlockId, cap: Timestamp) -> None:
         """A read of the past fails once more than ``b`` valid replies collected above
@@ -230,8 +326,18 @@ class Reader:
         assert cand is not None
         have = st.frags.setdefault(cand, {})
         missing = [n for n in d.holders if n not in have and n not in st.bad]
+        local = self.local
+        own = local is not None and local.node in missing
+        if own:
+            assert local is not None
+            missing.remove(local.node)  # never asked over the network
+            if local.data and len(have) < self.th.m:
+                self._local_fragment(st, block, cand)  # systematic: before the peers'
+                own = False
         if len(have) < self.th.m:
             await self.rounds.fetch_fragments(st, block, cand, missing)
+            if own and len(have) < self.th.m:
+                self._local_fragment(st, block, cand)  # a parity fragment: only if needed
             if len(have) < self.th.m:
                 return None  # holders were marked bad; decide again
         ccs = {cc for cc, _ in have.values()}

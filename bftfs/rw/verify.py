@@ -109,6 +109,9 @@ class ReadOutcome:
     #: Newer candidates this read found poisonous on the way (lazy verification discards
     #: them, node/rw_verifier.py).
     poisonous: tuple[Timestamp, ...] = ()
+    #: Nodes the returning attempt stopped counting (a reply that failed its checks, or
+    #: none in time): a verifying node among them heals its own copy (node/rw_verifier.py).
+    bad: tuple[int, ...] = ()
 
     @property
     def absent(self) -> bool:
