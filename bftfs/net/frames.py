@@ -86,8 +86,6 @@ class FrameReader:
     def __init__(self, stream: trio.abc.ReceiveStream, max_frame: int) -> None:
         self._stream = stream
         self._buf = bytearray()
-        #: The buffer big frames are read into, kept for the next one (:meth:`_read_rest`).
-        self._big = bytearray()
         self.max_frame = max_frame
         #: A socket stream is read through its file descriptor (see :meth:`_receive`).
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
@@ -95,16 +93,14 @@ class FrameReader:
     async def read(self) -> bytes | memoryview | None:
         """The next frame, or None at a clean end of stream.
 
-        A big frame (a batch of fragments) is read straight into a buffer of its own: no
-        appending to the stream buffer, no copy of the frame out of it, no shifting of what
-        follows (issue 34).  That buffer is the reader's, kept for the next big frame, so
-        such a frame is a writable view, valid until the next :meth:`read` (the callers
-        open it, which decrypts it in place and copies what they keep out of it, before
-        reading again).  A frame the kept buffer holds goes there as soon as its length
-        is known; one that needs a larger buffer only once a quarter of it has arrived (so
-        a peer's length prefix alone never makes us allocate more than four times what it
-        sent; until then its bytes were appended to the stream buffer and copied over,
-        a quarter of every batch when each had a buffer of its own).
+        A big frame (a batch of fragments) is read straight into a buffer of its own once a
+        quarter of it has arrived (so a peer's length prefix alone never makes us allocate
+        more than four times what it sent): no appending to the stream buffer, no copy of
+        the frame out of it, no shifting of what follows (issue 34).  It is returned as a
+        writable view, which the caller decrypts in place (``Session.open``).  The buffer
+        is not kept for the next frame: a kept one would hold up to ``max_frame`` per
+        connection for as long as it lives, past the bound docs/buffers.md gives a node
+        that floods its clients (``t4_buffers``).
 
         Raises:
             FrameError: ``oversized`` (the length prefix exceeds the limit: the stream cannot
@@ -121,11 +117,7 @@ class FrameReader:
                         frame = bytes(view[4 : 4 + n])
                     del buf[: 4 + n]
                     return frame
-                if (
-                    n >= DIRECT_FRAME
-                    and self._fd is not None
-                    and (len(self._big) >= n or len(buf) - 4 >= n // 4)
-                ):
+                if n >= DIRECT_FRAME and self._fd is not None and len(buf) - 4 >= n // 4:
                     return await self._read_rest(n)
             data = await self._receive()
             if not data:
@@ -135,17 +127,9 @@ class FrameReader:
             buf += data
 
     async def _read_rest(self, n: int) -> memoryview:
-        """The frame of ``n`` bytes whose start is buffered, the rest read into it.
-
-        Into the buffer the last big frame was read into, when it is large enough: a new
-        buffer is a fresh allocation that the kernel zeroes page by page as it is first
-        written (1 400 page faults for a 5.6 MB batch of sixteen 1 MiB blocks'
-        fragments), and then freed again.  The buffer is replaced, never resized, when a
-        larger frame comes: a view of the old one that is still alive stays valid."""
-        big = self._big
-        if len(big) < n:
-            big = self._big = unfilled(n)  # written whole before the frame is used
-        frame = memoryview(big)[:n]
+        """The frame of ``n`` bytes whose start is buffered, the rest read into it (a
+        buffer not zeroed first: every byte is written before the frame is used)."""
+        frame = memoryview(unfilled(n))
         buf = self._buf
         have = len(buf) - 4
         frame[:have] = memoryview(buf)[4:]
