@@ -372,28 +372,32 @@ class Verifier:
         version too (checked like a WRITE), so it can flag it."""
         if outcome.ts in hosted:
             return
-        try:
-            cc, frag = own_fragment(outcome, self.me, self.node.config.n)
-        except NotValidated as e:
-            self.node.log.warning("node %s: block %s: %s", self.node.id, block, e)
+        req = self._own_write(block, outcome)
+        if req is None:
             return
-        req = WriteRequest(block, outcome.ts, cc, frag)
         # Charged to the version's writer, as the repairs just made (node/rw_server.py).
         await self.node.store.write(
             lambda kv: replica.store_write(kv, req, owner=req.ts.writer), background=True
         )
+
+    def _own_write(self, block: BlockId, outcome: ReadOutcome) -> WriteRequest | None:
+        """This node's fragment of the version ``outcome`` read, as the WRITE that would
+        have stored it (None, logged, if it does not match the cross checksum)."""
+        try:
+            cc, frag = own_fragment(outcome, self.me, self.node.config.n)
+        except NotValidated as e:
+            self.node.log.warning("node %s: block %s: %s", self.node.id, block, e)
+            return None
+        return WriteRequest(block, outcome.ts, cc, frag)
 
     async def _heal_own(self, block: BlockId, outcome: ReadOutcome) -> None:
         """This node's own reply failed its checks in the READ that verified ``outcome``:
         if its stored copy of the version is damaged (bit rot), replace it with the
         regenerated fragment (checked like a WRITE), as the in-node scrub would later
         (``node/rw_scrubber.py``); counted as ``rw.verify.local_healed``."""
-        try:
-            cc, frag = own_fragment(outcome, self.me, self.node.config.n)
-        except NotValidated as e:
-            self.node.log.warning("node %s: block %s: %s", self.node.id, block, e)
+        req = self._own_write(block, outcome)
+        if req is None:
             return
-        req = WriteRequest(block, outcome.ts, cc, frag)
 
         def step(kv: Any) -> bool:
             if replica.stored_state(kv, req) is not False:
