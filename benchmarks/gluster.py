@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bftfs import proc
+
 #: Loopback, but not 127.0.0.1 (which the gluster CLI refuses for bricks; see above).
 HOST = "127.0.0.2"
 PORT = 24007  # glusterd's management port (its default; the bricks find it there)
@@ -302,15 +304,9 @@ def _brick_pids(name: str) -> dict[str, int]:
 def _client_pid(name: str, mnt: Path) -> int | None:
     """The FUSE client serving ``mnt`` (``glusterfs ... --volfile-id=/NAME MNT``)."""
     want = f"--volfile-id=/{name}".encode()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmdline = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if want in cmdline and str(mnt).encode() in cmdline:
-            return int(d.name)
+    for pid, argv in proc.command_lines():
+        if want in argv and str(mnt).encode() in argv:
+            return pid
     return None
 
 

@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 #: Children this process started (``spawn``): reaped when they exit, so a dead child is
@@ -264,6 +264,20 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | Non
             proc.kill()
         proc.wait()
         return None
+
+
+def command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, argv)`` of every process whose command line this user may read (a process
+    gone meanwhile, or another user's without privileges, is left out): how a daemon is
+    found by what it was started with."""
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        yield int(pid_dir.name), argv
 
 
 def port_holders(port: int) -> list[tuple[int, str]]:

@@ -201,18 +201,10 @@ def daemon_serving(mountpoint: Path) -> int | None:
     whose pid files it cannot find: without the pid it would return while the daemon
     still sends what it held back, and a laptop shut then loses it."""
     want = [b"-m", b"bftfs", b"mount", os.fsencode(os.path.abspath(mountpoint)), b"--fg"]
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
+    for pid, argv in proc.command_lines():
         starts = (i for i, arg in enumerate(argv) if arg == want[0])
-        if any(argv[i : i + len(want)] == want for i in starts):
-            pid = int(entry.name)
-            if proc.process_alive(pid):
-                return pid
+        if any(argv[i : i + len(want)] == want for i in starts) and proc.process_alive(pid):
+            return pid
     return None
 
 
