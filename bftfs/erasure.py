@@ -1,16 +1,18 @@
-"""Systematic m-of-N erasure coding (zfec) and cross checksums for PASIS blocks.
+"""Systematic m-of-N erasure coding and cross checksums for PASIS blocks.
 
 A block is striped over the first ``m`` fragments (seed L1186-1189: "stripes the data-item
-across the first m data-fragments") and zfec computes the ``N - m`` code fragments, so any
+across the first m data-fragments") and the code computes the ``N - m`` code fragments, so any
 ``m`` fragments decode the block and regenerate all ``N`` (seed L849-852).  Fragment ``i`` is
 stored at node ``i``.
 
 Cross checksum (seed L854-862, MAKE_CROSS_CHECKSUM at L1000 of Figure 3.1, lines 972-977 of
 the seed text): one hash per fragment, concatenated in node order.  We use a 256-bit hash
 instead of the seed's MD5 (L1194, spec H.10): BLAKE2b-256 or SHA-256, named in the cross
-checksum itself.  Because zfec needs equal-length stripes, the block is zero-padded to a
+checksum itself.  Because the code needs equal-length stripes, the block is zero-padded to a
 multiple of ``m``; the true length is recorded *inside* the cross checksum so that it is
-covered by the verifier like everything else:
+covered by the verifier like everything else.  The code is zfec's (its generator matrix);
+:mod:`bftfs.erasure_kernel` computes it with ISA-L's vector kernels where they load, with
+zfec's own tables otherwise, byte for byte the same fragments:
 
     ======  ==========  =============================================
     offset  size        field
@@ -37,10 +39,8 @@ Padding is canonical: the fragment size is exactly ``ceil(length / m)``.  A cros
 whose length field disagrees with the fragment size is not the output of :func:`encode` and is
 treated like any other poisonous write by :func:`regenerate`.
 
-zfec's parameter names clash with ours: ``zfec.Encoder(k, m)`` takes *k = our m* (fragments
-needed) and *its m = our N* (fragments produced).  This is the only module importing zfec.
-Everything here is synchronous and releases the GIL inside zfec and hashlib; callers move
-large blocks to a worker thread (STYLE.md section 1).
+Everything here is synchronous and releases the GIL inside the code's kernel and hashlib;
+callers move large blocks to a worker thread (STYLE.md section 1).
 """
 
 from __future__ import annotations
@@ -49,16 +49,16 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
-import zfec
 from blake3 import blake3
+
+from bftfs.erasure_kernel import KERNEL
 
 #: Size of one cross-checksum entry and of the verifier (BLAKE2b-256).
 HASH_SIZE = 32
 #: Size of the length header at the start of a cross checksum.
 LENGTH_SIZE = 8
-#: zfec supports at most 256 fragments.
+#: A code over GF(2^8) has at most 256 fragments.
 MAX_FRAGMENTS = 256
 
 _FRAG_PERSON = b"bftfs-frag"
@@ -169,17 +169,6 @@ def fragment_size(length: int, m: int) -> int:
     return -(-length // m)
 
 
-@lru_cache(maxsize=64)
-def _encoder(m: int, n: int) -> zfec.Encoder:
-    # zfec: Encoder(k=fragments needed, m=fragments produced) -- ours are (m, N).
-    return zfec.Encoder(m, n)
-
-
-@lru_cache(maxsize=64)
-def _decoder(m: int, n: int) -> zfec.Decoder:
-    return zfec.Decoder(m, n)
-
-
 def check_params(m: int, n: int) -> None:
     """Raise :class:`ErasureError` unless ``1 <= m <= n <= 256``."""
     if not 1 <= m <= n <= MAX_FRAGMENTS:
@@ -209,17 +198,13 @@ def encode(
         data: the block contents (any length, including 0); read once, into the stripes,
             which are copies: the fragments and their cross checksum agree even if the
             caller's buffer changes afterwards.
-        m: fragments needed to decode (zfec's ``k``).
-        n: fragments produced, one per node (zfec's ``m``).
+        m: fragments needed to decode.
+        n: fragments produced, one per node.
         algorithm: the fragment hash the cross checksum names.
     """
     check_params(m, n)
     stripes = _split(data, m)
-    if m == n:
-        fragments = stripes
-    else:
-        code = _encoder(m, n).encode(stripes, tuple(range(m, n)))
-        fragments = stripes + tuple(bytes(c) for c in code)
+    fragments = stripes if m == n else stripes + tuple(KERNEL.code(stripes, m, n))
     return Encoded(fragments, make_cross_checksum(len(data), fragments, algorithm))
 
 
@@ -275,8 +260,7 @@ def _stripes(fragments: Mapping[int, bytes], m: int, n: int) -> list[bytes]:
         raise ErasureError(f"fragments have different sizes {sorted(sizes)}")
     if chosen == list(range(m)):
         return [bytes(fragments[i]) for i in chosen]
-    blocks = tuple(fragments[i] for i in chosen)
-    return [bytes(s) for s in _decoder(m, n).decode(blocks, tuple(chosen))]
+    return KERNEL.stripes([fragments[i] for i in chosen], chosen, m, n)
 
 
 def decode(fragments: Mapping[int, bytes], length: int, m: int, n: int) -> bytes:
@@ -349,8 +333,8 @@ def regenerate(
         return Regenerated(True, data, again.fragments, again.cross_checksum)
     if not _padding_is_zero(stripes, length):
         return invalid  # not the canonical zero padding encode() writes
-    code = _encoder(m, n).encode(stripes, tuple(range(m, n))) if m < n else []
-    regenerated = tuple(stripes) + tuple(bytes(c) for c in code)
+    code = KERNEL.code(stripes, m, n) if m < n else []
+    regenerated = tuple(stripes) + tuple(code)
     given = sorted(fragments)[:m]
     algorithm = cc_hash(cross_checksum)
     for i in range(n):

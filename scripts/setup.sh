@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything bftfs needs on a fresh Debian-like machine, idempotently:
 #   - Debian packages: fuse3 (fusermount3), libfuse3-dev, pkg-config, gcc, the C library's
-#     and Python's headers and patch (to build pyfuse3 with the lock patch), when missing;
+#     and Python's headers and patch (to build pyfuse3 with the lock patch), and libisal2
+#     (ISA-L: the erasure code's vector kernels, bftfs/erasure_kernel.py), when missing;
 #     with --tests also git, which the mount tests run in the mount, and iproute2 (ip and
 #     tc: the network-namespace tests, t4_machines.py and t4_buffers_lossy.py);
 #   - python3-venv when the interpreter cannot make a virtualenv;
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(fuse3 libfuse3-dev pkg-config gcc libc6-dev patch)
+pkgs=(fuse3 libfuse3-dev pkg-config gcc libc6-dev patch libisal2)
 if [ "${1:-}" = "--tests" ]; then
     pkgs+=(git iproute2)
 fi
