@@ -379,6 +379,8 @@ def node_counters(config: Any) -> dict[str, float] | None:
             verify = (st.stats.get("progress") or {}).get("rw.verify") or {}
             total["verified"] += int(verify.get("verified", 0))
             total["verify_forced"] += int(verify.get("forced", 0))
+            total["verify_read_holds"] += int(verify.get("read_holds", 0))
+            total["verify_pressure"] += int(bool(verify.get("pressure")))
     return dict(total)
 
 

@@ -186,6 +186,39 @@ def test_stream_state_needs_a_long_run_of_requests_and_yields_longer_to_it() -> 
     assert s.streaming and s.idle_after == 2.0
 
 
+def test_the_backlog_counts_blocks_to_verify_by_object() -> None:
+    from bftfs.rw.messages import block_id
+
+    bl = Backlog(STREAMING, me=0, n=6, b=1)
+    for k in range(3):
+        bl.wrote(block_id(5, k), ts(1), 1, 0.0)
+    bl.wrote(block_id(5, 0), ts(2), 1, 0.0)  # a second version
+    bl.wrote(block_id(6, 0), ts(1), 1, 0.0)
+    assert bl.object_backlog(block_id(5, 9)) == 3 and bl.object_backlog(block_id(6, 1)) == 1
+    bl.settled(block_id(5, 0), ts(1))  # one version of two: still due
+    assert bl.object_backlog(block_id(5, 0)) == 3
+    bl.settled(block_id(5, 0), ts(2))
+    bl.settled(block_id(6, 0), ts(1))
+    assert bl.object_backlog(block_id(5, 0)) == 2 and bl.object_backlog(block_id(6, 0)) == 0
+
+
+def test_a_client_read_of_an_unverified_block_waits_like_a_stream_without_its_budget() -> None:
+    from bftfs.rw.lazy import stream_state
+
+    p = STREAMING
+    # A short run of requests, one of them a read of a block still to verify 0.1 s ago:
+    # verification waits for stream_idle_seconds of quiet, but it is not a stream.
+    s = stream_state(p, now=10.31, last_request=10.3, busy_since=10.0, backlog_read=10.21)
+    assert not s.streaming and s.idle_after == p.stream_idle_seconds
+    # 0.5 s after that read, idle_seconds again.
+    s = stream_state(p, now=10.71, last_request=10.3, busy_since=10.0, backlog_read=10.21)
+    assert not s.streaming and s.idle_after == p.idle_seconds
+    # stream_seconds = 0 turns this off with streams.
+    off = VerificationPolicy(stream_seconds=0.0)
+    s = stream_state(off, now=10.0, last_request=10.0, busy_since=10.0, backlog_read=10.0)
+    assert s.idle_after == off.idle_seconds
+
+
 def test_nodes_fall_back_in_groups_of_b_plus_one_in_ring_order() -> None:
     from bftfs.rw.lazy import fallback_delay
 

@@ -21,6 +21,8 @@ from rw_helpers import rw_cluster
 from bftfs.ids import NodeId
 from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw import replica
+from bftfs.rw.lazy import BIG_OBJECT_BLOCKS
+from bftfs.rw.messages import block_id
 
 #: Verify once idle for 50 ms, a run of requests a stream after 0.5 s.
 POLICY = VerificationPolicy(
@@ -61,3 +63,114 @@ async def test_a_status_poll_does_not_hold_up_lazy_verification(tmp_path: Path) 
             # be a stream (a count of polls, > 10, failed on a loaded machine: 9).
             assert len(polled) >= 2 and polled[-1] - polled[0] > POLICY.stream_seconds, polled
             nursery.cancel_scope.cancel()
+
+
+#: Verify a block 3 s after its write once idle for 50 ms; runs of requests never long
+#: enough to be a stream; 5 s of quiet after a client read of a big object not verified yet.
+READ_POLICY = VerificationPolicy(
+    settle_seconds=3.0,
+    idle_seconds=0.05,
+    fallback_seconds=3600.0,
+    stream_seconds=3600.0,
+    stream_idle_seconds=5.0,
+)
+
+
+async def test_a_read_of_a_big_unverified_object_defers_verification_until_it_pauses(
+    tmp_path: Path,
+) -> None:
+    """A big file read right after it was written: the reader checks each block itself
+    (regenerating what ``b + 1`` nodes have not flagged), so the nodes that serve it wait
+    for ``stream_idle_seconds`` of quiet before verifying, from the first such read on, not
+    after ``stream_seconds`` of requests (issue 34, sixth pass: verifying in the read's
+    gaps paid the check twice during the read).  A small object's read changes nothing.
+    Verification still completes after."""
+    async with rw_cluster(tmp_path, clients=2, verification=READ_POLICY, retention=KEEP_ALL) as (
+        cl,
+        (writer, reader),
+    ):
+        rng = random.Random(11)
+
+        def waiting() -> list[int]:
+            now = trio.current_time()
+            return [
+                int(n.id)
+                for n in cl.nodes
+                if n.verifier.stream(now).idle_after == READ_POLICY.stream_idle_seconds
+            ]
+
+        small = block_id(6, 0)
+        small_data = rng.randbytes(3000)
+        await writer.write_block(small, small_data)
+        assert await reader.read_block(small) == small_data
+        assert waiting() == []
+        big = [block_id(5, k) for k in range(BIG_OBJECT_BLOCKS)]
+        data = [rng.randbytes(2000) for _ in big]
+        stamps = [await writer.write_block(blk, d) for blk, d in zip(big, data, strict=True)]
+        # Not settled yet: every node has them to verify, and nobody read them.
+        assert all(n.verifier.backlog.object_backlog(big[0]) == len(big) for n in cl.nodes)
+        assert waiting() == []
+        assert await reader.read_block(big[3]) == data[3]
+        # The read asked at least QC + b nodes (before: none of them waited longer).
+        assert len(waiting()) >= cl.config.qc + cl.config.b, waiting()
+        # Not a stream for the budgets: reading raises no client's budget.
+        now = trio.current_time()
+        assert not any(n.verifier.stream(now).streaming for n in cl.nodes)
+        with trio.fail_after(60):
+            for node in cl.nodes:
+                for blk, ts in zip(big, stamps, strict=True):
+                    while not node.store.read(
+                        lambda kv, blk=blk, ts=ts: replica.is_verified(kv, blk, ts)
+                    ):
+                        await node.verifier.changed.wait()
+
+
+#: Verify at once once idle for 50 ms; 1 s of quiet after a client read of a big object.
+YIELD_POLICY = VerificationPolicy(
+    settle_seconds=0.0,
+    idle_seconds=0.05,
+    fallback_seconds=3600.0,
+    stream_seconds=3600.0,
+    stream_idle_seconds=1.0,
+)
+
+
+async def test_a_read_of_a_big_unverified_object_cancels_the_idle_waves_reading_it(
+    tmp_path: Path,
+) -> None:
+    """The nodes picked a wave of a big object's blocks in idle time just before a client
+    began reading it (the file read right after it was written): the wave's READs still
+    running are cancelled and their blocks picked again once the reads pause; before,
+    every such wave ran to its end inside the client's read (issue 34, sixth pass)."""
+    async with rw_cluster(tmp_path, clients=2, verification=YIELD_POLICY, retention=KEEP_ALL) as (
+        cl,
+        (writer, reader),
+    ):
+        rng = random.Random(12)
+        big = [block_id(7, k) for k in range(BIG_OBJECT_BLOCKS)]
+        data = [rng.randbytes(2000) for _ in big]
+        # The nodes' READs of each other hang, so the waves stay in progress.
+        n = cl.config.n
+        for j in range(n):
+            for i in range(n):
+                if i != j:
+                    cl.faults[j].link(i).delay(30.0)
+        stamps = await writer.write_blocks(dict(zip(big, data, strict=True)))
+        with trio.fail_after(30):
+            for node in cl.nodes:  # every node has own blocks among 16 consecutive ones
+                while node.verifier._idle_reads is None:
+                    await node.verifier.changed.wait()
+        assert await reader.read_block(big[0]) == data[0]
+        yielded = sum(node.progress["rw.verify"]["yielded"] for node in cl.nodes)
+        assert yielded >= 1  # before: the waves waited for their READs
+        assert all(node.progress["rw.verify"]["verified"] == 0 for node in cl.nodes)
+        for f in cl.faults:
+            f.clear()
+        with trio.fail_after(60):
+            for node in cl.nodes:
+                for blk in big:
+                    ts = stamps[blk]
+                    while not node.store.read(
+                        lambda kv, blk=blk, ts=ts: replica.is_verified(kv, blk, ts)
+                    ):
+                        await node.verifier.changed.wait()

@@ -365,17 +365,19 @@ class RWServer:
                 req.block, req.ts, int(ctx.sender), len(req.fragment) + len(req.cross_checksum)
             )
 
-    async def _read(self, payload: Any, prev: bool) -> Any:
+    async def _read(self, ctx: RequestContext, payload: Any, prev: bool) -> Any:
         req = self._parse(lambda: ReadRequest.from_wire(payload, prev=prev))
+        if self.verifier is not None and not is_node(ctx.sender):
+            self.verifier.client_read(req.block)
         return self.store.read(
             lambda kv: replica.read_step(kv, req, history=self.history)
         ).to_wire()
 
     async def on_read_latest(self, ctx: RequestContext, payload: Any) -> Any:
-        return await self._read(payload, prev=False)
+        return await self._read(ctx, payload, prev=False)
 
     async def on_read_prev(self, ctx: RequestContext, payload: Any) -> Any:
-        return await self._read(payload, prev=True)
+        return await self._read(ctx, payload, prev=True)
 
     async def on_list(self, ctx: RequestContext, payload: Any) -> Any:
         if not is_node(ctx.sender):

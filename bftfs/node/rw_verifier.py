@@ -58,7 +58,7 @@ from bftfs.rw.batch import rw_batcher
 from bftfs.rw.behind import NotValidated, own_fragment
 from bftfs.rw.classify import Kind
 from bftfs.rw.client import RWClient, max_fragment_of
-from bftfs.rw.lazy import Backlog, Pick, StreamState, stream_state
+from bftfs.rw.lazy import BIG_OBJECT_BLOCKS, Backlog, Pick, StreamState, stream_state
 from bftfs.rw.messages import BlockId, Notify, ReadReply, ReadRequest, WriteRequest
 from bftfs.rw.read import LocalReplica
 from bftfs.rw.timestamp import ZERO, Timestamp
@@ -112,6 +112,10 @@ def new_progress() -> dict[str, Any]:
         "notify_bad": 0,
         "pressure": False,
         "streaming": False,
+        #: Client reads of big objects with blocks left to verify (``client_read``).
+        "read_holds": 0,
+        #: Blocks whose verification a client's read cancelled (picked again later).
+        "yielded": 0,
         "used_bytes": 0,
         #: Bytes of block versions kept below their verified mark: history (issue 36).
         "history_bytes": 0,
@@ -142,6 +146,12 @@ class Verifier:
         self.collection = Collection(node, self.progress)
         #: NOTIFYs sent and taken.
         self.notifier = Notifier(node, self.peers, self.progress)
+        #: trio time a client last read a big object with blocks left to verify here
+        #: (``client_read``, ``rw/lazy.stream_state``).
+        self.backlog_read = -math.inf
+        #: The READs of the wave in progress when it was picked in idle time (not forced
+        #: nor under pressure): a client's read of a big unverified object cancels them.
+        self._idle_reads: trio.CancelScope | None = None
         self._client: RWClient | None = None
         #: The same READs through a batcher, for waves of more than one block (the direct
         #: client when waves are off).
@@ -153,7 +163,11 @@ class Verifier:
         """Whether a client stream is in progress (``rw/lazy.stream_state``)."""
         server = self.node.server
         state = stream_state(
-            self.policy, now, self.node.last_client_request, server.client_busy_since
+            self.policy,
+            now,
+            self.node.last_client_request,
+            server.client_busy_since,
+            self.backlog_read,
         )
         self.progress["streaming"] = state.streaming
         return state
@@ -167,6 +181,19 @@ class Verifier:
             self.progress["forced"] += 1
         self.settled = trio.Event() if self.settled.is_set() else self.settled
         self._wake.set()
+
+    def client_read(self, block: int) -> None:
+        """A client read ``block``: if its object is a big one with blocks left to verify
+        here (a big file read right after it was written), idle-time verification waits
+        until the reads pause.  The reader checks the blocks itself; verifying them in the
+        read's gaps would pay the check twice during the read (``rw/lazy.stream_state``)."""
+        if self.backlog.object_backlog(block) >= BIG_OBJECT_BLOCKS:
+            self.backlog_read = trio.current_time()
+            self.progress["read_holds"] += 1
+            if self._idle_reads is not None:
+                # A wave picked in idle time before the read began: its blocks still
+                # being read go back to the backlog (picking changed nothing there).
+                self._idle_reads.cancel()
 
     def wake(self) -> None:
         """Look at the backlog now (the store is short of space)."""
@@ -276,9 +303,21 @@ class Verifier:
         client = self._client if len(picks) == 1 else self._wave_client
         assert client is not None
         read: list[_Read] = []
-        async with trio.open_nursery() as nursery:
-            for pick in picks:
-                nursery.start_soon(self._read, client, BlockId(pick.block), read)
+        # Picked in idle time only: a client that starts reading a big object with
+        # blocks left to verify here cancels the READs still running (they are picked
+        # again once the reads pause; what was read is recorded).  The reader checks
+        # those blocks itself, and verifying them meanwhile slowed its read (issue 34).
+        yielding = all(pick.reason in ("own", "fallback") for pick in picks)
+        with trio.CancelScope() as scope:
+            self._idle_reads = scope if yielding else None
+            try:
+                async with trio.open_nursery() as nursery:
+                    for pick in picks:
+                        nursery.start_soon(self._read, client, BlockId(pick.block), read)
+            finally:
+                self._idle_reads = None
+        if scope.cancelled_caught:
+            self.progress["yielded"] += len(picks) - len(read)
         if not read:
             return
         now_ns = self.node.now_ns()
@@ -320,9 +359,11 @@ class Verifier:
         poison = set(outcome.poisonous)
         if outcome.kind is Kind.REPAIR:
             self.progress["repaired"] += 1
-            await self._store_own(block, outcome, hosted)
+            with trio.CancelScope(shield=True):  # a wave's cancellation stops READs only
+                await self._store_own(block, outcome, hosted)
         elif self.me in outcome.bad and outcome.fragments:
-            await self._heal_own(block, outcome)
+            with trio.CancelScope(shield=True):
+                await self._heal_own(block, outcome)
         if poison:
             self.progress["poisonous"] += len(poison)
             writers = sorted({ts.writer for ts in poison})

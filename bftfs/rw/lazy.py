@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -187,6 +188,8 @@ class Backlog:
         self._debts: dict[int, _Debt] = {}
         self._by_client: Counter[int] = Counter()
         self._bytes_by_client: Counter[int] = Counter()
+        #: Blocks with unverified versions, by object (:meth:`object_backlog`).
+        self._by_object: Counter[int] = Counter()
         self._forced: OrderedDict[int, None] = OrderedDict()
         self._seq = itertools.count()
         #: (due time, order, block): blocks waiting to settle, for their fallback, or to retry.
@@ -200,6 +203,11 @@ class Backlog:
     def __len__(self) -> int:
         """Blocks with unverified versions."""
         return len(self._debts)
+
+    def object_backlog(self, block: int) -> int:
+        """Blocks with unverified versions here of the object ``block`` belongs to (block
+        ids are ``object << 64 | index``, ``rw/messages.block_id``)."""
+        return self._by_object[block >> 64]
 
     @property
     def versions(self) -> int:
@@ -252,6 +260,7 @@ class Backlog:
         if debt is None:
             ours = self.me in responsible(block, self.n, self.b)
             debt = self._debts[block] = _Debt(own=ours or not self.policy.cooperative)
+            self._by_object[block >> 64] += 1
         if ts not in debt.versions:
             debt.versions[ts] = client
             debt.sizes[ts] = size
@@ -311,6 +320,10 @@ class Backlog:
         if not debt.versions:
             del self._debts[block]
             self._forced.pop(block, None)
+            obj = block >> 64
+            self._by_object[obj] -= 1
+            if self._by_object[obj] <= 0:
+                del self._by_object[obj]
         else:
             debt.failures = 0
             debt.retry_at = 0.0
@@ -454,6 +467,14 @@ class Backlog:
         return None
 
 
+#: Blocks of one object left to verify on a node from which a client's read of that object
+#: holds idle-time verification back (``stream_state``'s ``backlog_read``): a big file read
+#: right after it was written.  Small files (Andrew's, PostMark's) keep the short
+#: ``idle_seconds``: their budgets are counted in versions, and verification held back
+#: during their reads would force their next writes' verification on every node.
+BIG_OBJECT_BLOCKS = 16
+
+
 @dataclass(frozen=True)
 class StreamState:
     """Whether a client stream is in progress and how much quiet verification waits for."""
@@ -464,7 +485,11 @@ class StreamState:
 
 
 def stream_state(
-    policy: VerificationPolicy, now: float, last_request: float, busy_since: float
+    policy: VerificationPolicy,
+    now: float,
+    last_request: float,
+    busy_since: float,
+    backlog_read: float = -math.inf,
 ) -> StreamState:
     """The node's stream state at ``now`` (pure; ``node/rw_verifier.py`` asks it each step).
 
@@ -477,7 +502,16 @@ def stream_state(
     gaps inside a stream are where the stream's own next requests are prepared, and
     verifying in them slows the stream by what verification costs (about half of the
     nodes' CPU during a 200 MiB write, docs/performance.md).  Budgets still force
-    verification during a stream (:meth:`Backlog.over_budget_now`)."""
+    verification during a stream (:meth:`Backlog.over_budget_now`).
+
+    ``backlog_read`` is when a client last read a block of a big object of which this node
+    has blocks to verify (a big file read right after it was written,
+    :data:`BIG_OBJECT_BLOCKS`): verification waits for ``stream_idle_seconds`` of
+    quiet from then on, without the run having to last ``stream_seconds`` first.  Such a
+    reader checks every block it uses itself (it regenerates what ``b + 1`` nodes have not
+    flagged), so verifying the same blocks in its gaps pays the check twice inside the read
+    (issue 34, sixth pass); it runs once the read is over.  It is not a stream for the
+    budgets (``streaming`` stays False): reading raises no client's budget."""
     quiet = now - last_request
     stream_idle = max(policy.stream_idle_seconds, policy.idle_seconds)
     streaming = (
@@ -485,7 +519,8 @@ def stream_state(
         and quiet < stream_idle
         and last_request - busy_since >= policy.stream_seconds
     )
-    return StreamState(streaming, stream_idle if streaming else policy.idle_seconds)
+    reading = policy.stream_seconds > 0 and now - backlog_read < stream_idle
+    return StreamState(streaming, stream_idle if streaming or reading else policy.idle_seconds)
 
 
 @dataclass(frozen=True)
