@@ -186,7 +186,10 @@ def summarise_profile(path: Path, duration: float, rate: int, top: int = 6) -> d
 # are tried in order; the first whose pattern is in the line (or in ``function (file)``)
 # names the part.  C code shows as the Python line that called it.
 _PART_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("erasure code", ("zfec", "_encoder(", "_decoder(", ".encode(stripes", ".decode(blocks")),
+    (
+        "erasure code",
+        ("zfec", "_encoder(", "_decoder(", ".encode(stripes", ".decode(blocks", "ec_encode_data"),
+    ),
     ("hash", ("fragment_hash", "verifier_of", "hashlib", ".digest()", "h.update(", "_hasher")),
     ("AEAD", ("_aead_", "aegis")),
     ("LMDB commit", ("txn.commit", "_run_batch", "_commit(")),
@@ -197,7 +200,18 @@ _PART_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-_REPO = Path(__file__).resolve().parent.parent
+def _package_root() -> Path:
+    """Where the bftfs being measured lives (a tree given by ``PYTHONPATH``, to profile an
+    older commit, or this one): the source lines of its samples are read from there."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bftfs")
+    if spec is None or spec.origin is None:
+        return Path(__file__).resolve().parent.parent
+    return Path(spec.origin).resolve().parent.parent
+
+
+_REPO = _package_root()
 
 
 def _in_bftfs(file: str) -> bool:
