@@ -212,10 +212,25 @@ async def test_a_client_over_quota_removes_files_and_writes_again(tmp_path: Path
         for name in names:
             await fs.unlink(ROOT, name)
         assert fs.reclaim_failed == 0 and fs.reclaimed_blocks > 0
-        # The nodes verify the empty versions and collect what is below them (the refused
-        # file's partial write, if any, stays until verification gives up on it).
+        # The nodes verify the empty versions and collect what is below them.  What stays
+        # charged: the empty versions themselves, and the refused file's partial write
+        # until verification gives up on it (EAGER's fallback is an hour away for blocks
+        # whose responsible nodes refused it): 25-27% of the peak in runs that left three
+        # or four such blocks on a node (a bound of a quarter failed one run in six).
         for i, node in enumerate(cl.nodes):  # re-checked at each step of its verifier
-            await until(cl, i, lambda n=node, f=full[i]: usage(n, FLOODER) < f // 4, within=60.0)
+            try:
+                await until(
+                    cl, i, lambda n=node, f=full[i]: usage(n, FLOODER) < f // 3, within=60.0
+                )
+            except trio.TooSlowError:
+                verifier = node.verifier
+                progress = verifier.progress if verifier is not None else None
+                raise AssertionError(
+                    f"node {i}: flooder's usage {usage(node, FLOODER)} of {full[i]} after 60 s"
+                    f" (a third expected);"
+                    f" backlog {len(verifier.backlog) if verifier else None};"
+                    f" progress {progress}"
+                ) from None
         fh, _ = await fs.create(ROOT, b"again", 0o644, 0, 0, os.O_RDWR)
         data = rng.randbytes(8 * BS)
         await fs.write(fh, 0, data)
