@@ -17,8 +17,8 @@ zfec kernel is used; ``BFTFS_ERASURE_KERNEL=zfec`` (or ``isal``) picks one, for 
 the two against each other.
 
 zfec's parameter names clash with ours: ``zfec.Encoder(k, m)`` takes *k = our m* (fragments
-needed) and *its m = our N* (fragments produced).  This module and :mod:`bftfs.erasure`'s
-docstring are the only places that say so.
+needed) and *its m = our N* (fragments produced).  This is the only module importing zfec
+(``t1_rw_layering``).
 """
 
 from __future__ import annotations
