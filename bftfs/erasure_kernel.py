@@ -136,8 +136,9 @@ class IsalKernel:
     def __init__(self, ffi: Any, lib: Any) -> None:
         self._ffi = ffi
         self._lib = lib
-        self._tables: dict[tuple[tuple[int, ...], ...], Any] = {}
-        self._inverses: dict[tuple[int, int, tuple[int, ...]], tuple[tuple[int, ...], ...]] = {}
+        # Per kernel, bounded: a reader meets few decoding subsets, a process few codes.
+        self._inverse = lru_cache(maxsize=256)(self._invert)
+        self._tables = lru_cache(maxsize=256)(self._init_tables)
 
     def code(self, stripes: Sequence[Buffer], m: int, n: int) -> list[bytes]:
         """See :class:`Kernel`."""
@@ -155,23 +156,22 @@ class IsalKernel:
         made_at = dict(zip(missing, made, strict=True))
         return [bytes(given[j]) if j in given else made_at[j] for j in range(m)]
 
-    def _inverse(self, m: int, n: int, indices: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
-        """The ``m x m`` inverse of the generator's rows at ``indices`` (cached: a reader
-        meets few subsets)."""
-        key = (m, n, indices)
-        inverse = self._inverses.get(key)
-        if inverse is None:
-            rows = generator(m, n)
-            square = self._ffi.new("unsigned char[]", bytes(x for i in indices for x in rows[i]))
-            out = self._ffi.new("unsigned char[]", m * m)
-            if self._lib.gf_invert_matrix(square, out, m) != 0:
-                raise ValueError(f"fragments {indices} of a {m}-of-{n} code do not decode")
-            flat = bytes(self._ffi.buffer(out, m * m))
-            inverse = tuple(tuple(flat[r * m : (r + 1) * m]) for r in range(m))
-            if len(self._inverses) > 256:
-                self._inverses.clear()
-            self._inverses[key] = inverse
-        return inverse
+    def _invert(self, m: int, n: int, indices: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        """The ``m x m`` inverse of the generator's rows at ``indices``."""
+        rows = generator(m, n)
+        square = self._ffi.new("unsigned char[]", bytes(x for i in indices for x in rows[i]))
+        out = self._ffi.new("unsigned char[]", m * m)
+        if self._lib.gf_invert_matrix(square, out, m) != 0:
+            raise ValueError(f"fragments {indices} of a {m}-of-{n} code do not decode")
+        flat = bytes(self._ffi.buffer(out, m * m))
+        return tuple(tuple(flat[r * m : (r + 1) * m]) for r in range(m))
+
+    def _init_tables(self, rows: tuple[tuple[int, ...], ...]) -> Any:
+        """ISA-L's expanded multiplication tables for the coefficient matrix ``rows``."""
+        coefficients = self._ffi.new("unsigned char[]", bytes(x for row in rows for x in row))
+        tables = self._ffi.new("unsigned char[]", 32 * len(rows[0]) * len(rows))
+        self._lib.ec_init_tables(len(rows[0]), len(rows), coefficients, tables)
+        return tables
 
     def _apply(self, rows: Sequence[tuple[int, ...]], inputs: Sequence[Buffer]) -> list[bytes]:
         """``rows`` (each as long as ``inputs``) times the equal-sized ``inputs``."""
@@ -180,16 +180,7 @@ class IsalKernel:
         if size == 0:
             return outputs
         ffi = self._ffi
-        key = tuple(rows)
-        tables = self._tables.get(key)
-        if tables is None:
-            k = len(inputs)
-            coefficients = ffi.new("unsigned char[]", bytes(x for row in rows for x in row))
-            tables = ffi.new("unsigned char[]", 32 * k * len(rows))
-            self._lib.ec_init_tables(k, len(rows), coefficients, tables)
-            if len(self._tables) > 256:
-                self._tables.clear()
-            self._tables[key] = tables
+        tables = self._tables(tuple(rows))
         held = [ffi.from_buffer(b) for b in (*inputs, *outputs)]
         pointers = [ffi.cast("unsigned char *", h) for h in held]
         data = ffi.new("unsigned char *[]", pointers[: len(inputs)])
