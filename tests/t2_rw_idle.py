@@ -13,7 +13,9 @@ of ``t4_restarts::test_a_node_away_past_the_retention_window...``).
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import trio
 from rw_helpers import rw_cluster
@@ -23,6 +25,7 @@ from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw import replica
 from bftfs.rw.lazy import BIG_OBJECT_BLOCKS
 from bftfs.rw.messages import block_id
+from bftfs.rw.timestamp import Timestamp
 
 #: Verify once idle for 50 ms, a run of requests a stream after 0.5 s.
 POLICY = VerificationPolicy(
@@ -31,6 +34,18 @@ POLICY = VerificationPolicy(
 KEEP_ALL = RetentionPolicy(keep_seconds=3600.0, keep_versions=2)
 #: How often the monitor asks every node (well inside ``stream_idle_seconds``, 0.5 s).
 POLL = 0.05
+
+
+async def verified_everywhere(cl: Any, stamps: Mapping[int, Timestamp], within: float) -> None:
+    """Until every node flags each block's version in ``stamps`` verified, re-checked
+    whenever that node's verifier makes progress."""
+    with trio.fail_after(within):
+        for node in cl.nodes:
+            for blk, ts in stamps.items():
+                while not node.store.read(
+                    lambda kv, blk=blk, ts=ts: replica.is_verified(kv, blk, ts)
+                ):
+                    await node.verifier.changed.wait()
 
 
 async def test_a_status_poll_does_not_hold_up_lazy_verification(tmp_path: Path) -> None:
@@ -54,10 +69,7 @@ async def test_a_status_poll_does_not_hold_up_lazy_verification(tmp_path: Path) 
             # The poll has lasted longer than a stream takes to be one.
             await trio.sleep(2 * POLICY.stream_seconds)
             ts = await writer.write_block(7, random.Random(7).randbytes(3000))
-            with trio.fail_after(10):  # before: never, while the poll went on
-                for node in cl.nodes:
-                    while not node.store.read(lambda kv: replica.is_verified(kv, 7, ts)):
-                        await node.verifier.changed.wait()
+            await verified_everywhere(cl, {7: ts}, 10)  # before: never, while the poll went on
             assert not any(n.progress["rw.verify"]["streaming"] for n in cl.nodes)
             # The monitor kept asking all along, for longer than a run of requests takes to
             # be a stream (a count of polls, > 10, failed on a loaded machine: 9).
@@ -116,13 +128,7 @@ async def test_a_read_of_a_big_unverified_object_defers_verification_until_it_pa
         # Not a stream for the budgets: reading raises no client's budget.
         now = trio.current_time()
         assert not any(n.verifier.stream(now).streaming for n in cl.nodes)
-        with trio.fail_after(60):
-            for node in cl.nodes:
-                for blk, ts in zip(big, stamps, strict=True):
-                    while not node.store.read(
-                        lambda kv, blk=blk, ts=ts: replica.is_verified(kv, blk, ts)
-                    ):
-                        await node.verifier.changed.wait()
+        await verified_everywhere(cl, dict(zip(big, stamps, strict=True)), 60)
 
 
 #: Verify at once once idle for 50 ms; 1 s of quiet after a client read of a big object.
@@ -166,11 +172,4 @@ async def test_a_read_of_a_big_unverified_object_cancels_the_idle_waves_reading_
         assert all(node.progress["rw.verify"]["verified"] == 0 for node in cl.nodes)
         for f in cl.faults:
             f.clear()
-        with trio.fail_after(60):
-            for node in cl.nodes:
-                for blk in big:
-                    ts = stamps[blk]
-                    while not node.store.read(
-                        lambda kv, blk=blk, ts=ts: replica.is_verified(kv, blk, ts)
-                    ):
-                        await node.verifier.changed.wait()
+        await verified_everywhere(cl, {blk: stamps[blk] for blk in big}, 60)
