@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from bftfs.policy import RetentionPolicy, VerificationPolicy
+from bftfs.rw.messages import object_of
 from bftfs.rw.timestamp import ZERO, Timestamp
 from bftfs.thinning import kept_until
 
@@ -205,9 +206,8 @@ class Backlog:
         return len(self._debts)
 
     def object_backlog(self, block: int) -> int:
-        """Blocks with unverified versions here of the object ``block`` belongs to (block
-        ids are ``object << 64 | index``, ``rw/messages.block_id``)."""
-        return self._by_object[block >> 64]
+        """Blocks with unverified versions here of the object ``block`` belongs to."""
+        return self._by_object[object_of(block)]
 
     @property
     def versions(self) -> int:
@@ -260,7 +260,7 @@ class Backlog:
         if debt is None:
             ours = self.me in responsible(block, self.n, self.b)
             debt = self._debts[block] = _Debt(own=ours or not self.policy.cooperative)
-            self._by_object[block >> 64] += 1
+            self._by_object[object_of(block)] += 1
         if ts not in debt.versions:
             debt.versions[ts] = client
             debt.sizes[ts] = size
@@ -320,7 +320,7 @@ class Backlog:
         if not debt.versions:
             del self._debts[block]
             self._forced.pop(block, None)
-            obj = block >> 64
+            obj = object_of(block)
             self._by_object[obj] -= 1
             if self._by_object[obj] <= 0:
                 del self._by_object[obj]

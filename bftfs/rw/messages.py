@@ -112,6 +112,11 @@ def block_id(obj: int, index: int) -> BlockId:
     return BlockId(obj << 64 | index)
 
 
+def object_of(block: int) -> int:
+    """The object a block id belongs to (:func:`block_id`'s ``obj``)."""
+    return block >> 64
+
+
 def encode_block_id(block: int) -> bytes:
     """16 bytes big-endian, so that a block's keys sort together and by id."""
     return block.to_bytes(BLOCK_ID_SIZE, "big")
