@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from bftfs.erasure_kernel import KERNEL
+from bftfs.erasure_kernel import kernel
 
 #: Size of one cross-checksum entry and of the verifier (BLAKE2b-256).
 HASH_SIZE = 32
@@ -204,7 +204,7 @@ def encode(
     """
     check_params(m, n)
     stripes = _split(data, m)
-    fragments = stripes if m == n else stripes + tuple(KERNEL.code(stripes, m, n))
+    fragments = stripes if m == n else stripes + tuple(kernel().code(stripes, m, n))
     return Encoded(fragments, make_cross_checksum(len(data), fragments, algorithm))
 
 
@@ -260,7 +260,7 @@ def _stripes(fragments: Mapping[int, bytes], m: int, n: int) -> list[bytes]:
         raise ErasureError(f"fragments have different sizes {sorted(sizes)}")
     if chosen == list(range(m)):
         return [bytes(fragments[i]) for i in chosen]
-    return KERNEL.stripes([fragments[i] for i in chosen], chosen, m, n)
+    return kernel().stripes([fragments[i] for i in chosen], chosen, m, n)
 
 
 def decode(fragments: Mapping[int, bytes], length: int, m: int, n: int) -> bytes:
@@ -333,7 +333,7 @@ def regenerate(
         return Regenerated(True, data, again.fragments, again.cross_checksum)
     if not _padding_is_zero(stripes, length):
         return invalid  # not the canonical zero padding encode() writes
-    code = KERNEL.code(stripes, m, n) if m < n else []
+    code = kernel().code(stripes, m, n) if m < n else []
     regenerated = tuple(stripes) + tuple(code)
     given = sorted(fragments)[:m]
     algorithm = cc_hash(cross_checksum)

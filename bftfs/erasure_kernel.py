@@ -205,6 +205,19 @@ def load_isal() -> IsalKernel | None:
     return IsalKernel(ffi, lib)
 
 
+def _wanted(wanted: str | None) -> str:
+    """The kernel asked for (``wanted``, else the environment's): ``""``, ``isal`` or
+    ``zfec``.
+
+    Raises:
+        ValueError: any other name.
+    """
+    wanted = (wanted if wanted is not None else os.environ.get(KERNEL_ENV, "")).strip().lower()
+    if wanted not in ("", "isal", "isa-l", "zfec"):
+        raise ValueError(f"{KERNEL_ENV}={wanted!r}: expected isal or zfec")
+    return wanted
+
+
 def choose(wanted: str | None = None) -> Kernel:
     """The kernel this process codes with: ``wanted`` (or the environment's choice), else
     ISA-L where it loads, else zfec.
@@ -212,11 +225,9 @@ def choose(wanted: str | None = None) -> Kernel:
     Raises:
         ValueError: an unknown name, or ``isal`` asked for where it does not load.
     """
-    wanted = (wanted if wanted is not None else os.environ.get(KERNEL_ENV, "")).strip().lower()
+    wanted = _wanted(wanted)
     if wanted == "zfec":
         return ZfecKernel()
-    if wanted not in ("", "isal", "isa-l"):
-        raise ValueError(f"{KERNEL_ENV}={wanted!r}: expected isal or zfec")
     isal = load_isal()
     if isal is not None:
         return isal
@@ -225,5 +236,12 @@ def choose(wanted: str | None = None) -> Kernel:
     return ZfecKernel()
 
 
-#: This process's kernel.
-KERNEL: Kernel = choose()
+@lru_cache(maxsize=1)
+def kernel() -> Kernel:
+    """This process's kernel, loaded at its first use: cffi parses ISA-L's declarations
+    with pycparser, 40-100 ms that a command which codes nothing (most of the CLI) would
+    otherwise pay at start-up."""
+    return choose()
+
+
+_wanted(None)  # a misspelt BFTFS_ERASURE_KERNEL is refused at start, not at the first write
