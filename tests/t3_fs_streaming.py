@@ -98,6 +98,48 @@ def test_a_full_window_is_refilled_a_whole_group_at_a_time(tmp_path: Path) -> No
     run(tmp_path, body, fs_options=STREAM, **SMALL)
 
 
+def test_a_window_of_few_blocks_is_refilled_before_it_runs_dry(tmp_path: Path) -> None:
+    """A window of eight blocks (8 MiB of 1 MiB blocks, the default for big files) is
+    refilled once half of it is due: waiting for a whole group of sixteen, it ran dry
+    every ninth block and that read waited for a fresh fetch with nothing in flight."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(5).randbytes(64 * BS + 17)
+        ino = await write_file(a, b"few", data)
+        fh = await b.open(ino, os.O_RDONLY)
+        f = b.cache.files[ino]
+        groups: list[int] = []
+        read_blocks = b.rw.read_blocks
+
+        async def counted(blocks: Any, **kw: Any) -> Any:
+            blocks = list(blocks)
+            groups.append(len(blocks))
+            return await read_blocks(blocks, **kw)
+
+        b.rw.read_blocks = counted  # type: ignore[method-assign]
+        got = []
+        dry = []
+        for k in range(-(-len(data) // BS)):
+            got.append(await b.read(fh, k * BS, BS))
+            ahead = [j for j in range(k + 1, k + 9) if j in f.clean or j in f.inflight]
+            if k >= 8 and (k + 1) * BS < len(data) and not ahead:
+                dry.append(k)  # the next read would wait for a fetch not yet sent
+        assert b"".join(got) == data
+        assert dry == []
+        assert b.streaming["readahead-failures"] == 0
+        # Refills of four blocks, half the window, once the window is at its largest.
+        assert max(groups) <= 8 and groups.count(4) >= 8, groups
+        await b.release(fh)
+
+    run(
+        tmp_path,
+        body,
+        fs_options={"readahead": 2 * BS, "readahead_max": 8 * BS, "dirty_limit": 64 * 1024},
+        **SMALL,
+    )
+
+
 def test_concurrent_sequential_reads_keep_the_window(tmp_path: Path) -> None:
     """The kernel's read-ahead sends a sequential reader's reads several at a time (four
     1 MiB reads in flight with the mount's 2 MiB read-ahead): a read that arrives before

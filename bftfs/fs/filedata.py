@@ -52,14 +52,25 @@ def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
     trio.lowlevel.spawn_system_task(fn)
 
 
-def _defer_refill(todo: list[int], end: int, bs: int, last: int, file_last: int) -> bool:
-    """Whether a window's refill waits for a whole ``PREFETCH_GROUP``: nothing of it is
-    needed by the read at hand (``end``), fewer blocks than a group are due, and the file
-    goes on past them.  Once the window is at its largest each sequential read extends it
-    by the read's size (128 KiB from the kernel, half a 256 KiB block), so refilling at
-    once fetched one block per task: one frame per node per block, about 5 000 frames
-    for a 200 MiB cold read instead of about 300 (issue 34)."""
-    return bool(todo) and len(todo) < PREFETCH_GROUP and todo[0] * bs >= end and last < file_last
+def refill_group(window: int, bs: int) -> int:
+    """Blocks a full window's refill waits for: ``PREFETCH_GROUP``, or half the window
+    when the window holds fewer than two groups.  An 8 MiB window of 1 MiB blocks is eight
+    blocks: waiting for sixteen due let it run dry every ninth block, and the read at hand
+    then waited for a whole new group with nothing in flight (issue 34); refilled at half,
+    the other half is still in flight while the refill's frames go out."""
+    return min(PREFETCH_GROUP, max(1, window // bs // 2))
+
+
+def _defer_refill(
+    todo: list[int], end: int, bs: int, last: int, file_last: int, group: int
+) -> bool:
+    """Whether a window's refill waits for a whole ``group`` (:func:`refill_group`):
+    nothing of it is needed by the read at hand (``end``), fewer blocks than a group are
+    due, and the file goes on past them.  Once the window is at its largest each
+    sequential read extends it by the read's size (128 KiB from the kernel, half a 256 KiB
+    block), so refilling at once fetched one block per task: one frame per node per block,
+    about 5 000 frames for a 200 MiB cold read instead of about 300 (issue 34)."""
+    return bool(todo) and len(todo) < group and todo[0] * bs >= end and last < file_last
 
 
 def _declared(st: dict[str, Any], written: list[list[int]]) -> bool:
@@ -210,7 +221,8 @@ class FlushEngine:
             for k in range(first, last + 1)
             if k not in f.dirty and k not in f.clean and k not in f.inflight
         ]
-        if _defer_refill(todo, end, bs, last, (f.valid - 1) // bs):
+        group = refill_group(f.ra_window, bs)
+        if _defer_refill(todo, end, bs, last, (f.valid - 1) // bs, group):
             todo = []  # the window is refilled a whole group at a time (below)
         else:
             f.ra_next = max(f.ra_next, last + 1)
