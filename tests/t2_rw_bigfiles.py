@@ -225,3 +225,31 @@ async def test_requests_over_the_limit_to_an_answering_node_wait_for_room(
         batcher.max_pending = 4
         assert await rw.read_blocks(list(blocks), concurrency=len(blocks)) == blocks
         assert batcher.backlogged == 0
+
+
+async def test_a_prepared_encoding_is_used_only_by_its_writer_for_its_data(
+    tmp_path: Path,
+) -> None:
+    """``Writer.prepare`` (encode-ahead, ``fs/encodeahead.py``): ``write_blocks`` sends a
+    block's prepared encoding only when this very writer made it of this very data object;
+    otherwise it encodes the block itself, so what is stored is always what was given."""
+    async with rw_cluster(tmp_path, clients=2) as (_cl, (one, two)):
+        rng = random.Random(34)
+        first, second, third = (rng.randbytes(9000) for _ in range(3))
+        sealed = bytearray(b"x" * 9000)
+        p = await one.prepare(1, first, before=lambda d: sealed)
+        assert p.data is sealed  # ``before`` (the seal) ran, and its output was encoded
+        used = one.statistics()["prepared_used"]
+        await one.write_blocks({1: sealed}, prepared={1: p})
+        assert one.statistics()["prepared_used"] == used + 1
+        assert await two.read_block(1) == bytes(sealed)
+        # Another object with other bytes: encoded again, the stored bytes its own.
+        p = await one.prepare(2, second)
+        await one.write_blocks({2: third}, prepared={2: p})
+        assert one.statistics()["prepared_used"] == used + 1
+        assert await two.read_block(2) == third
+        # Another writer's encoding (another generation's N and m, say): encoded again.
+        p = await two.prepare(3, second)
+        await one.write_blocks({3: second}, prepared={3: p})
+        assert one.statistics()["prepared_used"] == used + 1
+        assert await two.read_block(3) == second

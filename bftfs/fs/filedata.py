@@ -19,6 +19,7 @@ from typing import Any, cast
 import trio
 
 from bftfs import fsobjects as obj
+from bftfs.fs import encodeahead
 from bftfs.fs.caches import MetadataCache, content_version
 from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import (
@@ -156,6 +157,11 @@ class FlushEngine:
         for k in indices:
             if k not in f.dirty:
                 f.remember(k, got[block_id(d, k)])
+
+    def encode_ahead(self, f: OpenFile, k: int) -> None:
+        """Seal and encode ``f``'s full dirty block ``k`` now, in the background, for the
+        flush that will send it (``fs/encodeahead.py``)."""
+        encodeahead.start(f, k, self.rw.prepare, _spawn, self.streaming)
 
     # Read-ahead --------------------------------------------------------------------------
 
@@ -373,6 +379,7 @@ class FlushEngine:
                     self.rw.write_blocks(
                         {block_id(d, k): v for k, v in blocks.items()},
                         after=f.st.get("bt", 0),
+                        prepared=encodeahead.take(f, d, blocks, self.streaming),
                     )
                 )
                 newest = max(newest, *(ts.time for ts in written_at.values()))

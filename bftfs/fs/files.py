@@ -148,6 +148,9 @@ class OpenFile:
     #: Dirty blocks a running flush is sending as they are (no copy): the next change to
     #: one copies it first (:meth:`private`).
     shared: set[int] = field(default_factory=set)
+    #: Dirty blocks being encoded ahead of their flush, or encoded (``fs/encodeahead.py``:
+    #: ``Ahead`` entries); the next change to one copies it first (:meth:`private`).
+    ahead: dict[int, Any] = field(default_factory=dict)
     #: Block index -> content read from the servers, clamped at ``valid``.
     clean: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     clean_bytes: int = 0
@@ -255,6 +258,7 @@ class OpenFile:
             hi = min(hi, max(self.size, lo))
             blocks[n] = bytearray(self.assemble_at(lo, hi - lo).ljust(hi - lo, b"\0"))
         gen = max(self.gen.values(), default=0) + 1
+        self.ahead.clear()
         self.dirty = blocks
         self.gen = dict.fromkeys(blocks, gen)
         self.bs = bs
@@ -280,6 +284,7 @@ class OpenFile:
         partly cover are fetched again."""
         self.dirty.clear()
         self.gen.clear()
+        self.ahead.clear()
         self.drop_clean()
         self.size = 0  # reset() takes the servers' size: nothing is dirty now
         self.reset(st)
@@ -447,11 +452,14 @@ class OpenFile:
 
     def private(self, k: int) -> bytearray | None:
         """Dirty block ``k`` to change in place: copied first if a flush is sending it
-        (``shared``), so what the flush sends stays what it snapshotted."""
+        (``shared``), so what the flush sends stays what it snapshotted, or if a worker
+        thread encodes it ahead (``ahead``: its encoding is then of the old bytes, and
+        dropped)."""
         buf = self.dirty.get(k)
-        if buf is not None and k in self.shared:
+        if buf is not None and (k in self.shared or k in self.ahead):
             buf = self.dirty[k] = bytearray(buf)
             self.shared.discard(k)
+            self.ahead.pop(k, None)
         return buf
 
     def apply_write(self, offset: int, data: bytes | memoryview, now: int) -> None:
@@ -515,6 +523,7 @@ class OpenFile:
         bs = self.bs
         for k in [k for k in self.dirty if k * bs >= size]:
             del self.dirty[k]
+            self.ahead.pop(k, None)
         for k in [k for k in self.clean if k * bs >= size]:
             self.clean_bytes -= len(self.clean.pop(k))
         k = size // bs

@@ -300,6 +300,10 @@ class Handles:
         sequential = offset == f.last_write or (offset == 0 and f.last_write < 0)
         f.apply_write(offset, data, self.meta.now())
         f.record(offset, data, bool(flags & os.O_APPEND))
+        if sequential and self.behind_limit:
+            # Blocks this write filled are encoded now, while the flush in progress runs.
+            for k in range(offset // f.bs, (offset + len(data)) // f.bs):
+                self.engine.encode_ahead(f, k)
         if f.dirty_bytes > self.dirty_limit:
             if self.behind_limit and sequential:
                 flush_behind(f, self._flush_file, self.engine.streaming)

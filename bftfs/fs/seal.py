@@ -469,12 +469,21 @@ class SealedBlocks:
         return getattr(self._rw, name)
 
     async def write_blocks(self, blocks: Mapping[int, bytes], **options: Any) -> Any:
-        """``RWClient.write_blocks`` of the sealed blocks."""
-        size = sum(len(data) for data in blocks.values())
+        """``RWClient.write_blocks`` of the sealed blocks.  A block ``prepared`` (by
+        :meth:`prepare`) goes as the sealed bytes its encoding was made of, so whichever
+        layer below encodes it, from the encoding or again, writes sealed bytes."""
+        prepared = options.get("prepared") or {}
+        todo = {b: data for b, data in blocks.items() if b not in prepared}
+        size = sum(len(data) for data in todo.values())
         sealed = await _cpu(
-            size, lambda: {b: self._seal.seal_block(b, data) for b, data in blocks.items()}
+            size, lambda: {b: self._seal.seal_block(b, data) for b, data in todo.items()}
         )
+        sealed.update((b, prepared[b].data) for b in blocks if b in prepared)
         return await self._rw.write_blocks(sealed, **options)
+
+    async def prepare(self, block: int, data: bytes | bytearray) -> Any:
+        """``RWClient.prepare`` of the block sealed (in the same worker-thread call)."""
+        return await self._rw.prepare(block, data, lambda d: self._seal.seal_block(block, d))
 
     async def write_block(self, block: int, data: bytes, **options: Any) -> Any:
         """``RWClient.write_block`` of the sealed block."""

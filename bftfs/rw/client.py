@@ -58,7 +58,7 @@ from bftfs.rw.read import Reader
 from bftfs.rw.readround import ReadRounds
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS, Timestamp
 from bftfs.rw.verify import ReadOutcome
-from bftfs.rw.write import Writer
+from bftfs.rw.write import Prepared, Writer
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -255,9 +255,22 @@ class RWClient:
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         after: int = 0,
+        prepared: Mapping[int, Prepared] | None = None,
     ) -> dict[int, Timestamp]:
         """Write many blocks concurrently: :meth:`Writer.write_blocks`."""
-        return await self.writer.write_blocks(blocks, concurrency=concurrency, after=after)
+        return await self.writer.write_blocks(
+            blocks, concurrency=concurrency, after=after, prepared=prepared
+        )
+
+    async def prepare(
+        self,
+        block: int,
+        data: bytes | bytearray,
+        before: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
+    ) -> Prepared:
+        """Encode a block ahead of its write: :meth:`Writer.prepare` (``block`` is for
+        wrappers that seal it)."""
+        return await self.writer.prepare(data, before)
 
     async def read_timestamp(self, block: BlockId) -> int:
         """READ_TIMESTAMP: :meth:`Writer.read_timestamp`."""

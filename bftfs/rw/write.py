@@ -14,6 +14,7 @@ timestamp, :meth:`Writer.repair_block`, called by the read loop (``rw/read.py``)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -44,6 +45,18 @@ def _encode_wave(blocks: Sequence[bytes], m: int, n: int) -> list[erasure.Encode
     into its stripes (``erasure.encode``): a sealed block is a bytearray, which ``bytes()``
     would copy first."""
     return [erasure.encode(data, m, n) for data in blocks]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A block encoded ahead of its write (:meth:`Writer.prepare`): ``data`` as given to
+    :meth:`Writer.write_blocks`, and its encoding by ``writer``.  The encoding is used only
+    by that writer (its ``N`` and ``m``: a mount that moved to another generation encodes
+    again) and only for that very ``data`` object."""
+
+    writer: Writer
+    data: bytes | bytearray
+    encoded: erasure.Encoded
 
 
 class Writer:
@@ -79,7 +92,7 @@ class Writer:
         #: Time of this client's latest write: its writes' times strictly increase.
         self._last_time = 0
 
-    def _check_size(self, data: bytes) -> None:
+    def _check_size(self, data: bytes | bytearray) -> None:
         if len(data) > self.block_size:
             raise ValueError(f"block of {len(data)} bytes exceeds block_size {self.block_size}")
 
@@ -246,8 +259,13 @@ class Writer:
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         after: int = 0,
+        prepared: Mapping[int, Prepared] | None = None,
     ) -> dict[int, Timestamp]:
         """Write many blocks concurrently (Times above ``after``); their timestamps.
+
+        A block with a ``prepared`` encoding of this writer for the same data object is
+        not encoded again (a sequential writer's blocks are encoded as they fill,
+        ``fs/encodeahead.py``).
 
         The blocks go in waves of ``concurrency // 2``: a wave is encoded in one call
         (:func:`_encode_wave`, in a worker thread when it is large, so the event loop keeps
@@ -265,6 +283,7 @@ class Writer:
             self._check_size(data)
         limit = trio.Semaphore(max(concurrency, 1))
         wave = max(concurrency // 2, 1)
+        own = {b: p for b, p in (prepared or {}).items() if p.writer is self}
         items = list(blocks.items())
 
         async def one(block: int, encoded: erasure.Encoded) -> None:
@@ -276,15 +295,33 @@ class Writer:
         async with trio.open_nursery() as nursery:
             for start in range(0, len(items), wave):
                 chunk = items[start : start + wave]
-                size = sum(len(data) for _, data in chunk)
-                encoded: list[erasure.Encoded] = await self.calls.cpu(
-                    size, _encode_wave, [data for _, data in chunk], self.th.m, self.th.n
-                )
+                ready = {b: p.encoded for b, data in chunk if (p := own.get(b)) and p.data is data}
+                todo = [data for block, data in chunk if block not in ready]
+                size = sum(len(data) for data in todo)
+                fresh = iter(await self.calls.cpu(size, _encode_wave, todo, self.th.m, self.th.n))
+                encoded = [ready[b] if b in ready else next(fresh) for b, _ in chunk]
+                self.calls.stats["prepared_used"] += len(ready)
                 for _ in chunk:
                     await limit.acquire()
                 for (block, _data), enc in zip(chunk, encoded, strict=True):
                     nursery.start_soon(one, block, enc)
         return out
+
+    async def prepare(
+        self,
+        data: bytes | bytearray,
+        before: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
+    ) -> Prepared:
+        """``data`` (``before(data)`` when given: the seal) encoded now, in a worker thread
+        for a block, for a later :meth:`write_blocks` of it."""
+
+        def work() -> Prepared:
+            value = before(data) if before is not None else data
+            self._check_size(value)
+            return Prepared(self, value, erasure.encode(value, self.th.m, self.th.n))
+
+        result: Prepared = await self.calls.cpu(len(data), work)
+        return result
 
     async def repair_block(
         self, block: BlockId, candidate: Timestamp, regen: erasure.Regenerated

@@ -1,0 +1,90 @@
+"""Encode-ahead: a sequential writer's blocks are sealed and erasure-coded as they fill.
+
+A background flush (write-behind, ``fs/flushbehind.py``) used to seal and encode its
+blocks when it started, in one worker-thread call, and only then send them: on a 200 MiB
+write that was about a quarter of every flush's time, with the nodes idle and the
+previous flush's size update the only thing in flight (issue 34, ninth pass).  Here a
+block is handed to the PASIS client's ``prepare`` as soon as a sequential write fills it,
+so the work overlaps the flush in progress and the next flush finds its blocks ready.
+
+What a prepared block may be used for (:func:`take`): the flush of the very buffer object
+that was prepared, of the same data id.  While a block is prepared, a write to it copies
+the buffer first (:meth:`OpenFile.private`), so the object the worker thread reads is never
+changed; the copy is a new object, so the preparation no longer matches and the flush
+encodes the block itself.  Below the file system the encoding is used only by the writer
+that made it (a mount that moved to another generation encodes again) and only with the
+sealed bytes it was made of (``fs/seal.py``), so what goes out is always sealed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bftfs.fs.files import OpenFile
+from bftfs.rw.messages import block_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Ahead:
+    """One block being prepared or prepared: the buffer, its data id, the result (None
+    until ``done`` is set, and after a failure)."""
+
+    buf: bytes | bytearray
+    data_id: int
+    prepared: Any = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def start(
+    f: OpenFile,
+    k: int,
+    prepare: Callable[[int, bytes | bytearray], Awaitable[Any]],
+    spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    streaming: Counter[str],
+) -> None:
+    """Prepare block ``k`` of ``f`` in the background if it is a full dirty block of a
+    file whose block size is settled (recorded at its first flush) and not prepared yet."""
+    buf = f.dirty.get(k)
+    if buf is None or len(buf) != f.bs or k in f.ahead or f.st.get("inl") or "bs" not in f.st:
+        return
+    entry = f.ahead[k] = Ahead(buf, f.data_id)
+    streaming["ahead-blocks"] += 1
+
+    async def run() -> None:
+        try:
+            entry.prepared = await prepare(block_id(entry.data_id, k), buf)
+        except Exception as e:  # the flush encodes the block itself
+            streaming["ahead-failures"] += 1
+            log.debug("encode-ahead of block %d of file %d failed: %s", k, f.ino, e)
+            if f.ahead.get(k) is entry:
+                del f.ahead[k]
+        finally:
+            entry.done.set()
+
+    spawn(run)
+
+
+def take(
+    f: OpenFile, d: int, blocks: Mapping[int, bytes], streaming: Counter[str]
+) -> dict[int, Any]:
+    """The preparations a flush of ``blocks`` (of data id ``d``) can use, by block id;
+    every entry of those blocks is dropped (used, still running, or stale)."""
+    out: dict[int, Any] = {}
+    for k, data in blocks.items():
+        entry = f.ahead.pop(k, None)
+        if entry is None:
+            continue
+        if entry.buf is data and entry.data_id == d and entry.prepared is not None:
+            out[block_id(d, k)] = entry.prepared
+        else:
+            streaming["ahead-unused"] += 1
+    streaming["ahead-used"] += len(out)
+    return out
