@@ -55,19 +55,26 @@ async def test_a_stream_is_sent_encoded_ahead_and_sealed_when_the_cluster_is(
 ) -> None:
     """Unsealed, the same scan finds the plaintext: the check can fail."""
     seal = Seal(VolumeKey(random.Random(9).randbytes(32))) if sealed else None
-    data = (MARKER * (700 * 1024 // len(MARKER) + 1))[: 700 * 1024 + 77]
+    text = MARKER * (BS // len(MARKER) + 1)
+    first = (text * 20)[: 80 * 1024]  # past the flush limit: the block size is settled
+    more = (text * 6)[: 6 * BS]  # with its write log, below the flush limit
     async with fs_env(tmp_path, fs_options={"seal": seal, **STREAM}, **SMALL) as env:
         a, b = env.fss
-        ino = await write_file(a, b"stream", data, chunk=BS)
-        # Most blocks went out from their encodings made ahead (not the first flush's:
-        # the block size is settled by it), none was left over.
-        blocks = len(data) // BS
-        assert a.streaming["ahead-used"] >= blocks // 2, dict(a.streaming)
+        ino = await write_file(a, b"stream", first, chunk=BS)
+        fh = await a.open(ino, os.O_RDWR)
+        used = a.streaming["ahead-used"]
+        for off in range(0, len(more), BS):
+            await a.write(fh, len(first) + off, more[off : off + BS])
+        await _all_prepared(a, ino)
+        await a.release(fh)
+        # Every block but the reopened handle's first (not yet sequential) went out from
+        # its encoding, made in the same writer.
+        assert a.streaming["ahead-used"] - used == len(more) // BS - 1, dict(a.streaming)
         assert a.rw.statistics()["prepared_used"] == a.streaming["ahead-used"]
         assert a.streaming["ahead-failures"] == 0
         left = a.cache.files.get(ino)  # closed: forgotten, or kept with nothing ahead
         assert left is None or not left.ahead
-        assert await _read_back(b, ino, len(data)) == data
+        assert await _read_back(b, ino, len(first) + len(more)) == first + more
     assert _plaintext_stored(tmp_path) is not sealed
 
 

@@ -49,9 +49,11 @@ def start(
     prepare: Callable[[int, bytes | bytearray], Awaitable[Any]],
     spawn: Callable[[Callable[[], Awaitable[None]]], None],
     streaming: Counter[str],
+    limit: trio.Semaphore,
 ) -> None:
     """Prepare block ``k`` of ``f`` in the background if it is a full dirty block of a
-    file whose block size is settled (recorded at its first flush) and not prepared yet."""
+    file whose block size is settled (recorded at its first flush) and not prepared yet;
+    ``limit`` bounds the preparations running at once (the mount's)."""
     buf = f.dirty.get(k)
     if buf is None or len(buf) != f.bs or k in f.ahead or f.st.get("inl") or "bs" not in f.st:
         return
@@ -60,7 +62,8 @@ def start(
 
     async def run() -> None:
         try:
-            entry.prepared = await prepare(block_id(entry.data_id, k), buf)
+            async with limit:
+                entry.prepared = await prepare(block_id(entry.data_id, k), buf)
         except Exception as e:  # the flush encodes the block itself
             streaming["ahead-failures"] += 1
             log.debug("encode-ahead of block %d of file %d failed: %s", k, f.ino, e)
