@@ -42,6 +42,20 @@ async def read_all(fs: FileSystem, fh: int, size: int, chunk: int = 32 * 1024) -
     return b"".join([await fs.read(fh, off, chunk) for off in range(0, size, chunk)])
 
 
+def fetch_sizes(fs: FileSystem) -> list[int]:
+    """The sizes of ``fs``'s block fetches from now on (a list that grows)."""
+    sizes: list[int] = []
+    read_blocks = fs.rw.read_blocks
+
+    async def counted(blocks: Any, **kw: Any) -> Any:
+        blocks = list(blocks)
+        sizes.append(len(blocks))
+        return await read_blocks(blocks, **kw)
+
+    fs.rw.read_blocks = counted
+    return sizes
+
+
 def test_a_sequential_read_prefetches_and_returns_the_same_bytes(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -77,15 +91,7 @@ def test_a_full_window_is_refilled_a_whole_group_at_a_time(tmp_path: Path) -> No
         data = random.Random(2).randbytes(700 * 1024 + 123)
         ino = await write_file(a, b"big", data)
         fh = await b.open(ino, os.O_RDONLY)
-        groups: list[int] = []
-        read_blocks = b.rw.read_blocks
-
-        async def counted(blocks: Any, **kw: Any) -> Any:
-            blocks = list(blocks)
-            groups.append(len(blocks))
-            return await read_blocks(blocks, **kw)
-
-        b.rw.read_blocks = counted  # type: ignore[method-assign]
+        groups = fetch_sizes(b)
         assert await read_all(b, fh, len(data), chunk=BS) == data
         blocks = -(-len(data) // BS)
         assert sum(groups) == b.streaming["readahead-blocks"] == blocks
@@ -109,15 +115,7 @@ def test_a_window_of_few_blocks_is_refilled_before_it_runs_dry(tmp_path: Path) -
         ino = await write_file(a, b"few", data)
         fh = await b.open(ino, os.O_RDONLY)
         f = b.cache.files[ino]
-        groups: list[int] = []
-        read_blocks = b.rw.read_blocks
-
-        async def counted(blocks: Any, **kw: Any) -> Any:
-            blocks = list(blocks)
-            groups.append(len(blocks))
-            return await read_blocks(blocks, **kw)
-
-        b.rw.read_blocks = counted  # type: ignore[method-assign]
+        groups = fetch_sizes(b)
         got = []
         dry = []
         for k in range(-(-len(data) // BS)):
@@ -156,15 +154,7 @@ def test_concurrent_sequential_reads_keep_the_window(tmp_path: Path) -> None:
         data = random.Random(5).randbytes(700 * 1024 + 123)
         ino = await write_file(a, b"big", data)
         fh = await b.open(ino, os.O_RDONLY)
-        groups: list[int] = []
-        read_blocks = b.rw.read_blocks
-
-        async def counted(blocks: Any, **kw: Any) -> Any:
-            blocks = list(blocks)
-            groups.append(len(blocks))
-            return await read_blocks(blocks, **kw)
-
-        b.rw.read_blocks = counted  # type: ignore[method-assign]
+        groups = fetch_sizes(b)
         chunk = 2 * BS
         got: dict[int, bytes] = {}
 
