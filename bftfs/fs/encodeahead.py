@@ -67,10 +67,14 @@ def start(
         except Exception as e:  # the flush encodes the block itself
             streaming["ahead-failures"] += 1
             log.debug("encode-ahead of block %d of file %d failed: %s", k, f.ino, e)
-            if f.ahead.get(k) is entry:
-                del f.ahead[k]
         finally:
             entry.done.set()
+            # Failed, or the buffer is no longer the block's (flushed, cut, replaced):
+            # nothing can use the entry; a flush took it meanwhile if it was ready.
+            if f.ahead.get(k) is entry and (
+                entry.prepared is None or f.dirty.get(k) is not entry.buf
+            ):
+                del f.ahead[k]
 
     spawn(run)
 
@@ -78,16 +82,31 @@ def start(
 def take(
     f: OpenFile, d: int, blocks: Mapping[int, bytes], streaming: Counter[str]
 ) -> dict[int, Any]:
-    """The preparations a flush of ``blocks`` (of data id ``d``) can use, by block id;
-    every entry of those blocks is dropped (used, still running, or stale)."""
+    """The preparations a flush of ``blocks`` (of data id ``d``) can use, by block id.
+    The entries of those blocks are dropped, used or stale, except those still running:
+    they stay until their worker thread is done with the buffer, so that a write to the
+    block copies it first even if this flush fails and leaves it dirty (a truncation
+    resizing a buffer the thread reads would fail)."""
     out: dict[int, Any] = {}
     for k, data in blocks.items():
-        entry = f.ahead.pop(k, None)
+        entry = f.ahead.get(k)
         if entry is None:
             continue
+        if not entry.done.is_set():
+            streaming["ahead-late"] += 1
+            continue
+        del f.ahead[k]
         if entry.buf is data and entry.data_id == d and entry.prepared is not None:
             out[block_id(d, k)] = entry.prepared
         else:
             streaming["ahead-unused"] += 1
     streaming["ahead-used"] += len(out)
     return out
+
+
+def forget(f: OpenFile, k: int) -> None:
+    """Block ``k`` of ``f`` is clean now: drop its entry if its thread is done (a running
+    one drops itself when it ends, the buffer being no longer the block's)."""
+    entry = f.ahead.get(k)
+    if entry is not None and entry.done.is_set():
+        del f.ahead[k]

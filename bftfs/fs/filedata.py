@@ -514,6 +514,7 @@ class FlushEngine:
         for k, (data, g) in snapshot.items():
             if f.gen.get(k) == g and f.dirty.get(k) is not None:
                 del f.dirty[k]
+                encodeahead.forget(f, k)
                 f.remember(k, data)
         if not f.dirty:
             f.size = f.st["size"]
