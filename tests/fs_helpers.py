@@ -121,6 +121,16 @@ async def write_file(fs: FileSystem, name: bytes, data: bytes, chunk: int = 32 *
     return a.ino
 
 
+async def read_back(fs: FileSystem, ino: int) -> bytes:
+    """The whole file through a fresh open (in 8 KiB reads, which straddle big blocks)."""
+    fh = await fs.open(ino, os.O_RDONLY)
+    try:
+        size = (await fs.getattr(ino)).size
+        return b"".join([await fs.read(fh, off, 8192) for off in range(0, size, 8192)])
+    finally:
+        await fs.release(fh)
+
+
 @dataclass
 class Env:
     """A running cluster and its file systems (``fss[k]`` is client k's)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from fs_helpers import Env, fs_env, run, write_file
+from fs_helpers import Env, fs_env, read_back, run, write_file
 
 from bftfs.crypto import VolumeKey
 from bftfs.fs.filesystem import FileSystem
@@ -39,14 +39,6 @@ def _plaintext_stored(tmp_path: Path) -> bool:
     stores = [p for d in tmp_path.glob("node*") for p in d.rglob("*") if p.is_file()]
     assert stores
     return any(MARKER in p.read_bytes() for p in stores)
-
-
-async def _read_back(fs: FileSystem, ino: int, size: int) -> bytes:
-    fh = await fs.open(ino, os.O_RDONLY)
-    try:
-        return await fs.read(fh, 0, size + 10)
-    finally:
-        await fs.release(fh)
 
 
 @pytest.mark.parametrize("sealed", [True, False])
@@ -74,7 +66,7 @@ async def test_a_stream_is_sent_encoded_ahead_and_sealed_when_the_cluster_is(
         assert a.streaming["ahead-failures"] == 0
         left = a.cache.files.get(ino)  # closed: forgotten, or kept with nothing ahead
         assert left is None or not left.ahead
-        assert await _read_back(b, ino, len(first) + len(more)) == first + more
+        assert await read_back(b, ino) == first + more
     assert _plaintext_stored(tmp_path) is not sealed
 
 
@@ -100,7 +92,7 @@ def test_a_block_changed_after_its_encoding_is_sent_as_changed(tmp_path: Path) -
         await a.release(fh)
         want = bytearray(first + more)
         want[k * BS + 100 : k * BS + 100 + len(patch)] = patch
-        assert await _read_back(b, ino, len(want)) == bytes(want)
+        assert await read_back(b, ino) == bytes(want)
         # The eight blocks but the first (the reopened handle's first write is not yet
         # sequential) and the changed one went out from their encodings.
         assert a.streaming["ahead-used"] - used == 6
@@ -124,6 +116,6 @@ def test_a_truncation_drops_the_encodings_of_the_blocks_it_cuts(tmp_path: Path) 
         await a.setattr(ino, size=cut)
         assert all(k * BS + BS <= cut for k in f.ahead), sorted(f.ahead)
         await a.release(fh)
-        assert await _read_back(b, ino, cut) == (first + more)[:cut]
+        assert await read_back(b, ino) == (first + more)[:cut]
 
     run(tmp_path, body, fs_options=STREAM, **SMALL)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from fs_helpers import RW_OPTIONS, Env, run, write_file
+from fs_helpers import RW_OPTIONS, Env, read_back, run, write_file
 
 from bftfs.crypto import SEAL_OVERHEAD
 from bftfs.erasure import fragment_size
@@ -35,16 +35,6 @@ from bftfs.testing.cluster import open_cluster, qu_client
 BS = 4096
 BIG = 16384
 OPTS = {"block_size": BS, "big_block_size": BIG}
-
-
-async def read_back(fs: FileSystem, ino: int) -> bytes:
-    """The whole file through a fresh open (in 8 KiB reads, which straddle big blocks)."""
-    fh = await fs.open(ino, os.O_RDONLY)
-    try:
-        size = (await fs.getattr(ino)).size
-        return b"".join([await fs.read(fh, off, 8192) for off in range(0, size, 8192)])
-    finally:
-        await fs.release(fh)
 
 
 async def block_size_of(env: Env, ino: int) -> int | None:
