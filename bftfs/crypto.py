@@ -14,7 +14,6 @@ This is the only module that imports nacl.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import hmac
 import os
@@ -22,7 +21,6 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from nacl.bindings import (
     crypto_aead_aegis256_ABYTES,
@@ -41,6 +39,7 @@ except ImportError:  # pragma: no cover - pynacl always ships it today
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
+from bftfs.buffers import unfilled
 from bftfs.ids import PrincipalId
 
 #: Length of a MAC tag in bytes.
@@ -322,31 +321,6 @@ def signature_ok(public: bytes, data: bytes, signature: bytes) -> bool:
     return True
 
 
-_bytearray_of_size: Any = None
-try:  # CPython's constructor: with no source bytes it allocates and does not fill
-    _bytearray_of_size = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    _bytearray_of_size.restype = ctypes.py_object
-    _bytearray_of_size.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-except (AttributeError, OSError):  # pragma: no cover - another interpreter
-    _bytearray_of_size = None
-
-
-def unfilled(n: int) -> bytearray:
-    """A bytearray of ``n`` bytes not zeroed first: only for a buffer that is written whole
-    before anything reads it (a sealed or opened block, a sealed frame, a frame read
-    from a socket into it).
-
-    ``bytearray(n)`` writes ``n`` zeros that the next step overwrites: for a 1 MiB block
-    0.08 ms of the 0.27 an opened block cost here (the pages are new: the block goes to
-    the mount's cache, another is freed), about 2% of a cold read's daemon CPU
-    (issue 34).  ``PyByteArray_FromStringAndSize(NULL, n)`` allocates without filling."""
-    if _bytearray_of_size is None or n <= 0:  # pragma: no cover - another interpreter
-        return bytearray(n)
-    out = _bytearray_of_size(None, n)
-    assert type(out) is bytearray and len(out) == n
-    return out
-
-
 def seal_buffer(key: bytes, data: bytes | bytearray | memoryview, aad: bytes) -> bytearray:
     """:func:`seal` of a big value (a file's block), written in place: the same
     ``nonce || ciphertext || tag``, encrypted straight into the buffer it is returned in.
@@ -409,6 +383,44 @@ def unseal_buffer(key: bytes, sealed: bytes | bytearray | memoryview, aad: bytes
     if rc != 0:
         raise SealError("a sealed value does not open: changed, or under another key")
     return out
+
+
+def unseal_in_place(key: bytes, sealed: bytearray, aad: bytes) -> bytearray:
+    """:func:`unseal` of a big value into the buffer it is in: the same bytearray, cut to
+    the plaintext (a block joined from its fragments for the caller alone, ``erasure``'s
+    ``_join``), so opening it needs no second buffer of its size and no fresh pages to
+    fault in (issue 34).
+
+    libsodium's AEGIS-256 reads each 16-byte block of ciphertext before it writes that
+    block of plaintext (``net/session.py`` decrypts frames in place the same way); the nonce
+    is copied out first, and the nonce and tag are cut off the buffer afterwards (a
+    bytearray drops its head without moving the rest).  A value that does not open is
+    zeroed by libsodium: the caller tries another key on a copy, never on this buffer.
+
+    Raises:
+        SealError: as :func:`unseal`.
+    """
+    if _lib is None:  # pragma: no cover - pynacl always ships its cffi module today
+        sealed[:] = unseal(key, bytes(sealed), aad)
+        return sealed
+    if len(sealed) < SEAL_OVERHEAD:
+        raise SealError(f"a sealed value has at least {SEAL_OVERHEAD} bytes, got {len(sealed)}")
+    npub = crypto_aead_aegis256_NPUBBYTES
+    nonce = bytes(sealed[:npub])
+    clen = len(sealed) - npub
+    written = _ffi.new("unsigned long long *")
+    buf = _ffi.from_buffer(sealed)
+    try:
+        rc = _lib.crypto_aead_aegis256_decrypt(
+            buf + npub, written, _ffi.NULL, buf + npub, clen, aad, len(aad), nonce, key
+        )
+    finally:
+        _ffi.release(buf)  # the bytearray may be resized again
+    if rc != 0:
+        raise SealError("a sealed value does not open: changed, or under another key")
+    del sealed[len(sealed) - crypto_aead_aegis256_ABYTES :]
+    del sealed[:npub]
+    return sealed
 
 
 def pairwise_key(me: Identity, peer_public: bytes) -> bytes:

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
+from bftfs.buffers import unfilled
 from bftfs.erasure_kernel import kernel
 
 #: Size of one cross-checksum entry and of the verifier (BLAKE2b-256).
@@ -225,15 +226,23 @@ def _split(data: bytes | bytearray | memoryview, m: int) -> tuple[bytes, ...]:
     return tuple(stripes)
 
 
-def _join(stripes: Sequence[bytes], length: int) -> bytes:
-    """The first ``length`` bytes of the stripes, in one copy (joining the stripes and then
-    cutting the padding off copied the whole block twice)."""
-    size = len(stripes[0]) if stripes else 0
-    whole, rest = divmod(length, size) if size else (0, 0)
-    parts: list[bytes | memoryview] = list(stripes[:whole])
-    if rest:
-        parts.append(memoryview(stripes[whole])[:rest])
-    return b"".join(parts)
+def _join(stripes: Sequence[bytes], length: int) -> bytearray:
+    """The first ``length`` bytes of the stripes, in one copy, as a new buffer that nothing
+    else holds: whoever reads the block may change it in place (a sealed block is opened
+    in place, ``crypto.open_in_place``: no second buffer of a block's size, issue 34).
+    The buffer is not zeroed first: every byte is written here (``buffers.unfilled``)."""
+    out = unfilled(length)
+    at = 0
+    with memoryview(out) as into:  # (a bytearray's slice assignment copies a view first)
+        for stripe in stripes:
+            if at >= length:
+                break
+            take = min(len(stripe), length - at)
+            into[at : at + take] = memoryview(stripe)[:take]
+            at += take
+    if at != length:  # (callers check the sizes first) never hand out unwritten memory
+        raise ErasureError(f"{len(stripes)} stripes hold {at} bytes, not {length}")
+    return out
 
 
 def _padding_is_zero(stripes: Sequence[bytes], length: int) -> bool:
@@ -263,8 +272,9 @@ def _stripes(fragments: Mapping[int, bytes], m: int, n: int) -> list[bytes]:
     return kernel().stripes([fragments[i] for i in chosen], chosen, m, n)
 
 
-def decode(fragments: Mapping[int, bytes], length: int, m: int, n: int) -> bytes:
-    """DECODE: the block from any ``m`` fragments, cut to its true ``length``.
+def decode(fragments: Mapping[int, bytes], length: int, m: int, n: int) -> bytearray:
+    """DECODE: the block from any ``m`` fragments, cut to its true ``length``, in a new
+    buffer the caller owns (:func:`_join`).
 
     Raises:
         ErasureError: fewer than ``m`` fragments, unequal sizes, or ``length`` larger than
@@ -286,7 +296,8 @@ class Regenerated:
     """
 
     valid: bool
-    data: bytes
+    #: A buffer of its own (:func:`_join`), or ``b""`` for an invalid candidate.
+    data: bytes | bytearray
     fragments: tuple[bytes, ...]
     cross_checksum: bytes
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bftfs.buffers import unfilled
 from bftfs.crypto import (
     Identity,
     KeyFileError,
@@ -17,7 +18,6 @@ from bftfs.crypto import (
     mac_ok,
     pairwise_key,
     seal_buffer,
-    unfilled,
     unseal_buffer,
 )
 from bftfs.ids import PrincipalId
@@ -66,7 +66,7 @@ def test_malformed_key_file_is_refused(tmp_path: Path, content: str) -> None:
 
 
 def test_unfilled_buffers_are_bytearrays_of_their_size_and_seal_and_open_whole() -> None:
-    """``crypto.unfilled`` skips the zeros ``bytearray(n)`` writes (issue 34); a block
+    """``buffers.unfilled`` skips the zeros ``bytearray(n)`` writes (issue 34); a block
     sealed and opened through such buffers is the block, and a tampered one is refused."""
     for n in (1, 15, 4096, 1 << 20):
         buf = unfilled(n)

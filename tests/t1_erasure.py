@@ -272,3 +272,21 @@ def test_any_m_fragments_regenerate_all(
             {i: enc.fragments[i] for i in subset}, enc.cross_checksum, m, n, checked=checked
         )
         assert regen.valid and regen.data == data and regen.fragments == enc.fragments
+
+
+@pytest.mark.parametrize(("m", "n"), [(1, 1), (1, 3), (3, 6)])
+def test_decoding_hands_out_a_buffer_of_its_own(m: int, n: int) -> None:
+    """The reader of a block may open it in place (``crypto.unseal_in_place``): decode
+    and regenerate give a new bytearray each time, never a fragment or a shared buffer."""
+    data = random.Random(m * 10 + n).randbytes(1000)
+    enc = erasure.encode(data, m, n)
+    frags = dict(enumerate(enc.fragments[:m]))
+    outs = [
+        erasure.decode(frags, len(data), m, n),
+        erasure.decode(frags, len(data), m, n),
+        erasure.regenerate(frags, enc.cross_checksum, m, n, checked=True).data,
+        erasure.regenerate(frags, enc.cross_checksum, m, n).data,
+    ]
+    assert all(type(o) is bytearray and o == data for o in outs)
+    assert len({id(o) for o in outs}) == len(outs)
+    assert not any(o is f for o in outs for f in enc.fragments)

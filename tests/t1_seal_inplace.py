@@ -2,7 +2,9 @@
 ``crypto.unseal_buffer`` write the same ``nonce || ciphertext || tag`` as ``seal`` and
 ``unseal``, straight into the buffer they return, and refuse what ``unseal`` refuses; the
 block path (``Seal.seal_block``/``open_block``, erasure coding, a file's cached blocks)
-takes the bytearrays they give without copying them again and returns the same bytes."""
+takes the bytearrays they give without copying them again and returns the same bytes.
+A block the PASIS read joined for its caller alone is opened in its own buffer
+(``crypto.unseal_in_place``, tenth pass)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from bftfs.crypto import (
     seal_buffer,
     unseal,
     unseal_buffer,
+    unseal_in_place,
 )
 from bftfs.fs.files import OpenFile
 from bftfs.fs.seal import Seal, SealBroken
@@ -101,3 +104,49 @@ def test_a_file_reads_its_opened_blocks_as_bytes() -> None:
     inside, across = f.assemble(10, 20), f.assemble(50, 100)
     assert type(inside) is bytes and inside == data[10:30]
     assert type(across) is bytes and across == data[50:150]
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 1000, (1 << 20) + 5])
+def test_opening_in_place_gives_the_plaintext_in_the_same_buffer(size: int) -> None:
+    key, data = _key(), RNG.randbytes(size)
+    for sealed in (seal(key, data, b"aad"), seal_buffer(key, data, b"aad")):
+        buf = bytearray(sealed)
+        got = unseal_in_place(key, buf, b"aad")
+        assert got is buf and buf == data
+        buf.extend(b"more")  # the buffer is released and resizable again
+        assert buf == data + b"more"
+
+
+def test_opening_in_place_refuses_what_unseal_refuses() -> None:
+    key, data = _key(), RNG.randbytes(4096)
+    made = bytes(seal_buffer(key, data, b"x"))
+    for at in (0, 31, 32, 2000, len(made) - 1):
+        bad = bytearray(made)
+        bad[at] ^= 1
+        with pytest.raises(SealError):
+            unseal_in_place(key, bad, b"x")
+    for key2, aad in ((key, b"y"), (_key(), b"x")):
+        with pytest.raises(SealError):
+            unseal_in_place(key2, bytearray(made), aad)
+    with pytest.raises(SealError):
+        unseal_in_place(key, bytearray(made[: SEAL_OVERHEAD - 1]), b"x")
+
+
+def test_a_joined_block_opens_in_its_own_buffer_under_every_key() -> None:
+    """What ``SealedBlocks.read_blocks`` does with a block the read joined: the last key
+    in place, earlier keys on the untouched buffer (a failed attempt in place zeroes it),
+    so a block sealed under either key of a rotation opens, in place or not."""
+    old, new = VolumeKey(RNG.randbytes(32)), VolumeKey(RNG.randbytes(32))
+    before, after = Seal(old), Seal(new, [old])
+    one = block_id(9, 0)
+    data = RNG.randbytes(300_000)
+    for sealer in (before, after):
+        enc = erasure.encode(sealer.seal_block(one, data), 3, 6)
+        joined = erasure.decode(dict(enumerate(enc.fragments[:3])), len(data) + SEAL_OVERHEAD, 3, 6)
+        assert isinstance(joined, bytearray)
+        assert all(joined is not f for f in enc.fragments)
+        opened = after.open_block(one, joined, in_place=True)
+        assert opened == data
+        assert (opened is joined) == (sealer is before)  # the last key (old) in place
+    with pytest.raises(SealBroken):
+        Seal(new).open_block(one, bytearray(before.seal_block(one, data)), in_place=True)

@@ -484,7 +484,7 @@ class OpenFile:
                 self.dirty[k] = buf
             if len(buf) < lo:
                 buf.extend(bytes(lo - len(buf)))
-            buf[lo:hi] = chunk
+            _put(buf, lo, chunk)
             self.gen[k] = self.gen.get(k, 0) + 1
         self.size = max(self.size, end)
         self.mtime = now
@@ -536,3 +536,17 @@ class OpenFile:
                 self.clean[k] = old[: size - k * bs]
                 self.clean_bytes -= len(old) - len(self.clean[k])
         self.size = size
+
+
+def _put(buf: bytearray, lo: int, chunk: memoryview) -> None:
+    """``buf[lo : lo + len(chunk)] = chunk``, growing ``buf`` if it ends inside, in one copy
+    (``len(buf) >= lo``).  A bytearray's slice assignment copies any value that is not a
+    bytearray into a temporary one first: a second copy, into fresh pages, of every byte
+    a write of less than a block brings (issue 34)."""
+    hi = lo + len(chunk)
+    if hi <= len(buf):
+        with memoryview(buf) as view:
+            view[lo:hi] = chunk
+        return
+    del buf[lo:]
+    buf += chunk

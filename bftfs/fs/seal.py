@@ -41,6 +41,7 @@ from bftfs.crypto import (
     siv_seal,
     unseal,
     unseal_buffer,
+    unseal_in_place,
 )
 from bftfs.fs.errors import FsError, NameTooLong
 from bftfs.fsobjects.dirents import Entries, all_entries
@@ -139,8 +140,15 @@ class Seal:
             return b""
         return seal_buffer(self._key, data, _block_aad(block))
 
-    def open_block(self, block: int, data: bytes) -> bytes | bytearray:
+    def open_block(
+        self, block: int, data: bytes | bytearray, *, in_place: bool = False
+    ) -> bytes | bytearray:
         """Block ``block``'s plaintext from what the nodes returned.
+
+        ``in_place``: ``data`` is a bytearray that nothing else holds (a block as the PASIS
+        read joined it, ``erasure.decode``), opened in its own buffer with the last key
+        tried (the current one when there is one key); earlier keys are tried on it
+        without changing it, since a failed attempt in place zeroes the buffer.
 
         Raises:
             SealBroken: it does not open (or was sealed as another block).
@@ -153,6 +161,8 @@ class Seal:
                 # The current key first (what is written now), then older ones.
                 with contextlib.suppress(SealError):
                     return unseal_buffer(key, data, aad)
+            if in_place and isinstance(data, bytearray):
+                return unseal_in_place(self._keys[-1], data, aad)
             return unseal_buffer(self._keys[-1], data, aad)
         except SealError as e:
             raise SealBroken(f"block {block:#x}: {e}") from None
@@ -492,10 +502,13 @@ class SealedBlocks:
     async def read_blocks(
         self, blocks: Iterable[int], **options: Any
     ) -> dict[int, bytes | bytearray]:
-        """``RWClient.read_blocks``, opened (in place: bytearrays, which nothing changes)."""
+        """``RWClient.read_blocks``, opened: in place, in the buffers the read joined for
+        this call alone (``Reader`` hands out fresh buffers: ``erasure.decode``)."""
         got = await self._rw.read_blocks(blocks, **options)
         size = sum(len(data) for data in got.values())
-        return await _cpu(size, lambda: {b: self._seal.open_block(b, d) for b, d in got.items()})
+        return await _cpu(
+            size, lambda: {b: self._seal.open_block(b, d, in_place=True) for b, d in got.items()}
+        )
 
     async def read_block(self, block: int) -> bytes | bytearray:
         """``RWClient.read_block``, opened."""

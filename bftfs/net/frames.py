@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import trio
 
-from bftfs.crypto import unfilled
+from bftfs.buffers import unfilled
 from bftfs.net.errors import FrameError
 
 #: Largest frame accepted by default (a 4 MiB block plus headroom).

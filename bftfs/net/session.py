@@ -75,7 +75,8 @@ except ImportError:  # pragma: no cover - pynacl always ships it today
     _ffi = _lib = None
 
 from bftfs import WIRE_VERSION
-from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok, unfilled
+from bftfs.buffers import unfilled
+from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok
 from bftfs.ids import PrincipalId
 from bftfs.net.errors import FrameError, TransportError
 from bftfs.net.frames import LENGTH, FrameReader, pack, packed, unpack
@@ -139,7 +140,7 @@ class Session:
             return LENGTH.pack(len(seq) + len(ct)) + seq + ct
         n = len(body)
         head = LENGTH.size + _SEQ.size
-        frame = unfilled(head + n + TAG_SIZE)  # written whole below (crypto.unfilled)
+        frame = unfilled(head + n + TAG_SIZE)  # written whole below (buffers.unfilled)
         LENGTH.pack_into(frame, 0, _SEQ.size + n + TAG_SIZE)
         frame[LENGTH.size : head] = seq
         out = _ffi.from_buffer(frame)

@@ -299,7 +299,7 @@ class RWClient:
 
     # Read (rw/read.py) ------------------------------------------------------------------
 
-    async def read_block(self, block: BlockId | int) -> bytes:
+    async def read_block(self, block: BlockId | int) -> bytes | bytearray:
         """READ the latest complete write of ``block``: :meth:`Reader.read_block`."""
         return await self.reader.read_block(block)
 
@@ -309,11 +309,11 @@ class RWClient:
 
     async def read_blocks(
         self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
-    ) -> dict[int, bytes]:
+    ) -> dict[int, bytes | bytearray]:
         """Read many blocks concurrently: :meth:`Reader.read_blocks`."""
         return await self.reader.read_blocks(blocks, concurrency=concurrency)
 
-    async def read_as_of(self, block: BlockId | int, time_ns: int) -> bytes:
+    async def read_as_of(self, block: BlockId | int, time_ns: int) -> bytes | bytearray:
         """READ as of a past moment: :meth:`Reader.read_as_of`."""
         return await self.reader.read_as_of(block, time_ns)
 

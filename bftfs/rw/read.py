@@ -102,7 +102,7 @@ class Reader:
         self.local: LocalReplica | None = None
 
     @outcomes(ReadFailed)
-    async def read_block(self, block: BlockId | int) -> bytes:
+    async def read_block(self, block: BlockId | int) -> bytes | bytearray:
         """READ: the value of the latest complete write of ``block`` (empty if none).
 
         Raises:
@@ -137,9 +137,9 @@ class Reader:
     @outcomes(ReadFailed)
     async def read_blocks(
         self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
-    ) -> dict[int, bytes]:
+    ) -> dict[int, bytes | bytearray]:
         """Read many blocks concurrently; their values by block."""
-        out: dict[int, bytes] = {}
+        out: dict[int, bytes | bytearray] = {}
         limit = trio.Semaphore(concurrency)
 
         async def one(block: int) -> None:
@@ -152,7 +152,7 @@ class Reader:
         return out
 
     @outcomes(ReadFailed)
-    async def read_as_of(self, block: BlockId | int, time_ns: int) -> bytes:
+    async def read_as_of(self, block: BlockId | int, time_ns: int) -> bytes | bytearray:
         """READ as of a past moment: the value of the latest complete write of ``block``
         whose timestamp's Time is at most ``time_ns`` (versions after it are ignored, as if
         not yet written).  Nothing is repaired: the past is read, never written.

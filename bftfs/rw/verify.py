@@ -102,7 +102,8 @@ class ReadOutcome:
     ts: Timestamp
     #: COMPLETE, or REPAIR (repaired unless the read was asked not to).
     kind: Kind
-    data: bytes
+    #: The block; a bytearray is the reader's own (``erasure.decode``): it may change it.
+    data: bytes | bytearray
     cross_checksum: bytes | None
     #: Empty when the read trusted ``b + 1`` verified flags instead of regenerating.
     fragments: tuple[bytes, ...]
