@@ -23,13 +23,14 @@ needed) and *its m = our N* (fragments produced).  This is the only module impor
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
 import zfec
+
+from bftfs.buffers import unwritten_bytes
 
 #: The environment variable that picks a kernel: ``isal`` or ``zfec``.
 KERNEL_ENV = "BFTFS_ERASURE_KERNEL"
@@ -106,27 +107,6 @@ void ec_encode_data(int len, int k, int rows, unsigned char *gftbls,
 int gf_invert_matrix(unsigned char *in_mat, unsigned char *out_mat, const int n);
 """
 
-_fresh_bytes: Any = None
-try:  # CPython's constructor: with no source it allocates a bytes object and does not fill it
-    _fresh_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-    _fresh_bytes.restype = ctypes.py_object
-    _fresh_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-except (AttributeError, OSError):  # pragma: no cover - another interpreter
-    _fresh_bytes = None
-
-
-def _unwritten(size: int) -> bytes:
-    """A new bytes object of ``size`` bytes that ISA-L fills before anyone else sees it.
-
-    This is what a C extension does to return bytes it computed (zfec does the same): the
-    object has no other reference and no cached hash until it is returned, so writing it
-    once through a pointer is safe, and the fragments stay ``bytes`` without a copy."""
-    if _fresh_bytes is None or size <= 0:  # pragma: no cover - another interpreter
-        return bytes(size)
-    out = _fresh_bytes(None, size)
-    assert type(out) is bytes and len(out) == size
-    return out
-
 
 class IsalKernel:
     """ISA-L's vectorised GF(2^8) kernels, given zfec's generator."""
@@ -176,7 +156,7 @@ class IsalKernel:
     def _apply(self, rows: Sequence[tuple[int, ...]], inputs: Sequence[Buffer]) -> list[bytes]:
         """``rows`` (each as long as ``inputs``) times the equal-sized ``inputs``."""
         size = len(inputs[0])
-        outputs = [_unwritten(size) for _ in rows]
+        outputs = [unwritten_bytes(size) for _ in rows]
         if size == 0:
             return outputs
         ffi = self._ffi
