@@ -229,7 +229,7 @@ def _split(data: bytes | bytearray | memoryview, m: int) -> tuple[bytes, ...]:
 def _join(stripes: Sequence[bytes], length: int) -> bytearray:
     """The first ``length`` bytes of the stripes, in one copy, as a new buffer that nothing
     else holds: whoever reads the block may change it in place (a sealed block is opened
-    in place, ``crypto.open_in_place``: no second buffer of a block's size, issue 34).
+    in place, ``crypto.unseal_in_place``: no second buffer of a block's size, issue 34).
     The buffer is not zeroed first: every byte is written here (``buffers.unfilled``)."""
     out = unfilled(length)
     at = 0

@@ -138,7 +138,9 @@ class Reader:
     async def read_blocks(
         self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
     ) -> dict[int, bytes | bytearray]:
-        """Read many blocks concurrently; their values by block."""
+        """Read many blocks concurrently; their values by block, each a buffer of its own
+        that the caller may change (``erasure.decode``; a sealed cluster opens it in place,
+        ``fs/seal.py``)."""
         out: dict[int, bytes | bytearray] = {}
         limit = trio.Semaphore(concurrency)
 
