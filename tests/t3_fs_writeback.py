@@ -19,7 +19,7 @@ import trio
 from fs_helpers import Env, run
 from t3_fs_leases import until
 
-from bftfs.fs.errors import Exists, NotEmpty, NotFound
+from bftfs.fs.errors import Exists, NotEmpty, NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.leases import Leases
 from bftfs.fs.scrub import files_with_blocks
@@ -191,6 +191,43 @@ def test_unlinks_under_an_exclusive_lease_are_written_back(tmp_path: Path) -> No
         fh = await b.open((await b.lookup(d, b"old2")).ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"again"
         await b.release(fh)
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_removal_of_a_file_another_client_may_reach_is_not_left_to_write_back(
+    tmp_path: Path,
+) -> None:
+    """Another client that found a file by its name may reach it again by that name, which
+    its kernel caches (the entry timeout), without reading the directory, so without
+    recalling the directory's exclusive lease.  A removal of such a file (one this mount
+    does not hold exclusively itself) goes to the servers at once: that client's open then
+    finds the file has no name and is refused (ESTALE: its kernel walks the path again).
+    Before, the removal waited in write-back and the other client opened the removed file
+    (the consistency checker, seed 3 of the three-mount runs)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        ino = await new_file(b, d, b"x", b"made by b")
+        assert (await b.lookup(d, b"x")).ino == ino  # b's kernel now caches the name
+        assert a.meta.leases is not None
+        await a.meta.leases.take_exclusive(d)  # recalls b's shared lease, not b's name
+        assert (await a.lookup(d, b"x")).ino == ino  # a's unlink knows what it removes
+        held_back = a.meta.leases.stats["unlinks_deferred"]
+        before = removals(a)
+        await a.unlink(d, b"x")
+        assert removals(a) == before + 1, "the removal was held back"
+        assert a.meta.leases.stats["unlinks_deferred"] == held_back
+        with pytest.raises(StaleView):
+            await b.open(ino, os.O_RDONLY, reached_by_name=True)
+        # A file this mount made under the lease inherits it: that removal still waits.
+        await new_file(a, d, b"y", b"made by a")
+        await a.write_back()
+        before = removals(a)
+        await a.unlink(d, b"y")
+        assert removals(a) == before
+        assert a.meta.leases.stats["unlinks_deferred"] == held_back + 1
 
     run(tmp_path, body, fs_options=OPTIONS)
 

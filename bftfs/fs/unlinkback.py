@@ -14,7 +14,10 @@ directory in one ``fs.unlinkmany`` update:
   the removed object, one about the removed name, and any other call on the directory but
   a lookup or an update of another name (a listing, the directory's attributes, the
   recall's release).
-- **Which**: a name of a non-directory whose object this mount has neither open nor
+- **Which**: a name of a non-directory whose object this mount holds exclusively too
+  (a file it made under the directory's lease inherits that lease: another client that
+  reached the file by a name its kernel cached, without reading the directory, then
+  recalls it and so has the removal sent first), and has neither open nor
   buffered writes for, nor knows to have other names (hard links), and that is not
   itself a create this mount has not sent (that one is sent first, as before: the
   unlink then follows it) unless that create waits in
@@ -154,7 +157,7 @@ class PendingUnlinks:
         ):
             return False
         u = PendingUnlink(parent, name, oid, self.meta.now())
-        if not wb.defer_unlink(u):
+        if not wb.defer_unlink(u, reachable=not self._is_deferred_create(oid)):
             return False
         self._by_dir.setdefault(parent, {})[name] = u
         self._by_oid[oid] = u

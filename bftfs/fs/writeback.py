@@ -168,12 +168,21 @@ class WriteBack:
         self._started()
         return True
 
-    def defer_unlink(self, u: PendingUnlink) -> bool:
+    def defer_unlink(self, u: PendingUnlink, *, reachable: bool = True) -> bool:
         """Whether removal ``u`` may wait: the directory is leased here exclusively for
-        more than twice the margin, and the bound leaves room.  Asks for (or renews) the
-        directory's exclusive lease, as a deferred create does."""
+        more than twice the margin, and so is the removed object when another client may
+        reach it (``reachable``: the servers hold it), and the bound leaves room.  Asks for
+        (or renews) the directory's exclusive lease, as a deferred create does.
+
+        The object's own lease is needed because another client that found the file by
+        its name may reach it again by that name, which its kernel caches, without reading
+        the directory: only a lease on the file itself makes that client's open recall
+        something here, and so send the removal first (its open is then refused: the
+        file has no name).  Without it that client opened the removed file."""
         left = self.leases.exclusive_left(u.parent)
         self.leases.want_exclusive(u.parent)
+        if reachable:
+            left = min(left, self.leases.exclusive_left(u.oid))
         if self.send_unlinks is None or left <= 2 * LEASE_MARGIN or self._count() >= MAX_DEFERRED:
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
