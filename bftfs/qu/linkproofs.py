@@ -7,12 +7,16 @@ same facts.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterable
 
 from bftfs.qu.classify import View
-from bftfs.qu.request import Link
+from bftfs.qu.request import MAX_LINKS, Link
 from bftfs.qu.rounds import QuorumRounds
 from bftfs.qu.timestamp import Timestamp
+
+log = logging.getLogger(__name__)
 
 #: Proven links a client keeps before it starts over (each costs a proof of a few KB).
 MAX_FACTS = 4096
@@ -34,9 +38,21 @@ class LinkProofs:
         decide with the same facts (none at all unless this client ever proved one)."""
         if not self.facts:
             return ()
+        used = view.used_links()
+        if len(used) > MAX_LINKS:
+            # Every node will refuse the request (issue 39's failure): say which objects'
+            # chains the walks went down, which the nodes' refusal cannot tell.
+            per_object = Counter(oid for oid, _ in used)
+            log.warning(
+                "a classification used %d proven links, more than a request carries (%d): "
+                "per object %s",
+                len(used),
+                MAX_LINKS,
+                dict(per_object.most_common()),
+            )
         return tuple(
             Link(oid, lt, self.facts[(oid, lt)], self.proofs[(oid, lt)])
-            for oid, lt in sorted(view.used_links(), key=lambda k: (k[0], k[1].encode()))
+            for oid, lt in sorted(used, key=lambda k: (k[0], k[1].encode()))
         )
 
     async def prove(self, wanted: Iterable[tuple[int, Timestamp]]) -> int:
