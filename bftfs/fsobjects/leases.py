@@ -233,19 +233,28 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
 
 def _inherited(states: States, state: Any, me: Who, at: int | None) -> Any:
     """A new object ``state`` with the caller's exclusive lease (``INHERIT``), if it is a
-    file or a directory and the caller holds a live exclusive lease, not being recalled, on an
-    object of the update (its directory, under which it made the file): until that
-    lease's end.  Nobody else can hold a lease on an object that did not exist, and the
-    grant ends no later than one the caller already had, so it takes nothing from anyone;
-    the holder's writes to the file then stay in its mount as its creates did
-    (``fs/heldfiles.py``), and its creates in the directory go to write-back at once
-    (``fs/namespace.py``, ``mkdir``).  Otherwise the state as made."""
+    file or a directory and the caller holds a live exclusive lease on an object of the
+    update (its directory, under which it made the file): until that lease's end.  Nobody
+    else can hold a lease on an object that did not exist, and the grant ends no later
+    than one the caller already had, so it takes nothing from anyone; the holder's writes
+    to the file then stay in its mount as its creates did (``fs/heldfiles.py``), and its
+    creates in the directory go to write-back at once (``fs/namespace.py``, ``mkdir``).
+    Otherwise the state as made.
+
+    Also while that lease is being recalled: the holder sends what it held back for the
+    directory (a deferred ``mkdir``, creates) when the recall reaches it, and cannot know
+    whether the recall reached the nodes first.  It takes the new object as leased, and
+    keeps what it makes in it in write-back; had the nodes not leased the object, another
+    client's look into it would not be refused and would miss those files (seen: a
+    ``cp -r`` on one mount, ``diff -r`` on another found a new directory empty).  The
+    holder gives the new object's lease up with the directory's (``Leases.inherit``), so
+    the recall still ends; a look into the new object before that recalls it too."""
     if at is None or not isinstance(state, dict) or state.get("k") not in ("f", "d"):
         return state
     ends = [
         h[2]
         for parent in states.values()
-        if isinstance(parent, dict) and parent.get("lr") is None
+        if isinstance(parent, dict)
         for h in holders(parent)
         if who(h) == me and h[1] == EXCLUSIVE and h[2] > at
     ]
