@@ -565,14 +565,16 @@ class Leases:
         """Stop answering from the leases on ``oids`` now; the kernel forgets what it cached
         under them, then they are released (after what the mount buffered for them)."""
         now = trio.current_time()
-        i = 0
-        while i < len(oids):  # what was leased with its create in a directory goes too
-            oids.extend(c for c in self._children.pop(oids[i], ()) if c in self.held)
-            i += 1
-        for oid in oids:
+        # What was leased with its create in a directory goes too, level by level: the
+        # releases go deepest first (``Releases.after``).
+        levels = [oids]
+        while nxt := [c for o in levels[-1] for c in self._children.pop(o, ()) if c in self.held]:
+            levels.append(nxt)
+        everything = [oid for level in levels for oid in level]
+        for oid in everything:
             self._drop(oid)
             self._quiet_until[oid] = now + COOLDOWN
-        self._spawn(lambda: self.releases.after(self.before_release, oids))
+        self._spawn(lambda: self.releases.after(self.before_release, everything, levels))
 
     async def release_all(self) -> None:
         """Give every lease back (an unmount): other clients need not recall them."""
