@@ -17,7 +17,7 @@ import trio
 from bftfs.fs.releases import BATCH, Releases
 
 
-def _recorded(levels: list[list[int]] | None, oids: list[int]) -> list[list[int]]:
+def _recorded(levels: list[list[int]]) -> list[list[int]]:
     """The ``fs.release`` updates :meth:`Releases.after` sends, in the order sent; each
     waits a tick, so updates sent side by side would interleave."""
     sent: list[list[int]] = []
@@ -33,8 +33,9 @@ def _recorded(levels: list[list[int]] | None, oids: list[int]) -> list[list[int]
         async def forget(objects: list[int]) -> None:
             forgotten.append(list(objects))
 
-        await Releases(update, lambda: 0, Counter()).after(forget, oids, levels)
-        assert forgotten == [oids]  # the kernel forgets everything first, in one go
+        await Releases(update, lambda: 0, Counter()).after(forget, levels)
+        # The kernel forgets everything first, in one go.
+        assert forgotten == [[oid for level in levels for oid in level]]
 
     trio.run(main)
     return sent
@@ -44,14 +45,12 @@ def test_what_was_made_in_a_directory_is_released_before_it_deepest_first() -> N
     top = [1]
     children = list(range(100, 100 + 3 * BATCH))  # several batches
     grandchildren = [1000, 1001]
-    levels = [top, children, grandchildren]
-    everything = top + children + grandchildren
-    sent = _recorded(levels, everything)
+    sent = _recorded([top, children, grandchildren])
     assert sent[0] == grandchildren and sent[-1] == top
     assert sorted(o for batch in sent[1:-1] for o in batch) == children
     assert all(len(batch) <= BATCH for batch in sent)
 
 
-def test_without_levels_everything_goes_as_before() -> None:
-    sent = _recorded(None, [1, 2, 3])
+def test_one_level_goes_as_one_release() -> None:
+    sent = _recorded([[1, 2, 3]])
     assert sent == [[1, 2, 3]]

@@ -570,11 +570,11 @@ class Leases:
         levels = [oids]
         while nxt := [c for o in levels[-1] for c in self._children.pop(o, ()) if c in self.held]:
             levels.append(nxt)
-        everything = [oid for level in levels for oid in level]
-        for oid in everything:
-            self._drop(oid)
-            self._quiet_until[oid] = now + COOLDOWN
-        self._spawn(lambda: self.releases.after(self.before_release, everything, levels))
+        for level in levels:
+            for oid in level:
+                self._drop(oid)
+                self._quiet_until[oid] = now + COOLDOWN
+        self._spawn(lambda: self.releases.after(self.before_release, levels))
 
     async def release_all(self) -> None:
         """Give every lease back (an unmount): other clients need not recall them."""

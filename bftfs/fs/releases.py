@@ -33,24 +33,25 @@ class Releases:
     async def after(
         self,
         forget: Callable[[list[int]], Awaitable[None]] | None,
-        oids: list[int],
-        levels: list[list[int]] | None = None,
+        levels: list[list[int]],
     ) -> None:
-        """Release ``oids`` once ``forget`` (``Leases.before_release``) has run on them.
+        """Release the objects of ``levels`` once ``forget`` (``Leases.before_release``)
+        has run on all of them.
 
-        ``levels``: ``oids`` as directories recalled, then what was leased with its create
-        in them, then in those, ...: released deepest first.  Another client's recall of a
+        ``levels``: the directories recalled, then what was leased with its create in
+        them, then in those, ...: released deepest first.  Another client's recall of a
         directory waits for that directory's release only; released in one go, in
         batches of :data:`BATCH` side by side, the directory's batch could land before a
         new subdirectory's, whose gate still had its creates to send, and that client's
         listing of the subdirectory (no longer, or never, leased on the nodes) missed
         them (a ``cp -r`` on one mount, ``diff -r`` on another under load)."""
+        oids = [oid for level in levels for oid in level]
         if forget is not None:
             try:
                 await forget(oids)
             except Exception:  # noqa: BLE001 - the release must go on
                 log.exception("dropping the kernel's cache of %s", oids)
-        for level in reversed(levels or [oids]):
+        for level in reversed(levels):
             await self.release(level)
 
     async def release(self, oids: list[int]) -> None:
