@@ -245,10 +245,11 @@ def _inherited(states: States, state: Any, me: Who, at: int | None) -> Any:
     directory (a deferred ``mkdir``, creates) when the recall reaches it, and cannot know
     whether the recall reached the nodes first.  It takes the new object as leased, and
     keeps what it makes in it in write-back; had the nodes not leased the object, another
-    client's look into it would not be refused and would miss those files (seen: a
-    ``cp -r`` on one mount, ``diff -r`` on another found a new directory empty).  The
-    holder gives the new object's lease up with the directory's (``Leases.inherit``), so
-    the recall still ends; a look into the new object before that recalls it too."""
+    client's look into it would not be refused and could miss those files (a window
+    found by reading, not seen: the empty new directory a ``diff -r`` on another mount
+    once found came from the release order, ``Releases.after``).  The holder gives the
+    new object's lease up with the directory's (``Leases.inherit``), so the recall still
+    ends; a look into the new object before that recalls it too."""
     if at is None or not isinstance(state, dict) or state.get("k") not in ("f", "d"):
         return state
     ends = [
