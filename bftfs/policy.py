@@ -22,7 +22,9 @@ key                 default     meaning
 ``per_client_block`` 8          unverified versions one client may leave on one block
 ``per_client``      1024        unverified versions one client may leave on the node; at a
                                 limit, that client's writes are verified before anything
-                                else, idle or not (seed B.3; the seed gives no numbers)
+                                else, idle or not (seed B.3; the seed gives no numbers), by
+                                their ``b + 1`` responsible nodes (``lazy-coop``); the
+                                others wait for NOTIFYs up to twice the budgets
 ``stream_seconds``  1.0         a run of client requests with no gap of
                                 ``stream_idle_seconds`` that has lasted this long is a
                                 *stream* (a big file written or read); 0: never
