@@ -35,6 +35,21 @@ class KV(Protocol):
     ) -> Iterator[tuple[bytes, bytes]]:
         """Entries with ``start <= key < stop`` in key order (descending if ``reverse``)."""
 
+    # Keys alone: a value may be a block's fragment (a third of a 1 MiB block), which the
+    # store copies out when asked for it; these never ask (issue 34: a fresh write looked
+    # up the greatest key below its block and copied the previous block's fragment).
+
+    def has(self, db: str, key: bytes) -> bool:
+        """Whether ``key`` is present."""
+
+    def lower_key(self, db: str, key: bytes) -> bytes | None:
+        """The greatest key strictly less than ``key``, or None."""
+
+    def scan_keys(
+        self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[bytes]:
+        """The keys :meth:`scan` gives, without their values."""
+
 
 class MemoryKV:
     """An in-memory :class:`KV` with the same ordering semantics as LMDB.
@@ -81,11 +96,21 @@ class MemoryKV:
     def scan(
         self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        keys, vals = self._db(db)
-        lo = bisect.bisect_left(keys, start)
-        hi = bisect.bisect_left(keys, stop)
-        picked = keys[lo:hi]
-        if reverse:
-            picked = picked[::-1]
-        for k in picked:
+        vals = self._db(db)[1]
+        for k in self.scan_keys(db, start, stop, reverse=reverse):
             yield k, vals[k]
+
+    def has(self, db: str, key: bytes) -> bool:
+        return key in self._db(db)[1]
+
+    def lower_key(self, db: str, key: bytes) -> bytes | None:
+        keys = self._db(db)[0]
+        i = bisect.bisect_left(keys, key)
+        return keys[i - 1] if i else None
+
+    def scan_keys(
+        self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[bytes]:
+        keys = self._db(db)[0]
+        picked = keys[bisect.bisect_left(keys, start) : bisect.bisect_left(keys, stop)]
+        yield from reversed(picked) if reverse else picked

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -50,6 +51,17 @@ class _SyncLmdb:
     def scan(self, db: str, start: bytes, stop: bytes, *, reverse: bool = False) -> list[Any]:
         return self.store.read(lambda kv: list(kv.scan(db, start, stop, reverse=reverse)))
 
+    def has(self, db: str, key: bytes) -> bool:
+        return bool(self.store.read(lambda kv: kv.has(db, key)))
+
+    def lower_key(self, db: str, key: bytes) -> bytes | None:
+        return self.store.read(lambda kv: kv.lower_key(db, key))
+
+    def scan_keys(
+        self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> list[bytes]:
+        return self.store.read(lambda kv: list(kv.scan_keys(db, start, stop, reverse=reverse)))
+
 
 @pytest.fixture(params=["memory", "lmdb"])
 def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
@@ -83,6 +95,28 @@ def test_kv_conformance(kv: Any) -> None:
     assert kv.delete("a", b"b2") is False
     assert kv.get("a", b"b2") is None
     assert kv.lower("a", b"b3") == (b"b1", b"b1!")
+
+
+def test_key_only_reads_agree_with_the_full_ones(kv: Any) -> None:
+    """``has``, ``lower_key`` and ``scan_keys`` (which never copy a value out: a value may
+    be a block's fragment) say what ``get``, ``lower`` and ``scan`` say of the keys, on
+    both stores, over seeded keys and bounds."""
+    rng = random.Random(34)
+    assert not kv.has("k", b"x") and kv.lower_key("k", b"x") is None
+    assert list(kv.scan_keys("k", b"", b"\xff")) == []
+    keys = {bytes(rng.randrange(4) for _ in range(rng.randrange(1, 4))) for _ in range(40)}
+    for k in keys:
+        kv.put("k", k, k * 1000)  # values of a few KB: overflow pages in LMDB
+    kv.put("other", b"\x01", b"elsewhere")
+    probes = [bytes(rng.randrange(5) for _ in range(rng.randrange(1, 4))) for _ in range(60)]
+    for probe in probes:
+        assert kv.has("k", probe) == (kv.get("k", probe) is not None)
+        full = kv.lower("k", probe)
+        assert kv.lower_key("k", probe) == (None if full is None else full[0])
+    for start, stop in zip(probes, reversed(probes), strict=True):
+        for reverse in (False, True):
+            want = [k for k, _ in kv.scan("k", start, stop, reverse=reverse)]
+            assert list(kv.scan_keys("k", start, stop, reverse=reverse)) == want
 
 
 async def test_group_commit_shares_one_transaction_and_isolates_failures(tmp_path: Path) -> None:

@@ -140,6 +140,41 @@ class _LmdbKV:
                 yield k, cast(bytes, cur.value())
                 found = cur.prev()
 
+    # Keys alone (bftfs/kv.py): a cursor positioned on an entry copies its value only when
+    # asked for it (``value()``), so these read no fragment.
+
+    def has(self, db: str, key: bytes) -> bool:
+        h = self._db(db)
+        return h is not None and bool(self._txn.cursor(db=h).set_key(key))
+
+    def lower_key(self, db: str, key: bytes) -> bytes | None:
+        h = self._db(db)
+        if h is None:
+            return None
+        cur = self._txn.cursor(db=h)
+        found = cur.prev() if cur.set_range(key) else cur.last()
+        return cast(bytes, cur.key()) if found else None
+
+    def scan_keys(
+        self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[bytes]:
+        h = self._db(db)
+        if h is None:
+            return
+        cur = self._txn.cursor(db=h)
+        if not reverse:
+            found = cur.set_range(start)
+            step = cur.next
+        else:
+            found = cur.prev() if cur.set_range(stop) else cur.last()
+            step = cur.prev
+        while found:
+            k = cast(bytes, cur.key())
+            if (k >= stop) if not reverse else (k < start):
+                return
+            yield k
+            found = step()
+
 
 class _Job:
     __slots__ = ("fn", "result", "error", "done")

@@ -59,7 +59,7 @@ def collect_step(kv: KV, block: int, floor: Timestamp) -> Collected:
     old = floor_of(kv, block)
     if floor <= old:
         return Collected(0, old)
-    doomed = [k for k, _ in kv.scan(DB_VERSIONS, block_prefix(block), version_key(block, floor))]
+    doomed = list(kv.scan_keys(DB_VERSIONS, block_prefix(block), version_key(block, floor)))
     for key in doomed:
         drop_version(kv, key)
     # Holes below the floor need no record any more: the floor says more.
@@ -93,7 +93,7 @@ def hosted_step(kv: KV, block: int) -> list[Timestamp]:
     """Every version of ``block`` this node hosts, newest first."""
     return [
         split_key(k)[1]
-        for k, _ in kv.scan(DB_VERSIONS, block_prefix(block), block_end(block), reverse=True)
+        for k in kv.scan_keys(DB_VERSIONS, block_prefix(block), block_end(block), reverse=True)
     ]
 
 
@@ -286,10 +286,10 @@ def unverified_step(
     for _ in range(limit):
         if start >= BLOCK_ID_LIMIT:
             break
-        first = next(iter(kv.scan(DB_VERSIONS, block_prefix(start), VERSIONS_END)), None)
+        first = next(kv.scan_keys(DB_VERSIONS, block_prefix(start), VERSIONS_END), None)
         if first is None:
             break
-        block = split_key(first[0])[0]
+        block = split_key(first)[0]
         mark = verified_of(kv, block)
         hosted: list[Timestamp] = []
         below = 0

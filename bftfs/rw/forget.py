@@ -116,10 +116,10 @@ def given_back_page(
     for _ in range(limit):
         if start >= BLOCK_ID_LIMIT:
             return out, None
-        first = next(iter(kv.scan(DB_VERSIONS, block_prefix(start), VERSIONS_END)), None)
+        first = next(kv.scan_keys(DB_VERSIONS, block_prefix(start), VERSIONS_END), None)
         if first is None:
             return out, None
-        block = split_key(first[0])[0]
+        block = split_key(first)[0]
         ts = lone_empty(kv, block)
         if ts is not None:
             out.append((block, ts))

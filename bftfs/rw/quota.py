@@ -41,4 +41,4 @@ def audit(kv: KV) -> tuple[dict[int, int], int]:
     """The totals recomputed from the charges of versions still stored, and how many
     charges name a version that is gone (a check for tests: both must match the
     store's ``rw.usage`` and zero)."""
-    return RW.audit(kv, lambda key: kv.get(DB_VERSIONS, key) is not None)
+    return RW.audit(kv, lambda key: kv.has(DB_VERSIONS, key))

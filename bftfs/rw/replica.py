@@ -198,7 +198,7 @@ def stored_state(kv: KV, req: WriteRequest) -> bool | None:
 
 def has_version(kv: KV, block: int, ts: Timestamp) -> bool:
     """Whether the version is stored (a read-transaction fast path for duplicate writes)."""
-    return kv.get(DB_VERSIONS, version_key(block, ts)) is not None
+    return kv.has(DB_VERSIONS, version_key(block, ts))
 
 
 def fresh_conflict(kv: KV, req: WriteRequest) -> Timestamp | None:
@@ -217,10 +217,10 @@ def fresh_conflict(kv: KV, req: WriteRequest) -> Timestamp | None:
 
 def time_step(kv: KV, block: int) -> TimeReply:
     """TIME_REQUEST: the greatest timestamp hosted for ``block``."""
-    found = kv.lower(DB_VERSIONS, block_end(block))
-    if found is None or not found[0].startswith(block_prefix(block)):
+    found = kv.lower_key(DB_VERSIONS, block_end(block))
+    if found is None or not found.startswith(block_prefix(block)):
         return TimeReply(ZERO)
-    return TimeReply(split_key(found[0])[1])
+    return TimeReply(split_key(found)[1])
 
 
 def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> ReadReply:
@@ -238,17 +238,16 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
         if req.inclusive:
             stop += b"\x00"  # the smallest key above `below`'s own key
     hist: list[Timestamp] = []
-    first_value: bytes | None = None
-    verified = False
+    first_key: bytes | None = None
     more = False
-    for key, value in kv.scan(DB_VERSIONS, block_prefix(req.block), stop, reverse=True):
+    # Keys only: the older versions' fragments are not needed (kv.py).
+    for key in kv.scan_keys(DB_VERSIONS, block_prefix(req.block), stop, reverse=True):
         if len(hist) == history:
             more = True
             break
         hist.append(split_key(key)[1])
-        if first_value is None:
-            first_value = value
-            verified = flagged(kv, key, value)
+        if first_key is None:
+            first_key = key
     floor = floor_of(kv, req.block)
     hole = kv.lower(DB_THINNED, stop)
     if hole is not None and hole[0].startswith(block_prefix(req.block)):
@@ -261,7 +260,14 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
             if len(keep) < len(hist):
                 hist, more = keep, False
                 if not hist:
-                    first_value, verified = None, False
+                    first_key = None
+    first_value: bytes | None = None
+    verified = False
+    if first_key is not None:
+        verified = flagged(kv, first_key, b"")  # rw.flags: no need to read the fragment
+        if req.data or not verified:
+            first_value = kv.get(DB_VERSIONS, first_key)
+            verified = verified or (first_value is not None and flagged(kv, first_key, first_value))
     cc = frag = None
     if req.data and first_value is not None:
         stored = StoredVersion.decode(first_value)
@@ -271,7 +277,7 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
 
 def _hosted_above(kv: KV, block: int, key: bytes) -> Timestamp | None:
     """The oldest version of ``block`` this node hosts above version key ``key``."""
-    for k, _ in kv.scan(DB_VERSIONS, key + b"\x00", block_end(block)):
+    for k in kv.scan_keys(DB_VERSIONS, key + b"\x00", block_end(block)):
         return split_key(k)[1]
     return None
 
@@ -292,10 +298,10 @@ def list_step(kv: KV, after: int | None, limit: int) -> ListReply:
     entries: list[tuple[BlockId, Timestamp]] = []
     more = False
     while start < BLOCK_ID_LIMIT:
-        first = next(iter(kv.scan(DB_VERSIONS, block_prefix(start), VERSIONS_END)), None)
+        first = next(kv.scan_keys(DB_VERSIONS, block_prefix(start), VERSIONS_END), None)
         if first is None:
             break
-        block = split_key(first[0])[0]
+        block = split_key(first)[0]
         if len(entries) == limit:
             more = True
             break
