@@ -141,8 +141,9 @@ class OpenFile:
     size: int = 0
     #: Bytes below this are the servers' data; see the module docstring.
     valid: int = 0
-    #: Block index -> its new content (length <= bs).
-    dirty: dict[int, bytearray] = field(default_factory=dict)
+    #: Block index -> its new content (length <= bs): a bytearray, or the bytes of a
+    #: write of exactly the block (:meth:`apply_write`; :meth:`private` before a change).
+    dirty: dict[int, bytes | bytearray] = field(default_factory=dict)
     #: Block index -> modification count (a flush removes only blocks it wrote unchanged).
     gen: dict[int, int] = field(default_factory=dict)
     #: Dirty blocks a running flush is sending as they are (no copy): the next change to
@@ -252,7 +253,7 @@ class OpenFile:
             for n in range(lo // bs, (hi - 1) // bs + 1) if data else ():
                 if n in ends:
                     ends[n] = max(ends[n], min(hi, (n + 1) * bs))
-        blocks = {}
+        blocks: dict[int, bytes | bytearray] = {}
         for n, hi in ends.items():
             lo = n * bs
             hi = min(hi, max(self.size, lo))
@@ -452,11 +453,11 @@ class OpenFile:
 
     def private(self, k: int) -> bytearray | None:
         """Dirty block ``k`` to change in place: copied first if a flush is sending it
-        (``shared``), so what the flush sends stays what it snapshotted, or if a worker
+        (``shared``), so what the flush sends stays what it snapshotted, if a worker
         thread encodes it ahead (``ahead``: its encoding is then of the old bytes, and
-        dropped)."""
+        dropped), or if it is a whole-block write's own bytes (:meth:`apply_write`)."""
         buf = self.dirty.get(k)
-        if buf is not None and (k in self.shared or k in self.ahead):
+        if buf is not None and (type(buf) is not bytearray or k in self.shared or k in self.ahead):
             buf = self.dirty[k] = bytearray(buf)
             self.shared.discard(k)
             self.ahead.pop(k, None)
@@ -475,8 +476,15 @@ class OpenFile:
             buf = self.private(k)
             if buf is None:
                 if lo == 0 and hi == bs:
-                    buf = bytearray(chunk)
-                    self.dirty[k] = buf
+                    # A whole block: a write of exactly it (a sequential writer's 1 MiB
+                    # calls) is kept as it came, immutable bytes, shared with the write log
+                    # and copied only if changed later (:meth:`private`): a copy of the
+                    # block into fresh pages, with the GIL held, per block written (issue
+                    # 34).  A write spanning blocks copies each one, as before.
+                    if isinstance(data, bytes) and len(data) == bs:
+                        self.dirty[k] = data
+                    else:
+                        self.dirty[k] = bytearray(chunk)
                     self.gen[k] = self.gen.get(k, 0) + 1
                     continue
                 base = self._base(k) or b""
