@@ -332,13 +332,28 @@ def seal_buffer(key: bytes, data: bytes | bytearray | memoryview, aad: bytes) ->
     """
     if _lib is None:  # pragma: no cover - pynacl always ships its cffi module today
         return bytearray(seal(key, data, aad))
-    nonce = os.urandom(crypto_aead_aegis256_NPUBBYTES)
+    out = unfilled(SEAL_OVERHEAD + len(data))
+    seal_into(key, data, aad, out)
+    return out
+
+
+def seal_into(
+    key: bytes, data: bytes | bytearray | memoryview, aad: bytes, out: bytearray | memoryview
+) -> None:
+    """:func:`seal_buffer` written into ``out`` (exactly ``SEAL_OVERHEAD + len(data)``
+    bytes, writable): a block sealed straight into the stripes it is erasure-coded from
+    (``erasure.encode_into``), so that no copy of it is made to split it (issue 34)."""
     n = len(data)
-    out = unfilled(SEAL_OVERHEAD + n)
+    if len(out) != SEAL_OVERHEAD + n:
+        raise ValueError(f"{len(out)} bytes to seal {n} into, not {SEAL_OVERHEAD + n}")
+    if _lib is None:  # pragma: no cover - pynacl always ships its cffi module today
+        out[:] = seal(key, data, aad)
+        return
+    nonce = os.urandom(crypto_aead_aegis256_NPUBBYTES)
     out[:crypto_aead_aegis256_NPUBBYTES] = nonce
     written = _ffi.new("unsigned long long *")
     rc = _lib.crypto_aead_aegis256_encrypt(
-        _ffi.from_buffer(out) + crypto_aead_aegis256_NPUBBYTES,
+        _ffi.from_buffer(out, require_writable=True) + crypto_aead_aegis256_NPUBBYTES,
         written,
         _ffi.from_buffer(data),
         n,
@@ -350,7 +365,6 @@ def seal_buffer(key: bytes, data: bytes | bytearray | memoryview, aad: bytes) ->
     )
     if rc != 0 or written[0] != n + crypto_aead_aegis256_ABYTES:  # pragma: no cover
         raise SealError("encryption failed")
-    return out
 
 
 def unseal_buffer(key: bytes, sealed: bytes | bytearray | memoryview, aad: bytes) -> bytearray:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from blake3 import blake3
@@ -127,7 +127,7 @@ def cross_checksum_size(n: int) -> int:
 
 
 def make_cross_checksum(
-    length: int, fragments: Sequence[bytes], algorithm: int = DEFAULT_HASH
+    length: int, fragments: Sequence[bytes | memoryview], algorithm: int = DEFAULT_HASH
 ) -> bytes:
     """MAKE_CROSS_CHECKSUM: the header (hash, length) and one hash per fragment in order."""
     if not 0 <= length <= _LENGTH_MASK:
@@ -153,7 +153,7 @@ def cc_entry(cross_checksum: bytes, index: int) -> bytes:
     return cross_checksum[start : start + HASH_SIZE]
 
 
-def fragment_matches(cross_checksum: bytes, index: int, fragment: bytes) -> bool:
+def fragment_matches(cross_checksum: bytes, index: int, fragment: bytes | memoryview) -> bool:
     """Whether ``fragment`` is the one the cross checksum records at ``index``.
 
     This is the second half of the seed's VALIDATE (Figure 3.2): ``HASH(D) == CC[S]``.
@@ -207,6 +207,47 @@ def encode(
     stripes = _split(data, m)
     fragments = stripes if m == n else stripes + tuple(kernel().code(stripes, m, n))
     return Encoded(fragments, make_cross_checksum(len(data), fragments, algorithm))
+
+
+@dataclass(frozen=True)
+class EncodedViews:
+    """The output of :func:`encode_into`: as :class:`Encoded`, the data fragments being
+    read-only views of the stripes' buffer."""
+
+    fragments: tuple[bytes | memoryview, ...]
+    cross_checksum: bytes
+
+    @property
+    def verifier(self) -> bytes:
+        """The verifier to put into the write's timestamp."""
+        return verifier_of(self.cross_checksum)
+
+
+def encode_into(
+    length: int,
+    fill: Callable[[memoryview], None],
+    m: int,
+    n: int,
+    algorithm: int = DEFAULT_HASH,
+) -> tuple[EncodedViews, memoryview]:
+    """:func:`encode` of a block that ``fill`` writes, and the block: ``fill`` writes the
+    ``length`` bytes into the view it is given, which is the start of the stripes' own
+    buffer, so the stripes are views of it rather than copies (:func:`encode` copies the
+    block into them: 1 MiB with the GIL held, into fresh pages, per block a sequential
+    writer fills; issue 34).  Nothing else holds the buffer: the stripes and the returned
+    block are read-only views, so the fragments and their cross checksum always agree."""
+    check_params(m, n)
+    size = fragment_size(length, m)
+    buf = unfilled(size * m) if length else bytearray(size * m)
+    with memoryview(buf) as writable:
+        fill(writable[:length])
+        writable[length:] = bytes(size * m - length)  # the canonical zero padding
+    view = memoryview(buf).toreadonly()
+    stripes = tuple(view[i * size : (i + 1) * size] for i in range(m))
+    coded: list[bytes] = [] if m == n else kernel().code(stripes, m, n)
+    fragments: tuple[bytes | memoryview, ...] = (*stripes, *coded)
+    cc = make_cross_checksum(length, fragments, algorithm)
+    return EncodedViews(fragments, cc), view[:length]
 
 
 def _split(data: bytes | bytearray | memoryview, m: int) -> tuple[bytes, ...]:

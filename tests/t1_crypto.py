@@ -10,6 +10,7 @@ import pytest
 
 from bftfs.buffers import unfilled
 from bftfs.crypto import (
+    SEAL_OVERHEAD,
     Identity,
     KeyFileError,
     KeyRing,
@@ -18,6 +19,7 @@ from bftfs.crypto import (
     mac_ok,
     pairwise_key,
     seal_buffer,
+    seal_into,
     unseal_buffer,
 )
 from bftfs.ids import PrincipalId
@@ -78,3 +80,10 @@ def test_unfilled_buffers_are_bytearrays_of_their_size_and_seal_and_open_whole()
     sealed[-1] ^= 1
     with pytest.raises(SealError):
         unseal_buffer(key, sealed, b"block 1")
+    # Sealed into a given buffer (a block's stripes, erasure.encode_into): the same
+    # format, opened by the same call; a buffer of another size is refused.
+    into = bytearray(SEAL_OVERHEAD + len(data))
+    seal_into(key, data, b"block 1", memoryview(into))
+    assert unseal_buffer(key, into, b"block 1") == data
+    with pytest.raises(ValueError):
+        seal_into(key, data, b"block 1", memoryview(into)[1:])

@@ -250,6 +250,32 @@ def test_coding_copies_a_block_once(size: int) -> None:
     )
 
 
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 4096, 256 * 1024 + 48, 1024 * 1024 + 48])
+def test_a_block_written_into_its_stripes_encodes_as_a_copied_one(length: int) -> None:
+    """``encode_into`` (issue 34: a block sealed straight into the stripes it is coded
+    from) gives the fragments and cross checksum ``encode`` gives for the same bytes, and
+    the block; the stripes are read-only views of one buffer of their own, not copies."""
+    m, n = 3, 6
+    data = random.Random(length).randbytes(length)
+
+    def fill(out: memoryview) -> None:
+        out[:] = data
+
+    enc, block = erasure.encode_into(length, fill, m, n)
+    ref = erasure.encode(data, m, n)
+    assert bytes(block) == data and enc.cross_checksum == ref.cross_checksum
+    assert [bytes(f) for f in enc.fragments] == list(ref.fragments)
+    stripes = enc.fragments[:m]
+    assert all(isinstance(f, memoryview) and f.readonly for f in (*stripes, block))
+    assert len({id(f.obj) for f in stripes}) == 1  # views of one buffer
+    got = erasure.decode(dict(enumerate(enc.fragments[m:], start=m)), length, m, n)
+    assert got == data
+    # Copying the block into stripes held about its size again; writing it there, nothing.
+    if length >= 256 * 1024:
+        assert _peak_allocated(lambda: erasure.encode_into(length, fill, m, n)) < 2.1 * length
+        assert _peak_allocated(lambda: erasure.encode(data, m, n)) > 1.9 * length
+
+
 def test_decode_errors() -> None:
     enc = erasure.encode(b"x" * 9, 3, 6)
     with pytest.raises(erasure.ErasureError):

@@ -32,11 +32,13 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.crypto import (
+    SEAL_OVERHEAD,
     SIV_SIZE,
     SealError,
     VolumeKey,
     seal,
     seal_buffer,
+    seal_into,
     siv_open,
     siv_seal,
     unseal,
@@ -139,6 +141,11 @@ class Seal:
         if not data:
             return b""
         return seal_buffer(self._key, data, _block_aad(block))
+
+    def seal_into(self, block: int, data: bytes | bytearray, out: memoryview) -> None:
+        """:meth:`seal_block` of non-empty ``data`` written into ``out`` (exactly
+        ``SEAL_OVERHEAD + len(data)`` bytes: :func:`~bftfs.crypto.seal_into`)."""
+        seal_into(self._key, data, _block_aad(block), out)
 
     def open_block(
         self, block: int, data: bytes | bytearray, *, in_place: bool = False
@@ -492,8 +499,15 @@ class SealedBlocks:
         return await self._rw.write_blocks(sealed, **options)
 
     async def prepare(self, block: int, data: bytes | bytearray) -> Any:
-        """``RWClient.prepare`` of the block sealed (in the same worker-thread call)."""
-        return await self._rw.prepare(block, data, lambda d: self._seal.seal_block(block, d))
+        """``RWClient.prepare`` of the block sealed (in the same worker-thread call),
+        straight into the stripes it is coded from (``erasure.encode_into``)."""
+        if not data:
+            return await self._rw.prepare(block, data, lambda d: self._seal.seal_block(block, d))
+        return await self._rw.prepare(
+            block,
+            data,
+            into=(SEAL_OVERHEAD + len(data), lambda out: self._seal.seal_into(block, data, out)),
+        )
 
     async def write_block(self, block: int, data: bytes, **options: Any) -> Any:
         """``RWClient.write_block`` of the sealed block."""

@@ -267,10 +267,12 @@ class RWClient:
         block: int,
         data: bytes | bytearray,
         before: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
+        *,
+        into: tuple[int, Callable[[memoryview], None]] | None = None,
     ) -> Prepared:
         """Encode a block ahead of its write: :meth:`Writer.prepare` (``block`` is for
         wrappers that seal it)."""
-        return await self.writer.prepare(data, before)
+        return await self.writer.prepare(data, before, into=into)
 
     async def read_timestamp(self, block: BlockId) -> int:
         """READ_TIMESTAMP: :meth:`Writer.read_timestamp`."""
@@ -280,7 +282,7 @@ class RWClient:
         self,
         block: BlockId,
         ts: Timestamp,
-        fragments: Sequence[bytes],
+        fragments: Sequence[bytes | memoryview],
         cross_checksum: bytes,
         *,
         targets: Iterable[int] | None = None,

@@ -189,7 +189,8 @@ class WriteRequest:
     block: BlockId
     ts: Timestamp
     cross_checksum: bytes
-    fragment: bytes
+    #: Bytes, or a read-only view of a block's stripes (``erasure.encode_into``).
+    fragment: bytes | memoryview
     fresh: bool = False
     #: A version the background mover copies from the previous generation (``mv``).
     moved: bool = False

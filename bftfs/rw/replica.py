@@ -139,11 +139,14 @@ def store_charged(
         if intact(raw, req):
             return WriteReply(new=False)
         flags = raw[0] if len(raw) else 0
-        kv.put(DB_VERSIONS, key, StoredVersion(flags, req.cross_checksum, req.fragment).encode())
+        kv.put(
+            DB_VERSIONS, key, StoredVersion(flags, req.cross_checksum, bytes(req.fragment)).encode()
+        )
         return WriteReply(new=False)
     if req.ts < floor_of(kv, req.block):
         return WriteReply(new=False)
-    value = StoredVersion(0, req.cross_checksum, req.fragment).encode()
+    # (bytes() returns a request's own bytes as they are: only a client's views copy.)
+    value = StoredVersion(0, req.cross_checksum, bytes(req.fragment)).encode()
     size = len(key) + len(value)
     if owner is not None:
         used = quota.used(kv, owner) if quota_bytes is not None else 0

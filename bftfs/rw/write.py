@@ -55,8 +55,8 @@ class Prepared:
     again) and only for that very ``data`` object."""
 
     writer: Writer
-    data: bytes | bytearray
-    encoded: erasure.Encoded
+    data: bytes | bytearray | memoryview
+    encoded: erasure.Encoded | erasure.EncodedViews
 
 
 class Writer:
@@ -113,7 +113,7 @@ class Writer:
         return await self._write_encoded(BlockId(block), encoded, after=after)
 
     async def _write_encoded(
-        self, block: BlockId, encoded: erasure.Encoded, *, after: int
+        self, block: BlockId, encoded: erasure.Encoded | erasure.EncodedViews, *, after: int
     ) -> Timestamp:
         """:meth:`write_block` of a block already encoded (Figure 3.1 from the timestamp on)."""
         floor = 0
@@ -150,7 +150,7 @@ class Writer:
         return ts
 
     async def _fresh_write(
-        self, block: BlockId, ts: Timestamp, encoded: erasure.Encoded
+        self, block: BlockId, ts: Timestamp, encoded: erasure.Encoded | erasure.EncodedViews
     ) -> int | None:
         """A one-round write at a guessed timestamp: 0 if ``N - t`` nodes executed it, else
         how many of the ``N - t`` that answered refused it (None: fewer answered).
@@ -223,7 +223,7 @@ class Writer:
         self,
         block: BlockId,
         ts: Timestamp,
-        fragments: Sequence[bytes],
+        fragments: Sequence[bytes | memoryview],
         cross_checksum: bytes,
         *,
         targets: Iterable[int] | None = None,
@@ -286,7 +286,7 @@ class Writer:
         own = {b: p for b, p in (prepared or {}).items() if p.writer is self}
         items = list(blocks.items())
 
-        async def one(block: int, encoded: erasure.Encoded) -> None:
+        async def one(block: int, encoded: erasure.Encoded | erasure.EncodedViews) -> None:
             try:
                 out[block] = await self._write_encoded(BlockId(block), encoded, after=after)
             finally:
@@ -311,11 +311,24 @@ class Writer:
         self,
         data: bytes | bytearray,
         before: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
+        *,
+        into: tuple[int, Callable[[memoryview], None]] | None = None,
     ) -> Prepared:
         """``data`` (``before(data)`` when given: the seal) encoded now, in a worker thread
-        for a block, for a later :meth:`write_blocks` of it."""
+        for a block, for a later :meth:`write_blocks` of it.  ``into`` replaces ``before``
+        with the length of what it makes and a function writing that into a view: the
+        seal written straight into the stripes (``erasure.encode_into``), not copied into
+        them."""
 
         def work() -> Prepared:
+            if into is not None:
+                length, fill = into
+                if length > self.block_size:
+                    raise ValueError(
+                        f"block of {length} bytes exceeds block_size {self.block_size}"
+                    )
+                encoded, sealed = erasure.encode_into(length, fill, self.th.m, self.th.n)
+                return Prepared(self, sealed, encoded)
             value = before(data) if before is not None else data
             self._check_size(value)
             return Prepared(self, value, erasure.encode(value, self.th.m, self.th.n))

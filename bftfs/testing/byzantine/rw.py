@@ -54,7 +54,7 @@ _fake_counter = itertools.count(1)
 def fabricated_version(node: int, n: int, m: int, time: int) -> tuple[Timestamp, bytes, bytes]:
     """A self-consistent version only node ``node`` hosts: (timestamp, cc, its fragment)."""
     enc = erasure.encode(b"forged by node %d" % node, m, n)
-    return Timestamp(time, 666, enc.verifier), enc.cross_checksum, enc.fragments[node]
+    return Timestamp(time, 666, enc.verifier), enc.cross_checksum, bytes(enc.fragments[node])
 
 
 def corrupt_fragment(config: ClusterConfig, i: int, rng: random.Random) -> dict[str, NodeWrapper]:
