@@ -238,7 +238,7 @@ def encode_into(
     block are read-only views, so the fragments and their cross checksum always agree."""
     check_params(m, n)
     size = fragment_size(length, m)
-    buf = unfilled(size * m) if length else bytearray(size * m)
+    buf = unfilled(size * m)
     with memoryview(buf) as writable:
         fill(writable[:length])
         writable[length:] = bytes(size * m - length)  # the canonical zero padding

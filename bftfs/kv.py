@@ -86,12 +86,8 @@ class MemoryKV:
         return True
 
     def lower(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
-        keys, vals = self._db(db)
-        i = bisect.bisect_left(keys, key)
-        if i == 0:
-            return None
-        k = keys[i - 1]
-        return k, vals[k]
+        k = self.lower_key(db, key)
+        return None if k is None else (k, self._db(db)[1][k])
 
     def scan(
         self, db: str, start: bytes, stop: bytes, *, reverse: bool = False

@@ -110,35 +110,14 @@ class _LmdbKV:
         return False if h is None else self._txn.delete(key, db=h)
 
     def lower(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
-        h = self._db(db)
-        if h is None:
-            return None
-        cur = self._txn.cursor(db=h)
-        found = cur.prev() if cur.set_range(key) else cur.last()
-        return (cast(bytes, cur.key()), cast(bytes, cur.value())) if found else None
+        cur = self._below(db, key)
+        return None if cur is None else (cast(bytes, cur.key()), cast(bytes, cur.value()))
 
     def scan(
         self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        h = self._db(db)
-        if h is None:
-            return
-        cur = self._txn.cursor(db=h)
-        if not reverse:
-            if not cur.set_range(start):
-                return
-            for k, v in cur:
-                if cast(bytes, k) >= stop:
-                    return
-                yield cast(bytes, k), cast(bytes, v)
-        else:
-            found = cur.prev() if cur.set_range(stop) else cur.last()
-            while found:
-                k = cast(bytes, cur.key())
-                if k < start:
-                    return
-                yield k, cast(bytes, cur.value())
-                found = cur.prev()
+        for cur in self._walk(db, start, stop, reverse):
+            yield cast(bytes, cur.key()), cast(bytes, cur.value())
 
     # Keys alone (bftfs/kv.py): a cursor positioned on an entry copies its value only when
     # asked for it (``value()``), so these read no fragment.
@@ -148,31 +127,39 @@ class _LmdbKV:
         return h is not None and bool(self._txn.cursor(db=h).set_key(key))
 
     def lower_key(self, db: str, key: bytes) -> bytes | None:
-        h = self._db(db)
-        if h is None:
-            return None
-        cur = self._txn.cursor(db=h)
-        found = cur.prev() if cur.set_range(key) else cur.last()
-        return cast(bytes, cur.key()) if found else None
+        cur = self._below(db, key)
+        return None if cur is None else cast(bytes, cur.key())
 
     def scan_keys(
         self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
     ) -> Iterator[bytes]:
+        for cur in self._walk(db, start, stop, reverse):
+            yield cast(bytes, cur.key())
+
+    def _below(self, db: str, key: bytes) -> Any:
+        """A cursor on the entry with the greatest key strictly less than ``key``, or None."""
+        h = self._db(db)
+        if h is None:
+            return None
+        cur = self._txn.cursor(db=h)
+        return cur if (cur.prev() if cur.set_range(key) else cur.last()) else None
+
+    def _walk(self, db: str, start: bytes, stop: bytes, reverse: bool) -> Iterator[Any]:
+        """The cursor on each entry with ``start <= key < stop`` in turn, in key order
+        (descending if ``reverse``); the caller takes what it needs of it before the next."""
         h = self._db(db)
         if h is None:
             return
         cur = self._txn.cursor(db=h)
         if not reverse:
-            found = cur.set_range(start)
-            step = cur.next
+            found, step = cur.set_range(start), cur.next
         else:
-            found = cur.prev() if cur.set_range(stop) else cur.last()
-            step = cur.prev
+            found, step = (cur.prev() if cur.set_range(stop) else cur.last()), cur.prev
         while found:
             k = cast(bytes, cur.key())
-            if (k >= stop) if not reverse else (k < start):
+            if (k < start) if reverse else (k >= stop):
                 return
-            yield k
+            yield cur
             found = step()
 
 

@@ -171,8 +171,14 @@ def drop_version(kv: KV, key: bytes) -> bool:
 def flagged(kv: KV, key: bytes, value: bytes) -> bool:
     """Whether the stored version ``key`` (whose value is ``value``) is flagged verified:
     in its value (stores flagged before issue 19) or in ``rw.flags`` (schema.py)."""
-    if value and value[0] & FLAG_VERIFIED:
-        return True
+    return _flagged_in_value(value) or _flagged_apart(kv, key)
+
+
+def _flagged_in_value(value: bytes | None) -> bool:
+    return value is not None and len(value) > 0 and bool(value[0] & FLAG_VERIFIED)
+
+
+def _flagged_apart(kv: KV, key: bytes) -> bool:
     raw = kv.get(DB_FLAGS, key)
     return raw is not None and bool(raw[0] & FLAG_VERIFIED)
 
@@ -267,10 +273,12 @@ def read_step(kv: KV, req: ReadRequest, *, history: int = DEFAULT_HISTORY) -> Re
     first_value: bytes | None = None
     verified = False
     if first_key is not None:
-        verified = flagged(kv, first_key, b"")  # rw.flags: no need to read the fragment
+        # ``flagged`` in two halves: ``rw.flags`` first, so that a witness reads the value
+        # (fragment and all) only for a store flagged before issue 19.
+        verified = _flagged_apart(kv, first_key)
         if req.data or not verified:
             first_value = kv.get(DB_VERSIONS, first_key)
-            verified = verified or (first_value is not None and flagged(kv, first_key, first_value))
+            verified = verified or _flagged_in_value(first_value)
     cc = frag = None
     if req.data and first_value is not None:
         stored = StoredVersion.decode(first_value)

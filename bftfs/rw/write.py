@@ -92,9 +92,9 @@ class Writer:
         #: Time of this client's latest write: its writes' times strictly increase.
         self._last_time = 0
 
-    def _check_size(self, data: bytes | bytearray) -> None:
-        if len(data) > self.block_size:
-            raise ValueError(f"block of {len(data)} bytes exceeds block_size {self.block_size}")
+    def _check_size(self, length: int) -> None:
+        if length > self.block_size:
+            raise ValueError(f"block of {length} bytes exceeds block_size {self.block_size}")
 
     @outcomes(WriteFailed)
     async def write_block(self, block: BlockId | int, data: bytes, *, after: int = 0) -> Timestamp:
@@ -106,7 +106,7 @@ class Writer:
             ValueError: ``data`` is larger than the configured block size.
             WriteFailed: fewer than ``N - t`` nodes acknowledged.
         """
-        self._check_size(data)
+        self._check_size(len(data))
         encoded: erasure.Encoded = await self.calls.cpu(
             len(data), erasure.encode, data, self.th.m, self.th.n
         )
@@ -280,7 +280,7 @@ class Writer:
         if not blocks:
             return out
         for data in blocks.values():
-            self._check_size(data)
+            self._check_size(len(data))
         limit = trio.Semaphore(max(concurrency, 1))
         wave = max(concurrency // 2, 1)
         own = {b: p for b, p in (prepared or {}).items() if p.writer is self}
@@ -323,14 +323,11 @@ class Writer:
         def work() -> Prepared:
             if into is not None:
                 length, fill = into
-                if length > self.block_size:
-                    raise ValueError(
-                        f"block of {length} bytes exceeds block_size {self.block_size}"
-                    )
+                self._check_size(length)
                 encoded, sealed = erasure.encode_into(length, fill, self.th.m, self.th.n)
                 return Prepared(self, sealed, encoded)
             value = before(data) if before is not None else data
-            self._check_size(value)
+            self._check_size(len(value))
             return Prepared(self, value, erasure.encode(value, self.th.m, self.th.n))
 
         result: Prepared = await self.calls.cpu(len(data), work)
