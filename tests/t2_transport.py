@@ -491,9 +491,46 @@ def test_frames_sealed_in_place_are_libsodiums_aegis256_frames() -> None:
         b.open(bytes(bad[4:]))
 
 
+async def test_a_big_frames_length_alone_allocates_nothing() -> None:
+    """A peer that sends the length prefix of a big frame and a little of it makes the
+    reader allocate nothing for it (docs/buffers.md): its buffer comes once
+    ``BIG_FRAME_START`` bytes of the frame have arrived, and every byte read before is in
+    the frame."""
+    import tracemalloc
+
+    from bftfs.net.frames import BIG_FRAME_START, LENGTH
+
+    n = 4 << 20
+    body = random.Random(4).randbytes(n)
+    a, b = trio.socket.socketpair()
+    sa, sb = trio.SocketStream(a), trio.SocketStream(b)
+    reader = FrameReader(sb, max_frame=8 << 20)
+    got: list[bytes] = []
+
+    async def receive() -> None:
+        frame = await reader.read()
+        assert frame is not None
+        got.append(bytes(frame))
+
+    tracemalloc.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await sa.send_all(LENGTH.pack(n) + body[: BIG_FRAME_START - 1])
+            await trio.testing.wait_all_tasks_blocked()
+            assert not got
+            assert tracemalloc.get_traced_memory()[1] < n // 4  # no frame buffer yet
+            await sa.send_all(body[BIG_FRAME_START - 1 :])
+    finally:
+        tracemalloc.stop()
+    await sa.aclose()
+    await sb.aclose()
+    assert got == [body]
+
+
 async def test_big_frames_are_read_into_their_own_buffer_between_small_ones() -> None:
     """Frames of ``DIRECT_FRAME`` bytes or more are read straight into a buffer of their
-    own once a quarter has arrived (issue 34), handed over as a writable view (decrypted
+    own once their start has arrived (issue 34), handed over as a writable view (decrypted
     in place); the stream around them, cut anywhere, reads back frame by frame."""
     from bftfs.net.frames import DIRECT_FRAME, LENGTH
 

@@ -81,8 +81,8 @@ def node_bound(reply: int) -> int:
       its backlog into the chunk it sends;
     * the requests in flight: each holds its reply's objects, ``INFLIGHT * reply``;
     * the packer's buffer, kept at the largest reply: ``reply``;
-    * the frame reader: its stream buffer (a frame and a 256 KiB chunk) and the frame being
-      opened, ``2 * DEFAULT_MAX_FRAME + 256 KiB``;
+    * the frame reader: its stream buffer (128 KiB) and the frame being opened, under
+      ``2 * DEFAULT_MAX_FRAME + 256 KiB``;
     * ``SLACK``.
     """
     pending = REPLY_BACKLOG + INFLIGHT * reply
@@ -238,8 +238,8 @@ def client_allowance() -> int:
     node that floods its clients"): the client handles one frame of a connection at a
     time, and the endpoint has one connection per node:
 
-    * the frame being read: the stream buffer (a quarter of the frame and a 256 KiB chunk)
-      and the frame's own buffer, ``1.25 * DEFAULT_MAX_FRAME + 256 KiB``; its plaintext and
+    * the frame being read: the stream buffer (128 KiB) and the frame's own buffer, under
+      ``1.25 * DEFAULT_MAX_FRAME + 256 KiB``; its plaintext and
       the value decoded from it, ``2 * DEFAULT_MAX_FRAME``; an oversized frame is refused
       at its length prefix, before anything is allocated;
     * replies kept by the calls in progress until they return (a Q/U round's replies, a

@@ -3,7 +3,7 @@
 A frame on the wire is ``u32 big-endian length || body``; what a body holds (a MAC'd
 handshake message, or a sealed session message) is ``session.py``'s business.  Reading and
 writing here are tuned for the small-request case: a frame the kernel takes whole costs one
-system call and no task switch (see :class:`FrameWriter`, :meth:`FrameReader._receive`).
+system call and no task switch (see :class:`FrameWriter`, :meth:`FrameReader._receive_into`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 LENGTH = struct.Struct(">I")
 #: Frames at least this long are read into a buffer of their own (``FrameReader.read``).
 DIRECT_FRAME = 64 * 1024
+#: A big frame gets its buffer once this much of it (or a quarter of it) has arrived.
+BIG_FRAME_START = DIRECT_FRAME // 2
+#: The most one read of a stream takes outside a big frame.
+STREAM_READ = DIRECT_FRAME
+#: A reader's stream buffer: a small frame's start (under ``DIRECT_FRAME + 4`` bytes) and
+#: one read after it.
+_AREA = DIRECT_FRAME + 4 + STREAM_READ
 
 #: Message types and reply statuses (the first and third fields of a session message).
 REQUEST = 0
@@ -81,59 +88,88 @@ def unpack(data: bytes | bytearray | memoryview) -> Any:
 
 
 class FrameReader:
-    """Splits a byte stream into length-prefixed frames, refusing oversized ones early."""
+    """Splits a byte stream into length-prefixed frames, refusing oversized ones early.
+
+    The stream is read into a buffer of its own (:attr:`_area`, allocated once), at most
+    :data:`STREAM_READ` bytes at a time, so a small frame is copied once (out of the area)
+    and a big one (:data:`DIRECT_FRAME` bytes or more) is read straight into a buffer of
+    its own after at most one read's worth of its start (see :meth:`read`).
+    """
 
     def __init__(self, stream: trio.abc.ReceiveStream, max_frame: int) -> None:
         self._stream = stream
-        self._buf = bytearray()
+        self._area = bytearray(_AREA)
+        self._view = memoryview(self._area)  # never resized, so the view may stay
+        #: The unread bytes are ``_area[_start:_end]``.
+        self._start = 0
+        self._end = 0
         self.max_frame = max_frame
-        #: A socket stream is read through its file descriptor (see :meth:`_receive`).
+        #: A socket stream is read through its file descriptor (see :meth:`_receive_into`).
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
     async def read(self) -> bytes | memoryview | None:
         """The next frame, or None at a clean end of stream.
 
-        A big frame (a batch of fragments) is read straight into a buffer of its own once a
-        quarter of it has arrived (so a peer's length prefix alone never makes us allocate
-        more than four times what it sent): no appending to the stream buffer, no copy of
-        the frame out of it, no shifting of what follows (issue 34).  It is returned as a
-        writable view, which the caller decrypts in place (``Session.open``).  The buffer
-        is not kept for the next frame: a kept one would hold up to ``max_frame`` per
-        connection for as long as it lives, past the bound docs/buffers.md gives a node
-        that floods its clients (``t4_buffers``).
+        A big frame (a batch of fragments) gets a buffer of its own once
+        :data:`BIG_FRAME_START` bytes of it (or a quarter, if less) have arrived, so a
+        peer's length prefix alone never makes us allocate; what arrived is copied there,
+        the rest read straight into it: no appending to a stream buffer, no copy of the
+        frame out of one (issue 34).  Reads outside a big frame take at most
+        :data:`STREAM_READ` bytes, which bounds that first copy; they used to take 256 KiB,
+        most of a 1 MiB block's fragment, which was then copied twice more.  A big frame is
+        returned as a writable view, which the caller decrypts in place (``Session.open``).
+        Its buffer is not kept for the next frame: a kept one would hold up to
+        ``max_frame`` per connection for as long as it lives, past the bound
+        docs/buffers.md gives a node that floods its clients (``t4_buffers``).
 
         Raises:
             FrameError: ``oversized`` (the length prefix exceeds the limit: the stream cannot
                 be resynchronised, so the caller closes it) or ``truncated``.
         """
-        buf = self._buf
         while True:
-            if len(buf) >= 4:
-                (n,) = LENGTH.unpack_from(buf)
+            have = self._end - self._start
+            if have >= 4:
+                (n,) = LENGTH.unpack_from(self._area, self._start)
                 if n > self.max_frame:
                     raise FrameError("oversized", f"{n} > {self.max_frame} bytes")
-                if len(buf) >= 4 + n:
-                    with memoryview(buf) as view:  # one copy (a bytearray slice is two)
-                        frame = bytes(view[4 : 4 + n])
-                    del buf[: 4 + n]
+                if n >= DIRECT_FRAME:
+                    if have - 4 >= min(n // 4, BIG_FRAME_START):
+                        return await self._read_rest(n)
+                elif have >= 4 + n:
+                    at = self._start + 4
+                    frame = bytes(self._view[at : at + n])
+                    self._consumed(4 + n)
                     return frame
-                if n >= DIRECT_FRAME and self._fd is not None and len(buf) - 4 >= n // 4:
-                    return await self._read_rest(n)
-            data = await self._receive()
-            if not data:
-                if buf:
+            got = await self._receive_into(self._room())
+            if not got:
+                if have:
                     raise FrameError("truncated")
                 return None
-            buf += data
+            self._end += got
+
+    def _room(self) -> memoryview:
+        """Where the next read of the stream goes: :data:`STREAM_READ` bytes after the
+        unread ones, which are moved to the front first when that room is not left (they
+        are at most a small frame's start and its length prefix)."""
+        if len(self._area) - self._end < STREAM_READ:
+            have = self._end - self._start
+            self._view[:have] = self._view[self._start : self._end]
+            self._start, self._end = 0, have
+        return self._view[self._end : self._end + STREAM_READ]
+
+    def _consumed(self, n: int) -> None:
+        self._start += n
+        if self._start == self._end:
+            self._start = self._end = 0
 
     async def _read_rest(self, n: int) -> memoryview:
         """The frame of ``n`` bytes whose start is buffered, the rest read into it (a
         buffer not zeroed first: every byte is written before the frame is used)."""
         frame = memoryview(unfilled(n))
-        buf = self._buf
-        have = len(buf) - 4
-        frame[:have] = memoryview(buf)[4:]
-        buf.clear()
+        at = self._start + 4
+        have = min(self._end - at, n)
+        frame[:have] = self._view[at : at + have]
+        self._consumed(4 + have)
         while have < n:
             got = await self._receive_into(frame[have:])
             if not got:
@@ -142,14 +178,28 @@ class FrameReader:
         return frame
 
     async def _receive_into(self, into: memoryview) -> int:
-        """Read into ``into`` (at most its size; 0 at the end of the stream), as
-        :meth:`_receive` reads: one yield per chunk."""
+        """Read into ``into`` (at most its size; 0 at the end of the stream).
+
+        On a socket: ``os.readv`` of the descriptor, and ``wait_readable`` when nothing is
+        there yet.  ``SocketStream.receive_some`` does the same through two context
+        managers, yields twice per chunk (once waiting, once more after reading) and
+        returns a fresh bytes object; here a chunk costs one yield (the wait, or an
+        explicit checkpoint when data was already there, so a connection that is never
+        idle still lets other tasks run) and lands where it is wanted.
+
+        Raises:
+            OSError: the connection failed (callers treat it like a broken stream).
+            trio.ClosedResourceError: the socket was closed while waiting.
+        """
         fd = self._fd
-        assert fd is not None
+        if fd is None:
+            data = await self._stream.receive_some(len(into))
+            into[: len(data)] = data
+            return len(data)
         sock = self._stream.socket  # type: ignore[attr-defined]
         waited = False
         while True:
-            if sock.fileno() != fd:
+            if sock.fileno() != fd:  # closed by another task (the number may be reused)
                 raise trio.ClosedResourceError
             try:
                 got = os.readv(fd, [into])
@@ -160,37 +210,6 @@ class FrameReader:
             if not waited:
                 await trio.lowlevel.checkpoint()
             return got
-
-    async def _receive(self) -> bytes | bytearray:
-        """Up to 256 KiB from the stream (b"" at its end).
-
-        On a socket: ``os.read`` of the descriptor, and ``wait_readable`` when nothing is
-        there yet.  ``SocketStream.receive_some`` does the same through two context
-        managers and yields twice per chunk (once waiting, once more after reading); here a
-        chunk costs one yield: the wait, or an explicit checkpoint when data was already
-        there, so a connection that is never idle still lets other tasks run.
-
-        Raises:
-            OSError: the connection failed (callers treat it like a broken stream).
-            trio.ClosedResourceError: the socket was closed while waiting.
-        """
-        fd = self._fd
-        if fd is None:
-            return await self._stream.receive_some(262144)
-        sock = self._stream.socket  # type: ignore[attr-defined]
-        waited = False
-        while True:
-            if sock.fileno() != fd:  # closed by another task (the number may be reused)
-                raise trio.ClosedResourceError
-            try:
-                data = os.read(fd, 262144)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                waited = True
-                continue
-            if not waited:
-                await trio.lowlevel.checkpoint()
-            return data
 
 
 class FrameWriter:
