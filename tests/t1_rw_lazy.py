@@ -265,6 +265,19 @@ def test_a_client_read_of_an_unverified_block_waits_like_a_stream_without_its_bu
     assert s.idle_after == off.idle_seconds
 
 
+def test_b_plus_one_peers_must_hold_within_the_window_for_a_node_to_hold() -> None:
+    from bftfs.rw.lazy import HoldBook
+
+    book = HoldBook(b=1)
+    assert not book.held(3, now=10.0, window=0.5)  # one peer (perhaps lying): no
+    assert not book.held(3, now=10.2, window=0.5)  # the same one again: still no
+    assert book.held(4, now=10.3, window=0.5)  # a second peer: one of them is correct
+    assert not book.held(4, now=10.75, window=0.5)  # peer 3's is 0.55 s old: too old
+    assert book.held(3, now=10.8, window=0.5)
+    two = HoldBook(b=2)
+    assert [two.held(p, now=1.0, window=0.5) for p in (1, 2, 3)] == [False, False, True]
+
+
 def test_nodes_fall_back_in_groups_of_b_plus_one_in_ring_order() -> None:
     from bftfs.rw.lazy import fallback_delay
 

@@ -13,6 +13,7 @@ Waiting is on the verifiers' ``settled`` events, never on sleeps.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -516,3 +517,46 @@ async def test_a_poisonous_first_write_is_discarded_too(tmp_path: Path) -> None:
         found = sum(cl.nodes[i].progress["rw.verify"]["poisonous"] for i in range(cfg.n))
         assert found == cfg.b + 1
         assert await reader.read_block(24) == b""
+
+
+async def test_a_node_outside_a_readers_quorum_holds_when_b_plus_one_peers_do(
+    tmp_path: Path,
+) -> None:
+    """HOLDs (issue 34): a client reading a big object its nodes have left to verify makes
+    them hold idle-time verification back, and they tell their peers; the node the reader
+    never asks holds too once ``b + 1`` of them have said so, and waits for the stream's
+    quiet as they do (the ``b + 1`` rule itself: ``t1_rw_lazy``)."""
+    from bftfs.rw.lazy import BIG_OBJECT_BLOCKS
+    from bftfs.rw.messages import block_id
+
+    holding = VerificationPolicy(
+        settle_seconds=3600.0,  # nothing is verified while the test runs
+        idle_seconds=0.0,
+        fallback_seconds=3600.0,
+        stream_seconds=0.001,
+        stream_idle_seconds=3600.0,  # a hold lasts the whole test
+    )
+    async with rw_cluster(tmp_path, clients=1, verification=holding, retention=KEEP_ALL) as (
+        cl,
+        (client,),
+    ):
+        cfg = cl.config
+        outside = cfg.n - 1
+        data = bytes(range(256)) * 12
+        blocks = [block_id(7, k) for k in range(BIG_OBJECT_BLOCKS + 2)]
+        for block in blocks:
+            stamp = await client.write_block(block, data)
+            await on_every_node(cl, block, stamp)
+        lone = cl.nodes[outside].verifier
+        assert lone.progress["peer_holds"] == 0 and lone.backlog_read == -math.inf
+        # The client reads from every node but the last one.
+        for i in range(outside):
+            request = ReadRequest(blocks[i], data=False).to_wire()
+            await client.endpoint.call(cfg.node_ids[i], KIND_READ_LATEST, request)
+            assert cl.nodes[i].verifier.progress["read_holds"] == 1
+        await until(cl, outside, lambda: lone.progress["peer_holds"] > 0)
+        assert all(cl.nodes[i].verifier.progress["holds_sent"] == 1 for i in range(outside))
+        # As if the node had seen a read itself: verification waits for the stream's quiet.
+        now = trio.current_time()
+        assert now - lone.backlog_read < 5.0
+        assert lone.stream(now).idle_after == holding.stream_idle_seconds

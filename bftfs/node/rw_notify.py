@@ -1,10 +1,19 @@
 """Lazy verification's cooperation on one node: the NOTIFYs it sends and the ones it
-takes (seed L1496-1537, L1665-1672; the rules are :class:`bftfs.rw.lazy.NotifyBook`).
+takes (seed L1496-1537, L1665-1672; the rules are :class:`bftfs.rw.lazy.NotifyBook`),
+and the HOLDs that keep the nodes out of a big read's way.
 
 A verified version (and each poisonous one met) is told to every other node that has not
 told this node the same (L1536); the NOTIFYs wait :data:`NOTIFY_LINGER` to go together,
 one request per peer.  What others tell is recorded per sender; a block that ``b + 1``
 agree on is what the verifier then records (``Verifier.notified``).
+
+A HOLD (``rw.hold``) tells every peer that this node holds its idle-time verification
+back because a client reads a big object it has left to verify (``Verifier.client_read``).
+A node outside the reader's quorum sees none of the reads; verifying the file in the
+meantime, it read the fragments the reader reads from the same nodes and took CPU the
+read needed (a 1 GiB file read right after it was written: 105 MB/s, against 203 with
+no verification during the read; docs/lazy.md).  Told so by ``b + 1`` peers within
+``stream_idle_seconds`` (so at least one correct node sees the reads), it holds too.
 """
 
 from __future__ import annotations
@@ -16,8 +25,8 @@ import trio
 
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
-from bftfs.rw.lazy import POISONOUS, VERIFIED, NotifyBook
-from bftfs.rw.messages import KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify
+from bftfs.rw.lazy import POISONOUS, VERIFIED, HoldBook, NotifyBook
+from bftfs.rw.messages import KIND_HOLD, KIND_NOTIFY, MAX_NOTIFY, BlockId, Notify, hold_wire
 from bftfs.rw.timestamp import ZERO, Timestamp
 
 if TYPE_CHECKING:
@@ -47,6 +56,16 @@ class Notifier:
         self.book = NotifyBook(node.config.b)
         self._outbox: dict[NodeId, list[tuple[BlockId, Timestamp, str]]] = defaultdict(list)
         self._flush = trio.Event()
+        self._hold = trio.Event()
+        self.holds = HoldBook(node.config.b)
+
+    def hold(self) -> None:
+        """Send a HOLD to every peer (at once, in the background)."""
+        self._hold.set()
+
+    def held(self, sender: PrincipalId, now: float, window: float) -> bool:
+        """Record ``sender``'s HOLD; whether ``b + 1`` peers sent one within ``window``."""
+        return self.holds.held(int(sender), now, window)
 
     def received(self, sender: PrincipalId, msg: Notify) -> list[Agreed]:
         """Record ``sender``'s NOTIFYs; what ``b + 1`` senders now agree on, per block."""
@@ -95,6 +114,23 @@ class Notifier:
                 for peer, entries in outbox.items():
                     for i in range(0, len(entries), MAX_NOTIFY):
                         nursery.start_soon(self._send, peer, entries[i : i + MAX_NOTIFY])
+
+    async def run_holds(self) -> None:
+        """Send HOLDs, one request per peer, in the background."""
+        while True:
+            await self._hold.wait()
+            self._hold = trio.Event()
+            self.progress["holds_sent"] += 1
+            async with trio.open_nursery() as nursery:
+                for peer in self.peers:
+                    nursery.start_soon(self._send_hold, peer)
+
+    async def _send_hold(self, peer: NodeId) -> None:
+        try:
+            await self.node.endpoint.call(peer, KIND_HOLD, hold_wire())
+        except (TransportError, RemoteError) as e:
+            # A lost HOLD costs the read that peer's verification beside it, never safety.
+            self.node.log.debug("node %s: HOLD to %s lost: %s", self.node.id, peer, e)
 
     async def _send(self, peer: NodeId, entries: list[tuple[BlockId, Timestamp, str]]) -> None:
         try:

@@ -60,6 +60,7 @@ from bftfs.rw import quota, repairs, replica
 from bftfs.rw.batch import KIND_BATCH, MAX_BATCH, MAX_BATCH_BYTES, fragment_bytes
 from bftfs.rw.client import max_fragment_of
 from bftfs.rw.messages import (
+    KIND_HOLD,
     KIND_LIST,
     KIND_NOTIFY,
     KIND_READ_LATEST,
@@ -74,6 +75,7 @@ from bftfs.rw.messages import (
     ReadRequest,
     TimeRequest,
     WriteRequest,
+    parse_hold,
 )
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
 
@@ -213,6 +215,7 @@ class RWServer:
         # Not part of a batch: only catch-up asks, a page at a time.
         node.register(KIND_LIST, self.on_list)
         node.register(KIND_NOTIFY, self.on_notify)
+        node.register(KIND_HOLD, self.on_hold, inline=True)
         node.register(KIND_SPACE, self.on_space, inline=True)
 
     def _parse(self, fn: Callable[[], T]) -> T:
@@ -399,6 +402,15 @@ class RWServer:
             raise HandlerError("malformed", str(e)) from None
         if self.verifier is not None:
             await self.verifier.notified(ctx.sender, msg)
+        return {}
+
+    async def on_hold(self, ctx: RequestContext, payload: Any) -> Any:
+        if not is_node(ctx.sender) or ctx.sender == self.node_id:
+            self.stats["rw.refused.forbidden"] += 1
+            raise HandlerError("forbidden", "HOLD is between nodes")
+        self._parse(lambda: parse_hold(payload))
+        if self.verifier is not None:
+            self.verifier.peer_holds(ctx.sender)
         return {}
 
     async def on_space(self, ctx: RequestContext, payload: Any) -> Any:

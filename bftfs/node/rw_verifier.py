@@ -114,6 +114,9 @@ def new_progress() -> dict[str, Any]:
         "streaming": False,
         #: Client reads of big objects with blocks left to verify (``client_read``).
         "read_holds": 0,
+        #: HOLDs sent to the peers, and holds begun because ``b + 1`` peers sent one.
+        "holds_sent": 0,
+        "peer_holds": 0,
         #: Blocks whose verification a client's read cancelled (picked again later).
         "yielded": 0,
         "used_bytes": 0,
@@ -149,6 +152,8 @@ class Verifier:
         #: trio time a client last read a big object with blocks left to verify here
         #: (``client_read``, ``rw/lazy.stream_state``).
         self.backlog_read = -math.inf
+        #: trio time the last HOLD went to the peers (``client_read``).
+        self._hold_sent = -math.inf
         #: The READs of the wave in progress when it was picked in idle time (not forced
         #: nor under pressure): a client's read of a big unverified object cancels them.
         self._idle_reads: trio.CancelScope | None = None
@@ -188,12 +193,30 @@ class Verifier:
         until the reads pause.  The reader checks the blocks itself; verifying them in the
         read's gaps would pay the check twice during the read (``rw/lazy.stream_state``)."""
         if self.backlog.object_backlog(block) >= BIG_OBJECT_BLOCKS:
-            self.backlog_read = trio.current_time()
+            now = trio.current_time()
             self.progress["read_holds"] += 1
-            if self._idle_reads is not None:
-                # A wave picked in idle time before the read began: its blocks still
-                # being read go back to the backlog (picking changed nothing there).
-                self._idle_reads.cancel()
+            self._hold(now)
+            if now - self._hold_sent >= self.policy.stream_idle_seconds / 2:
+                # The peers outside the reader's quorum see none of its reads.
+                self._hold_sent = now
+                self.notifier.hold()
+
+    def peer_holds(self, sender: PrincipalId) -> None:
+        """A peer holds its verification for a client's read (``rw/messages``' HOLD):
+        once ``b + 1`` have within ``stream_idle_seconds``, this node holds as well, as if
+        it saw the read itself (``node/rw_notify.py``)."""
+        now = trio.current_time()
+        if self.notifier.held(sender, now, self.policy.stream_idle_seconds):
+            self.progress["peer_holds"] += 1
+            self._hold(now)
+            self._publish()
+
+    def _hold(self, now: float) -> None:
+        self.backlog_read = now
+        if self._idle_reads is not None:
+            # A wave picked in idle time before the read began: its blocks still
+            # being read go back to the backlog (picking changed nothing there).
+            self._idle_reads.cancel()
 
     def wake(self) -> None:
         """Look at the backlog now (the store is short of space)."""
@@ -257,6 +280,7 @@ class Verifier:
             self._client.reader.local = self._wave_client.reader.local = local
             if self.policy.cooperative:
                 nursery.start_soon(self.notifier.run)
+            nursery.start_soon(self.notifier.run_holds)
             nursery.start_soon(self.collection.forgetter.run)
             nursery.start_soon(self.collection.forgetter.sweep)
             while True:
@@ -270,7 +294,8 @@ class Verifier:
     async def _step(self) -> None:
         revisit_in = await self.collection.collect_due()
         now = trio.current_time()
-        idle_for = now - self.node.last_client_request
+        # A hold its peers asked for counts as a client's read here (``peer_holds``).
+        idle_for = now - max(self.node.last_client_request, self.backlog_read)
         idle_after = self.stream(now).idle_after
         idle = idle_for >= idle_after
         pressure = self.collection.pressure()

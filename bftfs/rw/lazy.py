@@ -86,6 +86,28 @@ class _Told:
     poisonous: list[Timestamp] = field(default_factory=list)
 
 
+class HoldBook:
+    """The HOLDs a node's peers sent (``node/rw_notify.py``): a node holds its idle-time
+    verification for another's client read only when ``b + 1`` peers say so within a
+    window, so that at least one of them is correct and sees the reads; ``b`` lying nodes
+    cannot hold it back on their own.
+
+    Args:
+        b: the most nodes that may lie.
+    """
+
+    def __init__(self, b: int) -> None:
+        self.b = b
+        #: The latest HOLD of each peer (at most one entry per node).
+        self._last: dict[int, float] = {}
+
+    def held(self, sender: int, now: float, window: float) -> bool:
+        """Record ``sender``'s HOLD at ``now``; whether ``b + 1`` distinct peers have sent
+        one within ``window`` before it."""
+        self._last[sender] = now
+        return sum(1 for t in self._last.values() if now - t < window) > self.b
+
+
 class NotifyBook:
     """NOTIFYs received, per block and node (see the module docstring)."""
 

@@ -17,6 +17,7 @@ kind                    request fields                          reply fields
 ``rw.list``             ``v, a, n``                             ``e, more``
 ``rw.notify``           ``v, e``                                ``{}``
 ``rw.space``            ``v``                                   ``used``
+``rw.hold``             ``v``                                   ``{}``
 ======================  ======================================  ===========================
 
 Field meanings:
@@ -49,6 +50,10 @@ Field meanings:
 ``e`` is a list of at most :data:`MAX_NOTIFY` ``[bytes(16), bytes(44), str]``: a block, a
 timestamp and ``"verified"`` (the sender verified that version complete and valid) or
 ``"poisonous"`` (the sender found that version's fragments are not one codeword).
+
+``rw.hold`` (only nodes may send it): the sender holds its idle-time verification back
+because a client reads a big object it has left to verify (``node/rw_verifier.py``,
+``Verifier.client_read``); a node told so by ``b + 1`` peers holds its own too.
 
 ``rw.space``: ``used`` is an int, the bytes of the node's store in use (``df`` on a mount;
 a client takes the ``(b + 1)``-th largest of ``N - t`` answers, so ``b`` liars cannot move
@@ -90,6 +95,7 @@ KIND_READ_PREV = "rw.read_prev"
 KIND_LIST = "rw.list"
 KIND_NOTIFY = "rw.notify"
 KIND_SPACE = "rw.space"
+KIND_HOLD = "rw.hold"
 #: Most entries one ``rw.notify`` may carry.
 MAX_NOTIFY = 512
 #: Most blocks one ``rw.list`` reply may carry (a request asking for more is malformed).
@@ -491,6 +497,17 @@ class Notify:
                 raise MessageError("entry with the zero timestamp")
             entries.append((BlockId(int.from_bytes(b, "big")), ts, st))
         return cls(tuple(entries))
+
+
+def hold_wire() -> dict[str, Any]:
+    """An ``rw.hold`` request."""
+    return {"v": RW_WIRE_VERSION}
+
+
+def parse_hold(msg: Any) -> None:
+    """Check an ``rw.hold`` request (it says nothing but that the sender holds)."""
+    if _field(msg, "v") != RW_WIRE_VERSION:
+        raise MessageError(f"wire version {msg['v']!r}, expected {RW_WIRE_VERSION}")
 
 
 def parse_space_reply(msg: Any) -> int:

@@ -50,6 +50,7 @@ KINDS = (
     "rw.list",
     "rw.notify",
     "rw.space",
+    "rw.hold",
     "no.such.kind",
 )
 
@@ -68,6 +69,7 @@ FIELDS = {
     "rw.list": ("after", "limit"),
     "rw.notify": ("v", "e"),
     "rw.space": ("v",),
+    "rw.hold": ("v",),
 }
 
 INTS = (0, 1, -1, 2**31, 2**32 - 1, 2**63 - 1, -(2**63), 2**64 - 1, 255, 65536)
