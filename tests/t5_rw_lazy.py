@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from rw_helpers import rw_cluster
 
 from bftfs import erasure
@@ -555,6 +556,7 @@ async def test_a_node_outside_a_readers_quorum_holds_when_b_plus_one_peers_do(
             await client.endpoint.call(cfg.node_ids[i], KIND_READ_LATEST, request)
             assert cl.nodes[i].verifier.progress["read_holds"] == 1
         await until(cl, outside, lambda: lone.progress["peer_holds"] > 0)
+        await trio.testing.wait_all_tasks_blocked()  # every holding node's sender has run
         assert all(cl.nodes[i].verifier.progress["holds_sent"] == 1 for i in range(outside))
         # As if the node had seen a read itself: verification waits for the stream's quiet.
         now = trio.current_time()
