@@ -161,9 +161,13 @@ def _ts(msg: Any, key: str) -> Timestamp:
         raise MessageError(f"field {key!r}: {e}") from None
 
 
-def _block(msg: Any) -> BlockId:
+def _check_version(msg: Any) -> None:
     if _field(msg, "v") != RW_WIRE_VERSION:
         raise MessageError(f"wire version {msg['v']!r}, expected {RW_WIRE_VERSION}")
+
+
+def _block(msg: Any) -> BlockId:
+    _check_version(msg)
     return BlockId(int.from_bytes(_bytes(msg, "b", size=BLOCK_ID_SIZE), "big"))
 
 
@@ -284,8 +288,7 @@ class ListRequest:
 
     @classmethod
     def from_wire(cls, msg: Any) -> ListRequest:
-        if _field(msg, "v") != RW_WIRE_VERSION:
-            raise MessageError(f"wire version {msg['v']!r}, expected {RW_WIRE_VERSION}")
+        _check_version(msg)
         after = None
         if _field(msg, "a") is not None:
             after = BlockId(int.from_bytes(_bytes(msg, "a", size=BLOCK_ID_SIZE), "big"))
@@ -475,8 +478,7 @@ class Notify:
 
     @classmethod
     def from_wire(cls, msg: Any) -> Notify:
-        if _field(msg, "v") != RW_WIRE_VERSION:
-            raise MessageError(f"wire version {msg['v']!r}, expected {RW_WIRE_VERSION}")
+        _check_version(msg)
         raw = _field(msg, "e")
         if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_NOTIFY:
             raise MessageError(f"entries are not a list of 1..{MAX_NOTIFY}")
@@ -506,8 +508,7 @@ def hold_wire() -> dict[str, Any]:
 
 def parse_hold(msg: Any) -> None:
     """Check an ``rw.hold`` request (it says nothing but that the sender holds)."""
-    if _field(msg, "v") != RW_WIRE_VERSION:
-        raise MessageError(f"wire version {msg['v']!r}, expected {RW_WIRE_VERSION}")
+    _check_version(msg)
 
 
 def parse_space_reply(msg: Any) -> int:
