@@ -86,6 +86,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  configuration: {localmod.config_path(cfg.home)}")
     if cfg.metrics.node_port is not None:
         print(f"  metrics: {_describe_metrics(cfg.metrics, cfg.n)} ([metrics] in cluster.toml)")
+    from bftfs.cli.keys import backup_notes
+
+    for line in backup_notes(cfg):
+        print(line)
     if getattr(args, "nodes", None):
         print(
             "  nodes on other machines: copy each its bundle "
