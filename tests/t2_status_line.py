@@ -22,8 +22,11 @@ from bftfs.testing.processes import ProcessCluster
 
 
 def run(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``bftfs ARGS`` in ``cwd`` with exactly the BFTFS_* variables of ``env``."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BFTFS_")}
+    """``bftfs ARGS`` in ``cwd`` with exactly the BFTFS_* variables of ``env`` (and a
+    ``HOME`` of its own, no ``XDG_CONFIG_HOME``: no per-user cluster is found)."""
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith("BFTFS_") and k != "XDG_CONFIG_HOME"
+    }
     return subprocess.run(
         [sys.executable, "-m", "bftfs", *args],
         cwd=cwd,
