@@ -9,6 +9,9 @@ when keyed, which is all a MAC needs (the seeds used HMAC-MD5; see spec H.10).
 A sealed cluster's file contents are encrypted by the mounts under a volume key no node
 holds (:class:`VolumeKey`, :func:`seal`, :func:`unseal`; docs/confidentiality.md).
 
+A backup of the private keys is sealed under a passphrase (:func:`seal_with_passphrase`:
+Argon2id, then ``SecretBox``; ``bftfs keys export``).
+
 This is the only module that imports nacl.
 """
 
@@ -18,6 +21,7 @@ import hashlib
 import hmac
 import os
 import stat
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,8 @@ try:  # libsodium through pynacl's own cffi module: sealing a block in place (se
 except ImportError:  # pragma: no cover - pynacl always ships it today
     _ffi = _lib = None
 from nacl.public import PrivateKey
+from nacl.pwhash import argon2id
+from nacl.secret import SecretBox
 from nacl.signing import SigningKey, VerifyKey
 
 from bftfs.buffers import unfilled
@@ -435,6 +441,63 @@ def unseal_in_place(key: bytes, sealed: bytearray, aad: bytes) -> bytearray:
     del sealed[len(sealed) - crypto_aead_aegis256_ABYTES :]
     del sealed[:npub]
     return sealed
+
+
+class PassphraseError(Exception):
+    """A passphrase-sealed archive cannot be opened: not one, a wrong passphrase, or
+    altered (the two last cannot be told apart, by design of an authenticated cipher)."""
+
+
+#: The first bytes of a passphrase-sealed archive (:func:`seal_with_passphrase`).
+PASSPHRASE_MAGIC = b"bftfs passphrase-sealed 1\n"
+_COSTS = struct.Struct(">QQ")  # Argon2id's opslimit and memlimit, as written
+
+
+def seal_with_passphrase(
+    passphrase: bytes,
+    data: bytes,
+    *,
+    opslimit: int = argon2id.OPSLIMIT_MODERATE,
+    memlimit: int = argon2id.MEMLIMIT_MODERATE,
+) -> bytes:
+    """``data`` sealed under a key stretched from ``passphrase`` (``bftfs keys export``):
+    Argon2id with a random salt and the given costs (libsodium's "moderate": about 1 s and
+    256 MiB, so each guess costs an attacker as much), then XSalsa20-Poly1305
+    (``SecretBox``, random nonce).  The header carries the salt and costs in the clear;
+    changing either derives another key, so the box's tag refuses it."""
+    salt = os.urandom(argon2id.SALTBYTES)
+    key = argon2id.kdf(SecretBox.KEY_SIZE, passphrase, salt, opslimit=opslimit, memlimit=memlimit)
+    header = PASSPHRASE_MAGIC + salt + _COSTS.pack(opslimit, memlimit)
+    return header + bytes(SecretBox(key).encrypt(data))
+
+
+def open_with_passphrase(passphrase: bytes, sealed: bytes) -> bytes:
+    """What :func:`seal_with_passphrase` sealed.
+
+    Raises:
+        PassphraseError: not such an archive, costs beyond libsodium's "sensitive" ones (a
+            crafted header must not make the reader spend gigabytes), a wrong passphrase,
+            or the archive altered.
+    """
+    if not sealed.startswith(PASSPHRASE_MAGIC):
+        raise PassphraseError("not a bftfs passphrase-sealed archive")
+    at = len(PASSPHRASE_MAGIC)
+    salt = sealed[at : at + argon2id.SALTBYTES]
+    at += argon2id.SALTBYTES
+    if len(sealed) < at + _COSTS.size + SecretBox.NONCE_SIZE + SecretBox.MACBYTES:
+        raise PassphraseError("the archive is truncated")
+    opslimit, memlimit = _COSTS.unpack_from(sealed, at)
+    at += _COSTS.size
+    if not (
+        argon2id.OPSLIMIT_MIN <= opslimit <= argon2id.OPSLIMIT_SENSITIVE
+        and argon2id.MEMLIMIT_MIN <= memlimit <= argon2id.MEMLIMIT_SENSITIVE
+    ):
+        raise PassphraseError("the archive's header is damaged (impossible Argon2id costs)")
+    key = argon2id.kdf(SecretBox.KEY_SIZE, passphrase, salt, opslimit=opslimit, memlimit=memlimit)
+    try:
+        return bytes(SecretBox(key).decrypt(sealed[at:]))
+    except CryptoError:
+        raise PassphraseError("wrong passphrase, or the archive was altered") from None
 
 
 def pairwise_key(me: Identity, peer_public: bytes) -> bytes:

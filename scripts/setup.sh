@@ -7,8 +7,10 @@
 #     tc: the network-namespace tests, t4_machines.py and t4_buffers_lossy.py);
 #   - python3-venv when the interpreter cannot make a virtualenv;
 #   - a virtualenv in .venv with pyfuse3 built with bftfs's lock patch
-#     (scripts/pyfuse3-locks.sh) and bftfs installed in editable mode with its fuse and test
-#     extras, byte-compiled.  Any failing step stops the script with its error (nothing is masked).
+#     (scripts/pyfuse3-locks.sh: the wheel cached per user, so a second clone installs it in
+#     seconds) and bftfs installed in editable mode with its fuse and test extras,
+#     byte-compiled.  Any failing step stops the script with its whole output (nothing is
+#     masked; a successful step's known warnings are not shown).
 # Called by `make up` / `make test` (benchmark tools: scripts/setup-bench.sh); safe to run
 # again (a stamp file skips the pip step when pyproject.toml has not changed).
 set -euo pipefail
@@ -43,15 +45,36 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.bftfs-installed
+
+# Run pip quietly: its output is kept, and shown whole if it fails (nothing is masked); on
+# success only what is worth reading, without pip's "WARNING: Location" lines and
+# setuptools' ten-line block about editable installs (harmless: bftfs runs `python -P`).
+quiet_pip() {
+    local log rc=0
+    log=$(mktemp)
+    .venv/bin/pip "$@" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        cat "$log" >&2
+        rm -f "$log"
+        return "$rc"
+    fi
+    awk '
+        /^WARNING: Location/ { next }
+        /BuildBackendWarning: Editable installation/ { skip = 1; bangs = 0; next }
+        skip == 1 { if ($0 ~ /^[[:space:]]*!![[:space:]]*$/ && ++bangs == 2) skip = 2; next }
+        skip == 2 { skip = 0; if ($0 ~ /WheelFile\(wheel_path/) next }
+        { print }' "$log"
+    rm -f "$log"
+}
+
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyfuse3-locks.patch -nt "$stamp" ]; then
-    echo "setup: installing bftfs and its fuse and test extras into .venv"
-    # (pip's exit status is the pipeline's: pipefail; the filter only drops a known warning)
-    .venv/bin/pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
-    .venv/bin/pip install -q -e '.[fuse,test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
-    # After bftfs and its dependencies (pyfuse3 imports trio): replaces the released
-    # pyfuse3 the line above installed with the patched build of the same version.
+    quiet_pip install -q --upgrade pip
+    # The patched pyfuse3 first (from the per-user wheel cache, else built and cached), so
+    # that the next line finds pyfuse3==3.5.0 installed and does not build the released one.
     scripts/pyfuse3-locks.sh
-    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3; assert pyfuse3.LOCKS_PATCH"
+    echo "setup: installing bftfs and its fuse and test extras into .venv"
+    quiet_pip install -q -e '.[fuse,test]'
+    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3; assert pyfuse3.LOCKS_PATCH >= 2"
     touch "$stamp"
 fi
 # Byte-compile the package (quietly, only what changed). An editable install does not, and

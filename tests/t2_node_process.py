@@ -26,14 +26,14 @@ def test_cli_init_up_status_down(tmp_path: Path) -> None:
             "up", "--dir", str(home), "--t", "1", "--b", "0", "--map-size", "64M", "--no-mount"
         ).stdout
         assert "created a cluster of 4 nodes" in out and "bftfs cluster up" in out
-        status = bftfs("status", "--dir", str(home))
+        status = bftfs("status", "-v", "--dir", str(home))
         assert status.returncode == 0 and status.stdout.count(" up ") == 4
         assert "unverified" in status.stdout and "verification off" not in status.stdout
         cfg = local.load_cluster(home)
         assert all(local.running_pid(s) for s in cfg.nodes)
         assert "stopped 4 node(s)" in bftfs("down", "--dir", str(home)).stdout
         assert not any(local.running_pid(s) for s in cfg.nodes)
-        status = bftfs("status", "--dir", str(home), check=False)
+        status = bftfs("status", "-v", "--dir", str(home), check=False)
         assert status.returncode == 2 and status.stdout.count(" down ") == 4  # unavailable
         log = (home / "node0" / "node.log").read_text()
         assert "SIGTERM received, shutting down" in log

@@ -64,7 +64,7 @@ def test_findings_against_a_lying_node_stand_until_cleared(tmp_path: Path) -> No
         assert mine is not None and mine["verify_rewritten"] == rewritten
         assert [findings_of(doc, i) for i in range(1, 6)] == [None] * 5
         assert any(p.startswith(f"node {LIAR}: bftfs verify rewrote") for p in doc["problems"])
-        text = bftfs(home, "status").stdout
+        text = bftfs(home, "status", "-v").stdout
         assert "findings of scrub and verification" in text and "DEGRADED" in text
 
         # Restarted nodes (node 0 honest from now on) still show what was found.

@@ -99,7 +99,7 @@ def test_six_nodes_grow_to_eleven_with_b_two_under_a_running_mount(tmp_path: Pat
                 shown = bftfs(home, "generation", "show")
                 assert shown.stdout.count("frozen (generation 1") == 6, shown.stdout
                 assert shown.stdout.count("active (generation 2") == 11, shown.stdout
-                status = bftfs_cli(home, "status", check=False, timeout=120.0).stdout
+                status = bftfs_cli(home, "status", "-v", check=False, timeout=120.0).stdout
                 assert "view 2, generation 2, moving from generation 1 (6 nodes" in status
                 assert "move: not run yet (`bftfs generation move`)" in status, status
                 # The mount opened in generation 1 goes on: reads, then changes.

@@ -256,7 +256,7 @@ def test_status_shows_mounts_faults_and_exit_codes(tmp_path: Path) -> None:
                 assert not any(doc["nodes"][i]["faults"].get("corrupt") for i in (0, 1, 3, 4, 5))
                 states = {m["mountpoint"]: m["state"] for m in doc["mounts"]}
                 assert states == {str(w.mountpoint): "alive", str(r.mountpoint): "alive"}
-                text = bftfs("status", "--config", str(config))
+                text = bftfs("status", "-v", "--config", str(config))
                 assert text.returncode == 1
                 assert "health: DEGRADED" in text.stdout and str(r.mountpoint) in text.stdout
                 row = next(

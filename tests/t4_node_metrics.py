@@ -101,7 +101,7 @@ def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -
         assert all(addresses) and len(set(addresses)) == cfg.n, addresses
         _, doc = status(home)
         assert [n["stats"]["metrics"] for n in doc["nodes"]] == addresses
-        text = run("status", "--dir", str(home)).stdout
+        text = run("status", "-v", "--dir", str(home)).stdout
         assert f"metrics (node address): 0 {addresses[0]}, 1 {addresses[1]}," in text
 
         with Mount(cfg, tmp_path / "m") as m:
@@ -221,7 +221,7 @@ def test_node_restart_and_up_take_a_metrics_port(tmp_path: Path) -> None:
         docs = [json.loads(line) for line in watched.stdout.splitlines()]
         assert len(docs) == 2 and docs[0]["time"] < docs[1]["time"]
         assert all(d["health"] == "healthy" for d in docs)
-        text = run("status", "--dir", str(home), "--watch", "0.1", "--count", "2").stdout
+        text = run("status", "-v", "--dir", str(home), "--watch", "0.1", "--count", "2").stdout
         assert text.count("health: HEALTHY") == 2
     finally:
         local.stop_nodes(local.load_cluster(home), kill=True)
@@ -248,7 +248,7 @@ def test_a_dead_mount_makes_status_exit_degraded_until_unmounted(tmp_path: Path)
             code, doc = status(home)
             assert (code, doc["health"]) == (1, "degraded"), doc["problems"]
             assert any(f"mount {mp}: its daemon is gone" in p for p in doc["problems"])
-            text = run("status", "--dir", str(home), check=False)
+            text = run("status", "-v", "--dir", str(home), check=False)
             assert text.returncode == 1 and "health: DEGRADED" in text.stdout
             run("umount", str(mp), "--dir", str(home))
             assert status(home)[0] == 0

@@ -300,7 +300,15 @@ def test_nodes_that_missed_a_view_learn_it_from_a_client_that_holds_it(tmp_path:
 
         trio.run(as_a_client_of_view_2)
         assert views_held(cfg) == dict.fromkeys(range(6), 2)
-        cmd = [sys.executable, "-m", "bftfs", "status", "--config", str(home / "cluster.toml")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bftfs",
+            "status",
+            "-v",
+            "--config",
+            str(home / "cluster.toml"),
+        ]
         status = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         assert "view 2 on every node that is up" in status.stdout, status.stdout
         erin = Identity.load(cfg.client("erin").id, cfg.client_key_path("erin"))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bftfs import local as localmod
+from bftfs.cli import discover
 from bftfs.cli.common import (
     QuietError,
     cluster_of,
@@ -35,6 +36,7 @@ from bftfs.ids import CLIENT_ID_BASE
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    args.dir = discover.home_to_create(args.dir)
     if args.force and localmod.config_path(args.dir).exists():
         # Replace means replace: the old cluster's mounts and nodes stop and its keys and
         # data go (new keys meeting old databases would be a cluster nobody can read).
@@ -84,6 +86,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  configuration: {localmod.config_path(cfg.home)}")
     if cfg.metrics.node_port is not None:
         print(f"  metrics: {_describe_metrics(cfg.metrics, cfg.n)} ([metrics] in cluster.toml)")
+    from bftfs.cli.keys import backup_notes
+
+    for line in backup_notes(cfg):
+        print(line)
     if getattr(args, "nodes", None):
         print(
             "  nodes on other machines: copy each its bundle "
@@ -191,7 +197,7 @@ INIT_DEFAULTS: dict[str, object] = {
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    home: Path = args.dir
+    home = args.dir = discover.home_to_create(args.dir)
     if not localmod.config_path(home).exists():
         cmd_init(argparse.Namespace(**{**vars(args), "force": False}))
     else:
@@ -294,7 +300,7 @@ def _warn_ephemeral_ports(cfg: ClusterConfig) -> None:
 def cmd_down(args: argparse.Namespace) -> int:
     from bftfs.fuse import control as mountmod
 
-    cfg = localmod.load_cluster(args.dir)
+    cfg, _ = cluster_of(args)
     for pid, mnt in mountmod.known_mounts(cfg):  # unmount first: flush while nodes are up
         killed = mountmod.unmount(mnt, pid=pid, notice=waiting_for_daemon)
         print(

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from bftfs import local as localmod
+from bftfs.cli import discover
 from bftfs.config import ClusterConfig
 
 EXIT_CONFIG = 3
@@ -61,13 +62,29 @@ def human(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def config_of(args: argparse.Namespace) -> Path:
+    """The ``cluster.toml`` of ``--config``, ``--dir``, or found without them by the rule
+    of :mod:`bftfs.cli.discover` (``$BFTFS_CONFIG``, ``$BFTFS_DIR``, the per-user and system
+    directories, ``./nodes``).
+
+    Raises:
+        localmod.ClusterError: no cluster there (exit 4); the message names every place
+            searched, in order.
+    """
+    try:
+        return discover.find_config(
+            dir=getattr(args, "dir", None), config=getattr(args, "config", None)
+        )
+    except discover.NotFound as e:
+        raise localmod.ClusterError(str(e)) from None
+
+
 def cluster_of(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
-    """The configuration named by ``--config``, or the one in ``--dir``."""
+    """The configuration :func:`config_of` finds, loaded, and its path."""
     from bftfs import config as cfgmod
 
-    if args.config is not None:
-        return cfgmod.load(args.config), args.config
-    return localmod.load_cluster(args.dir), localmod.config_path(args.dir)
+    path = config_of(args)
+    return cfgmod.load(path), path
 
 
 def waiting_for_daemon(pid: int) -> None:
@@ -81,9 +98,14 @@ def waiting_for_daemon(pid: int) -> None:
 
 
 def with_dir(sp: argparse.ArgumentParser) -> None:
-    """``--dir``: the local cluster's directory."""
+    """``--dir``: the cluster's directory (default: found as :mod:`bftfs.cli.discover`
+    says, which ``None`` here leaves to :func:`config_of`)."""
     sp.add_argument(
-        "--dir", type=Path, default=Path("nodes"), help="cluster directory (default: nodes)"
+        "--dir",
+        type=Path,
+        default=None,
+        help="cluster directory (default: $BFTFS_CONFIG, $BFTFS_DIR, ~/.config/bftfs, "
+        "/etc/bftfs, /var/lib/bftfs, ./nodes: the first holding cluster.toml)",
     )
 
 

@@ -18,7 +18,18 @@ import sys
 
 from bftfs import __version__
 from bftfs import local as localmod
-from bftfs.cli import cluster, generations, history, mounts, nodes, quorums, status, units, views
+from bftfs.cli import (
+    cluster,
+    generations,
+    history,
+    keys,
+    mounts,
+    nodes,
+    quorums,
+    status,
+    units,
+    views,
+)
 from bftfs.cli.common import EXIT_CLUSTER, EXIT_CONFIG, EXIT_HISTORY, EXIT_KEY, QuietError
 from bftfs.config import ConfigError
 from bftfs.crypto import KeyFileError
@@ -37,6 +48,7 @@ _COMMANDS = (
     views.add_view,
     generations.add_generation,
     cluster.add_rotate_key,
+    keys.add_keys,
     mounts.add_umount,
     nodes.add_node,
     quorums.add_quorums,

@@ -13,7 +13,14 @@ from typing import Any
 import trio
 
 from bftfs import local as localmod
-from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster, with_dir
+from bftfs.cli.common import (
+    EXIT_CLUSTER,
+    QuietError,
+    cluster_of,
+    config_of,
+    with_cluster,
+    with_dir,
+)
 from bftfs.cli.views import add_replace_options
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.logsetup import setup_logging
@@ -188,13 +195,13 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     if args.action is not None:
         return cmd_node_control(args)
-    if args.config is None or args.id is None:
+    if args.id is None:
         raise QuietError(
-            "bftfs node: give --config and --id to run a node in the foreground, or "
-            "stop|start|restart I for the local cluster",
+            "bftfs node: give --id (and --config, or let it be found) to run a node in the "
+            "foreground, or stop|start|restart I for the local cluster",
             2,
         )
-    cfg = cfgmod.load(args.config)
+    cfg = cfgmod.load(config_of(args))
     spec = cfg.node(args.id)
     setup_logging(log_file=args.log, debug_modules=args.debug_modules, quiet=args.quiet)
     faults = None
@@ -271,7 +278,9 @@ def add_node(sub: Any) -> None:
     )
     sp.add_argument("index", nargs="?", type=int, metavar="INDEX", help="the node's id")
     with_dir(sp)
-    sp.add_argument("--config", type=Path, help="cluster.toml (required to run a node)")
+    sp.add_argument(
+        "--config", type=Path, help="cluster.toml (to run a node; default: found as for --dir)"
+    )
     sp.add_argument("--id", type=int, help="this node's id (required to run a node)")
     sp.add_argument("--log", type=Path, help="log file (default: stderr)")
     sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.net")

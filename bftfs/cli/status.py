@@ -1,7 +1,8 @@
-"""``bftfs status``: the cluster's health (the exit code), each node and mount, the faults
-the mounts detected per node and what scrub and verification found against each; once, or
-again and again with ``--watch`` (a catch-up's rate and time left, as it goes).  The tables
-themselves are ``cli/statustables.py``."""
+"""``bftfs status``: the cluster's health (the exit code) in one line when healthy, else
+its problems; with ``-v`` each node and mount, the faults the mounts detected per node and
+what scrub and verification found against each; once, or again and again with ``--watch``
+(a catch-up's rate and time left, as it goes).  The tables themselves are
+``cli/statustables.py``, capacity (nearfull, full) ``cli/capacity.py``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import trio
 
 from bftfs import local as localmod
+from bftfs.cli import capacity
 from bftfs.cli import statustables as tables
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
 from bftfs.cli.statustables import (  # noqa: F401  (re-exported: tests, cli/cluster.py)
@@ -68,6 +70,8 @@ def cluster_health(
         problems.append(health.describe(node, standing))
     broken_mounts = _broken_mounts(mounts)
     problems += broken_mounts
+    filling = capacity.problems(fills(statuses))
+    problems += filling
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
     node_problems = (
@@ -78,9 +82,19 @@ def cluster_health(
     )
     # A mount whose daemon died answers "Transport endpoint is not connected" to every
     # program using it: the file system is not served there (issue 36: it did not count).
-    if node_problems or broken_mounts:
+    if node_problems or broken_mounts or filling:
         return STATUS_DEGRADED, "degraded", problems, faults
     return STATUS_HEALTHY, "healthy", problems, faults
+
+
+def fills(statuses: list[localmod.NodeStatus]) -> list[capacity.Fill]:
+    """How full each node that answered is, by what it reports (``cli/capacity.py``)."""
+    out = []
+    for s in statuses:
+        fill = capacity.fill_of(s.id, s.stats if s.up else None)
+        if fill is not None:
+            out.append(fill)
+    return out
 
 
 def _broken_mounts(mounts: list[dict]) -> list[str]:
@@ -157,6 +171,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     mounts = control.mount_statuses(cfg)
     record, findings = _findings(cfg, statuses, clear=clear)
     code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings)
+    capacities = {f.node: f for f in fills(statuses)}
     if args.json:
         doc = {
             "cluster": {
@@ -175,6 +190,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
                     **s.__dict__,
                     "faults": faults.get(s.id, {}),
                     "findings": findings[s.id].to_json() if s.id in findings else None,
+                    "capacity": capacities[s.id].to_json() if s.id in capacities else None,
                     "catch_up": {
                         name: pace.to_json()
                         for name, pace in catch_ups(
@@ -189,6 +205,13 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
         }
         print(json.dumps(doc, indent=None if args.watch else 2, default=str))
         return code
+    if not args.verbose:
+        print(summary(cfg, word, statuses, mounts))
+        for p in problems:
+            print(tables._fit(f"  - {p}", 4))
+        if problems:
+            print("  (bftfs status -v: every node and mount)")
+        return code
     print(f"cluster {cfg.home}: t={cfg.t} b={cfg.b} n={cfg.n} QC={cfg.qc} m={cfg.m}")
     print(f"view {view.number}, generation {view.generation}{_moving(view)}")
     if view.previous is not None:
@@ -199,10 +222,24 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     for p in problems:
         print(tables._fit(f"  - {p}", 4))
     tables.print_nodes(statuses)
+    tables.print_capacity(list(capacities.values()))
     tables.print_limits(statuses, cfg.client_names())
     tables.print_mounts(mounts, faults, cfg)
     tables.print_findings(cfg, record, findings, statuses)
     return code
+
+
+def summary(
+    cfg: ClusterConfig, word: str, statuses: list[localmod.NodeStatus], mounts: list[dict]
+) -> str:
+    """The one line ``bftfs status`` prints (``zpool status -x``'s "all pools are healthy"):
+    ``cluster HOME: healthy (6/6 nodes up, 1 mount)``; the word upper-cased when not
+    healthy, so that it stands out above the problems."""
+    up = sum(1 for s in statuses if s.up)
+    serving = sum(1 for m in mounts if m.get("state") not in ("dead", "unresponsive"))
+    shown = word if word == "healthy" else word.upper()
+    noun = "mount" if serving == 1 else "mounts"
+    return f"cluster {cfg.home}: {shown} ({up}/{len(statuses)} nodes up, {serving} {noun})"
 
 
 def _moving(view: Any) -> str:
@@ -248,6 +285,13 @@ def add_status(sub: Any) -> None:
         "the faults the mounts detected per node",
     )
     with_cluster(sp)
+    sp.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="every node, mount and finding in tables (default: one line when healthy, "
+        "else the problems)",
+    )
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument(
         "--clear",

@@ -170,6 +170,17 @@ def print_nodes(statuses: list[localmod.NodeStatus]) -> None:
     _print_verification(statuses)
 
 
+def print_capacity(fills: list[Any]) -> None:
+    """Each answering node's map and disk use (``cli/capacity.py``: nearfull at 85%, full
+    at 95%), on one wrapped line: ``0 map 3% disk 41%``."""
+    items = []
+    for f in fills:
+        disk = "-" if f.disk_fraction is None else f"{f.disk_fraction:.0%}"
+        items.append(f"{f.node} map {f.map_fraction:.0%} disk {disk}")
+    if items:
+        print(_wrap_items("  capacity (used): ", items, ", ", 4))
+
+
 def view_line(statuses: list[localmod.NodeStatus]) -> str:
     """The views the nodes that are up hold (docs/membership.md): one number when they
     agree, each node's when a node is behind (it fetches the newer one from a peer)."""
