@@ -1,35 +1,66 @@
-"""Large object states stored once per distinct part (content-addressed blobs).
+"""Object states stored as content-addressed parts, so a version costs what its update
+changed (issues 34 and 60).
 
 A node keeps every Q/U object version (the version history depends on it), and a method's
-new state is a whole value: a directory of 5000 names is about 165 KB of entry buckets, and
-each create or unlink used to store all of it again, so storage grew with the square of a
-directory's size.  Most of such a state is byte strings the update did not touch (the other
-buckets of :mod:`bftfs.fsobjects.dirents`, an inline file's content under a chmod).  This module
-splits a large state into a *skeleton* - its bytes with each large byte string replaced
-by a reference to the string's hash - and the byte strings themselves, which the store
-keeps once, by hash, with a reference count (:mod:`bftfs.qu.schema`).  An update of one
-bucket then costs the skeleton (about 2.5 KB) and one new bucket.
+new state is a whole value.  Stored whole, every update of an object would cost - and be
+charged to its sender - the object's full size: a create in a directory of 5000 names
+about 165 KB of entry buckets, and (issue 60) a create in a root where another client put
+70 extended attributes of 900 bytes 69 KiB instead of 7 KiB, a lock/unlock pair on a file
+where another client holds 255 read locks 17-21 KiB instead of 4.7.  One client's bytes
+in a shared object spent another client's quota.
 
-Splitting is a storage matter only: what a version *is* stays its canonical bytes.  A
-skeleton is the state's own bytes with each large byte string cut out and a reference put
-in its place, so :func:`join` is a concatenation that gives back exactly those bytes (no
-re-encoding, nothing to trust about the encoder).  Only byte strings at the top level of a
-map state and one map level down are looked for: that is where object types keep bulk data
-(directory buckets, inline file content), and a bounded walk keeps splitting cheap.
+This module splits a state into a *skeleton* and *parts*.  It walks the state's msgpack
+structure (:data:`MAX_DEPTH` levels): a byte or text string of at least :data:`BLOB_MIN`
+bytes is a part of its own (its payload, so the part's hash is the string's, as before);
+the elements of a map or array (a map's key and value together) below
+:data:`PART_TARGET` bytes are grouped into runs that end where an element's own hash says
+so (content-defined, on average every ``PART_TARGET`` bytes), and each run of at least
+:data:`PART_MIN` bytes is a part; a larger element is walked in turn.  What is left - the
+containers' headers, the keys of large values, short runs - stays in the skeleton with a
+reference to the hash of each part.  The store keeps each part once by hash, with a
+reference count (:mod:`bftfs.qu.schema`), charged to the request that stored it first.
+
+Because a run ends where its own last element says (never at a count or a position), an
+update that adds, changes or removes one element changes the one run holding it (and
+may join it with or split it from a neighbour); every other run is the same bytes with
+the same hash, already stored: the new version costs its skeleton (about 35 bytes per
+part) and the runs it touched (about ``PART_TARGET`` each), whatever others keep in the
+object.  A client that picks the elements it adds (names, lock owners) can make its own
+run long; an update of another client inside that run pays for it (docs/threat-model.md).
+
+Splitting is a storage matter only: what a version *is* stays its canonical bytes.  The
+pieces are the state's own bytes, re-encoded element by element and checked, so
+:func:`join` is a concatenation that gives back exactly those bytes (a state whose pieces
+would not give it back - not canonical - is stored whole).  A skeleton is
+``[literal, hash, literal, ..., literal]``: the format records written by the first
+splitter (large byte strings only, :data:`SPLIT_VERSION` 1) also use, so both read alike.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-#: States shorter than this are stored whole (splitting would cost more than it saves).
-SPLIT_MIN = 8 * 1024
-#: Byte strings at least this long are stored as blobs.
+#: Which splitter a stored skeleton came from (``"sk"`` of a version record,
+#: ``qu/schema.py``): 1 (stored as ``true``) cut large byte strings at the top two levels
+#: of a map; 2 cuts parts as above.  Both are read by :func:`join`.
+SPLIT_VERSION = 2
+#: States shorter than this are stored whole (what another client's update of a state
+#: this small pays for others' bytes in it is at most this).
+SPLIT_MIN = 2 * 1024
+#: Byte strings at least this long are parts of their own.
 BLOB_MIN = 1024
+#: The average size of a run of small elements; an element this long is walked alone.
+PART_TARGET = 1024
+#: Runs shorter than this stay in the skeleton (a reference would cost about as much).
+PART_MIN = 128
+#: Levels of containers walked into (a state's map, a map in it, the strings or
+#: entries in that, one more for a map nested there).
+MAX_DEPTH = 4
 HASH_SIZE = 32
 
 
@@ -44,48 +75,113 @@ def blob_hash(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _large(value: Any) -> list[bytes]:
-    """The large byte strings of a state's value, in encoding order."""
-    out: list[bytes] = []
-    if not isinstance(value, dict):
-        return out
-    for v in value.values():
-        for x in v.values() if isinstance(v, dict) else (v,):
-            if isinstance(x, bytes) and len(x) >= BLOB_MIN:
-                out.append(x)
-    return out
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _header(code16: int, fix: int, n: int) -> bytes:
+    """The msgpack header of a map (``0x80``, ``0xde``) or array (``0x90``, ``0xdc``) of
+    ``n`` elements, as msgpack writes it (the smallest form)."""
+    if n < 16:
+        return bytes((fix | n,))
+    if n < 1 << 16:
+        return bytes((code16,)) + n.to_bytes(2, "big")
+    return bytes((code16 + 1,)) + n.to_bytes(4, "big")
+
+
+def ends_run(element: bytes) -> bool:
+    """Whether a run of small elements ends after ``element``: with probability
+    ``len / PART_TARGET``, decided by the element's own bytes (CRC-32: cheap, the same on
+    every node), so runs are about ``PART_TARGET`` bytes and their ends move with the
+    elements, not with positions."""
+    return zlib.crc32(element) * PART_TARGET < len(element) << 32
+
+
+class _Splitter:
+    """Collects a state's pieces: literal bytes (merged) and parts."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.literal: list[bytes] = []
+        self.refs: list[bytes] = []
+        self.data: dict[bytes, bytes] = {}
+
+    def keep(self, raw: bytes) -> None:
+        if raw:
+            self.literal.append(raw)
+
+    def cut(self, part: bytes) -> None:
+        h = blob_hash(part)
+        self.pieces += [b"".join(self.literal), h]
+        self.literal = []
+        self.refs.append(h)
+        self.data[h] = part
+
+    def run(self, elements: list[bytes], size: int) -> None:
+        if size >= PART_MIN:
+            self.cut(b"".join(elements))
+        else:
+            self.literal += elements
+
+    def walk(self, value: Any, raw: bytes, depth: int) -> None:
+        """The pieces of ``value``, whose encoding is ``raw``."""
+        if isinstance(value, (bytes, str)):
+            payload = value if isinstance(value, bytes) else value.encode()
+            if len(payload) >= BLOB_MIN:
+                self.keep(raw[: len(raw) - len(payload)])
+                self.cut(payload)
+            else:
+                self.keep(raw)
+            return
+        if depth >= MAX_DEPTH or not isinstance(value, (dict, list)):
+            self.run([raw], len(raw))  # too deep to walk: a part of its own if not tiny
+            return
+        if isinstance(value, dict):
+            self.keep(_header(0xDE, 0x80, len(value)))
+            items = [(_pack(k), _pack(v), v) for k, v in value.items()]
+        else:
+            self.keep(_header(0xDC, 0x90, len(value)))
+            items = [(b"", _pack(v), v) for v in value]
+        run: list[bytes] = []
+        size = 0
+        for key, enc, v in items:
+            if len(key) + len(enc) >= PART_TARGET:
+                self.run(run, size)
+                run, size = [], 0
+                self.keep(key)
+                self.walk(v, enc, depth + 1)
+                continue
+            element = key + enc
+            run.append(element)
+            size += len(element)
+            if ends_run(element):
+                self.run(run, size)
+                run, size = [], 0
+        self.run(run, size)
 
 
 def split(state: bytes) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
-    """``(skeleton, references in order, blobs by hash)`` of a large map state, or None
-    when it is not worth splitting (small, not a map, no large byte strings)."""
+    """``(skeleton, references in order, parts by hash)`` of a state, or None when it is
+    stored whole (small, not canonical msgpack, nothing worth a part)."""
     if len(state) < SPLIT_MIN:
         return None
     try:
         value = msgpack.unpackb(state, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.ExtraData):
         return None
-    pieces: list[Any] = []
-    refs: list[bytes] = []
-    data: dict[bytes, bytes] = {}
-    pos = 0
-    for blob in _large(value):
-        at = state.find(blob[:64], pos)  # a short needle finds it faster...
-        if at < 0 or state[at : at + len(blob)] != blob:  # ...then check the whole
-            at = state.find(blob, pos)
-        if at < 0:  # cannot happen for a value unpacked from these bytes
-            return None
-        # The cut-out bytes equal the blob wherever find matched, so joining gives back
-        # ``state`` exactly.
-        h = blob_hash(blob)
-        pieces += [state[pos:at], h]
-        refs.append(h)
-        data[h] = blob
-        pos = at + len(blob)
-    if not refs:
+    s = _Splitter()
+    try:
+        s.walk(value, state, 0)
+    except (ValueError, TypeError, OverflowError):
         return None
-    pieces.append(state[pos:])
-    return msgpack.packb(pieces, use_bin_type=True), refs, data  # [bytes, hash, ..., bytes]
+    if not s.refs:
+        return None
+    s.pieces.append(b"".join(s.literal))
+    pieces = s.pieces
+    whole = b"".join(p if i % 2 == 0 else s.data[p] for i, p in enumerate(pieces))
+    if whole != state:  # not msgpack's own encoding of its value: stored whole
+        return None
+    return msgpack.packb(pieces, use_bin_type=True), s.refs, s.data  # [bytes, hash, ..., bytes]
 
 
 def _pieces(skeleton: bytes) -> list[bytes]:

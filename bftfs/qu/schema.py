@@ -9,7 +9,8 @@ Named databases (LMDB creates them on demand; :class:`bftfs.kv.MemoryKV` in test
                                         "o": [oid...]}       one object version per timestamp
     qu.req    lt (49)                  request body           what made the candidate (for
                                                               inline repair by other clients)
-    qu.blob   hash (32)                bytes                  large byte strings of states,
+    qu.blob   hash (32)                bytes                  the parts of states (long
+                                                              strings, runs of elements),
                                                               stored once
     qu.bref   hash (32)                count (4, BE)          references to each blob
     qu.charge tag (1) || record key    owner (8) || size (8)  who each record is charged to
@@ -29,9 +30,14 @@ the ``owner`` (the request's authenticated sender).  A blob and its count are ch
 request that first stored it; later references change the count, not the charge (a count
 is always 4 bytes).
 
-A large state (``bftfs.qu.blobs``) is stored as a skeleton (``"s"``, with ``"sk": true``)
-whose large byte strings are references into ``qu.blob``; each reference holds one count,
-so deleting or overwriting a version frees what no other version uses.
+A state of :data:`bftfs.qu.blobs.SPLIT_MIN` bytes or more is stored as a skeleton (``"s"``,
+with ``"sk"``: the splitter's version, ``true`` for 1) whose parts - its long strings and
+content-defined runs of its containers' elements - are references into ``qu.blob``; each
+reference holds one count, so deleting or overwriting a version frees what no other
+version uses.  A version therefore costs its skeleton and the parts no stored version had:
+what its update changed, not the bytes other clients keep in the object (issue 60).
+Records of either splitter version read alike (one skeleton format), so a store written
+before version 2 needs no conversion; its old parts stay until their versions go.
 
 Keys are big-endian and timestamps order-preserving, so the versions of one object are one
 contiguous key range in logical-time order: "version at LT" is a get and version history is
@@ -176,7 +182,7 @@ class Version:
         if self.stored_ns:
             record["w"] = self.stored_ns
         if skeleton is not None:
-            record["sk"] = True
+            record["sk"] = blobs.SPLIT_VERSION
         return pack(record)
 
     @classmethod
@@ -305,8 +311,10 @@ def store_version(kv: KV, oid: int, v: Version, owner: int | None = None) -> Non
     """Write a version (overwrites; callers only overwrite SYNCED with accepted ones),
     charged to ``owner``.
 
-    A large state is stored split (:mod:`bftfs.qu.blobs`): its skeleton here, its large
-    byte strings in ``qu.blob`` with one count per reference.
+    A state of ``blobs.SPLIT_MIN`` bytes or more is stored split (:mod:`bftfs.qu.blobs`):
+    its skeleton here, its parts in ``qu.blob`` with one count per reference; a part
+    already stored (by any version, any sender) only gains a count, so ``owner`` is
+    charged for the skeleton and the parts this version is the first to use.
     """
     key = ver_key(oid, v.lt)
     old = kv.get(DB_VER, key)
