@@ -4,9 +4,12 @@ version store of bftfs.qu.schema), on the in-memory store."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bftfs import fsobjects as obj
 from bftfs.fsobjects import dirents as E
@@ -52,9 +55,11 @@ def test_split_and_join_give_back_the_exact_canonical_state() -> None:
         blobs.join(skeleton, lambda h: None)
 
 
-def test_small_or_non_map_states_are_stored_whole_any_map_splits_exactly() -> None:
+def test_small_or_non_msgpack_states_are_stored_whole_any_value_splits_exactly() -> None:
     assert blobs.split(canonical(_dir_state(random.Random(2), 20))) is None
-    assert blobs.split(canonical([b"x" * 20000])) is None
+    assert blobs.split(b"\xc1" * 5000) is None  # not msgpack
+    assert blobs.split(canonical(b"x" * 5000) + b"\x01") is None  # trailing bytes
+    assert blobs.split(canonical([b"x" * 20000])[:-1]) is None  # cut short
     same = b"y" * 5000
     # Not canonical (keys unsorted), and two equal blobs: still joined back byte for byte.
     raw = msgpack.packb({"z": b"x" * 20000, "a": 1, "m": {"p": same, "q": same}})
@@ -63,6 +68,182 @@ def test_small_or_non_map_states_are_stored_whole_any_map_splits_exactly() -> No
     skeleton, refs, data = parts
     assert len(refs) == 3 and len(data) == 2
     assert blobs.join(skeleton, data.get) == raw
+    # A long byte string is one part whatever holds it: its hash is the string's.
+    parts = blobs.split(canonical([b"x" * 20000]))
+    assert parts is not None and parts[1] == [blobs.blob_hash(b"x" * 20000)]
+
+
+#: msgpack values as object states hold them (no floats).
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.binary(max_size=1500)
+    | st.text(max_size=300),
+    lambda inner: (
+        st.lists(inner, max_size=40)
+        | st.dictionaries(st.binary(max_size=12) | st.integers(0, 200), inner, max_size=40)
+    ),
+    max_leaves=400,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_VALUES, st.binary(min_size=blobs.SPLIT_MIN, max_size=blobs.SPLIT_MIN + 10))
+def test_every_value_joins_back_exactly(value: Any, pad: bytes) -> None:
+    for state in (canonical(value), canonical([value, pad]), canonical({"x": value, "p": pad})):
+        parts = blobs.split(state)
+        if parts is None:
+            continue
+        skeleton, refs, data = parts
+        assert blobs.references(skeleton) == refs and set(refs) == set(data)
+        assert blobs.join(skeleton, data.get) == state
+        assert all(blobs.blob_hash(d) == h for h, d in data.items())
+
+
+def _lock_state(entries: list[list[int]]) -> bytes:
+    return canonical({"k": "l", "h": sorted(entries)})
+
+
+def _stored(kv: MemoryKV, oid: int, i: int, state: bytes, owner: int) -> int:
+    """What storing ``state`` as version ``i`` of ``oid`` charged ``owner``."""
+    before = schema.usage_of(kv, owner)
+    v = schema.Version(_lt(i), "method", state, b"\x80", _lt(i - 1), None, True, (oid,))
+    schema.store_version(kv, oid, v, owner)
+    return schema.usage_of(kv, owner) - before
+
+
+A, B = 10, 11
+
+
+def test_one_clients_locks_are_not_charged_again_to_another_clients_lock() -> None:
+    """255 read locks of client A on a lock object (8.5 KB), then B's lock/unlock pairs:
+    each of B's versions is charged its skeleton and the one run its entry lands in,
+    not A's entries again (issue 60: 8.5 KB a version when stored whole)."""
+    rng = random.Random(60)
+    mount = rng.randrange(1 << 63)
+    mine = [
+        [A, mount, 0, 1000 + k, 2 * k + 2, 2 * k + 2, 1, rng.randrange(1 << 63)] for k in range(255)
+    ]
+    kv = MemoryKV()
+    oid, i = 7, 0
+    for k in range(1, len(mine) + 1):
+        i += 1
+        _stored(kv, oid, i, _lock_state(mine[:k]), A)
+    whole = len(_lock_state(mine))
+    assert whole > 7000
+    costs = []
+    for n in range(20):
+        theirs = [B, 5, 0, 7, 0, 0, 1, NOW + n]
+        i += 1
+        costs.append(_stored(kv, oid, i, _lock_state([*mine, theirs]), B))
+        i += 1
+        costs.append(_stored(kv, oid, i, _lock_state(mine), B))
+    # A version record (key, skeleton, fields) and at most a few runs of ~1 KiB.
+    assert max(costs) < 3 * blobs.PART_TARGET + 700, costs
+    assert sum(costs) / len(costs) < whole / 5, costs
+
+
+def test_one_clients_xattrs_are_not_charged_again_to_another_clients_creates() -> None:
+    """70 xattrs of 900 bytes (A) on a directory, then B's creates in it: each of B's
+    versions costs about its skeleton and the bucket it changed (issue 60: 63 KB each)."""
+    d = obj.new_dir(obj.ROOT, 0o755, 0, 0, NOW)
+    d["x"] = {b"user.big%02d" % k: bytes([k]) * 900 for k in range(70)}
+    kv = MemoryKV()
+    oid = 1
+    _stored(kv, oid, 0, canonical(d), A)
+    whole = len(canonical(d))
+    costs = []
+    for n in range(30):
+        ents = E.Entries(d["e"])
+        ents[b"file-%d" % n] = [n + 2, 8]
+        d = dict(d, e=ents.packed(), v=n + 1, ct=NOW + n, mt=NOW + n)
+        costs.append(_stored(kv, oid, n + 1, canonical(d), B))
+    assert whole > 60_000
+    assert max(costs) < 4500, costs  # the skeleton (~2.4 KB for 66 parts) and a run
+
+
+def test_history_of_shared_parts_is_collected_in_any_order() -> None:
+    """Versions of several writers sharing parts, deleted in a random order: every
+    version reads back until deleted, and the last deletion leaves no part, no count and
+    no charge (reference counts, not reachability from the newest)."""
+    rng = random.Random(61)
+    kv = MemoryKV()
+    oid = 9
+    entries = [[A, 1, 0, k, k, k, 1, NOW] for k in range(200)]
+    states = []
+    for i in range(40):
+        entries[rng.randrange(len(entries))][7] += 1  # one entry renewed
+        if i % 3 == 0:
+            entries.append([B, 2, 0, 1000 + i, i, i, 2, NOW])
+        state = _lock_state(entries)
+        states.append(state)
+        big = canonical({A: [1, [[k, b"z" * 20] for k in range(100)]], B: [i, None]})
+        v = schema.Version(_lt(i), "method", state, big, None, None, True, (oid,))
+        schema.store_version(kv, oid, v, (A, B)[i % 2])
+    order = list(range(40))
+    rng.shuffle(order)
+    for n, i in enumerate(order):
+        v = schema.load_version(kv, oid, _lt(i))
+        assert v is not None and v.state == states[i]
+        schema.delete_version(kv, oid, v)
+        for j in order[n + 1 :]:
+            got = schema.load_version(kv, oid, _lt(j))
+            assert got is not None and got.state == states[j]
+    assert list(kv.scan(schema.DB_BLOB, b"", b"\xff" * 33)) == []
+    assert list(kv.scan(schema.DB_BREF, b"", b"\xff" * 33)) == []
+    assert schema.audit(kv) == ({}, 0, 0)
+
+
+def test_a_large_applied_table_is_stored_in_parts_too() -> None:
+    """The applied table holds each client's last answer: one client's long answer is
+    stored once, not again in every version another client makes."""
+    kv = MemoryKV()
+    table = {A: [5, [[k, b"answer"] for k in range(300)]], B: [1, None]}
+    state = canonical({"k": "l", "h": []})
+    for i in range(10):
+        table[B] = [i + 1, None]
+        v = schema.Version(_lt(i), "method", state, canonical(table), None, None, True, (3,))
+        charged = _stored_version(kv, 3, v, B)
+        if i:
+            assert charged < 1200, charged
+        got = schema.load_version(kv, 3, _lt(i))
+        assert got is not None and got.applied == canonical(table)
+    assert len(canonical(table)) > 3000
+
+
+def _stored_version(kv: MemoryKV, oid: int, v: schema.Version, owner: int) -> int:
+    before = schema.usage_of(kv, owner)
+    schema.store_version(kv, oid, v, owner)
+    return schema.usage_of(kv, owner) - before
+
+
+def test_records_of_the_first_splitter_read_and_share_with_new_ones() -> None:
+    """A store written before splitter version 2 (``"sk": true``, long byte strings cut
+    at the top two levels of a map) needs no conversion: its records read as before, a
+    new version shares its strings (same hashes), and deleting the old one keeps them."""
+    kv = MemoryKV()
+    long = b"q" * 5000
+    state = canonical({"a": 1, "i": long})
+    at = state.index(long)
+    h = blobs.blob_hash(long)
+    skeleton = msgpack.packb([state[:at], h, state[at + len(long) :]], use_bin_type=True)
+    old = schema.Version(_lt(0), "method", state, b"\x80", None, None, True, (4,))
+    record = msgpack.unpackb(old.encode(skeleton), raw=False)
+    record["sk"] = True
+    kv.put(schema.DB_VER, schema.ver_key(4, _lt(0)), canonical(record))
+    kv.put(schema.DB_BLOB, h, long)
+    kv.put(schema.DB_BREF, h, (1).to_bytes(4, "big"))
+    got = schema.load_version(kv, 4, _lt(0))
+    assert got is not None and got.state == state
+    new = schema.Version(_lt(1), "method", state, b"\x80", _lt(0), None, True, (4,))
+    schema.store_version(kv, 4, new)
+    assert kv.get(schema.DB_BREF, h) == (2).to_bytes(4, "big")
+    schema.delete_version(kv, 4, got)
+    again = schema.load_version(kv, 4, _lt(1))
+    assert again is not None and again.state == state
+    schema.delete_version(kv, 4, again)
+    assert kv.get(schema.DB_BLOB, h) is None and kv.get(schema.DB_BREF, h) is None
 
 
 def test_versions_of_a_growing_directory_share_their_unchanged_buckets() -> None:

@@ -29,9 +29,9 @@ object.  A client that picks the elements it adds (names, lock owners) can make 
 run long; an update of another client inside that run pays for it (docs/threat-model.md).
 
 Splitting is a storage matter only: what a version *is* stays its canonical bytes.  The
-pieces are the state's own bytes, re-encoded element by element and checked, so
-:func:`join` is a concatenation that gives back exactly those bytes (a state whose pieces
-would not give it back - not canonical - is stored whole).  A skeleton is
+pieces are slices of the state's own bytes (element boundaries found by msgpack's skipping,
+nothing decoded or re-encoded), so :func:`join` is a concatenation that gives back exactly
+those bytes (a state that is not one msgpack value is stored whole).  A skeleton is
 ``[literal, hash, literal, ..., literal]``: the format records written by the first
 splitter (large byte strings only, :data:`SPLIT_VERSION` 1) also use, so both read alike.
 """
@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Callable
-from typing import Any
 
 import msgpack
 
@@ -75,21 +74,46 @@ def blob_hash(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+#: The msgpack type bytes of strings (``str`` and ``bin``) and containers with a length
+#: field after them: ``type -> (kind, header length)``.  Fixed-size forms (the length in
+#: the type byte) are handled in :func:`_head`.
+_SIZED = {
+    0xD9: ("s", 2),
+    0xDA: ("s", 3),
+    0xDB: ("s", 5),
+    0xC4: ("s", 2),
+    0xC5: ("s", 3),
+    0xC6: ("s", 5),
+    0xDC: ("a", 3),
+    0xDD: ("a", 5),
+    0xDE: ("m", 3),
+    0xDF: ("m", 5),
+}
 
 
-def _header(code16: int, fix: int, n: int) -> bytes:
-    """The msgpack header of a map (``0x80``, ``0xde``) or array (``0x90``, ``0xdc``) of
-    ``n`` elements, as msgpack writes it (the smallest form)."""
-    if n < 16:
-        return bytes((fix | n,))
-    if n < 1 << 16:
-        return bytes((code16,)) + n.to_bytes(2, "big")
-    return bytes((code16 + 1,)) + n.to_bytes(4, "big")
+#: The longest msgpack scalar (a 64-bit integer: type byte and 8 bytes).
+_SCALAR_MAX = 9
 
 
-def ends_run(element: bytes) -> bool:
+def _head(raw: memoryview) -> tuple[str, int, int]:
+    """``(kind, header length, n)`` of the msgpack value at the start of ``raw``: kind
+    ``"m"`` (a map of ``n`` pairs), ``"a"`` (an array of ``n``), ``"s"`` (a string or
+    byte string of ``n`` bytes) or ``""`` (anything else)."""
+    t = raw[0]
+    if 0x80 <= t <= 0x8F:
+        return "m", 1, t & 0x0F
+    if 0x90 <= t <= 0x9F:
+        return "a", 1, t & 0x0F
+    if 0xA0 <= t <= 0xBF:
+        return "s", 1, t & 0x1F
+    got = _SIZED.get(t)
+    if got is None:
+        return "", 0, 0
+    kind, size = got
+    return kind, size, int.from_bytes(raw[1:size], "big")
+
+
+def ends_run(element: bytes | memoryview) -> bool:
     """Whether a run of small elements ends after ``element``: with probability
     ``len / PART_TARGET``, decided by the element's own bytes (CRC-32: cheap, the same on
     every node), so runs are about ``PART_TARGET`` bytes and their ends move with the
@@ -98,7 +122,9 @@ def ends_run(element: bytes) -> bool:
 
 
 class _Splitter:
-    """Collects a state's pieces: literal bytes (merged) and parts."""
+    """Collects a state's pieces: literal bytes (merged) and parts.  It reads the state's
+    bytes in place - element boundaries from msgpack's own skipping, never a decode and
+    re-encode - so every piece is a slice of the state and they join back to it."""
 
     def __init__(self) -> None:
         self.pieces: list[bytes] = []
@@ -106,82 +132,88 @@ class _Splitter:
         self.refs: list[bytes] = []
         self.data: dict[bytes, bytes] = {}
 
-    def keep(self, raw: bytes) -> None:
+    def keep(self, raw: memoryview) -> None:
         if raw:
-            self.literal.append(raw)
+            self.literal.append(bytes(raw))
 
-    def cut(self, part: bytes) -> None:
+    def cut(self, raw: memoryview) -> None:
+        part = bytes(raw)
         h = blob_hash(part)
         self.pieces += [b"".join(self.literal), h]
         self.literal = []
         self.refs.append(h)
         self.data[h] = part
 
-    def run(self, elements: list[bytes], size: int) -> None:
-        if size >= PART_MIN:
-            self.cut(b"".join(elements))
+    def run(self, raw: memoryview) -> None:
+        """A run of elements (or one value not walked): a part unless it is short."""
+        if len(raw) >= PART_MIN:
+            self.cut(raw)
         else:
-            self.literal += elements
+            self.keep(raw)
 
-    def walk(self, value: Any, raw: bytes, depth: int) -> None:
-        """The pieces of ``value``, whose encoding is ``raw``."""
-        if isinstance(value, (bytes, str)):
-            payload = value if isinstance(value, bytes) else value.encode()
-            if len(payload) >= BLOB_MIN:
-                self.keep(raw[: len(raw) - len(payload)])
-                self.cut(payload)
+    def walk(self, raw: memoryview, depth: int) -> None:
+        """The pieces of the one msgpack value ``raw`` holds.
+
+        Raises:
+            ValueError, msgpack.UnpackException: ``raw`` is not one msgpack value.
+        """
+        kind, size, n = _head(raw)
+        if kind == "s":
+            if size + n != len(raw):
+                raise ValueError("string length")
+            if n >= BLOB_MIN:
+                self.keep(raw[:size])
+                self.cut(raw[size:])
             else:
                 self.keep(raw)
             return
-        if depth >= MAX_DEPTH or not isinstance(value, (dict, list)):
-            self.run([raw], len(raw))  # too deep to walk: a part of its own if not tiny
+        if not kind:
+            if len(raw) > _SCALAR_MAX:  # an extension type or garbage: no state holds one
+                raise ValueError("not a state value")
+            self.keep(raw)
             return
-        if isinstance(value, dict):
-            self.keep(_header(0xDE, 0x80, len(value)))
-            items = [(_pack(k), _pack(v), v) for k, v in value.items()]
-        else:
-            self.keep(_header(0xDC, 0x90, len(value)))
-            items = [(b"", _pack(v), v) for v in value]
-        run: list[bytes] = []
-        size = 0
-        for key, enc, v in items:
-            if len(key) + len(enc) >= PART_TARGET:
-                self.run(run, size)
-                run, size = [], 0
-                self.keep(key)
-                self.walk(v, enc, depth + 1)
-                continue
-            element = key + enc
-            run.append(element)
-            size += len(element)
-            if ends_run(element):
-                self.run(run, size)
-                run, size = [], 0
-        self.run(run, size)
+        if depth >= MAX_DEPTH:
+            self.run(raw)  # too deep to walk: a part of its own if not tiny
+            return
+        self.keep(raw[:size])
+        up = msgpack.Unpacker(max_buffer_size=len(raw))
+        up.feed(raw[size:])
+        pos = start = size  # the end of the last element; the start of the current run
+        for _ in range(n):
+            mid = pos
+            if kind == "m":
+                up.skip()
+                mid = size + up.tell()
+            up.skip()
+            end = size + up.tell()
+            if end - pos >= PART_TARGET:  # a large element: on its own, walked in turn
+                self.run(raw[start:pos])
+                self.keep(raw[pos:mid])
+                self.walk(raw[mid:end], depth + 1)
+                start = end
+            elif ends_run(raw[pos:end]):
+                self.run(raw[start:end])
+                start = end
+            pos = end
+        if pos != len(raw):
+            raise ValueError("trailing bytes")
+        self.run(raw[start:pos])
 
 
 def split(state: bytes) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
     """``(skeleton, references in order, parts by hash)`` of a state, or None when it is
-    stored whole (small, not canonical msgpack, nothing worth a part)."""
+    stored whole (small, not one msgpack value, nothing worth a part)."""
     if len(state) < SPLIT_MIN:
-        return None
-    try:
-        value = msgpack.unpackb(state, raw=False, strict_map_key=False)
-    except (ValueError, TypeError, msgpack.ExtraData):
         return None
     s = _Splitter()
     try:
-        s.walk(value, state, 0)
-    except (ValueError, TypeError, OverflowError):
+        s.walk(memoryview(state), 0)
+    except (ValueError, msgpack.UnpackException):
         return None
     if not s.refs:
         return None
     s.pieces.append(b"".join(s.literal))
-    pieces = s.pieces
-    whole = b"".join(p if i % 2 == 0 else s.data[p] for i, p in enumerate(pieces))
-    if whole != state:  # not msgpack's own encoding of its value: stored whole
-        return None
-    return msgpack.packb(pieces, use_bin_type=True), s.refs, s.data  # [bytes, hash, ..., bytes]
+    return msgpack.packb(s.pieces, use_bin_type=True), s.refs, s.data  # [bytes, hash, ..., bytes]
 
 
 def _pieces(skeleton: bytes) -> list[bytes]:

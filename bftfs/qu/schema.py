@@ -168,12 +168,13 @@ class Version:
     #: This server's clock when it stored the version (0: not recorded; retention by age).
     stored_ns: int = 0
 
-    def encode(self, skeleton: bytes | None = None) -> bytes:
-        """The stored value; with ``skeleton``, the state is stored as that skeleton."""
+    def encode(self, skeleton: bytes | None = None, applied: bytes | None = None) -> bytes:
+        """The stored value; with ``skeleton`` (``applied``), the state (the applied table)
+        is stored as that skeleton."""
         record = {
             "k": self.kind,
             "s": self.state if skeleton is None else skeleton,
-            "ap": self.applied,
+            "ap": self.applied if applied is None else applied,
             "co": self.lt_co.encode() if self.lt_co else None,
             "a": self.answer,
             "acc": self.accepted,
@@ -183,6 +184,8 @@ class Version:
             record["w"] = self.stored_ns
         if skeleton is not None:
             record["sk"] = blobs.SPLIT_VERSION
+        if applied is not None:
+            record["ak"] = blobs.SPLIT_VERSION
         return pack(record)
 
     @classmethod
@@ -195,16 +198,19 @@ class Version:
         try:
             d = unpack(data)
             co = d["co"]
-            state = d["s"]
-            if d.get("sk"):
+            state, applied = d["s"], d["ap"]
+            if d.get("sk") or d.get("ak"):
                 if kv is None:
                     raise SchemaError("a split state needs the store to join it")
-                state = blobs.join(state, lambda h: _blob(kv, h))
+                if d.get("sk"):
+                    state = blobs.join(state, lambda h: _blob(kv, h))
+                if d.get("ak"):
+                    applied = blobs.join(applied, lambda h: _blob(kv, h))
             return cls(
                 lt,
                 d["k"],
                 state,
-                d["ap"],
+                applied,
                 Timestamp.decode(co) if co is not None else None,
                 d["a"],
                 bool(d["acc"]),
@@ -321,10 +327,13 @@ def store_version(kv: KV, oid: int, v: Version, owner: int | None = None) -> Non
     if old is not None:
         _release(kv, old)
     parts = blobs.split(v.state) if v.state is not None else None
-    if parts is None:
-        _put(kv, DB_VER, key, v.encode(), owner)
-        return
-    skeleton, refs, data = parts
+    table = blobs.split(v.applied)
+    refs: list[bytes] = []
+    data: dict[bytes, bytes] = {}
+    for got in (parts, table):
+        if got is not None:
+            refs += got[1]
+            data.update(got[2])
     for h in refs:
         raw = kv.get(DB_BREF, h)
         if raw is None:
@@ -332,7 +341,8 @@ def store_version(kv: KV, oid: int, v: Version, owner: int | None = None) -> Non
             _put(kv, DB_BREF, h, (1).to_bytes(4, "big"), owner)
         else:  # same size: the count keeps its charge
             kv.put(DB_BREF, h, (int.from_bytes(bytes(raw), "big") + 1).to_bytes(4, "big"))
-    _put(kv, DB_VER, key, v.encode(skeleton), owner)
+    skeleton = parts[0] if parts is not None else None
+    _put(kv, DB_VER, key, v.encode(skeleton, table[0] if table is not None else None), owner)
 
 
 def _blob(kv: KV, h: bytes) -> bytes | None:
@@ -340,14 +350,26 @@ def _blob(kv: KV, h: bytes) -> bytes | None:
     return bytes(raw) if raw is not None else None
 
 
-def _release(kv: KV, raw: bytes) -> None:
-    """Drop the blob references of a stored version value that is being replaced."""
+def record_references(raw: bytes) -> list[bytes]:
+    """The ``qu.blob`` hashes a stored version record refers to, once per reference (its
+    state's, then its applied table's).
+
+    Raises:
+        SchemaError: the record does not parse.
+    """
     try:
         d = unpack(raw)
         refs = blobs.references(d["s"]) if d.get("sk") else []
-    except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
+        if d.get("ak"):
+            refs += blobs.references(d["ap"])
+        return refs
+    except (KeyError, TypeError, ValueError, AttributeError, blobs.BlobError) as e:
         raise SchemaError(f"bad stored version: {e}") from e
-    for h in refs:
+
+
+def _release(kv: KV, raw: bytes) -> None:
+    """Drop the blob references of a stored version value that is being replaced."""
+    for h in record_references(raw):
         got = kv.get(DB_BREF, h)
         if got is None:
             continue
