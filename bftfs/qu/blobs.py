@@ -178,15 +178,18 @@ class _Splitter:
         self.keep(raw[:size])
         up = msgpack.Unpacker(max_buffer_size=len(raw))
         up.feed(raw[size:])
+        skip, tell = up.skip, up.tell  # the loop runs once per element
+        pairs = kind == "m"
         pos = start = size  # the end of the last element; the start of the current run
         for _ in range(n):
             mid = pos
-            if kind == "m":
-                up.skip()
-                mid = size + up.tell()
-            up.skip()
-            end = size + up.tell()
-            if end - pos >= PART_TARGET:  # a large element: on its own, walked in turn
+            if pairs:
+                skip()
+                mid = size + tell()
+            skip()
+            end = size + tell()
+            length = end - pos
+            if length >= PART_TARGET:  # a large element: on its own, walked in turn
                 self.run(raw[start:pos])
                 self.keep(raw[pos:mid])
                 self.walk(raw[mid:end], depth + 1)
