@@ -211,7 +211,7 @@ def split(state: bytes) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
     s = _Splitter()
     try:
         s.walk(memoryview(state), 0)
-    except (ValueError, msgpack.UnpackException):
+    except (ValueError, IndexError, msgpack.UnpackException):
         return None
     if not s.refs:
         return None
