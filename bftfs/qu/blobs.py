@@ -11,42 +11,53 @@ in a shared object spent another client's quota.
 
 This module splits a state into a *skeleton* and *parts*.  It walks the state's msgpack
 structure (:data:`MAX_DEPTH` levels): a byte or text string of at least :data:`BLOB_MIN`
-bytes is a part of its own (its payload, so the part's hash is the string's, as before);
-the elements of a map or array (a map's key and value together) below
-:data:`PART_TARGET` bytes are grouped into runs that end where an element's own hash says
-so (content-defined, on average every ``PART_TARGET`` bytes), and each run of at least
-:data:`PART_MIN` bytes is a part; a larger element is walked in turn.  What is left - the
-containers' headers, the keys of large values, short runs - stays in the skeleton with a
-reference to the hash of each part.  The store keeps each part once by hash, with a
-reference count (:mod:`bftfs.qu.schema`), charged to the request that stored it first.
+bytes is a part of its own (its payload, so the part's hash is the string's, as before),
+unless it is :data:`PACKED_MIN` bytes or more and holds one msgpack map or array (a big
+directory's entry bucket), which is walked like one; the elements of a map or array (a
+map's key and value together) below :data:`PART_TARGET` bytes are grouped into runs that
+end where an element's own hash says so (content-defined, on average every
+``PART_TARGET`` bytes), and each run of at least :data:`PART_MIN` bytes is a part; a
+larger element is walked in turn.  What is left - the containers' headers, the keys of
+large values, short runs - stays in the skeleton with a reference to each part.  A walked
+container with :data:`NEST_MIN` references or more gets a skeleton of its own, stored as
+a blob under :func:`skeleton_hash` and referred to from its parent's with ``NESTED``
+after the hash: the skeletons form a tree of content-addressed nodes.  The store keeps
+each blob once by hash, with a count of the skeletons referring to it
+(:mod:`bftfs.qu.schema`), charged to the request that stored it first.
 
 Because a run ends where its own last element says (never at a count or a position), an
 update that adds, changes or removes one element changes the one run holding it (and
 may join it with or split it from a neighbour); every other run is the same bytes with
-the same hash, already stored: the new version costs its skeleton (about 35 bytes per
-part) and the runs it touched (about ``PART_TARGET`` each), whatever others keep in the
-object.  A client that picks the elements it adds (names, lock owners) can make its own
-run long; an update of another client inside that run pays for it (docs/threat-model.md).
+the same hash, already stored, and so is the skeleton of every container it did not
+change.  The new version costs the skeletons on the path to what it changed (about 35
+bytes per part of each container on that path) and the runs it touched (about
+``PART_TARGET`` each), whatever others keep in the object.  A client that picks the
+elements it adds (names, lock owners) can make its own run long; an update of another
+client inside that run pays for it (docs/threat-model.md).
 
 Splitting is a storage matter only: what a version *is* stays its canonical bytes.  The
 pieces are slices of the state's own bytes (element boundaries found by msgpack's skipping,
 nothing decoded or re-encoded), so :func:`join` is a concatenation that gives back exactly
-those bytes (a state that is not one msgpack value is stored whole).  A skeleton is
-``[literal, hash, literal, ..., literal]``: the format records written by the first
-splitter (large byte strings only, :data:`SPLIT_VERSION` 1) also use, so both read alike.
+those bytes (a state that is not one msgpack value is stored whole), and the split is a
+function of those bytes alone: every node splits a version alike.  A skeleton is
+``[literal, reference, literal, ..., literal]``, the format of the records written by the
+first splitter too (long byte strings only, :data:`SPLIT_VERSION` 1, no nested
+references), so those read as they are.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import zlib
 from collections.abc import Callable
 
 import msgpack
 
-#: Which splitter a stored skeleton came from (``"sk"`` of a version record,
-#: ``qu/schema.py``): 1 (stored as ``true``) cut large byte strings at the top two levels
-#: of a map; 2 cuts parts as above.  Both are read by :func:`join`.
+#: Which splitter a stored skeleton came from (``"sk"``/``"ak"`` of a version record,
+#: ``qu/schema.py``): 1 (stored as ``true``) cut long byte strings at the top two levels
+#: of a map; 2 cuts parts and nests skeletons as above.  Both are read by :func:`join`
+#: (a node of before version 2 cannot read version 2's nested references).
 SPLIT_VERSION = 2
 #: States shorter than this are stored whole (what another client's update of a state
 #: this small pays for others' bytes in it is at most this).
@@ -57,10 +68,19 @@ BLOB_MIN = 1024
 PART_TARGET = 1024
 #: Runs shorter than this stay in the skeleton (a reference would cost about as much).
 PART_MIN = 128
+#: A byte string at least this long holding one msgpack map or array (the entry bucket of
+#: a directory of more than about 16 000 names) is walked like one, so a create there costs
+#: the run its name lands in rather than the whole bucket; what such a string splits into is
+#: remembered (:data:`_INNER`), so only the bucket an update changed is walked again.
+PACKED_MIN = 8 * 1024
 #: Levels of containers walked into (a state's map, a map in it, the strings or
 #: entries in that, one more for a map nested there).
 MAX_DEPTH = 4
 HASH_SIZE = 32
+#: A walked container with this many references or more gets a skeleton of its own.
+NEST_MIN = 4
+#: What follows a nested skeleton's hash in a reference (a part's is the bare hash).
+NESTED = b"\x01"
 
 
 class BlobError(Exception):
@@ -95,6 +115,13 @@ _SIZED = {
 _SCALAR_MAX = 9
 
 
+def skeleton_hash(skeleton: bytes) -> bytes:
+    """The key of a nested skeleton: SHA-256 in a domain of its own, so no part - bytes a
+    client chose, an xattr's value - can have a skeleton's key (a part taken for a
+    skeleton, or the reverse, would count its references wrongly)."""
+    return hashlib.sha256(b"bftfs skeleton\0" + skeleton).digest()
+
+
 def _head(raw: memoryview) -> tuple[str, int, int]:
     """``(kind, header length, n)`` of the msgpack value at the start of ``raw``: kind
     ``"m"`` (a map of ``n`` pairs), ``"a"`` (an array of ``n``), ``"s"`` (a string or
@@ -122,27 +149,63 @@ def ends_run(element: bytes | memoryview) -> bool:
 
 
 class _Splitter:
-    """Collects a state's pieces: literal bytes (merged) and parts.  It reads the state's
-    bytes in place - element boundaries from msgpack's own skipping, never a decode and
-    re-encode - so every piece is a slice of the state and they join back to it."""
+    """Collects the pieces of a state, or of one container in it: literal bytes (merged)
+    and references.  It reads the state's bytes in place - element boundaries from
+    msgpack's own skipping, never a decode and re-encode - so every piece is a slice of
+    the state and they join back to it."""
 
     def __init__(self) -> None:
         self.pieces: list[bytes] = []
         self.literal: list[bytes] = []
+        #: References in order: a part's hash, or a nested skeleton's hash and ``NESTED``.
         self.refs: list[bytes] = []
+        #: Every blob the references reach (parts and nested skeletons), by hash.
         self.data: dict[bytes, bytes] = {}
+        #: The references of each nested skeleton, by its hash.
+        self.kids: dict[bytes, list[bytes]] = {}
+        #: This splitter's own skeleton and its hash, once nested somewhere.
+        self.sealed: tuple[bytes, bytes] | None = None
 
-    def keep(self, raw: memoryview) -> None:
+    def keep(self, raw: memoryview | bytes) -> None:
         if raw:
             self.literal.append(bytes(raw))
+
+    def ref(self, entry: bytes) -> None:
+        self.pieces += [b"".join(self.literal), entry]
+        self.literal = []
+        self.refs.append(entry)
 
     def cut(self, raw: memoryview) -> None:
         part = bytes(raw)
         h = blob_hash(part)
-        self.pieces += [b"".join(self.literal), h]
-        self.literal = []
-        self.refs.append(h)
         self.data[h] = part
+        self.ref(h)
+
+    def whole(self) -> list[bytes]:
+        """The pieces, the last literal included: ``[literal, ref, ..., literal]``."""
+        return [*self.pieces, b"".join(self.literal)]
+
+    def nest(self, sub: _Splitter) -> None:
+        """Add a walked container's pieces: one reference to its own skeleton, stored as
+        a blob, when it has :data:`NEST_MIN` references or more (an update elsewhere in
+        the state then reuses it whole, and one inside it stores its skeleton again, not
+        the state's); inline otherwise."""
+        self.data.update(sub.data)
+        self.kids.update(sub.kids)
+        pieces = sub.whole()
+        if len(sub.refs) >= NEST_MIN:
+            if sub.sealed is None:  # once per splitter: a cached one is nested again
+                skeleton = msgpack.packb(pieces, use_bin_type=True)
+                sub.sealed = skeleton_hash(skeleton), skeleton
+            h, skeleton = sub.sealed
+            self.data[h] = skeleton
+            self.kids[h] = sub.refs
+            self.ref(h + NESTED)
+            return
+        self.keep(pieces[0])
+        for i in range(1, len(pieces), 2):
+            self.ref(pieces[i])
+            self.keep(pieces[i + 1])
 
     def run(self, raw: memoryview) -> None:
         """A run of elements (or one value not walked): a part unless it is short."""
@@ -155,13 +218,18 @@ class _Splitter:
         """The pieces of the one msgpack value ``raw`` holds.
 
         Raises:
-            ValueError, msgpack.UnpackException: ``raw`` is not one msgpack value.
+            ValueError, IndexError, msgpack.UnpackException: ``raw`` is not one msgpack
+                value.
         """
         kind, size, n = _head(raw)
         if kind == "s":
             if size + n != len(raw):
                 raise ValueError("string length")
-            if n >= BLOB_MIN:
+            inner = _inner(raw[size:], depth + 1) if n >= PACKED_MIN else None
+            if inner is not None:
+                self.keep(raw[:size])
+                self.nest(inner)
+            elif n >= BLOB_MIN:
                 self.keep(raw[:size])
                 self.cut(raw[size:])
             else:
@@ -192,7 +260,13 @@ class _Splitter:
             if length >= PART_TARGET:  # a large element: on its own, walked in turn
                 self.run(raw[start:pos])
                 self.keep(raw[pos:mid])
-                self.walk(raw[mid:end], depth + 1)
+                value = raw[mid:end]
+                if _head(value)[0] in ("m", "a") and depth + 1 < MAX_DEPTH:
+                    sub = _Splitter()
+                    sub.walk(value, depth + 1)
+                    self.nest(sub)
+                else:
+                    self.walk(value, depth + 1)
                 start = end
             elif ends_run(raw[pos:end]):
                 self.run(raw[start:end])
@@ -203,9 +277,49 @@ class _Splitter:
         self.run(raw[start:pos])
 
 
-def split(state: bytes) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
-    """``(skeleton, references in order, parts by hash)`` of a state, or None when it is
-    stored whole (small, not one msgpack value, nothing worth a part)."""
+#: What long strings holding msgpack split into: ``(depth, payload) -> splitter`` (read
+#: only once made) or None (not one map or array).  Bounded by :data:`_INNER_MAX` bytes of
+#: payloads; a plain dict in insertion order (the oldest goes first), under
+#: :data:`_INNER_LOCK` for writes in case a store ever splits off the event loop's thread.
+_INNER: dict[tuple[int, bytes], _Splitter | None] = {}
+_INNER_MAX = 32 * 1024 * 1024
+_INNER_SIZE = [0]
+_INNER_LOCK = threading.Lock()
+_MISS = _Splitter()
+
+
+def _inner(payload: memoryview, depth: int) -> _Splitter | None:
+    """The pieces of a long string's payload walked as the one msgpack map or array it
+    holds, or None if it holds none."""
+    if depth >= MAX_DEPTH or _head(payload)[0] not in ("m", "a"):
+        return None
+    key = (depth, bytes(payload))
+    hit = _INNER.get(key, _MISS)
+    if hit is not _MISS:
+        return hit
+    made = _Splitter()
+    s: _Splitter | None = made
+    try:
+        made.walk(payload, depth)
+    except (ValueError, IndexError, msgpack.UnpackException):
+        s = None
+    with _INNER_LOCK:
+        _INNER[key] = s
+        _INNER_SIZE[0] += len(key[1])
+        while _INNER_SIZE[0] > _INNER_MAX and _INNER:
+            old = next(iter(_INNER))
+            del _INNER[old]
+            _INNER_SIZE[0] -= len(old[1])
+    return s
+
+
+Split = tuple[bytes, list[bytes], dict[bytes, bytes], dict[bytes, list[bytes]]]
+
+
+def split(state: bytes) -> Split | None:
+    """``(skeleton, its references in order, blobs by hash, references of each nested
+    skeleton by hash)`` of a state, or None when it is stored whole (small, not one
+    msgpack value, nothing worth a part)."""
     if len(state) < SPLIT_MIN:
         return None
     s = _Splitter()
@@ -215,12 +329,21 @@ def split(state: bytes) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
         return None
     if not s.refs:
         return None
-    s.pieces.append(b"".join(s.literal))
-    return msgpack.packb(s.pieces, use_bin_type=True), s.refs, s.data  # [bytes, hash, ..., bytes]
+    return msgpack.packb(s.whole(), use_bin_type=True), s.refs, s.data, s.kids
+
+
+def is_nested(entry: bytes) -> bool:
+    """Whether a reference names a nested skeleton (joined in turn), not a part."""
+    return len(entry) == HASH_SIZE + 1
+
+
+def ref_hash(entry: bytes) -> bytes:
+    """The blob hash a reference names."""
+    return entry[:HASH_SIZE]
 
 
 def _pieces(skeleton: bytes) -> list[bytes]:
-    """A skeleton's pieces: literal bytes at even positions, blob hashes at odd ones."""
+    """A skeleton's pieces: literal bytes at even positions, references at odd ones."""
     try:
         pieces = msgpack.unpackb(skeleton, raw=False)
     except (ValueError, TypeError, msgpack.ExtraData) as e:
@@ -229,27 +352,39 @@ def _pieces(skeleton: bytes) -> list[bytes]:
         not isinstance(pieces, list)
         or len(pieces) % 2 != 1
         or not all(isinstance(p, bytes) for p in pieces)
-        or any(len(h) != HASH_SIZE for h in pieces[1::2])
+        or any(
+            len(h) != HASH_SIZE and (len(h) != HASH_SIZE + 1 or h[HASH_SIZE:] != NESTED)
+            for h in pieces[1::2]
+        )
     ):
         raise BlobError("bad skeleton")
     return pieces
 
 
 def references(skeleton: bytes) -> list[bytes]:
-    """The blob hashes a skeleton refers to, once per reference."""
+    """The references a skeleton holds (:func:`ref_hash`, :func:`is_nested`), once per
+    reference; a nested skeleton's own are not included."""
     return _pieces(skeleton)[1::2]
 
 
-def join(skeleton: bytes, get: Callable[[bytes], bytes | None]) -> bytes:
+#: How many levels of nested skeletons :func:`join` follows (a state nests at most
+#: ``MAX_DEPTH`` containers and one packed string per level).
+MAX_NESTING = 2 * MAX_DEPTH + 2
+
+
+def join(skeleton: bytes, get: Callable[[bytes], bytes | None], nesting: int = 0) -> bytes:
     """The state a skeleton stands for, byte for byte, blobs read through ``get``.
 
     Raises:
-        BlobError: the skeleton does not parse or a blob is missing.
+        BlobError: the skeleton does not parse, a blob is missing or nesting goes too deep.
     """
+    if nesting > MAX_NESTING:
+        raise BlobError("skeletons nested too deep")
     pieces = _pieces(skeleton)
     for i in range(1, len(pieces), 2):
-        data = get(pieces[i])
+        entry = pieces[i]
+        data = get(ref_hash(entry))
         if data is None:
-            raise BlobError(f"missing blob {pieces[i].hex()}")
-        pieces[i] = data
+            raise BlobError(f"missing blob {ref_hash(entry).hex()}")
+        pieces[i] = join(data, get, nesting + 1) if is_nested(entry) else data
     return b"".join(pieces)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bftfs import thinning
 from bftfs.kv import KV
-from bftfs.qu import schema
+from bftfs.qu import blobs, schema
 from bftfs.qu.canon import unpack
 from bftfs.qu.history import ReplicaHistory, is_initial
 from bftfs.qu.serverconfig import ReplicaConfig
@@ -293,7 +293,7 @@ class HistorySpace:
 def _blob_refs(value: bytes) -> set[bytes]:
     """The ``qu.blob`` hashes a stored version record references (none if unreadable)."""
     try:
-        return set(schema.record_references(value))
+        return {blobs.ref_hash(e) for e in schema.record_references(value)}
     except schema.SchemaError:
         return set()
 

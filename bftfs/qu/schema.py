@@ -9,10 +9,11 @@ Named databases (LMDB creates them on demand; :class:`bftfs.kv.MemoryKV` in test
                                         "o": [oid...]}       one object version per timestamp
     qu.req    lt (49)                  request body           what made the candidate (for
                                                               inline repair by other clients)
-    qu.blob   hash (32)                bytes                  the parts of states (long
-                                                              strings, runs of elements),
+    qu.blob   hash (32)                bytes                  the parts and nested skeletons
+                                                              of states and applied tables,
                                                               stored once
-    qu.bref   hash (32)                count (4, BE)          references to each blob
+    qu.bref   hash (32)                count (4, BE)          skeletons referring to each
+                                                              blob
     qu.charge tag (1) || record key    owner (8) || size (8)  who each record is charged to
     qu.usage  owner (8)                total (8)              the sum of an owner's charges
     qu.gone   oid (8, BE)              empty                  an object forgotten here: its
@@ -30,14 +31,17 @@ the ``owner`` (the request's authenticated sender).  A blob and its count are ch
 request that first stored it; later references change the count, not the charge (a count
 is always 4 bytes).
 
-A state of :data:`bftfs.qu.blobs.SPLIT_MIN` bytes or more is stored as a skeleton (``"s"``,
-with ``"sk"``: the splitter's version, ``true`` for 1) whose parts - its long strings and
-content-defined runs of its containers' elements - are references into ``qu.blob``; each
-reference holds one count, so deleting or overwriting a version frees what no other
-version uses.  A version therefore costs its skeleton and the parts no stored version had:
-what its update changed, not the bytes other clients keep in the object (issue 60).
-Records of either splitter version read alike (one skeleton format), so a store written
-before version 2 needs no conversion; its old parts stay until their versions go.
+A state (an applied table) of :data:`bftfs.qu.blobs.SPLIT_MIN` bytes or more is stored as a
+skeleton (``"s"`` with ``"sk"``, ``"ap"`` with ``"ak"``: the splitter's version, ``true``
+for 1) whose references name blobs of ``qu.blob``: parts (long strings, content-defined
+runs of a container's elements) and the nested skeletons of large containers, which refer
+to blobs in turn.  A blob's count is the number of stored skeletons (versions' and nested
+ones) referring to it: storing a new nested skeleton counts its references, deleting the
+last reference to one drops them, so deleting or overwriting a version frees what no other
+version reaches.  A version therefore costs its skeleton and the blobs no stored version
+had: what its update changed, not the bytes other clients keep in the object (issue 60).
+Records of splitter version 1 read as they are (same skeleton format, no nested
+references), so a store written before needs no conversion.
 
 Keys are big-endian and timestamps order-preserving, so the versions of one object are one
 contiguous key range in logical-time order: "version at LT" is a get and version history is
@@ -328,21 +332,31 @@ def store_version(kv: KV, oid: int, v: Version, owner: int | None = None) -> Non
         _release(kv, old)
     parts = blobs.split(v.state) if v.state is not None else None
     table = blobs.split(v.applied)
-    refs: list[bytes] = []
-    data: dict[bytes, bytes] = {}
     for got in (parts, table):
         if got is not None:
-            refs += got[1]
-            data.update(got[2])
-    for h in refs:
-        raw = kv.get(DB_BREF, h)
-        if raw is None:
-            _put(kv, DB_BLOB, h, data[h], owner)
-            _put(kv, DB_BREF, h, (1).to_bytes(4, "big"), owner)
-        else:  # same size: the count keeps its charge
-            kv.put(DB_BREF, h, (int.from_bytes(bytes(raw), "big") + 1).to_bytes(4, "big"))
+            _add_references(kv, got, owner)
     skeleton = parts[0] if parts is not None else None
     _put(kv, DB_VER, key, v.encode(skeleton, table[0] if table is not None else None), owner)
+
+
+def _add_references(kv: KV, got: blobs.Split, owner: int | None) -> None:
+    """Count the references of a new skeleton: a blob already stored gains one; a new
+    one is stored with one, charged to ``owner``, and if it is a nested skeleton its own
+    references are counted in turn (so each blob's count is the number of stored
+    skeletons - versions' and nested ones - referring to it)."""
+    _skeleton, refs, data, kids = got
+    todo = list(refs)
+    while todo:
+        entry = todo.pop()
+        h = blobs.ref_hash(entry)
+        raw = kv.get(DB_BREF, h)
+        if raw is not None:  # same size: the count keeps its charge
+            kv.put(DB_BREF, h, (int.from_bytes(bytes(raw), "big") + 1).to_bytes(4, "big"))
+            continue
+        _put(kv, DB_BLOB, h, data[h], owner)
+        _put(kv, DB_BREF, h, (1).to_bytes(4, "big"), owner)
+        if blobs.is_nested(entry):
+            todo += kids[h]
 
 
 def _blob(kv: KV, h: bytes) -> bytes | None:
@@ -351,8 +365,9 @@ def _blob(kv: KV, h: bytes) -> bytes | None:
 
 
 def record_references(raw: bytes) -> list[bytes]:
-    """The ``qu.blob`` hashes a stored version record refers to, once per reference (its
-    state's, then its applied table's).
+    """The references a stored version record holds, once per reference (its state's,
+    then its applied table's; ``blobs.ref_hash`` and ``blobs.is_nested`` read them;
+    those of nested skeletons are not included).
 
     Raises:
         SchemaError: the record does not parse.
@@ -368,17 +383,33 @@ def record_references(raw: bytes) -> list[bytes]:
 
 
 def _release(kv: KV, raw: bytes) -> None:
-    """Drop the blob references of a stored version value that is being replaced."""
-    for h in record_references(raw):
+    """Drop the blob references of a stored version value that is being replaced or
+    deleted: a blob whose count reaches zero is deleted (its charge given back), and if
+    it is a nested skeleton its own references are dropped in turn.
+
+    Raises:
+        SchemaError: the record or a nested skeleton does not parse.
+    """
+    todo = record_references(raw)
+    while todo:
+        entry = todo.pop()
+        h = blobs.ref_hash(entry)
         got = kv.get(DB_BREF, h)
         if got is None:
             continue
         count = int.from_bytes(bytes(got), "big") - 1
-        if count <= 0:
-            _delete(kv, DB_BREF, h)
-            _delete(kv, DB_BLOB, h)
-        else:  # same size: the count keeps its charge
+        if count > 0:  # same size: the count keeps its charge
             kv.put(DB_BREF, h, count.to_bytes(4, "big"))
+            continue
+        if blobs.is_nested(entry):
+            nested = _blob(kv, h)
+            if nested is not None:
+                try:
+                    todo += blobs.references(nested)
+                except blobs.BlobError as e:
+                    raise SchemaError(f"bad stored skeleton {h.hex()}: {e}") from e
+        _delete(kv, DB_BREF, h)
+        _delete(kv, DB_BLOB, h)
 
 
 def _version_range(oid: int) -> tuple[bytes, bytes]:
