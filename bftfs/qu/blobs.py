@@ -282,7 +282,7 @@ class _Splitter:
 #: payloads; a plain dict in insertion order (the oldest goes first), under
 #: :data:`_INNER_LOCK` for writes in case a store ever splits off the event loop's thread.
 _INNER: dict[tuple[int, bytes], _Splitter | None] = {}
-_INNER_MAX = 32 * 1024 * 1024
+_INNER_MAX = 8 * 1024 * 1024
 _INNER_SIZE = [0]
 _INNER_LOCK = threading.Lock()
 _MISS = _Splitter()
