@@ -16,6 +16,7 @@ from bftfs.fsobjects import dirents as E
 from bftfs.kv import MemoryKV
 from bftfs.qu import blobs, schema
 from bftfs.qu.canon import canonical
+from bftfs.qu.retention import history_space
 from bftfs.qu.timestamp import Timestamp
 
 NOW = 1_700_000_000_000_000_000
@@ -231,6 +232,45 @@ def test_a_part_with_a_skeletons_bytes_is_another_blob() -> None:
     assert list(kv.scan(schema.DB_BLOB, b"", b"\xff" * 33)) == []
 
 
+def _blob_of(kv: MemoryKV, h: bytes) -> bytes:
+    got = kv.get(schema.DB_BLOB, h)
+    assert got is not None
+    return bytes(got)
+
+
+def test_history_space_counts_the_parts_only_older_versions_reach() -> None:
+    """``bftfs status``'s history figure: an older version's record and the blobs it alone
+    reaches, nested skeletons followed (the run its change was in lies under the lock
+    list's own skeleton)."""
+    kv = MemoryKV()
+    entries = [[A, 1, 0, k, k, k, 1, NOW] for k in range(300)]
+    schema.store_rh(kv, 6, (), ())
+    _stored(kv, 6, 0, _lock_state(entries), A)
+    entries[150][7] += 1
+    _stored(kv, 6, 1, _lock_state(entries), A)
+    old_raw = kv.get(schema.DB_VER, schema.ver_key(6, _lt(0)))
+    new_raw = kv.get(schema.DB_VER, schema.ver_key(6, _lt(1)))
+    assert old_raw is not None and new_raw is not None
+
+    def reach(raw: bytes) -> set[bytes]:
+        out, todo = set(), schema.record_references(raw)
+        while todo:
+            e = todo.pop()
+            out.add(blobs.ref_hash(e))
+            if blobs.is_nested(e):
+                todo += blobs.references(_blob_of(kv, blobs.ref_hash(e)))
+        return out
+
+    only_old = reach(old_raw) - reach(new_raw)
+    top = {blobs.ref_hash(e) for e in schema.record_references(old_raw)}
+    assert only_old - top  # reached through a nested skeleton only
+    space, more = history_space(kv, None, 10)
+    assert more is None and space.older_versions == 1
+    expected = len(schema.ver_key(6, _lt(0))) + len(old_raw)
+    expected += sum(32 + len(_blob_of(kv, h)) for h in only_old)
+    assert space.older_bytes == expected
+
+
 def test_history_of_shared_parts_is_collected_in_any_order() -> None:
     """Versions of several writers sharing parts, deleted in a random order: every
     version reads back until deleted, and the last deletion leaves no part, no count and
@@ -249,15 +289,14 @@ def test_history_of_shared_parts_is_collected_in_any_order() -> None:
         big = canonical({A: [1, [[k, b"z" * 20] for k in range(100)]], B: [i, None]})
         v = schema.Version(_lt(i), "method", state, big, None, None, True, (oid,))
         schema.store_version(kv, oid, v, (A, B)[i % 2])
-    nested = sum(int.from_bytes(c, "big") for _, c in kv.scan(schema.DB_BREF, b"", b"\xff" * 33))
-    assert nested > 0
-    assert any(blobs.is_nested(e) for e in blobs.split(states[-1])[1])  # type: ignore[index]
+    last = blobs.split(states[-1])
+    assert last is not None and any(blobs.is_nested(e) for e in last[1])  # skeletons nest
     order = list(range(40))
     rng.shuffle(order)
     for n, i in enumerate(order):
-        v = schema.load_version(kv, oid, _lt(i))
-        assert v is not None and v.state == states[i]
-        schema.delete_version(kv, oid, v)
+        gone = schema.load_version(kv, oid, _lt(i))
+        assert gone is not None and gone.state == states[i]
+        schema.delete_version(kv, oid, gone)
         for j in order[n + 1 :]:
             got = schema.load_version(kv, oid, _lt(j))
             assert got is not None and got.state == states[j]
