@@ -34,7 +34,7 @@ QUOTA = LimitsPolicy(quota_fraction=1 / 16)
 #: The victim's cost per operation in a shared object may exceed its cost where it is
 #: alone by this much: the skeleton of the container it changes (about 35 bytes per part)
 #: and the run its change lands in (about ``blobs.PART_TARGET``).  Stored whole it was
-#: 62 KiB more (xattrs) and 22 KiB (locks); now about 0 and 1.6.
+#: 62 KiB more (xattrs) and 22 KiB (locks); now about 0 and 1.6-2.2.
 SLACK = 4 * 1024
 
 
