@@ -8,6 +8,7 @@ kept only for their age, later by the node's pruner (:func:`prune_step`,
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -290,13 +291,26 @@ class HistorySpace:
         self.thinned_bytes += other.thinned_bytes
 
 
-def _blob_refs(value: bytes) -> set[bytes]:
-    """The ``qu.blob`` hashes a stored version record references (none if unreadable)."""
+def _blob_refs(kv: KV, value: bytes) -> set[bytes]:
+    """The ``qu.blob`` hashes a stored version record reaches: its references and those of
+    the nested skeletons they name, in turn (none if unreadable)."""
     try:
-        d = unpack(value)
-        return set(blobs.references(d["s"])) if d.get("sk") else set()
-    except (KeyError, TypeError, ValueError, blobs.BlobError):
+        todo = schema.record_references(value)
+    except schema.SchemaError:
         return set()
+    out: set[bytes] = set()
+    while todo:
+        entry = todo.pop()
+        h = blobs.ref_hash(entry)
+        if h in out:
+            continue
+        out.add(h)
+        if blobs.is_nested(entry):
+            nested = kv.get(schema.DB_BLOB, h)
+            if nested is not None:
+                with contextlib.suppress(blobs.BlobError):  # unreadable: counted as a leaf
+                    todo += blobs.references(bytes(nested))
+    return out
 
 
 def history_space(kv: KV, after: int | None, limit: int) -> tuple[HistorySpace, int | None]:
@@ -321,11 +335,11 @@ def history_space(kv: KV, after: int | None, limit: int) -> tuple[HistorySpace, 
 
     def one_object(group: list[tuple[int, bytes]]) -> None:
         """An object's versions (size, record), oldest first: all but the newest count."""
-        live = _blob_refs(group[-1][1])
+        live = _blob_refs(kv, group[-1][1])
         for size, value in group[:-1]:
             out.older_versions += 1
             out.older_bytes += size
-            for h in _blob_refs(value) - live - counted:
+            for h in _blob_refs(kv, value) - live - counted:
                 counted.add(h)
                 blob = kv.get(schema.DB_BLOB, h)
                 out.older_bytes += len(h) + (len(blob) if blob is not None else 0)

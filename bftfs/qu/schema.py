@@ -9,9 +9,11 @@ Named databases (LMDB creates them on demand; :class:`bftfs.kv.MemoryKV` in test
                                         "o": [oid...]}       one object version per timestamp
     qu.req    lt (49)                  request body           what made the candidate (for
                                                               inline repair by other clients)
-    qu.blob   hash (32)                bytes                  large byte strings of states,
+    qu.blob   hash (32)                bytes                  the parts and nested skeletons
+                                                              of states and applied tables,
                                                               stored once
-    qu.bref   hash (32)                count (4, BE)          references to each blob
+    qu.bref   hash (32)                count (4, BE)          skeletons referring to each
+                                                              blob
     qu.charge tag (1) || record key    owner (8) || size (8)  who each record is charged to
     qu.usage  owner (8)                total (8)              the sum of an owner's charges
     qu.gone   oid (8, BE)              empty                  an object forgotten here: its
@@ -29,9 +31,17 @@ the ``owner`` (the request's authenticated sender).  A blob and its count are ch
 request that first stored it; later references change the count, not the charge (a count
 is always 4 bytes).
 
-A large state (``bftfs.qu.blobs``) is stored as a skeleton (``"s"``, with ``"sk": true``)
-whose large byte strings are references into ``qu.blob``; each reference holds one count,
-so deleting or overwriting a version frees what no other version uses.
+A state (an applied table) of :data:`bftfs.qu.blobs.SPLIT_MIN` bytes or more is stored as a
+skeleton (``"s"`` with ``"sk"``, ``"ap"`` with ``"ak"``: the splitter's version, ``true``
+for 1) whose references name blobs of ``qu.blob``: parts (long strings, content-defined
+runs of a container's elements) and the nested skeletons of large containers, which refer
+to blobs in turn.  A blob's count is the number of stored skeletons (versions' and nested
+ones) referring to it: storing a new nested skeleton counts its references, deleting the
+last reference to one drops them, so deleting or overwriting a version frees what no other
+version reaches.  A version therefore costs its skeleton and the blobs no stored version
+had: what its update changed, not the bytes other clients keep in the object (issue 60).
+Records of splitter version 1 read as they are (same skeleton format, no nested
+references), so a store written before needs no conversion.
 
 Keys are big-endian and timestamps order-preserving, so the versions of one object are one
 contiguous key range in logical-time order: "version at LT" is a get and version history is
@@ -162,12 +172,13 @@ class Version:
     #: This server's clock when it stored the version (0: not recorded; retention by age).
     stored_ns: int = 0
 
-    def encode(self, skeleton: bytes | None = None) -> bytes:
-        """The stored value; with ``skeleton``, the state is stored as that skeleton."""
+    def encode(self, skeleton: bytes | None = None, applied: bytes | None = None) -> bytes:
+        """The stored value; with ``skeleton`` (``applied``), the state (the applied table)
+        is stored as that skeleton."""
         record = {
             "k": self.kind,
             "s": self.state if skeleton is None else skeleton,
-            "ap": self.applied,
+            "ap": self.applied if applied is None else applied,
             "co": self.lt_co.encode() if self.lt_co else None,
             "a": self.answer,
             "acc": self.accepted,
@@ -176,7 +187,9 @@ class Version:
         if self.stored_ns:
             record["w"] = self.stored_ns
         if skeleton is not None:
-            record["sk"] = True
+            record["sk"] = blobs.SPLIT_VERSION
+        if applied is not None:
+            record["ak"] = blobs.SPLIT_VERSION
         return pack(record)
 
     @classmethod
@@ -189,16 +202,19 @@ class Version:
         try:
             d = unpack(data)
             co = d["co"]
-            state = d["s"]
-            if d.get("sk"):
+            state, applied = d["s"], d["ap"]
+            if d.get("sk") or d.get("ak"):
                 if kv is None:
                     raise SchemaError("a split state needs the store to join it")
-                state = blobs.join(state, lambda h: _blob(kv, h))
+                if d.get("sk"):
+                    state = blobs.join(state, lambda h: _blob(kv, h))
+                if d.get("ak"):
+                    applied = blobs.join(applied, lambda h: _blob(kv, h))
             return cls(
                 lt,
                 d["k"],
                 state,
-                d["ap"],
+                applied,
                 Timestamp.decode(co) if co is not None else None,
                 d["a"],
                 bool(d["acc"]),
@@ -305,26 +321,42 @@ def store_version(kv: KV, oid: int, v: Version, owner: int | None = None) -> Non
     """Write a version (overwrites; callers only overwrite SYNCED with accepted ones),
     charged to ``owner``.
 
-    A large state is stored split (:mod:`bftfs.qu.blobs`): its skeleton here, its large
-    byte strings in ``qu.blob`` with one count per reference.
+    A state of ``blobs.SPLIT_MIN`` bytes or more is stored split (:mod:`bftfs.qu.blobs`):
+    its skeleton here, its parts in ``qu.blob`` with one count per reference; a part
+    already stored (by any version, any sender) only gains a count, so ``owner`` is
+    charged for the skeleton and the parts this version is the first to use.
     """
     key = ver_key(oid, v.lt)
     old = kv.get(DB_VER, key)
     if old is not None:
         _release(kv, old)
     parts = blobs.split(v.state) if v.state is not None else None
-    if parts is None:
-        _put(kv, DB_VER, key, v.encode(), owner)
-        return
-    skeleton, refs, data = parts
-    for h in refs:
+    table = blobs.split(v.applied)
+    for got in (parts, table):
+        if got is not None:
+            _add_references(kv, got, owner)
+    skeleton = parts[0] if parts is not None else None
+    _put(kv, DB_VER, key, v.encode(skeleton, table[0] if table is not None else None), owner)
+
+
+def _add_references(kv: KV, got: blobs.Split, owner: int | None) -> None:
+    """Count the references of a new skeleton: a blob already stored gains one; a new
+    one is stored with one, charged to ``owner``, and if it is a nested skeleton its own
+    references are counted in turn (so each blob's count is the number of stored
+    skeletons - versions' and nested ones - referring to it)."""
+    _skeleton, refs, data, kids = got
+    todo = list(refs)
+    while todo:
+        entry = todo.pop()
+        h = blobs.ref_hash(entry)
         raw = kv.get(DB_BREF, h)
-        if raw is None:
-            _put(kv, DB_BLOB, h, data[h], owner)
-            _put(kv, DB_BREF, h, (1).to_bytes(4, "big"), owner)
-        else:  # same size: the count keeps its charge
+        if raw is not None:  # same size: the count keeps its charge
             kv.put(DB_BREF, h, (int.from_bytes(bytes(raw), "big") + 1).to_bytes(4, "big"))
-    _put(kv, DB_VER, key, v.encode(skeleton), owner)
+            continue
+        _put(kv, DB_BLOB, h, data[h], owner)
+        _put(kv, DB_BREF, h, (1).to_bytes(4, "big"), owner)
+        if blobs.is_nested(entry):
+            todo += kids[h]
 
 
 def _blob(kv: KV, h: bytes) -> bytes | None:
@@ -332,23 +364,52 @@ def _blob(kv: KV, h: bytes) -> bytes | None:
     return bytes(raw) if raw is not None else None
 
 
-def _release(kv: KV, raw: bytes) -> None:
-    """Drop the blob references of a stored version value that is being replaced."""
+def record_references(raw: bytes) -> list[bytes]:
+    """The references a stored version record holds, once per reference (its state's,
+    then its applied table's; ``blobs.ref_hash`` and ``blobs.is_nested`` read them;
+    those of nested skeletons are not included).
+
+    Raises:
+        SchemaError: the record does not parse.
+    """
     try:
         d = unpack(raw)
         refs = blobs.references(d["s"]) if d.get("sk") else []
-    except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
+        if d.get("ak"):
+            refs += blobs.references(d["ap"])
+        return refs
+    except (KeyError, TypeError, ValueError, AttributeError, blobs.BlobError) as e:
         raise SchemaError(f"bad stored version: {e}") from e
-    for h in refs:
+
+
+def _release(kv: KV, raw: bytes) -> None:
+    """Drop the blob references of a stored version value that is being replaced or
+    deleted: a blob whose count reaches zero is deleted (its charge given back), and if
+    it is a nested skeleton its own references are dropped in turn.
+
+    Raises:
+        SchemaError: the record or a nested skeleton does not parse.
+    """
+    todo = record_references(raw)
+    while todo:
+        entry = todo.pop()
+        h = blobs.ref_hash(entry)
         got = kv.get(DB_BREF, h)
         if got is None:
             continue
         count = int.from_bytes(bytes(got), "big") - 1
-        if count <= 0:
-            _delete(kv, DB_BREF, h)
-            _delete(kv, DB_BLOB, h)
-        else:  # same size: the count keeps its charge
+        if count > 0:  # same size: the count keeps its charge
             kv.put(DB_BREF, h, count.to_bytes(4, "big"))
+            continue
+        if blobs.is_nested(entry):
+            nested = _blob(kv, h)
+            if nested is not None:
+                try:
+                    todo += blobs.references(nested)
+                except blobs.BlobError as e:
+                    raise SchemaError(f"bad stored skeleton {h.hex()}: {e}") from e
+        _delete(kv, DB_BREF, h)
+        _delete(kv, DB_BLOB, h)
 
 
 def _version_range(oid: int) -> tuple[bytes, bytes]:
