@@ -171,3 +171,22 @@ def test_an_older_recall_record_is_read_as_one_waiting_client() -> None:
     assert "lr" not in mkdir(d, VICTIM, T0 + TERM)
     d["lr"] = [VICTIM, T0 + S]  # without until: outlived at once
     assert holders(lease(d, ATTACKER, T0 + 2 * S))[0][0] == ATTACKER
+
+
+def test_an_exclusive_holder_keeps_another_clients_lookups_off_no_longer_than_its_term() -> None:
+    """A query refused under another client's exclusive lease recalls it; the holder can
+    neither renew nor retake it (released or not) until the asker has had its turn, so the
+    asker's lookup is answered once the lease it found ends; its ``ld`` then lets the
+    holder lease again at once."""
+    d = lease(directory(), ATTACKER, T0, kind=EXCLUSIVE)
+    refused("leased", REG.query, "fs.lookup", {DIR: d}, b"x", VICTIM)
+    d = recall(d, VICTIM, T0 + S)
+    refused("recalled", lease, d, ATTACKER, T0 + 2 * S, kind=EXCLUSIVE)
+    released = update("fs.release", d, ATTACKER, lt=T0 + 2 * S)
+    refused("recalled", lease, released, ATTACKER, T0 + 2 * S, kind=EXCLUSIVE)
+    refused("not-found", REG.query, "fs.lookup", {DIR: released}, b"x", VICTIM)
+    d = recall(d, VICTIM, T0 + TERM)  # its next recall, as the lease ends: tidied away
+    refused("not-found", REG.query, "fs.lookup", {DIR: d}, b"x", VICTIM)
+    d = recall(d, VICTIM, T0 + TERM, **{DONE: 1})
+    assert "lr" not in d
+    assert holders(lease(d, ATTACKER, T0 + TERM, kind=EXCLUSIVE))[0][0] == ATTACKER
