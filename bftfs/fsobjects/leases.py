@@ -16,18 +16,18 @@ record lives in the object's state, so it is as Byzantine-tolerant as the object
 - ``lr``: a pending recall, ``{"u": until, "q": [[client, mount, time], ...]}`` (older
   records: ``[requester, time, mount, until]``, read as one waiting client): the clients
   waiting for the object, in the order they first recalled it, each with the mount and
-  time of that recall, and ``until``, the last expiry of the leases they recalled.  While it
-  stands no lease is granted or renewed (a holder asked to release cannot renew), but to
-  the one client waiting, once no other client's lease is left (its turn, as its change
-  landing is).  A client's entry goes only when *it* has had its turn: its change lands
-  (:func:`leased`), it takes a lease so, it says it is done (``ld``, a query answered after
-  its recall or an update refused for another reason), or :data:`RECALL_GRACE` after
-  ``until`` (a requester that never came back).  Nothing the holder
-  does removes it: neither its release (whose time the holder chooses) nor its change,
-  nor a recall of its own (it queues behind those waiting before it; the client's other
-  mounts are the same client: their leases alone queue nobody).  So a recalled holder
-  cannot take the object back ahead of the requester's retry, and the requester waits at
-  most for the leases that stood when it recalled: one term.
+  time of that recall, and ``until``, the last expiry of the leases they recalled.  While
+  it stands no lease is granted or renewed (a holder asked to release cannot renew), but
+  to the one client waiting, once no other client's lease is left (its turn, as its
+  change landing is).  A client's entry goes only when *it* has had its turn: its change
+  lands (:func:`leased`), it takes a lease so, it says it is done (``ld``: a query
+  answered after its recall, an update refused for another reason), or
+  :data:`RECALL_GRACE` after ``until`` (a requester that never came back).  Nothing the
+  holder does removes it: neither its release (whose time the holder chooses) nor its
+  change, nor a recall of its own (it queues behind those waiting before it; the client's
+  other mounts are the same client: their leases alone queue nobody).  So a recalled
+  holder cannot take the object back ahead of the requester's retry, and the requester
+  waits at most for the leases that stood when it recalled: one term.
 
 Methods read no clock (``bftfs.qu.objects``).  Every lease-aware update carries the
 caller's time ``lt`` (ns); nodes refuse an ``lt`` more than :data:`LEASE_SKEW` ahead of
@@ -153,8 +153,8 @@ def live(state: Any, at: int | None, *, other_than: Who | None = None) -> list[H
 
 
 def _tidy(state: dict[str, Any], at: int | None) -> None:
-    """Drop the leases that ended by ``at``, and the waiting clients whose grace after the
-    recalled leases' end and their latest recall has passed (the record with the last)."""
+    """Drop the leases that ended by ``at``, and the recall once the grace of those waiting
+    after the recalled leases' end has passed."""
     kept = holders(state) if at is None else [h for h in holders(state) if h[2] > at]
     if kept:
         state["ls"] = kept
