@@ -91,47 +91,52 @@ def test_an_update_that_changes_nothing_never_conflicts() -> None:
     assert e.value.code == "exists"  # POSIX's answer, not a recall
 
 
-def test_a_recall_stops_renewal_and_new_leases_and_goes_with_the_last_holder() -> None:
+def test_a_recall_stops_renewal_and_new_leases_until_the_requesters_change_lands() -> None:
+    """The holders' releases leave the recall standing (issue 60: a release and a lease at
+    once retook the object ahead of the requester's retry); the requester's change ends it."""
     d = lease(lease(directory(), A, SHARED, T0), B, SHARED, T0)
     new, answer = update("fs.recall", {DIR: d}, C, lt=T0 + S)
     assert answer == [[DIR, [A, B]]]
     r = new[DIR]
-    assert r["lr"] == [C, T0 + S, 0, T0 + 30 * S]
-    for who in (A, C):
+    assert r["lr"] == {"u": T0 + 30 * S, "q": [[C, 0, T0 + S]]}
+    for who in (A, B, C):
         with pytest.raises(MethodRefused) as e:
             lease(r, who, SHARED, T0 + 2 * S)
         assert e.value.code == "recalled"
     once, _ = update("fs.release", {DIR: r}, A, lt=T0 + 2 * S)
     assert "lr" in once[DIR] and [h[0] for h in holders(once[DIR])] == [B]
     both, _ = update("fs.release", {DIR: once[DIR]}, B, lt=T0 + 2 * S)
-    assert "lr" not in both[DIR] and "ls" not in both[DIR]
-    assert mkdir_in(both[DIR], C, T0 + 2 * S)[FILE]["k"] == "d"
+    assert "lr" in both[DIR] and "ls" not in both[DIR]
+    made = mkdir_in(both[DIR], C, T0 + 2 * S)
+    assert made[FILE]["k"] == "d" and "lr" not in made[DIR]
 
 
-def test_a_recall_goes_when_only_the_requesting_mounts_own_lease_is_left() -> None:
+def test_a_requester_holding_a_lease_itself_renews_it_once_the_others_are_gone() -> None:
     """A recaller that holds a lease itself (a shared one, beside another client's) asks
-    only the others to release: once they did, its own lease stands alone and the recall
-    goes, so it renews and others take leases again (the record stayed until the
-    requester's own lease ended, and every take and renewal was refused ``recalled``).
-    Another mount of the requester's client is another holder: the recall stays for it.
-    A record from before the mount was recorded goes with the last holder, as before."""
+    only the others to release: once they did and nobody else waits, its renewal is its
+    turn (the record goes) and others take leases again after it.  Its client's other
+    mounts are its own business: their leases are pushed the recall but queue nobody.
+    A record from before the queue names one waiting client."""
     d = lease(lease(directory(), A, SHARED, T0), B, SHARED, T0)
     r = update("fs.recall", {DIR: d}, A, lt=T0 + S)[0][DIR]
-    assert r["lr"] == [A, T0 + S, 0, T0 + 30 * S]
+    assert r["lr"] == {"u": T0 + 30 * S, "q": [[A, 0, T0 + S]]}
     left = update("fs.release", {DIR: r}, B, lt=T0 + 2 * S)[0][DIR]
-    assert "lr" not in left and [h[0] for h in holders(left)] == [A]
-    assert holders(lease(left, A, SHARED, T0 + 3 * S))[0][2] == T0 + 33 * S
-    assert [h[0] for h in holders(lease(left, C, SHARED, T0 + 3 * S))] == [A, C]
-    two = update("fs.lease", {DIR: d}, A, kind=SHARED, lt=T0, term=30 * S, lm=8)[0][DIR]
-    r8 = update("fs.recall", {DIR: two}, A, lt=T0 + S)[0][DIR]
-    still = update("fs.release", {DIR: r8}, B, lt=T0 + 2 * S)[0][DIR]
-    assert still["lr"] == [A, T0 + S, 0, T0 + 30 * S]  # mount 8 of client A was asked too
+    assert [h[0] for h in holders(left)] == [A]
     with pytest.raises(MethodRefused) as e:
-        lease(still, A, SHARED, T0 + 3 * S)
+        lease(left, C, SHARED, T0 + 3 * S)  # A waits still: it goes first
     assert e.value.code == "recalled"
+    renewed = lease(left, A, SHARED, T0 + 3 * S)
+    assert "lr" not in renewed and holders(renewed)[0][2] == T0 + 33 * S
+    assert [h[0] for h in holders(lease(renewed, C, SHARED, T0 + 3 * S))] == [A, C]
+    two = update("fs.lease", {DIR: d}, A, kind=SHARED, lt=T0, term=30 * S, lm=8)[0][DIR]
+    _, out = update("fs.recall", {DIR: two}, A, lt=T0 + S)
+    assert out == [[DIR, [A, B]]]  # mount 8 of client A is asked too
+    alone = update("fs.lease", {DIR: directory()}, A, kind=SHARED, lt=T0, term=30 * S, lm=8)
+    mine, out = update("fs.recall", {DIR: alone[0][DIR]}, A, lt=T0 + S)
+    assert out == [[DIR, [A]]] and "lr" not in mine[DIR]
     old = dict(r, lr=[A, T0 + S])
-    kept = update("fs.release", {DIR: old}, B, lt=T0 + 2 * S)[0][DIR]
-    assert kept["lr"] == [A, T0 + S]
+    kept = update("fs.release", {DIR: old}, B, lt=None)[0][DIR]
+    assert kept["lr"] == {"u": None, "q": [[A, 0, T0 + S]]}
 
 
 def test_a_holder_that_ignored_a_recall_cannot_take_a_fresh_lease_as_its_term_ends() -> None:

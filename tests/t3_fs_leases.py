@@ -177,6 +177,59 @@ def test_a_holder_that_never_releases_holds_others_off_until_its_term(
     run(tmp_path, body, **LEASES)
 
 
+def test_a_holder_that_releases_and_retakes_or_recalls_itself_waits_behind_the_requester(
+    tmp_path: Path,
+) -> None:
+    """Issue 60, item 1: the holder (the raw client, one key, mount numbers of its own
+    choosing) releases and leases again at once, and recalls its own decoy lease under a
+    second mount number and gives it up, over and over.  Each used to remove the recall
+    before the other client's retry, which then backed off until EBUSY after 125 s; now the
+    recall holds until that client's ``mkdir`` lands: within the lease's term (8 s)."""
+
+    async def body(env: Env) -> None:
+        b = env.fss[1]
+        term = 8 * 10**9
+
+        def arg(mount: int, t: int = term) -> dict[str, int]:
+            return {"kind": SHARED, "lt": time.time_ns(), "term": t, "lm": mount}
+
+        await env.raw.update(ROOT, "fs.lease", arg(1))
+        refused: list[str] = []
+
+        async def send(method: str, a: dict[str, int]) -> bool:
+            try:
+                await env.raw.update(ROOT, method, a)
+            except MethodRefused as e:
+                refused.append(e.code)
+                return False
+            return True
+
+        async def attack() -> None:
+            # Renew through a recall of its own: drop it by giving up the decoy (a record
+            # naming mount 1 went when only mount 1 was left), renew, take the decoy again
+            # and recall it first, so that the other client's recall finds the record
+            # taken.  If the other's recall came first: release and lease again at once.
+            while True:
+                await send("fs.release", arg(2))
+                if not await send("fs.lease", arg(1)):
+                    await send("fs.release", arg(1))
+                    await send("fs.lease", arg(1))
+                await send("fs.lease", arg(2, 10**9))
+                await send("fs.recall", arg(1))
+                await trio.sleep(0.2)
+
+        started = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attack)
+            with trio.fail_after(30):
+                await b.mkdir(ROOT, b"d", 0o755, 0, 0)
+            nursery.cancel_scope.cancel()
+        assert time.monotonic() - started <= 8 + LEASE_SKEW / 1e9 + 4
+        assert "recalled" in refused
+
+    run(tmp_path, body, **LEASES)
+
+
 @pytest.mark.parametrize(
     ("offset_s", "refused"), [(3.0, "ahead"), (-3.0, "behind"), (-1.0, None), (1.0, None)]
 )

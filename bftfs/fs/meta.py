@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import random
 import time
 from collections import Counter, defaultdict
@@ -34,12 +35,14 @@ from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
 from bftfs.fs.leasedanswers import made_entries
 from bftfs.fs.leases import Leases
-from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, MAX_TERM
+from bftfs.fsobjects.leases import DONE, LEASE_SKEW, LEASE_TIME, MAX_TERM
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.client import ObjectLock
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
 from bftfs.rw.messages import block_id
+
+log = logging.getLogger(__name__)
 
 #: Attempts of an update whose cached view keeps turning out stale (concurrent changes).
 MAX_ATTEMPTS = 8
@@ -331,11 +334,16 @@ class Meta:
         while True:
             try:
                 if query is not None:
-                    return await self.qu.query(query, method, arg)
+                    answer = await self.qu.query(query, method, arg)
+                    if attempt:
+                        await self._done_waiting(objects)
+                    return answer
                 async with self._one_update_per_object(objects):
                     return await self.qu.update(objects, method, arg)
             except MethodRefused as e:
                 if e.code != "leased" or method in _LEASE_METHODS:
+                    if attempt:
+                        await self._done_waiting(objects)
                     raise
                 if trio.current_time() > deadline:
                     raise MethodRefused("busy", "a lease holder did not release") from None
@@ -347,6 +355,18 @@ class Meta:
             attempt += 1
             if isinstance(arg, dict) and query is None:
                 arg = {**arg, "lt": self.wall_ns()}
+
+    async def _done_waiting(self, objects: list[int]) -> None:
+        """Tell the nodes this mount's recall of ``objects`` waits no longer (its query was
+        answered, or its update refused for another reason: no change of it lands to end
+        the wait): the recall stays until then, holding every lease off for those waiting
+        (``fsobjects.leases``), so the holder may take its lease again at once.  Best
+        effort: unsaid, the recall ends a grace after the recalled leases."""
+        try:
+            async with self._one_update_per_object(objects):
+                await self.qu.update(objects, "fs.recall", {"lt": self.wall_ns(), DONE: 1})
+        except Exception as e:  # noqa: BLE001 - the recall then ends at its grace
+            log.debug("recall of %s not ended: %s", objects, e)
 
     async def statfs(self) -> dict[str, int]:
         """Capacity and free space from the nodes' stores.

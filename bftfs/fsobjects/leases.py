@@ -13,15 +13,21 @@ record lives in the object's state, so it is as Byzantine-tolerant as the object
   laptops with the same bundle are two holders, each recalled by the other's update and
   refused its queries under the other's exclusive lease.  It is the client's own claim,
   so it can only mislead that client's other mounts.
-- ``lr``: a pending recall, ``[requester, time, mount, until]`` (``until``: the last expiry
-  of the leases it recalled; older records lack it, or also the mount), or absent.  While
-  it stands no lease is granted or renewed (a holder asked to release cannot renew).  It
-  goes when the last recalled holder *releases* (it cooperated: the requester's retry is
-  due), when the requester's own change lands (:func:`leased`), and otherwise only
-  :data:`RECALL_GRACE` after ``until``: a holder that ignored the recall and let its lease
-  run out cannot take a fresh one the moment it ends, ahead of the requester's retry, and
-  so hold the requester off term after term.  A requester that never comes back costs
-  everyone else's leases that grace, no more.
+- ``lr``: a pending recall, ``{"u": until, "q": [[client, mount, time], ...]}`` (older
+  records: ``[requester, time, mount, until]``, read as one waiting client): the clients
+  waiting for the object, in the order they first recalled it, each with the mount and
+  time of that recall, and ``until``, the last expiry of the leases they recalled.  While
+  it stands no lease is granted or renewed (a holder asked to release cannot renew), but
+  to the one client waiting, once no other client's lease is left (its turn, as its
+  change landing is).  A client's entry goes only when *it* has had its turn: its change
+  lands (:func:`leased`), it takes a lease so, it says it is done (``ld``: a query
+  answered after its recall, an update refused for another reason), or
+  :data:`RECALL_GRACE` after ``until`` (a requester that never came back).  Nothing the
+  holder does removes it: neither its release (whose time the holder chooses) nor its
+  change, nor a recall of its own (it queues behind those waiting before it; the client's
+  other mounts are the same client: their leases alone queue nobody).  So a recalled
+  holder cannot take the object back ahead of the requester's retry, and the requester
+  waits at most for the leases that stood when it recalled: one term.
 
 Methods read no clock (``bftfs.qu.objects``).  Every lease-aware update carries the
 caller's time ``lt`` (ns); nodes refuse an ``lt`` more than :data:`LEASE_SKEW` ahead of
@@ -37,7 +43,8 @@ client C that would change an object on which another client holds a lease live 
 changes.  C then asks for a recall (:func:`_recall`, which records ``lr``); every correct
 node that takes it pushes a recall to the holders (``node/recalls.py``), which write back
 what they buffered and release (:func:`_release`); C retries.  A holder that never releases
-(dead, cut off, Byzantine) is bounded by its expiry: at most :data:`MAX_TERM`.  Updates that
+(dead, cut off, Byzantine) is bounded by its expiry, which the recall keeps it from
+renewing until the requester has had its turn: at most :data:`MAX_TERM`.  Updates that
 change nothing (a refused create, the ancestors a rename only reads) never conflict.
 Queries by another client are refused ``leased`` too while an *exclusive* lease stands
 (:func:`guarded`): its holder may have buffered changes the servers do not hold yet.
@@ -81,9 +88,14 @@ INHERIT = "lx"
 NEW_LEASE = "ln"
 #: Mount numbers are below this (``fsobjects.limits.MAX_OID``'s range, as lease tokens).
 MAX_MOUNT = 2**63 - 1
-#: How long a recall outlives the leases it recalled when their holders did not release
-#: (ns): time for the requester's retry, which backs off at most 0.5 s, to land first.
+#: How long a recall outlives the leases it recalled (ns): time for the requester's
+#: retry, which backs off at most 0.5 s, to land first when their holders did not release.
 RECALL_GRACE = 10 * 10**9
+#: The argument key of a recall saying the caller waits no longer (its query was
+#: answered, its update refused for another reason): its entry goes, nothing is recalled.
+DONE = "ld"
+#: Most clients one recall record queues; a further one's recall is pushed, not queued.
+MAX_WAITING = 64
 #: Most holders one object records; a further client is refused ``busy`` (it runs uncached).
 MAX_HOLDERS = 32
 #: Most objects one recall push names (nodes send no more; a holder takes more as
@@ -91,6 +103,7 @@ MAX_HOLDERS = 32
 MAX_RECALLED = 64
 
 Holder = list[int]  # [client, kind, expiry, mount]
+Waiting = list[int]  # [client, mount, time of its first recall]
 #: Who holds a lease: the client's principal id and its mount's number.
 Who = tuple[int, int]
 
@@ -140,45 +153,69 @@ def live(state: Any, at: int | None, *, other_than: Who | None = None) -> list[H
 
 
 def _tidy(state: dict[str, Any], at: int | None) -> None:
-    """Drop the leases that ended by ``at``, and the recall once no holder but the
-    requesting mount is left and its grace after the recalled leases' end has passed."""
+    """Drop the leases that ended by ``at``, and the recall once the grace of those waiting
+    after the recalled leases' end has passed."""
     kept = holders(state) if at is None else [h for h in holders(state) if h[2] > at]
     if kept:
         state["ls"] = kept
     else:
         state.pop("ls", None)
-    lr = state.get("lr")
-    if lr is not None and all(_requested(h, lr) for h in kept) and _graced(lr, at):
-        state.pop("lr")
+    until, queue = _recall_record(state)
+    if _gave_up(until, at):
+        _set_record(state, until, [])
+    else:
+        _set_record(state, until, queue)
 
 
-def _graced(lr: list[int], at: int | None) -> bool:
-    """Whether the recall ``lr`` has outlived the leases it recalled by its grace at ``at``
-    (a record without ``until``, older than the grace, counts as outlived at once)."""
-    if len(lr) < 4:
-        return True
-    return at is not None and at >= lr[3] + RECALL_GRACE
+def _recall_record(state: Any) -> tuple[int | None, list[Waiting]]:
+    """The recall record's ``until`` (None: an older record without it) and its waiting
+    clients in order (``[]``: no recall).  An older record names one client, mount 0 when
+    it lacks the mount."""
+    lr = state.get("lr") if isinstance(state, dict) else None
+    if isinstance(lr, dict):
+        q = lr.get("q")
+        queue = (
+            [list(w) for w in q if isinstance(w, list) and len(w) == 3]
+            if isinstance(q, list)
+            else []
+        )
+        until = lr.get("u")
+        return (until if isinstance(until, int) else None), queue
+    if isinstance(lr, list) and len(lr) >= 2:
+        mount = lr[2] if len(lr) >= 3 else 0
+        return (lr[3] if len(lr) >= 4 else None), [[lr[0], mount, lr[1]]]
+    return None, []
 
 
-def _recalled_released(state: dict[str, Any], me: Who, at: int | None) -> None:
-    """Drop the recall when ``me``, one of the holders it asked, has just released and no
-    live holder but the requester is left: the holders cooperated, nothing to wait for."""
-    lr = state.get("lr")
-    if lr is None or _is_requester(me, lr):
-        return
-    if all(_requested(h, lr) for h in live(state, at)):
-        state.pop("lr")
+def _set_record(state: dict[str, Any], until: int | None, queue: list[Waiting]) -> None:
+    """Store the recall record (none when nobody waits)."""
+    if queue:
+        state["lr"] = {"u": until, "q": queue}
+    else:
+        state.pop("lr", None)
 
 
-def _requested(h: Holder, lr: list[int]) -> bool:
-    """Whether ``h`` is the lease of the mount that asked for the recall ``lr``."""
-    return _is_requester(who(h), lr)
+def _gave_up(until: int | None, at: int | None) -> bool:
+    """Whether those waiting are past their grace at ``at``: :data:`RECALL_GRACE` after the
+    recalled leases' end ``until`` (every recall that queues or extends comes while one of
+    them runs, so before it; an older record without ``until`` counts as past at once;
+    with no time, nobody is)."""
+    if at is None:
+        return False
+    return until is None or at >= until + RECALL_GRACE
 
 
-def _is_requester(me: Who, lr: list[int] | None) -> bool:
-    """Whether ``me`` is the mount that asked for the recall ``lr`` (an older record,
-    without the mount, names nobody)."""
-    return lr is not None and len(lr) >= 3 and me == (lr[0], lr[2])
+def _served(state: dict[str, Any], client: int) -> None:
+    """``client`` has had its turn (its change landed, it took a lease, it is done): its
+    entry goes, the others keep their places."""
+    until, queue = _recall_record(state)
+    _set_record(state, until, [w for w in queue if w[0] != client])
+
+
+def _other_clients(state: Any, at: int | None, client: int) -> list[Holder]:
+    """The live leases at ``at`` of clients other than ``client`` (its other mounts are
+    not another requester's business)."""
+    return [h for h in live(state, at) if h[0] != client]
 
 
 def _without_leases(state: Any) -> Any:
@@ -222,8 +259,7 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
                     else:
                         state.pop(key, None)
                 _tidy(state, at)
-                if _is_requester(me, state.get("lr")):
-                    state.pop("lr")  # the change the recall was for has landed
+                _served(state, caller)  # the change its recall was for has landed
                 new[oid] = state
         return new, answer
 
@@ -311,7 +347,8 @@ def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Take or renew the caller's lease of ``kind`` on each object until ``lt + term``.
 
     Refused ``recalled`` while a recall stands (nobody takes or renews a lease then, the
-    holders asked to release first), ``leased`` when another client holds a live lease the
+    holders asked to release first), but to the only client waiting once no other client's
+    lease is left (its turn: its entry goes), ``leased`` when another client holds a live lease the
     kind conflicts with (an exclusive lease conflicts with every other), ``busy`` past
     :data:`MAX_HOLDERS`.  The caller's own earlier lease (of this mount) is replaced.  The
     answer: the expiry granted."""
@@ -324,8 +361,11 @@ def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     for oid, state in states.items():
         s = _node(state)
         _tidy(s, at)
-        if s.get("lr") is not None:
-            raise MethodRefused("recalled", f"object {oid} is being recalled")
+        _, queue = _recall_record(s)
+        if queue:
+            if {w[0] for w in queue} != {caller} or _other_clients(s, at, caller):
+                raise MethodRefused("recalled", f"object {oid} is being recalled")
+            _served(s, caller)
         others = live(s, at, other_than=me)
         if others and (kind == EXCLUSIVE or any(h[1] == EXCLUSIVE for h in others)):
             raise MethodRefused("leased", f"object {oid} is leased to another client")
@@ -337,8 +377,9 @@ def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
 
 
 def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-    """Give up the caller's lease on each object (also one that ended: harmless).  With the
-    last live holder the recall goes too.  The answer: None."""
+    """Give up the caller's lease on each object (also one that ended: harmless).  The
+    recall stays: those waiting have their turn first (the module docstring).  The
+    answer: None."""
     a = _arg(arg)
     at = _lease_time(a)
     me = (caller, _mount(a))
@@ -349,22 +390,24 @@ def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
             continue
         s = _node(state)
         s["ls"] = [h for h in holders(s) if who(h) != me]
-        _recalled_released(s, me, at)
-        _tidy(s, at)  # no holder left: the records go
+        _tidy(s, at)  # no holder left: the list goes
         new[oid] = s
     return new, None
 
 
 def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-    """Ask the other holders of live leases on each object to release: records ``lr`` (no
-    lease is granted or renewed from now on) and answers ``[[oid, [holder ids]], ...]``
-    (no map: wire maps have string keys) for the objects that have any, which every node
-    that took the update pushes a recall to (``node/recalls.py``: to every connection of
-    each holder's client, so each of its mounts checks whether it is the one).  An object
-    nobody else holds is left as it is."""
+    """Ask the other holders of live leases on each object to release: queues the caller
+    in ``lr`` (no lease is granted or renewed from now on) when another client holds one,
+    and answers ``[[oid, [holder ids]], ...]`` (no map: wire maps have string keys) for the
+    objects that have any (its own other mounts too), which every node that took the
+    update pushes a recall to (``node/recalls.py``: to every connection of each holder's
+    client, so each of its mounts checks whether it is the one).  A caller already waiting
+    keeps its place (its recall's time is renewed).  An object nobody else holds is left as
+    it is.  With ``ld`` (:data:`DONE`) the caller's entry goes and nothing is recalled."""
     a = _arg(arg)
     at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
     me = (caller, _mount(a))
+    done = bool(a.get(DONE))
     new: dict[int, Any] = {}
     out = []
     for oid, state in states.items():
@@ -373,14 +416,20 @@ def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
             continue
         s = _node(state)
         _tidy(s, at)
+        if done:
+            _served(s, caller)
+            new[oid] = s
+            continue
         others = live(s, at, other_than=me)
+        foreign = _other_clients(s, at, caller)
+        if foreign:
+            until, queue = _recall_record(s)
+            ends = max(h[2] for h in foreign)
+            until = ends if until is None else max(until, ends)
+            if caller not in {w[0] for w in queue} and len(queue) < MAX_WAITING:
+                queue.append([caller, me[1], at])
+            _set_record(s, until, queue)
         if others:
-            until = max(h[2] for h in others)
-            lr = s.get("lr")
-            if lr is None:
-                s["lr"] = [caller, at, me[1], until]
-            elif len(lr) >= 4 and lr[3] < until:
-                s["lr"] = [*lr[:3], until]
             out.append([oid, sorted({h[0] for h in others})])
         new[oid] = s
     return new, out
