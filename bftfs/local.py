@@ -418,7 +418,7 @@ def start_node(cfg: ClusterConfig, node_id: int, extra_args: list[str] | None = 
         *(extra_args or []),
     ]
     child = proc.spawn(cmd, log=log_path(spec))
-    pid_path(spec).write_text(f"{child.pid}\n")
+    proc.write_pid(pid_path(spec), child.pid)
     return child.pid
 
 

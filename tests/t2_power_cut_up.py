@@ -84,3 +84,36 @@ def test_up_after_every_node_was_killed_serves_with_a_node_still_recovering(
             os.kill(slow, signal.SIGCONT)
         local.wait_ready(pc.config, timeout=60)
         trio.run(_read_and_write, pc, synced)
+
+
+def test_up_starts_a_node_whose_pid_file_names_a_recycled_pid(tmp_path: Path) -> None:
+    """After a power cut every node's pid file stays; pids are recycled within minutes
+    where ``pid_max`` is 32768, and another cluster's node (the same program: its command
+    line has the marks checked) may hold one.  ``up`` took it for the node, did not start
+    the node and waited out its timeout (and ``down`` would have stopped the other
+    cluster's node).  The pid file names the process's start time too."""
+    home = tmp_path / "c"
+    with ProcessCluster(home, map_size=1 << 28, durable=False) as pc:
+        for spec in pc.config.nodes:  # SIGKILL, pid files left in place
+            os.kill(local.running_pid(spec) or 0, signal.SIGKILL)
+        # Another cluster's node, now holding a pid one of ours had.
+        other = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()", "bftfs", "node"],
+            stdin=subprocess.PIPE,
+        )
+        try:
+            pid_file = local.pid_path(pc.config.node(2))
+            _, *rest = pid_file.read_text().split("\n")
+            pid_file.write_text("\n".join([str(other.pid), *rest]))
+            assert all(local.running_pid(s) is None for s in pc.config.nodes if s.id != 2)
+            cmd = [sys.executable, "-m", "bftfs", "up", "--dir", str(home), "--no-mount"]
+            up = subprocess.run(
+                [*cmd, "--timeout", "5"], capture_output=True, text=True, timeout=120, check=False
+            )
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert local.running_pid(pc.config.node(2)) not in (None, other.pid)
+            assert len(local.wait_ready(pc.config, timeout=30)) == pc.config.n
+            assert other.poll() is None  # not taken for ours, nor stopped as ours
+        finally:
+            other.kill()
+            other.communicate()
