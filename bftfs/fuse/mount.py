@@ -125,6 +125,7 @@ async def serve(
             read_only=options.read_only,
             timeo=options.timeo,
             hard=options.hard,
+            soft=options.soft,
             locks=locks,
         )
         # default_permissions: the kernel checks modes.  The source mount(8) and df show
@@ -203,6 +204,7 @@ async def serve_past(
             read_only=True,
             timeo=options.timeo,
             hard=options.hard,
+            soft=options.soft,
         )
         fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs", "fsname=bftfs", "ro"}
         if options.allow_other:
