@@ -1,0 +1,177 @@
+"""Slow is not unavailable (issue 60, items 5 and 6), on real node processes and FUSE mounts.
+
+Item 5: with every node up but ``t + 1`` of them stopped and resumed in bursts of a few
+seconds (SIGSTOP/SIGCONT: what a machine at load 20-30 does to them), the two-mount
+consistency checker and mapped writes with ``msync`` see no EIO.  The mounts run with
+``timeo=2``, shorter than the bursts, so that before the fix - patience ran down whenever
+no call completed - the bursts alone made EIO; now an operation waits while a quorum of
+nodes is live, and a node is live until it has been silent, with requests outstanding, for
+several of its own response times (``net/liveness.py``).
+
+Item 6: with one node stopped (``n = 6``, ``q = 5``: no slack left), a tree copied onto a
+mount, read back there and from a second mount, gets no EIO, and ``fs.lease`` costs no
+per-operation wait for the stopped node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mount_helpers import assert_same_tree, make_tree
+
+from bftfs.testing import consistency
+from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.processes import ProcessCluster
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+#: Seconds a burst keeps its nodes stopped, and lets them run between bursts.
+STOPPED = 3.0
+RUNNING = 0.7
+#: The mounts' ``timeo`` in the bursts test: shorter than a burst.
+TIMEO = 2.0
+
+
+@contextlib.contextmanager
+def stop_bursts(
+    pc: ProcessCluster, count: int, seed: int, among: list[int] | None = None
+) -> Iterator[list[str]]:
+    """While the block runs, stop ``count`` nodes of ``among`` (default: all; a seeded
+    choice each burst) for :data:`STOPPED` seconds, resume them for :data:`RUNNING`, and
+    so on; every node is resumed on exit, whatever happened.  Yields the log of bursts."""
+    rng = random.Random(seed)
+    done = threading.Event()
+    log: list[str] = []
+    n = len(pc.config.nodes)
+    pool = list(range(n)) if among is None else among
+
+    def signal_nodes(nodes: list[int], sig: signal.Signals) -> None:
+        for i in nodes:
+            pid = pc.pid(i)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+
+    def run() -> None:
+        while not done.is_set():
+            nodes = rng.sample(pool, count)
+            signal_nodes(nodes, signal.SIGSTOP)
+            log.append(f"stop {nodes}")
+            try:
+                done.wait(STOPPED)
+            finally:
+                signal_nodes(nodes, signal.SIGCONT)
+            done.wait(RUNNING)
+
+    thread = threading.Thread(target=run, name="stop-bursts", daemon=True)
+    thread.start()
+    try:
+        yield log
+    finally:
+        done.set()
+        thread.join()
+        signal_nodes(list(range(n)), signal.SIGCONT)
+
+
+def mapped_writes(path: Path, seed: int, ops: int, size: int = 8 << 20) -> int:
+    """fsx's mapped writes on an ``size``-byte file: ``ops`` random writes through a shared
+    mapping, an ``msync`` every eighth, checked against a model once closed; how many
+    ``msync`` calls were made (any ``OSError``, EIO included, fails the caller)."""
+    rng = random.Random(seed)
+    model = bytearray(size)
+    with open(path, "w+b") as f:
+        f.truncate(size)
+        syncs = 0
+        with mmap.mmap(f.fileno(), size) as m:
+            for i in range(ops):
+                off = rng.randrange(size - 65536)
+                data = rng.randbytes(rng.randrange(1, 65536))
+                m[off : off + len(data)] = data
+                model[off : off + len(data)] = data
+                if i % 8 == 7:
+                    m.flush()  # msync(MS_SYNC)
+                    syncs += 1
+            m.flush()
+        os.fsync(f.fileno())
+    assert path.read_bytes() == bytes(model)
+    return syncs
+
+
+def eio_lines(*mounts: Mount) -> list[str]:
+    """The mounts' log lines for answers of EIO."""
+    return [line for m in mounts for line in m.log_text().splitlines() if "answered EIO" in line]
+
+
+@pytest.mark.slow
+def test_checker_and_mapped_writes_see_no_eio_while_t_plus_1_nodes_stop_in_bursts(
+    tmp_path: Path,
+) -> None:
+    with consistency.mounted(tmp_path, 2, options=f"timeo={TIMEO:g}") as (pc, dirs):
+        with stop_bursts(pc, pc.config.t + 1, seed=60) as bursts:
+            report = consistency.run(pc, dirs, seed=60, ops=100, faults=0)
+            syncs = mapped_writes(dirs[0] / "mapped.bin", seed=60, ops=200)
+        print(report.text())
+        print(f"bursts: {len(bursts)} ({'; '.join(bursts[:6])} ...); msync calls: {syncs}")
+        assert report.steps == 100
+        assert len(bursts) >= 3  # the run did overlap several bursts
+        logs = sorted(tmp_path.glob("cluster/mount-*.log"))
+        eio = [
+            ln
+            for p in logs
+            for ln in p.read_text(errors="replace").splitlines()
+            if "answered EIO" in ln
+        ]
+        assert not eio, eio[:5]
+
+
+def lease_figures(log: str) -> tuple[int, float] | None:
+    """``fs.lease``'s calls and mean milliseconds in a mount's closing statistics."""
+    found = re.findall(r"^fs\.lease\s+(\d+)\s+[\d.]+\s+([\d.]+)\s*$", log, re.MULTILINE)
+    if not found:
+        return None
+    calls, mean = found[-1]
+    return int(calls), float(mean)
+
+
+def test_a_tree_copied_and_read_back_with_one_node_stopped_gets_no_eio(tmp_path: Path) -> None:
+    """One node stopped, and another of the five left stopped in bursts (one more slow
+    answer: before the fix, an outage)."""
+    src = make_tree(tmp_path / "src", seed=60, files=120)
+    with ProcessCluster(tmp_path / "cluster", map_size=1 << 30, durable=False, clients=2) as pc:
+        pc.stop(3)  # one node down: every quorum needs all five others
+        options = f"timeo={TIMEO:g}"
+        a = Mount(pc.config, tmp_path / "a", client="client0", options=options)
+        b = Mount(pc.config, tmp_path / "b", client="client1", options=options)
+        with a, b:
+            with stop_bursts(pc, pc.config.t, seed=6, among=[0, 1, 2, 4, 5]) as bursts:
+                try:
+                    shutil.copytree(src, a.mountpoint / "tree", symlinks=True)
+                    failed: list[str] = []
+                except shutil.Error as e:  # what cp -a reports, one line per failure
+                    failed = [str(x) for x in e.args[0]]
+                if not failed:
+                    assert_same_tree(src, a.mountpoint / "tree")
+                    assert_same_tree(src, b.mountpoint / "tree")
+            eio = eio_lines(a, b)
+        figures = lease_figures(a.log.read_text(errors="replace"))
+        print(
+            f"bursts: {len(bursts)}; copy failures: {len(failed)}; EIO answered by the "
+            f"mounts: {len(eio)}; fs.lease with node 3 stopped: {figures} (calls, mean ms)"
+        )
+        assert len(bursts) >= 2
+        assert not failed and not eio, (failed[:3], eio[:3])
+        if figures is not None:
+            calls, mean_ms = figures
+            # The stopped node costs no per-operation wait: a lease is a Q/U update the
+            # five others answer (before: 12.2 s on average at load 15-30).
+            assert mean_ms < 2000, figures
