@@ -113,6 +113,10 @@ class Endpoint:
         #: must be for the cluster to be available (a quorum: ``n - t``; None: all).
         self.liveness = Liveness()
         self.needed: int | None = None
+        #: Nodes with a heartbeat outstanding (at most one each: :meth:`_heartbeat`).
+        self._pinging: set[NodeId] = set()
+        #: Heartbeats sent.
+        self.heartbeats = 0
         self._ids = itertools.count(1)
         self.sent = 0
         self.resent = 0
@@ -308,8 +312,31 @@ class Endpoint:
     def node_live(self, node: NodeId, now: float) -> bool:
         """Whether ``node`` is alive and making progress (``net/liveness.py``): not
         refusing connections, and not silent since it was asked something for several of
-        its own response times."""
-        return self.liveness.live(node, now)
+        its own response times - answering the heartbeat it is sent when silent while
+        asked something counts (``net/liveness.py``)."""
+        liveness = self.liveness
+        if node not in self._pinging and liveness.needs_ping(node, now):
+            self._heartbeat(node)
+        return liveness.live(node, now)
+
+    def _heartbeat(self, node: NodeId) -> None:
+        """Send ``node`` a ``ping`` on its open connection (none: nothing to do, a call
+        is connecting), unless one is outstanding; its answer is heard by the connection
+        like any other (``Connection``, ``Liveness.heard``)."""
+        conn = self._conns.get(node)
+        if conn is None or conn.closed:
+            return
+        req_id = next(self._ids)
+        waiter = Waiter()
+        waiter.notify = lambda: self._pinging.discard(node)
+        conn.pending[req_id] = waiter
+        try:
+            conn.send_nowait([REQUEST, req_id, "ping", None])
+        except trio.ClosedResourceError:
+            conn.pending.pop(req_id, None)
+            return
+        self._pinging.add(node)
+        self.heartbeats += 1
 
     def live_nodes(self, now: float) -> list[NodeId]:
         """The nodes :meth:`node_live` holds for."""

@@ -20,20 +20,32 @@ judged in each node's own recent response times, not against a fixed timeout:
 
 A node not asked anything since it last spoke is live (nobody is waiting for it); the
 endpoint asks it something soon enough when an operation needs it.
+
+**Heartbeats.**  A node may be alive and still leave a request unanswered for long: its
+handler waits for its own peers, some of them stopped or slow.  So a node silent for
+:data:`PING_AFTER` seconds since it was asked something is sent a ``ping`` (answered by the
+node's reader at once, ``node/service.py``; one outstanding per node, the endpoint's
+``node_live``); its answer is something the node sent, so a node whose process runs stays
+live while its requests wait, and only one that answers nothing at all (stopped, hung, cut
+off) becomes absent.
 """
 
 from __future__ import annotations
 
 from bftfs.ids import NodeId
 
-#: Seconds of silence with a request outstanding that never make a node absent.
-LIVE_FLOOR = 5.0
+#: Seconds of silence since a node was asked something that never make it absent: a
+#: node stopped for a few seconds (SIGSTOP, a machine at load 20-30) takes as long again
+#: to work through what queued meanwhile before it answers even a heartbeat.
+LIVE_FLOOR = 10.0
 #: Times its own response time a node may be silent with requests outstanding.
 LIVE_FACTOR = 4.0
 #: The longest window (a node silent this long with requests outstanding is absent).
 LIVE_CAP = 120.0
 #: Weight of a new latency in the moving average (recent answers count most).
 ALPHA = 0.25
+#: Seconds a node asked something may stay silent before it is sent a heartbeat.
+PING_AFTER = 1.0
 
 
 class Liveness:
@@ -75,9 +87,16 @@ class Liveness:
         """``node`` sent something at ``now``; a reply ``latency`` seconds after its request."""
         self.heard_at[node] = now
         self.asked_at.pop(node, None)
+        self.down.discard(node)  # it spoke: reachable (an old connection outlives a refusal)
         if latency is not None and latency >= 0:
             old = self.latency.get(node)
             self.latency[node] = latency if old is None else old + ALPHA * (latency - old)
+
+    def needs_ping(self, node: NodeId, now: float) -> bool:
+        """Whether ``node`` has been silent for :data:`PING_AFTER` since it was asked
+        something (the endpoint sends it a heartbeat, module docstring)."""
+        asked = self.asked_at.get(node)
+        return asked is not None and now - asked >= PING_AFTER
 
     def window(self, node: NodeId) -> float:
         """Seconds ``node`` may leave requests unanswered and send nothing before it is
