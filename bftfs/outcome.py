@@ -6,18 +6,20 @@ Both protocol clients (``qu.client``, ``rw.client``) raise subclasses of
 their callers - the file system - handle one family and import nothing of the transport.
 
 It also holds the *patience* of the operation running in the current task (a context
-variable): how long it still waits for nodes that do not answer. A mount sets it per system
+variable): how long it still waits for an unavailable cluster. A mount sets it per system
 call (``timeo``, :mod:`bftfs.fuse.options`); the transport (``net.endpoint``, ``net.batch``)
-cuts its timeouts to it and extends it whenever a call completes, so an operation fails once
-the cluster has made no progress for that long, whatever retries the protocol clients and
-the file system would otherwise make, and a long operation that does progress (a large
-flush) is never cut short. A quorum of nodes answering a round renews it too, also a round
-its caller cuts short (``quorum_call(renew_at=...)``: contention ends rounds once their
-outcome is clear), and a backoff for contention uses up none of it (:func:`paused`):
-patience that ran out in a long contended repair made the next rounds "short" and the
-operation EIO with every node answering (issue 31, item 11). Without one (no mount, or a
-``hard`` mount) the transport's own timeouts apply. Kept here, in the base layer, so the
-file system and FUSE set it without importing the transport.
+cuts its timeouts to it and extends it whenever a call completes and, unless it is
+``soft``, whenever at least a quorum of nodes is live (:meth:`Patience.refresh`, the
+endpoint's ``quorum_live``: issue 60, slow is not unavailable), so an operation fails once
+fewer than a quorum were live for that long, whatever retries the protocol clients and the
+file system would otherwise make, and one on a slow but live cluster waits. A quorum of
+nodes answering a round renews it too, also a round its caller cuts short
+(``quorum_call(renew_at=...)``: contention ends rounds once their outcome is clear), and a
+backoff for contention uses up none of it (:func:`paused`): patience that ran out in a
+long contended repair made the next rounds "short" and the operation EIO with every node
+answering (issue 31, item 11). Without one (no mount) the transport's own timeouts apply.
+Kept here, in the base layer, so the file system and FUSE set it without importing the
+transport.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from bftfs.fs.errors import NoSpace, NotFound, Unavailable
 from bftfs.fuse.errormap import unwrap
 from bftfs.fuse.options import parse
 from bftfs.ids import NodeId
-from bftfs.net.liveness import LIVE_CAP, LIVE_FACTOR, LIVE_FLOOR, Liveness
+from bftfs.net.liveness import LIVE_CAP, LIVE_FACTOR, LIVE_FLOOR, PING_AFTER, Liveness
 from bftfs.net.quorum import QuorumEngine, Verdict
 from bftfs.outcome import ClusterUnavailable, Patience, StorageFull, bounded, patience
 from bftfs.qu.attempt import MAX_SHORT_ROUNDS, Attempt, QUUnavailable
@@ -80,6 +80,23 @@ def test_a_stopped_node_is_absent_once_silent_for_its_window_since_it_was_asked(
     assert not lv.live(N[5], 100.0 + LIVE_FLOOR + 0.1)
     lv.heard(N[5], 120.0, latency=20.0)  # it answers again (SIGCONT): live
     assert lv.live(N[5], 121.0)
+
+
+def test_a_node_silent_since_it_was_asked_is_sent_a_heartbeat_and_its_answer_counts() -> None:
+    """A node whose requests wait on its own peers answers the heartbeat: live."""
+    lv = Liveness()
+    lv.asked(N[1], 0.0)
+    assert not lv.needs_ping(N[1], PING_AFTER - 0.01)
+    assert lv.needs_ping(N[1], PING_AFTER)
+    lv.heard(N[1], PING_AFTER + 0.1)  # the ping's answer
+    assert not lv.needs_ping(N[1], 100.0) and lv.live(N[1], 100.0)
+
+
+def test_a_node_that_speaks_is_not_down_whatever_a_connection_attempt_said() -> None:
+    lv = Liveness()
+    lv.unreachable(N[2])  # a second connection timed out while it was stopped
+    lv.heard(N[2], 1.0)  # but the old one carries its answers
+    assert lv.live(N[2], 1.0)
 
 
 # Patience ---------------------------------------------------------------------------------
