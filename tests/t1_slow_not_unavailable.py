@@ -12,16 +12,21 @@ stands for (``fuse/errormap.py``).
 
 from __future__ import annotations
 
+import errno
 import random
 from collections.abc import Collection
 
+import pyfuse3
 import pytest
 import trio
 import trio.testing
 
 from bftfs.fs.errors import NoSpace, NotFound, Unavailable
+from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.errormap import unwrap
+from bftfs.fuse.handler import handler
 from bftfs.fuse.options import parse
+from bftfs.fuse.recentlookups import RecentLookups
 from bftfs.ids import NodeId
 from bftfs.net.liveness import LIVE_CAP, LIVE_FACTOR, LIVE_FLOOR, PING_AFTER, Liveness
 from bftfs.net.quorum import QuorumEngine, Verdict
@@ -256,3 +261,48 @@ def test_a_group_of_file_system_answers_is_the_one_answer_it_stands_for() -> Non
     assert unwrap(bug) is bug  # anything else stays what it is (a bug is logged as one)
     plain = NotFound("p")
     assert unwrap(plain) is plain
+
+
+class _Host:
+    """What the FUSE handler decorator reads on ``Operations`` (``fuse/handler.py``)."""
+
+    read_only = False
+    timeo: float | None = 10.0
+    soft = False
+
+    def __init__(self, hard: bool, fail: list[BaseException]) -> None:
+        self.hard = hard
+        self.record = CallRecord()
+        self.lookups = RecentLookups()
+        self.fail = fail
+
+    @handler
+    async def readdir(self, fh: int, start: int) -> str:
+        if self.fail:
+            raise self.fail.pop(0)
+        return "listed"
+
+
+@pytest.mark.expected_logs("bftfs.fuse.operations", "WARNING")
+def test_a_nursery_group_reaches_the_kernel_as_its_errno_and_a_hard_mount_retries_it() -> None:
+    """The defect: ``readdir`` answered EIO with "unexpected ExceptionGroup: Exceptions
+    from Trio nursery", never retried by a hard mount (issue 60 item 14)."""
+
+    def group(*errors: Exception) -> ExceptionGroup[Exception]:
+        return ExceptionGroup("Exceptions from Trio nursery", list(errors))
+
+    async def main() -> None:
+        soft = _Host(hard=False, fail=[group(NotFound("gone"))])
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await soft.readdir(1, 0)
+        assert e.value.errno == errno.ENOENT
+        assert not soft.record.eio and not soft.record.errors  # not "unexpected"
+        eio = _Host(hard=False, fail=[group(Unavailable("no quorum"), NotFound("x"))])
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await eio.readdir(1, 0)
+        assert e.value.errno == errno.EIO
+        assert "unexpected" not in (eio.record.last_eio or ("", "", ""))[2]
+        hard = _Host(hard=True, fail=[group(Unavailable("no quorum"))])
+        assert await hard.readdir(1, 0) == "listed"  # tried again, as a hard mount does
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
