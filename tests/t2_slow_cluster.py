@@ -103,3 +103,25 @@ def test_more_than_t_silent_nodes_still_fail_an_operation(tmp_path: Path) -> Non
         assert trio.current_time() - start >= LIVE_FLOOR  # slow, until their window passed
 
     _run(tmp_path, body)
+
+
+def test_a_crashed_node_costs_an_operation_no_wait(tmp_path: Path) -> None:
+    """``n = 6``, one node crashed (connections refused): every call needs the five
+    others, and none waits for the crashed one - its refusal is known, it is asked last
+    and never lingered for (``live_first``, ``Endpoint.node_live``)."""
+
+    async def body(cluster: Cluster) -> None:
+        ep = await _connected(cluster)
+        ids = cluster.config.node_ids
+        q = cluster.config.q
+        cluster.crash(len(ids) - 1)
+        with patience(TIMEO, trio.current_time()):
+            start = trio.current_time()
+            for _ in range(20):
+                res = await ep.quorum_call(ids, "ping", None, enough=lambda rs: len(rs) >= q)
+                assert len(res.replies) == q
+            took = (trio.current_time() - start) / 20
+        assert not ep.node_live(ids[-1], trio.current_time())
+        assert took < 0.25, took  # each call as fast as its five answers
+
+    _run(tmp_path, body)
