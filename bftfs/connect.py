@@ -55,6 +55,7 @@ async def open_client(
     ring = KeyRing(client_identity(config, name), config.node_public_keys())
     addresses = {s.id: (s.host, s.port) for s in config.nodes}
     async with open_endpoint(ring, addresses, **endpoint_options) as ep:
+        ep.needed = config.q  # a quorum live: the cluster makes progress (issue 60)
         views.attach(ep)
         yield ep
 
@@ -69,6 +70,7 @@ async def open_nodes(
     ring = KeyRing(identity, config.node_public_keys())
     addresses = {s.id: (s.host, s.port) for s in config.nodes}
     async with open_endpoint(ring, addresses, **endpoint_options) as ep:
+        ep.needed = config.q
         yield ep
 
 

@@ -6,23 +6,25 @@ Both protocol clients (``qu.client``, ``rw.client``) raise subclasses of
 their callers - the file system - handle one family and import nothing of the transport.
 
 It also holds the *patience* of the operation running in the current task (a context
-variable): how long it still waits for nodes that do not answer. A mount sets it per system
+variable): how long it still waits for an unavailable cluster. A mount sets it per system
 call (``timeo``, :mod:`bftfs.fuse.options`); the transport (``net.endpoint``, ``net.batch``)
-cuts its timeouts to it and extends it whenever a call completes, so an operation fails once
-the cluster has made no progress for that long, whatever retries the protocol clients and
-the file system would otherwise make, and a long operation that does progress (a large
-flush) is never cut short. A quorum of nodes answering a round renews it too, also a round
-its caller cuts short (``quorum_call(renew_at=...)``: contention ends rounds once their
-outcome is clear), and a backoff for contention uses up none of it (:func:`paused`):
-patience that ran out in a long contended repair made the next rounds "short" and the
-operation EIO with every node answering (issue 31, item 11). Without one (no mount, or a
-``hard`` mount) the transport's own timeouts apply. Kept here, in the base layer, so the
-file system and FUSE set it without importing the transport.
+cuts its timeouts to it and extends it whenever a call completes and, unless it is
+``soft``, whenever at least a quorum of nodes is live (:meth:`Patience.refresh`, the
+endpoint's ``quorum_live``: issue 60, slow is not unavailable), so an operation fails once
+fewer than a quorum were live for that long, whatever retries the protocol clients and the
+file system would otherwise make, and one on a slow but live cluster waits. A quorum of
+nodes answering a round renews it too, also a round its caller cuts short
+(``quorum_call(renew_at=...)``: contention ends rounds once their outcome is clear), and a
+backoff for contention uses up none of it (:func:`paused`): patience that ran out in a
+long contended repair made the next rounds "short" and the operation EIO with every node
+answering (issue 31, item 11). Without one (no mount) the transport's own timeouts apply.
+Kept here, in the base layer, so the file system and FUSE set it without importing the
+transport.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -100,17 +102,27 @@ def collapse(
 
 
 class Patience:
-    """How long the current operation goes on waiting for an unresponsive cluster: until
-    ``deadline`` (trio time), pushed ``seconds`` ahead whenever a call completes."""
+    """How long the current operation goes on waiting for an unavailable cluster: until
+    ``deadline`` (trio time), pushed ``seconds`` ahead whenever a call completes and,
+    unless ``soft``, whenever a quorum of nodes is live (:meth:`refresh`).
 
-    __slots__ = ("seconds", "deadline", "started")
+    ``live`` is the transport's view of the cluster (``net.endpoint``): called with the
+    time, whether at least a quorum of nodes is alive and making progress (connections
+    up, answering within their own recent response times).  The transport attaches it the
+    first time the operation calls; a ``soft`` patience never consults it (a mount's
+    ``-o soft``: EIO after ``seconds`` without a completed call, however busy the nodes)."""
 
-    def __init__(self, seconds: float, now: float) -> None:
+    __slots__ = ("seconds", "deadline", "started", "soft", "live")
+
+    def __init__(self, seconds: float, now: float, *, soft: bool = False) -> None:
         self.seconds = seconds
         self.started = now
         self.deadline = now + seconds
+        self.soft = soft
+        self.live: Callable[[float], bool] | None = None
 
     def expired(self, now: float) -> bool:
+        self.refresh(now)
         return now >= self.deadline
 
     def renew(self, now: float) -> None:
@@ -118,18 +130,27 @@ class Patience:
         if now + self.seconds > self.deadline:
             self.deadline = now + self.seconds
 
+    def refresh(self, now: float) -> None:
+        """Slow is not unavailable (issue 60): while a quorum of nodes is live the
+        operation waits, however long its calls take, so its patience starts again from
+        ``now``; it runs down only while fewer than a quorum are."""
+        if not self.soft and self.live is not None and self.live(now):
+            self.renew(now)
+
 
 _patience: ContextVar[Patience | None] = ContextVar("bftfs_patience", default=None)
 
 
 @contextmanager
-def patience(seconds: float | None, now: float) -> Iterator[Patience | None]:
-    """Within the block (and the tasks it starts), wait at most ``seconds`` without
-    progress for the cluster (``now``: the current trio time); None: no limit of its own."""
+def patience(seconds: float | None, now: float, *, soft: bool = False) -> Iterator[Patience | None]:
+    """Within the block (and the tasks it starts), wait at most ``seconds`` for an
+    unavailable cluster (``now``: the current trio time); None: no limit of its own.
+    ``soft``: "unavailable" means no call completed for ``seconds``, however many nodes
+    are live (:class:`Patience`)."""
     if seconds is None:
         yield None
         return
-    p = Patience(seconds, now)
+    p = Patience(seconds, now, soft=soft)
     token = _patience.set(p)
     try:
         yield p
@@ -166,11 +187,24 @@ def current_patience() -> Patience | None:
     return _patience.get()
 
 
+@contextmanager
+def acting_for(p: Patience | None) -> Iterator[None]:
+    """Within the block, the current operation is the one ``p`` belongs to: a task the
+    transport starts on an operation's behalf from another task (a probe sent from a
+    connection's reader task) waits as that operation would."""
+    token = _patience.set(p)
+    try:
+        yield
+    finally:
+        _patience.reset(token)
+
+
 def bounded(timeout: float, now: float) -> float:
     """``timeout`` cut to the current operation's patience (0 once it ran out)."""
     p = _patience.get()
     if p is None:
         return timeout
+    p.refresh(now)
     return max(0.0, min(timeout, p.deadline - now))
 
 

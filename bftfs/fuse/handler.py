@@ -22,6 +22,7 @@ import trio
 
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fuse.callrecord import CallRecord
+from bftfs.fuse.errormap import unwrap
 from bftfs.fuse.leasecache import STARTED
 from bftfs.fuse.recentlookups import RecentLookups
 from bftfs.outcome import patience
@@ -60,6 +61,7 @@ class HandlerHost(Protocol):
     read_only: bool
     timeo: float | None
     hard: bool
+    soft: bool
     record: CallRecord
     lookups: RecentLookups
     #: The view this mount's client was revoked in (``ClientViews.revoked_in``), or None.
@@ -74,9 +76,11 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
     """Turn domain errors into their errno and anything unexpected into a logged EIO.
 
     Each call waits for an unavailable cluster at most the mount's ``timeo`` (its
-    patience, :func:`bftfs.outcome.patience`); on a ``hard`` mount it then tries again,
-    for as long as it takes.  Every EIO is logged at WARNING with the operation, how long
-    it took and why."""
+    patience, :func:`bftfs.outcome.patience`): for fewer than a quorum of nodes live, or
+    on a ``soft`` mount for no call completing; on a ``hard`` mount it then tries again,
+    for as long as it takes.  An exception group from the file system's nurseries is
+    answered as the one failure it stands for (:mod:`bftfs.fuse.errormap`).  Every EIO
+    is logged at WARNING with the operation, how long it took and why."""
 
     name = fn.__name__
     writes = name in _WRITES
@@ -99,8 +103,14 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
                 raise pyfuse3.FUSEError(errno.EROFS)
             while True:
                 try:
-                    with patience(self.timeo, trio.current_time()):
-                        result = await fn(*args, **kwargs)
+                    with patience(self.timeo, trio.current_time(), soft=self.soft):
+                        try:
+                            result = await fn(*args, **kwargs)
+                        except BaseExceptionGroup as group:  # a nursery's: what it means
+                            one = unwrap(group)
+                            if one is group:
+                                raise
+                            raise one from group
                 except Unavailable as e:
                     if not self.hard or self.revoked_in() is not None:
                         raise

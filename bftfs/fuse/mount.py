@@ -125,6 +125,7 @@ async def serve(
             read_only=options.read_only,
             timeo=options.timeo,
             hard=options.hard,
+            soft=options.soft,
             locks=locks,
         )
         views = session.generations.views if session.generations is not None else None
@@ -206,6 +207,7 @@ async def serve_past(
             read_only=True,
             timeo=options.timeo,
             hard=options.hard,
+            soft=options.soft,
         )
         fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs", "fsname=bftfs", "ro"}
         if options.allow_other:

@@ -91,10 +91,13 @@ class Operations(pyfuse3.Operations):
         read_only: bool = False,
         timeo: float | None = DEFAULT_TIMEO,
         hard: bool = False,
+        soft: bool = False,
         locks: LockManager | None = None,
     ) -> None:
-        """``timeo``: seconds a call waits for an unavailable cluster (None: the
-        transport's own timeouts); ``hard``: then try again instead of answering EIO.
+        """``timeo``: seconds a call waits for an unavailable cluster - fewer than a
+        quorum of nodes live (None: the transport's own timeouts); ``hard``: then try
+        again instead of answering EIO; ``soft``: unavailable means no call completed
+        for ``timeo``, however many nodes are live (``bftfs.outcome.Patience``).
         ``locks``: the mount's lock manager; with it the kernel sends ``fcntl`` and
         ``flock`` locks here (every mount sees them), without it it keeps them itself."""
         super().__init__()
@@ -111,6 +114,7 @@ class Operations(pyfuse3.Operations):
         self.revoked_in: Callable[[], int | None] = lambda: None
         self.timeo = timeo
         self.hard = hard
+        self.soft = soft
         #: Calls, seconds, EIO answers per handler; a hard mount's wait (``bftfs status``).
         self.record = CallRecord()
         #: What each process's latest request, a lookup, found (``open``, ``create``).

@@ -11,11 +11,18 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      asked; an unprivileged user needs ``user_allow_other`` in /etc/fuse.conf)
 ``attr_timeout=S``   seconds the kernel caches attributes and missing names (default 1)
 ``entry_timeout=S``  seconds the kernel caches names it found (default 30)
-``timeo=S``          how long a request of the kernel waits for an unavailable cluster (more
-                     than ``t`` nodes down, or none reachable) before it fails with EIO
-                     (default 10; the wait starts again whenever the cluster answers)
-``hard``             try again after each ``timeo`` instead, for as long as it takes, as NFS
-                     hard mounts do (``soft``, the default, fails)
+``timeo=S``          how long a request of the kernel waits for an unavailable cluster
+                     before it fails with EIO (default 10).  Unavailable means fewer than a
+                     quorum of nodes live (``q``; ``n - t`` for the least ``n``): nodes
+                     refusing connections, or silent with requests outstanding for several
+                     of their own response times (``net/liveness.py``).  While a quorum is
+                     live a request waits, however slow the nodes (docs/fs.md,
+                     "Slow is not unavailable")
+``soft``             unavailable means no call completed for ``timeo``, however many nodes
+                     are live (the meaning before issue 60: a busy cluster's slow answers
+                     fail with EIO)
+``hard``             try again after each ``timeo`` instead of failing, for as long as it
+                     takes, as NFS hard mounts do, also with fewer than a quorum live
 ``nowsync``          create write-behind (the default): a create without ``O_EXCL`` is
                      answered at once and sent with the file's first flush or close as one
                      update; other clients see the name from then on (docs/fs.md)
@@ -100,7 +107,6 @@ _IGNORED = frozenset(
         "nolazytime",
         "silent",
         "loud",
-        "soft",
     }
 )
 _IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
@@ -120,6 +126,8 @@ class MountOptions:
     attr_timeout: float = DEFAULT_TIMEOUT
     entry_timeout: float = DEFAULT_ENTRY_TIMEOUT
     hard: bool = False
+    #: ``soft``: unavailable is no call completing for ``timeo`` (module docstring).
+    soft: bool = False
     timeo: float = DEFAULT_TIMEO
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
@@ -147,7 +155,11 @@ class MountOptions:
         if self.allow_other:
             out.append("allow_other")
         out += [f"attr_timeout={self.attr_timeout:g}", f"entry_timeout={self.entry_timeout:g}"]
-        out.append(f"{'hard' if self.hard else 'soft'},timeo={self.timeo:g}")
+        if self.hard:
+            out.append("hard")
+        elif self.soft:
+            out.append("soft")
+        out.append(f"timeo={self.timeo:g}")
         out.append("nowsync" if self.write_behind else "wsync")
         if self.lease != DEFAULT_LEASE:
             out.append(f"lease={self.lease:g}")
@@ -191,9 +203,9 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
         elif name == "allow_other" and not eq:
             changes["allow_other"] = True
         elif name == "hard" and not eq:
-            changes["hard"] = True
+            changes["hard"], changes["soft"] = True, False
         elif name == "soft" and not eq:
-            changes["hard"] = False
+            changes["hard"], changes["soft"] = False, True
         elif name in ("wsync", "nowsync") and not eq:
             changes["write_behind"] = name == "nowsync"
         elif name == "client" and eq:
@@ -242,7 +254,7 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
         else:
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
-                "attr_timeout=, entry_timeout=, timeo=, hard, wsync, "
+                "attr_timeout=, entry_timeout=, timeo=, hard, soft, wsync, "
                 "nowsync, lease=, commit=, locklease=, metrics_port=, metrics_addr=)"
             )
     return dataclasses.replace(opts, **changes)  # type: ignore[arg-type]

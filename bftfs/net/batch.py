@@ -53,8 +53,8 @@ import trio
 from bftfs.ids import NodeId
 from bftfs.net.driver import QuorumDriver
 from bftfs.net.errors import RemoteError, TransportError
-from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
-from bftfs.outcome import bounded, progressed
+from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, Verdict, live_first
+from bftfs.outcome import Patience, acting_for, bounded, current_patience, progressed
 
 Outcome = tuple[NodeId, bool, Any]
 T = TypeVar("T")
@@ -141,9 +141,14 @@ class Caller(Protocol):
         *,
         timeout: float | None = None,
         on_trouble: Callable[[], None] | None = None,
+        keep: Callable[[], bool] | None = None,
     ) -> Any: ...
 
     def unreachable(self, targets: Sequence[NodeId]) -> set[NodeId]: ...
+
+    def node_live(self, node: NodeId, now: float) -> bool: ...
+
+    def linger(self, p: Patience | None) -> Linger | None: ...
 
 
 #: Seconds without an answered batch after which a node at its ``max_pending`` limit has
@@ -161,6 +166,14 @@ class _Item:
     #: (``Batcher.item_bytes``): only the first is held until the node answers.
     size: int = 0
     reply_size: int = 0
+    #: The patience of the operation that queued it, and whether its quorum call is over
+    #: (None: no call waits for it): a batch call past its timeout goes on waiting for a
+    #: live node while one of its items' operations would (issue 60).
+    patience: Patience | None = None
+    over: Callable[[], bool] | None = None
+
+    def wanted(self) -> bool:
+        return self.over is not None and not self.over()
 
 
 @dataclass
@@ -235,15 +248,20 @@ class Batcher:
         payload: Any,
         done: Callable[[Outcome], None],
         trouble: Callable[[], None],
+        *,
+        patience: Patience | None = None,
+        over: Callable[[], bool] | None = None,
     ) -> None:
         """Queue one request; ``done((node, ok, reply_or_reason))`` is called exactly once
-        (from the flush task, never from here: the caller's state may be mid-update)."""
+        (from the flush task, never from here: the caller's state may be mid-update).
+        ``patience``, ``over``: the queuing operation's patience and whether its quorum
+        call has ended (:class:`_Item`)."""
         q = self._queues.setdefault(node, _Queue())
         size, reply_size = self.item_bytes(kind, payload) if self.item_bytes else (0, 0)
-        item = _Item(kind, payload, done, trouble, size, reply_size)
+        item = _Item(kind, payload, done, trouble, size, reply_size, patience, over)
         if not self._backlogged(q, size):
             self._take(q, item)
-        elif self._may_wait(q, size):
+        elif self._may_wait(node, q, size):
             q.waiting.append(item)
             q.waiting_bytes += size
             return  # a send that ends makes room for it (``_send``)
@@ -262,12 +280,15 @@ class Batcher:
             q.scheduled = True
             self._nursery.start_soon(self._flush, node)
 
-    def _may_wait(self, q: _Queue, size: int) -> bool:
+    def _may_wait(self, node: NodeId, q: _Queue, size: int) -> bool:
         """Whether an item over the limit waits for room: its node answered a batch
-        within ``STALLED`` seconds and the waiting items' bytes stay within
-        ``max_pending_bytes`` (what they hold is what the limit is for; reads hold none
-        and count their reply)."""
-        if trio.current_time() - q.answered_at >= STALLED:
+        within ``STALLED`` seconds or is live all the same (busy, answering within its own
+        response times: ``Endpoint.node_live``; a loaded machine's nodes answer slower
+        than ``STALLED``, and failing their items failed writes with every node up, issue
+        60), and the waiting items' bytes stay within ``max_pending_bytes`` (what they
+        hold is what the limit is for; reads hold none and count their reply)."""
+        now = trio.current_time()
+        if now - q.answered_at >= STALLED and not self.endpoint.node_live(node, now):
             return False
         limit = self.max_pending_bytes
         return limit is None or q.waiting_bytes + size <= limit
@@ -328,14 +349,19 @@ class Batcher:
             for item in items:
                 item.trouble()
 
+        # The batch waits past its timeout for a live node as long as an operation whose
+        # call still wants one of its items would (``Endpoint.call``'s ``keep``).
+        patience = next((it.patience for it in items if it.patience is not None), None)
         try:
-            raw = await self.endpoint.call(
-                node,
-                self.kind,
-                [[it.kind, it.payload] for it in items],
-                timeout=self.timeout,
-                on_trouble=trouble,
-            )
+            with acting_for(patience):
+                raw = await self.endpoint.call(
+                    node,
+                    self.kind,
+                    [[it.kind, it.payload] for it in items],
+                    timeout=self.timeout,
+                    on_trouble=trouble,
+                    keep=lambda: any(it.wanted() for it in items),
+                )
         except TransportError as e:
             for item in items:
                 item.done((node, False, str(e)))
@@ -366,7 +392,7 @@ class Batcher:
 class _BatchFanout:
     """How :func:`batch_quorum` reaches the nodes (a driver's ``Transmit``)."""
 
-    __slots__ = ("batcher", "driver", "kind", "make")
+    __slots__ = ("batcher", "driver", "kind", "make", "patience")
 
     def __init__(
         self, batcher: Batcher, driver: QuorumDriver, kind: str, make: Callable[[NodeId], Any]
@@ -375,9 +401,20 @@ class _BatchFanout:
         self.driver = driver
         self.kind = kind
         self.make = make
+        #: The calling operation's (sends may come from other tasks' reports).
+        self.patience = current_patience()
 
     def send(self, node: NodeId) -> None:
-        self.batcher.submit(node, self.kind, self.make(node), self._done, self.driver.trouble)
+        driver = self.driver
+        self.batcher.submit(
+            node,
+            self.kind,
+            self.make(node),
+            self._done,
+            driver.trouble,
+            patience=self.patience,
+            over=lambda: driver.over,
+        )
 
     def resend(self, node: NodeId) -> None:
         """Never asked: nothing is watched (the batch call resends)."""
@@ -414,6 +451,8 @@ async def batch_quorum(
     """
     # As ``Endpoint.quorum_call``: nodes that recently refused connections are asked last.
     targets = live_first(targets, batcher.endpoint.unreachable(targets))
+    p = current_patience()
+    linger = batcher.endpoint.linger(p)  # attaches the cluster's liveness to ``p`` too
     engine = QuorumEngine(
         targets,
         label=kind,
@@ -424,6 +463,7 @@ async def batch_quorum(
         resend_after=batcher.endpoint.resend_after,
         timeout=bounded(timeout, trio.current_time()),
         now=trio.current_time(),
+        linger=linger,
     )
     driver = QuorumDriver(engine)
     make = payload if callable(payload) else (lambda _n: payload)

@@ -24,6 +24,7 @@ import trio
 from bftfs.ids import NodeId
 from bftfs.net.errors import FrameError, RemoteError, TransportError
 from bftfs.net.frames import PUSH, REPLY, REQUEST, STATUS_OK, FrameReader, FrameWriter
+from bftfs.net.liveness import Liveness
 from bftfs.net.session import Session
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,13 @@ PushHandler = Callable[[NodeId, Any], None]
 class Waiter:
     """Where a reply for one request id lands."""
 
-    __slots__ = ("event", "status", "body", "lost", "notify")
+    __slots__ = ("event", "status", "body", "lost", "notify", "sent")
 
     def __init__(self, notify: Callable[[], None] | None = None) -> None:
         self.event = trio.Event()
+        #: When the request was (first) sent: its reply's latency is the node's response
+        #: time, and an old unanswered one how long the node has kept us waiting.
+        self.sent = trio.current_time()
         self.status: int | None = None
         self.body: Any = None
         self.lost = False
@@ -89,8 +93,11 @@ class Connection:
         session: Session,
         faults: Counter[tuple[int, str]],
         on_push: PushHandler | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.node = node
+        #: Where every frame from the node is noted (the endpoint's: ``net/liveness.py``).
+        self.liveness = liveness
         self.faults = faults
         self.stream = stream
         self.reader = reader
@@ -106,6 +113,9 @@ class Connection:
         """Send (or queue) a message without blocking."""
         if self.closed:
             raise trio.ClosedResourceError
+        liveness = self.liveness
+        if liveness is not None and not liveness.waiting(self.node):
+            liveness.asked(self.node, trio.current_time())
         try:
             self._writer.write(self.session.seal(msg))
         except trio.ClosedResourceError:
@@ -152,11 +162,18 @@ class Connection:
                     if e.reason == "bad_mac":
                         continue
                     return
+                liveness = self.liveness
                 if kind == REPLY:
                     waiter = self.pending.pop(req_id, None)
+                    if liveness is not None:
+                        now = trio.current_time()
+                        latency = None if waiter is None else now - waiter.sent
+                        liveness.heard(self.node, now, latency)
                     if waiter is not None:
                         waiter.resolve(status, body)
                 elif kind == PUSH:
+                    if liveness is not None:
+                        liveness.heard(self.node, trio.current_time())
                     self._pushed(body)
                 else:
                     self.faults[(int(self.node), "frame_unexpected")] += 1

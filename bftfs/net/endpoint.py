@@ -32,7 +32,7 @@ import functools
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,11 +52,12 @@ from bftfs.net.frames import (
     FrameReader,
 )
 from bftfs.net.keepalive import keep_connected
+from bftfs.net.liveness import Liveness
 from bftfs.net.moved import announce as announce_moved
-from bftfs.net.quorum import QuorumEngine, QuorumResult, Verdict, live_first
+from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, Verdict, live_first
 from bftfs.net.session import SessionRefused, client_handshake
 from bftfs.net.viewcheck import Admit, admitted
-from bftfs.outcome import bounded, progressed
+from bftfs.outcome import Patience, acting_for, bounded, current_patience, progressed
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,14 @@ class Endpoint:
         #: Nodes whose last connection attempt failed (cleared by the next success); quorum
         #: calls try them last.
         self._dead: set[NodeId] = set()
+        #: Which nodes are alive and making progress (``net/liveness.py``), and how many
+        #: must be for the cluster to be available (a quorum: ``n - t``; None: all).
+        self.liveness = Liveness()
+        self.needed: int | None = None
+        #: Nodes with a heartbeat outstanding (at most one each: :meth:`_heartbeat`).
+        self._pinging: set[NodeId] = set()
+        #: Heartbeats sent.
+        self.heartbeats = 0
         self._ids = itertools.count(1)
         self.sent = 0
         self.resent = 0
@@ -198,6 +207,7 @@ class Endpoint:
             self._down_backoff[node] = backoff
             self._down_until[node] = trio.current_time() + backoff
             self._dead.add(node)
+            self.liveness.unreachable(node)
             raise TransportError(f"node {node} at {host}:{port} unreachable: {e}") from None
         except TransportError:
             self._down_until[node] = trio.current_time() + 0.05
@@ -205,7 +215,8 @@ class Endpoint:
         self._down_backoff.pop(node, None)
         self._down_until.pop(node, None)
         self._dead.discard(node)
-        conn = Connection(node, stream, reader, session, self.faults, self._pushed)
+        self.liveness.connected(node, trio.current_time())
+        conn = Connection(node, stream, reader, session, self.faults, self._pushed, self.liveness)
         self._nursery.start_soon(conn.run)
         return conn
 
@@ -217,6 +228,7 @@ class Endpoint:
         *,
         timeout: float | None = None,
         on_trouble: Callable[[], None] | None = None,
+        keep: Callable[[], bool] | None = None,
     ) -> Any:
         """Send one request to ``node`` and return its reply, resending on loss.
 
@@ -224,12 +236,17 @@ class Endpoint:
             on_trouble: called (once) the first time the node cannot be reached or does not
                 answer within the resend interval; quorum calls use it to probe another node
                 early instead of waiting.
+            keep: past ``timeout``, the call goes on waiting (resending) while ``keep()``
+                holds and the node is live (:meth:`node_live`): a quorum call that still
+                wants the answer.  By default, while the current operation's patience
+                would (:meth:`linger`): slow is not unavailable (issue 60).
 
         Raises:
             TransportError: no reply within ``timeout`` (default: the endpoint's).
             RemoteError: the node's handler refused the request.
         """
         now = trio.current_time()
+        p = self._attach()
         timeout = bounded(self.timeout if timeout is None else timeout, now)
         deadline = now + timeout
         req_id = next(self._ids)
@@ -242,6 +259,8 @@ class Endpoint:
         try:
             while True:
                 now = trio.current_time()
+                if now >= deadline and self._keeps(node, now, keep, p):
+                    deadline = now + max(timeout, self.resend_after)
                 if now >= deadline:
                     unreachable = conn is None or conn.closed
                     self.faults[(int(node), "unreachable" if unreachable else "timeout")] += 1
@@ -294,6 +313,88 @@ class Endpoint:
             if conn is not None:
                 conn.pending.pop(req_id, None)
 
+    # Liveness: slow is not unavailable (issue 60) ------------------------------------------
+
+    def node_live(self, node: NodeId, now: float) -> bool:
+        """Whether ``node`` is alive and making progress (``net/liveness.py``): not
+        refusing connections, and not silent since it was asked something for several of
+        its own response times - answering the heartbeat it is sent when silent while
+        asked something counts (``net/liveness.py``)."""
+        liveness = self.liveness
+        if node not in self._pinging and liveness.needs_ping(node, now):
+            self._heartbeat(node)
+        return liveness.live(node, now)
+
+    def _heartbeat(self, node: NodeId) -> None:
+        """Send ``node`` a ``ping`` on its open connection (none: nothing to do, a call
+        is connecting), unless one is outstanding; its answer is heard by the connection
+        like any other (``Connection``, ``Liveness.heard``)."""
+        conn = self._conns.get(node)
+        if conn is None or conn.closed:
+            return
+        req_id = next(self._ids)
+        waiter = Waiter()
+        waiter.notify = lambda: self._pinging.discard(node)
+        conn.pending[req_id] = waiter
+        try:
+            conn.send_nowait([REQUEST, req_id, "ping", None])
+        except trio.ClosedResourceError:
+            conn.pending.pop(req_id, None)
+            return
+        self._pinging.add(node)
+        self.heartbeats += 1
+
+    def live_nodes(self, now: float) -> list[NodeId]:
+        """The nodes :meth:`node_live` holds for."""
+        return [n for n in self.addresses if self.node_live(n, now)]
+
+    def quorum_live(self, now: float) -> bool:
+        """Whether at least :attr:`needed` nodes are live: the cluster can make progress,
+        so an operation waits for it, however slow (a patience's ``live``)."""
+        needed = len(self.addresses) if self.needed is None else self.needed
+        live = 0
+        for node in self.addresses:
+            if self.node_live(node, now):
+                live += 1
+                if live >= needed:
+                    return True
+        return False
+
+    def _attach(self) -> Patience | None:
+        """The current operation's patience, told how to see this cluster's liveness."""
+        p = current_patience()
+        if p is not None and p.live is None and not p.soft:
+            p.live = self.quorum_live
+        return p
+
+    def linger(self, p: Patience | None) -> Linger | None:
+        """How a quorum call of the operation ``p`` judges, at its deadline, whether to go
+        on waiting for its outstanding targets: while ``p`` (refreshed by the cluster's
+        liveness) has time left and one of them is live.  None (no patience, or a soft
+        one): the call ends at its deadline, as the transport's timeouts say."""
+        if p is None or p.soft:
+            return None
+        if p.live is None:
+            p.live = self.quorum_live
+
+        def linger(outstanding: Collection[NodeId], now: float) -> bool:
+            if p.expired(now):
+                return False
+            return any(self.node_live(n, now) for n in outstanding)
+
+        return linger
+
+    def _keeps(
+        self, node: NodeId, now: float, keep: Callable[[], bool] | None, p: Patience | None
+    ) -> bool:
+        """Whether a call to ``node`` past its deadline goes on waiting (:meth:`call`):
+        while the operation would (:meth:`linger`) and, with ``keep``, its caller wants
+        the answer."""
+        linger = self.linger(p)
+        if linger is None or not linger((node,), now):
+            return False
+        return keep is None or keep()
+
     def unreachable(self, targets: Sequence[NodeId]) -> set[NodeId]:
         """Those of ``targets`` that recently refused connections: a caller choosing which
         nodes to ask first (a reader its data fragments' nodes) leaves them for last."""
@@ -342,6 +443,7 @@ class Endpoint:
                 ``enough`` never held. The exception carries the partial result.
         """
         now = trio.current_time()
+        p = self._attach()
         timeout = bounded(self.timeout if timeout is None else timeout, now)
         targets = live_first(targets, self._down(targets))
         engine = QuorumEngine(
@@ -354,6 +456,7 @@ class Endpoint:
             resend_after=self.resend_after,
             timeout=timeout,
             now=now,
+            linger=self.linger(p),
         )
         driver = QuorumDriver(engine, renew_at=renew_at)
         make = payload if callable(payload) else (lambda _n: payload)
@@ -474,7 +577,7 @@ class _Fanout:
     and reports trouble itself.
     """
 
-    __slots__ = ("ep", "driver", "kind", "make", "deadline", "fast", "batch")
+    __slots__ = ("ep", "driver", "kind", "make", "deadline", "fast", "batch", "patience")
 
     def __init__(
         self,
@@ -492,6 +595,8 @@ class _Fanout:
         self.deadline = deadline
         #: Coalesce first transmissions under this batch kind (None: write at once).
         self.batch = batch
+        #: The calling operation's (its requests may be sent from other tasks).
+        self.patience = current_patience()
         #: Requests on the direct path: connection, request id, waiter, payload.
         self.fast: dict[NodeId, tuple[Connection, int, Waiter, Any]] = {}
 
@@ -564,13 +669,15 @@ class _Fanout:
         """One request through :meth:`Endpoint.call` (connects, resends, reports trouble)."""
         driver = self.driver
         try:
-            reply = await self.ep.call(
-                node,
-                self.kind,
-                value,
-                timeout=max(0.0, self.deadline - trio.current_time()),
-                on_trouble=driver.trouble,
-            )
+            with acting_for(self.patience):
+                reply = await self.ep.call(
+                    node,
+                    self.kind,
+                    value,
+                    timeout=max(0.0, self.deadline - trio.current_time()),
+                    on_trouble=driver.trouble,
+                    keep=lambda: not driver.over,
+                )
         except TransportError as e:
             driver.failed(node, str(e))
         except RemoteError as e:

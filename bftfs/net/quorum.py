@@ -19,7 +19,12 @@ Rules (those of ``Endpoint.quorum_call`` since its first version):
 * a request the driver resends itself (:meth:`QuorumEngine.watch`) is resent every
   ``resend_after`` seconds until answered;
 * the call is over when ``enough`` holds (:attr:`Verdict.ENOUGH`), or every target has
-  answered or failed, or the deadline passes, without it (:attr:`Verdict.UNAVAILABLE`).
+  answered or failed, or the deadline passes, without it (:attr:`Verdict.UNAVAILABLE`);
+* except that a call given ``linger`` does not end at its deadline while ``linger`` holds
+  over the targets still outstanding (the transport's judgement that one of them is alive
+  and making progress and that the operation is still willing to wait, issue 60: slow is
+  not unavailable): its deadline moves on by its timeout, and overdue requests are resent
+  as before.
 
 ``enough`` and ``accept`` are the caller's predicates over replies; exceptions they raise
 pass through the engine unchanged (the driver re-raises them in the caller's task).
@@ -89,6 +94,8 @@ ENOUGH = Step(Verdict.ENOUGH)
 
 Enough = Callable[[Mapping[NodeId, Any]], bool]
 Accept = Callable[[NodeId, Any], bool]
+#: Whether a call whose deadline passed goes on waiting for these outstanding targets.
+Linger = Callable[[Collection[NodeId], float], bool]
 
 
 def live_first(targets: Sequence[NodeId], down: Collection[NodeId]) -> list[NodeId]:
@@ -121,6 +128,8 @@ class QuorumEngine:
         resend_after: seconds between resends of a watched request.
         timeout: seconds from ``now`` until the call is given up.
         now: the current time.
+        linger: asked at the deadline with the outstanding targets; while it holds the
+            deadline moves on by ``timeout`` (at least ``resend_after``) instead.
     """
 
     def __init__(
@@ -135,6 +144,7 @@ class QuorumEngine:
         resend_after: float,
         timeout: float,
         now: float,
+        linger: Linger | None = None,
     ) -> None:
         self.targets: tuple[NodeId, ...] = tuple(dict.fromkeys(targets))
         self.label = label
@@ -146,6 +156,11 @@ class QuorumEngine:
         self._probe_after = probe_after
         self._resend_after = resend_after
         self._timeout = timeout
+        self._linger = linger
+        #: How often a lingering call's deadline moves on.
+        self._extend = max(timeout, resend_after)
+        #: Times the deadline moved on because the outstanding targets were live.
+        self.lingered = 0
         self._next = 0  # targets[_next:] have not been asked yet
         self._in_flight: set[NodeId] = set()
         #: Requests the driver resends itself: when each was last sent.
@@ -192,8 +207,8 @@ class QuorumEngine:
         """``node`` answered ``value`` (its handler accepted the request)."""
         if self._final is not None:
             return self._final
-        if now >= self.deadline:
-            return self._timed_out()
+        if now >= self.deadline and (over := self._expire(now)) is not None:
+            return over
         if node not in self._in_flight:
             return WAIT
         self._in_flight.discard(node)
@@ -211,8 +226,8 @@ class QuorumEngine:
         """``node`` will not answer: unreachable until the deadline, refused, or malformed."""
         if self._final is not None:
             return self._final
-        if now >= self.deadline:
-            return self._timed_out()
+        if now >= self.deadline and (over := self._expire(now)) is not None:
+            return over
         if node not in self._in_flight:
             return WAIT
         self._in_flight.discard(node)
@@ -224,16 +239,16 @@ class QuorumEngine:
         """A target is unreachable or slow for now (its request is still outstanding)."""
         if self._final is not None:
             return self._final
-        if now >= self.deadline:
-            return self._timed_out()
+        if now >= self.deadline and (over := self._expire(now)) is not None:
+            return over
         return self._probe_one(now)
 
     def on_lost(self, node: NodeId, now: float) -> Step:
         """``node``'s connection broke; the driver retries it by other means (unwatched)."""
         if self._final is not None:
             return self._final
-        if now >= self.deadline:
-            return self._timed_out()
+        if now >= self.deadline and (over := self._expire(now)) is not None:
+            return over
         if node not in self._in_flight:
             return WAIT
         self._watched.pop(node, None)
@@ -243,8 +258,8 @@ class QuorumEngine:
         """Time passed (the driver woke at :meth:`wake_at`): resend, probe, or give up."""
         if self._final is not None:
             return self._final
-        if now >= self.deadline:
-            return self._timed_out()
+        if now >= self.deadline and (over := self._expire(now)) is not None:
+            return over
         resend = tuple(n for n, sent in self._watched.items() if now - sent >= self._resend_after)
         for node in resend:
             self._watched[node] = now
@@ -288,6 +303,16 @@ class QuorumEngine:
                 )
             )
         return step
+
+    def _expire(self, now: float) -> Step | None:
+        """The deadline passed: None if the call lingers (its deadline moved on), else
+        the verdict."""
+        linger = self._linger
+        if linger is not None and self._in_flight and linger(self._in_flight, now):
+            self.deadline = now + self._extend
+            self.lingered += 1
+            return None
+        return self._timed_out()
 
     def _timed_out(self) -> Step:
         return self._finish(

@@ -2,7 +2,10 @@
 gives up (:class:`QUUnavailable`).
 
 A round that fewer than ``q`` servers answered is *short*; :data:`MAX_SHORT_ROUNDS` in a row
-end the operation, naming the servers none of them heard from.  Contention is not silence:
+end the operation, naming the servers none of them heard from - unless the operation runs
+under a patience that waits while a quorum of nodes is live (a mount's default, issue 60:
+slow is not unavailable), which short rounds end only once it ran out: until then the
+operation pauses briefly and asks again.  Contention is not silence:
 the random exponential backoff between repairs (L2585-2587) is the client's own wait and
 does not use up the operation's patience (``bftfs.outcome``).
 """
@@ -16,7 +19,7 @@ from typing import Any
 
 import trio
 
-from bftfs.outcome import ClusterUnavailable, paused
+from bftfs.outcome import ClusterUnavailable, current_patience, paused
 from bftfs.qu import core
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import ReplyStatus
@@ -24,6 +27,8 @@ from bftfs.qu.reply import Reply
 
 #: Rounds in a row with fewer than q replies before an operation gives up.
 MAX_SHORT_ROUNDS = 3
+#: Longest pause between short rounds of an operation that waits for a live quorum.
+SHORT_PAUSE_MAX = 1.0
 #: Rounds in a row, each backed off, in which a quorum answered that it could not object-
 #: sync a version the operation needs, before giving up: no server holds it (an object
 #: forgotten before nodes kept the ids they forgot, issue 31), so re-sending at once, as
@@ -76,14 +81,24 @@ class Attempt:
         self.short = self.short + 1 if len(replies) < self.th.q else 0
         self.heard = self.heard | set(replies) if self.short else set()
 
-    def check_short(self, objects: tuple[int, ...]) -> None:
+    async def check_short(self, objects: tuple[int, ...]) -> None:
         """Give up after :data:`MAX_SHORT_ROUNDS` short rounds in a row, naming the servers
-        none of those rounds heard from: what the mount log shows for the EIO.
+        none of those rounds heard from: what the mount log shows for the EIO.  Under a
+        patience that waits for a live quorum (not ``soft``) only once that patience ran
+        out: before, a busy cluster's rounds cut short by their timeouts (3 of them, "0
+        answered" with every node up) failed the operation (issue 60); such an operation
+        pauses (growing to :data:`SHORT_PAUSE_MAX`) and asks again instead.
 
         Raises:
             QUUnavailable: that many short rounds.
         """
         if self.short < MAX_SHORT_ROUNDS:
+            return
+        p = current_patience()
+        if p is not None and not p.soft and not p.expired(trio.current_time()):
+            await self.sleep(
+                min(SHORT_PAUSE_MAX, 0.05 * 2 ** min(self.short - MAX_SHORT_ROUNDS, 5))
+            )
             return
         silent = sorted(set(range(self.th.n)) - {int(s) for s in self.heard})
         raise QUUnavailable(

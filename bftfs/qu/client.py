@@ -262,7 +262,7 @@ class QUClient:
                 self._n["refused"] += 1
                 raise MethodRefused(out.why)
             await st.after_unsyncable(objects, replies)
-            st.check_short(objects)
+            await st.check_short(objects)
             # Servers answering ``need`` are not believed: the client derives the objects
             # deduction needs from the histories it holds (next_step), so a Byzantine server
             # cannot make it drag arbitrary objects into its requests.

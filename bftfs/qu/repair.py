@@ -240,7 +240,7 @@ class Repairer:
         # Rounds in a row: a barrier or copy that q servers answered (whatever they said:
         # contention is not absence) ends a run of short ones.
         st.answered(replies)
-        st.check_short(objects)
+        await st.check_short(objects)
 
     async def _inline_once(
         self, target: Candidate, view: View, fresh: dict[int, set[int]], st: Attempt
