@@ -276,6 +276,9 @@ class _Host:
         self.lookups = RecentLookups()
         self.fail = fail
 
+    def revoked_in(self) -> int | None:
+        return None  # a client in good standing (issue 60 item 17's revoked mount: t4_views)
+
     @handler
     async def readdir(self, fh: int, start: int) -> str:
         if self.fail:
