@@ -130,6 +130,41 @@ class CreateSends:
             if f is not None and f.opens == 0 and not f.dirty and not kept:
                 self.cache.files.pop(p.oid, None)
 
+    async def send_directory(self, parent: int) -> list[PendingCreate]:
+        """Send every pending create of directory ``parent`` now (a directory ``fsync``:
+        those write-back holds, together, and those whose send failed before, kept for a
+        resend); the ones that are not made afterwards (the cluster did not answer, or
+        they failed for good)."""
+        wb = self.creates.writeback
+        ps = self.creates.pending_in(parent)
+        deferred = [p for p in ps if wb is not None and wb.deferred(p.oid)]
+        if deferred:
+            await self.send_deferred(deferred)
+        for p in self.creates.pending_in(parent):
+            await self.send(p)
+        return [
+            p
+            for p in ps
+            if self.creates.pending_of(p.oid) is p
+            or self.creates.failure_of(p.oid) is not None
+            or p.oid in self.cache.unmade
+        ]
+
+    def give_up(self, p: PendingCreate, e: FsError) -> None:
+        """Drop ``p`` for good: a call was answered EIO for it (docs/fs.md, "What EIO
+        means": not applied).  It is never sent again; its file's flush and close answer
+        ``e``, and once closed its inode answers ESTALE (:meth:`CreateTable.abandon`)."""
+        if self.creates.pending_of(p.oid) is not p:
+            return
+        log.info("create of %r dropped: answered %s", p.name, e)
+        self.creates.fail(p, e)
+        self.creates.drop_pending(p)
+        if not self.creates.open_here(p.oid):
+            self.creates.abandon(p.oid)
+        leases = self.sender.meta.leases
+        if leases is not None:  # a listing kept under a lease may hold the name: dropped
+            leases.entry_done("fs.create", p.parent, frozenset(), "unknown")
+
     async def _send_together(self, ps: list[PendingCreate]) -> bool:
         """One ``fs.createmany`` for ``ps``; whether it made them (else none of them is
         made by it and each is sent alone, with everything :meth:`send` handles: a name

@@ -231,6 +231,21 @@ class OpenFile:
         if content is not None:
             self.remember(0, content)
 
+    def discard_buffered(self) -> None:
+        """Forget the buffered writes and attribute changes: a call was answered EIO for
+        them, which means not applied (docs/fs.md, "What EIO means").  The file is the
+        servers' last known state again."""
+        self.dirty.clear()
+        self.gen.clear()
+        self.shared.clear()
+        self.ahead.clear()
+        self.log.clear()
+        self.log_bytes = 0
+        self.mtime = None
+        self.attrs.clear()
+        self.invalidate_prefetch()
+        self.reset(self.st)
+
     def rekey(self, bs: int) -> None:
         """Key the buffered blocks by another block size ``bs`` (same bytes).
 
