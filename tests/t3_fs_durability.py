@@ -204,4 +204,3 @@ def test_a_background_flush_error_is_not_answered_once_the_retry_stored_it(
         assert await content_of(b, ROOT, b"big") == b"xy"
 
     run(tmp_path, body, **WB)
-
