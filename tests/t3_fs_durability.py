@@ -13,6 +13,7 @@ completed by the cluster's repair later either), then restarted on its own store
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ WB = {"fs_options": {"write_behind": True}}
 #: Seconds a call waits for the stopped cluster before it answers EIO (a mount's ``timeo``).
 TIMEO = 0.5
 #: What a send the stopped cluster did not answer logs, and what an EIO answer drops.
-DROPPED = pytest.mark.expected_logs("bftfs.fs", "WARNING", match=r".*(not sent yet|dropped)")
+DROPPED = pytest.mark.expected_logs(
+    "bftfs.fs", "WARNING", match=r".*(not sent yet|dropped|write-back of|the directory is lost)"
+)
 
 
 def stop_all(env: Env) -> None:
@@ -87,6 +90,67 @@ def test_a_directory_fsync_cut_off_from_every_node_answers_eio(tmp_path: Path) -
         assert await content_of(b, d, b"synced") == b"durable"
 
     run(tmp_path, body, fs_options=OPTIONS)
+
+
+@DROPPED
+def test_a_directory_fsync_answered_eio_drops_its_mkdirs_renames_and_removals(
+    tmp_path: Path,
+) -> None:
+    """Item 3 for every kind of held-back entry: in a directory held exclusively, a mkdir,
+    a rename and a removal wait in write-back; cut off from every node, the directory's
+    ``fsync`` answers EIO and drops them, so once the nodes are back both mounts see the
+    directory as the servers held it before (it answered 0 and they were sent later, or
+    never)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        leases = a.meta.leases
+        assert leases is not None
+        top = (await a.mkdir(ROOT, b"top", 0o755, 0, 0)).ino  # leased with its mkdir
+        for name in (b"one", b"two"):
+            await new_file(a, top, name, b"data of " + name)
+        await a.sync_directory(top)
+        stats = Counter(leases.stats)
+        await a.mkdir(top, b"sub", 0o755, 0, 0)
+        await a.rename(top, b"one", top, b"uno", 0)
+        await a.unlink(top, b"two")
+        assert leases.stats["mkdirs_deferred"] == stats["mkdirs_deferred"] + 1
+        assert leases.stats["renames_deferred"] == stats["renames_deferred"] + 1
+        assert leases.stats["unlinks_deferred"] == stats["unlinks_deferred"] + 1
+        assert await names_in(a, top) == {b"uno", b"sub"}
+        stop_all(env)
+        with patience(TIMEO, trio.current_time()), pytest.raises(Unavailable):
+            await a.sync_directory(top)
+        await restart_all(env)
+        await a.write_back()
+        for fs in (b, a):
+            assert await names_in(fs, top) == {b"one", b"two"}
+            assert await content_of(fs, top, b"one") == b"data of one"
+            assert await content_of(fs, top, b"two") == b"data of two"
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_hard_mount_keeps_what_a_failed_fsync_held_back(tmp_path: Path) -> None:
+    """A ``hard`` mount answers no EIO for want of the cluster: the FUSE layer tries the
+    call again.  So the file system keeps what the failed call held back, and the retry
+    once the nodes are back stores it (a soft mount's drop would have made that retry
+    answer 0 for bytes it had dropped)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        fh, _ = await a.create(d, b"kept", 0o644, 0, 0, os.O_WRONLY | os.O_CREAT)
+        await a.write(fh, 0, b"kept data")
+        stop_all(env)
+        with patience(TIMEO, trio.current_time()), pytest.raises(Unavailable):
+            await a.fsync(fh)
+        await restart_all(env)
+        await a.fsync(fh)  # the hard mount's retry
+        await a.release(fh)
+        assert await content_of(b, d, b"kept") == b"kept data"
+
+    run(tmp_path, body, fs_options={"write_behind": True, "hard": True})
 
 
 @DROPPED

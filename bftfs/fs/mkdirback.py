@@ -293,6 +293,7 @@ class PendingMkdirs:
         if leases is not None:
             leases.changed([m.parent, m.oid], parent=m.parent, names=frozenset((m.name,)))
             leases.entry_done("fs.mkdir", m.parent, frozenset((m.name,)), "unknown")
+            leases.never_made(m.oid)
 
     def _forget(self, m: PendingMkdir) -> None:
         if self._by_oid.get(m.oid) is m:
