@@ -266,6 +266,7 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
+    @_handler  # (it had none: an error escaped to pyfuse3's loop and ended the mount)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         # Every namespace update is complete on a quorum before it returns, but the entries
         # directory write-back keeps (leases, fs/writeback.py), which go now: 0 means the
