@@ -248,6 +248,37 @@ def test_an_append_answered_eio_is_not_applied_and_a_retry_appends_once(
     run(tmp_path, body, **WB)
 
 
+@DROPPED
+def test_the_other_descriptors_of_a_file_are_told_of_dropped_writes_once(tmp_path: Path) -> None:
+    """Two descriptors write one file; an ``fsync`` through the first answers EIO in an
+    outage and drops the buffered writes of the file, the second's too (one buffer).  The
+    second's ``fsync`` answered 0 - for bytes that were dropped.  It answers EIO once
+    (Linux tells every descriptor open at the error), then 0, and nothing dropped
+    appears once the nodes are back."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        fh, f = await a.create(ROOT, b"two", 0o644, 0, 0, os.O_WRONLY | os.O_CREAT)
+        await a.write(fh, 0, b"base")
+        await a.fsync(fh)
+        other = await a.open(f.ino, os.O_WRONLY)
+        await a.write(other, 4, b"-other")
+        await a.write(fh, 10, b"-first")
+        stop_all(env)
+        with patience(TIMEO, trio.current_time()), pytest.raises(Unavailable):
+            await a.fsync(fh)
+        await restart_all(env)
+        with pytest.raises(Unavailable):
+            await a.fsync(other)  # told once
+        await a.fsync(other)
+        await a.release(other)
+        await a.release(fh)
+        for fs in (a, b):
+            assert await content_of(fs, ROOT, b"two") == b"base"
+
+    run(tmp_path, body, **WB)
+
+
 def test_a_background_flush_error_is_not_answered_once_the_retry_stored_it(
     tmp_path: Path,
 ) -> None:

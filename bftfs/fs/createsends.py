@@ -1,7 +1,8 @@
 """Sending pending creates (``fs/writebehind.py``): once, whoever needs them first;
 together when directory write-back deferred several (one ``fs.createmany``); again in
 the background while the cluster does not answer; then the writes of a file closed
-meanwhile.
+meanwhile.  A create a call answered EIO for is dropped instead (:meth:`CreateSends.give_up`,
+docs/fs.md "What EIO means"): the background resends are for what nothing reported.
 
 A call of another task waits for a create being sent; a call made while sending it (or
 another one) goes on, so two sends never wait for each other.  What a send found out
@@ -203,10 +204,11 @@ class CreateSends:
         done.set()
 
     async def _resend_later(self, p: PendingCreate) -> None:
-        """Send ``p`` again at its resend times until it is made or fails for good (a
-        background task, started by its first failed send): once the cluster is back,
-        every mount sees the file and its data without this mount doing anything more
-        (issue 31, item 5).  Errors are logged by :meth:`send`; nothing escapes."""
+        """Send ``p`` again at its resend times until it is made, fails for good or is
+        dropped (:meth:`give_up`: a call answered EIO for it) (a background task, started
+        by its first failed send): a create no call reported is made once the cluster is
+        back without this mount doing anything more (issue 31, item 5).  Errors are
+        logged by :meth:`send`; nothing escapes."""
         while self.creates.pending_of(p.oid) is p:
             await trio.sleep_until(p.resend_at)
             if self.creates.pending_of(p.oid) is not p or trio.current_time() < p.resend_at:

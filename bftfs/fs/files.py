@@ -196,6 +196,11 @@ class OpenFile:
     last_write: int = -1
     behind: trio.Event | None = None
     behind_error: BaseException | None = None
+    #: Handles open when a call on another answered EIO and dropped the buffered writes
+    #: (``Handles._unsent``): their next flush or fsync answers EIO once, as Linux reports
+    #: a write-back error to every descriptor open at the time - what was written through
+    #: them may be among what was dropped.
+    dropped_for: set[int] = field(default_factory=set)
 
     @classmethod
     def from_stat(cls, ino: int, st: dict[str, Any], bs: int) -> OpenFile:

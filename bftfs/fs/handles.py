@@ -290,7 +290,7 @@ class Handles:
         background flush is raised here (the data it did not send stays buffered)."""
         f, flags = self.table.handle(fh)
         if f.behind_error is not None:
-            async with self._unsent(f):  # answered EIO: what it held back is dropped
+            async with self._unsent(f, fh):  # answered EIO: what it held back is dropped
                 await behind_done(f, report=True)
         if flags & os.O_APPEND:
             offset = f.size
@@ -326,7 +326,7 @@ class Handles:
                         flush_behind(f, self._flush_file, self.engine.streaming)
             else:
                 await behind_done(f, report=False)
-                async with self._unsent(f):
+                async with self._unsent(f, fh):
                     await self._flush_file(f)
         return len(data)
 
@@ -337,16 +337,19 @@ class Handles:
         close (not ``durable``) of a small new file in a directory this mount holds an
         exclusive lease on leaves its create to directory write-back (``fs/writeback.py``)."""
         f, _ = self.table.handle(fh)
-        await self._sync(f, durable=durable)
+        if fh in f.dropped_for:
+            f.dropped_for.discard(fh)
+            raise Unavailable(f"writes of file {f.ino} were dropped: another call answered EIO")
+        await self._sync(f, durable=durable, fh=fh)
 
-    async def _sync(self, f: OpenFile, *, durable: bool = True) -> None:
+    async def _sync(self, f: OpenFile, *, durable: bool = True, fh: int | None = None) -> None:
         """Wait for the background flush, flush what is buffered, then raise the
         background flush's error if it failed (never lost silently)."""
         await behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
         if failed is not None or durable or not self._may_defer(f):
-            async with self._unsent(f):
+            async with self._unsent(f, fh):
                 await self._flush_file(f)
         if failed is not None and not isinstance(failed, Unavailable):
             raise failed
@@ -354,20 +357,21 @@ class Handles:
         # just made stored them, so nothing is lost and nothing is answered.)
 
     @asynccontextmanager
-    async def _unsent(self, f: OpenFile) -> AsyncIterator[None]:
+    async def _unsent(self, f: OpenFile, fh: int | None = None) -> AsyncIterator[None]:
         """A flush of ``f`` answering the program: when it fails for want of the cluster
         and that is answered EIO (:attr:`answers_eio`), what it held back is dropped -
         its pending create and its buffered writes - so that EIO means not applied and
         nothing sends it later (issue 60, item 13: a close answered EIO, and the bytes
-        appeared once the nodes were back; a program retrying appended twice)."""
+        appeared once the nodes were back; a program retrying appended twice).  ``fh``:
+        the handle of the call; the file's other handles are told once (``dropped_for``)."""
         try:
             yield
         except Unavailable as e:
             if self.answers_eio:
-                self._drop_unsent(f, e)
+                self._drop_unsent(f, e, fh)
             raise
 
-    def _drop_unsent(self, f: OpenFile, e: Unavailable) -> None:
+    def _drop_unsent(self, f: OpenFile, e: Unavailable, fh: int | None) -> None:
         p = self.pending.creates.pending_of(f.ino)
         if p is not None:
             self.pending.sends.give_up(p, e)
@@ -375,6 +379,8 @@ class Handles:
             log.warning("writes of file %d dropped: answered %s", f.ino, e)
             f.discard_buffered()
             self.cache.kernel_content.pop(f.ino, None)  # the kernel's pages: dropped at open
+            others = {h for h, (g, _) in self.table.handles.items() if g is f and h != fh}
+            f.dropped_for |= others
 
     def _may_defer(self, f: OpenFile) -> bool:
         """Whether a close may leave ``f``'s buffered writes for later: its create waits in
@@ -430,7 +436,7 @@ class Handles:
     async def _release(self, fh: int) -> None:
         f, _ = self.table.handle(fh)
         try:
-            await self._sync(f, durable=False)
+            await self._sync(f, durable=False, fh=fh)
             if f.lease_until is not None and f.opens == 1 and not f.buffered:
                 # Created, never written (a held file's writes left for later use it).
                 f.lease_until = None
@@ -442,6 +448,7 @@ class Handles:
         finally:
             del self.table.handles[fh]
             self.table.cache_current.discard(fh)
+            f.dropped_for.discard(fh)
             f.opens -= 1
             if f.opens == 0 and not f.dirty and not (self.held and self.held.keep(f)):
                 self.cache.files.pop(f.ino, None)

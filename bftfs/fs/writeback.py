@@ -14,7 +14,10 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   the lease's end less a margin if sooner, so nothing deferred outlives the lease that
   hides it.  ``fsync`` of the file, or of the directory, sends at once, as do the calls
   that must follow a create (a listing, a read of the file, a rename of the name:
-  ``CallOrder.before_call``).  A reopen of the file is answered by the mount, and an
+  ``CallOrder.before_call``).  A directory's ``fsync`` answers 0 only once its held-back
+  entries are on a quorum (:meth:`WriteBack.sync_directory`); answered EIO, they are
+  dropped, never sent again (docs/fs.md, "What EIO means").  A send nothing was answered
+  about (the background one, an unmount's) keeps what it could not send, for later.  A reopen of the file is answered by the mount, and an
   unlink of the name waits with the create (``fs/unlinkback.py``).
 - **Bounds**: at most :data:`MAX_DEFERRED` creates and removals, and :data:`MAX_BYTES`
   of content, wait at once, files of at most :data:`MAX_FILE` (more close as before), and
