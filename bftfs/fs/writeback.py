@@ -17,8 +17,9 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   ``CallOrder.before_call``).  A directory's ``fsync`` answers 0 only once its held-back
   entries are on a quorum (:meth:`WriteBack.sync_directory`); answered EIO, they are
   dropped, never sent again (docs/fs.md, "What EIO means").  A send nothing was answered
-  about (the background one, an unmount's) keeps what it could not send, for later.  A reopen of the file is answered by the mount, and an
-  unlink of the name waits with the create (``fs/unlinkback.py``).
+  about (the background one, an unmount's) keeps what it could not send, for later.  A
+  reopen of the file is answered by the mount, and an unlink of the name waits with the
+  create (``fs/unlinkback.py``).
 - **Bounds**: at most :data:`MAX_DEFERRED` creates and removals, and :data:`MAX_BYTES`
   of content, wait at once, files of at most :data:`MAX_FILE` (more close as before), and
   a close defers only while the lease has more than twice the margin left.
