@@ -19,7 +19,7 @@ import pytest
 import trio
 from fs_helpers import Env, run, write_file
 
-from bftfs.fs.errors import FsError, Unavailable
+from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import PREFETCH_GROUP, READAHEAD_MAX_BLOCKS
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.flushbehind import behind_done
@@ -282,8 +282,9 @@ def _heal(env: Env) -> None:
 @pytest.mark.parametrize("at", ["fsync", "close"])
 def test_a_background_write_failure_surfaces_at_fsync_or_close(tmp_path: Path, at: str) -> None:
     """More than ``t`` nodes refuse the blocks of a background flush; the nodes are healed
-    before the fsync or close, whose own flush then succeeds - and it still reports the
-    background flush's failure (an earlier write did not reach the servers in time)."""
+    before the fsync or close, whose own flush then sends what it did not - and answers 0:
+    every byte is on a quorum.  It answered EIO although it had stored them (issue 60,
+    item 13: EIO means not applied, docs/fs.md)."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -304,14 +305,13 @@ def test_a_background_write_failure_surfaces_at_fsync_or_close(tmp_path: Path, a
         # Nothing claimed complete that is not: the servers still hold the old size.
         assert (await env.raw.query(ino, "fs.stat"))["size"] == 8192
         _heal(env)
-        with pytest.raises(FsError):
-            if at == "fsync":
-                await a.fsync(fh)
-            else:
-                await a.flush(fh)  # what close(2) calls
+        if at == "fsync":
+            await a.fsync(fh)
+        else:
+            await a.flush(fh)  # what close(2) calls
         # The data stayed buffered and that same call sent it: all there.
         assert (await env.raw.query(ino, "fs.stat"))["size"] == off
-        await a.release(fh)  # reported once: the close after it succeeds
+        await a.release(fh)
         fb = await b.open(ino, os.O_RDONLY)
         assert await read_all(b, fb, off) == data[:off]
         await b.release(fb)
@@ -416,8 +416,9 @@ def test_a_writer_dying_under_a_kept_lease_leaves_nothing_readable(tmp_path: Pat
             gone.set()  # (teardown: client A's buffered writes go out at its close)
             a.meta.update, a.engine.give_up = update, give_up  # type: ignore[method-assign]
         assert a.methods["fs.lock"] == 0  # the dead flush wrote under the kept lease
-        with pytest.raises(FsError):
-            await a.release(fh)  # reports the background flush's failure
+        # The close's own flush stored what the background one did not: 0 (an error
+        # answered for bytes it stored would say EIO for what was applied: issue 60, 13).
+        await a.release(fh)
 
     run(tmp_path, body, fs_options=STREAM, **SMALL)
 

@@ -1,7 +1,8 @@
 """Sending pending creates (``fs/writebehind.py``): once, whoever needs them first;
 together when directory write-back deferred several (one ``fs.createmany``); again in
 the background while the cluster does not answer; then the writes of a file closed
-meanwhile.
+meanwhile.  A create a call answered EIO for is dropped instead (:meth:`CreateSends.give_up`,
+docs/fs.md "What EIO means"): the background resends are for what nothing reported.
 
 A call of another task waits for a create being sent; a call made while sending it (or
 another one) goes on, so two sends never wait for each other.  What a send found out
@@ -130,6 +131,41 @@ class CreateSends:
             if f is not None and f.opens == 0 and not f.dirty and not kept:
                 self.cache.files.pop(p.oid, None)
 
+    async def send_directory(self, parent: int) -> list[PendingCreate]:
+        """Send every pending create of directory ``parent`` now (a directory ``fsync``:
+        those write-back holds, together, and those whose send failed before, kept for a
+        resend); the ones that are not made afterwards (the cluster did not answer, or
+        they failed for good)."""
+        wb = self.creates.writeback
+        ps = self.creates.pending_in(parent)
+        deferred = [p for p in ps if wb is not None and wb.deferred(p.oid)]
+        if deferred:
+            await self.send_deferred(deferred)
+        for p in self.creates.pending_in(parent):
+            await self.send(p)
+        return [
+            p
+            for p in ps
+            if self.creates.pending_of(p.oid) is p
+            or self.creates.failure_of(p.oid) is not None
+            or p.oid in self.cache.unmade
+        ]
+
+    def give_up(self, p: PendingCreate, e: FsError) -> None:
+        """Drop ``p`` for good: a call was answered EIO for it (docs/fs.md, "What EIO
+        means": not applied).  It is never sent again; its file's flush and close answer
+        ``e``, and once closed its inode answers ESTALE (:meth:`CreateTable.abandon`)."""
+        if self.creates.pending_of(p.oid) is not p:
+            return
+        log.info("create of %r dropped: answered %s", p.name, e)
+        self.creates.fail(p, e)
+        self.creates.drop_pending(p)
+        if not self.creates.open_here(p.oid):
+            self.creates.abandon(p.oid)
+        leases = self.sender.meta.leases
+        if leases is not None:  # a listing kept under a lease may hold the name: dropped
+            leases.entry_done("fs.create", p.parent, frozenset(), "unknown")
+
     async def _send_together(self, ps: list[PendingCreate]) -> bool:
         """One ``fs.createmany`` for ``ps``; whether it made them (else none of them is
         made by it and each is sent alone, with everything :meth:`send` handles: a name
@@ -168,10 +204,11 @@ class CreateSends:
         done.set()
 
     async def _resend_later(self, p: PendingCreate) -> None:
-        """Send ``p`` again at its resend times until it is made or fails for good (a
-        background task, started by its first failed send): once the cluster is back,
-        every mount sees the file and its data without this mount doing anything more
-        (issue 31, item 5).  Errors are logged by :meth:`send`; nothing escapes."""
+        """Send ``p`` again at its resend times until it is made, fails for good or is
+        dropped (:meth:`give_up`: a call answered EIO for it) (a background task, started
+        by its first failed send): a create no call reported is made once the cluster is
+        back without this mount doing anything more (issue 31, item 5).  Errors are
+        logged by :meth:`send`; nothing escapes."""
         while self.creates.pending_of(p.oid) is p:
             await trio.sleep_until(p.resend_at)
             if self.creates.pending_of(p.oid) is not p or trio.current_time() < p.resend_at:

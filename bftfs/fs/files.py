@@ -196,6 +196,11 @@ class OpenFile:
     last_write: int = -1
     behind: trio.Event | None = None
     behind_error: BaseException | None = None
+    #: Handles open when a call on another answered EIO and dropped the buffered writes
+    #: (``Handles._unsent``): their next flush or fsync answers EIO once, as Linux reports
+    #: a write-back error to every descriptor open at the time - what was written through
+    #: them may be among what was dropped.
+    dropped_for: set[int] = field(default_factory=set)
 
     @classmethod
     def from_stat(cls, ino: int, st: dict[str, Any], bs: int) -> OpenFile:
@@ -230,6 +235,21 @@ class OpenFile:
         self.size = max(st["size"], self.size) if self.dirty else st["size"]
         if content is not None:
             self.remember(0, content)
+
+    def discard_buffered(self) -> None:
+        """Forget the buffered writes and attribute changes: a call was answered EIO for
+        them, which means not applied (docs/fs.md, "What EIO means").  The file is the
+        servers' last known state again."""
+        self.dirty.clear()
+        self.gen.clear()
+        self.shared.clear()
+        self.ahead.clear()
+        self.log.clear()
+        self.log_bytes = 0
+        self.mtime = None
+        self.attrs.clear()
+        self.invalidate_prefetch()
+        self.reset(self.st)
 
     def rekey(self, bs: int) -> None:
         """Key the buffered blocks by another block size ``bs`` (same bytes).

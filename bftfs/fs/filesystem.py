@@ -79,7 +79,7 @@ from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.callorder import CallOrder
-from bftfs.fs.errors import Exists, NotFound
+from bftfs.fs.errors import Exists, NotFound, Unavailable
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import (
     DEFAULT_BEHIND_LIMIT,
@@ -155,6 +155,7 @@ class FileSystem:
         write_behind: bool = False,
         lease_term: float = 0.0,
         commit: float = 0.0,
+        hard: bool = False,
     ) -> None:
         self.config = config
         self.uid = uid
@@ -215,6 +216,9 @@ class FileSystem:
             dirty_limit=dirty_limit,
             behind_limit=behind_limit,
         )
+        # A hard mount tries a call the cluster did not answer again: what it held back
+        # must stay for that (a soft one answers EIO and drops it: docs/fs.md).
+        self.handles.answers_eio = not hard
         if self.meta.leases is not None and commit > 0 and write_behind:
             # Directory write-back (fs/writeback.py): closes of new files in a directory
             # this mount holds an exclusive lease on leave their create pending.
@@ -273,6 +277,13 @@ class FileSystem:
             )
             self.pending.writeback.entry_senders["mkdir"] = mkdirs.send
             self.pending.writeback.entry_senders["rename"] = renames.send
+            # ... and what a directory fsync answered EIO for is dropped (docs/fs.md).
+            wb = self.pending.writeback
+            wb.send_creates_in = self.pending.sends.send_directory
+            wb.drop_create = self.pending.sends.give_up
+            wb.drop_unlink = unlinks.drop
+            wb.entry_droppers.update(mkdir=mkdirs.drop, rename=renames.drop)
+            wb.answers_eio = not hard
             self.order.mkdirs = self.names.mkdirs = mkdirs
             self.order.renames = self.names.renames = renames
             mkdirs.renames_in = renames.made_in
@@ -471,6 +482,26 @@ class FileSystem:
             await self.pending.writeback.send_all(parallel)
         if self.handles.held is not None:
             await self.handles.held.send_all()
+
+    async def sync_directory(self, ino: int) -> None:
+        """``fsync`` of directory ``ino``: its held-back entries (creates, removals, mkdirs,
+        renames in it) are on a quorum when it returns, and an error says they are not -
+        and, answered EIO, that they were dropped (``WriteBack.sync_directory``).  Then the
+        rest this mount holds back goes too, as before (``bftfs`` commands fsync the mount
+        point for it), its failures logged and kept for a later send."""
+        wb = self.pending.writeback
+        if wb is not None:
+            await wb.sync_directory(ino)
+        else:  # no write-back: only creates kept after a failed send can wait
+            unmade = await self.pending.sends.send_directory(ino)
+            if unmade:
+                names = [p.name for p in unmade]
+                e = Unavailable(f"directory {ino}: creates not on a quorum: {names[:5]!r}")
+                if self.handles.answers_eio:
+                    for p in unmade:
+                        self.pending.sends.give_up(p, e)
+                raise e
+        await self.write_back()
 
     async def release(self, fh: int) -> None:
         await self.handles.release(fh)

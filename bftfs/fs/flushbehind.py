@@ -5,7 +5,9 @@ A write that takes a file's buffered bytes past ``dirty_limit`` starts the ordin
 (:func:`flush_behind`) and returns; a later write waits only while the buffered bytes stay
 past ``behind_limit``.  Whatever the background flush sent is complete on a quorum when it
 ends, and writes made meanwhile stay buffered.  Its error waits in ``behind_error`` for the
-next write, flush, fsync or close (:func:`behind_done`).
+next write, flush, fsync or close (:func:`behind_done`): a write answers it (EIO: the
+buffered writes are dropped, ``Handles._unsent``); a flush, fsync or close sends the data
+again first and answers the error only if that fails too (docs/fs.md, "What EIO means").
 
 Kept apart from the flush engine (``fs/filedata.py``) because it is the handles' decision
 when to flush, not how: a flush waits here first, then sends its create, then flushes, each

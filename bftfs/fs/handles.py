@@ -8,8 +8,11 @@ this part is what a handle means: which file, which flags, and what an open chec
 
 from __future__ import annotations
 
+import logging
 import os
 import stat as st
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -26,6 +29,7 @@ from bftfs.fs.errors import (
     NotFound,
     StaleView,
     TooBig,
+    Unavailable,
 )
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
@@ -36,6 +40,8 @@ from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.writebehind import PendingCreates
+
+log = logging.getLogger(__name__)
 
 
 def _may_open(s: dict[str, Any], uid: int, gid: int, flags: int) -> bool:
@@ -86,6 +92,10 @@ class Handles:
         #: Buffered bytes of a sequentially written file at which a write waits for the
         #: background flush; 0: no write-behind of big files (every flush in the write).
         self.behind_limit = behind_limit
+        #: Whether a flush that fails for want of the cluster is answered EIO (a ``soft``
+        #: mount): the file's held-back work is then dropped (:meth:`_unsent`, docs/fs.md
+        #: "What EIO means").  False on a ``hard`` mount, which tries the call again.
+        self.answers_eio = True
         #: The files this mount holds exclusively (``fs/heldfiles.py``; None: leases or
         #: write-back are off).
         self.held: HeldFiles | None = None
@@ -280,7 +290,8 @@ class Handles:
         background flush is raised here (the data it did not send stays buffered)."""
         f, flags = self.table.handle(fh)
         if f.behind_error is not None:
-            await behind_done(f, report=True)
+            async with self._unsent(f, fh):  # answered EIO: what it held back is dropped
+                await behind_done(f, report=True)
         if flags & os.O_APPEND:
             offset = f.size
         if offset < 0:
@@ -315,7 +326,8 @@ class Handles:
                         flush_behind(f, self._flush_file, self.engine.streaming)
             else:
                 await behind_done(f, report=False)
-                await self._flush_file(f)
+                async with self._unsent(f, fh):
+                    await self._flush_file(f)
         return len(data)
 
     async def flush(self, fh: int, *, durable: bool = False) -> None:
@@ -325,18 +337,50 @@ class Handles:
         close (not ``durable``) of a small new file in a directory this mount holds an
         exclusive lease on leaves its create to directory write-back (``fs/writeback.py``)."""
         f, _ = self.table.handle(fh)
-        await self._sync(f, durable=durable)
+        if fh in f.dropped_for:
+            f.dropped_for.discard(fh)
+            raise Unavailable(f"writes of file {f.ino} were dropped: another call answered EIO")
+        await self._sync(f, durable=durable, fh=fh)
 
-    async def _sync(self, f: OpenFile, *, durable: bool = True) -> None:
+    async def _sync(self, f: OpenFile, *, durable: bool = True, fh: int | None = None) -> None:
         """Wait for the background flush, flush what is buffered, then raise the
         background flush's error if it failed (never lost silently)."""
         await behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
         if failed is not None or durable or not self._may_defer(f):
-            await self._flush_file(f)
-        if failed is not None:
+            async with self._unsent(f, fh):
+                await self._flush_file(f)
+        if failed is not None and not isinstance(failed, Unavailable):
             raise failed
+        # (A background flush that found no quorum kept its bytes buffered: the flush
+        # just made stored them, so nothing is lost and nothing is answered.)
+
+    @asynccontextmanager
+    async def _unsent(self, f: OpenFile, fh: int | None = None) -> AsyncIterator[None]:
+        """A flush of ``f`` answering the program: when it fails for want of the cluster
+        and that is answered EIO (:attr:`answers_eio`), what it held back is dropped -
+        its pending create and its buffered writes - so that EIO means not applied and
+        nothing sends it later (issue 60, item 13: a close answered EIO, and the bytes
+        appeared once the nodes were back; a program retrying appended twice).  ``fh``:
+        the handle of the call; the file's other handles are told once (``dropped_for``)."""
+        try:
+            yield
+        except Unavailable as e:
+            if self.answers_eio:
+                self._drop_unsent(f, e, fh)
+            raise
+
+    def _drop_unsent(self, f: OpenFile, e: Unavailable, fh: int | None) -> None:
+        p = self.pending.creates.pending_of(f.ino)
+        if p is not None:
+            self.pending.sends.give_up(p, e)
+        if f.buffered:
+            log.warning("writes of file %d dropped: answered %s", f.ino, e)
+            f.discard_buffered()
+            self.cache.kernel_content.pop(f.ino, None)  # the kernel's pages: dropped at open
+            others = {h for h, (g, _) in self.table.handles.items() if g is f and h != fh}
+            f.dropped_for |= others
 
     def _may_defer(self, f: OpenFile) -> bool:
         """Whether a close may leave ``f``'s buffered writes for later: its create waits in
@@ -392,7 +436,7 @@ class Handles:
     async def _release(self, fh: int) -> None:
         f, _ = self.table.handle(fh)
         try:
-            await self._sync(f, durable=False)
+            await self._sync(f, durable=False, fh=fh)
             if f.lease_until is not None and f.opens == 1 and not f.buffered:
                 # Created, never written (a held file's writes left for later use it).
                 f.lease_until = None
@@ -404,6 +448,7 @@ class Handles:
         finally:
             del self.table.handles[fh]
             self.table.cache_current.discard(fh)
+            f.dropped_for.discard(fh)
             f.opens -= 1
             if f.opens == 0 and not f.dirty and not (self.held and self.held.keep(f)):
                 self.cache.files.pop(f.ino, None)

@@ -556,6 +556,16 @@ class Leases:
                 self._quiet_until[parent] = until
         self._let_go(oids)
 
+    def never_made(self, oid: int) -> None:
+        """``oid``'s held-back mkdir was dropped (never sent): the lease it was to come
+        with was never granted, so it is forgotten here, not released (a release naming
+        an object the servers lack failed, and with it the release of the others in its
+        batch, which then held other mounts off for the term)."""
+        if oid in self.held:
+            self._drop(oid)
+        for children in self._children.values():
+            children.discard(oid)
+
     def let_go(self, oids: list[int]) -> None:
         """Stop answering from the leases on ``oids`` (those held): a move to a new
         generation did not take them along (``fs/generations.py``)."""

@@ -273,6 +273,11 @@ class PendingMkdirs:
         self._forget(m)
         return True
 
+    def drop(self, m: PendingMkdir, e: Exception) -> None:
+        """A directory ``fsync`` answered EIO for ``m``: dropped as a failed one is."""
+        if self._by_oid.get(m.oid) is m:
+            self._failed(m, e)
+
     def _failed(self, m: PendingMkdir, e: Exception) -> None:
         """``m`` cannot be made (the lease lapsed and the name was taken, space, quota):
         the directory this mount answered never existed for the others.  Its inode
@@ -288,6 +293,7 @@ class PendingMkdirs:
         if leases is not None:
             leases.changed([m.parent, m.oid], parent=m.parent, names=frozenset((m.name,)))
             leases.entry_done("fs.mkdir", m.parent, frozenset((m.name,)), "unknown")
+            leases.never_made(m.oid)
 
     def _forget(self, m: PendingMkdir) -> None:
         if self._by_oid.get(m.oid) is m:

@@ -161,6 +161,9 @@ class PastView:
     async def write_back(self) -> None:
         return None  # the past holds nothing back
 
+    async def sync_directory(self, ino: int) -> None:
+        return None  # the past holds nothing back
+
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
 

@@ -206,12 +206,7 @@ class PendingRenames:
         except Unavailable:
             raise
         except (FsError, _Stale) as e:
-            log.warning("rename of %r to %r dropped when sent: %s", r.name, r.new_name, e)
-            self._forget(r)
-            self.cache.forget(r.parent)  # what this mount showed was not what happened
-            leases = self.meta.leases
-            if leases is not None:
-                leases.entry_done("fs.rename", r.parent, frozenset(), "unknown")
+            self.drop(r, e)
             return
         self._forget(r)
         for key, s in stats.items():  # (the directory's: what was held back since stays)
@@ -223,6 +218,18 @@ class PendingRenames:
             if entry is not None and r.new_name in entry:
                 entry[r.new_name] = [r.oid, r.code]
         self.writeback.stats["renames_written_back"] += 1
+
+    def drop(self, r: PendingRename, e: Exception) -> None:
+        """``r`` is not made: refused when sent, or a directory ``fsync`` answered EIO for
+        it.  What this mount showed of the directory was not what happened: forgotten."""
+        if self._by_oid.get(r.oid) is not r:
+            return
+        log.warning("rename of %r to %r dropped when sent: %s", r.name, r.new_name, e)
+        self._forget(r)
+        self.cache.forget(r.parent)
+        leases = self.meta.leases
+        if leases is not None:
+            leases.entry_done("fs.rename", r.parent, frozenset(), "unknown")
 
     def _forget(self, r: PendingRename) -> None:
         if self._by_oid.get(r.oid) is r:

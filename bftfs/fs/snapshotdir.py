@@ -269,6 +269,10 @@ class SnapshotBrowser:
     async def write_back(self) -> None:
         await self.live.write_back()
 
+    async def sync_directory(self, ino: int) -> None:
+        if is_live(ino):  # (the past holds nothing back)
+            await self.live.sync_directory(ino)
+
     async def release(self, fh: int) -> None:
         if fh < PAST_FH:
             await self.live.release(fh)

@@ -326,6 +326,19 @@ class PendingUnlinks:
         self.cache.own_stat(u.parent, pst)
         await self.reclaimer.unlinked(u.oid, s)
 
+    def drop(self, u: PendingUnlink, e: Exception) -> None:
+        """A directory ``fsync`` answered EIO for removal ``u``: it is never sent (the
+        name stays on the servers).  What this mount showed of the directory was not
+        what happened: forgotten, as for a rename dropped."""
+        if self._by_oid.get(u.oid) is not u:
+            return
+        log.warning("removal of %r dropped: %s", u.name, e)
+        self._forget(u)
+        self.cache.forget(u.parent)
+        leases = self.meta.leases
+        if leases is not None:
+            leases.entry_done("fs.unlink", u.parent, frozenset(), "unknown")
+
     def _forget(self, u: PendingUnlink) -> None:
         if self._by_oid.get(u.oid) is u:
             del self._by_oid[u.oid]

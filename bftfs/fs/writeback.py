@@ -14,8 +14,12 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   the lease's end less a margin if sooner, so nothing deferred outlives the lease that
   hides it.  ``fsync`` of the file, or of the directory, sends at once, as do the calls
   that must follow a create (a listing, a read of the file, a rename of the name:
-  ``CallOrder.before_call``).  A reopen of the file is answered by the mount, and an
-  unlink of the name waits with the create (``fs/unlinkback.py``).
+  ``CallOrder.before_call``).  A directory's ``fsync`` answers 0 only once its held-back
+  entries are on a quorum (:meth:`WriteBack.sync_directory`); answered EIO, they are
+  dropped, never sent again (docs/fs.md, "What EIO means").  A send nothing was answered
+  about (the background one, an unmount's) keeps what it could not send, for later.  A
+  reopen of the file is answered by the mount, and an unlink of the name waits with the
+  create (``fs/unlinkback.py``).
 - **Bounds**: at most :data:`MAX_DEFERRED` creates and removals, and :data:`MAX_BYTES`
   of content, wait at once, files of at most :data:`MAX_FILE` (more close as before), and
   a close defers only while the lease has more than twice the margin left.
@@ -34,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
+
+from bftfs.fs.errors import FsError, Unavailable
 
 if TYPE_CHECKING:
     from bftfs.fs.createsend import PendingCreate
@@ -145,6 +151,18 @@ class WriteBack:
         self._wake = trio.Event()
         self._running = False
         self.stats = leases.stats
+        #: Whether an error of :meth:`sync_directory` is answered to the program (EIO): the
+        #: entries it could not send are then dropped (docs/fs.md, "What EIO means").
+        #: False on a ``hard`` mount, which tries the call again and must find them.
+        self.answers_eio = True
+        #: How the directory's pending creates go at its ``fsync`` (the ones not made
+        #: afterwards are returned) and how one is dropped (``CreateSends``; set with it).
+        self.send_creates_in: Callable[[int], Awaitable[list[PendingCreate]]] | None = None
+        self.drop_create: Callable[[PendingCreate, FsError], None] | None = None
+        #: How a held-back removal, and an entry update of each kind, is dropped for good
+        #: (``fs/unlinkback.py``, ``fs/mkdirback.py``, ``fs/renameback.py``; set with them).
+        self.drop_unlink: Callable[[PendingUnlink, FsError], None] | None = None
+        self.entry_droppers: dict[str, Callable[[Any, FsError], None]] = {}
 
     def defer(self, p: PendingCreate, size: int) -> bool:
         """Whether the close of ``p``'s file, of ``size`` bytes, may return without sending
@@ -211,17 +229,18 @@ class WriteBack:
         """The entry update ``(kind, key)`` was taken or failed for good."""
         self._entries.pop((kind, key), None)
 
-    async def _send_entries(self, due_by: float) -> bool:
-        """Send the entry updates due by ``due_by``, kind by kind, each by its kind's
-        sender (which calls :meth:`entry_sent` once it was taken or failed for good); one
-        that is still here after its send failed (no answer) is due again in
-        :data:`ENTRY_RESEND` seconds.  Whether any was due."""
+    async def _send_entries(self, due_by: float, parent: int | None = None) -> bool:
+        """Send the entry updates due by ``due_by`` (of directory ``parent`` only, if
+        given), kind by kind, each by its kind's sender (which calls :meth:`entry_sent`
+        once it was taken or failed for good); one that is still here after its send
+        failed (no answer) is due again in :data:`ENTRY_RESEND` seconds.  Whether any
+        was due."""
         sent = False
         for kind, send in self.entry_senders.items():
             due = [
                 (key, u)
                 for (k, key), (u, at) in self._entries.items()
-                if k == kind and at <= due_by
+                if k == kind and at <= due_by and (parent is None or u.parent == parent)
             ]
             for key, u in due:
                 sent = True
@@ -325,6 +344,62 @@ class WriteBack:
         await self._send_batches([p for p, _ in self._due.values()], parallel)
         await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_touches(list(self._touches))
+
+    async def sync_directory(self, parent: int) -> None:
+        """``fsync`` of directory ``parent``: send its held-back entries now (the mkdirs and
+        renames in it, its creates - deferred or kept after a failed send - its removals
+        and times) and answer 0 only once every one of them is on a quorum.
+
+        Raises:
+            Unavailable: some could not be sent (the cluster did not answer) or failed
+                for good.  When that is answered EIO (:attr:`answers_eio`), those entries
+                are dropped: never sent again by this mount (docs/fs.md, "What EIO
+                means"); else (a ``hard`` mount's retry) they stay held back.
+        """
+        await self._send_entries(float("inf"), parent)
+        creates = [] if self.send_creates_in is None else await self.send_creates_in(parent)
+        await self._send_unlinks([u for u, _ in list(self._unlinks.values()) if u.parent == parent])
+        if parent in self._touches:
+            await self._send_touches([parent])
+        entries = [(k, u) for (k, _), (u, _) in self._entries.items() if u.parent == parent]
+        unlinks = [u for u, _ in self._unlinks.values() if u.parent == parent]
+        touched = parent in self._touches
+        if not (creates or entries or unlinks or touched):
+            return
+        names = [p.name for p in creates] + [getattr(u, "name", u) for _, u in entries]
+        names += [u.name for u in unlinks]
+        e = Unavailable(
+            f"directory {parent}: {len(names) + touched} held-back change(s) not on a quorum "
+            f"({names[:5]!r}{' ...' if len(names) > 5 else ''})"
+        )
+        if self.answers_eio:
+            self._drop(creates, entries, unlinks, parent if touched else None, e)
+        raise e
+
+    def _drop(
+        self,
+        creates: list[PendingCreate],
+        entries: list[tuple[str, Any]],
+        unlinks: list[PendingUnlink],
+        touched: int | None,
+        e: FsError,
+    ) -> None:
+        """Drop what a directory ``fsync`` answered EIO for (:meth:`sync_directory`)."""
+        log.warning("directory fsync answered EIO, its held-back changes dropped: %s", e)
+        for p in creates:
+            self.sent(p.oid)
+            if self.drop_create is not None:
+                self.drop_create(p, e)
+        for kind, u in entries:
+            dropper = self.entry_droppers.get(kind)
+            if dropper is not None:
+                dropper(u, e)
+        for u in unlinks:
+            self._unlinks.pop(u.oid, None)
+            if self.drop_unlink is not None:
+                self.drop_unlink(u, e)
+        if touched is not None:
+            self.touch_sent(touched)
 
     async def _send_touches(self, parents: list[int]) -> None:
         if not parents or self.send_touches is None:

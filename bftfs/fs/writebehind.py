@@ -25,7 +25,8 @@ file grown past the inline limit.  The rules (docs/fs.md, "Create write-behind")
   wait for the first read.  A read through a pending file's handle sends it first anyway.
 - **Visibility**: other clients see the name from the first flush or close - what
   close-to-open promises them.  fsync and close return only once the name and the data
-  are on a quorum.
+  are on a quorum; one that answers EIO drops the create and its data (never sent again:
+  docs/fs.md, "What EIO means"), and the inode answers ESTALE as below.
 - **A name another client made meanwhile** (found when sending): as a synchronous create
   finding it, the existing file is opened (``O_TRUNC`` applied) and this file's buffered
   writes are re-applied on it; the kernel's inode for the new file then answers ESTALE to

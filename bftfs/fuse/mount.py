@@ -111,6 +111,7 @@ async def serve(
         write_behind=options.write_behind and not options.read_only,
         lease_term=options.lease,
         commit=options.commit,
+        hard=options.hard,  # (a hard mount keeps what a call could not send: docs/fs.md)
     ) as session:
         # fcntl and flock locks every mount sees, under a lease this mount renews
         locks = LockManager(session.fs.meta, term=options.lock_lease)

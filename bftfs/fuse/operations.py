@@ -273,10 +273,16 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
+    @_handler  # (it had none: an error escaped to pyfuse3's loop and ended the mount)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        # Every namespace update is complete on a quorum before it returns, but the creates
-        # directory write-back keeps (leases, fs/writeback.py), which go now.
-        await self.fs.write_back()
+        # Every namespace update is complete on a quorum before it returns, but the entries
+        # directory write-back keeps (leases, fs/writeback.py), which go now: 0 means the
+        # directory's are on a quorum (then the rest of the mount's go too).
+        handle = self._dirs.get(fh)
+        if handle is None:
+            await self.fs.write_back()
+        else:
+            await self.fs.sync_directory(handle[0])
 
     # Files ---------------------------------------------------------------------------------
 
