@@ -71,7 +71,7 @@ class Collection:
     def pressure(self) -> bool:
         """Whether the node is short of space (verify without waiting for idle time); sets
         what retention keeps meanwhile (history thinned oldest first, ``squeezed``)."""
-        used = self.node.store.used_recently()
+        used = self.node.store.used_scaled()  # the disk counts when it fills first
         self.progress["used_bytes"] = used
         pressure = used >= self.policy.pool_fraction * self.node.config.map_size
         self.progress["pressure"] = pressure
