@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -97,6 +98,70 @@ def mount_statuses(config: ClusterConfig) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _unescape(field: str) -> str:
+    """A ``/proc/self/mountinfo`` field as written (the kernel writes space, tab, newline
+    and backslash as three octal digits)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def bftfs_mounts() -> list[tuple[Path, str]]:
+    """(mount point, source) of every ``fuse.bftfs`` mount this process sees, whatever
+    cluster it serves.  The source is the daemon's ``fsname``: the resolved path of the
+    configuration it was mounted with (``fuse/mount.py``), which :func:`serves` checks."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and len(tail) >= 2 and tail[0] == "fuse.bftfs":
+            out.append((Path(_unescape(fields[4])), _unescape(tail[1])))
+    return out
+
+
+def serves(config: ClusterConfig, source: str) -> bool:
+    """Whether a mount whose source is ``source`` serves ``config``'s cluster: the source
+    names a configuration sharing a node key with ``config`` (node keys are made fresh for
+    each cluster, so two clusters never share one; a copy of the configuration, or one
+    older by a node replacement, still does).  A source that is no readable configuration
+    (``bftfs``: a daemon started without one) is nobody's."""
+    from bftfs import config as cfgmod
+
+    try:
+        theirs = cfgmod.load(Path(source))
+    except (cfgmod.ConfigError, OSError, ValueError):
+        return False
+    ours = set(config.node_public_keys().values())
+    return any(key in ours for key in theirs.node_public_keys().values())
+
+
+def cluster_mountpoints(config: ClusterConfig) -> list[Path]:
+    """The mount points of ``config``'s cluster on this machine: the ``fuse.bftfs`` mounts
+    whose source is a configuration of this cluster (:func:`serves`), and the directories
+    of this cluster directory's pid files that nothing else is mounted on now (a daemon
+    that died and was unmounted leaves its pid file; its directory is another cluster's
+    once that one mounts there).  Never another cluster's mount (issue 60: ``bftfs cat
+    OTHER/hello.txt --at now`` answered with this cluster's ``/hello.txt``)."""
+    mounted = bftfs_mounts()
+    ours: list[Path] = []
+    theirs: set[Path] = set()
+    verdicts: dict[str, bool] = {}
+    for point, source in mounted:
+        if source not in verdicts:
+            verdicts[source] = serves(config, source)
+        if verdicts[source]:
+            ours.append(point)
+        else:
+            theirs.add(point)
+    for _pid, point in known_mounts(config):
+        if point not in ours and point not in theirs and mounted_fuse(point) is None:
+            ours.append(point)
+    return ours
 
 
 def known_mounts(config: ClusterConfig) -> list[tuple[int, Path]]:
@@ -260,6 +325,8 @@ __all__ = [
     "DEFAULT_ENTRY_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "MountError",
+    "bftfs_mounts",
+    "cluster_mountpoints",
     "daemon_command",
     "is_mounted",
     "known_mounts",
@@ -268,6 +335,7 @@ __all__ = [
     "mount_statuses",
     "mounted_fuse",
     "pid_file",
+    "serves",
     "status_file",
     "unmount",
 ]
