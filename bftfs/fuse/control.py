@@ -6,10 +6,10 @@ Kept apart from :mod:`bftfs.fuse.mount` (which imports pyfuse3 and the file syst
 Each running mount leaves ``<cluster>/mounts/<key>.pid`` (pid and mount point) and
 ``<key>.json``, which the daemon rewrites every :data:`PUBLISH_INTERVAL` seconds: its
 options, the faults its clients detected per node, its EIO answers, its metrics address
-(``bftfs status`` reads it, :func:`mount_statuses`).  Unmounting
-is ``fusermount3 -u``; when that fails (busy, or a daemon stuck on unreachable nodes) the
-mount is detached lazily and the daemon terminated, so unmount is clean even when nodes are
-down.
+(``bftfs status`` reads it, :func:`mount_statuses`).  Unmounting is ``fusermount3 -u``,
+then waiting for the daemon to send what it held back; a busy mount (open files, or an
+operation waiting for unreachable nodes) is refused as umount(8) refuses it, unless the
+caller asks to detach it lazily or by force (:func:`unmount`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bftfs import proc
 from bftfs.config import ClusterConfig
@@ -41,6 +41,11 @@ PUBLISH_INTERVAL = 2.0
 
 class MountError(Exception):
     """Mounting or unmounting failed; the message says why."""
+
+
+class MountBusy(MountError):
+    """A clean unmount was refused: something in the mount is in use (umount(8)'s
+    "target is busy")."""
 
 
 def _key(mountpoint: Path) -> str:
@@ -235,14 +240,33 @@ def unmount(
     pid: int | None = None,
     wait: float = DAEMON_EXIT_WAIT,
     notice: Callable[[int], None] | None = None,
+    how: Literal["clean", "lazy", "force"] = "clean",
 ) -> bool:
     """Unmount ``mountpoint`` and wait for its daemon (``pid``, if known) to exit: only
     then is what it held back on the nodes.  ``notice(pid)`` is called once if that takes
     longer than :data:`NOTICE_AFTER` seconds.  Whether the daemon had to be killed after
-    ``wait`` seconds (what it still held back is lost; its log names it)."""
+    ``wait`` seconds (what it still held back is lost; its log names it).
+
+    ``how``: ``clean`` (umount(8)'s way) refuses a busy mount - a file, directory or
+    working directory open in it, or an operation waiting in the daemon - with
+    :class:`MountBusy`, and nothing changes (issue 60: a lazy detach and a terminated
+    daemon lost what an open file had written, and the writer got ENOTCONN).  ``lazy``
+    detaches it at once and leaves the daemon serving what is still open until the last
+    of it closes; then it sends what it holds back and exits by itself (not waited for).
+    ``force`` detaches it and terminates the daemon, which sends what it holds back, but
+    whatever the open files had not written yet is lost: for a cluster going away."""
     mountpoint = mountpoint.resolve()
-    why = proc.unmount(mountpoint)
+    if how == "lazy":
+        why = proc.detach(mountpoint)
+        if why is not None:
+            raise MountError(f"detaching {mountpoint} failed: {why}")
+        return False
+    why = proc.unmount(mountpoint, lazy_if_busy=how == "force")
     if why is not None:
+        if how == "clean":
+            if "busy" in why.lower():
+                raise MountBusy(f"{mountpoint}: target is busy ({why})")
+            raise MountError(f"unmounting {mountpoint} failed: {why}")
         log.warning("fusermount -u %s: %s; detached lazily", mountpoint, why)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -324,6 +348,7 @@ def daemon_command(
 __all__ = [
     "DEFAULT_ENTRY_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "MountBusy",
     "MountError",
     "bftfs_mounts",
     "cluster_mountpoints",
