@@ -101,7 +101,10 @@ class Collection:
             now_ns=now_ns,
             retention=self.kept if kept is None else kept,  # shortened when short of space
             pins=pinned_moments(kv),
-            owner_limit=self.owner_limit,
+            # A node short of space (its map or its disk: issue 60) lets removed files'
+            # contents go at once, as a client near its quota does: removing files must
+            # give room back while writes are refused, not after keep_seconds.
+            owner_limit=0 if self.progress.get("pressure") else self.owner_limit,
         )
 
     async def collect_due(self) -> float | None:
