@@ -49,7 +49,8 @@ key                 default     meaning
 ``data_fraction``   0.9         above this share a node refuses new non-empty block
                                 versions (``full``: ENOSPC), keeping the rest for metadata
                                 updates, so that files can still be removed and their
-                                space given back
+                                space given back.  Both shares are of the map, or of the
+                                disk under it when that is fuller (``node/store.Store.fill``)
 ``scrub_seconds``   604800      every this often (a week; 0: never) a node checks every
                                 fragment it stores against its cross checksum, in idle
                                 time, and rewrites a damaged latest version from the

@@ -246,16 +246,28 @@ def is_dead_mount(mountpoint: Path) -> bool:
     return False
 
 
-def unmount(mountpoint: Path) -> str | None:
-    """Unmount a FUSE mount, lazily (``-z``) if it is busy, so tear-down never hangs on it.
-    None when it unmounted cleanly or was not mounted, else why the clean unmount failed."""
+def unmount(mountpoint: Path, *, lazy_if_busy: bool = True) -> str | None:
+    """Unmount a FUSE mount; if that fails (busy) and ``lazy_if_busy`` (tear-down, which
+    must never hang on it), detach it lazily (``-z``).  None when it unmounted cleanly or
+    was not mounted, else why the clean unmount failed (``fusermount``'s message)."""
     if not is_mounted(mountpoint):
         return None
     r = subprocess.run([fusermount(), "-u", str(mountpoint)], capture_output=True, text=True)
     if r.returncode == 0:
         return None
-    subprocess.run([fusermount(), "-u", "-z", str(mountpoint)], capture_output=True)
+    if lazy_if_busy:
+        subprocess.run([fusermount(), "-u", "-z", str(mountpoint)], capture_output=True)
     return r.stderr.strip() or f"fusermount exited {r.returncode}"
+
+
+def detach(mountpoint: Path) -> str | None:
+    """Detach a FUSE mount lazily (``fusermount -u -z``): gone from the name space now, the
+    kernel keeps the connection to its daemon until the last open file or working
+    directory in it is let go.  None when done, else why not."""
+    if not is_mounted(mountpoint):
+        return None
+    r = subprocess.run([fusermount(), "-u", "-z", str(mountpoint)], capture_output=True, text=True)
+    return None if r.returncode == 0 else r.stderr.strip() or f"fusermount exited {r.returncode}"
 
 
 def wait_mounted(

@@ -12,6 +12,7 @@ from typing import Any
 from bftfs import local as localmod
 from bftfs.cli import discover
 from bftfs.cli.common import (
+    EXIT_BUSY,
     QuietError,
     cluster_of,
     human,
@@ -20,7 +21,7 @@ from bftfs.cli.common import (
     with_cluster,
     with_dir,
 )
-from bftfs.cli.mounts import mount_daemon, mount_module, with_client
+from bftfs.cli.mounts import busy_message, mount_daemon, mount_module, with_client
 from bftfs.cli.nodes import port_number
 from bftfs.cli.statustables import print_nodes as _print_status
 from bftfs.config import (
@@ -45,7 +46,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         with contextlib.suppress(localmod.ClusterError, ConfigError):
             old = localmod.load_cluster(args.dir)
             for pid, mnt in control.known_mounts(old):
-                control.unmount(mnt, pid=pid)
+                control.unmount(mnt, pid=pid, how="force")  # its data goes anyway
                 print(f"unmounted {mnt}")
         stopped = localmod.remove_cluster(args.dir)
         print(
@@ -303,14 +304,35 @@ def _warn_ephemeral_ports(cfg: ClusterConfig) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    """Unmount this cluster's mounts (first: they flush while the nodes are up), then stop
+    the nodes.  A busy mount is refused as ``bftfs umount`` refuses it, and then the
+    nodes keep running (its daemon needs them to send what it holds), unless ``--force``."""
     from bftfs.fuse import control as mountmod
 
     cfg, _ = cluster_of(args)
+    busy = []
     for pid, mnt in mountmod.known_mounts(cfg):  # unmount first: flush while nodes are up
-        killed = mountmod.unmount(mnt, pid=pid, notice=waiting_for_daemon)
+        try:
+            killed = mountmod.unmount(
+                mnt, pid=pid, notice=waiting_for_daemon, how="force" if args.force else "clean"
+            )
+        except mountmod.MountBusy:
+            busy.append(mnt)
+            continue
+        except mountmod.MountError as e:
+            print(f"bftfs down: {e}", file=sys.stderr)
+            continue
         print(
             f"unmounted {mnt}"
             + (" (its daemon killed: what it held back is lost)" if killed else "")
+        )
+    if busy:
+        for mnt in busy:
+            print(busy_message(mnt), file=sys.stderr)
+        raise QuietError(
+            "bftfs down: the nodes were left running for the busy mount(s) above"
+            " (`bftfs down --force` detaches them and stops everything)",
+            EXIT_BUSY,
         )
     stopped = localmod.stop_nodes(cfg)
     print(f"stopped {len(stopped)} node(s)" + (f": {stopped}" if stopped else ""))
@@ -505,6 +527,12 @@ def add_up(sub: Any) -> None:
 def add_down(sub: Any) -> None:
     """``bftfs down``."""
     sp = sub.add_parser("down", help="unmount and stop the local cluster")
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="detach busy mounts too and stop their daemons (what open files have not "
+        "written yet is lost); without it a busy mount stops the command (exit 32)",
+    )
     with_dir(sp)
     sp.set_defaults(func=cmd_down)
 

@@ -12,6 +12,8 @@ Exit codes (shared by every subcommand):
 5     a key file is missing, unreadable or readable by others
 6     mounting or unmounting failed
 7     a history question has no answer (no such path then, or retention let it go)
+8     ``restore`` or ``revert`` stopped part way (a write failed)
+32    ``umount`` or ``down`` refused: a mount is busy (as umount(8))
 ====  =====================================================================
 """
 
@@ -32,6 +34,8 @@ EXIT_MOUNT = 6
 EXIT_HISTORY = 7
 #: ``restore`` or ``revert`` stopped part way: a write failed (what was written stays).
 EXIT_WRITE = 8
+#: ``umount`` (or ``down``) refused: the mount is busy (umount(8)'s code for it).
+EXIT_BUSY = 32
 
 
 class QuietError(Exception):

@@ -7,10 +7,11 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bftfs import local as localmod
 from bftfs.cli.common import (
+    EXIT_BUSY,
     EXIT_MOUNT,
     QuietError,
     cluster_of,
@@ -157,19 +158,47 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if not mountmod.is_mounted(target) and pid is None:
         raise QuietError(f"{target} is not mounted", EXIT_MOUNT)
     dead = proc.is_dead_mount(target) or (pid is not None and not proc.process_alive(pid))
-    if mountmod.unmount(target, pid=pid if not dead else None, notice=waiting_for_daemon):
+    how: Literal["clean", "lazy", "force"] = (
+        "force" if args.force else "lazy" if args.lazy else "clean"
+    )
+    try:
+        killed = mountmod.unmount(
+            target, pid=pid if not dead else None, notice=waiting_for_daemon, how=how
+        )
+    except mountmod.MountBusy:
+        raise QuietError(busy_message(target), EXIT_BUSY) from None
+    except mountmod.MountError as e:
+        raise QuietError(str(e), EXIT_MOUNT) from None
+    if killed:
         raise QuietError(
             f"unmounted {target}, but its mount daemon (pid {pid}) had to be killed after"
             f" {mountmod.DAEMON_EXIT_WAIT:g} s: what it had not sent to the nodes yet is lost"
             " (its log names it)",
             EXIT_MOUNT,
         )
+    if how == "lazy" and pid is not None and not dead and proc.process_alive(pid):
+        print(
+            f"detached {target}: its mount daemon (pid {pid}) serves what is still open in"
+            " it until the last of it closes, then sends what it holds back and exits"
+        )
+        return 0
     if cfg is not None:  # the book-keeping of a daemon that could not remove its own
         for stale in (mountmod.pid_file(cfg, target), mountmod.status_file(cfg, target)):
             with contextlib.suppress(OSError):
                 stale.unlink()
     print(f"unmounted {target}" + (" (its mount daemon had died)" if dead else ""))
     return 0
+
+
+def busy_message(target: Path) -> str:
+    """What a refused unmount says (umount(8)'s "target is busy", and what to do)."""
+    return (
+        f"umount: {target}: target is busy: a process has a file or directory open in it,"
+        f" or its working directory there (`fuser -vm {target}` lists them), or an"
+        " operation in it waits for the nodes. Nothing was unmounted. Close them and try"
+        " again; or `bftfs umount --lazy` (detached now, the open files served until they"
+        " close) or `--force` (what they have not written yet is lost)"
+    )
 
 
 def with_client(sp: argparse.ArgumentParser) -> None:
@@ -228,7 +257,26 @@ def add_mount(sub: Any) -> None:
 
 def add_umount(sub: Any) -> None:
     """``bftfs umount MOUNTPOINT``."""
-    sp = sub.add_parser("umount", help="unmount (flushes, waits for the daemon to exit)")
+    sp = sub.add_parser(
+        "umount",
+        help="unmount (refused while busy, as umount(8); sends what the daemon holds back "
+        "and waits for it to exit)",
+    )
     sp.add_argument("mountpoint", type=Path)
+    how = sp.add_mutually_exclusive_group()
+    how.add_argument(
+        "-l",
+        "--lazy",
+        action="store_true",
+        help="detach now even if busy; the daemon serves the files still open until they "
+        "close, then sends what it holds back and exits (not waited for)",
+    )
+    how.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="detach even if busy and stop the daemon: what open files have not written "
+        "yet is lost (for nodes that are gone)",
+    )
     with_cluster(sp)
     sp.set_defaults(func=cmd_umount)

@@ -233,10 +233,7 @@ def _cluster_target(cfg: ClusterConfig, path: str, arg: str, to: str | None) -> 
     """The path inside the file system ``restore`` writes to, or None where it writes to
     this machine's files: ``--to fs:/DEST``, ``--to`` a path under a mount of this
     cluster, or (no ``--to``) PATH itself (its path in the file system, ``path``).
-    A ``fuse.bftfs`` mount this cluster's directory does not know of may be another
-    cluster's: written through the mount, as any directory."""
-    from bftfs.fuse.control import known_mounts
-
+    Another cluster's mount is written through the mount, as any directory."""
     if to is None and arg.startswith(FS_PREFIX):
         return path
     if to is None:
@@ -245,7 +242,7 @@ def _cluster_target(cfg: ClusterConfig, path: str, arg: str, to: str | None) -> 
     if to.startswith(FS_PREFIX):
         return fs_path(to, [])
     absolute = Path(os.path.abspath(to))
-    for _pid, mp in known_mounts(cfg):
+    for mp in mountpoints_of(cfg):
         mp = Path(os.path.abspath(mp))
         if absolute == mp or mp in absolute.parents:
             return "/" + str(absolute.relative_to(mp)).removeprefix(".")

@@ -221,18 +221,12 @@ def fs_path(arg: str, mountpoints: list[Path]) -> str:
 
 
 def mountpoints_of(cfg: ClusterConfig) -> list[Path]:
-    from bftfs.fuse.control import known_mounts
+    """This cluster's mount points on this machine, never another cluster's
+    (:func:`bftfs.fuse.control.cluster_mountpoints`): a path under one names a path
+    inside this file system."""
+    from bftfs.fuse.control import cluster_mountpoints
 
-    points = [p for _pid, p in known_mounts(cfg)]
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == "fuse.bftfs":
-                    points.append(Path(parts[1].replace("\\040", " ")))
-    except OSError:
-        pass
-    return points
+    return cluster_mountpoints(cfg)
 
 
 def iso_time(ns: int | None) -> str:

@@ -6,10 +6,10 @@ Kept apart from :mod:`bftfs.fuse.mount` (which imports pyfuse3 and the file syst
 Each running mount leaves ``<cluster>/mounts/<key>.pid`` (pid and mount point) and
 ``<key>.json``, which the daemon rewrites every :data:`PUBLISH_INTERVAL` seconds: its
 options, the faults its clients detected per node, its EIO answers, its metrics address
-(``bftfs status`` reads it, :func:`mount_statuses`).  Unmounting
-is ``fusermount3 -u``; when that fails (busy, or a daemon stuck on unreachable nodes) the
-mount is detached lazily and the daemon terminated, so unmount is clean even when nodes are
-down.
+(``bftfs status`` reads it, :func:`mount_statuses`).  Unmounting is ``fusermount3 -u``,
+then waiting for the daemon to send what it held back; a busy mount (open files, or an
+operation waiting for unreachable nodes) is refused as umount(8) refuses it, unless the
+caller asks to detach it lazily or by force (:func:`unmount`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bftfs import proc
 from bftfs.config import ClusterConfig
@@ -40,6 +41,11 @@ PUBLISH_INTERVAL = 2.0
 
 class MountError(Exception):
     """Mounting or unmounting failed; the message says why."""
+
+
+class MountBusy(MountError):
+    """A clean unmount was refused: something in the mount is in use (umount(8)'s
+    "target is busy")."""
 
 
 def _key(mountpoint: Path) -> str:
@@ -97,6 +103,70 @@ def mount_statuses(config: ClusterConfig) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _unescape(field: str) -> str:
+    """A ``/proc/self/mountinfo`` field as written (the kernel writes space, tab, newline
+    and backslash as three octal digits)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def bftfs_mounts() -> list[tuple[Path, str]]:
+    """(mount point, source) of every ``fuse.bftfs`` mount this process sees, whatever
+    cluster it serves.  The source is the daemon's ``fsname``: the resolved path of the
+    configuration it was mounted with (``fuse/mount.py``), which :func:`serves` checks."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and len(tail) >= 2 and tail[0] == "fuse.bftfs":
+            out.append((Path(_unescape(fields[4])), _unescape(tail[1])))
+    return out
+
+
+def serves(config: ClusterConfig, source: str) -> bool:
+    """Whether a mount whose source is ``source`` serves ``config``'s cluster: the source
+    names a configuration sharing a node key with ``config`` (node keys are made fresh for
+    each cluster, so two clusters never share one; a copy of the configuration, or one
+    older by a node replacement, still does).  A source that is no readable configuration
+    (``bftfs``: a daemon started without one) is nobody's."""
+    from bftfs import config as cfgmod
+
+    try:
+        theirs = cfgmod.load(Path(source))
+    except (cfgmod.ConfigError, OSError, ValueError):
+        return False
+    ours = set(config.node_public_keys().values())
+    return any(key in ours for key in theirs.node_public_keys().values())
+
+
+def cluster_mountpoints(config: ClusterConfig) -> list[Path]:
+    """The mount points of ``config``'s cluster on this machine: the ``fuse.bftfs`` mounts
+    whose source is a configuration of this cluster (:func:`serves`), and the directories
+    of this cluster directory's pid files that nothing else is mounted on now (a daemon
+    that died and was unmounted leaves its pid file; its directory is another cluster's
+    once that one mounts there).  Never another cluster's mount (issue 60: ``bftfs cat
+    OTHER/hello.txt --at now`` answered with this cluster's ``/hello.txt``)."""
+    mounted = bftfs_mounts()
+    ours: list[Path] = []
+    theirs: set[Path] = set()
+    verdicts: dict[str, bool] = {}
+    for point, source in mounted:
+        if source not in verdicts:
+            verdicts[source] = serves(config, source)
+        if verdicts[source]:
+            ours.append(point)
+        else:
+            theirs.add(point)
+    for _pid, point in known_mounts(config):
+        if point not in ours and point not in theirs and mounted_fuse(point) is None:
+            ours.append(point)
+    return ours
 
 
 def known_mounts(config: ClusterConfig) -> list[tuple[int, Path]]:
@@ -170,14 +240,33 @@ def unmount(
     pid: int | None = None,
     wait: float = DAEMON_EXIT_WAIT,
     notice: Callable[[int], None] | None = None,
+    how: Literal["clean", "lazy", "force"] = "clean",
 ) -> bool:
     """Unmount ``mountpoint`` and wait for its daemon (``pid``, if known) to exit: only
     then is what it held back on the nodes.  ``notice(pid)`` is called once if that takes
     longer than :data:`NOTICE_AFTER` seconds.  Whether the daemon had to be killed after
-    ``wait`` seconds (what it still held back is lost; its log names it)."""
+    ``wait`` seconds (what it still held back is lost; its log names it).
+
+    ``how``: ``clean`` (umount(8)'s way) refuses a busy mount - a file, directory or
+    working directory open in it, or an operation waiting in the daemon - with
+    :class:`MountBusy`, and nothing changes (issue 60: a lazy detach and a terminated
+    daemon lost what an open file had written, and the writer got ENOTCONN).  ``lazy``
+    detaches it at once and leaves the daemon serving what is still open until the last
+    of it closes; then it sends what it holds back and exits by itself (not waited for).
+    ``force`` detaches it and terminates the daemon, which sends what it holds back, but
+    whatever the open files had not written yet is lost: for a cluster going away."""
     mountpoint = mountpoint.resolve()
-    why = proc.unmount(mountpoint)
+    if how == "lazy":
+        why = proc.detach(mountpoint)
+        if why is not None:
+            raise MountError(f"detaching {mountpoint} failed: {why}")
+        return False
+    why = proc.unmount(mountpoint, lazy_if_busy=how == "force")
     if why is not None:
+        if how == "clean":
+            if "busy" in why.lower():
+                raise MountBusy(f"{mountpoint}: target is busy ({why})")
+            raise MountError(f"unmounting {mountpoint} failed: {why}")
         log.warning("fusermount -u %s: %s; detached lazily", mountpoint, why)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -259,7 +348,10 @@ def daemon_command(
 __all__ = [
     "DEFAULT_ENTRY_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "MountBusy",
     "MountError",
+    "bftfs_mounts",
+    "cluster_mountpoints",
     "daemon_command",
     "is_mounted",
     "known_mounts",
@@ -268,6 +360,7 @@ __all__ = [
     "mount_statuses",
     "mounted_fuse",
     "pid_file",
+    "serves",
     "status_file",
     "unmount",
 ]

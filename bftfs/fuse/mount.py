@@ -86,6 +86,15 @@ def set_read_ahead(target: str, kib: int = READ_AHEAD_KB) -> bool:
     return True
 
 
+def fuse_source(config_path: Path | None) -> str:
+    """The ``fsname`` option: the source mount(8), df and ``/proc/self/mountinfo`` show is
+    the configuration's path (resolved by the caller), which tells one cluster's mounts
+    from another's (``fuse/control.py`` ``cluster_mountpoints``: the history commands);
+    libfuse splits options at unescaped commas."""
+    source = str(config_path) if config_path else "bftfs"
+    return "fsname=" + source.replace("\\", "\\\\").replace(",", "\\,")
+
+
 async def serve(
     config: ClusterConfig,
     mountpoint: Path,
@@ -98,7 +107,7 @@ async def serve(
     """Mount ``mountpoint`` and serve it until unmounted or terminated; with ``at_ns``, the
     tree as it was then, read-only (:func:`serve_past`)."""
     if at_ns is not None:
-        await serve_past(config, mountpoint, options, at_ns, debug=debug)
+        await serve_past(config, mountpoint, options, at_ns, config_path=config_path, debug=debug)
         return
     # The file system answers attributes its own updates produced for as long as the
     # kernel caches attributes (``attr_timeout``), no longer.
@@ -132,11 +141,9 @@ async def serve(
         views = session.generations.views if session.generations is not None else None
         if views is not None:  # EACCES once b + 1 nodes refuse this client as revoked
             ops.revoked_in = lambda: views.revoked_in
-        # default_permissions: the kernel checks modes.  The source mount(8) and df show
-        # is the configuration (libfuse splits options at unescaped commas).
-        source = str(config_path) if config_path else "bftfs"  # resolved by the caller
+        # default_permissions: the kernel checks modes.
         fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs"}
-        fuse_options.add("fsname=" + source.replace("\\", "\\\\").replace(",", "\\,"))
+        fuse_options.add(fuse_source(config_path))
         if options.allow_other:
             fuse_options.add("allow_other")
         if options.read_only:
@@ -196,10 +203,12 @@ async def serve_past(
     options: MountOptions,
     at_ns: int,
     *,
+    config_path: Path | None = None,
     debug: bool = False,
 ) -> None:
     """A time-travel mount (``bftfs mount DIR --at WHEN``): the tree as it was at
-    ``at_ns`` (``fs/pastview.py``), read-only; no status file or metrics."""
+    ``at_ns`` (``fs/pastview.py``), read-only; no status file or metrics.  Its source is
+    the configuration, as a live mount's (:func:`fuse_source`)."""
     async with open_past(config, options.client) as past:
         ops = Operations(
             PastView(past, at_ns, config.block_size),
@@ -210,7 +219,8 @@ async def serve_past(
             hard=options.hard,
             soft=options.soft,
         )
-        fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs", "fsname=bftfs", "ro"}
+        fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs", "ro"}
+        fuse_options.add(fuse_source(config_path))
         if options.allow_other:
             fuse_options.add("allow_other")
         if debug:

@@ -112,6 +112,9 @@ SYNC_TIMEOUT = 2.0
 
 #: Requests ``fast_request`` parsed and handed on at most (see ``QUServer._parsed``).
 _MAX_PARSED = 1024
+#: The quota a client's update is checked against while the store is short of room
+#: (``_quota_of``): none, so every update that grows the states is refused ``full``.
+_NO_ROOM = 0
 
 
 def registry_of(object_types: Iterable[ObjectType]) -> Registry:
@@ -272,7 +275,13 @@ class QUServer:
         return not is_node(sender) and self.frozen()
 
     def _quota_of(self, sender: int) -> int | None:
-        return None if is_node(sender) else self.client_quota
+        """What ``sender``'s updates here may grow its charges to: a node's, anything; a
+        client's, its quota, or nothing at all while the store is short of room
+        (``Store.short_for_growth``: the last room is for removals, which keep or shrink
+        the states and so always pass).  A refusal for that is ``full`` (:meth:`_refuse`)."""
+        if is_node(sender):
+            return None
+        return _NO_ROOM if self.store.short_for_growth() else self.client_quota
 
     def _refuse(self, sender: int, res: OverQuota | ClockAhead) -> HandlerError:
         if isinstance(res, ClockAhead):
@@ -283,6 +292,13 @@ class QUServer:
                 res.code,
                 f"client {sender}'s clock is {abs(res.ahead_ns) / 1e9:.1f} s {way} this "
                 f"node's (at most {allowed / 1e9:.0f} s)",
+            )
+        if res.quota == _NO_ROOM:
+            self.stats["qu.refused.full"] += 1
+            return HandlerError(
+                "full",
+                f"this node's store is nearly full: an update growing it by {res.grows} "
+                "bytes waits for room (removals pass)",
             )
         self.stats["qu.refused.quota"] += 1
         if self.admission is not None:

@@ -71,7 +71,7 @@ class Collection:
     def pressure(self) -> bool:
         """Whether the node is short of space (verify without waiting for idle time); sets
         what retention keeps meanwhile (history thinned oldest first, ``squeezed``)."""
-        used = self.node.store.used_recently()
+        used = self.node.store.used_scaled()  # the disk counts when it fills first
         self.progress["used_bytes"] = used
         pressure = used >= self.policy.pool_fraction * self.node.config.map_size
         self.progress["pressure"] = pressure
@@ -101,7 +101,10 @@ class Collection:
             now_ns=now_ns,
             retention=self.kept if kept is None else kept,  # shortened when short of space
             pins=pinned_moments(kv),
-            owner_limit=self.owner_limit,
+            # A node short of space (its map or its disk: issue 60) lets removed files'
+            # contents go at once, as a client near its quota does: removing files must
+            # give room back while writes are refused, not after keep_seconds.
+            owner_limit=0 if self.progress.get("pressure") else self.owner_limit,
         )
 
     async def collect_due(self) -> float | None:

@@ -315,7 +315,7 @@ class RWServer:
             raise HandlerError(e.code, e.message) from None
         if (
             req.fragment
-            and self.store.used_recently() >= self.data_limit
+            and self.store.used_scaled() >= self.data_limit
             and not self.store.read(lambda kv: replica.has_version(kv, req.block, req.ts))
         ):
             self.stats["rw.refused.full"] += 1
@@ -414,4 +414,4 @@ class RWServer:
         return {}
 
     async def on_space(self, ctx: RequestContext, payload: Any) -> Any:
-        return {"used": self.store.used_recently()}
+        return {"used": self.store.used_scaled()}

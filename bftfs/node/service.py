@@ -172,7 +172,10 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; reports the bound port through ``task_status``."""
         self.store = Store(
-            self.lmdb_path, map_size=self.config.map_size, durable=self.config.durable
+            self.lmdb_path,
+            map_size=self.config.map_size,
+            durable=self.config.durable,
+            reserve_fraction=1.0 - self.config.verification.data_fraction,
         )
         try:
             addresses = {s.id: (s.host, s.port) for s in self.config.nodes}

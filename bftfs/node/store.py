@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import lmdb
 import trio
@@ -68,10 +69,38 @@ class StoreFull(StoreError):
     answers ``full`` and the client reports ENOSPC (node/service.py, fs/errors.py)."""
 
 
-def _store_error(e: lmdb.Error) -> StoreError:
+def _store_error(e: lmdb.Error, *, disk_short: bool = False) -> StoreError:
+    """The store error for ``e``.  A commit that could not write its pages for want of
+    space is :class:`StoreFull`: a full map, ENOSPC, or - ``disk_short``, the disk under
+    the store within its reserve of full (:meth:`Store._error`) - the EIO LMDB reports for a short
+    write ("short write, filesystem full?", which is how tmpfs and others answer when the
+    last pages do not fit)."""
     if isinstance(e, lmdb.MapFullError | lmdb.DiskError) or "No space" in str(e):
         return StoreFull(f"store full: {e}")
+    if disk_short and "Input/output error" in str(e):
+        return StoreFull(f"store full (the disk is): {e}")
     return StoreError(f"store write failed: {e}")
+
+
+#: The room the store keeps for metadata when its space runs short, as a share of its
+#: capacity (:meth:`Store.fill`): the default ``1 - data_fraction``.  New non-empty block
+#: versions are refused within it (``node/rw_server.py``); within :data:`FLOOR_SHARE` of
+#: it, Q/U updates that grow what the store holds are refused too
+#: (``node/qu_server.py``), so the last room goes to removals, which must go on to give
+#: space back (issue 60: on a full disk ``rm`` got ENOSPC and ``ls`` EIO).
+FLOOR_SHARE = 0.25
+
+
+class Fill(NamedTuple):
+    """How full a store is: ``used`` of ``capacity`` bytes, whichever of its map and its
+    disk is the fuller (:meth:`Store.fill`)."""
+
+    used: int
+    capacity: int
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.capacity if self.capacity > 0 else 1.0
 
 
 class _LmdbKV:
@@ -184,10 +213,16 @@ class _Job:
 class Store:
     """A node's LMDB environment. Open with :meth:`open`; run :meth:`committer` in a task."""
 
-    def __init__(self, path: Path, *, map_size: int, durable: bool) -> None:
+    def __init__(
+        self, path: Path, *, map_size: int, durable: bool, reserve_fraction: float = 0.1
+    ) -> None:
+        """``reserve_fraction``: the share of its capacity kept for metadata when space runs
+        short (``1 - data_fraction``: :meth:`short_for_data`)."""
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.durable = durable
+        self.map_size = map_size
+        self.reserve_fraction = reserve_fraction
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -269,7 +304,7 @@ class Store:
                 self._published()
             except lmdb.Error as e:
                 self._abort(txn)
-                raise _store_error(e) from e
+                raise self._error(e) from e
             except BaseException:
                 self._abort(txn)
                 raise
@@ -330,7 +365,7 @@ class Store:
                 except Exception as e:
                     if not isolate:
                         raise _StepFailed from e
-                    job.error = _store_error(e) if isinstance(e, lmdb.Error) else e
+                    job.error = self._error(e) if isinstance(e, lmdb.Error) else e
                     raise _StepFailed from e
             txn.commit()
             self._published()
@@ -341,12 +376,29 @@ class Store:
             raise
         except lmdb.Error as e:
             self._abort(txn)
-            err = _store_error(e)
+            err = self._error(e)
             for job in batch:
                 job.error = err
         except BaseException:
             self._abort(txn)
             raise
+
+    def _error(self, e: lmdb.Error) -> StoreError:
+        """The store error for a failed step or commit (:func:`_store_error`).  A commit
+        that fails aborts its transaction: the environment stays as the last commit left
+        it, reads go on and the next commit may succeed (after a removal, say)."""
+        # The disk within the reserve of full: the short write that ended the commit was
+        # for want of space (a batch of writes each checked against the room left may not
+        # fit together, and the pages free inside the file, which the room counts, are
+        # not all usable: a big value needs a contiguous run, and the pages the last
+        # commit freed are reused only after the next).
+        try:
+            st = os.statvfs(self.path)
+            avail, disk = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+            short = avail < self.reserve_fraction * min(self.map_size, disk)
+        except OSError:
+            short = True
+        return _store_error(e, disk_short=short)
 
     def _abort(self, txn: lmdb.Transaction) -> None:
         txn.abort()
@@ -387,6 +439,48 @@ class Store:
         if now - self._used_at > max_age:
             self._used, self._used_at = self.used_bytes(), now
         return self._used
+
+    def disk_room(self, *, fresh: bool = False) -> tuple[int, int]:
+        """(bytes the store may still grow by on its disk, the disk's size): the pages
+        free inside its file (LMDB reuses them) plus what the file system has available.
+        Measured now but for :meth:`used_recently` (statvfs and the environment's info
+        cost a system call each; ``fresh``: that too)."""
+        st = os.statvfs(self.path)
+        used = self.used_bytes() if fresh else self.used_recently()
+        free_inside = max(0, self.size_bytes() - used)
+        return free_inside + st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def fill(self, *, fresh: bool = False) -> Fill:
+        """How full the store is, measured against its map and against its disk, the
+        fuller of the two.  Against the map: the pages in use of ``map_size``.  Against
+        the disk (which may fill first: six nodes' sparse maps on one small disk, or a disk
+        shared with other files): of a capacity of the smaller of the map and the disk,
+        all but the room left on the disk (:meth:`disk_room`) counts as used, so the
+        ``data_fraction`` and ``pool_fraction`` rules keep the same share of room back
+        whichever fills (issue 60).  ``fresh``: the pages in use measured now (else up to
+        a quarter of a second ago, :meth:`used_recently`)."""
+        used = self.used_bytes() if fresh else self.used_recently()
+        by_map = Fill(used, self.map_size)
+        room, disk = self.disk_room(fresh=fresh)
+        capacity = min(self.map_size, disk)
+        by_disk = Fill(max(0, capacity - room), capacity)
+        return by_disk if by_disk.fraction > by_map.fraction else by_map
+
+    def used_scaled(self, *, fresh: bool = False) -> int:
+        """:meth:`fill` on the map's scale: bytes "in use" of ``map_size``, what the rules
+        stated in shares of the map (``data_fraction``: new block versions refused;
+        ``pool_fraction``: pressure; ``df``) compare, so that they hold for a disk that
+        fills first too."""
+        fill = self.fill(fresh=fresh)
+        return max(fill.used, int(fill.fraction * self.map_size))
+
+    def short_for_growth(self, *, fresh: bool = False) -> bool:
+        """Whether Q/U updates that grow what the store holds are refused too: within
+        :data:`FLOOR_SHARE` of the reserve, which is kept for removals.  (A removal's
+        commit needs pages too - LMDB copies what it changes - and the pages it frees
+        are reused only two commits later: a disk filled to its last byte takes no
+        commit at all, so the floor is kept, not merely hoped for.)"""
+        return self.fill(fresh=fresh).fraction >= 1.0 - FLOOR_SHARE * self.reserve_fraction
 
     def close(self) -> None:
         self._env.close()

@@ -1,0 +1,121 @@
+"""A node's disk fills before its LMDB map does (issue 60, item 12): six real node
+processes on one small tmpfs (160 MiB, under six 64 MiB sparse maps), one FUSE mount.
+
+Filling the file system gives ENOSPC (a disk's free space counts in a node's ``full``
+decision, ``node/store.py``), and then what the ENOSPC-then-delete design promises for a
+full map holds for a full disk too: ``ls`` of the root lists, ``rm`` removes, nothing
+written before is lost, and once the nodes collect the removed files' blocks a write
+succeeds again.  Before, ``rm`` got ENOSPC and ``ls`` EIO until the disk was grown (the
+nodes' commits failed: ``StoreFull: mdb_txn_commit: No space left on device``).
+
+The tmpfs is mounted in the test's own directory and always unmounted, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bftfs.policy import VerificationPolicy
+from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.processes import ProcessCluster
+
+pytestmark = [
+    pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (needs root)"),
+]
+
+MIB = 1024 * 1024
+FILE = 4 * MIB
+#: Seconds within which room comes back once files were removed (the nodes verify the
+#: removed files' empty versions and collect the old ones: t4_full_disk.py).
+AGAIN_WITHIN = 60.0
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size_mib: int) -> Iterator[Path]:
+    """A tmpfs of ``size_mib`` MiB mounted on ``where``, unmounted on exit (the logs on it
+    copied beside it first, under ``logs/``, to read after a failure)."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(where)], check=True
+    )
+    try:
+        yield where
+    finally:
+        for log in where.rglob("*.log"):
+            with contextlib.suppress(OSError):
+                copy = where.parent / "logs" / log.relative_to(where)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, copy)
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:  # ENOSPC may come at write, flush or close
+        f.write(data)
+
+
+def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> None:
+    rng = random.Random(60)
+    with (
+        small_disk(tmp_path / "disk", 160) as disk,
+        ProcessCluster(
+            disk / "c",
+            map_size=64 * MIB,
+            durable=False,
+            verification=VerificationPolicy(settle_seconds=0.2, fallback_seconds=2.0),
+        ) as pc,
+        Mount(pc.config, tmp_path / "m", client="client0") as mnt,
+    ):
+        root = mnt.mountpoint
+        (root / "d").mkdir()
+        written: dict[str, bytes] = {}
+        full_at = None
+        for i in range(60):
+            data = rng.randbytes(FILE)
+            try:
+                _write(root / f"f{i}", data)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                full_at = i
+                break
+            written[f"f{i}"] = data
+        assert full_at is not None, "60 files of 4 MiB fit on a 160 MiB disk"
+        assert len(written) >= 3, len(written)
+        # The disk is full, not a map: each node's map has room left.
+        assert os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize < 24 * MIB
+        # Listing, removing and metadata work on the full disk.
+        names = set(os.listdir(root))
+        assert set(written) <= names, names
+        (root / f"f{full_at}").unlink(missing_ok=True)
+        os.rmdir(root / "d")
+        for name, data in written.items():
+            assert (root / name).read_bytes() == data, name
+        for name in sorted(written)[: len(written) - 3]:
+            (root / name).unlink()
+            del written[name]
+        assert set(os.listdir(root)) == set(written)
+        # The nodes collect the removed files' blocks: df shows the room come back (the
+        # disk's free space counts in what the nodes report), and then a write fits.
+        # (Polled, not retried by writing: a refused write's fragments take room on the
+        # nodes that had it, until they are collected in turn.)
+        full_df = os.statvfs(root)
+        deadline = time.monotonic() + AGAIN_WITHIN
+        while os.statvfs(root).f_bavail * full_df.f_frsize < 2 * FILE:
+            assert time.monotonic() < deadline, ("no room came back in time", full_df)
+            time.sleep(0.5)
+        assert os.statvfs(root).f_bfree > full_df.f_bfree
+        _write(root / "again", b"z" * FILE)
+        assert (root / "again").read_bytes() == b"z" * FILE
+        for name, data in written.items():
+            assert (root / name).read_bytes() == data, name
