@@ -150,6 +150,7 @@ def _nested(root: Path, seed: int, entries: int = 310) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_copy_is_whole_on_the_writing_mount_when_a_node_stops_right_after(
     cluster: ProcessCluster, mounts: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -181,6 +182,7 @@ def test_a_copy_is_whole_on_the_writing_mount_when_a_node_stops_right_after(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_rm_rf_of_3000_files_just_written_removes_the_directory(
     mounts: tuple[Path, Path],
 ) -> None:
