@@ -160,8 +160,8 @@ def test_a_copy_is_whole_on_the_writing_mount_when_a_node_stops_right_after(
     in") in 7 of 17 tries: a batch of creates had failed (``_Taken``: its first attempt
     had landed) and released the listing's attribute query before each was sent alone
     (logged "entries left out, their objects gone"; ``t3_fs_heldlistings`` holds that
-    fast).  Here, without the fixes, ``ls -lR`` of the copy printed ENOENT for every
-    subdirectory (item 4) in 2 of 2 runs."""
+    fast).  Here, without the fixes, ``ls -lR`` on the writing mount printed ENOENT for
+    subdirectories (item 4) in each of the 4 copies of one run."""
     a, b = mounts
     wrong: list[str] = []
     for k in range(4):
