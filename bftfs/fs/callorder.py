@@ -67,21 +67,23 @@ class CallOrder:
             or (held is not None and held.holds_back())
         )
 
-    async def before_call(self, objects: list[int], arg: Any) -> None:
-        """Send what a call on ``objects`` with argument ``arg`` must follow."""
-        names = _names_in(arg)
+    async def before_call(self, objects: list[int], method: str, arg: Any) -> None:
+        """Send what call ``method`` on ``objects`` with argument ``arg`` must follow."""
+        names = _names_in(method, arg)
         unlinks, held = self.creates.unlinks, self.creates.held
         if self.mkdirs is not None and self.mkdirs.holds_back():
-            await self.mkdirs.before(objects, names, arg)
+            await self.mkdirs.before(objects, names, method, arg)
         if self.renames is not None and self.renames.holds_back():
-            await self.renames.before(objects, names, arg)
+            await self.renames.before(objects, names, method, arg)
         if held is not None and held.holds_back():
             await held.before(objects)
         if unlinks is not None and unlinks.holds_back():
-            await unlinks.before(objects, names, arg)
-        await self._creates_before(objects, names, arg)
+            await unlinks.before(objects, names, method, arg)
+        await self._creates_before(objects, names, method, arg)
 
-    async def _creates_before(self, objects: list[int], names: set[bytes], arg: Any) -> None:
+    async def _creates_before(
+        self, objects: list[int], names: set[bytes], method: str, arg: Any
+    ) -> None:
         """Send the pending creates a call on ``objects`` (about ``names`` in them) must
         follow: those of a directory among them, and a pending file among them."""
         creates = self.creates
@@ -101,7 +103,7 @@ class CallOrder:
             for p in creates.pending_in(oid):
                 if p.oid in objects or p.name in names:
                     await self.sends.send_one(p)
-                elif self._about_another_entry(p, objects, arg):
+                elif self._about_another_entry(p, objects, method, arg):
                     continue  # written back later: a call about another name needs it not
                 elif writeback is not None and writeback.deferred(p.oid):
                     deferred.append(p)  # sent together below (a recall's release, a listing)
@@ -110,19 +112,23 @@ class CallOrder:
             if deferred:
                 await self.sends.send_deferred(deferred)
 
-    def _about_another_entry(self, p: PendingCreate, objects: list[int], arg: Any) -> bool:
+    def _about_another_entry(
+        self, p: PendingCreate, objects: list[int], method: str, arg: Any
+    ) -> bool:
         """Whether a call is about one entry of ``p``'s directory other than ``p``'s (a
         lookup, create, unlink or mkdir of another name) while ``p`` waits for write-back:
         such calls commute with ``p``'s create, so ``p`` stays deferred."""
         writeback = self.creates.writeback
         if writeback is None or not writeback.deferred(p.oid):
             return False
-        return about_another_entry(p.parent, p.name, objects, arg)
+        return about_another_entry(p.parent, p.name, objects, method, arg)
 
 
-def _names_in(arg: Any) -> set[bytes]:
+def _names_in(method: str, arg: Any) -> set[bytes]:
     """The entry names a file-system method's argument is about (``fs.lookup``'s name,
-    ``name``, a rename's ``sn`` and ``dn``; an xattr's name too: one send too many)."""
+    ``name``, a rename's ``sn`` and ``dn``); an extended attribute's name is none."""
+    if method in ("fs.getxattr", "fs.setxattr", "fs.removexattr"):
+        return set()
     if isinstance(arg, bytes):
         return {arg}
     if isinstance(arg, dict):

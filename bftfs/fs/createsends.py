@@ -64,17 +64,21 @@ class CreateSends:
         others = [q for q in self.creates.pending_in(p.parent) if q is not p and wb.deferred(q.oid)]
         await self.send_deferred([p, *others[: BATCH - 1]])
 
-    async def send(self, p: PendingCreate, *, quiet: bool = True) -> None:
+    async def send(self, p: PendingCreate, *, quiet: bool = True, kept: bool = False) -> None:
         """Make ``p`` on the servers, once: a call of another task waits for it, a call
         made while sending it (or another one: no circular wait) goes on.  Failures reach
         the file's flush and close (``_failed``, or pending again if the cluster was
-        unavailable); ``quiet``: a call on the directory goes on after logging them."""
+        unavailable); ``quiet``: a call on the directory goes on after logging them.
+        ``kept``: this task kept ``p`` from a batch that failed (:meth:`_send_together`),
+        the calls waiting for it still waiting: it sends ``p`` alone now."""
         me = trio.lowlevel.current_task()
-        if p.sender is not None:
+        if p.sender is not None and not (kept and p.sender is me):
             if p.sender is not me and me not in self._senders:
                 await p.done.wait()
             return
         if self.creates.pending_of(p.oid) is not p:
+            if kept:
+                self._sent(p, settled=False)
             return
         p.sender = me
         self._senders.add(me)
@@ -119,17 +123,29 @@ class CreateSends:
             and self.cache.files.get(p.oid) is not None
         ]
         made: set[int] = set()
-        for i in range(0, len(together), BATCH):
-            batch = together[i : i + BATCH]
-            if len(batch) > 1 and await self._send_together(batch):
-                made.update(p.oid for p in batch)
-        for p in ps:
-            if p.oid not in made:
-                await self.send(p)
-            f = self.cache.files.get(p.oid)
-            kept = f is not None and self.creates.held is not None and self.creates.held.keep(f)
-            if f is not None and f.opens == 0 and not f.dirty and not kept:
-                self.cache.files.pop(p.oid, None)
+        #: Creates of a batch that failed: still this task's (their waiters wait) until
+        #: each is sent alone below.
+        kept: set[PendingCreate] = set()
+        try:
+            for i in range(0, len(together), BATCH):
+                batch = together[i : i + BATCH]
+                if len(batch) > 1:
+                    if await self._send_together(batch):
+                        made.update(p.oid for p in batch)
+                    else:
+                        kept.update(batch)
+            for p in ps:
+                if p.oid not in made:
+                    mine = p in kept
+                    kept.discard(p)
+                    await self.send(p, kept=mine)
+                f = self.cache.files.get(p.oid)
+                held = f is not None and self.creates.held is not None and self.creates.held.keep(f)
+                if f is not None and f.opens == 0 and not f.dirty and not held:
+                    self.cache.files.pop(p.oid, None)
+        finally:
+            for p in kept:  # not sent alone (an error above): their waiters go on
+                self._sent(p, settled=False)
 
     async def send_directory(self, parent: int) -> list[PendingCreate]:
         """Send every pending create of directory ``parent`` now (a directory ``fsync``:
@@ -169,21 +185,29 @@ class CreateSends:
     async def _send_together(self, ps: list[PendingCreate]) -> bool:
         """One ``fs.createmany`` for ``ps``; whether it made them (else none of them is
         made by it and each is sent alone, with everything :meth:`send` handles: a name
-        taken meanwhile, space, a send the cluster did not answer)."""
+        taken meanwhile, space, a send the cluster did not answer).  A batch that failed
+        stays this task's, the calls waiting for its creates still waiting, until the
+        caller sent each alone (``send(kept=True)``): released at the failure, a listing
+        waiting for them read the directory's entries before they were made and left
+        them out (issue 60 item 7: ``diff -r``'s "Only in" right after a copy with a node
+        just stopped, ``rm -rf``'s "Directory not empty")."""
         me = trio.lowlevel.current_task()
         for p in ps:
             p.sender = me
         self._senders.add(me)
         made = False
+        alone = False
         try:
             await self.sender.send_many(ps)
             made = True
         except Exception as e:  # noqa: BLE001 - each is then sent alone (it reports)
-            log.debug("creates of %s sent together failed (each goes alone): %s", ps, e)
+            alone = True
+            log.debug("creates of %s sent together failed (each goes alone): %r", ps, e)
         finally:
             self._senders.discard(me)
-            for p in ps:
-                self._sent(p, settled=made)
+            if not alone:
+                for p in ps:
+                    self._sent(p, settled=made)
         if made:
             if self.creates.writeback is not None:
                 self.creates.writeback.stats["write_back_updates"] += 1

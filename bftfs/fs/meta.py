@@ -85,7 +85,7 @@ class _Taken(Exception):
 
 
 #: Updates of one directory entry ``arg["name"]`` of directory ``arg["p"]``.
-_ENTRY_METHODS = frozenset(
+ENTRY_METHODS = frozenset(
     {"fs.create", "fs.createwrite", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir"}
 )
 #: The keys of an ``fs.setattr`` that only moves a directory's times forward (a touch).
@@ -102,7 +102,7 @@ def _entry_of(
         if method == "fs.setattr" and len(objects) == 1 and arg.keys() <= _TOUCH_KEYS:
             return objects[0], frozenset()
         p = arg.get("p")
-        if method in _ENTRY_METHODS and isinstance(p, int):
+        if method in ENTRY_METHODS and isinstance(p, int):
             name = arg.get("name")
             if isinstance(name, bytes):
                 return p, frozenset((name,))
@@ -144,8 +144,8 @@ class CallGate(Protocol):
         """Whether anything may have to go first (cheap: asked before every call)."""
         ...
 
-    async def before_call(self, objects: list[int], arg: Any) -> None:
-        """Send what a call on ``objects`` with argument ``arg`` must follow."""
+    async def before_call(self, objects: list[int], method: str, arg: Any) -> None:
+        """Send what a call ``method`` on ``objects`` with argument ``arg`` must follow."""
         ...
 
 
@@ -190,14 +190,14 @@ class Meta:
     async def query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         """A Q/U query, after whatever the gate says it must follow."""
         if self.gate is not None and self.gate.holds_back():
-            await self.gate.before_call(oid if isinstance(oid, list) else [oid], arg)
+            await self.gate.before_call(oid if isinstance(oid, list) else [oid], method, arg)
         return await self.query_now(oid, method, arg)
 
     async def update(self, objects: Iterable[int], method: str, arg: Any) -> Any:
         """A Q/U update, after whatever the gate says it must follow."""
         objects = list(objects)
         if self.gate is not None and self.gate.holds_back():
-            await self.gate.before_call(objects, arg)
+            await self.gate.before_call(objects, method, arg)
         return await self.update_now(objects, method, arg)
 
     async def query_now(self, oid: int | list[int], method: str, arg: Any = None) -> Any:

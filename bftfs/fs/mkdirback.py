@@ -81,11 +81,14 @@ class PendingMkdir:
     done: trio.Event = field(default_factory=trio.Event)
 
 
-def answered_by_listing(leases: Leases | None, objects: list[int], arg: Any) -> bool:
+def answered_by_listing(leases: Leases | None, objects: list[int], method: str, arg: Any) -> bool:
     """Whether a call is a lookup that the directory's leased listing answers (a miss, or
     a name made or moved there, a waiting mkdir's or rename's too): it never reaches the
-    servers, so nothing held back need go first (``Leases.cached`` answers it next)."""
-    if leases is None or not isinstance(arg, bytes) or len(objects) != 1:
+    servers, so nothing held back need go first (``Leases.cached`` answers it next).
+    Only an ``fs.lookup``: another query with a name (``fs.getxattr``) reaches them."""
+    if leases is None or method != "fs.lookup" or not isinstance(arg, bytes):
+        return False
+    if len(objects) != 1:
         return False
     d = objects[0]
     return leases.known_absent(d, arg) or (
@@ -190,16 +193,18 @@ class PendingMkdirs:
 
     # Sending -----------------------------------------------------------------------------
 
-    async def before(self, objects: list[int], names: set[bytes] | frozenset, arg: Any) -> None:
-        """Send the mkdirs a call on ``objects`` (about ``names``) must follow."""
-        if answered_by_listing(self.meta.leases, objects, arg):
+    async def before(
+        self, objects: list[int], names: set[bytes] | frozenset, method: str, arg: Any
+    ) -> None:
+        """Send the mkdirs call ``method`` on ``objects`` (about ``names``) must follow."""
+        if answered_by_listing(self.meta.leases, objects, method, arg):
             return
         for oid in objects:
             m = self._by_oid.get(oid)
             if m is not None:
                 await self.send(m)
             for m in list(self._by_dir.get(oid, {}).values()):
-                if m.name in names or not about_another_entry(oid, m.name, objects, arg):
+                if m.name in names or not about_another_entry(oid, m.name, objects, method, arg):
                     await self.send(m)
 
     async def made(self, oid: int) -> None:

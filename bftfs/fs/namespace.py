@@ -293,10 +293,33 @@ class Names:
                 if s is not None and s["k"] == "d":
                     self.cache.parents[oid] = s["p"]
 
+        async def one(oid: int) -> None:
+            async with limit:
+                try:
+                    s = await self.meta.query(oid, "fs.stat")
+                except NotFound:
+                    return
+            stats[oid] = s
+            self.cache.observed(oid, s)
+            if s["k"] == "d":
+                self.cache.parents[oid] = s["p"]
+
         async with trio.open_nursery() as n:
             for oids in groups.values():
                 for i in range(0, len(oids), MAX_OBJECTS):
                     n.start_soon(some, oids[i : i + MAX_OBJECTS])
+        # An object a several-object query found missing is asked alone before its entry
+        # is left out: such an answer lacked objects made an instant before, which a query
+        # of each found (issue 60 item 7: with a node just stopped, the last files a copy
+        # made were missing from `diff -r` and from `rm -rf`'s listing).
+        missing = {oid for oid, _ in ents.values() if oid in stats and stats[oid] is None}
+        if missing:
+            async with trio.open_nursery() as n:
+                for oid in sorted(missing):
+                    n.start_soon(one, oid)
+            found = sum(1 for oid in missing if stats.get(oid) is not None)
+            if found:
+                log.info("listing of %d: %d objects found when asked alone", ino, found)
         # An entry whose object is gone raced with a removal: it is left out (and said in
         # the mount log: a listing that lacks a name the mount made is what a user reports).
         gone = [name for name, (oid, _) in ents.items() if stats.get(oid) is None]

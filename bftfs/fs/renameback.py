@@ -148,19 +148,21 @@ class PendingRenames:
 
     # Sending -----------------------------------------------------------------------------
 
-    async def before(self, objects: list[int], names: set[bytes] | frozenset, arg: Any) -> None:
+    async def before(
+        self, objects: list[int], names: set[bytes] | frozenset, method: str, arg: Any
+    ) -> None:
         """Send the renames a call on ``objects`` (about ``names``) must follow.  A call on
         the moved object itself needs none (nothing of it but its ctime depends on its
         name: a ``stat`` of it, as a listing or a lookup makes, answers the ctime from
         before the rename until it is sent)."""
-        if answered_by_listing(self.meta.leases, objects, arg):
+        if answered_by_listing(self.meta.leases, objects, method, arg):
             return
         for oid in objects:
             for r in list(self._by_dir.get(oid, ())):
                 if (
                     r.name in names
                     or r.new_name in names
-                    or not about_another_entry(oid, r.name, objects, arg)
+                    or not about_another_entry(oid, r.name, objects, method, arg)
                 ):
                     await self.send(r)
 

@@ -47,7 +47,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable
-from bftfs.fs.meta import Meta, _Stale
+from bftfs.fs.meta import ENTRY_METHODS, Meta, _Stale
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.writeback import PendingUnlink, WriteBack
 
@@ -60,17 +60,32 @@ BATCH = 6
 RESEND = 1.0
 
 
-def about_another_entry(parent: int, name: bytes | None, objects: list[int], arg: Any) -> bool:
-    """Whether a call on ``objects`` with ``arg`` is a lookup of, or an update of, another
-    entry of ``parent`` than ``name`` (any entry: ``name`` None).  Such a call needs
+#: Calls about one entry ``arg["name"]`` of directory ``arg["p"]``: a lookup's query with
+#: the object expected, and the updates of one entry.
+ONE_ENTRY_METHODS = ENTRY_METHODS | {"fs.lookupstat"}
+#: Queries of an object's extended attributes alone.
+XATTR_QUERIES = frozenset({"fs.getxattr", "fs.listxattr"})
+
+
+def about_another_entry(
+    parent: int, name: bytes | None, objects: list[int], method: str, arg: Any
+) -> bool:
+    """Whether call ``method`` on ``objects`` with ``arg`` is a lookup of, or an update
+    of, another entry of ``parent`` than ``name`` (any entry: ``name`` None), or a query
+    of ``parent``'s extended attributes, which no entry changes.  Such a call needs
     nothing held back for ``name`` (removals, creates: ``fs/callorder.py``), nor the
     directory's held-back times (a later entry update moves them on, and touches only
-    move them forward)."""
-    if isinstance(arg, bytes):  # fs.lookup(directory, name)
-        return objects == [parent] and arg != name
-    if isinstance(arg, dict) and isinstance(arg.get("name"), bytes):
-        directory = arg.get("p", objects[0] if objects else None)
-        return directory == parent and arg["name"] != name and "sn" not in arg
+    move them forward).  Told by the method, not the argument's shape: an extended
+    attribute's name is no entry's (``getxattr`` of a directory whose mkdir waits was
+    taken for a lookup of a name its listing lacks, so the mkdir was not sent first and
+    the servers answered "not found": ``ls -l``'s ENOENT, issue 60)."""
+    if method in XATTR_QUERIES:
+        return objects == [parent]
+    if method == "fs.lookup":
+        return objects == [parent] and isinstance(arg, bytes) and arg != name
+    if method in ONE_ENTRY_METHODS and isinstance(arg, dict):
+        entry = arg.get("name")
+        return arg.get("p") == parent and isinstance(entry, bytes) and entry != name
     return False
 
 
@@ -192,22 +207,24 @@ class PendingUnlinks:
 
     # Sending -----------------------------------------------------------------------------
 
-    async def before(self, objects: list[int], names: set[bytes] | frozenset, arg: Any) -> None:
-        """Send the removals a call on ``objects`` (about ``names``) must follow."""
+    async def before(
+        self, objects: list[int], names: set[bytes] | frozenset, method: str, arg: Any
+    ) -> None:
+        """Send the removals call ``method`` on ``objects`` (about ``names``) must follow."""
         need: list[PendingUnlink] = []
         for oid in objects:
             u = self._by_oid.get(oid)
             if u is not None:
                 need.append(u)
             for u in self._by_dir.get(oid, {}).values():
-                if u.name in names or not about_another_entry(oid, u.name, objects, arg):
+                if u.name in names or not about_another_entry(oid, u.name, objects, method, arg):
                     need.append(u)
         if need:
             await self.send(need)
         touched = [
             o
             for o in objects
-            if o in self._touches and not about_another_entry(o, None, objects, arg)
+            if o in self._touches and not about_another_entry(o, None, objects, method, arg)
         ]
         if touched:
             await self.send_touches(touched)
