@@ -358,10 +358,13 @@ def test_a_create_that_cannot_be_sent_does_not_hold_up_its_directory(tmp_path: P
             f.byzantine(KIND_REQUEST, withhold_creates)
         fh, stuck = await a.create(d.ino, b"stuck", 0o644, 0, 0, RDWR)
         await a.write(fh, 0, b"data")
-        with patience(0.5, trio.current_time()), pytest.raises(Unavailable):
+        # Every node withholds its answer while answering everything else: beyond b, and
+        # to a default mount a live cluster it waits for (docs/fs.md, "Slow is not
+        # unavailable"); a soft patience keeps the EIO this test is about.
+        with patience(0.5, trio.current_time(), soft=True), pytest.raises(Unavailable):
             await a.release(fh)  # the close: EIO
         for _ in range(3):  # the directory answers at once, each time
-            with patience(0.5, trio.current_time()):
+            with patience(0.5, trio.current_time(), soft=True):
                 assert [n for n, _ in await a.readdir(d.ino)] == [b"kept"]
                 await a.create(d.ino, b"other", 0o644, 0, 0, os.O_RDWR | os.O_EXCL)
                 await a.unlink(d.ino, b"other")
