@@ -209,6 +209,12 @@ class Endpoint:
             self._dead.add(node)
             self.liveness.unreachable(node)
             raise TransportError(f"node {node} at {host}:{port} unreachable: {e}") from None
+        except SessionRefused:
+            # It will not serve this principal (revoked or rekeyed by a view): not a node
+            # an operation may wait for, whatever it answers to others.
+            self._down_until[node] = trio.current_time() + 0.05
+            self.liveness.unreachable(node)
+            raise
         except TransportError:
             self._down_until[node] = trio.current_time() + 0.05
             raise
