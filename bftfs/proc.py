@@ -151,11 +151,34 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return killed
 
 
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/PID/stat`` field 22),
+    or None if it does not run: with the pid, it names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def write_pid(path: Path, pid: int) -> None:
+    """Pid file ``path`` for ``pid``, with the process's start time (:func:`read_pid`)."""
+    ticks = start_ticks(pid)
+    path.write_text(f"{pid}\n" + (f"start {ticks}\n" if ticks is not None else ""))
+
+
 def read_pid(path: Path, *, marks: Sequence[bytes]) -> int | None:
     """The pid in pid file ``path`` if that process runs and its command line contains
-    every one of ``marks`` (a recycled pid belongs to some other program), else None."""
+    every one of ``marks`` (a recycled pid belongs to some other program), else None.
+
+    A file :func:`write_pid` wrote also names the process's start time, which must match:
+    pids are recycled within minutes where ``pid_max`` is 32768, and a process of the same
+    program (another cluster's node: the marks match) may hold the pid of one that died
+    with its pid file in place (a power cut): taken for it, `bftfs up` did not start the
+    node and `bftfs down` stopped the other cluster's (issue 60 item 8)."""
     try:
-        pid = int(path.read_text().strip())
+        lines = path.read_text().split("\n")
+        pid = int(lines[0].strip())
     except (OSError, ValueError):
         return None
     try:
@@ -164,6 +187,11 @@ def read_pid(path: Path, *, marks: Sequence[bytes]) -> int | None:
         return None
     if not all(m in cmdline for m in marks) or not process_alive(pid):
         return None
+    started = [
+        ln.split()[1] for ln in lines[1:] if ln.startswith("start ") and len(ln.split()) == 2
+    ]
+    if started and started[0] != str(start_ticks(pid)):
+        return None  # the pid was recycled
     return pid
 
 

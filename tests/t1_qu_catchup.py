@@ -9,13 +9,14 @@ from qu_helpers import MemCluster, send, wire
 from t1_qu_classify import TH, A, B, cand, ohs, ts, view
 from t1_qu_replica import C0, inc
 
+from bftfs.ids import client_id as cid
 from bftfs.node.qu_catchup import behind, target
 from bftfs.qu import schema
 from bftfs.qu.adoption import Current, adopt_step
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import MessageError, ReplyStatus, parse_latest_reply
 from bftfs.qu.objsync import parse_current_reply
-from bftfs.qu.reads import handle_sync, read_version
+from bftfs.qu.reads import handle_fetch, handle_sync, read_version
 from bftfs.qu.request import Operation, Request
 from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
 
@@ -156,6 +157,67 @@ def test_a_multi_object_candidate_is_taken_at_all_its_objects_at_once() -> None:
     assert adopt_step(cl.kvs[5], cl.cfgs[5], cands, evidence, current, 0) == (7, 8)
     assert [read_version(cl.kvs[5], o, cands[o].lt) for o in (7, 8)] == [8, 4]
     assert all(cands[o] in cl.ohs_entry(5, o).rh for o in (7, 8))
+
+
+def _stray_at_the_newcomer() -> tuple[MemCluster, Candidate, Request]:
+    """Object 7 at every server; then an update of another client reaches server 5 alone
+    (it lost to the others' updates: a stray there, newer than the conditioned-on time of
+    the latest candidate), while two updates complete at servers 0-4.  The latest
+    candidate and the stored request that made it."""
+    cl = MemCluster()
+    send(cl, list(range(6)), Request(C0, (7,), {7: {}}, inc(1, 5)))
+    first = {s: cl.ohs_entry(s, 7) for s in range(6)}
+    c1 = int(cid(1))
+    stray = send(cl, [5], Request(c1, (7,), {7: first}, inc(1, 1)))[5]
+    assert stray.status is ReplyStatus.OK
+    for seq in (2, 3):
+        o = {s: cl.ohs_entry(s, 7) for s in OTHERS}
+        send(cl, OTHERS, Request(C0, (7,), {7: o}, inc(seq, 2)))
+    latest = max(cl.ohs_entry(0, 7).rh, key=lambda c: c.lt)
+    assert max(c.lt for c in cl.ohs_entry(5, 7).rh) > latest.lt_co  # the stray is newer
+    raw = handle_fetch(cl.kvs[0], latest.lt)
+    assert raw is not None
+    return cl, latest, Request.from_wire(raw, cl.th.n)
+
+
+def test_a_newcomer_holding_a_stray_candidate_takes_the_agreed_current_version() -> None:
+    """Issue 60 item 15: a replaced node's catch-up failed one object on every pass for
+    minutes, ``fail not current``: it held a candidate newer than the latest candidate's
+    conditioned-on time (an update that lost to the others' reached it alone), so the
+    replay's currency check refused, and taking the current version refused alike.  The
+    others agree on the latest candidate (b + 1 byte-identical versions): the newcomer
+    takes it; its stray stays below it in its history, as at any server that held one."""
+    cl, latest, original = _stray_at_the_newcomer()
+    evidence = {7: {s: cl.ohs_entry(s, 7) for s in OTHERS}}
+    replay = Request(original.client, original.objects, original.mohs, original.op, evidence)
+    rep = send(cl, [5], replay)[5]
+    assert rep.status is ReplyStatus.FAIL and "not current" in (rep.why or "")
+    current = {7: _current(cl, 0, latest.lt)}
+    assert adopt_step(cl.kvs[5], cl.cfgs[5], {7: latest}, evidence, current, 0) == (7,)
+    assert read_version(cl.kvs[5], 7, latest.lt) == 9
+    assert max(cl.ohs_entry(5, 7).rh, key=lambda c: c.lt) == latest
+    # Never behind what it takes: a candidate older than its own newest is not taken.
+    older = {7: _current(cl, 0, latest.lt_co)}
+    at_co = next(c for c in cl.ohs_entry(0, 7).rh if c.lt == latest.lt_co)
+    assert adopt_step(cl.kvs[5], cl.cfgs[5], {7: at_co}, evidence, older, 0) == ()
+
+
+def test_a_latest_barrier_is_taken_without_a_version_to_fetch() -> None:
+    """A repairing client that stopped between its barrier and its copy leaves a barrier
+    as an object's latest candidate; a newcomer whose replay of it cannot apply takes it as
+    accepted: a barrier's version holds no state, the same at every server."""
+    cl, _, _ = _stray_at_the_newcomer()
+    o = {s: cl.ohs_entry(s, 7) for s in OTHERS}
+    send(cl, [0, 1], Request(C0, (7,), {7: o}, inc(4, 1)))  # it stops there
+    o = {s: cl.ohs_entry(s, 7) for s in OTHERS}
+    bar = send(cl, OTHERS, Request(int(cid(2)), (7,), {7: o}, None))
+    assert {r.type for r in bar.values()} == {"barrier"}
+    latest = max(cl.ohs_entry(0, 7).rh, key=lambda c: c.lt)
+    assert latest.lt.barrier
+    evidence = {7: {s: cl.ohs_entry(s, 7) for s in OTHERS}}
+    current = {7: Current(None, schema.EMPTY_APPLIED, schema.BARRIER, None)}
+    assert adopt_step(cl.kvs[5], cl.cfgs[5], {7: latest}, evidence, current, 0) == (7,)
+    assert max(cl.ohs_entry(5, 7).rh, key=lambda c: c.lt) == latest
 
 
 def test_a_node_left_behind_by_its_catch_up_makes_the_cluster_degraded() -> None:

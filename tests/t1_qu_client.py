@@ -154,6 +154,33 @@ async def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by
     assert c.statistics().split_repairs == (1 if len(reached) >= 3 else 0)
 
 
+async def test_a_query_whose_deduction_spans_many_objects_at_a_server_behind_is_answered() -> None:
+    """Issue 60 item 16 (EIO from ``opendir`` on a fresh mount after node replacements,
+    ``TooManyObjects``): the server behind (a newcomer still catching up) is in the
+    preferred quorum, so every multi-object update it lacks shows order ``q - 1`` there:
+    incomplete, and deduction needs every object it names, and those objects' own latest
+    updates, more than one request may name even object by object.  Each of those updates
+    is complete at ``q`` of all ``n`` servers: the client reads the others' histories too
+    and answers."""
+    cl = MemCluster(seed=5)
+    behind = 0  # preferred quorum of the objects below (ids = 0 mod 6): servers 0-4
+    reached = [1, 2, 3, 4, 5]
+    dead = int(client_id(3))
+    shared = 600
+    a, b, c, e = ([6 * (3 * k + i + 1) for i in range(3)] for k in range(4))
+    for seq, objs in enumerate(((*a, shared), (*b, shared), (*c, shared), (a[1], *e)), 1):
+        o = {x: {s: cl.ohs_entry(s, x) for s in reached} for x in objs}
+        op = Operation("counter.add_all", False, 1, seq)
+        reps = send(cl, reached, Request(dead, tuple(sorted(objs)), o, op))
+        assert {r.status for r in reps.values()} == {ReplyStatus.OK}
+    assert cl.ohs_entry(behind, shared).rh == cl.ohs_entry(behind, 6).rh  # nothing there
+    client = make_client(cl, 0)
+    round_budget(client, 200)
+    files = sorted((*a, *b, *c[:2]))
+    got = await client.query(files, "counter.fetch_all")
+    assert [v for _, v in got] == [1, 2, 1, 1, 1, 1, 1, 1]  # a[1]: U1 and U4
+
+
 # forge_max_time leaves 5 = q histories to classify with, so two contending clients here,
 # whose backoff is a bare checkpoint, can livelock; Q/U promises progress to isolated
 # clients (L2670-2692).  Contention with real backoff: t5_qu_cluster, every placement.

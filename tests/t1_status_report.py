@@ -188,6 +188,34 @@ def test_a_dead_or_hung_mount_makes_the_cluster_degraded() -> None:
     assert cluster_health(cfg, up, [starting])[0] == STATUS_HEALTHY
 
 
+def test_a_revoked_clients_refusals_are_its_state_not_the_nodes_fault(expect_log: Any) -> None:
+    """Issue 60 item 17: ``b + 1`` nodes refusing a client as revoked make it revoked (one
+    of them is correct); ``b`` could be Byzantine nodes refusing a valid client.  Its
+    mount's refusals are then not counted against the nodes."""
+    from bftfs.ids import NodeId
+    from bftfs.membership.client import ClientViews
+
+    views = ClientViews(ClusterConfig.for_test())  # b = 1
+    views.refused("current", NodeId(4), "node 4 refuses principal 7: revoked in view 3")
+    views.refused("current", NodeId(2), "node 2 refuses principal 7: bad key")
+    assert views.revoked_in is None
+    with expect_log("bftfs.membership.client", match="client revoked in view 3", count=1):
+        views.refused("current", NodeId(5), "node 5 refuses principal 7: revoked in view 3")
+    assert views.revoked_in == 3
+    cfg: Any = SimpleNamespace(t=1)
+    up = [NodeStatus(i, f"127.0.0.1:{1000 + i}", 1, True, {}, None) for i in range(6)]
+    refused = {str(i): {"refused": 13, "timeout": 2} for i in range(6)}
+    mount = {"mountpoint": "/m", "client": "tmpc", "state": "alive", "faults": refused}
+    code, _, problems, _ = cluster_health(cfg, up, [mount])
+    assert code == STATUS_DEGRADED  # not known revoked: refusing a client is a fault
+    assert len([p for p in problems if "misbehaving" in p]) == 6
+    code, _, problems, _ = cluster_health(cfg, up, [{**mount, "revoked_in": 3}])
+    assert code == STATUS_HEALTHY
+    assert problems == [
+        "mount /m: client tmpc revoked in view 3 (it answers EACCES; bftfs umount it)"
+    ]
+
+
 def test_metrics_configuration_is_read_written_and_checked(tmp_path: Path) -> None:
     cfg = local.init_cluster(tmp_path / "c", map_size=1 << 20)
     assert cfg.metrics == MetricsConfig() and "metrics" not in to_dict(cfg)  # off: not written

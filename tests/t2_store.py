@@ -185,6 +185,37 @@ async def test_a_database_being_created_is_not_read_before_its_commit(
     store.close()
 
 
+def test_a_read_begun_before_a_database_was_created_does_not_see_its_handle(
+    tmp_path: Path,
+) -> None:
+    """A read transaction begun before a commit that creates a named database must not be
+    handed that database's handle (issue 60 item 14: ``InvalidParameterError:
+    mdb_cursor_open`` at a new node's start, its first commits creating databases while a
+    read ran beside the durable committer's worker thread): the read sees the database
+    as absent, as its snapshot has it, and a read begun after the commit finds the data."""
+    store = Store(tmp_path / "lmdb", map_size=1 << 24, durable=False)
+    seen: list[Any] = []
+
+    def read(kv: Any) -> None:
+        kv.get("other", b"k")  # the transaction is open from here
+        store.write_now(lambda w: w.put("fresh", b"k", b"v"))  # a commit beside it
+        seen.append(
+            (
+                kv.get("fresh", b"k"),
+                list(kv.scan("fresh", b"", b"\xff")),
+                kv.has("fresh", b"k"),
+                kv.lower("fresh", b"z"),
+            )
+        )
+
+    try:
+        store.read(read)
+        assert seen == [(None, [], False, None)]
+        assert store.read(lambda kv: kv.get("fresh", b"k")) == b"v"
+    finally:
+        store.close()
+
+
 _WRITER = textwrap.dedent(
     """
     import sys, trio

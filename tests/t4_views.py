@@ -5,10 +5,14 @@ down learns the view from its peers.  No node is restarted for a change."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import json
+import os
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -314,3 +318,48 @@ def test_nodes_that_missed_a_view_learn_it_from_a_client_that_holds_it(tmp_path:
         erin = Identity.load(cfg.client("erin").id, cfg.client_key_path("erin"))
         replies = trio.run(ask_each, cfg, ring_of(cfg, erin), "ping", b"")
         assert sorted(n for n, r in replies.items() if isinstance(r, dict)) == list(range(6))
+
+
+@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+def test_a_revoked_clients_mount_answers_eacces_and_no_node_is_blamed(tmp_path: Path) -> None:
+    """Issue 60 item 17: with a revoked client's mount still up, ``bftfs status`` said
+    DEGRADED, ``node N caught misbehaving by the mounts (refused 13)`` for all six nodes.
+    A node refusing a revoked key is correct: the mount, refused by ``b + 1`` nodes as
+    revoked, says so in its status, answers EACCES, and no node is blamed."""
+    home = tmp_path / "c"
+    with ProcessCluster(home, **OPTIONS) as pc:
+        cfg = pc.config
+        with Mount(cfg, tmp_path / "m1", client="client1", options="timeo=3") as m1:
+            (m1.mountpoint / "before").write_bytes(b"written before the revocation")
+            out = bftfs(home, "client", "revoke", "client1")
+            assert "acknowledged by 6 of 6" in out.stdout, out.stdout
+            deadline = time.monotonic() + 60.0
+            answers: list[str] = []
+            for k in itertools.count():  # new names each time: no kernel cache answers
+                try:
+                    os.stat(m1.mountpoint / f"probe{k}")
+                    answers.append("found")
+                except PermissionError:
+                    break
+                except OSError as e:  # EIO or ENOENT before it knows
+                    answers.append(errno.errorcode.get(e.errno or 0, str(e.errno)))
+                assert time.monotonic() < deadline, f"never EACCES: {answers}"
+            with pytest.raises(PermissionError):
+                (m1.mountpoint / "after").write_bytes(b"refused")
+            with pytest.raises(PermissionError):
+                os.listdir(m1.mountpoint)
+
+            def published() -> dict[str, Any]:
+                doc = json.loads(bftfs(home, "status", "--json").stdout)
+                assert isinstance(doc, dict)
+                return doc
+
+            doc = published()
+            while not any(m.get("revoked_in") for m in doc["mounts"]):
+                assert time.monotonic() < deadline, doc["mounts"]
+                time.sleep(0.5)  # the mount publishes its status every 2 s
+                doc = published()
+        assert [m["revoked_in"] for m in doc["mounts"]] == [2]
+        assert not [p for p in doc["problems"] if "misbehaving" in p], doc["problems"]
+        assert any("client client1 revoked in view 2" in p for p in doc["problems"])
+        assert doc["health"] == "healthy", doc["problems"]

@@ -16,8 +16,18 @@ from bftfs.ids import PrincipalId, client_id
 from bftfs.net.errors import RemoteError
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
-from bftfs.qu.messages import KIND_LATEST, VERSION, parse_latest_reply
+from bftfs.qu.history import OHSEntry
+from bftfs.qu.messages import (
+    KIND_HISTORY,
+    KIND_LATEST,
+    KIND_REQUEST,
+    VERSION,
+    ReplyStatus,
+    parse_latest_reply,
+)
 from bftfs.qu.reads import read_version
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Operation, Request
 from bftfs.testing.cluster import open_cluster
 
 #: Objects whose preferred quorum is servers 1..5 (object id mod 6 == 1).
@@ -167,3 +177,45 @@ async def test_a_server_cut_off_and_back_catches_up_without_a_restart(tmp_path: 
         for o in changed:  # node 2's own store, read directly
             newest = max(e.rh[0].lt for e in c.cached(o).values())
             assert node.store.read(lambda kv, o=o, lt=newest: read_version(kv, o, lt)) == 6
+
+
+async def test_a_server_holding_a_stray_catches_up_to_what_the_others_agree(
+    tmp_path: Path,
+) -> None:
+    """Issue 60 item 15: a replaced node's catch-up failed one object on every pass for
+    minutes (``fail not current ... its current version not taken either``; status
+    DEGRADED, ``left behind: qu 1``).  The node held a stray: an update that lost reached
+    it alone, newer than the conditioned-on time of the candidate the others agree on, so
+    the replay's currency check refused, and so did taking the current version.  Real
+    transport and LMDB: the node takes the candidate at its first pass."""
+    oid = OBJECTS[0]
+    async with open_cluster(tmp_path, clients=2, seed=5) as cl:
+        c = qu_client(cl)
+        await caught_up(cl, 2)
+        await c.update(oid, "counter.increment", 1)
+        n = cl.config.n
+        loser = cl.client(1)
+
+        async def history(s: int) -> OHSEntry:
+            raw = await loser.call(PrincipalId(s), KIND_HISTORY, {"v": VERSION, "o": [oid]})
+            return Reply.from_wire(raw, (oid,), n).hist[0]
+
+        ohs = {s: await history(s) for s in range(n)}
+        stray = Request(
+            int(client_id(1)), (oid,), {oid: ohs}, Operation("counter.increment", False, 100, 7)
+        )
+        got = Reply.from_wire(
+            await loser.call(PrincipalId(2), KIND_REQUEST, stray.wire()), (oid,), n
+        )
+        assert got.status is ReplyStatus.OK  # it reached node 2 alone
+        cl.crash(2)
+        await cl.wait_stopped(2)
+        for _ in range(2):
+            await c.update(oid, "counter.increment", 5)
+        await cl.recover(2)
+        p = await caught_up(cl, 2)
+        top = max((await history(0)).rh, key=lambda cand: cand.lt)
+        assert top.lt_co < got.lt < top.lt  # the stray lies between: no replay applies
+        assert (p["state"], p["failed"], p["adopted"]) == ("done", 0, 1), p
+        assert top in (await history(2)).rh
+        assert cl.nodes[2].store.read(lambda kv: read_version(kv, oid, top.lt)) == 11

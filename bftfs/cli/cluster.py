@@ -221,8 +221,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             "their metrics (`bftfs node restart I --metrics-port P` changes them)",
             file=sys.stderr,
         )
+    # A quorum serves the file system: a node still recovering at the deadline (after a
+    # power cut, on a loaded machine) does not make `up` fail while its process runs.
     statuses = localmod.wait_ready(
-        cfg, timeout=args.timeout, progress=lambda m: print(m, file=sys.stderr, flush=True)
+        cfg,
+        timeout=args.timeout,
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+        enough=cfg.n - cfg.t,
     )
     print(f"bftfs cluster up: {cfg.n} nodes (t={cfg.t}, b={cfg.b}) from {cfg.home}")
     _print_status(statuses)

@@ -51,9 +51,12 @@ def cluster_health(
 
     faults: dict[int, dict[str, int]] = {}
     for m in mounts:
+        revoked = m.get("revoked_in") is not None
         for node, kinds in (m.get("faults") or {}).items():
             per = faults.setdefault(int(node), {})
             for kind, count in kinds.items():
+                if revoked and kind == "refused":
+                    continue  # a node refusing a revoked client is correct (issue 60 item 17)
                 per[kind] = per.get(kind, 0) + int(count)
     down = [s.id for s in statuses if not s.up]
     problems = []
@@ -72,6 +75,7 @@ def cluster_health(
     problems += broken_mounts
     filling = capacity.problems(fills(statuses))
     problems += filling
+    problems += _revoked_mounts(mounts)
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
     node_problems = (
@@ -95,6 +99,17 @@ def fills(statuses: list[localmod.NodeStatus]) -> list[capacity.Fill]:
         if fill is not None:
             out.append(fill)
     return out
+
+
+def _revoked_mounts(mounts: list[dict]) -> list[str]:
+    """A note for each mount whose client was revoked: it answers EACCES, the nodes
+    refuse it as they must; the cluster's health is not its concern."""
+    return [
+        f"mount {m['mountpoint']}: client {m.get('client')} revoked in view "
+        f"{m['revoked_in']} (it answers EACCES; bftfs umount it)"
+        for m in mounts
+        if m.get("revoked_in") is not None
+    ]
 
 
 def _broken_mounts(mounts: list[dict]) -> list[str]:

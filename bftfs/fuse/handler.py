@@ -3,8 +3,10 @@
 ``FsError`` becomes ``FUSEError(its errno)``; any other ``Exception`` is logged once per
 handler and error type, counted, and answered EIO, because pyfuse3 lets nothing but
 ``FUSEError`` out of a handler without ending the mount.  ``BaseException`` (trio's
-``Cancelled``) is never caught.  A ``hard`` mount retries a call the cluster could not
-answer instead of answering EIO; a read-only mount refuses every handler that writes."""
+``Cancelled``) is never caught.  A mount whose client was revoked (``b + 1`` nodes refuse
+it as revoked by a view) answers EACCES to everything.  A ``hard`` mount retries a call
+the cluster could not answer instead of answering EIO; a read-only mount refuses every
+handler that writes."""
 
 from __future__ import annotations
 
@@ -60,6 +62,8 @@ class HandlerHost(Protocol):
     hard: bool
     record: CallRecord
     lookups: RecentLookups
+    #: The view this mount's client was revoked in (``ClientViews.revoked_in``), or None.
+    revoked_in: Callable[[], int | None]
 
 
 P = ParamSpec("P")
@@ -89,6 +93,8 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             if pid:
                 self.lookups.other_request(name, pid)
         try:
+            if self.revoked_in() is not None:  # the nodes refuse this client: no use asking
+                raise pyfuse3.FUSEError(errno.EACCES)
             if writes and self.read_only:
                 raise pyfuse3.FUSEError(errno.EROFS)
             while True:
@@ -96,7 +102,7 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
                     with patience(self.timeo, trio.current_time()):
                         result = await fn(*args, **kwargs)
                 except Unavailable as e:
-                    if not self.hard:
+                    if not self.hard or self.revoked_in() is not None:
                         raise
                     record.unavailable(name, e, time.perf_counter() - start)
                     await trio.sleep(HARD_RETRY)
@@ -107,6 +113,9 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
         except pyfuse3.FUSEError:
             raise
         except FsError as e:
+            if e.errno == errno.EIO and self.revoked_in() is not None:
+                # Unanswered because the client was revoked meanwhile (issue 60 item 17).
+                raise pyfuse3.FUSEError(errno.EACCES) from None
             if e.errno == errno.EIO:
                 record.answered_eio(name, args[1:3], f"{type(e).__name__}: {e}", start)
             elif e.errno == errno.ESTALE:  # usually retried by the kernel (its walk again)

@@ -127,6 +127,9 @@ async def serve(
             hard=options.hard,
             locks=locks,
         )
+        views = session.generations.views if session.generations is not None else None
+        if views is not None:  # EACCES once b + 1 nodes refuse this client as revoked
+            ops.revoked_in = lambda: views.revoked_in
         # default_permissions: the kernel checks modes.  The source mount(8) and df show
         # is the configuration (libfuse splits options at unescaped commas).
         source = str(config_path) if config_path else "bftfs"  # resolved by the caller
@@ -266,6 +269,9 @@ class _Book:
             "last_eio": list(ops.record.last_eio) if ops.record.last_eio else None,
             "unavailable_since": ops.record.unavailable_since,
             "faults": {str(k): v for k, v in sorted(self.session.faults().items())},
+            # The client's state, not the nodes' fault: `bftfs status` does not count the
+            # refusals of a revoked client against the nodes (issue 60 item 17).
+            "revoked_in": self.ops.revoked_in(),
             "metrics": (
                 f"{self.metrics.address}:{self.metrics.port}" if self.metrics is not None else None
             ),

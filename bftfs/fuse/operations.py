@@ -56,7 +56,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyfuse3
@@ -106,6 +106,9 @@ class Operations(pyfuse3.Operations):
         #: was last told per inode.
         self.attrs = KernelAttrs(fs, timeout=timeout, entry_timeout=entry_timeout)
         self.read_only = read_only
+        #: The view this mount's client was revoked in, or None (the mount sets it from
+        #: its session's view tracker; ``fuse/handler.py`` answers EACCES once set).
+        self.revoked_in: Callable[[], int | None] = lambda: None
         self.timeo = timeo
         self.hard = hard
         #: Calls, seconds, EIO answers per handler; a hard mount's wait (``bftfs status``).

@@ -34,6 +34,8 @@ new generation's nodes.
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -58,6 +60,9 @@ from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.session import Session
 
 log = logging.getLogger(__name__)
+
+#: What a node says when it refuses a revoked client (``node/views.py``): the view number.
+_REVOKED = re.compile(r"revoked (?:in view|\(not a client of view) (\d+)")
 
 
 class ViewUnproven(TransportError):
@@ -86,6 +91,12 @@ class ClientViews:
         self._busy: set[tuple[str, NodeId]] = set()
         #: Called with (old, new) when a view taken changes the generation or ends a move.
         self.on_generation: Callable[[View, View], None] | None = None
+        self._b = config.b
+        #: Nodes that refused this client as revoked, with the view they named.
+        self.revoked_by: dict[tuple[str, NodeId], int] = {}
+        #: The view this client was revoked in, once ``b + 1`` nodes refused it so (at
+        #: least one of them correct); None while it is not known to be revoked.
+        self.revoked_in: int | None = None
 
     @property
     def number(self) -> int:
@@ -110,10 +121,31 @@ class ClientViews:
         self._eps[generation] = ep
         ep.view_number = self.number
         ep.on_peer_view = lambda node, number: self._heard(generation, node, number)
+        ep.on_refused = lambda node, why: self.refused(generation, node, why)
         if self.admin is not None:
             ep.admit = self.admit if generation == CURRENT else self.admit_previous
         if self.blob is not None:
             self._follow(ep, self.view.as_generation(generation))
+
+    def refused(self, generation: str, node: NodeId, why: str) -> None:
+        """A node refused this client's handshake, saying ``why``.  A revocation is this
+        client's state, not the node's fault (issue 60 item 17): once ``b + 1`` nodes
+        refused it as revoked, one of them is correct and the client is revoked
+        (:attr:`revoked_in`: the view most of them named).  Fewer could be Byzantine nodes
+        refusing a valid client: their refusals stay faults (``Endpoint.faults``)."""
+        m = _REVOKED.search(why)
+        if m is None or self.revoked_in is not None:
+            return
+        self.revoked_by[(generation, node)] = int(m.group(1))
+        if len(self.revoked_by) > self._b:
+            votes = Counter(self.revoked_by.values()).most_common()
+            self.revoked_in = votes[0][0]
+            log.warning(
+                "client revoked in view %d (refused by nodes %s): every operation is "
+                "answered EACCES from now on; unmount",
+                self.revoked_in,
+                sorted(int(n) for _, n in self.revoked_by),
+            )
 
     @staticmethod
     def _follow(ep: Endpoint, view: View) -> None:

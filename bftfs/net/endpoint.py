@@ -92,6 +92,10 @@ class Endpoint:
         #: Checks each new session before any request uses it (``net/viewcheck.py``); with
         #: it set, a handshake's view number goes to it, not to ``on_peer_view``.
         self.admit: Admit | None = None
+        #: Told ``(node, why)`` when a node refuses this principal's handshake
+        #: (:class:`SessionRefused`: revoked or rekeyed by a view); the client's view
+        #: tracker judges whether this client is revoked (``membership/client.py``).
+        self.on_refused: Callable[[NodeId, str], None] | None = None
         #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`aclose` ran.
         self._kept: set[NodeId] = set()
         self._closing = False
@@ -258,8 +262,10 @@ class Endpoint:
                     elif not conn.resend_nowait(msg):
                         went = False
                         self.resends_held += 1
-                except SessionRefused:
+                except SessionRefused as e:
                     self.faults[(int(node), "refused")] += 1
+                    if self.on_refused is not None:
+                        self.on_refused(node, str(e))
                     raise  # revoked by a view: resending cannot help, and the caller is told why
                 except (TransportError, trio.ClosedResourceError) as e:
                     last_error = str(e) if isinstance(e, TransportError) else "connection closed"

@@ -55,7 +55,7 @@ import trio
 from bftfs.ids import PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.qu.adoption import Current, adopt_step, listed_by
+from bftfs.qu.adoption import BARRIER_VERSION, Current, adopt_step, listed_by
 from bftfs.qu.classify import QUThresholds, View, missing_objects
 from bftfs.qu.core import expected_lt
 from bftfs.qu.history import OHSEntry
@@ -323,6 +323,9 @@ class CatchUp:
             hosts = listed_by(self.cfg, o, mohs[o], at)
             if len(hosts) < self.th.b + 1:
                 continue  # moved on there, or forgotten: not taken at that object
+            if at.lt.barrier:  # no state to fetch (adoption.BARRIER_VERSION)
+                cands[o], current[o] = at, BARRIER_VERSION
+                continue
             got = await self._current(o, at, hosts)
             if got is not None:
                 cands[o], current[o] = at, Current(*got)

@@ -77,16 +77,24 @@ def _store_error(e: lmdb.Error) -> StoreError:
 class _LmdbKV:
     """The :class:`KV` protocol over one LMDB transaction."""
 
-    __slots__ = ("_txn", "_store", "_write")
+    __slots__ = ("_txn", "_store", "_write", "_dbs")
 
-    def __init__(self, txn: lmdb.Transaction, store: Store, write: bool) -> None:
+    def __init__(
+        self, txn: lmdb.Transaction, store: Store, write: bool, dbs: dict[str, Any]
+    ) -> None:
         self._txn = txn
         self._store = store
         self._write = write
+        #: The databases published before the transaction began (``Store._dbs`` is
+        #: replaced, never changed, by a commit).  A handle published later belongs to a
+        #: database this transaction's snapshot does not have: LMDB refuses it there
+        #: (``InvalidParameterError: mdb_cursor_open``, issue 60: a new node's first
+        #: commits creating databases in the committer's worker thread while a read ran).
+        self._dbs = dbs
 
     def _db(self, name: str) -> Any:
         store = self._store
-        db = store._dbs.get(name)
+        db = self._dbs.get(name)
         if db is None and self._write:
             # A database created in a write transaction exists for other transactions only
             # once it commits (LMDB refuses its handle there: EINVAL), so it is published to
@@ -213,8 +221,9 @@ class Store:
 
     def read(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(kv)`` in a read-only transaction and return its result."""
+        dbs = self._dbs  # taken before the transaction begins (see ``_LmdbKV._dbs``)
         with self._env.begin(buffers=False) as txn:
-            return fn(_LmdbKV(txn, self, write=False))
+            return fn(_LmdbKV(txn, self, False, dbs))
 
     async def write(self, fn: Callable[[Any], T], *, background: bool = False) -> T:
         """Run ``fn(kv)`` in the next group-committed write transaction; durable on return.
@@ -255,7 +264,7 @@ class Store:
             self._new_dbs = {}
             txn = self._env.begin(write=True)
             try:
-                result = fn(_LmdbKV(txn, self, write=True))
+                result = fn(_LmdbKV(txn, self, True, self._dbs))
                 txn.commit()
                 self._published()
             except lmdb.Error as e:
@@ -314,7 +323,7 @@ class Store:
         self._new_dbs = {}
         txn = self._env.begin(write=True)
         try:
-            kv = _LmdbKV(txn, self, write=True)
+            kv = _LmdbKV(txn, self, True, self._dbs)
             for job in batch:
                 try:
                     job.result = job.fn(kv)
@@ -346,7 +355,8 @@ class Store:
     def _published(self) -> None:
         """After a commit: the databases it created are open to every transaction."""
         if self._new_dbs:
-            self._dbs.update(self._new_dbs)
+            # A new table, not an update: open transactions keep the one they began with.
+            self._dbs = {**self._dbs, **self._new_dbs}
             self._new_dbs = {}
 
     def size_bytes(self) -> int:
@@ -361,10 +371,11 @@ class Store:
         pages but does not give them back to the file system) this falls when versions are
         deleted; it is what the history pool's pressure is measured by.
         """
+        dbs = self._dbs  # before the transaction begins (see ``_LmdbKV._dbs``)
         with self._env.begin() as txn:
             total = self._env.stat()
             pages = total["branch_pages"] + total["leaf_pages"] + total["overflow_pages"]
-            for db in self._dbs.values():
+            for db in dbs.values():
                 st = txn.stat(db)
                 pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return int(pages * total["psize"])

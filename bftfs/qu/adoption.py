@@ -33,6 +33,11 @@ class Current:
     answer: Any
 
 
+#: What every server that accepted a barrier holds at it: no state (``replica._accept``).
+#: A barrier is taken without asking anyone for it (``qu.sync`` hands over no barrier).
+BARRIER_VERSION = Current(None, schema.EMPTY_APPLIED, schema.BARRIER, None)
+
+
 def listed_by(
     cfg: ReplicaConfig, oid: int, mohs: Mapping[int, OHSEntry], cand: Candidate
 ) -> set[int]:
@@ -64,8 +69,13 @@ def adopt_step(
     conditioned-on versions that are gone.  Per object it requires, as inline repair does,
     ``b + 1`` other servers listing exactly that object's candidate in ``evidence`` (culled
     with this server's key, so one correct server accepted it), and that this server's
-    own history holds nothing newer than its conditioned-on time (what the currency check
-    of a request conditioned on it would demand).  An object where fewer list it (it moved
+    own history holds nothing as new as the candidate.  Unlike the currency check of a
+    replay, it may hold candidates newer than the conditioned-on time: strays of updates
+    that lost (they reached this server alone, issue 60 item 15), which the correct
+    servers that accepted the candidate never saw; below the candidate they classify as
+    at any server holding one, and the replay the currency check refuses would have left
+    nothing else.  A barrier (a repairer that stopped before its copy) is taken with
+    :data:`BARRIER_VERSION`: no state to fetch.  An object where fewer list it (it moved
     on there, or was forgotten) is left alone: its own catch-up, or nothing.  The objects
     taken are taken together, in this one transaction, as an accepted multi-object update
     is.
@@ -75,15 +85,15 @@ def adopt_step(
         return ()
     done = []
     for oid, cand in sorted(cands.items()):
-        got = current.get(oid)
-        if cand.lt.barrier or oid not in cand.objects:
+        got = BARRIER_VERSION if cand.lt.barrier else current.get(oid)
+        if oid not in cand.objects:
             continue
-        if got is None or got.kind not in (schema.METHOD, schema.COPY):
+        if got is None or got.kind not in (schema.METHOD, schema.COPY, schema.BARRIER):
             continue
         if len(listed_by(cfg, oid, evidence.get(oid, {}), cand)) < cfg.th.b + 1:
             continue
         rh, _ = schema.load_rh(kv, oid)
-        if newest(rh) > cand.lt_co or cand in rh:
+        if newest(rh) >= cand.lt or cand in rh:
             continue
         version = schema.Version(
             cand.lt,

@@ -88,6 +88,17 @@ class Repairer:
             got = await self._rounds.histories(todo, targets, self.th.q, self.th.q)
             self._cache.absorb(todo, got, fresh)
 
+    async def _widen(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
+        """The histories of ``objects`` from every server (not only a quorum), at most
+        :data:`MAX_OBJECTS` per request; as in :meth:`present_filled`, up to ``t`` of them
+        may be down, so once all but ``t`` answered the rest get two probe intervals."""
+        for i in range(0, len(objects), MAX_OBJECTS):
+            todo = objects[i : i + MAX_OBJECTS]
+            targets = self._cache.targets(todo)
+            settle = max(0, len(targets) - self.th.t)
+            got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
+            self._cache.absorb(todo, got, fresh)
+
     # Repair (lines 500-506) ----------------------------------------------------------------
 
     async def repair_or_split(
@@ -120,7 +131,13 @@ class Repairer:
                 await st.back_off()
                 return set()
             for oid in objects:
-                await self.repair((oid,), set(), fresh, None, st)
+                try:
+                    await self.repair((oid,), set(), fresh, None, st)
+                except TooManyObjects:
+                    # Even one object's deduction spans too many (see ``repair``): ask
+                    # again after a back-off, as for one object above; bounded likewise.
+                    await st.back_off()
+                    return set()
             return set()
         return context
 
@@ -142,10 +159,22 @@ class Repairer:
             QUUnavailable: repeatedly fewer than q replies.
         """
         query = op is not None and op.query
+        given = set(context)
+        widened = False
         while True:
             allobjs = tuple(sorted(set(objects) | context))
             if len(allobjs) > MAX_OBJECTS:
-                raise TooManyObjects(f"objects {allobjs}: more than {MAX_OBJECTS} to repair")
+                if widened:
+                    raise TooManyObjects(f"objects {allobjs}: more than {MAX_OBJECTS} to repair")
+                # Deduction wants more objects than a request may name, because their
+                # latest updates look incomplete at the quorum asked: typically one server
+                # of it is behind (a newcomer catching up, issue 60 items 15-16) and shows
+                # each update it lacks at order q - 1.  Complete at q of all n, they need no
+                # deduction: read every server's histories of them and classify again.
+                widened = True
+                await self._widen(allobjs, fresh)
+                context.intersection_update(given)
+                continue
             await self._fetch_missing(allobjs, fresh)
             view = (await self.present_filled(allobjs, fresh))[1]
             nxt = core.next_step(view)
