@@ -1,0 +1,78 @@
+"""Tier 1: an update that lost at a busy object is abandoned at its other objects, however
+fast the busy object moves on (issue 60 item 9, the SQLite journal pattern from two mounts).
+
+A create M over a directory D and a new file F reached only ``r`` servers, against another
+client's concurrent update N of D, which won (N is newer: a repair copies it and skips M).
+F saw nothing since, so its histories list M at order ``r`` with nothing newer, and every
+later request naming F must decide whether M is in D's history: a walk down D's chain,
+pruned behind every complete version, one proven link per version of D.  The winner never
+backs off (its own view of D shows no contention); the loser backs off before every repair,
+and its repair of D and F together was stale at D each time, so each view started the walk
+from a newer version of D.  Past 256 links (``request.MAX_LINKS``) every node refused the
+request as malformed, for good: EIO at the mount.  Here the winner makes a burst of versions
+of D during each backoff of the loser, on in-memory replicas, so the interleaving is exact.
+"""
+
+from __future__ import annotations
+
+from qu_helpers import MemCluster, send
+from t1_qu_client import make_client, round_budget
+from t1_qu_links import inc, ohs_of
+
+from bftfs.ids import client_id
+from bftfs.qu.classify import View
+from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.request import MAX_LINKS, Operation, Request
+from bftfs.qu.timestamp import Timestamp
+
+D, F = 7, 6  # a "directory" and a "file" counter (F's preferred quorum: servers 0-4)
+ALL = list(range(6))
+BURST = 60  # versions of D the winner makes during each backoff of the loser
+
+
+def lost_create() -> tuple[MemCluster, Timestamp]:
+    """M (client 3's add_all over F and D) at servers 0-2, a newer increment N of D at
+    3-5; a client that reads D from all six barriers and copies D past M (N is newer and
+    skips M) without touching F, which keeps listing M at order ``r``."""
+    m_req = Request(
+        int(client_id(3)), (F, D), {D: {}, F: {}}, Operation("counter.add_all", False, 5, 1)
+    )
+    for k in (2, 4, 5):  # a client whose timestamp orders after M's (same Time)
+        cl = MemCluster()
+        m = send(cl, [0, 1, 2], m_req)[0].lt
+        reps = send(cl, [3, 4, 5], Request(int(client_id(k)), (D,), {D: {}}, inc(1)))
+        assert {r.status for r in reps.values()} == {ReplyStatus.OK}
+        if reps[3].lt > m:
+            break
+    else:
+        raise AssertionError("no client id orders after M")
+    for kind in ("barrier", "copy"):
+        reps = send(cl, ALL, Request(int(client_id(1)), (D,), {D: ohs_of(cl, D, ALL)}, None))
+        assert {r.type for r in reps.values()} == {kind}
+    return cl, m
+
+
+async def test_a_lost_create_is_abandoned_at_the_file_while_the_directory_moves_on() -> None:
+    cl, m_lt = lost_create()
+    winner = make_client(cl, 2)
+    loser = make_client(cl, 0)
+    bursts = [0]
+
+    async def winner_runs(_delay: float) -> None:
+        # The loser's backoff: the winner, which never backs off, moves D on meanwhile.
+        bursts[0] += 1
+        for _ in range(BURST):
+            await winner.update(D, "counter.increment", 1)
+
+    loser._sleep = winner_runs
+    round_budget(loser, 4 * MAX_LINKS)
+    await loser.update((F, D), "counter.add_all", 1)
+    assert bursts[0] >= 1  # the loser did back off while D moved on
+    moves = 1 + BURST * bursts[0]  # N, then the winner's bursts
+    assert await loser.query(F, "counter.fetch") == 1  # M abandoned at F as at D
+    assert await loser.query(D, "counter.fetch") == moves + 1
+    # M is decided at F from its own histories now: no walk down D's chain.
+    v = View({D: ohs_of(cl, D, ALL), F: ohs_of(cl, F, ALL)}, cl.th)
+    assert all(c.lt != m_lt for c in v.candidates(F)) or (
+        v.wanted_links() == frozenset() and v.used_links() == frozenset()
+    )
