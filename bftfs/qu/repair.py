@@ -194,7 +194,9 @@ class Repairer:
                 if latest > st.seen_latest:  # moved on since the query: ask again
                     st.seen_latest = latest
                     return
-            await self._barrier_or_copy(allobjs, view, nxt.type, fresh, st)
+            # Objects that only abandon an excluded candidate go alone first, the rest as
+            # context (``core.abandon_alone``): a busy object cannot keep them stale.
+            await self._barrier_or_copy(nxt.alone or allobjs, view, nxt.type, fresh, st)
 
     async def _prove_or_back_off(
         self, objects: tuple[int, ...], wanted: Iterable[tuple[int, Timestamp]], st: Attempt
