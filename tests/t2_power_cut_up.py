@@ -76,7 +76,7 @@ def test_up_after_every_node_was_killed_serves_with_a_node_still_recovering(
         try:
             cmd = [sys.executable, "-m", "bftfs", "up", "--dir", str(home), "--no-mount"]
             up = subprocess.run(
-                [*cmd, "--timeout", "3"], capture_output=True, text=True, timeout=120, check=False
+                [*cmd, "--timeout", "10"], capture_output=True, text=True, timeout=120, check=False
             )
             assert up.returncode == 0, up.stdout + up.stderr
             assert f"node(s) {SLOW} still starting" in up.stderr
@@ -108,7 +108,7 @@ def test_up_starts_a_node_whose_pid_file_names_a_recycled_pid(tmp_path: Path) ->
             assert all(local.running_pid(s) is None for s in pc.config.nodes if s.id != 2)
             cmd = [sys.executable, "-m", "bftfs", "up", "--dir", str(home), "--no-mount"]
             up = subprocess.run(
-                [*cmd, "--timeout", "5"], capture_output=True, text=True, timeout=120, check=False
+                [*cmd, "--timeout", "30"], capture_output=True, text=True, timeout=120, check=False
             )
             assert up.returncode == 0, up.stdout + up.stderr
             assert local.running_pid(pc.config.node(2)) not in (None, other.pid)
