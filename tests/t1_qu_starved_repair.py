@@ -15,11 +15,14 @@ of D during each backoff of the loser, on in-memory replicas, so the interleavin
 
 from __future__ import annotations
 
+import random
+
 from qu_helpers import MemCluster, send
 from t1_qu_client import make_client, round_budget
 from t1_qu_links import inc, ohs_of
 
 from bftfs.ids import client_id
+from bftfs.qu.attempt import Attempt
 from bftfs.qu.classify import View
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.request import MAX_LINKS, Operation, Request
@@ -76,3 +79,30 @@ async def test_a_lost_create_is_abandoned_at_the_file_while_the_directory_moves_
     assert all(c.lt != m_lt for c in v.candidates(F)) or (
         v.wanted_links() == frozenset() and v.used_links() == frozenset()
     )
+
+
+async def _backoffs(progress: bool, count: int = 30) -> list[float]:
+    """The delays of ``count`` backoffs of one operation, another client completing a
+    version of its object before each (``progress``) or nobody."""
+    slept: list[float] = []
+
+    async def sleep(d: float) -> None:
+        slept.append(d)
+
+    st = Attempt(MemCluster().th, random.Random(7), sleep, ())
+    for k in range(count):
+        st.progressed(((D, k if progress else 0),))
+        await st.back_off()
+    return slept
+
+
+async def test_backoff_does_not_grow_while_another_client_makes_progress() -> None:
+    """Exponential backoff is against livelock: while nobody completes anything it doubles
+    up to its cap as before.  Against a client that completes a version between every two
+    backoffs it stays short; before, the loser's 30 doubling backoffs waited 17-19 s for
+    one create while the winner's every new operation started again at 1 ms (the t4 journal
+    test's fsync)."""
+    stuck = await _backoffs(progress=False)
+    assert max(stuck) > 0.5 and sum(stuck) > 10  # doubles to the 1 s cap, as before
+    busy = await _backoffs(progress=True)
+    assert max(busy) <= 0.004 and sum(busy) < 0.1

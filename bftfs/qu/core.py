@@ -372,6 +372,22 @@ def expected_lt(req: Request, th: QUThresholds) -> Timestamp | None:
     return got[0] if got is not None else None
 
 
+def progress_mark(view: View) -> tuple:
+    """The newest complete object candidate of each object of ``view``: when it changes
+    between two backoffs of one operation, some client made progress meanwhile
+    (:meth:`bftfs.qu.attempt.Attempt.progressed`)."""
+    out = []
+    for oid in view.objects:
+        best = None
+        for c in view.candidates(oid):
+            if c.lt.barrier or view.order(oid, c) < view.th.q:
+                continue
+            if best is None or c.lt > best:
+                best = c.lt
+        out.append((oid, best))
+    return tuple(out)
+
+
 def backoff_delay(
     attempt: int, rng: random.Random, initial: float = 0.001, cap: float = 1.0
 ) -> float:

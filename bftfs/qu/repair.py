@@ -228,6 +228,7 @@ class Repairer:
             QUUnavailable: :data:`MAX_SHORT_ROUNDS` short rounds in a row.
         """
         self.counts["backoffs"] += 1
+        st.progressed(core.progress_mark(view))
         await st.back_off()
         typ = typ or OpType.BARRIER
         self.counts["barriers" if typ is OpType.BARRIER else "copies"] += 1
