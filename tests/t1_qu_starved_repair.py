@@ -106,3 +106,27 @@ async def test_backoff_does_not_grow_while_another_client_makes_progress() -> No
     assert max(stuck) > 0.5 and sum(stuck) > 10  # doubles to the 1 s cap, as before
     busy = await _backoffs(progress=True)
     assert max(busy) <= 0.004 and sum(busy) < 0.1
+
+
+async def test_a_complete_update_shown_incomplete_by_one_quorum_is_not_walked_to() -> None:
+    """The same journal pattern with one name (unlink, then create again): the loser's
+    update M over F and D completed at servers 0-4, then D moved 300 versions on.  F's
+    preferred quorum (servers 1-5) shows M at order 4, so the client weighed excluding it
+    by walking D's pruned chain: 300 proven links, refused by every node, and every later
+    operation naming F walked again (207 EIO in a row on that mount).  Read from all six,
+    M is complete and nothing needs deciding."""
+    f, d = 1, 7  # F's preferred quorum: servers 1-5; D's too
+    cl = MemCluster()
+    m_req = Request(
+        int(client_id(3)), (f, d), {d: {}, f: {}}, Operation("counter.add_all", False, 5, 1)
+    )
+    assert {r.status for r in send(cl, [0, 1, 2, 3, 4], m_req).values()} == {ReplyStatus.OK}
+    five = [0, 1, 2, 3, 4]
+    for seq in range(2, MAX_LINKS + 46):
+        req = Request(int(client_id(2)), (d,), {d: ohs_of(cl, d, five)}, inc(seq))
+        assert {r.status for r in send(cl, ALL, req).values()} == {ReplyStatus.OK}
+    loser = make_client(cl, 0)
+    round_budget(loser, 4 * MAX_LINKS)
+    await loser.update((f, d), "counter.add_all", 1)
+    assert await loser.query(f, "counter.fetch") == 5 + 1
+    assert loser.statistics().link_proofs < MAX_LINKS
