@@ -69,6 +69,8 @@ class Attempt:
     inline_tried: set[tuple] = field(default_factory=set)
     #: Times the operation repaired its objects one by one (at most :data:`MAX_SPLITS`).
     splits: int = 0
+    #: Whether every server's histories were read before proving links (``repair.py``).
+    widened_for_links: bool = False
     #: The newest complete versions seen at the last backoff (:meth:`progressed`).
     mark: tuple | None = None
 

@@ -182,6 +182,17 @@ class Repairer:
                 context |= set(nxt.objects)
                 continue
             if nxt.step is core.Step.LINKS:
+                if not st.widened_for_links:
+                    # A candidate that looks incomplete to this quorum is often complete
+                    # at q of all n (one server here missed it, or pruned past it): read
+                    # every server's histories before walking a pruned chain, one proven
+                    # link per version since (the journal pattern with one name: an
+                    # established unlink at order q - 1 of the file's quorum, the
+                    # directory 300 versions on, every node refusing the walk; issue 60
+                    # item 9).  Once per operation: the walk still decides the rest.
+                    st.widened_for_links = True
+                    await self._widen(allobjs, fresh)
+                    continue
                 await self._prove_or_back_off(allobjs, nxt.links, st)
                 continue
             if nxt.step is core.Step.METHOD:
