@@ -130,3 +130,34 @@ async def test_a_complete_update_shown_incomplete_by_one_quorum_is_not_walked_to
     await loser.update((f, d), "counter.add_all", 1)
     assert await loser.query(f, "counter.fetch") == 5 + 1
     assert loser.statistics().link_proofs < MAX_LINKS
+
+
+async def test_an_established_update_is_copied_forward_at_the_file_alone() -> None:
+    """M over F and D completed at servers 0-4 and D moved on from it; then server 0 went
+    down, so every quorum shows M at F at order 4 and reading all servers cannot help.  M
+    is established (D's chain meets it), and F needs a copy of it: before, a copy of F and
+    D together, stale at D after each backoff while the winner moved D on, walked D's
+    chain from a newer version each time, past 256 links.  Established, M is copied
+    forward at F alone."""
+    f, d = 1, 7
+    cl = MemCluster()
+    m_req = Request(
+        int(client_id(3)), (f, d), {d: {}, f: {}}, Operation("counter.add_all", False, 5, 1)
+    )
+    assert {r.status for r in send(cl, [0, 1, 2, 3, 4], m_req).values()} == {ReplyStatus.OK}
+    five = [0, 1, 2, 3, 4]
+    for seq in (2, 3):
+        req = Request(int(client_id(2)), (d,), {d: ohs_of(cl, d, five)}, inc(seq))
+        assert {r.status for r in send(cl, ALL, req).values()} == {ReplyStatus.OK}
+    cl.down.add(0)
+    winner = make_client(cl, 2)
+    loser = make_client(cl, 0)
+
+    async def winner_runs(_delay: float) -> None:
+        for _ in range(BURST):
+            await winner.update(d, "counter.increment", 1)
+
+    loser._sleep = winner_runs
+    round_budget(loser, 4 * MAX_LINKS)
+    await loser.update((f, d), "counter.add_all", 1)
+    assert await loser.query(f, "counter.fetch") == 5 + 1

@@ -344,10 +344,15 @@ def abandon_alone(view: View, classes: Mapping[int, ObjectClass]) -> tuple[int, 
 
     An object qualifies when it is not METHOD, an excluded candidate listed there is newer
     than its latest object candidate, and that candidate can be copied there alone (not
-    an incomplete multi-object one, whose copy must cover all its objects).
+    an incomplete multi-object one, whose copy must cover all its objects).  Likewise
+    when its latest object candidate is such a multi-object candidate that a complete
+    version's chain meets at another object (:meth:`View.kept`): established, it is copied
+    forward here alone (an established unlink shown at order ``q - 1`` with a node down,
+    its directory far on).
     """
     excluded = view.excluded()
-    if not excluded:
+    kept = view.kept()
+    if not excluded and not kept:
         return ()
     out = []
     for oid in view.objects:
@@ -356,6 +361,8 @@ def abandon_alone(view: View, classes: Mapping[int, ObjectClass]) -> tuple[int, 
             continue
         obj = cl.obj
         if obj is not None and obj.multi and view.order(oid, obj) < view.th.q:
+            if obj.key in kept:  # established: copied forward here alone, safely
+                out.append(oid)
             continue
         floor = obj.lt if obj is not None else None
         if any(
