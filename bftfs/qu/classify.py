@@ -346,6 +346,7 @@ class View:
             for o, c in multi:
                 if c.key in skip or not self.th.r <= self.order(o, c) < self.th.q:
                     continue
+                wanted_before = set(self._wanted)
                 for o2 in c.objects:
                     y = chosen.get(o2)
                     # Undecided (None): M stays in for now, and the link is wanted.
@@ -357,7 +358,15 @@ class View:
                         changed = True
                         break
                     if skipped is False and self.order(o2, y) >= self.th.q:
-                        self._kept.add(c.key)  # a complete version's chain meets it
+                        # A complete version's chain meets it: established, so no object
+                        # can skip it, and walking the others' chains (a busy directory's,
+                        # pruned: one proven link per version) would decide nothing.
+                        self._kept.add(c.key)
+                        break
+                else:
+                    continue
+                # Decided: links wanted only for this candidate's other objects are not.
+                self._wanted = wanted_before
         self._kept -= skip
         self._excluded = frozenset(skip)
         return self._excluded
