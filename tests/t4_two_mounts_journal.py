@@ -57,12 +57,13 @@ def mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pat
 
 
 def _journal_loop(
-    directory: Path, tag: str, errors: list[str], fsyncs: list[float], seed: int
+    directory: Path, tag: str, errors: list[str], fsyncs: list[float], seed: int, same: bool
 ) -> None:
-    """``ROUNDS`` times: create this mount's journal, write it, fsync, close, unlink."""
+    """``ROUNDS`` times: create this mount's journal, write it, fsync, close, unlink (one
+    name for every round when ``same``, as SQLite's ``DB-journal``)."""
     data = bytes((seed * 131 + i) % 256 for i in range(4096))
     for i in range(ROUNDS):
-        path = directory / f"{tag}-{i}.db-journal"
+        path = directory / (f"{tag}.db-journal" if same else f"{tag}-{i}.db-journal")
         step = "create"
         fd = -1
         try:
@@ -84,15 +85,19 @@ def _journal_loop(
                 os.close(fd)
 
 
+@pytest.mark.parametrize("same", [False, True], ids=["new-names", "one-name"])
 def test_two_mounts_loop_journals_of_their_own_names_in_one_directory(
-    mounts: tuple[Path, Path],
+    mounts: tuple[Path, Path], same: bool
 ) -> None:
     a, b = mounts
-    (a / "shared").mkdir()
+    shared = f"shared-{'one' if same else 'new'}"
+    (a / shared).mkdir()
     errors: list[str] = []
     fsyncs: list[list[float]] = [[], []]
     threads = [
-        threading.Thread(target=_journal_loop, args=(m / "shared", f"m{k}", errors, fsyncs[k], k))
+        threading.Thread(
+            target=_journal_loop, args=(m / shared, f"m{k}", errors, fsyncs[k], k, same)
+        )
         for k, m in enumerate((a, b))
     ]
     for t in threads:
