@@ -74,6 +74,10 @@ class Attempt:
     inline_tried: set[tuple] = field(default_factory=set)
     #: Times the operation repaired its objects one by one (at most :data:`MAX_SPLITS`).
     splits: int = 0
+    #: Whether every server's histories were read before proving links (``repair.py``).
+    widened_for_links: bool = False
+    #: The newest complete versions seen at the last backoff (:meth:`progressed`).
+    mark: tuple | None = None
 
     def answered(self, replies: Mapping[int, Reply]) -> None:
         """Count a round: one answered by fewer than ``q`` servers (whatever they said:
@@ -105,6 +109,19 @@ class Attempt:
             f"objects {objects}: fewer than q={self.th.q} servers answer ({MAX_SHORT_ROUNDS} "
             f"rounds in a row; {len(self.heard)} answered, none from nodes {silent})"
         )
+
+    def progressed(self, mark: tuple) -> None:
+        """Note the newest complete versions of the operation's objects before a backoff
+        (:func:`core.progress_mark`).  When others completed versions since the last
+        backoff, nobody is livelocked: the objects are busy, and this operation lost a
+        race.  Exponential backoff is there against livelock (L2585-2587); doubling it
+        against a client that keeps making progress only hands that client every later
+        race (its next operation starts again at 1 ms), and a mount creating in a
+        directory another mount kept changing waited 30 backoffs, 17-19 s, for one
+        create (issue 60 item 9).  So progress by others halves the count instead."""
+        if self.mark is not None and mark != self.mark:
+            self.repairs //= 2
+        self.mark = mark
 
     async def back_off(self) -> None:
         """Wait the next random exponential backoff of this operation (contention).  The

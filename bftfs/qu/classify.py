@@ -127,6 +127,7 @@ class View:
         self._used: set[tuple[int, Timestamp]] = set()
         self._chains: dict[int, dict[Timestamp, Timestamp]] = {}
         self._excluded: frozenset | None = None
+        self._kept: set[tuple] = set()
         self._orders: dict[tuple, int] = {}
         self._latests: dict[tuple, Candidate | None] = {}
         self._idx = {o: _index(mohs[o], th.n) for o in self.objects}
@@ -303,6 +304,7 @@ class View:
                 while lt is not None and lt > cand.lt:
                     lt = chain.get(lt)
                 if lt == cand.lt:
+                    self._kept.add(cand.key)
                     return True
                 passed = passed or lt is not None
         return False if passed else None
@@ -344,15 +346,38 @@ class View:
             for o, c in multi:
                 if c.key in skip or not self.th.r <= self.order(o, c) < self.th.q:
                     continue
+                wanted_before = set(self._wanted)
                 for o2 in c.objects:
                     y = chosen.get(o2)
                     # Undecided (None): M stays in for now, and the link is wanted.
-                    if y is not None and y.lt > c.lt and self.skips(o2, y, c):
+                    if y is None or y.lt <= c.lt:
+                        continue
+                    skipped = self.skips(o2, y, c)
+                    if skipped:
                         skip.add(c.key)
                         changed = True
                         break
+                    if skipped is False and self.order(o2, y) >= self.th.q:
+                        # A complete version's chain meets it: established, so no object
+                        # can skip it, and walking the others' chains (a busy directory's,
+                        # pruned: one proven link per version) would decide nothing.
+                        self._kept.add(c.key)
+                        break
+                else:
+                    continue
+                # Decided: links wanted only for this candidate's other objects are not.
+                self._wanted = wanted_before
+        self._kept -= skip
         self._excluded = frozenset(skip)
         return self._excluded
+
+    def kept(self) -> frozenset:
+        """Multi-object candidates shown established: a complete candidate's chain, listed
+        or proven, meets them at one of their objects.  Copying one forward at its other
+        objects alone cannot split its update (it is in the history already), so a repair
+        may do that without the busy object (``core.abandon_alone``)."""
+        self.excluded()
+        return frozenset(self._kept)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bftfs.qu.classify import (
+    ObjectClass,
     OpType,
     QUThresholds,
     View,
@@ -296,6 +297,9 @@ class Next:
     links: frozenset[tuple[int, Timestamp]] = frozenset()  # for LINKS: (oid, lt) to prove
     target: Candidate | None = None  # for INLINE
     type: OpType | None = None  # for REPAIR: what the servers will do
+    #: For REPAIR: the objects to operate on first when not all (:func:`abandon_alone`);
+    #: empty for all of the view.
+    alone: tuple[int, ...] = ()
 
 
 def next_step(view: View) -> Next:
@@ -316,13 +320,79 @@ def next_step(view: View) -> Next:
     target = inline_target(view)
     if target is not None:
         return Next(Step.INLINE, target=target)
+    alone = abandon_alone(view, classes)
+    if alone and len(alone) < len(view.objects):
+        return Next(Step.REPAIR, type=request_type({o: classes[o] for o in alone}), alone=alone)
     return Next(Step.REPAIR, type=typ)
+
+
+def abandon_alone(view: View, classes: Mapping[int, ObjectClass]) -> tuple[int, ...]:
+    """Objects whose repair abandons an excluded multi-object candidate and nothing else
+    needs the others: a barrier and a copy of them alone, the rest carried as context.
+
+    A multi-object candidate M that a newer potential candidate skipped at one object is
+    excluded everywhere (:meth:`View.excluded`), but it is abandoned only where a copy
+    passes it by.  At an object where nothing newer came (a file whose create lost at its
+    directory), M stays listed at order ``r`` until a repair of that object, and deciding
+    it again later walks the busy object's chain, pruned behind every complete version:
+    one proven link per version since M.  A repair of all the objects together is stale
+    at the busy one after every backoff, so each view walked from a newer version, until
+    a request needed more links than it may carry and every node refused it (issue 60
+    item 9: two mounts looping create, fsync, unlink in one directory).  Repairing these
+    objects alone, while the skip is proven, needs no other object to hold still: once a
+    complete copy there passes M by, its listed chain decides M (:meth:`View.settled`).
+
+    An object qualifies when it is not METHOD, an excluded candidate listed there is newer
+    than its latest object candidate, and that candidate can be copied there alone (not
+    an incomplete multi-object one, whose copy must cover all its objects).  Likewise
+    when its latest object candidate is such a multi-object candidate that a complete
+    version's chain meets at another object (:meth:`View.kept`): established, it is copied
+    forward here alone (an established unlink shown at order ``q - 1`` with a node down,
+    its directory far on).
+    """
+    excluded = view.excluded()
+    kept = view.kept()
+    if not excluded and not kept:
+        return ()
+    out = []
+    for oid in view.objects:
+        cl = classes.get(oid)
+        if cl is None or cl.type is OpType.METHOD:
+            continue
+        obj = cl.obj
+        if obj is not None and obj.multi and view.order(oid, obj) < view.th.q:
+            if obj.key in kept:  # established: copied forward here alone, safely
+                out.append(oid)
+            continue
+        floor = obj.lt if obj is not None else None
+        if any(
+            c.key in excluded and view.local(oid, c) and (floor is None or c.lt > floor)
+            for c in view.candidates(oid)
+        ):
+            out.append(oid)
+    return tuple(out)
 
 
 def expected_lt(req: Request, th: QUThresholds) -> Timestamp | None:
     """The timestamp servers set up for ``req`` if none of its histories gets culled."""
     got = expected_setup_lt(req, th)
     return got[0] if got is not None else None
+
+
+def progress_mark(view: View) -> tuple:
+    """The newest complete object candidate of each object of ``view``: when it changes
+    between two backoffs of one operation, some client made progress meanwhile
+    (:meth:`bftfs.qu.attempt.Attempt.progressed`)."""
+    out = []
+    for oid in view.objects:
+        best = None
+        for c in view.candidates(oid):
+            if c.lt.barrier or view.order(oid, c) < view.th.q:
+                continue
+            if best is None or c.lt > best:
+                best = c.lt
+        out.append((oid, best))
+    return tuple(out)
 
 
 def backoff_delay(

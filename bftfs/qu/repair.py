@@ -182,6 +182,17 @@ class Repairer:
                 context |= set(nxt.objects)
                 continue
             if nxt.step is core.Step.LINKS:
+                if not st.widened_for_links:
+                    # A candidate that looks incomplete to this quorum is often complete
+                    # at q of all n (one server here missed it, or pruned past it): read
+                    # every server's histories before walking a pruned chain, one proven
+                    # link per version since (the journal pattern with one name: an
+                    # established unlink at order q - 1 of the file's quorum, the
+                    # directory 300 versions on, every node refusing the walk; issue 60
+                    # item 9).  Once per operation: the walk still decides the rest.
+                    st.widened_for_links = True
+                    await self._widen(allobjs, fresh)
+                    continue
                 await self._prove_or_back_off(allobjs, nxt.links, st)
                 continue
             if nxt.step is core.Step.METHOD:
@@ -194,7 +205,9 @@ class Repairer:
                 if latest > st.seen_latest:  # moved on since the query: ask again
                     st.seen_latest = latest
                     return
-            await self._barrier_or_copy(allobjs, view, nxt.type, fresh, st)
+            # Objects that only abandon an excluded candidate go alone first, the rest as
+            # context (``core.abandon_alone``): a busy object cannot keep them stale.
+            await self._barrier_or_copy(nxt.alone or allobjs, view, nxt.type, fresh, st)
 
     async def _prove_or_back_off(
         self, objects: tuple[int, ...], wanted: Iterable[tuple[int, Timestamp]], st: Attempt
@@ -226,6 +239,7 @@ class Repairer:
             QUUnavailable: :data:`MAX_SHORT_ROUNDS` short rounds in a row.
         """
         self.counts["backoffs"] += 1
+        st.progressed(core.progress_mark(view))
         await st.back_off()
         typ = typ or OpType.BARRIER
         self.counts["barriers" if typ is OpType.BARRIER else "copies"] += 1
