@@ -80,9 +80,11 @@ async def test_a_silent_node_holds_at_most_max_pending_requests(tmp_path: Path) 
         outstanding = {"now": 0, "most": 0}
         submit = batcher.submit
 
-        def counting(node: Any, kind: str, payload: Any, done: Any, trouble: Any) -> None:
+        def counting(
+            node: Any, kind: str, payload: Any, done: Any, trouble: Any, **how: Any
+        ) -> None:
             if node != 0:
-                submit(node, kind, payload, done, trouble)
+                submit(node, kind, payload, done, trouble, **how)
                 return
             outstanding["now"] += 1
             outstanding["most"] = max(outstanding["most"], outstanding["now"])
@@ -91,7 +93,7 @@ async def test_a_silent_node_holds_at_most_max_pending_requests(tmp_path: Path) 
                 outstanding["now"] -= 1
                 done(outcome)
 
-            submit(node, kind, payload, answered, trouble)
+            submit(node, kind, payload, answered, trouble, **how)
 
         batcher.submit = counting  # type: ignore[method-assign]
         blocks = {k: bytes([k % 251]) * 1024 for k in range(3 * MAX_PENDING)}
@@ -184,9 +186,11 @@ async def test_a_silent_node_holds_at_most_max_pending_bytes(tmp_path: Path) -> 
         held = {"now": 0, "most": 0}
         submit = batcher.submit
 
-        def counting(node: Any, kind: str, payload: Any, done: Any, trouble: Any) -> None:
+        def counting(
+            node: Any, kind: str, payload: Any, done: Any, trouble: Any, **how: Any
+        ) -> None:
             if node != 0:
-                submit(node, kind, payload, done, trouble)
+                submit(node, kind, payload, done, trouble, **how)
                 return
             size = len(payload.get("f", b""))
             held["now"] += size
@@ -196,7 +200,7 @@ async def test_a_silent_node_holds_at_most_max_pending_bytes(tmp_path: Path) -> 
                 held["now"] -= size
                 done(outcome)
 
-            submit(node, kind, payload, answered, trouble)
+            submit(node, kind, payload, answered, trouble, **how)
 
         batcher.submit = counting  # type: ignore[method-assign]
         size = cluster.config.block_size

@@ -148,6 +148,8 @@ class Caller(Protocol):
 
     def node_live(self, node: NodeId, now: float) -> bool: ...
 
+    def usual_wait(self, node: NodeId) -> float: ...
+
     def linger(self, p: Patience | None) -> Linger | None: ...
 
 
@@ -282,13 +284,19 @@ class Batcher:
 
     def _may_wait(self, node: NodeId, q: _Queue, size: int) -> bool:
         """Whether an item over the limit waits for room: its node answered a batch
-        within ``STALLED`` seconds or is live all the same (busy, answering within its own
-        response times: ``Endpoint.node_live``; a loaded machine's nodes answer slower
-        than ``STALLED``, and failing their items failed writes with every node up, issue
-        60), and the waiting items' bytes stay within ``max_pending_bytes`` (what they
-        hold is what the limit is for; reads hold none and count their reply)."""
+        within ``STALLED`` seconds or, if live (``Endpoint.node_live``), within several of
+        its own response times (a loaded machine's nodes answer slower than ``STALLED``,
+        and failing their items failed writes with every node up, issue 60; a node silent
+        from the start has no response time and is given ``STALLED``, so a silent node
+        still holds at most ``max_pending`` items), and the waiting items' bytes stay
+        within ``max_pending_bytes`` (what they hold is what the limit is for; reads hold
+        none and count their reply)."""
         now = trio.current_time()
-        if now - q.answered_at >= STALLED and not self.endpoint.node_live(node, now):
+        endpoint = self.endpoint
+        stalled = STALLED
+        if endpoint.node_live(node, now):
+            stalled = max(STALLED, endpoint.usual_wait(node))
+        if now - q.answered_at >= stalled:
             return False
         limit = self.max_pending_bytes
         return limit is None or q.waiting_bytes + size <= limit

@@ -331,6 +331,10 @@ class Endpoint:
             self._heartbeat(node)
         return liveness.live(node, now)
 
+    def usual_wait(self, node: NodeId) -> float:
+        """Several of ``node``'s own response times (``Liveness.usual``)."""
+        return self.liveness.usual(node)
+
     def _heartbeat(self, node: NodeId) -> None:
         """Send ``node`` a ``ping`` on its open connection (none: nothing to do, a call
         is connecting), unless one is outstanding; its answer is heard by the connection

@@ -98,6 +98,11 @@ class Liveness:
         asked = self.asked_at.get(node)
         return asked is not None and now - asked >= PING_AFTER
 
+    def usual(self, node: NodeId) -> float:
+        """Several of ``node``'s own response times (0 before its first reply): how long
+        a queue may wait on it past a fixed stall bound (``net/batch.py``)."""
+        return LIVE_FACTOR * self.latency.get(node, 0.0)
+
     def window(self, node: NodeId) -> float:
         """Seconds ``node`` may leave requests unanswered and send nothing before it is
         taken for absent."""
