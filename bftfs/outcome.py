@@ -76,6 +76,19 @@ def refused_for_space(codes: Mapping[int, str | None], b: int) -> StorageFull | 
     return StorageFull(f"nodes {full} are out of space")
 
 
+def leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions in ``group`` and its nested groups, in order."""
+    out: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(reversed(e.exceptions))
+        else:
+            out.append(e)
+    return out
+
+
 def collapse(
     group: BaseExceptionGroup,
     make: type[ClusterUnavailable],
@@ -84,18 +97,11 @@ def collapse(
     """The one outcome error a group of concurrent failures means (the first, as ``make``
     when it is one of ``also``, the transport's errors), or the group itself when anything
     in it is neither (a cancellation, a bug)."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        e = stack.pop()
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(reversed(e.exceptions))
-        else:
-            leaves.append(e)
+    failures = leaves(group)
     kinds: tuple[type[BaseException], ...] = (ClusterUnavailable, *also)
-    if not leaves or not all(isinstance(x, kinds) for x in leaves):
+    if not failures or not all(isinstance(x, kinds) for x in failures):
         return group
-    first = leaves[0]
+    first = failures[0]
     if isinstance(first, ClusterUnavailable):
         return first
     return make(f"{type(first).__name__}: {first}")

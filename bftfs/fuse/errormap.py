@@ -11,20 +11,7 @@ the one answer they mean, so the handler maps it as if it had been raised alone.
 from __future__ import annotations
 
 from bftfs.fs.errors import FsError, NoSpace, OverQuota, Unavailable
-from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull
-
-
-def leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    """The exceptions in ``group`` and its nested groups, in order."""
-    out: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        e = stack.pop()
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(reversed(e.exceptions))
-        else:
-            out.append(e)
-    return out
+from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, leaves
 
 
 def as_fs_error(e: BaseException) -> FsError | None:
