@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,3 +71,43 @@ def two_mounts(pc: ProcessCluster, base: Path) -> Iterator[tuple[Path, Path]]:
         Mount(pc.config, base / "b", client="client1") as b,
     ):
         yield a.mountpoint, b.mountpoint
+
+
+def write_fsynced(path: Path, data: bytes) -> int:
+    """Write ``data`` as the whole content of ``path`` and ``fsync`` it; the moment after
+    close returned.  (A file a mount keeps writing comes leased to it, and its closes
+    leave the writes to write-back: history holds what reached the nodes.)"""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return time.time_ns()
+
+
+def at(moment_ns: int) -> str:
+    """``--at`` for a moment, exactly (seconds since the epoch with nine decimals)."""
+    return f"@{moment_ns // 10**9}.{moment_ns % 10**9:09d}"
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """``data`` as the whole of ``path``, not fsynced."""
+    with open(path, "wb") as f:  # ENOSPC may come at write, flush or close
+        f.write(data)
+
+
+def fill_until_enospc(
+    root: Path, rng: random.Random, size: int, most: int
+) -> tuple[dict[str, bytes], int | None]:
+    """Write files ``f0``, ``f1``, ... of ``size`` random bytes under ``root`` until one
+    is refused with ENOSPC (any other error fails the test), at most ``most``: the files
+    written whole, and the index of the refused one (None: none was)."""
+    written: dict[str, bytes] = {}
+    for i in range(most):
+        data = rng.randbytes(size)
+        try:
+            write_whole(root / f"f{i}", data)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            return written, i
+        written[f"f{i}"] = data
+    return written, None

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mount_helpers import fill_until_enospc, write_whole
 
 from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
 from bftfs.testing.mounts import Mount, fuse_available
@@ -33,11 +34,6 @@ pytestmark = [
 
 MIB = 1024 * 1024
 FILE = 4 * MIB
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:  # ENOSPC may come at write, flush or close
-        f.write(data)
 
 
 #: Seconds within which a write must succeed again after files were removed: the nodes
@@ -55,7 +51,7 @@ def _write_again_soon(path: Path, refusal: int) -> None:
     deadline = time.monotonic() + AGAIN_WITHIN
     while True:
         try:
-            _write(path, b"z" * FILE)
+            write_whole(path, b"z" * FILE)
             break
         except OSError as e:
             assert e.errno == refusal, e
@@ -84,17 +80,7 @@ def test_filling_gives_enospc_and_deleting_gives_the_space_back(tmp_path: Path) 
         # ext4's reserve: df shows it neither as used nor as available.
         reserve = before.f_bfree - before.f_bavail
         assert 0.09 * before.f_blocks <= reserve <= 0.11 * before.f_blocks, before
-        written: dict[str, bytes] = {}
-        full_at = None
-        for i in range(100):
-            data = rng.randbytes(FILE)
-            try:
-                _write(root / f"f{i}", data)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
-                full_at = i
-                break
-            written[f"f{i}"] = data
+        written, full_at = fill_until_enospc(root, rng, FILE, 100)
         assert full_at is not None, "100 files of 4 MiB fit in 6 x 64 MiB"
         assert len(written) >= 10
         st = os.statvfs(root)
@@ -142,7 +128,7 @@ def test_a_client_at_its_quota_writes_again_within_seconds_of_rm(tmp_path: Path)
         for i in range(100):
             data = rng.randbytes(FILE)
             try:
-                _write(root / f"f{i}", data)
+                write_whole(root / f"f{i}", data)
             except OSError as e:
                 assert e.errno == errno.EDQUOT, e
                 (root / f"f{i}").unlink(missing_ok=True)

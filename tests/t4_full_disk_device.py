@@ -14,7 +14,6 @@ The tmpfs is mounted in the test's own directory and always unmounted, even on f
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import random
 import shutil
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mount_helpers import fill_until_enospc, write_whole
 
 from bftfs.policy import VerificationPolicy
 from bftfs.testing.mounts import Mount, fuse_available
@@ -60,11 +60,6 @@ def small_disk(where: Path, size_mib: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:  # ENOSPC may come at write, flush or close
-        f.write(data)
-
-
 def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> None:
     rng = random.Random(60)
     with (
@@ -79,17 +74,7 @@ def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> No
     ):
         root = mnt.mountpoint
         (root / "d").mkdir()
-        written: dict[str, bytes] = {}
-        full_at = None
-        for i in range(60):
-            data = rng.randbytes(FILE)
-            try:
-                _write(root / f"f{i}", data)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
-                full_at = i
-                break
-            written[f"f{i}"] = data
+        written, full_at = fill_until_enospc(root, rng, FILE, 60)
         assert full_at is not None, "60 files of 4 MiB fit on a 160 MiB disk"
         assert len(written) >= 3, len(written)
         # The disk is full, not a map: each node's map has room left.
@@ -115,7 +100,7 @@ def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> No
             assert time.monotonic() < deadline, ("no room came back in time", full_df)
             time.sleep(0.5)
         assert os.statvfs(root).f_bfree > full_df.f_bfree
-        _write(root / "again", b"z" * FILE)
+        write_whole(root / "again", b"z" * FILE)
         assert (root / "again").read_bytes() == b"z" * FILE
         for name, data in written.items():
             assert (root / name).read_bytes() == data, name

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mount_helpers import two_mounts
 
 from bftfs.qu.core import preferred_order
-from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.mounts import fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
@@ -45,12 +46,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
 def mounts(
     cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, Path]]:
-    base = tmp_path_factory.mktemp("mnt")
-    with (
-        Mount(cluster.config, base / "a", client="client0") as a,
-        Mount(cluster.config, base / "b", client="client1") as b,
-    ):
-        yield a.mountpoint, b.mountpoint
+    with two_mounts(cluster, tmp_path_factory.mktemp("mnt")) as both:
+        yield both
 
 
 def _source(root: Path, seed: int, files: int) -> dict[str, bytes]:

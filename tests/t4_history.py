@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mount_helpers import at
+from mount_helpers import write_fsynced as write
 
 from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
 from bftfs.testing.processes import ProcessCluster
@@ -42,22 +44,6 @@ def bftfs(cluster: ProcessCluster, *args: str, check: bool = True) -> subprocess
 
 def log_of(cluster: ProcessCluster, path: Path | str, *extra: str) -> list[dict[str, Any]]:
     return json.loads(bftfs(cluster, "log", str(path), "--json", *extra).stdout)["versions"]
-
-
-def write(path: Path, data: bytes) -> int:
-    """Write ``data`` as the whole content of ``path`` and ``fsync`` it; the moment after
-    close returned.  (A file a mount keeps writing comes leased to it, and its closes
-    leave the writes to write-back: history holds what reached the nodes.)"""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return time.time_ns()
-
-
-def at(moment_ns: int) -> str:
-    """``--at`` for a moment, exactly (seconds since the epoch with nine decimals)."""
-    return f"@{moment_ns // 10**9}.{moment_ns % 10**9:09d}"
 
 
 def contents(rng: random.Random, size: int) -> bytes:

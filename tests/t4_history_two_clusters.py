@@ -12,14 +12,14 @@ command line, not the protocols), one mount each.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mount_helpers import at
+from mount_helpers import write_fsynced as write
 
 from bftfs.fuse import control
 from bftfs.testing.mounts import Mount, fuse_available
@@ -32,20 +32,6 @@ def bftfs(cluster: ProcessCluster, *args: str) -> subprocess.CompletedProcess[st
     """The real command line against ``cluster``, its output captured."""
     cmd = [sys.executable, "-m", "bftfs", *args, "--config", str(cluster.home / "cluster.toml")]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-
-
-def write(path: Path, data: bytes) -> int:
-    """``data`` as the whole of ``path``, fsynced (history holds what reached the nodes);
-    the moment after."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return time.time_ns()
-
-
-def at(moment_ns: int) -> str:
-    return f"@{moment_ns // 10**9}.{moment_ns % 10**9:09d}"
 
 
 @pytest.fixture(scope="module")

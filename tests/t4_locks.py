@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mount_helpers import two_mounts
 
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
@@ -65,12 +66,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
 def mounts(
     cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, Path]]:
-    base = tmp_path_factory.mktemp("mnt")
-    with (
-        Mount(cluster.config, base / "a", client="client0") as a,
-        Mount(cluster.config, base / "b", client="client1") as b,
-    ):
-        yield a.mountpoint, b.mountpoint
+    with two_mounts(cluster, tmp_path_factory.mktemp("mnt")) as both:
+        yield both
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mount_helpers import two_mounts
 
-from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.mounts import fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
@@ -38,12 +39,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
 def mounts(
     cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, Path]]:
-    base = tmp_path_factory.mktemp("mnt")
-    with (
-        Mount(cluster.config, base / "a", client="client0") as a,
-        Mount(cluster.config, base / "b", client="client1") as b,
-    ):
-        yield a.mountpoint, b.mountpoint
+    with two_mounts(cluster, tmp_path_factory.mktemp("mnt")) as both:
+        yield both
 
 
 @pytest.fixture
