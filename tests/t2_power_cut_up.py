@@ -24,7 +24,7 @@ import trio
 from fs_helpers import read_back
 
 from bftfs import fsobjects as obj
-from bftfs import local
+from bftfs import local, proc
 from bftfs.fs.session import open_session
 from bftfs.testing.processes import ProcessCluster
 
@@ -94,8 +94,11 @@ def test_up_starts_a_node_whose_pid_file_names_a_recycled_pid(tmp_path: Path) ->
     cluster's node).  The pid file names the process's start time too."""
     home = tmp_path / "c"
     with ProcessCluster(home, map_size=1 << 28, durable=False) as pc:
-        for spec in pc.config.nodes:  # SIGKILL, pid files left in place
-            os.kill(local.running_pid(spec) or 0, signal.SIGKILL)
+        killed = [local.running_pid(spec) or 0 for spec in pc.config.nodes]
+        for pid in killed:  # SIGKILL, pid files left in place
+            os.kill(pid, signal.SIGKILL)
+        for pid in killed:  # a SIGKILL is delivered, not waited for: wait until each is gone
+            proc.wait_gone(pid, timeout=30)
         # Another cluster's node, now holding a pid one of ours had.
         other = subprocess.Popen(
             [sys.executable, "-c", "import sys; sys.stdin.read()", "bftfs", "node"],
