@@ -42,7 +42,7 @@ def test_a_running_catch_up_has_a_rate_and_a_time_left() -> None:
     p = pace("qu.catchup", running_qu())
     assert (p.checked, p.total, p.rate) == (38, 130, pytest.approx(10.0))
     assert p.eta == pytest.approx(9.2)
-    assert tables._progress({"qu.catchup": running_qu()}) == "qu 38/130 (10/s, 9 s left)"
+    assert tables.catch_up_summary({"qu.catchup": running_qu()}) == "qu 38/130 (10/s, 9 s left)"
     # PASIS: blocks proposed (candidates) are what it goes through; "behind" is a part.
     rw = {
         "state": "running",
@@ -54,19 +54,19 @@ def test_a_running_catch_up_has_a_rate_and_a_time_left() -> None:
         "failed": 2,
         "seconds": 4.0,
     }
-    assert tables._progress({"rw.catchup": rw}) == "rw 112/400, 12 behind (28/s, 10 s left)"
+    assert tables.catch_up_summary({"rw.catchup": rw}) == "rw 112/400, 12 behind (28/s, 10 s left)"
     # With the data it read (a node that counts it): the MiB/s the throttle bounds.
     rw_bytes = {**rw, "bytes_read": 42 << 20}
-    assert tables._progress({"rw.catchup": rw_bytes}) == (
+    assert tables.catch_up_summary({"rw.catchup": rw_bytes}) == (
         "rw 112/400, 12 behind (28/s, 10.5 MiB/s, 10 s left)"
     )
     # Nothing checked yet (still reading the first object): no rate, no guess.
     fresh = running_qu(done=0, skipped=0, failed=0, seconds=0.4)
     assert pace("qu.catchup", fresh).eta is None
-    assert tables._progress({"qu.catchup": fresh}) == "qu 0/130"
+    assert tables.catch_up_summary({"qu.catchup": fresh}) == "qu 0/130"
     # Finished passes read as before (tests/t1_qu_catchup.py has the incomplete one).
     done = {"state": "done", "behind": 3, "done": 3, "seconds": 0.5}
-    assert tables._progress({"qu.catchup": done}) == "qu done 3/3"
+    assert tables.catch_up_summary({"qu.catchup": done}) == "qu done 3/3"
     assert pace("qu.catchup", done).eta is None
     assert catch_ups({"qu.catchup": done, "rw.verify": {}})["qu"].to_json() == {
         "state": "done",

@@ -154,7 +154,7 @@ def test_a_copy_is_whole_on_the_writing_mount_when_a_node_stops_right_after(
     """``cp -r`` of a 310-entry tree exits, a node of the tree's preferred quorum is
     stopped at once, then ``diff -r`` and the walks on the writing mount and the other.
     By hand on this machine before the fixes, the last files copied were missing ("Only
-    in") in 7 of 17 tries: a batch of creates had failed (``_Taken``: its first attempt
+    in") in 7 of 17 tries: a batch of creates had failed (``IdTaken``: its first attempt
     had landed) and released the listing's attribute query before each was sent alone
     (logged "entries left out, their objects gone"; ``t3_fs_heldlistings`` holds that
     fast).  Here, without the fixes, ``ls -lR`` on the writing mount printed ENOENT for

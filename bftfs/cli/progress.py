@@ -19,7 +19,7 @@ from typing import IO
 Update = Callable[[int, int], None]
 
 
-def _quiet(done: int, total: int) -> None:
+def no_progress(done: int, total: int) -> None:
     """The update of a bar not shown."""
 
 
@@ -32,7 +32,7 @@ def progress(what: str, stream: IO[str] | None = None) -> Iterator[Update]:
     start = time.perf_counter()
     try:
         if not out.isatty():
-            yield _quiet
+            yield no_progress
         else:
             with _bar(what, out) as update:
                 yield update

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from bftfs.cli.common import EXIT_WRITE, QuietError
-from bftfs.cli.progress import Update, _quiet, progress
+from bftfs.cli.progress import Update, no_progress, progress
 from bftfs.cli.when import (
     FS_PREFIX,
     client_ids,
@@ -63,7 +63,7 @@ PARALLEL = 16
 
 
 async def _restore(
-    past: Any, tree: dict[str, Any], dest: Path, delete: bool, update: Update = _quiet
+    past: Any, tree: dict[str, Any], dest: Path, delete: bool, update: Update = no_progress
 ) -> dict[str, int]:
     """Write ``tree`` (from :meth:`Past.tree`) at ``dest``: new versions, history untouched.
 

@@ -22,7 +22,7 @@ from bftfs.cli import statustables as tables
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
 from bftfs.cli.statustables import (  # noqa: F401  (re-exported: tests, cli/cluster.py)
     FAULT_COLUMNS,
-    _progress,
+    catch_up_summary,
 )
 from bftfs.cli.statustables import print_limits as _print_limits  # noqa: F401
 from bftfs.cli.statustables import print_nodes as _print_status  # noqa: F401

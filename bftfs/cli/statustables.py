@@ -63,7 +63,7 @@ def _pace_note(p: Pace) -> str:
     return f" ({_rate(p.rate)}{data}{left})"
 
 
-def _progress(progress: dict[str, dict]) -> str:
+def catch_up_summary(progress: dict[str, dict]) -> str:
     """Background catch-up of a node, short: ``qu done 12/12, rw done 3/40`` (objects or
     blocks it found behind and brought up to date), with what it could not bring up to
     date (``qu incomplete 8/197 (189 failed)``: the node is still behind on those, and one
@@ -155,7 +155,7 @@ def print_nodes(statuses: list[localmod.NodeStatus]) -> None:
             f"{rejected if s.up else '-':>8}  {_catch_up_word(progress) if s.up else '-'}"
         )
         if s.up and _worth_a_line(progress):
-            details.append(f"    node {s.id} catch-up: {_progress(progress)}")
+            details.append(f"    node {s.id} catch-up: {catch_up_summary(progress)}")
         if s.up and st.get("rejected"):
             frames = ", ".join(f"{k}={v}" for k, v in sorted(st["rejected"].items()))
             details.append(f"    node {s.id} rejected frames: {frames}")

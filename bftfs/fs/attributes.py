@@ -20,7 +20,7 @@ from bftfs.fs.errors import FsError, Invalid, IsDir, NoAttr, TooBig
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
-from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, Meta, _Locked, _Stale
+from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer, dead_contents
 from bftfs.fs.writebehind import PendingCreates
@@ -165,7 +165,7 @@ class Attributes:
                         # are written, under the write lease like a flush's.
                         try:
                             bt = await self._locked_clear_gap(ino, s, size)
-                        except (_Stale, _Locked):
+                        except (OutOfDate, LeaseHeld):
                             await self.meta.back_off(attempt)
                             continue
                         if s["inl"]:
@@ -174,7 +174,7 @@ class Attributes:
                             arg["bt"] = bt
                 try:
                     s = await self.meta.update([ino], "fs.setattr", arg)
-                except (_Stale, _Locked):
+                except (OutOfDate, LeaseHeld):
                     await self.meta.back_off(attempt)
                     continue
                 if f is not None:

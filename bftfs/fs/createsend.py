@@ -23,7 +23,7 @@ from bftfs.fs.errors import Exists, FsError, NoSpace, NotFound, Unavailable
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Taken
+from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta
 from bftfs.fsobjects.leases import INHERIT
 from bftfs.outcome import ClusterUnavailable
 
@@ -111,7 +111,7 @@ class CreateSender:
             except Exists:
                 if await self.collided(p, f):
                     return
-            except _Taken:
+            except IdTaken:
                 if await self._made_before(p, f):
                     return
                 raise FsError("a new object id was taken (drawn twice?)") from None

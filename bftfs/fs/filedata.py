@@ -30,7 +30,7 @@ from bftfs.fs.files import (
     reservation,
     sequential_end,
 )
-from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, Meta, _Locked, _Stale
+from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ class FlushEngine:
                 try:
                     await self._flush_once(f)
                     return
-                except (_Stale, _Locked):
+                except (OutOfDate, LeaseHeld):
                     self.meta.methods["flush-retries"] += 1
                     await self.meta.back_off(attempt)
                     await self.adopt(f, await self.meta.query(f.ino, "fs.open"))

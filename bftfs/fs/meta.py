@@ -72,15 +72,15 @@ _LEASE_METHODS = frozenset({"fs.lease", "fs.release", "fs.recall"})
 _PROTOCOL_ERRORS = (ClusterUnavailable,)
 
 
-class _Stale(Exception):
+class OutOfDate(Exception):
     """The servers refused because this client's view is out of date: re-read, retry."""
 
 
-class _Locked(Exception):
+class LeaseHeld(Exception):
     """Another client holds the file's write lease: wait, re-read and retry."""
 
 
-class _Taken(Exception):
+class IdTaken(Exception):
     """A freshly drawn object id is taken: draw another."""
 
 
@@ -122,11 +122,11 @@ def _translate(e: BaseException) -> BaseException:
     """A protocol or refusal exception as the file-system error it means."""
     if isinstance(e, MethodRefused):
         if e.code == "stale":
-            return _Stale(e.message)
+            return OutOfDate(e.message)
         if e.code == "locked":
-            return _Locked(e.message)
+            return LeaseHeld(e.message)
         if e.code == "oid-exists":
-            return _Taken()
+            return IdTaken()
         return from_refusal(e.code, e.message)
     if isinstance(e, QuotaExceeded):
         return OverQuota(str(e))

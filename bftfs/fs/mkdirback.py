@@ -48,7 +48,7 @@ from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable, from_refusal
 from bftfs.fs.leasedanswers import made_entries
-from bftfs.fs.meta import Meta, _Stale, _Taken
+from bftfs.fs.meta import IdTaken, Meta, OutOfDate
 from bftfs.fs.sendonce import SendOnce
 from bftfs.fs.unlinkback import about_another_entry
 from bftfs.fsobjects.leases import INHERIT
@@ -244,11 +244,11 @@ class PendingMkdirs:
             child, pst = await self.meta.update_now([m.parent, m.oid], "fs.mkdir", arg)
         except Unavailable:
             raise
-        except _Taken:  # an earlier send reached some nodes and was completed since
+        except IdTaken:  # an earlier send reached some nodes and was completed since
             if not await self._made_before(m):
                 self._failed(m, FsError("the new directory's object id was taken"))
             return
-        except (FsError, _Stale) as e:
+        except (FsError, OutOfDate) as e:
             self._failed(m, e)
             return
         self._forget(m)

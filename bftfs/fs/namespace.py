@@ -30,7 +30,7 @@ from bftfs.fs.errors import (
     StaleView,
     check_name,
 )
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta, _Stale, _Taken
+from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta, OutOfDate
 from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
@@ -413,12 +413,12 @@ class Names:
             a = dict(arg, p=parent, o=oid, name=name, now=self.meta.now())
             try:
                 child, pst = await self.meta.update([parent, oid], method, a)
-            except _Taken:
+            except IdTaken:
                 continue
             except Forgotten:  # the id was used once and forgotten, or the directory was
                 await self.meta.query(parent, "fs.stat")  # (then this answers ESTALE)
                 continue
-            except _Stale as e:  # only from a method that never says so: a bug
+            except OutOfDate as e:  # only from a method that never says so: a bug
                 raise FsError(str(e)) from None
             self.cache.own_stat(oid, child)
             self.cache.own_stat(parent, pst)
@@ -519,7 +519,7 @@ class Names:
                     method,
                     {"p": parent, "o": oid, "name": name, "now": self.meta.now()},
                 )
-            except (_Stale, NotFound) as e:
+            except (OutOfDate, NotFound) as e:
                 self.cache.forget(parent)
                 if isinstance(e, NotFound) and fresh:
                     raise

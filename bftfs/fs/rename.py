@@ -12,7 +12,7 @@ from __future__ import annotations
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import CrossDevice, FsError, Invalid, NotDir, NotFound, check_name
-from bftfs.fs.meta import MAX_ATTEMPTS, Meta, _Stale
+from bftfs.fs.meta import MAX_ATTEMPTS, Meta, OutOfDate
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fsobjects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
 from bftfs.qu.timestamp import MAX_OBJECTS
@@ -98,7 +98,7 @@ class Rename:
             }
             try:
                 stats = await self.meta.update(sorted(objs), "fs.rename", arg)
-            except (_Stale, NotFound) as e:
+            except (OutOfDate, NotFound) as e:
                 self.cache.forget(parent)
                 self.cache.forget(new_parent)
                 if isinstance(e, NotFound) and fresh:

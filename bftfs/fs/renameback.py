@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable
-from bftfs.fs.meta import Meta, _Stale
+from bftfs.fs.meta import Meta, OutOfDate
 from bftfs.fs.mkdirback import answered_by_listing
 from bftfs.fs.sendonce import SendOnce
 from bftfs.fs.unlinkback import about_another_entry
@@ -207,7 +207,7 @@ class PendingRenames:
             stats = await self.meta.update_now([r.parent, r.oid], "fs.rename", arg)
         except Unavailable:
             raise
-        except (FsError, _Stale) as e:
+        except (FsError, OutOfDate) as e:
             self.drop(r, e)
             return
         self._forget(r)

@@ -47,7 +47,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable
-from bftfs.fs.meta import ENTRY_METHODS, Meta, _Stale
+from bftfs.fs.meta import ENTRY_METHODS, Meta, OutOfDate
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.writeback import PendingUnlink, WriteBack
 
@@ -302,7 +302,7 @@ class PendingUnlinks:
             if self.writeback is not None:
                 self.writeback.retry_unlink(u, RESEND)
             return
-        except (FsError, _Stale) as e:  # the name is gone or names another object: lost race
+        except (FsError, OutOfDate) as e:  # the name is gone or names another object: lost race
             log.info("removal of %r dropped: %s", u.name, e)
             self._forget(u)
             return
@@ -323,7 +323,7 @@ class PendingUnlinks:
                 s = await self.meta.update_now([parent], "fs.setattr", {"touch": t, "now": t})
             except Unavailable:
                 raise
-            except (FsError, _Stale) as e:
+            except (FsError, OutOfDate) as e:
                 log.info("times of directory %d not set: %s", parent, e)
             else:
                 self.cache.own_stat(parent, s)
