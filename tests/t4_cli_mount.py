@@ -114,7 +114,9 @@ def test_a_non_empty_mount_point_is_refused_and_the_kernels_flags_are_honoured(
         r = bftfs("mount", str(mnt), "--dir", str(home), check=False)
         assert r.returncode == 6 and "not empty" in r.stderr and "nonempty" in r.stderr, r
         assert not os.path.ismount(mnt)
-        r = bftfs("mount", str(mnt), "--dir", str(home), "-o", "nonempty,noatime,nosuid,nodev,noexec")
+        r = bftfs(
+            "mount", str(mnt), "--dir", str(home), "-o", "nonempty,noatime,nosuid,nodev,noexec"
+        )
         assert os.path.ismount(mnt) and not (mnt / "mine.txt").exists()  # hidden, as asked
         assert {"noatime", "nosuid", "nodev", "noexec"} <= _mount_flags(mnt)
         assert "relatime" not in _mount_flags(mnt)
