@@ -19,11 +19,11 @@ import sys
 import time
 import tomllib
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 import bftfs
 from bftfs import local, proc
@@ -44,14 +44,6 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
     assert not check or r.returncode == 0, r.stdout + r.stderr
     return r
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := cond()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)  # polling other processes
-    return got
 
 
 def exposition(address: str) -> str:

@@ -117,12 +117,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bftfs: {e}", file=sys.stderr)
         return EXIT_CLUSTER
     except Exception as e:
+        if _interrupted(e):
+            return _exit_interrupted()
         code = _history_exit_code(e, args.command)
         if code is None:
             raise
         return code
-    except KeyboardInterrupt:
-        return 130
+    except (KeyboardInterrupt, BaseExceptionGroup) as e:
+        if not _interrupted(e):
+            raise
+        return _exit_interrupted()
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is Ctrl-C: a KeyboardInterrupt, or one a trio nursery wrapped in an
+    exception group beside the cancellations of its other tasks."""
+    if isinstance(e, KeyboardInterrupt):
+        return True
+    return isinstance(e, BaseExceptionGroup) and e.subgroup(KeyboardInterrupt) is not None
+
+
+def _exit_interrupted() -> int:
+    """Ctrl-C: one line and 130 (128 + SIGINT), as shells and restic do, not a traceback
+    and never a code the command gives its own meaning to (``verify``'s 1: repaired)."""
+    print("bftfs: interrupted", file=sys.stderr)
+    return 130
 
 
 def _history_exit_code(e: Exception, command: str) -> int | None:

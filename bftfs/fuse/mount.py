@@ -146,6 +146,7 @@ async def serve(
         fuse_options.add(fuse_source(config_path))
         if options.allow_other:
             fuse_options.add("allow_other")
+        fuse_options.update(options.kernel_flags)  # noatime, nosuid, ...: the kernel's
         if options.read_only:
             fuse_options.add("ro")
         if debug:
@@ -364,6 +365,24 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
     return [requests, eio, faults, methods, rw, qu, waiting]
 
 
+def refuse_nonempty(mountpoint: Path, options: MountOptions) -> None:
+    """A mount hides what its mount point holds: refuse a directory with entries unless
+    ``-o nonempty`` asks for it, as ZFS refuses one (a user's files silently vanishing
+    behind the mount looks like data loss).
+
+    Raises:
+        MountError: ``mountpoint`` has entries and ``nonempty`` was not given."""
+    if options.nonempty:
+        return
+    with os.scandir(mountpoint) as entries:
+        first = next(entries, None)
+    if first is not None:
+        raise MountError(
+            f"mount point {mountpoint} is not empty (it holds {first.name!r}, which the "
+            "mount would hide): empty it, or mount with -o nonempty"
+        )
+
+
 def run_foreground(
     config: ClusterConfig,
     mountpoint: Path,
@@ -374,6 +393,8 @@ def run_foreground(
     at_ns: int | None = None,
 ) -> None:
     """The daemon's main: record the pid file, serve, remove the pid file."""
+    if not is_mounted(mountpoint):  # the background daemon's parent checked it already
+        refuse_nonempty(mountpoint, options)
     pf = pid_file(config, mountpoint)
     pf.parent.mkdir(parents=True, exist_ok=True)
     pf.write_text(f"{os.getpid()}\n{mountpoint.resolve()}\n")
@@ -425,6 +446,7 @@ def mount_background(
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
+    refuse_nonempty(mountpoint, options)
     lf = log_path.resolve() if log_path is not None else log_file(config, mountpoint)
     lf.parent.mkdir(parents=True, exist_ok=True)
     cmd = daemon_command(
