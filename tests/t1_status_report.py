@@ -266,7 +266,7 @@ def test_catch_up_scrub_and_peer_families_come_from_the_progress_records() -> No
     assert got[("bftfs_node_catchup_items", ("qu", "failed"))] == 3
     assert got[("bftfs_node_catchup_state", ("qu", "running"))] == 1
     assert got[("bftfs_node_catchup_state", ("qu", "done"))] == 0
-    assert got[("bftfs_node_catchup_rate", ("qu",))] == pytest.approx(10.0)
+    assert got[("bftfs_node_catchup_items_per_second", ("qu",))] == pytest.approx(10.0)
     assert got[("bftfs_node_catchup_eta_seconds", ("qu",))] == pytest.approx(9.2)
     scrub = {"state": "done", "passes": 2, "checked": 50, "damaged": 1, "last_ns": 5 * 10**9}
     got = samples(nodemetrics._scrub(scrub))

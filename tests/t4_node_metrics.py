@@ -131,7 +131,7 @@ def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -
                 done = got[f'bftfs_node_catchup_items{{count="done",protocol="{proto}"}}']
                 assert 0 < done <= checked == total, (proto, got)
                 assert got[f'bftfs_node_catchup_eta_seconds{{protocol="{proto}"}}'] == 0
-                assert got[f'bftfs_node_catchup_rate{{protocol="{proto}"}}'] > 0
+                assert got[f'bftfs_node_catchup_items_per_second{{protocol="{proto}"}}'] > 0
             assert got['bftfs_node_catchup_items{count="failed",protocol="qu"}'] == 0
             # bftfs status --json: the same figures, per protocol.
             qu = status(home)[1]["nodes"][1]["catch_up"]["qu"]

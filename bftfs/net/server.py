@@ -45,6 +45,7 @@ import trio
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import PrincipalId, is_node
+from bftfs.metrics import Histogram
 from bftfs.net.admission import Admission
 from bftfs.net.errors import FrameError
 from bftfs.net.frames import (
@@ -148,6 +149,8 @@ class Server(Generic[Ctx]):
         #: Seconds spent answering requests, by kind (with ``stats["req.KIND"]``, the mean
         #: latency; Prometheus metrics).
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        #: The same requests' durations in buckets (the node's latency histogram).
+        self.durations: defaultdict[str, Histogram] = defaultdict(Histogram)
         self._handlers: dict[str, Handler] = {}
         self._inline: set[str] = set()
         self._fast: dict[str, FastHandler] = {}
@@ -395,7 +398,9 @@ class Server(Generic[Ctx]):
         except Exception as e:
             msg = self._internal(kind, e, req_id)
         self.stats[f"req.{kind}"] += 1
-        self.seconds[kind] += time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.seconds[kind] += took
+        self.durations[kind].observe(took)
         conn.send(msg)
         return True
 
@@ -439,7 +444,9 @@ class Server(Generic[Ctx]):
                 msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
             except Exception as e:
                 msg = self._internal(kind, e, req_id)
-            self.seconds[kind if known else "unknown"] += time.perf_counter() - start
+            took = time.perf_counter() - start
+            self.seconds[kind if known else "unknown"] += took
+            self.durations[kind if known else "unknown"].observe(took)
             if self.faults is not None and self.faults.drop_reply(conn.sender):
                 return
             conn.send(msg)

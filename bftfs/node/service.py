@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -230,18 +229,8 @@ class Node:
             # Capacity (issue 67): what the map may hold and the disk under the data
             # directory; ``bftfs status`` says nearfull/full from them.
             "map_bytes": self.config.map_size,
-            "disk": disk_space(self.spec.data_dir),
+            "disk": limits.disk_space(self.spec.data_dir),
         }
-
-
-def disk_space(path: Path) -> dict[str, int] | None:
-    """``statvfs`` of the file system holding ``path``: ``{"total", "free"}`` in bytes, free
-    as an unprivileged writer sees it (``f_bavail``); None when it cannot be asked."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return {"total": st.f_blocks * st.f_frsize, "free": st.f_bavail * st.f_frsize}
 
 
 def _full_is_refused(handler: Handler, kind: str, gate: Callable[[str], None]) -> Handler:
