@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from bftfs import __version__
+from bftfs import STORE_FORMAT, WIRE_VERSION, __version__
 from bftfs import local as localmod
 from bftfs.cli import (
     cluster,
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="bftfs: a Byzantine fault-tolerant file system (PASIS blocks, Q/U metadata).",
         epilog="Exit codes: 0 ok, 1 bug, 2 usage, 3 configuration, 4 cluster, 5 key, 6 mount.",
     )
-    p.add_argument("--version", action="version", version=f"bftfs {__version__}")
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)
@@ -94,6 +94,12 @@ def _quiet_broken_pipe() -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     return 0
+
+
+def version_line() -> str:
+    """``bftfs --version``: the package, and the formats it speaks and stores (a node and a
+    client of different wire versions cannot talk; docs/operations.md, "Upgrades")."""
+    return f"bftfs {__version__} (wire {WIRE_VERSION}, store format {STORE_FORMAT})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from bftfs import proc
+from bftfs import WIRE_VERSION, __version__, proc
 from bftfs.config import ClusterConfig
 from bftfs.fs.locks import LockManager
 from bftfs.fs.pastview import PastView
@@ -274,6 +274,8 @@ class _Book:
             "pid": os.getpid(),
             "mountpoint": str(self.mountpoint),
             "client": self.options.client,
+            "version": __version__,
+            "wire": WIRE_VERSION,
             "options": self.options.to_string(),
             "started": self.started,
             "updated": time.time(),

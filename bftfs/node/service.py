@@ -212,6 +212,7 @@ class Node:
             "node": self.id,
             "version": __version__,
             "wire": WIRE_VERSION,
+            "store_format": self.store.format if self.store is not None else None,
             "address": self.spec.address,
             "view": self.views.number,
             "uptime_s": round(time.time() - self.started, 1),
