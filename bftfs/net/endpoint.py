@@ -107,6 +107,7 @@ class Endpoint:
         self._pinging: set[NodeId] = set()
         #: Heartbeats sent.
         self.heartbeats = 0
+        #: Request ids, one sequence for every request of this principal's connections.
         self.ids = itertools.count(1)
         self.sent = 0
         self.resent = 0
