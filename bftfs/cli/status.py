@@ -20,6 +20,7 @@ from bftfs import local as localmod
 from bftfs.cli import capacity
 from bftfs.cli import statustables as tables
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
+from bftfs.cli.sessions import client_sessions, print_sessions
 from bftfs.cli.statustables import (  # noqa: F401  (re-exported: tests, cli/cluster.py)
     FAULT_COLUMNS,
     catch_up_summary,
@@ -238,6 +239,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
             ],
             "findings_cleared_at": record.cleared_at,
             "mounts": mounts,
+            "sessions": client_sessions(statuses, cfg.client_names()),
         }
         print(json.dumps(doc, indent=None if args.watch else 2, default=str))
         return code
@@ -261,6 +263,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     tables.print_capacity(list(capacities.values()))
     tables.print_limits(statuses, cfg.client_names())
     tables.print_mounts(mounts, faults, cfg)
+    print_sessions(client_sessions(statuses, cfg.client_names()))
     tables.print_findings(cfg, record, findings, statuses)
     return code
 

@@ -266,6 +266,21 @@ class Server(Generic[Ctx]):
         self.stats["sessions_ended"] += ended
         return ended
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """The open connections of clients: who, from where, since when, how many
+        requests (plain values, for ``bftfs status``)."""
+        return [
+            {
+                "client": int(pid),
+                "address": conn.address,
+                "since": round(conn.since, 1),
+                "requests": conn.requests,
+            }
+            for pid, conns in sorted(self._open.items())
+            if not is_node(pid)
+            for conn in conns
+        ]
+
     def connected(self, principal: PrincipalId) -> int:
         """How many connections of ``principal`` are open (those :meth:`push` would use)."""
         return len(self._open.get(principal, ()))
@@ -348,6 +363,7 @@ class Server(Generic[Ctx]):
             if typ != REQUEST or not isinstance(kind, str):
                 self.rejected["malformed"] += 1
                 continue
+            conn.requests += 1
             if sender is not None and not is_node(sender) and kind not in self.monitoring:
                 now = trio.current_time()
                 if now - self.last_client_request >= self.busy_gap:
@@ -455,6 +471,15 @@ class Server(Generic[Ctx]):
                 done()  # the sender's in-flight slot, however the answer ended
 
 
+def _peer_address(stream: trio.SocketStream) -> str:
+    """``host:port`` of the other end of ``stream`` ("?" when the socket cannot say)."""
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except (OSError, ValueError, TypeError):
+        return "?"
+    return f"{host}:{port}"
+
+
 def _items(kind: str, payload: Any) -> int:
     """How many requests a frame counts for admission: a batch (``*.batch``, a list of
     ``[kind, payload]`` items) one per item, anything else one."""
@@ -486,7 +511,17 @@ def _countdown(done: Callable[[], None], copies: int) -> Callable[[], None]:
 class _ServerConnection(Generic[Ctx]):
     """The sending half of one accepted connection, and who is on the other end."""
 
-    __slots__ = ("session", "sender", "context", "writer", "traffic", "scope")
+    __slots__ = (
+        "session",
+        "sender",
+        "context",
+        "writer",
+        "traffic",
+        "scope",
+        "address",
+        "since",
+        "requests",
+    )
 
     def __init__(
         self,
@@ -505,6 +540,11 @@ class _ServerConnection(Generic[Ctx]):
         self.traffic = traffic
         #: Cancelled to end the session (``Server.end_sessions``).
         self.scope = trio.CancelScope()
+        #: Where the peer connects from (``host:port``), since when (Unix time), and how
+        #: many requests it sent: ``bftfs status`` lists the sessions of every node.
+        self.address = _peer_address(stream)
+        self.since = time.time()
+        self.requests = 0
 
     def send(self, msg: list[Any]) -> None:
         with packed(msg) as body:

@@ -227,6 +227,8 @@ class Node:
             "progress": {k: dict(v) for k, v in self.progress.items()},
             "limits": limits.statistics(self),
             "metrics": self.metrics_address,
+            # The clients connected now, wherever their mounts run (issue 67).
+            "sessions": self.server.sessions(),
             # Capacity (issue 67): what the map may hold and the disk under the data
             # directory; ``bftfs status`` says nearfull/full from them.
             "map_bytes": self.config.map_size,
