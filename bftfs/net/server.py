@@ -296,7 +296,10 @@ class Server(Generic[Ctx]):
                     stream, reader, self.keyring, self.view_number, self.refused, self.prove
                 )
         except FrameError as e:
-            self.rejected[e.reason] += 1
+            if e.reason == "probe":  # connected and closed, nothing sent: not a refusal
+                self.stats["probes"] += 1
+            else:
+                self.rejected[e.reason] += 1
             await stream.aclose()
             return
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
