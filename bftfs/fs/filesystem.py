@@ -164,15 +164,8 @@ class FileSystem:
         self.background = Background()
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
-        if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
-            self.meta.leases = Leases(
-                self.meta.lease_update, self.meta.query_now, term=lease_term, b=config.b, n=config.n
-            )
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
-        if self.meta.leases is not None:
-            # What this mount answered about an object before its lease is not covered by
-            # it: the attributes its own updates left are asked for again.
-            self.meta.leases.on_grant = self.cache.forget_own
+        self.meta.leases = _leases(self.meta, self.cache, lease_term)
         self.reclaimer = Reclaimer(self.meta, self.cache)
         self.engine = FlushEngine(
             self.meta,
@@ -201,16 +194,7 @@ class FileSystem:
         )
         self.cache.local_stat = box.local_stat
         self.cache.pending_links = box.links_in
-        self.names = Names(
-            self.meta,
-            self.cache,
-            self.reclaimer,
-            pending_names=box.pending_names,
-            rename_here=box.creates.rename_deferred,
-            unlinks=box.unlinks,
-            mkdirs=box.mkdirs,
-            renames=box.renames,
-        )
+        self.names = Names(self.meta, self.cache, self.reclaimer, box)
         self.attributes = Attributes(
             self.meta, self.cache, self.table, self.names, self.engine, self.reclaimer, box.creates
         )
@@ -515,6 +499,19 @@ class FileSystem:
     def open_files(self) -> Mapping[int, OpenFile]:
         """The files this client holds state for (tests and statistics)."""
         return dict(self.cache.files)
+
+
+def _leases(meta: Meta, cache: MetadataCache, term: float) -> Leases | None:
+    """The mount's leases (``fs/leases.py``: queries they keep good need no round), or None
+    when ``term`` is 0."""
+    if term <= 0:
+        return None
+    config = meta.config
+    leases = Leases(meta.lease_update, meta.query_now, term=term, b=config.b, n=config.n)
+    # What this mount answered about an object before its lease is not covered by it: the
+    # attributes its own updates left are asked for again.
+    leases.on_grant = cache.forget_own
+    return leases
 
 
 def _implements_api(fs: FileSystem) -> FileSystemAPI:

@@ -33,7 +33,7 @@ from bftfs.fs.errors import (
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta, OutOfDate
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
-from bftfs.fs.writeback import PendingMkdirs, PendingRenames, PendingUnlinks
+from bftfs.fs.writeback import Outbox
 from bftfs.fsobjects import ROOT
 from bftfs.fsobjects.leases import INHERIT, LEASE_TIME, NEW_LEASE
 from bftfs.qu.timestamp import MAX_OBJECTS
@@ -62,23 +62,15 @@ async def _never(*_args: object) -> bool:
 
 class Names:
     """Names and the objects they lead to.  Given the protocol calls, the cache, and the
-    reclaimer (a removed file's blocks are given back), and what the outbox holds back
-    (``fs/writeback/``): the names of the creates not sent in a directory
-    (``pending_names``), how a rename is applied in the mount when it may be
-    (``rename_here``: ``PendingCreates.rename_deferred``, whether it did), and the
-    removals, mkdirs and renames left to directory write-back (None: none)."""
+    reclaimer (a removed file's blocks are given back), and the outbox (``fs/writeback/``:
+    what this mount holds back; None: nothing is)."""
 
     def __init__(
         self,
         meta: Meta,
         cache: MetadataCache,
         reclaimer: Reclaimer,
-        *,
-        pending_names: Callable[[int], list[bytes]] = lambda _ino: [],
-        rename_here: Callable[[int, bytes, int, bytes, int], Awaitable[bool]] | None = None,
-        unlinks: PendingUnlinks | None = None,
-        mkdirs: PendingMkdirs | None = None,
-        renames: PendingRenames | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         #: The longest name (shorter in a sealed cluster: ``fs/seal.py``).
         self.name_max = obj.NAME_MAX
@@ -91,14 +83,22 @@ class Names:
         #: Last ESTALE for a stale name (monotonic s), and objects a lookup found right
         #: after one, with until when (:meth:`check_reached`).
         self._refused_stale_at = -1e9
-        self.pending_names = pending_names
+        #: The names of the creates this mount has not sent in a directory.
+        self.pending_names: Callable[[int], list[bytes]] = (
+            (lambda _ino: []) if outbox is None else outbox.pending_names
+        )
 
         self._refused_names: set[tuple[int, bytes]] = set()
         self._revalidated: dict[int, float] = {}
-        self.rename_here = rename_here or _never
-        self.unlinks = unlinks
-        self.mkdirs = mkdirs
-        self.renames = renames
+        #: Applies a rename in the mount when it may be (``PendingCreates.rename_deferred``):
+        #: whether it did.
+        self.rename_here: Callable[[int, bytes, int, bytes, int], Awaitable[bool]] = (
+            _never if outbox is None else outbox.creates.rename_deferred
+        )
+        #: Removals, mkdirs and renames left to directory write-back (None: none).
+        self.unlinks = None if outbox is None else outbox.unlinks
+        self.mkdirs = None if outbox is None else outbox.mkdirs
+        self.renames = None if outbox is None else outbox.renames
 
     # Namespace: queries --------------------------------------------------------------------
 
