@@ -245,7 +245,7 @@ class CreateSends:
                 continue  # made meanwhile, or failed again and rescheduled
             try:
                 await self.send(p)
-            except Exception as e:  # a system task must not raise (filedata._spawn)
+            except Exception as e:  # a background task must catch its own errors
                 log.warning("resending the create of %r failed: %s", p.name, e)
                 return
 
