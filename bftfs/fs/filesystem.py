@@ -48,12 +48,14 @@ public call to one of them.  From the bottom:
 - :class:`~bftfs.fs.namespace.Names` (``namespace.py``): lookup, getattr, readdir, create,
   link, unlink, rename, ...;
 - :class:`~bftfs.fs.handletable.HandleTable` (``handletable.py``): handle -> open file;
-- :class:`~bftfs.fs.writebehind.PendingCreates` (``writebehind.py``, their table in
-  ``createtable.py``, sending in ``createsends.py``/``createsend.py``): creates sent with
-  their first flush (``write_behind``);
+- :class:`~bftfs.fs.writeback.Outbox` (``writeback/``, its map in the package docstring):
+  what the mount answered and sends later - creates sent with their first flush
+  (``write_behind``) and, with directory write-back, closes, removals, mkdirs and renames
+  held back under an exclusive lease, and held files; built whole in one call;
 - :class:`~bftfs.fs.callorder.CallOrder` (``callorder.py``): what a call must send first
   (held files, removals, creates); this facade plugs it into ``Meta``'s one hook, a
   ``CallGate`` that ``meta.py`` declares;
+- :class:`~bftfs.fs.background.Background` (``background.py``): the long-lived tasks;
 - :class:`~bftfs.fs.attributes.Attributes` (``attributes.py``): setattr, truncation, xattrs;
 - :class:`~bftfs.fs.handles.Handles` (``handles.py``): create/open, read, write, flush,
   release; it asks the pending creates at create, read, flush and release;
@@ -64,7 +66,6 @@ public call to one of them.  From the bottom:
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import random
 import time
@@ -82,7 +83,7 @@ from bftfs.fs.attrs import Attr
 from bftfs.fs.background import Background
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.callorder import CallOrder
-from bftfs.fs.errors import Exists, NotFound, Unavailable
+from bftfs.fs.errors import Exists, NotFound
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import (
     DEFAULT_BEHIND_LIMIT,
@@ -93,19 +94,13 @@ from bftfs.fs.files import (
 )
 from bftfs.fs.handles import Handles
 from bftfs.fs.handletable import HandleTable
-from bftfs.fs.heldfiles import HeldFiles
-from bftfs.fs.inlinebatch import write_inline_many
 from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
-from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.mounttag import MountTagged
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
-from bftfs.fs.renameback import PendingRenames
 from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
-from bftfs.fs.unlinkback import PendingUnlinks
-from bftfs.fs.writeback import WriteBack
-from bftfs.fs.writebehind import PendingCreates
+from bftfs.fs.writeback import Outbox
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
 
 __all__ = [
@@ -152,21 +147,14 @@ class FileSystem:
         self.gid = gid
         self.clock_ns = clock_ns
         self.rng = rng or random.SystemRandom()
-        #: The long-lived tasks' owner (attached to a nursery by open_file_system).
-        self.background = Background()
         self.bs: int = config.block_size
         inline = min(getattr(config, "inline_limit", 0), self.bs)
+        #: The long-lived tasks (read-ahead, write-behind, write-back sweeps).
+        self.background = Background()
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
-        if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
-            self.meta.leases = Leases(
-                self.meta.lease_update, self.meta.query_now, term=lease_term, b=config.b, n=config.n
-            )
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
-        if self.meta.leases is not None:
-            # What this mount answered about an object before its lease is not covered by
-            # it: the attributes its own updates left are asked for again.
-            self.meta.leases.on_grant = self.cache.forget_own
+        self.meta.leases = _leases(self.meta, self.cache, lease_term)
         self.reclaimer = Reclaimer(self.meta, self.cache)
         self.engine = FlushEngine(
             self.meta,
@@ -175,26 +163,29 @@ class FileSystem:
             readahead_max=max(readahead_max, readahead) if readahead else 0,
             big_bs=int(getattr(config, "big_blocks", 0)),
         )
-        self.names = Names(self.meta, self.cache, self.reclaimer)
         self.table = HandleTable()
-        self.pending = PendingCreates(
+        # What the mount holds back from the servers (fs/writeback/), built whole.
+        box = self.outbox = Outbox(
             self.meta,
             self.cache,
             self.table,
-            self.engine,
-            enabled=write_behind,
-            open_existing=lambda *a: self.handles.open_existing(*a),
-        )
-        self.order = self.meta.gate = CallOrder(self.pending.creates, self.pending.sends)
-        self.names.pending_names = lambda ino: [p.name for p in self.pending.pending_in(ino)]
-        self.attributes = Attributes(
-            self.meta,
-            self.cache,
-            self.table,
-            self.names,
             self.engine,
             self.reclaimer,
-            self.pending,
+            open_existing=lambda *a: self.handles.open_existing(*a),
+            flush_file=lambda f: self.handles._flush_file(f),
+            spawn=self.background.spawn,
+            write_behind=write_behind,
+            commit=commit,
+            hard=hard,
+        )
+        self.meta.gate = CallOrder(
+            box.creates.creates, box.creates.sends, mkdirs=box.mkdirs, renames=box.renames
+        )
+        self.cache.local_stat = box.local_stat
+        self.cache.pending_links = box.links_in
+        self.names = Names(self.meta, self.cache, self.reclaimer, box)
+        self.attributes = Attributes(
+            self.meta, self.cache, self.table, self.names, self.engine, self.reclaimer, box.creates
         )
         self.handles = Handles(
             self.meta,
@@ -204,93 +195,12 @@ class FileSystem:
             self.attributes,
             self.engine,
             self.reclaimer,
-            self.pending,
+            box.creates,
             dirty_limit=dirty_limit,
             behind_limit=behind_limit,
+            held=box.held,
+            answers_eio=not hard,
         )
-        # A hard mount tries a call the cluster did not answer again: what it held back
-        # must stay for that (a soft one answers EIO and drops it: docs/fs.md).
-        self.handles.answers_eio = not hard
-        if self.meta.leases is not None and commit > 0 and write_behind:
-            # Directory write-back (fs/writeback.py): closes of new files in a directory
-            # this mount holds an exclusive lease on leave their create pending.
-            self.pending.writeback = WriteBack(
-                self.meta.leases, commit, self.pending.sends.send_deferred
-            )
-            # ... and removals there return before they are sent (fs/unlinkback.py).
-            unlinks = PendingUnlinks(
-                self.meta,
-                self.cache,
-                self.reclaimer,
-                is_pending_create=self.pending.is_pending,
-                is_deferred_create=self.pending.is_deferred,
-                make_creates=self.pending.make,
-                cancellable=self.pending.cancellable,
-                cancel=self.pending.cancel,
-            )
-            unlinks.writeback = self.pending.writeback
-            self.pending.writeback.send_unlinks = unlinks.send
-            self.pending.writeback.send_touches = unlinks.send_touches
-            self.pending.unlinks = self.names.unlinks = unlinks
-            self.names.rename_here = self.pending.rename_deferred
-            # ... and the files made there are leased here too: their opens, attributes
-            # and written closes stay in the mount (fs/heldfiles.py).
-            held = HeldFiles(
-                self.meta.leases,
-                commit,
-                self.cache.files,
-                self.handles._flush_file,
-                functools.partial(write_inline_many, self.meta, self.engine),
-            )
-            self.pending.held = self.handles.held = held
-            unlinks.discard_held = held.discard
-
-            def held_back(parent: int, name: bytes) -> bool:
-                """Whether a create, removal, mkdir or rename of ``name`` in ``parent``
-                waits in write-back (a mkdir or rename of that name then goes at once)."""
-                return (
-                    self.pending.creates.named(parent, name)
-                    or unlinks.pending(parent, name) is not None
-                    or mkdirs.named(parent, name)
-                    or renames.names_held(parent, name)
-                )
-
-            # ... and mkdirs there return before they are sent (fs/mkdirback.py).
-            mkdirs = PendingMkdirs(
-                self.meta, self.cache, self.pending.writeback, held_name=held_back
-            )
-            # ... and so do renames within such a directory (fs/renameback.py).
-            renames = PendingRenames(
-                self.meta,
-                self.cache,
-                self.pending.writeback,
-                held_name=held_back,
-                is_pending_create=self.pending.is_pending,
-            )
-            self.pending.writeback.entry_senders["mkdir"] = mkdirs.send
-            self.pending.writeback.entry_senders["rename"] = renames.send
-            # ... and what a directory fsync answered EIO for is dropped (docs/fs.md).
-            wb = self.pending.writeback
-            wb.send_creates_in = self.pending.sends.send_directory
-            wb.drop_create = self.pending.sends.give_up
-            wb.drop_unlink = unlinks.drop
-            wb.entry_droppers.update(mkdir=mkdirs.drop, rename=renames.drop)
-            wb.answers_eio = not hard
-            self.order.mkdirs = self.names.mkdirs = mkdirs
-            self.order.renames = self.names.renames = renames
-            mkdirs.renames_in = renames.made_in
-            renames.made_dir = mkdirs.made
-
-            async def entries_first(directory: int) -> None:
-                """What an ungated update of ``directory``'s entries must follow."""
-                await mkdirs.made(directory)
-                await renames.made_in(directory)
-
-            self.pending.sender.made_parent = unlinks.made_dir = entries_first
-            self.cache.pending_links = mkdirs.links_in
-            self.cache.local_stat = lambda oid: (
-                mkdirs.stat_of(oid) or self.pending.deferred_stat(oid)
-            )
 
     async def open(
         self, ino: int, flags: int, *, reached_by_name: bool = False, looked_up: bool = False
@@ -429,33 +339,17 @@ class FileSystem:
         await self.handles.revalidate(fh)
 
     async def write_back(self, parallel: int = 1) -> None:
-        """Send every create directory write-back holds (``fsync`` of a directory: its
-        new names are then on a quorum), and the writes held files' closes left
-        (``fs/heldfiles.py``); ``parallel``: directories sent at once."""
-        if self.pending.writeback is not None:
-            await self.pending.writeback.send_all(parallel)
-        if self.handles.held is not None:
-            await self.handles.held.send_all()
+        """Send everything directory write-back holds (``fsync`` of a directory: its new
+        names are then on a quorum), and the writes held files' closes left
+        (``Outbox.send_all``); ``parallel``: directories sent at once."""
+        await self.outbox.send_all(parallel)
 
     async def sync_directory(self, ino: int) -> None:
-        """``fsync`` of directory ``ino``: its held-back entries (creates, removals, mkdirs,
-        renames in it) are on a quorum when it returns, and an error says they are not -
-        and, answered EIO, that they were dropped (``WriteBack.sync_directory``).  Then the
-        rest this mount holds back goes too, as before (``bftfs`` commands fsync the mount
-        point for it), its failures logged and kept for a later send."""
-        wb = self.pending.writeback
-        if wb is not None:
-            await wb.sync_directory(ino)
-        else:  # no write-back: only creates kept after a failed send can wait
-            unmade = await self.pending.sends.send_directory(ino)
-            if unmade:
-                names = [p.name for p in unmade]
-                e = Unavailable(f"directory {ino}: creates not on a quorum: {names[:5]!r}")
-                if self.handles.answers_eio:
-                    for p in unmade:
-                        self.pending.sends.give_up(p, e)
-                raise e
-        await self.write_back()
+        """``fsync`` of directory ``ino`` (``Outbox.sync_directory``): its held-back entries
+        (creates, removals, mkdirs, renames in it) are on a quorum when it returns, and an
+        error says they are not; then the rest this mount holds back goes too (``bftfs``
+        commands fsync the mount point for it)."""
+        await self.outbox.sync_directory(ino)
 
     async def release(self, fh: int) -> None:
         await self.handles.release(fh)
@@ -522,7 +416,7 @@ class FileSystem:
 
     @property
     def write_behind(self) -> bool:
-        return self.pending.write_behind
+        return self.outbox.creates.write_behind
 
     @property
     def methods(self) -> Counter[str]:
@@ -556,6 +450,19 @@ class FileSystem:
     def open_files(self) -> Mapping[int, OpenFile]:
         """The files this client holds state for (tests and statistics)."""
         return dict(self.cache.files)
+
+
+def _leases(meta: Meta, cache: MetadataCache, term: float) -> Leases | None:
+    """The mount's leases (``fs/leases.py``: queries they keep good need no round), or None
+    when ``term`` is 0."""
+    if term <= 0:
+        return None
+    config = meta.config
+    leases = Leases(meta.lease_update, meta.query_now, term=term, b=config.b, n=config.n)
+    # What this mount answered about an object before its lease is not covered by it: the
+    # attributes its own updates left are asked for again.
+    leases.on_grant = cache.forget_own
+    return leases
 
 
 def _implements_api(fs: FileSystem) -> FileSystemAPI:
@@ -594,7 +501,7 @@ async def open_file_system(
     fs = FileSystem(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
     tagged.mount = fs.meta.lease_token
     if seal is not None:  # sealed names are longer: the plaintext ones shorter
-        fs.names.name_max = fs.pending.name_max = SEALED_NAME_MAX
+        fs.names.name_max = fs.outbox.creates.name_max = SEALED_NAME_MAX
     async with trio.open_nursery() as nursery:
         fs.background.attach(nursery)
         try:

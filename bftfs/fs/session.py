@@ -125,7 +125,7 @@ async def open_session(
         try:
             yield Session(fs, gens.qu, gens.rw, ep, gens)
         finally:
-            if fs.pending.writeback is not None:  # what closes left for write-back goes now
+            if fs.outbox.writeback is not None:  # what closes left for write-back goes now
                 with trio.move_on_after(WRITE_BACK_AT_END):
                     await fs.write_back()
             if leases is not None:

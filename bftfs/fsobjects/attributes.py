@@ -77,7 +77,7 @@ def fs_setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     touch = check_opt_time(a, "touch")
     if touch is not None:
         # Times a directory's entries changed at, sent late (a create and its removal
-        # that cancelled in a mount's write-back, fs/unlinkback.py): they only move
+        # that cancelled in a mount's write-back, fs/writeback/unlinks.py): they only move
         # forward, so an update of the directory taken meanwhile keeps its later times.
         s["mt"] = max(s["mt"], touch)
         now = max(now, s["ct"])

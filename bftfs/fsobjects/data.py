@@ -156,7 +156,7 @@ def _keep_lease(f: dict[str, Any], a: dict[str, Any], inline: Any) -> None:
 
 def fs_write_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """The inline contents of several small files in one update (write-back of the files a
-    mount holds, ``fs/heldfiles.py``): exactly what each one's ``fs.write`` with ``i``, one
+    mount holds, ``fs/writeback/held.py``): exactly what each one's ``fs.write`` with ``i``, one
     after another, would leave, or nothing (any one refused refuses them all).
 
     Objects: each file once.  Argument: ``now`` (the latest time of the items: the one

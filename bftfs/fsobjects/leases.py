@@ -273,7 +273,7 @@ def _inherited(states: States, state: Any, me: Who, at: int | None) -> Any:
     update (its directory, under which it made the file): until that lease's end.  Nobody
     else can hold a lease on an object that did not exist, and the grant ends no later
     than one the caller already had, so it takes nothing from anyone; the holder's writes
-    to the file then stay in its mount as its creates did (``fs/heldfiles.py``), and its
+    to the file then stay in its mount as its creates did (``fs/writeback/held.py``), and its
     creates in the directory go to write-back at once (``fs/namespace.py``, ``mkdir``).
     Otherwise the state as made.
 
@@ -322,7 +322,7 @@ def _granted_new(state: Any, me: Who, at: int | None, term: int) -> Any:
 def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:
     """``fn`` (an ``fs`` query) under exclusive leases: refused ``leased`` when another
     client holds an exclusive lease on one of its objects, whose holder may have changes
-    buffered (directory write-back, ``fs/writeback.py``) that the answer would not show.
+    buffered (directory write-back, ``fs/writeback/``) that the answer would not show.
     The asker then recalls the lease (the holder sends what it buffered and releases) and
     asks again, as for an update.
 

@@ -237,7 +237,7 @@ def _batch(
 
 def fs_create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Several new regular files in one directory, in one update (directory write-back,
-    ``fs/writeback.py``): exactly what the ``fs.createwrite`` or, for an item with a write
+    ``fs/writeback/``): exactly what the ``fs.createwrite`` or, for an item with a write
     lease ``tok``/``lease``, the ``fs.create`` (a file whose blocks its creator writes next,
     under that lease) of each, one after another, would leave, or nothing (any one refused
     refuses them all).
@@ -280,7 +280,7 @@ def created_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict
 
 def made_dir_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict[str, Any]:
     """The stat ``fs.mkdir`` with ``arg`` answers for its new directory in a directory of
-    that mode and group (a mkdir a client answers before sending it, ``fs/mkdirback.py``:
+    that mode and group (a mkdir a client answers before sending it, ``fs/writeback/mkdirs.py``:
     the same code as :func:`created_stat`, set-group-ID inheritance included).
 
     Raises:
@@ -367,7 +367,7 @@ def fs_unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 
 def fs_unlink_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Several names of non-directories removed from one directory in one update (directory
-    write-back of removals, ``fs/writeback.py``): exactly what the ``fs.unlink`` of each, one
+    write-back of removals, ``fs/writeback/``): exactly what the ``fs.unlink`` of each, one
     after another, would leave, or nothing (any one refused refuses them all).
 
     Objects: the directory ``p`` and each object named once.  Argument: ``p``, ``now`` (the

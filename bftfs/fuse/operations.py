@@ -276,7 +276,7 @@ class Operations(pyfuse3.Operations):
     @_handler  # (it had none: an error escaped to pyfuse3's loop and ended the mount)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         # Every namespace update is complete on a quorum before it returns, but the entries
-        # directory write-back keeps (leases, fs/writeback.py), which go now: 0 means the
+        # directory write-back keeps (leases, fs/writeback/), which go now: 0 means the
         # directory's are on a quorum (then the rest of the mount's go too).
         handle = self._dirs.get(fh)
         if handle is None:

@@ -280,7 +280,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
                             attr_ttl=0.0,
                             lease_term=sched.lease_term,
                             # With leases, creates are written behind and, in a directory
-                            # held exclusively, back (fs/writeback.py).
+                            # held exclusively, back (fs/writeback/).
                             write_behind=sched.lease_term > 0,
                             commit=5.0 if sched.lease_term > 0 else 0.0,
                         )

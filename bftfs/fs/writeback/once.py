@@ -1,5 +1,5 @@
-"""Sending a held-back entry change once (a mkdir, a rename: ``fs/mkdirback.py``,
-``fs/renameback.py``).
+"""Sending a held-back entry change once (a mkdir, a rename: ``fs/writeback/mkdirs.py``,
+``fs/writeback/renames.py``).
 
 Several tasks may need the same held-back change on the servers before their own call: the
 first sends it, the others wait for that send and go on.  The sending task itself comes

@@ -50,26 +50,27 @@ from __future__ import annotations
 import logging
 import os
 import stat as st
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
-from bftfs.fs.createsend import CreateSender, OpenExisting, PendingCreate
-from bftfs.fs.createsends import CreateSends
-from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import StaleView, from_refusal
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.meta import Meta
-from bftfs.fs.writeback import WriteBack
+from bftfs.fs.writeback.creates_sending import CreateSends
+from bftfs.fs.writeback.creates_table import CreateTable, HoldsBack
+from bftfs.fs.writeback.creates_update import CreateSender, OpenExisting, PendingCreate
+from bftfs.fs.writeback.schedule import WriteBack
 from bftfs.fsobjects import RENAME_NOREPLACE
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
-    from bftfs.fs.heldfiles import HeldFiles
-    from bftfs.fs.unlinkback import PendingUnlinks
+    from bftfs.fs.writeback.held import HeldFiles
+    from bftfs.fs.writeback.unlinks import PendingUnlinks
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,13 @@ class PendingCreates:
     """The rules of write-behind: whether a create may be answered now, answering it, and
     what a close, open, read or flush of its file does while it is pending.  Given the
     protocol calls, the cache, the handle table, the flush engine and how to open another
-    client's file (``open_existing``: :data:`~bftfs.fs.createsend.OpenExisting`, given at
-    construction, ``Handles.open_existing``); the creates themselves are kept below it
-    (:class:`~bftfs.fs.createtable.CreateTable`, ``creates``) and sent below it
-    (:class:`~bftfs.fs.createsends.CreateSends`, ``sends``).  Called by :class:`Handles`
-    at create, read, flush (:meth:`made_file`) and release, and by :class:`Attributes`
-    before a truncation's flush."""
+    client's file (``open_existing``:
+    :data:`~bftfs.fs.writeback.creates_update.OpenExisting`, given at construction,
+    ``Handles.open_existing``); the creates themselves are kept below it
+    (:class:`~bftfs.fs.writeback.creates_table.CreateTable`, ``creates``) and sent below
+    it (:class:`~bftfs.fs.writeback.creates_sending.CreateSends`, ``sends``).  Called by
+    :class:`Handles` at create, read, flush (:meth:`made_file`) and release, and by
+    :class:`Attributes` before a truncation's flush."""
 
     def __init__(
         self,
@@ -94,51 +96,45 @@ class PendingCreates:
         *,
         enabled: bool,
         open_existing: OpenExisting,
+        others: HoldsBack,
+        made_parent: Callable[[int], Awaitable[None]],
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
     ) -> None:
+        """``others``: the parts that hold work back with the creates (the outbox);
+        ``made_parent``: sends what a create in a directory must follow (its held-back
+        mkdir and renames); ``spawn``: starts a background task (``Background.spawn``)."""
         self.meta = meta
         self.cache = cache
         self.handle_table = table
         self.bs = meta.bs
         self.inline = cache.inline
         self.write_behind = enabled
-        self.creates = CreateTable(cache)
+        self.creates = CreateTable(cache, others)
         self.sender = CreateSender(
-            meta, cache, table, engine, open_existing, self.creates.moved_files
+            meta, cache, table, engine, open_existing, self.creates.moved_files, made_parent
         )
-        self.sends = CreateSends(self.creates, self.sender, cache, engine)
+        self.sends = CreateSends(self.creates, self.sender, cache, engine, spawn=spawn)
         #: The longest name a create may be held back with (shorter in a sealed cluster,
         #: ``fs/seal.py``): a longer one is refused by the synchronous create at once.
         self.name_max = obj.NAME_MAX
 
-    # What holds work back with the creates (the file system sets them; kept in the table,
-    # where the gate and the sends find them).
+    # What holds work back with the creates (the outbox's other parts, found through the
+    # table, where the gate and the sends find them too).
 
     @property
     def writeback(self) -> WriteBack | None:
-        """Directory write-back (``fs/writeback.py``; None: every close sends)."""
+        """Directory write-back (``fs/writeback/schedule.py``; None: every close sends)."""
         return self.creates.writeback
-
-    @writeback.setter
-    def writeback(self, writeback: WriteBack | None) -> None:
-        self.creates.writeback = writeback
 
     @property
     def unlinks(self) -> PendingUnlinks | None:
-        """Removals held back (``fs/unlinkback.py``), which calls follow too."""
+        """Removals held back (``fs/writeback/unlinks.py``), which calls follow too."""
         return self.creates.unlinks
-
-    @unlinks.setter
-    def unlinks(self, unlinks: PendingUnlinks | None) -> None:
-        self.creates.unlinks = unlinks
 
     @property
     def held(self) -> HeldFiles | None:
-        """The files this mount holds exclusively (``fs/heldfiles.py``)."""
+        """The files this mount holds exclusively (``fs/writeback/held.py``)."""
         return self.creates.held
-
-    @held.setter
-    def held(self, held: HeldFiles | None) -> None:
-        self.creates.held = held
 
     # Creating ----------------------------------------------------------------------------
 
@@ -176,7 +172,7 @@ class PendingCreates:
 
     def defers(self, f: OpenFile) -> bool:
         """Whether the close of ``f`` may leave its create pending (directory write-back,
-        ``fs/writeback.py``): a new file's create, never sent yet, in a directory this
+        ``fs/writeback/schedule.py``): a new file's create, never sent yet, in a directory this
         mount holds an exclusive lease on; a file past the inline limit keeps its blocks
         buffered with it (``writeback.MAX_FILE``), written when the create is sent."""
         p = self.creates.pending_of(f.ino)
@@ -286,7 +282,7 @@ class PendingCreates:
 
     def cancellable(self, oid: int) -> bool:
         """Whether ``oid``'s create may be dropped with its file when the file's only name
-        is removed (``fs/unlinkback.py``): it waits in write-back carrying the whole file
+        is removed (``fs/writeback/unlinks.py``): it waits in write-back carrying the whole file
         (:meth:`is_deferred`), nobody is sending it, and the servers surely lack its name
         (:meth:`sure_to_be_made`: else the create would open another client's file, which
         the removal must then remove)."""

@@ -9,7 +9,7 @@ names and its leased listing, the directory's times move, and the ``fs.rename`` 
 later (``RENAME_NOREPLACE``: it never replaces what it did not see).  It is sent:
 
 - **When**: by its *due* time (``commit`` seconds, or the lease's end less a margin:
-  :class:`~bftfs.fs.writeback.WriteBack` keeps it), at ``fsync`` of a directory, at
+  :class:`~bftfs.fs.writeback.schedule.WriteBack` keeps it), at ``fsync`` of a directory, at
   unmount, and before any call that must follow it (:meth:`PendingRenames.before`): one
   about either name, any other call on the directory but a lookup or an update of another
   name (a listing read from the servers, its attributes, the recall's release), and before
@@ -43,13 +43,13 @@ from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.meta import Meta, OutOfDate
-from bftfs.fs.mkdirback import answered_by_listing
-from bftfs.fs.sendonce import SendOnce
-from bftfs.fs.unlinkback import about_another_entry
+from bftfs.fs.writeback.mkdirs import answered_by_listing
+from bftfs.fs.writeback.once import SendOnce
+from bftfs.fs.writeback.unlinks import about_another_entry
 from bftfs.fsobjects import RENAME_NOREPLACE
 
 if TYPE_CHECKING:
-    from bftfs.fs.writeback import WriteBack
+    from bftfs.fs.writeback.schedule import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ class PendingRename:
     once: SendOnce = field(default_factory=SendOnce)
 
 
-async def _nothing(_oid: int) -> None:
-    return None
-
-
 class PendingRenames:
     """The renames this mount holds back, and their sending (module docstring).  Given the
     protocol calls, the cache, the write-back that keeps their due times, and whether a
@@ -90,14 +86,15 @@ class PendingRenames:
         *,
         held_name: Callable[[int, bytes], bool],
         is_pending_create: Callable[[int], bool],
+        made_dir: Callable[[int], Awaitable[None]],
     ) -> None:
+        """``made_dir``: sends the mkdir of a directory if it waits (``PendingMkdirs.made``)."""
         self.meta = meta
         self.cache = cache
         self.writeback = writeback
         self._held_name = held_name
         self._is_pending_create = is_pending_create
-        #: Sends the mkdir of a directory if it waits (``PendingMkdirs.made``, set with it).
-        self.made_dir: Callable[[int], Awaitable[None]] = _nothing
+        self._made_dir = made_dir
         #: Rename by moved object id (at most one each: a second rename goes at once).
         self._by_oid: dict[int, PendingRename] = {}
         self._by_dir: dict[int, list[PendingRename]] = {}
@@ -184,7 +181,7 @@ class PendingRenames:
         async with r.once.turn() as mine:
             if not mine:
                 return
-            await self.made_dir(r.parent)
+            await self._made_dir(r.parent)
             # Earlier renames of the directory first (``mv a b; mv c a`` is not one).
             for earlier in list(self._by_dir.get(r.parent, ())):
                 if earlier is r:

@@ -1,4 +1,4 @@
-"""Sending pending creates (``fs/writebehind.py``): once, whoever needs them first;
+"""Sending pending creates (``fs/writeback/creates.py``): once, whoever needs them first;
 together when directory write-back deferred several (one ``fs.createmany``); again in
 the background while the cluster does not answer; then the writes of a file closed
 meanwhile.  A create a call answered EIO for is dropped instead (:meth:`CreateSends.give_up`,
@@ -6,25 +6,26 @@ docs/fs.md "What EIO means"): the background resends are for what nothing report
 
 A call of another task waits for a create being sent; a call made while sending it (or
 another one) goes on, so two sends never wait for each other.  What a send found out
-goes to the table of creates below it (:class:`~bftfs.fs.createtable.CreateTable`):
+goes to the table of creates below it (:class:`~bftfs.fs.writeback.creates_table.CreateTable`):
 made (no longer pending), failed for good (its flush and close say why), or pending again
 with a resend time (``RESEND_FIRST`` doubling up to ``RESEND_MAX``).  Each create is made
-by :class:`~bftfs.fs.createsend.CreateSender`, below that.
+by :class:`~bftfs.fs.writeback.creates_update.CreateSender`, below that.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from bftfs.fs.caches import MetadataCache
-from bftfs.fs.createsend import CreateSender, PendingCreate
-from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import FsError, NoSpace, Unavailable
-from bftfs.fs.filedata import FlushEngine, _spawn
-from bftfs.fs.writeback import BATCH
+from bftfs.fs.filedata import FlushEngine
+from bftfs.fs.writeback.creates_table import CreateTable
+from bftfs.fs.writeback.creates_update import CreateSender, PendingCreate
+from bftfs.fs.writeback.schedule import BATCH
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,13 @@ class CreateSends:
         sender: CreateSender,
         cache: MetadataCache,
         engine: FlushEngine,
+        *,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
     ) -> None:
+        """``spawn``: starts a background task (a create's resends while the cluster does
+        not answer: ``Background.spawn``)."""
         self.creates = creates
+        self._spawn = spawn
         self.sender = sender
         self.cache = cache
         self.engine = engine
@@ -92,7 +98,7 @@ class CreateSends:
             wait = min(RESEND_MAX, RESEND_FIRST * 2 ** min(p.failures - 1, 16))
             p.resend_at = trio.current_time() + wait
             if p.failures == 1:
-                _spawn(functools.partial(self._resend_later, p))
+                self._spawn(functools.partial(self._resend_later, p))
             if not quiet:
                 raise
             log.warning("pending create of %r not sent yet (again in %g s): %s", p.name, wait, e)
@@ -110,7 +116,7 @@ class CreateSends:
 
     async def send_deferred(self, ps: list[PendingCreate]) -> None:
         """Send creates directory write-back deferred past their files' close
-        (``fs/writeback.py``), all of one directory: together in one ``fs.createmany``
+        (``fs/writeback/schedule.py``), all of one directory: together in one ``fs.createmany``
         when they can be, else (or when that fails) each alone; a closed file made clean
         is then forgotten, as a close forgets it."""
         together = [
@@ -239,7 +245,7 @@ class CreateSends:
                 continue  # made meanwhile, or failed again and rescheduled
             try:
                 await self.send(p)
-            except Exception as e:  # a system task must not raise (filedata._spawn)
+            except Exception as e:  # a background task must catch its own errors
                 log.warning("resending the create of %r failed: %s", p.name, e)
                 return
 

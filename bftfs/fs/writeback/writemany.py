@@ -1,5 +1,5 @@
 """Small files' buffered contents written back together: one ``fs.writemany`` update for
-up to :data:`~bftfs.qu.timestamp.MAX_OBJECTS` held files (``fs/heldfiles.py``).
+up to :data:`~bftfs.qu.timestamp.MAX_OBJECTS` held files (``fs/writeback/held.py``).
 
 A held file's close leaves its writes for later; when they come due, each was one
 ``fs.write`` round.  PostMark appends to a thousand small files in a minute, so those

@@ -1,6 +1,6 @@
 """Directory write-back (issue 33): creates whose close does not wait for the servers.
 
-A pending create (``fs/writebehind.py``) is sent at its file's first flush or close, so a
+A pending create (``fs/writeback/creates.py``) is sent at its file's first flush or close, so a
 close waits a round.  While this mount holds an **exclusive lease** on the directory
 (``fs/leases.py``), no other client can read the directory without recalling the lease
 first (``fsobjects.leases.guarded``), and the recall's release sends every pending create
@@ -19,7 +19,7 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   dropped, never sent again (docs/fs.md, "What EIO means").  A send nothing was answered
   about (the background one, an unmount's) keeps what it could not send, for later.  A
   reopen of the file is answered by the mount, and an unlink of the name waits with the
-  create (``fs/unlinkback.py``).
+  create (``fs/writeback/unlinks.py``).
 - **Bounds**: at most :data:`MAX_DEFERRED` creates and removals, and :data:`MAX_BYTES`
   of content, wait at once, files of at most :data:`MAX_FILE` (more close as before), and
   a close defers only while the lease has more than twice the margin left.
@@ -27,7 +27,7 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   closes, the promise of a local file system); the servers hold what they held before
   them.  A mount cut off past its lease sends them when it can; a name another client made
   meanwhile is handled as for any pending create (the existing file is opened and the
-  writes re-applied, ``fs/createsend.py``).
+  writes re-applied, ``fs/writeback/creates_update.py``).
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ import trio
 from bftfs.fs.errors import FsError, Unavailable
 
 if TYPE_CHECKING:
-    from bftfs.fs.createsend import PendingCreate
     from bftfs.fs.leases import Leases
+    from bftfs.fs.writeback.creates_update import PendingCreate
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class PendingUnlink:
-    """A removal answered to the kernel but not sent yet (``fs/unlinkback.py`` makes and
+    """A removal answered to the kernel but not sent yet (``fs/writeback/unlinks.py`` makes and
     sends it; kept here, where it waits until due)."""
 
     parent: int
@@ -69,6 +69,42 @@ class _InDirectory(Protocol):
 
 
 Deferred = TypeVar("Deferred", bound=_InDirectory)
+
+#: The kinds of entry update held back besides creates and removals, in the order they
+#: are sent: a mkdir first (``fs/writeback/mkdirs.py``: what is made in a directory
+#: follows it), then a rename (``fs/writeback/renames.py``).
+ENTRY_KINDS = ("mkdir", "rename")
+
+
+class Senders(Protocol):
+    """How each kind of held-back work goes to the servers, and is dropped for good (given
+    to :class:`WriteBack` at construction: ``HeldBack`` in ``fs/writeback/outbox.py``)."""
+
+    async def send_creates(self, ps: list[PendingCreate]) -> None:
+        """Send pending creates of one directory, together when it can
+        (``CreateSends.send_deferred``; a no-op for one made or failed meanwhile)."""
+
+    async def send_creates_in(self, parent: int) -> list[PendingCreate]:
+        """Send the directory's pending creates now; those not made afterwards."""
+
+    def drop_create(self, p: PendingCreate, e: FsError) -> None:
+        """Drop a pending create for good (``CreateSends.give_up``)."""
+
+    async def send_unlinks(self, us: list[PendingUnlink]) -> None:
+        """Send held-back removals (``PendingUnlinks.send``)."""
+
+    async def send_touches(self, parents: list[int]) -> None:
+        """Send held-back directory times (``PendingUnlinks.send_touches``)."""
+
+    def drop_unlink(self, u: PendingUnlink, e: FsError) -> None:
+        """Drop a held-back removal for good (``PendingUnlinks.drop``)."""
+
+    async def send_entry(self, kind: str, update: Any) -> None:
+        """Send a held-back entry update of ``kind`` (:data:`ENTRY_KINDS`)."""
+
+    def drop_entry(self, kind: str, update: Any, e: FsError) -> None:
+        """Drop a held-back entry update of ``kind`` for good."""
+
 
 #: Most creates and removals deferred at once.  A recall waits for them all to be sent,
 #: six per update: at most about 170 updates, a second or two.  256 was reached in every
@@ -113,56 +149,47 @@ def _with_their_batches(waiting: Iterable[tuple[Deferred, float]], now: float) -
 
 
 class WriteBack:
-    """The deferred creates and removals (``fs/unlinkback.py``) of one mount and the task
+    """The deferred creates and removals (``fs/writeback/unlinks.py``) of one mount and the task
     that sends them when due."""
 
     def __init__(
         self,
         leases: Leases,
         commit: float,
-        send: Callable[[list[PendingCreate]], Awaitable[None]],
+        senders: Senders,
+        *,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+        answers_eio: bool,
     ) -> None:
-        """``commit``: seconds a closed create may wait.  ``send``: sends pending creates
-        of one directory, together when it can (``CreateSends.send_deferred``; a no-op
-        for one made or failed meanwhile)."""
+        """``commit``: seconds a closed create may wait.  ``senders``: how each kind of
+        held-back work goes and is dropped.  ``spawn``: starts the background task that
+        sends what is due (``Background.spawn``).  ``answers_eio``: whether an error of
+        :meth:`sync_directory` is answered to the program (EIO): the entries it could not
+        send are then dropped (docs/fs.md, "What EIO means"); False on a ``hard`` mount,
+        which tries the call again and must find them."""
         self.leases = leases
         self.commit = commit
-        self._send = send
+        self._senders = senders
+        self._spawn = spawn
+        self.answers_eio = answers_eio
         #: Deferred creates by object id: (create, due in trio time).
         self._due: dict[int, tuple[PendingCreate, float]] = {}
         #: Their files' sizes when deferred (:data:`MAX_BYTES`).
         self._sizes: dict[int, int] = {}
-        #: Deferred removals by object id: (removal, due in trio time), and how they go
-        #: (``PendingUnlinks.send``; set with them).
+        #: Deferred removals by object id: (removal, due in trio time).
         self._unlinks: dict[int, tuple[PendingUnlink, float]] = {}
-        self.send_unlinks: Callable[[list[PendingUnlink]], Awaitable[None]] | None = None
         #: Directories whose times wait for a create and removal that cancelled each other
-        #: (``fs/unlinkback.py``): directory -> due in trio time, and how they go.
+        #: (``fs/writeback/unlinks.py``): directory -> due in trio time.
         self._touches: dict[int, float] = {}
-        self.send_touches: Callable[[list[int]], Awaitable[None]] | None = None
-        #: Other deferred entry updates by (kind, key): (update, due in trio time), and
-        #: how each kind goes, in the order kinds are sent: ``mkdir`` first
-        #: (``fs/mkdirback.py``), then ``rename`` (``fs/renameback.py``); set with them.
+        #: Other deferred entry updates by (kind, key): (update, due in trio time), sent
+        #: kind by kind in the order of :data:`ENTRY_KINDS`.
         self._entries: dict[tuple[str, int], tuple[Any, float]] = {}
-        self.entry_senders: dict[str, Callable[[Any], Awaitable[None]]] = {}
         #: Deferred creates whose file was opened again (:meth:`reopened`): when they
         #: were due, which their next deferral keeps.
         self._reopened: dict[int, float] = {}
         self._wake = trio.Event()
         self._running = False
         self.stats = leases.stats
-        #: Whether an error of :meth:`sync_directory` is answered to the program (EIO): the
-        #: entries it could not send are then dropped (docs/fs.md, "What EIO means").
-        #: False on a ``hard`` mount, which tries the call again and must find them.
-        self.answers_eio = True
-        #: How the directory's pending creates go at its ``fsync`` (the ones not made
-        #: afterwards are returned) and how one is dropped (``CreateSends``; set with it).
-        self.send_creates_in: Callable[[int], Awaitable[list[PendingCreate]]] | None = None
-        self.drop_create: Callable[[PendingCreate, FsError], None] | None = None
-        #: How a held-back removal, and an entry update of each kind, is dropped for good
-        #: (``fs/unlinkback.py``, ``fs/mkdirback.py``, ``fs/renameback.py``; set with them).
-        self.drop_unlink: Callable[[PendingUnlink, FsError], None] | None = None
-        self.entry_droppers: dict[str, Callable[[Any, FsError], None]] = {}
 
     def defer(self, p: PendingCreate, size: int) -> bool:
         """Whether the close of ``p``'s file, of ``size`` bytes, may return without sending
@@ -201,7 +228,7 @@ class WriteBack:
         self.leases.want_exclusive(u.parent)
         if reachable:
             left = min(left, self.leases.exclusive_left(u.oid))
-        if self.send_unlinks is None or left <= 2 * LEASE_MARGIN or self._count() >= MAX_DEFERRED:
+        if left <= 2 * LEASE_MARGIN or self._count() >= MAX_DEFERRED:
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
         self.stats["unlinks_deferred"] += 1
@@ -217,7 +244,7 @@ class WriteBack:
         the margin, and the bound leaves room."""
         left = self.leases.exclusive_left(parent)
         self.leases.want_exclusive(parent)
-        if kind not in self.entry_senders or left <= 2 * LEASE_MARGIN:
+        if kind not in ENTRY_KINDS or left <= 2 * LEASE_MARGIN:
             return False
         if self._count() >= MAX_DEFERRED:
             return False
@@ -236,7 +263,7 @@ class WriteBack:
         failed (no answer) is due again in :data:`ENTRY_RESEND` seconds.  Whether any
         was due."""
         sent = False
-        for kind, send in self.entry_senders.items():
+        for kind in ENTRY_KINDS:
             due = [
                 (key, u)
                 for (k, key), (u, at) in self._entries.items()
@@ -245,7 +272,7 @@ class WriteBack:
             for key, u in due:
                 sent = True
                 try:
-                    await send(u)
+                    await self._senders.send_entry(kind, u)
                 except Exception as e:  # noqa: BLE001 - a background task must go on
                     log.warning(
                         "%s of %r not sent yet (again in %g s): %s",
@@ -263,7 +290,7 @@ class WriteBack:
         removal cancelled there): as for a removal, the directory is leased here
         exclusively for more than twice the margin."""
         left = self.leases.exclusive_left(parent)
-        if self.send_touches is None or left <= 2 * LEASE_MARGIN:
+        if left <= 2 * LEASE_MARGIN:
             return False
         self._touches.setdefault(parent, self._due_time(left))
         self._started()
@@ -288,9 +315,9 @@ class WriteBack:
         return trio.current_time() + min(self.commit, left - LEASE_MARGIN)
 
     def _started(self) -> None:
-        if not self._running:  # a system task: it needs no nursery and ends with the run
+        if not self._running:  # in the file system's background (fs/background.py)
             self._running = True
-            trio.lowlevel.spawn_system_task(self.run)
+            self._spawn(self.run)
         self._wake.set()
 
     def deferred(self, oid: int) -> bool:
@@ -357,7 +384,7 @@ class WriteBack:
                 means"); else (a ``hard`` mount's retry) they stay held back.
         """
         await self._send_entries(float("inf"), parent)
-        creates = [] if self.send_creates_in is None else await self.send_creates_in(parent)
+        creates = await self._senders.send_creates_in(parent)
         await self._send_unlinks([u for u, _ in list(self._unlinks.values()) if u.parent == parent])
         if parent in self._touches:
             await self._send_touches([parent])
@@ -388,38 +415,34 @@ class WriteBack:
         log.warning("directory fsync answered EIO, its held-back changes dropped: %s", e)
         for p in creates:
             self.sent(p.oid)
-            if self.drop_create is not None:
-                self.drop_create(p, e)
+            self._senders.drop_create(p, e)
         for kind, u in entries:
-            dropper = self.entry_droppers.get(kind)
-            if dropper is not None:
-                dropper(u, e)
+            self._senders.drop_entry(kind, u, e)
         for u in unlinks:
             self._unlinks.pop(u.oid, None)
-            if self.drop_unlink is not None:
-                self.drop_unlink(u, e)
+            self._senders.drop_unlink(u, e)
         if touched is not None:
             self.touch_sent(touched)
 
     async def _send_touches(self, parents: list[int]) -> None:
-        if not parents or self.send_touches is None:
+        if not parents:
             return
         for parent in parents:  # (one the cluster does not answer is put back)
             self._touches.pop(parent, None)
         try:
-            await self.send_touches(parents)
+            await self._senders.send_touches(parents)
         except Exception as e:  # noqa: BLE001 - a background task must go on
             log.warning("write-back of directory times %s: %s", parents, e)
             for parent in parents:
                 self._touches.setdefault(parent, trio.current_time() + LEASE_MARGIN)
 
     async def _send_unlinks(self, us: list[PendingUnlink]) -> None:
-        if not us or self.send_unlinks is None:
+        if not us:
             return
         for u in us:  # (one the cluster does not answer is put back: retry_unlink)
             self._unlinks.pop(u.oid, None)
         try:
-            await self.send_unlinks(us)
+            await self._senders.send_unlinks(us)
             self.stats["unlinks_written_back"] += len(us)
         except Exception as e:  # noqa: BLE001 - a background task must go on
             log.warning("write-back of removals %s: %s", [u.name for u in us], e)
@@ -439,7 +462,7 @@ class WriteBack:
         async def one(group: list[PendingCreate], limiter: trio.CapacityLimiter) -> None:
             async with limiter:
                 try:
-                    await self._send(group)
+                    await self._senders.send_creates(group)
                     self.stats["written_back"] += len(group)
                 except Exception as e:  # noqa: BLE001 - a background task must go on
                     log.warning("write-back of %s: %s", [p.name for p in group], e)

@@ -9,7 +9,7 @@ its leased listing), and the removal sent later (:class:`PendingUnlinks`), sever
 directory in one ``fs.unlinkmany`` update:
 
 - **When**: by its *due* time (``commit`` seconds, or the lease's end less a margin:
-  :class:`~bftfs.fs.writeback.WriteBack` keeps both), at ``fsync`` of the directory, at
+  :class:`~bftfs.fs.writeback.schedule.WriteBack` keeps both), at ``fsync`` of the directory, at
   unmount, and before any call that must follow it (:meth:`PendingUnlinks.before`): one on
   the removed object, one about the removed name, and any other call on the directory but
   a lookup or an update of another name (a listing, the directory's attributes, the
@@ -49,7 +49,7 @@ from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.meta import ENTRY_METHODS, Meta, OutOfDate
 from bftfs.fs.reclaim import Reclaimer
-from bftfs.fs.writeback import PendingUnlink, WriteBack
+from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -97,43 +97,46 @@ class PendingUnlinks:
         meta: Meta,
         cache: MetadataCache,
         reclaimer: Reclaimer,
+        writeback: WriteBack,
         *,
         is_pending_create: Callable[[int], bool],
         is_deferred_create: Callable[[int], bool],
         make_creates: Callable[[list[int]], Awaitable[None]],
-        cancellable: Callable[[int], bool] = lambda _oid: False,
-        cancel: Callable[[int], None] = lambda _oid: None,
+        cancellable: Callable[[int], bool],
+        cancel: Callable[[int], None],
+        discard_held: Callable[[int], bool],
+        made_dir: Callable[[int], Awaitable[None]],
     ) -> None:
-        """``is_pending_create``: whether an object's create is not sent yet;
-        ``is_deferred_create``: whether it waits in directory write-back, closed (its
-        removal may then wait too); ``make_creates``: sends the creates of objects
-        whose removals go now (a removal reaching the servers before its create would
-        be refused, and the file made after it); ``cancellable`` and ``cancel``: whether
-        an object's create may be dropped with its file, and drop it (a create and its
-        removal that cancel, ``PendingCreates.cancellable``)."""
+        """``writeback``: keeps the due times and sends when due; ``is_pending_create``:
+        whether an object's create is not sent yet; ``is_deferred_create``: whether it
+        waits in directory write-back, closed (its removal may then wait too);
+        ``make_creates``: sends the creates of objects whose removals go now (a removal
+        reaching the servers before its create would be refused, and the file made after
+        it); ``cancellable`` and ``cancel``: whether an object's create may be dropped
+        with its file, and drop it (a create and its removal that cancel,
+        ``PendingCreates.cancellable``); ``discard_held``: drops a closed file this mount
+        holds exclusively, its buffered writes with it, when this removal is its last
+        name (``HeldFiles.discard``); ``made_dir``: sends the mkdir of a directory and the
+        renames in it if they wait in write-back (``fs/writeback/mkdirs.py``,
+        ``fs/writeback/renames.py``): a directory's removals and times go after them, and
+        are not gated."""
         self.meta = meta
         self.cache = cache
         self.reclaimer = reclaimer
+        self.writeback = writeback
         self._is_pending_create = is_pending_create
         self._is_deferred_create = is_deferred_create
         self._make_creates = make_creates
         self._cancellable = cancellable
         self._cancel = cancel
+        self._discard_held = discard_held
+        self._made_dir = made_dir
         #: Directories where a create and its removal cancelled -> the time (ns, client
         #: clock) their mtime and ctime must reach: sent by write-back, unless a removal
         #: there taken later carries a time at least as late (:meth:`_taken`).
         self._touches: dict[int, int] = {}
         self._by_dir: dict[int, dict[bytes, PendingUnlink]] = {}
         self._by_oid: dict[int, PendingUnlink] = {}
-        #: Due times and the background sender (set by ``FileSystem`` with write-back).
-        self.writeback: WriteBack | None = None
-        #: Drops a closed file this mount holds exclusively, its buffered writes with it,
-        #: when this removal is its last name (``HeldFiles.discard``).
-        self.discard_held: Callable[[int], bool] | None = None
-        #: Sends the mkdir of a directory and the renames in it if they wait in write-back
-        #: (``fs/mkdirback.py``, ``fs/renameback.py``; set with them): a directory's
-        #: removals and times go after them, and are not gated.
-        self.made_dir: Callable[[int], Awaitable[None]] | None = None
 
     def holds_back(self) -> bool:
         return bool(self._by_oid or self._touches)
@@ -145,20 +148,19 @@ class PendingUnlinks:
         """Whether ``unlink(parent, name)`` of ``oid`` (type ``code``) is left to write-back:
         then it is done in this mount's view now and sent later (module docstring)."""
         wb = self.writeback
-        if wb is None or code == obj.DIR_TYPE or oid in self._by_oid or parent == oid:
+        if code == obj.DIR_TYPE or oid in self._by_oid or parent == oid:
             return False
         f = self.cache.files.get(oid)
         if f is not None and f.opens:
             return False
         if self._cancellable(oid) and self.touch(parent):
-            if self.discard_held is not None:
-                self.discard_held(oid)
+            self._discard_held(oid)
             self._cancel(oid)
             self._gone_here(parent, name, oid)
             wb.stats["creates_cancelled"] += 1
             return True
-        if f is not None and self.discard_held is not None and self.discard_held(oid):
-            f = None  # its buffered writes went with it (fs/heldfiles.py)
+        if f is not None and self._discard_held(oid):
+            f = None  # its buffered writes went with it (fs/writeback/held.py)
         if f is not None and f.st.get("nl", 1) > 1:
             # Another name still leads to the file: its link count drops, and a held
             # file's kept attributes (which answer its stat) would keep the old one.
@@ -184,8 +186,7 @@ class PendingUnlinks:
         servers by write-back (a change of it that no update sends: a create and its
         removal that cancelled, a rename of a create that waits,
         ``PendingCreates.rename_deferred``); False when write-back cannot hold one more."""
-        wb = self.writeback
-        if wb is None or not wb.defer_touch(parent):
+        if not self.writeback.defer_touch(parent):
             return False
         now = self.meta.now()
         self._touches[parent] = max(now, self._touches.get(parent, 0))
@@ -272,8 +273,7 @@ class PendingUnlinks:
             await event.wait()
 
     async def _send_batch(self, us: list[PendingUnlink]) -> None:
-        if self.made_dir is not None:
-            await self.made_dir(us[0].parent)
+        await self._made_dir(us[0].parent)
         if len(us) > 1:
             parent = us[0].parent
             items = [{"o": u.oid, "name": u.name, "now": u.now} for u in us]
@@ -287,8 +287,7 @@ class PendingUnlinks:
             else:
                 for u, s in zip(us, stats, strict=True):
                     await self._taken(u, s, pst)
-                if self.writeback is not None:
-                    self.writeback.stats["unlink_write_back_updates"] += 1
+                self.writeback.stats["unlink_write_back_updates"] += 1
                 return
         for u in us:
             await self._send_one(u)
@@ -299,8 +298,7 @@ class PendingUnlinks:
             s, pst = await self.meta.update_now([u.parent, u.oid], "fs.unlink", arg)
         except Unavailable as e:
             log.warning("removal of %r not sent yet (again in %g s): %s", u.name, RESEND, e)
-            if self.writeback is not None:
-                self.writeback.retry_unlink(u, RESEND)
+            self.writeback.retry_unlink(u, RESEND)
             return
         except (FsError, OutOfDate) as e:  # the name is gone or names another object: lost race
             log.info("removal of %r dropped: %s", u.name, e)
@@ -317,8 +315,7 @@ class PendingUnlinks:
             t = self._touches.get(parent)
             if t is None:
                 continue  # a removal carried it meanwhile
-            if self.made_dir is not None:
-                await self.made_dir(parent)
+            await self._made_dir(parent)
             try:
                 s = await self.meta.update_now([parent], "fs.setattr", {"touch": t, "now": t})
             except Unavailable:
@@ -329,15 +326,13 @@ class PendingUnlinks:
                 self.cache.own_stat(parent, s)
             if self._touches.get(parent) == t:
                 del self._touches[parent]
-                if self.writeback is not None:
-                    self.writeback.touch_sent(parent)
+                self.writeback.touch_sent(parent)
 
     async def _taken(self, u: PendingUnlink, s: dict[str, Any], pst: dict[str, Any]) -> None:
         t = self._touches.get(u.parent)
         if t is not None and u.now >= t:  # the directory's times are at least as late
             del self._touches[u.parent]
-            if self.writeback is not None:
-                self.writeback.touch_sent(u.parent)
+            self.writeback.touch_sent(u.parent)
         self._forget(u)
         self.cache.own_stat(u.oid, s)
         self.cache.own_stat(u.parent, pst)
@@ -364,6 +359,5 @@ class PendingUnlinks:
             del names[u.name]
             if not names:
                 del self._by_dir[u.parent]
-        if self.writeback is not None:
-            self.writeback.unlink_sent(u.oid)
+        self.writeback.unlink_sent(u.oid)
         u.done.set()

@@ -20,8 +20,8 @@ holding began (:meth:`HeldFiles.holds_current`):
   on the file (the gate: ``CallOrder.before_call``), before the lease is released (a
   recall: the release is a gated update on the file) and at unmount.  A reopen writes
   into the same buffered state.  Bounds as for deferred creates: files of at most
-  :data:`bftfs.fs.writeback.MAX_FILE`, at most :data:`bftfs.fs.writeback.MAX_BYTES`
-  buffered at once.
+  :data:`bftfs.fs.writeback.schedule.MAX_FILE`, at most
+  :data:`bftfs.fs.writeback.schedule.MAX_BYTES` buffered at once.
 - **A crash** of the mount loses the writes of the last ``commit`` seconds that no
   ``fsync`` covered, as a local file system's crash does; the servers keep the file as
   it was before them.
@@ -37,7 +37,7 @@ import trio
 
 from bftfs.fs.files import OpenFile
 from bftfs.fs.leases import Leases
-from bftfs.fs.writeback import LEASE_MARGIN, MAX_BYTES, MAX_FILE
+from bftfs.fs.writeback.schedule import LEASE_MARGIN, MAX_BYTES, MAX_FILE
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,20 @@ class HeldFiles:
         files: dict[int, OpenFile],
         flush: Callable[[OpenFile], Awaitable[None]],
         flush_many: Callable[[list[OpenFile]], Awaitable[set[int]]] | None = None,
+        *,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
     ) -> None:
         """``files``: the mount's open and cached files (``MetadataCache.files``), where a
         kept file stays; ``flush``: sends a file's buffered writes (``Handles._flush_file``);
         ``flush_many``: sends several small files' at once, answering those it sent
-        (``fs/inlinebatch.py``)."""
+        (``fs/writeback/writemany.py``); ``spawn``: starts a background task (the write-back
+        and lease-renewal sweeps: ``Background.spawn``)."""
         self.leases = leases
         self.commit = commit
         self.files = files
         self._flush = flush
         self._flush_many = flush_many
+        self._spawn = spawn
         #: Closed files kept, least recently closed first, with the bytes each keeps.
         self._kept: OrderedDict[int, int] = OrderedDict()
         self._kept_bytes = 0
@@ -131,7 +135,7 @@ class HeldFiles:
         self._used[ino] = trio.current_time()
         if not self._renewing:
             self._renewing = True
-            trio.lowlevel.spawn_system_task(self.renew_used)
+            self._spawn(self.renew_used)
 
     def _unkeep(self, ino: int) -> None:
         self._kept_bytes -= self._kept.pop(ino, 0)
@@ -180,9 +184,9 @@ class HeldFiles:
         self._use(f.ino)
         self._due[f.ino] = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
         self.stats["held_closes"] += 1
-        if not self._running:  # a system task: it needs no nursery and ends with the run
+        if not self._running:  # in the file system's background (fs/background.py)
             self._running = True
-            trio.lowlevel.spawn_system_task(self.run)
+            self._spawn(self.run)
         self._wake.set()
         return True
 

@@ -8,11 +8,11 @@ answered at once (:meth:`PendingMkdirs.defer`): the object id is drawn here, the
 directory's attributes are computed by the servers' own code
 (``fsobjects.made_dir_stat``), its name enters the leased listing, and it comes leased
 to this mount with its listing known whole (empty), as a mkdir sent with the lease
-inherited does.  What is then made in it waits in write-back too (``fs/writeback.py``).
+inherited does.  What is then made in it waits in write-back too (``fs/writeback/schedule.py``).
 The ``fs.mkdir`` itself (with the lease inherited, while the parent is held) is sent:
 
 - **When**: by its *due* time (``commit`` seconds, or the lease's end less a margin:
-  :class:`~bftfs.fs.writeback.WriteBack` keeps it), at ``fsync`` of a directory, at
+  :class:`~bftfs.fs.writeback.schedule.WriteBack` keeps it), at ``fsync`` of a directory, at
   unmount, and before any call that must follow it (:meth:`PendingMkdirs.before`): one on
   the new directory (a create, listing, attribute change, lease or recall of it, and the
   update sending what was made in it: ``CreateSender`` and ``PendingUnlinks`` ask
@@ -28,7 +28,7 @@ The ``fs.mkdir`` itself (with the lease inherited, while the parent is held) is 
 - **A refusal** when sent (only possible once the lease lapsed: the name taken meanwhile,
   space or quota) makes the directory unmade: its inode answers ESTALE, the name is
   forgotten, and what was made in it fails when sent (the same fate as a create that
-  fails for good, ``fs/writebehind.py``).  No answer from the cluster keeps it pending and
+  fails for good, ``fs/writeback/creates.py``).  No answer from the cluster keeps it pending and
   tries again.
 - **A crash** of the mount loses the mkdirs of the last ``commit`` seconds with what was
   made in them, the promise a local file system makes for what was not ``fsync``ed.
@@ -49,14 +49,14 @@ from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable, from_refusal
 from bftfs.fs.leasedanswers import made_entries
 from bftfs.fs.meta import IdTaken, Meta, OutOfDate
-from bftfs.fs.sendonce import SendOnce
-from bftfs.fs.unlinkback import about_another_entry
+from bftfs.fs.writeback.once import SendOnce
+from bftfs.fs.writeback.unlinks import about_another_entry
 from bftfs.fsobjects.leases import INHERIT
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
     from bftfs.fs.leases import Leases
-    from bftfs.fs.writeback import WriteBack
+    from bftfs.fs.writeback.schedule import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +109,17 @@ class PendingMkdirs:
         writeback: WriteBack,
         *,
         held_name: Callable[[int, bytes], bool],
+        renames_in: Callable[[int], Awaitable[None]],
     ) -> None:
+        """``renames_in``: sends the renames held back in a directory
+        (``PendingRenames.made_in``): a mkdir of a name a rename moved away goes after it."""
         self.meta = meta
         self.cache = cache
         self.writeback = writeback
         self._held_name = held_name
+        self._renames_in = renames_in
         self._by_oid: dict[int, PendingMkdir] = {}
         self._by_dir: dict[int, dict[bytes, PendingMkdir]] = {}
-        #: Sends the renames held back in a directory (``PendingRenames.made_in``, set
-        #: with them): a mkdir of a name a rename moved away goes after it.
-        self.renames_in: Callable[[int], Awaitable[None]] | None = None
 
     def holds_back(self) -> bool:
         return bool(self._by_oid)
@@ -227,8 +228,7 @@ class PendingMkdirs:
             if not mine:
                 return
             await self.made(m.parent)  # a pending directory's own mkdir first
-            if self.renames_in is not None:
-                await self.renames_in(m.parent)
+            await self._renames_in(m.parent)
             await self._send_now(m)
 
     async def _send_now(self, m: PendingMkdir) -> None:

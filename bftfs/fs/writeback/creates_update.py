@@ -1,9 +1,9 @@
-"""Sending one pending create (write-behind, :mod:`bftfs.fs.writebehind`): the update that
+"""Sending one pending create (write-behind, :mod:`bftfs.fs.writeback.creates`): the update that
 makes it, and what a send finds when it is not the first - another client's file under
 the name (collided: open that file and move the writes onto it), or an earlier send of its
 own that a later round completed (made before), or a refusal for space that was
 nevertheless established (settled made).  The rules are in the docstring of
-:mod:`bftfs.fs.writebehind`; this module is the mechanism.
+:mod:`bftfs.fs.writeback.creates`; this module is the mechanism.
 """
 
 from __future__ import annotations
@@ -63,10 +63,6 @@ class PendingCreate:
     resend_at: float = 0.0
 
 
-async def _nothing(_oid: int) -> None:
-    return None
-
-
 class CreateSender:
     """Makes a pending create on the servers (:meth:`send_now`).  Given the protocol calls,
     the cache, the handle table, the flush engine, how to open another client's file as a
@@ -81,7 +77,11 @@ class CreateSender:
         engine: FlushEngine,
         open_existing: OpenExisting,
         moved: dict[int, OpenFile],
+        made_parent: Callable[[int], Awaitable[None]],
     ) -> None:
+        """``made_parent``: sends the mkdir of a directory and the renames in it if they
+        wait in write-back (``fs/writeback/mkdirs.py``, ``fs/writeback/renames.py``): a
+        create in it goes after them, and is not gated."""
         self.meta = meta
         self.cache = cache
         self.table = table
@@ -91,15 +91,12 @@ class CreateSender:
         self.lease_token = meta.lease_token
         #: (``CreateTable.moved_files``: a create that met another client's file -> that file)
         self._moved = moved
-        #: Sends the mkdir of a directory and the renames in it if they wait in write-back
-        #: (``fs/mkdirback.py``, ``fs/renameback.py``; set with them): a create in it goes
-        #: after them, and is not gated.
-        self.made_parent: Callable[[int], Awaitable[None]] = _nothing
+        self._made_parent = made_parent
 
     async def send_now(self, p: PendingCreate) -> None:
         """One update making ``p``; on a name another client made meanwhile, open that
         file instead (:meth:`collided`)."""
-        await self.made_parent(p.parent)
+        await self._made_parent(p.parent)
         for _ in range(MAX_ATTEMPTS):
             f = self.cache.files.get(p.oid)
             try:
@@ -179,7 +176,7 @@ class CreateSender:
 
     def _inherit(self, parent: int, arg: dict[str, Any]) -> bool:
         """Ask, in a create's ``arg``, that its new files come leased to this mount, when it
-        holds ``parent`` exclusively (``fs/heldfiles.py``); whether it asked."""
+        holds ``parent`` exclusively (``fs/writeback/held.py``); whether it asked."""
         leases = self.meta.leases
         if leases is None or leases.exclusive_left(parent) <= 0:
             return False
@@ -192,12 +189,12 @@ class CreateSender:
 
     async def send_many(self, ps: list[PendingCreate]) -> None:
         """``fs.createmany``: several files of one directory in one update (directory
-        write-back, ``fs/writeback.py``), a small one with its content, a bigger one
+        write-back, ``fs/writeback/schedule.py``), a small one with its content, a bigger one
         empty and with the write lease, so that its blocks (written next, by the caller:
         ``CreateSends._write_back_closed``) need no ``fs.lock``; all made, or none (the
         caller then sends each alone, where every special case is handled)."""
         parent = ps[0].parent
-        await self.made_parent(parent)
+        await self._made_parent(parent)
         files = [self.cache.files[p.oid] for p in ps]
         made = [self._item(p, f) for p, f in zip(ps, files, strict=True)]
         items = [{k: v for k, v in arg.items() if k != "p"} for arg, _ in made]

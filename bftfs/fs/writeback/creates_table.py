@@ -1,34 +1,54 @@
 """The creates this mount answered and has not made: pending, failed for good, or moved onto
-another client's file (write-behind, ``fs/writebehind.py``).
+another client's file (write-behind, ``fs/writeback/creates.py``).
 
 State only, no calls to the servers: the rules that add a create are
-:class:`~bftfs.fs.writebehind.PendingCreates`', the gate that sends what a call must follow
-is ``fs/callorder.py``, the sending ``fs/createsends.py`` and ``fs/createsend.py``.  Each of
-them reads and changes the creates here, below them all, so none calls back up to the
+:class:`~bftfs.fs.writeback.creates.PendingCreates`', the gate that sends what a call must
+follow is ``fs/callorder.py``, the sending ``creates_sending.py`` and ``creates_update.py``.
+Each of them reads and changes the creates here, below them all, so none calls back up to the
 part that made the create.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from bftfs.fs.caches import MetadataCache
-from bftfs.fs.createsend import MOVED_LIMIT, PendingCreate
 from bftfs.fs.errors import FsError
 from bftfs.fs.files import OpenFile
+from bftfs.fs.writeback.creates_update import MOVED_LIMIT, PendingCreate
 
 if TYPE_CHECKING:
-    from bftfs.fs.heldfiles import HeldFiles
-    from bftfs.fs.unlinkback import PendingUnlinks
-    from bftfs.fs.writeback import WriteBack
+    from bftfs.fs.writeback.held import HeldFiles
+    from bftfs.fs.writeback.schedule import WriteBack
+    from bftfs.fs.writeback.unlinks import PendingUnlinks
+
+
+class HoldsBack(Protocol):
+    """The other parts that hold work back with the creates (``Outbox`` in
+    ``fs/writeback/outbox.py``; each None without directory write-back)."""
+
+    @property
+    def writeback(self) -> WriteBack | None:
+        """Directory write-back (``fs/writeback/schedule.py``; None: every close sends)."""
+
+    @property
+    def unlinks(self) -> PendingUnlinks | None:
+        """Removals held back with the creates (``fs/writeback/unlinks.py``), which calls
+        follow too."""
+
+    @property
+    def held(self) -> HeldFiles | None:
+        """The files this mount holds exclusively (``fs/writeback/held.py``): their
+        buffered writes go before any call on them."""
 
 
 class CreateTable:
-    """The pending, failed and moved creates of one mount, and the other parts that hold
-    work back with them (set by the file system with directory write-back)."""
+    """The pending, failed and moved creates of one mount, and (``others``) the other
+    parts that hold work back with them."""
 
-    def __init__(self, cache: MetadataCache) -> None:
+    def __init__(self, cache: MetadataCache, others: HoldsBack) -> None:
         self.cache = cache
+        self._others = others
         #: Directory id -> {name: pending create}.
         self._pending: dict[int, dict[bytes, PendingCreate]] = {}
         #: New object id -> its pending create.
@@ -41,13 +61,21 @@ class CreateTable:
         self._failed: dict[int, tuple[FsError, PendingCreate]] = {}
         # (The object ids of creates that failed for good, ``cache.unmade``, and the
         # directories' modes, ``cache.dir_modes``, are kept by the cache.)
-        #: Directory write-back (``fs/writeback.py``; None: every close sends).
-        self.writeback: WriteBack | None = None
-        #: Removals held back with the creates (``fs/unlinkback.py``), which calls follow too.
-        self.unlinks: PendingUnlinks | None = None
-        #: The files this mount holds exclusively (``fs/heldfiles.py``): their buffered
-        #: writes go before any call on them.
-        self.held: HeldFiles | None = None
+
+    @property
+    def writeback(self) -> WriteBack | None:
+        """Directory write-back (:class:`HoldsBack`)."""
+        return self._others.writeback
+
+    @property
+    def unlinks(self) -> PendingUnlinks | None:
+        """Removals held back (:class:`HoldsBack`)."""
+        return self._others.unlinks
+
+    @property
+    def held(self) -> HeldFiles | None:
+        """Files held exclusively (:class:`HoldsBack`)."""
+        return self._others.held
 
     def add(self, p: PendingCreate) -> None:
         """``p`` is pending now."""
