@@ -58,11 +58,9 @@ from bftfs.qu.classify import (
     ObjectClass,
     OpType,
     QUThresholds,
-    Setup,
     View,
     classify,
     missing_objects,
-    setup_from_classes,
 )
 from bftfs.qu.clocks import ClockAhead, clock_off
 from bftfs.qu.history import (
@@ -82,6 +80,7 @@ from bftfs.qu.reply import Reply
 from bftfs.qu.request import Link, Operation, Request
 from bftfs.qu.retention import retain
 from bftfs.qu.serverconfig import ReplicaConfig
+from bftfs.qu.setup import Setup, setup_from_classes
 from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
 
 
