@@ -38,6 +38,11 @@ class Setup:
     current: Mapping[int, Timestamp]  # per object: LTcurrent for the currency check
     classes: Mapping[int, ObjectClass]
 
+    def at(self) -> tuple[Timestamp, ...]:
+        """The candidates' conditioned-on timestamps, by object id: the versions a reply's
+        answer was computed on (``Reply.at``)."""
+        return tuple(self.candidates[oid].lt_co for oid in sorted(self.candidates))
+
 
 def request_type(classes: Mapping[int, ObjectClass]) -> OpType:
     """The type of a (multi-object) request: METHOD only if every object says METHOD, COPY
