@@ -23,10 +23,11 @@ versions and the stored answer are written atomically (L2512-2514).  Step by ste
    missing the step returns :class:`NeedSync` naming the host servers (those listing it in
    the OHS) and the caller fetches it from b+1 matching hosts and calls the step again.
 8. **Method / copy / barrier** (lines 1017-1021, 1105-1117), then the atomic write with
-   **pruning** (line 1028, :mod:`bftfs.qu.accept`): a METHOD's LT_CO was complete, so candidates older than it are
-   dropped from the history (Table 4.1 shows exactly this); barriers and copies prune
-   nothing.  Versions themselves stay, addressable by timestamp, unless the retention
-   setting allows deleting ones older than the history (``retention.py``).
+   **pruning** (line 1028, :mod:`bftfs.qu.accept`): a METHOD's LT_CO was complete, so
+   candidates older than it are dropped from the history (Table 4.1 shows exactly this);
+   barriers and copies prune nothing.  Versions themselves stay, addressable by timestamp,
+   unless the retention setting allows deleting ones older than the history
+   (``retention.py``).
 
 Two choices where the seed is silent:
 
