@@ -225,17 +225,6 @@ def init_cluster(
     )
     if config_path(home).exists() and not force:
         raise ClusterError(f"a cluster already exists in {home} (use --force to replace it)")
-    if addresses:
-        if len(addresses) != n_:
-            raise ConfigError(f"{len(addresses)} node addresses given for {n_} nodes")
-        if len(set(addresses)) != len(addresses):
-            raise ConfigError("two nodes have the same address")
-        hosts, ports = [h for h, _ in addresses], [p for _, p in addresses]
-    else:
-        ports = ports or cluster_ports(home, n_, host)
-        hosts = [host] * n_
-    if len(ports) != n_:
-        raise ConfigError(f"{len(ports)} ports given for {n_} nodes")
     node_ids = [Identity.generate(NodeId(i)) for i in range(n_)]
     client_ids = [Identity.generate(client_id(k)) for k in range(clients)]
     volume = VolumeKey.generate() if seal else None
@@ -249,10 +238,7 @@ def init_cluster(
         map_size=map_size,
         durable=durable,
         engine=engine,
-        nodes=tuple(
-            NodeSpec(NodeId(i), hosts[i], ports[i], node_ids[i].public, home / f"node{i}")
-            for i in range(n_)
-        ),
+        nodes=_node_specs(home, host, ports, addresses, node_ids),
         clients=tuple(
             ClientSpec(client_id(k), f"client{k}", client_ids[k].public) for k in range(clients)
         ),
@@ -266,6 +252,51 @@ def init_cluster(
         metrics=metrics or MetricsConfig(),
         admin_key=admin.public,
     ).validate()
+    _write(home, cfg, admin, volume, node_ids, client_ids)
+    return cfgmod.load(config_path(home))
+
+
+def _node_specs(
+    home: Path,
+    host: str,
+    ports: list[int] | None,
+    addresses: Sequence[tuple[str, int]] | None,
+    idents: list[Identity],
+) -> tuple[NodeSpec, ...]:
+    """The nodes of :func:`init_cluster`, one per identity: at ``addresses`` if given, else
+    on ``host`` at ``ports`` (default: :func:`cluster_ports`); data under ``home``.
+
+    Raises:
+        ConfigError: not one distinct address per node.
+    """
+    n = len(idents)
+    if addresses:
+        if len(addresses) != n:
+            raise ConfigError(f"{len(addresses)} node addresses given for {n} nodes")
+        if len(set(addresses)) != len(addresses):
+            raise ConfigError("two nodes have the same address")
+        hosts, ports = [h for h, _ in addresses], [p for _, p in addresses]
+    else:
+        ports = ports or cluster_ports(home, n, host)
+        hosts = [host] * n
+    if len(ports) != n:
+        raise ConfigError(f"{len(ports)} ports given for {n} nodes")
+    return tuple(
+        NodeSpec(NodeId(i), hosts[i], ports[i], idents[i].public, home / f"node{i}")
+        for i in range(n)
+    )
+
+
+def _write(
+    home: Path,
+    cfg: ClusterConfig,
+    admin: AdminKey,
+    volume: VolumeKey | None,
+    node_ids: list[Identity],
+    client_ids: list[Identity],
+) -> None:
+    """Write the new cluster directory ``home`` of the validated ``cfg``: the keys, the
+    first view, each node's data directory, ``cluster.toml``."""
     home.mkdir(parents=True, exist_ok=True)
     # The administrator key stays here, in the operator's directory: no bundle carries it.
     admin.save(cfg.admin_key_path)
@@ -278,7 +309,6 @@ def init_cluster(
     for client, ident in zip(cfg.clients, client_ids, strict=True):
         ident.save(cfg.client_key_path(client.name))
     cfgmod.save(cfg, config_path(home))
-    return cfgmod.load(config_path(home))
 
 
 def add_client(cfg: ClusterConfig, path: Path, name: str) -> ClientSpec:

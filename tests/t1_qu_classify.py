@@ -19,10 +19,10 @@ from bftfs.qu.classify import (
     established_answer_point,
     inline_target,
     missing_objects,
-    setup,
     stray_holders,
 )
 from bftfs.qu.history import OHSEntry, make_rh, multi_ohs_digest, rh_from_wire, rh_wire
+from bftfs.qu.setup import setup
 from bftfs.qu.timestamp import (
     INITIAL,
     ZERO,

@@ -29,7 +29,8 @@ from bftfs.qu.retention import drop_requests, prune_step
 from bftfs.qu.schema import load_request, load_rh
 from bftfs.qu.tombstones import tombstone_target
 from bftfs.rw import collect, replica
-from bftfs.rw.lazy import gc_plan, squeezed
+from bftfs.rw.gcplan import gc_plan
+from bftfs.rw.lazy import squeezed
 from bftfs.rw.messages import BlockId, ReadRequest, WriteRequest
 from bftfs.rw.timestamp import MAX_WRITER, Timestamp
 from bftfs.thinning import DAY_NS, HOUR_NS

@@ -15,13 +15,13 @@ from bftfs import erasure
 from bftfs.kv import MemoryKV
 from bftfs.policy import PolicyError, RetentionPolicy, VerificationPolicy, verification_from
 from bftfs.rw import collect, replica
+from bftfs.rw.gcplan import gc_plan
 from bftfs.rw.lazy import (
     COOPERATIVE_SLACK,
     POISONOUS,
     VERIFIED,
     Backlog,
     NotifyBook,
-    gc_plan,
     responsible,
 )
 from bftfs.rw.messages import BlockId, MessageError, Notify, ReadReply, ReadRequest, WriteRequest

@@ -348,6 +348,20 @@ class ClusterConfig:
         Raises:
             ConfigError: naming the first rule broken and the numbers that break it.
         """
+        self._validate_thresholds()
+        self._validate_sizes()
+        self._validate_keys()
+        self.metrics.validate(self.n)
+        if self.map_size < MIN_MAP_SIZE:
+            raise ConfigError(
+                f"map_size must be at least {MIN_MAP_SIZE} bytes, got {self.map_size}"
+            )
+        self._validate_nodes()
+        self._validate_clients()
+        return self
+
+    def _validate_thresholds(self) -> None:
+        """The engine, and the thresholds' rules for both protocols and the erasure code."""
         t, b, n, qc, m = self.t, self.b, self.n, self.qc, self.m
         if self.engine not in ENGINES:
             raise ConfigError(
@@ -371,6 +385,9 @@ class ClusterConfig:
             raise ConfigError(why)
         if m > 256 or n > 256:
             raise ConfigError(f"zfec supports at most 256 fragments (n={n}, m={m})")
+
+    def _validate_sizes(self) -> None:
+        """Block sizes and the inline limit."""
         if not BLOCK_ALIGN <= self.block_size <= MAX_BLOCK_SIZE or self.block_size % BLOCK_ALIGN:
             raise ConfigError(
                 f"block_size must be a multiple of {BLOCK_ALIGN} bytes in "
@@ -388,6 +405,9 @@ class ClusterConfig:
             raise ConfigError(
                 f"inline_limit must be in 0..{MAX_INLINE_LIMIT} bytes, got {self.inline_limit}"
             )
+
+    def _validate_keys(self) -> None:
+        """The volume key ids and the administrator key."""
         for key_id in (self.volume_key_id, *self.previous_volume_key_ids):
             if key_id is not None and len(key_id) != VOLUME_KEY_ID_SIZE:
                 raise ConfigError(
@@ -398,11 +418,10 @@ class ClusterConfig:
             raise ConfigError("admin_key must be 64 hex digits")
         if self.previous_volume_key_ids and self.volume_key_id is None:
             raise ConfigError("previous_volume_key_ids without a volume_key_id")
-        self.metrics.validate(n)
-        if self.map_size < MIN_MAP_SIZE:
-            raise ConfigError(
-                f"map_size must be at least {MIN_MAP_SIZE} bytes, got {self.map_size}"
-            )
+
+    def _validate_nodes(self) -> None:
+        """Node ids in order, addresses distinct, ports and public keys well formed."""
+        n = self.n
         ids = [s.id for s in self.nodes]
         if ids != list(range(n)):
             raise ConfigError(f"node ids must be 0..{n - 1} in order, got {ids}")
@@ -416,6 +435,9 @@ class ClusterConfig:
                 raise ConfigError(f"node {s.id}: port {s.port} is not in 0..65535")
             if len(s.public_key) != 32:
                 raise ConfigError(f"node {s.id}: public_key must be 32 bytes (64 hex digits)")
+
+    def _validate_clients(self) -> None:
+        """Client names unique and well formed, ids (:meth:`_validate_client_ids`), keys."""
         names = [c.name for c in self.clients]
         if len(set(names)) != len(names):
             raise ConfigError(f"client names must be unique, got {names}")
@@ -428,7 +450,6 @@ class ClusterConfig:
                     f"client name {c.name!r} may only use letters, digits, - _ . "
                     "(and is not . or ..)"
                 )
-        return self
 
     def _validate_client_ids(self) -> None:
         """Every client id distinct, none a retired client's, all below ``next_client``."""

@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,35 +122,8 @@ async def serve(
         commit=options.commit,
         hard=options.hard,  # (a hard mount keeps what a call could not send: docs/fs.md)
     ) as session:
-        # fcntl and flock locks every mount sees, under a lease this mount renews
-        locks = LockManager(session.fs.meta, term=options.lock_lease)
-        if session.endpoint is not None:  # waiters are woken by the nodes' pushes
-            locks.listen(session.endpoint, list(config.node_ids))
-        # the live tree, and the snapshots read-only under its hidden /.snapshots
-        browser = SnapshotBrowser(session.fs, session.past(config), config.block_size)
-        ops = Operations(
-            browser,
-            timeout=options.attr_timeout,
-            entry_timeout=options.entry_timeout,
-            read_only=options.read_only,
-            timeo=options.timeo,
-            hard=options.hard,
-            soft=options.soft,
-            locks=locks,
-        )
-        views = session.generations.views if session.generations is not None else None
-        if views is not None:  # EACCES once b + 1 nodes refuse this client as revoked
-            ops.revoked_in = lambda: views.revoked_in
-        # default_permissions: the kernel checks modes.
-        fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs"}
-        fuse_options.add(fuse_source(config_path))
-        if options.allow_other:
-            fuse_options.add("allow_other")
-        fuse_options.update(options.kernel_flags)  # noatime, nosuid, ...: the kernel's
-        if options.read_only:
-            fuse_options.add("ro")
-        if debug:
-            fuse_options.add("debug")
+        ops, locks = _live_operations(config, options, session)
+        fuse_options = _fuse_options(config_path, options, debug, read_only=options.read_only)
         metrics = None
         if options.metrics_port is not None:
             metrics = serve_metrics(
@@ -162,28 +135,15 @@ async def serve(
         resolved = str(await trio.Path(mountpoint).resolve())  # before mounting: after, asks us
         pyfuse3.init(ops, str(mountpoint), fuse_options)
         log.info("mounted %s as %s (%s)", mountpoint, options.client, options.to_string())
+
+        async def read_ahead() -> None:
+            # After INIT's answer: the kernel sets the read-ahead to the smaller of ours and
+            # what INIT negotiated (its default) then.
+            await ops.initialised.wait()
+            set_read_ahead(resolved)
+
         try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with trio.open_nursery() as nursery:
-
-                    async def on_signal() -> None:
-                        async for sig in signals:
-                            log.info("%s received: unmounting", signal.Signals(sig).name)
-                            pyfuse3.terminate()
-                            return
-
-                    async def read_ahead() -> None:
-                        # After INIT's answer: the kernel sets the read-ahead to the
-                        # smaller of ours and what INIT negotiated (its default) then.
-                        await ops.initialised.wait()
-                        set_read_ahead(resolved)
-
-                    nursery.start_soon(on_signal)
-                    nursery.start_soon(book.run)
-                    nursery.start_soon(locks.run)
-                    nursery.start_soon(read_ahead)
-                    await pyfuse3.main()
-                    nursery.cancel_scope.cancel()
+            await _until_unmounted(book.run, locks.run, read_ahead)
         finally:
             pyfuse3.close(unmount=True)
             with trio.move_on_after(5):
@@ -196,6 +156,68 @@ async def serve(
             faults = session.faults()
             if faults:
                 log.info("faults detected per node: %s", json.dumps(faults, sort_keys=True))
+
+
+def _live_operations(
+    config: ClusterConfig, options: MountOptions, session: Session
+) -> tuple[Operations, LockManager]:
+    """A live mount's handlers over the session's file system, and its lock manager."""
+    # fcntl and flock locks every mount sees, under a lease this mount renews
+    locks = LockManager(session.fs.meta, term=options.lock_lease)
+    if session.endpoint is not None:  # waiters are woken by the nodes' pushes
+        locks.listen(session.endpoint, list(config.node_ids))
+    # the live tree, and the snapshots read-only under its hidden /.snapshots
+    browser = SnapshotBrowser(session.fs, session.past(config), config.block_size)
+    ops = Operations(
+        browser,
+        timeout=options.attr_timeout,
+        entry_timeout=options.entry_timeout,
+        read_only=options.read_only,
+        timeo=options.timeo,
+        hard=options.hard,
+        soft=options.soft,
+        locks=locks,
+    )
+    views = session.generations.views if session.generations is not None else None
+    if views is not None:  # EACCES once b + 1 nodes refuse this client as revoked
+        ops.revoked_in = lambda: views.revoked_in
+    return ops, locks
+
+
+def _fuse_options(
+    config_path: Path | None, options: MountOptions, debug: bool, *, read_only: bool
+) -> set[str]:
+    """The options ``pyfuse3.init`` mounts with (default_permissions: the kernel checks
+    modes)."""
+    fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs"}
+    fuse_options.add(fuse_source(config_path))
+    if options.allow_other:
+        fuse_options.add("allow_other")
+    fuse_options.update(options.kernel_flags)  # noatime, nosuid, ...: the kernel's
+    if read_only:
+        fuse_options.add("ro")
+    if debug:
+        fuse_options.add("debug")
+    return fuse_options
+
+
+async def _until_unmounted(*tasks: Callable[[], Awaitable[None]]) -> None:
+    """pyfuse3's request loop, with ``tasks`` beside it, until the file system is unmounted
+    or SIGTERM or SIGINT unmounts it; the tasks are then cancelled."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                async for sig in signals:
+                    log.info("%s received: unmounting", signal.Signals(sig).name)
+                    pyfuse3.terminate()
+                    return
+
+            nursery.start_soon(on_signal)
+            for task in tasks:
+                nursery.start_soon(task)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
 
 
 async def serve_past(
@@ -220,27 +242,11 @@ async def serve_past(
             hard=options.hard,
             soft=options.soft,
         )
-        fuse_options = set(pyfuse3.default_options) | {"subtype=bftfs", "ro"}
-        fuse_options.add(fuse_source(config_path))
-        if options.allow_other:
-            fuse_options.add("allow_other")
-        if debug:
-            fuse_options.add("debug")
+        fuse_options = _fuse_options(config_path, options, debug, read_only=True)
         pyfuse3.init(ops, str(mountpoint), fuse_options)
         log.info("mounted %s read-only as it was at %d ns", mountpoint, at_ns)
         try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with trio.open_nursery() as nursery:
-
-                    async def on_signal() -> None:
-                        async for sig in signals:
-                            log.info("%s received: unmounting", signal.Signals(sig).name)
-                            pyfuse3.terminate()
-                            return
-
-                    nursery.start_soon(on_signal)
-                    await pyfuse3.main()
-                    nursery.cancel_scope.cancel()
+            await _until_unmounted()
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())

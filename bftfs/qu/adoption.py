@@ -14,8 +14,9 @@ from typing import Any
 
 from bftfs.kv import KV
 from bftfs.qu import schema
+from bftfs.qu.accept import store_accepted
 from bftfs.qu.history import OHSEntry, newest
-from bftfs.qu.replica import cull, store_accepted
+from bftfs.qu.replica import cull
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import Candidate
 

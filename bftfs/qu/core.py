@@ -40,7 +40,6 @@ from bftfs.qu.classify import (
     established_answer_point,
     inline_target,
     missing_objects,
-    request_type,
     stray_holders,
 )
 from bftfs.qu.history import OHSEntry
@@ -48,6 +47,7 @@ from bftfs.qu.links import Facts, expected_setup_lt
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Request
+from bftfs.qu.setup import request_type
 from bftfs.qu.timestamp import Candidate, Timestamp
 
 MOHS = dict[int, dict[int, OHSEntry]]

@@ -29,10 +29,11 @@ import hashlib
 from collections.abc import Iterable, Mapping
 
 from bftfs.qu.canon import canonical
-from bftfs.qu.classify import QUThresholds, View, setup
+from bftfs.qu.classify import QUThresholds, View
 from bftfs.qu.history import MultiOHS, multi_ohs_digest
 from bftfs.qu.messages import MessageError
 from bftfs.qu.request import Link, Request
+from bftfs.qu.setup import setup
 from bftfs.qu.timestamp import Timestamp
 
 Facts = Mapping[tuple[int, Timestamp], Timestamp]

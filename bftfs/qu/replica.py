@@ -23,10 +23,11 @@ versions and the stored answer are written atomically (L2512-2514).  Step by ste
    missing the step returns :class:`NeedSync` naming the host servers (those listing it in
    the OHS) and the caller fetches it from b+1 matching hosts and calls the step again.
 8. **Method / copy / barrier** (lines 1017-1021, 1105-1117), then the atomic write with
-   **pruning** (line 1028): a METHOD's LT_CO was complete, so candidates older than it are
-   dropped from the history (Table 4.1 shows exactly this); barriers and copies prune
-   nothing.  Versions themselves stay, addressable by timestamp, unless the retention
-   setting allows deleting ones older than the history (``retention.py``).
+   **pruning** (line 1028, :mod:`bftfs.qu.accept`): a METHOD's LT_CO was complete, so
+   candidates older than it are dropped from the history (Table 4.1 shows exactly this);
+   barriers and copies prune nothing.  Versions themselves stay, addressable by timestamp,
+   unless the retention setting allows deleting ones older than the history
+   (``retention.py``).
 
 Two choices where the seed is silent:
 
@@ -53,16 +54,15 @@ from typing import Any
 from bftfs import accounting
 from bftfs.kv import KV
 from bftfs.qu import schema
+from bftfs.qu.accept import Synced, accept
 from bftfs.qu.canon import canonical_map, unpack
 from bftfs.qu.classify import (
     ObjectClass,
     OpType,
     QUThresholds,
-    Setup,
     View,
     classify,
     missing_objects,
-    setup_from_classes,
 )
 from bftfs.qu.clocks import ClockAhead, clock_off
 from bftfs.qu.history import (
@@ -70,8 +70,6 @@ from bftfs.qu.history import (
     ReplicaHistory,
     auth_entry_ok,
     is_initial,
-    make_authenticator,
-    make_rh,
     newest,
 )
 from bftfs.qu.links import LinkError, request_digest, verified
@@ -80,9 +78,9 @@ from bftfs.qu.objects import MethodRefused
 from bftfs.qu.reads import stored_histories
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Link, Operation, Request
-from bftfs.qu.retention import retain
 from bftfs.qu.serverconfig import ReplicaConfig
-from bftfs.qu.timestamp import INITIAL, ZERO, Candidate, Timestamp
+from bftfs.qu.setup import Setup, setup_from_classes
+from bftfs.qu.timestamp import INITIAL, ZERO, Timestamp
 
 
 @dataclass(frozen=True)
@@ -142,10 +140,6 @@ def _over_quota(
     if not accounting.over(used, grows, quota, empty=False):
         return None
     return OverQuota(used, grows, quota)
-
-
-#: Versions obtained by object sync: ``(oid, lt) -> (state, applied)``.
-Synced = Mapping[tuple[int, Timestamp], tuple[bytes | None, bytes]]
 
 
 def _stale(cfg: ReplicaConfig, oid: int, s: int, e: OHSEntry) -> bool:
@@ -295,12 +289,12 @@ def handle_request(
     # Steps 7-8: a barrier needs no version; a copy or a method needs the conditioned-on ones.
     stored = Request(req.client, req.objects, mohs, req.op, None, links)
     if su.type is OpType.BARRIER:
-        return _accept(kv, cfg, stored, su, rhs, culled, {}, {}, None, now_ns, sender)
+        return accept(kv, cfg, stored, su, rhs, culled, {}, {}, None, now_ns, sender)
     got = _conditioned_on(step, su, mohs, synced)
     if not isinstance(got, dict):
         return got
     if su.type is OpType.COPY:
-        return _accept(kv, cfg, stored, su, rhs, culled, got, synced, None, now_ns, sender)
+        return accept(kv, cfg, stored, su, rhs, culled, got, synced, None, now_ns, sender)
     op = req.op
     if op is None:  # unreachable: METHOD without operation was answered above
         return step.reply(ReplyStatus.FAIL, why="nothing to repair")
@@ -312,7 +306,7 @@ def handle_request(
     ran = _update(step, su, op, got, quota)
     if not isinstance(ran, tuple):
         return ran
-    return _accept(kv, cfg, stored, su, rhs, culled, ran[0], synced, ran[1], now_ns, sender)
+    return accept(kv, cfg, stored, su, rhs, culled, ran[0], synced, ran[1], now_ns, sender)
 
 
 @dataclass(frozen=True)
@@ -408,7 +402,7 @@ def _moved(step: _Step, su: Setup) -> Reply | None:
         return None
     if op.method in (MOVED_QUERIES if op.query else MOVED_EXEMPT):
         return None
-    return step.reply(ReplyStatus.REFUSED, why="moved", at=_at(su))
+    return step.reply(ReplyStatus.REFUSED, why="moved", at=su.at())
 
 
 def _not_method(step: _Step, su: Setup) -> Reply | None:
@@ -430,7 +424,7 @@ def _repeated(step: _Step, su: Setup) -> Reply | None:
         done = schema.version_accepted(step.kv, oid, su.lt)
         if done is not None:
             kind, answer = done
-            return step.reply(ReplyStatus.OK, type=kind, lt=su.lt, answer=answer, at=_at(su))
+            return step.reply(ReplyStatus.OK, type=kind, lt=su.lt, answer=answer, at=su.at())
     return None
 
 
@@ -449,7 +443,7 @@ def _conditioned_on(
         if req.op is not None and (x is None or lt_co == ZERO) and schema.is_forgotten(kv, oid):
             # A forgotten object: the version an operation on it would need is gone from
             # every server (no object sync can find it), and its id is never an object again.
-            return step.reply(ReplyStatus.REFUSED, why="forgotten", at=_at(su))
+            return step.reply(ReplyStatus.REFUSED, why="forgotten", at=su.at())
         if x is None:
             hosts = tuple(
                 s
@@ -484,8 +478,8 @@ def _query(
         applied = {oid: got[oid][1] for oid in step.req.objects}
         answer = step.cfg.registry.query(op.method, states, op.arg, step.req.client, applied)
     except MethodRefused as e:
-        return step.reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
-    return step.reply(ReplyStatus.OK, type=OpType.METHOD.value, answer=answer, at=_at(su))
+        return step.reply(ReplyStatus.REFUSED, why=e.code, at=su.at())
+    return step.reply(ReplyStatus.OK, type=OpType.METHOD.value, answer=answer, at=su.at())
 
 
 def _update(
@@ -509,7 +503,7 @@ def _update(
         try:
             new_states, answer = step.cfg.registry.update(op.method, states, op.arg, req.client)
         except MethodRefused as e:
-            return step.reply(ReplyStatus.REFUSED, why=e.code, at=_at(su))
+            return step.reply(ReplyStatus.REFUSED, why=e.code, at=su.at())
         if req.client == step.sender:  # an inline repair is never refused
             old = {o: got[o][0] for o in objects}
             refused = _over_quota(step.kv, step.sender, quota, old, new_states)
@@ -519,7 +513,7 @@ def _update(
     if installed is not None:
         table = _installed_table(installed)
         if table is None:
-            return step.reply(ReplyStatus.REFUSED, why="invalid", at=_at(su))
+            return step.reply(ReplyStatus.REFUSED, why="invalid", at=su.at())
         tables = dict.fromkeys(objects, table)
     applied = {}
     for oid in objects:
@@ -560,87 +554,3 @@ def _installed_table(blob: Any) -> dict[int, Any] | None:
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1 << 64:
             return None
     return table
-
-
-def _at(su: Setup) -> tuple[Timestamp, ...]:
-    return tuple(su.candidates[oid].lt_co for oid in sorted(su.candidates))
-
-
-def _accept(
-    kv: KV,
-    cfg: ReplicaConfig,
-    req: Request,
-    su: Setup,
-    rhs: dict[int, ReplicaHistory],
-    culled: tuple[tuple[int, ...], ...],
-    results: Mapping[int, tuple[bytes | None, bytes]],
-    synced: Synced,
-    answer: Any,
-    now_ns: int = 0,
-    owner: int | None = None,
-) -> Reply:
-    """Lines 1024-1030: add the candidate, prune, re-authenticate and store, atomically.
-
-    ``req`` is the request as this server interpreted it (culled OHS, no evidence): what an
-    inline repairer re-sends.  For a copy, ``results`` holds the versions copied forward.
-    Everything written is charged to ``owner``, the request's sender.
-    """
-    kind = su.type.value
-    hist = []
-    for oid in sorted(rhs):
-        cand: Candidate = su.candidates[oid]
-        _keep_synced(kv, oid, cand.lt_co, synced, now_ns, owner)
-        state, applied = results.get(oid, (None, schema.EMPTY_APPLIED))
-        version = schema.Version(
-            cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects, now_ns
-        )
-        hist.append(store_accepted(kv, cfg, oid, rhs[oid], cand, version, owner))
-    schema.store_request(kv, su.lt, req.packed(), owner)
-    return Reply(
-        ReplyStatus.OK,
-        type=kind,
-        lt=su.lt,
-        answer=answer,
-        at=_at(su),
-        hist=tuple(hist),
-        culled=culled,
-    )
-
-
-def _keep_synced(
-    kv: KV, oid: int, lt_co: Timestamp, synced: Synced, now_ns: int, owner: int | None
-) -> None:
-    """Keep a synced conditioned-on version addressable by its timestamp too."""
-    key = (oid, lt_co)
-    if key in synced and schema.load_version(kv, oid, lt_co) is None:
-        s, ap = synced[key]
-        schema.store_version(
-            kv,
-            oid,
-            schema.Version(lt_co, schema.SYNCED, s, ap, None, None, False, (), now_ns),
-            owner,
-        )
-
-
-def store_accepted(
-    kv: KV,
-    cfg: ReplicaConfig,
-    oid: int,
-    rh: ReplicaHistory,
-    cand: Candidate,
-    version: schema.Version,
-    owner: int | None,
-) -> OHSEntry:
-    """What accepting ``cand`` writes for ``oid`` (lines 1024-1030, also what catch-up's
-    adoption writes): ``cand`` added to the history ``rh``, which a METHOD prunes below its
-    conditioned-on version (line 1028; barriers and copies prune nothing), re-authenticated
-    and stored with ``version``, and then retention; the new ``<RH, alpha>``."""
-    new = list(rh) + [cand]
-    if version.kind == schema.METHOD:
-        new = [c for c in new if c.lt >= cand.lt_co]
-    new_rh = make_rh(new)
-    auth = make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for)
-    schema.store_rh(kv, oid, new_rh, auth, owner)
-    schema.store_version(kv, oid, version, owner)
-    retain(kv, cfg, oid, new_rh, now_ns=version.stored_ns)
-    return OHSEntry(new_rh, auth)

@@ -246,6 +246,40 @@ class Decision:
     skipped: tuple[Timestamp, ...] = field(default=())
 
 
+def _statuses(
+    views: Mapping[int, NodeView], cand: Timestamp
+) -> tuple[tuple[int, ...], list[int], list[int]]:
+    """The nodes whose replies host ``cand`` (sorted), and those whose replies leave it
+    unknown or say it was collected, in ``views``' order."""
+    hosting: list[int] = []
+    unknown: list[int] = []
+    collected: list[int] = []
+    for view in views.values():
+        status = view.status(cand)
+        if status is HostStatus.HOSTS:
+            hosting.append(view.node)
+        elif status is HostStatus.UNKNOWN:
+            unknown.append(view.node)
+        elif status is HostStatus.COLLECTED:
+            collected.append(view.node)
+    return tuple(sorted(hosting)), unknown, collected
+
+
+def _partial(
+    th: RWThresholds,
+    cand: Timestamp,
+    hosts: tuple[int, ...],
+    undecided: bool,
+    rejected: frozenset[Timestamp],
+    replied: int,
+) -> Decision:
+    """Choice 2: only "the newest is complete" can be decided on a partial round (the
+    newest candidate ``cand``; ``undecided``: a reply leaves it unknown or collected)."""
+    if th.fast_read and not undecided and cand not in rejected and len(hosts) >= th.complete:
+        return Decision(Kind.COMPLETE, cand, hosts, reason="fast: newest is complete")
+    return Decision(Kind.WIDEN, reason=f"{replied} replies, newest not complete")
+
+
 def decide(
     th: RWThresholds,
     views: Mapping[int, NodeView],
@@ -275,30 +309,9 @@ def decide(
     skipped: list[Timestamp] = []
 
     for cand in candidates:
-        hosting: list[int] = []
-        unknown: list[int] = []
-        collected: list[int] = []
-        for view in views.values():
-            status = view.status(cand)
-            if status is HostStatus.HOSTS:
-                hosting.append(view.node)
-            elif status is HostStatus.UNKNOWN:
-                unknown.append(view.node)
-            elif status is HostStatus.COLLECTED:
-                collected.append(view.node)
-        hosts = tuple(sorted(hosting))
-
+        hosts, unknown, collected = _statuses(views, cand)
         if not full:
-            # Choice 2: only "the newest is complete" can be decided on a partial round.
-            if (
-                th.fast_read
-                and not unknown
-                and not collected
-                and cand not in rejected
-                and len(hosts) >= th.complete
-            ):
-                return Decision(Kind.COMPLETE, cand, hosts, reason="fast: newest is complete")
-            return Decision(Kind.WIDEN, reason=f"{replied} replies, newest not complete")
+            return _partial(th, cand, hosts, bool(unknown or collected), rejected, replied)
 
         repair_at = th.qc - missing
         # Choice 3: could a version above `cand` that no reply lists be repairable?

@@ -23,7 +23,7 @@ from bftfs import erasure
 from bftfs.kv import KV
 from bftfs.policy import RetentionPolicy
 from bftfs.rw import quota
-from bftfs.rw.lazy import GcPlan, gc_plan
+from bftfs.rw.gcplan import GcPlan, gc_plan
 from bftfs.rw.messages import BLOCK_ID_LIMIT, BlockId
 from bftfs.rw.replica import VERSIONS_END, drop_version, flagged, floor_of
 from bftfs.rw.schema import (
@@ -147,7 +147,7 @@ def verified_step(
     this node's verified flag on, if it hosts it (own verification, or ``b + 1`` identical
     NOTIFYs).  ``poisonous``: versions proven poisonous (deleted if hosted; none of them can
     be at or below a verified mark, which only ever names valid versions).  Then everything
-    below the floor :func:`bftfs.rw.lazy.gc_plan` gives is deleted (:func:`collect_step`),
+    below the floor :func:`bftfs.rw.gcplan.gc_plan` gives is deleted (:func:`collect_step`),
     and the versions above it the thinning schedule lets go (:func:`thin_step`); ``pins``:
     snapshot moments whose versions stay.
     """

@@ -73,7 +73,7 @@ import trio
 
 from bftfs.config import default_sizes
 from bftfs.fs.errors import FsError
-from bftfs.fs.filesystem import open_file_system
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.past import Past
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
@@ -233,17 +233,12 @@ class Outcome:
     durations: list[tuple[float, str]] = field(default_factory=list)
 
 
+def _fail(what: str) -> Finding:
+    return Finding(what)
+
+
 async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
     rng = random.Random(sched.seed ^ 0xCA3)
-    clock = [1_700_000_000_000_000_000]
-
-    def clock_ns() -> int:  # deterministic, strictly increasing file times
-        clock[0] += 1_000_000
-        return clock[0]
-
-    def fail(what: str) -> Finding:
-        return Finding(what)
-
     out.note("starting the cluster")
     async with (
         open_cluster(
@@ -256,98 +251,142 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
         for i in sched.byzantine + sched.crashy:
             faulty[i] = Switching(cluster, i, sched.seed, byzantine=i in sched.byzantine)
             faulty[i].install()
-        fss = []
-        pasts = []
-        th = QUThresholds.from_config(cluster.config)
-        for k in range(sched.clients):
-            rw = await stack.enter_async_context(
-                open_rw_client(cluster.client(k), cluster.config, **RW_OPTIONS)
-            )
-            qu = RecordingQU(qu_client(cluster, k, sched.seed), trio.current_time, out.qu)
-            # History reads: the recorded Q/U client (its fs.peek queries are real reads),
-            # the PASIS client unrecorded (a read of the past is no read of the present).
-            reader = PastReader(cluster.client(k), th)
-            pasts.append(Past(cast(QUClient, qu), reader, rw, BLOCK_SIZE))
-            with trio.fail_after(DEADLINE):
-                fss.append(
-                    await stack.enter_async_context(
-                        open_file_system(
-                            cast(QUClient, qu),
-                            cast(Any, RecordingRW(rw, trio.current_time, out.rw, k)),
-                            cluster.config,
-                            clock_ns=clock_ns,
-                            rng=random.Random(sched.seed * 1000 + k),
-                            attr_ttl=0.0,
-                            lease_term=sched.lease_term,
-                            # With leases, creates are written behind and, in a directory
-                            # held exclusively, back (fs/writeback/).
-                            write_behind=sched.lease_term > 0,
-                            commit=5.0 if sched.lease_term > 0 else 0.0,
-                        )
-                    )
-                )
-            if fss[-1].meta.leases is not None:  # recalls are pushed on the client's links
-                fss[-1].meta.leases.listen(cluster.client(k), cluster.config.node_ids)
+        fss, pasts = await _open_clients(cluster, sched, out, stack)
         out.note(f"{sched.clients} file systems opened")
         planner = Planner(rng, sched.clients)
         moments = [time.time_ns()]  # the node clocks' time between rounds (planner.past)
-        down_since: dict[int, int] = {}
-        done = 0
-        while done < sched.ops:
-            r = out.rounds
-            out.rounds += 1
-            await _faults(cluster, faulty, rng, r, down_since, out)
-            steps = planner.round()
+        await _rounds(cluster, faulty, rng, sched, out, planner, fss, pasts, moments)
+        await _final_reads(cluster, faulty, out, planner, fss, pasts, moments)
+
+
+async def _open_clients(
+    cluster: Cluster, sched: Schedule, out: Outcome, stack: AsyncExitStack
+) -> tuple[list[FileSystem], list[Past]]:
+    """Each client's file system (over recording Q/U and PASIS clients) and history
+    reader, closed with ``stack``."""
+    clock = [1_700_000_000_000_000_000]
+
+    def clock_ns() -> int:  # deterministic, strictly increasing file times
+        clock[0] += 1_000_000
+        return clock[0]
+
+    fss: list[FileSystem] = []
+    pasts: list[Past] = []
+    th = QUThresholds.from_config(cluster.config)
+    for k in range(sched.clients):
+        rw = await stack.enter_async_context(
+            open_rw_client(cluster.client(k), cluster.config, **RW_OPTIONS)
+        )
+        qu = RecordingQU(qu_client(cluster, k, sched.seed), trio.current_time, out.qu)
+        # History reads: the recorded Q/U client (its fs.peek queries are real reads),
+        # the PASIS client unrecorded (a read of the past is no read of the present).
+        reader = PastReader(cluster.client(k), th)
+        pasts.append(Past(cast(QUClient, qu), reader, rw, BLOCK_SIZE))
+        with trio.fail_after(DEADLINE):
+            fss.append(
+                await stack.enter_async_context(
+                    open_file_system(
+                        cast(QUClient, qu),
+                        cast(Any, RecordingRW(rw, trio.current_time, out.rw, k)),
+                        cluster.config,
+                        clock_ns=clock_ns,
+                        rng=random.Random(sched.seed * 1000 + k),
+                        attr_ttl=0.0,
+                        lease_term=sched.lease_term,
+                        # With leases, creates are written behind and, in a directory
+                        # held exclusively, back (fs/writeback/).
+                        write_behind=sched.lease_term > 0,
+                        commit=5.0 if sched.lease_term > 0 else 0.0,
+                    )
+                )
+            )
+        if fss[-1].meta.leases is not None:  # recalls are pushed on the client's links
+            fss[-1].meta.leases.listen(cluster.client(k), cluster.config.node_ids)
+    return fss, pasts
+
+
+async def _rounds(
+    cluster: Cluster,
+    faulty: dict[int, Switching],
+    rng: random.Random,
+    sched: Schedule,
+    out: Outcome,
+    planner: Planner,
+    fss: list[FileSystem],
+    pasts: list[Past],
+    moments: list[int],
+) -> None:
+    """The schedule's rounds until ``sched.ops`` operations ran: faults, then each
+    round's operations concurrently, each checked against the model."""
+    down_since: dict[int, int] = {}
+    done = 0
+    while done < sched.ops:
+        r = out.rounds
+        out.rounds += 1
+        await _faults(cluster, faulty, rng, r, down_since, out)
+        steps = planner.round()
+        for s in steps:
+            out.note(f"round {r}: {s.text()}")
+
+        async def one(s: Step, r: int) -> None:
+            try:
+                t0 = trio.current_time()
+                with trio.fail_after(DEADLINE):
+                    got = await run_step(fss[s.client], s, _fail, pasts[s.client], moments)
+                if got is not None:
+                    out.ops[f"history {got}"] += 1
+                out.durations.append((trio.current_time() - t0, f"round {r}: {s.text()}"))
+            except trio.TooSlowError:
+                raise _fail(f"{s.text()}: no answer within {DEADLINE} s (a hang)") from None
+            except FsError as e:
+                raise _fail(f"{s.text()}: {type(e).__name__} (errno {e.errno}): {e}") from e
+
+        async with trio.open_nursery() as nursery:
             for s in steps:
-                out.note(f"round {r}: {s.text()}")
+                nursery.start_soon(one, s, r)
+        moments.append(time.time_ns())
+        planner.apply(steps)
+        out.ops.update(s.kind for s in steps)
+        done += len(steps)
 
-            async def one(s: Step, r: int) -> None:
-                try:
-                    t0 = trio.current_time()
-                    with trio.fail_after(DEADLINE):
-                        got = await run_step(fss[s.client], s, fail, pasts[s.client], moments)
-                    if got is not None:
-                        out.ops[f"history {got}"] += 1
-                    out.durations.append((trio.current_time() - t0, f"round {r}: {s.text()}"))
-                except trio.TooSlowError:
-                    raise fail(f"{s.text()}: no answer within {DEADLINE} s (a hang)") from None
-                except FsError as e:
-                    raise fail(f"{s.text()}: {type(e).__name__} (errno {e.errno}): {e}") from e
 
-            async with trio.open_nursery() as nursery:
-                for s in steps:
-                    nursery.start_soon(one, s, r)
-            moments.append(time.time_ns())
-            planner.apply(steps)
-            out.ops.update(s.kind for s in steps)
-            done += len(steps)
-        # Everything back up, then every client reads every name.
-        for sw in faulty.values():
-            sw.disarm()
-        for i in sorted(cluster.crashed):
-            await cluster.recover(i)
-            out.note(f"end: node {i} restarted")
-        out.note("final reads")
-        for k in range(sched.clients):
-            for name in NAMES:
-                s = Step(k, "read", name, {}, expect=planner.model.get(name))
-                with trio.fail_after(DEADLINE):
-                    await check_name(fss[k], s, fail)
-                out.ops["final read"] += 1
-        # Every name before the first round (nothing existed) and after the last.
-        for j in (0, len(moments) - 1):
-            for name in NAMES:
-                s = Step(0, "history", name, {}, expect=planner.past[j].get(name), offset=j)
-                with trio.fail_after(DEADLINE):
-                    got = await check_past(pasts[0], s, moments[j], fail)
-                out.ops[f"final history {got}"] += 1
-        out.note("stopping the cluster")
-        for fs in fss:
-            if fs.meta.leases is not None:
-                out.leases.update(fs.meta.leases.stats)
-        for sw in faulty.values():
-            out.behaviours.update(sw.drawn)
-            out.crashes += sw.crashes
+async def _final_reads(
+    cluster: Cluster,
+    faulty: dict[int, Switching],
+    out: Outcome,
+    planner: Planner,
+    fss: list[FileSystem],
+    pasts: list[Past],
+    moments: list[int],
+) -> None:
+    """Everything back up, then every client reads every name and every name is read at
+    the first and the last moment; what the leases and faulty nodes did goes to ``out``."""
+    for sw in faulty.values():
+        sw.disarm()
+    for i in sorted(cluster.crashed):
+        await cluster.recover(i)
+        out.note(f"end: node {i} restarted")
+    out.note("final reads")
+    for k in range(len(fss)):
+        for name in NAMES:
+            s = Step(k, "read", name, {}, expect=planner.model.get(name))
+            with trio.fail_after(DEADLINE):
+                await check_name(fss[k], s, _fail)
+            out.ops["final read"] += 1
+    # Every name before the first round (nothing existed) and after the last.
+    for j in (0, len(moments) - 1):
+        for name in NAMES:
+            s = Step(0, "history", name, {}, expect=planner.past[j].get(name), offset=j)
+            with trio.fail_after(DEADLINE):
+                got = await check_past(pasts[0], s, moments[j], _fail)
+            out.ops[f"final history {got}"] += 1
+    out.note("stopping the cluster")
+    for fs in fss:
+        if fs.meta.leases is not None:
+            out.leases.update(fs.meta.leases.stats)
+    for sw in faulty.values():
+        out.behaviours.update(sw.drawn)
+        out.crashes += sw.crashes
 
 
 async def _faults(

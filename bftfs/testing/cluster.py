@@ -218,26 +218,8 @@ async def open_cluster(
     given-back block (issue 35, ``fs/mover.py``); the other cluster is not told.
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
-    rng = random.Random(seed)
-    # Keys need not be reproducible (their values never steer a protocol decision), but
-    # the fault RNG is.
-    node_idents = [Identity.generate(NodeId(i)) for i in range(n_)]
-    client_idents = [Identity.generate(client_id(k)) for k in range(clients)]
-    listeners = [await trio.open_tcp_listeners(0, host="127.0.0.1") for _ in range(n_)]
-    try:
-        nodes = tuple(
-            NodeSpec(
-                NodeId(i),
-                "127.0.0.1",
-                ls[0].socket.getsockname()[1],
-                node_idents[i].public,
-                tmp_path / f"node{i}",
-            )
-            for i, ls in enumerate(listeners)
-        )
-        clients_ = tuple(
-            ClientSpec(client_id(k), f"client{k}", client_idents[k].public) for k in range(clients)
-        )
+    node_idents, client_idents = _identities(n_, clients)
+    async with _listening(n_) as listeners:
         config = ClusterConfig(
             t=t,
             b=b,
@@ -247,8 +229,8 @@ async def open_cluster(
             map_size=map_size,
             durable=durable,
             engine=engine,
-            nodes=nodes,
-            clients=clients_,
+            nodes=_node_specs(tmp_path, listeners, node_idents),
+            clients=_client_specs(client_idents),
             home=tmp_path,
             inline_limit=inline_limit,
             big_block_size=big_block_size,
@@ -256,37 +238,109 @@ async def open_cluster(
             retention=retention or RetentionPolicy(),
             limits=limits or LimitsPolicy(),
         ).validate()
-        admin_key = None
-        if views:
-            admin_key = AdminKey.generate()
-            config = replace(config, admin_key=admin_key.public).validate()
-            admin_key.save(config.admin_key_path)
-            init_view(config, admin_key)
-            if previous is not None:
-                moving_from(config, admin_key, previous)
-        opts = dict(TEST_ENDPOINT, **(endpoint_options or {}))
-        async with trio.open_nursery() as nursery:
-            cluster = Cluster(
-                config,
-                node_idents,
-                client_idents,
-                nursery,
-                rng.getrandbits(64),
-                opts,
-                rejoin_heartbeat=rejoin_heartbeat,
-            )
-            cluster.node_clock_ns = node_clock_ns
-            cluster.admin_key = admin_key
-            for i in range(n_):
-                await cluster.start(i, listeners[i])
-            try:
-                yield cluster
-            finally:
-                nursery.cancel_scope.cancel()
+        config, admin_key = _with_views(config, previous) if views else (config, None)
+        async with _running(
+            config,
+            (node_idents, client_idents),
+            listeners,
+            random.Random(seed).getrandbits(64),
+            dict(TEST_ENDPOINT, **(endpoint_options or {})),
+            rejoin_heartbeat,
+            node_clock_ns,
+            admin_key,
+        ) as cluster:
+            yield cluster
+
+
+def _identities(n: int, clients: int) -> tuple[list[Identity], list[Identity]]:
+    """Fresh key pairs of ``n`` nodes and ``clients`` clients.  Keys need not be
+    reproducible (their values never steer a protocol decision), but the fault RNG is."""
+    return (
+        [Identity.generate(NodeId(i)) for i in range(n)],
+        [Identity.generate(client_id(k)) for k in range(clients)],
+    )
+
+
+@asynccontextmanager
+async def _listening(n: int) -> AsyncIterator[list[list[trio.SocketListener]]]:
+    """Listeners of ``n`` nodes on ports the OS picks on loopback, closed on exit."""
+    listeners = [await trio.open_tcp_listeners(0, host="127.0.0.1") for _ in range(n)]
+    try:
+        yield listeners
     finally:
         for ls in listeners:
             for lst in ls:
                 lst.socket.close()
+
+
+def _node_specs(
+    home: Path, listeners: list[list[trio.SocketListener]], idents: list[Identity]
+) -> tuple[NodeSpec, ...]:
+    """Each node on its listener's port, its data under ``home/node<i>``."""
+    return tuple(
+        NodeSpec(
+            NodeId(i),
+            "127.0.0.1",
+            ls[0].socket.getsockname()[1],
+            idents[i].public,
+            home / f"node{i}",
+        )
+        for i, ls in enumerate(listeners)
+    )
+
+
+def _client_specs(idents: list[Identity]) -> tuple[ClientSpec, ...]:
+    return tuple(
+        ClientSpec(client_id(k), f"client{k}", ident.public) for k, ident in enumerate(idents)
+    )
+
+
+def _with_views(
+    config: ClusterConfig, previous: ClusterConfig | None
+) -> tuple[ClusterConfig, AdminKey]:
+    """``config`` with an administrator key and its first view (with ``previous``: of
+    generation 2, moving from ``previous``'s nodes)."""
+    admin_key = AdminKey.generate()
+    config = replace(config, admin_key=admin_key.public).validate()
+    admin_key.save(config.admin_key_path)
+    init_view(config, admin_key)
+    if previous is not None:
+        moving_from(config, admin_key, previous)
+    return config, admin_key
+
+
+@asynccontextmanager
+async def _running(
+    config: ClusterConfig,
+    identities: tuple[list[Identity], list[Identity]],
+    listeners: list[list[trio.SocketListener]],
+    seed: int,
+    endpoint_options: dict[str, Any],
+    rejoin_heartbeat: float | None,
+    node_clock_ns: Callable[[], int] | None,
+    admin_key: AdminKey | None,
+) -> AsyncIterator[Cluster]:
+    """A :class:`Cluster` over ``config`` in a nursery of its own, each node started on its
+    listeners; every node and endpoint cancelled on exit."""
+    node_idents, client_idents = identities
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(
+            config,
+            node_idents,
+            client_idents,
+            nursery,
+            seed,
+            endpoint_options,
+            rejoin_heartbeat=rejoin_heartbeat,
+        )
+        cluster.node_clock_ns = node_clock_ns
+        cluster.admin_key = admin_key
+        for i, ls in enumerate(listeners):
+            await cluster.start(i, ls)
+        try:
+            yield cluster
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 def moving_from(config: ClusterConfig, admin_key: AdminKey, previous: ClusterConfig) -> None:
