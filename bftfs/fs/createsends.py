@@ -23,7 +23,7 @@ from bftfs.fs.caches import MetadataCache
 from bftfs.fs.createsend import CreateSender, PendingCreate
 from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import FsError, NoSpace, Unavailable
-from bftfs.fs.filedata import FlushEngine, _spawn
+from bftfs.fs.files.flush import FlushEngine, _spawn
 from bftfs.fs.writeback import BATCH
 
 log = logging.getLogger(__name__)

@@ -42,21 +42,23 @@ public call to one of them.  From the bottom:
   statistics, backoff, placement, ``statfs``;
 - :class:`~bftfs.fs.caches.MetadataCache` (``caches.py``): the attribute, name and parent
   caches, the open files, and the reads through them;
-- :class:`~bftfs.fs.reclaim.Reclaimer` (``reclaim.py``): giving back a dead content's blocks;
-- :class:`~bftfs.fs.filedata.FlushEngine` (``filedata.py``): fetching blocks, read-ahead,
+- :class:`~bftfs.fs.files.reclaim.Reclaimer` (``files/reclaim.py``): giving back a dead
+  content's blocks;
+- :class:`~bftfs.fs.files.flush.FlushEngine` (``files/flush.py``): fetching blocks, read-ahead,
   the flush engine (leases, re-applying buffered writes, inline files);
 - :class:`~bftfs.fs.namespace.Names` (``namespace.py``): lookup, getattr, readdir, create,
   link, unlink, rename, ...;
-- :class:`~bftfs.fs.handletable.HandleTable` (``handletable.py``): handle -> open file;
+- :class:`~bftfs.fs.files.table.HandleTable` (``files/table.py``): handle -> open file;
 - :class:`~bftfs.fs.writebehind.PendingCreates` (``writebehind.py``, their table in
   ``createtable.py``, sending in ``createsends.py``/``createsend.py``): creates sent with
   their first flush (``write_behind``);
 - :class:`~bftfs.fs.callorder.CallOrder` (``callorder.py``): what a call must send first
   (held files, removals, creates); this facade plugs it into ``Meta``'s one hook, a
   ``CallGate`` that ``meta.py`` declares;
-- :class:`~bftfs.fs.attributes.Attributes` (``attributes.py``): setattr, truncation, xattrs;
-- :class:`~bftfs.fs.handles.Handles` (``handles.py``): create/open, read, write, flush,
-  release; it asks the pending creates at create, read, flush and release;
+- :class:`~bftfs.fs.files.attributes.Attributes` (``files/attributes.py``): setattr,
+  truncation, xattrs;
+- :class:`~bftfs.fs.files.handles.Handles` (``files/handles.py``): create/open, read, write,
+  flush, release; it asks the pending creates at create, read, flush and release;
 - this module: the facade, the one object the FUSE layer and tests hold
   (:class:`~bftfs.fs.api.FileSystemAPI`).
 """
@@ -75,21 +77,22 @@ from typing import Any
 
 from bftfs import fsobjects as obj
 from bftfs.fs.api import FileSystemAPI
-from bftfs.fs.attributes import Attributes
-from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.callorder import CallOrder
 from bftfs.fs.errors import Exists, NotFound, Unavailable
-from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import (
     DEFAULT_BEHIND_LIMIT,
     DEFAULT_DIRTY_LIMIT,
     DEFAULT_READAHEAD,
     DEFAULT_READAHEAD_MAX,
+    Attr,
     OpenFile,
 )
-from bftfs.fs.handles import Handles
-from bftfs.fs.handletable import HandleTable
+from bftfs.fs.files.attributes import Attributes
+from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.handles import Handles
+from bftfs.fs.files.reclaim import Reclaimer
+from bftfs.fs.files.table import HandleTable
 from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.inlinebatch import write_inline_many
 from bftfs.fs.leases import Leases
@@ -97,7 +100,6 @@ from bftfs.fs.meta import Meta
 from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.mounttag import MountTagged
 from bftfs.fs.namespace import Names
-from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.renameback import PendingRenames
 from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
 from bftfs.fs.unlinkback import PendingUnlinks
@@ -400,7 +402,7 @@ class FileSystem:
     async def statfs(self) -> dict[str, int]:
         return {**await self.meta.statfs(), "f_namemax": self.names.name_max}
 
-    # Attributes (bftfs.fs.attributes) ------------------------------------------------------
+    # Attributes (bftfs.fs.files.attributes) ------------------------------------------------
 
     async def setattr(
         self,
@@ -439,7 +441,7 @@ class FileSystem:
     async def removexattr(self, ino: int, name: bytes) -> None:
         await self.attributes.removexattr(ino, name)
 
-    # Handles (bftfs.fs.handles) ------------------------------------------------------------
+    # Handles (bftfs.fs.files.handles) ------------------------------------------------------
 
     async def create(
         self,
@@ -586,12 +588,12 @@ class FileSystem:
 
     @property
     def streaming(self) -> Counter[str]:
-        """Read-ahead and write-behind of big files (:class:`~bftfs.fs.filedata.FlushEngine`)."""
+        """Read-ahead and write-behind of big files (:class:`~bftfs.fs.files.flush.FlushEngine`)."""
         return self.engine.streaming
 
     @property
     def reclaimed_blocks(self) -> int:
-        """Blocks given back (:class:`~bftfs.fs.reclaim.Reclaimer`)."""
+        """Blocks given back (:class:`~bftfs.fs.files.reclaim.Reclaimer`)."""
         return self.reclaimer.reclaimed_blocks
 
     @property

@@ -9,7 +9,7 @@ next write, flush, fsync or close (:func:`behind_done`): a write answers it (EIO
 buffered writes are dropped, ``Handles._unsent``); a flush, fsync or close sends the data
 again first and answers the error only if that fails too (docs/fs.md, "What EIO means").
 
-Kept apart from the flush engine (``fs/filedata.py``) because it is the handles' decision
+Kept apart from the flush engine (``fs/files/flush.py``) because it is the handles' decision
 when to flush, not how: a flush waits here first, then sends its create, then flushes, each
 part visited once on the way down.
 """
@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from bftfs.fs.filedata import _spawn
 from bftfs.fs.files import OpenFile
+from bftfs.fs.files.flush import _spawn
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from typing import Any
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import (
     Forgotten,
@@ -30,9 +29,10 @@ from bftfs.fs.errors import (
     StaleView,
     check_name,
 )
+from bftfs.fs.files import Attr
+from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta, OutOfDate
 from bftfs.fs.mkdirback import PendingMkdirs
-from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
 from bftfs.fs.renameback import PendingRenames
 from bftfs.fs.unlinkback import PendingUnlinks

@@ -53,15 +53,14 @@ import stat as st
 from typing import TYPE_CHECKING, Any
 
 from bftfs import fsobjects as obj
-from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.createsend import CreateSender, OpenExisting, PendingCreate
 from bftfs.fs.createsends import CreateSends
 from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import StaleView, from_refusal
-from bftfs.fs.filedata import FlushEngine
-from bftfs.fs.files import OpenFile
-from bftfs.fs.handletable import HandleTable
+from bftfs.fs.files import Attr, OpenFile
+from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.table import HandleTable
 from bftfs.fs.meta import Meta
 from bftfs.fs.writeback import WriteBack
 from bftfs.fsobjects import RENAME_NOREPLACE

@@ -5,7 +5,7 @@ bftfs keeps it in PASIS blocks (seed chapter 3): block ``i`` of a file is
 ``block_id(d, i)`` where ``d`` is the data id in the file's attribute object.  This module
 holds the state of one file this client has open or cached, and the pure decisions on it:
 which blocks a write must read first, how a read is assembled from dirty, clean and fetched
-blocks, and what a flush must write.  :mod:`bftfs.fs.handles` and :mod:`bftfs.fs.filedata`
+blocks, and what a flush must write.  :mod:`bftfs.fs.files.handles` and :mod:`bftfs.fs.files.flush`
 do the I/O.
 
 Byte ``p`` of the file (``p < size``) is, in this order: the dirty block's byte (zero beyond
@@ -149,7 +149,7 @@ class OpenFile:
     #: Dirty blocks a running flush is sending as they are (no copy): the next change to
     #: one copies it first (:meth:`private`).
     shared: set[int] = field(default_factory=set)
-    #: Dirty blocks being encoded ahead of their flush, or encoded (``fs/encodeahead.py``:
+    #: Dirty blocks being encoded ahead of their flush, or encoded (``fs/files/encodeahead.py``:
     #: ``Ahead`` entries); the next change to one copies it first (:meth:`private`).
     ahead: dict[int, Any] = field(default_factory=dict)
     #: Block index -> content read from the servers, clamped at ``valid``.
@@ -182,7 +182,7 @@ class OpenFile:
     #: file's state (``fs/heldfiles.py``).
     adopted: float = float("-inf")
     lock: trio.Lock = field(default_factory=trio.Lock)
-    #: Read-ahead (``bftfs.fs.filedata``): the window's current size in bytes, the next
+    #: Read-ahead (``bftfs.fs.files.flush``): the window's current size in bytes, the next
     #: block index not yet asked for, block index -> the event its background fetch sets,
     #: and the epoch a fetch must still find to keep what it read (bumped by
     #: :meth:`invalidate_prefetch`: a write, a flush, another version).

@@ -2,7 +2,7 @@
 consistency, O_TRUNC, O_APPEND), read, write, flush and release, and whether the kernel may
 keep its cached pages of a file.
 
-The data itself moves in :mod:`bftfs.fs.filedata` (fetching blocks, the flush engine);
+The data itself moves in :mod:`bftfs.fs.files.flush` (fetching blocks, the flush engine);
 this part is what a handle means: which file, which flags, and what an open checks.
 """
 
@@ -18,8 +18,6 @@ from typing import Any
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.fs.attributes import Attributes
-from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import (
     Exists,
@@ -31,14 +29,16 @@ from bftfs.fs.errors import (
     TooBig,
     Unavailable,
 )
-from bftfs.fs.filedata import FlushEngine
-from bftfs.fs.files import OpenFile
+from bftfs.fs.files.attr import Attr
+from bftfs.fs.files.attributes import Attributes
+from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.openfile import OpenFile
+from bftfs.fs.files.reclaim import Reclaimer
+from bftfs.fs.files.table import HandleTable
 from bftfs.fs.flushbehind import behind_done, flush_behind
-from bftfs.fs.handletable import HandleTable
 from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
 from bftfs.fs.namespace import Names
-from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.writebehind import PendingCreates
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ write lease taken on the version the blocks were computed from; a small file's w
 content goes inline in one update.  When another client changed the file meanwhile, the
 buffered writes are re-applied on its new content and the flush retried.  This is the
 subtle part of the file system, kept apart from what the handles mean
-(:mod:`bftfs.fs.handles`) and from truncation (:mod:`bftfs.fs.attributes`), which use it.
+(:mod:`bftfs.fs.files.handles`) and from truncation (:mod:`bftfs.fs.files.attributes`),
+which use it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any, cast
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.fs import encodeahead
 from bftfs.fs.caches import MetadataCache, content_version
 from bftfs.fs.errors import Unavailable
-from bftfs.fs.files import (
+from bftfs.fs.files import encodeahead
+from bftfs.fs.files.openfile import (
     BIG_BLOCK_THRESHOLD,
     PREFETCH_GROUP,
     READAHEAD_MAX_BLOCKS,
@@ -119,7 +120,7 @@ class FlushEngine:
         self.streaming: Counter[str] = Counter()
         #: Encode-ahead runs one block at a time: a worker thread per filled block kept
         #: up to a dozen threads coding at once, each allocating in its own malloc arena
-        #: (the daemon writing 1 GiB peaked at 785 MiB; fs/encodeahead.py).
+        #: (the daemon writing 1 GiB peaked at 785 MiB; fs/files/encodeahead.py).
         self.ahead_limit = trio.Semaphore(1)
 
     @property
@@ -164,7 +165,7 @@ class FlushEngine:
 
     def encode_ahead(self, f: OpenFile, k: int) -> None:
         """Seal and encode ``f``'s full dirty block ``k`` now, in the background, for the
-        flush that will send it (``fs/encodeahead.py``)."""
+        flush that will send it (``fs/files/encodeahead.py``)."""
         encodeahead.start(f, k, self.rw.prepare, _spawn, self.streaming, self.ahead_limit)
 
     # Read-ahead --------------------------------------------------------------------------
