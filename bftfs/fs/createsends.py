@@ -23,7 +23,7 @@ from bftfs.fs.caches import MetadataCache
 from bftfs.fs.createsend import CreateSender, PendingCreate
 from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import FsError, NoSpace, Unavailable
-from bftfs.fs.files.flush import FlushEngine, _spawn
+from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.writeback import BATCH
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class CreateSends:
             wait = min(RESEND_MAX, RESEND_FIRST * 2 ** min(p.failures - 1, 16))
             p.resend_at = trio.current_time() + wait
             if p.failures == 1:
-                _spawn(functools.partial(self._resend_later, p))
+                self.engine.spawn(functools.partial(self._resend_later, p))
             if not quiet:
                 raise
             log.warning("pending create of %r not sent yet (again in %g s): %s", p.name, wait, e)
@@ -239,7 +239,7 @@ class CreateSends:
                 continue  # made meanwhile, or failed again and rescheduled
             try:
                 await self.send(p)
-            except Exception as e:  # a system task must not raise (filedata._spawn)
+            except Exception as e:  # a background task must not raise (engine.spawn)
                 log.warning("resending the create of %r failed: %s", p.name, e)
                 return
 

@@ -77,6 +77,7 @@ from typing import Any
 
 from bftfs import fsobjects as obj
 from bftfs.fs.api import FileSystemAPI
+from bftfs.fs.background import Background
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.callorder import CallOrder
 from bftfs.fs.errors import Exists, NotFound, Unavailable
@@ -178,12 +179,14 @@ class FileSystem:
             # it: the attributes its own updates left are asked for again.
             self.meta.leases.on_grant = self.cache.forget_own
         self.reclaimer = Reclaimer(self.meta, self.cache)
+        self.background = Background()
         self.engine = FlushEngine(
             self.meta,
             self.cache,
             readahead=readahead,
             readahead_max=max(readahead_max, readahead) if readahead else 0,
             big_bs=int(getattr(config, "big_blocks", 0)),
+            spawn=self.background.spawn,
         )
         self.names = Names(self.meta, self.cache, self.reclaimer)
         self.table = HandleTable()

@@ -23,17 +23,20 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from bftfs.fs.files import OpenFile
-from bftfs.fs.files.flush import _spawn
 
 log = logging.getLogger(__name__)
 
 
 def flush_behind(
-    f: OpenFile, flush: Callable[[OpenFile], Awaitable[None]], streaming: Counter[str]
+    f: OpenFile,
+    flush: Callable[[OpenFile], Awaitable[None]],
+    streaming: Counter[str],
+    spawn: Callable[[Callable[[], Awaitable[None]]], None],
 ) -> None:
     """Start flushing ``f`` with ``flush`` in the background (a sequential writer passed
     ``dirty_limit``), unless a background flush runs already; counted in ``streaming``
-    (``behind-flushes``, ``behind-failures``: ``FlushEngine.streaming``)."""
+    (``behind-flushes``, ``behind-failures``: ``FlushEngine.streaming``); ``spawn`` runs
+    it (``FlushEngine.spawn``)."""
     if f.behind is not None:
         return
     done = f.behind = trio.Event()
@@ -51,7 +54,7 @@ def flush_behind(
             f.behind = None
             done.set()
 
-    _spawn(flush_in_background)
+    spawn(flush_in_background)
 
 
 async def behind_done(f: OpenFile, *, report: bool) -> None:

@@ -2,7 +2,7 @@
 consistency, O_TRUNC, O_APPEND), read, write, flush and release, and whether the kernel may
 keep its cached pages of a file.
 
-The data itself moves in :mod:`bftfs.fs.files.flush` (fetching blocks, the flush engine);
+The data itself moves in :mod:`bftfs.fs.files.fetch` and :mod:`bftfs.fs.files.flush`;
 this part is what a handle means: which file, which flags, and what an open checks.
 """
 
@@ -86,8 +86,9 @@ class Handles:
         self.reclaimer = reclaimer
         self.pending = pending
         self.bs = meta.bs
-        self.readahead = engine.readahead
-        self.readahead_max = engine.readahead_max
+        self.fetcher = engine.fetcher
+        self.readahead = self.fetcher.readahead
+        self.readahead_max = self.fetcher.readahead_max
         self.dirty_limit = dirty_limit
         #: Buffered bytes of a sequentially written file at which a write waits for the
         #: background flush; 0: no write-behind of big files (every flush in the write).
@@ -274,12 +275,12 @@ class Handles:
         if offset < 0 or size < 0:
             raise Invalid("negative offset or size")
         if self.readahead_max:
-            await self.engine.read_ahead(f, offset, size)
+            await self.fetcher.read_ahead(f, offset, size)
             need = f.blocks_to_fetch(offset, size, 0)
         else:
             need = f.blocks_to_fetch(offset, size, self.readahead)
         if need:
-            await self.engine.fetch(f, need)
+            await self.fetcher.fetch(f, need)
         return f
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -302,12 +303,12 @@ class Handles:
             raise TooBig("file size limit")
         need = f.blocks_to_read_for_write(offset, len(data))
         if need:
-            await self.engine.fetch(f, need)
+            await self.fetcher.fetch(f, need)
             if flags & os.O_APPEND and offset != f.size:  # the file grew meanwhile
                 offset = f.size
             need = f.blocks_to_read_for_write(offset, len(data))
             if need:
-                await self.engine.fetch(f, need)
+                await self.fetcher.fetch(f, need)
         sequential = offset == f.last_write or (offset == 0 and f.last_write < 0)
         f.apply_write(offset, data, self.meta.now())
         f.record(offset, data, bool(flags & os.O_APPEND))
@@ -317,13 +318,13 @@ class Handles:
                 self.engine.encode_ahead(f, k)
         if f.dirty_bytes > self.dirty_limit:
             if self.behind_limit and sequential:
-                flush_behind(f, self._flush_file, self.engine.streaming)
+                flush_behind(f, self._flush_file, self.engine.streaming, self.engine.spawn)
                 while f.behind is not None and f.dirty_bytes > self.behind_limit:
                     await f.behind.wait()  # backpressure
                     if f.behind_error is not None:
                         break  # buffered; the error is reported at the next call
                     if f.dirty_bytes > self.dirty_limit:
-                        flush_behind(f, self._flush_file, self.engine.streaming)
+                        flush_behind(f, self._flush_file, self.engine.streaming, self.engine.spawn)
             else:
                 await behind_done(f, report=False)
                 async with self._unsent(f, fh):

@@ -5,8 +5,8 @@ bftfs keeps it in PASIS blocks (seed chapter 3): block ``i`` of a file is
 ``block_id(d, i)`` where ``d`` is the data id in the file's attribute object.  This module
 holds the state of one file this client has open or cached, and the pure decisions on it:
 which blocks a write must read first, how a read is assembled from dirty, clean and fetched
-blocks, and what a flush must write.  :mod:`bftfs.fs.files.handles` and :mod:`bftfs.fs.files.flush`
-do the I/O.
+blocks, and what a flush must write.  :mod:`bftfs.fs.files.handles`,
+:mod:`bftfs.fs.files.fetch` and :mod:`bftfs.fs.files.flush` do the I/O.
 
 Byte ``p`` of the file (``p < size``) is, in this order: the dirty block's byte (zero beyond
 its current length), else the server's block clamped at ``valid`` (the size the servers
@@ -182,7 +182,7 @@ class OpenFile:
     #: file's state (``fs/heldfiles.py``).
     adopted: float = float("-inf")
     lock: trio.Lock = field(default_factory=trio.Lock)
-    #: Read-ahead (``bftfs.fs.files.flush``): the window's current size in bytes, the next
+    #: Read-ahead (``bftfs.fs.files.fetch``): the window's current size in bytes, the next
     #: block index not yet asked for, block index -> the event its background fetch sets,
     #: and the epoch a fetch must still find to keep what it read (bumped by
     #: :meth:`invalidate_prefetch`: a write, a flush, another version).
