@@ -54,7 +54,7 @@ def test_rekeying_buffered_blocks_keeps_every_byte(seed: int) -> None:
         for k in f.blocks_to_read_for_write(off, len(data)):
             assert k == 0 and inline  # a blockless file: only inline content is read
         f.apply_write(off, data, 1)
-        f.record(off, data, False)
+        f.log.record(off, data, False)
         if len(model) < off:
             model.extend(bytes(off - len(model)))
         model[off : off + len(data)] = data

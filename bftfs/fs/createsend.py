@@ -238,7 +238,7 @@ class CreateSender:
         self._made(p, child, pst)
         f.base = content_version(child)
         self.engine.flushed(f, snapshot, mtime, attrs)
-        f.sent(logged)
+        f.log.sent(logged)
         if 0 not in f.dirty:
             f.remember(0, content)
 
@@ -303,7 +303,7 @@ class CreateSender:
             if need:
                 await self.engine.fetch(g, need)
             g.apply_write(offset, data, mtime)
-            g.record(offset, data, appended)
+            g.log.record(offset, data, appended)
         g.attrs.update(f.attrs)
         for fh, (h, flags) in list(self.table.handles.items()):
             if h is f:

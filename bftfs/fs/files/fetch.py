@@ -137,7 +137,7 @@ class Fetcher:
         Any other read drops the window (what is in flight still lands).  The fetches are
         ordinary PASIS reads (validated, repaired: :meth:`RWClient.read_blocks`); what they
         read is kept only if the file is still at the content they were started on
-        (``ra_epoch``, :meth:`OpenFile.invalidate_prefetch`).  The caller then fetches
+        (the window's ``epoch``, :meth:`OpenFile.invalidate_prefetch`).  The caller then fetches
         whatever the read needs that did not arrive (a failed or invalidated fetch)."""
         end = min(offset + size, f.size)
         if offset >= end or not self.readahead_max or f.st.get("inl"):
@@ -145,16 +145,16 @@ class Fetcher:
         bs = f.bs
         largest = min(self.readahead_max, READAHEAD_MAX_BLOCKS * bs)
         ahead = offset - f.last_read
-        late = -largest <= ahead < 0 and f.ra_window > 0
+        late = -largest <= ahead < 0 and f.window.size > 0
         if not (late or 0 <= ahead <= largest):
-            f.ra_window, f.ra_next = 0, 0
+            f.window.size, f.window.next_block = 0, 0
             if offset != 0:
                 return  # a seek; a read at 0 starts the window afresh
         if not late:
             self._extend_window(f, offset, end, largest)
         waited = False
         for k in range(offset // bs, (end - 1) // bs + 1):
-            ev = f.inflight.get(k)
+            ev = f.window.inflight.get(k)
             if ev is not None:
                 if not ev.is_set():
                     waited = True
@@ -168,20 +168,20 @@ class Fetcher:
         """Double ``f``'s read-ahead window (up to ``largest``) past a sequential read of
         ``[offset, end)`` and fetch what of it is neither cached, dirty nor in flight."""
         bs = f.bs
-        f.ra_window = min(max(2 * f.ra_window, self.readahead), largest)
-        first = max(offset // bs, f.ra_next)
-        stop = min(end + f.ra_window, f.valid)
+        f.window.size = min(max(2 * f.window.size, self.readahead), largest)
+        first = max(offset // bs, f.window.next_block)
+        stop = min(end + f.window.size, f.valid)
         last = (stop - 1) // bs
         todo = [
             k
             for k in range(first, last + 1)
-            if k not in f.dirty and k not in f.clean and k not in f.inflight
+            if k not in f.dirty and k not in f.clean and k not in f.window.inflight
         ]
-        group = refill_group(f.ra_window, bs)
+        group = refill_group(f.window.size, bs)
         if _defer_refill(todo, end, bs, last, (f.valid - 1) // bs, group):
             todo = []  # the window is refilled a whole group at a time (below)
         else:
-            f.ra_next = max(f.ra_next, last + 1)
+            f.window.next_block = max(f.window.next_block, last + 1)
         for at in range(0, len(todo), PREFETCH_GROUP):
             self._prefetch(f, todo[at : at + PREFETCH_GROUP])
 
@@ -189,9 +189,9 @@ class Fetcher:
         """Fetch ``indices`` of ``f``'s current content in the background (see
         :meth:`read_ahead`); a failure is only counted: the read that needs a block
         fetches it again and meets the error itself."""
-        d, epoch, done = f.data_id, f.ra_epoch, trio.Event()
+        d, epoch, done = f.data_id, f.window.epoch, trio.Event()
         for k in indices:
-            f.inflight[k] = done
+            f.window.inflight[k] = done
         self.streaming["readahead-blocks"] += len(indices)
         self.streaming["readahead-fetches"] += 1
 
@@ -200,7 +200,7 @@ class Fetcher:
                 got = await self.meta.blocks(
                     self.rw.read_blocks([block_id(d, k) for k in indices], concurrency=len(indices))
                 )
-                if f.ra_epoch == epoch and f.data_id == d:
+                if f.window.epoch == epoch and f.data_id == d:
                     for k in indices:
                         if k not in f.dirty:
                             f.remember(k, got[block_id(d, k)])
@@ -211,8 +211,8 @@ class Fetcher:
                 log.debug("read-ahead of file %d failed: %s", f.ino, e)
             finally:
                 for k in indices:
-                    if f.inflight.get(k) is done:
-                        del f.inflight[k]
+                    if f.window.inflight.get(k) is done:
+                        del f.window.inflight[k]
                 done.set()
 
         self.spawn(fetch)

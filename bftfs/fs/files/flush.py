@@ -243,7 +243,7 @@ class FlushEngine:
         if keep:
             f.lease_until = arg["now"] + KEPT_LEASE_NS
         self.flushed(f, snapshot, mtime, attrs)
-        f.sent(logged)
+        f.log.sent(logged)
 
     def _keep_lease(self, f: OpenFile, arg: dict[str, Any], end: int, grown: int) -> None:
         """Ask the flush's ``fs.write`` to keep the write lease (``keep``), declaring the
@@ -329,7 +329,7 @@ class FlushEngine:
 
         def done() -> None:
             self.flushed(f, snapshot, mtime, attrs)
-            f.sent(logged)
+            f.log.sent(logged)
             if 0 not in f.dirty:
                 f.remember(0, content)
 

@@ -311,7 +311,7 @@ class Handles:
                 await self.fetcher.fetch(f, need)
         sequential = offset == f.last_write or (offset == 0 and f.last_write < 0)
         f.apply_write(offset, data, self.meta.now())
-        f.record(offset, data, bool(flags & os.O_APPEND))
+        f.log.record(offset, data, bool(flags & os.O_APPEND))
         if sequential and self.behind_limit:
             # Blocks this write filled are encoded now, while the flush in progress runs.
             for k in range(offset // f.bs, (offset + len(data)) // f.bs):
