@@ -47,8 +47,8 @@ def layer_order(text: str) -> list[str]:
 
 def fs_imports(source: str) -> set[str]:
     """The ``bftfs.fs`` modules ``source`` imports outside ``TYPE_CHECKING`` blocks, as
-    paths under ``fs/`` without ``.py`` (``files/flush`` for a wing's module, ``files`` for
-    the wing's face)."""
+    paths under ``fs/`` without ``.py`` (``files/flush`` for a wing's module,
+    ``files/__init__`` for the wing's face)."""
     out: set[str] = set()
     for node in runtime_imports(source):
         names: list[str] = []
@@ -63,7 +63,8 @@ def fs_imports(source: str) -> set[str]:
         for name in names:
             parts = name.split(".")
             if parts[:2] == ["bftfs", "fs"] and len(parts) > 2:
-                out.add("/".join(parts[2:]))
+                face = ROOT.parent.joinpath(*parts, "__init__.py").exists()
+                out.add("/".join(parts[2:] + ["__init__"] * face))
     return out
 
 

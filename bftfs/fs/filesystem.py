@@ -46,7 +46,7 @@ public call to one of them.  From the bottom:
   content's blocks;
 - :class:`~bftfs.fs.files.flush.FlushEngine` (``files/flush.py``): fetching blocks, read-ahead,
   the flush engine (leases, re-applying buffered writes, inline files);
-- :class:`~bftfs.fs.namespace.Names` (``namespace.py``): lookup, getattr, readdir, create,
+- :class:`~bftfs.fs.names.Names` (``names/``): lookup, getattr, readdir, create,
   link, unlink, rename, ...;
 - :class:`~bftfs.fs.files.table.HandleTable` (``files/table.py``): handle -> open file;
 - :class:`~bftfs.fs.writebehind.PendingCreates` (``writebehind.py``, their table in
@@ -100,7 +100,7 @@ from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.mounttag import MountTagged
-from bftfs.fs.namespace import Names
+from bftfs.fs.names import Names
 from bftfs.fs.renameback import PendingRenames
 from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
 from bftfs.fs.unlinkback import PendingUnlinks
@@ -350,7 +350,7 @@ class FileSystem:
     #: contract names both ``open``.
     open = _ClassOrInstance(_open_fs, _open_file)
 
-    # Names (bftfs.fs.namespace) ------------------------------------------------------------
+    # Names (bftfs.fs.names) ----------------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         return await self.names.lookup(parent, name)

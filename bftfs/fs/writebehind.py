@@ -307,7 +307,7 @@ class PendingCreates:
         download's ``.part``, a tool's temporary file).  A name the leased listing holds
         is cleared first (:meth:`_clear_target`: an editor's atomic save over the file it
         replaces), and must then be surely absent.  Whether it did; any other rename goes
-        to the servers (``fs/rename.py``)."""
+        to the servers (``fs/names/rename.py``)."""
         if (
             parent != new_parent
             or name == new_name

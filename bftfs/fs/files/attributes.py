@@ -22,7 +22,7 @@ from bftfs.fs.files.openfile import OpenFile
 from bftfs.fs.files.reclaim import Reclaimer, dead_contents
 from bftfs.fs.files.table import HandleTable
 from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
-from bftfs.fs.namespace import Names
+from bftfs.fs.names import Names
 from bftfs.fs.writebehind import PendingCreates
 from bftfs.rw.messages import block_id
 

@@ -38,7 +38,7 @@ from bftfs.fs.files.table import HandleTable
 from bftfs.fs.flushbehind import behind_done, flush_behind
 from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
-from bftfs.fs.namespace import Names
+from bftfs.fs.names import Names
 from bftfs.fs.writebehind import PendingCreates
 
 log = logging.getLogger(__name__)
