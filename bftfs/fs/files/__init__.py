@@ -3,7 +3,8 @@
 The wing's modules, bottom to top:
 
 - ``openfile.py``: :class:`OpenFile`, one file's buffered state and the pure decisions on
-  it (which blocks a write reads first, how a read is assembled, what a flush writes);
+  it (which blocks a write reads first, how a read is assembled, what a flush writes),
+  holding its write log (``writelog.py``) and read-ahead window (``window.py``);
 - ``attr.py``: :class:`Attr`, a file's attributes as the FUSE layer sees them;
 - ``table.py``: :class:`~bftfs.fs.files.table.HandleTable`, file handle -> open file;
 - ``encodeahead.py``: a sequential writer's full blocks encoded as they fill;

@@ -87,8 +87,6 @@ class Handles:
         self.pending = pending
         self.bs = meta.bs
         self.fetcher = engine.fetcher
-        self.readahead = self.fetcher.readahead
-        self.readahead_max = self.fetcher.readahead_max
         self.dirty_limit = dirty_limit
         #: Buffered bytes of a sequentially written file at which a write waits for the
         #: background flush; 0: no write-behind of big files (every flush in the write).
@@ -274,11 +272,11 @@ class Handles:
         f, _ = self.table.handle(fh)
         if offset < 0 or size < 0:
             raise Invalid("negative offset or size")
-        if self.readahead_max:
+        if self.fetcher.readahead_max:
             await self.fetcher.read_ahead(f, offset, size)
             need = f.blocks_to_fetch(offset, size, 0)
         else:
-            need = f.blocks_to_fetch(offset, size, self.readahead)
+            need = f.blocks_to_fetch(offset, size, self.fetcher.readahead)
         if need:
             await self.fetcher.fetch(f, need)
         return f
