@@ -42,9 +42,8 @@ public call to one of them.  From the bottom:
   statistics, backoff, placement, ``statfs``;
 - :class:`~bftfs.fs.caches.MetadataCache` (``caches.py``): the attribute, name and parent
   caches, the open files, and the reads through them;
-- :class:`~bftfs.fs.files.reclaim.Reclaimer` (``files/reclaim.py``): giving back a dead
-  content's blocks;
-- :class:`~bftfs.fs.files.flush.FlushEngine` (``files/flush.py``): fetching blocks, read-ahead,
+- :class:`~bftfs.fs.files.reclaim.Reclaimer` (``files/``): giving back a dead content's blocks;
+- :class:`~bftfs.fs.files.flush.FlushEngine` (``files/``): fetching blocks, read-ahead,
   the flush engine (leases, re-applying buffered writes, inline files);
 - :class:`~bftfs.fs.names.Names` (``names/``): lookup, getattr, readdir, create,
   link, unlink, rename, ...;
@@ -55,10 +54,9 @@ public call to one of them.  From the bottom:
 - :class:`~bftfs.fs.callorder.CallOrder` (``callorder.py``): what a call must send first
   (held files, removals, creates); this facade plugs it into ``Meta``'s one hook, a
   ``CallGate`` that ``meta.py`` declares;
-- :class:`~bftfs.fs.files.attributes.Attributes` (``files/attributes.py``): setattr,
-  truncation, xattrs;
-- :class:`~bftfs.fs.files.handles.Handles` (``files/handles.py``): create/open, read, write,
-  flush, release; it asks the pending creates at create, read, flush and release;
+- :class:`~bftfs.fs.files.attributes.Attributes` (``files/``): setattr, truncation, xattrs;
+- :class:`~bftfs.fs.files.handles.Handles` (``files/``): create/open, read, write, flush,
+  release; it asks the pending creates at create, read, flush and release;
 - this module: the facade, the one object the FUSE layer and tests hold
   (:class:`~bftfs.fs.api.FileSystemAPI`).
 """
