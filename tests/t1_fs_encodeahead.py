@@ -1,4 +1,4 @@
-"""Tier 1: encode-ahead's bookkeeping (``fs/encodeahead.py``) with a ``prepare`` the test
+"""Tier 1: encode-ahead's bookkeeping (``fs/files/encodeahead.py``) with a ``prepare`` the test
 holds: which encodings a flush may use, and that a block whose encoding still runs stays
 marked, so that a write copies it rather than change the buffer the worker reads."""
 
@@ -11,8 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from bftfs.fs import encodeahead
-from bftfs.fs.files import OpenFile
+from bftfs.fs.files import OpenFile, encodeahead
 from bftfs.rw.messages import block_id
 
 BS = 16

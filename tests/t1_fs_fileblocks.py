@@ -13,7 +13,7 @@ import pytest
 
 from bftfs import fsobjects as objects
 from bftfs.fs.files import OpenFile, file_block_size, sequential_end
-from bftfs.fs.reclaim import dead_contents
+from bftfs.fs.files.reclaim import dead_contents
 from bftfs.qu.objects import MethodRefused
 
 
@@ -54,7 +54,7 @@ def test_rekeying_buffered_blocks_keeps_every_byte(seed: int) -> None:
         for k in f.blocks_to_read_for_write(off, len(data)):
             assert k == 0 and inline  # a blockless file: only inline content is read
         f.apply_write(off, data, 1)
-        f.record(off, data, False)
+        f.log.record(off, data, False)
         if len(model) < off:
             model.extend(bytes(off - len(model)))
         model[off : off + len(data)] = data
@@ -73,10 +73,10 @@ def test_rekeying_buffered_blocks_keeps_every_byte(seed: int) -> None:
 
 
 def test_dead_contents_are_the_written_blocks_below_size_and_reservation() -> None:
-    """What a removal gives back (fs/reclaim.py): the blocks covering the written ranges
+    """What a removal gives back (fs/files/reclaim.py): the blocks covering the written ranges
     below ``min(size, alloc)``, each once, lazily; everything below that bound for a
     file without the record; nothing for inline or block-less files (issue 31)."""
-    from bftfs.fs.reclaim import dead_contents
+    from bftfs.fs.files.reclaim import dead_contents
 
     bs = 4096
     huge = 999999999999999

@@ -8,7 +8,7 @@ import pytest
 from t1_fs_fileblocks import BS, apply, attribute_object
 
 from bftfs import fsobjects as objects
-from bftfs.fs.filedata import _declared
+from bftfs.fs.files.flush import _declared
 from bftfs.qu.objects import MethodRefused
 
 LEASE = 30 * 10**9

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "bftfs"
 DOC = ROOT.parent / "docs" / "architecture.md"
 
 _SECTION = "## The file system in parts"
-_ROW = re.compile(r"^\| `fs/(\w+)\.py` \|")
+_ROW = re.compile(r"^\| `fs/([\w/]+)\.py` \|")
 
 
 def layer_order(text: str) -> list[str]:
@@ -46,7 +46,9 @@ def layer_order(text: str) -> list[str]:
 
 
 def fs_imports(source: str) -> set[str]:
-    """The ``bftfs.fs`` modules ``source`` imports outside ``TYPE_CHECKING`` blocks."""
+    """The ``bftfs.fs`` modules ``source`` imports outside ``TYPE_CHECKING`` blocks, as
+    paths under ``fs/`` without ``.py`` (``files/flush`` for a wing's module,
+    ``files/__init__`` for the wing's face)."""
     out: set[str] = set()
     for node in runtime_imports(source):
         names: list[str] = []
@@ -54,12 +56,15 @@ def fs_imports(source: str) -> set[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module]
-            if node.module == "bftfs.fs":
-                names = [f"bftfs.fs.{a.name}" for a in node.names]
+            if node.module.startswith("bftfs.fs"):  # modules of a package, or its names
+                folder = ROOT.parent.joinpath(*node.module.split("."))
+                subs = [a.name for a in node.names if (folder / f"{a.name}.py").exists()]
+                names = [f"{node.module}.{a}" for a in subs] or names
         for name in names:
             parts = name.split(".")
             if parts[:2] == ["bftfs", "fs"] and len(parts) > 2:
-                out.add(parts[2])
+                face = ROOT.parent.joinpath(*parts, "__init__.py").exists()
+                out.add("/".join(parts[2:] + ["__init__"] * face))
     return out
 
 

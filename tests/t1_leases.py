@@ -265,7 +265,7 @@ def test_a_file_made_under_the_callers_exclusive_lease_comes_leased_to_it_until_
 
 
 def test_a_directory_made_under_the_callers_exclusive_lease_comes_leased_to_it() -> None:
-    """``lx`` on ``fs.mkdir`` (``fs/namespace.py``): the new directory is leased as a new
+    """``lx`` on ``fs.mkdir`` (``fs/names/namespace.py``): the new directory is leased as a new
     file is, so another client's change in it is refused until the holder releases."""
     x = lease(directory(), A, EXCLUSIVE, T0, term=30 * S)
     arg = {"name": b"sub", "p": DIR, "o": FILE, "mode": 0o755, "uid": 0, "gid": 0}
@@ -280,7 +280,7 @@ def test_a_directory_made_under_the_callers_exclusive_lease_comes_leased_to_it()
 
 
 def test_a_directory_made_with_ln_comes_leased_to_its_maker_for_that_term() -> None:
-    """``ln`` on ``fs.mkdir`` (``fs/namespace.py``, a directory made where the caller holds
+    """``ln`` on ``fs.mkdir`` (``fs/names/namespace.py``, a directory made where the caller holds
     nothing): the new directory is leased to the caller exclusively until ``lt + ln``,
     without any lease on the parent, and another client's change in it is refused until
     then; the term is bounded by ``MAX_TERM``; the parent is left unleased."""

@@ -234,7 +234,7 @@ async def test_requests_over_the_limit_to_an_answering_node_wait_for_room(
 async def test_a_prepared_encoding_is_used_only_by_its_writer_for_its_data(
     tmp_path: Path,
 ) -> None:
-    """``Writer.prepare`` (encode-ahead, ``fs/encodeahead.py``): ``write_blocks`` sends a
+    """``Writer.prepare`` (encode-ahead, ``fs/files/encodeahead.py``): ``write_blocks`` sends a
     block's prepared encoding only when this very writer made it of this very data object;
     otherwise it encodes the block itself, so what is stored is always what was given."""
     async with rw_cluster(tmp_path, clients=2) as (_cl, (one, two)):

@@ -1,4 +1,4 @@
-"""Tier 3: encode-ahead (``fs/encodeahead.py``): a sequential writer's full blocks are
+"""Tier 3: encode-ahead (``fs/files/encodeahead.py``): a sequential writer's full blocks are
 sealed and erasure-coded as they fill, and the flush sends those encodings.
 
 What must hold: the bytes the nodes store are sealed (no plaintext in any store), what

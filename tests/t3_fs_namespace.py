@@ -17,7 +17,6 @@ import pytest
 import trio
 from fs_helpers import Env, run
 
-from bftfs.fs import namespace
 from bftfs.fs.errors import (
     CrossDevice,
     Exists,
@@ -34,6 +33,7 @@ from bftfs.fs.errors import (
     StaleView,
 )
 from bftfs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
+from bftfs.fs.names import stale
 from bftfs.fsobjects import ROOT
 from bftfs.qu.objects import MethodRefused
 
@@ -207,7 +207,7 @@ def test_the_walk_again_after_a_stale_name_may_use_the_object_it_found_once(
     same object by the then cached name is refused like any stale name, also when the
     first use came through the open's own ``looked_up`` (it used to leave the lookup's
     exception armed: the three-mount checker with leases read a file renamed over)."""
-    monkeypatch.setattr(namespace, "REVALIDATION_WINDOW", 60.0)  # timing out of the way
+    monkeypatch.setattr(stale, "REVALIDATION_WINDOW", 60.0)  # timing out of the way
 
     async def body(env: Env) -> None:
         a, b = env.fss

@@ -1,4 +1,4 @@
-"""Tier 3: the blocks of contents no file reaches any more are given back (fs/reclaim.py)
+"""Tier 3: the blocks of contents no file reaches any more are given back (fs/files/reclaim.py)
 and the nodes' garbage collection then keeps nothing of them beyond what retention says
 (issue 16).
 

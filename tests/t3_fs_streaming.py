@@ -120,7 +120,7 @@ def test_a_window_of_few_blocks_is_refilled_before_it_runs_dry(tmp_path: Path) -
         dry = []
         for k in range(-(-len(data) // BS)):
             got.append(await b.read(fh, k * BS, BS))
-            ahead = [j for j in range(k + 1, k + 9) if j in f.clean or j in f.inflight]
+            ahead = [j for j in range(k + 1, k + 9) if j in f.clean or j in f.window.inflight]
             if k >= 8 and (k + 1) * BS < len(data) and not ahead:
                 dry.append(k)  # the next read would wait for a fetch not yet sent
         assert b"".join(got) == data

@@ -20,7 +20,7 @@ from bftfs import config as cfgmod
 from bftfs.config import ClusterConfig
 from bftfs.connect import client_identity, open_client
 from bftfs.crypto import AdminKey, Identity, KeyRing, derive
-from bftfs.fs.attrs import Attr
+from bftfs.fs.files import Attr
 from bftfs.fs.session import open_session
 from bftfs.fsobjects.limits import ROOT
 from bftfs.ids import NodeId

@@ -56,7 +56,7 @@ MAX_BLOCK_SIZE = 4 * 1024**2
 #: ``block_size = 3`` would make a block per 3 bytes).
 BLOCK_ALIGN = 4096
 #: Block size a file takes when its first flush of blocks carries at least
-#: ``BIG_BLOCK_THRESHOLD`` (bftfs/fs/files.py) bytes written sequentially from offset 0
+#: ``BIG_BLOCK_THRESHOLD`` (bftfs/fs/files/openfile.py) bytes written sequentially from offset 0
 #: (docs/fs.md, "Per-file block size"): per-block costs are a sixteenth of 64 KiB
 #: blocks' for big sequential files while small files keep ``block_size``.  0 or
 #: ``block_size`` turns it off.  1 MiB since issue 34 (256 KiB before): the mount

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from bftfs.fs.attrs import Attr
+from bftfs.fs.files import Attr
 
 
 class FileSystemAPI(Protocol):

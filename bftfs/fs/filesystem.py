@@ -42,12 +42,12 @@ public call to one of them.  From the bottom:
   statistics, backoff, placement, ``statfs``;
 - :class:`~bftfs.fs.caches.MetadataCache` (``caches.py``): the attribute, name and parent
   caches, the open files, and the reads through them;
-- :class:`~bftfs.fs.reclaim.Reclaimer` (``reclaim.py``): giving back a dead content's blocks;
-- :class:`~bftfs.fs.filedata.FlushEngine` (``filedata.py``): fetching blocks, read-ahead,
+- :class:`~bftfs.fs.files.reclaim.Reclaimer` (``files/``): giving back a dead content's blocks;
+- :class:`~bftfs.fs.files.flush.FlushEngine` (``files/``): fetching blocks, read-ahead,
   the flush engine (leases, re-applying buffered writes, inline files);
-- :class:`~bftfs.fs.namespace.Names` (``namespace.py``): lookup, getattr, readdir, create,
+- :class:`~bftfs.fs.names.Names` (``names/``): lookup, getattr, readdir, create,
   link, unlink, rename, ...;
-- :class:`~bftfs.fs.handletable.HandleTable` (``handletable.py``): handle -> open file;
+- :class:`~bftfs.fs.files.table.HandleTable` (``files/table.py``): handle -> open file;
 - :class:`~bftfs.fs.writeback.Outbox` (``writeback/``, its map in the package docstring):
   what the mount answered and sends later - creates sent with their first flush
   (``write_behind``) and, with directory write-back, closes, removals, mkdirs and renames
@@ -56,8 +56,8 @@ public call to one of them.  From the bottom:
   (held files, removals, creates); this facade plugs it into ``Meta``'s one hook, a
   ``CallGate`` that ``meta.py`` declares;
 - :class:`~bftfs.fs.background.Background` (``background.py``): the long-lived tasks;
-- :class:`~bftfs.fs.attributes.Attributes` (``attributes.py``): setattr, truncation, xattrs;
-- :class:`~bftfs.fs.handles.Handles` (``handles.py``): create/open, read, write, flush,
+- :class:`~bftfs.fs.files.attributes.Attributes` (``files/``): setattr, truncation, xattrs;
+- :class:`~bftfs.fs.files.handles.Handles` (``files/``): create/open, read, write, flush,
   release; it asks the pending creates at create, read, flush and release;
 - this module: the facade, the one object the FUSE layer and tests hold
   (:class:`~bftfs.fs.api.FileSystemAPI`).
@@ -78,27 +78,27 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.api import FileSystemAPI
-from bftfs.fs.attributes import Attributes
-from bftfs.fs.attrs import Attr
 from bftfs.fs.background import Background
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.callorder import CallOrder
 from bftfs.fs.errors import Exists, NotFound
-from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import (
     DEFAULT_BEHIND_LIMIT,
     DEFAULT_DIRTY_LIMIT,
     DEFAULT_READAHEAD,
     DEFAULT_READAHEAD_MAX,
+    Attr,
     OpenFile,
 )
-from bftfs.fs.handles import Handles
-from bftfs.fs.handletable import HandleTable
+from bftfs.fs.files.attributes import Attributes
+from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.handles import Handles
+from bftfs.fs.files.reclaim import Reclaimer
+from bftfs.fs.files.table import HandleTable
 from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
 from bftfs.fs.mounttag import MountTagged
-from bftfs.fs.namespace import Names
-from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.names import Names
 from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
 from bftfs.fs.writeback import Outbox
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
@@ -162,6 +162,7 @@ class FileSystem:
             readahead=readahead,
             readahead_max=max(readahead_max, readahead) if readahead else 0,
             big_bs=int(getattr(config, "big_blocks", 0)),
+            spawn=self.background.spawn,
         )
         self.table = HandleTable()
         # What the mount holds back from the servers (fs/writeback/), built whole.
@@ -209,7 +210,7 @@ class FileSystem:
             ino, flags, reached_by_name=reached_by_name, looked_up=looked_up
         )
 
-    # Names (bftfs.fs.namespace) ------------------------------------------------------------
+    # Names (bftfs.fs.names) ----------------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         return await self.names.lookup(parent, name)
@@ -264,7 +265,7 @@ class FileSystem:
     async def statfs(self) -> dict[str, int]:
         return {**await self.meta.statfs(), "f_namemax": self.names.name_max}
 
-    # Attributes (bftfs.fs.attributes) ------------------------------------------------------
+    # Attributes (bftfs.fs.files.attributes) ------------------------------------------------
 
     async def setattr(
         self,
@@ -303,7 +304,7 @@ class FileSystem:
     async def removexattr(self, ino: int, name: bytes) -> None:
         await self.attributes.removexattr(ino, name)
 
-    # Handles (bftfs.fs.handles) ------------------------------------------------------------
+    # Handles (bftfs.fs.files.handles) ------------------------------------------------------
 
     async def create(
         self,
@@ -434,12 +435,12 @@ class FileSystem:
 
     @property
     def streaming(self) -> Counter[str]:
-        """Read-ahead and write-behind of big files (:class:`~bftfs.fs.filedata.FlushEngine`)."""
+        """Read-ahead and write-behind of big files (:class:`~bftfs.fs.files.flush.FlushEngine`)."""
         return self.engine.streaming
 
     @property
     def reclaimed_blocks(self) -> int:
-        """Blocks given back (:class:`~bftfs.fs.reclaim.Reclaimer`)."""
+        """Blocks given back (:class:`~bftfs.fs.files.reclaim.Reclaimer`)."""
         return self.reclaimer.reclaimed_blocks
 
     @property

@@ -17,9 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bftfs.fs.api import FileSystemAPI
-from bftfs.fs.attrs import Attr, attr_from_stat
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr, NotFound, ReadOnly
-from bftfs.fs.files import file_block_size
+from bftfs.fs.files import Attr, attr_from_stat, file_block_size
 from bftfs.fs.past import Past, Version, block_cap
 from bftfs.fsobjects import NAME_MAX, ROOT, stat_of
 from bftfs.fsobjects.dirents import all_entries

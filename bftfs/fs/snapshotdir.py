@@ -33,8 +33,8 @@ from collections.abc import Awaitable, Callable, Hashable
 import trio
 
 from bftfs.fs.api import FileSystemAPI
-from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import BadHandle, Exists, FsError, IsDir, NoAttr, NotFound, ReadOnly
+from bftfs.fs.files import Attr
 from bftfs.fs.past import Past, PastError
 from bftfs.fs.pastview import PastView
 from bftfs.fs.snapinodes import SNAPDIR, InodeMap, is_live

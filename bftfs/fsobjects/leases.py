@@ -274,7 +274,7 @@ def _inherited(states: States, state: Any, me: Who, at: int | None) -> Any:
     else can hold a lease on an object that did not exist, and the grant ends no later
     than one the caller already had, so it takes nothing from anyone; the holder's writes
     to the file then stay in its mount as its creates did (``fs/writeback/held.py``), and its
-    creates in the directory go to write-back at once (``fs/namespace.py``, ``mkdir``).
+    creates in the directory go to write-back at once (``fs/names/namespace.py``, ``mkdir``).
     Otherwise the state as made.
 
     Also while that lease is being recalled: the holder sends what it held back for the

@@ -217,7 +217,7 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
     size = state["size"]
     out["al"] = None if w is None else sum(min(hi, size) - lo for lo, hi in w if lo < size)
     if w is not None:
-        out["w"] = w  # what a remover gives back (fs/reclaim.py), not the whole size
+        out["w"] = w  # what a remover gives back (fs/files/reclaim.py), not the whole size
     lease = state.get("wl")
     if lease is not None and len(lease) > 2 and lease[2]:
         out["zl"] = lease[2]  # stale too if its holder never completes (settle_lease)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyfuse3
 
 from bftfs.fs.api import FileSystemAPI
-from bftfs.fs.attrs import Attr
+from bftfs.fs.files import Attr
 from bftfs.fuse.leasecache import LeaseCache
 
 #: Inodes whose attributes the kernel was last answered that are remembered (then

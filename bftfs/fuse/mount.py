@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 #: The kernel's default, 128 KiB, makes each FUSE read of a sequential reader 128 KiB,
 #: 1 600 requests for 200 MiB; with more the kernel asks up to ``max_pages`` (1 MiB, which
 #: libfuse 3 negotiates) at once, an eighth of the requests (issue 34).  The daemon's own
-#: read-ahead (8 MiB of blocks, fs/filedata.py) stays ahead of it.
+#: read-ahead (8 MiB of blocks, fs/files/fetch.py) stays ahead of it.
 READ_AHEAD_KB = 2048
 
 

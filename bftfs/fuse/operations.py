@@ -63,8 +63,8 @@ import pyfuse3
 import trio
 
 from bftfs.fs.api import FileSystemAPI
-from bftfs.fs.attrs import Attr
 from bftfs.fs.errors import NotFound, Removed
+from bftfs.fs.files import Attr
 from bftfs.fs.locks import LockManager
 from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.handler import handler as _handler

@@ -1,6 +1,6 @@
 """Forgetting given-back blocks: the last record of a removed file's contents on a node.
 
-fs/reclaim.py writes an empty version over every block of a removed file, and lazy
+fs/files/reclaim.py writes an empty version over every block of a removed file, and lazy
 verification then collects everything below it (node/rw_verifier.py), but the empty
 version itself stayed, with the block's floor and verified mark: a few hundred bytes per
 block per node that grew with every file ever removed.  Once such a block is down to its

@@ -222,7 +222,7 @@ def _owner_pressed(kv: KV, block: int, versions: Iterable[Timestamp], limit: int
 
 def _empty_at(kv: KV, block: int, mark: Timestamp) -> bool:
     """Whether the block's version at ``mark`` is stored here and empty (a file's contents
-    given back, fs/reclaim.py)."""
+    given back, fs/files/reclaim.py)."""
     if mark == ZERO:
         return False
     raw = kv.get(DB_VERSIONS, version_key(block, mark))

@@ -42,7 +42,7 @@ from bftfs.rw.timestamp import Timestamp
 
 def lone_empty(kv: KV, block: int) -> Timestamp | None:
     """The one version ``block`` is down to here, if it is empty (a file's contents given
-    back, fs/reclaim.py), verified or not; else None.
+    back, fs/files/reclaim.py), verified or not; else None.
 
     Forgetting it deletes that version, the floor and the mark: the block then reads as
     never written here, which is the same value, the empty block.

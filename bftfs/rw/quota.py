@@ -13,7 +13,7 @@ when one is deleted (garbage collection, poisonous discards).
 
 :func:`over` is the quota rule, checked against :func:`used` - the owner's block versions
 *and* Q/U records, one figure per client: a *non-empty* version that would take its owner
-past the quota is refused; empty versions (what fs/reclaim.py writes over removed files'
+past the quota is refused; empty versions (what fs/files/reclaim.py writes over removed files'
 blocks) always pass, so a client over its quota can still free space.
 """
 

@@ -265,7 +265,7 @@ class Writer:
 
         A block with a ``prepared`` encoding of this writer for the same data object is
         not encoded again (a sequential writer's blocks are encoded as they fill,
-        ``fs/encodeahead.py``).
+        ``fs/files/encodeahead.py``).
 
         The blocks go in waves of ``concurrency // 2``: a wave is encoded in one call
         (:func:`_encode_wave`, in a worker thread when it is large, so the event loop keeps

@@ -54,12 +54,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from bftfs import fsobjects as obj
-from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import StaleView, from_refusal
-from bftfs.fs.filedata import FlushEngine
-from bftfs.fs.files import OpenFile
-from bftfs.fs.handletable import HandleTable
+from bftfs.fs.files import Attr, OpenFile
+from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.table import HandleTable
 from bftfs.fs.meta import Meta
 from bftfs.fs.writeback.creates_sending import CreateSends
 from bftfs.fs.writeback.creates_table import CreateTable, HoldsBack
@@ -304,7 +303,7 @@ class PendingCreates:
         download's ``.part``, a tool's temporary file).  A name the leased listing holds
         is cleared first (:meth:`_clear_target`: an editor's atomic save over the file it
         replaces), and must then be surely absent.  Whether it did; any other rename goes
-        to the servers (``fs/rename.py``)."""
+        to the servers (``fs/names/rename.py``)."""
         if (
             parent != new_parent
             or name == new_name

@@ -22,7 +22,7 @@ import trio
 
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, NoSpace, Unavailable
-from bftfs.fs.filedata import FlushEngine
+from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.writeback.creates_table import CreateTable
 from bftfs.fs.writeback.creates_update import CreateSender, PendingCreate
 from bftfs.fs.writeback.schedule import BATCH

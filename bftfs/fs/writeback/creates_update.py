@@ -17,12 +17,11 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache, content_version
 from bftfs.fs.errors import Exists, FsError, NoSpace, NotFound, Unavailable
-from bftfs.fs.filedata import FlushEngine
-from bftfs.fs.files import OpenFile
-from bftfs.fs.handletable import HandleTable
+from bftfs.fs.files import Attr, OpenFile
+from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.table import HandleTable
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta
 from bftfs.fsobjects.leases import INHERIT
 from bftfs.outcome import ClusterUnavailable
@@ -236,7 +235,7 @@ class CreateSender:
         self._made(p, child, pst)
         f.base = content_version(child)
         self.engine.flushed(f, snapshot, mtime, attrs)
-        f.sent(logged)
+        f.log.sent(logged)
         if 0 not in f.dirty:
             f.remember(0, content)
 
@@ -301,7 +300,7 @@ class CreateSender:
             if need:
                 await self.engine.fetch(g, need)
             g.apply_write(offset, data, mtime)
-            g.record(offset, data, appended)
+            g.log.record(offset, data, appended)
         g.attrs.update(f.attrs)
         for fh, (h, flags) in list(self.table.handles.items()):
             if h is f:

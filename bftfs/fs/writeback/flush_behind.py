@@ -9,7 +9,7 @@ next write, flush, fsync or close (:func:`behind_done`): a write answers it (EIO
 buffered writes are dropped, ``Handles._unsent``); a flush, fsync or close sends the data
 again first and answers the error only if that fails too (docs/fs.md, "What EIO means").
 
-Kept apart from the flush engine (``fs/filedata.py``) because it is the handles' decision
+Kept apart from the flush engine (``fs/files/flush.py``) because it is the handles' decision
 when to flush, not how: a flush waits here first, then sends its create, then flushes, each
 part visited once on the way down.
 """
@@ -22,18 +22,21 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from bftfs.fs.filedata import _spawn
 from bftfs.fs.files import OpenFile
 
 log = logging.getLogger(__name__)
 
 
 def flush_behind(
-    f: OpenFile, flush: Callable[[OpenFile], Awaitable[None]], streaming: Counter[str]
+    f: OpenFile,
+    flush: Callable[[OpenFile], Awaitable[None]],
+    streaming: Counter[str],
+    spawn: Callable[[Callable[[], Awaitable[None]]], None],
 ) -> None:
     """Start flushing ``f`` with ``flush`` in the background (a sequential writer passed
     ``dirty_limit``), unless a background flush runs already; counted in ``streaming``
-    (``behind-flushes``, ``behind-failures``: ``FlushEngine.streaming``)."""
+    (``behind-flushes``, ``behind-failures``: ``FlushEngine.streaming``); ``spawn`` runs
+    it (``FlushEngine.spawn``)."""
     if f.behind is not None:
         return
     done = f.behind = trio.Event()
@@ -51,7 +54,7 @@ def flush_behind(
             f.behind = None
             done.set()
 
-    _spawn(flush_in_background)
+    spawn(flush_in_background)
 
 
 async def behind_done(f: OpenFile, *, report: bool) -> None:

@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable, from_refusal
+from bftfs.fs.files import Attr
 from bftfs.fs.leasedanswers import made_entries
 from bftfs.fs.meta import IdTaken, Meta, OutOfDate
 from bftfs.fs.writeback.once import SendOnce

@@ -19,7 +19,7 @@ later (``RENAME_NOREPLACE``: it never replaces what it did not see).  It is sent
   whose create waits is renamed with its create, ``PendingCreates.rename_deferred``), to
   a name the leased listing surely lacks (nothing replaced), neither name with anything
   else held back, and while the write-back bound leaves room.  Any other rename goes to
-  the servers at once (``fs/rename.py``).
+  the servers at once (``fs/names/rename.py``).
 - **A refusal** when sent (only possible once the lease lapsed and another client changed
   the directory: the source gone, the target taken) drops the rename, as a rename that
   lost a race: the directory's leased listing and names are forgotten here, so the next

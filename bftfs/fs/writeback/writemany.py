@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
+from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.meta import Meta
 from bftfs.qu.timestamp import MAX_OBJECTS
 

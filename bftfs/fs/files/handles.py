@@ -2,7 +2,7 @@
 consistency, O_TRUNC, O_APPEND), read, write, flush and release, and whether the kernel may
 keep its cached pages of a file.
 
-The data itself moves in :mod:`bftfs.fs.filedata` (fetching blocks, the flush engine);
+The data itself moves in :mod:`bftfs.fs.files.fetch` and :mod:`bftfs.fs.files.flush`;
 this part is what a handle means: which file, which flags, and what an open checks.
 """
 
@@ -18,8 +18,6 @@ from typing import Any
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.fs.attributes import Attributes
-from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import (
     Exists,
@@ -31,12 +29,14 @@ from bftfs.fs.errors import (
     TooBig,
     Unavailable,
 )
-from bftfs.fs.filedata import FlushEngine
-from bftfs.fs.files import OpenFile
-from bftfs.fs.handletable import HandleTable
+from bftfs.fs.files.attr import Attr
+from bftfs.fs.files.attributes import Attributes
+from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.openfile import OpenFile
+from bftfs.fs.files.reclaim import Reclaimer
+from bftfs.fs.files.table import HandleTable
 from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
-from bftfs.fs.namespace import Names
-from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.names import Names
 from bftfs.fs.writeback import HeldFiles, PendingCreates, behind_done, flush_behind
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,7 @@ class Handles:
         self.reclaimer = reclaimer
         self.pending = pending
         self.bs = meta.bs
-        self.readahead = engine.readahead
-        self.readahead_max = engine.readahead_max
+        self.fetcher = engine.fetcher
         self.dirty_limit = dirty_limit
         #: Buffered bytes of a sequentially written file at which a write waits for the
         #: background flush; 0: no write-behind of big files (every flush in the write).
@@ -273,13 +272,13 @@ class Handles:
         f, _ = self.table.handle(fh)
         if offset < 0 or size < 0:
             raise Invalid("negative offset or size")
-        if self.readahead_max:
-            await self.engine.read_ahead(f, offset, size)
+        if self.fetcher.readahead_max:
+            await self.fetcher.read_ahead(f, offset, size)
             need = f.blocks_to_fetch(offset, size, 0)
         else:
-            need = f.blocks_to_fetch(offset, size, self.readahead)
+            need = f.blocks_to_fetch(offset, size, self.fetcher.readahead)
         if need:
-            await self.engine.fetch(f, need)
+            await self.fetcher.fetch(f, need)
         return f
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -302,28 +301,28 @@ class Handles:
             raise TooBig("file size limit")
         need = f.blocks_to_read_for_write(offset, len(data))
         if need:
-            await self.engine.fetch(f, need)
+            await self.fetcher.fetch(f, need)
             if flags & os.O_APPEND and offset != f.size:  # the file grew meanwhile
                 offset = f.size
             need = f.blocks_to_read_for_write(offset, len(data))
             if need:
-                await self.engine.fetch(f, need)
+                await self.fetcher.fetch(f, need)
         sequential = offset == f.last_write or (offset == 0 and f.last_write < 0)
         f.apply_write(offset, data, self.meta.now())
-        f.record(offset, data, bool(flags & os.O_APPEND))
+        f.log.record(offset, data, bool(flags & os.O_APPEND))
         if sequential and self.behind_limit:
             # Blocks this write filled are encoded now, while the flush in progress runs.
             for k in range(offset // f.bs, (offset + len(data)) // f.bs):
                 self.engine.encode_ahead(f, k)
         if f.dirty_bytes > self.dirty_limit:
             if self.behind_limit and sequential:
-                flush_behind(f, self._flush_file, self.engine.streaming)
+                flush_behind(f, self._flush_file, self.engine.streaming, self.engine.spawn)
                 while f.behind is not None and f.dirty_bytes > self.behind_limit:
                     await f.behind.wait()  # backpressure
                     if f.behind_error is not None:
                         break  # buffered; the error is reported at the next call
                     if f.dirty_bytes > self.dirty_limit:
-                        flush_behind(f, self._flush_file, self.engine.streaming)
+                        flush_behind(f, self._flush_file, self.engine.streaming, self.engine.spawn)
             else:
                 await behind_done(f, report=False)
                 async with self._unsent(f, fh):

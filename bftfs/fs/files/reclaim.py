@@ -44,7 +44,7 @@ from typing import Any
 
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import NoSpace, Unavailable
-from bftfs.fs.files import file_block_size
+from bftfs.fs.files.openfile import file_block_size
 from bftfs.fs.meta import CHUNK, Meta
 from bftfs.rw.messages import block_id
 

@@ -1,39 +1,31 @@
-"""An open file's data to and from the servers: fetching blocks, and the flush engine.
+"""An open file's data to the servers: the flush engine.
 
 A flush writes every block first (PASIS) and only then the size and mtime (Q/U), under a
 write lease taken on the version the blocks were computed from; a small file's whole
 content goes inline in one update.  When another client changed the file meanwhile, the
 buffered writes are re-applied on its new content and the flush retried.  This is the
 subtle part of the file system, kept apart from what the handles mean
-(:mod:`bftfs.fs.handles`) and from truncation (:mod:`bftfs.fs.attributes`), which use it.
+(:mod:`bftfs.fs.files.handles`) and from truncation (:mod:`bftfs.fs.files.attributes`),
+which use it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 import trio
 
 from bftfs import fsobjects as obj
-from bftfs.fs import encodeahead
 from bftfs.fs.caches import MetadataCache, content_version
 from bftfs.fs.errors import Unavailable
-from bftfs.fs.files import (
-    BIG_BLOCK_THRESHOLD,
-    PREFETCH_GROUP,
-    READAHEAD_MAX_BLOCKS,
-    OpenFile,
-    reservation,
-    sequential_end,
-)
+from bftfs.fs.files import encodeahead
+from bftfs.fs.files.fetch import Fetcher, Spawn
+from bftfs.fs.files.openfile import BIG_BLOCK_THRESHOLD, OpenFile, reservation, sequential_end
 from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.rw.messages import block_id
-
-log = logging.getLogger(__name__)
 
 #: A lease taken at create is used for a flush only with this much of it left.
 LEASE_MARGIN_NS = 10 * 10**9
@@ -42,36 +34,6 @@ LEASE_MARGIN_NS = 10 * 10**9
 #: ``fs.lock``; a writer that stops with the file open holds it no longer than this, less
 #: than another client's flush retries for (``FLUSH_ATTEMPTS`` back-offs, about 20 s).
 KEPT_LEASE_NS = 15 * 10**9
-
-
-def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
-    """Run ``fn`` in the background, outside any request's task: read-ahead and
-    write-behind outlive the ``read``/``write`` that started them.  A system task, so the
-    file system needs no nursery of its own; trio cancels it when the run ends (a mount
-    that stops, a test that returns).  ``fn`` must catch its own errors (an exception
-    escaping a system task ends the run): the callers below do."""
-    trio.lowlevel.spawn_system_task(fn)
-
-
-def refill_group(window: int, bs: int) -> int:
-    """Blocks a full window's refill waits for: ``PREFETCH_GROUP``, or half the window
-    when the window holds fewer than two groups.  An 8 MiB window of 1 MiB blocks is eight
-    blocks: waiting for sixteen due let it run dry every ninth block, and the read at hand
-    then waited for a whole new group with nothing in flight (issue 34); refilled at half,
-    the other half is still in flight while the refill's frames go out."""
-    return min(PREFETCH_GROUP, max(1, window // bs // 2))
-
-
-def _defer_refill(
-    todo: list[int], end: int, bs: int, last: int, file_last: int, group: int
-) -> bool:
-    """Whether a window's refill waits for a whole ``group`` (:func:`refill_group`):
-    nothing of it is needed by the read at hand (``end``), fewer blocks than a group are
-    due, and the file goes on past them.  Once the window is at its largest each
-    sequential read extends it by the read's size (128 KiB from the kernel, half a 256 KiB
-    block), so refilling at once fetched one block per task: one frame per node per block,
-    about 5 000 frames for a 200 MiB cold read instead of about 300 (issue 34)."""
-    return bool(todo) and len(todo) < group and todo[0] * bs >= end and last < file_last
 
 
 def _declared(st: dict[str, Any], written: list[list[int]]) -> bool:
@@ -89,9 +51,10 @@ def _declared(st: dict[str, Any], written: list[list[int]]) -> bool:
 
 
 class FlushEngine:
-    """Reading blocks into an open file's cache and flushing its buffered writes.  Given
-    the protocol calls and the cache.  A file with a pending create is flushed only once
-    the create is made: its callers see to that (:meth:`Handles._flush_file`)."""
+    """Flushing an open file's buffered writes, with the part that reads into its cache
+    (:attr:`fetcher`).  Given the protocol calls, the cache and the background's
+    ``spawn``.  A file with a pending create is flushed only once the create is made: its
+    callers see to that (:meth:`Handles._flush_file`)."""
 
     def __init__(
         self,
@@ -101,15 +64,16 @@ class FlushEngine:
         readahead: int,
         readahead_max: int,
         big_bs: int,
+        spawn: Spawn,
     ) -> None:
         self.meta = meta
         self.cache = cache
         self.bs = meta.bs
         self.inline = cache.inline
         self.lease_token = meta.lease_token
-        self.readahead = readahead
-        #: The read-ahead window's largest size (bytes), 0: no background read-ahead.
-        self.readahead_max = readahead_max
+        #: Runs a task in the background (read-ahead, encode-ahead, write-behind, the
+        #: creates' resends): ``Background.spawn``, bftfs/fs/background.py.
+        self.spawn = spawn
         #: The block size of files written sequentially (0: every file has ``bs``;
         #: docs/fs.md).
         self.big_bs = big_bs
@@ -119,8 +83,15 @@ class FlushEngine:
         self.streaming: Counter[str] = Counter()
         #: Encode-ahead runs one block at a time: a worker thread per filled block kept
         #: up to a dozen threads coding at once, each allocating in its own malloc arena
-        #: (the daemon writing 1 GiB peaked at 785 MiB; fs/encodeahead.py).
+        #: (the daemon writing 1 GiB peaked at 785 MiB; fs/files/encodeahead.py).
         self.ahead_limit = trio.Semaphore(1)
+        self.fetcher = Fetcher(
+            meta,
+            readahead=readahead,
+            readahead_max=readahead_max,
+            streaming=self.streaming,
+            spawn=spawn,
+        )
 
     @property
     def rw(self) -> Any:
@@ -141,153 +112,19 @@ class FlushEngine:
             f.base = content_version(s)
         self.cache.own_stat(f.ino, s)
 
-    async def fetch(self, f: OpenFile, indices: list[int]) -> None:
-        if f.st.get("inl"):  # the content comes with the attributes
-            await self.adopt(f, await self.meta.query(f.ino, "fs.open"))
-            indices = [k for k in indices if f.missing(k)]
-            if not indices:
-                return
-        await self._fetch_blocks(f, indices)
-
-    async def _fetch_blocks(self, f: OpenFile, indices: list[int]) -> None:
-        """Read blocks of ``f``'s current data id into its clean cache (an inline file's
-        content is block 0 of its stat already)."""
-        if f.st.get("inl"):
-            return
-        d, bs = f.data_id, f.bs
-        got = await self.meta.blocks(self.rw.read_blocks([block_id(d, k) for k in indices]))
-        if f.data_id != d or f.bs != bs:  # truncated to zero, or another block size: the
-            return  # indices are not its blocks any more
-        for k in indices:
-            if k not in f.dirty:
-                f.remember(k, got[block_id(d, k)])
-
     def encode_ahead(self, f: OpenFile, k: int) -> None:
         """Seal and encode ``f``'s full dirty block ``k`` now, in the background, for the
-        flush that will send it (``fs/encodeahead.py``)."""
-        encodeahead.start(f, k, self.rw.prepare, _spawn, self.streaming, self.ahead_limit)
+        flush that will send it (``fs/files/encodeahead.py``)."""
+        encodeahead.start(f, k, self.rw.prepare, self.spawn, self.streaming, self.ahead_limit)
 
-    # Read-ahead --------------------------------------------------------------------------
-
-    async def read_ahead(self, f: OpenFile, offset: int, size: int) -> None:
-        """Keep a window of blocks in flight ahead of a sequential reader, and wait for the
-        ones this read needs.
-
-        A read at 0 (the window starts afresh) or where the last one ended is sequential:
-        the window doubles, from ``readahead`` up to ``readahead_max``, and every block in
-        it neither cached, dirty nor in flight yet is fetched in the background in groups of
-        ``PREFETCH_GROUP`` (one task each; their reads start together, so each node gets
-        them in one batch).  A read ahead of the last one by at most the largest window
-        counts as sequential too: the kernel's own read-ahead sends its reads concurrently
-        (two or more 1 MiB reads of a 2 MiB window, fuse/mount.py), so the next ones arrive
-        before the first has ended, and taken as seeks they dropped the window: every read
-        fetched its own block, one frame per node each (issue 34).  Those concurrent reads
-        are served in any order (each FUSE request is a task, run in the event loop's
-        order), so a read behind the last one by at most the largest window while a window
-        is open is one of them that came late: it keeps the window as it is, neither
-        dropping nor growing it, and waits for its blocks.  Taken as a seek, it dropped the
-        window, which then grew again from ``readahead`` in small fetches (four reads in
-        flight, each four served last first: 27 fetches of 176 blocks instead of 16).
-        Any other read drops the window (what is in flight still lands).  The fetches are
-        ordinary PASIS reads (validated, repaired: :meth:`RWClient.read_blocks`); what they
-        read is kept only if the file is still at the content they were started on
-        (``ra_epoch``, :meth:`OpenFile.invalidate_prefetch`).  The caller then fetches
-        whatever the read needs that did not arrive (a failed or invalidated fetch)."""
-        end = min(offset + size, f.size)
-        if offset >= end or not self.readahead_max or f.st.get("inl"):
-            return
-        bs = f.bs
-        largest = min(self.readahead_max, READAHEAD_MAX_BLOCKS * bs)
-        ahead = offset - f.last_read
-        late = -largest <= ahead < 0 and f.ra_window > 0
-        if not (late or 0 <= ahead <= largest):
-            f.ra_window, f.ra_next = 0, 0
-            if offset != 0:
-                return  # a seek; a read at 0 starts the window afresh
-        if not late:
-            self._extend_window(f, offset, end, largest)
-        waited = False
-        for k in range(offset // bs, (end - 1) // bs + 1):
-            ev = f.inflight.get(k)
-            if ev is not None:
-                if not ev.is_set():
-                    waited = True
-                await ev.wait()
-            if k in f.clean:
-                self.streaming["readahead-hits"] += 1
-        if waited:
-            self.streaming["readahead-waits"] += 1
-
-    def _extend_window(self, f: OpenFile, offset: int, end: int, largest: int) -> None:
-        """Double ``f``'s read-ahead window (up to ``largest``) past a sequential read of
-        ``[offset, end)`` and fetch what of it is neither cached, dirty nor in flight."""
-        bs = f.bs
-        f.ra_window = min(max(2 * f.ra_window, self.readahead), largest)
-        first = max(offset // bs, f.ra_next)
-        stop = min(end + f.ra_window, f.valid)
-        last = (stop - 1) // bs
-        todo = [
-            k
-            for k in range(first, last + 1)
-            if k not in f.dirty and k not in f.clean and k not in f.inflight
-        ]
-        group = refill_group(f.ra_window, bs)
-        if _defer_refill(todo, end, bs, last, (f.valid - 1) // bs, group):
-            todo = []  # the window is refilled a whole group at a time (below)
-        else:
-            f.ra_next = max(f.ra_next, last + 1)
-        for at in range(0, len(todo), PREFETCH_GROUP):
-            self._prefetch(f, todo[at : at + PREFETCH_GROUP])
-
-    def _prefetch(self, f: OpenFile, indices: list[int]) -> None:
-        """Fetch ``indices`` of ``f``'s current content in the background (see
-        :meth:`read_ahead`); a failure is only counted: the read that needs a block
-        fetches it again and meets the error itself."""
-        d, epoch, done = f.data_id, f.ra_epoch, trio.Event()
-        for k in indices:
-            f.inflight[k] = done
-        self.streaming["readahead-blocks"] += len(indices)
-        self.streaming["readahead-fetches"] += 1
-
-        async def fetch() -> None:
-            try:
-                got = await self.meta.blocks(
-                    self.rw.read_blocks([block_id(d, k) for k in indices], concurrency=len(indices))
-                )
-                if f.ra_epoch == epoch and f.data_id == d:
-                    for k in indices:
-                        if k not in f.dirty:
-                            f.remember(k, got[block_id(d, k)])
-                else:
-                    self.streaming["readahead-discarded"] += len(indices)
-            except Exception as e:
-                self.streaming["readahead-failures"] += 1
-                log.debug("read-ahead of file %d failed: %s", f.ino, e)
-            finally:
-                for k in indices:
-                    if f.inflight.get(k) is done:
-                        del f.inflight[k]
-                done.set()
-
-        _spawn(fetch)
+    async def fetch(self, f: OpenFile, indices: list[int]) -> None:
+        """Read blocks ``indices`` of ``f`` into its cache (:meth:`Fetcher.fetch`)."""
+        await self.fetcher.fetch(f, indices)
 
     async def adopt(self, f: OpenFile, s: dict[str, Any]) -> None:
-        """Take ``s`` (fresh from the servers) as ``f``'s state.  If another client changed
-        the file under this client's buffered writes, they are re-applied on its new
-        content (:meth:`OpenFile.rebase`): each write's bytes at its offset, each append at
-        the new end of file, so nothing either client wrote is lost."""
-        if not (f.log and f.changed_by_others(s)):
-            f.reset(s)
-            return
-        mtime = f.mtime
-        for offset, data, appended in f.rebase(s):
-            if appended:
-                offset = f.size
-            need = f.blocks_to_read_for_write(offset, len(data))
-            if need:
-                await self._fetch_blocks(f, need)
-            f.apply_write(offset, data, 0)
-        f.mtime = mtime
+        """Take ``s`` as ``f``'s state, its buffered writes re-applied on another client's
+        content (:meth:`Fetcher.adopt`)."""
+        await self.fetcher.adopt(f, s)
 
     async def flush(self, f: OpenFile) -> None:
         """Send ``f``'s buffered writes; when another client changed the file meanwhile
@@ -406,7 +243,7 @@ class FlushEngine:
         if keep:
             f.lease_until = arg["now"] + KEPT_LEASE_NS
         self.flushed(f, snapshot, mtime, attrs)
-        f.sent(logged)
+        f.log.sent(logged)
 
     def _keep_lease(self, f: OpenFile, arg: dict[str, Any], end: int, grown: int) -> None:
         """Ask the flush's ``fs.write`` to keep the write lease (``keep``), declaring the
@@ -492,7 +329,7 @@ class FlushEngine:
 
         def done() -> None:
             self.flushed(f, snapshot, mtime, attrs)
-            f.sent(logged)
+            f.log.sent(logged)
             if 0 not in f.dirty:
                 f.remember(0, content)
 

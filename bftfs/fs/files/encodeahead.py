@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.files import OpenFile
+from bftfs.fs.files.openfile import OpenFile
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)

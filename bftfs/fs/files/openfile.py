@@ -5,8 +5,8 @@ bftfs keeps it in PASIS blocks (seed chapter 3): block ``i`` of a file is
 ``block_id(d, i)`` where ``d`` is the data id in the file's attribute object.  This module
 holds the state of one file this client has open or cached, and the pure decisions on it:
 which blocks a write must read first, how a read is assembled from dirty, clean and fetched
-blocks, and what a flush must write.  :mod:`bftfs.fs.handles` and :mod:`bftfs.fs.filedata`
-do the I/O.
+blocks, and what a flush must write.  :mod:`bftfs.fs.files.handles`,
+:mod:`bftfs.fs.files.fetch` and :mod:`bftfs.fs.files.flush` do the I/O.
 
 Byte ``p`` of the file (``p < size``) is, in this order: the dirty block's byte (zero beyond
 its current length), else the server's block clamped at ``valid`` (the size the servers
@@ -20,11 +20,14 @@ the filesystem serialises flushes and truncations of one file with :attr:`OpenFi
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
+from bftfs.fs.files.window import ReadWindow
+from bftfs.fs.files.writelog import WriteLog
 
 #: Flush a file once its dirty blocks exceed this many bytes.
 DEFAULT_DIRTY_LIMIT = 8 * 1024 * 1024
@@ -64,7 +67,7 @@ def file_block_size(st: dict[str, Any], default: int) -> int:
     return int(bs) if bs else default
 
 
-def sequential_end(log: list[tuple[int, bytes, bool]], start: int) -> int:
+def sequential_end(log: Iterable[tuple[int, bytes, bool]], start: int) -> int:
     """Where the buffered writes ``log`` end if they were written sequentially from
     ``start`` (each begins at or before the end of those before it: rewriting what was
     just written is still sequential, a jump forward is not); 0 if they were not."""
@@ -101,6 +104,23 @@ def clip_ranges(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[i
     return [(max(a, lo), min(b, hi)) for a, b in ranges if b > lo and a < hi]
 
 
+def _gap_blocks(
+    st: dict[str, Any], bs: int, valid: int, new_size: int, dirty: set[int]
+) -> tuple[list[int], Iterator[int]]:
+    """:meth:`OpenFile.gap_blocks` of a file at stat ``st`` with block size ``bs``, the
+    servers' bytes below ``valid`` and the ``dirty`` blocks."""
+    limit = min(new_size, int(st["alloc"]))
+    if limit <= valid:
+        return [], iter(())
+    stale = stale_ranges(st)
+    spans = [(valid, limit)] if stale is None else clip_ranges(stale, valid, limit)
+    partial = []
+    k = valid // bs
+    if valid % bs and k not in dirty and spans and spans[0][0] < (k + 1) * bs:
+        partial.append(k)
+    return partial, _empty_gap_blocks(spans, bs, valid, dirty)
+
+
 def _empty_gap_blocks(
     spans: list[tuple[int, int]], bs: int, valid: int, dirty: set[int]
 ) -> Iterator[int]:
@@ -114,6 +134,25 @@ def _empty_gap_blocks(
             if k * bs >= valid and k not in dirty:
                 yield k
         after = max(after, (hi - 1) // bs)
+
+
+def _rekeyed_ends(
+    dirty: dict[int, bytes | bytearray], clean: dict[int, bytes], old: int, bs: int
+) -> dict[int, int]:
+    """For :meth:`OpenFile.rekey`: the blocks of size ``bs`` covering a byte of the
+    ``dirty`` blocks (keyed by ``old``), each with where its content ends: at the last
+    buffered or server (``clean``) byte it holds."""
+    ends: dict[int, int] = {}
+    for k, buf in dirty.items():
+        lo, hi = k * old, k * old + max(len(buf), 1)
+        for n in range(lo // bs, (hi - 1) // bs + 1):
+            ends[n] = max(ends.get(n, 0), min(hi, (n + 1) * bs))
+    for k, data in clean.items():  # server bytes in a new block are kept too
+        lo, hi = k * old, k * old + len(data)
+        for n in range(lo // bs, (hi - 1) // bs + 1) if data else ():
+            if n in ends:
+                ends[n] = max(ends[n], min(hi, (n + 1) * bs))
+    return ends
 
 
 def reservation(need: int, current: int, bs: int) -> int:
@@ -149,7 +188,7 @@ class OpenFile:
     #: Dirty blocks a running flush is sending as they are (no copy): the next change to
     #: one copies it first (:meth:`private`).
     shared: set[int] = field(default_factory=set)
-    #: Dirty blocks being encoded ahead of their flush, or encoded (``fs/encodeahead.py``:
+    #: Dirty blocks being encoded ahead of their flush, or encoded (``fs/files/encodeahead.py``:
     #: ``Ahead`` entries); the next change to one copies it first (:meth:`private`).
     ahead: dict[int, Any] = field(default_factory=dict)
     #: Block index -> content read from the servers, clamped at ``valid``.
@@ -162,13 +201,8 @@ class OpenFile:
     attrs: dict[str, int] = field(default_factory=dict)
     #: Where the last read ended (sequential reads trigger read-ahead).
     last_read: int = -1
-    #: The buffered writes in order, ``(offset, bytes, appended)``, until a flush sends
-    #: them: when another client changed the file meanwhile, the flush re-applies them on
-    #: the servers' new content (:meth:`rebase`) - byte ranges, not whole blocks, so bytes
-    #: the other client wrote in the same blocks are kept, and appended records move to
-    #: the new end of file instead of overwriting what the other client appended.
-    log: list[tuple[int, bytes, bool]] = field(default_factory=list)
-    log_bytes: int = 0
+    #: The buffered writes in order, re-applied on another client's content (:meth:`rebase`).
+    log: WriteLog = field(default_factory=WriteLog)
     #: ``(data id, version counter)`` of the servers' content the buffered writes were made
     #: on: a flush's updates are taken only on it (``v``), so nothing another client wrote
     #: since can be overwritten unseen.  Moves at reads of the servers' state while nothing
@@ -182,14 +216,8 @@ class OpenFile:
     #: file's state (``fs/writeback/held.py``).
     adopted: float = float("-inf")
     lock: trio.Lock = field(default_factory=trio.Lock)
-    #: Read-ahead (``bftfs.fs.filedata``): the window's current size in bytes, the next
-    #: block index not yet asked for, block index -> the event its background fetch sets,
-    #: and the epoch a fetch must still find to keep what it read (bumped by
-    #: :meth:`invalidate_prefetch`: a write, a flush, another version).
-    ra_window: int = 0
-    ra_next: int = 0
-    inflight: dict[int, trio.Event] = field(default_factory=dict)
-    ra_epoch: int = 0
+    #: Read-ahead (``bftfs.fs.files.fetch``), restarted by :meth:`invalidate_prefetch`.
+    window: ReadWindow = field(default_factory=ReadWindow)
     #: Write-behind: where the last write ended (sequential writes flush in the
     #: background), the running background flush's end (None: none), and the error it
     #: failed with until a write, flush, fsync or close reports it.
@@ -220,9 +248,7 @@ class OpenFile:
             st = {k: v for k, v in st.items() if k != "i"}
         expected = self.st["v"] + 1 if own else self.st["v"]
         if st["v"] not in (self.st["v"], expected) or st["d"] != self.st["d"]:
-            self.clean.clear()
-            self.clean_bytes = 0
-            self.invalidate_prefetch()
+            self.drop_clean()
         # The block size follows the servers' record; a file that records none keeps the
         # one its buffered blocks are keyed by until its first flush decides it.
         bs = file_block_size(st, self.default_bs or self.bs)
@@ -245,7 +271,6 @@ class OpenFile:
         self.shared.clear()
         self.ahead.clear()
         self.log.clear()
-        self.log_bytes = 0
         self.mtime = None
         self.attrs.clear()
         self.invalidate_prefetch()
@@ -262,19 +287,8 @@ class OpenFile:
         or server byte it holds; clean blocks are dropped (read again under ``bs``)."""
         if bs == self.bs:
             return
-        old = self.bs
-        ends: dict[int, int] = {}
-        for k, buf in self.dirty.items():
-            lo, hi = k * old, k * old + max(len(buf), 1)
-            for n in range(lo // bs, (hi - 1) // bs + 1):
-                ends[n] = max(ends.get(n, 0), min(hi, (n + 1) * bs))
-        for k, data in self.clean.items():  # server bytes in a new block are kept too
-            lo, hi = k * old, k * old + len(data)
-            for n in range(lo // bs, (hi - 1) // bs + 1) if data else ():
-                if n in ends:
-                    ends[n] = max(ends[n], min(hi, (n + 1) * bs))
         blocks: dict[int, bytes | bytearray] = {}
-        for n, hi in ends.items():
+        for n, hi in _rekeyed_ends(self.dirty, self.clean, self.bs, bs).items():
             lo = n * bs
             hi = min(hi, max(self.size, lo))
             blocks[n] = bytearray(self.assemble_at(lo, hi - lo).ljust(hi - lo, b"\0"))
@@ -312,17 +326,6 @@ class OpenFile:
         self.base = (st["d"], st["v"])
         return list(self.log)
 
-    def record(self, offset: int, data: bytes, appended: bool) -> None:
-        """Remember a buffered write for a possible :meth:`rebase`."""
-        self.log.append((offset, bytes(data), appended))
-        self.log_bytes += len(data)
-
-    def sent(self, count: int) -> None:
-        """The first ``count`` logged writes reached the servers (a flush succeeded)."""
-        for _, data, _ in self.log[:count]:
-            self.log_bytes -= len(data)
-        del self.log[:count]
-
     def missing(self, index: int) -> bool:
         """Whether block ``index`` holds server bytes this client does not have."""
         return index not in self.dirty and index not in self.clean and index * self.bs < self.valid
@@ -339,7 +342,7 @@ class OpenFile:
     @property
     def dirty_bytes(self) -> int:
         """Memory the buffered writes hold: dirty blocks and the write log."""
-        return len(self.dirty) * self.bs + self.log_bytes
+        return len(self.dirty) * self.bs + self.log.bytes
 
     # Clean cache -------------------------------------------------------------------------
 
@@ -367,9 +370,7 @@ class OpenFile:
         """Background fetches still in flight must not keep what they read (their blocks
         may be of a content this client has since changed or left); readers waiting for
         them fetch again themselves.  The window starts again from the next read."""
-        self.ra_epoch += 1
-        self.ra_window = 0
-        self.ra_next = 0
+        self.window.restart()
 
     def _base(self, index: int) -> bytes | None:
         """The servers' content of a block if known without I/O (None: must be read)."""
@@ -517,7 +518,7 @@ class OpenFile:
         self.size = max(self.size, end)
         self.mtime = now
         self.last_write = end
-        if self.inflight or self.ra_window:
+        if self.window.inflight or self.window.size:
             self.invalidate_prefetch()
 
     # Flush -------------------------------------------------------------------------------
@@ -533,17 +534,7 @@ class OpenFile:
         many blocks).  A file without the record (made before it existed) clears every
         block of the gap.  Beyond ``alloc`` no block was ever written.
         """
-        bs, valid = self.bs, self.valid
-        limit = min(new_size, int(self.st["alloc"]))
-        if limit <= valid:
-            return [], iter(())
-        stale = stale_ranges(self.st)
-        spans = [(valid, limit)] if stale is None else clip_ranges(stale, valid, limit)
-        partial = []
-        k = valid // bs
-        if valid % bs and k not in self.dirty and spans and spans[0][0] < (k + 1) * bs:
-            partial.append(k)
-        return partial, _empty_gap_blocks(spans, bs, valid, set(self.dirty))
+        return _gap_blocks(self.st, self.bs, self.valid, new_size, set(self.dirty))
 
     def truncate_cache(self, size: int) -> None:
         """Apply a truncation to the cached blocks (after the servers took it)."""
