@@ -1,5 +1,5 @@
 """What this mount holds exclusively: an object's state kept here is then the object's
-(``fs/heldfiles.py``), and a directory made here and held still changed only here."""
+(``fs/writeback/held.py``), and a directory made here and held still changed only here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from bftfs.fs.leases import Leases
 
 def held_here(leases: Leases | None, ino: int) -> bool:
     """Whether this mount holds ``ino`` exclusively: its kept state is the file's
-    (``fs/heldfiles.py``)."""
+    (``fs/writeback/held.py``)."""
     return leases is not None and leases.exclusive_left(ino) > 0
 
 

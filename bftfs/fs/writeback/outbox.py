@@ -18,12 +18,12 @@ from typing import Any
 
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable
-from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
-from bftfs.fs.handletable import HandleTable
+from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.reclaim import Reclaimer
+from bftfs.fs.files.table import HandleTable
 from bftfs.fs.leases import Leases
 from bftfs.fs.meta import Meta
-from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.writeback.creates import PendingCreates
 from bftfs.fs.writeback.creates_update import OpenExisting, PendingCreate
 from bftfs.fs.writeback.held import HeldFiles
