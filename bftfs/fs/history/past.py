@@ -5,7 +5,8 @@ Built on the versions the nodes keep, read Byzantine-safely (:mod:`bftfs.qu.past
 servers vouch for every version, states are checked against agreed digests, times are the
 median of the servers' own clocks, and unknown where fewer than ``2b + 1`` servers still
 report the version) and on PASIS reads of the past
-(:meth:`RWClient.read_as_of`, cross-checksum validated like any read).
+(:meth:`RWClient.read_as_of`, cross-checksum validated like any read: ``content.py``).
+What the reads answer with (versions, histories, errors) is ``versions.py``.
 
 - A **version** of an object is one link of its conditioned-on chain whose state differs
   from the one before it (a repair's copy repeats a state and is folded into it; lease
@@ -83,7 +84,7 @@ class Past:
         self,
         qu: QUClient,
         reader: PastReader,
-        rw: Any,
+        rw: PastBlocks,
         block_size: int,
         *,
         seal: Seal | None = None,
