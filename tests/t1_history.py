@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from bftfs.cli.when import WhenError, exact_time, first_error, fs_path, parse_when
-from bftfs.fs.past import ObjectHistory, Reclaimed, Undecided, Version, changes
-from bftfs.fs.pastplan import plan_revert
+from bftfs.fs.history import ObjectHistory, Reclaimed, Undecided, Version, changes, plan_revert
 from bftfs.fsobjects.dirents import Entries
 from bftfs.qu.messages import MessageError
 from bftfs.qu.past import (

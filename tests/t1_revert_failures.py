@@ -11,7 +11,7 @@ import trio
 
 from bftfs.cli.common import EXIT_WRITE
 from bftfs.cli.restore import WriteFailed, _carry_out
-from bftfs.fs.pastplan import Action
+from bftfs.fs.history import Action
 
 
 def test_a_failed_step_stops_the_revert_and_names_it(tmp_path: Path) -> None:

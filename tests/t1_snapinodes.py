@@ -1,4 +1,4 @@
-"""The inode numbers of a live mount's snapshot directories (``fs/snapinodes.py``, issue
+"""The inode numbers of a live mount's snapshot directories (``fs/history/snapinodes.py``, issue
 36): never a live object's, never one number for two things, stable for one thing."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bftfs.fs.snapinodes import SNAPDIR, InodeMap, is_live
+from bftfs.fs.history import SNAPDIR, InodeMap, is_live
 from bftfs.fsobjects import MAX_OID, ROOT, SNAPSHOTS
 
 

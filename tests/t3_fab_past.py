@@ -1,4 +1,4 @@
-"""Tier 3: the file system's past on a FaB cluster (issue 39; ``fs/fabpast.py`` over the
+"""Tier 3: the file system's past on a FaB cluster (issue 39; ``fs/history/fab.py`` over the
 versions FaB nodes keep, ``fab/versions.py``), on the in-process cluster with real
 protocol clients: paths and contents as they were at earlier moments, after writes, a
 rename and a remove, read by a client that did nothing else (its first read syncs);
@@ -18,10 +18,8 @@ import trio
 from fs_helpers import RW_OPTIONS, _metadata_client
 from t3_fs_pastrestore import cluster_fs, put, rewrite
 
-from bftfs.fs.fabpast import FabPast
 from bftfs.fs.filesystem import FileSystem, open_file_system
-from bftfs.fs.past import NotThen, Past
-from bftfs.fs.pastrestore import TreeWriter
+from bftfs.fs.history import FabPast, NotThen, Past, TreeWriter
 from bftfs.fs.session import past_of
 from bftfs.fsobjects import ROOT
 from bftfs.net.frames import DEFAULT_MAX_FRAME

@@ -20,9 +20,8 @@ from fs_helpers import RW_OPTIONS, _metadata_client
 from t3_fs_pastrestore import put, read_tree, rewrite
 
 from bftfs.fab import pastclient
-from bftfs.fs.fabpast import FabPast
 from bftfs.fs.filesystem import open_file_system
-from bftfs.fs.pastrestore import TreeWriter
+from bftfs.fs.history import FabPast, TreeWriter
 from bftfs.fs.session import past_of
 from bftfs.fsobjects import ROOT
 from bftfs.ids import NodeId

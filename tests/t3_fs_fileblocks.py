@@ -22,8 +22,7 @@ from bftfs.crypto import SEAL_OVERHEAD
 from bftfs.erasure import fragment_size
 from bftfs.fs.files import BIG_BLOCK_THRESHOLD
 from bftfs.fs.filesystem import open_file_system
-from bftfs.fs.past import Past
-from bftfs.fs.pastview import PastView
+from bftfs.fs.history import Past, PastView
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.objects import MethodRefused

@@ -22,8 +22,7 @@ import pytest
 from fs_helpers import RW_OPTIONS, qu_client
 
 from bftfs.fs.filesystem import open_file_system
-from bftfs.fs.past import Past, Undecided
-from bftfs.fs.pastview import PastView
+from bftfs.fs.history import Past, PastView, Undecided
 from bftfs.fsobjects import ROOT
 from bftfs.qu import schema
 from bftfs.qu.classify import QUThresholds
@@ -143,7 +142,7 @@ async def test_a_time_travel_view_never_shows_a_file_a_liar_dates_too_early(
 async def _reference_tree(past: Past, path: str, time_ns: int) -> dict[str, Any]:
     """The tree at ``time_ns`` read one object after the other with :meth:`Past.state_at`
     (the walk :meth:`Past.tree` made before issue 36): the oracle for :meth:`Past.trees`."""
-    from bftfs.fs.past import Reclaimed
+    from bftfs.fs.history import Reclaimed
     from bftfs.fsobjects.dirents import all_entries
 
     top = await past.resolve(path, time_ns)
@@ -178,7 +177,7 @@ async def test_trees_at_several_moments_read_concurrently_match_one_walk_per_mom
     read one object at a time at each moment (same paths in the same parents-first order,
     same versions), through renames, removals, a directory replaced by a file of the same
     name and rewritten files; and with ``whole`` it leaves each object's history at hand."""
-    from bftfs.fs import past as pastmod
+    from bftfs.fs.history import past as pastmod
 
     async with (
         open_cluster(tmp_path, clients=2, block_size=BS) as cluster,

@@ -24,7 +24,7 @@ from fs_helpers import RW_OPTIONS, qu_client
 from t3_fs_past import _reference_tree, _shape
 
 from bftfs.fs.filesystem import open_file_system
-from bftfs.fs.past import Past
+from bftfs.fs.history import Past
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.history import INITIAL_RH, rh_wire
@@ -129,7 +129,7 @@ async def test_a_history_round_waits_longer_for_slow_nodes_instead_of_giving_up(
     be told".  Here four of six nodes answer the reader only after 1.5 timeouts: the
     version current at the moment is still found (the slow nodes asked again, more
     patiently, and the reader told of it); with one try it is :class:`Undecided`."""
-    from bftfs.fs.past import Undecided
+    from bftfs.fs.history import Undecided
     from bftfs.ids import client_id
     from bftfs.qu import pastread
     from bftfs.qu.pastread import HistoryUnavailable

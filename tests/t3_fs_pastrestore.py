@@ -1,4 +1,4 @@
-"""Tier 3: a past tree written back through a file system (``fs/pastrestore.py``, ``bftfs
+"""Tier 3: a past tree written back through a file system (``fs/history/restore.py``, ``bftfs
 restore`` into the cluster; issue 36), on the in-process cluster with real protocol
 clients: the restored tree reads back as it was (contents inline and in blocks, modes,
 times, a symbolic link), with its small files sent several to an update by directory
@@ -19,8 +19,7 @@ import trio
 from fs_helpers import RW_OPTIONS, _metadata_client
 
 from bftfs.fs.filesystem import FileSystem, open_file_system
-from bftfs.fs.past import Past
-from bftfs.fs.pastrestore import TreeWriter
+from bftfs.fs.history import Past, TreeWriter
 from bftfs.fs.session import past_of
 from bftfs.fsobjects import ROOT
 from bftfs.rw.client import open_rw_client
@@ -136,7 +135,7 @@ async def test_a_restored_tree_reads_back_as_it_was_its_small_files_batched(
     """Restored elsewhere (``/copy/of/tree``, its parents made): the tree as it was, the
     small files' creates sent several to an update with their content, and each file's
     times and mode sent with its content, not in an update of their own (both engines:
-    FaB's versions, ``fs/fabpast.py``)."""
+    FaB's versions, ``fs/history/fab.py``)."""
     async with cluster_fs(tmp_path, engine) as (writer, other, new_past, fresh):
         tree, ids = await build(other)
         then = await read_tree(other, tree)

@@ -24,7 +24,7 @@ from bftfs import fsobjects as obj
 from bftfs.crypto import VolumeKey
 from bftfs.fs.errors import Exists, NameTooLong, NoAttr, NotFound, TooBig
 from bftfs.fs.filesystem import FileSystem, open_file_system
-from bftfs.fs.past import Past
+from bftfs.fs.history import Past
 from bftfs.fs.scrub import scrub
 from bftfs.fs.seal import SEALED_NAME_MAX, Seal, SealBroken
 from bftfs.qu.classify import QUThresholds

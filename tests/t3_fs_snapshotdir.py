@@ -1,4 +1,4 @@
-"""The snapshot browser a live mount serves (``fs/snapshotdir.py``, issue 36) on the
+"""The snapshot browser a live mount serves (``fs/history/snapshots.py``, issue 36) on the
 in-process cluster, at the file-system layer: what the kernel never sends through a real
 mount (a create of ``.snapshots`` it would answer EEXIST itself, a live entry of that name
 made before mounts showed snapshots) and the routing of file handles, which the view and
@@ -18,9 +18,7 @@ from fs_helpers import RW_OPTIONS, qu_client
 
 from bftfs.fs.errors import FsError
 from bftfs.fs.filesystem import open_file_system
-from bftfs.fs.past import Past
-from bftfs.fs.snapinodes import SNAPDIR, is_live
-from bftfs.fs.snapshotdir import PAST_FH, SNAPDIR_NAME, SnapshotBrowser
+from bftfs.fs.history import PAST_FH, SNAPDIR, SNAPDIR_NAME, Past, SnapshotBrowser, is_live
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader

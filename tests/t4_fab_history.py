@@ -1,7 +1,7 @@
 """Version history users can see, on an ``engine = "fab"`` cluster (issue 39): the history
 commands of ``t4_history.py`` and the ``.snapshots`` directory of ``t4_snapshot_dirs.py``,
 unchanged, against real FaB node processes and real FUSE mounts.  The versions come from
-what the FaB nodes executed (``fab/versions.py``, read through ``fs/fabpast.py``), the old
+what the FaB nodes executed (``fab/versions.py``, read through ``fs/history/fab.py``), the old
 file blocks from PASIS as under Q/U.
 
 ``bftfs log`` lists each write with its client and a directory's changes, ``cat --at``

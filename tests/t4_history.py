@@ -252,7 +252,7 @@ def test_restore_into_the_cluster_by_path_inside_it_and_in_place_with_delete(
     setup: tuple[ProcessCluster, Path, Path, str],
 ) -> None:
     """Issue 36: ``restore fs:/... --to fs:/...`` writes inside the file system with no
-    mount named (``fs/pastrestore.py``), and in place with ``--delete`` brings back what
+    mount named (``fs/history/restore.py``), and in place with ``--delete`` brings back what
     changed, removes what was made since and leaves the rest: the other mount sees it all."""
     cluster, mine, theirs, _ = setup
     tree = mine / "inside"

@@ -4,7 +4,7 @@ real node processes, a real FUSE mount and the real command line.
 ``mount/.snapshots/NAME`` must show the tree as it was at snapshot ``NAME`` (files since
 changed or removed read back as they were, files made since are absent), stay out of the
 root's listing, refuse every change with EROFS, and list a snapshot made while the mount
-runs.  Without the snapshot browser (``fs/snapshotdir.py``) ``.snapshots`` does not exist
+runs.  Without the snapshot browser (``fs/history/snapshots.py``) ``.snapshots`` does not exist
 in a mount and every test here fails at its first look inside it.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bftfs.fs.snapinodes import SNAPDIR
+from bftfs.fs.history import SNAPDIR
 from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
 from bftfs.testing.processes import ProcessCluster
 

@@ -25,7 +25,7 @@ from rw_helpers import rw_cluster
 from t5_rw_lazy import EAGER, hosted, settled
 
 from bftfs.fs.filesystem import open_file_system
-from bftfs.fs.past import NotThen, Past, Reclaimed
+from bftfs.fs.history import NotThen, Past, Reclaimed
 from bftfs.fsobjects import ROOT
 from bftfs.node.qu_server import replica_retention
 from bftfs.policy import RetentionPolicy

@@ -19,7 +19,7 @@ from fs_helpers import RW_OPTIONS, qu_client
 from t5_rw_lazy import EAGER, settled
 
 from bftfs.fs.filesystem import FileSystem, open_file_system
-from bftfs.fs.past import Past, Reclaimed
+from bftfs.fs.history import Past, Reclaimed
 from bftfs.fsobjects import ROOT
 from bftfs.policy import RetentionPolicy
 from bftfs.qu.classify import QUThresholds

@@ -32,7 +32,7 @@ from bftfs.cli.when import (
 from bftfs.config import ClusterConfig
 
 if TYPE_CHECKING:  # (the fs layer is imported only by the commands that use it)
-    from bftfs.fs.pastplan import TreeSize
+    from bftfs.fs.history import TreeSize
 
 
 def _row(v: Any, names: dict[int, str]) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def cmd_diff(args: argparse.Namespace, cfg: ClusterConfig) -> int:
 
 
 def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    from bftfs.fs.pastplan import changes_in
+    from bftfs.fs.history import changes_in
 
     now_ns = time.time_ns()
     path = fs_path(args.path, mountpoints_of(cfg))
@@ -310,11 +310,10 @@ def _snapshot_auto(args: argparse.Namespace, cfg: ClusterConfig, now_ns: int) ->
 
 
 async def _sizes(past: Any, snaps: dict[str, int]) -> dict[str, TreeSize | None]:
-    """Each snapshot's files and their bytes (:func:`~bftfs.fs.pastplan.tree_size`): every
+    """Each snapshot's files and their bytes (:func:`~bftfs.fs.history.plan.tree_size`): every
     object read once for all the moments (``Past.trees``); a moment whose tree cannot be
     read (reclaimed, or a version of unknown time) is None, the others are still counted."""
-    from bftfs.fs.past import PastError
-    from bftfs.fs.pastplan import tree_size
+    from bftfs.fs.history import PastError, tree_size
 
     names = sorted(snaps, key=lambda n: snaps[n])
     moments = [snaps[n] for n in names]

@@ -154,7 +154,7 @@ def _history_exit_code(e: Exception, command: str) -> int | None:
     """The exit code of a history command's error, its message printed: answers the past
     cannot give, bad WHENs, an unreachable cluster; None for anything else (a bug)."""
     from bftfs.cli.when import WhenError
-    from bftfs.fs.past import PastError
+    from bftfs.fs.history import PastError
     from bftfs.outcome import ClusterUnavailable
 
     if isinstance(e, PastError):

@@ -251,7 +251,7 @@ def _cluster_target(cfg: ClusterConfig, path: str, arg: str, to: str | None) -> 
 
 def with_session(cfg: ClusterConfig, client: str, fn: Any) -> Any:
     """Run ``await fn(session, past)`` on a file system of the cluster opened as a mount
-    opens it (create write-behind, leases, directory write-back: ``fs/pastrestore.py``
+    opens it (create write-behind, leases, directory write-back: ``fs/history/restore.py``
     writes through them); its result.  Everything held is sent and every lease given
     back before this returns."""
     from bftfs.cli.reach import require_reachable
@@ -326,12 +326,11 @@ def _to_local(path: str, when: Any, now_ns: int, dest: Path, args: argparse.Name
 
 
 def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.Namespace) -> Any:
-    """``restore``'s work where it writes into the file system (``fs/pastrestore.py``):
+    """``restore``'s work where it writes into the file system (``fs/history/restore.py``):
     over PATH itself, the tree as it is now comes with the same walk, and what is
     unchanged is left."""
     from bftfs.fs.errors import FsError
-    from bftfs.fs.past import NotThen
-    from bftfs.fs.pastrestore import TreeWriter
+    from bftfs.fs.history import NotThen, TreeWriter
 
     async def run(session: Any, past: Any) -> tuple[int, dict[str, int]]:
         moment = await resolve_moment(patient(past), path, when, now_ns)
@@ -370,7 +369,7 @@ def _into_cluster(path: str, when: Any, now_ns: int, into: str, args: argparse.N
 
 
 def cmd_revert(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    from bftfs.fs.pastplan import plan_revert
+    from bftfs.fs.history import plan_revert
 
     now_ns = time.time_ns()
     mounts = mountpoints_of(cfg)
@@ -457,7 +456,7 @@ async def _carry_out(past: Any, root: Path, actions: list[Any], update: Update) 
 
 
 async def _act(past: Any, root: Path, a: Any) -> None:
-    """Carry out one step of a revert plan (:class:`bftfs.fs.pastplan.Action`) under
+    """Carry out one step of a revert plan (:class:`bftfs.fs.history.plan.Action`) under
     ``root``."""
     import shutil
 

@@ -25,7 +25,7 @@ user may want to repeat (``revert --dry-run``, ``restore``) print it as ``@SECON
 which names the same moment in every later run.
 
 Times shown are the median of the storing nodes' clocks (not the writing client's), and a
-version's client is the authenticated identity the nodes saw (``bftfs/fs/past.py``).  A
+version's client is the authenticated identity the nodes saw (``bftfs/fs/history/past.py``).  A
 version fewer than ``2b + 1`` nodes still report has no time a lying node could not have
 moved: it is shown as ``unknown`` (``null`` in ``--json``), and a moment it could decide
 has no answer (exit 7) rather than a guess (issue 31).
@@ -259,7 +259,7 @@ def client_ids(cfg: ClusterConfig) -> dict[str, int]:
 
 async def find_history(past: Any, path: str, now_ns: int) -> Any:
     """The history of the object ``path`` names now or, if it is gone, last named."""
-    from bftfs.fs.past import NotThen
+    from bftfs.fs.history import NotThen
 
     try:
         v = await past.resolve(path, now_ns)
@@ -283,7 +283,7 @@ async def find_history(past: Any, path: str, now_ns: int) -> Any:
 async def resolve_moment(past: Any, path: str, when: int | str, now_ns: int) -> int:
     """``when`` as a moment: a snapshot's, or a version id's looked up in ``path``'s
     history."""
-    from bftfs.fs.past import PastError
+    from bftfs.fs.history import PastError
 
     if isinstance(when, int):
         return when
@@ -362,9 +362,9 @@ def run_within(opening: Any, fn: Any) -> Any:
 def first_error(e: BaseException) -> BaseException:
     """The error to report of ``e``: ``e`` itself, or of an exception group (the
     concurrent reads and writes of the history commands run in nurseries) the first
-    history error it holds (:class:`~bftfs.fs.past.PastError`: exit 7 with its message),
+    history error it holds (:class:`~bftfs.fs.history.PastError`: exit 7 with its message),
     else its first error.  A group would end the command with a traceback."""
-    from bftfs.fs.past import PastError
+    from bftfs.fs.history import PastError
 
     if not isinstance(e, BaseExceptionGroup):
         return e

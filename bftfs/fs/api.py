@@ -1,14 +1,14 @@
 """The file-system interface the FUSE layer calls (:mod:`bftfs.fuse.operations`).
 
 Three classes implement it: :class:`~bftfs.fs.filesystem.FileSystem` (the live tree, one
-mount's client), :class:`~bftfs.fs.pastview.PastView` (the tree as it was at one moment,
-read-only: ``bftfs mount --at``) and :class:`~bftfs.fs.snapshotdir.SnapshotBrowser` (what
+mount's client), :class:`~bftfs.fs.history.view.PastView` (the tree as it was at one moment,
+read-only: ``bftfs mount --at``) and :class:`~bftfs.fs.history.snapshots.SnapshotBrowser` (what
 a live mount serves: the first, with each snapshot as a second under ``/.snapshots``).
 The FUSE layer knows only this protocol, so it asks the file system what it needs to know
 (:attr:`FileSystemAPI.close_to_open`, :meth:`FileSystemAPI.lease_remaining`) instead of
 testing which class it holds.  mypy
-checks each class against it (the assignments at the end of :mod:`bftfs.fs.pastview`,
-:mod:`bftfs.fs.filesystem` and :mod:`bftfs.fs.snapshotdir`).
+checks each class against it (the assignments at the end of :mod:`bftfs.fs.history.view`,
+:mod:`bftfs.fs.filesystem` and :mod:`bftfs.fs.history.snapshots`).
 """
 
 from __future__ import annotations

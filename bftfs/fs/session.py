@@ -18,10 +18,9 @@ from bftfs.config import ClusterConfig
 from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
-from bftfs.fs.fabpast import FabPast
 from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generationclients import Generations
-from bftfs.fs.past import Past
+from bftfs.fs.history import FabPast, Past
 from bftfs.fs.seal import Seal
 from bftfs.membership.client import ClientViews
 from bftfs.qu.classify import QUThresholds

@@ -131,7 +131,7 @@ def raise_block_time(f: dict[str, Any], a: dict[str, Any]) -> None:
     Clients write a file's blocks at Times above the file's ``bt`` (``RWClient.write_block``
     with ``after``), so the blocks of the file's version with ``bt = T`` are the newest
     complete versions with Time <= T: how a past version's content is read back
-    (``bftfs/fs/past.py``).  Only ever raised; a client that lies about it misdates its own
+    (``bftfs/fs/history/past.py``).  Only ever raised; a client that lies about it misdates its own
     blocks in the history, nothing else.
 
     Every later writer must write above ``bt`` and nodes refuse block Times more than the

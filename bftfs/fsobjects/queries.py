@@ -35,7 +35,7 @@ def fs_stat(states: States, arg: Any) -> Any:
 
 def fs_peek(states: States, arg: Any) -> Any:
     """Whether the object exists, never refusing (``None``: absent; else its kind and
-    whether it is removed): where a history read starts (``bftfs/fs/past.py`` asks for the
+    whether it is removed): where a history read starts (``bftfs/fs/history/past.py`` asks for the
     version this is answered at, which must work for removed objects too)."""
     ((_, state),) = states.items()
     if not isinstance(state, dict):

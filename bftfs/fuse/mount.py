@@ -28,10 +28,9 @@ import trio
 
 from bftfs import WIRE_VERSION, __version__, proc
 from bftfs.config import ClusterConfig
+from bftfs.fs.history import PastView, SnapshotBrowser
 from bftfs.fs.locks import LockManager
-from bftfs.fs.pastview import PastView
 from bftfs.fs.session import Session, open_past, open_session
-from bftfs.fs.snapshotdir import SnapshotBrowser
 from bftfs.fuse.control import (
     PUBLISH_INTERVAL,
     MountError,
@@ -230,7 +229,7 @@ async def serve_past(
     debug: bool = False,
 ) -> None:
     """A time-travel mount (``bftfs mount DIR --at WHEN``): the tree as it was at
-    ``at_ns`` (``fs/pastview.py``), read-only; no status file or metrics.  Its source is
+    ``at_ns`` (``fs/history/view.py``), read-only; no status file or metrics.  Its source is
     the configuration, as a live mount's (:func:`fuse_source`)."""
     async with open_past(config, options.client) as past:
         ops = Operations(

@@ -100,7 +100,7 @@ class Writer:
     async def write_block(self, block: BlockId | int, data: bytes, *, after: int = 0) -> Timestamp:
         """WRITE: store ``data`` as the new value of ``block``; its timestamp, whose Time is
         above ``after`` (the file system passes the newest block time its file records, so
-        a file's versions can be read back in order, ``bftfs/fs/past.py``).
+        a file's versions can be read back in order, ``bftfs/fs/history/past.py``).
 
         Raises:
             ValueError: ``data`` is larger than the configured block size.

@@ -22,9 +22,9 @@ so every operation has exactly one right answer under close-to-open semantics (t
 :mod:`bftfs.testing.consistency`, without the kernel-cache allowances, which a file system
 without a kernel does not have).  Every read and stat is compared with the model byte for
 byte; at the end every client reads every name.  **History reads** (issue 31) ask what a
-name held at a moment taken between two earlier rounds (:class:`~bftfs.fs.past.Past`, as
+name held at a moment taken between two earlier rounds (:class:`~bftfs.fs.history.Past`, as
 ``bftfs cat --at`` does): the answer must be the model's at that moment, byte for byte, or
-no answer (:class:`~bftfs.fs.past.Undecided`: a time too few nodes vouch for) - never
+no answer (:class:`~bftfs.fs.history.Undecided`: a time too few nodes vouch for) - never
 other contents, and never a file before it was made; at the end every name is asked at
 the moment before the first round and at the last one.  Every operation must complete (at most
 ``t`` faulty nodes) within :data:`DEADLINE` seconds of trio's clock: a hang, an EIO or any
@@ -74,7 +74,7 @@ import trio
 from bftfs.config import default_sizes
 from bftfs.fs.errors import FsError
 from bftfs.fs.filesystem import FileSystem, open_file_system
-from bftfs.fs.past import Past
+from bftfs.fs.history import Past
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.pastread import PastReader

@@ -1,7 +1,7 @@
 """Running one campaign step through a client's file system and checking its answer.
 
 A read or stat is compared with the model byte for byte, a history read
-(:class:`~bftfs.fs.past.Past`, as ``bftfs cat --at`` does) with the model at that moment;
+(:class:`~bftfs.fs.history.Past`, as ``bftfs cat --at`` does) with the model at that moment;
 anything else is the operation itself, whose effect a later read checks.  A wrong answer is
 raised as the campaign's ``fail(what)``, a :class:`Finding`.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from bftfs.fs.errors import NotFound
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.past import NotThen, Past, Undecided
+from bftfs.fs.history import NotThen, Past, Undecided
 from bftfs.fsobjects import ROOT
 from bftfs.testing.campaign_model import DIR, Finding, Step
 

@@ -1,5 +1,5 @@
 """What a user would say changed between two states of an object (``bftfs log``,
-``changes``; docs/history.md "What a version's changes say"), split from ``fs/past.py``.
+``changes``; docs/history.md "What a version's changes say"), split from ``fs/history/past.py``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from bftfs.fs.errors import FsError, NotFound
-from bftfs.fs.past import Version
+from bftfs.fs.history.versions import Version
 from bftfs.fsobjects import ROOT
 from bftfs.fsobjects.dirents import all_entries
 

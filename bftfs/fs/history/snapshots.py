@@ -5,9 +5,9 @@
 :class:`SnapshotBrowser` is the file system a live mount serves: it answers the FUSE
 layer's calls (:class:`~bftfs.fs.api.FileSystemAPI`) for live inodes from the live
 :class:`~bftfs.fs.filesystem.FileSystem` and for everything under ``.snapshots`` from one
-:class:`~bftfs.fs.pastview.PastView` per snapshot (``bftfs mount --at``'s view), composed,
+:class:`~bftfs.fs.history.view.PastView` per snapshot (``bftfs mount --at``'s view), composed,
 so neither knows of the other.  Inode numbers of the views are kept apart from live ones
-by :mod:`bftfs.fs.snapinodes`.
+by :mod:`bftfs.fs.history.snapinodes`.
 
 - ``.snapshots`` is hidden: the root's listing leaves it out (scripts walking the tree do
   not descend into every snapshot, as ZFS's ``snapdir=hidden``), a lookup of the name finds
@@ -35,9 +35,10 @@ import trio
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.errors import BadHandle, Exists, FsError, IsDir, NoAttr, NotFound, ReadOnly
 from bftfs.fs.files import Attr
-from bftfs.fs.past import Past, PastError
-from bftfs.fs.pastview import PastView
-from bftfs.fs.snapinodes import SNAPDIR, InodeMap, is_live
+from bftfs.fs.history.past import Past
+from bftfs.fs.history.snapinodes import SNAPDIR, InodeMap, is_live
+from bftfs.fs.history.versions import PastError
+from bftfs.fs.history.view import PastView
 from bftfs.fsobjects import ROOT
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ serves (issue 17), like NILFS2 checkpoints or ``borg mount``.
 
 :class:`PastView` answers the calls the FUSE layer makes of a
 :class:`~bftfs.fs.filesystem.FileSystem` (``bftfs/fuse/operations.py``) from
-:class:`~bftfs.fs.past.Past`: every object as it was at the moment (the newest version
+:class:`~bftfs.fs.history.past.Past`: every object as it was at the moment (the newest version
 stored at or before it, read through ``b + 1`` agreeing nodes), file contents read as of
 their version's block Time.  Everything that would change the tree answers ``EROFS``.  The
 past does not change, so answers are cached for the life of the mount.
@@ -19,7 +19,9 @@ from typing import Any
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.errors import BadHandle, IsDir, NoAttr, NotFound, ReadOnly
 from bftfs.fs.files import Attr, attr_from_stat, file_block_size
-from bftfs.fs.past import Past, Version, block_cap
+from bftfs.fs.history.content import block_cap
+from bftfs.fs.history.past import Past
+from bftfs.fs.history.versions import Version
 from bftfs.fsobjects import NAME_MAX, ROOT, stat_of
 from bftfs.fsobjects.dirents import all_entries
 from bftfs.rw.messages import block_id

@@ -1,4 +1,4 @@
-"""The file system's past on an ``engine = "fab"`` cluster: :class:`~bftfs.fs.past.Past`
+"""The file system's past on an ``engine = "fab"`` cluster: :class:`~bftfs.fs.history.past.Past`
 with each object's versions read from FaB nodes (``fab/versions.py``) instead of walked
 from Q/U's chains.
 
@@ -24,8 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from bftfs.fab.metaclient import FabMetaClient
-from bftfs.fs.past import ObjectHistory, Past, Progress, Version, present
-from bftfs.fs.pastchanges import changes
+from bftfs.fs.history.changes import changes
+from bftfs.fs.history.content import PastBlocks
+from bftfs.fs.history.past import Past, Progress
+from bftfs.fs.history.versions import ObjectHistory, Version, present
 from bftfs.fs.seal import Seal
 from bftfs.qu.canon import canonical
 from bftfs.qu.timestamp import DIGEST_SIZE, Timestamp
@@ -45,7 +47,7 @@ class FabPast(Past):
     """
 
     def __init__(
-        self, meta: FabMetaClient, rw: Any, block_size: int, *, seal: Seal | None = None
+        self, meta: FabMetaClient, rw: PastBlocks, block_size: int, *, seal: Seal | None = None
     ) -> None:
         super().__init__(meta, _NoReader(), rw, block_size, seal=seal)  # type: ignore[arg-type]
         self.meta = meta

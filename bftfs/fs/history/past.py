@@ -5,7 +5,8 @@ Built on the versions the nodes keep, read Byzantine-safely (:mod:`bftfs.qu.past
 servers vouch for every version, states are checked against agreed digests, times are the
 median of the servers' own clocks, and unknown where fewer than ``2b + 1`` servers still
 report the version) and on PASIS reads of the past
-(:meth:`RWClient.read_as_of`, cross-checksum validated like any read).
+(:meth:`RWClient.read_as_of`, cross-checksum validated like any read: ``content.py``).
+What the reads answer with (versions, histories, errors) is ``versions.py``.
 
 - A **version** of an object is one link of its conditioned-on chain whose state differs
   from the one before it (a repair's copy repeats a state and is folded into it; lease
@@ -31,17 +32,23 @@ state, as a thinned block's never does).
 from __future__ import annotations
 
 import collections
-import datetime
-import stat as st
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from bftfs.fs.files import file_block_size
-from bftfs.fs.pastchanges import changes
-from bftfs.fs.pastchanges import gone as _gone
+from bftfs.fs.history.changes import changes, gone
+from bftfs.fs.history.content import PastBlocks, read_content
+from bftfs.fs.history.versions import (
+    NotThen,
+    ObjectHistory,
+    PastError,
+    Version,
+    present,
+    reclaimed_before,
+    thinned_at,
+    undecided_at,
+)
 from bftfs.fs.seal import Seal, SealedBlocks
 from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.dirents import all_entries
@@ -53,8 +60,6 @@ from bftfs.qu.past import Agreed, current_at
 from bftfs.qu.pastmany import MAX_OBJECTS
 from bftfs.qu.pastread import End, HistoryUnavailable, PastReader, Seed, Walk
 from bftfs.qu.timestamp import Timestamp
-from bftfs.rw.client import HistoryReclaimed
-from bftfs.rw.messages import block_id
 
 #: Objects whose histories :meth:`Past.trees` reads at once: enough to keep every node
 #: busy while others answer, few enough not to queue a tree's worth of requests on them.
@@ -68,139 +73,8 @@ STARTS_AT_ONCE = 8
 #: directory of 50 files is one round, where each file was two requests of its own.
 CHAINS_AT_ONCE = MAX_OBJECTS
 
-#: Blocks of one file's past content read at once (each a PASIS read round of its own).
-BLOCKS_AT_ONCE = 8
-
 #: ``progress(done, known)``: objects read so far, and objects known to read in all.
 Progress = Callable[[int, int], None]
-
-
-class PastError(Exception):
-    """A history question with no answer (the message says why, for the user)."""
-
-
-class Reclaimed(PastError):
-    """The asked moment lies before what retention kept of an object."""
-
-
-class NotThen(PastError):
-    """No such path at that moment."""
-
-
-class Undecided(PastError):
-    """The version current at the asked moment cannot be told: a version whose time too
-    few nodes still report (fewer than ``2b + 1``) may or may not lie before it."""
-
-
-@dataclass(frozen=True)
-class Version:
-    """One user-visible version of an object."""
-
-    oid: int
-    lt: Timestamp
-    #: Median of the storing servers' clocks (ns since the epoch); None: unknown (fewer
-    #: than ``2b + 1`` nodes still report this version, :func:`bftfs.qu.past.agreed_time`).
-    time_ns: int | None
-    #: The authenticated principal whose request made it (the nodes checked its MAC).
-    client: int
-    #: The object's state (unpacked), None: it did not exist.
-    state: dict[str, Any] | None
-    #: What changed since the version before (see :func:`changes`).
-    changes: tuple[str, ...]
-
-    @property
-    def id(self) -> str:
-        """A short stable name for ``--at``: the first 12 hex digits of the timestamp's
-        operation digest."""
-        return self.lt.digest[:6].hex()
-
-
-@dataclass
-class ObjectHistory:
-    """Every kept version of an object, newest first, and whether it reaches the start."""
-
-    oid: int
-    versions: list[Version] = field(default_factory=list)
-    complete: bool = False
-    #: The chain as walked, newest first: each link's time, the version standing for it
-    #: (None: none, the object absent) and whether retention thinned it.  Empty: the
-    #: same as ``versions``.
-    links: list[tuple[int | None, Version | None, bool]] = field(default_factory=list)
-    #: Versions retention's schedule thinned (in ``links``, not in ``versions``).
-    thinned: int = 0
-
-    def at(self, time_ns: int) -> Version | None:
-        """The version current at ``time_ns`` (None: the object did not exist yet).
-
-        Raises:
-            Reclaimed: the moment is older than the oldest version kept, or its version
-                was thinned.
-            Undecided: a version of unknown time may be the one current then.
-        """
-        links = self.links or [(v.time_ns, v, False) for v in self.versions]
-        found = current_at([t for t, _, _ in links], time_ns)
-        if found.undecided:
-            raise _undecided(self.oid, time_ns)
-        if found.index is not None:
-            _, v, thinned = links[found.index]
-            if thinned:
-                raise _thinned(self.oid, time_ns)
-            return v
-        if self.complete:
-            return None
-        raise _reclaimed(self.oid, [t for t, _, _ in links])
-
-    def present_at(self, moments: Sequence[int]) -> list[Version | None]:
-        """For each of ``moments``, the version current then if the object existed with a
-        state (:func:`present`); None where it did not, or retention let the version go.
-
-        Raises:
-            Undecided: a version of unknown time may be the one current at a moment.
-        """
-        out: list[Version | None] = []
-        for t in moments:
-            try:
-                out.append(present(self.at(t)))
-            except Reclaimed:
-                out.append(None)
-        return out
-
-    def by_id(self, prefix: str) -> Version | None:
-        return next((v for v in self.versions if v.id.startswith(prefix.lower())), None)
-
-
-def present(v: Version | None) -> Version | None:
-    """``v`` if it holds the object (not absent, not a removal's last state), else None."""
-    return None if v is None or v.state is None or _gone(v.state) else v
-
-
-def _undecided(oid: int, time_ns: int) -> Undecided:
-    return Undecided(
-        f"object {oid:#x}: which version was current at {_iso(time_ns)} cannot be told: "
-        "the time of an older version is unknown (fewer than 2b+1 nodes still report it)"
-    )
-
-
-def _thinned(oid: int, time_ns: int) -> Reclaimed:
-    return Reclaimed(
-        f"object {oid:#x}: the version current at {_iso(time_ns)} was thinned by "
-        "retention's schedule ([retention] keep_hourly/keep_daily)"
-    )
-
-
-def _reclaimed(oid: int, times: list[int | None]) -> Reclaimed:
-    """Versions older than the oldest kept were reclaimed (its time, if known)."""
-    if not times:
-        return Reclaimed(f"object {oid:#x}: no version is kept")
-    return Reclaimed(
-        f"object {oid:#x}: versions before {_iso(times[-1])} were reclaimed by retention"
-    )
-
-
-def _iso(ns: int | None) -> str:
-    if ns is None:
-        return "an unknown time"
-    return datetime.datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
 class Past:
@@ -210,7 +84,7 @@ class Past:
         self,
         qu: QUClient,
         reader: PastReader,
-        rw: Any,
+        rw: PastBlocks,
         block_size: int,
         *,
         seal: Seal | None = None,
@@ -220,7 +94,7 @@ class Past:
         #: In a sealed cluster old blocks and inline bytes are opened here, so every
         #: version this hands out holds plaintext (``fs/seal.py``).
         self.seal = seal
-        self.rw = rw if seal is None else SealedBlocks(rw, seal)
+        self.rw: PastBlocks = rw if seal is None else SealedBlocks(rw, seal)
         self.bs = block_size
         self._histories: dict[int, ObjectHistory] = {}
         #: Established versions read for several objects at once (:meth:`_read_starts`),
@@ -321,14 +195,14 @@ class Past:
             walk = await self.reader.walk(oid, start, until_ns=time_ns)
             found = current_at([a.time_ns for a in walk.versions], time_ns)
             if found.undecided:
-                raise _undecided(oid, time_ns)
+                raise undecided_at(oid, time_ns)
             if found.index is None:
                 if walk.end is End.INITIAL:
                     return None
-                raise _reclaimed(oid, [a.time_ns for a in walk.versions])
+                raise reclaimed_before(oid, [a.time_ns for a in walk.versions])
             last = walk.versions[found.index]
             if last.thinned:
-                raise _thinned(oid, time_ns)
+                raise thinned_at(oid, time_ns)
             raw = (await self.reader.states(oid, [last]))[last.lt]
             state = self._unpack(oid, raw)
             v = Version(oid, last.lt, last.time_ns, last.lt.client, state, ())
@@ -525,7 +399,7 @@ class Past:
         for t in moments:
             found = current_at([a.time_ns for a in walk.versions], t)
             if found.undecided:
-                raise _undecided(oid, t)
+                raise undecided_at(oid, t)
             pick = None if found.index is None else walk.versions[found.index]
             picks.append(None if pick is None or pick.thinned else pick)
         wanted = list({a.lt: a for a in picks if a is not None}.values())
@@ -533,46 +407,16 @@ class Past:
         versions: dict[Timestamp, Version | None] = {}
         for a in wanted:
             state = self._unpack(oid, raw[a.lt])
-            gone = state is None or _gone(state)
-            versions[a.lt] = None if gone else Version(oid, a.lt, a.time_ns, a.lt.client, state, ())
+            removed = state is None or gone(state)
+            versions[a.lt] = (
+                None if removed else Version(oid, a.lt, a.time_ns, a.lt.client, state, ())
+            )
         return [None if a is None else versions[a.lt] for a in picks]
 
     async def content(self, v: Version) -> bytes:
-        """A regular file's bytes at version ``v`` (a symlink's target)."""
-        s = v.state
-        assert s is not None
-        if s.get("k") == "d":
-            raise PastError("is a directory")
-        if st.S_ISLNK(s["mode"]):
-            return bytes(s.get("t") or b"")
-        if s.get("i") is not None:
-            return bytes(s["i"])
-        size = int(s["size"])
-        bs = file_block_size(s, self.bs)  # that version's block size (it never changes)
-        count = -(-size // bs)
-        cap = block_cap(v)
-        blocks: list[bytes | bytearray] = [b""] * count
-        limiter = trio.CapacityLimiter(BLOCKS_AT_ONCE)
-
-        async def one(k: int) -> None:
-            async with limiter:
-                blocks[k] = (await self.rw.read_as_of(block_id(s["d"], k), cap)).ljust(bs, b"\0")
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for k in range(count):
-                    nursery.start_soon(one, k)
-        except ExceptionGroup as group:  # the first failure, as a read one by one raised
-            first: BaseException = group
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            if isinstance(first, HistoryReclaimed):
-                raise Reclaimed(
-                    f"the content of object {v.oid:#x} as of {_iso(v.time_ns)} was reclaimed "
-                    f"by retention ({first}); newer versions are kept"
-                ) from None
-            raise first from None
-        return b"".join(blocks)[:size]
+        """A regular file's bytes at version ``v`` (a symlink's target):
+        :func:`~bftfs.fs.history.content.read_content`."""
+        return await read_content(self.rw, v, self.bs)
 
 
 def _parents_first(found: dict[str, Version]) -> dict[str, Version]:
@@ -592,19 +436,3 @@ def _parents_first(found: dict[str, Version]) -> dict[str, Version]:
                 out[crel] = found[crel]
                 todo.append(crel)
     return out
-
-
-def block_cap(v: Version) -> int:
-    """The newest block Time a regular file's version reads (its ``bt``; a file written
-    before ``bt`` existed: the version's own time).
-
-    Raises:
-        Undecided: no ``bt`` and the version's time is unknown.
-    """
-    assert v.state is not None
-    bt = v.state.get("bt")
-    if bt:
-        return int(bt)
-    if v.time_ns is None:
-        raise Undecided(f"object {v.oid:#x}: version {v.id} has no block Time, its time is unknown")
-    return v.time_ns

@@ -2,9 +2,9 @@
 to undo one client's changes (``bftfs changes``, ``bftfs revert --client``; issue 17).
 
 Inputs are the trees of :meth:`Past.tree` at the start and the end of the range (relative
-path -> :class:`~bftfs.fs.past.Version`) and each object's versions in the range; outputs
-are plain data the command line prints or carries out through a mount.  Nothing here reads
-the cluster, so every rule is tested at tier 1 (``tests/t1_history.py``).
+path -> :class:`~bftfs.fs.history.versions.Version`) and each object's versions in the
+range; outputs are plain data the command line prints or carries out through a mount.
+Nothing here reads the cluster, so every rule is tested at tier 1 (``tests/t1_history.py``).
 
 **Undoing a client** (no peer has it; a user whose laptop key was stolen needs it): an
 object whose every change in the range was made by that client goes back to its state at
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bftfs.fs.past import Version
+from bftfs.fs.history.versions import Version
 
 
 @dataclass(frozen=True)
