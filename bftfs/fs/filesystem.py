@@ -166,7 +166,7 @@ class FileSystem:
         inline = min(getattr(config, "inline_limit", 0), self.bs)
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
-        if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
+        if lease_term > 0:  # leases (fs/leases/): queries they keep good need no round
             self.meta.leases = Leases(
                 self.meta.lease_update, self.meta.query_now, term=lease_term, b=config.b, n=config.n
             )

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-log = logging.getLogger("bftfs.fs.leases")
+log = logging.getLogger(__name__)
 
 #: Objects one ``fs.lease`` or ``fs.release`` update names at most (``MAX_OBJECTS``).
 BATCH = 8

@@ -49,9 +49,9 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.leasedanswers import MAX_ANSWERS, LeasedAnswers, looked_up_name, passing
-from bftfs.fs.recallvotes import RecallVotes
-from bftfs.fs.releases import BATCH, Releases, Update
+from bftfs.fs.leases.answers import MAX_ANSWERS, LeasedAnswers, looked_up_name, passing
+from bftfs.fs.leases.releases import BATCH, Releases, Update
+from bftfs.fs.leases.votes import RecallVotes
 from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, SHARED
 from bftfs.qu.objects import MethodRefused
 
