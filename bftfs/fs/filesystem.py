@@ -77,6 +77,7 @@ from bftfs import fsobjects as obj
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
+from bftfs.fs.background import Background
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.callorder import CallOrder
 from bftfs.fs.errors import Exists, NotFound, Unavailable
@@ -166,9 +167,16 @@ class FileSystem:
         inline = min(getattr(config, "inline_limit", 0), self.bs)
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
+        #: Where the long-lived tasks run (fs/background.py).
+        self.background = Background()
         if lease_term > 0:  # leases (fs/leases/): queries they keep good need no round
             self.meta.leases = Leases(
-                self.meta.lease_update, self.meta.query_now, term=lease_term, b=config.b, n=config.n
+                self.meta.lease_update,
+                self.meta.query_now,
+                term=lease_term,
+                b=config.b,
+                n=config.n,
+                spawn=self.background.spawn,
             )
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         if self.meta.leases is not None:

@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 #: Objects one ``fs.lease`` or ``fs.release`` update names at most (``MAX_OBJECTS``).
 BATCH = 8
 
+#: The Q/U update the leases are given (``Meta.lease_update``: gated for a release).
 Update = Callable[[list[int], str, Any], Awaitable[Any]]
+#: Starts a task that outlives its caller (``fs/background.py``'s ``Background.spawn``).
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 class Releases:
