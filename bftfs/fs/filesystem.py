@@ -68,10 +68,12 @@ import functools
 import logging
 import random
 import time
-import types
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
+
+import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.api import FileSystemAPI
@@ -112,6 +114,7 @@ __all__ = [
     "XATTR_CREATE",
     "XATTR_REPLACE",
     "FileSystem",
+    "open_file_system",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,20 +122,6 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = obj.RENAME_NOREPLACE
 XATTR_CREATE = obj.XATTR_CREATE
 XATTR_REPLACE = obj.XATTR_REPLACE
-
-
-class _ClassOrInstance:
-    """A method that is one function on the class and another on its instances."""
-
-    def __init__(self, on_class: Callable[..., Any], on_instance: Callable[..., Any]) -> None:
-        self.on_class = on_class
-        self.on_instance = on_instance
-        self.__doc__ = on_instance.__doc__
-
-    def __get__(self, instance: Any, owner: type) -> Callable[..., Any]:
-        if instance is None:
-            return types.MethodType(self.on_class, owner)
-        return types.MethodType(self.on_instance, instance)
 
 
 class FileSystem:
@@ -163,6 +152,8 @@ class FileSystem:
         self.gid = gid
         self.clock_ns = clock_ns
         self.rng = rng or random.SystemRandom()
+        #: The long-lived tasks' owner (attached to a nursery by open_file_system).
+        self.background = Background()
         self.bs: int = config.block_size
         inline = min(getattr(config, "inline_limit", 0), self.bs)
         # The parts, bottom-up: each is given the parts it calls.
@@ -308,50 +299,12 @@ class FileSystem:
                 mkdirs.stat_of(oid) or self.pending.deferred_stat(oid)
             )
 
-    async def _open_fs(
-        cls: Any,  # FileSystem: bound on the class by _ClassOrInstance
-        qu: Any,
-        rw: Any,
-        config: Any,
-        *,
-        uid: int = 0,
-        gid: int = 0,
-        clock_ns: Callable[[], int] = time.time_ns,
-        **options: Any,
-    ) -> FileSystem:
-        """A file system on these clients; creates the root directory if the cluster has
-        none (``fs.mkroot`` is refused once it exists, so racing clients are harmless).
-
-        Its requests name this mount (``fs/mounttag.py``: leases are per mount).  In a
-        sealed cluster its parts reach the clients through the encryption boundary
-        (``fs/seal.py``): ``seal`` (default: the cluster's, its volume key read from the
-        cluster directory; None for an unencrypted cluster)."""
-        seal = options.pop("seal") if "seal" in options else Seal.of(config)
-        tagged = MountTagged(qu)
-        qu, rw = wrap_clients(tagged, rw, seal)
-        fs = cls(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
-        tagged.mount = fs.meta.lease_token
-        if seal is not None:  # sealed names are longer: the plaintext ones shorter
-            fs.names.name_max = fs.pending.name_max = SEALED_NAME_MAX
-        try:
-            fs.cache.observed(ROOT, await fs.meta.query(ROOT, "fs.stat"))
-        except NotFound:
-            arg = {"mode": 0o755, "uid": uid, "gid": gid, "now": clock_ns()}
-            with contextlib.suppress(Exists):  # another client made it first
-                await fs.meta.update([ROOT], "fs.mkroot", arg)
-        return fs
-
-    async def _open_file(
+    async def open(
         self, ino: int, flags: int, *, reached_by_name: bool = False, looked_up: bool = False
     ) -> int:
         return await self.handles.open_file(
             ino, flags, reached_by_name=reached_by_name, looked_up=looked_up
         )
-
-    #: ``await FileSystem.open(qu, rw, config, ...)`` builds a file system,
-    #: ``await fs.open(ino, flags)`` opens a file (:meth:`Handles.open_file`): the
-    #: contract names both ``open``.
-    open = _ClassOrInstance(_open_fs, _open_file)
 
     # Names (bftfs.fs.namespace) ------------------------------------------------------------
 
@@ -615,3 +568,50 @@ class FileSystem:
 def _implements_api(fs: FileSystem) -> FileSystemAPI:
     """(Never called: mypy checks here that the file system implements the interface.)"""
     return fs
+
+
+@asynccontextmanager
+async def open_file_system(
+    qu: Any,
+    rw: Any,
+    config: Any,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    clock_ns: Callable[[], int] = time.time_ns,
+    **options: Any,
+) -> AsyncIterator[FileSystem]:
+    """A running file system on these clients, for the ``async with`` block; creates the
+    root directory if the cluster has none (``fs.mkroot`` is refused once it exists, so
+    racing clients are harmless).
+
+    Its background work (read-ahead, write-behind, lease renewals, write-back sweeps)
+    runs in a nursery this opens and cancels at the end of the block: the one owner and
+    shutdown path of every long-lived task (``fs/background.py``).  What must reach the
+    servers before that (write-back, lease releases) is the caller's to finish first, as
+    :func:`bftfs.fs.session.open_session` does.
+
+    Its requests name this mount (``fs/mounttag.py``: leases are per mount).  In a
+    sealed cluster its parts reach the clients through the encryption boundary
+    (``fs/seal.py``): ``seal`` (default: the cluster's, its volume key read from the
+    cluster directory; None for an unencrypted cluster)."""
+    seal = options.pop("seal") if "seal" in options else Seal.of(config)
+    tagged = MountTagged(qu)
+    qu, rw = wrap_clients(tagged, rw, seal)
+    fs = FileSystem(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
+    tagged.mount = fs.meta.lease_token
+    if seal is not None:  # sealed names are longer: the plaintext ones shorter
+        fs.names.name_max = fs.pending.name_max = SEALED_NAME_MAX
+    async with trio.open_nursery() as nursery:
+        fs.background.attach(nursery)
+        try:
+            try:
+                fs.cache.observed(ROOT, await fs.meta.query(ROOT, "fs.stat"))
+            except NotFound:
+                arg = {"mode": 0o755, "uid": uid, "gid": gid, "now": clock_ns()}
+                with contextlib.suppress(Exists):  # another client made it first
+                    await fs.meta.update([ROOT], "fs.mkroot", arg)
+            yield fs
+        finally:
+            fs.background.detach()
+            nursery.cancel_scope.cancel()

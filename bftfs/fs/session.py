@@ -19,7 +19,7 @@ from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.fabpast import FabPast
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generationclients import Generations
 from bftfs.fs.past import Past
 from bftfs.fs.seal import Seal
@@ -99,7 +99,7 @@ async def open_session(
     config: ClusterConfig, client: str, **options: Any
 ) -> AsyncIterator[Session]:
     """The file system of ``config``'s cluster as client ``client`` (its key from the
-    cluster directory); ``options`` go to :meth:`FileSystem.open`.  Creates the root
+    cluster directory); ``options`` go to :func:`open_file_system`.  Creates the root
     directory if the cluster has none.  The session follows the view: a change of
     generation while it runs opens the new generation's clients, and the file system
     goes on over both while objects move (``fs/generationclients.py``)."""
@@ -111,7 +111,9 @@ async def open_session(
         ep = await stack.enter_async_context(open_client(config, client, views=views))
         gens = Generations(config, ident, views, stack, nursery, metadata_client)
         await gens.start(ep)
-        fs = await FileSystem.open(gens.qu, gens.rw, gens.config, **options)
+        fs = await stack.enter_async_context(
+            open_file_system(gens.qu, gens.rw, gens.config, **options)
+        )
         gens.mount = fs.meta.lease_token
         leases = fs.meta.leases
         if leases is not None:
