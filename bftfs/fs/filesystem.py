@@ -158,8 +158,6 @@ class FileSystem:
         inline = min(getattr(config, "inline_limit", 0), self.bs)
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
-        #: Where the long-lived tasks run (fs/background.py).
-        self.background = Background()
         if lease_term > 0:  # leases (fs/leases/): queries they keep good need no round
             self.meta.leases = Leases(
                 self.meta.lease_update,
