@@ -125,7 +125,9 @@ def test_status_says_what_a_catch_up_left_behind() -> None:
 
     left = {"state": "incomplete", "behind": 197, "done": 8, "failed": 189, "skipped": 0}
     assert catch_up_summary({"qu.catchup": left}) == "qu incomplete 8/197 (189 failed)"
-    assert catch_up_summary({"qu.catchup": {"state": "done", "behind": 3, "done": 3}}) == "qu done 3/3"
+    assert (
+        catch_up_summary({"qu.catchup": {"state": "done", "behind": 3, "done": 3}}) == "qu done 3/3"
+    )
 
 
 def test_a_lying_host_cannot_choose_the_current_version_taken() -> None:
