@@ -1,4 +1,4 @@
-"""Tier 1: the order in which a mount gives leases back (``fs/releases.py``).
+"""Tier 1: the order in which a mount gives leases back (``fs/leases/releases.py``).
 
 A recall of a directory makes its holder give up what it leased with its creates there too
 (new files and subdirectories, and what was made in those).  Another client's recall waits
@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.releases import BATCH, Releases
+from bftfs.fs.leases import BATCH, Releases
 
 
 def _recorded(levels: list[list[int]]) -> list[list[int]]:

@@ -309,7 +309,7 @@ def test_leases_are_taken_in_batches_and_one_refused_object_costs_the_others_not
             async with trio.open_nursery() as nursery:  # one burst: queried at once, enough
                 for ino in batch * FILE_USES:
                     if ino == contended[0]:  # its queries would wait for the holder: asked
-                        leases._ask(ino, trio.current_time())  # for as they would ask
+                        leases.taker.ask(ino, trio.current_time())  # for as they would ask
                     else:
                         nursery.start_soon(a.getattr, ino)
             await until("the leases", lambda w=want: w <= set(leases.held))  # type: ignore[misc]

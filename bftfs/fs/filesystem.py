@@ -95,7 +95,7 @@ from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.handles import Handles
 from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.files.table import HandleTable
-from bftfs.fs.leases import Leases
+from bftfs.fs.leases import Leases, Spawn
 from bftfs.fs.meta import Meta
 from bftfs.fs.mounttag import MountTagged
 from bftfs.fs.names import Names
@@ -154,7 +154,7 @@ class FileSystem:
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
-        self.meta.leases = _leases(self.meta, self.cache, lease_term)
+        self.meta.leases = _leases(self.meta, self.cache, lease_term, self.background.spawn)
         self.reclaimer = Reclaimer(self.meta, self.cache)
         self.engine = FlushEngine(
             self.meta,
@@ -453,13 +453,15 @@ class FileSystem:
         return dict(self.cache.files)
 
 
-def _leases(meta: Meta, cache: MetadataCache, term: float) -> Leases | None:
-    """The mount's leases (``fs/leases.py``: queries they keep good need no round), or None
-    when ``term`` is 0."""
+def _leases(meta: Meta, cache: MetadataCache, term: float, spawn: Spawn) -> Leases | None:
+    """The mount's leases (``fs/leases/``: queries they keep good need no round), or None
+    when ``term`` is 0; their background work goes to ``spawn``."""
     if term <= 0:
         return None
     config = meta.config
-    leases = Leases(meta.lease_update, meta.query_now, term=term, b=config.b, n=config.n)
+    leases = Leases(
+        meta.lease_update, meta.query_now, term=term, b=config.b, n=config.n, spawn=spawn
+    )
     # What this mount answered about an object before its lease is not covered by it: the
     # attributes its own updates left are asked for again.
     leases.on_grant = cache.forget_own

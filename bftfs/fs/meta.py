@@ -13,7 +13,7 @@ other part is given this one and calls it; it imports none of them.  Two interfa
 declares are filled from above by the file system: the gate (:class:`CallGate`, filled by
 ``fs/callorder.py``), which sends what the mount holds back that a call must follow, before
 :meth:`Meta.query` and :meth:`Meta.update` (the sends themselves go around it:
-:meth:`Meta.query_now`, :meth:`Meta.update_now`); and the leases (``fs/leases.py``, below
+:meth:`Meta.query_now`, :meth:`Meta.update_now`); and the leases (``fs/leases/``, below
 this part), which answer queries they keep good and are told of each update.
 """
 
@@ -33,8 +33,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
-from bftfs.fs.leasedanswers import made_entries
-from bftfs.fs.leases import Leases
+from bftfs.fs.leases import Leases, made_entries
 from bftfs.fsobjects.leases import DONE, LEASE_SKEW, LEASE_TIME, MAX_TERM
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.client import ObjectLock
@@ -179,7 +178,7 @@ class Meta:
         #: Runs before every query and update but its own (None: nothing to wait for;
         #: ``fs/callorder.py``'s ``CallOrder``, given by the file system).
         self.gate: CallGate | None = None
-        #: This mount's leases (``fs/leases.py``; None: it takes none).  Queries they
+        #: This mount's leases (``fs/leases/``; None: it takes none).  Queries they
         #: keep good are answered from them; every update tells them what it changes.
         self.leases: Leases | None = None
         #: The objects an update is under way on (:meth:`_one_update_per_object`).
@@ -202,7 +201,7 @@ class Meta:
 
     async def query_now(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         """A Q/U query, not gated (the gate's own calls); answered from the leases when
-        they keep its answer good (``fs/leases.py``)."""
+        they keep its answer good (``fs/leases/``)."""
         leases = self.leases
         oids = oid if isinstance(oid, list) else [oid]
         if leases is not None:
@@ -230,7 +229,7 @@ class Meta:
         return answer
 
     async def lease_update(self, objects: list[int], method: str, arg: Any) -> Any:
-        """The update leases are taken, renewed and released with (``fs/leases.py``).  A
+        """The update leases are taken, renewed and released with (``fs/leases/``).  A
         take or renewal (``fs.lease``) changes no content, so it is not gated: gated, each
         renewal of a directory's lease sent its deferred creates, and each sweep renewing
         held files sent their buffered writes one file per update (PostMark: a sixth of
@@ -276,7 +275,7 @@ class Meta:
     async def _one_update_per_object(self, objects: list[int]) -> AsyncIterator[None]:
         """Hold ``objects`` for one update: a Q/U client issues one update per object at a
         time (its answers are kept per client and object, ``qu/replica.py``), and the
-        leases' background updates (``fs/leases.py``) must not overlap a flush's.  Taken
+        leases' background updates (``fs/leases/``) must not overlap a flush's.  Taken
         in object order, so two updates never wait for each other.  Waiting for another
         task's update is that task's time (its rounds and backoffs), not the cluster's
         silence: the wait uses up patience only as far as that task's own ran out

@@ -1,7 +1,7 @@
 """Directory write-back of mkdirs (issue 33): a ``mkdir`` in a directory this mount holds
 exclusively returns before the servers make the directory.
 
-While the mount holds an **exclusive lease** on a directory (``fs/leases.py``), no other
+While the mount holds an **exclusive lease** on a directory (``fs/leases/``), no other
 client reads it without recalling the lease, and the recall's release is a gated update:
 what the mount holds back for the directory goes before it.  So a ``mkdir`` there may be
 answered at once (:meth:`PendingMkdirs.defer`): the object id is drawn here, the new
@@ -47,7 +47,7 @@ from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, Unavailable, from_refusal
 from bftfs.fs.files import Attr
-from bftfs.fs.leasedanswers import made_entries
+from bftfs.fs.leases import made_entries
 from bftfs.fs.meta import IdTaken, Meta, OutOfDate
 from bftfs.fs.writeback.once import SendOnce
 from bftfs.fs.writeback.unlinks import about_another_entry

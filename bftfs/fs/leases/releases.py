@@ -11,12 +11,15 @@ from typing import Any
 
 import trio
 
-log = logging.getLogger("bftfs.fs.leases")
+log = logging.getLogger(__name__)
 
 #: Objects one ``fs.lease`` or ``fs.release`` update names at most (``MAX_OBJECTS``).
 BATCH = 8
 
+#: The Q/U update the leases are given (``Meta.lease_update``: gated for a release).
 Update = Callable[[list[int], str, Any], Awaitable[Any]]
+#: Starts a task that outlives its caller (``fs/background.py``'s ``Background.spawn``).
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 class Releases:

@@ -1,0 +1,171 @@
+"""The leases this mount holds (issue 33), by object, and the state around them that the
+other parts of the wing read: which objects a lease is being asked for, which are quiet
+after a recall or a refusal here, an epoch per object that moves at each drop (a grant
+that arrives after its lease was recalled is given back), and the leases that came with
+a create or a mkdir (given up with their directory).
+
+A lease is used until its term, counted from before it was asked less the holder's
+margin, runs out on ``trio``'s clock or on the wall clock, whichever comes first
+(``fs/leases/mount.py``, "Time"); one found ended on the wall clock alone means the
+machine slept, and every lease is let go (``woke``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, SHARED
+
+#: Seconds after a recall or a refusal during which no lease on the object is asked for.
+COOLDOWN = 5.0
+#: Files inherited under one directory (:meth:`Holdings.inherit`) past which those no
+#: longer held are forgotten.
+MAX_CHILDREN = 4096
+
+
+@dataclass
+class Lease:
+    """A lease held here (trio times): answers count from ``granted`` (when the grant
+    arrived), the lease is used until ``until`` (its term from before it was asked, less
+    the holder's margin) and until ``wall_until`` (the same on the wall clock, ns)."""
+
+    granted: float
+    until: float
+    kind: int = SHARED
+    wall_until: int = 0
+    #: Leased with the object's create (:meth:`Holdings.inherit`): the mount made it, so
+    #: what it knows of it is the object from the start.
+    inherited: bool = False
+
+
+class Holdings:
+    """The leases held here and their bookkeeping (module docstring)."""
+
+    def __init__(
+        self,
+        term: float,
+        wall_ns: Callable[[], int],
+        stats: Counter[str],
+        *,
+        dropped: Callable[[int], None],
+        woke: Callable[[list[int]], None],
+    ) -> None:
+        """``term``: seconds a lease is asked for.  ``dropped``: told each object whose
+        lease is dropped (what the other parts keep of it goes).  ``woke``: given every
+        object held when the wall clock shows the machine slept past a lease."""
+        self.term = term
+        self.wall_ns = wall_ns
+        self.stats = stats
+        self._dropped = dropped
+        self._woke = woke
+        self.held: dict[int, Lease] = {}
+        #: Objects a lease is being asked for (a recall of one is counted).
+        self.asking: set[int] = set()
+        #: Trio time until which no lease on an object is asked for (:data:`COOLDOWN`).
+        self.quiet_until: dict[int, float] = {}
+        #: Moves when a lease is dropped (ended, recalled): a grant that arrives after
+        #: its lease was recalled is given back, not used.
+        self.epoch: Counter[int] = Counter()
+        #: Files leased with their create under a directory's exclusive lease
+        #: (:meth:`inherit`), by directory: given up with it at its recall.
+        self.children: dict[int, set[int]] = {}
+        #: Directories leased with their mkdir (:meth:`made`): where each was made.
+        self.made_in: dict[int, int] = {}
+
+    def live(self, oid: int, now: float) -> Lease | None:
+        """The lease on ``oid`` while it is to be used at trio time ``now`` (one whose term
+        ran out is dropped; one ended on the wall clock alone lets every lease go)."""
+        h = self.held.get(oid)
+        if h is None:
+            return None
+        if now >= h.until:
+            self.drop(oid)
+            return None
+        if self.wall_ns() >= h.wall_until:  # the machine slept (or its clock was set on)
+            self.stats["woke_past_expiry"] += 1
+            self._woke(list(self.held))
+            return None
+        return h
+
+    def drop(self, oid: int) -> None:
+        """Forget the lease on ``oid`` (ended, recalled, let go)."""
+        self.held.pop(oid, None)
+        self.made_in.pop(oid, None)
+        self.epoch[oid] += 1
+        self._dropped(oid)
+
+    def quiet(self, oid: int, now: float) -> bool:
+        """Whether ``oid`` is quiet at ``now`` after a recall or refusal here."""
+        return now < self.quiet_until.get(oid, 0.0)
+
+    def remaining(self, oid: int, since: float) -> float:
+        """Seconds left on the lease on ``oid`` if it was granted by ``since`` (or came
+        with the object's create here: held from its start), else 0."""
+        now = trio.current_time()
+        h = self.live(oid, now)
+        if h is None or (h.granted > since and not h.inherited):
+            return 0.0
+        return max(0.0, min(h.until - now, (h.wall_until - self.wall_ns()) / 1e9))
+
+    def exclusive_left(self, oid: int) -> float:
+        """Seconds left on this mount's exclusive lease on ``oid`` (0: it holds none)."""
+        now = trio.current_time()
+        h = self.live(oid, now)
+        return 0.0 if h is None or h.kind != EXCLUSIVE else h.until - now
+
+    def exclusive_from(self, oid: int) -> float | None:
+        """When this mount's holding of ``oid``, exclusive now, began (trio time; held
+        without a break since, so nobody else changed the object meanwhile and state read
+        from then on is its state); ``-inf`` when it came with the object's create here;
+        None when the mount holds no exclusive lease on it."""
+        h = self.live(oid, trio.current_time())
+        if h is None or h.kind != EXCLUSIVE:
+            return None
+        return float("-inf") if h.inherited else h.granted
+
+    def held_from(self, asked: float, lt: int, kind: int, granted: float, inherited: bool) -> Lease:
+        """A lease of one term asked at trio time ``asked`` with lease time ``lt`` (ns),
+        used until that term ends less the holder's margin, on both clocks."""
+        until = asked + self.term - HOLDER_MARGIN / 1e9
+        wall_until = lt + int(self.term * 1e9) - HOLDER_MARGIN
+        return Lease(granted, until, kind, wall_until, inherited)
+
+    def inherit(self, parent: int, oids: Sequence[int]) -> bool:
+        """Hold ``oids`` until the end of the exclusive lease on ``parent``, given up with
+        it (``Leases.inherit``); False, holding nothing, when that lease is not held."""
+        h = self.live(parent, trio.current_time())
+        if h is None or h.kind != EXCLUSIVE:
+            return False
+        children = self.children.setdefault(parent, set())
+        if len(children) > MAX_CHILDREN:  # those whose lease ended are gone already
+            children.intersection_update(self.held)
+        for oid in oids:
+            self.held[oid] = Lease(trio.current_time(), h.until, EXCLUSIVE, h.wall_until, True)
+            children.add(oid)
+            self.stats["inherited"] += 1
+        return True
+
+    def made(self, oid: int, parent: int, asked: float, lt: int) -> None:
+        """Hold directory ``oid``, made in ``parent`` leased exclusively from ``lt`` (its
+        mkdir asked at trio time ``asked``: ``Leases.made_leased``)."""
+        self.held[oid] = self.held_from(asked, lt, EXCLUSIVE, trio.current_time(), True)
+        self.made_in[oid] = parent
+
+    def with_children(self, oids: list[int]) -> list[list[int]]:
+        """``oids``, then what was leased with its create in them and is still held, then
+        in those, ...: level by level (forgotten as children: they go with ``oids``)."""
+        levels = [oids]
+        while nxt := [c for o in levels[-1] for c in self.children.pop(o, ()) if c in self.held]:
+            levels.append(nxt)
+        return levels
+
+    def never_made(self, oid: int) -> None:
+        """``Leases.never_made``: forget ``oid``'s lease, never granted."""
+        if oid in self.held:
+            self.drop(oid)
+        for children in self.children.values():
+            children.discard(oid)

@@ -1,0 +1,245 @@
+"""Taking and renewing this mount's leases (issue 33): when one is asked for, and the
+background task that asks for them in batches and holds what is granted.
+
+**When to take one.**  A lease costs an update round and may cost another client a
+recall, so it is taken only for an object queried :data:`USES` times while none was held
+and since this mount last changed it (a file it is writing gains nothing from one), and
+not within ``COOLDOWN`` of a recall of it here or a refusal (two clients working in one
+directory do not pass leases back and forth).  It is taken in the background and renewed,
+on use, once less than a third of its term is left; an unused lease just ends.  An
+exclusive lease on a directory is asked for after :data:`USES` creates or removals the
+mount deferred there (write-back), and its listing is read once granted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from bftfs.fs.leases.answers import MAX_ANSWERS, LeasedAnswers
+from bftfs.fs.leases.holdings import COOLDOWN, Holdings, Lease
+from bftfs.fs.leases.recalls import Recalls
+from bftfs.fs.leases.releases import BATCH, Spawn, Update
+from bftfs.fsobjects.leases import EXCLUSIVE, SHARED
+
+log = logging.getLogger(__name__)
+
+#: Queries of an object while no lease was held before one is taken.
+USES = 2
+#: The same for a regular file: most are written by the mount that opens them, and four
+#: spare PostMark most of its unused file leases (476 updates, a fifth of its Q/U time).
+FILE_USES = 4
+#: Seconds the leases asked for are gathered before they are sent (a lease is an
+#: optimisation: taking it a moment later costs nothing, a round per object would).
+GATHER = 0.002
+
+#: The ungated query of the file system (``Meta.query_now``): a listing is read with it.
+Query = Callable[[int, str, Any], Awaitable[Any]]
+
+
+class Taker:
+    """Asks for leases, takes what is granted and renews it (module docstring)."""
+
+    def __init__(
+        self,
+        holdings: Holdings,
+        recalls: Recalls,
+        answers: LeasedAnswers,
+        update: Update,
+        query: Query | None,
+        spawn: Spawn,
+        *,
+        n: int,
+        stats: Counter[str],
+    ) -> None:
+        """``update``: the update a lease is taken with.  ``query``: a directory's listing
+        is read with it once its exclusive lease is granted (None: never).  ``n``: objects
+        congruent mod ``n`` share their preferred quorum (asked for in one update)."""
+        self._holdings = holdings
+        self._recalls = recalls
+        self._answers = answers
+        self._update = update
+        self.query = query
+        self._spawn = spawn
+        self._n = n
+        self._stats = stats
+        #: Told the objects a new lease was granted on (before any answer is kept).
+        self.on_grant: Callable[[list[int]], None] | None = None
+        self._uses: Counter[int] = Counter()
+        #: Objects an answer showed to be regular files (:data:`FILE_USES`).
+        self._files: set[int] = set()
+        #: Creates this mount deferred in a directory while it held no exclusive lease.
+        self._creates: Counter[int] = Counter()
+        #: Objects asked for and the kind wanted (an exclusive wish wins).
+        self._kinds: dict[int, int] = {}
+        #: Objects asked for and not yet sent (:meth:`_take_wanted` runs while any are).
+        self._wanted: list[int] = []
+        self._taking = False
+        #: Objects whose lease is asked for alone (one of a refused batch).
+        self._solo: set[int] = set()
+
+    def used(
+        self, oids: Sequence[int], leased: Sequence[Lease | None], answer: Any, now: float
+    ) -> None:
+        """A query of ``oids`` answered while not all were leased (``leased``: their
+        leases): a use of each not leased, asked for after :data:`USES` of them."""
+        if len(oids) == 1 and isinstance(answer, dict) and answer.get("k") == "f":
+            if len(self._files) >= MAX_ANSWERS * 16:  # a bound, not a cache worth keeping
+                self._files.clear()
+            self._files.add(oids[0])
+        for o, h in zip(oids, leased, strict=True):
+            if h is None:
+                self._uses[o] += 1
+                if self._uses[o] >= (FILE_USES if o in self._files else USES):
+                    self.ask(o, now)
+
+    def changed(self, oids: Sequence[int]) -> None:
+        """This mount changes ``oids``: what it changes itself is not worth a lease yet."""
+        for o in oids:
+            self._uses.pop(o, None)
+
+    def forget(self, oid: int) -> None:
+        """The lease on ``oid`` was dropped: the creates counted toward one start again."""
+        self._creates.pop(oid, None)
+
+    def ask(self, oid: int, now: float, kind: int = SHARED) -> None:
+        """Ask for a lease of ``kind`` on ``oid`` (unless asked already, or quiet)."""
+        if oid in self._holdings.asking or self._holdings.quiet(oid, now):
+            return
+        self._kinds[oid] = kind
+        self._holdings.asking.add(oid)
+        self._wanted.append(oid)
+        if not self._taking:
+            self._taking = True
+            self._spawn(self._take_wanted)
+
+    def renew_if_due(self, oids: Sequence[int], now: float) -> None:
+        """Renew the leases on ``oids`` that have less than a third of their term left."""
+        for o in oids:
+            h = self._holdings.held.get(o)
+            if h is not None and h.until - now < self._holdings.term / 3:
+                self.ask(o, now, h.kind)
+
+    def renew(self, oids: Sequence[int]) -> None:
+        """``Leases.renew``: renew the leases held on ``oids`` now."""
+        now = trio.current_time()
+        for oid in oids:
+            h = self._holdings.held.get(oid)
+            if h is not None:
+                self.ask(oid, now, h.kind)
+
+    def want_exclusive_file(self, oid: int) -> None:
+        """``Leases.want_exclusive_file``: no listing is read for a file."""
+        self._files.add(oid)
+        self.want_exclusive(oid)
+
+    def want_exclusive(self, oid: int) -> None:
+        """``Leases.want_exclusive``: count a deferred create or removal in ``oid``."""
+        now = trio.current_time()
+        h = self._holdings.live(oid, now)
+        if h is not None and h.kind == EXCLUSIVE:
+            self.renew_if_due([oid], now)
+            self.ensure_listing(oid)
+            return
+        self._creates[oid] += 1
+        if self._creates[oid] >= USES:
+            self.ask(oid, now, EXCLUSIVE)
+
+    async def take_exclusive(self, oid: int) -> None:
+        """``Leases.take_exclusive``: an exclusive lease on ``oid`` now."""
+        if self._holdings.exclusive_left(oid) <= 0:
+            await self._take([oid], EXCLUSIVE)
+
+    def new_lease_term(self, parent: int) -> int | None:
+        """``Leases.new_lease_term``: the term for a mkdir's new directory, or None."""
+        if self._holdings.quiet(parent, trio.current_time()):
+            return None
+        return int(self._holdings.term * 1e9)
+
+    async def _take_wanted(self) -> None:
+        """Take the leases asked for, :data:`BATCH` objects of one quorum per update
+        (objects congruent mod ``n`` share their preferred quorum, ``Meta.new_oid``: a
+        directory's entries do), the groups at once; what is asked meanwhile goes next."""
+        try:
+            while self._wanted:
+                await trio.sleep(GATHER)  # the burst of queries asking queues the rest
+                wanted, self._wanted = self._wanted, []
+                groups: dict[tuple[int, int], list[int]] = {}
+                alone = [oid for oid in wanted if oid in self._solo]
+                self._solo.difference_update(alone)
+                for oid in wanted:
+                    if oid not in alone:
+                        key = (self._kinds.get(oid, SHARED), oid % self._n)
+                        groups.setdefault(key, []).append(oid)
+                async with trio.open_nursery() as nursery:
+                    for oid in alone:
+                        nursery.start_soon(self._take, [oid], self._kinds.get(oid, SHARED))
+                    for (kind, _), group in groups.items():
+                        for i in range(0, len(group), BATCH):
+                            nursery.start_soon(self._take, group[i : i + BATCH], kind)
+        finally:
+            self._taking = False
+
+    async def _take(self, oids: list[int], kind: int = SHARED) -> None:
+        """Ask for (or renew) leases of ``kind`` on ``oids`` in one update; a refusal
+        quiets them a while (one refused object refuses the update: each is asked alone
+        next).
+
+        A term counts from before it was asked; answers count only from when it was
+        granted (a query answered meanwhile may predate it).  A lease recalled while it was
+        being asked for (the push came before the grant) is given back at once."""
+        holdings = self._holdings
+        epochs = [holdings.epoch[o] for o in oids]
+        asked = trio.current_time()
+        try:
+            lt = holdings.wall_ns()
+            arg = {"kind": kind, "lt": lt, "term": int(holdings.term * 1e9)}
+            await self._update(list(oids), "fs.lease", arg)
+        except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
+            holdings.asking.difference_update(oids)
+            self._refused(oids, e, kind)
+            return
+        holdings.asking.difference_update(oids)
+        now = trio.current_time()
+        gone = []
+        new = [o for o in oids if o not in holdings.held]
+        if new and self.on_grant is not None:
+            self.on_grant(new)
+        for oid, epoch in zip(oids, epochs, strict=True):
+            old = holdings.held.get(oid)
+            if holdings.epoch[oid] != epoch and old is None:
+                gone.append(oid)  # recalled while asked for
+                continue
+            granted, inherited = (old.granted, old.inherited) if old else (now, False)
+            holdings.held[oid] = holdings.held_from(asked, lt, kind, granted, inherited)
+            self._uses.pop(oid, None)
+            self._creates.pop(oid, None)
+            self._stats["renewed" if old else "taken"] += 1
+            if kind == EXCLUSIVE and (old is None or old.kind != EXCLUSIVE):
+                self._stats["exclusive"] += 1
+                self.ensure_listing(oid)
+            if self._recalls.believed(oid):
+                self._recalls.revoke([oid])
+        if gone:
+            self._recalls.give_back(gone)
+
+    def ensure_listing(self, oid: int) -> None:
+        """Read the listing of a directory leased exclusively here unless it is known or
+        being read (:meth:`LeasedAnswers.read_listing`); a read a create crossed is read
+        again at the next create there (:meth:`want_exclusive`)."""
+        if self.query is not None and oid not in self._files:
+            self._answers.read_listing(oid, self.query, self._spawn)
+
+    def _refused(self, oids: list[int], e: Exception, kind: int = SHARED) -> None:
+        if len(oids) > 1:  # someone holds or recalls one of them: ask for each alone
+            for oid in oids:
+                self._solo.add(oid)
+                self.ask(oid, 0.0, kind)
+            return
+        self._stats["refused"] += 1
+        self._holdings.quiet_until[oids[0]] = trio.current_time() + COOLDOWN
+        log.debug("lease on %d not taken: %s", oids[0], e)
