@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from bftfs import config as cfgmod
+from bftfs.clusterkeys import add_client, remove_client
 from bftfs.config import ClusterConfig, ConfigError, default_sizes
 from bftfs.ids import CLIENT_ID_BASE, client_id
-from bftfs.local import add_client, init_cluster, remove_client
+from bftfs.local import init_cluster
 
 
 def make(

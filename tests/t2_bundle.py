@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bftfs import bundle, config, local
+from bftfs import bundle, clusterkeys, config, local
 from bftfs.cli.cluster import parse_addresses
 from bftfs.config import ConfigError
 from bftfs.crypto import Identity, KeyFileError, VolumeKey
@@ -132,9 +132,9 @@ def test_a_rotated_key_seals_new_writes_and_the_old_ones_travel_with_client_bund
     path = cfg.home / "cluster.toml"
     first = cfg.volume_key_id
     assert first is not None
-    local.rotate_volume_key(cfg, path)
+    clusterkeys.rotate_volume_key(cfg, path)
     second = config.load(path)
-    local.rotate_volume_key(second, path)
+    clusterkeys.rotate_volume_key(second, path)
     third = config.load(path)
     assert third.volume_key_id not in (first, second.volume_key_id)
     assert third.previous_volume_key_ids == (second.volume_key_id, first)
@@ -154,4 +154,4 @@ def test_a_rotated_key_seals_new_writes_and_the_old_ones_travel_with_client_bund
         Seal.of(third)
     plain = local.init_cluster(tmp_path / "p", map_size=1 << 26, seal=False)
     with pytest.raises(ConfigError, match="no volume key"):
-        local.rotate_volume_key(plain, plain.home / "cluster.toml")
+        clusterkeys.rotate_volume_key(plain, plain.home / "cluster.toml")

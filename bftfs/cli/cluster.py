@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bftfs import clusterkeys
 from bftfs import local as localmod
 from bftfs.cli import discover
 from bftfs.cli.common import (
@@ -363,13 +364,13 @@ def cmd_client(args: argparse.Namespace) -> int:
             "bftfs client rotate needs views: `bftfs view adopt` first (docs/membership.md)", 2
         )
     if args.action == "add":
-        spec = localmod.add_client(cfg, path, args.name)
+        spec = clusterkeys.add_client(cfg, path, args.name)
         print(
             f"added client {spec.name} (id {spec.id - CLIENT_ID_BASE}); its key: "
             f"{cfg.client_key_path(spec.name)}"
         )
     else:  # remove, revoke
-        gone = localmod.remove_client(cfg, path, args.name)
+        gone = clusterkeys.remove_client(cfg, path, args.name)
         print(
             f"removed client {gone.name} (id {gone.id - CLIENT_ID_BASE}, never reused) and "
             "deleted its key here"
@@ -387,7 +388,7 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     """``bftfs rotate-key``: a new volume key for what mounts write from now on; the old
     one kept for reading what was written under it (docs/confidentiality.md)."""
     cfg, path = cluster_of(args)
-    new = localmod.rotate_volume_key(cfg, path)
+    new = clusterkeys.rotate_volume_key(cfg, path)
     print(f"new volume key {new.key_id.hex()}: mounts started from now on seal under it")
     print(
         f"  the {len(cfg.previous_volume_key_ids) + 1} previous key(s) stay for reading "

@@ -214,66 +214,16 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
         if not item:
             continue
         name, eq, value = item.partition("=")
-        if name in ("ro", "rw") and not eq:
-            changes["read_only"] = name == "ro"
-        elif name == "allow_other" and not eq:
-            changes["allow_other"] = True
-        elif name == "hard" and not eq:
-            changes["hard"], changes["soft"] = True, False
-        elif name == "soft" and not eq:
-            changes["hard"], changes["soft"] = False, True
-        elif name in ("wsync", "nowsync") and not eq:
-            changes["write_behind"] = name == "nowsync"
-        elif name == "client" and eq:
-            if not value:
-                raise OptionError("mount option client= needs a client name")
-            changes["client"] = value
-        elif name in ("acregmin", "acregmax"):
+        if name in ("acregmin", "acregmax"):
             raise OptionError(
                 f"mount option {name}= was removed: leases (lease=, default "
                 f"{DEFAULT_LEASE:g} s) let the kernel keep a file's attributes until another "
                 'client\'s change recalls them (docs/fs.md, "Leases")'
             )
-        elif name in ("attr_timeout", "entry_timeout") and eq:
-            changes[name] = _seconds(name, value)
-        elif name == "timeo" and eq:
-            changes["timeo"] = _seconds(name, value)
-        elif name == "lease" and eq:
-            term = _seconds(name, value)
-            if term and not MIN_LEASE <= term <= MAX_LEASE_TERM:
-                raise OptionError(
-                    f"mount option lease={value!r}: 0 (off) or {MIN_LEASE:g} to "
-                    f"{MAX_LEASE_TERM:g} seconds"
-                )
-            changes["lease"] = term
-        elif name == "commit" and eq:
-            changes["commit"] = _seconds(name, value)
-        elif name == "locklease" and eq:
-            term = _seconds(name, value)
-            if not MIN_LEASE <= term <= MAX_LEASE_TERM:
-                raise OptionError(
-                    f"mount option locklease={value!r}: {MIN_LEASE:g} to {MAX_LEASE_TERM:g} seconds"
-                )
-            changes["lock_lease"] = term
-        elif name == "metrics_port" and eq:
-            try:
-                port = int(value)
-            except ValueError:
-                port = -1
-            if not 0 <= port < 65536:
-                raise OptionError(f"mount option metrics_port={value!r}: not a port number")
-            changes["metrics_port"] = port
-        elif name == "metrics_addr" and eq:
-            changes["metrics_addr"] = value
-        elif item in KERNEL_FLAGS and not eq:
-            if item not in kernel:
-                kernel.append(item)
-                changes["kernel_flags"] = tuple(kernel)
-        elif item == "nonempty" and not eq:
-            changes["nonempty"] = True
-        elif item in _IGNORED or item.startswith(_IGNORED_PREFIXES):
-            continue
-        else:
+        got = _valued(name, value) if eq else _flag(item, kernel)
+        if got is not None:
+            changes.update(got)
+        elif not (item in _IGNORED or item.startswith(_IGNORED_PREFIXES)):
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
                 "attr_timeout=, entry_timeout=, timeo=, hard, soft, wsync, "
@@ -282,3 +232,62 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
                 + ")"
             )
     return dataclasses.replace(opts, **changes)  # type: ignore[arg-type]
+
+
+def _flag(item: str, kernel: list[str]) -> dict[str, object] | None:
+    """The changes a bare option makes (``kernel``: the kernel's flags so far, in order),
+    or None when it is not one of bftfs's."""
+    if item in ("ro", "rw"):
+        return {"read_only": item == "ro"}
+    if item == "allow_other":
+        return {"allow_other": True}
+    if item in ("hard", "soft"):
+        return {"hard": item == "hard", "soft": item == "soft"}
+    if item in ("wsync", "nowsync"):
+        return {"write_behind": item == "nowsync"}
+    if item == "nonempty":
+        return {"nonempty": True}
+    if item in KERNEL_FLAGS:
+        if item not in kernel:
+            kernel.append(item)
+        return {"kernel_flags": tuple(kernel)}
+    return None
+
+
+def _valued(name: str, value: str) -> dict[str, object] | None:
+    """The changes ``name=value`` makes, or None when ``name`` takes no value here.
+
+    Raises:
+        OptionError: a bad value."""
+    if name == "client":
+        if not value:
+            raise OptionError("mount option client= needs a client name")
+        return {"client": value}
+    if name in ("attr_timeout", "entry_timeout", "timeo", "commit"):
+        return {name: _seconds(name, value)}
+    if name == "lease":
+        term = _seconds(name, value)
+        if term and not MIN_LEASE <= term <= MAX_LEASE_TERM:
+            raise OptionError(
+                f"mount option lease={value!r}: 0 (off) or {MIN_LEASE:g} to "
+                f"{MAX_LEASE_TERM:g} seconds"
+            )
+        return {"lease": term}
+    if name == "locklease":
+        term = _seconds(name, value)
+        if not MIN_LEASE <= term <= MAX_LEASE_TERM:
+            raise OptionError(
+                f"mount option locklease={value!r}: {MIN_LEASE:g} to {MAX_LEASE_TERM:g} seconds"
+            )
+        return {"lock_lease": term}
+    if name == "metrics_port":
+        try:
+            port = int(value)
+        except ValueError:
+            port = -1
+        if not 0 <= port < 65536:
+            raise OptionError(f"mount option metrics_port={value!r}: not a port number")
+        return {"metrics_port": port}
+    if name == "metrics_addr":
+        return {"metrics_addr": value}
+    return None
