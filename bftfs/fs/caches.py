@@ -51,7 +51,7 @@ class MetadataCache:
         #: The files this client holds state for (open, or with writes still buffered).
         self.files: dict[int, OpenFile] = {}
         #: File id -> (data id, version counter) of the content the kernel may hold pages
-        #: of (:meth:`bftfs.fs.files.handles.Handles.keep_cache`).
+        #: of (:meth:`bftfs.fs.handles.Handles.keep_cache`).
         self.kernel_content: dict[int, tuple[int, int]] = {}
         #: Directory id -> (mode, gid) as last seen: a new file's group and mode follow
         #: them (write-behind, :mod:`bftfs.fs.writeback.creates`).
@@ -69,7 +69,7 @@ class MetadataCache:
 
     def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
         """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
-        True if they already were (:meth:`bftfs.fs.files.handles.Handles.keep_cache`)."""
+        True if they already were (:meth:`bftfs.fs.handles.Handles.keep_cache`)."""
         now = content_version(s)
         if len(self.kernel_content) > NAME_CACHE_LIMIT:
             self.kernel_content.clear()  # forgetting only costs re-reads

@@ -56,8 +56,8 @@ public call to one of them.  From the bottom:
   (held files, removals, creates); this facade plugs it into ``Meta``'s one hook, a
   ``CallGate`` that ``meta.py`` declares;
 - :class:`~bftfs.fs.background.Background` (``background.py``): the long-lived tasks;
-- :class:`~bftfs.fs.files.attributes.Attributes` (``files/``): setattr, truncation, xattrs;
-- :class:`~bftfs.fs.files.handles.Handles` (``files/``): create/open, read, write, flush,
+- :class:`~bftfs.fs.attributes.Attributes` (``files/``): setattr, truncation, xattrs;
+- :class:`~bftfs.fs.handles.Handles` (``files/``): create/open, read, write, flush,
   release; it asks the pending creates at create, read, flush and release;
 - this module: the facade, the one object the FUSE layer and tests hold
   (:class:`~bftfs.fs.api.FileSystemAPI`).
@@ -78,6 +78,7 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.api import FileSystemAPI
+from bftfs.fs.attributes import Attributes
 from bftfs.fs.background import Background
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.callorder import CallOrder
@@ -90,11 +91,10 @@ from bftfs.fs.files import (
     Attr,
     OpenFile,
 )
-from bftfs.fs.files.attributes import Attributes
 from bftfs.fs.files.flush import FlushEngine
-from bftfs.fs.files.handles import Handles
 from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.files.table import HandleTable
+from bftfs.fs.handles import Handles
 from bftfs.fs.leases import Leases, Spawn
 from bftfs.fs.meta import Meta
 from bftfs.fs.mounttag import MountTagged
@@ -265,7 +265,7 @@ class FileSystem:
     async def statfs(self) -> dict[str, int]:
         return {**await self.meta.statfs(), "f_namemax": self.names.name_max}
 
-    # Attributes (bftfs.fs.files.attributes) ------------------------------------------------
+    # Attributes (bftfs.fs.attributes) ------------------------------------------------
 
     async def setattr(
         self,
@@ -304,7 +304,7 @@ class FileSystem:
     async def removexattr(self, ino: int, name: bytes) -> None:
         await self.attributes.removexattr(ino, name)
 
-    # Handles (bftfs.fs.files.handles) ------------------------------------------------------
+    # Handles (bftfs.fs.handles) ------------------------------------------------------
 
     async def create(
         self,

@@ -13,17 +13,16 @@ The wing's modules, bottom to top:
 - ``flush.py``: :class:`~bftfs.fs.files.flush.FlushEngine`, the flush (write lease, blocks,
   then size) and the re-application of buffered writes on another client's content;
 - ``reclaim.py``: :class:`~bftfs.fs.files.reclaim.Reclaimer`, the blocks of dead contents
-  given back;
-- ``attributes.py``: :class:`~bftfs.fs.files.attributes.Attributes`, setattr, truncation,
-  extended attributes;
-- ``handles.py``: :class:`~bftfs.fs.files.handles.Handles`, create/open, read, write,
-  flush, release.
+  given back.
+
+The calls on open files that need the names and the write-back too (create/open, read,
+write, flush, release; setattr and xattrs) sit above those wings, in ``fs/handles.py`` and
+``fs/attributes.py``.
 
 This face exports the wing's state, which any layer of ``bftfs.fs`` may hold (the metadata
 cache keeps the open files, the FUSE layer the attributes).  The parts that act sit at
-different layers of "The file system in parts" (docs/architecture.md: the handles above
-the names and the write-back, the flush engine above ``meta`` and ``caches``, which import
-this face), so each is imported from its own module, never through here: a face that
+different layers of "The file system in parts" (docs/architecture.md: the flush engine
+above ``meta`` and ``caches``, which import this face), so each is imported from its own module, never through here: a face that
 imported them would import ``meta`` while ``meta`` imports it.
 """
 

@@ -5,7 +5,7 @@ write lease taken on the version the blocks were computed from; a small file's w
 content goes inline in one update.  When another client changed the file meanwhile, the
 buffered writes are re-applied on its new content and the flush retried.  This is the
 subtle part of the file system, kept apart from what the handles mean
-(:mod:`bftfs.fs.files.handles`) and from truncation (:mod:`bftfs.fs.files.attributes`),
+(:mod:`bftfs.fs.handles`) and from truncation (:mod:`bftfs.fs.attributes`),
 which use it.
 """
 

@@ -5,7 +5,7 @@ bftfs keeps it in PASIS blocks (seed chapter 3): block ``i`` of a file is
 ``block_id(d, i)`` where ``d`` is the data id in the file's attribute object.  This module
 holds the state of one file this client has open or cached, and the pure decisions on it:
 which blocks a write must read first, how a read is assembled from dirty, clean and fetched
-blocks, and what a flush must write.  :mod:`bftfs.fs.files.handles`,
+blocks, and what a flush must write.  :mod:`bftfs.fs.handles`,
 :mod:`bftfs.fs.files.fetch` and :mod:`bftfs.fs.files.flush` do the I/O.
 
 Byte ``p`` of the file (``p < size``) is, in this order: the dirty block's byte (zero beyond

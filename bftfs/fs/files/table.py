@@ -1,7 +1,7 @@
 """The handle table: which open file and flags each FUSE file handle stands for.
 
-State only, shared by the parts that act through handles (:mod:`bftfs.fs.files.handles`, the
-attributes' change through a handle in :mod:`bftfs.fs.files.attributes`, and the pending
+State only, shared by the parts that act through handles (:mod:`bftfs.fs.handles`, the
+attributes' change through a handle in :mod:`bftfs.fs.attributes`, and the pending
 creates of :mod:`bftfs.fs.writeback.creates`, which move a collided file's handles).
 """
 

@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from bftfs import fsobjects as obj
+from bftfs.fs.attributes import Attributes
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import (
     Exists,
@@ -30,7 +31,6 @@ from bftfs.fs.errors import (
     Unavailable,
 )
 from bftfs.fs.files.attr import Attr
-from bftfs.fs.files.attributes import Attributes
 from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.openfile import OpenFile
 from bftfs.fs.files.reclaim import Reclaimer
