@@ -77,14 +77,28 @@ ALLOWED = parse_rule(DOC.read_text())
 
 
 def _package(path: Path) -> str:
+    """The rule's row for ``path``: its top-level package, or ``fs.WING`` for a module of
+    one of the file system's wings (sub-packages of ``fs/``, each a row of its own)."""
     rel = path.relative_to(ROOT)
     if len(rel.parts) == 1:
         return "bftfs" if rel.stem == "__init__" else rel.stem
+    if rel.parts[0] == "fs" and len(rel.parts) > 2:
+        return f"fs.{rel.parts[1]}"
     return rel.parts[0]
 
 
 def _is_module(name: str) -> bool:
-    return (ROOT / f"{name}.py").exists() or (ROOT / name).is_dir()
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").exists() or path.is_dir()
+
+
+def _unit(parts: list[str]) -> str:
+    """The row a dotted ``bftfs.…`` name (split) belongs to: a wing of ``fs`` is its own."""
+    if len(parts) == 1:
+        return "bftfs"
+    if parts[1] == "fs" and len(parts) > 2 and (ROOT / "fs" / parts[2]).is_dir():
+        return f"fs.{parts[2]}"
+    return parts[1]
 
 
 def _imports(path: Path) -> set[str]:
@@ -98,10 +112,12 @@ def _imports(path: Path) -> set[str]:
             names = [node.module]
             if node.module == "bftfs":  # modules, or names of the package itself
                 names = [f"bftfs.{a.name}" if _is_module(a.name) else "bftfs" for a in node.names]
+            elif node.module == "bftfs.fs":  # a wing, or a name of fs itself
+                names = [f"bftfs.fs.{a.name}" for a in node.names]
         for name in names:
             parts = name.split(".")
             if parts[0] == "bftfs":
-                out.add(parts[1] if len(parts) > 1 else "bftfs")
+                out.add(_unit(parts))
     return out
 
 
