@@ -104,3 +104,33 @@ def problems(fills: list[Fill]) -> list[str]:
             )
             out.append(f"node {f.node}: {', '.join(parts)}: {then}")
     return out
+
+
+def maps_beyond_disk(cfg: Any) -> list[str]:
+    """A warning for each disk on which this machine's nodes' LMDB maps may grow past its
+    free space (``init`` and ``up`` say it: the maps are sparse and grow as data comes, so
+    the disk fills before the maps do, and the nodes on it refuse writes together).  Nodes
+    whose data directory is not here (other machines) are not counted."""
+    import os
+
+    by_disk: dict[int, list[Any]] = {}
+    for spec in cfg.nodes:
+        try:
+            dev = os.stat(spec.data_dir).st_dev
+        except OSError:
+            continue  # not on this machine
+        by_disk.setdefault(dev, []).append(spec)
+    out = []
+    for specs in by_disk.values():
+        st = os.statvfs(specs[0].data_dir)
+        free = st.f_bavail * st.f_frsize
+        maps = len(specs) * cfg.map_size
+        if maps > free:
+            ids = ", ".join(str(s.id) for s in specs)
+            out.append(
+                f"the LMDB maps of node(s) {ids} may grow to {human(maps)} "
+                f"({len(specs)} x map_size {human(cfg.map_size)}) but their disk has "
+                f"{human(free)} free: it fills first (bftfs status: nearfull at "
+                f"{NEARFULL:.0%}); give a smaller --map-size or more disk"
+            )
+    return out

@@ -11,7 +11,7 @@ from typing import Any
 
 from bftfs import clusterkeys
 from bftfs import local as localmod
-from bftfs.cli import discover
+from bftfs.cli import capacity, discover
 from bftfs.cli.common import (
     EXIT_BUSY,
     QuietError,
@@ -75,6 +75,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         metrics=_metrics_config(args),
     )
     print(f"created a cluster of {cfg.n} nodes in {cfg.home}")
+    for warning in capacity.maps_beyond_disk(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"  t={cfg.t} b={cfg.b}  Q/U: n={cfg.n} q={cfg.q} r={cfg.r}  "
         f"PASIS: N={cfg.n} QC={cfg.qc} m={cfg.m} block={human(cfg.block_size)}"
@@ -200,7 +202,8 @@ INIT_DEFAULTS: dict[str, object] = {
 
 def cmd_up(args: argparse.Namespace) -> int:
     home = args.dir = discover.home_to_create(args.dir)
-    if not localmod.config_path(home).exists():
+    existed = localmod.config_path(home).exists()
+    if not existed:
         cmd_init(argparse.Namespace(**{**vars(args), "force": False}))
     else:
         ignored = [
@@ -223,6 +226,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             "their metrics (`bftfs node restart I --metrics-port P` changes them)",
             file=sys.stderr,
         )
+    if existed:  # (a new one's init said it)
+        for warning in capacity.maps_beyond_disk(cfg):
+            print(f"warning: {warning}", file=sys.stderr)
     # A quorum serves the file system: a node still recovering at the deadline (after a
     # power cut, on a loaded machine) does not make `up` fail while its process runs.
     statuses = localmod.wait_ready(
