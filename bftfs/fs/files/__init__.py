@@ -22,8 +22,9 @@ write, flush, release; setattr and xattrs) sit above those wings, in ``fs/handle
 This face exports the wing's state, which any layer of ``bftfs.fs`` may hold (the metadata
 cache keeps the open files, the FUSE layer the attributes).  The parts that act sit at
 different layers of "The file system in parts" (docs/architecture.md: the flush engine
-above ``meta`` and ``caches``, which import this face), so each is imported from its own module, never through here: a face that
-imported them would import ``meta`` while ``meta`` imports it.
+above ``meta`` and ``caches``, which import this face), so each is imported from its own
+module, never through here: a face that imported them would import ``meta`` while
+``meta`` imports it.
 """
 
 from bftfs.fs.files.attr import Attr, attr_from_stat
