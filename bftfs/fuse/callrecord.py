@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from typing import Any
 
 from bftfs.metrics import Histogram
 
@@ -37,15 +36,16 @@ class CallRecord:
         self.read_bytes = 0
         self.written_bytes = 0
 
-    def answered_eio(self, name: str, args: Any, cause: str, start: float) -> None:
-        """Count and log one EIO answer (every one: a program just saw an I/O error)."""
+    def answered_eio(self, name: str, what: str, cause: str, start: float) -> None:
+        """Count and log one EIO answer (every one: a program just saw an I/O error);
+        ``what``: the path it was about (``fuse/paths.py``)."""
         self.eio[name] += 1
         self.last_eio = (time.time(), name, cause)
         log.warning(
-            "%s answered EIO after %.1fs (args %r): %s",
+            "%s of %s answered EIO after %.1fs: %s",
             name,
+            what,
             time.perf_counter() - start,
-            args,
             cause,
         )
 

@@ -24,6 +24,7 @@ from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.errormap import unwrap
 from bftfs.fuse.leasecache import STARTED
+from bftfs.fuse.paths import KnownPaths, describe, learn
 from bftfs.fuse.recentlookups import RecentLookups
 from bftfs.outcome import patience
 
@@ -64,6 +65,8 @@ class HandlerHost(Protocol):
     soft: bool
     record: CallRecord
     lookups: RecentLookups
+    #: The paths of the inodes and handles the kernel asked about (for warnings).
+    paths: KnownPaths
     #: The view this mount's client was revoked in (``ClientViews.revoked_in``), or None.
     revoked_in: Callable[[], int | None]
 
@@ -119,6 +122,7 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
                     continue
                 if record.unavailable_since is not None:
                     record.available_again()
+                learn(self.paths, name, args, result)
                 return result
         except pyfuse3.FUSEError:
             raise
@@ -127,18 +131,23 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
                 # Unanswered because the client was revoked meanwhile (issue 60 item 17).
                 raise pyfuse3.FUSEError(errno.EACCES) from None
             if e.errno == errno.EIO:
-                record.answered_eio(name, args[1:3], f"{type(e).__name__}: {e}", start)
+                record.answered_eio(
+                    name, describe(self.paths, name, args), f"{type(e).__name__}: {e}", start
+                )
             elif e.errno == errno.ESTALE:  # usually retried by the kernel (its walk again)
                 key = f"{name}:{type(e).__name__}"
                 record.errors[key] += 1
                 if record.errors[key] <= ESTALE_LOGGED:
-                    log.info("%s answered ESTALE (args %r): %s", name, args[1:3], e)
+                    what = describe(self.paths, name, args)
+                    log.info("%s of %s answered ESTALE: %s", name, what, e)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception as e:
             key = f"{name}:{type(e).__name__}"
             if record.errors[key] == 0:  # the traceback once per handler and error type
-                log.exception("%s failed (args %r)", fn.__name__, args[1:3])
-            record.answered_eio(name, args[1:3], f"unexpected {type(e).__name__}: {e}", start)
+                log.exception("%s of %s failed", name, describe(self.paths, name, args))
+            record.answered_eio(
+                name, describe(self.paths, name, args), f"unexpected {type(e).__name__}: {e}", start
+            )
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             took = time.perf_counter() - start

@@ -71,6 +71,7 @@ from bftfs.fuse.handler import handler as _handler
 from bftfs.fuse.kernelattrs import KernelAttrs
 from bftfs.fuse.lockrequests import LockRequests
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
+from bftfs.fuse.paths import KnownPaths
 from bftfs.fuse.recentlookups import RecentLookups
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class Operations(pyfuse3.Operations):
         self.record = CallRecord()
         #: What each process's latest request, a lookup, found (``open``, ``create``).
         self.lookups = RecentLookups()
+        self.paths = KnownPaths()
         #: The kernel's lock requests, over ``locks``.
         self.lock_requests = LockRequests(fs, locks, self.attrs)
         # Directory listings are snapshots per opendir, so readdir offsets stay stable while
