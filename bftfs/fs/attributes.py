@@ -16,11 +16,11 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.fs.errors import FsError, Invalid, IsDir, NoAttr, TooBig
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
-from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer, dead_contents
 from bftfs.fs.writebehind import PendingCreates

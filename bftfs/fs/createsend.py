@@ -19,11 +19,11 @@ import trio
 
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache, content_version
+from bftfs.fs.clients import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta
 from bftfs.fs.errors import Exists, FsError, NoSpace, NotFound, Unavailable
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta
 from bftfs.fsobjects.leases import INHERIT
 from bftfs.outcome import ClusterUnavailable
 

@@ -3,7 +3,7 @@ another client's file (write-behind, ``fs/writebehind.py``).
 
 State only, no calls to the servers: the rules that add a create are
 :class:`~bftfs.fs.writebehind.PendingCreates`', the gate that sends what a call must follow
-is ``fs/callorder.py``, the sending ``fs/createsends.py`` and ``fs/createsend.py``.  Each of
+is ``fs/clients/gate.py``, the sending ``fs/createsends.py`` and ``fs/createsend.py``.  Each of
 them reads and changes the creates here, below them all, so none calls back up to the
 part that made the create.
 """

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from bftfs.fab.metaclient import FabMetaClient
+from bftfs.fs.clients import Seal
 from bftfs.fs.past import ObjectHistory, Past, Progress, Version, present
 from bftfs.fs.pastchanges import changes
-from bftfs.fs.seal import Seal
 from bftfs.qu.canon import canonical
 from bftfs.qu.timestamp import DIGEST_SIZE, Timestamp
 

@@ -21,6 +21,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs import encodeahead
 from bftfs.fs.caches import MetadataCache, content_version
+from bftfs.fs.clients import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import (
     BIG_BLOCK_THRESHOLD,
@@ -30,7 +31,6 @@ from bftfs.fs.files import (
     reservation,
     sequential_end,
 )
-from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class FlushEngine:
 
     @property
     def rw(self) -> Any:
-        """The PASIS client (the one :class:`~bftfs.fs.meta.Meta` holds)."""
+        """The PASIS client (the one :class:`~bftfs.fs.clients.calls.Meta` holds)."""
         return self.meta.rw
 
     async def _update_data(self, f: OpenFile, method: str, arg: dict[str, Any]) -> None:

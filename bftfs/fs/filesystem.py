@@ -78,7 +78,8 @@ from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
-from bftfs.fs.callorder import CallOrder
+from bftfs.fs.clients import SEALED_NAME_MAX, Meta, MountTagged, Seal, wrap_clients
+from bftfs.fs.clients.gate import CallOrder
 from bftfs.fs.errors import Exists, NotFound, Unavailable
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import (
@@ -93,13 +94,10 @@ from bftfs.fs.handletable import HandleTable
 from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.inlinebatch import write_inline_many
 from bftfs.fs.leases import Leases
-from bftfs.fs.meta import Meta
 from bftfs.fs.mkdirback import PendingMkdirs
-from bftfs.fs.mounttag import MountTagged
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.renameback import PendingRenames
-from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
 from bftfs.fs.unlinkback import PendingUnlinks
 from bftfs.fs.writeback import WriteBack
 from bftfs.fs.writebehind import PendingCreates

@@ -21,6 +21,7 @@ from bftfs import fsobjects as obj
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import LEASE_NS, MAX_ATTEMPTS, Meta
 from bftfs.fs.errors import (
     Exists,
     Invalid,
@@ -36,7 +37,6 @@ from bftfs.fs.files import OpenFile
 from bftfs.fs.flushbehind import behind_done, flush_behind
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.heldfiles import HeldFiles
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.writebehind import PendingCreates

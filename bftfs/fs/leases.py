@@ -568,7 +568,7 @@ class Leases:
 
     def let_go(self, oids: list[int]) -> None:
         """Stop answering from the leases on ``oids`` (those held): a move to a new
-        generation did not take them along (``fs/generations.py``)."""
+        generation did not take them along (``fs/generations/routers.py``)."""
         self._let_go([oid for oid in oids if oid in self.held])
 
     def _let_go(self, oids: list[int]) -> None:

@@ -46,9 +46,9 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import IdTaken, Meta, OutOfDate
 from bftfs.fs.errors import FsError, Unavailable, from_refusal
 from bftfs.fs.leasedanswers import made_entries
-from bftfs.fs.meta import IdTaken, Meta, OutOfDate
 from bftfs.fs.sendonce import SendOnce
 from bftfs.fs.unlinkback import about_another_entry
 from bftfs.fsobjects.leases import INHERIT

@@ -21,6 +21,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta, OutOfDate
 from bftfs.fs.errors import (
     Forgotten,
     FsError,
@@ -30,7 +31,6 @@ from bftfs.fs.errors import (
     StaleView,
     check_name,
 )
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta, OutOfDate
 from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
@@ -67,7 +67,7 @@ class Names:
     reclaimer (a removed file's blocks are given back)."""
 
     def __init__(self, meta: Meta, cache: MetadataCache, reclaimer: Reclaimer) -> None:
-        #: The longest name (shorter in a sealed cluster: ``fs/seal.py``).
+        #: The longest name (shorter in a sealed cluster: ``fs/clients/seal.py``).
         self.name_max = obj.NAME_MAX
         self.meta = meta
         self.cache = cache

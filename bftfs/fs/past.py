@@ -39,10 +39,10 @@ from typing import Any
 
 import trio
 
+from bftfs.fs.clients import Seal, SealedBlocks
 from bftfs.fs.files import file_block_size
 from bftfs.fs.pastchanges import changes
 from bftfs.fs.pastchanges import gone as _gone
-from bftfs.fs.seal import Seal, SealedBlocks
 from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.dirents import all_entries
 from bftfs.qu.attempt import QUUnavailable
@@ -218,7 +218,7 @@ class Past:
         self.qu = qu
         self.reader = reader
         #: In a sealed cluster old blocks and inline bytes are opened here, so every
-        #: version this hands out holds plaintext (``fs/seal.py``).
+        #: version this hands out holds plaintext (``fs/clients/seal.py``).
         self.seal = seal
         self.rw = rw if seal is None else SealedBlocks(rw, seal)
         self.bs = block_size

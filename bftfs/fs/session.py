@@ -18,11 +18,11 @@ from bftfs.config import ClusterConfig
 from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
+from bftfs.fs.clients import Seal
 from bftfs.fs.fabpast import FabPast
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.generationclients import Generations
+from bftfs.fs.generations import Generations
 from bftfs.fs.past import Past
-from bftfs.fs.seal import Seal
 from bftfs.membership.client import ClientViews
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient

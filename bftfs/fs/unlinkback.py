@@ -46,8 +46,8 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import ENTRY_METHODS, Meta, OutOfDate
 from bftfs.fs.errors import FsError, Unavailable
-from bftfs.fs.meta import ENTRY_METHODS, Meta, OutOfDate
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.writeback import PendingUnlink, WriteBack
 
@@ -73,7 +73,7 @@ def about_another_entry(
     """Whether call ``method`` on ``objects`` with ``arg`` is a lookup of, or an update
     of, another entry of ``parent`` than ``name`` (any entry: ``name`` None), or a query
     of ``parent``'s extended attributes, which no entry changes.  Such a call needs
-    nothing held back for ``name`` (removals, creates: ``fs/callorder.py``), nor the
+    nothing held back for ``name`` (removals, creates: ``fs/clients/gate.py``), nor the
     directory's held-back times (a later entry update moves them on, and touches only
     move them forward).  Told by the method, not the argument's shape: an extended
     attribute's name is no entry's (``getxattr`` of a directory whose mkdir waits was

@@ -11,8 +11,9 @@ for a small file, ``fs.create`` with the write lease and then the ordinary flush
 file grown past the inline limit.  The rules (docs/fs.md, "Create write-behind"):
 
 - **Order**: every call to the servers that names a directory with pending creates, or a
-  pending file itself, sends those creates first (:meth:`~bftfs.fs.callorder.CallOrder.before_call`,
-  the hook of :class:`~bftfs.fs.meta.Meta`): lookups of other names, readdir, unlink, rename, mkdir,
+  pending file itself, sends those creates first
+  (:meth:`~bftfs.fs.clients.gate.CallOrder.before_call`, the hook of
+  :class:`~bftfs.fs.clients.calls.Meta`): lookups of other names, readdir, unlink, rename, mkdir,
   link, symlink, a synchronous create, an open or truncation of the pending file.  So
   whatever this mount does in the directory sees the name, in the order it was made.
 - **Synchronous creates**: ``O_EXCL`` (the servers must say EEXIST), a directory whose
@@ -55,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs import fsobjects as obj
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import Meta
 from bftfs.fs.createsend import CreateSender, OpenExisting, PendingCreate
 from bftfs.fs.createsends import CreateSends
 from bftfs.fs.createtable import CreateTable
@@ -62,7 +64,6 @@ from bftfs.fs.errors import StaleView, from_refusal
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
-from bftfs.fs.meta import Meta
 from bftfs.fs.writeback import WriteBack
 from bftfs.fsobjects import RENAME_NOREPLACE
 from bftfs.qu.objects import MethodRefused
@@ -107,7 +108,7 @@ class PendingCreates:
         )
         self.sends = CreateSends(self.creates, self.sender, cache, engine)
         #: The longest name a create may be held back with (shorter in a sealed cluster,
-        #: ``fs/seal.py``): a longer one is refused by the synchronous create at once.
+        #: ``fs/clients/seal.py``): a longer one is refused by the synchronous create at once.
         self.name_max = obj.NAME_MAX
 
     # What holds work back with the creates (the file system sets them; kept in the table,

@@ -7,7 +7,7 @@ covers.  The nodes know only the principal a request is signed by, so each mount
 which one it is: ``lm`` in every ``fs`` update's argument map, and an envelope around the
 argument of every query an exclusive lease guards.
 
-This sits right above the Q/U client, below the encryption boundary (``fs/seal.py``), so
+This sits right above the Q/U client, below the encryption boundary (``fs/clients/seal.py``), so
 what is sealed is the argument the methods take and the envelope stays outside it."""
 
 from __future__ import annotations

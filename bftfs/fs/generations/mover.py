@@ -1,7 +1,7 @@
 """The background mover (issue 35; docs/membership.md, "Generations: the mover and
 finishing"): everything of generation g into g + 1, so that g can be retired.
 
-Clients move objects on first touch (``fs/generations.py``) and read blocks g + 1 lacks from
+Clients move objects on first touch (``fs/generations/routers.py``) and read blocks g + 1 lacks from
 g; what nobody touches stays in g.  :func:`move_generation` walks **every** object g holds
 and leaves g + 1 holding everything a reader needs:
 
@@ -50,7 +50,7 @@ import trio
 
 from bftfs import erasure
 from bftfs.fs.files import file_block_size
-from bftfs.fs.generations import NOT_SEEN, GenerationalQU
+from bftfs.fs.generations.routers import NOT_SEEN, GenerationalQU
 from bftfs.fsobjects.moves import unpack_state
 from bftfs.ids import NodeId
 from bftfs.qu.messages import KIND_LATEST, VERSION, MessageError, parse_latest_reply

@@ -11,7 +11,7 @@ here too because it decides which servers an operation meets.
 This is the lowest part of :class:`~bftfs.fs.filesystem.FileSystem` but the leases: every
 other part is given this one and calls it; it imports none of them.  Two interfaces it
 declares are filled from above by the file system: the gate (:class:`CallGate`, filled by
-``fs/callorder.py``), which sends what the mount holds back that a call must follow, before
+``fs/clients/gate.py``), which sends what the mount holds back that a call must follow, before
 :meth:`Meta.query` and :meth:`Meta.update` (the sends themselves go around it:
 :meth:`Meta.query_now`, :meth:`Meta.update_now`); and the leases (``fs/leases.py``, below
 this part), which answer queries they keep good and are told of each update.
@@ -177,7 +177,7 @@ class Meta:
         #: (trio time, bytes used on a node) of the last ``statfs`` answer from the nodes.
         self._space: tuple[float, int] | None = None
         #: Runs before every query and update but its own (None: nothing to wait for;
-        #: ``fs/callorder.py``'s ``CallOrder``, given by the file system).
+        #: ``fs/clients/gate.py``'s ``CallOrder``, given by the file system).
         self.gate: CallGate | None = None
         #: This mount's leases (``fs/leases.py``; None: it takes none).  Queries they
         #: keep good are answered from them; every update tells them what it changes.

@@ -4,7 +4,7 @@
 A mount runs for days; the cluster under it may start a new generation meanwhile.  The
 file system is given one :class:`SwitchingQU` and one :class:`SwitchingRW` for its whole
 life, each forwarding to a *target*: the plain clients of one generation, or the routers of
-``fs/generations.py`` while objects move from one generation to the next.  The session
+``fs/generations/routers.py`` while objects move from one generation to the next.  The session
 (``fs/session.py``) calls :meth:`Switch.switch` when the mount takes a view that changes
 the generation, with the new targets.
 

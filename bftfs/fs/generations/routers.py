@@ -262,7 +262,7 @@ class GenerationalQU:
                     nursery.start_soon(self.move, oid, mount)
 
     def _learn_mount(self, mount: int | None) -> None:
-        """Take the mount number the first call naming one gives (``fs/mounttag.py`` tags
+        """Take the mount number the first call naming one gives (``fs/clients/mounttag.py`` tags
         every update and guarded query), so the calls that name none (history queries,
         ``settle``) do not take this mount's own leases for another's."""
         if not self.mount and mount:
@@ -359,7 +359,7 @@ def _objs(objects: int | Iterable[int]) -> tuple[int, ...]:
 
 
 def _update_mount(arg: Any) -> int | None:
-    """The mount an update's argument names (``fs/mounttag.py``), or None."""
+    """The mount an update's argument names (``fs/clients/mounttag.py``), or None."""
     got = arg.get(MOUNT) if isinstance(arg, Mapping) else None
     return got if isinstance(got, int) and not isinstance(got, bool) else None
 
