@@ -9,7 +9,7 @@ join that state and go with its next flush (:meth:`Attributes.setattr`).
 from __future__ import annotations
 
 import stat as st
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -216,8 +216,8 @@ class Attributes:
             got = await self.meta.blocks(
                 self.meta.rw.read_blocks([block_id(s["d"], k) for k in partial])
             )
-            for k in partial:
-                blocks[k] = tmp.remember(k, got[block_id(s["d"], k)])
+            for k in partial:  # (a bytearray as read: ``remember`` keeps it as it is)
+                blocks[k] = tmp.remember(k, cast(bytes, got[block_id(s["d"], k)]))
         if not blocks:
             return newest
         written = await self.meta.blocks(

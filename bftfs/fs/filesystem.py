@@ -78,7 +78,15 @@ from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
 from bftfs.fs.caches import MetadataCache
-from bftfs.fs.clients import SEALED_NAME_MAX, Meta, MountTagged, Seal, wrap_clients
+from bftfs.fs.clients import (
+    SEALED_NAME_MAX,
+    BlockClient,
+    Meta,
+    MetadataClient,
+    MountTagged,
+    Seal,
+    wrap_clients,
+)
 from bftfs.fs.clients.gate import CallOrder
 from bftfs.fs.errors import Exists, NotFound, Unavailable
 from bftfs.fs.filedata import FlushEngine
@@ -137,8 +145,8 @@ class FileSystem:
 
     def __init__(
         self,
-        qu: Any,
-        rw: Any,
+        qu: MetadataClient,
+        rw: BlockClient,
         config: Any,
         *,
         uid: int = 0,
@@ -300,8 +308,8 @@ class FileSystem:
 
     async def _open_fs(
         cls: Any,  # FileSystem: bound on the class by _ClassOrInstance
-        qu: Any,
-        rw: Any,
+        qu: MetadataClient,
+        rw: BlockClient,
         config: Any,
         *,
         uid: int = 0,
@@ -533,21 +541,21 @@ class FileSystem:
     # Clients, settings and statistics ------------------------------------------------------
 
     @property
-    def qu(self) -> Any:
+    def qu(self) -> MetadataClient:
         """The Q/U client (:class:`~bftfs.fs.meta.Meta` sends through it)."""
         return self.meta.qu
 
     @qu.setter
-    def qu(self, client: Any) -> None:  # (a test's crashing client)
+    def qu(self, client: MetadataClient) -> None:  # (a test's crashing client)
         self.meta.qu = client
 
     @property
-    def rw(self) -> Any:
+    def rw(self) -> BlockClient:
         """The PASIS (R/W) client."""
         return self.meta.rw
 
     @rw.setter
-    def rw(self, client: Any) -> None:
+    def rw(self, client: BlockClient) -> None:
         self.meta.rw = client
 
     @property

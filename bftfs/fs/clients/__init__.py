@@ -7,7 +7,8 @@
 - :mod:`.gate`: ``CallOrder``, what a call must follow, sent before it: the one module
   imported by itself (by the file system, which builds it), since it is built on parts
   above the calls (the creates, write-back's held-back work) that import these;
-- :mod:`.seal`: the encryption boundary of a sealed cluster (:func:`wrap_clients`);
+- :mod:`.seal`: the encryption boundary of a sealed cluster (:class:`Seal`), and
+  :mod:`.sealed`: the clients behind it (:func:`wrap_clients`);
 - :mod:`.mounttag`: this mount's number on its requests (:class:`MountTagged`);
 - :mod:`.switch`: the clients a session holds across generation changes.
 """
@@ -26,14 +27,8 @@ from bftfs.fs.clients.calls import (
 )
 from bftfs.fs.clients.mounttag import MountTagged
 from bftfs.fs.clients.protocols import BlockClient, EngineClient, MetadataClient
-from bftfs.fs.clients.seal import (
-    SEALED_NAME_MAX,
-    Seal,
-    SealBroken,
-    SealedBlocks,
-    SealedObjects,
-    wrap_clients,
-)
+from bftfs.fs.clients.seal import SEALED_NAME_MAX, Seal, SealBroken
+from bftfs.fs.clients.sealed import SealedBlocks, SealedObjects, wrap_clients
 from bftfs.fs.clients.switch import Switch, SwitchingQU, SwitchingRW
 
 __all__ = [

@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from bftfs import fsobjects as obj
+from bftfs.fs.clients.protocols import BlockClient, MetadataClient
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.files import INITIAL_RESERVE, round_up
 from bftfs.fs.leasedanswers import made_entries
@@ -154,8 +155,8 @@ class Meta:
 
     def __init__(
         self,
-        qu: Any,
-        rw: Any,
+        qu: MetadataClient,
+        rw: BlockClient,
         config: Any,
         *,
         rng: random.Random,

@@ -12,32 +12,57 @@ what is sealed is the argument the methods take and the envelope stays outside i
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+from bftfs.fab.metaclient import FabClientStatistics
+from bftfs.fs.clients.protocols import MetadataClient, Objects
 from bftfs.fsobjects.leases import MOUNT, tag_query
 from bftfs.fsobjects.methods import GUARDED_QUERIES
+from bftfs.qu.client import ClientStatistics
+from bftfs.qu.timestamp import Timestamp
 
 
 class MountTagged:
-    """A Q/U client whose ``fs`` requests say which mount sends them; everything else is
-    the client's own."""
+    """A metadata client whose ``fs`` requests say which mount sends them; settling,
+    history reads, the client's id, faults and statistics are the client's own."""
 
-    def __init__(self, qu: Any, mount: int = 0) -> None:
+    def __init__(self, qu: MetadataClient, mount: int = 0) -> None:
         """``mount``: this mount's number (``Meta.lease_token``; 0 until it is known)."""
-        self._qu = qu
+        self.inner = qu
         self.mount = mount
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._qu, name)
+    @property
+    def client_id(self) -> int:
+        return self.inner.client_id
 
-    async def query(self, objects: Any, method: str, arg: Any = None) -> Any:
+    @property
+    def faults(self) -> Counter[tuple[int, str]]:
+        return self.inner.faults
+
+    def statistics(self) -> ClientStatistics | FabClientStatistics:
+        return self.inner.statistics()
+
+    async def query(self, objects: Objects, method: str, arg: Any = None) -> Any:
         """``QUClient.query``; a guarded query's argument in this mount's envelope."""
         if method in GUARDED_QUERIES:
             arg = tag_query(arg, self.mount)
-        return await self._qu.query(objects, method, arg)
+        return await self.inner.query(objects, method, arg)
 
-    async def update(self, objects: Any, method: str, arg: Any = None) -> Any:
+    async def update(self, objects: Objects, method: str, arg: Any = None) -> Any:
         """``QUClient.update``; an ``fs`` update's argument map names this mount."""
         if isinstance(arg, dict) and method.startswith("fs."):
             arg = {**arg, MOUNT: self.mount}
-        return await self._qu.update(objects, method, arg)
+        return await self.inner.update(objects, method, arg)
+
+    async def settle(self, objects: Objects) -> None:
+        await self.inner.settle(objects)
+
+    async def query_at(self, oid: int, method: str, arg: Any = None) -> tuple[Any, Timestamp]:
+        return await self.inner.query_at(oid, method, arg)
+
+    async def query_many_at(
+        self, objects: Iterable[int], method: str, arg: Any = None
+    ) -> tuple[Any, dict[int, Timestamp]]:
+        return await self.inner.query_many_at(objects, method, arg)

@@ -33,14 +33,14 @@ import trio
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_nodes
 from bftfs.crypto import Identity
-from bftfs.fs.clients import Switch, SwitchingQU, SwitchingRW
+from bftfs.fs.clients import BlockClient, EngineClient, Switch, SwitchingQU, SwitchingRW
 from bftfs.fs.generations.routers import GenerationalQU, GenerationalRW, frozen_needed, wait_frozen
 from bftfs.ids import NodeId
 from bftfs.membership.client import ClientViews
 from bftfs.membership.configview import config_of_generation
 from bftfs.membership.view import CURRENT, PREVIOUS, View
 from bftfs.qu.classify import QUThresholds
-from bftfs.rw.client import open_rw_client
+from bftfs.rw.client import RWClient, open_rw_client
 
 if TYPE_CHECKING:
     from bftfs.net.endpoint import Endpoint
@@ -58,8 +58,8 @@ class GenerationStack:
     generation: int
     config: ClusterConfig
     ep: Endpoint
-    qu: Any
-    rw: Any
+    qu: EngineClient
+    rw: RWClient
 
 
 class Generations:
@@ -72,7 +72,7 @@ class Generations:
         views: ClientViews,
         stack: AsyncExitStack,
         nursery: trio.Nursery,
-        make_qu: Callable[[ClusterConfig, Endpoint], Any],
+        make_qu: Callable[[ClusterConfig, Endpoint], EngineClient],
         rw_options: dict[str, Any] | None = None,
     ) -> None:
         self._config = config
@@ -140,7 +140,7 @@ class Generations:
         rw = await self._stack.enter_async_context(open_rw_client(ep, cfg, **self._rw_options))
         return GenerationStack(number, cfg, ep, self._make_qu(cfg, ep), rw)
 
-    def _targets(self, view: View) -> tuple[Any, Any]:
+    def _targets(self, view: View) -> tuple[EngineClient, BlockClient]:
         """What the switching clients forward to for ``view``."""
         cur, prev = self.current, self.previous
         if prev is None or view.previous is None:
