@@ -15,6 +15,7 @@ from bftfs.fs.generations.mover import (
     list_page,
     move_generation,
     start_state,
+    union_page,
 )
 from bftfs.fs.generations.routers import (
     NOT_SEEN,
@@ -38,5 +39,6 @@ __all__ = [
     "list_page",
     "move_generation",
     "start_state",
+    "union_page",
     "wait_frozen",
 ]
