@@ -5,7 +5,7 @@ or FaB's :class:`~bftfs.fab.metaclient.FabMetaClient`, ``[cluster] engine``) and
 PASIS client (:class:`~bftfs.rw.client.RWClient`).  Between them and the file system's
 parts stand wrappers, each showing the face of what it wraps, so that they stack:
 
-- :class:`~bftfs.fs.clients.seal.SealedObjects`, :class:`~bftfs.fs.clients.seal.SealedBlocks`:
+- :class:`~bftfs.fs.clients.sealed.SealedObjects`, :class:`~bftfs.fs.clients.sealed.SealedBlocks`:
   the encryption boundary of a sealed cluster;
 - :class:`~bftfs.fs.clients.mounttag.MountTagged`: this mount's number on its requests;
 - :class:`~bftfs.fs.clients.switch.SwitchingQU`, :class:`~bftfs.fs.clients.switch.SwitchingRW`:
