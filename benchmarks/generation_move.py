@@ -32,7 +32,7 @@ from bftfs import config as cfgmod
 from bftfs import local
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_client
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
@@ -48,20 +48,20 @@ async def fill(cfg: ClusterConfig, small: int, big: int, mib: int) -> dict[str, 
     crcs: dict[str, int] = {}
     async with open_client(cfg) as ep, open_rw_client(ep, cfg) as rw:
         qu = QUClient(ep, QUThresholds.from_config(cfg), client_id=ep.pid)
-        fs = await FileSystem.open(qu, rw, cfg)
-        d = (await fs.mkdir(ROOT, b"tree", 0o755, 0, 0)).ino
-        files = [(f"s{i}", rng.randrange(1024, 4096)) for i in range(small)]
-        files += [(f"b{i}", mib << 20) for i in range(big)]
-        for name, size in files:
-            fh, _ = await fs.create(d, name.encode(), 0o644, 0, 0, os.O_RDWR)
-            data = rng.randbytes(size)
-            for off in range(0, size, 1 << 20):
-                await fs.write(fh, off, data[off : off + (1 << 20)])
-            await fs.release(fh)
-            crcs[name] = zlib.crc32(data)
-        await fs.write_back()
-        if fs.meta.leases is not None:
-            await fs.meta.leases.release_all()
+        async with open_file_system(qu, rw, cfg) as fs:
+            d = (await fs.mkdir(ROOT, b"tree", 0o755, 0, 0)).ino
+            files = [(f"s{i}", rng.randrange(1024, 4096)) for i in range(small)]
+            files += [(f"b{i}", mib << 20) for i in range(big)]
+            for name, size in files:
+                fh, _ = await fs.create(d, name.encode(), 0o644, 0, 0, os.O_RDWR)
+                data = rng.randbytes(size)
+                for off in range(0, size, 1 << 20):
+                    await fs.write(fh, off, data[off : off + (1 << 20)])
+                await fs.release(fh)
+                crcs[name] = zlib.crc32(data)
+            await fs.write_back()
+            if fs.meta.leases is not None:
+                await fs.meta.leases.release_all()
     return crcs
 
 

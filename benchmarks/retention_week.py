@@ -48,7 +48,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fsobjects import ROOT
 from bftfs.kv import KV
 from bftfs.node import qu_pruner
@@ -192,8 +192,10 @@ async def week(
             rw = await stack.enter_async_context(
                 open_rw_client(cluster.client(0), cfg, clock_ns=clock)
             )
-            fs = await FileSystem.open(
-                qu_client(cluster, 0), rw, cfg, rng=random.Random(seed), clock_ns=clock
+            fs = await stack.enter_async_context(
+                open_file_system(
+                    qu_client(cluster, 0), rw, cfg, rng=random.Random(seed), clock_ns=clock
+                )
             )
             fs.meta.wall_ns = clock
             inos: dict[bytes, int] = {}

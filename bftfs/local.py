@@ -371,7 +371,19 @@ def pid_path(spec: NodeSpec) -> Path:
 
 
 def log_path(spec: NodeSpec) -> Path:
+    """The node's log, rotated by the node itself (``bftfs node --log``)."""
     return spec.data_dir / "node.log"
+
+
+def stderr_path(spec: NodeSpec) -> Path:
+    """What the node's process writes to stderr itself: a failure before its logging is
+    set up, and the stacks ``faulthandler`` dumps on a crash (small, not rotated)."""
+    return spec.data_dir / "node.stderr"
+
+
+def logs_tail(spec: NodeSpec) -> str:
+    """The last lines of node ``spec``'s log and of its stderr, for error messages."""
+    return log_tail(log_path(spec)) + log_tail(stderr_path(spec))
 
 
 def metrics_port_path(spec: NodeSpec) -> Path:
@@ -415,9 +427,11 @@ def start_node(cfg: ClusterConfig, node_id: int, extra_args: list[str] | None = 
         str(config_path(cfg.home)),
         "--id",
         str(node_id),
+        "--log",
+        str(log_path(spec)),
         *(extra_args or []),
     ]
-    child = proc.spawn(cmd, log=log_path(spec))
+    child = proc.spawn(cmd, log=stderr_path(spec))
     proc.write_pid(pid_path(spec), child.pid)
     return child.pid
 
@@ -531,7 +545,7 @@ def wait_ready(
             deadline = max(deadline, time.monotonic() + timeout)
         for s in missing:  # a node that died at start-up will never answer: fail fast
             if running_pid(cfg.node(s.id)) is None:
-                tail = log_tail(log_path(cfg.node(s.id)))
+                tail = logs_tail(cfg.node(s.id))
                 raise ClusterError(f"node {s.id} exited during start-up{tail}")
         if time.monotonic() > deadline:
             if enough is not None and len(want) - len(missing) >= enough:
@@ -544,7 +558,7 @@ def wait_ready(
                 return statuses
             details = []
             for s in missing:
-                tail = log_tail(log_path(cfg.node(s.id)))
+                tail = logs_tail(cfg.node(s.id))
                 details.append(f"node {s.id} ({s.address}): {s.error}{tail}")
             raise ClusterError("nodes did not come up:\n  " + "\n  ".join(details))
         if not told and time.monotonic() - started > 1.0 and progress is not None:

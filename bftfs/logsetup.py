@@ -10,6 +10,11 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: A log file is rotated at this size, three old ones kept (``node.log.1`` ...): a node
+#: or mount that runs for years must not fill its disk with its own log.  The operator
+#: may change it with ``BFTFS_LOG_BYTES``.
+LOG_BYTES = 16 * 1024**2
+LOG_BACKUPS = 3
 
 
 def setup_logging(
@@ -29,7 +34,7 @@ def setup_logging(
         root.removeHandler(h)
     if log_file is not None:
         handler: logging.Handler = RotatingFileHandler(
-            log_file, maxBytes=16 * 1024**2, backupCount=3
+            log_file, maxBytes=log_bytes(), backupCount=LOG_BACKUPS
         )
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -40,3 +45,14 @@ def setup_logging(
     for mod in [*(debug_modules or []), *extra]:
         logging.getLogger(mod).setLevel(logging.DEBUG)
     faulthandler.enable()
+
+
+def log_bytes() -> int:
+    """The size a log file rotates at: ``BFTFS_LOG_BYTES`` if set to a positive number of
+    bytes, else :data:`LOG_BYTES`."""
+    raw = os.environ.get("BFTFS_LOG_BYTES", "")
+    try:
+        size = int(raw)
+    except ValueError:
+        return LOG_BYTES
+    return size if size > 0 else LOG_BYTES

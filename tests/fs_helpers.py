@@ -29,7 +29,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.errors import NotFound, StaleView
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.ids import client_id
 from bftfs.outcome import patience
 from bftfs.qu.classify import QUThresholds
@@ -138,6 +138,8 @@ class Env:
     cluster: Cluster
     fss: list[FileSystem]
     raw: QUClient
+    #: What the environment closes at its end (a test's own extra file systems go here).
+    stack: AsyncExitStack
     clock: list[int] = field(default_factory=lambda: [1_700_000_000_000_000_000])
 
     @property
@@ -200,19 +202,21 @@ async def fs_env(
             else:
                 qu = _metadata_client(cluster, k, seed, **(qu_options or {}))
             fss.append(
-                await FileSystem.open(
-                    qu,
-                    rw,
-                    cluster.config,
-                    clock_ns=clock_ns,
-                    rng=random.Random(seed * 1000 + k),
-                    attr_ttl=attr_ttl,
-                    **(fs_options or {}),
+                await stack.enter_async_context(
+                    open_file_system(
+                        qu,
+                        rw,
+                        cluster.config,
+                        clock_ns=clock_ns,
+                        rng=random.Random(seed * 1000 + k),
+                        attr_ttl=attr_ttl,
+                        **(fs_options or {}),
+                    )
                 )
             )
             if fss[-1].meta.leases is not None:
                 fss[-1].meta.leases.listen(endpoint, cluster.config.node_ids)
-        yield Env(cluster, fss, _metadata_client(cluster, clients, seed), clock)
+        yield Env(cluster, fss, _metadata_client(cluster, clients, seed), stack, clock)
 
 
 def run(tmp_path: Path, body: Callable[[Env], Any], **options: Any) -> None:

@@ -177,9 +177,9 @@ def test_a_request_must_come_from_its_client() -> None:
     forged = request_value(op, [b"\0" * 16] * N)
     step = r.step(CLIENT_BASE, encode(Request(forged)))
     assert step.rejection is not None and "authenticator" in step.rejection
-    assert r.held == {}
+    assert r.intake.held == {}
     assert r.step(CLIENT_BASE, encode(Request(_value()))).rejection is None
-    assert set(r.held) == {(CLIENT_BASE, 0)}
+    assert set(r.intake.held) == {(CLIENT_BASE, 0)}
 
 
 def test_a_request_the_node_does_not_admit_is_refused_and_never_accepted() -> None:
@@ -189,7 +189,7 @@ def test_a_request_the_node_does_not_admit_is_refused_and_never_accepted() -> No
     r = _replica(2)
     r.admit = lambda op: "ahead" if op.rid == 1 else None
     step = r.step(CLIENT_BASE, encode(Request(_value())))
-    assert step.rejection is not None and "ahead" in step.rejection and r.held == {}
+    assert step.rejection is not None and "ahead" in step.rejection and r.intake.held == {}
     assert step.sends == ((CLIENT_BASE, Reply(CLIENT_BASE, 1, 0, False, "ahead")),)
     step = r.step(0, encode(Propose(0, 1, _value())))
     assert step.rejection is not None and r.acceptor.accepted == {}

@@ -114,8 +114,8 @@ def test_one_clients_streams_cannot_fill_a_nodes_held_requests() -> None:
     assert r.step(OTHER, encode(Request(_value(1, 0, OTHER)))).rejection is None
     for s in range(100):
         assert r.step(CLIENT_BASE, encode(Request(_value(1, s)))).rejection is None
-    assert len([k for k in r.held if k[0] == CLIENT_BASE]) == STREAMS
-    assert (OTHER, 0) in r.held
+    assert len([k for k in r.intake.held if k[0] == CLIENT_BASE]) == STREAMS
+    assert (OTHER, 0) in r.intake.held
 
 
 def test_the_table_is_deterministic_and_round_trips_through_a_snapshot() -> None:

@@ -1,4 +1,4 @@
-"""Tier 1: ``fs.createmany`` (directory write-back, ``fs/writeback.py``), through the ``fs``
+"""Tier 1: ``fs.createmany`` (directory write-back, ``fs/writeback/``), through the ``fs``
 registry as a node runs it: several files made in one update leave exactly what their
 ``fs.createwrite`` one after another would, or nothing; what a Byzantine client could slip
 into a batch (a later time than the one nodes check, an object named twice or not at all)

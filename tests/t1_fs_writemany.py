@@ -1,4 +1,4 @@
-"""Tier 1: ``fs.writemany`` (held files written back together, ``fs/inlinebatch.py``),
+"""Tier 1: ``fs.writemany`` (held files written back together, ``fs/writeback/writemany.py``),
 through the ``fs`` registry as a node runs it: several files' inline contents in one update
 leave exactly what each one's ``fs.write`` one after another would, or nothing; what a
 Byzantine client could slip into a batch (a later time than the one nodes check, blocks,

@@ -180,7 +180,7 @@ def test_stat_answers_leave_the_lease_records_out() -> None:
 
 
 def test_queries_of_another_clients_exclusive_lease_are_refused_its_own_are_not() -> None:
-    """Directory write-back (``fs/writeback.py``): an exclusive holder may have creates
+    """Directory write-back (``fs/writeback/``): an exclusive holder may have creates
     the servers do not hold yet, so every other client's query of the object is refused
     ``leased`` (it recalls, then asks again); the holder's own queries, a shared lease's
     other readers and history reads (``fs.peek``) are answered."""
@@ -246,7 +246,7 @@ def _create_in(state: Any, caller: int, at: int, *, inherit: bool, mode: int = 0
 
 
 def test_a_file_made_under_the_callers_exclusive_lease_comes_leased_to_it_until_its_end() -> None:
-    """``lx`` (``fs/heldfiles.py``): the new file is leased to the caller exclusively until
+    """``lx`` (``fs/writeback/held.py``): the new file is leased to the caller exclusively until
     its lease on the directory ends, never longer; without that lease (none, a shared one,
     another client's expired one) the file comes unleased.  A lease being recalled still
     passes on: its holder sends what it held back when the recall reaches it, not knowing

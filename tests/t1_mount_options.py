@@ -8,9 +8,17 @@ from bftfs.fuse.options import DEFAULT_TIMEO, MountOptions, OptionError, parse
 
 
 def test_defaults_and_the_options_mount_passes() -> None:
-    o = parse("rw,defaults,nofail,_netdev,x-systemd.automount,noatime,nosuid,nodev")
+    o = parse("rw,defaults,nofail,_netdev,x-systemd.automount,relatime,suid,dev,exec")
     assert o == MountOptions()
     assert o.deadline == DEFAULT_TIMEO and not o.read_only and not o.allow_other
+
+
+def test_the_kernels_flags_are_kept_for_the_kernel_and_survive_the_daemon_line() -> None:
+    """``noatime`` was accepted and dropped: the mount showed ``relatime`` (issue 67)."""
+    o = parse("noatime,nosuid,nodev,noatime,nonempty")
+    assert o.kernel_flags == ("noatime", "nosuid", "nodev") and o.nonempty
+    assert parse(o.to_string()) == o
+    assert not parse("").nonempty and parse("").kernel_flags == ()
 
 
 def test_every_bftfs_option() -> None:

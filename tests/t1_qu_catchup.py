@@ -121,11 +121,13 @@ def test_a_host_reply_without_its_kind_is_not_taken_over() -> None:
 
 
 def test_status_says_what_a_catch_up_left_behind() -> None:
-    from bftfs.cli.status import _progress
+    from bftfs.cli.status import catch_up_summary
 
     left = {"state": "incomplete", "behind": 197, "done": 8, "failed": 189, "skipped": 0}
-    assert _progress({"qu.catchup": left}) == "qu incomplete 8/197 (189 failed)"
-    assert _progress({"qu.catchup": {"state": "done", "behind": 3, "done": 3}}) == "qu done 3/3"
+    assert catch_up_summary({"qu.catchup": left}) == "qu incomplete 8/197 (189 failed)"
+    assert (
+        catch_up_summary({"qu.catchup": {"state": "done", "behind": 3, "done": 3}}) == "qu done 3/3"
+    )
 
 
 def test_a_lying_host_cannot_choose_the_current_version_taken() -> None:

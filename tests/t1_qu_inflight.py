@@ -20,7 +20,7 @@ from bftfs.node.qu_inflight import (
     Held,
     InFlight,
 )
-from bftfs.node.qu_server import every_host_answered
+from bftfs.node.qu_objsync import every_host_answered
 from bftfs.node.store import Store
 from bftfs.qu.timestamp import Timestamp
 

@@ -84,16 +84,16 @@ def test_answers_are_opened_wherever_a_file_state_holds_inline_content() -> None
 
 def test_nodes_take_inline_content_of_the_size_or_sealed_and_nothing_else() -> None:
     """The one rule the nodes change: ``i`` is ``size`` bytes, or ``size + 64``."""
-    from bftfs.fsobjects.state import _inline
+    from bftfs.fsobjects.state import check_inline
     from bftfs.qu.objects import MethodRefused
 
-    assert _inline({"i": b"x" * 5}, 5) == b"x" * 5
-    assert _inline({"i": b"x" * (5 + SEALED_EXTRA)}, 5) is not None
+    assert check_inline({"i": b"x" * 5}, 5) == b"x" * 5
+    assert check_inline({"i": b"x" * (5 + SEALED_EXTRA)}, 5) is not None
     for n in (4, 6, 5 + SEALED_EXTRA - 1, 5 + SEALED_EXTRA + 1):
         with pytest.raises(MethodRefused):
-            _inline({"i": b"x" * n}, 5)
+            check_inline({"i": b"x" * n}, 5)
     with pytest.raises(MethodRefused):
-        _inline({"i": b"x" * (obj.INLINE_MAX + 1)}, obj.INLINE_MAX + 1)
+        check_inline({"i": b"x" * (obj.INLINE_MAX + 1)}, obj.INLINE_MAX + 1)
 
 
 def test_an_extended_attribute_value_opens_only_under_its_name() -> None:

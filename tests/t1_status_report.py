@@ -188,6 +188,29 @@ def test_a_dead_or_hung_mount_makes_the_cluster_degraded() -> None:
     assert cluster_health(cfg, up, [starting])[0] == STATUS_HEALTHY
 
 
+def test_nodes_and_mounts_of_different_versions_make_the_cluster_degraded() -> None:
+    """Issue 67: the middle of a rolling upgrade (or a machine it left behind) is said, as
+    Ceph warns of mixed daemon versions; one version everywhere is healthy."""
+    cfg: Any = SimpleNamespace(t=1)
+
+    def node(i: int, version: str) -> NodeStatus:
+        stats = {"version": version, "wire": 5, "store_format": 1}
+        return NodeStatus(i, f"127.0.0.1:{1000 + i}", 1, True, stats, None)
+
+    mount = {"mountpoint": "/m", "state": "alive", "pid": 1, "mounted": True}
+    same = [node(i, "0.2.0") for i in range(6)]
+    assert cluster_health(cfg, same, [{**mount, "version": "0.2.0", "wire": 5}])[0] == (
+        STATUS_HEALTHY
+    )
+    mixed = [node(i, "0.2.0" if i < 4 else "0.1.0") for i in range(6)]
+    code, word, problems, _ = cluster_health(cfg, mixed, [{**mount, "version": "0.2.0", "wire": 5}])
+    assert (code, word) == (STATUS_DEGRADED, "degraded")
+    assert problems == [
+        "mixed versions: 0.1.0 (wire 5) on node 4, node 5; 0.2.0 (wire 5) on node 0, node 1, "
+        "node 2, node 3, mount /m (finish the upgrade: docs/operations.md)"
+    ]
+
+
 def test_a_revoked_clients_refusals_are_its_state_not_the_nodes_fault(expect_log: Any) -> None:
     """Issue 60 item 17: ``b + 1`` nodes refusing a client as revoked make it revoked (one
     of them is correct); ``b`` could be Byzantine nodes refusing a valid client.  Its
@@ -266,7 +289,7 @@ def test_catch_up_scrub_and_peer_families_come_from_the_progress_records() -> No
     assert got[("bftfs_node_catchup_items", ("qu", "failed"))] == 3
     assert got[("bftfs_node_catchup_state", ("qu", "running"))] == 1
     assert got[("bftfs_node_catchup_state", ("qu", "done"))] == 0
-    assert got[("bftfs_node_catchup_rate", ("qu",))] == pytest.approx(10.0)
+    assert got[("bftfs_node_catchup_items_per_second", ("qu",))] == pytest.approx(10.0)
     assert got[("bftfs_node_catchup_eta_seconds", ("qu",))] == pytest.approx(9.2)
     scrub = {"state": "done", "passes": 2, "checked": 50, "damaged": 1, "last_ns": 5 * 10**9}
     got = samples(nodemetrics._scrub(scrub))

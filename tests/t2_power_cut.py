@@ -109,7 +109,7 @@ def test_power_cut_inside_an_update_leaves_whole_updates(tmp_path: Path) -> None
     with ProcessCluster(tmp_path / "c", map_size=1 << 28, node_args={CUT: profile}) as pc:
         made = trio.run(_make_dirs_until_cut, pc)
         assert local.running_pid(pc.config.node(CUT)) is None, "the power cut never came"
-        log = local.log_path(pc.config.node(CUT)).read_text()
+        log = local.stderr_path(pc.config.node(CUT)).read_text()  # written as the power goes
         assert "process ends inside a write transaction" in log
         assert len(made) > POWER_CUT_AT_STEP
 

@@ -218,4 +218,4 @@ async def test_withheld_batches_do_not_pile_up(tmp_path: Path) -> None:
         # per node and burst, 30); how many the latest burst sent depends on the timing.
         n = QUThresholds.from_config(cl.config).n
         assert len(ep.coalescer._carriers) <= 2 * n
-        assert len(ep._conns[NodeId(2)].pending) <= len(oids) + 2
+        assert len(ep.pool.conns[NodeId(2)].pending) <= len(oids) + 2

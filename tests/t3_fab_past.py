@@ -19,7 +19,7 @@ from fs_helpers import RW_OPTIONS, _metadata_client
 from t3_fs_pastrestore import cluster_fs, put, rewrite
 
 from bftfs.fs.fabpast import FabPast
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.past import NotThen, Past
 from bftfs.fs.pastrestore import TreeWriter
 from bftfs.fs.session import past_of
@@ -51,7 +51,9 @@ async def test_paths_and_contents_as_they_were_on_a_fab_cluster(tmp_path: Path) 
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(_metadata_client(cluster, 0, 0), rw, cfg, rng=random.Random(1))
+        fs = await stack.enter_async_context(
+            open_file_system(_metadata_client(cluster, 0, 0), rw, cfg, rng=random.Random(1))
+        )
         t0 = time.time_ns()
         d = (await fs.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         f = await _write(fs, d, b"f", b"one" * 2000)  # two blocks
@@ -130,7 +132,9 @@ async def test_a_history_larger_than_a_frame_is_read_in_pages(tmp_path: Path) ->
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(_metadata_client(cluster, 0, 0), rw, cfg, rng=random.Random(1))
+        fs = await stack.enter_async_context(
+            open_file_system(_metadata_client(cluster, 0, 0), rw, cfg, rng=random.Random(1))
+        )
         f = await _write(fs, ROOT, b"f", b"x")
         rng = random.Random(40)
         for name in (b"user.a", b"user.b", b"user.c"):

@@ -21,7 +21,7 @@ from t3_fs_pastrestore import put, read_tree, rewrite
 
 from bftfs.fab import pastclient
 from bftfs.fs.fabpast import FabPast
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.pastrestore import TreeWriter
 from bftfs.fs.session import past_of
 from bftfs.fsobjects import ROOT
@@ -52,7 +52,9 @@ async def test_one_node_lying_about_versions_changes_nothing_a_reader_sees(
         cl.faults[LIAR].byzantine(fabhistory.KIND, fabhistory.BEHAVIOURS[lie])
         cfg = cl.config
         rw = await stack.enter_async_context(open_rw_client(cl.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(_metadata_client(cl, 0, 0), rw, cfg, rng=random.Random(1))
+        fs = await stack.enter_async_context(
+            open_file_system(_metadata_client(cl, 0, 0), rw, cfg, rng=random.Random(1))
+        )
         rng = random.Random(39)
         tree = (await fs.mkdir(ROOT, b"tree", 0o755, 0, 0)).ino
         f = await put(fs, tree, b"f", b"first")

@@ -169,10 +169,10 @@ def test_a_directory_fsync_waits_for_creates_that_failed_in_the_background(
         stop_all(env)
         with patience(TIMEO, trio.current_time()):
             await a.write_back()  # an unmount's send: fails, logged, kept
-        assert a.pending.creates.pending_in(d), "the failed create was not kept"
+        assert a.outbox.creates.creates.pending_in(d), "the failed create was not kept"
         await restart_all(env)
         await a.sync_directory(d)
-        assert not a.pending.creates.pending_in(d)
+        assert not a.outbox.creates.creates.pending_in(d)
         assert await content_of(b, d, b"late") == b"late data"
 
     run(tmp_path, body, fs_options=OPTIONS)

@@ -1,5 +1,5 @@
-"""Tier 3: mkdirs and renames left to directory write-back (issue 33, ``fs/mkdirback.py``,
-``fs/renameback.py``) on the in-process cluster (real node services, TCP, LMDB, keys).
+"""Tier 3: mkdirs and renames left to directory write-back (issue 33, ``fs/writeback/mkdirs.py``,
+``fs/writeback/renames.py``) on the in-process cluster (real node services, TCP, LMDB, keys).
 
 A mount that holds a directory exclusively answers a mkdir or a rename in it without a
 round; the update goes when due, at ``fsync``, before a call that needs it, or when

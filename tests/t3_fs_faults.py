@@ -24,7 +24,7 @@ import trio
 from fs_helpers import Env, run
 
 from bftfs.fs.errors import Exists, Unavailable
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fsobjects import INLINE_MAX, ROOT
 from bftfs.qu.objects import MethodRefused
 from bftfs.testing.byzantine import qu as qu_byzantine
@@ -228,14 +228,18 @@ def test_crash_between_data_and_size_update_keeps_old_size_and_data(
         await b.release(fb)
         # a "restarts": a fresh FileSystem (no buffered state) on the same client identity.
         # (with the real client: the crash hook wrapped it)
-        a = env.fss[0] = await FileSystem.open(a.qu.inner, a.rw, env.cluster.config, attr_ttl=1.0)
+        a = env.fss[0] = await env.stack.enter_async_context(
+            open_file_system(a.qu.inner, a.rw, env.cluster.config, attr_ttl=1.0)
+        )
         fh2 = await a.open(f.ino, os.O_RDWR)
         await a.write(fh2, len(old), b"G2" * 5000)
         crash_before(a, "fs.write")
         with pytest.raises(CrashBeforeMetadata):
             await a.release(fh2)
         # and restarts again: a crashed client's buffers die with it.
-        env.fss[0] = await FileSystem.open(a.qu.inner, a.rw, env.cluster.config, attr_ttl=1.0)
+        env.fss[0] = await env.stack.enter_async_context(
+            open_file_system(a.qu.inner, a.rw, env.cluster.config, attr_ttl=1.0)
+        )
         await b.setattr(f.ino, size=len(old) + 20_000)
         fb = await b.open(f.ino, os.O_RDONLY)
         assert await b.read(fb, len(old), 20_000) == bytes(20_000)

@@ -21,7 +21,7 @@ from fs_helpers import RW_OPTIONS, Env, read_back, run, write_file
 from bftfs.crypto import SEAL_OVERHEAD
 from bftfs.erasure import fragment_size
 from bftfs.fs.files import BIG_BLOCK_THRESHOLD
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.past import Past
 from bftfs.fs.pastview import PastView
 from bftfs.fsobjects import ROOT
@@ -218,9 +218,9 @@ async def test_past_versions_of_a_big_block_file_read_back(tmp_path: Path) -> No
         open_cluster(tmp_path, clients=2, inline_limit=0, **OPTS) as cluster,
         open_rw_client(cluster.client(0), cluster.config, **RW_OPTIONS) as rw_a,
         open_rw_client(cluster.client(1), cluster.config, **RW_OPTIONS) as rw_r,
+        open_file_system(qu_client(cluster, 0), rw_a, cluster.config, rng=random.Random(1)) as fs,
     ):
         cfg = cluster.config
-        fs = await FileSystem.open(qu_client(cluster, 0), rw_a, cfg, rng=random.Random(1))
         th = QUThresholds.from_config(cfg)
         past = Past(qu_client(cluster, 1), PastReader(cluster.client(1), th), rw_r, BS)
         rng = random.Random(23)

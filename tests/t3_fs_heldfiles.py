@@ -1,4 +1,4 @@
-"""Tier 3: files leased with their create (issue 33, ``fs/heldfiles.py``) on the in-process
+"""Tier 3: files leased with their create (issue 33, ``fs/writeback/held.py``) on the in-process
 cluster (real node services, TCP, LMDB, keys).
 
 A file that directory write-back made under the directory's exclusive lease comes leased

@@ -2,7 +2,7 @@
 on the in-process cluster (real node services, TCP, LMDB, keys).
 
 A directory made and filled under a lease waits in directory write-back (its mkdir, the
-creates in it: ``fs/mkdirback.py``, ``fs/writeback.py``).  Every call of this mount on
+creates in it: ``fs/writeback/mkdirs.py``, ``fs/writeback/``).  Every call of this mount on
 it or in it must see it as made: ``ls -l`` asks each directory's extended attributes
 (``security.selinux``, the ACLs), and an xattr's name is no entry name of the directory."""
 
@@ -52,7 +52,7 @@ def test_the_xattrs_of_a_directory_whose_mkdir_waits_are_asked_after_it(
                 with pytest.raises(NoAttr):
                     await a.getxattr(d, name)
         # An xattr query needs the directory made, not the entries held back in it.
-        assert a.pending.pending_in(y)
+        assert a.outbox.creates.pending_in(y)
         for d in (top, x, y):
             assert await a.listxattr(d) == []
         await a.setxattr(y, b"user.tag", b"v")
@@ -82,7 +82,7 @@ def test_a_call_waiting_for_a_create_of_a_failed_batch_waits_until_it_is_sent_al
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         names = [b"f%d.c" % i for i in range(6)]
         inos = [await new_file(a, d, name, b"int x;\n") for name in names]
-        assert len(a.pending.pending_in(d)) == 6  # held back in the mount
+        assert len(a.outbox.creates.pending_in(d)) == 6  # held back in the mount
         seen, waiting = trio.Event(), trio.Event()
 
         async def refuse_batches(ctx: Any, payload: Any, honest: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from fs_helpers import RW_OPTIONS, qu_client
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.past import Past, Undecided
 from bftfs.fs.pastview import PastView
 from bftfs.fsobjects import ROOT
@@ -50,8 +50,12 @@ async def test_a_lagging_writer_never_shows_in_an_earlier_version(tmp_path: Path
             open_rw_client(cluster.client(1), cfg, clock_ns=lagging_clock, **RW_OPTIONS)
         )
         rw_r = await stack.enter_async_context(open_rw_client(cluster.client(2), cfg, **RW_OPTIONS))
-        fs_a = await FileSystem.open(qu_client(cluster, 0), rw_a, cfg, rng=random.Random(1))
-        fs_b = await FileSystem.open(qu_client(cluster, 1), rw_b, cfg, rng=random.Random(2))
+        fs_a = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw_a, cfg, rng=random.Random(1))
+        )
+        fs_b = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 1), rw_b, cfg, rng=random.Random(2))
+        )
         th = QUThresholds.from_config(cfg)
         past = Past(qu_client(cluster, 2), PastReader(cluster.client(2), th), rw_r, BS)
 
@@ -111,7 +115,9 @@ async def test_a_time_travel_view_never_shows_a_file_a_liar_dates_too_early(
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(1))
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(1))
+        )
         th = QUThresholds.from_config(cfg)
         past = Past(qu_client(cluster, 1), PastReader(cluster.client(1), th), rw, BS)
         before = time.time_ns()
@@ -180,7 +186,9 @@ async def test_trees_at_several_moments_read_concurrently_match_one_walk_per_mom
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(3))
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(3))
+        )
         th = QUThresholds.from_config(cfg)
 
         def past() -> Past:
@@ -254,7 +262,9 @@ async def test_a_tree_read_in_batches_is_the_one_read_object_by_object_whatever_
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(4))
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(4))
+        )
         th = QUThresholds.from_config(cfg)
 
         def past() -> Past:

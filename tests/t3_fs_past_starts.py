@@ -23,7 +23,7 @@ import pytest
 from fs_helpers import RW_OPTIONS, qu_client
 from t3_fs_past import _reference_tree, _shape
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.past import Past
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
@@ -78,7 +78,9 @@ async def test_a_liar_about_its_histories_never_moves_where_a_walk_starts(
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(5))
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(5))
+        )
         th = QUThresholds.from_config(cfg)
 
         def past() -> Past:
@@ -139,7 +141,9 @@ async def test_a_history_round_waits_longer_for_slow_nodes_instead_of_giving_up(
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(6))
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(6))
+        )
         th = QUThresholds.from_config(cfg)
         fh, attrs = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
         await fs.write(fh, 0, b"first")

@@ -18,7 +18,7 @@ import pytest
 import trio
 from fs_helpers import RW_OPTIONS, _metadata_client
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.past import Past
 from bftfs.fs.pastrestore import TreeWriter
 from bftfs.fs.session import past_of
@@ -53,24 +53,30 @@ async def cluster_fs(
             await stack.enter_async_context(open_rw_client(cl.client(k), cfg, **RW_OPTIONS))
             for k in range(3)
         ]
-        writer = await FileSystem.open(
-            meta(0),
-            rws[0],
-            cfg,
-            rng=random.Random(1),
-            write_behind=True,
-            lease_term=30.0,
-            commit=5.0,
+        writer = await stack.enter_async_context(
+            open_file_system(
+                meta(0),
+                rws[0],
+                cfg,
+                rng=random.Random(1),
+                write_behind=True,
+                lease_term=30.0,
+                commit=5.0,
+            )
         )
         assert writer.meta.leases is not None  # recalls are pushed to it, as to a mount
         writer.meta.leases.listen(cl.client(0), cfg.node_ids)
-        other = await FileSystem.open(meta(1), rws[1], cfg, rng=random.Random(2))
+        other = await stack.enter_async_context(
+            open_file_system(meta(1), rws[1], cfg, rng=random.Random(2))
+        )
 
         def past() -> Past:
             return past_of(cfg, meta(2), cl.client(2), rws[2])
 
         async def fresh() -> FileSystem:
-            return await FileSystem.open(meta(1), rws[1], cfg, rng=random.Random(3))
+            return await stack.enter_async_context(
+                open_file_system(meta(1), rws[1], cfg, rng=random.Random(3))
+            )
 
         yield writer, other, past, fresh
 

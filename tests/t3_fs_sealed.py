@@ -24,7 +24,7 @@ from bftfs import fsobjects as obj
 from bftfs.crypto import VolumeKey
 from bftfs.fs.clients import SEALED_NAME_MAX, Seal, SealBroken
 from bftfs.fs.errors import Exists, NameTooLong, NoAttr, NotFound, TooBig
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.past import Past
 from bftfs.fs.scrub import scrub
 from bftfs.qu.classify import QUThresholds
@@ -217,10 +217,10 @@ async def test_after_a_rotation_new_writes_are_unreadable_to_a_client_with_the_o
         async with open_rw_client(env.cluster.client(1), cfg, **RW_OPTIONS) as rw:
             qu = qu_client(env.cluster, 1)
             seal = Seal(new, [old])
-            current = await FileSystem.open(qu, rw, cfg, rng=random.Random(1), seal=seal)
-            for name, data in after.items():
-                await write_file(current, name, data)
-            await _read_all(current, {**before, **after})
+            async with open_file_system(qu, rw, cfg, rng=random.Random(1), seal=seal) as current:
+                for name, data in after.items():
+                    await write_file(current, name, data)
+                await _read_all(current, {**before, **after})
         removed = env.fs  # the old key alone
         await _read_all(removed, before)
         for name in after:  # an inline file fails at open (its content comes with it)

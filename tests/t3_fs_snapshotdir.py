@@ -17,7 +17,7 @@ import pytest
 from fs_helpers import RW_OPTIONS, qu_client
 
 from bftfs.fs.errors import FsError
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.past import Past
 from bftfs.fs.snapinodes import SNAPDIR, is_live
 from bftfs.fs.snapshotdir import PAST_FH, SNAPDIR_NAME, SnapshotBrowser
@@ -45,7 +45,9 @@ async def test_the_browser_routes_by_inode_and_handle_and_guards_the_name(
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        live = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(36))
+        live = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(36))
+        )
         past = Past(
             qu_client(cluster, 0), PastReader(cluster.client(0), QUThresholds.from_config(cfg)),
             rw, BS,

@@ -27,7 +27,7 @@ from typing import Any
 import trio
 from fs_helpers import RW_OPTIONS
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fsobjects import ROOT
 from bftfs.net.server import HandlerError
 from bftfs.qu.messages import KIND_REQUEST
@@ -88,14 +88,16 @@ async def test_a_node_that_missed_a_burst_s_updates_syncs_each_version_once(
 
         cl.faults[LAGGING].byzantine(KIND_REQUEST, lose_first_createmany)
         rw = await stack.enter_async_context(open_rw_client(cl.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(
-            qu_client(cl, 0),
-            rw,
-            cfg,
-            rng=random.Random(1),
-            write_behind=True,
-            lease_term=30.0,
-            commit=5.0,
+        fs = await stack.enter_async_context(
+            open_file_system(
+                qu_client(cl, 0),
+                rw,
+                cfg,
+                rng=random.Random(1),
+                write_behind=True,
+                lease_term=30.0,
+                commit=5.0,
+            )
         )
         assert fs.meta.leases is not None
         fs.meta.leases.listen(cl.client(0), cfg.node_ids)

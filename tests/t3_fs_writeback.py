@@ -1,4 +1,4 @@
-"""Tier 3: directory write-back under an exclusive lease (issue 33, ``fs/writeback.py``) on
+"""Tier 3: directory write-back under an exclusive lease (issue 33, ``fs/writeback/``) on
 the in-process cluster (real node services, TCP, LMDB, keys).
 
 A mount that keeps creating files in a directory takes an exclusive lease on it; the closes
@@ -265,15 +265,15 @@ def test_fsync_and_the_commit_interval_send_what_write_back_holds(tmp_path: Path
         await a.fsync(fh)  # returns once the create and its data are on a quorum
         assert sent(a) == before + 1
         await a.release(fh)
-        assert a.pending.writeback is not None
-        a.pending.writeback.commit = 0.5  # due half a second after its close
+        assert a.outbox.writeback is not None
+        a.outbox.writeback.commit = 0.5  # due half a second after its close
         later = await new_file(a, d, b"later", b"x")
-        assert sent(a) == before + 1 and a.pending.writeback.deferred(later)
-        wb = a.pending.writeback
-        await until("the commit interval's send", lambda: not a.pending.not_made(later))
+        assert sent(a) == before + 1 and a.outbox.writeback.deferred(later)
+        wb = a.outbox.writeback
+        await until("the commit interval's send", lambda: not a.outbox.creates.not_made(later))
         assert sent(a) == before + 2 and not wb.deferred(later) and not wb.deferred(attr.ino)
         # Made under the lease, the file came leased here: its state stays for a reopen
-        # (fs/heldfiles.py) while the lease runs.
+        # (fs/writeback/held.py) while the lease runs.
         leases = a.meta.leases
         assert leases is not None and leases.exclusive_left(later) > 0
         assert later in a.open_files()
@@ -302,7 +302,7 @@ def test_a_query_refused_for_an_exclusive_lease_recalls_it(tmp_path: Path) -> No
 def test_commit_zero_keeps_every_close_waiting(tmp_path: Path, commit: float) -> None:
     async def body(env: Env) -> None:
         a = env.fss[0]
-        assert a.pending.writeback is None
+        assert a.outbox.writeback is None
         before = sent(a)
         await new_file(a, ROOT, b"f", b"x")
         assert sent(a) == before + 1
@@ -560,7 +560,7 @@ def test_what_comes_due_one_at_a_time_goes_in_full_batches(tmp_path: Path) -> No
         a = env.fss[0]
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
-        wb = a.pending.writeback
+        wb = a.outbox.writeback
         assert wb is not None
         await a.write_back()
         alone, made = sent(a), a.meta.methods["fs.createmany"]
@@ -569,7 +569,7 @@ def test_what_comes_due_one_at_a_time_goes_in_full_batches(tmp_path: Path) -> No
             wb.commit = 0.3 + 0.05 * k
             inos.append(await new_file(a, d, b"f%02d" % k, b"x" * (k + 1)))
         assert sent(a) == alone and all(wb.deferred(i) for i in inos)
-        await until("the creates sent", lambda: not any(a.pending.not_made(i) for i in inos))
+        await until("the creates sent", lambda: not any(a.outbox.creates.not_made(i) for i in inos))
         assert (sent(a) - alone, a.meta.methods["fs.createmany"] - made) == (0, 2)
         before = removals(a)
         for k in range(12):
@@ -593,7 +593,7 @@ def test_opening_a_file_whose_create_waits_needs_no_round(tmp_path: Path) -> Non
         a, b = env.fss
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
-        wb = a.pending.writeback
+        wb = a.outbox.writeback
         assert wb is not None
         await a.write_back()
         ino = await new_file(a, d, b"log", b"first\n")
@@ -608,7 +608,7 @@ def test_opening_a_file_whose_create_waits_needs_no_round(tmp_path: Path) -> Non
         assert await a.read(fh, 0, 100) == b"first\nsecond\n"
         await a.release(fh)
         assert Counter(a.meta.methods) - before == Counter()
-        assert a.pending.not_made(ino)
+        assert a.outbox.creates.not_made(ino)
         fh = await b.open((await b.lookup(d, b"log")).ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"first\nsecond\n"
         await b.release(fh)
@@ -706,7 +706,7 @@ def test_a_removal_sent_with_a_files_create_does_not_wait_for_itself(tmp_path: P
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
         await a.write_back()
-        wb = a.pending.writeback
+        wb = a.outbox.writeback
         assert wb is not None
         wb.commit = 60.0
         await new_file(a, d, b"big", b"y" * (3 * a.cache.inline))

@@ -167,7 +167,9 @@ def test_a_name_made_elsewhere_meanwhile_gets_the_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.expected_logs(
-    "bftfs.fs.createsends", "WARNING", match=r"^create of b'f' failed when sent: b'f' was made by"
+    "bftfs.fs.writeback.creates_sending",
+    "WARNING",
+    match=r"^create of b'f' failed when sent: b'f' was made by",
 )
 def test_a_collision_that_cannot_take_the_data_fails_the_close(tmp_path: Path) -> None:
     """The existing file may not be opened by the creator (its mode bits): the flush and
@@ -411,7 +413,7 @@ async def until_over_quota(fs: FileSystem, parent: int, data: bytes) -> tuple[by
 
 
 @pytest.mark.expected_logs(
-    "bftfs.fs.createsends", "WARNING", match=r"^create of b'\w+' failed when sent: "
+    "bftfs.fs.writeback.creates_sending", "WARNING", match=r"^create of b'\w+' failed when sent: "
 )
 def test_a_create_refused_for_quota_at_close_can_be_created_again(tmp_path: Path) -> None:
     """A write-behind create goes with its data at close; at its quota the servers refuse
@@ -548,7 +550,7 @@ def refuse_first_create_for_quota(env: Env, nodes: tuple[int, ...]) -> None:
 
 
 @pytest.mark.expected_logs(
-    "bftfs.fs.createsends", "WARNING", match=r"^create of b'\w+' failed when sent: "
+    "bftfs.fs.writeback.creates_sending", "WARNING", match=r"^create of b'\w+' failed when sent: "
 )
 @pytest.mark.parametrize("refusing", [(3, 4, 5), (2, 3, 4, 5), (0, 1, 2, 3)])
 def test_a_create_refused_for_quota_by_some_nodes_is_settled_at_once(

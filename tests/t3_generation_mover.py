@@ -25,7 +25,7 @@ from typing import Any
 import trio
 from t3_generation_router import BS, SIZES, Gens, qu_client, read, unmount, write
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.generations import (
     GenerationalQU,
     MoveState,
@@ -86,10 +86,10 @@ async def tree(gens: Gens) -> dict[str, Any]:
 
 async def check_g1_alone(gens: Gens, want: dict[str, Any]) -> None:
     """A file system over g + 1's clients only reads the tree back."""
-    fs = await FileSystem.open(
+    fs = await gens.stack.enter_async_context(open_file_system(
         qu_client(gens.g1, 2, seed=2), await gens.rw(gens.g1, 2), gens.g1.config,
         clock_ns=gens.clock_ns, rng=random.Random(2),
-    )  # fmt: skip
+    ))  # fmt: skip
     for ino, names in want["dirs"].items():
         got = sorted(n for n, _ in await fs.readdir(ino) if n not in (b".", b".."))
         assert got == names, (ino, got)

@@ -26,7 +26,7 @@ import trio
 from fs_helpers import RW_OPTIONS, check_all
 
 from bftfs.fs.clients import Switch, SwitchingQU
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generations import (
     GenerationalQU,
     GenerationalRW,
@@ -92,10 +92,10 @@ class Gens:
     async def plain_fs(self, k: int) -> FileSystem:
         """Client ``k``'s file system on g alone."""
         qu = qu_client(self.g, k, seed=k)
-        return await FileSystem.open(
+        return await self.stack.enter_async_context(open_file_system(
             qu, await self.rw(self.g, k), self.g.config, clock_ns=self.clock_ns,
             rng=random.Random(k),
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def router(self, k: int, **options: Any) -> GenerationalQU:
         """Client ``k``'s Q/U router from g to g + 1."""
@@ -106,8 +106,10 @@ class Gens:
         """Client ``k``'s file system over both generations."""
         qu = self.router(k)
         rw = GenerationalRW(await self.rw(self.g1, k), await self.rw(self.g, k))
-        fs = await FileSystem.open(
-            qu, rw, self.g1.config, clock_ns=self.clock_ns, rng=random.Random(100 + k)
+        fs = await self.stack.enter_async_context(
+            open_file_system(
+                qu, rw, self.g1.config, clock_ns=self.clock_ns, rng=random.Random(100 + k)
+            )
         )
         return fs, qu, rw
 

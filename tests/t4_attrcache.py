@@ -10,7 +10,7 @@ another client still sees, through real mounts of one cluster of node processes.
 * The lookup before a create keeps asking the servers: a name another mount created and
   closed opens here at once, even right after this mount's own update of the directory.
 
-Round counts come from the mount's Prometheus metrics (``bftfs_mount_qu_operations``).
+Round counts come from the mount's Prometheus metrics (``bftfs_mount_qu_operations_total``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _rounds(pc: ProcessCluster, mountpoint: Path, method: str) -> int:
     address = json.loads(status.read_text())["metrics"]
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    want = f'bftfs_mount_qu_operations_count{{method="{method}"}} '
+    want = f'bftfs_mount_qu_operations_total{{method="{method}"}} '
     for line in text.splitlines():
         if line.startswith(want):
             return int(float(line.split()[-1]))

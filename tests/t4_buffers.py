@@ -294,7 +294,7 @@ class _Backlog:
 
     async def watch(self) -> None:
         while True:
-            conn = self.endpoint._conns.get(self.node)
+            conn = self.endpoint.pool.conns.get(self.node)
             if conn is not None:
                 self.most = max(self.most, conn._writer.pending)
             queue = self.batcher._queues.get(self.node)

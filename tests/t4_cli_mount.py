@@ -89,3 +89,40 @@ def test_umount_without_the_cluster_directory_waits_for_the_daemon(tmp_path: Pat
         bftfs("down", "--dir", str(home), check=False)
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def _mount_flags(mnt: Path) -> set[str]:
+    """The kernel's options of the mount at ``mnt``, from /proc/self/mounts."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(mnt):
+            return set(fields[3].split(","))
+    raise AssertionError(f"{mnt} is not mounted")
+
+
+def test_a_non_empty_mount_point_is_refused_and_the_kernels_flags_are_honoured(
+    tmp_path: Path,
+) -> None:
+    """A mount over a directory with files hid them silently, and ``noatime`` was
+    accepted and dropped (the mount showed ``relatime``: issue 67).  Now the first is
+    refused unless ``-o nonempty``, and the kernel's flags reach the kernel."""
+    home, mnt = tmp_path / "nodes", tmp_path / "mount"
+    mnt.mkdir()
+    (mnt / "mine.txt").write_text("the user's own file\n")
+    try:
+        bftfs("up", "--dir", str(home), "--no-mount", "--map-size", "256M")
+        r = bftfs("mount", str(mnt), "--dir", str(home), check=False)
+        assert r.returncode == 6 and "not empty" in r.stderr and "nonempty" in r.stderr, r
+        assert not os.path.ismount(mnt)
+        r = bftfs(
+            "mount", str(mnt), "--dir", str(home), "-o", "nonempty,noatime,nosuid,nodev,noexec"
+        )
+        assert os.path.ismount(mnt) and not (mnt / "mine.txt").exists()  # hidden, as asked
+        assert {"noatime", "nosuid", "nodev", "noexec"} <= _mount_flags(mnt)
+        assert "relatime" not in _mount_flags(mnt)
+        bftfs("umount", str(mnt), "--dir", str(home))
+        assert (mnt / "mine.txt").read_text() == "the user's own file\n"
+    finally:
+        bftfs("down", "--dir", str(home), check=False)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)

@@ -29,7 +29,7 @@ from bftfs import local
 from bftfs.cli.generations import generation_config_path
 from bftfs.connect import open_client
 from bftfs.crypto import Identity
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generations import MoveState, cursor_path
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
@@ -61,11 +61,11 @@ async def file_system(cfg: cfgmod.ClusterConfig, client: str) -> AsyncIterator[F
     back and its leases given back at the end."""
     async with open_client(cfg, client) as ep, open_rw_client(ep, cfg) as rw:
         qu = QUClient(ep, QUThresholds.from_config(cfg), client_id=ep.pid)
-        fs = await FileSystem.open(qu, rw, cfg)
-        yield fs
-        await fs.write_back()
-        if fs.meta.leases is not None:
-            await fs.meta.leases.release_all()
+        async with open_file_system(qu, rw, cfg) as fs:
+            yield fs
+            await fs.write_back()
+            if fs.meta.leases is not None:
+                await fs.meta.leases.release_all()
 
 
 async def write_tree(cfg: cfgmod.ClusterConfig, files: dict[bytes, bytes]) -> None:

@@ -16,13 +16,16 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mount_helpers import REPO
+from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_for
 
 from bftfs import proc
 from bftfs.fuse import control
@@ -39,16 +42,6 @@ def bftfs(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bftfs", *args], capture_output=True, text=True, timeout=120, env=env
     )
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def status_json(config: Path) -> tuple[int, dict[str, Any]]:
@@ -290,6 +283,15 @@ def scrape(address: str) -> str:
         return str(reply.read().decode())
 
 
+def not_found(address: str, path: str) -> bool:
+    """Whether ``path`` on the metrics server answers 404 (only ``/metrics`` is served)."""
+    try:
+        urllib.request.urlopen(f"http://{address}{path}", timeout=10)
+    except urllib.error.HTTPError as e:
+        return e.code == 404
+    return False
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
     for line in text.splitlines():
@@ -313,14 +315,34 @@ def test_metrics_over_http(tmp_path: Path) -> None:
                 assert (m2.mountpoint / "f").read_bytes() == data
             status = json.loads(control.status_file(pc.config, m.mountpoint).read_text())
             mount_text = scrape(status["metrics"])
-            assert metric(mount_text, "bftfs_mount_requests_count", op="write") >= 1
-            assert metric(mount_text, "bftfs_mount_requests_sum", op="write") > 0
-            assert metric(mount_text, "bftfs_mount_qu_operations_count", method="fs.write") >= 1
+            assert metric(mount_text, "bftfs_mount_request_duration_seconds_count", op="write") >= 1
+            assert metric(mount_text, "bftfs_mount_request_duration_seconds_sum", op="write") > 0
+            assert metric(mount_text, "bftfs_mount_qu_operations_total", method="fs.write") >= 1
+            # Bytes per mount, and a latency histogram by operation (issue 67).
+            assert metric(mount_text, "bftfs_mount_written_bytes_total") >= len(data)
+            assert metric(mount_text, "bftfs_mount_read_bytes_total") >= 0
+            bucket = 'bftfs_mount_request_duration_seconds_bucket{le="+Inf",op="write"}'
+            assert bucket in mount_text
+            assert metric(mount_text, "bftfs_mount_leases_held") >= 0
+            assert not_found(status["metrics"], "/")  # only /metrics answers
 
         node_address = (pc.config.node(0).data_dir / "metrics.port").read_text().strip()
         node_text = scrape(node_address)
-        assert metric(node_text, "bftfs_node_requests_count", kind="qu.request") > 0
-        assert metric(node_text, "bftfs_node_requests_sum", kind="qu.request") > 0
+        assert metric(node_text, "bftfs_node_request_duration_seconds_count", kind="qu.request") > 0
+        assert metric(node_text, "bftfs_node_request_duration_seconds_sum", kind="qu.request") > 0
         assert metric(node_text, "bftfs_node_lmdb_bytes") > 0
         assert metric(node_text, "bftfs_node_used_bytes") >= 0
         assert metric(node_text, "bftfs_node_backlog_versions") >= 0
+        assert 'bftfs_node_request_duration_seconds_bucket{kind="qu.request",le="+Inf"}' in (
+            node_text
+        )
+        assert metric(node_text, "bftfs_node_disk_free_bytes") > 0
+        assert not_found(node_address, "/metrics/other")
+        families = {f.name for f in text_string_to_metric_families(node_text)}
+        assert "bftfs_node_events" not in families  # unrelated counters, one label: split
+        for text in (node_text, mount_text):  # Prometheus naming: units and _total
+            for f in text_string_to_metric_families(text):
+                if f.name.startswith("bftfs_") and f.type == "counter":
+                    assert f"{f.name}_total" in text, f.name
+                if f.name.startswith("bftfs_") and f.type in ("histogram", "summary"):
+                    assert f.name.endswith("_seconds"), f.name

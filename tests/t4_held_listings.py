@@ -3,7 +3,7 @@ real node processes and real FUSE mounts with the default options (leases, direc
 write-back with a 5 s commit window).
 
 A tree made with ``mkdir -p`` and filled with ``cp`` waits in the mount (its mkdirs and
-creates, ``fs/mkdirback.py``, ``fs/writeback.py``).  ``ls -lR``, ``find`` and ``grep -r``
+creates, ``fs/writeback/mkdirs.py``, ``fs/writeback/``).  ``ls -lR``, ``find`` and ``grep -r``
 on that mount must see all of it at once, across the commit window and after it, and so
 must another mount (whose look recalls the lease); and with a node stopped right after
 the copy, ``diff -r`` must still find every file (``t = 1``).

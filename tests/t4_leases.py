@@ -209,7 +209,7 @@ def test_a_holder_killed_holds_the_other_mount_off_at_most_its_term(tmp_path: Pa
 def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
     tmp_path: Path,
 ) -> None:
-    """Directory write-back (``fs/writeback.py``): the mount holds the directory's
+    """Directory write-back (``fs/writeback/``): the mount holds the directory's
     exclusive lease, so its closes of new files return before the creates are sent.  Killed
     with ``kill -9`` then, it loses those creates, and only those: the other mount waits
     at most the lease's term and lists what was ``fsync``ed (the directory, then a
@@ -231,7 +231,7 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
                 os.write(fd, b"fsynced")
                 os.fsync(fd)
                 os.close(fd)
-                # mkdirs left to write-back too (fs/mkdirback.py): one lost with its
+                # mkdirs left to write-back too (fs/writeback/mkdirs.py): one lost with its
                 # file, one sent by the fsync of the file made in it.
                 (d / "lostdir").mkdir()
                 (d / "lostdir" / "f").write_bytes(b"lost")
@@ -265,7 +265,7 @@ def test_a_holder_killed_with_creates_left_to_write_back_loses_only_those(
 def test_a_holder_killed_with_appends_left_to_write_back_loses_only_those(
     tmp_path: Path,
 ) -> None:
-    """Files leased with their create (``fs/heldfiles.py``): the mount holds the file it
+    """Files leased with their create (``fs/writeback/held.py``): the mount holds the file it
     made, so the close of an append returns before the write is sent.  Killed with
     ``kill -9`` then, it loses that append, and only that: the other mount waits at most
     the lease's term and reads what was ``fsync``ed, byte for byte."""

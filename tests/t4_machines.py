@@ -21,14 +21,14 @@ import shlex
 import subprocess
 import sys
 import tarfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from bftfs.testing import netns
 from bftfs.testing.mounts import fuse_available
@@ -71,14 +71,6 @@ def node_command(home: Path, node: int) -> list[str]:
     argv = shlex.split(line)
     assert argv[0] == "/usr/local/bin/bftfs"
     return [sys.executable, "-m", "bftfs", *argv[1:]]
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := cond()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)  # polling other processes
-    return got
 
 
 def unpack(bundle: Path, into: Path) -> None:

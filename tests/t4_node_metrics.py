@@ -19,11 +19,11 @@ import sys
 import time
 import tomllib
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 import bftfs
 from bftfs import local, proc
@@ -44,14 +44,6 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
     assert not check or r.returncode == 0, r.stdout + r.stderr
     return r
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := cond()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)  # polling other processes
-    return got
 
 
 def exposition(address: str) -> str:
@@ -139,7 +131,7 @@ def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -
                 done = got[f'bftfs_node_catchup_items{{count="done",protocol="{proto}"}}']
                 assert 0 < done <= checked == total, (proto, got)
                 assert got[f'bftfs_node_catchup_eta_seconds{{protocol="{proto}"}}'] == 0
-                assert got[f'bftfs_node_catchup_rate{{protocol="{proto}"}}'] > 0
+                assert got[f'bftfs_node_catchup_items_per_second{{protocol="{proto}"}}'] > 0
             assert got['bftfs_node_catchup_items{count="failed",protocol="qu"}'] == 0
             # bftfs status --json: the same figures, per protocol.
             qu = status(home)[1]["nodes"][1]["catch_up"]["qu"]

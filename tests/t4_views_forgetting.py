@@ -212,7 +212,7 @@ async def impostor_of_node_0(old: ClusterConfig, laptop: ClusterConfig) -> dict[
         await nursery.start(trio.serve_listeners, fake.serve, listeners)
         async with open_client(laptop, "client0", timeout=3.0) as ep:
             try:  # (the handshake itself, without the resends of a call)
-                out: dict[int, Any] = {0: await ep._connection(NodeId(0))}
+                out: dict[int, Any] = {0: await ep.pool.get(NodeId(0))}
             except TransportError as e:
                 out = {0: e}
         nursery.cancel_scope.cancel()

@@ -31,7 +31,7 @@ def methods(m: Mount, pc: ProcessCluster) -> dict[str, float]:
     out = {}
     for name in ("fs.create", "fs.createwrite", "fs.write", "fs.lock"):
         try:
-            out[name] = metric(text, "bftfs_mount_qu_operations_count", method=name)
+            out[name] = metric(text, "bftfs_mount_qu_operations_total", method=name)
         except AssertionError:
             out[name] = 0.0
     return out

@@ -31,7 +31,7 @@ from fs_helpers import (
 
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_client
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
@@ -55,8 +55,8 @@ def test_journal_pattern_from_two_clients_on_node_processes_never_fails(tmp_path
                     rng=random.Random(k),
                     sleep=backoff_past(PROCESS_CALL_PATIENCE),
                 )
-                fs = await FileSystem.open(
-                    qu, rw, cfg, rng=random.Random(100 + k), write_behind=True
+                fs = await stack.enter_async_context(
+                    open_file_system(qu, rw, cfg, rng=random.Random(100 + k), write_behind=True)
                 )
                 fss.append(fs)
             d = await fss[0].mkdir(ROOT, b"journal", 0o755, 0, 0)

@@ -24,7 +24,7 @@ from fs_helpers import RW_OPTIONS
 from rw_helpers import rw_cluster
 from t5_rw_lazy import EAGER, hosted, settled
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.past import NotThen, Past, Reclaimed
 from bftfs.fsobjects import ROOT
 from bftfs.node.qu_server import replica_retention
@@ -137,7 +137,9 @@ async def test_a_file_removed_three_days_ago_restores_and_a_snapshot_pins_only_i
         cfg = cl.config
         rw = await stack.enter_async_context(open_rw_client(cl.client(0), cfg, **RW_OPTIONS))
         at(day0 + 9 * HOUR_NS)
-        fs = await FileSystem.open(qu_client(cl, 0), rw, cfg, rng=random.Random(1), clock_ns=clock)
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cl, 0), rw, cfg, rng=random.Random(1), clock_ns=clock)
+        )
         d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
 
         async def save(text: bytes) -> None:

@@ -17,7 +17,7 @@ import pytest
 import trio
 from fs_helpers import RW_OPTIONS, qu_client
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.scrub import scrub
 from bftfs.fsobjects import ROOT
 from bftfs.policy import VerificationPolicy
@@ -40,7 +40,9 @@ async def test_scrub_rewrites_damaged_and_missing_fragments(tmp_path: Path) -> N
     ):
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(3))
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(3))
+        )
         data = random.Random(3).randbytes(3 * BS)
         fh, attrs = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
         await fs.write(fh, 0, data)

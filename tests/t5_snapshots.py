@@ -18,7 +18,7 @@ import pytest
 from fs_helpers import RW_OPTIONS, qu_client
 from t5_rw_lazy import EAGER, settled
 
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.past import Past, Reclaimed
 from bftfs.fsobjects import ROOT
 from bftfs.policy import RetentionPolicy
@@ -54,7 +54,9 @@ async def test_a_snapshot_keeps_what_retention_reclaims_otherwise(tmp_path: Path
         cfg = cluster.config
         rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
         rw_r = await stack.enter_async_context(open_rw_client(cluster.client(1), cfg, **RW_OPTIONS))
-        fs = await FileSystem.open(qu_client(cluster, 0), rw, cfg, rng=random.Random(1))
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(1))
+        )
         th = QUThresholds.from_config(cfg)
         past = Past(qu_client(cluster, 1), PastReader(cluster.client(1), th), rw_r, BS)
 

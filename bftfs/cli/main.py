@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from bftfs import __version__
+from bftfs import STORE_FORMAT, WIRE_VERSION, __version__
 from bftfs import local as localmod
 from bftfs.cli import (
     cluster,
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="bftfs: a Byzantine fault-tolerant file system (PASIS blocks, Q/U metadata).",
         epilog="Exit codes: 0 ok, 1 bug, 2 usage, 3 configuration, 4 cluster, 5 key, 6 mount.",
     )
-    p.add_argument("--version", action="version", version=f"bftfs {__version__}")
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)
@@ -96,6 +96,12 @@ def _quiet_broken_pipe() -> int:
     return 0
 
 
+def version_line() -> str:
+    """``bftfs --version``: the package, and the formats it speaks and stores (a node and a
+    client of different wire versions cannot talk; docs/operations.md, "Upgrades")."""
+    return f"bftfs {__version__} (wire {WIRE_VERSION}, store format {STORE_FORMAT})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_join_ages(sys.argv[1:] if argv is None else argv))
     if args.command != "node":
@@ -117,12 +123,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bftfs: {e}", file=sys.stderr)
         return EXIT_CLUSTER
     except Exception as e:
+        if _interrupted(e):
+            return _exit_interrupted()
         code = _history_exit_code(e, args.command)
         if code is None:
             raise
         return code
-    except KeyboardInterrupt:
-        return 130
+    except (KeyboardInterrupt, BaseExceptionGroup) as e:
+        if not _interrupted(e):
+            raise
+        return _exit_interrupted()
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is Ctrl-C: a KeyboardInterrupt, or one a trio nursery wrapped in an
+    exception group beside the cancellations of its other tasks."""
+    if isinstance(e, KeyboardInterrupt):
+        return True
+    return isinstance(e, BaseExceptionGroup) and e.subgroup(KeyboardInterrupt) is not None
+
+
+def _exit_interrupted() -> int:
+    """Ctrl-C: one line and 130 (128 + SIGINT), as shells and restic do, not a traceback
+    and never a code the command gives its own meaning to (``verify``'s 1: repaired)."""
+    print("bftfs: interrupted", file=sys.stderr)
+    return 130
 
 
 def _history_exit_code(e: Exception, command: str) -> int | None:

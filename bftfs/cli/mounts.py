@@ -116,7 +116,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             mountmod.run_foreground(
                 cfg, args.mountpoint, options, config_path=path, debug=args.debug, at_ns=at_ns
             )
-        except (RuntimeError, OSError) as e:  # libfuse refused (busy, no such directory...)
+        except (RuntimeError, OSError, mountmod.MountError) as e:  # refused (busy, not empty...)
             log.exception("mounting %s failed", args.mountpoint)
             raise QuietError(f"mounting {args.mountpoint} failed: {e}", EXIT_MOUNT) from None
         return 0

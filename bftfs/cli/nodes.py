@@ -21,6 +21,7 @@ from bftfs.cli.common import (
     with_cluster,
     with_dir,
 )
+from bftfs.cli.reach import require_reachable
 from bftfs.cli.views import add_replace_options
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.logsetup import setup_logging
@@ -56,6 +57,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         async with open_protocol_clients(cfg, args.client, trust_verified=False) as (qu, rw):
             return await scrub(qu, rw, cfg.block_size, progress)
 
+    require_reachable(cfg)
     reports = trio.run(run)
     if show:
         print(file=sys.stderr)

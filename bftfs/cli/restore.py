@@ -254,9 +254,11 @@ def with_session(cfg: ClusterConfig, client: str, fn: Any) -> Any:
     opens it (create write-behind, leases, directory write-back: ``fs/pastrestore.py``
     writes through them); its result.  Everything held is sent and every lease given
     back before this returns."""
+    from bftfs.cli.reach import require_reachable
     from bftfs.fs.session import open_session
     from bftfs.fuse.options import DEFAULT_COMMIT, DEFAULT_LEASE
 
+    require_reachable(cfg)
     return run_within(
         lambda: open_session(
             cfg,

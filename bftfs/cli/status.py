@@ -20,6 +20,7 @@ from bftfs import local as localmod
 from bftfs.cli import capacity
 from bftfs.cli import statustables as tables
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
+from bftfs.cli.sessions import client_sessions, print_sessions
 from bftfs.cli.statustables import (  # noqa: F401  (re-exported: tests, cli/cluster.py)
     FAULT_COLUMNS,
     catch_up_summary,
@@ -76,6 +77,8 @@ def cluster_health(
     filling = capacity.problems(fills(statuses))
     problems += filling
     problems += _revoked_mounts(mounts)
+    mixed = mixed_versions(statuses, mounts)
+    problems += mixed
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
     node_problems = (
@@ -86,9 +89,28 @@ def cluster_health(
     )
     # A mount whose daemon died answers "Transport endpoint is not connected" to every
     # program using it: the file system is not served there (issue 36: it did not count).
-    if node_problems or broken_mounts or filling:
+    if node_problems or broken_mounts or filling or mixed:
         return STATUS_DEGRADED, "degraded", problems, faults
     return STATUS_HEALTHY, "healthy", problems, faults
+
+
+def mixed_versions(statuses: list[localmod.NodeStatus], mounts: list[dict]) -> list[str]:
+    """A problem line when the nodes and mounts that answered do not all run one bftfs
+    (as Ceph warns of mixed daemon versions): the middle of a rolling upgrade, or a
+    machine left behind by one (docs/operations.md, "Upgrades")."""
+    runs: dict[str, list[str]] = {}
+    for s in statuses:
+        if s.up and s.stats is not None and "version" in s.stats:
+            key = f"{s.stats['version']} (wire {s.stats.get('wire')})"
+            runs.setdefault(key, []).append(f"node {s.id}")
+    for m in mounts:
+        if m.get("version") is not None:
+            key = f"{m['version']} (wire {m.get('wire')})"
+            runs.setdefault(key, []).append(f"mount {m['mountpoint']}")
+    if len(runs) < 2:
+        return []
+    parts = "; ".join(f"{key} on {', '.join(who)}" for key, who in sorted(runs.items()))
+    return [f"mixed versions: {parts} (finish the upgrade: docs/operations.md)"]
 
 
 def fills(statuses: list[localmod.NodeStatus]) -> list[capacity.Fill]:
@@ -217,6 +239,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
             ],
             "findings_cleared_at": record.cleared_at,
             "mounts": mounts,
+            "sessions": client_sessions(statuses, cfg.client_names()),
         }
         print(json.dumps(doc, indent=None if args.watch else 2, default=str))
         return code
@@ -240,6 +263,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     tables.print_capacity(list(capacities.values()))
     tables.print_limits(statuses, cfg.client_names())
     tables.print_mounts(mounts, faults, cfg)
+    print_sessions(client_sessions(statuses, cfg.client_names()))
     tables.print_findings(cfg, record, findings, statuses)
     return code
 

@@ -327,7 +327,10 @@ def moment_of(cfg: ClusterConfig, client: str, when: int | str) -> int:
 
 def with_past(cfg: ClusterConfig, client: str, fn: Any) -> Any:
     """Run ``await fn(past)`` against the cluster; its result (:func:`run_within`)."""
+    from bftfs.cli.reach import require_reachable
     from bftfs.fs.session import open_past
+
+    require_reachable(cfg)
 
     async def logged(past: Any) -> Any:
         try:

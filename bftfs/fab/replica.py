@@ -3,8 +3,9 @@
 Every node of ``5f + 1`` plays the seed's three roles (L6439: "each process can play one or
 more"): acceptor (:mod:`~bftfs.fab.acceptor`), proposer (:mod:`~bftfs.fab.election`,
 :mod:`~bftfs.fab.leader`) and learner (:mod:`~bftfs.fab.learner`), and executes what it
-learns (:mod:`~bftfs.fab.execution`) with checkpoints (:mod:`~bftfs.fab.checkpoints`).
-This module only routes: it decodes, checks who may send what, hands the message to the
+learns (:mod:`~bftfs.fab.execution`) with checkpoints (:mod:`~bftfs.fab.checkpoints`);
+clients' requests are taken in and held by :mod:`~bftfs.fab.intake`.  This module only
+routes: it decodes, checks who may send what, hands the message to the
 role, and collects what to send.
 
 No I/O, no clock, no randomness.  Time is :meth:`Replica.tick`, called by the driver at a
@@ -31,12 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftfs.fab.acceptor import Acceptor
-from bftfs.fab.auth import KeyLookup, sign, verify_any
+from bftfs.fab.auth import KeyLookup, sign
 from bftfs.fab.certificates import check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
 from bftfs.fab.durable import Image
 from bftfs.fab.election import Election
-from bftfs.fab.execution import NOOP, Execution, Operation, parse_request
+from bftfs.fab.execution import Execution, Operation
+from bftfs.fab.intake import Admit, Intake
 from bftfs.fab.leader import Leader
 from bftfs.fab.learner import Learner
 from bftfs.fab.messages import (
@@ -59,7 +61,6 @@ from bftfs.fab.messages import (
     decode,
 )
 from bftfs.fab.pacing import Resends
-from bftfs.fab.sessions import AGAIN, EXPIRED, OLD, RUN, STREAMS
 from bftfs.fab.statetransfer import StateTransfer
 from bftfs.qu.objects import Registry
 from bftfs.quorums.fab import FabQuorums
@@ -115,13 +116,6 @@ class Statistics:
 
 
 @dataclass
-class _Held:
-    rid: int
-    op: bytes
-    since: int
-
-
-@dataclass
 class Replica:
     """One node: ``me`` in ``0 .. q.a - 1``."""
 
@@ -140,7 +134,7 @@ class Replica:
     #: check of the times it declares against its clock (``qu/clocks.py``), outside the
     #: pure core.  Such a request is answered with a refusal (slot 0) and not held, and an
     #: acceptor does not accept it unless the regency's certificate binds it.
-    admit: Callable[[Operation], str | None] | None = None
+    admit: Admit | None = None
     #: Bytes of object states one client may be charged (``[limits]``, the same figure on
     #: every node; None: no quota), :class:`~bftfs.fab.execution.Execution`.
     quota: int | None = None
@@ -154,9 +148,8 @@ class Replica:
         self.leader = Leader(self.me, self.key, self.q, n, s.window)
         self.checkpoints = Checkpoints(self.me, self.key, self.q, n, s.interval, 4 * s.window)
         self.execution = Execution(self.registry, self.quota)
-        #: (client, stream) -> its latest request not yet executed; at most ``STREAMS``
-        #: per client (a client's further streams push out its own oldest, no other's).
-        self.held: dict[tuple[int, int], _Held] = {}
+        #: The client requests taken in: checked, answered or held until they execute.
+        self.intake = Intake(self.me, self.key, n, self.execution, self._send)
         self.now = 0
         #: Ticks a held request may wait: doubles with each suspicion that brought no
         #: progress (eventual synchrony: some regency lasts long enough), back to
@@ -190,7 +183,8 @@ class Replica:
         self._out = []
         self.now += 1
         self._retransmit()
-        self.transfer.pull(self.now, self.learner, bool(self.held), self.settings.pulls_per_tick)
+        held = bool(self.intake.held)
+        self.transfer.pull(self.now, self.learner, held, self.settings.pulls_per_tick)
         self._maybe_suspect()
         return Step(tuple(self._out))
 
@@ -268,51 +262,16 @@ class Replica:
     # -- requests and proposing -----------------------------------------------------
 
     def _on_request(self, sender: int, m: Request) -> str | None:
-        if 0 <= sender < self.nodes:
-            return f"REQUEST from node {sender}: requests come from clients"
-        request = parse_request(m.value)
-        if request is None:
-            return "request: not an operation"
-        op, statement = request
-        if op.client != sender:
-            return f"request for client {op.client} sent by {sender}"
-        if not verify_any(self.me, self.key, statement, self.nodes):
-            return f"request of client {op.client}: authenticator does not verify"
-        verdict, last = self.execution.sessions.verdict(op.client, op.stream, op.rid)
-        if verdict == AGAIN and last is not None:  # a retransmission: the reply again
-            rid, slot, ok, result = last
-            self._send(op.client, Reply(op.client, rid, slot, ok, result, op.stream))
-            return None
-        if verdict == OLD:
-            return None
-        if verdict == EXPIRED:  # may have run, is never run: refused, not held (a leader
-            # does not propose a value twice, so a held copy would wait for a view change)
-            bar = self.execution.sessions.bar(op.client, op.stream)
-            self._send(op.client, Reply(op.client, op.rid, 0, False, [EXPIRED, bar], op.stream))
-            return None
-        why = self.admit(op) if self.admit is not None else None
-        if why is not None:  # refused alike by every correct node: f + 1 make the answer
-            self._send(op.client, Reply(op.client, op.rid, 0, False, why, op.stream))
-            return f"request of client {op.client}: {why}"
-        self._hold(op, m.value)
-        self._propose_held()
+        taken = self.intake.take(sender, m, self.admit, self.now)
+        if isinstance(taken, str):
+            return taken
+        if taken:
+            self._propose_held()
         return None
 
-    def _hold(self, op: Operation, value: bytes) -> None:
-        """Hold the latest request of ``op``'s stream; a client holds at most ``STREAMS``
-        (its oldest held goes), so one key's streams cannot grow this node's memory."""
-        key = (op.client, op.stream)
-        held = self.held.get(key)
-        if held is not None and held.rid >= op.rid:
-            return
-        mine = [k for k in self.held if k[0] == op.client and k != key]
-        if held is None and len(mine) >= STREAMS:
-            del self.held[min(mine, key=lambda k: self.held[k].since)]
-        self.held[key] = _Held(op.rid, value, self.now)
-
     def _propose_held(self) -> None:
-        for held in list(self.held.values()):
-            p = self.leader.propose(held.op, self.acceptor.low)
+        for value in self.intake.values():
+            p = self.leader.propose(value, self.acceptor.low)
             if p is not None:
                 self._propose(p)
 
@@ -330,28 +289,13 @@ class Replica:
         learned = self.learner.learned.get(m.slot)
         if learned is not None and learned[1] == m.value:  # tell the leader it can stop
             self._send(sender, Learned(m.slot, learned[0], learned[1]))
-        if not self._authentic(m):
+        if not self.intake.authentic(m, self.acceptor.certificate, self.admit):
             return f"slot {m.slot}: the value is not a request its client authenticated"
         answer = self.acceptor.on_propose(self.election.regency, m)
         if isinstance(answer, str):
             return answer
         self._send(None, answer)
         return None
-
-    def _authentic(self, m: Propose) -> bool:
-        """Whether an acceptor may take ``m.value`` as a client's: the no-op, a value the
-        regency's progress certificate is bound to (it may have been chosen, so it must be
-        taken whoever wrote it), or a request whose client's MAC for me verifies and that
-        this node admits (its clock check)."""
-        if m.value == NOOP:
-            return True
-        cert = self.acceptor.certificate
-        if cert is not None and cert.pn == m.pn and cert.bound(m.slot) == m.value:
-            return True
-        request = parse_request(m.value)
-        if request is None or not verify_any(self.me, self.key, request[1], self.nodes):
-            return False
-        return self.admit is None or self.admit(request[0]) is None
 
     def _from_regent(
         self, kind: str, sender: int, pn: int, proof: tuple[Signed, ...]
@@ -441,9 +385,7 @@ class Replica:
             if reply is not None and ex.ran is not None and self.on_execute is not None:
                 self.on_execute(ex.ran, reply)
             if reply is not None:
-                held = self.held.get((reply.client, reply.stream))
-                if held is not None and held.rid <= reply.rid:
-                    del self.held[(reply.client, reply.stream)]
+                self.intake.executed(reply)
                 self._send(reply.client, reply)
             if self.checkpoints.due(ex.executed):
                 image = ex.image()  # re-encodes only what changed since the last one
@@ -501,8 +443,7 @@ class Replica:
         """A new regency started here: forget the old certificate, restart the timers,
         and lead it if it is mine."""
         self.acceptor.certificate = None
-        for held in self.held.values():
-            held.since = self.now
+        self.intake.restart(self.now)
         if self.election.leader() != self.me:
             self.leader.stop()
             return
@@ -530,14 +471,9 @@ class Replica:
         return None
 
     def _maybe_suspect(self) -> None:
-        sessions = self.execution.sessions
-        for key in [k for k, h in self.held.items() if sessions.verdict(*k, h.rid)[0] != RUN]:
-            del self.held[key]  # ran, or expired, since it came (this node was behind)
-        late = [h for h in self.held.values() if self.now - h.since >= self.patience]
-        if not late:
+        if not self.intake.late(self.now, self.patience):
             return
-        for h in self.held.values():
-            h.since = self.now
+        self.intake.restart(self.now)
         self.patience = min(2 * self.patience, 64 * self.settings.timeout)
         statement = self.election.suspect(self.election.regency)
         if statement is not None:
@@ -561,7 +497,7 @@ class Replica:
                 self._send(None, Propose(leader.regency, s, leader.proposals[s]))
             self._propose_held()
         mine, regency = self.election.suspected, self.election.regency
-        suspecting = self.held and self.election.latest.get(self.me) == (regency, mine)
+        suspecting = self.intake.held and self.election.latest.get(self.me) == (regency, mine)
         if again.suspicions.due([regency] if suspecting and mine else [], now) and mine:
             self._send(None, Suspect(mine))
         cp = self.checkpoints.mine

@@ -23,7 +23,7 @@ from bftfs.fs.files import OpenFile
 from bftfs.fs.handletable import HandleTable
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer, dead_contents
-from bftfs.fs.writebehind import PendingCreates
+from bftfs.fs.writeback import PendingCreates
 from bftfs.rw.messages import block_id
 
 

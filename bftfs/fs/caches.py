@@ -55,16 +55,16 @@ class MetadataCache:
         #: of (:meth:`bftfs.fs.handles.Handles.keep_cache`).
         self.kernel_content: dict[int, tuple[int, int]] = {}
         #: Directory id -> (mode, gid) as last seen: a new file's group and mode follow
-        #: them (write-behind, :mod:`bftfs.fs.writebehind`).
+        #: them (write-behind, :mod:`bftfs.fs.writeback.creates`).
         self.dir_modes: dict[int, tuple[int, int]] = {}
-        #: Objects whose create failed for good (:mod:`bftfs.fs.writebehind`): their
+        #: Objects whose create failed for good (:mod:`bftfs.fs.writeback.creates`): their
         #: inode answers ESTALE until a name is found to lead to one after all.
         self.unmade: set[int] = set()
         #: The attributes of an object only this mount knows yet (a create left to
-        #: directory write-back: ``PendingCreates.deferred_stat``), else None.
+        #: directory write-back, a held-back mkdir: ``Outbox.local_stat``), else None.
         self.local_stat: Callable[[int], dict[str, Any] | None] = lambda _oid: None
         #: The links a directory gains from mkdirs in it this mount answered and has not
-        #: sent (``PendingMkdirs.links_in``): an update of the directory answers the
+        #: sent (``Outbox.links_in``): an update of the directory answers the
         #: servers' count, without them.
         self.pending_links: Callable[[int], int] = lambda _oid: 0
 

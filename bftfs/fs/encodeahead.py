@@ -1,6 +1,6 @@
 """Encode-ahead: a sequential writer's blocks are sealed and erasure-coded as they fill.
 
-A background flush (write-behind, ``fs/flushbehind.py``) used to seal and encode its
+A background flush (write-behind, ``fs/writeback/flush_behind.py``) used to seal and encode its
 blocks when it started, in one worker-thread call, and only then send them: on a 200 MiB
 write that was about a quarter of every flush's time, with the nodes idle and the
 previous flush's size update the only thing in flight (issue 34, ninth pass).  Here a

@@ -115,7 +115,7 @@ class FlushEngine:
         self.big_bs = big_bs
         #: Read-ahead and write-behind of big files: blocks prefetched, prefetched blocks
         #: a read used or waited for, background flushes and their failures (counted by
-        #: ``fs/flushbehind.py``).
+        #: ``fs/writeback/flush_behind.py``).
         self.streaming: Counter[str] = Counter()
         #: Encode-ahead runs one block at a time: a worker thread per filled block kept
         #: up to a dozen threads coding at once, each allocating in its own malloc arena
@@ -482,7 +482,7 @@ class FlushEngine:
     def inline_write(self, f: OpenFile, logged: int) -> tuple[dict[str, Any], Callable[[], None]]:
         """``f``'s whole content as an inline ``fs.write`` argument (its content known
         here), and what to do once the servers took it: its buffered writes up to log
-        entry ``logged`` are then clean (``fs/inlinebatch.py`` sends several at once)."""
+        entry ``logged`` are then clean (``fs/writeback/writemany.py`` sends several at once)."""
         content = f.assemble(0, f.size).ljust(f.size, b"\0")
         snapshot = {k: (bytes(buf), f.gen[k]) for k, buf in f.dirty.items()}
         mtime = f.mtime if f.mtime is not None else self.meta.now()

@@ -179,7 +179,7 @@ class OpenFile:
     lease_until: int | None = None
     #: When (trio time) the query whose answer this state last adopted was asked (an open,
     #: a revalidation): an exclusive lease held without a break since then makes it the
-    #: file's state (``fs/heldfiles.py``).
+    #: file's state (``fs/writeback/held.py``).
     adopted: float = float("-inf")
     lock: trio.Lock = field(default_factory=trio.Lock)
     #: Read-ahead (``bftfs.fs.filedata``): the window's current size in bytes, the next

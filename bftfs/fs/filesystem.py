@@ -38,7 +38,7 @@ The code is in parts, each a plain class that owns its state and is given, in it
 constructor, the parts it calls; :class:`FileSystem` builds them bottom-up and hands each
 public call to one of them.  From the bottom:
 
-- :class:`~bftfs.fs.meta.Meta` (``meta.py``): Q/U and PASIS calls, error translation,
+- :class:`~bftfs.fs.clients.calls.Meta` (``meta.py``): Q/U and PASIS calls, error translation,
   statistics, backoff, placement, ``statfs``;
 - :class:`~bftfs.fs.caches.MetadataCache` (``caches.py``): the attribute, name and parent
   caches, the open files, and the reads through them;
@@ -48,12 +48,14 @@ public call to one of them.  From the bottom:
 - :class:`~bftfs.fs.namespace.Names` (``namespace.py``): lookup, getattr, readdir, create,
   link, unlink, rename, ...;
 - :class:`~bftfs.fs.handletable.HandleTable` (``handletable.py``): handle -> open file;
-- :class:`~bftfs.fs.writebehind.PendingCreates` (``writebehind.py``, their table in
-  ``createtable.py``, sending in ``createsends.py``/``createsend.py``): creates sent with
-  their first flush (``write_behind``);
-- :class:`~bftfs.fs.callorder.CallOrder` (``callorder.py``): what a call must send first
+- :class:`~bftfs.fs.writeback.Outbox` (``writeback/``, its map in the package docstring):
+  what the mount answered and sends later - creates sent with their first flush
+  (``write_behind``) and, with directory write-back, closes, removals, mkdirs and renames
+  held back under an exclusive lease, and held files; built whole in one call;
+- :class:`~bftfs.fs.clients.gate.CallOrder` (``callorder.py``): what a call must send first
   (held files, removals, creates); this facade plugs it into ``Meta``'s one hook, a
   ``CallGate`` that ``meta.py`` declares;
+- :class:`~bftfs.fs.background.Background` (``background.py``): the long-lived tasks;
 - :class:`~bftfs.fs.attributes.Attributes` (``attributes.py``): setattr, truncation, xattrs;
 - :class:`~bftfs.fs.handles.Handles` (``handles.py``): create/open, read, write, flush,
   release; it asks the pending creates at create, read, flush and release;
@@ -64,19 +66,21 @@ public call to one of them.  From the bottom:
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import random
 import time
-import types
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
+
+import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.attrs import Attr
+from bftfs.fs.background import Background
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.clients import (
     SEALED_NAME_MAX,
@@ -88,7 +92,7 @@ from bftfs.fs.clients import (
     wrap_clients,
 )
 from bftfs.fs.clients.gate import CallOrder
-from bftfs.fs.errors import Exists, NotFound, Unavailable
+from bftfs.fs.errors import Exists, NotFound
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import (
     DEFAULT_BEHIND_LIMIT,
@@ -99,16 +103,10 @@ from bftfs.fs.files import (
 )
 from bftfs.fs.handles import Handles
 from bftfs.fs.handletable import HandleTable
-from bftfs.fs.heldfiles import HeldFiles
-from bftfs.fs.inlinebatch import write_inline_many
 from bftfs.fs.leases import Leases
-from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
-from bftfs.fs.renameback import PendingRenames
-from bftfs.fs.unlinkback import PendingUnlinks
-from bftfs.fs.writeback import WriteBack
-from bftfs.fs.writebehind import PendingCreates
+from bftfs.fs.writeback import Outbox
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
 
 __all__ = [
@@ -117,6 +115,7 @@ __all__ = [
     "XATTR_CREATE",
     "XATTR_REPLACE",
     "FileSystem",
+    "open_file_system",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,20 +123,6 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = obj.RENAME_NOREPLACE
 XATTR_CREATE = obj.XATTR_CREATE
 XATTR_REPLACE = obj.XATTR_REPLACE
-
-
-class _ClassOrInstance:
-    """A method that is one function on the class and another on its instances."""
-
-    def __init__(self, on_class: Callable[..., Any], on_instance: Callable[..., Any]) -> None:
-        self.on_class = on_class
-        self.on_instance = on_instance
-        self.__doc__ = on_instance.__doc__
-
-    def __get__(self, instance: Any, owner: type) -> Callable[..., Any]:
-        if instance is None:
-            return types.MethodType(self.on_class, owner)
-        return types.MethodType(self.on_instance, instance)
 
 
 class FileSystem:
@@ -170,17 +155,12 @@ class FileSystem:
         self.rng = rng or random.SystemRandom()
         self.bs: int = config.block_size
         inline = min(getattr(config, "inline_limit", 0), self.bs)
+        #: The long-lived tasks (read-ahead, write-behind, write-back sweeps).
+        self.background = Background()
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
-        if lease_term > 0:  # leases (fs/leases.py): queries they keep good need no round
-            self.meta.leases = Leases(
-                self.meta.lease_update, self.meta.query_now, term=lease_term, b=config.b, n=config.n
-            )
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
-        if self.meta.leases is not None:
-            # What this mount answered about an object before its lease is not covered by
-            # it: the attributes its own updates left are asked for again.
-            self.meta.leases.on_grant = self.cache.forget_own
+        self.meta.leases = _leases(self.meta, self.cache, lease_term)
         self.reclaimer = Reclaimer(self.meta, self.cache)
         self.engine = FlushEngine(
             self.meta,
@@ -189,26 +169,29 @@ class FileSystem:
             readahead_max=max(readahead_max, readahead) if readahead else 0,
             big_bs=int(getattr(config, "big_blocks", 0)),
         )
-        self.names = Names(self.meta, self.cache, self.reclaimer)
         self.table = HandleTable()
-        self.pending = PendingCreates(
+        # What the mount holds back from the servers (fs/writeback/), built whole.
+        box = self.outbox = Outbox(
             self.meta,
             self.cache,
             self.table,
-            self.engine,
-            enabled=write_behind,
-            open_existing=lambda *a: self.handles.open_existing(*a),
-        )
-        self.order = self.meta.gate = CallOrder(self.pending.creates, self.pending.sends)
-        self.names.pending_names = lambda ino: [p.name for p in self.pending.pending_in(ino)]
-        self.attributes = Attributes(
-            self.meta,
-            self.cache,
-            self.table,
-            self.names,
             self.engine,
             self.reclaimer,
-            self.pending,
+            open_existing=lambda *a: self.handles.open_existing(*a),
+            flush_file=lambda f: self.handles._flush_file(f),
+            spawn=self.background.spawn,
+            write_behind=write_behind,
+            commit=commit,
+            hard=hard,
+        )
+        self.meta.gate = CallOrder(
+            box.creates.creates, box.creates.sends, mkdirs=box.mkdirs, renames=box.renames
+        )
+        self.cache.local_stat = box.local_stat
+        self.cache.pending_links = box.links_in
+        self.names = Names(self.meta, self.cache, self.reclaimer, box)
+        self.attributes = Attributes(
+            self.meta, self.cache, self.table, self.names, self.engine, self.reclaimer, box.creates
         )
         self.handles = Handles(
             self.meta,
@@ -218,138 +201,19 @@ class FileSystem:
             self.attributes,
             self.engine,
             self.reclaimer,
-            self.pending,
+            box.creates,
             dirty_limit=dirty_limit,
             behind_limit=behind_limit,
+            held=box.held,
+            answers_eio=not hard,
         )
-        # A hard mount tries a call the cluster did not answer again: what it held back
-        # must stay for that (a soft one answers EIO and drops it: docs/fs.md).
-        self.handles.answers_eio = not hard
-        if self.meta.leases is not None and commit > 0 and write_behind:
-            # Directory write-back (fs/writeback.py): closes of new files in a directory
-            # this mount holds an exclusive lease on leave their create pending.
-            self.pending.writeback = WriteBack(
-                self.meta.leases, commit, self.pending.sends.send_deferred
-            )
-            # ... and removals there return before they are sent (fs/unlinkback.py).
-            unlinks = PendingUnlinks(
-                self.meta,
-                self.cache,
-                self.reclaimer,
-                is_pending_create=self.pending.is_pending,
-                is_deferred_create=self.pending.is_deferred,
-                make_creates=self.pending.make,
-                cancellable=self.pending.cancellable,
-                cancel=self.pending.cancel,
-            )
-            unlinks.writeback = self.pending.writeback
-            self.pending.writeback.send_unlinks = unlinks.send
-            self.pending.writeback.send_touches = unlinks.send_touches
-            self.pending.unlinks = self.names.unlinks = unlinks
-            self.names.rename_here = self.pending.rename_deferred
-            # ... and the files made there are leased here too: their opens, attributes
-            # and written closes stay in the mount (fs/heldfiles.py).
-            held = HeldFiles(
-                self.meta.leases,
-                commit,
-                self.cache.files,
-                self.handles._flush_file,
-                functools.partial(write_inline_many, self.meta, self.engine),
-            )
-            self.pending.held = self.handles.held = held
-            unlinks.discard_held = held.discard
 
-            def held_back(parent: int, name: bytes) -> bool:
-                """Whether a create, removal, mkdir or rename of ``name`` in ``parent``
-                waits in write-back (a mkdir or rename of that name then goes at once)."""
-                return (
-                    self.pending.creates.named(parent, name)
-                    or unlinks.pending(parent, name) is not None
-                    or mkdirs.named(parent, name)
-                    or renames.names_held(parent, name)
-                )
-
-            # ... and mkdirs there return before they are sent (fs/mkdirback.py).
-            mkdirs = PendingMkdirs(
-                self.meta, self.cache, self.pending.writeback, held_name=held_back
-            )
-            # ... and so do renames within such a directory (fs/renameback.py).
-            renames = PendingRenames(
-                self.meta,
-                self.cache,
-                self.pending.writeback,
-                held_name=held_back,
-                is_pending_create=self.pending.is_pending,
-            )
-            self.pending.writeback.entry_senders["mkdir"] = mkdirs.send
-            self.pending.writeback.entry_senders["rename"] = renames.send
-            # ... and what a directory fsync answered EIO for is dropped (docs/fs.md).
-            wb = self.pending.writeback
-            wb.send_creates_in = self.pending.sends.send_directory
-            wb.drop_create = self.pending.sends.give_up
-            wb.drop_unlink = unlinks.drop
-            wb.entry_droppers.update(mkdir=mkdirs.drop, rename=renames.drop)
-            wb.answers_eio = not hard
-            self.order.mkdirs = self.names.mkdirs = mkdirs
-            self.order.renames = self.names.renames = renames
-            mkdirs.renames_in = renames.made_in
-            renames.made_dir = mkdirs.made
-
-            async def entries_first(directory: int) -> None:
-                """What an ungated update of ``directory``'s entries must follow."""
-                await mkdirs.made(directory)
-                await renames.made_in(directory)
-
-            self.pending.sender.made_parent = unlinks.made_dir = entries_first
-            self.cache.pending_links = mkdirs.links_in
-            self.cache.local_stat = lambda oid: (
-                mkdirs.stat_of(oid) or self.pending.deferred_stat(oid)
-            )
-
-    async def _open_fs(
-        cls: Any,  # FileSystem: bound on the class by _ClassOrInstance
-        qu: MetadataClient,
-        rw: BlockClient,
-        config: Any,
-        *,
-        uid: int = 0,
-        gid: int = 0,
-        clock_ns: Callable[[], int] = time.time_ns,
-        **options: Any,
-    ) -> FileSystem:
-        """A file system on these clients; creates the root directory if the cluster has
-        none (``fs.mkroot`` is refused once it exists, so racing clients are harmless).
-
-        Its requests name this mount (``fs/mounttag.py``: leases are per mount).  In a
-        sealed cluster its parts reach the clients through the encryption boundary
-        (``fs/seal.py``): ``seal`` (default: the cluster's, its volume key read from the
-        cluster directory; None for an unencrypted cluster)."""
-        seal = options.pop("seal") if "seal" in options else Seal.of(config)
-        tagged = MountTagged(qu)
-        qu, rw = wrap_clients(tagged, rw, seal)
-        fs = cls(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
-        tagged.mount = fs.meta.lease_token
-        if seal is not None:  # sealed names are longer: the plaintext ones shorter
-            fs.names.name_max = fs.pending.name_max = SEALED_NAME_MAX
-        try:
-            fs.cache.observed(ROOT, await fs.meta.query(ROOT, "fs.stat"))
-        except NotFound:
-            arg = {"mode": 0o755, "uid": uid, "gid": gid, "now": clock_ns()}
-            with contextlib.suppress(Exists):  # another client made it first
-                await fs.meta.update([ROOT], "fs.mkroot", arg)
-        return fs
-
-    async def _open_file(
+    async def open(
         self, ino: int, flags: int, *, reached_by_name: bool = False, looked_up: bool = False
     ) -> int:
         return await self.handles.open_file(
             ino, flags, reached_by_name=reached_by_name, looked_up=looked_up
         )
-
-    #: ``await FileSystem.open(qu, rw, config, ...)`` builds a file system,
-    #: ``await fs.open(ino, flags)`` opens a file (:meth:`Handles.open_file`): the
-    #: contract names both ``open``.
-    open = _ClassOrInstance(_open_fs, _open_file)
 
     # Names (bftfs.fs.namespace) ------------------------------------------------------------
 
@@ -481,33 +345,17 @@ class FileSystem:
         await self.handles.revalidate(fh)
 
     async def write_back(self, parallel: int = 1) -> None:
-        """Send every create directory write-back holds (``fsync`` of a directory: its
-        new names are then on a quorum), and the writes held files' closes left
-        (``fs/heldfiles.py``); ``parallel``: directories sent at once."""
-        if self.pending.writeback is not None:
-            await self.pending.writeback.send_all(parallel)
-        if self.handles.held is not None:
-            await self.handles.held.send_all()
+        """Send everything directory write-back holds (``fsync`` of a directory: its new
+        names are then on a quorum), and the writes held files' closes left
+        (``Outbox.send_all``); ``parallel``: directories sent at once."""
+        await self.outbox.send_all(parallel)
 
     async def sync_directory(self, ino: int) -> None:
-        """``fsync`` of directory ``ino``: its held-back entries (creates, removals, mkdirs,
-        renames in it) are on a quorum when it returns, and an error says they are not -
-        and, answered EIO, that they were dropped (``WriteBack.sync_directory``).  Then the
-        rest this mount holds back goes too, as before (``bftfs`` commands fsync the mount
-        point for it), its failures logged and kept for a later send."""
-        wb = self.pending.writeback
-        if wb is not None:
-            await wb.sync_directory(ino)
-        else:  # no write-back: only creates kept after a failed send can wait
-            unmade = await self.pending.sends.send_directory(ino)
-            if unmade:
-                names = [p.name for p in unmade]
-                e = Unavailable(f"directory {ino}: creates not on a quorum: {names[:5]!r}")
-                if self.handles.answers_eio:
-                    for p in unmade:
-                        self.pending.sends.give_up(p, e)
-                raise e
-        await self.write_back()
+        """``fsync`` of directory ``ino`` (``Outbox.sync_directory``): its held-back entries
+        (creates, removals, mkdirs, renames in it) are on a quorum when it returns, and an
+        error says they are not; then the rest this mount holds back goes too (``bftfs``
+        commands fsync the mount point for it)."""
+        await self.outbox.sync_directory(ino)
 
     async def release(self, fh: int) -> None:
         await self.handles.release(fh)
@@ -542,7 +390,7 @@ class FileSystem:
 
     @property
     def qu(self) -> MetadataClient:
-        """The Q/U client (:class:`~bftfs.fs.meta.Meta` sends through it)."""
+        """The Q/U client (:class:`~bftfs.fs.clients.calls.Meta` sends through it)."""
         return self.meta.qu
 
     @qu.setter
@@ -574,11 +422,11 @@ class FileSystem:
 
     @property
     def write_behind(self) -> bool:
-        return self.pending.write_behind
+        return self.outbox.creates.write_behind
 
     @property
     def methods(self) -> Counter[str]:
-        """Q/U operations sent, by method (:class:`~bftfs.fs.meta.Meta`)."""
+        """Q/U operations sent, by method (:class:`~bftfs.fs.clients.calls.Meta`)."""
         return self.meta.methods
 
     @property
@@ -610,6 +458,66 @@ class FileSystem:
         return dict(self.cache.files)
 
 
+def _leases(meta: Meta, cache: MetadataCache, term: float) -> Leases | None:
+    """The mount's leases (``fs/leases.py``: queries they keep good need no round), or None
+    when ``term`` is 0."""
+    if term <= 0:
+        return None
+    config = meta.config
+    leases = Leases(meta.lease_update, meta.query_now, term=term, b=config.b, n=config.n)
+    # What this mount answered about an object before its lease is not covered by it: the
+    # attributes its own updates left are asked for again.
+    leases.on_grant = cache.forget_own
+    return leases
+
+
 def _implements_api(fs: FileSystem) -> FileSystemAPI:
     """(Never called: mypy checks here that the file system implements the interface.)"""
     return fs
+
+
+@asynccontextmanager
+async def open_file_system(
+    qu: MetadataClient,
+    rw: BlockClient,
+    config: Any,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    clock_ns: Callable[[], int] = time.time_ns,
+    **options: Any,
+) -> AsyncIterator[FileSystem]:
+    """A running file system on these clients, for the ``async with`` block; creates the
+    root directory if the cluster has none (``fs.mkroot`` is refused once it exists, so
+    racing clients are harmless).
+
+    Its background work (read-ahead, write-behind, lease renewals, write-back sweeps)
+    runs in a nursery this opens and cancels at the end of the block: the one owner and
+    shutdown path of every long-lived task (``fs/background.py``).  What must reach the
+    servers before that (write-back, lease releases) is the caller's to finish first, as
+    :func:`bftfs.fs.session.open_session` does.
+
+    Its requests name this mount (``fs/clients/mounttag.py``: leases are per mount).  In a
+    sealed cluster its parts reach the clients through the encryption boundary
+    (``fs/clients/seal.py``): ``seal`` (default: the cluster's, its volume key read from the
+    cluster directory; None for an unencrypted cluster)."""
+    seal = options.pop("seal") if "seal" in options else Seal.of(config)
+    tagged = MountTagged(qu)
+    qu, rw = wrap_clients(tagged, rw, seal)
+    fs = FileSystem(qu, rw, config, uid=uid, gid=gid, clock_ns=clock_ns, **options)
+    tagged.mount = fs.meta.lease_token
+    if seal is not None:  # sealed names are longer: the plaintext ones shorter
+        fs.names.name_max = fs.outbox.creates.name_max = SEALED_NAME_MAX
+    async with trio.open_nursery() as nursery:
+        fs.background.attach(nursery)
+        try:
+            try:
+                fs.cache.observed(ROOT, await fs.meta.query(ROOT, "fs.stat"))
+            except NotFound:
+                arg = {"mode": 0o755, "uid": uid, "gid": gid, "now": clock_ns()}
+                with contextlib.suppress(Exists):  # another client made it first
+                    await fs.meta.update([ROOT], "fs.mkroot", arg)
+            yield fs
+        finally:
+            fs.background.detach()
+            nursery.cancel_scope.cancel()

@@ -34,12 +34,10 @@ from bftfs.fs.errors import (
 )
 from bftfs.fs.filedata import FlushEngine
 from bftfs.fs.files import OpenFile
-from bftfs.fs.flushbehind import behind_done, flush_behind
 from bftfs.fs.handletable import HandleTable
-from bftfs.fs.heldfiles import HeldFiles
 from bftfs.fs.namespace import Names
 from bftfs.fs.reclaim import Reclaimer
-from bftfs.fs.writebehind import PendingCreates
+from bftfs.fs.writeback import HeldFiles, PendingCreates, behind_done, flush_behind
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +74,8 @@ class Handles:
         *,
         dirty_limit: int,
         behind_limit: int,
+        held: HeldFiles | None = None,
+        answers_eio: bool = True,
     ) -> None:
         self.meta = meta
         self.cache = cache
@@ -95,10 +95,10 @@ class Handles:
         #: Whether a flush that fails for want of the cluster is answered EIO (a ``soft``
         #: mount): the file's held-back work is then dropped (:meth:`_unsent`, docs/fs.md
         #: "What EIO means").  False on a ``hard`` mount, which tries the call again.
-        self.answers_eio = True
-        #: The files this mount holds exclusively (``fs/heldfiles.py``; None: leases or
+        self.answers_eio = answers_eio
+        #: The files this mount holds exclusively (``fs/writeback/held.py``; None: leases or
         #: write-back are off).
-        self.held: HeldFiles | None = None
+        self.held = held
 
     def keep_cache(self, fh: int) -> bool:
         """Whether the kernel may keep its cached pages of this handle's file (FUSE
@@ -335,7 +335,7 @@ class Handles:
         for a background flush first and reports its error (after sending what is still
         buffered: the error says an earlier write may not have reached the servers).  A
         close (not ``durable``) of a small new file in a directory this mount holds an
-        exclusive lease on leaves its create to directory write-back (``fs/writeback.py``)."""
+        exclusive lease on leaves its create to directory write-back (``fs/writeback/``)."""
         f, _ = self.table.handle(fh)
         if fh in f.dropped_for:
             f.dropped_for.discard(fh)
@@ -384,7 +384,7 @@ class Handles:
 
     def _may_defer(self, f: OpenFile) -> bool:
         """Whether a close may leave ``f``'s buffered writes for later: its create waits in
-        directory write-back, or the file is leased here exclusively (``fs/heldfiles.py``)."""
+        directory write-back, or the file is leased here exclusively (``fs/writeback/held.py``)."""
         if self.pending.defers(f):
             return True
         if self.held is None or not f.buffered or self.pending.not_made(f.ino):

@@ -2,7 +2,7 @@
 
 State only, shared by the parts that act through handles (:mod:`bftfs.fs.handles`, the
 attributes' change through a handle in :mod:`bftfs.fs.attributes`, and the pending
-creates of :mod:`bftfs.fs.writebehind`, which move a collided file's handles).
+creates of :mod:`bftfs.fs.writeback.creates`, which move a collided file's handles).
 """
 
 from __future__ import annotations

@@ -340,7 +340,7 @@ class Leases:
     def want_exclusive_file(self, oid: int) -> None:
         """This mount closed regular file ``oid`` with writes it had to send at once (not
         held here): after :data:`USES` such closes an exclusive lease is asked for, so that
-        later ones leave their writes in the mount (``fs/heldfiles.py``).  No listing is
+        later ones leave their writes in the mount (``fs/writeback/held.py``).  No listing is
         read for it (:meth:`_ensure_listing`)."""
         self._files.add(oid)
         self.want_exclusive(oid)
@@ -410,7 +410,7 @@ class Leases:
 
     def want_exclusive(self, oid: int) -> None:
         """This mount defers a create or a removal in directory ``oid`` (or would, with an
-        exclusive lease: ``fs/writeback.py``): after :data:`USES` of them an exclusive
+        exclusive lease: ``fs/writeback/``): after :data:`USES` of them an exclusive
         lease is asked for, so that later ones may wait (write-back); a held one is renewed
         when a third of it is left."""
         now = trio.current_time()
@@ -426,7 +426,7 @@ class Leases:
     async def take_exclusive(self, oid: int) -> None:
         """Take an exclusive lease on directory ``oid`` now, not after :data:`USES` creates:
         a program about to make many entries there at once (``bftfs restore``,
-        ``fs/pastrestore.py``) has its closes deferred from the first (``fs/writeback.py``)."""
+        ``fs/pastrestore.py``) has its closes deferred from the first (``fs/writeback/``)."""
         if self.exclusive_left(oid) <= 0:
             await self._take([oid], EXCLUSIVE)
 

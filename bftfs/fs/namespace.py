@@ -31,11 +31,9 @@ from bftfs.fs.errors import (
     StaleView,
     check_name,
 )
-from bftfs.fs.mkdirback import PendingMkdirs
 from bftfs.fs.reclaim import Reclaimer
 from bftfs.fs.rename import Rename
-from bftfs.fs.renameback import PendingRenames
-from bftfs.fs.unlinkback import PendingUnlinks
+from bftfs.fs.writeback import Outbox
 from bftfs.fsobjects import ROOT
 from bftfs.fsobjects.leases import INHERIT, LEASE_TIME, NEW_LEASE
 from bftfs.qu.timestamp import MAX_OBJECTS
@@ -64,9 +62,16 @@ async def _never(*_args: object) -> bool:
 
 class Names:
     """Names and the objects they lead to.  Given the protocol calls, the cache, and the
-    reclaimer (a removed file's blocks are given back)."""
+    reclaimer (a removed file's blocks are given back), and the outbox (``fs/writeback/``:
+    what this mount holds back; None: nothing is)."""
 
-    def __init__(self, meta: Meta, cache: MetadataCache, reclaimer: Reclaimer) -> None:
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        reclaimer: Reclaimer,
+        outbox: Outbox | None = None,
+    ) -> None:
         #: The longest name (shorter in a sealed cluster: ``fs/clients/seal.py``).
         self.name_max = obj.NAME_MAX
         self.meta = meta
@@ -78,21 +83,22 @@ class Names:
         #: Last ESTALE for a stale name (monotonic s), and objects a lookup found right
         #: after one, with until when (:meth:`check_reached`).
         self._refused_stale_at = -1e9
-        #: The names of the creates this mount has not sent in a directory
-        #: (``PendingCreates.pending_in``, wired by ``FileSystem``).
-        self.pending_names: Callable[[int], list[bytes]] = lambda _ino: []
+        #: The names of the creates this mount has not sent in a directory.
+        self.pending_names: Callable[[int], list[bytes]] = (
+            (lambda _ino: []) if outbox is None else outbox.pending_names
+        )
 
         self._refused_names: set[tuple[int, bytes]] = set()
         self._revalidated: dict[int, float] = {}
-        #: Removals left to directory write-back (``fs/unlinkback.py``; None: none).
-        self.unlinks: PendingUnlinks | None = None
-        #: Applies a rename in the mount when it may be (``PendingCreates.rename_deferred``,
-        #: wired by ``FileSystem`` with write-back): whether it did.
-        self.rename_here: Callable[[int, bytes, int, bytes, int], Awaitable[bool]] = _never
-        #: Mkdirs left to directory write-back (``fs/mkdirback.py``; None: none).
-        self.mkdirs: PendingMkdirs | None = None
-        #: Renames left to directory write-back (``fs/renameback.py``; None: none).
-        self.renames: PendingRenames | None = None
+        #: Applies a rename in the mount when it may be (``PendingCreates.rename_deferred``):
+        #: whether it did.
+        self.rename_here: Callable[[int, bytes, int, bytes, int], Awaitable[bool]] = (
+            _never if outbox is None else outbox.creates.rename_deferred
+        )
+        #: Removals, mkdirs and renames left to directory write-back (None: none).
+        self.unlinks = None if outbox is None else outbox.unlinks
+        self.mkdirs = None if outbox is None else outbox.mkdirs
+        self.renames = None if outbox is None else outbox.renames
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -129,7 +135,7 @@ class Names:
 
     def _held_here(self, ino: int) -> bool:
         """Whether this mount holds ``ino`` exclusively: its kept state is the file's
-        (``fs/heldfiles.py``)."""
+        (``fs/writeback/held.py``)."""
         leases = self.meta.leases
         return leases is not None and leases.exclusive_left(ino) > 0
 
@@ -439,7 +445,7 @@ class Names:
         if leases is None:
             return await self._make(parent, name, "fs.mkdir", arg)
         if leases.exclusive_left(parent) > 0:
-            if self.mkdirs is not None:  # answered here, sent later (fs/mkdirback.py)
+            if self.mkdirs is not None:  # answered here, sent later (fs/writeback/mkdirs.py)
                 check_name(name, self.name_max)
                 answered = self.mkdirs.defer(parent, name, mode, uid, gid)
                 if answered is not None:
@@ -505,7 +511,7 @@ class Names:
         if method == "fs.unlink" and self.unlinks is not None:
             known = self.cache.names.get(parent, {}).get(name)
             if known is not None and self.unlinks.defer(parent, name, *known):
-                return  # written back later (fs/unlinkback.py)
+                return  # written back later (fs/writeback/unlinks.py)
         fresh = False
         for _ in range(MAX_ATTEMPTS):
             oid, code = await self.cache.entry(parent, name, fresh)
@@ -548,7 +554,7 @@ class Names:
         if self.renames is not None and self.renames.defer(
             parent, name, new_parent, new_name, flags
         ):
-            return  # written back later (fs/renameback.py)
+            return  # written back later (fs/writeback/renames.py)
         await Rename(self.meta, self.cache, self.reclaimer, self.name_max).run(
             parent, name, new_parent, new_name, flags
         )

@@ -7,7 +7,7 @@ update: a thousand files took as long as a ``cp -a`` of them.  Here the tree is 
 with the calls a mount's own batching is built on: directories made first, each with its
 mode; then every file created with its mode and owner, written, and its times set through
 its open handle (they join the buffered write), :data:`PARALLEL` at a time; the closes
-leave small files to directory write-back (``fs/writeback.py``), which sends them with
+leave small files to directory write-back (``fs/writeback/``), which sends them with
 their content, six to an update (``fs.createmany``); a file past the inline limit gets its
 blocks written as any file's.  Then everything held is sent, :data:`PARALLEL_DIRS`
 directories at a time, and directories get their times (their own mtime moves as their

@@ -20,7 +20,7 @@ from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.clients import BlockClient, EngineClient, MetadataClient, Seal
 from bftfs.fs.fabpast import FabPast
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generations import Generations
 from bftfs.fs.past import Past
 from bftfs.membership.client import ClientViews
@@ -45,7 +45,7 @@ class Session:
     rw: BlockClient
     #: The endpoint under both (``bftfs.net.endpoint.Endpoint``: its transport faults).
     endpoint: Endpoint | None = None
-    #: The clients of each generation the session spans (``fs/generationclients.py``).
+    #: The clients of each generation the session spans (``fs/generations/clients.py``).
     generations: Generations | None = None
 
     def faults(self) -> dict[int, dict[str, int]]:
@@ -107,10 +107,10 @@ async def open_session(
     config: ClusterConfig, client: str, **options: Any
 ) -> AsyncIterator[Session]:
     """The file system of ``config``'s cluster as client ``client`` (its key from the
-    cluster directory); ``options`` go to :meth:`FileSystem.open`.  Creates the root
+    cluster directory); ``options`` go to :func:`open_file_system`.  Creates the root
     directory if the cluster has none.  The session follows the view: a change of
     generation while it runs opens the new generation's clients, and the file system
-    goes on over both while objects move (``fs/generationclients.py``)."""
+    goes on over both while objects move (``fs/generations/clients.py``)."""
     ident = client_identity(config, client)
     ring = KeyRing(ident, config.node_public_keys())
     await check_identity(config, ring)  # an unknown key fails now, not after every timeout
@@ -119,7 +119,9 @@ async def open_session(
         ep = await stack.enter_async_context(open_client(config, client, views=views))
         gens = Generations(config, ident, views, stack, nursery, metadata_client)
         await gens.start(ep)
-        fs = await FileSystem.open(gens.qu, gens.rw, gens.config, **options)
+        fs = await stack.enter_async_context(
+            open_file_system(gens.qu, gens.rw, gens.config, **options)
+        )
         gens.mount = fs.meta.lease_token
         leases = fs.meta.leases
         if leases is not None:
@@ -131,7 +133,7 @@ async def open_session(
         try:
             yield Session(fs, gens.qu, gens.rw, ep, gens)
         finally:
-            if fs.pending.writeback is not None:  # what closes left for write-back goes now
+            if fs.outbox.writeback is not None:  # what closes left for write-back goes now
                 with trio.move_on_after(WRITE_BACK_AT_END):
                     await fs.write_back()
             if leases is not None:

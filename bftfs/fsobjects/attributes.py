@@ -25,28 +25,28 @@ from bftfs.fsobjects.limits import (
     XATTR_TOTAL_MAX,
 )
 from bftfs.fsobjects.ranges import (
-    _add_stale,
-    _clip_stale,
-    _leaving_inline,
-    _not_locked_by_other,
-    _settle_lease,
+    add_stale,
+    clip_stale,
+    leaving_inline,
+    not_locked_by_other,
+    settle_lease,
 )
 from bftfs.fsobjects.state import (
-    _arg,
-    _inline,
-    _int,
-    _node,
-    _opt_int,
-    _opt_time,
-    _time,
-    _touch,
+    check_arg,
+    check_inline,
+    check_int,
+    check_opt_int,
+    check_opt_time,
+    check_time,
     check_xattr_name,
+    node_state,
     stat_of,
+    touch_state,
 )
 from bftfs.qu.objects import MethodRefused, States
 
 
-def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """chmod / chown / utimens / truncate on one object.
 
     A size change is a truncation: to zero it must bring a new data id (so no old block is
@@ -55,77 +55,77 @@ def _setattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     beyond ``alloc`` blocks were never written).  ``touch``: a time the mtime and ctime
     only move forward to (a directory's times sent late by a mount's write-back).
     """
-    a = _arg(arg)
+    a = check_arg(arg)
     ((oid, state),) = states.items()
-    s = _node(state)
+    s = node_state(state)
     if s["k"] == "d" and s["dead"]:
         raise MethodRefused("not-found")
-    now = _time(a)
-    mode = _opt_int(a, "mode", 0, 0o177777)
+    now = check_time(a)
+    mode = check_opt_int(a, "mode", 0, 0o177777)
     if mode is not None:
         s["mode"] = (s["mode"] & ~0o7777) | (mode & 0o7777)
-    uid, gid = _opt_int(a, "uid", 0, MAX_ID), _opt_int(a, "gid", 0, MAX_ID)
+    uid, gid = check_opt_int(a, "uid", 0, MAX_ID), check_opt_int(a, "gid", 0, MAX_ID)
     if uid is not None:
         s["uid"] = uid
     if gid is not None:
         s["gid"] = gid
-    atime, mtime = _opt_time(a, "atime"), _opt_time(a, "mtime")
+    atime, mtime = check_opt_time(a, "atime"), check_opt_time(a, "mtime")
     if atime is not None:
         s["at"] = atime
     if mtime is not None:
         s["mt"] = mtime
-    touch = _opt_time(a, "touch")
+    touch = check_opt_time(a, "touch")
     if touch is not None:
         # Times a directory's entries changed at, sent late (a create and its removal
-        # that cancelled in a mount's write-back, fs/unlinkback.py): they only move
+        # that cancelled in a mount's write-back, fs/writeback/unlinks.py): they only move
         # forward, so an update of the directory taken meanwhile keeps its later times.
         s["mt"] = max(s["mt"], touch)
         now = max(now, s["ct"])
-    size = _opt_int(a, "size", 0, MAX_SIZE)
+    size = check_opt_int(a, "size", 0, MAX_SIZE)
     if size is not None:
         if s["k"] == "d":
             raise MethodRefused("is-dir")
         if not st.S_ISREG(s["mode"]):
             raise MethodRefused("invalid", "only regular files have a size to set")
-        _not_locked_by_other(s, a)
+        not_locked_by_other(s, a)
         # (A truncation's own lease declared nothing: its zeros are harmless anywhere.)
-        _settle_lease(s, a, completed=False)
-        if s.get("wl") is not None and s["wl"][0] == _opt_int(a, "tok", 1, MAX_OID):
+        settle_lease(s, a, completed=False)
+        if s.get("wl") is not None and s["wl"][0] == check_opt_int(a, "tok", 1, MAX_OID):
             s["wl"] = None  # a truncation that cleared blocks under its lease
         if size == 0:
-            data_id = _int(a, "d", 1, MAX_OID)
+            data_id = check_int(a, "d", 1, MAX_OID)
             if data_id == s["d"]:
                 raise MethodRefused("invalid", "truncation to zero needs a fresh data id")
-            s["d"], s["alloc"] = data_id, _int(a, "alloc", 0, MAX_SIZE)
+            s["d"], s["alloc"] = data_id, check_int(a, "alloc", 0, MAX_SIZE)
             s["w"] = []  # (also starts the records for a file made before they existed)
             s["z"] = []
-        elif _opt_int(a, "d", 1, MAX_OID) not in (None, s["d"]):
+        elif check_opt_int(a, "d", 1, MAX_OID) not in (None, s["d"]):
             raise MethodRefused("stale", "data id changed")
-        inline = _inline(a, size)
+        inline = check_inline(a, size)
         if inline is None and s.get("i") is not None and not a.get("blocks"):
             raise MethodRefused("invalid", "an inline file's size changes with its content")
         if s.get("w") is not None:
             if inline is not None:
                 s["w"] = []
             elif s.get("i") is not None:
-                s["w"] = _leaving_inline(s)
+                s["w"] = leaving_inline(s)
             if inline is None:
                 # What a truncation cuts off stays in the blocks: stale beyond the size,
                 # cleared by whoever grows the file again (only that, not the gap).
-                _add_stale(s, [[max(lo, size), hi] for lo, hi in s["w"] if hi > size], size)
+                add_stale(s, [[max(lo, size), hi] for lo, hi in s["w"] if hi > size], size)
             s["w"] = [[lo, min(hi, size)] for lo, hi in s["w"] if lo < size]
         if inline is None and size > s["size"]:
-            _clip_stale(s, size)  # the client cleared them up to the new size
+            clip_stale(s, size)  # the client cleared them up to the new size
         s["i"] = inline
-        _raise_block_time(s, a)
+        raise_block_time(s, a)
         if size != s["size"] and mtime is None:
             s["mt"] = now
         s["size"] = size
-    _touch(s, now, modify=False)
+    touch_state(s, now, modify=False)
     return {oid: s}, stat_of(s)
 
 
-def _raise_block_time(f: dict[str, Any], a: dict[str, Any]) -> None:
+def raise_block_time(f: dict[str, Any], a: dict[str, Any]) -> None:
     """Record the newest PASIS Time of the blocks this update's client wrote (``bt``).
 
     Clients write a file's blocks at Times above the file's ``bt`` (``RWClient.write_block``
@@ -142,22 +142,22 @@ def _raise_block_time(f: dict[str, Any], a: dict[str, Any]) -> None:
     (:data:`CLOCKS`, ``Method.clocks``; outside this method, which reads no clock): a
     correct writer's ``bt`` is a Time the nodes accepted for its blocks, so it never is.
     """
-    bt = _opt_int(a, "bt", 0, MAX_BLOCK_TIME)
+    bt = check_opt_int(a, "bt", 0, MAX_BLOCK_TIME)
     if bt is not None and bt > f.get("bt", 0):
         f["bt"] = bt
 
 
-def _setxattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
-    a = _arg(arg)
+def fs_setxattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    a = check_arg(arg)
     ((oid, state),) = states.items()
-    s = _node(state)
+    s = node_state(state)
     name = check_xattr_name(a.get("name"))
     value = a.get("value")
     if not isinstance(value, bytes):
         raise MethodRefused("invalid", "value must be bytes")
     if len(value) > XATTR_SIZE_MAX + SEALED_EXTRA:  # a mount may seal it (clients check
         raise MethodRefused("too-big")  # XATTR_SIZE_MAX on the value itself)
-    flags = _int(a, "flags", 0, XATTR_CREATE | XATTR_REPLACE)
+    flags = check_int(a, "flags", 0, XATTR_CREATE | XATTR_REPLACE)
     x = dict(s["x"])
     if flags & XATTR_CREATE and name in x:
         raise MethodRefused("exists")
@@ -167,17 +167,17 @@ def _setxattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     if sum(len(k) + len(v) for k, v in x.items()) > XATTR_TOTAL_MAX:
         raise MethodRefused("no-space")
     s["x"] = x
-    _touch(s, _time(a), modify=False)
+    touch_state(s, check_time(a), modify=False)
     return {oid: s}, None
 
 
-def _removexattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
-    a = _arg(arg)
+def fs_removexattr(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    a = check_arg(arg)
     ((oid, state),) = states.items()
-    s = _node(state)
+    s = node_state(state)
     x = dict(s["x"])
     if x.pop(check_xattr_name(a.get("name")), None) is None:
         raise MethodRefused("no-attr")
     s["x"] = x
-    _touch(s, _time(a), modify=False)
+    touch_state(s, check_time(a), modify=False)
     return {oid: s}, None

@@ -6,11 +6,11 @@ truncation to zero.  ``alloc`` is a reservation mark: no block at or beyond it h
 written under ``d``, so it reads as a hole; bytes in ``[size, alloc)`` may hold data of a
 write whose size update never came (a crashed client) or that a truncation cut off, which a
 client extending the file overwrites with zeros first: only where the object's stale ranges
-``z`` and the running lease's declaration say (:func:`_add_stale`), not the whole gap.
+``z`` and the running lease's declaration say (:func:`add_stale`), not the whole gap.
 A client takes the file's write lease and raises ``alloc``
 (``fs.lock``) *before* writing blocks and sends ``fs.write`` (size, mtime; it ends the
 lease) *after* its blocks are complete: blocks are whole-block versions, so two clients
-writing one block at once would each replace the other's bytes (see :func:`_lock`).
+writing one block at once would each replace the other's bytes (see :func:`fs_lock`).
 
 Per-file block size (docs/fs.md): an attribute object may record ``bs``, the size of the
 file's blocks; absent, the file has the cluster's ``block_size`` (files made before it
@@ -40,7 +40,7 @@ from __future__ import annotations
 import stat as st
 from typing import Any
 
-from bftfs.fsobjects.attributes import _raise_block_time
+from bftfs.fsobjects.attributes import raise_block_time
 from bftfs.fsobjects.limits import (
     MAX_COUNTER,
     MAX_FILE_BLOCK,
@@ -51,55 +51,64 @@ from bftfs.fsobjects.limits import (
     MAX_TIME,
 )
 from bftfs.fsobjects.ranges import (
-    _add_stale,
-    _clip_stale,
-    _lease_declaration,
-    _leaving_inline,
-    _not_locked_by_other,
-    _settle_lease,
-    _written,
+    add_stale,
+    clip_stale,
+    lease_declaration,
+    leaving_inline,
     merge_extents,
+    not_locked_by_other,
+    settle_lease,
+    written_ranges,
 )
-from bftfs.fsobjects.state import _arg, _file, _inline, _int, _opt_int, _opt_time, _time, stat_of
+from bftfs.fsobjects.state import (
+    check_arg,
+    check_inline,
+    check_int,
+    check_opt_int,
+    check_opt_time,
+    check_time,
+    file_state,
+    stat_of,
+)
 from bftfs.qu.objects import MethodRefused, States
 
 
 def _unchanged(f: dict[str, Any], a: dict[str, Any]) -> None:
     """Refuse as ``stale`` unless the file still has the client's data id (and version
     counter ``v``, when given): the client decided what to write from those."""
-    if _int(a, "d", 1, MAX_OID) != f["d"]:
+    if check_int(a, "d", 1, MAX_OID) != f["d"]:
         raise MethodRefused("stale", "data id changed")
-    v = _opt_int(a, "v", 0, MAX_COUNTER)
+    v = check_opt_int(a, "v", 0, MAX_COUNTER)
     if v is not None and v != f["v"]:
         raise MethodRefused("stale", "file changed")
 
 
-def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """After blocks up to ``end`` are complete: size = max(size, end), mtime, and optionally a
     larger reservation for the next writes.  Refused as ``stale`` when the file's data id
     changed since the client wrote its blocks (another client truncated it to zero).
 
     With ``i`` the write is the whole inline content instead (size = ``end`` = its length;
     the version counter ``v`` is then required); ``blocks`` moves an inline file to blocks.
-    ``w``: the byte ranges this write stored in blocks (see :func:`_written`).
+    ``w``: the byte ranges this write stored in blocks (see :func:`written_ranges`).
     """
-    a = _arg(arg)
+    a = check_arg(arg)
     ((oid, state),) = states.items()
-    f = _file(state)
+    f = file_state(state)
     if not st.S_ISREG(f["mode"]):
         raise MethodRefused("invalid", "not a regular file")
     _unchanged(f, a)
-    _not_locked_by_other(f, a)
-    end = _int(a, "end", 0, MAX_SIZE)
-    inline = _inline(a, end)
-    _settle_lease(f, a, completed=True)
+    not_locked_by_other(f, a)
+    end = check_int(a, "end", 0, MAX_SIZE)
+    inline = check_inline(a, end)
+    settle_lease(f, a, completed=True)
     if inline is not None:
         if a.get("v") is None:
             raise MethodRefused("invalid", "an inline write needs the version it replaces")
         f["size"] = end
         if f.get("w") is not None:
             if f.get("i") is None:
-                _add_stale(f, f["w"], 0)  # the blocks are unused from now on
+                add_stale(f, f["w"], 0)  # the blocks are unused from now on
             f["w"] = []
     else:
         if f.get("i") is not None and not a.get("blocks"):
@@ -108,18 +117,18 @@ def _write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         if end > f["alloc"]:
             raise MethodRefused("invalid", "blocks beyond the reservation")
         if f.get("i") is not None:
-            f["w"] = _leaving_inline(f)
-        f["w"] = _written(a, f)
+            f["w"] = leaving_inline(f)
+        f["w"] = written_ranges(a, f)
         f["size"] = max(f["size"], end)
-        _clip_stale(f, f["size"])  # the writer cleared them up to its end
+        clip_stale(f, f["size"])  # the writer cleared them up to its end
     f["i"] = inline
-    f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
-    _raise_block_time(f, a)
-    mtime = _time(a, "mtime")
+    f["alloc"] = max(f["alloc"], check_opt_int(a, "alloc", 0, MAX_SIZE) or 0)
+    raise_block_time(f, a)
+    mtime = check_time(a, "mtime")
     f["mt"] = mtime
     f["ct"] = max(f["ct"], mtime)
     _written_back_attrs(f, a.get("attrs"))
-    if f.get("wl") is not None and f["wl"][0] == _opt_int(a, "tok", 1, MAX_OID):
+    if f.get("wl") is not None and f["wl"][0] == check_opt_int(a, "tok", 1, MAX_OID):
         f["wl"] = None  # the writer's blocks are complete: its lease ends with its size update
     if "keep" in a:
         _keep_lease(f, a, inline)
@@ -132,19 +141,22 @@ def _keep_lease(f: dict[str, Any], a: dict[str, Any], inline: Any) -> None:
     declaring (``z``) where its next blocks will lie, so a sequential writer's next flush
     needs no ``fs.lock`` round (issue 34).  What the lease lets it do is what ``fs.lock``
     taken right after this write would: the write's ``v`` was checked, nobody else holds
-    the lease (:func:`_not_locked_by_other`), and the declaration becomes stale if the
-    holder never completes (:func:`_settle_lease`), as a locked flush's does."""
+    the lease (:func:`not_locked_by_other`), and the declaration becomes stale if the
+    holder never completes (:func:`settle_lease`), as a locked flush's does."""
     if inline is not None or a.get("v") is None:
         raise MethodRefused("invalid", "only a block write of a known version keeps a lease")
-    now = _time(a)
-    f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + _int(a, "keep", 1, MAX_LEASE), MAX_TIME)]
+    now = check_time(a)
+    f["wl"] = [
+        check_int(a, "tok", 1, MAX_OID),
+        min(now + check_int(a, "keep", 1, MAX_LEASE), MAX_TIME),
+    ]
     if f.get("z") is not None:
-        f["wl"].append(_lease_declaration(f, a))
+        f["wl"].append(lease_declaration(f, a))
 
 
-def _write_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_write_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """The inline contents of several small files in one update (write-back of the files a
-    mount holds, ``fs/heldfiles.py``): exactly what each one's ``fs.write`` with ``i``, one
+    mount holds, ``fs/writeback/held.py``): exactly what each one's ``fs.write`` with ``i``, one
     after another, would leave, or nothing (any one refused refuses them all).
 
     Objects: each file once.  Argument: ``now`` (the latest time of the items: the one
@@ -152,8 +164,8 @@ def _write_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     with its object ``o`` and a ``now`` no later than the batch's (no blocks: ``bt`` and
     ``blocks`` are refused).  Answer: the files' stats in the order of ``files``.
     """
-    a = _arg(arg)
-    latest = _time(a)
+    a = check_arg(arg)
+    latest = check_time(a)
     files = a.get("files")
     if not isinstance(files, list) or not files:
         raise MethodRefused("invalid", "fs.writemany needs files")
@@ -161,14 +173,19 @@ def _write_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     named: set[int] = set()
     stats = []
     for item in files:
-        f = _arg(item)
-        oid = _int(f, "o", 1, MAX_OID)
+        f = check_arg(item)
+        oid = check_int(f, "o", 1, MAX_OID)
         if oid not in states or oid in named:
             raise MethodRefused("invalid", "fs.writemany names an object twice or not at all")
-        if _time(f) > latest or "bt" in f or f.get("blocks") or not isinstance(f.get("i"), bytes):
+        if (
+            check_time(f) > latest
+            or "bt" in f
+            or f.get("blocks")
+            or not isinstance(f.get("i"), bytes)
+        ):
             raise MethodRefused("invalid", "an item of fs.writemany is not an inline write")
         named.add(oid)
-        made, fst = _write({oid: work[oid]}, f)
+        made, fst = fs_write({oid: work[oid]}, f)
         work.update(made)
         stats.append(fst)
     if len(named) != len(states):
@@ -180,22 +197,22 @@ def _written_back_attrs(f: dict[str, Any], attrs: Any) -> None:
     """chmod/chown/atime changes a client held back while writing (sent with the write)."""
     if attrs is None:
         return
-    a = _arg(attrs)
+    a = check_arg(attrs)
     if set(a) - {"mode", "uid", "gid", "atime"}:
         raise MethodRefused("invalid", "unknown attribute")
-    mode = _opt_int(a, "mode", 0, 0o177777)
+    mode = check_opt_int(a, "mode", 0, 0o177777)
     if mode is not None:
         f["mode"] = (f["mode"] & ~0o7777) | (mode & 0o7777)
     for key, name in (("uid", "uid"), ("gid", "gid")):
-        v = _opt_int(a, key, 0, MAX_ID)
+        v = check_opt_int(a, key, 0, MAX_ID)
         if v is not None:
             f[name] = v
-    atime = _opt_time(a, "atime")
+    atime = check_opt_time(a, "atime")
     if atime is not None:
         f["at"] = atime
 
 
-def _lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Take the file's write lease before writing blocks, and raise the reservation mark.
 
     Blocks are whole-block PASIS versions: two clients writing the same block at once would
@@ -207,24 +224,24 @@ def _lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     free.  Refused ``locked`` while another client's lease runs, ``stale`` when the file
     changed since ``v``.
     """
-    a = _arg(arg)
+    a = check_arg(arg)
     ((oid, state),) = states.items()
-    f = _file(state)
+    f = file_state(state)
     if not st.S_ISREG(f["mode"]):
         raise MethodRefused("invalid", "not a regular file")
     _unchanged(f, a)
     if a.get("v") is None:
         raise MethodRefused("invalid", "a lock needs the version it was computed from")
-    _not_locked_by_other(f, a)
-    now = _time(a)
-    tok = _int(a, "tok", 1, MAX_OID)
+    not_locked_by_other(f, a)
+    now = check_time(a)
+    tok = check_int(a, "tok", 1, MAX_OID)
     _record_block_size(f, a)
     carried = _continued_declaration(f, tok, now)
-    _settle_lease(f, a, completed=False)  # another lease's blocks may be there
-    f["wl"] = [tok, min(now + _int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
-    f["alloc"] = max(f["alloc"], _opt_int(a, "alloc", 0, MAX_SIZE) or 0)
+    settle_lease(f, a, completed=False)  # another lease's blocks may be there
+    f["wl"] = [tok, min(now + check_int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
+    f["alloc"] = max(f["alloc"], check_opt_int(a, "alloc", 0, MAX_SIZE) or 0)
     if f.get("z") is not None:
-        f["wl"].append(merge_extents(carried + _lease_declaration(f, a)))
+        f["wl"].append(merge_extents(carried + lease_declaration(f, a)))
     f["v"] += 1
     return {oid: f}, stat_of(f)
 
@@ -249,7 +266,7 @@ def _record_block_size(f: dict[str, Any], a: dict[str, Any]) -> None:
     Only a file without blocks may take one (size 0, or its content inline), and only once:
     blocks already written under one size would be read at other offsets under another.
     Asking again for the size recorded is harmless (a retried first flush)."""
-    bs = _opt_int(a, "bs", 1, MAX_FILE_BLOCK)
+    bs = check_opt_int(a, "bs", 1, MAX_FILE_BLOCK)
     if bs is None:
         return
     old = f.get("bs")
@@ -262,14 +279,14 @@ def _record_block_size(f: dict[str, Any], a: dict[str, Any]) -> None:
     f["bs"] = bs
 
 
-def _unlock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_unlock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Give up this client's write lease (a flush that failed after taking it)."""
-    a = _arg(arg)
+    a = check_arg(arg)
     ((oid, state),) = states.items()
-    f = _file(state)
+    f = file_state(state)
     lease = f.get("wl")
-    if lease is not None and lease[0] == _int(a, "tok", 1, MAX_OID):
-        _settle_lease(f, a, completed=False)  # what it wrote before giving up stays
+    if lease is not None and lease[0] == check_int(a, "tok", 1, MAX_OID):
+        settle_lease(f, a, completed=False)  # what it wrote before giving up stays
         f["wl"] = None
         f["v"] += 1
     return {oid: f}, stat_of(f)

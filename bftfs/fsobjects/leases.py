@@ -31,7 +31,7 @@ record lives in the object's state, so it is as Byzantine-tolerant as the object
 
 Methods read no clock (``bftfs.qu.objects``).  Every lease-aware update carries the
 caller's time ``lt`` (ns); nodes refuse an ``lt`` more than :data:`LEASE_SKEW` ahead of
-their clock, and for :func:`_lease` also more than that behind (``Method.lease_clock``), so
+their clock, and for :func:`fs_lease` also more than that behind (``Method.lease_clock``), so
 a lease runs, on every correct node, from within the skew of when it was granted, and
 nobody can declare a time that ends another client's lease early.  A holder counts its
 lease from before it asked, less :data:`HOLDER_MARGIN`, so it stops using it before any
@@ -40,9 +40,9 @@ correct node could let a conflicting update through.
 **Conflicts** (:func:`leased`, wrapped around every update of the ``fs`` type): an update by
 client C that would change an object on which another client holds a lease live at C's
 ``lt`` (or any lease, when the update carries no ``lt``) is refused ``leased``; nothing
-changes.  C then asks for a recall (:func:`_recall`, which records ``lr``); every correct
+changes.  C then asks for a recall (:func:`fs_recall`, which records ``lr``); every correct
 node that takes it pushes a recall to the holders (``node/recalls.py``), which write back
-what they buffered and release (:func:`_release`); C retries.  A holder that never releases
+what they buffered and release (:func:`fs_release`); C retries.  A holder that never releases
 (dead, cut off, Byzantine) is bounded by its expiry, which the recall keeps it from
 renewing until the requester has had its turn: at most :data:`MAX_TERM`.  Updates that
 change nothing (a refused create, the ancestors a rename only reads) never conflict.
@@ -56,7 +56,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bftfs.fsobjects.limits import MAX_TIME, MIN_TIME
-from bftfs.fsobjects.state import _arg, _int, _node
+from bftfs.fsobjects.state import check_arg, check_int, node_state
 from bftfs.qu.objects import MethodRefused, States
 
 #: Lease kinds.
@@ -112,7 +112,7 @@ def _mount(a: Any) -> int:
     """The calling mount's number in an argument map (0: none given)."""
     if not isinstance(a, Mapping) or a.get(MOUNT) is None:
         return 0
-    return _int(dict(a), MOUNT, 0, MAX_MOUNT)
+    return check_int(dict(a), MOUNT, 0, MAX_MOUNT)
 
 
 def who(h: Holder) -> Who:
@@ -136,7 +136,7 @@ def _lease_time(a: Mapping[str, Any]) -> int | None:
     """The caller's ``lt``, or None when it sent none (then every lease counts as live)."""
     if a.get(LEASE_TIME) is None:
         return None
-    return _int(dict(a), LEASE_TIME, MIN_TIME, MAX_TIME)
+    return check_int(dict(a), LEASE_TIME, MIN_TIME, MAX_TIME)
 
 
 def holders(state: Any) -> list[Holder]:
@@ -273,7 +273,7 @@ def _inherited(states: States, state: Any, me: Who, at: int | None) -> Any:
     update (its directory, under which it made the file): until that lease's end.  Nobody
     else can hold a lease on an object that did not exist, and the grant ends no later
     than one the caller already had, so it takes nothing from anyone; the holder's writes
-    to the file then stay in its mount as its creates did (``fs/heldfiles.py``), and its
+    to the file then stay in its mount as its creates did (``fs/writeback/held.py``), and its
     creates in the directory go to write-back at once (``fs/namespace.py``, ``mkdir``).
     Otherwise the state as made.
 
@@ -305,7 +305,7 @@ def _new_lease_term(arg: Any) -> int | None:
     None when it asks none."""
     if not isinstance(arg, Mapping) or arg.get(NEW_LEASE) is None:
         return None
-    return _int(dict(arg), NEW_LEASE, 1, MAX_TERM)
+    return check_int(dict(arg), NEW_LEASE, 1, MAX_TERM)
 
 
 def _granted_new(state: Any, me: Who, at: int | None, term: int) -> Any:
@@ -322,7 +322,7 @@ def _granted_new(state: Any, me: Who, at: int | None, term: int) -> Any:
 def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:
     """``fn`` (an ``fs`` query) under exclusive leases: refused ``leased`` when another
     client holds an exclusive lease on one of its objects, whose holder may have changes
-    buffered (directory write-back, ``fs/writeback.py``) that the answer would not show.
+    buffered (directory write-back, ``fs/writeback/``) that the answer would not show.
     The asker then recalls the lease (the holder sends what it buffered and releases) and
     asks again, as for an update.
 
@@ -343,7 +343,7 @@ def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:
     return query
 
 
-def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+def fs_lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Take or renew the caller's lease of ``kind`` on each object until ``lt + term``.
 
     Refused ``recalled`` while a recall stands (nobody takes or renews a lease then, the
@@ -352,14 +352,14 @@ def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     kind conflicts with (an exclusive lease conflicts with every other), ``busy`` past
     :data:`MAX_HOLDERS`.  The caller's own earlier lease (of this mount) is replaced.  The
     answer: the expiry granted."""
-    a = _arg(arg)
+    a = check_arg(arg)
     me = (caller, _mount(a))
-    kind = _int(a, "kind", SHARED, EXCLUSIVE)
-    at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
-    expiry = min(at + _int(a, "term", 1, MAX_TERM), MAX_TIME)
+    kind = check_int(a, "kind", SHARED, EXCLUSIVE)
+    at = check_int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
+    expiry = min(at + check_int(a, "term", 1, MAX_TERM), MAX_TIME)
     new = {}
     for oid, state in states.items():
-        s = _node(state)
+        s = node_state(state)
         _tidy(s, at)
         _, queue = _recall_record(s)
         if queue:
@@ -376,11 +376,11 @@ def _lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     return new, expiry
 
 
-def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+def fs_release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Give up the caller's lease on each object (also one that ended: harmless).  The
     recall stays: those waiting have their turn first (the module docstring).  The
     answer: None."""
-    a = _arg(arg)
+    a = check_arg(arg)
     at = _lease_time(a)
     me = (caller, _mount(a))
     new: dict[int, Any] = {}
@@ -388,14 +388,14 @@ def _release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
         if state is None:
             new[oid] = None
             continue
-        s = _node(state)
+        s = node_state(state)
         s["ls"] = [h for h in holders(s) if who(h) != me]
         _tidy(s, at)  # no holder left: the list goes
         new[oid] = s
     return new, None
 
 
-def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+def fs_recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Ask the other holders of live leases on each object to release: queues the caller
     in ``lr`` (no lease is granted or renewed from now on) when another client holds one,
     and answers ``[[oid, [holder ids]], ...]`` (no map: wire maps have string keys) for the
@@ -404,8 +404,8 @@ def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
     client, so each of its mounts checks whether it is the one).  A caller already waiting
     keeps its place (its recall's time is renewed).  An object nobody else holds is left as
     it is.  With ``ld`` (:data:`DONE`) the caller's entry goes and nothing is recalled."""
-    a = _arg(arg)
-    at = _int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
+    a = check_arg(arg)
+    at = check_int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
     me = (caller, _mount(a))
     done = bool(a.get(DONE))
     new: dict[int, Any] = {}
@@ -414,7 +414,7 @@ def _recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
         if state is None:  # an object the refused update would have made
             new[oid] = None
             continue
-        s = _node(state)
+        s = node_state(state)
         _tidy(s, at)
         if done:
             _served(s, caller)

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from bftfs.fsobjects.leases import MAX_TERM
 from bftfs.fsobjects.limits import MAX_OID, MAX_TIME, MIN_TIME
-from bftfs.fsobjects.state import _arg, _int
+from bftfs.fsobjects.state import check_arg, check_int
 from bftfs.qu.objects import MethodRefused, States
 
 #: The top bit of a lock object's id (a file's id is at most ``MAX_OID`` = 2**63 - 1).
@@ -245,23 +245,23 @@ def _only_lock_objects(states: States) -> None:
 
 
 def _range(a: dict[str, Any]) -> tuple[int, int]:
-    start = _int(a, "s", 0, OFFSET_MAX)
-    end = _int(a, "e", start, OFFSET_MAX)
+    start = check_int(a, "s", 0, OFFSET_MAX)
+    end = check_int(a, "e", start, OFFSET_MAX)
     return start, end
 
 
 def _mount(a: dict[str, Any]) -> int:
-    return _int(a, "m", 0, MAX_OWNER)
+    return check_int(a, "m", 0, MAX_OWNER)
 
 
 def _holder(a: dict[str, Any], client: int) -> Holder:
-    return client, _mount(a), _int(a, "d", POSIX, FLOCK), _int(a, "o", 0, MAX_OWNER)
+    return client, _mount(a), check_int(a, "d", POSIX, FLOCK), check_int(a, "o", 0, MAX_OWNER)
 
 
 def _lease(a: dict[str, Any]) -> tuple[int, int]:
     """The caller's lease time and the expiry it asks for."""
-    at = _int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
-    return at, min(at + _int(a, "term", 1, MAX_LOCK_TERM), MAX_TIME)
+    at = check_int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
+    return at, min(at + check_int(a, "term", 1, MAX_LOCK_TERM), MAX_TIME)
 
 
 def held_by(locks: list[Lock], client: int, mount: int) -> list[list[int]]:
@@ -274,7 +274,7 @@ def held_by(locks: list[Lock], client: int, mount: int) -> list[list[int]]:
 # Methods -----------------------------------------------------------------------------------
 
 
-def _setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+def fs_setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Take, change or drop (kind ``t`` = :data:`UNLOCK`) the lock of owner ``o`` of the
     caller's mount ``m`` in domain ``d`` on bytes ``s..e`` of the one lock object, and
     renew all the mount's entries on it to ``lt + term``.
@@ -285,9 +285,9 @@ def _setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     it compares with what it believes it holds, "w": the waiters to wake}``
     (:func:`_settle`; every node that took the update pushes them, ``node/recalls.py``)."""
     _only_lock_objects(states)
-    a = _arg(arg)
+    a = check_arg(arg)
     holder = _holder(a, caller)
-    kind = _int(a, "t", UNLOCK, WRITE)
+    kind = check_int(a, "t", UNLOCK, WRITE)
     start, end = _range(a)
     at, expiry = _lease(a)
     new: dict[int, Any] = {}
@@ -309,15 +309,15 @@ def _setlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     return new, {"h": held, "w": wake}
 
 
-def _unlock_owner(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+def fs_unlock_owner(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Drop every lock of owner ``o`` (any domain) of the caller's mount ``m``, or with
     ``o`` absent every lock of the mount, on each lock object (a close, a release, an
     unmount).  The answer: ``{"w": the waiters to wake}`` (:func:`_settle`)."""
     _only_lock_objects(states)
-    a = _arg(arg)
+    a = check_arg(arg)
     mount = _mount(a)
-    owner = None if a.get("o") is None else _int(a, "o", 0, MAX_OWNER)
-    at = _int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
+    owner = None if a.get("o") is None else check_int(a, "o", 0, MAX_OWNER)
+    at = check_int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
     new: dict[int, Any] = {}
     wake: list[Any] = []
     for oid, state in states.items():
@@ -331,13 +331,13 @@ def _unlock_owner(states: States, arg: Any, caller: int) -> tuple[dict[int, Any]
     return new, {"w": wake}
 
 
-def _renewlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+def fs_renewlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Renew the live locks of the caller's mount ``m`` on each object to ``lt + term``.
     The answer: ``{"h": per object in request order, what the mount holds
     (:func:`held_by`): a lock whose lease had already ended is not among them, and the
     mount learns it lost it; "w": the waiters to wake}`` (locks that lapsed free bytes)."""
     _only_lock_objects(states)
-    a = _arg(arg)
+    a = check_arg(arg)
     at, expiry = _lease(a)
     mount = _mount(a)
     new: dict[int, Any] = {}
@@ -351,7 +351,7 @@ def _renewlk(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
     return new, {"h": held, "w": wake}
 
 
-def _lkwait(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+def fs_lkwait(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Wait for a lock: records the caller as a waiter on the one lock object until
     ``lt +`` :data:`WAIT_TERM`, to be woken by the next update that frees something there
     (:func:`_settle`), when the lock it wants (``m``, ``d``, ``o``, ``t``, ``s``, ``e`` as
@@ -359,11 +359,11 @@ def _lkwait(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
     lock is free now (nothing recorded: ask for it).  Past :data:`MAX_WAITERS` nobody
     more is recorded (True all the same: the waiter polls)."""
     _only_lock_objects(states)
-    a = _arg(arg)
+    a = check_arg(arg)
     holder = _holder(a, caller)
-    kind = _int(a, "t", READ, WRITE)
+    kind = check_int(a, "t", READ, WRITE)
     start, end = _range(a)
-    at = _int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
+    at = check_int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
     new: dict[int, Any] = {}
     waits = False
     for oid, state in states.items():
@@ -377,17 +377,17 @@ def _lkwait(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
     return new, waits
 
 
-def _getlk(states: States, arg: Any, caller: int) -> Any:
+def fs_getlk(states: States, arg: Any, caller: int) -> Any:
     """The first lock of another holder that a lock of kind ``t`` on ``s..e`` by owner
     ``o`` of mount ``m`` in domain ``d`` would conflict with, as ``[client, mount, domain,
     owner, start, end, kind]``, or None.  Locks whose lease ended by the asker's ``lt`` do
     not count (the asker's time: a wrong one misleads only the asker)."""
     _only_lock_objects(states)
-    a = _arg(arg)
+    a = check_arg(arg)
     holder = _holder(a, caller)
-    kind = _int(a, "t", READ, WRITE)
+    kind = check_int(a, "t", READ, WRITE)
     start, end = _range(a)
-    at = None if a.get(LOCK_TIME) is None else _int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
+    at = None if a.get(LOCK_TIME) is None else check_int(a, LOCK_TIME, MIN_TIME, MAX_TIME)
     for state in states.values():
         other = conflicting(live(locks_of(state), at), holder, kind, start, end)
         if other is not None:

@@ -20,7 +20,7 @@ buckets are keyed by integers, and wire maps take string keys only.
   bounded by the longest term from a lease time the nodes check): other holders ``ls``, a
   recall ``lr`` and a file's write lease ``wl`` go (what the write lease declared it would
   write is kept as stale ranges ``z``, as when a holder dies:
-  :func:`~bftfs.fsobjects.ranges._settle_lease`), and a lock object's waiters go (they
+  :func:`~bftfs.fsobjects.ranges.settle_lease`), and a lock object's waiters go (they
   poll). File locks live in the lock object beside the file (:mod:`bftfs.fsobjects.locks`)
   and move with it, each under its own expiry.
 
@@ -75,9 +75,9 @@ from bftfs.fsobjects.locks import (
     WRITE,
     is_lock_object,
 )
-from bftfs.fsobjects.ranges import _ranges, _settle_lease
+from bftfs.fsobjects.ranges import check_ranges, settle_lease
 from bftfs.fsobjects.snapshots import snapshot_name
-from bftfs.fsobjects.state import _arg, _int, check_name, check_xattr_name
+from bftfs.fsobjects.state import check_arg, check_int, check_name, check_xattr_name
 from bftfs.qu.objects import MethodRefused, States
 
 #: Largest packed state ``fs.movein`` takes (the Q/U layer bounds an argument at 1 MiB).
@@ -145,13 +145,13 @@ def _keys(
 
 def _times(s: dict[str, Any]) -> None:
     for key in ("at", "mt", "ct"):
-        _int(s, key, MIN_TIME, MAX_TIME)
+        check_int(s, key, MIN_TIME, MAX_TIME)
 
 
 def _owner_mode(s: dict[str, Any], kinds: frozenset[int]) -> None:
-    _int(s, "uid", 0, MAX_ID)
-    _int(s, "gid", 0, MAX_ID)
-    mode = _int(s, "mode", 0, 0o177777)
+    check_int(s, "uid", 0, MAX_ID)
+    check_int(s, "gid", 0, MAX_ID)
+    mode = check_int(s, "mode", 0, 0o177777)
     if st.S_IFMT(mode) not in kinds:
         raise MethodRefused("invalid", "mode names the wrong file type")
 
@@ -197,9 +197,9 @@ def _directory(s: dict[str, Any]) -> None:
     _keys(s, _DIR_KEYS)
     _owner_mode(s, frozenset({st.S_IFDIR}))
     _times(s)
-    _int(s, "nd", 0, MAX_COUNTER)
-    _int(s, "p", 1, MAX_OID - 1)
-    _int(s, "v", 0, MAX_COUNTER)
+    check_int(s, "nd", 0, MAX_COUNTER)
+    check_int(s, "p", 1, MAX_OID - 1)
+    check_int(s, "v", 0, MAX_COUNTER)
     if not isinstance(s["dead"], bool):
         raise MethodRefused("invalid", "dead must be a bool")
     _xattrs(s)
@@ -219,15 +219,15 @@ def _file(s: dict[str, Any]) -> None:
     _keys(s, _FILE_KEYS, _FILE_OPTIONAL)
     _owner_mode(s, FILE_TYPES)
     _times(s)
-    _int(s, "rdev", 0, (1 << 64) - 1)
-    _int(s, "nl", 0, LINK_MAX)
-    size = _int(s, "size", 0, MAX_SIZE)
-    _int(s, "alloc", 0, MAX_SIZE)
-    _int(s, "d", 0, MAX_OID)
-    _int(s, "v", 0, MAX_COUNTER)
+    check_int(s, "rdev", 0, (1 << 64) - 1)
+    check_int(s, "nl", 0, LINK_MAX)
+    size = check_int(s, "size", 0, MAX_SIZE)
+    check_int(s, "alloc", 0, MAX_SIZE)
+    check_int(s, "d", 0, MAX_OID)
+    check_int(s, "v", 0, MAX_COUNTER)
     for key, hi in (("bs", MAX_FILE_BLOCK), ("bt", MAX_BLOCK_TIME)):
         if key in s:
-            _int(s, key, 1 if key == "bs" else 0, hi)
+            check_int(s, key, 1 if key == "bs" else 0, hi)
     t = s["t"]
     if t is not None and (not isinstance(t, bytes) or not 0 < len(t) <= PATH_MAX + SEALED_EXTRA):
         raise MethodRefused("invalid", "t must be a symlink target")
@@ -238,7 +238,7 @@ def _file(s: dict[str, Any]) -> None:
         raise MethodRefused("invalid", "inline content too big")
     for key in ("w", "z"):
         if s.get(key) is not None:
-            _ranges(s, key)
+            check_ranges(s, key)
     _xattrs(s)
 
 
@@ -295,9 +295,9 @@ def checked_state(oid: int, state: Any) -> dict[str, Any]:
         _file(s)
         if isinstance(state.get("wl"), list) and len(state["wl"]) > 2:
             declared = {"wl": state["wl"], "z": state["wl"][2]}
-            _ranges(declared, "z")
+            check_ranges(declared, "z")
             s["wl"] = state["wl"]
-            _settle_lease(s, {}, completed=False)  # what it declared is stale now
+            settle_lease(s, {}, completed=False)  # what it declared is stale now
             del s["wl"]
     else:
         raise MethodRefused("invalid", "a state is a directory's or a file's")
@@ -307,7 +307,7 @@ def checked_state(oid: int, state: Any) -> dict[str, Any]:
 # Methods ---------------------------------------------------------------------------------------
 
 
-def _state(states: States, arg: Any) -> Any:
+def fs_state(states: States, arg: Any) -> Any:
     """The object's raw state, packed (:func:`pack_state`), or None when it has none: what
     a client moving the object reads from the old generation (leases included, so it can
     wait for them)."""
@@ -315,7 +315,7 @@ def _state(states: States, arg: Any) -> Any:
     return None if state is None else pack_state(state)
 
 
-def _export(states: States, arg: Any, applied: Any) -> Any:
+def fs_export(states: States, arg: Any, applied: Any) -> Any:
     """What a move reads from the old generation: ``[state, table]``, the object's raw
     state packed (:func:`pack_state`) and its applied table's canonical bytes (who last
     updated it, with which ``seq`` and answer: ``qu/replica.py``), or None when it has no
@@ -326,18 +326,18 @@ def _export(states: States, arg: Any, applied: Any) -> Any:
     return None if state is None else [pack_state(state), applied[oid]]
 
 
-def _movein(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+def fs_movein(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Install the packed state ``s`` as the one object, which must have none (refused
     ``exists`` otherwise: another client moved it first), checked and without leases
     (:func:`checked_state`), but the mover's own: the holder records of the calling
     client's mount (``lm``) that end within :data:`MAX_TERM` of the lease time ``lt``
     (which nodes check against their clocks, ``Method.lease_clock``).  ``a``, the applied
-    table :func:`_export` read, becomes the new version's (``Method.installs_applied``;
+    table :func:`fs_export` read, becomes the new version's (``Method.installs_applied``;
     the replica checks its form).  A holder that moves
     an object it leases (its write-back after the freeze's recall, or any call) keeps
     answering from its lease, and the others' updates in the new generation recall it
     there, so nothing it buffered is passed by.  The answer: None."""
-    a = _arg(arg)
+    a = check_arg(arg)
     ((oid, state),) = states.items()
     if state is not None:
         raise MethodRefused("exists", f"object {oid} is here already")
@@ -349,8 +349,8 @@ def _movein(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]
             raise
         raise MethodRefused("invalid", f"state: {e.code}") from None
     if a.get(MOUNT) is not None and a.get("lt") is not None and moved.get("k") in ("d", "f"):
-        me = (caller, _int(a, MOUNT, 0, MAX_MOUNT))
-        until = _int(a, "lt", MIN_TIME, MAX_TIME) + MAX_TERM
+        me = (caller, check_int(a, MOUNT, 0, MAX_MOUNT))
+        until = check_int(a, "lt", MIN_TIME, MAX_TIME) + MAX_TERM
         own = [
             h
             for h in holders(raw)

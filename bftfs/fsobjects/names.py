@@ -15,7 +15,7 @@ from __future__ import annotations
 import stat as st
 from typing import Any
 
-from bftfs.fsobjects.data import _write
+from bftfs.fsobjects.data import fs_write
 from bftfs.fsobjects.dirents import Entries, is_empty
 from bftfs.fsobjects.limits import (
     DIR_TYPE,
@@ -31,42 +31,42 @@ from bftfs.fsobjects.limits import (
     SNAPSHOTS,
 )
 from bftfs.fsobjects.state import (
-    _arg,
-    _dir,
-    _file,
-    _inline,
-    _int,
-    _oid,
-    _owner,
-    _time,
-    _touch,
+    check_arg,
+    check_inline,
+    check_int,
     check_name,
+    check_oid,
+    check_owner,
+    check_time,
+    dir_state,
+    file_state,
     new_dir,
     stat_of,
+    touch_state,
 )
 from bftfs.qu.objects import MethodRefused, States
 
 # Making objects ----------------------------------------------------------------------------
 
 
-def _mkroot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_mkroot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Create the root directory (its parent is itself); refused once it exists."""
-    a = _arg(arg)
+    a = check_arg(arg)
     ((oid, state),) = states.items()
     if oid != ROOT:
         raise MethodRefused("invalid", "only the root is made this way")
     if state is not None:
         raise MethodRefused("exists")
-    root = new_dir(ROOT, _int(a, "mode", 0, 0o7777), *_owner(a), _time(a))
+    root = new_dir(ROOT, check_int(a, "mode", 0, 0o7777), *check_owner(a), check_time(a))
     return {oid: root}, stat_of(root)
 
 
 def _parent_and_new(states: States, a: dict[str, Any]) -> tuple[int, dict[str, Any], int, bytes]:
     """Common checks of create/mkdir: a live parent, a free legal name, a fresh object."""
-    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    pid, oid = check_oid(a, "p", states), check_oid(a, "o", states)
     if pid == oid or oid in (ROOT, SNAPSHOTS):
         raise MethodRefused("invalid", "bad object ids")
-    parent = _dir(states[pid])
+    parent = dir_state(states[pid])
     name = check_name(a.get("name"))
     if states[oid] is not None:
         raise MethodRefused("oid-exists")
@@ -90,10 +90,10 @@ def _add_entry(parent: dict[str, Any], name: bytes, oid: int, code: int, now: in
         raise MethodRefused("exists")
     ents[name] = [oid, code]
     parent["e"] = ents.packed()
-    _touch(parent, now, modify=True)
+    touch_state(parent, now, modify=True)
 
 
-def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """create / mknod / symlink: a new attribute object and its entry in the parent.
 
     Argument: ``p`` parent, ``o`` new object id, ``name``, ``mode`` (with its type bits),
@@ -103,14 +103,14 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     with its length ``tl``: :func:`_symlink_target`).  Answers
     ``[stat of the new object, stat of the parent]``.
     """
-    a = _arg(arg)
+    a = check_arg(arg)
     pid, parent, oid, name = _parent_and_new(states, a)
-    mode = _int(a, "mode", 0, 0o177777)
+    mode = check_int(a, "mode", 0, 0o177777)
     ftype = st.S_IFMT(mode)
     if ftype not in FILE_TYPES:
         raise MethodRefused("invalid", "bad file type")
-    now = _time(a)
-    uid, gid = _owner(a)
+    now = check_time(a)
+    uid, gid = check_owner(a)
     gid, _ = _inherited(parent, gid, 0)
     f = {
         "k": "f",
@@ -130,22 +130,22 @@ def _create(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         "v": 0,
     }
     if ftype == st.S_IFREG:
-        f["d"] = _int(a, "d", 1, MAX_OID)
-        f["alloc"] = _int(a, "alloc", 0, MAX_SIZE)
-        f["i"] = _inline(a, 0)  # b"": an empty file whose content will be inline
+        f["d"] = check_int(a, "d", 1, MAX_OID)
+        f["alloc"] = check_int(a, "alloc", 0, MAX_SIZE)
+        f["i"] = check_inline(a, 0)  # b"": an empty file whose content will be inline
         f["w"] = []
         f["z"] = []
         if a.get("tok") is not None:  # created to be written: the creator holds the lease
-            lease = _int(a, "lease", 1, MAX_LEASE)
+            lease = check_int(a, "lease", 1, MAX_LEASE)
             # Declares nothing: a first flush under it that dies leaves its blocks past the
             # size (not given back).  Declaring the whole reservation gave back every block
             # of it, hundreds of empty versions charged to a writer at its quota, whenever
             # a first flush was refused (t5_limits).
-            f["wl"] = [_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME), []]
+            f["wl"] = [check_int(a, "tok", 1, MAX_OID), min(now + lease, MAX_TIME), []]
     elif ftype == st.S_IFLNK:
         f["t"], f["size"] = _symlink_target(a)
     elif ftype in (st.S_IFCHR, st.S_IFBLK):
-        f["rdev"] = _int(a, "rdev", 0, (1 << 64) - 1)
+        f["rdev"] = check_int(a, "rdev", 0, (1 << 64) - 1)
     _add_entry(parent, name, oid, ftype >> 12, now)
     return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
 
@@ -157,7 +157,7 @@ def _symlink_target(a: dict[str, Any]) -> tuple[bytes, int]:
     the target itself before sealing it)."""
     target = a.get("t")
     if a.get("tl") is not None:
-        size = _int(a, "tl", 1, PATH_MAX)
+        size = check_int(a, "tl", 1, PATH_MAX)
         if not isinstance(target, bytes) or len(target) != size + SEALED_EXTRA:
             raise MethodRefused("invalid", "a sealed symlink target is tl + 64 bytes")
         return target, size
@@ -168,7 +168,7 @@ def _symlink_target(a: dict[str, Any]) -> tuple[bytes, int]:
     return target, len(target)
 
 
-def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """A new regular file with its first content, in one update (create write-behind,
     docs/fs.md): what ``fs.create`` followed by an inline ``fs.write`` on the version it
     made would leave, so a Byzantine client can make nothing these two could not.
@@ -179,16 +179,16 @@ def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     atime, as in ``fs.write``) and ``end``, the file's size, when ``i`` is sealed (longer:
     docs/confidentiality.md).  Answers ``[stat of the new file, stat of the parent]``.
     """
-    a = _arg(arg)
-    if st.S_IFMT(_int(a, "mode", 0, 0o177777)) != st.S_IFREG:
+    a = check_arg(arg)
+    if st.S_IFMT(check_int(a, "mode", 0, 0o177777)) != st.S_IFREG:
         raise MethodRefused("invalid", "fs.createwrite makes regular files only")
     if a.get("tok") is not None or a.get("lease") is not None:
         raise MethodRefused("invalid", "fs.createwrite takes no write lease")
     content = a.get("i")
     if not isinstance(content, bytes):
         raise MethodRefused("invalid", "fs.createwrite needs the content (i)")
-    made, (_, pst) = _create(states, dict(a, i=b""))
-    oid = _oid(a, "o", states)
+    made, (_, pst) = fs_create(states, dict(a, i=b""))
+    oid = check_oid(a, "o", states)
     written = {
         "d": a["d"],
         "v": made[oid]["v"],
@@ -199,7 +199,7 @@ def _create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         "attrs": a.get("attrs"),
         "now": a["now"],
     }
-    f, fst = _write({oid: made[oid]}, written)
+    f, fst = fs_write({oid: made[oid]}, written)
     made[oid] = f[oid]
     return made, [fst, pst]
 
@@ -213,19 +213,19 @@ def _batch(
     against their clocks), each object once and not ``p``, and no object of the update
     but ``p`` that no item names (``each``: what every other object must be, for the
     refusal)."""
-    a = _arg(arg)
-    pid = _oid(a, "p", states)
-    latest = _time(a)
+    a = check_arg(arg)
+    pid = check_oid(a, "p", states)
+    latest = check_time(a)
     files = a.get("files")
     if not isinstance(files, list) or not files:
         raise MethodRefused("invalid", f"{method} needs files")
     items: list[tuple[int, dict[str, Any]]] = []
     named: set[int] = set()
     for item in files:
-        f = _arg(item)
-        if "p" in f or _time(f) > latest:
+        f = check_arg(item)
+        if "p" in f or check_time(f) > latest:
             raise MethodRefused("invalid", f"an item of {method} names its own p or a later now")
-        oid = _oid(f, "o", states)
+        oid = check_oid(f, "o", states)
         if oid == pid or oid in named:
             raise MethodRefused("invalid", f"{method} names an object twice")
         named.add(oid)
@@ -235,9 +235,9 @@ def _batch(
     return pid, items
 
 
-def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Several new regular files in one directory, in one update (directory write-back,
-    ``fs/writeback.py``): exactly what the ``fs.createwrite`` or, for an item with a write
+    ``fs/writeback/``): exactly what the ``fs.createwrite`` or, for an item with a write
     lease ``tok``/``lease``, the ``fs.create`` (a file whose blocks its creator writes next,
     under that lease) of each, one after another, would leave, or nothing (any one refused
     refuses them all).
@@ -255,11 +255,11 @@ def _create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     for oid, f in items:
         pair = {pid: work[pid], oid: work[oid]}
         if f.get("tok") is None:
-            made, (fst, pst) = _create_write(pair, dict(f, p=pid))
-        elif st.S_IFMT(_int(f, "mode", 0, 0o177777)) != st.S_IFREG:
+            made, (fst, pst) = fs_create_write(pair, dict(f, p=pid))
+        elif st.S_IFMT(check_int(f, "mode", 0, 0o177777)) != st.S_IFREG:
             raise MethodRefused("invalid", "fs.createmany makes regular files only")
         else:
-            made, (fst, pst) = _create(pair, dict(f, p=pid))
+            made, (fst, pst) = fs_create(pair, dict(f, p=pid))
         work.update(made)
         stats.append(fst)
     return work, [stats, pst]
@@ -274,31 +274,31 @@ def created_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict
         MethodRefused: as ``fs.create`` would for ``arg``.
     """
     stand_in = new_dir(ROOT, parent_mode, 0, parent_gid, int(arg.get("now") or 0))
-    _, (child, _) = _create({ROOT: stand_in, int(arg["o"]): None}, dict(arg, p=ROOT))
+    _, (child, _) = fs_create({ROOT: stand_in, int(arg["o"]): None}, dict(arg, p=ROOT))
     return dict(child)
 
 
 def made_dir_stat(arg: dict[str, Any], parent_mode: int, parent_gid: int) -> dict[str, Any]:
     """The stat ``fs.mkdir`` with ``arg`` answers for its new directory in a directory of
-    that mode and group (a mkdir a client answers before sending it, ``fs/mkdirback.py``:
+    that mode and group (a mkdir a client answers before sending it, ``fs/writeback/mkdirs.py``:
     the same code as :func:`created_stat`, set-group-ID inheritance included).
 
     Raises:
         MethodRefused: as ``fs.mkdir`` would for ``arg``.
     """
     stand_in = new_dir(ROOT, parent_mode, 0, parent_gid, int(arg.get("now") or 0))
-    _, (child, _) = _mkdir({ROOT: stand_in, int(arg["o"]): None}, dict(arg, p=ROOT))
+    _, (child, _) = fs_mkdir({ROOT: stand_in, int(arg["o"]): None}, dict(arg, p=ROOT))
     return dict(child, p=arg["p"])
 
 
-def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """A new directory object and its entry; the parent gains a link (the child's ``..``)."""
-    a = _arg(arg)
+    a = check_arg(arg)
     pid, parent, oid, name = _parent_and_new(states, a)
-    now = _time(a)
-    uid, gid = _owner(a)
+    now = check_time(a)
+    uid, gid = check_owner(a)
     gid, sgid = _inherited(parent, gid, st.S_ISGID)
-    child = new_dir(pid, _int(a, "mode", 0, 0o177777) | sgid, uid, gid, now)
+    child = new_dir(pid, check_int(a, "mode", 0, 0o177777) | sgid, uid, gid, now)
     if parent["nd"] + 2 >= LINK_MAX:
         raise MethodRefused("too-many-links")
     _add_entry(parent, name, oid, DIR_TYPE, now)
@@ -306,31 +306,31 @@ def _mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return {pid: parent, oid: child}, [stat_of(child), stat_of(parent)]
 
 
-def _link(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_link(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """A new name for an existing non-directory: its link count goes up by one."""
-    a = _arg(arg)
-    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    a = check_arg(arg)
+    pid, oid = check_oid(a, "p", states), check_oid(a, "o", states)
     if pid == oid:
         raise MethodRefused("invalid", "bad object ids")
-    parent = _dir(states[pid])
+    parent = dir_state(states[pid])
     if isinstance(states[oid], dict) and states[oid].get("k") == "d":
         raise MethodRefused("permission", "no hard links to directories")  # link(2): EPERM
-    f = _file(states[oid])
+    f = file_state(states[oid])
     if f["nl"] == 0:
         raise MethodRefused("not-found", "file was removed")
     if f["nl"] >= LINK_MAX:
         raise MethodRefused("too-many-links")
-    now = _time(a)
+    now = check_time(a)
     _add_entry(parent, check_name(a.get("name")), oid, st.S_IFMT(f["mode"]) >> 12, now)
     f["nl"] += 1
-    _touch(f, now, modify=False)
+    touch_state(f, now, modify=False)
     return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
 
 
 # Removing names ----------------------------------------------------------------------------
 
 
-def _entry_is(ents: Entries, name: bytes, oid: int) -> list[int]:
+def entry_is(ents: Entries, name: bytes, oid: int) -> list[int]:
     """The entry ``name``, which must name ``oid`` (else the client's view is stale)."""
     got = ents.get(name)
     if got is None:
@@ -340,34 +340,34 @@ def _entry_is(ents: Entries, name: bytes, oid: int) -> list[int]:
     return got
 
 
-def _unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_unlink(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Remove a name of a non-directory; its link count goes down by one (at zero the
     attribute object remains, for handles still open, but no name reaches it)."""
-    a = _arg(arg)
-    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    a = check_arg(arg)
+    pid, oid = check_oid(a, "p", states), check_oid(a, "o", states)
     if pid == oid:
         raise MethodRefused("invalid", "bad object ids")
-    parent = _dir(states[pid])
+    parent = dir_state(states[pid])
     ents = Entries(parent["e"])
     name = check_name(a.get("name"))
-    code = _entry_is(ents, name, oid)[1]
+    code = entry_is(ents, name, oid)[1]
     if code == DIR_TYPE:
         raise MethodRefused("is-dir")
-    f = _file(states[oid])
+    f = file_state(states[oid])
     if f["nl"] < 1:
         raise MethodRefused("invalid", "link count already zero")
-    now = _time(a)
+    now = check_time(a)
     del ents[name]
     parent["e"] = ents.packed()
-    _touch(parent, now, modify=True)
+    touch_state(parent, now, modify=True)
     f["nl"] -= 1
-    _touch(f, now, modify=False)
+    touch_state(f, now, modify=False)
     return {pid: parent, oid: f}, [stat_of(f), stat_of(parent)]
 
 
-def _unlink_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_unlink_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Several names of non-directories removed from one directory in one update (directory
-    write-back of removals, ``fs/writeback.py``): exactly what the ``fs.unlink`` of each, one
+    write-back of removals, ``fs/writeback/``): exactly what the ``fs.unlink`` of each, one
     after another, would leave, or nothing (any one refused refuses them all).
 
     Objects: the directory ``p`` and each object named once.  Argument: ``p``, ``now`` (the
@@ -379,34 +379,34 @@ def _unlink_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     stats = []
     pst: Any = None
     for oid, f in items:
-        made, (fst, pst) = _unlink({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
+        made, (fst, pst) = fs_unlink({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
         work.update(made)
         stats.append(fst)
     return work, [stats, pst]
 
 
-def _rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Remove an empty subdirectory: its object becomes a tombstone (``dead``)."""
-    a = _arg(arg)
-    pid, oid = _oid(a, "p", states), _oid(a, "o", states)
+    a = check_arg(arg)
+    pid, oid = check_oid(a, "p", states), check_oid(a, "o", states)
     if pid == oid or oid == ROOT:
         raise MethodRefused("busy" if oid == ROOT else "invalid", "bad object ids")
-    parent = _dir(states[pid])
+    parent = dir_state(states[pid])
     ents = Entries(parent["e"])
     name = check_name(a.get("name"))
-    code = _entry_is(ents, name, oid)[1]
+    code = entry_is(ents, name, oid)[1]
     if code != DIR_TYPE:
         raise MethodRefused("not-dir")
-    child = _dir(states[oid])
+    child = dir_state(states[oid])
     if child["p"] != pid:
         raise MethodRefused("stale", "parent pointer disagrees")
     if not is_empty(child["e"]):
         raise MethodRefused("not-empty")
-    now = _time(a)
+    now = check_time(a)
     del ents[name]
     parent["e"] = ents.packed()
     parent["nd"] -= 1
-    _touch(parent, now, modify=True)
+    touch_state(parent, now, modify=True)
     child["dead"] = True
-    _touch(child, now, modify=False)
+    touch_state(child, now, modify=False)
     return {pid: parent, oid: child}, [stat_of(child), stat_of(parent)]

@@ -6,9 +6,9 @@ An attribute object keeps, as lists of at most :data:`~bftfs.fsobjects.limits.MA
 - ``w``, the written ranges: what writes stored in blocks below the size (what
   ``st_blocks`` counts, and what a remover gives back);
 - ``z``, the stale ranges: what lies at or beyond the size and may hold bytes no reader may
-  see (see :func:`_add_stale`): what a client growing the file clears first;
+  see (see :func:`add_stale`): what a client growing the file clears first;
 - ``wl``, the write lease ``[token, until, declared]``: who may write the file's blocks
-  until when, and the ranges its holder said it would write (:func:`_settle_lease`).
+  until when, and the ranges its holder said it would write (:func:`settle_lease`).
 
 Objects made before a record existed have none (None) and behave as before: counted as
 dense, and growing clears the whole gap.  These helpers change a state in place; the
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from bftfs.fsobjects.limits import MAX_EXTENTS, MAX_OID, MAX_SIZE
-from bftfs.fsobjects.state import _opt_int, _time
+from bftfs.fsobjects.state import check_opt_int, check_time
 from bftfs.qu.objects import MethodRefused
 
 # Written ranges ----------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def merge_extents(extents: list[list[int]], limit: int = MAX_EXTENTS) -> list[li
     return out
 
 
-def _ranges(a: dict[str, Any], key: str) -> list[list[int]] | None:
+def check_ranges(a: dict[str, Any], key: str) -> list[list[int]] | None:
     """The argument's byte ranges ``key`` (at most :data:`MAX_EXTENTS` ``[lo, hi)`` pairs
     within ``[0, MAX_SIZE]``), None when absent."""
     got = a.get(key)
@@ -59,7 +59,7 @@ def _ranges(a: dict[str, Any], key: str) -> list[list[int]] | None:
     return [[r[0], r[1]] for r in got]
 
 
-def _written(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
+def written_ranges(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
     """``f``'s record of the byte ranges written to its blocks (``w``) with the ranges the
     argument says this write stored (``w``: at most :data:`MAX_EXTENTS` pairs), clipped at
     the reservation (nothing beyond it was written).
@@ -69,7 +69,7 @@ def _written(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
     here changes only the reported block count, never data or sizes.  An object made
     before the record existed has none (None) and stays counted as dense.
     """
-    got = _ranges(a, "w")
+    got = check_ranges(a, "w")
     if got is None:
         return f.get("w")
     ranges = [[lo, min(hi, f["alloc"])] for lo, hi in got if lo < f["alloc"]]
@@ -77,7 +77,7 @@ def _written(a: dict[str, Any], f: dict[str, Any]) -> list[list[int]] | None:
     return None if old is None else merge_extents(old + ranges)
 
 
-def _leaving_inline(f: dict[str, Any]) -> list[list[int]] | None:
+def leaving_inline(f: dict[str, Any]) -> list[list[int]] | None:
     """The record of written ranges of a file whose inline content moves to block 0."""
     if f.get("w") is None:
         return None
@@ -88,7 +88,7 @@ def _leaving_inline(f: dict[str, Any]) -> list[list[int]] | None:
 # Stale ranges ------------------------------------------------------------------------------
 
 
-def _add_stale(f: dict[str, Any], ranges: list[list[int]], start: int) -> None:
+def add_stale(f: dict[str, Any], ranges: list[list[int]], start: int) -> None:
     """Add the parts of ``ranges`` in ``[start, alloc)`` to ``f``'s record of stale ranges
     (``z``), if it keeps one (joining the closest beyond :data:`MAX_EXTENTS`).
 
@@ -109,7 +109,7 @@ def _add_stale(f: dict[str, Any], ranges: list[list[int]], start: int) -> None:
         f["z"] = merge_extents(z + add)
 
 
-def _clip_stale(f: dict[str, Any], size: int) -> None:
+def clip_stale(f: dict[str, Any], size: int) -> None:
     """Forget the stale ranges below ``size``: the client that set it cleared them."""
     z = f.get("z")
     if z:
@@ -133,15 +133,15 @@ def _lease_holder(f: dict[str, Any], now: int) -> int | None:
     return int(lease[0])
 
 
-def _not_locked_by_other(f: dict[str, Any], a: dict[str, Any]) -> None:
+def not_locked_by_other(f: dict[str, Any], a: dict[str, Any]) -> None:
     """Refuse as ``locked`` while another client's write lease runs (``tok``, ``now``: the
     caller's lease token and clock; a caller without a token holds no lease)."""
-    holder = _lease_holder(f, _time(a))
-    if holder is not None and holder != _opt_int(a, "tok", 1, MAX_OID):
+    holder = _lease_holder(f, check_time(a))
+    if holder is not None and holder != check_opt_int(a, "tok", 1, MAX_OID):
         raise MethodRefused("locked", "another client is writing this file's blocks")
 
 
-def _settle_lease(f: dict[str, Any], a: dict[str, Any], *, completed: bool) -> None:
+def settle_lease(f: dict[str, Any], a: dict[str, Any], *, completed: bool) -> None:
     """Settle what the file's write lease declared it would write (``wl[2]``): dropped
     when its holder (``tok``) completes now (``fs.write``: every block it wrote lies
     below the size it sets, and the gap up to there it cleared), else moved into the
@@ -149,16 +149,16 @@ def _settle_lease(f: dict[str, Any], a: dict[str, Any], *, completed: bool) -> N
     lease = f.get("wl")
     if lease is None or len(lease) < 3:
         return
-    if not (completed and lease[0] == _opt_int(a, "tok", 1, MAX_OID)):
-        _add_stale(f, lease[2], _stale_start(f))
+    if not (completed and lease[0] == check_opt_int(a, "tok", 1, MAX_OID)):
+        add_stale(f, lease[2], _stale_start(f))
     f["wl"] = [lease[0], lease[1]]
 
 
-def _lease_declaration(f: dict[str, Any], a: dict[str, Any]) -> list[list[int]]:
+def lease_declaration(f: dict[str, Any], a: dict[str, Any]) -> list[list[int]]:
     """The ranges a new lease's holder will write (the argument's ``z``, clipped at the
     reservation; absent: anywhere below it)."""
     end = int(f["alloc"])
-    declared = _ranges(a, "z")
+    declared = check_ranges(a, "z")
     if declared is None:
         return [[0, end]] if end else []
     return merge_extents([[lo, min(hi, end)] for lo, hi in declared if lo < end])

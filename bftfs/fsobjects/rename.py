@@ -14,8 +14,18 @@ from typing import Any
 
 from bftfs.fsobjects.dirents import Entries, is_empty
 from bftfs.fsobjects.limits import DIR_TYPE, LINK_MAX, RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
-from bftfs.fsobjects.names import _entry_is
-from bftfs.fsobjects.state import _arg, _dir, _int, _node, _oid, _time, _touch, check_name, stat_of
+from bftfs.fsobjects.names import entry_is
+from bftfs.fsobjects.state import (
+    check_arg,
+    check_int,
+    check_name,
+    check_oid,
+    check_time,
+    dir_state,
+    node_state,
+    stat_of,
+    touch_state,
+)
 from bftfs.qu.objects import MethodRefused, States
 
 
@@ -36,13 +46,13 @@ def _not_under(states: States, start: int, moving: int, stop: int) -> None:
         s = states.get(cur)
         if s is None:
             raise MethodRefused("stale", "ancestor chain incomplete")
-        cur = _dir(s)["p"]
+        cur = dir_state(s)["p"]
     raise MethodRefused("stale", "ancestor chain loops")
 
 
 @dataclass
 class _Move:
-    """One rename as :func:`_rename` checked it: the source and destination directories
+    """One rename as :func:`fs_rename` checked it: the source and destination directories
     (``src`` is ``dst`` when ``sp == dp``) with their entries, the moved object ``o`` and
     its entry's type code, and the time.  The states are the copies the update returns."""
 
@@ -69,7 +79,7 @@ def _entry_agrees(s: dict[str, Any], code: int, parent: int) -> None:
         raise MethodRefused("stale", "parent pointer disagrees")
 
 
-def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """rename(2) with ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``, atomically.
 
     Argument: ``sp``/``sn`` source parent and name, ``dp``/``dn`` destination, ``o`` the
@@ -77,24 +87,24 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     Objects: ``sp``, ``dp``, ``o``, ``t`` and the ancestors :func:`_not_under` walks.
     Answers the new stats by object id (string keys).
     """
-    a = _arg(arg)
-    sp, dp, o = _oid(a, "sp", states), _oid(a, "dp", states), _oid(a, "o", states)
-    t = None if a.get("t") is None else _oid(a, "t", states)
-    flags = _int(a, "flags", 0, RENAME_NOREPLACE | RENAME_EXCHANGE)
+    a = check_arg(arg)
+    sp, dp, o = check_oid(a, "sp", states), check_oid(a, "dp", states), check_oid(a, "o", states)
+    t = None if a.get("t") is None else check_oid(a, "t", states)
+    flags = check_int(a, "flags", 0, RENAME_NOREPLACE | RENAME_EXCHANGE)
     if flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
         raise MethodRefused("invalid", "flags")
-    now = _time(a)
+    now = check_time(a)
     sn, dn = check_name(a.get("sn")), check_name(a.get("dn"))
     # t == o: both names are links to one file, which POSIX makes a no-op (below).
     if o in (sp, dp) or (t is not None and t != o and t in (sp, dp)) or o == ROOT:
         raise MethodRefused("invalid", "bad object ids")
     new = {oid: (dict(s) if isinstance(s, dict) else s) for oid, s in states.items()}
-    src = new[sp] = _dir(states[sp])
-    dst = src if dp == sp else _dir(states[dp])
+    src = new[sp] = dir_state(states[sp])
+    dst = src if dp == sp else dir_state(states[dp])
     new[dp] = dst
     sents = Entries(src["e"])
     dents = sents if dp == sp else Entries(dst["e"])
-    ocode = _entry_is(sents, sn, o)[1]
+    ocode = entry_is(sents, sn, o)[1]
     got = dents.get(dn)
     if (got[0] if got else None) != t:
         raise MethodRefused("stale", "target entry changed")
@@ -102,14 +112,14 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
         raise MethodRefused("not-found")
     if t is not None and flags & RENAME_NOREPLACE:
         raise MethodRefused("exists")
-    obj = new[o] = _node(states[o])
+    obj = new[o] = node_state(states[o])
     _entry_agrees(obj, ocode, sp)
     if (sp == dp and sn == dn) or t == o:
         return new, {}
     tobj = None
     if t is not None:
         tcode = got[1] if got else 0
-        tobj = new[t] = _node(states[t])
+        tobj = new[t] = node_state(states[t])
         _entry_agrees(tobj, tcode, dp)
     move = _Move(sp, dp, sn, dn, o, ocode, src, dst, sents, dents, obj, now)
     if flags & RENAME_EXCHANGE and tobj is not None and got is not None:
@@ -120,10 +130,10 @@ def _rename(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     if dst["nd"] + 2 > LINK_MAX:
         raise MethodRefused("too-many-links")
     src["e"] = sents.packed()
-    _touch(src, now, modify=True)
+    touch_state(src, now, modify=True)
     if dp != sp:
         dst["e"] = dents.packed()
-        _touch(dst, now, modify=True)
+        touch_state(dst, now, modify=True)
     changed = (sp, dp, o) if t is None else (sp, dp, o, t)
     return new, {str(oid): stat_of(new[oid]) for oid in changed}
 
@@ -141,7 +151,7 @@ def _exchange(states: States, m: _Move, t: int, tobj: dict[str, Any], tcode: int
     for mover, code, parent in ((m.obj, m.ocode, m.dp), (tobj, tcode, m.sp)):
         if code == DIR_TYPE and m.sp != m.dp:
             mover["p"] = parent
-        _touch(mover, m.now, modify=False)
+        touch_state(mover, m.now, modify=False)
     if m.sp != m.dp and (m.ocode == DIR_TYPE) != (tcode == DIR_TYPE):
         delta = 1 if m.ocode == DIR_TYPE else -1
         m.dst["nd"] += delta
@@ -171,9 +181,9 @@ def _replace(states: States, m: _Move, tobj: dict[str, Any] | None) -> None:
             if tobj["nl"] < 1:
                 raise MethodRefused("invalid", "link count already zero")
             tobj["nl"] -= 1
-        _touch(tobj, m.now, modify=False)
+        touch_state(tobj, m.now, modify=False)
     if m.ocode == DIR_TYPE and m.sp != m.dp:
         m.obj["p"] = m.dp
         m.src["nd"] -= 1
         m.dst["nd"] += 1
-    _touch(m.obj, m.now, modify=False)
+    touch_state(m.obj, m.now, modify=False)

@@ -1,5 +1,5 @@
 """The cluster's snapshot list (``fs.snapshot``, ``fs.snapshots``: named moments retention
-never reclaims, docs/history.md), and which states retention may collect (:func:`_finished`:
+never reclaims, docs/history.md), and which states retention may collect (:func:`finished`:
 the ``finished`` predicate of the ``fs`` object type).
 
 The list lives in its own object, :data:`~bftfs.fsobjects.limits.SNAPSHOTS` (the largest
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from bftfs.fsobjects.limits import MAX_SNAPSHOTS, SNAPSHOT_NAME_MAX, SNAPSHOTS
-from bftfs.fsobjects.state import _arg, _time
+from bftfs.fsobjects.state import check_arg, check_time
 from bftfs.qu.objects import MethodRefused, States
 
 # Snapshots ---------------------------------------------------------------------------------
@@ -43,11 +43,11 @@ def valid_snapshot_name(v: Any) -> bool:
     return True
 
 
-def _snapshot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+def fs_snapshot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Create or delete a snapshot: ``{"op": "create", "name", "t"}`` (``t``: the moment,
     ns; the client's, like every time an fs method is given) or ``{"op": "delete",
     "name"}``.  The list lives in object :data:`SNAPSHOTS`, made by the first create."""
-    a = _arg(arg)
+    a = check_arg(arg)
     ((oid, state),) = states.items()
     if oid != SNAPSHOTS:
         raise MethodRefused("invalid", "snapshots live in their own object")
@@ -61,7 +61,7 @@ def _snapshot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
             raise MethodRefused("exists")
         if len(snaps) >= MAX_SNAPSHOTS:
             raise MethodRefused("no-space", f"at most {MAX_SNAPSHOTS} snapshots")
-        snaps[name] = _time(a, "t")
+        snaps[name] = check_time(a, "t")
     elif op == "delete":
         if name not in snaps:
             raise MethodRefused("not-found")
@@ -72,7 +72,7 @@ def _snapshot(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     return {oid: new}, snaps
 
 
-def _snapshots(states: States, arg: Any) -> Any:
+def fs_snapshots(states: States, arg: Any) -> Any:
     """The snapshots: name -> moment (ns); empty before the first."""
     ((_, state),) = states.items()
     if not isinstance(state, dict) or state.get("k") != "s":
@@ -90,7 +90,7 @@ def snapshot_times(state: Any) -> tuple[int, ...]:
 # Collection --------------------------------------------------------------------------------
 
 
-def _finished(state: Any) -> bool:
+def finished(state: Any) -> bool:
     """A removed directory (a tombstone), or a file no name reaches any more: no update
     makes either reachable again, so servers keep only the newest version of it once
     retention's age has passed (open handles still read that one)."""

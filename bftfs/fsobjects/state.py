@@ -37,40 +37,40 @@ from bftfs.qu.objects import MethodRefused, States
 # Argument checks ---------------------------------------------------------------------------
 
 
-def _arg(arg: Any) -> dict[str, Any]:
+def check_arg(arg: Any) -> dict[str, Any]:
     if not isinstance(arg, dict):
         raise MethodRefused("invalid", "argument must be a map")
     return arg
 
 
-def _int(arg: dict[str, Any], key: str, lo: int, hi: int) -> int:
+def check_int(arg: dict[str, Any], key: str, lo: int, hi: int) -> int:
     v = arg.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise MethodRefused("invalid", f"{key} must be an integer in [{lo}, {hi}]")
     return v
 
 
-def _opt_int(arg: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
-    return None if arg.get(key) is None else _int(arg, key, lo, hi)
+def check_opt_int(arg: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    return None if arg.get(key) is None else check_int(arg, key, lo, hi)
 
 
-def _oid(arg: dict[str, Any], key: str, states: States) -> int:
-    v = _int(arg, key, 1, MAX_OID)
+def check_oid(arg: dict[str, Any], key: str, states: States) -> int:
+    v = check_int(arg, key, 1, MAX_OID)
     if v not in states:
         raise MethodRefused("invalid", f"{key} is not an object of the request")
     return v
 
 
-def _time(arg: dict[str, Any], key: str = "now") -> int:
-    return _int(arg, key, MIN_TIME, MAX_TIME)
+def check_time(arg: dict[str, Any], key: str = "now") -> int:
+    return check_int(arg, key, MIN_TIME, MAX_TIME)
 
 
-def _opt_time(arg: dict[str, Any], key: str) -> int | None:
-    return _opt_int(arg, key, MIN_TIME, MAX_TIME)
+def check_opt_time(arg: dict[str, Any], key: str) -> int | None:
+    return check_opt_int(arg, key, MIN_TIME, MAX_TIME)
 
 
-def _owner(a: dict[str, Any]) -> tuple[int, int]:
-    return _int(a, "uid", 0, MAX_ID), _int(a, "gid", 0, MAX_ID)
+def check_owner(a: dict[str, Any]) -> tuple[int, int]:
+    return check_int(a, "uid", 0, MAX_ID), check_int(a, "gid", 0, MAX_ID)
 
 
 def check_name(name: Any) -> bytes:
@@ -96,7 +96,7 @@ def check_xattr_name(name: Any) -> bytes:
     return name
 
 
-def _inline(a: dict[str, Any], size: int) -> bytes | None:
+def check_inline(a: dict[str, Any], size: int) -> bytes | None:
     """The inline content an argument carries (``i``), checked against the new ``size``:
     the file's bytes, or those bytes sealed by a mount (``SEALED_EXTRA`` more, which the
     servers cannot open and need not: docs/confidentiality.md)."""
@@ -115,7 +115,7 @@ def _inline(a: dict[str, Any], size: int) -> bytes | None:
 # Object states -----------------------------------------------------------------------------
 
 
-def _dir(state: Any, *, alive: bool = True) -> dict[str, Any]:
+def dir_state(state: Any, *, alive: bool = True) -> dict[str, Any]:
     """A directory object's state (a copy), refusing anything else."""
     if state is None:
         raise MethodRefused("not-found")
@@ -126,7 +126,7 @@ def _dir(state: Any, *, alive: bool = True) -> dict[str, Any]:
     return dict(state)
 
 
-def _file(state: Any) -> dict[str, Any]:
+def file_state(state: Any) -> dict[str, Any]:
     """An attribute object's state (a copy), refusing anything else."""
     if state is None:
         raise MethodRefused("not-found")
@@ -135,7 +135,7 @@ def _file(state: Any) -> dict[str, Any]:
     return dict(state)
 
 
-def _node(state: Any) -> dict[str, Any]:
+def node_state(state: Any) -> dict[str, Any]:
     """Either kind of object (a copy)."""
     if state is None or not isinstance(state, dict) or state.get("k") not in ("d", "f"):
         raise MethodRefused("not-found")
@@ -148,7 +148,7 @@ def entries(state: dict[str, Any]) -> dict[bytes, list[int]]:
     return all_entries(state["e"])
 
 
-def _touch(state: dict[str, Any], now: int, *, modify: bool) -> None:
+def touch_state(state: dict[str, Any], now: int, *, modify: bool) -> None:
     """ctime (and mtime if ``modify``) to ``now``; every update bumps the version counter."""
     state["ct"] = now
     if modify:
@@ -188,7 +188,8 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
     ``nx == 0``), ``inl`` (the content is inline), ``p`` (parent) for directories, and for
     files ``al``: the bytes below ``size`` that writes stored in blocks (``w``; None for
     objects made before it was kept), from which clients report ``st_blocks``, and ``bt``
-    (the newest block Time, see :func:`_raise_block_time`) once blocks were written.
+    (the newest block Time, see :func:`~bftfs.fsobjects.attributes.raise_block_time`) once
+    blocks were written.
     """
     if state["k"] == "d":
         return {
@@ -219,5 +220,5 @@ def stat_of(state: dict[str, Any]) -> dict[str, Any]:
         out["w"] = w  # what a remover gives back (fs/reclaim.py), not the whole size
     lease = state.get("wl")
     if lease is not None and len(lease) > 2 and lease[2]:
-        out["zl"] = lease[2]  # stale too if its holder never completes (_settle_lease)
+        out["zl"] = lease[2]  # stale too if its holder never completes (settle_lease)
     return out

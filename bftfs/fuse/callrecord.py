@@ -9,6 +9,8 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+from bftfs.metrics import Histogram
+
 # The handlers' own logger: an operator greps a mount's log for "bftfs.fuse.operations".
 log = logging.getLogger("bftfs.fuse.operations")
 
@@ -28,6 +30,12 @@ class CallRecord:
         #: workload's time goes, see :meth:`statistics`).
         self.calls: Counter[str] = Counter()
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        #: The same requests' durations in buckets (the mount's latency histogram).
+        self.durations: defaultdict[str, Histogram] = defaultdict(Histogram)
+        #: Bytes the kernel's reads were answered and its writes took (the workload's
+        #: volume, per mount: JuiceFS exports the same pair).
+        self.read_bytes = 0
+        self.written_bytes = 0
 
     def answered_eio(self, name: str, args: Any, cause: str, start: float) -> None:
         """Count and log one EIO answer (every one: a program just saw an I/O error)."""

@@ -187,7 +187,7 @@ WRITE_BACK_WAIT = 60.0
 
 def write_back_mounts(config: ClusterConfig, wait: float = WRITE_BACK_WAIT) -> list[str]:
     """Make this cluster's mounts on this machine send what they hold back (creates,
-    removals, held files' writes: ``fs/writeback.py``) before a command reads or changes
+    removals, held files' writes: ``fs/writeback/``) before a command reads or changes
     the file system's state on the nodes, so that it sees what was done in them (``bftfs
     log`` right after an edit lists the edit).  An ``fsync`` of the mount point does it
     (``fsyncdir``).  Mounts on other machines are not reached: what they hold back

@@ -141,7 +141,9 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             record.answered_eio(name, args[1:3], f"unexpected {type(e).__name__}: {e}", start)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
+            took = time.perf_counter() - start
             record.calls[name] += 1
-            record.seconds[name] += time.perf_counter() - start
+            record.seconds[name] += took
+            record.durations[name].observe(took)
 
     return wrapper

@@ -26,7 +26,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from bftfs import proc
+from bftfs import WIRE_VERSION, __version__, proc
 from bftfs.config import ClusterConfig
 from bftfs.fs.locks import LockManager
 from bftfs.fs.pastview import PastView
@@ -44,7 +44,7 @@ from bftfs.fuse.control import (
 )
 from bftfs.fuse.operations import Operations
 from bftfs.fuse.options import MountOptions
-from bftfs.metrics import Family, MetricsServer
+from bftfs.metrics import Family, MetricsServer, metric_word
 from bftfs.metrics import serve as serve_metrics
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ async def serve(
         fuse_options.add(fuse_source(config_path))
         if options.allow_other:
             fuse_options.add("allow_other")
+        fuse_options.update(options.kernel_flags)  # noatime, nosuid, ...: the kernel's
         if options.read_only:
             fuse_options.add("ro")
         if debug:
@@ -273,6 +274,8 @@ class _Book:
             "pid": os.getpid(),
             "mountpoint": str(self.mountpoint),
             "client": self.options.client,
+            "version": __version__,
+            "wire": WIRE_VERSION,
             "options": self.options.to_string(),
             "started": self.started,
             "updated": time.time(),
@@ -321,18 +324,29 @@ class _Book:
 
 
 def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> list[Family]:
-    """The mount's Prometheus metrics (called in the trio loop at each scrape)."""
+    """The mount's Prometheus metrics (called in the trio loop at each scrape), named by
+    the Prometheus guide: base units in the name, ``_total`` on counters, one meaning per
+    family (docs/guide.md, "Health and metrics")."""
+    record = ops.record
     requests = Family(
-        "bftfs_mount_requests",
-        "Kernel requests served, and the seconds they took, by operation",
-        "summary",
+        "bftfs_mount_request_duration_seconds",
+        "Seconds the mount took to answer a kernel request, by operation",
+        "histogram",
         ("op",),
     )
-    for name, n in sorted(ops.record.calls.items()):
-        requests.add((n, ops.record.seconds[name]), name)
+    for name, histogram in sorted(record.durations.items()):
+        requests.add(histogram, name)
     eio = Family("bftfs_mount_eio_total", "EIO answers by operation", "counter", ("op",))
-    for name, n in sorted(ops.record.eio.items()):
+    for name, n in sorted(record.eio.items()):
         eio.add(n, name)
+    volume = [
+        Family(
+            "bftfs_mount_read_bytes_total", "Bytes the kernel's reads were answered", "counter"
+        ).add(record.read_bytes),
+        Family(
+            "bftfs_mount_written_bytes_total", "Bytes the kernel's writes handed over", "counter"
+        ).add(record.written_bytes),
+    ]
     faults = Family(
         "bftfs_mount_node_faults_total",
         "Faults this mount's clients detected, by node and kind",
@@ -342,26 +356,58 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
     for node, kinds in sorted(session.faults().items()):
         for kind, n in sorted(kinds.items()):
             faults.add(n, node, kind)
+    fs = session.fs
     methods = Family(
-        "bftfs_mount_qu_operations",
-        "Q/U operations, and their seconds, by method",
-        "summary",
+        "bftfs_mount_qu_operations_total", "Q/U operations by method", "counter", ("method",)
+    )
+    method_seconds = Family(
+        "bftfs_mount_qu_operation_seconds_total",
+        "Seconds spent in Q/U operations, by method",
+        "counter",
         ("method",),
     )
-    fs = session.fs
     for name, n in sorted(fs.methods.items()):
-        methods.add((n, fs.method_seconds[name]), name)
-    rw = Family("bftfs_mount_pasis_total", "PASIS client counters", "counter", ("counter",))
-    for name, n in sorted(session.rw.statistics().counters.items()):
-        rw.add(n, name)
-    qu = Family("bftfs_mount_qu_total", "Q/U client counters", "counter", ("counter",))
-    for name, value in sorted(vars(session.qu.statistics()).items()):
-        if isinstance(value, int):
-            qu.add(value, name)
+        methods.add(n, name)
+        method_seconds.add(fs.method_seconds[name], name)
+    counters = [
+        Family(
+            f"bftfs_mount_pasis_{metric_word(name)}_total", f"PASIS client: {name}", "counter"
+        ).add(n)
+        for name, n in sorted(session.rw.statistics().counters.items())
+    ]
+    counters += [
+        Family(f"bftfs_mount_qu_{metric_word(name)}_total", f"Q/U client: {name}", "counter").add(
+            value
+        )
+        for name, value in sorted(vars(session.qu.statistics()).items())
+        if isinstance(value, int)
+    ]
+    leases = fs.meta.leases
+    held = Family("bftfs_mount_leases_held", "Objects this mount holds a lease on", "gauge").add(
+        0 if leases is None else len(leases.held)
+    )
     waiting = Family(
         "bftfs_mount_unavailable", "1 while a hard mount waits for its cluster", "gauge"
-    ).add(1 if ops.record.unavailable_since is not None else 0)
-    return [requests, eio, faults, methods, rw, qu, waiting]
+    ).add(1 if record.unavailable_since is not None else 0)
+    return [requests, eio, *volume, faults, methods, method_seconds, *counters, held, waiting]
+
+
+def refuse_nonempty(mountpoint: Path, options: MountOptions) -> None:
+    """A mount hides what its mount point holds: refuse a directory with entries unless
+    ``-o nonempty`` asks for it, as ZFS refuses one (a user's files silently vanishing
+    behind the mount looks like data loss).
+
+    Raises:
+        MountError: ``mountpoint`` has entries and ``nonempty`` was not given."""
+    if options.nonempty:
+        return
+    with os.scandir(mountpoint) as entries:
+        first = next(entries, None)
+    if first is not None:
+        raise MountError(
+            f"mount point {mountpoint} is not empty (it holds {first.name!r}, which the "
+            "mount would hide): empty it, or mount with -o nonempty"
+        )
 
 
 def run_foreground(
@@ -374,6 +420,8 @@ def run_foreground(
     at_ns: int | None = None,
 ) -> None:
     """The daemon's main: record the pid file, serve, remove the pid file."""
+    if not is_mounted(mountpoint):  # the background daemon's parent checked it already
+        refuse_nonempty(mountpoint, options)
     pf = pid_file(config, mountpoint)
     pf.parent.mkdir(parents=True, exist_ok=True)
     pf.write_text(f"{os.getpid()}\n{mountpoint.resolve()}\n")
@@ -425,6 +473,7 @@ def mount_background(
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
+    refuse_nonempty(mountpoint, options)
     lf = log_path.resolve() if log_path is not None else log_file(config, mountpoint)
     lf.parent.mkdir(parents=True, exist_ok=True)
     cmd = daemon_command(

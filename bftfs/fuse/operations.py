@@ -276,7 +276,7 @@ class Operations(pyfuse3.Operations):
     @_handler  # (it had none: an error escaped to pyfuse3's loop and ended the mount)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         # Every namespace update is complete on a quorum before it returns, but the entries
-        # directory write-back keeps (leases, fs/writeback.py), which go now: 0 means the
+        # directory write-back keeps (leases, fs/writeback/), which go now: 0 means the
         # directory's are on a quorum (then the rest of the mount's go too).
         handle = self._dirs.get(fh)
         if handle is None:
@@ -335,11 +335,15 @@ class Operations(pyfuse3.Operations):
         # A view (``OpenFile.reply``) is fine: pyfuse3 takes any contiguous buffer
         # (``fuse_read_async``: PyObject_GetBuffer, then ``fuse_reply_buf``, which writes
         # it to /dev/fuse) and replies from it before any other task runs.
-        return await self.fs.read_reply(fh, off, size)
+        reply = await self.fs.read_reply(fh, off, size)
+        self.record.read_bytes += len(reply)
+        return reply
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.fs.write(fh, off, buf)
+        written = await self.fs.write(fh, off, buf)
+        self.record.written_bytes += written
+        return written
 
     @_handler
     async def flush(self, fh: int) -> None:

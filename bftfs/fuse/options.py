@@ -43,11 +43,16 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      frees its locks for the others within it (docs/fs.md, "Locks")
 ``metrics_port=P``   serve Prometheus metrics on this port (0: any free one; off by default)
 ``metrics_addr=A``   the address they listen on (default 127.0.0.1)
+``nonempty``         mount over a directory that holds entries (hidden while mounted);
+                     without it such a mount point is refused, as ZFS refuses one
+``noatime``, ...     the kernel's own flags ``noatime``, ``nosuid``, ``nodev``, ``noexec``:
+                     applied to the mount (``/proc/mounts`` shows them)
 ==================  ==========================================================================
 
 The generic options ``mount(8)`` and fstab pass along (``defaults``, ``auto``, ``noauto``,
-``user``, ``nofail``, ``_netdev``, ``x-systemd.*``, ``nosuid``, ``nodev``, ...) are accepted
-and ignored; anything else is an error naming the option.
+``user``, ``nofail``, ``_netdev``, ``x-systemd.*``) and the kernel's defaults (``atime``,
+``relatime``, ``suid``, ``dev``, ``exec``, ...) are accepted and change nothing; anything
+else is an error naming the option.
 """
 
 from __future__ import annotations
@@ -76,7 +81,14 @@ DEFAULT_COMMIT = 5.0
 #: Seconds a lock lives on the servers unless renewed (``locklease=``; bounds as ``lease=``).
 DEFAULT_LOCK_LEASE = 30.0
 
-#: Options mount(8), fstab and systemd pass along that mean nothing to bftfs.
+#: mount(8)'s VFS flags the kernel applies to the mount itself (access times, set-uid
+#: bits, device files, programs): passed to it as given, so ``/proc/mounts`` shows them.
+KERNEL_FLAGS = ("noatime", "nosuid", "nodev", "noexec")
+
+#: Options mount(8), fstab and systemd pass along that mean nothing to bftfs, or ask for
+#: what the kernel does anyway (``atime``, ``relatime``, ``suid``, ``dev``, ``exec``: the
+#: opposites of :data:`KERNEL_FLAGS` are the defaults).  ``nodiratime`` is here because
+#: libfuse cannot pass it (its mount refuses the option); ``noatime`` implies it.
 _IGNORED = frozenset(
     {
         "defaults",
@@ -89,15 +101,11 @@ _IGNORED = frozenset(
         "group",
         "nofail",
         "_netdev",
-        "nosuid",
         "suid",
-        "nodev",
         "dev",
         "exec",
-        "noexec",
         "async",
         "atime",
-        "noatime",
         "relatime",
         "norelatime",
         "strictatime",
@@ -122,6 +130,10 @@ class MountOptions:
 
     client: str = "client0"
     read_only: bool = False
+    #: The :data:`KERNEL_FLAGS` asked for, in the order given.
+    kernel_flags: tuple[str, ...] = ()
+    #: Mount over a directory that is not empty (its entries hidden while mounted).
+    nonempty: bool = False
     allow_other: bool = False
     attr_timeout: float = DEFAULT_TIMEOUT
     entry_timeout: float = DEFAULT_ENTRY_TIMEOUT
@@ -154,6 +166,9 @@ class MountOptions:
         out = [f"client={self.client}", "ro" if self.read_only else "rw"]
         if self.allow_other:
             out.append("allow_other")
+        out += list(self.kernel_flags)
+        if self.nonempty:
+            out.append("nonempty")
         out += [f"attr_timeout={self.attr_timeout:g}", f"entry_timeout={self.entry_timeout:g}"]
         if self.hard:
             out.append("hard")
@@ -193,6 +208,7 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
     """
     opts = base or MountOptions()
     changes: dict[str, object] = {}
+    kernel = list(opts.kernel_flags)
     for raw in (text or "").split(","):
         item = raw.strip()
         if not item:
@@ -249,12 +265,20 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             changes["metrics_port"] = port
         elif name == "metrics_addr" and eq:
             changes["metrics_addr"] = value
+        elif item in KERNEL_FLAGS and not eq:
+            if item not in kernel:
+                kernel.append(item)
+                changes["kernel_flags"] = tuple(kernel)
+        elif item == "nonempty" and not eq:
+            changes["nonempty"] = True
         elif item in _IGNORED or item.startswith(_IGNORED_PREFIXES):
             continue
         else:
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
                 "attr_timeout=, entry_timeout=, timeo=, hard, soft, wsync, "
-                "nowsync, lease=, commit=, locklease=, metrics_port=, metrics_addr=)"
+                "nowsync, lease=, commit=, locklease=, metrics_port=, metrics_addr=, nonempty, "
+                + ", ".join(KERNEL_FLAGS)
+                + ")"
             )
     return dataclasses.replace(opts, **changes)  # type: ignore[arg-type]

@@ -7,11 +7,11 @@ require (Q/U channels may drop and duplicate, L2115-2119).
 
 :meth:`Endpoint.quorum_call` is the primitive both protocols are built on; its decisions
 are the pure :class:`~bftfs.net.quorum.QuorumEngine`'s, run by
-:class:`~bftfs.net.driver.QuorumDriver`.  What this module adds is the way to the nodes
-(:class:`_Fanout`): on an open connection a request is sent directly and the connection's
-reader task reports the reply (no task per target); otherwise a task runs :meth:`call`,
-which connects and resends.  Requests still in flight when a call returns finish in the
-background (:meth:`Endpoint._finish`).
+:class:`~bftfs.net.driver.QuorumDriver`.  The way to the nodes is a
+:class:`~bftfs.net.fanout.Fanout` per quorum call (fanout.py): on an open connection a
+request is sent directly and the connection's reader task reports the reply (no task per
+target); otherwise a task runs :meth:`Endpoint.call`, which connects and resends.  The
+connections, one per node, are the endpoint's :class:`~bftfs.net.pool.Pool` (pool.py).
 
 **Batching** (``quorum_call(..., batch=BatchKind(...))``, the Q/U client's rounds): the
 first transmissions of concurrent quorum calls to a node share a frame, a batch of the
@@ -27,13 +27,12 @@ from nodes it has not called lately keeps connections to them with
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -44,20 +43,15 @@ from bftfs.net.batch import BatchKind
 from bftfs.net.coalesce import Coalescer
 from bftfs.net.connection import Connection, PushHandler, Waiter
 from bftfs.net.driver import QuorumDriver
-from bftfs.net.errors import RemoteError, TransportError
-from bftfs.net.frames import (
-    DEFAULT_MAX_FRAME,
-    REQUEST,
-    STATUS_OK,
-    FrameReader,
-)
-from bftfs.net.keepalive import keep_connected
+from bftfs.net.errors import TransportError
+from bftfs.net.fanout import Fanout
+from bftfs.net.frames import DEFAULT_MAX_FRAME, REQUEST
 from bftfs.net.liveness import Liveness
-from bftfs.net.moved import announce as announce_moved
-from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, Verdict, live_first
-from bftfs.net.session import SessionRefused, client_handshake
-from bftfs.net.viewcheck import Admit, admitted
-from bftfs.outcome import Patience, acting_for, bounded, current_patience, progressed
+from bftfs.net.pool import Pool
+from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, live_first
+from bftfs.net.session import SessionRefused
+from bftfs.net.viewcheck import Admit
+from bftfs.outcome import Patience, bounded, current_patience, progressed
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +91,14 @@ class Endpoint:
         #: (:class:`SessionRefused`: revoked or rekeyed by a view); the client's view
         #: tracker judges whether this client is revoked (``membership/client.py``).
         self.on_refused: Callable[[NodeId, str], None] | None = None
-        #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`aclose` ran.
-        self._kept: set[NodeId] = set()
-        self._closing = False
         self.addresses = dict(addresses)
         self.max_frame = max_frame
         self.timeout = timeout
         self.resend_after = resend_after
         self.connect_timeout = connect_timeout
         self._nursery = nursery
-        self._conns: dict[NodeId, Connection] = {}
-        self._locks: dict[NodeId, trio.Lock] = {}
-        self._down_until: dict[NodeId, float] = {}
-        self._down_backoff: dict[NodeId, float] = {}
-        #: Nodes whose last connection attempt failed (cleared by the next success); quorum
-        #: calls try them last.
-        self._dead: set[NodeId] = set()
+        #: The connections to the nodes, one each (``net/pool.py``).
+        self.pool = Pool(self, nursery)
         #: Which nodes are alive and making progress (``net/liveness.py``), and how many
         #: must be for the cluster to be available (a quorum: ``n - t``; None: all).
         self.liveness = Liveness()
@@ -121,14 +107,15 @@ class Endpoint:
         self._pinging: set[NodeId] = set()
         #: Heartbeats sent.
         self.heartbeats = 0
-        self._ids = itertools.count(1)
+        #: Request ids, one sequence for every request of this principal's connections.
+        self.ids = itertools.count(1)
         self.sent = 0
         self.resent = 0
         #: Resends not made because the connection still held unsent bytes
         #: (``Connection.resend_nowait``).
         self.resends_held = 0
         #: The outboxes of coalesced first transmissions and their flusher (coalesce.py).
-        self.coalescer = Coalescer(nursery, self._ids, coalesce_window)
+        self.coalescer = Coalescer(nursery, self.ids, coalesce_window)
         #: Faults seen per node: ``(node, kind)`` -> count, kind ``timeout`` (a request not
         #: answered in time), ``unreachable`` (a request given up because no connection
         #: could be made), ``push_handler_failed`` (``on_push`` raised), ``frame_unexpected``
@@ -166,66 +153,6 @@ class Endpoint:
         """Requests written in those frames."""
         return self.coalescer.batched
 
-    async def _connection(self, node: NodeId) -> Connection:
-        conn = self._conns.get(node)
-        if conn is not None and not conn.closed:
-            return conn
-        if node not in self.addresses:
-            raise TransportError(f"unknown node {node}")
-        if trio.current_time() < self._down_until.get(node, 0.0):
-            raise TransportError(f"node {node} unreachable (recently refused)")
-        lock = self._locks.setdefault(node, trio.Lock())
-        async with lock:
-            conn = self._conns.get(node)
-            if conn is not None and not conn.closed:
-                return conn
-            if self.admit is not None:
-                conn = await admitted(self._open, node, self.admit, self._ids, self.timeout)
-            else:
-                conn = await self._open(node)
-                if self.on_peer_view is not None and conn.session.peer_view != self.view_number:
-                    self.on_peer_view(node, conn.session.peer_view)
-            self._conns[node] = conn
-            return conn
-
-    async def _open(self, node: NodeId) -> Connection:
-        """A new connection to ``node``, its handshake done and its tasks running."""
-        host, port = self.addresses[node]
-        try:
-            with trio.fail_after(self.connect_timeout):
-                stream = await trio.open_tcp_stream(host, port)
-                try:
-                    reader = FrameReader(stream, self.max_frame)
-                    session = await client_handshake(
-                        stream, reader, self.keyring, node, self.view_number
-                    )
-                except BaseException:
-                    stream.socket.close()
-                    raise
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
-            backoff = min(1.0, self._down_backoff.get(node, 0.01) * 2)
-            self._down_backoff[node] = backoff
-            self._down_until[node] = trio.current_time() + backoff
-            self._dead.add(node)
-            self.liveness.unreachable(node)
-            raise TransportError(f"node {node} at {host}:{port} unreachable: {e}") from None
-        except SessionRefused:
-            # It will not serve this principal (revoked or rekeyed by a view): not a node
-            # an operation may wait for, whatever it answers to others.
-            self._down_until[node] = trio.current_time() + 0.05
-            self.liveness.unreachable(node)
-            raise
-        except TransportError:
-            self._down_until[node] = trio.current_time() + 0.05
-            raise
-        self._down_backoff.pop(node, None)
-        self._down_until.pop(node, None)
-        self._dead.discard(node)
-        self.liveness.connected(node, trio.current_time())
-        conn = Connection(node, stream, reader, session, self.faults, self._pushed, self.liveness)
-        self._nursery.start_soon(conn.run)
-        return conn
-
     async def call(
         self,
         node: NodeId,
@@ -255,43 +182,25 @@ class Endpoint:
         p = self._attach()
         timeout = bounded(self.timeout if timeout is None else timeout, now)
         deadline = now + timeout
-        req_id = next(self._ids)
+        req_id = next(self.ids)
+        r = _Request([REQUEST, req_id, kind, payload], Waiter())
         interval = self.resend_after
         last_error = "no reply"
         first = True
-        conn: Connection | None = None
-        sent_on: Connection | None = None  # the connection the request last went out on
-        waiter = Waiter()
         try:
             while True:
                 now = trio.current_time()
                 if now >= deadline and self._keeps(node, now, keep, p):
                     deadline = now + max(timeout, self.resend_after)
                 if now >= deadline:
-                    unreachable = conn is None or conn.closed
+                    unreachable = r.conn is None or r.conn.closed
                     self.faults[(int(node), "unreachable" if unreachable else "timeout")] += 1
                     raise TransportError(f"node {node}: {last_error} within {timeout:g}s")
                 if not first and on_trouble is not None:
                     on_trouble()
                     on_trouble = None
                 try:
-                    conn = await self._connection(node)
-                    if waiter.event.is_set():  # lost with the previous connection
-                        waiter = Waiter()
-                    conn.pending[req_id] = waiter
-                    msg = [REQUEST, req_id, kind, payload]
-                    went = True
-                    if conn is not sent_on:
-                        conn.send_nowait(msg)
-                        sent_on = conn
-                    elif not conn.resend_nowait(msg):
-                        went = False
-                        self.resends_held += 1
-                except SessionRefused as e:
-                    self.faults[(int(node), "refused")] += 1
-                    if self.on_refused is not None:
-                        self.on_refused(node, str(e))
-                    raise  # revoked by a view: resending cannot help, and the caller is told why
+                    went = await self._send(node, req_id, r)
                 except (TransportError, trio.ClosedResourceError) as e:
                     last_error = str(e) if isinstance(e, TransportError) else "connection closed"
                     first = False
@@ -301,13 +210,12 @@ class Endpoint:
                     await trio.sleep(min(interval, max(0.0, deadline - now)))
                     interval = min(interval * 2, 5.0)
                     continue
-                if not went:
-                    pass
-                elif first:
+                if went and first:
                     self.sent += 1
-                else:
+                elif went:
                     self.resent += 1
                 first = False
+                waiter = r.waiter
                 with trio.move_on_at(min(deadline, now + interval)):
                     await waiter.event.wait()
                 if waiter.event.is_set() and not waiter.lost:
@@ -316,8 +224,37 @@ class Endpoint:
                 last_error = "connection lost" if waiter.lost else "no reply"
                 interval = min(interval * 2, 5.0)
         finally:
-            if conn is not None:
-                conn.pending.pop(req_id, None)
+            if r.conn is not None:
+                r.conn.pending.pop(req_id, None)
+
+    async def _send(self, node: NodeId, req_id: int, r: _Request) -> bool:
+        """One transmission of :meth:`call`'s request ``r``: on the node's connection (made
+        if need be), written on a new connection, resent on the one it went out on
+        (False: not resent, the connection still holds unsent bytes).
+
+        Raises:
+            SessionRefused: the node refuses this principal (revoked by a view: resending
+                cannot help, and the caller is told why).
+            TransportError, trio.ClosedResourceError: not sent; the call tries again.
+        """
+        try:
+            r.conn = conn = await self.pool.get(node)
+        except SessionRefused as e:
+            self.faults[(int(node), "refused")] += 1
+            if self.on_refused is not None:
+                self.on_refused(node, str(e))
+            raise
+        if r.waiter.event.is_set():  # lost with the previous connection
+            r.waiter = Waiter()
+        conn.pending[req_id] = r.waiter
+        if conn is not r.sent_on:
+            conn.send_nowait(r.msg)
+            r.sent_on = conn
+            return True
+        if conn.resend_nowait(r.msg):
+            return True
+        self.resends_held += 1
+        return False
 
     # Liveness: slow is not unavailable (issue 60) ------------------------------------------
 
@@ -339,10 +276,10 @@ class Endpoint:
         """Send ``node`` a ``ping`` on its open connection (none: nothing to do, a call
         is connecting), unless one is outstanding; its answer is heard by the connection
         like any other (``Connection``, ``Liveness.heard``)."""
-        conn = self._conns.get(node)
-        if conn is None or conn.closed:
+        conn = self.pool.open_to(node)
+        if conn is None:
             return
-        req_id = next(self._ids)
+        req_id = next(self.ids)
         waiter = Waiter()
         waiter.notify = lambda: self._pinging.discard(node)
         conn.pending[req_id] = waiter
@@ -408,13 +345,7 @@ class Endpoint:
     def unreachable(self, targets: Sequence[NodeId]) -> set[NodeId]:
         """Those of ``targets`` that recently refused connections: a caller choosing which
         nodes to ask first (a reader its data fragments' nodes) leaves them for last."""
-        return self._down(targets)
-
-    def _down(self, targets: Sequence[NodeId]) -> set[NodeId]:
-        """Those of ``targets`` that recently refused connections (quorum calls try them last)."""
-        now = trio.current_time()
-        down_until = self._down_until
-        return {n for n in targets if down_until.get(n, 0.0) > now or n in self._dead}
+        return self.pool.down(targets)
 
     async def quorum_call(
         self,
@@ -455,7 +386,7 @@ class Endpoint:
         now = trio.current_time()
         p = self._attach()
         timeout = bounded(self.timeout if timeout is None else timeout, now)
-        targets = live_first(targets, self._down(targets))
+        targets = live_first(targets, self.pool.down(targets))
         engine = QuorumEngine(
             targets,
             label=kind,
@@ -470,7 +401,7 @@ class Endpoint:
         )
         driver = QuorumDriver(engine, renew_at=renew_at)
         make = payload if callable(payload) else (lambda _n: payload)
-        fanout = _Fanout(self, driver, kind, make, engine.deadline, batch)
+        fanout = Fanout(self, driver, kind, make, engine.deadline, batch)
         if batch is None:
             result = await driver.run(fanout)
         else:
@@ -482,43 +413,7 @@ class Endpoint:
         progressed(trio.current_time())
         return result
 
-    async def _finish(
-        self,
-        node: NodeId,
-        kind: str,
-        conn: Connection,
-        req_id: int,
-        waiter: Waiter,
-        value: Any,
-        deadline: float,
-    ) -> None:
-        """Let a straggler of a quorum call complete: resend until answered or timed out."""
-        interval = self.resend_after
-        try:
-            while not waiter.event.is_set():
-                now = trio.current_time()
-                if now >= deadline:
-                    self.faults[(int(node), "timeout")] += 1
-                    return
-                with trio.move_on_at(min(deadline, now + interval)):
-                    await waiter.event.wait()
-                if waiter.event.is_set() or conn.closed:
-                    break
-                with contextlib.suppress(trio.ClosedResourceError):
-                    if conn.resend_nowait([REQUEST, req_id, kind, value]):
-                        self.resent += 1
-                    else:
-                        self.resends_held += 1
-                interval = min(interval * 2, 5.0)
-            if waiter.lost and trio.current_time() < deadline:
-                with contextlib.suppress(TransportError, RemoteError):
-                    await self.call(
-                        node, kind, value, timeout=max(0.0, deadline - trio.current_time())
-                    )
-        finally:
-            conn.pending.pop(req_id, None)
-
-    def _pushed(self, node: NodeId, body: Any) -> None:
+    def pushed(self, node: NodeId, body: Any) -> None:
         """A connection's push, to :attr:`on_push` as it is now (none: ignored); a node's
         ``{"view": N}`` (it took view ``N``: a node of the view was replaced) goes to
         :attr:`on_peer_view` instead, as a handshake's number would."""
@@ -543,157 +438,27 @@ class Endpoint:
         Raises:
             TransportError: a node is not in the endpoint's addresses.
         """
-        unknown = [n for n in nodes if n not in self.addresses]
-        if unknown:
-            raise TransportError(f"unknown nodes {unknown}")
-        for node in nodes:
-            if node not in self._kept:
-                self._kept.add(node)
-                self._nursery.start_soon(self._keep_connected, node)
-
-    async def _keep_connected(self, node: NodeId) -> None:
-        """:meth:`stay_connected`'s task for one node (``net/keepalive.py``)."""
-        await keep_connected(
-            functools.partial(self._connection, node),
-            lambda: self._closing,
-            lambda: self._down_until.get(node, 0.0),
-        )
+        self.pool.stay_connected(nodes)
 
     def moved(self, node: NodeId, address: tuple[str, int]) -> None:
         """Node ``node`` is at ``address`` now, or has a new key (a new view replaced it):
         the connection to the old one ends (its waiting calls go on as after any lost
         connection) and the next one is made there, under the key ring's key."""
-        self.addresses[node] = address
-        self._down_until.pop(node, None)
-        conn = self._conns.pop(node, None)
-        if conn is not None:
-            conn._close()
-        announce_moved(int(node))
+        self.pool.moved(node, address)
 
     async def aclose(self) -> None:
-        self._closing = True
-        for conn in list(self._conns.values()):
-            conn._close()
-        self._conns.clear()
+        self.pool.close()
 
 
-class _Fanout:
-    """How :meth:`Endpoint.quorum_call` reaches the nodes (a driver's ``Transmit``).
+@dataclass(slots=True)
+class _Request:
+    """One :meth:`Endpoint.call`'s request and where it went."""
 
-    On an open connection the request is sent directly and the connection's reader task
-    reports the reply through the waiter's ``notify`` (no task per target, and the caller's
-    task is not woken per reply); resends are the engine's (``watch``).  Without one, or
-    when the connection breaks, a task runs :meth:`Endpoint.call`, which connects, resends
-    and reports trouble itself.
-    """
-
-    __slots__ = ("ep", "driver", "kind", "make", "deadline", "fast", "batch", "patience")
-
-    def __init__(
-        self,
-        ep: Endpoint,
-        driver: QuorumDriver,
-        kind: str,
-        make: Callable[[NodeId], Any],
-        deadline: float,
-        batch: BatchKind | None = None,
-    ) -> None:
-        self.ep = ep
-        self.driver = driver
-        self.kind = kind
-        self.make = make
-        self.deadline = deadline
-        #: Coalesce first transmissions under this batch kind (None: write at once).
-        self.batch = batch
-        #: The calling operation's (its requests may be sent from other tasks).
-        self.patience = current_patience()
-        #: Requests on the direct path: connection, request id, waiter, payload.
-        self.fast: dict[NodeId, tuple[Connection, int, Waiter, Any]] = {}
-
-    def send(self, node: NodeId) -> None:
-        ep = self.ep
-        value = self.make(node)
-        conn = ep._conns.get(node)
-        if conn is None or conn.closed:
-            ep._nursery.start_soon(self._slow, node, value)
-            return
-        req_id = next(ep._ids)
-        waiter = Waiter()
-        waiter.notify = lambda: self._resolved(node, waiter)
-        conn.pending[req_id] = waiter
-        self.fast[node] = (conn, req_id, waiter, value)
-        if self.batch is not None and ep.coalescer.wanted():
-            ep.coalescer.enqueue(conn, self.batch, req_id, waiter, self.kind, value)
-        else:
-            try:
-                conn.send_nowait([REQUEST, req_id, self.kind, value])
-            except trio.ClosedResourceError:
-                return  # the waiter was resolved as lost: retried like any lost connection
-        ep.sent += 1
-        self.driver.watch(node)
-
-    def resend(self, node: NodeId) -> None:
-        entry = self.fast.get(node)
-        if entry is None:
-            return
-        conn, req_id, waiter, value = entry
-        if waiter.event.is_set() or conn.closed:
-            return
-        try:
-            if not conn.resend_nowait([REQUEST, req_id, self.kind, value]):
-                self.ep.resends_held += 1
-                return
-        except trio.ClosedResourceError:
-            return
-        self.ep.resent += 1
-
-    def settle(self, verdict: Verdict) -> None:
-        ep = self.ep
-        for node, (conn, req_id, waiter, value) in self.fast.items():
-            if verdict is Verdict.ENOUGH and not waiter.event.is_set():
-                ep._nursery.start_soon(
-                    ep._finish, node, self.kind, conn, req_id, waiter, value, self.deadline
-                )
-            else:
-                conn.pending.pop(req_id, None)
-        self.fast.clear()
-
-    def _resolved(self, node: NodeId, waiter: Waiter) -> None:
-        """A direct request's waiter resolved (in the connection's reader task)."""
-        driver = self.driver
-        if driver.over:  # a straggler's reply, or one that no longer matters
-            return
-        entry = self.fast.get(node)
-        if entry is None or entry[2] is not waiter:  # a stale waiter of an earlier attempt
-            return
-        del self.fast[node]
-        if waiter.lost:  # the connection broke: retry through the slow path
-            self.ep._nursery.start_soon(self._slow, node, entry[3])
-            driver.lost(node)
-        elif waiter.status == STATUS_OK:
-            driver.reply(node, waiter.body)
-        else:
-            driver.failed(node, waiter.outcome()[1], answered=True)
-
-    async def _slow(self, node: NodeId, value: Any) -> None:
-        """One request through :meth:`Endpoint.call` (connects, resends, reports trouble)."""
-        driver = self.driver
-        try:
-            with acting_for(self.patience):
-                reply = await self.ep.call(
-                    node,
-                    self.kind,
-                    value,
-                    timeout=max(0.0, self.deadline - trio.current_time()),
-                    on_trouble=driver.trouble,
-                    keep=lambda: not driver.over,
-                )
-        except TransportError as e:
-            driver.failed(node, str(e))
-        except RemoteError as e:
-            driver.failed(node, f"refused: {e}", answered=True)
-        else:
-            driver.reply(node, reply)
+    msg: list[Any]
+    waiter: Waiter
+    #: The node's connection when last tried, and the one the request last went out on.
+    conn: Connection | None = None
+    sent_on: Connection | None = None
 
 
 @asynccontextmanager

@@ -45,6 +45,7 @@ import trio
 
 from bftfs.crypto import KeyRing
 from bftfs.ids import PrincipalId, is_node
+from bftfs.metrics import Histogram
 from bftfs.net.admission import Admission
 from bftfs.net.errors import FrameError
 from bftfs.net.frames import (
@@ -148,6 +149,8 @@ class Server(Generic[Ctx]):
         #: Seconds spent answering requests, by kind (with ``stats["req.KIND"]``, the mean
         #: latency; Prometheus metrics).
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        #: The same requests' durations in buckets (the node's latency histogram).
+        self.durations: defaultdict[str, Histogram] = defaultdict(Histogram)
         self._handlers: dict[str, Handler] = {}
         self._inline: set[str] = set()
         self._fast: dict[str, FastHandler] = {}
@@ -263,6 +266,21 @@ class Server(Generic[Ctx]):
         self.stats["sessions_ended"] += ended
         return ended
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """The open connections of clients: who, from where, since when, how many
+        requests (plain values, for ``bftfs status``)."""
+        return [
+            {
+                "client": int(pid),
+                "address": conn.address,
+                "since": round(conn.since, 1),
+                "requests": conn.requests,
+            }
+            for pid, conns in sorted(self._open.items())
+            if not is_node(pid)
+            for conn in conns
+        ]
+
     def connected(self, principal: PrincipalId) -> int:
         """How many connections of ``principal`` are open (those :meth:`push` would use)."""
         return len(self._open.get(principal, ()))
@@ -278,7 +296,10 @@ class Server(Generic[Ctx]):
                     stream, reader, self.keyring, self.view_number, self.refused, self.prove
                 )
         except FrameError as e:
-            self.rejected[e.reason] += 1
+            if e.reason == "probe":  # connected and closed, nothing sent: not a refusal
+                self.stats["probes"] += 1
+            else:
+                self.rejected[e.reason] += 1
             await stream.aclose()
             return
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -345,6 +366,7 @@ class Server(Generic[Ctx]):
             if typ != REQUEST or not isinstance(kind, str):
                 self.rejected["malformed"] += 1
                 continue
+            conn.requests += 1
             if sender is not None and not is_node(sender) and kind not in self.monitoring:
                 now = trio.current_time()
                 if now - self.last_client_request >= self.busy_gap:
@@ -395,7 +417,9 @@ class Server(Generic[Ctx]):
         except Exception as e:
             msg = self._internal(kind, e, req_id)
         self.stats[f"req.{kind}"] += 1
-        self.seconds[kind] += time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.seconds[kind] += took
+        self.durations[kind].observe(took)
         conn.send(msg)
         return True
 
@@ -439,13 +463,24 @@ class Server(Generic[Ctx]):
                 msg = [REPLY, req_id, STATUS_ERROR, [e.code, e.message]]
             except Exception as e:
                 msg = self._internal(kind, e, req_id)
-            self.seconds[kind if known else "unknown"] += time.perf_counter() - start
+            took = time.perf_counter() - start
+            self.seconds[kind if known else "unknown"] += took
+            self.durations[kind if known else "unknown"].observe(took)
             if self.faults is not None and self.faults.drop_reply(conn.sender):
                 return
             conn.send(msg)
         finally:
             if done is not None:
                 done()  # the sender's in-flight slot, however the answer ended
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    """``host:port`` of the other end of ``stream`` ("?" when the socket cannot say)."""
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except (OSError, ValueError, TypeError):
+        return "?"
+    return f"{host}:{port}"
 
 
 def _items(kind: str, payload: Any) -> int:
@@ -479,7 +514,17 @@ def _countdown(done: Callable[[], None], copies: int) -> Callable[[], None]:
 class _ServerConnection(Generic[Ctx]):
     """The sending half of one accepted connection, and who is on the other end."""
 
-    __slots__ = ("session", "sender", "context", "writer", "traffic", "scope")
+    __slots__ = (
+        "session",
+        "sender",
+        "context",
+        "writer",
+        "traffic",
+        "scope",
+        "address",
+        "since",
+        "requests",
+    )
 
     def __init__(
         self,
@@ -498,6 +543,11 @@ class _ServerConnection(Generic[Ctx]):
         self.traffic = traffic
         #: Cancelled to end the session (``Server.end_sessions``).
         self.scope = trio.CancelScope()
+        #: Where the peer connects from (``host:port``), since when (Unix time), and how
+        #: many requests it sent: ``bftfs status`` lists the sessions of every node.
+        self.address = _peer_address(stream)
+        self.since = time.time()
+        self.requests = 0
 
     def send(self, msg: list[Any]) -> None:
         with packed(msg) as body:

@@ -333,8 +333,8 @@ async def server_handshake(
             ``misdirected`` or ``refused``; the caller closes the connection.
     """
     frame = await reader.read()
-    if frame is None:
-        raise FrameError("malformed", "closed before hello")
+    if frame is None:  # a port probe (``bftfs`` commands' fail-fast, a health check)
+        raise FrameError("probe", "closed before hello")
     frame = bytes(frame)  # (a hello is small: never read into a buffer of its own)
     if len(frame) > MAX_HELLO or len(frame) <= MAC_SIZE:
         raise FrameError("malformed", "hello of wrong size")

@@ -23,6 +23,7 @@ statistics, as ``qu.refused.quota`` does on a Q/U node.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ from bftfs.ids import PrincipalId
 from bftfs.node import limits
 from bftfs.node.qu_server import registry_of
 from bftfs.qu.clocks import ClockAhead, clock_off
-from bftfs.qu.objects import Class, ObjectType
+from bftfs.qu.objects import Class, ObjectType, Registry
 from bftfs.quorums.fab import FabQuorums
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
 
@@ -83,62 +84,10 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
     versions.restoring = True  # its own snapshot: the versions before it are kept
     restored = replica.restore(image) if image is not None else Step(())
     versions.restoring = False
-
-    # From here on (not for the slots a restart executes again, told long ago): the lease
-    # recalls and lock wake-ups a slot's answer names, pushed as a Q/U node does on accept.
-    def executed(op: Operation, reply: Reply) -> None:
-        if reply.ok:
-            node.recalls.executed(op.method, reply.result)
-        elif reply.result == "quota":
-            node.stats["fab.refused.quota"] += 1
-            if node.server.admission is not None:
-                node.server.admission.note(PrincipalId(op.client), "quota_refused")
-
-    replica.on_execute = executed
-    registry = replica.registry
-
-    def admit(op: Operation) -> str | None:
-        """A client's update declaring times off this node's clock is refused, as a Q/U
-        node refuses it (``qu/clocks.py``); queries declare none."""
-        method = registry.get(op.method)
-        if method is None or method.cls is not Class.UPDATE:
-            return None
-        now = node.now_ns()
-        off = (  # the request id is the time of its versions (fab/versions.py)
-            ClockAhead(op.rid - now)
-            if op.rid > now + DEFAULT_MAX_AHEAD_NS
-            else clock_off(registry, op.method, op.arg, now, DEFAULT_MAX_AHEAD_NS)
-        )
-        if off is None:
-            return None
-        node.stats[f"fab.refused.{off.code}"] += 1
-        return off.code
-
-    replica.admit = admit
-    changes = durable.Durable(replica, image)  # its pieces are in the store already
-
-    def persist() -> Awaitable[None] | None:
-        kept = versions.changes()
-        out = changes.changes() + kept
-        if not out:
-            return None
-        if not node.store.durable:  # no sync to share: commit now, on this thread
-            try:
-                node.store.write_now(lambda kv: durable.write(kv, out))
-            except Exception:
-                changes.forget()  # written next time, whole
-                versions.forget(kept)
-                raise
-            return None
-        return written(out, kept)
-
-    async def written(out: list[durable.Change], kept: list[durable.Change]) -> None:
-        try:
-            await node.store.write(lambda kv: durable.write(kv, out))
-        except Exception:
-            changes.forget()
-            versions.forget(kept)
-            raise
+    # From here on (not for the slots a restart executes again, told long ago).
+    replica.on_execute = functools.partial(_executed, node)
+    replica.admit = functools.partial(_admit, node, replica.registry)
+    persist = Persist(node, durable.Durable(replica, image), versions)  # its pieces are stored
 
     faults = node.faults  # a Byzantine node of a test (testing/byzantine/fab.py)
     rewrite = faults.fab_rewrite(replica) if isinstance(faults, FabFaults) else None
@@ -168,6 +117,73 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
             replica.execution.executed,
         )
     return shell
+
+
+def _executed(node: Node, op: Operation, reply: Reply) -> None:
+    """The replica's ``on_execute``: the lease recalls and lock wake-ups a slot's answer
+    names, pushed as a Q/U node does on accept; a quota refusal counted."""
+    if reply.ok:
+        node.recalls.executed(op.method, reply.result)
+    elif reply.result == "quota":
+        node.stats["fab.refused.quota"] += 1
+        if node.server.admission is not None:
+            node.server.admission.note(PrincipalId(op.client), "quota_refused")
+
+
+def _admit(node: Node, registry: Registry, op: Operation) -> str | None:
+    """The replica's ``admit``: a client's update declaring times off this node's clock is
+    refused, as a Q/U node refuses it (``qu/clocks.py``); queries declare none."""
+    method = registry.get(op.method)
+    if method is None or method.cls is not Class.UPDATE:
+        return None
+    now = node.now_ns()
+    off = (  # the request id is the time of its versions (fab/versions.py)
+        ClockAhead(op.rid - now)
+        if op.rid > now + DEFAULT_MAX_AHEAD_NS
+        else clock_off(registry, op.method, op.arg, now, DEFAULT_MAX_AHEAD_NS)
+    )
+    if off is None:
+        return None
+    node.stats[f"fab.refused.{off.code}"] += 1
+    return off.code
+
+
+class Persist:
+    """The shell's ``persist``: a step's changes (the replica's and its versions') written
+    to the node's store before its messages go out (module docstring); on a non-durable
+    store at once, on this thread, else awaited.  Changes a failed write lost are
+    written next time, whole."""
+
+    def __init__(self, node: Node, changes: durable.Durable, versions: Versions) -> None:
+        self.node = node
+        self.changes = changes
+        self.versions = versions
+
+    def __call__(self) -> Awaitable[None] | None:
+        kept = self.versions.changes()
+        out = self.changes.changes() + kept
+        if not out:
+            return None
+        store = self.node.store
+        if not store.durable:  # no sync to share: commit now, on this thread
+            try:
+                store.write_now(lambda kv: durable.write(kv, out))
+            except Exception:
+                self._lost(kept)
+                raise
+            return None
+        return self._written(out, kept)
+
+    async def _written(self, out: list[durable.Change], kept: list[durable.Change]) -> None:
+        try:
+            await self.node.store.write(lambda kv: durable.write(kv, out))
+        except Exception:
+            self._lost(kept)
+            raise
+
+    def _lost(self, kept: list[durable.Change]) -> None:
+        self.changes.forget()  # written next time, whole
+        self.versions.forget(kept)
 
 
 def _progress(shell: FabShell) -> dict[str, Any]:

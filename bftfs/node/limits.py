@@ -37,6 +37,8 @@ to the node itself (visible, never refused).  At most
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bftfs import accounting
@@ -89,3 +91,13 @@ def statistics(node: Node) -> dict[str, Any]:
         + node.stats["fab.refused.quota"],
         "principals": principals,
     }
+
+
+def disk_space(path: Path) -> dict[str, int] | None:
+    """``statvfs`` of the file system holding ``path``: ``{"total", "free"}`` in bytes, free
+    as an unprivileged writer sees it (``f_bavail``); None when it cannot be asked."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return {"total": st.f_blocks * st.f_frsize, "free": st.f_bavail * st.f_frsize}

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
+from typing import TypeVar
 
 import trio
 
@@ -25,9 +26,13 @@ from bftfs.crypto import Identity, KeyFileError
 from bftfs.net.server import FaultHooks
 from bftfs.node.nodemetrics import node_metrics
 from bftfs.node.service import Node
+from bftfs.node.storeformat import StoreFormatError
 from bftfs.qu.objects import ObjectType
 
 log = logging.getLogger(__name__)
+
+
+E = TypeVar("E", bound=BaseException)
 
 
 class StartError(Exception):
@@ -108,14 +113,18 @@ def run(
     proc.keep_big_buffers()
     try:
         trio.run(main)
-    except (OSError, BaseExceptionGroup) as e:
+    except (OSError, StoreFormatError, BaseExceptionGroup) as e:
         raise _listen_error(e, spec) from None
     log.info("node %s stopped", spec.id)
 
 
 def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:
     """A node that could not bind its port: a message naming the port and, for a port in
-    use, the process holding it (``proc.describe_port_holder``); anything else unchanged."""
+    use, the process holding it (``proc.describe_port_holder``); a store of a newer format
+    (``node/storeformat.py``); anything else unchanged."""
+    newer = _first(e, StoreFormatError)
+    if newer is not None:
+        return StartError(f"node {spec.id}: {newer}")
     os_error = _first_os_error(e)
     if os_error is None:
         return e
@@ -128,11 +137,16 @@ def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:
 
 def _first_os_error(e: BaseException) -> OSError | None:
     """``e`` itself or the first OSError inside it (trio's nurseries group exceptions)."""
-    if isinstance(e, OSError):
+    return _first(e, OSError)
+
+
+def _first(e: BaseException, kind: type[E]) -> E | None:
+    """``e`` itself or the first ``kind`` inside it (trio's nurseries group exceptions)."""
+    if isinstance(e, kind):
         return e
     if isinstance(e, BaseExceptionGroup):
         for inner in e.exceptions:
-            if (found := _first_os_error(inner)) is not None:
+            if (found := _first(inner, kind)) is not None:
                 return found
     return None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import CLIENT_ID_BASE, is_node
-from bftfs.metrics import Family
+from bftfs.metrics import Family, metric_word
 from bftfs.node import limits
 from bftfs.node.pace import catch_ups
 
@@ -52,6 +52,7 @@ def node_metrics(node: Node) -> list[Family]:
             node.started
         )
     )
+    out += _disk(node)
     out += _verifier(node)
     out += _catchup(node.progress)
     out += _scrub(node.progress.get("rw.scrub"))
@@ -85,20 +86,25 @@ def _history(progress: dict[str, Any]) -> list[Family]:
 
 
 def _requests(node: Node) -> list[Family]:
+    """Requests by kind with their latency, each other counter of the node as a family
+    of its own (Prometheus's naming guide: one meaning per metric, not unrelated counters
+    under one label), and frames refused by reason."""
     requests = Family(
-        "bftfs_node_requests",
-        "Requests answered, and the seconds they took, by kind",
-        "summary",
+        "bftfs_node_request_duration_seconds",
+        "Seconds the node took to answer a request, by kind (its _count: requests answered)",
+        "histogram",
         ("kind",),
     )
-    for key, n in sorted(node.stats.items()):
-        if key.startswith("req."):
-            kind = key[4:]
-            requests.add((n, node.server.seconds.get(kind, 0.0)), kind)
-    other = Family("bftfs_node_events_total", "Other request counters", "counter", ("event",))
+    for kind, histogram in sorted(node.server.durations.items()):
+        requests.add(histogram, kind)
+    out = [requests]
     for key, n in sorted(node.stats.items()):
         if not key.startswith("req."):
-            other.add(n, key)
+            out.append(
+                Family(
+                    f"bftfs_node_{metric_word(key)}_total", f"Node events: {key}", "counter"
+                ).add(n)
+            )
     rejected = Family(
         "bftfs_node_rejected_frames_total",
         "Frames and connections refused, by reason",
@@ -107,7 +113,28 @@ def _requests(node: Node) -> list[Family]:
     )
     for reason, n in sorted(node.rejected.items()):
         rejected.add(n, reason)
-    return [requests, other, rejected]
+    return [*out, rejected]
+
+
+def _disk(node: Node) -> list[Family]:
+    """The disk under the node's data directory: what it can still take (``bftfs status``
+    says nearfull and full from the same ``statvfs``)."""
+    space = limits.disk_space(node.spec.data_dir)
+    if space is None:
+        return []
+    return [
+        Family(
+            "bftfs_node_disk_free_bytes",
+            "Bytes free on the disk holding the node's data (as an unprivileged writer sees it)",
+            "gauge",
+        ).add(space["free"]),
+        Family(
+            "bftfs_node_disk_size_bytes", "Size of the disk holding the node's data", "gauge"
+        ).add(space["total"]),
+        Family("bftfs_node_map_size_bytes", "The most the node's LMDB map may hold", "gauge").add(
+            node.config.map_size
+        ),
+    ]
 
 
 def _verifier(node: Node) -> list[Family]:
@@ -151,7 +178,7 @@ def _catchup(progress: dict[str, Any]) -> list[Family]:
         ("protocol", "state"),
     )
     rate = Family(
-        "bftfs_node_catchup_rate",
+        "bftfs_node_catchup_items_per_second",
         "Items the catch-up checks per second (its pass's average)",
         "gauge",
         ("protocol",),

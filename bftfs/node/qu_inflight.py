@@ -34,7 +34,7 @@ benchmarks/results/2026-11-26-qu-sync-storm.md).  Now:
 - **A version the hosts no longer hold is not asked for again at once**: for
   :data:`FAILED_SECONDS` after a sync that every host answered without ``b + 1`` giving
   it, a request that needs it fails here without a sync (one that timed out, or that a
-  host refused, is tried again: ``qu_server.every_host_answered``).  The benign hosts
+  host refused, is tried again: ``qu_objsync.every_host_answered``).  The benign hosts
   holding a version all answer it byte for byte, so when every host answered and no
   ``b + 1`` agreed, at most ``b`` benign hosts hold it: no sync could get it, whatever
   the liars said; and a request is conditioned only on a version its OHS shows at

@@ -31,9 +31,10 @@ it from a node's parts, registers its methods and starts the background work
   and clients of a frozen node (the background mover, ``fs/generations/mover.py``).
 
 When a step needs a conditioned-on version this node lacks, the handler performs **object
-sync** (L2599-2607): it asks the host servers named by the OHS (then any other server) for
-that version through the node's endpoint and needs b+1 identical answers, so at least one
-comes from a benign host; then it re-runs the step with the version.  A version another
+sync** (L2599-2607, :mod:`bftfs.node.qu_objsync`): it asks the host servers named by the
+OHS (then any other server) for that version through the node's endpoint and needs b+1
+identical answers, so at least one comes from a benign host; then it re-runs the step with
+the version.  A version another
 request waiting here is about to make is waited for instead, and concurrent wants of one
 version share one sync (:mod:`bftfs.node.qu_inflight`): a node that fell behind during a
 burst syncs each version it lacks once, not every update of the burst.
@@ -64,12 +65,12 @@ import trio
 from bftfs.ids import NodeId, PrincipalId, is_node
 from bftfs.net.admission import Admission
 from bftfs.net.endpoint import Endpoint
-from bftfs.net.quorum import INVALID_REPLY, QuorumResult, QuorumUnavailable
 from bftfs.net.server import DEFER, HandlerError
 from bftfs.node import limits, qu_space
 from bftfs.node.batching import BatchHandler
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_inflight import Held, InFlight, Key
+from bftfs.node.qu_objsync import ObjectSync
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
 from bftfs.node.store import Store
@@ -86,7 +87,6 @@ from bftfs.qu.messages import (
     KIND_REQUEST,
     KIND_SYNC,
     MAX_BATCH,
-    VERSION,
     MessageError,
     ReplyStatus,
     parse_fetch,
@@ -95,9 +95,8 @@ from bftfs.qu.messages import (
     parse_sync,
 )
 from bftfs.qu.objects import ObjectType, Registry
-from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.reads import handle_fetch, handle_history, handle_latest, handle_sync
-from bftfs.qu.replica import NeedSync, OverQuota, SyncWant, handle_request
+from bftfs.qu.replica import NeedSync, OverQuota, handle_request
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Request
 from bftfs.qu.serverconfig import ReplicaConfig, Retention
@@ -106,9 +105,6 @@ from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
-
-#: Object sync gives up after this long (the request then fails and the client retries).
-SYNC_TIMEOUT = 2.0
 
 #: Requests ``fast_request`` parsed and handed on at most (see ``QUServer._parsed``).
 _MAX_PARSED = 1024
@@ -234,6 +230,8 @@ class QUServer:
         self._parsed: dict[int, tuple[Any, Request, tuple[Key, ...]]] = {}
         #: Syncs in flight and candidates being made, shared by the requests waiting here.
         self.inflight = InFlight(stats)
+        #: Object sync, the asking side (``node/qu_objsync.py``).
+        self.objsync = ObjectSync(self.node_id, self.th, endpoint, self.inflight, stats)
         #: Whether this node's generation is frozen (``node/generation.py``): clients' own
         #: updates but ``fs.release``, and their queries but the move's reads, are refused
         #: ``moved``.
@@ -422,7 +420,7 @@ class QUServer:
                 made += [k for k in ((o, res.lt) for o in req.objects) if k not in held.keys]
             if await self.inflight.wait_made(made):
                 continue  # made here meanwhile (or its maker failed): step again
-            fetched = await self._sync_all(res.wants)
+            fetched = await self.objsync.fetch_all(res.wants)
             if fetched is None:
                 self.stats["qu.sync_failed"] += 1
                 return self._fail(req, "object sync failed")
@@ -522,71 +520,6 @@ class QUServer:
     def _fail(self, req: Request, why: str) -> Reply:
         rep = self.store.read(lambda kv: handle_history(kv, self.replica, req.objects))
         return type(rep)(ReplyStatus.FAIL, hist=rep.hist, why=why)
-
-    async def _sync_all(
-        self, wants: tuple[SyncWant, ...]
-    ) -> dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] | None:
-        """Every version of ``wants`` (at most a request's 8 objects) synced at once,
-        each shared with the other requests here that want it; None if one failed."""
-        got: dict[tuple[int, Timestamp], tuple[bytes | None, bytes] | None] = {}
-
-        async def one(want: SyncWant) -> None:
-            key = (want.oid, want.lt)
-            got[key] = await self.inflight.fetch(key, functools.partial(self._sync, want))
-
-        async with trio.open_nursery() as nursery:
-            for want in wants:
-                nursery.start_soon(one, want)
-        if any(v is None for v in got.values()):
-            return None
-        return {k: v for k, v in got.items() if v is not None}
-
-    async def _sync(self, want: SyncWant) -> tuple[bytes | None, bytes] | None:
-        """Fetch ``want`` from b+1 hosts that agree byte for byte (L2599-2604; the rules
-        are :mod:`bftfs.qu.objsync`)."""
-        self.stats["qu.syncs"] += 1
-        th = self.th
-        targets = [PrincipalId(s) for s in sync_order(int(self.node_id), want.hosts, th.n)]
-        body = {"v": VERSION, "oid": want.oid, "lt": want.lt.encode()}
-        votes = SyncVotes(th.b)
-
-        def accept(_node: int, raw: Any) -> bool:
-            # An answer that agrees with all before it waits for the other hosts asked
-            # (b + 1 in all: when they agree, nobody else is asked); one that is malformed
-            # or disagrees counts as "invalid", so the transport probes the next host at
-            # once instead of after the probe interval.  (Every first answer probed a
-            # third host: 3 requests per sync where 2 do.)
-            return votes.promising(raw)
-
-        try:
-            await self.endpoint.quorum_call(
-                targets,
-                KIND_SYNC,
-                body,
-                enough=lambda _valid: votes.decided(),
-                accept=accept,
-                initial=th.b + 1,
-                probe_after=0.05,
-                timeout=SYNC_TIMEOUT,
-            )
-        except QuorumUnavailable as e:
-            if every_host_answered(e.result, targets):
-                self.inflight.gone((want.oid, want.lt))  # not at b + 1 benign hosts
-            return None
-        return votes.result()
-
-
-def every_host_answered(result: QuorumResult, targets: Iterable[PrincipalId]) -> bool:
-    """Whether every one of ``targets`` answered a sync (with the version, without it,
-    or with a reply that did not count), not refused it or failed: only then does a
-    sync without ``b + 1`` matching answers show the version is at no ``b + 1`` benign
-    servers now, so that skipping it a while (``InFlight.gone``) skips nothing a sync
-    could get.  A host that refused (its handler failed, its session was revoked) may
-    hold the version; counting its refusal as an answer would let one liar's answer
-    and one benign holder's refusal under load make the node skip a version two benign
-    hosts hold."""
-    errors = result.errors
-    return all(t in result.replies or errors.get(t) == INVALID_REPLY for t in targets)
 
 
 def replica_retention(kept: RetentionPolicy) -> Retention:

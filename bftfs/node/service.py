@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -213,6 +212,7 @@ class Node:
             "node": self.id,
             "version": __version__,
             "wire": WIRE_VERSION,
+            "store_format": self.store.format if self.store is not None else None,
             "address": self.spec.address,
             "view": self.views.number,
             "uptime_s": round(time.time() - self.started, 1),
@@ -227,21 +227,13 @@ class Node:
             "progress": {k: dict(v) for k, v in self.progress.items()},
             "limits": limits.statistics(self),
             "metrics": self.metrics_address,
+            # The clients connected now, wherever their mounts run (issue 67).
+            "sessions": self.server.sessions(),
             # Capacity (issue 67): what the map may hold and the disk under the data
             # directory; ``bftfs status`` says nearfull/full from them.
             "map_bytes": self.config.map_size,
-            "disk": disk_space(self.spec.data_dir),
+            "disk": limits.disk_space(self.spec.data_dir),
         }
-
-
-def disk_space(path: Path) -> dict[str, int] | None:
-    """``statvfs`` of the file system holding ``path``: ``{"total", "free"}`` in bytes, free
-    as an unprivileged writer sees it (``f_bavail``); None when it cannot be asked."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return {"total": st.f_blocks * st.f_frsize, "free": st.f_bavail * st.f_frsize}
 
 
 def _full_is_refused(handler: Handler, kind: str, gate: Callable[[str], None]) -> Handler:

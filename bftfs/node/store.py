@@ -50,6 +50,8 @@ from typing import Any, NamedTuple, TypeVar, cast
 import lmdb
 import trio
 
+from bftfs.node import storeformat
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -244,6 +246,12 @@ class Store:
         self._lock = threading.Lock()
         self.commits = 0
         self.batched_writes = 0
+        #: The store's format (checked, migrated and stamped before anything reads it).
+        try:
+            self.format = storeformat.settle(self._env, path)
+        except storeformat.StoreFormatError:
+            self._env.close()
+            raise
         # Open every named database that already exists (their names are the keys of the
         # main database), so reads after a restart find them without a write transaction.
         with self._env.begin() as txn:

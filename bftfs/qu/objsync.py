@@ -3,7 +3,7 @@
 A server that lacks a conditioned-on version asks other servers for it and believes an
 answer only when ``b + 1`` of them give it byte for byte, so at least one comes from a
 benign host.  It asks the hosts the OHS names first (they stored the version), then every
-other server.  The node's driver (``bftfs.node.qu_server._sync``) runs these rules over its
+other server.  The node's driver (``node/qu_objsync.py``) runs these rules over its
 quorum calls; the tier-1 in-memory cluster runs the same rules over direct calls, so both
 test and production use one vote count.
 """

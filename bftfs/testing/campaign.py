@@ -73,7 +73,7 @@ import trio
 
 from bftfs.config import default_sizes
 from bftfs.fs.errors import FsError
-from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.past import Past
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
@@ -270,18 +270,20 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
             pasts.append(Past(cast(QUClient, qu), reader, rw, BLOCK_SIZE))
             with trio.fail_after(DEADLINE):
                 fss.append(
-                    await FileSystem.open(
-                        cast(QUClient, qu),
-                        cast(Any, RecordingRW(rw, trio.current_time, out.rw, k)),
-                        cluster.config,
-                        clock_ns=clock_ns,
-                        rng=random.Random(sched.seed * 1000 + k),
-                        attr_ttl=0.0,
-                        lease_term=sched.lease_term,
-                        # With leases, creates are written behind and, in a directory
-                        # held exclusively, back (fs/writeback.py).
-                        write_behind=sched.lease_term > 0,
-                        commit=5.0 if sched.lease_term > 0 else 0.0,
+                    await stack.enter_async_context(
+                        open_file_system(
+                            cast(QUClient, qu),
+                            cast(Any, RecordingRW(rw, trio.current_time, out.rw, k)),
+                            cluster.config,
+                            clock_ns=clock_ns,
+                            rng=random.Random(sched.seed * 1000 + k),
+                            attr_ttl=0.0,
+                            lease_term=sched.lease_term,
+                            # With leases, creates are written behind and, in a directory
+                            # held exclusively, back (fs/writeback/).
+                            write_behind=sched.lease_term > 0,
+                            commit=5.0 if sched.lease_term > 0 else 0.0,
+                        )
                     )
                 )
             if fss[-1].meta.leases is not None:  # recalls are pushed on the client's links

@@ -98,7 +98,7 @@ def _entry_of(
 ) -> tuple[int | None, frozenset[bytes]]:
     """The directory and the entry names an update changes only those entries of (and
     the directory's attributes), or (None, no names).  A late touch of a directory's
-    times (``fs/unlinkback.py``) changes its attributes only: no names."""
+    times (``fs/writeback/unlinks.py``) changes its attributes only: no names."""
     if isinstance(arg, dict):
         if method == "fs.setattr" and len(objects) == 1 and arg.keys() <= _TOUCH_KEYS:
             return objects[0], frozenset()

@@ -4,20 +4,20 @@ goes first, so whatever this mount does is seen by the servers in the order it d
 Four kinds of work are held back in the mount, each by its own part, and this gate asks
 each in turn before a gated query or update on ``objects``:
 
-0. the mkdirs and renames held back (``fs/mkdirback.py``, ``fs/renameback.py``): of a
+0. the mkdirs and renames held back (``fs/writeback/mkdirs.py``, ``fs/writeback/renames.py``): of a
    directory or moved object among the objects, and those in one of them that the call
    is not merely about another entry of;
-1. the buffered writes of the files held exclusively here (``fs/heldfiles.py``) named
+1. the buffered writes of the files held exclusively here (``fs/writeback/held.py``) named
    by the call;
-2. the removals held back in a directory (``fs/unlinkback.py``) the call is about;
-3. the pending creates (``fs/createtable.py``): those of a directory among the objects,
+2. the removals held back in a directory (``fs/writeback/unlinks.py``) the call is about;
+3. the pending creates (``fs/writeback/creates_table.py``): those of a directory among the objects,
    and a pending file among them.  A call about another entry of a directory whose
    creates wait for write-back commutes with them (only this mount sees the directory,
    by its exclusive lease), so they stay deferred.
 
 A create whose last send failed for want of a quorum is not sent again ahead of calls on
 its directory that name neither its file nor its name until its
-:attr:`~bftfs.fs.createsend.PendingCreate.resend_at` (issue 31, item 11: one such create
+:attr:`~bftfs.fs.writeback.PendingCreate.resend_at` (issue 31, item 11: one such create
 was re-sent ahead of every call on the directory for minutes, each waiting out its
 patience and failing; its flush and close said EIO already, and the directory does not
 hold the name meanwhile, so no call about another name depends on it).
@@ -29,13 +29,15 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.createsend import PendingCreate
-from bftfs.fs.createsends import CreateSends
-from bftfs.fs.createtable import CreateTable
 from bftfs.fs.errors import StaleView
-from bftfs.fs.mkdirback import PendingMkdirs
-from bftfs.fs.renameback import PendingRenames
-from bftfs.fs.unlinkback import about_another_entry
+from bftfs.fs.writeback import (
+    CreateSends,
+    CreateTable,
+    PendingCreate,
+    PendingMkdirs,
+    PendingRenames,
+    about_another_entry,
+)
 
 
 class CallOrder:
@@ -45,16 +47,23 @@ class CallOrder:
     gate (``Meta.gate``): ``Meta`` knows only the interface it declares, and this part,
     above it, calls down from there."""
 
-    def __init__(self, creates: CreateTable, sends: CreateSends) -> None:
+    def __init__(
+        self,
+        creates: CreateTable,
+        sends: CreateSends,
+        *,
+        mkdirs: PendingMkdirs | None = None,
+        renames: PendingRenames | None = None,
+    ) -> None:
         self.creates = creates
         self.sends = sends
         self.cache = creates.cache
-        #: Mkdirs held back (``fs/mkdirback.py``; None: none): first, since what is made
-        #: in a directory follows its mkdir.
-        self.mkdirs: PendingMkdirs | None = None
-        #: Renames held back (``fs/renameback.py``; None: none): next, since a create,
-        #: removal or mkdir of a name they moved follows them.
-        self.renames: PendingRenames | None = None
+        #: Mkdirs held back (``fs/writeback/mkdirs.py``; None: none): first, since what is
+        #: made in a directory follows its mkdir.
+        self.mkdirs = mkdirs
+        #: Renames held back (``fs/writeback/renames.py``; None: none): next, since a
+        #: create, removal or mkdir of a name they moved follows them.
+        self.renames = renames
 
     def holds_back(self) -> bool:
         """Whether anything may have to go first (asked before every call)."""

@@ -1,0 +1,61 @@
+"""Who is connected to the cluster, wherever their mounts run (issue 67; ``ceph tell mds
+client ls``, ``juicefs status``): each node lists its clients' open sessions and ``bftfs
+status`` joins the lists, so an administrator sees the laptops, not only this machine's
+mounts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bftfs import local as localmod
+
+
+def client_sessions(
+    statuses: list[localmod.NodeStatus], names: dict[int, str]
+) -> list[dict[str, Any]]:
+    """One row per client and address: its name, the nodes it holds a session with, since
+    when (the earliest), and the requests it sent them (summed), busiest first."""
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    for s in statuses:
+        if not s.up or s.stats is None:
+            continue
+        for session in s.stats.get("sessions") or []:
+            key = (int(session["client"]), str(session["address"]).rsplit(":", 1)[0])
+            row = rows.setdefault(
+                key,
+                {
+                    "client": names.get(key[0], f"#{key[0]}"),
+                    "id": key[0],
+                    "host": key[1],
+                    "nodes": [],
+                    "since": session["since"],
+                    "requests": 0,
+                },
+            )
+            if s.id not in row["nodes"]:
+                row["nodes"].append(s.id)
+            row["since"] = min(row["since"], session["since"])
+            row["requests"] += int(session["requests"])
+    return sorted(rows.values(), key=lambda r: (-r["requests"], r["client"], r["host"]))
+
+
+def print_sessions(rows: list[dict[str, Any]], now: float | None = None) -> None:
+    """The table ``bftfs status -v`` prints under the mounts."""
+    if not rows:
+        print("  sessions: none (no client connected)")
+        return
+    now = time.time() if now is None else now
+    print("  client      from              nodes  connected  requests")
+    for r in rows:
+        age = _age(now - r["since"])
+        nodes = len(r["nodes"])
+        print(f"  {r['client']:<11} {r['host']:<17} {nodes:>5} {age:>10}  {r['requests']:>8}")
+
+
+def _age(seconds: float) -> str:
+    """How long ago, in the largest whole unit: ``42 s``, ``7 min``, ``3 h``, ``2 d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{max(0, int(seconds))} s"

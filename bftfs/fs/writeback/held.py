@@ -1,0 +1,329 @@
+"""Files this mount holds an exclusive lease on: opens, attributes and closes without a round.
+
+A regular file created by directory write-back under the directory's exclusive lease comes
+leased to this mount exclusively too, until the same end (``fsobjects.leases.INHERIT``,
+:meth:`Leases.inherit`; renewed on use).  While that lease runs no other client can read
+or change the file without recalling it first (``fsobjects.leases.guarded`` and
+``leased``), so what the mount knows of it is the file.  A file the mount did not make
+is held the same way once it asked for an exclusive lease on it (after a few closes that
+sent their writes at once: :meth:`HeldFiles.want`), but only from a state read since the
+holding began (:meth:`HeldFiles.holds_current`):
+
+- **Kept**: at its last close the file's state (:class:`OpenFile`: attributes, content of
+  a small file, clean blocks) stays in the mount (at most :data:`MAX_KEPT` files and
+  :data:`MAX_KEPT_BYTES`, the least recently closed go first), so a later ``open`` is
+  answered without the ``fs.open`` round (close-to-open holds: nobody else can have
+  changed it) and ``stat`` from it (``Names.getattr``).
+- **Written back**: the close of a file with buffered writes returns at once; they are sent
+  ``commit`` seconds later (the mount option of directory write-back), or before the
+  lease's end less a margin if sooner, at ``fsync``, before any other call of this mount
+  on the file (the gate: ``CallOrder.before_call``), before the lease is released (a
+  recall: the release is a gated update on the file) and at unmount.  A reopen writes
+  into the same buffered state.  Bounds as for deferred creates: files of at most
+  :data:`bftfs.fs.writeback.schedule.MAX_FILE`, at most
+  :data:`bftfs.fs.writeback.schedule.MAX_BYTES` buffered at once.
+- **A crash** of the mount loses the writes of the last ``commit`` seconds that no
+  ``fsync`` covered, as a local file system's crash does; the servers keep the file as
+  it was before them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from bftfs.fs.files import OpenFile
+from bftfs.fs.leases import Leases
+from bftfs.fs.writeback.schedule import LEASE_MARGIN, MAX_BYTES, MAX_FILE
+
+log = logging.getLogger(__name__)
+
+#: Closed files whose state the mount keeps while it holds them.
+MAX_KEPT = 1024
+#: Bytes of content and clean blocks the kept files hold at most (the least recently
+#: closed go first).
+MAX_KEPT_BYTES = 64 * 1024 * 1024
+#: Failed sends of one file's writes after which write-back stops trying (they stay
+#: buffered for its next close, ``fsync`` or the unmount).
+MAX_FAILURES = 3
+#: Files not yet due that may fill an update of files due now (``fs.writemany`` takes
+#: eight objects).
+FILL = 7
+#: Terms since its last use during which a held file's lease is renewed.
+RENEW_TERMS = 3
+#: Files written back alone at once (each a round or three: one file's wait does not
+#: hold the others back past their lease).
+SENDERS = 4
+
+
+class HeldFiles:
+    """The exclusively leased files of one mount: kept when closed, their writes sent when
+    due by a background task (module docstring)."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        commit: float,
+        files: dict[int, OpenFile],
+        flush: Callable[[OpenFile], Awaitable[None]],
+        flush_many: Callable[[list[OpenFile]], Awaitable[set[int]]] | None = None,
+        *,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> None:
+        """``files``: the mount's open and cached files (``MetadataCache.files``), where a
+        kept file stays; ``flush``: sends a file's buffered writes (``Handles._flush_file``);
+        ``flush_many``: sends several small files' at once, answering those it sent
+        (``fs/writeback/writemany.py``); ``spawn``: starts a background task (the write-back
+        and lease-renewal sweeps: ``Background.spawn``)."""
+        self.leases = leases
+        self.commit = commit
+        self.files = files
+        self._flush = flush
+        self._flush_many = flush_many
+        self._spawn = spawn
+        #: Closed files kept, least recently closed first, with the bytes each keeps.
+        self._kept: OrderedDict[int, int] = OrderedDict()
+        self._kept_bytes = 0
+        #: Files whose buffered writes wait past their close: due time (trio).
+        self._due: dict[int, float] = {}
+        #: Files being sent (their own calls pass the gate).
+        self._sending: set[int] = set()
+        #: Sends of a file that failed in a row.
+        self._failures: dict[int, int] = {}
+        self._wake = trio.Event()
+        self._running = False
+        #: Files used (opened, closed): when last (trio), for the sweep (:meth:`renew_used`).
+        self._used: dict[int, float] = {}
+        self._renewing = False
+        self.stats = leases.stats
+
+    def holds(self, ino: int) -> bool:
+        """Whether this mount holds ``ino`` exclusively for more than twice the margin."""
+        return self.leases.exclusive_left(ino) > 2 * LEASE_MARGIN
+
+    def holds_current(self, f: OpenFile) -> bool:
+        """Whether this mount holds ``f`` (:meth:`holds`) and ``f``'s state is the file's:
+        it made the file under the lease, or read its state since the holding began
+        (another client may have written it before: its open here must not answer from
+        what the mount knew then, close-to-open)."""
+        since = self.leases.exclusive_from(f.ino)
+        return since is not None and f.adopted >= since and self.holds(f.ino)
+
+    def want(self, f: OpenFile) -> None:
+        """A close of ``f`` sent its writes at once, as the mount does not hold it: ask
+        for an exclusive lease after a few (:meth:`Leases.want_exclusive_file`), unless
+        ``f`` is past :data:`MAX_FILE`, which the mount would not keep even then (such a
+        lease would only cost its round and hold other clients' looks off until recalled)."""
+        if f.size <= MAX_FILE:
+            self.leases.want_exclusive_file(f.ino)
+
+    def reopen(self, ino: int) -> OpenFile | None:
+        """The kept state of ``ino`` for an ``open`` answered without a round, or None."""
+        f = self.files.get(ino)
+        if f is None or f.behind_error is not None or not self.holds_current(f):
+            return None
+        self._unkeep(ino)
+        self._use(ino)
+        self.stats["held_opens"] += 1
+        return f
+
+    def _use(self, ino: int) -> None:
+        """``ino`` is in use: its lease is renewed by the sweeps (:meth:`renew_used`)."""
+        self._used[ino] = trio.current_time()
+        if not self._renewing:
+            self._renewing = True
+            self._spawn(self.renew_used)
+
+    def _unkeep(self, ino: int) -> None:
+        self._kept_bytes -= self._kept.pop(ino, 0)
+
+    def keep(self, f: OpenFile, *, used: bool = True) -> bool:
+        """Whether the closed ``f`` stays in the mount (it is held); the least recently
+        closed clean file beyond :data:`MAX_KEPT`, or no longer held, is forgotten.
+        ``used``: its close is a use of the file (its write-back is not)."""
+        if f.size > MAX_FILE or not self.holds_current(f):
+            return False
+        self._unkeep(f.ino)
+        if used:
+            self._use(f.ino)
+        self._kept[f.ino] = f.clean_bytes
+        self._kept_bytes += f.clean_bytes
+        while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+            self._forget(next(iter(self._kept)))
+        return f.ino in self._kept
+
+    def _sent(self, f: OpenFile) -> None:
+        """``f``'s buffered writes went: closed and clean, it is kept as a file closed
+        clean is (one closed with writes is not kept at its close; forgotten here, its
+        next open cost a round while the mount still held it), or else forgotten."""
+        if f.opens == 0 and not f.dirty and not self.keep(f, used=False):
+            self._forget(f.ino)
+
+    def _forget(self, ino: int) -> None:
+        self._unkeep(ino)
+        f = self.files.get(ino)
+        if f is not None and f.opens == 0 and not f.dirty and ino not in self._due:
+            del self.files[ino]
+
+    def defer(self, f: OpenFile) -> bool:
+        """Whether the close of ``f`` may leave its buffered writes to write-back."""
+        if f.ino in self._due:
+            return True
+        left = self.leases.exclusive_left(f.ino)
+        if (
+            not self.holds_current(f)
+            or f.size > MAX_FILE
+            or f.behind is not None
+            or sum(self.files[i].dirty_bytes for i in self._due if i in self.files) + f.dirty_bytes
+            > MAX_BYTES
+        ):
+            return False
+        self._use(f.ino)
+        self._due[f.ino] = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
+        self.stats["held_closes"] += 1
+        if not self._running:  # in the file system's background (fs/background.py)
+            self._running = True
+            self._spawn(self.run)
+        self._wake.set()
+        return True
+
+    def discard(self, ino: int) -> bool:
+        """A removal of the last name of held, closed ``ino`` is about to be deferred: its
+        buffered writes are dropped with its kept state, as a local file system drops
+        dirty pages of a file deleted before they were written (nobody can read them: no
+        name leads to the file, no handle has it open, and while the lease lives nobody
+        else has the file).  Whether it did."""
+        f = self.files.get(ino)
+        if (
+            f is None
+            or f.opens
+            or ino in self._sending
+            or f.st.get("nl") != 1
+            or self.leases.exclusive_left(ino) <= 0
+        ):
+            return False
+        self._due.pop(ino, None)
+        self._used.pop(ino, None)
+        self._unkeep(ino)
+        del self.files[ino]
+        self.stats["held_discarded"] += 1
+        return True
+
+    # The gate ----------------------------------------------------------------------------
+
+    def holds_back(self) -> bool:
+        return bool(self._due)
+
+    async def before(self, objects: list[int]) -> None:
+        """Send the buffered writes of the held files among ``objects`` (a call of this
+        mount on them, or their lease's release, must follow them)."""
+        for ino in objects:
+            if ino in self._due and ino not in self._sending and not self._flushing_here(ino):
+                await self._send(ino)
+
+    def _flushing_here(self, ino: int) -> bool:
+        """Whether the calling task is inside a flush of ``ino`` (it holds the file's
+        lock): its update is how the writes go, not a call that must follow them (an open
+        of a file whose lease ended flushes it first; sending it again from the gate
+        would take the lock twice)."""
+        f = self.files.get(ino)
+        return f is not None and f.lock.statistics().owner is trio.lowlevel.current_task()
+
+    # Sending -----------------------------------------------------------------------------
+
+    async def _send(self, ino: int) -> None:
+        self._due.pop(ino, None)
+        f = self.files.get(ino)
+        if f is None:
+            return
+        self._sending.add(ino)
+        try:
+            await self._flush(f)
+            self.stats["held_written_back"] += 1
+            self._failures.pop(ino, None)
+        except BaseException:
+            # Kept buffered and due again shortly, a few times (a file removed meanwhile
+            # may refuse them for good: its writes are then dropped with the warning).
+            self._failures[ino] = self._failures.get(ino, 0) + 1
+            if f.dirty and self._failures[ino] < MAX_FAILURES:
+                self._due[ino] = trio.current_time() + LEASE_MARGIN
+            raise
+        finally:
+            self._sending.discard(ino)
+        self._sent(f)
+
+    async def run(self) -> None:
+        """Send each file's writes when due (a background task for the mount's life; a
+        failure is logged and the file tried again a margin later, its writes kept)."""
+        while True:
+            now = trio.current_time()
+            due = [ino for ino, at in self._due.items() if at <= now]
+            if due:
+                # The files come due one at a time, as they were closed: the next ones
+                # fill the update that must go (sent a little early, never late).
+                later = sorted((at, ino) for ino, at in self._due.items() if at > now)
+                await self._send_together(due + [ino for _, ino in later[:FILL]])
+            async with trio.open_nursery() as nursery:
+                limit = trio.Semaphore(SENDERS)
+                for ino in due:
+                    if ino in self._due:  # not sent together
+                        nursery.start_soon(self._send_logged, ino, limit)
+            if due:
+                continue
+            self._wake = trio.Event()
+            nxt = min(self._due.values(), default=float("inf"))
+            with trio.move_on_at(nxt):
+                await self._wake.wait()
+
+    async def _send_logged(self, ino: int, limit: trio.Semaphore) -> None:
+        async with limit:
+            try:
+                await self._send(ino)
+            except Exception as e:  # noqa: BLE001 - a background task must go on
+                log.warning("write-back of file %d: %s", ino, e)
+
+    async def renew_used(self) -> None:
+        """Every third of a lease's term, renew the leases of the held files this mount
+        still has and used within the last :data:`RENEW_TERMS` terms, together (eight per
+        update: a directory's files share a quorum).  Renewed one at a time on use, a file
+        used less often than its term (PostMark's 1 000 files over a minute) lost its
+        lease between two uses, and every later use cost its rounds again: without an
+        exclusive lease its opens, closes and lookups go to the servers.  A file left
+        unused that long lets its lease end (an idle mount stops renewing)."""
+        while True:
+            await trio.sleep(self.leases.term / 3)
+            since = trio.current_time() - RENEW_TERMS * self.leases.term
+            for ino, at in list(self._used.items()):
+                if at < since or ino not in self.files or self.leases.exclusive_left(ino) <= 0:
+                    del self._used[ino]
+            self.leases.renew(list(self._used))
+
+    async def send_all(self) -> None:
+        """Send every held file's writes now (unmount, ``fsync`` of a directory)."""
+        await self._send_together(list(self._due))
+        for ino in list(self._due):
+            await self._send(ino)
+
+    async def _send_together(self, due: list[int]) -> None:
+        """Send the small ones of ``due`` several per update (``flush_many``); the others,
+        and any it could not send, stay due for :meth:`_send`."""
+        files = [self.files[i] for i in due if i in self.files and i not in self._sending]
+        if self._flush_many is None or len(files) < 2:
+            return
+        inos = [f.ino for f in files]
+        self._sending.update(inos)
+        try:
+            written = await self._flush_many(files)
+        finally:
+            self._sending.difference_update(inos)
+        for ino in written:
+            self._due.pop(ino, None)
+            self._failures.pop(ino, None)
+            self.stats["held_written_back"] += 1
+            self.stats["held_written_together"] += 1
+            f = self.files.get(ino)
+            if f is not None:
+                self._sent(f)

@@ -1,0 +1,266 @@
+"""The outbox: everything this mount answered and holds back from the servers, built whole.
+
+:class:`Outbox` owns the pending creates (write-behind, ``creates.py``) and, with directory
+write-back (leases on, ``commit`` > 0, write-behind on), a :class:`HeldBack`: the schedule
+of what is due (``schedule.py``), the held-back removals (``unlinks.py``), mkdirs
+(``mkdirs.py``) and renames (``renames.py``), and the files held exclusively
+(``held.py``).  Each part is given, at construction, what it calls of the others - the
+schedule sends through the held-back parts' :class:`~bftfs.fs.writeback.schedule.Senders`
+face (:class:`HeldBack` is one), and a part that needs one built after it is given a method
+of :class:`HeldBack` that reaches it - so nothing is wired in from outside afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import Meta
+from bftfs.fs.errors import FsError, Unavailable
+from bftfs.fs.filedata import FlushEngine
+from bftfs.fs.files import OpenFile
+from bftfs.fs.handletable import HandleTable
+from bftfs.fs.leases import Leases
+from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.writeback.creates import PendingCreates
+from bftfs.fs.writeback.creates_update import OpenExisting, PendingCreate
+from bftfs.fs.writeback.held import HeldFiles
+from bftfs.fs.writeback.mkdirs import PendingMkdirs
+from bftfs.fs.writeback.renames import PendingRenames
+from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
+from bftfs.fs.writeback.unlinks import PendingUnlinks
+from bftfs.fs.writeback.writemany import write_inline_many
+
+#: Starts a task in the file system's background (``Background.spawn``).
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+class HeldBack:
+    """Directory write-back (issue 33), its parts wired at construction: under an exclusive
+    lease, closes of new files, removals, mkdirs and renames return before the servers take
+    them, and the files made there are held (``docs/fs.md``).  Implements the schedule's
+    :class:`~bftfs.fs.writeback.schedule.Senders`."""
+
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        engine: FlushEngine,
+        reclaimer: Reclaimer,
+        creates: PendingCreates,
+        leases: Leases,
+        *,
+        commit: float,
+        hard: bool,
+        flush_file: Callable[[OpenFile], Awaitable[None]],
+        spawn: Spawn,
+    ) -> None:
+        """``flush_file``: sends a file's buffered writes (``Handles.flush_file``);
+        ``hard``: a hard mount tries a call the cluster did not answer again, so what it
+        held back stays for that (a soft one answers EIO and drops it: docs/fs.md)."""
+        self.creates = creates
+        # Closes of new files leave their create pending (fs/writeback/schedule.py) ...
+        self.schedule = WriteBack(leases, commit, self, spawn=spawn, answers_eio=not hard)
+        # ... the files made there are leased here too: their opens, attributes and
+        # written closes stay in the mount (fs/writeback/held.py) ...
+        self.held = HeldFiles(
+            leases,
+            commit,
+            cache.files,
+            flush_file,
+            functools.partial(write_inline_many, meta, engine),
+            spawn=spawn,
+        )
+        # ... removals return before they are sent (fs/writeback/unlinks.py) ...
+        self.unlinks = PendingUnlinks(
+            meta,
+            cache,
+            reclaimer,
+            self.schedule,
+            is_pending_create=creates.is_pending,
+            is_deferred_create=creates.is_deferred,
+            make_creates=creates.make,
+            cancellable=creates.cancellable,
+            cancel=creates.cancel,
+            discard_held=self.held.discard,
+            made_dir=self.entries_first,
+        )
+        # ... and so do mkdirs (fs/writeback/mkdirs.py) and renames within such a
+        # directory (fs/writeback/renames.py).
+        self.mkdirs = PendingMkdirs(
+            meta, cache, self.schedule, held_name=self.held_name, renames_in=self.renames_in
+        )
+        self.renames = PendingRenames(
+            meta,
+            cache,
+            self.schedule,
+            held_name=self.held_name,
+            is_pending_create=creates.is_pending,
+            made_dir=self.mkdirs.made,
+        )
+
+    def held_name(self, parent: int, name: bytes) -> bool:
+        """Whether a create, removal, mkdir or rename of ``name`` in ``parent`` waits in
+        write-back (a mkdir or rename of that name then goes at once)."""
+        return (
+            self.creates.creates.named(parent, name)
+            or self.unlinks.pending(parent, name) is not None
+            or self.mkdirs.named(parent, name)
+            or self.renames.names_held(parent, name)
+        )
+
+    async def renames_in(self, directory: int) -> None:
+        """Send the renames held back in ``directory`` (a mkdir of a name one moved away
+        goes after it)."""
+        await self.renames.made_in(directory)
+
+    async def entries_first(self, directory: int) -> None:
+        """What an ungated update of ``directory``'s entries must follow: its own held-back
+        mkdir, and the renames held back in it."""
+        await self.mkdirs.made(directory)
+        await self.renames.made_in(directory)
+
+    # The schedule's Senders ----------------------------------------------------------------
+
+    async def send_creates(self, ps: list[PendingCreate]) -> None:
+        await self.creates.sends.send_deferred(ps)
+
+    async def send_creates_in(self, parent: int) -> list[PendingCreate]:
+        return await self.creates.sends.send_directory(parent)
+
+    def drop_create(self, p: PendingCreate, e: FsError) -> None:
+        self.creates.sends.give_up(p, e)
+
+    async def send_unlinks(self, us: list[PendingUnlink]) -> None:
+        await self.unlinks.send(us)
+
+    async def send_touches(self, parents: list[int]) -> None:
+        await self.unlinks.send_touches(parents)
+
+    def drop_unlink(self, u: PendingUnlink, e: FsError) -> None:
+        self.unlinks.drop(u, e)
+
+    async def send_entry(self, kind: str, update: Any) -> None:
+        if kind == "mkdir":
+            await self.mkdirs.send(update)
+        else:
+            await self.renames.send(update)
+
+    def drop_entry(self, kind: str, update: Any, e: FsError) -> None:
+        if kind == "mkdir":
+            self.mkdirs.drop(update, e)
+        else:
+            self.renames.drop(update, e)
+
+
+class Outbox:
+    """What this mount holds back from the servers (module docstring): the pending creates
+    always, the directory write-back parts (:attr:`back`) when enabled.  The file system
+    builds it in one call; the gate (``CallOrder``), the names, the handles and the cache
+    are given its parts."""
+
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        table: HandleTable,
+        engine: FlushEngine,
+        reclaimer: Reclaimer,
+        *,
+        open_existing: OpenExisting,
+        flush_file: Callable[[OpenFile], Awaitable[None]],
+        spawn: Spawn,
+        write_behind: bool,
+        commit: float,
+        hard: bool,
+    ) -> None:
+        """``open_existing``: opens another client's file found under a pending create's
+        name (``Handles.open_existing``); ``flush_file``: sends a file's buffered writes
+        (``Handles.flush_file``); ``spawn``: starts a background task
+        (``Background.spawn``); ``write_behind``: creates may be answered before they are
+        sent; ``commit``: seconds directory write-back holds work back (0: none); ``hard``:
+        a hard mount, whose held-back work stays after a call the cluster did not answer."""
+        #: Whether an error of a directory's ``fsync`` is answered EIO (a soft mount): what
+        #: it could not send is then dropped (docs/fs.md, "What EIO means").
+        self.answers_eio = not hard
+        self.creates = PendingCreates(
+            meta,
+            cache,
+            table,
+            engine,
+            enabled=write_behind,
+            open_existing=open_existing,
+            others=self,
+            made_parent=self.entries_first,
+            spawn=spawn,
+        )
+        leases = meta.leases
+        #: Directory write-back (None: off, every close and removal is sent at once).
+        self.back = (
+            HeldBack(
+                meta,
+                cache,
+                engine,
+                reclaimer,
+                self.creates,
+                leases,
+                commit=commit,
+                hard=hard,
+                flush_file=flush_file,
+                spawn=spawn,
+            )
+            if leases is not None and commit > 0 and write_behind
+            else None
+        )
+        back = self.back
+        self.writeback: WriteBack | None = None if back is None else back.schedule
+        self.unlinks: PendingUnlinks | None = None if back is None else back.unlinks
+        self.held: HeldFiles | None = None if back is None else back.held
+        self.mkdirs: PendingMkdirs | None = None if back is None else back.mkdirs
+        self.renames: PendingRenames | None = None if back is None else back.renames
+
+    async def entries_first(self, directory: int) -> None:
+        """What a create in ``directory`` must follow (``HeldBack.entries_first``)."""
+        if self.back is not None:
+            await self.back.entries_first(directory)
+
+    def pending_names(self, directory: int) -> list[bytes]:
+        """The names of the creates this mount has not sent in ``directory``."""
+        return [p.name for p in self.creates.pending_in(directory)]
+
+    def local_stat(self, oid: int) -> dict[str, Any] | None:
+        """The attributes of an object no server holds yet (a held-back mkdir's directory,
+        a file whose create waits in write-back), or None."""
+        made = None if self.mkdirs is None else self.mkdirs.stat_of(oid)
+        return made or self.creates.deferred_stat(oid)
+
+    def links_in(self, directory: int) -> int:
+        """Links the held-back mkdirs in ``directory`` add to its link count."""
+        return 0 if self.mkdirs is None else self.mkdirs.links_in(directory)
+
+    async def send_all(self, parallel: int = 1) -> None:
+        """Send everything directory write-back holds (creates, removals, mkdirs, renames),
+        then the writes held files' closes left; ``parallel``: directories sent at once."""
+        if self.back is not None:
+            await self.back.schedule.send_all(parallel)
+            await self.back.held.send_all()
+
+    async def sync_directory(self, ino: int) -> None:
+        """``fsync`` of directory ``ino``: its held-back entries are on a quorum when it
+        returns, and an error says they are not - and, answered EIO, that they were
+        dropped (``WriteBack.sync_directory``).  Then the rest this mount holds back goes
+        too, its failures logged and kept for a later send."""
+        if self.back is not None:
+            await self.back.schedule.sync_directory(ino)
+        else:  # no write-back: only creates kept after a failed send can wait
+            unmade = await self.creates.sends.send_directory(ino)
+            if unmade:
+                names = [p.name for p in unmade]
+                e = Unavailable(f"directory {ino}: creates not on a quorum: {names[:5]!r}")
+                if self.answers_eio:
+                    for p in unmade:
+                        self.creates.sends.give_up(p, e)
+                raise e
+        await self.send_all()

@@ -1,0 +1,363 @@
+"""Directory write-back of removals (issue 33): unlinks that return before the servers
+take them.
+
+While this mount holds an **exclusive lease** on a directory (``fs/leases.py``), no other
+client reads the directory without recalling the lease first, and the recall's release is a
+gated update: whatever the mount holds back for the directory goes before it.  So an
+``unlink`` there may return at once, the name gone from this mount's view (its names,
+its leased listing), and the removal sent later (:class:`PendingUnlinks`), several of one
+directory in one ``fs.unlinkmany`` update:
+
+- **When**: by its *due* time (``commit`` seconds, or the lease's end less a margin:
+  :class:`~bftfs.fs.writeback.schedule.WriteBack` keeps both), at ``fsync`` of the directory, at
+  unmount, and before any call that must follow it (:meth:`PendingUnlinks.before`): one on
+  the removed object, one about the removed name, and any other call on the directory but
+  a lookup or an update of another name (a listing, the directory's attributes, the
+  recall's release).
+- **Which**: a name of a non-directory whose object this mount holds exclusively too
+  (a file it made under the directory's lease inherits that lease: another client that
+  reached the file by a name its kernel cached, without reading the directory, then
+  recalls it and so has the removal sent first), and has neither open nor
+  buffered writes for, nor knows to have other names (hard links), and that is not
+  itself a create this mount has not sent (that one is sent first, as before: the
+  unlink then follows it) unless that create waits in
+  write-back too: then the removal waits with it, and its create is sent first when the
+  removal goes (both batched: PostMark deletes files it made seconds before).
+- **Cancelling**: a removal whose create still waits in write-back with all its content
+  inline, in a directory whose listing the mount knows whole under the lease (so the
+  servers surely lack the name), drops the create and is not sent either
+  (``PendingCreates.cancellable``).  The directory's times still move to the removal's:
+  a times-only ``fs.setattr`` (``touch``) goes when due or before a call on the
+  directory's attributes, unless a removal there sent later carries a later time.
+- **A refusal** when sent (the name gone, or naming another object: possible only once the
+  lease lapsed and another client changed the directory) drops the removal, as a removal
+  that lost a race; no answer from the cluster keeps it pending and tries again.
+- **A crash** of the mount loses the removals of the last ``commit`` seconds (the files are
+  there again), the promise a local file system makes for what was not ``fsync``ed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from bftfs import fsobjects as obj
+from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import ENTRY_METHODS, Meta, OutOfDate
+from bftfs.fs.errors import FsError, Unavailable
+from bftfs.fs.reclaim import Reclaimer
+from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
+
+log = logging.getLogger(__name__)
+
+#: Removals of one directory in one ``fs.unlinkmany`` (the directory and up to six
+#: objects, as ``fs.createmany``: ``writeback.BATCH``).
+BATCH = 6
+#: Seconds before a removal the cluster did not answer is sent again.
+RESEND = 1.0
+
+
+#: Calls about one entry ``arg["name"]`` of directory ``arg["p"]``: a lookup's query with
+#: the object expected, and the updates of one entry.
+ONE_ENTRY_METHODS = ENTRY_METHODS | {"fs.lookupstat"}
+#: Queries of an object's extended attributes alone.
+XATTR_QUERIES = frozenset({"fs.getxattr", "fs.listxattr"})
+
+
+def about_another_entry(
+    parent: int, name: bytes | None, objects: list[int], method: str, arg: Any
+) -> bool:
+    """Whether call ``method`` on ``objects`` with ``arg`` is a lookup of, or an update
+    of, another entry of ``parent`` than ``name`` (any entry: ``name`` None), or a query
+    of ``parent``'s extended attributes, which no entry changes.  Such a call needs
+    nothing held back for ``name`` (removals, creates: ``fs/clients/gate.py``), nor the
+    directory's held-back times (a later entry update moves them on, and touches only
+    move them forward).  Told by the method, not the argument's shape: an extended
+    attribute's name is no entry's (``getxattr`` of a directory whose mkdir waits was
+    taken for a lookup of a name its listing lacks, so the mkdir was not sent first and
+    the servers answered "not found": ``ls -l``'s ENOENT, issue 60)."""
+    if method in XATTR_QUERIES:
+        return objects == [parent]
+    if method == "fs.lookup":
+        return objects == [parent] and isinstance(arg, bytes) and arg != name
+    if method in ONE_ENTRY_METHODS and isinstance(arg, dict):
+        entry = arg.get("name")
+        return arg.get("p") == parent and isinstance(entry, bytes) and entry != name
+    return False
+
+
+class PendingUnlinks:
+    """The removals this mount holds back, and their sending (module docstring)."""
+
+    def __init__(
+        self,
+        meta: Meta,
+        cache: MetadataCache,
+        reclaimer: Reclaimer,
+        writeback: WriteBack,
+        *,
+        is_pending_create: Callable[[int], bool],
+        is_deferred_create: Callable[[int], bool],
+        make_creates: Callable[[list[int]], Awaitable[None]],
+        cancellable: Callable[[int], bool],
+        cancel: Callable[[int], None],
+        discard_held: Callable[[int], bool],
+        made_dir: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """``writeback``: keeps the due times and sends when due; ``is_pending_create``:
+        whether an object's create is not sent yet; ``is_deferred_create``: whether it
+        waits in directory write-back, closed (its removal may then wait too);
+        ``make_creates``: sends the creates of objects whose removals go now (a removal
+        reaching the servers before its create would be refused, and the file made after
+        it); ``cancellable`` and ``cancel``: whether an object's create may be dropped
+        with its file, and drop it (a create and its removal that cancel,
+        ``PendingCreates.cancellable``); ``discard_held``: drops a closed file this mount
+        holds exclusively, its buffered writes with it, when this removal is its last
+        name (``HeldFiles.discard``); ``made_dir``: sends the mkdir of a directory and the
+        renames in it if they wait in write-back (``fs/writeback/mkdirs.py``,
+        ``fs/writeback/renames.py``): a directory's removals and times go after them, and
+        are not gated."""
+        self.meta = meta
+        self.cache = cache
+        self.reclaimer = reclaimer
+        self.writeback = writeback
+        self._is_pending_create = is_pending_create
+        self._is_deferred_create = is_deferred_create
+        self._make_creates = make_creates
+        self._cancellable = cancellable
+        self._cancel = cancel
+        self._discard_held = discard_held
+        self._made_dir = made_dir
+        #: Directories where a create and its removal cancelled -> the time (ns, client
+        #: clock) their mtime and ctime must reach: sent by write-back, unless a removal
+        #: there taken later carries a time at least as late (:meth:`_taken`).
+        self._touches: dict[int, int] = {}
+        self._by_dir: dict[int, dict[bytes, PendingUnlink]] = {}
+        self._by_oid: dict[int, PendingUnlink] = {}
+
+    def holds_back(self) -> bool:
+        return bool(self._by_oid or self._touches)
+
+    def pending(self, parent: int, name: bytes) -> PendingUnlink | None:
+        return self._by_dir.get(parent, {}).get(name)
+
+    def defer(self, parent: int, name: bytes, oid: int, code: int) -> bool:
+        """Whether ``unlink(parent, name)`` of ``oid`` (type ``code``) is left to write-back:
+        then it is done in this mount's view now and sent later (module docstring)."""
+        wb = self.writeback
+        if code == obj.DIR_TYPE or oid in self._by_oid or parent == oid:
+            return False
+        f = self.cache.files.get(oid)
+        if f is not None and f.opens:
+            return False
+        if self._cancellable(oid) and self.touch(parent):
+            self._discard_held(oid)
+            self._cancel(oid)
+            self._gone_here(parent, name, oid)
+            wb.stats["creates_cancelled"] += 1
+            return True
+        if f is not None and self._discard_held(oid):
+            f = None  # its buffered writes went with it (fs/writeback/held.py)
+        if f is not None and f.st.get("nl", 1) > 1:
+            # Another name still leads to the file: its link count drops, and a held
+            # file's kept attributes (which answer its stat) would keep the old one.
+            # Removing one of several hard links is rare: it goes at once.
+            return False
+        # A file whose create waits in write-back may go with its create: it is sent
+        # first (:meth:`send`), its content with it.  Any other unsent create or buffered
+        # write goes before a removal that waits for nothing.
+        if not self._is_deferred_create(oid) and (
+            (f is not None and f.buffered) or self._is_pending_create(oid)
+        ):
+            return False
+        u = PendingUnlink(parent, name, oid, self.meta.now())
+        if not wb.defer_unlink(u, reachable=not self._is_deferred_create(oid)):
+            return False
+        self._by_dir.setdefault(parent, {})[name] = u
+        self._by_oid[oid] = u
+        self._gone_here(parent, name, oid)
+        return True
+
+    def touch(self, parent: int) -> bool:
+        """Move directory ``parent``'s times to now, in the mount at once and on the
+        servers by write-back (a change of it that no update sends: a create and its
+        removal that cancelled, a rename of a create that waits,
+        ``PendingCreates.rename_deferred``); False when write-back cannot hold one more."""
+        if not self.writeback.defer_touch(parent):
+            return False
+        now = self.meta.now()
+        self._touches[parent] = max(now, self._touches.get(parent, 0))
+        self.cache.own_touch(parent, now)
+        return True
+
+    def _gone_here(self, parent: int, name: bytes, oid: int) -> None:
+        """The name is gone in this mount's view: its names, attributes, leased listing."""
+        self.cache.forget(parent, name)
+        # Its link count is the servers' to tell (another name may still lead to it): a
+        # stat of it asks them, and so sends this removal first.  The directory's times
+        # are the removal's from now on.
+        self.cache.forget_own([oid])
+        self.cache.own_touch(parent, self.meta.now())
+        leases = self.meta.leases
+        if leases is not None:  # as a removal taken: the name leaves the leased listing
+            leases.changed([parent, oid], parent=parent, names=frozenset((name,)))
+            leases.entry_done("fs.unlink", parent, frozenset((name,)), "taken")
+
+    # Sending -----------------------------------------------------------------------------
+
+    async def before(
+        self, objects: list[int], names: set[bytes] | frozenset, method: str, arg: Any
+    ) -> None:
+        """Send the removals call ``method`` on ``objects`` (about ``names``) must follow."""
+        need: list[PendingUnlink] = []
+        for oid in objects:
+            u = self._by_oid.get(oid)
+            if u is not None:
+                need.append(u)
+            for u in self._by_dir.get(oid, {}).values():
+                if u.name in names or not about_another_entry(oid, u.name, objects, method, arg):
+                    need.append(u)
+        if need:
+            await self.send(need)
+        touched = [
+            o
+            for o in objects
+            if o in self._touches and not about_another_entry(o, None, objects, method, arg)
+        ]
+        if touched:
+            await self.send_touches(touched)
+
+    async def send_now(self, parent: int, name: bytes) -> None:
+        """Send the removal of ``name`` in ``parent`` if one is held back (a create of the
+        name follows it)."""
+        u = self.pending(parent, name)
+        if u is not None:
+            await self.send([u])
+
+    async def send(self, us: list[PendingUnlink]) -> None:
+        """Send ``us`` (and wait for those another task sends), each directory's together,
+        :data:`BATCH` per update, filled with the directory's next removals (a program
+        that removes files one by one would need them next)."""
+        mine: dict[int, list[PendingUnlink]] = {}
+        theirs: list[trio.Event] = []
+        for u in dict.fromkeys(us):
+            if self._by_oid.get(u.oid) is not u:
+                continue  # sent meanwhile
+            if u.sending is not None:
+                theirs.append(u.sending)
+                continue
+            u.sending = trio.Event()
+            mine.setdefault(u.parent, []).append(u)
+        for parent, group in mine.items():  # with the directory's next ones, as creates go
+            for u in self._by_dir.get(parent, {}).values():
+                if len(group) % BATCH == 0:
+                    break
+                if u.sending is None and u not in group:
+                    u.sending = trio.Event()
+                    group.append(u)
+        try:
+            for group in mine.values():
+                await self._make_creates([u.oid for u in group])
+                for i in range(0, len(group), BATCH):
+                    await self._send_batch(group[i : i + BATCH])
+        finally:
+            for group in mine.values():
+                for u in group:
+                    event, u.sending = u.sending, None
+                    if event is not None:
+                        event.set()
+        for event in theirs:
+            await event.wait()
+
+    async def _send_batch(self, us: list[PendingUnlink]) -> None:
+        await self._made_dir(us[0].parent)
+        if len(us) > 1:
+            parent = us[0].parent
+            items = [{"o": u.oid, "name": u.name, "now": u.now} for u in us]
+            arg = {"p": parent, "now": max(u.now for u in us), "files": items}
+            try:
+                stats, pst = await self.meta.update_now(
+                    [parent, *(u.oid for u in us)], "fs.unlinkmany", arg
+                )
+            except Exception as e:  # noqa: BLE001 - each alone says why
+                log.debug("removals of %s together failed (each goes alone): %s", us, e)
+            else:
+                for u, s in zip(us, stats, strict=True):
+                    await self._taken(u, s, pst)
+                self.writeback.stats["unlink_write_back_updates"] += 1
+                return
+        for u in us:
+            await self._send_one(u)
+
+    async def _send_one(self, u: PendingUnlink) -> None:
+        arg = {"p": u.parent, "o": u.oid, "name": u.name, "now": u.now}
+        try:
+            s, pst = await self.meta.update_now([u.parent, u.oid], "fs.unlink", arg)
+        except Unavailable as e:
+            log.warning("removal of %r not sent yet (again in %g s): %s", u.name, RESEND, e)
+            self.writeback.retry_unlink(u, RESEND)
+            return
+        except (FsError, OutOfDate) as e:  # the name is gone or names another object: lost race
+            log.info("removal of %r dropped: %s", u.name, e)
+            self._forget(u)
+            return
+        await self._taken(u, s, pst)
+
+    async def send_touches(self, parents: list[int]) -> None:
+        """Send the times of directories where a create and its removal cancelled (one
+        ``fs.setattr`` of mtime and ctime each; a times-only update keeps the mount's
+        leased listing).  Unanswered, one raises :class:`Unavailable` and write-back
+        sends it again; a directory gone meanwhile has no times to set."""
+        for parent in parents:
+            t = self._touches.get(parent)
+            if t is None:
+                continue  # a removal carried it meanwhile
+            await self._made_dir(parent)
+            try:
+                s = await self.meta.update_now([parent], "fs.setattr", {"touch": t, "now": t})
+            except Unavailable:
+                raise
+            except (FsError, OutOfDate) as e:
+                log.info("times of directory %d not set: %s", parent, e)
+            else:
+                self.cache.own_stat(parent, s)
+            if self._touches.get(parent) == t:
+                del self._touches[parent]
+                self.writeback.touch_sent(parent)
+
+    async def _taken(self, u: PendingUnlink, s: dict[str, Any], pst: dict[str, Any]) -> None:
+        t = self._touches.get(u.parent)
+        if t is not None and u.now >= t:  # the directory's times are at least as late
+            del self._touches[u.parent]
+            self.writeback.touch_sent(u.parent)
+        self._forget(u)
+        self.cache.own_stat(u.oid, s)
+        self.cache.own_stat(u.parent, pst)
+        await self.reclaimer.unlinked(u.oid, s)
+
+    def drop(self, u: PendingUnlink, e: Exception) -> None:
+        """A directory ``fsync`` answered EIO for removal ``u``: it is never sent (the
+        name stays on the servers).  What this mount showed of the directory was not
+        what happened: forgotten, as for a rename dropped."""
+        if self._by_oid.get(u.oid) is not u:
+            return
+        log.warning("removal of %r dropped: %s", u.name, e)
+        self._forget(u)
+        self.cache.forget(u.parent)
+        leases = self.meta.leases
+        if leases is not None:
+            leases.entry_done("fs.unlink", u.parent, frozenset(), "unknown")
+
+    def _forget(self, u: PendingUnlink) -> None:
+        if self._by_oid.get(u.oid) is u:
+            del self._by_oid[u.oid]
+        names = self._by_dir.get(u.parent)
+        if names is not None and names.get(u.name) is u:
+            del names[u.name]
+            if not names:
+                del self._by_dir[u.parent]
+        self.writeback.unlink_sent(u.oid)
+        u.done.set()

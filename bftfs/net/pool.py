@@ -1,0 +1,164 @@
+"""An endpoint's connections: one per node, opened on demand (TCP, the handshake, the view
+check when the endpoint has one), the record of nodes that recently refused them, and the
+connections :meth:`Pool.stay_connected` keeps open for pushes.
+
+The :class:`~bftfs.net.endpoint.Endpoint` holds one :class:`Pool`; calls, quorum calls and
+heartbeats take their connections from it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from bftfs.ids import NodeId
+from bftfs.net.connection import Connection
+from bftfs.net.errors import TransportError
+from bftfs.net.frames import FrameReader
+from bftfs.net.keepalive import keep_connected
+from bftfs.net.moved import announce as announce_moved
+from bftfs.net.session import SessionRefused, client_handshake
+from bftfs.net.viewcheck import admitted
+
+if TYPE_CHECKING:
+    from bftfs.net.endpoint import Endpoint
+
+
+class Pool:
+    """The connections of one endpoint, one per node (requests are multiplexed by id).
+
+    The handshake's settings (key ring, view number, ``admit``, ``on_peer_view``) and the
+    record of each node's liveness and faults are the endpoint's, read at each connect.
+    """
+
+    def __init__(self, ep: Endpoint, nursery: trio.Nursery) -> None:
+        self.ep = ep
+        self._nursery = nursery
+        self.conns: dict[NodeId, Connection] = {}
+        self._locks: dict[NodeId, trio.Lock] = {}
+        self.down_until: dict[NodeId, float] = {}
+        self._down_backoff: dict[NodeId, float] = {}
+        #: Nodes whose last connection attempt failed (cleared by the next success); quorum
+        #: calls try them last.
+        self._dead: set[NodeId] = set()
+        #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`close` ran.
+        self._kept: set[NodeId] = set()
+        self._closing = False
+
+    def open_to(self, node: NodeId) -> Connection | None:
+        """The open connection to ``node``, if there is one (nothing is connected)."""
+        conn = self.conns.get(node)
+        return None if conn is None or conn.closed else conn
+
+    async def get(self, node: NodeId) -> Connection:
+        """The connection to ``node``, opened if there is none.
+
+        Raises:
+            TransportError: an unknown node, or one unreachable (recently, or now).
+            SessionRefused: the node refuses this principal.
+        """
+        conn = self.open_to(node)
+        if conn is not None:
+            return conn
+        ep = self.ep
+        if node not in ep.addresses:
+            raise TransportError(f"unknown node {node}")
+        if trio.current_time() < self.down_until.get(node, 0.0):
+            raise TransportError(f"node {node} unreachable (recently refused)")
+        lock = self._locks.setdefault(node, trio.Lock())
+        async with lock:
+            conn = self.open_to(node)
+            if conn is not None:
+                return conn
+            if ep.admit is not None:
+                conn = await admitted(self._open, node, ep.admit, ep.ids, ep.timeout)
+            else:
+                conn = await self._open(node)
+                if ep.on_peer_view is not None and conn.session.peer_view != ep.view_number:
+                    ep.on_peer_view(node, conn.session.peer_view)
+            self.conns[node] = conn
+            return conn
+
+    async def _open(self, node: NodeId) -> Connection:
+        """A new connection to ``node``, its handshake done and its tasks running."""
+        ep = self.ep
+        host, port = ep.addresses[node]
+        try:
+            with trio.fail_after(ep.connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+                try:
+                    reader = FrameReader(stream, ep.max_frame)
+                    session = await client_handshake(
+                        stream, reader, ep.keyring, node, ep.view_number
+                    )
+                except BaseException:
+                    stream.socket.close()
+                    raise
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
+            backoff = min(1.0, self._down_backoff.get(node, 0.01) * 2)
+            self._down_backoff[node] = backoff
+            self.down_until[node] = trio.current_time() + backoff
+            self._dead.add(node)
+            ep.liveness.unreachable(node)
+            raise TransportError(f"node {node} at {host}:{port} unreachable: {e}") from None
+        except SessionRefused:
+            # It will not serve this principal (revoked or rekeyed by a view): not a node
+            # an operation may wait for, whatever it answers to others.
+            self.down_until[node] = trio.current_time() + 0.05
+            ep.liveness.unreachable(node)
+            raise
+        except TransportError:
+            self.down_until[node] = trio.current_time() + 0.05
+            raise
+        self._down_backoff.pop(node, None)
+        self.down_until.pop(node, None)
+        self._dead.discard(node)
+        ep.liveness.connected(node, trio.current_time())
+        conn = Connection(node, stream, reader, session, ep.faults, ep.pushed, ep.liveness)
+        self._nursery.start_soon(conn.run)
+        return conn
+
+    def down(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """Those of ``targets`` that recently refused connections (quorum calls try them last)."""
+        now = trio.current_time()
+        down_until = self.down_until
+        return {n for n in targets if down_until.get(n, 0.0) > now or n in self._dead}
+
+    def stay_connected(self, nodes: Sequence[NodeId]) -> None:
+        """:meth:`Endpoint.stay_connected <bftfs.net.endpoint.Endpoint.stay_connected>`:
+        one task per node in the endpoint's nursery (``net/keepalive.py``)."""
+        unknown = [n for n in nodes if n not in self.ep.addresses]
+        if unknown:
+            raise TransportError(f"unknown nodes {unknown}")
+        for node in nodes:
+            if node not in self._kept:
+                self._kept.add(node)
+                self._nursery.start_soon(self._keep_connected, node)
+
+    async def _keep_connected(self, node: NodeId) -> None:
+        """:meth:`stay_connected`'s task for one node (``net/keepalive.py``)."""
+        await keep_connected(
+            functools.partial(self.get, node),
+            lambda: self._closing,
+            lambda: self.down_until.get(node, 0.0),
+        )
+
+    def moved(self, node: NodeId, address: tuple[str, int]) -> None:
+        """:meth:`Endpoint.moved <bftfs.net.endpoint.Endpoint.moved>`: the connection to
+        the old ``node`` ends, the next one is made to ``address``."""
+        self.ep.addresses[node] = address
+        self.down_until.pop(node, None)
+        conn = self.conns.pop(node, None)
+        if conn is not None:
+            conn._close()
+        announce_moved(int(node))
+
+    def close(self) -> None:
+        """Close every connection; kept connections are not opened again."""
+        self._closing = True
+        for conn in list(self.conns.values()):
+            conn._close()
+        self.conns.clear()
