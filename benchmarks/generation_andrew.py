@@ -54,7 +54,7 @@ from profiling import cpu_seconds, settle
 from bftfs import config as cfgmod
 from bftfs import local
 from bftfs.config import ClusterConfig
-from bftfs.fs.mover import MoveState, cursor_path
+from bftfs.fs.generations import MoveState, cursor_path
 from bftfs.testing.mounts import Mount
 from bftfs.testing.processes import ProcessCluster
 

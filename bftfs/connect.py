@@ -66,7 +66,7 @@ async def open_nodes(
 ) -> AsyncIterator[Endpoint]:
     """An :class:`Endpoint` speaking to ``config``'s nodes as ``identity``, tracking no
     view (the caller attaches its tracker: a session's endpoint to another generation,
-    ``fs/generationclients.py``)."""
+    ``fs/generations/clients.py``)."""
     ring = KeyRing(identity, config.node_public_keys())
     addresses = {s.id: (s.host, s.port) for s in config.nodes}
     async with open_endpoint(ring, addresses, **endpoint_options) as ep:

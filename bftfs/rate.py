@@ -1,5 +1,5 @@
 """Pacing bytes to a rate: a token bucket that both background copies use, the node's
-block catch-up (``node/rw_catchup.py``) and the generation mover (``fs/mover.py``)."""
+block catch-up (``node/rw_catchup.py``) and the generation mover (``fs/generations/mover.py``)."""
 
 from __future__ import annotations
 

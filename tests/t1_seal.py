@@ -10,7 +10,7 @@ import pytest
 
 from bftfs import fsobjects as obj
 from bftfs.crypto import SEAL_OVERHEAD, SealError, VolumeKey, seal, unseal
-from bftfs.fs.seal import Seal, SealBroken
+from bftfs.fs.clients import Seal, SealBroken
 from bftfs.fsobjects.limits import SEALED_EXTRA
 from bftfs.rw.messages import block_id
 
@@ -145,8 +145,8 @@ def test_a_symlink_target_is_sealed_with_its_length_and_a_bad_one_left_to_be_ref
 
 def test_names_seal_alike_per_directory_open_only_there_and_stay_legal_names() -> None:
     from bftfs.crypto import siv_open, siv_seal
+    from bftfs.fs.clients import SEALED_NAME_MAX
     from bftfs.fs.errors import NameTooLong
-    from bftfs.fs.seal import SEALED_NAME_MAX
 
     s = Seal(VolumeKey(RNG.randbytes(32)))
     a = s.seal_name(7, b"report.txt")
@@ -170,7 +170,7 @@ def test_names_seal_alike_per_directory_open_only_there_and_stay_legal_names() -
             siv_open(k1, k2, bytes(bad), b"dir")
 
 
-@pytest.mark.expected_logs("bftfs.fs.seal", match=r"an entry left out: name b'garbage'")
+@pytest.mark.expected_logs("bftfs.fs.clients.seal", match=r"an entry left out: name b'garbage'")
 def test_every_update_and_query_naming_an_entry_seals_the_name_in_its_directory() -> None:
     s = Seal(VolumeKey(RNG.randbytes(32)))
     for method in ("fs.create", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir", "fs.createwrite"):

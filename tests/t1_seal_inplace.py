@@ -23,8 +23,8 @@ from bftfs.crypto import (
     unseal_buffer,
     unseal_in_place,
 )
+from bftfs.fs.clients import Seal, SealBroken
 from bftfs.fs.files import OpenFile
-from bftfs.fs.seal import Seal, SealBroken
 from bftfs.rw.messages import block_id
 
 RNG = random.Random(3434)

@@ -13,7 +13,7 @@ from bftfs import bundle, clusterkeys, config, local
 from bftfs.cli.cluster import parse_addresses
 from bftfs.config import ConfigError
 from bftfs.crypto import Identity, KeyFileError, VolumeKey
-from bftfs.fs.seal import Seal
+from bftfs.fs.clients import Seal
 
 ADDRESSES = [(f"10.0.0.{i + 1}", 7000 + i) for i in range(6)]
 

@@ -206,7 +206,7 @@ def test_two_mounts_of_one_client_identity_write_and_read_each_others_files(
 
     async def body(env: fs_helpers.Env) -> None:
         a, b = env.fss
-        fab = [fs.meta.qu._qu for fs in (a, b)]  # under the mount tag
+        fab = [fs.meta.qu.inner for fs in (a, b)]  # under the mount tag
         assert all(isinstance(c, FabMetaClient) for c in fab)
         assert fab[0].me == fab[1].me and fab[0].stream != fab[1].stream
 

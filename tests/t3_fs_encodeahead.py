@@ -18,8 +18,8 @@ import trio
 from fs_helpers import Env, fs_env, read_back, run, write_file
 
 from bftfs.crypto import VolumeKey
+from bftfs.fs.clients import Seal
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.seal import Seal
 
 BS = 4096
 SMALL = {"block_size": BS}

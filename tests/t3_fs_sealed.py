@@ -22,11 +22,11 @@ from fs_helpers import RW_OPTIONS, Env, fs_env, qu_client, write_file
 
 from bftfs import fsobjects as obj
 from bftfs.crypto import VolumeKey
+from bftfs.fs.clients import SEALED_NAME_MAX, Seal, SealBroken
 from bftfs.fs.errors import Exists, NameTooLong, NoAttr, NotFound, TooBig
 from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.history import Past
 from bftfs.fs.scrub import scrub
-from bftfs.fs.seal import SEALED_NAME_MAX, Seal, SealBroken
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client

@@ -19,10 +19,10 @@ import pytest
 import trio
 from fs_helpers import Env, run, write_file
 
+from bftfs.fs.clients import LEASE_NS
 from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import PREFETCH_GROUP, READAHEAD_MAX_BLOCKS
 from bftfs.fs.filesystem import FileSystem
-from bftfs.fs.meta import LEASE_NS
 from bftfs.fs.writeback import behind_done
 from bftfs.fsobjects import ROOT
 from bftfs.rw.messages import KIND_WRITE, block_id

@@ -5,7 +5,7 @@ Generation g is an in-process cluster of 6 nodes (t = b = 1), generation g + 1 o
 (t = b = 2) whose view names g as its previous generation (so its nodes take moved
 versions).  A tree written in g (directories, inline and multi-block files, a sparse file,
 a hard link, xattrs, a symlink; one file's attribute object moved beforehand by a client
-touching it) is moved with :func:`~bftfs.fs.mover.move_generation`, cut off after a few
+touching it) is moved with :func:`~bftfs.fs.generations.mover.move_generation`, cut off after a few
 objects and run again from its cursor; then a file system over g + 1's clients alone (no
 router, no g) reads every file back byte for byte and lists every directory.  A run from a
 new cursor finds everything there and copies nothing; a run on the completed cursor walks
@@ -26,8 +26,8 @@ import trio
 from t3_generation_router import BS, SIZES, Gens, qu_client, read, unmount, write
 
 from bftfs.fs.filesystem import open_file_system
-from bftfs.fs.generations import GenerationalQU
-from bftfs.fs.mover import (
+from bftfs.fs.generations import (
+    GenerationalQU,
     MoveState,
     cursor_path,
     file_blocks,

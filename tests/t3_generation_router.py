@@ -25,6 +25,7 @@ import pytest
 import trio
 from fs_helpers import RW_OPTIONS, check_all
 
+from bftfs.fs.clients import Switch, SwitchingQU
 from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generations import (
     GenerationalQU,
@@ -32,7 +33,6 @@ from bftfs.fs.generations import (
     frozen_needed,
     wait_frozen,
 )
-from bftfs.fs.generationswitch import Switch, SwitchingQU
 from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.leases import EXCLUSIVE, holders, tag_query, who
 from bftfs.fsobjects.locks import lock_object

@@ -313,7 +313,7 @@ async def _stream_work(pc: ProcessCluster, tag: str) -> tuple[int, _Backlog, flo
     first = 5000 + 1000 * len(tag)
     slowest = 0.0
     async with open_session(pc.config, "client0") as s, trio.open_nursery() as nursery:
-        backlog = _Backlog(s.endpoint, s.rw.batcher, pc.config.node_ids[LIAR])
+        backlog = _Backlog(s.endpoint, s.generations.current.rw.batcher, pc.config.node_ids[LIAR])
         nursery.start_soon(backlog.watch)
         await s.fs.mkdir(obj.ROOT, f"{tag}-before".encode(), 0o755, 0, 0)
         for w in range(WAVES):
@@ -324,7 +324,7 @@ async def _stream_work(pc: ProcessCluster, tag: str) -> tuple[int, _Backlog, flo
             del wave
         # The requests left with a silent node are resent until their calls time out:
         # keep the session open until none is left (with an honest node: at once).
-        queue = s.rw.batcher._queues.get(pc.config.node_ids[LIAR])
+        queue = s.generations.current.rw.batcher._queues.get(pc.config.node_ids[LIAR])
         with trio.fail_after(60):
             while True:
                 if queue is None or not queue.pending:

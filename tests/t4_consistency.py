@@ -41,7 +41,7 @@ def test_two_mounts_close_to_open_with_a_node_killed_restarted_and_another_kille
 def test_two_mounts_with_leases_and_node_kills(tmp_path: Path) -> None:
     """Seed 5 failed one run in three with EIO before two fixes: a stray beside the killed
     node cost a flush its whole patience (``qu/client.py`` settle), and two holders of one
-    lease each waited for the other's release behind their own update (``fs/meta.py``)."""
+    lease each waited for the other's release behind their own update (``fs/clients/calls.py``)."""
     _checked(tmp_path, 2, seed=5, ops=150, faults=2, options="lease=10")
 
 

@@ -30,7 +30,7 @@ from bftfs.cli.generations import generation_config_path
 from bftfs.connect import open_client
 from bftfs.crypto import Identity
 from bftfs.fs.filesystem import FileSystem, open_file_system
-from bftfs.fs.mover import MoveState, cursor_path
+from bftfs.fs.generations import MoveState, cursor_path
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient

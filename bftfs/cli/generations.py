@@ -10,7 +10,7 @@ cluster, a node bundle for another machine) and every client moves what it touch
 ``bftfs generation show`` prints both generations and what each node says of itself.
 
 ``bftfs generation move [--bytes-per-second N]`` moves everything the clients did not touch
-(``fs/mover.py``): every object of generation ``g``, and the blocks of its files that
+(``fs/generations/mover.py``): every object of generation ``g``, and the blocks of its files that
 ``g + 1`` lacks, paced, with a progress bar; killed, it resumes from its cursor
 (``<dir>/generation<G>/move.json``).  ``bftfs generation finish`` then issues the view
 that ends the move (refused until the cursor says the move completed, unless ``--force``)
@@ -216,7 +216,7 @@ def cmd_generation_show(args: argparse.Namespace) -> int:
 def move_progress(cfg: ClusterConfig, view: View) -> str:
     """Where the background mover stands, from its cursor (``bftfs generation show`` and
     ``bftfs status``)."""
-    from bftfs.fs.mover import MoveState, cursor_path
+    from bftfs.fs.generations import MoveState, cursor_path
 
     assert view.previous is not None
     state = MoveState.load(cursor_path(cfg.home, view.generation))
@@ -253,7 +253,7 @@ def _moving(cfg: ClusterConfig) -> tuple[View, ClusterConfig]:
 def cmd_generation_move(args: argparse.Namespace) -> int:
     from bftfs.cli.common import EXIT_CLUSTER
     from bftfs.cli.progress import progress
-    from bftfs.fs.mover import MoveError, cursor_path, start_state
+    from bftfs.fs.generations import MoveError, cursor_path, start_state
 
     cfg, _ = cluster_of(args)
     view, old_cfg = _moving(cfg)
@@ -300,8 +300,13 @@ async def _move(
 ) -> None:
     """Open both generations' clients as client ``who`` and run the mover."""
     from bftfs.connect import open_nodes
-    from bftfs.fs.generations import GenerationalQU, frozen_needed, wait_frozen
-    from bftfs.fs.mover import list_page, move_generation
+    from bftfs.fs.generations import (
+        GenerationalQU,
+        frozen_needed,
+        list_page,
+        move_generation,
+        wait_frozen,
+    )
     from bftfs.qu.classify import QUThresholds
     from bftfs.qu.client import QUClient
     from bftfs.rw.client import open_rw_client
@@ -349,7 +354,7 @@ async def _move(
 
 
 def cmd_generation_finish(args: argparse.Namespace) -> int:
-    from bftfs.fs.mover import MoveState, cursor_path
+    from bftfs.fs.generations import MoveState, cursor_path
 
     cfg, path = cluster_of(args)
     who = args.as_client or admin.pusher(cfg)

@@ -149,9 +149,18 @@ class FabMetaClient:
         """
         return await self._call(objects, method, arg)
 
-    async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
-        """Run update ``method`` on ``objects`` (atomically), ordered; its answer."""
+    async def update(
+        self, objects: int | Iterable[int], method: str, arg: Any = None, *, seq: int | None = None
+    ) -> Any:
+        """Run update ``method`` on ``objects`` (atomically), ordered; its answer.  ``seq``
+        is not taken (:meth:`next_seq`): the request ids are this client's own."""
         return await self._call(objects, method, arg)
+
+    def next_seq(self) -> None:
+        """No request id to run an update again under (Q/U's ``QUClient.next_seq``): an
+        ordered update is never cut short by a generation's freeze
+        (``fs/clients/switch.py``), and FaB clusters do not change generation."""
+        return None
 
     async def settle(self, objects: int | Iterable[int]) -> None:
         """Nothing to do: an ordered operation is final once answered, and one that was

@@ -9,19 +9,19 @@ join that state and go with its next flush (:meth:`Attributes.setattr`).
 from __future__ import annotations
 
 import stat as st
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.fs.errors import FsError, Invalid, IsDir, NoAttr, TooBig
 from bftfs.fs.files.attr import Attr
 from bftfs.fs.files.flush import FlushEngine
-from bftfs.fs.files.openfile import OpenFile
+from bftfs.fs.files.openfile import OpenFile, initial_reserve
 from bftfs.fs.files.reclaim import Reclaimer, dead_contents
 from bftfs.fs.files.table import HandleTable
-from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.fs.names import Names
 from bftfs.fs.writeback import PendingCreates
 from bftfs.rw.messages import block_id
@@ -153,7 +153,7 @@ class Attributes:
                 arg: dict[str, Any] = {"size": size, "mtime": mtime_ns, "now": self.meta.now()}
                 arg["tok"] = self.lease_token
                 if size == 0:
-                    arg.update(d=self.meta.new_oid(), alloc=self.meta.initial_reserve())
+                    arg.update(d=self.meta.new_oid(), alloc=initial_reserve(self.meta.bs))
                     if self.inline:
                         arg["i"] = b""
                 else:
@@ -216,8 +216,8 @@ class Attributes:
             got = await self.meta.blocks(
                 self.meta.rw.read_blocks([block_id(s["d"], k) for k in partial])
             )
-            for k in partial:
-                blocks[k] = tmp.remember(k, got[block_id(s["d"], k)])
+            for k in partial:  # (a bytearray as read: ``remember`` keeps it as it is)
+                blocks[k] = tmp.remember(k, cast(bytes, got[block_id(s["d"], k)]))
         if not blocks:
             return newest
         written = await self.meta.blocks(

@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
+from bftfs.fs.clients import Meta
 from bftfs.fs.files import Attr, OpenFile, attr_from_stat, file_block_size
-from bftfs.fs.meta import Meta
 
 #: Cached directory entries in all (the cache is cleared when it grows past this).
 NAME_CACHE_LIMIT = 200_000
@@ -32,7 +32,7 @@ def content_version(s: dict[str, Any]) -> tuple[int, int]:
 
 class MetadataCache:
     """The attribute, name and parent caches, the open files, and the reads that consult
-    them.  Given the protocol calls (:class:`~bftfs.fs.meta.Meta`) for its reads; every
+    them.  Given the protocol calls (:class:`~bftfs.fs.clients.calls.Meta`) for its reads; every
     other part is given this cache."""
 
     def __init__(self, meta: Meta, *, attr_ttl: float, inline: int) -> None:

@@ -1,4 +1,4 @@
-"""The gate before every call to the servers (``meta.CallGate``): what a call must follow
+"""The gate before every call to the servers (``calls.CallGate``): what a call must follow
 goes first, so whatever this mount does is seen by the servers in the order it did it.
 
 Four kinds of work are held back in the mount, each by its own part, and this gate asks
@@ -41,7 +41,7 @@ from bftfs.fs.writeback import (
 
 
 class CallOrder:
-    """``meta.CallGate`` over the parts that hold work back (module docstring): the creates
+    """``calls.CallGate`` over the parts that hold work back (module docstring): the creates
     (``creates``, sent through ``sends``), and the held files and removals found with them
     (``creates.held``, ``creates.unlinks``).  The file system gives it to ``Meta`` as its
     gate (``Meta.gate``): ``Meta`` knows only the interface it declares, and this part,

@@ -184,7 +184,7 @@ def from_refusal(code: str, message: str = "") -> FsError:
 
 def check_name(name: bytes, name_max: int) -> None:
     """Refuse an entry name the servers would refuse (``fsobjects.check_name``), or one
-    longer than ``name_max`` (shorter in a sealed cluster, ``fs/seal.py``), as FsError."""
+    longer than ``name_max`` (shorter in a sealed cluster, ``fs/clients/seal.py``), as FsError."""
     try:
         fsobjects.check_name(name)
     except MethodRefused as e:

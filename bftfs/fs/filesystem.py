@@ -38,7 +38,7 @@ The code is in parts, each a plain class that owns its state and is given, in it
 constructor, the parts it calls; :class:`FileSystem` builds them bottom-up and hands each
 public call to one of them.  From the bottom:
 
-- :class:`~bftfs.fs.meta.Meta` (``meta.py``): Q/U and PASIS calls, error translation,
+- :class:`~bftfs.fs.clients.calls.Meta` (``meta.py``): Q/U and PASIS calls, error translation,
   statistics, backoff, placement, ``statfs``;
 - :class:`~bftfs.fs.caches.MetadataCache` (``caches.py``): the attribute, name and parent
   caches, the open files, and the reads through them;
@@ -82,6 +82,15 @@ from bftfs.fs.attributes import Attributes
 from bftfs.fs.background import Background
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.callorder import CallOrder
+from bftfs.fs.clients import (
+    SEALED_NAME_MAX,
+    BlockClient,
+    Meta,
+    MetadataClient,
+    MountTagged,
+    Seal,
+    wrap_clients,
+)
 from bftfs.fs.errors import Exists, NotFound
 from bftfs.fs.files import (
     DEFAULT_BEHIND_LIMIT,
@@ -96,10 +105,7 @@ from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.files.table import HandleTable
 from bftfs.fs.handles import Handles
 from bftfs.fs.leases import Leases, Spawn
-from bftfs.fs.meta import Meta
-from bftfs.fs.mounttag import MountTagged
 from bftfs.fs.names import Names
-from bftfs.fs.seal import SEALED_NAME_MAX, Seal, wrap_clients
 from bftfs.fs.writeback import Outbox
 from bftfs.fsobjects import RENAME_EXCHANGE, ROOT
 
@@ -124,8 +130,8 @@ class FileSystem:
 
     def __init__(
         self,
-        qu: Any,
-        rw: Any,
+        qu: MetadataClient,
+        rw: BlockClient,
         config: Any,
         *,
         uid: int = 0,
@@ -384,21 +390,21 @@ class FileSystem:
     # Clients, settings and statistics ------------------------------------------------------
 
     @property
-    def qu(self) -> Any:
-        """The Q/U client (:class:`~bftfs.fs.meta.Meta` sends through it)."""
+    def qu(self) -> MetadataClient:
+        """The Q/U client (:class:`~bftfs.fs.clients.calls.Meta` sends through it)."""
         return self.meta.qu
 
     @qu.setter
-    def qu(self, client: Any) -> None:  # (a test's crashing client)
+    def qu(self, client: MetadataClient) -> None:  # (a test's crashing client)
         self.meta.qu = client
 
     @property
-    def rw(self) -> Any:
+    def rw(self) -> BlockClient:
         """The PASIS (R/W) client."""
         return self.meta.rw
 
     @rw.setter
-    def rw(self, client: Any) -> None:
+    def rw(self, client: BlockClient) -> None:
         self.meta.rw = client
 
     @property
@@ -421,7 +427,7 @@ class FileSystem:
 
     @property
     def methods(self) -> Counter[str]:
-        """Q/U operations sent, by method (:class:`~bftfs.fs.meta.Meta`)."""
+        """Q/U operations sent, by method (:class:`~bftfs.fs.clients.calls.Meta`)."""
         return self.meta.methods
 
     @property
@@ -475,8 +481,8 @@ def _implements_api(fs: FileSystem) -> FileSystemAPI:
 
 @asynccontextmanager
 async def open_file_system(
-    qu: Any,
-    rw: Any,
+    qu: MetadataClient,
+    rw: BlockClient,
     config: Any,
     *,
     uid: int = 0,
@@ -494,9 +500,9 @@ async def open_file_system(
     servers before that (write-back, lease releases) is the caller's to finish first, as
     :func:`bftfs.fs.session.open_session` does.
 
-    Its requests name this mount (``fs/mounttag.py``: leases are per mount).  In a
+    Its requests name this mount (``fs/clients/mounttag.py``: leases are per mount).  In a
     sealed cluster its parts reach the clients through the encryption boundary
-    (``fs/seal.py``): ``seal`` (default: the cluster's, its volume key read from the
+    (``fs/clients/seal.py``): ``seal`` (default: the cluster's, its volume key read from the
     cluster directory; None for an unencrypted cluster)."""
     seal = options.pop("seal") if "seal" in options else Seal.of(config)
     tagged = MountTagged(qu)

@@ -20,6 +20,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.attributes import Attributes
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import LEASE_NS, MAX_ATTEMPTS, Meta
 from bftfs.fs.errors import (
     Exists,
     Invalid,
@@ -35,7 +36,6 @@ from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.openfile import OpenFile
 from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.files.table import HandleTable
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, Meta
 from bftfs.fs.names import Names
 from bftfs.fs.writeback import HeldFiles, PendingCreates, behind_done, flush_behind
 

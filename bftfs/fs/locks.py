@@ -83,7 +83,7 @@ Held = list[list[int]]
 
 
 class _Meta(Protocol):
-    """What the lock manager uses of ``fs/meta.py``'s ``Meta``."""
+    """What the lock manager uses of ``fs/clients/calls.py``'s ``Meta``."""
 
     async def update(self, objects: list[int], method: str, arg: Any) -> Any: ...
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import trio
 
+from bftfs.fs.clients import MetadataClient
 from bftfs.fs.files import file_block_size
 from bftfs.fsobjects import ROOT
 from bftfs.fsobjects.dirents import all_entries
 from bftfs.fsobjects.leases import LEASE_SKEW, MAX_TERM
-from bftfs.qu.client import QUClient
 from bftfs.qu.objects import MethodRefused
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import block_id
@@ -45,7 +45,7 @@ class FileBlocks:
     count: int
 
 
-async def _asked(qu: QUClient, oid: int, method: str) -> Any:
+async def _asked(qu: MetadataClient, oid: int, method: str) -> Any:
     """A query of the present, recalling the exclusive lease a mount holds on the object
     (its queries are refused ``leased`` until the holder wrote back and released:
     ``fsobjects.leases.guarded``), as a mount's own queries do (``Meta._recalling``);
@@ -69,7 +69,7 @@ async def _asked(qu: QUClient, oid: int, method: str) -> Any:
         delay = min(2 * delay, 1.0)
 
 
-async def files_with_blocks(qu: QUClient, block_size: int) -> AsyncIterator[FileBlocks]:
+async def files_with_blocks(qu: MetadataClient, block_size: int) -> AsyncIterator[FileBlocks]:
     """Every regular file reachable from the root whose content is in blocks."""
     todo = [("", ROOT)]
     seen = {ROOT}
@@ -91,7 +91,7 @@ async def files_with_blocks(qu: QUClient, block_size: int) -> AsyncIterator[File
 
 
 async def scrub(
-    qu: QUClient,
+    qu: MetadataClient,
     rw: RWClient,
     block_size: int,
     progress: Callable[[int, int, BlockReport], None] | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -18,15 +18,18 @@ from bftfs.config import ClusterConfig
 from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
+from bftfs.fs.clients import BlockClient, EngineClient, MetadataClient, Seal
 from bftfs.fs.filesystem import FileSystem, open_file_system
-from bftfs.fs.generationclients import Generations
+from bftfs.fs.generations import Generations
 from bftfs.fs.history import FabPast, Past
-from bftfs.fs.seal import Seal
 from bftfs.membership.client import ClientViews
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.pastread import PastReader
-from bftfs.rw.client import open_rw_client
+from bftfs.rw.client import RWClient, open_rw_client
+
+if TYPE_CHECKING:
+    from bftfs.net.endpoint import Endpoint
 
 #: Seconds an unmount waits for the creates directory write-back deferred to be sent.
 WRITE_BACK_AT_END = 60.0
@@ -37,12 +40,12 @@ class Session:
     """An open file system and the protocol clients under it (for their statistics)."""
 
     fs: FileSystem
-    qu: Any  # QUClient, or FabMetaClient for an engine = "fab" cluster
-    rw: Any
+    qu: MetadataClient  # over QUClient, or FabMetaClient for an engine = "fab" cluster
+    rw: BlockClient
     #: The endpoint under both (``bftfs.net.endpoint.Endpoint``: its transport faults).
-    endpoint: Any = None
-    #: The clients of each generation the session spans (``fs/generationclients.py``).
-    generations: Any = None
+    endpoint: Endpoint | None = None
+    #: The clients of each generation the session spans (``fs/generations/clients.py``).
+    generations: Generations | None = None
 
     def faults(self) -> dict[int, dict[str, int]]:
         """The faults this client detected, per node and kind: the PASIS client's
@@ -62,8 +65,13 @@ class Session:
 
     def past(self, config: ClusterConfig) -> Past:
         """History reads over this session's clients (the snapshots a live mount shows
-        under ``.snapshots``, ``fs/snapshotdir.py``): no connection of their own."""
-        return past_of(config, self.qu, self.endpoint, self.rw)
+        under ``.snapshots``, ``fs/snapshotdir.py``): no connection of their own.  A FaB
+        cluster's are read by its own client (it serves versions; FaB clusters do not
+        change generation)."""
+        meta: MetadataClient = self.qu
+        if config.engine == "fab" and self.generations is not None:
+            meta = self.generations.current.qu
+        return past_of(config, meta, self.endpoint, self.rw)
 
     def statistics(self) -> str:
         """What the protocol clients did, for a log at unmount."""
@@ -76,7 +84,7 @@ class Session:
         return out
 
 
-def metadata_client(config: ClusterConfig, ep: Any) -> Any:
+def metadata_client(config: ClusterConfig, ep: Endpoint) -> EngineClient:
     """The client of the cluster's metadata engine (``[cluster] engine``): the Q/U client,
     or the FaB client with the same calls (docs/fab.md)."""
     if config.engine == "fab":
@@ -101,7 +109,7 @@ async def open_session(
     cluster directory); ``options`` go to :func:`open_file_system`.  Creates the root
     directory if the cluster has none.  The session follows the view: a change of
     generation while it runs opens the new generation's clients, and the file system
-    goes on over both while objects move (``fs/generationclients.py``)."""
+    goes on over both while objects move (``fs/generations/clients.py``)."""
     ident = client_identity(config, client)
     ring = KeyRing(ident, config.node_public_keys())
     await check_identity(config, ring)  # an unknown key fails now, not after every timeout
@@ -146,7 +154,7 @@ async def open_past(config: ClusterConfig, client: str) -> AsyncIterator[Past]:
 @asynccontextmanager
 async def open_protocol_clients(
     config: ClusterConfig, client: str, **rw_options: Any
-) -> AsyncIterator[tuple[Any, Any]]:
+) -> AsyncIterator[tuple[EngineClient, RWClient]]:
     """The Q/U and PASIS clients of ``config``'s cluster as client ``client``, without a
     file system (``bftfs verify``); ``rw_options`` go to the PASIS client."""
     ring = KeyRing(client_identity(config, client), config.node_public_keys())

@@ -3,7 +3,7 @@ moving objects"): ``fs.state``, the object's raw state, ``fs.export``, the state
 applied table, and ``fs.movein``, which installs them where the object has none.
 
 A change of the node count or the thresholds starts a new generation on new nodes; a client
-moves each object on first touch (``bftfs/fs/generations.py``): it reads the object's state
+moves each object on first touch (``bftfs/fs/generations/routers.py``): it reads the object's state
 and applied table from the old generation with ``fs.export`` and installs them in the new
 one with ``fs.movein``.
 The state travels as its canonical msgpack bytes (:func:`pack_state`): a directory's entry

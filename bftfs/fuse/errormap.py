@@ -16,7 +16,7 @@ from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, leaves
 
 def as_fs_error(e: BaseException) -> FsError | None:
     """``e`` as the file system's answer: itself, a protocol client's outcome translated
-    as ``fs/meta.py`` does (quota, space, else unavailable), or None (anything else)."""
+    as ``fs/clients/calls.py`` does (quota, space, else unavailable), or None (anything else)."""
     if isinstance(e, FsError):
         return e
     if isinstance(e, QuotaExceeded):

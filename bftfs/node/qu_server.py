@@ -28,7 +28,7 @@ it from a node's parts, registers its methods and starts the background work
   where their walks start (:mod:`bftfs.qu.pastmany`).
 - ``qu.latest``: the newest timestamp of each object this node holds, a page at a time, in
   object-id order; only other nodes may ask (what a restarted node's catch-up compares),
-  and clients of a frozen node (the background mover, ``fs/mover.py``).
+  and clients of a frozen node (the background mover, ``fs/generations/mover.py``).
 
 When a step needs a conditioned-on version this node lacks, the handler performs **object
 sync** (L2599-2607, :mod:`bftfs.node.qu_objsync`): it asks the host servers named by the
@@ -480,7 +480,8 @@ class QUServer:
     async def on_latest(self, ctx: RequestContext, payload: Any) -> Any:
         if not is_node(ctx.sender) and not self.frozen():
             # A frozen node lists its objects to clients too: the background mover walks
-            # every object of the old generation (fs/mover.py).  The ids are all it learns.
+            # every object of the old generation (fs/generations/mover.py).  The ids are all
+            # it learns.
             raise HandlerError("forbidden", "listing objects is between nodes")
         try:
             after, limit = parse_latest(payload)

@@ -27,7 +27,7 @@ and the sweep name such blocks too; ``rw.forgotten.unverified`` counts them.
 
 While a move between generations runs (issue 35), a node of the new generation forgets
 nothing (``held``, ``NodeGeneration.moving``): a reader finding no version of a block in
-g + 1 reads it in g (``fs/generations.py``), so forgetting a block given back in g + 1 would
+g + 1 reads it in g (``fs/generations/routers.py``), so forgetting a block given back in g + 1 would
 bring back the contents g held before.  The blocks due meanwhile are counted
 (``rw.forget.held``) and dropped from the queue; the hourly sweep finds them again once
 the move is finished.

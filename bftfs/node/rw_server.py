@@ -26,7 +26,7 @@ another writer: a reader's or a node's write-back, a scrub's rewrite) is taken o
 to the version's writer and never refused for quota (``unproven`` otherwise; docs/rw.md,
 "Repairs are charged to the version's writer").
 
-A *moved* version (``mv``, issue 35; ``bftfs/fs/mover.py``): the background mover copies
+A *moved* version (``mv``, issue 35; ``bftfs/fs/generations/mover.py``): the background mover copies
 a block's latest version from generation g into g + 1 at its own Time and writer, which
 g + 1's nodes do not host yet, so no proof is possible.  A node takes it while its view
 has a previous generation and it belongs to the current one (``NodeGeneration.moving``),

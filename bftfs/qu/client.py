@@ -165,7 +165,7 @@ class QUClient:
         """Run update ``method`` on ``objects`` (1 to 8; atomically); its answer.  ``seq``:
         the request id of an update run before (:meth:`next_seq`), which a version's applied
         table shows if it took effect (``qu/replica.py``): an update a generation's freeze
-        cut short runs again in the next under its first id (``fs/generationswitch.py``)."""
+        cut short runs again in the next under its first id (``fs/clients/switch.py``)."""
         return (await self._invoke(_objs(objects), method, arg, False, seq)).answer
 
     def next_seq(self) -> int:

@@ -387,7 +387,7 @@ def _refused_repair(step: _Step, su: Setup) -> Reply | None:
 #: The updates a frozen server still takes from a client for itself: giving a lease back.
 MOVED_EXEMPT = frozenset({"fs.release"})
 #: The queries a frozen server answers a client: the move's reads of an object's state
-#: (``fs/generations.py``).  A client that knows of the move asks its old generation
+#: (``fs/generations/routers.py``).  A client that knows of the move asks its old generation
 #: nothing else; any other query comes from a mount that has not taken the view yet, which
 #: would read a state the new generation may have changed since.
 MOVED_QUERIES = frozenset({"fs.state", "fs.export"})

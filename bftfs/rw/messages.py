@@ -30,9 +30,9 @@ Field meanings:
   H.2) or, with ``incl``, at or below ``lt`` (used to fetch one exact version's fragment).
 - ``fr``: bool, optional: a *fresh* (one-round) write, executed only if ``ts`` is above every
   version the node hosts.
-- ``mv``: bool, optional: a *moved* version (issue 35, ``bftfs/fs/mover.py``): the background
-  mover copies a version generation g holds into g + 1 at its own Time and writer.  A node
-  takes it from a sender that is not the writer only while its view has a previous
+- ``mv``: bool, optional: a *moved* version (issue 35, ``bftfs/fs/generations/mover.py``):
+  the background mover copies a version generation g holds into g + 1 at its own Time and
+  writer.  A node takes it from a sender that is not the writer only while its view has a previous
   generation (a move runs), charged to the writer it names; elsewhere it is a repair like any other
   (``node/rw_server.py``).  Optional, so nodes and clients without it are unchanged.
 - ``ok``: True when the write was executed; then ``new``: bool, whether it created the

@@ -140,7 +140,7 @@ class Reader:
     ) -> dict[int, bytes | bytearray]:
         """Read many blocks concurrently; their values by block, each a buffer of its own
         that the caller may change (``erasure.decode``; a sealed cluster opens it in place,
-        ``fs/seal.py``)."""
+        ``fs/clients/seal.py``)."""
         out: dict[int, bytes | bytearray] = {}
         limit = trio.Semaphore(concurrency)
 

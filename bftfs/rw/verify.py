@@ -119,5 +119,5 @@ class ReadOutcome:
         """Whether the read found no version at all (up to its moment, for a read of the
         past): the block's initial empty value, told apart from a written empty or zero
         block, which has a timestamp.  A file system spanning two generations reads such a
-        block from the older one (``fs/generations.py``)."""
+        block from the older one (``fs/generations/routers.py``)."""
         return self.ts == ZERO

@@ -234,7 +234,7 @@ class Writer:
         ``targets`` restricts which nodes are written (only Byzantine-client tests use it;
         then fewer than ``N - t`` acknowledgements are awaited: all of the targets').
         ``moved``: a version the background mover copies from the previous generation
-        (``WriteRequest.moved``, ``fs/mover.py``).
+        (``WriteRequest.moved``, ``fs/generations/mover.py``).
         """
         nodes = self.calls.nodes if targets is None else [NodeId(t) for t in targets]
         need = min(self.th.quorum, len(nodes))

@@ -215,7 +215,7 @@ async def open_cluster(
     (``[cluster] engine``, docs/fab.md).  ``previous`` (with ``views``): another
     cluster's configuration, named as the previous generation of this cluster's first
     view (generation 2): its nodes then take the background mover's copies and forget no
-    given-back block (issue 35, ``fs/mover.py``); the other cluster is not told.
+    given-back block (issue 35, ``fs/generations/mover.py``); the other cluster is not told.
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
     node_idents, client_idents = _identities(n_, clients)

@@ -13,7 +13,7 @@ the buffer first (:meth:`OpenFile.private`), so the object the worker thread rea
 changed; the copy is a new object, so the preparation no longer matches and the flush
 encodes the block itself.  Below the file system the encoding is used only by the writer
 that made it (a mount that moved to another generation encodes again) and only with the
-sealed bytes it was made of (``fs/seal.py``), so what goes out is always sealed.
+sealed bytes it was made of (``fs/clients/seal.py``), so what goes out is always sealed.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from typing import Any
 
 import trio
 
+from bftfs.fs.clients import Meta
 from bftfs.fs.files.openfile import PREFETCH_GROUP, READAHEAD_MAX_BLOCKS, OpenFile
-from bftfs.fs.meta import Meta
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)

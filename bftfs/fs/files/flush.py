@@ -20,11 +20,11 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache, content_version
+from bftfs.fs.clients import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import encodeahead
 from bftfs.fs.files.fetch import Fetcher, Spawn
 from bftfs.fs.files.openfile import BIG_BLOCK_THRESHOLD, OpenFile, reservation, sequential_end
-from bftfs.fs.meta import FLUSH_ATTEMPTS, LEASE_NS, LeaseHeld, Meta, OutOfDate
 from bftfs.rw.messages import block_id
 
 #: A lease taken at create is used for a flush only with this much of it left.
@@ -95,7 +95,7 @@ class FlushEngine:
 
     @property
     def rw(self) -> Any:
-        """The PASIS client (the one :class:`~bftfs.fs.meta.Meta` holds)."""
+        """The PASIS client (the one :class:`~bftfs.fs.clients.calls.Meta` holds)."""
         return self.meta.rw
 
     async def _update_data(self, f: OpenFile, method: str, arg: dict[str, Any]) -> None:

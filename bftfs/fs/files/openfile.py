@@ -83,6 +83,12 @@ def round_up(x: int, unit: int) -> int:
     return -(-x // unit) * unit
 
 
+def initial_reserve(block_size: int) -> int:
+    """The space a new file's data id reserves at its create (:data:`INITIAL_RESERVE`,
+    whole blocks)."""
+    return round_up(INITIAL_RESERVE, block_size)
+
+
 def stale_ranges(st: dict[str, Any]) -> list[tuple[int, int]] | None:
     """The byte ranges a file's stat says may hold stale bytes in its blocks (its record
     ``z`` and what a write lease's holder declared, ``zl``: bftfs.fsobjects.ranges), sorted and

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import CHUNK, Meta
 from bftfs.fs.errors import NoSpace, Unavailable
 from bftfs.fs.files.openfile import file_block_size
-from bftfs.fs.meta import CHUNK, Meta
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)

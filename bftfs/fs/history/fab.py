@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from bftfs.fab.metaclient import FabMetaClient
+from bftfs.fs.clients import BlockClient, Seal
 from bftfs.fs.history.changes import changes
-from bftfs.fs.history.content import PastBlocks
 from bftfs.fs.history.past import Past, Progress
 from bftfs.fs.history.versions import ObjectHistory, Version, present
-from bftfs.fs.seal import Seal
 from bftfs.qu.canon import canonical
 from bftfs.qu.timestamp import DIGEST_SIZE, Timestamp
 
@@ -47,7 +46,7 @@ class FabPast(Past):
     """
 
     def __init__(
-        self, meta: FabMetaClient, rw: PastBlocks, block_size: int, *, seal: Seal | None = None
+        self, meta: FabMetaClient, rw: BlockClient, block_size: int, *, seal: Seal | None = None
     ) -> None:
         super().__init__(meta, _NoReader(), rw, block_size, seal=seal)  # type: ignore[arg-type]
         self.meta = meta

@@ -37,6 +37,7 @@ from typing import Any
 
 import trio
 
+from bftfs.fs.clients import BlockClient, Seal, SealedBlocks
 from bftfs.fs.history.changes import changes, gone
 from bftfs.fs.history.content import PastBlocks, read_content
 from bftfs.fs.history.versions import (
@@ -49,7 +50,6 @@ from bftfs.fs.history.versions import (
     thinned_at,
     undecided_at,
 )
-from bftfs.fs.seal import Seal, SealedBlocks
 from bftfs.fsobjects import ROOT, SNAPSHOTS
 from bftfs.fsobjects.dirents import all_entries
 from bftfs.qu.attempt import QUUnavailable
@@ -84,7 +84,7 @@ class Past:
         self,
         qu: QUClient,
         reader: PastReader,
-        rw: PastBlocks,
+        rw: BlockClient,
         block_size: int,
         *,
         seal: Seal | None = None,
@@ -92,7 +92,7 @@ class Past:
         self.qu = qu
         self.reader = reader
         #: In a sealed cluster old blocks and inline bytes are opened here, so every
-        #: version this hands out holds plaintext (``fs/seal.py``).
+        #: version this hands out holds plaintext (``fs/clients/seal.py``).
         self.seal = seal
         self.rw: PastBlocks = rw if seal is None else SealedBlocks(rw, seal)
         self.bs = block_size

@@ -16,9 +16,9 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import Meta
 from bftfs.fs.errors import NotFound
 from bftfs.fs.files import Attr
-from bftfs.fs.meta import Meta
 from bftfs.fs.names.held import held_here, own_made_dir
 from bftfs.fsobjects import ROOT
 from bftfs.qu.timestamp import MAX_OBJECTS

@@ -19,6 +19,7 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta, OutOfDate
 from bftfs.fs.errors import (
     Forgotten,
     FsError,
@@ -27,9 +28,8 @@ from bftfs.fs.errors import (
     NotFound,
     check_name,
 )
-from bftfs.fs.files import Attr
+from bftfs.fs.files import Attr, initial_reserve
 from bftfs.fs.files.reclaim import Reclaimer
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta, OutOfDate
 from bftfs.fs.names.held import held_here, made_and_held_here, own_made_dir
 from bftfs.fs.names.listing import Listing
 from bftfs.fs.names.rename import Rename
@@ -55,7 +55,7 @@ class Names:
         reclaimer: Reclaimer,
         outbox: Outbox | None = None,
     ) -> None:
-        #: The longest name (shorter in a sealed cluster: ``fs/seal.py``).
+        #: The longest name (shorter in a sealed cluster: ``fs/clients/seal.py``).
         self.name_max = obj.NAME_MAX
         self.meta = meta
         self.cache = cache
@@ -275,7 +275,7 @@ class Names:
             return await self.mkdir(parent, name, mode, uid, gid)
         arg: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid, "rdev": rdev}
         if st.S_ISREG(mode):
-            arg.update(d=self.meta.new_oid(), alloc=self.meta.initial_reserve())
+            arg.update(d=self.meta.new_oid(), alloc=initial_reserve(self.meta.bs))
             if self.inline:
                 arg["i"] = b""
             if lease:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import MAX_ATTEMPTS, Meta, OutOfDate
 from bftfs.fs.errors import CrossDevice, FsError, Invalid, NotDir, NotFound, check_name
 from bftfs.fs.files.reclaim import Reclaimer
-from bftfs.fs.meta import MAX_ATTEMPTS, Meta, OutOfDate
 from bftfs.fsobjects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
 from bftfs.qu.timestamp import MAX_OBJECTS
 

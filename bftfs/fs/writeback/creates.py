@@ -11,8 +11,9 @@ for a small file, ``fs.create`` with the write lease and then the ordinary flush
 file grown past the inline limit.  The rules (docs/fs.md, "Create write-behind"):
 
 - **Order**: every call to the servers that names a directory with pending creates, or a
-  pending file itself, sends those creates first (:meth:`~bftfs.fs.callorder.CallOrder.before_call`,
-  the hook of :class:`~bftfs.fs.meta.Meta`): lookups of other names, readdir, unlink, rename, mkdir,
+  pending file itself, sends those creates first
+  (:meth:`~bftfs.fs.callorder.CallOrder.before_call`, the hook of
+  :class:`~bftfs.fs.clients.calls.Meta`): lookups of other names, readdir, unlink, rename, mkdir,
   link, symlink, a synchronous create, an open or truncation of the pending file.  So
   whatever this mount does in the directory sees the name, in the order it was made.
 - **Synchronous creates**: ``O_EXCL`` (the servers must say EEXIST), a directory whose
@@ -55,11 +56,11 @@ from typing import TYPE_CHECKING, Any
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import Meta
 from bftfs.fs.errors import StaleView, from_refusal
-from bftfs.fs.files import Attr, OpenFile
+from bftfs.fs.files import Attr, OpenFile, initial_reserve
 from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.table import HandleTable
-from bftfs.fs.meta import Meta
 from bftfs.fs.writeback.creates_sending import CreateSends
 from bftfs.fs.writeback.creates_table import CreateTable, HoldsBack
 from bftfs.fs.writeback.creates_update import CreateSender, OpenExisting, PendingCreate
@@ -114,7 +115,7 @@ class PendingCreates:
         )
         self.sends = CreateSends(self.creates, self.sender, cache, engine, spawn=spawn)
         #: The longest name a create may be held back with (shorter in a sealed cluster,
-        #: ``fs/seal.py``): a longer one is refused by the synchronous create at once.
+        #: ``fs/clients/seal.py``): a longer one is refused by the synchronous create at once.
         self.name_max = obj.NAME_MAX
 
     # What holds work back with the creates (the outbox's other parts, found through the
@@ -153,7 +154,7 @@ class PendingCreates:
             "gid": gid,
             "rdev": 0,
             "d": self.meta.new_oid(),
-            "alloc": self.meta.initial_reserve(),
+            "alloc": initial_reserve(self.meta.bs),
             "i": b"",
             "now": self.meta.now(),
         }

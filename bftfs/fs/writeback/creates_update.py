@@ -18,11 +18,11 @@ from typing import Any
 import trio
 
 from bftfs.fs.caches import MetadataCache, content_version
+from bftfs.fs.clients import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta
 from bftfs.fs.errors import Exists, FsError, NoSpace, NotFound, Unavailable
 from bftfs.fs.files import Attr, OpenFile
 from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.table import HandleTable
-from bftfs.fs.meta import LEASE_NS, MAX_ATTEMPTS, IdTaken, Meta
 from bftfs.fsobjects.leases import INHERIT
 from bftfs.outcome import ClusterUnavailable
 

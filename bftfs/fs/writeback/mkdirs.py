@@ -45,10 +45,10 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import IdTaken, Meta, OutOfDate
 from bftfs.fs.errors import FsError, Unavailable, from_refusal
 from bftfs.fs.files import Attr
 from bftfs.fs.leases import made_entries
-from bftfs.fs.meta import IdTaken, Meta, OutOfDate
 from bftfs.fs.writeback.once import SendOnce
 from bftfs.fs.writeback.unlinks import about_another_entry
 from bftfs.fsobjects.leases import INHERIT

@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import Meta
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.files import OpenFile
 from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.files.table import HandleTable
 from bftfs.fs.leases import Leases
-from bftfs.fs.meta import Meta
 from bftfs.fs.writeback.creates import PendingCreates
 from bftfs.fs.writeback.creates_update import OpenExisting, PendingCreate
 from bftfs.fs.writeback.held import HeldFiles

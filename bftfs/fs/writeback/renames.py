@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import Meta, OutOfDate
 from bftfs.fs.errors import FsError, Unavailable
-from bftfs.fs.meta import Meta, OutOfDate
 from bftfs.fs.writeback.mkdirs import answered_by_listing
 from bftfs.fs.writeback.once import SendOnce
 from bftfs.fs.writeback.unlinks import about_another_entry

@@ -46,9 +46,9 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
+from bftfs.fs.clients import ENTRY_METHODS, Meta, OutOfDate
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.files.reclaim import Reclaimer
-from bftfs.fs.meta import ENTRY_METHODS, Meta, OutOfDate
 from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
 
 log = logging.getLogger(__name__)

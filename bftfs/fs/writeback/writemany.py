@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
+from bftfs.fs.clients import Meta
 from bftfs.fs.files import OpenFile
 from bftfs.fs.files.flush import FlushEngine
-from bftfs.fs.meta import Meta
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 log = logging.getLogger(__name__)

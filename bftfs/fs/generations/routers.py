@@ -39,10 +39,17 @@ from typing import Any
 
 import trio
 
+from bftfs.fab.metaclient import FabClientStatistics
+from bftfs.fs.clients import EngineClient
 from bftfs.fsobjects.leases import LEASE_SKEW, MAX_TERM, MOUNT, holders, untag_query, who
 from bftfs.fsobjects.moves import unpack_state
+from bftfs.qu.client import ClientStatistics
 from bftfs.qu.objects import MethodRefused
+from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
+from bftfs.rw.client import RWClient, RWStatistics
+from bftfs.rw.timestamp import Timestamp as BlockTime
+from bftfs.rw.write import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +129,8 @@ class GenerationalQU:
 
     def __init__(
         self,
-        new: Any,
-        old: Any,
+        new: EngineClient,
+        old: EngineClient,
         *,
         ready: Callable[[], Awaitable[Any]] | None = None,
         mount: int = 0,
@@ -164,9 +171,6 @@ class GenerationalQU:
         #: ``waited`` (looks at a leased object).
         self.moves: Counter[str] = Counter()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.new, name)
-
     # What the file system calls -------------------------------------------------------------
 
     @property
@@ -180,7 +184,7 @@ class GenerationalQU:
         are ``old.faults``)."""
         return self.new.faults
 
-    def statistics(self) -> Any:
+    def statistics(self) -> ClientStatistics | FabClientStatistics:
         """g + 1's client's counters (``moves`` counts the moves)."""
         return self.new.statistics()
 
@@ -203,9 +207,9 @@ class GenerationalQU:
         target = objects if isinstance(objects, int) else objs
         return await self.new.update(target, method, arg, seq=seq)
 
-    def next_seq(self) -> int:
+    def next_seq(self) -> int | None:
         """A request id for an update (``QUClient.next_seq``, g + 1's client)."""
-        return int(self.new.next_seq())
+        return self.new.next_seq()
 
     async def _release(self, objs: tuple[int, ...], arg: Any) -> None:
         """Give a lease back where it is recorded: in g + 1 for a moved object, in g
@@ -233,13 +237,15 @@ class GenerationalQU:
         await self._move_all(objs, None)
         await self.new.settle(objs)
 
-    async def query_at(self, oid: int, method: str, arg: Any = None) -> Any:
+    async def query_at(self, oid: int, method: str, arg: Any = None) -> tuple[Any, Timestamp]:
         """``QUClient.query_at`` on ``new``, the object moved first (history starts at the
         move: the versions before it are g's)."""
         await self._move_all((oid,), _query_mount(arg))
         return await self.new.query_at(oid, method, arg)
 
-    async def query_many_at(self, objects: Iterable[int], method: str, arg: Any = None) -> Any:
+    async def query_many_at(
+        self, objects: Iterable[int], method: str, arg: Any = None
+    ) -> tuple[Any, dict[int, Timestamp]]:
         """``QUClient.query_many_at`` on ``new``, its objects moved first."""
         objs = _objs(objects)
         await self._move_all(objs, _query_mount(arg))
@@ -262,7 +268,7 @@ class GenerationalQU:
                     nursery.start_soon(self.move, oid, mount)
 
     def _learn_mount(self, mount: int | None) -> None:
-        """Take the mount number the first call naming one gives (``fs/mounttag.py`` tags
+        """Take the mount number the first call naming one gives (``fs/clients/mounttag.py`` tags
         every update and guarded query), so the calls that name none (history queries,
         ``settle``) do not take this mount's own leases for another's."""
         if not self.mount and mount:
@@ -359,7 +365,7 @@ def _objs(objects: int | Iterable[int]) -> tuple[int, ...]:
 
 
 def _update_mount(arg: Any) -> int | None:
-    """The mount an update's argument names (``fs/mounttag.py``), or None."""
+    """The mount an update's argument names (``fs/clients/mounttag.py``), or None."""
     got = arg.get(MOUNT) if isinstance(arg, Mapping) else None
     return got if isinstance(got, int) and not isinstance(got, bool) else None
 
@@ -375,14 +381,11 @@ class GenerationalRW:
     docstring): writes to ``new``; reads from ``new``, and from ``old`` where ``new``
     holds no version of the block (up to the moment read)."""
 
-    def __init__(self, new: Any, old: Any) -> None:
+    def __init__(self, new: RWClient, old: RWClient) -> None:
         self.new = new
         self.old = old
         #: Blocks read from g (no version in g + 1).
         self.old_reads = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.new, name)
 
     @property
     def block_size(self) -> int:
@@ -393,20 +396,40 @@ class GenerationalRW:
         """g + 1's client's faults (g's: ``old.faults``)."""
         return self.new.faults
 
-    def statistics(self) -> Any:
+    def statistics(self) -> RWStatistics:
         return self.new.statistics()
 
     async def space_used(self) -> int:
         """g + 1's nodes' use (where everything written now goes)."""
         return int(await self.new.space_used())
 
-    async def write_block(self, block: int, data: bytes, **options: Any) -> Any:
-        return await self.new.write_block(block, data, **options)
+    async def write_block(self, block: int, data: bytes, *, after: int = 0) -> BlockTime:
+        return await self.new.write_block(block, data, after=after)
 
-    async def write_blocks(self, blocks: Mapping[int, bytes], **options: Any) -> Any:
-        return await self.new.write_blocks(blocks, **options)
+    async def write_blocks(
+        self,
+        blocks: Mapping[int, bytes],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        after: int = 0,
+        prepared: Mapping[int, Prepared] | None = None,
+    ) -> dict[int, BlockTime]:
+        return await self.new.write_blocks(
+            blocks, concurrency=concurrency, after=after, prepared=prepared
+        )
 
-    async def read_block(self, block: int) -> bytes:
+    async def prepare(
+        self,
+        block: int,
+        data: bytes | bytearray,
+        before: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
+        *,
+        into: tuple[int, Callable[[memoryview], None]] | None = None,
+    ) -> Prepared:
+        """g + 1's encoding (where the block is written)."""
+        return await self.new.prepare(block, data, before, into=into)
+
+    async def read_block(self, block: int) -> bytes | bytearray:
         """The latest complete write of ``block``: g + 1's, else g's."""
         got = await self.new.read_version(block)
         if not got.absent:
@@ -416,10 +439,10 @@ class GenerationalRW:
 
     async def read_blocks(
         self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
-    ) -> dict[int, bytes]:
+    ) -> dict[int, bytes | bytearray]:
         """:meth:`read_block` of many blocks, concurrently; those g + 1 lacks from g in
         one ``read_blocks``."""
-        out: dict[int, bytes] = {}
+        out: dict[int, bytes | bytearray] = {}
         absent: list[int] = []
         limit = trio.Semaphore(concurrency)
 
@@ -439,7 +462,7 @@ class GenerationalRW:
             out.update(await self.old.read_blocks(absent, concurrency=concurrency))
         return out
 
-    async def read_as_of(self, block: int, time_ns: int) -> bytes:
+    async def read_as_of(self, block: int, time_ns: int) -> bytes | bytearray:
         """The latest complete write of ``block`` whose Time is at most ``time_ns``: g + 1's,
         else g's."""
         got = await self.new.read_version_as_of(block, time_ns)

@@ -1,7 +1,7 @@
 """The background mover (issue 35; docs/membership.md, "Generations: the mover and
 finishing"): everything of generation g into g + 1, so that g can be retired.
 
-Clients move objects on first touch (``fs/generations.py``) and read blocks g + 1 lacks from
+Clients move objects on first touch (``fs/generations/routers.py``) and read blocks g + 1 lacks from
 g; what nobody touches stays in g.  :func:`move_generation` walks **every** object g holds
 and leaves g + 1 holding everything a reader needs:
 
@@ -50,12 +50,13 @@ import trio
 
 from bftfs import erasure
 from bftfs.fs.files import file_block_size
-from bftfs.fs.generations import NOT_SEEN, GenerationalQU
+from bftfs.fs.generations.routers import NOT_SEEN, GenerationalQU
 from bftfs.fsobjects.moves import unpack_state
 from bftfs.ids import NodeId
 from bftfs.qu.messages import KIND_LATEST, VERSION, MessageError, parse_latest_reply
 from bftfs.rate import ByteRate
-from bftfs.rw.messages import block_id
+from bftfs.rw.client import RWClient
+from bftfs.rw.messages import BlockId, block_id
 from bftfs.rw.timestamp import make_timestamp
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ async def list_page(
     return union_page(got)
 
 
-def file_blocks(state: Any, default_bs: int) -> Iterator[int]:
+def file_blocks(state: Any, default_bs: int) -> Iterator[BlockId]:
     """The blocks a reader of the file whose raw state is ``state`` may read, in order: the
     written ranges (``w``) below ``min(size, alloc)`` of data id ``d`` at its block size, or
     every block below that for a file without the record; none for an inline file, a file
@@ -236,8 +237,8 @@ class Mover:
     def __init__(
         self,
         router: GenerationalQU,
-        new_rw: Any,
-        old_rw: Any,
+        new_rw: RWClient,
+        old_rw: RWClient,
         *,
         default_bs: int,
         bytes_per_second: int = 0,
@@ -276,11 +277,11 @@ class Mover:
             if n:
                 state.count("objects", "here" if key == "raced" else key, n)
 
-    async def blocks(self, state: MoveState, blocks: Iterable[int]) -> None:
+    async def blocks(self, state: MoveState, blocks: Iterable[BlockId]) -> None:
         """Copy those of ``blocks`` g + 1 holds no version of from g (module docstring);
         at most ``concurrency`` at once, taken from ``blocks`` as slots free."""
 
-        async def one(block: int) -> None:
+        async def one(block: BlockId) -> None:
             try:
                 await self.block(state, block)
             finally:
@@ -291,7 +292,7 @@ class Mover:
                 await self.limit.acquire()
                 nursery.start_soon(one, block)
 
-    async def block(self, state: MoveState, block: int) -> None:
+    async def block(self, state: MoveState, block: BlockId) -> None:
         if not (await self.new_rw.read_version(block)).absent:
             state.count("blocks", "present")
             return
@@ -309,8 +310,8 @@ class Mover:
 
 async def move_generation(
     router: GenerationalQU,
-    new_rw: Any,
-    old_rw: Any,
+    new_rw: RWClient,
+    old_rw: RWClient,
     list_objects: Callable[[int | None], Awaitable[tuple[list[int], int | None]]],
     state: MoveState,
     *,

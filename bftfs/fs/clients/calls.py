@@ -31,8 +31,8 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from bftfs import fsobjects as obj
+from bftfs.fs.clients.protocols import BlockClient, MetadataClient
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
-from bftfs.fs.files import INITIAL_RESERVE, round_up
 from bftfs.fs.leases import Leases, made_entries
 from bftfs.fsobjects.leases import DONE, LEASE_SKEW, LEASE_TIME, MAX_TERM
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
@@ -153,8 +153,8 @@ class Meta:
 
     def __init__(
         self,
-        qu: Any,
-        rw: Any,
+        qu: MetadataClient,
+        rw: BlockClient,
         config: Any,
         *,
         rng: random.Random,
@@ -453,9 +453,6 @@ class Meta:
 
     def now(self) -> int:
         return self.clock_ns()
-
-    def initial_reserve(self) -> int:
-        return round_up(INITIAL_RESERVE, self.bs)
 
     async def back_off(self, attempt: int) -> None:
         """Wait before retrying an update another client's change or lease refused (the

@@ -4,10 +4,10 @@ changes (issue 35; docs/membership.md, "Generations").
 A session holds, per live generation, an authenticated endpoint to that generation's nodes
 (node ids repeat across generations, so one endpoint and key ring each), a Q/U client and
 a PASIS client at that generation's thresholds (``configview.config_of_generation``).  The
-file system sees only the switching clients of ``fs/generationswitch.py``; their target is
+file system sees only the switching clients of ``fs/clients/switch.py``; their target is
 
 - the current generation's clients, when the view has no previous generation;
-- the routers of ``fs/generations.py`` over the current and previous generation's clients
+- the routers of ``fs/generations/routers.py`` over the current and previous generation's clients
   while objects move: the Q/U router waits, before its first read of the previous
   generation, until enough of its nodes answer ``gen.status`` frozen.
 
@@ -16,7 +16,7 @@ session takes a view of a later generation (the endpoint of the generation it he
 the previous one's) or the finishing view of a move; a new endpoint and clients are opened
 for the new generation in the session's nursery and the targets switch.  Nothing is
 remounted: calls in flight on the old generation that its frozen nodes refuse run again
-on the new targets (``generationswitch.Switch``).
+on the new targets (``switch.Switch``).
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ import trio
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_nodes
 from bftfs.crypto import Identity
-from bftfs.fs.generations import GenerationalQU, GenerationalRW, frozen_needed, wait_frozen
-from bftfs.fs.generationswitch import Switch, SwitchingQU, SwitchingRW
+from bftfs.fs.clients import BlockClient, EngineClient, Switch, SwitchingQU, SwitchingRW
+from bftfs.fs.generations.routers import GenerationalQU, GenerationalRW, frozen_needed, wait_frozen
 from bftfs.ids import NodeId
 from bftfs.membership.client import ClientViews
 from bftfs.membership.configview import config_of_generation
 from bftfs.membership.view import CURRENT, PREVIOUS, View
 from bftfs.qu.classify import QUThresholds
-from bftfs.rw.client import open_rw_client
+from bftfs.rw.client import RWClient, open_rw_client
 
 if TYPE_CHECKING:
     from bftfs.net.endpoint import Endpoint
@@ -58,8 +58,8 @@ class GenerationStack:
     generation: int
     config: ClusterConfig
     ep: Endpoint
-    qu: Any
-    rw: Any
+    qu: EngineClient
+    rw: RWClient
 
 
 class Generations:
@@ -72,7 +72,7 @@ class Generations:
         views: ClientViews,
         stack: AsyncExitStack,
         nursery: trio.Nursery,
-        make_qu: Callable[[ClusterConfig, Endpoint], Any],
+        make_qu: Callable[[ClusterConfig, Endpoint], EngineClient],
         rw_options: dict[str, Any] | None = None,
     ) -> None:
         self._config = config
@@ -140,7 +140,7 @@ class Generations:
         rw = await self._stack.enter_async_context(open_rw_client(ep, cfg, **self._rw_options))
         return GenerationStack(number, cfg, ep, self._make_qu(cfg, ep), rw)
 
-    def _targets(self, view: View) -> tuple[Any, Any]:
+    def _targets(self, view: View) -> tuple[EngineClient, BlockClient]:
         """What the switching clients forward to for ``view``."""
         cur, prev = self.current, self.previous
         if prev is None or view.previous is None:

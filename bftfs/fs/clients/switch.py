@@ -4,7 +4,7 @@
 A mount runs for days; the cluster under it may start a new generation meanwhile.  The
 file system is given one :class:`SwitchingQU` and one :class:`SwitchingRW` for its whole
 life, each forwarding to a *target*: the plain clients of one generation, or the routers of
-``fs/generations.py`` while objects move from one generation to the next.  The session
+``fs/generations/routers.py`` while objects move from one generation to the next.  The session
 (``fs/session.py``) calls :meth:`Switch.switch` when the mount takes a view that changes
 the generation, with the new targets.
 
@@ -22,13 +22,22 @@ refused and never sees a switch within :data:`SWITCH_WAIT` fails as it was refus
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import trio
 
+from bftfs.fab.metaclient import FabClientStatistics
+from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
 from bftfs.outcome import ClusterUnavailable, GenerationMoved
+from bftfs.qu.client import ClientStatistics
 from bftfs.qu.objects import MethodRefused
+from bftfs.qu.timestamp import Timestamp
+from bftfs.rw.calls import DEFAULT_CONCURRENCY
+from bftfs.rw.client import RWStatistics
+from bftfs.rw.timestamp import Timestamp as BlockTime
+from bftfs.rw.write import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -112,54 +121,57 @@ def _rw_moved(e: BaseException) -> bool:
 
 
 class SwitchingQU:
-    """The Q/U client the file system holds: the calls of ``QUClient`` it makes, on the
-    current target (``QUClient``, ``FabMetaClient`` or ``GenerationalQU``)."""
+    """The metadata client the file system holds: its calls, on the current target
+    (``QUClient``, ``FabMetaClient`` or ``GenerationalQU``)."""
 
-    def __init__(self, target: Any, switch: Switch) -> None:
+    def __init__(self, target: EngineClient, switch: Switch) -> None:
         self.target = target
         self._switch = switch
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.target, name)
 
     @property
     def client_id(self) -> int:
         return int(self.target.client_id)
 
     @property
-    def faults(self) -> Any:
+    def faults(self) -> Counter[tuple[int, str]]:
         return self.target.faults
 
-    def statistics(self) -> Any:
+    def statistics(self) -> ClientStatistics | FabClientStatistics:
         return self.target.statistics()
 
-    async def query(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+    async def query(self, objects: Objects, method: str, arg: Any = None) -> Any:
         objs = objects if isinstance(objects, int) else tuple(objects)
         return await self._switch.run(lambda: self.target.query(objs, method, arg), _qu_moved)
 
-    async def update(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
+    async def update(
+        self, objects: Objects, method: str, arg: Any = None, *, seq: int | None = None
+    ) -> Any:
         """The update on the current target; run again on the next under the same request
-        id (``seq``): if the first run took effect in the old generation before its freeze
-        cut the answer off, the moved objects' applied tables show it, and the new
-        generation answers from them instead of running it twice (a create answering
-        EEXIST for the file it made)."""
+        id (``seq``: a new one unless given): if the first run took effect in the old
+        generation before its freeze cut the answer off, the moved objects' applied tables
+        show it, and the new generation answers from them instead of running it twice (a
+        create answering EEXIST for the file it made).  An engine that orders its updates
+        (FaB) has no such id (``EngineClient.next_seq``): none is cut short."""
         objs = objects if isinstance(objects, int) else tuple(objects)
-        next_seq = getattr(self.target, "next_seq", None)
-        if next_seq is None:  # FaB's client: ordered, never cut short by a generation
-            return await self._switch.run(lambda: self.target.update(objs, method, arg), _qu_moved)
-        seq = next_seq()
+        if seq is None:
+            seq = self.target.next_seq()
         return await self._switch.run(
             lambda: self.target.update(objs, method, arg, seq=seq), _qu_moved
         )
 
-    async def settle(self, objects: int | Iterable[int]) -> None:
+    def next_seq(self) -> int | None:
+        return self.target.next_seq()
+
+    async def settle(self, objects: Objects) -> None:
         objs = objects if isinstance(objects, int) else tuple(objects)
         await self._switch.run(lambda: self.target.settle(objs), _qu_moved)
 
-    async def query_at(self, oid: int, method: str, arg: Any = None) -> Any:
+    async def query_at(self, oid: int, method: str, arg: Any = None) -> tuple[Any, Timestamp]:
         return await self._switch.run(lambda: self.target.query_at(oid, method, arg), _qu_moved)
 
-    async def query_many_at(self, objects: Iterable[int], method: str, arg: Any = None) -> Any:
+    async def query_many_at(
+        self, objects: Iterable[int], method: str, arg: Any = None
+    ) -> tuple[Any, dict[int, Timestamp]]:
         objs = tuple(objects)
         return await self._switch.run(
             lambda: self.target.query_many_at(objs, method, arg), _qu_moved
@@ -167,49 +179,67 @@ class SwitchingQU:
 
 
 class SwitchingRW:
-    """The PASIS client the file system holds: the calls of ``RWClient`` it makes, on the
-    current target (``RWClient`` or ``GenerationalRW``)."""
+    """The PASIS client the file system holds: its calls, on the current target
+    (``RWClient`` or ``GenerationalRW``)."""
 
-    def __init__(self, target: Any, switch: Switch) -> None:
+    def __init__(self, target: BlockClient, switch: Switch) -> None:
         self.target = target
         self._switch = switch
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.target, name)
 
     @property
     def block_size(self) -> int:
         return int(self.target.block_size)
 
-    @block_size.setter
-    def block_size(self, size: int) -> None:
-        self.target.block_size = size
-
     @property
-    def faults(self) -> Any:
+    def faults(self) -> Counter[tuple[int, str]]:
         return self.target.faults
 
-    def statistics(self) -> Any:
+    def statistics(self) -> RWStatistics:
         return self.target.statistics()
 
-    async def write_block(self, block: Any, data: bytes, **options: Any) -> Any:
+    async def write_block(self, block: int, data: bytes, *, after: int = 0) -> BlockTime:
         return await self._switch.run(
-            lambda: self.target.write_block(block, data, **options), _rw_moved
+            lambda: self.target.write_block(block, data, after=after), _rw_moved
         )
 
-    async def write_blocks(self, blocks: Any, **options: Any) -> Any:
+    async def write_blocks(
+        self,
+        blocks: Mapping[int, bytes],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        after: int = 0,
+        prepared: Mapping[int, Prepared] | None = None,
+    ) -> dict[int, BlockTime]:
         return await self._switch.run(
-            lambda: self.target.write_blocks(blocks, **options), _rw_moved
+            lambda: self.target.write_blocks(
+                blocks, concurrency=concurrency, after=after, prepared=prepared
+            ),
+            _rw_moved,
         )
 
-    async def read_block(self, block: Any) -> bytes:
+    async def prepare(
+        self,
+        block: int,
+        data: bytes | bytearray,
+        before: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
+        *,
+        into: tuple[int, Callable[[memoryview], None]] | None = None,
+    ) -> Prepared:
+        """The current target's encoding (no call to the nodes: nothing to refuse)."""
+        return await self.target.prepare(block, data, before, into=into)
+
+    async def read_block(self, block: int) -> bytes:
         return bytes(await self._switch.run(lambda: self.target.read_block(block), _rw_moved))
 
-    async def read_blocks(self, blocks: Iterable[Any], **options: Any) -> Any:
+    async def read_blocks(
+        self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> dict[int, bytes | bytearray]:
         todo = list(blocks)
-        return await self._switch.run(lambda: self.target.read_blocks(todo, **options), _rw_moved)
+        return await self._switch.run(
+            lambda: self.target.read_blocks(todo, concurrency=concurrency), _rw_moved
+        )
 
-    async def read_as_of(self, block: Any, time_ns: int) -> bytes:
+    async def read_as_of(self, block: int, time_ns: int) -> bytes:
         return bytes(
             await self._switch.run(lambda: self.target.read_as_of(block, time_ns), _rw_moved)
         )

@@ -2,13 +2,14 @@
 
 A sealed cluster (one with a volume key, ``[cluster] volume_key_id``) keeps every file's
 contents encrypted on the nodes (docs/confidentiality.md).  The file system's parts work on
-plaintext; :func:`wrap_clients` puts two thin wrappers between them and the protocol
-clients, so that nothing below (nodes, Q/U, PASIS, lazy verification, scrub, history,
-garbage collection) sees or needs plaintext:
+plaintext; ``sealed.py``'s :func:`~bftfs.fs.clients.sealed.wrap_clients` puts two thin
+wrappers between them and the protocol clients, each calling the :class:`Seal` here, so
+that nothing below (nodes, Q/U, PASIS, lazy verification, scrub, history, garbage
+collection) sees or needs plaintext:
 
-- :class:`SealedBlocks` over the PASIS client: a block is sealed before it is written
+- ``SealedBlocks`` over the PASIS client: a block is sealed before it is written
   (and erasure-coded) and opened after it is read (decoded and validated);
-- :class:`SealedObjects` over the Q/U client: an inline file's bytes (``i``), entry
+- ``SealedObjects`` over the Q/U client: an inline file's bytes (``i``), entry
   names (deterministically, so the nodes still refuse a duplicate), symbolic link targets
   and extended attribute names (likewise) and values are sealed in the arguments that
   carry them and opened in every answer that does.
@@ -25,14 +26,11 @@ import base64
 import contextlib
 import logging
 import stat
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
-
-import trio
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from bftfs import fsobjects as obj
 from bftfs.crypto import (
-    SEAL_OVERHEAD,
     SIV_SIZE,
     SealError,
     VolumeKey,
@@ -48,9 +46,7 @@ from bftfs.crypto import (
 from bftfs.fs.errors import FsError, NameTooLong
 from bftfs.fsobjects.dirents import Entries, all_entries
 from bftfs.qu.objects import MethodRefused
-from bftfs.rw.calls import DEFAULT_THREAD_THRESHOLD
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 #: The longest name a sealed cluster takes: its sealed form (a 16-byte synthetic IV and
@@ -371,6 +367,20 @@ class Seal:
             return self.seal_xattr_name(_first(objects), arg)
         return arg
 
+    def open_query(self, objects: Any, method: str, arg: Any, answer: Any) -> Any:
+        """A query's ``answer`` opened: an extended attribute's value (``arg``: its plain
+        name) or names, a directory's entries, a symbolic link's target, inline content."""
+        if method == "fs.getxattr" and isinstance(answer, bytes) and isinstance(arg, bytes):
+            return self.open_xattr(arg, answer)
+        if method == "fs.listxattr" and isinstance(answer, list) and _is_oid(_first(objects)):
+            return self.open_xattr_names(_first(objects), answer)
+        if method == "fs.readdir" and isinstance(answer, dict) and _is_oid(objects):
+            packed = self.open_entries(objects, answer.get("e", []))
+            return dict(answer, e=[packed[i] for i in sorted(packed)])
+        if method == "fs.readlink" and isinstance(answer, bytes):
+            return self.open_target(answer)
+        return self.open_answer(answer)
+
     # Update arguments and answers ------------------------------------------------------------
 
     def seal_argument(self, method: str, arg: Any, objects: Any = None) -> Any:
@@ -462,117 +472,3 @@ def _block_aad(block: int) -> bytes:
     """A block's additional data: its id (data id and index), so a sealed block read in
     another's place does not open."""
     return b"bftfs-block" + int(block).to_bytes(16, "big")
-
-
-async def _cpu(size: int, fn: Callable[[], T]) -> T:
-    """``fn()``, in a worker thread when ``size`` bytes make the hand-off worth it (as the
-    PASIS client codes big blocks): libsodium releases the GIL, so a big flush's sealing
-    runs beside the mount's loop instead of stalling it."""
-    if size >= DEFAULT_THREAD_THRESHOLD:
-        return await trio.to_thread.run_sync(fn)
-    return fn()
-
-
-class SealedBlocks:
-    """The PASIS client as the file system sees it in a sealed cluster: the same calls,
-    with contents sealed on the way out and opened on the way in.  Everything else (the
-    client's statistics, faults, space, block size) is the client's own."""
-
-    def __init__(self, rw: Any, seal: Seal) -> None:
-        self._rw = rw
-        self._seal = seal
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._rw, name)
-
-    async def write_blocks(self, blocks: Mapping[int, bytes], **options: Any) -> Any:
-        """``RWClient.write_blocks`` of the sealed blocks.  A block ``prepared`` (by
-        :meth:`prepare`) goes as the sealed bytes its encoding was made of, so whichever
-        layer below encodes it, from the encoding or again, writes sealed bytes."""
-        prepared = options.get("prepared") or {}
-        todo = {b: data for b, data in blocks.items() if b not in prepared}
-        size = sum(len(data) for data in todo.values())
-        sealed = await _cpu(
-            size, lambda: {b: self._seal.seal_block(b, data) for b, data in todo.items()}
-        )
-        sealed.update((b, prepared[b].data) for b in blocks if b in prepared)
-        return await self._rw.write_blocks(sealed, **options)
-
-    async def prepare(self, block: int, data: bytes | bytearray) -> Any:
-        """``RWClient.prepare`` of the block sealed (in the same worker-thread call),
-        straight into the stripes it is coded from (``erasure.encode_into``)."""
-        if not data:
-            return await self._rw.prepare(block, data, lambda d: self._seal.seal_block(block, d))
-        return await self._rw.prepare(
-            block,
-            data,
-            into=(SEAL_OVERHEAD + len(data), lambda out: self._seal.seal_into(block, data, out)),
-        )
-
-    async def write_block(self, block: int, data: bytes, **options: Any) -> Any:
-        """``RWClient.write_block`` of the sealed block."""
-        return await self._rw.write_block(block, self._seal.seal_block(block, data), **options)
-
-    async def read_blocks(
-        self, blocks: Iterable[int], **options: Any
-    ) -> dict[int, bytes | bytearray]:
-        """``RWClient.read_blocks``, opened: in place, in the buffers the read joined for
-        this call alone (``Reader`` hands out fresh buffers: ``erasure.decode``)."""
-        got = await self._rw.read_blocks(blocks, **options)
-        size = sum(len(data) for data in got.values())
-        return await _cpu(
-            size, lambda: {b: self._seal.open_block(b, d, in_place=True) for b, d in got.items()}
-        )
-
-    async def read_block(self, block: int) -> bytes | bytearray:
-        """``RWClient.read_block``, opened."""
-        return self._seal.open_block(block, await self._rw.read_block(block))
-
-    async def read_as_of(self, block: int, time_ns: int) -> bytes | bytearray:
-        """``RWClient.read_as_of`` (history), opened."""
-        return self._seal.open_block(block, await self._rw.read_as_of(block, time_ns))
-
-
-class SealedObjects:
-    """The Q/U client as the file system sees it in a sealed cluster: inline content,
-    entry names, symlink targets and extended attribute values sealed in updates and
-    queries, opened in answers; everything else is the client's own."""
-
-    def __init__(self, qu: Any, seal: Seal) -> None:
-        self._qu = qu
-        self._seal = seal
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._qu, name)
-
-    async def query(self, objects: Any, method: str, arg: Any = None) -> Any:
-        """``QUClient.query``, its answer opened (an extended attribute's value too)."""
-        answer = await self._qu.query(objects, method, self._seal.seal_query(objects, method, arg))
-        if method == "fs.getxattr" and isinstance(answer, bytes) and isinstance(arg, bytes):
-            return self._seal.open_xattr(arg, answer)
-        if method == "fs.listxattr" and isinstance(answer, list) and _is_oid(_first(objects)):
-            return self._seal.open_xattr_names(_first(objects), answer)
-        if method == "fs.readdir" and isinstance(answer, dict) and _is_oid(objects):
-            packed = self._seal.open_entries(objects, answer.get("e", []))
-            return dict(answer, e=[packed[i] for i in sorted(packed)])
-        if method == "fs.readlink" and isinstance(answer, bytes):
-            return self._seal.open_target(answer)
-        return self._seal.open_answer(answer)
-
-    async def update(self, objects: Any, method: str, arg: Any = None) -> Any:
-        """``QUClient.update`` of the sealed argument, its answer opened."""
-        sealed = self._seal.seal_argument(method, arg, objects)
-        return self._seal.open_answer(await self._qu.update(objects, method, sealed))
-
-    async def query_at(self, oid: int, method: str, arg: Any = None) -> Any:
-        """``QUClient.query_at``, its answer opened (the version stays as it is)."""
-        answer, at = await self._qu.query_at(oid, method, arg)
-        return self._seal.open_answer(answer), at
-
-
-def wrap_clients(qu: Any, rw: Any, seal: Seal | None) -> tuple[Any, Any]:
-    """The Q/U and PASIS clients the file system is to use: themselves for an unencrypted
-    cluster, else behind the seal."""
-    if seal is None:
-        return qu, rw
-    return SealedObjects(qu, seal), SealedBlocks(rw, seal)
