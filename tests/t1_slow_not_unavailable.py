@@ -26,6 +26,7 @@ from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.errormap import unwrap
 from bftfs.fuse.handler import handler
 from bftfs.fuse.options import parse
+from bftfs.fuse.paths import KnownPaths
 from bftfs.fuse.recentlookups import RecentLookups
 from bftfs.ids import NodeId
 from bftfs.net.liveness import LIVE_CAP, LIVE_FACTOR, LIVE_FLOOR, PING_AFTER, Liveness
@@ -274,6 +275,7 @@ class _Host:
         self.hard = hard
         self.record = CallRecord()
         self.lookups = RecentLookups()
+        self.paths = KnownPaths()
         self.fail = fail
 
     def revoked_in(self) -> int | None:

@@ -126,29 +126,8 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
                 return result
         except pyfuse3.FUSEError:
             raise
-        except FsError as e:
-            if e.errno == errno.EIO and self.revoked_in() is not None:
-                # Unanswered because the client was revoked meanwhile (issue 60 item 17).
-                raise pyfuse3.FUSEError(errno.EACCES) from None
-            if e.errno == errno.EIO:
-                record.answered_eio(
-                    name, describe(self.paths, name, args), f"{type(e).__name__}: {e}", start
-                )
-            elif e.errno == errno.ESTALE:  # usually retried by the kernel (its walk again)
-                key = f"{name}:{type(e).__name__}"
-                record.errors[key] += 1
-                if record.errors[key] <= ESTALE_LOGGED:
-                    what = describe(self.paths, name, args)
-                    log.info("%s of %s answered ESTALE: %s", name, what, e)
-            raise pyfuse3.FUSEError(e.errno) from None
         except Exception as e:
-            key = f"{name}:{type(e).__name__}"
-            if record.errors[key] == 0:  # the traceback once per handler and error type
-                log.exception("%s of %s failed", name, describe(self.paths, name, args))
-            record.answered_eio(
-                name, describe(self.paths, name, args), f"unexpected {type(e).__name__}: {e}", start
-            )
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise pyfuse3.FUSEError(_answer(self, name, args, e, start)) from None
         finally:
             took = time.perf_counter() - start
             record.calls[name] += 1
@@ -156,3 +135,28 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             record.durations[name].observe(took)
 
     return wrapper
+
+
+def _answer(host: HandlerHost, name: str, args: tuple[Any, ...], e: Exception, start: float) -> int:
+    """The errno a failed call of handler ``name`` answers, counted and logged: an
+    ``FsError``'s own (EACCES for an EIO once the client is revoked), EIO for anything
+    else (its traceback logged once per handler and error type)."""
+    record = host.record
+    if isinstance(e, FsError):
+        if e.errno == errno.EIO and host.revoked_in() is not None:
+            return errno.EACCES  # unanswered because the client was revoked meanwhile
+        if e.errno == errno.EIO:
+            what = describe(host.paths, name, args)
+            record.answered_eio(name, what, f"{type(e).__name__}: {e}", start)
+        elif e.errno == errno.ESTALE:  # usually retried by the kernel (its walk again)
+            key = f"{name}:{type(e).__name__}"
+            record.errors[key] += 1
+            if record.errors[key] <= ESTALE_LOGGED:
+                log.info("%s of %s answered ESTALE: %s", name, describe(host.paths, name, args), e)
+        return e.errno
+    key = f"{name}:{type(e).__name__}"
+    what = describe(host.paths, name, args)
+    if record.errors[key] == 0:  # the traceback once per handler and error type
+        log.exception("%s of %s failed", name, what)
+    record.answered_eio(name, what, f"unexpected {type(e).__name__}: {e}", start)
+    return errno.EIO
