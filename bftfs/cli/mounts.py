@@ -19,6 +19,7 @@ from bftfs.cli.common import (
     with_cluster,
     with_identity,
 )
+from bftfs.cli.when import checked_when
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, MountOptions, OptionError
 from bftfs.logsetup import setup_logging
@@ -249,7 +250,9 @@ def add_mount(sub: Any) -> None:
     sp.add_argument(
         "--at",
         metavar="WHEN",
-        help="mount the tree as it was then, read-only (a time or an age, as in bftfs log)",
+        type=checked_when,
+        help="mount the tree as it was then, read-only (a time or an age, as in bftfs log; "
+        "not later than now)",
     )
     sp.set_defaults(func=cmd_mount)
 
