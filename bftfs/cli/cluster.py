@@ -169,7 +169,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     print(f"wrote {out}: the configuration and {what}'s {keys} (keep it secret)")
     print(f"  on its machine: mkdir -p /var/lib/bftfs && tar -xzf {out.name} -C /var/lib/bftfs")
     if args.node is not None:
-        print(f"  then: bftfs node --config /var/lib/bftfs/cluster.toml --id {args.node}")
+        print(f"  then: bftfs node run --config /var/lib/bftfs/cluster.toml --id {args.node}")
         print(f"  or:   systemctl enable --now bftfs-node@{args.node} (bftfs unit node)")
     else:
         print(

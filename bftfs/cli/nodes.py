@@ -191,8 +191,9 @@ def node_metrics_endpoint(cfg: ClusterConfig, node_id: int, args: Any) -> tuple[
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    """``bftfs node --config C --id I``: run a node (:func:`bftfs.node.main.run`) with the
-    fault hooks of ``--byzantine`` and the object types of ``--test-objects``."""
+    """``bftfs node run --config C --id I`` (or the old form, without ``run``): run a node
+    (:func:`bftfs.node.main.run`) with the fault hooks of ``--byzantine`` and the object
+    types of ``--test-objects``; any other action controls nodes (:func:`cmd_node_control`)."""
     from bftfs import config as cfgmod
     from bftfs.node import main as nodemain
 
