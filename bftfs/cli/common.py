@@ -179,7 +179,8 @@ def add_actions(sp: argparse.ArgumentParser, *, required: bool = True) -> Any:
     """The actions of a noun-verb command (``bftfs client add NAME``): each its own
     subparser, so ``bftfs client add --help`` shows add's options alone and an argument
     no action takes is refused (exit 2).  The chosen action is ``args.action``."""
-    return sp.add_subparsers(dest="action", required=required, metavar="ACTION", title="actions")
+    metavar = "ACTION" if required else "[ACTION]"
+    return sp.add_subparsers(dest="action", required=required, metavar=metavar, title="actions")
 
 
 def keep_parent_values(parent: argparse.ArgumentParser, actions: Any) -> None:
