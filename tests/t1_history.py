@@ -174,7 +174,7 @@ def test_what_changed_in_a_directory() -> None:
 
 
 def test_when_forms() -> None:
-    now = 1_763_900_000 * 10**9
+    now = 1_796_000_000 * 10**9  # 2026-11-29, after every time below (a later one is refused)
     assert parse_when("now", now) == now
     assert parse_when("-10m", now) == now - 600 * 10**9
     assert parse_when("-1.5h", now) == now - 5400 * 10**9

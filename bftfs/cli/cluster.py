@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,12 +16,14 @@ from bftfs.cli import capacity, discover
 from bftfs.cli.common import (
     EXIT_BUSY,
     QuietError,
+    add_actions,
     cluster_of,
     human,
     parse_size,
     waiting_for_daemon,
     with_cluster,
     with_dir,
+    with_identity,
 )
 from bftfs.cli.mounts import busy_message, mount_daemon, mount_module, with_client
 from bftfs.cli.nodes import port_number
@@ -169,12 +172,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     print(f"wrote {out}: the configuration and {what}'s {keys} (keep it secret)")
     print(f"  on its machine: mkdir -p /var/lib/bftfs && tar -xzf {out.name} -C /var/lib/bftfs")
     if args.node is not None:
-        print(f"  then: bftfs node --config /var/lib/bftfs/cluster.toml --id {args.node}")
+        print(f"  then: bftfs node run --config /var/lib/bftfs/cluster.toml --id {args.node}")
         print(f"  or:   systemctl enable --now bftfs-node@{args.node} (bftfs unit node)")
     else:
         print(
             "  then: bftfs mount --config /var/lib/bftfs/cluster.toml "
-            f"--client {args.client} /mnt/bftfs"
+            f"--as {args.client} /mnt/bftfs"
         )
     return 0
 
@@ -353,14 +356,15 @@ def cmd_client(args: argparse.Namespace) -> int:
     views edits ``cluster.toml`` for the nodes' next start."""
     cfg, path = cluster_of(args)
     if args.action == "list":
+        if args.json:
+            print(json.dumps(_clients_json(cfg), indent=2))
+            return 0
         print(f"{'ID':>4}  NAME")
         for c in cfg.clients:
             print(f"{c.id - CLIENT_ID_BASE:>4}  {c.name}")
         for r in cfg.retired_clients:
             print(f"{r.id - CLIENT_ID_BASE:>4}  {r.name} (removed: its id is never reused)")
         return 0
-    if not args.name:
-        raise QuietError(f"bftfs client {args.action}: which client? (a NAME)", 2)
     if cfg.admin_key is not None:
         from bftfs.cli.views import client_online
 
@@ -388,6 +392,14 @@ def cmd_client(args: argparse.Namespace) -> int:
             )
     print("restart the nodes for them to see it (they read the configuration when they start)")
     return 0
+
+
+def _clients_json(cfg: ClusterConfig) -> dict[str, Any]:
+    """``bftfs client list --json``: the clients and the removed ones, by id and name."""
+    return {
+        "clients": [{"id": c.id - CLIENT_ID_BASE, "name": c.name} for c in cfg.clients],
+        "removed": [{"id": r.id - CLIENT_ID_BASE, "name": r.name} for r in cfg.retired_clients],
+    }
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
@@ -545,27 +557,43 @@ def add_down(sub: Any) -> None:
 
 
 def add_client(sub: Any) -> None:
-    """``bftfs client add|remove|list``."""
+    """``bftfs client add|revoke|remove|rotate NAME`` and ``bftfs client list``: each
+    action its own parser (``bftfs client add --help`` shows add's options only)."""
     sp = sub.add_parser(
         "client",
         help="add, revoke, rotate the key of, or list clients, online (a new view); "
         "ids are never reused",
+        description="Client identities, changed online by a new signed view (ids are never "
+        "reused; docs/guide.md, 'Membership').",
     )
-    sp.add_argument("action", choices=("add", "revoke", "rotate", "remove", "list"))
-    sp.add_argument(
-        "name", nargs="?", help="the client's name (add, revoke, rotate; remove = revoke)"
+    actions = add_actions(sp)
+    for name, text, aliases in (
+        ("add", "a new client identity, its bundle written", ()),
+        ("revoke", "revoke a client (remove: the same); its id is never reused", ("remove",)),
+        ("rotate", "a new key for a client; sessions under the old one end", ()),
+    ):
+        ap = actions.add_parser(name, help=text, description=text, aliases=list(aliases))
+        ap.add_argument("name", metavar="NAME", help="the client's name")
+        if name != "revoke":
+            ap.add_argument(
+                "-o",
+                "--output",
+                type=Path,
+                help="the client's bundle (default DIR/bundles/NAME.tar.gz)",
+            )
+        ap.add_argument(
+            "--offline",
+            action="store_true",
+            help="issue the view without pushing it (nodes started from this directory take it)",
+        )
+        with_identity(ap, default=None, help="the client to push the view as")
+        with_cluster(ap)
+        ap.set_defaults(func=cmd_client)
+    ap = actions.add_parser(
+        "list",
+        help="the clients and the removed ones",
+        description="The clients, and the removed ones (their ids are never reused).",
     )
-    sp.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        help="add, rotate: the client's bundle (default DIR/bundles/NAME.tar.gz)",
-    )
-    sp.add_argument(
-        "--offline",
-        action="store_true",
-        help="issue the view without pushing it (nodes started from this directory take it)",
-    )
-    sp.add_argument("--as", dest="as_client", help="the client to push the view as")
-    with_cluster(sp)
-    sp.set_defaults(func=cmd_client)
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    with_cluster(ap)
+    ap.set_defaults(func=cmd_client)

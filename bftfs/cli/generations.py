@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import trio
 
 from bftfs import config as cfgmod
 from bftfs import local
-from bftfs.cli.common import QuietError, cluster_of, with_cluster
+from bftfs.cli.common import QuietError, add_actions, cluster_of, with_cluster, with_identity
 from bftfs.cli.views import parse_address
 from bftfs.config import ClusterConfig, ConfigError, default_sizes
 from bftfs.crypto import Identity, KeyFileError
@@ -196,21 +197,86 @@ def cmd_generation_show(args: argparse.Namespace) -> int:
     cfg, _ = cluster_of(args)
     view, _ = admin.current(cfg)
     who = args.as_client or admin.pusher(cfg)
-    print(view.describe())
-    shown = [(f"generation {view.generation}", cfg)]
+    shown = [(view.generation, False, cfg)]
     if view.previous is not None:
         kept = generation_config_path(cfg.home, view.previous.number)
-        shown.append((f"generation {view.previous.number} (frozen)", cfgmod.load(kept)))
-    for title, gcfg in shown:
+        shown.append((view.previous.number, True, cfgmod.load(kept)))
+    answers = [trio.run(_status, gcfg, who) for _, _, gcfg in shown]
+    if args.json:
+        print(json.dumps(_show_json(cfg, view, shown, answers), indent=2))
+        return 0
+    print(view.describe())
+    for (number, frozen, gcfg), got in zip(shown, answers, strict=True):
+        title = f"generation {number}" + (" (frozen)" if frozen else "")
         print(f"{title}: {gcfg.n} nodes, t={gcfg.t} b={gcfg.b} qc={gcfg.qc} m={gcfg.m}")
-        answers = trio.run(_status, gcfg, who)
         for spec in gcfg.nodes:
-            got = answers.get(int(spec.id))
-            state = "no answer" if got is None else _state_of(got)
+            answer = got.get(int(spec.id))
+            state = "no answer" if answer is None else _state_of(answer)
             print(f"  node {spec.id} {spec.host}:{spec.port}: {state}")
     if view.previous is not None:
         print(move_progress(cfg, view))
     return 0
+
+
+def _show_json(
+    cfg: ClusterConfig,
+    view: View,
+    shown: list[tuple[int, bool, ClusterConfig]],
+    answers: list[dict[int, Any]],
+) -> dict[str, Any]:
+    """``bftfs generation show --json``: the view, each generation with what each of its
+    nodes says of itself (``state`` null: no answer), and the move's progress."""
+    from bftfs.fs.mover import MoveState, cursor_path
+
+    generations = []
+    for (number, frozen, gcfg), got in zip(shown, answers, strict=True):
+        nodes = []
+        for spec in gcfg.nodes:
+            answer = got.get(int(spec.id))
+            nodes.append(
+                {
+                    "id": int(spec.id),
+                    "address": f"{spec.host}:{spec.port}",
+                    "state": None if answer is None else _state_word(answer),
+                    "view": None if answer is None else answer.get("view"),
+                }
+            )
+        generations.append(
+            {
+                "generation": number,
+                "frozen": frozen,
+                "n": gcfg.n,
+                "t": gcfg.t,
+                "b": gcfg.b,
+                "qc": gcfg.qc,
+                "m": gcfg.m,
+                "nodes": nodes,
+            }
+        )
+    move: dict[str, Any] | None = None
+    if view.previous is not None:
+        state = MoveState.load(cursor_path(cfg.home, view.generation))
+        ran = state is not None and state.source == view.previous.number
+        move = {
+            "from": view.previous.number,
+            "run": ran,
+            "complete": bool(ran and state is not None and state.complete),
+            "summary": state.summary() if ran and state is not None else None,
+        }
+    return {
+        "view": view.number,
+        "generation": view.generation,
+        "describe": view.describe(),
+        "generations": generations,
+        "move": move,
+    }
+
+
+def _state_word(answer: dict[str, Any]) -> str:
+    """A node's state in one word: retired, frozen or active."""
+    if answer.get("retired"):
+        return "retired"
+    return "frozen" if answer.get("frozen") else "active"
 
 
 def move_progress(cfg: ClusterConfig, view: View) -> str:
@@ -423,33 +489,46 @@ def cmd_generation(args: argparse.Namespace) -> int:
 
 
 def add_generation(sub: Any) -> None:
-    """``bftfs generation``."""
+    """``bftfs generation new|show|move|finish``, each action its own parser."""
     sp = sub.add_parser(
         "generation",
         help="change the number of nodes or the thresholds online (a new generation)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sp.add_argument("action", choices=("new", "show", "move", "finish"))
-    sp.add_argument("--nodes", type=int, help="the new generation's node count")
-    sp.add_argument("--t", type=int, default=1, help="faults tolerated (default 1)")
-    sp.add_argument("--b", type=int, default=1, help="Byzantine faults tolerated (default 1)")
-    sp.add_argument("--qc", type=int, help="PASIS write quorum (default: the largest allowed)")
-    sp.add_argument("--m", type=int, help="PASIS fragments to decode (default: the largest)")
-    sp.add_argument(
+    actions = add_actions(sp)
+    text = "make generation g + 1 (new nodes, new keys) and freeze generation g"
+    ap = actions.add_parser("new", help=text, description=text)
+    ap.add_argument("--nodes", type=int, help="the new generation's node count")
+    ap.add_argument("--t", type=int, default=1, help="faults tolerated (default 1)")
+    ap.add_argument("--b", type=int, default=1, help="Byzantine faults tolerated (default 1)")
+    ap.add_argument("--qc", type=int, help="PASIS write quorum (default: the largest allowed)")
+    ap.add_argument("--m", type=int, help="PASIS fragments to decode (default: the largest)")
+    ap.add_argument(
         "--address", action="append", metavar="HOST:PORT", help="each new node's (in id order)"
     )
-    sp.add_argument("--offline", action="store_true", help="issue the view, push nothing")
-    sp.add_argument(
+    ap.add_argument("--offline", action="store_true", help="issue the view, push nothing")
+    with_identity(ap, default=None, help="the client the push speaks as")
+    with_cluster(ap)
+    text = "the generations and what each node says of itself; the move's progress"
+    ap = actions.add_parser("show", help=text, description=text)
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    with_identity(ap, default=None, help="the client to ask the nodes as")
+    with_cluster(ap)
+    text = "move what the clients did not touch to the new generation (resumable)"
+    ap = actions.add_parser("move", help=text, description=text)
+    ap.add_argument(
         "--bytes-per-second",
         type=int,
         default=0,
         metavar="N",
-        help="move: pace of the block data copied (default 0: no limit)",
+        help="pace of the block data copied (default 0: no limit)",
     )
-    sp.add_argument(
-        "--force", action="store_true", help="finish: even if the move did not complete"
-    )
-    sp.add_argument("--as", dest="as_client", help="the client the push or the move speaks as")
-    with_cluster(sp)
+    with_identity(ap, default=None, help="the client the move speaks as")
+    with_cluster(ap)
+    text = "end the move: the old generation's nodes retire"
+    ap = actions.add_parser("finish", help=text, description=text)
+    ap.add_argument("--force", action="store_true", help="even if the move did not complete")
+    with_identity(ap, default=None, help="the client the push speaks as")
+    with_cluster(ap)
     sp.set_defaults(func=cmd_generation)

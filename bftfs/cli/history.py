@@ -20,6 +20,7 @@ from bftfs.cli.when import (
     checked_when,
     client_ids,
     client_names,
+    exact_time,
     find_history,
     fs_path,
     iso_time,
@@ -147,53 +148,71 @@ def diff_trees(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str,
 
 
 def cmd_diff(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    import difflib
-
     now_ns = time.time_ns()
     path = fs_path(args.path, mountpoints_of(cfg))
     start = parse_when(args.since, now_ns)
     end = parse_when(args.to, now_ns) if args.to is not None else now_ns
 
-    async def run(past: Any) -> list[str]:
+    async def run(past: Any) -> tuple[int, int, list[dict[str, Any]]]:
         lo = await resolve_moment(patient(past), path, start, now_ns)
         hi = await resolve_moment(past, path, end, now_ns)
         with progress(f"reading {path} at both moments") as update:
             old, new = await past.trees(path, [lo, hi], progress=update)
-        lines = []
+        entries = []
         for mark, rel, detail in diff_trees(old, new):
-            shown = rel or "."
+            entry: dict[str, Any] = {"change": mark, "path": rel or "."}
             if mark == "R":
-                lines.append(f"R {shown} -> {detail}")
+                entry["to"] = detail
             elif mark == "M":
-                lines.append(f"M {shown} ({detail})")
-            else:
-                lines.append(f"{mark} {shown}")
+                entry["what"] = detail.split("+")
             if args.patch and mark in ("M", "R"):
-                a = old[rel]
-                b = new[detail if mark == "R" else rel]
-                if a.state.get("k") == "d" or _content_key(a.state) == _content_key(b.state):
-                    continue
-                before, after = await past.content(a), await past.content(b)
-                try:
-                    ta, tb = before.decode(), after.decode()
-                except UnicodeDecodeError:
-                    lines.append(f"Binary files {shown} differ")
-                    continue
-                name = detail if mark == "R" else shown
-                lines += [
-                    line.rstrip("\n")
-                    for line in difflib.unified_diff(
-                        ta.splitlines(keepends=True),
-                        tb.splitlines(keepends=True),
-                        f"a/{shown}",
-                        f"b/{name}",
-                    )
-                ]
-        return lines
+                a, b = old[rel], new[detail if mark == "R" else rel]
+                shown, name = rel or ".", detail if mark == "R" else rel or "."
+                entry["patch"] = await _patch(past, a, b, shown, name)
+            entries.append(entry)
+        return lo, hi, entries
 
-    for line in with_past(cfg, args.as_client, run):
-        print(line)
+    lo, hi, entries = with_past(cfg, args.as_client, run)
+    if args.json:
+        out = {"path": path, "from": _moment_json(lo), "to": _moment_json(hi), "changes": entries}
+        print(json.dumps(out, indent=1))
+        return 0
+    for e in entries:
+        if e["change"] == "R":
+            print(f"R {e['path']} -> {e['to']}")
+        elif e["change"] == "M":
+            print(f"M {e['path']} ({'+'.join(e['what'])})")
+        else:
+            print(f"{e['change']} {e['path']}")
+        for line in e.get("patch") or ():
+            print(line)
     return 0
+
+
+def _moment_json(ns: int) -> dict[str, Any]:
+    """A moment in ``--json``: its time and ``@SECONDS.NS`` (the exact moment again)."""
+    return {"time": iso_time(ns), "exact": exact_time(ns), "ns": ns}
+
+
+async def _patch(past: Any, a: Any, b: Any, shown: str, name: str) -> list[str] | None:
+    """``diff -p``'s lines for a file modified or renamed (``shown`` before, ``name``
+    after): a unified diff, or ``Binary files ... differ``; None where no content changed
+    (a directory, or attributes alone)."""
+    import difflib
+
+    if a.state.get("k") == "d" or _content_key(a.state) == _content_key(b.state):
+        return None
+    before, after = await past.content(a), await past.content(b)
+    try:
+        ta, tb = bytes(before).decode(), bytes(after).decode()
+    except UnicodeDecodeError:
+        return [f"Binary files {shown} differ"]
+    return [
+        line.rstrip("\n")
+        for line in difflib.unified_diff(
+            ta.splitlines(keepends=True), tb.splitlines(keepends=True), f"a/{shown}", f"b/{name}"
+        )
+    ]
 
 
 def cmd_changes(args: argparse.Namespace, cfg: ClusterConfig) -> int:
@@ -248,7 +267,7 @@ def cmd_snapshot(args: argparse.Namespace, cfg: ClusterConfig) -> int:
             f"{args.name!r}: snapshot names are 1-64 printable characters without "
             "spaces or /, not starting with - or @, not 'now'"
         )
-    if args.action == "create" and isinstance(parse_when(args.name, now_ns), int):
+    if args.action == "create" and isinstance(parse_when(args.name, now_ns, future_ok=True), int):
         raise WhenError(
             f"{args.name!r} reads as a time: --at {args.name} would name that time, never "
             "this snapshot; choose another name"
@@ -395,7 +414,7 @@ def _finish(
 ) -> None:
     """The options every history command ends with, and what runs it."""
     with_cluster(sp)
-    sp.add_argument("--as", dest="as_client", default="client0", help=as_help)
+    sp.add_argument("--as", dest="as_client", metavar="CLIENT", default="client0", help=as_help)
     sp.set_defaults(command=command, func=_on_cluster(cmd))
 
 
@@ -405,7 +424,9 @@ def add_commands(sub: Any) -> None:
     sp = sub.add_parser("log", help="the versions of a file or directory, newest first")
     sp.add_argument("path", help=_PATH_HELP)
     with_cluster(sp)
-    sp.add_argument("--as", dest="as_client", default="client0", help="connect as (client0)")
+    sp.add_argument(
+        "--as", dest="as_client", metavar="CLIENT", default="client0", help="connect as (client0)"
+    )
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument(
         "--since", metavar="WHEN", type=checked_when, help="only versions at or after WHEN"
@@ -435,6 +456,7 @@ def add_commands(sub: Any) -> None:
     )
     sp.add_argument("--to", metavar="WHEN", type=checked_when, help="the end (default: now)")
     sp.add_argument("-p", "--patch", action="store_true", help="unified diffs of text files")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
     _finish(sp, "diff", cmd_diff)
 
     sp = sub.add_parser("changes", help="every version under a path in a time range")

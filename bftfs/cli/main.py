@@ -4,8 +4,12 @@ Each command group registers its own parsers: :mod:`~bftfs.cli.cluster` (``init`
 ``down``, ``bundle``, ``client``), :mod:`~bftfs.cli.status`, :mod:`~bftfs.cli.mounts`
 (``mount``, ``umount``), :mod:`~bftfs.cli.history` (``log``, ``cat``, ``restore``,
 ``diff``, ``changes``, ``revert``, ``snapshot``), :mod:`~bftfs.cli.nodes` (``node``,
-``verify``), :mod:`~bftfs.cli.quorums` (``quorums``).  This module assembles them and
-turns errors into the exit codes of :mod:`bftfs.cli.common`.
+``verify``), :mod:`~bftfs.cli.quorums` (``quorums``), :mod:`~bftfs.cli.completion`.
+
+One grammar (issue 67): a command that does several things takes them as actions, each its
+own parser (``bftfs client add NAME``, ``bftfs generation show --json``); the identity a
+command acts as is ``--as CLIENT``; commands that print data take ``--json``.  This module
+assembles them and turns errors into the exit codes of :mod:`bftfs.cli.common`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from bftfs import STORE_FORMAT, WIRE_VERSION, __version__
 from bftfs import local as localmod
 from bftfs.cli import (
     cluster,
+    completion,
     generations,
     history,
     keys,
@@ -30,7 +35,16 @@ from bftfs.cli import (
     units,
     views,
 )
-from bftfs.cli.common import EXIT_CLUSTER, EXIT_CONFIG, EXIT_HISTORY, EXIT_KEY, QuietError
+from bftfs.cli.common import (
+    EXIT_CLUSTER,
+    EXIT_CONFIG,
+    EXIT_HISTORY,
+    EXIT_INTERRUPTED,
+    EXIT_KEY,
+    EXIT_USAGE,
+    QuietError,
+    exit_codes_text,
+)
 from bftfs.config import ConfigError
 from bftfs.crypto import KeyFileError
 
@@ -53,6 +67,7 @@ _COMMANDS = (
     nodes.add_node,
     quorums.add_quorums,
     units.add_unit,
+    completion.add_completion,
 )
 
 #: History commands whose bad arguments (a WHEN, a PATH) are usage errors (exit 2).
@@ -63,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bftfs",
         description="bftfs: a Byzantine fault-tolerant file system (PASIS blocks, Q/U metadata).",
-        epilog="Exit codes: 0 ok, 1 bug, 2 usage, 3 configuration, 4 cluster, 5 key, 6 mount.",
+        epilog=exit_codes_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,8 +118,19 @@ def version_line() -> str:
     return f"bftfs {__version__} (wire {WIRE_VERSION}, store format {STORE_FORMAT})"
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Answer a Tab of the shell code ``bftfs completion`` prints (argcomplete sets
+    ``_ARGCOMPLETE`` for it; this exits): argcomplete is imported only then."""
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_ages(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    _complete(parser)
+    args = parser.parse_args(_join_ages(sys.argv[1:] if argv is None else argv))
     if args.command != "node":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -147,7 +174,7 @@ def _exit_interrupted() -> int:
     """Ctrl-C: one line and 130 (128 + SIGINT), as shells and restic do, not a traceback
     and never a code the command gives its own meaning to (``verify``'s 1: repaired)."""
     print("bftfs: interrupted", file=sys.stderr)
-    return 130
+    return EXIT_INTERRUPTED
 
 
 def _history_exit_code(e: Exception, command: str) -> int | None:
@@ -162,7 +189,7 @@ def _history_exit_code(e: Exception, command: str) -> int | None:
         return EXIT_HISTORY
     if isinstance(e, WhenError | ValueError) and command in _HISTORY_COMMANDS:
         print(f"bftfs: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if isinstance(e, ClusterUnavailable):
         print(f"bftfs: the cluster does not answer: {e}", file=sys.stderr)
         return EXIT_CLUSTER

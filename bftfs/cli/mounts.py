@@ -17,7 +17,9 @@ from bftfs.cli.common import (
     cluster_of,
     waiting_for_daemon,
     with_cluster,
+    with_identity,
 )
+from bftfs.cli.when import checked_when
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, MountOptions, OptionError
 from bftfs.logsetup import setup_logging
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _mount_options(args: argparse.Namespace, cfg: ClusterConfig | None = None) -> MountOptions:
-    """The mount options of ``--client``, ``--attr-timeout``, ``--entry-timeout`` and
+    """The mount options of ``--as``, ``--attr-timeout``, ``--entry-timeout`` and
     ``--metrics-port`` (else the configuration's ``[metrics] mount_port``), with ``-o``
     applied over them."""
     port = getattr(args, "metrics_port", None)
@@ -34,7 +36,7 @@ def _mount_options(args: argparse.Namespace, cfg: ClusterConfig | None = None) -
     if port is None and cfg is not None and cfg.metrics.mount_port is not None:
         port = cfg.metrics.mount_port
     base = MountOptions(
-        client=args.client,
+        client=args.as_client,
         attr_timeout=args.attr_timeout,
         entry_timeout=args.entry_timeout,
         metrics_port=port,
@@ -203,9 +205,7 @@ def busy_message(target: Path) -> str:
 
 def with_client(sp: argparse.ArgumentParser) -> None:
     """The options of a mount: the client it acts as, the kernel's cache timeouts, ``-o``."""
-    sp.add_argument(
-        "--client", default="client0", help="client identity to mount as (default client0)"
-    )
+    with_identity(sp, help="the client identity to mount as (default client0)")
     sp.add_argument(
         "--attr-timeout",
         type=float,
@@ -250,7 +250,9 @@ def add_mount(sub: Any) -> None:
     sp.add_argument(
         "--at",
         metavar="WHEN",
-        help="mount the tree as it was then, read-only (a time or an age, as in bftfs log)",
+        type=checked_when,
+        help="mount the tree as it was then, read-only (a time or an age, as in bftfs log; "
+        "not later than now)",
     )
     sp.set_defaults(func=cmd_mount)
 

@@ -16,10 +16,13 @@ from bftfs import local as localmod
 from bftfs.cli.common import (
     EXIT_CLUSTER,
     QuietError,
+    add_actions,
     cluster_of,
     config_of,
+    keep_parent_values,
     with_cluster,
     with_dir,
+    with_identity,
 )
 from bftfs.cli.reach import require_reachable
 from bftfs.cli.views import add_replace_options
@@ -54,7 +57,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"\r[{bar}] {done}/{known} blocks", end="", file=sys.stderr, flush=True)
 
     async def run() -> list[Any]:
-        async with open_protocol_clients(cfg, args.client, trust_verified=False) as (qu, rw):
+        async with open_protocol_clients(cfg, args.as_client, trust_verified=False) as (qu, rw):
             return await scrub(qu, rw, cfg.block_size, progress)
 
     require_reachable(cfg)
@@ -190,17 +193,18 @@ def node_metrics_endpoint(cfg: ClusterConfig, node_id: int, args: Any) -> tuple[
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    """``bftfs node --config C --id I``: run a node (:func:`bftfs.node.main.run`) with the
-    fault hooks of ``--byzantine`` and the object types of ``--test-objects``."""
+    """``bftfs node run --config C --id I`` (or the old form, without ``run``): run a node
+    (:func:`bftfs.node.main.run`) with the fault hooks of ``--byzantine`` and the object
+    types of ``--test-objects``; any other action controls nodes (:func:`cmd_node_control`)."""
     from bftfs import config as cfgmod
     from bftfs.node import main as nodemain
 
-    if args.action is not None:
+    if args.action not in (None, "run"):
         return cmd_node_control(args)
     if args.id is None:
         raise QuietError(
-            "bftfs node: give --id (and --config, or let it be found) to run a node in the "
-            "foreground, or stop|start|restart I for the local cluster",
+            "bftfs node run: give --id (and --config, or let it be found) to run a node in "
+            "the foreground; `bftfs node --help` lists the other actions",
             2,
         )
     cfg = cfgmod.load(config_of(args))
@@ -255,70 +259,133 @@ def add_verify(sub: Any) -> None:
         "verify", help="scrub: check every block on every node, rewrite missing or damaged ones"
     )
     with_cluster(sp)
-    sp.add_argument("--client", default="client0", help="client identity to use (client0)")
+    with_identity(sp)
     sp.add_argument("--json", action="store_true", help="totals as JSON")
     sp.add_argument("--progress", action="store_true", help="a progress bar even when piped")
     sp.add_argument("--verbose", action="store_true", help="name every block rewritten")
     sp.set_defaults(func=cmd_verify)
 
 
-def add_node(sub: Any) -> None:
-    """``bftfs node``."""
-    sp = sub.add_parser(
-        "node",
-        help="run one storage node in the foreground, or stop/start/restart one of the "
-        "local cluster",
-    )
-    sp.add_argument(
-        "action",
-        nargs="?",
-        choices=("stop", "start", "restart", "replace", "add", "remove"),
-        help="control node INDEX of the local cluster (--dir) instead of running one; "
-        "replace: a new machine (new key, --address) for node INDEX, online; add, remove: "
-        "a new generation of one node more or fewer (then `bftfs generation move`, "
-        "`finish`)",
-    )
-    sp.add_argument("index", nargs="?", type=int, metavar="INDEX", help="the node's id")
+def _run_options(sp: argparse.ArgumentParser, *, shown: bool) -> None:
+    """The options of running a node in the foreground: ``bftfs node run``'s, and hidden
+    on ``bftfs node`` itself for the old form ``bftfs node --config C --id I`` (what
+    ``bftfs up``, ``bftfs node start`` and the systemd unit run)."""
+
+    def say(text: str) -> str:
+        return text if shown else argparse.SUPPRESS
+
     with_dir(sp)
     sp.add_argument(
-        "--config", type=Path, help="cluster.toml (to run a node; default: found as for --dir)"
+        "--config",
+        type=Path,
+        help=say("cluster.toml (default: found as for --dir)"),
     )
-    sp.add_argument("--id", type=int, help="this node's id (required to run a node)")
-    sp.add_argument("--log", type=Path, help="log file (default: stderr)")
-    sp.add_argument("--debug-modules", nargs="*", default=[], help="e.g. bftfs.net")
-    sp.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    sp.add_argument("--id", type=int, help=say("this node's id (required)"))
+    sp.add_argument("--log", type=Path, help=say("log file (default: stderr)"))
+    sp.add_argument("--debug-modules", nargs="*", default=[], help=say("e.g. bftfs.net"))
+    sp.add_argument("--quiet", action="store_true", help=say("warnings and errors only"))
     sp.add_argument(
         "--test-objects",
         action="store_true",
-        help="also serve the Q/U test object types (counter, kv): for benchmarks/qu.py and tests",
+        help=say(
+            "also serve the Q/U test object types (counter, kv): for benchmarks/qu.py and tests"
+        ),
     )
+    _byzantine_option(sp, shown=shown)
+    _metrics_options(sp, shown=shown)
+    sp.add_argument(
+        "--batch-sched",
+        action="store_true",
+        help=say("run under SCHED_BATCH (set by `bftfs up` for local clusters)"),
+    )
+    if not shown:
+        for a in sp._actions:
+            if a.dest == "dir":
+                a.help = argparse.SUPPRESS
+
+
+def _byzantine_option(sp: argparse.ArgumentParser, *, shown: bool = True) -> None:
     sp.add_argument(
         "--byzantine",
         metavar="PROFILE",
         help="misbehave on purpose, for fault tests (corrupt-fragments, reject-everything; "
-        "see bftfs/testing/byzantine/profiles.py)",
+        "see bftfs/testing/byzantine/profiles.py)"
+        if shown
+        else argparse.SUPPRESS,
     )
+
+
+def _metrics_options(sp: argparse.ArgumentParser, *, shown: bool = True) -> None:
     sp.add_argument(
         "--metrics-port",
         type=port_number,
         help="serve Prometheus metrics on this port (0: any free one; written to "
-        "node<I>/metrics.port), over [metrics] in cluster.toml (node_port + id; off without it); "
-        "with stop|start|restart, passed on to the node started",
+        "node<I>/metrics.port), over [metrics] in cluster.toml (node_port + id; off without "
+        "it)"
+        if shown
+        else argparse.SUPPRESS,
     )
     sp.add_argument(
         "--metrics-addr",
         default=None,
-        help="address the metrics listen on (default: [metrics] address, else 127.0.0.1)",
+        help="address the metrics listen on (default: [metrics] address, else 127.0.0.1)"
+        if shown
+        else argparse.SUPPRESS,
     )
     sp.add_argument(
         "--no-metrics",
         action="store_true",
-        help="serve no metrics, whatever [metrics] in cluster.toml says",
+        help="serve no metrics, whatever [metrics] in cluster.toml says"
+        if shown
+        else argparse.SUPPRESS,
     )
-    add_replace_options(sp)
-    sp.add_argument(
-        "--batch-sched",
-        action="store_true",
-        help="run under SCHED_BATCH (set by `bftfs up` for local clusters)",
+
+
+def add_node(sub: Any) -> None:
+    """``bftfs node run|stop|start|restart|replace|add|remove``, each action its own
+    parser; ``bftfs node --config C --id I`` (no action) still runs a node, as ``run``."""
+    sp = sub.add_parser(
+        "node",
+        help="run one storage node in the foreground, or stop/start/restart/replace/add/"
+        "remove nodes of the cluster",
+        description="Run a storage node (run), or control the cluster's nodes. "
+        "`bftfs node --config C --id I`, without an action, is `bftfs node run` (the form "
+        "`bftfs up` and the systemd unit use).",
     )
+    _run_options(sp, shown=False)
+    actions = add_actions(sp, required=False)
+    text = "run node --id I in the foreground (what `bftfs up` and the systemd unit start)"
+    ap = actions.add_parser("run", help=text, description=text)
+    _run_options(ap, shown=True)
+    for name, text in (
+        ("stop", "stop node I of the local cluster"),
+        ("start", "start node I of the local cluster (and wait until it answers)"),
+        ("restart", "stop then start node I of the local cluster"),
+    ):
+        ap = actions.add_parser(
+            name,
+            help=text,
+            description=text + " (--byzantine and the metrics options go to the node started)",
+        )
+        ap.add_argument("index", type=int, metavar="I", help="the node's id")
+        with_cluster(ap)
+        _byzantine_option(ap)
+        _metrics_options(ap)
+    text = "a new machine (new key, --address) for node I, online (a new view)"
+    ap = actions.add_parser("replace", help=text, description=text)
+    ap.add_argument("index", type=int, metavar="I", help="the node's id")
+    with_cluster(ap)
+    add_replace_options(ap)
+    for name, text in (
+        ("add", "a new generation of one node more (then `bftfs generation move`, `finish`)"),
+        ("remove", "a new generation of one node fewer (then `bftfs generation move`, `finish`)"),
+    ):
+        ap = actions.add_parser(name, help=text, description=text)
+        # Refused with a reason (every node of a generation is new), not argparse's.
+        ap.add_argument("index", type=int, nargs="?", help=argparse.SUPPRESS)
+        ap.add_argument("--address", help=argparse.SUPPRESS)
+        ap.add_argument("--offline", action="store_true", help="issue the view without pushing it")
+        with_identity(ap, default=None, help="the client to push the view as")
+        with_cluster(ap)
+    keep_parent_values(sp, actions)
     sp.set_defaults(func=cmd_node)

@@ -10,6 +10,7 @@ configuration) when one cannot, its broken rule printed.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -151,9 +152,48 @@ def report(t: int, b: int, n: int | None, qc: int | None, m: int | None) -> tupl
     return not any(p.broken for p in protocols), "\n".join(lines)
 
 
+def report_json(
+    t: int, b: int, n: int | None, qc: int | None, m: int | None
+) -> tuple[bool, dict[str, Any]]:
+    """(both protocols run, what ``bftfs quorums --json`` prints): per protocol whether
+    it runs, its quorum sizes, load and crashes survived, the rules broken now, at one
+    faulty server more and at one Byzantine more; no seed table (prose for a reader)."""
+    if (why := fault_rule(t, b)) is not None:
+        return False, {"t": t, "b": b, "n": n, "error": why}
+    n_ = qu_min_servers(t, b) if n is None else n
+    if not 1 <= n_ <= MAX_NODES:
+        error = f"n must be in 1..{MAX_NODES} (zfec's fragment limit), got {n_}"
+        return False, {"t": t, "b": b, "n": n_, "error": error}
+    protocols = [qu_protocol(n_, t, b), pasis_protocol(n_, t, b, qc, m)]
+    out = {
+        "t": t,
+        "b": b,
+        "n": n_,
+        "protocols": [
+            {
+                "name": p.name,
+                "runs": not p.broken,
+                "sizes": p.sizes,
+                "quorum": p.quorum or None,
+                "load": None if p.broken else float(p.load),
+                "crashes_survived": None if p.broken else th.fault_tolerance(p.quorum, p.n),
+                "broken": p.broken,
+                "at_one_more_fault": p.one_more_fault,
+                "at_one_more_byzantine": p.one_more_liar,
+            }
+            for p in protocols
+        ],
+    }
+    return not any(p.broken for p in protocols), out
+
+
 def cmd_quorums(args: argparse.Namespace) -> int:
-    ok, text = report(args.t, args.b, args.n, args.qc, args.m)
-    print(text)
+    if args.json:
+        ok, data = report_json(args.t, args.b, args.n, args.qc, args.m)
+        print(json.dumps(data, indent=2))
+    else:
+        ok, text = report(args.t, args.b, args.n, args.qc, args.m)
+        print(text)
     return 0 if ok else EXIT_CONFIG
 
 
@@ -169,4 +209,5 @@ def add_quorums(sub: Any) -> None:
     sp.add_argument("--n", type=int, help="nodes (default 3t+2b+1)")
     sp.add_argument("--qc", type=int, help="PASIS QC (default n-t-b)")
     sp.add_argument("--m", type=int, help="PASIS fragments to decode (default QC-t)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_quorums)

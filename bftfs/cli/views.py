@@ -20,7 +20,15 @@ from typing import Any
 import trio
 
 from bftfs import bundle
-from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
+from bftfs.cli.common import (
+    EXIT_CLUSTER,
+    QuietError,
+    add_actions,
+    cluster_of,
+    keep_parent_values,
+    with_cluster,
+    with_identity,
+)
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.ids import CLIENT_ID_BASE, NodeId
@@ -214,10 +222,10 @@ def cmd_view(args: argparse.Namespace) -> int:
         if args.offline:
             print(f"  not pushed (--offline): `bftfs view push` sends view {view.number}")
             return 0
-        return _push(cfg, blob, view, args.as_client, None)
+        return _push(cfg, blob, view, getattr(args, "as_client", None), None)
     view, blob = admin.current(cfg)
     if args.action == "push":
-        return _push(cfg, blob, view, args.as_client, None)
+        return _push(cfg, blob, view, getattr(args, "as_client", None), None)
     if args.json:
         print(json.dumps(_as_json(view), indent=2))
         return 0
@@ -256,30 +264,49 @@ def _as_json(view: View) -> dict[str, Any]:
 
 
 def add_view(sub: Any) -> None:
-    """``bftfs view``."""
+    """``bftfs view [show|push|adopt|keys]``, each action its own parser; no action is
+    ``show`` (so ``bftfs view --json`` still works)."""
     sp = sub.add_parser(
         "view",
         help="the cluster's current view (nodes, thresholds, clients); push it again; "
         "adopt views in a cluster made before them; give per-view node keys to one made "
         "before those (keys)",
+        description="The cluster's current view (`bftfs view` alone: show).",
     )
-    sp.add_argument("action", nargs="?", default="show", choices=("show", "push", "adopt", "keys"))
-    sp.add_argument("--json", action="store_true", help="show: as JSON")
-    sp.add_argument("--as", dest="as_client", help="push: the client to speak to nodes as")
-    sp.add_argument("--offline", action="store_true", help="keys: issue the view, do not push")
+    # No action: show, with show's options.
+    sp.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     with_cluster(sp)
-    sp.set_defaults(func=cmd_view)
+    for a in sp._actions:
+        if a.dest in ("dir", "config"):
+            a.help = argparse.SUPPRESS
+    actions = add_actions(sp, required=False)
+    text = "the current view: nodes, thresholds, clients (the default)"
+    ap = actions.add_parser("show", help=text, description=text)
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    with_cluster(ap)
+    text = "push the current view to the nodes again (finish a change cut short)"
+    ap = actions.add_parser("push", help=text, description=text)
+    with_identity(ap, default=None, help="the client to speak to nodes as")
+    with_cluster(ap)
+    text = "give a cluster made before views its administrator key and view 1"
+    ap = actions.add_parser("adopt", help=text, description=text)
+    with_cluster(ap)
+    text = "give every node a key for this view only (a cluster made before those)"
+    ap = actions.add_parser("keys", help=text, description=text)
+    ap.add_argument("--offline", action="store_true", help="issue the view, do not push it")
+    with_identity(ap, default=None, help="the client to speak to nodes as")
+    with_cluster(ap)
+    keep_parent_values(sp, actions)
+    sp.set_defaults(func=cmd_view, action="show")
 
 
 def add_replace_options(sp: Any) -> None:
-    """The options of ``bftfs node replace`` (on ``bftfs node``'s parser)."""
-    sp.add_argument("--address", metavar="HOST:PORT", help="replace: the new machine's address")
+    """The options of ``bftfs node replace``."""
+    sp.add_argument("--address", metavar="HOST:PORT", help="the new machine's address")
     sp.add_argument(
         "--data-dir",
         type=Path,
-        help="replace: the new machine's data directory (default DIR/node<I>.v<VIEW>)",
+        help="the new machine's data directory (default DIR/node<I>.v<VIEW>)",
     )
-    sp.add_argument(
-        "--offline", action="store_true", help="replace: issue the view without pushing it"
-    )
-    sp.add_argument("--as", dest="as_client", help="replace: the client to push the view as")
+    sp.add_argument("--offline", action="store_true", help="issue the view without pushing it")
+    with_identity(sp, default=None, help="the client to push the view as")

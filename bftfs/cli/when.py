@@ -18,6 +18,10 @@ WHEN (``--at``, ``--since``, ``--until``) is one of:
   stored;
 - a snapshot name (one word that is none of the above: looked up in the cluster).
 
+A WHEN later than now (beyond :data:`CLOCK_SKEW_NS` of clock skew) is refused (exit 2):
+the past cannot answer for tomorrow, and the tree as it is now, shown as tomorrow's, would
+be a wrong answer that looks right.
+
 Everything but a version id and a snapshot name is read here, before the cluster is asked
 anything: text that is no WHEN is refused at once (exit 2).  A time is read once per
 command, so ``--from -1h --to -5m`` measure from the same "now"; commands whose window a
@@ -57,20 +61,52 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _VERSION_ID = re.compile(r"^[0-9a-f]{4,12}$")
 
 
+#: How far past this machine's clock a WHEN may be before it is refused as a future moment:
+#: a few seconds of skew between this machine and another (a time copied from the output
+#: of ``bftfs log`` on a machine whose clock runs ahead) is not a mistake.
+CLOCK_SKEW_NS = 5 * 10**9
+
+
 class WhenError(ValueError):
-    """Text that is no WHEN."""
+    """Text that is no WHEN, or a moment still to come."""
 
 
-def parse_when(text: str, now_ns: int | None = None) -> int | str:
+def parse_when(text: str, now_ns: int | None = None, *, future_ok: bool = False) -> int | str:
     """A moment in ns since the epoch, or a version id or snapshot name (str) to look up.
 
     Args:
         now_ns: the moment ages and words are counted from (default: the clock now).
+        future_ok: accept a moment later than ``now_ns`` (only to ask whether text reads
+            as a time at all, as ``snapshot create NAME`` does).
 
     Raises:
-        WhenError: none of the forms in the module docstring.
+        WhenError: none of the forms in the module docstring, or (unless ``future_ok``) a
+            moment more than :data:`CLOCK_SKEW_NS` after ``now_ns``.
     """
     now_ns = time.time_ns() if now_ns is None else now_ns
+    moment = _parse_when(text, now_ns)
+    if not future_ok and isinstance(moment, int) and moment > now_ns + CLOCK_SKEW_NS:
+        ahead = (moment - now_ns) / 1e9
+        raise WhenError(
+            f"{text!r} is {_duration(ahead)} in the future ({iso_time(moment)}): the history "
+            "holds only the past (a WHEN is a moment up to now)"
+        )
+    return moment
+
+
+def _duration(seconds: float) -> str:
+    """``3 s``, ``2.5 h``, ``1.0 days``: how far ahead a refused WHEN is."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _parse_when(text: str, now_ns: int) -> int | str:
+    """:func:`parse_when` without the check of a future moment."""
     t = text.strip()
     if t == "now":
         return now_ns

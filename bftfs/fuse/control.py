@@ -325,7 +325,7 @@ def daemon_command(
         "--fg",
         "--config",
         str(config_path),
-        "--client",
+        "--as",
         client,
         "--attr-timeout",
         str(timeout),
