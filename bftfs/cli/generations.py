@@ -226,7 +226,7 @@ def _show_json(
 ) -> dict[str, Any]:
     """``bftfs generation show --json``: the view, each generation with what each of its
     nodes says of itself (``state`` null: no answer), and the move's progress."""
-    from bftfs.fs.mover import MoveState, cursor_path
+    from bftfs.fs.generations import MoveState, cursor_path
 
     generations = []
     for (number, frozen, gcfg), got in zip(shown, answers, strict=True):

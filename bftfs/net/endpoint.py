@@ -201,6 +201,8 @@ class Endpoint:
                     on_trouble = None
                 try:
                     went = await self._send(node, req_id, r)
+                except SessionRefused:
+                    raise  # revoked by a view: resending cannot help (a TransportError too)
                 except (TransportError, trio.ClosedResourceError) as e:
                     last_error = str(e) if isinstance(e, TransportError) else "connection closed"
                     first = False

@@ -282,24 +282,25 @@ async def _open_clients(
         # the PASIS client unrecorded (a read of the past is no read of the present).
         reader = PastReader(cluster.client(k), th)
         pasts.append(Past(cast(QUClient, qu), reader, rw, BLOCK_SIZE))
-        with trio.fail_after(DEADLINE):
-            fss.append(
-                await stack.enter_async_context(
-                    open_file_system(
-                        cast(QUClient, qu),
-                        cast(Any, RecordingRW(rw, trio.current_time, out.rw, k)),
-                        cluster.config,
-                        clock_ns=clock_ns,
-                        rng=random.Random(sched.seed * 1000 + k),
-                        attr_ttl=0.0,
-                        lease_term=sched.lease_term,
-                        # With leases, creates are written behind and, in a directory
-                        # held exclusively, back (fs/writeback/).
-                        write_behind=sched.lease_term > 0,
-                        commit=5.0 if sched.lease_term > 0 else 0.0,
-                    )
+        # (Not under a deadline: the file system's nursery, entered here, outlives this block;
+        # a cancel scope around entering it would be exited while the nursery is still open.)
+        fss.append(
+            await stack.enter_async_context(
+                open_file_system(
+                    cast(QUClient, qu),
+                    cast(Any, RecordingRW(rw, trio.current_time, out.rw, k)),
+                    cluster.config,
+                    clock_ns=clock_ns,
+                    rng=random.Random(sched.seed * 1000 + k),
+                    attr_ttl=0.0,
+                    lease_term=sched.lease_term,
+                    # With leases, creates are written behind and, in a directory
+                    # held exclusively, back (fs/writeback/).
+                    write_behind=sched.lease_term > 0,
+                    commit=5.0 if sched.lease_term > 0 else 0.0,
                 )
             )
+        )
         if fss[-1].meta.leases is not None:  # recalls are pushed on the client's links
             fss[-1].meta.leases.listen(cluster.client(k), cluster.config.node_ids)
     return fss, pasts

@@ -71,7 +71,7 @@ class Fetcher:
 
     @property
     def rw(self) -> Any:
-        """The PASIS client (the one :class:`~bftfs.fs.meta.Meta` holds)."""
+        """The PASIS client (the one :class:`~bftfs.fs.clients.Meta` holds)."""
         return self.meta.rw
 
     async def fetch(self, f: OpenFile, indices: list[int]) -> None:

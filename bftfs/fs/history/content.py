@@ -22,7 +22,7 @@ BLOCKS_AT_ONCE = 8
 
 class PastBlocks(Protocol):
     """What past contents are read through: the PASIS client (or what wraps it: the sealed
-    cluster's :class:`~bftfs.fs.seal.SealedBlocks`, a generation move's clients)."""
+    cluster's :class:`~bftfs.fs.clients.SealedBlocks`, a generation move's clients)."""
 
     async def read_as_of(self, block: BlockId, time_ns: int) -> bytes | bytearray: ...
 
