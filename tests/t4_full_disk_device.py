@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,9 +74,24 @@ def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> No
         Mount(pc.config, tmp_path / "m", client="client0") as mnt,
     ):
         root = mnt.mountpoint
+        # df shows what the disk can hold, not the six maps (issue 67): each node counts
+        # on its share of the free disk, the smaller of it and its map's room.
+        maps = 64 * MIB * pc.config.m
+        df = os.statvfs(root)
+        assert 0 < df.f_blocks * df.f_frsize < maps / 2, (df, maps)
         (root / "d").mkdir()
         written, full_at = fill_until_enospc(root, rng, FILE, 60)
         assert full_at is not None, "60 files of 4 MiB fit on a 160 MiB disk"
+        # ... and so does status: the nodes' disk is (near) full, the cluster degraded.
+        status = subprocess.run(
+            [sys.executable, "-m", "bftfs", "status", "--dir", str(disk / "c")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert status.returncode == 1 and "full" in status.stdout, status.stdout
+        assert os.statvfs(root).f_bavail * os.statvfs(root).f_frsize < 2 * FILE
         assert len(written) >= 3, len(written)
         # The disk is full, not a map: each node's map has room left.
         assert os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize < 24 * MIB

@@ -381,13 +381,19 @@ _PATH_HELP = "a path under a mount, or fs:/path inside the file system"
 
 def _on_cluster(cmd: Callable[[argparse.Namespace, ClusterConfig], int]) -> Any:
     """``cmd(args, cfg)`` as a command taking ``args``: ``cfg`` from ``--dir``/``--config``,
-    after this machine's mounts of the cluster sent what they hold back (their changes of
-    the last ``commit`` seconds are then in the history the command reads or changes)."""
+    else the cluster of the mount its PATH lies under, else found as every command finds
+    one (``cli/discover.py``); run after this machine's mounts of the cluster sent what
+    they hold back (their changes of the last ``commit`` seconds are then in the history
+    the command reads or changes)."""
 
     def run(args: argparse.Namespace) -> int:
-        from bftfs.fuse.control import write_back_mounts
+        from bftfs import config as cfgmod
+        from bftfs.fuse.control import mount_config, write_back_mounts
 
-        cfg = cluster_of(args)[0]
+        given = getattr(args, "dir", None) or getattr(args, "config", None)
+        path = getattr(args, "path", None)
+        of_mount = None if given or not path else mount_config(path)
+        cfg = cfgmod.load(of_mount) if of_mount is not None else cluster_of(args)[0]
         for problem in write_back_mounts(cfg):
             print(f"warning: mount not written back: {problem}", file=sys.stderr)
         return cmd(args, cfg)

@@ -129,6 +129,23 @@ def bftfs_mounts() -> list[tuple[Path, str]]:
     return out
 
 
+def mount_config(path: str | Path) -> Path | None:
+    """The configuration of the ``fuse.bftfs`` mount ``path`` lies under (the innermost),
+    from its source in ``/proc/self/mountinfo``, if it names a readable file: a path under
+    a mount names its file system, as ``zfs diff`` and ``juicefs`` find the volume from the
+    mount (issue 67); None outside every mount."""
+    absolute = Path(os.path.abspath(path))
+    best: tuple[int, str] | None = None
+    for point, source in bftfs_mounts():
+        if (absolute == point or point in absolute.parents) and (
+            best is None or len(point.parts) > best[0]
+        ):
+            best = (len(point.parts), source)
+    if best is None or not Path(best[1]).is_file():
+        return None
+    return Path(best[1])
+
+
 def serves(config: ClusterConfig, source: str) -> bool:
     """Whether a mount whose source is ``source`` serves ``config``'s cluster: the source
     names a configuration sharing a node key with ``config`` (node keys are made fresh for

@@ -414,4 +414,11 @@ class RWServer:
         return {}
 
     async def on_space(self, ctx: RequestContext, payload: Any) -> Any:
-        return {"used": self.store.used_scaled()}
+        """What this node's store uses, and the room it may still count on: pages free inside
+        its file plus its share of the free disk (``df`` shows the smaller of the map's room
+        and this: issue 67)."""
+        reply = {"used": self.store.used_scaled()}
+        share = limits.disk_share(self.store.path, self.config)
+        if share is not None:  # pages free inside the file are reused before it grows
+            reply["free"] = max(0, self.store.size_bytes() - self.store.used_recently()) + share
+        return reply

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -327,16 +327,21 @@ class RWClient:
     # Space --------------------------------------------------------------------------------
 
     @outcomes(ReadFailed)
-    async def space_used(self) -> int:
-        """Bytes in use on a node's store as ``N - t`` nodes report it: the ``(b + 1)``-th
-        largest answer, at or below what some correct node uses (``df``)."""
+    async def space(self) -> Space:
+        """A node's store as ``N - t`` nodes report it (``df``): bytes used, the ``(b + 1)``-th
+        largest answer (at or below what some correct node uses), and the free disk a node
+        may count on, the ``(b + 1)``-th smallest answer (at or above what some correct
+        node has: ``b`` liars can neither shrink nor inflate it past a correct one)."""
         used: dict[int, int] = {}
+        free: dict[int, int] = {}
 
         def accept(node: NodeId, raw: Any) -> bool:
             try:
-                used[node] = parse_space_reply(raw)
+                used[node], room = parse_space_reply(raw)
             except MessageError:
                 return False
+            if room is not None:
+                free[node] = room
             return True
 
         calls = self.calls
@@ -349,8 +354,20 @@ class RWClient:
             probe_after=calls.probe_after,
             timeout=calls.timeout if calls.timeout is not None else self.endpoint.timeout,
         )
+        b = self.th.b
         ranked = sorted(used.values(), reverse=True)
-        return ranked[min(self.th.b, len(ranked) - 1)]
+        rooms = sorted(free.values())
+        return Space(
+            used=ranked[min(b, len(ranked) - 1)],
+            free=rooms[b] if len(rooms) > b else None,
+        )
+
+
+class Space(NamedTuple):
+    """What one node's store uses and the free disk it may count on (None: not told)."""
+
+    used: int
+    free: int | None
 
 
 def largest_block(config: Any) -> int:

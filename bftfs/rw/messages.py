@@ -511,9 +511,13 @@ def parse_hold(msg: Any) -> None:
     _check_version(msg)
 
 
-def parse_space_reply(msg: Any) -> int:
-    """The ``used`` bytes of an ``rw.space`` reply."""
+def parse_space_reply(msg: Any) -> tuple[int, int | None]:
+    """The ``used`` bytes of an ``rw.space`` reply, and the ``free`` disk bytes the node may
+    count on (None from a node that does not say)."""
     used = _field(msg, "used")
     if type(used) is not int or not 0 <= used < 1 << 63:
         raise MessageError("'used' is not a non-negative int")
-    return used
+    free = msg.get("free")
+    if free is not None and (type(free) is not int or not 0 <= free < 1 << 63):
+        raise MessageError("'free' is not a non-negative int")
+    return used, free

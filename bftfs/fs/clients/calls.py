@@ -39,6 +39,7 @@ from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.client import ObjectLock
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.objects import MethodRefused
+from bftfs.rw.client import Space
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,8 @@ class Meta:
         #: rounds go; logged at unmount).
         self.methods: Counter[str] = Counter()
         self.method_seconds: defaultdict[str, float] = defaultdict(float)
-        #: (trio time, bytes used on a node) of the last ``statfs`` answer from the nodes.
-        self._space: tuple[float, int] | None = None
+        #: (trio time, the nodes' space answer) of the last ``statfs`` asked of the nodes.
+        self._space: tuple[float, Space] | None = None
         #: Runs before every query and update but its own (None: nothing to wait for;
         #: ``fs/callorder.py``'s ``CallOrder``, given by the file system).
         self.gate: CallGate | None = None
@@ -371,28 +372,33 @@ class Meta:
         """Capacity and free space from the nodes' stores.
 
         Each node's LMDB map holds one fragment (``1/m``) of every block plus a copy of the
-        metadata, so the capacity is the map size times ``m``; nodes refuse new block
-        versions above ``data_fraction`` of the map (policy.py), so that is where "free"
-        ends for writers (``f_bavail``), while the share above it is free but reserved for
-        metadata and removals (counted in ``f_bfree``, as ext4 counts its root reserve), so
-        ``df`` shows the space used as used, not the reserve.  Used is what the nodes report
-        (``rw.space``: the ``(b + 1)``-th largest of ``N - t`` answers) times ``m``.  Asked
-        at most once a second; when the nodes cannot answer, the last figures (or all of it
-        free) are shown rather than an error.
+        metadata, so the capacity is what a node can hold times ``m``: its map, or less when
+        its disk has less room (``rw.space``'s ``free``: the disk's free bytes shared among
+        the nodes on it; issue 67: ``df`` showed the maps whatever the disks held).  Nodes
+        refuse new block versions above ``data_fraction`` of the map (policy.py), so that
+        is where "free" ends for writers (``f_bavail``), while the share above it is free but
+        reserved for metadata and removals (counted in ``f_bfree``, as ext4 counts its root
+        reserve).  Used is what the nodes report (``rw.space``: the ``(b + 1)``-th largest
+        of ``N - t`` answers) times ``m``.  Asked at most once a second; when the nodes
+        cannot answer, the last figures (or all of it free) are shown rather than an error.
         """
         bs, m = self.bs, self.config.m
         now = trio.current_time()
         if self._space is None or now - self._space[0] > 1.0:
             try:
-                used = await self.blocks(self.rw.space_used())
+                space = await self.blocks(self.rw.space())
             except (Unavailable, NoSpace):
-                used = self._space[1] if self._space is not None else 0
-            self._space = (now, used)
-        used = self._space[1]
-        limit = int(self.config.map_size * self.config.verification.data_fraction)
-        total = self.config.map_size * m // bs
-        free = max(0, (self.config.map_size - used) * m // bs)
-        available = max(0, (limit - used) * m // bs)
+                space = self._space[1] if self._space is not None else Space(0, None)
+            self._space = (now, space)
+        used, disk = self._space[1]
+        size = self.config.map_size
+        limit = int(size * self.config.verification.data_fraction)
+        room, writable = size - used, limit - used
+        if disk is not None:  # the disk, not the map, may end first
+            room, writable, size = min(room, disk), min(writable, disk), min(size, used + disk)
+        total = size * m // bs
+        free = max(0, room * m // bs)
+        available = max(0, writable * m // bs)
         return {
             "f_bsize": bs,
             "f_frsize": bs,

@@ -24,7 +24,7 @@ from bftfs.fab.metaclient import FabClientStatistics
 from bftfs.qu.client import ClientStatistics
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
-from bftfs.rw.client import RWStatistics
+from bftfs.rw.client import RWStatistics, Space
 from bftfs.rw.timestamp import Timestamp as BlockTime
 from bftfs.rw.write import Prepared
 
@@ -150,6 +150,6 @@ class BlockClient(Protocol):
         """The latest complete write of ``block`` whose Time is at most ``time_ns``."""
         ...
 
-    async def space_used(self) -> int:
-        """Bytes in use on a node's store, as the nodes report it."""
+    async def space(self) -> Space:
+        """A node's store as the nodes report it: bytes used, free disk it may count on."""
         ...

@@ -17,7 +17,7 @@ from bftfs.fs.clients.seal import Seal
 from bftfs.qu.client import ClientStatistics
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.calls import DEFAULT_CONCURRENCY, DEFAULT_THREAD_THRESHOLD
-from bftfs.rw.client import RWStatistics
+from bftfs.rw.client import RWStatistics, Space
 from bftfs.rw.timestamp import Timestamp as BlockTime
 from bftfs.rw.write import Prepared
 
@@ -53,8 +53,8 @@ class SealedBlocks:
     def statistics(self) -> RWStatistics:
         return self.inner.statistics()
 
-    async def space_used(self) -> int:
-        return await self.inner.space_used()
+    async def space(self) -> Space:
+        return await self.inner.space()
 
     async def write_blocks(
         self,

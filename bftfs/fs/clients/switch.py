@@ -35,7 +35,7 @@ from bftfs.qu.client import ClientStatistics
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
-from bftfs.rw.client import RWStatistics
+from bftfs.rw.client import RWStatistics, Space
 from bftfs.rw.timestamp import Timestamp as BlockTime
 from bftfs.rw.write import Prepared
 
@@ -244,5 +244,5 @@ class SwitchingRW:
             await self._switch.run(lambda: self.target.read_as_of(block, time_ns), _rw_moved)
         )
 
-    async def space_used(self) -> int:
-        return int(await self.target.space_used())
+    async def space(self) -> Space:
+        return await self.target.space()

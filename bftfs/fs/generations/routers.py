@@ -47,7 +47,7 @@ from bftfs.qu.client import ClientStatistics
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
-from bftfs.rw.client import RWClient, RWStatistics
+from bftfs.rw.client import RWClient, RWStatistics, Space
 from bftfs.rw.timestamp import Timestamp as BlockTime
 from bftfs.rw.write import Prepared
 
@@ -399,9 +399,9 @@ class GenerationalRW:
     def statistics(self) -> RWStatistics:
         return self.new.statistics()
 
-    async def space_used(self) -> int:
+    async def space(self) -> Space:
         """g + 1's nodes' use (where everything written now goes)."""
-        return int(await self.new.space_used())
+        return await self.new.space()
 
     async def write_block(self, block: int, data: bytes, *, after: int = 0) -> BlockTime:
         return await self.new.write_block(block, data, after=after)
