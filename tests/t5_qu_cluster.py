@@ -211,7 +211,8 @@ async def byzantine_run(tmp_path: Path, behaviour: str, server: int, seed: int) 
             async with trio.open_nursery() as n:
                 for k, c in enumerate(cs):
                     n.start_soon(work, c, k)
-        assert all(o.ok for o in rec.ops)
+        refused = [(o.method, o.objects, o.refused) for o in rec.ops if not o.ok]
+        assert not refused, refused  # (what was refused, and why: a rare one seen under load)
         assert check_serializable(rec.ops)
 
 
