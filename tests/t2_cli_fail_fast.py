@@ -14,21 +14,18 @@ import trio
 
 from bftfs import local
 from bftfs.cli.reach import accepting
+from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.processes import ProcessCluster
-
-
-def _bftfs(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "bftfs", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_history_and_verify_say_the_cluster_does_not_answer_when_no_node_listens(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "c"
-    assert _bftfs("init", "--dir", str(home), "--map-size", "64M").returncode == 0  # not up
+    init = [sys.executable, "-m", "bftfs", "init", "--dir", str(home), "--map-size", "64M"]
+    subprocess.run(init, capture_output=True, check=True, timeout=120)  # not started
     for args in (["log", "/"], ["cat", "/f", "--at", "-1m"], ["verify"]):
-        r = _bftfs(*args, "--dir", str(home))
+        r = bftfs_cli(home, *args, check=False)
         assert r.returncode == 4, (args, r.stderr)
         assert "the cluster does not answer: node(s) 0, 1, 2, 3, 4, 5 refuse" in r.stderr
         assert "within 2 s" in r.stderr and "Traceback" not in r.stderr

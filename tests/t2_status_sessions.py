@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
 from bftfs.fs.session import open_session
+from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.processes import ProcessCluster
 
 
 def _status(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "bftfs", "status", "--dir", str(home), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    return bftfs_cli(home, "status", *args, check=False)
 
 
 def test_status_lists_a_client_with_no_mount_on_this_machine(tmp_path: Path) -> None:

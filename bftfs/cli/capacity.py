@@ -111,19 +111,14 @@ def maps_beyond_disk(cfg: Any) -> list[str]:
     free space (``init`` and ``up`` say it: the maps are sparse and grow as data comes, so
     the disk fills before the maps do, and the nodes on it refuse writes together).  Nodes
     whose data directory is not here (other machines) are not counted."""
-    import os
+    from bftfs.node.limits import disk_space, nodes_by_disk
 
-    by_disk: dict[int, list[Any]] = {}
-    for spec in cfg.nodes:
-        try:
-            dev = os.stat(spec.data_dir).st_dev
-        except OSError:
-            continue  # not on this machine
-        by_disk.setdefault(dev, []).append(spec)
     out = []
-    for specs in by_disk.values():
-        st = os.statvfs(specs[0].data_dir)
-        free = st.f_bavail * st.f_frsize
+    for specs in nodes_by_disk(cfg).values():
+        space = disk_space(specs[0].data_dir)
+        if space is None:
+            continue
+        free = space["free"]
         maps = len(specs) * cfg.map_size
         if maps > free:
             ids = ", ".join(str(s.id) for s in specs)

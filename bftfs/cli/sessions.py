@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from bftfs import local as localmod
+from bftfs.cli.statustables import duration
 
 
 def client_sessions(
@@ -46,16 +47,8 @@ def print_sessions(rows: list[dict[str, Any]], now: float | None = None) -> None
         print("  sessions: none (no client connected)")
         return
     now = time.time() if now is None else now
-    print("  client      from              nodes  connected  requests")
+    print("  client      from              nodes    connected  requests")
     for r in rows:
-        age = _age(now - r["since"])
+        age = duration(now - r["since"])
         nodes = len(r["nodes"])
-        print(f"  {r['client']:<11} {r['host']:<17} {nodes:>5} {age:>10}  {r['requests']:>8}")
-
-
-def _age(seconds: float) -> str:
-    """How long ago, in the largest whole unit: ``42 s``, ``7 min``, ``3 h``, ``2 d``."""
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit}"
-    return f"{max(0, int(seconds))} s"
+        print(f"  {r['client']:<11} {r['host']:<17} {nodes:>5}  {age:>11}  {r['requests']:>8}")

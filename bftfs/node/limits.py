@@ -103,11 +103,24 @@ def disk_space(path: Path) -> dict[str, int] | None:
     return {"total": st.f_blocks * st.f_frsize, "free": st.f_bavail * st.f_frsize}
 
 
+def nodes_by_disk(cfg: Any) -> dict[int, list[Any]]:
+    """This cluster's nodes whose data directory is on this machine, by the device (disk)
+    it is on: a local cluster's nodes share one; on their own machines the others'
+    directories are not here."""
+    by_disk: dict[int, list[Any]] = {}
+    for spec in cfg.nodes:
+        try:
+            device = os.stat(spec.data_dir).st_dev
+        except OSError:
+            continue  # not on this machine
+        by_disk.setdefault(device, []).append(spec)
+    return by_disk
+
+
 def disk_share(path: Path, cfg: Any) -> int | None:
     """The bytes of free disk one node's data at ``path`` may count on: the disk's free
     space divided among this cluster's nodes whose data directories are on that same disk
-    (a local cluster's nodes share one; on their own machines each has its own, and the
-    others' directories are not here).  None when the disk cannot be asked."""
+    (:func:`nodes_by_disk`).  None when the disk cannot be asked."""
     space = disk_space(path)
     if space is None:
         return None
@@ -115,10 +128,4 @@ def disk_share(path: Path, cfg: Any) -> int | None:
         device = os.stat(path).st_dev
     except OSError:
         return None
-    sharing = 0
-    for spec in cfg.nodes:
-        try:
-            sharing += os.stat(spec.data_dir).st_dev == device
-        except OSError:
-            continue  # not on this machine
-    return space["free"] // max(1, sharing)
+    return space["free"] // max(1, len(nodes_by_disk(cfg).get(device, [])))

@@ -125,7 +125,7 @@ def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:
     newer = _first(e, StoreFormatError)
     if newer is not None:
         return StartError(f"node {spec.id}: {newer}")
-    os_error = _first_os_error(e)
+    os_error = _first(e, OSError)
     if os_error is None:
         return e
     why = os_error.strerror or str(os_error)
@@ -133,11 +133,6 @@ def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:
         why += f": {proc.describe_port_holder(spec.port)} (stop it, or give node {spec.id} "
         why += "another port in cluster.toml)"
     return StartError(f"node {spec.id}: cannot listen on {spec.address}: {why}")
-
-
-def _first_os_error(e: BaseException) -> OSError | None:
-    """``e`` itself or the first OSError inside it (trio's nurseries group exceptions)."""
-    return _first(e, OSError)
 
 
 def _first(e: BaseException, kind: type[E]) -> E | None:
