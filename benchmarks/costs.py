@@ -57,9 +57,12 @@ def parse_exposition(text: str) -> dict[str, float]:
     return out
 
 
-def _status(config: Any, mountpoint: Path, after: float | None, wait: float) -> dict[str, Any]:
-    """The mount's status file, once rewritten at or after ``after`` (epoch seconds) if
-    given and the daemon does so within ``wait`` seconds; {} when there is none."""
+def _status(
+    config: Any, mountpoint: Path, after: float | None, pid: int | None, wait: float
+) -> dict[str, Any]:
+    """The mount's status file, once written by daemon ``pid`` (if given: a remount's
+    predecessor may have left its own) at or after ``after`` (epoch seconds, if given),
+    or as it is after ``wait`` seconds; {} when there is none."""
     from bftfs.fuse.control import status_file
 
     path = status_file(config, mountpoint)
@@ -70,17 +73,24 @@ def _status(config: Any, mountpoint: Path, after: float | None, wait: float) -> 
         except (OSError, ValueError):
             st = {}
         fresh = after is None or float(st.get("updated") or 0) >= after
+        fresh = fresh and (pid is None or st.get("pid") == pid)
         if fresh or time.monotonic() > deadline:
             return st
         time.sleep(0.1)
 
 
 def mount_counters(
-    config: Any, mountpoint: Path, *, after: float | None = None, wait: float = 5.0
+    config: Any,
+    mountpoint: Path,
+    *,
+    after: float | None = None,
+    pid: int | None = None,
+    wait: float = 5.0,
 ) -> dict[str, float]:
-    """Renewals (status file), rounds and Q/U operations (metrics) of one mount so far;
-    a counter the mount does not report is left out."""
-    st = _status(config, mountpoint, after, wait)
+    """Renewals (status file), rounds and Q/U operations (metrics) of one mount so far
+    (``after``, ``pid``: see ``_status``); a counter the mount does not report is left
+    out."""
+    st = _status(config, mountpoint, after, pid, wait)
     out: dict[str, float] = {}
     leases = st.get("leases")
     if isinstance(leases, dict):
@@ -98,20 +108,28 @@ def mount_counters(
 
 
 class MountCounters:
-    """The mounts' counters (summed over ``mountpoints``) over each phase; nothing for a
-    site without a bftfs cluster."""
+    """The mounts' counters (summed over ``mountpoints``, served by the daemons ``pids``
+    where known) over each phase; nothing for a site without a bftfs cluster."""
 
-    def __init__(self, config: Any, mountpoints: Sequence[Path], *, fresh_start: bool = True):
+    def __init__(
+        self,
+        config: Any,
+        mountpoints: Sequence[Path],
+        pids: Sequence[int | None] = (),
+        *,
+        fresh_start: bool = True,
+    ) -> None:
         self.config = config
         self.mountpoints = list(mountpoints)
+        self.pids = list(pids) or [None] * len(self.mountpoints)
         self.fresh_start = fresh_start
         self.phases: dict[str, dict[str, float]] = {}
         self._start: dict[str, float] = {}
 
     def _snapshot(self, after: float | None) -> dict[str, float]:
         total: dict[str, float] = {}
-        for m in self.mountpoints:
-            for k, v in mount_counters(self.config, m, after=after).items():
+        for m, pid in zip(self.mountpoints, self.pids, strict=True):
+            for k, v in mount_counters(self.config, m, after=after, pid=pid).items():
                 total[k] = total.get(k, 0.0) + v
         return total
 
@@ -130,11 +148,20 @@ class Costs:
     phase; the counters' window encloses the CPU one."""
 
     def __init__(
-        self, site: Site, mountpoints: Sequence[Path] | None = None, *, fresh_start: bool = True
+        self,
+        site: Site,
+        mountpoints: Sequence[Path] | None = None,
+        pids: Sequence[int | None] = (),
+        *,
+        fresh_start: bool = True,
     ) -> None:
+        """``mountpoints`` and their daemons' ``pids``: by default the site's one mount;
+        ``fresh_start=False`` starts a phase at once, counters from the status file as
+        it is (a cold read must not wait while the nodes verify: ``seqio.py``)."""
         self.cpu = profiling.CpuMeter(site)
-        mounts = [site.path] if mountpoints is None else mountpoints
-        self.counters = MountCounters(site.config, mounts, fresh_start=fresh_start)
+        if mountpoints is None:
+            mountpoints, pids = [site.path], [site.pids.get("mount")]
+        self.counters = MountCounters(site.config, mountpoints, pids, fresh_start=fresh_start)
 
     def __call__(self, phase: str, what: str) -> None:
         if what == "start":
@@ -198,6 +225,7 @@ def cost_table(
     figure: str,
     unit: str,
     twins: dict[str, tuple[str, float | None]] | None = None,
+    phase: str = "",
 ) -> list[str]:
     """Markdown lines: per target its figure (already formatted), CPU milliseconds of the
     mount and of the servers per ``unit``, renewals and rounds per ``unit``, and for a
@@ -205,8 +233,9 @@ def cost_table(
     twins = twins or {}
     lines = [
         "",
-        f"Cost per {unit} (medians; CPU from /proc, renewals from the mount's status file, "
-        "rounds from its metrics; servers = bftfs nodes or GlusterFS bricks):",
+        f"Cost per {unit}{' of the ' + phase if phase else ''} (medians; CPU from /proc, "
+        "renewals from the mount's status file, rounds from its metrics; servers = bftfs "
+        "nodes or GlusterFS bricks):",
         "",
         f"| target | {figure} | CPU ms/{unit}: mount | servers | renewals/{unit} "
         f"| Q/U rounds/{unit} | vs twin |",

@@ -1,14 +1,14 @@
 """Aged and loaded variants of the side-by-side benchmarks' targets (issue 62).
 
-``--aged`` adds, after each bftfs target, the same target run on a cluster that first went
-through the ageing workload (``ageing.age``: Andrew rounds, a big file and a tree of small
-files made and removed), measured right after it, while the nodes still verify and
-collect.  ``--load cpu`` adds, after each target, the same target run beside one busy
-process per core (started after the set-up, stopped after the run); ``--load nice-node``
-the same target with one server reniced to 19 (a bftfs node, or a GlusterFS brick, every
-thread of it; targets without servers get no such twin).  Each variant is a target of its
-own, interleaved with the others, so its figure over its twin's (aged / fresh, loaded /
-quiet) is a ratio of medians taken in the same run.
+``--aged`` adds, after each bftfs target with every node sound, the same target run on a
+cluster that first went through the ageing workload (``ageing.age``: Andrew rounds, a big
+file and a tree of small files made and removed), measured right after it, while the
+nodes still verify and collect.  ``--load cpu`` adds, after each target, the same target
+run beside one busy process per core (started after the set-up, stopped after the run);
+``--load nice-node`` the same target with one server reniced to 19 (a bftfs node, or a
+GlusterFS brick, every thread of it; targets without servers get no such twin).  Each
+variant is a target of its own, interleaved with the others, so its figure over its
+twin's (aged / fresh, loaded / quiet) is a ratio of medians taken in the same run.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def expand(specs: Sequence[TargetSpec], aged: bool, load: str | None) -> list[Ta
     out: list[TargetSpec] = []
     for spec in specs:
         group = [spec]
-        if aged and spec.kind == "bftfs":
+        if aged and spec.kind == "bftfs" and not (spec.down or spec.corrupt):
             group.append(replace(spec, name=name_of(spec.name, True, ""), aged=True))
         if load:
             group += [
