@@ -134,6 +134,7 @@ def run_postmark(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        proc.stdout.close()
     text = out.decode(errors="replace")
     res: dict[str, Any] = {"wall_s": round(time.perf_counter() - t0, 3)}
     if "create_end" in marks:
