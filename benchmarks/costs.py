@@ -235,7 +235,7 @@ def cost_table(
         "",
         f"Cost per {unit}{' of the ' + phase if phase else ''} (medians; CPU from /proc, "
         "renewals from the mount's status file, rounds from its metrics; servers = bftfs "
-        "nodes or GlusterFS bricks):",
+        "nodes or GlusterFS bricks; vs twin = this target's figure over its twin's):",
         "",
         f"| target | {figure} | CPU ms/{unit}: mount | servers | renewals/{unit} "
         f"| Q/U rounds/{unit} | vs twin |",
