@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full bench-contention \
 	bench-andrew bench-postmark bench-two-postmarks bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
-	bench-scalability bench-engines bench-replace bench-generation clean
+	bench-scalability bench-engines bench-replace bench-generation bench-aged bench-ageing clean
 
 setup:
 	@scripts/setup.sh
@@ -100,6 +100,28 @@ bench-contention: setup
 # with and without leases, and GlusterFS; one directory on the local disk): tx/s (issue 33).
 bench-two-postmarks: bench-setup
 	$(BIN)/python benchmarks/two_postmarks.py $(BENCH_ARGS)
+
+# Issue 62: every side-by-side benchmark with bftfs fresh and right after the ageing
+# workload (3 Andrew rounds, a 1 GiB file, 3000 small files made and removed), interleaved,
+# with CPU, renewals and Q/U rounds per transaction (per file, per MiB); LOAD=cpu or
+# LOAD=nice-node adds each target loaded beside it (one busy process per core; one node or
+# brick reniced to 19) and the ratio loaded / quiet.
+LOAD ?=
+AGE_MINUTES ?= 60
+VARIANT_ARGS = --aged $(if $(LOAD),--load $(LOAD))
+
+bench-aged: bench-setup
+	@rc=0; \
+	$(BIN)/python benchmarks/andrew.py $(VARIANT_ARGS) $(BENCH_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/postmark.py $(VARIANT_ARGS) $(BENCH_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/seqio.py $(VARIANT_ARGS) $(SEQIO_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/two_postmarks.py $(VARIANT_ARGS) $(BENCH_ARGS) || rc=1; \
+	exit $$rc
+
+# One cluster aged for AGE_MINUTES by rounds of that workload, PostMark 1000 / 4000 after
+# each: transactions/s and CPU per transaction against age (results/ageing.{json,md,svg}).
+bench-ageing: bench-setup
+	$(BIN)/python benchmarks/ageing.py --minutes $(AGE_MINUTES) $(BENCH_ARGS)
 
 # Wall time and CPU per file-system operation (create, open, stat, read, unlink) on the
 # three targets: the figure to compare before and after an optimisation.

@@ -53,7 +53,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import costs  # noqa: E402
 import profiling  # noqa: E402
+import variants  # noqa: E402
 from common import Progress, Site, TargetSpec  # noqa: E402
 
 PHASES = ("mkdir", "copy", "stat", "read", "compile")
@@ -384,16 +386,20 @@ def measure(
             progress(f"run {rep + 1}/{args.runs} {spec.name:<22}", end="")
             rec: dict[str, Any] = {"target": spec.name, "rep": rep}
             try:
-                with common.open_target(spec, work, f"r{rep}") as site:
+                with variants.open_target(spec, work, f"r{rep}", args, progress) as site:
                     rec["setup_s"] = round(site.setup_s, 3)
                     budget = args.down_budget if spec.down else None
                     cpu = profiling.CpuMeter(site)
                     reqs = profiling.NodeCounter(site)
+                    meter = costs.Costs(site)
+                    meter("andrew", "start")
                     try:
                         rec["times"] = run_andrew(
                             tree, site, args.build, args.phase_timeout, (reqs, cpu), budget
                         )
                     finally:
+                        meter("andrew", "end")
+                        rec["costs"] = meter.per_unit("andrew", len(tree.files))
                         rec["cpu"] = cpu.phases
                         if reqs.phases:
                             rec["node_requests"] = reqs.phases
@@ -411,7 +417,8 @@ def measure(
                 t = rec["times"]
                 progress.more(
                     " ".join(f"{p} {common.fmt_s(t[p])}" for p in PHASES)
-                    + f" | total {common.fmt_s(t['total'])}",
+                    + f" | total {common.fmt_s(t['total'])}"
+                    + costs.brief(rec["costs"], "file"),
                     end="\n",
                 )
             runs.append(rec)
@@ -475,6 +482,9 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             "errors": [r["error"] for r in mine if "error" in r],
             "median": {p: common.median([t[p] for t in ok if p in t]) for p in (*PHASES, "total")},
             "min_max": {p: common.spread([t[p] for t in ok if p in t]) for p in (*PHASES, "total")},
+            "costs": costs.median_costs(
+                [r["costs"] for r in mine if "times" in r and "costs" in r]
+            ),
         }
     return out
 
@@ -626,6 +636,13 @@ def markdown(result: dict[str, Any]) -> str:
             "\\* no run finished: the phases its runs finished before they were stopped "
             "(see below); '-' = not reached.",
         ]
+    rows = [
+        (n, common.fmt_s(s["median"]["total"]), s.get("costs") or {}) for n, s in summary.items()
+    ]
+    figure = {n: s["median"]["total"] for n, s in summary.items()}
+    lines += costs.cost_table(
+        rows, "total", "file", variants.ratios(result.get("twins", {}), figure)
+    )
     lines += common.skipped_markdown(result.get("skipped") or {})
     errs = {
         n: s["errors"]
@@ -813,6 +830,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", help="results file stem (default andrew-<short|full>)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    variants.add_arguments(ap)
     args = ap.parse_args(argv)
     args.mode = "full" if args.full else "short"
     if args.runs is None:
@@ -843,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.install_sigterm_handler()
     progress = Progress("andrew", args.quiet)
-    specs = targets_from_args(args)
+    specs = variants.expand(targets_from_args(args), args.aged, args.load)
     skipped = common.skip_reasons(specs)
     for name, why in skipped.items():
         progress(f"{name} skipped: {why}")
@@ -906,7 +924,9 @@ def main(argv: list[str] | None = None) -> int:
             "glusterfs": next(
                 (r["info"] for r in runs if r.get("info") and "volume" in r["info"]), None
             ),
+            **variants.config(args),
         },
+        "twins": variants.twins(specs),
         "phases": list(PHASES),
         "runs": runs,
         "summary": summary,

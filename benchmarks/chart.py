@@ -1,4 +1,5 @@
-"""The README's picture: the latest side-by-side figures as one small SVG, no dependencies.
+"""The README's picture: the latest side-by-side figures as one small SVG, no dependencies
+(and ``lines_svg``: quantities against age for ``ageing.py``).
 
 Reads the JSON files ``andrew.py``, ``postmark.py`` and ``seqio.py`` wrote (the latest of
 each in ``benchmarks/results/`` by default) and draws four panels, one per workload, a bar
@@ -142,6 +143,62 @@ def svg(drawn: list[Panel], caption: str) -> str:
             f'<text x="{x + 17}" y="{legend_y + 10}">{escape(label)}</text>'
         )
     out.append(f'<text x="14" y="{legend_y + 36}" fill="#555">{escape(caption)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class LinePanel:
+    """One quantity against a common x axis: a title and its series (label, values, colour;
+    None where a sample has no value)."""
+
+    title: str
+    series: list[tuple[str, list[float | None], str]]
+
+
+def lines_svg(xs: list[float], drawn: list[LinePanel], xlabel: str, caption: str) -> str:
+    """Panels side by side, each its own linear scale from zero, a polyline per series
+    with a dot per sample (``benchmarks/ageing.py``: rate and CPU against age)."""
+    pw, ph, top, left = 320, 180, 40, 46
+    width, height = pw * len(drawn) + 20, top + ph + 70
+    x_max = max(xs, default=0.0) or 1.0
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    for i, panel in enumerate(drawn):
+        x0, w = 10 + i * pw + left, pw - left - 16
+        values = [v for _l, ys, _c in panel.series for v in ys if v is not None]
+        y_max = (max(values, default=0.0) or 1.0) * 1.1
+        bottom = top + ph
+        out.append(
+            f'<text x="{x0}" y="18" font-weight="bold">{escape(panel.title)}</text>'
+            f'<path d="M{x0},{top} V{bottom} H{x0 + w}" stroke="#333" fill="none"/>'
+            f'<text x="{x0 - 4}" y="{top + 4}" text-anchor="end">{_fmt(y_max)}</text>'
+            f'<text x="{x0 - 4}" y="{bottom}" text-anchor="end">0</text>'
+            f'<text x="{x0 + w}" y="{bottom + 14}" text-anchor="end">{_fmt(x_max)}</text>'
+            f'<text x="{x0 + w / 2}" y="{bottom + 28}" text-anchor="middle">{escape(xlabel)}</text>'
+        )
+        for j, (label, ys, colour) in enumerate(panel.series):
+            points = [
+                (x0 + w * x / x_max, bottom - ph * y / y_max)
+                for x, y in zip(xs, ys, strict=True)
+                if y is not None
+            ]
+            if points:
+                path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+                out.append(f'<polyline points="{path}" stroke="{colour}" fill="none"/>')
+                out += [
+                    f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{colour}"/>'
+                    for px, py in points
+                ]
+            ly = bottom + 44
+            out.append(
+                f'<rect x="{x0 + j * 90}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>'
+                f'<text x="{x0 + j * 90 + 14}" y="{ly}">{escape(label)}</text>'
+            )
+    out.append(f'<text x="14" y="{height - 6}" fill="#555">{escape(caption)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

@@ -255,6 +255,10 @@ class TargetSpec:
     #: Whether the cluster has a volume key, so that mounts encrypt contents (issue 38;
     #: ``bftfs-plain``: none, as every cluster before it).
     seal: bool = True
+    #: Measured after the ageing workload (``variants.py``, ``--aged``; issue 62).
+    aged: bool = False
+    #: Load beside the run (``variants.py``, ``--load``): "", "cpu" or "nice-node".
+    load: str = ""
 
 
 #: The lease term of the ``bftfs-lease`` target (seconds; mount option ``lease=``).
@@ -355,14 +359,16 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
     return None
 
 
-def _mount_options(spec: TargetSpec) -> str | None:
-    """The benchmarks' mount options (``BFTFS_BENCH_OPTIONS``) with the target's own."""
-    if not spec.mount_options:
-        return MOUNT_OPTIONS
+def _mount_options(spec: TargetSpec) -> str:
+    """The benchmarks' mount options (``BFTFS_BENCH_OPTIONS``) with the target's own, and
+    metrics on any free port unless they name one (``costs.py`` reads the Q/U rounds)."""
     base = (
         MOUNT_OPTIONS if MOUNT_OPTIONS is not None else ("allow_other" if os.getuid() == 0 else "")
     )
-    return ",".join(x for x in (base, spec.mount_options) if x)
+    parts = [x for x in (base, spec.mount_options) if x]
+    if not any("metrics_port=" in x for x in parts):
+        parts.append("metrics_port=0")
+    return ",".join(parts)
 
 
 def fuse_unmount(mnt: Path) -> None:

@@ -38,7 +38,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import costs  # noqa: E402
 import profiling  # noqa: E402
+import variants  # noqa: E402
 from common import Progress, Site, TargetSpec  # noqa: E402
 
 QU_NFS_TPS = {0: 129, 1: 114, 2: 102, 3: 93, 4: 84, 5: 76}  # Q/U-NFSv3, Fig. 7 of the paper
@@ -132,6 +134,7 @@ def run_postmark(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        proc.stdout.close()
     text = out.decode(errors="replace")
     res: dict[str, Any] = {"wall_s": round(time.perf_counter() - t0, 3)}
     if "create_end" in marks:
@@ -252,17 +255,18 @@ def measure(
                 "rep": rep,
             }
             try:
-                with common.open_target(spec, work, f"r{rep}") as site:
+                with variants.open_target(spec, work, f"r{rep}", args, progress) as site:
                     rec["setup_s"] = round(site.setup_s, 3)
                     rec["info"] = site.info
-                    cpu = profiling.CpuMeter(site)
-                    cpu("postmark", "start")
+                    meter = costs.Costs(site)
+                    meter("postmark", "start")
                     try:
                         with common.Watchdog(site, args.cap + 300):
                             rec.update(run_postmark(site, work, args, progress))
                     finally:
-                        cpu("postmark", "end")
-                        rec["cpu"] = cpu.phases["postmark"]
+                        meter("postmark", "end")
+                        rec["cpu"] = meter.cpu.phases["postmark"]
+                        rec["costs"] = meter.per_unit("postmark", args.transactions)
             except (common.TargetError, PostMarkError, OSError, RuntimeError) as e:
                 rec["error"] = str(e)
                 progress.more(f" FAILED: {str(e).splitlines()[0][:200]}", end="\n")
@@ -273,7 +277,7 @@ def measure(
                 progress.more(
                     f"  -> {rec['tps']:.0f} tps (create "
                     f"{common.fmt_s(rec.get('create_s'))}, transactions "
-                    f"{common.fmt_s(rec.get('tx_s'))}){part}",
+                    f"{common.fmt_s(rec.get('tx_s'))}){part}" + costs.brief(rec["costs"], "tx"),
                     end="\n",
                 )
             runs.append(rec)
@@ -334,6 +338,8 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             "kind": spec.kind,
             "b": spec.b if spec.kind == "bftfs" else None,
             "durable": spec.durable if spec.kind == "bftfs" else None,
+            "variant": bool(spec.aged or spec.load),
+            "costs": costs.median_costs([r["costs"] for r in ok if "costs" in r]),
             "runs": len(ok),
             "partial_runs": sum(1 for r in ok if "partial" in r),
             "errors": [r["error"] for r in mine if "error" in r],
@@ -392,6 +398,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {s['n'] or '-'} | {tps} | {mms} | "
             f"{common.fmt_s(s['create_s_median'])} | {qu if qu else '-'} | {cpu} | {busy} |"
         )
+    rows = [
+        (n, "-" if s["tps_median"] is None else f"{s['tps_median']:.0f}", s.get("costs") or {})
+        for n, s in summary.items()
+    ]
+    figure = {n: s["tps_median"] for n, s in summary.items()}
+    lines += costs.cost_table(rows, "tx/s", "tx", variants.ratios(result.get("twins", {}), figure))
     for name, s in summary.items():
         if s["kind"] != "bftfs" or s["b"] != 1 or not s["tps_median"]:
             continue
@@ -446,6 +458,7 @@ def _plot_bftfs(ax: Any, summary: dict[str, Any], durable: bool, style: str, lab
         for s in summary.values()
         if s["kind"] == "bftfs"
         and s["tps_median"] is not None
+        and not s.get("variant")
         and s.get("durable", True) is durable
     )
     if not bft:
@@ -585,6 +598,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", help="results file stem (default postmark-<short|full>)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    variants.add_arguments(ap)
     args = ap.parse_args(argv)
     args.mode = "full" if args.full else "short"
     full = args.full
@@ -604,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("postmark") is None:
         progress("postmark is not installed: run scripts/setup-bench.sh (Debian package postmark)")
         return 2
-    specs = specs_from_args(args)
+    specs = variants.expand(specs_from_args(args), args.aged, args.load)
     skipped = common.skip_reasons(specs)
     for name, why in skipped.items():
         progress(f"{name} skipped: {why}")
@@ -642,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
             "no_durable": args.no_durable,
             "no_fsync_bs": args.no_fsync_bs,
             "targets": [s.name for s in specs],
+            **variants.config(args),
         },
+        "twins": variants.twins(specs),
         "qu_nfsv3_tps": QU_NFS_TPS,
         "runs": runs,
         "summary": summary,

@@ -301,14 +301,29 @@ def pct(x: float | None) -> str:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_cpu_seconds(line: str, clk_tck: int = _CLK_TCK) -> float:
+    """User + system CPU seconds from one ``/proc/<pid>/stat`` line.
+
+    The command name (field 2) is in parentheses and may itself hold spaces and ``)``, so
+    the fields are counted from its last ``)``.
+
+    Raises:
+        ValueError: the line is not a stat line.
+    """
+    try:
+        fields = line.rsplit(")", 1)[1].split()
+        # After the command name: state is field 3, utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / clk_tck
+    except IndexError as e:
+        raise ValueError(f"not a /proc stat line: {line[:80]!r}") from e
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process (all its threads) so far, or None if gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError):
         return None
-    # After the command name: state is field 3, utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def settle(pids: list[int], deadline_s: float = 600.0, idle_cores: float = 0.2) -> float:

@@ -64,7 +64,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import costs  # noqa: E402
 import profiling  # noqa: E402
+import variants  # noqa: E402
 from common import Progress, Site, TargetSpec  # noqa: E402
 
 MiB = 1 << 20
@@ -276,6 +278,10 @@ def one_run(
             **_parts(rhooks, "read", profile),
         }
     rec["cpu"] = {**wcpu.phases, **rcpu.phases}
+    rec["costs"] = {
+        "write": hooks[-1].per_unit("write", args.size),
+        "read": rhooks[-1].per_unit("read", args.size),
+    }
     rec["write_MBps"] = args.size_bytes / MB / rec["write_s"]
     rec["read_MBps"] = args.size_bytes / MB / rec["read_s"]
     if args.verify:
@@ -319,7 +325,8 @@ class _ProcessCpu:
 
 
 def _hooks(site: Site, profile: Path | None) -> list[Any]:
-    """The CPU meter, and with ``profile`` per-process CPU and py-spy on every process."""
+    """The CPU meter, with ``profile`` per-process CPU and py-spy on every process, and
+    last the costs per MiB (``costs.Costs``: a phase starts at once, see there)."""
     hooks: list[Any] = [profiling.CpuMeter(site)]
     if profile is not None:
         watch = tuple(site.pids)
@@ -328,7 +335,7 @@ def _hooks(site: Site, profile: Path | None) -> list[Any]:
             profiling.Profiler(site, profile, watch, lines=True),
             profiling.NodeCounter(site),
         ]
-    return hooks
+    return [*hooks, costs.Costs(site, fresh_start=False)]
 
 
 def _parts(hooks: list[Any], phase: str, profile: Path) -> dict[str, Any]:
@@ -386,7 +393,7 @@ def measure(
             progress(f"run {rep + 1}/{args.runs} {spec.name:<12}", end="")
             rec: dict[str, Any] = {"target": spec.name, "rep": rep}
             try:
-                with common.open_target(spec, work, f"r{rep}") as site:
+                with variants.open_target(spec, work, f"r{rep}", args, progress) as site:
                     rec["setup_s"] = round(site.setup_s, 3)
                     rec["info"] = site.info
                     with common.Watchdog(site, args.timeout):
@@ -406,7 +413,8 @@ def measure(
                         f", settled read {rec['settled_MBps']:.1f} MB/s"
                         if "settled_MBps" in rec
                         else ""
-                    ),
+                    )
+                    + costs.brief(rec["costs"]["read"], "MiB read"),
                     end="\n",
                 )
             runs.append(rec)
@@ -445,6 +453,7 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             entry[f"{ph}_MBps_min_max"] = common.spread(rates)
             peaks = [r["daemon_peak_rss_mib"][ph] for r in ok if "daemon_peak_rss_mib" in r]
             entry[f"{ph}_daemon_peak_rss_mib_max"] = max(peaks) if peaks else None
+            entry[f"{ph}_costs"] = costs.median_costs([r["costs"][ph] for r in ok if "costs" in r])
             entry[f"{ph}_cpu_median"] = {
                 k: common.median([r["cpu"][ph][k] for r in ok if k in r["cpu"].get(ph, {})])
                 for k in ("wall", "workload", "mount", "bindfs", "nodes")
@@ -553,6 +562,14 @@ def markdown(result: dict[str, Any]) -> str:
                 w = common.ratio(summary[b]["write_MBps_median"], summary[r]["write_MBps_median"])
                 rd = common.ratio(summary[b]["read_MBps_median"], summary[r]["read_MBps_median"])
                 lines.append(f"| {b} / {r} | {common.fmt_ratio(w)} | {common.fmt_ratio(rd)} |")
+    for ph in PHASES:
+        rows = [
+            (n, rate(s[f"{ph}_MBps_median"]), s.get(f"{ph}_costs") or {})
+            for n, s in summary.items()
+        ]
+        figure = {n: s[f"{ph}_MBps_median"] for n, s in summary.items()}
+        twins = variants.ratios(result.get("twins", {}), figure)
+        lines += costs.cost_table(rows, f"{ph} MB/s", "MiB", twins, phase=ph)
     lines += _settled_markdown(summary)
     healthy = next((n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]), None)
     faulty = [n for n in bft if n != healthy and ("down)" in n or "corrupting)" in n) and healthy]
@@ -687,6 +704,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", default="seqio", help="results file stem (default seqio)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    variants.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.size <= 0 or args.block <= 0 or args.runs < 0 or not (args.runs or args.profile):
         ap.error("--size and --block must be positive, --runs too unless --profile")
@@ -708,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bftfs-plain)"
             )
         specs.append(spec)
+    specs = variants.expand(specs, args.aged, args.load)
     skipped = common.skip_reasons(specs)
     for name, why in skipped.items():
         progress(f"{name} skipped: {why}")
@@ -765,7 +784,9 @@ def main(argv: list[str] | None = None) -> int:
             "glusterfs": next(
                 (r["info"] for r in runs if r.get("info") and "volume" in r["info"]), None
             ),
+            **variants.config(args),
         },
+        "twins": variants.twins(specs),
         "runs": runs,
         "summary": summary,
         "profile": profile,

@@ -42,9 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import contention  # noqa: E402
+import costs  # noqa: E402
 import gluster  # noqa: E402
 import postmark  # noqa: E402
-from common import Progress  # noqa: E402
+import variants  # noqa: E402
+from common import Progress, Site, TargetSpec  # noqa: E402
 
 TARGETS = ("local", "glusterfs", "bftfs-nolease", "bftfs-lease")
 LEASE_KEYS = ("recalled", "refused", "exclusive", "deferred", "taken")
@@ -95,41 +97,79 @@ def run_pair(loc: Path, locs: list[Path], work: Path, args: argparse.Namespace) 
 
 
 @contextlib.contextmanager
-def _gluster_two(base: Path) -> Iterator[tuple[Path, Path, dict[str, Any]]]:
-    """A replica-3 volume mounted twice (two FUSE clients)."""
+def _gluster_two(base: Path) -> Iterator[tuple[Path, Path, dict[str, int]]]:
+    """A replica-3 volume mounted twice (two FUSE clients); the processes serving it."""
     with gluster.volume(base) as vol:
         second = base / "mnt2"
         second.mkdir()
         gluster._mount(vol.name, second, base / "client2.log")
+        pids = dict(vol.pids)
+        pid2 = gluster._client_pid(vol.name, second)
+        if pid2 is not None:
+            pids["mount2"] = pid2
         try:
-            yield vol.mountpoint, second, vol.info
+            yield vol.mountpoint, second, pids
         finally:
             with contextlib.suppress(OSError):
                 gluster._unmount(second)
 
 
-def run_target(name: str, work: Path, args: argparse.Namespace, tag: str) -> dict[str, Any]:
-    """One run of both PostMarks on a fresh ``name`` target."""
-    base = work / f"{name}-{tag}"
+def _measured(
+    site: Site,
+    b: Path | None,
+    pid_b: int | None,
+    work: Path,
+    args: argparse.Namespace,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Both PostMarks in ``shared`` of the site's mount and of ``b`` (the second mount of
+    the same file system, or None: one mount), under the site's variant's conditions;
+    their costs per transaction of both."""
+    a = site.path
+    second = a if b is None else b
+    mounts = [a] if b is None else [a, b]
+    meter = costs.Costs(site, mounts, [site.pids.get("mount"), pid_b][: len(mounts)])
+    with variants.conditions(site.spec, site, args, progress):
+        meter("pair", "start")
+        try:
+            out = run_pair(a / "shared", [a / "shared", second / "shared"], work, args)
+        finally:
+            meter("pair", "end")
+    out["costs"] = meter.per_unit("pair", 2 * args.transactions)
+    out["info"] = site.info
+    return out
+
+
+def run_target(
+    spec: TargetSpec, work: Path, args: argparse.Namespace, tag: str, progress: Progress
+) -> dict[str, Any]:
+    """One run of both PostMarks on a fresh target (``spec``: a name of ``TARGETS`` or a
+    variant of one, ``variants.py``)."""
+    name = variants.base_name(spec)
+    base = work / f"{spec.name.replace(' ', '_')}-{tag}"
     base.mkdir()
     try:
         if name == "local":
-            d = base / "shared"
-            return run_pair(d, [d, d], work, args)
+            (base / "d").mkdir()
+            return _measured(Site(spec, base / "d"), None, None, work, args, progress)
         if name == "glusterfs":
-            with _gluster_two(base) as (a, b, _info):
-                return run_pair(a / "shared", [a / "shared", b / "shared"], work, args)
+            with _gluster_two(base) as (a, b, pids):
+                return _measured(Site(spec, a, pids), b, pids.get("mount2"), work, args, progress)
         from bftfs.testing.mounts import Mount
         from bftfs.testing.processes import ProcessCluster
 
-        options = contention.TARGETS[name]
+        options = ",".join(x for x in (contention.TARGETS[name], "metrics_port=0") if x)
         with (
             ProcessCluster(base / "c", map_size=1 << 30, durable=True, clients=2) as pc,
             Mount(pc.config, base / "a", client="client0", options=options) as ma,
             Mount(pc.config, base / "b", client="client1", options=options) as mb,
         ):
-            a, b = ma.mountpoint, mb.mountpoint
-            out = run_pair(a / "shared", [a / "shared", b / "shared"], work, args)
+            pids = {f"node{i}": p for i in range(pc.config.n) if (p := pc.pid(i)) is not None}
+            if ma.proc is not None:
+                pids["mount"] = ma.proc.pid
+            site = Site(spec, ma.mountpoint, pids, config=pc.config)
+            pid_b = mb.proc.pid if mb.proc is not None else None
+            out = _measured(site, mb.mountpoint, pid_b, work, args, progress)
             leases = contention._leases(pc, ma) + contention._leases(pc, mb)
             out["leases"] = {k: leases[k] for k in LEASE_KEYS}
             return out
@@ -137,9 +177,9 @@ def run_target(name: str, work: Path, args: argparse.Namespace, tag: str) -> dic
         shutil.rmtree(base, ignore_errors=True)
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in TARGETS:
+    for name in names:
         mine = [r for r in runs if r["target"] == name]
         ok = [r for r in mine if "tps" in r]
         leases: Counter[str] = Counter()
@@ -153,6 +193,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 common.median([r["procs"][i]["tps"] for r in ok]) for i in (0, 1)
             ],
             "leases": dict(leases) if any(r.get("leases") for r in ok) else None,
+            "costs": costs.median_costs([r["costs"] for r in ok if "costs" in r]),
             "errors": [r["error"] for r in mine if "error" in r]
             + [e for r in mine for p in r.get("procs", []) for e in [p.get("error")] if e],
             "postmark_errors_median": common.median(
@@ -226,6 +267,13 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"- {n}: `{e.splitlines()[0][:300]}`")
     else:
         lines += ["", "Neither PostMark printed an error on any target (no name collisions)."]
+    rows = [
+        (n, "-" if v["tps_median"] is None else f"{v['tps_median']:.0f}", v.get("costs") or {})
+        for n, v in s.items()
+    ]
+    figure = {n: v["tps_median"] for n, v in s.items()}
+    twins = variants.ratios(result.get("twins", {}), figure)
+    lines += costs.cost_table(rows, "tx/s both", "tx", twins)
     lines += common.machine_markdown(result)
     return "\n".join(lines) + "\n"
 
@@ -249,6 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=Path("/var/tmp"))
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     ap.add_argument("--name", default="two-postmarks", help="results file stem")
+    variants.add_arguments(ap)
     args = ap.parse_args(argv)
     args.targets = [t for t in args.targets.split(",") if t]
     for t in args.targets:
@@ -268,23 +317,29 @@ def main(argv: list[str] | None = None) -> int:
     if "glusterfs" in targets and gluster.why_not():
         progress(f"glusterfs skipped: {gluster.why_not()}")
         targets.remove("glusterfs")
+    specs = variants.expand(
+        [TargetSpec(n, "bftfs" if n.startswith("bftfs") else n) for n in targets],
+        args.aged,
+        args.load,
+    )
     machine = common.machine_info()
     date = common.now_utc()
     work = Path(tempfile.mkdtemp(prefix="bftfs-2pm-", dir=args.work))
     runs: list[dict[str, Any]] = []
     try:
         for rep in range(args.runs):
-            for name in targets:
-                progress(f"run {rep + 1}/{args.runs} {name:<14}", end="")
-                rec: dict[str, Any] = {"target": name, "rep": rep}
+            for spec in specs:
+                progress(f"run {rep + 1}/{args.runs} {spec.name:<14}", end="")
+                rec: dict[str, Any] = {"target": spec.name, "rep": rep}
                 try:
-                    rec.update(run_target(name, work, args, f"r{rep}"))
+                    rec.update(run_target(spec, work, args, f"r{rep}", progress))
                 except Exception as e:  # a failed set-up is recorded, the others go on
                     rec["error"] = f"{type(e).__name__}: {e}"
                 per = " + ".join(f"{p.get('tps', 0):.0f}" for p in rec.get("procs", []))
                 progress.more(
                     f" -> {rec.get('tps', 0):.0f} tx/s ({per}) {rec.get('leases', '')}"
-                    f" {rec.get('error', '')[:200]}",
+                    f" {rec.get('error', '')[:200]}"
+                    + (costs.brief(rec["costs"], "tx") if "costs" in rec else ""),
                     end="\n",
                 )
                 runs.append(rec)
@@ -309,9 +364,10 @@ def main(argv: list[str] | None = None) -> int:
                 "apart",
             )
         }
-        | {"targets": targets},
+        | {"targets": [s.name for s in specs], **variants.config(args)},
+        "twins": variants.twins(specs),
         "runs": runs,
-        "summary": {k: v for k, v in summarise(runs).items() if k in targets},
+        "summary": summarise(runs, [s.name for s in specs]),
     }
     md = common.write_results(
         args.out, args.name, result, markdown, None, progress, with_plot=False

@@ -1,0 +1,204 @@
+"""Aged and loaded variants of the side-by-side benchmarks' targets (issue 62).
+
+``--aged`` adds, after each bftfs target with every node sound, the same target run on a
+cluster that first went through the ageing workload (``ageing.age``: Andrew rounds, a big
+file and a tree of small files made and removed), measured right after it, while the
+nodes still verify and collect.  ``--load cpu`` adds, after each target, the same target
+run beside one busy process per core (started after the set-up, stopped after the run);
+``--load nice-node`` the same target with one server reniced to 19 (a bftfs node, or a
+GlusterFS brick, every thread of it; targets without servers get no such twin).  Each
+variant is a target of its own, interleaved with the others, so its figure over its
+twin's (aged / fresh, loaded / quiet) is a ratio of medians taken in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import common
+from common import Progress, Site, TargetSpec
+
+LOADS = ("cpu", "nice-node")
+NICE = 19
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The variants' flags, the same in every benchmark that offers them."""
+    ap.add_argument(
+        "--aged",
+        action="store_true",
+        help="also run each bftfs target after the ageing workload (benchmarks/ageing.py), "
+        "right after it, interleaved with the fresh one",
+    )
+    ap.add_argument(
+        "--load",
+        choices=LOADS,
+        help="also run each target loaded: cpu = one busy process per core beside the run; "
+        "nice-node = one bftfs node or GlusterFS brick reniced to 19",
+    )
+    ap.add_argument(
+        "--age-big-mib", type=int, default=1024, help="ageing: the big file's MiB (1024)"
+    )
+    ap.add_argument(
+        "--age-small-files", type=int, default=3000, help="ageing: small files made (3000)"
+    )
+    ap.add_argument("--age-andrew-rounds", type=int, default=3, help="ageing: Andrew rounds (3)")
+
+
+def name_of(base: str, aged: bool, load: str) -> str:
+    """A variant's target name: the base's, ``aged`` and the load after it."""
+    return base + (" aged" if aged else "") + (f" +{load}" if load else "")
+
+
+def base_name(spec: TargetSpec) -> str:
+    """The name ``spec`` had before ``expand`` made it a variant."""
+    name = spec.name
+    if spec.load:
+        name = name.removesuffix(f" +{spec.load}")
+    if spec.aged:
+        name = name.removesuffix(" aged")
+    return name
+
+
+def expand(specs: Sequence[TargetSpec], aged: bool, load: str | None) -> list[TargetSpec]:
+    """The targets with their variants, each right after its twin."""
+    out: list[TargetSpec] = []
+    for spec in specs:
+        group = [spec]
+        if aged and spec.kind == "bftfs" and not (spec.down or spec.corrupt):
+            group.append(replace(spec, name=name_of(spec.name, True, ""), aged=True))
+        if load:
+            group += [
+                replace(s, name=name_of(s.name, False, load), load=load)
+                for s in list(group)
+                if load == "cpu" or s.kind in ("bftfs", "glusterfs")
+            ]
+        out += group
+    return out
+
+
+def twin_of(spec: TargetSpec) -> tuple[str, str] | None:
+    """The twin a variant is compared with and what the ratio means, or None for a
+    plain target: a loaded one against the same quiet, an aged one against the fresh."""
+    if spec.load:
+        return name_of(base_name(spec), spec.aged, ""), "loaded / quiet"
+    if spec.aged:
+        return base_name(spec), "aged / fresh"
+    return None
+
+
+def twins(specs: Sequence[TargetSpec]) -> dict[str, list[str]]:
+    """Per variant: its twin's name and what their ratio means (kept in the results)."""
+    return {s.name: list(t) for s in specs if (t := twin_of(s)) is not None}
+
+
+def ratios(
+    pairs: dict[str, list[str]], figure: dict[str, float | None]
+) -> dict[str, tuple[str, float | None]]:
+    """Per variant of ``pairs`` (``twins``): what its ratio means, and its figure over
+    its twin's."""
+    return {
+        name: (what, common.ratio(figure.get(name), figure.get(twin)))
+        for name, (twin, what) in pairs.items()
+    }
+
+
+# Conditions -------------------------------------------------------------------------------
+
+
+class CpuHog:
+    """One busy process per core (``with CpuHog():``), stopped and reaped on exit."""
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.n = processes or os.cpu_count() or 1
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> CpuHog:
+        for _ in range(self.n):
+            self.procs.append(
+                subprocess.Popen([sys.executable, "-c", "while True: pass"], close_fds=True)
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs.clear()
+
+
+def first_server(pids: dict[str, int]) -> tuple[str, int] | None:
+    """The server a ``nice-node`` load renices: the lowest-numbered ``node<i>``."""
+    nodes = sorted(
+        (int(m.group(1)), k, v) for k, v in pids.items() if (m := re.fullmatch(r"node(\d+)", k))
+    )
+    return (nodes[0][1], nodes[0][2]) if nodes else None
+
+
+def renice(pid: int, nice: int = NICE) -> int:
+    """Renice every thread of ``pid`` (Linux keeps a nice value per thread); threads
+    made later inherit it from their creator.  How many threads were reniced."""
+    done = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+            done += 1
+    return done
+
+
+@contextlib.contextmanager
+def conditions(
+    spec: TargetSpec, site: Site, args: argparse.Namespace, progress: Progress
+) -> Iterator[None]:
+    """Age ``site`` if ``spec`` is an aged variant (its seconds go to ``site.info``), then
+    hold ``spec``'s load while the body runs."""
+    if spec.aged:
+        import ageing  # it imports andrew, which imports this module
+
+        progress.more(" (ageing", end="")
+        site.info["ageing"] = ageing.age(site.path / ".ageing", ageing.config_from(args))
+        progress.more(f" {site.info['ageing']['total_s']:.0f} s)")
+    if spec.load == "cpu":
+        with CpuHog():
+            yield
+        return
+    if spec.load == "nice-node":
+        server = first_server(site.pids)
+        if server is None:
+            raise common.TargetError(f"{spec.name}: no server process to renice")
+        site.info["reniced"] = {"process": server[0], "threads": renice(server[1])}
+    yield
+
+
+@contextlib.contextmanager
+def open_target(
+    spec: TargetSpec, work: Path, tag: str, args: argparse.Namespace, progress: Progress
+) -> Iterator[Site]:
+    """``common.open_target``, then the variant's conditions (``conditions``)."""
+    with common.open_target(spec, work, tag) as site, conditions(spec, site, args, progress):
+        yield site
+
+
+def config(args: argparse.Namespace) -> dict[str, Any]:
+    """The variants' part of a results file's configuration."""
+    return {
+        "aged": args.aged,
+        "load": args.load,
+        "ageing": {
+            "andrew_rounds": args.age_andrew_rounds,
+            "big_mib": args.age_big_mib,
+            "small_files": args.age_small_files,
+        }
+        if args.aged
+        else None,
+    }
