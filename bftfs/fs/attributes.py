@@ -8,6 +8,7 @@ join that state and go with its next flush (:meth:`Attributes.setattr`).
 
 from __future__ import annotations
 
+import math
 import stat as st
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ from bftfs.fs.files.openfile import OpenFile, initial_reserve
 from bftfs.fs.files.reclaim import Reclaimer, dead_contents
 from bftfs.fs.files.table import HandleTable
 from bftfs.fs.names import Names
+from bftfs.fs.names.held import held_here, own_made_dir
 from bftfs.fs.writeback import PendingCreates
 from bftfs.rw.messages import block_id
 
@@ -229,24 +231,67 @@ class Attributes:
 
     # Extended attributes -------------------------------------------------------------------
 
+    def known_xattrs(self, ino: int) -> frozenset[bytes] | None:
+        """The names of ``ino``'s extended attributes when this mount knows them whole
+        without a round, else None (issue 62: ``ls -l`` asks every file for
+        ``security.selinux``, and each was a query).  Known from attributes that are the
+        object's now: an open file's (close-to-open) or a file held here exclusively, a
+        create or mkdir this mount has not sent (no server holds it: it has none), its own
+        update's within the attribute timeout, a directory it made and holds; or from an
+        answer kept under a lease on it (``LeasedAnswers.xattrs``): a stat saying it has
+        none (``nx == 0``), an ``fs.listxattr``.  Changing them here (:meth:`setxattr`)
+        forgets what was known."""
+        leases = self.meta.leases
+        f = self.cache.files.get(ino)
+        s = f.st if f is not None and (f.opens or held_here(leases, ino)) else None
+        if s is None:
+            s = self.cache.local_stat(ino) or self.cache.fresh(ino)
+        if s is None:
+            s = own_made_dir(self.cache, leases, ino)
+        if s is not None and s.get("nx") == 0:
+            return frozenset()
+        if leases is not None and leases.remaining(ino, math.inf) > 0:
+            return leases.answers.xattrs.get(ino)
+        return None
+
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        """One query, unless fresh attributes say the object has no extended attributes (the
-        kernel asks for ``security.capability`` before the first write to every file)."""
-        fresh = self.cache.fresh(ino)
-        if fresh is not None and fresh.get("nx") == 0:
+        """One query, unless the object's names are known here (:meth:`known_xattrs`) and
+        ``name`` is not one of them: "no such attribute" at once, and nothing held back is
+        sent for it (the query would first send the held-back creates it must follow)."""
+        known = self.known_xattrs(ino)
+        if known is not None and name not in known:
+            self.meta.methods["known fs.getxattr"] += 1
             raise NoAttr()
         return await self.meta.query(ino, "fs.getxattr", name)
 
     async def listxattr(self, ino: int) -> list[bytes]:
+        known = self.known_xattrs(ino)
+        if known is not None:
+            self.meta.methods["known fs.listxattr"] += 1
+            return sorted(known)
         return list(await self.meta.query(ino, "fs.listxattr"))
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         if len(value) > obj.XATTR_SIZE_MAX:  # the nodes allow a sealed value's overhead more
             raise TooBig()
         arg = {"name": name, "value": bytes(value), "flags": flags, "now": self.meta.now()}
-        await self.meta.update([ino], "fs.setxattr", arg)
-        self.cache.own.pop(ino, None)
+        try:
+            await self.meta.update([ino], "fs.setxattr", arg)
+        finally:
+            self._xattrs_changed(ino)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        await self.meta.update([ino], "fs.removexattr", {"name": name, "now": self.meta.now()})
+        try:
+            await self.meta.update([ino], "fs.removexattr", {"name": name, "now": self.meta.now()})
+        finally:
+            self._xattrs_changed(ino)
+
+    def _xattrs_changed(self, ino: int) -> None:
+        """This mount changed (or may have changed) ``ino``'s extended attributes: the
+        attributes it keeps of it no longer tell their number.  An open file's kept its
+        ``nx`` before, and a ``getxattr`` of the name just set answered ENODATA while the
+        file was open."""
         self.cache.own.pop(ino, None)
+        f = self.cache.files.get(ino)
+        if f is not None and f.st.get("nx") is not None:
+            f.st = {**f.st, "nx": None}

@@ -368,7 +368,9 @@ class FileSystem:
 
     def lease_remaining(self, ino: int, since: float) -> float:
         leases = self.meta.leases
-        return 0.0 if leases is None else leases.remaining(ino, since)
+        left = 0.0 if leases is None else leases.remaining(ino, since)
+        cover = self.outbox.cover  # a held-back object: its directory's (writeback/covered.py)
+        return left if left > 0 or cover is None else cover.left(ino)
 
     def on_lease_recall(self, forget: Callable[[list[int]], Awaitable[None]]) -> None:
         if self.meta.leases is not None:
@@ -377,7 +379,8 @@ class FileSystem:
                 # Own updates' attributes too: within ``attr_ttl`` they would answer the
                 # kernel's fresh getattr with a mode older than the recaller's change.
                 self.cache.forget_own(inos)
-                await forget(inos)
+                cover = self.outbox.cover
+                await forget(inos if cover is None else inos + cover.told_under(inos))
 
             self.meta.leases.before_release = forget_all
 

@@ -8,7 +8,10 @@ part of (so an update drops what it touches in proportion to that, not to all th
 kept), a generation per object (a query in flight across an update is not kept) and, per
 directory, the listing known whole under the lease: a lookup of any other name is a miss,
 and a lookup of a listed name whose object the listing or the mount's own update named is
-answered from it.
+answered from it.  It also keeps, per object, the names of its extended attributes as an
+answer kept under the lease tells them (a stat's ``nx == 0``: none; an ``fs.listxattr``:
+those), so a ``getxattr`` of any other name is answered "no such attribute" without a
+round (``ls -l`` asks every file for ``security.selinux``: issue 62).
 """
 
 from __future__ import annotations
@@ -37,6 +40,26 @@ _REMOVES_NAME = frozenset({"fs.unlink", "fs.unlinkmany", "fs.rmdir"})
 
 #: Refusals that say who holds what now, not what the object is: never kept.
 _PASSING = frozenset({"leased", "busy", "recalled"})
+
+#: Queries whose answer is one object's stat (``fsobjects.stat_of``, with its ``nx``).
+_STAT_OF_ONE = frozenset({"fs.stat", "fs.open"})
+
+
+def xattr_names_told(oids: Sequence[int], method: str, answer: Any) -> dict[int, frozenset[bytes]]:
+    """The objects whose extended attributes' names a query's answer tells whole: one
+    whose stat (a stat, an open, a listing's ``fs.statmany``, a ``fs.lookupstat``) says it
+    has none (``nx == 0``), or an ``fs.listxattr``'s.  Anything malformed tells nothing."""
+    stats: list[tuple[int, Any]] = []
+    if method in _STAT_OF_ONE and len(oids) == 1:
+        stats = [(oids[0], answer)]
+    elif method == "fs.statmany" and isinstance(answer, dict):
+        stats = [(o, answer.get(str(o))) for o in oids]
+    elif method == "fs.lookupstat" and len(oids) == 2 and isinstance(answer, dict):
+        stats = [(oids[1], answer.get("s"))]
+    elif method == "fs.listxattr" and len(oids) == 1 and isinstance(answer, list):
+        names = [n for n in answer if isinstance(n, bytes)]
+        return {oids[0]: frozenset(names)} if len(names) == len(answer) else {}
+    return {o: frozenset() for o, s in stats if isinstance(s, dict) and s.get("nx") == 0}
 
 
 def looked_up_name(method: str, arg: Any) -> bytes | None:
@@ -106,6 +129,9 @@ class LeasedAnswers:
         self.listings: dict[int, dict[bytes, list[int] | None]] = {}
         #: Directories whose listing is being read (:meth:`read_listing`).
         self._reading: set[int] = set()
+        #: Leased objects -> the names of their extended attributes, as an answer kept
+        #: under the lease told them whole (:func:`xattr_names_told`).
+        self.xattrs: dict[int, frozenset[bytes]] = {}
 
     def read_listing(
         self,
@@ -168,6 +194,8 @@ class LeasedAnswers:
         key = _key(oids, method, arg)
         if key is not None:
             self._keep(oids, key, answer, looked_up_name(method, arg))
+        if not is_refusal(answer):
+            self.xattrs.update(xattr_names_told(oids, method, answer))
         if method == "fs.readdir" and len(oids) == 1 and not is_refusal(answer):
             self.listings[oids[0]] = {n: list(e) for n, e in entries(answer).items()}
 
@@ -177,6 +205,7 @@ class LeasedAnswers:
             entries_only = o == parent  # (no names: only the directory's times changed)
             if not entries_only:
                 self.listings.pop(o, None)  # not entries: the names may have changed
+                self.xattrs.pop(o, None)  # (an entry update changes no extended attribute)
             self._generation[o] += 1
             self._forget(o, but_names_other_than=names if entries_only else None)
 
@@ -214,6 +243,7 @@ class LeasedAnswers:
     def drop(self, oid: int) -> None:
         """The lease on ``oid`` ended: nothing kept of it answers any more."""
         self.listings.pop(oid, None)
+        self.xattrs.pop(oid, None)
         self._generation[oid] += 1
         self._forget(oid)
 

@@ -24,6 +24,7 @@ from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.files.table import HandleTable
 from bftfs.fs.leases import Leases
+from bftfs.fs.writeback.covered import HeldBackCover
 from bftfs.fs.writeback.creates import PendingCreates
 from bftfs.fs.writeback.creates_update import OpenExisting, PendingCreate
 from bftfs.fs.writeback.held import HeldFiles
@@ -220,6 +221,11 @@ class Outbox:
         self.held: HeldFiles | None = None if back is None else back.held
         self.mkdirs: PendingMkdirs | None = None if back is None else back.mkdirs
         self.renames: PendingRenames | None = None if back is None else back.renames
+        #: How long the kernel may keep a held-back object's attributes (None: nothing
+        #: is held back under a lease).
+        self.cover = (
+            None if back is None or leases is None else HeldBackCover(leases, self.held_back_in)
+        )
 
     async def entries_first(self, directory: int) -> None:
         """What a create in ``directory`` must follow (``HeldBack.entries_first``)."""
@@ -235,6 +241,15 @@ class Outbox:
         a file whose create waits in write-back), or None."""
         made = None if self.mkdirs is None else self.mkdirs.stat_of(oid)
         return made or self.creates.deferred_stat(oid)
+
+    def held_back_in(self, oid: int) -> int | None:
+        """The directory ``oid`` waits in when no server holds it yet (a held-back mkdir's
+        directory, a file whose create waits in write-back), else None."""
+        if self.local_stat(oid) is None:
+            return None
+        made = None if self.mkdirs is None else self.mkdirs.pending_of(oid)
+        p = made or self.creates.creates.pending_of(oid)
+        return None if p is None else p.parent
 
     def links_in(self, directory: int) -> int:
         """Links the held-back mkdirs in ``directory`` add to its link count."""

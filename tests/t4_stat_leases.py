@@ -1,0 +1,230 @@
+"""Tier 4: ``stat``, ``ls -l`` and extended attributes of files a mount holds leases on, or
+holds back, answered in the mount (issue 62), through real mounts of node processes.
+
+``ls -l`` asks every file for ``security.selinux`` (and its ACLs, which the FUSE layer
+answers itself); each became a Q/U query, and one of a file whose create was held back
+sent the held-back creates first.  Under a lease, or held back, the mount knows the
+object has no extended attributes and answers ENODATA without a round; the kernel keeps
+a held-back file's attributes for what is left of the lease it waits under, and forgets
+them when another mount's look recalls it.  Counts come from the mount's Prometheus
+metrics: Q/U operations by method (``bftfs_mount_qu_operations_total``; answers given in
+the mount are counted as ``known ...`` and ``leased ...``) and kernel requests by operation.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mount_helpers import suite_cluster
+from t4_leases import _lease_exclusively, _leases, _wait
+
+from bftfs.fuse import control
+from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
+from bftfs.testing.processes import ProcessCluster
+
+pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+#: What ``ls -l`` asks of each file that reaches the mount's file system (strace of
+#: coreutils 9.1; ``system.posix_acl_*`` are answered by the FUSE layer).
+SELINUX = "security.selinux"
+#: Files of the listed tree.
+FILES = 24
+#: Lease term and commit window of the mounts: long enough that nothing ends or is sent by
+#: time alone while a test runs.
+OPTIONS = "allow_other,metrics_port=0,lease=60,commit=60"
+#: Rounds that keep leases (renewals, releases): not answers to what the test asks.
+_UPKEEP = frozenset({"fs.lease", "fs.release"})
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    with suite_cluster(tmp_path_factory.mktemp("cluster") / "c") as pc:
+        yield pc
+
+
+def _metrics(pc: ProcessCluster, m: Mount) -> Counter[str]:
+    """The mount's Q/U operations by method (``qu <method>``) and kernel requests by
+    operation (``fuse <op>``), now."""
+    status = control.status_file(pc.config, m.mountpoint)
+    _wait("the status file", 10, status.exists)
+    address = json.loads(status.read_text())["metrics"]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        for prefix, kind in (
+            ('bftfs_mount_qu_operations_total{method="', "qu"),
+            ('bftfs_mount_request_duration_seconds_count{op="', "fuse"),
+        ):
+            if line.startswith(prefix):
+                out[f"{kind} {line[len(prefix) :].split(chr(34))[0]}"] = int(
+                    float(line.split()[-1])
+                )
+    return out
+
+
+def _rounds(before: Counter[str], after: Counter[str]) -> dict[str, int]:
+    """Q/U operations sent to the nodes between two readings, by method (answers given in
+    the mount and lease upkeep left out)."""
+    out = {}
+    for key, n in (after - before).items():
+        kind, method = key.split(" ", 1)
+        if kind == "qu" and " " not in method and method not in _UPKEEP:
+            out[method] = n
+    return out
+
+
+def _no_attr(path: Path, name: str = SELINUX) -> bool:
+    """Whether ``getxattr`` of ``name`` answers ENODATA (anything else fails the test)."""
+    try:
+        os.getxattr(path, name, follow_symlinks=False)
+    except OSError as e:
+        assert e.errno == errno.ENODATA, e
+        return True
+    return False
+
+
+def _tree(m: Mount, pc: ProcessCluster, name: str) -> tuple[Path, list[Path]]:
+    """A directory ``name`` leased exclusively to ``m`` with :data:`FILES` more files in
+    it, all sent (``fsync`` of the directory): the files are leased to ``m`` with their
+    creates."""
+    d = m.mountpoint / name
+    d.mkdir()
+    files = [d / n for n in _lease_exclusively(pc, m, d, "warm")]
+    for i in range(FILES):
+        (d / f"f{i}.c").write_bytes(b"int x;\n" * (i + 1))
+        files.append(d / f"f{i}.c")
+    fsync_paths(d)
+    return d, files
+
+
+def test_ls_l_of_leased_files_asks_the_nodes_nothing(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """``ls -lR`` of a tree the mount holds leases on, then each file's ``security.selinux``
+    and ``listxattr``: ENODATA and no extended attribute, no Q/U round.  A file given an
+    attribute answers its value, and ENODATA for another name."""
+    with Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a:
+        d, files = _tree(a, cluster, "tree")
+        os.listdir(d)
+        before = _metrics(cluster, a)
+        listed = subprocess.run(["ls", "-lR", str(d)], capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        for f in files:
+            assert _no_attr(f)
+            assert os.listxattr(f) == []
+        after = _metrics(cluster, a)
+        assert _rounds(before, after) == {}, after - before
+        # (ls -l asks the files and the directory: every answer was given in the mount)
+        assert (after - before)["qu known fs.getxattr"] >= 2 * len(files), after - before
+        tagged = d / "tagged"
+        tagged.write_bytes(b"t")
+        os.setxattr(tagged, "user.tag", b"value")
+        assert os.getxattr(tagged, "user.tag") == b"value"
+        assert _no_attr(tagged, "user.other")
+        assert os.listxattr(tagged) == ["user.tag"]
+
+
+def test_an_open_files_new_attribute_is_read_back_while_it_is_open(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """The open file's kept attributes said it had none: the attribute just set answered
+    ENODATA until the file was closed."""
+    with Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a:
+        f = a.mountpoint / "open"
+        fd = os.open(f, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"data")
+            assert _no_attr(f, "user.a")
+            os.setxattr(f, "user.a", b"1")
+            assert os.getxattr(f, "user.a") == b"1"
+            assert os.listxattr(f) == ["user.a"]
+            os.removexattr(f, "user.a")
+            assert _no_attr(f, "user.a")
+        finally:
+            os.close(fd)
+
+
+def test_another_mounts_new_attribute_recalls_and_is_seen(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """Mount ``a`` answers ENODATA for its leased files in the mount; ``b`` sets an
+    attribute on one (recalling ``a``'s lease) and removes one it set on another: ``a``
+    reads the new value and the removal at once, nothing stale."""
+    with (
+        Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a,
+        Mount(cluster.config, tmp_path / "b", client="client1", options=OPTIONS) as b,
+    ):
+        d, files = _tree(a, cluster, "shared")
+        os.setxattr(files[1], "user.old", b"1")
+        for f in files:
+            os.listxattr(f)
+        before = _metrics(cluster, a)
+        assert _no_attr(files[0], "user.new")
+        assert _no_attr(files[1], "user.new")
+        assert _rounds(before, _metrics(cluster, a)) == {}
+        there = b.mountpoint / "shared"
+        os.setxattr(there / files[0].name, "user.new", b"from b")
+        os.removexattr(there / files[1].name, "user.old")
+        assert os.getxattr(files[0], "user.new") == b"from b"
+        assert os.listxattr(files[0]) == ["user.new"]
+        assert os.listxattr(files[1]) == []
+        assert _no_attr(files[1], "user.old")
+
+
+def test_held_back_files_answer_stat_and_getxattr_without_sending(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """Files whose creates wait in write-back: ``stat`` and ``getxattr`` are answered
+    without sending them, the kernel keeps their attributes past the 1 s attribute timeout
+    (no ``getattr`` request), and forgets them when another mount's look at the directory
+    recalls the lease: its ``chmod`` shows within the attribute timeout."""
+    with (
+        Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a,
+        Mount(cluster.config, tmp_path / "b", client="client1", options=OPTIONS) as b,
+    ):
+        d = a.mountpoint / "held"
+        d.mkdir()
+        _lease_exclusively(cluster, a, d, "warm")
+        fsync_paths(d)
+        held = [d / f"h{i}" for i in range(4)]
+        deferred = _leases(cluster, a).get("deferred", 0)
+        for f in held:
+            f.write_bytes(b"held back")
+        _wait("closes left to write-back", 10, lambda: _leases(cluster, a)["deferred"] > deferred)
+        # Waiting out the 1 s the kernel was told at the creates (not a synchronisation:
+        # the kernel's timer): the stats ask the mount, which answers the lease's time.
+        time.sleep(1.5)
+        modes = [f.stat().st_mode for f in held]
+        before = _metrics(cluster, a)
+        for f in held:
+            assert _no_attr(f)
+            assert os.listxattr(f) == []
+        time.sleep(1.5)  # past the mount's attribute timeout: kept under the lease
+        assert [f.stat().st_mode for f in held] == modes
+        after = _metrics(cluster, a)
+        assert _rounds(before, after) == {}, after - before
+        assert (after - before)["fuse getattr"] == 0, after - before
+        # (an O_PATH descriptor: its fstat is the kernel's cached attributes, no name is
+        # looked up again)
+        fd = os.open(held[0], os.O_PATH)
+        try:
+            os.chmod(b.mountpoint / "held" / held[0].name, 0o600)  # recalls a's lease on d
+            # The kernel forgot what it kept under the lease: the new mode shows within the
+            # attribute timeout (the create, sent with the release, answers its own
+            # attributes that long: ``MetadataCache.own``), not after the lease's 60 s.
+            started = time.monotonic()
+            _wait("the new mode", 10, lambda: os.fstat(fd).st_mode & 0o777 == 0o600)
+            assert time.monotonic() - started < 5
+        finally:
+            os.close(fd)
+        assert (b.mountpoint / "held" / held[1].name).read_bytes() == b"held back"
