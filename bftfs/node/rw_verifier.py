@@ -316,6 +316,7 @@ class Verifier:
             with trio.move_on_after(max(wait, 0.001) if math.isfinite(wait) else math.inf):
                 await self._wake.wait()
             return
+        await self.node.gate.step()  # client requests first (node/yielding.py)
         await self.verify_wave(picks)
 
     async def verify_wave(self, picks: list[Pick]) -> None:

@@ -1,0 +1,134 @@
+"""Foreground first: a node's background work yields to the client requests it serves.
+
+A node is one trio process: lazy verification, collection, forgetting, pruning, scrub and
+catch-up share its loop (and its GIL) with the servers answering clients.  Each of their
+steps first awaits :meth:`Gate.step`, which lets it go at once while the foreground is
+quiet, and otherwise holds it until the foreground is quiet again, with a floor so that
+background work never starves (its promises: storage bounded, everything verified within
+its budget, catch-up finishing).
+
+**Busy** (:class:`Foreground`) means a client request is being answered now (the server
+counts them from the frame read to the reply, ``Server.client_inflight``), or one came
+within :data:`RECENT` seconds: a client making requests back to back leaves gaps of a
+fraction of a millisecond between them, and a background step begun in such a gap holds
+the loop when its next request arrives.  Requests of other nodes (their own background
+work, NOTIFYs) and status polls are not foreground.
+
+**The rule** (:class:`GateRule`, pure: time is an argument).  While the foreground is
+busy, the node's background as a whole gets one *slice* of :data:`SLICE` seconds every
+:data:`FLOOR` seconds (every step that asks during the slice goes; one asking after the
+slice waits for the next): about ``SLICE / FLOOR`` (10%) of the loop's time under a load
+that never pauses, all of it when the foreground is quiet.  The floor is the node's, not
+each task's, so five busy tasks do not take five shares.
+
+Steps must be small for this to mean anything: a step that holds the loop for 50 ms
+delays a request arriving meanwhile by 50 ms, whatever the gate says.  Each task's step is
+what it did between two awaits before (one object, one wave, one page).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+#: A client request within this many seconds keeps the foreground busy.
+RECENT = 0.005
+#: While the foreground is busy, the background runs one slice of SLICE seconds per FLOOR.
+FLOOR = 0.1
+SLICE = 0.01
+#: How often a waiting step looks again while requests keep the foreground busy.
+POLL = 0.01
+
+
+@dataclass
+class GateRule:
+    """When a background step may go (pure; see the module docstring).
+
+    ``floor``: seconds between the starts of two slices while the foreground is busy;
+    ``slice``: how long a slice lasts.
+    """
+
+    floor: float = FLOOR
+    slice: float = SLICE
+    #: When the current (or last) slice began; -inf before the first.
+    slice_start: float = float("-inf")
+
+    def wait(self, now: float, busy: bool) -> float:
+        """Seconds a step asking at ``now`` must wait before asking again (0: it goes).
+        A step that goes while the foreground is busy and no slice is open opens one."""
+        if not busy or now < self.slice_start + self.slice:
+            return 0.0
+        next_slice = self.slice_start + self.floor
+        if now >= next_slice:
+            self.slice_start = now
+            return 0.0
+        return next_slice - now
+
+
+class Foreground:
+    """Whether a node's servers are answering a client now (see the module docstring).
+
+    Args:
+        inflight: client requests being answered now.
+        last_request: trio time of the latest client request.
+    """
+
+    def __init__(
+        self,
+        inflight: Callable[[], int],
+        last_request: Callable[[], float],
+        recent: float = RECENT,
+    ) -> None:
+        self._inflight = inflight
+        self._last = last_request
+        self.recent = recent
+
+    def busy(self, now: float) -> bool:
+        return self._inflight() > 0 or now - self._last() < self.recent
+
+    def quiet_in(self, now: float) -> float:
+        """Seconds until the foreground is quiet if no request comes (0 when it is; a
+        request in flight: 0 as well, the caller polls)."""
+        return max(0.0, self._last() + self.recent - now)
+
+
+class Gate:
+    """The gate every background step of one node awaits (:meth:`step`).
+
+    ``stats`` (the node's counters) gets ``bg.steps`` (steps that went), ``bg.waits``
+    (steps that waited for the foreground) and ``bg.floor`` (slices opened while the
+    foreground was busy: the floor at work).
+    """
+
+    def __init__(
+        self,
+        foreground: Foreground,
+        stats: Counter[str],
+        rule: GateRule | None = None,
+    ) -> None:
+        self.foreground = foreground
+        self.stats = stats
+        self.rule = GateRule() if rule is None else rule
+
+    async def step(self) -> None:
+        """Return when a background step may run (always a checkpoint first, so the
+        requests that are ready run before it)."""
+        await trio.lowlevel.checkpoint()
+        waited = False
+        while True:
+            now = trio.current_time()
+            busy = self.foreground.busy(now)
+            opened = self.rule.slice_start
+            wait = self.rule.wait(now, busy)
+            if wait <= 0:
+                break
+            waited = True
+            # Until the next slice, or sooner once the foreground is quiet.
+            await trio.sleep(max(1e-4, min(wait, max(POLL, self.foreground.quiet_in(now)))))
+        if busy and self.rule.slice_start != opened:
+            self.stats["bg.floor"] += 1
+        self.stats["bg.waits"] += waited
+        self.stats["bg.steps"] += 1
