@@ -1,8 +1,10 @@
 """Foreground latency while the nodes' background work runs (issue 62).
 
 A real cluster (``ProcessCluster``, 6 node processes) and one mount.  An ageing writer
-makes and removes ``--files`` small files and one ``--big`` MiB file, which leaves every
-node lazy verification, collection and forgetting to do.  Right after, a probe makes,
+makes ``--files`` small files and one ``--big`` MiB file (each fsync'd), waits for their
+verification, then removes them all, which leaves every node pruning, tombstones,
+forgetting and collection to do (``keep_seconds`` and ``forget_seconds`` are 5 s, so it
+comes due while the probe runs).  Right after, a probe makes,
 fsyncs and removes small files one at a time for ``--seconds``: each fsync'd create is a
 client request the nodes answer while their background work runs.  Then the probe runs
 again once the nodes have settled (verification backlog empty), the quiet baseline.
@@ -80,17 +82,23 @@ def probe(root: Path, seconds: float) -> list[float]:
     return took
 
 
-def age(root: Path, files: int, big_mib: int) -> None:
-    """Make ``files`` 4 KiB files and one ``big_mib`` MiB file, then remove them all."""
+def make(root: Path, files: int, big_mib: int) -> None:
+    """Make ``files`` 4 KiB files and one ``big_mib`` MiB file, each fsync'd (on the
+    nodes, not only in the mount's write-back)."""
     root.mkdir()
     for i in range(files):
         with open(root / f"f{i}", "wb") as f:
             f.write(os.urandom(4096))
-            os.fsync(f.fileno())  # on the nodes, not only in the mount's write-back
+            os.fsync(f.fileno())
     with open(root / "big", "wb") as f:
         for _ in range(big_mib):
             f.write(os.urandom(1 << 20))
         os.fsync(f.fileno())
+
+
+def remove(root: Path) -> None:
+    """Remove everything :func:`make` made (the nodes prune, shrink to tombstones and
+    forget it ``keep_seconds`` and ``forget_seconds`` later: during the busy probe)."""
     for p in root.iterdir():
         p.unlink()
     fd = os.open(root, os.O_RDONLY)
@@ -127,10 +135,19 @@ def phase(
     )
 
 
-def settle(pc: ProcessCluster, within: float) -> float:
-    """Seconds until every node's verification backlog is empty (or ``within`` passed)."""
+def settle(pc: ProcessCluster, within: float, *, pruned: bool = False) -> float:
+    """Seconds until every node's verification backlog is empty and, with ``pruned``, no
+    tombstone or forgetting happened for 2 s (or ``within`` passed)."""
     start = time.monotonic()
-    while time.monotonic() - start < within and progress(pc)["backlog_versions"]:
+    last: tuple[int, int] | None = None
+    still = 0.0
+    while time.monotonic() - start < within:
+        prog = progress(pc)
+        now = (prog["qu.tombstones"], prog["qu.forgotten"])
+        still = still + 0.5 if now == last else 0.0
+        last = now
+        if not prog["backlog_versions"] and (not pruned or still >= 2.0):
+            break
         time.sleep(0.5)
     return time.monotonic() - start
 
@@ -150,10 +167,14 @@ def main() -> None:
             Mount(pc.config, Path(tmp) / "m") as m,
         ):
             t0, c0 = time.monotonic(), node_cpu(pc)
-            age(m.mountpoint / "aged", args.files, args.big)
-            print(f"ageing: {time.monotonic() - t0:.1f} s, nodes' CPU {node_cpu(pc) - c0:.1f} s")
+            make(m.mountpoint / "aged", args.files, args.big)
+            print(f"making: {time.monotonic() - t0:.1f} s, nodes' CPU {node_cpu(pc) - c0:.1f} s")
+            settle(pc, 300)  # what the writes left to verify is done: removals only now
+            t0, c0 = time.monotonic(), node_cpu(pc)
+            remove(m.mountpoint / "aged")
+            print(f"removing: {time.monotonic() - t0:.1f} s, nodes' CPU {node_cpu(pc) - c0:.1f} s")
             phase(pc, m.mountpoint, "busy", args.seconds, args.spy)
-            print(f"settled after {settle(pc, 300):.1f} s more")
+            print(f"settled after {settle(pc, 300, pruned=True):.1f} s more")
             phase(pc, m.mountpoint, "quiet", args.seconds)
 
 
