@@ -9,10 +9,12 @@ its budget, catch-up finishing).
 
 **Busy** (:class:`Foreground`) means a client request is being answered now (the server
 counts them from the frame read to the reply, ``Server.client_inflight``), or one came
-within :data:`RECENT` seconds: a client making requests back to back leaves gaps of a
-fraction of a millisecond between them, and a background step begun in such a gap holds
-the loop when its next request arrives.  Requests of other nodes (their own background
-work, NOTIFYs) and status polls are not foreground.
+within :data:`RECENT` seconds (lazy verification's ``idle_seconds``): a client working
+through a mount leaves gaps of milliseconds between its requests to one node, in which
+the other nodes (on the same cores, on a local cluster) and the mount are still answering
+it.  A background step begun in such a gap takes CPU the client's next request wants,
+here or on another node.  Requests of other nodes (their own background work, NOTIFYs)
+and status polls are not foreground.
 
 **The rule** (:class:`GateRule`, pure: time is an argument).  While the foreground is
 busy, the node's background as a whole gets one *slice* of :data:`SLICE` seconds every
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 import trio
 
 #: A client request within this many seconds keeps the foreground busy.
-RECENT = 0.005
+RECENT = 0.05
 #: While the foreground is busy, the background runs one slice of SLICE seconds per FLOOR.
 FLOOR = 0.1
 SLICE = 0.01
