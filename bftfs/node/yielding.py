@@ -3,7 +3,7 @@
 A node is one trio process: lazy verification, collection, forgetting, pruning, scrub and
 catch-up share its loop (and its GIL) with the servers answering clients.  Each of their
 steps first awaits :meth:`Gate.step`, which lets it go at once while the foreground is
-quiet, and otherwise holds it until the foreground is quiet again, with a floor so that
+quiet, and otherwise holds it back to a small share of the loop, a floor so that
 background work never starves (its promises: storage bounded, everything verified within
 its budget, catch-up finishing).
 
@@ -23,8 +23,8 @@ slice sleeps until the next, and goes then): about ``SLICE / FLOOR`` (10%) of th
 time under a load that never pauses, all of it when the foreground is quiet.  The floor
 is the node's, not each task's, so five busy tasks do not take five shares.  A held step
 does not poll for the foreground to go quiet: a timer per poll cost the node more CPU
-than the steps it held back did (py-spy: 15% of node 0's samples in trio's cancel
-machinery at a 10 ms poll).
+than the steps it held back did (py-spy, a 10 ms poll: a third of node 0's busy samples
+in trio's timer and cancel code).
 
 Steps must be small for this to mean anything: a step that holds the loop for 50 ms
 delays a request arriving meanwhile by 50 ms, whatever the gate says.  Each task's step is
@@ -91,7 +91,6 @@ class Foreground:
 
     def busy(self, now: float) -> bool:
         return self._inflight() > 0 or now - self._last() < self.recent
-
 
 
 class Gate:
