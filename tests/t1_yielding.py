@@ -33,6 +33,18 @@ def test_a_busy_foreground_gets_one_slice_per_floor() -> None:
     assert rule.wait(5.1, busy=True) == 0.0 and rule.slice_start == 5.1
 
 
+def test_by_default_a_busy_foreground_lets_one_step_through_per_floor() -> None:
+    """A slice of 0 (the node's default): steps asking at the same instant go one at a
+    time, a floor apart, whichever task asks."""
+    rule = GateRule()
+    assert rule.slice == 0.0 and rule.floor == 0.05
+    assert rule.wait(1.0, busy=True) == 0.0
+    assert abs(rule.wait(1.0, busy=True) - 0.05) < 1e-9  # another task, same instant
+    assert rule.wait(1.05, busy=True) == 0.0
+    assert abs(rule.wait(1.05, busy=True) - 0.05) < 1e-9
+    assert rule.wait(1.06, busy=False) == 0.0  # quiet: every step goes
+
+
 def test_under_a_load_that_never_pauses_background_gets_its_share() -> None:
     """Steps asking every millisecond for 10 s of a busy foreground: about slice / floor
     of them go (10 per slice, one slice per floor), none starve for longer than a floor."""
