@@ -163,6 +163,9 @@ class Server(Generic[Ctx]):
         #: stream and yields to it (``rw/lazy.stream_state``); its driver sets the gap.
         self.client_busy_since = 0.0
         self.busy_gap = 0.5
+        #: Client requests being answered now, from their frame's read (past admission) to
+        #: their reply: the node's background work yields while any are (node/yielding.py).
+        self.client_inflight = 0
         #: Request kinds that are not client activity (a status poll: the node registers
         #: ``ping`` and ``stats``): they move neither clock above, so a monitor polling
         #: every node every 0.2 s no longer reads as a client stream that keeps lazy
@@ -367,7 +370,8 @@ class Server(Generic[Ctx]):
                 self.rejected["malformed"] += 1
                 continue
             conn.requests += 1
-            if sender is not None and not is_node(sender) and kind not in self.monitoring:
+            client = sender is not None and not is_node(sender) and kind not in self.monitoring
+            if client:
                 now = trio.current_time()
                 if now - self.last_client_request >= self.busy_gap:
                     self.client_busy_since = now
@@ -379,6 +383,9 @@ class Server(Generic[Ctx]):
                 # have this request answered (net/admission.py).
                 await admission.admit(sender, _items(kind, payload), len(frame))
                 done = _releaser(admission, sender)
+            if client:
+                self.client_inflight += 1
+                done = self._client_done if done is None else _both(done, self._client_done)
             if faults is None:
                 if kind in self._inline:
                     await self._dispatch(conn, req_id, kind, payload, 0.0, done)
@@ -395,6 +402,9 @@ class Server(Generic[Ctx]):
                 done = _countdown(done, len(plan))
             for delay in plan:
                 nursery.start_soon(self._dispatch, conn, req_id, kind, payload, delay, done)
+
+    def _client_done(self) -> None:
+        self.client_inflight -= 1
 
     def _dispatch_fast(
         self,
@@ -489,6 +499,14 @@ def _items(kind: str, payload: Any) -> int:
     if kind.endswith(".batch") and isinstance(payload, list):
         return max(1, len(payload))
     return 1
+
+
+def _both(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        then()
+
+    return both
 
 
 def _releaser(admission: Admission, sender: PrincipalId) -> Callable[[], None]:

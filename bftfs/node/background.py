@@ -69,6 +69,7 @@ async def sweep(
         while True:
             if before_page is not None:
                 await before_page()
+            await node.gate.step()
             try:
                 page, after = node.store.read(functools.partial(_page, read_page, after))
             except Exception:
@@ -78,7 +79,6 @@ async def sweep(
             take(page)
             if after is None:
                 break
-            await trio.lowlevel.checkpoint()
         await trio.sleep(SWEEP_SECONDS)
 
 

@@ -21,11 +21,13 @@ from bftfs.net.endpoint import Endpoint
 
 if TYPE_CHECKING:
     from bftfs.node.store import Store
+    from bftfs.node.yielding import Gate
 
 
 class NodeParts(Protocol):
     """A node's identity, configuration, store and client of the others, its counters and
-    logger, its clock, and where background work reports progress."""
+    logger, its clock, where background work reports progress and the gate its steps
+    await."""
 
     @property
     def id(self) -> PrincipalId: ...
@@ -53,6 +55,11 @@ class NodeParts(Protocol):
     @property
     def finished(self) -> dict[str, trio.Event]:
         """Set when the background work of the same name has finished."""
+
+    @property
+    def gate(self) -> Gate:
+        """What each background step awaits first: client requests go first
+        (``node/yielding.py``)."""
 
     def now_ns(self) -> int:
         """The node's clock (ns since the epoch)."""

@@ -216,6 +216,7 @@ class CatchUp:
             )
 
     async def _try(self, oid: int) -> str:
+        await self.node.gate.step()  # client requests first (node/yielding.py)
         try:
             outcome = await self.one(oid)
         except (TransportError, RemoteError, MessageError, QuorumUnavailable) as e:

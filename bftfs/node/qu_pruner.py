@@ -182,6 +182,10 @@ class Pruner:
                 with trio.move_on_after(wait):
                     await self._requests_wake.wait()
                 continue
+            # Client requests first (node/yielding.py); what is queued meanwhile comes due
+            # no later than the head did, so the head is still due after the wait.
+            await self.node.gate.step()
+            now = self.node.now_ns()
             due, oid = heapq.heappop(self._requests)
             if self._requests_latest.get(oid) != due:
                 continue  # updated again since: its own entry comes later
@@ -266,6 +270,7 @@ class Pruner:
                 if self._latest.get(oid) != due:
                     continue  # updated again since: its own entry comes later
                 del self._latest[oid]
+                await self.node.gate.step()  # client requests first (node/yielding.py)
                 found = await self._prune(oid)
                 if found is True:
                     shrink.append(oid)
@@ -311,8 +316,10 @@ class Pruner:
         forget, those all of them agree on (see the module docstring)."""
         histories = await self._histories(shrink + forget)
         for oid in shrink:
+            await self.node.gate.step()
             await self._tombstone(oid, histories.get(oid, ({}, 0)))
         for oid in forget:
+            await self.node.gate.step()
             await self._forget(oid, histories.get(oid, ({}, 0)))
 
     async def _tombstone(self, oid: int, said: tuple[dict[int, ReplicaHistory], int]) -> None:

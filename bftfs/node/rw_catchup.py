@@ -196,12 +196,12 @@ class CatchUp:
         async def worker(cancel: trio.CancelScope) -> None:
             nonlocal in_a_row
             for block in todo:
+                await self.node.gate.step()  # client requests first (node/yielding.py)
                 failed = await self.catch_up_block(client, block)
                 in_a_row = in_a_row + 1 if failed else 0
                 if in_a_row >= MAX_FAILED_IN_A_ROW:
                     cancel.cancel()
                     return
-                await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
             for _ in range(self.parallel):

@@ -118,6 +118,9 @@ class Collection:
             now_ns = self.node.now_ns()
             if due > now_ns:
                 return (due - now_ns) / 1e9
+            await self.node.gate.step()  # client requests first (node/yielding.py)
+            if not self.revisits or self.revisits[0] != (due, block):
+                continue  # changed while it waited: look again
             heapq.heappop(self.revisits)
             del self._due[block]  # the step says when next (``account``)
             self.pressure()  # sets what retention keeps now

@@ -105,6 +105,8 @@ class Forgetter:
                 with trio.move_on_after(wait):
                     await self._wake.wait()
                 continue
+            await self.node.gate.step()  # client requests first (node/yielding.py)
+            now = self.node.now_ns()
             batch: list[int] = []
             while self._queue and self._queue[0][0] <= now and len(batch) < BATCH:
                 due, block = heapq.heappop(self._queue)

@@ -102,6 +102,7 @@ class Scrubber:
         cursor: bytes | None = None
         while True:
             await self._idle()
+            await node.gate.step()  # client requests first (node/yielding.py)
             result = node.store.read(functools.partial(self._page, after=cursor, limit=page))
             self.progress["checked"] += result.checked
             for block, ts in result.damaged:

@@ -316,6 +316,11 @@ class Verifier:
             with trio.move_on_after(max(wait, 0.001) if math.isfinite(wait) else math.inf):
                 await self._wake.wait()
             return
+        if all(pick.reason in ("own", "fallback") for pick in picks):
+            # Client requests first (node/yielding.py).  A wave a budget forced (or the
+            # store's pressure) is the clients' own debt, paid at once as docs/lazy.md
+            # promises: it does not wait for them.
+            await self.node.gate.step()
         await self.verify_wave(picks)
 
     async def verify_wave(self, picks: list[Pick]) -> None:

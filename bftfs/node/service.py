@@ -34,6 +34,7 @@ from bftfs.node.protocols import register_all
 from bftfs.node.recalls import Recalls
 from bftfs.node.store import Store, StoreFull
 from bftfs.node.views import NodeViews
+from bftfs.node.yielding import Foreground, Gate
 from bftfs.qu.objects import ObjectType
 
 if TYPE_CHECKING:
@@ -100,6 +101,13 @@ class Node:
         self.server.admission = limits.admission_for(self)
         #: Frames and connections refused, by reason.
         self.rejected = self.server.rejected
+        #: What every background step awaits: client requests go first (node/yielding.py).
+        self.gate = Gate(
+            Foreground(
+                lambda: self.server.client_inflight, lambda: self.server.last_client_request
+            ),
+            self.stats,
+        )
         #: Lease recalls pushed to their holders (node/recalls.py).
         self.recalls = Recalls(self.server.push, self.stats)
         self._listeners = listeners
