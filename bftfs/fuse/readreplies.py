@@ -1,19 +1,19 @@
-"""How a read's answer reaches the kernel (issue 63): without the GIL, a big one from a
-worker thread.
+"""How a read's answer reaches the kernel (issue 63): a big one from a worker thread,
+without the GIL.
 
 Writing a read reply to ``/dev/fuse`` is where the kernel copies it into fresh page-cache
 pages: for the 1 MiB requests of a sequential reader (``fuse/mount.py``'s read-ahead) a
 few hundred microseconds per request, which released pyfuse3 spends on the loop's thread
 with the GIL held.  The project's pyfuse3 (``scripts/pyfuse3-locks.patch``, version 3)
-writes every read reply without the GIL, and one of at least
-``Operations.read_reply_thread_min`` bytes from a worker thread (libfuse's
-``fuse_reply_*`` are thread-safe: a reply is one ``writev`` and a request list update
-under the session's lock), so the loop takes the next request, and the blocks' frames,
-meanwhile.
+writes a reply of at least ``Operations.read_reply_thread_min`` bytes from a worker
+thread without the GIL (libfuse's ``fuse_reply_*`` are thread-safe: a reply is one
+``writev`` and a request-list update under the session's lock), so the loop takes the
+next request, and the blocks' frames, meanwhile.
 
-Smaller replies stay on the loop's thread: a hop to a worker thread and back costs about
-60 us of CPU here (``benchmarks/results/2026-11-29-issue63-gil-seqio.md``), more than
-the kernel's copy of 128 KiB.
+Smaller replies stay on the loop's thread, the GIL held, as released pyfuse3 writes them:
+a hop to a worker thread and back costs the loop about 45 us of CPU here (60 us in all),
+more than the kernel's copy of 128 KiB; and a loop that gives the GIL up around a short
+call may wait to take it back behind a worker thread running Python.
 
 What a reply from a thread asks of :meth:`Operations.read`: the buffer it returns must not
 change until the reply is written, while other tasks run.  It is a fresh ``bytes``, or a
