@@ -12,6 +12,8 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +123,37 @@ def test_requests_are_answered_while_a_big_read_is_in_flight(
                 os.close(fd)
             assert got == [content]
             assert answered_during > 0
+
+
+def test_a_reader_killed_during_big_replies_leaves_the_mount_answering(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """A process killed as it starts a 32 MiB read (the daemon may then write replies
+    from worker threads to requests the kernel dropped: libfuse answers ENOENT, the
+    daemon logs it) leaves the mount serving: the whole file reads back right after."""
+    rng = random.Random(6303)
+    content = rng.randbytes(32 * MiB)
+    with Mount(cluster.config, tmp_path / "a") as first:
+        (first.mountpoint / "big").write_bytes(content)
+        with Mount(cluster.config, tmp_path / "b", client="client1") as other:
+            path = other.mountpoint / "big"
+            reader = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT); "
+                    "print('reading', flush=True); "
+                    "import mmap; b = mmap.mmap(-1, 32 << 20); os.preadv(fd, [b], 0)",
+                    str(path),
+                ],
+                stdout=subprocess.PIPE,
+            )
+            try:
+                assert reader.stdout is not None
+                assert reader.stdout.readline() == b"reading\n"
+                reader.kill()
+            finally:
+                reader.wait()
+                if reader.stdout is not None:
+                    reader.stdout.close()
+            assert path.read_bytes() == content
