@@ -72,6 +72,7 @@ from bftfs.fuse.kernelattrs import KernelAttrs
 from bftfs.fuse.lockrequests import LockRequests
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
 from bftfs.fuse.paths import KnownPaths
+from bftfs.fuse.readreplies import configure as configure_read_replies
 from bftfs.fuse.recentlookups import RecentLookups
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class Operations(pyfuse3.Operations):
         self.soft = soft
         #: Calls, seconds, EIO answers per handler; a hard mount's wait (``bftfs status``).
         self.record = CallRecord()
+        configure_read_replies(self)  # big read replies from a worker thread (issue 63)
         #: What each process's latest request, a lookup, found (``open``, ``create``).
         self.lookups = RecentLookups()
         self.paths = KnownPaths()
@@ -334,9 +336,9 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
-        # A view (``OpenFile.reply``) is fine: pyfuse3 takes any contiguous buffer
-        # (``fuse_read_async``: PyObject_GetBuffer, then ``fuse_reply_buf``, which writes
-        # it to /dev/fuse) and replies from it before any other task runs.
+        # A view (``OpenFile.reply``) is fine: pyfuse3 takes any contiguous buffer and
+        # writes it to /dev/fuse without the GIL, a big one from a worker thread while
+        # other tasks run (``fuse/readreplies.py``): a clean block is never changed in place.
         reply = await self.fs.read_reply(fh, off, size)
         self.record.read_bytes += len(reply)
         return reply

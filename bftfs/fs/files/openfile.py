@@ -409,14 +409,14 @@ class OpenFile:
         """:meth:`assemble` for a FUSE read reply: a read-only view of a clean block when
         the read lies inside it, else the assembled bytes.
 
-        pyfuse3 takes the reply through the buffer protocol and writes it to the kernel in
-        the same step that :meth:`Operations.read` returns in (``fuse_reply_buf`` right
-        after the handler's coroutine ends, no ``await`` between), so the view is used
-        before any other task runs, and a clean block is never changed in place anyway (a
-        write copies it into a dirty block first, :meth:`apply_write`; a truncation
-        replaces it by a slice).  That saves the copy of every byte a big file's reader
-        gets (issue 34).  Dirty blocks are copied: they are changed in place, and an
-        export alive by mistake would make their resizing fail."""
+        pyfuse3 takes the reply through the buffer protocol and writes it to the kernel
+        after :meth:`Operations.read` returns, a big one from a worker thread while other
+        tasks run (``fuse/readreplies.py``, issue 63).  That is safe because a clean block
+        is never changed in place (a write copies it into a dirty block first,
+        :meth:`apply_write`; a truncation replaces it by a slice), and the view keeps it
+        alive when the cache drops it.  That saves the copy of every byte a big file's
+        reader gets (issue 34).  Dirty blocks are copied: they are changed in place, and
+        an export alive by mistake would make their resizing fail."""
         end = min(offset + size, self.size)
         bs = self.bs
         if offset < end and offset // bs == (end - 1) // bs:
