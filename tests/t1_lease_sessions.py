@@ -76,7 +76,7 @@ def test_session_ids_lie_above_every_file_id_and_a_slot_meets_each_objects_quoru
 
 def test_only_its_client_renews_a_session_which_never_runs_backwards() -> None:
     s = renew(None, T0)
-    assert (s["c"], s["m"], s["g"], s["e"], s["r"]) == (A, MA, 1, T0 + TERM, [])
+    assert (s["c"], s["m"], s["g"], s["e"], s["r"], s["q"]) == (A, MA, 1, T0 + TERM, [], 0)
     assert renew(s, T0 + 10 * S)["e"] == T0 + 40 * S
     assert renew(s, T0 + S, term=S)["e"] == T0 + TERM  # a shorter term does not shorten it
     for caller, arg in ((B, {}), (A, {"lm": MB}), (A, {"s": 1}), (A, {"term": MAX_TERM + 1})):
@@ -125,15 +125,20 @@ def test_a_conflicting_update_waits_for_a_bound_lease_until_its_recall_pins_it()
     assert out == [[DIR, [A]]]
     assert holders(new[DIR]) == [[A, SHARED, T0 + TERM, MA]]
     assert new[DIR]["lr"]["u"] == T0 + TERM
-    assert new[SA]["r"] == [[DIR, T0 + TERM]] and new[SA]["e"] == T0 + TERM
+    assert new[SA]["r"] == [[DIR, T0 + TERM, 1]] and new[SA]["e"] == T0 + TERM
     with pytest.raises(MethodRefused):
         mkdir_in(new[DIR], C, T0 + TERM - S)
     assert mkdir_in(new[DIR], C, T0 + TERM)[22]["k"] == "d"
     # The holder learns of it at its next renewal, which does not drop it; its ``done``
-    # (after it let the lease go) does.
+    # (after it let the lease go) does, by the recall's number: a done for an earlier
+    # recall of the object leaves a later one standing.
     seen = renew(new[SA], T0 + 3 * S)
-    assert seen["r"] == [[DIR, T0 + TERM]] and seen["e"] == T0 + 33 * S
-    assert renew(seen, T0 + 4 * S, done=[DIR])["r"] == []
+    assert seen["r"] == [[DIR, T0 + TERM, 1]] and seen["e"] == T0 + 33 * S
+    assert renew(seen, T0 + 4 * S, done=[1])["r"] == []
+    d2, s2, _ = bound_lease(directory(), renew(seen, T0 + 4 * S, done=[1]), T0 + 4 * S)
+    later, _ = update("fs.recall", {DIR: d2, SA: s2}, C, lt=T0 + 5 * S)
+    assert later[SA]["r"] == [[DIR, T0 + 34 * S, 2]]
+    assert renew(later[SA], T0 + 6 * S, done=[1])["r"] == [[DIR, T0 + 34 * S, 2]]
 
 
 def test_a_recall_drops_a_bound_lease_whose_session_ended_or_moved_on() -> None:
@@ -154,7 +159,7 @@ def test_a_holder_that_ignores_the_recall_loses_the_lease_at_the_pinned_end() ->
     d, sess, _ = bound_lease(directory(), sess, T0 + S)
     new, _ = update("fs.recall", {DIR: d, SA: sess}, C, lt=T0 + 2 * S)
     later = renew(renew(new[SA], T0 + 15 * S), T0 + 25 * S)
-    assert later["e"] == T0 + 55 * S and later["r"] == [[DIR, T0 + TERM]]
+    assert later["e"] == T0 + 55 * S and later["r"] == [[DIR, T0 + TERM, 1]]
     with pytest.raises(MethodRefused) as e:  # no fresh grant while the recall stands
         bound_lease(new[DIR], later, T0 + 26 * S)
     assert e.value.code == "recalled"
@@ -166,7 +171,7 @@ def test_a_full_recall_list_caps_the_session_where_it_ends() -> None:
     caps the session at its present end (never earlier), no renewal moves it, and the
     next renewal after it starts a new generation."""
     sess = renew(None, T0)
-    sess["r"] = [[1000 + i, T0 + TERM] for i in range(MAX_RECALLS)]
+    sess["r"] = [[1000 + i, T0 + TERM, i + 1] for i in range(MAX_RECALLS)]
     d, sess, _ = bound_lease(directory(), sess, T0 + S)
     new, _ = update("fs.recall", {DIR: d, SA: sess}, C, lt=T0 + 2 * S)
     assert len(new[SA]["r"]) == MAX_RECALLS and new[SA]["x"] == T0 + TERM

@@ -13,9 +13,12 @@ a lease bound to ``S`` is granted by the quorum that serves its object.  Its sta
 - ``g``: the generation, moved when a renewal finds the session ended: a holder record
   of an earlier generation is dead;
 - ``e``: the session's end (ns): :func:`session_renew` moves it to ``lt + term``;
-- ``r``: the recalls pending, ``[[oid, until], ...]`` (a list: wire maps have string
-  keys): objects whose lease bound to this session another client recalled, and when that
-  lease ends on the nodes (the session's end at the recall);
+- ``r``: the recalls pending, ``[[oid, until, seq], ...]`` (a list: wire maps have string
+  keys): objects whose lease bound to this session another client recalled, when that
+  lease ends on the nodes (the session's end at the recall) and the recall's number
+  (from ``q``, the last one given), which the holder says ``done`` with: a number names
+  one recall, so a ``done`` sent for an earlier recall of an object never hides a later
+  one the holder has not seen;
 - ``x``: a cap on ``e`` (present once ``r`` was full at a recall): no renewal moves ``e``
   past it, so the whole session ends there (the holder starts a new generation).
 
@@ -88,9 +91,9 @@ def session_state(state: Any) -> dict[str, Any] | None:
     return out
 
 
-def recalls(state: dict[str, Any]) -> dict[int, int]:
-    """A session's pending recalls: object -> until."""
-    return {o: u for o, u in state["r"]}
+def recalls(state: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    """A session's pending recalls: object -> (until, seq)."""
+    return {o: (u, q) for o, u, q in state["r"]}
 
 
 def live_generation(state: Any, gen: int, at: int) -> bool:
@@ -114,8 +117,10 @@ def pin(state: Any, oid: int, gen: int, at: int) -> tuple[Any, int | None]:
     end = s["e"]
     pending = recalls(s)
     if oid in pending or len(pending) < MAX_RECALLS:
-        pending[oid] = max(pending.get(oid, end), end)
-        s["r"] = sorted([o, u] for o, u in pending.items())
+        seq = s.get("q", 0) + 1
+        s["q"] = seq
+        pending[oid] = (max(pending.get(oid, (end, 0))[0], end), seq)
+        s["r"] = sorted([o, u, q] for o, (u, q) in pending.items())
     else:
         s["x"] = end if s.get("x") is None else min(s["x"], end)
     return s, end
@@ -124,7 +129,8 @@ def pin(state: Any, oid: int, gen: int, at: int) -> tuple[Any, int | None]:
 def session_renew(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
     """Renew the caller's session to ``lt + term`` (never earlier than it ran, never past
     its cap ``x``), dropping from ``r`` the objects in ``done`` and the recalls whose until
-    passed; a session found ended (or none yet) starts a new generation with no recalls.
+    passed (``done``: recall numbers); a session found ended (or none yet) starts a new
+    generation with no recalls (the numbers go on).
     Refused ``invalid`` unless the one object is the session of the caller's ``lm`` and
     ``s`` (:func:`session_oid`): nobody renews another client's session.  The answer: the
     new state (its recalls tell the holder which leases to give up)."""
@@ -146,11 +152,11 @@ def session_renew(states: States, arg: Any, caller: int) -> tuple[dict[int, Any]
         raise MethodRefused("invalid", "not a session")
     end = min(at + term, MAX_TIME)
     if s is None or s["e"] <= at:
-        g = 1 if s is None else s["g"] + 1
-        s = {"k": "s", "c": caller, "m": mount, "s": slot, "g": g, "e": end, "r": []}
+        g, q = (1, 0) if s is None else (s["g"] + 1, s.get("q", 0))
+        s = {"k": "s", "c": caller, "m": mount, "s": slot, "g": g, "e": end, "r": [], "q": q}
         return {oid: s}, s
-    gone = {o for o in done if isinstance(o, int)}
-    s["r"] = [[o, u] for o, u in s["r"] if o not in gone and u >= at]
+    gone = {q for q in done if isinstance(q, int)}
+    s["r"] = [[o, u, q] for o, u, q in s["r"] if q not in gone and u >= at]
     e = max(s["e"], end)
     s["e"] = e if s.get("x") is None else min(e, s["x"])
     return {oid: s}, s
