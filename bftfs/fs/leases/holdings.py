@@ -99,6 +99,7 @@ class Holdings:
             self.stats["woke_past_expiry"] += 1
             self._woke(list(self.held))
             return None
+        h.used = now  # (a bound lease unused for a term is let go: ``Leases``)
         return h
 
     def ends(self, h: Lease) -> tuple[float, int] | None:

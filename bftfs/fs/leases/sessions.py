@@ -3,8 +3,9 @@ object while it lives.
 
 A shared lease is taken bound to the mount's session in the slot that meets the object's
 quorum (``fsobjects.sessions``: ``slot_for``), and lasts as long as that session: one
-``session.renew`` per slot every third of a term while the slot holds any bound lease,
-nothing per object.  Each renewal's answer lists the objects another client recalled
+``session.renew`` per slot each time half of what the last one gave is used (the term less
+the holder's margin: every 12.5 s with the default 30 s term) while the slot holds any
+bound lease, nothing per object.  Each renewal's answer lists the objects another client recalled
 (``r``); their leases are let go as a pushed recall's are, and said ``done`` at the next
 renewal (by the recall's number).  The mount counts a session from before it sent the renewal, less
 ``HOLDER_MARGIN``, on trio's clock and the wall clock, as it counts an object's lease; a
@@ -115,13 +116,23 @@ class Sessions:
         if not self.enabled:
             return None
         s = self.slots.get(slot)
-        if s is None or s.until - trio.current_time() < self.term * 2 / 3:
+        if s is None or self._due(s, trio.current_time()):
             await self.renew(slot)
             s = self.slots.get(slot)
-        if s is None or s.until - trio.current_time() < self.term / 3:
+        if s is None or s.until - trio.current_time() < self._usable() / 4:
             return None
         self._start()
         return s.gen
+
+    def _usable(self) -> float:
+        """Seconds a renewal keeps a session in use here: its term less the margin."""
+        return self.term - HOLDER_MARGIN / 1e9
+
+    def _due(self, s: Slot, now: float) -> bool:
+        """Whether ``s`` is to be renewed at ``now``: half its use is gone (with the
+        shortest term, 10 s, every 2.5 s; with 30 s, every 12.5 s), leaving the other
+        half for a renewal slowed by load."""
+        return s.until - now < self._usable() / 2
 
     def _start(self) -> None:
         if not self._renewing:
@@ -135,18 +146,18 @@ class Sessions:
             while True:
                 now = trio.current_time()
                 for k in list(self.slots):
-                    if self.slots[k].until - now < self.term * 2 / 3:
+                    if self._due(self.slots[k], now):
                         self.sweep(k)
                 active = [k for k in self.slots if self.holds(k)]
                 if not active:
                     return
-                due = [k for k in active if self.slots[k].until - now < self.term * 2 / 3]
+                due = [k for k in active if self._due(self.slots[k], now)]
                 if due:
                     async with trio.open_nursery() as nursery:
                         for k in due:
                             nursery.start_soon(self.renew, k)
                     continue
-                first = min(self.slots[k].until for k in active) - self.term * 2 / 3
+                first = min(self.slots[k].until for k in active) - self._usable() / 2
                 await trio.sleep_until(max(first, now + 0.05))
         finally:
             self._renewing = False
