@@ -94,7 +94,7 @@ def test_only_its_client_renews_a_session_which_never_runs_backwards() -> None:
 def test_a_bound_lease_needs_a_live_session_of_its_own_and_no_renewal() -> None:
     sess = renew(None, T0)
     d, same, answer = bound_lease(directory(), sess, T0 + S)
-    assert same == sess and answer == [T0 + TERM, 1]
+    assert same == sess and answer == [T0 + TERM, 1, 0]
     assert holders(d) == [[A, SHARED, SESSION, MA, 0, 1]]
     assert session_holders(d) == [[A, MA, 0]]
     with pytest.raises(MethodRefused) as e:  # the session ended: no grant

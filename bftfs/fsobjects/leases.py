@@ -385,7 +385,8 @@ def fs_lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
     ``s``, which must be one of the objects and live at ``lt`` (a lease is never granted to
     a session the nodes consider ended) and is left as it is: the records' expiry is
     :data:`SESSION`, with the slot and the session's generation.  The answer: ``[end,
-    generation]`` of the session."""
+    generation, last recall number]`` of the session (a recall listed later with a
+    higher number pinned this grant, one with a number up to it an earlier grant)."""
     a = check_arg(arg)
     me = (caller, _mount(a))
     kind = check_int(a, "kind", SHARED, EXCLUSIVE)
@@ -432,7 +433,8 @@ def _bound_record(
     sess = session_state(states[sid])
     if sess is None or sess["c"] != me[0] or not live_generation(sess, sess["g"], at):
         raise MethodRefused("session-ended", "the caller's session is not live")
-    return sid, [me[0], SHARED, SESSION, me[1], slot, sess["g"]], [sess["e"], sess["g"]]
+    answer = [sess["e"], sess["g"], sess.get("q", 0)]
+    return sid, [me[0], SHARED, SESSION, me[1], slot, sess["g"]], answer
 
 
 def fs_release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:

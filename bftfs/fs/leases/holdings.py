@@ -44,6 +44,9 @@ class Lease:
     #: used until the session ends, not ``until``; None: a lease of its own term.
     slot: int | None = None
     gen: int = 0
+    #: The session's last recall number at the grant: a recall listed with a higher one
+    #: pinned this lease, one with a number up to it an earlier grant's (released).
+    seq: int = 0
     #: When a query last used it (trio time): a bound lease unused for a term is let go.
     used: float = 0.0
 

@@ -133,11 +133,15 @@ class Leases:
         holdings.session_ends = sessions.ends
         sessions.holds = lambda slot: any(h.slot == slot for h in holdings.held.values())
 
-        def recalled(slot: int, oids: list[int]) -> None:
-            for oid in oids:  # one being asked for: its grant is given back
-                if oid not in holdings.held and oid in holdings.asking:
+        def recalled(slot: int, recalls: list[list[int]]) -> None:
+            gone = []
+            for oid, seq in recalls:
+                h = holdings.held.get(oid)
+                if h is None and oid in holdings.asking:  # its grant is given back
                     holdings.epoch[oid] += 1
-            self.recalls.revoke([oid for oid in oids if oid in holdings.held])
+                elif h is not None and (h.slot is None or h.seq < seq):
+                    gone.append(oid)  # granted before the recall pinned it
+            self.recalls.revoke(gone)
 
         def ended(slot: int) -> None:
             self.recalls.let_go(holdings.bound(slot))

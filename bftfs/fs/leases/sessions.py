@@ -83,9 +83,9 @@ class Sessions:
         #: Off once the nodes refused the session type (an older release).
         self.enabled = True
         self.slots: dict[int, Slot] = {}
-        #: Told the objects a renewal says were recalled, and the slot's objects when its
+        #: Told the recalls a renewal lists, ``[[oid, seq], ...]``, and the slot when its
         #: session ended or moved to a new generation (``Leases`` lets them go).
-        self.recalled: Callable[[int, list[int]], None] = lambda slot, oids: None
+        self.recalled: Callable[[int, list[list[int]]], None] = lambda slot, recalls: None
         self.ended: Callable[[int], None] = lambda slot: None
         #: Whether a slot holds any bound lease (renewals stop when none is held).
         self.holds: Callable[[int], bool] = lambda slot: False
@@ -212,11 +212,12 @@ class Sessions:
         fresh = [r for r in pending if r[2] not in s.seen]
         if fresh:
             self._stats["session_recalls"] += len(fresh)
-        # Every listed object is let go (one taken again since an earlier recall was
-        # pinned by this one), then said done by its recall's number at the next renewal.
-        oids = [r[0] for r in pending if isinstance(r[0], int)]
-        if oids:
-            self.recalled(slot, oids)
+        # The leases granted before the recall are let go (one granted after it, the
+        # holder's record being the one the recall pinned, is not), and the recalls said
+        # done by their numbers at the next renewal.
+        listed = [[r[0], r[2]] for r in pending if isinstance(r[0], int) and isinstance(r[2], int)]
+        if listed:
+            self.recalled(slot, listed)
         s.seen = {r[2] for r in pending}
         s.done.update(r[2] for r in pending if isinstance(r[2], int))
 

@@ -225,8 +225,10 @@ class Taker:
             holdings.asking.difference_update(oids)
             self._refused(oids, e, kind)
             return
+        seq = 0
         if BOUND in arg:
-            got = answer[1] if isinstance(answer, list) and len(answer) == 2 else None
+            ok = isinstance(answer, list) and len(answer) == 3
+            got, seq = (answer[1], answer[2]) if ok else (None, 0)
             if got is None or got != gen or holdings.session_ends(slot or 0, got) is None:
                 gen = None  # the session moved on meanwhile: given back, not held
         holdings.asking.difference_update(oids)
@@ -247,7 +249,7 @@ class Taker:
                 continue
             held = holdings.held_from(asked, lt, kind, granted, inherited)
             if BOUND in arg:
-                held.slot, held.gen, held.used = slot, gen or 0, now
+                held.slot, held.gen, held.used, held.seq = slot, gen or 0, now, seq
             holdings.held[oid] = held
             self._uses.pop(oid, None)
             self._creates.pop(oid, None)
