@@ -196,7 +196,7 @@ class Sessions:
         if not isinstance(state, dict) or not isinstance(state.get("e"), int):
             self._stats["session_malformed"] += 1
             return
-        if asked >= s.until or state.get("g") != s.gen:
+        if asked >= s.until or lt >= s.wall_until or state.get("g") != s.gen:
             # The session ended here before this renewal was sent (or the nodes began a new
             # generation): its leases may have been passed over, every one goes.
             if s.gen:
