@@ -69,7 +69,8 @@ def test_the_method_table_keeps_every_wire_name_class_and_object_count() -> None
         (m.name, m.cls, m.min_objects, m.max_objects, tuple(m.clocks)) for m in fsobjects.FS.methods
     ]
     assert got == TABLE
-    assert fsobjects.OBJECT_TYPES == (fsobjects.FS,)
+    assert fsobjects.OBJECT_TYPES[0] == fsobjects.FS
+    assert [t.name for t in fsobjects.OBJECT_TYPES] == ["fs", "session"]
 
 
 def test_no_export_of_the_package_shadows_one_of_its_modules() -> None:

@@ -469,7 +469,14 @@ def _leases(meta: Meta, cache: MetadataCache, term: float, spawn: Spawn) -> Leas
         return None
     config = meta.config
     leases = Leases(
-        meta.lease_update, meta.query_now, term=term, b=config.b, n=config.n, spawn=spawn
+        meta.lease_update,
+        meta.query_now,
+        term=term,
+        b=config.b,
+        n=config.n,
+        spawn=spawn,
+        client=meta.qu.client_id,
+        mount=meta.lease_token,
     )
     # What this mount answered about an object before its lease is not covered by it: the
     # attributes its own updates left are asked for again.

@@ -58,6 +58,7 @@ Modules, bottom up (each imports only those above it):
   ``rmdir``;
 - ``rename``: ``rename`` (with ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``);
 - ``snapshots``: the snapshot list and the collection predicate ``finished``;
+- ``sessions``: lease sessions (issue 62), the object type ``session``;
 - ``leases``: leases (who may cache an object, until when) and their recall;
 - ``locks``: file locks (``fcntl``, ``flock``) in lock objects, their range algebra;
 - ``moves``: ``state`` and ``movein``, an object's move from one generation to the next;

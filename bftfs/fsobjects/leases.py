@@ -56,6 +56,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bftfs.fsobjects.limits import MAX_TIME, MIN_TIME
+from bftfs.fsobjects.sessions import SLOT, SLOTS, live_generation, pin, session_oid, session_state
 from bftfs.fsobjects.state import check_arg, check_int, node_state
 from bftfs.qu.objects import MethodRefused, States
 
@@ -102,7 +103,15 @@ MAX_HOLDERS = 32
 #: malformed).
 MAX_RECALLED = 64
 
-Holder = list[int]  # [client, kind, expiry, mount]
+#: The expiry of a lease bound to its holder's session (``fsobjects.sessions``): it ends
+#: when the session does, so it counts as live wherever the session is not read (a recall
+#: with the session among its objects pins it to the session's end, :func:`_pin_sessions`).
+SESSION = MAX_TIME
+#: The argument key of a shared lease asked bound to the caller's session in slot ``s``
+#: (that session one of the update's objects, live at ``lt``).
+BOUND = "sb"
+
+Holder = list[int]  # [client, kind, expiry, mount] (+ [slot, generation] when bound)
 Waiting = list[int]  # [client, mount, time of its first recall]
 #: Who holds a lease: the client's principal id and its mount's number.
 Who = tuple[int, int]
@@ -210,6 +219,25 @@ def _served(state: dict[str, Any], client: int) -> None:
     entry goes, the others keep their places."""
     until, queue = _recall_record(state)
     _set_record(state, until, [w for w in queue if w[0] != client])
+
+
+def bound(h: Holder) -> tuple[int, int] | None:
+    """A holder record's session slot and generation when it is bound to its session (its
+    expiry :data:`SESSION`), else None."""
+    if len(h) >= 6 and h[2] == SESSION:
+        return h[4], h[5]
+    return None
+
+
+def session_holders(state: Any) -> list[list[int]]:
+    """The holders of ``state`` whose lease is bound to a session, as ``[client, mount,
+    slot]``: a requester recalls them with their sessions (``fs/leases/sessions.py``)."""
+    out = []
+    for h in holders(state):
+        b = bound(h)
+        if b is not None:
+            out.append([h[0], who(h)[1], b[0]])
+    return out
 
 
 def _other_clients(state: Any, at: int | None, client: int) -> list[Holder]:
@@ -351,14 +379,28 @@ def fs_lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
     lease is left (its turn: its entry goes), ``leased`` when another client holds a live lease the
     kind conflicts with (an exclusive lease conflicts with every other), ``busy`` past
     :data:`MAX_HOLDERS`.  The caller's own earlier lease (of this mount) is replaced.  The
-    answer: the expiry granted."""
+    answer: the expiry granted.
+
+    With ``sb`` (:data:`BOUND`) the shared leases are bound to the caller's session in slot
+    ``s``, which must be one of the objects and live at ``lt`` (a lease is never granted to
+    a session the nodes consider ended) and is left as it is: the records' expiry is
+    :data:`SESSION`, with the slot and the session's generation.  The answer: ``[end,
+    generation, last recall number]`` of the session (a recall listed later with a
+    higher number pinned this grant, one with a number up to it an earlier grant)."""
     a = check_arg(arg)
     me = (caller, _mount(a))
     kind = check_int(a, "kind", SHARED, EXCLUSIVE)
     at = check_int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
     expiry = min(at + check_int(a, "term", 1, MAX_TERM), MAX_TIME)
-    new = {}
+    new: dict[int, Any] = {}
+    record: Holder = [caller, kind, expiry, me[1]]
+    answer: Any = expiry
+    if a.get(BOUND):
+        sid, record, answer = _bound_record(states, a, me, kind, at)
+        new[sid] = states[sid]
     for oid, state in states.items():
+        if oid in new:
+            continue
         s = node_state(state)
         _tidy(s, at)
         _, queue = _recall_record(s)
@@ -371,9 +413,28 @@ def fs_lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
             raise MethodRefused("leased", f"object {oid} is leased to another client")
         if len(others) >= MAX_HOLDERS:
             raise MethodRefused("busy", f"object {oid} has {len(others)} lease holders")
-        s["ls"] = sorted([*others, [caller, kind, expiry, me[1]]])
+        s["ls"] = sorted([*others, record])
         new[oid] = s
-    return new, expiry
+    return new, answer
+
+
+def _bound_record(
+    states: States, a: dict[str, Any], me: Who, kind: int, at: int
+) -> tuple[int, Holder, Any]:
+    """The caller's session an ``sb`` lease binds to (its id), the holder record and the
+    answer (:func:`fs_lease`); refused ``invalid`` for an exclusive kind or a session not
+    among the objects, ``session-ended`` for one not live at ``at``."""
+    if kind != SHARED:
+        raise MethodRefused("invalid", "only shared leases are bound to a session")
+    slot = check_int(a, SLOT, 0, SLOTS - 1)
+    sid = session_oid(me[0], me[1], slot)
+    if sid not in states:
+        raise MethodRefused("invalid", "the session is not an object of the request")
+    sess = session_state(states[sid])
+    if sess is None or sess["c"] != me[0] or not live_generation(sess, sess["g"], at):
+        raise MethodRefused("session-ended", "the caller's session is not live")
+    answer = [sess["e"], sess["g"], sess.get("q", 0)]
+    return sid, [me[0], SHARED, SESSION, me[1], slot, sess["g"]], answer
 
 
 def fs_release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
@@ -403,33 +464,71 @@ def fs_recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], An
     update pushes a recall to (``node/recalls.py``: to every connection of each holder's
     client, so each of its mounts checks whether it is the one).  A caller already waiting
     keeps its place (its recall's time is renewed).  An object nobody else holds is left as
-    it is.  With ``ld`` (:data:`DONE`) the caller's entry goes and nothing is recalled."""
+    it is.  With ``ld`` (:data:`DONE`) the caller's entry goes and nothing is recalled.
+
+    A lease bound to a session whose session is among the objects is pinned to the
+    session's end (:func:`_pin_sessions`); one whose session is not gets a third element
+    in its object's item, ``[[client, mount, slot], ...]``: the requester recalls again
+    with those sessions (``fs/leases/sessions.py``)."""
     a = check_arg(arg)
     at = check_int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
     me = (caller, _mount(a))
     done = bool(a.get(DONE))
-    new: dict[int, Any] = {}
+    new: dict[int, Any] = {oid: st for oid, st in states.items() if session_state(st) is not None}
     out = []
     for oid, state in states.items():
-        if state is None:  # an object the refused update would have made
+        if oid in new:
+            continue
+        if state is None:  # an object the refused update would have made, or no session
             new[oid] = None
             continue
         s = node_state(state)
-        _tidy(s, at)
         if done:
+            _tidy(s, at)
             _served(s, caller)
             new[oid] = s
             continue
+        _pin_sessions(s, oid, states, new, at, me)
+        _tidy(s, at)
         others = live(s, at, other_than=me)
         foreign = _other_clients(s, at, caller)
         if foreign:
             until, queue = _recall_record(s)
-            ends = max(h[2] for h in foreign)
+            ends = max([h[2] for h in foreign if bound(h) is None], default=at)
             until = ends if until is None else max(until, ends)
             if caller not in {w[0] for w in queue} and len(queue) < MAX_WAITING:
                 queue.append([caller, me[1], at])
             _set_record(s, until, queue)
         if others:
-            out.append([oid, sorted({h[0] for h in others})])
+            item: list[Any] = [oid, sorted({h[0] for h in others})]
+            unpinned = [[h[0], who(h)[1], b[0]] for h in others if (b := bound(h)) is not None]
+            if unpinned:
+                item.append(unpinned)
+            out.append(item)
         new[oid] = s
     return new, out
+
+
+def _pin_sessions(
+    s: dict[str, Any], oid: int, states: States, new: dict[int, Any], at: int, me: Who
+) -> None:
+    """Pin the leases on object ``oid`` (state ``s``) bound to a session that is among
+    the recall's objects: a live one's expiry becomes the session's end, and the session
+    (in ``new``) lists ``oid`` among its recalls (``sessions.pin``); one whose session
+    ended, moved to another generation or is not a session at all is dropped.  Others'
+    leases only: the caller's own are its to release."""
+    kept = []
+    for h in holders(s):
+        b = bound(h)
+        sid = None if b is None else session_oid(h[0], who(h)[1], b[0])
+        if b is None or sid is None or sid not in states or who(h) == me:
+            kept.append(h)
+            continue
+        sess, end = pin(new.get(sid), oid, b[1], at)
+        if end is not None:
+            new[sid] = sess
+            kept.append([h[0], h[1], end, who(h)[1]])
+    if kept:
+        s["ls"] = sorted(kept)
+    else:
+        s.pop("ls", None)

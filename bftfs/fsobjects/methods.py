@@ -1,6 +1,7 @@
 """The method table: the ``fs`` object type, every method by its wire name with its class
 (query or update), its number of objects and the argument keys nodes check against their
-clocks, and the object types a node serves (:data:`OBJECT_TYPES`).
+clocks, and the object types a node serves (:data:`OBJECT_TYPES`: ``fs`` and the lease
+sessions, ``session``).
 
 A new method is written in the module of its job (:mod:`bftfs.fsobjects.queries`,
 ``attributes``, ``data``, ``names``, ``snapshots``, ``locks``, ``moves``) and listed here; its name
@@ -52,6 +53,7 @@ from bftfs.fsobjects.queries import (
     fs_stat_many,
 )
 from bftfs.fsobjects.rename import fs_rename
+from bftfs.fsobjects.sessions import session_renew
 from bftfs.fsobjects.snapshots import finished, fs_snapshot, fs_snapshots
 from bftfs.qu.objects import Class, Method, ObjectType, UpdateFn
 from bftfs.qu.timestamp import MAX_OBJECTS
@@ -186,5 +188,22 @@ FS = ObjectType(
 
 GUARDED_QUERIES = frozenset(_GUARDED)
 
+#: Lease sessions (:mod:`bftfs.fsobjects.sessions`, issue 62): renewed by their client
+#: alone, its lease time checked both ways as a grant's.
+SESSION = ObjectType(
+    "session",
+    (
+        Method(
+            "session.renew",
+            Class.UPDATE,
+            session_renew,
+            caller=True,
+            lease_clock=LEASE_TIME,
+            lease_skew=LEASE_SKEW,
+            grants=True,
+        ),
+    ),
+)
+
 #: The object types of the file system: what a node serves (``bftfs.node.protocols``).
-OBJECT_TYPES = (FS,)
+OBJECT_TYPES = (FS, SESSION)

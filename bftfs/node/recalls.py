@@ -78,12 +78,13 @@ class Recalls:
 
 
 def _per_client(items: Any) -> dict[int, list[int]]:
-    """``[[oid, [client, ...]], ...]`` (a method's answer) as client -> objects."""
+    """``[[oid, [client, ...]], ...]`` (a method's answer) as client -> objects (a recall's
+    item may have a third element, the session-bound holders: ``fsobjects.leases``)."""
     out: dict[int, list[int]] = {}
     for item in items if isinstance(items, list) else ():
-        if not (isinstance(item, list) and len(item) == 2):
+        if not (isinstance(item, list) and len(item) in (2, 3)):
             continue
-        oid, clients = item
+        oid, clients = item[:2]
         if isinstance(oid, int) and isinstance(clients, list):
             for c in clients:
                 if isinstance(c, int) and not isinstance(c, bool):

@@ -33,7 +33,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.clients.protocols import BlockClient, MetadataClient
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
-from bftfs.fs.leases import Leases, made_entries
+from bftfs.fs.leases import Leases, made_entries, recall_with_sessions
 from bftfs.fsobjects.leases import DONE, LEASE_SKEW, LEASE_TIME, MAX_TERM
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.client import ObjectLock
@@ -66,7 +66,7 @@ CHUNK = 256
 T = TypeVar("T")
 
 #: The lease methods: they change no content, so they drop nothing the leases keep.
-_LEASE_METHODS = frozenset({"fs.lease", "fs.release", "fs.recall"})
+_LEASE_METHODS = frozenset({"fs.lease", "fs.release", "fs.recall", "session.renew"})
 
 #: What the protocol clients raise when the cluster cannot answer (``bftfs.outcome``).
 _PROTOCOL_ERRORS = (ClusterUnavailable,)
@@ -236,7 +236,7 @@ class Meta:
         held files sent their buffered writes one file per update (PostMark: a sixth of
         its rounds), where write-back sends them eight per update.  A release stays
         gated: a recall's contract is that what the mount buffered goes first."""
-        send = self.update_now if method == "fs.lease" else self.update
+        send = self.update_now if method in ("fs.lease", "session.renew") else self.update
         return await send(objects, method, arg)
 
     async def update_now(self, objects: Iterable[int], method: str, arg: Any) -> Any:
@@ -350,7 +350,7 @@ class Meta:
             if attempt % 8 == 0:  # ask again now and then: a holder may have lost a push
                 self.methods["fs.recall"] += 1
                 async with self._one_update_per_object(objects):
-                    await self.qu.update(objects, "fs.recall", {"lt": self.wall_ns()})
+                    await recall_with_sessions(self.qu.update, objects, self.wall_ns)
             await self.back_off(min(attempt, 6))
             attempt += 1
             if isinstance(arg, dict) and query is None:

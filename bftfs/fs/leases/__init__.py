@@ -7,6 +7,8 @@ here only.
 - ``holdings.py``: :class:`Holdings`, the leases held, on both clocks, and those that
   came with a create or a mkdir;
 - ``taking.py``: :class:`Taker`, when a lease is asked for, taking and renewing them;
+- ``sessions.py``: :class:`Sessions`, the mount's lease sessions (issue 62) that its
+  shared leases are bound to, and :func:`recall_with_sessions`, a requester's recall;
 - ``recalls.py``: :class:`Recalls`, the nodes' recall pushes, letting leases go;
 - ``votes.py``: :class:`RecallVotes`, a recall believed from ``b + 1`` nodes;
 - ``releases.py``: :class:`Releases`, giving leases back after the kernel forgot them;
@@ -16,6 +18,16 @@ here only.
 from bftfs.fs.leases.answers import LeasedAnswers, made_entries
 from bftfs.fs.leases.mount import Leases
 from bftfs.fs.leases.releases import BATCH, Releases, Spawn
+from bftfs.fs.leases.sessions import recall_with_sessions
 from bftfs.fs.leases.taking import FILE_USES
 
-__all__ = ["BATCH", "FILE_USES", "LeasedAnswers", "Leases", "Releases", "Spawn", "made_entries"]
+__all__ = [
+    "BATCH",
+    "FILE_USES",
+    "LeasedAnswers",
+    "Leases",
+    "Releases",
+    "Spawn",
+    "made_entries",
+    "recall_with_sessions",
+]

@@ -40,6 +40,15 @@ class Lease:
     #: Leased with the object's create (:meth:`Holdings.inherit`): the mount made it, so
     #: what it knows of it is the object from the start.
     inherited: bool = False
+    #: Bound to this mount's session in this slot and generation (``fs/leases/sessions.py``):
+    #: used until the session ends, not ``until``; None: a lease of its own term.
+    slot: int | None = None
+    gen: int = 0
+    #: The session's last recall number at the grant: a recall listed with a higher one
+    #: pinned this lease, one with a number up to it an earlier grant's (released).
+    seq: int = 0
+    #: When a query last used it (trio time): a bound lease unused for a term is let go.
+    used: float = 0.0
 
 
 class Holdings:
@@ -63,6 +72,9 @@ class Holdings:
         self._dropped = dropped
         self._woke = woke
         self.held: dict[int, Lease] = {}
+        #: Until when (trio, wall ns) a lease bound to a session's slot and generation is
+        #: used (``Sessions.ends``; None: not, that generation is over here).
+        self.session_ends: Callable[[int, int], tuple[float, int] | None] = lambda s, g: None
         #: Objects a lease is being asked for (a recall of one is counted).
         self.asking: set[int] = set()
         #: Trio time until which no lease on an object is asked for (:data:`COOLDOWN`).
@@ -82,14 +94,23 @@ class Holdings:
         h = self.held.get(oid)
         if h is None:
             return None
-        if now >= h.until:
+        ends = self.ends(h)
+        if ends is None or now >= ends[0]:
             self.drop(oid)
             return None
-        if self.wall_ns() >= h.wall_until:  # the machine slept (or its clock was set on)
+        if self.wall_ns() >= ends[1]:  # the machine slept (or its clock was set on)
             self.stats["woke_past_expiry"] += 1
             self._woke(list(self.held))
             return None
+        h.used = now  # (a bound lease unused for a term is let go: ``Leases``)
         return h
+
+    def ends(self, h: Lease) -> tuple[float, int] | None:
+        """Until when (trio, wall ns) lease ``h`` is used: its term's end, or for one bound
+        to a session the session's (None: that generation is over here)."""
+        if h.slot is None:
+            return h.until, h.wall_until
+        return self.session_ends(h.slot, h.gen)
 
     def drop(self, oid: int) -> None:
         """Forget the lease on ``oid`` (ended, recalled, let go)."""
@@ -107,9 +128,10 @@ class Holdings:
         with the object's create here: held from its start), else 0."""
         now = trio.current_time()
         h = self.live(oid, now)
-        if h is None or (h.granted > since and not h.inherited):
+        ends = None if h is None else self.ends(h)
+        if h is None or ends is None or (h.granted > since and not h.inherited):
             return 0.0
-        return max(0.0, min(h.until - now, (h.wall_until - self.wall_ns()) / 1e9))
+        return max(0.0, min(ends[0] - now, (ends[1] - self.wall_ns()) / 1e9))
 
     def exclusive_left(self, oid: int) -> float:
         """Seconds left on this mount's exclusive lease on ``oid`` (0: it holds none)."""
@@ -126,6 +148,14 @@ class Holdings:
         if h is None or h.kind != EXCLUSIVE:
             return None
         return float("-inf") if h.inherited else h.granted
+
+    def bound(self, slot: int) -> list[int]:
+        """The objects whose lease is bound to ``slot``'s session."""
+        return [oid for oid, h in self.held.items() if h.slot == slot]
+
+    def idle(self, slot: int, before: float) -> list[int]:
+        """The objects whose lease is bound to ``slot`` and was last used before ``before``."""
+        return [oid for oid, h in self.held.items() if h.slot == slot and h.used < before]
 
     def held_from(self, asked: float, lt: int, kind: int, granted: float, inherited: bool) -> Lease:
         """A lease of one term asked at trio time ``asked`` with lease time ``lt`` (ns),

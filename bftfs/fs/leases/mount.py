@@ -14,8 +14,10 @@ in proportion to what is dropped, not to all that is kept.
 **When to take one** (``fs/leases/taking.py``).  A lease costs an update round and may
 cost another client a recall, so it is taken only for an object queried a few times while
 none was held and since this mount last changed it, and not soon after a recall of it here
-or a refusal.  It is taken in the background and renewed, on use, once less than a third
-of its term is left; an unused lease just ends.
+or a refusal.  It is taken in the background.  A shared lease is bound to the mount's
+session (``fs/leases/sessions.py``, issue 62), renewed once per slot and a third of a term
+whatever the number of objects, and let go once unused for a term; any other lease is
+renewed, on use, once less than a third of its term is left, and an unused one just ends.
 
 **Time.**  The holder counts its lease from before it asked, less ``HOLDER_MARGIN`` (the
 lease skew both ways and a second), so it stops answering from it before any correct node
@@ -50,6 +52,7 @@ from bftfs.fs.leases.answers import LeasedAnswers, looked_up_name, passing
 from bftfs.fs.leases.holdings import Holdings, Lease
 from bftfs.fs.leases.recalls import Recalls
 from bftfs.fs.leases.releases import Releases, Spawn, Update
+from bftfs.fs.leases.sessions import Sessions
 from bftfs.fs.leases.taking import Query, Taker
 from bftfs.fs.leases.votes import RecallVotes
 from bftfs.qu.objects import MethodRefused
@@ -74,13 +77,17 @@ class Leases:
         spawn: Spawn,
         n: int = 1,
         wall_ns: Callable[[], int] = time.time_ns,
+        client: int | None = None,
+        mount: int = 0,
     ) -> None:
         """``update``: the gated Q/U update of the file system (``Meta.update``): a
         release must follow what the mount buffered.  ``query``: the ungated query
         (``Meta.query_now``): a directory's listing is read once its exclusive lease is
         granted (None: never).  ``term``: seconds a lease is asked for.  ``b``: pushes from
         ``b + 1`` nodes make a recall believed.  ``spawn``: starts the leases' background
-        tasks (``Background.spawn``, ``fs/background.py``).
+        tasks (``Background.spawn``, ``fs/background.py``).  ``client``, ``mount``: the
+        principal id and mount number its lease sessions derive from (None: no sessions,
+        every lease renewed on its own).
 
         The two calls are the only way this part reaches the servers, and ``Meta`` (above
         it: it asks the leases before each query and tells them of each update) gives them
@@ -95,9 +102,57 @@ class Leases:
         self.answers = LeasedAnswers()
         self.holdings = Holdings(term, wall_ns, self.stats, dropped=self._dropped, woke=self._woke)
         self.recalls = Recalls(self.holdings, self.releases, RecallVotes(b), spawn, self.stats)
+        self.sessions: Sessions | None = None
+        if client is not None:
+            self.sessions = Sessions(
+                update,
+                client=client,
+                mount=mount,
+                n=n,
+                term=term,
+                wall_ns=wall_ns,
+                spawn=spawn,
+                stats=self.stats,
+            )
+            self._wire_sessions(self.sessions)
         self.taker = Taker(
-            self.holdings, self.recalls, self.answers, update, query, spawn, n=n, stats=self.stats
+            self.holdings,
+            self.recalls,
+            self.answers,
+            update,
+            query,
+            spawn,
+            n=n,
+            stats=self.stats,
+            sessions=self.sessions,
         )
+
+    def _wire_sessions(self, sessions: Sessions) -> None:
+        """What the sessions tell the holdings and the recalls, and ask of them."""
+        holdings = self.holdings
+        holdings.session_ends = sessions.ends
+        sessions.holds = lambda slot: any(h.slot == slot for h in holdings.held.values())
+
+        def recalled(slot: int, recalls: list[list[int]]) -> None:
+            gone = []
+            for oid, seq in recalls:
+                h = holdings.held.get(oid)
+                if h is None and oid in holdings.asking:  # its grant is given back
+                    holdings.epoch[oid] += 1
+                elif h is not None and (h.slot is None or h.seq < seq):
+                    gone.append(oid)  # granted before the recall pinned it
+            self.recalls.revoke(gone)
+
+        def ended(slot: int) -> None:
+            self.recalls.let_go(holdings.bound(slot))
+
+        def sweep(slot: int) -> None:
+            idle = holdings.idle(slot, trio.current_time() - holdings.term)
+            if idle:
+                self.stats["session_idle"] += len(idle)
+                self.recalls.let_go(idle)
+
+        sessions.recalled, sessions.ended, sessions.sweep = recalled, ended, sweep
 
     def _dropped(self, oid: int) -> None:
         self.taker.forget(oid)

@@ -5,8 +5,11 @@ background task that asks for them in batches and holds what is granted.
 recall, so it is taken only for an object queried :data:`USES` times while none was held
 and since this mount last changed it (a file it is writing gains nothing from one), and
 not within ``COOLDOWN`` of a recall of it here or a refusal (two clients working in one
-directory do not pass leases back and forth).  It is taken in the background and renewed,
-on use, once less than a third of its term is left; an unused lease just ends.  An
+directory do not pass leases back and forth).  It is taken in the background.  A shared
+one is bound to the mount's session (``fs/leases/sessions.py``, issue 62): it costs no
+renewal of its own, and is let go once unused for a term.  Any other (an exclusive one,
+or every one when the nodes know no sessions) is renewed, on use, once less than a third
+of its term is left; an unused one just ends.  An
 exclusive lease on a directory is asked for after :data:`USES` creates or removals the
 mount deferred there (write-back), and its listing is read once granted.
 """
@@ -24,7 +27,9 @@ from bftfs.fs.leases.answers import MAX_ANSWERS, LeasedAnswers
 from bftfs.fs.leases.holdings import COOLDOWN, Holdings, Lease
 from bftfs.fs.leases.recalls import Recalls
 from bftfs.fs.leases.releases import BATCH, Spawn, Update
-from bftfs.fsobjects.leases import EXCLUSIVE, SHARED
+from bftfs.fs.leases.sessions import Sessions
+from bftfs.fsobjects.leases import BOUND, EXCLUSIVE, SHARED
+from bftfs.fsobjects.sessions import SLOT
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +60,13 @@ class Taker:
         *,
         n: int,
         stats: Counter[str],
+        sessions: Sessions | None = None,
     ) -> None:
         """``update``: the update a lease is taken with.  ``query``: a directory's listing
         is read with it once its exclusive lease is granted (None: never).  ``n``: objects
-        congruent mod ``n`` share their preferred quorum (asked for in one update)."""
+        congruent mod ``n`` share their preferred quorum (asked for in one update).
+        ``sessions``: the mount's sessions shared leases are bound to (None: none)."""
+        self.sessions = sessions
         self._holdings = holdings
         self._recalls = recalls
         self._answers = answers
@@ -121,15 +129,20 @@ class Taker:
         """Renew the leases on ``oids`` that have less than a third of their term left."""
         for o in oids:
             h = self._holdings.held.get(o)
-            if h is not None and h.until - now < self._holdings.term / 3:
+            if h is not None and h.slot is not None:
+                h.used = now  # its session is renewed, not it
+            elif h is not None and h.until - now < self._holdings.term / 3:
                 self.ask(o, now, h.kind)
 
     def renew(self, oids: Sequence[int]) -> None:
-        """``Leases.renew``: renew the leases held on ``oids`` now."""
+        """``Leases.renew``: renew the leases held on ``oids`` now (those bound to the
+        session: only counted as used)."""
         now = trio.current_time()
         for oid in oids:
             h = self._holdings.held.get(oid)
-            if h is not None:
+            if h is not None and h.slot is not None:
+                h.used = now
+            elif h is not None:
                 self.ask(oid, now, h.kind)
 
     def want_exclusive_file(self, oid: int) -> None:
@@ -179,8 +192,9 @@ class Taker:
                     for oid in alone:
                         nursery.start_soon(self._take, [oid], self._kinds.get(oid, SHARED))
                     for (kind, _), group in groups.items():
-                        for i in range(0, len(group), BATCH):
-                            nursery.start_soon(self._take, group[i : i + BATCH], kind)
+                        size = BATCH - 1 if kind == SHARED else BATCH  # (with the session)
+                        for i in range(0, len(group), size):
+                            nursery.start_soon(self._take, group[i : i + size], kind)
         finally:
             self._taking = False
 
@@ -194,15 +208,29 @@ class Taker:
         being asked for (the push came before the grant) is given back at once."""
         holdings = self._holdings
         epochs = [holdings.epoch[o] for o in oids]
+        slot = gen = None
+        if kind == SHARED and self.sessions is not None:
+            slot = self.sessions.slot_of(oids[0])
+            gen = await self.sessions.ready(slot)
         asked = trio.current_time()
+        objects = list(oids)
         try:
             lt = holdings.wall_ns()
-            arg = {"kind": kind, "lt": lt, "term": int(holdings.term * 1e9)}
-            await self._update(list(oids), "fs.lease", arg)
+            arg: dict[str, Any] = {"kind": kind, "lt": lt, "term": int(holdings.term * 1e9)}
+            if slot is not None and gen is not None and self.sessions is not None:
+                arg.update({BOUND: 1, SLOT: slot})
+                objects.append(self.sessions.sid(slot))
+            answer = await self._update(objects, "fs.lease", arg)
         except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
             holdings.asking.difference_update(oids)
             self._refused(oids, e, kind)
             return
+        seq = 0
+        if BOUND in arg:
+            ok = isinstance(answer, list) and len(answer) == 3
+            got, seq = (answer[1], answer[2]) if ok else (None, 0)
+            if got is None or got != gen or holdings.session_ends(slot or 0, got) is None:
+                gen = None  # the session moved on meanwhile: given back, not held
         holdings.asking.difference_update(oids)
         now = trio.current_time()
         gone = []
@@ -215,7 +243,14 @@ class Taker:
                 gone.append(oid)  # recalled while asked for
                 continue
             granted, inherited = (old.granted, old.inherited) if old else (now, False)
-            holdings.held[oid] = holdings.held_from(asked, lt, kind, granted, inherited)
+            if BOUND in arg and gen is None:
+                gone.append(oid)
+                holdings.drop(oid)
+                continue
+            held = holdings.held_from(asked, lt, kind, granted, inherited)
+            if BOUND in arg:
+                held.slot, held.gen, held.used, held.seq = slot, gen or 0, now, seq
+            holdings.held[oid] = held
             self._uses.pop(oid, None)
             self._creates.pop(oid, None)
             self._stats["renewed" if old else "taken"] += 1
