@@ -61,6 +61,7 @@ from bftfs.net.frames import (
     packed,
 )
 from bftfs.net.session import Prover, Session, server_handshake
+from bftfs.net.wires import version_of
 
 #: How long a new connection may take to say hello before it is closed.
 HANDSHAKE_TIMEOUT = 5.0
@@ -268,18 +269,30 @@ class Server(Generic[Ctx]):
 
     def sessions(self) -> list[dict[str, Any]]:
         """The open connections of clients: who, from where, since when, how many
-        requests (plain values, for ``bftfs status``)."""
+        requests, and the bftfs package and wire version each speaks (plain values, for
+        ``bftfs status``)."""
         return [
             {
                 "client": int(pid),
                 "address": conn.address,
                 "since": round(conn.since, 1),
                 "requests": conn.requests,
+                **_versions(conn.session),
             }
             for pid, conns in sorted(self._open.items())
             if not is_node(pid)
             for conn in conns
         ]
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """The package and wire version of each node connected to this one now (its
+        latest connection), by node id: what a rolling upgrade has reached, as the node
+        sees it."""
+        return {
+            str(int(pid)): _versions(conns[-1].session)
+            for pid, conns in sorted(self._open.items())
+            if is_node(pid) and conns
+        }
 
     def connected(self, principal: PrincipalId) -> int:
         """How many connections of ``principal`` are open (those :meth:`push` would use)."""
@@ -509,6 +522,11 @@ def _countdown(done: Callable[[], None], copies: int) -> Callable[[], None]:
             done()
 
     return one
+
+
+def _versions(session: Session) -> dict[str, Any]:
+    """The package version (``net/wires.version_of``) and the wire version of a session."""
+    return {"version": version_of(session.peer_version, session.wire), "wire": session.wire}
 
 
 class _ServerConnection(Generic[Ctx]):
