@@ -1,7 +1,8 @@
 """Who is connected to the cluster, wherever their mounts run (issue 67; ``ceph tell mds
 client ls``, ``juicefs status``): each node lists its clients' open sessions and ``bftfs
 status`` joins the lists, so an administrator sees the laptops, not only this machine's
-mounts."""
+mounts, and which bftfs each runs (its hello says: ``net/session.py``), so that a mount
+left behind by an upgrade shows (``cli/status.mixed_versions``)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,26 @@ def client_sessions(
                     "nodes": [],
                     "since": session["since"],
                     "requests": 0,
+                    "version": None,
+                    "wire": None,
                 },
             )
+            _heard_version(row, session)
             if s.id not in row["nodes"]:
                 row["nodes"].append(s.id)
             row["since"] = min(row["since"], session["since"])
             row["requests"] += int(session["requests"])
     return sorted(rows.values(), key=lambda r: (-r["requests"], r["client"], r["host"]))
+
+
+def _heard_version(row: dict[str, Any], session: dict[str, Any]) -> None:
+    """Note the version a session reports in its client's row: the newest wire a node
+    heard from it wins (a 0.1.0 node hears only wire 5, whatever the client runs, and
+    reports no version at all)."""
+    wire = session.get("wire")
+    if not isinstance(wire, int) or (row["wire"] is not None and wire < row["wire"]):
+        return
+    row["wire"], row["version"] = wire, session.get("version")
 
 
 def print_sessions(rows: list[dict[str, Any]], now: float | None = None) -> None:
@@ -47,8 +61,18 @@ def print_sessions(rows: list[dict[str, Any]], now: float | None = None) -> None
         print("  sessions: none (no client connected)")
         return
     now = time.time() if now is None else now
-    print("  client      from              nodes    connected  requests")
+    print("  client      from              nodes    connected  requests  version")
     for r in rows:
         age = duration(now - r["since"])
         nodes = len(r["nodes"])
-        print(f"  {r['client']:<11} {r['host']:<17} {nodes:>5}  {age:>11}  {r['requests']:>8}")
+        print(
+            f"  {r['client']:<11} {r['host']:<17} {nodes:>5}  {age:>11}  {r['requests']:>8}  "
+            f"{version_label(r)}"
+        )
+
+
+def version_label(row: dict[str, Any]) -> str:
+    """``0.2.0 (wire 6)``; ``?`` when no node that answered reports it (all of 0.1.0)."""
+    if row.get("wire") is None:
+        return "?"
+    return f"{row.get('version') or '?'} (wire {row['wire']})"

@@ -20,7 +20,7 @@ from bftfs import local as localmod
 from bftfs.cli import capacity
 from bftfs.cli import statustables as tables
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
-from bftfs.cli.sessions import client_sessions, print_sessions
+from bftfs.cli.sessions import client_sessions, print_sessions, version_label
 from bftfs.cli.statustables import (  # noqa: F401  (re-exported: tests, cli/cluster.py)
     FAULT_COLUMNS,
     catch_up_summary,
@@ -77,7 +77,7 @@ def cluster_health(
     filling = capacity.problems(fills(statuses))
     problems += filling
     problems += _revoked_mounts(mounts)
-    mixed = mixed_versions(statuses, mounts)
+    mixed = mixed_versions(statuses, mounts, client_sessions(statuses, cfg.client_names()))
     problems += mixed
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
@@ -94,11 +94,19 @@ def cluster_health(
     return STATUS_HEALTHY, "healthy", problems, faults
 
 
-def mixed_versions(statuses: list[localmod.NodeStatus], mounts: list[dict]) -> list[str]:
+def mixed_versions(
+    statuses: list[localmod.NodeStatus],
+    mounts: list[dict],
+    sessions: list[dict[str, Any]] | None = None,
+) -> list[str]:
     """A problem line when the nodes and mounts that answered do not all run one bftfs
     (as Ceph warns of mixed daemon versions): the middle of a rolling upgrade, or a
-    machine left behind by one (docs/operations.md, "Upgrades")."""
+    machine left behind by one (docs/operations.md, "Upgrading").  ``sessions``: the
+    clients the nodes hold sessions with (``cli/sessions.py``), wherever they run."""
     runs: dict[str, list[str]] = {}
+    for r in sessions or []:
+        if r.get("wire") is not None:
+            runs.setdefault(version_label(r), []).append(f"client {r['client']}@{r['host']}")
     for s in statuses:
         if s.up and s.stats is not None and "version" in s.stats:
             key = f"{s.stats['version']} (wire {s.stats.get('wire')})"
