@@ -44,10 +44,12 @@ def cluster_health(
     statuses: list[localmod.NodeStatus],
     mounts: list[dict],
     findings: dict[int, Any] | None = None,
+    sessions: list[dict[str, Any]] | None = None,
 ) -> tuple[int, str, list[str], dict[int, dict[str, int]]]:
     """(exit code, word, problems, faults per node summed over the mounts) of a cluster;
     ``findings``: what scrub and verification found standing against each node
-    (``bftfs/health.py``), which keeps the cluster degraded until cleared."""
+    (``bftfs/health.py``), which keeps the cluster degraded until cleared; ``sessions``:
+    the clients connected to the nodes (``cli/sessions.py``), for their versions."""
     from bftfs import health
 
     faults: dict[int, dict[str, int]] = {}
@@ -77,7 +79,7 @@ def cluster_health(
     filling = capacity.problems(fills(statuses))
     problems += filling
     problems += _revoked_mounts(mounts)
-    mixed = mixed_versions(statuses, mounts, client_sessions(statuses, cfg.client_names()))
+    mixed = mixed_versions(statuses, mounts, sessions)
     problems += mixed
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
@@ -215,7 +217,8 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     statuses = trio.run(localmod.query_status, cfg)
     mounts = control.mount_statuses(cfg)
     record, findings = _findings(cfg, statuses, clear=clear)
-    code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings)
+    sessions = client_sessions(statuses, cfg.client_names())
+    code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings, sessions)
     capacities = {f.node: f for f in fills(statuses)}
     if args.json:
         doc = {
@@ -247,7 +250,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
             ],
             "findings_cleared_at": record.cleared_at,
             "mounts": mounts,
-            "sessions": client_sessions(statuses, cfg.client_names()),
+            "sessions": sessions,
         }
         print(json.dumps(doc, indent=None if args.watch else 2, default=str))
         return code
@@ -271,7 +274,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     tables.print_capacity(list(capacities.values()))
     tables.print_limits(statuses, cfg.client_names())
     tables.print_mounts(mounts, faults, cfg)
-    print_sessions(client_sessions(statuses, cfg.client_names()))
+    print_sessions(sessions)
     tables.print_findings(cfg, record, findings, statuses)
     return code
 
