@@ -14,6 +14,7 @@ nodes its ``bftfs up`` starts are of that interpreter too (``local.start_node`` 
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import sysconfig
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import bftfs
 
-#: Released versions and their commits (docs/operations.md, "Releases"): a clone without
-#: tags still finds a release by its recorded commit.
-RELEASES = {"0.1.0": "57607b5abc89fbe6eb155921a217db320102177b"}
+#: Where the releases and their commits are recorded (its "Releases" table): a clone
+#: without tags still finds a release by its recorded commit.
+RELEASE_TABLE = Path("docs") / "operations.md"
 #: The last commit of wire version 4 (before the per-view key proofs), to check that a
 #: speaker two versions back is refused with a clear error.
 WIRE4_COMMIT = "90fa255ffbd40be767d6f07da838dfb75774c060"
@@ -39,13 +40,24 @@ def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["git", "-C", str(repository()), *args], capture_output=True)
 
 
+def recorded_commits() -> dict[str, str]:
+    """Release -> full commit hash, from :data:`RELEASE_TABLE`'s rows
+    (``| 0.1.0 | `57607b5...` | ...``)."""
+    try:
+        text = (repository() / RELEASE_TABLE).read_text()
+    except OSError:
+        return {}
+    row = re.compile(r"^\|\s*`?(\d+\.\d+\.\d+)`?\s*\|\s*`?([0-9a-f]{40})`?\s*\|", re.M)
+    return dict(row.findall(text))
+
+
 def commit_of(version: str) -> tuple[str | None, str]:
     """The commit of release ``version``: its tag ``vVERSION``, else the commit recorded
-    in :data:`RELEASES` if this clone's history holds it; (None, why) when neither."""
+    in :data:`RELEASE_TABLE` if this clone's history holds it; (None, why) when neither."""
     tagged = _git("rev-parse", "--verify", "--quiet", f"v{version}^{{commit}}")
     if tagged.returncode == 0:
         return tagged.stdout.decode().strip(), f"tag v{version}"
-    recorded = RELEASES.get(version)
+    recorded = recorded_commits().get(version)
     if recorded is None:
         return None, f"no tag v{version} and no commit recorded for {version}"
     if _git("cat-file", "-e", f"{recorded}^{{commit}}").returncode == 0:
