@@ -16,43 +16,36 @@ from bftfs.cli.statustables import duration
 def client_sessions(
     statuses: list[localmod.NodeStatus], names: dict[int, str]
 ) -> list[dict[str, Any]]:
-    """One row per client and address: its name, the nodes it holds a session with, since
-    when (the earliest), and the requests it sent them (summed), busiest first."""
-    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    """One row per client, address and version: its name, the nodes it holds a session
+    with, since when (the earliest), the requests it sent them (summed), and the bftfs and
+    wire version it speaks (None: a node of 0.1.0 reported it, which does not know),
+    busiest first.  Two processes of one client on one machine are told apart by their
+    versions only (a mount of 0.1.0 and ``bftfs status`` itself, of 0.2.0, in an upgrade)."""
+    rows: dict[tuple[int, str, str | None, int | None], dict[str, Any]] = {}
     for s in statuses:
         if not s.up or s.stats is None:
             continue
         for session in s.stats.get("sessions") or []:
-            key = (int(session["client"]), str(session["address"]).rsplit(":", 1)[0])
+            client, host = int(session["client"]), str(session["address"]).rsplit(":", 1)[0]
+            version, wire = session.get("version"), session.get("wire")
             row = rows.setdefault(
-                key,
+                (client, host, version, wire),
                 {
-                    "client": names.get(key[0], f"#{key[0]}"),
-                    "id": key[0],
-                    "host": key[1],
+                    "client": names.get(client, f"#{client}"),
+                    "id": client,
+                    "host": host,
                     "nodes": [],
                     "since": session["since"],
                     "requests": 0,
-                    "version": None,
-                    "wire": None,
+                    "version": version,
+                    "wire": wire,
                 },
             )
-            _heard_version(row, session)
             if s.id not in row["nodes"]:
                 row["nodes"].append(s.id)
             row["since"] = min(row["since"], session["since"])
             row["requests"] += int(session["requests"])
     return sorted(rows.values(), key=lambda r: (-r["requests"], r["client"], r["host"]))
-
-
-def _heard_version(row: dict[str, Any], session: dict[str, Any]) -> None:
-    """Note the version a session reports in its client's row: the newest wire a node
-    heard from it wins (a 0.1.0 node hears only wire 5, whatever the client runs, and
-    reports no version at all)."""
-    wire = session.get("wire")
-    if not isinstance(wire, int) or (row["wire"] is not None and wire < row["wire"]):
-        return
-    row["wire"], row["version"] = wire, session.get("version")
 
 
 def print_sessions(rows: list[dict[str, Any]], now: float | None = None) -> None:

@@ -106,9 +106,6 @@ def mixed_versions(
     machine left behind by one (docs/operations.md, "Upgrading").  ``sessions``: the
     clients the nodes hold sessions with (``cli/sessions.py``), wherever they run."""
     runs: dict[str, list[str]] = {}
-    for r in sessions or []:
-        if r.get("wire") is not None:
-            runs.setdefault(version_label(r), []).append(f"client {r['client']}@{r['host']}")
     for s in statuses:
         if s.up and s.stats is not None and "version" in s.stats:
             key = f"{s.stats['version']} (wire {s.stats.get('wire')})"
@@ -117,6 +114,9 @@ def mixed_versions(
         if m.get("version") is not None:
             key = f"{m['version']} (wire {m.get('wire')})"
             runs.setdefault(key, []).append(f"mount {m['mountpoint']}")
+    for r in sessions or []:
+        if r.get("wire") is not None:
+            runs.setdefault(version_label(r), []).append(f"client {r['client']}@{r['host']}")
     if len(runs) < 2:
         return []
     parts = "; ".join(f"{key} on {', '.join(who)}" for key, who in sorted(runs.items()))
