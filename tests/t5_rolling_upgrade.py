@@ -37,6 +37,8 @@ pytestmark = [
 
 OLD = "0.1.0"
 NODES = 6
+#: Seconds between the writer's files (about 5 a second at most).
+PACE = 0.2
 
 
 def run(python: Path | str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -48,7 +50,7 @@ def run(python: Path | str, *args: str, check: bool = True) -> subprocess.Comple
     return got
 
 
-def until(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
+def until(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
     """``probe()``'s first true answer, polled under a deadline."""
     deadline = time.monotonic() + timeout
     while not (got := probe()):
@@ -73,7 +75,7 @@ class Writer(threading.Thread):
         k = 0
         try:
             while not self.stop.is_set():
-                data = rng.randbytes(rng.choice((100, 5000, 70_000)))
+                data = rng.randbytes(rng.choice((100, 5000, 40_000)))
                 name = f"w{k:05d}"
                 fd = os.open(self.directory / name, os.O_CREAT | os.O_WRONLY, 0o644)
                 try:
@@ -83,6 +85,9 @@ class Writer(threading.Thread):
                     os.close(fd)
                 self.synced[name] = hashlib.sha256(data).hexdigest()
                 k += 1
+                # A steady stream, not a flood: each restarted node catches up on what
+                # changed while it was down (one object at a time) while this goes on.
+                self.stop.wait(PACE)
         except BaseException as e:  # reported by the test, with what it had written
             self.error = e
 
@@ -116,6 +121,7 @@ def test_a_cluster_of_0_1_0_upgrades_node_by_node_under_a_writer(tmp_path: Path)
     commit, why = releases.commit_of(OLD)
     if commit is None:
         pytest.skip(why)
+    began = time.monotonic()
     old = releases.build(commit, tmp_path / f"v{OLD}")
     assert run(old, "--version").stdout.startswith(f"bftfs {OLD} (wire {WIRE_VERSION - 1},")
     home, mnt = tmp_path / "c", tmp_path / "mnt"
@@ -130,6 +136,7 @@ def test_a_cluster_of_0_1_0_upgrades_node_by_node_under_a_writer(tmp_path: Path)
         writer = Writer(mnt / "w")
         writer.start()
         until("the writer's first files", lambda: len(writer.synced) >= 5)
+        print(f"set up: {time.monotonic() - began:.1f} s")
         mixes: list[str] = []
         for node in range(NODES):
             run(sys.executable, "node", "stop", str(node), *config)
@@ -156,10 +163,14 @@ def test_a_cluster_of_0_1_0_upgrades_node_by_node_under_a_writer(tmp_path: Path)
         assert f"mount {mnt}" in first, first
         assert f"{__version__} (wire {WIRE_VERSION}) on " in first and "node 0" in first, first
         # The mount last: its umount sends what it holds back.
+        print(f"upgraded: {time.monotonic() - began:.1f} s")
         run(old, "umount", *config, str(mnt))
+        print(f"unmounted: {time.monotonic() - began:.1f} s")
         run(sys.executable, "mount", *config, str(mnt))
+        print(f"mounted: {time.monotonic() - began:.1f} s")
         for name, digest in sorted(writer.synced.items()):
             assert hashlib.sha256((mnt / "w" / name).read_bytes()).hexdigest() == digest, name
+        print(f"checked: {time.monotonic() - began:.1f} s")
         doc = status(home)
         assert not [p for p in doc["problems"] if p.startswith("mixed versions")], doc["problems"]
         assert {(s["version"], s["wire"]) for s in doc["sessions"]} == {(__version__, WIRE_VERSION)}
