@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import trio
 
-from bftfs import WIRE_VERSION, __version__
+from bftfs import STORE_FORMAT, WIRE_VERSION, __version__
 from bftfs.fs.session import open_session
 from bftfs.testing import releases
 from bftfs.testing.clis import bftfs_cli
@@ -75,5 +77,22 @@ def test_status_shows_each_clients_version_and_warns_on_a_mix(tmp_path: Path) ->
     assert f"0.1.0 (wire {WIRE_VERSION - 1}) on client client2@127.0.0.1" in mixed
     assert f"{__version__} (wire {WIRE_VERSION}) on node 0, node 1, node 2" in mixed
     assert "client client1@127.0.0.1" in mixed.split("; ")[1]
+    # Each node knows what its peers run (their heartbeats connect to it).
+    peers = [n["stats"]["peer_versions"] for n in doc["nodes"]]
+    assert any(peers), peers
+    assert {(p["version"], p["wire"]) for ps in peers for p in ps.values()} == {
+        (__version__, WIRE_VERSION)
+    }
     line = next(x for x in table.splitlines() if x.strip().startswith("client2"))
     assert line.rstrip().endswith(f"0.1.0 (wire {WIRE_VERSION - 1})"), table
+
+
+def test_version_names_the_package_wire_and_store_format() -> None:
+    """``bftfs --version`` (issue 67), and the package version is one in both places it
+    is written (``bftfs/__init__.py``, ``pyproject.toml``)."""
+    got = subprocess.run(
+        [sys.executable, "-m", "bftfs", "--version"], capture_output=True, text=True, check=True
+    )
+    assert got.stdout == f"bftfs {__version__} (wire {WIRE_VERSION}, store format {STORE_FORMAT})\n"
+    project = tomllib.loads((releases.repository() / "pyproject.toml").read_text())["project"]
+    assert project["version"] == __version__
