@@ -7,7 +7,9 @@ release v0.1.0 (wire 5) or the last commit of wire 4, built from this clone's hi
   that client runs 0.1.0;
 - a client of this version, whose wire-6 hello a 0.1.0 node closes, says it again in
   wire 5 and is served;
-- a wire-4 client is refused with an error naming both versions."""
+- a wire-4 client is refused with an error naming both versions;
+- two speakers of this version learn each other's package version, and a hello of a
+  newer version is refused in ours, so that its speaker can fall back."""
 
 from __future__ import annotations
 
