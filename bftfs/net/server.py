@@ -61,7 +61,7 @@ from bftfs.net.frames import (
     packed,
 )
 from bftfs.net.session import Prover, Session, server_handshake
-from bftfs.net.wires import version_of
+from bftfs.net.wires import versions
 
 #: How long a new connection may take to say hello before it is closed.
 HANDSHAKE_TIMEOUT = 5.0
@@ -269,15 +269,14 @@ class Server(Generic[Ctx]):
 
     def sessions(self) -> list[dict[str, Any]]:
         """The open connections of clients: who, from where, since when, how many
-        requests, and the bftfs package and wire version each speaks (plain values, for
-        ``bftfs status``)."""
+        requests, what bftfs and wire each speaks (plain values, for ``bftfs status``)."""
         return [
             {
                 "client": int(pid),
                 "address": conn.address,
                 "since": round(conn.since, 1),
                 "requests": conn.requests,
-                **_versions(conn.session),
+                **versions(conn.session),
             }
             for pid, conns in sorted(self._open.items())
             if not is_node(pid)
@@ -285,11 +284,9 @@ class Server(Generic[Ctx]):
         ]
 
     def peers(self) -> dict[str, dict[str, Any]]:
-        """The package and wire version of each node connected to this one now (its
-        latest connection), by node id: what a rolling upgrade has reached, as the node
-        sees it."""
+        """What bftfs and wire each node connected here speaks (its latest connection)."""
         return {
-            str(int(pid)): _versions(conns[-1].session)
+            str(int(pid)): versions(conns[-1].session)
             for pid, conns in sorted(self._open.items())
             if is_node(pid) and conns
         }
@@ -522,11 +519,6 @@ def _countdown(done: Callable[[], None], copies: int) -> Callable[[], None]:
             done()
 
     return one
-
-
-def _versions(session: Session) -> dict[str, Any]:
-    """The package version (``net/wires.version_of``) and the wire version of a session."""
-    return {"version": version_of(session.peer_version, session.wire), "wire": session.wire}
 
 
 class _ServerConnection(Generic[Ctx]):

@@ -15,6 +15,7 @@ the package versions the hellos carry (``net/session.py``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -42,6 +43,12 @@ def version_of(session_version: str | None, wire: int) -> str | None:
     """The package version a peer runs: what its hello said, else the release that spoke
     its wire version (None: unknown)."""
     return session_version if session_version is not None else RELEASE_OF_WIRE.get(wire)
+
+
+def versions(session: Session) -> dict[str, Any]:
+    """The package version (:func:`version_of`) and the wire version a session's other
+    side speaks, as a node's status lists them (``Server.sessions``, ``Server.peers``)."""
+    return {"version": version_of(session.peer_version, session.wire), "wire": session.wire}
 
 
 async def open_session(
