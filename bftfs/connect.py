@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,8 +13,9 @@ from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyRing
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.errors import TransportError
-from bftfs.net.frames import DEFAULT_MAX_FRAME, FrameReader
-from bftfs.net.session import SessionRefused, client_handshake
+from bftfs.net.frames import DEFAULT_MAX_FRAME
+from bftfs.net.session import SessionRefused
+from bftfs.net.wires import open_session
 
 
 class IdentityRefused(TransportError):
@@ -91,14 +93,15 @@ async def check_identity(config: ClusterConfig, ring: KeyRing, timeout: float = 
         node = spec.id
         try:
             with trio.fail_after(timeout):
-                stream = await trio.open_tcp_stream(spec.host, spec.port)
-                try:
-                    await client_handshake(
-                        stream, FrameReader(stream, DEFAULT_MAX_FRAME), ring, node
-                    )
-                    accepted.append(node)
-                finally:
-                    await stream.aclose()
+                stream, _, _ = await open_session(
+                    functools.partial(trio.open_tcp_stream, spec.host, spec.port),
+                    ring,
+                    node,
+                    0,
+                    DEFAULT_MAX_FRAME,
+                )
+                accepted.append(node)
+                await stream.aclose()
         except SessionRefused as e:
             refused.append(node)
             reasons.append(str(e))

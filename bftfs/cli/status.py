@@ -20,7 +20,7 @@ from bftfs import local as localmod
 from bftfs.cli import capacity
 from bftfs.cli import statustables as tables
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
-from bftfs.cli.sessions import client_sessions, print_sessions
+from bftfs.cli.sessions import client_sessions, print_sessions, version_label
 from bftfs.cli.statustables import (  # noqa: F401  (re-exported: tests, cli/cluster.py)
     FAULT_COLUMNS,
     catch_up_summary,
@@ -44,10 +44,12 @@ def cluster_health(
     statuses: list[localmod.NodeStatus],
     mounts: list[dict],
     findings: dict[int, Any] | None = None,
+    sessions: list[dict[str, Any]] | None = None,
 ) -> tuple[int, str, list[str], dict[int, dict[str, int]]]:
     """(exit code, word, problems, faults per node summed over the mounts) of a cluster;
     ``findings``: what scrub and verification found standing against each node
-    (``bftfs/health.py``), which keeps the cluster degraded until cleared."""
+    (``bftfs/health.py``), which keeps the cluster degraded until cleared; ``sessions``:
+    the clients connected to the nodes (``cli/sessions.py``), for their versions."""
     from bftfs import health
 
     faults: dict[int, dict[str, int]] = {}
@@ -77,7 +79,7 @@ def cluster_health(
     filling = capacity.problems(fills(statuses))
     problems += filling
     problems += _revoked_mounts(mounts)
-    mixed = mixed_versions(statuses, mounts)
+    mixed = mixed_versions(statuses, mounts, sessions)
     problems += mixed
     if len(down) > cfg.t:
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
@@ -94,10 +96,15 @@ def cluster_health(
     return STATUS_HEALTHY, "healthy", problems, faults
 
 
-def mixed_versions(statuses: list[localmod.NodeStatus], mounts: list[dict]) -> list[str]:
+def mixed_versions(
+    statuses: list[localmod.NodeStatus],
+    mounts: list[dict],
+    sessions: list[dict[str, Any]] | None = None,
+) -> list[str]:
     """A problem line when the nodes and mounts that answered do not all run one bftfs
     (as Ceph warns of mixed daemon versions): the middle of a rolling upgrade, or a
-    machine left behind by one (docs/operations.md, "Upgrades")."""
+    machine left behind by one (docs/operations.md, "Upgrading").  ``sessions``: the
+    clients the nodes hold sessions with (``cli/sessions.py``), wherever they run."""
     runs: dict[str, list[str]] = {}
     for s in statuses:
         if s.up and s.stats is not None and "version" in s.stats:
@@ -107,6 +114,9 @@ def mixed_versions(statuses: list[localmod.NodeStatus], mounts: list[dict]) -> l
         if m.get("version") is not None:
             key = f"{m['version']} (wire {m.get('wire')})"
             runs.setdefault(key, []).append(f"mount {m['mountpoint']}")
+    for r in sessions or []:
+        if r.get("wire") is not None:
+            runs.setdefault(version_label(r), []).append(f"client {r['client']}@{r['host']}")
     if len(runs) < 2:
         return []
     parts = "; ".join(f"{key} on {', '.join(who)}" for key, who in sorted(runs.items()))
@@ -207,7 +217,8 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     statuses = trio.run(localmod.query_status, cfg)
     mounts = control.mount_statuses(cfg)
     record, findings = _findings(cfg, statuses, clear=clear)
-    code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings)
+    sessions = client_sessions(statuses, cfg.client_names())
+    code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings, sessions)
     capacities = {f.node: f for f in fills(statuses)}
     if args.json:
         doc = {
@@ -239,7 +250,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
             ],
             "findings_cleared_at": record.cleared_at,
             "mounts": mounts,
-            "sessions": client_sessions(statuses, cfg.client_names()),
+            "sessions": sessions,
         }
         print(json.dumps(doc, indent=None if args.watch else 2, default=str))
         return code
@@ -263,7 +274,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     tables.print_capacity(list(capacities.values()))
     tables.print_limits(statuses, cfg.client_names())
     tables.print_mounts(mounts, faults, cfg)
-    print_sessions(client_sessions(statuses, cfg.client_names()))
+    print_sessions(sessions)
     tables.print_findings(cfg, record, findings, statuses)
     return code
 

@@ -342,6 +342,7 @@ def print_mounts(mounts: list[dict], faults: dict[int, dict[str, int]], cfg: Clu
             )
             options = str(m.get("options", "-")).split(",")
             print(_wrap_items("    options: ", options, ",", 6))
+            print(_fit(f"    {_version_and_backlog(m)}", 6))
             if m.get("last_eio"):
                 when, op, cause = m["last_eio"]
                 stamp = time.strftime("%H:%M:%S", time.localtime(when))
@@ -353,6 +354,21 @@ def print_mounts(mounts: list[dict], faults: dict[int, dict[str, int]], cfg: Clu
         kinds = faults.get(spec.id, {})
         cells = "  ".join(f"{_fault_sum(kinds, ks):>10}" for _, ks in FAULT_COLUMNS)
         print(f"  {spec.id:>4}  {cells}")
+
+
+def _version_and_backlog(m: dict[str, Any]) -> str:
+    """``bftfs 0.2.0 (wire 6); held back: 3 creates, 1.2K, the oldest 4.1 s``: what the
+    mount runs and what its directory write-back holds back from the servers."""
+    version = f"bftfs {m.get('version') or '?'} (wire {m.get('wire') or '?'})"
+    held = m.get("heldback")
+    if not held:  # a mount of an earlier release does not say
+        return version
+    if not held.get("creates"):
+        return f"{version}; held back: nothing"
+    return (
+        f"{version}; held back: {held['creates']} creates, {human(held.get('bytes', 0))}, "
+        f"the oldest {held.get('oldest_seconds', 0):.1f} s"
+    )
 
 
 def _last_scrub(st: dict[str, Any] | None) -> str:

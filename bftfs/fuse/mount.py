@@ -297,6 +297,7 @@ class _Book:
                 f"{self.metrics.address}:{self.metrics.port}" if self.metrics is not None else None
             ),
             "leases": self._leases(),
+            "heldback": held_back(self.session),
         }
 
     def _leases(self) -> dict[str, Any] | None:
@@ -326,6 +327,35 @@ class _Book:
         with contextlib.suppress(OSError):
             if json.loads(self.path.read_text()).get("pid") == os.getpid():
                 self.path.unlink()
+
+
+def held_back(session: Session) -> dict[str, Any]:
+    """What directory write-back holds back of creates now (``Outbox.held_back``): how
+    many, their bytes, and the age of the oldest in seconds (0: none)."""
+    fs = session.fs
+    held = fs.outbox.held_back()
+    age = 0.0 if held.oldest_ns is None else max(0.0, (fs.meta.now() - held.oldest_ns) / 1e9)
+    return {"creates": held.count, "bytes": held.bytes, "oldest_seconds": round(age, 3)}
+
+
+def _held_back_families(session: Session) -> list[Family]:
+    """``bftfs_mount_heldback_*``: the write-back backlog a crash of the mount would lose."""
+    held = held_back(session)
+    return [
+        Family(
+            "bftfs_mount_heldback_creates",
+            "Creates whose close returned before the servers took them (directory write-back)",
+            "gauge",
+        ).add(held["creates"]),
+        Family(
+            "bftfs_mount_heldback_bytes", "Bytes of the files of the held-back creates", "gauge"
+        ).add(held["bytes"]),
+        Family(
+            "bftfs_mount_heldback_oldest_seconds",
+            "Age of the oldest held-back create (0: none)",
+            "gauge",
+        ).add(held["oldest_seconds"]),
+    ]
 
 
 def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> list[Family]:
@@ -394,7 +424,19 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
     waiting = Family(
         "bftfs_mount_unavailable", "1 while a hard mount waits for its cluster", "gauge"
     ).add(1 if record.unavailable_since is not None else 0)
-    return [requests, eio, *volume, faults, methods, method_seconds, *counters, held, waiting]
+    backlog = _held_back_families(session)
+    return [
+        requests,
+        eio,
+        *volume,
+        faults,
+        methods,
+        method_seconds,
+        *counters,
+        held,
+        *backlog,
+        waiting,
+    ]
 
 
 def refuse_nonempty(mountpoint: Path, options: MountOptions) -> None:

@@ -17,11 +17,11 @@ import trio
 from bftfs.ids import NodeId
 from bftfs.net.connection import Connection
 from bftfs.net.errors import TransportError
-from bftfs.net.frames import FrameReader
 from bftfs.net.keepalive import keep_connected
 from bftfs.net.moved import announce as announce_moved
-from bftfs.net.session import SessionRefused, client_handshake
+from bftfs.net.session import SessionRefused
 from bftfs.net.viewcheck import admitted
+from bftfs.net.wires import open_session
 
 if TYPE_CHECKING:
     from bftfs.net.endpoint import Endpoint
@@ -88,15 +88,13 @@ class Pool:
         host, port = ep.addresses[node]
         try:
             with trio.fail_after(ep.connect_timeout):
-                stream = await trio.open_tcp_stream(host, port)
-                try:
-                    reader = FrameReader(stream, ep.max_frame)
-                    session = await client_handshake(
-                        stream, reader, ep.keyring, node, ep.view_number
-                    )
-                except BaseException:
-                    stream.socket.close()
-                    raise
+                stream, reader, session = await open_session(
+                    functools.partial(trio.open_tcp_stream, host, port),
+                    ep.keyring,
+                    node,
+                    ep.view_number,
+                    ep.max_frame,
+                )
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
             backoff = min(1.0, self._down_backoff.get(node, 0.01) * 2)
             self._down_backoff[node] = backoff

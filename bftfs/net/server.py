@@ -61,6 +61,7 @@ from bftfs.net.frames import (
     packed,
 )
 from bftfs.net.session import Prover, Session, server_handshake
+from bftfs.net.wires import versions
 
 #: How long a new connection may take to say hello before it is closed.
 HANDSHAKE_TIMEOUT = 5.0
@@ -271,18 +272,27 @@ class Server(Generic[Ctx]):
 
     def sessions(self) -> list[dict[str, Any]]:
         """The open connections of clients: who, from where, since when, how many
-        requests (plain values, for ``bftfs status``)."""
+        requests, what bftfs and wire each speaks (plain values, for ``bftfs status``)."""
         return [
             {
                 "client": int(pid),
                 "address": conn.address,
                 "since": round(conn.since, 1),
                 "requests": conn.requests,
+                **versions(conn.session),
             }
             for pid, conns in sorted(self._open.items())
             if not is_node(pid)
             for conn in conns
         ]
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """What bftfs and wire each node connected here speaks (its latest connection)."""
+        return {
+            str(int(pid)): versions(conns[-1].session)
+            for pid, conns in sorted(self._open.items())
+            if is_node(pid) and conns
+        }
 
     def connected(self, principal: PrincipalId) -> int:
         """How many connections of ``principal`` are open (those :meth:`push` would use)."""

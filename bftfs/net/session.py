@@ -4,9 +4,10 @@ Wire format (version :data:`bftfs.WIRE_VERSION`)::
 
     handshake frame = u32 big-endian length || body || tag    (length = len(body) + 16)
     tag             = MAC(K_pair, body)                       (keyed BLAKE2b, 16 bytes)
-    hello     body = msgpack [version, "hello", client_pid, server_pid, nonce_c, view_c]
+    hello     body = msgpack [version, "hello", client_pid, server_pid, nonce_c, view_c,
+                              package_c]
     hello-ack body = msgpack [version, "hello-ack", server_pid, client_pid, nonce_c, nonce_s,
-                              view_s, proof]
+                              view_s, proof, package_s]
     refusal   body = msgpack [version, "hello-refused", server_pid, client_pid, nonce_c,
                               reason]     (tag under the key the caller had: see below)
     proof          = Ed25519(view_s's key of server_pid, PROOF_DOMAIN ||
@@ -51,6 +52,20 @@ acknowledgement carries a *proof* that the server holds view ``view_s``: the cal
 which the server forgets when it takes a later view.  The handshake only carries it
 (``Session.peer_proof``, ``Session.proof_message``); whoever holds views checks it
 (``membership/client.py``), since only it knows the view keys.
+
+Package versions (wire version 6, issue 67): both hellos end with the speaker's package
+version (``bftfs.__version__``), so a node knows what each client and peer runs
+(``bftfs status``'s sessions) and a client what each node runs (``Session.peer_version``).
+
+Speaking the previous version (``net/wires.py``, docs/operations.md, "Upgrading"): for the
+length of a rolling upgrade a node accepts a hello of wire version ``WIRE_VERSION - 1``
+and answers it in that version (without the package versions: the version-5 layout
+above), and a client whose hello a node closes or refuses for its version says it again
+in the previous version.  One version back, no more.  A hello of any other version whose
+first five items are in this layout and whose MAC holds is answered with a refusal naming
+both versions, in the caller's own version when it is older (version 4 can parse its
+refusal) and in ours when it is newer (so that the caller can fall back); the first five
+items of a hello keep their places in every later version for this reason.
 """
 
 from __future__ import annotations
@@ -74,7 +89,7 @@ try:  # libsodium through pynacl's own cffi module: in place, without pynacl's c
 except ImportError:  # pragma: no cover - pynacl always ships it today
     _ffi = _lib = None
 
-from bftfs import WIRE_VERSION
+from bftfs import WIRE_VERSION, __version__
 from bftfs.buffers import unfilled
 from bftfs.crypto import MAC_SIZE, KeyRing, derive, mac, mac_ok
 from bftfs.ids import PrincipalId
@@ -83,14 +98,37 @@ from bftfs.net.frames import LENGTH, FrameReader, pack, packed, unpack
 
 #: Largest hello frame: it is parsed before its MAC can be checked, so it is kept tiny.
 MAX_HELLO = 256
+#: The previous wire version, which this one still speaks for a rolling upgrade.
+PREVIOUS_WIRE = WIRE_VERSION - 1
+#: The oldest wire version with a refusal message (version 4 added it): older callers
+#: only meet a closed connection.
+OLDEST_REFUSABLE = 4
+#: Longest package version string a hello may carry.
+MAX_PACKAGE = 32
 NONCE_SIZE = 16
 _SEQ = struct.Struct(">Q")
 _NONCE_PAD = bytes(_NONCE_BYTES - _SEQ.size)
 
 
 class SessionRefused(TransportError):
-    """The node refuses this principal (revoked, or its key replaced, by a view); the
-    message says which node, which principal and why.  Retrying does not help."""
+    """The node refuses this principal (revoked, or its key replaced, by a view; or it
+    speaks a wire version too far from ours); the message says which node, which
+    principal and why.  Retrying does not help."""
+
+
+class HandshakeClosed(TransportError):
+    """The node closed the connection during the handshake without a word: it does not
+    know our key, or (a node of the previous release) it does not speak our wire version
+    (``net/wires.py`` says the hello again in the previous version)."""
+
+
+class WireRefused(SessionRefused):
+    """The node refused our hello for its wire version; ``wire`` is the version it speaks
+    (the version of its refusal)."""
+
+    def __init__(self, message: str, wire: int) -> None:
+        super().__init__(message)
+        self.wire = wire
 
 
 def frame_bytes(body: bytes, key: bytes) -> bytes:
@@ -119,6 +157,11 @@ class Session:
     #: The server's proof that it holds ``peer_view`` and the bytes it signs (client side).
     peer_proof: bytes = b""
     proof_message: bytes = b""
+    #: The wire version this session speaks (``PREVIOUS_WIRE`` with a node or client of
+    #: the previous release) and the package version the other side said it runs (None:
+    #: a previous-version hello, which does not carry it).
+    wire: int = WIRE_VERSION
+    peer_version: str | None = None
 
     def seal(self, msg: list[Any]) -> bytes | bytearray:
         """``msg`` (``[type, req_id, x, y]``) as the next frame of this direction (packed
@@ -257,33 +300,49 @@ def _session_keys(pair: bytes, nonce_c: bytes, nonce_s: bytes) -> tuple[bytes, b
     )
 
 
+def _package(value: Any) -> str | None:
+    """A hello's package version, or None when it is not a short string."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_PACKAGE:
+        return value
+    return None
+
+
 async def client_handshake(
     stream: trio.abc.Stream,
     reader: FrameReader,
     keyring: KeyRing,
     server: PrincipalId,
     view: int = 0,
+    wire: int = WIRE_VERSION,
 ) -> Session:
-    """Run the client half of the handshake; the returned session is ready for requests
-    (``Session.peer_view``: the view number the server holds; ``view``: ours).
+    """Run the client half of the handshake in wire version ``wire`` (ours, or
+    :data:`PREVIOUS_WIRE` to a node of the previous release: ``net/wires.py``); the
+    returned session is ready for requests (``Session.peer_view``: the view number the
+    server holds; ``view``: ours).
 
     Raises:
+        WireRefused: the server refused the hello's wire version.
         SessionRefused: the server refuses us (revoked, or our key replaced, by a view).
-        TransportError: the server is unknown to us, closed the connection (it does that to
-            principals it does not know), or answered with a bad acknowledgement.
+        HandshakeClosed: the server closed the connection without a word (it does that to
+            principals it does not know, and a previous release to a newer hello).
+        TransportError: the server is unknown to us, or answered with a bad
+            acknowledgement.
     """
+    if wire not in (WIRE_VERSION, PREVIOUS_WIRE):
+        raise ValueError(f"wire version {wire}: this bftfs speaks {WIRE_VERSION}, {PREVIOUS_WIRE}")
     pair = keyring.key(server)
     if pair is None:
         raise TransportError(f"no key for node {server}")
     nonce_c = os.urandom(NONCE_SIZE)
-    hello = pack([WIRE_VERSION, "hello", keyring.me.pid, server, nonce_c, view])
+    fields: list[Any] = [wire, "hello", keyring.me.pid, server, nonce_c, view]
+    hello = pack(fields + [__version__] if wire == WIRE_VERSION else fields)
     await stream.send_all(frame_bytes(hello, pair))
     try:
         frame = await reader.read()
     except FrameError as e:
         raise TransportError(f"node {server}: bad handshake reply ({e})") from None
     if frame is None:
-        raise TransportError(f"node {server} closed the connection during the handshake")
+        raise HandshakeClosed(f"node {server} closed the connection during the handshake")
     frame = bytes(frame)  # (a hello is small: never read into a buffer of its own)
     if len(frame) > MAX_HELLO or not mac_ok(pair, frame[:-MAC_SIZE], frame[-MAC_SIZE:]):
         raise TransportError(f"node {server}: handshake reply failed authentication")
@@ -291,13 +350,15 @@ async def client_handshake(
         msg = unpack(frame[:-MAC_SIZE])
     except FrameError:
         msg = None
-    if not isinstance(msg, list) or len(msg) not in (6, 8):
+    if not isinstance(msg, list) or len(msg) not in (6, 8, 9):
         raise TransportError(f"node {server}: malformed handshake reply")
-    if msg[:5] == [WIRE_VERSION, "hello-refused", server, keyring.me.pid, nonce_c]:
-        raise SessionRefused(
-            f"node {server} refuses principal {keyring.me.pid}: {str(msg[5])[:200]}"
-        )
-    if len(msg) != 8 or msg[:5] != [WIRE_VERSION, "hello-ack", server, keyring.me.pid, nonce_c]:
+    if len(msg) == 6 and msg[1:5] == ["hello-refused", server, keyring.me.pid, nonce_c]:
+        said, why = msg[0], str(msg[5])[:200]
+        if said != wire and isinstance(said, int) and not isinstance(said, bool):
+            raise WireRefused(f"node {server} (wire {said}) refuses our wire {wire}: {why}", said)
+        raise SessionRefused(f"node {server} refuses principal {keyring.me.pid}: {why}")
+    size = 9 if wire == WIRE_VERSION else 8
+    if len(msg) != size or msg[:5] != [wire, "hello-ack", server, keyring.me.pid, nonce_c]:
         raise TransportError(f"node {server}: handshake reply does not match our hello")
     nonce_s, peer_view, proof = msg[5], msg[6], msg[7]
     if not isinstance(nonce_s, bytes) or len(nonce_s) != NONCE_SIZE:
@@ -306,9 +367,71 @@ async def client_handshake(
         raise TransportError(f"node {server}: bad view number in the handshake")
     if not isinstance(proof, bytes):
         raise TransportError(f"node {server}: bad view proof in the handshake")
+    package = _package(msg[8]) if size == 9 else None
+    if size == 9 and package is None:
+        raise TransportError(f"node {server}: bad package version in the handshake")
     c2s, s2c = _session_keys(pair, nonce_c, nonce_s)
     signed = proof_message(server, keyring.me.pid, nonce_c, nonce_s, peer_view)
-    return Session(c2s, s2c, peer_view=peer_view, peer_proof=proof, proof_message=signed)
+    return Session(
+        c2s,
+        s2c,
+        peer_view=peer_view,
+        peer_proof=proof,
+        proof_message=signed,
+        wire=wire,
+        peer_version=package,
+    )
+
+
+def _parse_hello(frame: bytes) -> list[Any]:
+    """The items of a hello frame of any version (its MAC not yet checked): the first five
+    keep their places in every version (module docstring).
+
+    Raises:
+        FrameError: ``malformed``.
+    """
+    if len(frame) > MAX_HELLO or len(frame) <= MAC_SIZE:
+        raise FrameError("malformed", "hello of wrong size")
+    msg = unpack(frame[:-MAC_SIZE])
+    if not isinstance(msg, list) or not 5 <= len(msg) <= 16 or msg[1] != "hello":
+        raise FrameError("malformed", "not a hello")
+    wire, c_pid, nonce_c = msg[0], msg[2], msg[4]
+    if not isinstance(wire, int) or isinstance(wire, bool):
+        raise FrameError("malformed", "wire version")
+    if not isinstance(c_pid, int) or isinstance(c_pid, bool):
+        raise FrameError("malformed", "client id")
+    if not isinstance(nonce_c, bytes) or len(nonce_c) != NONCE_SIZE:
+        raise FrameError("malformed", "client nonce")
+    return msg
+
+
+async def _refuse_wire(
+    stream: trio.abc.Stream, keyring: KeyRing, msg: list[Any], frame: bytes
+) -> None:
+    """Answer an authenticated hello of a wire version we do not speak with a refusal
+    that names both versions, then raise; an unauthenticated one only raises.
+
+    Raises:
+        FrameError: ``version``.
+    """
+    wire, c_pid, s_pid, nonce_c = msg[0], msg[2], msg[3], msg[4]
+    why = f"wire version {wire!r}, this node speaks {WIRE_VERSION} (and {PREVIOUS_WIRE})"
+    pair = keyring.key(PrincipalId(c_pid))
+    body, tag = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
+    if (
+        pair is not None
+        and s_pid == keyring.me.pid
+        and wire >= OLDEST_REFUSABLE
+        and mac_ok(pair, body, tag)
+    ):
+        reason = (
+            f"{why}: bftfs {__version__} speaks one wire version back, no more; upgrade "
+            "one release at a time (docs/operations.md)"
+        )
+        said = wire if wire < WIRE_VERSION else WIRE_VERSION  # the caller parses its own
+        no = pack([said, "hello-refused", keyring.me.pid, c_pid, nonce_c, reason])
+        await stream.send_all(frame_bytes(no, pair))
+    raise FrameError("version", why)
 
 
 async def server_handshake(
@@ -319,7 +442,8 @@ async def server_handshake(
     refused: Mapping[PrincipalId, tuple[bytes, str]] | None = None,
     prove: Prover | None = None,
 ) -> tuple[PrincipalId, Session]:
-    """Run the server half: authenticate the caller, answer, derive the session.
+    """Run the server half: authenticate the caller, answer, derive the session.  A hello
+    of the previous wire version is answered in that version (module docstring).
 
     Args:
         view: the number of the view this server holds (sent in the acknowledgement).
@@ -336,29 +460,25 @@ async def server_handshake(
     if frame is None:  # a port probe (``bftfs`` commands' fail-fast, a health check)
         raise FrameError("probe", "closed before hello")
     frame = bytes(frame)  # (a hello is small: never read into a buffer of its own)
-    if len(frame) > MAX_HELLO or len(frame) <= MAC_SIZE:
-        raise FrameError("malformed", "hello of wrong size")
-    msg = unpack(frame[:-MAC_SIZE])
-    if not isinstance(msg, list) or len(msg) not in (5, 6) or msg[1] != "hello":
+    msg = _parse_hello(frame)
+    wire = msg[0]
+    if wire not in (WIRE_VERSION, PREVIOUS_WIRE):
+        await _refuse_wire(stream, keyring, msg, frame)
+    if len(msg) != (7 if wire == WIRE_VERSION else 6):
         raise FrameError("malformed", "not a hello")
-    if msg[0] != WIRE_VERSION:  # (a version-3 hello has 5 items: counted as a version)
-        raise FrameError("version", f"wire version {msg[0]!r}, we speak {WIRE_VERSION}")
-    if len(msg) != 6:
-        raise FrameError("malformed", "not a hello")
-    _, _, c_pid, s_pid, nonce_c, peer_view = msg
-    if not isinstance(c_pid, int) or isinstance(c_pid, bool):
-        raise FrameError("malformed", "client id")
-    if not isinstance(nonce_c, bytes) or len(nonce_c) != NONCE_SIZE:
-        raise FrameError("malformed", "client nonce")
+    _, _, c_pid, s_pid, nonce_c, peer_view = msg[:6]
     if not isinstance(peer_view, int) or isinstance(peer_view, bool) or peer_view < 0:
         raise FrameError("malformed", "view number")
+    package = _package(msg[6]) if wire == WIRE_VERSION else None
+    if wire == WIRE_VERSION and package is None:
+        raise FrameError("malformed", "package version")
     pid = PrincipalId(c_pid)
     pair = keyring.key(pid)
     body, tag = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
     if pair is None or c_pid == keyring.me.pid or not mac_ok(pair, body, tag):
         old = None if refused is None else refused.get(pid)
         if old is not None and s_pid == keyring.me.pid and mac_ok(old[0], body, tag):
-            no = pack([WIRE_VERSION, "hello-refused", keyring.me.pid, c_pid, nonce_c, old[1]])
+            no = pack([wire, "hello-refused", keyring.me.pid, c_pid, nonce_c, old[1]])
             await stream.send_all(frame_bytes(no, old[0]))
             raise FrameError("refused", f"principal {c_pid}: {old[1]}")
         if pair is None or c_pid == keyring.me.pid:
@@ -369,7 +489,11 @@ async def server_handshake(
     nonce_s = os.urandom(NONCE_SIZE)
     me = keyring.me.pid
     proof = b"" if prove is None else prove(view, proof_message(me, c_pid, nonce_c, nonce_s, view))
-    ack = pack([WIRE_VERSION, "hello-ack", me, c_pid, nonce_c, nonce_s, view, proof])
-    await stream.send_all(frame_bytes(ack, pair))
+    ack: list[Any] = [wire, "hello-ack", me, c_pid, nonce_c, nonce_s, view, proof]
+    if wire == WIRE_VERSION:
+        ack.append(__version__)
+    await stream.send_all(frame_bytes(pack(ack), pair))
     c2s, s2c = _session_keys(pair, nonce_c, nonce_s)
-    return pid, Session(send_key=s2c, recv_key=c2s, peer_view=peer_view)
+    session = Session(send_key=s2c, recv_key=c2s, peer_view=peer_view, wire=wire)
+    session.peer_version = package
+    return pid, session

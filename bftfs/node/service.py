@@ -237,6 +237,8 @@ class Node:
             "metrics": self.metrics_address,
             # The clients connected now, wherever their mounts run (issue 67).
             "sessions": self.server.sessions(),
+            # The version each peer connected to this node runs (issue 67: upgrades).
+            "peer_versions": self.server.peers(),
             # Capacity (issue 67): what the map may hold and the disk under the data
             # directory; ``bftfs status`` says nearfull/full from them.
             "map_bytes": self.config.map_size,

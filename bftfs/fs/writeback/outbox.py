@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bftfs.fs.caches import MetadataCache
@@ -156,6 +157,19 @@ class HeldBack:
             self.renames.drop(update, e)
 
 
+@dataclass(frozen=True)
+class HeldBackCreates:
+    """What directory write-back holds back of creates now (``Outbox.held_back``): the
+    closes of new files answered before the servers took them, which a crash of the mount
+    loses (docs/fs.md)."""
+
+    #: How many creates, and the bytes of their files (when their close deferred them).
+    count: int
+    bytes: int
+    #: The client time (ns, ``Meta.now``) the oldest of them was created; None: none.
+    oldest_ns: int | None
+
+
 class Outbox:
     """What this mount holds back from the servers (module docstring): the pending creates
     always, the directory write-back parts (:attr:`back`) when enabled.  The file system
@@ -231,6 +245,17 @@ class Outbox:
         """What a create in ``directory`` must follow (``HeldBack.entries_first``)."""
         if self.back is not None:
             await self.back.entries_first(directory)
+
+    def held_back(self) -> HeldBackCreates:
+        """The creates directory write-back holds back now (read only; all zero when it
+        is off): the mount's ``bftfs_mount_heldback_*`` metrics and its status."""
+        waiting = [] if self.writeback is None else self.writeback.deferred_creates()
+        times = [p.arg["now"] for p, _ in waiting if isinstance(p.arg.get("now"), int)]
+        return HeldBackCreates(
+            count=len(waiting),
+            bytes=sum(size for _, size in waiting),
+            oldest_ns=min(times) if times else None,
+        )
 
     def pending_names(self, directory: int) -> list[bytes]:
         """The names of the creates this mount has not sent in ``directory``."""

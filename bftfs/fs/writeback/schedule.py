@@ -324,6 +324,11 @@ class WriteBack:
         """Whether the create of ``oid`` waits past its close."""
         return oid in self._due
 
+    def deferred_creates(self) -> list[tuple[PendingCreate, int]]:
+        """The creates waiting past their close, each with its file's size when deferred
+        (read only: the mount's metrics and status, ``Outbox.held_back``)."""
+        return [(p, self._sizes.get(oid, 0)) for oid, (p, _) in self._due.items()]
+
     def sent(self, oid: int) -> None:
         """The create of ``oid`` was made or failed for good (by whatever sent it)."""
         self._due.pop(oid, None)
