@@ -9,8 +9,8 @@ to the nodes, from what the mount reports itself:
   (``bftfs/fuse/mount.py``, ``_Book``), which the daemon rewrites every two seconds: a
   phase's end waits for a rewrite made after it (and its start for one, unless asked not
   to), so a count is late by at most one rewrite;
-* **rounds** and **Q/U operations**: ``bftfs_mount_qu_rounds_total`` and the unlabelled
-  ``bftfs_mount_qu_operations_total`` of the mount's Prometheus metrics, served when the
+* **rounds** and **Q/U operations**: ``bftfs_mount_qu_rounds_total`` and the sum over
+  methods of ``bftfs_mount_qu_operations_total`` of the mount's Prometheus metrics, served when the
   mount has ``-o metrics_port=`` (``common.py`` gives every bftfs mount ``metrics_port=0``;
   the status file names the address).
 
@@ -41,6 +41,8 @@ _METRICS = {
     "rounds": "bftfs_mount_qu_rounds_total",
     "qu_operations": "bftfs_mount_qu_operations_total",
 }
+#: Counters the mount reports by label only: their value is the sum over the labels.
+_SUMMED = ("qu_operations",)
 
 
 def parse_exposition(text: str) -> dict[str, float]:
@@ -102,7 +104,11 @@ def mount_counters(
         except OSError:
             samples = {}
         for key, metric in _METRICS.items():
-            if metric in samples:
+            if key in _SUMMED:
+                parts = [v for k, v in samples.items() if k.startswith(metric + "{")]
+                if parts:
+                    out[key] = sum(parts)
+            elif metric in samples:
                 out[key] = samples[metric]
     return out
 

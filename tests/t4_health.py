@@ -318,6 +318,9 @@ def test_metrics_over_http(tmp_path: Path) -> None:
             assert metric(mount_text, "bftfs_mount_request_duration_seconds_count", op="write") >= 1
             assert metric(mount_text, "bftfs_mount_request_duration_seconds_sum", op="write") > 0
             assert metric(mount_text, "bftfs_mount_qu_operations_total", method="fs.write") >= 1
+            # One family per name (two TYPE lines for one name is not valid exposition).
+            types = [ln.split()[2] for ln in mount_text.splitlines() if ln.startswith("# TYPE ")]
+            assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
             # Bytes per mount, and a latency histogram by operation (issue 67).
             assert metric(mount_text, "bftfs_mount_written_bytes_total") >= len(data)
             assert metric(mount_text, "bftfs_mount_read_bytes_total") >= 0

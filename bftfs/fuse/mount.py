@@ -410,12 +410,14 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
         ).add(n)
         for name, n in sorted(session.rw.statistics().counters.items())
     ]
+    # The Q/U client's own counters, but "operations": ``methods`` above carries it by
+    # method (its sum), and one name must not be two families (Prometheus refuses it).
     counters += [
         Family(f"bftfs_mount_qu_{metric_word(name)}_total", f"Q/U client: {name}", "counter").add(
             value
         )
         for name, value in sorted(vars(session.qu.statistics()).items())
-        if isinstance(value, int)
+        if isinstance(value, int) and f"bftfs_mount_qu_{metric_word(name)}_total" != methods.name
     ]
     leases = fs.meta.leases
     held = Family("bftfs_mount_leases_held", "Objects this mount holds a lease on", "gauge").add(
