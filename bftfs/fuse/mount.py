@@ -358,6 +358,18 @@ def _held_back_families(session: Session) -> list[Family]:
     ]
 
 
+def _qu_client_families(session: Session, taken: str) -> list[Family]:
+    """The Q/U client's own counters as families, but the one named ``taken``: the Q/U
+    operations, which the by-method family carries (their sum), and one name must not be
+    two families (Prometheus refuses it)."""
+    out = []
+    for name, value in sorted(vars(session.qu.statistics()).items()):
+        family = f"bftfs_mount_qu_{metric_word(name)}_total"
+        if isinstance(value, int) and family != taken:
+            out.append(Family(family, f"Q/U client: {name}", "counter").add(value))
+    return out
+
+
 def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> list[Family]:
     """The mount's Prometheus metrics (called in the trio loop at each scrape), named by
     the Prometheus guide: base units in the name, ``_total`` on counters, one meaning per
@@ -410,15 +422,7 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
         ).add(n)
         for name, n in sorted(session.rw.statistics().counters.items())
     ]
-    # The Q/U client's own counters, but "operations": ``methods`` above carries it by
-    # method (its sum), and one name must not be two families (Prometheus refuses it).
-    counters += [
-        Family(f"bftfs_mount_qu_{metric_word(name)}_total", f"Q/U client: {name}", "counter").add(
-            value
-        )
-        for name, value in sorted(vars(session.qu.statistics()).items())
-        if isinstance(value, int) and f"bftfs_mount_qu_{metric_word(name)}_total" != methods.name
-    ]
+    counters += _qu_client_families(session, taken=methods.name)
     leases = fs.meta.leases
     held = Family("bftfs_mount_leases_held", "Objects this mount holds a lease on", "gauge").add(
         0 if leases is None else len(leases.held)
