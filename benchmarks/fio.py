@@ -47,9 +47,11 @@ def parse_fio(text: str) -> dict[str, float]:
     start = text.find("{")
     try:
         doc = json.loads(text[start:]) if start >= 0 else None
-    except ValueError as e:
-        raise ToolError(f"fio printed no JSON report: {text[:300]}") from e
-    jobs = (doc or {}).get("jobs") or []
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ToolError(f"fio printed no JSON report: {text[:300]}")
+    jobs = doc.get("jobs") or []
     if not jobs:
         raise ToolError(f"fio reported no jobs: {text[:300]}")
     out: dict[str, float] = {}
