@@ -319,10 +319,10 @@ def test_fio_cases_and_their_command_lines() -> None:
 
 def test_fsmark_and_dbench_command_lines() -> None:
     args = fsmark.parse_args(["--files", "50"])
-    assert fsmark.fsmark_command(4, Path("/d"), args) == [
+    assert fsmark.fsmark_command(4, args) == [
         "fs_mark",
         "-d",
-        "/d",
+        ".",
         "-n",
         "50",
         "-s",
