@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +343,8 @@ def main(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     machine["loadavg_end"] = list(os.getloadavg())
-    result = {
+    summary = summarise(runs, specs, cases)
+    result: dict[str, Any] = {
         "benchmark": tool,
         "title": title,
         "description": description,
@@ -358,13 +359,13 @@ def main(
             "cap": args.cap,
             "targets": [s.name for s in specs],
             "tool_version": package_version(package),
-            "cases": [vars(c) for c in cases],
+            "cases": [asdict(c) for c in cases],
             **config,
             **variants.config(args),
         },
         "twins": variants.twins(specs),
         "runs": runs,
-        "summary": summarise(runs, specs, cases),
+        "summary": summary,
         "skipped": skipped,
     }
     md = common.write_results(
@@ -379,9 +380,6 @@ def main(
     print(md)
     return int(
         not all(
-            row[s.name]["runs"]
-            for row in result["summary"].values()
-            for s in specs
-            if s.name not in skipped
+            row[s.name]["runs"] for row in summary.values() for s in specs if s.name not in skipped
         )
     )
