@@ -220,6 +220,14 @@ def fmt_figure(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
 
+def fmt_ratio(r: float | None) -> str:
+    """A ratio to the reference: two decimals, two significant digits below 0.1 (a
+    thousandth of the local disk is not 0.00x)."""
+    if r is None:
+        return "-"
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
+
+
 def ratio_table(
     summary: dict[str, dict[str, Any]], cases: Sequence[Case], targets: Sequence[str]
 ) -> list[str]:
@@ -241,7 +249,7 @@ def ratio_table(
             elif t == ref:
                 cells.append(fmt_figure(m))
             else:
-                cells.append(f"{fmt_figure(m)} ({common.fmt_ratio(common.ratio(m, base))})")
+                cells.append(f"{fmt_figure(m)} ({fmt_ratio(common.ratio(m, base))})")
         lines.append(f"| {case.label} | {case.unit} | " + " | ".join(cells) + " |")
     return lines
 

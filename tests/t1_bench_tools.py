@@ -362,6 +362,8 @@ def test_the_table_shows_each_target_beside_its_ratio_to_the_local_disk() -> Non
     assert lines[3] == "| case b | IOPS | 4000 | - |"
     assert toolbench.reference(["glusterfs", "bftfs b=1"]) == "glusterfs"
     assert toolbench.fmt_figure(7111.11) == "7111" and toolbench.fmt_figure(1.234) == "1.23"
+    assert toolbench.fmt_ratio(8.22 / 6883) == "0.0012x" and toolbench.fmt_ratio(0.53) == "0.53x"
+    assert toolbench.fmt_ratio(None) == "-"
 
 
 def test_a_missing_tool_is_a_skip_with_its_reason(
