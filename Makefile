@@ -14,7 +14,8 @@ TEST_WORKERS ?= 2
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full bench-contention \
 	bench-andrew bench-postmark bench-two-postmarks bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
-	bench-scalability bench-engines bench-replace bench-generation bench-aged bench-ageing clean
+	bench-scalability bench-engines bench-replace bench-generation bench-aged bench-ageing \
+	bench-fio bench-fsmark bench-dbench clean
 
 setup:
 	@scripts/setup.sh
@@ -90,6 +91,21 @@ bench-postmark: bench-setup
 # Sequential write (with fsync) and cold read of a 200 MiB file, MB/s, on the four targets.
 bench-seqio: bench-setup
 	$(BIN)/python benchmarks/seqio.py $(SEQIO_ARGS)
+
+# The standard tools (issue 64) on the same targets: fio (sequential 1 MiB, random 4 KiB read,
+# random 4 KiB write + fsync; 1 and 4 jobs), fs_mark (small files + fsync; 1 and 4 threads),
+# dbench (a file-server client mix; 1 and 4 clients).  TOOL_ARGS, e.g. "--full" or
+# "--targets local,bftfs".
+TOOL_ARGS ?=
+
+bench-fio: bench-setup
+	$(BIN)/python benchmarks/fio.py $(TOOL_ARGS)
+
+bench-fsmark: bench-setup
+	$(BIN)/python benchmarks/fsmark.py $(TOOL_ARGS)
+
+bench-dbench: bench-setup
+	$(BIN)/python benchmarks/dbench.py $(TOOL_ARGS)
 
 # Two mounts creating and removing in one directory at once, with and without leases:
 # operations per second and what the leases did (no lease ping-pong; issue 33).

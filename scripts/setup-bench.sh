@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the user-facing benchmarks (benchmarks/andrew.py, postmark.py, seqio.py)
 # need on top of scripts/setup.sh, idempotently:
-#   - Debian packages: bindfs (the FUSE pass-through reference), postmark (the real
+#   - Debian packages: fio, fsmark (fs_mark), dbench (the standard workloads); bindfs (the FUSE pass-through reference), postmark (the real
 #     PostMark program), gcc/make/libc6-dev (the Andrew compile phase), glusterfs-server
 #     and glusterfs-client (the GlusterFS replica-3 target; the benchmark starts glusterd
 #     itself on loopback and stops it, see benchmarks/gluster.py), when missing;
@@ -13,6 +13,9 @@ scripts/setup.sh
 
 need=()
 for pkg in bindfs postmark gcc make libc6-dev glusterfs-server glusterfs-client; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+for pkg in fio fsmark dbench; do  # the fio, fs_mark and dbench workloads (benchmarks/fio.py, fsmark.py, dbench.py)
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
