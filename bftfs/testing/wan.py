@@ -32,12 +32,15 @@ import os
 import random
 import selectors
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import TracebackType
 
 from bftfs.testing import netns
@@ -178,6 +181,13 @@ class Wan:
         if self._wire.stdout.readline().strip() != "ready":
             raise RuntimeError("the WAN wire process did not start")
 
+    def connect_rtt(self, i: int, port: int) -> float:
+        """Seconds a TCP connection from the client to host ``i``'s ``port`` takes to open:
+        one round trip (SYN, SYN-ACK), the evidence that the link is delayed."""
+        start = time.monotonic()
+        with socket.create_connection((self.hosts.address(i), port), timeout=30):
+            return time.monotonic() - start
+
     def close(self) -> None:
         """Stop the wire, remove the taps and bridges, then the hosts (newest first)."""
         if self._wire is not None:
@@ -187,11 +197,61 @@ class Wan:
             except subprocess.TimeoutExpired:
                 self._wire.kill()
                 self._wire.wait()
+            if self._wire.stdout is not None:
+                self._wire.stdout.close()
             self._wire = None
         while self._undo:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 _ip(*self._undo.pop())
         self.hosts.close()
+
+
+#: The port every node listens on: each host is a fresh network stack with nothing bound.
+NODE_PORT = 7000
+
+
+def bftfs_cli(
+    *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bftfs ARGS`` in the root namespace (the client's host)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "bftfs", *args], capture_output=True, text=True, timeout=timeout
+    )
+    if check and r.returncode:
+        raise RuntimeError(f"bftfs {' '.join(args)}: {r.stdout}{r.stderr}")
+    return r
+
+
+@contextlib.contextmanager
+def cluster(wan: Wan, admin: Path, *, map_size: str = "1G") -> Iterator[Path]:
+    """A cluster of one node per host of ``wan`` (``bftfs init --nodes``, each node started
+    on its host as ``bftfs node --id I``), answering; yields its ``cluster.toml``, which a
+    mount in the root namespace uses.  The nodes are stopped on exit."""
+    hosts = wan.hosts
+    addresses = ",".join(f"{hosts.address(i)}:{NODE_PORT}" for i in range(hosts.count))
+    bftfs_cli(
+        "init", "--dir", str(admin), "--nodes", addresses, "--map-size", map_size, "--no-durable"
+    )
+    config = admin / "cluster.toml"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(hosts.count):
+            cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(config), "--id", str(i)]
+            procs.append(hosts.spawn(i, cmd, admin / f"node{i}.log"))
+        deadline = time.monotonic() + 120
+        while bftfs_cli("status", "--config", str(config), check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the nodes did not all answer within 120 s")
+        yield config
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def _open_tap(name: str) -> int:
