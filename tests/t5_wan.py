@@ -86,10 +86,11 @@ def test_a_mount_across_a_wan_with_one_node_at_150_ms(tmp_path: Path) -> None:
             mounts = json.loads(status.stdout).get("mounts", [])
             mine = [m for m in mounts if m.get("mountpoint") == str(mnt)]
             fresh = mine and mine[0].get("updated", 0) > done
-            return (status.returncode, mine[0]) if fresh else None
+            # `bftfs status` gives each node 1 s (bftfs/local.py query_status): at 300 ms
+            # a round trip, node 5 answers it in most tries, not all.
+            return (status.returncode, mine[0]) if fresh and status.returncode == 0 else None
 
-        code, mount = wait_for("the mount to report its faults after the work", report)
-        assert code == 0, mount  # healthy: every node answers, no evidence against any
+        _, mount = wait_for("a healthy status with the mount's report after the work", report)
         assert mount.get("state") not in ("dead", "unresponsive"), mount
         assert not sum((mount.get("eio") or {}).values()), mount
         faults = {n: k for n, k in (mount.get("faults") or {}).items() if any(k.values())}
