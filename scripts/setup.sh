@@ -4,7 +4,7 @@
 #     and Python's headers and patch (to build pyfuse3 with the lock patch), and libisal2
 #     (ISA-L: the erasure code's vector kernels, bftfs/erasure_kernel.py), when missing;
 #     with --tests also git, which the mount tests run in the mount, and iproute2 (ip and
-#     tc: the network-namespace tests, t4_machines.py and t4_buffers_lossy.py);
+#     tc: the network-namespace tests, t4_machines.py, t4_buffers_lossy.py and t5_wan.py);
 #   - python3-venv when the interpreter cannot make a virtualenv;
 #   - a virtualenv in .venv with pyfuse3 built with bftfs's lock patch
 #     (scripts/pyfuse3-locks.sh: the wheel cached per user, so a second clone installs it in

@@ -120,6 +120,10 @@ class Hosts:
         """The root-namespace end of host ``i``'s cable."""
         return f"bfl{self.tag}{i}"
 
+    def ends(self, i: int) -> tuple[str, str]:
+        """Host ``i``'s cable: its root-namespace end and its end inside the host."""
+        return self._link(i), f"bfp{self.tag}{i}"
+
     def address(self, i: int) -> str:
         return f"{self.prefix}.{10 + i}"
 

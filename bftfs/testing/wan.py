@@ -1,0 +1,326 @@
+"""A WAN on one machine (issue 65): nodes on their own hosts (network namespaces,
+:mod:`bftfs.testing.netns`), the client in the root namespace, each host's cable delayed.
+
+A :class:`Link` says what one host's cable does to a packet: a one-way delay, a jitter, a
+loss fraction and a rate.  The delay applies on both ends' egress, so a round trip between
+the client and node ``i`` is ``2 * delay_i`` and one between nodes ``i`` and ``j`` is
+``2 * (delay_i + delay_j)`` (nodes in different places, each behind its own WAN link).
+
+Two ways to apply it, chosen by :func:`mode`:
+
+- ``netem``: ``tc qdisc replace ... root netem delay D J loss L rate R`` on both ends of the
+  host's veth (:func:`tc_commands`), when the kernel has ``sch_netem``;
+- ``wire``: where it does not (this project's test machines have no netem, nor ``fq``), a
+  user-space wire: the host's veth ends on a bridge of its own with a tap, a second tap
+  sits on the hosts' bridge, and one process (``python -m bftfs.testing.wan``) carries
+  the frames between the two taps in both directions, each held for the link's delay
+  (plus jitter, plus its serialisation time at the rate), dropped with the loss
+  fraction from a seeded generator, and always in order.  The taps and bridges run a
+  64 KB MTU so that a bulk transfer is a few thousand frames a second, not a hundred
+  thousand.
+
+Everything made (namespaces, bridges, taps, qdiscs, the wire process) is removed on exit,
+even when the set-up or the body failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import selectors
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+
+from bftfs.testing import netns
+
+#: The MTU of every interface of a ``wire`` bed (the most a tap and a veth take).
+WIRE_MTU = 65000
+
+_TUNSETIFF = 0x400454CA
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+
+
+@dataclass(frozen=True)
+class Link:
+    """One host's cable, each direction: ``delay_ms`` one-way, ``jitter_ms`` either side of
+    it, ``loss`` a fraction of the packets (0.001 is 0.1%), ``rate_mbit`` the bandwidth
+    (``None``: unlimited)."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    rate_mbit: float | None = None
+
+
+def netem_args(link: Link) -> list[str]:
+    """The netem qdisc's arguments for ``link`` (``["netem"]`` alone: no impairment)."""
+    args = ["netem"]
+    if link.delay_ms or link.jitter_ms:
+        args += ["delay", f"{link.delay_ms:g}ms"]
+        if link.jitter_ms:
+            args.append(f"{link.jitter_ms:g}ms")
+    if link.loss:
+        args += ["loss", f"{link.loss * 100:g}%"]
+    if link.rate_mbit:
+        args += ["rate", f"{link.rate_mbit:g}mbit"]
+    return args
+
+
+def tc_commands(link: Link, ends: tuple[str, str], namespace: str) -> list[list[str]]:
+    """The ``tc`` command lines that put ``link`` on a host's cable: the root-namespace end
+    (what goes to the host) and the host's end, in ``namespace`` (what leaves it)."""
+    root, inside = ends
+    qdisc = ["qdisc", "replace", "dev"]
+    return [
+        ["tc", *qdisc, root, "root", *netem_args(link)],
+        ["tc", "-n", namespace, *qdisc, inside, "root", *netem_args(link)],
+    ]
+
+
+def mode() -> str | None:
+    """``"netem"`` or ``"wire"``: how this machine delays a link; ``None`` when it cannot
+    (no root, no iproute2, no namespaces; or neither netem nor ``/dev/net/tun``)."""
+    if netns.netem_available():
+        return "netem"
+    if netns.available() and os.path.exists("/dev/net/tun"):
+        return "wire"
+    return None
+
+
+def skip_reason() -> str | None:
+    """Why a WAN bed cannot be built here, or ``None``."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "needs iproute2 (ip and tc): make setup-tests installs it"
+    if mode() is None:
+        return "needs network namespaces with bridges, and sch_netem or /dev/net/tun"
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], capture_output=True, text=True, check=True, timeout=30)
+
+
+class Wan:
+    """``len(links)`` hosts, host ``i``'s cable impaired as ``links[i]``; the client is the
+    root namespace (:attr:`hosts`' gateway).  ``with Wan(links) as wan:`` builds it and
+    always takes it down."""
+
+    def __init__(self, links: list[Link], *, seed: int = 65, how: str | None = None) -> None:
+        self.links = links
+        self.seed = seed
+        self.how = how or mode()
+        if self.how is None:
+            raise RuntimeError(skip_reason() or "no way to delay a link here")
+        self.hosts = netns.Hosts(len(links), seed=seed)
+        self._undo: list[list[str]] = []
+        self._wire: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Wan:
+        self.hosts.__enter__()
+        try:
+            if self.how == "netem":
+                for i, link in enumerate(self.links):
+                    for cmd in tc_commands(link, self.hosts.ends(i), self.hosts.name(i)):
+                        subprocess.run(cmd, capture_output=True, check=True, timeout=30)
+            else:
+                self._build_wire()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _make(self, make: list[str], undo: list[str]) -> None:
+        _ip(*make)
+        self._undo.append(undo)
+
+    def _build_wire(self) -> None:
+        """Each host's veth onto a bridge of its own with tap ``a``; tap ``w`` on the hosts'
+        bridge; the wire process carries frames between ``a`` and ``w``."""
+        hosts, tag, mtu = self.hosts, self.hosts.tag, str(WIRE_MTU)
+        flows = []
+        for i, link in enumerate(self.links):
+            root, inside = hosts.ends(i)
+            own, a, w = f"bfx{tag}{i}", f"bfa{tag}{i}", f"bfw{tag}{i}"
+            self._make(["link", "add", own, "type", "bridge"], ["link", "del", own])
+            for tap in (a, w):
+                self._make(["tuntap", "add", "dev", tap, "mode", "tap"], ["link", "del", tap])
+            _ip("-n", hosts.name(i), "link", "set", inside, "mtu", mtu)
+            for dev, master in ((root, own), (a, own), (w, hosts.bridge)):
+                _ip("link", "set", dev, "mtu", mtu)
+                _ip("link", "set", dev, "master", master)
+                _ip("link", "set", dev, "up")
+            _ip("link", "set", own, "up")
+            flows.append({"a": a, "w": w, "link": asdict(link), "seed": self.seed * 100 + i})
+        _ip("link", "set", hosts.bridge, "mtu", mtu)
+        self._wire = subprocess.Popen(
+            [sys.executable, "-m", "bftfs.testing.wan", json.dumps(flows)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._wire.stdout is not None
+        if self._wire.stdout.readline().strip() != "ready":
+            raise RuntimeError("the WAN wire process did not start")
+
+    def connect_rtt(self, i: int, port: int) -> float:
+        """Seconds a TCP connection from the client to host ``i``'s ``port`` takes to open:
+        one round trip (SYN, SYN-ACK), the evidence that the link is delayed."""
+        start = time.monotonic()
+        with socket.create_connection((self.hosts.address(i), port), timeout=30):
+            return time.monotonic() - start
+
+    def close(self) -> None:
+        """Stop the wire, remove the taps and bridges, then the hosts (newest first)."""
+        if self._wire is not None:
+            self._wire.terminate()
+            try:
+                self._wire.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._wire.kill()
+                self._wire.wait()
+            if self._wire.stdout is not None:
+                self._wire.stdout.close()
+            self._wire = None
+        while self._undo:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                _ip(*self._undo.pop())
+        self.hosts.close()
+
+
+#: The port every node listens on: each host is a fresh network stack with nothing bound.
+NODE_PORT = 7000
+
+
+def bftfs_cli(
+    *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bftfs ARGS`` in the root namespace (the client's host)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "bftfs", *args], capture_output=True, text=True, timeout=timeout
+    )
+    if check and r.returncode:
+        raise RuntimeError(f"bftfs {' '.join(args)}: {r.stdout}{r.stderr}")
+    return r
+
+
+@contextlib.contextmanager
+def cluster(wan: Wan, admin: Path, *, map_size: str = "1G") -> Iterator[Path]:
+    """A cluster of one node per host of ``wan`` (``bftfs init --nodes``, each node started
+    on its host as ``bftfs node --id I``), answering; yields its ``cluster.toml``, which a
+    mount in the root namespace uses.  The nodes are stopped on exit."""
+    hosts = wan.hosts
+    addresses = ",".join(f"{hosts.address(i)}:{NODE_PORT}" for i in range(hosts.count))
+    bftfs_cli(
+        "init", "--dir", str(admin), "--nodes", addresses, "--map-size", map_size, "--no-durable"
+    )
+    config = admin / "cluster.toml"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(hosts.count):
+            cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(config), "--id", str(i)]
+            procs.append(hosts.spawn(i, cmd, admin / f"node{i}.log"))
+        deadline = time.monotonic() + 120
+        while bftfs_cli("status", "--config", str(config), check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the nodes did not all answer within 120 s")
+        yield config
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _open_tap(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI))
+    os.set_blocking(fd, False)
+    return fd
+
+
+class _Direction:
+    """Frames read from one tap, each due on the other after the link's delay."""
+
+    def __init__(self, src: int, dst: int, link: Link, rng: random.Random) -> None:
+        self.src, self.dst, self.link, self.rng = src, dst, link, rng
+        self.queue: deque[tuple[float, bytes]] = deque()
+        self.busy_until = 0.0  # when the link has sent what it holds (the rate)
+        self.last_due = 0.0  # frames leave in order, whatever the jitter
+
+    def take(self, now: float) -> None:
+        link = self.link
+        while True:
+            try:
+                frame = os.read(self.src, 65536)
+            except BlockingIOError:
+                return
+            if link.loss and self.rng.random() < link.loss:
+                continue
+            sent = now
+            if link.rate_mbit:
+                self.busy_until = max(now, self.busy_until) + len(frame) * 8 / (
+                    link.rate_mbit * 1e6
+                )
+                sent = self.busy_until
+            jitter = self.rng.uniform(-link.jitter_ms, link.jitter_ms) if link.jitter_ms else 0
+            due = max(self.last_due, sent + max(0.0, link.delay_ms + jitter) / 1000)
+            self.last_due = due
+            self.queue.append((due, frame))
+
+    def give(self, now: float) -> float | None:
+        """Send what is due; return when the next frame is."""
+        while self.queue and self.queue[0][0] <= now:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self.dst, self.queue[0][1])
+            self.queue.popleft()
+        return self.queue[0][0] if self.queue else None
+
+
+def wire(flows: list[dict[str, object]]) -> None:
+    """The wire process: carry frames between each flow's taps, delayed, until killed."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # on time under load
+    sel = selectors.DefaultSelector()
+    directions = []
+    for flow in flows:
+        a, w = _open_tap(str(flow["a"])), _open_tap(str(flow["w"]))
+        link = Link(**flow["link"])  # type: ignore[arg-type]
+        rng = random.Random(int(flow["seed"]))  # type: ignore[call-overload]
+        for src, dst in ((a, w), (w, a)):
+            d = _Direction(src, dst, link, rng)
+            sel.register(src, selectors.EVENT_READ, d)
+            directions.append(d)
+    print("ready", flush=True)
+    while True:
+        now = time.monotonic()
+        dues = [due for d in directions if (due := d.give(now)) is not None]
+        timeout = max(0.0, min(dues) - time.monotonic()) if dues else None
+        for key, _ in sel.select(timeout):
+            key.data.take(time.monotonic())
+
+
+if __name__ == "__main__":
+    wire(json.loads(sys.argv[1]))
