@@ -9,7 +9,7 @@ Byzantine faults), so the benchmarks put it beside GlusterFS and bftfs.  One
 2. three ``weed volume`` servers (the storage servers), each on a directory of its own;
 3. ``weed filer`` (the namespace, its embedded LevelDB store in the scratch directory),
    placing new files with ``002`` too;
-4. ``weed mount`` (the FUSE client) on ``base/mnt``, asking for ``002`` as well.
+4. ``weed mount`` (the FUSE client) on ``mnt``, asking for ``002`` as well.
 
 Every port is one the kernel just reported free (:func:`bftfs.local.free_ports`), each
 server given its HTTP and gRPC ports explicitly (the default gRPC port is the HTTP port plus
@@ -343,8 +343,12 @@ def _mounted(exe: str, lay: Layout, pids: dict[str, int]) -> Iterator[Callable[[
 
 
 @contextlib.contextmanager
-def cluster(base: Path) -> Iterator[Cluster]:
-    """A fresh SeaweedFS mounted at ``base/mnt``, its servers' data under ``base``.
+def cluster(base: Path, ports: list[int] | None = None) -> Iterator[Cluster]:
+    """A fresh SeaweedFS mounted at ``base/clusterN/mnt``, its servers' data beside it.
+
+    ``ports``: two per server (master, volume servers, filer), else ones the kernel
+    reports free; those can be taken before a server binds them, so then a failed start is
+    retried once on fresh ports (in ``base/cluster2``) before the target fails.
 
     Raises:
         SeaweedError: SeaweedFS cannot run here, or a step of the set-up failed.
@@ -355,11 +359,19 @@ def cluster(base: Path) -> Iterator[Cluster]:
     exe = weed_path()
     assert exe is not None
     sockets = Path(tempfile.mkdtemp(prefix="bftfs-weed-"))
-    try:
-        lay = Layout.with_ports(base, sockets, free_ports(2 * (VOLUMES + 2), HOST))
-        pids: dict[str, int] = {}
-        with _servers(exe, lay, pids), _mounted(exe, lay, pids) as remount:
-            info = {"replica": 3, "replication": REPLICATION, "weed": exe}
-            yield Cluster(lay.mountpoint, pids, info, remount)
-    finally:
-        shutil.rmtree(sockets, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, sockets, ignore_errors=True)
+        for attempt in (1, 2):
+            root = base / f"cluster{attempt}"
+            root.mkdir()
+            lay = Layout.with_ports(root, sockets, ports or free_ports(2 * (VOLUMES + 2), HOST))
+            pids: dict[str, int] = {}
+            try:
+                stack.enter_context(_servers(exe, lay, pids))
+                break
+            except SeaweedError:
+                if attempt == 2 or ports is not None:
+                    raise
+        remount = stack.enter_context(_mounted(exe, lay, pids))
+        info = {"replica": 3, "replication": REPLICATION, "weed": exe}
+        yield Cluster(lay.mountpoint, pids, info, remount)

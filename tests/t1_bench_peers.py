@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ import seaweed  # noqa: E402
 import seqio  # noqa: E402
 
 from bftfs import proc  # noqa: E402
+from bftfs.local import free_ports  # noqa: E402
 from bftfs.testing.mounts import fuse_available  # noqa: E402
 
 PORTS = list(range(40001, 40011))
@@ -161,14 +163,18 @@ def test_a_cluster_keeps_every_file_on_three_servers_and_stops_everything(
         assert sw.pids["mount"] != old and not proc.process_alive(old)
         assert (sw.mountpoint / "d" / "f").read_bytes() == data
         # Replication 002: the same volume files on each of the three servers.
-        held = [sorted(p.name for p in (tmp_path / f"volume{i}").glob("*.dat")) for i in (1, 2, 3)]
+        held = [
+            sorted(p.name for p in (tmp_path / "cluster1" / f"volume{i}").glob("*.dat"))
+            for i in (1, 2, 3)
+        ]
         assert held[0] and held[0] == held[1] == held[2]
         sizes = [
-            sum(p.stat().st_size for p in (tmp_path / f"volume{i}").glob("*.dat"))
+            sum(p.stat().st_size for p in (tmp_path / "cluster1" / f"volume{i}").glob("*.dat"))
             for i in (1, 2, 3)
         ]
         assert min(sizes) >= len(data)
-    assert not proc.is_mounted(tmp_path / "mnt")
+    assert sw.mountpoint == tmp_path / "cluster1" / "mnt"
+    assert not proc.is_mounted(sw.mountpoint)
     assert _ours_running(tmp_path) == []
 
 
@@ -195,3 +201,22 @@ def test_postmark_runs_on_seaweedfs_beside_local(tmp_path: Path) -> None:
     assert result["machine"]["tools"]["seaweedfs"].startswith("SeaweedFS ")
     md = (tmp_path / "postmark-short.md").read_text()
     assert "| seaweedfs |" in md and "do not fsync" in md
+
+
+@pytest.mark.slow
+@needs_weed
+def test_a_server_that_cannot_start_fails_the_target_and_stops_the_others(
+    tmp_path: Path,
+) -> None:
+    ports = free_ports(10)
+    with socket.socket() as taken:  # volume server 2's HTTP port, bound and listening
+        taken.bind((seaweed.HOST, ports[4]))
+        taken.listen()
+        with (
+            pytest.raises(seaweed.SeaweedError, match="weed volume 2") as err,
+            seaweed.cluster(tmp_path, ports),
+        ):
+            pytest.fail("the cluster started on a taken port")
+    assert "node2.log" in str(err.value)  # the reason comes with the server's log
+    assert _ours_running(tmp_path) == []
+    assert not (tmp_path / "cluster2").exists()  # given ports: no retry
