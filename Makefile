@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full bench-contention \
-	bench-andrew bench-postmark bench-two-postmarks bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
+	bench-peers bench-andrew bench-postmark bench-two-postmarks bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
 	bench-scalability bench-engines bench-replace bench-generation bench-aged bench-ageing clean
 
 setup:
@@ -79,6 +79,16 @@ bench-full: bench-setup
 	$(BIN)/python benchmarks/andrew.py --full $(BENCH_ARGS) || rc=1; \
 	$(BIN)/python benchmarks/postmark.py --full $(BENCH_ARGS) || rc=1; \
 	$(BIN)/python benchmarks/seqio.py --runs 5 $(SEQIO_ARGS) || rc=1; \
+	exit $$rc
+
+# The side-by-side benchmarks with the living peer beside GlusterFS (issue 64): SeaweedFS,
+# started and stopped by the benchmark (benchmarks/seaweed.py); its servers do not fsync.
+PEER_TARGETS ?= local,bindfs,glusterfs,seaweedfs,bftfs
+bench-peers: bench-setup
+	@rc=0; \
+	$(BIN)/python benchmarks/andrew.py --targets $(PEER_TARGETS) $(BENCH_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/postmark.py --targets $(PEER_TARGETS) $(BENCH_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/seqio.py --targets $(PEER_TARGETS) $(SEQIO_ARGS) || rc=1; \
 	exit $$rc
 
 bench-andrew: bench-setup
