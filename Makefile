@@ -81,9 +81,10 @@ bench-full: bench-setup
 	$(BIN)/python benchmarks/seqio.py --runs 5 $(SEQIO_ARGS) || rc=1; \
 	exit $$rc
 
-# The side-by-side benchmarks with the living peer beside GlusterFS (issue 64): SeaweedFS,
-# started and stopped by the benchmark (benchmarks/seaweed.py); its servers do not fsync.
-PEER_TARGETS ?= local,bindfs,glusterfs,seaweedfs,bftfs
+# The side-by-side benchmarks with the living peers beside GlusterFS (issue 64): SeaweedFS
+# and MooseFS, started and stopped by the benchmark (benchmarks/seaweed.py, moosefs.py);
+# their servers do not fsync.
+PEER_TARGETS ?= local,bindfs,glusterfs,seaweedfs,moosefs,bftfs
 bench-peers: bench-setup
 	@rc=0; \
 	$(BIN)/python benchmarks/andrew.py --targets $(PEER_TARGETS) $(BENCH_ARGS) || rc=1; \

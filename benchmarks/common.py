@@ -12,6 +12,8 @@ machine hits every target alike:
   for a few machines, which tolerates crashes only (a real peer beside every figure);
 * ``seaweedfs``: a SeaweedFS cluster (a master, three volume servers, a filer, replication
   ``002``) mounted with ``weed mount`` (``benchmarks/seaweed.py``): a living peer;
+* ``moosefs``: a MooseFS cluster (a master and three chunkservers in network namespaces,
+  goal 3) mounted with ``mfsmount`` (``benchmarks/moosefs.py``): another;
 * ``bftfs``: bftfs mounted on a fresh cluster of real node processes (``t = b = 1`` by
   default), optionally with nodes SIGKILLed before the mount (the degraded run the BFT
   literature reports).
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import gluster
+import moosefs
 import seaweed
 
 from bftfs import proc  # the standard library only: no protocol code
@@ -170,6 +173,7 @@ def machine_info() -> dict[str, Any]:
             **{name: tool_version(name) for name in ("bindfs", "postmark", "cc")},
             "glusterfs": gluster.version(),
             "seaweedfs": seaweed.version(),
+            "moosefs": moosefs.version(),
         },
     }
 
@@ -241,7 +245,8 @@ def write_results(
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """One place a workload runs; ``kind`` is local, bindfs, glusterfs, seaweedfs or bftfs."""
+    """One place a workload runs; ``kind`` is local, bindfs, a peer (glusterfs, seaweedfs,
+    moosefs) or bftfs."""
 
     name: str  # short name used in results, e.g. "bftfs b=1 (1 down)"
     kind: str
@@ -304,6 +309,10 @@ def seaweedfs_spec() -> TargetSpec:
     return TargetSpec("seaweedfs", "seaweedfs")
 
 
+def moosefs_spec() -> TargetSpec:
+    return TargetSpec("moosefs", "moosefs")
+
+
 def bftfs_spec(
     t: int,
     b: int,
@@ -335,7 +344,7 @@ def bftfs_spec(
 
 def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> TargetSpec | None:
     """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs,
-    seaweedfs, bftfs,
+    seaweedfs, moosefs, bftfs,
     bftfs-down: ``down`` nodes killed before the mount, bftfs-corrupt: ``down`` nodes (at
     least one) corrupting every fragment they serve, bftfs-noverify: no lazy verification
     on the nodes, bftfs-lease: the mount takes leases (the default since issue 33, so the
@@ -350,6 +359,8 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
         return glusterfs_spec()
     if name == "seaweedfs":
         return seaweedfs_spec()
+    if name == "moosefs":
+        return moosefs_spec()
     if name == "bftfs":
         return bftfs_spec(t, b, durable=durable)
     if name == "bftfs-down":
@@ -438,6 +449,19 @@ def open_target(spec: TargetSpec, work: Path, tag: str) -> Iterator[Site]:
                     )
             except seaweed.SeaweedError as e:
                 raise TargetError(f"SeaweedFS: {e}") from e
+        elif spec.kind == "moosefs":
+            try:
+                with moosefs.cluster(base) as mf:
+                    yield Site(
+                        spec,
+                        mf.mountpoint,
+                        mf.pids,
+                        setup_s=time.perf_counter() - t0,
+                        info=mf.info,
+                        remount=mf.remount,
+                    )
+            except moosefs.MooseError as e:
+                raise TargetError(f"MooseFS: {e}") from e
         elif spec.kind == "bftfs":
             with _bftfs(spec, base) as site:
                 site.setup_s = time.perf_counter() - t0
@@ -559,6 +583,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
 PEERS: dict[str, Callable[[], str | None]] = {
     "glusterfs": gluster.why_not,
     "seaweedfs": seaweed.why_not,
+    "moosefs": moosefs.why_not,
 }
 
 
@@ -581,7 +606,7 @@ def skip_reasons(specs: Sequence[TargetSpec]) -> dict[str, str]:
 
 
 def skip_after_failure(spec: TargetSpec, err: Exception, skipped: dict[str, str]) -> bool:
-    """Record that a peer (GlusterFS, SeaweedFS) could not be set up, so its later
+    """Record that a peer (GlusterFS, SeaweedFS, MooseFS) could not be set up, so its later
     repetitions are skipped rather than each failing the same way (glusterd not starting on
     this machine is not a result); True when ``spec`` is now skipped.  bftfs failures stay
     failures."""
@@ -611,10 +636,18 @@ def seaweedfs_note(result: dict[str, Any]) -> str:
     return seaweed.NOTE.format(ver=ver)
 
 
+def moosefs_note(result: dict[str, Any]) -> str:
+    """One sentence on the MooseFS target (its servers do not fsync), or '' without it."""
+    if "moosefs" not in result["config"].get("targets", []):
+        return ""
+    ver = (result["machine"].get("tools") or {}).get("moosefs") or "MooseFS"
+    return moosefs.NOTE.format(ver=ver)
+
+
 def peers_note(result: dict[str, Any]) -> str:
-    """The sentences on the peers in a results table (:func:`glusterfs_note` and
-    :func:`seaweedfs_note`)."""
-    return glusterfs_note(result) + seaweedfs_note(result)
+    """The sentences on the peers in a results table (:func:`glusterfs_note`,
+    :func:`seaweedfs_note`, :func:`moosefs_note`)."""
+    return glusterfs_note(result) + seaweedfs_note(result) + moosefs_note(result)
 
 
 def machine_markdown(result: dict[str, Any]) -> list[str]:
@@ -697,6 +730,7 @@ TARGET_COLOURS = {
     "bindfs": "#55a868",
     "glusterfs": "#8c613c",
     "seaweedfs": "#64b5cd",
+    "moosefs": "#937860",
     "bftfs": "#c44e52",
     "down": "#dd8452",
 }

@@ -212,6 +212,8 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
             specs.append(common.glusterfs_spec())
         elif w == "seaweedfs":
             specs.append(common.seaweedfs_spec())
+        elif w == "moosefs":
+            specs.append(common.moosefs_spec())
         elif w == "bftfs":
             for b in args.bs:
                 specs.append(common.bftfs_spec(b, b, durable=not args.no_durable))
@@ -231,7 +233,7 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         else:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, seaweedfs, "
+                "(local, bindfs, glusterfs, seaweedfs, moosefs, "
                 "bftfs, bftfs-lease, bftfs-nolease, bftfs-noverify, "
                 "bftfs-plain)"
             )
@@ -511,7 +513,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         color="grey",
         label="Q/U-NFSv3 (SOSP'05; contents on the client)",
     )
-    for name in ("local", "bindfs", "glusterfs", "seaweedfs"):
+    for name in ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs"):
         s = summary.get(name)
         if s and s["tps_median"]:
             ax.axhline(
@@ -568,7 +570,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default="local,bindfs,glusterfs,bftfs",
         help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, "
-        "bftfs (one "
+        "moosefs, bftfs (one "
         "target per b of --bs), bftfs-noverify (default local,bindfs,glusterfs,bftfs)",
     )
     ap.add_argument(

@@ -553,7 +553,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_rss_cell(s)} |"
         )
     refs = [
-        n for n in ("local", "bindfs", "glusterfs", "seaweedfs") if summary.get(n, {}).get("runs")
+        n
+        for n in ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs")
+        if summary.get(n, {}).get("runs")
     ]
     bft = [n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]]
     if refs and bft:
@@ -655,7 +657,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--targets",
         default="local,bindfs,glusterfs,bftfs",
-        help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, bftfs, "
+        help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, "
+        "moosefs, bftfs, "
         "bftfs-down (--down nodes killed), bftfs-corrupt (--down nodes, at least one, "
         "corrupting every fragment they serve), bftfs-noverify "
         "(default local,bindfs,glusterfs,bftfs)",
@@ -723,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, seaweedfs, "
+                "(local, bindfs, glusterfs, seaweedfs, moosefs, "
                 "bftfs, bftfs-down, bftfs-corrupt, bftfs-noverify, "
                 "bftfs-plain)"
             )

