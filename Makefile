@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .PHONY: setup setup-tests install-helper up down status test test-slow test-all lint bench bench-setup bench-full bench-contention \
-	bench-peers bench-andrew bench-postmark bench-two-postmarks bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
+	bench-andrew bench-postmark bench-two-postmarks bench-seqio bench-opcost bench-lazy bench-space bench-history bench-transport \
 	bench-scalability bench-engines bench-replace bench-generation bench-aged bench-ageing clean
 
 setup:
@@ -85,6 +85,7 @@ bench-full: bench-setup
 # and MooseFS, started and stopped by the benchmark (benchmarks/seaweed.py, moosefs.py);
 # their servers do not fsync.
 PEER_TARGETS ?= local,bindfs,glusterfs,seaweedfs,moosefs,bftfs
+.PHONY: bench-peers
 bench-peers: bench-setup
 	@rc=0; \
 	$(BIN)/python benchmarks/andrew.py --targets $(PEER_TARGETS) $(BENCH_ARGS) || rc=1; \
