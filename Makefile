@@ -82,6 +82,18 @@ bench-full: bench-setup
 	$(BIN)/python benchmarks/seqio.py --runs 5 $(SEQIO_ARGS) || rc=1; \
 	exit $$rc
 
+# The side-by-side benchmarks with the living peers beside GlusterFS (issue 64): SeaweedFS
+# and MooseFS, started and stopped by the benchmark (benchmarks/seaweed.py, moosefs.py);
+# their servers do not fsync.
+PEER_TARGETS ?= local,bindfs,glusterfs,seaweedfs,moosefs,bftfs
+.PHONY: bench-peers
+bench-peers: bench-setup
+	@rc=0; \
+	$(BIN)/python benchmarks/andrew.py --targets $(PEER_TARGETS) $(BENCH_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/postmark.py --targets $(PEER_TARGETS) $(BENCH_ARGS) || rc=1; \
+	$(BIN)/python benchmarks/seqio.py --targets $(PEER_TARGETS) $(SEQIO_ARGS) || rc=1; \
+	exit $$rc
+
 bench-andrew: bench-setup
 	$(BIN)/python benchmarks/andrew.py $(BENCH_ARGS)
 

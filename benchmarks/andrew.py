@@ -357,7 +357,8 @@ def targets_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, bftfs, bftfs-lease, bftfs-nolease, bftfs-down, "
+                "(local, bindfs, glusterfs, seaweedfs, moosefs, "
+                "bftfs, bftfs-lease, bftfs-nolease, bftfs-down, "
                 "bftfs-noverify, "
                 "bftfs-plain)"
             )
@@ -586,17 +587,18 @@ def main_bftfs(specs: list[TargetSpec]) -> str | None:
 
 
 def ratios(summary: dict[str, Any], specs: list[TargetSpec]) -> dict[str, dict[str, Any]]:
-    """Phase by phase: GlusterFS over local; the main bftfs target (no node down) over
-    local, bindfs and GlusterFS; the other bftfs targets over local (a narrower table)."""
+    """Phase by phase: each peer (GlusterFS, SeaweedFS, MooseFS) over local; the main bftfs
+    target (no node down) over local, bindfs and the peers; the other bftfs targets over
+    local (a narrower table)."""
     out: dict[str, dict[str, Any]] = {}
     main = main_bftfs(specs)
     for spec in specs:
-        if spec.kind not in ("glusterfs", "bftfs"):
+        if spec.kind not in ("glusterfs", "seaweedfs", "moosefs", "bftfs"):
             continue
         med = summary[spec.name]["median"]
         refs: tuple[str, ...] = ("local",)
         if spec.name == main:
-            refs = ("local", "bindfs", "glusterfs")
+            refs = ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs")
         for ref in refs:
             if ref in summary and summary[ref]["runs"]:
                 out[f"{spec.name} / {ref}"] = {
@@ -616,7 +618,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Median of {cfg['runs']} interleaved runs per target (min-max in the JSON); "
         f"bftfs on a fresh cluster each run, t={cfg['t']}, b={cfg['b']}, "
         f"durable={not cfg['no_durable']}; 'down' = node(s) {cfg['down_nodes']} SIGKILLed "
-        "before the mount." + common.glusterfs_note(result),
+        "before the mount." + common.peers_note(result),
         "",
         "| phase | "
         + " | ".join(n + (" *" if summary[n]["partial"] else "") for n in names)
@@ -793,7 +795,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--targets",
         default="local,bindfs,glusterfs,bftfs,bftfs-down",
-        help="comma-separated, in interleaving order: local, bindfs, glusterfs, bftfs, "
+        help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, "
+        "moosefs, bftfs, "
         "bftfs-down, bftfs-noverify (default: the first five)",
     )
     ap.add_argument("--t", type=int, default=1, help="bftfs: faulty nodes tolerated (default 1)")

@@ -10,6 +10,10 @@ machine hits every target alike:
 * ``glusterfs``: a GlusterFS replica-3 volume on three local bricks, mounted with
   ``mount -t glusterfs`` (``benchmarks/gluster.py``): the replicated file system users pick
   for a few machines, which tolerates crashes only (a real peer beside every figure);
+* ``seaweedfs``: a SeaweedFS cluster (a master, three volume servers, a filer, replication
+  ``002``) mounted with ``weed mount`` (``benchmarks/seaweed.py``): a living peer;
+* ``moosefs``: a MooseFS cluster (a master and three chunkservers in network namespaces,
+  goal 3) mounted with ``mfsmount`` (``benchmarks/moosefs.py``): another;
 * ``bftfs``: bftfs mounted on a fresh cluster of real node processes (``t = b = 1`` by
   default), optionally with nodes SIGKILLed before the mount (the degraded run the BFT
   literature reports).
@@ -43,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import gluster
+import moosefs
+import seaweed
 
 from bftfs import proc  # the standard library only: no protocol code
 
@@ -166,6 +172,8 @@ def machine_info() -> dict[str, Any]:
         "tools": {
             **{name: tool_version(name) for name in ("bindfs", "postmark", "cc")},
             "glusterfs": gluster.version(),
+            "seaweedfs": seaweed.version(),
+            "moosefs": moosefs.version(),
         },
     }
 
@@ -237,7 +245,8 @@ def write_results(
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """One place a workload runs; ``kind`` is local, bindfs, glusterfs or bftfs."""
+    """One place a workload runs; ``kind`` is local, bindfs, a peer (glusterfs, seaweedfs,
+    moosefs) or bftfs."""
 
     name: str  # short name used in results, e.g. "bftfs b=1 (1 down)"
     kind: str
@@ -296,6 +305,14 @@ def glusterfs_spec() -> TargetSpec:
     return TargetSpec("glusterfs", "glusterfs")
 
 
+def seaweedfs_spec() -> TargetSpec:
+    return TargetSpec("seaweedfs", "seaweedfs")
+
+
+def moosefs_spec() -> TargetSpec:
+    return TargetSpec("moosefs", "moosefs")
+
+
 def bftfs_spec(
     t: int,
     b: int,
@@ -326,7 +343,8 @@ def bftfs_spec(
 
 
 def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> TargetSpec | None:
-    """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs, bftfs,
+    """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs,
+    seaweedfs, moosefs, bftfs,
     bftfs-down: ``down`` nodes killed before the mount, bftfs-corrupt: ``down`` nodes (at
     least one) corrupting every fragment they serve, bftfs-noverify: no lazy verification
     on the nodes, bftfs-lease: the mount takes leases (the default since issue 33, so the
@@ -339,6 +357,10 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
         return bindfs_spec()
     if name == "glusterfs":
         return glusterfs_spec()
+    if name == "seaweedfs":
+        return seaweedfs_spec()
+    if name == "moosefs":
+        return moosefs_spec()
     if name == "bftfs":
         return bftfs_spec(t, b, durable=durable)
     if name == "bftfs-down":
@@ -414,6 +436,32 @@ def open_target(spec: TargetSpec, work: Path, tag: str) -> Iterator[Site]:
                     )
             except gluster.GlusterError as e:
                 raise TargetError(f"GlusterFS: {e}") from e
+        elif spec.kind == "seaweedfs":
+            try:
+                with seaweed.cluster(base) as sw:
+                    yield Site(
+                        spec,
+                        sw.mountpoint,
+                        sw.pids,
+                        setup_s=time.perf_counter() - t0,
+                        info=sw.info,
+                        remount=sw.remount,
+                    )
+            except seaweed.SeaweedError as e:
+                raise TargetError(f"SeaweedFS: {e}") from e
+        elif spec.kind == "moosefs":
+            try:
+                with moosefs.cluster(base) as mf:
+                    yield Site(
+                        spec,
+                        mf.mountpoint,
+                        mf.pids,
+                        setup_s=time.perf_counter() - t0,
+                        info=mf.info,
+                        remount=mf.remount,
+                    )
+            except moosefs.MooseError as e:
+                raise TargetError(f"MooseFS: {e}") from e
         elif spec.kind == "bftfs":
             with _bftfs(spec, base) as site:
                 site.setup_s = time.perf_counter() - t0
@@ -531,6 +579,14 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                 mm.__exit__(None, None, None)
 
 
+#: The peers' checks before the first run: why each cannot be set up here, or None.
+PEERS: dict[str, Callable[[], str | None]] = {
+    "glusterfs": gluster.why_not,
+    "seaweedfs": seaweed.why_not,
+    "moosefs": moosefs.why_not,
+}
+
+
 def skip_reasons(specs: Sequence[TargetSpec]) -> dict[str, str]:
     """Why each target that cannot run here is left out, checked before the first run.
 
@@ -542,18 +598,19 @@ def skip_reasons(specs: Sequence[TargetSpec]) -> dict[str, str]:
     for s in specs:
         if s.kind != "local" and fuse:
             out[s.name] = f"FUSE targets cannot run: {fuse}"
-        elif s.kind == "glusterfs":
-            why = gluster.why_not()
+        elif s.kind in PEERS:
+            why = PEERS[s.kind]()
             if why:
                 out[s.name] = why
     return out
 
 
 def skip_after_failure(spec: TargetSpec, err: Exception, skipped: dict[str, str]) -> bool:
-    """Record that the GlusterFS peer could not be set up, so its later repetitions are
-    skipped rather than each failing the same way (glusterd not starting on this machine is
-    not a result); True when ``spec`` is now skipped.  bftfs failures stay failures."""
-    if spec.kind != "glusterfs" or not isinstance(err, TargetError):
+    """Record that a peer (GlusterFS, SeaweedFS, MooseFS) could not be set up, so its later
+    repetitions are skipped rather than each failing the same way (glusterd not starting on
+    this machine is not a result); True when ``spec`` is now skipped.  bftfs failures stay
+    failures."""
+    if spec.kind not in PEERS or not isinstance(err, TargetError):
         return False
     skipped[spec.name] = f"set-up failed: {err}"
     return True
@@ -569,6 +626,28 @@ def glusterfs_note(result: dict[str, Any]) -> str:
         "(one machine, loopback; tolerates crashes, not Byzantine faults), created, mounted "
         "with mount -t glusterfs and deleted for each run."
     )
+
+
+def seaweedfs_note(result: dict[str, Any]) -> str:
+    """One sentence on the SeaweedFS target (its servers do not fsync), or '' without it."""
+    if "seaweedfs" not in result["config"].get("targets", []):
+        return ""
+    ver = (result["machine"].get("tools") or {}).get("seaweedfs") or "SeaweedFS"
+    return seaweed.NOTE.format(ver=ver)
+
+
+def moosefs_note(result: dict[str, Any]) -> str:
+    """One sentence on the MooseFS target (its servers do not fsync), or '' without it."""
+    if "moosefs" not in result["config"].get("targets", []):
+        return ""
+    ver = (result["machine"].get("tools") or {}).get("moosefs") or "MooseFS"
+    return moosefs.NOTE.format(ver=ver)
+
+
+def peers_note(result: dict[str, Any]) -> str:
+    """The sentences on the peers in a results table (:func:`glusterfs_note`,
+    :func:`seaweedfs_note`, :func:`moosefs_note`)."""
+    return glusterfs_note(result) + seaweedfs_note(result) + moosefs_note(result)
 
 
 def machine_markdown(result: dict[str, Any]) -> list[str]:
@@ -650,6 +729,8 @@ TARGET_COLOURS = {
     "local": "#4c72b0",
     "bindfs": "#55a868",
     "glusterfs": "#8c613c",
+    "seaweedfs": "#64b5cd",
+    "moosefs": "#937860",
     "bftfs": "#c44e52",
     "down": "#dd8452",
 }

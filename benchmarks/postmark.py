@@ -210,6 +210,10 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
             specs.append(common.bindfs_spec())
         elif w == "glusterfs":
             specs.append(common.glusterfs_spec())
+        elif w == "seaweedfs":
+            specs.append(common.seaweedfs_spec())
+        elif w == "moosefs":
+            specs.append(common.moosefs_spec())
         elif w == "bftfs":
             for b in args.bs:
                 specs.append(common.bftfs_spec(b, b, durable=not args.no_durable))
@@ -229,7 +233,8 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         else:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, bftfs, bftfs-lease, bftfs-nolease, bftfs-noverify, "
+                "(local, bindfs, glusterfs, seaweedfs, moosefs, "
+                "bftfs, bftfs-lease, bftfs-nolease, bftfs-noverify, "
                 "bftfs-plain)"
             )
     return specs
@@ -375,7 +380,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['size_min']}-{cfg['size_max']} B, seed {cfg['seed']}, one client; median of "
         f"{cfg['runs']} interleaved run(s) per target; bftfs with t = b on a fresh cluster "
         f"each run (durable={not cfg['no_durable']}). Time cap per run: {cfg['cap']:.0f} s."
-        + common.glusterfs_note(result),
+        + common.peers_note(result),
         "",
         "| target | n | transactions/s | min-max | file creation | Q/U-NFSv3 (same b) "
         "| CPU s: postmark / daemon / nodes | cores busy |",
@@ -508,7 +513,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         color="grey",
         label="Q/U-NFSv3 (SOSP'05; contents on the client)",
     )
-    for name in ("local", "bindfs", "glusterfs"):
+    for name in ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs"):
         s = summary.get(name)
         if s and s["tps_median"]:
             ax.axhline(
@@ -564,7 +569,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--targets",
         default="local,bindfs,glusterfs,bftfs",
-        help="comma-separated, in interleaving order: local, bindfs, glusterfs, bftfs (one "
+        help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, "
+        "moosefs, bftfs (one "
         "target per b of --bs), bftfs-noverify (default local,bindfs,glusterfs,bftfs)",
     )
     ap.add_argument(

