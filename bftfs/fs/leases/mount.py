@@ -395,6 +395,18 @@ class Leases:
         self.answers.listings[oid] = {}
         self.stats["made_leased"] += 1
 
+    def contended(self, oids: Sequence[int]) -> None:
+        """This mount's update of ``oids`` was refused ``leased`` by another client's lease
+        (it recalls it and waits): contention on each (``fs/leases/contention.py``)."""
+        now = trio.current_time()
+        for oid in oids:
+            self.holdings.contention.contended(oid, now)
+
+    def waited(self, seconds: float) -> None:
+        """A call of this mount waited ``seconds`` behind a recall of another's lease."""
+        self.stats["recall_waits"] += 1
+        self.stats["recall_wait_ms"] += round(seconds * 1000)
+
     # Recall ------------------------------------------------------------------------------
 
     def listen(self, endpoint: Endpoint, nodes: Sequence[int]) -> None:
