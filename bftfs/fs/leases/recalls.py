@@ -87,8 +87,8 @@ class Recalls:
             return
         self._stats["recalled"] += len(oids)
         until = trio.current_time() + COOLDOWN
-        for oid in oids:
-            self._holdings.contention.contended(oid, until - COOLDOWN)  # others work where it was made: the next mkdir there asks none
+        for oid in oids:  # others work where it was made: the next mkdir there asks none
+            self._holdings.contention.contended(oid, until - COOLDOWN)  # (contention.py)
             parent = self._holdings.made_in.get(oid)
             if parent is not None:
                 self._holdings.quiet_until[parent] = until
