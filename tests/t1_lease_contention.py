@@ -102,3 +102,17 @@ def test_holdings_ask_for_no_lease_on_a_cooled_object() -> None:
     assert h.quiet(11, 5.0) and not h.quiet(12, 5.0)
     assert stats["cool_skipped"] == 1 and stats["cooled"] == 1
     assert not h.quiet(11, 3.0 + BASE)
+
+
+def test_a_cooled_directorys_entries_cool_with_it() -> None:
+    """Entries seen in a directory that met contention are not leased while it cools
+    down; those of a directory that met none are not tracked."""
+    c, _ = fresh()
+    c.children(40, [41, 42])  # no contention in 40 yet: nothing kept
+    for i in range(3):
+        c.contended(40, float(i))
+    c.children(40, [43, 44])
+    assert not c.cooled(43, 2.5)  # 40 is not cooling yet
+    assert c.contended(40, 3.0)
+    assert c.cooled(43, 4.0) and c.cooled(44, 4.0) and not c.cooled(41, 4.0)
+    assert not c.cooled(43, 3.0 + BASE)

@@ -66,6 +66,8 @@ class Contention:
         self.base = base
         self.longest = longest
         self._objects: dict[int, _Object] = {}
+        #: The directory each entry of a contended one was seen in (:meth:`children`).
+        self._parent: dict[int, int] = {}
 
     def contended(self, oid: int, now: float) -> bool:
         """A lease on ``oid`` was recalled here, or this mount's update of it was refused
@@ -90,8 +92,27 @@ class Contention:
         self._stats["cooled"] += 1
         return True
 
+    def children(self, parent: int, oids: list[int]) -> None:
+        """``oids`` are entries of directory ``parent`` (a lookup, a listing, a create):
+        while ``parent`` cools down so do they, if it has met contention (the ping-pong
+        is in the directory: two mounts making and looking at its names)."""
+        if parent not in self._objects:
+            return
+        if len(self._parent) >= MAX_OBJECTS:
+            self._parent.clear()  # a bound: a child forgotten is only leased again
+        for oid in oids:
+            if oid != parent:
+                self._parent[oid] = parent
+
     def cooled(self, oid: int, now: float) -> bool:
-        """Whether no lease on ``oid`` is to be asked for at ``now`` (cooling down)."""
+        """Whether no lease on ``oid`` is to be asked for at ``now``: it cools down, or the
+        directory it was last seen in does (:meth:`children`)."""
+        parent = self._parent.get(oid)
+        if parent is not None and self._cooled(parent, now):
+            return True
+        return self._cooled(oid, now)
+
+    def _cooled(self, oid: int, now: float) -> bool:
         st = self._objects.get(oid)
         if st is None:
             return False
