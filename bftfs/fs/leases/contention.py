@@ -5,8 +5,8 @@ Two mounts working in one directory (two PostMarks, same file names) pass leases
 forth: each lease costs its taker an update, the other a recall and a wait, and the pair
 ran at a seventh of the rate with no leases at all.  So each object's **contention** is
 counted here, per object and in this mount only (no protocol change): a lease on it
-recalled by the nodes, or this mount's own update of it refused ``leased`` by another's
-lease.  More than :data:`K` of them within :data:`WINDOW` seconds **cool** the object:
+recalled by the nodes or refused (another holds it), or this mount's own update of it
+refused ``leased`` by another's lease.  More than :data:`K` of them within :data:`WINDOW` seconds **cool** the object:
 no lease of any kind is asked for on it (so no exclusive lease on a directory either:
 write-back there runs synchronously, as with ``lease=0``) for :data:`BASE` seconds, and
 its requests go straight to the servers.  Contention met again while an object's

@@ -278,5 +278,7 @@ class Taker:
                 self.ask(oid, 0.0, kind)
             return
         self._stats["refused"] += 1
-        self._holdings.quiet_until[oids[0]] = trio.current_time() + COOLDOWN
+        now = trio.current_time()
+        self._holdings.quiet_until[oids[0]] = now + COOLDOWN
+        self._holdings.contention.contended(oids[0], now)  # another holds it: contention
         log.debug("lease on %d not taken: %s", oids[0], e)
