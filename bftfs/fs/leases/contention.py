@@ -6,10 +6,11 @@ forth: each lease costs its taker an update, the other a recall and a wait, and 
 ran at a seventh of the rate with no leases at all.  So each object's **contention** is
 counted here, per object and in this mount only (no protocol change): a lease on it
 recalled by the nodes or refused (another holds it), or this mount's own update of it
-refused ``leased`` by another's lease.  More than :data:`K` of them within :data:`WINDOW` seconds **cool** the object:
-no lease of any kind is asked for on it (so no exclusive lease on a directory either:
-write-back there runs synchronously, as with ``lease=0``) for :data:`BASE` seconds, and
-its requests go straight to the servers.  Contention met again while an object's
+refused ``leased`` by another's lease.  More than :data:`K` of them within :data:`WINDOW`
+seconds **cool** the object: no lease of any kind is asked for on it (so no exclusive
+lease on a directory either: write-back there runs synchronously, as with ``lease=0``),
+nor on the entries seen in it (:meth:`Contention.children`), for :data:`BASE` seconds,
+and its requests go straight to the servers.  Contention met again while an object's
 cool-down is remembered doubles it (up to :data:`LONGEST`); each whole cool-down length
 spent without contention after it ended halves it, and below :data:`BASE` it is forgotten.
 
