@@ -329,32 +329,39 @@ class Meta:
         the wait: this mount's own release of a lease another client recalled, on the same
         objects, must go through meanwhile, or two mounts that each hold a lease the
         other's update waits for would wait for each other until the term ends."""
-        deadline = trio.current_time() + (MAX_TERM + 2 * LEASE_SKEW) / 1e9 + 1.0
+        started = trio.current_time()
+        deadline = started + (MAX_TERM + 2 * LEASE_SKEW) / 1e9 + 1.0
         attempt = 0
-        while True:
-            try:
-                if query is not None:
-                    answer = await self.qu.query(query, method, arg)
-                    if attempt:
-                        await self._done_waiting(objects)
-                    return answer
-                async with self._one_update_per_object(objects):
-                    return await self.qu.update(objects, method, arg)
-            except MethodRefused as e:
-                if e.code != "leased" or method in _LEASE_METHODS:
-                    if attempt:
-                        await self._done_waiting(objects)
-                    raise
-                if trio.current_time() > deadline:
-                    raise MethodRefused("busy", "a lease holder did not release") from None
-            if attempt % 8 == 0:  # ask again now and then: a holder may have lost a push
-                self.methods["fs.recall"] += 1
-                async with self._one_update_per_object(objects):
-                    await recall_with_sessions(self.qu.update, objects, self.wall_ns)
-            await self.back_off(min(attempt, 6))
-            attempt += 1
-            if isinstance(arg, dict) and query is None:
-                arg = {**arg, "lt": self.wall_ns()}
+        try:
+            while True:
+                try:
+                    if query is not None:
+                        answer = await self.qu.query(query, method, arg)
+                        if attempt:
+                            await self._done_waiting(objects)
+                        return answer
+                    async with self._one_update_per_object(objects):
+                        return await self.qu.update(objects, method, arg)
+                except MethodRefused as e:
+                    if e.code != "leased" or method in _LEASE_METHODS:
+                        if attempt:
+                            await self._done_waiting(objects)
+                        raise
+                    if not attempt and self.leases is not None:
+                        self.leases.contended(objects)  # another's lease: contention
+                    if trio.current_time() > deadline:
+                        raise MethodRefused("busy", "a lease holder did not release") from None
+                if attempt % 8 == 0:  # ask again now and then: a holder may have lost a push
+                    self.methods["fs.recall"] += 1
+                    async with self._one_update_per_object(objects):
+                        await recall_with_sessions(self.qu.update, objects, self.wall_ns)
+                await self.back_off(min(attempt, 6))
+                attempt += 1
+                if isinstance(arg, dict) and query is None:
+                    arg = {**arg, "lt": self.wall_ns()}
+        finally:
+            if attempt and self.leases is not None:  # waited behind a recall
+                self.leases.waited(trio.current_time() - started)
 
     async def _done_waiting(self, objects: list[int]) -> None:
         """Tell the nodes this mount's recall of ``objects`` waits no longer (its query was

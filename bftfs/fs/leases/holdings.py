@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
+from bftfs.fs.leases.contention import Contention
 from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, SHARED
 
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
@@ -79,6 +80,8 @@ class Holdings:
         self.asking: set[int] = set()
         #: Trio time until which no lease on an object is asked for (:data:`COOLDOWN`).
         self.quiet_until: dict[int, float] = {}
+        #: Objects others keep recalling: not leased for a cool-down (``contention.py``).
+        self.contention = Contention(stats)
         #: Moves when a lease is dropped (ended, recalled): a grant that arrives after
         #: its lease was recalled is given back, not used.
         self.epoch: Counter[int] = Counter()
@@ -120,8 +123,14 @@ class Holdings:
         self._dropped(oid)
 
     def quiet(self, oid: int, now: float) -> bool:
-        """Whether ``oid`` is quiet at ``now`` after a recall or refusal here."""
-        return now < self.quiet_until.get(oid, 0.0)
+        """Whether ``oid`` is quiet at ``now`` after a recall or refusal here, or cooling
+        down after many (``contention.py``: counted as a request skipped)."""
+        if now < self.quiet_until.get(oid, 0.0):
+            return True
+        if self.contention.cooled(oid, now):
+            self.contention.skipped()
+            return True
+        return False
 
     def remaining(self, oid: int, since: float) -> float:
         """Seconds left on the lease on ``oid`` if it was granted by ``since`` (or came

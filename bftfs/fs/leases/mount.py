@@ -55,6 +55,7 @@ from bftfs.fs.leases.releases import Releases, Spawn, Update
 from bftfs.fs.leases.sessions import Sessions
 from bftfs.fs.leases.taking import Query, Taker
 from bftfs.fs.leases.votes import RecallVotes
+from bftfs.fsobjects import entries
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
@@ -270,6 +271,9 @@ class Leases:
         at, generations = sent
         if passing(answer):
             return
+        entry = _entries_told(oids, method, answer)
+        if entry is not None:
+            self.holdings.contention.children(*entry)
         now = trio.current_time()
         leased = [self.holdings.live(o, now) for o in oids]
         if all(
@@ -310,6 +314,9 @@ class Leases:
         lookup a round; a name wrongly dropped would answer "not found" for a file that
         exists."""
         self.answers.entry_done(method, parent, names, outcome, made)
+        if made:
+            kids = [e[0] for e in made.values() if e and isinstance(e[0], int)]
+            self.holdings.contention.children(parent, kids)
 
     def listing(self, oid: int) -> AbstractSet[bytes] | None:
         """The names of directory ``oid`` as its listing known whole under a live lease
@@ -395,6 +402,18 @@ class Leases:
         self.answers.listings[oid] = {}
         self.stats["made_leased"] += 1
 
+    def contended(self, oids: Sequence[int]) -> None:
+        """This mount's update of ``oids`` was refused ``leased`` by another client's lease
+        (it recalls it and waits): contention on each (``fs/leases/contention.py``)."""
+        now = trio.current_time()
+        for oid in oids:
+            self.holdings.contention.contended(oid, now)
+
+    def waited(self, seconds: float) -> None:
+        """A call of this mount waited ``seconds`` behind a recall of another's lease."""
+        self.stats["recall_waits"] += 1
+        self.stats["recall_wait_ms"] += round(seconds * 1000)
+
     # Recall ------------------------------------------------------------------------------
 
     def listen(self, endpoint: Endpoint, nodes: Sequence[int]) -> None:
@@ -419,3 +438,18 @@ class Leases:
     async def release_all(self) -> None:
         """Give every lease back (an unmount): other clients need not recall them."""
         await self.recalls.release_all()
+
+
+def _entries_told(oids: Sequence[int], method: str, answer: Any) -> tuple[int, list[int]] | None:
+    """The directory and the entries' objects a lookup or a listing answer names (for
+    ``Contention.children``), or None (anything else, or malformed)."""
+    try:
+        if method == "fs.lookup" and len(oids) == 1:
+            return oids[0], [int(answer[0])]
+        if method == "fs.lookupstat" and isinstance(answer, dict):
+            return oids[0], [int(answer["e"][0])]
+        if method == "fs.readdir" and len(oids) == 1 and isinstance(answer, dict):
+            return oids[0], [int(e[0]) for e in entries(answer).values() if e]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+    return None

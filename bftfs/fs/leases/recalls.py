@@ -88,6 +88,7 @@ class Recalls:
         self._stats["recalled"] += len(oids)
         until = trio.current_time() + COOLDOWN
         for oid in oids:  # others work where it was made: the next mkdir there asks none
+            self._holdings.contention.contended(oid, until - COOLDOWN)  # (contention.py)
             parent = self._holdings.made_in.get(oid)
             if parent is not None:
                 self._holdings.quiet_until[parent] = until

@@ -5,7 +5,9 @@ background task that asks for them in batches and holds what is granted.
 recall, so it is taken only for an object queried :data:`USES` times while none was held
 and since this mount last changed it (a file it is writing gains nothing from one), and
 not within ``COOLDOWN`` of a recall of it here or a refusal (two clients working in one
-directory do not pass leases back and forth).  It is taken in the background.  A shared
+directory do not pass leases back and forth), nor while the object, or the directory it
+was seen in, cools down after many recalls (``fs/leases/contention.py``, issue 62: the
+two then work as with no leases).  It is taken in the background.  A shared
 one is bound to the mount's session (``fs/leases/sessions.py``, issue 62): it costs no
 renewal of its own, and is let go once unused for a term.  Any other (an exclusive one,
 or every one when the nodes know no sessions) is renewed, on use, once less than a third
@@ -276,5 +278,7 @@ class Taker:
                 self.ask(oid, 0.0, kind)
             return
         self._stats["refused"] += 1
-        self._holdings.quiet_until[oids[0]] = trio.current_time() + COOLDOWN
+        now = trio.current_time()
+        self._holdings.quiet_until[oids[0]] = now + COOLDOWN
+        self._holdings.contention.contended(oids[0], now)  # another holds it: contention
         log.debug("lease on %d not taken: %s", oids[0], e)
