@@ -423,8 +423,11 @@ def test_a_dry_run_names_its_start_exactly_and_the_real_run_given_it_does_those_
     while time.time_ns() < made + 6 * 10**9:
         time.sleep(0.05)
     before = time.time_ns()
-    (theirs / "window" / "planted").write_bytes(b"theirs\n")
-    (theirs / "window" / "kept").write_bytes(b"overwritten\n")
+    # fsync'd, so that the dry run finds them on the nodes however late client1's
+    # write-back would have sent them (a loaded slow-suite run saw "0 steps").
+    write(theirs / "window" / "planted", b"theirs\n")
+    write(theirs / "window" / "kept", b"overwritten\n")
+    fsync_paths(theirs / "window")
     # N aims at the window's middle from the moment of the call; the dry run's own now comes
     # after its start-up, which a loaded machine stretches: a run whose printed start missed
     # the window asks again with N grown by what it overshot.

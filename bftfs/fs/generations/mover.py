@@ -30,6 +30,12 @@ and leaves g + 1 holding everything a reader needs:
   (:func:`cursor_path`); a run that was stopped resumes after it, a completed one has
   nothing to do.  ``bftfs generation finish`` reads it (``cli/generations.py``).
 
+- *lease sessions* (``fsobjects.sessions``) stay in g: they are a mount's, not the file
+  system's, and ``fs.movein`` refuses them.  A mount's renewal after the freeze fails
+  (g refuses updates, g + 1 will not take the session), so its session-bound leases end
+  within a term of its last renewal in g, which the router's wait for leases covers; the
+  leases themselves are stripped by ``fs.movein`` (``fsobjects.moves``).
+
 What it does not do: objects removed in g + 1 after they moved are in g still, and moved
 again (an orphan the namespace no longer names: space, not data; fs.state cannot tell
 "removed here" from "not moved yet").  History before the move stays in g: once g retires,
@@ -52,6 +58,7 @@ from bftfs import erasure
 from bftfs.fs.files import file_block_size
 from bftfs.fs.generations.routers import NOT_SEEN, GenerationalQU
 from bftfs.fsobjects.moves import unpack_state
+from bftfs.fsobjects.sessions import is_session, session_state
 from bftfs.ids import NodeId
 from bftfs.qu.messages import KIND_LATEST, VERSION, MessageError, parse_latest_reply
 from bftfs.rate import ByteRate
@@ -262,6 +269,10 @@ class Mover:
 
         async def one(oid: int) -> None:
             async with self.limit:
+                if is_session(oid) and await self._is_session(oid):
+                    state.count("objects", "sessions")
+                    done()
+                    return
                 packed = await self.router.move(oid)
                 if packed is NOT_SEEN:
                     packed = await self.router.new.query(oid, "fs.state")
@@ -276,6 +287,12 @@ class Mover:
             n = self.router.moves[key] - before.get(key, 0)
             if n:
                 state.count("objects", "here" if key == "raced" else key, n)
+
+    async def _is_session(self, oid: int) -> bool:
+        """Whether g holds a lease session at ``oid`` (its id lies where lock objects' do:
+        the state tells them apart)."""
+        packed = await self.router.old.query(oid, "fs.state")
+        return packed is not None and session_state(unpack_state(packed)) is not None
 
     async def blocks(self, state: MoveState, blocks: Iterable[BlockId]) -> None:
         """Copy those of ``blocks`` g + 1 holds no version of from g (module docstring);
