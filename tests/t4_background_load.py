@@ -85,11 +85,6 @@ def test_a_node_under_continuous_client_load_still_verifies_and_collects(
                 # versions every block the client writes is forced, so at most what its
                 # writers add while a forced wave runs comes on top.
                 assert verify["backlog_versions"] <= POLICY.per_client + 2 * BLOCKS, verify
-            # The load read as a stream on every node (so its background was held behind
-            # it); not at every sample: on a loaded machine the writers can pause past
-            # ``stream_idle_seconds`` (one make-test run ended on such a pause).
-            for i in range(cfg.n):
-                assert any(stats[i]["progress"]["rw.verify"]["streaming"] for stats in seen), i
             assert written > COLLECTED
 
         trio.run(main)
