@@ -73,14 +73,7 @@ def nodes_on(hosts: netns.Hosts, config: Any) -> Iterator[list[subprocess.Popen[
         local.wait_ready(config, timeout=60)
         yield procs
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        netns.stop_all(procs)
 
 
 class _Nodes:

@@ -87,14 +87,7 @@ def nodes_on_hosts(hosts: netns.Hosts, homes: list[Path]) -> Iterator[list[subpr
             procs.append(hosts.spawn(i, node_command(home, i), home / "node.log", env=ENV))
         yield procs
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        netns.stop_all(procs)
 
 
 @contextmanager

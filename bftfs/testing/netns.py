@@ -260,3 +260,16 @@ class Hosts:
                     out[kind] = out.get(kind, 0) + int(line.split()[3])
                     kind = None
         return out
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
+    """Stop the processes a test spawned on its hosts: all are asked (SIGTERM) first, so
+    they shut down side by side, then each is waited for, killed past ``grace`` seconds."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

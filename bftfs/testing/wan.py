@@ -244,14 +244,7 @@ def cluster(wan: Wan, admin: Path, *, map_size: str = "1G") -> Iterator[Path]:
                 raise RuntimeError("the nodes did not all answer within 120 s")
         yield config
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        netns.stop_all(procs)
 
 
 def _open_tap(name: str) -> int:
