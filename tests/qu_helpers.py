@@ -323,6 +323,21 @@ class Recorder:
             self._waiters.append((k, ev))
             await ev.wait()
 
+    def history(self) -> str:
+        """The recorded operations as lines in start order, times relative to the first: the
+        message of a failed serializability check, so a rare failure names its history."""
+        if not self.ops:
+            return "(no operations)"
+        t0 = min(o.start for o in self.ops)
+        lines = []
+        for o in sorted(self.ops, key=lambda o: o.start):
+            end = "-" if o.end is None else f"{o.end - t0:.4f}"
+            what = o.result if o.ok else f"refused {o.refused}" if o.end is not None else "?"
+            lines.append(
+                f"{o.client} {o.method}{o.objects} arg={o.arg!r} {o.start - t0:.4f}-{end} {what!r}"
+            )
+        return "\n".join(lines)
+
     def now(self) -> float:
         if self.clock is not None:
             return self.clock()

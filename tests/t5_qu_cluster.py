@@ -213,7 +213,7 @@ async def byzantine_run(tmp_path: Path, behaviour: str, server: int, seed: int) 
                     n.start_soon(work, c, k)
         refused = [(o.method, o.objects, o.refused) for o in rec.ops if not o.ok]
         assert not refused, refused  # (what was refused, and why: a rare one seen under load)
-        assert check_serializable(rec.ops)
+        assert check_serializable(rec.ops), rec.history()
 
 
 # A Byzantine server the client proves malevolent is reported once per client (qu/client.py).
