@@ -118,10 +118,22 @@ class Calendar:
         while i < len(self.starts) and self.starts[i] < start + cost:
             start = max(start, self.ends[i])
             i += 1
-        self.starts.insert(i, start)
-        self.ends.insert(i, start + cost)
+        end = start + cost
         self.busy += cost
-        return start + cost
+        # Intervals that touch merge: a saturated node's calendar stays one interval.
+        joins_before = i > 0 and self.ends[i - 1] == start
+        joins_after = i < len(self.starts) and self.starts[i] == end
+        if joins_before and joins_after:
+            self.ends[i - 1] = self.ends[i]
+            del self.starts[i], self.ends[i]
+        elif joins_before:
+            self.ends[i - 1] = end
+        elif joins_after:
+            self.starts[i] = start
+        else:
+            self.starts.insert(i, start)
+            self.ends.insert(i, end)
+        return end
 
     def forget_before(self, moment: float) -> None:
         """Drop intervals ending before ``moment`` (no message arrives before it again)."""
