@@ -93,10 +93,19 @@ class NodeSpec:
     public_key: bytes = field(repr=False)
     #: Where the node keeps its LMDB environment, logs and private key.
     data_dir: Path
+    #: ``[[nodes]] domain``: the trust domain (operator, site, failure domain) the node is
+    #: in; a layout's group never holds two nodes of one (docs/layout.md).  Empty: a
+    #: domain of its own (:attr:`trust_domain`), what every configuration before it meant.
+    domain: str = ""
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def trust_domain(self) -> str:
+        """The node's trust domain: ``domain``, or ``node<id>`` (its own) when none."""
+        return self.domain or f"node{self.id}"
 
     @property
     def key_path(self) -> Path:
@@ -435,6 +444,8 @@ class ClusterConfig:
                 raise ConfigError(f"node {s.id}: port {s.port} is not in 0..65535")
             if len(s.public_key) != 32:
                 raise ConfigError(f"node {s.id}: public_key must be 32 bytes (64 hex digits)")
+            if (why := domain_rule(s.domain)) is not None:
+                raise ConfigError(f"node {s.id}: domain {s.domain!r} {why}")
 
     def _validate_clients(self) -> None:
         """Client names unique and well formed, ids (:meth:`_validate_client_ids`), keys."""
@@ -496,6 +507,20 @@ class ClusterConfig:
             for k in range(clients)
         )
         return cls(t, b, qc_, m_, block_size, MIN_MAP_SIZE, False, nodes, cls_).validate()
+
+
+#: A trust domain's label: what ``domain_rule`` allows (it is shown in status and logs).
+DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+MAX_DOMAIN = 64
+
+
+def domain_rule(domain: str) -> str | None:
+    """The rule a node's trust-domain label breaks, or None (empty: a domain of its own)."""
+    if len(domain) > MAX_DOMAIN:
+        return f"must be at most {MAX_DOMAIN} characters, got {len(domain)}"
+    if not set(domain) <= DOMAIN_CHARS:
+        return "may only use letters, digits, - _ . :"
+    return None
 
 
 def default_sizes(

@@ -37,7 +37,7 @@ _CLUSTER_KEYS = {
     "admin_key",
     "engine",
 }
-_NODE_KEYS = {"id", "address", "public_key", "data_dir"}
+_NODE_KEYS = {"id", "address", "public_key", "data_dir", "domain"}
 _CLIENT_KEYS = {"id", "name", "public_key"}
 _RETIRED_KEYS = {"id", "name"}
 _METRICS_KEYS = {"address", "node_port", "mount_port"}
@@ -55,6 +55,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         "admin_key",
         "engine",
         "metrics",
+        "domain",
         *_METRICS_KEYS,
     }
     missing = allowed - set(table) - optional
@@ -109,23 +110,7 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
     engine = c.get("engine", "qu")
     if not isinstance(engine, str):
         raise ConfigError(f"[cluster] engine must be a string, got {engine!r}")
-    nodes = []
-    for i, nd in enumerate(doc["nodes"]):
-        where = f"[[nodes]] #{i}"
-        if not isinstance(nd, dict):
-            raise ConfigError(f"{where} must be a table")
-        _check_keys(where, nd, _NODE_KEYS)
-        host, port = parse_address(f"{where} address", nd["address"])
-        data_dir = Path(str(nd["data_dir"]))
-        nodes.append(
-            NodeSpec(
-                NodeId(_int(f"{where} id", nd["id"])),
-                host,
-                port,
-                _hexkey(f"{where} public_key", nd["public_key"]),
-                data_dir if data_dir.is_absolute() else home / data_dir,
-            )
-        )
+    nodes = [_node_from(f"[[nodes]] #{i}", nd, home) for i, nd in enumerate(doc["nodes"])]
     clients = _clients_from(doc["clients"])
     retired = _retired_from(doc.get("retired_clients", []))
     try:
@@ -168,6 +153,26 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
             None if c.get("admin_key") is None else _hexkey("[cluster] admin_key", c["admin_key"])
         ),
     ).validate()
+
+
+def _node_from(where: str, nd: Any, home: Path) -> NodeSpec:
+    """One ``[[nodes]]`` entry (its data directory relative to ``home``)."""
+    if not isinstance(nd, dict):
+        raise ConfigError(f"{where} must be a table")
+    _check_keys(where, nd, _NODE_KEYS)
+    host, port = parse_address(f"{where} address", nd["address"])
+    data_dir = Path(str(nd["data_dir"]))
+    domain = nd.get("domain", "")
+    if not isinstance(domain, str):
+        raise ConfigError(f"{where} domain must be a string, got {domain!r}")
+    return NodeSpec(
+        NodeId(_int(f"{where} id", nd["id"])),
+        host,
+        port,
+        _hexkey(f"{where} public_key", nd["public_key"]),
+        data_dir if data_dir.is_absolute() else home / data_dir,
+        domain,
+    )
 
 
 def _metrics_from(table: Any) -> MetricsConfig:
@@ -302,6 +307,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
                 "address": s.address,
                 "public_key": s.public_key.hex(),
                 "data_dir": rel(s.data_dir),
+                **({"domain": s.domain} if s.domain else {}),
             }
             for s in cfg.nodes
         ],

@@ -2,6 +2,8 @@
 
 - ``view.py``: the numbered, administrator-signed view; its codec, signature and ordering
   (pure);
+- ``signed.py``: the administrator-signed envelope, its check and the ordering of numbered
+  documents (views and layouts: one implementation);
 - ``configview.py``: a configuration's view, a view applied to a configuration, and the
   signed view files;
 - ``client.py``: a client's view tracker (fetch from nodes ahead, send to nodes behind)

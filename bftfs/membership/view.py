@@ -37,15 +37,16 @@ This module is pure: no I/O, no clock, no trio.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
 
 from bftfs.config.model import ConfigError
-from bftfs.crypto import AdminKey, signature_ok
+from bftfs.crypto import AdminKey
 from bftfs.ids import CLIENT_ID_BASE, ClientId, NodeId
+from bftfs.membership import signed
+from bftfs.membership.signed import Verdict
 from bftfs.thresholds import fault_rule, pasis_rule, qu_min_servers, qu_quorums
 
 MAGIC = "bftfs-view"
@@ -64,6 +65,10 @@ MAX_VIEW_BYTES = 1 << 20
 class ViewError(ConfigError):
     """A view is malformed, not signed by the administrator, or breaks a rule; the message
     says which.  A configuration error: the CLI reports it as one (exit 3)."""
+
+
+#: The signed envelope of a view (``membership/signed.py``, shared with layouts).
+KIND = signed.Kind(MAGIC, DOMAINS, MAX_VIEW_BYTES, "view", ViewError)
 
 
 @dataclass(frozen=True)
@@ -270,9 +275,7 @@ def encode_body(view: View) -> bytes:
 def sign(view: View, key: AdminKey) -> bytes:
     """``view`` signed by the administrator: the bytes nodes and clients exchange."""
     check(view)
-    body = encode_body(view)
-    fmt = format_of(view)
-    return msgpack.packb([MAGIC, fmt, body, key.sign(DOMAINS[fmt] + body)], use_bin_type=True)
+    return signed.seal(KIND, format_of(view), encode_body(view), key)
 
 
 def decode(blob: Any, admin_public: bytes) -> View:
@@ -282,35 +285,14 @@ def decode(blob: Any, admin_public: bytes) -> View:
         ViewError: not bytes, too big, malformed, another format, a bad signature, or a
             view breaking a rule (:func:`check`).
     """
-    if not isinstance(blob, bytes):
-        raise ViewError("a signed view is bytes")
-    if len(blob) > MAX_VIEW_BYTES:
-        raise ViewError(f"signed view of {len(blob)} bytes (at most {MAX_VIEW_BYTES})")
-    outer = _unpack(blob)
-    if not isinstance(outer, list) or len(outer) != 4 or outer[0] != MAGIC:
-        raise ViewError("not a signed view")
-    fmt = outer[1]
-    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt not in DOMAINS:
-        raise ViewError(f"signed view format {fmt!r}, this version reads 1 to {FORMAT}")
-    body, signature = outer[2], outer[3]
-    if not isinstance(body, bytes) or not isinstance(signature, bytes):
-        raise ViewError("signed view: body and signature must be bytes")
-    if not signature_ok(admin_public, DOMAINS[fmt] + body, signature):
-        raise ViewError("the view is not signed by this cluster's administrator key")
-    view = check(_view_of(_unpack(body), fmt))
+    fmt, body = signed.unseal(KIND, blob, admin_public)
+    view = check(_view_of(signed.unpack(KIND, body), fmt))
     if format_of(view) != fmt:
         raise ViewError(
             f"a view of format {fmt} must have per-view keys only in format 2 and a "
             "generation above 1 or a previous one only in format 3"
         )
     return view
-
-
-def _unpack(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise ViewError(f"malformed view ({type(e).__name__})") from None
 
 
 def _int(v: Any, what: str) -> int:
@@ -484,22 +466,9 @@ def check(view: View) -> View:
     return view
 
 
-class Verdict(enum.Enum):
-    """What a party holding one view makes of another, validly signed, one."""
-
-    NEWER = "newer"  # take it
-    SAME = "same"  # already held (a resent or forwarded copy): acknowledge
-    OLDER = "older"  # a replay of an ended view, or a party behind: refuse
-    CONFLICT = "conflict"  # another view with the held number: the admin key was misused
-
-
 def judge(held: View, offered: View) -> Verdict:
     """How a party holding ``held`` treats ``offered`` (both validly signed)."""
-    if offered.number > held.number:
-        return Verdict.NEWER
-    if offered.number < held.number:
-        return Verdict.OLDER
-    return Verdict.SAME if encode_body(offered) == encode_body(held) else Verdict.CONFLICT
+    return signed.judge((held.number, encode_body(held)), (offered.number, encode_body(offered)))
 
 
 def ended_principals(old: View, new: View) -> set[int]:

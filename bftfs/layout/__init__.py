@@ -1,0 +1,13 @@
+"""Many BFT groups (issue 66, docs/layout.md): the layout and its service's core.
+
+- ``model.py``: the layout (version, partitions of object and block ids, partitions to
+  groups, groups to nodes with keys and trust domains), its rules, the partition hashes;
+- ``builder.py``: groups made across trust domains, partitions spread and kept in place;
+- ``diff.py``: which partitions move from one layout to the next;
+- ``codec.py``: canonical bytes, the administrator's signature (the membership views'
+  own envelope, ``membership/signed.py``) and the check a client or node makes of a
+  layout it is given.
+
+Placement (mounts routing by the layout, the partition mover) is a later step; the
+simulation of many groups is ``benchmarks/groups_sim.py``.
+"""
