@@ -1,0 +1,126 @@
+"""Tier 3: the Listeners register on four real node processes (issue 68).
+
+``bftfs node`` processes (real TCP, MAC'd sessions, LMDB) of a four-node cluster (its Q/U
+and PASIS thresholds ``t = 1, b = 0``; the register's own ``f = 1`` of ``n = 3f + 1``),
+clients ``client0..2`` each a :class:`~bftfs.listeners.client.ListenersClient` on its own
+endpoint, reading and writing two registers at once.  Every history (an operation's
+interval from its call to its return) must be linearizable
+(``bftfs/testing/linearizability.py``):
+
+- with node 1 killed (SIGKILL) halfway: the operations after it go on with three nodes;
+- with node 3 running ``--byzantine listeners-liar`` (each of its answers and echoes
+  stale, forged or equivocating: ``bftfs/testing/byzantine/listeners.py``), seen lying.
+
+Reads made one at a time, with no write in flight, decide on the first answers: no echo.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from bftfs.config import ClusterConfig
+from bftfs.connect import open_client
+from bftfs.ids import NodeId
+from bftfs.listeners import messages as m
+from bftfs.listeners.client import ListenersClient
+from bftfs.testing.linearizability import Recorder, check
+from bftfs.testing.processes import ProcessCluster
+
+KEYS = (b"alpha", b"beta")
+CLIENTS = 3
+OPS = 24
+
+
+def _cluster(home: Path, **kwargs: object) -> ProcessCluster:
+    return ProcessCluster(
+        home, n=4, t=1, b=0, clients=CLIENTS + 1, map_size=1 << 28, durable=False, **kwargs
+    )
+
+
+async def _worker(
+    c: ListenersClient, k: int, rec: Recorder, halfway: trio.Event, count: list[int]
+) -> None:
+    rng = random.Random(k)
+    for i in range(OPS):
+        key = rng.choice(KEYS)
+        if rng.random() < 0.5:
+            data = b"c%d-%d" % (k, i)
+            with rec.write(key, data, k):
+                await c.write(key, data)
+        else:
+            with rec.read(key, k) as box:
+                box.append((await c.read(key)).data)
+        count[0] += 1
+        if count[0] == CLIENTS * OPS // 2:
+            halfway.set()
+
+
+async def _workload(
+    cfg: ClusterConfig, at_halfway: Callable[[], None] | None = None
+) -> tuple[Recorder, list[ListenersClient]]:
+    rec = Recorder(trio.current_time)
+    nodes = [NodeId(s.id) for s in cfg.nodes]
+    halfway, count = trio.Event(), [0]
+    clients: list[ListenersClient] = []
+    async with trio.open_nursery() as outer:
+        for k in range(CLIENTS):
+            ep = await outer.start(_endpoint, cfg, f"client{k}")
+            clients.append(ListenersClient(ep, nodes, rng=random.Random(k)))
+        async with trio.open_nursery() as nursery:
+            for k, c in enumerate(clients):
+                nursery.start_soon(_worker, c, k, rec, halfway, count)
+            if at_halfway is not None:
+                await halfway.wait()
+                await trio.to_thread.run_sync(at_halfway)
+        # Sequential reads: nothing in flight, one round each.
+        before = clients[0].stats["echo_reads"]
+        for key in KEYS:
+            for _ in range(3):
+                with rec.read(key, 0) as box:
+                    box.append((await clients[0].read(key)).data)
+        assert clients[0].stats["echo_reads"] == before
+        outer.cancel_scope.cancel()
+    return rec, clients
+
+
+async def _endpoint(cfg: ClusterConfig, name: str, task_status: trio.TaskStatus) -> None:
+    async with open_client(cfg, name) as ep:
+        task_status.started(ep)
+        await trio.sleep_forever()
+
+
+def test_atomic_with_a_node_killed_halfway(tmp_path: Path) -> None:
+    with _cluster(tmp_path / "c") as pc:
+        rec, clients = trio.run(_workload, pc.config, lambda: pc.kill(1))
+        assert pc.pid(1) is None
+    assert len(rec.ops) == CLIENTS * OPS + 2 * 3  # every operation returned
+    verdict = check(rec.ops, initial=b"")
+    assert verdict, verdict.reason
+    assert sum(c.stats["writes"] for c in clients) > 0
+
+
+async def _liar_answers(cfg: ClusterConfig, liar: int) -> tuple[list[bytes], list[bytes]]:
+    """What the correct quorum reads, and what the liar answers to READs, for each key."""
+    async with open_client(cfg, f"client{CLIENTS}") as ep:
+        c = ListenersClient(ep, [NodeId(s.id) for s in cfg.nodes])
+        truth = [(await c.read(key)).data for key in KEYS]
+        said = []
+        for i, key in enumerate(KEYS * 4):
+            reply = await ep.call(NodeId(liar), m.KIND_READ, m.read_request(key, 1 << 50 | i))
+            said.append(m.parse_value(reply)[1].data)
+            await ep.call(NodeId(liar), m.KIND_DONE, m.done_request(1 << 50 | i))
+    return truth, said
+
+
+def test_atomic_with_a_lying_node(tmp_path: Path) -> None:
+    liar = 3
+    with _cluster(tmp_path / "c", node_args={liar: ["--byzantine", "listeners-liar"]}) as pc:
+        rec, _clients = trio.run(_workload, pc.config)
+        truth, said = trio.run(_liar_answers, pc.config, liar)
+    verdict = check(rec.ops, initial=b"")
+    assert verdict, verdict.reason
+    assert any(s not in truth for s in said), "the liar told the truth every time"
