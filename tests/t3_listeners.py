@@ -27,6 +27,7 @@ from bftfs.connect import open_client
 from bftfs.ids import NodeId
 from bftfs.listeners import messages as m
 from bftfs.listeners.client import ListenersClient
+from bftfs.net.endpoint import Endpoint
 from bftfs.testing.linearizability import Recorder, check
 from bftfs.testing.processes import ProcessCluster
 
@@ -35,9 +36,16 @@ CLIENTS = 3
 OPS = 24
 
 
-def _cluster(home: Path, **kwargs: object) -> ProcessCluster:
+def _cluster(home: Path, node_args: dict[int, list[str]] | None = None) -> ProcessCluster:
     return ProcessCluster(
-        home, n=4, t=1, b=0, clients=CLIENTS + 1, map_size=1 << 28, durable=False, **kwargs
+        home,
+        n=4,
+        t=1,
+        b=0,
+        clients=CLIENTS + 1,
+        map_size=1 << 28,
+        durable=False,
+        node_args=node_args,
     )
 
 
@@ -87,7 +95,7 @@ async def _workload(
     return rec, clients
 
 
-async def _endpoint(cfg: ClusterConfig, name: str, task_status: trio.TaskStatus) -> None:
+async def _endpoint(cfg: ClusterConfig, name: str, task_status: trio.TaskStatus[Endpoint]) -> None:
     async with open_client(cfg, name) as ep:
         task_status.started(ep)
         await trio.sleep_forever()
