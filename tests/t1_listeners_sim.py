@@ -79,8 +79,7 @@ class Sim:
         for i, name in (byzantine or {}).items():
             self.nodes[i].behaviour = BEHAVIOURS[name](random.Random(seed * 7 + i))
         self.pool: list[tuple[Any, ...]] = []
-        #: A correct node whose messages are slow (none when every node is Byzantine-free
-        #: of choice: the node after the Byzantine one).
+        #: A correct node the network slows (``pick``): the one after the Byzantine node.
         self.laggard = (min(byzantine) + 1) % N if byzantine else seed % N
         self.step = 0
         self.tags = 0
@@ -91,6 +90,8 @@ class Sim:
         self.running: dict[int, Running] = {}
         self.writes_open: set[int] = set()
         self.overlapped: set[int] = set()
+        #: The client of each operation, by tag.
+        self.owner: dict[int, int] = {}
 
     # -- clients --------------------------------------------------------------
     def start(self, client: int, kind: str, key: bytes, data: bytes = b"") -> None:
@@ -108,7 +109,6 @@ class Sim:
             if self.writes_open:
                 self.overlapped.add(op.tag)
         self.running[op.tag] = op
-        self.owner = getattr(self, "owner", {})
         self.owner[op.tag] = client
 
     def send_all(self, client: int, tag: int, kind: str, payload: Any) -> None:
@@ -134,10 +134,11 @@ class Sim:
             else:
                 assert op.read is not None
                 rid, value = m.parse_value(body)
-                if rid == tag and op.read.on_value(node, value) is not None:
+                decided = op.read.on_value(node, value) if rid == tag else None
+                if decided is not None:
                     self.send_all(client, tag, m.KIND_DONE, m.done_request(tag))  # R14
                     self.reads.append((op.read.echoes, tag in self.overlapped))
-                    self.finish(op, READ, value.data)
+                    self.finish(op, READ, decided.data)
         except ValueError:
             pass  # a malformed answer: a faulty node's, as none
 
