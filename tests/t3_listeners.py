@@ -12,6 +12,8 @@ interval from its call to its return) must be linearizable
   stale, forged or equivocating: ``bftfs/testing/byzantine/listeners.py``), seen lying.
 
 Reads made one at a time, with no write in flight, decide on the first answers: no echo.
+A read that cannot gather a quorum (two nodes down) times out and starts again until a
+node is back (section 3.6.1).
 """
 
 from __future__ import annotations
@@ -149,3 +151,27 @@ def test_atomic_with_a_lying_node(tmp_path: Path) -> None:
     verdict = check(rec.ops, initial=b"")
     assert verdict, verdict.reason
     assert any(s not in truth for s in said), ("the liar told the truth every time", said)
+
+
+async def _read_through_an_outage(pc: ProcessCluster) -> tuple[bytes, int]:
+    """Write, lose a quorum (nodes 2 and 3 killed): a read does not return but restarts
+    after each time-out; with node 3 back, a read returns the value written."""
+    cfg = pc.config
+    async with open_client(cfg, "client0") as ep:
+        c = ListenersClient(ep, [NodeId(s.id) for s in cfg.nodes], read_timeout=0.5)
+        await c.write(b"k", b"before the outage")
+        for i in (2, 3):
+            await trio.to_thread.run_sync(pc.kill, i)
+        with trio.move_on_after(2.0) as cut:
+            await c.read(b"k")
+        assert cut.cancelled_caught, "a read returned without a quorum"
+        restarts = c.stats["restarts"]
+        await trio.to_thread.run_sync(pc.start, 3)
+        return (await c.read(b"k")).data, restarts
+
+
+def test_a_read_restarts_until_a_quorum_answers(tmp_path: Path) -> None:
+    with _cluster(tmp_path / "c") as pc:
+        data, restarts = trio.run(_read_through_an_outage, pc)
+    assert data == b"before the outage"
+    assert restarts >= 2
