@@ -155,11 +155,13 @@ def test_atomic_with_a_lying_node(tmp_path: Path) -> None:
 
 async def _read_through_an_outage(pc: ProcessCluster) -> tuple[bytes, int]:
     """Write, lose a quorum (nodes 2 and 3 killed): a read does not return but restarts
-    after each time-out; with node 3 back, a read returns the value written."""
+    after each time-out; with node 3 back (its LMDB kept the value), a read returns the
+    value written."""
     cfg = pc.config
     async with open_client(cfg, "client0") as ep:
         c = ListenersClient(ep, [NodeId(s.id) for s in cfg.nodes], read_timeout=0.5)
         await c.write(b"k", b"before the outage")
+        await _settled(c, b"k", [0, 1, 2, 3])  # node 3 must keep it through SIGKILL
         for i in (2, 3):
             await trio.to_thread.run_sync(pc.kill, i)
         with trio.move_on_after(2.0) as cut:
