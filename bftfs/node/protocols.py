@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
+from bftfs.listeners import nodeside as listeners
 from bftfs.node import rw_server
 from bftfs.qu.objects import ObjectType
 
@@ -26,6 +27,7 @@ def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> l
     """Register both protocols' handlers with ``node``, serving the file system's object
     types and ``extra_object_types``; the servers' names."""
     rw_server.register(node)
+    listeners.register(node)  # Listeners registers beside the engine (docs/listeners.md)
     types = (*extra_object_types, *PRODUCTION_TYPES)
     # Each engine's server is imported only where it runs: a node process starts in about
     # 0.7 s of CPU, most of it imports, and a cluster of six starts for every test of real

@@ -59,6 +59,8 @@ profile                   behaviour
 ``fab-truncate-history``  FaB history reads: histories cut short and claimed whole
 ``fab-older-history``     FaB history reads: incomplete histories with made-up versions
                           before the true first one
+``listeners-liar``        Listeners registers (issue 68, ``byzantine/listeners.py``): each
+                          answer and echo stale, forged or equivocating
 ========================  ===============================================================
 """
 
@@ -75,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, client_id, is_node
 from bftfs.qu.request import Request
 from bftfs.rw.schema import DB_VERSIONS
-from bftfs.testing.byzantine import fab, fabhistory, flood, history, qu, rw
+from bftfs.testing.byzantine import fab, fabhistory, flood, history, listeners, qu, rw
 
 if TYPE_CHECKING:
     from bftfs.config import ClusterConfig
@@ -337,6 +339,7 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "fab-forge-history": _fab_history("forge"),
     "fab-truncate-history": _fab_history("truncate"),
     "fab-older-history": _fab_history("older-start"),
+    "listeners-liar": listeners.profile,
 }
 
 
