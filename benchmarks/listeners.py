@@ -206,9 +206,8 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     for b in args.b:
         for engine, n in (("listeners", 3 * b + 1), ("qu", 5 * b + 1)):
-            extra = (
-                {"node_args": {i: ["--test-objects"] for i in range(n)}} if engine == "qu" else {}
-            )
+            flag = "--test-objects" if engine == "qu" else "--listeners"
+            extra = {"node_args": {i: [flag] for i in range(n)}}
             with (
                 tempfile.TemporaryDirectory() as tmp,
                 ProcessCluster(

@@ -29,7 +29,9 @@ from bftfs.connect import open_client
 from bftfs.ids import NodeId
 from bftfs.listeners import messages as m
 from bftfs.listeners.client import ListenersClient
+from bftfs.listeners.stamps import INITIAL_VALUE
 from bftfs.net.endpoint import Endpoint
+from bftfs.net.errors import RemoteError
 from bftfs.testing.linearizability import Recorder, check
 from bftfs.testing.processes import ProcessCluster
 
@@ -38,7 +40,13 @@ CLIENTS = 3
 OPS = 24
 
 
-def _cluster(home: Path, node_args: dict[int, list[str]] | None = None) -> ProcessCluster:
+def _cluster(
+    home: Path, node_args: dict[int, list[str]] | None = None, *, serve: bool = True
+) -> ProcessCluster:
+    """4 node processes serving registers (``--listeners``) unless not ``serve``,
+    ``node_args`` added."""
+    flag = ["--listeners"] if serve else []
+    args = {i: [*flag, *(node_args or {}).get(i, [])] for i in range(4)}
     return ProcessCluster(
         home,
         n=4,
@@ -47,7 +55,7 @@ def _cluster(home: Path, node_args: dict[int, list[str]] | None = None) -> Proce
         clients=CLIENTS + 1,
         map_size=1 << 28,
         durable=False,
-        node_args=node_args,
+        node_args=args,
     )
 
 
@@ -177,3 +185,21 @@ def test_a_read_restarts_until_a_quorum_answers(tmp_path: Path) -> None:
         data, restarts = trio.run(_read_through_an_outage, pc)
     assert data == b"before the outage"
     assert restarts >= 2
+
+
+async def _store_refused(cfg: ClusterConfig) -> str:
+    """What node 0 answers a register STORE (a client's one step to fill its disk)."""
+    async with open_client(cfg, "client0") as ep:
+        try:
+            await ep.call(NodeId(0), m.KIND_STORE, m.store_request(b"k", INITIAL_VALUE))
+        except RemoteError as e:
+            return str(e)
+    return "stored"
+
+
+def test_a_node_not_started_with_listeners_serves_no_registers(tmp_path: Path) -> None:
+    """Registers have no storage charge yet: only ``bftfs node --listeners`` serves them."""
+    with _cluster(tmp_path / "c", serve=False) as pc:
+        answer = trio.run(_store_refused, pc.config)
+    assert answer != "stored"
+    assert "lr.store" in answer, answer

@@ -236,6 +236,7 @@ def cmd_node(args: argparse.Namespace) -> int:
             metrics_addr=endpoint[0] if endpoint else "127.0.0.1",
             metrics_port=endpoint[1] if endpoint else None,
             batch_sched=args.batch_sched,
+            serve_registers=args.listeners,
         )
     except nodemain.StartError as e:
         raise QuietError(str(e), EXIT_CLUSTER) from None
@@ -289,6 +290,14 @@ def _run_options(sp: argparse.ArgumentParser, *, shown: bool) -> None:
         action="store_true",
         help=say(
             "also serve the Q/U test object types (counter, kv): for benchmarks/qu.py and tests"
+        ),
+    )
+    sp.add_argument(
+        "--listeners",
+        action="store_true",
+        help=say(
+            "also serve Listeners registers (docs/listeners.md; experimental, no storage "
+            "charge: for benchmarks/listeners.py and tests)"
         ),
     )
     _byzantine_option(sp, shown=shown)

@@ -62,6 +62,7 @@ def run(
     metrics_addr: str = "127.0.0.1",
     metrics_port: int | None = None,
     batch_sched: bool = False,
+    serve_registers: bool = False,
 ) -> None:
     """Run node ``node_id`` of ``cfg`` in this process until SIGTERM or SIGINT.
 
@@ -70,6 +71,7 @@ def run(
         extra_object_types: Q/U object types served besides the file system's.
         metrics_port: serve Prometheus metrics there (0: any free port), or not at all.
         batch_sched: run under SCHED_BATCH (``bftfs up`` asks for it).
+        serve_registers: also serve Listeners registers (``--listeners``).
 
     Raises:
         KeyFileError: see :func:`load_identity`.
@@ -84,7 +86,13 @@ def run(
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
     async def main() -> None:
-        node = Node(cfg, ident, faults=faults, extra_object_types=extra_object_types)
+        node = Node(
+            cfg,
+            ident,
+            faults=faults,
+            extra_object_types=extra_object_types,
+            serve_registers=serve_registers,
+        )
         metrics = None
         port_file = spec.data_dir / "metrics.port"
         port_file.unlink(missing_ok=True)  # an earlier run's: not this one's address

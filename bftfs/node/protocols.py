@@ -4,7 +4,10 @@ system's object types, or FaB Paxos (``fab_server``) in their place when the clu
 ``engine`` is ``"fab"``.  Other object types (the test types ``counter`` and ``kv`` of
 ``bftfs/testing/testobjects.py``) are served only when whoever starts the node passes them
 in (``bftfs node --test-objects``, the in-process test cluster): production nodes run
-exactly the file system's methods, and the node never imports the test harness."""
+exactly the file system's methods, and the node never imports the test harness.  The
+Listeners registers (``docs/listeners.md``, not yet part of the file system) are served
+only by a node started with ``bftfs node --listeners``: registers have no storage charge
+yet, so a node that serves them would let any client fill its disk."""
 
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> l
     """Register both protocols' handlers with ``node``, serving the file system's object
     types and ``extra_object_types``; the servers' names."""
     rw_server.register(node)
-    listeners.register(node)  # Listeners registers beside the engine (docs/listeners.md)
+    if node.serve_registers:  # beside the engine (docs/listeners.md)
+        listeners.register(node)
     types = (*extra_object_types, *PRODUCTION_TYPES)
     # Each engine's server is imported only where it runs: a node process starts in about
     # 0.7 s of CPU, most of it imports, and a cluster of six starts for every test of real

@@ -69,6 +69,7 @@ class Node:
         max_frame: int = DEFAULT_MAX_FRAME,
         extra_object_types: Sequence[ObjectType] = (),
         rejoin_heartbeat: float | None = rejoin.DEFAULT_HEARTBEAT,
+        serve_registers: bool = False,
     ) -> None:
         #: The view the node holds (node/views.py): it decides who may connect.
         self.views = NodeViews(
@@ -86,6 +87,8 @@ class Node:
         #: Q/U object types served besides the file system's (``node/protocols.py``):
         #: the test types, when whoever starts the node asks for them.
         self.extra_object_types = tuple(extra_object_types)
+        #: Whether the node serves Listeners registers (``bftfs node --listeners``).
+        self.serve_registers = serve_registers
         #: Answers the connections other principals open to this node.
         self.server: Server[RequestContext] = Server(
             self.keyring,
