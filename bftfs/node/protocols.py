@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
-from bftfs.node import rw_server
+from bftfs.node import audits, rw_server
 from bftfs.qu.objects import ObjectType
 
 if TYPE_CHECKING:
@@ -25,7 +25,8 @@ PRODUCTION_TYPES: tuple[ObjectType, ...] = tuple(FS_TYPES)
 def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> list[str]:
     """Register both protocols' handlers with ``node``, serving the file system's object
     types and ``extra_object_types``; the servers' names."""
-    rw_server.register(node)
+    rw = rw_server.register(node)
+    audits.register(node, rw.notified_by)  # proofs of storage, contributions (docs/bar.md)
     types = (*extra_object_types, *PRODUCTION_TYPES)
     # Each engine's server is imported only where it runs: a node process starts in about
     # 0.7 s of CPU, most of it imports, and a cluster of six starts for every test of real
