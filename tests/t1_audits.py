@@ -120,12 +120,12 @@ def test_a_version_said_missing_is_owed_and_fails_if_missing_again() -> None:
     assert ledger.to_json()[str(PEER)]["failed"] == 1
 
 
-def test_candidates_are_the_verified_latest_versions_page_by_page() -> None:
+def test_candidates_are_the_verified_versions_page_by_page() -> None:
     kv = MemoryKV()
     stamps = {b: store(kv, AUDITOR, b, bytes([b]) * 100, 100 + b) for b in range(1, 8)}
     for b in (1, 2, 4, 6, 7):
         verified(kv, b, stamps[b])
-    store(kv, AUDITOR, 7, b"unverified newer", 500)  # 7's latest is not verified
+    store(kv, AUDITOR, 7, b"unverified newer", 500)  # 7's latest is not verified...
     seen: list[tuple[int, Timestamp]] = []
     after = None
     pages = 0
@@ -135,8 +135,11 @@ def test_candidates_are_the_verified_latest_versions_page_by_page() -> None:
         pages += 1
         if after is None:
             break
-    assert seen == [(b, stamps[b]) for b in (1, 2, 4, 6)]
-    assert pages == 4
+    assert seen == [(b, stamps[b]) for b in (1, 2, 4, 6, 7)]
+    assert pages == 3
+    # ... so a challenge of its verified version is void: the auditor's view moved.
+    assert cross_checksum_step(kv, 7, stamps[7]) is None
+    assert cross_checksum_step(kv, 6, stamps[6]) is not None
 
 
 def test_the_reservoir_is_uniform_and_replayable() -> None:

@@ -3,13 +3,12 @@ what an auditor challenges, what a node answers, and the verdict.  The task that
 is ``node/audits.py``; this module has no I/O (time, randomness and the store are
 arguments), so tier 1 checks it whole (``tests/t1_audits.py``).
 
-* **Candidates** (:func:`candidates_page`): a page of the blocks the auditor hosts, each
-  with its latest version, kept only when that version is the one its lazy verification
-  marked complete (``rw.verified``): a complete version was stored by enough nodes to be
-  read, and the verifier repaired the nodes that lacked it, so every correct node holds
-  its fragment.  A :class:`Reservoir` keeps a uniform sample of them (Vitter's algorithm R)
-  with the auditor's random source: a node cannot tell which of its fragments will be
-  asked for, so it cannot keep only those.
+* **Candidates** (:func:`candidates_page`): a page of the blocks the auditor hosts with
+  the version its lazy verification marked complete (``rw.verified``): a complete version
+  was stored by enough nodes to be read, and the verifier repaired the nodes that lacked
+  it, so every correct node holds its fragment.  A :class:`Reservoir` keeps a uniform
+  sample of them (Vitter's algorithm R) with the auditor's random source: a node cannot
+  tell which of its fragments will be asked for, so it cannot keep only those.
 * **Challenge** (:class:`Challenge`): ``<block, timestamp>``; the audited node answers
   (:func:`answer_step`) with its stored fragment of that version, or says it lacks it.
 * **Verdict** (:func:`verdict`): the fragment must match the audited node's entry of the
@@ -36,12 +35,21 @@ from typing import Any, Generic, TypeVar
 
 from bftfs import erasure
 from bftfs.kv import KV
-from bftfs.rw import collect, replica
+from bftfs.rw import replica
 from bftfs.rw.messages import BLOCK_ID_SIZE, MessageError, encode_block_id
-from bftfs.rw.schema import DB_VERSIONS, SchemaError, StoredVersion, version_key
+from bftfs.rw.schema import (
+    DB_VERIFIED,
+    DB_VERSIONS,
+    SchemaError,
+    StoredVersion,
+    block_prefix,
+    version_key,
+)
 from bftfs.rw.timestamp import Timestamp
 
 KIND_CHALLENGE = "audit.challenge"
+#: Above every key of ``rw.verified`` (block ids are 16 bytes).
+_MARKS_END = b"\xff" * (BLOCK_ID_SIZE + 1)
 AUDIT_WIRE_VERSION = 1
 
 T = TypeVar("T")
@@ -163,17 +171,24 @@ def verdict(cross_checksum: bytes | None, index: int, answer: Answer | None) -> 
 def candidates_page(
     kv: KV, after: int | None, limit: int
 ) -> tuple[list[tuple[int, Timestamp]], int | None]:
-    """Up to ``limit`` blocks above ``after`` (a page of ``replica.list_step``) whose
-    latest version here is verified complete, as ``(block, ts)``; and where the next page
-    starts (None: the end)."""
-    page = replica.list_step(kv, after, limit)
-    out = [
-        (int(block), ts)
-        for block, ts in page.entries
-        if ts.time > 0 and collect.verified_of(kv, block) == ts
-    ]
-    last = int(page.entries[-1][0]) if page.entries else None
-    return out, last if page.more else None
+    """Up to ``limit`` blocks above ``after`` with their verified mark (``rw.verified``:
+    the version lazy verification found complete), as ``(block, ts)``; and where the next
+    page starts (None: the end).  One cursor over the marks, no seek per block (a block
+    written since its mark is judged void when challenged, ``cross_checksum_step``)."""
+    start = block_prefix(0 if after is None else after + 1)
+    out: list[tuple[int, Timestamp]] = []
+    for key, raw in kv.scan(DB_VERIFIED, start, _MARKS_END):
+        if len(out) == limit:
+            return out, out[-1][0]
+        if len(key) != BLOCK_ID_SIZE:
+            continue
+        try:
+            ts = Timestamp.decode(bytes(raw))
+        except ValueError:
+            continue
+        if ts.time > 0:
+            out.append((int.from_bytes(bytes(key), "big"), ts))
+    return out, None
 
 
 @dataclass
