@@ -12,7 +12,9 @@ the sample; the challenges go one at a time per peer, each behind the gate, each
 :data:`DEADLINE_SECONDS` to answer.  A peer that does not answer an audit in time but
 answers a ping at once withheld the answer: that fails (a rational node would otherwise
 ignore audits, which costs it nothing); one that answers neither is late (a node down is
-reported as down).  A peer catching up after a restart may say so (``busy``) for
+reported as down).  A refusal as ``retired`` or of an unknown kind (a node of an earlier
+release, mid-upgrade) judges nothing; a node that claims an old release for ever leaves
+the cluster "mixed versions" in ``bftfs status``, degraded.  A peer catching up after a restart may say so (``busy``) for
 :data:`BUSY_ROUNDS` rounds, then that fails too.  Failures go to the node's findings
 (``node/findings.py``, kind ``audit_failed``: ``bftfs status`` reports the peer, DEGRADED,
 until cleared); every verdict is counted per peer in ``progress["audits"]`` (``bftfs
@@ -67,6 +69,9 @@ if TYPE_CHECKING:
 PROGRESS_KEY = "audits"
 #: Seconds a peer has to answer one challenge (one store read and one fragment sent).
 DEADLINE_SECONDS = 10.0
+#: Refusals a correct node may give, which judge nothing: a retired node (its generation
+#: moved on), one of an earlier release without audits (a rolling upgrade).
+EXCUSED_REFUSALS = frozenset({"retired", "unknown_kind"})
 #: Blocks one page of the candidate walk reads.
 PAGE = 256
 #: Rounds in a row a peer may answer ``busy`` (catching up) before it fails.
@@ -165,8 +170,10 @@ class Auditor:
                 keep=lambda: False,
             )
             answer = Answer.from_wire(raw)
-        except RemoteError:
-            answer = Answer(fragment=b"")  # a correct node answers every challenge
+        except RemoteError as e:
+            if e.code in EXCUSED_REFUSALS:
+                return Verdict.VOID, False
+            answer = Answer(fragment=b"")  # a correct node answers every other challenge
         except TransportError:
             answer = None if not await self._answers_pings(peer) else Answer(fragment=b"")
         cc = node.store.read(
