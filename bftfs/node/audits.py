@@ -15,10 +15,10 @@ ignore audits, which costs it nothing); one that answers neither is late (a node
 reported as down).  A refusal as ``retired`` or of an unknown kind (a node of an earlier
 release, mid-upgrade) judges nothing; a node that claims an old release for ever leaves
 the cluster "mixed versions" in ``bftfs status``, degraded.  A peer catching up after a
-restart may say so (``busy``) for :data:`BUSY_ROUNDS` rounds, then that fails too.  Failures go to the node's findings
-(``node/findings.py``, kind ``audit_failed``: ``bftfs status`` reports the peer, DEGRADED,
-until cleared); every verdict is counted per peer in ``progress["audits"]`` (``bftfs
-status -v``, the metrics).
+restart may say so (``busy``) for :data:`BUSY_ROUNDS` rounds, then that fails too.
+Failures go to the node's findings (``node/findings.py``, kind ``audit_failed``: ``bftfs
+status`` reports the peer, DEGRADED, until cleared); every verdict is counted per peer in
+``progress["audits"]`` (``bftfs status -v``, the metrics).
 
 **The answer** (``audit.challenge``, nodes only, inline): one read of the store
 (``auditcore.answer_step``).  A correct node that lacks the version answers ``missing``
