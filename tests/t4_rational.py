@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import subprocess
 import time
@@ -76,7 +77,14 @@ def test_a_rational_node_is_reported_within_one_audit_period(tmp_path: Path) -> 
         honest = [i for i in pc.config.node_ids if i != RATIONAL]
         with Mount(pc.config, tmp_path / "m") as m:
             for name, data in files.items():
-                (m.mountpoint / name).write_bytes(data)
+                with (m.mountpoint / name).open("wb") as f:
+                    f.write(data)
+                    os.fsync(f.fileno())  # what the promise covers: nothing fsync'd is lost
+            fd = os.open(m.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         # The honest nodes' lazy verification has marked the blocks complete: from now on
         # every audit round has candidates.
         wait_for(
