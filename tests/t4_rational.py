@@ -6,7 +6,8 @@ verification, no scrub, no audits; one block in two of the fragments it is sent 
 while the write is answered OK; audits are answered with stale or made-up fragments.  The
 other nodes audit it (``[verification] audit_seconds``, short here) and must report it
 DEGRADED, naming the auditors, while every honest node passes every audit and every file
-reads back as written through a fresh mount.
+reads back as written through a fresh mount.  And the converse: correct nodes, one of
+them restarted after missing writes, pass every audit and the cluster stays healthy.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from waiting import wait_for
 from bftfs.policy import VerificationPolicy
 from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fuse_available
-from bftfs.testing.processes import ProcessCluster
+from bftfs.testing.processes import ProcessCluster, wait_caught_up
 
 pytestmark = [
     pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
@@ -123,3 +124,42 @@ def test_a_rational_node_is_reported_within_one_audit_period(tmp_path: Path) -> 
             for name, data in files.items():
                 got = (m2.mountpoint / name).read_bytes()
                 assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), name
+
+
+def rounds(doc: dict[str, Any], node: int) -> int:
+    return int((progress(doc, node).get("audits") or {}).get("rounds", 0))
+
+
+def test_correct_nodes_pass_their_audits_after_a_restart(tmp_path: Path) -> None:
+    """No false accusation: a node down while files were written comes back, catches up,
+    and every node passes every audit for two rounds after; status stays healthy."""
+    home = tmp_path / "c"
+    policy = VerificationPolicy(audit_seconds=4.0, audit_challenges=8)
+    rng = random.Random(69)
+    with ProcessCluster(home, durable=False, block_size=16384, verification=policy) as pc:
+        with Mount(pc.config, tmp_path / "m") as m:
+            (m.mountpoint / "before").write_bytes(rng.randbytes(50_000))
+            pc.stop(2)
+            for i in range(6):
+                with (m.mountpoint / f"while-down{i}").open("wb") as f:
+                    f.write(rng.randbytes(40_000))
+                    os.fsync(f.fileno())
+            pc.start(2)
+            wait_caught_up(pc.config, 2)
+        first = status(home)[1]
+        start = {i: rounds(first, i) for i in pc.config.node_ids}
+        code, doc = wait_for(
+            "two audit rounds on every node",
+            lambda: (
+                got
+                if all(rounds((got := status(home))[1], i) >= start[i] + 2 for i in start)
+                else None
+            ),
+            timeout=60,
+        )
+        assert code == 0 and doc["health"] == "healthy", doc["problems"]
+        rows = doc["contributions"]
+        assert all(r["failed"] == 0 for r in rows), rows
+        assert sum(r["passed"] for r in rows) > 0, rows
+        # Node 2 holds what it missed: it passes its audits too.
+        assert rows[2]["passed"] > 0, rows
