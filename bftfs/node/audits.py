@@ -76,6 +76,8 @@ EXCUSED_REFUSALS = frozenset({"retired", "unknown_kind"})
 PAGE = 256
 #: Rounds in a row a peer may answer ``busy`` (catching up) before it fails.
 BUSY_ROUNDS = 3
+#: ``node.finished`` key: the fetches of versions said missing are done.
+FETCHED = "audits.fetch"
 #: Versions said missing waiting for their fetch here, at most (the rest are dropped:
 #: asked again, they fail).
 MAX_FETCHES = 64
@@ -84,8 +86,15 @@ MAX_FETCHES = 64
 class Auditor:
     """One node's audits of its peers (see the module docstring)."""
 
-    def __init__(self, node: Node, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        rng: random.Random | None = None,
+        deadline: float = DEADLINE_SECONDS,
+    ) -> None:
         self.node = node
+        self.deadline = deadline
         self.policy = node.config.verification
         self.rng = rng if rng is not None else random.Random(secrets.randbits(128))
         self.ledger = Ledger()
@@ -166,7 +175,7 @@ class Auditor:
                 peer,
                 KIND_CHALLENGE,
                 challenge.to_wire(),
-                timeout=DEADLINE_SECONDS,
+                timeout=self.deadline,
                 keep=lambda: False,
             )
             answer = Answer.from_wire(raw)
@@ -186,7 +195,7 @@ class Auditor:
         answer rather than being down)."""
         try:
             await self.node.endpoint.call(
-                peer, "ping", None, timeout=DEADLINE_SECONDS, keep=lambda: False
+                peer, "ping", None, timeout=self.deadline, keep=lambda: False
             )
         except (TransportError, RemoteError):
             return False
@@ -220,6 +229,8 @@ class Answerer:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._send, self._receive = trio.open_memory_channel[Challenge](MAX_FETCHES)
+        #: Set whenever the fetches asked for so far are done (tests wait on it).
+        node.finished[FETCHED] = trio.Event()
 
     async def on_challenge(self, ctx: RequestContext, payload: Any) -> Any:
         node = self.node
@@ -240,6 +251,8 @@ class Answerer:
             node.stats["audits.answered_missing"] += 1
             with contextlib.suppress(trio.WouldBlock):  # full: asked again, it fails
                 self._send.send_nowait(challenge)
+                if node.finished[FETCHED].is_set():
+                    node.finished[FETCHED] = trio.Event()
         return answer.to_wire()
 
     async def fetch_missing(self) -> None:
@@ -250,6 +263,8 @@ class Answerer:
                 await self.fetch(challenge)
             except Exception:  # the node must keep serving: asked again, it fails
                 self.node.log.exception("node %s: audit fetch failed", self.node.id)
+            if self._receive.statistics().current_buffer_used == 0:
+                self.node.finished[FETCHED].set()
 
     async def fetch(self, challenge: Challenge) -> None:
         """Read the version from the others and store this node's fragment of it (checked
