@@ -11,7 +11,9 @@ from collections import Counter
 import pytest
 
 from bftfs import erasure
+from bftfs.cli import contribs
 from bftfs.kv import MemoryKV
+from bftfs.local import NodeStatus
 from bftfs.node import contributions
 from bftfs.node.auditcore import (
     Answer,
@@ -218,3 +220,24 @@ def test_contribution_rows_add_up_the_peers_word() -> None:
     assert rows[2].failed_by == (0, 1) and rows[2].passed == 1
     assert rows[0].notifies_seen == 5 and rows[1].notifies_seen == 4
     assert rows[0].stored == 10 and rows[0].passed == 4 and rows[0].failed_by == ()
+
+
+def test_the_status_table_fits_100_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    own = {"stored": 10**6, "served": 10**6, "verified": 10**7, "audits_answered": 10**7}
+    each = {"passed": 10**5, "failed": 10**5, "missing": 10**5, "late": 10**4}
+    peers = {str(p): each for p in range(9)}
+    statuses = [
+        NodeStatus(i, "127.0.0.1:1", None, True, {"progress": {"contributions": own}}, None)
+        for i in range(9)
+    ]
+    for s in statuses:  # every node failed by the eight others
+        assert s.stats is not None
+        s.stats["progress"]["audits"] = {
+            "peers": {k: v for k, v in peers.items() if k != str(s.id)}
+        }
+    statuses.append(NodeStatus(9, "127.0.0.1:2", None, False, None, "down"))
+    contribs.print_contributions(statuses)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 12 and all(len(line) <= 100 for line in lines), lines
+    assert all(line.split()[-2:] == ["8", "nodes"] for line in lines[2:11])
+    assert lines[-1].split()[1:5] == ["-"] * 4 and lines[-1].split()[-1] == "-"

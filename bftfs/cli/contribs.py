@@ -28,14 +28,16 @@ def print_contributions(statuses: list[localmod.NodeStatus]) -> None:
     """The table: own figures (``-``: the node did not answer), then the peers' word."""
     print("contributions, per node (own word | peers' word: NOTIFYs seen, audits):")
     head = (
-        f"  {'node':>4}  {'stored':>8}  {'served':>8}  {'verified':>8}  {'answered':>8}  |"
+        f"  {'node':>4}  {'stored':>7}  {'served':>7}  {'verified':>8}  {'answered':>8}  |"
         f"  {'notifies':>8}  {'passed':>6}  {'failed':>6}  {'missing':>7}  {'late':>5}"
     )
-    print(f"{head}  failed for")
+    print(f"{head}  failed by")
     for r in rows(statuses):
-        by = ", ".join(f"node {n}" for n in r.failed_by) or "-"
+        by = ",".join(map(str, r.failed_by)) or "-"
+        if len(r.failed_by) > 4:  # the line stays under 100 columns; --json lists them
+            by = f"{len(r.failed_by)} nodes"
         print(
-            f"  {r.node:>4}  {_own(r.stored):>8}  {_own(r.served):>8}  {_own(r.verified):>8}  "
+            f"  {r.node:>4}  {_own(r.stored):>7}  {_own(r.served):>7}  {_own(r.verified):>8}  "
             f"{_own(r.answered):>8}  |  {r.notifies_seen:>8}  {r.passed:>6}  {r.failed:>6}  "
             f"{r.missing:>7}  {r.late:>5}  {by}"
         )
