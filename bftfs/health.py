@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "findings.json"
-#: Kinds a node reports about a peer (faults its reads met in the peer's replies).
-PEER_KINDS = ("corrupt", "refuted", "malformed", "time_ahead")
+#: Kinds a node reports about a peer (faults its reads met in the peer's replies; audits
+#: of its storage it failed, ``node/audits.py``).
+AUDIT_FAILED = "audit_failed"
+PEER_KINDS = ("corrupt", "refuted", "malformed", "time_ahead", AUDIT_FAILED)
 #: Kinds a node reports about itself (its scrub: damaged versions, of them repaired, left).
 SCRUB_KINDS = ("damaged", "repaired", "left")
 
@@ -167,10 +169,16 @@ def describe(node: int, st: Standing) -> str:
     parts = []
     if st.verify:
         parts.append(f"bftfs verify rewrote {st.verify} of its fragments (missing or damaged)")
-    if st.reported:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(st.reported.items()))
-        who = ", ".join(map(str, sorted(st.reporters)))
+    who = ", ".join(map(str, sorted(st.reporters)))
+    replies = {k: v for k, v in st.reported.items() if k != AUDIT_FAILED}
+    if replies:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(replies.items()))
         parts.append(f"other nodes' verification found bad replies ({kinds}; by node(s) {who})")
+    if st.reported.get(AUDIT_FAILED):
+        parts.append(
+            f"failed {st.reported[AUDIT_FAILED]} storage audit(s): a fragment it claims to "
+            f"hold not produced (by node(s) {who}; docs/bar.md)"
+        )
     if st.scrub.get("damaged"):
         fixed = st.scrub.get("repaired", 0)
         parts.append(f"its scrub found {st.scrub['damaged']} damaged version(s), repaired {fixed}")

@@ -63,6 +63,11 @@ key                 default     meaning
                                 second at most (64 MiB; 0: no limit): what it takes from
                                 the foreground (node/rw_catchup.py)
 ``catchup_parallel`` 8          blocks a catch-up reads at once
+``audit_seconds``   3600        every this often (0: never) a node audits each other node
+                                (proofs of storage, node/audits.py, docs/bar.md): it asks
+                                for ``audit_challenges`` fragments picked at random among
+                                its verified blocks, checked against their cross checksums
+``audit_challenges`` 4          fragments each node asks of each peer per audit period
 ==================  ==========  ==========================================================
 
 Retention (what garbage collection keeps below a version verified complete; the thinning
@@ -165,6 +170,8 @@ class VerificationPolicy:
     scrub_rate: int = 2000
     catchup_bytes_per_second: int = 64 * 1024 * 1024
     catchup_parallel: int = 8
+    audit_seconds: float = 3600.0
+    audit_challenges: int = 4
 
     @property
     def enabled(self) -> bool:
@@ -209,6 +216,10 @@ class VerificationPolicy:
             )
         if not 1 <= self.catchup_parallel <= 64:
             raise PolicyError("[verification] catchup_parallel must be in 1..64 blocks")
+        if not 0 <= self.audit_seconds <= 7 * 86400:
+            raise PolicyError("[verification] audit_seconds must be in 0 .. a week (0: off)")
+        if not 1 <= self.audit_challenges <= 1000:
+            raise PolicyError("[verification] audit_challenges must be in 1..1000")
         return self
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from bftfs import local as localmod
-from bftfs.cli import capacity
+from bftfs.cli import capacity, contribs
 from bftfs.cli import statustables as tables
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
 from bftfs.cli.sessions import client_sessions, print_sessions, version_label
@@ -249,6 +249,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
                 for s in statuses
             ],
             "findings_cleared_at": record.cleared_at,
+            "contributions": contribs.to_json(statuses),
             "mounts": mounts,
             "sessions": sessions,
         }
@@ -276,6 +277,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     tables.print_mounts(mounts, faults, cfg)
     print_sessions(sessions)
     tables.print_findings(cfg, record, findings, statuses)
+    contribs.print_contributions(statuses)
     return code
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bftfs.ids import CLIENT_ID_BASE, is_node
 from bftfs.metrics import Family, metric_word
-from bftfs.node import limits
+from bftfs.node import contributions, limits
 from bftfs.node.pace import catch_ups
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ def node_metrics(node: Node) -> list[Family]:
         out += _quota(node)
     out += _peers(node.progress.get("rejoin"))
     out += _history(node.progress)
+    out += contributions.families(node)  # issue 68: contributions and audits
     return out
 
 

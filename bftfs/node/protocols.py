@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
 from bftfs.listeners import nodeside as listeners
-from bftfs.node import rw_server
+from bftfs.node import audits, rw_server
 from bftfs.qu.objects import ObjectType
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ PRODUCTION_TYPES: tuple[ObjectType, ...] = tuple(FS_TYPES)
 def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> list[str]:
     """Register both protocols' handlers with ``node``, serving the file system's object
     types and ``extra_object_types``; the servers' names."""
-    rw_server.register(node)
+    rw = rw_server.register(node)
+    audits.register(node, rw.notified_by)  # proofs of storage, contributions (docs/bar.md)
     if node.serve_registers:  # beside the engine (docs/listeners.md)
         listeners.register(node)
     types = (*extra_object_types, *PRODUCTION_TYPES)

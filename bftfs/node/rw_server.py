@@ -103,7 +103,9 @@ def register(
             nothing, and its peers are retired too.
     """
     catch_up = catch_up and not node.views.generation.retired
-    verifier = Verifier(node) if node.config.verification.enabled and catch_up else None
+    skips = getattr(node.faults, "skips", ())  # what a ``rational`` test node leaves out
+    verify = node.config.verification.enabled and catch_up and "verify" not in skips
+    verifier = Verifier(node) if verify else None
     node.verifier = verifier
     if verifier is not None:  # nothing given back is forgotten while objects move here
         verifier.collection.forgetter.held = node.views.generation.moving
@@ -130,7 +132,7 @@ def register(
         node.spawn(catch_up_blocks)
     if verifier is not None:
         node.spawn(verifier.run)
-    if catch_up and node.config.verification.scrub_seconds > 0:
+    if catch_up and node.config.verification.scrub_seconds > 0 and "scrub" not in skips:
         node.spawn(functools.partial(rw_scrubber.run, node, max_ahead_ns=max_ahead_ns))
     return server
 
@@ -191,6 +193,9 @@ class RWServer:
         self.moved: Callable[[], str | None] = lambda: None
         #: Whether this node takes moved versions (``NodeGeneration.moving``).
         self.moving: Callable[[], bool] = lambda: False
+        #: NOTIFY entries received per sending node: its verification work as this node
+        #: saw it (``node/contributions.py``).
+        self.notified_by: Counter[int] = Counter()
 
     def register_with(self, node: Node) -> None:
         """Route the ``rw.*`` kinds of ``node`` to this server's methods."""
@@ -400,6 +405,7 @@ class RWServer:
             if self.verifier is not None:
                 self.verifier.bad_notify(ctx.sender, str(e))
             raise HandlerError("malformed", str(e)) from None
+        self.notified_by[int(ctx.sender)] += len(msg.entries)
         if self.verifier is not None:
             await self.verifier.notified(ctx.sender, msg)
         return {}

@@ -48,6 +48,10 @@ profile                   behaviour
                           process stands still for two minutes, so that the TCP window
                           closes on every client (a network stack withholding its
                           acknowledgements, seed 002 L14-19)
+``rational``              BAR (issue 68, ``byzantine/rational.py``): skips lazy
+                          verification, scrub and audits, drops one block in two of the
+                          fragments it is sent while answering OK, answers audits with
+                          stale or made-up fragments: audits must catch it
 ``fab-silent``            an ``engine = "fab"`` node whose FaB engine sends nothing
                           (``byzantine/fab.py``; node 0 leads regency 0)
 ``fab-lying-leader``      FaB ``lying_leader`` and ``lying_replies``: equivocates as
@@ -77,7 +81,11 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, client_id, is_node
 from bftfs.qu.request import Request
 from bftfs.rw.schema import DB_VERSIONS
+<<<<<<< HEAD
 from bftfs.testing.byzantine import fab, fabhistory, flood, history, listeners, qu, rw
+=======
+from bftfs.testing.byzantine import fab, fabhistory, flood, history, qu, rational, rw
+>>>>>>> r68-bar
 
 if TYPE_CHECKING:
     from bftfs.config import ClusterConfig
@@ -298,6 +306,16 @@ def _stop_reading(config: ClusterConfig, node: int) -> ByzantineProfile:
     return prof
 
 
+class RationalProfile(ByzantineProfile):
+    """A ``rational`` node (``byzantine/rational.py``): its wrappers, and the background
+    work it skips (``skips``, read by the node's start-up)."""
+
+    skips = rational.SKIPS
+
+    def __init__(self, config: ClusterConfig, node: int) -> None:
+        super().__init__(rational.Rational(config, node).wrappers())
+
+
 class FabProfile(ByzantineProfile):
     """A node whose FaB engine rewrites what its core sends (``fab_rewrite``, the hook
     ``node/fab_server.py`` asks for) with ``behaviour``; its other answers are honest."""
@@ -333,6 +351,7 @@ PROFILES: dict[str, Callable[[ClusterConfig, int], ByzantineProfile]] = {
     "power-cut-in-gc": _power_cut_in_gc,
     "flood-client": _flood_client,
     "stop-reading": _stop_reading,
+    "rational": RationalProfile,
     "fab-silent": _fab(fab.silent),
     "fab-lying-leader": _fab(fab.compose(fab.lying_leader, fab.lying_replies)),
     "fab-lying-acceptor": _fab(fab.compose(fab.lying_acceptor, fab.lying_replies)),
