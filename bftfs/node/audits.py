@@ -9,8 +9,8 @@ round one period after the start) it walks its own store a page at a time
 random source seeded from the operating system (a test passes its own seed).  Each peer
 gets the versions it owes (said missing last round) and ``audit_challenges`` versions of
 the sample; the challenges go one at a time per peer, each behind the gate, each with
-:data:`DEADLINE_SECONDS` to answer.  A peer that does not answer an audit in time but
-answers a ping at once withheld the answer: that fails (a rational node would otherwise
+:data:`DEADLINE_SECONDS` to answer.  A peer that twice does not answer an audit in time but
+answers a ping each time withheld the answer: that fails (a rational node would otherwise
 ignore audits, which costs it nothing); one that answers neither is late (a node down is
 reported as down).  A refusal as ``retired`` or of an unknown kind (a node of an earlier
 release, mid-upgrade) judges nothing; a node that claims an old release for ever leaves
@@ -169,22 +169,31 @@ class Auditor:
         """Ask ``peer`` for its fragment of the challenged version and judge the answer;
         whether it said it was busy catching up."""
         node = self.node
-        answer: Answer | None
-        try:
-            raw = await node.endpoint.call(
-                peer,
-                KIND_CHALLENGE,
-                challenge.to_wire(),
-                timeout=self.deadline,
-                keep=lambda: False,
-            )
-            answer = Answer.from_wire(raw)
-        except RemoteError as e:
-            if e.code in EXCUSED_REFUSALS:
-                return Verdict.VOID, False
-            answer = Answer(fragment=b"")  # a correct node answers every other challenge
-        except TransportError:
-            answer = None if not await self._answers_pings(peer) else Answer(fragment=b"")
+        answer: Answer | None = None
+        # A busy machine can hold an honest node's answer past the deadline while the ping
+        # after it comes back at once: a peer is judged to withhold only when it answers
+        # pings and lets the challenge time out twice in a row.
+        for _ in range(2):
+            try:
+                raw = await node.endpoint.call(
+                    peer,
+                    KIND_CHALLENGE,
+                    challenge.to_wire(),
+                    timeout=self.deadline,
+                    keep=lambda: False,
+                )
+                answer = Answer.from_wire(raw)
+                break
+            except RemoteError as e:
+                if e.code in EXCUSED_REFUSALS:
+                    return Verdict.VOID, False
+                answer = Answer(fragment=b"")  # a correct node answers every other challenge
+                break
+            except TransportError:
+                if not await self._answers_pings(peer):
+                    answer = None
+                    break
+                answer = Answer(fragment=b"")
         cc = node.store.read(
             functools.partial(cross_checksum_step, block=challenge.block, ts=challenge.ts)
         )
