@@ -134,6 +134,20 @@ def test_nodes_that_caught_up_by_a_snapshot_answer_an_objects_newest_version() -
     assert best(answers, votes, 1, 6) == [False, [whole], False]
 
 
+def test_a_restart_from_a_snapshot_without_stamps_takes_them_from_its_versions() -> None:
+    """A node upgraded from the format before stamps restores its own snapshot (slots
+    alone) over the versions it recorded: it stamps the objects from those, as a node that
+    executed the same slots does, so their states encode alike (checkpoint digests)."""
+    ran = Versions()
+    ran.executed(1, 7, 5 * S, {1: canonical(1), 2: canonical(1)}, {})
+    ran.executed(2, 8, 6 * S, {1: canonical(2)}, {1: 1, 2: 1})
+    back = Versions()
+    back.objects = {oid: History(list(h.entries), h.complete) for oid, h in ran.objects.items()}
+    back.restoring = True
+    back.installed([ran.clock, dict(ran.changed)], {1: 2, 2: 1}, 2)
+    assert back.stamps == ran.stamps == {1: [6 * S, 8], 2: [5 * S, 7]}
+
+
 class _Writer:
     """Updates of objects at chosen times, as execution hands them to :class:`Versions`."""
 

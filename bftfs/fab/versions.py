@@ -244,6 +244,7 @@ class Versions:
         self.clock, self.changed = clock, dict(changed or {})
         self.stamps = {oid: list(st) for oid, st in stamps.items()}
         if self.restoring:
+            self._stamps_from_versions()
             return
         for oid in objects:
             if changed is not None and changed.get(oid, before + 1) <= before:
@@ -258,6 +259,18 @@ class Versions:
                 h.entries.append(Entry(slot, stamp[0], stamp[1], canonical(objects[oid])))
                 self._put(oid, h.entries[-1])
         self._due_now()
+
+    def _stamps_from_versions(self) -> None:
+        """A restart from a snapshot of the format before stamps (a node just upgraded):
+        the stamps of the objects whose newest change this node recorded, from its
+        versions, so that its state encodes as the state of a node that executed those
+        slots with stamps (the checkpoint digests of correct nodes stay alike)."""
+        for oid, slot in self.changed.items():
+            h = self.objects.get(oid)
+            if oid not in self.stamps and h is not None and h.entries:
+                e = h.entries[-1]
+                if e.slot == slot and not e.thinned:
+                    self.stamps[oid] = [e.time, e.client]
 
     # -- retention ---------------------------------------------------------------------
 
