@@ -86,7 +86,7 @@ def test_correct_nodes_keep_the_same_versions_and_a_restart_keeps_them() -> None
         assert back.execution.versions.clock == mine.clock
 
 
-def test_a_fetched_snapshot_carries_the_clock_but_not_the_versions_before_it() -> None:
+def test_a_fetched_snapshot_carries_the_clock_and_the_newest_version_not_those_before() -> None:
     ex = Execution(registry())
     ex.apply(1, b"")  # (malformed: a slot with nothing)
     ex.versions.executed(1, 7, 5 * S, {1: canonical(1)}, {})
@@ -94,12 +94,58 @@ def test_a_fetched_snapshot_carries_the_clock_but_not_the_versions_before_it() -
     other = Execution(registry())
     assert other.install(ex.snapshot())
     assert other.versions.clock == 5 * S
-    assert other.versions.answer(1, 1) == [False, []]  # it existed before: incomplete
+    # it existed before: incomplete, from its newest version as the snapshot stamps it
+    assert other.versions.answer(1, 1) == [False, [[1, 5 * S, 7, canonical(1), False]]]
     other.versions.executed(2, 7, 1, {1: canonical(2), 9: canonical(1)}, other.objects)
-    assert other.versions.answer(1, 2)[1][0][1] == 5 * S + 1  # monotonic over the clock
+    assert other.versions.answer(1, 2)[1][1][1] == 5 * S + 1  # monotonic over the clock
     assert other.versions.answer(9, 2)[0] is True  # created after the install: complete
     # a snapshot of the format before versions (no clock) still installs
     assert Execution(registry()).install(canonical([1, {1: 1}, {}]))
+
+
+def test_nodes_that_caught_up_by_a_snapshot_answer_an_objects_newest_version() -> None:
+    """``t4_fab_history`` once read "object 0x1: no version is kept": the root last changed
+    before the checkpoint that most nodes of a loaded cluster caught up by, and such a
+    node knew nothing of its versions.  ``f + 1`` of them answered the same empty page,
+    the one node that executed the change could not get the complete one vouched for, and
+    the read took the empty page.  Now the certified state stamps each object's newest
+    version, and a node that installs it (in chunks, as state transfer does) answers that
+    version: the page taken reaches the version current at any later moment."""
+    ex = Execution(registry())
+    ex.apply(1, b"")  # (malformed: a slot with nothing)
+    ex.versions.executed(1, 7, 5 * S, {1: canonical({"root": 1})}, {})
+    ex.objects[1] = {"root": 1}
+    chunked = Execution(registry())  # (the image of that state, its buckets all encoded)
+    assert chunked.install(ex.snapshot())
+    image = chunked.image()
+    caught_up = [Execution(registry()) for _ in range(4)]
+    assert all(o.install_image(image) for o in caught_up)
+    assert {o.digest() for o in caught_up} == {image.root}
+    nodes = [ex, *caught_up]
+    pages = [pastclient.serve(o.versions, o.executed, [[1], 1])[1][0] for o in nodes]
+    answers = {canonical(p): p for p in pages}
+    votes: dict[bytes, set[int]] = {}
+    for i, p in enumerate(pages):
+        votes.setdefault(canonical(p), set()).add(i)
+    whole = [1, 5 * S, 7, canonical({"root": 1}), False]
+    assert pages[0] == [True, [whole], False]
+    # five of six answered, only one complete: the others' page is taken, and it holds
+    # the version (before: [False, [], False], "no version is kept")
+    assert best(answers, votes, 1, 6) == [False, [whole], False]
+
+
+def test_a_restart_from_a_snapshot_without_stamps_takes_them_from_its_versions() -> None:
+    """A node upgraded from the format before stamps restores its own snapshot (slots
+    alone) over the versions it recorded: it stamps the objects from those, as a node that
+    executed the same slots does, so their states encode alike (checkpoint digests)."""
+    ran = Versions()
+    ran.executed(1, 7, 5 * S, {1: canonical(1), 2: canonical(1)}, {})
+    ran.executed(2, 8, 6 * S, {1: canonical(2)}, {1: 1, 2: 1})
+    back = Versions()
+    back.objects = {oid: History(list(h.entries), h.complete) for oid, h in ran.objects.items()}
+    back.restoring = True
+    back.installed([ran.clock, dict(ran.changed)], {1: 2, 2: 1}, 2)
+    assert back.stamps == ran.stamps == {1: [6 * S, 8], 2: [5 * S, 7]}
 
 
 class _Writer:

@@ -10,7 +10,9 @@ O(state) to encode and hash at every checkpoint, and cannot cross one frame (8 M
   encoding (the same on every node, whatever order the ids arrived in), and a bucket's
   encoding is the list, by id, of ``[oid, [state] or [], owner or None, changed or
   None]``: the object's state (``[]``: none), who is charged for it (``owners``) and the
-  slot it last changed at (the versions summary's per-object part, ``fab/versions.py``).
+  slot it last changed at with that version's time and client, ``[slot, time, client]``
+  (the versions summary's per-object part, ``fab/versions.py``; the slot alone in a
+  state of the format before those stamps).
 
 A chunk's encoding is cut into *pieces* of at most :data:`PIECE` bytes.  The *manifest*
 lists, per chunk in order, the number of its pieces (2 bytes, big-endian) and their

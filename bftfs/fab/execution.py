@@ -246,18 +246,23 @@ class Execution:
     def image(self) -> StateImage:
         """The state's chunks at ``executed``: re-encodes the buckets changed since the last
         call and the head, O(changed objects + buckets)."""
-        clock, changed = self.versions.summary()
+        clock = self.versions.clock
         for b in sorted(self._dirty):
-            entries = [self._entry(oid, changed) for oid in self._members[b]]
+            entries = [self._entry(oid) for oid in self._members[b]]
             self._set_chunk(b + 1, cut(encode_bucket(entries)))
             self.encodings += 1
         self._dirty.clear()
         self._set_chunk(0, cut(canonical([self.executed, self.sessions.table, clock])))
         return StateImage.of(self.executed, self._chunks, self._digests, self._entries)
 
-    def _entry(self, oid: int, changed: dict[int, int]) -> list[Any]:
+    def _entry(self, oid: int) -> list[Any]:
+        """A bucket's entry for ``oid``: its last changed slot with that version's time
+        and client (``[slot, time, client]``), or the slot alone where the stamp is not
+        known (a state of the format before stamps: its bucket encodes as it did)."""
         state = [self.objects[oid]] if oid in self.objects else []
-        return [oid, state, self.owners.get(oid), changed.get(oid)]
+        slot, stamp = self.versions.changed.get(oid), self.versions.stamps.get(oid)
+        changed = slot if slot is None or stamp is None else [slot, *stamp]
+        return [oid, state, self.owners.get(oid), changed]
 
     def _set_chunk(self, i: int, pieces: Pieces) -> None:
         if pieces != self._chunks[i]:
@@ -307,10 +312,12 @@ class Execution:
             objects: dict[int, Any] = {}
             owners: dict[int, Any] = {}
             changed: dict[int, int] = {}
-            members = _decode_buckets(image.chunks[1:], objects, owners, changed)
+            stamps: dict[int, list[int]] = {}
+            members = _decode_buckets(image.chunks[1:], objects, owners, (changed, stamps))
         except Exception:  # noqa: BLE001 - malformed chunks
             return False
-        if members is None or not self._adopt(executed, objects, table, owners, [clock, changed]):
+        summary = [clock, changed, stamps]
+        if members is None or not self._adopt(executed, objects, table, owners, summary):
             return False
         self._members, self._dirty = members, set()
         self._chunks, self._digests = list(image.chunks), list(image.digests)
@@ -344,10 +351,12 @@ def _decode_buckets(
     chunks: Sequence[Pieces],
     objects: dict[int, Any],
     owners: dict[int, Any],
-    changed: dict[int, int],
+    history: tuple[dict[int, int], dict[int, list[int]]],
 ) -> list[set[int]] | None:
-    """Fill ``objects``, ``owners`` and ``changed`` from bucket chunks; the ids per
-    bucket, or None if an entry is malformed or in the wrong bucket or order."""
+    """Fill ``objects``, ``owners`` and ``history`` (the versions summary's last changed
+    slots and stamps) from bucket chunks; the ids per bucket, or None if an entry is
+    malformed or in the wrong bucket or order."""
+    changed, stamps = history
     members: list[set[int]] = []
     for b, pieces in enumerate(chunks):
         entries = unpack(b"".join(pieces))
@@ -367,6 +376,10 @@ def _decode_buckets(
                 objects[oid] = state[0]
             if owner is not None:
                 owners[oid] = owner
+            if isinstance(slot, list):  # [slot, time, client]
+                if not (len(slot) == 3 and all(_nat(x) for x in slot)):
+                    return None
+                slot, stamps[oid] = slot[0], slot[1:]
             if slot is not None:
                 if not _nat(slot):
                     return None

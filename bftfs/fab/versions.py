@@ -27,12 +27,17 @@ pinned by a snapshot that is then deleted goes at its object's next due moment.
 
 **Beside the snapshot.**  Versions are not in the certified checkpoint snapshot (a
 snapshot travels in one frame; with every version of every object it would grow with
-history).  The snapshot holds ``clock`` and, per object, the slot it last changed at
-(:meth:`Versions.summary`): a node that installs a fetched snapshot over its state at slot
-``e`` keeps the versions of every object unchanged since ``e``; the histories of the
-others start over there, incomplete.  A history answer is therefore believed on ``f + 1``
-matching answers (``fab/pastclient.py``), which the nodes that executed an object's
-changes themselves give.
+history).  The snapshot holds ``clock`` and, per object, the slot it last changed at and
+that version's time and client (:meth:`Versions.summary`): a node that installs a fetched
+snapshot over its state at slot ``e`` keeps the versions of every object unchanged since
+``e``; the histories of the others start over there, incomplete, from their newest
+version (the snapshot's state, stamped as every correct node stamped it).  Before the
+stamps those histories started empty: a node that caught up by a snapshot knew nothing of
+an object that had not changed since, and once ``f + 1`` such nodes answered alike and no
+complete history had ``f + 1`` votes (most nodes of a loaded cluster catch up that way), a
+read took the empty one - ``bftfs changes`` answered "object 0x1: no version is kept".
+A history answer is believed on ``f + 1`` matching answers (``fab/pastclient.py``), which
+the nodes that executed an object's changes themselves give.
 
 **Durable.**  Changes go into the node's database ``fab`` under keys ``v`` + object (8
 bytes) + slot (8 bytes) -> ``[time, client, state, thinned]`` and ``w`` + object ->
@@ -92,6 +97,16 @@ class History:
     complete: bool = True
 
 
+def _stamp_ok(oid: Any, stamp: Any) -> bool:
+    """Whether ``oid -> stamp`` is an object's newest version's ``[time, client]``."""
+    return (
+        isinstance(oid, int)
+        and isinstance(stamp, list)
+        and len(stamp) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in stamp)
+    )
+
+
 def _key(oid: int, slot: int | None = None) -> bytes:
     tail = b"" if slot is None else slot.to_bytes(8, "big")
     return b"v" + oid.to_bytes(8, "big") + tail
@@ -117,6 +132,9 @@ class Versions:
         #: snapshot holds of history (:meth:`summary`), so a node that installs one knows
         #: which objects' versions it missed.
         self.changed: dict[int, int] = {}
+        #: Each object's newest version's ``[time, client]`` (with ``changed``, in the
+        #: snapshot: a node that installs one starts the object's history there).
+        self.stamps: dict[int, list[int]] = {}
         self.objects: dict[int, History] = {}
         #: A restart restores this node's own snapshot: that install clears nothing.
         self.restoring = False
@@ -137,6 +155,7 @@ class Versions:
         self.clock = max(self.clock + 1, rid)
         for oid in changed:
             self.changed[oid] = slot
+            self.stamps[oid] = [self.clock, client]
             h = self.objects.get(oid)
             if h is None:
                 h = self.objects[oid] = History(complete=oid not in objects)
@@ -198,25 +217,34 @@ class Versions:
             heapq.heappush(self._due, (due, oid))
 
     def summary(self) -> list[Any]:
-        """What the certified snapshot holds of history: ``[clock, changed]``."""
-        return [self.clock, self.changed]
+        """What the certified snapshot holds of history: ``[clock, changed, stamps]``."""
+        return [self.clock, self.changed, self.stamps]
 
     def installed(self, summary: list[Any] | None, objects: dict[int, Any], before: int) -> None:
-        """A snapshot with ``summary`` (None: one of the format before versions) was
-        installed over the state at slot ``before``.  Unless this is a restart's own
-        snapshot, the versions of objects that changed after ``before`` are not known
-        here: their histories start over, incomplete.
+        """A snapshot with ``summary`` (None: one of the format before versions; without
+        stamps: the format before them) was installed over the state at slot ``before``.
+        Unless this is a restart's own snapshot, the versions of objects that changed
+        after ``before`` are not known here: their histories start over, incomplete, at
+        their newest version where its stamp is known (module docstring).
 
         Raises:
             ValueError: a malformed summary (the snapshot is refused).
         """
-        clock, changed = summary if summary is not None else (0, None)
-        if not (isinstance(clock, int) and isinstance(changed, dict | None)) or not all(
-            isinstance(x, int) for x in (changed or {}).items() for x in x
+        clock, changed, *rest = summary if summary is not None else (0, None)
+        stamps = rest[0] if rest else {}
+        if not (
+            len(rest) <= 1
+            and isinstance(clock, int)
+            and isinstance(changed, dict | None)
+            and all(isinstance(x, int) for x in (changed or {}).items() for x in x)
+            and isinstance(stamps, dict)
+            and all(_stamp_ok(oid, st) for oid, st in stamps.items())
         ):
             raise ValueError("versions summary")
         self.clock, self.changed = clock, dict(changed or {})
+        self.stamps = {oid: list(st) for oid, st in stamps.items()}
         if self.restoring:
+            self._stamps_from_versions()
             return
         for oid in objects:
             if changed is not None and changed.get(oid, before + 1) <= before:
@@ -224,9 +252,25 @@ class Versions:
             old = self.objects.get(oid)
             for e in old.entries if old is not None else ():
                 self._changes[_key(oid, e.slot)] = None
-            self.objects[oid] = History(complete=False)
-            self._put_flag(oid, self.objects[oid])
+            h = self.objects[oid] = History(complete=False)
+            self._put_flag(oid, h)
+            slot, stamp = self.changed.get(oid), self.stamps.get(oid)
+            if slot is not None and stamp is not None:  # its newest version, as recorded
+                h.entries.append(Entry(slot, stamp[0], stamp[1], canonical(objects[oid])))
+                self._put(oid, h.entries[-1])
         self._due_now()
+
+    def _stamps_from_versions(self) -> None:
+        """A restart from a snapshot of the format before stamps (a node just upgraded):
+        the stamps of the objects whose newest change this node recorded, from its
+        versions, so that its state encodes as the state of a node that executed those
+        slots with stamps (the checkpoint digests of correct nodes stay alike)."""
+        for oid, slot in self.changed.items():
+            h = self.objects.get(oid)
+            if oid not in self.stamps and h is not None and h.entries:
+                e = h.entries[-1]
+                if e.slot == slot and not e.thinned:
+                    self.stamps[oid] = [e.time, e.client]
 
     # -- retention ---------------------------------------------------------------------
 

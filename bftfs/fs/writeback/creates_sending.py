@@ -252,7 +252,8 @@ class CreateSends:
     async def _write_back_closed(self, p: PendingCreate) -> None:
         """After ``p`` was made: a file already closed with writes still buffered (its
         close failed, the cluster unavailable) has them sent now, so that this mount and
-        the others read the same file (issue 31, item 5: 2 bytes here, 0 elsewhere)."""
+        the others read the same file (issue 31, item 5: 2 bytes here, 0 elsewhere).  A
+        failure keeps them for a later send."""
         f = self.cache.files.get(p.oid)
         if f is None or f.opens or not f.buffered:
             return
@@ -262,4 +263,11 @@ class CreateSends:
             log.warning("writes of closed %r refused, dropped: %s", p.name, e)
             self.cache.drop_refused_writes(f)
         except FsError as e:
-            log.warning("writes of closed %r not sent yet: %s", p.name, e)
+            # Kept buffered: held write-back tries them again when due and before the
+            # file's lease goes (its gate); the unmount sends them in any case
+            # (``Outbox.send_closed``).
+            held = self.creates.held
+            again = held is not None and held.defer(f)
+            log.warning(
+                "writes of closed %r not sent yet%s: %s", p.name, " (kept due)" if again else "", e
+            )

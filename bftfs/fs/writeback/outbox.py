@@ -13,13 +13,14 @@ of :class:`HeldBack` that reaches it - so nothing is wired in from outside after
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.clients import Meta
-from bftfs.fs.errors import FsError, Unavailable
+from bftfs.fs.errors import FsError, NoSpace, Unavailable
 from bftfs.fs.files import OpenFile
 from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.reclaim import Reclaimer
@@ -34,6 +35,8 @@ from bftfs.fs.writeback.renames import PendingRenames
 from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
 from bftfs.fs.writeback.unlinks import PendingUnlinks
 from bftfs.fs.writeback.writemany import write_inline_many
+
+log = logging.getLogger(__name__)
 
 #: Starts a task in the file system's background (``Background.spawn``).
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
@@ -200,6 +203,10 @@ class Outbox:
         #: Whether an error of a directory's ``fsync`` is answered EIO (a soft mount): what
         #: it could not send is then dropped (docs/fs.md, "What EIO means").
         self.answers_eio = not hard
+        #: The mount's open and cached files: a closed one may still hold writes a
+        #: background send could not deliver (:meth:`send_closed`).
+        self._cache = cache
+        self._flush_file = flush_file
         self.creates = PendingCreates(
             meta,
             cache,
@@ -282,10 +289,30 @@ class Outbox:
 
     async def send_all(self, parallel: int = 1) -> None:
         """Send everything directory write-back holds (creates, removals, mkdirs, renames),
-        then the writes held files' closes left; ``parallel``: directories sent at once."""
+        then the writes held files' closes left, then those of any other closed file
+        (:meth:`send_closed`); ``parallel``: directories sent at once."""
         if self.back is not None:
             await self.back.schedule.send_all(parallel)
             await self.back.held.send_all()
+        await self.send_closed()
+
+    async def send_closed(self) -> None:
+        """Send the buffered writes of every closed file that still has some: a background
+        send that failed keeps them (the blocks of a held-back create, sent after it;
+        a held file's write-back past its tries; a hard mount's close the cluster did
+        not answer), and nothing else sends them again.  Left out, the unmount lost them:
+        the servers kept the file as its create made it, empty (``t4_machines``' node
+        replacement, ``t4_unmount_flush.py``).  A file whose close was answered EIO has
+        none (dropped then, docs/fs.md "What EIO means").  Failures are logged and the
+        writes kept, as for the other background sends."""
+        for f in [f for f in self._cache.files.values() if f.opens == 0 and f.buffered]:
+            try:
+                await self._flush_file(f)
+            except NoSpace as e:  # refused for good: the file keeps what was stored
+                log.warning("writes of closed file %d refused, dropped: %s", f.ino, e)
+                self._cache.drop_refused_writes(f)
+            except FsError as e:
+                log.warning("writes of closed file %d not sent yet: %s", f.ino, e)
 
     async def sync_directory(self, ino: int) -> None:
         """``fsync`` of directory ``ino``: its held-back entries are on a quorum when it
