@@ -365,7 +365,7 @@ class FileSystem:
         return self.handles.keep_cache(fh)
 
     def content_version(self, fh: int) -> tuple[int, int, int] | None:
-        return self.handles.content_version(fh)
+        return self.handles.table.content_version(fh)
 
     # Attribute timeouts (bftfs.fs.caches; bftfs.fs.api) ------------------------------------
 

@@ -113,17 +113,6 @@ class Handles:
         """
         return fh in self.table.cache_current
 
-    def content_version(self, fh: int) -> tuple[int, int, int] | None:
-        """``(d, v, size)`` of the handle's file as the servers hold it (``keep_cache``'s
-        version), or None while it holds changes of this mount's (``bftfs.fs.api``)."""
-        entry = self.table.handles.get(fh)
-        if entry is None:
-            return None
-        f = entry[0]
-        if f.buffered or f.log or f.size != f.st["size"]:
-            return None
-        return int(f.st["d"]), int(f.st["v"]), int(f.st["size"])
-
     async def create(
         self,
         parent: int,
