@@ -11,15 +11,27 @@
 # the patch, the pyfuse3 version, the Python ABI and platform and the libfuse3 version, so
 # another clone on the same machine installs it in seconds (BFTFS_NO_WHEEL_CACHE=1 builds
 # anyway).  Idempotent: a stamp holding the key skips the work when that build is installed.
-# docs/architecture.md says why a patch.
+# docs/architecture.md says why a patch.  Since patch 4 (FUSE passthrough) it is built against
+# libfuse 3.17 from scripts/libfuse.sh when that can be built, else against Debian's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION=3.5.0   # keep equal to the pin in pyproject.toml's fuse extra
 PATCH=scripts/pyfuse3-locks.patch
 PY=.venv/bin/python
+# libfuse 3.17 in a private prefix (scripts/libfuse.sh) for FUSE passthrough; if it cannot
+# be had, Debian's libfuse (3.14) and a pyfuse3 without passthrough (pyfuse3.PASSTHROUGH
+# False: `passthrough = on` then says so and serves reads through the daemon).
+if libfuse=$(scripts/libfuse.sh); then
+    export PKG_CONFIG_PATH="$libfuse/lib/pkgconfig"
+    export LDFLAGS="${LDFLAGS:-} -Wl,-rpath,$libfuse/lib"
+else
+    echo "setup: WARNING: no libfuse 3.17 (above: why); building pyfuse3 against Debian's" \
+        "libfuse $(pkg-config --modversion fuse3 2>/dev/null || echo '?'): FUSE passthrough" \
+        "is off on this machine (everything else works)" >&2
+fi
 abi=$("$PY" -c "import sys, sysconfig; print(sysconfig.get_config_var('SOABI') or sys.version, sysconfig.get_platform())")
-fuse=$(pkg-config --modversion fuse3 2>/dev/null || echo unknown)
+fuse="$(pkg-config --modversion fuse3 2>/dev/null || echo unknown) ${libfuse:-system}"
 key=$( { echo "pyfuse3 $VERSION"; echo "$abi"; echo "libfuse3 $fuse"; cat "$PATCH"; } \
     | sha256sum | cut -c1-16)
 stamp=.venv/.pyfuse3-locks
@@ -35,7 +47,7 @@ try:
     import pyfuse3
 except ModuleNotFoundError as e:
     sys.exit(0 if e.name != "pyfuse3" else 1)  # a dependency not installed yet
-sys.exit(0 if getattr(pyfuse3, "LOCKS_PATCH", 0) >= 3 else 1)
+sys.exit(0 if getattr(pyfuse3, "LOCKS_PATCH", 0) >= 4 else 1)
 EOF
 }
 if installed; then

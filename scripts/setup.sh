@@ -2,7 +2,8 @@
 # Install everything bftfs needs on a fresh Debian-like machine, idempotently:
 #   - Debian packages: fuse3 (fusermount3), libfuse3-dev, pkg-config, gcc, the C library's
 #     and Python's headers and patch (to build pyfuse3 with the lock patch), and libisal2
-#     (ISA-L: the erasure code's vector kernels, bftfs/erasure_kernel.py), when missing;
+#     (ISA-L: the erasure code's vector kernels, bftfs/erasure_kernel.py), meson and
+#     ninja-build (libfuse 3.17 for FUSE passthrough, scripts/libfuse.sh), when missing;
 #     with --tests also git, which the mount tests run in the mount, and iproute2 (ip and
 #     tc: the network-namespace tests, t4_machines.py, t4_buffers_lossy.py and t5_wan.py);
 #   - python3-venv when the interpreter cannot make a virtualenv;
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(fuse3 libfuse3-dev pkg-config gcc libc6-dev patch libisal2)
+pkgs=(fuse3 libfuse3-dev pkg-config gcc libc6-dev patch libisal2 meson ninja-build)
 if [ "${1:-}" = "--tests" ]; then
     pkgs+=(git iproute2)
 fi
@@ -67,14 +68,15 @@ quiet_pip() {
     rm -f "$log"
 }
 
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyfuse3-locks.patch -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyfuse3-locks.patch -nt "$stamp" ] \
+    || [ scripts/libfuse.sh -nt "$stamp" ]; then
     quiet_pip install -q --upgrade pip
     # The patched pyfuse3 first (from the per-user wheel cache, else built and cached), so
     # that the next line finds pyfuse3==3.5.0 installed and does not build the released one.
     scripts/pyfuse3-locks.sh
     echo "setup: installing bftfs and its fuse and test extras into .venv"
     quiet_pip install -q -e '.[fuse,test]'
-    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3; assert pyfuse3.LOCKS_PATCH >= 2"
+    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3; assert pyfuse3.LOCKS_PATCH >= 4"
     touch "$stamp"
 fi
 # Byte-compile the package (quietly, only what changed). An editable install does not, and

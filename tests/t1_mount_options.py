@@ -59,3 +59,14 @@ def test_nfs_attribute_cache_options_are_refused_naming_leases(gone: str) -> Non
     them is told what replaced them, not left with a silently shorter cache."""
     with pytest.raises(OptionError, match=r"removed: leases \(lease="):
         parse(gone)
+
+
+def test_passthrough_is_off_unless_asked_and_round_trips() -> None:
+    assert not parse("").passthrough
+    o = parse("passthrough,passthrough_cache=64")
+    assert (o.passthrough, o.passthrough_cache) == (True, 64)
+    assert parse(o.to_string()) == o
+    assert not parse("passthrough,nopassthrough").passthrough
+    for bad in ("passthrough_cache=0", "passthrough_cache=x"):
+        with pytest.raises(OptionError, match="passthrough_cache"):
+            parse(bad)

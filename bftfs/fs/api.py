@@ -43,6 +43,12 @@ class FileSystemAPI(Protocol):
 
     def keep_cache(self, fh: int) -> bool: ...
 
+    def content_version(self, fh: int) -> tuple[int, int, int] | None:
+        """``(d, v, size)`` naming the content of the handle's file as the servers hold
+        it, or None when this mount holds changes of it not sent yet (or cannot say):
+        what a copy of the file is checked against (``fuse/passthrough.py``)."""
+        ...
+
     # Namespace -------------------------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> Attr: ...

@@ -364,6 +364,9 @@ class FileSystem:
     def keep_cache(self, fh: int) -> bool:
         return self.handles.keep_cache(fh)
 
+    def content_version(self, fh: int) -> tuple[int, int, int] | None:
+        return self.handles.table.content_version(fh)
+
     # Attribute timeouts (bftfs.fs.caches; bftfs.fs.api) ------------------------------------
 
     def lease_remaining(self, ino: int, since: float) -> float:

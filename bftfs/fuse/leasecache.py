@@ -55,6 +55,8 @@ class LeaseCache:
         #: :attr:`_listed` was emptied for room: a directory not in it may have a listing
         #: kept from before.
         self._overflowed = False
+        #: Also told the inodes of recalled leases (``fuse/passthrough.py`` drops copies).
+        self.on_recall: list[Callable[[list[int]], None]] = []
         fs.on_lease_recall(self.forget)
 
     def attr_timeout(self, ino: int, base: float) -> float:
@@ -96,6 +98,8 @@ class LeaseCache:
         names = [(ino, n) for ino in inos for n in self._negative.pop(ino, ())]
         listings = [ino for ino in inos if self._listed.pop(ino, None) is not None]
         self._on_forget(inos)
+        for hook in self.on_recall:
+            hook(inos)
         await trio.to_thread.run_sync(_invalidate, inos, names, listings)
 
 

@@ -43,6 +43,7 @@ from bftfs.fuse.control import (
 )
 from bftfs.fuse.operations import Operations
 from bftfs.fuse.options import MountOptions
+from bftfs.fuse.passthrough import Passthrough
 from bftfs.metrics import Family, MetricsServer, metric_word
 from bftfs.metrics import serve as serve_metrics
 
@@ -122,6 +123,9 @@ async def serve(
         hard=options.hard,  # (a hard mount keeps what a call could not send: docs/fs.md)
     ) as session:
         ops, locks = _live_operations(config, options, session)
+        if options.passthrough:  # verified copies beside the status file (fuse/passthrough.py)
+            copies = status_file(config, mountpoint).with_suffix(".passthrough")
+            ops.use_passthrough(Passthrough(copies, options.passthrough_cache << 20))
         fuse_options = _fuse_options(config_path, options, debug, read_only=options.read_only)
         metrics = None
         if options.metrics_port is not None:

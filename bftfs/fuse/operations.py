@@ -71,6 +71,7 @@ from bftfs.fuse.handler import handler as _handler
 from bftfs.fuse.kernelattrs import KernelAttrs
 from bftfs.fuse.lockrequests import LockRequests
 from bftfs.fuse.options import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEO, DEFAULT_TIMEOUT
+from bftfs.fuse.passthrough import Passthrough
 from bftfs.fuse.paths import KnownPaths
 from bftfs.fuse.readreplies import configure as configure_read_replies
 from bftfs.fuse.recentlookups import RecentLookups
@@ -133,10 +134,20 @@ class Operations(pyfuse3.Operations):
         #: Set once the kernel's INIT is answered (what it negotiated, e.g. the read-ahead,
         #: may be raised only after: fuse/mount.py).
         self.initialised = trio.Event()
+        #: Verified copies read by the kernel itself (mount option ``passthrough``), or None.
+        self.passthrough: Passthrough | None = None
+
+    def use_passthrough(self, passthrough: Passthrough) -> None:
+        """Serve re-reads of verified files by FUSE passthrough (``fuse/passthrough.py``)."""
+        self.passthrough = passthrough
+        self.enable_passthrough = True  # asked of the kernel at INIT (pyfuse3 patch 4)
+        self.attrs.leased.on_recall.append(passthrough.drop)
 
     def init(self) -> None:
         """The kernel's INIT: libfuse sends the answer right after this returns."""
         self.initialised.set()
+        if self.passthrough is not None:
+            self.passthrough.started()
 
     def statistics(self) -> str:
         """One line per handler: requests, total and mean milliseconds, busiest first."""
@@ -177,6 +188,8 @@ class Operations(pyfuse3.Operations):
         if log.isEnabledFor(logging.DEBUG):
             changed = [f for f in dir(fields) if f.startswith("update_") and getattr(fields, f)]
             log.debug("setattr %d fh=%s %s", inode, fh, changed)
+        if self.passthrough is not None and fields.update_size:
+            self.passthrough.changed(inode)
         a = await self.fs.setattr(
             inode,
             mode=attr.st_mode if fields.update_mode else None,
@@ -306,6 +319,8 @@ class Operations(pyfuse3.Operations):
         if self.read_only and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
         looked_up = self.lookups.opened(ctx.pid, inode)
+        if self.passthrough is not None:
+            await self.passthrough.admit(inode, flags)
         fh = await self.fs.open(inode, flags, reached_by_name=True, looked_up=looked_up)
         self.lookups.forget_found(ctx.pid)
         # Close-to-open for sizes: the kernel's attributes may be of an older version
@@ -321,7 +336,18 @@ class Operations(pyfuse3.Operations):
         ):
             self.attrs.forget([inode])
             pyfuse3.invalidate_inode(inode, attr_only=True)
-        return self._file_info(fh, flags)
+        info = self._file_info(fh, flags)
+        if self.passthrough is not None:
+            try:
+                info.backing_id = await self.passthrough.opened(
+                    inode, fh, flags, self.fs.content_version(fh)
+                )
+                if info.backing_id:  # the kernel refuses FOPEN_KEEP_CACHE beside it (EIO)
+                    info.keep_cache = False
+            except pyfuse3.FUSEError:
+                await self.fs.release(fh)
+                raise
+        return info
 
     @_handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
@@ -332,6 +358,13 @@ class Operations(pyfuse3.Operations):
         fh, attr = await self.fs.create(
             parent_inode, name, mode, ctx.uid, ctx.gid, flags, known_missing=fresh
         )
+        if self.passthrough is not None:  # (an existing file's copy, if any, is dropped)
+            try:
+                await self.passthrough.admit(attr.ino, flags | os.O_RDWR)
+                await self.passthrough.opened(attr.ino, fh, flags | os.O_RDWR, None)
+            except pyfuse3.FUSEError:
+                await self.fs.release(fh)
+                raise
         return self._file_info(fh, flags, new=True), self.attrs.entry(attr)
 
     @_handler
@@ -341,10 +374,14 @@ class Operations(pyfuse3.Operations):
         # other tasks run (``fuse/readreplies.py``): a clean block is never changed in place.
         reply = await self.fs.read_reply(fh, off, size)
         self.record.read_bytes += len(reply)
+        if self.passthrough is not None:
+            self.passthrough.read(fh, off, reply)  # verified bytes, into the file's copy
         return reply
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if self.passthrough is not None:
+            self.passthrough.written(fh)
         written = await self.fs.write(fh, off, buf)
         self.record.written_bytes += written
         return written
@@ -359,6 +396,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def release(self, fh: int) -> None:
+        if self.passthrough is not None:
+            self.passthrough.released(fh, self.fs.content_version(fh))
         try:
             await self.fs.release(fh)
         finally:

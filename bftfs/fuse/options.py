@@ -43,6 +43,11 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      frees its locks for the others within it (docs/fs.md, "Locks")
 ``metrics_port=P``   serve Prometheus metrics on this port (0: any free one; off by default)
 ``metrics_addr=A``   the address they listen on (default 127.0.0.1)
+``passthrough``      keep a local copy of each file read whole (its blocks verified) and let
+                     the kernel serve later read-only opens of that same version from it,
+                     without the daemon (FUSE passthrough: Linux >= 6.9, libfuse 3.17 from
+                     setup; docs/fs.md, "Passthrough"); off by default (``nopassthrough``)
+``passthrough_cache=M`` the copies' bound in MiB (default 1024; least recently used evicted)
 ``nonempty``         mount over a directory that holds entries (hidden while mounted);
                      without it such a mount point is refused, as ZFS refuses one
 ``noatime``, ...     the kernel's own flags ``noatime``, ``nosuid``, ``nodev``, ``noexec``:
@@ -80,6 +85,9 @@ DEFAULT_LEASE = 30.0
 DEFAULT_COMMIT = 5.0
 #: Seconds a lock lives on the servers unless renewed (``locklease=``; bounds as ``lease=``).
 DEFAULT_LOCK_LEASE = 30.0
+
+#: MiB of verified copies a ``passthrough`` mount keeps (``passthrough_cache=``).
+DEFAULT_PASSTHROUGH_CACHE = 1024
 
 #: mount(8)'s VFS flags the kernel applies to the mount itself (access times, set-uid
 #: bits, device files, programs): passed to it as given, so ``/proc/mounts`` shows them.
@@ -151,6 +159,9 @@ class MountOptions:
     commit: float = DEFAULT_COMMIT
     #: Seconds this mount's locks live on the servers unless renewed (``locklease=``).
     lock_lease: float = DEFAULT_LOCK_LEASE
+    #: FUSE passthrough of verified copies (``passthrough``), and their bound in MiB.
+    passthrough: bool = False
+    passthrough_cache: int = DEFAULT_PASSTHROUGH_CACHE
 
     @property
     def deadline(self) -> float | None:
@@ -182,6 +193,10 @@ class MountOptions:
             out.append(f"commit={self.commit:g}")
         if self.lock_lease != DEFAULT_LOCK_LEASE:
             out.append(f"locklease={self.lock_lease:g}")
+        if self.passthrough:
+            out.append("passthrough")
+            if self.passthrough_cache != DEFAULT_PASSTHROUGH_CACHE:
+                out.append(f"passthrough_cache={self.passthrough_cache}")
         if self.metrics_port is not None:
             out += [f"metrics_port={self.metrics_port}", f"metrics_addr={self.metrics_addr}"]
         return ",".join(out)
@@ -227,7 +242,8 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
                 "attr_timeout=, entry_timeout=, timeo=, hard, soft, wsync, "
-                "nowsync, lease=, commit=, locklease=, metrics_port=, metrics_addr=, nonempty, "
+                "nowsync, lease=, commit=, locklease=, passthrough, nopassthrough, "
+                "passthrough_cache=, metrics_port=, metrics_addr=, nonempty, "
                 + ", ".join(KERNEL_FLAGS)
                 + ")"
             )
@@ -247,6 +263,8 @@ def _flag(item: str, kernel: list[str]) -> dict[str, object] | None:
         return {"write_behind": item == "nowsync"}
     if item == "nonempty":
         return {"nonempty": True}
+    if item in ("passthrough", "nopassthrough"):
+        return {"passthrough": item == "passthrough"}
     if item in KERNEL_FLAGS:
         if item not in kernel:
             kernel.append(item)
@@ -288,6 +306,14 @@ def _valued(name: str, value: str) -> dict[str, object] | None:
         if not 0 <= port < 65536:
             raise OptionError(f"mount option metrics_port={value!r}: not a port number")
         return {"metrics_port": port}
+    if name == "passthrough_cache":
+        try:
+            mib = int(value)
+        except ValueError:
+            mib = -1
+        if mib < 1:
+            raise OptionError(f"mount option passthrough_cache={value!r}: a number of MiB >= 1")
+        return {"passthrough_cache": mib}
     if name == "metrics_addr":
         return {"metrics_addr": value}
     return None

@@ -26,6 +26,18 @@ class HandleTable:
         except KeyError:
             raise BadHandle(f"file handle {fh} is not open") from None
 
+    def content_version(self, fh: int) -> tuple[int, int, int] | None:
+        """``(d, v, size)`` of the handle's file as the servers hold it (the version
+        ``keep_cache`` compares), or None while it holds changes of this mount's, or the
+        handle is unknown (``bftfs.fs.api``)."""
+        entry = self.handles.get(fh)
+        if entry is None:
+            return None
+        f = entry[0]
+        if f.buffered or f.log or f.size != f.st["size"]:
+            return None
+        return int(f.st["d"]), int(f.st["v"]), int(f.st["size"])
+
     def new_handle(self, f: OpenFile, flags: int) -> int:
         fh = self._next_fh
         self._next_fh += 1

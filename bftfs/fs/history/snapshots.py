@@ -129,6 +129,9 @@ class SnapshotBrowser:
     def keep_cache(self, fh: int) -> bool:
         return True if fh >= PAST_FH else self.live.keep_cache(fh)
 
+    def content_version(self, fh: int) -> tuple[int, int, int] | None:
+        return None if fh >= PAST_FH else self.live.content_version(fh)
+
     # Namespace ----------------------------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> Attr:

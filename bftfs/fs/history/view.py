@@ -150,6 +150,9 @@ class PastView:
     def keep_cache(self, fh: int) -> bool:
         return True  # the past does not change
 
+    def content_version(self, fh: int) -> tuple[int, int, int] | None:
+        return None  # no copies of the past are kept (fuse/passthrough.py)
+
     async def flush(self, fh: int) -> None:
         self._handle(fh)
 
