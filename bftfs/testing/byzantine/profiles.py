@@ -81,11 +81,7 @@ from typing import TYPE_CHECKING, Any
 from bftfs.ids import PrincipalId, client_id, is_node
 from bftfs.qu.request import Request
 from bftfs.rw.schema import DB_VERSIONS
-<<<<<<< HEAD
-from bftfs.testing.byzantine import fab, fabhistory, flood, history, listeners, qu, rw
-=======
-from bftfs.testing.byzantine import fab, fabhistory, flood, history, qu, rational, rw
->>>>>>> r68-bar
+from bftfs.testing.byzantine import fab, fabhistory, flood, history, listeners, qu, rational, rw
 
 if TYPE_CHECKING:
     from bftfs.config import ClusterConfig
