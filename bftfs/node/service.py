@@ -81,14 +81,11 @@ class Node:
         self.spec = config.node(self.id)
         self.keyring = KeyRing(identity, config.public_keys())
         self.log = logging.getLogger(f"bftfs.node.{self.id}")
-        self.faults = faults
-        self.now_ns = clock_ns
-        self.max_frame = max_frame
-        #: Q/U object types served besides the file system's (``node/protocols.py``):
-        #: the test types, when whoever starts the node asks for them.
-        self.extra_object_types = tuple(extra_object_types)
-        #: Whether the node serves Listeners registers (``bftfs node --listeners``).
-        self.serve_registers = serve_registers
+        self.faults, self.now_ns, self.max_frame = faults, clock_ns, max_frame
+        #: Q/U object types served besides the file system's (``node/protocols.py``), the
+        #: test types, and whether Listeners registers are served: when whoever starts the
+        #: node asks for them (``bftfs node --test-objects``, ``--listeners``).
+        self.extra_object_types, self.serve_registers = tuple(extra_object_types), serve_registers
         #: Answers the connections other principals open to this node.
         self.server: Server[RequestContext] = Server(
             self.keyring,
