@@ -29,7 +29,7 @@ import costs
 import variants
 from common import Progress, TargetSpec
 
-TARGETS = ("local", "bindfs", "glusterfs", "bftfs")
+TARGETS = ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs", "cephfs", "bftfs")
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,9 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         if w == "bftfs":
             specs += [common.bftfs_spec(b, b) for b in args.bs]
         else:
-            specs.append(
-                {"local": common.local_spec, "bindfs": common.bindfs_spec}.get(
-                    w, common.glusterfs_spec
-                )()
-            )
+            spec = common.spec_named(w, 1, 1, durable=True)
+            assert spec is not None  # finish_arguments checked the name
+            specs.append(spec)
     return specs
 
 
@@ -263,7 +261,7 @@ def markdown(result: dict[str, Any], cases: Sequence[Case]) -> str:
         f"{result['description']} Median of {cfg['runs']} interleaved run(s) per target; "
         f"in brackets the ratio to {reference(targets)}; bftfs with t = b on a fresh cluster "
         f"each run, durable. {result['tool']} {cfg.get('tool_version') or ''}."
-        + common.glusterfs_note(result),
+        + common.peers_note(result),
         "",
         *ratio_table(result["summary"], cases, targets),
     ]
