@@ -93,15 +93,11 @@ class CephError(RuntimeError):
     """A step of the CephFS set-up failed; the message says which and why."""
 
 
-def _exe(name: str) -> str | None:
-    return shutil.which(name) or next(
-        (str(p) for d in ("/usr/bin", "/usr/sbin") if (p := Path(d, name)).exists()), None
-    )
-
-
 def why_not() -> str | None:
     """Why CephFS cannot be set up here (before trying), or None."""
-    missing = [f"{exe} (Debian package {pkg})" for exe, pkg in PACKAGES.items() if not _exe(exe)]
+    missing = [
+        f"{exe} (Debian package {pkg})" for exe, pkg in PACKAGES.items() if not shutil.which(exe)
+    ]
     if missing:
         return f"{', '.join(missing)} missing; scripts/setup-bench.sh installs them"
     if not os.path.exists("/dev/fuse"):
@@ -121,7 +117,7 @@ def parse_version(text: str) -> str | None:
 
 def version() -> str | None:
     """``Ceph 16.2.15`` or so, for the results' machine record."""
-    exe = _exe("ceph-osd")
+    exe = shutil.which("ceph-osd")
     if exe is None:
         return None
     try:

@@ -250,6 +250,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "tree (short: kernel, full: all)",
     )
     ap.add_argument("--tarball", type=Path, default=TARBALL, help=f"default {TARBALL}")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=common.CACHE_DIR,
+        help="where the uncompressed tar is kept between runs (default benchmarks/.cache)",
+    )
     toolbench.add_arguments(ap)
     args = toolbench.finish_arguments(ap.parse_args(argv))
     args.subset = check_subset(args.subset or ("all" if args.full else "kernel"))
@@ -282,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             progress(f"kerneltree skipped: {tool} is not installed")
             return 0
-    args.tar = prepare(args.tarball, args.subset, common.CACHE_DIR, progress)
+    args.tar = prepare(args.tarball, args.subset, args.cache, progress)
     args.counts = tree_counts(args.tar)
     phases = cases()
     specs = variants.expand(toolbench.specs_from_args(args), args.aged, args.load)
