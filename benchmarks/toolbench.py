@@ -5,10 +5,10 @@ Each tool module gives a list of ``Case`` (one configuration of its tool: a fio 
 fs_mark thread count, a dbench client count) and a function that runs one case in a
 directory and returns its figure; this module opens every target once per repetition
 (local, bindfs, the peers: glusterfs, seaweedfs, moosefs, cephfs; bftfs for each b;
-``--aged``/``--load`` variants from ``variants.py``), runs the cases in it one after the other, meters each case's costs
-(``costs.py``: CPU of the mount and servers, rounds per unit), and writes
-``benchmarks/results/<tool>-<short|full>.{json,md,png}`` like the other side-by-side
-benchmarks.  Targets are interleaved (A B C A B C ...) so a slow minute of the shared
+``--aged``/``--load`` variants from ``variants.py``), runs the cases in it one after the
+other, meters each case's costs (``costs.py``: CPU of the mount and servers, rounds per
+unit), and writes ``benchmarks/results/<tool>-<short|full>.{json,md,png}`` like the other
+side-by-side benchmarks.  Targets are interleaved (A B C A B C ...) so a slow minute of the shared
 machine lands on all of them.
 """
 

@@ -337,13 +337,17 @@ def test_a_ceph_cluster_keeps_three_copies_and_stops_everything(tmp_path: Path) 
         cf.remount()
         assert cf.pids["mount"] != old and not proc.process_alive(old)
         assert (cf.mountpoint / "f").read_bytes() == data
+        # The file's objects, as the OSDs list them (not the manager's lagging PG
+        # statistics), each on three distinct OSDs.
         conf = cf.info["conf"]
-        cmd = ["ceph", "-c", conf, "--format", "json", "pg", "ls-by-pool", cephfs.DATA_POOL]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        doc = json.loads(r.stdout)
-        pgs = doc["pg_stats"] if isinstance(doc, dict) else doc
-        held = [p for p in pgs if p["stat_sum"]["num_objects"] > 0]
-        assert held and all(len(set(p["acting"])) == 3 for p in held)
+        ls = ["rados", "-c", conf, "-p", cephfs.DATA_POOL, "ls"]
+        objects = subprocess.run(ls, capture_output=True, text=True, timeout=60).stdout.split()
+        assert objects and all(o.endswith(".00000000") for o in objects)
+        for obj in objects:
+            where = ["ceph", "-c", conf, "--format", "json", "osd", "map", cephfs.DATA_POOL, obj]
+            r = subprocess.run(where, capture_output=True, text=True, timeout=60)
+            acting = json.loads(r.stdout)["acting"]
+            assert len(set(acting)) == cephfs.SIZE == 3, acting
         # The OSDs' BlueStore files are sparse: 8 GiB each, far less on the disk.
         block = tmp_path / "osd.0" / "block"
         assert block.stat().st_size == cephfs.OSD_BLOCK_GIB << 30
