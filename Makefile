@@ -82,10 +82,10 @@ bench-full: bench-setup
 	$(BIN)/python benchmarks/seqio.py --runs 5 $(SEQIO_ARGS) || rc=1; \
 	exit $$rc
 
-# The side-by-side benchmarks with the living peers beside GlusterFS (issue 64): SeaweedFS
-# and MooseFS, started and stopped by the benchmark (benchmarks/seaweed.py, moosefs.py);
-# their servers do not fsync.
-PEER_TARGETS ?= local,bindfs,glusterfs,seaweedfs,moosefs,bftfs
+# The side-by-side benchmarks with the living peers beside GlusterFS (issue 64): SeaweedFS,
+# MooseFS and CephFS, started and stopped by the benchmark (benchmarks/seaweed.py,
+# moosefs.py, cephfs.py); SeaweedFS' and MooseFS' servers do not fsync, Ceph's OSDs do.
+PEER_TARGETS ?= local,bindfs,glusterfs,seaweedfs,moosefs,cephfs,bftfs
 .PHONY: bench-peers
 bench-peers: bench-setup
 	@rc=0; \
@@ -118,6 +118,14 @@ bench-fsmark: bench-setup
 
 bench-dbench: bench-setup
 	$(BIN)/python benchmarks/dbench.py $(TOOL_ARGS)
+
+# The developer workload on a real tree (issue 64): untar the kernel source (Debian's
+# linux-source-6.1), find, grep -r, du, git init/add/commit, rm -rf, each timed, on the
+# peers' targets; KERNELTREE_ARGS, e.g. "--subset kernel" (one top-level directory: minutes).
+KERNELTREE_ARGS ?= --subset kernel
+.PHONY: bench-kerneltree
+bench-kerneltree: bench-setup
+	$(BIN)/python benchmarks/kerneltree.py --targets $(PEER_TARGETS) $(KERNELTREE_ARGS)
 
 # Two mounts creating and removing in one directory at once, with and without leases:
 # operations per second and what the leases did (no lease ping-pong; issue 33).

@@ -357,7 +357,7 @@ def targets_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, seaweedfs, moosefs, "
+                "(local, bindfs, glusterfs, seaweedfs, moosefs, cephfs, "
                 "bftfs, bftfs-lease, bftfs-nolease, bftfs-down, "
                 "bftfs-noverify, "
                 "bftfs-plain)"
@@ -587,18 +587,18 @@ def main_bftfs(specs: list[TargetSpec]) -> str | None:
 
 
 def ratios(summary: dict[str, Any], specs: list[TargetSpec]) -> dict[str, dict[str, Any]]:
-    """Phase by phase: each peer (GlusterFS, SeaweedFS, MooseFS) over local; the main bftfs
+    """Phase by phase: each peer (GlusterFS, SeaweedFS, MooseFS, CephFS) over local; the main bftfs
     target (no node down) over local, bindfs and the peers; the other bftfs targets over
     local (a narrower table)."""
     out: dict[str, dict[str, Any]] = {}
     main = main_bftfs(specs)
     for spec in specs:
-        if spec.kind not in ("glusterfs", "seaweedfs", "moosefs", "bftfs"):
+        if spec.kind not in ("glusterfs", "seaweedfs", "moosefs", "cephfs", "bftfs"):
             continue
         med = summary[spec.name]["median"]
         refs: tuple[str, ...] = ("local",)
         if spec.name == main:
-            refs = ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs")
+            refs = ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs", "cephfs")
         for ref in refs:
             if ref in summary and summary[ref]["runs"]:
                 out[f"{spec.name} / {ref}"] = {
@@ -796,7 +796,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default="local,bindfs,glusterfs,bftfs,bftfs-down",
         help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, "
-        "moosefs, bftfs, "
+        "moosefs, cephfs, bftfs, "
         "bftfs-down, bftfs-noverify (default: the first five)",
     )
     ap.add_argument("--t", type=int, default=1, help="bftfs: faulty nodes tolerated (default 1)")

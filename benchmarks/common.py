@@ -14,6 +14,8 @@ machine hits every target alike:
   ``002``) mounted with ``weed mount`` (``benchmarks/seaweed.py``): a living peer;
 * ``moosefs``: a MooseFS cluster (a master and three chunkservers in network namespaces,
   goal 3) mounted with ``mfsmount`` (``benchmarks/moosefs.py``): another;
+* ``cephfs``: a CephFS cluster (a monitor, a manager, three BlueStore OSDs, an MDS, pool
+  size 3) mounted with ``ceph-fuse`` (``benchmarks/cephfs.py``): a third, whose OSDs fsync;
 * ``bftfs``: bftfs mounted on a fresh cluster of real node processes (``t = b = 1`` by
   default), optionally with nodes SIGKILLed before the mount (the degraded run the BFT
   literature reports).
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cephfs
 import gluster
 import moosefs
 import seaweed
@@ -174,6 +177,7 @@ def machine_info() -> dict[str, Any]:
             "glusterfs": gluster.version(),
             "seaweedfs": seaweed.version(),
             "moosefs": moosefs.version(),
+            "cephfs": cephfs.version(),
         },
     }
 
@@ -246,7 +250,7 @@ def write_results(
 @dataclass(frozen=True)
 class TargetSpec:
     """One place a workload runs; ``kind`` is local, bindfs, a peer (glusterfs, seaweedfs,
-    moosefs) or bftfs."""
+    moosefs, cephfs) or bftfs."""
 
     name: str  # short name used in results, e.g. "bftfs b=1 (1 down)"
     kind: str
@@ -313,6 +317,10 @@ def moosefs_spec() -> TargetSpec:
     return TargetSpec("moosefs", "moosefs")
 
 
+def cephfs_spec() -> TargetSpec:
+    return TargetSpec("cephfs", "cephfs")
+
+
 def bftfs_spec(
     t: int,
     b: int,
@@ -344,7 +352,7 @@ def bftfs_spec(
 
 def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> TargetSpec | None:
     """The target a benchmark's ``--targets`` entry names (local, bindfs, glusterfs,
-    seaweedfs, moosefs, bftfs,
+    seaweedfs, moosefs, cephfs, bftfs,
     bftfs-down: ``down`` nodes killed before the mount, bftfs-corrupt: ``down`` nodes (at
     least one) corrupting every fragment they serve, bftfs-noverify: no lazy verification
     on the nodes, bftfs-lease: the mount takes leases (the default since issue 33, so the
@@ -361,6 +369,8 @@ def spec_named(name: str, t: int, b: int, durable: bool, down: int = 0) -> Targe
         return seaweedfs_spec()
     if name == "moosefs":
         return moosefs_spec()
+    if name == "cephfs":
+        return cephfs_spec()
     if name == "bftfs":
         return bftfs_spec(t, b, durable=durable)
     if name == "bftfs-down":
@@ -462,6 +472,19 @@ def open_target(spec: TargetSpec, work: Path, tag: str) -> Iterator[Site]:
                     )
             except moosefs.MooseError as e:
                 raise TargetError(f"MooseFS: {e}") from e
+        elif spec.kind == "cephfs":
+            try:
+                with cephfs.cluster(base) as cf:
+                    yield Site(
+                        spec,
+                        cf.mountpoint,
+                        cf.pids,
+                        setup_s=time.perf_counter() - t0,
+                        info=cf.info,
+                        remount=cf.remount,
+                    )
+            except cephfs.CephError as e:
+                raise TargetError(f"CephFS: {e}") from e
         elif spec.kind == "bftfs":
             with _bftfs(spec, base) as site:
                 site.setup_s = time.perf_counter() - t0
@@ -584,6 +607,7 @@ PEERS: dict[str, Callable[[], str | None]] = {
     "glusterfs": gluster.why_not,
     "seaweedfs": seaweed.why_not,
     "moosefs": moosefs.why_not,
+    "cephfs": cephfs.why_not,
 }
 
 
@@ -606,7 +630,7 @@ def skip_reasons(specs: Sequence[TargetSpec]) -> dict[str, str]:
 
 
 def skip_after_failure(spec: TargetSpec, err: Exception, skipped: dict[str, str]) -> bool:
-    """Record that a peer (GlusterFS, SeaweedFS, MooseFS) could not be set up, so its later
+    """Record that a peer (GlusterFS, SeaweedFS, MooseFS, CephFS) could not be set up, so its later
     repetitions are skipped rather than each failing the same way (glusterd not starting on
     this machine is not a result); True when ``spec`` is now skipped.  bftfs failures stay
     failures."""
@@ -644,10 +668,20 @@ def moosefs_note(result: dict[str, Any]) -> str:
     return moosefs.NOTE.format(ver=ver)
 
 
+def cephfs_note(result: dict[str, Any]) -> str:
+    """One sentence on the CephFS target (its OSDs fsync), or '' without it."""
+    if "cephfs" not in result["config"].get("targets", []):
+        return ""
+    ver = (result["machine"].get("tools") or {}).get("cephfs") or "Ceph"
+    return cephfs.NOTE.format(ver=ver)
+
+
 def peers_note(result: dict[str, Any]) -> str:
     """The sentences on the peers in a results table (:func:`glusterfs_note`,
-    :func:`seaweedfs_note`, :func:`moosefs_note`)."""
-    return glusterfs_note(result) + seaweedfs_note(result) + moosefs_note(result)
+    :func:`seaweedfs_note`, :func:`moosefs_note`, :func:`cephfs_note`)."""
+    return (
+        glusterfs_note(result) + seaweedfs_note(result) + moosefs_note(result) + cephfs_note(result)
+    )
 
 
 def machine_markdown(result: dict[str, Any]) -> list[str]:
@@ -731,6 +765,7 @@ TARGET_COLOURS = {
     "glusterfs": "#8c613c",
     "seaweedfs": "#64b5cd",
     "moosefs": "#937860",
+    "cephfs": "#da8bc3",
     "bftfs": "#c44e52",
     "down": "#dd8452",
 }

@@ -220,6 +220,8 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
             specs.append(common.seaweedfs_spec())
         elif w == "moosefs":
             specs.append(common.moosefs_spec())
+        elif w == "cephfs":
+            specs.append(common.cephfs_spec())
         elif w == "bftfs":
             for b in args.bs:
                 specs.append(common.bftfs_spec(b, b, durable=not args.no_durable))
@@ -239,7 +241,7 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         else:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, seaweedfs, moosefs, "
+                "(local, bindfs, glusterfs, seaweedfs, moosefs, cephfs, "
                 "bftfs, bftfs-lease, bftfs-nolease, bftfs-noverify, "
                 "bftfs-plain)"
             )
@@ -519,7 +521,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         color="grey",
         label="Q/U-NFSv3 (SOSP'05; contents on the client)",
     )
-    for name in ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs"):
+    for name in ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs", "cephfs"):
         s = summary.get(name)
         if s and s["tps_median"]:
             ax.axhline(
@@ -576,7 +578,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default="local,bindfs,glusterfs,bftfs",
         help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, "
-        "moosefs, bftfs (one "
+        "moosefs, cephfs, bftfs (one "
         "target per b of --bs), bftfs-noverify (default local,bindfs,glusterfs,bftfs)",
     )
     ap.add_argument(

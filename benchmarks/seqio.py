@@ -554,7 +554,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     refs = [
         n
-        for n in ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs")
+        for n in ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs", "cephfs")
         if summary.get(n, {}).get("runs")
     ]
     bft = [n for n, s in summary.items() if s["kind"] == "bftfs" and s["runs"]]
@@ -658,7 +658,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default="local,bindfs,glusterfs,bftfs",
         help="comma-separated, in interleaving order: local, bindfs, glusterfs, seaweedfs, "
-        "moosefs, bftfs, "
+        "moosefs, cephfs, bftfs, "
         "bftfs-down (--down nodes killed), bftfs-corrupt (--down nodes, at least one, "
         "corrupting every fragment they serve), bftfs-noverify "
         "(default local,bindfs,glusterfs,bftfs)",
@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             raise SystemExit(
                 f"unknown target {w!r} "
-                "(local, bindfs, glusterfs, seaweedfs, moosefs, "
+                "(local, bindfs, glusterfs, seaweedfs, moosefs, cephfs, "
                 "bftfs, bftfs-down, bftfs-corrupt, bftfs-noverify, "
                 "bftfs-plain)"
             )

