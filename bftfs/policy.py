@@ -329,5 +329,17 @@ def limits_from(table: Any) -> LimitsPolicy:
     return _from_table(LimitsPolicy, "[limits]", table)
 
 
+#: Keys newer than the previous release, written only when set to other than their default:
+#: a release refuses keys it does not know, and during a rolling upgrade the previous
+#: release's clients and nodes read the cluster.toml this one writes (docs/operations.md).
+WRITTEN_WHEN_SET = frozenset({"audit_seconds", "audit_challenges"})
+
+
 def to_table(policy: VerificationPolicy | RetentionPolicy | LimitsPolicy) -> dict[str, Any]:
-    return {f.name: getattr(policy, f.name) for f in fields(policy)}
+    """The policy's table as written to cluster.toml (:data:`WRITTEN_WHEN_SET`)."""
+    default = type(policy)()
+    return {
+        f.name: getattr(policy, f.name)
+        for f in fields(policy)
+        if f.name not in WRITTEN_WHEN_SET or getattr(policy, f.name) != getattr(default, f.name)
+    }

@@ -52,7 +52,8 @@ def test_status_shows_each_clients_version_and_warns_on_a_mix(tmp_path: Path) ->
             text=True,
         )
         try:
-            assert old.stdout is not None and old.stdout.readline() == "ready\n", old.stderr
+            assert old.stdout is not None and old.stderr is not None
+            assert old.stdout.readline() == "ready\n", old.stderr.read()[-3000:]
 
             async def main() -> tuple[subprocess.CompletedProcess[str], str]:
                 async with open_session(pc.config, "client1") as s:
