@@ -11,6 +11,8 @@ from bftfs.net.rtt import (
     ALPHA,
     BETA,
     GRANULARITY,
+    OVERDUE_FLOOR,
+    OVERDUE_K,
     SLOW_MARGIN,
     STALE,
     RttEstimator,
@@ -119,3 +121,21 @@ def test_a_stale_estimate_or_too_few_samples_make_no_node_slow() -> None:
     few.sample(0, 0.05, 0.0)
     few.sample(1, 0.5, 0.0)
     assert few.slow([0, 1], 0.0) == set()
+
+
+def test_a_node_silent_since_asked_for_a_few_of_its_rtos_is_asked_last() -> None:
+    """A node hung or cut off is passed over within a few round trips (never below the
+    floor), long before ``Liveness`` judges it absent; nothing fails for it."""
+    table = _wan()
+    asked = {0: 10.0, 5: 10.0}
+    near = 10.0 + OVERDUE_FLOOR  # node 0's 4 RTOs are below the floor
+    assert table.overdue(range(6), asked, near - 0.01) == set()
+    assert table.overdue(range(6), asked, near + 0.01) == {0}
+    far = 10.0 + OVERDUE_K * table.rto(5)  # node 5: 4 of its own RTOs
+    assert far > near
+    assert table.overdue(range(6), asked, far - 0.01) == {0}
+    assert table.overdue(range(6), asked, far + 0.01) == {0, 5}
+    never = RttTable()  # no sample: the floor
+    assert never.overdue([7], {7: 0.0}, OVERDUE_FLOOR + 0.01) == {7}
+    assert table.ask_last(range(6), {}, 1.0) == {5}  # slow, not overdue
+    assert table.ask_last(range(6), {0: 0.0}, 1.0) == {0, 5}

@@ -352,8 +352,8 @@ class Endpoint:
         return keep is None or keep()
 
     def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]:
-        """``targets`` to ask last: refusing connections, or far slower (``RttTable.slow``)."""
-        return self.pool.down(targets) | self.rtt.slow(targets, trio.current_time())
+        """``targets`` to ask last: refusing connections, far slower or overdue (``net/rtt.py``)."""
+        return self.pool.ask_last(targets)
 
     async def quorum_call(
         self,

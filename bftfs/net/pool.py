@@ -139,6 +139,12 @@ class Pool:
         down_until = self.down_until
         return {n for n in targets if down_until.get(n, 0.0) > now or n in self._dead}
 
+    def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """:meth:`down`, and those the endpoint's round trips say are far slower than the
+        rest or overdue (``RttTable.ask_last``)."""
+        ep, now = self.ep, trio.current_time()
+        return self.down(targets) | ep.rtt.ask_last(targets, ep.liveness.asked_at, now)
+
     def stay_connected(self, nodes: Sequence[NodeId]) -> None:
         """:meth:`Endpoint.stay_connected <bftfs.net.endpoint.Endpoint.stay_connected>`:
         one task per node in the endpoint's nursery (``net/keepalive.py``)."""

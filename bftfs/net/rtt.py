@@ -21,17 +21,20 @@ did (slow is not unavailable), and a node far away gets time in proportion to it
 (``docs/wan.md`` lists each timeout, its floor and its ``k``).  Before the first sample a
 timeout is its floor.
 
-**Slow nodes** (:meth:`RttTable.slow`): a node whose SRTT is well above the others'
+**Slow and overdue nodes** (:meth:`RttTable.ask_last`): a node whose SRTT is well above the others'
 (:data:`SLOW_RATIO` times the median and :data:`SLOW_MARGIN` more) is asked last by a
 quorum call, like a node that refused a connection: Q/U and PASIS need ``n - t`` answers,
 so one far node costs nothing when it is not among the first asked.  An estimate older
 than :data:`STALE` seconds does not count (a node asked last is asked less, so a hiccup
-must not keep it last for ever).
+must not keep it last for ever).  So is a node silent since it was asked something for
+``max(OVERDUE_FLOOR, OVERDUE_K * RTO)`` (:meth:`RttTable.overdue`): a node hung or cut off
+is passed over within a few of its round trips; only ``Liveness`` (much later) judges it
+absent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -49,6 +52,10 @@ SLOW_RATIO = 3.0
 SLOW_MARGIN = 0.05
 #: Seconds after which a node's last sample no longer makes it slow.
 STALE = 10.0
+#: A node silent this long (and ``OVERDUE_K`` RTOs) since it was asked something is
+#: overdue: asked last, nothing more (``Liveness`` judges it absent much later).
+OVERDUE_FLOOR = 0.5
+OVERDUE_K = 4.0
 
 #: The ``k`` of each stretched timeout (``docs/wan.md`` has the table):
 #: a connection's TCP set-up and handshake (two round trips, the keys' work);
@@ -147,3 +154,19 @@ class RttTable:
         median = ranked[(len(ranked) - 1) // 2]
         bar = max(SLOW_RATIO * median, median + SLOW_MARGIN)
         return {node for node, srtt in fresh.items() if srtt > bar}
+
+    def overdue(self, targets: Iterable[N], asked_at: Mapping[N, float], now: float) -> set[N]:
+        """Those of ``targets`` silent since they were asked something (``asked_at``: when,
+        the endpoint's ``Liveness``) for ``max(OVERDUE_FLOOR, OVERDUE_K * RTO)``: a node
+        hung or cut off is asked last within a few round trips, not failed."""
+        return {
+            node
+            for node in targets
+            if (asked := asked_at.get(node)) is not None
+            and now - asked > self.timeout(node, OVERDUE_FLOOR, OVERDUE_K)
+        }
+
+    def ask_last(self, targets: Iterable[N], asked_at: Mapping[N, float], now: float) -> set[N]:
+        """:meth:`slow` and :meth:`overdue` ones: a quorum call asks them last."""
+        targets = list(targets)
+        return self.slow(targets, now) | self.overdue(targets, asked_at, now)
