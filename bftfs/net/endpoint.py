@@ -194,7 +194,7 @@ class Endpoint:
             while True:
                 now = trio.current_time()
                 if now >= deadline:  # a round trip measured since (the connection's)?
-                    deadline = max(deadline, _stretched(self.rtt, node, floor, started))
+                    deadline = _stretched(self.rtt, node, floor, started, deadline)
                 if now >= deadline and self._keeps(node, now, keep, p):
                     deadline = now + max(timeout, self.resend_after)
                 if now >= deadline:
@@ -224,7 +224,7 @@ class Endpoint:
                 first = False
                 waiter = r.waiter
                 if deadline < now + interval:  # connected since: its round trip measured
-                    deadline = max(deadline, _stretched(self.rtt, node, floor, started))
+                    deadline = _stretched(self.rtt, node, floor, started, deadline)
                 with trio.move_on_at(min(deadline, now + interval)):
                     await waiter.event.wait()
                 if waiter.event.is_set() and not waiter.lost:
@@ -470,12 +470,16 @@ class _Request:
     sent_on: Connection | None = None
 
 
-def _stretched(rtt: RttTable, node: NodeId, floor: float, started: float) -> float:
+def _stretched(rtt: RttTable, node: NodeId, floor: float, started: float, deadline: float) -> float:
     """The deadline of a call to ``node`` started at ``started`` with the timeout
     ``floor``, by the round trips measured until now (``net/rtt.py``), cut to the
-    operation's patience."""
+    operation's patience: ``deadline`` unless that is later and still ahead."""
     now = trio.current_time()
-    return now + bounded(max(0.0, started + rtt.timeout(node, floor, CALL_K) - now), now)
+    want = started + rtt.timeout(node, floor, CALL_K)
+    if want <= max(deadline, now):
+        return deadline
+    more = bounded(want - now, now)
+    return now + more if more > 0 and now + more > deadline else deadline
 
 
 @asynccontextmanager
