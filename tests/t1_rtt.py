@@ -4,9 +4,15 @@ timeout rule ``max(floor, k * RTO)`` and which nodes a quorum call asks last."""
 from __future__ import annotations
 
 import random
+import socket
 
 import pytest
+import trio
 
+from bftfs.crypto import Identity, KeyRing
+from bftfs.ids import NodeId, client_id
+from bftfs.net.endpoint import open_endpoint
+from bftfs.net.errors import TransportError
 from bftfs.net.rtt import (
     ALPHA,
     BETA,
@@ -139,3 +145,26 @@ def test_a_node_silent_since_asked_for_a_few_of_its_rtos_is_asked_last() -> None
     assert never.overdue([7], {7: 0.0}, OVERDUE_FLOOR + 0.01) == {7}
     assert table.ask_last(range(6), {}, 1.0) == {5}  # slow, not overdue
     assert table.ask_last(range(6), {0: 0.0}, 1.0) == {0, 5}
+
+
+def test_a_call_to_a_node_refusing_connections_fails_at_its_timeout() -> None:
+    """The stretched deadline only moves forward while time is left: a node that refuses
+    every connection (a port bound but not listening: RST at once) is given up at the
+    call's timeout, as before (a deadline moved to "now" at each turn once made this call
+    spin for ever, and ``bftfs status`` with a node stopped hang)."""
+    node, client = Identity.generate(NodeId(0)), Identity.generate(client_id(0))
+    ring = KeyRing(client, {node.pid: node.public})
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        addrs = {NodeId(0): closed.getsockname()}
+
+        async def main() -> float:
+            async with open_endpoint(ring, addrs, timeout=0.3, resend_after=0.05) as ep:
+                start = trio.current_time()
+                with trio.fail_after(30), pytest.raises(TransportError):
+                    await ep.call(NodeId(0), "ping", None)
+                assert ep.faults[(0, "unreachable")] == 1
+                return trio.current_time() - start
+
+        took = trio.run(main)
+    assert 0.3 <= took < 30
