@@ -213,7 +213,11 @@ def gluster_mount(bed: wan.Wan, work: Path) -> Iterator[Path]:
             _wait(f"glusterd {i}", functools.partial(_answers, bed, i, work))
         for i in range(1, GLUSTER_HOSTS):
             _gluster_ok(bed, work, "peer", "probe", hosts.address(i))
-        _wait("the pool", lambda: _gluster_ok(bed, work, "pool", "list").count("Connected") == 3)
+        peers = GLUSTER_HOSTS - 1  # each in the pool, not merely connected
+        _wait(
+            "the pool",
+            lambda: _gluster_ok(bed, work, "peer", "status").count("Peer in Cluster") == peers,
+        )
         bricks = [f"{hosts.address(i)}:{work / f'brick{i}'}" for i in range(GLUSTER_HOSTS)]
         _gluster_ok(bed, work, "volume", "create", name, "replica", "3", *bricks, "force")
         _gluster_ok(bed, work, "volume", "set", name, "cluster.self-heal-daemon", "off")
