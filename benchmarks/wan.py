@@ -168,7 +168,7 @@ def glusterd_vol(workdir: Path, address: str, sock: Path) -> str:
 def gluster_cli(bed: wan.Wan, i: int, work: Path, *args: str) -> subprocess.CompletedProcess:
     """``gluster ARGS`` against host ``i``'s glusterd (its own socket, in its namespace)."""
     cmd = ["gluster", "--mode=script", f"--glusterd-sock={work / f'gd{i}.sock'}", *args]
-    return subprocess.run(bed.hosts.command(i, cmd), capture_output=True, text=True, timeout=120)
+    return subprocess.run(bed.hosts.command(i, cmd), capture_output=True, text=True, timeout=300)
 
 
 def _gluster_ok(bed: wan.Wan, work: Path, *args: str) -> str:
