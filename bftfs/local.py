@@ -445,7 +445,13 @@ async def query_status(
     cfg: ClusterConfig, *, timeout: float = 1.0, client: str | None = None
 ) -> list[NodeStatus]:
     """Ask every node for its statistics (concurrently); a node that does not answer is down.
-    ``client``: the identity to ask as (default ``client0``, else the first configured)."""
+    ``client``: the identity to ask as (default ``client0``, else the first configured).
+
+    ``timeout`` is each node's floor, not its whole budget (issue 65, docs/wan.md): once a
+    node's TCP connection is set up its round trip is measured, and its handshake and
+    call get ``max(timeout, k * RTO)`` (``net/rtt.py``), so a node 300 ms away (three
+    round trips: TCP, handshake, the call) shows up; one refusing connections is down at
+    once, one whose host never answers after ``timeout``, as before."""
     if client is None:
         names = [c.name for c in cfg.clients]
         client = "client0" if "client0" in names or not names else names[0]

@@ -4,12 +4,20 @@ and 150 ms to node 5 (:mod:`bftfs.testing.wan`).
 
 Files written and read back, a small tree copied and listed with ``ls -lR``: nothing may
 fail, and the slow node must not be taken for a faulty or dead one by the mount (its
-fault counters in ``bftfs status --json``): Q/U and PASIS tolerate a silent node, a slow
-one must cost nothing, certainly not a timeout on the record against it.
+fault counters in ``bftfs status --json``) nor by ``bftfs status`` (it shows it up): Q/U
+and PASIS tolerate a silent node, a slow one must cost nothing, certainly not a timeout on
+the record against it.
+
+``bftfs status`` with a node 300 ms away (three round trips of 0.6 s: TCP, handshake, the
+call) shows it up: its timeouts stretch with the measured round trip (``net/rtt.py``).
+And the quorum operations' latency with node 5 at 150 ms against all at 25 ms is measured
+and printed (docs/wan.md has the figures; no timed assert), the far node being the one
+the client asks last.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from waiting import wait_for
 
 from bftfs.testing import wan
@@ -86,11 +95,14 @@ def test_a_mount_across_a_wan_with_one_node_at_150_ms(tmp_path: Path) -> None:
             mounts = json.loads(status.stdout).get("mounts", [])
             mine = [m for m in mounts if m.get("mountpoint") == str(mnt)]
             fresh = mine and mine[0].get("updated", 0) > done
-            # `bftfs status` gives each node 1 s (bftfs/local.py query_status): at 300 ms
-            # a round trip, node 5 answers it in most tries, not all.
-            return (status.returncode, mine[0]) if fresh and status.returncode == 0 else None
+            if not (fresh and status.returncode == 0):
+                return None
+            return status.returncode, mine[0], json.loads(status.stdout)["nodes"]
 
-        _, mount = wait_for("a healthy status with the mount's report after the work", report)
+        _, mount, nodes = wait_for(
+            "a healthy status with the mount's report after the work", report
+        )
+        assert [n["up"] for n in nodes] == [True] * len(LINKS), nodes
         assert mount.get("state") not in ("dead", "unresponsive"), mount
         assert not sum((mount.get("eio") or {}).values()), mount
         faults = {n: k for n, k in (mount.get("faults") or {}).items() if any(k.values())}
@@ -98,3 +110,46 @@ def test_a_mount_across_a_wan_with_one_node_at_150_ms(tmp_path: Path) -> None:
         assert not faults, faults
         print(f"connect RTTs {[round(r, 3) for r in rtts]}; mount {json.dumps(mount)}")
     shutil.rmtree(local)
+
+
+def status_nodes(config: Path) -> list[dict[str, Any]]:
+    """``bftfs status --json``'s nodes (whatever its exit code)."""
+    status = wan.bftfs_cli("status", "--config", str(config), "--json", check=False)
+    nodes: list[dict[str, Any]] = json.loads(status.stdout)["nodes"]
+    return nodes
+
+
+def test_bftfs_status_shows_a_node_300_ms_away_up(tmp_path: Path) -> None:
+    """Before issue 65 each node had 1 s in all, and node 5 needs 1.8 s: always down
+    (``wan.cluster`` waits for a status where every node answers, so it timed out)."""
+    links = [wan.Link(25.0)] * 5 + [wan.Link(300.0)]
+    with wan.Wan(links, seed=65) as bed, wan.cluster(bed, tmp_path / "admin") as config:
+        assert bed.connect_rtt(SLOW_NODE, wan.NODE_PORT) >= 0.6
+        for _ in range(3):
+            nodes = status_nodes(config)
+            assert [n["up"] for n in nodes] == [True] * len(links), nodes
+        started = time.monotonic()
+        r = wan.bftfs_cli("status", "--config", str(config), check=False)
+        print(f"bftfs status with a node 300 ms away: {time.monotonic() - started:.2f} s")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_node_at_150_ms_costs_the_quorum_operations_nothing(tmp_path: Path) -> None:
+    """Median latency of a Q/U update and query and a PASIS write and read, one node at
+    150 ms against all at 25 ms (the bar of issue 65 is 1.1x; printed, not asserted: a
+    loaded machine's times are not the code's).  What is asserted: the client asks the far
+    node last, and not the near ones."""
+    got = {}
+    for name, links in (("all at 25 ms", [wan.Link(25.0)] * 6), ("node 5 at 150 ms", LINKS)):
+        work = tmp_path / name.replace(" ", "_")
+        with (
+            wan.Wan(links, seed=65) as bed,
+            wan.cluster(bed, work, node_args=("--test-objects",)) as config,
+        ):
+            got[name] = trio.run(functools.partial(wan.quorum_latencies, config, 30))
+    (near, near_last), (far, far_last) = got["all at 25 ms"], got["node 5 at 150 ms"]
+    assert near_last == [] and far_last == [SLOW_NODE], (near_last, far_last)
+    ratios = {op: far[op] / near[op] for op in wan.QUORUM_OPS}
+    print("median ms, all at 25 ms: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in near.items()))
+    print("median ms, node 5 at 150: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in far.items()))
+    print("ratio: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))

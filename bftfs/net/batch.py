@@ -144,7 +144,7 @@ class Caller(Protocol):
         keep: Callable[[], bool] | None = None,
     ) -> Any: ...
 
-    def unreachable(self, targets: Sequence[NodeId]) -> set[NodeId]: ...
+    def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]: ...
 
     def node_live(self, node: NodeId, now: float) -> bool: ...
 
@@ -457,8 +457,9 @@ async def batch_quorum(
     Raises:
         QuorumUnavailable: as ``Endpoint.quorum_call``.
     """
-    # As ``Endpoint.quorum_call``: nodes that recently refused connections are asked last.
-    targets = live_first(targets, batcher.endpoint.unreachable(targets))
+    # As ``Endpoint.quorum_call``: nodes that recently refused connections, and nodes far
+    # slower than the others, are asked last.
+    targets = live_first(targets, batcher.endpoint.ask_last(targets))
     p = current_patience()
     linger = batcher.endpoint.linger(p)  # attaches the cluster's liveness to ``p`` too
     engine = QuorumEngine(

@@ -25,6 +25,7 @@ from bftfs.ids import NodeId
 from bftfs.net.errors import FrameError, RemoteError, TransportError
 from bftfs.net.frames import PUSH, REPLY, REQUEST, STATUS_OK, FrameReader, FrameWriter
 from bftfs.net.liveness import Liveness
+from bftfs.net.rtt import RttTable
 from bftfs.net.session import Session
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,16 @@ PushHandler = Callable[[NodeId, Any], None]
 class Waiter:
     """Where a reply for one request id lands."""
 
-    __slots__ = ("event", "status", "body", "lost", "notify", "sent")
+    __slots__ = ("event", "status", "body", "lost", "notify", "sent", "resent")
 
     def __init__(self, notify: Callable[[], None] | None = None) -> None:
         self.event = trio.Event()
         #: When the request was (first) sent: its reply's latency is the node's response
         #: time, and an old unanswered one how long the node has kept us waiting.
         self.sent = trio.current_time()
+        #: Sent more than once on one connection: its reply is no round-trip sample
+        #: (Karn's rule, ``net/rtt.py``).
+        self.resent = False
         self.status: int | None = None
         self.body: Any = None
         self.lost = False
@@ -94,8 +98,11 @@ class Connection:
         faults: Counter[tuple[int, str]],
         on_push: PushHandler | None = None,
         liveness: Liveness | None = None,
+        rtt: RttTable | None = None,
     ) -> None:
         self.node = node
+        #: Where each request/reply pair's time is sampled (the endpoint's: ``net/rtt.py``).
+        self.rtt = rtt
         #: Where every frame from the node is noted (the endpoint's: ``net/liveness.py``).
         self.liveness = liveness
         self.faults = faults
@@ -136,6 +143,9 @@ class Connection:
         outstanding (docs/buffers.md)."""
         if self._writer.pending:
             return False
+        waiter = self.pending.get(msg[1])
+        if waiter is not None:
+            waiter.resent = True
         self.send_nowait(msg)
         return True
 
@@ -169,6 +179,8 @@ class Connection:
                         now = trio.current_time()
                         latency = None if waiter is None else now - waiter.sent
                         liveness.heard(self.node, now, latency)
+                        if waiter is not None and not waiter.resent and self.rtt is not None:
+                            self.rtt.sample(self.node, now - waiter.sent, now)
                     if waiter is not None:
                         waiter.resolve(status, body)
                 elif kind == PUSH:

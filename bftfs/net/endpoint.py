@@ -49,6 +49,7 @@ from bftfs.net.frames import DEFAULT_MAX_FRAME, REQUEST
 from bftfs.net.liveness import Liveness
 from bftfs.net.pool import Pool
 from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, live_first
+from bftfs.net.rtt import CALL_K, QUORUM_K, RESEND_K, RttTable
 from bftfs.net.session import SessionRefused
 from bftfs.net.viewcheck import Admit
 from bftfs.outcome import Patience, bounded, current_patience, progressed
@@ -102,6 +103,8 @@ class Endpoint:
         #: Which nodes are alive and making progress (``net/liveness.py``), and how many
         #: must be for the cluster to be available (a quorum: ``n - t``; None: all).
         self.liveness = Liveness()
+        #: Measured round trips (``net/rtt.py``): stretched timeouts, far nodes asked last.
+        self.rtt = RttTable()
         self.needed: int | None = None
         #: Nodes with a heartbeat outstanding (at most one each: :meth:`_heartbeat`).
         self._pinging: set[NodeId] = set()
@@ -178,18 +181,20 @@ class Endpoint:
             TransportError: no reply within ``timeout`` (default: the endpoint's).
             RemoteError: the node's handler refused the request.
         """
-        now = trio.current_time()
+        now = started = trio.current_time()
         p = self._attach()
-        timeout = bounded(self.timeout if timeout is None else timeout, now)
-        deadline = now + timeout
+        floor = self.timeout if timeout is None else timeout
+        deadline = now + (timeout := bounded(self.rtt.timeout(node, floor, CALL_K), now))
         req_id = next(self.ids)
         r = _Request([REQUEST, req_id, kind, payload], Waiter())
-        interval = self.resend_after
+        interval = self.rtt.timeout(node, self.resend_after, RESEND_K)
         last_error = "no reply"
         first = True
         try:
             while True:
                 now = trio.current_time()
+                if now >= deadline:  # a round trip measured since (the connection's)?
+                    deadline = _stretched(self.rtt, node, floor, started, deadline)
                 if now >= deadline and self._keeps(node, now, keep, p):
                     deadline = now + max(timeout, self.resend_after)
                 if now >= deadline:
@@ -210,7 +215,7 @@ class Endpoint:
                         on_trouble()
                         on_trouble = None
                     await trio.sleep(min(interval, max(0.0, deadline - now)))
-                    interval = min(interval * 2, 5.0)
+                    interval = min(interval * 2, max(5.0, interval))
                     continue
                 if went and first:
                     self.sent += 1
@@ -218,13 +223,15 @@ class Endpoint:
                     self.resent += 1
                 first = False
                 waiter = r.waiter
+                if deadline < now + interval:  # connected since: its round trip measured
+                    deadline = _stretched(self.rtt, node, floor, started, deadline)
                 with trio.move_on_at(min(deadline, now + interval)):
                     await waiter.event.wait()
                 if waiter.event.is_set() and not waiter.lost:
                     progressed(trio.current_time())  # an answer, even a refusal
                     return waiter.answer()
                 last_error = "connection lost" if waiter.lost else "no reply"
-                interval = min(interval * 2, 5.0)
+                interval = min(interval * 2, max(5.0, interval))
         finally:
             if r.conn is not None:
                 r.conn.pending.pop(req_id, None)
@@ -344,10 +351,9 @@ class Endpoint:
             return False
         return keep is None or keep()
 
-    def unreachable(self, targets: Sequence[NodeId]) -> set[NodeId]:
-        """Those of ``targets`` that recently refused connections: a caller choosing which
-        nodes to ask first (a reader its data fragments' nodes) leaves them for last."""
-        return self.pool.down(targets)
+    def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """``targets`` to ask last: refusing connections, far slower or overdue (``net/rtt.py``)."""
+        return self.pool.ask_last(targets)
 
     async def quorum_call(
         self,
@@ -387,8 +393,9 @@ class Endpoint:
         """
         now = trio.current_time()
         p = self._attach()
-        timeout = bounded(self.timeout if timeout is None else timeout, now)
-        targets = live_first(targets, self.pool.down(targets))
+        timeout = self.timeout if timeout is None else timeout
+        timeout = bounded(self.rtt.quorum_timeout(targets, timeout, QUORUM_K), now)
+        targets = live_first(targets, self.ask_last(targets))
         engine = QuorumEngine(
             targets,
             label=kind,
@@ -461,6 +468,18 @@ class _Request:
     #: The node's connection when last tried, and the one the request last went out on.
     conn: Connection | None = None
     sent_on: Connection | None = None
+
+
+def _stretched(rtt: RttTable, node: NodeId, floor: float, started: float, deadline: float) -> float:
+    """The deadline of a call to ``node`` started at ``started`` with the timeout
+    ``floor``, by the round trips measured until now (``net/rtt.py``), cut to the
+    operation's patience: ``deadline`` unless that is later and still ahead."""
+    now = trio.current_time()
+    want = started + rtt.timeout(node, floor, CALL_K)
+    if want <= max(deadline, now):
+        return deadline
+    more = bounded(want - now, now)
+    return now + more if more > 0 and now + more > deadline else deadline
 
 
 @asynccontextmanager

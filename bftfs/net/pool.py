@@ -19,6 +19,7 @@ from bftfs.net.connection import Connection
 from bftfs.net.errors import TransportError
 from bftfs.net.keepalive import keep_connected
 from bftfs.net.moved import announce as announce_moved
+from bftfs.net.rtt import CONNECT_K
 from bftfs.net.session import SessionRefused
 from bftfs.net.viewcheck import admitted
 from bftfs.net.wires import open_session
@@ -86,10 +87,23 @@ class Pool:
         """A new connection to ``node``, its handshake done and its tasks running."""
         ep = self.ep
         host, port = ep.addresses[node]
+        rtt = ep.rtt
+
+        async def tcp() -> trio.SocketStream:
+            """The TCP connection, its set-up (one round trip) sampled; the handshake
+            (one more, and the keys' work) gets ``CONNECT_K`` RTOs from here if its
+            floor is shorter (``net/rtt.py``: a node far away is not unreachable)."""
+            start = trio.current_time()
+            stream = await trio.open_tcp_stream(host, port)
+            now = trio.current_time()
+            rtt.sample(node, now - start, now)
+            scope.deadline = max(scope.deadline, now + rtt.timeout(node, 0.0, CONNECT_K))
+            return stream
+
         try:
-            with trio.fail_after(ep.connect_timeout):
+            with trio.fail_after(rtt.timeout(node, ep.connect_timeout, CONNECT_K)) as scope:
                 stream, reader, session = await open_session(
-                    functools.partial(trio.open_tcp_stream, host, port),
+                    tcp,
                     ep.keyring,
                     node,
                     ep.view_number,
@@ -115,7 +129,7 @@ class Pool:
         self.down_until.pop(node, None)
         self._dead.discard(node)
         ep.liveness.connected(node, trio.current_time())
-        conn = Connection(node, stream, reader, session, ep.faults, ep.pushed, ep.liveness)
+        conn = Connection(node, stream, reader, session, ep.faults, ep.pushed, ep.liveness, ep.rtt)
         self._nursery.start_soon(conn.run)
         return conn
 
@@ -124,6 +138,12 @@ class Pool:
         now = trio.current_time()
         down_until = self.down_until
         return {n for n in targets if down_until.get(n, 0.0) > now or n in self._dead}
+
+    def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """:meth:`down`, and those the endpoint's round trips say are far slower than the
+        rest or overdue (``RttTable.ask_last``)."""
+        ep, now = self.ep, trio.current_time()
+        return self.down(targets) | ep.rtt.ask_last(targets, ep.liveness.asked_at, now)
 
     def stay_connected(self, nodes: Sequence[NodeId]) -> None:
         """:meth:`Endpoint.stay_connected <bftfs.net.endpoint.Endpoint.stay_connected>`:

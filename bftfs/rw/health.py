@@ -43,12 +43,13 @@ class NodeHealth:
 
     def read_order(self, nodes: Sequence[NodeId]) -> list[NodeId]:
         """``nodes`` in the order a read asks them: by index (the systematic fragments'
-        first), nodes that recently refused connections or are suspect last.  Each call is
+        first), nodes that recently refused connections, far slower than the others
+        (``Endpoint.ask_last``) or suspect last.  Each call is
         one read: it counts the suspects' remaining reads down."""
         suspect = self.suspect
         for node in list(suspect):
             suspect[node] -= 1
             if suspect[node] <= 0:
                 del suspect[node]
-        last = self.endpoint.unreachable(nodes) | {NodeId(n) for n in suspect}
+        last = self.endpoint.ask_last(nodes) | {NodeId(n) for n in suspect}
         return live_first(nodes, last)

@@ -33,6 +33,7 @@ import random
 import selectors
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -43,6 +44,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
+from bftfs import config as cfgmod
+from bftfs.connect import open_client
+from bftfs.ids import client_id
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.client import QUClient
+from bftfs.rw.client import open_rw_client
 from bftfs.testing import netns
 
 #: The MTU of every interface of a ``wire`` bed (the most a tap and a veth take).
@@ -223,10 +230,13 @@ def bftfs_cli(
 
 
 @contextlib.contextmanager
-def cluster(wan: Wan, admin: Path, *, map_size: str = "1G") -> Iterator[Path]:
+def cluster(
+    wan: Wan, admin: Path, *, map_size: str = "1G", node_args: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """A cluster of one node per host of ``wan`` (``bftfs init --nodes``, each node started
-    on its host as ``bftfs node --id I``), answering; yields its ``cluster.toml``, which a
-    mount in the root namespace uses.  The nodes are stopped on exit."""
+    on its host as ``bftfs node --id I`` and ``node_args``, e.g. ``--test-objects`` for
+    :func:`quorum_latencies`), answering; yields its ``cluster.toml``, which a mount in
+    the root namespace uses.  The nodes are stopped on exit."""
     hosts = wan.hosts
     addresses = ",".join(f"{hosts.address(i)}:{NODE_PORT}" for i in range(hosts.count))
     bftfs_cli(
@@ -237,6 +247,7 @@ def cluster(wan: Wan, admin: Path, *, map_size: str = "1G") -> Iterator[Path]:
     try:
         for i in range(hosts.count):
             cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(config), "--id", str(i)]
+            cmd += node_args
             procs.append(hosts.spawn(i, cmd, admin / f"node{i}.log"))
         deadline = time.monotonic() + 120
         while bftfs_cli("status", "--config", str(config), check=False).returncode:
@@ -245,6 +256,42 @@ def cluster(wan: Wan, admin: Path, *, map_size: str = "1G") -> Iterator[Path]:
         yield config
     finally:
         netns.stop_all(procs)
+
+
+#: The quorum operations :func:`quorum_latencies` times.
+QUORUM_OPS = ("qu.update", "qu.query", "rw.write", "rw.read")
+
+
+async def quorum_latencies(
+    config: Path, rounds: int = 40, size: int = 16384
+) -> tuple[dict[str, float], list[int]]:
+    """Median seconds of each of :data:`QUORUM_OPS` from the root namespace (the
+    client's host): a Q/U counter's update and query, a PASIS block's write and read of
+    ``size`` bytes, ``rounds`` of each one after another, after as many to warm the
+    connections and the round-trip estimates (issue 65 item 3: a far node must cost
+    nothing when a quorum of the others answers first).  Also returns the nodes the
+    client asks last at the end (``Endpoint.ask_last``).  The nodes run
+    ``--test-objects``."""
+    cfg = cfgmod.load(config)
+    th = QUThresholds.from_config(cfg)
+    data = random.Random(65).randbytes(size)
+    times: dict[str, list[float]] = {op: [] for op in QUORUM_OPS}
+    async with open_client(cfg, "client0") as ep, open_rw_client(ep, cfg) as rw:
+        qu = QUClient(ep, th, client_id=int(client_id(0)), rng=random.Random(65))
+        ops = {
+            "qu.update": lambda i: qu.update(1 + i % 4, "counter.increment", 1),
+            "qu.query": lambda i: qu.query(1 + i % 4, "counter.fetch"),
+            "rw.write": lambda i: rw.write_block(1 + i % 8, data),
+            "rw.read": lambda i: rw.read_block(1 + i % 8),
+        }
+        for k in range(2 * rounds):
+            for op, fn in ops.items():
+                start = time.monotonic()
+                await fn(k)
+                if k >= rounds:
+                    times[op].append(time.monotonic() - start)
+        last = sorted(int(n) for n in ep.ask_last(list(ep.addresses)))
+    return {op: statistics.median(ts) for op, ts in times.items()}, last
 
 
 def _open_tap(name: str) -> int:
