@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from fs_helpers import read_back
 
@@ -62,6 +63,7 @@ async def _read_and_write(pc: ProcessCluster, synced: dict[bytes, bytes]) -> Non
         await s.fs.release(fh)
 
 
+@pytest.mark.slow  # over 20 s: the slow suite (make test stays under 10 minutes)
 def test_up_after_every_node_was_killed_serves_with_a_node_still_recovering(
     tmp_path: Path,
 ) -> None:

@@ -102,6 +102,7 @@ def _walk(root: Path, made: dict[str, bytes]) -> list[str]:
     return wrong
 
 
+@pytest.mark.slow  # over 20 s: the slow suite (make test stays under 10 minutes)
 def test_a_tree_just_made_is_walked_whole_across_the_commit_window(
     mounts: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from t4_views import OPTIONS, bftfs
 
@@ -131,6 +132,7 @@ def old_machines(
     return cfgmod.load(where / "cluster.toml")
 
 
+@pytest.mark.slow  # over 20 s: the slow suite (make test stays under 10 minutes)
 def test_the_nodes_of_an_ended_view_cannot_prove_it_to_a_client_that_knows_no_newer(
     tmp_path: Path,
 ) -> None:
