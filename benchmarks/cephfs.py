@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seaweed import Cluster, spawn_in, stop_child
+from peerprocs import Cluster, log_tail, spawn_in, stop_child
 
 from bftfs import proc
 from bftfs.local import free_ports
@@ -275,14 +275,6 @@ def pool_sizes(dump: dict[str, Any]) -> dict[str, int]:
 # The cluster ------------------------------------------------------------------------------
 
 
-def _tail(log: Path, lines: int = 8) -> str:
-    try:
-        text = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return f"\n--- {log} (last lines):\n" + "\n".join(text[-lines:]) if text else ""
-
-
 class _Run:
     """The cluster's processes and commands, so tear-down knows what to stop."""
 
@@ -301,11 +293,11 @@ class _Run:
                                stdin=subprocess.DEVNULL, cwd=self.lay.base)  # fmt: skip
         except subprocess.TimeoutExpired:
             raise CephError(f"{what} ran past {CLI_TIMEOUT:g} s"
-                            + "".join(_tail(self.log(n)) for n in logs)) from None  # fmt: skip
+                            + "".join(log_tail(self.log(n)) for n in logs)) from None  # fmt: skip
         if r.returncode != 0:
             out = (r.stderr or r.stdout).strip()[-400:]
             raise CephError(f"{what} failed (exit {r.returncode}): {out}"
-                            + "".join(_tail(self.log(n)) for n in logs))  # fmt: skip
+                            + "".join(log_tail(self.log(n)) for n in logs))  # fmt: skip
         return r.stdout
 
     def json(self, *args: str) -> Any:
@@ -333,14 +325,14 @@ class _Run:
                     name = next(k for k, v in self.pids.items() if v == child.pid)
                     raise CephError(
                         f"{name} exited (code {child.returncode}) while waiting for {what}"
-                        + "".join(_tail(self.log(n)) for n in logs)
+                        + "".join(log_tail(self.log(n)) for n in logs)
                     )
             with contextlib.suppress(CephError, ValueError):
                 if ready():
                     return
             if time.monotonic() > deadline:
                 raise CephError(f"{what}: not within {START_TIMEOUT:g} s"
-                                + "".join(_tail(self.log(n)) for n in logs))  # fmt: skip
+                                + "".join(log_tail(self.log(n)) for n in logs))  # fmt: skip
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -406,7 +398,7 @@ def _mounted(run: _Run) -> Iterator[Callable[[], None]]:
         try:
             proc.wait_mounted(lay.mountpoint, child, timeout=START_TIMEOUT, what="ceph-fuse")
         except proc.ProcessError as e:
-            raise CephError(f"{e}{_tail(log)}{_tail(run.log('client.admin'))}") from None
+            raise CephError(f"{e}{log_tail(log)}{log_tail(run.log('client.admin'))}") from None
 
     def unmount() -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):

@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from seaweed import Cluster, stop_child
+from peerprocs import Cluster, log_tail, stop_child
 
 from bftfs import proc
 from bftfs.testing import netns
@@ -134,24 +134,16 @@ def copies(path: Path) -> int:
     return min(counts) if counts else 0
 
 
-def _tail(log: Path, lines: int = 8) -> str:
-    try:
-        text = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return f"\n--- {log} (last lines):\n" + "\n".join(text[-lines:]) if text else ""
-
-
 def _await_port(host: str, port: int, child: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until ``host:port`` accepts a connection (the master's client port)."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if child.poll() is not None:
-            raise MooseError(f"mfsmaster exited at start (code {child.returncode}){_tail(log)}")
+            raise MooseError(f"mfsmaster exited at start (code {child.returncode}){log_tail(log)}")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=2):
             return
         if time.monotonic() > deadline:
-            raise MooseError(f"mfsmaster did not listen within {START_TIMEOUT:g} s{_tail(log)}")
+            raise MooseError(f"mfsmaster did not listen within {START_TIMEOUT:g} s{log_tail(log)}")
         time.sleep(0.1)
 
 
@@ -170,7 +162,7 @@ def _await_goal(mnt: Path, master_log: Path) -> None:
         probe.unlink()
         if time.monotonic() > deadline:
             raise MooseError(f"no file got {GOAL} copies within {START_TIMEOUT:g} s"
-                             f"{_tail(master_log)}")  # fmt: skip
+                             f"{log_tail(master_log)}")  # fmt: skip
         time.sleep(0.5)
 
 
@@ -225,7 +217,7 @@ def cluster(base: Path) -> Iterator[Cluster]:
             try:
                 proc.wait_mounted(mnt, child, timeout=START_TIMEOUT, what="mfsmount")
             except proc.ProcessError as e:
-                raise MooseError(f"{e}{_tail(log)}{_tail(master_log)}") from None
+                raise MooseError(f"{e}{log_tail(log)}{log_tail(master_log)}") from None
 
         def remount() -> None:
             """A fresh client process: nothing of the old one's caches survives."""

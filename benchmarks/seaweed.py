@@ -42,9 +42,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from peerprocs import Cluster, log_tail, spawn_in, stop_child
 
 from bftfs import proc
 from bftfs.local import free_ports
@@ -188,26 +190,6 @@ def mount_cmd(exe: str, lay: Layout, allow_others: bool) -> list[str]:
 # Processes --------------------------------------------------------------------------------
 
 
-@dataclass
-class Cluster:
-    """A mounted SeaweedFS: where it is, its processes, and how to remount its client."""
-
-    mountpoint: Path
-    #: "mount" (the FUSE client), "node1".."node3" (volume servers), "node-master",
-    #: "node-filer": named like bftfs' processes so the CPU meters group them the same way.
-    pids: dict[str, int] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    remount: Callable[[], None] = lambda: None
-
-
-def _tail(log: Path, lines: int = 8) -> str:
-    try:
-        text = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return f"\n--- {log} (last lines):\n" + "\n".join(text[-lines:]) if text else ""
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read() or b"null")
@@ -218,12 +200,12 @@ def _wait(child: subprocess.Popen[bytes], log: Path, what: str, ready: Callable[
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if child.poll() is not None:
-            raise SeaweedError(f"{what} exited at start (code {child.returncode}){_tail(log)}")
+            raise SeaweedError(f"{what} exited at start (code {child.returncode}){log_tail(log)}")
         with contextlib.suppress(OSError, ValueError):
             if ready():
                 return
         if time.monotonic() > deadline:
-            raise SeaweedError(f"{what} did not answer within {START_TIMEOUT:g} s{_tail(log)}")
+            raise SeaweedError(f"{what} did not answer within {START_TIMEOUT:g} s{log_tail(log)}")
         time.sleep(0.1)
 
 
@@ -280,32 +262,6 @@ def _servers(exe: str, lay: Layout, pids: dict[str, int]) -> Iterator[None]:
             )
 
 
-def spawn_in(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` in ``cwd`` (so no ``*.toml`` of this machine's working directory
-    applies), its own session, output to ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-
-
-def stop_child(child: subprocess.Popen[bytes], grace: float = STOP_TIMEOUT) -> None:
-    """SIGTERM, SIGKILL after ``grace`` seconds, and reap."""
-    if child.poll() is None:
-        child.terminate()
-    try:
-        child.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-
-
 @contextlib.contextmanager
 def _mounted(exe: str, lay: Layout, pids: dict[str, int]) -> Iterator[Callable[[], None]]:
     """``weed mount`` on the mount point; yields a remount (a fresh client process)."""
@@ -320,7 +276,7 @@ def _mounted(exe: str, lay: Layout, pids: dict[str, int]) -> Iterator[Callable[[
         try:
             proc.wait_mounted(lay.mountpoint, child, timeout=START_TIMEOUT, what="weed mount")
         except proc.ProcessError as e:
-            raise SeaweedError(f"{e}{_tail(log)}") from None
+            raise SeaweedError(f"{e}{log_tail(log)}") from None
 
     def unmount() -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
