@@ -415,6 +415,19 @@ def _wait_mounted(mnt: Path, child: subprocess.Popen[bytes], what: str, wait: fl
         raise TargetError(str(e)) from None
 
 
+#: The peers set up by a module of their own: each kind's name in errors, the context
+#: manager that sets it up under a directory and yields the mounted cluster, and the error
+#: it raises when it cannot.
+_PEERS: dict[
+    str, tuple[str, Callable[[Path], contextlib.AbstractContextManager[Any]], type[Exception]]
+] = {
+    "glusterfs": ("GlusterFS", gluster.volume, gluster.GlusterError),
+    "seaweedfs": ("SeaweedFS", seaweed.cluster, seaweed.SeaweedError),
+    "moosefs": ("MooseFS", moosefs.cluster, moosefs.MooseError),
+    "cephfs": ("CephFS", cephfs.cluster, cephfs.CephError),
+}
+
+
 @contextlib.contextmanager
 def open_target(spec: TargetSpec, work: Path, tag: str) -> Iterator[Site]:
     """Set up ``spec`` fresh under ``work`` (``tag`` names this repetition); tear it down.
@@ -433,58 +446,20 @@ def open_target(spec: TargetSpec, work: Path, tag: str) -> Iterator[Site]:
         elif spec.kind == "bindfs":
             with _bindfs(base) as (mnt, pid):
                 yield Site(spec, mnt, {"bindfs": pid}, setup_s=time.perf_counter() - t0)
-        elif spec.kind == "glusterfs":
+        elif spec.kind in _PEERS:
+            label, open_peer, error = _PEERS[spec.kind]
             try:
-                with gluster.volume(base) as vol:
+                with open_peer(base) as peer:
                     yield Site(
                         spec,
-                        vol.mountpoint,
-                        vol.pids,
+                        peer.mountpoint,
+                        peer.pids,
                         setup_s=time.perf_counter() - t0,
-                        info=vol.info,
-                        remount=vol.remount,
+                        info=peer.info,
+                        remount=peer.remount,
                     )
-            except gluster.GlusterError as e:
-                raise TargetError(f"GlusterFS: {e}") from e
-        elif spec.kind == "seaweedfs":
-            try:
-                with seaweed.cluster(base) as sw:
-                    yield Site(
-                        spec,
-                        sw.mountpoint,
-                        sw.pids,
-                        setup_s=time.perf_counter() - t0,
-                        info=sw.info,
-                        remount=sw.remount,
-                    )
-            except seaweed.SeaweedError as e:
-                raise TargetError(f"SeaweedFS: {e}") from e
-        elif spec.kind == "moosefs":
-            try:
-                with moosefs.cluster(base) as mf:
-                    yield Site(
-                        spec,
-                        mf.mountpoint,
-                        mf.pids,
-                        setup_s=time.perf_counter() - t0,
-                        info=mf.info,
-                        remount=mf.remount,
-                    )
-            except moosefs.MooseError as e:
-                raise TargetError(f"MooseFS: {e}") from e
-        elif spec.kind == "cephfs":
-            try:
-                with cephfs.cluster(base) as cf:
-                    yield Site(
-                        spec,
-                        cf.mountpoint,
-                        cf.pids,
-                        setup_s=time.perf_counter() - t0,
-                        info=cf.info,
-                        remount=cf.remount,
-                    )
-            except cephfs.CephError as e:
-                raise TargetError(f"CephFS: {e}") from e
+            except error as e:
+                raise TargetError(f"{label}: {e}") from e
         elif spec.kind == "bftfs":
             with _bftfs(spec, base) as site:
                 site.setup_s = time.perf_counter() - t0
