@@ -62,9 +62,13 @@ async def series(count: int, fn: Callable[[], Awaitable[Any]]) -> float:
     return statistics.median(lat) * 1e6
 
 
-async def throughput(seconds: float, workers: list[Callable[[int], Awaitable[Any]]]) -> float:
-    """Operations per second of the workers run together for ``seconds``."""
+async def throughput(
+    pc: ProcessCluster, n: int, seconds: float, workers: list[Callable[[int], Awaitable[Any]]]
+) -> tuple[float, float]:
+    """Operations per second of the workers run together for ``seconds``, and the
+    microseconds of CPU the ``n`` nodes spent per operation meanwhile."""
     done = [0]
+    cpu0 = node_cpu(pc, n)
 
     async def loop(fn: Callable[[int], Awaitable[Any]]) -> None:
         i = 0
@@ -78,7 +82,8 @@ async def throughput(seconds: float, workers: list[Callable[[int], Awaitable[Any
         async with trio.open_nursery() as nursery:
             for w in workers:
                 nursery.start_soon(loop, w)
-    return done[0] / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    return done[0] / elapsed, (node_cpu(pc, n) - cpu0) / max(1, done[0]) * 1e6
 
 
 async def listeners_run(pc: ProcessCluster, count: int, seconds: float) -> dict[str, float]:
@@ -111,12 +116,8 @@ async def listeners_run(pc: ProcessCluster, count: int, seconds: float) -> dict[
             key = b"t%d" % k
             return lambda i: cs[k].write(key, DATA) if i % 2 else cs[k].read(key)
 
-        cpu0 = node_cpu(pc, cfg.n)
-        t0 = time.perf_counter()
-        out["tput"] = await throughput(seconds, [worker(k) for k in range(CLIENTS)])
-        out["tput_node_cpu_us"] = (
-            (node_cpu(pc, cfg.n) - cpu0) / (out["tput"] * (time.perf_counter() - t0)) * 1e6
-        )
+        workers = [worker(k) for k in range(CLIENTS)]
+        out["tput"], out["tput_node_cpu_us"] = await throughput(pc, cfg.n, seconds, workers)
         nursery.cancel_scope.cancel()
     return out
 
@@ -159,12 +160,8 @@ async def qu_run(pc: ProcessCluster, count: int, seconds: float) -> dict[str, fl
                 else cs[k].query(oid, "counter.fetch")
             )
 
-        cpu0 = node_cpu(pc, cfg.n)
-        t0 = time.perf_counter()
-        out["tput"] = await throughput(seconds, [worker(k) for k in range(CLIENTS)])
-        out["tput_node_cpu_us"] = (
-            (node_cpu(pc, cfg.n) - cpu0) / (out["tput"] * (time.perf_counter() - t0)) * 1e6
-        )
+        workers = [worker(k) for k in range(CLIENTS)]
+        out["tput"], out["tput_node_cpu_us"] = await throughput(pc, cfg.n, seconds, workers)
         nursery.cancel_scope.cancel()
     return out
 
