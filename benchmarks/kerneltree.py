@@ -34,7 +34,6 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import toolbench  # noqa: E402
-import variants  # noqa: E402
 from common import Progress  # noqa: E402
 from toolbench import Case, ToolError  # noqa: E402
 
@@ -290,60 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     args.tar = prepare(args.tarball, args.subset, args.cache, progress)
     args.counts = tree_counts(args.tar)
-    phases = cases()
-    specs = variants.expand(toolbench.specs_from_args(args), args.aged, args.load)
-    skipped = common.skip_reasons(specs)
-    for name, why in skipped.items():
-        progress(f"{name} skipped: {why}")
-    progress(f"{args.counts['files']} files; {args.runs} run(s) x {len(specs)} target(s)")
-    machine, date = common.machine_info(), common.now_utc()
-    work = Path(tempfile.mkdtemp(prefix="bftfs-kerneltree-", dir=args.work or "/var/tmp"))
-    try:
-        runs = toolbench.measure(args, specs, phases, run_case, progress, work, skipped)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    machine["loadavg_end"] = list(os.getloadavg())
-    summary = toolbench.summarise(runs, specs, phases)
-    result: dict[str, Any] = {
-        "benchmark": "kerneltree",
-        "title": "Kernel tree",
-        "description": description(args),
-        "tool": PACKAGE,
-        "date": date,
-        "machine": machine,
-        "commit": common.commit_info(),
-        "config": {
-            "mode": args.mode,
-            "runs": args.runs,
-            "bs": args.bs,
-            "cap": args.cap,
-            "targets": [s.name for s in specs],
-            "tool_version": toolbench.package_version(PACKAGE),
-            "cases": [asdict(c) for c in phases],
-            "subset": args.subset,
-            "tree": args.counts,
-            **variants.config(args),
-        },
-        "twins": variants.twins(specs),
-        "runs": runs,
-        "summary": summary,
-        "skipped": skipped,
-    }
-    md = common.write_results(
-        args.out,
-        args.name or f"kerneltree-{args.mode}",
-        result,
-        lambda r: toolbench.markdown(r, phases),
-        lambda r, p: toolbench.plot(r, p, phases),
-        progress,
-        with_plot=not args.no_plot,
-    )
-    print(md)
-    return int(
-        not all(
-            row[s.name]["runs"] for row in summary.values() for s in specs if s.name not in skipped
-        )
-    )
+    progress(f"{args.counts['files']} files of the tree")
+    config = {"subset": args.subset, "tree": args.counts}
+    return toolbench.run_cases(
+        "kerneltree", PACKAGE, PACKAGE, "Kernel tree", description(args), args, cases(),
+        run_case, config, progress,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -337,13 +337,31 @@ def main(
     if shutil.which(tool) is None:
         progress(f"{tool} skipped: not installed (Debian package {package}; make bench-setup)")
         return 0
+    return run_cases(tool, tool, package, title, description, args, cases, runner, config, progress)
+
+
+def run_cases(
+    name: str,
+    tool: str,
+    package: str,
+    title: str,
+    description: str,
+    args: argparse.Namespace,
+    cases: Sequence[Case],
+    runner: Runner,
+    config: dict[str, Any],
+    progress: Progress,
+) -> int:
+    """Run ``cases`` over the targets and write the results as benchmark ``name``
+    (``tool``: what the page names as the tool, of Debian ``package``); 0 when every
+    target that was not skipped ran every case."""
     specs = variants.expand(specs_from_args(args), args.aged, args.load)
     skipped = common.skip_reasons(specs)
-    for name, why in skipped.items():
-        progress(f"{name} skipped: {why}")
+    for target, why in skipped.items():
+        progress(f"{target} skipped: {why}")
     progress(f"{len(cases)} case(s); {args.runs} run(s) x {len(specs)} target(s)")
     machine, date = common.machine_info(), common.now_utc()
-    work = Path(tempfile.mkdtemp(prefix=f"bftfs-{tool}-", dir=args.work or "/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix=f"bftfs-{name}-", dir=args.work or "/var/tmp"))
     try:
         runs = measure(args, specs, cases, runner, progress, work, skipped)
     finally:
@@ -351,7 +369,7 @@ def main(
     machine["loadavg_end"] = list(os.getloadavg())
     summary = summarise(runs, specs, cases)
     result: dict[str, Any] = {
-        "benchmark": tool,
+        "benchmark": name,
         "title": title,
         "description": description,
         "tool": tool,
@@ -376,7 +394,7 @@ def main(
     }
     md = common.write_results(
         args.out,
-        args.name or f"{tool.replace('_', '')}-{args.mode}",
+        args.name or f"{name.replace('_', '')}-{args.mode}",
         result,
         lambda r: markdown(r, cases),
         lambda r, p: plot(r, p, cases),
