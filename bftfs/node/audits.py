@@ -56,11 +56,8 @@ from bftfs.node.auditcore import (
     cross_checksum_step,
     verdict,
 )
-from bftfs.rw import replica
-from bftfs.rw.behind import NotValidated, own_fragment
-from bftfs.rw.classify import Kind
-from bftfs.rw.client import RWClient
-from bftfs.rw.messages import BlockId, MessageError, WriteRequest
+from bftfs.node.rw_scrubber import NotLatest, rewrite_own_fragment
+from bftfs.rw.messages import BlockId, MessageError
 from bftfs.rw.timestamp import DEFAULT_MAX_AHEAD_NS
 
 if TYPE_CHECKING:
@@ -279,32 +276,14 @@ class Answerer:
         """Read the version from the others and store this node's fragment of it (checked
         as a WRITE), when it is the block's latest complete version."""
         node = self.node
-        client = RWClient(
-            node.endpoint,
-            node.config,
-            nodes=[i for i in node.config.node_ids if i != node.id],
-            trust_verified=False,
-        )
-        client.faults = node.findings.peer_faults
-        outcome = await client.read_version(BlockId(challenge.block), repair=False)
-        if outcome.kind is not Kind.COMPLETE or outcome.ts != challenge.ts:
-            return
+        block = BlockId(challenge.block)
         try:
-            cc, frag = own_fragment(outcome, int(node.id), node.config.n)
-            req = WriteRequest(BlockId(challenge.block), challenge.ts, cc, frag)
-            replica.check_write(
-                req,
-                node=int(node.id),
-                n=node.config.n,
-                now_ns=node.now_ns(),
-                max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
-            )
-        except (NotValidated, replica.WriteRefused) as e:
-            node.log.warning("node %s: audit fetch of %#x: %s", node.id, challenge.block, e)
+            refused = await rewrite_own_fragment(node, block, challenge.ts, DEFAULT_MAX_AHEAD_NS)
+        except NotLatest:
             return
-        await node.store.write(
-            lambda kv: replica.store_write(kv, req, owner=int(node.id)), background=True
-        )
+        if refused is not None:
+            node.log.warning("node %s: audit fetch of %#x: %s", node.id, challenge.block, refused)
+            return
         node.stats["audits.fetched"] += 1
 
 

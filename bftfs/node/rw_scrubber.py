@@ -135,45 +135,65 @@ class Scrubber:
         """Rewrite this node's fragment of ``block`` at ``ts`` if ``ts`` is the block's
         latest complete version as the other nodes hold it; else count it as left."""
         node = self.node
-        client = RWClient(
-            node.endpoint,
-            node.config,
-            nodes=[i for i in node.config.node_ids if i != node.id],
-            trust_verified=False,  # its own fragment is regenerated from the others'
-        )
-        client.faults = node.findings.peer_faults  # findings kept (node/findings.py)
         try:
-            outcome = await client.read_version(block, repair=False)
+            refused = await rewrite_own_fragment(node, block, ts, self.max_ahead_ns)
+        except NotLatest:  # an older version, or one the others do not hold complete
+            self._left()
+            return
         except Exception as e:  # ReadFailed, transport trouble: the next pass tries again
             node.log.info("node %s: scrub: block %s not read: %r", node.id, block, e)
             self._left()
             return
-        if outcome.kind is not Kind.COMPLETE or outcome.ts != ts:
-            self._left()  # an older version, or one the others do not hold complete
-            return
-        try:
-            cc, frag = own_fragment(outcome, int(node.id), node.config.n)
-            req = WriteRequest(block, ts, cc, frag)
-            replica.check_write(
-                req,
-                node=int(node.id),
-                n=node.config.n,
-                now_ns=node.now_ns(),
-                max_ahead_ns=self.max_ahead_ns,
-            )
-        except (NotValidated, replica.WriteRefused) as e:
-            node.log.warning("node %s: scrub: block %s not repaired: %s", node.id, block, e)
+        if refused is not None:
+            node.log.warning("node %s: scrub: block %s not repaired: %s", node.id, block, refused)
             self._left()
             return
-        await node.store.write(
-            lambda kv: replica.store_write(kv, req, owner=int(node.id)), background=True
-        )
         self.progress["repaired"] += 1
         node.stats["rw.scrub.repaired"] += 1
 
     def _left(self) -> None:
         self.progress["left"] += 1
         self.node.stats["rw.scrub.left"] += 1
+
+
+class NotLatest(Exception):
+    """The version asked for is not the block's latest complete one at the other nodes."""
+
+
+async def rewrite_own_fragment(
+    node: Node, block: BlockId, ts: Timestamp, max_ahead_ns: int
+) -> str | None:
+    """Read ``block`` from the other nodes and store this node's fragment of version
+    ``ts``, regenerated from theirs and checked as a WRITE (the scrub's repair, and the
+    fetch after an audit this node answered ``missing``, ``node/audits.py``); None once
+    stored, else why the check refused it.
+
+    Raises:
+        NotLatest: ``ts`` is not the latest complete version the others hold.
+        Exception: the read failed (``ReadFailed``, transport trouble).
+    """
+    client = RWClient(
+        node.endpoint,
+        node.config,
+        nodes=[i for i in node.config.node_ids if i != node.id],
+        trust_verified=False,  # its own fragment is regenerated from the others'
+    )
+    client.faults = node.findings.peer_faults  # findings kept (node/findings.py)
+    outcome = await client.read_version(block, repair=False)
+    if outcome.kind is not Kind.COMPLETE or outcome.ts != ts:
+        raise NotLatest(f"block {block}: {ts} is not its latest complete version")
+    try:
+        cc, frag = own_fragment(outcome, int(node.id), node.config.n)
+        req = WriteRequest(block, ts, cc, frag)
+        replica.check_write(
+            req, node=int(node.id), n=node.config.n, now_ns=node.now_ns(), max_ahead_ns=max_ahead_ns
+        )
+    except (NotValidated, replica.WriteRefused) as e:
+        return str(e)
+    await node.store.write(
+        lambda kv: replica.store_write(kv, req, owner=int(node.id)), background=True
+    )
+    return None
 
 
 def _last_ns(kv: Any) -> int | None:
