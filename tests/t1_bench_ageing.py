@@ -288,7 +288,10 @@ def test_postmark_runs_fresh_and_aged_bftfs_beside_local_with_costs(tmp_path: Pa
     assert aged_run["info"]["ageing"]["small_s"] > 0
     for name in ("bftfs b=1", "bftfs b=1 aged"):
         c = summary[name]["costs"]
-        assert c["mount_cpu"] > 0 and c["nodes_cpu"] > 0
+        # Measured, not None; a short run's nodes may spend less than one clock tick (10 ms)
+        # of CPU between the two readings, so zero is a measurement (the CI saw 0.0).
+        assert c["mount_cpu"] is not None and c["mount_cpu"] >= 0
+        assert c["nodes_cpu"] is not None and c["nodes_cpu"] >= 0
         assert c["rounds"] > 0  # from the mount's metrics: metrics_port=0 on every mount
         assert c["renewals"] is not None
     assert summary["local"]["costs"]["rounds"] is None
