@@ -97,7 +97,7 @@ def run_pair(loc: Path, locs: list[Path], work: Path, args: argparse.Namespace) 
 
 
 @contextlib.contextmanager
-def _gluster_two(base: Path) -> Iterator[tuple[Path, Path, dict[str, int]]]:
+def gluster_two(base: Path) -> Iterator[tuple[Path, Path, dict[str, int]]]:
     """A replica-3 volume mounted twice (two FUSE clients); the processes serving it."""
     with gluster.volume(base) as vol:
         second = base / "mnt2"
@@ -153,7 +153,7 @@ def run_target(
             (base / "d").mkdir()
             return _measured(Site(spec, base / "d"), None, None, work, args, progress)
         if name == "glusterfs":
-            with _gluster_two(base) as (a, b, pids):
+            with gluster_two(base) as (a, b, pids):
                 return _measured(Site(spec, a, pids), b, pids.get("mount2"), work, args, progress)
         from bftfs.testing.mounts import Mount
         from bftfs.testing.processes import ProcessCluster
