@@ -13,9 +13,10 @@ kind            request                                      reply
 ==============  ===========================================  ==============================
 
 A client sends all three; nodes send each other ``bl.store`` (the forwarding).  Reads are
-the plain Listeners' ``lr.read`` and ``lr.done`` with their VALUE echoes
-(:mod:`~bftfs.listeners.messages`): a read returns ``(D, ts, c)`` with ``c`` the stamp's
-writer.  Every parser raises ValueError on a malformed message.
+the plain Listeners' READ and READ COMPLETE (:mod:`~bftfs.listeners.messages`) under the
+kinds ``bl.read`` and ``bl.done``, with echoes pushed as ``{"blv": VALUE}``: a read returns
+``(D, ts, c)`` with ``c`` the stamp's writer.  Every parser raises ValueError on a
+malformed message.
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ from bftfs.listeners.stamps import Stamp, Stored
 KIND_TS = "bl.ts"
 KIND_PROPOSE = "bl.propose"
 KIND_STORE = "bl.store"
-KINDS = (KIND_TS, KIND_PROPOSE, KIND_STORE)
+#: Reads: the plain register's forms under their own kinds (their own registers and table).
+KIND_READ = "bl.read"
+KIND_DONE = "bl.done"
+KINDS = (KIND_TS, KIND_PROPOSE, KIND_STORE, KIND_READ, KIND_DONE)
 #: The key of an ACK push.
 PUSH = "bl"
+#: The key of an echo push (a VALUE, as the plain register's ``{"lr": VALUE}``).
+PUSH_VALUE = "blv"
 #: Largest time-to-live a STORE may carry (a quorum of a cluster of at most 64 nodes).
 MAX_TTL = 64
 

@@ -32,8 +32,8 @@ import msgpack
 import trio
 
 from bftfs.ids import PrincipalId
+from bftfs.listeners import bnodeside, server
 from bftfs.listeners import messages as m
-from bftfs.listeners import server
 from bftfs.listeners.stamps import Stamp, Stored
 from bftfs.net.server import HandlerError
 
@@ -79,6 +79,7 @@ class Handlers:
         self.stats: Counter[str] = Counter()
         rewrite = getattr(node.faults, "listeners_push", None)
         self.rewrite: Callable[[int, Any], list[Any]] | None = rewrite
+        self.byzantine: bnodeside.BHandlers | None = None
 
     async def on_ts(self, ctx: RequestContext, payload: Any) -> Any:
         key = _parsed(m.parse_ts_request, payload)
@@ -148,4 +149,5 @@ def register(node: Node) -> Handlers:
     node.register(m.KIND_STORE, h.on_store)
     node.progress["listeners"] = h.progress()
     node.spawn(h.sweep)
+    h.byzantine = bnodeside.register(node)  # the Byzantine-client variant beside it
     return h
