@@ -3,7 +3,8 @@
 The MAC vectors from real pairwise keys, the nodes' checks of a proposal (T2, P2-P5, C1-C5),
 of an authenticator (Q1-Q3, V1-V5), the forwarding that completes a write its client
 abandoned after one STORE (Lemma 15), a node's fabricated write refused (Lemma 12), the
-reader's choice between two values under one timestamp, and the wire checks.
+reader's choice between two values under one timestamp, the wire checks, and the storage
+charge of registers (both variants).
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from typing import Any
 import msgpack
 import pytest
 
+from bftfs import accounting
 from bftfs.crypto import Identity, KeyRing
 from bftfs.ids import PrincipalId
+from bftfs.kv import MemoryKV
 from bftfs.listeners import bmessages as bm
 from bftfs.listeners.auth import Macs, data_hash, parse_vector
+from bftfs.listeners.bnodeside import put_if_newer
 from bftfs.listeners.bserver import BNode, Forward, Write
 from bftfs.listeners.bwriter import BWriteOp
+from bftfs.listeners.nodeside import accept_step, stored_size
 from bftfs.listeners.reader import ReadOp
 from bftfs.listeners.server import Refused
 from bftfs.listeners.stamps import CAP, INITIAL, Sizes, Stamp, Stored
@@ -183,3 +188,24 @@ def test_wire_checks() -> None:
     w = k_of(nodes, b"d")
     parsed = bm.parse_store_request(wire(bm.store_request(Forward(w, {}, 3))), NODES)
     assert parsed.write == w and parsed.ttl == 3
+
+
+def test_registers_are_charged_to_their_writers_and_count_in_the_quota() -> None:
+    """Both variants charge a register to the writer of the value it holds
+    (``accounting.LR``, counted by ``accounting.used`` with blocks and Q/U records); the
+    plain STORE refuses growth past the quota, never a shrink."""
+    kv = MemoryKV()
+    big = Stored(Stamp(1, C), b"x" * 500)
+    assert accept_step(C, b"k", big, None, kv)
+    assert accounting.used(kv, C) == stored_size(b"k", big) > 500
+    other = Stored(Stamp(2, 11), b"y")
+    assert accept_step(11, b"k", other, None, kv)  # the old value's charge goes back
+    assert accounting.used(kv, C) == 0
+    assert accounting.used(kv, 11) == stored_size(b"k", other)
+    with pytest.raises(Refused, match="quota"):
+        accept_step(11, b"k2", Stored(Stamp(1, 11), b"z" * 100), 50, kv)
+    assert accept_step(11, b"k", Stored(Stamp(3, 11), b""), 1, kv)  # shrinking passes
+    assert put_if_newer(b"k", Stored(Stamp(4, C), b"abc"), kv)  # Byzantine variant: to c
+    assert not put_if_newer(b"k", Stored(Stamp(4, C), b"ab"), kv)  # smaller: not taken
+    assert accounting.LR.owner_of(kv, b"bk") == C
+    assert accounting.used(kv, C) == stored_size(b"k", Stored(Stamp(4, C), b"abc"))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
+from bftfs import accounting
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.listeners import bmessages as bm
 from bftfs.listeners import messages as m
@@ -56,12 +57,18 @@ def _get(kv: Any, key: bytes) -> Stored | None:
     return Stored(Stamp(counter, writer), data)
 
 
-def _put_if_newer(key: bytes, value: Stored, kv: Any) -> bool:
-    """S6-S7 in the transaction (deterministic in the KV, as ``Store.write`` needs)."""
+def put_if_newer(key: bytes, value: Stored, kv: Any) -> bool:
+    """S6-S7 in the transaction (deterministic in the KV, as ``Store.write`` needs), the
+    value charged to its writer ``c`` (:data:`bftfs.accounting.LR`): ``K`` or ``J`` proved
+    ``c`` proposed it, whichever node forwarded it.  No quota refuses it here (a correct
+    node that refused a vouched write would break Lemma 16): the quota is applied at
+    PROPOSE TS (:meth:`BHandlers.on_propose`)."""
     held = _get(kv, key)
     if held is not None and value <= held:
         return False
-    kv.put(DB, key, msgpack.packb([*value.stamp, value.data], use_bin_type=True))
+    record = msgpack.packb([*value.stamp, value.data], use_bin_type=True)
+    kv.put(DB, key, record)
+    accounting.LR.recharge(kv, b"b" + key, value.stamp.writer, len(key) + len(record))
     return True
 
 
@@ -105,6 +112,7 @@ class BHandlers:
         macs = Macs.from_ring(node.keyring, self.peers)
         self.bnode = BNode(macs, Sizes.of(len(self.peers)), self.regs)
         self.stats: Counter[str] = Counter()
+        self.quota: int | None = node.config.limits.quota_bytes(node.config.map_size)
 
     def revoke(self, client: int) -> None:
         self.bnode.revoke(client)
@@ -115,6 +123,12 @@ class BHandlers:
 
     async def on_propose(self, ctx: RequestContext, payload: Any) -> Any:
         key, ts, hd, last, mm = _parsed(bm.parse_propose_request, payload, self.peers)
+        sender = int(ctx.sender)
+        used = self.node.store.read(lambda kv: accounting.used(kv, sender))
+        if accounting.over(used, len(key) + m.MAX_DATA + 64, self.quota, empty=False):
+            # A client that one more register of the largest size would take past its
+            # quota gets no TS OK (the size of D is not in a proposal, only hash(D)).
+            raise HandlerError("refused", f"quota: client {sender} is near {self.quota} bytes")
         vec = _refusing(self.bnode.propose_ts, int(ctx.sender), key, ts, hd, last, mm)
         return bm.ok_reply(ts, vec)
 
@@ -124,7 +138,7 @@ class BHandlers:
         res: StoreResult = _refusing(self.bnode.store, int(ctx.sender), w, fwd.j, fwd.ttl)
         if res.stored:
             try:
-                await self.node.store.write(lambda kv: _put_if_newer(w.key, w.value, kv))
+                await self.node.store.write(lambda kv: put_if_newer(w.key, w.value, kv))
             finally:
                 if self.regs.pending.get(w.key) == w.value:
                     del self.regs.pending[w.key]
