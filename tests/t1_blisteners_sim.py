@@ -556,9 +556,10 @@ def test_without_v4_a_write_whose_k_has_a_bad_mac_can_hang() -> None:
 
 @pytest.mark.slow
 def test_the_seeds_latest_value_reader_can_hang_on_a_split_write() -> None:
-    """(t1_blisteners_core has the deterministic case.)  Two values under one timestamp, sent to different halves: correct nodes end up
+    """Two values under one timestamp, sent to different halves: correct nodes end up
     holding the larger, but echo the two in different orders; a reader that keeps the
-    latest per node and timestamp can wait for ever, one that keeps the larger cannot."""
+    latest per node and timestamp can wait for ever, one that keeps the larger cannot
+    (t1_blisteners_core has the deterministic case)."""
     assert caught(range(40), bad_client="split", reader_class=LatestReader) > 0
     assert caught(range(40), bad_client="split") == 0
 
