@@ -123,12 +123,15 @@ class Ledger:
 RW = Ledger("rw.charge", "rw.usage")
 #: Q/U records (``qu/schema.py``: key = a table tag and the record's key).
 QU = Ledger("qu.charge", "qu.usage")
+#: Listeners registers (``listeners/nodeside.py``, ``listeners/bnodeside.py``: key = a tag of
+#: the variant and the register's name), each charged to the writer of the value it holds.
+LR = Ledger("lr.charge", "lr.usage")
 
 
 def used(kv: KV, owner: int) -> int:
-    """Everything ``owner`` is charged for on this node, block versions and Q/U records
-    together: what its quota is checked against."""
-    return RW.usage_of(kv, owner) + QU.usage_of(kv, owner)
+    """Everything ``owner`` is charged for on this node, block versions, Q/U records and
+    registers together: what its quota is checked against."""
+    return RW.usage_of(kv, owner) + QU.usage_of(kv, owner) + LR.usage_of(kv, owner)
 
 
 def over(used: int, size: int, quota: int | None, *, empty: bool) -> bool:

@@ -43,6 +43,12 @@ from bftfs.net.errors import RemoteError, TransportError
 class ListenersClient:
     """Reads and writes Listeners registers on ``nodes`` through ``endpoint``."""
 
+    #: The read's request kinds and echo push key (Byzantine Listeners has its own:
+    #: :mod:`bftfs.listeners.bclient`).
+    READ_KIND = m.KIND_READ
+    DONE_KIND = m.KIND_DONE
+    PUSH_KEY = m.PUSH
+
     def __init__(
         self,
         endpoint: Endpoint,
@@ -151,7 +157,7 @@ class ListenersClient:
     async def _ask(self, node: NodeId, key: bytes, rid: int) -> None:
         try:
             reply = await self.endpoint.call(
-                node, m.KIND_READ, m.read_request(key, rid), timeout=self.read_timeout
+                node, self.READ_KIND, m.read_request(key, rid), timeout=self.read_timeout
             )
         except (TransportError, RemoteError):
             return  # a node down or refusing: the others decide
@@ -174,10 +180,10 @@ class ListenersClient:
     async def _complete(self, node: NodeId, rid: int) -> None:
         # A node not told drops the read at its lifetime's end.
         with contextlib.suppress(TransportError, RemoteError):
-            await self.endpoint.call(node, m.KIND_DONE, m.done_request(rid), timeout=5.0)
+            await self.endpoint.call(node, self.DONE_KIND, m.done_request(rid), timeout=5.0)
 
     def _pushed(self, node: NodeId, body: Any) -> None:
-        if isinstance(body, Mapping) and m.PUSH in body:
-            self._value(node, body[m.PUSH])
+        if isinstance(body, Mapping) and self.PUSH_KEY in body:
+            self._value(node, body[self.PUSH_KEY])
         elif self._chained is not None:
             self._chained(node, body)

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
+from bftfs import accounting
 from bftfs.ids import PrincipalId
+from bftfs.listeners import bnodeside, server
 from bftfs.listeners import messages as m
-from bftfs.listeners import server
 from bftfs.listeners.stamps import Stamp, Stored
 from bftfs.net.server import HandlerError
 
@@ -79,6 +80,9 @@ class Handlers:
         self.stats: Counter[str] = Counter()
         rewrite = getattr(node.faults, "listeners_push", None)
         self.rewrite: Callable[[int, Any], list[Any]] | None = rewrite
+        self.byzantine: bnodeside.BHandlers | None = None
+        #: Bytes one client may keep here, registers included (``node/limits.py``).
+        self.quota: int | None = node.config.limits.quota_bytes(node.config.map_size)
 
     async def on_ts(self, ctx: RequestContext, payload: Any) -> Any:
         key = _parsed(m.parse_ts_request, payload)
@@ -87,7 +91,7 @@ class Handlers:
 
     async def on_store(self, ctx: RequestContext, payload: Any) -> Any:
         key, value = _parsed(m.parse_store_request, payload)
-        step = functools.partial(_accept, int(ctx.sender), key, value)
+        step = functools.partial(accept_step, int(ctx.sender), key, value, self.quota)
         try:
             took = await self.node.store.write(step)
         except server.Refused as e:
@@ -130,9 +134,28 @@ class Handlers:
             self.node.progress["listeners"] = self.progress()
 
 
-def _accept(sender: int, key: bytes, value: Stored, kv: Any) -> bool:
-    """The STORE's store step (deterministic in the KV, as ``Store.write`` needs)."""
-    return server.accept(KVRegisters(kv), sender, key, value)
+def stored_size(key: bytes, value: Stored) -> int:
+    """What a register costs its writer: its name and its record, as the store holds them."""
+    return len(key) + len(msgpack.packb([*value.stamp, value.data], use_bin_type=True))
+
+
+def accept_step(sender: int, key: bytes, value: Stored, quota: int | None, kv: Any) -> bool:
+    """The STORE's store step (deterministic in the KV, as ``Store.write`` needs): the
+    value taken if newer, charged to its writer (:data:`bftfs.accounting.LR`, the value it
+    replaces given back to its own); a value that grows its writer past ``quota`` (block
+    versions, Q/U records and registers together) is refused, one that shrinks never."""
+    regs = KVRegisters(kv)
+    held = regs.get(key)
+    if held is not None and value.stamp <= held.stamp:
+        return server.accept(regs, sender, key, value)  # refused or older: nothing charged
+    size = stored_size(key, value)
+    mine = stored_size(key, held) if held is not None and held.stamp.writer == sender else 0
+    if accounting.over(accounting.used(kv, sender), size - mine, quota, empty=size <= mine):
+        raise server.Refused(f"quota: client {sender} is past {quota} bytes here")
+    took = server.accept(regs, sender, key, value)
+    if took:
+        accounting.LR.recharge(kv, b"l" + key, sender, size)
+    return took
 
 
 def register(node: Node) -> Handlers:
@@ -148,4 +171,5 @@ def register(node: Node) -> Handlers:
     node.register(m.KIND_STORE, h.on_store)
     node.progress["listeners"] = h.progress()
     node.spawn(h.sweep)
+    h.byzantine = bnodeside.register(node)  # the Byzantine-client variant beside it
     return h

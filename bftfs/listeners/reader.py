@@ -17,6 +17,13 @@ holders, vouches for it (Lemmas 4 and 5).
 :attr:`ReadOp.messages` and :attr:`ReadOp.echoes` count what arrived: a read without
 concurrent writes decides on the first answers (one round trip), which the tier-1 tests
 count.
+
+Values are compared whole, ``(ts, D)`` with the writer inside ``ts``, as Byzantine
+Listeners' S6 orders them [003 L1405-1407]: only a Byzantine client proposes two values
+under one timestamp, and then every correct node ends up holding and echoing the larger, so
+a reader that keeps per node and timestamp the larger value it was sent (R5, R12) gathers a
+quorum for it.  The seed keeps the latest, and a reader sent ``(ts, D2)`` then ``(ts, D1)``
+by one node and the reverse by another could wait for ever (tests/t1_blisteners_sim.py).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ class ReadOp:
         entrance = node not in self.largest
         if not entrance:
             self.echoes += 1
-        if entrance or value.stamp > self.largest[node].stamp:  # R5
+        if entrance or value > self.largest[node]:  # R5, whole values (below)
             self.largest[node] = value
         if entrance:  # R6-R11
             stamps = sorted({v.stamp for v in self.largest.values()}, reverse=True)
@@ -66,8 +73,9 @@ class ReadOp:
             for s, v in self.largest.items():
                 if v.stamp in self.top:
                     self.answer[(s, v.stamp)] = v
-        if value.stamp in self.top:  # R12
-            self.answer[(node, value.stamp)] = value
+        if value.stamp in self.top:  # R12, keeping the larger of two values under one stamp
+            held = self.answer.get((node, value.stamp))
+            self.answer[(node, value.stamp)] = value if held is None else max(held, value)
         votes = Counter(self.answer.values())  # R13: a quorum of identical (ts, D)
         best, count = max(votes.items(), key=lambda kv: (kv[1], kv[0].stamp), default=(None, 0))
         if best is not None and count >= self.sizes.quorum:

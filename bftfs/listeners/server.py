@@ -87,8 +87,10 @@ class Echo:
 @dataclass
 class _Open:
     key: bytes
-    #: The node's timestamp when the read began: later STOREs newer than it are echoed.
-    baseline: Stamp
+    #: The node's value when the read began: later STOREs newer than it are echoed (whole
+    #: values compared, so that two values under one timestamp, which only a Byzantine
+    #: client proposes, are ordered as Byzantine Listeners' S6 orders them).
+    baseline: Stored
     opened: float
     echoed: int = 0
 
@@ -126,7 +128,7 @@ class ListenerTable:
             oldest = next(i for i in self._open if i[0] == reader)
             self._drop(oldest)
             self.dropped += 1
-        self._open[ident] = _Open(key, value.stamp, now)
+        self._open[ident] = _Open(key, value, now)
         self._by_key.setdefault(key, set()).add(ident)
         self._per_reader[reader] = self._per_reader.get(reader, 0) + 1
         return value
@@ -146,7 +148,7 @@ class ListenerTable:
         out = []
         for ident in sorted(self._by_key.get(key, ())):
             read = self._open[ident]
-            if value.stamp <= read.baseline:
+            if value <= read.baseline:
                 continue
             if read.echoed >= self.max_echoes:
                 self._drop(ident)

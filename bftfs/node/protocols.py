@@ -6,8 +6,8 @@ system's object types, or FaB Paxos (``fab_server``) in their place when the clu
 in (``bftfs node --test-objects``, the in-process test cluster): production nodes run
 exactly the file system's methods, and the node never imports the test harness.  The
 Listeners registers (``docs/listeners.md``, not yet part of the file system) are served
-only by a node started with ``bftfs node --listeners``: registers have no storage charge
-yet, so a node that serves them would let any client fill its disk."""
+only by a node started with ``bftfs node --listeners`` (both variants, ``lr.*`` and the
+Byzantine-client ``bl.*``; each register is charged to its writer's quota)."""
 
 from __future__ import annotations
 
