@@ -384,6 +384,8 @@ def one_delay(delay: float, tmp: Path, inp: Inputs, args: Any) -> list:
                     continue
                 print(f"{system} at {delay:g} ms: {out}", file=sys.stderr, flush=True)
                 rows.append((system, rep, out))
+    mib = [f"{to / 2**20:.0f}/{back / 2**20:.0f}" for to, back in bed.carried]
+    print(f"MiB each link carried to/from its host at {delay:g} ms: {mib}", file=sys.stderr)
     return rows
 
 

@@ -32,6 +32,7 @@ import os
 import random
 import selectors
 import shutil
+import signal
 import socket
 import statistics
 import struct
@@ -136,6 +137,9 @@ class Wan:
         self.hosts = netns.Hosts(len(links), seed=seed)
         self._undo: list[list[str]] = []
         self._wire: subprocess.Popen[str] | None = None
+        #: After :meth:`close`, on a ``wire`` bed: the bytes each host's link carried, to
+        #: the host and from it (frames, headers included), from the wire's report.
+        self.carried: list[tuple[int, int]] = []
 
     def __enter__(self) -> Wan:
         self.hosts.__enter__()
@@ -201,6 +205,9 @@ class Wan:
             self._wire.terminate()
             try:
                 self._wire.wait(timeout=10)
+                assert self._wire.stdout is not None
+                with contextlib.suppress(ValueError):
+                    self.carried = [tuple(c) for c in json.loads(self._wire.stdout.read())]
             except subprocess.TimeoutExpired:
                 self._wire.kill()
                 self._wire.wait()
@@ -308,6 +315,7 @@ class _Direction:
         self.src, self.dst, self.link, self.rng = src, dst, link, rng
         self.queue: deque[tuple[float, bytes]] = deque()
         self.busy_until = 0.0  # when the link has sent what it holds (the rate)
+        self.carried = 0  # bytes of the frames taken (the ones dropped as lost included)
         self.last_due = 0.0  # frames leave in order, whatever the jitter
 
     def take(self, now: float) -> None:
@@ -317,6 +325,7 @@ class _Direction:
                 frame = os.read(self.src, 65536)
             except BlockingIOError:
                 return
+            self.carried += len(frame)
             if link.loss and self.rng.random() < link.loss:
                 continue
             sent = now
@@ -354,6 +363,14 @@ def wire(flows: list[dict[str, object]]) -> None:
             sel.register(src, selectors.EVENT_READ, d)
             directions.append(d)
     print("ready", flush=True)
+
+    def report(signum: int, frame: object) -> None:
+        """On SIGTERM: the bytes each link carried, to the host and from it."""
+        pairs = zip(directions[::2], directions[1::2], strict=True)
+        print(json.dumps([[to.carried, out.carried] for out, to in pairs]), flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, report)
     while True:
         now = time.monotonic()
         dues = [due for d in directions if (due := d.give(now)) is not None]
