@@ -46,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bftfs import config as cfgmod
+from bftfs import local
 from bftfs.connect import open_client
 from bftfs.ids import client_id
 from bftfs.qu.classify import QUThresholds
@@ -236,33 +237,69 @@ def bftfs_cli(
     return r
 
 
+class Nodes:
+    """The node processes of a cluster on a WAN bed, one per host: :meth:`kill` and
+    :meth:`start` one of them (the consistency checker's faults), :meth:`stop` them all."""
+
+    def __init__(self, wan: Wan, admin: Path, node_args: tuple[str, ...]) -> None:
+        self.wan, self.admin, self.node_args = wan, admin, node_args
+        self.path = admin / "cluster.toml"
+        self.config = cfgmod.load(self.path)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, i: int, *, wait: bool = True) -> None:
+        """Start node ``i`` on its host (``bftfs node --id I`` and the node arguments);
+        with ``wait``, until it answers."""
+        cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(self.path), "--id", str(i)]
+        log = self.admin / f"node{i}.log"
+        self.procs[i] = self.wan.hosts.spawn(i, [*cmd, *self.node_args], log)
+        if wait:
+            local.wait_ready(self.config, nodes=[i], timeout=60)
+
+    def kill(self, i: int) -> None:
+        """Node ``i`` dies (SIGKILL), as a crash."""
+        p = self.procs.pop(i)
+        p.kill()
+        p.wait()
+
+    def stop(self) -> None:
+        netns.stop_all(list(self.procs.values()))
+        self.procs.clear()
+
+
 @contextlib.contextmanager
-def cluster(
+def nodes(
     wan: Wan, admin: Path, *, map_size: str = "1G", node_args: tuple[str, ...] = ()
-) -> Iterator[Path]:
+) -> Iterator[Nodes]:
     """A cluster of one node per host of ``wan`` (``bftfs init --nodes``, each node started
     on its host as ``bftfs node --id I`` and ``node_args``, e.g. ``--test-objects`` for
-    :func:`quorum_latencies`), answering; yields its ``cluster.toml``, which a mount in
-    the root namespace uses.  The nodes are stopped on exit."""
+    :func:`quorum_latencies`), answering; the nodes are stopped on exit."""
     hosts = wan.hosts
     addresses = ",".join(f"{hosts.address(i)}:{NODE_PORT}" for i in range(hosts.count))
     bftfs_cli(
         "init", "--dir", str(admin), "--nodes", addresses, "--map-size", map_size, "--no-durable"
     )
-    config = admin / "cluster.toml"
-    procs: list[subprocess.Popen[bytes]] = []
+    running = Nodes(wan, admin, node_args)
     try:
         for i in range(hosts.count):
-            cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(config), "--id", str(i)]
-            cmd += node_args
-            procs.append(hosts.spawn(i, cmd, admin / f"node{i}.log"))
+            running.start(i, wait=False)
         deadline = time.monotonic() + 120
-        while bftfs_cli("status", "--config", str(config), check=False).returncode:
+        while bftfs_cli("status", "--config", str(running.path), check=False).returncode:
             if time.monotonic() > deadline:
                 raise RuntimeError("the nodes did not all answer within 120 s")
-        yield config
+        yield running
     finally:
-        netns.stop_all(procs)
+        running.stop()
+
+
+@contextlib.contextmanager
+def cluster(
+    wan: Wan, admin: Path, *, map_size: str = "1G", node_args: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """:func:`nodes`, yielding its ``cluster.toml``, which a mount in the root namespace
+    uses."""
+    with nodes(wan, admin, map_size=map_size, node_args=node_args) as running:
+        yield running.path
 
 
 #: The quorum operations :func:`quorum_latencies` times.
