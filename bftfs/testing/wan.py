@@ -135,7 +135,8 @@ class Wan:
         self.how = how or mode()
         if self.how is None:
             raise RuntimeError(skip_reason() or "no way to delay a link here")
-        self.hosts = netns.Hosts(len(links), seed=seed)
+        # Names and subnet from the process too: two beds of one seed may run at once.
+        self.hosts = netns.Hosts(len(links), seed=seed * 1_000_003 + os.getpid())
         self._undo: list[list[str]] = []
         self._wire: subprocess.Popen[str] | None = None
         #: After :meth:`close`, on a ``wire`` bed: the bytes each host's link carried, to
