@@ -46,7 +46,6 @@ from pathlib import Path
 from types import TracebackType
 
 from bftfs import config as cfgmod
-from bftfs import local
 from bftfs.connect import open_client
 from bftfs.ids import client_id
 from bftfs.qu.classify import QUThresholds
@@ -254,8 +253,17 @@ class Nodes:
         cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(self.path), "--id", str(i)]
         log = self.admin / f"node{i}.log"
         self.procs[i] = self.wan.hosts.spawn(i, [*cmd, *self.node_args], log)
-        if wait:
-            local.wait_ready(self.config, nodes=[i], timeout=60)
+        deadline = time.monotonic() + 120
+        while wait and not self.answers(i):
+            if self.procs[i].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node {i} exited or did not answer within 120 s")
+
+    def answers(self, i: int) -> bool:
+        """Whether node ``i`` answers ``bftfs status`` (which waits for it a while)."""
+        got = bftfs_cli("status", "--config", str(self.path), "--json", check=False)
+        with contextlib.suppress(ValueError, KeyError):
+            return bool(json.loads(got.stdout)["nodes"][i]["up"])
+        return False
 
     def kill(self, i: int) -> None:
         """Node ``i`` dies (SIGKILL), as a crash."""
