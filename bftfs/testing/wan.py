@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import random
 import selectors
@@ -65,12 +66,22 @@ _IFF_NO_PI = 0x1000
 class Link:
     """One host's cable, each direction: ``delay_ms`` one-way, ``jitter_ms`` either side of
     it, ``loss`` a fraction of the packets (0.001 is 0.1%), ``rate_mbit`` the bandwidth
-    (``None``: unlimited)."""
+    (``None``: unlimited) and ``queue_ms`` the most a rate-limited link holds back, in
+    milliseconds of its rate (a router's buffer: a frame that finds it full is dropped;
+    ``None``: no bound, every frame waits its turn however long the queue)."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
     rate_mbit: float | None = None
+    queue_ms: float | None = None
+
+
+def queue_limit(link: Link, mtu: int = 1500) -> int | None:
+    """netem's ``limit`` (packets of ``mtu`` bytes) for ``link``'s ``queue_ms``."""
+    if not (link.rate_mbit and link.queue_ms):
+        return None
+    return max(1, math.ceil(link.rate_mbit * 1e6 / 8 * link.queue_ms / 1000 / mtu))
 
 
 def netem_args(link: Link) -> list[str]:
@@ -84,6 +95,8 @@ def netem_args(link: Link) -> list[str]:
         args += ["loss", f"{link.loss * 100:g}%"]
     if link.rate_mbit:
         args += ["rate", f"{link.rate_mbit:g}mbit"]
+    if (limit := queue_limit(link)) is not None:
+        args += ["limit", str(limit)]
     return args
 
 
@@ -139,8 +152,9 @@ class Wan:
         self._undo: list[list[str]] = []
         self._wire: subprocess.Popen[str] | None = None
         #: After :meth:`close`, on a ``wire`` bed: the bytes each host's link carried, to
-        #: the host and from it (frames, headers included), from the wire's report.
-        self.carried: list[tuple[int, int]] = []
+        #: the host and from it (frames, headers included), and the frames it dropped with
+        #: a full queue, from the wire's report.
+        self.carried: list[tuple[int, ...]] = []
 
     def __enter__(self) -> Wan:
         self.hosts.__enter__()
@@ -362,6 +376,7 @@ class _Direction:
         self.queue: deque[tuple[float, bytes]] = deque()
         self.busy_until = 0.0  # when the link has sent what it holds (the rate)
         self.carried = 0  # bytes of the frames taken (the ones dropped as lost included)
+        self.dropped = 0  # frames dropped because the queue was full (``Link.queue_ms``)
         self.last_due = 0.0  # frames leave in order, whatever the jitter
 
     def take(self, now: float) -> None:
@@ -376,9 +391,11 @@ class _Direction:
                 continue
             sent = now
             if link.rate_mbit:
-                self.busy_until = max(now, self.busy_until) + len(frame) * 8 / (
-                    link.rate_mbit * 1e6
-                )
+                start = max(now, self.busy_until)
+                if link.queue_ms is not None and start - now > link.queue_ms / 1000:
+                    self.dropped += 1  # tail drop: the router's buffer is full
+                    continue
+                self.busy_until = start + len(frame) * 8 / (link.rate_mbit * 1e6)
                 sent = self.busy_until
             jitter = self.rng.uniform(-link.jitter_ms, link.jitter_ms) if link.jitter_ms else 0
             due = max(self.last_due, sent + max(0.0, link.delay_ms + jitter) / 1000)
@@ -411,9 +428,11 @@ def wire(flows: list[dict[str, object]]) -> None:
     print("ready", flush=True)
 
     def report(signum: int, frame: object) -> None:
-        """On SIGTERM: the bytes each link carried, to the host and from it."""
+        """On SIGTERM: the bytes each link carried to the host and from it, and the frames
+        it dropped with a full queue."""
         pairs = zip(directions[::2], directions[1::2], strict=True)
-        print(json.dumps([[to.carried, out.carried] for out, to in pairs]), flush=True)
+        got = [[to.carried, out.carried, to.dropped + out.dropped] for out, to in pairs]
+        print(json.dumps(got), flush=True)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, report)
