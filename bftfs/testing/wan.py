@@ -368,7 +368,7 @@ def _open_tap(name: str) -> int:
     return fd
 
 
-class _Direction:
+class Direction:
     """Frames read from one tap, each due on the other after the link's delay."""
 
     def __init__(self, src: int, dst: int, link: Link, rng: random.Random) -> None:
@@ -422,7 +422,7 @@ def wire(flows: list[dict[str, object]]) -> None:
         link = Link(**flow["link"])  # type: ignore[arg-type]
         rng = random.Random(int(flow["seed"]))  # type: ignore[call-overload]
         for src, dst in ((a, w), (w, a)):
-            d = _Direction(src, dst, link, rng)
+            d = Direction(src, dst, link, rng)
             sel.register(src, selectors.EVENT_READ, d)
             directions.append(d)
     print("ready", flush=True)
