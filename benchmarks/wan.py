@@ -33,19 +33,30 @@ import hashlib
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from bftfs import config as cfgmod
 from bftfs import proc
+from bftfs.local import query_status
 from bftfs.testing import netns, wan
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import chart  # noqa: E402
+
 PIECE = 1 << 20
+#: What ``--workloads`` chooses from.
+WORKLOADS = ("andrew", "postmark", "git", "big")
 
 
 def make_tree(root: Path, files: int, seed: int) -> dict[str, str]:
@@ -80,6 +91,7 @@ def read_all(root: Path, sums: dict[str, str]) -> None:
 
 
 def write_big(path: Path, mb: int) -> None:
+    """``mb`` MiB written in 1 MiB ``write()`` calls, then ``fsync``: on the nodes."""
     piece = random.Random(mb).randbytes(PIECE)
     with open(path, "wb") as f:
         for _ in range(mb):
@@ -89,17 +101,105 @@ def write_big(path: Path, mb: int) -> None:
 
 
 def read_big(path: Path, mb: int) -> None:
+    """Every byte of :func:`write_big`'s file read back in 1 MiB ``read()`` calls."""
+    piece = random.Random(mb).randbytes(PIECE)
     with open(path, "rb") as f:
-        got = sum(len(b) for b in iter(lambda: f.read(PIECE), b""))
+        got = 0
+        for b in iter(lambda: f.read(PIECE), b""):
+            if b != piece[: len(b)]:
+                raise RuntimeError(f"the big file read back wrong at {got}")
+            got += len(b)
     if got != mb * PIECE:
         raise RuntimeError(f"read {got} bytes of {mb * PIECE}")
 
 
-def mount(stack: ExitStack, config: Path, mnt: Path) -> Path:
-    mnt.mkdir()
-    wan.bftfs_cli("mount", "--config", str(config), "-o", "client=client0", str(mnt))
-    stack.callback(wan.bftfs_cli, "umount", str(mnt), check=False)
-    return mnt
+def link_bound(system: str, rate_mbit: float, m: int) -> float:
+    """Bytes of file data per second the client's links allow a big file written or read,
+    each link carrying ``rate_mbit`` each way (docs/wan.md, "The 200 MB file").  bftfs:
+    a write sends each of the ``n`` nodes one fragment of ``1/m`` of each block, a read
+    fetches the ``m`` data fragments from the ``m`` data nodes, so the busiest link carries
+    ``1/m`` of the file either way: ``m * rate``.  GlusterFS replica 3: every brick gets
+    the whole file, a read takes it from one brick: ``rate``."""
+    per_link = rate_mbit * 1e6 / 8
+    return m * per_link if system == "bftfs" else per_link
+
+
+# A C tree in git: `git clone` + `make` (issue 65) --------------------------------------------
+
+
+def make_c_tree(root: Path, units: int, seed: int) -> int:
+    """A seeded C program of ``units`` files (each a few functions) and a Makefile, one
+    object per file as a real build; returns what the program prints."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    total, calls, decls = 0, [], []
+    for u in range(units):
+        body = ['#include "units.h"\n']
+        for k in range(rng.randint(3, 8)):
+            a, b, c = rng.randint(1, 99), rng.randint(1, 99), rng.randint(2, 9)
+            name = f"u{u}_f{k}"
+            body.append(
+                f"int {name}(int x) {{\n    int s = {a};\n"
+                f"    for (int i = 0; i < {c}; i++) s = (s * {b} + x + i) % 1000003;\n"
+                "    return s;\n}\n"
+            )
+            decls.append(f"int {name}(int x);")
+            calls.append(f"    t += {name}({u + k});")
+            s = a
+            for i in range(c):
+                s = (s * b + (u + k) + i) % 1000003
+            total += s
+        (root / f"unit{u}.c").write_text("\n".join(body))
+    (root / "units.h").write_text("\n".join(decls) + "\n")
+    main = ["#include <stdio.h>", '#include "units.h"', "int main(void) {", "    long t = 0;"]
+    main += calls + ['    printf("%ld\\n", t);', "    return 0;", "}"]
+    (root / "main.c").write_text("\n".join(main) + "\n")
+    objs = " ".join(f"unit{u}.o" for u in range(units)) + " main.o"
+    (root / "Makefile").write_text(
+        f"CFLAGS = -O1\nprog: {objs}\n\t$(CC) -o $@ $^\n%.o: %.c units.h\n"
+        "\t$(CC) $(CFLAGS) -c -o $@ $<\n"
+    )
+    return total
+
+
+def git_repo(tmp: Path, units: int) -> tuple[Path, str]:
+    """The C tree committed into a bare repository on the client's local disk (outside
+    any mount); returns its path and what the built program prints."""
+    tree = tmp / "ctree"
+    expect = make_c_tree(tree, units, seed=65)
+    env = {**os.environ, "GIT_AUTHOR_DATE": "2026-11-29T00:00:00Z"}
+    env |= {"GIT_COMMITTER_DATE": env["GIT_AUTHOR_DATE"]}
+    ident = ["-c", "user.name=bench", "-c", "user.email=bench@example.org"]
+    for cmd in (["init", "-q"], ["add", "."], [*ident, "commit", "-q", "-m", "tree"]):
+        subprocess.run(["git", "-C", str(tree), *cmd], check=True, env=env)
+    bare = tmp / "ctree.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(tree), str(bare)], check=True)
+    return bare, str(expect)
+
+
+def git_build(mnt: Path, repo: Path, expect: str) -> dict[str, float]:
+    """``git clone`` (the pack transport, as from a server) into the mount, ``make`` there
+    (one compiler per file), and the program's output checked."""
+    dest = mnt / "clone"
+    clone = ["git", "clone", "-q", f"file://{repo}", str(dest)]
+    out = {"clone": timed(lambda: subprocess.run(clone, check=True))}
+    make = ["make", "-s", "-C", str(dest)]
+    out["make"] = timed(lambda: subprocess.run(make, check=True, capture_output=True))
+    got = subprocess.run([str(dest / "prog")], capture_output=True, text=True, check=True)
+    if got.stdout.strip() != expect:
+        raise RuntimeError(f"the program built in the mount printed {got.stdout!r}")
+    return out
+
+
+@dataclass
+class Inputs:
+    """What every run works from, made once on the local disk: the Andrew-like tree and
+    its digests, the bare repository and what its program prints."""
+
+    src: Path
+    sums: dict[str, str]
+    repo: Path
+    expect: str
 
 
 def postmark(root: Path, work: Path, files: int, transactions: int) -> dict[str, float]:
@@ -116,29 +216,87 @@ def postmark(root: Path, work: Path, files: int, transactions: int) -> dict[str,
     return {"postmark s": seconds, "postmark tps": transactions / seconds}
 
 
-def workload(mnt: Path, work: Path, src: Path, sums: dict[str, str], args: Any) -> dict:
-    """The Andrew-like phases and the small PostMark on ``mnt``."""
+def workload(mounts: Mounts, work: Path, inp: Inputs, args: Any) -> dict[str, float]:
+    """The chosen workloads (``--workloads``) on ``mounts``: the Andrew-like phases, the
+    small PostMark, ``git clone`` + ``make``, the big file (written, then read on a fresh
+    mount)."""
     out: dict[str, float] = {}
-    cp = ["cp", "-r", str(src), str(mnt / "tree")]
-    out["copy"] = timed(lambda: subprocess.run(cp, check=True))
-    out["stat"] = timed(lambda: stat_all(mnt / "tree"))
-    out["read"] = timed(lambda: read_all(mnt / "tree", sums))
-    out.update(postmark(mnt, work, args.pm_files, args.pm_transactions))
+    chosen = args.workloads.split(",")
+    mnt = mounts.path
+    if "andrew" in chosen:
+        cp = ["cp", "-r", str(inp.src), str(mnt / "tree")]
+        out["copy"] = timed(lambda: subprocess.run(cp, check=True))
+        out["stat"] = timed(lambda: stat_all(mnt / "tree"))
+        out["read"] = timed(lambda: read_all(mnt / "tree", inp.sums))
+    if "postmark" in chosen:
+        out.update(postmark(mnt, work, args.pm_files, args.pm_transactions))
+    if "git" in chosen:
+        out.update(git_build(mnt, inp.repo, inp.expect))
+    if "big" in chosen and args.mb:
+        out["write big"] = timed(lambda: write_big(mnt / "big", args.mb))
+        if args.settle:
+            out["settle"] = mounts.settle()
+        out["read big"] = timed(lambda: read_big(mounts.again() / "big", args.mb))
     return out
 
 
-def run_bftfs(bed: wan.Wan, work: Path, src: Path, sums: dict[str, str], args: Any) -> dict:
+class Mounts:
+    """A system's mount in the root namespace, and :meth:`again`: unmounted and mounted
+    afresh, so nothing of the file system is cached in the client."""
+
+    def __init__(
+        self,
+        stack: ExitStack,
+        mount: Callable[[Path], object],
+        work: Path,
+        umount: list[str],
+        config: Path | None = None,
+    ) -> None:
+        self.stack, self.mount, self.work, self.umount = stack, mount, work, umount
+        self.config, self.count = config, 0
+        self.path = self.again()
+
+    def settle(self, limit: float = 300.0) -> float:
+        """Seconds until every bftfs node's lazy verifier has verified what was written
+        (its backlog empty; 0 for GlusterFS, which has nothing to verify): what a cold read
+        of a big file written a while ago meets.  Polled from the nodes' statistics."""
+        if self.config is None:
+            return 0.0
+        cfg, start = cfgmod.load(self.config), time.monotonic()
+        while time.monotonic() - start < limit:
+            got = trio.run(functools.partial(query_status, cfg, timeout=5.0, client="client1"))
+            left = [
+                int(
+                    (s.stats or {})
+                    .get("progress", {})
+                    .get("rw.verify", {})
+                    .get("backlog_versions", 1)
+                )
+                for s in got
+                if s.up
+            ]
+            if left and not any(left):
+                break
+            time.sleep(0.5)  # a benchmark polling other processes
+        return time.monotonic() - start
+
+    def again(self) -> Path:
+        self.stack.close()
+        self.count += 1
+        self.path = self.work / f"m{self.count}"
+        self.path.mkdir()
+        self.mount(self.path)
+        self.stack.callback(subprocess.run, [*self.umount, str(self.path)], capture_output=True)
+        return self.path
+
+
+def run_bftfs(bed: wan.Wan, work: Path, inp: Inputs, args: Any) -> dict[str, float]:
     """bftfs's phases on a fresh cluster on ``bed``."""
-    with ExitStack() as stack:
-        config = stack.enter_context(wan.cluster(bed, work / "admin"))
-        with ExitStack() as first:
-            mnt = mount(first, config, work / "m1")
-            out = workload(mnt, work, src, sums, args)
-            if args.mb:
-                out["write MB"] = timed(lambda: write_big(mnt / "big", args.mb))
-        if args.mb:
-            mnt = mount(stack, config, work / "m2")
-            out["read MB"] = timed(lambda: read_big(mnt / "big", args.mb))
+    with wan.cluster(bed, work / "admin") as config, ExitStack() as mounted:
+        mount = ["mount", "--config", str(config), "-o", "client=client0"]
+        umount = [sys.executable, "-m", "bftfs", "umount"]
+        mounts = Mounts(mounted, lambda p: wan.bftfs_cli(*mount, str(p)), work, umount, config)
+        out = workload(mounts, work, inp, args)
     return out
 
 
@@ -192,14 +350,12 @@ def _wait(what: str, ok: Callable[[], bool], seconds: float = 120) -> None:
 
 
 @contextlib.contextmanager
-def gluster_mount(bed: wan.Wan, work: Path) -> Iterator[Path]:
+def gluster_volume(bed: wan.Wan, work: Path) -> Iterator[str]:
     """A replica-3 volume with a brick on each of hosts 0-2 (their own glusterd, probed
-    into one pool), mounted at ``work/gmnt`` in the root namespace; all of it stopped,
-    unmounted and killed on exit."""
+    into one pool); yields what ``mount -t glusterfs`` takes; all of it stopped and killed
+    on exit (its clients too: their logs are in ``work``)."""
     hosts, procs = bed.hosts, []
     name = f"bftfswan{os.getpid()}"
-    mnt = work / "gmnt"
-    mnt.mkdir()
     try:
         for i in range(GLUSTER_HOSTS):
             (work / f"gd{i}").mkdir()
@@ -222,13 +378,8 @@ def gluster_mount(bed: wan.Wan, work: Path) -> Iterator[Path]:
         _gluster_ok(bed, work, "volume", "create", name, "replica", "3", *bricks, "force")
         _gluster_ok(bed, work, "volume", "set", name, "cluster.self-heal-daemon", "off")
         _gluster_ok(bed, work, "volume", "start", name)
-        log = f"log-file={work / 'client.log'}"
-        what = f"{hosts.address(0)}:/{name}"
-        subprocess.run(["mount", "-t", "glusterfs", "-o", log, what, str(mnt)], check=True)
-        yield mnt
+        yield f"{hosts.address(0)}:/{name}"
     finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
         mark = str(work).encode()
         for pid, argv in proc.command_lines():  # bricks and clients glusterd daemonised
             if pid != os.getpid() and any(mark in a for a in argv) and b"glusterd" not in argv[0]:
@@ -237,41 +388,137 @@ def gluster_mount(bed: wan.Wan, work: Path) -> Iterator[Path]:
         netns.stop_all(procs)
 
 
-def run_gluster(bed: wan.Wan, work: Path, src: Path, sums: dict[str, str], args: Any) -> dict:
-    with gluster_mount(bed, work) as mnt:
-        return workload(mnt, work, src, sums, args)
+def run_gluster(bed: wan.Wan, work: Path, inp: Inputs, args: Any) -> dict[str, float]:
+    """GlusterFS's phases on a fresh replica-3 volume on ``bed``."""
+    with gluster_volume(bed, work) as what, ExitStack() as mounted:
+        log = f"log-file={work / 'client.log'}"
+
+        def mount(path: Path) -> None:
+            subprocess.run(["mount", "-t", "glusterfs", "-o", log, what, str(path)], check=True)
+
+        out = workload(Mounts(mounted, mount, work, ["umount", "-l"]), work, inp, args)
+    return out
 
 
 RUNNERS = {"bftfs": run_bftfs, "glusterfs": run_gluster}
 
 
-def one_delay(delay: float, tmp: Path, src: Path, sums: dict[str, str], args: Any) -> list:
+def one_delay(delay: float, tmp: Path, inp: Inputs, args: Any) -> list:
     """``(system, rep, phases)`` of every run at one-way ``delay`` ms, interleaved."""
     rows = []
-    with wan.Wan([wan.Link(delay)] * 6, seed=65) as bed:
+    systems = args.systems.split(",")
+    with wan.Wan(
+        [wan.Link(delay, rate_mbit=args.rate, queue_ms=args.queue_ms)] * 6, seed=65
+    ) as bed:
         for rep in range(args.reps):
-            order = list(RUNNERS) if rep % 2 == 0 else list(reversed(RUNNERS))
-            for system in order:
+            for system in systems if rep % 2 == 0 else list(reversed(systems)):
                 work = tmp / f"at{delay:g}-{system}-{rep}"
                 work.mkdir()
                 try:
-                    out = RUNNERS[system](bed, work, src, sums, args)
+                    out = RUNNERS[system](bed, work, inp, args)
                 except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                     print(f"{system} at {delay:g} ms failed: {e}", file=sys.stderr, flush=True)
                     continue
                 print(f"{system} at {delay:g} ms: {out}", file=sys.stderr, flush=True)
                 rows.append((system, rep, out))
+    mib = [f"{to / 2**20:.0f}/{back / 2**20:.0f}/{drops}" for to, back, drops in bed.carried]
+    print(f"MiB each link carried to/from its host, frames dropped, at {delay:g} ms: {mib}")
     return rows
+
+
+#: The plot's panels: a title and the phases whose seconds it sums.
+PANELS = (
+    ("Andrew-like: copy + stat + read, s", ("copy", "stat", "read")),
+    ("PostMark, s", ("postmark s",)),
+    ("git clone + make, s", ("clone", "make")),
+    ("big file: write + cold read, s", ("write big", "read big")),
+)
+COLOURS = {"bftfs": "#3c8d4f", "glusterfs": "#e0a040"}
+
+
+def medians(table: list, phases: tuple[str, ...]) -> dict[tuple[float, str], float]:
+    """(one-way delay, system) -> the median over repetitions of the sum of ``phases``."""
+    got: dict[tuple[float, str], list[float]] = {}
+    for delay, system, _rep, out in table:
+        if all(p in out for p in phases):
+            got.setdefault((delay, system), []).append(sum(out[p] for p in phases))
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def plot(table: list, caption: str, path: Path) -> None:
+    """Seconds against the RTT, a panel per workload measured, a line per system."""
+    delays = sorted({row[0] for row in table})
+    systems = list(dict.fromkeys(row[1] for row in table))
+    drawn = []
+    for title, phases in PANELS:
+        med = medians(table, phases)
+        if med:
+            series = [(s, [med.get((d, s)) for d in delays], COLOURS[s]) for s in systems]
+            drawn.append(chart.LinePanel(title, series))
+    xs = [2 * d for d in delays]
+    path.write_text(chart.lines_svg(xs, drawn, "RTT, ms", caption))
+
+
+def print_tables(table: list, args: Any) -> None:
+    """Every run's seconds; the medians against the RTT; the big file against its bound."""
+    phases = list(dict.fromkeys(p for *_, out in table for p in out))
+    print("| RTT ms | system | rep | " + " | ".join(phases) + " |")
+    print("|---:|---|---:|" + "---:|" * len(phases))
+    for delay, system, rep, out in table:
+        cells = " | ".join(f"{out[p]:.2f}" if p in out else "-" for p in phases)
+        print(f"| {2 * delay:g} | {system} | {rep} | {cells} |")
+    delays = sorted({row[0] for row in table})
+    print(
+        "\nmedian seconds against the RTT\n\n| workload | system | "
+        + " | ".join(f"{2 * d:g} ms" for d in delays)
+        + " |"
+    )
+    print("|---|---|" + "---:|" * len(delays))
+    for title, ph in PANELS:
+        med = medians(table, ph)
+        for system in dict.fromkeys(s for _d, s in med):
+            cells = " | ".join(
+                f"{med[(d, system)]:.2f}" if (d, system) in med else "-" for d in delays
+            )
+            print(f"| {title.removesuffix(', s')} | {system} | {cells} |")
+    if args.mb and args.rate:
+        print(f"\n{args.mb} MiB at {args.rate:g} Mbit/s a link, MB/s (bound: docs/wan.md)\n")
+        print("| RTT ms | system | rep | write | bound | ratio | read | bound | ratio |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        for delay, system, rep, out in table:
+            if "read big" in out:
+                bound = link_bound(system, args.rate, M) / 1e6
+                w, r = (args.mb * PIECE / 1e6 / out[k] for k in ("write big", "read big"))
+                print(
+                    f"| {2 * delay:g} | {system} | {rep} | {w:.1f} | {bound:.1f} | "
+                    f"{w / bound:.2f} | {r:.1f} | {bound:.1f} | {r / bound:.2f} |"
+                )
+
+
+#: bftfs's ``m`` at ``t = b = 1`` (``bftfs init``'s default): a block's data fragments.
+M = 3
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--delays", default="10,25", help="one-way ms, comma-separated")
-    ap.add_argument("--files", type=int, default=200, help="files in the Andrew-like tree")
-    ap.add_argument("--pm-files", type=int, default=200, help="PostMark's files")
-    ap.add_argument("--pm-transactions", type=int, default=500, help="PostMark's transactions")
+    ap.add_argument("--delays", default="0,10,25,50", help="one-way ms, comma-separated")
+    ap.add_argument("--rate", type=float, default=None, help="Mbit/s of each link each way")
+    ap.add_argument("--queue-ms", type=float, default=None, help="each link's buffer, ms")
+    ap.add_argument("--systems", default="bftfs,glusterfs", help="of: bftfs, glusterfs")
+    ap.add_argument("--workloads", default="andrew,postmark,git,big", help=", ".join(WORKLOADS))
+    ap.add_argument("--files", type=int, default=100, help="files in the Andrew-like tree")
+    ap.add_argument("--pm-files", type=int, default=100, help="PostMark's files")
+    ap.add_argument("--pm-transactions", type=int, default=300, help="PostMark's transactions")
+    ap.add_argument("--units", type=int, default=30, help="C files in the git tree")
     ap.add_argument("--mb", type=int, default=0, help="MiB in the big file (0: none)")
+    ap.add_argument(
+        "--settle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for bftfs's verification of the big file before its read",
+    )
     ap.add_argument("--reps", type=int, default=2, help="runs of each system per delay")
+    ap.add_argument("--svg", type=Path, default=None, help="the plot against the RTT")
     args = ap.parse_args(argv)
     if (why := wan.skip_reason()) is not None:
         print(f"cannot run: {why}", file=sys.stderr)
@@ -280,21 +527,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bftfs-wan-") as tmp:
         src = Path(tmp) / "src"
         sums = make_tree(src, args.files, seed=65)
+        repo, expect = git_repo(Path(tmp), args.units)
+        inp = Inputs(src, sums, repo, expect)
         for delay in [float(d) for d in args.delays.split(",")]:
-            for system, rep, out in one_delay(delay, Path(tmp), src, sums, args):
+            for system, rep, out in one_delay(delay, Path(tmp), inp, args):
                 table.append((delay, system, rep, out))
     if not table:
         return 1
-    phases = list(dict.fromkeys(p for *_, out in table for p in out))
-    print(
-        f"{args.files} files; PostMark {args.pm_files} files, {args.pm_transactions} "
-        f"transactions; {wan.mode()} links; seconds (tps: transactions per second)"
+    caption = (
+        f"{args.workloads}: {args.files} files; PostMark {args.pm_files} files, "
+        f"{args.pm_transactions} transactions; {args.units} C files; {args.mb} MiB; "
+        f"{wan.mode()} links, {args.rate or 'unlimited'} Mbit/s; seconds"
     )
-    print("| RTT ms | system | rep | " + " | ".join(phases) + " |")
-    print("|---:|---|---:|" + "---:|" * len(phases))
-    for delay, system, rep, out in table:
-        cells = " | ".join(f"{out[p]:.2f}" if p in out else "-" for p in phases)
-        print(f"| {2 * delay:g} | {system} | {rep} | {cells} |")
+    print(caption)
+    print_tables(table, args)
+    if args.svg:
+        plot(table, caption, args.svg)
     return 0
 
 

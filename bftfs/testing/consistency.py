@@ -36,8 +36,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from bftfs.config import ClusterConfig
 from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT
 from bftfs.testing.mounts import Mount
 from bftfs.testing.processes import ProcessCluster
@@ -419,8 +420,19 @@ class Changes:
             raise errors[0]
 
 
+class Nodes(Protocol):
+    """What :func:`run` needs of a cluster: its configuration, a node killed and started
+    again (:class:`ProcessCluster`; ``bftfs.testing.wan.Nodes`` across a WAN)."""
+
+    config: ClusterConfig
+
+    def kill(self, i: int) -> None: ...
+
+    def start(self, i: int) -> None: ...
+
+
 def run(
-    cluster: ProcessCluster,
+    cluster: Nodes,
     dirs: Sequence[Path],
     *,
     seed: int,

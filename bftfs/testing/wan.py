@@ -28,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import random
 import selectors
 import shutil
+import signal
 import socket
 import statistics
 import struct
@@ -64,12 +66,22 @@ _IFF_NO_PI = 0x1000
 class Link:
     """One host's cable, each direction: ``delay_ms`` one-way, ``jitter_ms`` either side of
     it, ``loss`` a fraction of the packets (0.001 is 0.1%), ``rate_mbit`` the bandwidth
-    (``None``: unlimited)."""
+    (``None``: unlimited) and ``queue_ms`` the most a rate-limited link holds back, in
+    milliseconds of its rate (a router's buffer: a frame that finds it full is dropped;
+    ``None``: no bound, every frame waits its turn however long the queue)."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
     rate_mbit: float | None = None
+    queue_ms: float | None = None
+
+
+def queue_limit(link: Link, mtu: int = 1500) -> int | None:
+    """netem's ``limit`` (packets of ``mtu`` bytes) for ``link``'s ``queue_ms``."""
+    if not (link.rate_mbit and link.queue_ms):
+        return None
+    return max(1, math.ceil(link.rate_mbit * 1e6 / 8 * link.queue_ms / 1000 / mtu))
 
 
 def netem_args(link: Link) -> list[str]:
@@ -83,6 +95,8 @@ def netem_args(link: Link) -> list[str]:
         args += ["loss", f"{link.loss * 100:g}%"]
     if link.rate_mbit:
         args += ["rate", f"{link.rate_mbit:g}mbit"]
+    if (limit := queue_limit(link)) is not None:
+        args += ["limit", str(limit)]
     return args
 
 
@@ -133,9 +147,14 @@ class Wan:
         self.how = how or mode()
         if self.how is None:
             raise RuntimeError(skip_reason() or "no way to delay a link here")
-        self.hosts = netns.Hosts(len(links), seed=seed)
+        # Names and subnet from the process too: two beds of one seed may run at once.
+        self.hosts = netns.Hosts(len(links), seed=seed * 1_000_003 + os.getpid())
         self._undo: list[list[str]] = []
         self._wire: subprocess.Popen[str] | None = None
+        #: After :meth:`close`, on a ``wire`` bed: the bytes each host's link carried, to
+        #: the host and from it (frames, headers included), and the frames it dropped with
+        #: a full queue, from the wire's report.
+        self.carried: list[tuple[int, ...]] = []
 
     def __enter__(self) -> Wan:
         self.hosts.__enter__()
@@ -201,6 +220,9 @@ class Wan:
             self._wire.terminate()
             try:
                 self._wire.wait(timeout=10)
+                assert self._wire.stdout is not None
+                with contextlib.suppress(ValueError):
+                    self.carried = [tuple(c) for c in json.loads(self._wire.stdout.read())]
             except subprocess.TimeoutExpired:
                 self._wire.kill()
                 self._wire.wait()
@@ -229,33 +251,78 @@ def bftfs_cli(
     return r
 
 
+class Nodes:
+    """The node processes of a cluster on a WAN bed, one per host: :meth:`kill` and
+    :meth:`start` one of them (the consistency checker's faults), :meth:`stop` them all."""
+
+    def __init__(self, wan: Wan, admin: Path, node_args: tuple[str, ...]) -> None:
+        self.wan, self.admin, self.node_args = wan, admin, node_args
+        self.path = admin / "cluster.toml"
+        self.config = cfgmod.load(self.path)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, i: int, *, wait: bool = True) -> None:
+        """Start node ``i`` on its host (``bftfs node --id I`` and the node arguments);
+        with ``wait``, until it answers."""
+        cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(self.path), "--id", str(i)]
+        log = self.admin / f"node{i}.log"
+        self.procs[i] = self.wan.hosts.spawn(i, [*cmd, *self.node_args], log)
+        deadline = time.monotonic() + 120
+        while wait and not self.answers(i):
+            if self.procs[i].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node {i} exited or did not answer within 120 s")
+
+    def answers(self, i: int) -> bool:
+        """Whether node ``i`` answers ``bftfs status`` (which waits for it a while)."""
+        got = bftfs_cli("status", "--config", str(self.path), "--json", check=False)
+        with contextlib.suppress(ValueError, KeyError):
+            return bool(json.loads(got.stdout)["nodes"][i]["up"])
+        return False
+
+    def kill(self, i: int) -> None:
+        """Node ``i`` dies (SIGKILL), as a crash."""
+        p = self.procs.pop(i)
+        p.kill()
+        p.wait()
+
+    def stop(self) -> None:
+        netns.stop_all(list(self.procs.values()))
+        self.procs.clear()
+
+
 @contextlib.contextmanager
-def cluster(
+def nodes(
     wan: Wan, admin: Path, *, map_size: str = "1G", node_args: tuple[str, ...] = ()
-) -> Iterator[Path]:
+) -> Iterator[Nodes]:
     """A cluster of one node per host of ``wan`` (``bftfs init --nodes``, each node started
     on its host as ``bftfs node --id I`` and ``node_args``, e.g. ``--test-objects`` for
-    :func:`quorum_latencies`), answering; yields its ``cluster.toml``, which a mount in
-    the root namespace uses.  The nodes are stopped on exit."""
+    :func:`quorum_latencies`), answering; the nodes are stopped on exit."""
     hosts = wan.hosts
     addresses = ",".join(f"{hosts.address(i)}:{NODE_PORT}" for i in range(hosts.count))
     bftfs_cli(
         "init", "--dir", str(admin), "--nodes", addresses, "--map-size", map_size, "--no-durable"
     )
-    config = admin / "cluster.toml"
-    procs: list[subprocess.Popen[bytes]] = []
+    running = Nodes(wan, admin, node_args)
     try:
         for i in range(hosts.count):
-            cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(config), "--id", str(i)]
-            cmd += node_args
-            procs.append(hosts.spawn(i, cmd, admin / f"node{i}.log"))
+            running.start(i, wait=False)
         deadline = time.monotonic() + 120
-        while bftfs_cli("status", "--config", str(config), check=False).returncode:
+        while bftfs_cli("status", "--config", str(running.path), check=False).returncode:
             if time.monotonic() > deadline:
                 raise RuntimeError("the nodes did not all answer within 120 s")
-        yield config
+        yield running
     finally:
-        netns.stop_all(procs)
+        running.stop()
+
+
+@contextlib.contextmanager
+def cluster(
+    wan: Wan, admin: Path, *, map_size: str = "1G", node_args: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """:func:`nodes`, yielding its ``cluster.toml``, which a mount in the root namespace
+    uses."""
+    with nodes(wan, admin, map_size=map_size, node_args=node_args) as running:
+        yield running.path
 
 
 #: The quorum operations :func:`quorum_latencies` times.
@@ -301,13 +368,15 @@ def _open_tap(name: str) -> int:
     return fd
 
 
-class _Direction:
+class Direction:
     """Frames read from one tap, each due on the other after the link's delay."""
 
     def __init__(self, src: int, dst: int, link: Link, rng: random.Random) -> None:
         self.src, self.dst, self.link, self.rng = src, dst, link, rng
         self.queue: deque[tuple[float, bytes]] = deque()
         self.busy_until = 0.0  # when the link has sent what it holds (the rate)
+        self.carried = 0  # bytes of the frames taken (the ones dropped as lost included)
+        self.dropped = 0  # frames dropped because the queue was full (``Link.queue_ms``)
         self.last_due = 0.0  # frames leave in order, whatever the jitter
 
     def take(self, now: float) -> None:
@@ -317,13 +386,16 @@ class _Direction:
                 frame = os.read(self.src, 65536)
             except BlockingIOError:
                 return
+            self.carried += len(frame)
             if link.loss and self.rng.random() < link.loss:
                 continue
             sent = now
             if link.rate_mbit:
-                self.busy_until = max(now, self.busy_until) + len(frame) * 8 / (
-                    link.rate_mbit * 1e6
-                )
+                start = max(now, self.busy_until)
+                if link.queue_ms is not None and start - now > link.queue_ms / 1000:
+                    self.dropped += 1  # tail drop: the router's buffer is full
+                    continue
+                self.busy_until = start + len(frame) * 8 / (link.rate_mbit * 1e6)
                 sent = self.busy_until
             jitter = self.rng.uniform(-link.jitter_ms, link.jitter_ms) if link.jitter_ms else 0
             due = max(self.last_due, sent + max(0.0, link.delay_ms + jitter) / 1000)
@@ -350,10 +422,20 @@ def wire(flows: list[dict[str, object]]) -> None:
         link = Link(**flow["link"])  # type: ignore[arg-type]
         rng = random.Random(int(flow["seed"]))  # type: ignore[call-overload]
         for src, dst in ((a, w), (w, a)):
-            d = _Direction(src, dst, link, rng)
+            d = Direction(src, dst, link, rng)
             sel.register(src, selectors.EVENT_READ, d)
             directions.append(d)
     print("ready", flush=True)
+
+    def report(signum: int, frame: object) -> None:
+        """On SIGTERM: the bytes each link carried to the host and from it, and the frames
+        it dropped with a full queue."""
+        pairs = zip(directions[::2], directions[1::2], strict=True)
+        got = [[to.carried, out.carried, to.dropped + out.dropped] for out, to in pairs]
+        print(json.dumps(got), flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, report)
     while True:
         now = time.monotonic()
         dues = [due for d in directions if (due := d.give(now)) is not None]
