@@ -34,6 +34,7 @@ from bftfs.fs.writeback import (
     CreateSends,
     CreateTable,
     PendingCreate,
+    PendingLinks,
     PendingMkdirs,
     PendingRenames,
     about_another_entry,
@@ -54,6 +55,7 @@ class CallOrder:
         *,
         mkdirs: PendingMkdirs | None = None,
         renames: PendingRenames | None = None,
+        links: PendingLinks | None = None,
     ) -> None:
         self.creates = creates
         self.sends = sends
@@ -64,6 +66,9 @@ class CallOrder:
         #: Renames held back (``fs/writeback/renames.py``; None: none): next, since a
         #: create, removal or mkdir of a name they moved follows them.
         self.renames = renames
+        #: Links to files whose create waits (``fs/writeback/links.py``; None: none): each
+        #: sends its create first.
+        self.links = links
 
     def holds_back(self) -> bool:
         """Whether anything may have to go first (asked before every call)."""
@@ -71,6 +76,7 @@ class CallOrder:
         return (
             (self.mkdirs is not None and self.mkdirs.holds_back())
             or (self.renames is not None and self.renames.holds_back())
+            or (self.links is not None and self.links.holds_back())
             or self.creates.holds_back_creates()
             or (unlinks is not None and unlinks.holds_back())
             or (held is not None and held.holds_back())
@@ -84,6 +90,8 @@ class CallOrder:
             await self.mkdirs.before(objects, names, method, arg)
         if self.renames is not None and self.renames.holds_back():
             await self.renames.before(objects, names, method, arg)
+        if self.links is not None and self.links.holds_back():
+            await self.links.before(objects, names, method, arg)
         if held is not None and held.holds_back():
             await held.before(objects)
         if unlinks is not None and unlinks.holds_back():

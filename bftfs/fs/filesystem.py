@@ -186,7 +186,11 @@ class FileSystem:
             hard=hard,
         )
         self.meta.gate = CallOrder(
-            box.creates.creates, box.creates.sends, mkdirs=box.mkdirs, renames=box.renames
+            box.creates.creates,
+            box.creates.sends,
+            mkdirs=box.mkdirs,
+            renames=box.renames,
+            links=box.links,
         )
         self.cache.local_stat = box.local_stat
         self.cache.pending_links = box.links_in
