@@ -13,6 +13,7 @@ metrics (Q/U operations by method, ``t4_stat_leases._metrics``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Iterator
@@ -63,10 +64,8 @@ def _temporary(d: Path, data: bytes, name: str) -> Path:
 def _git_objects(d: Path, objects: dict[str, bytes]) -> None:
     """Each object written as git's ``finalize_object_file`` does: link, unlink."""
     for name, data in objects.items():
-        try:  # git looks for the object first (a missing name)
+        with contextlib.suppress(FileNotFoundError):  # git looks for it first: missing
             os.lstat(d / name)
-        except FileNotFoundError:
-            pass
         tmp = _temporary(d, data, name)
         os.link(tmp, d / name)
         os.unlink(tmp)

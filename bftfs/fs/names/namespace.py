@@ -80,6 +80,12 @@ class Names:
         self.mkdirs = None if outbox is None else outbox.mkdirs
         self.renames = None if outbox is None else outbox.renames
         self.links = None if outbox is None else outbox.links
+        #: Cancels an rmdir with its held-back mkdir (``HeldBack.rmdir_here``): whether it did.
+        self.rmdir_here: Callable[[int, bytes], bool] = (
+            (lambda _p, _n: False)
+            if outbox is None or outbox.back is None
+            else outbox.back.rmdir_here
+        )
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -315,6 +321,8 @@ class Names:
             if self.links.unlinked(parent, name):
                 return  # a link held back, never sent (fs/writeback/links.py)
             await self.links.send_for(parent, name)  # the file's other name goes first
+        if method == "fs.rmdir" and self.rmdir_here(parent, name):
+            return  # made and removed in the mount, never sent (fs/writeback/outbox.py)
         if method == "fs.unlink" and self.unlinks is not None:
             known = self.cache.names.get(parent, {}).get(name)
             if known is not None and self.unlinks.defer(parent, name, *known):

@@ -129,6 +129,27 @@ class HeldBack:
             or self.links.names_held(parent, name)
         )
 
+    def rmdir_here(self, parent: int, name: bytes) -> bool:
+        """``rmdir(parent, name)`` answered in the mount when the directory's mkdir waits
+        here, not being sent, and nothing is held back in it: no server ever held it and
+        nothing was made in it that went, so the mkdir and the rmdir cancel (``rm -rf``
+        of a tree just made, git's ``objects/xx``), as a create and its removal do; the
+        parent's times move by a held-back touch.  Whether it did."""
+        m = self.mkdirs.pending_named(parent, name)
+        if (
+            m is None
+            or m.once.busy
+            or self.creates.pending_in(m.oid)
+            or self.mkdirs.holds_in(m.oid)
+            or self.links.names_in(m.oid)
+            or self.renames.names_in(m.oid)
+            or not self.unlinks.touch(parent)
+        ):
+            return False
+        self.unlinks.untouch(m.oid)
+        self.mkdirs.cancel(m)
+        return True
+
     async def renames_in(self, directory: int) -> None:
         """Send the renames held back in ``directory`` (a mkdir of a name one moved away
         goes after it)."""
