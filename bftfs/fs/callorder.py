@@ -33,6 +33,7 @@ from bftfs.fs.errors import StaleView
 from bftfs.fs.writeback import (
     CreateSends,
     CreateTable,
+    HeldBack,
     PendingCreate,
     PendingLinks,
     PendingMkdirs,
@@ -52,23 +53,21 @@ class CallOrder:
         self,
         creates: CreateTable,
         sends: CreateSends,
-        *,
-        mkdirs: PendingMkdirs | None = None,
-        renames: PendingRenames | None = None,
-        links: PendingLinks | None = None,
+        held: HeldBack | None = None,
     ) -> None:
+        """``held``: directory write-back's parts (None: off, nothing but creates waits)."""
         self.creates = creates
         self.sends = sends
         self.cache = creates.cache
         #: Mkdirs held back (``fs/writeback/mkdirs.py``; None: none): first, since what is
         #: made in a directory follows its mkdir.
-        self.mkdirs = mkdirs
+        self.mkdirs: PendingMkdirs | None = None if held is None else held.mkdirs
         #: Renames held back (``fs/writeback/renames.py``; None: none): next, since a
         #: create, removal or mkdir of a name they moved follows them.
-        self.renames = renames
+        self.renames: PendingRenames | None = None if held is None else held.renames
         #: Links to files whose create waits (``fs/writeback/links.py``; None: none): each
         #: sends its create first.
-        self.links = links
+        self.links: PendingLinks | None = None if held is None else held.links
 
     def holds_back(self) -> bool:
         """Whether anything may have to go first (asked before every call)."""

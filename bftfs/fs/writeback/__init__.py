@@ -35,7 +35,7 @@ from bftfs.fs.writeback.flush_behind import behind_done, flush_behind
 from bftfs.fs.writeback.held import HeldFiles
 from bftfs.fs.writeback.links import PendingLinks
 from bftfs.fs.writeback.mkdirs import PendingMkdirs
-from bftfs.fs.writeback.outbox import Outbox
+from bftfs.fs.writeback.outbox import HeldBack, Outbox
 from bftfs.fs.writeback.renames import PendingRenames
 from bftfs.fs.writeback.schedule import MAX_FILE, WriteBack
 from bftfs.fs.writeback.unlinks import PendingUnlinks, about_another_entry
@@ -44,6 +44,7 @@ __all__ = [
     "MAX_FILE",
     "CreateSends",
     "CreateTable",
+    "HeldBack",
     "HeldFiles",
     "Outbox",
     "PendingCreate",
