@@ -208,3 +208,21 @@ def test_renaming_the_held_name_sends_the_link_first(
         assert not (e / tmp.name).exists()
         assert os.stat(e / "other").st_ino == os.stat(e / "final").st_ino
         assert ((e / "other").stat().st_nlink, (e / "other").read_bytes()) == (2, b"moved")
+
+
+def test_an_unmount_sends_the_link_held_back(cluster: ProcessCluster, tmp_path: Path) -> None:
+    """Link held back, the mount then unmounted without an ``fsync``: the unmount sends
+    the create and the link, and a second mount sees both names of one file."""
+    with Mount(cluster.config, tmp_path / "b", client="client1", options=OPTIONS) as b:
+        with Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a:
+            d = a.mountpoint / "unmounted"
+            d.mkdir()
+            warm = _lease_exclusively(cluster, a, d, "warm")
+            fsync_paths(d)
+            tmp = _temporary(d, b"at unmount", "unmnt0")
+            os.link(tmp, d / "final")
+        e = b.mountpoint / "unmounted"
+        assert sorted(os.listdir(e)) == sorted([*warm, tmp.name, "final"])
+        s1, s2 = os.stat(e / tmp.name), os.stat(e / "final")
+        assert (s1.st_ino, s1.st_nlink) == (s2.st_ino, 2)
+        assert (e / "final").read_bytes() == b"at unmount"
