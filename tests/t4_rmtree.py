@@ -50,9 +50,9 @@ def test_rm_rf_of_a_tree_made_within_the_commit_window_sends_nothing(
     cluster: ProcessCluster, tmp_path: Path
 ) -> None:
     """Sixteen directories, two levels, three small files each, then ``rm -rf`` of them:
-    no Q/U update for either, at most one query (before: every mkdir, then every rmdir and the directories'
-    times); the parent keeps its link count and the second mount, after the parent's
-    ``fsync``, sees only the warm-up files."""
+    no Q/U update for either, at most one query (before: every mkdir, then every rmdir
+    and the directories' times); the parent keeps its link count and the second mount,
+    after the parent's ``fsync``, sees only the warm-up files."""
     with (
         Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a,
         Mount(cluster.config, tmp_path / "b", client="client1", options=OPTIONS) as b,
