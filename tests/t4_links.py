@@ -226,3 +226,26 @@ def test_an_unmount_sends_the_link_held_back(cluster: ProcessCluster, tmp_path: 
         s1, s2 = os.stat(e / tmp.name), os.stat(e / "final")
         assert (s1.st_ino, s1.st_nlink) == (s2.st_ino, 2)
         assert (e / "final").read_bytes() == b"at unmount"
+
+
+def test_a_link_over_an_existing_name_says_eexist(cluster: ProcessCluster, tmp_path: Path) -> None:
+    """git writing an object it wrote already: the link's name is another file whose create
+    waits too, so the link is not answered in the mount and the servers say EEXIST; both
+    files keep their content and one link, here and in the second mount."""
+    with (
+        Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a,
+        Mount(cluster.config, tmp_path / "b", client="client1", options=OPTIONS) as b,
+    ):
+        d = a.mountpoint / "dup"
+        d.mkdir()
+        _lease_exclusively(cluster, a, d, "warm")
+        fsync_paths(d)
+        (d / "final").write_bytes(b"first")
+        tmp = _temporary(d, b"second", "dup000")
+        with pytest.raises(FileExistsError):
+            os.link(tmp, d / "final")
+        assert [os.stat(p).st_nlink for p in (tmp, d / "final")] == [1, 1]
+        fsync_paths(d)
+        e = b.mountpoint / "dup"
+        assert (e / "final").read_bytes() == b"first"
+        assert ((e / tmp.name).stat().st_nlink, (e / tmp.name).read_bytes()) == (1, b"second")
