@@ -19,7 +19,17 @@ shape of PostMark's working set), after the attributes the kernel cached have go
 * ``read``: open, read it all, close;
 * ``lock``: open, ``lockf`` it whole exclusively, unlock, close (the ``fcntl`` lock and
   unlock rounds, issue 37: this minus ``open`` is their cost);
-* ``unlink``: remove it.
+* ``link``: ``link(f, f.l)``: a second name for a file made long ago (sent);
+* ``unlink link``: remove that second name (the file keeps its first);
+* ``unlink``: remove a file created long ago, its last name;
+* ``git object``: what git does per object (``finalize_object_file``): ``lstat`` of the
+  missing final name, a temporary ``open(O_CREAT|O_EXCL)``, one write, close, ``link`` of
+  it to the final name and ``unlink`` of the temporary: a link and an unlink of a file
+  just created.
+
+For bftfs each operation also gets the mount's Q/U operations per file, by method, from
+its metrics (``bftfs_mount_qu_operations_total``; answers given in the mount, counted as
+``known ...`` and ``leased ...``, left out): which rounds an operation costs, and why.
 
 Targets: the local disk, bindfs (FUSE pass-through) and bftfs on a fresh cluster, in that
 order, ``--runs`` times interleaved; medians are printed with ratios to the local disk.
@@ -28,6 +38,7 @@ order, ``--runs`` times interleaved; medians are printed with ratios to the loca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import sys
@@ -38,10 +49,21 @@ from pathlib import Path
 from typing import Any
 
 import common
+import costs
 from common import Progress, Site, TargetSpec
 from profiling import cpu_seconds
 
-OPERATIONS = ("create", "open", "stat", "read", "lock", "unlink")
+OPERATIONS = (
+    "create",
+    "open",
+    "stat",
+    "read",
+    "lock",
+    "link",
+    "unlink link",
+    "unlink",
+    "git object",
+)
 #: Longer than the mount's default attribute timeout (1 s), so each phase starts with the
 #: attributes stale in the kernel, as they are when PostMark comes back to a file.
 STALE_WAIT = 1.2
@@ -83,9 +105,31 @@ def _workloads(d: Path, files: int, data: bytes) -> dict[str, Callable[[], None]
             fcntl.lockf(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def link() -> None:
+        for p in names:
+            os.link(p, p.with_suffix(".l"))
+
+    def unlink_link() -> None:
+        for p in names:
+            os.unlink(p.with_suffix(".l"))
+
     def unlink() -> None:
         for p in names:
             os.unlink(p)
+
+    def git_object() -> None:
+        objects = d / "objects"
+        objects.mkdir()
+        for i in range(files):
+            final = objects / f"{i:05d}"
+            with contextlib.suppress(FileNotFoundError):
+                os.lstat(final)
+            tmp = objects / f"tmp_obj_{i:05d}"
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o444)
+            os.write(fd, data)
+            os.close(fd)
+            os.link(tmp, final)
+            os.unlink(tmp)
 
     return {
         "create": create,
@@ -93,7 +137,10 @@ def _workloads(d: Path, files: int, data: bytes) -> dict[str, Callable[[], None]
         "stat": stat,
         "read": read,
         "lock": lock,
+        "link": link,
+        "unlink link": unlink_link,
         "unlink": unlink,
+        "git object": git_object,
     }
 
 
@@ -107,11 +154,11 @@ def run_once(site: Site, files: int, size: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for op, fn in _workloads(d, files, data).items():
         time.sleep(STALE_WAIT)  # not synchronisation: lets cached attributes expire
-        f0 = _frames_in(site)
+        f0, q0 = _frames_in(site), _qu_methods(site)
         n0, m0, t0 = _cpu_seconds(nodes), _cpu_seconds(daemon), time.perf_counter()
         fn()
         n1, m1, t1 = _cpu_seconds(nodes), _cpu_seconds(daemon), time.perf_counter()
-        f1 = _frames_in(site)
+        f1, q1 = _frames_in(site), _qu_methods(site)
         out[op] = {
             "wall": (t1 - t0) / files,
             "daemon_cpu": (m1 - m0) / files,
@@ -119,7 +166,52 @@ def run_once(site: Site, files: int, size: int) -> dict[str, dict[str, float]]:
         }
         if f0 is not None and f1 is not None:
             out[op]["frames"] = (f1 - f0) / files
+        for method, n in q1.items():
+            if n > q0.get(method, 0):
+                out[op][f"qu {method}"] = (n - q0.get(method, 0)) / files
     return out
+
+
+def _qu_methods(site: Site) -> dict[str, float]:
+    """The mount's Q/U operations sent so far, by method (bftfs only; empty elsewhere):
+    ``bftfs_mount_qu_operations_total`` of its metrics, answers given in the mount
+    (``known ...``, ``leased ...``) left out."""
+    if site.config is None:
+        return {}
+    import json
+    import urllib.request
+
+    from bftfs.fuse.control import status_file
+
+    try:
+        address = json.loads(status_file(site.config, site.path).read_text())["metrics"]
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+            samples = costs.parse_exposition(reply.read().decode())
+    except (OSError, ValueError, KeyError):  # a diagnostic: never fail a run over it
+        return {}
+    prefix = 'bftfs_mount_qu_operations_total{method="'
+    out = {}
+    for key, value in samples.items():
+        if key.startswith(prefix):
+            method = key[len(prefix) :].split('"')[0]
+            if " " not in method:
+                out[method] = value
+    return out
+
+
+def rounds_table(results: dict[str, list[dict[str, dict[str, float]]]]) -> str:
+    """Markdown: per operation, bftfs's Q/U operations per file by method (medians)."""
+    lines = ["| operation | target | Q/U operations per file, by method |", "|---|---|---|"]
+    for name, runs in results.items():
+        if not runs or not name.startswith("bftfs"):
+            continue
+        for op in OPERATIONS:
+            keys = sorted({k for r in runs for k in r[op] if k.startswith("qu ")})
+            parts = [
+                f"{k[3:]} {common.median([r[op].get(k, 0.0) for r in runs]):.2f}" for k in keys
+            ]
+            lines.append(f"| {op} | {name} | {', '.join(parts) or 'none'} |")
+    return "\n".join(lines)
 
 
 def _frames_in(site: Site) -> int | None:
@@ -227,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"\nPer file, median of {args.runs} run(s); {header}\n")
     print(table(results))
+    print()
+    print(rounds_table(results))
     return 0 if all(results.values()) else 1
 
 

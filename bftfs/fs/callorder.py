@@ -33,7 +33,9 @@ from bftfs.fs.errors import StaleView
 from bftfs.fs.writeback import (
     CreateSends,
     CreateTable,
+    HeldBack,
     PendingCreate,
+    PendingLinks,
     PendingMkdirs,
     PendingRenames,
     about_another_entry,
@@ -51,19 +53,21 @@ class CallOrder:
         self,
         creates: CreateTable,
         sends: CreateSends,
-        *,
-        mkdirs: PendingMkdirs | None = None,
-        renames: PendingRenames | None = None,
+        held: HeldBack | None = None,
     ) -> None:
+        """``held``: directory write-back's parts (None: off, nothing but creates waits)."""
         self.creates = creates
         self.sends = sends
         self.cache = creates.cache
         #: Mkdirs held back (``fs/writeback/mkdirs.py``; None: none): first, since what is
         #: made in a directory follows its mkdir.
-        self.mkdirs = mkdirs
+        self.mkdirs: PendingMkdirs | None = None if held is None else held.mkdirs
         #: Renames held back (``fs/writeback/renames.py``; None: none): next, since a
         #: create, removal or mkdir of a name they moved follows them.
-        self.renames = renames
+        self.renames: PendingRenames | None = None if held is None else held.renames
+        #: Links to files whose create waits (``fs/writeback/links.py``; None: none): each
+        #: sends its create first.
+        self.links: PendingLinks | None = None if held is None else held.links
 
     def holds_back(self) -> bool:
         """Whether anything may have to go first (asked before every call)."""
@@ -71,6 +75,7 @@ class CallOrder:
         return (
             (self.mkdirs is not None and self.mkdirs.holds_back())
             or (self.renames is not None and self.renames.holds_back())
+            or (self.links is not None and self.links.holds_back())
             or self.creates.holds_back_creates()
             or (unlinks is not None and unlinks.holds_back())
             or (held is not None and held.holds_back())
@@ -84,6 +89,8 @@ class CallOrder:
             await self.mkdirs.before(objects, names, method, arg)
         if self.renames is not None and self.renames.holds_back():
             await self.renames.before(objects, names, method, arg)
+        if self.links is not None and self.links.holds_back():
+            await self.links.before(objects, names, method, arg)
         if held is not None and held.holds_back():
             await held.before(objects)
         if unlinks is not None and unlinks.holds_back():

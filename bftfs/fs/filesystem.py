@@ -185,9 +185,7 @@ class FileSystem:
             commit=commit,
             hard=hard,
         )
-        self.meta.gate = CallOrder(
-            box.creates.creates, box.creates.sends, mkdirs=box.mkdirs, renames=box.renames
-        )
+        self.meta.gate = CallOrder(box.creates.creates, box.creates.sends, box.back)
         self.cache.local_stat = box.local_stat
         self.cache.pending_links = box.links_in
         self.names = Names(self.meta, self.cache, self.reclaimer, box)

@@ -79,6 +79,13 @@ class Names:
         self.unlinks = None if outbox is None else outbox.unlinks
         self.mkdirs = None if outbox is None else outbox.mkdirs
         self.renames = None if outbox is None else outbox.renames
+        self.links = None if outbox is None else outbox.links
+        #: Cancels an rmdir with its held-back mkdir (``HeldBack.rmdir_here``): whether it did.
+        self.rmdir_here: Callable[[int, bytes], bool] = (
+            (lambda _p, _n: False)
+            if outbox is None or outbox.back is None
+            else outbox.back.rmdir_here
+        )
 
     # Namespace: queries --------------------------------------------------------------------
 
@@ -93,6 +100,8 @@ class Names:
         ``within``: cached attributes only if at most that many seconds old (a permission
         check that must not rest on a long regular-file timeout).
         """
+        if self.links is not None:
+            await self.links.before_stat(ino)  # (a link held back: its link count)
         f = self.cache.files.get(ino)
         if f is not None and (f.opens or held_here(self.meta.leases, ino)):
             return self.cache.attr(ino, f.st)
@@ -287,7 +296,13 @@ class Names:
         return await self._make(parent, name, "fs.create", arg)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        """One two-object update (``fs.link``), or none for a file whose create waits in
+        write-back, linked within its directory (``fs/writeback/links.py``: git's objects)."""
         check_name(new_name, self.name_max)
+        if self.links is not None:
+            held = self.links.defer(ino, new_parent, new_name)
+            if held is not None:
+                return self.cache.attr(ino, held)
         f, pst = await self.meta.update(
             [ino, new_parent],
             "fs.link",
@@ -302,6 +317,12 @@ class Names:
 
     async def _remove(self, parent: int, name: bytes, method: str) -> None:
         check_name(name, self.name_max)
+        if method == "fs.unlink" and self.links is not None:
+            if self.links.unlinked(parent, name):
+                return  # a link held back, never sent (fs/writeback/links.py)
+            await self.links.send_for(parent, name)  # the file's other name goes first
+        if method == "fs.rmdir" and self.rmdir_here(parent, name):
+            return  # made and removed in the mount, never sent (fs/writeback/outbox.py)
         if method == "fs.unlink" and self.unlinks is not None:
             known = self.cache.names.get(parent, {}).get(name)
             if known is not None and self.unlinks.defer(parent, name, *known):
@@ -343,6 +364,9 @@ class Names:
         (:attr:`rename_here`): the create then goes under its new name; a file the
         servers hold, renamed within a directory held here, too (:attr:`renames`)."""
         check_name(new_name, self.name_max)
+        if self.links is not None:  # a rename of, or over, a name a held link names
+            await self.links.send_for(parent, name)
+            await self.links.send_for(new_parent, new_name)
         if await self.rename_here(parent, name, new_parent, new_name, flags):
             return
         if self.renames is not None and self.renames.defer(

@@ -22,6 +22,7 @@ with one :class:`Outbox` (``outbox.py``).  The map, one concept per module:
 - ``once.py``: ``SendOnce``, one held-back change sent by one task, the others waiting;
 - ``held.py``: :class:`HeldFiles`, files held exclusively: kept when closed, their writes
   sent later;
+- ``links.py``: ``PendingLinks``, links to files whose create waits (git's objects);
 - ``writemany.py``: ``write_inline_many``, small held files' writes in one update;
 - ``flush_behind.py``: :func:`flush_behind`, a sequential writer's flush in the background.
 """
@@ -32,8 +33,9 @@ from bftfs.fs.writeback.creates_table import CreateTable
 from bftfs.fs.writeback.creates_update import PendingCreate
 from bftfs.fs.writeback.flush_behind import behind_done, flush_behind
 from bftfs.fs.writeback.held import HeldFiles
+from bftfs.fs.writeback.links import PendingLinks
 from bftfs.fs.writeback.mkdirs import PendingMkdirs
-from bftfs.fs.writeback.outbox import Outbox
+from bftfs.fs.writeback.outbox import HeldBack, Outbox
 from bftfs.fs.writeback.renames import PendingRenames
 from bftfs.fs.writeback.schedule import MAX_FILE, WriteBack
 from bftfs.fs.writeback.unlinks import PendingUnlinks, about_another_entry
@@ -42,10 +44,12 @@ __all__ = [
     "MAX_FILE",
     "CreateSends",
     "CreateTable",
+    "HeldBack",
     "HeldFiles",
     "Outbox",
     "PendingCreate",
     "PendingCreates",
+    "PendingLinks",
     "PendingMkdirs",
     "PendingRenames",
     "PendingUnlinks",

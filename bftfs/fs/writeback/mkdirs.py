@@ -131,6 +131,36 @@ class PendingMkdirs:
     def pending_of(self, oid: int) -> PendingMkdir | None:
         return self._by_oid.get(oid)
 
+    def pending_named(self, parent: int, name: bytes) -> PendingMkdir | None:
+        """The mkdir of ``name`` in ``parent`` held back, if one is."""
+        return self._by_dir.get(parent, {}).get(name)
+
+    def holds_in(self, parent: int) -> bool:
+        """Whether a mkdir held back is in ``parent``."""
+        return bool(self._by_dir.get(parent))
+
+    def cancel(self, m: PendingMkdir) -> None:
+        """``rmdir`` of ``m``'s directory, empty and never sent: neither goes to the servers
+        (``HeldBack.rmdir_here``).  The name leaves this mount's view and its leased
+        listing, the parent loses the link the mkdir gave it, and the lease the directory
+        was to come with is forgotten, never granted."""
+        self._forget(m)
+        self.cache.forget(m.parent, m.name)
+        self.cache.names.pop(m.oid, None)
+        self.cache.forget_own([m.oid])
+        kept = self.cache.own.get(m.parent)
+        if kept is not None:
+            pst = dict(kept[0])
+            pst["nl"] = max(2, pst["nl"] - 1)
+            self.cache.own[m.parent] = (pst, kept[1])
+        leases = self.meta.leases
+        if leases is not None:
+            names = frozenset((m.name,))
+            leases.changed([m.parent, m.oid], parent=m.parent, names=names)
+            leases.entry_done("fs.rmdir", m.parent, names, "taken")
+            leases.never_made(m.oid)
+            leases.stats["mkdirs_cancelled"] += 1
+
     def links_in(self, parent: int) -> int:
         """The links directory ``parent`` gains from mkdirs in it held back and not being
         sent (an update's answer about it lacks them: ``Caches.pending_links``)."""

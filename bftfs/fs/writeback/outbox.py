@@ -30,6 +30,8 @@ from bftfs.fs.writeback.covered import HeldBackCover
 from bftfs.fs.writeback.creates import PendingCreates
 from bftfs.fs.writeback.creates_update import OpenExisting, PendingCreate
 from bftfs.fs.writeback.held import HeldFiles
+from bftfs.fs.writeback.links import KIND as LINK
+from bftfs.fs.writeback.links import PendingLinks
 from bftfs.fs.writeback.mkdirs import PendingMkdirs
 from bftfs.fs.writeback.renames import PendingRenames
 from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
@@ -105,6 +107,16 @@ class HeldBack:
             is_pending_create=creates.is_pending,
             made_dir=self.mkdirs.made,
         )
+        # ... and links to files whose create waits there (fs/writeback/links.py).
+        self.links = PendingLinks(
+            meta,
+            cache,
+            self.schedule,
+            creates,
+            held_name=self.held_name,
+            touch=self.unlinks.touch,
+            made_dir=self.entries_first,
+        )
 
     def held_name(self, parent: int, name: bytes) -> bool:
         """Whether a create, removal, mkdir or rename of ``name`` in ``parent`` waits in
@@ -114,7 +126,29 @@ class HeldBack:
             or self.unlinks.pending(parent, name) is not None
             or self.mkdirs.named(parent, name)
             or self.renames.names_held(parent, name)
+            or self.links.names_held(parent, name)
         )
+
+    def rmdir_here(self, parent: int, name: bytes) -> bool:
+        """``rmdir(parent, name)`` answered in the mount when the directory's mkdir waits
+        here, not being sent, and nothing is held back in it: no server ever held it and
+        nothing was made in it that went, so the mkdir and the rmdir cancel (``rm -rf``
+        of a tree just made, git's ``objects/xx``), as a create and its removal do; the
+        parent's times move by a held-back touch.  Whether it did."""
+        m = self.mkdirs.pending_named(parent, name)
+        if (
+            m is None
+            or m.once.busy
+            or self.creates.pending_in(m.oid)
+            or self.mkdirs.holds_in(m.oid)
+            or self.links.names_in(m.oid)
+            or self.renames.names_in(m.oid)
+            or not self.unlinks.touch(parent)
+        ):
+            return False
+        self.unlinks.untouch(m.oid)
+        self.mkdirs.cancel(m)
+        return True
 
     async def renames_in(self, directory: int) -> None:
         """Send the renames held back in ``directory`` (a mkdir of a name one moved away
@@ -150,12 +184,16 @@ class HeldBack:
     async def send_entry(self, kind: str, update: Any) -> None:
         if kind == "mkdir":
             await self.mkdirs.send(update)
+        elif kind == LINK:
+            await self.links.send(update)
         else:
             await self.renames.send(update)
 
     def drop_entry(self, kind: str, update: Any, e: FsError) -> None:
         if kind == "mkdir":
             self.mkdirs.drop(update, e)
+        elif kind == LINK:
+            self.links.drop(update, e)
         else:
             self.renames.drop(update, e)
 
@@ -242,6 +280,7 @@ class Outbox:
         self.held: HeldFiles | None = None if back is None else back.held
         self.mkdirs: PendingMkdirs | None = None if back is None else back.mkdirs
         self.renames: PendingRenames | None = None if back is None else back.renames
+        self.links: PendingLinks | None = None if back is None else back.links
         #: How long the kernel may keep a held-back object's attributes (None: nothing
         #: is held back under a lease).
         self.cover = (
@@ -265,8 +304,9 @@ class Outbox:
         )
 
     def pending_names(self, directory: int) -> list[bytes]:
-        """The names of the creates this mount has not sent in ``directory``."""
-        return [p.name for p in self.creates.pending_in(directory)]
+        """The names of the creates and links this mount has not sent in ``directory``."""
+        linked = [] if self.links is None else self.links.names_in(directory)
+        return [p.name for p in self.creates.pending_in(directory)] + linked
 
     def local_stat(self, oid: int) -> dict[str, Any] | None:
         """The attributes of an object no server holds yet (a held-back mkdir's directory,

@@ -106,6 +106,10 @@ class PendingRenames:
         """Whether a rename held back in ``parent`` is from or to ``name``."""
         return any(name in (r.name, r.new_name) for r in self._by_dir.get(parent, ()))
 
+    def names_in(self, parent: int) -> bool:
+        """Whether a rename is held back in ``parent``."""
+        return bool(self._by_dir.get(parent))
+
     def defer(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> bool:
         """Apply ``rename(parent/name, new_parent/new_name)`` in the mount and leave it to
         write-back, when it may be (module docstring); whether it did."""

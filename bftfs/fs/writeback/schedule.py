@@ -72,8 +72,9 @@ Deferred = TypeVar("Deferred", bound=_InDirectory)
 
 #: The kinds of entry update held back besides creates and removals, in the order they
 #: are sent: a mkdir first (``fs/writeback/mkdirs.py``: what is made in a directory
-#: follows it), then a rename (``fs/writeback/renames.py``).
-ENTRY_KINDS = ("mkdir", "rename")
+#: follows it), then a rename (``fs/writeback/renames.py``), then a link to a file whose
+#: create waits (``fs/writeback/links.py``: it sends the create first).
+ENTRY_KINDS = ("mkdir", "rename", "link")
 
 
 class Senders(Protocol):

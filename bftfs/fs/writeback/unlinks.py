@@ -193,6 +193,11 @@ class PendingUnlinks:
         self.cache.own_touch(parent, now)
         return True
 
+    def untouch(self, directory: int) -> None:
+        """``directory`` is removed before its times were sent: they never will be."""
+        if self._touches.pop(directory, None) is not None:
+            self.writeback.touch_sent(directory)
+
     def _gone_here(self, parent: int, name: bytes, oid: int) -> None:
         """The name is gone in this mount's view: its names, attributes, leased listing."""
         self.cache.forget(parent, name)
