@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -111,14 +112,14 @@ def run_step(step: Step, scratch: Path, log: Callable[[str], None]) -> dict[str,
     there is none."""
     cmd = [sys.executable, str(HERE / step.script), *step.args]
     cmd += ["--out", str(scratch), "--name", step.key, "--no-plot"]
-    log(f"== {step.key}: {' '.join(['benchmarks/' + step.script, *step.args])}")
+    log(f"== {step.key}: {shlex.join(['benchmarks/' + step.script, *step.args])}")
     t0 = time.monotonic()
     rc = subprocess.call(cmd, stdout=sys.stderr)  # the page goes to stdout at the end
     wall = time.monotonic() - t0
     path = scratch / f"{step.key}.json"
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     data["_step"] = {"key": step.key, "kind": step.kind, "rc": rc, "wall_s": round(wall, 1)}
-    data["_step"]["command"] = " ".join(["benchmarks/" + step.script, *step.args])
+    data["_step"]["command"] = shlex.join(["benchmarks/" + step.script, *step.args])
     log(f"== {step.key}: exit {rc}, {wall:.0f} s")
     return data
 
@@ -282,9 +283,15 @@ def markdown(page: dict[str, Any]) -> str:
 
 
 def collect(
-    results: Sequence[dict[str, Any]], args: argparse.Namespace, wall: float
+    results: Sequence[dict[str, Any]],
+    args: argparse.Namespace,
+    wall: float,
+    machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The page's contents from every step's results."""
+    """The page's contents from every step's results (``machine``: ``common.machine_info``
+    at the start of the run, now by default)."""
+    machine = dict(machine or common.machine_info())
+    machine["loadavg_end"] = list(os.getloadavg())
     figures = [f for d in results if d["_step"]["kind"] == "side" for f in figures_of(d)]
     attacked = [row for d in results if d["_step"]["kind"] == "attack" for row in attack_rows(d)]
     b = next((b_ratio(d) for d in results if d["_step"]["kind"] == "b"), (None, None, None))
@@ -301,7 +308,7 @@ def collect(
         "b": b,
         "skipped": skip_reasons(results, args.targets.split(","), args.short),
         "steps": [d["_step"] for d in results],
-        "machine": common.machine_info(),
+        "machine": machine,
         "commit": common.commit_info(),
     }
 
@@ -426,9 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep = set(args.only.split(","))
         plan = [s for s in plan if s.key in keep]
     scratch = Path(tempfile.mkdtemp(prefix="bftfs-bench-all-", dir=args.work or "/var/tmp"))
-    t0 = time.monotonic()
+    t0, machine = time.monotonic(), common.machine_info()
     results = [run_step(step, scratch, progress) for step in plan]
-    page = collect(results, args, time.monotonic() - t0)
+    page = collect(results, args, time.monotonic() - t0, machine)
     md = write_page(page, args.out, args.name)
     progress(f"wrote {args.out / args.name}.md and .svg (steps' JSON in {scratch})")
     print(md)

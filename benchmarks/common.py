@@ -502,7 +502,7 @@ def _verification(mode: str) -> Any:
     return verification_from(table)
 
 
-def _node_args(spec: TargetSpec) -> dict[int, list[str]]:
+def node_args(spec: TargetSpec) -> dict[int, list[str]]:
     """The ``bftfs node`` options per node: ``--byzantine`` for the corrupting nodes, and
     for the node an attack variant's profile runs on (``attack.py``)."""
     args = {i: ["--byzantine", "corrupt-fragments"] for i in spec.corrupt}
@@ -528,7 +528,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                 pc = stack.enter_context(
                     ProcessCluster(
                         base / f"cluster{attempt}",
-                        node_args=_node_args(spec),
+                        node_args=node_args(spec),
                         t=spec.t,
                         b=spec.b,
                         map_size=MAP_SIZE,
