@@ -151,6 +151,10 @@ def byzantine_client(site: Any, attack: str = CLIENT) -> Iterator[subprocess.Pop
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+        if os.path.ismount(mnt):  # it was killed before unmounting: its daemon is left
+            import common  # common imports this module
+
+            common.fuse_unmount(mnt)
         site.info["attack"] = {"client": "client1", "report": report.read_text()[-2000:]}
 
 
