@@ -94,6 +94,18 @@ bench-peers: bench-setup
 	$(BIN)/python benchmarks/seqio.py --targets $(PEER_TARGETS) $(SEQIO_ARGS) || rc=1; \
 	exit $$rc
 
+# Issue 64: the whole set in one command and ONE page (benchmarks/benchall.py): Andrew,
+# PostMark, seqio, fio, fs_mark, dbench and the kernel tree on the peers' targets, PostMark
+# and the big-file read under each Byzantine node profile and a Byzantine client, PostMark
+# at b = 1 and 2; medians of 3 -> benchmarks/results/bench-all-full.{md,svg}.  SHORT=1:
+# small sizes, one run, local/bindfs/bftfs and three attacks, in ten minutes
+# (bench-all-short.{md,svg}).  BENCH_ALL_ARGS, e.g. "--only postmark-attack --attack client".
+SHORT ?=
+BENCH_ALL_ARGS ?=
+.PHONY: bench-all
+bench-all: bench-setup
+	$(BIN)/python benchmarks/benchall.py $(if $(SHORT),--short) $(BENCH_ALL_ARGS)
+
 bench-andrew: bench-setup
 	$(BIN)/python benchmarks/andrew.py $(BENCH_ARGS)
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import attack
 import cephfs
 import gluster
 import moosefs
@@ -272,6 +273,8 @@ class TargetSpec:
     aged: bool = False
     #: Load beside the run (``variants.py``, ``--load``): "", "cpu" or "nice-node".
     load: str = ""
+    #: The attack beside the run (``attack.py``, ``--attack``): a node profile or "client".
+    attack: str = ""
 
 
 #: The lease term of the ``bftfs-lease`` target (seconds; mount option ``lease=``).
@@ -499,6 +502,15 @@ def _verification(mode: str) -> Any:
     return verification_from(table)
 
 
+def node_args(spec: TargetSpec) -> dict[int, list[str]]:
+    """The ``bftfs node`` options per node: ``--byzantine`` for the corrupting nodes, and
+    for the node an attack variant's profile runs on (``attack.py``)."""
+    args = {i: ["--byzantine", "corrupt-fragments"] for i in spec.corrupt}
+    if spec.attack and not attack.is_client(spec.attack):
+        args[attack.NODE] = ["--byzantine", spec.attack]
+    return args
+
+
 @contextlib.contextmanager
 def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
     # Imported here so the local and bindfs targets work even when bftfs cannot be imported.
@@ -516,7 +528,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                 pc = stack.enter_context(
                     ProcessCluster(
                         base / f"cluster{attempt}",
-                        node_args={i: ["--byzantine", "corrupt-fragments"] for i in spec.corrupt},
+                        node_args=node_args(spec),
                         t=spec.t,
                         b=spec.b,
                         map_size=MAP_SIZE,

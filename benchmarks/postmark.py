@@ -351,7 +351,7 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             "kind": spec.kind,
             "b": spec.b if spec.kind == "bftfs" else None,
             "durable": spec.durable if spec.kind == "bftfs" else None,
-            "variant": bool(spec.aged or spec.load),
+            "variant": bool(spec.aged or spec.load or spec.attack),
             "costs": costs.median_costs([r["costs"] for r in ok if "costs" in r]),
             "runs": len(ok),
             "partial_runs": sum(1 for r in ok if "partial" in r),
@@ -612,7 +612,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", help="results file stem (default postmark-<short|full>)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
-    variants.add_arguments(ap)
+    variants.add_arguments(ap, attacks=True)
     args = ap.parse_args(argv)
     args.mode = "full" if args.full else "short"
     full = args.full
@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("postmark") is None:
         progress("postmark is not installed: run scripts/setup-bench.sh (Debian package postmark)")
         return 2
-    specs = variants.expand(specs_from_args(args), args.aged, args.load)
+    specs = variants.expand_args(specs_from_args(args), args)
     skipped = common.skip_reasons(specs)
     for name, why in skipped.items():
         progress(f"{name} skipped: {why}")

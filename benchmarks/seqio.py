@@ -708,7 +708,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", default="seqio", help="results file stem (default seqio)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
-    variants.add_arguments(ap)
+    variants.add_arguments(ap, attacks=True)
     args = ap.parse_args(argv)
     if args.size <= 0 or args.block <= 0 or args.runs < 0 or not (args.runs or args.profile):
         ap.error("--size and --block must be positive, --runs too unless --profile")
@@ -731,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bftfs-plain)"
             )
         specs.append(spec)
-    specs = variants.expand(specs, args.aged, args.load)
+    specs = variants.expand_args(specs, args)
     skipped = common.skip_reasons(specs)
     for name, why in skipped.items():
         progress(f"{name} skipped: {why}")

@@ -9,6 +9,8 @@ run beside one busy process per core (started after the set-up, stopped after th
 GlusterFS brick, every thread of it; targets without servers get no such twin).  Each
 variant is a target of its own, interleaved with the others, so its figure over its
 twin's (aged / fresh, loaded / quiet) is a ratio of medians taken in the same run.
+``--attack`` adds each bftfs target with one Byzantine node or a Byzantine client beside
+it (``attack.py``: attacked / healthy).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import attack
 import common
 from common import Progress, Site, TargetSpec
 
@@ -31,8 +34,9 @@ LOADS = ("cpu", "nice-node")
 NICE = 19
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """The variants' flags, the same in every benchmark that offers them."""
+def add_arguments(ap: argparse.ArgumentParser, attacks: bool = False) -> None:
+    """The variants' flags, the same in every benchmark that offers them; ``attacks``:
+    ``--attack`` too (PostMark and seqio, the workloads issue 64's bar names)."""
     ap.add_argument(
         "--aged",
         action="store_true",
@@ -45,6 +49,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="also run each target loaded: cpu = one busy process per core beside the run; "
         "nice-node = one bftfs node or GlusterFS brick reniced to 19",
     )
+    if attacks:
+        ap.add_argument(
+            "--attack",
+            help="also run each bftfs target under attack, interleaved with it: a "
+            "comma-separated list of node profiles (`bftfs node --byzantine`, on node 0) and "
+            "'client' (a Byzantine client beside the correct one), or 'all' (attack.py)",
+        )
     ap.add_argument(
         "--age-big-mib", type=int, default=1024, help="ageing: the big file's MiB (1024)"
     )
@@ -62,6 +73,8 @@ def name_of(base: str, aged: bool, load: str) -> str:
 def base_name(spec: TargetSpec) -> str:
     """The name ``spec`` had before ``expand`` made it a variant."""
     name = spec.name
+    if spec.attack:
+        return name.removesuffix(attack.suffix(spec.attack))
     if spec.load:
         name = name.removesuffix(f" +{spec.load}")
     if spec.aged:
@@ -69,13 +82,18 @@ def base_name(spec: TargetSpec) -> str:
     return name
 
 
-def expand(specs: Sequence[TargetSpec], aged: bool, load: str | None) -> list[TargetSpec]:
+def expand(
+    specs: Sequence[TargetSpec], aged: bool, load: str | None, attacks: Sequence[str] = ()
+) -> list[TargetSpec]:
     """The targets with their variants, each right after its twin."""
     out: list[TargetSpec] = []
     for spec in specs:
         group = [spec]
-        if aged and spec.kind == "bftfs" and not (spec.down or spec.corrupt):
+        sound = spec.kind == "bftfs" and not (spec.down or spec.corrupt)
+        if aged and sound:
             group.append(replace(spec, name=name_of(spec.name, True, ""), aged=True))
+        if sound:
+            group += [replace(spec, name=spec.name + attack.suffix(a), attack=a) for a in attacks]
         if load:
             group += [
                 replace(s, name=name_of(s.name, False, load), load=load)
@@ -86,9 +104,18 @@ def expand(specs: Sequence[TargetSpec], aged: bool, load: str | None) -> list[Ta
     return out
 
 
+def expand_args(specs: Sequence[TargetSpec], args: argparse.Namespace) -> list[TargetSpec]:
+    """``expand`` with the variants ``args`` asks for."""
+    attacks = attack.attacks_from(getattr(args, "attack", None))
+    return expand(specs, args.aged, args.load, attacks)
+
+
 def twin_of(spec: TargetSpec) -> tuple[str, str] | None:
     """The twin a variant is compared with and what the ratio means, or None for a
-    plain target: a loaded one against the same quiet, an aged one against the fresh."""
+    plain target: a loaded one against the same quiet, an aged one against the fresh, an
+    attacked one against the healthy."""
+    if spec.attack:
+        return base_name(spec), "attacked / healthy"
     if spec.load:
         return name_of(base_name(spec), spec.aged, ""), "loaded / quiet"
     if spec.aged:
@@ -162,6 +189,15 @@ def conditions(
 ) -> Iterator[None]:
     """Age ``site`` if ``spec`` is an aged variant (its seconds go to ``site.info``), then
     hold ``spec``'s load while the body runs."""
+    if attack.is_client(spec.attack):
+        progress.more(" (Byzantine client", end="")
+        with attack.byzantine_client(site, spec.attack):
+            progress.more(" attacking)")
+            yield
+        return
+    if spec.attack:
+        progress.more(f" (node {attack.NODE} as {spec.attack})", end="")
+        site.info["attack"] = {"node": attack.NODE, "profile": spec.attack}
     if spec.aged:
         import ageing  # it imports andrew, which imports this module
 
@@ -194,6 +230,7 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "aged": args.aged,
         "load": args.load,
+        "attack": attack.attacks_from(getattr(args, "attack", None)),
         "ageing": {
             "andrew_rounds": args.age_andrew_rounds,
             "big_mib": args.age_big_mib,

@@ -1,0 +1,253 @@
+"""Issue 64's attack variants and one-page run: the ``--attack`` names and the variants they
+make (benchmarks/attack.py, variants.py), the node options an attacked target's cluster
+starts with (common.py), the steps of ``make bench-all`` and the page it writes from the
+steps' results (benchmarks/benchall.py); and, slow, one attacked PostMark end to end on
+real node processes and mounts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import attack  # noqa: E402
+import benchall  # noqa: E402
+import common  # noqa: E402
+import postmark  # noqa: E402
+import seqio  # noqa: E402
+import variants  # noqa: E402
+
+from bftfs.testing.byzantine.profiles import PROFILES  # noqa: E402
+from bftfs.testing.mounts import fuse_available  # noqa: E402
+
+# Names --------------------------------------------------------------------------------------
+
+
+def test_every_node_profile_is_a_real_one_and_all_is_every_profile_and_the_client() -> None:
+    assert set(attack.NODE_PROFILES) <= set(PROFILES)
+    assert attack.attacks_from("all") == [*attack.NODE_PROFILES, "client"]
+    assert attack.attacks_from("client-flood, corrupt-fragments,client-flood") == [
+        "client-flood",
+        "corrupt-fragments",
+    ]
+    assert attack.attacks_from(None) == []
+
+
+@pytest.mark.parametrize("bad", ["no-such-profile", "client-sleep", "fab-silent"])
+def test_an_unknown_attack_is_refused_naming_the_known_ones(bad: str) -> None:
+    with pytest.raises(SystemExit, match="corrupt-fragments"):
+        attack.attacks_from(f"client,{bad}")
+
+
+def test_the_client_parts() -> None:
+    assert attack.client_parts("client") == attack.CLIENT_PARTS
+    assert attack.client_parts("client-hoard") == ("hoard",)
+    assert attack.is_client("client-forge") and not attack.is_client("rational")
+
+
+def test_the_verdict_is_the_bar() -> None:
+    assert attack.verdict(0.7) == "meets 0.7x"
+    assert attack.verdict(0.69) == "BELOW 0.7x"
+    assert attack.verdict(None) == "no figure"
+
+
+# Variants -----------------------------------------------------------------------------------
+
+
+def test_attacked_variants_follow_each_sound_bftfs_target_and_name_their_twin() -> None:
+    specs = [
+        common.local_spec(),
+        common.bftfs_spec(1, 1),
+        common.bftfs_spec(1, 1, down=(0,)),
+        common.bftfs_spec(2, 2),
+    ]
+    out = variants.expand(specs, False, None, ["client", "rational"])
+    assert [s.name for s in out] == [
+        "local",
+        "bftfs b=1",
+        "bftfs b=1 under client",
+        "bftfs b=1 under rational",
+        "bftfs b=1 (1 down)",
+        "bftfs b=2",
+        "bftfs b=2 under client",
+        "bftfs b=2 under rational",
+    ]
+    assert variants.twins(out)["bftfs b=2 under rational"] == ["bftfs b=2", "attacked / healthy"]
+    assert "bftfs b=1" not in variants.twins(out)
+
+
+def test_a_node_profile_starts_on_node_0_and_the_client_attack_starts_no_liar() -> None:
+    spec = common.bftfs_spec(1, 1, corrupt=(1,))
+    liar = variants.expand([spec], False, None, ["forge-recalls", "client"])
+    assert liar == [spec]  # a corrupting target gets no attacked twin
+    healthy = common.bftfs_spec(1, 1)
+    node, client = variants.expand([healthy], False, None, ["forge-recalls", "client"])[1:]
+    assert common.node_args(node) == {0: ["--byzantine", "forge-recalls"]}
+    assert common.node_args(client) == {}
+    assert common.node_args(spec) == {1: ["--byzantine", "corrupt-fragments"]}
+
+
+@pytest.mark.parametrize("parse", [postmark.parse_args, seqio.parse_args])
+def test_postmark_and_seqio_take_attack_and_record_it(parse: Any) -> None:
+    args = parse(["--attack", "client,rational"])
+    assert variants.config(args)["attack"] == ["client", "rational"]
+    specs = variants.expand_args([common.bftfs_spec(1, 1)], args)
+    assert [s.attack for s in specs] == ["", "client", "rational"]
+
+
+# bench-all ----------------------------------------------------------------------------------
+
+
+def test_the_set_runs_every_workload_then_the_attacks_and_the_b_curve() -> None:
+    plan = benchall.steps(False, 3, benchall.ALL_TARGETS, "all")
+    assert [s.key for s in plan] == [
+        "andrew",
+        "postmark",
+        "seqio",
+        "fio",
+        "fsmark",
+        "dbench",
+        "kerneltree",
+        "postmark-attack",
+        "seqio-attack",
+        "postmark-b",
+    ]
+    for s in plan:
+        assert (BENCH / s.script).exists()
+        assert s.args[s.args.index("--runs") + 1] == "3"
+    b = plan[-1].args
+    assert b[b.index("--bs") + 1] == "1,2" and b.count("--bs") == 1
+    assert plan[7].args[plan[7].args.index("--attack") + 1] == "all"
+
+
+def test_short_mode_defaults_and_a_typo_in_attack_is_refused_at_once() -> None:
+    args = benchall.parse_args(["--short"])
+    assert (args.runs, args.targets, args.name) == (1, "local,bindfs,bftfs", "bench-all-short")
+    with pytest.raises(SystemExit):
+        benchall.parse_args(["--attack", "corupt-fragments"])
+
+
+def _results() -> list[dict[str, Any]]:
+    """Steps' results as the benchmarks write them (the fields the page reads)."""
+
+    def step(key: str, kind: str, **data: Any) -> dict[str, Any]:
+        return {**data, "_step": {"key": key, "kind": kind, "rc": 0, "wall_s": 5.0, "command": key}}
+
+    return [
+        step(
+            "postmark",
+            "side",
+            benchmark="postmark",
+            summary={"local": {"tps_median": 1000.0}, "bftfs b=1": {"tps_median": 250.0}},
+            skipped={"glusterfs": "glusterd is not installed"},
+        ),
+        step(
+            "andrew",
+            "side",
+            benchmark="andrew",
+            summary={"local": {"median": {"total": 2.0}}, "bftfs b=1": {"median": {"total": 8.0}}},
+        ),
+        step(
+            "fsmark",
+            "side",
+            benchmark="fsmark",
+            tool="fs_mark",
+            config={"cases": [{"key": "threads-1", "label": "files + fsync", "unit": "files/s"}]},
+            summary={"threads-1": {"local": {"median": 400.0}, "bftfs b=1": {"median": 100.0}}},
+        ),
+        step(
+            "postmark-attack",
+            "attack",
+            benchmark="postmark",
+            twins={"bftfs b=1 under client": ["bftfs b=1", "attacked / healthy"]},
+            summary={
+                "bftfs b=1": {"tps_median": 200.0},
+                "bftfs b=1 under client": {"tps_median": 100.0},
+            },
+        ),
+        step(
+            "seqio-attack",
+            "attack",
+            benchmark="seqio",
+            twins={"bftfs b=1 under rational": ["bftfs b=1", "attacked / healthy"]},
+            summary={
+                "bftfs b=1": {"read_MBps_median": 50.0},
+                "bftfs b=1 under rational": {"read_MBps_median": 45.0},
+            },
+        ),
+        step(
+            "postmark-b",
+            "b",
+            benchmark="postmark",
+            summary={"bftfs b=1": {"tps_median": 200.0}, "bftfs b=2": {"tps_median": 150.0}},
+        ),
+    ]
+
+
+def test_the_page_holds_ratios_to_local_the_attack_verdicts_b_and_every_skip(
+    tmp_path: Path,
+) -> None:
+    args = benchall.parse_args(["--short", "--out", str(tmp_path)])
+    page = benchall.collect(_results(), args, 300.0)
+    md = benchall.write_page(page, tmp_path, args.name)
+    assert (tmp_path / "bench-all-short.md").read_text() == md
+    assert "| PostMark | tx/s | 1000 | 250 (0.25x) |" in md.replace(" | bindfs", "")
+    assert "| Andrew, total | s | 2 | 8 (0.25x) |" in md  # a time: local's over the target's
+    assert "| fs_mark: files + fsync | files/s | 400 | 100 (0.25x) |" in md
+    assert "| PostMark tx/s | bftfs b=1 under client | 100 | 200 | 0.50x | BELOW 0.7x |" in md
+    assert (
+        "| big file cold read MB/s | bftfs b=1 under rational | 45 | 50 | 0.90x | meets 0.7x |"
+        in md
+    )
+    assert "| 200 | 150 | 0.75x | meets 0.7x |" in md
+    assert "- glusterfs: postmark: glusterd is not installed" in md
+    assert "- cephfs: left out of the short mode" in md
+    svg = ET.parse(tmp_path / "bench-all-short.svg").getroot()
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert "0.50x" in texts and "0.90x" in texts and "0.75x" in texts
+
+
+def test_a_step_that_wrote_nothing_is_on_the_page_with_its_exit_status(tmp_path: Path) -> None:
+    step = benchall.Step("fio", "fio.py", ("--runs", "1", "--targets", "no-such-target"))
+    data = benchall.run_step(step, tmp_path, lambda _msg: None)
+    assert data["_step"]["rc"] != 0 and benchall.figures_of(data) == []
+    args = benchall.parse_args(["--short"])
+    md = benchall.markdown(benchall.collect([data], args, 1.0))
+    assert f"`{data['_step']['command']}`: exit {data['_step']['rc']}" in md
+
+
+# End to end ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not fuse_available(), reason="needs FUSE")
+@pytest.mark.skipif(shutil.which("postmark") is None, reason="needs postmark")
+def test_a_short_attacked_postmark_runs_beside_its_twin_and_the_client_attacked(
+    tmp_path: Path,
+) -> None:
+    cmd = [sys.executable, str(BENCH / "postmark.py"), "--targets", "bftfs", "--bs", "1"]
+    cmd += ["--no-fsync-bs", "", "--files", "50", "--transactions", "100", "--attack"]
+    cmd += ["client,corrupt-fragments", "--out", str(tmp_path), "--name", "pm", "--no-plot"]
+    cmd += ["--quiet"]  # scratch under /var/tmp: PostMark crashes on a long location
+    done = subprocess.run(cmd, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    result = json.loads((tmp_path / "pm.json").read_text())
+    runs = {r["target"]: r for r in result["runs"]}
+    assert set(runs) == {"bftfs b=1", "bftfs b=1 under client", "bftfs b=1 under corrupt-fragments"}
+    assert all("tps" in r for r in runs.values()), runs
+    client = runs["bftfs b=1 under client"]["info"]["attack"]["report"]
+    done = dict(kv.split("=") for kv in client.split()[-7:])
+    assert int(done["flood_sent"]) > 0 and int(done["fuzz_frames"]) > 0 and int(done["walks"]) > 0
+    assert (
+        runs["bftfs b=1 under corrupt-fragments"]["info"]["attack"]["profile"]
+        == "corrupt-fragments"
+    )
