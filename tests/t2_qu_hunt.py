@@ -54,3 +54,27 @@ def test_a_seed_is_one_history() -> None:
     assert a.rec.history() == b.rec.history()
     c = hunt(8, s)
     assert c.net_log != a.net_log  # and the seed does decide it
+
+
+# A Byzantine server a client proves malevolent is reported once per client (qu/client.py).
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
+def test_a_copy_never_abandons_an_update_its_client_saw_complete() -> None:
+    """The first failure the hunt found (seed 40).  Client 0's increment of object 7 (to
+    11) completed at five servers; client 2 then copied object 7's version before it (10)
+    forward over it, and client 0's next ``add_all`` answered 11 again: one increment lost.
+    Client 2's copy request carried object 8's histories fresh (read again for
+    deduction: they listed the two-object barrier just made) and object 7's from earlier
+    in its operation (from before the increment and the barrier); deduction counted the
+    barrier complete at object 7 from object 8's histories, so classification said COPY
+    at 7 and took ObjCand from the old histories.  A copy now needs q histories of the
+    object itself listing its barrier (``classify.classify``)."""
+    s = Setting(behaviour="equivocate", server=4, slow=(0,), mean=0.01, duplicate=0.1)
+    run = hunt(40, s)
+    assert all(o.ok for o in run.rec.ops)
+    sevens = sorted(
+        o.result if o.method == "counter.increment" else dict(o.result)[7]
+        for o in run.rec.ops
+        if o.method != "counter.fetch"
+    )
+    assert sevens == list(range(1, 19))  # 18 updates of object 7, each once
+    assert check_serializable(run.rec.ops), run.rec.history()
