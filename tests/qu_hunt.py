@@ -99,3 +99,51 @@ async def _workload(seed: int, s: Setting, out: Run) -> None:
                 for k, c in enumerate(cs):
                     n.start_soon(work, c, k)
         wire.cancel_scope.cancel()  # stragglers still on the wire: the run is over
+
+
+def main() -> None:
+    """``python tests/qu_hunt.py --start 0 --count 1000 --behaviour equivocate``: run seeds
+    (the Byzantine server ``seed % 6`` unless ``--server``; ``--slow r``: one slow server
+    chosen by the seed), print each failing seed's setting and history, and a count."""
+    import argparse  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from qu_helpers import check_serializable  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--behaviour", default="endless_barriers")
+    p.add_argument("--server", type=int, default=-1)
+    p.add_argument("--slow", default="", help="'r', or servers: '1,3'")
+    p.add_argument("--mean", type=float, default=0.005)
+    p.add_argument("--dup", type=float, default=0.0)
+    p.add_argument("--fifo", action="store_true")
+    p.add_argument("--timeout", type=float, default=1.0)
+    a = p.parse_args()
+    logging.disable(logging.CRITICAL)  # malevolent-server warnings, one per client and run
+    t0, fails = time.monotonic(), 0
+    for seed in range(a.start, a.start + a.count):
+        if a.slow == "r":
+            slow: tuple[int, ...] = ((seed // 6) % 6,)
+        else:
+            slow = tuple(int(x) for x in a.slow.split(",") if x)
+        s = Setting(
+            behaviour=a.behaviour,
+            server=seed % 6 if a.server < 0 else a.server,
+            slow=slow,
+            mean=a.mean,
+            duplicate=a.dup,
+            fifo=a.fifo,
+            timeout=a.timeout,
+        )
+        run = hunt(seed, s)
+        if any(not o.ok for o in run.rec.ops) or not check_serializable(run.rec.ops):
+            fails += 1
+            print(f"FAIL seed {seed} {s}\n{run.rec.history()}", flush=True)
+    print(f"{a.count} seeds from {a.start}: {fails} failed, {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
