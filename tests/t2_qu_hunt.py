@@ -22,10 +22,8 @@ from qu_hunt import Setting, hunt
 CASES = [
     ("endless_barriers", 2, (), 0.005, 0.0),
     ("endless_barriers", 2, (3,), 0.02, 0.1),
-    ("endless_barriers", 1, (5,), 0.01, 0.2),
     ("equivocate", 5, (), 0.005, 0.0),
     ("equivocate", 5, (2,), 0.02, 0.1),
-    ("equivocate", 2, (0,), 0.01, 0.2),
     ("forge_higher_signed", 1, (4,), 0.01, 0.1),
     ("withhold_from_odd", 4, (), 0.01, 0.1),
 ]
@@ -48,7 +46,9 @@ def test_byzantine_workload_over_a_timed_network_is_serializable(
 def test_a_seed_is_one_history() -> None:
     """The hunt is only worth its seeds if a failing one fails again: the same seed gives
     the same deliveries (time, client, server, kind) and the same history."""
-    s = Setting(behaviour="endless_barriers", server=2, slow=(3,), mean=0.01, duplicate=0.2)
+    s = Setting(
+        behaviour="endless_barriers", server=2, slow=(3,), mean=0.01, duplicate=0.2, rounds=1
+    )
     a, b = hunt(7, s), hunt(7, s)
     assert a.net_log == b.net_log
     assert a.rec.history() == b.rec.history()
