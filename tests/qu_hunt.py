@@ -138,7 +138,12 @@ def main() -> None:
             fifo=a.fifo,
             timeout=a.timeout,
         )
-        run = hunt(seed, s)
+        try:
+            run = hunt(seed, s)
+        except Exception as e:  # noqa: BLE001 - a crashed run is a finding, reported
+            fails += 1
+            print(f"ERROR seed {seed} {s}: {e!r}", flush=True)
+            continue
         if any(not o.ok for o in run.rec.ops) or not check_serializable(run.rec.ops):
             fails += 1
             print(f"FAIL seed {seed} {s}\n{run.rec.history()}", flush=True)
