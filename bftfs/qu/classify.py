@@ -391,7 +391,15 @@ def classify(view: View, oid: int) -> ObjectClass:
     bar = view.latest_candidate(oid, True)
     lat = view.latest_time(oid)
     typ = OpType.BARRIER
-    if bar is not None and lat == bar.lt and view.order(oid, bar) >= th.q:
+    # A copy carries ObjCand forward, and ObjCand is only right when read from q histories
+    # *of this object* taken after they accepted the barrier: those list every version
+    # their servers accepted before it (an established one among them r times at least).
+    # Deduction may count a multi-object barrier complete here from other objects'
+    # histories while this object's are older than the barrier and miss a version
+    # established since: the copy then abandoned an update its client had seen complete
+    # (found by tests/t2_qu_hunt.py).  Short of q here, it is a barrier again (whose round
+    # returns fresh histories of every object).
+    if bar is not None and lat == bar.lt and len(view.local(oid, bar)) >= th.q:
         typ = OpType.COPY
     if obj is not None and lat == obj.lt and view.order(oid, obj) >= th.q:
         typ = OpType.METHOD
