@@ -37,7 +37,7 @@ PushHandler = Callable[[NodeId, Any], None]
 class Waiter:
     """Where a reply for one request id lands."""
 
-    __slots__ = ("event", "status", "body", "lost", "notify", "sent", "resent")
+    __slots__ = ("event", "status", "body", "lost", "notify", "sent", "resent", "upto")
 
     def __init__(self, notify: Callable[[], None] | None = None) -> None:
         self.event = trio.Event()
@@ -47,6 +47,9 @@ class Waiter:
         #: Sent more than once on one connection: its reply is no round-trip sample
         #: (Karn's rule, ``net/rtt.py``).
         self.resent = False
+        #: The end of its last copy in the connection's byte stream
+        #: (``FrameWriter.written``): a resend waits until the peer acknowledged it.
+        self.upto = 0
         self.status: int | None = None
         self.body: Any = None
         self.lost = False
@@ -128,6 +131,9 @@ class Connection:
         except trio.ClosedResourceError:
             self._close()
             raise
+        waiter = self.pending.get(msg[1]) if msg[0] == REQUEST else None
+        if waiter is not None:
+            waiter.upto = self._writer.written
 
     def resend_nowait(self, msg: list[Any]) -> bool:
         """Send ``msg`` again, unless this connection still holds unsent bytes: whether it
@@ -140,11 +146,17 @@ class Connection:
         Byzantine network stack withholding acknowledgements) would otherwise get a new
         copy of every unanswered request in our backlog at each resend interval, and the
         backlog would grow with time instead of being bounded by the requests
-        outstanding (docs/buffers.md)."""
+        outstanding (docs/buffers.md).  Bytes the kernel took but the peer has not
+        acknowledged count as unsent too: on a slow link (a WAN, docs/wan.md) they wait in
+        its queue, and a copy sent meanwhile only queues behind them."""
         if self._writer.pending:
             return False
         waiter = self.pending.get(msg[1])
         if waiter is not None:
+            if not self._writer.arrived(waiter.upto):
+                # Taken by the kernel but not acknowledged by the peer's (a slow link's
+                # queue): the earlier copy has not arrived yet.
+                return False
             waiter.resent = True
         self.send_nowait(msg)
         return True

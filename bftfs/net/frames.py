@@ -9,8 +9,11 @@ system call and no task switch (see :class:`FrameWriter`, :meth:`FrameReader._re
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import struct
+import sys
+import termios
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -236,6 +239,8 @@ class FrameWriter:
         self._drained = trio.Event()
         #: Bytes written to this writer that the kernel has not taken yet.
         self.pending = 0
+        #: Bytes written to this writer in all: the end of the last frame written.
+        self.written = 0
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -246,6 +251,7 @@ class FrameWriter:
         """
         if self.closed:
             raise trio.ClosedResourceError
+        self.written += len(data)
         if not self._backlog and not self._busy:
             try:
                 n = os.write(self._fd, data)
@@ -260,6 +266,26 @@ class FrameWriter:
         self._backlog.append(data)
         self.pending += len(data)
         self._wake.set()
+
+    def arrived(self, upto: int) -> bool:
+        """Whether the peer's kernel acknowledged every byte up to ``upto`` (a frame's end,
+        :attr:`written` after it was written); True where the kernel cannot say.
+
+        A request not yet acknowledged has not reached the peer, so sending it again only
+        adds to what a slow link must carry before the first copy (docs/wan.md)."""
+        return upto <= self.written - self.pending - self.unacknowledged()
+
+    def unacknowledged(self) -> int:
+        """Bytes the kernel took but the peer has not acknowledged yet (Linux ``SIOCOUTQ``
+        on TCP: ``write_seq - snd_una``); 0 where the kernel cannot say."""
+        if self.closed:
+            return 0
+        buf = bytearray(4)
+        try:
+            fcntl.ioctl(self._fd, termios.TIOCOUTQ, buf)
+        except OSError:
+            return 0
+        return int.from_bytes(buf, sys.byteorder, signed=True)
 
     async def wait_below(self, limit: int) -> None:
         """Return once at most ``limit`` bytes are pending (or the writer closed)."""
