@@ -64,7 +64,9 @@ profile                   behaviour
 ``fab-older-history``     FaB history reads: incomplete histories with made-up versions
                           before the true first one
 ``listeners-liar``        Listeners registers (issue 68, ``byzantine/listeners.py``): each
-                          answer and echo stale, forged or equivocating
+                          answer and echo stale, forged or equivocating; on Byzantine
+                          Listeners (``bl.*``) made-up answers under bad MACs, STOREs
+                          acknowledged but neither stored nor forwarded, made-up writes
 ========================  ===============================================================
 """
 
