@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import trio
+from listeners_helpers import LIAR, register_cluster
 
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_client
@@ -38,26 +39,10 @@ from bftfs.listeners.bserver import Forward
 from bftfs.listeners.stamps import INITIAL, Stamp
 from bftfs.local import query_status
 from bftfs.testing.linearizability import Recorder, check
-from bftfs.testing.processes import ProcessCluster
 
 KEYS = (b"alpha", b"beta")
 CLIENTS = 3
 OPS = 16
-
-
-def _cluster(home: Path, liar: int | None = None) -> ProcessCluster:
-    """Four ``--listeners`` nodes; node ``liar`` with ``--byzantine listeners-liar``."""
-    lies = ["--byzantine", "listeners-liar"]
-    return ProcessCluster(
-        home,
-        n=4,
-        t=1,
-        b=0,
-        clients=CLIENTS + 2,
-        map_size=1 << 28,
-        durable=False,
-        node_args={i: ["--listeners", *(lies if i == liar else [])] for i in range(4)},
-    )
 
 
 def _nodes(cfg: ClusterConfig) -> list[NodeId]:
@@ -94,7 +79,7 @@ async def _abandoned(cfg: ClusterConfig) -> tuple[bytes, Stamp, list[Stamp]]:
 
 
 def test_a_write_whose_client_stops_after_one_store_completes(tmp_path: Path) -> None:
-    with _cluster(tmp_path / "c") as pc:
+    with register_cluster(tmp_path / "c", CLIENTS + 2) as pc:
         data, stamp, held = trio.run(_abandoned, pc.config)
     assert data == b"abandoned"
     assert held == [stamp] * 4
@@ -132,7 +117,7 @@ async def _workload(cfg: ClusterConfig) -> Recorder:
 
 
 def test_concurrent_clients_are_atomic(tmp_path: Path) -> None:
-    with _cluster(tmp_path / "c") as pc:
+    with register_cluster(tmp_path / "c", CLIENTS + 2) as pc:
         rec = trio.run(_workload, pc.config)
     assert len(rec.ops) == CLIENTS * OPS
     verdict = check(rec.ops, initial=b"")
@@ -241,7 +226,7 @@ async def _with_a_liar(cfg: ClusterConfig, liar: int) -> tuple[Recorder, int, di
 
 def test_atomic_with_a_lying_node_and_a_client_killed_mid_write(tmp_path: Path) -> None:
     liar = 3
-    with _cluster(tmp_path / "c", liar=liar) as pc:
+    with register_cluster(tmp_path / "c", CLIENTS + 2, {liar: LIAR}) as pc:
         rec, lied, lies = trio.run(_with_a_liar, pc.config, liar)
     ops = [op for op in rec.ops if op.end is not None]
     assert len(ops) == CLIENTS * OPS + 2 * 3  # every operation but the killed one

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
+from listeners_helpers import LIAR, register_cluster
 
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_client
@@ -38,25 +39,6 @@ from bftfs.testing.processes import ProcessCluster
 KEYS = (b"alpha", b"beta")
 CLIENTS = 3
 OPS = 24
-
-
-def _cluster(
-    home: Path, node_args: dict[int, list[str]] | None = None, *, serve: bool = True
-) -> ProcessCluster:
-    """4 node processes serving registers (``--listeners``) unless not ``serve``,
-    ``node_args`` added."""
-    flag = ["--listeners"] if serve else []
-    args = {i: [*flag, *(node_args or {}).get(i, [])] for i in range(4)}
-    return ProcessCluster(
-        home,
-        n=4,
-        t=1,
-        b=0,
-        clients=CLIENTS + 1,
-        map_size=1 << 28,
-        durable=False,
-        node_args=args,
-    )
 
 
 async def _worker(
@@ -129,7 +111,7 @@ async def _endpoint(cfg: ClusterConfig, name: str, task_status: trio.TaskStatus[
 
 
 def test_atomic_with_a_node_killed_halfway(tmp_path: Path) -> None:
-    with _cluster(tmp_path / "c") as pc:
+    with register_cluster(tmp_path / "c", CLIENTS + 1) as pc:
         rec, clients = trio.run(_workload, pc.config, [0, 2, 3], lambda: pc.kill(1))
         assert pc.pid(1) is None
     assert len(rec.ops) == CLIENTS * OPS + 2 * 3  # every operation returned
@@ -153,7 +135,7 @@ async def _liar_answers(cfg: ClusterConfig, liar: int) -> tuple[list[bytes], lis
 
 def test_atomic_with_a_lying_node(tmp_path: Path) -> None:
     liar = 3
-    with _cluster(tmp_path / "c", node_args={liar: ["--byzantine", "listeners-liar"]}) as pc:
+    with register_cluster(tmp_path / "c", CLIENTS + 1, {liar: LIAR}) as pc:
         rec, _clients = trio.run(_workload, pc.config, [0, 1, 2])
         truth, said = trio.run(_liar_answers, pc.config, liar)
     verdict = check(rec.ops, initial=b"")
@@ -181,7 +163,7 @@ async def _read_through_an_outage(pc: ProcessCluster) -> tuple[bytes, int]:
 
 
 def test_a_read_restarts_until_a_quorum_answers(tmp_path: Path) -> None:
-    with _cluster(tmp_path / "c") as pc:
+    with register_cluster(tmp_path / "c", CLIENTS + 1) as pc:
         data, restarts = trio.run(_read_through_an_outage, pc)
     assert data == b"before the outage"
     assert restarts >= 2
@@ -199,7 +181,7 @@ async def _store_refused(cfg: ClusterConfig) -> str:
 
 def test_a_node_not_started_with_listeners_serves_no_registers(tmp_path: Path) -> None:
     """Registers have no storage charge yet: only ``bftfs node --listeners`` serves them."""
-    with _cluster(tmp_path / "c", serve=False) as pc:
+    with register_cluster(tmp_path / "c", CLIENTS + 1, serve=False) as pc:
         answer = trio.run(_store_refused, pc.config)
     assert answer != "stored"
     assert "lr.store" in answer, answer
