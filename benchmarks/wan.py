@@ -53,6 +53,7 @@ from bftfs.testing import netns, wan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chart  # noqa: E402
+import common  # noqa: E402
 
 PIECE = 1 << 20
 #: What ``--workloads`` chooses from.
@@ -380,9 +381,10 @@ def gluster_volume(bed: wan.Wan, work: Path) -> Iterator[str]:
         _gluster_ok(bed, work, "volume", "start", name)
         yield f"{hosts.address(0)}:/{name}"
     finally:
-        mark = str(work).encode()
+        marks = (str(work).encode(), name.encode())  # the self-heal daemon names the volume
         for pid, argv in proc.command_lines():  # bricks and clients glusterd daemonised
-            if pid != os.getpid() and any(mark in a for a in argv) and b"glusterd" not in argv[0]:
+            ours = any(m in a for a in argv for m in marks)
+            if pid != os.getpid() and ours and b"glusterd" not in argv[0]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         netns.stop_all(procs)
@@ -520,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2, help="runs of each system per delay")
     ap.add_argument("--svg", type=Path, default=None, help="the plot against the RTT")
     args = ap.parse_args(argv)
+    common.install_sigterm_handler()  # a killed run still removes its hosts and daemons
     if (why := wan.skip_reason()) is not None:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
