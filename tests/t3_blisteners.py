@@ -38,6 +38,7 @@ from bftfs.listeners.bclient import BListenersClient
 from bftfs.listeners.bserver import Forward
 from bftfs.listeners.stamps import INITIAL, Stamp
 from bftfs.local import query_status
+from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.linearizability import Recorder, check
 
 KEYS = (b"alpha", b"beta")
@@ -83,6 +84,36 @@ def test_a_write_whose_client_stops_after_one_store_completes(tmp_path: Path) ->
         data, stamp, held = trio.run(_abandoned, pc.config)
     assert data == b"abandoned"
     assert held == [stamp] * 4
+
+
+async def _revoked(cfg: ClusterConfig) -> list[list[int]]:
+    """Each node's list of clients its register rules refuse (its ``blisteners`` progress)."""
+    statuses = await query_status(cfg, timeout=10.0)
+    assert all(st.stats is not None for st in statuses), statuses
+    return [list(st.stats["progress"]["blisteners"]["revoked"]) for st in statuses if st.stats]
+
+
+async def _written_then_revoked(cfg: ClusterConfig, home: Path) -> tuple[list, list, int]:
+    async with open_client(cfg, "client1") as ep:
+        await BListenersClient(ep, _nodes(cfg)).write(b"k", b"before")
+    before = await _revoked(cfg)
+    await trio.to_thread.run_sync(bftfs_cli, home, "client", "revoke", "client1")
+    (cid,) = [int(c.id) for c in cfg.clients if c.name == "client1"]
+    with trio.fail_after(60):
+        after = await _revoked(cfg)
+        while any(cid not in r for r in after):
+            await trio.sleep(0.1)  # polled: the view reaches each node in its own time
+            after = await _revoked(cfg)
+    return before, after, cid
+
+
+def test_bftfs_client_revoke_reaches_every_nodes_register_rules(tmp_path: Path) -> None:
+    """Lemma 20 needs the administrator's revocation in every correct node's rules; the
+    operator's command is ``bftfs client revoke``, whose view the nodes follow."""
+    with register_cluster(tmp_path / "c", CLIENTS) as pc:
+        before, after, cid = trio.run(_written_then_revoked, pc.config, pc.home)
+    assert before == [[]] * 4
+    assert after == [[cid]] * 4
 
 
 async def _worker(

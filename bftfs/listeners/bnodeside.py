@@ -16,8 +16,9 @@ without ``(K, J)``.
 - The ACK (S3) goes to the writer as a push ``{"bl": {"k", "s"}}``, and in the reply when
   the STORE came from the writer itself and was vouched for at once: a writer that
   stopped gets no push and needs none.
-- An administrator's revocation is :meth:`BNode.revoke` (``revoke`` on the returned
-  handlers); no CLI reaches it yet (docs/listeners.md).
+- An administrator's revocation is :meth:`BNode.revoke`: ``bftfs client revoke NAME``
+  retires the client in a signed view, and the flush loop revokes every client the node's
+  view retired (:meth:`BHandlers.follow_revocations`).
 """
 
 from __future__ import annotations
@@ -113,9 +114,25 @@ class BHandlers:
         self.bnode = BNode(macs, Sizes.of(len(self.peers)), self.regs)
         self.stats: Counter[str] = Counter()
         self.quota: int | None = node.config.limits.quota_bytes(node.config.map_size)
+        self._view_seen = -1  # no view looked at yet: the first check reads the retired
 
     def revoke(self, client: int) -> None:
         self.bnode.revoke(client)
+
+    def follow_revocations(self) -> None:
+        """Revoke here (Lemma 18) every client the node's view has retired.
+
+        ``bftfs client revoke NAME`` retires the client in a new signed view; the node's
+        sessions refuse it from then on, but its proposals already vouched for and its
+        STOREs other nodes forward must be refused too, which only :meth:`BNode.revoke`
+        does.  Checked when the view number changes (at most every :data:`TWAIT`)."""
+        views = self.node.views
+        if views.number == self._view_seen:
+            return
+        self._view_seen = views.number
+        for r in views.view.retired:
+            if int(r.id) not in self.bnode.revoked:
+                self.revoke(int(r.id))
 
     async def on_ts(self, ctx: RequestContext, payload: Any) -> Any:
         key, hd, last = _parsed(bm.parse_ts_request, payload)
@@ -180,6 +197,7 @@ class BHandlers:
         """D1-D5 every :data:`TWAIT`; reads open past their lifetime dropped."""
         while True:
             await trio.sleep(TWAIT)
+            self.follow_revocations()
             if self.bnode.pending:
                 self._forward(self.bnode.dequeue())
             self.bnode.table.expire(trio.current_time())
