@@ -13,14 +13,17 @@ acceptor already took is answered again (the callee answers every retransmission
 from __future__ import annotations
 
 from bftfs.fab.certificates import ProgressCertificate, rep_body
+from bftfs.fab.commits import Commits
 from bftfs.fab.messages import Accepted, Propose
 
 
 class Acceptor:
     """What one acceptor accepted, slot by slot."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, commits: Commits | None = None) -> None:
         self.window = window
+        #: Parameterized FaB: the commit proofs this acceptor gathers (None: plain FaB).
+        self.commits = commits
         self.low = 0
         self.accepted: dict[int, tuple[int, bytes]] = {}  # slot -> (pn, value)
         self.certificate: ProgressCertificate | None = None  # of the current regency
@@ -53,8 +56,10 @@ class Acceptor:
         return Accepted(m.pn, m.slot, m.value)
 
     def rep(self, pn: int) -> bytes:
-        """The body of this acceptor's REP for ``pn``: what it accepted above ``low``."""
-        return rep_body(pn, self.low, {s: v for s, (_, v) in self.accepted.items()})
+        """The body of this acceptor's REP for ``pn``: what it accepted above ``low``, and
+        its commit proofs when it gathers them (Fig. 6.9 line 252)."""
+        proofs = None if self.commits is None else self.commits.proofs
+        return rep_body(pn, self.low, {s: v for s, (_, v) in self.accepted.items()}, proofs)
 
     def collect(self, low: int) -> None:
         """Forget every slot at or below the stable checkpoint ``low``."""
@@ -62,3 +67,5 @@ class Acceptor:
             return
         self.low = low
         self.accepted = {s: pv for s, pv in self.accepted.items() if s > low}
+        if self.commits is not None:
+            self.commits.collect(low)

@@ -14,6 +14,11 @@ back, L6569-6600; learners pull, Fig. 6.6 line 34) and the proposer's suspicion 
 (line 12).  Who sent a message is the transport's to say (MACs on every frame,
 ``bftfs/net``): ``step(sender, data)`` trusts ``sender``.
 
+With fewer than ``5f + 1`` nodes (``q.commits``: Parameterized FaB, Fig. 6.9) each ACCEPTED
+carries the acceptor's statement (one message to learners and acceptors), acceptors gather
+commit proofs (:mod:`~bftfs.fab.commits`) and send them to every learner, and REPs carry
+them into progress certificates.
+
 A proposer suspects the regent when a request it holds is not executed ``timeout`` ticks
 after it arrived.  The seed's proposers count LEARNED notifications from
 ``ceil((l + f + 1) / 2)`` learners instead (Fig. 6.6 lines 6-15); with every role on each
@@ -32,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftfs.fab.acceptor import Acceptor
-from bftfs.fab.auth import KeyLookup, sign
-from bftfs.fab.certificates import check_low, progress_certificate
+from bftfs.fab.auth import KeyLookup, sign, verify
+from bftfs.fab.certificates import accepted_body, check_commit, check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
+from bftfs.fab.commits import Commits
 from bftfs.fab.durable import Image
 from bftfs.fab.election import Election
 from bftfs.fab.execution import Execution, Operation
@@ -44,6 +50,7 @@ from bftfs.fab.learner import Learner
 from bftfs.fab.messages import (
     Accepted,
     Checkpoint,
+    CommitProof,
     Fetch,
     Learned,
     MalformedMessage,
@@ -142,7 +149,8 @@ class Replica:
     def __post_init__(self) -> None:
         n, s = self.q.a, self.settings
         self.nodes = n
-        self.acceptor = Acceptor(s.window)
+        commits = Commits(self.q.commit, s.window) if self.q.commits else None
+        self.acceptor = Acceptor(s.window, commits)
         self.learner = Learner(self.q, s.window)
         self.election = Election(self.me, self.key, self.q, n)
         self.leader = Leader(self.me, self.key, self.q, n, s.window)
@@ -253,6 +261,7 @@ class Replica:
             Checkpoint: self._on_checkpoint,
             Fetch: self.transfer.on_fetch,
             Snapshot: self._on_snapshot,
+            CommitProof: self._on_commit_proof,
         }
         h = handler.get(type(m))
         if h is None:
@@ -294,6 +303,14 @@ class Replica:
         answer = self.acceptor.on_propose(self.election.regency, m)
         if isinstance(answer, str):
             return answer
+        commits = self.acceptor.commits
+        if commits is not None:  # Fig. 6.9 lines 236 and 238: one message, signed
+            body = accepted_body(answer.pn, answer.slot, answer.value)
+            statement = sign(self.me, self.key, body, self.nodes)
+            answer = Accepted(answer.pn, answer.slot, answer.value, statement)
+            proof = commits.proofs.get(m.slot)
+            if proof is not None and (proof.pn, proof.value) == (m.pn, m.value):
+                self._send(None, proof)  # the leader resends: some learner lacks it
         self._send(None, answer)
         return None
 
@@ -343,7 +360,40 @@ class Replica:
     # -- learner and execution ------------------------------------------------------
 
     def _on_accepted(self, sender: int, m: Accepted) -> str | None:
-        learned = self.learner.on_accepted(sender, m)
+        learned = self.learner.on_accepted(sender, m)  # Fig. 6.9 lines 254-258
+        if isinstance(learned, str):
+            return learned
+        if learned:
+            self._learned(m.slot, m.value)
+        commits = self.acceptor.commits
+        return None if commits is None else self._gather(sender, m, commits)
+
+    def _gather(self, sender: int, m: Accepted, commits: Commits) -> str | None:
+        """The acceptor's side of an ACCEPTED (Fig. 6.9 lines 240-245): keep the sender's
+        checked statement, and send a commit proof it completes to every learner."""
+        st = m.statement
+        if st is not None and (
+            st.signer != sender
+            or st.body != accepted_body(m.pn, m.slot, m.value)
+            or not verify(self.me, self.key, st, self.nodes)
+        ):
+            return "ACCEPTED: its statement is not the sender's, or does not verify"
+        proof = commits.on_accepted(sender, m, self.election.regency)
+        if isinstance(proof, CommitProof):
+            self._send(None, proof)
+            return None
+        return proof
+
+    def _on_commit_proof(self, sender: int, m: CommitProof) -> str | None:
+        """COMMITPROOF from acceptor ``sender`` (Fig. 6.9 lines 260-265)."""
+        if not self.q.commits:
+            return "COMMITPROOF in plain FaB"
+        if m.slot in self.learner.learned:
+            return None  # learned already: the MACs need no checking
+        why = check_commit(self.me, self.key, self.q, self.nodes, m)
+        if why is not None:
+            return why
+        learned = self.learner.on_commit_proof(sender, m)
         if isinstance(learned, str):
             return learned
         if learned:
