@@ -210,6 +210,8 @@ class Replica:
         cp = self.checkpoints
         cp.stable, cp.digest, cp.certificate = image.stable, image.digest, image.certificate
         self.acceptor.accepted = dict(image.accepted)
+        if self.acceptor.commits is not None:
+            self.acceptor.commits.proofs = dict(image.proofs)
         self.acceptor.collect(cp.stable)
         self.learner.learned = dict(image.learned)
         self.learner.collect(cp.stable, self.execution.executed)
