@@ -6,13 +6,25 @@ alone survives the election of a new leader; six nodes stay plain FaB."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from fab_sim import CLIENT_BASE, Behaviour, Network, silent
 
 from bftfs.fab.auth import sign
 from bftfs.fab.certificates import accepted_body, rep_body
 from bftfs.fab.execution import NOOP, operation
-from bftfs.fab.messages import Accepted, CommitProof, Learned, Message, Propose, Rep, Signed, decode
+from bftfs.fab.messages import (
+    Accepted,
+    CommitProof,
+    Learned,
+    Message,
+    Propose,
+    Rep,
+    Signed,
+    decode,
+    encode,
+)
 from bftfs.quorums.fab import FabQuorums
 from bftfs.testing.byzantine.fab import Liar, honest
 from bftfs.testing.testobjects import registry
@@ -212,3 +224,15 @@ def test_a_value_chosen_by_commit_proofs_only_survives_the_election() -> None:
     assert net.conflicts() == []
     assert net.learned[3][1] == NOOP and _results(net) == [1, 2]
     assert min(net.replicas[i].election.regency for i in net.correct()) == 2
+
+
+def test_a_commit_proof_of_more_statements_than_acceptors_is_refused_unchecked() -> None:
+    """A proof needs one statement per acceptor at most: a liar's 4096 copies cost no MACs."""
+    net = Network(4, Q4, registry())
+    liar = Liar(net.replicas[3], random.Random(0), CLIENT_BASE)
+    proof = _forged(liar, 1, 0, b"v")
+    padded = CommitProof(1, 0, b"v", proof.statements * 1000)
+    step = net.replicas[0].step(3, encode(padded))
+    assert step.rejection == "commit proof for slot 1: 3000 > a statements"
+    step = net.replicas[0].step(3, encode(proof))  # the forger's own statement only
+    assert step.rejection == "commit proof for slot 1: 1 < 3 statements"

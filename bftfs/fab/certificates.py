@@ -85,6 +85,8 @@ def check_commit(
 ) -> str | None:
     """``valid`` (Fig. 6.9 lines 284-289): why ``proof`` does not hold ``commit`` verified
     statements of distinct acceptors for its value, slot and number; None when it does."""
+    if len(proof.statements) > q.a:  # one per acceptor: more is a liar making work
+        return f"commit proof for slot {proof.slot}: {len(proof.statements)} > a statements"
     body = accepted_body(proof.pn, proof.slot, proof.value)
     signers = {
         s.signer
