@@ -9,38 +9,70 @@ statements name one value at the current regency's number (``valid``, line 243),
 this acceptor's *commit proof* for the slot, sent to every learner (line 245) and reported
 in its REP (line 252).
 
-Statements are checked by the caller (the replica verifies the authenticator and the body);
-this module only counts.  Slots live in the acceptor's window above the stable checkpoint,
-so a Byzantine acceptor's statements for far slots cost nothing.
+A statement counts only from its own signer, for the value and number its ACCEPTED names,
+and when this node's MAC entry verifies (:mod:`bftfs.fab.auth`); a commit proof a learner
+receives is checked the same way (``certificates.check_commit``).  Slots live in the
+acceptor's window above the stable checkpoint, so a Byzantine acceptor's statements for
+far slots cost nothing.
 """
 
 from __future__ import annotations
 
-from bftfs.fab.messages import Accepted, CommitProof, Signed
+from bftfs.fab.auth import KeyLookup, sign, verify
+from bftfs.fab.certificates import accepted_body, check_commit
+from bftfs.fab.messages import Accepted, CommitProof, Propose, Signed
+from bftfs.quorums.fab import FabQuorums
 
 
 class Commits:
-    """Tentative commit proofs and commit proofs, slot by slot."""
+    """Tentative commit proofs and commit proofs, slot by slot, of acceptor ``me``."""
 
-    def __init__(self, commit: int, window: int) -> None:
-        self.commit = commit
+    def __init__(self, me: int, key: KeyLookup, q: FabQuorums, nodes: int, window: int) -> None:
+        self.me, self.key, self.q, self.nodes = me, key, q, nodes
+        self.commit = q.commit
         self.window = window
         self.low = 0
         #: slot -> acceptor -> (pn, value, statement): the highest-numbered ACCEPTED seen.
         self.tentative: dict[int, dict[int, tuple[int, bytes, Signed]]] = {}
         self.proofs: dict[int, CommitProof] = {}  # slot -> this acceptor's commit proof
 
+    @classmethod
+    def of(cls, me: int, key: KeyLookup, q: FabQuorums, nodes: int, window: int) -> Commits | None:
+        """The commit proofs of a cluster that gathers them (``q.commits``), else None."""
+        return cls(me, key, q, nodes, window) if q.commits else None
+
+    def stated(self, m: Accepted) -> Accepted:
+        """This acceptor's ACCEPTED with its statement (line 238)."""
+        body = accepted_body(m.pn, m.slot, m.value)
+        return Accepted(m.pn, m.slot, m.value, sign(self.me, self.key, body, self.nodes))
+
+    def again(self, m: Propose) -> CommitProof | None:
+        """The commit proof of a proposal the leader resends (a learner may lack it)."""
+        proof = self.proofs.get(m.slot)
+        return proof if proof is not None and (proof.pn, proof.value) == (m.pn, m.value) else None
+
+    def valid(self, proof: CommitProof) -> str | None:
+        """``valid`` (line 284) at this node: why ``proof`` is not a commit proof, or None."""
+        return check_commit(self.me, self.key, self.q, self.nodes, proof)
+
     def on_accepted(self, acceptor: int, m: Accepted, regency: int) -> CommitProof | None | str:
-        """Keep ``acceptor``'s checked statement ``m.statement``; the new commit proof it
-        completes (to send to every learner), None, or why it is refused."""
-        if m.statement is None:
+        """Keep ``acceptor``'s statement ``m.statement`` if it checks; the new commit proof
+        it completes (to send to every learner), None, or why it is refused."""
+        st = m.statement
+        if st is None:
             return "ACCEPTED without its statement (commit proofs are on)"
+        if (
+            st.signer != acceptor
+            or st.body != accepted_body(m.pn, m.slot, m.value)
+            or not verify(self.me, self.key, st, self.nodes)
+        ):
+            return "ACCEPTED: its statement is not the sender's, or does not verify"
         if not self.low < m.slot <= self.low + self.window:
             return f"slot {m.slot} outside the acceptor's window"
         kept = self.tentative.setdefault(m.slot, {})
         have = kept.get(acceptor)
         if have is None or m.pn > have[0]:  # line 241
-            kept[acceptor] = (m.pn, m.value, m.statement)
+            kept[acceptor] = (m.pn, m.value, st)
         if m.pn != regency:  # line 243: valid for the current regency's number only
             return None
         proof = self.proofs.get(m.slot)

@@ -7,7 +7,7 @@ sent valid commit proofs for it (Fig. 6.9 lines 260-265: then the value is chose
 section's definition, L7255).  The seed takes the value from the sender's last ACCEPTED
 (line 262); here it is the proof's own, which the proof's statements name: as safe (a valid
 proof is all the counting needs) and live when the COMMITPROOF overtakes the ACCEPTED.
-The caller checks a proof (``certificates.check_commit``) before it is counted.
+A proof is checked (``certificates.check_commit``, given by the caller) before it counts.
 
 Only each acceptor's latest report per slot is kept (``accepted[j]`` is
 overwritten, Fig. 6.5), and only for slots in the window above the stable checkpoint.
@@ -17,6 +17,8 @@ would be a safety violation, which the tests look for across nodes, tests/fab_si
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from bftfs.fab.messages import Accepted, CommitProof, Learned
 from bftfs.quorums.fab import FabQuorums
@@ -60,15 +62,20 @@ class Learner:
             return self._learn(m.slot, pv)
         return False
 
-    def on_commit_proof(self, acceptor: int, m: CommitProof) -> bool | str:
-        """A valid commit proof from ``acceptor`` (line 261, its latest per slot): whether
-        ``commit`` of them for one value and number made the slot learned now (line 263)."""
+    def on_commit_proof(
+        self, acceptor: int, m: CommitProof, valid: Callable[[CommitProof], str | None]
+    ) -> bool | str:
+        """A commit proof from ``acceptor`` (line 261, its latest per slot), checked by
+        ``valid`` (its MACs) unless the slot is learned: whether ``commit`` of them for one
+        value and number made the slot learned now (line 263), or why it was refused."""
         if acceptor >= self.q.a:
             return f"node {acceptor} is not an acceptor"
         if not self._in_window(m.slot):
             return f"slot {m.slot} outside the learner's window"
         if m.slot in self.learned:
             return False
+        if (why := valid(m)) is not None:
+            return why
         proofs = self.proven.setdefault(m.slot, {})
         have = proofs.get(acceptor)
         if have is None or have[0] < m.pn:

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftfs.fab.acceptor import Acceptor
-from bftfs.fab.auth import KeyLookup, sign, verify
-from bftfs.fab.certificates import accepted_body, check_commit, check_low, progress_certificate
+from bftfs.fab.auth import KeyLookup, sign
+from bftfs.fab.certificates import check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
 from bftfs.fab.commits import Commits
 from bftfs.fab.durable import Image
@@ -149,8 +149,7 @@ class Replica:
     def __post_init__(self) -> None:
         n, s = self.q.a, self.settings
         self.nodes = n
-        commits = Commits(self.q.commit, s.window) if self.q.commits else None
-        self.acceptor = Acceptor(s.window, commits)
+        self.acceptor = Acceptor(s.window, Commits.of(self.me, self.key, self.q, n, s.window))
         self.learner = Learner(self.q, s.window)
         self.election = Election(self.me, self.key, self.q, n)
         self.leader = Leader(self.me, self.key, self.q, n, s.window)
@@ -209,10 +208,7 @@ class Replica:
             self.transfer.keep(ex.executed, ex.image())  # a store written before chunks
         cp = self.checkpoints
         cp.stable, cp.digest, cp.certificate = image.stable, image.digest, image.certificate
-        self.acceptor.accepted = dict(image.accepted)
-        if self.acceptor.commits is not None:
-            self.acceptor.commits.proofs = dict(image.proofs)
-        self.acceptor.collect(cp.stable)
+        self.acceptor.restore(image.accepted, image.proofs, cp.stable)
         self.learner.learned = dict(image.learned)
         self.learner.collect(cp.stable, self.execution.executed)
         self.leader.collect(cp.stable)
@@ -305,15 +301,8 @@ class Replica:
         answer = self.acceptor.on_propose(self.election.regency, m)
         if isinstance(answer, str):
             return answer
-        commits = self.acceptor.commits
-        if commits is not None:  # Fig. 6.9 lines 236 and 238: one message, signed
-            body = accepted_body(answer.pn, answer.slot, answer.value)
-            statement = sign(self.me, self.key, body, self.nodes)
-            answer = Accepted(answer.pn, answer.slot, answer.value, statement)
-            proof = commits.proofs.get(m.slot)
-            if proof is not None and (proof.pn, proof.value) == (m.pn, m.value):
-                self._send(None, proof)  # the leader resends: some learner lacks it
-        self._send(None, answer)
+        self._send(None, answer)  # to learners and acceptors alike (Fig. 6.9 lines 236-238)
+        self._out.extend((None, proof) for proof in self.acceptor.again(m))
         return None
 
     def _from_regent(
@@ -362,40 +351,20 @@ class Replica:
     # -- learner and execution ------------------------------------------------------
 
     def _on_accepted(self, sender: int, m: Accepted) -> str | None:
-        learned = self.learner.on_accepted(sender, m)  # Fig. 6.9 lines 254-258
-        if isinstance(learned, str):
-            return learned
-        if learned:
-            self._learned(m.slot, m.value)
-        commits = self.acceptor.commits
-        return None if commits is None else self._gather(sender, m, commits)
-
-    def _gather(self, sender: int, m: Accepted, commits: Commits) -> str | None:
-        """The acceptor's side of an ACCEPTED (Fig. 6.9 lines 240-245): keep the sender's
-        checked statement, and send a commit proof it completes to every learner."""
-        st = m.statement
-        if st is not None and (
-            st.signer != sender
-            or st.body != accepted_body(m.pn, m.slot, m.value)
-            or not verify(self.me, self.key, st, self.nodes)
-        ):
-            return "ACCEPTED: its statement is not the sender's, or does not verify"
-        proof = commits.on_accepted(sender, m, self.election.regency)
+        why = self._took(m, self.learner.on_accepted(sender, m))  # Fig. 6.9 lines 254-258
+        proof = None if why else self.acceptor.on_accepted(sender, m, self.election.regency)
         if isinstance(proof, CommitProof):
             self._send(None, proof)
             return None
-        return proof
+        return why or proof
 
     def _on_commit_proof(self, sender: int, m: CommitProof) -> str | None:
-        """COMMITPROOF from acceptor ``sender`` (Fig. 6.9 lines 260-265)."""
-        if not self.q.commits:
+        if (commits := self.acceptor.commits) is None:  # Fig. 6.9 lines 260-265
             return "COMMITPROOF in plain FaB"
-        if m.slot in self.learner.learned:
-            return None  # learned already: the MACs need no checking
-        why = check_commit(self.me, self.key, self.q, self.nodes, m)
-        if why is not None:
-            return why
-        learned = self.learner.on_commit_proof(sender, m)
+        return self._took(m, self.learner.on_commit_proof(sender, m, commits.valid))
+
+    def _took(self, m: Accepted | CommitProof | Learned, learned: bool | str) -> str | None:
+        """Why the learner refused ``m`` (``learned``), or None; learned here if it did."""
         if isinstance(learned, str):
             return learned
         if learned:
@@ -415,12 +384,7 @@ class Replica:
         self.leader.on_learned(sender, m.slot, m.value)
         if self.leader.satisfied(m.slot):
             self.resends.rounds.done(m.slot, self.now)
-        learned = self.learner.on_learned(sender, m)
-        if isinstance(learned, str):
-            return learned
-        if learned:
-            self._learned(m.slot, m.value)
-        return None
+        return self._took(m, self.learner.on_learned(sender, m))
 
     def _learned(self, slot: int, value: bytes) -> None:
         if self.on_learn is not None:
