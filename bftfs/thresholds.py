@@ -26,7 +26,7 @@ paper's equation and the property it breaks (docs/quorums.md):
 
 from __future__ import annotations
 
-from bftfs.quorums.fab import FabQuorums, broken
+from bftfs.quorums.fab import FabQuorums, broken, fast_faults
 from bftfs.quorums.threshold import available, min_intersection
 
 
@@ -44,8 +44,12 @@ PASIS_DECODE = "decoding: the nodes a read shares with a complete write must hol
 
 def fab_rule(n: int, b: int) -> str | None:
     """Why FaB Paxos cannot run on ``n`` nodes with ``b`` Byzantine (every node acceptor,
-    proposer and learner; ``bftfs.quorums.fab``: F0-F4, ``n >= 5b + 1``), or None."""
-    why = broken(FabQuorums.of(n, b))
+    proposer and learner; ``bftfs.quorums.fab``: F0-F6), or None.
+
+    ``n >= 3b + 1``: the cluster runs with the largest ``t`` its nodes allow
+    (``fast_faults``): plain FaB (``t = b``) from ``5b + 1``, Parameterized FaB with commit
+    proofs below (``t = 0`` at ``3b + 1``; docs/fab.md)."""
+    why = broken(FabQuorums.of(n, b, t=fast_faults(n, b)))
     return None if why is None else f"FaB engine: {why}"
 
 

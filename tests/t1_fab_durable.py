@@ -136,3 +136,25 @@ async def test_a_step_the_store_could_not_write_sends_nothing_and_the_next_write
     await shell.apply(leader.tick())  # the proposal is resent, after a whole write
     assert queued() > 0
     assert durable.load(kv) is not None
+
+
+def test_a_restored_acceptor_still_reports_its_commit_proofs() -> None:
+    """Parameterized FaB (4 nodes, f = 1): the commit proofs an acceptor gathered are kept
+    (Lemma 48 counts on every correct holder reporting one in its REP) and collected with
+    the log."""
+    net = Network(4, FabQuorums.cluster(4, 1), registry(), seed=22,
+                  settings=Settings(window=16, interval=8), byzantine={3: silent})  # fmt: skip
+    kv = MemoryKV()
+    _persisted(net.replicas[1], kv)
+    assert _increments(net, 12)
+    r = net.replicas[1]
+    assert r.acceptor.commits is not None and r.acceptor.commits.proofs
+    image = durable.load(kv)
+    assert image is not None and image.proofs == r.acceptor.commits.proofs
+    back = net._replica(1)
+    back.restore(image)
+    assert back.acceptor.commits is not None
+    assert back.acceptor.commits.proofs == r.acceptor.commits.proofs
+    assert back.acceptor.rep(5) == r.acceptor.rep(5)
+    low = durable._slot_key(b"k", r.checkpoints.stable + 1)
+    assert r.checkpoints.stable >= 8 and list(kv.scan(durable.DB, b"k", low)) == []

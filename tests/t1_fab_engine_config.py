@@ -42,6 +42,23 @@ def test_an_unknown_engine_is_refused_by_name(tmp_path: Path) -> None:
     assert not config_path(tmp_path / "z").exists()
 
 
-def test_fab_needs_five_b_plus_one_nodes() -> None:
+def test_fab_needs_three_b_plus_one_nodes() -> None:
+    """Plain FaB from 5b + 1, Parameterized FaB (commit proofs, t < b) down to 3b + 1."""
     assert fab_rule(6, 1) is None and fab_rule(11, 2) is None
-    assert (fab_rule(5, 1) or "").startswith("FaB engine: F4")
+    assert fab_rule(4, 1) is None and fab_rule(5, 1) is None and fab_rule(7, 2) is None
+    assert (fab_rule(3, 1) or "").startswith("FaB engine: F0")
+    assert (fab_rule(6, 2) or "").startswith("FaB engine: F0")
+
+
+def test_a_four_node_fab_cluster_is_configured(tmp_path: Path) -> None:
+    """`bftfs init --engine fab` on 4 nodes for b = 1: the metadata-only cluster is accepted
+    (no Q/U objects, no PASIS blocks on it) and reloads."""
+    r = subprocess.run(
+        [sys.executable, "-m", "bftfs", "init", "--dir", str(tmp_path / "c"), "--engine", "fab"]
+        + ["--n", "4", "--t", "1", "--b", "1", "--no-seal"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    cfg = load(config_path(tmp_path / "c"))
+    assert (cfg.n, cfg.b, cfg.engine) == (4, 1, "fab")

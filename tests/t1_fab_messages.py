@@ -10,12 +10,19 @@ import pytest
 from fab_sim import CLIENT_BASE, keys_for
 
 from bftfs.fab.auth import sign, verify
-from bftfs.fab.certificates import checkpoint_body, rep_body, suspect_body
+from bftfs.fab.certificates import (
+    accepted_body,
+    checkpoint_body,
+    parse_rep,
+    rep_body,
+    suspect_body,
+)
 from bftfs.fab.client import request
 from bftfs.fab.execution import NOOP, operation, request_value
 from bftfs.fab.messages import (
     Accepted,
     Checkpoint,
+    CommitProof,
     Fetch,
     Learned,
     MalformedMessage,
@@ -62,7 +69,20 @@ EXAMPLES: list[Message] = [
     Fetch(16, 257),
     Snapshot(16, 0, b"manifest"),
     Snapshot(16, 3, b"piece"),
+    Accepted(3, 7, b"v", _signed(2, accepted_body(3, 7, b"v"))),
+    CommitProof(7, 3, b"v", tuple(_signed(j, accepted_body(3, 7, b"v")) for j in range(3))),
 ]
+
+
+def test_a_rep_carries_its_commit_proofs() -> None:
+    """Parameterized FaB: the REP's proofs parse back; a REP without them is plain FaB's."""
+    proof = CommitProof(2, 1, b"v", (_signed(0, accepted_body(1, 2, b"v")),))
+    parsed = parse_rep(_signed(3, rep_body(1, 0, {2: b"v"}, {2: proof})))
+    assert parsed is not None and parsed.proofs == {2: proof}
+    plain = parse_rep(_signed(3, rep_body(1, 0, {2: b"v"})))
+    assert plain is not None and plain.proofs == {}
+    assert rep_body(1, 0, {2: b"v"}) != rep_body(1, 0, {2: b"v"}, {})
+    assert parse_rep(_signed(3, rep_body(1, 2, {}, {2: proof}))) is None  # not above low
 
 
 @pytest.mark.parametrize("m", EXAMPLES, ids=lambda m: type(m).__name__)

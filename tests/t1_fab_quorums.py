@@ -1,4 +1,4 @@
-"""FaB Paxos quorum sizes (bftfs/quorums/fab.py; seed 003 section 6.6): the seed's sizes
+"""FaB Paxos quorum sizes (bftfs/quorums/fab.py; seed 003 sections 6.6 and 6.7): the seed's sizes
 pass, every weakening is refused naming the property it breaks, and the proof-by-sizes
 agrees with the exhaustive enumeration."""
 
@@ -11,7 +11,9 @@ from bftfs.quorums.fab import (
     FabQuorums,
     broken,
     chosen_size,
+    commit_size,
     exhaustive,
+    fast_faults,
     learn_size,
     vouch_size,
 )
@@ -94,3 +96,53 @@ def test_proof_and_enumeration_agree(f: int, extra: int) -> None:
 def test_exhaustive_refuses_a_universe_too_big() -> None:
     with pytest.raises(ValueError, match="exhaustive"):
         exhaustive(FabQuorums.of(21, 4))
+
+
+# -- Parameterized FaB Paxos (section 6.7, L7072-7330) ---------------------------------------
+
+
+@pytest.mark.parametrize(("n", "f", "t"), [(4, 1, 0), (5, 1, 0), (6, 1, 1), (7, 2, 0), (9, 2, 1)])
+def test_a_cluster_runs_the_largest_t_its_nodes_allow(n: int, f: int, t: int) -> None:
+    """t = min(f, (n - 3f - 1) // 2); commit proofs only below 5f + 1."""
+    assert fast_faults(n, f) == t
+    q = FabQuorums.cluster(n, f)
+    assert q.fast == t and q.commits == (t < f)
+    assert q.commit == commit_size(n, f) == -(-(n + f + 1) // 2)
+
+
+def test_four_nodes_at_f1_sizes() -> None:
+    """a = 4: two-step on all 4 ACCEPTED, else 3 commit proofs of 3 statements each."""
+    q = FabQuorums.cluster(4, 1)
+    assert (q.a, q.learn, q.commit, q.certificate, q.vouch) == (4, 4, 3, 3, 2)
+    assert broken(q) is None and exhaustive(q) is None
+
+
+def test_six_nodes_stay_plain_fab() -> None:
+    assert FabQuorums.cluster(6, 1) == FabQuorums.standard(1)
+
+
+@pytest.mark.parametrize("f", [1, 2])
+def test_3f_acceptors_are_refused(f: int) -> None:
+    with pytest.raises(FabConfigError, match="F0"):
+        FabQuorums.cluster(3 * f, f)
+    q = FabQuorums.of(3 * f, f, t=0)
+    assert (exhaustive(q) or "")[:2] in ("F4", "F5", "F6")
+
+
+def test_t_beyond_the_nodes_is_refused_as_not_two_step() -> None:
+    """Four nodes cannot be two-step despite one fault (a >= 3f + 2t + 1 = 6)."""
+    with pytest.raises(FabConfigError, match="F4"):
+        FabQuorums.checked(4, 1, t=1)
+    with pytest.raises(FabConfigError, match="F0"):
+        FabQuorums.checked(6, 1, t=2)
+
+
+@pytest.mark.parametrize(("a", "f"), [(4, 1), (5, 1), (6, 1), (7, 2), (8, 2), (9, 2)])
+@pytest.mark.parametrize("t", [0, 1, 2])
+def test_parameterized_proof_and_enumeration_agree(a: int, f: int, t: int) -> None:
+    """Safe and live (F1-F6) exactly when a >= 3f + 2t + 1, by proof and by enumeration."""
+    if t > f:
+        return
+    q = FabQuorums.of(a, f, t=t)
+    by_proof, by_enumeration = broken(q), exhaustive(q)
+    assert (by_proof is None) == (by_enumeration is None) == (a >= 3 * f + 2 * t + 1)

@@ -382,6 +382,8 @@ class ClusterConfig:
         if (why := fault_rule(t, b)) is not None:
             raise ConfigError(why)
         need = qu_min_servers(t, b)
+        if self.engine == "fab" and n < need:
+            return  # FaB metadata on 3b + 1..: no Q/U objects, no PASIS blocks (docs/fab.md)
         if n < need:
             raise ConfigError(
                 f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need}; "

@@ -13,14 +13,17 @@ acceptor already took is answered again (the callee answers every retransmission
 from __future__ import annotations
 
 from bftfs.fab.certificates import ProgressCertificate, rep_body
-from bftfs.fab.messages import Accepted, Propose
+from bftfs.fab.commits import Commits
+from bftfs.fab.messages import Accepted, CommitProof, Propose
 
 
 class Acceptor:
     """What one acceptor accepted, slot by slot."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, commits: Commits | None = None) -> None:
         self.window = window
+        #: Parameterized FaB: the commit proofs this acceptor gathers (None: plain FaB).
+        self.commits = commits
         self.low = 0
         self.accepted: dict[int, tuple[int, bytes]] = {}  # slot -> (pn, value)
         self.certificate: ProgressCertificate | None = None  # of the current regency
@@ -41,7 +44,7 @@ class Acceptor:
         prev = self.accepted.get(m.slot)
         if prev is not None and prev[0] == m.pn:
             if prev[1] == m.value:
-                return Accepted(m.pn, m.slot, m.value)  # a retransmission: answer again
+                return self._answer(m)  # a retransmission: answer again
             return f"slot {m.slot}: another value already accepted for {m.pn} (equivocation)"
         if prev is not None and prev[1] != m.value:
             cert = self.certificate
@@ -50,11 +53,38 @@ class Acceptor:
             if not cert.vouches(m.slot, m.value):
                 return f"slot {m.slot}: the progress certificate does not vouch for the value"
         self.accepted[m.slot] = (m.pn, m.value)
-        return Accepted(m.pn, m.slot, m.value)
+        return self._answer(m)
+
+    def _answer(self, m: Propose) -> Accepted:
+        """ACCEPTED, signed when this acceptor gathers commit proofs (Fig. 6.9 line 238)."""
+        answer = Accepted(m.pn, m.slot, m.value)
+        return answer if self.commits is None else self.commits.stated(answer)
+
+    def again(self, m: Propose) -> list[CommitProof]:
+        """The commit proof of a proposal the leader resends: a learner may lack it."""
+        proof = None if self.commits is None else self.commits.again(m)
+        return [] if proof is None else [proof]
+
+    def restore(
+        self, accepted: dict[int, tuple[int, bytes]], proofs: dict[int, CommitProof], low: int
+    ) -> None:
+        """What a previous run accepted and its commit proofs (``fab/durable.py``), above
+        the stable checkpoint ``low``."""
+        self.accepted = dict(accepted)
+        if self.commits is not None:
+            self.commits.proofs = dict(proofs)
+        self.collect(low)
+
+    def on_accepted(self, acceptor: int, m: Accepted, regency: int) -> CommitProof | None | str:
+        """Another acceptor's ACCEPTED (Fig. 6.9 lines 240-245): the commit proof it
+        completes, None, or why its statement is refused (None in plain FaB)."""
+        return None if self.commits is None else self.commits.on_accepted(acceptor, m, regency)
 
     def rep(self, pn: int) -> bytes:
-        """The body of this acceptor's REP for ``pn``: what it accepted above ``low``."""
-        return rep_body(pn, self.low, {s: v for s, (_, v) in self.accepted.items()})
+        """The body of this acceptor's REP for ``pn``: what it accepted above ``low``, and
+        its commit proofs when it gathers them (Fig. 6.9 line 252)."""
+        proofs = None if self.commits is None else self.commits.proofs
+        return rep_body(pn, self.low, {s: v for s, (_, v) in self.accepted.items()}, proofs)
 
     def collect(self, low: int) -> None:
         """Forget every slot at or below the stable checkpoint ``low``."""
@@ -62,3 +92,5 @@ class Acceptor:
             return
         self.low = low
         self.accepted = {s: pv for s, pv in self.accepted.items() if s > low}
+        if self.commits is not None:
+            self.commits.collect(low)

@@ -15,14 +15,17 @@ step costs O(window) comparisons by identity, and a write of what changed).  The
 messages only once it committed.  Pure: no I/O but the :class:`bftfs.kv.KV` it is given.
 
 Keys of the database ``fab``: ``a`` + slot (accepted ``[pn, value]``), ``l`` + slot
-(learned ``[pn, value]``), ``r`` (``[regency, proof]``), ``c`` (``[stable, digest,
-certificate]``), and the state at the latest stable checkpoint this node holds, in
-pieces (:mod:`bftfs.fab.chunks`): ``m`` (``[seq, manifest]``) and ``p`` + digest (a
-piece, 32 bytes of digest).  A new stable checkpoint writes only the pieces the stored
-manifest lacks and deletes those it no longer lists, in the same transaction as ``m``,
-so a node killed mid-write finds the old checkpoint or the new one, whole.  Slots are 8
-bytes big-endian.  A store of the format before chunks holds ``s`` (``[seq,
-snapshot]``, one blob): it is read, and replaced by pieces at the first write.
+(learned ``[pn, value]``), ``k`` + slot (Parameterized FaB: the acceptor's commit proof,
+``[slot, pn, value, statements]``, written before its COMMITPROOF is sent: a correct
+acceptor that had one reports it in every later REP, Lemma 48), ``r`` (``[regency,
+proof]``), ``c`` (``[stable, digest, certificate]``), and the state at the latest stable
+checkpoint this node holds, in pieces (:mod:`bftfs.fab.chunks`): ``m`` (``[seq,
+manifest]``) and ``p`` + digest (a piece, 32 bytes of digest). A new stable checkpoint
+writes only the pieces the stored manifest lacks and deletes those it no longer lists, in
+the same transaction as ``m``, so a node killed mid-write finds the old checkpoint or the
+new one, whole. Slots are 8 bytes big-endian. A store of the format before chunks holds
+``s`` (``[seq, snapshot]``, one blob): it is read, and replaced by pieces at the first
+write.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftfs.fab.chunks import StateImage, assemble, parse_manifest
-from bftfs.fab.messages import MalformedMessage, Signed, statements_in, statements_out
+from bftfs.fab.messages import (
+    CommitProof,
+    MalformedMessage,
+    Signed,
+    commit_proof_in,
+    commit_proof_out,
+    statements_in,
+    statements_out,
+)
 from bftfs.kv import KV
 from bftfs.qu.canon import canonical, unpack
 
@@ -46,6 +57,7 @@ class Image:
 
     accepted: dict[int, tuple[int, bytes]] = field(default_factory=dict)
     learned: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    proofs: dict[int, CommitProof] = field(default_factory=dict)
     regency: int = 0
     proof: tuple[Signed, ...] = ()
     stable: int = 0
@@ -94,6 +106,7 @@ class Durable:
         """The last changes were not written: the next call returns everything."""
         self._accepted: dict[int, tuple[int, bytes]] = {}
         self._learned: dict[int, tuple[int, bytes]] = {}
+        self._proofs: dict[int, CommitProof] = {}
         self._regency = -1
         self._stable = -1
         self._snapshot = -1
@@ -107,6 +120,12 @@ class Durable:
         _diff(b"a", self._accepted, r.acceptor.accepted, out)
         _diff(b"l", self._learned, r.learner.learned, out)
         self._accepted, self._learned = dict(r.acceptor.accepted), dict(r.learner.learned)
+        proofs = {} if r.acceptor.commits is None else r.acceptor.commits.proofs
+        for slot, proof in proofs.items():
+            if self._proofs.get(slot) is not proof:
+                out.append((_slot_key(b"k", slot), canonical(commit_proof_out(proof))))
+        out.extend((_slot_key(b"k", s), None) for s in self._proofs if s not in proofs)
+        self._proofs = dict(proofs)
         el, cp = r.election, r.checkpoints
         if el.regency != self._regency:
             out.append((b"r", canonical([el.regency, statements_out(el.proof)])))
@@ -165,6 +184,9 @@ def load(kv: KV) -> Image | None:
         return None
     try:
         image = Image(accepted=_slots(kv, b"a"), learned=_slots(kv, b"l"))
+        for _, value in kv.scan(DB, b"k", b"k" + b"\xff" * 9):
+            proof = commit_proof_in(unpack(value))
+            image.proofs[proof.slot] = proof
         regency, proof = unpack(kv.get(DB, b"r") or b"")
         image.regency, image.proof = regency, statements_in(proof)
         stored = kv.get(DB, b"c")

@@ -13,7 +13,9 @@ kind    class         fields                                                  se
 ======  ============  ======================================================  ==========
 1       Request       value (a client's operation with its authenticator)     L5379
 2       Propose       pn, slot, value                                         Fig 6.8 118
-3       Accepted      pn, slot, value                                         Fig 6.8 127
+3       Accepted      pn, slot, value [, Signed ``["accepted", pn, slot,     Fig 6.8 127
+                      H(value)]``: with commit proofs, one message to         Fig 6.9 236
+                      learners and acceptors]                                 and 238
 4       Pull          slot                                                    Fig 6.6 34
 5       Learned       slot, pn, value                                         Fig 6.6 38
 6       Suspect       Signed ``["suspect", regency]``                         Fig 6.7 8
@@ -27,6 +29,8 @@ kind    class         fields                                                  se
                       stable state: 0 its manifest, i its i-th piece)
 13      Snapshot      seq, index, data (the manifest or a piece, checked      L7640
                       against the certified root or the manifest's digest)
+14      CommitProof   slot, pn, value, statements (``commit`` signed          Fig 6.9 245
+                      ACCEPTED of ``value`` at ``pn``; Parameterized FaB)
 ======  ============  ======================================================  ==========
 """
 
@@ -81,6 +85,21 @@ class Accepted:
     pn: int
     slot: int
     value: bytes
+    #: Parameterized FaB (``FabQuorums.commits``): the acceptor's statement of accepting,
+    #: ``certificates.accepted_body``, which other acceptors gather into a commit proof
+    #: (Fig. 6.9 line 238).  None in plain FaB: the message is what it was.
+    statement: Signed | None = None
+
+
+@dataclass(frozen=True)
+class CommitProof:
+    """``commit`` statements of acceptors accepting ``value`` at ``pn`` for ``slot``
+    (Fig. 6.9 lines 242-245, ``valid`` at line 284); also an entry of a REP."""
+
+    slot: int
+    pn: int
+    value: bytes
+    statements: tuple[Signed, ...]
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,7 @@ Message = (
     | Reply
     | Fetch
     | Snapshot
+    | CommitProof
 )
 
 _KINDS: dict[type, int] = {
@@ -180,6 +200,7 @@ _KINDS: dict[type, int] = {
     Reply: 11,
     Fetch: 12,
     Snapshot: 13,
+    CommitProof: 14,
 }
 
 
@@ -194,8 +215,12 @@ def _rep_out(r: Rep) -> list[Any]:
 def _fields_out(m: Message) -> list[Any]:
     if isinstance(m, Request):
         return [m.value]
+    if isinstance(m, Accepted) and m.statement is not None:
+        return [m.pn, m.slot, m.value, _signed_out(m.statement)]
     if isinstance(m, Propose | Accepted):
         return [m.pn, m.slot, m.value]
+    if isinstance(m, CommitProof):
+        return commit_proof_out(m)
     if isinstance(m, Pull):
         return [m.slot]
     if isinstance(m, Fetch):
@@ -219,6 +244,23 @@ def _fields_out(m: Message) -> list[Any]:
             [_rep_out(r) for r in m.reps],
         ]
     return [m.client, m.rid, m.slot, m.ok, m.result, m.stream]
+
+
+def commit_proof_out(m: CommitProof) -> list[Any]:
+    """A commit proof as plain values (the message's fields, and a REP's entry)."""
+    return [m.slot, m.pn, m.value, [_signed_out(s) for s in m.statements]]
+
+
+def commit_proof_in(x: Any) -> CommitProof:
+    """The commit proof :func:`commit_proof_out` wrote.
+
+    Raises:
+        MalformedMessage: not one.
+    """
+    slot, pn, value, statements = _list(x, "commit proof", 4)
+    return CommitProof(
+        _int(slot, "slot"), _int(pn, "pn"), _bytes(value, "value"), _signeds(statements, "proof")
+    )
 
 
 def encode(m: Message) -> bytes:
@@ -270,6 +312,9 @@ def _parse(kind: int, f: list[Any]) -> Message:
     if kind in (2, 3) and len(f) == 3:
         cls = Propose if kind == 2 else Accepted
         return cls(_int(f[0], "pn"), _int(f[1], "slot"), _bytes(f[2], "value"))
+    if kind == 3 and len(f) == 4:
+        pn, slot, value = _int(f[0], "pn"), _int(f[1], "slot"), _bytes(f[2], "value")
+        return Accepted(pn, slot, value, _signed(f[3], "accepted statement"))
     if kind == 4 and len(f) == 1:
         return Pull(_int(f[0], "slot"))
     if kind == 5 and len(f) == 3:
@@ -299,6 +344,8 @@ def _parse(kind: int, f: list[Any]) -> Message:
         return Fetch(_int(f[0], "seq"), _int(f[1], "index"))
     if kind == 13 and len(f) == 3:
         return Snapshot(_int(f[0], "seq"), _int(f[1], "index"), _bytes(f[2], "data", MAX_PIECE))
+    if kind == 14:
+        return commit_proof_in(f)
     raise MalformedMessage(f"unknown kind {kind!r} or wrong number of fields ({len(f)})")
 
 

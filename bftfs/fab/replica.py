@@ -14,6 +14,11 @@ back, L6569-6600; learners pull, Fig. 6.6 line 34) and the proposer's suspicion 
 (line 12).  Who sent a message is the transport's to say (MACs on every frame,
 ``bftfs/net``): ``step(sender, data)`` trusts ``sender``.
 
+With fewer than ``5f + 1`` nodes (``q.commits``: Parameterized FaB, Fig. 6.9) each ACCEPTED
+carries the acceptor's statement (one message to learners and acceptors), acceptors gather
+commit proofs (:mod:`~bftfs.fab.commits`) and send them to every learner, and REPs carry
+them into progress certificates.
+
 A proposer suspects the regent when a request it holds is not executed ``timeout`` ticks
 after it arrived.  The seed's proposers count LEARNED notifications from
 ``ceil((l + f + 1) / 2)`` learners instead (Fig. 6.6 lines 6-15); with every role on each
@@ -35,6 +40,7 @@ from bftfs.fab.acceptor import Acceptor
 from bftfs.fab.auth import KeyLookup, sign
 from bftfs.fab.certificates import check_low, progress_certificate
 from bftfs.fab.checkpoints import Checkpoints
+from bftfs.fab.commits import Commits
 from bftfs.fab.durable import Image
 from bftfs.fab.election import Election
 from bftfs.fab.execution import Execution, Operation
@@ -44,6 +50,7 @@ from bftfs.fab.learner import Learner
 from bftfs.fab.messages import (
     Accepted,
     Checkpoint,
+    CommitProof,
     Fetch,
     Learned,
     MalformedMessage,
@@ -142,7 +149,7 @@ class Replica:
     def __post_init__(self) -> None:
         n, s = self.q.a, self.settings
         self.nodes = n
-        self.acceptor = Acceptor(s.window)
+        self.acceptor = Acceptor(s.window, Commits.of(self.me, self.key, self.q, n, s.window))
         self.learner = Learner(self.q, s.window)
         self.election = Election(self.me, self.key, self.q, n)
         self.leader = Leader(self.me, self.key, self.q, n, s.window)
@@ -201,8 +208,7 @@ class Replica:
             self.transfer.keep(ex.executed, ex.image())  # a store written before chunks
         cp = self.checkpoints
         cp.stable, cp.digest, cp.certificate = image.stable, image.digest, image.certificate
-        self.acceptor.accepted = dict(image.accepted)
-        self.acceptor.collect(cp.stable)
+        self.acceptor.restore(image.accepted, image.proofs, cp.stable)
         self.learner.learned = dict(image.learned)
         self.learner.collect(cp.stable, self.execution.executed)
         self.leader.collect(cp.stable)
@@ -253,6 +259,7 @@ class Replica:
             Checkpoint: self._on_checkpoint,
             Fetch: self.transfer.on_fetch,
             Snapshot: self._on_snapshot,
+            CommitProof: self._on_commit_proof,
         }
         h = handler.get(type(m))
         if h is None:
@@ -294,7 +301,8 @@ class Replica:
         answer = self.acceptor.on_propose(self.election.regency, m)
         if isinstance(answer, str):
             return answer
-        self._send(None, answer)
+        self._send(None, answer)  # to learners and acceptors alike (Fig. 6.9 lines 236-238)
+        self._out.extend((None, proof) for proof in self.acceptor.again(m))
         return None
 
     def _from_regent(
@@ -343,7 +351,20 @@ class Replica:
     # -- learner and execution ------------------------------------------------------
 
     def _on_accepted(self, sender: int, m: Accepted) -> str | None:
-        learned = self.learner.on_accepted(sender, m)
+        why = self._took(m, self.learner.on_accepted(sender, m))  # Fig. 6.9 lines 254-258
+        proof = None if why else self.acceptor.on_accepted(sender, m, self.election.regency)
+        if isinstance(proof, CommitProof):
+            self._send(None, proof)
+            return None
+        return why or proof
+
+    def _on_commit_proof(self, sender: int, m: CommitProof) -> str | None:
+        if (commits := self.acceptor.commits) is None:  # Fig. 6.9 lines 260-265
+            return "COMMITPROOF in plain FaB"
+        return self._took(m, self.learner.on_commit_proof(sender, m, commits.valid))
+
+    def _took(self, m: Accepted | CommitProof | Learned, learned: bool | str) -> str | None:
+        """Why the learner refused ``m`` (``learned``), or None; learned here if it did."""
         if isinstance(learned, str):
             return learned
         if learned:
@@ -363,12 +384,7 @@ class Replica:
         self.leader.on_learned(sender, m.slot, m.value)
         if self.leader.satisfied(m.slot):
             self.resends.rounds.done(m.slot, self.now)
-        learned = self.learner.on_learned(sender, m)
-        if isinstance(learned, str):
-            return learned
-        if learned:
-            self._learned(m.slot, m.value)
-        return None
+        return self._took(m, self.learner.on_learned(sender, m))
 
     def _learned(self, slot: int, value: bytes) -> None:
         if self.on_learn is not None:

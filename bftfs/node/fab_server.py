@@ -69,7 +69,7 @@ def register(node: Node, *, object_types: Iterable[ObjectType]) -> FabShell:
     keyring = node.keyring
     replica = Replica(
         int(node.id),
-        FabQuorums.checked(node.config.n, node.config.b),
+        FabQuorums.cluster(node.config.n, node.config.b),
         lambda p: keyring.key(PrincipalId(p)),
         registry_of(object_types),
         SETTINGS,

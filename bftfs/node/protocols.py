@@ -18,6 +18,7 @@ from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
 from bftfs.listeners import nodeside as listeners
 from bftfs.node import audits, rw_server
 from bftfs.qu.objects import ObjectType
+from bftfs.thresholds import pasis_rule
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node
@@ -29,8 +30,11 @@ PRODUCTION_TYPES: tuple[ObjectType, ...] = tuple(FS_TYPES)
 def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> list[str]:
     """Register both protocols' handlers with ``node``, serving the file system's object
     types and ``extra_object_types``; the servers' names."""
-    rw = rw_server.register(node)
-    audits.register(node, rw.notified_by)  # proofs of storage, contributions (docs/bar.md)
+    c = node.config
+    blocks = pasis_rule(c.n, c.t, c.b, c.qc, c.m) is None  # not on FaB's 3b + 1 (docs/fab.md)
+    if blocks:
+        rw = rw_server.register(node)
+        audits.register(node, rw.notified_by)  # proofs of storage, contributions (docs/bar.md)
     if node.serve_registers:  # beside the engine (docs/listeners.md)
         listeners.register(node)
     types = (*extra_object_types, *PRODUCTION_TYPES)
@@ -41,7 +45,7 @@ def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> l
         from bftfs.node import fab_server
 
         fab_server.register(node, object_types=types)
-        return ["rw", "fab"]
+        return ["rw", "fab"] if blocks else ["fab"]
     from bftfs.node import qu_server
 
     qu_server.register(node, object_types=types)

@@ -15,6 +15,15 @@ enough correct processes:
   ``ceil((l + f + 1) / 2)`` learners make a proposer satisfied (Fig. 6.6 line 8, L6475);
 - ``f + 1`` matching pull answers make a lagging learner learn (Fig. 6.6 line 42).
 
+**Parameterized FaB Paxos** (section 6.7, L7072-7330, Fig. 6.9) adds ``t`` (``0 <= t <= f``):
+``a = 3f + 2t + 1`` acceptors, safe with ``f`` Byzantine, two-step despite ``t`` faulty.
+Acceptors sign their ACCEPTED and collect a *commit proof*: ``commit = ceil((a + f + 1) / 2)``
+statements accepting one value for one proposal number (``valid``, Fig. 6.9 line 284); a
+learner also learns on ``commit`` commit proofs (line 263), three steps, live with ``f``
+faulty.  With ``t = f`` (FaB Paxos, ``5f + 1``) there are no commit proofs: the cluster
+behaves as plain FaB (:attr:`FabQuorums.commits` is False).  :func:`fast_faults` is the
+``t`` a cluster of ``n`` nodes runs with: the largest the node count allows.
+
 :func:`broken` names the first property a configuration breaks, from the sizes alone (the
 proofs of Theorem 13, Lemma 44, Lemma 45 and Lemma 46, L6935-7040); :func:`exhaustive`
 checks the same properties by enumerating every set for small ``a``, so a wrong formula
@@ -42,6 +51,19 @@ def learn_size(a: int, f: int) -> int:
 def chosen_size(a: int, f: int) -> int:
     """``ceil((a + f + 1) / 2)``: correct acceptors that make a value chosen (L6842)."""
     return _ceil_half(a + f + 1)
+
+
+def commit_size(a: int, f: int) -> int:
+    """``ceil((a + f + 1) / 2)``: ACCEPTED statements in a commit proof, and commit proofs a
+    learner needs (Fig. 6.9 lines 263 and 286)."""
+    return chosen_size(a, f)
+
+
+def fast_faults(n: int, f: int) -> int:
+    """The ``t`` of ``n`` nodes: ``min(f, (n - 3f - 1) // 2)``, the most faults the cluster
+    stays two-step through (``n >= 3f + 2t + 1``); 0 when ``n < 3f + 3`` (then only
+    ``n >= 3f + 1`` keeps it safe and live, :func:`broken` says when not)."""
+    return max(0, min(f, (n - 3 * f - 1) // 2))
 
 
 def vouch_size(a: int, f: int) -> int:
@@ -74,6 +96,24 @@ class FabQuorums:
     f: int
     learn: int  # matching ACCEPTED a learner needs; normally learn_size(a, f)
     vouch: int  # progress-certificate binding threshold; normally vouch_size(a, f)
+    #: Faults the cluster stays two-step through (Parameterized FaB, L7110); None: ``f``.
+    t: int | None = None
+
+    @property
+    def fast(self) -> int:
+        """``t``: faulty acceptors a two-step learn survives."""
+        return self.f if self.t is None else self.t
+
+    @property
+    def commits(self) -> bool:
+        """Whether acceptors sign ACCEPTED and collect commit proofs (``t < f``: a learn
+        quorum alone would not survive ``f`` silent acceptors)."""
+        return self.fast < self.f
+
+    @property
+    def commit(self) -> int:
+        """``ceil((a + f + 1) / 2)``: the size of a commit proof (Fig. 6.9 line 286)."""
+        return commit_size(self.a, self.f)
 
     @property
     def certificate(self) -> int:
@@ -91,20 +131,34 @@ class FabQuorums:
         return self.f + 1
 
     @classmethod
-    def of(cls, a: int, f: int, p: int | None = None, l: int | None = None) -> FabQuorums:  # noqa: E741
-        """The seed's sizes for ``a`` acceptors (``p`` and ``l`` default to ``a``), unchecked."""
-        return cls(
-            a, a if p is None else p, a if l is None else l, f, learn_size(a, f), vouch_size(a, f)
-        )
+    def of(
+        cls,
+        a: int,
+        f: int,
+        p: int | None = None,
+        l: int | None = None,  # noqa: E741
+        t: int | None = None,
+    ) -> FabQuorums:
+        """The seed's sizes for ``a`` acceptors (``p`` and ``l`` default to ``a``, ``t`` to
+        ``f``: plain FaB), unchecked."""
+        p, l = a if p is None else p, a if l is None else l  # noqa: E741
+        return cls(a, p, l, f, learn_size(a, f), vouch_size(a, f), None if t == f else t)
 
     @classmethod
-    def checked(cls, a: int, f: int, p: int | None = None, l: int | None = None) -> FabQuorums:  # noqa: E741
+    def checked(
+        cls,
+        a: int,
+        f: int,
+        p: int | None = None,
+        l: int | None = None,  # noqa: E741
+        t: int | None = None,
+    ) -> FabQuorums:
         """The seed's sizes, refused when they break a property.
 
         Raises:
             FabConfigError: naming the property (:func:`broken`).
         """
-        q = cls.of(a, f, p, l)
+        q = cls.of(a, f, p, l, t)
         if (why := broken(q)) is not None:
             raise FabConfigError(why)
         return q
@@ -113,6 +167,16 @@ class FabQuorums:
     def standard(cls, f: int) -> FabQuorums:
         """``5f + 1`` nodes, each acceptor, proposer and learner (bftfs's six nodes at f=1)."""
         return cls.checked(5 * f + 1, f)
+
+    @classmethod
+    def cluster(cls, n: int, f: int) -> FabQuorums:
+        """``n`` nodes, each of the three roles, with ``t = fast_faults(n, f)``: plain FaB
+        from ``5f + 1``, Parameterized FaB with commit proofs from ``3f + 1``.
+
+        Raises:
+            FabConfigError: ``n`` too small for ``f`` (:func:`broken`).
+        """
+        return cls.checked(n, f, t=fast_faults(n, f))
 
 
 def broken(q: FabQuorums) -> str | None:
@@ -128,12 +192,20 @@ def broken(q: FabQuorums) -> str | None:
       ``(a - f) - (a - chosen) = chosen - f >= vouch`` replies from the acceptors that chose
       ``v``, and ``vouch`` is a strict majority of the certificate (one value binds it;
       Lemma 50, L7460).
-    - F4 (two steps despite ``f`` silent acceptors, L6439; Theorem 10, L6299): ``learn <= a - f``.
+    - F4 (two steps despite ``t`` silent acceptors, L6439, L7110; Theorem 10, L6299):
+      ``learn <= a - t`` (``a >= 3f + 2t + 1``).
+    - F5 (with commit proofs, Lemma 48's second case, L7290): a progress certificate
+      holds a commit proof of a chosen value from a correct acceptor:
+      ``commit - f - f >= 1``.
+    - F6 (with commit proofs, liveness despite ``f`` faulty, L7225): ``commit <= a - f``
+      correct acceptors can each gather a commit proof (``a >= 3f + 1``).
     """
-    a, f = q.a, q.f
+    a, f, t = q.a, q.f, q.fast
     chosen = chosen_size(a, f)
     if f < 0 or a <= 0:
         return f"F0: no FaB cluster with a={a}, f={f}"
+    if not 0 <= t <= f:
+        return f"F0: t={t} must be in 0..f={f} (L7110)"
     if q.p < 3 * f + 1 or q.l < 3 * f + 1:
         return f"F0: p={q.p} and l={q.l} must be at least 3f + 1 = {3 * f + 1} (L6439)"
     if q.learn - f < chosen:
@@ -151,11 +223,19 @@ def broken(q: FabQuorums) -> str | None:
         )
     if 2 * q.vouch <= q.certificate:
         return f"F3: {q.vouch} is not a majority of a {q.certificate}-reply certificate"
-    if q.learn > a - f:
+    if q.learn > a - t:
         return (
-            f"F4: a learner needs {q.learn} ACCEPTED but only a - f = {a - f} acceptors are "
-            f"sure to answer: not two-step with f faulty (a >= 5f + 1 = {5 * f + 1})"
+            f"F4: a learner needs {q.learn} ACCEPTED but only a - t = {a - t} acceptors are "
+            f"sure to answer: not two-step with t={t} faulty "
+            f"(a >= 3f + 2t + 1 = {3 * f + 2 * t + 1})"
         )
+    if q.commits and q.commit - 2 * f < 1:
+        return (
+            f"F5: a certificate of {q.certificate} replies may hold no commit proof from a "
+            f"correct holder of one of {q.commit} (a > 3f = {3 * f})"
+        )
+    if q.commits and q.commit > a - f:
+        return f"F6: a commit proof needs {q.commit} > a - f = {a - f} correct acceptors"
     return None
 
 
@@ -195,6 +275,23 @@ def exhaustive(q: FabQuorums) -> str | None:
                     )
     if 2 * q.vouch <= q.certificate:
         return f"F3: {q.vouch} is not a majority of a {q.certificate}-reply certificate"
-    if q.learn > a - f:
-        return f"F4: no learn quorum avoids some {f} silent acceptors"
+    if q.learn > a - q.fast:
+        return f"F4: no learn quorum avoids some {q.fast} silent acceptors"
+    return _exhaustive_commits(q, faulty_sets) if q.commits else None
+
+
+def _exhaustive_commits(q: FabQuorums, faulty_sets: list[int]) -> str | None:
+    """F5 and F6 by enumeration: every set of ``commit`` holders of a commit proof meets
+    every certificate in a correct acceptor, and some ``commit`` acceptors avoid every
+    faulty set."""
+    every = range(q.a)
+    holders = [mask(c) for c in combinations(every, q.commit)]
+    certificates = [mask(p) for p in combinations(every, q.certificate)]
+    for b in faulty_sets:
+        for h in holders:
+            for pc in certificates:
+                if h & pc & ~b == 0:
+                    return f"F5: certificate {pc:#x} holds no correct holder of {h:#x}"
+        if not any(h & b == 0 for h in holders):
+            return f"F6: every commit proof needs an acceptor of faulty {b:#x}"
     return None
