@@ -49,6 +49,26 @@ class MethodRefused(Exception):
 
 
 States = Mapping[int, Any]
+
+#: The key of a state that carries an intent of the cross-group commit
+#: (``fsobjects/txn.py``): ``{INTENT: {"d": digest, "c": group, "r": record}, ...}``.
+INTENT = "~intent"
+
+
+def intent_refusal(states: States) -> MethodRefused | None:
+    """The refusal of any method but the commit's own on ``states`` when one carries an
+    intent: ``intent <T's digest hex> <coordinator group> <record object>``, what a client
+    needs to resolve T (the objects are locked by a state their group ordered)."""
+    for st in states.values():
+        if isinstance(st, Mapping) and INTENT in st:
+            it = st[INTENT]
+            try:
+                return MethodRefused(f"intent {it['d'].hex()} {int(it['c'])} {int(it['r'])}")
+            except (KeyError, TypeError, ValueError, AttributeError):
+                return MethodRefused("intent")
+    return None
+
+
 QueryFn = Callable[[States, Any], Any]
 UpdateFn = Callable[[States, Any], tuple[Mapping[int, Any], Any]]
 
@@ -92,6 +112,10 @@ class Method:
     #: version's: a move installs the old generation's table with the state, so an update
     #: that took effect there is known as done when its client retries it here.
     installs_applied: str | None = None
+    #: A method of the cross-group commit (``fsobjects/txn.py``): it runs on objects that
+    #: carry an intent (every other method is refused ``intent``, :func:`intent_refusal`),
+    #: and a node signs its OK replies (``replica.handle_request``).
+    txn: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +230,9 @@ class Registry:
                 code, same input), so it is reported as the refusal ``method-error``.
         """
         m = self._checked(name, Class.QUERY, len(states))
+        held = None if m.txn else intent_refusal(states)
+        if held is not None:
+            raise held
         try:
             if m.applied:
                 return normalise(m.fn(states, arg, applied or {}))
@@ -228,6 +255,9 @@ class Registry:
                 object it was given.
         """
         m = self._checked(name, Class.UPDATE, len(states))
+        held = None if m.txn else intent_refusal(states)
+        if held is not None:
+            raise held
         try:
             new, answer = m.fn(states, arg, caller) if m.caller else m.fn(states, arg)
             if set(new) != set(states):
