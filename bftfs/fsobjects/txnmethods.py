@@ -120,7 +120,7 @@ def make_txn_type(inner: Registry, keys: GroupKeys) -> ObjectType:
             new, _ = inner.update(part.method, states, part.arg, caller)
         except MethodRefused as e:
             return dict(states), vote_answer(txn, i, False, e.code)
-        mark = {"d": txn.digest, "c": txn.coordinator, "r": txn.record, "i": i}
+        mark = {"d": txn.digest, "c": txn.coordinator, "r": txn.record, "i": i, "T": txn.raw}
         out = {oid: {INTENT: mark, "o": states[oid], "n": new[oid]} for oid in states}
         return out, vote_answer(txn, i, True)
 

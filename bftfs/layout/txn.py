@@ -125,7 +125,7 @@ class Driver:
     rng: random.Random
     sleep: Callable[[float], Awaitable[Any]] = trio.sleep
     span: int = SPAN
-    attempts: int = 20
+    attempts: int = 30
     #: Called with a step's name (``begun``, ``prepared``, ``decided``); raising
     #: :class:`Abandon` stops there (tests: a client that crashes mid-way).
     stop_after: Callable[[str], None] = lambda _step: None
@@ -162,7 +162,7 @@ class Driver:
             out.why = why
             if not why.startswith("intent"):
                 return out
-            await self.sleep(self.rng.uniform(0.001, 0.002) * 2 ** min(attempt, 8))
+            await self.sleep(self.rng.uniform(0.001, 0.002) * 2 ** min(attempt, 10))
         out.why = "contention"
         return out
 
