@@ -192,10 +192,10 @@ class GroupKeys:
             node, sig = item
             if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < len(keys):
                 return False
-            if not isinstance(sig, bytes) or len(sig) != SIGNATURE_SIZE or node in good:
+            if not isinstance(sig, bytes) or len(sig) != SIGNATURE_SIZE:
                 return False
-            if verify(keys[node], stmt, sig):
-                good.add(node)
+            if node not in good and verify(keys[node], stmt, sig):
+                good.add(node)  # distinct nodes: a node signing twice counts once
         return len(good) >= self.quorums[group]
 
     def check(self) -> None:
