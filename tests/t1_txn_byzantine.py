@@ -10,7 +10,6 @@ import random
 from typing import Any
 
 import pytest
-import trio
 from t1_txn import Groups, put, read, rename, virtual
 
 from bftfs.fsobjects.txn import GroupKeys, digest
