@@ -28,6 +28,7 @@ votes and decisions other groups check (:mod:`bftfs.fsobjects.txn`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +55,7 @@ from bftfs.qu.objects import (
     States,
     intent_refusal,
 )
+from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: A record's kind marker (``{"k": RECORD, "T": descriptor, "d": digest, "st": state}``).
 RECORD = "txn"
@@ -90,92 +92,6 @@ def make_txn_type(inner: Registry, keys: GroupKeys) -> ObjectType:
     is run through ``inner`` (the node's other object types)."""
     keys.check()
 
-    def begin(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-        txn, now = _arg(arg, keys, set())
-        if list(states) != [txn.record]:
-            raise MethodRefused("txn-objects", "begin runs on the record alone")
-        if caller != txn.client:
-            raise MethodRefused("txn-caller", "only T's client begins it")
-        if not now < txn.deadline <= now + MAX_SPAN:
-            raise MethodRefused("txn-deadline", "past the deadline, or a deadline too far")
-        if states[txn.record] is not None:
-            raise MethodRefused("oid-exists", "the record object exists")
-        rec = {"k": RECORD, "T": txn.raw, "d": txn.digest, "st": PENDING}
-        return {txn.record: rec}, ["begun", txn.digest]
-
-    def prepare(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-        txn, now = _arg(arg, keys, {"i"})
-        i = part_index(txn, arg["i"], list(states))
-        if caller != txn.client:
-            raise MethodRefused("txn-caller", "only T's client prepares it")
-        _in_time(txn, now)
-        held = intent_refusal(states)
-        if held is not None:
-            raise held
-        if any(isinstance(s, Mapping) and s.get("k") == RECORD for s in states.values()):
-            raise MethodRefused("txn-record", "a record is no participant")
-        part = txn.parts[i]
-        _check_inner(inner, part.method, part.arg, now)
-        try:
-            new, _ = inner.update(part.method, states, part.arg, caller)
-        except MethodRefused as e:
-            return dict(states), vote_answer(txn, i, False, e.code)
-        mark = {"d": txn.digest, "c": txn.coordinator, "r": txn.record, "i": i, "T": txn.raw}
-        out = {oid: {INTENT: mark, "o": states[oid], "n": new[oid]} for oid in states}
-        return out, vote_answer(txn, i, True)
-
-    def decide(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-        txn, now = _arg(arg, keys, {"v", "c"})
-        if list(states) != [txn.record]:
-            raise MethodRefused("txn-objects", "decide runs on the record alone")
-        if states[txn.record] is None and arg["v"] == ABORT:
-            # T never began (its client prepared without it): aborted, so it never will.
-            if caller != txn.client and now <= txn.deadline:
-                raise MethodRefused("txn-proof", "abort needs T's client or the deadline")
-            rec0 = {"k": RECORD, "T": txn.raw, "d": txn.digest, "st": ABORT}
-            return {txn.record: rec0}, decision_answer(txn, ABORT)
-        rec = _record(states[txn.record], txn)
-        if rec.get("st") != PENDING:  # decided: the decision again, nothing changes
-            return dict(states), decision_answer(txn, rec["st"])
-        v, certs = arg["v"], arg["c"]
-        if not isinstance(certs, list) or len(certs) > len(txn.parts):
-            raise MethodRefused("txn-malformed", "at most one certificate per participant")
-        if v == COMMIT and not _every_yes(keys, txn, certs):
-            raise MethodRefused("txn-proof", "commit needs a yes certificate of every group")
-        if v == ABORT and not (
-            caller == txn.client or now > txn.deadline or _some_no(keys, txn, certs)
-        ):
-            raise MethodRefused("txn-proof", "abort needs a no, T's client, or the deadline")
-        if v not in (COMMIT, ABORT):
-            raise MethodRefused("txn-malformed", "decision is commit or abort")
-        return {txn.record: {**rec, "st": v}}, decision_answer(txn, v)
-
-    def finish(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
-        del caller  # anyone may finish: the decision certificate is the authority
-        txn, _ = _arg(arg, keys, {"i", "dc"})
-        i = part_index(txn, arg["i"], list(states))
-        dc = arg["dc"]
-        a = dc.get("a") if isinstance(dc, Mapping) else None
-        v = a[2] if isinstance(a, list) and len(a) == 3 else None
-        if v not in (COMMIT, ABORT) or not keys.certified(
-            txn.coordinator, "txn.decide", (txn.record,), dc, decision_answer(txn, v)
-        ):
-            raise MethodRefused("txn-certificate", "no decision certificate of T")
-        out = {}
-        for oid, s in states.items():
-            mine = isinstance(s, Mapping) and INTENT in s and s[INTENT].get("d") == txn.digest
-            out[oid] = (unpack(s["n"]) if v == COMMIT else s["o"]) if mine else s
-        return out, ["finished", txn.digest, i, v]
-
-    def record(states: States, arg: Any) -> Any:
-        (s,) = states.values()
-        return s if isinstance(s, Mapping) and s.get("k") == RECORD else None
-
-    def intents(states: States, arg: Any) -> Any:
-        return [
-            s[INTENT] if isinstance(s, Mapping) and INTENT in s else None for s in states.values()
-        ]
-
     def update(name: str, fn: Any, most: int) -> Method:
         return Method(
             name,
@@ -193,14 +109,113 @@ def make_txn_type(inner: Registry, keys: GroupKeys) -> ObjectType:
     return ObjectType(
         "txn",
         (
-            update("txn.begin", begin, 1),
-            update("txn.prepare", prepare, 8),
-            update("txn.decide", decide, 1),
-            update("txn.finish", finish, 8),
-            Method("txn.record", Class.QUERY, record, txn=True),
-            Method("txn.intent", Class.QUERY, intents, 1, 8, txn=True),
+            update("txn.begin", functools.partial(_begin, keys), 1),
+            update("txn.prepare", functools.partial(_prepare, inner, keys), MAX_OBJECTS),
+            update("txn.decide", functools.partial(_decide, keys), 1),
+            update("txn.finish", functools.partial(_finish, keys), MAX_OBJECTS),
+            Method("txn.record", Class.QUERY, _record_query, txn=True),
+            Method("txn.intent", Class.QUERY, _intents, 1, MAX_OBJECTS, txn=True),
         ),
     )
+
+
+def _begin(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+    """T's record, pending (by T's client, before its deadline)."""
+    txn, now = _arg(arg, keys, set())
+    if list(states) != [txn.record]:
+        raise MethodRefused("txn-objects", "begin runs on the record alone")
+    if caller != txn.client:
+        raise MethodRefused("txn-caller", "only T's client begins it")
+    if not now < txn.deadline <= now + MAX_SPAN:
+        raise MethodRefused("txn-deadline", "past the deadline, or a deadline too far")
+    if states[txn.record] is not None:
+        raise MethodRefused("oid-exists", "the record object exists")
+    rec = {"k": RECORD, "T": txn.raw, "d": txn.digest, "st": PENDING}
+    return {txn.record: rec}, ["begun", txn.digest]
+
+
+def _prepare(
+    inner: Registry, keys: GroupKeys, states: States, arg: Any, caller: int
+) -> tuple[dict[int, Any], Any]:
+    """Participant ``i``'s vote, its objects carrying the intent on a yes."""
+    txn, now = _arg(arg, keys, {"i"})
+    i = part_index(txn, arg["i"], list(states))
+    if caller != txn.client:
+        raise MethodRefused("txn-caller", "only T's client prepares it")
+    _in_time(txn, now)
+    held = intent_refusal(states)
+    if held is not None:
+        raise held
+    if any(isinstance(s, Mapping) and s.get("k") == RECORD for s in states.values()):
+        raise MethodRefused("txn-record", "a record is no participant")
+    part = txn.parts[i]
+    _check_inner(inner, part.method, part.arg, now)
+    try:
+        new, _ = inner.update(part.method, states, part.arg, caller)
+    except MethodRefused as e:
+        return dict(states), vote_answer(txn, i, False, e.code)
+    mark = {"d": txn.digest, "c": txn.coordinator, "r": txn.record, "i": i, "T": txn.raw}
+    out = {oid: {INTENT: mark, "o": states[oid], "n": new[oid]} for oid in states}
+    return out, vote_answer(txn, i, True)
+
+
+def _decide(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+    """T's decision on its record (see the module docstring for the rules)."""
+    txn, now = _arg(arg, keys, {"v", "c"})
+    if list(states) != [txn.record]:
+        raise MethodRefused("txn-objects", "decide runs on the record alone")
+    if states[txn.record] is None and arg["v"] == ABORT:
+        # T never began (its client prepared without it): aborted, so it never will.
+        if caller != txn.client and now <= txn.deadline:
+            raise MethodRefused("txn-proof", "abort needs T's client or the deadline")
+        rec0 = {"k": RECORD, "T": txn.raw, "d": txn.digest, "st": ABORT}
+        return {txn.record: rec0}, decision_answer(txn, ABORT)
+    rec = _record(states[txn.record], txn)
+    if rec.get("st") != PENDING:  # decided: the decision again, nothing changes
+        return dict(states), decision_answer(txn, rec["st"])
+    v, certs = arg["v"], arg["c"]
+    if not isinstance(certs, list) or len(certs) > len(txn.parts):
+        raise MethodRefused("txn-malformed", "at most one certificate per participant")
+    if v == COMMIT and not _every_yes(keys, txn, certs):
+        raise MethodRefused("txn-proof", "commit needs a yes certificate of every group")
+    if v == ABORT and not (
+        caller == txn.client or now > txn.deadline or _some_no(keys, txn, certs)
+    ):
+        raise MethodRefused("txn-proof", "abort needs a no, T's client, or the deadline")
+    if v not in (COMMIT, ABORT):
+        raise MethodRefused("txn-malformed", "decision is commit or abort")
+    return {txn.record: {**rec, "st": v}}, decision_answer(txn, v)
+
+
+def _finish(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
+    """T's intents on participant ``i``'s objects applied or dropped, by the decision
+    certificate (anyone may finish: the certificate is the authority)."""
+    del caller
+    txn, _ = _arg(arg, keys, {"i", "dc"})
+    i = part_index(txn, arg["i"], list(states))
+    dc = arg["dc"]
+    a = dc.get("a") if isinstance(dc, Mapping) else None
+    v = a[2] if isinstance(a, list) and len(a) == 3 else None
+    if v not in (COMMIT, ABORT) or not keys.certified(
+        txn.coordinator, "txn.decide", (txn.record,), dc, decision_answer(txn, v)
+    ):
+        raise MethodRefused("txn-certificate", "no decision certificate of T")
+    out = {}
+    for oid, s in states.items():
+        mine = isinstance(s, Mapping) and INTENT in s and s[INTENT].get("d") == txn.digest
+        out[oid] = (unpack(s["n"]) if v == COMMIT else s["o"]) if mine else s
+    return out, ["finished", txn.digest, i, v]
+
+
+def _record_query(states: States, arg: Any) -> Any:
+    """A record's state (None for any other object)."""
+    (s,) = states.values()
+    return s if isinstance(s, Mapping) and s.get("k") == RECORD else None
+
+
+def _intents(states: States, arg: Any) -> Any:
+    """Each object's intent mark (None where it carries none)."""
+    return [s[INTENT] if isinstance(s, Mapping) and INTENT in s else None for s in states.values()]
 
 
 def _check_inner(inner: Registry, name: str, arg: Any, now: int) -> None:
