@@ -196,7 +196,9 @@ class GroupKeys:
                 return False
             if node not in good and verify(keys[node], stmt, sig):
                 good.add(node)  # distinct nodes: a node signing twice counts once
-        return len(good) >= self.quorums[group]
+                if len(good) >= self.quorums[group]:
+                    return True  # no more checks than a quorum's (each about 0.2 ms)
+        return False
 
     def check(self) -> None:
         """Refuse a malformed set (a node's own configuration, not a client's value).

@@ -18,6 +18,7 @@ node signs the same statement identically, which keeps retried replies byte-iden
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from nacl.bindings import crypto_scalarmult_ed25519_base_noclamp
@@ -41,9 +42,12 @@ def _clamped(private: bytes) -> int:
     return int.from_bytes(k, "little")
 
 
+@functools.lru_cache(maxsize=4096)
 def edwards_key(public: bytes) -> bytes | None:
     """The Ed25519 verifying key (sign bit 0) of X25519 public key ``public``, or None for
-    a key that has none (``u = -1``, or not 32 bytes)."""
+    a key that has none (``u = -1``, or not 32 bytes).  Cached: a node checks the same
+    few keys (its layout's) again and again, and the field inversion costs as much as the
+    signature check."""
     if len(public) != KEY_SIZE:
         return None
     u = int.from_bytes(public, "little") & ((1 << 255) - 1)
