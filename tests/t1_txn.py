@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -142,7 +142,7 @@ def test_an_intent_refuses_every_other_method_naming_t() -> None:
 
     async def main() -> None:
         await put(g, 0, 1, "a", 1)
-        d = g.driver(0, stop_after=_stop("prepared"))
+        d = g.driver(0, at_step=_stop("prepared"))
         with pytest.raises(Abandon):
             await d.run(rename("a", "b", 1), 0, g.record)
         for method, arg in (("kv.put", ["z", 1]), ("kv.delete", "a")):
@@ -157,8 +157,8 @@ def test_an_intent_refuses_every_other_method_naming_t() -> None:
     virtual(main)
 
 
-def _stop(step: str) -> Callable[[str], None]:
-    def stop(now: str) -> None:
+def _stop(step: str) -> Callable[[str], Awaitable[None]]:
+    async def stop(now: str) -> None:
         if now == step:
             raise Abandon(step)
 
@@ -174,7 +174,7 @@ def test_an_abandoned_transaction_is_aborted_by_the_next_client_after_its_deadli
     async def main() -> None:
         await put(g, 0, 1, "a", 1)
         with pytest.raises(Abandon):
-            await g.driver(0, stop_after=_stop(step)).run(rename("a", "b", 1), 0, g.record)
+            await g.driver(0, at_step=_stop(step)).run(rename("a", "b", 1), 0, g.record)
         t0 = trio.current_time()
         second = g.driver(1, span=10**9)
         out = await second.run(rename("a", "c", 1), 0, g.record)
@@ -198,7 +198,7 @@ def test_a_decided_transaction_is_finished_by_the_next_client_at_once() -> None:
     async def main() -> None:
         await put(g, 0, 1, "a", 5)
         with pytest.raises(Abandon):
-            await g.driver(0, stop_after=_stop("decided")).run(rename("a", "b", 5), 0, g.record)
+            await g.driver(0, at_step=_stop("decided")).run(rename("a", "b", 5), 0, g.record)
         t0 = trio.current_time()
         second = g.driver(1)
         out = await second.run([Part(1, (2,), "kv.put", ["x", 1])], 1, g.record)
@@ -210,29 +210,78 @@ def test_a_decided_transaction_is_finished_by_the_next_client_at_once() -> None:
     virtual(main)
 
 
+async def _overlapping(g: Groups, first: list[Part], second: list[Part]) -> list[Any]:
+    """Run ``first`` (client 0) and, while it holds its intents between its prepares
+    and its decide (one virtual second), ``second`` (client 1); both outcomes."""
+    outs: list[Any] = [None, None]
+    async with trio.open_nursery() as n:
+
+        async def run_second() -> None:
+            outs[1] = await g.driver(1).run(second, 1, g.record)
+
+        async def at_step(step: str) -> None:
+            if step == "prepared":
+                n.start_soon(run_second)
+                await trio.sleep(1)
+
+        outs[0] = await g.driver(0, at_step=at_step).run(first, 0, g.record)
+    return outs
+
+
 def test_two_conflicting_transactions_one_commits_and_state_is_serializable() -> None:
-    """Two clients each move the same key to a different place, at once: exactly one
-    commits (the other's delete finds nothing), and the value exists exactly once."""
-    for seed in range(4):
+    """Two clients move the same key to different places, the second while the first
+    holds its intents: the second meets them, aborts its attempts and retries until the
+    first committed; then its delete finds nothing.  The value exists exactly once."""
+    g = Groups()
+
+    async def main() -> None:
+        await put(g, 0, 1, "a", 7)
+        first, second = await _overlapping(g, rename("a", "x", 7), rename("a", "y", 7))
+        assert first.committed and first.attempts == 1
+        assert not second.committed and second.why == "no-such-key"
+        assert second.attempts > 1  # it met the first's intents
+        assert await read(g, 1, 2, "x") == 7
+        assert await read(g, 1, 2, "y") is None
+        assert await read(g, 0, 1, "a") is None
+
+    virtual(main)
+
+
+def test_two_transactions_on_the_same_objects_both_commit_one_after_the_other() -> None:
+    """Two increments of the same two counters, the second while the first holds its
+    intents: the second retries until the first committed, then commits; each counter
+    shows both (serializable)."""
+    g = Groups()
+
+    async def main() -> None:
+        parts = [Part(0, (3,), "counter.increment", 1), Part(1, (4,), "counter.increment", 1)]
+        first, second = await _overlapping(g, parts, parts)
+        assert first.committed and second.committed and second.attempts > 1
+        assert await g.client(3, 0).query(3, "counter.fetch") == 2
+        assert await g.client(3, 1).query(4, "counter.fetch") == 2
+
+    virtual(main)
+
+
+def test_concurrent_transactions_race_to_serializable_state() -> None:
+    """Two clients' transactions on the same counters started at once (seeds): whatever
+    the interleaving, both commit and the counters show both."""
+    for seed in range(3):
         g = Groups(seed=seed)
 
         async def main(g: Groups = g) -> None:
-            await put(g, 0, 1, "a", 7)
+            parts = [Part(0, (3,), "counter.increment", 1), Part(1, (4,), "counter.increment", 1)]
             outs: list[Any] = [None, None]
 
-            async def one(k: int, new: str) -> None:
-                outs[k] = await g.driver(k).run(rename("a", new, 7), 0, g.record)
+            async def one(k: int) -> None:
+                outs[k] = await g.driver(k).run(parts, k, g.record)
 
             async with trio.open_nursery() as n:
-                n.start_soon(one, 0, "x")
-                n.start_soon(one, 1, "y")
-            assert sorted(o.committed for o in outs) == [False, True]
-            loser = next(o for o in outs if not o.committed)
-            assert loser.why == "no-such-key"
-            winner = "x" if outs[0].committed else "y"
-            assert await read(g, 1, 2, winner) == 7
-            assert await read(g, 1, 2, "y" if winner == "x" else "x") is None
-            assert await read(g, 0, 1, "a") is None
+                n.start_soon(one, 0)
+                n.start_soon(one, 1)
+            assert all(o.committed for o in outs)
+            assert await g.client(3, 0).query(3, "counter.fetch") == 2
+            assert await g.client(3, 1).query(4, "counter.fetch") == 2
 
         virtual(main)
 

@@ -111,7 +111,7 @@ class Outcome:
 
 
 class Abandon(Exception):
-    """Raised by a ``stop_after`` hook: the driver stops as a crashed client would."""
+    """Raised by an ``at_step`` hook: the driver stops as a crashed client would."""
 
 
 @dataclass
@@ -126,9 +126,10 @@ class Driver:
     sleep: Callable[[float], Awaitable[Any]] = trio.sleep
     span: int = SPAN
     attempts: int = 30
-    #: Called with a step's name (``begun``, ``prepared``, ``decided``); raising
-    #: :class:`Abandon` stops there (tests: a client that crashes mid-way).
-    stop_after: Callable[[str], None] = lambda _step: None
+    #: Awaited with a step's name (``begun``, ``prepared``, ``decided``) once it is
+    #: done; raising :class:`Abandon` stops there (tests: a client that crashes mid-way,
+    #: or one slow between its steps).
+    at_step: Callable[[str], Awaitable[None]] | None = None
     resolved: int = 0
 
     def descriptor(self, parts: Sequence[Part], coordinator: int, record: int) -> dict:
@@ -170,7 +171,7 @@ class Driver:
         """One attempt: its decision and, for an abort, why."""
         coord, rec = desc["c"], desc["r"]
         await self.groups[coord].update_signed(rec, "txn.begin", {"T": desc, "lt": self.clock()})
-        self.stop_after("begun")
+        await self._step("begun")
         votes: list[dict | None] = [None] * len(desc["p"])
         whys: list[str] = [""] * len(desc["p"])
 
@@ -190,15 +191,21 @@ class Driver:
         async with trio.open_nursery() as nursery:
             for i in range(len(desc["p"])):
                 nursery.start_soon(prepare, i)
-        self.stop_after("prepared")
+        await self._step("prepared")
         every = all(v is not None and v["a"][0] == "yes" for v in votes)
         certs = [v for v in votes if v is not None] if not every else votes
         want = COMMIT if every else ABORT
         arg = {"T": desc, "v": want, "c": certs, "lt": self.clock()}
         a, lt, sigs = await self.groups[coord].update_signed(rec, "txn.decide", arg)
-        self.stop_after("decided")
+        await self._step("decided")
         await self.finish(desc, certificate(lt, a, sigs))
+        if every and a[2] == ABORT:  # every yes, yet aborted: another client, at the deadline
+            return ABORT, "intent: aborted by another client"
         return a[2], next((w for w in whys if w), "")
+
+    async def _step(self, name: str) -> None:
+        if self.at_step is not None:
+            await self.at_step(name)
 
     async def finish(self, desc: dict, decision: dict) -> None:
         """``txn.finish`` on every participant of ``desc``, in parallel."""
