@@ -31,11 +31,14 @@ class Steps:
         self.desc = self.d.descriptor(rename("a", "b", 1), 0, g.record())
 
     async def begin(self) -> None:
-        await self.d.groups[0].update_signed(self.desc["r"], "txn.begin", self.arg())
+        c = self.desc["c"]
+        a, lt, sigs = await self.d.groups[c].update_signed(self.desc["r"], "txn.begin", self.arg())
+        self.began = certificate(lt, a, sigs)
 
     async def prepare(self, i: int) -> dict:
         g, objs = self.desc["p"][i][0], self.desc["p"][i][1]
-        a, lt, sigs = await self.d.groups[g].update_signed(objs, "txn.prepare", self.arg(i=i))
+        arg = self.arg(i=i, bc=self.began)
+        a, lt, sigs = await self.d.groups[g].update_signed(objs, "txn.prepare", arg)
         return certificate(lt, a, sigs)
 
     async def decide(self, v: str, certs: list, group: int = 0) -> dict:
@@ -118,7 +121,7 @@ def test_a_finish_without_a_decision_is_refused_and_a_replayed_one_is_harmless()
         t2 = Steps(g, 1)
         t2.desc["p"] = [[1, [2], "kv.put", ["c", 3]]]
         t2.desc["c"], t2.desc["r"] = 1, g.record()
-        await t2.d.groups[1].update_signed(t2.desc["r"], "txn.begin", t2.arg())
+        await t2.begin()
         await t2.prepare(0)
         await s.finish(1, dc)
         with pytest.raises(MethodRefused, match="intent " + digest(t2.desc).hex()):
@@ -138,10 +141,44 @@ def test_only_t_s_client_prepares_it() -> None:
         s = Steps(g)
         await s.begin()
         other = Steps(g, 1)
-        arg = {"T": s.desc, "lt": LT, "i": 0}
+        arg = {"T": s.desc, "lt": LT, "i": 0, "bc": s.began}
         await _refused("txn-caller", other.d.groups[0].update([1], "txn.prepare", arg))
-        late = {"T": s.desc, "lt": s.desc["dl"] + 1, "i": 0}
+        late = {**arg, "lt": s.desc["dl"] + 1}
         await _refused("txn-deadline", s.d.groups[0].update([1], "txn.prepare", late))
+
+
+def test_a_prepare_needs_a_begin_certificate() -> None:
+    """Without one, a client could leave intents naming a record that is no record
+    (or another object): nobody could decide T, its objects locked for good."""
+    g = Groups()
+
+    async def main() -> None:
+        await put(g, 0, 1, "a", 1)
+        s = Steps(g)
+        await s.begin()
+        other = Steps(g)
+        await other.begin()
+        for bc in (None, {}, other.began, dict(s.began, s=s.began["s"][:4])):
+            arg = {"T": s.desc, "lt": LT, "i": 0, "bc": bc}
+            await _refused("txn-certificate", s.d.groups[0].update([1], "txn.prepare", arg))
+        await put(g, 0, 1, "b", 2)  # nothing was locked
+        assert (await s.prepare(0))["a"][0] == "yes"
+
+    virtual(main)
+
+
+def test_a_record_is_changed_by_the_commit_s_methods_alone() -> None:
+    g = Groups()
+
+    async def main() -> None:
+        s = Steps(g)
+        await s.begin()
+        await _refused("txn-record", g.client(3, 0).update(s.desc["r"], "kv.put", ["st", "commit"]))
+        await _refused("txn-record", g.client(3, 0).query(s.desc["r"], "kv.get", "st"))
+        rec = await g.client(3, 0).query(s.desc["r"], "txn.record")
+        assert rec["st"] == "pending"
+
+    virtual(main)
 
     virtual(main)
 
@@ -230,6 +267,17 @@ def _mutations(desc: dict) -> list[Any]:
     return bad
 
 
+def _for(method: str, arg: dict) -> dict:
+    """A prepare's argument made one of ``method``'s."""
+    cert = {"a": ["decided", b"", "commit"], "lt": b"", "s": [[0, b""]]}
+    if method in ("txn.begin", "txn.decide"):
+        arg = {k: v for k, v in arg.items() if k != "i"}
+        return {**arg, "v": "commit", "c": []} if method == "txn.decide" else arg
+    if method == "txn.finish":
+        return {**arg, "dc": cert}
+    return {**arg, "bc": cert}
+
+
 def test_malformed_arguments_are_refused_cleanly() -> None:
     """Every method refuses each malformed argument with a ``txn-*`` (or its inner
     method's) code, never an exception of its own (``method-error``)."""
@@ -251,12 +299,8 @@ def test_malformed_arguments_are_refused_cleanly() -> None:
         ("txn.finish", [1]),
     ):
         for arg in _mutations(desc):
-            if isinstance(arg, dict) and "i" in arg and method in ("txn.begin", "txn.decide"):
-                arg = {k: v for k, v in arg.items() if k != "i"}
-                if method == "txn.decide":
-                    arg.update(v="commit", c=[])
-            if isinstance(arg, dict) and method == "txn.finish" and "i" in arg:
-                arg = {**arg, "dc": {"a": ["decided", b"", "commit"], "lt": b"", "s": [[0, b""]]}}
+            if isinstance(arg, dict) and "i" in arg:
+                arg = _for(method, arg)
             with pytest.raises(MethodRefused) as e:
                 reg.update(method, dict.fromkeys(objs, {"a": 1}), arg, 5)
             assert e.value.code != "method-error", (method, arg)

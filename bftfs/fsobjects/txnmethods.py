@@ -47,6 +47,7 @@ from bftfs.fsobjects.txn import (
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import (
     INTENT,
+    RECORD,
     Class,
     Method,
     MethodRefused,
@@ -57,8 +58,6 @@ from bftfs.qu.objects import (
 )
 from bftfs.qu.timestamp import MAX_OBJECTS
 
-#: A record's kind marker (``{"k": RECORD, "T": descriptor, "d": digest, "st": state}``).
-RECORD = "txn"
 PENDING = "pending"
 
 
@@ -75,7 +74,7 @@ def _arg(arg: Any, keys: GroupKeys, extra: set[str]) -> tuple[Txn, int]:
 
 def _record(state: Any, txn: Txn) -> Mapping[str, Any]:
     """``state`` as T's record, or refused."""
-    if not isinstance(state, Mapping) or state.get("k") != RECORD:
+    if not isinstance(state, Mapping) or RECORD not in state:
         raise MethodRefused("txn-unknown", "no record of this transaction")
     if state.get("d") != txn.digest:
         raise MethodRefused("txn-unknown", "the record is of another transaction")
@@ -130,7 +129,7 @@ def _begin(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dict
         raise MethodRefused("txn-deadline", "past the deadline, or a deadline too far")
     if states[txn.record] is not None:
         raise MethodRefused("oid-exists", "the record object exists")
-    rec = {"k": RECORD, "T": txn.raw, "d": txn.digest, "st": PENDING}
+    rec = {RECORD: 1, "T": txn.raw, "d": txn.digest, "st": PENDING}
     return {txn.record: rec}, ["begun", txn.digest]
 
 
@@ -138,16 +137,19 @@ def _prepare(
     inner: Registry, keys: GroupKeys, states: States, arg: Any, caller: int
 ) -> tuple[dict[int, Any], Any]:
     """Participant ``i``'s vote, its objects carrying the intent on a yes."""
-    txn, now = _arg(arg, keys, {"i"})
+    txn, now = _arg(arg, keys, {"i", "bc"})
     i = part_index(txn, arg["i"], list(states))
+    began = ["begun", txn.digest]
+    if not keys.certified(txn.coordinator, "txn.begin", (txn.record,), arg["bc"], began):
+        # T's record exists (established on its group): whoever meets T's intents can
+        # decide T there, so no intent is ever left without a record to resolve it by.
+        raise MethodRefused("txn-certificate", "no begin certificate of T")
     if caller != txn.client:
         raise MethodRefused("txn-caller", "only T's client prepares it")
     _in_time(txn, now)
     held = intent_refusal(states)
     if held is not None:
         raise held
-    if any(isinstance(s, Mapping) and s.get("k") == RECORD for s in states.values()):
-        raise MethodRefused("txn-record", "a record is no participant")
     part = txn.parts[i]
     _check_inner(inner, part.method, part.arg, now)
     try:
@@ -164,12 +166,6 @@ def _decide(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dic
     txn, now = _arg(arg, keys, {"v", "c"})
     if list(states) != [txn.record]:
         raise MethodRefused("txn-objects", "decide runs on the record alone")
-    if states[txn.record] is None and arg["v"] == ABORT:
-        # T never began (its client prepared without it): aborted, so it never will.
-        if caller != txn.client and now <= txn.deadline:
-            raise MethodRefused("txn-proof", "abort needs T's client or the deadline")
-        rec0 = {"k": RECORD, "T": txn.raw, "d": txn.digest, "st": ABORT}
-        return {txn.record: rec0}, decision_answer(txn, ABORT)
     rec = _record(states[txn.record], txn)
     if rec.get("st") != PENDING:  # decided: the decision again, nothing changes
         return dict(states), decision_answer(txn, rec["st"])
@@ -210,7 +206,7 @@ def _finish(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dic
 def _record_query(states: States, arg: Any) -> Any:
     """A record's state (None for any other object)."""
     (s,) = states.values()
-    return s if isinstance(s, Mapping) and s.get("k") == RECORD else None
+    return s if isinstance(s, Mapping) and RECORD in s else None
 
 
 def _intents(states: States, arg: Any) -> Any:

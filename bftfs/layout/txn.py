@@ -170,14 +170,17 @@ class Driver:
     async def attempt(self, desc: dict) -> tuple[str, str]:
         """One attempt: its decision and, for an abort, why."""
         coord, rec = desc["c"], desc["r"]
-        await self.groups[coord].update_signed(rec, "txn.begin", {"T": desc, "lt": self.clock()})
+        a, lt, sigs = await self.groups[coord].update_signed(
+            rec, "txn.begin", {"T": desc, "lt": self.clock()}
+        )
+        begun = certificate(lt, a, sigs)
         await self._step("begun")
         votes: list[dict | None] = [None] * len(desc["p"])
         whys: list[str] = [""] * len(desc["p"])
 
         async def prepare(i: int) -> None:
             g, objs = desc["p"][i][0], desc["p"][i][1]
-            arg = {"T": desc, "i": i, "lt": self.clock()}
+            arg = {"T": desc, "i": i, "bc": begun, "lt": self.clock()}
             try:
                 a, lt, sigs = await self.groups[g].update_signed(objs, "txn.prepare", arg)
             except MethodRefused as e:

@@ -51,15 +51,20 @@ class MethodRefused(Exception):
 States = Mapping[int, Any]
 
 #: The key of a state that carries an intent of the cross-group commit
-#: (``fsobjects/txn.py``): ``{INTENT: {"d": digest, "c": group, "r": record}, ...}``.
+#: (``fsobjects/txnmethods.py``): ``{INTENT: {"d": digest, "c": group, "r": record}, ...}``.
 INTENT = "~intent"
+#: The key of a transaction's record (``fsobjects/txnmethods.py``).
+RECORD = "~record"
 
 
 def intent_refusal(states: States) -> MethodRefused | None:
     """The refusal of any method but the commit's own on ``states`` when one carries an
     intent: ``intent <T's digest hex> <coordinator group> <record object>``, what a client
-    needs to resolve T (the objects are locked by a state their group ordered)."""
+    needs to resolve T (the objects are locked by a state their group ordered); or when
+    one is a transaction's record (``txn-record``: only the commit's methods change it)."""
     for st in states.values():
+        if isinstance(st, Mapping) and RECORD in st:
+            return MethodRefused("txn-record")
         if isinstance(st, Mapping) and INTENT in st:
             it = st[INTENT]
             try:
