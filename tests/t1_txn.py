@@ -19,11 +19,18 @@ import trio
 import trio.testing
 from qu_helpers import MemCluster, keyrings
 
-from bftfs.fsobjects.txn import GroupKeys
 from bftfs.fsobjects.txnmethods import make_txn_type
 from bftfs.fsobjects.txnsign import sign
 from bftfs.ids import client_id
-from bftfs.layout.txn import Abandon, Driver, Part, vouch_for
+from bftfs.layout.model import Group, Layout, LayoutNode, check
+from bftfs.layout.txn import (
+    Abandon,
+    Driver,
+    Part,
+    group_keys,
+    run_transaction,
+    vouch_for,
+)
 from bftfs.qu.client import QUClient
 from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.testing.byzantine.qu import BEHAVIOURS
@@ -45,9 +52,16 @@ class Groups:
     def __init__(self, count: int = 2, seed: int = 0) -> None:
         seeds = [1000 * seed + 17 * g + 1 for g in range(count)]
         rings = [keyrings(6, 4, s)[0] for s in seeds]
-        self.keys = GroupKeys(
-            7, tuple(tuple(r.me.public for r in rs) for rs in rings), (5,) * count
+        # The layout names each node's long-term key; the nodes sign by it.
+        nodes = tuple(
+            LayoutNode(6 * gi + i, "10.0.0.1", 7000 + 6 * gi + i, r.me.public, f"d{i}")
+            for gi, rs in enumerate(rings)
+            for i, r in enumerate(rs)
         )
+        groups = tuple(Group(gi, tuple(range(6 * gi, 6 * gi + 6))) for gi in range(count))
+        table = tuple(p % count for p in range(16))
+        self.layout = check(Layout(7, 16, 1, 1, nodes, groups, table, table))
+        self.keys = group_keys(self.layout)
         self.clusters: list[MemCluster] = []
         for s, rs in zip(seeds, rings, strict=True):
             inner = Registry([COUNTER, KV])
@@ -114,7 +128,18 @@ def test_rename_over_two_groups_commits_atomically() -> None:
 
     async def main() -> None:
         await put(g, 0, 1, "a", 42)
-        out = await g.driver(0).run(rename("a", "b", 42), 0, g.record)
+        d = g.driver(0)
+        assert g.keys.quorums == (5, 5) and g.keys.version == 7
+        out = await run_transaction(
+            d.groups,
+            g.keys,
+            rename("a", "b", 42),
+            coordinator=0,
+            record=g.record,
+            client=d.client,
+            clock=d.clock,
+            rng=d.rng,
+        )
         assert out.committed and out.attempts == 1
         assert await read(g, 0, 1, "a") is None
         assert await read(g, 1, 2, "b") == 42
