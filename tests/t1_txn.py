@@ -331,3 +331,19 @@ def test_one_byzantine_node_per_group_still_atomic(behaviour: str) -> None:
         assert await read(g, 1, 2, "c") is None
 
     virtual(main)
+
+
+def test_a_no_vote_ends_a_transaction_that_also_met_an_intent() -> None:
+    """A no is final, an intent only worth another attempt: an attempt meeting both ends
+    with the no (not retried for as long as the intent stays)."""
+    g = Groups()
+
+    async def main() -> None:
+        await put(g, 0, 1, "a", 7)
+        other = [Part(0, (1,), "kv.put", ["z", 1]), Part(1, (5,), "kv.delete", "nothing")]
+        first, second = await _overlapping(g, rename("a", "x", 7), other)
+        assert first.committed
+        assert not second.committed and second.why == "no-such-key" and second.attempts == 1
+        assert await read(g, 0, 1, "z") is None
+
+    virtual(main)

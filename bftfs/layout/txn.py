@@ -204,7 +204,9 @@ class Driver:
         await self.finish(desc, certificate(lt, a, sigs))
         if every and a[2] == ABORT:  # every yes, yet aborted: another client, at the deadline
             return ABORT, "intent: aborted by another client"
-        return a[2], next((w for w in whys if w), "")
+        # A no vote is final; an intent met is worth another attempt.
+        ranked = sorted((w.startswith("intent"), w) for w in whys if w)
+        return a[2], ranked[0][1] if ranked else ""
 
     async def _step(self, name: str) -> None:
         if self.at_step is not None:
@@ -239,8 +241,11 @@ class Driver:
         if pending and self.clock() <= desc["dl"]:
             return False
         arg = {"T": desc, "v": ABORT, "c": [], "lt": self.clock()}
-        a, lt, sigs = await self.groups[desc["c"]].update_signed(desc["r"], "txn.decide", arg)
-        await self.finish(desc, certificate(lt, a, sigs))
+        try:
+            a, lt, sigs = await self.groups[desc["c"]].update_signed(desc["r"], "txn.decide", arg)
+            await self.finish(desc, certificate(lt, a, sigs))
+        except MethodRefused:  # e.g. another layout version's T: not this driver's to end
+            return False
         self.resolved += 1
         return True
 
