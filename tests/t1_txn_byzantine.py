@@ -304,3 +304,29 @@ def test_malformed_arguments_are_refused_cleanly() -> None:
             with pytest.raises(MethodRefused) as e:
                 reg.update(method, dict.fromkeys(objs, {"a": 1}), arg, 5)
             assert e.value.code != "method-error", (method, arg)
+
+
+def test_a_prepare_replayed_after_the_commit_is_never_applied_twice() -> None:
+    """T's own client prepares T again after T committed (before its deadline): a new
+    intent, in a new version.  Finishing T drops it: a decision applies only the
+    intents its yes certificates named."""
+    g = Groups()
+
+    async def main() -> None:
+        s = Steps(g)
+        s.desc["p"] = [[0, [3], "counter.increment", 1], [1, [4], "counter.increment", 1]]
+        await s.begin()
+        yes = [await s.prepare(0), await s.prepare(1)]
+        dc = await s.decide("commit", yes)
+        await s.finish(0, dc)
+        await s.finish(1, dc)
+        assert await g.client(3, 1).query(4, "counter.fetch") == 1
+        again = await s.prepare(1)
+        assert again["a"][0] == "yes" and again["a"][3] != yes[1]["a"][3]
+        with pytest.raises(MethodRefused, match="intent"):
+            await g.client(3, 1).query(4, "counter.fetch")
+        await s.finish(1, dc)
+        assert await g.client(3, 1).query(4, "counter.fetch") == 1
+        await g.client(3, 1).update(4, "counter.increment", 1)  # free again
+
+    virtual(main)

@@ -213,11 +213,15 @@ class GroupKeys:
                 raise ValueError("group keys: 32-byte keys, 0 < q <= nodes")
 
 
-def vote_answer(txn: Txn, index: int, yes: bool, why: str = "") -> list[Any]:
-    """The answer of ``txn.prepare`` (what a vote certificate signs)."""
-    return ["yes", txn.digest, index] if yes else ["no", txn.digest, index, why[:120]]
+def vote_answer(txn: Txn, index: int, yes: bool, why: str = "", intent: bytes = b"") -> list[Any]:
+    """The answer of ``txn.prepare`` (what a vote certificate signs): a yes names its
+    intent (the timestamp of the version the intent was made in, which a retried
+    prepare's stored answer repeats), a no the participant update's refusal."""
+    return ["yes", txn.digest, index, intent] if yes else ["no", txn.digest, index, why[:120]]
 
 
-def decision_answer(txn: Txn, decision: str) -> list[Any]:
-    """The answer of ``txn.decide`` (what a decision certificate signs)."""
-    return ["decided", txn.digest, decision]
+def decision_answer(txn: Txn, decision: str, versions: Sequence[Any] = ()) -> list[Any]:
+    """The answer of ``txn.decide`` (what a decision certificate signs): for a commit,
+    with the version of each participant's certified yes (its candidate's timestamp), so
+    that ``txn.finish`` applies that intent and no other."""
+    return ["decided", txn.digest, decision, list(versions)]

@@ -91,7 +91,7 @@ def make_txn_type(inner: Registry, keys: GroupKeys) -> ObjectType:
     is run through ``inner`` (the node's other object types)."""
     keys.check()
 
-    def update(name: str, fn: Any, most: int) -> Method:
+    def update(name: str, fn: Any, most: int, *, version: bool = False) -> Method:
         return Method(
             name,
             Class.UPDATE,
@@ -103,13 +103,16 @@ def make_txn_type(inner: Registry, keys: GroupKeys) -> ObjectType:
             lease_skew=LEASE_SKEW,
             grants=True,
             txn=True,
+            version=version,
         )
 
     return ObjectType(
         "txn",
         (
             update("txn.begin", functools.partial(_begin, keys), 1),
-            update("txn.prepare", functools.partial(_prepare, inner, keys), MAX_OBJECTS),
+            update(
+                "txn.prepare", functools.partial(_prepare, inner, keys), MAX_OBJECTS, version=True
+            ),
             update("txn.decide", functools.partial(_decide, keys), 1),
             update("txn.finish", functools.partial(_finish, keys), MAX_OBJECTS),
             Method("txn.record", Class.QUERY, _record_query, txn=True),
@@ -134,9 +137,12 @@ def _begin(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dict
 
 
 def _prepare(
-    inner: Registry, keys: GroupKeys, states: States, arg: Any, caller: int
+    inner: Registry, keys: GroupKeys, states: States, arg: Any, caller: int, version: Any
 ) -> tuple[dict[int, Any], Any]:
-    """Participant ``i``'s vote, its objects carrying the intent on a yes."""
+    """Participant ``i``'s vote, its objects carrying the intent on a yes; the intent
+    keeps ``version``, the timestamp of the version it is made in (its vote's)."""
+    if not isinstance(version, bytes):
+        raise MethodRefused("txn-version", "this engine tells methods no version")
     txn, now = _arg(arg, keys, {"i", "bc"})
     i = part_index(txn, arg["i"], list(states))
     began = ["begun", txn.digest]
@@ -156,9 +162,10 @@ def _prepare(
         new, _ = inner.update(part.method, states, part.arg, caller)
     except MethodRefused as e:
         return dict(states), vote_answer(txn, i, False, e.code)
-    mark = {"d": txn.digest, "c": txn.coordinator, "r": txn.record, "i": i, "T": txn.raw}
+    mark = {"d": txn.digest, "c": txn.coordinator, "r": txn.record, "i": i, "v": version}
+    mark["T"] = txn.raw
     out = {oid: {INTENT: mark, "o": states[oid], "n": new[oid]} for oid in states}
-    return out, vote_answer(txn, i, True)
+    return out, vote_answer(txn, i, True, intent=version)
 
 
 def _decide(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
@@ -168,7 +175,7 @@ def _decide(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dic
         raise MethodRefused("txn-objects", "decide runs on the record alone")
     rec = _record(states[txn.record], txn)
     if rec.get("st") != PENDING:  # decided: the decision again, nothing changes
-        return dict(states), decision_answer(txn, rec["st"])
+        return dict(states), decision_answer(txn, rec["st"], rec.get("vs", []))
     v, certs = arg["v"], arg["c"]
     if not isinstance(certs, list) or len(certs) > len(txn.parts):
         raise MethodRefused("txn-malformed", "at most one certificate per participant")
@@ -180,7 +187,9 @@ def _decide(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dic
         raise MethodRefused("txn-proof", "abort needs a no, T's client, or the deadline")
     if v not in (COMMIT, ABORT):
         raise MethodRefused("txn-malformed", "decision is commit or abort")
-    return {txn.record: {**rec, "st": v}}, decision_answer(txn, v)
+    # A commit names each certified yes's intent (``_finish`` applies those alone).
+    versions = [c["a"][3] for c in certs] if v == COMMIT else []
+    return {txn.record: {**rec, "st": v, "vs": versions}}, decision_answer(txn, v, versions)
 
 
 def _finish(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any]:
@@ -191,15 +200,20 @@ def _finish(keys: GroupKeys, states: States, arg: Any, caller: int) -> tuple[dic
     i = part_index(txn, arg["i"], list(states))
     dc = arg["dc"]
     a = dc.get("a") if isinstance(dc, Mapping) else None
-    v = a[2] if isinstance(a, list) and len(a) == 3 else None
+    ok = isinstance(a, list) and len(a) == 4 and isinstance(a[3], list)
+    v, versions = (a[2], a[3]) if isinstance(a, list) and ok else (None, [])
     if v not in (COMMIT, ABORT) or not keys.certified(
-        txn.coordinator, "txn.decide", (txn.record,), dc, decision_answer(txn, v)
+        txn.coordinator, "txn.decide", (txn.record,), dc, decision_answer(txn, v, versions)
     ):
         raise MethodRefused("txn-certificate", "no decision certificate of T")
+    certified = versions[i] if v == COMMIT and len(versions) == len(txn.parts) else None
     out = {}
     for oid, s in states.items():
         mine = isinstance(s, Mapping) and INTENT in s and s[INTENT].get("d") == txn.digest
-        out[oid] = (unpack(s["n"]) if v == COMMIT else s["o"]) if mine else s
+        # Only the certified intent is applied: one T's client placed again after T
+        # committed (a new prepare, a new version) is dropped, never applied twice.
+        apply = mine and certified is not None and s[INTENT].get("v") == certified
+        out[oid] = unpack(s["n"]) if apply else s["o"] if mine else s
     return out, ["finished", txn.digest, i, v]
 
 
@@ -236,10 +250,14 @@ def _every_yes(keys: GroupKeys, txn: Txn, certs: list[Any]) -> bool:
     """A yes certificate of every participant, in participant order."""
     if len(certs) != len(txn.parts):
         return False
-    return all(
-        keys.certified(p.group, "txn.prepare", p.objects, c, vote_answer(txn, i, True))
-        for i, (p, c) in enumerate(zip(txn.parts, certs, strict=True))
-    )
+    for i, (p, c) in enumerate(zip(txn.parts, certs, strict=True)):
+        intent = _intent_of(c)
+        if intent is None:
+            return False
+        yes = vote_answer(txn, i, True, intent=intent)
+        if not keys.certified(p.group, "txn.prepare", p.objects, c, yes):
+            return False
+    return True
 
 
 def _some_no(keys: GroupKeys, txn: Txn, certs: list[Any]) -> bool:
@@ -257,3 +275,10 @@ def _some_no(keys: GroupKeys, txn: Txn, certs: list[Any]) -> bool:
         if keys.certified(p.group, "txn.prepare", p.objects, c, a):
             return True
     return False
+
+
+def _intent_of(cert: Any) -> bytes | None:
+    """The intent a yes certificate names (its answer's last item), or None."""
+    a = cert.get("a") if isinstance(cert, Mapping) else None
+    ok = isinstance(a, list) and len(a) == 4 and isinstance(a[3], bytes)
+    return a[3] if isinstance(a, list) and ok else None

@@ -121,6 +121,11 @@ class Method:
     #: carry an intent (every other method is refused ``intent``, :func:`intent_refusal`),
     #: and a node signs its OK replies (``replica.handle_request``).
     txn: bool = False
+    #: An update told the timestamp of the version it makes (canonical bytes; None where
+    #: the engine has none): ``fn(states, arg, caller, version)``, with :attr:`caller`.
+    #: The same at every server (the request determines it); ``txn.prepare`` keeps it in
+    #: its intent so that ``txn.finish`` applies only the certified one.
+    version: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,10 +255,11 @@ class Registry:
             raise MethodRefused("method-error", type(e).__name__) from e
 
     def update(
-        self, name: str, states: States, arg: Any, caller: int = 0
+        self, name: str, states: States, arg: Any, caller: int = 0, version: bytes | None = None
     ) -> tuple[dict[int, bytes], Any]:
         """Run update ``name``: the canonical bytes of every new state, and the answer.
-        ``caller``: the principal the request's timestamp names (:attr:`Method.caller`).
+        ``caller``: the principal the request's timestamp names (:attr:`Method.caller`);
+        ``version``: the timestamp of the version it makes (:attr:`Method.version`).
 
         Raises:
             MethodRefused: as for :meth:`query`, or the method did not return one state for each
@@ -264,7 +270,10 @@ class Registry:
         if held is not None:
             raise held
         try:
-            new, answer = m.fn(states, arg, caller) if m.caller else m.fn(states, arg)
+            if m.version:
+                new, answer = m.fn(states, arg, caller, version)
+            else:
+                new, answer = m.fn(states, arg, caller) if m.caller else m.fn(states, arg)
             if set(new) != set(states):
                 raise MethodRefused("bad-update", "must return a state for every object")
             return {oid: canonical(v) for oid, v in new.items()}, normalise(answer)

@@ -530,7 +530,9 @@ def _update(
         new_states: Mapping[int, bytes | None] = {oid: got[oid][0] for oid in objects}
     else:
         try:
-            new_states, answer = step.cfg.registry.update(op.method, states, op.arg, req.client)
+            new_states, answer = step.cfg.registry.update(
+                op.method, states, op.arg, req.client, su.lt.encode()
+            )
         except MethodRefused as e:
             return step.reply(ReplyStatus.REFUSED, why=e.code, at=su.at())
         if req.client == step.sender:  # an inline repair is never refused
