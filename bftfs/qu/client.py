@@ -17,6 +17,7 @@ relies on this (``replica.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ from bftfs.qu.linkproofs import LinkProofs
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.ohscache import HistoryCache
 from bftfs.qu.repair import Repairer
+from bftfs.qu.reply import Reply
 from bftfs.qu.request import Operation, Request
 from bftfs.qu.rounds import QuorumRounds
 from bftfs.qu.timestamp import Timestamp
@@ -81,6 +83,7 @@ class QUClient:
         timeout: float | None = None,
         sleep: Callable[[float], Any] = trio.sleep,
         batch: bool = True,
+        vouch: Callable[[int, Request, Reply], bool] | None = None,
     ) -> None:
         """Args:
         endpoint: has ``quorum_call`` and ``call`` (``bftfs.net.endpoint.Endpoint``).
@@ -95,6 +98,8 @@ class QUClient:
         batch: let concurrent rounds to one node share a frame (``qu.batch``): requests
             queued for a node in one scheduler pass go together, a lone one as itself
             (``Endpoint.quorum_call``'s ``batch``; the quorum decisions are the same).
+        vouch: whether a node's OK reply is believed (``QuorumRounds``): the signature
+            check of the cross-group commit's methods (``layout/txn.py``).
         """
         self.ep = endpoint
         self.th = th
@@ -110,7 +115,13 @@ class QUClient:
         self.faults: Counter[tuple[int, str]] = Counter()
         self._cache = HistoryCache(th, self.faults)
         self._rounds = QuorumRounds(
-            endpoint, th, self.faults, probe_after=probe_after, timeout=timeout, batch=batch
+            endpoint,
+            th,
+            self.faults,
+            probe_after=probe_after,
+            timeout=timeout,
+            batch=batch,
+            vouch=vouch,
         )
         self._links = LinkProofs(self._rounds)
         #: Repair between rounds (``repair.py``).
@@ -167,6 +178,15 @@ class QUClient:
         table shows if it took effect (``qu/replica.py``): an update a generation's freeze
         cut short runs again in the next under its first id (``fs/clients/switch.py``)."""
         return (await self._invoke(_objs(objects), method, arg, False, seq)).answer
+
+    async def update_signed(
+        self, objects: int | Iterable[int], method: str, arg: Any = None, *, seq: int | None = None
+    ) -> tuple[Any, Timestamp, dict[int, bytes]]:
+        """:meth:`update`, with the version it made and the signatures the nodes that
+        accepted it gave (``Reply.sig``, the methods of the cross-group commit), by node."""
+        out = await self._invoke(_objs(objects), method, arg, False, seq)
+        assert out.lt is not None
+        return out.answer, out.lt, dict(out.sigs or {})
 
     def next_seq(self) -> int:
         """A request id for an update (:meth:`update`'s ``seq``), this client's next."""
@@ -257,7 +277,14 @@ class QUClient:
             view = self._repairer.present_view(objects + tuple(sorted(context)), fresh)[1]
             out = core.outcome(replies, view, th, op.query, objects)
             if out.result is core.Result.DONE:
-                return out
+                if op.query:
+                    return out
+                sigs = {
+                    s: r.sig
+                    for s, r in replies.items()
+                    if r.sig is not None and r.lt == out.lt and r.type == "method"
+                }
+                return dataclasses.replace(out, sigs=sigs)
             if out.result is core.Result.REFUSED:
                 self._n["refused"] += 1
                 raise MethodRefused(out.why)

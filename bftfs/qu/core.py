@@ -199,6 +199,8 @@ class Outcome:
     lt: Timestamp | None = None
     #: A query's answer point: the version of each object it was answered at.
     at: tuple[Timestamp, ...] | None = None
+    #: An update's: the nodes' signatures of it (``Reply.sig``), by node.
+    sigs: Mapping[int, bytes] | None = None
 
 
 def _agreed(replies: list[Reply], b: int) -> tuple[bool, Any]:

@@ -49,6 +49,31 @@ class MethodRefused(Exception):
 
 
 States = Mapping[int, Any]
+
+#: The key of a state that carries an intent of the cross-group commit
+#: (``fsobjects/txnmethods.py``): ``{INTENT: {"d": digest, "c": group, "r": record}, ...}``.
+INTENT = "~intent"
+#: The key of a transaction's record (``fsobjects/txnmethods.py``).
+RECORD = "~record"
+
+
+def intent_refusal(states: States) -> MethodRefused | None:
+    """The refusal of any method but the commit's own on ``states`` when one carries an
+    intent: ``intent <T's digest hex> <coordinator group> <record object>``, what a client
+    needs to resolve T (the objects are locked by a state their group ordered); or when
+    one is a transaction's record (``txn-record``: only the commit's methods change it)."""
+    for st in states.values():
+        if isinstance(st, Mapping) and RECORD in st:
+            return MethodRefused("txn-record")
+        if isinstance(st, Mapping) and INTENT in st:
+            it = st[INTENT]
+            try:
+                return MethodRefused(f"intent {it['d'].hex()} {int(it['c'])} {int(it['r'])}")
+            except (KeyError, TypeError, ValueError, AttributeError):
+                return MethodRefused("intent")
+    return None
+
+
 QueryFn = Callable[[States, Any], Any]
 UpdateFn = Callable[[States, Any], tuple[Mapping[int, Any], Any]]
 
@@ -92,6 +117,15 @@ class Method:
     #: version's: a move installs the old generation's table with the state, so an update
     #: that took effect there is known as done when its client retries it here.
     installs_applied: str | None = None
+    #: A method of the cross-group commit (``fsobjects/txn.py``): it runs on objects that
+    #: carry an intent (every other method is refused ``intent``, :func:`intent_refusal`),
+    #: and a node signs its OK replies (``replica.handle_request``).
+    txn: bool = False
+    #: An update told the timestamp of the version it makes (canonical bytes; None where
+    #: the engine has none): ``fn(states, arg, caller, version)``, with :attr:`caller`.
+    #: The same at every server (the request determines it); ``txn.prepare`` keeps it in
+    #: its intent so that ``txn.finish`` applies only the certified one.
+    version: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +240,9 @@ class Registry:
                 code, same input), so it is reported as the refusal ``method-error``.
         """
         m = self._checked(name, Class.QUERY, len(states))
+        held = None if m.txn else intent_refusal(states)
+        if held is not None:
+            raise held
         try:
             if m.applied:
                 return normalise(m.fn(states, arg, applied or {}))
@@ -218,18 +255,25 @@ class Registry:
             raise MethodRefused("method-error", type(e).__name__) from e
 
     def update(
-        self, name: str, states: States, arg: Any, caller: int = 0
+        self, name: str, states: States, arg: Any, caller: int = 0, version: bytes | None = None
     ) -> tuple[dict[int, bytes], Any]:
         """Run update ``name``: the canonical bytes of every new state, and the answer.
-        ``caller``: the principal the request's timestamp names (:attr:`Method.caller`).
+        ``caller``: the principal the request's timestamp names (:attr:`Method.caller`);
+        ``version``: the timestamp of the version it makes (:attr:`Method.version`).
 
         Raises:
             MethodRefused: as for :meth:`query`, or the method did not return one state for each
                 object it was given.
         """
         m = self._checked(name, Class.UPDATE, len(states))
+        held = None if m.txn else intent_refusal(states)
+        if held is not None:
+            raise held
         try:
-            new, answer = m.fn(states, arg, caller) if m.caller else m.fn(states, arg)
+            if m.version:
+                new, answer = m.fn(states, arg, caller, version)
+            else:
+                new, answer = m.fn(states, arg, caller) if m.caller else m.fn(states, arg)
             if set(new) != set(states):
                 raise MethodRefused("bad-update", "must return a state for every object")
             return {oid: canonical(v) for oid, v in new.items()}, normalise(answer)

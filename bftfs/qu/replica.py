@@ -46,6 +46,7 @@ Two choices where the seed is silent:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ from bftfs.qu.links import LinkError, request_digest, verified
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.reads import stored_histories
-from bftfs.qu.reply import Reply
+from bftfs.qu.reply import Reply, signed_statement
 from bftfs.qu.request import Link, Operation, Request
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.setup import Setup, setup_from_classes
@@ -238,6 +239,34 @@ def _optimistic_query(kv: KV, cfg: ReplicaConfig, req: Request) -> tuple[Any, tu
 
 
 def handle_request(
+    kv: KV,
+    cfg: ReplicaConfig,
+    sender: int,
+    req: Request,
+    synced: Synced | None = None,
+    now_ns: int = 0,
+    quota: int | None = None,
+    max_ahead_ns: int | None = None,
+    moved: bool = False,
+) -> Reply | NeedSync | OverQuota | ClockAhead:
+    """One ``s_request`` (:func:`_handle_request`); an OK reply to an update of a method
+    of the cross-group commit (:attr:`~bftfs.qu.objects.Method.txn`) signed by this node
+    (``cfg.signer``) over :func:`~bftfs.qu.reply.signed_statement`: what a certificate is
+    made of (docs/layout.md, "Certificates")."""
+    res = _handle_request(kv, cfg, sender, req, synced, now_ns, quota, max_ahead_ns, moved)
+    op = req.op
+    if cfg.signer is None or op is None or op.query or not isinstance(res, Reply):
+        return res
+    m = cfg.registry.get(op.method)
+    if m is None or not m.txn or res.status is not ReplyStatus.OK or res.lt is None:
+        return res
+    if res.type != OpType.METHOD.value:
+        return res
+    stmt = signed_statement(op.method, req.objects, res.lt, res.answer)
+    return dataclasses.replace(res, sig=cfg.signer(stmt))
+
+
+def _handle_request(
     kv: KV,
     cfg: ReplicaConfig,
     sender: int,
@@ -501,7 +530,9 @@ def _update(
         new_states: Mapping[int, bytes | None] = {oid: got[oid][0] for oid in objects}
     else:
         try:
-            new_states, answer = step.cfg.registry.update(op.method, states, op.arg, req.client)
+            new_states, answer = step.cfg.registry.update(
+                op.method, states, op.arg, req.client, su.lt.encode()
+            )
         except MethodRefused as e:
             return step.reply(ReplyStatus.REFUSED, why=e.code, at=su.at())
         if req.client == step.sender:  # an inline repair is never refused

@@ -39,6 +39,9 @@ class Reply:
     #: ``canonical(answer)`` when parsed from the wire (checked for size there anyway);
     #: the client compares answers by it instead of encoding each one again.
     answer_key: bytes | None = field(default=None, compare=False, repr=False)
+    #: The node's signature of :func:`signed_statement` (a method of the cross-group
+    #: commit, ``Method.txn``), or None.
+    sig: bytes | None = None
 
     def key(self) -> bytes:
         """The canonical bytes of the answer (equal answers, equal keys)."""
@@ -57,6 +60,7 @@ class Reply:
             "x": [list(c) for c in self.culled],
             "why": self.why,
             "n": list(self.need),
+            **({"sg": self.sig} if self.sig is not None else {}),
         }
 
     @classmethod
@@ -110,6 +114,9 @@ class Reply:
             raise MessageError(f"answer: {e}") from e
         if len(answer_key) > MAX_VALUE:
             raise MessageError("answer too large")
+        sig = v.get("sg")
+        if sig is not None and (not isinstance(sig, bytes) or len(sig) != SIGNATURE_SIZE):
+            raise MessageError("bad signature")
         return cls(
             status,
             typ,
@@ -121,4 +128,19 @@ class Reply:
             why[:200],
             tuple(parse_uint(o, "object id") for o in need_raw),
             answer_key,
+            sig,
         )
+
+
+#: A node's signature of a statement (``fsobjects/txnsign.py``: XEdDSA, 64 bytes).
+SIGNATURE_SIZE = 64
+#: What a signed statement starts with: no other signed document of bftfs begins so.
+STATEMENT_DOMAIN = "bftfs-qu-signed-v1"
+
+
+def signed_statement(method: str, objects: tuple[int, ...], lt: Timestamp, answer: Any) -> bytes:
+    """What a node signs when it accepts candidate ``lt`` of an update ``method`` on
+    ``objects`` that answered ``answer``: the canonical bytes of all four.  The answer of
+    every correct node accepting that candidate is the same (methods are deterministic),
+    so ``q`` such signatures show the candidate established (docs/layout.md)."""
+    return canonical([STATEMENT_DOMAIN, method, list(objects), lt.encode(), answer])

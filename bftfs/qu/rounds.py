@@ -10,7 +10,7 @@ is decided elsewhere (:mod:`bftfs.qu.core`, ``client.py``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -59,6 +59,7 @@ class QuorumRounds:
         probe_after: float,
         timeout: float | None,
         batch: bool,
+        vouch: Callable[[int, Request, Reply], bool] | None = None,
     ) -> None:
         """Args:
         endpoint: has ``quorum_call`` and ``call`` (``bftfs.net.endpoint.Endpoint``).
@@ -67,6 +68,9 @@ class QuorumRounds:
         probe_after: seconds before probing beyond the preferred quorum.
         timeout: per round (None: the endpoint's).
         batch: let concurrent rounds to one node share a frame (:data:`QU_BATCH`).
+        vouch: whether a node's OK reply to a request is believed (the signature a
+            method of the cross-group commit needs, ``layout/txn.py``); one that is not
+            counts as a fault ``unsigned`` and the round asks another node.
         """
         self.ep = endpoint
         self.th = th
@@ -74,6 +78,7 @@ class QuorumRounds:
         self.probe_after = probe_after
         self.timeout = timeout
         self._batch = QU_BATCH if batch else None
+        self.vouch = vouch
         self.rounds = 0
         self.history_fetches = 0
         #: Servers that refused the latest round for space: ``full`` (out of it) or
@@ -120,6 +125,11 @@ class QuorumRounds:
         def accept(node: int, raw: Any) -> bool:
             rep = self._parsed(node, raw, objects)
             if rep is None:
+                return False
+            vouch = self.vouch
+            ok = rep.status is ReplyStatus.OK and rep.type == "method"
+            if vouch is not None and ok and not vouch(int(node), req, rep):
+                self.faults[(int(node), "unsigned")] += 1
                 return False
             stash[node] = rep
             if settled():

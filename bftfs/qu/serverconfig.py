@@ -69,3 +69,7 @@ class ReplicaConfig:
     #: The pairwise key with server ``s``'s ended key, once a view replaced ``s`` (a new
     #: machine, a new key: docs/membership.md), else None; see ``replica.cull``.
     ended_key_for: Callable[[int], bytes | None] = field(default=lambda _s: None)
+    #: Signs a statement with this node's long-term key (``fsobjects/txnsign.py``): the
+    #: OK replies to the cross-group commit's methods carry it (``replica.handle_request``).
+    #: None: this node signs nothing (a certificate then needs the other nodes).
+    signer: Callable[[bytes], bytes] | None = None
