@@ -1,0 +1,73 @@
+"""``bftfs init --groups G`` and the refusals of what a cluster of several groups does not
+do yet (docs/layout.md, "Placement").
+
+``init --groups G`` makes ``G`` groups of ``n`` nodes (``local.init_cluster``) and the
+first signed layout; ``up``, ``down`` and ``node start|stop`` work on every node by its
+global id, each node process running as a member of its group (``node/main.py``).  What
+changes membership or moves data between node sets (views, generations, node
+replacement, client changes online) is refused with exit 3 on such a cluster: a group's
+membership is the layout's, and moving partitions is a later step.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bftfs.config import ClusterConfig
+from bftfs.layout.groups import group_config, load_layout, refuse_with_groups
+
+#: Commands refused on a cluster of several groups: ``view``, ``generation`` and
+#: ``client`` changes change the membership a view names, which a group does not follow;
+#: the history commands and ``verify`` open one cluster's clients, not per-group ones yet.
+REFUSED = (
+    "view", "generation", "client", "log", "cat", "restore", "diff", "changes", "revert",
+    "snapshot", "verify",
+)  # fmt: skip
+#: Actions of ``node`` and ``client`` refused likewise (``node start|stop|restart``,
+#: ``client list`` work).
+REFUSED_ACTIONS = {
+    "node": ("add", "remove", "replace"),
+    "client": ("add", "revoke", "remove", "rotate"),
+}
+
+
+def add_option(sp: argparse.ArgumentParser) -> None:
+    """``--groups G`` of ``init`` and ``up``."""
+    sp.add_argument(
+        "--groups",
+        type=int,
+        default=1,
+        help="G groups of n nodes each (G*n nodes), data placed by a signed layout "
+        "(default 1; docs/layout.md)",
+    )
+
+
+def describe(cfg: ClusterConfig) -> list[str]:
+    """Lines for ``bftfs init``: the layout made, if any."""
+    layout = load_layout(cfg)
+    if layout is None:
+        return []
+    groups = ", ".join(f"{g.id}: nodes {','.join(map(str, g.members))}" for g in layout.groups)
+    one = group_config(cfg, layout, 0)
+    return [
+        f"  {layout.describe()}; each group Q/U n={one.n} q={one.q} r={one.r}, "
+        f"PASIS N={one.n} QC={one.qc} m={one.m} (the line below counts every node)",
+        f"  groups {groups}",
+    ]
+
+
+def refuse(args: argparse.Namespace, cfg: ClusterConfig) -> None:
+    """Refuse (exit 3) a command this step does not run on several groups.
+
+    Raises:
+        LayoutError: the command is one of them and the cluster has several groups.
+    """
+    command: Any = getattr(args, "command", None)
+    action: Any = getattr(args, "action", None)
+    if command in REFUSED_ACTIONS:
+        if action not in REFUSED_ACTIONS[command]:
+            return
+    elif command not in REFUSED:
+        return
+    refuse_with_groups(cfg, f"bftfs {command}" + (f" {action}" if action else ""))
