@@ -23,7 +23,7 @@ cluster made before views does, and what changes membership is refused with grou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from bftfs.config import ClusterConfig, ConfigError
@@ -142,6 +142,23 @@ def group_config(cfg: ClusterConfig, layout: Layout, g: int) -> ClusterConfig:
         return replace(cfg, t=layout.t, b=layout.b, nodes=nodes, admin_key=None).validate()
     except ConfigError as e:
         raise LayoutError(f"group {g} of layout {layout.version}: {e}") from None
+
+
+@dataclass(frozen=True)
+class PlacedConfig(ClusterConfig):
+    """A mount's configuration over a cluster of groups: a group's (each has the same
+    sizes: ``n``, thresholds, block sizes) and the layout its calls are routed by.  The
+    file system reads ``layout`` to draw a new object's id in its parent's group
+    (``fs/clients/calls.Meta.new_oid``) and to take per-object leases
+    (``fs/filesystem._leases``)."""
+
+    layout: Layout | None = None
+
+
+def placed_config(cfg: ClusterConfig, layout: Layout) -> PlacedConfig:
+    """Group 0's configuration with ``layout`` (:class:`PlacedConfig`)."""
+    one = group_config(cfg, layout, 0)
+    return PlacedConfig(**{f.name: getattr(one, f.name) for f in fields(one)}, layout=layout)
 
 
 def parts(cfg: ClusterConfig) -> list[tuple[ClusterConfig, list[int]]]:
