@@ -134,3 +134,24 @@ def test_what_groups_do_not_run_yet_exits_3(
     code = main([*argv, "--config", str(cluster.home / "cluster.toml")])
     assert code == 3
     assert "not supported on a cluster of 3 groups" in capsys.readouterr().err
+
+
+def test_each_groups_health_counts_its_own_quorum(cluster: ClusterConfig) -> None:
+    from bftfs.cli.groups import groups_health, layout_json
+    from bftfs.local import NodeStatus
+
+    layout = load_layout(cluster)
+    assert layout is not None
+    g1 = layout.groups[1].members
+    down = {g1[0], g1[1]} | {layout.groups[2].members[3]}
+    statuses = [
+        NodeStatus(s.id, s.address, None, s.id not in down, None, None) for s in cluster.nodes
+    ]
+    rows = groups_health(cluster, layout, statuses)
+    assert [(r["state"], r["up"], r["q"]) for r in rows] == [
+        ("healthy", 6, 5),
+        ("unavailable", 4, 5),
+        ("degraded", 5, 5),
+    ]
+    doc = layout_json(layout)
+    assert sum(g["object_partitions"] for g in doc["groups"]) == layout.partitions

@@ -12,10 +12,13 @@ membership is the layout's, and moving partitions is a later step.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from bftfs.config import ClusterConfig
 from bftfs.layout.groups import group_config, load_layout, refuse_with_groups
+from bftfs.layout.model import Layout
+from bftfs.local import NodeStatus
 
 #: Commands refused on a cluster of several groups: ``view``, ``generation`` and
 #: ``client`` changes change the membership a view names, which a group does not follow;
@@ -71,3 +74,50 @@ def refuse(args: argparse.Namespace, cfg: ClusterConfig) -> None:
     elif command not in REFUSED:
         return
     refuse_with_groups(cfg, f"bftfs {command}" + (f" {action}" if action else ""))
+
+
+def layout_json(layout: Layout) -> dict[str, Any]:
+    """The layout as ``bftfs status --json`` shows it: version, thresholds, and each group's
+    nodes, their trust domains and the partitions of each map it holds."""
+    domains = {n.id: n.domain for n in layout.nodes}
+    return {
+        "version": layout.version,
+        "partitions": layout.partitions,
+        "t": layout.t,
+        "b": layout.b,
+        "groups": [
+            {
+                "group": g.id,
+                "nodes": list(g.members),
+                "domains": [domains[m] for m in g.members],
+                "object_partitions": layout.objects.count(g.id),
+                "block_partitions": layout.blocks.count(g.id),
+            }
+            for g in layout.groups
+        ],
+    }
+
+
+def groups_health(
+    cfg: ClusterConfig, layout: Layout, statuses: Sequence[NodeStatus]
+) -> list[dict[str, Any]]:
+    """Each group's health from the nodes' statuses: ``healthy`` with every node up,
+    ``degraded`` with fewer but at least a quorum ``q`` (it serves; a node is missing),
+    ``unavailable`` below ``q`` (a Q/U round cannot complete there)."""
+    up = {s.id for s in statuses if s.up}
+    rows = []
+    for g in layout.groups:
+        one = group_config(cfg, layout, g.id)
+        count = sum(1 for m in g.members if m in up)
+        state = "healthy" if count == one.n else "degraded" if count >= one.q else "unavailable"
+        rows.append(
+            {"group": g.id, "up": count, "n": one.n, "q": one.q, "state": state,
+             "down": [m for m in g.members if m not in up]}
+        )  # fmt: skip
+    return rows
+
+
+def health_of(cfg: ClusterConfig, statuses: Sequence[NodeStatus]) -> list[dict[str, Any]]:
+    """:func:`groups_health` of the held layout; ``[]`` without one."""
+    layout = load_layout(cfg)
+    return [] if layout is None else groups_health(cfg, layout, statuses)
