@@ -155,7 +155,11 @@ class Node:
         def gate(kind: str, payload: Any) -> None:
             retired(kind)
             if self.placement is not None:
-                self.placement(kind, payload)
+                try:
+                    self.placement(kind, payload)
+                except HandlerError:
+                    self.stats["refused.misplaced"] += 1
+                    raise
 
         self.server.register(
             kind,
