@@ -126,6 +126,7 @@ def test_a_node_refuses_ids_its_group_does_not_hold(cluster: ClusterConfig) -> N
         ["node", "replace", "3", "--address", "127.0.0.1:9"],
         ["client", "add", "c9"],
         ["verify"],
+        ["mount", "/nonexistent/mnt", "--at", "1h"],
     ],
 )
 def test_what_groups_do_not_run_yet_exits_3(
@@ -155,3 +156,10 @@ def test_each_groups_health_counts_its_own_quorum(cluster: ClusterConfig) -> Non
     ]
     doc = layout_json(layout)
     assert sum(g["object_partitions"] for g in doc["groups"]) == layout.partitions
+
+
+def test_a_node_bundle_carries_the_layout(cluster: ClusterConfig) -> None:
+    from bftfs import bundle
+
+    files = bundle.members(cluster, node=3)
+    assert files["layout.signed"] == layout_path(cluster).read_bytes()

@@ -68,7 +68,9 @@ def refuse(args: argparse.Namespace, cfg: ClusterConfig) -> None:
     """
     command: Any = getattr(args, "command", None)
     action: Any = getattr(args, "action", None)
-    if command in REFUSED_ACTIONS:
+    if command == "mount" and getattr(args, "at", None) is not None:
+        action = "--at"  # the past of a cluster of groups is not read yet
+    elif command in REFUSED_ACTIONS:
         if action not in REFUSED_ACTIONS[command]:
             return
     elif command not in REFUSED:
