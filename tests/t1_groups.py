@@ -163,3 +163,23 @@ def test_a_node_bundle_carries_the_layout(cluster: ClusterConfig) -> None:
 
     files = bundle.members(cluster, node=3)
     assert files["layout.signed"] == layout_path(cluster).read_bytes()
+
+
+def test_two_nodes_down_in_two_groups_degrade_and_two_in_one_group_stop_it(
+    cluster: ClusterConfig,
+) -> None:
+    from bftfs.cli.groups import groups_health
+    from bftfs.cli.status import STATUS_DEGRADED, STATUS_UNAVAILABLE, cluster_health
+    from bftfs.local import NodeStatus
+
+    layout = load_layout(cluster)
+    assert layout is not None
+    spread = {layout.groups[0].members[0], layout.groups[1].members[0]}
+    packed = set(layout.groups[2].members[:2])
+    for down, want in ((spread, STATUS_DEGRADED), (packed, STATUS_UNAVAILABLE)):
+        statuses = [
+            NodeStatus(s.id, s.address, None, s.id not in down, {}, None) for s in cluster.nodes
+        ]
+        rows = groups_health(cluster, layout, statuses)
+        code, *_ = cluster_health(cluster, statuses, [], grouped=rows)
+        assert code == want, down

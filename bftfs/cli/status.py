@@ -46,11 +46,14 @@ def cluster_health(
     mounts: list[dict],
     findings: dict[int, Any] | None = None,
     sessions: list[dict[str, Any]] | None = None,
+    grouped: list[dict[str, Any]] | None = None,
 ) -> tuple[int, str, list[str], dict[int, dict[str, int]]]:
     """(exit code, word, problems, faults per node summed over the mounts) of a cluster;
     ``findings``: what scrub and verification found standing against each node
     (``bftfs/health.py``), which keeps the cluster degraded until cleared; ``sessions``:
-    the clients connected to the nodes (``cli/sessions.py``), for their versions."""
+    the clients connected to the nodes (``cli/sessions.py``), for their versions;
+    ``grouped``: each group's health on a cluster of groups (``cli/groups.health_of``),
+    unavailable when one group is."""
     from bftfs import health
 
     faults: dict[int, dict[str, int]] = {}
@@ -82,8 +85,9 @@ def cluster_health(
     problems += _revoked_mounts(mounts)
     mixed = mixed_versions(statuses, mounts, sessions)
     problems += mixed
-    grouped = groups.health_of(cfg, statuses)  # a cluster of groups: each its own quorum
-    if any(g["state"] == "unavailable" for g in grouped) or (not grouped and len(down) > cfg.t):
+    if any(g["state"] == "unavailable" for g in grouped or ()) or (
+        not grouped and len(down) > cfg.t
+    ):
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
     node_problems = (
         bool(down)
@@ -220,11 +224,13 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     mounts = control.mount_statuses(cfg)
     record, findings = _findings(cfg, statuses, clear=clear)
     sessions = client_sessions(statuses, cfg.client_names())
-    code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings, sessions)
-    capacities = {f.node: f for f in fills(statuses)}
     layout = load_layout(cfg)
     placed = None if layout is None else groups.layout_json(layout)
     grouped = groups.health_of(cfg, statuses)
+    code, word, problems, faults = cluster_health(
+        cfg, statuses, mounts, findings, sessions, grouped
+    )
+    capacities = {f.node: f for f in fills(statuses)}
     if args.json:
         doc = {
             "layout": placed,
