@@ -5,7 +5,8 @@ group while every object of the tree lives in its root's group (a create and a m
 are two-object updates, kept in the parent's group); a rename between directories
 works; a node refuses a block of another group (code ``misplaced``); ``bftfs status``
 shows three healthy groups, then one degraded with a node stopped, and the tree reads
-back whole from a new mount with that node down."""
+back whole from a new mount with that node down and a node of another group corrupting
+the fragments it serves."""
 
 from __future__ import annotations
 
@@ -116,6 +117,8 @@ def test_three_groups_copy_place_refuse_status_and_a_node_down(tmp_path: Path) -
         node0 = layout.groups[0].members[0]
         assert _requests(doc, "refused.misplaced")[node0] == 1
 
+        liar = sorted(members[0])[1]  # it lies as its group's node (its index, its n)
+        bftfs("node", "restart", str(liar), "--byzantine", "corrupt-fragments", "--dir", str(home))
         victim = sorted(members[1])[2]
         bftfs("node", "stop", str(victim), "--dir", str(home))
         status = bftfs("status", "--dir", str(home), "--json", check=False)
