@@ -183,3 +183,11 @@ def test_two_nodes_down_in_two_groups_degrade_and_two_in_one_group_stop_it(
         rows = groups_health(cluster, layout, statuses)
         code, *_ = cluster_health(cluster, statuses, [], grouped=rows)
         assert code == want, down
+
+
+def test_the_peers_column_counts_the_nodes_own_group() -> None:
+    from bftfs.cli.statustables import _peers
+
+    rejoin = {"reachable": 4, "peers": {str(i): {"reached": i != 2} for i in range(5)}}
+    assert _peers({"progress": {"rejoin": rejoin}}, 18) == "4/5"  # not 4/17
+    assert _peers({"progress": {"rejoin": {"reachable": 5}}}, 6) == "5/5"

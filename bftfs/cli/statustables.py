@@ -129,7 +129,11 @@ def _worth_a_line(progress: dict[str, Any]) -> bool:
 
 def _peers(st: dict[str, Any], n: int) -> str:
     rejoin = (st.get("progress") or {}).get("rejoin")
-    return f"{rejoin.get('reachable', 0)}/{n - 1}" if rejoin else "-"
+    if not rejoin:
+        return "-"
+    # Its peers as the node counts them: in a cluster of groups, its group's (layout.md).
+    peers = rejoin.get("peers")
+    return f"{rejoin.get('reachable', 0)}/{len(peers) if isinstance(peers, dict) else n - 1}"
 
 
 def print_nodes(statuses: list[localmod.NodeStatus]) -> None:
