@@ -74,6 +74,9 @@ def members(
             )
     if cfg.view_path.exists():  # public, believed for its signature; never the admin key
         files[cfg.view_path.name] = cfg.view_path.read_bytes()
+    layout = cfg.home / "layout.signed"  # likewise: a cluster of groups' (docs/layout.md)
+    if layout.exists():
+        files[layout.name] = layout.read_bytes()
     if client is not None and cfg.sealed:
         volume_dst = rel.volume_key_path.relative_to(home)
         files[str(volume_dst)] = cfg.volume_key_path.read_bytes()

@@ -199,8 +199,12 @@ def init_cluster(
     big_block_size: int | None = None,
     seal: bool = True,
     metrics: MetricsConfig | None = None,
+    groups: int = 1,
 ) -> ClusterConfig:
     """Create a cluster directory: fresh keys for every node and client, and its config.
+
+    ``groups`` > 1 (``bftfs init --groups G``, docs/layout.md): ``G * n`` nodes, ``qc`` and
+    ``m`` of one group of ``n``, and the first signed layout (``layout/groups.py``).
 
     With ``seal`` (the default) also a volume key, under which the mounts encrypt file
     contents (docs/confidentiality.md); its id goes into the configuration.
@@ -219,12 +223,10 @@ def init_cluster(
         ClusterError: a cluster already exists there (and ``force`` is false).
     """
     home = home.resolve()
-    n_, qc_, m_ = default_sizes(
-        t, b, n if n is not None or not addresses else len(addresses), qc, m
-    )
+    n_, qc_, m_ = _sizes(t, b, n, qc, m, len(addresses or ()), groups, engine)
     if config_path(home).exists() and not force:
         raise ClusterError(f"a cluster already exists in {home} (use --force to replace it)")
-    node_ids = [Identity.generate(NodeId(i)) for i in range(n_)]
+    node_ids = [Identity.generate(NodeId(i)) for i in range(n_ * groups)]
     client_ids = [Identity.generate(client_id(k)) for k in range(clients)]
     volume = VolumeKey.generate() if seal else None
     admin = AdminKey.generate()
@@ -251,8 +253,26 @@ def init_cluster(
         metrics=metrics or MetricsConfig(),
         admin_key=admin.public,
     ).validate()
-    _write(home, cfg, admin, volume, node_ids, client_ids)
+    _write(home, cfg, admin, volume, node_ids, client_ids, groups)
     return cfgmod.load(config_path(home))
+
+
+def _sizes(
+    t: int,
+    b: int,
+    n: int | None,
+    qc: int | None,
+    m: int | None,
+    given: int,
+    groups: int,
+    engine: str,
+) -> tuple[int, int, int]:
+    """``(n, qc, m)`` of one group (:func:`init_cluster`); ``given``: addresses given."""
+    if groups < 1 or (groups > 1 and engine != "qu"):
+        raise ConfigError(f"--groups must be at least 1, and > 1 needs engine qu (got {groups})")
+    if given and n is None:
+        n = given // groups
+    return default_sizes(t, b, n, qc, m)
 
 
 def _node_specs(
@@ -293,9 +313,11 @@ def _write(
     volume: VolumeKey | None,
     node_ids: list[Identity],
     client_ids: list[Identity],
+    groups: int = 1,
 ) -> None:
     """Write the new cluster directory ``home`` of the validated ``cfg``: the keys, the
-    first view, each node's data directory, ``cluster.toml``."""
+    first view, each node's data directory, ``cluster.toml``; with ``groups`` > 1 the
+    first layout (``layout/groups.init_layout``)."""
     home.mkdir(parents=True, exist_ok=True)
     # The administrator key stays here, in the operator's directory: no bundle carries it.
     admin.save(cfg.admin_key_path)
@@ -308,6 +330,10 @@ def _write(
     for client, ident in zip(cfg.clients, client_ids, strict=True):
         ident.save(cfg.client_key_path(client.name))
     cfgmod.save(cfg, config_path(home))
+    if groups > 1:
+        from bftfs.layout.groups import init_layout
+
+        init_layout(cfg, groups, cfg.n // groups)
 
 
 def remove_cluster(home: Path) -> list[int]:
@@ -321,6 +347,7 @@ def remove_cluster(home: Path) -> list[int]:
     for name in ("clients", "mounts", "volume", "admin", "bundles"):
         shutil.rmtree(cfg.home / name, ignore_errors=True)
     cfg.view_path.unlink(missing_ok=True)
+    (cfg.home / "layout.signed").unlink(missing_ok=True)  # layout/groups.LAYOUT_FILE
     config_path(cfg.home).unlink(missing_ok=True)
     return stopped
 
@@ -456,22 +483,36 @@ async def query_status(
         names = [c.name for c in cfg.clients]
         client = "client0" if "client0" in names or not names else names[0]
     results: dict[int, NodeStatus] = {}
-    async with open_client(
-        cfg, client, timeout=timeout, resend_after=timeout, connect_timeout=timeout
-    ) as ep:
 
-        async def one(spec: NodeSpec) -> None:
-            pid = running_pid(spec)
-            try:
-                stats = await ep.call(spec.id, "stats", None, timeout=timeout)
-                results[spec.id] = NodeStatus(spec.id, spec.address, pid, True, stats, None)
-            except (TransportError, RemoteError) as e:
-                results[spec.id] = NodeStatus(spec.id, spec.address, pid, False, None, str(e))
+    async def one(ep: Any, ids: list[int], spec: NodeSpec) -> None:
+        gid = ids[int(spec.id)]
+        pid = running_pid(spec)
+        try:
+            stats = await ep.call(spec.id, "stats", None, timeout=timeout)
+            results[gid] = NodeStatus(gid, spec.address, pid, True, stats, None)
+        except (TransportError, RemoteError) as e:
+            results[gid] = NodeStatus(gid, spec.address, pid, False, None, str(e))
 
-        async with trio.open_nursery() as nursery:
-            for spec in cfg.nodes:
-                nursery.start_soon(one, spec)
-    return [results[s.id] for s in cfg.nodes]
+    async def part_of(part: ClusterConfig, ids: list[int]) -> None:
+        async with (
+            open_client(
+                part, client, timeout=timeout, resend_after=timeout, connect_timeout=timeout
+            ) as ep,
+            trio.open_nursery() as nursery,
+        ):
+            for spec in part.nodes:
+                nursery.start_soon(one, ep, ids, spec)
+
+    from bftfs.layout.groups import parts
+
+    async with trio.open_nursery() as nursery:
+        for part, global_ids in parts(cfg):  # (one per group of a layout, each at once)
+            nursery.start_soon(part_of, part, global_ids)
+    spare = "in no group of the layout"
+    return [
+        results.get(s.id) or NodeStatus(s.id, s.address, running_pid(s), False, None, spare)
+        for s in cfg.nodes
+    ]
 
 
 #: Seconds a readiness poll gives each node to answer at first, and at most: doubled after

@@ -12,7 +12,7 @@ from typing import Any
 
 from bftfs import clusterkeys
 from bftfs import local as localmod
-from bftfs.cli import capacity, discover
+from bftfs.cli import capacity, discover, groups
 from bftfs.cli.common import (
     EXIT_BUSY,
     QuietError,
@@ -76,8 +76,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         force=args.force,
         seal=not args.no_seal,
         metrics=_metrics_config(args),
+        groups=getattr(args, "groups", 1),
     )
-    print(f"created a cluster of {cfg.n} nodes in {cfg.home}")
+    print(f"created a cluster of {cfg.n} nodes in {cfg.home}", *groups.describe(cfg), sep="\n")
     for warning in capacity.maps_beyond_disk(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     print(
@@ -199,6 +200,7 @@ INIT_DEFAULTS: dict[str, object] = {
     "no_durable": False,
     "engine": "qu",
     "no_seal": False,
+    "groups": 1,
     # not --metrics-port / --metrics-addr: `up` applies them to this start (_up_metrics)
 }
 
@@ -232,8 +234,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if existed:  # (a new one's init said it)
         for warning in capacity.maps_beyond_disk(cfg):
             print(f"warning: {warning}", file=sys.stderr)
-    # A quorum serves the file system: a node still recovering at the deadline (after a
-    # power cut, on a loaded machine) does not make `up` fail while its process runs.
+    # A quorum serves: a node still recovering at the deadline (its process runs) passes.
     statuses = localmod.wait_ready(
         cfg,
         timeout=args.timeout,
@@ -351,9 +352,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_client(args: argparse.Namespace) -> int:
     """``bftfs client add|revoke|rotate|remove|list``: client identities, each id given once
-    for the life of the cluster (a removed client's id is retired, never handed to the next
-    one).  A cluster with views changes them online (``cli/views.py``); one from before
-    views edits ``cluster.toml`` for the nodes' next start."""
+    (a removed client's id is retired).  A cluster with views changes them online
+    (``cli/views.py``); one from before views edits ``cluster.toml`` for the next start."""
     cfg, path = cluster_of(args)
     if args.action == "list":
         if args.json:
@@ -403,8 +403,8 @@ def _clients_json(cfg: ClusterConfig) -> dict[str, Any]:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    """``bftfs rotate-key``: a new volume key for what mounts write from now on; the old
-    one kept for reading what was written under it (docs/confidentiality.md)."""
+    """``bftfs rotate-key``: a new volume key for new writes, the old one kept for reading
+    (docs/confidentiality.md)."""
     cfg, path = cluster_of(args)
     new = clusterkeys.rotate_volume_key(cfg, path)
     print(f"new volume key {new.key_id.hex()}: mounts started from now on seal under it")
@@ -483,6 +483,7 @@ def with_init(sp: argparse.ArgumentParser) -> None:
         "--metrics-addr",
         help="the address metrics listen on (default 127.0.0.1; 0.0.0.0: every interface)",
     )
+    groups.add_option(sp)
 
 
 def add_init(sub: Any) -> None:

@@ -129,9 +129,12 @@ def config_of(args: argparse.Namespace) -> Path:
 def cluster_of(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
     """The configuration :func:`config_of` finds, loaded, and its path."""
     from bftfs import config as cfgmod
+    from bftfs.cli import groups
 
     path = config_of(args)
-    return cfgmod.load(path), path
+    cfg = cfgmod.load(path)
+    groups.refuse(args, cfg)  # what several groups do not run yet: exit 3
+    return cfg, path
 
 
 def waiting_for_daemon(pid: int) -> None:

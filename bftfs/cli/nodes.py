@@ -27,6 +27,7 @@ from bftfs.cli.common import (
 from bftfs.cli.reach import require_reachable
 from bftfs.cli.views import add_replace_options
 from bftfs.config import ClusterConfig, ConfigError
+from bftfs.layout.groups import place_node
 from bftfs.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,12 @@ def cmd_node(args: argparse.Namespace) -> int:
         # only when asked for.
         from bftfs.testing.byzantine.profiles import profile
 
-        faults = profile(args.byzantine, cfg, int(spec.id))
+        placed = place_node(cfg, spec.id)  # in a group, it lies as the group's node
+        faults = (
+            profile(args.byzantine, cfg, int(spec.id))
+            if placed is None
+            else profile(args.byzantine, placed.config, placed.index)
+        )
         log.warning("node %s runs the Byzantine profile %r", spec.id, args.byzantine)
     extra: tuple[Any, ...] = ()
     if args.test_objects:

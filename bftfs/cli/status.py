@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from bftfs import local as localmod
-from bftfs.cli import capacity, contribs
+from bftfs.cli import capacity, contribs, groups
 from bftfs.cli import statustables as tables
 from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster
 from bftfs.cli.sessions import client_sessions, print_sessions, version_label
@@ -28,6 +28,7 @@ from bftfs.cli.statustables import (  # noqa: F401  (re-exported: tests, cli/clu
 from bftfs.cli.statustables import print_limits as _print_limits  # noqa: F401
 from bftfs.cli.statustables import print_nodes as _print_status  # noqa: F401
 from bftfs.config import ClusterConfig
+from bftfs.layout.groups import load_layout
 from bftfs.node.pace import catch_ups
 
 #: ``bftfs status`` exit codes: every node up and no fault seen; degraded (a node down or
@@ -45,11 +46,14 @@ def cluster_health(
     mounts: list[dict],
     findings: dict[int, Any] | None = None,
     sessions: list[dict[str, Any]] | None = None,
+    grouped: list[dict[str, Any]] | None = None,
 ) -> tuple[int, str, list[str], dict[int, dict[str, int]]]:
     """(exit code, word, problems, faults per node summed over the mounts) of a cluster;
     ``findings``: what scrub and verification found standing against each node
     (``bftfs/health.py``), which keeps the cluster degraded until cleared; ``sessions``:
-    the clients connected to the nodes (``cli/sessions.py``), for their versions."""
+    the clients connected to the nodes (``cli/sessions.py``), for their versions;
+    ``grouped``: each group's health on a cluster of groups (``cli/groups.health_of``),
+    unavailable when one group is."""
     from bftfs import health
 
     faults: dict[int, dict[str, int]] = {}
@@ -81,7 +85,9 @@ def cluster_health(
     problems += _revoked_mounts(mounts)
     mixed = mixed_versions(statuses, mounts, sessions)
     problems += mixed
-    if len(down) > cfg.t:
+    if any(g["state"] == "unavailable" for g in grouped or ()) or (
+        not grouped and len(down) > cfg.t
+    ):
         return STATUS_UNAVAILABLE, "unavailable", problems, faults
     node_problems = (
         bool(down)
@@ -218,10 +224,17 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     mounts = control.mount_statuses(cfg)
     record, findings = _findings(cfg, statuses, clear=clear)
     sessions = client_sessions(statuses, cfg.client_names())
-    code, word, problems, faults = cluster_health(cfg, statuses, mounts, findings, sessions)
+    layout = load_layout(cfg)
+    placed = None if layout is None else groups.layout_json(layout)
+    grouped = groups.health_of(cfg, statuses)
+    code, word, problems, faults = cluster_health(
+        cfg, statuses, mounts, findings, sessions, grouped
+    )
     capacities = {f.node: f for f in fills(statuses)}
     if args.json:
         doc = {
+            "layout": placed,
+            "groups": grouped,
             "cluster": {
                 "home": str(cfg.home),
                 **{k: getattr(cfg, k) for k in ("t", "b", "n", "qc", "m")},
@@ -256,7 +269,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
         print(json.dumps(doc, indent=None if args.watch else 2, default=str))
         return code
     if not args.verbose:
-        print(summary(cfg, word, statuses, mounts))
+        print(summary(cfg, word, statuses, mounts, len(grouped)))
         for p in problems:
             print(tables._fit(f"  - {p}", 4))
         if problems:
@@ -271,6 +284,8 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     print(f"health: {word.upper()}")
     for p in problems:
         print(tables._fit(f"  - {p}", 4))
+    if placed is not None:
+        tables.print_groups(placed, grouped)
     tables.print_nodes(statuses)
     tables.print_capacity(list(capacities.values()))
     tables.print_limits(statuses, cfg.client_names())
@@ -282,16 +297,22 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
 
 
 def summary(
-    cfg: ClusterConfig, word: str, statuses: list[localmod.NodeStatus], mounts: list[dict]
+    cfg: ClusterConfig,
+    word: str,
+    statuses: list[localmod.NodeStatus],
+    mounts: list[dict],
+    groups_count: int = 0,
 ) -> str:
     """The one line ``bftfs status`` prints (``zpool status -x``'s "all pools are healthy"):
-    ``cluster HOME: healthy (6/6 nodes up, 1 mount)``; the word upper-cased when not
-    healthy, so that it stands out above the problems."""
+    ``cluster HOME: healthy (6/6 nodes up, 1 mount)`` (``18/18 nodes up in 3 groups`` for
+    a cluster of groups); the word upper-cased when not healthy, so that it stands out
+    above the problems."""
     up = sum(1 for s in statuses if s.up)
     serving = sum(1 for m in mounts if m.get("state") not in ("dead", "unresponsive"))
     shown = word if word == "healthy" else word.upper()
     noun = "mount" if serving == 1 else "mounts"
-    return f"cluster {cfg.home}: {shown} ({up}/{len(statuses)} nodes up, {serving} {noun})"
+    where = f" in {groups_count} groups" if groups_count else ""
+    return f"cluster {cfg.home}: {shown} ({up}/{len(statuses)} nodes up{where}, {serving} {noun})"
 
 
 def _moving(view: Any) -> str:

@@ -129,7 +129,11 @@ def _worth_a_line(progress: dict[str, Any]) -> bool:
 
 def _peers(st: dict[str, Any], n: int) -> str:
     rejoin = (st.get("progress") or {}).get("rejoin")
-    return f"{rejoin.get('reachable', 0)}/{n - 1}" if rejoin else "-"
+    if not rejoin:
+        return "-"
+    # Its peers as the node counts them: in a cluster of groups, its group's (layout.md).
+    peers = rejoin.get("peers")
+    return f"{rejoin.get('reachable', 0)}/{len(peers) if isinstance(peers, dict) else n - 1}"
 
 
 def print_nodes(statuses: list[localmod.NodeStatus]) -> None:
@@ -427,4 +431,24 @@ def print_findings(
         print(
             f"  bftfs verify: {record.verify_runs} run(s), last {stamp}; rewrote {total} "
             "fragment(s) since cleared"
+        )
+
+
+def print_groups(layout: dict[str, Any], health: list[dict[str, Any]]) -> None:
+    """The layout (``cli/groups.layout_json``) and each group's health, one row a group."""
+    print(
+        f"layout {layout['version']}: {len(layout['groups'])} groups, "
+        f"{layout['partitions']} partitions, t={layout['t']} b={layout['b']}"
+    )
+    print(
+        f"  {'group':>5}  {'state':11}  {'up':>5}  {'objects':>7}  {'blocks':>6}  nodes (domains)"
+    )
+    for g, h in zip(layout["groups"], health, strict=True):
+        nodes = ", ".join(
+            f"{n}" + ("" if d == f"node{n}" else f" ({d})")
+            for n, d in zip(g["nodes"], g["domains"], strict=True)
+        )
+        print(
+            f"  {g['group']:>5}  {h['state']:11}  {h['up']:>2}/{h['n']:<2}  "
+            f"{g['object_partitions']:>7}  {g['block_partitions']:>6}  {nodes}"
         )

@@ -476,7 +476,7 @@ def _leases(meta: Meta, cache: MetadataCache, term: float, spawn: Spawn) -> Leas
         b=config.b,
         n=config.n,
         spawn=spawn,
-        client=meta.qu.client_id,
+        client=None if getattr(config, "layout", None) else meta.qu.client_id,  # groups: none
         mount=meta.lease_token,
     )
     # What this mount answered about an object before its lease is not covered by it: the

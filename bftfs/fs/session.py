@@ -19,9 +19,12 @@ from bftfs.connect import check_identity, client_identity, open_client
 from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.clients import BlockClient, EngineClient, MetadataClient, Seal
+from bftfs.fs.clients.groups import GroupedQU, GroupedRW
 from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generations import Generations
 from bftfs.fs.history import FabPast, Past
+from bftfs.layout.groups import group_config, load_layout, placed_config
+from bftfs.layout.model import Layout
 from bftfs.membership.client import ClientViews
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
@@ -110,6 +113,11 @@ async def open_session(
     directory if the cluster has none.  The session follows the view: a change of
     generation while it runs opens the new generation's clients, and the file system
     goes on over both while objects move (``fs/generations/clients.py``)."""
+    layout = load_layout(config)
+    if layout is not None:  # a cluster of groups (docs/layout.md, "Placement")
+        async with open_grouped_session(config, layout, client, **options) as session:
+            yield session
+        return
     ident = client_identity(config, client)
     ring = KeyRing(ident, config.node_public_keys())
     await check_identity(config, ring)  # an unknown key fails now, not after every timeout
@@ -139,6 +147,57 @@ async def open_session(
                 with trio.move_on_after(5):
                     await leases.release_all()
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_grouped_session(
+    config: ClusterConfig, layout: Layout, client: str, **options: Any
+) -> AsyncIterator[Session]:
+    """:func:`open_session` of a cluster of groups: one endpoint and plain Q/U and PASIS
+    clients per group (``layout/groups.group_config``), routed by ``layout``
+    (``fs/clients/groups.py``); per-object leases (``PlacedConfig``: no lease sessions);
+    no generations (a cluster of groups changes none yet)."""
+    qus: list[EngineClient] = []
+    rws: list[BlockClient] = []
+    async with AsyncExitStack() as stack:
+        eps = []
+        for g in layout.groups:
+            part = group_config(config, layout, g.id)
+            await check_identity(
+                part, KeyRing(client_identity(part, client), part.node_public_keys())
+            )
+            ep = await stack.enter_async_context(open_client(part, client))
+            eps.append((ep, part.node_ids))
+            qus.append(metadata_client(part, ep))
+            rws.append(await stack.enter_async_context(open_rw_client(ep, part)))
+        qu, rw = GroupedQU(layout, qus), GroupedRW(layout, rws)
+        fs = await stack.enter_async_context(
+            open_file_system(qu, rw, placed_config(config, layout), **options)
+        )
+        leases = fs.meta.leases
+        if leases is not None:  # recalls pushed by each group's nodes
+            for (ep, ids), g in zip(eps, layout.groups, strict=True):
+                leases.listen(ep, ids)
+                ep.on_push = _globally(ep.on_push, g.members)
+        try:
+            yield Session(fs, qu, rw)
+        finally:
+            if fs.outbox.writeback is not None:
+                with trio.move_on_after(WRITE_BACK_AT_END):
+                    await fs.write_back()
+            if leases is not None:
+                with trio.move_on_after(5):
+                    await leases.release_all()
+
+
+def _globally(push: Any, members: tuple[int, ...]) -> Any:
+    """A push handler told each group node's global id, not its index in the group: the
+    ``b + 1`` pushes that make a recall believed come from distinct nodes of the cluster."""
+
+    def on_push(node: int, body: Any) -> None:
+        push(members[int(node)], body)
+
+    return on_push
 
 
 @asynccontextmanager

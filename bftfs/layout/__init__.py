@@ -6,8 +6,11 @@
 - ``diff.py``: which partitions move from one layout to the next;
 - ``codec.py``: canonical bytes, the administrator's signature (the membership views'
   own envelope, ``membership/signed.py``) and the check a client or node makes of a
-  layout it is given.
+  layout it is given;
+- ``groups.py``: the layout a cluster holds (``layout.signed``) and one group as a
+  configuration of its own, which nodes, mounts and ``bftfs status`` run on.
 
-Placement (mounts routing by the layout, the partition mover) is a later step; the
-simulation of many groups is ``benchmarks/groups_sim.py``.
+The mounts' routers are ``fs/clients/groups.py``, the node's refusal of other groups' ids
+``node/placement.py``; the partition mover is a later step; the simulation of many
+groups is ``benchmarks/groups_sim.py``.
 """

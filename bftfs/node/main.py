@@ -23,8 +23,10 @@ from bftfs import metrics as metricsmod
 from bftfs import proc, sdnotify
 from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyFileError
+from bftfs.layout.groups import place_node
 from bftfs.net.server import FaultHooks
 from bftfs.node.nodemetrics import node_metrics
+from bftfs.node.placement import Check, guard
 from bftfs.node.service import Node
 from bftfs.node.storeformat import StoreFormatError
 from bftfs.qu.objects import ObjectType
@@ -64,7 +66,9 @@ def run(
     batch_sched: bool = False,
     serve_registers: bool = False,
 ) -> None:
-    """Run node ``node_id`` of ``cfg`` in this process until SIGTERM or SIGINT.
+    """Run node ``node_id`` of ``cfg`` in this process until SIGTERM or SIGINT; with a
+    layout (``bftfs init --groups``), as its index in its group's configuration
+    (``layout/groups.place_node``), refusing ids of other groups (``node/placement.py``).
 
     Args:
         faults: fault hooks (``--byzantine``), or None for a correct node.
@@ -75,8 +79,10 @@ def run(
 
     Raises:
         KeyFileError: see :func:`load_identity`.
+        LayoutError: the layout is bad, or puts the node in no group (exit 3).
         StartError: the node's port or its metrics port cannot be bound.
     """
+    cfg, node_id, placement = _in_group(cfg, node_id)
     spec = cfg.node(node_id)
     ident = load_identity(spec)
     if batch_sched:
@@ -93,6 +99,7 @@ def run(
             extra_object_types=extra_object_types,
             serve_registers=serve_registers,
         )
+        node.placement = placement
         metrics = None
         port_file = spec.data_dir / "metrics.port"
         port_file.unlink(missing_ok=True)  # an earlier run's: not this one's address
@@ -124,6 +131,20 @@ def run(
     except (OSError, StoreFormatError, BaseExceptionGroup) as e:
         raise _listen_error(e, spec) from None
     log.info("node %s stopped", spec.id)
+
+
+def _in_group(cfg: ClusterConfig, node_id: int) -> tuple[ClusterConfig, int, Check | None]:
+    """The configuration and id node ``node_id`` runs as, and the check of what it holds:
+    with a layout, its group's and its index there (``layout/groups.place_node``), refusing
+    other groups' ids (``node/placement.py``); else ``cfg`` and ``node_id``, no check."""
+    placed = place_node(cfg, node_id)
+    if placed is None:
+        return cfg, node_id, None
+    log.info(
+        "node %s runs as node %s of group %s (%s)",
+        node_id, placed.index, placed.group, placed.layout.describe(),
+    )  # fmt: skip
+    return placed.config, placed.index, guard(placed.layout, placed.group)
 
 
 def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:

@@ -82,9 +82,8 @@ class Node:
         self.keyring = KeyRing(identity, config.public_keys())
         self.log = logging.getLogger(f"bftfs.node.{self.id}")
         self.faults, self.now_ns, self.max_frame = faults, clock_ns, max_frame
-        #: Q/U object types served besides the file system's (``node/protocols.py``), the
-        #: test types, and whether Listeners registers are served: when whoever starts the
-        #: node asks for them (``bftfs node --test-objects``, ``--listeners``).
+        #: Q/U object types served besides the file system's, and whether Listeners registers
+        #: are: as whoever starts the node asks (``bftfs node --test-objects``, ``--listeners``).
         self.extra_object_types, self.serve_registers = tuple(extra_object_types), serve_registers
         #: Answers the connections other principals open to this node.
         self.server: Server[RequestContext] = Server(
@@ -111,6 +110,7 @@ class Node:
         #: Lease recalls pushed to their holders (node/recalls.py).
         self.recalls = Recalls(self.server.push, self.stats)
         self._listeners = listeners
+        self.placement: Callable[[str, Any], None] | None = None  # node/placement.py
         self._endpoint_options = endpoint_options or {}
         self._nursery: trio.Nursery | None = None
         self.store: Store = None  # type: ignore[assignment]  # set in run()
@@ -150,7 +150,17 @@ class Node:
         ``ping`` and ``stats`` may be replaced).  See :meth:`bftfs.net.server.Server.register`
         for ``inline`` and ``fast``.
         """
-        gate = self.views.generation.check  # a retired node answers almost nothing
+        retired = self.views.generation.check  # a retired node answers almost nothing
+
+        def gate(kind: str, payload: Any) -> None:
+            retired(kind)
+            if self.placement is not None:
+                try:
+                    self.placement(kind, payload)
+                except HandlerError:
+                    self.stats["refused.misplaced"] += 1
+                    raise
+
         self.server.register(
             kind,
             _full_is_refused(handler, kind, gate),
@@ -246,13 +256,14 @@ class Node:
         }
 
 
-def _full_is_refused(handler: Handler, kind: str, gate: Callable[[str], None]) -> Handler:
+def _full_is_refused(handler: Handler, kind: str, gate: Callable[[str, Any], None]) -> Handler:
     """A handler whose store write ran out of space answers ``full`` (the client reports
-    ENOSPC), not ``internal``; ``gate(kind)`` first (a retired node refuses ``kind``)."""
+    ENOSPC), not ``internal``; ``gate(kind, payload)`` first (a retired node refuses
+    ``kind``, a node of a group an id it does not hold)."""
 
     @functools.wraps(handler)
     async def wrapper(ctx: RequestContext, payload: Any) -> Any:
-        gate(kind)
+        gate(kind, payload)
         try:
             return await handler(ctx, payload)
         except StoreFull as e:
@@ -262,10 +273,12 @@ def _full_is_refused(handler: Handler, kind: str, gate: Callable[[str], None]) -
     return wrapper
 
 
-def _full_is_refused_now(fast: FastHandler, kind: str, gate: Callable[[str], None]) -> FastHandler:
+def _full_is_refused_now(
+    fast: FastHandler, kind: str, gate: Callable[[str, Any], None]
+) -> FastHandler:
     @functools.wraps(fast)
     def wrapper(ctx: Any, payload: Any) -> Any:
-        gate(kind)
+        gate(kind, payload)
         try:
             return fast(ctx, payload)
         except StoreFull as e:

@@ -170,6 +170,11 @@ class Meta:
         #: This client's write-lease token (``fs.lock``): random, so that two mounts of
         #: one client identity do not share leases.
         self.lease_token = rng.randrange(1, obj.MAX_OID)
+        #: The group of an object id, on a cluster of groups (``layout/groups.PlacedConfig``).
+        layout = getattr(config, "layout", None)
+        self.group_of: Callable[[int], int] | None = (
+            None if layout is None else layout.group_of_object
+        )
         #: Q/U operations sent and seconds spent in them, by method (where a workload's
         #: rounds go; logged at unmount).
         self.methods: Counter[str] = Counter()
@@ -457,6 +462,15 @@ class Meta:
         Andrew copy phase did 1700 syncs with random ids).  The price: one directory tree
         loads the same ``q`` of the ``n`` servers; the others serve when those fail.
         """
+        x = self._draw(near)
+        if near is not None and self.group_of is not None:
+            # On a cluster of groups, in the parent's group: a create (two objects) stays
+            # one group's atomic update (docs/layout.md, "Placement"); G draws expected.
+            while self.group_of(x) != self.group_of(near):
+                x = self._draw(near)
+        return x
+
+    def _draw(self, near: int | None) -> int:
         x = self.rng.randrange(2, obj.MAX_OID)
         if near is None:
             return x

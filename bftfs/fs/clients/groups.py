@@ -1,0 +1,250 @@
+"""A mount over many groups: one plain client per group, each call routed by the layout
+(issue 66, docs/layout.md, "Placement").
+
+- :class:`GroupedQU` (an :class:`~bftfs.fs.clients.protocols.EngineClient`): a call on
+  objects goes to the Q/U client of the group the layout maps them to
+  (``Layout.group_of_object``); a multi-object call whose objects all live in one group
+  goes to it, atomic there as Q/U makes it.
+- :class:`GroupedRW` (a :class:`~bftfs.fs.clients.protocols.BlockClient`): each block to
+  the PASIS client of its group (``Layout.group_of_block``); many blocks split by group and
+  sent to the groups at once.
+
+A multi-object update whose objects span groups has no atomic commit yet (the cross-group
+commit protocol is the next step): it raises :class:`CrossGroup`, a
+:class:`~bftfs.fs.errors.CrossDevice`, which the file system answers as ``EXDEV``
+(``rename(2)``, ``link(2)``: ``mv`` then copies and removes; docs/layout.md).
+
+Faults and statistics are reported per node under the nodes' global ids (each group's
+clients count its nodes by their index in the group).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
+from typing import Any
+
+import trio
+
+from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
+from bftfs.fs.errors import CrossDevice
+from bftfs.layout.model import Layout
+from bftfs.qu.client import ClientStatistics
+from bftfs.qu.timestamp import Timestamp
+from bftfs.rw.calls import DEFAULT_CONCURRENCY
+from bftfs.rw.client import RWStatistics, Space
+from bftfs.rw.timestamp import Timestamp as BlockTime
+from bftfs.rw.write import Prepared
+
+
+class CrossGroup(CrossDevice):
+    """A multi-object update names objects of several groups (EXDEV until the
+    cross-group commit protocol is built)."""
+
+
+def _ids(objects: Objects) -> list[int]:
+    return [objects] if isinstance(objects, int) else list(objects)
+
+
+def _faults(
+    counters: Sequence[Counter[tuple[int, str]]], members: Sequence[Sequence[int]]
+) -> Counter[tuple[int, str]]:
+    """The groups' fault counters under the nodes' global ids."""
+    out: Counter[tuple[int, str]] = Counter()
+    for counter, ids in zip(counters, members, strict=True):
+        for (node, kind), count in counter.items():
+            out[(ids[int(node)], kind)] += count
+    return out
+
+
+class GroupedQU:
+    """The Q/U clients of every group as one :class:`EngineClient` (module docstring)."""
+
+    def __init__(self, layout: Layout, clients: Sequence[EngineClient]) -> None:
+        if len(clients) != len(layout.groups):
+            raise ValueError(f"{len(clients)} clients for {len(layout.groups)} groups")
+        self.layout = layout
+        self.clients = list(clients)
+        #: Calls refused because their objects span groups.
+        self.crossed = 0
+
+    def group_of(self, objects: Objects) -> int:
+        """The one group holding every object of ``objects``.
+
+        Raises:
+            CrossGroup: they live on several groups.
+        """
+        ids = _ids(objects)
+        groups = {self.layout.group_of_object(o) for o in ids}
+        if len(groups) != 1:
+            self.crossed += 1
+            where = ", ".join(f"{o:#x} on {self.layout.group_of_object(o)}" for o in ids)
+            raise CrossGroup(
+                f"objects on {len(groups)} groups ({where}): an update across groups is "
+                "not atomic yet (docs/layout.md)"
+            )
+        return groups.pop()
+
+    def _for(self, objects: Objects) -> EngineClient:
+        return self.clients[self.group_of(objects)]
+
+    @property
+    def client_id(self) -> int:
+        return self.clients[0].client_id
+
+    @property
+    def faults(self) -> Counter[tuple[int, str]]:
+        return _faults([c.faults for c in self.clients], [g.members for g in self.layout.groups])
+
+    def statistics(self) -> ClientStatistics:
+        """The groups' counters added up (excluded servers under their global ids)."""
+        stats = [c.statistics() for c in self.clients]
+        if not all(isinstance(s, ClientStatistics) for s in stats):
+            raise TypeError("groups run Q/U clients only")
+        totals: dict[str, Any] = {}
+        for f in fields(ClientStatistics):
+            if f.name == "excluded_servers":
+                totals[f.name] = tuple(
+                    g.members[int(i)]
+                    for s, g in zip(stats, self.layout.groups, strict=True)
+                    for i in getattr(s, f.name)
+                )
+            else:
+                totals[f.name] = sum(getattr(s, f.name) for s in stats)
+        return ClientStatistics(**totals)
+
+    def next_seq(self) -> int | None:
+        """None: each group's client numbers its own requests, and a cluster of groups
+        changes no generation, so no update is ever sent again under its first id."""
+        return None
+
+    async def query(self, objects: Objects, method: str, arg: Any = None) -> Any:
+        return await self._for(objects).query(objects, method, arg)
+
+    async def update(
+        self, objects: Objects, method: str, arg: Any = None, *, seq: int | None = None
+    ) -> Any:
+        client = self._for(objects)
+        if seq is None:
+            return await client.update(objects, method, arg)
+        return await client.update(objects, method, arg, seq=seq)
+
+    async def settle(self, objects: Objects) -> None:
+        await self._for(objects).settle(objects)
+
+    async def query_at(self, oid: int, method: str, arg: Any = None) -> tuple[Any, Timestamp]:
+        return await self._for(oid).query_at(oid, method, arg)
+
+    async def query_many_at(
+        self, objects: Iterable[int], method: str, arg: Any = None
+    ) -> tuple[Any, dict[int, Timestamp]]:
+        ids = list(objects)
+        return await self._for(ids).query_many_at(ids, method, arg)
+
+
+class GroupedRW:
+    """The PASIS clients of every group as one :class:`BlockClient` (module docstring)."""
+
+    def __init__(self, layout: Layout, clients: Sequence[BlockClient]) -> None:
+        if len(clients) != len(layout.groups):
+            raise ValueError(f"{len(clients)} clients for {len(layout.groups)} groups")
+        self.layout = layout
+        self.clients = list(clients)
+
+    def _for(self, block: int) -> BlockClient:
+        return self.clients[self.layout.group_of_block(block)]
+
+    def _split(self, blocks: Iterable[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for b in blocks:
+            out.setdefault(self.layout.group_of_block(b), []).append(b)
+        return out
+
+    @property
+    def block_size(self) -> int:
+        return self.clients[0].block_size
+
+    @property
+    def faults(self) -> Counter[tuple[int, str]]:
+        return _faults([c.faults for c in self.clients], [g.members for g in self.layout.groups])
+
+    def statistics(self) -> RWStatistics:
+        total: Counter[str] = Counter()
+        for c in self.clients:
+            total.update(c.statistics().counters)
+        return RWStatistics(dict(total))
+
+    async def write_block(self, block: int, data: bytes, *, after: int = 0) -> BlockTime:
+        return await self._for(block).write_block(block, data, after=after)
+
+    async def write_blocks(
+        self,
+        blocks: Mapping[int, bytes],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        after: int = 0,
+        prepared: Mapping[int, Prepared] | None = None,
+    ) -> dict[int, BlockTime]:
+        out: dict[int, BlockTime] = {}
+
+        async def one(g: int, ids: list[int]) -> None:
+            mine = {b: blocks[b] for b in ids}
+            ready = None if prepared is None else {b: prepared[b] for b in ids if b in prepared}
+            out.update(
+                await self.clients[g].write_blocks(
+                    mine, concurrency=concurrency, after=after, prepared=ready
+                )
+            )
+
+        await self._each(one, self._split(blocks))
+        return out
+
+    async def prepare(
+        self,
+        block: int,
+        data: bytes | bytearray,
+        before: Callable[[bytes | bytearray], bytes | bytearray] | None = None,
+        *,
+        into: tuple[int, Callable[[memoryview], None]] | None = None,
+    ) -> Prepared:
+        return await self._for(block).prepare(block, data, before, into=into)
+
+    async def read_block(self, block: int) -> bytes | bytearray:
+        return await self._for(block).read_block(block)
+
+    async def read_blocks(
+        self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> dict[int, bytes | bytearray]:
+        out: dict[int, bytes | bytearray] = {}
+
+        async def one(g: int, ids: list[int]) -> None:
+            out.update(await self.clients[g].read_blocks(ids, concurrency=concurrency))
+
+        await self._each(one, self._split(blocks))
+        return out
+
+    async def read_as_of(self, block: int, time_ns: int) -> bytes | bytearray:
+        return await self._for(block).read_as_of(block, time_ns)
+
+    async def space(self) -> Space:
+        """The fullest group's answer (the least free disk): what fills first."""
+        answers: list[Space] = []
+
+        async def one(g: int, _ids: list[int]) -> None:
+            answers.append(await self.clients[g].space())
+
+        await self._each(one, {g: [] for g in range(len(self.clients))})
+        known = [a for a in answers if a.free is not None]
+        return min(known, key=lambda a: a.free or 0) if known else max(answers)
+
+    @staticmethod
+    async def _each(fn: Callable[[int, list[int]], Any], split: dict[int, list[int]]) -> None:
+        """``fn(group, ids)`` for every group of ``split`` at once (one alone: inline)."""
+        if len(split) == 1:
+            ((g, ids),) = split.items()
+            await fn(g, ids)
+            return
+        async with trio.open_nursery() as nursery:
+            for g, ids in split.items():
+                nursery.start_soon(fn, g, ids)
