@@ -76,9 +76,9 @@ def test_a_busy_tree_keeps_its_leases_at_no_cost_per_file(
     """A tree of 240 files made on mount ``a``, then read one directory at a time for 3.5
     terms (each directory unused for over a term between visits): the leases kept cost
     under half a round per file in all (the conversion to the session once, a term of
-    exclusive renewals while the writes were recent; the old code renewed every file
-    every third of a term: about 1.3 per file), the work itself and a last pass over every
-    file no round.  A second mount then changes a file, makes one and removes one: ``a``
+    exclusive renewals while the writes were recent: about 0.1 per file; the old code
+    0.6, and its work 5 rounds per file, its leases let go), the work itself a few rounds per
+    directory, a last pass over every file none.  A second mount then changes a file, makes one and removes one: ``a``
     sees each at once (recalls), and ``a``'s write to a file it held is read by ``b``
     after the close (close-to-open)."""
     with (
@@ -112,8 +112,10 @@ def test_a_busy_tree_keeps_its_leases_at_no_cost_per_file(
         upkeep = sum(n for m, n in work.items() if m in UPKEEP)
         answers = sum(n for m, n in work.items() if m not in UPKEEP)
         assert visits >= WORK_TERMS * TERM / VISIT - 1
-        assert upkeep / files < 0.5, (work, _leases(cluster, a))
-        assert answers / files < 0.1, (work, _leases(cluster, a))
+        assert upkeep / files < 0.3, (work, _leases(cluster, a))
+        # (what the work still asks is the directories': their own exclusive leases end
+        # unused, and a listing and a shared lease each follow)
+        assert answers / files < 0.25, (work, _leases(cluster, a))
         assert sum(last.values()) / files < 0.05, (last, _leases(cluster, a))
         assert _leases(cluster, a).get("to_session", 0) >= files / 2
 

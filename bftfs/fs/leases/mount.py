@@ -385,6 +385,14 @@ class Leases:
         exclusive lease to its end.  How many were asked (none without sessions)."""
         return self.taker.to_session(oids)
 
+    def reclaim_exclusive(self, parent: int) -> None:
+        """A removal in directory ``parent`` could not wait because the removed file is
+        held by the shared lease :meth:`to_session` made of its exclusive one (only an
+        exclusive lease on the file lets a removal wait: ``fs/writeback/schedule.py``):
+        ask again, in the background, for the exclusive leases of the files made there
+        and held so (eight per update), so that ``rm -rf``'s next removals there wait."""
+        self.taker.reclaim_exclusive(parent)
+
     def renew(self, oids: Sequence[int]) -> None:
         """Renew the leases held on ``oids`` now, in as few updates as the taker groups
         them (``HeldFiles.renew_used``)."""

@@ -91,6 +91,8 @@ class Taker:
         self._taking = False
         #: Objects whose lease is asked for alone (one of a refused batch).
         self._solo: set[int] = set()
+        #: Directories whose files' exclusive leases were asked again (trio time).
+        self._reclaimed: dict[int, float] = {}
 
     def used(
         self, oids: Sequence[int], leased: Sequence[Lease | None], answer: Any, now: float
@@ -183,6 +185,22 @@ class Taker:
         self._creates[oid] += 1
         if self._creates[oid] >= USES:
             self.ask(oid, now, EXCLUSIVE)
+
+    def reclaim_exclusive(self, parent: int) -> None:
+        """``Leases.reclaim_exclusive``: ask again for the exclusive leases of the files
+        made in ``parent`` whose exclusive lease went to the session, at most once per
+        third of a term per directory."""
+        now = trio.current_time()
+        if now < self._reclaimed.get(parent, float("-inf")) + self._holdings.term / 3:
+            return
+        if len(self._reclaimed) >= MAX_ANSWERS:
+            self._reclaimed.clear()
+        self._reclaimed[parent] = now
+        held = self._holdings.held
+        for oid in list(self._holdings.children.get(parent, ())):
+            h = held.get(oid)
+            if h is not None and h.kept and h.kind == SHARED:
+                self.ask(oid, now, EXCLUSIVE)
 
     async def take_exclusive(self, oid: int) -> None:
         """``Leases.take_exclusive``: an exclusive lease on ``oid`` now."""

@@ -128,7 +128,7 @@ class HeldFiles:
             return True
         if f.dirty or f.ino in self._due or f.ino in self._sending:
             return False
-        return self.leases.remaining(f.ino, f.adopted) > 2 * LEASE_MARGIN
+        return self.leases.remaining(f.ino, f.adopted) > 0  # (nothing to send before it ends)
 
     def want(self, f: OpenFile) -> None:
         """A close of ``f`` sent its writes at once, as the mount does not hold it: ask
