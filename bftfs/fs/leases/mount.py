@@ -390,7 +390,8 @@ class Leases:
         held by the shared lease :meth:`to_session` made of its exclusive one (only an
         exclusive lease on the file lets a removal wait: ``fs/writeback/schedule.py``):
         ask again, in the background, for the exclusive leases of the files made there
-        and held so (eight per update), so that ``rm -rf``'s next removals there wait."""
+        and held so (eight per update), beside the directory's own (asked by the
+        removals), so that ``rm -rf``'s next removals there wait."""
         self.taker.reclaim_exclusive(parent)
 
     def renew(self, oids: Sequence[int]) -> None:

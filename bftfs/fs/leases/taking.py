@@ -199,7 +199,8 @@ class Taker:
         held = self._holdings.held
         for oid in list(self._holdings.children.get(parent, ())):
             h = held.get(oid)
-            if h is not None and h.kept and h.kind == SHARED:
+            if h is not None and h.kept and h.kind == SHARED:  # (a held file: no listing)
+                self._files.add(oid)
                 self.ask(oid, now, EXCLUSIVE)
 
     async def take_exclusive(self, oid: int) -> None:

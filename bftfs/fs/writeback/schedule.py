@@ -229,7 +229,7 @@ class WriteBack:
         self.leases.want_exclusive(u.parent)
         if reachable:
             own = self.leases.exclusive_left(u.oid)
-            if own <= 0 < left and self.leases.kept_left(u.oid) > 0:
+            if own <= 0 and self.leases.kept_left(u.oid) > 0:
                 self.leases.reclaim_exclusive(u.parent)  # (went to the session: back)
             left = min(left, own)
         if left <= 2 * LEASE_MARGIN or self._count() >= MAX_DEFERRED:
