@@ -341,9 +341,8 @@ class Leases:
         return self.holdings.exclusive_left(oid)
 
     def kept_left(self, oid: int) -> float:
-        """Seconds left on the holding of ``oid`` under which what this mount kept while it
-        held it exclusively is still the object's (an exclusive lease, or the shared one
-        :meth:`to_session` made of it); 0 when there is none."""
+        """``Holdings.kept_left``: what is left of an exclusive holding of ``oid``, or of
+        the shared lease that continued it (0: none)."""
         return self.holdings.kept_left(oid)
 
     def exclusive_from(self, oid: int) -> float | None:
@@ -374,24 +373,17 @@ class Leases:
         await self.taker.take_exclusive(oid)
 
     def to_session(self, oids: Sequence[int]) -> int:
-        """Turn this mount's exclusive leases on ``oids`` (files it holds nothing back for)
-        into shared leases bound to its session, in as few updates as the taker groups
-        them (seven objects of one slot each): from then on they cost nothing while the
-        session lives, where an exclusive lease costs a renewal per object and third of a
-        term (issue 62: a tree just written, then read by ``grep`` and ``git add``).  The
-        answers kept under the exclusive lease stay good (the holding is not broken: the
-        grant replaces this mount's record).  From the call on, each is no longer
-        exclusive here (nothing new is held back for it); a refused grant leaves the
-        exclusive lease to its end.  How many were asked (none without sessions)."""
+        """Turn this mount's exclusive leases on ``oids`` (files with nothing held back)
+        into shared ones bound to its session, seven per update, which then cost nothing
+        (issue 62; docs/fs.md, "Exclusive to session").  Each is no longer exclusive here
+        from the call on; a refused grant leaves the exclusive lease to its end.  How
+        many were asked (none without sessions)."""
         return self.taker.to_session(oids)
 
     def reclaim_exclusive(self, parent: int) -> None:
-        """A removal in directory ``parent`` could not wait because the removed file is
-        held by the shared lease :meth:`to_session` made of its exclusive one (only an
-        exclusive lease on the file lets a removal wait: ``fs/writeback/schedule.py``):
-        ask again, in the background, for the exclusive leases of the files made there
-        and held so (eight per update), beside the directory's own (asked by the
-        removals), so that ``rm -rf``'s next removals there wait."""
+        """A removal in ``parent`` could not wait: its file is held by the shared lease
+        :meth:`to_session` made (a removal waits only on an exclusive one).  Ask again
+        for the exclusive leases of the files made there and held so, in the background."""
         self.taker.reclaim_exclusive(parent)
 
     def renew(self, oids: Sequence[int]) -> None:
