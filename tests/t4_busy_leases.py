@@ -130,5 +130,5 @@ def test_a_busy_tree_keeps_its_leases_at_no_cost_per_file(
         assert "new.c" in os.listdir(dirs[1])
         assert not (dirs[2] / "f2.c").exists()
         assert "f2.c" not in os.listdir(dirs[2])
-        (dirs[3] / "f3.c").write_bytes(b"int a;\n")
-        assert (there / "d3" / "f3.c").read_bytes() == b"int a;\n"
+        (dirs[2] / "f3.c").write_bytes(b"int a;\n")
+        assert (there / "d2" / "f3.c").read_bytes() == b"int a;\n"
