@@ -98,18 +98,13 @@ class QuorumRounds:
         left_out: frozenset[int] = frozenset(),
     ) -> dict[int, Reply]:
         """``c_quorum_rpc`` (lines 600-604): replies from a quorum of ``targets``, probing
-        as needed.
-
-        Every parsed reply is kept; only OK replies count toward the quorum, so a server that
-        fails makes the transport probe another (a refusal is an answer: no probe).  The call
-        stops once q replies are in and q OK replies have become impossible, so contention
-        never waits for a dead server's timeout, while the OHS is still refreshed from a full
-        quorum.
-
-        ``left_out``: servers whose histories the client leaves out of its OHS (stray or
-        proven malevolent, ``HistoryCache.left_out``).  Their OK replies do not make the
-        quorum whose histories the next classification reads (:func:`_counted_quorum`).
-        """
+        as needed.  Every parsed reply is kept; only OK replies count toward the quorum, so
+        a server that fails makes the transport probe another (a refusal is an answer: no
+        probe).  The call stops once q replies are in and q OK replies have become
+        impossible, so contention never waits for a dead server's timeout, while the OHS is
+        still refreshed from a full quorum.  ``left_out``: servers whose histories the
+        client leaves out (``HistoryCache.left_out``), which make no quorum on their own
+        (:func:`_counted_quorum`)."""
         self.rounds += 1
         th = self.th
         body = req.packed()
@@ -118,9 +113,8 @@ class QuorumRounds:
 
         def settled() -> bool:
             oks = sum(1 for r in stash.values() if r.status is ReplyStatus.OK)
-            hopeless = oks + (th.n - len(stash)) < th.q
-            if hopeless and len(stash) >= th.q:
-                return True
+            if oks + (th.n - len(stash)) < th.q and len(stash) >= th.q:
+                return True  # q OK replies have become impossible
             return oks >= th.q and _counted_quorum(stash, left_out, th, repair)
 
         def enough(valid: Mapping[int, Any]) -> bool:
