@@ -78,3 +78,34 @@ def test_a_copy_never_abandons_an_update_its_client_saw_complete() -> None:
     )
     assert sevens == list(range(1, 19))  # 18 updates of object 7, each once
     assert check_serializable(run.rec.ops), run.rec.history()
+
+
+#: Seeds of ``qu_hunt.py --start 3000 --behaviour equivocate --server 5 --slow r --mean 0.005
+#: --dup 0.1`` that never finished before the round counted only kept histories: the slow
+#: server is ``(seed // 6) % 6``: 2, 3, 4 and 0 here (20 of seeds 3000-3026 failed).
+LIVELOCK_SEEDS = [3000, 3006, 3012, 3024]
+
+
+# A Byzantine server a client proves malevolent is reported once per client (qu/client.py).
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
+@pytest.mark.parametrize("seed", LIVELOCK_SEEDS)
+def test_an_equivocating_server_cannot_livelock_a_repair(seed: int) -> None:
+    """Server 5 answers the odd client with a validly authenticated forged newer
+    candidate, so that client leaves its history out; a round ended at q OK replies
+    counting server 5's, and with a correct server slower than it every barrier showed at
+    q - 1 fresh histories: never complete, never copied, and the client barriered again
+    and again (backoff cannot help: nobody contends) until the histories passed MAX_RH
+    and the run raised.  A round's quorum now counts only histories the client keeps
+    (``rounds._counted_quorum``)."""
+    s = Setting(
+        behaviour="equivocate", server=5, slow=((seed // 6) % 6,), mean=0.005, duplicate=0.1
+    )
+    run = hunt(seed, s)
+    refused = [(o.method, o.objects, o.refused) for o in run.rec.ops if not o.ok]
+    assert not refused, refused
+    assert len(run.rec.ops) == 27
+    assert check_serializable(run.rec.ops), run.rec.history()
+    # Barriers follow contention, not backoffs: at most 13 per client over seeds
+    # 3000-3026 (before, one client set over 200 in a run that did not finish).
+    barriers = [c.statistics().barriers for c in run.clients]
+    assert max(barriers) <= 20, barriers

@@ -262,7 +262,9 @@ class QUClient:
                 objects + tuple(sorted(context)), fresh
             )
             req = Request(self.client_id, objects, shown, op, None, self._links.links_for(view))
-            replies = await self._rounds.request(objects, req, self._cache.targets(objects))
+            replies = await self._rounds.request(
+                objects, req, self._cache.targets(objects), self._cache.left_out()
+            )
             if len(replies) < th.q:
                 self._check_refusals(objects)
             self._cache.absorb(objects, replies, fresh)

@@ -73,6 +73,12 @@ class HistoryCache:
             + [s for s in order if s in self.excluded]
         )
 
+    def left_out(self) -> frozenset[int]:
+        """Servers whose histories the running operation leaves out (stray or proven
+        malevolent): a round's replies from them do not make its quorum
+        (``QuorumRounds.request``)."""
+        return frozenset(self.excluded | self.suspects)
+
     def present_view(
         self, objects: Iterable[int], fresh: dict[int, set[int]], facts: Facts
     ) -> tuple:

@@ -246,7 +246,9 @@ class Repairer:
         links = self._links.links_for(view)
         mohs = {oid: dict(ohs) for oid, ohs in view.mohs.items()}
         req = Request(self.client_id, objects, mohs, None, None, links)
-        replies = await self._rounds.request(objects, req, self._cache.targets(objects))
+        replies = await self._rounds.request(
+            objects, req, self._cache.targets(objects), self._cache.left_out()
+        )
         self._check_space(objects, replies)
         if len(replies) < self.th.q:
             self._rounds.check_malformed(objects)
@@ -293,7 +295,7 @@ class Repairer:
             original.client, original.objects, original.mohs, original.op, evidence, links
         )
         targets = self._cache.targets(original.objects)
-        replies = await self._rounds.request(original.objects, req, targets)
+        replies = await self._rounds.request(original.objects, req, targets, self._cache.left_out())
         self._check_space(original.objects, replies)
         self._cache.absorb(original.objects, replies, fresh)
         return True

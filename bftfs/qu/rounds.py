@@ -96,26 +96,31 @@ class QuorumRounds:
             return None
 
     async def request(
-        self, objects: tuple[int, ...], req: Request, targets: list[int]
+        self,
+        objects: tuple[int, ...],
+        req: Request,
+        targets: list[int],
+        left_out: frozenset[int] = frozenset(),
     ) -> dict[int, Reply]:
         """``c_quorum_rpc`` (lines 600-604): replies from a quorum of ``targets``, probing
-        as needed.
-
-        Every parsed reply is kept; only OK replies count toward the quorum, so a server that
-        fails makes the transport probe another (a refusal is an answer: no probe).  The call
-        stops once q replies are in and q OK replies have become impossible, so contention
-        never waits for a dead server's timeout, while the OHS is still refreshed from a full
-        quorum.
-        """
+        as needed.  Every parsed reply is kept; only OK replies count toward the quorum, so
+        a server that fails makes the transport probe another (a refusal is an answer: no
+        probe).  The call stops once q replies are in and q OK replies have become
+        impossible, so contention never waits for a dead server's timeout, while the OHS is
+        still refreshed from a full quorum.  ``left_out``: servers whose histories the
+        client leaves out (``HistoryCache.left_out``), which make no quorum on their own
+        (:func:`_counted_quorum`)."""
         self.rounds += 1
         th = self.th
         body = req.packed()
         stash: dict[int, Reply] = {}
+        repair = req.op is None or req.evidence is not None
 
         def settled() -> bool:
             oks = sum(1 for r in stash.values() if r.status is ReplyStatus.OK)
-            hopeless = oks + (th.n - len(stash)) < th.q
-            return oks >= th.q or (hopeless and len(stash) >= th.q)
+            if oks + (th.n - len(stash)) < th.q and len(stash) >= th.q:
+                return True  # q OK replies have become impossible
+            return oks >= th.q and _counted_quorum(stash, left_out, th, repair)
 
         def enough(valid: Mapping[int, Any]) -> bool:
             return settled()
@@ -283,3 +288,32 @@ class QuorumRounds:
             if cand.objects == target.objects and core.expected_lt(cand, self.th) == target.lt:
                 return cand
         return None
+
+
+def _counted_quorum(
+    stash: Mapping[int, Reply], left_out: frozenset[int], th: QUThresholds, repair: bool
+) -> bool:
+    """Whether ``q`` OK replies (given) end the round: ``q`` of them come from servers whose
+    histories the client counts, no more such servers can answer, or (an operation, not a
+    repair) ``q`` of them agree on one version, which completes it (``core.outcome``).
+
+    A Byzantine server that answers a client with a validly authenticated forged newer
+    candidate (``equivocate``) is a stray holder to that client, so its history is left
+    out (decision 6).  A round that ended at ``q`` OK replies counting its reply then
+    showed only ``q - 1`` fresh histories of the servers that accepted a barrier: with one
+    correct server slower than the forger, every barrier (and its inline repair) showed
+    at order ``q - 1`` to the client, never complete, never copied, and the client set one
+    barrier after another until the histories passed ``MAX_RH`` (``tests/qu_hunt.py``,
+    ``equivocate`` on server 5 with a slow server: 20 seeds in 27).  Waiting for a
+    counted quorum is bounded by the two probe intervals the round gives a late server
+    once ``q`` replies are in (``request``), so a crashed server costs no more than before.
+    """
+    counted = sum(1 for s, r in stash.items() if r.status is ReplyStatus.OK and s not in left_out)
+    if counted >= th.q:
+        return True
+    if counted + sum(1 for s in range(th.n) if s not in stash and s not in left_out) < th.q:
+        return True  # waiting cannot make a counted quorum
+    if repair:
+        return False
+    keys = Counter((r.type, r.at, r.lt) for r in stash.values() if r.status is ReplyStatus.OK)
+    return any(r_type == "method" and k >= th.q for (r_type, _, _), k in keys.items())
