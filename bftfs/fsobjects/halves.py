@@ -26,7 +26,8 @@ finds no such method); ``txn.prepare`` runs it from the inner registry with the 
 transaction (``{"a": argument, "i": its index, "p": every part}``), and it refuses unless
 every part runs the same method on the same argument and the parts' objects are exactly
 the operation's: a committed transaction applies every role, an aborted one none.
-``RENAME_EXCHANGE`` is not split (the mount keeps EXDEV for it across groups).
+``fsx.mkdir`` is ``fs.mkdir`` split the same way (a new directory on another group than
+its parent's).  ``RENAME_EXCHANGE`` is not split (the mount keeps EXDEV for it).
 """
 
 from __future__ import annotations
@@ -36,8 +37,16 @@ from collections.abc import Callable
 from typing import Any
 
 from bftfs.fsobjects.dirents import Entries, is_empty
-from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, leased
-from bftfs.fsobjects.limits import DIR_TYPE, LINK_MAX, RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
+from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME, NEW_LEASE, leased
+from bftfs.fsobjects.limits import (
+    DIR_TYPE,
+    LINK_MAX,
+    MAX_ID,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    ROOT,
+    SNAPSHOTS,
+)
 from bftfs.fsobjects.names import entry_is
 from bftfs.fsobjects.state import (
     check_arg,
@@ -46,6 +55,7 @@ from bftfs.fsobjects.state import (
     check_time,
     dir_state,
     file_state,
+    new_dir,
     node_state,
     stat_of,
     touch_state,
@@ -249,8 +259,47 @@ def _link(states: States, a: dict[str, Any]) -> tuple[dict[int, Any], Any]:
     return new, {str(x): stat_of(new[x]) for x in (pid, oid) if x in states}
 
 
+def _mkdir(states: States, a: dict[str, Any]) -> tuple[dict[int, Any], Any]:
+    """``fs.mkdir`` split: the directory ``p`` gains ``name`` -> ``o`` and a subdirectory
+    (within ``LINK_MAX``); ``o`` is made where nothing is, a directory whose parent is
+    ``p``, with the group ``ig`` and set-group-ID bit ``sg`` it inherits, which the
+    parent's half checks against the parent (as ``names._inherited``)."""
+    pid, oid = _oid(a, "p"), _oid(a, "o")
+    now = check_time(a)
+    uid, gid = check_int(a, "uid", 0, MAX_ID), check_int(a, "gid", 0, MAX_ID)
+    ig, sg = check_int(a, "ig", 0, MAX_ID), check_int(a, "sg", 0, st.S_ISGID)
+    mode = check_int(a, "mode", 0, 0o177777)
+    name = check_name(a.get("name"))
+    if pid == oid or oid in (ROOT, SNAPSHOTS) or sg not in (0, st.S_ISGID):
+        raise MethodRefused("invalid", "bad object ids")
+    new = dict(states)
+    if pid in states:
+        parent = dir_state(states[pid])
+        inherits = parent["mode"] & st.S_ISGID
+        if (ig, sg) != ((parent["gid"], st.S_ISGID) if inherits else (gid, 0)):
+            raise MethodRefused("stale", "the parent's set-group-ID changed")
+        if parent["nd"] + 2 >= LINK_MAX:
+            raise MethodRefused("too-many-links")
+        ents = Entries(parent["e"])
+        if name in ents:
+            raise MethodRefused("exists")
+        ents[name] = [oid, DIR_TYPE]
+        parent["e"] = ents.packed()
+        touch_state(parent, now, modify=True)
+        parent["nd"] += 1
+        new[pid] = parent
+    if oid in states:
+        if states[oid] is not None:
+            raise MethodRefused("oid-exists")
+        new[oid] = new_dir(pid, mode | sg, uid, ig, now)
+    return new, {str(x): stat_of(new[x]) for x in (pid, oid) if x in states}
+
+
 def _half(
-    name: str, fn: Callable[[States, dict[str, Any]], Any], objects: Callable[..., set[int]]
+    name: str,
+    fn: Callable[[States, dict[str, Any]], Any],
+    objects: Callable[..., set[int]],
+    grants_with: str | None = None,
 ) -> Method:
     """A half under the lease rule (as the ``fs`` updates), refused outside a whole."""
     under_leases = leased(fn)
@@ -271,6 +320,7 @@ def _half(
         caller=True,
         lease_clock=LEASE_TIME,
         lease_skew=LEASE_SKEW,
+        grants_with=grants_with,
     )
 
 
@@ -285,5 +335,6 @@ FSX = ObjectType(
     (
         _half("fsx.rename", _rename, rename_objects),
         _half("fsx.link", _link, _link_objects),
+        _half("fsx.mkdir", _mkdir, _link_objects, NEW_LEASE),
     ),
 )

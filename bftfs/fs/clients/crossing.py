@@ -128,15 +128,21 @@ class Crossing:
     async def run(
         self, query: Callable[..., Awaitable[Any]], objects: list[int], method: str, arg: Any
     ) -> Any:
-        """``method`` (``fs.rename`` or ``fs.link``) on ``objects`` as one transaction;
+        """``method`` (``fs.rename``, ``fs.link``, ``fs.mkdir``) on ``objects`` as one transaction;
         ``query`` reads through the mount's clients.  Answers as the one-group method."""
-        if method == "fs.link":
-            half, whole = "fsx.link", dict(arg)
-            (fst,) = (await self._stats(query, [arg["o"]])).values()
-            if fst is None:
-                raise MethodRefused("not-found")
-            whole["oc"] = _code_of(fst)
+        if method in ("fs.link", "fs.mkdir"):
+            half, whole = "fsx." + method[3:], dict(arg)
             changed = [arg["o"], arg["p"]]
+            known = arg["o"] if method == "fs.link" else arg["p"]
+            (s,) = (await self._stats(query, [known])).values()
+            if s is None:
+                raise MethodRefused("not-found")
+            if method == "fs.link":
+                whole["oc"] = _code_of(s)
+            else:  # what the new directory inherits (names._inherited), checked by p's half
+                inherits = s["mode"] & st.S_ISGID
+                whole["ig"] = s["gid"] if inherits else arg["gid"]
+                whole["sg"] = st.S_ISGID if inherits else 0
         else:
             half, whole = "fsx.rename", await self._rename_arg(query, objects, arg)
             changed = [x for x in (arg["sp"], arg["dp"], arg["o"], arg.get("t")) if x]
@@ -151,7 +157,7 @@ class Crossing:
             raise MethodRefused("stale" if why == "contention" else why.split()[0])
         self.committed += 1
         stats = await self._stats(query, changed)
-        if method == "fs.link":
+        if method != "fs.rename":
             return [stats[arg["o"]], stats[arg["p"]]]
         return {str(k): s for k, s in stats.items() if s is not None}
 

@@ -9,7 +9,7 @@
   the PASIS client of its group (``Layout.group_of_block``); many blocks split by group and
   sent to the groups at once.
 
-A rename or link whose objects span groups runs as one cross-group transaction
+A rename, link or mkdir whose objects span groups runs as one cross-group transaction
 (:class:`~bftfs.fs.clients.crossing.Crossing`: the halves of ``fsobjects/halves.py``
 through ``layout/txn.py``); every call meeting another transaction's intent resolves it
 as the driver does and tries again.  Any other multi-object update spanning groups, and
@@ -34,6 +34,7 @@ from bftfs.fs.clients.crossing import Crossing
 from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
 from bftfs.fs.errors import CrossDevice
 from bftfs.fsobjects import RENAME_EXCHANGE
+from bftfs.fsobjects.leases import INHERIT
 from bftfs.layout.model import Layout
 from bftfs.qu.client import ClientStatistics, QUClient
 from bftfs.qu.timestamp import Timestamp
@@ -49,7 +50,7 @@ class CrossGroup(CrossDevice):
 
 
 #: The updates run as a cross-group transaction when their objects span groups.
-CROSSING = frozenset({"fs.rename", "fs.link"})
+CROSSING = frozenset({"fs.rename", "fs.link", "fs.mkdir"})
 
 
 def _ids(objects: Objects) -> list[int]:
@@ -151,8 +152,9 @@ class GroupedQU:
         self, objects: Objects, method: str, arg: Any = None, *, seq: int | None = None
     ) -> Any:
         if method in CROSSING and self.crossing is not None and self.spans(objects):
-            if method == "fs.rename" and arg.get("flags", 0) & RENAME_EXCHANGE:
-                self.group_of(objects)  # raises CrossGroup: an exchange is not split
+            exchange = method == "fs.rename" and arg.get("flags", 0) & RENAME_EXCHANGE
+            if exchange or (method == "fs.mkdir" and INHERIT in arg):
+                self.group_of(objects)  # raises CrossGroup: not split (docs/layout.md)
             return await self.crossing.run(self.query, _ids(objects), method, arg)
         client = self._for(objects)
         if seq is None:
