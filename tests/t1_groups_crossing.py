@@ -21,7 +21,7 @@ from qu_helpers import MemCluster, keyrings
 
 from bftfs.fs.clients.crossing import Crossing
 from bftfs.fs.clients.groups import CrossGroup, GroupedQU
-from bftfs.fsobjects import OBJECT_TYPES, ROOT, RENAME_EXCHANGE, entries
+from bftfs.fsobjects import OBJECT_TYPES, RENAME_EXCHANGE, ROOT, entries
 from bftfs.fsobjects.txnsign import sign
 from bftfs.ids import client_id
 from bftfs.layout.model import Group, Layout, LayoutNode, check

@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from bftfs.fsobjects import DIR_TYPE, MAX_OID, ROOT
+from bftfs.fsobjects.leases import MOUNT, tag_query
 from bftfs.layout.model import Layout
 from bftfs.layout.txn import Driver, Part, group_keys, vouch_for
 from bftfs.qu.client import QUClient
@@ -110,14 +111,24 @@ class Crossing:
                     pause = min(pause * 2, _MAX_PAUSE)
         raise MethodRefused("busy", "objects held by another transaction")
 
-    async def _stats(self, query: Callable[..., Awaitable[Any]], oids: list[int]) -> dict:
-        """``fs.stat`` of every object of ``oids`` at once (None for one refused)."""
+    async def _stats(
+        self, query: Callable[..., Awaitable[Any]], oids: list[int], mount: int
+    ) -> dict:
+        """``fs.stat`` of every object of ``oids`` at once, asked as ``mount`` (its own
+        exclusive leases do not refuse it); None for a removed one.
+
+        Raises:
+            MethodRefused: ``leased`` (another client's exclusive lease: the file system
+                recalls it and tries again, as for its own update).
+        """
         out: dict[int, Any] = {}
 
         async def one(oid: int) -> None:
             try:
-                out[oid] = await query(oid, "fs.stat")
-            except MethodRefused:
+                out[oid] = await query(oid, "fs.stat", tag_query(None, mount))
+            except MethodRefused as e:
+                if e.code == "leased":
+                    raise
                 out[oid] = None
 
         async with trio.open_nursery() as nursery:
@@ -130,11 +141,12 @@ class Crossing:
     ) -> Any:
         """``method`` (``fs.rename``, ``fs.link``, ``fs.mkdir``) on ``objects`` as one transaction;
         ``query`` reads through the mount's clients.  Answers as the one-group method."""
+        mount = arg.get(MOUNT) or 0
         if method in ("fs.link", "fs.mkdir"):
             half, whole = "fsx." + method[3:], dict(arg)
             changed = [arg["o"], arg["p"]]
             known = arg["o"] if method == "fs.link" else arg["p"]
-            (s,) = (await self._stats(query, [known])).values()
+            (s,) = (await self._stats(query, [known], mount)).values()
             if s is None:
                 raise MethodRefused("not-found")
             if method == "fs.link":
@@ -156,7 +168,7 @@ class Crossing:
             why = out.why if out.why and not out.why.startswith("intent") else "stale"
             raise MethodRefused("stale" if why == "contention" else why.split()[0])
         self.committed += 1
-        stats = await self._stats(query, changed)
+        stats = await self._stats(query, changed, mount)
         if method != "fs.rename":
             return [stats[arg["o"]], stats[arg["p"]]]
         return {str(k): s for k, s in stats.items() if s is not None}
@@ -167,7 +179,8 @@ class Crossing:
         """``arg`` with what the halves check: ``oc``, ``tc`` and the chain ``ch``."""
         sp, dp, o, t = arg["sp"], arg["dp"], arg["o"], arg.get("t")
         ancestors = [x for x in objects if x not in (sp, dp, o, t)]
-        stats = await self._stats(query, [o, dp, *([t] if t else []), *ancestors])
+        oids = [o, dp, *([t] if t else []), *ancestors]
+        stats = await self._stats(query, oids, arg.get(MOUNT) or 0)
         if stats[o] is None or (t is not None and stats[t] is None):
             raise MethodRefused("stale", "an object of the rename is gone")
         whole = dict(arg)

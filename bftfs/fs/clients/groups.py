@@ -34,9 +34,10 @@ from bftfs.fs.clients.crossing import Crossing
 from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
 from bftfs.fs.errors import CrossDevice
 from bftfs.fsobjects import RENAME_EXCHANGE
-from bftfs.fsobjects.leases import INHERIT
+from bftfs.fsobjects.leases import INHERIT, tag_query, untag_query
 from bftfs.layout.model import Layout
 from bftfs.qu.client import ClientStatistics, QUClient
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
 from bftfs.rw.client import RWStatistics, Space
@@ -49,6 +50,9 @@ class CrossGroup(CrossDevice):
     cross-group transaction runs (EXDEV)."""
 
 
+#: The queries answering per object (``{str(oid): ...}``): split by group when their
+#: objects span groups.
+PER_OBJECT = frozenset({"fs.statmany", "fs.peekmany"})
 #: The updates run as a cross-group transaction when their objects span groups.
 CROSSING = frozenset({"fs.rename", "fs.link", "fs.mkdir"})
 
@@ -145,8 +149,44 @@ class GroupedQU:
         return await self.crossing.resolving(_ids(objects), call)
 
     async def query(self, objects: Objects, method: str, arg: Any = None) -> Any:
+        if method in PER_OBJECT | {"fs.lookupstat"} and self.spans(objects):
+            return await self._split_query(_ids(objects), method, arg)
         client = self._for(objects)
         return await self._resolving(objects, lambda: client.query(objects, method, arg))
+
+    async def _split_query(self, ids: list[int], method: str, arg: Any) -> Any:
+        """A query of objects on several groups that answers per object (``statmany``,
+        ``peekmany``: each group's share asked at once, the answers merged), or a
+        ``lookupstat`` whose entry names an object of another group (the directory's
+        ``fs.lookup`` and the object's ``fs.stat``, at once): reads of objects of their
+        own, as linearizable as each object's read is."""
+        out: dict[str, Any] = {}
+        if method == "fs.lookupstat":
+            inner, mount = untag_query(arg)
+            tag = (lambda a: tag_query(a, mount)) if inner is not arg else (lambda a: a)
+
+            async def stat() -> None:
+                try:
+                    out["s"] = await self.query(inner["o"], "fs.stat", tag(None))
+                except MethodRefused as e:
+                    if e.code == "leased":
+                        raise
+                    out["s"] = None
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stat)
+                out["e"] = await self.query(inner["p"], "fs.lookup", tag(inner["name"]))
+            same = out["e"][0] == inner["o"] and out["s"] is not None
+            return {"e": out["e"], "s": out["s"] if same else None}
+        split: dict[int, list[int]] = {}
+        for o in ids:
+            split.setdefault(self.layout.group_of_object(o), []).append(o)
+
+        async def one(_g: int, share: list[int]) -> None:
+            out.update(await self.query(share, method, arg))
+
+        await GroupedRW._each(one, split)
+        return out
 
     async def update(
         self, objects: Objects, method: str, arg: Any = None, *, seq: int | None = None
@@ -173,6 +213,20 @@ class GroupedQU:
         self, objects: Iterable[int], method: str, arg: Any = None
     ) -> tuple[Any, dict[int, Timestamp]]:
         ids = list(objects)
+        if method in PER_OBJECT and self.spans(ids):
+            answer: dict[str, Any] = {}
+            times: dict[int, Timestamp] = {}
+            split: dict[int, list[int]] = {}
+            for o in ids:
+                split.setdefault(self.layout.group_of_object(o), []).append(o)
+
+            async def one(_g: int, share: list[int]) -> None:
+                a, t = await self.query_many_at(share, method, arg)
+                answer.update(a)
+                times.update(t)
+
+            await GroupedRW._each(one, split)
+            return answer, times
         client = self._for(ids)
         return await self._resolving(ids, lambda: client.query_many_at(ids, method, arg))
 
