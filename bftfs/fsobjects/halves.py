@@ -42,6 +42,7 @@ from bftfs.fsobjects.limits import (
     DIR_TYPE,
     LINK_MAX,
     MAX_ID,
+    MAX_OID,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT,
@@ -65,12 +66,10 @@ from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: The type's name: ``txn.prepare`` hands its methods the whole transaction.
 HALVES = "fsx"
-#: Largest object id a half names (as ``check_oid``).
-_MAX_OID = (1 << 63) - 1
 
 
 def _oid(a: dict[str, Any], key: str) -> int:
-    return check_int(a, key, 1, _MAX_OID)
+    return check_int(a, key, 1, MAX_OID)
 
 
 def _whole(wrapped: Any, name: str) -> tuple[dict[str, Any], set[int]]:
@@ -117,7 +116,7 @@ def _chain(a: dict[str, Any]) -> list[int]:
     ch = a.get("ch")
     if not isinstance(ch, list) or len(ch) > MAX_OBJECTS * 8:
         raise MethodRefused("invalid", "ch must be a list")
-    return [check_int({"c": c}, "c", 1, _MAX_OID) for c in ch]
+    return [check_int({"c": c}, "c", 1, MAX_OID) for c in ch]
 
 
 def _walk(states: States, ch: list[int], sp: int) -> None:
