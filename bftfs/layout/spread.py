@@ -17,4 +17,3 @@ def dir_group(layout: Layout, parent: int, name: bytes) -> int:
     """The group of a new directory ``name`` in ``parent``."""
     h = hashlib.blake2b(parent.to_bytes(8, "little") + name, digest_size=8, person=b"bftfs-dir")
     return layout.groups[int.from_bytes(h.digest(), "little") % len(layout.groups)].id
-
