@@ -289,3 +289,38 @@ def test_an_abandoned_transaction_is_resolved_by_the_next_call() -> None:
         assert await names(other, b) == {}
 
     virtual(main)
+
+
+def test_removals_across_groups() -> None:
+    """A directory on another group than its parent's is removed (``fs.rmdir``, refused
+    while not empty), a file moved to a directory of another group is unlinked, and a
+    batch of unlinks (``fs.unlinkmany``, directory write-back) spanning groups is one
+    transaction."""
+    g = Groups(seed=5)
+
+    async def main() -> None:
+        qu = g.mount(0)
+        a, b, f = await tree(g, qu)
+        old = g.mount(1, crossing=False)
+        rm = {"p": ROOT, "o": a, "name": b"a", "now": _clock()}
+        with pytest.raises(CrossGroup):
+            await old.update(sorted([ROOT, a]), "fs.rmdir", rm)
+        with pytest.raises(MethodRefused, match="not-empty"):
+            await qu.update(sorted([ROOT, a]), "fs.rmdir", rm)
+        await qu.update(sorted([a, b, f]), "fs.rename", rename_arg(a, b"f", b, b"g", f))
+        h = await create(g, qu, a, b"h")
+        await qu.update(sorted([a, b, h]), "fs.rename", rename_arg(a, b"h", b, b"h", h))
+        k = await create(g, qu, b, b"k")
+        files = [{"o": o, "name": n, "now": _clock()} for o, n in ((f, b"g"), (h, b"h"))]
+        files.append({"o": k, "name": b"k", "now": _clock()})
+        stats, pst = await qu.update(
+            sorted([b, f, h, k]), "fs.unlinkmany", {"p": b, "now": _clock(), "files": files}
+        )
+        assert [s["nl"] for s in stats] == [0, 0, 0] and pst["k"] == "d"
+        answer = await qu.update(sorted([ROOT, a]), "fs.rmdir", {**rm, "now": _clock()})
+        assert answer[0]["nl"] == 0  # the tombstone's stat
+        seen = g.mount(2)
+        assert set(await names(seen, ROOT)) == {b"b"} and await names(seen, b) == {}
+        assert (await seen.query(ROOT, "fs.stat"))["nl"] == 3
+
+    virtual(main)

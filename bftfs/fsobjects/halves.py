@@ -26,8 +26,9 @@ finds no such method); ``txn.prepare`` runs it from the inner registry with the 
 transaction (``{"a": argument, "i": its index, "p": every part}``), and it refuses unless
 every part runs the same method on the same argument and the parts' objects are exactly
 the operation's: a committed transaction applies every role, an aborted one none.
-``fsx.mkdir`` is ``fs.mkdir`` split the same way (a new directory on another group than
-its parent's).  ``RENAME_EXCHANGE`` is not split (the mount keeps EXDEV for it).
+``fsx.mkdir``, ``fsx.unlink``, ``fsx.rmdir`` and ``fsx.unlinkmany`` are those ``fs``
+methods split the same way (a directory lives on another group than its parent's, a
+file moved there too).  ``RENAME_EXCHANGE`` is not split (the mount keeps EXDEV for it).
 """
 
 from __future__ import annotations
@@ -294,6 +295,85 @@ def _mkdir(states: States, a: dict[str, Any]) -> tuple[dict[int, Any], Any]:
     return new, {str(x): stat_of(new[x]) for x in (pid, oid) if x in states}
 
 
+def _remove(states: States, a: dict[str, Any], *, rmdir: bool) -> dict[int, Any]:
+    """``fs.unlink`` (``rmdir``: ``fs.rmdir``) split: the directory ``p`` loses ``name``,
+    which names ``o`` and is a non-directory (a directory); the file ``o`` loses a link,
+    or the empty directory ``o`` whose ``..`` is ``p`` becomes a tombstone.  The kind is
+    the method's, so each half checks it on what it holds."""
+    pid, oid = _oid(a, "p"), _oid(a, "o")
+    name = check_name(a.get("name"))
+    if pid == oid or (rmdir and oid == ROOT):
+        raise MethodRefused("busy" if oid == ROOT else "invalid", "bad object ids")
+    now = check_time(a)
+    new = dict(states)
+    if pid in states:
+        parent = dir_state(states[pid])
+        ents = Entries(parent["e"])
+        code = entry_is(ents, name, oid)[1]
+        if rmdir and code != DIR_TYPE:
+            raise MethodRefused("not-dir")
+        if not rmdir and code == DIR_TYPE:
+            raise MethodRefused("is-dir")
+        del ents[name]
+        parent["e"] = ents.packed()
+        if rmdir:
+            parent["nd"] -= 1
+        touch_state(parent, now, modify=True)
+        new[pid] = parent
+    if oid in states:
+        if rmdir:
+            child = dir_state(states[oid])
+            if child["p"] != pid:
+                raise MethodRefused("stale", "parent pointer disagrees")
+            if not is_empty(child["e"]):
+                raise MethodRefused("not-empty")
+            child["dead"] = True
+        else:
+            child = file_state(states[oid])
+            if child["nl"] < 1:
+                raise MethodRefused("invalid", "link count already zero")
+            child["nl"] -= 1
+        touch_state(child, now, modify=False)
+        new[oid] = child
+    return new
+
+
+def _unlink(states: States, a: dict[str, Any]) -> tuple[dict[int, Any], Any]:
+    """``fs.unlink`` split (:func:`_remove`)."""
+    new = _remove(states, a, rmdir=False)
+    return new, {str(x): stat_of(new[x]) for x in (a["p"], a["o"]) if x in states}
+
+
+def _rmdir(states: States, a: dict[str, Any]) -> tuple[dict[int, Any], Any]:
+    """``fs.rmdir`` split (:func:`_remove`)."""
+    new = _remove(states, a, rmdir=True)
+    return new, {str(x): stat_of(new[x]) for x in (a["p"], a["o"]) if x in states}
+
+
+def _unlink_many(states: States, a: dict[str, Any]) -> tuple[dict[int, Any], Any]:
+    """``fs.unlinkmany`` split: each item's :func:`_remove` in order, on this group's
+    objects (the directory's half applies every entry's removal)."""
+    pid, files = _oid(a, "p"), a.get("files")
+    if not isinstance(files, list) or not 1 <= len(files) < MAX_OBJECTS:
+        raise MethodRefused("invalid", "files")
+    work = dict(states)
+    for f in files:
+        item = check_arg(f)
+        mine = {x: work[x] for x in (pid, _oid(item, "o")) if x in states}
+        work.update(_remove(mine, {**item, "p": pid}, rmdir=False))
+    return work, None
+
+
+def _unlink_many_objects(a: dict[str, Any]) -> set[int]:
+    files = a.get("files")
+    if not isinstance(files, list) or len(files) >= MAX_OBJECTS:
+        raise MethodRefused("invalid", "files")
+    oids = [_oid(check_arg(f), "o") for f in files]
+    if len(set(oids)) != len(oids):
+        raise MethodRefused("invalid", "each object once")
+    return {_oid(a, "p"), *oids}
+
+
 def _half(
     name: str,
     fn: Callable[[States, dict[str, Any]], Any],
@@ -335,5 +415,8 @@ FSX = ObjectType(
         _half("fsx.rename", _rename, rename_objects),
         _half("fsx.link", _link, _link_objects),
         _half("fsx.mkdir", _mkdir, _link_objects, NEW_LEASE),
+        _half("fsx.unlink", _unlink, _link_objects),
+        _half("fsx.rmdir", _rmdir, _link_objects),
+        _half("fsx.unlinkmany", _unlink_many, _unlink_many_objects),
     ),
 )

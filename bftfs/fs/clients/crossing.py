@@ -45,6 +45,10 @@ _FIRST_PAUSE = 0.002
 _MAX_PAUSE = 0.5
 
 
+#: The removals split across groups (no read before: the kind is the method's).
+REMOVALS = frozenset({"fs.unlink", "fs.rmdir", "fs.unlinkmany"})
+
+
 def _code_of(stat: dict[str, Any]) -> int:
     """An object's directory-entry type code from its stat."""
     return DIR_TYPE if stat["k"] == "d" else st.S_IFMT(stat["mode"]) >> 12
@@ -139,10 +143,15 @@ class Crossing:
     async def run(
         self, query: Callable[..., Awaitable[Any]], objects: list[int], method: str, arg: Any
     ) -> Any:
-        """``method`` (``fs.rename``, ``fs.link``, ``fs.mkdir``) on ``objects`` as one transaction;
+        """``method`` (``fs.rename``, ``fs.link``, ``fs.mkdir``, a removal) on ``objects`` as one
+        transaction;
         ``query`` reads through the mount's clients.  Answers as the one-group method."""
         mount = arg.get(MOUNT) or 0
-        if method in ("fs.link", "fs.mkdir"):
+        if method in REMOVALS:
+            half, whole = "fsx." + method[3:], dict(arg)
+            items = arg["files"] if method == "fs.unlinkmany" else [arg]
+            changed = [*(f["o"] for f in items), arg["p"]]
+        elif method in ("fs.link", "fs.mkdir"):
             half, whole = "fsx." + method[3:], dict(arg)
             changed = [arg["o"], arg["p"]]
             known = arg["o"] if method == "fs.link" else arg["p"]
@@ -169,6 +178,8 @@ class Crossing:
             raise MethodRefused("stale" if why == "contention" else why.split()[0])
         self.committed += 1
         stats = await self._stats(query, changed, mount)
+        if method == "fs.unlinkmany":
+            return [[stats[f["o"]] for f in arg["files"]], stats[arg["p"]]]
         if method != "fs.rename":
             return [stats[arg["o"]], stats[arg["p"]]]
         return {str(k): s for k, s in stats.items() if s is not None}

@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.clients.crossing import Crossing
+from bftfs.fs.clients.crossing import REMOVALS, Crossing
 from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
 from bftfs.fs.errors import CrossDevice
 from bftfs.fsobjects import RENAME_EXCHANGE
@@ -54,7 +54,7 @@ class CrossGroup(CrossDevice):
 #: objects span groups.
 PER_OBJECT = frozenset({"fs.statmany", "fs.peekmany"})
 #: The updates run as a cross-group transaction when their objects span groups.
-CROSSING = frozenset({"fs.rename", "fs.link", "fs.mkdir"})
+CROSSING = frozenset({"fs.rename", "fs.link", "fs.mkdir", *REMOVALS})
 
 
 def _ids(objects: Objects) -> list[int]:
