@@ -12,10 +12,10 @@
 A rename, link, mkdir or removal whose objects span groups runs as one cross-group
 transaction (:class:`~bftfs.fs.clients.crossing.Crossing`: the halves of
 ``fsobjects/halves.py`` through ``layout/txn.py``); every call meeting another
-transaction's intent resolves it as the driver does and tries again.  Any other multi-object update spanning groups, and
-``RENAME_EXCHANGE`` across groups, raise :class:`CrossGroup`, a
-:class:`~bftfs.fs.errors.CrossDevice`, which the file system answers as ``EXDEV``
-(``mv`` then copies and removes; docs/layout.md).
+transaction's intent resolves it as the driver does and tries again.  Any other
+multi-object update spanning groups, and ``RENAME_EXCHANGE`` across groups, raise
+:class:`CrossGroup`, a :class:`~bftfs.fs.errors.CrossDevice`, which the file system
+answers as ``EXDEV`` (``mv`` then copies and removes; docs/layout.md).
 
 Faults and statistics are reported per node under the nodes' global ids (each group's
 clients count its nodes by their index in the group).
