@@ -8,6 +8,8 @@ against a rename within one group.
 
 from __future__ import annotations
 
+import time
+
 from t1_groups_crossing import Groups, mkdir, rename_arg, tree, virtual
 
 from bftfs.fs.clients.groups import GroupedQU
@@ -23,7 +25,8 @@ def _rounds(qu: GroupedQU) -> int:
 
 
 def measure() -> dict[str, float]:
-    """Per rename: rounds and node requests across groups and within one group."""
+    """Per rename, across groups and within one group: rounds, node requests and the CPU
+    of the process (the client and all 18 nodes, in memory)."""
     g = Groups()
     out: dict[str, float] = {}
 
@@ -33,10 +36,12 @@ def measure() -> dict[str, float]:
         near = await mkdir(g, qu, a, b"near", g.layout.group_of_object(a))
         for key, other in (("cross", b), ("local", near)):
             r0, q0 = _rounds(qu), sum(c.requests for c in g.clusters)
+            t0 = time.process_time()
             for i in range(RENAMES):
                 src, dst = (a, other) if i % 2 == 0 else (other, a)
                 sn, dn = (b"f", b"g") if i % 2 == 0 else (b"g", b"f")
                 await qu.update(sorted({a, other, f}), "fs.rename", rename_arg(src, sn, dst, dn, f))
+            out[f"{key}_cpu_ms"] = (time.process_time() - t0) * 1000 / RENAMES
             out[f"{key}_rounds"] = (_rounds(qu) - r0) / RENAMES
             out[f"{key}_requests"] = (sum(c.requests for c in g.clusters) - q0) / RENAMES
 
