@@ -32,6 +32,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+from bftfs.fsobjects.halves import HALVES
 from bftfs.fsobjects.leases import LEASE_SKEW, LEASE_TIME
 from bftfs.fsobjects.txn import (
     ABORT,
@@ -159,7 +160,7 @@ def _prepare(
     part = txn.parts[i]
     _check_inner(inner, part.method, part.arg, now)
     try:
-        new, _ = inner.update(part.method, states, part.arg, caller)
+        new, _ = inner.update(part.method, states, _inner_arg(txn, i), caller)
     except MethodRefused as e:
         return dict(states), vote_answer(txn, i, False, e.code)
     mark = {"d": txn.digest, "c": txn.coordinator, "r": txn.record, "i": i, "v": version}
@@ -226,6 +227,17 @@ def _record_query(states: States, arg: Any) -> Any:
 def _intents(states: States, arg: Any) -> Any:
     """Each object's intent mark (None where it carries none)."""
     return [s[INTENT] if isinstance(s, Mapping) and INTENT in s else None for s in states.values()]
+
+
+def _inner_arg(txn: Txn, i: int) -> Any:
+    """What participant ``i``'s update is given: its argument, or for a half of one
+    operation split across groups (``fsobjects/halves.py``) the whole transaction's
+    parts too, so that it can refuse to be anything but one half of a whole."""
+    part = txn.parts[i]
+    if not part.method.startswith(HALVES + "."):
+        return part.arg
+    every = [[list(p.objects), p.method, p.arg] for p in txn.parts]
+    return {"a": part.arg, "i": i, "p": every}
 
 
 def _check_inner(inner: Registry, name: str, arg: Any, now: int) -> None:

@@ -24,9 +24,12 @@ from bftfs import proc, sdnotify
 from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.layout.groups import place_node
+from bftfs.layout.model import Layout
+from bftfs.layout.nodetxn import txn_type
 from bftfs.net.server import FaultHooks
 from bftfs.node.nodemetrics import node_metrics
 from bftfs.node.placement import Check, guard
+from bftfs.node.protocols import PRODUCTION_TYPES
 from bftfs.node.service import Node
 from bftfs.node.storeformat import StoreFormatError
 from bftfs.qu.objects import ObjectType
@@ -82,7 +85,10 @@ def run(
         LayoutError: the layout is bad, or puts the node in no group (exit 3).
         StartError: the node's port or its metrics port cannot be bound.
     """
-    cfg, node_id, placement = _in_group(cfg, node_id)
+    cfg, node_id, placement, layout = _in_group(cfg, node_id)
+    if layout is not None:  # the cross-group commit's methods (layout/nodetxn.py)
+        types = (*extra_object_types, *PRODUCTION_TYPES)
+        extra_object_types = (*extra_object_types, txn_type(layout, types))
     spec = cfg.node(node_id)
     ident = load_identity(spec)
     if batch_sched:
@@ -133,18 +139,21 @@ def run(
     log.info("node %s stopped", spec.id)
 
 
-def _in_group(cfg: ClusterConfig, node_id: int) -> tuple[ClusterConfig, int, Check | None]:
-    """The configuration and id node ``node_id`` runs as, and the check of what it holds:
+def _in_group(
+    cfg: ClusterConfig, node_id: int
+) -> tuple[ClusterConfig, int, Check | None, Layout | None]:
+    """The configuration and id node ``node_id`` runs as, the check of what it holds and
+    the layout:
     with a layout, its group's and its index there (``layout/groups.place_node``), refusing
     other groups' ids (``node/placement.py``); else ``cfg`` and ``node_id``, no check."""
     placed = place_node(cfg, node_id)
     if placed is None:
-        return cfg, node_id, None
+        return cfg, node_id, None, None
     log.info(
         "node %s runs as node %s of group %s (%s)",
         node_id, placed.index, placed.group, placed.layout.describe(),
     )  # fmt: skip
-    return placed.config, placed.index, guard(placed.layout, placed.group)
+    return placed.config, placed.index, guard(placed.layout, placed.group), placed.layout
 
 
 def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from bftfs.fsobjects.txnsign import sign
 from bftfs.ids import NodeId, PrincipalId, is_node
 from bftfs.net.admission import Admission
 from bftfs.net.endpoint import Endpoint
@@ -148,7 +149,12 @@ def register(
         ended = node.server.refused.get(PrincipalId(s)) if is_node(PrincipalId(s)) else None
         return None if ended is None else ended[0]
 
-    cfg = ReplicaConfig(node.id, th, key_for, registry_of(object_types), retention, ended_key_for)
+    # A node of a cluster of groups signs the cross-group commit's replies by its
+    # long-term key (fsobjects/txnsign.py): the certificates other groups check.
+    signer = None if node.placement is None else functools.partial(sign, node.keyring.me.private)
+    cfg = ReplicaConfig(
+        node.id, th, key_for, registry_of(object_types), retention, ended_key_for, signer
+    )
     pruner = Pruner(node, cfg)
     server = QUServer(
         replica=cfg,

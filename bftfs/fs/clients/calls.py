@@ -35,6 +35,7 @@ from bftfs.fs.clients.protocols import BlockClient, MetadataClient
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.leases import Leases, made_entries, recall_with_sessions
 from bftfs.fsobjects.leases import DONE, LEASE_SKEW, LEASE_TIME, MAX_TERM
+from bftfs.layout.spread import dir_group
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.client import ObjectLock
 from bftfs.qu.core import backoff_delay
@@ -171,7 +172,7 @@ class Meta:
         #: one client identity do not share leases.
         self.lease_token = rng.randrange(1, obj.MAX_OID)
         #: The group of an object id, on a cluster of groups (``layout/groups.PlacedConfig``).
-        layout = getattr(config, "layout", None)
+        layout = self.layout = getattr(config, "layout", None)
         self.group_of: Callable[[int], int] | None = (
             None if layout is None else layout.group_of_object
         )
@@ -450,7 +451,7 @@ class Meta:
             newest = max(newest, *(ts.time for ts in written.values()))
         return newest
 
-    def new_oid(self, near: int | None = None) -> int:
+    def new_oid(self, near: int | None = None, *, spread: bytes | None = None) -> int:
         """A random 63-bit id (object ids, data ids); with ``near``, one in the same residue
         class mod ``n`` as ``near``.
 
@@ -466,7 +467,11 @@ class Meta:
         if near is not None and self.group_of is not None:
             # On a cluster of groups, in the parent's group: a create (two objects) stays
             # one group's atomic update (docs/layout.md, "Placement"); G draws expected.
-            while self.group_of(x) != self.group_of(near):
+            # A new directory (``spread``: its name) goes where layout/spread.py says.
+            want = self.group_of(near)
+            if spread is not None and self.layout is not None:
+                want = dir_group(self.layout, near, spread)
+            while self.group_of(x) != want:
                 x = self._draw(near)
         return x
 

@@ -9,10 +9,13 @@
   the PASIS client of its group (``Layout.group_of_block``); many blocks split by group and
   sent to the groups at once.
 
-A multi-object update whose objects span groups has no atomic commit yet (the cross-group
-commit protocol is the next step): it raises :class:`CrossGroup`, a
-:class:`~bftfs.fs.errors.CrossDevice`, which the file system answers as ``EXDEV``
-(``rename(2)``, ``link(2)``: ``mv`` then copies and removes; docs/layout.md).
+A rename, link, mkdir or removal whose objects span groups runs as one cross-group
+transaction (:class:`~bftfs.fs.clients.crossing.Crossing`: the halves of
+``fsobjects/halves.py`` through ``layout/txn.py``); every call meeting another
+transaction's intent resolves it as the driver does and tries again.  Any other
+multi-object update spanning groups, and ``RENAME_EXCHANGE`` across groups, raise
+:class:`CrossGroup`, a :class:`~bftfs.fs.errors.CrossDevice`, which the file system
+answers as ``EXDEV`` (``mv`` then copies and removes; docs/layout.md).
 
 Faults and statistics are reported per node under the nodes' global ids (each group's
 clients count its nodes by their index in the group).
@@ -21,16 +24,20 @@ clients count its nodes by their index in the group).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 import trio
 
+from bftfs.fs.clients.crossing import REMOVALS, Crossing
 from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
 from bftfs.fs.errors import CrossDevice
+from bftfs.fsobjects import RENAME_EXCHANGE
+from bftfs.fsobjects.leases import INHERIT, tag_query, untag_query
 from bftfs.layout.model import Layout
-from bftfs.qu.client import ClientStatistics
+from bftfs.qu.client import ClientStatistics, QUClient
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import Timestamp
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
 from bftfs.rw.client import RWStatistics, Space
@@ -39,8 +46,15 @@ from bftfs.rw.write import Prepared
 
 
 class CrossGroup(CrossDevice):
-    """A multi-object update names objects of several groups (EXDEV until the
-    cross-group commit protocol is built)."""
+    """A multi-object update names objects of several groups and is no operation the
+    cross-group transaction runs (EXDEV)."""
+
+
+#: The queries answering per object (``{str(oid): ...}``): split by group when their
+#: objects span groups.
+PER_OBJECT = frozenset({"fs.statmany", "fs.peekmany"})
+#: The updates run as a cross-group transaction when their objects span groups.
+CROSSING = frozenset({"fs.rename", "fs.link", "fs.mkdir", *REMOVALS})
 
 
 def _ids(objects: Objects) -> list[int]:
@@ -61,13 +75,22 @@ def _faults(
 class GroupedQU:
     """The Q/U clients of every group as one :class:`EngineClient` (module docstring)."""
 
-    def __init__(self, layout: Layout, clients: Sequence[EngineClient]) -> None:
+    def __init__(
+        self, layout: Layout, clients: Sequence[EngineClient], *, crossing: bool = True
+    ) -> None:
         if len(clients) != len(layout.groups):
             raise ValueError(f"{len(clients)} clients for {len(layout.groups)} groups")
         self.layout = layout
         self.clients = list(clients)
         #: Calls refused because their objects span groups.
         self.crossed = 0
+        qus = [c for c in clients if isinstance(c, QUClient)]
+        #: Cross-group renames and links (Q/U groups only; None: EXDEV for them too).
+        self.crossing = Crossing(layout, qus) if crossing and len(qus) == len(clients) else None
+
+    def spans(self, objects: Objects) -> bool:
+        """Whether ``objects`` live on several groups."""
+        return len({self.layout.group_of_object(o) for o in _ids(objects)}) > 1
 
     def group_of(self, objects: Objects) -> int:
         """The one group holding every object of ``objects``.
@@ -82,7 +105,7 @@ class GroupedQU:
             where = ", ".join(f"{o:#x} on {self.layout.group_of_object(o)}" for o in ids)
             raise CrossGroup(
                 f"objects on {len(groups)} groups ({where}): an update across groups is "
-                "not atomic yet (docs/layout.md)"
+                "not an operation the cross-group transaction runs (docs/layout.md)"
             )
         return groups.pop()
 
@@ -119,28 +142,93 @@ class GroupedQU:
         changes no generation, so no update is ever sent again under its first id."""
         return None
 
+    async def _resolving(self, objects: Objects, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()``, resolving other transactions' intents it meets (:class:`Crossing`)."""
+        if self.crossing is None:
+            return await call()
+        return await self.crossing.resolving(_ids(objects), call)
+
     async def query(self, objects: Objects, method: str, arg: Any = None) -> Any:
-        return await self._for(objects).query(objects, method, arg)
+        if method in PER_OBJECT | {"fs.lookupstat"} and self.spans(objects):
+            return await self._split_query(_ids(objects), method, arg)
+        client = self._for(objects)
+        return await self._resolving(objects, lambda: client.query(objects, method, arg))
+
+    async def _split_query(self, ids: list[int], method: str, arg: Any) -> Any:
+        """A query of objects on several groups that answers per object (``statmany``,
+        ``peekmany``: each group's share asked at once, the answers merged), or a
+        ``lookupstat`` whose entry names an object of another group (the directory's
+        ``fs.lookup`` and the object's ``fs.stat``, at once): reads of objects of their
+        own, as linearizable as each object's read is."""
+        out: dict[str, Any] = {}
+        if method == "fs.lookupstat":
+            inner, mount = untag_query(arg)
+            tag = (lambda a: tag_query(a, mount)) if inner is not arg else (lambda a: a)
+
+            async def stat() -> None:
+                try:
+                    out["s"] = await self.query(inner["o"], "fs.stat", tag(None))
+                except MethodRefused as e:
+                    if e.code == "leased":
+                        raise
+                    out["s"] = None
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stat)
+                out["e"] = await self.query(inner["p"], "fs.lookup", tag(inner["name"]))
+            same = out["e"][0] == inner["o"] and out["s"] is not None
+            return {"e": out["e"], "s": out["s"] if same else None}
+        split: dict[int, list[int]] = {}
+        for o in ids:
+            split.setdefault(self.layout.group_of_object(o), []).append(o)
+
+        async def one(_g: int, share: list[int]) -> None:
+            out.update(await self.query(share, method, arg))
+
+        await GroupedRW._each(one, split)
+        return out
 
     async def update(
         self, objects: Objects, method: str, arg: Any = None, *, seq: int | None = None
     ) -> Any:
+        if method in CROSSING and self.crossing is not None and self.spans(objects):
+            exchange = method == "fs.rename" and arg.get("flags", 0) & RENAME_EXCHANGE
+            if exchange or (method == "fs.mkdir" and INHERIT in arg):
+                self.group_of(objects)  # raises CrossGroup: not split (docs/layout.md)
+            return await self.crossing.run(self.query, _ids(objects), method, arg)
         client = self._for(objects)
         if seq is None:
-            return await client.update(objects, method, arg)
-        return await client.update(objects, method, arg, seq=seq)
+            return await self._resolving(objects, lambda: client.update(objects, method, arg))
+        return await self._resolving(objects, lambda: client.update(objects, method, arg, seq=seq))
 
     async def settle(self, objects: Objects) -> None:
-        await self._for(objects).settle(objects)
+        client = self._for(objects)
+        await self._resolving(objects, lambda: client.settle(objects))
 
     async def query_at(self, oid: int, method: str, arg: Any = None) -> tuple[Any, Timestamp]:
-        return await self._for(oid).query_at(oid, method, arg)
+        client = self._for(oid)
+        return await self._resolving(oid, lambda: client.query_at(oid, method, arg))
 
     async def query_many_at(
         self, objects: Iterable[int], method: str, arg: Any = None
     ) -> tuple[Any, dict[int, Timestamp]]:
         ids = list(objects)
-        return await self._for(ids).query_many_at(ids, method, arg)
+        if method in PER_OBJECT and self.spans(ids):
+            answer: dict[str, Any] = {}
+            times: dict[int, Timestamp] = {}
+            split: dict[int, list[int]] = {}
+            for o in ids:
+                split.setdefault(self.layout.group_of_object(o), []).append(o)
+
+            async def one(_g: int, share: list[int]) -> None:
+                a, t = await self.query_many_at(share, method, arg)
+                answer.update(a)
+                times.update(t)
+
+            await GroupedRW._each(one, split)
+            return answer, times
+        client = self._for(ids)
+        return await self._resolving(ids, lambda: client.query_many_at(ids, method, arg))
 
 
 class GroupedRW:

@@ -218,7 +218,8 @@ class Names:
         """create/mkdir/mknod/symlink: a two-object update with a fresh random object id."""
         check_name(name, self.name_max)
         for _ in range(MAX_ATTEMPTS):
-            oid = self.meta.new_oid(near=parent)
+            spread = name if method == "fs.mkdir" and INHERIT not in arg else None  # issue 66
+            oid = self.meta.new_oid(near=parent, spread=spread)
             a = dict(arg, p=parent, o=oid, name=name, now=self.meta.now())
             try:
                 child, pst = await self.meta.update([parent, oid], method, a)
