@@ -129,12 +129,7 @@ class QuorumRounds:
 
         def accept(node: int, raw: Any) -> bool:
             rep = self._parsed(node, raw, objects)
-            if rep is None:
-                return False
-            vouch = self.vouch
-            ok = rep.status is ReplyStatus.OK and rep.type == "method"
-            if vouch is not None and ok and not vouch(int(node), req, rep):
-                self.faults[(int(node), "unsigned")] += 1
+            if rep is None or not self._vouched(node, req, rep):
                 return False
             stash[node] = rep
             if settled():
@@ -179,6 +174,16 @@ class QuorumRounds:
                 if refusal_code(why) == "bad-request"
             }
         return dict(stash)
+
+    def _vouched(self, node: int, req: Request, rep: Reply) -> bool:
+        """Whether ``rep`` is believed: an OK reply to a method needs the signature
+        ``vouch`` asks for (the cross-group commit's certificates), counted ``unsigned``
+        when it is missing or wrong; every other reply is believed as parsed."""
+        ok = rep.status is ReplyStatus.OK and rep.type == "method"
+        if self.vouch is None or not ok or self.vouch(int(node), req, rep):
+            return True
+        self.faults[(int(node), "unsigned")] += 1
+        return False
 
     def check_malformed(self, objects: tuple[int, ...]) -> None:
         """After a short round: more than ``b`` nodes refused it as malformed (one correct
