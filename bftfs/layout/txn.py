@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import trio
 
-from bftfs.fsobjects.txn import ABORT, COMMIT, GroupKeys, digest
+from bftfs.fsobjects.txn import ABORT, COMMIT, GroupKeys, Part, digest
 from bftfs.fsobjects.txnsign import verify
 from bftfs.layout.model import Layout
 from bftfs.qu.objects import MethodRefused
@@ -85,16 +85,6 @@ def vouch_for(keys: GroupKeys, group: int) -> Callable[[int, Request, Reply], bo
 def certificate(lt: Timestamp, answer: Any, sigs: Mapping[int, bytes]) -> dict[str, Any]:
     """A certificate of an update's version ``lt`` and ``answer`` from its signatures."""
     return {"lt": lt.encode(), "a": answer, "s": [[n, sigs[n]] for n in sorted(sigs)]}
-
-
-@dataclass(frozen=True)
-class Part:
-    """What one group does: an update of its objects (as ``fs`` methods take them)."""
-
-    group: int
-    objects: tuple[int, ...]
-    method: str
-    arg: Any
 
 
 @dataclass
