@@ -50,6 +50,7 @@ from bftfs.fsobjects.limits import (
     SNAPSHOTS,
 )
 from bftfs.fsobjects.names import entry_is
+from bftfs.fsobjects.rename import refuse_unreplaceable
 from bftfs.fsobjects.state import (
     check_arg,
     check_int,
@@ -133,13 +134,7 @@ def _walk(states: States, ch: list[int], sp: int) -> None:
 def _replaced(tobj: dict[str, Any], oc: int, now: int) -> None:
     """As ``rename._replace`` does to a target: a directory replaced only by a directory
     and only when empty (a tombstone), a file loses a link; its ctime."""
-    if oc == DIR_TYPE:
-        if tobj["k"] != "d":
-            raise MethodRefused("not-dir")
-        if not is_empty(tobj["e"]):
-            raise MethodRefused("not-empty")
-    elif tobj["k"] == "d":
-        raise MethodRefused("is-dir")
+    refuse_unreplaceable(tobj, oc)
     if tobj["k"] == "d":
         tobj["dead"] = True
     else:

@@ -158,17 +158,24 @@ def _exchange(states: States, m: _Move, t: int, tobj: dict[str, Any], tcode: int
         m.src["nd"] -= delta
 
 
+def refuse_unreplaceable(tobj: dict[str, Any], ocode: int) -> None:
+    """Refuse a rename of an object of type ``ocode`` over ``tobj``: a directory replaces
+    only an empty directory, anything else only a non-directory (rename(2)'s ENOTDIR,
+    ENOTEMPTY, EISDIR).  The one-group rename and the cross-group halves both check it."""
+    if ocode == DIR_TYPE:
+        if tobj["k"] != "d":
+            raise MethodRefused("not-dir")
+        if not is_empty(tobj["e"]):
+            raise MethodRefused("not-empty")
+    elif tobj["k"] == "d":
+        raise MethodRefused("is-dir")
+
+
 def _replace(states: States, m: _Move, tobj: dict[str, Any] | None) -> None:
     """A plain rename: ``o`` takes the destination name, replacing ``tobj`` if any (a
     directory only by an empty directory, which becomes a tombstone; a file loses a link)."""
     if tobj is not None:
-        if m.ocode == DIR_TYPE:
-            if tobj["k"] != "d":
-                raise MethodRefused("not-dir")
-            if not is_empty(tobj["e"]):
-                raise MethodRefused("not-empty")
-        elif tobj["k"] == "d":
-            raise MethodRefused("is-dir")
+        refuse_unreplaceable(tobj, m.ocode)
     if m.ocode == DIR_TYPE and m.sp != m.dp:
         _not_under(states, m.dp, m.o, m.sp)
     del m.sents[m.sn]
