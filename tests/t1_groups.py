@@ -16,6 +16,8 @@ import pytest
 from bftfs.cli.main import main
 from bftfs.config import ClusterConfig
 from bftfs.crypto import AdminKey
+from bftfs.fs.leases.votes import RecallVotes
+from bftfs.fs.session import group_pushes
 from bftfs.layout import codec
 from bftfs.layout.builder import build, nodes_of
 from bftfs.layout.groups import (
@@ -191,3 +193,27 @@ def test_the_peers_column_counts_the_nodes_own_group() -> None:
     rejoin = {"reachable": 4, "peers": {str(i): {"reached": i != 2} for i in range(5)}}
     assert _peers({"progress": {"rejoin": rejoin}}, 18) == "4/5"  # not 4/17
     assert _peers({"progress": {"rejoin": {"reachable": 5}}}, 6) == "5/5"
+
+
+def test_a_recall_counts_only_from_nodes_of_the_objects_group(cluster: ClusterConfig) -> None:
+    """One liar in each of two groups (as the layout allows) pushing a recall of an object
+    of a third group: neither push counts, so the holder keeps its lease; the pushes of
+    the object's own group count under its nodes' global ids."""
+    layout = load_layout(cluster)
+    assert layout is not None
+    votes = RecallVotes(b=1)
+    believed: list[int] = []
+    oid = next(o for o in range(2, 10_000) if layout.group_of_object(o) == 0)
+    held = {oid}
+
+    def push(node: int, body: object) -> None:
+        believed.extend(votes.count(node, body, held.__contains__))
+
+    for g in (1, 2):
+        group_pushes(push, layout, g)(0, {"recall": [oid, "junk"]})
+    assert believed == [] and not votes.believed(oid)
+    assert votes.take_stats()["pushes_malformed"] == 2  # (still counted as malformed)
+    own = group_pushes(push, layout, 0)
+    own(0, {"recall": [oid]})
+    own(1, {"recall": [oid]})
+    assert believed == [oid]

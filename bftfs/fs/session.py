@@ -178,7 +178,7 @@ async def open_grouped_session(
         if leases is not None:  # recalls pushed by each group's nodes
             for (ep, ids), g in zip(eps, layout.groups, strict=True):
                 leases.listen(ep, ids)
-                ep.on_push = _globally(ep.on_push, g.members)
+                ep.on_push = group_pushes(ep.on_push, layout, g.id)
         try:
             yield Session(fs, qu, rw)
         finally:
@@ -190,14 +190,28 @@ async def open_grouped_session(
                     await leases.release_all()
 
 
-def _globally(push: Any, members: tuple[int, ...]) -> Any:
-    """A push handler told each group node's global id, not its index in the group: the
-    ``b + 1`` pushes that make a recall believed come from distinct nodes of the cluster."""
+def group_pushes(push: Any, layout: Layout, group: int) -> Any:
+    """A push handler for group ``group``'s connections: told each node's global id, not
+    its index in the group (the ``b + 1`` pushes that make a recall believed come from
+    distinct nodes of the cluster), and only the recalls of objects that live on that
+    group.  A node is trusted about its own group's objects only: counted for objects of
+    other groups, liars in two groups (one each, as the layout allows) would together
+    make ``b + 1`` pushes and a recall believed that no correct node sent."""
+    members = next(g.members for g in layout.groups if g.id == group)
 
     def on_push(node: int, body: Any) -> None:
+        recall = body.get("recall") if isinstance(body, dict) else None
+        if isinstance(recall, list):  # (a malformed one goes on, to be counted as such)
+            mine = [o for o in recall if not _an_oid(o) or layout.group_of_object(o) == group]
+            body = dict(body, recall=mine)
         push(members[int(node)], body)
 
     return on_push
+
+
+def _an_oid(o: Any) -> bool:
+    """Whether ``o`` can name an object (anything else is left for the votes to count)."""
+    return isinstance(o, int) and not isinstance(o, bool)
 
 
 @asynccontextmanager
