@@ -224,10 +224,8 @@ class Handles:
         if f is not None and not truncating and self.pending.reopen_deferred(ino):
             return self.table.new_handle(f, flags)  # a new file not sent yet: all is here
         kept = self.held.reopen(ino) if self.held is not None and not truncating else None
-        if kept is not None:  # leased here alone: all is here, its link count too
-            if reached_by_name:  # (removed here meanwhile: the kernel's name is stale)
-                self.names.check_reached(ino, kept.st)
-            return self.table.new_handle(kept, flags)
+        if kept is not None:
+            return self.table.new_handle(kept, flags)  # leased here alone: all is here
         if f is not None and f.buffered:
             await self._flush_file(f)
         asked = trio.current_time()

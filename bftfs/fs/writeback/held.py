@@ -139,9 +139,11 @@ class HeldFiles:
             self.leases.want_exclusive_file(f.ino)
 
     def reopen(self, ino: int) -> OpenFile | None:
-        """The kept state of ``ino`` for an ``open`` answered without a round, or None."""
+        """The kept state of ``ino`` for an ``open`` answered without a round, or None.
+        None for a file removed here (no link left): the kernel reached it by a name it
+        cached, now stale, which the open's round refuses (``StaleNames.check_reached``)."""
         f = self.files.get(ino)
-        if f is None or f.behind_error is not None or not self.current(f):
+        if f is None or f.behind_error is not None or not self.current(f) or f.st.get("nl") == 0:
             return None
         self._unkeep(ino)
         self._use(ino)
