@@ -26,6 +26,13 @@ COOLDOWN = 5.0
 #: Files inherited under one directory (:meth:`Holdings.inherit`) past which those no
 #: longer held are forgotten.
 MAX_CHILDREN = 4096
+#: Objects whose directory is remembered (:meth:`Holdings.seen_in`; past it all are
+#: forgotten at once: a lease whose directory is not known is judged by its own use).
+MAX_PARENTS = 1 << 18
+#: Directories above a leased object whose use keeps its lease (the tree in use): its
+#: directory and the one above, so a file stays held while its directory's other
+#: entries or its cousins are worked on (git walking a tree one directory at a time).
+TREE_LEVELS = 2
 
 
 @dataclass
@@ -50,6 +57,10 @@ class Lease:
     seq: int = 0
     #: When a query last used it (trio time): a bound lease unused for a term is let go.
     used: float = 0.0
+    #: A shared lease that continues this mount's exclusive holding without a break
+    #: (``Taker.to_session``): what the mount kept under the exclusive lease is still the
+    #: object's (:meth:`Holdings.kept_left`).
+    kept: bool = False
 
 
 class Holdings:
@@ -90,6 +101,13 @@ class Holdings:
         self.children: dict[int, set[int]] = {}
         #: Directories leased with their mkdir (:meth:`made`): where each was made.
         self.made_in: dict[int, int] = {}
+        #: The directory each object was seen in (a lookup, a listing, a create here).
+        self.parents: dict[int, int] = {}
+        #: When something under a directory was last used (trio time): its tree in use.
+        self.tree_used: dict[int, float] = {}
+        #: Exclusive leases being turned into session-bound shared ones (``Taker.to_session``):
+        #: no longer exclusive here from the moment it is asked (nothing new is held back).
+        self.converting: set[int] = set()
 
     def live(self, oid: int, now: float) -> Lease | None:
         """The lease on ``oid`` while it is to be used at trio time ``now`` (one whose term
@@ -105,8 +123,27 @@ class Holdings:
             self.stats["woke_past_expiry"] += 1
             self._woke(list(self.held))
             return None
-        h.used = now  # (a bound lease unused for a term is let go: ``Leases``)
+        h.used = now  # (a bound lease whose tree is unused for a term is let go: ``Leases``)
+        self._tree_use(oid, now)
         return h
+
+    def _tree_use(self, oid: int, now: float) -> None:
+        """Count a use of ``oid`` as one of the :data:`TREE_LEVELS` directories above it."""
+        for _ in range(TREE_LEVELS):
+            parent = self.parents.get(oid)
+            if parent is None or parent == oid:
+                return
+            self.tree_used[parent] = now
+            oid = parent
+
+    def seen_in(self, parent: int, oids: Sequence[int]) -> None:
+        """``oids`` are entries of directory ``parent`` (a lookup, a listing, a create)."""
+        if len(self.parents) + len(oids) > MAX_PARENTS:
+            self.parents.clear()
+            self.tree_used.clear()
+        for oid in oids:
+            if oid != parent:
+                self.parents[oid] = parent
 
     def ends(self, h: Lease) -> tuple[float, int] | None:
         """Until when (trio, wall ns) lease ``h`` is used: its term's end, or for one bound
@@ -146,7 +183,20 @@ class Holdings:
         """Seconds left on this mount's exclusive lease on ``oid`` (0: it holds none)."""
         now = trio.current_time()
         h = self.live(oid, now)
-        return 0.0 if h is None or h.kind != EXCLUSIVE else h.until - now
+        if h is None or h.kind != EXCLUSIVE or oid in self.converting:
+            return 0.0
+        return h.until - now
+
+    def kept_left(self, oid: int) -> float:
+        """Seconds left on the holding of ``oid`` under which state this mount kept while
+        it held the object exclusively is still the object's: an exclusive lease, or the
+        shared one that continued it (``Lease.kept``); 0 when there is none."""
+        now = trio.current_time()
+        h = self.live(oid, now)
+        ends = None if h is None else self.ends(h)
+        if h is None or ends is None or not (h.kind == EXCLUSIVE or h.kept):
+            return 0.0
+        return max(0.0, min(ends[0] - now, (ends[1] - self.wall_ns()) / 1e9))
 
     def exclusive_from(self, oid: int) -> float | None:
         """When this mount's holding of ``oid``, exclusive now, began (trio time; held
@@ -154,7 +204,7 @@ class Holdings:
         from then on is its state); ``-inf`` when it came with the object's create here;
         None when the mount holds no exclusive lease on it."""
         h = self.live(oid, trio.current_time())
-        if h is None or h.kind != EXCLUSIVE:
+        if h is None or h.kind != EXCLUSIVE or oid in self.converting:
             return None
         return float("-inf") if h.inherited else h.granted
 
@@ -163,8 +213,26 @@ class Holdings:
         return [oid for oid, h in self.held.items() if h.slot == slot]
 
     def idle(self, slot: int, before: float) -> list[int]:
-        """The objects whose lease is bound to ``slot`` and was last used before ``before``."""
-        return [oid for oid, h in self.held.items() if h.slot == slot and h.used < before]
+        """The objects whose lease is bound to ``slot`` and whose tree was last used before
+        ``before``: neither the object, nor anything under it or under the
+        :data:`TREE_LEVELS` directories above it (a tree in use keeps its leases: the
+        kernel answers most of a busy tree's stats and lookups itself, so one object's own
+        uses say little)."""
+        return [
+            oid
+            for oid, h in self.held.items()
+            if h.slot == slot and h.used < before and not self._tree_busy(oid, before)
+        ]
+
+    def _tree_busy(self, oid: int, since: float) -> bool:
+        for _ in range(TREE_LEVELS + 1):
+            if self.tree_used.get(oid, float("-inf")) >= since:
+                return True
+            parent = self.parents.get(oid)
+            if parent is None or parent == oid:
+                return False
+            oid = parent
+        return False
 
     def held_from(self, asked: float, lt: int, kind: int, granted: float, inherited: bool) -> Lease:
         """A lease of one term asked at trio time ``asked`` with lease time ``lt`` (ns),
@@ -182,6 +250,7 @@ class Holdings:
         children = self.children.setdefault(parent, set())
         if len(children) > MAX_CHILDREN:  # those whose lease ended are gone already
             children.intersection_update(self.held)
+        self.seen_in(parent, oids)
         for oid in oids:
             self.held[oid] = Lease(trio.current_time(), h.until, EXCLUSIVE, h.wall_until, True)
             children.add(oid)
@@ -193,6 +262,7 @@ class Holdings:
         mkdir asked at trio time ``asked``: ``Leases.made_leased``)."""
         self.held[oid] = self.held_from(asked, lt, EXCLUSIVE, trio.current_time(), True)
         self.made_in[oid] = parent
+        self.seen_in(parent, [oid])
 
     def with_children(self, oids: list[int]) -> list[list[int]]:
         """``oids``, then what was leased with its create in them and is still held, then

@@ -16,8 +16,11 @@ cost another client a recall, so it is taken only for an object queried a few ti
 none was held and since this mount last changed it, and not soon after a recall of it here
 or a refusal.  It is taken in the background.  A shared lease is bound to the mount's
 session (``fs/leases/sessions.py``, issue 62), renewed once per slot and a third of a term
-whatever the number of objects, and let go once unused for a term; any other lease is
-renewed, on use, once less than a third of its term is left, and an unused one just ends.
+whatever the number of objects, and let go once its tree (it, its directory and the one
+above: ``holdings.py``) is unused for a term; any other lease is renewed, on use, once less
+than a third of its term is left, and an unused one just ends.  An exclusive lease no
+longer needed as such (a file whose writes went) is turned into a bound shared one
+(:meth:`Leases.to_session`) rather than renewed.
 
 **Time.**  The holder counts its lease from before it asked, less ``HOLDER_MARGIN`` (the
 lease skew both ways and a second), so it stops answering from it before any correct node
@@ -274,6 +277,7 @@ class Leases:
         entry = _entries_told(oids, method, answer)
         if entry is not None:
             self.holdings.contention.children(*entry)
+            self.holdings.seen_in(*entry)
         now = trio.current_time()
         leased = [self.holdings.live(o, now) for o in oids]
         if all(
@@ -317,6 +321,7 @@ class Leases:
         if made:
             kids = [e[0] for e in made.values() if e and isinstance(e[0], int)]
             self.holdings.contention.children(parent, kids)
+            self.holdings.seen_in(parent, kids)
 
     def listing(self, oid: int) -> AbstractSet[bytes] | None:
         """The names of directory ``oid`` as its listing known whole under a live lease
@@ -334,6 +339,11 @@ class Leases:
     def exclusive_left(self, oid: int) -> float:
         """Seconds left on this mount's exclusive lease on ``oid`` (0: it holds none)."""
         return self.holdings.exclusive_left(oid)
+
+    def kept_left(self, oid: int) -> float:
+        """``Holdings.kept_left``: what is left of an exclusive holding of ``oid``, or of
+        the shared lease that continued it (0: none)."""
+        return self.holdings.kept_left(oid)
 
     def exclusive_from(self, oid: int) -> float | None:
         """When this mount's holding of ``oid``, exclusive now, began (trio time; held
@@ -361,6 +371,20 @@ class Leases:
         a program about to make many entries there at once (``bftfs restore``,
         ``fs/history/restore.py``) has its closes deferred from the first (``fs/writeback/``)."""
         await self.taker.take_exclusive(oid)
+
+    def to_session(self, oids: Sequence[int]) -> int:
+        """Turn this mount's exclusive leases on ``oids`` (files with nothing held back)
+        into shared ones bound to its session, seven per update, which then cost nothing
+        (issue 62; docs/fs.md, "Exclusive to session").  Each is no longer exclusive here
+        from the call on; a refused grant leaves the exclusive lease to its end.  How
+        many were asked (none without sessions)."""
+        return self.taker.to_session(oids)
+
+    def reclaim_exclusive(self, parent: int) -> None:
+        """A removal in ``parent`` could not wait: its file is held by the shared lease
+        :meth:`to_session` made (a removal waits only on an exclusive one).  Ask again
+        for the exclusive leases of the files made there and held so, in the background."""
+        self.taker.reclaim_exclusive(parent)
 
     def renew(self, oids: Sequence[int]) -> None:
         """Renew the leases held on ``oids`` now, in as few updates as the taker groups

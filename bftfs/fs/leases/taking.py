@@ -91,6 +91,8 @@ class Taker:
         self._taking = False
         #: Objects whose lease is asked for alone (one of a refused batch).
         self._solo: set[int] = set()
+        #: Directories whose files' exclusive leases were asked again (trio time).
+        self._reclaimed: dict[int, float] = {}
 
     def used(
         self, oids: Sequence[int], leased: Sequence[Lease | None], answer: Any, now: float
@@ -116,16 +118,36 @@ class Taker:
         """The lease on ``oid`` was dropped: the creates counted toward one start again."""
         self._creates.pop(oid, None)
 
-    def ask(self, oid: int, now: float, kind: int = SHARED) -> None:
-        """Ask for a lease of ``kind`` on ``oid`` (unless asked already, or quiet)."""
+    def ask(self, oid: int, now: float, kind: int = SHARED) -> bool:
+        """Ask for a lease of ``kind`` on ``oid`` (unless asked already, or quiet);
+        whether it was asked."""
         if oid in self._holdings.asking or self._holdings.quiet(oid, now):
-            return
+            return False
         self._kinds[oid] = kind
         self._holdings.asking.add(oid)
         self._wanted.append(oid)
         if not self._taking:
             self._taking = True
             self._spawn(self._take_wanted)
+        return True
+
+    def to_session(self, oids: Sequence[int]) -> int:
+        """``Leases.to_session``: turn the exclusive leases on ``oids`` into shared ones
+        bound to the session; how many were asked."""
+        if self.sessions is None or not self.sessions.enabled:
+            return 0
+        now = trio.current_time()
+        asked = 0
+        for oid in oids:
+            h = self._holdings.live(oid, now)
+            if h is None or h.kind != EXCLUSIVE or oid in self._holdings.converting:
+                continue
+            self._holdings.converting.add(oid)  # exclusive no more: nothing new held back
+            if self.ask(oid, now, SHARED):
+                asked += 1
+            else:
+                self._holdings.converting.discard(oid)
+        return asked
 
     def renew_if_due(self, oids: Sequence[int], now: float) -> None:
         """Renew the leases on ``oids`` that have less than a third of their term left."""
@@ -163,6 +185,23 @@ class Taker:
         self._creates[oid] += 1
         if self._creates[oid] >= USES:
             self.ask(oid, now, EXCLUSIVE)
+
+    def reclaim_exclusive(self, parent: int) -> None:
+        """``Leases.reclaim_exclusive``: ask again for the exclusive leases of the files
+        made in ``parent`` whose exclusive lease went to the session, at most once per
+        third of a term per directory."""
+        now = trio.current_time()
+        if now < self._reclaimed.get(parent, float("-inf")) + self._holdings.term / 3:
+            return
+        if len(self._reclaimed) >= MAX_ANSWERS:
+            self._reclaimed.clear()
+        self._reclaimed[parent] = now
+        held = self._holdings.held
+        for oid in list(self._holdings.children.get(parent, ())):
+            h = held.get(oid)
+            if h is not None and h.kept and h.kind == SHARED:  # (a held file: no listing)
+                self._files.add(oid)
+                self.ask(oid, now, EXCLUSIVE)
 
     async def take_exclusive(self, oid: int) -> None:
         """``Leases.take_exclusive``: an exclusive lease on ``oid`` now."""
@@ -225,6 +264,7 @@ class Taker:
             answer = await self._update(objects, "fs.lease", arg)
         except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
             holdings.asking.difference_update(oids)
+            holdings.converting.difference_update(oids)  # (the exclusive lease runs on)
             self._refused(oids, e, kind)
             return
         seq = 0
@@ -234,6 +274,7 @@ class Taker:
             if got is None or got != gen or holdings.session_ends(slot or 0, got) is None:
                 gen = None  # the session moved on meanwhile: given back, not held
         holdings.asking.difference_update(oids)
+        holdings.converting.difference_update(oids)
         now = trio.current_time()
         gone = []
         new = [o for o in oids if o not in holdings.held]
@@ -252,10 +293,13 @@ class Taker:
             held = holdings.held_from(asked, lt, kind, granted, inherited)
             if BOUND in arg:
                 held.slot, held.gen, held.used, held.seq = slot, gen or 0, now, seq
+                held.kept = old is not None and (old.kind == EXCLUSIVE or old.kept)
             holdings.held[oid] = held
             self._uses.pop(oid, None)
             self._creates.pop(oid, None)
             self._stats["renewed" if old else "taken"] += 1
+            if old is not None and old.kind == EXCLUSIVE and kind == SHARED:
+                self._stats["to_session"] += 1
             if kind == EXCLUSIVE and (old is None or old.kind != EXCLUSIVE):
                 self._stats["exclusive"] += 1
                 self.ensure_listing(oid)

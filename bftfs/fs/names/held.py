@@ -10,9 +10,10 @@ from bftfs.fs.leases import Leases
 
 
 def held_here(leases: Leases | None, ino: int) -> bool:
-    """Whether this mount holds ``ino`` exclusively: its kept state is the file's
+    """Whether this mount holds ``ino`` exclusively, or by the shared lease that continued
+    its exclusive one (``Leases.to_session``): its kept state is the file's
     (``fs/writeback/held.py``)."""
-    return leases is not None and leases.exclusive_left(ino) > 0
+    return leases is not None and leases.kept_left(ino) > 0
 
 
 def made_and_held_here(leases: Leases | None, oid: int) -> bool:

@@ -104,6 +104,8 @@ class Names:
             await self.links.before_stat(ino)  # (a link held back: its link count)
         f = self.cache.files.get(ino)
         if f is not None and (f.opens or held_here(self.meta.leases, ino)):
+            if reached_by_name and not f.opens:  # (an open file's fstat comes here too)
+                self.check_reached(ino, f.st)
             return self.cache.attr(ino, f.st)
         own = own_made_dir(self.cache, self.meta.leases, ino)
         if own is not None:

@@ -52,8 +52,12 @@ MAX_FAILURES = 3
 #: Files not yet due that may fill an update of files due now (``fs.writemany`` takes
 #: eight objects).
 FILL = 7
-#: Terms since its last use during which a held file's lease is renewed.
+#: Terms since its last use during which a held file's lease is kept.
 RENEW_TERMS = 3
+#: Terms since its last held-back write during which a held file's lease is renewed as
+#: exclusive (its next close may be held back again); a file used but not written that
+#: long has its lease turned into a session-bound shared one (``Leases.to_session``).
+WRITE_TERMS = 1
 #: Files written back alone at once (each a round or three: one file's wait does not
 #: hold the others back past their lease).
 SENDERS = 4
@@ -97,6 +101,8 @@ class HeldFiles:
         self._running = False
         #: Files used (opened, closed): when last (trio), for the sweep (:meth:`renew_used`).
         self._used: dict[int, float] = {}
+        #: Files whose close held writes back: when last (trio).
+        self._written: dict[int, float] = {}
         self._renewing = False
         self.stats = leases.stats
 
@@ -112,6 +118,18 @@ class HeldFiles:
         since = self.leases.exclusive_from(f.ino)
         return since is not None and f.adopted >= since and self.holds(f.ino)
 
+    def current(self, f: OpenFile) -> bool:
+        """Whether ``f``'s kept state is the file's: held as :meth:`holds_current` says, or,
+        clean, under a lease of any kind held without a break since the state was read
+        (one turned into a session-bound shared lease, :meth:`renew_used`): nobody else
+        changed the file meanwhile, so an ``open`` may still answer from it (what is
+        written then goes at the close: only an exclusive lease holds writes back)."""
+        if self.holds_current(f):
+            return True
+        if f.dirty or f.ino in self._due or f.ino in self._sending:
+            return False
+        return self.leases.remaining(f.ino, f.adopted) > 0  # (nothing to send before it ends)
+
     def want(self, f: OpenFile) -> None:
         """A close of ``f`` sent its writes at once, as the mount does not hold it: ask
         for an exclusive lease after a few (:meth:`Leases.want_exclusive_file`), unless
@@ -121,9 +139,11 @@ class HeldFiles:
             self.leases.want_exclusive_file(f.ino)
 
     def reopen(self, ino: int) -> OpenFile | None:
-        """The kept state of ``ino`` for an ``open`` answered without a round, or None."""
+        """The kept state of ``ino`` for an ``open`` answered without a round, or None.
+        None for a file removed here (no link left): the kernel reached it by a name it
+        cached, now stale, which the open's round refuses (``StaleNames.check_reached``)."""
         f = self.files.get(ino)
-        if f is None or f.behind_error is not None or not self.holds_current(f):
+        if f is None or f.behind_error is not None or not self.current(f) or f.st.get("nl") == 0:
             return None
         self._unkeep(ino)
         self._use(ino)
@@ -144,7 +164,7 @@ class HeldFiles:
         """Whether the closed ``f`` stays in the mount (it is held); the least recently
         closed clean file beyond :data:`MAX_KEPT`, or no longer held, is forgotten.
         ``used``: its close is a use of the file (its write-back is not)."""
-        if f.size > MAX_FILE or not self.holds_current(f):
+        if f.size > MAX_FILE or not self.current(f):
             return False
         self._unkeep(f.ino)
         if used:
@@ -182,6 +202,7 @@ class HeldFiles:
         ):
             return False
         self._use(f.ino)
+        self._written[f.ino] = trio.current_time()
         self._due[f.ino] = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
         self.stats["held_closes"] += 1
         if not self._running:  # in the file system's background (fs/background.py)
@@ -207,6 +228,7 @@ class HeldFiles:
             return False
         self._due.pop(ino, None)
         self._used.pop(ino, None)
+        self._written.pop(ino, None)
         self._unkeep(ino)
         del self.files[ino]
         self.stats["held_discarded"] += 1
@@ -286,20 +308,44 @@ class HeldFiles:
                 log.warning("write-back of file %d: %s", ino, e)
 
     async def renew_used(self) -> None:
-        """Every third of a lease's term, renew the leases of the held files this mount
-        still has and used within the last :data:`RENEW_TERMS` terms, together (eight per
-        update: a directory's files share a quorum).  Renewed one at a time on use, a file
-        used less often than its term (PostMark's 1 000 files over a minute) lost its
-        lease between two uses, and every later use cost its rounds again: without an
-        exclusive lease its opens, closes and lookups go to the servers.  A file left
-        unused that long lets its lease end (an idle mount stops renewing)."""
+        """Every third of a lease's term, keep the leases of the held files this mount
+        still has and used within the last :data:`RENEW_TERMS` terms.  Renewed one at a
+        time on use, a file used less often than its term (PostMark's 1 000 files over a
+        minute) lost its lease between two uses, and every later use cost its rounds
+        again: without a lease its opens, closes and lookups go to the servers.  Those
+        written within :data:`WRITE_TERMS` (or with writes still to send) are renewed as
+        exclusive, together (eight per update: a directory's files share a quorum); the
+        others need no exclusive lease (nothing is held back for them) and are turned
+        into shared leases bound to the session once (seven per update), which then cost
+        nothing per file (issue 62: a tree just unpacked, read by ``grep`` and ``git
+        add`` a minute later, cost every file a renewal per third of a term).  A file
+        left unused that long lets its exclusive lease end (an idle mount stops
+        renewing); a bound one goes when its tree is idle (``fs/leases/holdings.py``)."""
         while True:
             await trio.sleep(self.leases.term / 3)
-            since = trio.current_time() - RENEW_TERMS * self.leases.term
+            now = trio.current_time()
+            since = now - RENEW_TERMS * self.leases.term
             for ino, at in list(self._used.items()):
-                if at < since or ino not in self.files or self.leases.exclusive_left(ino) <= 0:
+                if at < since or ino not in self.files or self.leases.remaining(ino, now) <= 0:
                     del self._used[ino]
-            self.leases.renew(list(self._used))
+                    self._written.pop(ino, None)
+            written = now - WRITE_TERMS * self.leases.term
+            busy, idle = [], []
+            for ino in self._used:
+                if not self._writing(ino, written) and self.leases.exclusive_left(ino) > 0:
+                    idle.append(ino)
+                else:
+                    busy.append(ino)  # (renewed; one bound already: counted as used)
+            if idle and self.leases.to_session(idle) < len(idle):
+                busy += [ino for ino in idle if self.leases.exclusive_left(ino) > 0]
+            self.leases.renew(busy)
+
+    def _writing(self, ino: int, since: float) -> bool:
+        """Whether held file ``ino`` has writes to send or had some held back since
+        ``since``: its exclusive lease is worth renewing."""
+        if ino in self._due or ino in self._sending or self.files[ino].dirty:
+            return True
+        return self._written.get(ino, float("-inf")) >= since
 
     async def send_all(self) -> None:
         """Send every held file's writes now (unmount, ``fsync`` of a directory)."""

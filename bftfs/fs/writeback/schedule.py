@@ -228,7 +228,10 @@ class WriteBack:
         left = self.leases.exclusive_left(u.parent)
         self.leases.want_exclusive(u.parent)
         if reachable:
-            left = min(left, self.leases.exclusive_left(u.oid))
+            own = self.leases.exclusive_left(u.oid)
+            if own <= 0 and self.leases.kept_left(u.oid) > 0:
+                self.leases.reclaim_exclusive(u.parent)  # (went to the session: back)
+            left = min(left, own)
         if left <= 2 * LEASE_MARGIN or self._count() >= MAX_DEFERRED:
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
