@@ -76,6 +76,7 @@ class RegisterBlocks:
         self.clock_ns = clock_ns
         self._block_size = largest_block(config)
         self._last_time = 0
+        self._locks: dict[int, trio.Lock] = {}
         self._faults: Counter[tuple[int, str]] = Counter()
         self.stats: Counter[str] = Counter()
 
@@ -104,9 +105,15 @@ class RegisterBlocks:
     async def write_block(self, block: int, data: bytes, *, after: int = 0) -> Timestamp:
         """``data`` as the new value of ``block``, at a Time above ``after``."""
         self._check_size(len(data))
-        t = max(self.clock_ns(), self._last_time + 1, after + 1)
-        self._last_time = t
-        await self.regs.write(blockregs.name(block), blockregs.pack(t, data))
+        lock = self._locks.setdefault(block, trio.Lock())
+        try:
+            async with lock:  # one write of a block at a time (``BListenersClient``)
+                t = max(self.clock_ns(), self._last_time + 1, after + 1)
+                self._last_time = t
+                await self.regs.write(blockregs.name(block), blockregs.pack(t, data))
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(block, None)
         return Timestamp(t, self.regs.writer, data_hash(bytes(data)))
 
     @outcomes(WriteFailed)
