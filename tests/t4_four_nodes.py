@@ -1,0 +1,105 @@
+"""A file system on four nodes (issue 68's first bar; docs/listeners.md "Blocks on four
+nodes"), through the real CLI.
+
+``bftfs init --engine fab --n 4`` (``b = 1``: FaB metadata with commit proofs, blocks in
+Byzantine Listeners registers), ``bftfs up`` mounts it, a seeded tree of 50 files (some of
+several blocks, some past 1 MiB) is copied in and compared; node 3 is stopped, more is
+written and compared; node 3 comes back running ``listeners-liar`` (made-up register
+answers and echoes, STOREs withheld, made-up writes sent to the others), the mount is
+remounted (nothing from its cache) and everything compared, more is written and compared.
+``bftfs status`` names the engine and block store, and sees the liar lie.  The cluster is
+always stopped and the mount unmounted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bftfs.testing.mounts import fuse_available
+
+pytestmark = [
+    pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
+    pytest.mark.slow,
+]
+
+SIZES = (0, 10, 3000, 70_000, 200_000, 1_500_000)
+
+
+def bftfs(*args: str) -> str:
+    r = subprocess.run(
+        [sys.executable, "-m", "bftfs", *args], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout
+
+
+def _files(root: Path, rng: random.Random, names: range, dirs: int) -> None:
+    for i in names:
+        d = root / f"d{i % dirs}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(rng.randbytes(rng.choice(SIZES)))
+
+
+def _same(src: Path, mnt: Path) -> None:
+    """``diff -r``: the same names, the same bytes."""
+    want = {p.relative_to(src): p for p in src.rglob("*")}
+    got = {p.relative_to(mnt): p for p in mnt.rglob("*")}
+    assert sorted(want) == sorted(got)
+    for rel, p in want.items():
+        if p.is_file():
+            assert got[rel].read_bytes() == p.read_bytes(), rel
+
+
+def _status(home: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(bftfs("status", "--dir", str(home), "--json"))
+    return doc
+
+
+def test_four_nodes_copy_a_tree_through_a_stopped_node_and_a_liar(tmp_path: Path) -> None:
+    home, mnt, src = tmp_path / "c", tmp_path / "m", tmp_path / "src"
+    rng = random.Random(68)
+    _files(src, rng, range(50), 5)
+    try:
+        out = bftfs("init", "--engine", "fab", "--n", "4", "--dir", str(home), "--map-size", "256M")
+        assert "FaB, blocks in registers" in out, out
+        bftfs("up", "--dir", str(home), "--mount", str(mnt))
+        shutil.copytree(src, mnt / "tree")
+        _same(src, mnt / "tree")
+        cluster = _status(home)["cluster"]
+        assert (cluster["n"], cluster["engine"], cluster["blocks"]) == (4, "fab", "registers")
+
+        bftfs("node", "stop", "3", "--dir", str(home))
+        _files(src, rng, range(50, 70), 3)
+        with (src / "d0" / "f0").open("ab") as f:
+            f.write(b"appended with node 3 down")
+        shutil.copytree(src, mnt / "tree", dirs_exist_ok=True)
+        _same(src, mnt / "tree")
+
+        bftfs("node", "start", "3", "--dir", str(home), "--byzantine", "listeners-liar")
+        bftfs("umount", str(mnt), "--dir", str(home))
+        bftfs("mount", "--dir", str(home), str(mnt))  # nothing from the old mount's cache
+        _same(src, mnt / "tree")
+        _files(src, rng, range(70, 80), 2)
+        shutil.copytree(src, mnt / "tree", dirs_exist_ok=True)
+        _same(src, mnt / "tree")
+        nodes = _status(home)["nodes"]
+        lies = ((nodes[3].get("stats") or {}).get("progress") or {}).get("blisteners-liar")
+        assert lies is not None and lies["lies"] > 0, lies
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "bftfs", "down", "--dir", str(home)],
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
