@@ -73,10 +73,28 @@ async def _size(meter: Meter, client: Any, data: bytes, count: int) -> dict[str,
     ids, reads = iter(range(first, first + count)), iter(range(first, first + count))
     r: dict[str, float] = {}
     r["write_us"] = await series(count, lambda: client.write_block(next(ids), data))
+    queries = await settled(meter)
     r["write_cpu_us"], r["write_msgs"] = await meter.take(count)
+    r["write_msgs"] -= queries * meter.overhead / count
     r["read_us"] = await series(count, lambda: client.read_block(next(reads)))
+    queries = await settled(meter)
     r["read_cpu_us"], r["read_msgs"] = await meter.take(count)
+    r["read_msgs"] -= queries * meter.overhead / count
     return r
+
+
+async def settled(meter: Meter) -> int:
+    """Wait until the nodes send nothing more (the registers' forwarding goes on after a
+    write returned), so that what an operation costs is counted with it, not with the
+    next; the status queries it made (each costs ``meter.overhead`` frames)."""
+    before, queries = await meter.frames(), 1
+    while True:
+        await trio.sleep(0.5)
+        now = await meter.frames()
+        queries += 1
+        if now - before <= meter.overhead + 1:
+            return queries
+        before = now
 
 
 COLUMNS = [
