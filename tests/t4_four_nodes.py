@@ -7,7 +7,9 @@ several blocks, some past 1 MiB) is copied in and compared; node 3 is stopped, m
 written and compared; node 3 comes back running ``listeners-liar`` (made-up register
 answers and echoes, STOREs withheld, made-up writes sent to the others), the mount is
 remounted (nothing from its cache) and everything compared, more is written and compared.
-``bftfs status`` names the engine and block store, and sees the liar lie.  The cluster is
+``bftfs log`` and ``bftfs cat --at`` read a file's first version back (with the liar
+lying on history too); ``bftfs status`` names the engine and block store, and sees the
+liar lie.  The cluster is
 always stopped and the mount unmounted.
 """
 
@@ -59,6 +61,21 @@ def _same(src: Path, mnt: Path) -> None:
             assert got[rel].read_bytes() == p.read_bytes(), rel
 
 
+def _history(home: Path, first: bytes) -> None:
+    """``bftfs log`` lists both writes of ``/tree/kept``; ``bftfs cat --at`` the first
+    gives its first content back (the versions the register nodes retained)."""
+    log = bftfs("log", "--dir", str(home), "/tree/kept").splitlines()
+    written = [line.split()[0] for line in log if line.endswith("written")]
+    assert len(written) >= 2, log
+    old = subprocess.run(
+        [sys.executable, "-m", "bftfs", "cat", "--dir", str(home), "--at", written[-1]]
+        + ["/tree/kept"],
+        capture_output=True,
+        timeout=300,
+    )
+    assert old.returncode == 0 and old.stdout == first, old.stderr
+
+
 def _status(home: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(bftfs("status", "--dir", str(home), "--json"))
     return doc
@@ -68,6 +85,8 @@ def test_four_nodes_copy_a_tree_through_a_stopped_node_and_a_liar(tmp_path: Path
     home, mnt, src = tmp_path / "c", tmp_path / "m", tmp_path / "src"
     rng = random.Random(68)
     _files(src, rng, range(50), 5)
+    first = rng.randbytes(100_000)
+    (src / "kept").write_bytes(first)
     try:
         out = bftfs("init", "--engine", "fab", "--n", "4", "--dir", str(home), "--map-size", "256M")
         assert "FaB, blocks in registers" in out, out
@@ -81,6 +100,7 @@ def test_four_nodes_copy_a_tree_through_a_stopped_node_and_a_liar(tmp_path: Path
         _files(src, rng, range(50, 70), 3)
         with (src / "d0" / "f0").open("ab") as f:
             f.write(b"appended with node 3 down")
+        (src / "kept").write_bytes(rng.randbytes(70_000))
         shutil.copytree(src, mnt / "tree", dirs_exist_ok=True)
         _same(src, mnt / "tree")
 
@@ -91,6 +111,7 @@ def test_four_nodes_copy_a_tree_through_a_stopped_node_and_a_liar(tmp_path: Path
         _files(src, rng, range(70, 80), 2)
         shutil.copytree(src, mnt / "tree", dirs_exist_ok=True)
         _same(src, mnt / "tree")
+        _history(home, first)
         nodes = _status(home)["nodes"]
         lies = ((nodes[3].get("stats") or {}).get("progress") or {}).get("blisteners-liar")
         assert lies is not None and lies["lies"] > 0, lies
