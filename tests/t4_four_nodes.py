@@ -3,14 +3,15 @@ nodes"), through the real CLI.
 
 ``bftfs init --engine fab --n 4`` (``b = 1``: FaB metadata with commit proofs, blocks in
 Byzantine Listeners registers), ``bftfs up`` mounts it, a seeded tree of 50 files (some of
-several blocks, some past 1 MiB) is copied in and compared; node 3 is stopped, more is
-written and compared; node 3 comes back running ``listeners-liar`` (made-up register
-answers and echoes, STOREs withheld, made-up writes sent to the others), the mount is
-remounted (nothing from its cache) and everything compared, more is written and compared.
-``bftfs log`` and ``bftfs cat --at`` read a file's first version back (with the liar
-lying on history too); ``bftfs status`` names the engine and block store, and sees the
-liar lie.  The cluster is
-always stopped and the mount unmounted.
+several blocks, some past 1 MiB) is copied in and compared.  Node 3 is stopped, more is
+written and compared.  Node 3 comes back honest and catches up on what it missed
+(``bl.sync``); then node 0 is restarted running ``listeners-liar`` (made-up register
+answers, echoes and history, STOREs withheld, made-up writes sent to the others), the mount
+is remounted (nothing from its cache) and everything compared: the reads decide on nodes
+1-3, so this needs node 3 caught up.  More is written and compared, ``bftfs log`` and
+``bftfs cat --at`` read a file's first version back, and ``bftfs status`` names the engine
+and block store and sees the liar lie.  The cluster is always stopped and the mount
+unmounted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,21 @@ def _history(home: Path, first: bytes) -> None:
     assert old.returncode == 0 and old.stdout == first, old.stderr
 
 
+def _caught_up(home: Path) -> None:
+    """Wait until node 3 asked every other node for what it missed (``bl.sync``) and no
+    node is still sending (``progress.blisteners-sync``); fails after 120 s."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        sync = [
+            ((n.get("stats") or {}).get("progress") or {}).get("blisteners-sync") or {}
+            for n in _status(home)["nodes"]
+        ]
+        if sync[3].get("asked") == 3 and all(s.get("sending") == 0 for s in sync):
+            return
+        time.sleep(0.2)  # polls the condition above
+    raise AssertionError(f"node 3 did not catch up: {sync}")
+
+
 def _status(home: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(bftfs("status", "--dir", str(home), "--json"))
     return doc
@@ -104,16 +121,19 @@ def test_four_nodes_copy_a_tree_through_a_stopped_node_and_a_liar(tmp_path: Path
         shutil.copytree(src, mnt / "tree", dirs_exist_ok=True)
         _same(src, mnt / "tree")
 
-        bftfs("node", "start", "3", "--dir", str(home), "--byzantine", "listeners-liar")
+        bftfs("node", "start", "3", "--dir", str(home))  # back honest: it catches up
+        _caught_up(home)
+        bftfs("node", "stop", "0", "--dir", str(home))
+        bftfs("node", "start", "0", "--dir", str(home), "--byzantine", "listeners-liar")
         bftfs("umount", str(mnt), "--dir", str(home))
         bftfs("mount", "--dir", str(home), str(mnt))  # nothing from the old mount's cache
-        _same(src, mnt / "tree")
+        _same(src, mnt / "tree")  # what node 0 held is read from 1, 2 and 3 now
         _files(src, rng, range(70, 80), 2)
         shutil.copytree(src, mnt / "tree", dirs_exist_ok=True)
         _same(src, mnt / "tree")
         _history(home, first)
         nodes = _status(home)["nodes"]
-        lies = ((nodes[3].get("stats") or {}).get("progress") or {}).get("blisteners-liar")
+        lies = ((nodes[0].get("stats") or {}).get("progress") or {}).get("blisteners-liar")
         assert lies is not None and lies["lies"] > 0, lies
     finally:
         subprocess.run(

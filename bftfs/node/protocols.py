@@ -9,7 +9,8 @@ Listeners registers (``docs/listeners.md``) are served by a node started with ``
 --listeners`` (both variants, ``lr.*`` and the Byzantine-client ``bl.*``; each register is
 charged to its writer's quota), and by every node of a cluster whose blocks live in
 registers (``blocks = "registers"``: FaB on fewer nodes than PASIS needs), with the
-blocks' history (``bl.past``) and ``rw.space``."""
+blocks' history (``bl.past``), a restarted node's catch-up (``bl.sync``) and
+``rw.space``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
-from bftfs.listeners import bhistory, bnodeside
+from bftfs.listeners import bhistory, bnodeside, bsync
 from bftfs.listeners import nodeside as listeners
 from bftfs.node import audits, rw_server
 from bftfs.qu.objects import ObjectType
@@ -45,6 +46,7 @@ def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> l
     if c.blocks == "registers":  # the file blocks (docs/listeners.md "Blocks on four nodes")
         held = held or bnodeside.register(node)
         bhistory.register(node, held.regs.get)
+        bsync.register(node)  # a restarted node catches up
         node.register(KIND_SPACE, rw_server.space_handler(node), inline=True)
     types = (*extra_object_types, *PRODUCTION_TYPES)
     # Each engine's server is imported only where it runs: a node process starts in about
