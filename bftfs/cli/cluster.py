@@ -81,11 +81,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"created a cluster of {cfg.n} nodes in {cfg.home}", *groups.describe(cfg), sep="\n")
     for warning in capacity.maps_beyond_disk(cfg):
         print(f"warning: {warning}", file=sys.stderr)
-    print(
-        f"  t={cfg.t} b={cfg.b}  Q/U: n={cfg.n} q={cfg.q} r={cfg.r}  "
-        f"PASIS: N={cfg.n} QC={cfg.qc} m={cfg.m} block={human(cfg.block_size)}"
-        + (f" (sequential files {human(cfg.big_blocks)})" if cfg.big_blocks else "")
-    )
+    pasis = f"Q/U: n={cfg.n} q={cfg.q} r={cfg.r}  PASIS: N={cfg.n} QC={cfg.qc} m={cfg.m}"
+    stores = "FaB, blocks in registers" if cfg.blocks == "registers" else pasis  # listeners.md
+    big = f" (sequential files {human(cfg.big_blocks)})" if cfg.big_blocks else ""
+    print(f"  t={cfg.t} b={cfg.b}  {stores} block={human(cfg.block_size)}{big}")
     print(f"  clients: {', '.join(c.name for c in cfg.clients)}")
     if cfg.sealed:
         print(f"  contents encrypted under the volume key {cfg.volume_key_path} (clients only)")

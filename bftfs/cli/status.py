@@ -237,7 +237,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
             "groups": grouped,
             "cluster": {
                 "home": str(cfg.home),
-                **{k: getattr(cfg, k) for k in ("t", "b", "n", "qc", "m")},
+                **{k: getattr(cfg, k) for k in ("t", "b", "n", "qc", "m", "engine", "blocks")},
                 "view": view.number,
                 "generation": view.generation,
                 "moving_from": None if view.previous is None else view.previous.number,
@@ -275,7 +275,7 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
         if problems:
             print("  (bftfs status -v: every node and mount)")
         return code
-    print(f"cluster {cfg.home}: t={cfg.t} b={cfg.b} n={cfg.n} QC={cfg.qc} m={cfg.m}")
+    print(f"cluster {cfg.home}: {_sizes(cfg)}")
     print(f"view {view.number}, generation {view.generation}{_moving(view)}")
     if view.previous is not None:
         from bftfs.cli.generations import move_progress
@@ -294,6 +294,12 @@ def _report(cfg: ClusterConfig, args: argparse.Namespace, *, clear: bool) -> int
     tables.print_findings(cfg, record, findings, statuses)
     contribs.print_contributions(statuses)
     return code
+
+
+def _sizes(cfg: ClusterConfig) -> str:
+    """The header's sizes, metadata engine and block store (docs/listeners.md)."""
+    sizes = f"t={cfg.t} b={cfg.b} n={cfg.n} QC={cfg.qc} m={cfg.m}"
+    return f"{sizes} engine={cfg.engine} blocks={cfg.blocks}"
 
 
 def summary(

@@ -249,6 +249,16 @@ class ClusterConfig:
         return 0 if big == self.block_size else big
 
     @property
+    def blocks(self) -> str:
+        """Where file blocks live: ``"pasis"`` (erasure-coded, ``n >= 4b + 1`` with ``t =
+        b``), or ``"registers"`` (Byzantine Listeners registers, whole replicas on ``3b +
+        1``: a FaB cluster whose sizes PASIS's rules refuse; docs/listeners.md "Blocks on
+        four nodes")."""
+        if self.engine == "fab" and pasis_rule(self.n, self.t, self.b, self.qc, self.m):
+            return "registers"
+        return "pasis"
+
+    @property
     def max_file_block_size(self) -> int:
         """The largest block any file may have: what nodes and clients must accept."""
         return max(self.block_size, self.big_blocks)
@@ -383,7 +393,8 @@ class ClusterConfig:
             raise ConfigError(why)
         need = qu_min_servers(t, b)
         if self.engine == "fab" and n < need:
-            return  # FaB metadata on 3b + 1..: no Q/U objects, no PASIS blocks (docs/fab.md)
+            return  # FaB metadata on 3b + 1..: no Q/U objects; blocks on PASIS if its rules
+            # hold, else on registers (``blocks``, docs/listeners.md)
         if n < need:
             raise ConfigError(
                 f"Q/U rule n >= 3t + 2b + 1 broken: n={n} < 3*{t} + 2*{b} + 1 = {need}; "

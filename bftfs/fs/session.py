@@ -20,6 +20,7 @@ from bftfs.crypto import KeyRing
 from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.clients import BlockClient, EngineClient, MetadataClient, Seal
 from bftfs.fs.clients.groups import GroupedQU, GroupedRW
+from bftfs.fs.clients.registerblocks import open_block_client
 from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generations import Generations
 from bftfs.fs.history import FabPast, Past
@@ -220,7 +221,7 @@ async def open_past(config: ClusterConfig, client: str) -> AsyncIterator[Past]:
     --at``): no file system is opened, nothing is written."""
     ring = KeyRing(client_identity(config, client), config.node_public_keys())
     await check_identity(config, ring)
-    async with open_client(config, client) as ep, open_rw_client(ep, config) as rw:
+    async with open_client(config, client) as ep, open_block_client(ep, config) as rw:
         yield past_of(config, metadata_client(config, ep), ep, rw)
 
 

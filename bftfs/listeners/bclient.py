@@ -47,10 +47,12 @@ class BListenersClient(ListenersClient):
             except ValueError:
                 self.stats["dropped"] += 1
                 return False
-            op.last = max(op.last, self.last)
+            # ``op.last`` stays what QUERY TS sent: the answers' MACs bind it (T3), so a
+            # concurrent write of ours that picked meanwhile must not change it (the
+            # caller serializes its writes of one register).
             my_ts = op.on_ts(int(node), *got)
             if my_ts is not None:
-                self.last = my_ts  # W10
+                self.last = max(self.last, my_ts)  # W10
             return True
 
         await self.endpoint.quorum_call(

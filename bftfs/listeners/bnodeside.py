@@ -33,10 +33,11 @@ import trio
 
 from bftfs import accounting
 from bftfs.ids import NodeId, PrincipalId
+from bftfs.listeners import bhistory, blockregs, server
 from bftfs.listeners import bmessages as bm
 from bftfs.listeners import messages as m
-from bftfs.listeners import server
 from bftfs.listeners.auth import Macs
+from bftfs.listeners.bhistory import Keeper
 from bftfs.listeners.bserver import BNode, Forward, StoreResult, Write
 from bftfs.listeners.stamps import Sizes, Stamp, Stored
 from bftfs.net.errors import RemoteError, TransportError
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
 
 DB = "blisteners.registers"
+#: Block registers' ``K`` and ``J`` (``{"K": ..., "J": ...}`` as a STORE carries them).
+PROOFS = "blisteners.proofs"
 #: D1's ``Twait``: seconds between flushes of what later copies added to ``J``.
 TWAIT = 0.02
 
@@ -58,19 +61,45 @@ def _get(kv: Any, key: bytes) -> Stored | None:
     return Stored(Stamp(counter, writer), data)
 
 
-def put_if_newer(key: bytes, value: Stored, kv: Any) -> bool:
+def put_if_newer(
+    key: bytes,
+    value: Stored,
+    kv: Any,
+    keeper: Keeper | None = None,
+    proof: dict[str, Any] | None = None,
+) -> bool:
     """S6-S7 in the transaction (deterministic in the KV, as ``Store.write`` needs), the
     value charged to its writer ``c`` (:data:`bftfs.accounting.LR`): ``K`` or ``J`` proved
     ``c`` proposed it, whichever node forwarded it.  No quota refuses it here (a correct
     node that refused a vouched write would break Lemma 16): the quota is applied at
-    PROPOSE TS (:meth:`BHandlers.on_propose`)."""
+    PROPOSE TS (:meth:`BHandlers.on_propose`).  A block register's superseded value is
+    retained as history when ``keeper`` is given (:func:`bhistory.retain`), and the
+    ``K`` and ``J`` that made it vouched kept as ``proof`` (:data:`PROOFS`: a restarted
+    node's catch-up, ``listeners/bsync.py``)."""
     held = _get(kv, key)
     if held is not None and value <= held:
         return False
+    if held is not None and keeper is not None:
+        bhistory.retain(kv, key, held, keeper)
     record = msgpack.packb([*value.stamp, value.data], use_bin_type=True)
     kv.put(DB, key, record)
     accounting.LR.recharge(kv, b"b" + key, value.stamp.writer, len(key) + len(record))
+    if proof is not None:
+        packed = msgpack.packb(proof, use_bin_type=True)
+        kv.put(PROOFS, key, packed)
+        accounting.LR.recharge(kv, b"p" + key, value.stamp.writer, len(key) + len(packed))
     return True
+
+
+def sync_request(kv: Any, key: bytes) -> dict[str, Any] | None:
+    """The STORE that shows another node register ``key``'s value was vouched for: the
+    value, its ``K`` and ``J`` (:data:`PROOFS`), a TTL of 0 (the receiver forwards
+    nothing); None without a kept proof."""
+    value, raw = _get(kv, key), kv.get(PROOFS, key)
+    if value is None or raw is None:
+        return None
+    proof = msgpack.unpackb(raw)
+    return {"k": key, "s": value.stamp.wire(), "d": value.data, **proof, "t": 0}
 
 
 class _Overlay:
@@ -142,7 +171,7 @@ class BHandlers:
         key, ts, hd, last, mm = _parsed(bm.parse_propose_request, payload, self.peers)
         sender = int(ctx.sender)
         used = self.node.store.read(lambda kv: accounting.used(kv, sender))
-        if accounting.over(used, len(key) + m.MAX_DATA + 64, self.quota, empty=False):
+        if accounting.over(used, len(key) + m.cap_of(key) + 64, self.quota, empty=False):
             # A client that one more register of the largest size would take past its
             # quota gets no TS OK (the size of D is not in a proposal, only hash(D)).
             raise HandlerError("refused", f"quota: client {sender} is near {self.quota} bytes")
@@ -154,8 +183,15 @@ class BHandlers:
         w: Write = fwd.write
         res: StoreResult = _refusing(self.bnode.store, int(ctx.sender), w, fwd.j, fwd.ttl)
         if res.stored:
+            keeper, proof = None, None
+            if blockregs.is_block(w.key):  # history and catch-up (docs/listeners.md)
+                keeper = Keeper(self.node.config.retention, self.node.now_ns())
+                wire = bm.store_request(Forward(w, self.bnode.vouchers(w), 0))
+                proof = {"K": wire["K"], "J": wire["J"]}
             try:
-                await self.node.store.write(lambda kv: put_if_newer(w.key, w.value, kv))
+                await self.node.store.write(
+                    lambda kv: put_if_newer(w.key, w.value, kv, keeper, proof)
+                )
             finally:
                 if self.regs.pending.get(w.key) == w.value:
                     del self.regs.pending[w.key]

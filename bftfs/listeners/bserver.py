@@ -277,6 +277,12 @@ class BNode:
             out.forward = self._sent(w, known)
         return out
 
+    def vouchers(self, w: Write) -> dict[int, Vector]:
+        """The ``J`` this node holds for ``w`` (its own entry once it vouched): with ``K``,
+        what shows another node that a quorum vouched (``listeners/bsync.py``)."""
+        known = self._known.get(w)
+        return dict(known.j) if known is not None else {}
+
     def _remember(self, w: Write, known: _Known, merged: dict[int, Vector], ttl: int) -> None:
         known.j = merged  # S15-S16
         known.ttl = max(known.ttl, ttl)  # S12

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bftfs.config.model import MAX_BLOCK_SIZE
 from bftfs.listeners.stamps import Stamp, Stored
 
 KIND_TS = "lr.ts"
@@ -36,6 +37,15 @@ PUSH = "lr"
 #: Largest register name and value a node takes.
 MAX_KEY = 256
 MAX_DATA = 64 * 1024
+#: Registers named with this prefix hold file blocks (``listeners/blockregs.py``): a
+#: block's Time and its bytes, up to the largest block plus its seal.
+BLOCK_PREFIX = b"blk:"
+MAX_BLOCK_DATA = MAX_BLOCK_SIZE + 64
+
+
+def cap_of(key: bytes) -> int:
+    """The largest value register ``key`` may hold."""
+    return MAX_BLOCK_DATA if key.startswith(BLOCK_PREFIX) else MAX_DATA
 
 
 def _dict(raw: object) -> dict[str, Any]:
@@ -51,10 +61,10 @@ def _key(raw: dict[str, Any]) -> bytes:
     return key
 
 
-def _data(raw: dict[str, Any]) -> bytes:
+def _data(raw: dict[str, Any], cap: int) -> bytes:
     data = raw.get("d")
-    if not isinstance(data, bytes) or len(data) > MAX_DATA:
-        raise ValueError(f"a register value is at most {MAX_DATA} bytes")
+    if not isinstance(data, bytes) or len(data) > cap:
+        raise ValueError(f"a register value is at most {cap} bytes")
     return data
 
 
@@ -88,7 +98,8 @@ def store_request(key: bytes, value: Stored) -> dict[str, Any]:
 
 def parse_store_request(raw: object) -> tuple[bytes, Stored]:
     d = _dict(raw)
-    return _key(d), Stored(Stamp.from_wire(d.get("s")), _data(d))
+    key = _key(d)
+    return key, Stored(Stamp.from_wire(d.get("s")), _data(d, cap_of(key)))
 
 
 def read_request(key: bytes, read_id: int) -> dict[str, Any]:
@@ -106,8 +117,9 @@ def value_message(read_id: int, value: Stored) -> dict[str, Any]:
 
 
 def parse_value(raw: object) -> tuple[int, Stored]:
+    """A VALUE (its register is the read's: a block register's may be the larger)."""
     d = _dict(raw)
-    return _read_id(d), Stored(Stamp.from_wire(d.get("s")), _data(d))
+    return _read_id(d), Stored(Stamp.from_wire(d.get("s")), _data(d, MAX_BLOCK_DATA))
 
 
 def echo_push(read_id: int, value: Stored) -> dict[str, Any]:

@@ -5,9 +5,12 @@ system's object types, or FaB Paxos (``fab_server``) in their place when the clu
 ``bftfs/testing/testobjects.py``) are served only when whoever starts the node passes them
 in (``bftfs node --test-objects``, the in-process test cluster): production nodes run
 exactly the file system's methods, and the node never imports the test harness.  The
-Listeners registers (``docs/listeners.md``, not yet part of the file system) are served
-only by a node started with ``bftfs node --listeners`` (both variants, ``lr.*`` and the
-Byzantine-client ``bl.*``; each register is charged to its writer's quota)."""
+Listeners registers (``docs/listeners.md``) are served by a node started with ``bftfs node
+--listeners`` (both variants, ``lr.*`` and the Byzantine-client ``bl.*``; each register is
+charged to its writer's quota), and by every node of a cluster whose blocks live in
+registers (``blocks = "registers"``: FaB on fewer nodes than PASIS needs), with the
+blocks' history (``bl.past``), a restarted node's catch-up (``bl.sync``) and
+``rw.space``."""
 
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bftfs.fsobjects import OBJECT_TYPES as FS_TYPES
+from bftfs.listeners import bhistory, bnodeside, bsync
 from bftfs.listeners import nodeside as listeners
 from bftfs.node import audits, rw_server
 from bftfs.qu.objects import ObjectType
+from bftfs.rw.messages import KIND_SPACE
 from bftfs.thresholds import pasis_rule
 
 if TYPE_CHECKING:
@@ -35,8 +40,14 @@ def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> l
     if blocks:
         rw = rw_server.register(node)
         audits.register(node, rw.notified_by)  # proofs of storage, contributions (docs/bar.md)
+    held = None
     if node.serve_registers:  # beside the engine (docs/listeners.md)
-        listeners.register(node)
+        held = listeners.register(node).byzantine
+    if c.blocks == "registers":  # the file blocks (docs/listeners.md "Blocks on four nodes")
+        held = held or bnodeside.register(node)
+        bhistory.register(node, held.regs.get)
+        bsync.register(node)  # a restarted node catches up
+        node.register(KIND_SPACE, rw_server.space_handler(node), inline=True)
     types = (*extra_object_types, *PRODUCTION_TYPES)
     # Each engine's server is imported only where it runs: a node process starts in about
     # 0.7 s of CPU, most of it imports, and a cluster of six starts for every test of real
@@ -45,7 +56,7 @@ def register_all(node: Node, extra_object_types: Sequence[ObjectType] = ()) -> l
         from bftfs.node import fab_server
 
         fab_server.register(node, object_types=types)
-        return ["rw", "fab"] if blocks else ["fab"]
+        return ["rw", "fab"] if blocks else ["bl", "fab"]
     from bftfs.node import qu_server
 
     qu_server.register(node, object_types=types)

@@ -42,7 +42,7 @@ import contextlib
 import functools
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bftfs.config import ClusterConfig
@@ -420,11 +420,24 @@ class RWServer:
         return {}
 
     async def on_space(self, ctx: RequestContext, payload: Any) -> Any:
-        """What this node's store uses, and the room it may still count on: pages free inside
-        its file plus its share of the free disk (``df`` shows the smaller of the map's room
-        and this: issue 67)."""
-        reply = {"used": self.store.used_scaled()}
-        share = limits.disk_share(self.store.path, self.config)
-        if share is not None:  # pages free inside the file are reused before it grows
-            reply["free"] = max(0, self.store.size_bytes() - self.store.used_recently()) + share
-        return reply
+        return space_reply(self.store, self.config)
+
+
+def space_reply(store: Any, config: Any) -> dict[str, int]:
+    """What this node's store uses, and the room it may still count on: pages free inside
+    its file plus its share of the free disk (``df`` shows the smaller of the map's room
+    and this: issue 67)."""
+    reply = {"used": store.used_scaled()}
+    share = limits.disk_share(store.path, config)
+    if share is not None:  # pages free inside the file are reused before it grows
+        reply["free"] = max(0, store.size_bytes() - store.used_recently()) + share
+    return reply
+
+
+def space_handler(node: Node) -> Callable[[RequestContext, Any], Awaitable[Any]]:
+    """``rw.space`` for a node that stores blocks in registers (``node/protocols.py``)."""
+
+    async def on_space(ctx: RequestContext, payload: Any) -> Any:
+        return space_reply(node.store, node.config)
+
+    return on_space

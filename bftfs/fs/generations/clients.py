@@ -34,6 +34,7 @@ from bftfs.config import ClusterConfig
 from bftfs.connect import open_nodes
 from bftfs.crypto import Identity
 from bftfs.fs.clients import BlockClient, EngineClient, Switch, SwitchingQU, SwitchingRW
+from bftfs.fs.clients.registerblocks import open_block_client
 from bftfs.fs.generations.routers import GenerationalQU, GenerationalRW, frozen_needed, wait_frozen
 from bftfs.ids import NodeId
 from bftfs.membership.client import ClientViews
@@ -59,7 +60,7 @@ class GenerationStack:
     config: ClusterConfig
     ep: Endpoint
     qu: EngineClient
-    rw: RWClient
+    rw: BlockClient  # PASIS's, or the register store of a cluster too small for it
 
 
 class Generations:
@@ -137,7 +138,7 @@ class Generations:
                 await trio.sleep_forever()
 
     async def _stack_on(self, ep: Endpoint, cfg: ClusterConfig, number: int) -> GenerationStack:
-        rw = await self._stack.enter_async_context(open_rw_client(ep, cfg, **self._rw_options))
+        rw = await self._stack.enter_async_context(open_block_client(ep, cfg, **self._rw_options))
         return GenerationStack(number, cfg, ep, self._make_qu(cfg, ep), rw)
 
     def _targets(self, view: View) -> tuple[EngineClient, BlockClient]:
@@ -156,6 +157,7 @@ class Generations:
         qu = GenerationalQU(
             cur.qu, prev.qu, ready=ready, mount=self.mount, own_lease_moved=self._let_go
         )
+        assert isinstance(cur.rw, RWClient) and isinstance(prev.rw, RWClient)  # PASIS only
         return qu, GenerationalRW(cur.rw, prev.rw)
 
     @staticmethod

@@ -36,7 +36,9 @@ The same profile lies on the Byzantine Listeners kinds (``bl.*``, seed 003 secti
   its own true ``J`` entry, and sends it to every other node (Lemma 12 [003 L1640-1662]: a
   node alone cannot make a correct node store it);
 - ``bl.read``: the true value, a made-up one (a timestamp above everything) or the initial
-  one, and after it up to two made-up echoes pushed for the read.
+  one, and after it up to two made-up echoes pushed for the read;
+- ``bl.past`` (a block's history, on a cluster whose blocks are registers): the true
+  version, a made-up one or the initial one.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from bftfs.crypto import MAC_SIZE
 from bftfs.ids import NodeId, PrincipalId
+from bftfs.listeners import blockregs
 from bftfs.listeners import bmessages as bm
 from bftfs.listeners import messages as m
 from bftfs.listeners.auth import Macs, Vector
@@ -220,6 +223,9 @@ class BLiar:
         if kind == bm.KIND_READ:
             rid, value = m.parse_value(honest)
             return m.value_message(rid, self.made_up(value.stamp) if lie == 1 else INITIAL_VALUE)
+        if kind == blockregs.KIND_PAST:  # a block's history (listeners/bhistory.py)
+            value = blockregs.parse_past_reply(honest)
+            return blockregs.past_reply(self.made_up(value.stamp) if lie == 1 else INITIAL_VALUE)
         return honest
 
     def echoes(self, honest: Any) -> list[Any]:
@@ -288,7 +294,8 @@ def _bl_overrides(config: ClusterConfig, node: int) -> dict[str, Any]:
 
         return wrapper
 
-    out: dict[str, Any] = {k: answer(k) for k in (bm.KIND_TS, bm.KIND_PROPOSE, bm.KIND_READ)}
+    kinds = (bm.KIND_TS, bm.KIND_PROPOSE, bm.KIND_READ, blockregs.KIND_PAST)
+    out: dict[str, Any] = {k: answer(k) for k in kinds}
     out[bm.KIND_STORE] = store
     return out
 
