@@ -3,8 +3,9 @@
 
 A walker holding a shared lease on a directory, recalled by a writer's change, used to be
 granted the lease again the moment the change landed, so the writer's next change was
-refused ``leased`` and recalled again: a recall and a wait per change, and a term per
-change from a walker that never releases.  Each test is the sequence of methods the nodes
+refused ``leased`` and recalled again: from a walker that never releases (or releases
+just before its term ends), a wait of its whole term per change.  A holder that releases
+promptly still takes its lease back at once.  Each test is the sequence of methods the nodes
 run on one object state, deterministic."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from bftfs.fsobjects import FS, new_dir
-from bftfs.fsobjects.leases import QUIET, QUIET_KEY, SHARED, holders
+from bftfs.fsobjects.leases import QUIET, QUIET_KEY, SHARED, SLOW_RELEASE, holders
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import MethodRefused, Registry
 
@@ -52,15 +53,15 @@ def refused(code: str, fn: Any, *args: Any) -> None:
     assert e.value.code == code
 
 
-def test_a_walker_that_retakes_at_once_costs_a_writer_one_recall_not_one_per_change() -> None:
-    """The walker releases at the recall and asks again before each of the writer's
-    changes, which come every 5 s: one recall in all; then, with the writer gone quiet,
-    the walker is granted its lease again."""
+def test_a_walker_that_releases_late_and_retakes_costs_a_writer_one_wait() -> None:
+    """The walker releases only as its term is about to end and asks again before each of
+    the writer's changes, which come every 5 s: one wait in all; then, with the writer
+    gone quiet, the walker is granted its lease again."""
     d = lease(new_dir(1, 0o755, 0, 0, T0), WALKER, T0)
     refused("leased", mkdir, d, WRITER, T0 + S, b"n0")
     d = recall(d, WRITER, T0 + S)
-    d = update("fs.release", d, WALKER, lt=T0 + S, lm=0)
-    at = T0 + 2 * S
+    d = update("fs.release", d, WALKER, lt=T0 + TERM - S, lm=0)
+    at = T0 + TERM - S // 2
     d = mkdir(d, WRITER, at, b"n0")  # its turn: the change lands
     for k in range(1, 20):  # 95 s of changes, each after a refused retake
         refused("recalled", lease, d, WALKER, at + S)
@@ -69,6 +70,15 @@ def test_a_walker_that_retakes_at_once_costs_a_writer_one_recall_not_one_per_cha
         assert "ls" not in d
     refused("recalled", lease, d, WALKER, at + QUIET - 1)
     assert holders(lease(d, WALKER, at + QUIET))[0][0] == WALKER
+
+
+def test_a_walker_that_releases_promptly_leases_again_at_once() -> None:
+    d = lease(new_dir(1, 0o755, 0, 0, T0), WALKER, T0)
+    d = recall(d, WRITER, T0 + S)
+    d = update("fs.release", d, WALKER, lt=T0 + S + S // 10, lm=0)
+    d = mkdir(d, WRITER, T0 + S + SLOW_RELEASE, b"x")
+    assert QUIET_KEY not in d
+    assert holders(lease(d, WALKER, T0 + S + SLOW_RELEASE))[0][0] == WALKER
 
 
 def test_a_walker_that_never_releases_costs_the_writer_one_term_per_quiet_gap() -> None:
@@ -88,10 +98,9 @@ def test_a_walker_that_never_releases_costs_the_writer_one_term_per_quiet_gap() 
 def test_the_writer_and_nobody_else_may_lease_during_its_quiet() -> None:
     d = lease(new_dir(1, 0o755, 0, 0, T0), WALKER, T0)
     d = recall(d, WRITER, T0 + S)
-    d = update("fs.release", d, WALKER, lt=T0 + S, lm=0)
-    d = mkdir(d, WRITER, T0 + 2 * S, b"x")
-    refused("recalled", lease, d, OTHER, T0 + 3 * S)
-    assert holders(lease(d, WRITER, T0 + 3 * S))[0][0] == WRITER
+    d = mkdir(d, WRITER, T0 + TERM, b"x")
+    refused("recalled", lease, d, OTHER, T0 + TERM + S)
+    assert holders(lease(d, WRITER, T0 + TERM + S))[0][0] == WRITER
 
 
 def test_a_change_that_recalled_nothing_keeps_nobody_out() -> None:
@@ -104,7 +113,6 @@ def test_a_change_that_recalled_nothing_keeps_nobody_out() -> None:
 def test_a_stat_leaves_the_quiet_out() -> None:
     d = lease(new_dir(1, 0o755, 0, 0, T0), WALKER, T0)
     d = recall(d, WRITER, T0 + S)
-    d = update("fs.release", d, WALKER, lt=T0 + S, lm=0)
-    d = mkdir(d, WRITER, T0 + 2 * S, b"x")
-    assert d[QUIET_KEY] == [WRITER, T0 + 2 * S + QUIET]
+    d = mkdir(d, WRITER, T0 + TERM, b"x")
+    assert d[QUIET_KEY] == [WRITER, T0 + TERM + QUIET]
     assert QUIET_KEY not in REG.query("fs.stat", {DIR: d}, {})

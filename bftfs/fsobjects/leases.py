@@ -92,10 +92,13 @@ MAX_MOUNT = 2**63 - 1
 #: How long a recall outlives the leases it recalled (ns): time for the requester's
 #: retry, which backs off at most 0.5 s, to land first when their holders did not release.
 RECALL_GRACE = 10 * 10**9
-#: How long after a change of a recalled object lands no client but its writer is
-#: granted a lease on it (ns): :func:`_quiet_after`.  Longer than the default term, so a
-#: writer that keeps changing the object keeps it free of others' leases.
+#: How long after a change of an object whose holders were slow to release lands no client
+#: but its writer is granted a lease on it (ns): :func:`_quiet_after`.  Longer than the
+#: default term, so a writer that keeps changing the object keeps it free of their leases.
 QUIET = 30 * 10**9
+#: How long a writer may wait after its first recall before its change counts as one the
+#: holders were slow for (ns): a correct holder releases within a few rounds.
+SLOW_RELEASE = 2 * 10**9
 #: The state key of that quiet time: ``[writer's client id, until (ns)]``.
 QUIET_KEY = "lq"
 #: The state keys of the lease records (carried over by every change, stripped by a move).
@@ -242,18 +245,20 @@ def quiet(state: Any, at: int | None) -> int | None:
 
 def _quiet_after(state: dict[str, Any], old: Any, caller: int, at: int | None) -> None:
     """A writer's turn keeps others' leases off (issue 64): when ``caller``'s change lands
-    on an object it had recalled (it waits in ``lr``), or that its own earlier such change
+    on an object it recalled more than :data:`SLOW_RELEASE` before (its entry in ``lr``:
+    the holders did not release in time, or at all), or that its own earlier such change
     keeps quiet, no other client is granted a lease on it for :data:`QUIET` from ``at``
-    (``fs_lease`` refuses ``recalled``).  Without it a holder that takes its lease back as
-    soon as the change lands (a walker listing and stat'ing the tree over and over, issue
-    64's ``client-hoard``) costs the writer a recall and a wait at each of its changes,
-    and one that never releases costs it a term each time; with it, one per object while
-    the writer keeps changing it.  Others' queries and updates are served as before: only
-    their caching waits, as a cooled object's does (``fs/leases/contention.py``)."""
+    (``fs_lease`` refuses ``recalled``).  Without it a holder that never releases and asks
+    again as its term ends (or releases just before) costs the writer a term at each of
+    its changes; with it, one per object while the writer keeps changing it.  A holder
+    that releases promptly takes its lease back at once, as before.  Others' queries and
+    updates are served meanwhile: only their caching waits, as a cooled object's does
+    (``fs/leases/contention.py``)."""
     if at is None:
         return
     _, queue = _recall_record(old)
-    if caller in {w[0] for w in queue} or quiet(old, at) == caller:
+    first = min((w[2] for w in queue if w[0] == caller), default=None)
+    if (first is not None and at - first > SLOW_RELEASE) or quiet(old, at) == caller:
         state[QUIET_KEY] = [caller, min(at + QUIET, MAX_TIME)]
 
 
