@@ -45,7 +45,6 @@ import trio
 
 from bftfs.ids import PrincipalId
 
-
 W = TypeVar("W")
 
 

@@ -30,15 +30,15 @@ storage quota, and what ``bftfs status`` shows of them.
   ``rw/collect.py`` ``verified_step``) and prune their metadata.
 
 **Nodes are never limited**, neither admitted (nor queued for the shared pool: a node's
-request never waits behind a client's, so clients cannot starve nodes) nor charged against a quota: NOTIFY, the
-catch-up of a restarted node (LIST pages, READs), verification READs and the repairs they
-write, and Q/U object sync are how the protocols make progress and collect space, and some
-of them are handlers that call other nodes, so making one node's requests wait on
-another's could stall both.  A PASIS version that catch-up, verification or a reader's
-repair stores is charged to the writer its timestamp names (never refused: it re-creates
-a version that exists already, docs/rw.md); what a node's Q/U catch-up applies is charged
-to the node itself (visible, never refused).  At most
-``b`` nodes are Byzantine; a flooding node is not covered here (docs/threat-model.md).
+request never waits behind a client's, so clients cannot starve nodes) nor charged against a
+quota: NOTIFY, the catch-up of a restarted node (LIST pages, READs), verification READs and
+the repairs they write, and Q/U object sync are how the protocols make progress and collect
+space, and some of them are handlers that call other nodes, so making one node's requests
+wait on another's could stall both. A PASIS version that catch-up, verification or a
+reader's repair stores is charged to the writer its timestamp names (never refused: it
+re-creates a version that exists already, docs/rw.md); what a node's Q/U catch-up applies is
+charged to the node itself (visible, never refused). At most ``b`` nodes are Byzantine; a
+flooding node is not covered here (docs/threat-model.md).
 """
 
 from __future__ import annotations
