@@ -153,7 +153,7 @@ class Limits:
 class _Principal:
     """One limited principal's buckets, in-flight slots and counters."""
 
-    __slots__ = ("requests", "bytes", "slots", "counters")
+    __slots__ = ("requests", "bytes", "slots", "counters", "starts")
 
     def __init__(self, limits: Limits, now: float) -> None:
         burst = limits.burst_seconds
@@ -164,9 +164,14 @@ class _Principal:
         self.slots = trio.Semaphore(limits.max_inflight)
         #: ``requests``, ``bytes_in``, ``throttled`` (waits for tokens), ``inflight_waits``
         #: (waits for a slot), ``fair_waits`` (waits for the shared pool, in turn),
+        #: ``admitted``, ``overtaken`` (other principals' requests admitted while one of
+        #: this one's was waiting or answered, summed: :meth:`Admission.admit`),
         #: ``waited_s`` (seconds of token waits, rounded) and whatever
         #: the node notes (:meth:`Admission.note`).
         self.counters: Counter[str] = Counter()
+        #: For each request being admitted or answered, in the order read: the other
+        #: principals' admissions counted when it was read (``overtaken``).
+        self.starts: deque[int] = deque()
 
 
 class Admission:
@@ -190,6 +195,8 @@ class Admission:
         self._exempt = exempt
         self._principals: dict[PrincipalId, _Principal] = {}
         self.stats: Counter[str] = Counter() if stats is None else stats
+        #: Requests admitted so far, of every principal (``overtaken`` is counted from it).
+        self._admitted = 0
         self.pool: FairSlots[trio.Event] | None = (
             FairSlots(limits.handler_slots) if limits.handler_slots > 0 else None
         )
@@ -211,6 +218,22 @@ class Admission:
         counters = p.counters
         counters["requests"] += requests
         counters["bytes_in"] += nbytes
+        # ``overtaken`` sums, over this principal's requests, the other principals'
+        # requests admitted between its read and its answer (:meth:`release` adds the
+        # other end): what fairness bounds, counted where it happens.
+        start = self._admitted - counters["admitted"]
+        p.starts.append(start)
+        try:
+            await self._wait(p, pid, requests, nbytes)
+        except BaseException:
+            p.starts.remove(start)
+            raise
+        self._admitted += 1
+        counters["admitted"] += 1
+
+    async def _wait(self, p: _Principal, pid: PrincipalId, requests: int, nbytes: int) -> None:
+        """Wait for ``p``'s tokens, one of its in-flight slots, then the pool's."""
+        counters = p.counters
         now = trio.current_time()
         delay = max(p.requests.take(now, requests), p.bytes.take(now, nbytes))
         if delay > 0:
@@ -259,7 +282,11 @@ class Admission:
         """Give back the in-flight slot (and the pool's slot) :meth:`admit` took."""
         if self.pool is not None:
             self._release_pool()
-        self._principals[pid].slots.release()
+        p = self._principals[pid]
+        # The oldest start: exact for requests answered in order, and for the sum once
+        # all are answered whatever the order.
+        p.counters["overtaken"] += self._admitted - p.counters["admitted"] - p.starts.popleft()
+        p.slots.release()
 
     def inflight(self, pid: PrincipalId) -> int:
         p = self._principals.get(pid)
