@@ -58,9 +58,9 @@ if TYPE_CHECKING:
 #: Handler slots a node's clients share (``FairSlots``): when all are taken, a client's next
 #: request waits for its turn.  A node's loop runs every ready handler before it reads a
 #: socket again, so a correct client's request arriving waits for up to this many frames of
-#: a flooder's (128, its ``max_inflight``, without the pool; t3_fair_admission.py measured
-#: the flood queries answered per round of a correct client at about 870 then, 450 with 16
-#: slots, 140-260 with 8).  A frame holds one slot whatever it carries (a batch, a durable
+#: a flooder's (128, its ``max_inflight``, without the pool: t3_fair_admission.py measured
+#: a mean of about 1 500 flood queries answered per round of a correct client then, 550-600
+#: with 8 slots).  A frame holds one slot whatever it carries (a batch, a durable
 #: write waiting for its group commit): a lone client keeps 8 frames in flight per node.
 HANDLER_SLOTS = 8
 
