@@ -28,6 +28,10 @@ record lives in the object's state, so it is as Byzantine-tolerant as the object
   other mounts are the same client: their leases alone queue nobody).  So a recalled
   holder cannot take the object back ahead of the requester's retry, and the requester
   waits at most for the leases that stood when it recalled: one term.
+- ``lq``: ``[writer, until]``, set when a change lands more than :data:`SLOW_RELEASE`
+  after its writer first recalled the object: no other client is granted a lease on it
+  until then (:func:`_quiet_after`), so a holder that does not release costs the writer
+  one term per object it keeps changing, not one per change.
 
 Methods read no clock (``bftfs.qu.objects``).  Every lease-aware update carries the
 caller's time ``lt`` (ns); nodes refuse an ``lt`` more than :data:`LEASE_SKEW` ahead of
