@@ -14,6 +14,7 @@ from bftfs.fsobjects.leases import (
     EXCLUSIVE,
     LEASE_SKEW,
     MAX_TERM,
+    QUIET,
     RECALL_GRACE,
     SHARED,
     holders,
@@ -143,7 +144,8 @@ def test_a_holder_that_ignored_a_recall_cannot_take_a_fresh_lease_as_its_term_en
     """A holder that neither releases nor stops renewing (Byzantine) and lets its lease run
     out must not take a fresh one the moment it ends, ahead of the requester's retry: the
     recall outlives the recalled lease by ``RECALL_GRACE``, and goes at once when the
-    requester's change lands (or after the grace, if the requester never comes back)."""
+    requester's change lands (or after the grace, if the requester never comes back); that
+    change keeps the object quiet for ``QUIET`` (issue 64)."""
     d = lease(directory(), A, SHARED, T0)
     r = update("fs.recall", {DIR: d}, C, lt=T0 + S)[0][DIR]
     ended = T0 + 30 * S  # A's lease ends; A asks again at once, and again later
@@ -153,7 +155,10 @@ def test_a_holder_that_ignored_a_recall_cannot_take_a_fresh_lease_as_its_term_en
         assert e.value.code == "recalled"
     made = mkdir_in(r, C, ended + S)  # the requester's retry lands: the recall goes
     assert "lr" not in made[DIR]
-    assert holders(lease(made[DIR], A, SHARED, ended + 2 * S))[0][0] == A
+    with pytest.raises(MethodRefused) as e:
+        lease(made[DIR], A, SHARED, ended + 2 * S)
+    assert e.value.code == "recalled"
+    assert holders(lease(made[DIR], A, SHARED, ended + S + QUIET))[0][0] == A
     assert holders(lease(r, A, SHARED, ended + RECALL_GRACE))[0][0] == A  # never came back
 
 

@@ -28,6 +28,10 @@ record lives in the object's state, so it is as Byzantine-tolerant as the object
   other mounts are the same client: their leases alone queue nobody).  So a recalled
   holder cannot take the object back ahead of the requester's retry, and the requester
   waits at most for the leases that stood when it recalled: one term.
+- ``lq``: ``[writer, until]``, set when a change lands more than :data:`SLOW_RELEASE`
+  after its writer first recalled the object: no other client is granted a lease on it
+  until then (:func:`_quiet_after`), so a holder that does not release costs the writer
+  one term per object it keeps changing, not one per change.
 
 Methods read no clock (``bftfs.qu.objects``).  Every lease-aware update carries the
 caller's time ``lt`` (ns); nodes refuse an ``lt`` more than :data:`LEASE_SKEW` ahead of
@@ -92,6 +96,17 @@ MAX_MOUNT = 2**63 - 1
 #: How long a recall outlives the leases it recalled (ns): time for the requester's
 #: retry, which backs off at most 0.5 s, to land first when their holders did not release.
 RECALL_GRACE = 10 * 10**9
+#: How long after a change of an object whose holders were slow to release lands no client
+#: but its writer is granted a lease on it (ns): :func:`_quiet_after`.  Longer than the
+#: default term, so a writer that keeps changing the object keeps it free of their leases.
+QUIET = 30 * 10**9
+#: How long a writer may wait after its first recall before its change counts as one the
+#: holders were slow for (ns): a correct holder releases within a few rounds.
+SLOW_RELEASE = 2 * 10**9
+#: The state key of that quiet time: ``[writer's client id, until (ns)]``.
+QUIET_KEY = "lq"
+#: The state keys of the lease records (carried over by every change, stripped by a move).
+RECORD_KEYS = ("ls", "lr", QUIET_KEY)
 #: The argument key of a recall saying the caller waits no longer (its query was
 #: answered, its update refused for another reason): its entry goes, nothing is recalled.
 DONE = "ld"
@@ -169,6 +184,8 @@ def _tidy(state: dict[str, Any], at: int | None) -> None:
         state["ls"] = kept
     else:
         state.pop("ls", None)
+    if quiet(state, at) is None:
+        state.pop(QUIET_KEY, None)
     until, queue = _recall_record(state)
     if _gave_up(until, at):
         _set_record(state, until, [])
@@ -221,6 +238,34 @@ def _served(state: dict[str, Any], client: int) -> None:
     _set_record(state, until, [w for w in queue if w[0] != client])
 
 
+def quiet(state: Any, at: int | None) -> int | None:
+    """The client whose change keeps others' leases off the object at ``at`` (None: no
+    one; with no time, a recorded one counts): :func:`_quiet_after`."""
+    lq = state.get(QUIET_KEY) if isinstance(state, dict) else None
+    if not (isinstance(lq, list) and len(lq) == 2 and all(isinstance(x, int) for x in lq)):
+        return None
+    return lq[0] if at is None or at < lq[1] else None
+
+
+def _quiet_after(state: dict[str, Any], old: Any, caller: int, at: int | None) -> None:
+    """A writer's turn keeps others' leases off (issue 64): when ``caller``'s change lands
+    on an object it recalled more than :data:`SLOW_RELEASE` before (its entry in ``lr``:
+    the holders did not release in time, or at all), or that its own earlier such change
+    keeps quiet, no other client is granted a lease on it for :data:`QUIET` from ``at``
+    (``fs_lease`` refuses ``recalled``).  Without it a holder that never releases and asks
+    again as its term ends (or releases just before) costs the writer a term at each of
+    its changes; with it, one per object while the writer keeps changing it.  A holder
+    that releases promptly takes its lease back at once, as before.  Others' queries and
+    updates are served meanwhile: only their caching waits, as a cooled object's does
+    (``fs/leases/contention.py``)."""
+    if at is None:
+        return
+    _, queue = _recall_record(old)
+    first = min((w[2] for w in queue if w[0] == caller), default=None)
+    if (first is not None and at - first > SLOW_RELEASE) or quiet(old, at) == caller:
+        state[QUIET_KEY] = [caller, min(at + QUIET, MAX_TIME)]
+
+
 def bound(h: Holder) -> tuple[int, int] | None:
     """A holder record's session slot and generation when it is bound to its session (its
     expiry :data:`SESSION`), else None."""
@@ -247,8 +292,8 @@ def _other_clients(state: Any, at: int | None, client: int) -> list[Holder]:
 
 
 def _without_leases(state: Any) -> Any:
-    if isinstance(state, dict) and ("ls" in state or "lr" in state):
-        return {k: v for k, v in state.items() if k not in ("ls", "lr")}
+    if isinstance(state, dict) and any(k in state for k in RECORD_KEYS):
+        return {k: v for k, v in state.items() if k not in RECORD_KEYS}
     return state
 
 
@@ -281,12 +326,13 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
                 raise MethodRefused("leased", f"object {oid} is leased to another client")
             if isinstance(state, dict) and isinstance(old, dict):
                 state = dict(state)
-                for key in ("ls", "lr"):
+                for key in RECORD_KEYS:
                     if key in old:
                         state[key] = old[key]
                     else:
                         state.pop(key, None)
                 _tidy(state, at)
+                _quiet_after(state, old, caller, at)
                 _served(state, caller)  # the change its recall was for has landed
                 new[oid] = state
         return new, answer
@@ -403,6 +449,9 @@ def fs_lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
             continue
         s = node_state(state)
         _tidy(s, at)
+        writer = quiet(s, at)
+        if writer is not None and writer != caller:
+            raise MethodRefused("recalled", f"object {oid} was just changed by a recaller")
         _, queue = _recall_record(s)
         if queue:
             if {w[0] for w in queue} != {caller} or _other_clients(s, at, caller):

@@ -93,7 +93,7 @@ _FILE_KEYS = frozenset(
 )
 _FILE_OPTIONAL = frozenset({"i", "w", "z", "bs", "bt"})
 #: The lease records ``fs.movein`` strips (leases.py; ``wl``: ranges.py).
-LEASE_KEYS = ("ls", "lr", "wl")
+LEASE_KEYS = ("ls", "lr", "lq", "wl")
 
 
 # Packing -----------------------------------------------------------------------------------

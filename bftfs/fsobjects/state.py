@@ -177,7 +177,7 @@ def new_dir(parent: int, mode: int, uid: int, gid: int, now: int) -> dict[str, A
 
 #: What a file's stat leaves out: the xattrs, link target and inline content (their own
 #: queries), the written ranges and write lease (below), the lease records (leases.py).
-_NOT_STAT = frozenset({"x", "t", "i", "w", "wl", "ls", "lr"})
+_NOT_STAT = frozenset({"x", "t", "i", "w", "wl", "ls", "lr", "lq"})
 
 
 def stat_of(state: dict[str, Any]) -> dict[str, Any]:

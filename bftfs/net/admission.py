@@ -12,7 +12,16 @@ sender must
    sleeps until the debt is paid, so that connection is not read meanwhile: the client's
    further frames wait in its socket and TCP pushes back on it;
 2. have fewer than ``max_inflight`` requests being answered; otherwise the read loop waits
-   until one of them is done.
+   until one of them is done;
+3. get one of the server's ``handler_slots`` (:class:`FairSlots`, issue 64): a pool shared
+   by all limited principals and, when it is full, granted round-robin among the
+   principals with a frame waiting, one grant each per round (Aardvark, NSDI'09: per-client
+   queues served in turn).  A correct client's request then waits for at most one request
+   of each other principal, plus the pool's requests already running, never behind a
+   flooder's queue: a client that pipelines thousands of cheap requests gets the same
+   share of the node as one that sends one at a time, not ``max_inflight`` tasks for each
+   of the other's one.  While the pool has room nobody waits (one principal alone is
+   limited only by 1 and 2).
 
 Nothing is refused or dropped: a correct client that happens to be busy only waits (its
 resends, if any, are idempotent, as the transport assumes everywhere).  What the bound buys
@@ -27,13 +36,73 @@ waits under a ``MockClock``; :class:`TokenBucket` itself takes ``now`` as an arg
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import trio
 
 from bftfs.ids import PrincipalId
+
+W = TypeVar("W")
+
+
+class FairSlots(Generic[W]):
+    """A pool of ``slots`` handler slots granted round-robin among principals (pure: the
+    waiters are whatever the caller wakes; :class:`Admission` uses ``trio.Event``).
+
+    :meth:`request` takes a slot at once when one is free and nobody waits; otherwise the
+    waiter joins its principal's queue, and a principal with no queue yet joins the ring
+    at its back.  :meth:`release` passes the freed slot to the first waiter of the
+    principal at the front of the ring, which then goes to the back if it has more
+    waiting: each waiting principal gets one slot per round, however many it has queued.
+    """
+
+    __slots__ = ("slots", "busy", "_ring")
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        #: Slots held now (granted and not released).
+        self.busy = 0
+        #: The principals with a waiter, in the order they get the next slots.
+        self._ring: OrderedDict[PrincipalId, deque[W]] = OrderedDict()
+
+    def request(self, pid: PrincipalId, waiter: W) -> bool:
+        """A slot for ``pid`` now (True), or ``waiter`` queued for one (False)."""
+        if self.busy < self.slots and not self._ring:
+            self.busy += 1
+            return True
+        queue = self._ring.get(pid)
+        if queue is None:
+            self._ring[pid] = deque((waiter,))
+        else:
+            queue.append(waiter)
+        return False
+
+    def release(self) -> W | None:
+        """Give back a slot: the waiter it passes to (now holding it), or None."""
+        if not self._ring:
+            self.busy -= 1
+            return None
+        pid, queue = next(iter(self._ring.items()))
+        waiter = queue.popleft()
+        if queue:
+            self._ring.move_to_end(pid)
+        else:
+            del self._ring[pid]
+        return waiter
+
+    def withdraw(self, pid: PrincipalId, waiter: W) -> None:
+        """Take a waiter that gave up (its connection ended) out of its queue."""
+        queue = self._ring.get(pid)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            if not queue:
+                del self._ring[pid]
+
+    def waiting(self, pid: PrincipalId) -> int:
+        return len(self._ring.get(pid, ()))
 
 
 class TokenBucket:
@@ -76,12 +145,15 @@ class Limits:
     requests_per_second: float
     bytes_per_second: float
     burst_seconds: float
+    #: Handler slots shared by every limited principal, granted round-robin when they are
+    #: all taken (:class:`FairSlots`); 0: no shared pool.
+    handler_slots: int = 0
 
 
 class _Principal:
     """One limited principal's buckets, in-flight slots and counters."""
 
-    __slots__ = ("requests", "bytes", "slots", "counters")
+    __slots__ = ("requests", "bytes", "slots", "counters", "starts")
 
     def __init__(self, limits: Limits, now: float) -> None:
         burst = limits.burst_seconds
@@ -91,9 +163,15 @@ class _Principal:
         self.bytes = TokenBucket(limits.bytes_per_second, limits.bytes_per_second * burst, now)
         self.slots = trio.Semaphore(limits.max_inflight)
         #: ``requests``, ``bytes_in``, ``throttled`` (waits for tokens), ``inflight_waits``
-        #: (waits for a slot), ``waited_s`` (seconds of token waits, rounded) and whatever
+        #: (waits for a slot), ``fair_waits`` (waits for the shared pool, in turn),
+        #: ``admitted``, ``overtaken`` (other principals' requests admitted while one of
+        #: this one's was waiting or answered, summed: :meth:`Admission.admit`),
+        #: ``waited_s`` (seconds of token waits, rounded) and whatever
         #: the node notes (:meth:`Admission.note`).
         self.counters: Counter[str] = Counter()
+        #: For each request being admitted or answered, in the order read: the other
+        #: principals' admissions counted when it was read (``overtaken``).
+        self.starts: deque[int] = deque()
 
 
 class Admission:
@@ -103,7 +181,7 @@ class Admission:
         limits: the same limits for every limited principal.
         exempt: principals never limited (the node: other nodes).
         stats: the server's counters; totals ``limits.throttled`` and
-            ``limits.inflight_waits`` are added there.
+            ``limits.inflight_waits`` and ``limits.fair_waits`` are added there.
     """
 
     def __init__(
@@ -117,6 +195,11 @@ class Admission:
         self._exempt = exempt
         self._principals: dict[PrincipalId, _Principal] = {}
         self.stats: Counter[str] = Counter() if stats is None else stats
+        #: Requests admitted so far, of every principal (``overtaken`` is counted from it).
+        self._admitted = 0
+        self.pool: FairSlots[trio.Event] | None = (
+            FairSlots(limits.handler_slots) if limits.handler_slots > 0 else None
+        )
 
     def limited(self, pid: PrincipalId) -> bool:
         return not self._exempt(pid)
@@ -135,6 +218,22 @@ class Admission:
         counters = p.counters
         counters["requests"] += requests
         counters["bytes_in"] += nbytes
+        # ``overtaken`` sums, over this principal's requests, the other principals'
+        # requests admitted between its read and its answer (:meth:`release` adds the
+        # other end): what fairness bounds, counted where it happens.
+        start = self._admitted - counters["admitted"]
+        p.starts.append(start)
+        try:
+            await self._wait(p, pid, requests, nbytes)
+        except BaseException:
+            p.starts.remove(start)
+            raise
+        self._admitted += 1
+        counters["admitted"] += 1
+
+    async def _wait(self, p: _Principal, pid: PrincipalId, requests: int, nbytes: int) -> None:
+        """Wait for ``p``'s tokens, one of its in-flight slots, then the pool's."""
+        counters = p.counters
         now = trio.current_time()
         delay = max(p.requests.take(now, requests), p.bytes.take(now, nbytes))
         if delay > 0:
@@ -148,10 +247,46 @@ class Admission:
             counters["inflight_waits"] += 1
             self.stats["limits.inflight_waits"] += 1
             await p.slots.acquire()
+        if self.pool is not None:
+            try:
+                await self._fair_slot(pid, counters)
+            except BaseException:
+                p.slots.release()
+                raise
+
+    async def _fair_slot(self, pid: PrincipalId, counters: Counter[str]) -> None:
+        """Wait for a slot of the shared pool, in ``pid``'s turn (:class:`FairSlots`)."""
+        pool = self.pool
+        assert pool is not None
+        granted = trio.Event()
+        if pool.request(pid, granted):
+            return
+        counters["fair_waits"] += 1
+        self.stats["limits.fair_waits"] += 1
+        try:
+            await granted.wait()
+        except BaseException:
+            if granted.is_set():  # the slot came with the cancellation: pass it on
+                self._release_pool()
+            else:
+                pool.withdraw(pid, granted)
+            raise
+
+    def _release_pool(self) -> None:
+        assert self.pool is not None
+        waiter = self.pool.release()
+        if waiter is not None:
+            waiter.set()
 
     def release(self, pid: PrincipalId) -> None:
-        """Give back the in-flight slot :meth:`admit` took."""
-        self._principals[pid].slots.release()
+        """Give back the in-flight slot (and the pool's slot) :meth:`admit` took."""
+        if self.pool is not None:
+            self._release_pool()
+        p = self._principals[pid]
+        # The oldest start: exact for requests answered in order, and for the sum once
+        # all are answered whatever the order.
+        p.counters["overtaken"] += self._admitted - p.counters["admitted"] - p.starts.popleft()
+        p.slots.release()
 
     def inflight(self, pid: PrincipalId) -> int:
         p = self._principals.get(pid)
