@@ -21,7 +21,7 @@ sender must
    flooder's queue: a client that pipelines thousands of cheap requests gets the same
    share of the node as one that sends one at a time, not ``max_inflight`` tasks for each
    of the other's one.  While the pool has room nobody waits (one principal alone is
-   limited only by 1 and 2).
+   limited only by 1 and 2, and so is a principal while no other holds a slot).
 
 Nothing is refused or dropped: a correct client that happens to be busy only waits (its
 resends, if any, are idempotent, as the transport assumes everywhere).  What the bound buys
@@ -46,20 +46,30 @@ import trio
 from bftfs.ids import PrincipalId
 
 W = TypeVar("W")
+#: Seconds after its last slot during which a principal counts as using the node: while
+#: one does, another gets no more than the pool's share (:class:`FairSlots`).
+RECENT = 1.0
+#: Principals remembered before those not seen within RECENT are forgotten.
+MAX_SEEN = 256
 
 
 class FairSlots(Generic[W]):
     """A pool of ``slots`` handler slots granted round-robin among principals (pure: the
     waiters are whatever the caller wakes; :class:`Admission` uses ``trio.Event``).
 
-    :meth:`request` takes a slot at once when one is free and nobody waits; otherwise the
-    waiter joins its principal's queue, and a principal with no queue yet joins the ring
-    at its back.  :meth:`release` passes the freed slot to the first waiter of the
-    principal at the front of the ring, which then goes to the back if it has more
-    waiting: each waiting principal gets one slot per round, however many it has queued.
+    :meth:`request` takes a slot at once when nobody waits and one is free, or when no
+    other principal held one within :data:`RECENT` seconds (the pool shares a node among
+    the principals using it; it does not cap one alone: 8 slots cost a lone writer of big
+    files about a quarter of its rate, its durable writes holding slots through their
+    group commit, and a client working now and then still finds a flooder capped when
+    its request comes); otherwise the waiter joins
+    its principal's queue, and a principal with no queue yet joins the ring at its back.
+    :meth:`release` passes the freed slot to the first waiter of the principal at the
+    front of the ring, which then goes to the back if it has more waiting: each waiting
+    principal gets one slot per round, however many it has queued.
     """
 
-    __slots__ = ("slots", "busy", "_ring")
+    __slots__ = ("slots", "busy", "_ring", "_held", "_seen")
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -67,11 +77,18 @@ class FairSlots(Generic[W]):
         self.busy = 0
         #: The principals with a waiter, in the order they get the next slots.
         self._ring: OrderedDict[PrincipalId, deque[W]] = OrderedDict()
+        #: Slots held per principal (those holding none are absent).
+        self._held: Counter[PrincipalId] = Counter()
+        #: When each principal last held a slot (the caller's clock; pruned past RECENT).
+        self._seen: dict[PrincipalId, float] = {}
 
-    def request(self, pid: PrincipalId, waiter: W) -> bool:
-        """A slot for ``pid`` now (True), or ``waiter`` queued for one (False)."""
-        if self.busy < self.slots and not self._ring:
+    def request(self, pid: PrincipalId, waiter: W, now: float = 0.0) -> bool:
+        """A slot for ``pid`` now (True), or ``waiter`` queued for one (False); ``now``:
+        the caller's clock, for :data:`RECENT`."""
+        if not self._ring and (self.busy < self.slots or self._alone(pid, now)):
             self.busy += 1
+            self._held[pid] += 1
+            self._seen[pid] = now
             return True
         queue = self._ring.get(pid)
         if queue is None:
@@ -80,13 +97,27 @@ class FairSlots(Generic[W]):
             queue.append(waiter)
         return False
 
-    def release(self) -> W | None:
-        """Give back a slot: the waiter it passes to (now holding it), or None."""
+    def _alone(self, pid: PrincipalId, now: float) -> bool:
+        """Whether no principal but ``pid`` holds a slot or held one within RECENT."""
+        if any(other != pid for other in self._held):
+            return False
+        if len(self._seen) > MAX_SEEN:
+            self._seen = {p: t for p, t in self._seen.items() if t >= now - RECENT}
+        return all(t < now - RECENT for p, t in self._seen.items() if p != pid)
+
+    def release(self, holder: PrincipalId, now: float = 0.0) -> W | None:
+        """``holder`` gives back a slot: the waiter it passes to (now holding it), or None."""
+        self._held[holder] -= 1
+        if self._held[holder] <= 0:
+            del self._held[holder]
+        self._seen[holder] = now
         if not self._ring:
             self.busy -= 1
             return None
         pid, queue = next(iter(self._ring.items()))
         waiter = queue.popleft()
+        self._held[pid] += 1
+        self._seen[pid] = now
         if queue:
             self._ring.move_to_end(pid)
         else:
@@ -259,7 +290,7 @@ class Admission:
         pool = self.pool
         assert pool is not None
         granted = trio.Event()
-        if pool.request(pid, granted):
+        if pool.request(pid, granted, trio.current_time()):
             return
         counters["fair_waits"] += 1
         self.stats["limits.fair_waits"] += 1
@@ -267,21 +298,21 @@ class Admission:
             await granted.wait()
         except BaseException:
             if granted.is_set():  # the slot came with the cancellation: pass it on
-                self._release_pool()
+                self._release_pool(pid)
             else:
                 pool.withdraw(pid, granted)
             raise
 
-    def _release_pool(self) -> None:
+    def _release_pool(self, pid: PrincipalId) -> None:
         assert self.pool is not None
-        waiter = self.pool.release()
+        waiter = self.pool.release(pid, trio.current_time())
         if waiter is not None:
             waiter.set()
 
     def release(self, pid: PrincipalId) -> None:
         """Give back the in-flight slot (and the pool's slot) :meth:`admit` took."""
         if self.pool is not None:
-            self._release_pool()
+            self._release_pool(pid)
         p = self._principals[pid]
         # The oldest start: exact for requests answered in order, and for the sum once
         # all are answered whatever the order.

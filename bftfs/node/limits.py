@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 #: a flooder's (128, its ``max_inflight``, without the pool: t3_fair_admission.py measured
 #: a mean of about 1 500 flood queries answered per round of a correct client then, 550-600
 #: with 8 slots).  A frame holds one slot whatever it carries (a batch, a durable
-#: write waiting for its group commit): a lone client keeps 8 frames in flight per node.
+#: write waiting for its group commit); a client alone on the node (no other used it
+#: within ``admission.RECENT``) is not held to the pool, only to its ``max_inflight``.
 HANDLER_SLOTS = 8
 
 
