@@ -347,6 +347,12 @@ class Meta:
                             await self._done_waiting(objects)
                         return answer
                     async with self._one_update_per_object(objects):
+                        # Stamped again once the objects are ours: the wait for this
+                        # mount's other updates of them (a write-back's, seconds on a
+                        # busy machine) aged the time past the nodes' skew, and every
+                        # lease asked meanwhile was refused ``behind``, read as contention.
+                        if isinstance(arg, dict) and isinstance(arg.get(LEASE_TIME), int):
+                            arg = {**arg, LEASE_TIME: self.wall_ns()}
                         return await self.qu.update(objects, method, arg)
                 except MethodRefused as e:
                     if e.code != "leased" or method in _LEASE_METHODS:
