@@ -19,8 +19,9 @@ files, 1.7 MB: the scale of Andrew's original tree), ``--full`` the whole distri
 Targets (``benchmarks/common.py``): ``local`` (a directory on the local disk), ``bindfs``
 (the same through a C FUSE pass-through), ``glusterfs`` (a GlusterFS replica-3 volume on
 three local bricks, set up and torn down for each run: ``benchmarks/gluster.py``) and
-``bftfs`` on a fresh cluster (``t = b = 1``), plus bftfs with one node SIGKILLed before the
-mount (node 0: the first every client contacts, the pessimistic choice).  Repetitions are
+``bftfs`` on a fresh cluster (``t = b = 1``; ``--groups G``: ``G`` groups of six, the
+layout placing objects and blocks, docs/layout.md), plus bftfs with one node SIGKILLed
+before the mount (node 0: the first every client contacts, the pessimistic choice).  Repetitions are
 interleaved (A B C D A B C D ...), each on a freshly set-up target; the report gives
 per-phase medians, min-max, and the ratios glusterfs/local, bftfs/local, bftfs/bindfs and
 bftfs/glusterfs.  ``--profile`` adds one unmeasured bftfs repetition under py-spy (mount
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import html.parser
 import os
@@ -361,6 +363,10 @@ def targets_from_args(args: argparse.Namespace) -> list[TargetSpec]:
                 "bftfs, bftfs-lease, bftfs-nolease, bftfs-down, "
                 "bftfs-noverify, "
                 "bftfs-plain)"
+            )
+        if spec.kind == "bftfs" and args.groups > 1:
+            spec = dataclasses.replace(
+                spec, name=f"{spec.name} {args.groups} groups", groups=args.groups
             )
         specs.append(spec)
     return specs
@@ -801,6 +807,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--t", type=int, default=1, help="bftfs: faulty nodes tolerated (default 1)")
     ap.add_argument("--b", type=int, default=1, help="bftfs: Byzantine among them (default 1)")
+    ap.add_argument(
+        "--groups",
+        type=int,
+        default=1,
+        help="bftfs targets: a cluster of this many groups of n nodes (bftfs init --groups, "
+        "docs/layout.md; default 1)",
+    )
     ap.add_argument(
         "--down",
         type=int,

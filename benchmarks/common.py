@@ -275,6 +275,8 @@ class TargetSpec:
     load: str = ""
     #: The attack beside the run (``attack.py``, ``--attack``): a node profile or "client".
     attack: str = ""
+    #: bftfs: groups of ``n`` nodes in the cluster (``bftfs init --groups``, docs/layout.md).
+    groups: int = 1
 
 
 #: The lease term of the ``bftfs-lease`` target (seconds; mount option ``lease=``).
@@ -535,6 +537,7 @@ def _bftfs(spec: TargetSpec, base: Path) -> Iterator[Site]:
                         durable=spec.durable,
                         verification=_verification(spec.verification),
                         seal=spec.seal,
+                        **({"groups": spec.groups} if spec.groups > 1 else {}),
                         **({"block_size": int(BLOCK_KIB) * 1024} if BLOCK_KIB else {}),
                         **(
                             {"big_block_size": int(BIG_BLOCK_KIB) * 1024}

@@ -12,7 +12,8 @@
   one more), keeping each partition where a previous map had it while its group is
   within its share: adding a group moves about ``P / G`` partitions, not all of them
   (Garage's layout does the same).
-- :func:`build` and :func:`grow`: a first layout, and the next one with groups added.
+- :func:`build` and :func:`grow`: a first layout, and the next one with groups added;
+  :func:`replace_node`: the next one with a node of a group replaced.
 
 Pure and deterministic: the same nodes give the same layout.
 """
@@ -144,3 +145,32 @@ def grow(
             blocks=assign(old.partitions, total, old.blocks),
         )
     )
+
+
+def replace_node(old: Layout, leaving: int, newcomer: LayoutNode) -> Layout:
+    """The next version of ``old`` with node ``leaving`` replaced by ``newcomer`` in its
+    group, at the same place (the same in-group index: the same server index for Q/U and
+    fragment index for PASIS, so nothing moves and the newcomer catches up as a replaced
+    node does, docs/membership.md); ``leaving`` is gone from the layout (its key trusted
+    no more: certificates are checked under the layout's keys).  ``newcomer`` is a new
+    node, or one of ``old``'s spares (in no group).
+
+    Raises:
+        LayoutError: ``leaving`` is in no group, ``newcomer`` is in a group or named
+            otherwise in ``old``, or the group would break a rule (two nodes of one trust
+            domain).
+    """
+    group = next((g for g in old.groups if leaving in g.members), None)
+    if group is None:
+        raise LayoutError(f"node {leaving} is in no group of layout {old.version}")
+    known = {n.id: n for n in old.nodes}
+    if newcomer.id in known and known[newcomer.id] != newcomer:
+        raise LayoutError(f"node {newcomer.id} is already in layout {old.version}, differently")
+    if any(newcomer.id in g.members for g in old.groups):
+        raise LayoutError(f"node {newcomer.id} is in a group of layout {old.version} already")
+    members = tuple(newcomer.id if m == leaving else m for m in group.members)
+    known.pop(leaving)
+    known[newcomer.id] = newcomer
+    groups = tuple(Group(g.id, members) if g.id == group.id else g for g in old.groups)
+    nodes = tuple(sorted(known.values(), key=lambda n: n.id))
+    return check(replace(old, version=old.version + 1, nodes=nodes, groups=groups))

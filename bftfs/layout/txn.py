@@ -104,6 +104,16 @@ class Abandon(Exception):
     """Raised by an ``at_step`` hook: the driver stops as a crashed client would."""
 
 
+#: Refusals saying the client's view of an object is out of date (an entry names another
+#: object, or none).  Where parts disagree, these are the reason given: the one-group
+#: method checks the entry before the object it names, so a stale entry is what it
+#: refuses, and the file system reads again and retries; another part's refusal may only
+#: follow from the same stale declaration (a file whose last link went with the entry
+#: the client still saw: "link count already zero", EINVAL, found by the checker over
+#: three groups).
+OUT_OF_DATE = frozenset({"stale", "not-found"})
+
+
 @dataclass
 class Driver:
     """One client's transactions over ``groups`` (index = group number)."""
@@ -194,9 +204,12 @@ class Driver:
         await self.finish(desc, certificate(lt, a, sigs))
         if every and a[2] == ABORT:  # every yes, yet aborted: another client, at the deadline
             return ABORT, "intent: aborted by another client"
-        # A no vote is final; an intent met is worth another attempt.
-        ranked = sorted((w.startswith("intent"), w) for w in whys if w)
-        return a[2], ranked[0][1] if ranked else ""
+        # A no vote is final; an intent met is worth another attempt.  Of several refusals,
+        # one saying the client's view is out of date comes first (``OUT_OF_DATE``).
+        ranked = sorted(
+            (w.startswith("intent"), w.split(" ", 1)[0] not in OUT_OF_DATE, w) for w in whys if w
+        )
+        return a[2], ranked[0][2] if ranked else ""
 
     async def _step(self, name: str) -> None:
         if self.at_step is not None:

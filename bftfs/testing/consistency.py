@@ -18,6 +18,11 @@ it (reads may then answer ENOENT, and a non-creating operation may fail with ENO
 change nothing).  Everything else must match exactly; any other error (EIO, ESTALE, ...)
 fails the run.
 
+On a cluster of groups (``mounted(groups=G)``, docs/layout.md) the names span groups:
+``spread_names`` gives two names in each of ``G`` directories made at the root, one on
+each group (a file lives on its directory's group), so renames and unlinks between them
+are cross-group transactions.
+
 ``python -m bftfs.testing.consistency --ops 400 --mounts 3 --seed 7`` runs it on a fresh
 cluster in a temporary directory and prints the report.
 """
@@ -115,11 +120,13 @@ class Checker:
         rng: random.Random,
         report: Report,
         *,
+        names: Sequence[str] = NAMES,
         attr_timeout: float = DEFAULT_TIMEOUT,
         entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dirs = list(dirs)
+        self.names = tuple(names)
         self.rng = rng
         self.report = report
         self.attr_timeout = attr_timeout
@@ -172,7 +179,7 @@ class Checker:
         """One random operation on one random mount, checked against the model."""
         self.report.steps += 1
         m = self.rng.randrange(len(self.dirs))
-        name = self.rng.choice(NAMES)
+        name = self.rng.choice(self.names)
         if self._ghosts(m, name):
             self._read(m, name)  # only reads through a name that may lead elsewhere here
             return
@@ -281,7 +288,7 @@ class Checker:
 
     def _rename(self, m: int, name: str) -> None:
         o = self.model.names.get(name)
-        target = self.rng.choice([n for n in NAMES if n != name])
+        target = self.rng.choice([n for n in self.names if n != name])
         if o is None or self._ghosts(m, target):
             return None
         try:
@@ -290,7 +297,8 @@ class Checker:
             if self._missing_allowed(m, name, e):
                 return None
             raise
-        self._count("rename", m, f"{name} over {target}")
+        across = name.rpartition("/")[0] != target.rpartition("/")[0]  # two directories
+        self._count("rename across" if across else "rename", m, f"{name} over {target}")
         replaced = self.model.names.get(target)
         self.model.names[target] = self.model.names.pop(name)
         if replaced is not None and not self.model.alive(replaced):
@@ -358,7 +366,7 @@ class Checker:
     def check_all(self) -> None:
         """Read every name from every mount."""
         for m in range(len(self.dirs)):
-            for name in NAMES:
+            for name in self.names:
                 self._read(m, name)
 
 
@@ -441,13 +449,16 @@ def run(
     attr_timeout: float = DEFAULT_TIMEOUT,
     entry_timeout: float = DEFAULT_ENTRY_TIMEOUT,
     changes: Mapping[int, Change] | None = None,
+    names: Sequence[str] = NAMES,
 ) -> Report:
-    """``ops`` operations on ``dirs`` with ``faults`` kill/restart cycles and ``changes``
-    (operation index: :data:`Change`) run beside them; raises :class:`Inconsistent` (or
+    """``ops`` operations on ``names`` in ``dirs`` with ``faults`` kill/restart cycles and
+    ``changes`` (operation index: :data:`Change`) run beside them; raises :class:`Inconsistent` (or
     the unexpected ``OSError``, or what a change raised) on the first wrong answer."""
     rng = random.Random(seed)
     report = Report(seed, len(dirs))
-    checker = Checker(dirs, rng, report, attr_timeout=attr_timeout, entry_timeout=entry_timeout)
+    checker = Checker(
+        dirs, rng, report, names=names, attr_timeout=attr_timeout, entry_timeout=entry_timeout
+    )
     schedule = fault_schedule(random.Random(seed ^ 0x5EED), ops, len(cluster.config.nodes), faults)
     running = Changes(report)
     down: set[int] = set()
@@ -486,15 +497,39 @@ def run(
     return report
 
 
+def spread_names(cfg: ClusterConfig) -> tuple[str, ...]:
+    """On a cluster of groups, the checker's names: ``a`` and ``b`` in each of one
+    directory per group, the directory's name picked so that a mkdir at the root places it
+    on that group (``layout/spread.dir_group``); ``NAMES`` on a cluster of one group."""
+    from bftfs.fsobjects.limits import ROOT
+    from bftfs.layout.groups import load_layout
+    from bftfs.layout.spread import dir_group
+
+    layout = load_layout(cfg)
+    if layout is None:
+        return NAMES
+
+    def on(g: int) -> str:
+        return next(f"w{i}" for i in range(1000) if dir_group(layout, ROOT, b"w%d" % i) == g)
+
+    dirs = [on(g.id) for g in layout.groups]
+    return tuple(f"{d}/{n}" for d in dirs for n in ("a", "b"))
+
+
 @contextlib.contextmanager
 def mounted(
-    home: Path, mounts: int, options: str | None = None, **cluster: Any
+    home: Path, mounts: int, options: str | None = None, groups: int = 1, **cluster: Any
 ) -> Iterator[tuple[ProcessCluster, list[Path]]]:
     """A fresh cluster of node processes in ``home`` and ``mounts`` mounts of it, one client
     identity each, with one shared directory made; stopped and unmounted on exit.
     ``options``: mount options added to the defaults (``lease=10``: the mounts take
-    leases, and every read is still checked against close-to-open); ``cluster``: more
-    options of :class:`ProcessCluster` (``engine``, ``node_args``)."""
+    leases, and every read is still checked against close-to-open); ``groups``: a cluster
+    of that many groups, whose mounts' roots are yielded, with the directories of
+    :func:`spread_names` made (at the root, where a new directory is spread, not kept in
+    its parent's group under a lease); ``cluster``: more options of
+    :class:`ProcessCluster` (``engine``, ``node_args``)."""
+    if groups > 1:
+        cluster["groups"] = groups
     with (
         ProcessCluster(
             home / "cluster", map_size=1 << 30, durable=False, clients=mounts, **cluster
@@ -513,6 +548,11 @@ def mounted(
                 )
                 for k in range(mounts)
             ]
+            if groups > 1:  # the names' directories, at the root: spread over the groups
+                for d in sorted({n.split("/")[0] for n in spread_names(pc.config)}):
+                    (points[0].mountpoint / d).mkdir()
+                yield pc, [p.mountpoint for p in points]
+                return
             (points[0].mountpoint / "work").mkdir()
             yield pc, [p.mountpoint / "work" for p in points]
 

@@ -19,6 +19,7 @@ version's applied table never takes one's update for a retry of the other's.
 
 from __future__ import annotations
 
+import functools
 import random
 import stat as st
 import time
@@ -27,6 +28,7 @@ from typing import Any
 
 import trio
 
+from bftfs.fs.clients.atonce import at_once
 from bftfs.fsobjects import DIR_TYPE, MAX_OID, ROOT
 from bftfs.fsobjects.leases import MOUNT, tag_query
 from bftfs.layout.model import Layout
@@ -135,9 +137,7 @@ class Crossing:
                     raise
                 out[oid] = None
 
-        async with trio.open_nursery() as nursery:
-            for oid in dict.fromkeys(oids):
-                nursery.start_soon(one, oid)
+        await at_once([functools.partial(one, oid) for oid in dict.fromkeys(oids)])
         return out
 
     async def run(

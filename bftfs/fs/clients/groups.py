@@ -13,7 +13,8 @@ A rename, link, mkdir or removal whose objects span groups runs as one cross-gro
 transaction (:class:`~bftfs.fs.clients.crossing.Crossing`: the halves of
 ``fsobjects/halves.py`` through ``layout/txn.py``); every call meeting another
 transaction's intent resolves it as the driver does and tries again.  Any other
-multi-object update spanning groups, and ``RENAME_EXCHANGE`` across groups, raise
+multi-object update spanning groups (but a lease's release or recall, which acts on each
+object alone and goes to each group for its own), and ``RENAME_EXCHANGE`` across groups, raise
 :class:`CrossGroup`, a :class:`~bftfs.fs.errors.CrossDevice`, which the file system
 answers as ``EXDEV`` (``mv`` then copies and removes; docs/layout.md).
 
@@ -23,13 +24,13 @@ clients count its nodes by their index in the group).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-import trio
-
+from bftfs.fs.clients.atonce import at_once
 from bftfs.fs.clients.crossing import REMOVALS, Crossing
 from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
 from bftfs.fs.errors import CrossDevice
@@ -53,6 +54,11 @@ class CrossGroup(CrossDevice):
 #: The queries answering per object (``{str(oid): ...}``): split by group when their
 #: objects span groups.
 PER_OBJECT = frozenset({"fs.statmany", "fs.peekmany"})
+#: The updates on objects of several groups sent to each group for its own objects: each
+#: acts on every object alone (a lease given back; a recall queued, its answer a list of
+#: ``[oid, holders]``), so one per group is what one on all would do, and their answers
+#: (None, or those lists) are put together.
+PER_OBJECT_UPDATES = frozenset({"fs.release", "fs.recall"})
 #: The updates run as a cross-group transaction when their objects span groups.
 CROSSING = frozenset({"fs.rename", "fs.link", "fs.mkdir", *REMOVALS})
 
@@ -173,9 +179,10 @@ class GroupedQU:
                         raise
                     out["s"] = None
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stat)
+            async def lookup() -> None:
                 out["e"] = await self.query(inner["p"], "fs.lookup", tag(inner["name"]))
+
+            await at_once([stat, lookup])  # a "leased" refusal as itself: the caller recalls
             same = out["e"][0] == inner["o"] and out["s"] is not None
             return {"e": out["e"], "s": out["s"] if same else None}
         split: dict[int, list[int]] = {}
@@ -196,10 +203,27 @@ class GroupedQU:
             if exchange or (method == "fs.mkdir" and INHERIT in arg):
                 self.group_of(objects)  # raises CrossGroup: not split (docs/layout.md)
             return await self.crossing.run(self.query, _ids(objects), method, arg)
+        if method in PER_OBJECT_UPDATES and self.spans(objects):
+            return await self._split_update(_ids(objects), method, arg)
         client = self._for(objects)
         if seq is None:
             return await self._resolving(objects, lambda: client.update(objects, method, arg))
         return await self._resolving(objects, lambda: client.update(objects, method, arg, seq=seq))
+
+    async def _split_update(self, ids: list[int], method: str, arg: Any) -> Any:
+        """A :data:`PER_OBJECT_UPDATES` update of objects on several groups: each group's
+        share at once, the answers put together (lists concatenated, else None)."""
+        split: dict[int, list[int]] = {}
+        for o in ids:
+            split.setdefault(self.layout.group_of_object(o), []).append(o)
+        answers: list[Any] = []
+
+        async def one(_g: int, share: list[int]) -> None:
+            answers.append(await self.update(share, method, arg))
+
+        await GroupedRW._each(one, split)
+        lists = [a for a in answers if isinstance(a, list)]
+        return [item for a in lists for item in a] if lists else None
 
     async def settle(self, objects: Objects) -> None:
         client = self._for(objects)
@@ -329,10 +353,4 @@ class GroupedRW:
     @staticmethod
     async def _each(fn: Callable[[int, list[int]], Any], split: dict[int, list[int]]) -> None:
         """``fn(group, ids)`` for every group of ``split`` at once (one alone: inline)."""
-        if len(split) == 1:
-            ((g, ids),) = split.items()
-            await fn(g, ids)
-            return
-        async with trio.open_nursery() as nursery:
-            for g, ids in split.items():
-                nursery.start_soon(fn, g, ids)
+        await at_once([functools.partial(fn, g, ids) for g, ids in split.items()])
