@@ -121,6 +121,13 @@ Limits (per client principal, on each node; nodes talking to nodes are never lim
                                      quota: only ``data_fraction`` binds (ENOSPC), so one
                                      client may use the whole store; set it below 1 when
                                      clients do not trust each other (issue 31)
+``handler_slots``        0           a pool of this many handlers shared by all clients,
+                                     granted round-robin among those waiting when it is
+                                     full (``net/admission.py``, against a flooder's
+                                     queue); 0: none.  Off by default: requests a node
+                                     holds unanswered hold its slots, so a client whose
+                                     requests are held (or a handler that waits) starves
+                                     every client of the node once the pool is full
 =======================  ==========  =====================================================
 
 The rates are chosen well above what one mount can ask of a node (a null request costs a
@@ -269,6 +276,7 @@ class LimitsPolicy:
     bytes_per_second: int = 256 * 1024 * 1024
     burst_seconds: float = 2.0
     quota_fraction: float = 1.0
+    handler_slots: int = 0
 
     def validate(self) -> LimitsPolicy:
         if not 1 <= self.max_inflight <= 1_000_000:
@@ -281,6 +289,8 @@ class LimitsPolicy:
             raise PolicyError("[limits] burst_seconds must be in 0.001..3600 seconds")
         if not 0 < self.quota_fraction <= 1.0:
             raise PolicyError("[limits] quota_fraction must be in 0 (excluded)..1.0")
+        if not 0 <= self.handler_slots <= 100_000:
+            raise PolicyError("[limits] handler_slots must be in 0..100000 (0: no shared pool)")
         return self
 
     def quota_bytes(self, map_size: int) -> int:

@@ -39,6 +39,7 @@ from bftfs.connect import open_client
 from bftfs.fsobjects import ROOT
 from bftfs.ids import NodeId
 from bftfs.node.limits import HANDLER_SLOTS
+from bftfs.policy import LimitsPolicy
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.rw.batch import KIND_BATCH as KIND_RW_BATCH
@@ -138,7 +139,8 @@ def test_a_flooders_queue_does_not_delay_a_correct_clients_q_u_operations(
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
     answered = ctx.Array("q", len(FLOODED), lock=False)
-    with ProcessCluster(tmp_path / "c", durable=False) as pc:
+    limits = LimitsPolicy(handler_slots=HANDLER_SLOTS)  # (off by default: policy.py)
+    with ProcessCluster(tmp_path / "c", durable=False, limits=limits) as pc:
         flood = ctx.Process(target=flooder, args=(pc.config, answered), daemon=True)
         flood.start()
         try:

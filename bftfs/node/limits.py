@@ -7,10 +7,10 @@ storage quota, and what ``bftfs status`` shows of them.
   that client's connection until it may go on.  Nothing is refused, so a correct client
   that is merely busy is slowed, not failed.  Those caps are static and far above what a
   node serves on a small machine, so on their own they leave a flooder hundreds of
-  requests ahead of everyone else; fairness comes from a pool of :data:`HANDLER_SLOTS`
-  handler slots shared by all clients and granted round-robin among those with a frame
-  waiting (``FairSlots``, issue 64): a correct client's request waits for about one of
-  each other client's, never behind a flooder's queue.
+  requests ahead of everyone else; ``[limits] handler_slots`` (off by default) adds a
+  pool of handler slots shared by all clients and granted round-robin among those with a
+  frame waiting (``FairSlots``, issue 64): a correct client's request waits for about one
+  of each other client's, never behind a flooder's queue.
 * **Quota** (``bftfs/accounting.py``): every record a client's request makes this node store
   is charged to that client, in the transaction that stores it - PASIS block versions
   (``rw/quota.py``) and Q/U records: versions of object states, the stored requests,
@@ -55,14 +55,14 @@ if TYPE_CHECKING:
     from bftfs.node.service import Node
 
 
-#: Handler slots a node's clients share (``FairSlots``): when all are taken, a client's next
-#: request waits for its turn.  A node's loop runs every ready handler before it reads a
-#: socket again, so a correct client's request arriving waits for up to this many frames of
-#: a flooder's (128, its ``max_inflight``, without the pool: t3_fair_admission.py measured
-#: a mean of about 1 500 flood queries answered per round of a correct client then, 550-600
-#: with 8 slots).  A frame holds one slot whatever it carries (a batch, a durable
-#: write waiting for its group commit); a client alone on the node (no other used it
-#: within ``admission.RECENT``) is not held to the pool, only to its ``max_inflight``.
+#: Handler slots the t3 measure of fair admission gives its nodes (``[limits]
+#: handler_slots``, off by default, policy.py says why).  A node's loop runs every ready
+#: handler before it reads a socket again, so a correct client's request arriving waits
+#: for up to this many frames of a flooder's (128, its ``max_inflight``, without the pool:
+#: t3_fair_admission.py measured a mean of about 1 500 flood queries answered per round
+#: of a correct client then, 550-600 with 8 slots).  A client alone on the node (no other
+#: used it within ``admission.RECENT``) is not held to the pool, only to its
+#: ``max_inflight``.
 HANDLER_SLOTS = 8
 
 
@@ -74,7 +74,7 @@ def admission_for(node: Node) -> Admission:
         requests_per_second=policy.requests_per_second,
         bytes_per_second=float(policy.bytes_per_second),
         burst_seconds=policy.burst_seconds,
-        handler_slots=HANDLER_SLOTS,
+        handler_slots=policy.handler_slots,
     )
     return Admission(limits, exempt=is_node, stats=node.stats)
 
