@@ -51,6 +51,7 @@ from bftfs.net.pool import Pool
 from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, live_first
 from bftfs.net.rtt import CALL_K, QUORUM_K, RESEND_K, RttTable
 from bftfs.net.session import SessionRefused
+from bftfs.net.suspects import connect_patience, suspects_last
 from bftfs.net.viewcheck import Admit
 from bftfs.outcome import Patience, bounded, current_patience, progressed
 
@@ -190,6 +191,13 @@ class Endpoint:
         interval = self.rtt.timeout(node, self.resend_after, RESEND_K)
         last_error = "no reply"
         first = True
+
+        def trouble() -> None:
+            nonlocal on_trouble
+            if on_trouble is not None:
+                report, on_trouble = on_trouble, None
+                report()
+
         try:
             while True:
                 now = trio.current_time()
@@ -201,19 +209,16 @@ class Endpoint:
                     unreachable = r.conn is None or r.conn.closed
                     self.faults[(int(node), "unreachable" if unreachable else "timeout")] += 1
                     raise TransportError(f"node {node}: {last_error} within {timeout:g}s")
-                if not first and on_trouble is not None:
-                    on_trouble()
-                    on_trouble = None
+                if not first:
+                    trouble()
                 try:
-                    went = await self._send(node, req_id, r)
+                    went = await self._send(node, req_id, r, trouble)
                 except SessionRefused:
                     raise  # revoked by a view: resending cannot help (a TransportError too)
                 except (TransportError, trio.ClosedResourceError) as e:
                     last_error = str(e) if isinstance(e, TransportError) else "connection closed"
                     first = False
-                    if on_trouble is not None:  # unreachable: let a quorum call probe now
-                        on_trouble()
-                        on_trouble = None
+                    trouble()  # unreachable: let a quorum call probe now
                     await trio.sleep(min(interval, max(0.0, deadline - now)))
                     interval = min(interval * 2, max(5.0, interval))
                     continue
@@ -231,15 +236,23 @@ class Endpoint:
                     progressed(trio.current_time())  # an answer, even a refusal
                     return waiter.answer()
                 last_error = "connection lost" if waiter.lost else "no reply"
+                if waiter.lost and self.pool.suspected([node]):
+                    # It proved faulty (its frame closed the connection, likely): a copy
+                    # on a new connection would cost as much again (``net/suspects.py``).
+                    self.faults[(int(node), "suspect_lost")] += 1
+                    raise TransportError(f"node {node}: connection lost, and it is suspect")
                 interval = min(interval * 2, max(5.0, interval))
         finally:
             if r.conn is not None:
                 r.conn.pending.pop(req_id, None)
 
-    async def _send(self, node: NodeId, req_id: int, r: _Request) -> bool:
+    async def _send(
+        self, node: NodeId, req_id: int, r: _Request, trouble: Callable[[], None]
+    ) -> bool:
         """One transmission of :meth:`call`'s request ``r``: on the node's connection (made
-        if need be), written on a new connection, resent on the one it went out on
-        (False: not resent, the connection still holds unsent bytes).
+        if need be: ``trouble`` is reported when that takes longer than its round trip
+        allows, ``net/suspects.py``), written on a new connection, resent on the one it
+        went out on (False: not resent, the connection still holds unsent bytes).
 
         Raises:
             SessionRefused: the node refuses this principal (revoked by a view: resending
@@ -247,7 +260,10 @@ class Endpoint:
             TransportError, trio.ClosedResourceError: not sent; the call tries again.
         """
         try:
-            r.conn = conn = await self.pool.get(node)
+            conn = self.pool.open_to(node)
+            if conn is None:
+                conn = await self._connect(node, trouble)
+            r.conn = conn
         except SessionRefused as e:
             self.faults[(int(node), "refused")] += 1
             if self.on_refused is not None:
@@ -264,6 +280,24 @@ class Endpoint:
             return True
         self.resends_held += 1
         return False
+
+    async def _connect(self, node: NodeId, trouble: Callable[[], None]) -> Connection:
+        """The connection to ``node``, made now; ``trouble()`` once it takes longer than
+        ``connect_patience`` (a node that accepts TCP and never answers the handshake:
+        the quorum call asks another at once, ``net/suspects.py``)."""
+
+        scope = trio.CancelScope()
+
+        async def report() -> None:
+            with scope:
+                await trio.sleep(connect_patience(self.rtt.rto(node)))
+                trouble()
+
+        self._nursery.start_soon(report)  # the endpoint's: its errors stay the caller's
+        try:
+            return await self.pool.get(node)
+        finally:
+            scope.cancel()
 
     # Liveness: slow is not unavailable (issue 60) ------------------------------------------
 
@@ -352,8 +386,19 @@ class Endpoint:
         return keep is None or keep()
 
     def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]:
-        """``targets`` to ask last: refusing connections, far slower or overdue (``net/rtt.py``)."""
+        """``targets`` to ask last: refusing connections, far slower or overdue
+        (``net/rtt.py``), suspect or stuck connecting (``net/suspects.py``)."""
         return self.pool.ask_last(targets)
+
+    def suspected(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """``targets`` a quorum call does not ask at once (``net/suspects.py``)."""
+        return self.pool.suspected(targets)
+
+    def suspect(self, node: NodeId, reason: str) -> None:
+        """``node`` sent what no correct node sends: asked last, and only when needed, for
+        a while (``net/suspects.py``); the protocols' clients call it on a reply that
+        does not parse."""
+        self.pool.suspect(node, reason)
 
     async def quorum_call(
         self,
@@ -372,11 +417,12 @@ class Endpoint:
         """Send to ``targets`` and return once ``enough`` holds over the valid replies.
 
         Requests go to the first ``initial`` targets (all by default; nodes that recently
-        refused connections last).  Another target is probed whenever one fails, refuses,
-        sends an invalid reply, cannot be reached, or ``probe_after`` seconds pass without
-        ``enough`` holding (the rules are :class:`~bftfs.net.quorum.QuorumEngine`'s).
-        Requests still in flight when this returns keep running in the background (writes
-        complete at the stragglers; their replies are dropped).
+        refused connections last; suspects only when needed, ``net/suspects.py``).
+        Another target is probed whenever one fails, refuses, sends an invalid reply,
+        cannot be reached, or ``probe_after`` seconds pass without ``enough`` holding (the
+        rules are :class:`~bftfs.net.quorum.QuorumEngine`'s).  Requests still in flight
+        when this returns keep running in the background (writes complete at the
+        stragglers; their replies are dropped).
 
         Args:
             payload: the request, or a function giving each node's request.
@@ -396,12 +442,14 @@ class Endpoint:
         timeout = self.timeout if timeout is None else timeout
         timeout = bounded(self.rtt.quorum_timeout(targets, timeout, QUORUM_K), now)
         targets = live_first(targets, self.ask_last(targets))
+        targets, reserve = suspects_last(targets, self.suspected(targets))
         engine = QuorumEngine(
             targets,
             label=kind,
             enough=enough,
             accept=accept,
             initial=initial,
+            reserve=reserve,
             probe_after=probe_after,
             resend_after=self.resend_after,
             timeout=timeout,

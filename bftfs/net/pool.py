@@ -21,6 +21,7 @@ from bftfs.net.keepalive import keep_connected
 from bftfs.net.moved import announce as announce_moved
 from bftfs.net.rtt import CONNECT_K
 from bftfs.net.session import SessionRefused
+from bftfs.net.suspects import Suspects
 from bftfs.net.viewcheck import admitted
 from bftfs.net.wires import open_session
 
@@ -48,6 +49,9 @@ class Pool:
         #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`close` ran.
         self._kept: set[NodeId] = set()
         self._closing = False
+        #: Nodes whose frames proved them faulty, and connection attempts under way: asked
+        #: last, suspects not at once (``net/suspects.py``).
+        self.suspects = Suspects()
 
     def open_to(self, node: NodeId) -> Connection | None:
         """The open connection to ``node``, if there is one (nothing is connected)."""
@@ -100,6 +104,7 @@ class Pool:
             scope.deadline = max(scope.deadline, now + rtt.timeout(node, 0.0, CONNECT_K))
             return stream
 
+        self.suspects.connect_started(node, trio.current_time())
         try:
             with trio.fail_after(rtt.timeout(node, ep.connect_timeout, CONNECT_K)) as scope:
                 stream, reader, session = await open_session(
@@ -125,11 +130,14 @@ class Pool:
         except TransportError:
             self.down_until[node] = trio.current_time() + 0.05
             raise
+        finally:
+            self.suspects.connect_ended(node)
         self._down_backoff.pop(node, None)
         self.down_until.pop(node, None)
         self._dead.discard(node)
         ep.liveness.connected(node, trio.current_time())
         conn = Connection(node, stream, reader, session, ep.faults, ep.pushed, ep.liveness, ep.rtt)
+        conn.on_fault = self.suspect
         self._nursery.start_soon(conn.run)
         return conn
 
@@ -140,10 +148,22 @@ class Pool:
         return {n for n in targets if down_until.get(n, 0.0) > now or n in self._dead}
 
     def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]:
-        """:meth:`down`, and those the endpoint's round trips say are far slower than the
-        rest or overdue (``RttTable.ask_last``)."""
+        """:meth:`down`, those the endpoint's round trips say are far slower than the
+        rest or overdue (``RttTable.ask_last``), suspects and those whose connection
+        attempt is stuck (``net/suspects.py``)."""
         ep, now = self.ep, trio.current_time()
-        return self.down(targets) | ep.rtt.ask_last(targets, ep.liveness.asked_at, now)
+        last = self.down(targets) | ep.rtt.ask_last(targets, ep.liveness.asked_at, now)
+        suspects = self.suspects
+        return last | suspects.suspected(targets, now) | suspects.stuck(targets, now, ep.rtt.rto)
+
+    def suspected(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """Those of ``targets`` whose frames proved them faulty lately: a quorum call asks
+        them only when the others do not do (``net/suspects.py``)."""
+        return self.suspects.suspected(targets, trio.current_time())
+
+    def suspect(self, node: NodeId, reason: str) -> None:
+        """``node`` sent what no correct node sends (``reason``): a suspect from now."""
+        self.suspects.suspect(node, reason, trio.current_time())
 
     def stay_connected(self, nodes: Sequence[NodeId]) -> None:
         """:meth:`Endpoint.stay_connected <bftfs.net.endpoint.Endpoint.stay_connected>`:

@@ -38,6 +38,8 @@ class NodeHealth:
     def blame(self, node: int, kind: str, *, suspect: bool = False) -> None:
         """Count a fault of ``kind`` against ``node``; ``suspect``: ask it last from now on."""
         self.faults[(int(node), kind)] += 1
+        if kind == "malformed":  # no correct node sends it: the transport asks it last
+            self.endpoint.suspect(NodeId(node), "malformed PASIS reply")
         if suspect:
             self.suspect[int(node)] = SUSPECT_READS
 
