@@ -9,7 +9,7 @@ heartbeats take their connections from it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -21,7 +21,7 @@ from bftfs.net.keepalive import keep_connected
 from bftfs.net.moved import announce as announce_moved
 from bftfs.net.rtt import CONNECT_K
 from bftfs.net.session import SessionRefused
-from bftfs.net.suspects import Suspects
+from bftfs.net.suspects import Suspects, connect_patience
 from bftfs.net.viewcheck import admitted
 from bftfs.net.wires import open_session
 
@@ -86,6 +86,26 @@ class Pool:
                     ep.on_peer_view(node, conn.session.peer_view)
             self.conns[node] = conn
             return conn
+
+    async def connect(self, node: NodeId, trouble: Callable[[], None] | None) -> Connection:
+        """:meth:`get`, with ``trouble()`` called if the connection is not made within
+        ``connect_patience`` of the node's round trip (a node that accepts TCP and never
+        answers the handshake: the quorum call waiting asks another at once,
+        ``net/suspects.py``)."""
+        if trouble is None:
+            return await self.get(node)
+        scope = trio.CancelScope()
+
+        async def report() -> None:
+            with scope:
+                await trio.sleep(connect_patience(self.ep.rtt.rto(node)))
+                trouble()
+
+        self._nursery.start_soon(report)  # the endpoint's: the errors of get stay ours
+        try:
+            return await self.get(node)
+        finally:
+            scope.cancel()
 
     async def _open(self, node: NodeId) -> Connection:
         """A new connection to ``node``, its handshake done and its tasks running."""

@@ -24,7 +24,7 @@ the attempt lasts (:meth:`Suspects.stuck`): a node that stopped reading (its pro
 ``stop-reading``) accepts TCP connections in its kernel and never answers the handshake,
 and until the connect timeout gave up on it (seconds) every read asked it for its
 fragment and waited for a probe to another node.  A call waiting for that connection
-reports trouble to its quorum call at the same mark (``Endpoint.call``), so the call asks
+reports trouble to its quorum call at the same mark (``Pool.connect``), so the call asks
 another node at once instead of after its ``probe_after``.
 """
 
