@@ -9,6 +9,9 @@ node was made to do, never a time.
   until the connect timeout gave up on it: two rounds a read.  Now a connection attempt
   far past its round trip makes its node asked last, and the call waiting on it reports
   trouble: one round a read, but for the first.
+* ``reject-everything``: the node refuses every request.  Before, every read asked it
+  for its fragment, was refused and fetched another in a second round; now a refusal
+  makes the PASIS client ask it for data last for a while (``rw/health.py``).
 * ``flood-client``: the node pushes 8 MiB of nonsense before each answer and answers with
   nonsense.  Before, every request (each write and Q/U update goes to every node) cost the
   client its 8 MiB, and a request whose reply broke the connection was resent on a new
@@ -70,6 +73,18 @@ def test_a_node_that_stopped_reading_costs_a_fresh_client_no_round(tmp_path: Pat
     # Only the first read may meet the hanging connection before it counts as stuck
     # (it asked the liar for its fragment, so it fetches one more: two rounds).  Before,
     # every read in the connect timeout's two seconds took two rounds and half a second.
+    assert counters["rounds"] <= BLOCKS + 1
+
+
+def test_a_node_refusing_every_read_costs_a_client_no_round(tmp_path: Path) -> None:
+    args = {LIAR: ["--byzantine", "reject-everything"]}
+    with ProcessCluster(tmp_path / "c", node_args=args) as pc:
+        trio.run(_write, pc.config)  # complete on the five others
+        counters, _ = trio.run(_cold_reads, pc.config)
+    print(f"cold reads: {counters}")
+    assert counters["reads"] == BLOCKS
+    # The first read learns that it refuses (and fetches the fragment it did not give);
+    # before, every read asked it for its systematic fragment again: two rounds each.
     assert counters["rounds"] <= BLOCKS + 1
 
 

@@ -43,6 +43,12 @@ class NodeHealth:
         if suspect:
             self.suspect[int(node)] = SUSPECT_READS
 
+    def refused(self, node: NodeId) -> None:
+        """``node`` refused a read (``reject-everything`` refuses all): asked for data
+        last for the next ``SUSPECT_READS`` reads, like a suspect, without a fault counted
+        (a correct node refuses when busy)."""
+        self.suspect[int(node)] = SUSPECT_READS
+
     def read_order(self, nodes: Sequence[NodeId]) -> list[NodeId]:
         """``nodes`` in the order a read asks them: by index (the systematic fragments'
         first), nodes that recently refused connections, far slower than the others
