@@ -53,6 +53,27 @@ def test_an_overdue_target_releases_the_reserve() -> None:
     assert e.on_tick(1.0).probe == (N[0],)  # resends due: the others are in trouble
 
 
+def test_when_every_other_answered_short_of_enough_the_reserve_is_asked_at_once() -> None:
+    e = QuorumEngine(
+        suspects_last(N, {N[0]})[0],
+        label="q",
+        enough=lambda replies: sum(v == "ok" for v in replies.values()) >= 5,
+        probe_after=0.5,
+        resend_after=1.0,
+        timeout=10.0,
+        now=0.0,
+        reserve=1,
+    )
+    assert e.start(0.0).probe == tuple(N[1:])
+    for n in N[1:5]:
+        assert e.on_reply(n, "ok", 0.1).probe == ()
+    # A valid reply that does not count (a refusal a protocol accepts): nothing is left
+    # in flight, so the suspect is the only way on; without it the call would wait for
+    # its deadline and fail.
+    assert e.on_reply(N[5], "refused", 0.1).probe == (N[0],)
+    assert e.on_reply(N[0], "ok", 0.2).verdict is Verdict.ENOUGH
+
+
 def test_without_a_reserve_the_timer_probes_as_before() -> None:
     e = engine(reserve=0, initial=5)
     assert e.start(0.0).probe == tuple(N[:5])

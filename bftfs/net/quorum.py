@@ -15,8 +15,9 @@ Rules (those of ``Endpoint.quorum_call`` since its first version):
 * the last ``reserve`` targets (suspects, ``net/suspects.py``) are not among the initial
   ones while others are left, and are never probed for ``probe_after`` alone: only when
   a target fails, refuses, answers badly, loses its connection, reports trouble or is
-  overdue for a resend (a suspect is asked when the others cannot do, not when they are
-  merely slower than ``probe_after``);
+  overdue for a resend, or every other target answered without ``enough`` holding (a
+  suspect is asked when the others cannot do, not when they are merely slower than
+  ``probe_after``);
 * a spare is probed, one at a time, whenever a target fails, refuses, answers with a reply
   ``accept`` rejects, reports trouble (unreachable, or no answer within the resend
   interval, ``on_trouble``), loses its connection, is overdue for a resend, or
@@ -229,6 +230,8 @@ class QuorumEngine:
             self.result.errors.pop(node, None)
             if self._enough(self.result.replies):
                 return self._finish(ENOUGH)
+            if not self._in_flight and self._timed is not None and self._next >= self._timed:
+                return self._after(self._probe_one(now))  # all answered: only the reserve left
             return self._after(WAIT)
         self.result.errors[node] = INVALID_REPLY
         return self._after(self._probe_one(now))

@@ -9,11 +9,14 @@ bytes of pushes between two replies (``net/connection.py``: the connection is cl
 batch, PASIS or Q/U reply that does not parse - is *suspect* for
 :data:`SUSPECT_SECONDS` from its latest such frame.  Only a faulty node (or a network
 attacker forging frames) sends them: its session's keys are its own.  A suspect is asked
-last by every quorum call (like a node that refused a connection, ``Pool.down``), and is
-not among the targets a call asks at once (:func:`first_asked`): a write or a Q/U update,
-which go to every node, go to the others first, and reach a suspect only when one of them
-fails.  So a node that answers every request with megabytes of pushes and nonsense
-(``flood-client``) costs two of its requests per :data:`SUSPECT_SECONDS`, not every one.
+last by every quorum call (like a node that refused a connection, ``Pool.down``) and
+held in reserve by it (:func:`suspects_last`, ``QuorumEngine(reserve=)``): not among the
+targets asked at once, nor probed because the others are slower than ``probe_after``;
+only when one of them fails, refuses, is overdue for a resend, or all answered without
+``enough``.  A write or a Q/U update, which go to every node, go to the others; a request
+whose connection the suspect broke is not sent again.  So a node that answers every
+request with megabytes of pushes and nonsense (``flood-client``) costs one or two of its
+requests per :data:`SUSPECT_SECONDS`, not every one.
 Nothing is believed of it more or less than before: what it answers is judged as ever;
 only who is asked first changes, and a suspect is asked whenever the others do not do.
 
