@@ -227,6 +227,7 @@ class Endpoint:
                     deadline = _stretched(self.rtt, node, floor, started, deadline)
                 with trio.move_on_at(min(deadline, now + interval)):
                     await waiter.event.wait()
+                await _while_arriving(r.conn, waiter, deadline, interval)
                 if waiter.event.is_set() and not waiter.lost:
                     progressed(trio.current_time())  # an answer, even a refusal
                     return waiter.answer()
@@ -494,3 +495,18 @@ async def open_endpoint(
         finally:
             await ep.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def _while_arriving(
+    conn: Connection | None, waiter: Waiter, deadline: float, interval: float
+) -> None:
+    """Wait, up to ``deadline``, while ``conn``'s big replies keep arriving (``rtt.Arrival``):
+    the one awaited may be among them or behind them, and a resend now would only have the
+    node send it again on the same slow link (docs/wan.md)."""
+    while conn is not None and not waiter.event.is_set():
+        now = trio.current_time()
+        hold = conn.arrival.hold(now, interval)
+        if hold <= 0 or now >= deadline:
+            return
+        with trio.move_on_at(min(deadline, now + hold)):
+            await waiter.event.wait()
