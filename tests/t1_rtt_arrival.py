@@ -39,7 +39,7 @@ def chunks(frames: int, start: float) -> list[tuple[float, int, int]]:
 
 def first_resend(arrival: Arrival, feed: list[tuple[float, int, int]], due: float) -> float:
     """When a request whose resend falls due at ``due`` is resent (``Endpoint.call`` with
-    ``_while_arriving``), the chunks of ``feed`` arriving meanwhile."""
+    ``_wait_reply``), the chunks of ``feed`` arriving meanwhile."""
     i, t = 0, due
     while True:
         while i < len(feed) and feed[i][0] <= t:
