@@ -33,7 +33,7 @@ from bftfs.net.frames import (
     FrameWriter,
 )
 from bftfs.net.liveness import Liveness
-from bftfs.net.rtt import RttTable
+from bftfs.net.rtt import Arrival, RttTable
 from bftfs.net.session import Session
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,9 @@ class Connection:
         self.faults = faults
         self.stream = stream
         self.reader = reader
+        #: Big replies arriving: a resend waits while they do (``net/rtt.Arrival``).
+        self.arrival = Arrival()
+        reader.on_progress = lambda got, left: self.arrival.chunk(got, left, trio.current_time())
         self.session = session
         self.on_push = on_push
         self.pending: dict[int, Waiter] = {}

@@ -225,8 +225,7 @@ class Endpoint:
                 waiter = r.waiter
                 if deadline < now + interval:  # connected since: its round trip measured
                     deadline = _stretched(self.rtt, node, floor, started, deadline)
-                with trio.move_on_at(min(deadline, now + interval)):
-                    await waiter.event.wait()
+                await _wait_reply(r.conn, waiter, now + interval, deadline, interval)
                 if waiter.event.is_set() and not waiter.lost:
                     progressed(trio.current_time())  # an answer, even a refusal
                     return waiter.answer()
@@ -526,3 +525,21 @@ async def open_endpoint(
         finally:
             await ep.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def _wait_reply(
+    conn: Connection | None, waiter: Waiter, resend_at: float, deadline: float, interval: float
+) -> None:
+    """Wait for ``waiter``'s reply until ``resend_at`` (or ``deadline``), then, up to
+    ``deadline``, while ``conn``'s big replies keep arriving (``rtt.Arrival``): the one
+    awaited may be among them or behind them, and a resend now would only have the node
+    send it again on the same slow link (docs/wan.md)."""
+    with trio.move_on_at(min(deadline, resend_at)):
+        await waiter.event.wait()
+    while conn is not None and not waiter.event.is_set():
+        now = trio.current_time()
+        hold = conn.arrival.hold(now, interval)
+        if hold <= 0 or now >= deadline:
+            return
+        with trio.move_on_at(min(deadline, now + hold)):
+            await waiter.event.wait()

@@ -15,7 +15,7 @@ import struct
 import sys
 import termios
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -109,6 +109,10 @@ class FrameReader:
         self.max_frame = max_frame
         #: A socket stream is read through its file descriptor (see :meth:`_receive_into`).
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        #: Called at each chunk of a big frame that arrives, with its bytes and those of the
+        #: frame still to come: on a slow link a frame takes seconds (docs/wan.md), and a
+        #: server counts a client's as activity, a client a reply arriving (``rtt.Arrival``).
+        self.on_progress: Callable[[int, int], None] | None = None
 
     async def read(self) -> bytes | memoryview | None:
         """The next frame, or None at a clean end of stream.
@@ -178,6 +182,8 @@ class FrameReader:
             if not got:
                 raise FrameError("truncated")
             have += got
+            if self.on_progress is not None:
+                self.on_progress(got, n - have)
         return frame
 
     async def _receive_into(self, into: memoryview) -> int:

@@ -30,10 +30,19 @@ must not keep it last for ever).  So is a node silent since it was asked somethi
 ``max(OVERDUE_FLOOR, OVERDUE_K * RTO)`` (:meth:`RttTable.overdue`): a node hung or cut off
 is passed over within a few of its round trips; only ``Liveness`` (much later) judges it
 absent.
+
+**Replies arriving** (:class:`Arrival`): a request is resent when its reply does not come
+within the resend interval, but on a slow link a big reply (a read of 16 fragments, 5.6
+MB) or the big replies queued before it take longer than that to arrive, and a resend
+then only asks the node to send them all again.  Each connection measures the rate its
+big frames arrive at; while bytes keep arriving, a resend waits for the frame being
+received at that rate and one interval more (:meth:`Arrival.hold`), as often as another
+frame follows.  Only resends wait: the call's deadline stays where it was.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -170,3 +179,40 @@ class RttTable:
         """:meth:`slow` and :meth:`overdue` ones: a quorum call asks them last."""
         targets = list(targets)
         return self.slow(targets, now) | self.overdue(targets, asked_at, now)
+
+
+@dataclass(slots=True)
+class Arrival:
+    """The big frames arriving on one connection (``FrameReader.on_progress``): when the
+    last chunk came, how much of the current frame is still to come, and the rate whole
+    frames arrive at (each frame's bytes after its first chunk over the time they took,
+    smoothed with :data:`ALPHA`)."""
+
+    #: Bytes per second (0 before the first frame measured).
+    rate: float = 0.0
+    #: When the last chunk arrived (the caller's clock).
+    last: float = -math.inf
+    #: Bytes of the frame being received still to come (0 between frames).
+    left: int = 0
+    started: float = 0.0
+    counted: int = 0
+
+    def chunk(self, got: int, left: int, now: float) -> None:
+        """``got`` bytes of a big frame arrived at ``now``, ``left`` more to come."""
+        if self.left == 0:  # a frame's first chunk: its bytes arrived before ``now``
+            self.started, self.counted = now, 0
+        else:
+            self.counted += got
+        self.last, self.left = now, left
+        if left == 0 and self.counted > 0 and now > self.started:
+            sample = self.counted / (now - self.started)
+            self.rate = sample if self.rate == 0 else (1 - ALPHA) * self.rate + ALPHA * sample
+
+    def hold(self, now: float, window: float) -> float:
+        """Seconds a resend due at ``now`` waits more: 0 unless a chunk arrived within
+        ``window`` (the resend interval); then until ``window`` after that chunk (the reply
+        awaited may be the frame that follows) and the rest of the frame being received at
+        the measured rate."""
+        if now - self.last > window:
+            return 0.0
+        return self.last + window - now + (self.left / self.rate if self.rate > 0 else 0.0)

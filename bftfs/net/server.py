@@ -156,21 +156,16 @@ class Server(Generic[Ctx]):
         self._inline: set[str] = set()
         self._fast: dict[str, FastHandler] = {}
         self._logged_internal: set[str] = set()
-        #: trio time of the latest request from a client (not a node): the node's
-        #: background work (lazy verification) runs when this is old enough.
-        self.last_client_request = 0.0
-        #: trio time the current run of client requests began: a gap of ``busy_gap``
-        #: seconds without one ends a run.  Lazy verification reads a long run as a client
-        #: stream and yields to it (``rw/lazy.stream_state``); its driver sets the gap.
-        self.client_busy_since = 0.0
+        #: trio times of a client's (not a node's) latest request or big frame's bytes
+        #: arriving (:meth:`client_active`) and of the start of their run, which a gap of
+        #: ``busy_gap`` ends: background work yields to them (``rw/lazy.stream_state``).
+        self.last_client_request = self.client_busy_since = 0.0
         self.busy_gap = 0.5
         #: Client requests being answered now, from their frame's read (past admission) to
         #: their reply: the node's background work yields while any are (node/yielding.py).
         self.client_inflight = 0
-        #: Request kinds that are not client activity (a status poll: the node registers
-        #: ``ping`` and ``stats``): they move neither clock above, so a monitor polling
-        #: every node every 0.2 s no longer reads as a client stream that keeps lazy
-        #: verification waiting for good.
+        #: Request kinds that are not client activity (status polls: ``ping``, ``stats``):
+        #: they move neither clock above, so a monitor does not hold verification back.
         self.monitoring: set[str] = set()
         #: The open connections of each authenticated principal (what :meth:`push` reaches).
         self._open: dict[PrincipalId, list[_ServerConnection[Ctx]]] = {}
@@ -350,6 +345,8 @@ class Server(Generic[Ctx]):
         faults = self.faults
         traffic = self.traffic
         writer = conn.writer
+        if sender is not None and not is_node(sender):
+            reader.on_progress = lambda _got, _left: self.client_active(trio.current_time())
         while True:
             if writer.pending > REPLY_BACKLOG:
                 # The sender does not take its replies: read nothing more from it until it
@@ -382,10 +379,7 @@ class Server(Generic[Ctx]):
             conn.requests += 1
             client = sender is not None and not is_node(sender) and kind not in self.monitoring
             if client:
-                now = trio.current_time()
-                if now - self.last_client_request >= self.busy_gap:
-                    self.client_busy_since = now
-                self.last_client_request = now
+                self.client_active(trio.current_time())
             admission = self.admission
             done: Callable[[], None] | None = None
             if admission is not None and admission.limited(sender):
@@ -412,6 +406,12 @@ class Server(Generic[Ctx]):
                 done = _countdown(done, len(plan))
             for delay in plan:
                 nursery.start_soon(self._dispatch, conn, req_id, kind, payload, delay, done)
+
+    def client_active(self, now: float) -> None:
+        """A client request, or a chunk of a client's big frame, arrived at ``now``."""
+        if now - self.last_client_request >= self.busy_gap:
+            self.client_busy_since = now
+        self.last_client_request = now
 
     def _client_done(self) -> None:
         self.client_inflight -= 1

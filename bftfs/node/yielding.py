@@ -8,13 +8,15 @@ background work never starves (its promises: storage bounded, everything verifie
 its budget, catch-up finishing).
 
 **Busy** (:class:`Foreground`) means a client request is being answered now (the server
-counts them from the frame read to the reply, ``Server.client_inflight``), or one came
-within :data:`RECENT` seconds (lazy verification's ``idle_seconds``): a client working
-through a mount leaves gaps of milliseconds between its requests to one node, in which
-the other nodes (on the same cores, on a local cluster) and the mount are still answering
-it.  A background step begun in such a gap takes CPU the client's next request wants,
-here or on another node.  Requests of other nodes (their own background work, NOTIFYs)
-and status polls are not foreground.
+counts them from the frame read to the reply, ``Server.client_inflight``), or one came,
+or a chunk of a client's big frame arrived (``Server.client_active``: across a WAN a
+batch of fragments takes a second to arrive, docs/wan.md), within :data:`RECENT` seconds
+(lazy verification's ``idle_seconds``): a client working through a mount leaves gaps of
+milliseconds between its requests to one node, in which the other nodes (on the same
+cores, on a local cluster) and the mount are still answering it.  A background step
+begun in such a gap takes CPU the client's next request wants, here or on another node.
+Requests of other nodes (their own background work, NOTIFYs) and status polls are not
+foreground.
 
 **The rule** (:class:`GateRule`, pure: time is an argument).  While the foreground is
 busy, the node's background as a whole gets one *slice* of ``slice`` seconds every

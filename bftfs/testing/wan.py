@@ -261,12 +261,12 @@ class Nodes:
         self.config = cfgmod.load(self.path)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, i: int, *, wait: bool = True) -> None:
-        """Start node ``i`` on its host (``bftfs node --id I`` and the node arguments);
-        with ``wait``, until it answers."""
+    def start(self, i: int, *, wait: bool = True, extra: tuple[str, ...] = ()) -> None:
+        """Start node ``i`` on its host (``bftfs node --id I``, the node arguments and
+        ``extra``, e.g. ``--byzantine PROFILE``); with ``wait``, until it answers."""
         cmd = [sys.executable, "-m", "bftfs", "node", "--config", str(self.path), "--id", str(i)]
         log = self.admin / f"node{i}.log"
-        self.procs[i] = self.wan.hosts.spawn(i, [*cmd, *self.node_args], log)
+        self.procs[i] = self.wan.hosts.spawn(i, [*cmd, *self.node_args, *extra], log)
         deadline = time.monotonic() + 120
         while wait and not self.answers(i):
             if self.procs[i].poll() is not None or time.monotonic() > deadline:
