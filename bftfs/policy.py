@@ -342,7 +342,7 @@ def limits_from(table: Any) -> LimitsPolicy:
 #: Keys newer than the previous release, written only when set to other than their default:
 #: a release refuses keys it does not know, and during a rolling upgrade the previous
 #: release's clients and nodes read the cluster.toml this one writes (docs/operations.md).
-WRITTEN_WHEN_SET = frozenset({"audit_seconds", "audit_challenges"})
+WRITTEN_WHEN_SET = frozenset({"audit_seconds", "audit_challenges", "handler_slots"})
 
 
 def to_table(policy: VerificationPolicy | RetentionPolicy | LimitsPolicy) -> dict[str, Any]:

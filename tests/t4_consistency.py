@@ -55,3 +55,18 @@ def test_three_mounts_with_leases_longer_runs(tmp_path: Path, seed: int) -> None
 @pytest.mark.parametrize("seed", [2, 3, 4])
 def test_three_mounts_longer_runs(tmp_path: Path, seed: int) -> None:
     _checked(tmp_path, 3, seed=seed, ops=600, faults=4)
+
+
+@pytest.mark.slow
+def test_two_mounts_on_four_nodes_with_a_node_killed_and_restarted(tmp_path: Path) -> None:
+    """Issue 68: the checker on a cluster of four (FaB metadata, blocks in Byzantine
+    Listeners registers), each cycle a node killed and restarted."""
+    with consistency.mounted(tmp_path, 2, options="lease=10", engine="fab", n=4) as (
+        cluster,
+        dirs,
+    ):
+        assert cluster.config.blocks == "registers"
+        report = consistency.run(cluster, dirs, seed=68, ops=150, faults=2)
+    print(report.text())
+    assert report.steps == 150 and sum(report.ops.values()) > 100
+    assert len(report.schedule) == 4

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,11 +32,14 @@ pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse an
 NOBODY = 65534
 
 
-def _mounted(factory: pytest.TempPathFactory, options: str | None) -> Iterator[Path]:
+def _mounted(
+    factory: pytest.TempPathFactory, options: str | None, **cluster: Any
+) -> Iterator[Path]:
     where = _open_dir(Path(tempfile.gettempdir()))
+    home = factory.mktemp("cluster") / "c"
     try:
         with (
-            ProcessCluster(factory.mktemp("cluster") / "c", map_size=1 << 29, durable=False) as pc,
+            ProcessCluster(home, map_size=1 << 29, durable=False, **cluster) as pc,
             Mount(pc.config, where / "m", options=options) as m,
         ):
             os.chmod(m.mountpoint, 0o755)
@@ -62,15 +66,28 @@ def _open_dir(base: Path) -> Path:
     return d
 
 
-@pytest.fixture(params=["reference", "bftfs", "bftfs-lease"])
+@pytest.fixture(scope="module")
+def mnt_four(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A mount of four nodes (issue 68: FaB metadata, blocks in Byzantine Listeners
+    registers, ``bftfs init --engine fab --n 4``), leases on."""
+    yield from _mounted(tmp_path_factory, "allow_other", engine="fab", n=4)
+
+
+MOUNTS = {"bftfs": "mnt", "bftfs-lease": "mnt_lease", "bftfs-four": "mnt_four"}
+
+
+@pytest.fixture(
+    params=["reference", "bftfs", "bftfs-lease", pytest.param("bftfs-four", marks=pytest.mark.slow)]
+)
 def root(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A fresh directory on the local disk (reference) or in the mount (with leases)."""
+    """A fresh directory on the local disk (reference) or in a mount (with leases; of four
+    nodes, in the slow suite)."""
     if request.param == "reference":
         base = _open_dir(Path(tempfile.gettempdir()))
         d = base / "ref"
     else:
         base = None
-        mount = request.getfixturevalue("mnt" if request.param == "bftfs" else "mnt_lease")
+        mount = request.getfixturevalue(MOUNTS[request.param])
         d = mount / request.node.name.replace("[", "_").replace("]", "")
     d.mkdir()
     os.chmod(d, 0o777)
