@@ -93,9 +93,6 @@ class QuorumRounds:
             return Reply.from_wire(raw, objects, self.th.n)
         except MessageError:
             self.faults[(int(node), "malformed")] += 1
-            suspect = getattr(self.ep, "suspect", None)  # in-memory endpoints have none
-            if suspect is not None:  # asked last, and only when needed, for a while
-                suspect(node, "malformed Q/U reply")
             return None
 
     async def request(
