@@ -223,7 +223,7 @@ def init_cluster(
         ClusterError: a cluster already exists there (and ``force`` is false).
     """
     home = home.resolve()
-    n_, qc_, m_ = _sizes(t, b, n, qc, m, len(addresses or ()), groups, engine)
+    engine, n_, qc_, m_ = _sizes(t, b, n, qc, m, len(addresses or ()), groups, engine)
     if config_path(home).exists() and not force:
         raise ClusterError(f"a cluster already exists in {home} (use --force to replace it)")
     node_ids = [Identity.generate(NodeId(i)) for i in range(n_ * groups)]
@@ -266,13 +266,15 @@ def _sizes(
     given: int,
     groups: int,
     engine: str,
-) -> tuple[int, int, int]:
-    """``(n, qc, m)`` of one group (:func:`init_cluster`); ``given``: addresses given."""
+) -> tuple[str, int, int, int]:
+    """``(engine, n, qc, m)`` of one group (:func:`init_cluster`; ``engine`` as saved:
+    ``listeners`` is FaB on ``3b + 1`` nodes); ``given``: addresses given."""
+    engine, n = cfgmod.engine_and_nodes(engine, n, t, b)
     if groups < 1 or (groups > 1 and engine != "qu"):
         raise ConfigError(f"--groups must be at least 1, and > 1 needs engine qu (got {groups})")
     if given and n is None:
         n = given // groups
-    return default_sizes(t, b, n, qc, m)
+    return (engine, *default_sizes(t, b, n, qc, m))
 
 
 def _node_specs(

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from bftfs import accounting
-from bftfs.config import ClientSpec, ClusterConfig, NodeSpec
+from bftfs.config import LISTENERS, ClientSpec, ClusterConfig, ConfigError, NodeSpec
 from bftfs.crypto import Identity
 from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
@@ -20,6 +20,7 @@ from bftfs.listeners import bhistory, blockregs
 from bftfs.listeners import messages as m
 from bftfs.listeners.bnodeside import put_if_newer
 from bftfs.listeners.stamps import INITIAL_VALUE, Stamp, Stored
+from bftfs.local import init_cluster
 from bftfs.policy import RetentionPolicy
 
 SECOND = 10**9
@@ -146,3 +147,16 @@ def test_fab_below_pasis_size_keeps_blocks_in_registers(tmp_path: Path) -> None:
     assert _config(tmp_path, 4, "fab").blocks == "registers"
     assert _config(tmp_path, 6, "fab").blocks == "pasis"
     assert _config(tmp_path, 6, "qu").blocks == "pasis"
+
+
+def test_init_engine_listeners_makes_four_nodes_of_fab_metadata_and_register_blocks(
+    tmp_path: Path,
+) -> None:
+    """``bftfs init --engine listeners`` (issue 68): ``3b + 1`` nodes, saved as FaB metadata
+    with blocks in registers; a node count PASIS could serve is refused, not silently
+    erasure-coded under the name."""
+    cfg = init_cluster(tmp_path / "c", engine=LISTENERS, map_size=1 << 28)
+    assert (cfg.n, cfg.engine, cfg.blocks) == (4, "fab", "registers")
+    with pytest.raises(ConfigError, match="fewer nodes than PASIS"):
+        init_cluster(tmp_path / "d", engine=LISTENERS, n=5)
+    assert not (tmp_path / "d").exists()

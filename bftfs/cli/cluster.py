@@ -458,7 +458,8 @@ def with_init(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--engine",
         default="qu",
-        help='the metadata engine: "qu" (Q/U, the default) or "fab" (FaB Paxos, docs/fab.md)',
+        help='"qu" (Q/U, the default), "fab" (FaB Paxos, docs/fab.md) or "listeners" (3b+1 '
+        "nodes: FaB metadata, blocks in Listeners registers, docs/listeners.md)",
     )
     sp.add_argument(
         "--no-durable",

@@ -25,6 +25,7 @@ from bftfs.config.model import (
     DEFAULT_INLINE_LIMIT,
     DEFAULT_MAP_SIZE,
     DEFAULT_T,
+    LISTENERS,
     MAX_BLOCK_SIZE,
     MAX_INLINE_LIMIT,
     MIN_MAP_SIZE,
@@ -35,6 +36,7 @@ from bftfs.config.model import (
     NodeSpec,
     RetiredClient,
     default_sizes,
+    engine_and_nodes,
     with_ports,
 )
 from bftfs.config.tomlfile import dumps, from_dict, load, parse_address, save, to_dict
@@ -48,6 +50,7 @@ __all__ = [
     "DEFAULT_INLINE_LIMIT",
     "DEFAULT_MAP_SIZE",
     "DEFAULT_T",
+    "LISTENERS",
     "MAX_BLOCK_SIZE",
     "MAX_INLINE_LIMIT",
     "MIN_MAP_SIZE",
@@ -59,6 +62,7 @@ __all__ = [
     "RetiredClient",
     "default_sizes",
     "dumps",
+    "engine_and_nodes",
     "from_dict",
     "load",
     "parse_address",

@@ -73,6 +73,9 @@ DEFAULT_INLINE_LIMIT = 32 * 1024
 #: ``[cluster] engine``: what orders the file system's metadata methods (``bftfs.fsobjects``)
 #: - ``qu`` (Q/U, seed 004) or ``fab`` (FaB Paxos, seed 003; docs/fab.md).
 ENGINES = ("qu", "fab")
+#: ``bftfs init --engine listeners``: ``3b + 1`` nodes, metadata on Parameterized FaB, file
+#: blocks in Byzantine Listeners registers (docs/listeners.md); saved as engine ``fab``.
+LISTENERS = "listeners"
 #: The servers refuse larger inline content (bftfs.fsobjects.limits.INLINE_MAX).
 MAX_INLINE_LIMIT = 64 * 1024
 #: Bytes of a volume key's id (``[cluster] volume_key_id``; ``bftfs.crypto.KEY_ID_SIZE``).
@@ -534,6 +537,22 @@ def domain_rule(domain: str) -> str | None:
     if not set(domain) <= DOMAIN_CHARS:
         return "may only use letters, digits, - _ . :"
     return None
+
+
+def engine_and_nodes(engine: str, n: int | None, t: int, b: int) -> tuple[str, int | None]:
+    """The engine and node count a cluster is made with: ``engine`` and ``n``, but for
+    :data:`LISTENERS`, FaB on ``3b + 1`` nodes by default (blocks then go to registers).
+
+    Raises:
+        ConfigError: :data:`LISTENERS` with as many nodes as PASIS needs (its blocks would
+            be erasure-coded there, not held in registers).
+    """
+    if engine != LISTENERS:
+        return engine, n
+    n = 3 * b + 1 if n is None else n
+    if n >= 2 * t + 2 * b + 1:
+        raise ConfigError(f"--engine listeners is for fewer nodes than PASIS needs, not {n}")
+    return "fab", n
 
 
 def default_sizes(
