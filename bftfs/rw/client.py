@@ -332,34 +332,14 @@ class RWClient:
         largest answer (at or below what some correct node uses), and the free disk a node
         may count on, the ``(b + 1)``-th smallest answer (at or above what some correct
         node has: ``b`` liars can neither shrink nor inflate it past a correct one)."""
-        used: dict[int, int] = {}
-        free: dict[int, int] = {}
-
-        def accept(node: NodeId, raw: Any) -> bool:
-            try:
-                used[node], room = parse_space_reply(raw)
-            except MessageError:
-                return False
-            if room is not None:
-                free[node] = room
-            return True
-
         calls = self.calls
-        await self.endpoint.quorum_call(  # not batched: rw.space is no batch item
+        return await ask_space(
+            self.endpoint,
             calls.nodes,
-            KIND_SPACE,
-            {"v": RW_WIRE_VERSION},
-            enough=lambda r: len(r) >= self.th.quorum,
-            accept=accept,
+            self.th.quorum,
+            self.th.b,
             probe_after=calls.probe_after,
             timeout=calls.timeout if calls.timeout is not None else self.endpoint.timeout,
-        )
-        b = self.th.b
-        ranked = sorted(used.values(), reverse=True)
-        rooms = sorted(free.values())
-        return Space(
-            used=ranked[min(b, len(ranked) - 1)],
-            free=rooms[b] if len(rooms) > b else None,
         )
 
 
@@ -368,6 +348,42 @@ class Space(NamedTuple):
 
     used: int
     free: int | None
+
+
+async def ask_space(
+    endpoint: Endpoint, nodes: Sequence[NodeId], quorum: int, liars: int, **options: Any
+) -> Space:
+    """``rw.space`` of ``nodes`` until ``quorum`` answered (``options``: the quorum call's):
+    bytes used, the ``(liars + 1)``-th largest answer (at or below what some correct node
+    uses), and the free disk a node may count on, the ``(liars + 1)``-th smallest (at or
+    above what some correct node has: ``liars`` can neither shrink nor inflate it past a
+    correct one).  Shared by PASIS's client and the register block store."""
+    used: dict[int, int] = {}
+    free: dict[int, int] = {}
+
+    def accept(node: NodeId, raw: Any) -> bool:
+        try:
+            used[node], room = parse_space_reply(raw)
+        except MessageError:
+            return False
+        if room is not None:
+            free[node] = room
+        return True
+
+    await endpoint.quorum_call(  # not batched: rw.space is no batch item
+        nodes,
+        KIND_SPACE,
+        {"v": RW_WIRE_VERSION},
+        enough=lambda r: len(r) >= quorum,
+        accept=accept,
+        **options,
+    )
+    ranked = sorted(used.values(), reverse=True)
+    rooms = sorted(free.values())
+    return Space(
+        used=ranked[min(liars, len(ranked) - 1)],
+        free=rooms[liars] if len(rooms) > liars else None,
+    )
 
 
 def largest_block(config: Any) -> int:

@@ -37,9 +37,8 @@ from bftfs.listeners.auth import data_hash
 from bftfs.listeners.bclient import BListenersClient
 from bftfs.listeners.stamps import Stored
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
-from bftfs.rw.client import RWStatistics, Space, largest_block, open_rw_client
+from bftfs.rw.client import RWStatistics, Space, ask_space, largest_block, open_rw_client
 from bftfs.rw.failures import ReadFailed, WriteFailed, outcomes
-from bftfs.rw.messages import KIND_SPACE, RW_WIRE_VERSION, MessageError, parse_space_reply
 from bftfs.rw.timestamp import Timestamp
 from bftfs.rw.write import Prepared
 
@@ -224,31 +223,7 @@ class RegisterBlocks:
     async def space(self) -> Space:
         """A node's store as a quorum reports it: the ``(f + 1)``-th largest use, the
         ``(f + 1)``-th smallest free room (``RWClient.space``'s rule)."""
-        used: dict[NodeId, int] = {}
-        free: dict[NodeId, int] = {}
-
-        def accept(node: NodeId, raw: Any) -> bool:
-            try:
-                used[node], room = parse_space_reply(raw)
-            except MessageError:
-                return False
-            if room is not None:
-                free[node] = room
-            return True
-
-        await self.endpoint.quorum_call(
-            self.regs.nodes,
-            KIND_SPACE,
-            {"v": RW_WIRE_VERSION},
-            enough=lambda r: len(r) >= self.sizes.quorum,
-            accept=accept,
-        )
-        f = self.sizes.f
-        ranked = sorted(used.values(), reverse=True)
-        rooms = sorted(free.values())
-        return Space(
-            used=ranked[min(f, len(ranked) - 1)], free=rooms[f] if len(rooms) > f else None
-        )
+        return await ask_space(self.endpoint, self.regs.nodes, self.sizes.quorum, self.sizes.f)
 
 
 @asynccontextmanager
