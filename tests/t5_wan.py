@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -40,6 +41,10 @@ from waiting import wait_for
 from bftfs.testing import consistency, wan
 from bftfs.testing.byzantine.profiles import PROFILES
 from bftfs.testing.mounts import Mount, fuse_available
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import attack  # noqa: E402
 
 SLOW_NODE = 5
 LINKS = [wan.Link(25.0)] * 5 + [wan.Link(150.0)]
@@ -184,19 +189,7 @@ def test_two_mounts_close_to_open_across_the_wan_with_a_node_killed(tmp_path: Pa
 #: The Byzantine node profiles run across the WAN: ``benchmarks/attack.py``'s but
 #: ``listeners-liar`` (it lies on the listeners engine's requests, which this Q/U cluster
 #: never sends).
-WAN_PROFILES = (
-    "corrupt-fragments",
-    "reject-everything",
-    "lie-about-history",
-    "withhold-history",
-    "misdate-history",
-    "withhold-recalls",
-    "forge-recalls",
-    "power-cut-in-update",
-    "flood-client",
-    "stop-reading",
-    "rational",
-)
+WAN_PROFILES = tuple(p for p in attack.NODE_PROFILES if p != "listeners-liar")
 
 
 def listening(bed: wan.Wan, i: int) -> bool:
