@@ -108,8 +108,9 @@ class PastReader:
         self.waits = 0
         self.silent: set[int] = set()
         self.on_wait: Callable[[str], None] | None = None
-        #: Nodes that let a ``qu.starts`` or ``qu.chains`` round time out: later rounds do
-        #: not wait for them beyond a quorum.
+        #: Nodes that let a ``qu.starts`` or ``qu.chains`` round or a ``qu.states`` request
+        #: time out: later rounds do not wait for them beyond a quorum, and states are
+        #: asked of them last.
         self._unanswered: set[int] = set()
         #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
         self.fetches = 0
@@ -413,7 +414,7 @@ class PastReader:
         while todo:
             by_host: dict[int, list[Agreed]] = {}
             for v in todo:
-                host = next((h for h in v.hosts if h not in tried.get(v.lt, set())), None)
+                host = self._next_host(v.hosts, tried.get(v.lt, set()))
                 if host is None:
                     raise HistoryUnavailable(f"object {oid}: no server gave version {v.lt} intact")
                 by_host.setdefault(host, []).append(v)
@@ -431,6 +432,13 @@ class PastReader:
                             todo.append(v)
         return out
 
+    def _next_host(self, hosts: Sequence[int], tried: set[int]) -> int | None:
+        """The first of ``hosts`` not yet ``tried``, those that once let a request go
+        unanswered last: a server that withholds states (or is down) costs this reader one
+        timeout, not one per version it hosts."""
+        left = [h for h in hosts if h not in tried]
+        return min(left, key=lambda h: h in self._unanswered, default=None)
+
     async def _fetch(
         self, host: int, oid: int, wanted: Sequence[Agreed]
     ) -> Mapping[Timestamp, bytes | None]:
@@ -443,6 +451,9 @@ class PastReader:
                 timeout=ROUND_TIMEOUT,
             )
             states = parse_states_reply(raw, len(wanted))
-        except (TransportError, MessageError):
+        except TransportError:
+            self._unanswered.add(host)
+            return {}
+        except MessageError:
             return {}
         return {v.lt: s for v, s in zip(wanted, states, strict=True)}
