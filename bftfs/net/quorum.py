@@ -12,6 +12,12 @@ The trio loop that feeds it lives in ``net/driver.py``; the transports behind it
 Rules (those of ``Endpoint.quorum_call`` since its first version):
 
 * the first ``initial`` targets (all by default) are asked at once; the rest are spares;
+* the last ``reserve`` targets (suspects, ``net/suspects.py``) are not among the initial
+  ones while others are left, and are never probed for ``probe_after`` alone: only when
+  a target fails, refuses, answers badly, loses its connection, reports trouble or is
+  overdue for a resend, or every other target answered without ``enough`` holding (a
+  suspect is asked when the others cannot do, not when they are merely slower than
+  ``probe_after``);
 * a spare is probed, one at a time, whenever a target fails, refuses, answers with a reply
   ``accept`` rejects, reports trouble (unreachable, or no answer within the resend
   interval, ``on_trouble``), loses its connection, is overdue for a resend, or
@@ -130,6 +136,7 @@ class QuorumEngine:
         now: the current time.
         linger: asked at the deadline with the outstanding targets; while it holds the
             deadline moves on by ``timeout`` (at least ``resend_after``) instead.
+        reserve: the last this many targets are asked only as the module docstring says.
     """
 
     def __init__(
@@ -145,14 +152,19 @@ class QuorumEngine:
         timeout: float,
         now: float,
         linger: Linger | None = None,
+        reserve: int = 0,
     ) -> None:
         self.targets: tuple[NodeId, ...] = tuple(dict.fromkeys(targets))
+        #: Targets the ``probe_after`` timer may ask (the rest are the reserve).
+        self._timed = len(self.targets) - reserve if 0 < reserve < len(self.targets) else None
         self.label = label
         self.result = QuorumResult()
         self.deadline = now + timeout
         self._enough = enough
         self._accept = accept
         self._initial = len(self.targets) if initial is None else max(1, initial)
+        if self._timed is not None:
+            self._initial = min(self._initial, self._timed)
         self._probe_after = probe_after
         self._resend_after = resend_after
         self._timeout = timeout
@@ -188,7 +200,7 @@ class QuorumEngine:
     def wake_at(self) -> float:
         """When :meth:`on_tick` has something to do if no event comes first."""
         wake = self.deadline
-        if self._next < len(self.targets):
+        if self._next < (len(self.targets) if self._timed is None else self._timed):
             wake = min(wake, self._probe_at)
         for sent in self._watched.values():
             wake = min(wake, sent + self._resend_after)
@@ -218,6 +230,8 @@ class QuorumEngine:
             self.result.errors.pop(node, None)
             if self._enough(self.result.replies):
                 return self._finish(ENOUGH)
+            if not self._in_flight and self._timed is not None and self._next >= self._timed:
+                return self._after(self._probe_one(now))  # all answered: only the reserve left
             return self._after(WAIT)
         self.result.errors[node] = INVALID_REPLY
         return self._after(self._probe_one(now))
@@ -266,7 +280,7 @@ class QuorumEngine:
         # An overdue target is in trouble just as one that reported it is.
         probe: tuple[NodeId, ...] = ()
         if resend or now >= self._probe_at:
-            probe = tuple(self._take(1, now))
+            probe = tuple(self._take(1, now, timed=not resend))
         if not probe and not resend:
             return WAIT
         return Step(Verdict.WAIT, probe=probe, resend=resend)
@@ -278,9 +292,13 @@ class QuorumEngine:
 
     # Internals ---------------------------------------------------------------------------
 
-    def _take(self, count: int, now: float) -> list[NodeId]:
-        """Mark up to ``count`` spares as asked; the probe timer restarts if any were."""
-        taken = list(self.targets[self._next : self._next + count])
+    def _take(self, count: int, now: float, *, timed: bool = False) -> list[NodeId]:
+        """Mark up to ``count`` spares as asked (``timed``: for ``probe_after`` alone, so
+        not the reserve); the probe timer restarts if any were."""
+        end = self._next + count
+        if timed and self._timed is not None:
+            end = min(end, self._timed)
+        taken = list(self.targets[self._next : end])
         self._next += len(taken)
         self._in_flight.update(taken)
         if taken:
