@@ -35,8 +35,9 @@ def engine(reserve: int, initial: int | None = None) -> QuorumEngine:
 def test_a_suspect_is_held_back_from_a_call_to_every_node() -> None:
     e = engine(reserve=1)
     assert e.start(0.0).probe == tuple(N[1:])  # node 0 suspect: the other five
-    # Slower than probe_after is no reason to ask it ...
-    assert e.wake_at() == 10.0
+    # Slower than probe_after is no reason to ask it (the timer wakes for it only at
+    # reserve_wait, min(max(probe_after, resend_after), timeout / 4)) ...
+    assert e.wake_at() == e.reserve_wait == 1.0
     assert e.on_tick(0.6).probe == ()
     # ... a failure of another is.
     assert e.on_failure(N[3], "refused", 0.7).probe == (N[0],)
@@ -108,3 +109,53 @@ def test_a_connection_attempt_far_past_its_round_trip_is_stuck() -> None:
     assert s.stuck(N, 12.1, rto) == {N[1], N[4]}
     s.connect_ended(1)
     assert s.stuck(N, 12.1, rto) == {N[4]}
+
+
+def test_the_reserve_is_asked_when_silent_targets_leave_the_others_short() -> None:
+    """Nine targets, seven replies wanted, node 0 suspect; nodes 1 and 2 are silent
+    (crashed, withholding: no failure, no trouble reported).  The six that answer cannot
+    make the quorum: the reserve is asked ``reserve_wait`` after the others were, well
+    within the call's patience (before: only at the deadline, and the call failed)."""
+    nine = [NodeId(i) for i in range(9)]
+    e = QuorumEngine(
+        suspects_last(nine, {nine[0]})[0],
+        label="rw.time",
+        enough=lambda replies: len(replies) >= 7,
+        probe_after=0.05,
+        resend_after=1.0,
+        timeout=5.0,
+        now=0.0,
+        reserve=1,
+    )
+    assert e.start(0.0).probe == tuple(nine[1:])
+    for n in nine[3:]:
+        assert e.on_reply(n, "ok", 0.01).probe == ()
+    assert e.on_tick(0.5).probe == ()  # slower than probe_after: no reason yet
+    assert e.wake_at() == e.reserve_wait == 1.0
+    assert e.on_tick(1.0).probe == (nine[0],)
+    assert e.on_reply(nine[0], "ok", 1.01).verdict is Verdict.ENOUGH
+    assert e.reserve_answered == [nine[0]]
+
+
+def test_the_reserve_never_waits_past_a_quarter_of_a_short_call() -> None:
+    short = QuorumEngine(
+        suspects_last(N, {N[0], N[1]})[0],
+        label="w",
+        enough=lambda replies: len(replies) >= 5,
+        probe_after=0.5,
+        resend_after=1.0,
+        timeout=0.4,
+        now=0.0,
+        reserve=2,
+    )
+    short.start(0.0)
+    assert short.wake_at() == 0.1
+    assert short.on_tick(0.1).probe == (N[0], N[1])  # every suspect left, at once
+
+
+def test_a_suspect_that_answers_correctly_is_pardoned() -> None:
+    s = Suspects()
+    s.suspect(3, "malformed", 0.0)
+    s.suspect(4, "push_flood", 0.0)
+    s.pardon([NodeId(3)])
+    assert s.suspected(N, 1.0) == {N[4]}

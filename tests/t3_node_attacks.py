@@ -122,3 +122,36 @@ def test_a_flooding_node_is_asked_only_when_the_others_do_not_do(tmp_path: Path)
     # requests sent before its first reply proved it faulty, and none after.
     assert pushes <= 4 * FLOOD_PUSHES
     assert LIAR in last  # a suspect still (for SUSPECT_SECONDS from its latest proof)
+
+
+def test_a_healed_suspect_is_asked_when_silent_nodes_leave_the_others_short(
+    tmp_path: Path,
+) -> None:
+    """t = 2, b = 1 (nine nodes, seven needed), in process.  Node 0 answers reads with
+    garbage, and the client makes it a suspect; then it is healed, node 1 crashes and node 2
+    withholds every answer: the six others cannot make a quorum, so every call needs the
+    suspect.  Each is still done within its patience (the reserve is asked
+    ``reserve_wait`` after the others, not at the deadline), and node 0, having answered
+    correctly, is a suspect no more (t5_rw_faults's larger placements failed before)."""
+    from rw_helpers import heal, make_crashed, rw_cluster
+
+    from bftfs.ids import NodeId
+    from bftfs.testing.byzantine.rw import make_byzantine
+
+    async def main() -> None:
+        async with rw_cluster(tmp_path, t=2, b=1) as (cluster, (a, _b)):
+            await a.write_block(1, b"before")
+            make_byzantine(cluster, 0, "garbage")
+            assert await a.read_block(1) == b"before"
+            assert a.endpoint.suspected([NodeId(0)]) == {NodeId(0)}
+            heal(cluster)
+            make_crashed(cluster, 1)
+            make_byzantine(cluster, 2, "withhold")
+            try:
+                await a.write_block(1, b"after")  # rw.time and rw.write need node 0
+                assert await a.read_block(1) == b"after"
+            finally:
+                heal(cluster)
+            assert a.endpoint.suspected([NodeId(0)]) == set()
+
+    trio.run(main)

@@ -151,6 +151,8 @@ class Caller(Protocol):
 
     def suspect(self, node: NodeId, reason: str) -> None: ...
 
+    def pardon(self, nodes: Sequence[NodeId]) -> None: ...
+
     def node_live(self, node: NodeId, now: float) -> bool: ...
 
     def usual_wait(self, node: NodeId) -> float: ...
@@ -485,6 +487,9 @@ async def batch_quorum(
     )
     driver = QuorumDriver(engine)
     make = payload if callable(payload) else (lambda _n: payload)
-    result = await driver.run(_BatchFanout(batcher, driver, kind, make))
+    try:
+        result = await driver.run(_BatchFanout(batcher, driver, kind, make))
+    finally:
+        batcher.endpoint.pardon(engine.reserve_answered)  # suspects that answered correctly
     progressed(trio.current_time())
     return result

@@ -336,6 +336,10 @@ class Endpoint:
         """``node`` sent what no correct node sends (``Pool.suspect``)."""
         self.pool.suspect(node, reason)
 
+    def pardon(self, nodes: Sequence[NodeId]) -> None:
+        """``nodes`` answered correctly: no longer suspects (``Pool.pardon``)."""
+        self.pool.pardon(nodes)
+
     async def quorum_call(
         self,
         targets: Sequence[NodeId],
@@ -395,14 +399,13 @@ class Endpoint:
         driver = QuorumDriver(engine, renew_at=renew_at)
         make = payload if callable(payload) else (lambda _n: payload)
         fanout = Fanout(self, driver, kind, make, engine.deadline, batch)
-        if batch is None:
+        coalesced = int(batch is not None)  # a batch kind's call lets the coalescer wait
+        self.coalescer.calls += coalesced
+        try:
             result = await driver.run(fanout)
-        else:
-            self.coalescer.calls += 1
-            try:
-                result = await driver.run(fanout)
-            finally:
-                self.coalescer.calls -= 1
+        finally:
+            self.coalescer.calls -= coalesced
+            self.pardon(engine.reserve_answered)
         progressed(trio.current_time())
         return result
 

@@ -185,6 +185,11 @@ class Pool:
         """``node`` sent what no correct node sends (``reason``): a suspect from now."""
         self.suspects.suspect(node, reason, trio.current_time())
 
+    def pardon(self, nodes: Sequence[NodeId]) -> None:
+        """``nodes``, suspects, answered a quorum call correctly (``Suspects.pardon``)."""
+        if nodes:
+            self.suspects.pardon(nodes)
+
     def stay_connected(self, nodes: Sequence[NodeId]) -> None:
         """:meth:`Endpoint.stay_connected <bftfs.net.endpoint.Endpoint.stay_connected>`:
         one task per node in the endpoint's nursery (``net/keepalive.py``)."""

@@ -13,11 +13,16 @@ Rules (those of ``Endpoint.quorum_call`` since its first version):
 
 * the first ``initial`` targets (all by default) are asked at once; the rest are spares;
 * the last ``reserve`` targets (suspects, ``net/suspects.py``) are not among the initial
-  ones while others are left, and are never probed for ``probe_after`` alone: only when
-  a target fails, refuses, answers badly, loses its connection, reports trouble or is
-  overdue for a resend, or every other target answered without ``enough`` holding (a
-  suspect is asked when the others cannot do, not when they are merely slower than
-  ``probe_after``);
+  ones while others are left, and are never probed for ``probe_after`` alone: one is
+  probed when a target fails, refuses, answers badly, loses its connection, reports
+  trouble or is overdue for a resend; all that are left at once when every other target
+  answered or failed without ``enough`` holding, or when every other target was asked
+  :attr:`QuorumEngine.reserve_wait` ago (``min(max(probe_after, resend_after), timeout /
+  4)``) and ``enough`` still does not hold.  A suspect is asked when the others do not
+  do, not when they are merely slower than ``probe_after``; and the reserve never makes
+  a call that a quorum of correct nodes can answer wait past its patience (a silent node
+  reports nothing: without the last rule a call whose other targets include crashed or
+  withholding ones waited for its deadline and failed);
 * a spare is probed, one at a time, whenever a target fails, refuses, answers with a reply
   ``accept`` rejects, reports trouble (unreachable, or no answer within the resend
   interval, ``on_trouble``), loses its connection, is overdue for a resend, or
@@ -178,6 +183,10 @@ class QuorumEngine:
         #: Requests the driver resends itself: when each was last sent.
         self._watched: dict[NodeId, float] = {}
         self._probe_at = math.inf
+        #: How long the reserve waits once every other target was asked (module docstring).
+        self.reserve_wait = min(max(probe_after, resend_after), timeout / 4)
+        #: When the reserve is asked for time alone (set once every other target was).
+        self._reserve_at = math.inf
         self._final: Step | None = None
 
     # Queries -----------------------------------------------------------------------------
@@ -197,11 +206,21 @@ class QuorumEngine:
         """Targets not asked yet."""
         return len(self.targets) - self._next
 
+    @property
+    def reserve_answered(self) -> list[NodeId]:
+        """Targets of the reserve whose replies ``accept`` took: suspects that answered
+        correctly (the transport asks them in order again, ``net/suspects.py``)."""
+        if self._timed is None:
+            return []
+        return [n for n in self.targets[self._timed :] if n in self.result.replies]
+
     def wake_at(self) -> float:
         """When :meth:`on_tick` has something to do if no event comes first."""
         wake = self.deadline
         if self._next < (len(self.targets) if self._timed is None else self._timed):
             wake = min(wake, self._probe_at)
+        elif self._next < len(self.targets):
+            wake = min(wake, self._reserve_at)
         for sent in self._watched.values():
             wake = min(wake, sent + self._resend_after)
         return wake
@@ -231,7 +250,7 @@ class QuorumEngine:
             if self._enough(self.result.replies):
                 return self._finish(ENOUGH)
             if not self._in_flight and self._timed is not None and self._next >= self._timed:
-                return self._after(self._probe_one(now))  # all answered: only the reserve left
+                return self._after(self._ask_reserve(now))  # all answered: the reserve's turn
             return self._after(WAIT)
         self.result.errors[node] = INVALID_REPLY
         return self._after(self._probe_one(now))
@@ -279,7 +298,9 @@ class QuorumEngine:
             self._watched[node] = now
         # An overdue target is in trouble just as one that reported it is.
         probe: tuple[NodeId, ...] = ()
-        if resend or now >= self._probe_at:
+        if now >= self._reserve_at:
+            probe = self._ask_reserve(now).probe  # the others were given their time
+        elif resend or now >= self._probe_at:
             probe = tuple(self._take(1, now, timed=not resend))
         if not probe and not resend:
             return WAIT
@@ -303,11 +324,18 @@ class QuorumEngine:
         self._in_flight.update(taken)
         if taken:
             self._probe_at = now + self._probe_after
+            if self._timed is not None and self._next >= self._timed:
+                self._reserve_at = min(self._reserve_at, now + self.reserve_wait)
         return taken
 
     def _probe_one(self, now: float) -> Step:
         probe = self._take(1, now)
         return Step(Verdict.WAIT, probe=(probe[0],)) if probe else WAIT
+
+    def _ask_reserve(self, now: float) -> Step:
+        """Every target not asked yet, at once (the reserve's turn: the others do not do)."""
+        probe = self._take(len(self.targets), now)
+        return Step(Verdict.WAIT, probe=tuple(probe)) if probe else WAIT
 
     def _after(self, step: Step) -> Step:
         """``step``, unless nothing is outstanding and nobody is left to ask."""

@@ -12,8 +12,11 @@ attacker forging frames) sends them: its session's keys are its own.  A suspect 
 last by every quorum call (like a node that refused a connection, ``Pool.down``) and
 held in reserve by it (:func:`suspects_last`, ``QuorumEngine(reserve=)``): not among the
 targets asked at once, nor probed because the others are slower than ``probe_after``;
-only when one of them fails, refuses, is overdue for a resend, or all answered without
-``enough``.  A write or a Q/U update, which go to every node, go to the others; a request
+only when one of them fails, refuses, is overdue for a resend, all answered without
+``enough``, or all were asked ``QuorumEngine.reserve_wait`` ago without it (a crashed or
+withholding node reports nothing: a call must not fail while a quorum of correct nodes
+is up).  A suspect whose reply a quorum call accepted is pardoned (:meth:`Suspects.pardon`):
+asked in order again.  A write or a Q/U update, which go to every node, go to the others; a request
 whose connection the suspect broke is not sent again.  So a node that answers every
 request with megabytes of pushes and nonsense (``flood-client``) costs one or two of its
 requests per :data:`SUSPECT_SECONDS`, not every one.
@@ -65,6 +68,13 @@ class Suspects:
         """``node`` sent a frame that proves it faulty (``reason``) at ``now``."""
         self.until[int(node)] = now + SUSPECT_SECONDS
         self.reasons[(int(node), reason)] += 1
+
+    def pardon(self, nodes: Iterable[int]) -> None:
+        """``nodes`` answered a quorum call correctly: asked in order again (a node made
+        suspect once, by a lie or a frame mangled on the way, is not held back for the
+        rest of :data:`SUSPECT_SECONDS` once it answers as a correct node does)."""
+        for n in nodes:
+            self.until.pop(int(n), None)
 
     def suspected(self, targets: Iterable[N], now: float) -> set[N]:
         """Those of ``targets`` suspect at ``now``."""
