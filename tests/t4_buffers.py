@@ -267,8 +267,13 @@ def test_a_node_flooding_its_clients_cannot_grow_them(tmp_path: Path) -> None:
             f"bound {bound / MiB:.1f} MiB; the liar pushed {stats.get('pushes', 0)} MiB over "
             f"{stats['connections']} connections; client faults {faults}"
         )
-        assert faults.get("frame_oversized", 0) > 0, "no frame past the limit was refused"
-        assert stats.get("pushes", 0) >= ROUNDS * FLOOD_PUSHES, "the node hardly flooded"
+        # Refused: a frame past the limit, or (since issue 64) pushes past the budget
+        # before it (net/connection.py PUSH_BUDGET).
+        refused = faults.get("frame_oversized", 0) + faults.get("push_flood", 0)
+        assert refused > 0, "no frame past the limit was refused"
+        # Once its frames prove it faulty the client asks it only when needed (issue 64,
+        # net/suspects.py; t3_node_attacks.py counts that): it floods a few requests' worth.
+        assert stats.get("pushes", 0) >= FLOOD_PUSHES, "the node hardly flooded"
         assert flooded <= bound
 
 

@@ -54,6 +54,7 @@ from bftfs.ids import NodeId
 from bftfs.net.driver import QuorumDriver
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, Verdict, live_first
+from bftfs.net.suspects import suspects_last
 from bftfs.outcome import Patience, acting_for, bounded, current_patience, progressed
 
 Outcome = tuple[NodeId, bool, Any]
@@ -145,6 +146,12 @@ class Caller(Protocol):
     ) -> Any: ...
 
     def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]: ...
+
+    def suspected(self, targets: Sequence[NodeId]) -> set[NodeId]: ...
+
+    def suspect(self, node: NodeId, reason: str) -> None: ...
+
+    def pardon(self, nodes: Sequence[NodeId]) -> None: ...
 
     def node_live(self, node: NodeId, now: float) -> bool: ...
 
@@ -382,6 +389,7 @@ class Batcher:
         self._queues[node].answered_at = trio.current_time()
         parts = split_reply(raw, len(items))
         if parts is None:
+            self.endpoint.suspect(node, "malformed batch reply")
             for item in items:
                 item.done((node, False, "malformed batch reply"))
             return
@@ -394,6 +402,7 @@ class Batcher:
                 else:
                     item.done((node, False, f"refused: {value!r}"))
             else:
+                self.endpoint.suspect(node, "malformed batch item")
                 item.done((node, False, "malformed batch item"))
 
 
@@ -460,6 +469,7 @@ async def batch_quorum(
     # As ``Endpoint.quorum_call``: nodes that recently refused connections, and nodes far
     # slower than the others, are asked last.
     targets = live_first(targets, batcher.endpoint.ask_last(targets))
+    targets, reserve = suspects_last(targets, batcher.endpoint.suspected(targets))
     p = current_patience()
     linger = batcher.endpoint.linger(p)  # attaches the cluster's liveness to ``p`` too
     engine = QuorumEngine(
@@ -473,9 +483,13 @@ async def batch_quorum(
         timeout=bounded(timeout, trio.current_time()),
         now=trio.current_time(),
         linger=linger,
+        reserve=reserve,
     )
     driver = QuorumDriver(engine)
     make = payload if callable(payload) else (lambda _n: payload)
-    result = await driver.run(_BatchFanout(batcher, driver, kind, make))
+    try:
+        result = await driver.run(_BatchFanout(batcher, driver, kind, make))
+    finally:
+        batcher.endpoint.pardon(engine.reserve_answered)  # suspects that answered correctly
     progressed(trio.current_time())
     return result

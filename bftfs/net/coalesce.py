@@ -189,6 +189,7 @@ def _split(conn: Connection, carrier: Waiter, items: list[_Queued]) -> None:
             err: Any = raw
         else:
             err = ["malformed", "batch reply of unknown shape"]
+            conn.fault("malformed_batch_reply")  # no correct node sends it: a suspect
         for q in items:
             if pending.get(q[2]) is q[3]:
                 del pending[q[2]]
@@ -202,4 +203,5 @@ def _split(conn: Connection, carrier: Waiter, items: list[_Queued]) -> None:
         elif how == ITEM_REFUSED:
             q[3].resolve(STATUS_ERROR, value)
         else:
+            conn.fault("malformed_batch_item")
             q[3].resolve(STATUS_ERROR, ["malformed", "batch item of unknown shape"])

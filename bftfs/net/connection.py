@@ -23,7 +23,15 @@ import trio
 
 from bftfs.ids import NodeId
 from bftfs.net.errors import FrameError, RemoteError, TransportError
-from bftfs.net.frames import PUSH, REPLY, REQUEST, STATUS_OK, FrameReader, FrameWriter
+from bftfs.net.frames import (
+    DEFAULT_MAX_FRAME,
+    PUSH,
+    REPLY,
+    REQUEST,
+    STATUS_OK,
+    FrameReader,
+    FrameWriter,
+)
 from bftfs.net.liveness import Liveness
 from bftfs.net.rtt import Arrival, RttTable
 from bftfs.net.session import Session
@@ -32,6 +40,13 @@ log = logging.getLogger(__name__)
 
 #: What receives pushes: the node that sent one and its body (``open_endpoint(on_push=)``).
 PushHandler = Callable[[NodeId, Any], None]
+
+#: Bytes of pushes a node may send on one connection between two replies.  A correct
+#: node pushes small messages (recalls, wake-ups, a view, a FaB reply per request); one
+#: past this is flooding (``flood-client``: 8 MiB before each answer): the connection is
+#: closed, the node made a suspect (``net/suspects.py``) and the calls waiting on it ask
+#: others at once, instead of taking megabytes it chooses to send first.
+PUSH_BUDGET = DEFAULT_MAX_FRAME // 4
 
 
 class Waiter:
@@ -120,6 +135,11 @@ class Connection:
         self.closed = False
         #: Set when the connection closes (``Endpoint.stay_connected`` waits on it).
         self.gone = trio.Event()
+        #: Told ``(node, reason)`` of each frame that proves the node faulty (refused by
+        #: the session, or neither reply nor push): the pool's suspects (``net/suspects.py``).
+        self.on_fault: Callable[[NodeId, str], None] | None = None
+        #: Bytes of pushes since the node's last reply (``PUSH_BUDGET``).
+        self.pushed_bytes = 0
         self._writer = FrameWriter(stream)
 
     def send_nowait(self, msg: list[Any]) -> None:
@@ -183,12 +203,13 @@ class Connection:
                     seq, kind, req_id, status, body = self.session.open(frame)
                 except FrameError as e:
                     log.warning("node %s: dropped frame (%s)", self.node, e)
-                    self.faults[(int(self.node), f"frame_{e.reason}")] += 1
+                    self.fault(f"frame_{e.reason}")
                     if e.reason == "bad_mac":
                         continue
                     return
                 liveness = self.liveness
                 if kind == REPLY:
+                    self.pushed_bytes = 0
                     waiter = self.pending.pop(req_id, None)
                     if liveness is not None:
                         now = trio.current_time()
@@ -199,18 +220,32 @@ class Connection:
                     if waiter is not None:
                         waiter.resolve(status, body)
                 elif kind == PUSH:
+                    self.pushed_bytes += len(frame)
+                    if self.pushed_bytes > PUSH_BUDGET:
+                        log.info("node %s: connection closed (pushes past the budget)", self.node)
+                        self.fault("push_flood")
+                        return
                     if liveness is not None:
                         liveness.heard(self.node, trio.current_time())
                     self._pushed(body)
                 else:
-                    self.faults[(int(self.node), "frame_unexpected")] += 1
+                    self.fault("frame_unexpected")
         except FrameError as e:  # oversized or truncated: the stream cannot be trusted
             # (the reason only: a record holding ``e`` would keep its frames' buffers alive)
             log.info("node %s: connection closed (frame %s)", self.node, e.reason)
-            self.faults[(int(self.node), f"frame_{e.reason}")] += 1
+            if e.reason == "truncated":  # a crash or a cut connection: not a lie
+                self.faults[(int(self.node), "frame_truncated")] += 1
+            else:
+                self.fault(f"frame_{e.reason}")
             return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
+
+    def fault(self, kind: str) -> None:
+        """Count a frame of the node's that no correct node sends, and tell ``on_fault``."""
+        self.faults[(int(self.node), kind)] += 1
+        if self.on_fault is not None:
+            self.on_fault(self.node, kind)
 
     def _pushed(self, body: Any) -> None:
         """Hand one authenticated push to ``on_push`` (none: ignored); its failure is

@@ -51,6 +51,7 @@ from bftfs.net.pool import Pool
 from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, live_first
 from bftfs.net.rtt import CALL_K, QUORUM_K, RESEND_K, RttTable
 from bftfs.net.session import SessionRefused
+from bftfs.net.suspects import suspects_last
 from bftfs.net.viewcheck import Admit
 from bftfs.outcome import Patience, bounded, current_patience, progressed
 
@@ -169,9 +170,8 @@ class Endpoint:
         """Send one request to ``node`` and return its reply, resending on loss.
 
         Args:
-            on_trouble: called (once) the first time the node cannot be reached or does not
-                answer within the resend interval; quorum calls use it to probe another node
-                early instead of waiting.
+            on_trouble: called once when the node cannot be reached, is slow to connect
+                or does not answer within the resend interval (quorum calls probe another).
             keep: past ``timeout``, the call goes on waiting (resending) while ``keep()``
                 holds and the node is live (:meth:`node_live`): a quorum call that still
                 wants the answer.  By default, while the current operation's patience
@@ -182,14 +182,14 @@ class Endpoint:
             RemoteError: the node's handler refused the request.
         """
         now = started = trio.current_time()
+        on_trouble = _once(on_trouble)  # the connect's timer may report it too
         p = self._attach()
         floor = self.timeout if timeout is None else timeout
         deadline = now + (timeout := bounded(self.rtt.timeout(node, floor, CALL_K), now))
         req_id = next(self.ids)
         r = _Request([REQUEST, req_id, kind, payload], Waiter())
         interval = self.rtt.timeout(node, self.resend_after, RESEND_K)
-        last_error = "no reply"
-        first = True
+        last_error, first = "no reply", True
         try:
             while True:
                 now = trio.current_time()
@@ -205,7 +205,7 @@ class Endpoint:
                     on_trouble()
                     on_trouble = None
                 try:
-                    went = await self._send(node, req_id, r)
+                    went = await _transmit(self, node, req_id, r, on_trouble)
                 except SessionRefused:
                     raise  # revoked by a view: resending cannot help (a TransportError too)
                 except (TransportError, trio.ClosedResourceError) as e:
@@ -230,39 +230,12 @@ class Endpoint:
                     progressed(trio.current_time())  # an answer, even a refusal
                     return waiter.answer()
                 last_error = "connection lost" if waiter.lost else "no reply"
+                if waiter.lost and self.pool.suspected([node]):  # a new copy costs as much
+                    raise TransportError(f"node {node}: connection lost, and it is suspect")
                 interval = min(interval * 2, max(5.0, interval))
         finally:
             if r.conn is not None:
                 r.conn.pending.pop(req_id, None)
-
-    async def _send(self, node: NodeId, req_id: int, r: _Request) -> bool:
-        """One transmission of :meth:`call`'s request ``r``: on the node's connection (made
-        if need be), written on a new connection, resent on the one it went out on
-        (False: not resent, the connection still holds unsent bytes).
-
-        Raises:
-            SessionRefused: the node refuses this principal (revoked by a view: resending
-                cannot help, and the caller is told why).
-            TransportError, trio.ClosedResourceError: not sent; the call tries again.
-        """
-        try:
-            r.conn = conn = await self.pool.get(node)
-        except SessionRefused as e:
-            self.faults[(int(node), "refused")] += 1
-            if self.on_refused is not None:
-                self.on_refused(node, str(e))
-            raise
-        if r.waiter.event.is_set():  # lost with the previous connection
-            r.waiter = Waiter()
-        conn.pending[req_id] = r.waiter
-        if conn is not r.sent_on:
-            conn.send_nowait(r.msg)
-            r.sent_on = conn
-            return True
-        if conn.resend_nowait(r.msg):
-            return True
-        self.resends_held += 1
-        return False
 
     # Liveness: slow is not unavailable (issue 60) ------------------------------------------
 
@@ -351,8 +324,21 @@ class Endpoint:
         return keep is None or keep()
 
     def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]:
-        """``targets`` to ask last: refusing connections, far slower or overdue (``net/rtt.py``)."""
+        """``targets`` to ask last: refusing connections, far slower or overdue (``net/rtt.py``),
+        suspect or stuck connecting (``net/suspects.py``)."""
         return self.pool.ask_last(targets)
+
+    def suspected(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """``targets`` quorum calls hold in reserve (``Pool.suspected``)."""
+        return self.pool.suspected(targets)
+
+    def suspect(self, node: NodeId, reason: str) -> None:
+        """``node`` sent what no correct node sends (``Pool.suspect``)."""
+        self.pool.suspect(node, reason)
+
+    def pardon(self, nodes: Sequence[NodeId]) -> None:
+        """``nodes`` answered correctly: no longer suspects (``Pool.pardon``)."""
+        self.pool.pardon(nodes)
 
     async def quorum_call(
         self,
@@ -371,11 +357,12 @@ class Endpoint:
         """Send to ``targets`` and return once ``enough`` holds over the valid replies.
 
         Requests go to the first ``initial`` targets (all by default; nodes that recently
-        refused connections last).  Another target is probed whenever one fails, refuses,
-        sends an invalid reply, cannot be reached, or ``probe_after`` seconds pass without
-        ``enough`` holding (the rules are :class:`~bftfs.net.quorum.QuorumEngine`'s).
-        Requests still in flight when this returns keep running in the background (writes
-        complete at the stragglers; their replies are dropped).
+        refused connections last, suspects held in reserve: ``net/suspects.py``).  Another
+        target is probed whenever one fails, refuses, sends an invalid reply, cannot be
+        reached, or ``probe_after`` seconds pass without ``enough`` holding (the rules are
+        :class:`~bftfs.net.quorum.QuorumEngine`'s).  Requests still in flight when this
+        returns keep running in the background (writes complete at the stragglers; their
+        replies are dropped).
 
         Args:
             payload: the request, or a function giving each node's request.
@@ -395,12 +382,14 @@ class Endpoint:
         timeout = self.timeout if timeout is None else timeout
         timeout = bounded(self.rtt.quorum_timeout(targets, timeout, QUORUM_K), now)
         targets = live_first(targets, self.ask_last(targets))
+        targets, reserve = suspects_last(targets, self.suspected(targets))
         engine = QuorumEngine(
             targets,
             label=kind,
             enough=enough,
             accept=accept,
             initial=initial,
+            reserve=reserve,
             probe_after=probe_after,
             resend_after=self.resend_after,
             timeout=timeout,
@@ -410,14 +399,13 @@ class Endpoint:
         driver = QuorumDriver(engine, renew_at=renew_at)
         make = payload if callable(payload) else (lambda _n: payload)
         fanout = Fanout(self, driver, kind, make, engine.deadline, batch)
-        if batch is None:
+        coalesced = int(batch is not None)  # a batch kind's call lets the coalescer wait
+        self.coalescer.calls += coalesced
+        try:
             result = await driver.run(fanout)
-        else:
-            self.coalescer.calls += 1
-            try:
-                result = await driver.run(fanout)
-            finally:
-                self.coalescer.calls -= 1
+        finally:
+            self.coalescer.calls -= coalesced
+            self.pardon(engine.reserve_answered)
         progressed(trio.current_time())
         return result
 
@@ -467,6 +455,53 @@ class _Request:
     #: The node's connection when last tried, and the one the request last went out on.
     conn: Connection | None = None
     sent_on: Connection | None = None
+
+
+async def _transmit(
+    ep: Endpoint, node: NodeId, req_id: int, r: _Request, trouble: Callable[[], None] | None
+) -> bool:
+    """One transmission of :meth:`Endpoint.call`'s request ``r``: on the node's connection
+    (made if need be, ``trouble`` reported if that takes long: ``Pool.connect``), written
+    on a new connection, resent on the one it went out on (False: not resent, the
+    connection still holds unsent bytes).
+
+    Raises:
+        SessionRefused: the node refuses this principal (revoked by a view: resending
+            cannot help, and the caller is told why).
+        TransportError, trio.ClosedResourceError: not sent; the call tries again.
+    """
+    try:
+        r.conn = conn = ep.pool.open_to(node) or await ep.pool.connect(node, trouble)
+    except SessionRefused as e:
+        ep.faults[(int(node), "refused")] += 1
+        if ep.on_refused is not None:
+            ep.on_refused(node, str(e))
+        raise
+    if r.waiter.event.is_set():  # lost with the previous connection
+        r.waiter = Waiter()
+    conn.pending[req_id] = r.waiter
+    if conn is not r.sent_on:
+        conn.send_nowait(r.msg)
+        r.sent_on = conn
+        return True
+    if conn.resend_nowait(r.msg):
+        return True
+    ep.resends_held += 1
+    return False
+
+
+def _once(fn: Callable[[], None] | None) -> Callable[[], None] | None:
+    """``fn`` that does something the first time it is called only (None: None)."""
+    if fn is None:
+        return None
+    done = [False]
+
+    def once() -> None:
+        if not done[0]:
+            done[0] = True
+            fn()
+
+    return once
 
 
 def _stretched(rtt: RttTable, node: NodeId, floor: float, started: float, deadline: float) -> float:

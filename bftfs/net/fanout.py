@@ -115,7 +115,9 @@ class Fanout:
         if entry is None or entry[2] is not waiter:  # a stale waiter of an earlier attempt
             return
         del self.fast[node]
-        if waiter.lost:  # the connection broke: retry through the slow path
+        if waiter.lost and self.ep.suspected([node]):  # it broke it, likely: no new copy
+            driver.failed(node, "connection lost, and the node is suspect")
+        elif waiter.lost:  # the connection broke: retry through the slow path
             self.ep.spawn(self._slow, node, entry[3])
             driver.lost(node)
         elif waiter.status == STATUS_OK:
@@ -165,7 +167,7 @@ class Fanout:
                     else:
                         ep.resends_held += 1
                 interval = min(interval * 2, 5.0)
-            if waiter.lost and trio.current_time() < deadline:
+            if waiter.lost and trio.current_time() < deadline and not ep.suspected([node]):
                 with contextlib.suppress(TransportError, RemoteError):
                     await ep.call(
                         node, kind, value, timeout=max(0.0, deadline - trio.current_time())

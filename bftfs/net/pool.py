@@ -9,7 +9,7 @@ heartbeats take their connections from it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -21,6 +21,7 @@ from bftfs.net.keepalive import keep_connected
 from bftfs.net.moved import announce as announce_moved
 from bftfs.net.rtt import CONNECT_K
 from bftfs.net.session import SessionRefused
+from bftfs.net.suspects import Suspects, connect_patience
 from bftfs.net.viewcheck import admitted
 from bftfs.net.wires import open_session
 
@@ -48,6 +49,9 @@ class Pool:
         #: Nodes :meth:`stay_connected` keeps a connection to; set once :meth:`close` ran.
         self._kept: set[NodeId] = set()
         self._closing = False
+        #: Nodes whose frames proved them faulty, and connection attempts under way: asked
+        #: last, suspects not at once (``net/suspects.py``).
+        self.suspects = Suspects()
 
     def open_to(self, node: NodeId) -> Connection | None:
         """The open connection to ``node``, if there is one (nothing is connected)."""
@@ -83,6 +87,26 @@ class Pool:
             self.conns[node] = conn
             return conn
 
+    async def connect(self, node: NodeId, trouble: Callable[[], None] | None) -> Connection:
+        """:meth:`get`, with ``trouble()`` called if the connection is not made within
+        ``connect_patience`` of the node's round trip (a node that accepts TCP and never
+        answers the handshake: the quorum call waiting asks another at once,
+        ``net/suspects.py``)."""
+        if trouble is None:
+            return await self.get(node)
+        scope = trio.CancelScope()
+
+        async def report() -> None:
+            with scope:
+                await trio.sleep(connect_patience(self.ep.rtt.rto(node)))
+                trouble()
+
+        self._nursery.start_soon(report)  # the endpoint's: the errors of get stay ours
+        try:
+            return await self.get(node)
+        finally:
+            scope.cancel()
+
     async def _open(self, node: NodeId) -> Connection:
         """A new connection to ``node``, its handshake done and its tasks running."""
         ep = self.ep
@@ -100,6 +124,7 @@ class Pool:
             scope.deadline = max(scope.deadline, now + rtt.timeout(node, 0.0, CONNECT_K))
             return stream
 
+        self.suspects.connect_started(node, trio.current_time())
         try:
             with trio.fail_after(rtt.timeout(node, ep.connect_timeout, CONNECT_K)) as scope:
                 stream, reader, session = await open_session(
@@ -125,11 +150,14 @@ class Pool:
         except TransportError:
             self.down_until[node] = trio.current_time() + 0.05
             raise
+        finally:
+            self.suspects.connect_ended(node)
         self._down_backoff.pop(node, None)
         self.down_until.pop(node, None)
         self._dead.discard(node)
         ep.liveness.connected(node, trio.current_time())
         conn = Connection(node, stream, reader, session, ep.faults, ep.pushed, ep.liveness, ep.rtt)
+        conn.on_fault = self.suspect
         self._nursery.start_soon(conn.run)
         return conn
 
@@ -140,10 +168,27 @@ class Pool:
         return {n for n in targets if down_until.get(n, 0.0) > now or n in self._dead}
 
     def ask_last(self, targets: Sequence[NodeId]) -> set[NodeId]:
-        """:meth:`down`, and those the endpoint's round trips say are far slower than the
-        rest or overdue (``RttTable.ask_last``)."""
+        """:meth:`down`, those the endpoint's round trips say are far slower than the
+        rest or overdue (``RttTable.ask_last``), suspects and those whose connection
+        attempt is stuck (``net/suspects.py``)."""
         ep, now = self.ep, trio.current_time()
-        return self.down(targets) | ep.rtt.ask_last(targets, ep.liveness.asked_at, now)
+        last = self.down(targets) | ep.rtt.ask_last(targets, ep.liveness.asked_at, now)
+        suspects = self.suspects
+        return last | suspects.suspected(targets, now) | suspects.stuck(targets, now, ep.rtt.rto)
+
+    def suspected(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """Those of ``targets`` whose frames proved them faulty lately: a quorum call asks
+        them only when the others do not do (``net/suspects.py``)."""
+        return self.suspects.suspected(targets, trio.current_time())
+
+    def suspect(self, node: NodeId, reason: str) -> None:
+        """``node`` sent what no correct node sends (``reason``): a suspect from now."""
+        self.suspects.suspect(node, reason, trio.current_time())
+
+    def pardon(self, nodes: Sequence[NodeId]) -> None:
+        """``nodes``, suspects, answered a quorum call correctly (``Suspects.pardon``)."""
+        if nodes:
+            self.suspects.pardon(nodes)
 
     def stay_connected(self, nodes: Sequence[NodeId]) -> None:
         """:meth:`Endpoint.stay_connected <bftfs.net.endpoint.Endpoint.stay_connected>`:

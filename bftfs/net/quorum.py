@@ -12,6 +12,17 @@ The trio loop that feeds it lives in ``net/driver.py``; the transports behind it
 Rules (those of ``Endpoint.quorum_call`` since its first version):
 
 * the first ``initial`` targets (all by default) are asked at once; the rest are spares;
+* the last ``reserve`` targets (suspects, ``net/suspects.py``) are not among the initial
+  ones while others are left, and are never probed for ``probe_after`` alone: one is
+  probed when a target fails, refuses, answers badly, loses its connection, reports
+  trouble or is overdue for a resend; all that are left at once when every other target
+  answered or failed without ``enough`` holding, or when every other target was asked
+  :attr:`QuorumEngine.reserve_wait` ago (``min(max(probe_after, resend_after), timeout /
+  4)``) and ``enough`` still does not hold.  A suspect is asked when the others do not
+  do, not when they are merely slower than ``probe_after``; and the reserve never makes
+  a call that a quorum of correct nodes can answer wait past its patience (a silent node
+  reports nothing: without the last rule a call whose other targets include crashed or
+  withholding ones waited for its deadline and failed);
 * a spare is probed, one at a time, whenever a target fails, refuses, answers with a reply
   ``accept`` rejects, reports trouble (unreachable, or no answer within the resend
   interval, ``on_trouble``), loses its connection, is overdue for a resend, or
@@ -130,6 +141,7 @@ class QuorumEngine:
         now: the current time.
         linger: asked at the deadline with the outstanding targets; while it holds the
             deadline moves on by ``timeout`` (at least ``resend_after``) instead.
+        reserve: the last this many targets are asked only as the module docstring says.
     """
 
     def __init__(
@@ -145,14 +157,19 @@ class QuorumEngine:
         timeout: float,
         now: float,
         linger: Linger | None = None,
+        reserve: int = 0,
     ) -> None:
         self.targets: tuple[NodeId, ...] = tuple(dict.fromkeys(targets))
+        #: Targets the ``probe_after`` timer may ask (the rest are the reserve).
+        self._timed = len(self.targets) - reserve if 0 < reserve < len(self.targets) else None
         self.label = label
         self.result = QuorumResult()
         self.deadline = now + timeout
         self._enough = enough
         self._accept = accept
         self._initial = len(self.targets) if initial is None else max(1, initial)
+        if self._timed is not None:
+            self._initial = min(self._initial, self._timed)
         self._probe_after = probe_after
         self._resend_after = resend_after
         self._timeout = timeout
@@ -166,6 +183,10 @@ class QuorumEngine:
         #: Requests the driver resends itself: when each was last sent.
         self._watched: dict[NodeId, float] = {}
         self._probe_at = math.inf
+        #: How long the reserve waits once every other target was asked (module docstring).
+        self.reserve_wait = min(max(probe_after, resend_after), timeout / 4)
+        #: When the reserve is asked for time alone (set once every other target was).
+        self._reserve_at = math.inf
         self._final: Step | None = None
 
     # Queries -----------------------------------------------------------------------------
@@ -185,11 +206,21 @@ class QuorumEngine:
         """Targets not asked yet."""
         return len(self.targets) - self._next
 
+    @property
+    def reserve_answered(self) -> list[NodeId]:
+        """Targets of the reserve whose replies ``accept`` took: suspects that answered
+        correctly (the transport asks them in order again, ``net/suspects.py``)."""
+        if self._timed is None:
+            return []
+        return [n for n in self.targets[self._timed :] if n in self.result.replies]
+
     def wake_at(self) -> float:
         """When :meth:`on_tick` has something to do if no event comes first."""
         wake = self.deadline
-        if self._next < len(self.targets):
+        if self._next < (len(self.targets) if self._timed is None else self._timed):
             wake = min(wake, self._probe_at)
+        elif self._next < len(self.targets):
+            wake = min(wake, self._reserve_at)
         for sent in self._watched.values():
             wake = min(wake, sent + self._resend_after)
         return wake
@@ -218,6 +249,8 @@ class QuorumEngine:
             self.result.errors.pop(node, None)
             if self._enough(self.result.replies):
                 return self._finish(ENOUGH)
+            if not self._in_flight and self._timed is not None and self._next >= self._timed:
+                return self._after(self._ask_reserve(now))  # all answered: the reserve's turn
             return self._after(WAIT)
         self.result.errors[node] = INVALID_REPLY
         return self._after(self._probe_one(now))
@@ -265,8 +298,10 @@ class QuorumEngine:
             self._watched[node] = now
         # An overdue target is in trouble just as one that reported it is.
         probe: tuple[NodeId, ...] = ()
-        if resend or now >= self._probe_at:
-            probe = tuple(self._take(1, now))
+        if now >= self._reserve_at:
+            probe = self._ask_reserve(now).probe  # the others were given their time
+        elif resend or now >= self._probe_at:
+            probe = tuple(self._take(1, now, timed=not resend))
         if not probe and not resend:
             return WAIT
         return Step(Verdict.WAIT, probe=probe, resend=resend)
@@ -278,18 +313,29 @@ class QuorumEngine:
 
     # Internals ---------------------------------------------------------------------------
 
-    def _take(self, count: int, now: float) -> list[NodeId]:
-        """Mark up to ``count`` spares as asked; the probe timer restarts if any were."""
-        taken = list(self.targets[self._next : self._next + count])
+    def _take(self, count: int, now: float, *, timed: bool = False) -> list[NodeId]:
+        """Mark up to ``count`` spares as asked (``timed``: for ``probe_after`` alone, so
+        not the reserve); the probe timer restarts if any were."""
+        end = self._next + count
+        if timed and self._timed is not None:
+            end = min(end, self._timed)
+        taken = list(self.targets[self._next : end])
         self._next += len(taken)
         self._in_flight.update(taken)
         if taken:
             self._probe_at = now + self._probe_after
+            if self._timed is not None and self._next >= self._timed:
+                self._reserve_at = min(self._reserve_at, now + self.reserve_wait)
         return taken
 
     def _probe_one(self, now: float) -> Step:
         probe = self._take(1, now)
         return Step(Verdict.WAIT, probe=(probe[0],)) if probe else WAIT
+
+    def _ask_reserve(self, now: float) -> Step:
+        """Every target not asked yet, at once (the reserve's turn: the others do not do)."""
+        probe = self._take(len(self.targets), now)
+        return Step(Verdict.WAIT, probe=tuple(probe)) if probe else WAIT
 
     def _after(self, step: Step) -> Step:
         """``step``, unless nothing is outstanding and nobody is left to ask."""

@@ -93,6 +93,9 @@ class QuorumRounds:
             return Reply.from_wire(raw, objects, self.th.n)
         except MessageError:
             self.faults[(int(node), "malformed")] += 1
+            suspect = getattr(self.ep, "suspect", None)  # in-memory endpoints have none
+            if suspect is not None:  # asked last, and only when needed, for a while
+                suspect(node, "malformed Q/U reply")
             return None
 
     async def request(

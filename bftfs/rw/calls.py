@@ -19,6 +19,7 @@ import trio
 from bftfs.ids import NodeId
 from bftfs.net.batch import Batcher, batch_quorum
 from bftfs.net.endpoint import Endpoint
+from bftfs.net.quorum import QuorumResult, QuorumUnavailable
 from bftfs.rw.classify import RWThresholds
 
 #: Blocks at least this large are coded and hashed in a worker thread (below it the thread
@@ -77,9 +78,29 @@ class RWCalls:
         enough: Callable[[Mapping[NodeId, Any]], bool],
         accept: Callable[[NodeId, Any], bool],
         initial: int | None = None,
+        refused: Callable[[NodeId], None] | None = None,
     ) -> Mapping[NodeId, Any]:
         """One quorum call to ``targets``, batched when the client has a batcher; the
-        accepted replies.  Raises ``QuorumUnavailable`` as ``Endpoint.quorum_call`` does."""
+        accepted replies; ``refused(node)`` for each target that refused its request, by
+        the time the call ended.  Raises ``QuorumUnavailable`` as
+        ``Endpoint.quorum_call`` does."""
+        try:
+            result = await self._quorum(targets, kind, payload, enough, accept, initial)
+        except QuorumUnavailable as e:
+            _refusals(e.result, refused)
+            raise
+        _refusals(result, refused)
+        return result.replies
+
+    async def _quorum(
+        self,
+        targets: Sequence[int],
+        kind: str,
+        payload: Any,
+        enough: Callable[[Mapping[NodeId, Any]], bool],
+        accept: Callable[[NodeId, Any], bool],
+        initial: int | None,
+    ) -> QuorumResult:
         kwargs: dict[str, Any] = {"probe_after": self.probe_after}
         if self.timeout is not None:
             kwargs["timeout"] = self.timeout
@@ -95,8 +116,8 @@ class RWCalls:
                 initial=initial,
                 **kwargs,
             )
-            return result.replies
-        result = await self.endpoint.quorum_call(
+            return result
+        return await self.endpoint.quorum_call(
             [NodeId(t) for t in targets],
             kind,
             payload,
@@ -105,4 +126,12 @@ class RWCalls:
             initial=initial,
             **kwargs,
         )
-        return result.replies
+
+
+def _refusals(result: QuorumResult, refused: Callable[[NodeId], None] | None) -> None:
+    """Tell ``refused`` of each node whose error in ``result`` is a refusal."""
+    if refused is None:
+        return
+    for node, why in result.errors.items():
+        if why.startswith("refused"):
+            refused(node)

@@ -38,8 +38,16 @@ class NodeHealth:
     def blame(self, node: int, kind: str, *, suspect: bool = False) -> None:
         """Count a fault of ``kind`` against ``node``; ``suspect``: ask it last from now on."""
         self.faults[(int(node), kind)] += 1
+        if kind == "malformed":  # no correct node sends it: the transport asks it last
+            self.endpoint.suspect(NodeId(node), "malformed PASIS reply")
         if suspect:
             self.suspect[int(node)] = SUSPECT_READS
+
+    def refused(self, node: NodeId) -> None:
+        """``node`` refused a read (``reject-everything`` refuses all): asked for data
+        last for the next ``SUSPECT_READS`` reads, like a suspect, without a fault counted
+        (a correct node refuses when busy)."""
+        self.suspect[int(node)] = SUSPECT_READS
 
     def read_order(self, nodes: Sequence[NodeId]) -> list[NodeId]:
         """``nodes`` in the order a read asks them: by index (the systematic fragments'

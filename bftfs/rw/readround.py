@@ -175,6 +175,7 @@ class ReadRounds:
                 enough=lambda _r: self._round_done(st),
                 accept=accept,
                 initial=initial,
+                refused=self.health.refused,
             )
         except QuorumUnavailable as e:
             # Every target answered or failed, or time ran out: the caller's next decision
@@ -249,6 +250,7 @@ class ReadRounds:
                 enough=lambda _r: len(have) >= self.th.m,
                 accept=accept,
                 initial=need,
+                refused=self.health.refused,
             )
         except QuorumUnavailable as e:
             st.failed(e, holders, answered)

@@ -1,0 +1,157 @@
+"""A Byzantine node must cost a correct client little while a quorum of the others answers
+(issue 64, ``bftfs/net/suspects.py``): real node processes, one of them running a
+``bftfs node --byzantine`` profile, and the client's own counts of rounds and of what the
+node was made to do, never a time.
+
+* ``stop-reading``: the node's process stands still, its kernel still accepting TCP
+  connections; a fresh client's connection to it hangs in the handshake.  Before, every
+  read asked it for a fragment and waited for a probe (half a second) to another node
+  until the connect timeout gave up on it: two rounds a read.  Now a connection attempt
+  far past its round trip makes its node asked last, and the call waiting on it reports
+  trouble: one round a read, but for the first.
+* ``reject-everything``: the node refuses every request.  Before, every read asked it
+  for its fragment, was refused and fetched another in a second round; now a refusal
+  makes the PASIS client ask it for data last for a while (``rw/health.py``).
+* ``flood-client``: the node pushes 8 MiB of nonsense before each answer and answers with
+  nonsense.  Before, every request (each write and Q/U update goes to every node) cost the
+  client its 8 MiB, and a request whose reply broke the connection was resent on a new
+  one.  Now the first frame that proves it faulty makes it a suspect: asked only when the
+  others do not do, and not resent to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bftfs import fsobjects as obj
+from bftfs.connect import open_client
+from bftfs.fs.session import open_session
+from bftfs.rw.messages import block_id
+from bftfs.testing.byzantine.flood import FLOOD_PUSHES
+from bftfs.testing.processes import ProcessCluster
+
+#: The Byzantine node: node 0, first in every order a client asks in (systematic fragment).
+LIAR = 0
+#: Blocks written, then read by a fresh client; 64 KiB blocks (the default): every frame
+#: carrying a fragment is past ``FREEZE_FRAME``, so the first write stops the node.
+BLOCKS = 16
+BLOCK = 64 * 1024
+#: Rounds of the flooded client's work (each a directory made, a block written and read).
+ROUNDS = 12
+
+
+async def _write(config: Any) -> None:
+    async with open_session(config, "client0") as s:
+        await s.rw.write_blocks({block_id(100 + k, 0): bytes([k]) * BLOCK for k in range(BLOCKS)})
+
+
+async def _cold_reads(config: Any) -> tuple[dict[str, int], set[int]]:
+    """A fresh client reads the blocks one after another as soon as it is open; its PASIS
+    counters, and the nodes it asks last at the end."""
+    async with open_session(config, "client0") as s:
+        for k in range(BLOCKS):
+            assert await s.rw.read_block(block_id(100 + k, 0)) == bytes([k]) * BLOCK
+        counters = dict(s.rw.statistics().counters)
+        assert s.endpoint is not None
+        last = {int(n) for n in s.endpoint.ask_last(list(s.endpoint.addresses))}
+    return counters, last
+
+
+def test_a_node_that_stopped_reading_costs_a_fresh_client_no_round(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path / "c", node_args={LIAR: ["--byzantine", "stop-reading"]}) as pc:
+        try:
+            trio.run(_write, pc.config)  # its first block frame stops the liar
+            counters, last = trio.run(_cold_reads, pc.config)
+        finally:
+            pc.kill(LIAR)  # it stands still for minutes: SIGTERM would wait on it
+    print(f"cold reads: {counters}; asked last at the end: {sorted(last)}")
+    assert counters["reads"] == BLOCKS
+    assert LIAR in last
+    # Only the first read may meet the hanging connection before it counts as stuck
+    # (it asked the liar for its fragment, so it fetches one more: two rounds).  Before,
+    # every read in the connect timeout's two seconds took two rounds and half a second.
+    assert counters["rounds"] <= BLOCKS + 1
+
+
+def test_a_node_refusing_every_read_costs_a_client_no_round(tmp_path: Path) -> None:
+    args = {LIAR: ["--byzantine", "reject-everything"]}
+    with ProcessCluster(tmp_path / "c", node_args=args) as pc:
+        trio.run(_write, pc.config)  # complete on the five others
+        counters, _ = trio.run(_cold_reads, pc.config)
+    print(f"cold reads: {counters}")
+    assert counters["reads"] == BLOCKS
+    # The first read learns that it refuses (and fetches the fragment it did not give);
+    # before, every read asked it for its systematic fragment again: two rounds each.
+    assert counters["rounds"] <= BLOCKS + 1
+
+
+async def _flooded_work(config: Any) -> tuple[dict[str, int], set[int]]:
+    """``ROUNDS`` rounds of Q/U updates, PASIS writes and reads, every result checked;
+    the faults the client counted against the liar, and the nodes it asks last."""
+    async with open_session(config, "client0") as s:
+        for k in range(ROUNDS):
+            name = f"f{k}".encode()
+            await s.fs.mkdir(obj.ROOT, name, 0o755, 0, 0)
+            data = bytes([k]) * BLOCK
+            await s.rw.write_block(block_id(1000 + k, 0), data)
+            assert await s.rw.read_block(block_id(1000 + k, 0)) == data
+        names = {n for n, _ in await s.fs.readdir(obj.ROOT)}
+        assert {f"f{k}".encode() for k in range(ROUNDS)} <= names
+        assert s.endpoint is not None
+        last = {int(n) for n in s.endpoint.ask_last(list(s.endpoint.addresses))}
+        return s.faults().get(int(config.node_ids[LIAR]), {}), last
+
+
+async def _node_stats(config: Any, node: int) -> Any:
+    async with open_client(config) as ep:
+        return await ep.call(config.node_ids[node], "stats", None)
+
+
+def test_a_flooding_node_is_asked_only_when_the_others_do_not_do(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path / "c", node_args={LIAR: ["--byzantine", "flood-client"]}) as pc:
+        faults, last = trio.run(_flooded_work, pc.config)
+        stats = trio.run(_node_stats, pc.config, LIAR)["requests"]
+    pushes = stats.get("pushes", 0)
+    print(f"faults {faults}; the liar pushed {pushes} MiB over {stats['connections']} connections")
+    assert pushes >= FLOOD_PUSHES, "the liar never flooded"
+    # Every Q/U update and PASIS write goes to every node: before, each of the 3 * ROUNDS
+    # requests cost 8 pushes (and resends on new connections more).  Now only the
+    # requests sent before its first reply proved it faulty, and none after.
+    assert pushes <= 4 * FLOOD_PUSHES
+    assert LIAR in last  # a suspect still (for SUSPECT_SECONDS from its latest proof)
+
+
+def test_a_healed_suspect_is_asked_when_silent_nodes_leave_the_others_short(
+    tmp_path: Path,
+) -> None:
+    """t = 2, b = 1 (nine nodes, seven needed), in process.  Node 0 answers reads with
+    garbage, and the client makes it a suspect; then it is healed, node 1 crashes and node 2
+    withholds every answer: the six others cannot make a quorum, so every call needs the
+    suspect.  Each is still done within its patience (the reserve is asked
+    ``reserve_wait`` after the others, not at the deadline), and node 0, having answered
+    correctly, is a suspect no more (t5_rw_faults's larger placements failed before)."""
+    from rw_helpers import heal, make_crashed, rw_cluster
+
+    from bftfs.ids import NodeId
+    from bftfs.testing.byzantine.rw import make_byzantine
+
+    async def main() -> None:
+        async with rw_cluster(tmp_path, t=2, b=1) as (cluster, (a, _b)):
+            await a.write_block(1, b"before")
+            make_byzantine(cluster, 0, "garbage")
+            assert await a.read_block(1) == b"before"
+            assert a.endpoint.suspected([NodeId(0)]) == {NodeId(0)}
+            heal(cluster)
+            make_crashed(cluster, 1)
+            make_byzantine(cluster, 2, "withhold")
+            try:
+                await a.write_block(1, b"after")  # rw.time and rw.write need node 0
+                assert await a.read_block(1) == b"after"
+            finally:
+                heal(cluster)
+            assert a.endpoint.suspected([NodeId(0)]) == set()
+
+    trio.run(main)
