@@ -118,6 +118,9 @@ class NodeViews:
         self._key: SigningKey | None = None
         self._lock = trio.Lock()
         self._busy: set[int] = set()  # peers a fetch or send is under way with
+        #: Called with the node once its endpoint is open (a cluster of groups' layout,
+        #: ``node/layouts.py``, hooks the handshakes after the views do).
+        self.when_started: list[Callable[[Node], None]] = []
 
     @property
     def number(self) -> int:
@@ -164,6 +167,15 @@ class NodeViews:
         self._rekey.start(self.flat)
         self._check_replaced(self.flat)
         self.generation.started()
+        for hook in self.when_started:
+            hook(node)
+
+    def rekey_to(self, config: ClusterConfig) -> None:
+        """Rewrite the stored Q/U authenticators under ``config``'s node keys (a layout
+        replaced a node of this node's group: ``node/layouts.py``), as a view replacing a
+        node does."""
+        if self._rekey is not None:
+            self._rekey.start(view_of(config))
 
     async def admit(
         self, peer: NodeId, session: Session, ask: Callable[[str, Any], Awaitable[Any]]

@@ -94,6 +94,14 @@ class GroupedQU:
         #: Cross-group renames and links (Q/U groups only; None: EXDEV for them too).
         self.crossing = Crossing(layout, qus) if crossing and len(qus) == len(clients) else None
 
+    def switch(self, layout: Layout) -> None:
+        """Route by ``layout`` from now on (a newer version taken while mounted,
+        ``layout/tracker.py``; the partitions stay where they were, so routing changes
+        only with the mover), its keys checking the cross-group commit."""
+        self.layout = layout
+        if self.crossing is not None:
+            self.crossing.switch(layout)
+
     def spans(self, objects: Objects) -> bool:
         """Whether ``objects`` live on several groups."""
         return len({self.layout.group_of_object(o) for o in _ids(objects)}) > 1
@@ -263,6 +271,10 @@ class GroupedRW:
             raise ValueError(f"{len(clients)} clients for {len(layout.groups)} groups")
         self.layout = layout
         self.clients = list(clients)
+
+    def switch(self, layout: Layout) -> None:
+        """Route by ``layout`` from now on (:meth:`GroupedQU.switch`)."""
+        self.layout = layout
 
     def _for(self, block: int) -> BlockClient:
         return self.clients[self.layout.group_of_block(block)]
