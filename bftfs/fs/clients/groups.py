@@ -93,6 +93,8 @@ class GroupedQU:
         qus = [c for c in clients if isinstance(c, QUClient)]
         #: Cross-group renames and links (Q/U groups only; None: EXDEV for them too).
         self.crossing = Crossing(layout, qus) if crossing and len(qus) == len(clients) else None
+        #: Called with each layout :meth:`switch` takes (a test waits on it).
+        self.switched: list[Callable[[Layout], None]] = []
 
     def switch(self, layout: Layout) -> None:
         """Route by ``layout`` from now on (a newer version taken while mounted,
@@ -101,6 +103,8 @@ class GroupedQU:
         self.layout = layout
         if self.crossing is not None:
             self.crossing.switch(layout)
+        for hook in self.switched:
+            hook(layout)
 
     def spans(self, objects: Objects) -> bool:
         """Whether ``objects`` live on several groups."""
