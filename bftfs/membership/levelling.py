@@ -66,7 +66,11 @@ LAYOUT = Kind("layout")
 
 class Unlevelled(TransportError):
     """A node claims a newer document than ours but shows none we take (a forged number,
-    or a document not signed by the administrator)."""
+    or a document not signed by the administrator); ``refused``: it refused to show one."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 async def level_session(holder: Holder, kind: Kind, node: NodeId, theirs: int, ask: Ask) -> str:
@@ -84,7 +88,8 @@ async def level_session(holder: Holder, kind: Kind, node: NodeId, theirs: int, a
         try:
             await holder.take(await ask(kind.get, None))
         except RemoteError as e:
-            raise Unlevelled(f"node {node} claims {kind.name} {theirs} but refuses it: {e}") from e
+            why = f"node {node} claims {kind.name} {theirs} but refuses it: {e}"
+            raise Unlevelled(why, refused=True) from e
         if holder.number < theirs:
             raise Unlevelled(f"node {node} claims {kind.name} {theirs} but shows no such one")
         return "fetched"
@@ -132,7 +137,18 @@ class Leveller:
         if number > self.holder.number:
             spawn(self._fetch, call, node, key)
         elif number < self.holder.number and self.holder.blob is not None:
-            spawn(self._send, call, node, key, self.holder.blob)
+            self.send(spawn, call, node, self.holder.blob, key)
+
+    def send(
+        self,
+        spawn: Callable[..., None],
+        call: Call,
+        node: NodeId,
+        blob: bytes,
+        key: Hashable = None,
+    ) -> None:
+        """Send ``blob`` to ``node`` in the background (a document just taken, forwarded)."""
+        spawn(self._send, call, node, node if key is None else key, blob)
 
     async def _fetch(self, call: Call, node: NodeId, key: Hashable) -> None:
         self._busy.add(key)

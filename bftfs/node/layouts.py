@@ -45,7 +45,6 @@ from bftfs.layout.model import Layout, LayoutError
 from bftfs.layout.nodetxn import LiveTxn
 from bftfs.membership.levelling import LAYOUT, Ask, Leveller, level_session
 from bftfs.membership.signed import Verdict
-from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.server import HandlerError
 from bftfs.net.session import Session
 from bftfs.node.placement import guard
@@ -250,13 +249,4 @@ class NodeLayouts:
             return
         for spec in node.config.nodes:
             if spec.id != node.id:
-                node.spawn(self._send, spec.id, blob)
-
-    async def _send(self, peer: NodeId, blob: bytes) -> None:
-        node = self._node
-        assert node is not None
-        with trio.move_on_after(PEER_TIMEOUT):
-            try:
-                await node.endpoint.call(peer, LAYOUT.install, blob)
-            except (TransportError, RemoteError) as e:  # its next handshake levels it
-                log.debug("node %s: node %s did not take our layout: %s", node.id, peer, e)
+                self.leveller.send(node.spawn, node.endpoint.call, spec.id, blob)
