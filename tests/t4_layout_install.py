@@ -65,13 +65,14 @@ def _version(s: Session) -> int:
     return s.qu.layout.version
 
 
-def _start_behind(pc: ProcessCluster, node: int, where: Path) -> None:
-    """Start ``node`` from a cluster directory of its own still holding layout 1 (its
-    machine missed the push): it learns layout 2 from its peers."""
+def _start_behind(pc: ProcessCluster, old: ClusterConfig, node: int, where: Path) -> None:
+    """Start ``node`` from a cluster directory of its own still holding layout 1 and the
+    configuration of its day, ``old`` (its machine missed the push): it learns layout 2
+    from its peers."""
     where.mkdir()
     shutil.copy(pc.home / "layout.v1", where / "layout.signed")
     shutil.copytree(pc.home / "clients", where / "clients")  # (to ask it its status)
-    cfg = replace(pc.config, home=where.resolve())
+    cfg = replace(old, home=where.resolve())
     cfgmod.save(cfg, where / "cluster.toml")
     cfg = local.load_cluster(where)
     local.start_node(cfg, node)
@@ -139,13 +140,14 @@ def test_a_node_replaced_in_one_group_while_nodes_and_a_mount_run(tmp_path: Path
                 pc.config = local.load_cluster(home)  # the newcomer too, stopped at the end
                 v2 = load_layout(pc.config)
                 assert v2 is not None and v2.version == 2
-                newcomer = v2.groups[1].members[2]
-                assert newcomer == len(cfg.nodes) and pc.pid(leaving) is None
+                newcomer = v2.groups[1].members[2]  # the new machine: the same id and place
+                assert newcomer == leaving and local.running_pid(cfg.node(leaving)) is None
+                assert v2.node(leaving).public_key != v1.node(leaving).public_key
                 with trio.fail_after(20):  # the nodes tell the mount (a push)
                     await switched.wait()
                 assert _version(s) == 2
                 await trio.to_thread.run_sync(pc.start, newcomer)
-                await trio.to_thread.run_sync(_start_behind, pc, asleep, tmp_path / "m")
+                await trio.to_thread.run_sync(_start_behind, pc, cfg, asleep, tmp_path / "m")
                 await trio.to_thread.run_sync(wait_caught_up, pc.config, newcomer)
                 held = await _held(pc.config, v2, set())
                 assert held == {n: 2 for g in v2.groups for n in g.members}, held

@@ -1,12 +1,12 @@
 """The administrator's side of a layout taken while the cluster runs (docs/layout.md,
-"Replacing a node of a group"): the next version naming a newcomer in a leaving node's
-place, written beside ``cluster.toml``, and pushed to the running nodes of every group.
+"Replacing a node of a group"): the next version naming a node's new machine, written
+beside ``cluster.toml``, and pushed to the running nodes of every group.
 
-A new machine gets a new global id (node ids in ``cluster.toml`` are ``0..N-1`` in
-order, so the leaving node's entry stays there, in no group: its process is refused by
-every correct node and client from the push on) and takes the leaving node's index in its
-group: the same Q/U server and PASIS fragment index, so nothing moves; it catches up from
-the group's other nodes once started, as a replaced node of one group does.
+The new machine keeps the node's global id, group and index (the same Q/U server and
+PASIS fragment index, so nothing moves), with a new address, key and data directory, as
+a view names a replaced node's new machine: every correct node and client refuses the old
+key once it holds the new layout, and the new machine catches up from the group's other
+nodes once started.
 """
 
 from __future__ import annotations
@@ -16,65 +16,66 @@ from pathlib import Path
 
 import trio
 
-from bftfs.config import ClusterConfig, NodeSpec, save
+from bftfs.config import ClusterConfig, save
 from bftfs.crypto import AdminKey, Identity, KeyFileError, KeyRing
 from bftfs.ids import NodeId
 from bftfs.layout import builder, codec
-from bftfs.layout.groups import group_config, load_layout, store_layout
-from bftfs.layout.model import Layout, LayoutError, LayoutNode
+from bftfs.layout.groups import group_config, layout_path, load_layout
+from bftfs.layout.model import Layout, LayoutError
 from bftfs.membership.levelling import LAYOUT
+from bftfs.membership.viewkeys import replace_durably
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
 
 
 @dataclass(frozen=True)
 class Replacement:
-    """What :func:`replace_node` made: the new configuration and layout, and the
-    newcomer."""
+    """What :func:`replace_node` made: the configuration and layout before and after,
+    the new layout's signed bytes, and where the node is."""
 
+    before: ClusterConfig
     config: ClusterConfig
     layout: Layout
     blob: bytes
-    newcomer: NodeSpec
     group: int
     index: int
 
 
 def replace_node(
-    cfg: ClusterConfig, path: Path, leaving: int, address: tuple[str, int], data_dir: Path | None
+    cfg: ClusterConfig, path: Path, node: int, address: tuple[str, int], data_dir: Path | None
 ) -> Replacement:
-    """Replace node ``leaving`` (global id) of the held layout by a new machine at
-    ``address``: a new key in its (empty) data directory, a node entry appended to
-    ``cluster.toml`` (the leaving one stays, in no group), the next layout version signed
-    and stored (``layout/groups.store_layout``).  Not pushed: :func:`push`.
+    """Put node ``node`` (global id) of the held layout on a new machine at ``address``:
+    a new key in its (empty) data directory, the next layout version signed with the new
+    address and key and stored, and ``cluster.toml`` naming the new machine.  Not pushed:
+    :func:`push`.
 
     Raises:
         LayoutError: no layout, the node is in no group, the data directory holds a
-            store, or the new layout breaks a rule (nothing is written then but the key).
+            store, the address is another node's (nothing is written then).
     """
     held = load_layout(cfg)
     if held is None:
-        raise LayoutError("this cluster has no layout (one group): `bftfs node replace` it")
-    key = AdminKey.load(cfg.admin_key_path)
-    old = cfg.node(NodeId(leaving))
-    new_id = len(cfg.nodes)
-    new_dir = (data_dir or cfg.home / f"node{new_id}").resolve()
-    if (new_dir / "lmdb").exists():
-        raise LayoutError(f"{new_dir} holds a node's store: the newcomer starts empty")
+        raise LayoutError("this cluster has no layout (one group)")
     host, port = address
     if any((s.host, s.port) == (host, port) for s in cfg.nodes):
         raise LayoutError(f"{host}:{port} is a node's address in cluster.toml already")
-    ident = Identity.generate(NodeId(new_id))
-    spec = NodeSpec(NodeId(new_id), host, port, ident.public, new_dir, domain=old.domain)
-    newcomer = LayoutNode(new_id, host, port, ident.public, spec.trust_domain)
-    layout = builder.replace_node(held, leaving, newcomer)  # raises before anything is kept
+    new_dir = (data_dir or cfg.home / f"node{node}.l{held.version + 1}").resolve()
+    if (new_dir / "lmdb").exists():
+        raise LayoutError(f"{new_dir} holds a node's store: the new machine starts empty")
+    ident = Identity.generate(NodeId(node))
+    layout = builder.new_machine(held, node, host, port, ident.public)  # raises first
+    key = AdminKey.load(cfg.admin_key_path)
     ident.save(new_dir / "private" / "key")
     blob = codec.sign(layout, key)
-    grown = replace(cfg, nodes=(*cfg.nodes, spec)).validate()
-    save(grown, path)  # first the newcomer's entry, then the layout naming it
-    store_layout(grown, blob)
-    group = next(g for g in layout.groups if new_id in g.members)
-    return Replacement(grown, layout, blob, spec, group.id, group.members.index(new_id))
+    codec.accept(held, blob, key.public)
+    spec = replace(cfg.node(NodeId(node)), host=host, port=port, public_key=ident.public)
+    moved = replace(
+        cfg, nodes=tuple(replace(spec, data_dir=new_dir) if s.id == node else s for s in cfg.nodes)
+    ).validate()
+    replace_durably(layout_path(cfg), blob, 0o644)  # then cluster.toml, which names it
+    save(moved, path)
+    group = next(g for g in layout.groups if node in g.members)
+    return Replacement(cfg, moved, layout, blob, group.id, group.members.index(node))
 
 
 @dataclass

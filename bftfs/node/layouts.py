@@ -79,6 +79,7 @@ class NodeLayouts:
         self.txn = LiveTxn(placed.layout, types)
         self.leveller = Leveller(self, LAYOUT, PEER_TIMEOUT, self._fetch_failed)
         self._node: Node | None = None
+        self.me = b""  # this machine's public key (known once attached)
         self._lock = trio.Lock()
 
     @property
@@ -88,6 +89,7 @@ class NodeLayouts:
     def attach(self, node: Node) -> None:
         """Serve ``layout.get``/``layout.install``; say the layout version in handshakes."""
         self._node = node
+        self.me = node.keyring.me.public
         node.server.view_number = self.number
         node.server.on_peer_view = self._heard
         node.register("layout.get", self._get, inline=True)
@@ -164,6 +166,8 @@ class NodeLayouts:
             if why is not None:
                 raise HandlerError("unsupported_layout", f"layout {layout.version}: {why}")
             where = live.place(layout, self.global_id)
+            if where is not None and layout.node(self.global_id).public_key != self.me:
+                where = None  # a new machine took this node's place: this one is replaced
             try:
                 config = (
                     None
