@@ -16,11 +16,13 @@ import pytest
 import trio
 from checklogs import ExpectLog
 
+from bftfs import local
 from bftfs.config import ClusterConfig
 from bftfs.crypto import AdminKey, Identity, KeyRing
 from bftfs.ids import NodeId, client_id
+from bftfs.layout import admin as layout_admin
 from bftfs.layout import codec, live
-from bftfs.layout.builder import replace_node
+from bftfs.layout.builder import new_machine, replace_node
 from bftfs.layout.groups import load_layout, place_node
 from bftfs.layout.model import LayoutError, LayoutNode
 from bftfs.layout.nodetxn import LiveTxn
@@ -197,3 +199,33 @@ def test_the_txn_type_follows_the_layout_and_ends_what_the_last_one_began(
     txn.switch(v3)
     assert code("txn.decide", 1) == "txn-layout"  # two layouts back: gone
     assert code("txn.decide", 2) != "txn-layout"
+
+
+def test_a_new_machine_keeps_the_nodes_id_and_place_and_is_written_then_signed(
+    tmp_path: Path,
+) -> None:
+    cfg = init_cluster(
+        tmp_path / "c", clients=1, groups=2, t=1, b=0, ports=list(range(22100, 22108))
+    )
+    v1 = load_layout(cfg)
+    assert v1 is not None
+    node = v1.groups[0].members[1]
+    done = layout_admin.replace_node(
+        cfg, cfg.home / "cluster.toml", node, ("127.0.0.1", 22199), None
+    )
+    v2 = load_layout(local.load_cluster(cfg.home))
+    assert v2 == done.layout and v2.version == 2 and v2.groups == v1.groups
+    assert (v2.objects, v2.blocks) == (v1.objects, v1.blocks)
+    new, old = v2.node(node), v1.node(node)
+    assert (new.host, new.port, new.domain) == ("127.0.0.1", 22199, old.domain)
+    assert new.public_key != old.public_key and live.unsupported_change(v1, v2) is None
+    spec = local.load_cluster(cfg.home).node(NodeId(node))
+    assert spec.public_key == new.public_key and spec.data_dir.name == f"node{node}.l2"
+    assert Identity.load(NodeId(node), spec.key_path).public == new.public_key
+    assert (done.group, done.index) == (0, 1)
+    with pytest.raises(LayoutError, match="address in cluster.toml"):
+        layout_admin.replace_node(
+            done.config, cfg.home / "cluster.toml", node, ("127.0.0.1", 22199), None
+        )
+    with pytest.raises(LayoutError, match="in no group"):
+        new_machine(v2, 99, "127.0.0.1", 1, bytes(32))
