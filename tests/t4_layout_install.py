@@ -28,7 +28,7 @@ from bftfs import local
 from bftfs.cli.main import main
 from bftfs.config import ClusterConfig
 from bftfs.connect import open_client
-from bftfs.crypto import AdminKey
+from bftfs.crypto import AdminKey, Identity, KeyRing
 from bftfs.fs.clients.groups import GroupedQU
 from bftfs.fs.session import Session, open_session
 from bftfs.fsobjects.limits import ROOT
@@ -36,7 +36,9 @@ from bftfs.ids import NodeId
 from bftfs.layout import codec
 from bftfs.layout.groups import group_config, load_layout
 from bftfs.layout.model import Layout
+from bftfs.net.endpoint import open_endpoint
 from bftfs.net.errors import RemoteError
+from bftfs.net.session import SessionRefused
 from bftfs.testing.processes import ProcessCluster, wait_caught_up
 
 pytestmark = pytest.mark.slow  # node processes started three times: about 30 s
@@ -92,6 +94,18 @@ async def _held(cfg: ClusterConfig, layout: Layout, skip: set[int]) -> dict[int,
                     blob = await ep.call(NodeId(i), "layout.get", None)
                     out[nid] = codec.decode(blob, admin).version
     return out
+
+
+async def _old_machine_refused(cfg: ClusterConfig, layout: Layout, old_key: Path) -> str:
+    """What node 0 of group 1 tells the replaced machine (index 2, its old key) when it
+    calls: its key was replaced."""
+    me = Identity.load(NodeId(2), old_key)
+    peer = layout.group_nodes(1)[0]
+    ring = KeyRing(me, {NodeId(0): peer.public_key})
+    async with open_endpoint(ring, {NodeId(0): (peer.host, peer.port)}, timeout=5.0) as ep:
+        with pytest.raises(SessionRefused) as e:
+            await ep.call(NodeId(0), "ping", b"")
+    return str(e.value)
 
 
 async def _refusals(cfg: ClusterConfig, layout: Layout, key: AdminKey) -> list[str]:
@@ -152,6 +166,9 @@ def test_a_node_replaced_in_one_group_while_nodes_and_a_mount_run(tmp_path: Path
                 held = await _held(pc.config, v2, set())
                 assert held == {n: 2 for g in v2.groups for n in g.members}, held
                 assert (pc.config.node(asleep).data_dir / "layout.signed").exists()
+                old_key = cfg.node(leaving).key_path  # the old machine's
+                told = await _old_machine_refused(pc.config, v2, old_key)
+                assert "its key was replaced in layout 2" in told, told
                 codes = await _refusals(pc.config, v2, AdminKey.load(cfg.admin_key_path))
                 assert codes == [
                     "stale_layout",
